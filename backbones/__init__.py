@@ -1,0 +1,55 @@
+"""ResNet backbones: `build(name, **options)`, `build_classifier`, `load_weights`."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .classifier import Classifier
+from .layers import FrozenBatchNorm2d, ShapeSpec, build_norm
+from .registry import build_resnet, list_models
+from .resnet import BasicBlock, Bottleneck, ResidualBlock, ResNet
+from .weights import (PIXEL_MEAN, PIXEL_STD, convert_torchvision_resnet, load_weights,
+                      make_provenance, read_checkpoint, save_checkpoint, unwrap_state_dict)
+
+# Options that change how weights must be used; a checkpoint's provenance supplies them
+# when the caller did not say.
+_WEIGHT_DEFINING_OPTIONS = ("stride_in_1x1", "groups", "width_per_group", "width", "shortcut",
+                            "residual")
+
+
+def build(name: str, *, weights: str | os.PathLike | None = None, **options: Any) -> ResNet:
+    """Build a backbone by registered name, optionally loading `weights` strictly.
+
+    A checkpoint written by this project also supplies the architecture options it was
+    trained with (e.g. stride_in_1x1) unless they are given here.
+    """
+    checkpoint = read_checkpoint(weights) if weights is not None else None
+    provenance = unwrap_state_dict(checkpoint)[1] if checkpoint is not None else None
+    if provenance:
+        for key in _WEIGHT_DEFINING_OPTIONS:
+            if key in provenance.get("options", {}):
+                options.setdefault(key, provenance["options"][key])
+    model = build_resnet(name, **options)
+    if checkpoint is not None:
+        freeze_at = model.freeze_at
+        load_weights(model, checkpoint)
+        model.freeze(freeze_at)
+    return model
+
+
+def build_classifier(name: str, num_classes: int, *, weights: str | os.PathLike | None = None,
+                     **options: Any) -> Classifier:
+    """Backbone `name` + average pool + fc; `weights` may be torchvision, timm or own."""
+    options.pop("out_features", None)
+    backbone = build_resnet(name, **options)
+    model = Classifier(backbone=backbone, num_classes=num_classes)
+    model.arch, model.options = name, dict(options)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+__all__ = ["BasicBlock", "Bottleneck", "Classifier", "FrozenBatchNorm2d", "PIXEL_MEAN",
+           "PIXEL_STD", "ResNet", "ResidualBlock", "ShapeSpec", "build", "build_classifier",
+           "build_norm", "convert_torchvision_resnet", "list_models", "load_weights",
+           "make_provenance", "read_checkpoint", "save_checkpoint"]

@@ -1,0 +1,109 @@
+"""Normalization layers, shape records and conv helpers shared by the ResNet family."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("bn", "frozen_bn", "gn", "syncbn")
+
+
+class ShapeSpec(NamedTuple):
+    """Channels and stride (relative to the input image) of a feature map."""
+
+    channels: int
+    stride: int
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d whose statistics and affine parameters are fixed buffers.
+
+    Same keys as nn.BatchNorm2d (minus `num_batches_tracked`), so torchvision, timm and
+    detectron2 weights load into it unchanged. eps matches torchvision's FrozenBatchNorm2d.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,  # noqa: ANN001
+                              missing_keys, unexpected_keys, error_msgs) -> None:
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        """Return `module` with every BatchNorm2d/SyncBatchNorm inside replaced by a frozen copy."""
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            frozen = cls(module.num_features, module.eps)
+            if module.affine:
+                frozen.weight.copy_(module.weight.detach())
+                frozen.bias.copy_(module.bias.detach())
+            if module.track_running_stats:
+                frozen.running_mean.copy_(module.running_mean)
+                frozen.running_var.copy_(module.running_var)
+            return frozen
+        for name, child in module.named_children():
+            new_child = cls.convert(child)
+            if new_child is not child:
+                setattr(module, name, new_child)
+        return module
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+def build_norm(norm: str, channels: int) -> nn.Module:
+    """Build a normalization layer by name: bn, frozen_bn, gn (32 groups) or syncbn."""
+    if norm == "bn":
+        return nn.BatchNorm2d(channels)
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d(channels)
+    if norm == "gn":
+        return nn.GroupNorm(min(32, channels), channels)
+    if norm == "syncbn":
+        return nn.SyncBatchNorm(channels)
+    raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+
+
+def conv3x3(in_channels: int, out_channels: int, *, stride: int = 1, dilation: int = 1,
+            groups: int = 1) -> nn.Conv2d:
+    """3x3 convolution without bias whose padding keeps the size (up to stride)."""
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation,
+                     dilation=dilation, groups=groups, bias=False)
+
+
+def conv1x1(in_channels: int, out_channels: int, *, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Shortcut option A of He et al.: subsample by `stride`, pad new channels with zeros.
+
+    Parameter-free, so the CIFAR nets keep the paper's parameter counts.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.extra_channels = out_channels - in_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.extra_channels:
+            x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+        return x

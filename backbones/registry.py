@@ -1,0 +1,61 @@
+"""The one registry of backbone names: `build("resnet50", **options)`."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .resnet import IMAGENET_DEPTHS, ResNet
+
+CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
+
+
+def imagenet_resnet(*, depth: int = 50, block: str | None = None, **options: Any) -> ResNet:
+    """ResNet-18/34/50/101/152 of He et al. (v1.5 unless stride_in_1x1)."""
+    if depth not in IMAGENET_DEPTHS:
+        raise ValueError(f"ImageNet ResNet depth {depth} is not valid; "
+                         f"valid: {', '.join(map(str, IMAGENET_DEPTHS))}")
+    block = block or ("basic" if depth < 50 else "bottleneck")
+    return ResNet(stage_blocks=IMAGENET_DEPTHS[depth], stage_planes=(64, 128, 256, 512),
+                  block=block, stem="imagenet", **options)
+
+
+def cifar_resnet(*, depth: int = 20, shortcut: str = "A", **options: Any) -> ResNet:
+    """The 6n+2-layer CIFAR nets of He et al. section 4.2: widths 16-32-64, option A."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, 1202), "
+                         f"got {depth}")
+    n = (depth - 2) // 6
+    return ResNet(stage_blocks=(n, n, n), stage_planes=(16, 32, 64), block="basic",
+                  stem="cifar", stem_channels=16, shortcut=shortcut, **options)
+
+
+def _preset(builder: Callable[..., ResNet], **preset: Any) -> Callable[..., ResNet]:
+    def build_preset(**options: Any) -> ResNet:
+        return builder(**{**preset, **options})
+    return build_preset
+
+
+_REGISTRY: dict[str, Callable[..., ResNet]] = {}
+for _depth in IMAGENET_DEPTHS:
+    _REGISTRY[f"resnet{_depth}"] = _preset(imagenet_resnet, depth=_depth)
+for _depth in CIFAR_DEPTHS:
+    _REGISTRY[f"cifar_resnet{_depth}"] = _preset(cifar_resnet, depth=_depth)
+_REGISTRY.update({
+    "resnext50_32x4d": _preset(imagenet_resnet, depth=50, groups=32, width_per_group=4),
+    "resnext101_32x8d": _preset(imagenet_resnet, depth=101, groups=32, width_per_group=8),
+    "resnext101_64x4d": _preset(imagenet_resnet, depth=101, groups=64, width_per_group=4),
+    "wide_resnet50_2": _preset(imagenet_resnet, depth=50, width=2),
+    "wide_resnet101_2": _preset(imagenet_resnet, depth=101, width=2),
+})
+for _name in list(_REGISTRY):
+    _REGISTRY[f"plain_{_name}"] = _preset(_REGISTRY[_name], residual=False)
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_resnet(name: str, **options: Any) -> ResNet:
+    """Build a registered backbone by name; options override the preset."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(list_models())}")
+    return _REGISTRY[name](**options)

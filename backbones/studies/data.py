@@ -1,0 +1,223 @@
+"""Small classification sets held in memory for the studies, and the batches they train on.
+
+Shapes: N images of S x S pixels. A split is `images` (N, 3, S, S) uint8 RGB and `labels`
+(N,) int64; `normalize` turns images into float (N, 3, S, S) with the 0..255 mean/std.
+
+Sources: the CIFAR-10 python batches (`root` holding data_batch_1..5 and test_batch; the
+training split is the data batches, every other split the test batch), or any ImageFolder
+tree `root/<split>/<class>/<image>` read by `backbones.data` and resized (shorter side to S,
+centre crop S x S).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import ImageFolderDataset, scan_image_folder
+
+logger = logging.getLogger(__name__)
+CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST_FILE = "test_batch"
+CIFAR_META_FILE = "batches.meta"
+
+
+@dataclass
+class ClassificationSplit:
+    """One split in memory: images (N, 3, S, S) uint8, labels (N,) int64, class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, max_items: int, seed: int) -> ClassificationSplit:
+        """A seeded random subset of at most `max_items` samples (0: all), in original order."""
+        if max_items <= 0 or max_items >= len(self):
+            return self
+        keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        keep = keep[:max_items].sort().values
+        return ClassificationSplit(self.images[keep], self.labels[keep], self.class_names,
+                                   self.source)
+
+
+def is_cifar_root(root: str | os.PathLike) -> bool:
+    """True when `root` holds the CIFAR-10 python batches (cifar-10-batches-py)."""
+    root = Path(root)
+    return (root / CIFAR_TEST_FILE).is_file() or (root / CIFAR_TRAIN_FILES[0]).is_file()
+
+
+def _unpickle(path: Path) -> dict[Any, Any]:
+    # The CIFAR distribution format is a pickle; only open files the user points at.
+    if not path.is_file():
+        raise FileNotFoundError(f"CIFAR batch file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="bytes")
+    except Exception as e:
+        raise ValueError(f"cannot read CIFAR batch file {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"CIFAR batch file {path} holds a {type(obj).__name__}, not a dict")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def load_cifar_batches(root: str | os.PathLike, split: str, image_size: int = 32
+                       ) -> ClassificationSplit:
+    """Read the CIFAR-10 python batches of `split` ("train": data_batch_1..5, else test_batch).
+
+    Args:
+        root: the cifar-10-batches-py folder.
+        split: "train" or the evaluation split's name.
+        image_size: S; other than 32 resizes with antialiasing.
+
+    Raises:
+        FileNotFoundError: a batch file is missing.
+        ValueError: a batch file is not a CIFAR batch (missing data/labels, wrong sizes).
+    """
+    root = Path(root)
+    meta = _unpickle(root / CIFAR_META_FILE)
+    if "label_names" not in meta:
+        raise ValueError(f"{root / CIFAR_META_FILE} has no label_names")
+    class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+    files = CIFAR_TRAIN_FILES if split == "train" else (CIFAR_TEST_FILE,)
+    images, labels = [], []
+    for name in files:
+        batch = _unpickle(root / name)
+        data, batch_labels = batch.get("data"), batch.get("labels")
+        if data is None or batch_labels is None:
+            raise ValueError(f"{root / name} is not a CIFAR batch (needs 'data' and 'labels')")
+        data = np.asarray(data, dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch_labels) != len(data):
+            raise ValueError(f"{root / name}: data must be (N, 3072) with N labels, got "
+                             f"{data.shape} and {len(batch_labels)} labels")
+        images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))  # rows are RRR..GGG..BBB
+        labels.append(torch.as_tensor(list(batch_labels), dtype=torch.int64))
+    image_tensor, label_tensor = torch.cat(images), torch.cat(labels)
+    if label_tensor.numel() and not 0 <= int(label_tensor.min()) <= int(label_tensor.max()) < len(
+            class_names):
+        raise ValueError(f"labels in {root} must lie in 0..{len(class_names) - 1}")
+    if image_size != 32:
+        resized = F.interpolate(image_tensor.float(), size=(image_size, image_size),
+                                mode="bilinear", antialias=True, align_corners=False)
+        image_tensor = resized.round().clamp(0, 255).to(torch.uint8)
+    return ClassificationSplit(image_tensor, label_tensor, class_names, str(root))
+
+
+def load_image_folder(split_dir: str | os.PathLike, image_size: int, *,
+                      class_names: Sequence[str] | None = None, max_items: int = 0,
+                      seed: int = 0) -> ClassificationSplit:
+    """Read an ImageFolder split, resized to S x S (shorter side to S, centre crop).
+
+    Args:
+        split_dir: root/<split>.
+        image_size: S.
+        class_names: the training split's classes (for an evaluation split).
+        max_items: read a seeded random subset of this many images (0: all).
+        seed: of that subset.
+    """
+    samples, names = scan_image_folder(split_dir, class_names)
+    if 0 < max_items < len(samples):
+        keep = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))
+        samples = [samples[i] for i in sorted(keep[:max_items].tolist())]
+    transform = A.Compose([A.SmallestMaxSize(max_size=image_size, interpolation=cv2.INTER_AREA),
+                           A.CenterCrop(height=image_size, width=image_size)])
+    dataset = ImageFolderDataset(samples=samples, class_names=names, transform=transform,
+                                 train=False)
+    items = [dataset[i] for i in range(len(dataset))]
+    items = [item for item in items if item["label"] >= 0]  # unreadable images (warned)
+    if not items:
+        raise ValueError(f"no readable images under {split_dir}")
+    return ClassificationSplit(torch.stack([item["image"] for item in items]),
+                               torch.tensor([item["label"] for item in items]), names,
+                               str(split_dir))
+
+
+def load_splits(root: str | os.PathLike, *, train_split: str, val_split: str, image_size: int,
+                max_train: int = 0, max_val: int = 0, seed: int = 0
+                ) -> tuple[ClassificationSplit, ClassificationSplit]:
+    """(train, val) from CIFAR batches or an ImageFolder tree, each cut to a seeded subset."""
+    if not Path(root).is_dir():
+        raise FileNotFoundError(
+            f"data.root {root} does not exist (the synthetic set is made by "
+            f"`python tools/make_synthetic.py`; CIFAR-10 is the cifar-10-batches-py folder)")
+    if is_cifar_root(root):
+        train = load_cifar_batches(root, "train", image_size).subset(max_train, seed)
+        val = load_cifar_batches(root, val_split, image_size).subset(max_val, seed + 1)
+    else:
+        train = load_image_folder(Path(root) / train_split, image_size, max_items=max_train,
+                                  seed=seed)
+        val = load_image_folder(Path(root) / val_split, image_size,
+                                class_names=train.class_names, max_items=max_val, seed=seed + 1)
+    logger.info("data %s: %d train / %d val images, %d classes, %dx%d", root, len(train),
+                len(val), len(train.class_names), image_size, image_size)
+    return train, val
+
+
+def normalize(images: torch.Tensor, pixel_mean: Sequence[float],
+              pixel_std: Sequence[float]) -> torch.Tensor:
+    """uint8 (N, 3, S, S) -> float (N, 3, S, S): (x - mean) / std on 0..255 values."""
+    mean = torch.as_tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.as_tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (images.float() - mean) / std
+
+
+def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """CIFAR augmentation: zero-pad by `pad`, random S x S crop, random horizontal flip."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).tolist()
+    flips = torch.rand(n, generator=generator) < 0.5
+    out = torch.stack([padded[i, :, y:y + h, x:x + w] for i, (y, x) in enumerate(offsets)])
+    out[flips] = out[flips].flip(-1)
+    return out
+
+
+class BatchStream:
+    """Endless shuffled training batches {"images": float (B, 3, S, S), "labels": (B,)}.
+
+    Each epoch is a permutation from a generator seeded with `seed`, so two models trained
+    with the same seed see the same batches in the same order.
+
+    Args:
+        split: the training split.
+        batch_size: B (the last incomplete batch of an epoch is dropped).
+        pixel_mean, pixel_std: normalization on 0..255 values.
+        augment: pad-and-crop (pad S / 8) and flip.
+        seed: order and augmentation seed.
+    """
+
+    def __init__(self, split: ClassificationSplit, *, batch_size: int,
+                 pixel_mean: Sequence[float], pixel_std: Sequence[float], augment: bool,
+                 seed: int) -> None:
+        if not 0 < batch_size <= len(split):
+            raise ValueError(f"batch size {batch_size} must be in 1..{len(split)} "
+                             f"(the training images of {split.source})")
+        self.split = split
+        self.batch_size = batch_size
+        self.pixel_mean, self.pixel_std = list(pixel_mean), list(pixel_std)
+        self.pad = max(split.images.shape[-1] // 8, 1) if augment else 0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            order = torch.randperm(len(self.split), generator=self.generator)
+            for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
+                index = order[start:start + self.batch_size]
+                images = self.split.images[index]
+                if self.pad:
+                    images = random_crop_flip(images, self.pad, self.generator)
+                yield {"images": normalize(images, self.pixel_mean, self.pixel_std),
+                       "labels": self.split.labels[index]}

@@ -1,0 +1,157 @@
+"""Backbone weights: read, convert and strictly load torchvision, timm and own checkpoints.
+
+Own checkpoints are `{"model": state_dict, "provenance": {...}}` where provenance records the
+architecture and how its inputs must be preprocessed (see `make_provenance`).
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+StateDict = dict[str, torch.Tensor]
+
+
+def make_provenance(arch: str, options: Mapping[str, Any] | None = None, *,
+                    class_names: list[str] | None = None, config: Any = None,
+                    pixel_mean: tuple[float, ...] = PIXEL_MEAN,
+                    pixel_std: tuple[float, ...] = PIXEL_STD) -> dict[str, Any]:
+    """What a checkpoint must say so a model built from it preprocesses the right way."""
+    options = dict(options or {})
+    return {"arch": arch, "options": options, "pixel_mean": list(pixel_mean),
+            "pixel_std": list(pixel_std), "channel_order": "RGB",
+            "stride_in_1x1": bool(options.get("stride_in_1x1", False)),
+            "class_names": list(class_names or []), "config": config}
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
+                    provenance: Mapping[str, Any], **extra: Any) -> None:
+    """Write `{"model", "provenance", **extra}` atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"model": {k: v.detach().cpu() for k, v in state_dict.items()},
+               "provenance": dict(provenance), **extra}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """torch.load with weights_only=True; any failure names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle that is not weights-only, ...
+        raise ValueError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def unwrap_state_dict(obj: Mapping[str, Any]) -> tuple[StateDict, dict[str, Any] | None]:
+    """Return (state_dict, provenance or None) from an own, timm-style or bare checkpoint."""
+    for key in ("model", "state_dict", "model_state"):
+        if key in obj and isinstance(obj[key], Mapping):
+            return dict(obj[key]), obj.get("provenance")
+    return dict(obj), None
+
+
+_TV_BN = re.compile(r"(^|\.)bn(\d)\.")
+
+
+def convert_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """Map torchvision/timm ResNet keys (conv1, bn1, layerK, downsample) to ours.
+
+    conv1.* -> stem.conv.*, bn1.* -> stem.norm.*, layerK.J.bnI -> res{K+1}.J.normI,
+    downsample.{0,1} -> shortcut.{0,1}; other keys (fc.*) are kept.
+    """
+    converted = {}
+    for key, value in state_dict.items():
+        if key.startswith("conv1."):
+            key = "stem.conv." + key[len("conv1."):]
+        elif key.startswith("bn1."):
+            key = "stem.norm." + key[len("bn1."):]
+        elif key.startswith("layer"):
+            stage, rest = key[len("layer"):].split(".", 1)
+            rest = _TV_BN.sub(r"\1norm\2.", rest).replace("downsample.", "shortcut.")
+            key = f"res{int(stage) + 1}.{rest}"
+        converted[key] = value
+    return converted
+
+
+def is_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    return "conv1.weight" in state_dict and any(k.startswith("layer1.") for k in state_dict)
+
+
+def _is_bn_counter(key: str) -> bool:
+    return key.endswith("num_batches_tracked")
+
+
+def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                   source: str) -> None:
+    """Load strictly; raise ValueError naming `source` and every missing/unexpected/mis-shaped key."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict and not _is_bn_counter(k)]
+    unexpected = [k for k in state_dict if k not in expected and not _is_bn_counter(k)]
+    mis_shaped = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items()
+                  if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or mis_shaped:
+        def listing(title: str, keys: list[str]) -> str:
+            more = f" ... and {len(keys) - 10} more" if len(keys) > 10 else ""
+            return f"\n  {title} ({len(keys)}): {', '.join(keys[:10])}{more}" if keys else ""
+        raise ValueError(f"weights from {source} do not match {type(model).__name__}:"
+                         + listing("missing", missing) + listing("unexpected", unexpected)
+                         + listing("mis-shaped", mis_shaped))
+    usable = {k: v for k, v in state_dict.items() if k in expected}
+    model.load_state_dict(usable, strict=False)
+
+
+def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any], *,
+                 convert: Callable[[StateDict], StateDict] | None = None) -> dict | None:
+    """Load torchvision, timm or own weights into a ResNet or Classifier, strictly.
+
+    The format is detected from the keys. Into a bare backbone, classifier keys are accepted
+    (the `backbone.` prefix is stripped and `fc.*` dropped). Returns the checkpoint's
+    provenance (None for foreign weights) and stores it as `model.provenance`.
+
+    Args:
+        model: the module to fill.
+        weights: a file path or an already loaded checkpoint/state dict.
+        convert: an extra key converter applied last (e.g. for detection models).
+    """
+    source = str(weights) if isinstance(weights, (str, os.PathLike)) else "the given state dict"
+    obj = read_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else weights
+    state_dict, provenance = unwrap_state_dict(obj)
+    if is_torchvision_resnet(state_dict):
+        state_dict = convert_torchvision_resnet(state_dict)
+    expected = model.state_dict()
+    if any(k.startswith("backbone.") for k in expected):
+        if not any(k.startswith("backbone.") for k in state_dict):
+            state_dict = {k if k.startswith("fc.") else f"backbone.{k}": v
+                          for k, v in state_dict.items()}
+    elif any(k.startswith("backbone.") for k in state_dict):
+        state_dict = {k[len("backbone."):]: v for k, v in state_dict.items()
+                      if k.startswith("backbone.")}
+    if not any(k.startswith("fc.") for k in expected):
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    if convert is not None:
+        state_dict = convert(state_dict)
+    check_and_load(model, state_dict, source)
+    model.provenance = provenance
+    return provenance

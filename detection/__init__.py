@@ -1,0 +1,36 @@
+"""Faster R-CNN (FPN, C4, DC5) on ResNet backbones, written on torchvision.ops kernels."""
+
+from .anchors import AnchorGenerator
+from .box_coder import BoxCoder
+from .build import build_model
+from .convert import convert_torchvision_faster_rcnn, load_detector_weights
+from .fpn import FPN, LastLevelMaxPool
+from .matcher import Matcher
+from .poolers import MultiLevelRoIAlign
+from .predictor import Predictor
+from .rcnn import FasterRCNN
+from .roi_heads import FastRCNNFCHead, FastRCNNOutputs, Res5ROIHeads, ROIHeads, StandardROIHeads
+from .rpn import RPN, RPNHead
+from .sampler import BalancedSampler
+
+__all__ = [
+    "AnchorGenerator",
+    "BalancedSampler",
+    "BoxCoder",
+    "FPN",
+    "FastRCNNFCHead",
+    "FastRCNNOutputs",
+    "FasterRCNN",
+    "LastLevelMaxPool",
+    "Matcher",
+    "MultiLevelRoIAlign",
+    "Predictor",
+    "RPN",
+    "RPNHead",
+    "ROIHeads",
+    "Res5ROIHeads",
+    "StandardROIHeads",
+    "build_model",
+    "convert_torchvision_faster_rcnn",
+    "load_detector_weights",
+]

@@ -1,0 +1,114 @@
+"""Detector weights: import torchvision Faster R-CNN state dicts, load any detector checkpoint.
+
+torchvision's ``fasterrcnn_resnet50_fpn`` numbers classes 0..C-1 with 0 = background
+(C = 91 for COCO: the 90 category-id slots). Here classes are 0..K-1 with background
+at index K, so K = C - 1 and our class k is torchvision's class k + 1 (for COCO, the
+category id). The classifier rows move accordingly and the background box deltas are
+dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from backbones.weights import (
+    check_and_load,
+    convert_torchvision_resnet,
+    read_checkpoint,
+    unwrap_state_dict,
+)
+
+_FPN = re.compile(r"^backbone\.fpn\.(inner_blocks|layer_blocks)\.(\d+)\.(?:0\.)?(weight|bias)$")
+_RPN_HEAD = {
+    "rpn.head.conv.0.0.": "rpn.head.conv.",  # torchvision >= 0.13 (Conv2dNormActivation)
+    "rpn.head.conv.": "rpn.head.conv.",
+    "rpn.head.cls_logits.": "rpn.head.objectness_logits.",
+    "rpn.head.bbox_pred.": "rpn.head.anchor_deltas.",
+}
+_BOX_HEAD = {
+    "roi_heads.box_head.fc6.": "roi_heads.box_head.fc1.",
+    "roi_heads.box_head.fc7.": "roi_heads.box_head.fc2.",
+}
+
+
+def is_torchvision_faster_rcnn(state_dict: Mapping[str, Any]) -> bool:
+    """True for a torchvision ``FasterRCNN`` (or Mask R-CNN) state dict."""
+    return "rpn.head.cls_logits.weight" in state_dict and any(
+        k.startswith("backbone.body.") for k in state_dict
+    )
+
+
+def convert_torchvision_faster_rcnn(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Maps a torchvision Faster R-CNN (ResNet-FPN) state dict to this project's keys.
+
+    Backbone keys go through ``backbones.weights.convert_torchvision_resnet`` under
+    ``backbone.bottom_up.``; BatchNorm ``num_batches_tracked`` counters are dropped; keys
+    this mapping does not know (e.g. a mask head) are kept unchanged for the caller.
+
+    Args:
+        state_dict: torchvision model state dict.
+
+    Returns:
+        The converted state dict.
+    """
+    body = {
+        k[len("backbone.body.") :]: v
+        for k, v in state_dict.items()
+        if k.startswith("backbone.body.")
+    }
+    out = {
+        f"backbone.bottom_up.{k}": v
+        for k, v in convert_torchvision_resnet(body).items()
+        if not k.endswith("num_batches_tracked")
+    }
+    for key, value in state_dict.items():
+        if key.startswith("backbone.body.") or key.endswith("num_batches_tracked"):
+            continue
+        match = _FPN.match(key)
+        if match:
+            kind, idx, param = match.groups()
+            name = "lateral_convs" if kind == "inner_blocks" else "output_convs"
+            out[f"backbone.{name}.{idx}.{param}"] = value
+            continue
+        new_key = key
+        for old, new in {**_RPN_HEAD, **_BOX_HEAD}.items():
+            if key.startswith(old):
+                new_key = new + key[len(old) :]
+                break
+        if key.startswith("roi_heads.box_predictor.cls_score."):
+            # rows (bg, c1..cK) -> (c1..cK, bg)
+            value = torch.cat([value[1:], value[:1]])
+        elif key.startswith("roi_heads.box_predictor.bbox_pred."):
+            value = value[4:]  # drop the background class's 4 deltas
+        out[new_key] = value
+    return out
+
+
+def load_detector_weights(
+    model: nn.Module, weights: str | os.PathLike | Mapping[str, Any]
+) -> dict | None:
+    """Strictly loads detector weights: an own checkpoint or a torchvision state dict.
+
+    Args:
+        model: the detector to fill.
+        weights: a file path, or an already loaded checkpoint / state dict.
+
+    Returns:
+        The checkpoint's provenance (None for foreign weights).
+
+    Raises:
+        ValueError: naming the source and every missing, unexpected or mis-shaped key.
+    """
+    source = str(weights) if isinstance(weights, (str, os.PathLike)) else "the given state dict"
+    obj = read_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else weights
+    state_dict, provenance = unwrap_state_dict(obj)
+    if is_torchvision_faster_rcnn(state_dict):
+        state_dict = convert_torchvision_faster_rcnn(state_dict)
+    check_and_load(model, state_dict, source)
+    return provenance

@@ -1,0 +1,277 @@
+"""COCO instance annotations -> validated per-image records with contiguous labels.
+
+A record (one per kept image, M objects):
+    {"file_name": absolute path, "image_id": int, "height": int, "width": int,
+     "boxes": float32 (M, 4) xyxy in original image pixels, clipped to the image,
+     "classes": int64 (M,) contiguous labels 0..K-1,
+     "segmentations": list of M COCO segmentations (only with keep_segmentation=True)}
+
+Everything that can be checked before training is checked here and reported with the file
+and the offending entry; crowd regions and degenerate boxes are left out and counted.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+
+logger = logging.getLogger(__name__)
+
+_MAX_LISTED = 10  # problems listed in one error message
+
+
+class DatasetError(ValueError):
+    """An annotation file or image folder that cannot be used; the message names the entry."""
+
+
+@dataclass(frozen=True)
+class CategoryMapping:
+    """Dataset category ids <-> contiguous labels 0..K-1 (in increasing id order).
+
+    Attributes:
+        dataset_ids: category id of each contiguous label.
+        names: category name of each contiguous label.
+    """
+
+    dataset_ids: tuple[int, ...]
+    names: tuple[str, ...]
+    _index: dict[int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.dataset_ids) != len(self.names):
+            raise ValueError("dataset_ids and names must have the same length")
+        object.__setattr__(self, "_index", {cid: i for i, cid in enumerate(self.dataset_ids)})
+
+    @classmethod
+    def from_categories(cls, categories: list[dict[str, Any]]) -> CategoryMapping:
+        """Build from a COCO `categories` list (any order, any ids)."""
+        ordered = sorted(categories, key=lambda c: c["id"])
+        return cls(tuple(int(c["id"]) for c in ordered), tuple(str(c["name"]) for c in ordered))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.dataset_ids)
+
+    def to_contiguous(self, dataset_id: int) -> int:
+        """Contiguous label of a dataset category id."""
+        try:
+            return self._index[int(dataset_id)]
+        except KeyError:
+            raise KeyError(f"unknown category id {dataset_id}; known: {list(self.dataset_ids)}") \
+                from None
+
+    def to_dataset_ids(self, labels: np.ndarray) -> np.ndarray:
+        """Dataset category ids (int64) of an array of contiguous labels."""
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got {labels.min()}.."
+                             f"{labels.max()}")
+        return np.asarray(self.dataset_ids, dtype=np.int64)[labels]
+
+
+@dataclass
+class LoadStats:
+    """What loading kept and left out."""
+
+    images: int = 0
+    kept_images: int = 0
+    empty_images: int = 0
+    boxes: int = 0
+    crowd: int = 0
+    degenerate: int = 0
+
+
+def read_coco_json(ann_file: str | Path) -> dict[str, Any]:
+    """Parse a COCO file and check its structure; errors name the file and the entry.
+
+    Args:
+        ann_file: path to the COCO instances JSON.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DatasetError: it is not JSON, lacks images/annotations/categories, or has entries
+            with missing fields, duplicate ids, unknown image or category ids.
+    """
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise FileNotFoundError(f"annotation file not found: {ann_file}")
+    try:
+        data = json.loads(ann_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{ann_file}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{ann_file}: expected a JSON object at the top level")
+    missing = [k for k in ("images", "annotations", "categories")
+               if not isinstance(data.get(k), list)]
+    if missing:
+        raise DatasetError(f"{ann_file}: missing or not a list: {', '.join(missing)} "
+                           "(a COCO instances file needs images, annotations and categories)")
+    problems: list[str] = []
+    category_ids = _check_entries(data["categories"], "categories", {"id": int, "name": str},
+                                  problems)
+    image_ids = _check_entries(data["images"], "images",
+                               {"id": int, "file_name": str, "height": int, "width": int},
+                               problems)
+    if not data["categories"]:
+        problems.append("'categories' is empty")
+    for i, img in enumerate(data["images"]):
+        name = img.get("file_name") if isinstance(img, dict) else None
+        if isinstance(name, str):
+            reason = _unsafe_path_reason(name)
+            if reason:
+                problems.append(f"images[{i}] (id={img.get('id')}): file_name {name!r} {reason}")
+        for key in ("height", "width"):
+            if isinstance(img, dict) and isinstance(img.get(key), int) and img[key] <= 0:
+                problems.append(f"images[{i}] (id={img.get('id')}): {key} must be positive")
+    _check_entries(data["annotations"], "annotations",
+                   {"id": int, "image_id": int, "category_id": int, "bbox": list}, problems)
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            continue
+        where = f"annotations[{i}] (id={ann.get('id')})"
+        if isinstance(ann.get("image_id"), int) and ann["image_id"] not in image_ids:
+            problems.append(f"{where}: image_id {ann['image_id']} is not in 'images'")
+        if isinstance(ann.get("category_id"), int) and ann["category_id"] not in category_ids:
+            problems.append(f"{where}: category_id {ann['category_id']} is not in 'categories' "
+                            f"(known ids: {sorted(category_ids)})")
+        bbox = ann.get("bbox")
+        if isinstance(bbox, list) and (len(bbox) != 4 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+            problems.append(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
+    if problems:
+        raise DatasetError(_format_problems(ann_file, problems))
+    return data
+
+
+def _check_entries(entries: list[Any], section: str, fields: dict[str, type],
+                   problems: list[str]) -> set[int]:
+    """Check required fields and id uniqueness of a section; return the set of ids."""
+    ids: set[int] = set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            problems.append(f"{section}[{i}]: expected an object, got {type(entry).__name__}")
+            continue
+        where = f"{section}[{i}]" + (f" (id={entry['id']})" if "id" in entry else "")
+        for key, kind in fields.items():
+            value = entry.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                problems.append(f"{where}: missing or invalid {key!r} (expected {kind.__name__}, "
+                                f"got {value!r})")
+        if isinstance(entry.get("id"), int):
+            if entry["id"] in ids:
+                problems.append(f"{where}: duplicate id {entry['id']} in '{section}'")
+            ids.add(entry["id"])
+    return ids
+
+
+def _unsafe_path_reason(file_name: str) -> str | None:
+    if not file_name:
+        return "is empty"
+    if os.path.isabs(file_name) or file_name.startswith(("/", "\\")) or ":" in file_name[:3]:
+        return "is absolute; file names must be relative to the image folder"
+    normal = os.path.normpath(file_name.replace("\\", "/"))
+    if normal == ".." or normal.startswith("../"):
+        return "escapes the image folder ('..')"
+    return None
+
+
+def _image_path(img_dir: Path, file_name: str) -> Path:
+    return img_dir / os.path.normpath(file_name.replace("\\", "/"))
+
+
+def _format_problems(ann_file: Path, problems: list[str]) -> str:
+    listed = "\n  ".join(problems[:_MAX_LISTED])
+    more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+    return f"{ann_file}: {len(problems)} problem(s):\n  {listed}{more}"
+
+
+def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: bool = False,
+                   keep_segmentation: bool = False, check_files: bool = True,
+                   ) -> tuple[list[dict[str, Any]], CategoryMapping, LoadStats]:
+    """Load a COCO instances file into training records.
+
+    Args:
+        ann_file: COCO instances JSON.
+        img_dir: folder that `file_name` entries are relative to.
+        filter_empty: drop images left without objects (after removing crowd and degenerate
+            boxes); by default they are kept as negatives.
+        keep_segmentation: keep each object's `segmentation` in the record (for masks).
+        check_files: verify up front that every image file exists.
+
+    Returns:
+        (records in the file's image order, category mapping, statistics).
+
+    Raises:
+        DatasetError: invalid file content, or image files missing (all listed by entry).
+    """
+    ann_file, img_dir = Path(ann_file), Path(img_dir)
+    data = read_coco_json(ann_file)
+    if not img_dir.is_dir():
+        raise DatasetError(f"image folder not found: {img_dir} (for {ann_file})")
+    if check_files:
+        missing = [f"images[{i}] (id={img['id']}): {_image_path(img_dir, img['file_name'])}"
+                   for i, img in enumerate(data["images"])
+                   if not _image_path(img_dir, img["file_name"]).is_file()]
+        if missing:
+            raise DatasetError(_format_problems(
+                ann_file, [f"image file not found for {m}" for m in missing]))
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
+        coco.createIndex()
+    mapping = CategoryMapping.from_categories(data["categories"])
+    stats = LoadStats(images=len(data["images"]))
+    records = []
+    for img in data["images"]:
+        record = _make_record(coco.imgToAnns.get(img["id"], []), img, img_dir, mapping, stats,
+                              keep_segmentation)
+        if len(record["classes"]) == 0:
+            stats.empty_images += 1
+            if filter_empty:
+                continue
+        records.append(record)
+    stats.kept_images = len(records)
+    logger.info("%s: %d of %d images (%d without objects%s), %d boxes; left out %d crowd and "
+                "%d degenerate boxes", ann_file, stats.kept_images, stats.images,
+                stats.empty_images, ", dropped" if filter_empty else ", kept", stats.boxes,
+                stats.crowd, stats.degenerate)
+    return records, mapping, stats
+
+
+def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
+                 mapping: CategoryMapping, stats: LoadStats,
+                 keep_segmentation: bool) -> dict[str, Any]:
+    height, width = img["height"], img["width"]
+    boxes, classes, segmentations = [], [], []
+    for ann in anns:
+        if ann.get("iscrowd", 0):
+            stats.crowd += 1
+            continue
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+        x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+        if not (x2 - x1 >= 1.0 and y2 - y1 >= 1.0):  # also drops NaN
+            stats.degenerate += 1
+            continue
+        boxes.append((x1, y1, x2, y2))
+        classes.append(mapping.to_contiguous(ann["category_id"]))
+        if keep_segmentation:
+            segmentations.append(ann.get("segmentation"))
+    stats.boxes += len(boxes)
+    record: dict[str, Any] = {
+        "file_name": str(_image_path(img_dir, img["file_name"])), "image_id": img["id"],
+        "height": height, "width": width,
+        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        "classes": np.asarray(classes, dtype=np.int64),
+    }
+    if keep_segmentation:
+        record["segmentations"] = segmentations
+    return record

@@ -1,0 +1,151 @@
+"""Detection dataset: records -> decoded, augmented samples (M objects per image).
+
+A sample:
+    {"image": uint8 (3, H, W) RGB after resizing, "image_id": int, "file_name": str,
+     "height": int, "width": int (the original image size, for mapping predictions back),
+     "gt_boxes": float32 (M, 4) xyxy in resized-image pixels, "gt_classes": int64 (M,),
+     "gt_masks": uint8 (M, H, W) (only with with_masks=True)}
+
+Padding to the backbone's size divisibility is the model's job, not this module's.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch.utils.data import Dataset
+
+from .image_io import UnreadableImageError, read_image
+
+logger = logging.getLogger(__name__)
+
+SampleKey = int | tuple[int, int]  # an index, or (index, augmentation seed) from TrainingSampler
+
+
+class _PackedRecords:
+    """Records pickled into one numpy buffer.
+
+    DataLoader workers fork the dataset; a Python list of dicts gets its pages copied as soon
+    as reference counts are touched, multiplying memory by the number of workers. One flat
+    buffer is shared copy-on-write.
+    """
+
+    def __init__(self, records: Sequence[dict[str, Any]]) -> None:
+        blobs = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]
+        self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
+        self._buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        start = int(self._ends[index - 1]) if index > 0 else 0
+        return pickle.loads(self._buffer[start:int(self._ends[index])].tobytes())
+
+
+def segmentation_to_mask(segmentation: list[list[float]] | dict[str, Any], height: int,
+                         width: int) -> np.ndarray:
+    """uint8 (H, W) mask of a COCO segmentation (polygons, RLE or uncompressed RLE)."""
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return mask_utils.decode(rle)
+
+
+class DetectionDataset(Dataset):
+    """Decode, augment and convert records from `load_coco_json` into model inputs.
+
+    Args:
+        records: per-image records from `load_coco_json`.
+        transform: from `build_transforms` (with boxes).
+        with_masks: also return `gt_masks` (records need `segmentations`).
+    """
+
+    def __init__(self, records: Sequence[dict[str, Any]], *, transform: A.Compose,
+                 with_masks: bool = False) -> None:
+        if with_masks:
+            for r in records:
+                if "segmentations" not in r or any(s is None for s in r["segmentations"]):
+                    raise ValueError(f"image id {r['image_id']} ({r['file_name']}): with_masks "
+                                     "needs a segmentation for every object (load the records "
+                                     "with keep_segmentation=True)")
+        self._records = _PackedRecords(records)
+        self.group_ids = np.asarray([0 if r["width"] >= r["height"] else 1 for r in records],
+                                    dtype=np.int64)  # aspect-ratio bucket: landscape 0, portrait 1
+        self.transform = transform
+        self.with_masks = with_masks
+        self.num_skipped = 0  # unreadable images seen by this process
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def record(self, index: int) -> dict[str, Any]:
+        """The raw record of an image."""
+        return self._records[index]
+
+    def __getitem__(self, key: SampleKey) -> dict[str, Any] | None:
+        """The sample of `key`, or None when the image cannot be decoded (logged and counted).
+
+        Args:
+            key: an index, or (index, seed) to make the augmentation reproducible without
+                global state; a bare index draws the seed from torch's generator.
+        """
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        record = self._records[index]
+        try:
+            image = read_image(record["file_name"])
+        except UnreadableImageError as err:
+            return self._skip(f"{err} (image id {record['image_id']})")
+        height, width = record["height"], record["width"]
+        if image.shape[:2] != (height, width):
+            return self._skip(
+                f"{record['file_name']} (image id {record['image_id']}): decoded size "
+                f"{image.shape[1]}x{image.shape[0]} differs from the annotation's {width}x{height} "
+                "(after EXIF rotation, if the file has an orientation tag)")
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        boxes, classes = record["boxes"], record["classes"]
+        inputs: dict[str, Any] = {"image": image, "bboxes": boxes,
+                                  "box_ids": np.arange(len(boxes))}
+        if self.with_masks:
+            inputs["masks"] = [segmentation_to_mask(s, height, width)
+                               for s in record["segmentations"]]
+        out = self.transform(**inputs)
+        keep = np.asarray(out["box_ids"], dtype=np.int64)
+        sample = {
+            "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
+            "image_id": record["image_id"], "file_name": record["file_name"],
+            "height": height, "width": width,
+            "gt_boxes": torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)),
+            "gt_classes": torch.from_numpy(classes[keep]),
+        }
+        if self.with_masks:
+            h, w = sample["image"].shape[1:]
+            masks = [out["masks"][i] for i in keep]
+            sample["gt_masks"] = torch.from_numpy(
+                np.stack(masks) if masks else np.zeros((0, h, w), dtype=np.uint8))
+        return sample
+
+    def _skip(self, reason: str) -> None:
+        self.num_skipped += 1
+        logger.warning("skipping unreadable image: %s", reason)
+
+
+def collate(batch: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """Keep samples as a list (images differ in size; the model pads), dropping skipped ones.
+
+    A batch can come out shorter than asked (or empty) when images were unreadable; the
+    difference is the number skipped, which a training loop can count.
+    """
+    return [sample for sample in batch if sample is not None]

@@ -1,0 +1,242 @@
+"""COCO evaluation of detections (boxes, and masks once a model predicts them).
+
+Per image (R detections): boxes float (R, 4) xyxy in original image pixels, scores (R,),
+labels int (R,) contiguous 0..K-1, optionally masks bool (R, H, W) at the original size.
+Results are written in COCO results format (xywh boxes, dataset category ids, RLE masks) and
+scored by pycocotools' COCOeval or by faster-coco-eval, which gives the same numbers faster.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pycocotools import mask as mask_utils
+
+BACKENDS = ("pycocotools", "faster_coco_eval")
+IOU_TYPES = ("bbox", "segm")
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+RESULTS_FILE = "coco_instances_results.json"
+# The 12 numbers of COCOeval.stats: (kind, IoU, area, max detections)
+_STAT_ROWS = (
+    ("Average Precision", "0.50:0.95", "all", 100), ("Average Precision", "0.50", "all", 100),
+    ("Average Precision", "0.75", "all", 100), ("Average Precision", "0.50:0.95", "small", 100),
+    ("Average Precision", "0.50:0.95", "medium", 100),
+    ("Average Precision", "0.50:0.95", "large", 100),
+    ("Average Recall", "0.50:0.95", "all", 1), ("Average Recall", "0.50:0.95", "all", 10),
+    ("Average Recall", "0.50:0.95", "all", 100), ("Average Recall", "0.50:0.95", "small", 100),
+    ("Average Recall", "0.50:0.95", "medium", 100), ("Average Recall", "0.50:0.95", "large", 100),
+)
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: Any, *,
+                              category_ids: Sequence[int], masks: Any = None,
+                              ) -> list[dict[str, Any]]:
+    """COCO results entries for one image's detections.
+
+    Args:
+        image_id: the image's id in the ground-truth file.
+        boxes: (R, 4) xyxy in original image pixels.
+        scores: (R,) confidences.
+        labels: (R,) contiguous labels.
+        category_ids: dataset category id of each contiguous label.
+        masks: optional (R, H, W) boolean masks at the original image size.
+    """
+    boxes = _numpy(boxes).astype(np.float64).reshape(-1, 4)
+    scores, labels = _numpy(scores).reshape(-1), _numpy(labels).astype(np.int64).reshape(-1)
+    ids = np.asarray(category_ids, dtype=np.int64)[labels]
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    results = [{"image_id": int(image_id), "category_id": int(ids[i]),
+                "bbox": [round(float(v), 3) for v in xywh[i]], "score": float(scores[i])}
+               for i in range(len(boxes))]
+    if masks is not None:
+        masks = _numpy(masks).astype(np.uint8)
+        for result, mask in zip(results, masks, strict=True):
+            rle = mask_utils.encode(np.asfortranarray(mask))
+            rle["counts"] = rle["counts"].decode("ascii")
+            result["segmentation"] = rle
+    return results
+
+
+def _load_gt(ann_file: Path, backend: str) -> Any:
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(str(ann_file))
+    from faster_coco_eval import COCO as FasterCOCO
+    return FasterCOCO(str(ann_file))
+
+
+def _load_results(coco_gt: Any, results: list[dict[str, Any]], backend: str) -> Any:
+    if results or backend != "pycocotools":
+        with contextlib.redirect_stdout(io.StringIO()):
+            return coco_gt.loadRes(copy.deepcopy(results))
+    # pycocotools' loadRes cannot take an empty list; an empty result set scores 0 where
+    # ground truth exists, like any set that finds nothing.
+    from pycocotools.coco import COCO
+    empty = COCO()
+    empty.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],
+                     "categories": copy.deepcopy(coco_gt.dataset["categories"])}
+    with contextlib.redirect_stdout(io.StringIO()):
+        empty.createIndex()
+    return empty
+
+
+def _run_cocoeval(coco_gt: Any, coco_dt: Any, iou_type: str, backend: str) -> Any:
+    if backend == "pycocotools":
+        from pycocotools.cocoeval import COCOeval
+        evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+    else:
+        from faster_coco_eval import COCOeval_faster
+        evaluator = COCOeval_faster(coco_gt, coco_dt, iou_type,
+                                    print_function=lambda *args, **kwargs: None)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def _percent(value: float) -> float:
+    return float(value) * 100.0 if value >= 0 else math.nan  # COCOeval's -1: no ground truth
+
+
+def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_type: str = "bbox",
+                  backend: str = "pycocotools", verbose: bool = True) -> dict[str, Any]:
+    """Score COCO results against a ground-truth file.
+
+    Args:
+        ann_file: ground-truth COCO instances JSON.
+        results: COCO results entries (see `instances_to_coco_results`).
+        iou_type: "bbox" or "segm".
+        backend: "pycocotools" or "faster_coco_eval".
+        verbose: print the 12 standard numbers and the per-category table.
+
+    Returns:
+        {"AP", "AP50", "AP75", "APs", "APm", "APl" (percent; NaN where the ground truth has no
+        object of that size), "stats": the 12 COCOeval numbers (fractions, -1 = undefined),
+        "per_category": {name: AP in percent, NaN for categories without ground truth}}.
+    """
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    drop = "bbox" if iou_type == "segm" else "segmentation"
+    results = [{k: v for k, v in r.items() if k != drop} for r in results]
+    if iou_type == "segm" and any("segmentation" not in r for r in results):
+        raise ValueError("segm evaluation needs a 'segmentation' in every result")
+    coco_gt = _load_gt(Path(ann_file), backend)
+    if not results:
+        warnings.warn(f"no detections to evaluate against {ann_file}: {iou_type} AP is 0",
+                      RuntimeWarning, stacklevel=2)
+    evaluator = _run_cocoeval(coco_gt, _load_results(coco_gt, results, backend), iou_type, backend)
+    stats = [float(v) for v in evaluator.stats[:12]]
+    metrics: dict[str, Any] = {name: _percent(stats[i]) for i, name in enumerate(METRIC_NAMES)}
+    metrics["stats"] = stats
+    # precision: (IoU thresholds, recall points, categories, areas, max dets); -1 = undefined
+    precision = np.asarray(evaluator.eval["precision"])
+    per_category = {}
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        per_category[coco_gt.cats[cat_id]["name"]] = float(p.mean()) * 100 if p.size else math.nan
+    metrics["per_category"] = per_category
+    if verbose:
+        print(format_summary(stats, per_category, iou_type))
+    return metrics
+
+
+def format_summary(stats: Sequence[float], per_category: dict[str, float], iou_type: str) -> str:
+    """pycocotools' 12-line summary followed by a per-category AP table."""
+    lines = [f"Evaluation results for {iou_type}:"]
+    for (kind, iou, area, dets), value in zip(_STAT_ROWS, stats):
+        short = "(AP)" if kind.endswith("Precision") else "(AR)"
+        lines.append(f" {kind:<18} {short} @[ IoU={iou:<9} | area={area:>6s} | "
+                     f"maxDets={dets:>3d} ] = {value:0.3f}")
+    width = max([len(name) for name in per_category] + [8])
+    lines.append(f"{'category':<{width}} | AP")
+    lines.append(f"{'-' * width}-|-------")
+    lines += [f"{name:<{width}} | {ap:6.2f}" for name, ap in per_category.items()]
+    return "\n".join(lines)
+
+
+class COCOEvaluator:
+    """Collect detections over a (possibly distributed) pass, then write and score them.
+
+    Args:
+        ann_file: ground-truth COCO instances JSON.
+        category_ids: dataset category id of each contiguous label.
+        output_dir: where coco_instances_results.json is written (None: not written).
+        backend: "pycocotools" or "faster_coco_eval".
+        iou_types: ("bbox",) or ("bbox", "segm").
+    """
+
+    def __init__(self, ann_file: str | Path, *, category_ids: Sequence[int],
+                 output_dir: str | Path | None = None, backend: str = "pycocotools",
+                 iou_types: Sequence[str] = ("bbox",)) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        unknown = [t for t in iou_types if t not in IOU_TYPES]
+        if unknown:
+            raise ValueError(f"unknown iou_types {unknown}; valid: {IOU_TYPES}")
+        self.ann_file = Path(ann_file)
+        self.category_ids = tuple(int(c) for c in category_ids)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.backend = backend
+        self.iou_types = tuple(iou_types)
+        self._results: list[dict[str, Any]] = []
+
+    def reset(self) -> None:
+        self._results = []
+
+    def process(self, inputs: Sequence[dict[str, Any]], outputs: Sequence[dict[str, Any]]) -> None:
+        """Add a batch.
+
+        Args:
+            inputs: samples with "image_id".
+            outputs: per sample {"boxes", "scores", "labels"[, "masks"]} in original pixels.
+        """
+        for sample, out in zip(inputs, outputs, strict=True):
+            self._results += instances_to_coco_results(
+                sample["image_id"], out["boxes"], out["scores"], out["labels"],
+                category_ids=self.category_ids,
+                masks=out.get("masks") if "segm" in self.iou_types else None)
+
+    def evaluate(self) -> dict[str, dict[str, Any]]:
+        """Gather every rank's detections, write them, score them.
+
+        Returns:
+            {iou_type: metrics as from `evaluate_coco`} on every rank.
+        """
+        results = self._results
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if distributed:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, results)
+            results = [r for part in gathered for r in part]
+        metrics: dict[str, dict[str, Any]] = {}
+        if not distributed or dist.get_rank() == 0:
+            if self.output_dir is not None:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                (self.output_dir / RESULTS_FILE).write_text(json.dumps(results))
+            for iou_type in self.iou_types:
+                metrics[iou_type] = evaluate_coco(self.ann_file, results, iou_type=iou_type,
+                                                  backend=self.backend)
+        if distributed:
+            box = [metrics]
+            dist.broadcast_object_list(box, src=0)
+            metrics = box[0]
+        return metrics

@@ -1,0 +1,70 @@
+"""Matching of R predictions (anchors, proposals) to M ground-truth boxes by IoU.
+
+Input is an (M, R) quality matrix; output gives, for each of the R predictions, the
+index of its best gt box and a label: 1 foreground, 0 background, -1 ignored.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+FOREGROUND = 1
+BACKGROUND = 0
+IGNORE = -1
+
+
+class Matcher:
+    """Assigns each prediction to the gt box it overlaps most.
+
+    A prediction whose best IoU is ``>= high`` is foreground, ``< low`` background, and
+    in between ignored. With ``allow_low_quality_matches`` each gt box also claims the
+    predictions that overlap it most (ties included), whatever their IoU, so that no
+    gt box is left without a positive; such a prediction keeps its own best gt box.
+
+    Args:
+        low_threshold: IoU below which a prediction is background.
+        high_threshold: IoU from which a prediction is foreground.
+        allow_low_quality_matches: add the best prediction(s) of every gt box as foreground.
+    """
+
+    def __init__(
+        self, *, low_threshold: float, high_threshold: float, allow_low_quality_matches: bool
+    ) -> None:
+        if not 0.0 <= low_threshold <= high_threshold <= 1.0:
+            raise ValueError(
+                "matcher thresholds need 0 <= low <= high <= 1, got "
+                f"low={low_threshold}, high={high_threshold}"
+            )
+        self.low_threshold = float(low_threshold)
+        self.high_threshold = float(high_threshold)
+        self.allow_low_quality_matches = bool(allow_low_quality_matches)
+
+    def __call__(self, quality: Tensor) -> tuple[Tensor, Tensor]:
+        """Matches predictions to gt boxes.
+
+        Args:
+            quality: (M, R) IoU between M gt boxes and R predictions.
+
+        Returns:
+            matched_idxs: (R,) int64 index of the best gt box (0 where M == 0).
+            match_labels: (R,) int8 with 1 foreground, 0 background, -1 ignore.
+        """
+        num_gt, num_pred = quality.shape
+        if num_gt == 0:
+            zeros = torch.zeros(num_pred, dtype=torch.int64, device=quality.device)
+            return zeros, torch.full_like(zeros, BACKGROUND, dtype=torch.int8)
+        if num_pred == 0:
+            empty = torch.zeros(0, dtype=torch.int64, device=quality.device)
+            return empty, empty.to(torch.int8)
+
+        matched_vals, matched_idxs = quality.max(dim=0)
+        match_labels = torch.full((num_pred,), FOREGROUND, dtype=torch.int8, device=quality.device)
+        match_labels[matched_vals < self.high_threshold] = IGNORE
+        match_labels[matched_vals < self.low_threshold] = BACKGROUND
+
+        if self.allow_low_quality_matches:
+            best_per_gt = quality.max(dim=1).values
+            _, pred_inds = torch.nonzero(quality == best_per_gt[:, None], as_tuple=True)
+            match_labels[pred_inds] = FOREGROUND
+        return matched_idxs, match_labels

@@ -1,0 +1,177 @@
+"""Predictor: one RGB uint8 (H, W, 3) image in, D detections out (boxes (D, 4) xyxy in
+input-image pixels, scores (D,), labels (D,) dataset category ids).
+
+The model is built from a config (a YAML path, a loaded config, or None for the config an
+own checkpoint records) and whole-detector weights: an own checkpoint, whose provenance
+supplies the class names, dataset category ids and pixel mean/std, or a torchvision
+``fasterrcnn_resnet50_fpn`` state dict (labels are then torchvision's, i.e. COCO ids).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from backbones.weights import read_checkpoint, unwrap_state_dict
+
+from .build import build_model
+from .config import config_from_mapping, load_config, test_resize
+from .convert import is_torchvision_faster_rcnn, load_detector_weights
+from .data import build_transforms
+from .rcnn import FasterRCNN
+
+_CLS_KEYS = ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias")
+
+
+@dataclass
+class LoadedDetector:
+    """A detector with weights and what its labels mean.
+
+    Attributes:
+        model: the detector (eval mode).
+        cfg: the config it was built from (weights keys cleared).
+        class_names: name of each contiguous label.
+        category_ids: dataset category id of each contiguous label.
+        provenance: the checkpoint's provenance (empty for foreign weights).
+    """
+
+    model: FasterRCNN
+    cfg: DictConfig
+    class_names: list[str]
+    category_ids: list[int]
+    provenance: dict[str, Any]
+
+
+def _num_classes_of(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    """K from the classifier rows (K + 1 with background; torchvision: background first)."""
+    for key in _CLS_KEYS:
+        if key in state_dict:
+            return int(state_dict[key].shape[0]) - 1
+    return None
+
+
+def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | None, *,
+                  weights: str | os.PathLike | None, overrides: Sequence[str] = (),
+                  device: str | torch.device = "cpu") -> LoadedDetector:
+    """Build a detector from a config and whole-detector weights.
+
+    Args:
+        config: YAML path or loaded config; None takes the config the checkpoint records.
+        weights: own checkpoint or torchvision state dict; None uses `model.weights`.
+        overrides: `key=value` config overrides (e.g. model.roi_heads.score_thresh=0.3).
+        device: where the model runs.
+
+    Raises:
+        ValueError: no weights, no config, or weights that do not fit the config.
+    """
+    if config is not None and not isinstance(config, (str, os.PathLike)):
+        cfg = config_from_mapping(config, overrides)
+    elif config is not None:
+        cfg = load_config(config, overrides)
+    else:
+        cfg = None
+    source = weights if weights is not None else (cfg.model.weights if cfg is not None else None)
+    if not source:
+        raise ValueError("no detector weights: pass weights=PATH (or set model.weights)")
+    state_dict, provenance = unwrap_state_dict(read_checkpoint(source))
+    provenance = dict(provenance or {})
+    if cfg is None:
+        if not isinstance(provenance.get("config"), Mapping):
+            raise ValueError(f"a config is needed: the weights {source} record none (only this "
+                             "project's checkpoints do)")
+        cfg = config_from_mapping(provenance["config"], overrides)
+    cfg.model.weights = None
+    cfg.model.backbone.weights = None  # the whole-detector weights replace them
+    foreign = is_torchvision_faster_rcnn(state_dict)
+    num_classes = _num_classes_of(state_dict)
+    if num_classes is None:
+        raise ValueError(f"{source}: no box classifier ({_CLS_KEYS[0]}) in the weights")
+    if cfg.model.num_classes not in (None, num_classes):
+        raise ValueError(f"model.num_classes is {cfg.model.num_classes} but the weights {source} "
+                         f"have {num_classes} classes")
+    cfg.model.num_classes = num_classes
+    for key in ("pixel_mean", "pixel_std"):
+        if provenance.get(key):
+            cfg.model[key] = list(provenance[key])
+    model = build_model(cfg)
+    load_detector_weights(model, {"model": state_dict})
+    model.to(device).eval()
+    if foreign or not provenance.get("category_ids"):
+        category_ids = list(range(1, num_classes + 1))  # torchvision: class k is id k + 1
+    else:
+        category_ids = [int(c) for c in provenance["category_ids"]]
+    names = [str(n) for n in provenance.get("class_names") or []]
+    if len(names) != num_classes:
+        names = [str(c) for c in category_ids]
+    if len(category_ids) != num_classes:
+        raise ValueError(f"{source}: provenance lists {len(category_ids)} category ids for "
+                         f"{num_classes} classes")
+    return LoadedDetector(model=model, cfg=cfg, class_names=names, category_ids=category_ids,
+                          provenance=provenance)
+
+
+class Predictor:
+    """`Predictor(config, weights=..., overrides=[...])(rgb_uint8_hxwx3)` -> detections.
+
+    Test-time resizing follows `data.val.min_size` / `data.val.max_size`; score threshold,
+    NMS threshold and detections per image follow `model.roi_heads.*`.
+
+    Args:
+        config: YAML path, or a loaded config; None takes the config the weights record.
+        weights: whole-detector weights; None uses `model.weights` of the config.
+        overrides: `key=value` config overrides.
+        device: where the model runs ("cpu", "cuda", ...).
+
+    Attributes:
+        model: the `FasterRCNN`, in eval mode.
+        class_names: name of each contiguous label.
+        category_ids: dataset category id of each contiguous label.
+    """
+
+    def __init__(self, config: str | os.PathLike | Mapping[str, Any] | DictConfig | None = None,
+                 *, weights: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+                 device: str | torch.device = "cpu") -> None:
+        loaded = load_detector(config, weights=weights, overrides=overrides, device=device)
+        self.model = loaded.model
+        self.cfg = loaded.cfg
+        self.class_names = loaded.class_names
+        self.category_ids = loaded.category_ids
+        self._id_to_name = dict(zip(self.category_ids, self.class_names))
+        min_size, max_size = test_resize(self.cfg)
+        self.transform = build_transforms(min_size=min_size, max_size=max_size, with_boxes=False)
+        self.device = torch.device(device)
+
+    def name_of(self, category_id: int) -> str:
+        """Class name of a dataset category id."""
+        return self._id_to_name.get(int(category_id), str(category_id))
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> dict[str, Any]:
+        """Detect objects in one image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+
+        Returns:
+            {"boxes": float32 (D, 4) xyxy in `image` pixels, "scores": float32 (D,),
+            "labels": int64 (D,) dataset category ids, "class_names": D names}.
+        """
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
+                or image.dtype != np.uint8:
+            desc = (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray)
+                    else type(image).__name__)
+            raise ValueError(f"Predictor expects an (H, W, 3) uint8 RGB array, got {desc}")
+        height, width = image.shape[:2]
+        resized = self.transform(image=image)["image"]
+        tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+        out = self.model([tensor.to(self.device)], output_sizes=[(height, width)])[0]
+        labels = np.asarray(self.category_ids, dtype=np.int64)[out["labels"].cpu().numpy()]
+        return {"boxes": out["boxes"].float().cpu().numpy(),
+                "scores": out["scores"].float().cpu().numpy(),
+                "labels": labels,
+                "class_names": [self.name_of(c) for c in labels]}

@@ -1,0 +1,170 @@
+"""Faster R-CNN meta-architecture: N images (3, H_i, W_i) -> per image D detections.
+
+Inside the model only: normalise (RGB, 0..255, ``(x - mean) / std``), zero-pad the batch
+to a multiple of the backbone's ``size_divisibility``, run backbone -> RPN -> RoI heads,
+and map boxes to the images given (or to ``output_sizes``, the sizes the data pipeline
+resized from). Resizing and augmentation stay in the data pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .roi_heads import ROIHeads
+from .rpn import RPN
+
+
+class FasterRCNN(nn.Module):
+    """Backbone (+ FPN), RPN and RoI heads.
+
+    Args:
+        backbone: module with ``forward(x) -> dict`` of feature maps.
+        rpn: the proposal generator.
+        roi_heads: the RoI heads (``StandardROIHeads`` or ``Res5ROIHeads``).
+        pixel_mean: per-channel mean of the 0..255 RGB input.
+        pixel_std: per-channel std of the 0..255 RGB input.
+        size_divisibility: pad the batch to a multiple of this (0 or 1: no padding).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        rpn: RPN,
+        roi_heads: ROIHeads,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int = 32,
+    ) -> None:
+        super().__init__()
+        if len(pixel_mean) != 3 or len(pixel_std) != 3 or min(pixel_std) <= 0:
+            raise ValueError(
+                f"pixel_mean/pixel_std need 3 values (std > 0), got {pixel_mean} / {pixel_std}"
+            )
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), False
+        )
+        self.size_divisibility = int(size_divisibility)
+
+    @property
+    def num_classes(self) -> int:
+        """Number K of foreground classes."""
+        return self.roi_heads.num_classes
+
+    def preprocess(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Normalises and pads images into one batch.
+
+        Args:
+            images: N tensors (3, H_i, W_i), uint8 or float, RGB 0..255.
+
+        Returns:
+            (N, 3, H, W) float batch, zero-padded at the bottom and right (zero is the
+            mean colour after normalisation), and the (h, w) of each image.
+        """
+        if len(images) == 0:
+            raise ValueError("FasterRCNN got an empty list of images")
+        for i, image in enumerate(images):
+            if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
+                shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+                raise ValueError(f"image {i} must be a (3, H, W) RGB tensor, got {shape}")
+        image_sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+        max_h = max(h for h, _ in image_sizes)
+        max_w = max(w for _, w in image_sizes)
+        if self.size_divisibility > 1:
+            max_h = int(math.ceil(max_h / self.size_divisibility) * self.size_divisibility)
+            max_w = int(math.ceil(max_w / self.size_divisibility) * self.size_divisibility)
+        batch = []
+        for image in images:
+            x = (image.to(self.pixel_mean.device, torch.float32) - self.pixel_mean) / self.pixel_std
+            batch.append(F.pad(x, (0, max_w - x.shape[2], 0, max_h - x.shape[1])))
+        return torch.stack(batch), image_sizes
+
+    def _check_targets(
+        self, targets: Sequence[dict[str, Tensor]], num_images: int
+    ) -> list[dict[str, Tensor]]:
+        if len(targets) != num_images:
+            raise ValueError(f"got {num_images} images but {len(targets)} targets")
+        device = self.pixel_mean.device
+        checked = []
+        for i, target in enumerate(targets):
+            if "gt_boxes" not in target or "gt_classes" not in target:
+                raise ValueError(
+                    f"target {i} needs 'gt_boxes' and 'gt_classes', got keys {sorted(target)}"
+                )
+            boxes = torch.as_tensor(target["gt_boxes"], dtype=torch.float32, device=device)
+            classes = torch.as_tensor(target["gt_classes"], device=device)
+            if boxes.numel() == 0:
+                boxes = boxes.reshape(0, 4)
+            if boxes.dim() != 2 or boxes.shape[1] != 4 or classes.shape != (len(boxes),):
+                raise ValueError(
+                    f"target {i}: gt_boxes must be (M, 4) and gt_classes (M,), got "
+                    f"{tuple(boxes.shape)} and {tuple(classes.shape)}"
+                )
+            if classes.dtype != torch.int64:
+                raise ValueError(f"target {i}: gt_classes must be int64, got {classes.dtype}")
+            if len(classes) and (int(classes.min()) < 0 or int(classes.max()) >= self.num_classes):
+                raise ValueError(
+                    f"target {i}: gt_classes must be in 0..{self.num_classes - 1}, got "
+                    f"{sorted(set(classes.tolist()))}"
+                )
+            bad = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1) | ~torch.isfinite(boxes).all(dim=1)
+            if bad.any():
+                raise ValueError(
+                    f"target {i}: gt box {boxes[bad][0].tolist()} has no positive width and "
+                    "height (xyxy expected)"
+                )
+            checked.append({**target, "gt_boxes": boxes, "gt_classes": classes})
+        return checked
+
+    def forward(
+        self,
+        images: Sequence[Tensor],
+        targets: Sequence[dict[str, Tensor]] | None = None,
+        output_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Losses in training, detections in evaluation.
+
+        Args:
+            images: N tensors (3, H_i, W_i), uint8 or float, RGB 0..255.
+            targets: per image ``{"gt_boxes": (M, 4) xyxy float, "gt_classes": (M,) int64 in
+                0..K-1}`` in the coordinates of ``images``; required in training.
+            output_sizes: (h, w) per image to map boxes to (e.g. the original size of an
+                image the data pipeline resized); default: the sizes of ``images``.
+
+        Returns:
+            Training: ``{"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}``.
+            Evaluation: per image ``{"boxes": (D, 4) xyxy, "scores": (D,), "labels": (D,)
+            int64 in 0..K-1}``, by decreasing score.
+        """
+        batch, image_sizes = self.preprocess(images)
+        if self.training:
+            if targets is None:
+                raise ValueError("FasterRCNN needs targets in training mode")
+            targets = self._check_targets(targets, len(images))
+        features = self.backbone(batch)
+        gt_boxes = [t["gt_boxes"] for t in targets] if self.training else None
+        proposals, rpn_losses = self.rpn(features, image_sizes, tuple(batch.shape[-2:]), gt_boxes)
+        proposal_boxes = [p["boxes"] for p in proposals]
+        detections, head_losses = self.roi_heads(
+            features, proposal_boxes, image_sizes, targets if self.training else None
+        )
+        if self.training:
+            return {**rpn_losses, **head_losses}
+        if output_sizes is not None:
+            if len(output_sizes) != len(images):
+                raise ValueError(f"got {len(images)} images but {len(output_sizes)} output_sizes")
+            for det, (h, w), (out_h, out_w) in zip(detections, image_sizes, output_sizes):
+                scale = det["boxes"].new_tensor([out_w / w, out_h / h, out_w / w, out_h / h])
+                det["boxes"] = det["boxes"] * scale
+        return detections

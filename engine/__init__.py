@@ -1,0 +1,18 @@
+"""What every task shares: config, distributed setup, the training loop, checkpoints, logging."""
+from .checkpoint import Checkpointer, PeriodicCheckpointer, atomic_save
+from .config import ConfigError, load_config, save_config, to_plain
+from .distributed import (all_gather_object, all_reduce_mean, all_reduce_sum, any_process,
+                          barrier, broadcast_buffers, cleanup, get_local_rank, get_rank,
+                          get_world_size, init_distributed, is_main_process, unwrap_model)
+from .logging import ProgressLogger, ScalarWriter, log_metrics, setup_logging
+from .sampler import InfiniteSampler, ShardSampler
+from .schedule import WarmupDecay, build_lr_scheduler
+from .trainer import NonFiniteLossError, PeriodicEval, Trainer
+
+__all__ = ["Checkpointer", "ConfigError", "InfiniteSampler", "NonFiniteLossError",
+           "PeriodicCheckpointer", "PeriodicEval", "ProgressLogger", "ScalarWriter",
+           "ShardSampler", "Trainer", "WarmupDecay", "all_gather_object", "all_reduce_mean",
+           "all_reduce_sum", "any_process", "atomic_save", "barrier", "broadcast_buffers",
+           "build_lr_scheduler", "cleanup", "get_local_rank", "get_rank", "get_world_size",
+           "init_distributed", "is_main_process", "load_config", "log_metrics", "save_config",
+           "setup_logging", "to_plain", "unwrap_model"]

@@ -1,0 +1,210 @@
+"""Training checkpoints: atomic writes, a `last_checkpoint` pointer, exact resume.
+
+A checkpoint `model_{iteration:07d}.pth` holds
+
+    {"model", "optimizer", "scheduler", "scaler": state dicts,
+     "iteration": steps done, "world_size": int,
+     "rng": [per-rank {"python", "numpy", "torch", "cuda"} states, as tensors],
+     "extra": caller data (e.g. the data sampler position)}
+
+in types `torch.load(weights_only=True)` accepts. `last_checkpoint` in the same folder names
+the newest one. Every process calls `save` (RNG states are gathered from all ranks); only
+the main process writes. Resuming restores every state, so a CPU run that is stopped and
+resumed ends with the same weights, bit for bit, as one that never stopped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .distributed import all_gather_object, barrier, get_rank, get_world_size, is_main_process
+from .distributed import unwrap_model
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+logger = logging.getLogger(__name__)
+POINTER = "last_checkpoint"
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temp file in the target folder, fsync, then rename over `path`.
+
+    A crash leaves either the old file or the new one, never a truncated file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states as tensors and plain values."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss": py_gauss},
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of `get_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """Saves and restores everything a training run needs to continue exactly.
+
+    Args:
+        output_dir: folder of the checkpoints and of the `last_checkpoint` pointer.
+        model: the model (a DDP wrapper is unwrapped).
+        optimizer, scheduler, scaler: optional; saved and restored when given.
+        max_to_keep: keep only this many newest periodic checkpoints (None keeps all).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, *, model: nn.Module,
+                 optimizer: torch.optim.Optimizer | None = None,
+                 scheduler: Any = None, scaler: Any = None,
+                 max_to_keep: int | None = None) -> None:
+        self.output_dir = Path(output_dir)
+        self.model = model
+        self.components = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+        self.max_to_keep = max_to_keep
+
+    def save(self, iteration: int, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write `model_{iteration:07d}.pth` and point `last_checkpoint` at it.
+
+        Must be called on every process (the RNG states of all ranks are gathered).
+        """
+        rng_states = all_gather_object(get_rng_state())
+        path = self.output_dir / f"model_{iteration:07d}.pth"
+        if is_main_process():
+            state = {"model": unwrap_model(self.model).state_dict(), "iteration": int(iteration),
+                     "world_size": get_world_size(), "rng": rng_states,
+                     "extra": dict(extra or {})}
+            for name, component in self.components.items():
+                if component is not None:
+                    state[name] = component.state_dict()
+            atomic_save(state, path)
+            _atomic_write_text(path.name + "\n", self.output_dir / POINTER)
+            self._prune(keep=path)
+            logger.info("saved checkpoint %s", path)
+        barrier()
+        return path
+
+    def _prune(self, keep: Path) -> None:
+        if self.max_to_keep is None:
+            return
+        old = sorted(p for p in self.output_dir.glob("model_[0-9]*.pth") if p != keep)
+        for path in old[: max(len(old) - self.max_to_keep + 1, 0)]:
+            path.unlink()
+
+    def last_checkpoint(self) -> Path | None:
+        """The file `last_checkpoint` names, or None when there is no pointer."""
+        pointer = self.output_dir / POINTER
+        if not pointer.is_file():
+            return None
+        path = self.output_dir / pointer.read_text().strip()
+        if not path.is_file():
+            raise FileNotFoundError(f"{pointer} names {path}, which does not exist")
+        return path
+
+    def load(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Restore model, optimizer, scheduler, scaler and this rank's RNG state from `path`.
+
+        Returns:
+            {"iteration": steps done, "extra": what `save` was given}.
+        """
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        unwrap_model(self.model).load_state_dict(state["model"])
+        for name, component in self.components.items():
+            if component is None:
+                continue
+            if name not in state:
+                raise ValueError(f"checkpoint {path} has no {name} state to resume from")
+            component.load_state_dict(state[name])
+        if state["world_size"] == get_world_size():
+            set_rng_state(state["rng"][get_rank()])
+        else:
+            logger.warning("checkpoint %s was written by %d processes, this run has %d: RNG "
+                           "states are not restored, so the run will not repeat exactly",
+                           path, state["world_size"], get_world_size())
+        logger.info("resumed from %s at iteration %d", path, state["iteration"])
+        return {"iteration": int(state["iteration"]), "extra": dict(state.get("extra", {}))}
+
+    def resume(self) -> dict[str, Any] | None:
+        """Load the checkpoint `last_checkpoint` names; None (and nothing loaded) if none."""
+        path = self.last_checkpoint()
+        if path is None:
+            logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
+            return None
+        return self.load(path)
+
+
+class PeriodicCheckpointer:
+    """Hook: `checkpointer.save` every `period` iterations and after the last one.
+
+    Args:
+        checkpointer: what saves.
+        period: iterations between saves (0: only at the end).
+        extra_fn: iteration -> extra data stored with the checkpoint (e.g. sampler position).
+    """
+
+    def __init__(self, checkpointer: Checkpointer, period: int,
+                 extra_fn: Callable[[int], Mapping[str, Any]] | None = None) -> None:
+        if period < 0:
+            raise ValueError(f"checkpoint period must be >= 0, got {period}")
+        self.checkpointer = checkpointer
+        self.period = period
+        self.extra_fn = extra_fn
+
+    def after_step(self, trainer: Trainer) -> None:
+        it = trainer.iter
+        if it == trainer.max_iter or (self.period and it % self.period == 0):
+            self.checkpointer.save(it, self.extra_fn(it) if self.extra_fn else None)

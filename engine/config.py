@@ -1,0 +1,152 @@
+"""YAML configs: `_base_` inheritance, `key=value` overrides, a strict schema, saving.
+
+A task (pretraining, detection, segmentation) owns a defaults tree that lists every valid key.
+`load_config(path, overrides, defaults=...)` merges, in order, the defaults, the `_base_`
+files of `path` (recursively, depth first), `path` itself and the command-line overrides.
+The merged tree is in OmegaConf struct mode: a key that the defaults do not have is an error
+naming the key and the file (or the override) it came from. Subtrees listed in `open_keys`
+(e.g. `model.options`, passed through as keyword arguments) accept any key.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+BASE_KEY = "_base_"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and its source."""
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and friends
+        raise ConfigError(f"cannot parse config file {path}: {e}") from e
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return cfg
+
+
+def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
+    """The files `path` inherits from, bases first, each without its `_base_` key.
+
+    `_base_` is a path (or a list of paths) relative to the file that names it.
+    """
+    chain: list[tuple[Path, DictConfig]] = []
+
+    def visit(file: Path, stack: tuple[Path, ...]) -> None:
+        file = file.resolve()
+        if file in stack:
+            cycle = " -> ".join(str(p) for p in (*stack, file))
+            raise ConfigError(f"_base_ cycle: {cycle}")
+        cfg = _read_yaml(file)
+        bases = cfg.pop(BASE_KEY, None)
+        if bases is not None:
+            if isinstance(bases, str):
+                bases = [bases]
+            if not isinstance(bases, (list, ListConfig)) or not all(
+                    isinstance(b, str) for b in bases):
+                raise ConfigError(f"{BASE_KEY} in {file} must be a path or a list of paths")
+            for base in bases:
+                visit(file.parent / base, (*stack, file))
+        chain.append((file, cfg))
+
+    visit(Path(path), ())
+    return chain
+
+
+def _merge(cfg: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, other)  # type: ignore[return-value]
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        key = getattr(e, "full_key", None) or str(e)
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        valid = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "?"
+        where = f"under '{parent}'" if parent else "at the top level"
+        raise ConfigError(f"unknown config key '{key}' in {source}; "
+                          f"valid keys {where}: {valid}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid value in {source}: {e}") from None
+
+
+def make_schema(defaults: Mapping[str, Any] | DictConfig, *,
+                open_keys: Sequence[str] = ()) -> DictConfig:
+    """A struct-mode copy of `defaults` where only the `open_keys` subtrees accept new keys."""
+    schema = OmegaConf.create(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig)
+                              else dict(defaults))
+    OmegaConf.set_struct(schema, True)
+    for key in open_keys:
+        node = OmegaConf.select(schema, key)
+        if not isinstance(node, DictConfig):
+            raise ConfigError(f"open key '{key}' is not a mapping in the defaults")
+        OmegaConf.set_struct(node, False)
+    return schema
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
+                defaults: Mapping[str, Any] | DictConfig | None = None,
+                open_keys: Sequence[str] = ()) -> DictConfig:
+    """Load a YAML config with its `_base_` files, then apply `key=value` overrides.
+
+    Args:
+        path: the YAML file.
+        overrides: dotlist strings such as `solver.base_lr=0.05` or `data.root=/data`.
+        defaults: every valid key with its default value; None accepts any key.
+        open_keys: dotted paths of subtrees of `defaults` that accept any key.
+
+    Returns:
+        The merged config, read-only keys-wise (struct mode) when `defaults` is given.
+
+    Raises:
+        ConfigError: a missing/unparsable file, a `_base_` cycle, an unknown key (named with
+            the file or override that introduced it), a malformed override, or a mandatory
+            value (`???`) left unset.
+    """
+    cfg = (make_schema(defaults, open_keys=open_keys) if defaults is not None
+           else OmegaConf.create({}))
+    for file, part in config_chain(path):
+        cfg = _merge(cfg, part, str(file))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value")
+        try:
+            dotlist = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"cannot parse override '{item}': {e}") from None
+        cfg = _merge(cfg, dotlist, f"override '{item}'")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"config {path} leaves mandatory keys unset: {', '.join(missing)} "
+                          f"(set them in the file or as key=value overrides)")
+    return cfg
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically (temp file in the same folder + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain dicts/lists (storable in a weights_only checkpoint)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,134 @@
+"""torch.distributed setup from torchrun's environment, and the few collectives we need.
+
+Without torchrun (no WORLD_SIZE in the environment) everything runs as a single process:
+rank 0 of world size 1, and every helper here is a cheap no-op.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def get_local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0")) if is_distributed() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> torch.device:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*).
+
+    Uses NCCL when the device is a GPU (one GPU per process, `cuda:LOCAL_RANK`) and gloo on
+    CPU. Without torchrun's variables it starts nothing and returns the device.
+
+    Args:
+        device: "auto" (GPU when available), "cpu" or "cuda".
+        timeout_s: collective timeout.
+
+    Returns:
+        The device this process should use.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but no GPU is available")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not is_distributed():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    return target
+
+
+def cleanup() -> None:
+    """Leave the process group (safe to call when none was started)."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def _reduce_device() -> torch.device:
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(values: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
+    """Sum scalar values over all processes (one collective for the whole dict)."""
+    keys = sorted(values)
+    if not keys:
+        return {}
+    stacked = torch.stack([torch.as_tensor(values[k], dtype=torch.float64).detach().reshape(())
+                           .to(_reduce_device()) for k in keys])
+    if get_world_size() > 1:
+        dist.all_reduce(stacked)
+    return dict(zip(keys, stacked.tolist()))
+
+
+def all_reduce_mean(values: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
+    """Average scalar values over all processes (one collective for the whole dict)."""
+    world_size = get_world_size()
+    return {k: v / world_size for k, v in all_reduce_sum(values).items()}
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is True on at least one."""
+    if get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=_reduce_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every process's `obj`, indexed by rank."""
+    if get_world_size() == 1:
+        return [obj]
+    gathered: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Copy `src`'s buffers (e.g. BatchNorm running statistics) to every process.
+
+    DDP keeps parameters equal but each rank's last forward updates its own BN statistics;
+    call this before a sharded evaluation or before comparing/saving models across ranks.
+    """
+    if get_world_size() == 1:
+        return
+    for buffer in unwrap_model(model).buffers():
+        dist.broadcast(buffer.data, src=src)

@@ -1,0 +1,82 @@
+"""Learning-rate schedules by iteration: linear warmup, then cosine or multi-step decay.
+
+The learning rate at iteration i (0-based, the i-th optimizer step) is
+`base_lr * warmup(i) * decay(i)`, with
+
+- cosine: decay(i) = final + (1 - final) * (1 + cos(pi * i / max_iter)) / 2
+- step:   decay(i) = gamma ** (number of milestones <= i)
+- warmup: for i < warmup_iters, warmup_factor + (1 - warmup_factor) * i / warmup_iters,
+  else 1 (the warmup multiplies the decayed value, as in detectron2).
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+
+import torch
+
+DECAYS = ("cosine", "step")
+
+
+class WarmupDecay:
+    """The multiplier of the base learning rate at iteration i; picklable as plain values.
+
+    Args:
+        max_iter: total optimizer steps.
+        decay: "cosine" or "step".
+        steps: iterations at which "step" multiplies the rate by `gamma` (increasing).
+        gamma: step decay factor.
+        final_factor: the cosine schedule ends at base_lr * final_factor.
+        warmup_iters: length of the linear warmup (0 for none).
+        warmup_factor: multiplier at iteration 0 of the warmup.
+    """
+
+    def __init__(self, *, max_iter: int, decay: str = "cosine", steps: Sequence[int] = (),
+                 gamma: float = 0.1, final_factor: float = 0.0, warmup_iters: int = 0,
+                 warmup_factor: float = 0.001) -> None:
+        if decay not in DECAYS:
+            raise ValueError(f"unknown lr decay {decay!r}; valid: {', '.join(DECAYS)}")
+        if max_iter <= 0:
+            raise ValueError(f"max_iter must be positive, got {max_iter}")
+        steps = [int(s) for s in steps]
+        if steps != sorted(steps) or any(s <= 0 or s > max_iter for s in steps):
+            raise ValueError(f"lr steps must be increasing iterations in 1..{max_iter}, "
+                             f"got {steps}")
+        if warmup_iters < 0 or not 0.0 <= warmup_factor <= 1.0:
+            raise ValueError(f"warmup_iters must be >= 0 and warmup_factor in [0, 1], got "
+                             f"{warmup_iters} and {warmup_factor}")
+        self.max_iter = int(max_iter)
+        self.decay = decay
+        self.steps = steps
+        self.gamma = float(gamma)
+        self.final_factor = float(final_factor)
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_factor = float(warmup_factor)
+
+    def __call__(self, i: int) -> float:
+        if self.decay == "cosine":
+            progress = min(i, self.max_iter) / self.max_iter
+            factor = self.final_factor + (1.0 - self.final_factor) * 0.5 * (
+                1.0 + math.cos(math.pi * progress))
+        else:
+            factor = self.gamma ** bisect.bisect_right(self.steps, i)
+        if i < self.warmup_iters:
+            alpha = i / self.warmup_iters
+            factor *= self.warmup_factor * (1.0 - alpha) + alpha
+        return factor
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, *, max_iter: int,
+                       decay: str = "cosine", steps: Sequence[int] = (), gamma: float = 0.1,
+                       final_factor: float = 0.0, warmup_iters: int = 0,
+                       warmup_factor: float = 0.001) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepped once per iteration with the `WarmupDecay` multiplier.
+
+    Its state dict holds only plain values, so it round-trips through
+    `torch.load(weights_only=True)`. Arguments as in `WarmupDecay`.
+    """
+    multiplier = WarmupDecay(max_iter=max_iter, decay=decay, steps=steps, gamma=gamma,
+                             final_factor=final_factor, warmup_iters=warmup_iters,
+                             warmup_factor=warmup_factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)

@@ -1,0 +1,177 @@
+"""The iteration-based training loop every task shares.
+
+One step: `losses = step_fn(model, next(data))` (a dict of `loss_*` scalars) under autocast,
+a NaN guard agreed on by all processes, backward of their sum (through a GradScaler for
+fp16), optional gradient clipping, optimizer step, scheduler step, then the hooks.
+
+Distributed training wraps the model in DistributedDataParallel *before* handing it to the
+Trainer (the Trainer never wraps); step_fn receives that wrapped model. Everything else
+(checkpointing, evaluation, logging) is a hook: an object with any of `before_train(trainer)`,
+`after_step(trainer)` and `after_train(trainer)`. `after_train` runs only when training
+finishes; an exception (including the NaN guard's) skips it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .distributed import any_process, get_rank
+
+logger = logging.getLogger(__name__)
+StepFn = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Hook(Protocol):
+    """Any subset of these methods; the Trainer calls those present."""
+
+    def before_train(self, trainer: Trainer) -> None: ...
+
+    def after_step(self, trainer: Trainer) -> None: ...
+
+    def after_train(self, trainer: Trainer) -> None: ...
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite on at least one process."""
+
+
+class Trainer:
+    """Runs `max_iter` optimizer steps.
+
+    Attributes read by hooks: `iter` (steps done so far), `start_iter`, `max_iter`, `model`,
+    `optimizer`, `scheduler`, `scaler`, `loss_dict` (the last step's losses, detached).
+
+    Args:
+        model: the model in training mode (DDP-wrapped when distributed).
+        optimizer: its optimizer.
+        scheduler: stepped once per iteration (or None).
+        step_fn: (model, batch) -> {"loss_*": scalar tensor}; the sum is minimised.
+        max_iter: total number of steps of the run (resumed runs included).
+        amp: None (off), "bf16" or "fp16"; only on a GPU, ignored with a warning on CPU.
+        clip_grad_norm: max total gradient norm (None: no clipping).
+        hooks: run in the given order after every step.
+    """
+
+    def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: Any, step_fn: StepFn, max_iter: int, amp: str | None = None,
+                 clip_grad_norm: float | None = None, hooks: Sequence[Any] = ()) -> None:
+        if amp is not None and amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+        self.device_type = next(model.parameters()).device.type
+        if amp is not None and self.device_type != "cuda":
+            logger.warning("AMP %s requested on %s: training in float32", amp, self.device_type)
+            amp = None
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.step_fn = step_fn
+        self.max_iter = int(max_iter)
+        self.amp_dtype = AMP_DTYPES[amp] if amp else None
+        self.scaler = torch.amp.GradScaler(self.device_type if amp == "fp16" else "cpu",
+                                           enabled=amp == "fp16")
+        self.clip_grad_norm = clip_grad_norm
+        self.hooks = list(hooks)
+        self.iter = self.start_iter = 0
+        self.loss_dict: dict[str, torch.Tensor] = {}
+
+    def register_hooks(self, *hooks: Any) -> None:
+        """Append hooks (for those that need the trainer's scaler, e.g. a Checkpointer)."""
+        self.hooks.extend(hooks)
+
+    def _call_hooks(self, stage: str) -> None:
+        for hook in self.hooks:
+            method = getattr(hook, stage, None)
+            if method is not None:
+                method(self)
+
+    def train(self, data: Iterator[Any], start_iter: int = 0) -> None:
+        """Run steps start_iter .. max_iter - 1, drawing one batch per step from `data`.
+
+        Raises:
+            NonFiniteLossError: on every process, when any process's loss is not finite.
+        """
+        self.iter = self.start_iter = int(start_iter)
+        self.model.train()
+        self._call_hooks("before_train")
+        while self.iter < self.max_iter:
+            self.run_step(next(data))
+            self.iter += 1
+            self._call_hooks("after_step")
+        self._call_hooks("after_train")
+
+    def run_step(self, batch: Any) -> None:
+        autocast = (torch.autocast(self.device_type, dtype=self.amp_dtype)
+                    if self.amp_dtype is not None else nullcontext())
+        with autocast:
+            loss_dict = dict(self.step_fn(self.model, batch))
+        if not loss_dict:
+            raise ValueError("step_fn returned no losses")
+        total = sum(loss_dict.values())
+        self._check_finite(total, loss_dict)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.loss_dict = {k: v.detach() for k, v in loss_dict.items()}
+
+    def _check_finite(self, total: torch.Tensor, loss_dict: Mapping[str, torch.Tensor]) -> None:
+        local_bad = not math.isfinite(total.item())
+        if any_process(local_bad):
+            if local_bad:
+                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in loss_dict.items())
+                detail = f"on this process (rank {get_rank()}): {terms}"
+            else:
+                detail = "on another process"
+            raise NonFiniteLossError(
+                f"loss is not finite at iteration {self.iter} (0-based step index) {detail}; "
+                f"training stopped on every process. Lower the learning rate, enable gradient "
+                f"clipping or check the data.")
+
+
+class PeriodicEval:
+    """Hook: run `eval_fn()` every `period` iterations and once after training.
+
+    `eval_fn` runs on every process (it may all-reduce) and returns scalar metrics, which
+    are passed to `on_result(metrics, iteration)`. The model is put back in training mode.
+
+    Args:
+        period: iterations between evaluations (0: only after training).
+        eval_fn: () -> {"metric": value}.
+        on_result: what to do with the metrics (log them, keep them).
+    """
+
+    def __init__(self, period: int, eval_fn: Callable[[], Mapping[str, float]],
+                 on_result: Callable[[Mapping[str, float], int], None] | None = None) -> None:
+        self.period = period
+        self.eval_fn = eval_fn
+        self.on_result = on_result
+        self.last_result: dict[str, float] = {}
+        self._last_iter = -1
+
+    def _evaluate(self, trainer: Trainer) -> None:
+        self.last_result = dict(self.eval_fn())
+        self._last_iter = trainer.iter
+        trainer.model.train()
+        if self.on_result is not None:
+            self.on_result(self.last_result, trainer.iter)
+
+    def after_step(self, trainer: Trainer) -> None:
+        if self.period and trainer.iter % self.period == 0 and trainer.iter != trainer.max_iter:
+            self._evaluate(trainer)
+
+    def after_train(self, trainer: Trainer) -> None:
+        if self._last_iter != trainer.iter:
+            self._evaluate(trainer)

@@ -1,0 +1,213 @@
+"""Config -> segmenter: the one place where the `model` config tree becomes modules.
+
+`build_model(cfg)` reads `cfg.model` (keys and defaults in `DEFAULTS` below, repeated with
+comments in configs/segmentation/base_deeplab.yaml) and returns a `SemanticSegmentor`:
+FCN, DeepLabV3 or DeepLabV3+ on any registered ResNet, optional auxiliary FCN head.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import backbones
+from backbones.layers import ShapeSpec
+from engine.config import load_config as engine_load_config
+
+from .convert import load_segmentation_weights
+from .heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead, SemSegHead, aspp_rates
+from .model import SemanticSegmentor
+
+HEADS = ("deeplabv3", "deeplabv3plus", "fcn")
+
+_SPLIT_KEYS: dict[str, Any] = {
+    "img_dir": None,        # images; file names (or the COCO file_name) relative to it
+    "mask_dir": None,       # folder data: PNG class-id masks, the same tree as img_dir
+    "ann_file": None,       # COCO data: instances JSON turned into semantic masks
+    "split_file": None,     # folder data: text file of image names (VOC ImageSets); null = all
+    "img_suffix": ".jpg",   # folder data: image name = NAME + img_suffix
+    "mask_suffix": ".png",  # folder data: mask name = NAME + mask_suffix
+}
+# Every valid config key with its default (configs/segmentation/base_deeplab.yaml repeats it
+# with comments; a test keeps the two equal). `load_config` rejects any other key.
+DEFAULTS: dict[str, Any] = {
+    "task": "sem_seg",
+    "model": {
+        "arch": "semantic_segmentor",
+        "num_classes": None,
+        "weights": None,
+        "pixel_mean": [123.675, 116.28, 103.53],
+        "pixel_std": [58.395, 57.12, 57.375],
+        "size_divisibility": 0,
+        "ignore_index": 255,
+        "backbone": {"name": "resnet50", "weights": None, "norm": "bn", "freeze_at": 0,
+                     "output_stride": 8, "multi_grid": [1, 2, 4], "stride_in_1x1": False},
+        "head": {"name": "deeplabv3", "in_feature": "res5", "channels": None,
+                 "aspp_rates": None, "aspp_dropout": 0.5, "dropout": 0.1, "norm": "bn",
+                 "low_level_feature": "res2", "low_level_channels": 48, "loss_weight": 1.0},
+        "aux_head": {"enabled": True, "in_feature": "res4", "channels": None, "dropout": 0.1,
+                     "loss_weight": 0.4},
+    },
+    "data": {
+        "class_names": None,
+        "train": {**_SPLIT_KEYS, "crop_size": [512, 512], "scale_range": [0.5, 2.0],
+                  "hflip_prob": 0.5},
+        "val": dict(_SPLIT_KEYS),
+        "num_workers": 4,
+    },
+    "test": {"scales": [1.0], "flip": False, "window": None, "stride": None},
+    "train": {
+        "output_dir": "output/deeplab", "batch_size": 16, "max_iter": 30000, "base_lr": 0.01,
+        "momentum": 0.9, "weight_decay": 0.0001, "lr_decay": "cosine", "lr_steps": [],
+        "gamma": 0.1, "warmup_iters": 0, "warmup_factor": 0.001, "clip_grad_norm": 0.0,
+        "amp": False, "checkpoint_period": 5000, "eval_period": 0, "log_period": 20, "seed": 0,
+    },
+}
+
+
+def provenance_from_config(cfg: Mapping[str, Any] | DictConfig,
+                           class_names: Sequence[str]) -> dict[str, Any]:
+    """What a segmenter checkpoint records (backbones.make_provenance): arch, backbone
+    options, pixel mean/std, class names and the resolved config.
+
+    Args:
+        cfg: the full config the model was built from.
+        class_names: the K class names, index = class id.
+    """
+    plain = _plain(cfg)
+    mcfg = plain["model"]
+    options = {k: v for k, v in mcfg["backbone"].items() if k != "weights"}
+    return backbones.make_provenance(
+        f"{mcfg['head']['name']}_{mcfg['backbone']['name']}", options,
+        class_names=list(class_names), config=plain, pixel_mean=tuple(mcfg["pixel_mean"]),
+        pixel_std=tuple(mcfg["pixel_std"]))
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+    """A segmentation config: `path` with its `_base_` files and `key=value` overrides,
+    checked against `DEFAULTS` (an unknown key is an error naming it and its source)."""
+    return engine_load_config(path, overrides, defaults=DEFAULTS)
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _shape(shapes: Mapping[str, ShapeSpec], name: str, key: str) -> ShapeSpec:
+    if name not in shapes:
+        raise ValueError(f"{key} is {name!r}, which the backbone does not output; "
+                         f"available: {list(shapes)}")
+    return shapes[name]
+
+
+def build_backbone(cfg: Mapping[str, Any]) -> nn.Module:
+    """The dilated ResNet, returning every map the heads read.
+
+    Args:
+        cfg: the `model` config.
+    """
+    bcfg = cfg["backbone"]
+    hcfg, acfg = cfg["head"], cfg["aux_head"]
+    out_features = [hcfg["in_feature"]]
+    if hcfg["name"] == "deeplabv3plus":
+        out_features.append(hcfg["low_level_feature"])
+    if acfg["enabled"]:
+        out_features.append(acfg["in_feature"])
+    multi_grid = bcfg["multi_grid"]
+    return backbones.build(
+        bcfg["name"],
+        weights=bcfg["weights"],
+        norm=bcfg["norm"],
+        freeze_at=bcfg["freeze_at"],
+        output_stride=bcfg["output_stride"],
+        multi_grid=tuple(multi_grid) if multi_grid else None,
+        stride_in_1x1=bcfg["stride_in_1x1"],
+        out_features=tuple(dict.fromkeys(out_features)),
+    )
+
+
+def build_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
+               num_classes: int) -> SemSegHead:
+    """The main head ("loss_sem_seg") from `model.head`.
+
+    Args:
+        cfg: the `model` config.
+        shapes: the backbone's output shapes by name.
+        num_classes: K, background included.
+    """
+    hcfg = cfg["head"]
+    name = hcfg["name"]
+    if name not in HEADS:
+        raise ValueError(f"unknown model.head.name {name!r}; valid: {', '.join(HEADS)}")
+    deep = _shape(shapes, hcfg["in_feature"], "model.head.in_feature")
+    common = {"num_classes": num_classes, "loss_name": "loss_sem_seg",
+              "loss_weight": hcfg["loss_weight"], "ignore_index": cfg["ignore_index"]}
+    if name == "fcn":
+        return FCNHead(in_feature=hcfg["in_feature"], in_channels=deep.channels,
+                       channels=hcfg["channels"], norm=hcfg["norm"], dropout=hcfg["dropout"],
+                       **common)
+    rates = hcfg["aspp_rates"] or aspp_rates(deep.stride)
+    channels = hcfg["channels"] or 256
+    if name == "deeplabv3":
+        return DeepLabV3Head(in_feature=hcfg["in_feature"], in_channels=deep.channels,
+                             rates=rates, channels=channels, norm=hcfg["norm"],
+                             aspp_dropout=hcfg["aspp_dropout"], **common)
+    shallow = _shape(shapes, hcfg["low_level_feature"], "model.head.low_level_feature")
+    return DeepLabV3PlusHead(
+        in_feature=hcfg["in_feature"], in_channels=deep.channels,
+        low_level_feature=hcfg["low_level_feature"], low_level_in_channels=shallow.channels,
+        rates=rates, channels=channels, low_level_channels=hcfg["low_level_channels"],
+        norm=hcfg["norm"], aspp_dropout=hcfg["aspp_dropout"], dropout=hcfg["dropout"], **common)
+
+
+def build_aux_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
+                   num_classes: int) -> FCNHead | None:
+    """The auxiliary FCN head ("loss_aux") from `model.aux_head`, or None when disabled."""
+    acfg = cfg["aux_head"]
+    if not acfg["enabled"]:
+        return None
+    shape = _shape(shapes, acfg["in_feature"], "model.aux_head.in_feature")
+    return FCNHead(in_feature=acfg["in_feature"], in_channels=shape.channels,
+                   channels=acfg["channels"], norm=cfg["head"]["norm"],
+                   dropout=acfg["dropout"], num_classes=num_classes, loss_name="loss_aux",
+                   loss_weight=acfg["loss_weight"], ignore_index=cfg["ignore_index"])
+
+
+def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:
+    """Segmenter from a full config (its `model` subtree).
+
+    `model.backbone.weights` loads backbone weights while building the backbone;
+    `model.weights` (whole-segmenter weights: own checkpoint or a torchvision DeepLabV3/FCN
+    state dict) is loaded last, strictly.
+
+    Args:
+        cfg: config with a `model` subtree as in `DEFAULTS`.
+    """
+    mcfg = _plain(cfg["model"])
+    if mcfg.get("arch", "semantic_segmentor") != "semantic_segmentor":
+        raise ValueError(f"segmentation.build_model builds model.arch 'semantic_segmentor', "
+                         f"got {mcfg.get('arch')!r}")
+    num_classes = mcfg.get("num_classes")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"model.num_classes must be a positive integer (classes including "
+                         f"background; set it, or let the training script read it from the "
+                         f"data), got {num_classes!r}")
+    backbone = build_backbone(mcfg)
+    shapes = backbone.output_shape()
+    size_divisibility = mcfg["size_divisibility"]
+    model = SemanticSegmentor(
+        backbone=backbone,
+        head=build_head(mcfg, shapes, num_classes),
+        aux_head=build_aux_head(mcfg, shapes, num_classes),
+        pixel_mean=mcfg["pixel_mean"],
+        pixel_std=mcfg["pixel_std"],
+        size_divisibility=(backbone.size_divisibility if size_divisibility is None
+                           else size_divisibility),
+        ignore_index=mcfg["ignore_index"],
+    )
+    if mcfg.get("weights"):
+        load_segmentation_weights(model, mcfg["weights"])
+    return model

@@ -1,0 +1,121 @@
+"""Segmenter weights: import torchvision DeepLabV3 / FCN state dicts, load own checkpoints.
+
+torchvision's `deeplabv3_resnet50/101` and `fcn_resnet50/101` number classes 0..K-1 with
+0 = background, as this project does, so the classifier rows keep their order. Their
+backbone is a ResNet with `replace_stride_with_dilation=[False, True, True]` (output stride
+8, no multi-grid) and the DeepLabV3 ASPP rates are 12/24/36: build the model with those
+settings (configs/segmentation/deeplabv3_R_50_os8.yaml with `model.backbone.multi_grid: null`)
+to import them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from backbones.weights import (check_and_load, convert_torchvision_resnet, read_checkpoint,
+                               unwrap_state_dict)
+
+logger = logging.getLogger(__name__)
+
+# torchvision DeepLabHead: Sequential(ASPP, conv3x3, bn, relu, conv1x1); ASPP.convs =
+# [1x1 branch, 3x3 branches..., ASPPPooling(avgpool, conv, bn, relu)] and ASPP.project.
+_ASPP_BRANCH = re.compile(r"^classifier\.0\.convs\.(\d+)\.([01])\.(.+)$")
+_ASPP_POOL = re.compile(r"^classifier\.0\.convs\.(\d+)\.([12])\.(.+)$")
+_DEEPLAB = {"classifier.0.project.0.": "head.aspp.project.conv.",
+            "classifier.0.project.1.": "head.aspp.project.norm.",
+            "classifier.1.": "head.fuse.conv.", "classifier.2.": "head.fuse.norm.",
+            "classifier.4.": "head.predictor."}
+# torchvision FCNHead: Sequential(conv3x3, bn, relu, dropout, conv1x1)
+_FCN = {"classifier.0.": "head.conv.conv.", "classifier.1.": "head.conv.norm.",
+        "classifier.4.": "head.predictor."}
+_AUX = {"aux_classifier.0.": "aux_head.conv.conv.", "aux_classifier.1.": "aux_head.conv.norm.",
+        "aux_classifier.4.": "aux_head.predictor."}
+
+
+def is_torchvision_segmentation(state_dict: Mapping[str, Any]) -> bool:
+    """True for a torchvision DeepLabV3 or FCN (ResNet) state dict."""
+    return "backbone.conv1.weight" in state_dict and any(k.startswith("classifier.")
+                                                         for k in state_dict)
+
+
+def _replace_prefix(key: str, table: Mapping[str, str]) -> str | None:
+    for old, new in table.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return None
+
+
+def convert_torchvision_segmentation(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map a torchvision `deeplabv3_resnet*` or `fcn_resnet*` state dict to this project's keys.
+
+    backbone.* -> backbone.* (ResNet keys converted), classifier.* -> head.*,
+    aux_classifier.* -> aux_head.*.
+
+    Raises:
+        ValueError: a key that belongs to neither layout.
+    """
+    deeplab = "classifier.0.convs.0.0.weight" in state_dict
+    num_aspp = 1 + max((int(m.group(1)) for k in state_dict
+                        if (m := re.match(r"^classifier\.0\.convs\.(\d+)\.", k))), default=0)
+    backbone = convert_torchvision_resnet(
+        {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")})
+    converted = {f"backbone.{k}": v for k, v in backbone.items()}
+    unknown = []
+    for key, value in state_dict.items():
+        if key.startswith("backbone."):
+            continue
+        new = _replace_prefix(key, _AUX)
+        if new is None and deeplab:
+            branch, pool = _ASPP_BRANCH.match(key), _ASPP_POOL.match(key)
+            if branch and int(branch.group(1)) < num_aspp - 1:
+                part = "conv" if branch.group(2) == "0" else "norm"
+                new = f"head.aspp.branches.{branch.group(1)}.{part}.{branch.group(3)}"
+            elif pool and int(pool.group(1)) == num_aspp - 1:
+                part = "conv" if pool.group(2) == "1" else "norm"
+                new = f"head.aspp.pooling.{part}.{pool.group(3)}"
+            else:
+                new = _replace_prefix(key, _DEEPLAB)
+        elif new is None:
+            new = _replace_prefix(key, _FCN)
+        if new is None:
+            unknown.append(key)
+        else:
+            converted[new] = value
+    if unknown:
+        raise ValueError(f"not a torchvision DeepLabV3/FCN state dict: unknown keys "
+                         f"{unknown[:10]}{' ...' if len(unknown) > 10 else ''}")
+    return converted
+
+
+def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any]
+                              ) -> dict[str, Any] | None:
+    """Load whole-segmenter weights (own checkpoint or torchvision state dict), strictly.
+
+    An auxiliary head's weights are dropped (with a log line) when the model has none, so a
+    torchvision checkpoint trained with `aux_loss=True` loads into a model without one.
+
+    Args:
+        model: a `SemanticSegmentor`.
+        weights: a file path or a loaded checkpoint / state dict.
+
+    Returns:
+        The checkpoint's provenance (None for torchvision weights).
+    """
+    source = str(weights) if isinstance(weights, (str, os.PathLike)) else "the given state dict"
+    obj = read_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else weights
+    state_dict, provenance = unwrap_state_dict(obj)
+    if is_torchvision_segmentation(state_dict):
+        state_dict = convert_torchvision_segmentation(state_dict)
+    if getattr(model, "aux_head", None) is None:
+        aux = [k for k in state_dict if k.startswith("aux_head.")]
+        if aux:
+            logger.info("%s: dropped %d auxiliary-head tensors (the model has no aux head)",
+                        source, len(aux))
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("aux_head.")}
+    check_and_load(model, state_dict, source)
+    return provenance

@@ -1,0 +1,245 @@
+"""Semantic segmentation data: image + class-id mask pairs, checked and augmented together.
+
+A sample (H, W after augmentation):
+    {"image": uint8 (3, H, W) RGB, "gt_sem_seg": int64 (H, W) class ids, 255 = ignore,
+     "file_name": str, "height": int, "width": int (the original image size)}
+
+Each split (`data.train.*` / `data.val.*`, the keys of detection plus a few) is folder data
+(`img_dir` + `mask_dir`) or COCO instances (`img_dir` + `ann_file`); see
+`segmentation.records` for both layouts.
+
+Bad data fails with the file named: an image without a mask (when the split is built), a
+mask whose size differs from its image or that holds class ids outside 0..K-1 other than
+255 (when the sample is read). Unreadable images are skipped and counted (as in detection).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from detection.data.coco import DatasetError
+from detection.data.dataset import _PackedRecords
+from detection.data.image_io import UnreadableImageError, read_image
+from engine.distributed import get_world_size
+from engine.sampler import InfiniteSampler, ShardSampler
+
+from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_semantic,
+                      read_mask, scan_folder)
+
+logger = logging.getLogger(__name__)
+__all__ = ["SemSegDataset", "build_dataset", "build_test_loader", "build_train_loader",
+           "build_transform", "coco_semantic_mask", "collate", "load_coco_semantic",
+           "read_mask", "resolve_class_names", "scan_folder"]
+
+
+def build_transform(*, crop_size: Sequence[int] | None = None,
+                    scale_range: Sequence[float] = (1.0, 1.0), hflip_prob: float = 0.0,
+                    image_fill: Sequence[float] = (124, 116, 104)) -> A.Compose:
+    """Mask-aware augmentation: random scale, pad to the crop (mask filled with 255), crop, flip.
+
+    Args:
+        crop_size: (H, W) of the training crop; None keeps the whole image (evaluation).
+        scale_range: (min, max) random rescale factor, e.g. (0.5, 2.0).
+        hflip_prob: probability of a horizontal flip.
+        image_fill: RGB value of padded image pixels (the mean colour: 0 after normalising).
+    """
+    low, high = (float(s) for s in scale_range)
+    if not 0 < low <= high:
+        raise ValueError(f"scale_range must be 0 < min <= max, got {list(scale_range)}")
+    transforms: list[A.BasicTransform] = []
+    if (low, high) != (1.0, 1.0):
+        transforms.append(A.RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0,
+                                        interpolation=cv2.INTER_LINEAR,
+                                        mask_interpolation=cv2.INTER_NEAREST))
+    if crop_size is not None:
+        crop_h, crop_w = (int(s) for s in crop_size)
+        transforms += [A.PadIfNeeded(min_height=crop_h, min_width=crop_w,
+                                     border_mode=cv2.BORDER_CONSTANT, fill=tuple(image_fill),
+                                     fill_mask=IGNORE_INDEX, position="top_left"),
+                       A.RandomCrop(height=crop_h, width=crop_w)]
+    if hflip_prob > 0:
+        transforms.append(A.HorizontalFlip(p=hflip_prob))
+    return A.Compose(transforms)
+
+
+class SemSegDataset(Dataset):
+    """Decode, check and augment (image, mask) pairs from folder or COCO records.
+
+    Args:
+        records: from `scan_folder` ({"file_name", "mask_file"}) or `load_coco_semantic`.
+        transform: from `build_transform`.
+        class_names: the K names (index = class id, background included); mask ids >= K
+            (other than 255) are an error.
+    """
+
+    def __init__(self, records: Sequence[dict[str, Any]], *, transform: A.Compose,
+                 class_names: Sequence[str]) -> None:
+        if not 1 <= len(class_names) <= IGNORE_INDEX:
+            raise ValueError(f"the number of classes must be in 1..{IGNORE_INDEX}, got "
+                             f"{len(class_names)}")
+        self._records = _PackedRecords(records)
+        self.transform = transform
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+        self.num_skipped = 0
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """(RGB uint8 (H, W, 3) image, uint8 (H, W) mask, record), checked, not augmented.
+
+        Raises:
+            UnreadableImageError: the image cannot be decoded.
+            DatasetError: mask size differs from the image, or class ids out of range.
+        """
+        record = self._records[index]
+        image = read_image(record["file_name"])
+        if "mask_file" in record:
+            mask, source = read_mask(record["mask_file"]), f"mask {record['mask_file']}"
+        else:
+            mask, source = coco_semantic_mask(record), "the COCO height/width"
+        if mask.shape != image.shape[:2]:
+            raise DatasetError(
+                f"{source} is {mask.shape[1]}x{mask.shape[0]} but image "
+                f"{record['file_name']} is {image.shape[1]}x{image.shape[0]} (WxH, after EXIF "
+                f"rotation of the image, if it has an orientation tag)")
+        ids = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))  # O(pixels), no sort
+        bad = ids[(ids >= self.num_classes) & (ids != IGNORE_INDEX)]
+        if bad.size:
+            raise DatasetError(f"{source} has class ids {bad[:MAX_LISTED].tolist()} "
+                               f"outside the {self.num_classes} declared classes "
+                               f"(0..{self.num_classes - 1}, 255 = ignore)")
+        return image, mask, record
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        """The sample of `key` (an index, or (index, augmentation seed)); None if unreadable."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        try:
+            image, mask, record = self.load(index)
+        except UnreadableImageError as err:
+            self.num_skipped += 1
+            logger.warning("skipping unreadable image: %s", err)
+            return None
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        out = self.transform(image=image, mask=mask)
+        return {"image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
+                "gt_sem_seg": torch.from_numpy(out["mask"].astype(np.int64)),
+                "file_name": record["file_name"],
+                "height": int(image.shape[0]), "width": int(image.shape[1])}
+
+
+def collate(batch: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """Samples as a list (sizes may differ; the model pads), skipped (None) ones dropped."""
+    return [sample for sample in batch if sample is not None]
+
+
+def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None = None
+                        ) -> list[str]:
+    """The K class names (index = class id, background included) of a config's data.
+
+    `data.class_names` (a list, or a JSON list / text file with one name per line) wins;
+    otherwise COCO data gives "background" + its category names, and folder data
+    `class_0..` from `model.num_classes`.
+
+    Args:
+        cfg: the full config.
+        coco_names: the names a COCO split gives (None for folder data).
+
+    Raises:
+        ValueError: nothing says how many classes there are, or two sources disagree.
+    """
+    names = cfg["data"]["class_names"]
+    if isinstance(names, str):
+        path = Path(names)
+        if not path.is_file():
+            raise FileNotFoundError(f"data.class_names file not found: {path}")
+        text = path.read_text()
+        names = json.loads(text) if path.suffix == ".json" else [
+            line.strip() for line in text.splitlines() if line.strip()]
+    if coco_names is not None:
+        if names is not None and len(names) != len(coco_names):
+            raise ValueError(f"data.class_names has {len(names)} names but the COCO file gives "
+                             f"{len(coco_names)} classes (background + categories)")
+        names = list(names) if names is not None else list(coco_names)
+    num_classes = cfg["model"]["num_classes"]
+    if names is None:
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError("folder data needs data.class_names (or model.num_classes)")
+        names = [f"class_{i}" for i in range(num_classes)]
+    if num_classes is not None and num_classes != len(names):
+        raise ValueError(f"model.num_classes is {num_classes} but the data has {len(names)} "
+                         f"classes: {list(names)[:MAX_LISTED]}")
+    return [str(n) for n in names]
+
+
+def build_dataset(cfg: Mapping[str, Any], split: str) -> SemSegDataset:
+    """The `data.<split>` dataset ("train": augmented crops; other splits: whole images).
+
+    Its `class_names` come from `resolve_class_names`.
+
+    Raises:
+        ValueError: the split sets neither `ann_file` nor `mask_dir` (or both).
+    """
+    s = cfg["data"][split]
+    if not s["img_dir"] or bool(s["ann_file"]) == bool(s["mask_dir"]):
+        raise ValueError(f"data.{split} needs img_dir and exactly one of ann_file (COCO) or "
+                         f"mask_dir (class-id PNGs); got img_dir={s['img_dir']!r}, "
+                         f"ann_file={s['ann_file']!r}, mask_dir={s['mask_dir']!r}")
+    coco_names = None
+    if s["ann_file"]:
+        records, coco_names = load_coco_semantic(s["ann_file"], s["img_dir"])
+    else:
+        records = scan_folder(s["img_dir"], s["mask_dir"], img_suffix=s["img_suffix"],
+                              mask_suffix=s["mask_suffix"], split_file=s["split_file"])
+    if split == "train":
+        transform = build_transform(crop_size=s["crop_size"], scale_range=s["scale_range"],
+                                    hflip_prob=s["hflip_prob"])
+    else:
+        transform = build_transform()
+    return SemSegDataset(records, transform=transform,
+                         class_names=resolve_class_names(cfg, coco_names))
+
+
+def _init_worker(worker_id: int) -> None:
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def build_train_loader(cfg: Mapping[str, Any], *, start: int = 0) -> DataLoader:
+    """Endless loader of this process's share of `train.batch_size`, resumable at `start`.
+
+    Args:
+        cfg: the full config.
+        start: samples this process already consumed (iteration * per-process batch).
+    """
+    batch_size, world_size = cfg["train"]["batch_size"], get_world_size()
+    if batch_size % world_size:
+        raise ValueError(f"train.batch_size {batch_size} is not divisible by the {world_size} "
+                         f"processes")
+    dataset = build_dataset(cfg, "train")
+    sampler = InfiniteSampler(len(dataset), shuffle=True, seed=cfg["train"]["seed"],
+                              start=start, with_seeds=True)
+    return DataLoader(dataset, batch_size=batch_size // world_size, sampler=sampler,
+                      num_workers=cfg["data"]["num_workers"], collate_fn=collate,
+                      drop_last=True, worker_init_fn=_init_worker)
+
+
+def build_test_loader(cfg: Mapping[str, Any], split: str = "val") -> DataLoader:
+    """Each image of `data.<split>` once over all processes, one whole image per batch."""
+    dataset = build_dataset(cfg, split)
+    return DataLoader(dataset, batch_size=1, sampler=ShardSampler(len(dataset)),
+                      num_workers=cfg["data"]["num_workers"], collate_fn=collate,
+                      worker_init_fn=_init_worker)

@@ -1,0 +1,145 @@
+"""Test-time inference: multi-scale + flip averaging, sliding windows, evaluation over a loader.
+
+Shapes: K classes; an image is (3, H, W) RGB 0..255; predictions are (K, H, W) class
+probabilities (softmax of the logits) at the image's size, averaged over the scales and
+flips asked for. With one scale of 1.0, no flip and no window it is the plain forward pass.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .evaluation import SemSegEvaluator
+from .model import SemanticSegmentor
+
+logger = logging.getLogger(__name__)
+
+
+def _window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Window offsets covering 0..length, the last one flush with the end."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+class TTAInference:
+    """Averages softmax probabilities over rescaled, flipped and windowed passes.
+
+    Args:
+        scales: image rescale factors (e.g. (0.75, 1.0, 1.25)).
+        flip: also run each scale on the horizontally flipped image.
+        window: (h, w) of sliding windows on each rescaled image; None runs the whole
+            image at once. Overlapping window logits are averaged.
+        stride: (h, w) step of the windows; default two thirds of the window.
+        windows_per_batch: windows run through the model together.
+    """
+
+    def __init__(self, *, scales: Sequence[float] = (1.0,), flip: bool = False,
+                 window: Sequence[int] | None = None, stride: Sequence[int] | None = None,
+                 windows_per_batch: int = 4) -> None:
+        if not scales or min(scales) <= 0:
+            raise ValueError(f"scales must be positive, got {list(scales)}")
+        self.scales = tuple(float(s) for s in scales)
+        self.flip = flip
+        self.window = tuple(int(v) for v in window) if window else None
+        if self.window is not None:
+            stride = stride or tuple(max(2 * v // 3, 1) for v in self.window)
+        self.stride = tuple(int(v) for v in stride) if stride else None
+        if self.window is not None and (len(self.window) != 2 or len(self.stride) != 2
+                                        or min(*self.window, *self.stride) < 1):
+            raise ValueError(f"window and stride must be two positive sizes, got {window} and "
+                             f"{stride}")
+        self.windows_per_batch = windows_per_batch
+
+    @property
+    def is_plain(self) -> bool:
+        """True when this is a single forward pass (no rescale, flip or window)."""
+        return self.scales == (1.0,) and not self.flip and self.window is None
+
+    def _logits(self, model: SemanticSegmentor, image: Tensor) -> Tensor:
+        """(K, h, w) logits of one (3, h, w) image, whole or by sliding windows."""
+        if self.window is None:
+            return model([image])[0]["sem_seg"]
+        (h, w), (wh, ww), (sh, sw) = image.shape[-2:], self.window, self.stride
+        boxes = [(y, x) for y in _window_starts(h, wh, sh) for x in _window_starts(w, ww, sw)]
+        total = count = None
+        for i in range(0, len(boxes), self.windows_per_batch):
+            chunk = boxes[i:i + self.windows_per_batch]
+            crops = [image[:, y:y + wh, x:x + ww] for y, x in chunk]
+            for (y, x), out in zip(chunk, model(crops)):
+                logits = out["sem_seg"]
+                if total is None:
+                    total = logits.new_zeros((logits.shape[0], h, w))
+                    count = logits.new_zeros((1, h, w))
+                total[:, y:y + logits.shape[1], x:x + logits.shape[2]] += logits
+                count[:, y:y + logits.shape[1], x:x + logits.shape[2]] += 1
+        return total / count
+
+    @torch.no_grad()
+    def __call__(self, model: SemanticSegmentor, image: Tensor) -> Tensor:
+        """(K, H, W) averaged class probabilities of a (3, H, W) RGB 0..255 image."""
+        height, width = image.shape[-2:]
+        probs = None
+        for scale in self.scales:
+            scaled = image.float()
+            if scale != 1.0:
+                size = (max(round(height * scale), 1), max(round(width * scale), 1))
+                scaled = F.interpolate(scaled[None], size=size, mode="bilinear",
+                                       align_corners=False)[0]
+            views = [(scaled, False)] + ([(scaled.flip(-1), True)] if self.flip else [])
+            for view, flipped in views:
+                logits = self._logits(model, view)
+                if flipped:
+                    logits = logits.flip(-1)
+                if logits.shape[-2:] != (height, width):
+                    logits = F.interpolate(logits[None], size=(height, width), mode="bilinear",
+                                           align_corners=False)[0]
+                p = logits.softmax(dim=0)
+                probs = p if probs is None else probs + p
+        return probs / (len(self.scales) * (2 if self.flip else 1))
+
+
+def tta_from_config(cfg: Mapping[str, Any]) -> TTAInference:
+    """`TTAInference` from the config's `test` section."""
+    t = cfg["test"]
+    return TTAInference(scales=list(t["scales"]), flip=t["flip"],
+                             window=t["window"], stride=t["stride"])
+
+
+@torch.no_grad()
+def evaluate_model(model: SemanticSegmentor, loader: Iterable[list[dict[str, Any]]],
+                   evaluator: SemSegEvaluator, *, tta: TTAInference | None = None,
+                   output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Run `model` over `loader` (samples with "image" and "gt_sem_seg") and score it.
+
+    Must be called on every process when distributed (the evaluator gathers).
+
+    Returns:
+        What `evaluator.evaluate(output_dir)` returns.
+    """
+    was_training = model.training
+    model.eval()
+    evaluator.reset()
+    device = model.pixel_mean.device
+    try:
+        for batch in loader:
+            if not batch:
+                continue
+            images = [s["image"].to(device) for s in batch]
+            if tta is None or tta.is_plain:
+                preds = [out["mask"] for out in model(images)]
+            else:
+                preds = [tta(model, image).argmax(dim=0) for image in images]
+            evaluator.process(preds, [s["gt_sem_seg"] for s in batch])
+    finally:
+        model.train(was_training)
+    return evaluator.evaluate(output_dir)

@@ -1,0 +1,117 @@
+"""Predictor: one RGB uint8 (H, W, 3) image in, an (H, W) class-id map out.
+
+The model is built from a config (a YAML path or a loaded config) and, optionally, weights
+(an own checkpoint, whose provenance supplies the class names and the pixel mean/std the
+weights expect, or a torchvision DeepLabV3/FCN state dict).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from backbones.weights import read_checkpoint, unwrap_state_dict
+from engine.config import ConfigError, make_schema
+
+from .build import DEFAULTS, build_model, load_config
+from .convert import load_segmentation_weights
+from .inference import TTAInference, tta_from_config
+
+_PREDICTOR_KEYS = ("head.predictor.weight", "classifier.4.weight")
+
+
+def _num_classes_of(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    for key in _PREDICTOR_KEYS:
+        if key in state_dict:
+            return int(state_dict[key].shape[0])
+    return None
+
+
+def _config(config: str | os.PathLike | DictConfig | Mapping[str, Any],
+            overrides: Sequence[str]) -> DictConfig:
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config, overrides)
+    cfg = OmegaConf.merge(make_schema(DEFAULTS), config)  # unknown keys raise
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+    return cfg  # type: ignore[return-value]
+
+
+class Predictor:
+    """`Predictor(config, weights=..., overrides=[...])(rgb_uint8_hxwx3) -> {"mask": (H, W)}`.
+
+    Args:
+        config: YAML path, or a loaded config; None takes the config the weights record.
+        weights: whole-segmenter weights; None uses `model.weights` of the config.
+        overrides: `key=value` config overrides.
+        device: where the model runs ("cpu", "cuda", ...).
+        tta: test-time inference; None takes the config's `test` section.
+
+    Attributes:
+        class_names: name of every class id (checkpoint provenance, else class_0..).
+        model: the `SemanticSegmentor`, in eval mode.
+    """
+
+    def __init__(self, config: str | os.PathLike | DictConfig | Mapping[str, Any] | None, *,
+                 weights: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+                 device: str | torch.device = "cpu", tta: TTAInference | None = None) -> None:
+        checkpoint = read_checkpoint(weights) if weights is not None else None
+        state_dict, provenance = unwrap_state_dict(checkpoint) if checkpoint else ({}, None)
+        provenance = provenance or {}
+        if config is None:
+            if not isinstance(provenance.get("config"), Mapping):
+                raise ValueError(f"Predictor needs a config: the weights {weights} record none "
+                                 f"(only this project's checkpoints do)")
+            config = provenance["config"]
+        cfg = _config(config, overrides)
+        if checkpoint is None and cfg.model.weights:  # same handling as weights=...
+            checkpoint = read_checkpoint(cfg.model.weights)
+            state_dict, provenance = unwrap_state_dict(checkpoint)
+            provenance = provenance or {}
+        if checkpoint is not None:
+            cfg.model.weights = None
+            cfg.model.backbone.weights = None  # replaced by the full weights anyway
+            if cfg.model.num_classes is None:
+                names = provenance.get("class_names") or []
+                cfg.model.num_classes = len(names) or _num_classes_of(state_dict)
+            for key in ("pixel_mean", "pixel_std"):
+                if provenance.get(key):
+                    cfg.model[key] = list(provenance[key])
+        self.model = build_model(cfg)
+        if checkpoint is not None:
+            load_segmentation_weights(self.model, checkpoint)
+        self.model.to(device).eval()
+        names = provenance.get("class_names") or []
+        if len(names) != self.model.num_classes:
+            names = [f"class_{i}" for i in range(self.model.num_classes)]
+        self.class_names = list(names)
+        self.tta = tta or tta_from_config(cfg)
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Segment one image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+
+        Returns:
+            {"mask": (H, W) int64 class ids}.
+        """
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
+                or image.dtype != np.uint8:
+            desc = (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray)
+                    else type(image).__name__)
+            raise ValueError(f"Predictor expects an (H, W, 3) uint8 RGB array, got {desc}")
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(self.device)
+        if self.tta.is_plain:
+            mask = self.model([tensor])[0]["mask"]
+        else:
+            mask = self.tta(self.model, tensor).argmax(dim=0)
+        return {"mask": mask.cpu().numpy().astype(np.int64)}

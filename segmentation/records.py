@@ -1,0 +1,193 @@
+"""Where masks come from: folder trees of class-id PNGs, or COCO instances drawn on the fly.
+
+A record describes one image before decoding:
+    folder data: {"file_name": image path, "mask_file": mask path}
+    COCO data:   {"file_name", "height", "width", "objects": [(class 1..K, segmentation)],
+                  "crowd": [segmentation]}
+
+Folder data: the mask of `img_dir/NAME + img_suffix` is `mask_dir/NAME + mask_suffix`, NAME
+a relative path, so the VOC tree (JPEGImages, SegmentationClass, `split_file`
+ImageSets/Segmentation/train.txt) and the Cityscapes tree (`img_suffix: _leftImg8bit.png`,
+`mask_suffix: _gtFine_labelTrainIds.png`) both work. Masks are single-channel PNGs (palette
+indices or gray values, read with PIL: OpenCV would turn a palette into colours).
+
+COCO data: categories, sorted by id, become classes 1..K and 0 is background; instances are
+painted in file order (a later one wins where they overlap); crowd regions become 255 where
+no non-crowd instance lies. Polygons with fewer than three points and annotations without a
+segmentation are left out and counted.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from detection.data.coco import CategoryMapping, DatasetError, read_coco_json
+from detection.data.dataset import segmentation_to_mask
+
+logger = logging.getLogger(__name__)
+IGNORE_INDEX = 255
+MAX_LISTED = 10
+
+
+def listing(items: Sequence[str]) -> str:
+    """The first MAX_LISTED items, one per line, and how many more there are."""
+    more = f"\n  ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return "\n  " + "\n  ".join(items[:MAX_LISTED]) + more
+
+
+def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike, *,
+                img_suffix: str = ".jpg", mask_suffix: str = ".png",
+                split_file: str | os.PathLike | None = None) -> list[dict[str, str]]:
+    """Pair each image `img_dir/NAME + img_suffix` with its mask `mask_dir/NAME + mask_suffix`.
+
+    Args:
+        img_dir: image folder (searched recursively unless `split_file` is given).
+        mask_dir: mask folder with the same tree.
+        img_suffix: end of image file names (".jpg", "_leftImg8bit.png").
+        mask_suffix: end of mask file names (".png", "_gtFine_labelTrainIds.png").
+        split_file: text file with one NAME per line (VOC ImageSets); None takes all images.
+
+    Returns:
+        Records {"file_name", "mask_file"} sorted by NAME.
+
+    Raises:
+        FileNotFoundError: a folder or the split file does not exist.
+        DatasetError: no images, listed images missing, or images without a mask (listed).
+    """
+    img_dir, mask_dir = Path(img_dir), Path(mask_dir)
+    for folder in (img_dir, mask_dir):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"folder not found: {folder}")
+    if split_file is not None:
+        split_file = Path(split_file)
+        if not split_file.is_file():
+            raise FileNotFoundError(f"split file not found: {split_file}")
+        names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        missing = [str(img_dir / (n + img_suffix)) for n in names
+                   if not (img_dir / (n + img_suffix)).is_file()]
+        if missing:
+            raise DatasetError(f"{split_file}: {len(missing)} listed images not found:"
+                               + listing(missing))
+    else:
+        names = sorted(str(p.relative_to(img_dir))[: -len(img_suffix)]
+                       for p in img_dir.rglob(f"*{img_suffix}") if p.is_file())
+    if not names:
+        raise DatasetError(f"no images named *{img_suffix} in {img_dir}"
+                           + (f" (split file {split_file})" if split_file else ""))
+    records = [{"file_name": str(img_dir / (n + img_suffix)),
+                "mask_file": str(mask_dir / (n + mask_suffix))} for n in sorted(names)]
+    without = [f"{r['file_name']} (expected {r['mask_file']})" for r in records
+               if not Path(r["mask_file"]).is_file()]
+    if without:
+        raise DatasetError(f"{len(without)} of {len(records)} images in {img_dir} have no mask "
+                           f"in {mask_dir} (mask name = image name with {img_suffix!r} "
+                           f"replaced by {mask_suffix!r}):" + listing(without))
+    return records
+
+
+def _valid_polygons(segmentation: Any) -> tuple[Any, int]:
+    """(segmentation without polygons of < 3 points, number dropped); RLE passes through."""
+    if not isinstance(segmentation, list):
+        return segmentation, 0
+    kept = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+    return kept, len(segmentation) - len(kept)
+
+
+def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
+                       ) -> tuple[list[dict[str, Any]], list[str]]:
+    """COCO instances -> records from which `SemSegDataset` draws semantic masks.
+
+    Args:
+        ann_file: COCO instances JSON (checked by `detection.data.coco.read_coco_json`).
+        img_dir: folder the `file_name` entries are relative to.
+
+    Returns:
+        (records {"file_name", "height", "width", "objects": [(class 1..K, segmentation)],
+        "crowd": [segmentation]}, class names ["background", category names by id]).
+
+    Raises:
+        DatasetError: invalid JSON content or missing image files (listed).
+    """
+    ann_file, img_dir = Path(ann_file), Path(img_dir)
+    data = read_coco_json(ann_file)
+    if not img_dir.is_dir():
+        raise DatasetError(f"image folder not found: {img_dir} (for {ann_file})")
+    missing = [str(img_dir / im["file_name"]) for im in data["images"]
+               if not (img_dir / im["file_name"]).is_file()]
+    if missing:
+        raise DatasetError(f"{ann_file}: {len(missing)} image files not found:"
+                           + listing(missing))
+    mapping = CategoryMapping.from_categories(data["categories"])
+    by_image: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in data["images"]}
+    for ann in data["annotations"]:
+        by_image[ann["image_id"]].append(ann)
+    records, no_segmentation, short_polygons = [], 0, 0
+    for im in data["images"]:
+        objects, crowd = [], []
+        for ann in by_image[im["id"]]:
+            segmentation, dropped = _valid_polygons(ann.get("segmentation"))
+            short_polygons += dropped
+            if not segmentation:
+                no_segmentation += 1
+                continue
+            if ann.get("iscrowd", 0):
+                crowd.append(segmentation)
+            else:
+                objects.append((mapping.to_contiguous(ann["category_id"]) + 1, segmentation))
+        records.append({"file_name": str(img_dir / im["file_name"]), "height": im["height"],
+                        "width": im["width"], "objects": objects, "crowd": crowd})
+    if no_segmentation or short_polygons:
+        logger.warning("%s: left out %d polygons with fewer than 3 points and %d annotations "
+                       "without a usable segmentation", ann_file, short_polygons,
+                       no_segmentation)
+    return records, ["background", *mapping.names]
+
+
+def coco_semantic_mask(record: Mapping[str, Any]) -> np.ndarray:
+    """uint8 (H, W): 0 background, class ids where instances are, 255 on crowd-only pixels."""
+    h, w = record["height"], record["width"]
+    mask = np.zeros((h, w), dtype=np.uint8)
+    painted = np.zeros((h, w), dtype=bool)
+    def decode(segmentation: Any) -> np.ndarray:
+        pixels = segmentation_to_mask(segmentation, h, w).astype(bool)
+        if pixels.shape != (h, w):  # an RLE whose "size" is not the image's
+            raise DatasetError(f"{record['file_name']}: an RLE segmentation is "
+                               f"{pixels.shape[1]}x{pixels.shape[0]}, the image {w}x{h} (WxH)")
+        return pixels
+
+    for class_id, segmentation in record["objects"]:
+        pixels = decode(segmentation)
+        mask[pixels] = class_id
+        painted |= pixels
+    for segmentation in record["crowd"]:
+        mask[decode(segmentation) & ~painted] = IGNORE_INDEX
+    return mask
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A class-id PNG as uint8 (H, W): palette indices or gray values, not colours.
+
+    Raises:
+        DatasetError: unreadable, or a colour image (masks must be single-channel ids).
+    """
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            mask = np.asarray(im)
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"cannot read mask {path}: {err}") from None
+    if mask.ndim != 2:
+        raise DatasetError(f"mask {path} is a {mode} image; masks must hold one class id per "
+                           f"pixel (palette or grayscale PNG), not colours")
+    if mask.dtype != np.uint8:
+        if mask.size and (mask.min() < 0 or mask.max() > IGNORE_INDEX):
+            raise DatasetError(f"mask {path} ({mode}) has values up to {mask.max()}; class "
+                               f"ids must be 0..254 with 255 = ignore")
+        mask = mask.astype(np.uint8)
+    return mask

@@ -1,0 +1,137 @@
+"""backbones.data: ImageFolder scanning, OpenCV decoding, transforms, unreadable images, loader."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backbones.data import (ImageFolderDataset, build_train_loader, build_train_transform,
+                            build_val_transform, collate, read_image, scan_image_folder)
+
+MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+
+
+def make_tree(root: Path, counts: dict[str, int], size: int = 24) -> None:
+    rng = np.random.default_rng(0)
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            image = rng.integers(0, 256, (size, size + 4, 3), dtype=np.uint8)
+            cv2.imwrite(str(root / name / f"{i}.png"), image)
+
+
+def test_scan_sorts_classes_and_files_and_ignores_other_files(tmp_path: Path) -> None:
+    make_tree(tmp_path / "train", {"dog": 2, "cat": 3})
+    (tmp_path / "train/cat/notes.txt").write_text("not an image")
+    (tmp_path / "train/dog/sub").mkdir()
+    cv2.imwrite(str(tmp_path / "train/dog/sub/x.JPG"), np.zeros((8, 8, 3), np.uint8))
+    samples, classes = scan_image_folder(tmp_path / "train")
+    assert classes == ["cat", "dog"]
+    assert [(Path(p).relative_to(tmp_path / "train").as_posix(), label)
+            for p, label in samples] == [("cat/0.png", 0), ("cat/1.png", 0), ("cat/2.png", 0),
+                                         ("dog/0.png", 1), ("dog/1.png", 1), ("dog/sub/x.JPG", 1)]
+    make_tree(tmp_path / "val", {"dog": 1})
+    val, _ = scan_image_folder(tmp_path / "val", classes)
+    assert [label for _, label in val] == [1]
+
+
+def test_scan_errors_name_the_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=f"dataset folder not found: {tmp_path}/nope"):
+        scan_image_folder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no class folders in .*empty"):
+        scan_image_folder(tmp_path / "empty")
+    (tmp_path / "empty/a").mkdir()
+    with pytest.raises(ValueError, match="no images .* under .*empty"):
+        scan_image_folder(tmp_path / "empty")
+    make_tree(tmp_path / "val", {"bird": 1})
+    with pytest.raises(ValueError, match="classes the training split does not: bird"):
+        scan_image_folder(tmp_path / "val", ["cat", "dog"])
+
+
+def test_read_image_is_rgb_and_honours_exif_orientation(tmp_path: Path) -> None:
+    bgr = np.zeros((4, 6, 3), np.uint8)
+    bgr[..., 2] = 255  # red in OpenCV's BGR order
+    cv2.imwrite(str(tmp_path / "red.png"), bgr)
+    rgb = read_image(tmp_path / "red.png")
+    assert rgb.shape == (4, 6, 3) and (rgb[..., 0] == 255).all() and (rgb[..., 1:] == 0).all()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, displayed rotated 90 degrees clockwise
+    Image.new("RGB", (20, 10), (0, 0, 255)).save(tmp_path / "rot.jpg", exif=exif)
+    assert read_image(tmp_path / "rot.jpg").shape == (20, 10, 3)
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    assert read_image(tmp_path / "bad.jpg") is None
+    assert read_image(tmp_path / "missing.png") is None
+
+
+def test_val_transform_resizes_crops_center_and_normalizes() -> None:
+    # Columns hold 3 * x; the 64-px crop after resizing 80 -> 72 wide sees columns 22..57.
+    image = np.repeat((3 * np.arange(80, dtype=np.uint8))[None, :, None], 40, axis=0)
+    image = np.repeat(image, 3, axis=2)
+    out = build_val_transform(image_size=32, resize=36)(image=image)["image"]
+    assert out.shape == (32, 32, 3) and out.dtype == np.float32
+    pixels = out[..., 0] * STD[0] + MEAN[0]
+    assert pixels.mean() == pytest.approx(3 * 39.5, abs=3.0)
+    flat = np.full((10, 10, 3), 200, np.uint8)
+    normed = build_val_transform(image_size=10, resize=10)(image=flat)["image"]
+    expected = [(200 - m) / s for m, s in zip(MEAN, STD)]
+    np.testing.assert_allclose(normed[0, 0], expected, rtol=1e-5)
+
+
+def test_seeded_train_samples_are_reproducible(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"a": 2, "b": 2}, size=40)
+    samples, classes = scan_image_folder(tmp_path)
+    ds = ImageFolderDataset(samples=samples, class_names=classes, train=True,
+                            transform=build_train_transform(image_size=16))
+    x, y, z = ds[(1, 5)], ds[(1, 5)], ds[(1, 6)]
+    assert x["image"].shape == (3, 16, 16) and x["label"] == 0
+    assert torch.equal(x["image"], y["image"])
+    assert not torch.equal(x["image"], z["image"])
+
+
+def test_unreadable_image_is_replaced_in_train_and_unscored_in_eval(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_tree(tmp_path, {"a": 2, "b": 1})
+    bad = tmp_path / "a/1.png"
+    bad.write_bytes(b"not a png")
+    samples, classes = scan_image_folder(tmp_path)
+    train = ImageFolderDataset(samples=samples, class_names=classes, train=True,
+                               transform=build_val_transform(image_size=16, resize=16))
+    sample = train[1]
+    assert sample["label"] == 1 and sample["unreadable"] == [str(bad)]  # next image, class b
+    assert f"skipping unreadable image {bad}" in caplog.text
+    assert train[0]["unreadable"] == []
+    val = ImageFolderDataset(samples=samples, class_names=classes, train=False,
+                             transform=build_val_transform(image_size=16, resize=16))
+    assert val[1]["label"] == -1
+    batch = collate([train[0], train[1], val[1]])
+    assert batch["images"].shape == (3, 3, 16, 16)
+    assert batch["labels"].tolist() == [0, 1, -1]
+    assert batch["unreadable"] == [str(bad), str(bad)]
+    for path, _ in samples:
+        Path(path).write_bytes(b"")
+    with pytest.raises(RuntimeError, match="none of the 3 images"):
+        train[0]
+
+
+def test_train_loader_resumes_and_ignores_worker_count(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"a": 3, "b": 3}, size=20)
+    samples, classes = scan_image_folder(tmp_path)
+    ds = ImageFolderDataset(samples=samples, class_names=classes, train=True,
+                            transform=build_train_transform(image_size=8))
+
+    def batches(start: int, workers: int, n: int) -> list[dict]:
+        loader = build_train_loader(ds, batch_size=2, num_workers=workers, seed=1, start=start)
+        return list(itertools.islice(iter(loader), n))
+
+    full = batches(0, 0, 5)
+    for resumed, reference in zip(batches(4, 1, 3), full[2:]):
+        assert torch.equal(resumed["images"], reference["images"])
+        assert torch.equal(resumed["labels"], reference["labels"])
+    labels = torch.cat([b["labels"] for b in full[:3]])
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]  # the first epoch sees every image

@@ -1,0 +1,447 @@
+"""Residual-learning studies: path sampling, lesions, responses, path gradients, study data."""
+import math
+import pickle
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import binom
+
+import backbones
+from backbones.studies import (
+    KOfNPathSampler,
+    PathGradients,
+    apply_path_sampling,
+    branch_output_module,
+    branch_response_std,
+    deleted_blocks,
+    drop_path_rates,
+    is_downsampling,
+    path_length_distribution,
+    random_lesions,
+    sample_subsets,
+    single_block_lesions,
+)
+from backbones.studies.data import (
+    BatchStream,
+    ClassificationSplit,
+    load_cifar_batches,
+    load_splits,
+    random_crop_flip,
+)
+from backbones.studies.training import Recipe, accuracy, train_classifier
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the CI machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_classifier(seed=0, depth=20, **options):
+    """A CIFAR ResNet (depth 20: 9 blocks; depth 8: 3 blocks) with random BN statistics, so
+    evaluation mode is not the identity normalization."""
+    torch.manual_seed(seed)
+    model = backbones.build_classifier("cifar_resnet20", 3, depth=depth, **options)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def images(n=4, size=8, seed=1):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- path-length distribution
+
+def test_path_length_distribution_small_n_exact():
+    assert path_length_distribution(4) == [1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16]
+    assert path_length_distribution(0) == [1.0]
+
+
+@pytest.mark.parametrize("n", [1, 9, 27, 54])
+def test_path_length_distribution_sums_to_one_and_is_binomial(n):
+    dist = path_length_distribution(n)
+    assert len(dist) == n + 1
+    assert math.isclose(sum(dist), 1.0, rel_tol=0, abs_tol=1e-12)
+    np.testing.assert_allclose(dist, binom.pmf(np.arange(n + 1), n, 0.5), rtol=1e-10, atol=0)
+
+
+# ---------------------------------------------------------------- subsets and branch module
+
+def test_sample_subsets_enumerates_when_few_and_samples_otherwise():
+    assert sample_subsets(4, 2, 10) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert sample_subsets(5, 0, 3) == [()]
+    drawn = sample_subsets(9, 4, 7, torch.Generator().manual_seed(0))
+    assert len(drawn) == 7
+    assert all(len(s) == 4 == len(set(s)) and list(s) == sorted(s) and max(s) < 9
+               for s in drawn)
+    with pytest.raises(ValueError, match="k=5"):
+        sample_subsets(4, 5, 1)
+
+
+@pytest.mark.parametrize("name,expected", [("cifar_resnet20", "norm2"), ("resnet50", "norm3")])
+def test_branch_output_module_output_is_block_branch(name, expected):
+    model = backbones.build_classifier(name, 3).eval()
+    block = model.backbone.blocks()[1]
+    module = branch_output_module(block)
+    assert module is getattr(block, expected)
+    seen = []
+    handle = module.register_forward_hook(lambda m, a, out: seen.append(out))
+    x = torch.randn(1, block.in_channels, 8, 8)
+    with torch.no_grad():
+        direct = block.branch(x)
+    handle.remove()
+    assert torch.equal(seen[0], direct)
+
+
+# ---------------------------------------------------------------- stochastic depth
+
+@pytest.mark.parametrize("schedule", ["linear", "uniform"])
+def test_stochastic_depth_rate_zero_is_exactly_the_plain_forward(schedule):
+    reference, sampled = tiny_classifier().train(), tiny_classifier().train()
+    assert apply_path_sampling(sampled.backbone, mode="drop_path", rate=0.0,
+                               schedule=schedule) is None
+    x = images()
+    torch.manual_seed(3)
+    assert torch.equal(sampled(x), reference(x))
+
+
+def test_stochastic_depth_drops_in_training_only():
+    reference, sampled = tiny_classifier(), tiny_classifier()
+    apply_path_sampling(sampled.backbone, mode="drop_path", rate=0.5, schedule="uniform")
+    assert [b.drop_path_rate for b in sampled.backbone.blocks()] == [0.5] * 9
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(sampled(x), reference(x))  # evaluation: every branch, unscaled
+        torch.manual_seed(3)
+        assert not torch.allclose(sampled.train()(x), reference.train()(x))
+
+
+def test_drop_path_schedules():
+    assert drop_path_rates(5, 0.4, "uniform") == [0.4] * 5
+    np.testing.assert_allclose(drop_path_rates(5, 0.4, "linear"), [0.0, 0.1, 0.2, 0.3, 0.4])
+    model = tiny_classifier()
+    apply_path_sampling(model.backbone, mode="drop_path", rate=0.2, schedule="linear")
+    built = backbones.build_classifier("cifar_resnet20", 3, drop_path_rate=0.2)
+    assert [b.drop_path_rate for b in model.backbone.blocks()] == [
+        b.drop_path_rate for b in built.backbone.blocks()]
+    with pytest.raises(ValueError, match="schedule"):
+        drop_path_rates(3, 0.1, "cosine")
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        drop_path_rates(3, 1.0, "uniform")
+
+
+def test_path_sampling_rejects_plain_nets_and_bad_settings():
+    plain = backbones.build_classifier("plain_cifar_resnet20", 3)
+    with pytest.raises(ValueError, match="plain"):
+        apply_path_sampling(plain.backbone, mode="k_of_n", k=3)
+    residual = backbones.build_classifier("cifar_resnet20", 3)
+    with pytest.raises(ValueError, match=r"k must be in 1\.\.9"):
+        apply_path_sampling(residual.backbone, mode="k_of_n", k=10)
+    with pytest.raises(ValueError, match="mode"):
+        apply_path_sampling(residual.backbone, mode="dropout")
+    assert apply_path_sampling(residual.backbone, mode="none", rate=0.9) is None
+
+
+# ---------------------------------------------------------------- k of n
+
+def count_branch_calls(model):
+    calls = []
+    handles = [b.conv1.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
+               for i, b in enumerate(model.backbone.blocks())]
+    return calls, handles
+
+
+def test_k_of_n_runs_exactly_k_branches_per_training_batch():
+    model = tiny_classifier().train()
+    sampler = apply_path_sampling(model.backbone, mode="k_of_n", k=3,
+                                  generator=torch.Generator().manual_seed(0))
+    assert isinstance(sampler, KOfNPathSampler)
+    calls, handles = count_branch_calls(model)
+    active_sets = set()
+    for step in range(6):
+        calls.clear()
+        model(images(seed=step))
+        assert len(calls) == 3 and len(set(calls)) == 3
+        assert tuple(sorted(calls)) == sampler.active
+        active_sets.add(sampler.active)
+        assert not any(b.skip_branch for b in model.backbone.blocks())  # restored
+    assert len(active_sets) > 1
+    calls.clear()
+    with torch.no_grad():
+        model.eval()(images())
+    assert sorted(calls) == list(range(9))  # evaluation runs every branch
+    for handle in handles:
+        handle.remove()
+
+
+def test_k_of_n_rescales_kept_branches_by_n_over_k():
+    model = tiny_classifier().train()
+    sampler = apply_path_sampling(model.backbone, mode="k_of_n", k=3,
+                                  generator=torch.Generator().manual_seed(1))
+    blocks = model.backbone.blocks()
+    seen = {}
+    handles = [b.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(i, (a[0], o)))
+               for i, b in enumerate(blocks)]
+    model(images())
+    for handle in handles:
+        handle.remove()
+    sampler.remove()
+    with torch.no_grad():
+        for i, block in enumerate(blocks):
+            x, out = seen[i]
+            if i in sampler.active:
+                expected = F.relu(block.shortcut(x) + block.branch(x) * 3.0)
+            else:
+                expected = F.relu(block.shortcut(x))
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_k_of_n_with_k_equal_n_is_the_plain_forward():
+    reference, sampled = tiny_classifier().train(), tiny_classifier().train()
+    apply_path_sampling(sampled.backbone, mode="k_of_n", k=9)
+    x = images()
+    assert torch.equal(sampled(x), reference(x))
+
+
+# ---------------------------------------------------------------- lesion
+
+def test_lesion_of_one_block_keeps_forward_valid_and_changes_output():
+    model = tiny_classifier()
+    blocks = model.backbone.blocks()
+    x = images()
+    seen = {}
+    handle = blocks[4].register_forward_hook(lambda m, a, o: seen.update(x=a[0], out=o))
+    with torch.no_grad():
+        intact = model(x)
+        with deleted_blocks(blocks, [4]):
+            lesioned = model(x)
+    handle.remove()
+    assert lesioned.shape == intact.shape == (4, 3)
+    assert torch.isfinite(lesioned).all()
+    assert (lesioned - intact).abs().max() > 1e-3
+    # a deleted identity-shortcut block passes its (non-negative) input through unchanged
+    assert not is_downsampling(blocks[4])
+    assert torch.equal(seen["out"], seen["x"])
+    assert not any(b.skip_branch for b in blocks)
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_deleting_every_branch_leaves_the_stem_and_downsampling_path(shortcut):
+    model = tiny_classifier(shortcut=shortcut)
+    backbone = model.backbone
+    x = images()
+    with torch.no_grad(), deleted_blocks(backbone.blocks(), range(9)):
+        out = model(x)
+        # hand-built: stem, then at res3 and res4 only the downsampling shortcut
+        h = F.relu(backbone.stem.norm(backbone.stem.conv(x)))
+        for stage in ("res3", "res4"):
+            first = getattr(backbone, stage)[0]
+            if shortcut == "A":
+                h = h[:, :, ::2, ::2]
+                h = torch.cat([h, torch.zeros_like(h)], dim=1)  # 16 -> 32 -> 64 channels
+            else:
+                conv, norm = first.shortcut[0], first.shortcut[1]
+                assert conv.stride == (2, 2) and conv.kernel_size == (1, 1)
+                h = F.relu(norm(conv(h)))
+        assert h.shape == (4, 64, 2, 2)
+        expected = model.fc(h.mean(dim=(2, 3)))
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_single_and_random_lesions_match_manual_deletions():
+    model = tiny_classifier()
+    backbone = model.backbone
+    x, labels = images(n=12, seed=5), torch.arange(12) % 3
+    single = single_block_lesions(model, backbone, x, labels, batch_size=5)
+    for i in (0, 3, 6):
+        backbone.blocks()[i].skip_branch = True
+        with torch.no_grad():
+            manual = 100.0 * (model(x).argmax(1) == labels).float().mean().item()
+        backbone.blocks()[i].skip_branch = False
+        assert single[i] == pytest.approx(manual)
+    random = random_lesions(model, backbone, x, labels, draws=4,
+                            generator=torch.Generator().manual_seed(0))
+    assert sorted(random) == list(range(1, 10))
+    assert [len(random[k]) for k in range(1, 10)] == [4, 4, 4, 4, 4, 4, 4, 4, 1]
+    assert random[9][0][0] == tuple(range(9))
+    assert [single[i] for i in range(9)] == pytest.approx(
+        [acc for subset, acc in random_lesions(model, backbone, x, labels, draws=9,
+                                               max_k=1)[1]])
+    assert [is_downsampling(b) for b in backbone.blocks()] == [
+        False, False, False, True, False, False, True, False, False]
+
+
+# ---------------------------------------------------------------- responses
+
+def test_branch_response_std_equals_direct_std_over_all_images():
+    model = tiny_classifier()
+    x = images(n=5, seed=7)
+    inputs = {}
+    handles = [b.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
+               for i, b in enumerate(model.backbone.blocks())]
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    got = branch_response_std(model, model.backbone, x, batch_size=2)
+    with torch.no_grad():
+        expected = [b.branch(inputs[i]).double().std().item()
+                    for i, b in enumerate(model.backbone.blocks())]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- path gradients
+
+def test_route_gradients_sum_to_the_full_gradient():
+    """Every one of the 2^n routes of a 3-block net, summed, is the whole backward pass."""
+    model = tiny_classifier(depth=8)
+    x, labels = images(n=3, seed=2), torch.tensor([0, 1, 2])
+    graph = PathGradients(model, x, labels)
+    with torch.no_grad():
+        assert torch.equal(graph.logits, model(x))
+    stem_out = model.backbone.stem(x).detach().requires_grad_(True)
+    h = stem_out
+    for block in model.backbone.blocks():
+        h = block(h)
+    loss = F.cross_entropy(model.fc(h.mean(dim=(2, 3))), labels, reduction="sum")
+    (full,) = torch.autograd.grad(loss, stem_out)
+    routes = [s for k in range(4) for s in sample_subsets(3, k, 10)]
+    assert len(routes) == 8
+    total = sum(graph.input_gradient(route) for route in routes)
+    torch.testing.assert_close(total, full, rtol=1e-4, atol=1e-6)
+    only_shortcuts = graph.input_gradient(())
+    assert not torch.allclose(only_shortcuts, full)
+    assert graph.magnitude(()) == pytest.approx(
+        only_shortcuts.flatten(1).norm(dim=1).mean().item())
+
+
+def test_path_gradients_refuse_plain_nets():
+    plain = backbones.build_classifier("plain_cifar_resnet20", 3).eval()
+    with pytest.raises(ValueError, match="plain"):
+        PathGradients(plain, images(), torch.zeros(4, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- data
+
+def write_cifar(root, per_batch=2, test=3):
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [b"cat", b"dog", b"ship"], b"num_vis": 3072}, f)
+    arrays = {}
+    for name, count in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [
+            ("test_batch", test)]:
+        data = rng.integers(0, 256, size=(count, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 3, size=count)]
+        arrays[name] = (data, labels)
+        with open(root / name, "wb") as f:
+            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels,
+                         b"filenames": [b"x.png"] * count}, f)
+    return arrays
+
+
+def test_cifar_batches_load_in_channel_major_order(tmp_path):
+    arrays = write_cifar(tmp_path / "cifar-10-batches-py")
+    train = load_cifar_batches(tmp_path / "cifar-10-batches-py", "train")
+    val = load_cifar_batches(tmp_path / "cifar-10-batches-py", "val")
+    assert train.class_names == ["cat", "dog", "ship"]
+    assert train.images.shape == (10, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert val.images.shape == (3, 3, 32, 32)
+    data3, _ = arrays["data_batch_3"]
+    image = train.images[4]  # first image of data_batch_3 (batches 1 and 2 hold 2 each)
+    for c, y, x in [(0, 0, 0), (1, 0, 5), (2, 31, 31), (1, 7, 3)]:
+        assert image[c, y, x].item() == data3[0, c * 1024 + y * 32 + x]
+    assert train.labels.tolist() == [v for i in range(1, 6) for v in
+                                     arrays[f"data_batch_{i}"][1]]
+    assert val.labels.tolist() == arrays["test_batch"][1]
+    small = load_cifar_batches(tmp_path / "cifar-10-batches-py", "val", image_size=16)
+    assert small.images.shape == (3, 3, 16, 16)
+
+
+def test_cifar_batches_errors_name_the_file(tmp_path):
+    root = tmp_path / "cifar"
+    write_cifar(root)
+    (root / "data_batch_4").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_4"):
+        load_cifar_batches(root, "train")
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
+    with pytest.raises(ValueError, match="test_batch"):
+        load_cifar_batches(root, "val")
+
+
+def write_image_folder(root, colors=None, per_class=3, size=12):
+    """Solid-colour PNGs (RGB colours, written as BGR for OpenCV)."""
+    colors = colors or {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
+    for split, count in (("train", per_class), ("val", 2)):
+        for name, rgb in colors.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                image = np.zeros((size, size + 4, 3), np.uint8)
+                image[:] = rgb[::-1]
+                cv2.imwrite(str(root / split / name / f"{i}.png"), image)
+
+
+def test_image_folder_splits_are_rgb_resized_and_subset(tmp_path):
+    write_image_folder(tmp_path)
+    train, val = load_splits(tmp_path, train_split="train", val_split="val", image_size=8,
+                             max_val=4)
+    assert train.class_names == ["blue", "green", "red"]
+    assert train.images.shape == (9, 3, 8, 8) and len(val) == 4
+    red = train.images[train.labels == 2]
+    assert (red[:, 0] == 255).all() and (red[:, 1:] == 0).all()
+    with pytest.raises(FileNotFoundError, match="make_synthetic"):
+        load_splits(tmp_path / "missing", train_split="train", val_split="val", image_size=8)
+
+
+def test_random_crop_flip_takes_windows_of_the_padded_image():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.uint8).view(2, 3, 6, 6)
+    out = random_crop_flip(x, 2, torch.Generator().manual_seed(0))
+    padded = F.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        windows = [padded[i, :, y:y + 6, x0:x0 + 6] for y in range(5) for x0 in range(5)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+
+
+def test_batch_stream_is_seeded_and_normalized():
+    split = ClassificationSplit(torch.full((6, 3, 4, 4), 100, dtype=torch.uint8),
+                                torch.arange(6), ["a"] * 6, "mem")
+    a = iter(BatchStream(split, batch_size=4, pixel_mean=[100, 50, 0], pixel_std=[1, 2, 4],
+                         augment=False, seed=3))
+    b = iter(BatchStream(split, batch_size=4, pixel_mean=[100, 50, 0], pixel_std=[1, 2, 4],
+                         augment=False, seed=3))
+    first = next(a)
+    assert torch.equal(first["labels"], next(b)["labels"])
+    assert first["images"][:, 0].unique().tolist() == [0.0]
+    assert first["images"][:, 1].unique().tolist() == [25.0]
+    assert first["images"][:, 2].unique().tolist() == [25.0]
+    for _ in range(5):  # 6 images, batch 4: each batch starts a new permutation
+        labels = next(a)["labels"].tolist()
+        assert len(labels) == len(set(labels)) == 4
+
+
+def test_train_classifier_records_errors_and_learns_colours(tmp_path):
+    write_image_folder(tmp_path, per_class=8)
+    train, val = load_splits(tmp_path, train_split="train", val_split="val", image_size=8)
+    torch.manual_seed(0)
+    model = backbones.build_classifier("cifar_resnet20", 3, depth=8)
+    mean, std = [127.5] * 3, [127.5] * 3
+    before = accuracy(model, (train.images.float() - 127.5) / 127.5, train.labels)
+    history = train_classifier(model, train, val, recipe=Recipe(
+        batch_size=6, iterations=30, base_lr=0.05, eval_period=10, log_period=10,
+        augment=False), pixel_mean=mean, pixel_std=std, device=torch.device("cpu"))
+    assert history.iterations == [10, 20, 30]
+    assert len(history.train_error) == len(history.val_error) == 3
+    assert history.val_error[-1] == 0.0
+    assert before < 100.0

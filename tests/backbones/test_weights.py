@@ -1,0 +1,101 @@
+"""Weight import: torchvision/timm logit parity, own checkpoints with provenance, strict errors."""
+import pytest
+import timm
+import torch
+import torchvision
+
+import backbones
+from backbones import load_weights, make_provenance, save_checkpoint
+
+
+def _randomize_bn_stats(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d"])
+def test_torchvision_file_gives_same_logits(tmp_path, name):
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, name)().eval()
+    _randomize_bn_stats(reference)
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    model = backbones.build_classifier(name, 1000, weights=path).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_timm_file_gives_same_logits(tmp_path, name):
+    torch.manual_seed(0)
+    reference = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    _randomize_bn_stats(reference)
+    path = tmp_path / f"timm_{name}.pth"
+    torch.save(reference.state_dict(), path)
+    model = backbones.build_classifier(name, 10, weights=path).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-5)
+
+
+def test_torchvision_weights_load_into_a_bare_frozen_backbone(tmp_path):
+    bn_model = torchvision.models.resnet50()
+    _randomize_bn_stats(bn_model)
+    path = tmp_path / "r50.pth"
+    torch.save(bn_model.state_dict(), path)
+    reference = torchvision.models.resnet50(norm_layer=torchvision.ops.FrozenBatchNorm2d).eval()
+    reference.load_state_dict(bn_model.state_dict(), strict=False)
+    backbone = backbones.build("resnet50", weights=path, norm="frozen_bn", freeze_at=2).eval()
+    body = torchvision.models._utils.IntermediateLayerGetter(reference, {"layer4": "out"})
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x)["res5"], body(x)["out"], rtol=0, atol=1e-5)
+    assert not any(p.requires_grad for p in backbone.res2.parameters())
+
+
+def test_own_checkpoint_restores_architecture_options(tmp_path):
+    classifier = backbones.build_classifier("resnet50", 7, stride_in_1x1=True).eval()
+    provenance = make_provenance("resnet50", {"stride_in_1x1": True}, class_names=list("abcdefg"))
+    path = tmp_path / "backbone.pth"
+    save_checkpoint(path, classifier.backbone.state_dict(), provenance)
+    backbone = backbones.build("resnet50", weights=path).eval()
+    assert backbone.res3[0].conv1.stride == (2, 2)
+    assert backbone.provenance["class_names"] == list("abcdefg")
+    assert backbone.provenance["pixel_mean"] == [123.675, 116.28, 103.53]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x)["res5"], classifier.backbone(x)["res5"])
+
+
+def test_truncated_file_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "broken.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="broken.pth"):
+        backbones.build_classifier("resnet18", 1000, weights=path)
+
+
+def test_missing_file_is_an_error_naming_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.pth"):
+        backbones.build("resnet18", weights=tmp_path / "nothere.pth")
+
+
+def test_wrong_depth_lists_missing_and_unexpected_keys(tmp_path):
+    path = tmp_path / "r34.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), path)
+    with pytest.raises(ValueError) as info:
+        backbones.build_classifier("resnet18", 1000, weights=path)
+    message = str(info.value)
+    assert "r34.pth" in message and "unexpected (80)" in message
+    assert "backbone.res2.2.conv1.weight" in message and "missing (" not in message
+
+
+def test_wrong_class_count_lists_mis_shaped_keys():
+    model = backbones.build_classifier("resnet18", 10)
+    with pytest.raises(ValueError, match=r"mis-shaped \(2\): fc.weight: checkpoint \(1000, 512\)"):
+        load_weights(model, torchvision.models.resnet18().state_dict())
+    # Nothing was loaded: the fc keeps its shape and the stem its values.
+    assert model.fc.weight.shape == (10, 512)

@@ -1,0 +1,404 @@
+"""detection.data: COCO loading and validation, decoding, transforms, dataset, samplers."""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from detection.data import (
+    CategoryMapping,
+    DatasetError,
+    DetectionDataset,
+    GroupedBatchSampler,
+    InferenceSampler,
+    TrainingSampler,
+    build_train_loader,
+    build_transforms,
+    collate,
+    load_coco_json,
+    read_image,
+    resized_shape,
+)
+
+
+def _pattern(height: int, width: int) -> np.ndarray:
+    """An asymmetric RGB picture: any flip or rotation of it is far from it."""
+    img = np.zeros((height, width, 3), dtype=np.uint8)
+    img[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
+    img[..., 1] = np.linspace(0, 255, height, dtype=np.uint8)[:, None]
+    img[: height // 4, : width // 3, 2] = 255
+    return img
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def _coco(images: list[dict[str, Any]], annotations: list[dict[str, Any]],
+          categories: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    if categories is None:
+        categories = [{"id": 7, "name": "seven"}, {"id": 2, "name": "two"},
+                      {"id": 40, "name": "forty"}]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _ann(ann_id: int, image_id: int, bbox: list[float], category_id: int = 7,
+         **extra: Any) -> dict[str, Any]:
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox,
+            "area": 1.0, "iscrowd": 0, **extra}
+
+
+@pytest.fixture()
+def small(tmp_path: Path) -> tuple[Path, Path]:
+    """Three PNG images (40x30, 30x40, 40x30) and a JSON with crowd, clipped and bad boxes."""
+    img_dir = tmp_path / "images"
+    for name, (h, w) in (("a.png", (30, 40)), ("sub/b.png", (40, 30)), ("c.png", (30, 40))):
+        _write_png(img_dir / name, _pattern(h, w))
+    images = [{"id": 1, "file_name": "a.png", "height": 30, "width": 40},
+              {"id": 2, "file_name": "sub/b.png", "height": 40, "width": 30},
+              {"id": 3, "file_name": "c.png", "height": 30, "width": 40}]
+    annotations = [
+        _ann(1, 1, [-5, 10, 20, 10], category_id=40),   # clipped on the left -> [0, 10, 15, 20]
+        _ann(2, 1, [35, 0, 10, 5], category_id=2),      # clipped on the right -> [35, 0, 40, 5]
+        _ann(3, 1, [39.5, 0, 10, 10]),                  # 0.5 px wide after clipping: dropped
+        _ann(4, 1, [50, 50, 5, 5]),                     # outside the image: dropped
+        _ann(5, 1, [3, 3, 0, 8]),                       # zero width: dropped
+        _ann(6, 1, [1, 2, 10, 10], iscrowd=1),          # crowd: not a training target
+        _ann(7, 2, [2, 4, 6, 8]),
+        _ann(8, 3, [5, 5, 10, 10], iscrowd=1),          # image 3 has only a crowd region
+    ]
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(_coco(images, annotations)))
+    return ann_file, img_dir
+
+
+# ---- category mapping ----------------------------------------------------------------------
+
+def test_category_mapping_round_trip() -> None:
+    mapping = CategoryMapping.from_categories(
+        [{"id": 7, "name": "seven"}, {"id": 2, "name": "two"}, {"id": 40, "name": "forty"}])
+    assert mapping.dataset_ids == (2, 7, 40)
+    assert mapping.names == ("two", "seven", "forty")
+    assert mapping.num_classes == 3
+    assert [mapping.to_contiguous(i) for i in (2, 7, 40)] == [0, 1, 2]
+    assert mapping.to_dataset_ids(np.array([2, 0, 1, 1])).tolist() == [40, 2, 7, 7]
+    labels = np.array([0, 1, 2])
+    back = [mapping.to_contiguous(i) for i in mapping.to_dataset_ids(labels)]
+    assert back == labels.tolist()
+    with pytest.raises(KeyError, match="unknown category id 3"):
+        mapping.to_contiguous(3)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        mapping.to_dataset_ids(np.array([3]))
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+def test_crowd_excluded_boxes_clipped_degenerate_counted(small: tuple[Path, Path]) -> None:
+    records, mapping, stats = load_coco_json(*small)
+    assert [r["image_id"] for r in records] == [1, 2, 3]
+    first = records[0]
+    np.testing.assert_array_equal(first["boxes"], [[0, 10, 15, 20], [35, 0, 40, 5]])
+    assert first["classes"].tolist() == [2, 0]  # ids 40 and 2 -> contiguous 2 and 0
+    assert first["boxes"].dtype == np.float32 and first["classes"].dtype == np.int64
+    assert (first["height"], first["width"]) == (30, 40)
+    assert first["file_name"] == str(small[1] / "a.png")
+    np.testing.assert_array_equal(records[1]["boxes"], [[2, 4, 8, 12]])
+    assert records[2]["boxes"].shape == (0, 4) and records[2]["classes"].shape == (0,)
+    assert (stats.crowd, stats.degenerate, stats.boxes) == (2, 3, 3)
+    assert (stats.images, stats.kept_images, stats.empty_images) == (3, 3, 1)
+    assert mapping.dataset_ids == (2, 7, 40)
+
+
+def test_empty_images_kept_by_default_dropped_on_request(small: tuple[Path, Path]) -> None:
+    records, _, stats = load_coco_json(*small, filter_empty=True)
+    assert [r["image_id"] for r in records] == [1, 2]
+    assert (stats.kept_images, stats.empty_images) == (2, 1)
+
+
+@pytest.mark.parametrize("file_name, reason", [
+    ("../outside.png", "escapes the image folder"),
+    ("sub/../../outside.png", "escapes the image folder"),
+    ("/etc/passwd", "is absolute"),
+])
+def test_unsafe_file_names_rejected(tmp_path: Path, file_name: str, reason: str) -> None:
+    (tmp_path / "images").mkdir()
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(_coco(
+        [{"id": 5, "file_name": file_name, "height": 10, "width": 10}], [])))
+    with pytest.raises(DatasetError) as err:
+        load_coco_json(ann_file, tmp_path / "images")
+    message = str(err.value)
+    assert str(ann_file) in message and "images[0] (id=5)" in message
+    assert repr(file_name) in message and reason in message
+
+
+def test_file_name_with_inner_dotdot_that_stays_inside_is_fine(tmp_path: Path) -> None:
+    _write_png(tmp_path / "images" / "a.png", _pattern(10, 10))
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(_coco(
+        [{"id": 1, "file_name": "sub/../a.png", "height": 10, "width": 10}], [])))
+    records, _, _ = load_coco_json(ann_file, tmp_path / "images")
+    assert len(records) == 1
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json", ["not valid JSON"]),
+    ("[1, 2]", ["expected a JSON object"]),
+    (json.dumps({"images": [], "categories": []}), ["annotations"]),
+    (json.dumps({"annotations": [], "categories": [{"id": 1, "name": "x"}]}), ["images"]),
+    (json.dumps(_coco([{"id": 1, "file_name": "a.png", "height": 30, "width": 40}],
+                      [_ann(11, 1, [0, 0, 5, 5], category_id=99)])),
+     ["annotations[0] (id=11)", "category_id 99", "known ids: [2, 7, 40]"]),
+    (json.dumps(_coco([{"id": 1, "file_name": "a.png", "height": 30, "width": 40}],
+                      [_ann(12, 8, [0, 0, 5, 5])])),
+     ["annotations[0] (id=12)", "image_id 8 is not in 'images'"]),
+    (json.dumps(_coco([{"id": 1, "file_name": "a.png", "width": 40}], [])),
+     ["images[0] (id=1)", "'height'"]),
+    (json.dumps(_coco([{"id": 1, "file_name": "a.png", "height": 30, "width": 40}],
+                      [_ann(13, 1, [0, 0, 5])])),
+     ["annotations[0] (id=13)", "bbox must be 4 numbers"]),
+    (json.dumps(_coco([{"id": 1, "file_name": "a.png", "height": 30, "width": 40}] * 2, [])),
+     ["images[1] (id=1)", "duplicate id 1"]),
+])
+def test_bad_json_errors_name_file_and_entry(tmp_path: Path, content: str,
+                                             expected: list[str]) -> None:
+    _write_png(tmp_path / "images" / "a.png", _pattern(30, 40))
+    ann_file = tmp_path / "bad.json"
+    ann_file.write_text(content)
+    with pytest.raises(DatasetError) as err:
+        load_coco_json(ann_file, tmp_path / "images")
+    assert str(ann_file) in str(err.value)
+    for text in expected:
+        assert text in str(err.value)
+
+
+def test_missing_annotation_file_and_image_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_coco_json(tmp_path / "nope.json", tmp_path)
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(_coco([], [])))
+    with pytest.raises(DatasetError, match="image folder not found: .*no_images"):
+        load_coco_json(ann_file, tmp_path / "no_images")
+
+
+def test_missing_image_files_listed_before_training(small: tuple[Path, Path]) -> None:
+    ann_file, img_dir = small
+    (img_dir / "sub" / "b.png").unlink()
+    (img_dir / "c.png").unlink()
+    with pytest.raises(DatasetError) as err:
+        load_coco_json(ann_file, img_dir)
+    message = str(err.value)
+    assert "2 problem(s)" in message
+    assert f"images[1] (id=2): {img_dir / 'sub' / 'b.png'}" in message
+    assert f"images[2] (id=3): {img_dir / 'c.png'}" in message
+
+
+# ---- decoding -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_honoured(tmp_path: Path, orientation: int) -> None:
+    stored = _pattern(24, 40)
+    path = tmp_path / "exif.jpg"
+    pil = Image.fromarray(stored)
+    exif = pil.getexif()
+    exif[0x0112] = orientation
+    pil.save(path, exif=exif.tobytes(), quality=95)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    image = read_image(path)
+    assert image.dtype == np.uint8 and image.shape == expected.shape
+    assert image.shape[:2] == ((40, 24) if orientation >= 5 else (24, 40))
+    # JPEG decoders may differ by a level or two; a wrong orientation differs by ~100
+    assert np.abs(image.astype(int) - expected).mean() < 2.0
+    if orientation != 1 and image.shape == stored.shape:
+        assert np.abs(image.astype(int) - stored).mean() > 30
+
+
+def test_grayscale_and_rgba_become_rgb(tmp_path: Path) -> None:
+    gray = _pattern(12, 16)[..., 0]
+    assert cv2.imwrite(str(tmp_path / "gray.png"), gray)
+    image = read_image(tmp_path / "gray.png")
+    assert image.shape == (12, 16, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(image[..., c], gray)
+    rgba = np.concatenate([_pattern(12, 16), np.full((12, 16, 1), 77, np.uint8)], axis=2)
+    assert cv2.imwrite(str(tmp_path / "rgba.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    np.testing.assert_array_equal(read_image(tmp_path / "rgba.png"), rgba[..., :3])
+
+
+# ---- transforms -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size, short, max_size, expected", [
+    ((480, 640), 800, 1333, (800, 1067)),   # 640 * 800 / 480 = 1066.67
+    ((640, 480), 800, 1333, (1067, 800)),
+    ((400, 1200), 800, 1333, (444, 1333)),  # long side capped: 400 * 1333 / 1200 = 444.33
+    ((800, 1067), 800, 1333, (800, 1067)),
+    ((500, 500), 600, 1000, (600, 600)),
+    ((300, 1000), 600, None, (600, 2000)),
+    ((4, 5), 2, None, (2, 3)),              # 2.5 rounds half up, not to even
+])
+def test_resized_shape_matches_shortest_edge_semantics(size: tuple[int, int], short: int,
+                                                       max_size: int | None,
+                                                       expected: tuple[int, int]) -> None:
+    assert resized_shape(*size, short, max_size) == expected
+
+
+def test_resize_scales_image_and_boxes() -> None:
+    transform = build_transforms(min_size=800, max_size=1333)
+    out = transform(image=_pattern(480, 640), bboxes=np.array([[64, 48, 640, 480]], np.float32),
+                    box_ids=np.arange(1))
+    assert out["image"].shape == (800, 1067, 3)
+    # x scales by 1067 / 640 and y by 800 / 480; albumentations computes in float32
+    np.testing.assert_allclose(out["bboxes"], [[106.7, 80, 1067, 800]], rtol=0, atol=1e-4)
+
+
+def test_multiscale_training_sizes_come_from_the_list() -> None:
+    transform = build_transforms(min_size=(200, 300), max_size=1000)
+    seen = set()
+    for seed in range(20):
+        transform.set_random_seed(seed)
+        seen.add(transform(image=_pattern(100, 150), bboxes=np.zeros((0, 4)),
+                           box_ids=np.arange(0))["image"].shape[:2])
+    assert seen == {(200, 300), (300, 450)}
+
+
+# ---- dataset --------------------------------------------------------------------------------
+
+def _dataset(small: tuple[Path, Path], **kwargs: Any) -> DetectionDataset:
+    records, _, _ = load_coco_json(*small)
+    return DetectionDataset(records, **kwargs)
+
+
+def test_sample_format_and_exact_flip(small: tuple[Path, Path]) -> None:
+    # min_size equal to the short side: scale 1, so the flip alone is visible
+    flip = _dataset(small, transform=build_transforms(min_size=30, max_size=None, flip_prob=1.0))
+    sample = flip[(0, 123)]
+    assert set(sample) == {"image", "image_id", "file_name", "height", "width", "gt_boxes",
+                           "gt_classes"}
+    assert sample["image"].dtype == torch.uint8 and sample["image"].shape == (3, 30, 40)
+    assert (sample["image_id"], sample["height"], sample["width"]) == (1, 30, 40)
+    original = _pattern(30, 40)
+    np.testing.assert_array_equal(sample["image"].permute(1, 2, 0).numpy(), original[:, ::-1])
+    # x -> W - x: [0, 10, 15, 20] -> [25, 10, 40, 20]; [35, 0, 40, 5] -> [0, 0, 5, 5]
+    assert sample["gt_boxes"].dtype == torch.float32
+    torch.testing.assert_close(sample["gt_boxes"], torch.tensor([[25., 10, 40, 20], [0, 0, 5, 5]]),
+                               rtol=0, atol=1e-5)
+    assert sample["gt_classes"].tolist() == [2, 0] and sample["gt_classes"].dtype == torch.int64
+    empty = flip[(2, 0)]
+    assert empty["gt_boxes"].shape == (0, 4) and empty["gt_classes"].shape == (0,)
+
+
+def test_resize_through_dataset_keeps_original_size(small: tuple[Path, Path]) -> None:
+    dataset = _dataset(small, transform=build_transforms(min_size=60, max_size=None))
+    sample = dataset[1]  # 40x30 portrait image, box [2, 4, 8, 12]
+    assert sample["image"].shape == (3, 80, 60)
+    assert (sample["height"], sample["width"]) == (40, 30)
+    torch.testing.assert_close(sample["gt_boxes"], torch.tensor([[4., 8, 16, 24]]),
+                               rtol=0, atol=1e-5)
+
+
+def test_augmentation_is_a_function_of_the_key(small: tuple[Path, Path]) -> None:
+    dataset = _dataset(small, transform=build_transforms(min_size=30, max_size=None,
+                                                         flip_prob=0.5))
+    flipped = {}
+    for seed in range(12):
+        a, b = dataset[(0, seed)], dataset[(0, seed)]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["gt_boxes"], b["gt_boxes"])
+        flipped[seed] = bool(a["gt_boxes"][0, 0] > 0)
+    assert set(flipped.values()) == {True, False}
+    torch.manual_seed(0)
+    first = [dataset[0]["gt_boxes"] for _ in range(8)]
+    torch.manual_seed(0)
+    again = [dataset[0]["gt_boxes"] for _ in range(8)]
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+
+
+def test_masks_follow_the_flip(tmp_path: Path) -> None:
+    _write_png(tmp_path / "images" / "a.png", _pattern(20, 30))
+    ann = _ann(1, 1, [2, 4, 6, 8], segmentation=[[2, 4, 8, 4, 8, 12, 2, 12]])
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(_coco(
+        [{"id": 1, "file_name": "a.png", "height": 20, "width": 30}], [ann])))
+    records, _, _ = load_coco_json(ann_file, tmp_path / "images", keep_segmentation=True)
+    dataset = DetectionDataset(records, with_masks=True,
+                               transform=build_transforms(min_size=20, max_size=None,
+                                                          flip_prob=1.0))
+    sample = dataset[(0, 0)]
+    expected = np.zeros((20, 30), dtype=np.uint8)
+    expected[4:12, 30 - 8:30 - 2] = 1
+    assert sample["gt_masks"].dtype == torch.uint8
+    np.testing.assert_array_equal(sample["gt_masks"].numpy(), expected[None])
+    with pytest.raises(ValueError, match="keep_segmentation=True"):
+        DetectionDataset(load_coco_json(ann_file, tmp_path / "images")[0], with_masks=True,
+                         transform=build_transforms(min_size=20, max_size=None))
+
+
+def test_unreadable_and_mis_sized_images_skipped_with_count(small: tuple[Path, Path],
+                                                            caplog: pytest.LogCaptureFixture,
+                                                            ) -> None:
+    ann_file, img_dir = small
+    records, _, _ = load_coco_json(ann_file, img_dir)
+    (img_dir / "a.png").write_bytes(b"not an image")              # corrupt after the check
+    _write_png(img_dir / "c.png", _pattern(31, 40))                # size differs from the JSON
+    dataset = DetectionDataset(records, transform=build_transforms(min_size=30, max_size=None))
+    batch = collate([dataset[i] for i in range(3)])
+    assert [s["image_id"] for s in batch] == [2]
+    assert dataset.num_skipped == 2
+    assert str(img_dir / "a.png") in caplog.text and "image id 1" in caplog.text
+    assert "40x31 differs from the annotation's 40x30" in caplog.text
+
+
+# ---- samplers -------------------------------------------------------------------------------
+
+def test_training_sampler_shards_one_seeded_stream() -> None:
+    single = list(itertools.islice(TrainingSampler(5, seed=3, rank=0, world_size=1), 20))
+    assert sorted(i for i, _ in single[:5]) == list(range(5))      # each pass is a permutation
+    assert sorted(i for i, _ in single[5:10]) == list(range(5))
+    assert [i for i, _ in single[:5]] != [i for i, _ in single[5:10]]  # reshuffled
+    ranks = [list(itertools.islice(TrainingSampler(5, seed=3, rank=r, world_size=2), 10))
+             for r in range(2)]
+    assert ranks[0] == single[0::2] and ranks[1] == single[1::2]
+    assert len({s for _, s in single}) == 20                       # distinct augmentation seeds
+    assert list(itertools.islice(TrainingSampler(5, seed=4, rank=0, world_size=1), 20)) != single
+
+
+def test_inference_sampler_covers_every_index_once() -> None:
+    shards = [list(InferenceSampler(10, rank=r, world_size=3)) for r in range(3)]
+    assert shards == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert [len(InferenceSampler(2, rank=r, world_size=3)) for r in range(3)] == [1, 1, 0]
+
+
+def test_grouped_batches_share_orientation_and_resume() -> None:
+    group_ids = np.array([0, 1, 0, 1, 1, 0, 0, 1])
+    sampler = TrainingSampler(8, seed=0, rank=0, world_size=1)
+    batches = GroupedBatchSampler(sampler, group_ids=group_ids, batch_size=3)
+    first = list(itertools.islice(batches, 12))
+    for batch in first:
+        assert len(batch) == 3 and len({int(group_ids[i]) for i, _ in batch}) == 1
+    resumed = GroupedBatchSampler(sampler, group_ids=group_ids, batch_size=3, start_batch=5)
+    assert list(itertools.islice(resumed, 7)) == first[5:]
+
+
+def test_train_loader_yields_lists_of_samples(small: tuple[Path, Path]) -> None:
+    dataset = _dataset(small, transform=build_transforms(min_size=30, max_size=None,
+                                                         flip_prob=0.5))
+    loader = build_train_loader(dataset, batch_size=2, seed=1, rank=0, world_size=1)
+    batches = list(itertools.islice(iter(loader), 3))
+    for batch in batches:
+        assert isinstance(batch, list) and len(batch) == 2
+        assert len({tuple(s["image"].shape) for s in batch}) == 1   # same orientation
+    # a worker process decodes and augments exactly what the main process would
+    in_worker = build_train_loader(dataset, batch_size=2, seed=1, num_workers=1, rank=0,
+                                   world_size=1)
+    again = list(itertools.islice(iter(in_worker), 3))
+    for b1, b2 in zip(batches, again, strict=True):
+        for s1, s2 in zip(b1, b2, strict=True):
+            assert s1["image_id"] == s2["image_id"] and torch.equal(s1["image"], s2["image"])
+            assert torch.equal(s1["gt_boxes"], s2["gt_boxes"])

@@ -1,0 +1,201 @@
+"""detection.evaluation: results format, parity with pycocotools run directly, backends."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detection.evaluation import RESULTS_FILE, COCOEvaluator, evaluate_coco
+
+CATEGORY_IDS = (1, 3, 5)  # contiguous label i <-> CATEGORY_IDS[i]
+NAMES = ("ring", "box", "blob")
+
+
+def _square(x: float, y: float, w: float, h: float) -> list[list[float]]:
+    return [[x, y, x + w, y, x + w, y + h, x, y + h]]
+
+
+@pytest.fixture(scope="module")
+def gt_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six images with small, medium and large objects of three classes, plus a crowd region."""
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for image_id in range(1, 7):
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "height": 200,
+                       "width": 300})
+        for _ in range(4):
+            w, h = (float(v) for v in rng.choice([12, 40, 120], size=2))
+            x, y = float(rng.integers(0, 300 - w)), float(rng.integers(0, 200 - h))
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": int(rng.choice(CATEGORY_IDS)),
+                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
+                                "segmentation": _square(x, y, w, h)})
+    annotations.append({"id": len(annotations) + 1, "image_id": 1, "category_id": 3,
+                        "bbox": [0.0, 0.0, 50.0, 50.0], "area": 2500.0, "iscrowd": 1,
+                        "segmentation": _square(0, 0, 50, 50)})
+    path = tmp_path_factory.mktemp("gt") / "gt.json"
+    path.write_text(json.dumps({
+        "images": images, "annotations": annotations,
+        "categories": [{"id": c, "name": n} for c, n in zip(CATEGORY_IDS, NAMES)]}))
+    return path
+
+
+def _gt(gt_file: Path) -> dict[str, Any]:
+    return json.loads(gt_file.read_text())
+
+
+def _perfect(gt_file: Path, with_masks: bool = False) -> tuple[list[dict], list[dict]]:
+    """Ground truth as model outputs (xyxy, contiguous labels, torch tensors)."""
+    gt = _gt(gt_file)
+    inputs, outputs = [], []
+    for img in gt["images"]:
+        anns = [a for a in gt["annotations"] if a["image_id"] == img["id"] and not a["iscrowd"]]
+        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                               a["bbox"][1] + a["bbox"][3]] for a in anns])
+        out = {"boxes": boxes, "scores": torch.ones(len(anns)),
+               "labels": torch.tensor([CATEGORY_IDS.index(a["category_id"]) for a in anns])}
+        if with_masks:
+            out["masks"] = torch.from_numpy(np.stack([
+                mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(
+                    a["segmentation"], img["height"], img["width"]))) for a in anns]).astype(bool))
+        inputs.append({"image_id": img["id"]})
+        outputs.append(out)
+    return inputs, outputs
+
+
+def _noisy(gt_file: Path) -> tuple[list[dict], list[dict]]:
+    """Jittered, partly mislabelled detections plus false positives, as numpy arrays."""
+    rng = np.random.default_rng(1)
+    inputs, outputs = _perfect(gt_file)
+    for out in outputs:
+        boxes = out["boxes"].numpy() + rng.normal(0, 3, size=out["boxes"].shape)
+        labels = out["labels"].numpy().copy()
+        labels[rng.random(len(labels)) < 0.25] = rng.integers(0, 3)
+        extra = rng.uniform(0, 150, size=(3, 2))
+        boxes = np.concatenate([boxes, np.concatenate([extra, extra + 40], axis=1)])
+        out["boxes"] = boxes
+        out["labels"] = np.concatenate([labels, rng.integers(0, 3, size=3)])
+        out["scores"] = rng.random(len(boxes))
+    return inputs, outputs
+
+
+def _direct_stats(gt_file: Path, results_file: Path, iou_type: str = "bbox",
+                  cat_ids: list[int] | None = None) -> np.ndarray:
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(gt_file))
+        coco_dt = coco_gt.loadRes(str(results_file))
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        if cat_ids is not None:
+            ev.params.catIds = cat_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats
+
+
+def _run(gt_file: Path, out_dir: Path, data: tuple[list[dict], list[dict]], **kwargs: Any,
+         ) -> dict[str, dict[str, Any]]:
+    evaluator = COCOEvaluator(gt_file, category_ids=CATEGORY_IDS, output_dir=out_dir, **kwargs)
+    inputs, outputs = data
+    evaluator.process(inputs[:3], outputs[:3])
+    evaluator.process(inputs[3:], outputs[3:])
+    return evaluator.evaluate()
+
+
+def test_numbers_equal_pycocotools_on_the_written_file(gt_file: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    metrics = _run(gt_file, tmp_path, _noisy(gt_file))["bbox"]
+    results_file = tmp_path / RESULTS_FILE
+    written = json.loads(results_file.read_text())
+    assert len(written) == sum(len(o["boxes"]) for o in _noisy(gt_file)[1])
+    assert {r["category_id"] for r in written} == set(CATEGORY_IDS)
+    first_box = _noisy(gt_file)[1][0]["boxes"][0]
+    np.testing.assert_allclose(written[0]["bbox"], [first_box[0], first_box[1],
+                                                    first_box[2] - first_box[0],
+                                                    first_box[3] - first_box[1]], atol=1e-3)
+    stats = _direct_stats(gt_file, results_file)
+    assert metrics["stats"] == [float(v) for v in stats]
+    for i, name in enumerate(("AP", "AP50", "AP75", "APs", "APm", "APl")):
+        assert metrics[name] == stats[i] * 100
+    assert 10 < metrics["AP"] < 90  # a meaningful, non-trivial case
+    for cat_id, name in zip(CATEGORY_IDS, NAMES):
+        alone = _direct_stats(gt_file, results_file, cat_ids=[cat_id])
+        assert metrics["per_category"][name] == pytest.approx(alone[0] * 100, abs=1e-9)
+    printed = capsys.readouterr().out
+    assert printed.count("Average Precision") == 6 and printed.count("Average Recall") == 6
+    assert f"= {stats[0]:0.3f}" in printed
+    assert all(name in printed for name in NAMES)
+
+
+def test_faster_coco_eval_gives_the_same_numbers(gt_file: Path, tmp_path: Path) -> None:
+    data = _noisy(gt_file)
+    reference = _run(gt_file, tmp_path / "a", data)["bbox"]
+    fast = _run(gt_file, tmp_path / "b", data, backend="faster_coco_eval")["bbox"]
+    # identical up to floating-point summation order
+    np.testing.assert_allclose(fast["stats"], reference["stats"], rtol=0, atol=1e-12)
+    for name in NAMES:
+        assert fast["per_category"][name] == pytest.approx(reference["per_category"][name],
+                                                           abs=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_perfect_predictions_give_ap_100(gt_file: Path, tmp_path: Path, backend: str) -> None:
+    metrics = _run(gt_file, tmp_path, _perfect(gt_file), backend=backend)["bbox"]
+    for name in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+        assert metrics[name] == pytest.approx(100.0, abs=1e-9)
+    assert all(v == pytest.approx(100.0, abs=1e-9) for v in metrics["per_category"].values())
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_zero_detections_give_zero_and_a_warning(gt_file: Path, tmp_path: Path,
+                                                 backend: str) -> None:
+    empty = ([{"image_id": 1}], [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+                                  "labels": torch.zeros(0, dtype=torch.int64)}])
+    with pytest.warns(RuntimeWarning, match="no detections"):
+        metrics = _run(gt_file, tmp_path, empty, backend=backend)["bbox"]
+    assert json.loads((tmp_path / RESULTS_FILE).read_text()) == []
+    for name in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+        assert metrics[name] == 0.0
+    assert metrics["per_category"] == {name: 0.0 for name in NAMES}
+
+
+def test_missing_size_range_is_nan_not_zero(tmp_path: Path) -> None:
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "height": 100, "width": 100}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 50, 50],
+                           "area": 2500.0, "iscrowd": 0}],
+          "categories": [{"id": 1, "name": "ring"}, {"id": 3, "name": "box"}]}
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps(gt))
+    metrics = evaluate_coco(gt_file, [{"image_id": 1, "category_id": 3, "bbox": [10, 10, 50, 50],
+                                       "score": 0.9}], verbose=False)
+    assert metrics["AP"] == pytest.approx(100.0) and metrics["APm"] == pytest.approx(100.0)
+    assert math.isnan(metrics["APs"]) and math.isnan(metrics["APl"])
+    assert math.isnan(metrics["per_category"]["ring"])
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_segm_perfect_masks_and_parity(gt_file: Path, tmp_path: Path, backend: str) -> None:
+    metrics = _run(gt_file, tmp_path, _perfect(gt_file, with_masks=True), backend=backend,
+                   iou_types=("bbox", "segm"))
+    assert metrics["segm"]["AP"] == pytest.approx(100.0, abs=1e-9)
+    written = json.loads((tmp_path / RESULTS_FILE).read_text())
+    assert all("segmentation" in r and "bbox" in r for r in written)
+    stats = _direct_stats(gt_file, tmp_path / RESULTS_FILE, iou_type="segm")
+    np.testing.assert_allclose(metrics["segm"]["stats"], stats, rtol=0, atol=1e-12)
+
+
+def test_invalid_arguments_are_rejected(gt_file: Path) -> None:
+    with pytest.raises(ValueError, match="backend"):
+        COCOEvaluator(gt_file, category_ids=CATEGORY_IDS, backend="detectron2")
+    with pytest.raises(ValueError, match="iou_types"):
+        COCOEvaluator(gt_file, category_ids=CATEGORY_IDS, iou_types=("keypoints",))

@@ -1,0 +1,69 @@
+"""detection.Predictor: test-time resizing, boxes mapped back to input pixels, dataset ids."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import backbones
+from detection import Predictor, build_model
+from detection.config import load_config
+from detection.data import CategoryMapping
+from detection.training import make_provenance
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
+TINY = ["model.backbone.weights=null", "model.fpn.out_channels=32", "model.roi_heads.fc_dims=[64,64]",
+        "data.val.min_size=64", "data.val.max_size=200"]
+MAPPING = CategoryMapping((2, 7, 40), ("cat", "dog", "emu"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = load_config(CONFIG, TINY + ["model.num_classes=3"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    torch.nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=0.5)
+    path = tmp_path_factory.mktemp("ckpt") / "model_final.pth"
+    backbones.save_checkpoint(path, model.state_dict(), make_provenance(cfg, MAPPING))
+    return path
+
+
+def test_boxes_in_input_pixels_and_dataset_ids(checkpoint: Path) -> None:
+    predictor = Predictor(None, weights=checkpoint, overrides=["model.roi_heads.score_thresh=0.0"])
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (80, 120, 3), dtype=np.uint8)
+    out = predictor(image)
+    # the same model by hand: resize the short edge 80 -> 64 (120 -> 96), run, scale back
+    resized = cv2.resize(image, (96, 64), interpolation=cv2.INTER_LINEAR)
+    with torch.no_grad():
+        ref = predictor.model([torch.from_numpy(resized.transpose(2, 0, 1).copy())])[0]
+    assert len(out["boxes"]) == len(ref["boxes"]) > 0
+    scale = np.array([120 / 96, 80 / 64, 120 / 96, 80 / 64], dtype=np.float32)
+    np.testing.assert_allclose(out["boxes"], ref["boxes"].numpy() * scale, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(out["scores"], ref["scores"].numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(out["labels"], np.array([2, 7, 40])[ref["labels"].numpy()])
+    assert out["class_names"] == [{2: "cat", 7: "dog", 40: "emu"}[c] for c in out["labels"]]
+    assert out["boxes"][:, 2].max() <= 120 + 1e-3 and out["boxes"][:, 3].max() <= 80 + 1e-3
+    assert predictor.class_names == ["cat", "dog", "emu"]
+
+
+def test_test_time_overrides(checkpoint: Path) -> None:
+    image = np.random.default_rng(1).integers(0, 256, (80, 120, 3), dtype=np.uint8)
+    few = Predictor(None, weights=checkpoint, overrides=[
+        "model.roi_heads.score_thresh=0.0", "model.roi_heads.detections_per_image=5"])(image)
+    assert len(few["boxes"]) == 5
+    none = Predictor(None, weights=checkpoint,
+                     overrides=["model.roi_heads.score_thresh=1.01"])(image)
+    assert none["boxes"].shape == (0, 4) and none["labels"].shape == (0,)
+
+
+def test_bad_input_is_rejected(checkpoint: Path) -> None:
+    predictor = Predictor(None, weights=checkpoint)
+    with pytest.raises(ValueError, match="uint8"):
+        predictor(np.zeros((10, 10, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"num_classes is 5 but the weights"):
+        Predictor(CONFIG, weights=checkpoint, overrides=TINY + ["model.num_classes=5"])

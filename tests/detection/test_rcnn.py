@@ -1,0 +1,230 @@
+"""Meta-architecture: preprocessing, box mapping, training, C4/DC5 variants, bad input."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from omegaconf import OmegaConf
+
+from detection import build_model
+from detection.convert import load_detector_weights
+from engine.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detection"
+BASE = OmegaConf.load(CONFIGS / "base_faster_rcnn.yaml")
+TINY = [
+    "model.num_classes=3",
+    "model.backbone.name=resnet18",
+    "model.fpn.out_channels=32",
+    "model.roi_heads.fc_dims=[64,64]",
+    "model.anchor_generator.sizes=[[16],[32],[64],[128],[256]]",
+    "model.rpn.pre_nms_topk_train=200",
+    "model.rpn.post_nms_topk_train=100",
+    "model.rpn.pre_nms_topk_test=100",
+    "model.rpn.post_nms_topk_test=50",
+    "model.rpn.batch_size_per_image=64",
+    "model.roi_heads.batch_size_per_image=64",
+]
+
+
+def _config(name: str, overrides: list[str]) -> OmegaConf:
+    return load_config(CONFIGS / name, overrides, defaults=BASE)
+
+
+def _scene(seed: int) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Two 96x128 images, each with two bright squares on a dark background."""
+    gen = torch.Generator().manual_seed(seed)
+    images, targets = [], []
+    for i in range(2):
+        image = torch.full((3, 96, 128), 60, dtype=torch.uint8)
+        boxes, classes = [], []
+        for j in range(2):
+            x0, y0 = (int(torch.randint(0, hi, (1,), generator=gen)) for hi in (80, 50))
+            side = int(torch.randint(20, 44, (1,), generator=gen))
+            c = (i + j) % 3
+            image[c, y0 : y0 + side, x0 : x0 + side] = 250
+            boxes.append([x0, y0, min(x0 + side, 128), min(y0 + side, 96)])
+            classes.append(c)
+        images.append(image)
+        targets.append(
+            {
+                "gt_boxes": torch.tensor(boxes, dtype=torch.float32),
+                "gt_classes": torch.tensor(classes),
+            }
+        )
+    return images, targets
+
+
+def test_preprocess_normalizes_and_pads() -> None:
+    torch.manual_seed(0)
+    model = build_model(_config("faster_rcnn_R_50_FPN_1x.yaml", TINY))
+    a = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)
+    b = torch.rand(3, 64, 33) * 255
+    batch, sizes = model.preprocess([a, b])
+    assert batch.shape == (2, 3, 64, 96) and sizes == [(50, 70), (64, 33)]
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    assert torch.allclose(batch[0, :, :50, :70], (a.float() - mean) / std)
+    assert torch.allclose(batch[1, :, :, :33], (b - mean) / std)
+    assert batch[0, :, 50:].abs().sum() == 0 and batch[0, :, :, 70:].abs().sum() == 0
+    assert batch[1, :, :, 33:].abs().sum() == 0
+
+
+def test_output_sizes_rescale_boxes() -> None:
+    torch.manual_seed(0)
+    model = build_model(
+        _config("faster_rcnn_R_50_FPN_1x.yaml", TINY + ["model.roi_heads.score_thresh=0.0"])
+    ).eval()
+    images, _ = _scene(0)
+    with torch.no_grad():
+        plain = model(images)
+        mapped = model(images, output_sizes=[(192, 384), (48, 64)])
+    assert len(plain[0]["boxes"]) > 0
+    assert torch.allclose(
+        mapped[0]["boxes"], plain[0]["boxes"] * torch.tensor([3.0, 2.0, 3.0, 2.0])
+    )
+    assert torch.allclose(mapped[1]["boxes"], plain[1]["boxes"] * 0.5)
+    assert torch.equal(mapped[0]["labels"], plain[0]["labels"])
+
+
+def test_training_lowers_the_loss() -> None:
+    torch.manual_seed(0)
+    model = build_model(
+        _config("faster_rcnn_R_50_FPN_1x.yaml", TINY + ["model.backbone.norm=bn"])
+    )  # random init: BN, not frozen BN
+    images, targets = _scene(0)
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9
+    )
+    model.train()
+    history = []
+    for _ in range(12):
+        losses = model(images, targets)
+        assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
+        total = sum(losses.values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        history.append({"total": total.item(), **{k: v.item() for k, v in losses.items()}})
+    first, last = history[0], history[-3:]
+    # The box loss may rise at first: better proposals bring more foreground RoIs into it.
+    assert sum(h["total"] for h in last) / 3 < 0.6 * first["total"], history
+    assert last[-1]["loss_rpn_cls"] < 0.8 * first["loss_rpn_cls"], history
+    assert last[-1]["loss_cls"] < 0.5 * first["loss_cls"], history
+
+
+def test_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    model = build_model(
+        _config("faster_rcnn_R_50_FPN_1x.yaml", TINY + ["model.roi_heads.score_thresh=0.0"])
+    )
+    images, targets = _scene(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.train()(images, targets)
+        assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+        with torch.no_grad():
+            detections = model.eval()(images)
+    # boxes are decoded in float32 from float32 anchors/proposals
+    assert detections[0]["boxes"].dtype == torch.float32 and len(detections[0]["boxes"]) > 0
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_c4_moves_res5_into_the_head() -> None:
+    torch.manual_seed(0)
+    k = 4
+    model = build_model(
+        _config(
+            "faster_rcnn_R_50_C4_1x.yaml",
+            [
+                f"model.num_classes={k}",
+                "model.rpn.pre_nms_topk_test=50",
+                "model.rpn.post_nms_topk_test=10",
+                "model.rpn.pre_nms_topk_train=50",
+                "model.rpn.post_nms_topk_train=10",
+                "model.roi_heads.batch_size_per_image=16",
+            ],
+        )
+    )
+    resnet50 = torchvision.models.resnet50()
+    # frozen BN holds buffers, not parameters: the backbone's parameters are its convs
+    backbone_params = sum(_count(m) for m in resnet50.modules() if isinstance(m, torch.nn.Conv2d))
+    rpn_params = (
+        (1024 * 1024 * 9 + 1024) + (1024 * 15 + 15) + (1024 * 60 + 60)
+    )  # 15 anchors per location
+    predictor_params = (2048 + 1) * (k + 1) + (2048 + 1) * 4 * k
+    assert _count(model) == backbone_params + rpn_params + predictor_params
+    assert not hasattr(model.backbone, "res5") and list(model.backbone.output_shape()) == ["res4"]
+    model.eval()
+    with torch.no_grad():
+        (det,) = model([torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)])
+    assert det["boxes"].shape[1] == 4 and len(det["boxes"]) == len(det["scores"]) == len(
+        det["labels"]
+    )
+    model.train()
+    images, targets = _scene(1)
+    for t in targets:
+        t["gt_classes"] = t["gt_classes"] % k
+    losses = model(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_box_reg"].item() > 0
+
+
+def test_dc5_single_level_stride_16() -> None:
+    torch.manual_seed(0)
+    model = build_model(
+        _config(
+            "faster_rcnn_R_50_DC5_1x.yaml",
+            [
+                "model.num_classes=2",
+                "model.rpn.pre_nms_topk_test=50",
+                "model.rpn.post_nms_topk_test=10",
+            ],
+        )
+    )
+    assert dict(model.backbone.output_shape()) == {"res5": (2048, 16)}
+    assert model.rpn.anchor_generator.num_anchors_per_location == [15]
+    assert model.roi_heads.box_head.fc1.in_features == 2048 * 7 * 7
+    model.eval()
+    with torch.no_grad():
+        features = model.backbone(model.preprocess([torch.zeros(3, 96, 128)])[0])
+        (det,) = model([torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)])
+    assert features["res5"].shape == (1, 2048, 6, 8)
+    assert det["boxes"].shape[1] == 4 and bool((det["labels"] < 2).all())
+
+
+def test_bad_input_errors() -> None:
+    torch.manual_seed(0)
+    model = build_model(_config("faster_rcnn_R_50_FPN_1x.yaml", TINY)).train()
+    image = [torch.zeros(3, 64, 64)]
+    with pytest.raises(ValueError, match="needs targets"):
+        model(image)
+    with pytest.raises(ValueError, match="gt_classes must be in 0..2"):
+        model(
+            image,
+            [{"gt_boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]), "gt_classes": torch.tensor([3])}],
+        )
+    with pytest.raises(ValueError, match="positive width"):
+        model(
+            image,
+            [{"gt_boxes": torch.tensor([[5.0, 1.0, 5.0, 9.0]]), "gt_classes": torch.tensor([0])}],
+        )
+    with pytest.raises(ValueError, match="'gt_boxes' and 'gt_classes'"):
+        model(image, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        model([torch.zeros(64, 64)])
+    with pytest.raises(ValueError, match="model.num_classes"):
+        build_model(_config("faster_rcnn_R_50_FPN_1x.yaml", []))
+    with pytest.raises(ValueError, match="model.roi_heads.name"):
+        build_model(
+            _config("faster_rcnn_R_50_FPN_1x.yaml", TINY + ["model.roi_heads.name=cascade"])
+        )
+    with pytest.raises(ValueError, match=r"missing \(2\): roi_heads.box_predictor"):
+        state = {
+            k: v
+            for k, v in model.state_dict().items()
+            if not k.startswith("roi_heads.box_predictor.cls")
+        }
+        load_detector_weights(model, state)

@@ -1,0 +1,135 @@
+"""RPN: empty-gt losses, proposal limits, and torchvision's RPN with the same weights."""
+
+import math
+
+import torch
+from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.models.detection.rpn import RPNHead as TVRPNHead
+
+from detection.anchors import AnchorGenerator
+from detection.box_coder import BoxCoder
+from detection.matcher import Matcher
+from detection.rpn import RPN, RPNHead
+from detection.sampler import BalancedSampler
+
+SIZES = ((16,), (32,), (64,))
+RATIOS = ((0.5, 1.0, 2.0),) * 3
+PADDED = (64, 96)
+IMAGE_SIZES = [(64, 90), (50, 96)]
+
+
+def _rpn(pre: int = 300, post: int = 200) -> RPN:
+    return RPN(
+        in_features=["p2", "p3", "p4"],
+        head=RPNHead(in_channels=8, num_anchors=3),
+        anchor_generator=AnchorGenerator(sizes=SIZES, aspect_ratios=RATIOS),
+        box_coder=BoxCoder(weights=(1.0, 1.0, 1.0, 1.0)),
+        matcher=Matcher(low_threshold=0.3, high_threshold=0.7, allow_low_quality_matches=True),
+        sampler=BalancedSampler(batch_size_per_image=64, positive_fraction=0.5),
+        pre_nms_topk=(pre, pre),
+        post_nms_topk=(post, post),
+        nms_thresh=0.7,
+    )
+
+
+def _features(seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        f"p{k}": torch.randn(2, 8, PADDED[0] // 2**k, PADDED[1] // 2**k, generator=gen)
+        for k in (2, 3, 4)
+    }
+
+
+def _randomize(rpn: RPN, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in rpn.head.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
+def test_empty_gt_gives_zero_box_loss() -> None:
+    rpn = _rpn()
+    _randomize(rpn)
+    rpn.train()
+    _, losses = rpn(_features(), IMAGE_SIZES, PADDED, [torch.zeros(0, 4), torch.zeros(0, 4)])
+    assert losses["loss_rpn_loc"].item() == 0.0
+    assert math.isfinite(losses["loss_rpn_cls"].item()) and losses["loss_rpn_cls"].item() > 0
+    losses["loss_rpn_cls"].backward()  # the graph is intact
+
+
+def test_only_negatives_sampled_without_gt() -> None:
+    rpn = _rpn()
+    anchors = torch.cat(rpn.anchor_generator(list(_features().values()), PADDED))
+    labels, matched = rpn.label_and_sample_anchors(anchors, [torch.zeros(0, 4)])
+    assert (labels[0] == 0).sum().item() == 64 and (labels[0] == 1).sum().item() == 0
+    assert torch.equal(matched[0], torch.zeros_like(anchors))
+
+
+def test_proposals_limits() -> None:
+    rpn = _rpn(pre=50, post=30)
+    _randomize(rpn)
+    rpn.eval()
+    proposals, losses = rpn(_features(), IMAGE_SIZES, PADDED)
+    assert losses == {}
+    for props, (h, w) in zip(proposals, IMAGE_SIZES):
+        boxes, scores = props["boxes"], props["scores"]
+        assert 0 < len(boxes) <= 30
+        assert bool(
+            (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+        )
+        assert torch.equal(scores, scores.sort(descending=True).values)
+
+
+def _torchvision_rpn(ours: RPN, pre: int, post: int) -> RegionProposalNetwork:
+    head = TVRPNHead(8, 3)
+    head.load_state_dict(
+        {
+            "conv.0.0.weight": ours.head.conv.weight,
+            "conv.0.0.bias": ours.head.conv.bias,
+            "cls_logits.weight": ours.head.objectness_logits.weight,
+            "cls_logits.bias": ours.head.objectness_logits.bias,
+            "bbox_pred.weight": ours.head.anchor_deltas.weight,
+            "bbox_pred.bias": ours.head.anchor_deltas.bias,
+        }
+    )
+    return RegionProposalNetwork(
+        TVAnchorGenerator(SIZES, RATIOS),
+        head,
+        fg_iou_thresh=0.7,
+        bg_iou_thresh=0.3,
+        batch_size_per_image=64,
+        positive_fraction=0.5,
+        pre_nms_top_n={"training": pre, "testing": pre},
+        post_nms_top_n={"training": post, "testing": post},
+        nms_thresh=0.7,
+    )
+
+
+def test_equals_torchvision_rpn() -> None:
+    ours = _rpn(pre=300, post=200)
+    _randomize(ours)
+    ref = _torchvision_rpn(ours, 300, 200)
+    feats = _features()
+    images = ImageList(torch.zeros(2, 3, *PADDED), IMAGE_SIZES)
+    gt = [
+        torch.tensor([[10.0, 12.0, 40.0, 50.0], [50.0, 5.0, 88.0, 30.0]]),
+        torch.tensor([[20.0, 20.0, 36.0, 44.0]]),
+    ]
+
+    ours.eval(), ref.eval()
+    got, _ = ours(feats, IMAGE_SIZES, PADDED)
+    expected, _ = ref(images, dict(feats))
+    for g, e in zip(got, expected):
+        assert g["boxes"].shape == e.shape
+        assert torch.allclose(g["boxes"], e, atol=1e-4)
+
+    ours.train(), ref.train()
+    torch.manual_seed(3)
+    _, losses = ours(feats, IMAGE_SIZES, PADDED, gt)
+    torch.manual_seed(3)
+    _, ref_losses = ref(images, dict(feats), [{"boxes": b} for b in gt])
+    assert losses["loss_rpn_loc"].item() > 0
+    assert torch.allclose(losses["loss_rpn_cls"], ref_losses["loss_objectness"], rtol=1e-5)
+    assert torch.allclose(losses["loss_rpn_loc"], ref_losses["loss_rpn_box_reg"], rtol=1e-5)

@@ -1,0 +1,138 @@
+"""Parity with torchvision's fasterrcnn_resnet50_fpn: imported weights, same detections and losses.
+
+torchvision's model is built with random weights (no download), its BatchNorm statistics
+randomised so that they matter, its RPN and box head weights made non-trivial, and its
+state dict imported into our R50-FPN built from configs/detection/faster_rcnn_R_50_FPN_1x.yaml.
+Labels: ours are 0..89, torchvision's 1..90 (COCO ids), so ours + 1 must equal theirs.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from omegaconf import OmegaConf
+
+from detection import build_model
+from detection.convert import load_detector_weights
+from engine.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detection"
+
+pytestmark = pytest.mark.slow
+
+
+def _image(gen: torch.Generator, size: tuple[int, int]) -> torch.Tensor:
+    """Smooth colour fields plus noise, 0..255 float: features vary over the image."""
+    low = torch.rand(1, 3, 10, 14, generator=gen) * 255
+    image = F.interpolate(low, size=size, mode="bilinear", align_corners=False)[0]
+    return (image + torch.randn(3, *size, generator=gen) * 20).clamp(0, 255).round()
+
+
+def _randomize(tv: torch.nn.Module, gen: torch.Generator) -> None:
+    with torch.no_grad():
+        for m in tv.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) * 0.5 + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) * 0.5 + 0.75)
+        for name, p in tv.named_parameters():
+            if name.startswith(("rpn.", "roi_heads.")):
+                std = 0.02 if name.endswith("weight") else (0.1 if name.startswith("rpn.") else 0.0)
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def _spread_classes(tv: torch.nn.Module, gen: torch.Generator) -> None:
+    """Removes from the classifier the direction shared by all box features.
+
+    Random box-head features are all positive with a large common component; without
+    this one class wins every RoI. The mean feature is estimated on a small image.
+    """
+    with torch.no_grad():
+        features = tv.backbone(tv.transform.normalize(_image(gen, (320, 416)) / 255.0)[None])
+        xy = torch.rand(300, 2, generator=gen) * torch.tensor([350.0, 250.0])
+        boxes = torch.cat([xy, xy + torch.rand(300, 2, generator=gen) * 150 + 10], dim=1)
+        mean = tv.roi_heads.box_head(
+            tv.roi_heads.box_roi_pool(features, [boxes], [(320, 416)])
+        ).mean(0)
+        weight = tv.roi_heads.box_predictor.cls_score.weight
+        weight -= (weight @ mean)[:, None] * mean[None, :] / (mean @ mean)
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[torch.nn.Module, torch.nn.Module, torch.Generator]:
+    torch.manual_seed(0)
+    # _skip_resize: in training torchvision would draw a random scale (and consume RNG);
+    # evaluation still resizes (a no-op at 800x1067).
+    tv = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=91, box_score_thresh=0.0, _skip_resize=True
+    )
+    gen = torch.Generator().manual_seed(1)
+    _randomize(tv, gen)
+    tv.eval()
+    _spread_classes(tv, gen)
+    cfg = load_config(
+        CONFIGS / "faster_rcnn_R_50_FPN_1x.yaml",
+        ["model.num_classes=90", "model.roi_heads.score_thresh=0.0"],
+        defaults=OmegaConf.load(CONFIGS / "base_faster_rcnn.yaml"),
+    )
+    ours = build_model(cfg)
+    load_detector_weights(ours, tv.state_dict())
+    return tv, ours, gen
+
+
+def test_same_detections_as_torchvision(models: tuple) -> None:
+    tv, ours, gen = models
+    image = _image(gen, (800, 1067))
+    tv.eval(), ours.eval()
+    with torch.no_grad():
+        assert tv.transform([image / 255.0])[0].image_sizes == [
+            (800, 1067)
+        ]  # no resizing on their side
+        expected = tv([image / 255.0])[0]
+        got = ours([image.to(torch.uint8)])[0]
+    assert len(expected["boxes"]) == 100 and len(expected["labels"].unique()) >= 5
+    assert got["boxes"].shape == expected["boxes"].shape
+    assert torch.equal(got["labels"] + 1, expected["labels"])
+    assert torch.allclose(got["boxes"], expected["boxes"], atol=1e-3, rtol=0)
+    assert torch.allclose(got["scores"], expected["scores"], atol=1e-5, rtol=0)
+
+
+def test_same_losses_as_torchvision(models: tuple) -> None:
+    tv, ours, gen = models
+    image = _image(gen, (320, 448))
+    gt_boxes = torch.tensor(
+        [[20.0, 30.0, 150.0, 200.0], [200.0, 60.0, 420.0, 300.0], [30.0, 240.0, 70.0, 300.0]]
+    )
+    gt_classes = torch.tensor([0, 16, 89])
+    tv.train(), ours.train()
+    for m in tv.modules():  # torchvision's random-weight model has BatchNorm; ours frozen BN
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    # Take every non-ignored proposal into the RoI loss on both sides: the RoI sampler then
+    # draws the same set whatever the order of proposals whose scores tie to 1 ulp.
+    tv.roi_heads.fg_bg_sampler.batch_size_per_image = 4096
+    ours.roi_heads.sampler.batch_size_per_image = 4096
+    try:
+        torch.manual_seed(5)
+        expected = tv([image / 255.0], [{"boxes": gt_boxes, "labels": gt_classes + 1}])
+        torch.manual_seed(5)
+        got = ours([image], [{"gt_boxes": gt_boxes, "gt_classes": gt_classes}])
+    finally:
+        tv.roi_heads.fg_bg_sampler.batch_size_per_image = 512
+        ours.roi_heads.sampler.batch_size_per_image = 512
+    pairs = {
+        "loss_rpn_cls": "loss_objectness",
+        "loss_rpn_loc": "loss_rpn_box_reg",
+        "loss_cls": "loss_classifier",
+        "loss_box_reg": "loss_box_reg",
+    }
+    for ours_key, tv_key in pairs.items():
+        assert got[ours_key].item() > 0
+        assert torch.allclose(got[ours_key], expected[tv_key], rtol=1e-4, atol=0), (
+            ours_key,
+            got,
+            expected,
+        )

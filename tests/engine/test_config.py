@@ -1,0 +1,100 @@
+"""engine.config: _base_ inheritance, dotlist overrides, strict keys, saving."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from engine.config import ConfigError, load_config, save_config
+
+DEFAULTS = {
+    "model": {"name": "resnet50", "options": {}},
+    "solver": {"base_lr": 0.1, "steps": [30, 60], "epochs": 90},
+    "data": {"root": "???", "size": 224},
+}
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_inheritance_relative_to_including_file_and_list_order(tmp_path: Path) -> None:
+    write(tmp_path / "common/a.yaml", "solver: {base_lr: 0.2, epochs: 10}\ndata: {root: /a}\n")
+    write(tmp_path / "common/b.yaml", "_base_: a.yaml\nsolver: {epochs: 20}\n")
+    write(tmp_path / "common/c.yaml", "solver: {steps: [5]}\ndata: {root: /c}\n")
+    child = write(tmp_path / "exp/child.yaml",
+                  "_base_: [../common/b.yaml, ../common/c.yaml]\nmodel: {name: resnet18}\n")
+    cfg = load_config(child, defaults=DEFAULTS)
+    assert cfg.model.name == "resnet18"          # child
+    assert cfg.solver.base_lr == 0.2             # a, through b
+    assert cfg.solver.epochs == 20               # b overrides a
+    assert list(cfg.solver.steps) == [5]         # c, lists are replaced
+    assert cfg.data.root == "/c"                 # the later base wins
+    assert cfg.data.size == 224                  # defaults
+    assert "_base_" not in cfg
+
+
+def test_overrides_apply_last_and_open_keys_accept_new_keys(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "data: {root: /x}\nsolver: {base_lr: 0.2}\n")
+    cfg = load_config(path, ["solver.base_lr=0.05", "solver.steps=[1,2,3]",
+                             "model.options.width=0.5"],
+                      defaults=DEFAULTS, open_keys=["model.options"])
+    assert cfg.solver.base_lr == 0.05
+    assert list(cfg.solver.steps) == [1, 2, 3]
+    assert cfg.model.options.width == 0.5
+
+
+def test_unknown_yaml_key_names_key_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "bad.yaml", "data: {root: /x}\nsolver: {base_lrr: 0.2}\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'solver\.base_lrr' in .*bad\.yaml"
+                       r".*valid keys under 'solver': base_lr, epochs, steps"):
+        load_config(path, defaults=DEFAULTS)
+
+
+def test_unknown_key_in_base_file_names_the_base(tmp_path: Path) -> None:
+    write(tmp_path / "base.yaml", "trainer: {x: 1}\n")
+    path = write(tmp_path / "c.yaml", "_base_: base.yaml\ndata: {root: /x}\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'trainer' in .*base\.yaml"):
+        load_config(path, defaults=DEFAULTS)
+
+
+def test_unknown_override_key_names_the_override(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "data: {root: /x}\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.depth' in override "
+                                          r"'model\.depth=18'"):
+        load_config(path, ["model.depth=18"], defaults=DEFAULTS, open_keys=["model.options"])
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        load_config(path, ["model.name"], defaults=DEFAULTS)
+
+
+def test_mandatory_missing_file_and_cycle_errors(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "model: {name: resnet18}\n")
+    with pytest.raises(ConfigError, match="mandatory keys unset: data.root"):
+        load_config(path, defaults=DEFAULTS)
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope\.yaml"):
+        load_config(tmp_path / "nope.yaml", defaults=DEFAULTS)
+    write(tmp_path / "x.yaml", "_base_: y.yaml\n")
+    write(tmp_path / "y.yaml", "_base_: x.yaml\n")
+    with pytest.raises(ConfigError, match="_base_ cycle"):
+        load_config(tmp_path / "x.yaml")
+
+
+def test_without_defaults_any_key_is_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "anything: {goes: 1}\n")
+    assert load_config(path, ["anything.else=2"]).anything == {"goes": 1, "else": 2}
+
+
+def test_save_config_writes_resolved_yaml(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml",
+                 "data: {root: /x}\nmodel: {name: '${data.root}/net'}\n")
+    cfg = load_config(path, defaults=DEFAULTS)
+    save_config(cfg, tmp_path / "out/config.yaml")
+    saved = OmegaConf.load(tmp_path / "out/config.yaml")
+    assert saved.model.name == "/x/net"
+    assert saved.solver.steps == [30, 60]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["config.yaml"]
+    # The saved file is itself a valid config for the same schema.
+    assert load_config(tmp_path / "out/config.yaml", defaults=DEFAULTS) == saved

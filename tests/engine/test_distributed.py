@@ -1,0 +1,84 @@
+"""engine.distributed: single-process defaults and 2-process gloo collectives."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from engine import distributed as D
+from engine.trainer import NonFiniteLossError, Trainer
+
+
+def test_single_process_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert D.init_distributed("cpu") == torch.device("cpu")
+    assert not D.is_distributed()
+    assert (D.get_rank(), D.get_world_size(), D.is_main_process()) == (0, 1, True)
+    assert D.all_reduce_mean({"a": torch.tensor(2.5), "b": 1.0}) == {"a": 2.5, "b": 1.0}
+    assert D.any_process(True) and not D.any_process(False)
+    assert D.all_gather_object({"x": 1}) == [{"x": 1}]
+    D.barrier()
+    D.cleanup()
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
+        D.init_distributed("tpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, results: dict) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    D.init_distributed("cpu")
+    try:
+        out = {"rank": D.get_rank(), "world": D.get_world_size(),
+               "mean": D.all_reduce_mean({"loss": torch.tensor(float(rank + 1)), "n": 2.0 * rank}),
+               "sum": D.all_reduce_sum({"n": rank + 1}),
+               "any": [D.any_process(rank == 1), D.any_process(False)],
+               "gather": D.all_gather_object(f"r{rank}")}
+        buffers = torch.nn.BatchNorm1d(2)
+        buffers.running_mean.fill_(float(rank + 5))
+        D.broadcast_buffers(buffers)
+        out["buffer"] = buffers.running_mean.tolist()
+        # NaN guard: only rank 1 sees a NaN, both ranks stop at the same iteration.
+        model = torch.nn.Linear(1, 1)
+
+        def step_fn(net: torch.nn.Module, batch: object) -> dict[str, torch.Tensor]:
+            bad = rank == 1 and trainer.iter == 2
+            return {"loss_x": net(torch.ones(1, 1)).sum() * (float("nan") if bad else 1.0)}
+
+        trainer = Trainer(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                          scheduler=None, step_fn=step_fn, max_iter=5)
+        try:
+            trainer.train(iter(range(5)))
+        except NonFiniteLossError as e:
+            out["nan"] = (trainer.iter, str(e))
+        results[rank] = out
+    finally:
+        D.cleanup()
+
+
+@pytest.mark.slow
+def test_two_process_collectives_and_nan_guard() -> None:
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_worker, args=(_free_port(), results), nprocs=2, join=True)
+        results = dict(results)
+    for rank in (0, 1):
+        r = results[rank]
+        assert (r["rank"], r["world"]) == (rank, 2)
+        assert r["mean"] == {"loss": 1.5, "n": 1.0}
+        assert r["sum"] == {"n": 3.0}
+        assert r["any"] == [True, False]
+        assert r["gather"] == ["r0", "r1"]
+        assert r["buffer"] == [5.0, 5.0]
+        assert r["nan"][0] == 2
+        assert "at iteration 2" in r["nan"][1]
+    assert "rank 1" in results[1]["nan"][1] and "another process" in results[0]["nan"][1]

@@ -1,0 +1,75 @@
+"""engine.schedule: warmup + cosine / multi-step values at chosen iterations.
+
+Expected numbers are worked out by hand: cos(9 deg) = 0.98768834, cos(18 deg) = 0.95105652,
+(1 + cos(9 deg)) / 2 = 0.99384417, (1 + cos(18 deg)) / 2 = 0.97552826.
+"""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from engine.schedule import WarmupDecay, build_lr_scheduler
+
+
+def test_cosine_with_linear_warmup() -> None:
+    f = WarmupDecay(max_iter=100, decay="cosine", warmup_iters=10, warmup_factor=0.1)
+    assert f(0) == pytest.approx(0.1)
+    assert f(5) == pytest.approx(0.55 * 0.99384417, abs=1e-8)   # warmup 0.55, cosine at 5 %
+    assert f(10) == pytest.approx(0.97552826, abs=1e-8)         # warmup over
+    assert f(50) == pytest.approx(0.5)
+    assert f(100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cosine_final_factor() -> None:
+    f = WarmupDecay(max_iter=100, decay="cosine", final_factor=0.1)
+    assert f(0) == pytest.approx(1.0)
+    assert f(50) == pytest.approx(0.55)
+    assert f(100) == pytest.approx(0.1)
+
+
+def test_multistep_with_and_without_warmup() -> None:
+    f = WarmupDecay(max_iter=90, decay="step", steps=[30, 60], gamma=0.1)
+    assert [f(i) for i in (0, 29)] == [1.0, 1.0]
+    assert f(30) == pytest.approx(0.1)
+    assert f(59) == pytest.approx(0.1)
+    assert f(60) == pytest.approx(0.01)
+    assert f(89) == pytest.approx(0.01)
+    g = WarmupDecay(max_iter=90, decay="step", steps=[30], warmup_iters=5, warmup_factor=0.001)
+    assert g(0) == pytest.approx(0.001)
+    assert g(4) == pytest.approx(0.8002)
+    assert g(5) == 1.0
+
+
+def test_lambda_lr_steps_per_iteration_and_state_roundtrip() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.2)
+    sched = build_lr_scheduler(opt, max_iter=100, decay="cosine", warmup_iters=10,
+                               warmup_factor=0.1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.02)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.2 * 0.55 * 0.99384417, abs=1e-8)
+
+    buffer = io.BytesIO()
+    torch.save(sched.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+    sched2 = build_lr_scheduler(opt2, max_iter=100, decay="cosine", warmup_iters=10,
+                                warmup_factor=0.1)
+    sched2.load_state_dict(state)
+    opt2.step()
+    sched2.step()
+    # iteration 6: warmup 0.1 * 0.4 + 0.6 = 0.64, cosine at 6 %: cos(10.8 deg) = 0.98228725
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.2 * 0.64 * 0.5 * (1 + 0.98228725),
+                                                       abs=1e-8)
+
+
+def test_invalid_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="unknown lr decay 'linear'; valid: cosine, step"):
+        WarmupDecay(max_iter=10, decay="linear")
+    with pytest.raises(ValueError, match="increasing iterations in 1..10"):
+        WarmupDecay(max_iter=10, decay="step", steps=[8, 4])

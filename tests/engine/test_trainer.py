@@ -1,0 +1,132 @@
+"""engine.trainer: the loop, the NaN guard, clipping, hooks, progress logging."""
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.logging import ProgressLogger
+from engine.schedule import build_lr_scheduler
+from engine.trainer import NonFiniteLossError, PeriodicEval, Trainer
+
+
+def regression_data() -> Any:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3
+    return itertools.cycle([(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)])
+
+
+def mse_step(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+    x, y = batch
+    return {"loss_mse": F.mse_loss(model(x), y)}
+
+
+def test_training_lowers_the_loss_and_steps_the_scheduler() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = build_lr_scheduler(opt, max_iter=40, decay="step", steps=[30], gamma=0.1)
+    data = regression_data()
+    first = mse_step(model, next(regression_data()))["loss_mse"].item()
+    trainer = Trainer(model=model, optimizer=opt, scheduler=sched, step_fn=mse_step,
+                      max_iter=40)
+    trainer.train(data)
+    assert trainer.iter == 40
+    assert sched.last_epoch == 40
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    assert trainer.loss_dict["loss_mse"].item() < 0.01 * first
+
+
+def test_nan_guard_names_the_iteration_and_keeps_weights_finite() -> None:
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step_fn(net: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        losses = mse_step(net, batch)
+        if trainer.iter == 3:
+            losses["loss_bad"] = torch.tensor(float("nan"))
+        return losses
+
+    trainer = Trainer(model=model, optimizer=opt, scheduler=None, step_fn=step_fn, max_iter=10)
+    with pytest.raises(NonFiniteLossError,
+                       match=r"loss is not finite at iteration 3 .*loss_bad=nan"):
+        trainer.train(regression_data())
+    assert trainer.iter == 3
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_gradient_clipping_bounds_the_update() -> None:
+    model = nn.Linear(3, 1)
+    before = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+
+    def step_fn(net: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        return {"loss_big": 1000.0 * net(torch.ones(1, 3)).sum()}  # gradient norm 2000
+
+    Trainer(model=model, optimizer=opt, scheduler=None, step_fn=step_fn, max_iter=1,
+            clip_grad_norm=0.5).train(iter([None]))
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert (after - before).norm().item() == pytest.approx(0.5, rel=1e-4)
+
+
+def test_amp_is_off_on_cpu_and_bad_amp_is_rejected() -> None:
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = Trainer(model=model, optimizer=opt, scheduler=None, step_fn=mse_step,
+                      max_iter=1, amp="bf16")
+    assert trainer.amp_dtype is None and not trainer.scaler.is_enabled()
+    with pytest.raises(ValueError, match="amp must be None, 'bf16' or 'fp16'"):
+        Trainer(model=model, optimizer=opt, scheduler=None, step_fn=mse_step, max_iter=1,
+                amp="fp8")
+
+
+def test_periodic_eval_runs_at_period_and_end_in_eval_then_train_mode() -> None:
+    model = nn.Sequential(nn.Linear(3, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    calls: list[tuple[int, bool]] = []
+    results: list[int] = []
+
+    def eval_fn() -> dict[str, float]:
+        model.eval()
+        calls.append((trainer.iter, model.training))
+        return {"score": float(trainer.iter)}
+
+    hook = PeriodicEval(4, eval_fn, on_result=lambda metrics, it: results.append(it))
+    trainer = Trainer(model=model, optimizer=opt, scheduler=None, step_fn=mse_step,
+                      max_iter=10, hooks=[hook])
+    trainer.train(regression_data())
+    assert calls == [(4, False), (8, False), (10, False)]
+    assert results == [4, 8, 10]
+    assert hook.last_result == {"score": 10.0}
+    assert model.training
+
+
+def test_progress_line(caplog: pytest.LogCaptureFixture) -> None:
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    log = logging.getLogger("test_progress")
+    seen: list[float] = []
+
+    class Record:
+        def after_step(self, trainer: Trainer) -> None:
+            seen.append(trainer.loss_dict["loss_mse"].item())
+
+    trainer = Trainer(model=model, optimizer=opt, scheduler=None, step_fn=mse_step,
+                      max_iter=5, hooks=[Record(), ProgressLogger(2, logger=log)])
+    with caplog.at_level(logging.INFO, logger="test_progress"):
+        trainer.train(regression_data())
+    lines = [r.getMessage() for r in caplog.records if r.name == "test_progress"]
+    assert [line.split()[1] for line in lines[:3]] == ["2/5", "4/5", "5/5"]
+    assert all(("loss_mse=" in line and "lr=0.05" in line and "it/s" in line and "eta" in line)
+               for line in lines[:3])
+    # Each line shows the mean over the iterations since the previous line.
+    assert f"loss_mse={(seen[0] + seen[1]) / 2:.4f}" in lines[0]
+    assert f"loss_mse={(seen[2] + seen[3]) / 2:.4f}" in lines[1]
+    assert f"loss_mse={seen[4]:.4f}" in lines[2]
+    assert lines[-1].startswith("trained 5 iterations in")

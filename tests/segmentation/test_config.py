@@ -1,0 +1,54 @@
+"""Configs: the base file lists exactly the defaults; every shipped config loads and builds."""
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from engine.config import ConfigError
+from segmentation import build_model, load_config
+from segmentation.build import DEFAULTS
+from segmentation.heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_base_config_equals_defaults():
+    base = OmegaConf.to_container(OmegaConf.load(CONFIGS / "segmentation" / "base_deeplab.yaml"))
+    assert base == DEFAULTS
+
+
+# config -> (head class, backbone depth blocks of res4, res5 3x3 dilations, ASPP rates)
+EXPECTED = {
+    "segmentation/deeplabv3_R_50_os8.yaml": (DeepLabV3Head, 6, [4, 8, 16], [12, 24, 36]),
+    "segmentation/deeplabv3_R_101_os8.yaml": (DeepLabV3Head, 23, [4, 8, 16], [12, 24, 36]),
+    "segmentation/deeplabv3_R_50_os16.yaml": (DeepLabV3Head, 6, [2, 4, 8], [6, 12, 18]),
+    "segmentation/deeplabv3plus_R_50_os16.yaml": (DeepLabV3PlusHead, 6, [2, 4, 8], [6, 12, 18]),
+    "segmentation/fcn_R_50_os8.yaml": (FCNHead, 6, [2, 4, 4], None),  # torchvision's dilations
+    "synthetic/deeplabv3_R_18_os16.yaml": (DeepLabV3Head, 2, [2, 4], [6, 12, 18]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shipped_configs_build(name):
+    cfg = load_config(CONFIGS / name, ["model.num_classes=21", "model.backbone.weights=null"])
+    head_cls, res4_blocks, dilations, rates = EXPECTED[name]
+    model = build_model(cfg)
+    assert type(model.head) is head_cls
+    assert len(model.backbone.res4) == res4_blocks
+    assert [b.conv2.dilation[0] for b in model.backbone.res5] == dilations
+    if rates is not None:
+        assert [b.conv.dilation[0] for b in model.head.aspp.branches[1:]] == rates
+    assert model.aux_head is not None and model.aux_head.in_features == ("res4",)
+    assert model.num_classes == 21
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="model.head.nmae"):
+        load_config(CONFIGS / "segmentation" / "deeplabv3_R_50_os16.yaml",
+                    ["model.head.nmae=fcn"])
+
+
+def test_num_classes_is_required():
+    cfg = load_config(CONFIGS / "segmentation" / "fcn_R_50_os8.yaml")
+    with pytest.raises(ValueError, match="model.num_classes must be a positive integer"):
+        build_model(cfg)

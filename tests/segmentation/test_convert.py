@@ -1,0 +1,115 @@
+"""torchvision parity: deeplabv3_resnet50 / fcn_resnet50 state dicts give the same logits."""
+import copy
+
+import pytest
+import torch
+from torchvision.models.segmentation import deeplabv3_resnet50, fcn_resnet50
+
+from segmentation import build_model, convert_torchvision_segmentation, load_segmentation_weights
+from segmentation.build import DEFAULTS
+
+REFERENCES = {"deeplabv3": deeplabv3_resnet50, "fcn": fcn_resnet50}
+
+
+def _randomize_norms(model: torch.nn.Module) -> None:
+    """BN statistics and affine parameters away from their identity defaults, so they matter."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def _reference(head: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = REFERENCES[head](weights=None, weights_backbone=None, num_classes=21,
+                             aux_loss=True).eval()
+    _randomize_norms(model)
+    return model
+
+
+def _torchvision_config(head: str, **model) -> dict:
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg["model"].update({"num_classes": 21, **model})
+    cfg["model"]["backbone"].update(name="resnet50", output_stride=8, multi_grid=None)
+    cfg["model"]["head"]["name"] = head
+    return cfg
+
+
+@pytest.mark.parametrize("head", ["deeplabv3", "fcn"])
+def test_torchvision_weights_give_the_same_logits(head):
+    reference = _reference(head)
+    # pixel mean 0 / std 1: feed both networks the same normalized tensor
+    model = build_model(_torchvision_config(head, pixel_mean=[0, 0, 0], pixel_std=[1, 1, 1]))
+    load_segmentation_weights(model, reference.state_dict())
+    model.eval()
+    x = torch.randn(1, 3, 97, 131, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = reference(x)
+        got = model.logits(x, with_aux=True)
+        per_image = model([x[0]])[0]["sem_seg"]
+    assert expected["out"].abs().max() > 1.0  # the comparison is not between near-zeros
+    torch.testing.assert_close(got["sem_seg"], expected["out"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(got["aux"], expected["aux"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(per_image, expected["out"][0], rtol=0, atol=1e-5)
+
+
+def test_torchvision_weights_with_imagenet_normalization():
+    """0..255 input with the default pixel mean/std equals torchvision on (x/255 - mean)/std."""
+    reference = _reference("deeplabv3")
+    model = build_model(_torchvision_config("deeplabv3", weights=None))
+    load_segmentation_weights(model, reference.state_dict())
+    model.eval()
+    image = torch.randint(0, 256, (3, 65, 81), generator=torch.Generator().manual_seed(3))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    with torch.no_grad():
+        expected = reference(((image / 255.0 - mean) / std)[None])["out"][0]
+        got = model([image])[0]["sem_seg"]
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 * scale)
+
+
+def test_aux_weights_dropped_without_aux_head_and_key_mapping():
+    reference = fcn_resnet50(weights=None, weights_backbone=None, num_classes=3, aux_loss=True)
+    state = reference.state_dict()
+    converted = convert_torchvision_segmentation(state)
+    assert converted["head.conv.conv.weight"].shape == (512, 2048, 3, 3)
+    assert converted["aux_head.predictor.weight"].shape == (3, 256, 1, 1)
+    assert converted["backbone.res5.2.norm3.running_var"] is \
+        state["backbone.layer4.2.bn3.running_var"]
+    cfg = _torchvision_config("fcn", num_classes=3)
+    cfg["model"]["aux_head"]["enabled"] = False
+    model = build_model(cfg)
+    load_segmentation_weights(model, reference.state_dict())  # strict, aux keys dropped
+    torch.testing.assert_close(model.head.predictor.weight,
+                               reference.classifier[4].weight)
+
+
+def test_mismatched_weights_are_reported():
+    reference = fcn_resnet50(weights=None, weights_backbone=None, num_classes=3, aux_loss=True)
+    model = build_model(_torchvision_config("fcn", num_classes=5))
+    with pytest.raises(ValueError, match="mis-shaped.*head.predictor.weight"):
+        load_segmentation_weights(model, reference.state_dict())
+    state = dict(reference.state_dict())
+    state["classifier.9.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="classifier.9.weight"):
+        convert_torchvision_segmentation(state)
+
+
+def test_deeplab_key_mapping():
+    state = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=4).state_dict()
+    converted = convert_torchvision_segmentation(state)
+    pairs = {"head.aspp.branches.0.conv.weight": "classifier.0.convs.0.0.weight",
+             "head.aspp.branches.3.norm.running_mean": "classifier.0.convs.3.1.running_mean",
+             "head.aspp.pooling.conv.weight": "classifier.0.convs.4.1.weight",
+             "head.aspp.pooling.norm.bias": "classifier.0.convs.4.2.bias",
+             "head.aspp.project.conv.weight": "classifier.0.project.0.weight",
+             "head.fuse.norm.weight": "classifier.2.weight",
+             "head.predictor.bias": "classifier.4.bias"}
+    for ours, theirs in pairs.items():
+        assert converted[ours] is state[theirs], ours
+    assert len(converted) == len(state)

@@ -1,0 +1,245 @@
+"""Data: folder (VOC / Cityscapes trees) and COCO sources, mask-aware augmentation, bad input."""
+import copy
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from detection.data.coco import DatasetError
+from segmentation.build import DEFAULTS
+from segmentation.data import (SemSegDataset, build_dataset, build_test_loader,
+                               build_train_loader, build_transform, coco_semantic_mask,
+                               load_coco_semantic, read_mask, scan_folder)
+
+
+def _image(path: Path, h: int, w: int, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def _mask(path: Path, mask: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8), mode="L").save(path)
+
+
+def _folder(tmp_path: Path, n: int = 3, h: int = 20, w: int = 30) -> tuple[Path, Path]:
+    img_dir, mask_dir = tmp_path / "img", tmp_path / "ann"
+    for i in range(n):
+        _image(img_dir / f"{i:03d}.jpg", h, w, seed=i)
+        mask = np.zeros((h, w), dtype=np.uint8)
+        mask[5:15, 5:20] = 1 + i % 2
+        mask[0, :] = 255
+        _mask(mask_dir / f"{i:03d}.png", mask)
+    return img_dir, mask_dir
+
+
+def _config(**split) -> dict:
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg["data"]["class_names"] = ["background", "a", "b"]
+    cfg["data"]["num_workers"] = 0
+    cfg["data"]["train"].update(split, crop_size=[16, 16], scale_range=[1.0, 1.0])
+    cfg["data"]["val"].update(split)
+    cfg["train"]["batch_size"] = 2
+    return cfg
+
+
+def test_folder_pairs_and_samples(tmp_path):
+    img_dir, mask_dir = _folder(tmp_path)
+    cfg = _config(img_dir=str(img_dir), mask_dir=str(mask_dir))
+    val = build_dataset(cfg, "val")
+    assert len(val) == 3 and val.class_names == ["background", "a", "b"]
+    sample = val[1]
+    assert sample["image"].dtype == torch.uint8 and sample["image"].shape == (3, 20, 30)
+    assert sample["gt_sem_seg"].dtype == torch.int64 and sample["gt_sem_seg"].shape == (20, 30)
+    assert sample["gt_sem_seg"][10, 10] == 2 and sample["gt_sem_seg"][0, 3] == 255
+    assert sample["file_name"] == str(img_dir / "001.jpg")
+    batch = next(iter(build_train_loader(cfg)))
+    assert len(batch) == 2 and all(s["image"].shape == (3, 16, 16) for s in batch)
+    assert len(build_test_loader(cfg)) == 3
+
+
+def test_pad_fills_mask_with_ignore_and_crop_keeps_alignment():
+    image = np.zeros((10, 12, 3), dtype=np.uint8)
+    image[:, :, 0] = np.arange(12, dtype=np.uint8)[None] * 10  # red encodes the column
+    mask = np.tile(np.arange(12, dtype=np.uint8) % 3, (10, 1))
+    transform = build_transform(crop_size=(16, 20), hflip_prob=1.0)
+    out = transform(image=image, mask=mask)
+    assert out["image"].shape == (16, 20, 3) and out["mask"].shape == (16, 20)
+    # padded to 16x20 at the bottom/right (mask 255, image the mean colour), then flipped
+    assert (out["mask"][10:] == 255).all() and (out["mask"][:, :8] == 255).all()
+    assert (out["image"][12, 0] == (124, 116, 104)).all()
+    np.testing.assert_array_equal(out["mask"][:10, 8:], mask[:, ::-1])
+    np.testing.assert_array_equal(out["image"][:10, 8:, 0], image[:, ::-1, 0])
+
+
+def test_random_scale_resizes_mask_with_nearest():
+    mask = np.tile(np.array([0, 1, 2, 255], dtype=np.uint8), (8, 4))
+    out = build_transform(scale_range=(2.0, 2.0))(image=np.zeros((8, 16, 3), np.uint8),
+                                                   mask=mask)
+    assert out["mask"].shape == (16, 32)
+    assert set(np.unique(out["mask"]).tolist()) == {0, 1, 2, 255}  # no interpolated ids
+
+
+def test_voc_tree_with_split_file_and_palette_masks(tmp_path):
+    root = tmp_path / "VOC2012"
+    for name in ("2007_000032", "2007_000039", "2007_000063"):
+        _image(root / "JPEGImages" / f"{name}.jpg", 8, 8)
+    palette_mask = Image.fromarray(np.array([[0, 1], [15, 255]], dtype=np.uint8).repeat(4, 0)
+                                   .repeat(4, 1), mode="P")
+    palette_mask.putpalette([0, 0, 0, 128, 0, 0] + [64, 128, 0] * 254)  # colours != ids
+    for name in ("2007_000032", "2007_000039"):
+        (root / "SegmentationClass").mkdir(exist_ok=True)
+        palette_mask.save(root / "SegmentationClass" / f"{name}.png")
+    split = root / "ImageSets" / "Segmentation" / "train.txt"
+    split.parent.mkdir(parents=True)
+    split.write_text("2007_000032\n2007_000039\n")
+    records = scan_folder(root / "JPEGImages", root / "SegmentationClass", split_file=split)
+    assert [Path(r["mask_file"]).stem for r in records] == ["2007_000032", "2007_000039"]
+    mask = read_mask(records[0]["mask_file"])
+    assert mask[0, 0] == 0 and mask[0, 4] == 1 and mask[4, 0] == 15 and mask[4, 4] == 255
+    # the third image has no mask: scanning the whole folder names it
+    with pytest.raises(DatasetError, match="(?s)1 of 3 images .* no mask.*2007_000063.jpg"):
+        scan_folder(root / "JPEGImages", root / "SegmentationClass")
+
+
+def test_cityscapes_tree_with_suffixes(tmp_path):
+    for city, name in (("aachen", "aachen_000000_000019"), ("bonn", "bonn_000001_000019")):
+        _image(tmp_path / "leftImg8bit/train" / city / f"{name}_leftImg8bit.png", 4, 8)
+        _mask(tmp_path / "gtFine/train" / city / f"{name}_gtFine_labelTrainIds.png",
+              np.full((4, 8), 18, dtype=np.uint8))
+    records = scan_folder(tmp_path / "leftImg8bit/train", tmp_path / "gtFine/train",
+                          img_suffix="_leftImg8bit.png", mask_suffix="_gtFine_labelTrainIds.png")
+    assert [r["mask_file"] for r in records] == [
+        str(tmp_path / "gtFine/train/aachen/aachen_000000_000019_gtFine_labelTrainIds.png"),
+        str(tmp_path / "gtFine/train/bonn/bonn_000001_000019_gtFine_labelTrainIds.png")]
+
+
+def test_mask_size_mismatch_names_the_files(tmp_path):
+    img_dir, mask_dir = _folder(tmp_path, n=1)
+    _mask(mask_dir / "000.png", np.zeros((21, 30), dtype=np.uint8))
+    dataset = build_dataset(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)), "val")
+    with pytest.raises(DatasetError, match=r"mask .*000.png is 30x21 but image .*000.jpg is 30x20"):
+        dataset[0]
+
+
+def test_class_ids_outside_declared_classes_name_the_file(tmp_path):
+    img_dir, mask_dir = _folder(tmp_path, n=1)
+    mask = np.zeros((20, 30), dtype=np.uint8)
+    mask[3, 3], mask[4, 4], mask[5, 5] = 3, 254, 255  # 3 classes declared: 0..2 (+255)
+    _mask(mask_dir / "000.png", mask)
+    dataset = build_dataset(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)), "val")
+    with pytest.raises(DatasetError, match=r"000.png has class ids \[3, 254\] outside the 3"):
+        dataset[0]
+
+
+def test_colour_mask_is_rejected(tmp_path):
+    path = tmp_path / "rgb.png"
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(path)
+    with pytest.raises(DatasetError, match="rgb.png is a RGB image"):
+        read_mask(path)
+
+
+def test_unreadable_image_is_skipped_and_counted(tmp_path):
+    img_dir, mask_dir = _folder(tmp_path, n=2)
+    (img_dir / "001.jpg").write_bytes(b"not a jpeg")
+    dataset = build_dataset(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)), "val")
+    assert dataset[1] is None and dataset.num_skipped == 1
+    assert dataset[0] is not None
+
+
+def _rect(x0, y0, x1, y1):
+    return [float(v) for v in (x0, y0, x1, y0, x1, y1, x0, y1)]
+
+
+def _coco(tmp_path: Path) -> Path:
+    h, w = 8, 10
+    _image(tmp_path / "images" / "a.jpg", h, w)
+    _image(tmp_path / "images" / "empty.jpg", 6, 6, seed=1)
+    crowd = {"counts": [48, 32], "size": [h, w]}  # column-major: columns 6..9 are crowd
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5], "iscrowd": 0,
+         "segmentation": [_rect(1, 1, 6, 6)]},
+        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [4, 3, 4, 4], "iscrowd": 0,
+         "segmentation": [_rect(4, 3, 8, 7), [1.0, 1.0, 2.0, 2.0]]},  # 2nd polygon: 2 points
+        {"id": 3, "image_id": 1, "category_id": 7, "bbox": [6, 0, 4, 8], "iscrowd": 1,
+         "segmentation": crowd},
+        {"id": 4, "image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1], "iscrowd": 0},
+    ]
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "height": h, "width": w},
+                       {"id": 2, "file_name": "empty.jpg", "height": 6, "width": 6}],
+            "annotations": anns,
+            "categories": [{"id": 7, "name": "seven"}, {"id": 3, "name": "three"}]}
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_coco_instances_become_semantic_masks(tmp_path, caplog):
+    ann_file = _coco(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        records, names = load_coco_semantic(ann_file, tmp_path / "images")
+    assert names == ["background", "three", "seven"]  # categories by id: 3 -> 1, 7 -> 2
+    assert "left out 1 polygons with fewer than 3 points and 1 annotations" in caplog.text
+    mask = coco_semantic_mask(records[0])
+    first = mask_utils.decode(mask_utils.frPyObjects([_rect(1, 1, 6, 6)], 8, 10)).any(-1)
+    second = mask_utils.decode(mask_utils.frPyObjects([_rect(4, 3, 8, 7)], 8, 10)).any(-1)
+    crowd = np.zeros((8, 10), dtype=bool)
+    crowd[:, 6:] = True
+    expected = np.zeros((8, 10), dtype=np.uint8)
+    expected[first] = 2
+    expected[second] = 1  # later instance wins where they overlap
+    expected[crowd & ~first & ~second] = 255
+    np.testing.assert_array_equal(mask, expected)
+    assert mask[2, 2] == 2 and mask[4, 5] == 1 and mask[0, 8] == 255 and mask[5, 7] == 1
+    assert mask[7, 0] == 0
+    assert (coco_semantic_mask(records[1]) == 0).all()  # image without annotations
+
+
+def test_coco_split_from_config(tmp_path):
+    ann_file = _coco(tmp_path)
+    cfg = _config(img_dir=str(tmp_path / "images"), ann_file=str(ann_file))
+    cfg["data"]["class_names"] = None
+    dataset = build_dataset(cfg, "val")
+    assert dataset.class_names == ["background", "three", "seven"]
+    sample = dataset[0]
+    assert sample["gt_sem_seg"].shape == (8, 10) and sample["gt_sem_seg"][4, 5] == 1
+    cfg["model"]["num_classes"] = 5
+    with pytest.raises(ValueError, match="model.num_classes is 5 but the data has 3"):
+        build_dataset(cfg, "val")
+
+
+def test_coco_size_differing_from_the_image_names_the_file(tmp_path):
+    ann_file = _coco(tmp_path)
+    data = json.loads(ann_file.read_text())
+    data["images"][1]["height"] = 7
+    ann_file.write_text(json.dumps(data))
+    records, names = load_coco_semantic(ann_file, tmp_path / "images")
+    dataset = SemSegDataset(records, transform=build_transform(), class_names=names)
+    with pytest.raises(DatasetError,
+                       match=r"COCO height/width is 6x7 but image .*empty.jpg is 6x6"):
+        dataset[1]
+
+
+def test_split_needs_one_mask_source(tmp_path):
+    cfg = _config(img_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="data.val needs img_dir and exactly one of ann_file"):
+        build_dataset(cfg, "val")
+
+
+def test_missing_images_in_coco_are_listed(tmp_path):
+    ann_file = _coco(tmp_path)
+    (tmp_path / "images" / "empty.jpg").unlink()
+    with pytest.raises(DatasetError, match="(?s)1 image files not found.*empty.jpg"):
+        load_coco_semantic(ann_file, tmp_path / "images")
+
+
+def test_dataset_rejects_too_many_classes():
+    with pytest.raises(ValueError, match="number of classes"):
+        SemSegDataset([], transform=build_transform(), class_names=[str(i) for i in range(256)])

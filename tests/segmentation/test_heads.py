@@ -1,0 +1,81 @@
+"""Heads: ASPP rates per output stride, parameter counts, output sizes, the loss."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segmentation import ASPP, aspp_rates, build_model
+from segmentation.heads import FCNHead
+
+
+@pytest.mark.parametrize("output_stride, rates", [(16, (6, 12, 18)), (8, (12, 24, 36))])
+def test_aspp_rates_follow_output_stride(output_stride, rates, small_config):
+    model = build_model(small_config("deeplabv3", output_stride=output_stride))
+    branches = model.head.aspp.branches
+    assert branches[0].conv.kernel_size == (1, 1)
+    assert [b.conv.dilation[0] for b in branches[1:]] == list(rates)
+    assert [b.conv.padding[0] for b in branches[1:]] == list(rates)  # 'same' padding
+    assert model.backbone.output_shape()["res5"].stride == output_stride
+
+
+def test_aspp_rates_explicit_and_invalid(small_config):
+    cfg = small_config("deeplabv3plus")
+    cfg["model"]["head"]["aspp_rates"] = [2, 4, 6, 8]
+    model = build_model(cfg)
+    assert [b.conv.dilation[0] for b in model.head.aspp.branches[1:]] == [2, 4, 6, 8]
+    with pytest.raises(ValueError, match="output_stride 32"):
+        aspp_rates(32)
+
+
+def test_aspp_parameter_count():
+    aspp = ASPP(in_channels=8, rates=(1, 2, 3), out_channels=4)
+    # 1x1: 8*4 + bn 2*4; three 3x3: 3 * (9*8*4 + 8); pooling 1x1: 8*4 + 8;
+    # projection of 5 concatenated branches: 5*4*4 + 8
+    assert sum(p.numel() for p in aspp.parameters()) == 40 + 888 + 40 + 88
+
+
+@pytest.mark.parametrize("head", ["fcn", "deeplabv3", "deeplabv3plus"])
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_logits_have_the_input_size_for_odd_sizes(head, output_stride, small_config):
+    torch.manual_seed(0)
+    model = build_model(small_config(head, output_stride=output_stride)).eval()
+    images = [torch.randint(0, 256, (3, 97, 131), dtype=torch.uint8),
+              torch.randint(0, 256, (3, 61, 45), dtype=torch.uint8)]
+    with torch.no_grad():
+        out = model(images)
+        raw = model.logits(model.preprocess(images[:1])[0], with_aux=True)
+    assert out[0]["sem_seg"].shape == (5, 97, 131) and out[0]["mask"].shape == (97, 131)
+    assert out[1]["sem_seg"].shape == (5, 61, 45) and out[1]["mask"].shape == (61, 45)
+    assert raw["sem_seg"].shape == raw["aux"].shape == (1, 5, 97, 131)
+    assert torch.equal(out[0]["mask"], out[0]["sem_seg"].argmax(0))
+
+
+def test_deeplabv3plus_reads_res2_and_res5(small_config):
+    model = build_model(small_config("deeplabv3plus", output_stride=16))
+    assert model.head.in_features == ("res5", "res2")
+    assert set(model.backbone.out_features) == {"res2", "res4", "res5"}
+    assert model.head.low_level_project.conv.in_channels == 64  # res2 of ResNet-18
+    assert model.head.fuse[0].conv.in_channels == 16 + 8
+
+
+def test_loss_is_cross_entropy_over_non_ignored_pixels():
+    head = FCNHead(in_feature="x", in_channels=4, channels=4, num_classes=3, loss_weight=0.5)
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, 7)
+    gt = torch.randint(0, 3, (2, 5, 7))
+    gt[0, :2] = 255
+    expected = F.cross_entropy(logits, gt, ignore_index=255)  # mean over valid pixels
+    torch.testing.assert_close(head.loss(logits, gt), expected)
+    all_ignored = torch.full((2, 5, 7), 255)
+    assert head.loss(logits, all_ignored).item() == 0.0
+    _, losses = head({"x": torch.randn(2, 4, 5, 7)}, (5, 7), gt)
+    assert set(losses) == {"loss_sem_seg"}
+
+
+def test_bad_head_name_and_feature(small_config):
+    cfg = small_config("pspnet")
+    with pytest.raises(ValueError, match="unknown model.head.name 'pspnet'"):
+        build_model(cfg)
+    cfg = small_config("deeplabv3")
+    cfg["model"]["head"]["in_feature"] = "res6"
+    with pytest.raises(ValueError, match="out_features"):
+        build_model(cfg)

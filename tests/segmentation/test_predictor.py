@@ -1,0 +1,104 @@
+"""Predictor on own checkpoints (provenance), input checks; test-time inference."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from backbones import save_checkpoint
+from segmentation import (Predictor, SemanticSegmentor, TTAInference, build_model,
+                          provenance_from_config)
+from segmentation.heads import SemSegHead
+from segmentation.inference import _window_starts
+
+
+def test_predictor_uses_checkpoint_provenance(tmp_path, small_config):
+    torch.manual_seed(0)
+    cfg = small_config("deeplabv3", num_classes=3, pixel_mean=[100.0, 110.0, 120.0],
+                       pixel_std=[50.0, 51.0, 52.0])
+    model = build_model(cfg).eval()
+    names = ["background", "cat", "dog"]
+    provenance = provenance_from_config(cfg, names)
+    assert provenance["arch"] == "deeplabv3_resnet18" and provenance["pixel_std"] == [50, 51, 52]
+    path = tmp_path / "model_final.pth"
+    save_checkpoint(path, model.state_dict(), provenance)
+
+    plain = small_config("deeplabv3", num_classes=None)  # default mean/std, classes unknown
+    predictor = Predictor(plain, weights=path)
+    assert predictor.class_names == names
+    assert predictor.model.pixel_mean.flatten().tolist() == [100.0, 110.0, 120.0]
+    image = np.random.default_rng(0).integers(0, 256, (45, 67, 3), dtype=np.uint8)
+    result = predictor(image)
+    with torch.no_grad():
+        expected = model([torch.from_numpy(image.transpose(2, 0, 1).copy())])[0]["mask"]
+    assert result["mask"].shape == (45, 67) and result["mask"].dtype == np.int64
+    np.testing.assert_array_equal(result["mask"], expected.numpy())
+    from_checkpoint_alone = Predictor(None, weights=path)  # the config the checkpoint records
+    np.testing.assert_array_equal(from_checkpoint_alone(image)["mask"], expected.numpy())
+
+
+def test_predictor_without_config_needs_an_own_checkpoint(tmp_path, small_config):
+    path = tmp_path / "bare.pth"
+    torch.save(build_model(small_config("fcn")).state_dict(), path)
+    with pytest.raises(ValueError, match="Predictor needs a config"):
+        Predictor(None, weights=path)
+
+
+def test_predictor_rejects_bad_images(small_config):
+    predictor = Predictor(small_config("fcn"), overrides=["model.num_classes=4"])
+    assert predictor.model.num_classes == 4
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8 RGB array, got uint8 array of shape"):
+        predictor(np.zeros((10, 10), dtype=np.uint8))
+    with pytest.raises(ValueError, match="got float32 array"):
+        predictor(np.zeros((10, 10, 3), dtype=np.float32))
+
+
+class PointwiseHead(SemSegHead):
+    """1x1 conv on the image itself: windows and flips cannot change its output."""
+
+    in_features = ("res5",)
+
+    def __init__(self):
+        super().__init__(num_classes=4)
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def layers(self, features):
+        return self.conv(features["res5"])
+
+
+class Identity(nn.Module):
+    def forward(self, x):
+        return {"res5": x}
+
+
+def _pointwise_model():
+    torch.manual_seed(0)
+    return SemanticSegmentor(backbone=Identity(), head=PointwiseHead(), pixel_mean=[0, 0, 0],
+                             pixel_std=[255.0, 255.0, 255.0]).eval()
+
+
+def test_window_starts():
+    assert _window_starts(10, 4, 3) == [0, 3, 6]
+    assert _window_starts(10, 4, 4) == [0, 4, 6]  # the last window ends flush with the image
+    assert _window_starts(3, 4, 2) == [0]
+
+
+def test_sliding_window_and_flip_match_the_whole_image_for_a_pointwise_model():
+    model = _pointwise_model()
+    image = torch.randint(0, 256, (3, 23, 31), dtype=torch.uint8)
+    with torch.no_grad():
+        whole = model([image])[0]["sem_seg"].softmax(0)
+    windowed = TTAInference(window=(8, 10), stride=(5, 7), flip=True)
+    assert not windowed.is_plain
+    torch.testing.assert_close(windowed(model, image), whole, rtol=0, atol=1e-6)
+
+
+def test_multi_scale_probabilities_are_averaged():
+    model = _pointwise_model()
+    image = torch.full((3, 20, 30), 77, dtype=torch.uint8)  # constant: every scale agrees
+    with torch.no_grad():
+        whole = model([image])[0]["sem_seg"].softmax(0)
+    probs = TTAInference(scales=(0.5, 1.0, 1.75), flip=True)(model, image)
+    assert probs.shape == (4, 20, 30)
+    torch.testing.assert_close(probs, whole, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="scales must be positive"):
+        TTAInference(scales=(0.0,))

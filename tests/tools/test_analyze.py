@@ -1,0 +1,160 @@
+"""tools/analyze.py: every study runs on a tiny model and writes its picture and numbers."""
+import csv
+import importlib.util
+import json
+import math
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from engine import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("analyze_tool", ROOT / "tools" / "analyze.py")
+analyze = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(analyze)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TINY = ["data.image_size=8", "solver.batch_size=4", "solver.iterations=2", "train.evaluations=2",
+        "train.log_period=1", "train.device=cpu", "train.eval_batch_size=5",
+        "degradation.max_train=0", *(f"{s}.iterations=0" for s in analyze.STUDIES)]
+BLOCKS = 9  # cifar_resnet20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the CI machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """3 classes of noisy 12x12 images whose mean colour gives the class."""
+    root = tmp_path_factory.mktemp("shapes")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 3)):
+        for label, name in enumerate(("a", "b", "c")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                image = rng.integers(0, 80, size=(12, 12, 3), dtype=np.uint8)
+                image[..., label] += 150
+                cv2.imwrite(str(root / split / name / f"{i}.png"), image)
+    return root
+
+
+def run(study, output, root, *extra, weights=()):
+    argv = [study, "--output", str(output), f"data.root={root}", *TINY, *extra]
+    for w in weights:
+        argv += ["--weights", str(w)]
+    return analyze.main(argv)
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def check_files(written, study):
+    assert set(written) == {"png", "csv", "json"}
+    for key, path in written.items():
+        assert path.name == f"{study}.{key}" and path.is_file()
+    assert written["png"].read_bytes()[:8] == PNG_SIGNATURE
+    return read_csv(written["csv"]), json.loads(written["json"].read_text())
+
+
+def test_degradation_trains_four_twins_and_writes_curves(image_folder, tmp_path, capsys):
+    written = run("degradation", tmp_path, image_folder, "degradation.depths=[20,32]")
+    rows, payload = check_files(written, "degradation")
+    assert f"picture at {written['png']}" in capsys.readouterr().out
+    archs = ["plain_cifar_resnet20", "cifar_resnet20", "plain_cifar_resnet32", "cifar_resnet32"]
+    assert [r["arch"] for r in payload["runs"]] == archs
+    assert [r["residual"] for r in payload["runs"]] == [False, True, False, True]
+    assert len(rows) == 4 * 2  # 2 evaluations (iterations 1 and 2) per model
+    assert [int(r["iteration"]) for r in rows[:2]] == [1, 2]
+    assert all(0.0 <= float(r["val_error"]) <= 100.0 for r in rows)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted(
+        f"{a}.pth" for a in archs)
+
+
+def test_responses_measure_every_block_of_both_twins(image_folder, tmp_path):
+    rows, payload = check_files(run("responses", tmp_path, image_folder), "responses")
+    assert [m["arch"] for m in payload["models"]] == ["cifar_resnet20", "plain_cifar_resnet20"]
+    assert len(rows) == 2 * BLOCKS
+    assert [r["block_name"] for r in rows[:4]] == ["res2.0", "res2.1", "res2.2", "res3.0"]
+    assert [r["downsampling"] for r in rows[:BLOCKS]].count("True") == 2
+    assert all(float(r["std"]) > 0 for r in rows)
+
+
+def test_lesion_rows_and_reuse_of_saved_weights(image_folder, tmp_path):
+    first = run("lesion", tmp_path / "trained", image_folder, "lesion.draws=2")
+    rows, payload = check_files(first, "lesion")
+    random_rows = sum(min(2, math.comb(BLOCKS, k)) for k in range(1, BLOCKS + 1))
+    assert len(rows) == 2 * (1 + BLOCKS + random_rows)
+    model = payload["models"][0]
+    assert len(model["single"]) == BLOCKS and model["downsampling"][3] and model["downsampling"][6]
+    assert [len(model["random"][str(k)]) for k in (1, BLOCKS)] == [2, 1]
+
+    saved = [tmp_path / "trained" / "models" / f"{a}.pth"
+             for a in ("cifar_resnet20", "plain_cifar_resnet20")]
+    again = run("lesion", tmp_path / "reused", image_folder, "lesion.draws=2", weights=saved)
+    reused_rows, reused = check_files(again, "lesion")
+    assert not (tmp_path / "reused" / "models").exists()  # nothing trained
+    assert [m["label"] for m in reused["models"]] == [
+        "cifar_resnet20 (cifar_resnet20.pth)", "plain_cifar_resnet20 (plain_cifar_resnet20.pth)"]
+    # same weights, same data, same draws: the same accuracies
+    assert [r["accuracy"] for r in reused_rows] == [r["accuracy"] for r in rows]
+
+
+def test_paths_writes_binomial_and_gradients(image_folder, tmp_path):
+    written = run("paths", tmp_path, image_folder, "paths.samples_per_k=2", "paths.batches=1",
+                  "paths.batch_size=4")
+    rows, payload = check_files(written, "paths")
+    assert [int(r["k"]) for r in rows] == list(range(BLOCKS + 1))
+    assert [float(r["probability"]) for r in rows] == [math.comb(BLOCKS, k) / 2 ** BLOCKS
+                                                       for k in range(BLOCKS + 1)]
+    assert [int(r["samples"]) for r in rows] == [1] + [2] * (BLOCKS - 1) + [1]
+    assert all(float(r["grad_magnitude"]) > 0 for r in rows)
+    assert sum(float(r["effective_share"]) for r in rows) == pytest.approx(1.0, abs=1e-5)
+    assert [m["arch"] for m in payload["models"]] == ["cifar_resnet20"]
+
+
+def test_cifar_batches_as_data_root(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [b"x", b"y"]}, f)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+                         b"labels": [0, 1, 0, 1]}, f)
+    rows, payload = check_files(run("responses", tmp_path / "out", root), "responses")
+    assert "cifar-10-batches-py (2 classes, 8x8 px, 20 train / 4 val images)" == payload["data"]
+    assert len(rows) == 2 * BLOCKS
+
+
+def test_bad_usage_gives_clear_errors(image_folder, tmp_path):
+    with pytest.raises(ConfigError, match="lesion.drawz"):
+        run("lesion", tmp_path, image_folder, "lesion.drawz=3")
+    with pytest.raises(ValueError, match="--weights is not used"):
+        run("degradation", tmp_path, image_folder, weights=[tmp_path / "x.pth"])
+    run("responses", tmp_path / "r", image_folder)
+    plain = tmp_path / "r" / "models" / "plain_cifar_resnet20.pth"
+    with pytest.raises(ValueError, match="plain"):
+        run("paths", tmp_path / "p", image_folder, weights=[plain])
+    with pytest.raises(FileNotFoundError, match="make_synthetic"):
+        run("lesion", tmp_path / "l", tmp_path / "missing")
+    other = tmp_path / "other"
+    for split in ("train", "val"):
+        for name in ("x", "y", "z"):
+            (other / split / name).mkdir(parents=True)
+            cv2.imwrite(str(other / split / name / "0.png"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"trained on classes \['a', 'b', 'c'\]"):
+        run("lesion", tmp_path / "o", other, "solver.batch_size=1", weights=[plain])

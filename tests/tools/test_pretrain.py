@@ -1,0 +1,205 @@
+"""tools/pretrain.py end to end on tiny ImageFolder trees made in tmp_path.
+
+Runs in-process (no torchrun) except the 2-process test, which uses torchrun on CPU/gloo.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import backbones
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs/pretrain/synthetic_resnet18.yaml"
+PROVENANCE_KEYS = {"arch", "options", "pixel_mean", "pixel_std", "channel_order",
+                   "stride_in_1x1", "class_names", "config"}
+
+
+def load_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("pretrain_tool", ROOT / "tools/pretrain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tool() -> Iterator[ModuleType]:
+    yield load_tool()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_engine_handler", False):
+            root.removeHandler(handler)
+            handler.close()
+
+
+def colour_tree(root: Path, train_per_class: int, val_per_class: int, size: int = 20) -> None:
+    """Two classes told apart by colour: reddish vs bluish images with noise."""
+    rng = np.random.default_rng(0)
+    colours = {"blue": (40, 60, 200), "red": (200, 50, 40)}  # RGB
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for name, rgb in colours.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                image = np.clip(np.array(rgb) + rng.normal(0, 30, (size, size, 3)), 0, 255)
+                cv2.imwrite(str(root / split / name / f"{i}.png"),
+                            image.astype(np.uint8)[..., ::-1])
+
+
+def overrides(data: Path, out: Path, **extra: object) -> list[str]:
+    values = {"data.root": data, "train.output_dir": out, "model.name": "cifar_resnet20",
+              "data.image_size": 16, "data.val_resize": 16, "data.num_workers": 0,
+              "data.scale": "[0.5,1.0]", "solver.batch_size": 8, "solver.epochs": 2,
+              "solver.warmup_epochs": 0, "train.log_period": 1, **extra}
+    return [str(CONFIG)] + [f"{k}={v}" for k, v in values.items()]
+
+
+def test_missing_dataset_folder_fails_before_training(tool: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError,
+                       match=f"dataset folder not found: {tmp_path}/nowhere/train"):
+        tool.main(overrides(tmp_path / "nowhere", tmp_path / "out"))
+    assert not list((tmp_path / "out").glob("*.pth"))
+
+
+def test_short_pretrain_lowers_loss_and_writes_loadable_outputs(
+        tool: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    colour_tree(tmp_path / "data", train_per_class=8, val_per_class=4)
+    out = tmp_path / "out"
+    result = tool.main(overrides(tmp_path / "data", out, **{"solver.epochs": 5,
+                                                           "solver.base_lr": 0.05}))
+    assert result["metrics"] == {"top1": 100.0, "top5": 100.0}
+    assert "top1=100.00  top5=100.00" in capsys.readouterr().out
+
+    # Validation loss against the same network before training (same seed, same init).
+    torch.manual_seed(0)
+    untrained = backbones.build_classifier("cifar_resnet20", 2).eval()
+    trained = result["model"].eval()
+    _, val = tool.build_datasets_from_config(tool.load_config(
+        CONFIG, overrides(tmp_path / "data", out)[1:], defaults=tool.DEFAULTS,
+        open_keys=tool.OPEN_KEYS))
+    images = torch.stack([val[i]["image"] for i in range(len(val))])
+    labels = torch.tensor([val[i]["label"] for i in range(len(val))])
+    with torch.no_grad():
+        loss_before = F.cross_entropy(untrained(images), labels).item()
+        loss_after = F.cross_entropy(trained(images), labels).item()
+    assert loss_after < 0.5 * loss_before
+
+    # The classifier and the backbone files load back, with provenance.
+    final = backbones.read_checkpoint(out / "model_final.pth")
+    assert set(final["provenance"]) >= PROVENANCE_KEYS
+    assert final["provenance"]["arch"] == "cifar_resnet20"
+    assert final["provenance"]["class_names"] == ["blue", "red"]
+    assert final["provenance"]["channel_order"] == "RGB"
+    assert final["provenance"]["config"]["solver"]["batch_size"] == 8
+    clone = backbones.build_classifier("cifar_resnet20", 2)
+    backbones.load_weights(clone, out / "model_final.pth")
+    backbone = backbones.build("cifar_resnet20", weights=out / "backbone_final.pth").eval()
+    with torch.no_grad():
+        assert torch.equal(clone.eval()(images), trained(images))
+        assert torch.equal(backbone(images)["res4"], trained.backbone(images)["res4"])
+    assert (out / "config.yaml").is_file() and (out / "last_checkpoint").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_unreadable_images_are_skipped_and_counted(
+        tool: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    colour_tree(tmp_path / "data", train_per_class=4, val_per_class=2)
+    bad_train = tmp_path / "data/train/red/3.png"
+    bad_val = tmp_path / "data/val/blue/0.png"
+    bad_train.write_bytes(b"truncated")
+    bad_val.write_bytes(b"")
+    # 8 training images, 4 per step, 1 epoch: the stream reads each index exactly once.
+    with caplog.at_level(logging.INFO):
+        result = tool.main(overrides(tmp_path / "data", tmp_path / "out",
+                                     **{"solver.epochs": 1, "solver.batch_size": 4}))
+    assert f"train: skipped 1 unreadable image reads (1 files): {bad_train}" in caplog.text
+    assert f"val: skipped 1 unreadable image reads (1 files): {bad_val}" in caplog.text
+    # 3 scored validation images: accuracy is a multiple of 1/3.
+    assert round(result["metrics"]["top1"] * 3 / 100, 6) in (0.0, 1.0, 2.0, 3.0)
+
+
+def test_resumed_run_ends_with_the_same_weights(tool: ModuleType, tmp_path: Path) -> None:
+    colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
+    extra = {"solver.epochs": 3, "solver.batch_size": 4, "train.checkpoint_period": 2,
+             "train.max_to_keep": "null", "model.options.drop_path_rate": 0.2}
+    full = tool.main(overrides(tmp_path / "data", tmp_path / "a", **extra))["model"]
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a/model_0000002.pth", tmp_path / "b")
+    (tmp_path / "b/last_checkpoint").write_text("model_0000002.pth\n")
+    torch.manual_seed(99)
+    resumed = tool.main(overrides(tmp_path / "data", tmp_path / "b", **extra)
+                        + ["--resume"])["model"]
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert sorted(p.name for p in (tmp_path / "b").glob("model_0*.pth")) == [
+        "model_0000002.pth", "model_0000004.pth", "model_0000006.pth"]
+
+
+def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
+    colour_tree(tmp_path / "data", train_per_class=2, val_per_class=1)
+    with pytest.raises(ValueError, match="solver.batch_size 64 exceeds the 4 training images"):
+        tool.main(overrides(tmp_path / "data", tmp_path / "o", **{"solver.batch_size": 64}))
+    with pytest.raises(ValueError, match="unknown lr decay 'linear'"):
+        tool.main(overrides(tmp_path / "data", tmp_path / "o", **{"solver.decay": "linear",
+                                                                 "solver.batch_size": 2}))
+    with pytest.raises(ValueError, match="unknown config key 'solver.lr'"):
+        tool.main(overrides(tmp_path / "data", tmp_path / "o", **{"solver.lr": 0.1}))
+
+
+WRAPPER = """
+import importlib.util, os, sys, torch
+spec = importlib.util.spec_from_file_location("pretrain_tool", sys.argv[1])
+tool = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tool)
+torch.set_num_threads(1)
+result = tool.main(sys.argv[2:])
+torch.save(result["model"].state_dict(), sys.argv[-1].split("=", 1)[1] + "/rank%s.pth"
+           % os.environ["RANK"])
+"""
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_ranks_end_identical(tmp_path: Path) -> None:
+    colour_tree(tmp_path / "data", train_per_class=6, val_per_class=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "wrapper.py").write_text(WRAPPER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = overrides(tmp_path / "data", tmp_path / "unused", **{"solver.epochs": 2,
+                                                                   "solver.batch_size": 4})
+    args = [a for a in args if not a.startswith("train.output_dir=")] + [
+        f"train.output_dir={out}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={port}", str(tmp_path / "wrapper.py"),
+           str(ROOT / "tools/pretrain.py"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,
+                          env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "12 train / 6 val images, 2 classes, 2 processes x 2 images per step" in log
+    assert "training cifar_resnet20 for 6 iterations (3 per epoch)" in log
+    rank0 = torch.load(out / "rank0.pth", weights_only=True)
+    rank1 = torch.load(out / "rank1.pth", weights_only=True)
+    final = backbones.read_checkpoint(out / "model_final.pth")["model"]
+    torch.manual_seed(0)
+    init = backbones.build_classifier("cifar_resnet20", 2).state_dict()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+        assert torch.equal(rank0[key], final[key]), key
+    assert not torch.equal(rank0["fc.weight"], init["fc.weight"])

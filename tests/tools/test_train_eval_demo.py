@@ -1,0 +1,178 @@
+"""tools/train.py, tools/eval.py and tools/demo.py end to end on a tiny synthetic COCO set.
+
+Runs in-process on CPU; tiny scenes (96x128), a ResNet-18 FPN with random weights, 2-3 steps.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detection.synthetic import generate
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
+
+
+def load_tool(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / f"tools/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _drop_log_handlers() -> Iterator[None]:
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_engine_handler", False):
+            root.removeHandler(handler)
+            handler.close()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("syn")
+    generate(root, num_train=6, num_val=3, size=(96, 128), cls_train_per_class=1,
+             cls_val_per_class=1)
+    return root
+
+
+def data_overrides(root: Path) -> list[str]:
+    return [f"data.train.ann_file={root}/coco/train.json",
+            f"data.train.img_dir={root}/images/train",
+            f"data.val.ann_file={root}/coco/val.json", f"data.val.img_dir={root}/images/val",
+            "data.train.min_size=96", "data.train.max_size=160", "data.val.min_size=96",
+            "data.val.max_size=160", "data.num_workers=0", "model.backbone.weights=null",
+            "train.batch_size=2", "train.log_period=1", "train.warmup_iters=1",
+            "train.lr_steps=[1]"]
+
+
+def train_args(root: Path, out: Path, max_iter: int, *extra: str) -> list[str]:
+    return [str(CONFIG), *data_overrides(root), f"train.max_iter={max_iter}",
+            f"train.output_dir={out}", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    load_tool("train").main(train_args(data, out, 2, "train.checkpoint_period=1"))
+    return out
+
+
+def test_train_writes_final_checkpoint_with_provenance(trained: Path, data: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    ckpt = torch.load(trained / "model_final.pth", map_location="cpu", weights_only=True)
+    prov = ckpt["provenance"]
+    assert ckpt["iteration"] == 2
+    assert prov["class_names"] == ["circle", "square", "triangle", "star", "cross", "ellipse"]
+    assert prov["category_ids"] == [1, 3, 5, 7, 9, 11]
+    assert prov["config"]["model"]["num_classes"] == 6  # read from the training JSON
+    assert prov["arch"] == "faster_rcnn_resnet18_fpn"
+    assert ckpt["model"]["roi_heads.box_predictor.cls_score.weight"].shape[0] == 7
+    assert (trained / "model_0000001.pth").is_file() and (trained / "config.yaml").is_file()
+
+
+def test_eval_matches_pycocotools_on_written_results(trained: Path, data: Path,
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                            "--output", str(out), *data_overrides(data),
+                            "model.roi_heads.score_thresh=0.0"])
+    metrics = json.loads((out / "metrics.json").read_text())["bbox"]
+    results = json.loads((out / "coco_instances_results.json").read_text())
+    assert results, "score_thresh=0 must give detections"
+    assert {r["category_id"] for r in results} <= {1, 3, 5, 7, 9, 11}
+    gt = COCO(str(data / "coco/val.json"))
+    ev = COCOeval(gt, gt.loadRes(results), "bbox")
+    ev.evaluate(), ev.accumulate(), ev.summarize()
+    for i, key in enumerate(("AP", "AP50", "AP75", "APs", "APm", "APl")):
+        expected = ev.stats[i] * 100 if ev.stats[i] >= 0 else None
+        if expected is None:
+            assert metrics[key] is None
+        else:
+            assert metrics[key] == pytest.approx(expected, abs=1e-9)
+    assert "stats" not in metrics and set(metrics["per_category"]) == {
+        "circle", "square", "triangle", "star", "cross", "ellipse"}
+
+
+def test_eval_zero_detections_gives_ap_zero(trained: Path, data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    with pytest.warns(RuntimeWarning, match="no detections"):
+        load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                                "--output", str(out), *data_overrides(data),
+                                "model.roi_heads.score_thresh=1.01"])
+    metrics = json.loads((out / "metrics.json").read_text())["bbox"]
+    assert metrics["AP"] == 0.0 and json.loads((out / "coco_instances_results.json")
+                                               .read_text()) == []
+
+
+@pytest.mark.slow
+def test_resume_continues_from_last_checkpoint(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    tool = load_tool("train")
+    tool.main(train_args(data, out, 1, "data.val.ann_file=null", "data.val.img_dir=null"))
+    (out / "model_final.pth").unlink()
+    result = tool.main(train_args(data, out, 3, "data.val.ann_file=null",
+                                  "data.val.img_dir=null", "--resume"))
+    assert result["iteration"] == 3
+    assert (out / "model_0000003.pth").is_file()
+    state = torch.load(out / "model_0000003.pth", map_location="cpu", weights_only=True)
+    assert state["iteration"] == 3 and state["scheduler"]["last_epoch"] == 3
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 3
+
+
+def test_demo_writes_pictures_for_images_and_video(trained: Path, data: Path,
+                                                   tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (128, 96))
+    for f in sorted((data / "images/val").iterdir()):
+        writer.write(cv2.imread(str(f)))
+    writer.release()
+    out = tmp_path / "demo"
+    written = load_tool("demo").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                                      "--input", str(data / "images/val"), str(video),
+                                      "--output", str(out), "--min-score", "0",
+                                      "model.roi_heads.score_thresh=0.0"])
+    names = sorted(p.name for p in written)
+    assert names == ["000000.jpg", "000001.jpg", "000002.jpg", "clip.mp4"]
+    picture = cv2.imread(str(out / "000000.jpg"))
+    original = cv2.imread(str(data / "images/val/000000.jpg"))
+    assert picture.shape == original.shape
+    assert np.abs(picture.astype(int) - original.astype(int)).max() > 100  # boxes drawn
+    capture = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+
+def test_missing_annotations_key_fails_naming_file(data: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    content = json.loads((data / "coco/train.json").read_text())
+    del content["annotations"]
+    bad.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=rf"{bad}.*annotations"):
+        load_tool("train").main(train_args(data, tmp_path / "run", 1,
+                                           f"data.train.ann_file={bad}"))
+    assert not (tmp_path / "run" / "model_final.pth").exists()
+
+
+def test_missing_image_fails_naming_it(data: Path, tmp_path: Path) -> None:
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    files = sorted((data / "images/train").iterdir())
+    for f in files[1:]:
+        (img_dir / f.name).symlink_to(f)
+    with pytest.raises(ValueError, match=files[0].name):
+        load_tool("train").main(train_args(data, tmp_path / "run", 1,
+                                           f"data.train.img_dir={img_dir}"))
+    assert not (tmp_path / "run" / "model_final.pth").exists()

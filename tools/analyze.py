@@ -1,0 +1,71 @@
+"""Residual-learning studies on CIFAR-style or ImageNet ResNets, with plots.
+
+Usage:
+  python tools/analyze.py STUDY [--config CONFIG] [--weights CKPT ...] --output DIR [key=value ...]
+
+Studies:
+  degradation  train plain and residual twins at two depths (degradation.depths); training and
+               validation error vs iterations, plain dashed, residual solid (He et al. 2016).
+  responses    std of every residual branch output (after its last norm, before the
+               addition), plain vs residual (He et al. 2016, fig. 7).
+  lesion       accuracy with one block deleted, and with k random blocks deleted, residual vs
+               plain (Veit et al. 2016).
+  paths        path-length distribution, gradient magnitude along paths of length k, and their
+               product: the effective paths (Veit et al. 2016).
+
+Without --weights a study trains what it needs (the residual net at model.depth and, for
+responses and lesion, its plain twin), saves it to DIR/models/ARCH.pth and analyzes it. With
+--weights (repeatable), it analyzes those classifier checkpoints instead (e.g.
+DIR/models/*.pth of an earlier run, or pretraining's model_final.pth). Each study writes
+DIR/STUDY.png, DIR/STUDY.csv and DIR/STUDY.json and prints where the picture is.
+
+Data (data.root): the synthetic shapes by default (`python tools/make_synthetic.py`), the
+CIFAR-10 python batches (data.root=.../cifar-10-batches-py), or any ImageFolder tree
+(root/train/<class>/*, root/val/<class>/*), all resized to data.image_size.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backbones.studies.config import DEFAULTS, OPEN_KEYS, build_context_from_config  # noqa: E402
+from backbones.studies.run import STUDIES, run_study  # noqa: E402
+from engine import load_config, save_config, setup_logging  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs/analyze/cifar_synthetic.yaml"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", choices=STUDIES)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="YAML config (default: configs/analyze/cifar_synthetic.yaml)")
+    parser.add_argument("--weights", action="append", default=[], metavar="CKPT",
+                        help="classifier checkpoint to analyze (repeat for several)")
+    parser.add_argument("--output", default=None, metavar="DIR",
+                        help="output folder (default: output/analyze/STUDY)")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    """Run one study; returns the paths it wrote ({"png", "csv", "json"})."""
+    args = parse_args(argv)
+    output = Path(args.output or f"output/analyze/{args.study}")
+    cfg = load_config(args.config, args.overrides, defaults=DEFAULTS, open_keys=OPEN_KEYS)
+    setup_logging(output)
+    save_config(cfg, output / f"{args.study}_config.yaml")
+    ctx = build_context_from_config(cfg, output, args.study)
+    written = run_study(args.study, ctx, cfg, args.weights)
+    print(f"{args.study}: picture at {written['png']} (numbers: {written['csv']}, "
+          f"{written['json']})", flush=True)
+    return written
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
