@@ -29,6 +29,11 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
+# OpenCV's thread pool does not survive fork: a loader worker forked after the main process
+# ran a parallel cv2 call can hang in its first cv2 call. One cv2 thread per process; the
+# loader workers provide the parallelism.
+cv2.setNumThreads(1)
+
 def read_image(path: str | os.PathLike) -> np.ndarray | None:
     """RGB uint8 (H, W, 3), EXIF orientation applied (OpenCV's default); None if unreadable."""
     try:

@@ -11,7 +11,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -20,23 +19,15 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 import backbones  # noqa: E402
+from timing import time_interleaved  # noqa: E402
 
 
-def time_forward(model: torch.nn.Module, x: torch.Tensor) -> float:
-    with torch.inference_mode():
-        start = time.perf_counter()
-        model(x)
-        return time.perf_counter() - start
-
-
-def time_train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                    optimizer: torch.optim.Optimizer) -> float:
-    start = time.perf_counter()
+def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+               optimizer: torch.optim.Optimizer) -> None:
     loss = torch.nn.functional.cross_entropy(model(x), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -57,17 +48,16 @@ def main() -> None:
     y = torch.randint(0, 1000, (args.batch,))
     results = {}
     for phase in ("forward", "train_step"):
-        times: dict[str, list[float]] = {name: [] for name in models}
-        optimizers = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-                      for n, m in models.items()}
-        for repeat in range(args.repeats + 1):  # the first repeat warms up and is dropped
-            for name, model in models.items():
-                if phase == "forward":
-                    seconds = time_forward(model.eval(), x)
-                else:
-                    seconds = time_train_step(model.train(), x, y, optimizers[name])
-                if repeat:
-                    times[name].append(seconds)
+        for model in models.values():
+            model.train(phase == "train_step")
+        if phase == "forward":
+            runs = {n: (lambda m=m: m(x)) for n, m in models.items()}
+        else:
+            optimizers = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+                          for n, m in models.items()}
+            runs = {n: (lambda m=m, o=optimizers[n]: train_step(m, x, y, o))
+                    for n, m in models.items()}
+        times = time_interleaved(runs, args.repeats, inference=phase == "forward")
         rates = {n: args.batch / statistics.median(t) for n, t in times.items()}
         results[phase] = {"images_per_s": rates, "ratio": rates["ours"] / rates["torchvision"]}
         print(f"{phase:<11} ours {rates['ours']:7.2f} img/s   torchvision "

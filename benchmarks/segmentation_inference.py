@@ -19,7 +19,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,13 +29,7 @@ import torch  # noqa: E402
 from torchvision.models.segmentation import deeplabv3_resnet50  # noqa: E402
 
 from segmentation import build_model, load_config, load_segmentation_weights  # noqa: E402
-
-
-def timed(fn: Callable[[], object]) -> float:
-    with torch.inference_mode():
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
+from timing import time_interleaved  # noqa: E402
 
 
 def predict_fn(model: torch.nn.Module, images: list[torch.Tensor]) -> Callable[[], object]:
@@ -75,12 +68,7 @@ def main() -> None:
     runs: dict[str, Callable[[], object]] = {"torchvision": lambda: reference(normalized)["out"]}
     for name, model in models.items():
         runs[name] = predict_fn(model.eval(), images)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for repeat in range(args.repeats + 1):  # the first repeat warms up and is dropped
-        for name, run in runs.items():
-            seconds = timed(run)
-            if repeat:
-                times[name].append(seconds)
+    times = time_interleaved(runs, args.repeats)
     rates = {n: args.batch / statistics.median(t) for n, t in times.items()}
     results = {name: {"images_per_s": rate, "ms_per_image": 1000.0 / rate,
                       "ratio_vs_torchvision": rate / rates["torchvision"]}

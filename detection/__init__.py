@@ -1,4 +1,4 @@
-"""Faster R-CNN (FPN, C4, DC5) on ResNet backbones, written on torchvision.ops kernels."""
+"""Faster R-CNN (FPN, C4, DC5) and Mask R-CNN on ResNet backbones, on torchvision.ops kernels."""
 
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
@@ -9,7 +9,15 @@ from .matcher import Matcher
 from .poolers import MultiLevelRoIAlign
 from .predictor import Predictor
 from .rcnn import FasterRCNN
-from .roi_heads import FastRCNNFCHead, FastRCNNOutputs, Res5ROIHeads, ROIHeads, StandardROIHeads
+from .roi_heads import (
+    FastRCNNFCHead,
+    FastRCNNOutputs,
+    MaskRCNNHead,
+    Res5ROIHeads,
+    ROIHeads,
+    StandardROIHeads,
+    paste_masks,
+)
 from .rpn import RPN, RPNHead
 from .sampler import BalancedSampler
 
@@ -22,6 +30,7 @@ __all__ = [
     "FastRCNNOutputs",
     "FasterRCNN",
     "LastLevelMaxPool",
+    "MaskRCNNHead",
     "Matcher",
     "MultiLevelRoIAlign",
     "Predictor",
@@ -33,4 +42,5 @@ __all__ = [
     "build_model",
     "convert_torchvision_faster_rcnn",
     "load_detector_weights",
+    "paste_masks",
 ]

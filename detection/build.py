@@ -2,7 +2,8 @@
 
 ``build_model(cfg)`` reads ``cfg.model`` (keys and defaults in
 ``configs/detection/base_faster_rcnn.yaml``) and returns a ``FasterRCNN``: FPN, C4
-(``roi_heads.name: res5``) or DC5 variants, any registered ResNet backbone.
+(``roi_heads.name: res5``) or DC5 variants, any registered ResNet backbone, and with
+``model.mask_on`` the Mask R-CNN mask branch (``model.roi_heads.mask_*`` keys).
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from .fpn import FPN, LastLevelMaxPool
 from .matcher import Matcher
 from .poolers import MultiLevelRoIAlign
 from .rcnn import FasterRCNN
-from .roi_heads import FastRCNNFCHead, FastRCNNOutputs, Res5ROIHeads, ROIHeads, StandardROIHeads
+from .roi_heads import (
+    FastRCNNFCHead,
+    FastRCNNOutputs,
+    MaskRCNNHead,
+    Res5ROIHeads,
+    ROIHeads,
+    StandardROIHeads,
+)
 from .rpn import RPN, RPNHead
 from .sampler import BalancedSampler
 
@@ -157,6 +165,54 @@ def build_rpn(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec]) -> RPN:
     )
 
 
+def build_mask_branch(
+    cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec], num_classes: int
+) -> tuple[MultiLevelRoIAlign, MaskRCNNHead] | tuple[None, None]:
+    """Mask pooler and mask head from the ``model`` config; (None, None) unless ``mask_on``.
+
+    The mask pooler reads the box pooler's feature maps, sampling ratio and alignment;
+    the gt masks are cropped with the same alignment.
+
+    Args:
+        cfg: the ``model`` config.
+        shapes: the backbone's output shapes by name.
+        num_classes: number K of foreground classes.
+    """
+    if not cfg["mask_on"]:
+        return None, None
+    hcfg = cfg["roi_heads"]
+    if hcfg["name"] != "standard":
+        raise ValueError(
+            f"model.mask_on needs model.roi_heads.name 'standard' (FPN or DC5 heads), got "
+            f"{hcfg['name']!r}"
+        )
+    resolution = hcfg["mask_pooler_resolution"]
+    if not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(
+            f"model.roi_heads.mask_pooler_resolution must be a positive integer, got {resolution!r}"
+        )
+    threshold = hcfg["mask_threshold"]
+    if not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
+        raise ValueError(f"model.roi_heads.mask_threshold must be in (0, 1), got {threshold!r}")
+    in_shapes = [shapes[f] for f in hcfg["in_features"]]
+    pooler = MultiLevelRoIAlign(
+        output_size=resolution,
+        strides=[s.stride for s in in_shapes],
+        sampling_ratio=hcfg["pooler_sampling_ratio"],
+        aligned=hcfg["pooler_aligned"],
+        canonical_box_size=hcfg["canonical_box_size"],
+        canonical_level=hcfg["canonical_level"],
+    )
+    head = MaskRCNNHead(
+        in_channels=in_shapes[0].channels,
+        num_classes=num_classes,
+        conv_dims=list(hcfg["mask_conv_dims"]),
+        loss_weight=hcfg["mask_loss_weight"],
+        aligned=hcfg["pooler_aligned"],
+    )
+    return pooler, head
+
+
 def build_roi_heads(
     cfg: Mapping[str, Any],
     shapes: Mapping[str, ShapeSpec],
@@ -227,13 +283,22 @@ def build_roi_heads(
         ),
         proposal_append_gt=hcfg["proposal_append_gt"],
     )
+    mask_pooler, mask_head = build_mask_branch(cfg, shapes, num_classes)
     if hcfg["name"] == "res5":
         return Res5ROIHeads(in_features=in_features, box_pooler=pooler, res5=res5, **common)
-    return StandardROIHeads(in_features=in_features, box_pooler=pooler, box_head=box_head, **common)
+    return StandardROIHeads(
+        in_features=in_features,
+        box_pooler=pooler,
+        box_head=box_head,
+        mask_pooler=mask_pooler,
+        mask_head=mask_head,
+        mask_rois_per_image=hcfg["mask_rois_per_image"],
+        **common,
+    )
 
 
 def build_model(cfg: Mapping[str, Any] | DictConfig) -> FasterRCNN:
-    """Faster R-CNN from a full config (its ``model`` subtree).
+    """Faster R-CNN (Mask R-CNN with ``model.mask_on``) from a full config (its ``model`` subtree).
 
     ``model.backbone.weights`` loads backbone weights while building the backbone;
     ``model.weights`` (whole-detector weights: own checkpoint or torchvision state dict)
@@ -260,6 +325,7 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> FasterRCNN:
         pixel_mean=mcfg["pixel_mean"],
         pixel_std=mcfg["pixel_std"],
         size_divisibility=int(getattr(backbone, "size_divisibility", 32)),
+        mask_threshold=mcfg["roi_heads"]["mask_threshold"],
     )
     if mcfg.get("weights"):
         load_detector_weights(model, mcfg["weights"])

@@ -1,10 +1,10 @@
-"""Detector weights: import torchvision Faster R-CNN state dicts, load any detector checkpoint.
+"""Detector weights: import torchvision Faster/Mask R-CNN state dicts, load any checkpoint.
 
 torchvision's ``fasterrcnn_resnet50_fpn`` numbers classes 0..C-1 with 0 = background
 (C = 91 for COCO: the 90 category-id slots). Here classes are 0..K-1 with background
 at index K, so K = C - 1 and our class k is torchvision's class k + 1 (for COCO, the
 category id). The classifier rows move accordingly and the background box deltas are
-dropped.
+dropped; for ``maskrcnn_resnet50_fpn`` the background mask channel is dropped too.
 """
 
 from __future__ import annotations
@@ -35,21 +35,35 @@ _BOX_HEAD = {
     "roi_heads.box_head.fc6.": "roi_heads.box_head.fc1.",
     "roi_heads.box_head.fc7.": "roi_heads.box_head.fc2.",
 }
+# torchvision >= 0.13 "mask_head.{i}.0." (Conv2dNormActivation), older "mask_head.mask_fcn{i+1}."
+_MASK_CONV = re.compile(r"^roi_heads\.mask_head\.(?:(\d+)\.0|mask_fcn(\d+))\.(weight|bias)$")
+_MASK_PREDICTOR = {
+    "roi_heads.mask_predictor.conv5_mask.": "roi_heads.mask_head.deconv.",
+    "roi_heads.mask_predictor.mask_fcn_logits.": "roi_heads.mask_head.predictor.",
+}
 
 
 def is_torchvision_faster_rcnn(state_dict: Mapping[str, Any]) -> bool:
-    """True for a torchvision ``FasterRCNN`` (or Mask R-CNN) state dict."""
+    """True for a torchvision ``FasterRCNN`` (or ``MaskRCNN``) state dict."""
     return "rpn.head.cls_logits.weight" in state_dict and any(
         k.startswith("backbone.body.") for k in state_dict
     )
 
 
+def has_mask_head(state_dict: Mapping[str, Any]) -> bool:
+    """True when detector weights (own or torchvision) include a Mask R-CNN mask head."""
+    prefixes = ("roi_heads.mask_head.", "roi_heads.mask_predictor.")
+    return any(k.startswith(prefixes) for k in state_dict)
+
+
 def convert_torchvision_faster_rcnn(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Maps a torchvision Faster R-CNN (ResNet-FPN) state dict to this project's keys.
+    """Maps a torchvision Faster R-CNN or Mask R-CNN (ResNet-FPN) state dict to this project's keys.
 
     Backbone keys go through ``backbones.weights.convert_torchvision_resnet`` under
-    ``backbone.bottom_up.``; BatchNorm ``num_batches_tracked`` counters are dropped; keys
-    this mapping does not know (e.g. a mask head) are kept unchanged for the caller.
+    ``backbone.bottom_up.``; BatchNorm ``num_batches_tracked`` counters are dropped; the
+    mask head's convs become ``mask_fcn1..4``, its ``conv5_mask`` the ``deconv`` and its
+    ``mask_fcn_logits`` the ``predictor`` (background channel dropped); keys this mapping
+    does not know are kept unchanged for the caller.
 
     Args:
         state_dict: torchvision model state dict.
@@ -76,8 +90,14 @@ def convert_torchvision_faster_rcnn(state_dict: Mapping[str, Tensor]) -> dict[st
             name = "lateral_convs" if kind == "inner_blocks" else "output_convs"
             out[f"backbone.{name}.{idx}.{param}"] = value
             continue
+        match = _MASK_CONV.match(key)
+        if match:
+            new_idx, old_idx, param = match.groups()
+            number = int(new_idx) + 1 if new_idx is not None else int(old_idx)
+            out[f"roi_heads.mask_head.mask_fcn{number}.{param}"] = value
+            continue
         new_key = key
-        for old, new in {**_RPN_HEAD, **_BOX_HEAD}.items():
+        for old, new in {**_RPN_HEAD, **_BOX_HEAD, **_MASK_PREDICTOR}.items():
             if key.startswith(old):
                 new_key = new + key[len(old) :]
                 break
@@ -86,6 +106,8 @@ def convert_torchvision_faster_rcnn(state_dict: Mapping[str, Tensor]) -> dict[st
             value = torch.cat([value[1:], value[:1]])
         elif key.startswith("roi_heads.box_predictor.bbox_pred."):
             value = value[4:]  # drop the background class's 4 deltas
+        elif key.startswith("roi_heads.mask_predictor.mask_fcn_logits."):
+            value = value[1:]  # drop the background class's mask channel
         out[new_key] = value
     return out
 

@@ -42,6 +42,15 @@ def _numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
+def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO compressed RLE of an (H, W) 0/1 mask, JSON-ready ({"size": [H, W], "counts": str}).
+
+    ``pycocotools.mask.decode`` of it (counts as str or bytes) gives the mask back.
+    """
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: Any, *,
                               category_ids: Sequence[int], masks: Any = None,
                               ) -> list[dict[str, Any]]:
@@ -65,9 +74,7 @@ def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: An
     if masks is not None:
         masks = _numpy(masks).astype(np.uint8)
         for result, mask in zip(results, masks, strict=True):
-            rle = mask_utils.encode(np.asfortranarray(mask))
-            rle["counts"] = rle["counts"].decode("ascii")
-            result["segmentation"] = rle
+            result["segmentation"] = mask_to_rle(mask)
     return results
 
 

@@ -1,10 +1,12 @@
 """Predictor: one RGB uint8 (H, W, 3) image in, D detections out (boxes (D, 4) xyxy in
-input-image pixels, scores (D,), labels (D,) dataset category ids).
+input-image pixels, scores (D,), labels (D,) dataset category ids, and for Mask R-CNN
+masks (D, H, W) bool).
 
 The model is built from a config (a YAML path, a loaded config, or None for the config an
 own checkpoint records) and whole-detector weights: an own checkpoint, whose provenance
 supplies the class names, dataset category ids and pixel mean/std, or a torchvision
-``fasterrcnn_resnet50_fpn`` state dict (labels are then torchvision's, i.e. COCO ids).
+``fasterrcnn_resnet50_fpn`` / ``maskrcnn_resnet50_fpn`` state dict (labels are then
+torchvision's, i.e. COCO ids).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from backbones.weights import read_checkpoint, unwrap_state_dict
 
 from .build import build_model
 from .config import config_from_mapping, load_config, test_resize
-from .convert import is_torchvision_faster_rcnn, load_detector_weights
+from .convert import has_mask_head, is_torchvision_faster_rcnn, load_detector_weights
 from .data import build_transforms
 from .rcnn import FasterRCNN
 
@@ -95,6 +97,12 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
         raise ValueError(f"model.num_classes is {cfg.model.num_classes} but the weights {source} "
                          f"have {num_classes} classes")
     cfg.model.num_classes = num_classes
+    masks = has_mask_head(state_dict)
+    if masks != bool(cfg.model.mask_on):
+        raise ValueError(
+            f"the weights {source} have {'a' if masks else 'no'} mask head but model.mask_on "
+            f"is {bool(cfg.model.mask_on)}; use a {'Mask' if masks else 'Faster'} R-CNN config "
+            f"(or set model.mask_on={str(masks).lower()})")
     for key in ("pixel_mean", "pixel_std"):
         if provenance.get(key):
             cfg.model[key] = list(provenance[key])
@@ -159,7 +167,8 @@ class Predictor:
 
         Returns:
             {"boxes": float32 (D, 4) xyxy in `image` pixels, "scores": float32 (D,),
-            "labels": int64 (D,) dataset category ids, "class_names": D names}.
+            "labels": int64 (D,) dataset category ids, "class_names": D names}, and for
+            Mask R-CNN "masks": bool (D, H, W) in `image` pixels.
         """
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
                 or image.dtype != np.uint8:
@@ -171,7 +180,10 @@ class Predictor:
         tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         out = self.model([tensor.to(self.device)], output_sizes=[(height, width)])[0]
         labels = np.asarray(self.category_ids, dtype=np.int64)[out["labels"].cpu().numpy()]
-        return {"boxes": out["boxes"].float().cpu().numpy(),
-                "scores": out["scores"].float().cpu().numpy(),
-                "labels": labels,
-                "class_names": [self.name_of(c) for c in labels]}
+        result = {"boxes": out["boxes"].float().cpu().numpy(),
+                  "scores": out["scores"].float().cpu().numpy(),
+                  "labels": labels,
+                  "class_names": [self.name_of(c) for c in labels]}
+        if "masks" in out:
+            result["masks"] = out["masks"].cpu().numpy()
+        return result

@@ -1,8 +1,10 @@
-"""Train a Faster R-CNN from a config: COCO data in, OUTPUT_DIR/model_final.pth out.
+"""Train a Faster / Mask R-CNN from a config: COCO data in, OUTPUT_DIR/model_final.pth out.
 
 A batch is a list of N samples (``detection.data.DetectionDataset``); the model takes
-N images (3, H_i, W_i) and per image gt_boxes (M, 4) / gt_classes (M,). ``train.batch_size``
-counts images per step over all processes; each process loads batch_size / world_size.
+N images (3, H_i, W_i) and per image gt_boxes (M, 4) / gt_classes (M,) (and gt_masks
+(M, H_i, W_i) with ``model.mask_on``, from the annotations' polygons or RLE).
+``train.batch_size`` counts images per step over all processes; each process loads
+batch_size / world_size.
 Everything that can fail on the data (JSON structure, unknown ids, missing image files)
 fails in `build_datasets` before a model is built.
 """
@@ -21,9 +23,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import backbones
-from engine import (Checkpointer, PeriodicCheckpointer, PeriodicEval, ProgressLogger,
+import engine
+from engine import (OPTIMIZERS, Checkpointer, PeriodicCheckpointer, PeriodicEval, ProgressLogger,
                     ScalarWriter, Trainer, all_reduce_sum, build_lr_scheduler, get_local_rank,
-                    get_rank, get_world_size, is_main_process, log_metrics, save_config,
+                    get_rank, get_world_size, is_main_process, save_config,
                     setup_logging, to_plain)
 
 from .build import build_model
@@ -76,11 +79,13 @@ def build_datasets(cfg: DictConfig) -> Datasets:
     if paths is None:
         raise ValueError("data.train.ann_file and data.train.img_dir must be set")
     d = cfg.data.train
-    records, mapping, _ = load_coco_json(*paths, filter_empty=d.filter_empty)
+    mask_on = bool(cfg.model.mask_on)
+    records, mapping, _ = load_coco_json(*paths, filter_empty=d.filter_empty,
+                                         keep_segmentation=mask_on)
     if not records:
         raise ValueError(f"{paths[0]}: no training images left (filter_empty={d.filter_empty})")
     min_size = d.min_size if isinstance(d.min_size, int) else list(d.min_size)
-    train = DetectionDataset(records, transform=build_transforms(
+    train = DetectionDataset(records, with_masks=mask_on, transform=build_transforms(
         min_size=min_size, max_size=d.max_size, flip_prob=d.hflip_prob))
     val = build_val_dataset(cfg)
     if val is not None and val[1].dataset_ids != mapping.dataset_ids:
@@ -110,16 +115,13 @@ def amp_from_config(value: Any) -> str | None:
     return value
 
 
-def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.SGD:
-    """SGD over the trainable parameters; no weight decay on norm layers and biases."""
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """``train.optimizer`` (SGD or AdamW) over the trainable parameters."""
     t = cfg.train
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": t.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=t.base_lr, momentum=t.momentum)
+    if t.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown train.optimizer {t.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    return engine.build_optimizer(model, name=t.optimizer, lr=t.base_lr,
+                                  weight_decay=t.weight_decay, momentum=t.momentum)
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer
@@ -135,9 +137,22 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer
                          f"{list(t.lr_steps)}): {e}") from None
 
 
+def iou_types(model: FasterRCNN) -> tuple[str, ...]:
+    """What COCO evaluation scores for `model`: ("bbox",), plus "segm" for Mask R-CNN."""
+    return ("bbox", "segm") if model.mask_on else ("bbox",)
+
+
 @torch.no_grad()
 def evaluate(model: FasterRCNN, loader: DataLoader, evaluator: COCOEvaluator) -> dict[str, Any]:
     """Box metrics of `model` over `loader` (every process its share); percent values."""
+    return evaluate_all(model, loader, evaluator)["bbox"]
+
+
+@torch.no_grad()
+def evaluate_all(model: FasterRCNN, loader: DataLoader, evaluator: COCOEvaluator
+                 ) -> dict[str, dict[str, Any]]:
+    """{iou_type: metrics} of `model` over `loader` for the evaluator's iou_types ("bbox",
+    "segm"); every process scores its share, values in percent."""
     was_training = model.training
     model.eval()
     evaluator.reset()
@@ -151,7 +166,7 @@ def evaluate(model: FasterRCNN, loader: DataLoader, evaluator: COCOEvaluator) ->
             evaluator.process(batch, outputs)
     finally:
         model.train(was_training)
-    return evaluator.evaluate()["bbox"]
+    return evaluator.evaluate()
 
 
 def make_provenance(cfg: DictConfig, mapping: CategoryMapping) -> dict[str, Any]:
@@ -160,7 +175,8 @@ def make_provenance(cfg: DictConfig, mapping: CategoryMapping) -> dict[str, Any]
     plain = to_plain(cfg)
     bcfg = plain["model"]["backbone"]
     options = {k: v for k, v in bcfg.items() if k != "weights"}
-    arch = "faster_rcnn_" + bcfg["name"] + ("_fpn" if plain["model"]["fpn"]["enabled"] else "")
+    meta = "mask_rcnn_" if plain["model"]["mask_on"] else "faster_rcnn_"
+    arch = meta + bcfg["name"] + ("_fpn" if plain["model"]["fpn"]["enabled"] else "")
     provenance = backbones.make_provenance(
         arch, options, class_names=list(mapping.names), config=plain,
         pixel_mean=tuple(plain["model"]["pixel_mean"]),
@@ -189,6 +205,7 @@ def train(cfg: DictConfig, device: torch.device, *, resume: bool = False) -> dic
 
     Returns:
         {"model": the detector, "metrics": final box metrics (empty without a val split),
+        "segm_metrics": final mask metrics (empty without masks or a val split),
         "iteration": steps done}.
     """
     t = cfg.train
@@ -225,6 +242,9 @@ def train(cfg: DictConfig, device: torch.device, *, resume: bool = False) -> dic
         images = [s["image"].to(device, non_blocking=True) for s in batch]
         targets = [{"gt_boxes": s["gt_boxes"].to(device), "gt_classes": s["gt_classes"].to(device)}
                    for s in batch]
+        if model.mask_on:
+            for target, s in zip(targets, batch):
+                target["gt_masks"] = s["gt_masks"].to(device, non_blocking=True)
         return net(images, targets)
 
     writer = ScalarWriter(output_dir / "tensorboard")
@@ -245,11 +265,17 @@ def train(cfg: DictConfig, device: torch.device, *, resume: bool = False) -> dic
     if data.val is not None:
         val_loader = build_test_loader(data.val, num_workers=min(cfg.data.num_workers, 1))
         evaluator = COCOEvaluator(cfg.data.val.ann_file, category_ids=data.mapping.dataset_ids,
-                                  output_dir=output_dir / "inference")
-        eval_hook = PeriodicEval(
-            t.eval_period, lambda: evaluate(model, val_loader, evaluator),
-            on_result=lambda m, it: log_metrics(_scalar_metrics(m), it, writer, prefix="bbox",
-                                                logger=logger))
+                                  output_dir=output_dir / "inference", iou_types=iou_types(model))
+
+        def log_all(metrics: dict[str, dict[str, Any]], iteration: int) -> None:
+            for iou_type, values in metrics.items():  # one line and tensorboard group each
+                scalars = _scalar_metrics(values)
+                logger.info("eval @ iter %d, %s: %s", iteration, iou_type,
+                            "  ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
+                writer.add_scalars({f"{iou_type}/{k}": v for k, v in scalars.items()}, iteration)
+
+        eval_hook = PeriodicEval(t.eval_period, lambda: evaluate_all(model, val_loader, evaluator),
+                                 on_result=log_all)
         hooks.append(eval_hook)
     trainer.register_hooks(*hooks)
     train_loader = build_train_loader(data.train, batch_size=batch_size, seed=t.seed,
@@ -266,4 +292,5 @@ def train(cfg: DictConfig, device: torch.device, *, resume: bool = False) -> dic
         backbones.save_checkpoint(output_dir / "model_final.pth", model.state_dict(),
                                   make_provenance(cfg, data.mapping), iteration=t.max_iter)
         logger.info("wrote %s", output_dir / "model_final.pth")
-    return {"model": model, "metrics": metrics, "iteration": trainer.iter}
+    return {"model": model, "metrics": metrics.get("bbox", {}),
+            "segm_metrics": metrics.get("segm", {}), "iteration": trainer.iter}

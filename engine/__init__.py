@@ -5,14 +5,16 @@ from .distributed import (all_gather_object, all_reduce_mean, all_reduce_sum, an
                           barrier, broadcast_buffers, cleanup, get_local_rank, get_rank,
                           get_world_size, init_distributed, is_main_process, unwrap_model)
 from .logging import ProgressLogger, ScalarWriter, log_metrics, setup_logging
+from .optim import OPTIMIZERS, build_optimizer
 from .sampler import InfiniteSampler, ShardSampler
 from .schedule import WarmupDecay, build_lr_scheduler
 from .trainer import NonFiniteLossError, PeriodicEval, Trainer
 
-__all__ = ["Checkpointer", "ConfigError", "InfiniteSampler", "NonFiniteLossError",
-           "PeriodicCheckpointer", "PeriodicEval", "ProgressLogger", "ScalarWriter",
-           "ShardSampler", "Trainer", "WarmupDecay", "all_gather_object", "all_reduce_mean",
-           "all_reduce_sum", "any_process", "atomic_save", "barrier", "broadcast_buffers",
-           "build_lr_scheduler", "cleanup", "get_local_rank", "get_rank", "get_world_size",
-           "init_distributed", "is_main_process", "load_config", "log_metrics", "save_config",
-           "setup_logging", "to_plain", "unwrap_model"]
+__all__ = ["OPTIMIZERS", "Checkpointer", "ConfigError", "InfiniteSampler",
+           "NonFiniteLossError", "PeriodicCheckpointer", "PeriodicEval", "ProgressLogger",
+           "ScalarWriter", "ShardSampler", "Trainer", "WarmupDecay", "all_gather_object",
+           "all_reduce_mean", "all_reduce_sum", "any_process", "atomic_save", "barrier",
+           "broadcast_buffers", "build_lr_scheduler", "build_optimizer", "cleanup",
+           "get_local_rank", "get_rank", "get_world_size", "init_distributed", "is_main_process",
+           "load_config", "log_metrics", "save_config", "setup_logging", "to_plain",
+           "unwrap_model"]

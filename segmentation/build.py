@@ -61,9 +61,10 @@ DEFAULTS: dict[str, Any] = {
     "test": {"scales": [1.0], "flip": False, "window": None, "stride": None},
     "train": {
         "output_dir": "output/deeplab", "batch_size": 16, "max_iter": 30000, "base_lr": 0.01,
-        "momentum": 0.9, "weight_decay": 0.0001, "lr_decay": "cosine", "lr_steps": [],
-        "gamma": 0.1, "warmup_iters": 0, "warmup_factor": 0.001, "clip_grad_norm": 0.0,
-        "amp": False, "checkpoint_period": 5000, "eval_period": 0, "log_period": 20, "seed": 0,
+        "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0001, "lr_decay": "cosine",
+        "lr_steps": [], "gamma": 0.1, "warmup_iters": 0, "warmup_factor": 0.001,
+        "clip_grad_norm": 0.0, "amp": False, "checkpoint_period": 5000, "eval_period": 0,
+        "log_period": 20, "seed": 0,
     },
 }
 

@@ -4,7 +4,8 @@ Usage:
   python tools/demo.py CONFIG --weights CKPT --input PATH [PATH ...] --output DIR
       [key=value ...]   (e.g. model.roi_heads.score_thresh=0.5)
 
-Detection configs: boxes with class names and scores. Segmentation configs (`task: sem_seg`):
+Detection configs: boxes with class names and scores (and, for Mask R-CNN, each instance's
+mask as a translucent fill in its box's colour). Segmentation configs (`task: sem_seg`):
 a colour overlay with a legend. Images are written to DIR under their own names (as .jpg
 unless PNG), a video to DIR/<name>.mp4, frame by frame.
 """
@@ -36,10 +37,18 @@ def palette(n: int) -> np.ndarray:
 
 
 def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, tuple[int, ...]],
-                    min_score: float) -> np.ndarray:
-    """Boxes with "name score" tags on a copy of an RGB image."""
+                    min_score: float, alpha: float = 0.5) -> np.ndarray:
+    """Boxes with "name score" tags on a copy of an RGB image; with "masks" (D, H, W) in
+    `det`, each instance's mask filled in its box's colour at opacity `alpha` first."""
     out = image.copy()
     thickness = max(1, round(min(image.shape[:2]) / 300))
+    masks = det.get("masks")
+    if masks is not None:
+        for mask, score, label in zip(masks, det["scores"], det["labels"]):
+            if score < min_score:
+                continue
+            colour = np.asarray(colours.get(int(label), (0, 255, 0)), dtype=np.float32)
+            out[mask] = (alpha * colour + (1 - alpha) * out[mask]).astype(np.uint8)
     for box, score, label, name in zip(det["boxes"], det["scores"], det["labels"],
                                        det["class_names"]):
         if score < min_score:

@@ -7,9 +7,11 @@ Usage:
 
 Detection (COCO box AP on data.val.ann_file / data.val.img_dir): prints the 12 standard
 numbers and a per-category AP table; writes DIR/coco_instances_results.json (COCO results,
-dataset category ids) and DIR/metrics.json as {"bbox": {"AP", "AP50", "AP75", "APs", "APm",
-"APl", "per_category": {name: AP}}} in percent (null where undefined). Weights are this
-project's checkpoints or a torchvision fasterrcnn_resnet50_fpn state dict (labels = COCO ids).
+dataset category ids, RLE masks for Mask R-CNN) and DIR/metrics.json as {"bbox": {"AP",
+"AP50", "AP75", "APs", "APm", "APl", "per_category": {name: AP}}} in percent (null where
+undefined), with the same numbers for the masks under "segm" when the model has a mask head
+(model.mask_on). Weights are this project's checkpoints or a torchvision
+fasterrcnn_resnet50_fpn / maskrcnn_resnet50_fpn state dict (labels = COCO ids).
 
 Segmentation (`task: sem_seg` configs): mIoU, pixel accuracy and per-class IoU in percent,
 written to DIR/metrics.json as {"sem_seg": {...}}.
@@ -59,10 +61,10 @@ def write_json(obj: Any, path: Path) -> None:
 
 def evaluate_detection(config: str, weights: str, output: Path, overrides: Sequence[str],
                        backend: str, device: torch.device) -> dict[str, Any]:
-    """COCO box AP of `weights` on data.val; writes the results and metrics.json."""
+    """COCO box (and mask) AP of `weights` on data.val; writes the results and metrics.json."""
     from detection.evaluation import COCOEvaluator  # noqa: PLC0415
     from detection.predictor import load_detector  # noqa: PLC0415
-    from detection.training import build_val_dataset, evaluate  # noqa: PLC0415
+    from detection.training import build_val_dataset, evaluate_all, iou_types  # noqa: PLC0415
     from detection.data import build_test_loader  # noqa: PLC0415
 
     loaded = load_detector(config, weights=weights, overrides=overrides, device=device)
@@ -80,13 +82,15 @@ def evaluate_detection(config: str, weights: str, output: Path, overrides: Seque
                        ann_file, unknown[:10])
     loader = build_test_loader(dataset, num_workers=min(loaded.cfg.data.num_workers, 1))
     evaluator = COCOEvaluator(ann_file, category_ids=loaded.category_ids, output_dir=output,
-                              backend=backend)
-    metrics = evaluate(loaded.model, loader, evaluator)
-    result = {"bbox": bbox_metrics_json(metrics)}
+                              backend=backend, iou_types=iou_types(loaded.model))
+    metrics = evaluate_all(loaded.model, loader, evaluator)
+    result = {iou_type: bbox_metrics_json(m) for iou_type, m in metrics.items()}
     if is_main_process():
         write_json(result, output / "metrics.json")
-        print(f"box AP = {metrics['AP']:.1f}  (results: {output / 'coco_instances_results.json'}"
-              f", metrics: {output / 'metrics.json'})", flush=True)
+        mask = f"  mask AP = {metrics['segm']['AP']:.1f}" if "segm" in metrics else ""
+        print(f"box AP = {metrics['bbox']['AP']:.1f}{mask}  (results: "
+              f"{output / 'coco_instances_results.json'}, metrics: {output / 'metrics.json'})",
+              flush=True)
     return result
 
 

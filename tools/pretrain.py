@@ -37,11 +37,11 @@ from torch.utils.data import DataLoader
 import backbones
 from backbones.data import (ImageFolderDataset, build_train_loader, build_train_transform,
                             build_val_loader, build_val_transform, scan_image_folder)
-from engine import (Checkpointer, PeriodicCheckpointer, PeriodicEval, ProgressLogger,
-                    ScalarWriter, Trainer, all_gather_object, all_reduce_sum, broadcast_buffers,
-                    build_lr_scheduler, cleanup, get_local_rank, get_rank, get_world_size,
-                    init_distributed, is_main_process, load_config, log_metrics, save_config,
-                    setup_logging, to_plain)
+from engine import (OPTIMIZERS, Checkpointer, PeriodicCheckpointer, PeriodicEval,
+                    ProgressLogger, ScalarWriter, Trainer, all_gather_object, all_reduce_sum,
+                    broadcast_buffers, build_lr_scheduler, build_optimizer, cleanup,
+                    get_local_rank, get_rank, get_world_size, init_distributed, is_main_process,
+                    load_config, log_metrics, save_config, setup_logging, to_plain)
 
 logger = logging.getLogger("pretrain")
 
@@ -50,8 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "data": {"root": "???", "train_split": "train", "val_split": "val", "image_size": 224,
              "val_resize": 256, "scale": [0.08, 1.0], "hflip": True, "num_workers": 4,
              "pixel_mean": list(backbones.PIXEL_MEAN), "pixel_std": list(backbones.PIXEL_STD)},
-    "solver": {"batch_size": 256, "epochs": 90.0, "base_lr": 0.1, "momentum": 0.9,
-               "nesterov": False, "weight_decay": 1e-4, "label_smoothing": 0.0,
+    "solver": {"optimizer": "sgd", "batch_size": 256, "epochs": 90.0, "base_lr": 0.1,
+               "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4, "label_smoothing": 0.0,
                "decay": "step", "steps": [30, 60, 80], "gamma": 0.1, "final_lr_factor": 0.0,
                "warmup_epochs": 0.0, "warmup_factor": 0.1, "clip_grad_norm": None},
     "train": {"output_dir": "output/pretrain", "device": "auto", "amp": "bf16", "seed": 0,
@@ -87,11 +87,13 @@ def build_model_from_config(cfg: DictConfig, num_classes: int,
     return model
 
 
-def build_optimizer_from_config(cfg: DictConfig, model: nn.Module) -> torch.optim.SGD:
+def build_optimizer_from_config(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     s = cfg.solver
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=s.base_lr, momentum=s.momentum, nesterov=s.nesterov,
-                           weight_decay=s.weight_decay)
+    if s.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown solver.optimizer {s.optimizer!r}; "
+                         f"valid: {', '.join(OPTIMIZERS)}")
+    return build_optimizer(model, name=s.optimizer, lr=s.base_lr, weight_decay=s.weight_decay,
+                           momentum=s.momentum, nesterov=s.nesterov)
 
 
 def total_iterations(cfg: DictConfig, iters_per_epoch: int) -> int:

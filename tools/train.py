@@ -1,4 +1,4 @@
-"""Train a detector (Faster R-CNN) or a semantic segmenter from a config.
+"""Train a detector (Faster R-CNN, Mask R-CNN) or a semantic segmenter from a config.
 
 Usage:
   python tools/train.py CONFIG [key=value ...] [--resume]
@@ -18,7 +18,8 @@ Several machines (run on each; node_rank 0..nnodes-1):
   With --resume, train.output_dir should be on storage shared by all nodes.
 
 Ends with OUTPUT_DIR/model_final.pth (weights + provenance) and prints the final metrics on
-the validation split: `box AP = xx.x` (detection) or `mIoU = xx.x` (segmentation).
+the validation split: `box AP = xx.x` (detection; plus `mask AP = xx.x` with model.mask_on)
+or `mIoU = xx.x` (segmentation).
 """
 from __future__ import annotations
 
@@ -156,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if result["metrics"]:
                 line += (f"  AP50 = {_fmt(result['metrics'].get('AP50'))}  "
                          f"AP75 = {_fmt(result['metrics'].get('AP75'))}")
+            if result.get("segm_metrics"):
+                line += f"  mask AP = {_fmt(result['segm_metrics'].get('AP'))}"
         if is_main_process():
             print(line, flush=True)
         return {**result, "task": task}

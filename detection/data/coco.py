@@ -7,7 +7,10 @@ A record (one per kept image, M objects):
      "segmentations": list of M COCO segmentations (only with keep_segmentation=True)}
 
 Everything that can be checked before training is checked here and reported with the file
-and the offending entry; crowd regions and degenerate boxes are left out and counted.
+and the offending entry; crowd regions and degenerate boxes are left out and counted. With
+keep_segmentation, every kept object needs a `segmentation` (polygons, or an RLE of the
+image's size); polygons with fewer than three points are dropped and counted, and objects
+left without any polygon are left out and counted.
 """
 from __future__ import annotations
 
@@ -87,6 +90,8 @@ class LoadStats:
     boxes: int = 0
     crowd: int = 0
     degenerate: int = 0
+    short_polygons: int = 0  # polygons of < 3 points dropped (keep_segmentation only)
+    no_mask: int = 0  # objects left out for want of a usable polygon (keep_segmentation only)
 
 
 def read_coco_json(ann_file: str | Path) -> dict[str, Any]:
@@ -203,7 +208,8 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
         img_dir: folder that `file_name` entries are relative to.
         filter_empty: drop images left without objects (after removing crowd and degenerate
             boxes); by default they are kept as negatives.
-        keep_segmentation: keep each object's `segmentation` in the record (for masks).
+        keep_segmentation: keep each object's `segmentation` in the record (for masks),
+            checked: a missing or malformed one is an error.
         check_files: verify up front that every image file exists.
 
     Returns:
@@ -230,25 +236,73 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     mapping = CategoryMapping.from_categories(data["categories"])
     stats = LoadStats(images=len(data["images"]))
     records = []
+    problems: list[str] | None = [] if keep_segmentation else None
     for img in data["images"]:
         record = _make_record(coco.imgToAnns.get(img["id"], []), img, img_dir, mapping, stats,
-                              keep_segmentation)
+                              problems)
         if len(record["classes"]) == 0:
             stats.empty_images += 1
             if filter_empty:
                 continue
         records.append(record)
+    if problems:
+        raise DatasetError(_format_problems(ann_file, problems))
     stats.kept_images = len(records)
     logger.info("%s: %d of %d images (%d without objects%s), %d boxes; left out %d crowd and "
                 "%d degenerate boxes", ann_file, stats.kept_images, stats.images,
                 stats.empty_images, ", dropped" if filter_empty else ", kept", stats.boxes,
                 stats.crowd, stats.degenerate)
+    if stats.short_polygons or stats.no_mask:
+        logger.warning("%s: dropped %d polygons with fewer than 3 points; left out %d objects "
+                       "without a usable polygon", ann_file, stats.short_polygons, stats.no_mask)
     return records, mapping, stats
+
+
+def check_segmentation(segmentation: Any, height: int, width: int
+                       ) -> tuple[list[list[float]] | dict[str, Any], int]:
+    """Validate a COCO segmentation; polygons with fewer than 3 points are dropped.
+
+    Args:
+        segmentation: an annotation's `segmentation`: a list of polygons [x1, y1, x2, ...],
+            or an RLE {"size": [height, width], "counts": str or list}.
+        height: the image's height.
+        width: the image's width.
+
+    Returns:
+        (the segmentation without short polygons, number of polygons dropped).
+
+    Raises:
+        ValueError: the segmentation is missing, or an RLE's size is not the image's.
+        TypeError: the segmentation is malformed.
+    """
+    if isinstance(segmentation, dict):
+        size, counts = segmentation.get("size"), segmentation.get("counts")
+        if not isinstance(counts, (str, list)):
+            raise TypeError(f"RLE segmentation needs 'counts' (str or list), got {counts!r}")
+        if size != [height, width]:
+            raise ValueError(f"RLE segmentation size {size} is not the image's [height, width] "
+                             f"= {[height, width]}")
+        return segmentation, 0
+    if segmentation is None:
+        raise ValueError("no 'segmentation' (polygons or RLE), which masks need")
+    if not isinstance(segmentation, list):
+        raise TypeError(f"segmentation must be polygons or an RLE, got "
+                        f"{type(segmentation).__name__}")
+    kept = []
+    for polygon in segmentation:
+        if not isinstance(polygon, list) or len(polygon) % 2 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in polygon):
+            raise TypeError(f"a polygon must be a flat list of x, y numbers, got {polygon!r:.80}")
+        if len(polygon) >= 6:
+            kept.append(polygon)
+    return kept, len(segmentation) - len(kept)
 
 
 def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
                  mapping: CategoryMapping, stats: LoadStats,
-                 keep_segmentation: bool) -> dict[str, Any]:
+                 problems: list[str] | None) -> dict[str, Any]:
+    """The record of one image; `problems` (a list) asks for checked segmentations."""
+    keep_segmentation = problems is not None
     height, width = img["height"], img["width"]
     boxes, classes, segmentations = [], [], []
     for ann in anns:
@@ -261,10 +315,19 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
         if not (x2 - x1 >= 1.0 and y2 - y1 >= 1.0):  # also drops NaN
             stats.degenerate += 1
             continue
+        if keep_segmentation:
+            try:
+                segmentation, dropped = check_segmentation(ann.get("segmentation"), height, width)
+            except (TypeError, ValueError) as err:
+                problems.append(f"annotation id={ann['id']} (image id={img['id']}): {err}")
+                continue
+            stats.short_polygons += dropped
+            if not segmentation:
+                stats.no_mask += 1
+                continue
+            segmentations.append(segmentation)
         boxes.append((x1, y1, x2, y2))
         classes.append(mapping.to_contiguous(ann["category_id"]))
-        if keep_segmentation:
-            segmentations.append(ann.get("segmentation"))
     stats.boxes += len(boxes)
     record: dict[str, Any] = {
         "file_name": str(_image_path(img_dir, img["file_name"])), "image_id": img["id"],

@@ -10,6 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+# One OpenCV thread per process: its thread pool does not survive the fork of a loader
+# worker (the worker can hang in its first cv2 call), and the workers are the parallelism.
+cv2.setNumThreads(1)
+
 
 class UnreadableImageError(OSError):
     """The file is missing, truncated or not an image OpenCV can decode."""

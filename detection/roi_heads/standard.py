@@ -3,8 +3,9 @@
 ``ROIHeads`` holds what every RoI head shares: matching proposals to gt boxes (IoU 0.5
 by default), appending the gt boxes to the proposals, and sampling S RoIs per image (512,
 a quarter foreground). ``StandardROIHeads`` pools each RoI from the feature level that
-matches its size, runs a box head (2 fc) and the Fast R-CNN outputs. K foreground
-classes, background is class K.
+matches its size, runs a box head (2 fc) and the Fast R-CNN outputs, and optionally the
+Mask R-CNN mask branch (trained on the positive sampled RoIs, run on the final
+detections). K foreground classes, background is class K.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..matcher import BACKGROUND, FOREGROUND, IGNORE, Matcher
 from ..poolers import MultiLevelRoIAlign
 from ..sampler import BalancedSampler
 from .fast_rcnn import FastRCNNOutputs
+from .mask_head import MaskRCNNHead
 
 
 class SampledRoIs(NamedTuple):
@@ -117,6 +119,37 @@ class ROIHeads(nn.Module):
         """
         raise NotImplementedError
 
+    @property
+    def mask_on(self) -> bool:
+        """Whether the heads predict instance masks."""
+        return False
+
+    def mask_losses(
+        self,
+        features: dict[str, Tensor],
+        sampled: Sequence[SampledRoIs],
+        targets: Sequence[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """Mask losses on the sampled RoIs; ``{}`` for heads without masks.
+
+        Args:
+            features: feature maps by name.
+            sampled: per image the sampled RoIs.
+            targets: per image targets (with ``gt_masks`` when ``mask_on``).
+        """
+        return {}
+
+    def predict_masks(
+        self, features: dict[str, Tensor], detections: list[dict[str, Tensor]]
+    ) -> list[dict[str, Tensor]]:
+        """Adds mask predictions to the detections; unchanged for heads without masks.
+
+        Args:
+            features: feature maps by name.
+            detections: per image ``{"boxes", "scores", "labels"}``.
+        """
+        return detections
+
     def forward(
         self,
         features: dict[str, Tensor],
@@ -130,11 +163,13 @@ class ROIHeads(nn.Module):
             features: feature maps by name.
             proposals: per image (R_i, 4) proposal boxes.
             image_sizes: (h, w) of every image before padding.
-            targets: per image ``{"gt_boxes", "gt_classes"}``; required in training.
+            targets: per image ``{"gt_boxes", "gt_classes"}`` (and ``"gt_masks"`` (M, H, W)
+                when ``mask_on``); required in training.
 
         Returns:
-            Per image ``{"boxes", "scores", "labels"}`` (empty list in training) and
-            ``{"loss_cls", "loss_box_reg"}`` in training (``{}`` otherwise).
+            Per image ``{"boxes", "scores", "labels"}`` (plus ``"mask_probs"`` (D, M, M)
+            when ``mask_on``; empty list in training) and ``{"loss_cls", "loss_box_reg"}``
+            (plus ``"loss_mask"``) in training (``{}`` otherwise).
         """
         if self.training:
             if targets is None:
@@ -150,18 +185,25 @@ class ROIHeads(nn.Module):
                 torch.cat([s.gt_classes for s in sampled]),
                 torch.cat([s.gt_boxes for s in sampled]),
             )
+            losses.update(self.mask_losses(features, sampled, targets))
             return [], losses
         pred_logits, pred_deltas = self.box_predictor(self.box_features(features, proposals))
-        return self.box_predictor.inference(pred_logits, pred_deltas, proposals, image_sizes), {}
+        detections = self.box_predictor.inference(pred_logits, pred_deltas, proposals, image_sizes)
+        return self.predict_masks(features, detections), {}
 
 
 class StandardROIHeads(ROIHeads):
-    """Multi-level RoIAlign + fully connected box head + Fast R-CNN outputs.
+    """Multi-level RoIAlign + fully connected box head + Fast R-CNN outputs (+ mask branch).
 
     Args:
         in_features: feature maps pooled from, finest first (e.g. p2..p5).
         box_pooler: RoIAlign over those maps.
         box_head: (R, C, S, S) -> (R, D) module.
+        mask_pooler: RoIAlign for the mask head (14x14 in the standard recipe), or None
+            for no masks (Faster R-CNN).
+        mask_head: the mask head, given together with ``mask_pooler``.
+        mask_rois_per_image: most positive RoIs per image the mask loss takes, drawn at
+            random (0: all of them, the standard recipe; a cap makes CPU training cheaper).
         **kwargs: ``ROIHeads`` arguments (num_classes, box_predictor, matcher, sampler,
             proposal_append_gt).
     """
@@ -172,12 +214,31 @@ class StandardROIHeads(ROIHeads):
         in_features: Sequence[str],
         box_pooler: MultiLevelRoIAlign,
         box_head: nn.Module,
+        mask_pooler: MultiLevelRoIAlign | None = None,
+        mask_head: MaskRCNNHead | None = None,
+        mask_rois_per_image: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if mask_rois_per_image < 0:
+            raise ValueError(f"mask_rois_per_image must be >= 0, got {mask_rois_per_image}")
+        if (mask_pooler is None) != (mask_head is None):
+            raise ValueError("StandardROIHeads needs both mask_pooler and mask_head, or neither")
+        if mask_head is not None and mask_head.num_classes != self.num_classes:
+            raise ValueError(
+                f"mask head has {mask_head.num_classes} classes, RoI heads {self.num_classes}"
+            )
         self.in_features = list(in_features)
         self.box_pooler = box_pooler
         self.box_head = box_head
+        self.mask_pooler = mask_pooler
+        self.mask_head = mask_head
+        self.mask_rois_per_image = int(mask_rois_per_image)
+
+    @property
+    def mask_on(self) -> bool:
+        """Whether the heads predict instance masks."""
+        return self.mask_head is not None
 
     def box_features(self, features: dict[str, Tensor], boxes: Sequence[Tensor]) -> Tensor:
         """Pools and runs the box head: per image (R_i, 4) boxes -> (R, D).
@@ -187,3 +248,73 @@ class StandardROIHeads(ROIHeads):
             boxes: per image (R_i, 4) RoIs.
         """
         return self.box_head(self.box_pooler([features[f] for f in self.in_features], boxes))
+
+    def mask_logits(self, features: dict[str, Tensor], boxes: Sequence[Tensor]) -> Tensor:
+        """Pools and runs the mask head: per image (R_i, 4) boxes -> (R, K, M, M) logits.
+
+        Args:
+            features: feature maps by name.
+            boxes: per image (R_i, 4) RoIs.
+        """
+        assert self.mask_pooler is not None and self.mask_head is not None
+        return self.mask_head(self.mask_pooler([features[f] for f in self.in_features], boxes))
+
+    def mask_losses(
+        self,
+        features: dict[str, Tensor],
+        sampled: Sequence[SampledRoIs],
+        targets: Sequence[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """``{"loss_mask"}`` over the positive sampled RoIs, at most ``mask_rois_per_image``
+        of them per image (``{}`` without a mask head).
+
+        Args:
+            features: feature maps by name.
+            sampled: per image the sampled RoIs.
+            targets: per image targets with ``"gt_masks"`` (M_i, H_i, W_i).
+        """
+        if self.mask_head is None:
+            return {}
+        for i, target in enumerate(targets):
+            if "gt_masks" not in target:
+                raise ValueError(f"target {i} needs 'gt_masks' to train the mask head")
+        positive = [
+            self._mask_rois((s.gt_classes >= 0) & (s.gt_classes < self.num_classes))
+            for s in sampled
+        ]  # per image (P_i,) indices of the RoIs the mask loss takes
+        boxes = [s.boxes[p] for s, p in zip(sampled, positive)]  # per image (P_i, 4)
+        logits = self.mask_logits(features, boxes)  # (P, K, M, M)
+        mask_targets = self.mask_head.label_targets(
+            [t["gt_masks"] for t in targets],
+            boxes,
+            [s.matched_idxs[p] for s, p in zip(sampled, positive)],
+            logits.shape[-1],
+        )
+        gt_classes = torch.cat([s.gt_classes[p] for s, p in zip(sampled, positive)])
+        return self.mask_head.losses(logits, gt_classes, mask_targets)
+
+    def _mask_rois(self, is_positive: Tensor) -> Tensor:
+        """(S,) bool -> (P,) indices of the positive RoIs, at most ``mask_rois_per_image``."""
+        positive = torch.nonzero(is_positive, as_tuple=True)[0]
+        cap = self.mask_rois_per_image
+        if cap and len(positive) > cap:
+            keep = torch.randperm(len(positive), device=positive.device)[:cap]
+            positive = positive[keep.sort().values]
+        return positive
+
+    def predict_masks(
+        self, features: dict[str, Tensor], detections: list[dict[str, Tensor]]
+    ) -> list[dict[str, Tensor]]:
+        """Adds ``"mask_probs"`` (D_i, M, M), box-relative, to each image's detections.
+
+        Args:
+            features: feature maps by name.
+            detections: per image ``{"boxes", "scores", "labels"}``.
+        """
+        if self.mask_head is None:
+            return detections
+        logits = self.mask_logits(features, [d["boxes"] for d in detections])
+        probs = self.mask_head.inference(logits, [d["labels"] for d in detections])
+        for det, prob in zip(detections, probs):
+            det["mask_probs"] = prob
+        return detections

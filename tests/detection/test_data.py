@@ -402,3 +402,58 @@ def test_train_loader_yields_lists_of_samples(small: tuple[Path, Path]) -> None:
         for s1, s2 in zip(b1, b2, strict=True):
             assert s1["image_id"] == s2["image_id"] and torch.equal(s1["image"], s2["image"])
             assert torch.equal(s1["gt_boxes"], s2["gt_boxes"])
+
+
+def _rle(mask: np.ndarray) -> dict[str, Any]:
+    from pycocotools import mask as mask_utils
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def test_segmentations_checked_for_masks(tmp_path: Path) -> None:
+    _write_png(tmp_path / "images" / "a.png", _pattern(20, 30))
+    blob = np.zeros((20, 30), dtype=np.uint8)
+    blob[3:9, 10:25] = 1
+    anns = [
+        _ann(1, 1, [2, 4, 6, 8], segmentation=[[2, 4, 8, 4, 8, 12, 2, 12], [1, 1, 3, 3]]),
+        _ann(2, 1, [1, 1, 5, 5], segmentation=[[1, 1, 5, 5]]),  # only a 2-point polygon
+        _ann(3, 1, [10, 3, 15, 6], segmentation=_rle(blob)),
+        _ann(4, 1, [0, 0, 4, 4], segmentation=[]),  # no polygon at all
+    ]
+    image = {"id": 1, "file_name": "a.png", "height": 20, "width": 30}
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(_coco([image], anns)))
+    records, _, stats = load_coco_json(ann_file, tmp_path / "images", keep_segmentation=True)
+    assert stats.short_polygons == 2 and stats.no_mask == 2 and stats.boxes == 2
+    assert records[0]["segmentations"][0] == [[2, 4, 8, 4, 8, 12, 2, 12]]
+    np.testing.assert_array_equal(records[0]["boxes"][1], [10, 3, 25, 9])
+    dataset = DetectionDataset(records, with_masks=True,
+                               transform=build_transforms(min_size=20, max_size=None))
+    sample = dataset[(0, 0)]
+    assert sample["gt_masks"].shape == (2, 20, 30)
+    np.testing.assert_array_equal(sample["gt_masks"][1].numpy(), blob)
+    assert int(sample["gt_masks"][0].sum()) == 6 * 8  # the polygon's 6 x 8 pixels
+    # without masks nothing is dropped or checked
+    records, _, stats = load_coco_json(ann_file, tmp_path / "images")
+    assert len(records[0]["boxes"]) == 4 and stats.short_polygons == stats.no_mask == 0
+
+
+@pytest.mark.parametrize(("segmentation", "message"), [
+    (None, r"annotation id=1 \(image id=1\): no 'segmentation'"),
+    ({"size": [10, 10], "counts": "abc"}, r"RLE segmentation size \[10, 10\] is not the image's"),
+    ({"size": [20, 30]}, "RLE segmentation needs 'counts'"),
+    ([[1, 2, 3, 4, 5]], "a polygon must be a flat list of x, y numbers"),
+    ("polygon", "segmentation must be polygons or an RLE, got str"),
+])
+def test_bad_segmentations_fail_naming_file_and_annotation(tmp_path: Path, segmentation: Any,
+                                                           message: str) -> None:
+    _write_png(tmp_path / "images" / "a.png", _pattern(20, 30))
+    ann = _ann(1, 1, [2, 4, 6, 8])
+    if segmentation is not None:
+        ann["segmentation"] = segmentation
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(_coco(
+        [{"id": 1, "file_name": "a.png", "height": 20, "width": 30}], [ann])))
+    with pytest.raises(DatasetError, match=rf"{ann_file}: 1 problem.*\n.*{message}"):
+        load_coco_json(ann_file, tmp_path / "images", keep_segmentation=True)
+    load_coco_json(ann_file, tmp_path / "images")  # fine for boxes only

@@ -15,7 +15,13 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detection.evaluation import RESULTS_FILE, COCOEvaluator, evaluate_coco
+from detection.evaluation import (
+    RESULTS_FILE,
+    COCOEvaluator,
+    evaluate_coco,
+    instances_to_coco_results,
+    mask_to_rle,
+)
 
 CATEGORY_IDS = (1, 3, 5)  # contiguous label i <-> CATEGORY_IDS[i]
 NAMES = ("ring", "box", "blob")
@@ -199,3 +205,25 @@ def test_invalid_arguments_are_rejected(gt_file: Path) -> None:
         COCOEvaluator(gt_file, category_ids=CATEGORY_IDS, backend="detectron2")
     with pytest.raises(ValueError, match="iou_types"):
         COCOEvaluator(gt_file, category_ids=CATEGORY_IDS, iou_types=("keypoints",))
+
+
+def test_rle_round_trip() -> None:
+    """Our RLE of a predicted mask, through JSON, decodes back identically with pycocotools."""
+    rng = np.random.default_rng(0)
+    masks = [rng.random((37, 53)) > 0.5, np.zeros((37, 53), bool), np.ones((37, 53), bool)]
+    ellipse = np.zeros((37, 53), bool)
+    yy, xx = np.mgrid[:37, :53]
+    ellipse[((xx - 20) / 15.0) ** 2 + ((yy - 18) / 9.0) ** 2 <= 1] = True
+    masks.append(ellipse)
+    for mask in masks:
+        rle = json.loads(json.dumps(mask_to_rle(mask)))
+        assert rle["size"] == [37, 53] and isinstance(rle["counts"], str)
+        decoded = mask_utils.decode(rle)
+        assert decoded.dtype == np.uint8 and np.array_equal(decoded.astype(bool), mask)
+        assert mask_utils.area(rle) == mask.sum()
+    stacked = torch.from_numpy(np.stack(masks))
+    results = instances_to_coco_results(
+        7, torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 4), torch.ones(4), torch.tensor([0, 1, 2, 0]),
+        category_ids=CATEGORY_IDS, masks=stacked)
+    for result, mask in zip(results, masks):
+        assert np.array_equal(mask_utils.decode(result["segmentation"]).astype(bool), mask)

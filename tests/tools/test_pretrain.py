@@ -63,7 +63,8 @@ def overrides(data: Path, out: Path, **extra: object) -> list[str]:
     values = {"data.root": data, "train.output_dir": out, "model.name": "cifar_resnet20",
               "data.image_size": 16, "data.val_resize": 16, "data.num_workers": 0,
               "data.scale": "[0.5,1.0]", "solver.batch_size": 8, "solver.epochs": 2,
-              "solver.warmup_epochs": 0, "train.log_period": 1, **extra}
+              "solver.warmup_epochs": 0, "solver.optimizer": "sgd", "solver.weight_decay": 5e-5,
+              "train.log_period": 1, **extra}
     return [str(CONFIG)] + [f"{k}={v}" for k, v in values.items()]
 
 

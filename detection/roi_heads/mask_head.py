@@ -1,0 +1,158 @@
+"""Mask head: (R, C, S, S) pooled RoI features -> (R, K, 2S, 2S) per-class mask logits.
+
+Mask R-CNN's FPN mask branch (S = 14, so 28x28 masks): 3x3 convs with ReLU, a 2x2
+stride-2 deconvolution with ReLU, and a 1x1 conv giving one mask per foreground class
+(K classes 0..K-1, no background mask). Also its targets (each positive RoI's gt mask
+cropped and resized to the mask size with RoIAlign), its loss (per-pixel binary
+cross-entropy on the channel of the RoI's gt class only, averaged over pixels and RoIs)
+and its inference (sigmoid of the channel of the predicted class).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+
+class MaskRCNNHead(nn.Module):
+    """Conv + upsample mask head with its targets, loss and inference.
+
+    Args:
+        in_channels: channels C of the pooled features.
+        num_classes: number K of foreground classes (one mask channel each).
+        conv_dims: output width of each 3x3 conv (four of 256 in the standard recipe); the
+            deconvolution keeps the last width (C when there are no convs).
+        loss_weight: multiplier of the mask loss.
+        aligned: crop the gt masks with RoIAlign's half-pixel shift (detectron2's
+            ROIAlignV2); torchvision's Mask R-CNN uses False. Match the mask pooler.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        conv_dims: Sequence[int] = (256, 256, 256, 256),
+        loss_weight: float = 1.0,
+        aligned: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if any(int(d) < 1 for d in conv_dims):
+            raise ValueError(f"mask head conv widths must be positive, got {list(conv_dims)}")
+        self.num_classes = int(num_classes)
+        self.num_conv = len(conv_dims)
+        dim = int(in_channels)
+        for i, out_dim in enumerate(conv_dims, start=1):
+            conv = nn.Conv2d(dim, int(out_dim), kernel_size=3, padding=1)
+            self.add_module(f"mask_fcn{i}", conv)
+            dim = int(out_dim)
+        self.deconv = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+        self.predictor = nn.Conv2d(dim, self.num_classes, kernel_size=1)
+        for module in self.children():
+            if module is self.predictor:
+                nn.init.normal_(module.weight, std=0.001)
+            else:
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+        self.loss_weight = float(loss_weight)
+        self.aligned = bool(aligned)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args:
+            x: (R, C, S, S) pooled features.
+
+        Returns:
+            (R, K, 2S, 2S) mask logits.
+        """
+        for i in range(1, self.num_conv + 1):
+            x = F.relu(getattr(self, f"mask_fcn{i}")(x))
+        x = F.relu(self.deconv(x))  # (R, D, S, S) -> (R, D, 2S, 2S)
+        return self.predictor(x)
+
+    @torch.no_grad()
+    def label_targets(
+        self,
+        gt_masks: Sequence[Tensor],
+        boxes: Sequence[Tensor],
+        matched_idxs: Sequence[Tensor],
+        mask_size: int,
+    ) -> Tensor:
+        """Crops every RoI's matched gt mask to the RoI and resizes it to the mask size.
+
+        Bilinear RoIAlign (adaptive sampling) on the 0/1 gt bitmaps: targets are soft near
+        the object's edges, as in torchvision's Mask R-CNN.
+
+        Args:
+            gt_masks: per image (M_i, H_i, W_i) 0/1 masks (uint8, bool or float) at the
+                image's size.
+            boxes: per image (P_i, 4) positive RoIs, image pixels.
+            matched_idxs: per image (P_i,) int64 index of each RoI's gt object.
+            mask_size: side of the targets (28).
+
+        Returns:
+            (P, mask_size, mask_size) float targets in [0, 1], images one after another.
+        """
+        targets = []
+        for masks, rois, idxs in zip(gt_masks, boxes, matched_idxs):
+            if len(rois) == 0:
+                continue
+            # only the gt masks some RoI matched are turned into float: (G, 1, H, W)
+            used, inverse = torch.unique(idxs, return_inverse=True)
+            bitmaps = masks[used][:, None].to(rois.dtype)
+            rois = torch.cat([inverse[:, None].to(rois.dtype), rois], dim=1)  # (P_i, 5)
+            crops = roi_align(
+                bitmaps, rois, (mask_size, mask_size), 1.0, sampling_ratio=0, aligned=self.aligned
+            )
+            targets.append(crops[:, 0])  # (P_i, 1, M, M) -> (P_i, M, M)
+        if not targets:
+            return torch.zeros((0, mask_size, mask_size), device=boxes[0].device)
+        return torch.cat(targets)
+
+    def losses(
+        self, pred_mask_logits: Tensor, gt_classes: Tensor, gt_mask_targets: Tensor
+    ) -> dict[str, Tensor]:
+        """Binary cross-entropy on the gt class's channel, mean over pixels and RoIs.
+
+        Exactly 0 when there is no positive RoI, and still a function of the head's
+        parameters (their gradients are zero), so every process backpropagates the same
+        graph.
+
+        Args:
+            pred_mask_logits: (P, K, M, M) logits of the positive RoIs.
+            gt_classes: (P,) int64 gt class of each RoI, 0..K-1.
+            gt_mask_targets: (P, M, M) targets from ``label_targets``.
+
+        Returns:
+            ``{"loss_mask": ...}``.
+        """
+        num_rois = len(gt_classes)
+        if num_rois == 0:
+            return {"loss_mask": pred_mask_logits.sum() * 0.0}
+        # (P, K, M, M) -> (P, M, M): the channel of each RoI's own class
+        logits = pred_mask_logits[torch.arange(num_rois, device=gt_classes.device), gt_classes]
+        loss = F.binary_cross_entropy_with_logits(
+            logits.float(), gt_mask_targets.float(), reduction="mean"
+        )
+        return {"loss_mask": loss * self.loss_weight}
+
+    @torch.no_grad()
+    def inference(self, pred_mask_logits: Tensor, labels: Sequence[Tensor]) -> list[Tensor]:
+        """Mask probabilities of each detection's predicted class.
+
+        Args:
+            pred_mask_logits: (D, K, M, M) logits of all images' detections.
+            labels: per image (D_i,) int64 predicted classes, 0..K-1.
+
+        Returns:
+            Per image (D_i, M, M) probabilities, box-relative.
+        """
+        classes = torch.cat(list(labels))
+        index = torch.arange(len(classes), device=classes.device)
+        probs = pred_mask_logits[index, classes].float().sigmoid()  # (D, M, M)
+        return list(probs.split([len(lb) for lb in labels]))

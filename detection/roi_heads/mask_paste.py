@@ -1,0 +1,89 @@
+"""Paste box-relative masks back into the image: (D, M, M) + (D, 4) boxes -> (D, H, W).
+
+The Detectron convention, which torchvision's Mask R-CNN follows too (so imported weights
+give the same masks): the M x M mask gets a zero border of ``padding`` pixels, the box is
+widened around its centre by (M + 2 * padding) / M so that the border lands just outside
+it, its corners are truncated to integers (x0, y0, x1, y1), and the padded mask is resized
+bilinearly (half-pixel centres) onto the (x1 - x0 + 1) x (y1 - y0 + 1) pixels from
+(x0, y0), clipped to the image. The resize is written as two small matrix products per box
+(rows, then columns), so memory stays at one box region per mask.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _bilinear_weights(out_len: int, in_len: int, start: int, stop: int, like: Tensor) -> Tensor:
+    """Interpolation matrix of a 1-D bilinear resize in_len -> out_len, rows start..stop-1.
+
+    Output pixel t samples the input at ``(t + 0.5) * in_len / out_len - 0.5``, clamped to
+    [0, in_len - 1] (``align_corners=False``).
+
+    Returns:
+        (stop - start, in_len) weights; each row sums to 1.
+    """
+    t = torch.arange(start, stop, dtype=like.dtype, device=like.device)
+    src = ((t + 0.5) * (in_len / out_len) - 0.5).clamp(min=0.0, max=in_len - 1)
+    low = src.floor().long()
+    high = (low + 1).clamp(max=in_len - 1)
+    frac = src - low.to(src.dtype)
+    weights = torch.zeros((stop - start, in_len), dtype=like.dtype, device=like.device)
+    weights.scatter_add_(1, low[:, None], (1.0 - frac)[:, None])
+    weights.scatter_add_(1, high[:, None], frac[:, None])
+    return weights
+
+
+def paste_masks(
+    masks: Tensor,
+    boxes: Tensor,
+    image_size: tuple[int, int],
+    *,
+    threshold: float | None = 0.5,
+    padding: int = 1,
+) -> Tensor:
+    """Pastes each box-relative mask into a full-size image mask.
+
+    Args:
+        masks: (D, M, M) probabilities (or 0/1 values), float.
+        boxes: (D, 4) xyxy boxes in the pixels of the output image.
+        image_size: (h, w) of the output image.
+        threshold: a pixel is in the mask when its pasted probability is >= this; None
+            returns the pasted probabilities instead.
+        padding: zero border added around the masks before pasting (1 in the standard
+            recipe: the mask then fades out at the box edge instead of being cut there).
+
+    Returns:
+        (D, h, w) bool masks (float probabilities when ``threshold`` is None).
+    """
+    if masks.dim() != 3 or masks.shape[1] != masks.shape[2] or boxes.shape != (len(masks), 4):
+        raise ValueError(
+            f"paste_masks needs (D, M, M) masks and (D, 4) boxes, got {tuple(masks.shape)} "
+            f"and {tuple(boxes.shape)}"
+        )
+    height, width = int(image_size[0]), int(image_size[1])
+    dtype = torch.bool if threshold is not None else masks.dtype
+    out = torch.zeros((len(masks), height, width), dtype=dtype, device=masks.device)
+    if len(masks) == 0:
+        return out
+    side = masks.shape[-1]
+    padded = F.pad(masks.float(), (padding,) * 4)  # (D, M, M) -> (D, M+2p, M+2p)
+    in_len = side + 2 * padding
+    boxes = boxes.float()
+    centre = (boxes[:, :2] + boxes[:, 2:]) * 0.5
+    half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * (in_len / side)
+    # (D, 4) integer corners, truncated toward zero; a box covers pixels x0..x1, y0..y1
+    corners = torch.cat([centre - half, centre + half], dim=1).to(torch.int64).tolist()
+    for i, (x0, y0, x1, y1) in enumerate(corners):
+        box_w, box_h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+        left, right = max(x0, 0), min(x0 + box_w, width)
+        top, bottom = max(y0, 0), min(y0 + box_h, height)
+        if right <= left or bottom <= top:
+            continue
+        rows = _bilinear_weights(box_h, in_len, top - y0, bottom - y0, padded)  # (h_i, M+2p)
+        cols = _bilinear_weights(box_w, in_len, left - x0, right - x0, padded)  # (w_i, M+2p)
+        region = rows @ padded[i] @ cols.T  # (h_i, w_i)
+        out[i, top:bottom, left:right] = region >= threshold if threshold is not None else region
+    return out

@@ -1,0 +1,333 @@
+"""Mask R-CNN: parity with torchvision's maskrcnn_resnet50_fpn, training, build and bad input.
+
+Parity: torchvision's model is built with random weights (no download), randomised as in
+test_torchvision_parity.py plus a mask head whose logits spread over several units (so
+that few pixels sit near the 0.5 threshold), and its state dict is imported into our R50-FPN
+Mask R-CNN built from configs/detection/mask_rcnn_R_50_FPN_1x.yaml. Images are 320x416
+and torchvision's transform is set to min_size 320 so that it does not resize them.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from omegaconf import OmegaConf
+
+from detection import build_model
+from detection.convert import load_detector_weights
+from detection.roi_heads import paste_masks
+from engine.config import load_config
+from tests.detection.test_rcnn import TINY, _scene
+from tests.detection.test_torchvision_parity import _image, _randomize, _spread_classes
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detection"
+BASE = OmegaConf.load(CONFIGS / "base_faster_rcnn.yaml")
+SIZE = (320, 416)
+DETECTIONS = 40  # detections per image on both sides (the mask head runs on each)
+
+
+def _randomize_mask_head(tv: torch.nn.Module, gen: torch.Generator) -> None:
+    """He-normal mask convs and a predictor whose logits have a std of a few units."""
+    with torch.no_grad():
+        for name, p in tv.roi_heads.named_parameters():
+            if not name.startswith(("mask_head.", "mask_predictor.")):
+                continue
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 if "logits" in name else 0.05))
+            elif "logits" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+            else:
+                # a deconvolution (in, out, 2, 2) with stride 2 gives each output pixel one
+                # tap per input channel
+                fan_in = p[0].numel() if "mask_head" in name else p.shape[0]
+                p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[torch.nn.Module, torch.nn.Module, torch.Generator]:
+    torch.manual_seed(0)
+    tv = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=91,
+        box_score_thresh=0.0,
+        box_detections_per_img=DETECTIONS,
+        min_size=SIZE[0],
+        max_size=1333,
+        _skip_resize=True,
+    )
+    gen = torch.Generator().manual_seed(1)
+    _randomize(tv, gen)
+    _randomize_mask_head(tv, gen)
+    tv.eval()
+    _spread_classes(tv, gen)
+    cfg = load_config(
+        CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml",
+        [
+            "model.num_classes=90",
+            "model.roi_heads.score_thresh=0.0",
+            f"model.roi_heads.detections_per_image={DETECTIONS}",
+        ],
+        defaults=BASE,
+    )
+    ours = build_model(cfg)
+    load_detector_weights(ours, tv.state_dict())
+    return tv, ours, gen
+
+
+def test_same_detections_and_masks_as_torchvision(models: tuple) -> None:
+    tv, ours, gen = models
+    image = _image(gen, SIZE)
+    tv.eval(), ours.eval()
+    logits = []
+    hook = tv.roi_heads.mask_predictor.register_forward_hook(lambda m, i, o: logits.append(o))
+    try:
+        with torch.no_grad():
+            assert tv.transform([image / 255.0])[0].image_sizes == [SIZE]  # no resizing
+            expected = tv([image / 255.0])[0]
+            got = ours([image.to(torch.uint8)])[0]
+    finally:
+        hook.remove()
+    assert len(expected["boxes"]) == DETECTIONS and len(expected["labels"].unique()) >= 5
+    assert torch.equal(got["labels"] + 1, expected["labels"])
+    assert torch.allclose(got["boxes"], expected["boxes"], atol=1e-3, rtol=0)
+    assert torch.allclose(got["scores"], expected["scores"], atol=1e-5, rtol=0)
+    # Probabilities, atol 5e-5: the two models normalise the input in another float order
+    # ((x/255 - m/255) / (s/255) against (x - m) / s), which leaves the FPN features ~1e-5
+    # apart; through the mask convs that is <= 3.4e-5 on logits of up to +-11 and <= 1e-5 on
+    # the probabilities (measured). Our separable bilinear paste against torchvision's
+    # F.interpolate adds ~1e-6. A different crop, paste geometry or class channel is off by
+    # far more than 1e-2.
+    tv_probs = logits[0].sigmoid()[torch.arange(DETECTIONS), expected["labels"]]
+    assert got["mask_probs"].shape == (DETECTIONS, 28, 28)
+    assert torch.allclose(got["mask_probs"], tv_probs, atol=5e-5, rtol=0)
+    tv_pasted = expected["masks"][:, 0]  # (D, H, W) probabilities
+    pasted = paste_masks(got["mask_probs"], expected["boxes"], SIZE, threshold=None)
+    assert torch.allclose(pasted, tv_pasted, atol=5e-5, rtol=0)
+    # Binary masks from our own boxes: a pixel can flip only where its probability is
+    # within rounding of 0.5, or where a box corner (equal to 1e-3) truncates to another
+    # integer after the padding expansion; measured: 0 of ~230k mask pixels.
+    tv_masks = tv_pasted >= 0.5
+    assert got["masks"].shape == (DETECTIONS, *SIZE) and got["masks"].dtype == torch.bool
+    assert int(tv_masks.sum()) > 50_000
+    assert int((got["masks"] != tv_masks).sum()) <= 1e-3 * int(tv_masks.sum())
+
+
+def _gt_masks(boxes: torch.Tensor, size: tuple[int, int], shift_first: float = 0.0) -> torch.Tensor:
+    """(M, H, W) uint8: the ellipse inscribed in each box, the first moved right by shift_first."""
+    ys = torch.arange(size[0], dtype=torch.float32)[:, None] + 0.5
+    xs = torch.arange(size[1], dtype=torch.float32)[None, :] + 0.5
+    masks = []
+    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        cx, cy = (x1 + x2) / 2 + (shift_first if i == 0 else 0.0), (y1 + y2) / 2
+        rx, ry = (x2 - x1) / 2, (y2 - y1) / 2
+        masks.append(((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1)
+    return torch.stack(masks).to(torch.uint8)
+
+
+def test_same_losses_as_torchvision(models: tuple) -> None:
+    tv, ours, gen = models
+    image = _image(gen, SIZE)
+    gt_boxes = torch.tensor(
+        [[20.0, 30.0, 150.0, 200.0], [200.0, 60.0, 400.0, 300.0], [30.0, 240.0, 70.0, 300.0]]
+    )
+    gt_classes = torch.tensor([0, 16, 89])
+    gt_masks = _gt_masks(gt_boxes, SIZE, shift_first=15.0)  # one mask not in its box
+    tv.train(), ours.train()
+    for m in tv.modules():  # torchvision's random-weight model has BatchNorm; ours frozen BN
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    # Every non-ignored proposal enters the RoI losses on both sides (see
+    # test_torchvision_parity.py): the positives, which the mask loss uses, are then the same.
+    tv.roi_heads.fg_bg_sampler.batch_size_per_image = 4096
+    ours.roi_heads.sampler.batch_size_per_image = 4096
+    try:
+        torch.manual_seed(5)
+        expected = tv(
+            [image / 255.0], [{"boxes": gt_boxes, "labels": gt_classes + 1, "masks": gt_masks}]
+        )
+        torch.manual_seed(5)
+        got = ours(
+            [image], [{"gt_boxes": gt_boxes, "gt_classes": gt_classes, "gt_masks": gt_masks}]
+        )
+    finally:
+        tv.roi_heads.fg_bg_sampler.batch_size_per_image = 512
+        ours.roi_heads.sampler.batch_size_per_image = 512
+    pairs = {
+        "loss_rpn_cls": "loss_objectness",
+        "loss_rpn_loc": "loss_rpn_box_reg",
+        "loss_cls": "loss_classifier",
+        "loss_box_reg": "loss_box_reg",
+        "loss_mask": "loss_mask",
+    }
+    assert set(got) == set(pairs)
+    for ours_key, tv_key in pairs.items():
+        assert got[ours_key].item() > 0
+        assert torch.allclose(got[ours_key], expected[tv_key], rtol=1e-4, atol=0), (
+            ours_key,
+            got,
+            expected,
+        )
+
+
+
+MASK_TINY = [*TINY, "model.mask_on=true", "model.roi_heads.mask_conv_dims=[16,16]"]
+
+
+def _config(overrides: list[str]) -> OmegaConf:
+    return load_config(CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml", overrides, defaults=BASE)
+
+
+def _scene_with_masks(seed: int) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """test_rcnn's two 96x128 scenes, each object's mask the disc inscribed in its box."""
+    images, targets = _scene(seed)
+    for image, target in zip(images, targets):
+        target["gt_masks"] = _gt_masks(target["gt_boxes"], tuple(image.shape[1:]))
+    return images, targets
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_mask_branch_is_built_only_with_mask_on() -> None:
+    torch.manual_seed(0)
+    faster = build_model(load_config(CONFIGS / "faster_rcnn_R_50_FPN_1x.yaml", TINY, defaults=BASE))
+    torch.manual_seed(0)
+    mask = build_model(_config(MASK_TINY))
+    assert not faster.mask_on and mask.mask_on
+    assert not any("mask" in k for k in faster.state_dict())
+    head = mask.roi_heads.mask_head
+    # FPN 32 channels -> two 3x3 convs of 16 -> 2x2 deconv 16 -> 1x1 to K = 3 masks
+    expected = (32 * 9 * 16 + 16) + (16 * 9 * 16 + 16) + (16 * 4 * 16 + 16) + (16 * 3 + 3)
+    assert _count(head) == expected
+    assert _count(mask) == _count(faster) + expected
+    assert mask.roi_heads.mask_pooler.output_size == (14, 14)
+    assert head(torch.zeros(5, 32, 14, 14)).shape == (5, 3, 28, 28)
+
+
+def test_training_lowers_the_mask_loss() -> None:
+    torch.manual_seed(0)
+    model = build_model(_config([*MASK_TINY, "model.backbone.norm=bn"]))
+    images, targets = _scene_with_masks(0)
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9
+    )
+    model.train()
+    history = []
+    for _ in range(20):
+        losses = model(images, targets)
+        assert set(losses) == {
+            "loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"
+        }
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        history.append(losses["loss_mask"].item())
+    # the predictor starts near zero: every pixel at p = 0.5, a loss of ln 2
+    assert history[0] == pytest.approx(0.6931, abs=2e-3), history
+    # 0.75 ln 2 = 0.52 is about what the best constant prediction gets (the discs fill
+    # pi/4 of their boxes): below it, the head has learnt where the object is in the RoI
+    assert sum(history[-3:]) / 3 < 0.75 * history[0], history
+
+
+def test_masks_are_pasted_at_the_output_size() -> None:
+    torch.manual_seed(0)
+    model = build_model(_config([*MASK_TINY, "model.roi_heads.score_thresh=0.0"])).eval()
+    torch.nn.init.normal_(model.roi_heads.mask_head.predictor.weight, std=1.0)
+    images, _ = _scene(0)
+    with torch.no_grad():
+        plain = model(images)
+        mapped = model(images, output_sizes=[(192, 256), (48, 64)])
+    for det, size in zip(plain, [(96, 128), (96, 128)]):
+        assert det["masks"].shape == (len(det["boxes"]), *size) and det["masks"].dtype == torch.bool
+        assert det["mask_probs"].shape == (len(det["boxes"]), 28, 28)
+    for det, ref, size in zip(mapped, plain, [(192, 256), (48, 64)]):
+        assert len(det["boxes"]) == len(ref["boxes"]) > 0
+        assert det["masks"].shape == (len(det["boxes"]), *size)
+        assert torch.equal(det["mask_probs"], ref["mask_probs"])
+        expected = paste_masks(ref["mask_probs"], det["boxes"], size, threshold=0.5)
+        assert torch.equal(det["masks"], expected)
+    # every pasted pixel lies within its box (plus the 1 px paste border)
+    det = plain[0]
+    assert det["masks"].any()
+    ys, xs = torch.meshgrid(torch.arange(96.0), torch.arange(128.0), indexing="ij")
+    for mask, (x1, y1, x2, y2) in zip(det["masks"], det["boxes"].tolist()):
+        pad_x, pad_y = (x2 - x1) / 28 + 1, (y2 - y1) / 28 + 1
+        inside = (xs >= x1 - pad_x) & (xs <= x2 + pad_x) & (ys >= y1 - pad_y) & (ys <= y2 + pad_y)
+        assert not (mask & ~inside).any()
+
+
+def test_empty_gt_gives_zero_mask_loss_with_a_graph() -> None:
+    torch.manual_seed(0)
+    model = build_model(_config(MASK_TINY)).train()
+    images, targets = _scene_with_masks(0)
+    empty = [{"gt_boxes": torch.zeros(0, 4), "gt_classes": torch.zeros(0, dtype=torch.int64),
+              "gt_masks": torch.zeros(0, 96, 128, dtype=torch.uint8)}] * 2
+    losses = model(images, empty)
+    assert losses["loss_mask"].item() == 0.0 and losses["loss_mask"].requires_grad
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.roi_heads.mask_head.parameters()]
+    assert all(g is not None and not g.any() for g in grads)
+    # one image with objects, one without: the loss comes from the first alone
+    model.zero_grad()
+    losses = model(images, [targets[0], empty[0]])
+    assert losses["loss_mask"].item() > 0
+
+
+def test_bad_mask_input_errors() -> None:
+    torch.manual_seed(0)
+    model = build_model(_config(MASK_TINY)).train()
+    images, targets = _scene_with_masks(0)
+    no_masks = [{k: v for k, v in t.items() if k != "gt_masks"} for t in targets]
+    with pytest.raises(ValueError, match=r"target 0 needs 'gt_masks'.*model.mask_on"):
+        model(images, no_masks)
+    wrong = [dict(targets[0]), targets[1]]
+    wrong[0]["gt_masks"] = torch.zeros(2, 64, 128, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"gt_masks must be \(M, H, W\) = \(2, 96, 128\)"):
+        model(images, wrong)
+    wrong[0]["gt_masks"] = torch.zeros(1, 96, 128, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"one mask per gt box"):
+        model(images, wrong)
+    with pytest.raises(ValueError, match=r"model.mask_on needs model.roi_heads.name 'standard'"):
+        build_model(load_config(CONFIGS / "faster_rcnn_R_50_C4_1x.yaml",
+                                ["model.num_classes=3", "model.mask_on=true"], defaults=BASE))
+    with pytest.raises(ValueError, match=r"model.roi_heads.mask_threshold must be in \(0, 1\)"):
+        build_model(_config([*MASK_TINY, "model.roi_heads.mask_threshold=1.5"]))
+    # torchvision Mask R-CNN weights into a Faster R-CNN: the mask keys are named
+    faster = build_model(load_config(CONFIGS / "faster_rcnn_R_50_FPN_1x.yaml", TINY, defaults=BASE))
+    with pytest.raises(ValueError, match=r"unexpected.*roi_heads.mask_head"):
+        load_detector_weights(faster, model.state_dict())
+
+
+def test_mask_configs_only_add_the_mask_branch() -> None:
+    from detection.config import load_config as load_detection_config
+
+    root = CONFIGS.parent
+    pairs = [
+        ("detection/faster_rcnn_R_50_FPN_1x.yaml", "detection/mask_rcnn_R_50_FPN_1x.yaml"),
+        ("synthetic/faster_rcnn_R_18_FPN.yaml", "synthetic/mask_rcnn_R_18_FPN.yaml"),
+    ]
+    for faster_file, mask_file in pairs:
+        faster = OmegaConf.to_container(load_detection_config(root / faster_file))
+        mask = OmegaConf.to_container(load_detection_config(root / mask_file))
+        assert not faster["model"]["mask_on"] and mask["model"]["mask_on"]
+        for cfg in (faster, mask):
+            del cfg["model"]["mask_on"], cfg["train"]["output_dir"]
+            for key in [k for k in cfg["model"]["roi_heads"] if k.startswith("mask_")]:
+                del cfg["model"]["roi_heads"][key]
+        assert faster == mask, mask_file
+
+
+def test_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    model = build_model(_config([*MASK_TINY, "model.roi_heads.score_thresh=0.0"]))
+    images, targets = _scene_with_masks(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.train()(images, targets)
+        with torch.no_grad():
+            (det, _) = model.eval()(images)
+    assert losses["loss_mask"].dtype == torch.float32 and torch.isfinite(losses["loss_mask"])
+    assert det["mask_probs"].dtype == torch.float32 and det["masks"].dtype == torch.bool
+    assert det["masks"].shape == (len(det["boxes"]), 96, 128) and len(det["boxes"]) > 0
