@@ -17,20 +17,13 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detection import Predictor
-from detection.synthetic import generate
-from tests.tools.test_train_eval_demo import ROOT, _drop_log_handlers, data_overrides, load_tool
+from tests.tools.test_train_eval_demo import (ROOT, _drop_log_handlers, data, data_overrides,
+                                              load_tool)
 
 CONFIG = ROOT / "configs/synthetic/mask_rcnn_R_18_FPN.yaml"
 SMALL_HEAD = ["model.roi_heads.mask_conv_dims=[32,32]"]
-__all__ = ["_drop_log_handlers"]  # the autouse fixture, imported to apply here too
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("syn")
-    generate(root, num_train=6, num_val=3, size=(96, 128), cls_train_per_class=1,
-             cls_val_per_class=1)
-    return root
+# fixtures imported to apply here too: the autouse log clean-up and the tiny synthetic set
+__all__ = ["_drop_log_handlers", "data"]
 
 
 @pytest.fixture(scope="module")
