@@ -19,7 +19,12 @@ from detection.convert import load_detector_weights
 from detection.roi_heads import paste_masks
 from engine.config import load_config
 from tests.detection.test_rcnn import TINY, _scene
-from tests.detection.test_torchvision_parity import _image, _randomize, _spread_classes
+from tests.detection.test_torchvision_parity import (
+    _image,
+    _randomize,
+    _spread_classes,
+    _train_losses,
+)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detection"
 BASE = OmegaConf.load(CONFIGS / "base_faster_rcnn.yaml")
@@ -134,26 +139,11 @@ def test_same_losses_as_torchvision(models: tuple) -> None:
     )
     gt_classes = torch.tensor([0, 16, 89])
     gt_masks = _gt_masks(gt_boxes, SIZE, shift_first=15.0)  # one mask not in its box
-    tv.train(), ours.train()
-    for m in tv.modules():  # torchvision's random-weight model has BatchNorm; ours frozen BN
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.eval()
-    # Every non-ignored proposal enters the RoI losses on both sides (see
-    # test_torchvision_parity.py): the positives, which the mask loss uses, are then the same.
-    tv.roi_heads.fg_bg_sampler.batch_size_per_image = 4096
-    ours.roi_heads.sampler.batch_size_per_image = 4096
-    try:
-        torch.manual_seed(5)
-        expected = tv(
-            [image / 255.0], [{"boxes": gt_boxes, "labels": gt_classes + 1, "masks": gt_masks}]
-        )
-        torch.manual_seed(5)
-        got = ours(
-            [image], [{"gt_boxes": gt_boxes, "gt_classes": gt_classes, "gt_masks": gt_masks}]
-        )
-    finally:
-        tv.roi_heads.fg_bg_sampler.batch_size_per_image = 512
-        ours.roi_heads.sampler.batch_size_per_image = 512
+    # Every non-ignored proposal enters the RoI losses on both sides: the positives, which
+    # the mask loss uses, are then the same.
+    got, expected = _train_losses(
+        tv, ours, image, {"gt_boxes": gt_boxes, "gt_classes": gt_classes, "gt_masks": gt_masks}
+    )
     pairs = {
         "loss_rpn_cls": "loss_objectness",
         "loss_rpn_loc": "loss_rpn_box_reg",

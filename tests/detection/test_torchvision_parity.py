@@ -61,6 +61,36 @@ def _spread_classes(tv: torch.nn.Module, gen: torch.Generator) -> None:
         weight -= (weight @ mean)[:, None] * mean[None, :] / (mean @ mean)
 
 
+def _train_losses(
+    tv: torch.nn.Module, ours: torch.nn.Module, image: torch.Tensor, gt: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Training losses of ours and of torchvision on one image, RNG seeded alike.
+
+    Args:
+        gt: our targets (``gt_boxes``, ``gt_classes`` and optionally ``gt_masks``).
+    """
+    target = {"boxes": gt["gt_boxes"], "labels": gt["gt_classes"] + 1}
+    if "gt_masks" in gt:
+        target["masks"] = gt["gt_masks"]
+    tv.train(), ours.train()
+    for m in tv.modules():  # torchvision's random-weight model has BatchNorm; ours frozen BN
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    # Take every non-ignored proposal into the RoI loss on both sides: the RoI sampler then
+    # draws the same set whatever the order of proposals whose scores tie to 1 ulp.
+    tv.roi_heads.fg_bg_sampler.batch_size_per_image = 4096
+    ours.roi_heads.sampler.batch_size_per_image = 4096
+    try:
+        torch.manual_seed(5)
+        expected = tv([image / 255.0], [target])
+        torch.manual_seed(5)
+        got = ours([image], [gt])
+    finally:
+        tv.roi_heads.fg_bg_sampler.batch_size_per_image = 512
+        ours.roi_heads.sampler.batch_size_per_image = 512
+    return got, expected
+
+
 @pytest.fixture(scope="module")
 def models() -> tuple[torch.nn.Module, torch.nn.Module, torch.Generator]:
     torch.manual_seed(0)
@@ -107,22 +137,7 @@ def test_same_losses_as_torchvision(models: tuple) -> None:
         [[20.0, 30.0, 150.0, 200.0], [200.0, 60.0, 420.0, 300.0], [30.0, 240.0, 70.0, 300.0]]
     )
     gt_classes = torch.tensor([0, 16, 89])
-    tv.train(), ours.train()
-    for m in tv.modules():  # torchvision's random-weight model has BatchNorm; ours frozen BN
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.eval()
-    # Take every non-ignored proposal into the RoI loss on both sides: the RoI sampler then
-    # draws the same set whatever the order of proposals whose scores tie to 1 ulp.
-    tv.roi_heads.fg_bg_sampler.batch_size_per_image = 4096
-    ours.roi_heads.sampler.batch_size_per_image = 4096
-    try:
-        torch.manual_seed(5)
-        expected = tv([image / 255.0], [{"boxes": gt_boxes, "labels": gt_classes + 1}])
-        torch.manual_seed(5)
-        got = ours([image], [{"gt_boxes": gt_boxes, "gt_classes": gt_classes}])
-    finally:
-        tv.roi_heads.fg_bg_sampler.batch_size_per_image = 512
-        ours.roi_heads.sampler.batch_size_per_image = 512
+    got, expected = _train_losses(tv, ours, image, {"gt_boxes": gt_boxes, "gt_classes": gt_classes})
     pairs = {
         "loss_rpn_cls": "loss_objectness",
         "loss_rpn_loc": "loss_rpn_box_reg",
