@@ -68,6 +68,13 @@ def main() -> None:
     runs: dict[str, Callable[[], object]] = {"torchvision": lambda: reference(normalized)["out"]}
     for name, model in models.items():
         runs[name] = predict_fn(model.eval(), images)
+    with torch.no_grad():  # ours with torchvision's weights must give its logits
+        expected = reference(normalized)["out"]
+        got = torch.stack([out["sem_seg"] for out in models["ours_os8_tv"].eval()(images)])
+    agreement = {"max_abs_logit_diff": (got - expected).abs().max().item(),
+                 "max_abs_logit": expected.abs().max().item(),
+                 "pixels_with_other_class": int((got.argmax(1) != expected.argmax(1)).sum())}
+    print(f"ours_os8_tv vs torchvision: {agreement}")
     times = time_interleaved(runs, args.repeats)
     rates = {n: args.batch / statistics.median(t) for n, t in times.items()}
     results = {name: {"images_per_s": rate, "ms_per_image": 1000.0 / rate,
@@ -76,6 +83,7 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:<12} {r['images_per_s']:7.3f} img/s  {r['ms_per_image']:9.1f} ms/img  "
               f"ratio {r['ratio_vs_torchvision']:.3f}")
+    results["ours_os8_tv_vs_torchvision"] = agreement
     results["setup"] = {"size": args.size, "batch": args.batch, "repeats": args.repeats,
                         "threads": torch.get_num_threads(), "torch": torch.__version__,
                         "machine": platform.processor() or platform.machine()}

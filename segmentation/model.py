@@ -82,7 +82,12 @@ class SemanticSegmentor(nn.Module):
         for image in images:
             x = (image.to(self.pixel_mean.device, torch.float32) - self.pixel_mean) / self.pixel_std
             batch.append(F.pad(x, (0, max_w - x.shape[2], 0, max_h - x.shape[1])))
-        return torch.stack(batch), image_sizes
+        batch = torch.stack(batch)
+        if batch.device.type == "cpu":
+            # oneDNN convolutions run on NHWC maps without a reorder at every layer (as in
+            # detection.rcnn; benchmarks/segmentation_inference.py)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch, image_sizes
 
     def padded_size(self, image_sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
         """(H, W) of the batch: the largest image, rounded up to `size_divisibility`."""

@@ -57,6 +57,7 @@ def train_sem_seg(cfg: DictConfig, device: torch.device, *, resume: bool) -> dic
     import segmentation  # noqa: PLC0415
     from detection.training import amp_from_config, build_optimizer, build_scheduler  # noqa
     from segmentation.data import build_dataset, build_test_loader, build_train_loader  # noqa
+    from segmentation.inference import tta_from_config  # noqa: PLC0415
 
     t = cfg.train
     output_dir, world_size = Path(t.output_dir), get_world_size()
@@ -103,7 +104,8 @@ def train_sem_seg(cfg: DictConfig, device: torch.device, *, resume: bool) -> dic
                                                  cfg.model.ignore_index)
         eval_hook = PeriodicEval(
             t.eval_period,
-            lambda: segmentation.evaluate_model(model, val_loader, evaluator)["sem_seg"],
+            lambda: segmentation.evaluate_model(model, val_loader, evaluator,
+                                                tta=tta_from_config(cfg))["sem_seg"],
             on_result=lambda m, it: log_metrics(
                 {k: v for k, v in m.items() if isinstance(v, float)}, it, writer,
                 prefix="sem_seg", logger=logger))

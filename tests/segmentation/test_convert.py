@@ -54,7 +54,11 @@ def test_torchvision_weights_give_the_same_logits(head):
     assert expected["out"].abs().max() > 1.0  # the comparison is not between near-zeros
     torch.testing.assert_close(got["sem_seg"], expected["out"], rtol=0, atol=1e-5)
     torch.testing.assert_close(got["aux"], expected["aux"], rtol=0, atol=1e-5)
-    torch.testing.assert_close(per_image, expected["out"][0], rtol=0, atol=1e-5)
+    # the per-image path runs NHWC (channels_last) convolutions on CPU: same arithmetic in
+    # another summation order, so float32 rounding relative to the logits' scale
+    scale = expected["out"].abs().max().item()
+    torch.testing.assert_close(per_image, expected["out"][0], rtol=0, atol=1e-5 * scale)
+    assert torch.equal(per_image.argmax(0), expected["out"][0].argmax(0))
 
 
 def test_torchvision_weights_with_imagenet_normalization():
