@@ -1,0 +1,84 @@
+"""DeepLabV3 through tools/train.py, tools/eval.py and tools/demo.py on tiny synthetic scenes.
+
+The quickstart config (evaluated at test.scales [0.5]) with random weights, 16-channel heads
+and 2 training steps: the numbers checked are the plumbing, not accuracy. The mIoU that
+tools/train.py prints at the end must be the one tools/eval.py computes for the same weights,
+so both must run the config's test-time scales.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+
+from tests.tools.test_train_eval_demo import ROOT, _drop_log_handlers, data, load_tool
+
+CONFIG = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
+CLASSES = ["background", "circle", "square", "triangle", "star", "cross", "ellipse"]
+# fixtures imported to apply here too: the autouse log clean-up and the tiny synthetic set
+__all__ = ["_drop_log_handlers", "data"]
+
+
+def overrides(root: Path) -> list[str]:
+    return [f"data.train.img_dir={root}/images/train", f"data.train.mask_dir={root}/semantic/train",
+            f"data.val.img_dir={root}/images/val", f"data.val.mask_dir={root}/semantic/val",
+            f"data.class_names={root}/semantic/classes.json", "data.train.crop_size=[64,64]",
+            "data.num_workers=0", "model.backbone.weights=null", "model.head.channels=16",
+            "model.aux_head.channels=8", "train.batch_size=2", "train.log_period=1",
+            "train.warmup_iters=1"]
+
+
+@pytest.fixture(scope="module")
+def trained(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("run")
+    result = load_tool("train").main([str(CONFIG), *overrides(data), "train.max_iter=2",
+                                      f"train.output_dir={out}"])
+    return out, result
+
+
+def test_train_writes_a_segmenter_and_eval_reproduces_its_miou(
+        trained: tuple[Path, dict], data: Path, tmp_path: Path) -> None:
+    out, result = trained
+    assert result["task"] == "sem_seg"
+    ckpt = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert ckpt["iteration"] == 2
+    assert ckpt["provenance"]["class_names"] == CLASSES
+    assert ckpt["model"]["head.predictor.weight"].shape == (7, 16, 1, 1)
+    load_tool("eval").main([str(CONFIG), "--weights", str(out / "model_final.pth"),
+                            "--output", str(tmp_path / "eval"), *overrides(data)])
+    metrics = json.loads((tmp_path / "eval/metrics.json").read_text())["sem_seg"]
+    assert set(metrics) >= {"mIoU", "pixel_acc", "per_class_iou"}
+    assert list(metrics["per_class_iou"]) == CLASSES
+    assert 0 < metrics["pixel_acc"] <= 100
+    assert metrics["mIoU"] == pytest.approx(result["metrics"]["mIoU"], abs=1e-9)
+    assert metrics["pixel_acc"] == pytest.approx(result["metrics"]["pixel_acc"], abs=1e-9)
+
+
+def test_demo_draws_the_overlay_at_image_size(trained: tuple[Path, dict], data: Path,
+                                             tmp_path: Path) -> None:
+    image = data / "images/val/000000.jpg"
+    load_tool("demo").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
+                            "--input", str(image), "--output", str(tmp_path / "demo"),
+                            *overrides(data)])
+    drawn = cv2.imread(str(tmp_path / "demo/000000.jpg"))
+    assert drawn is not None and drawn.shape[:2] == cv2.imread(str(image)).shape[:2]
+
+
+def test_training_evaluates_with_the_configs_test_scales(data: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import segmentation
+    seen = []
+    evaluate = segmentation.evaluate_model
+
+    def recording(model, loader, evaluator, **kwargs):
+        seen.append(kwargs.get("tta"))
+        return evaluate(model, loader, evaluator, **kwargs)
+
+    monkeypatch.setattr(segmentation, "evaluate_model", recording)
+    load_tool("train").main([str(CONFIG), *overrides(data), "train.max_iter=1",
+                             f"train.output_dir={tmp_path}", "test.flip=true"])
+    assert len(seen) == 1 and seen[0] is not None
+    assert seen[0].scales == (0.5,) and seen[0].flip
