@@ -7,12 +7,13 @@ cropping and augmentation stay in the data pipeline.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from backbones.batching import batch_images
 
 from .heads import SemSegHead
 
@@ -70,33 +71,8 @@ class SemanticSegmentor(nn.Module):
             (N, 3, H, W) float batch, zero-padded at the bottom and right (zero is the mean
             colour after normalisation), and the (h, w) of each image.
         """
-        if len(images) == 0:
-            raise ValueError("SemanticSegmentor got no images")
-        for i, image in enumerate(images):
-            if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
-                shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-                raise ValueError(f"image {i} must be a (3, H, W) RGB tensor, got {shape}")
-        image_sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
-        max_h, max_w = self.padded_size(image_sizes)
-        batch = []
-        for image in images:
-            x = (image.to(self.pixel_mean.device, torch.float32) - self.pixel_mean) / self.pixel_std
-            batch.append(F.pad(x, (0, max_w - x.shape[2], 0, max_h - x.shape[1])))
-        batch = torch.stack(batch)
-        if batch.device.type == "cpu":
-            # oneDNN convolutions run on NHWC maps without a reorder at every layer (as in
-            # detection.rcnn; benchmarks/segmentation_inference.py)
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch, image_sizes
-
-    def padded_size(self, image_sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
-        """(H, W) of the batch: the largest image, rounded up to `size_divisibility`."""
-        max_h = max(h for h, _ in image_sizes)
-        max_w = max(w for _, w in image_sizes)
-        if self.size_divisibility > 1:
-            max_h = int(math.ceil(max_h / self.size_divisibility) * self.size_divisibility)
-            max_w = int(math.ceil(max_w / self.size_divisibility) * self.size_divisibility)
-        return max_h, max_w
+        return batch_images(images, self.pixel_mean, self.pixel_std, self.size_divisibility,
+                            owner="SemanticSegmentor")
 
     @torch.no_grad()
     def prepare_targets(self, targets: Sequence[Mapping[str, Tensor]],
