@@ -20,6 +20,8 @@ from detection.roi_heads import paste_masks
 from engine.config import load_config
 from tests.detection.test_rcnn import TINY, _scene
 from tests.detection.test_torchvision_parity import (
+    TORCHVISION_LOSS_NAMES,
+    _assert_losses_match,
     _image,
     _randomize,
     _spread_classes,
@@ -144,21 +146,9 @@ def test_same_losses_as_torchvision(models: tuple) -> None:
     got, expected = _train_losses(
         tv, ours, image, {"gt_boxes": gt_boxes, "gt_classes": gt_classes, "gt_masks": gt_masks}
     )
-    pairs = {
-        "loss_rpn_cls": "loss_objectness",
-        "loss_rpn_loc": "loss_rpn_box_reg",
-        "loss_cls": "loss_classifier",
-        "loss_box_reg": "loss_box_reg",
-        "loss_mask": "loss_mask",
-    }
+    pairs = {**TORCHVISION_LOSS_NAMES, "loss_mask": "loss_mask"}
     assert set(got) == set(pairs)
-    for ours_key, tv_key in pairs.items():
-        assert got[ours_key].item() > 0
-        assert torch.allclose(got[ours_key], expected[tv_key], rtol=1e-4, atol=0), (
-            ours_key,
-            got,
-            expected,
-        )
+    _assert_losses_match(got, expected, pairs)
 
 
 

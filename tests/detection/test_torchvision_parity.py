@@ -91,6 +91,28 @@ def _train_losses(
     return got, expected
 
 
+# our loss names -> torchvision's
+TORCHVISION_LOSS_NAMES = {
+    "loss_rpn_cls": "loss_objectness",
+    "loss_rpn_loc": "loss_rpn_box_reg",
+    "loss_cls": "loss_classifier",
+    "loss_box_reg": "loss_box_reg",
+}
+
+
+def _assert_losses_match(
+    got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], names: dict[str, str]
+) -> None:
+    """Each of our losses (``names``: ours -> torchvision's) is positive and within 1e-4."""
+    for ours_key, tv_key in names.items():
+        assert got[ours_key].item() > 0
+        assert torch.allclose(got[ours_key], expected[tv_key], rtol=1e-4, atol=0), (
+            ours_key,
+            got,
+            expected,
+        )
+
+
 @pytest.fixture(scope="module")
 def models() -> tuple[torch.nn.Module, torch.nn.Module, torch.Generator]:
     torch.manual_seed(0)
@@ -138,16 +160,4 @@ def test_same_losses_as_torchvision(models: tuple) -> None:
     )
     gt_classes = torch.tensor([0, 16, 89])
     got, expected = _train_losses(tv, ours, image, {"gt_boxes": gt_boxes, "gt_classes": gt_classes})
-    pairs = {
-        "loss_rpn_cls": "loss_objectness",
-        "loss_rpn_loc": "loss_rpn_box_reg",
-        "loss_cls": "loss_classifier",
-        "loss_box_reg": "loss_box_reg",
-    }
-    for ours_key, tv_key in pairs.items():
-        assert got[ours_key].item() > 0
-        assert torch.allclose(got[ours_key], expected[tv_key], rtol=1e-4, atol=0), (
-            ours_key,
-            got,
-            expected,
-        )
+    _assert_losses_match(got, expected, TORCHVISION_LOSS_NAMES)
