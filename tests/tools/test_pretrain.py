@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -22,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import backbones
+from tests.torchrun import run_two_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/pretrain/synthetic_resnet18.yaml"
@@ -160,39 +157,16 @@ def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
         tool.main(overrides(tmp_path / "data", tmp_path / "o", **{"solver.lr": 0.1}))
 
 
-WRAPPER = """
-import importlib.util, os, sys, torch
-spec = importlib.util.spec_from_file_location("pretrain_tool", sys.argv[1])
-tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tool)
-torch.set_num_threads(1)
-result = tool.main(sys.argv[2:])
-torch.save(result["model"].state_dict(), sys.argv[-1].split("=", 1)[1] + "/rank%s.pth"
-           % os.environ["RANK"])
-"""
-
-
 @pytest.mark.slow
 def test_two_process_torchrun_ranks_end_identical(tmp_path: Path) -> None:
     colour_tree(tmp_path / "data", train_per_class=6, val_per_class=3)
     out = tmp_path / "out"
     out.mkdir()
-    (tmp_path / "wrapper.py").write_text(WRAPPER)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     args = overrides(tmp_path / "data", tmp_path / "unused", **{"solver.epochs": 2,
                                                                    "solver.batch_size": 4})
     args = [a for a in args if not a.startswith("train.output_dir=")] + [
         f"train.output_dir={out}"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={port}", str(tmp_path / "wrapper.py"),
-           str(ROOT / "tools/pretrain.py"), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,
-                          env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    log = proc.stdout + proc.stderr
+    log = run_two_processes("pretrain", args, tmp_path)
     assert "12 train / 6 val images, 2 classes, 2 processes x 2 images per step" in log
     assert "training cifar_resnet20 for 6 iterations (3 per epoch)" in log
     rank0 = torch.load(out / "rank0.pth", weights_only=True)

@@ -1,0 +1,46 @@
+"""Run a tool of tools/ under torchrun with 2 CPU processes (gloo) and keep each rank's weights.
+
+The wrapper calls the tool's `main(argv)` in every process and saves the returned model's
+state dict as OUTPUT_DIR/rank<RANK>.pth (OUTPUT_DIR from the `train.output_dir=` argument).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WRAPPER = """
+import importlib.util, os, sys, torch
+spec = importlib.util.spec_from_file_location("tool", sys.argv[1])
+tool = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tool)
+torch.set_num_threads(1)
+result = tool.main(sys.argv[2:])
+out = [a for a in sys.argv if a.startswith("train.output_dir=")][-1].split("=", 1)[1]
+torch.save(result["model"].state_dict(), out + "/rank%s.pth" % os.environ["RANK"])
+"""
+
+
+def run_two_processes(tool: str, args: list[str], tmp_path: Path) -> str:
+    """Run tools/<tool>.py with `args` on 2 processes; returns stdout + stderr.
+
+    Raises:
+        AssertionError: the run failed (with the end of its log).
+    """
+    wrapper = tmp_path / "torchrun_wrapper.py"
+    wrapper.write_text(WRAPPER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={port}", str(wrapper),
+           str(ROOT / "tools" / f"{tool}.py"), *args]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    return log
