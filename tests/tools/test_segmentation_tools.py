@@ -14,6 +14,7 @@ import cv2
 import pytest
 import torch
 
+import segmentation
 from tests.tools.test_train_eval_demo import ROOT, _drop_log_handlers, data, load_tool
 
 CONFIG = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
@@ -69,7 +70,6 @@ def test_demo_draws_the_overlay_at_image_size(trained: tuple[Path, dict], data: 
 
 def test_training_evaluates_with_the_configs_test_scales(data: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import segmentation
     seen = []
     evaluate = segmentation.evaluate_model
 
