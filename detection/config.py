@@ -12,7 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.config import ConfigError, load_config as engine_load_config, make_schema
 
-BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "detection" / "base_faster_rcnn.yaml"
+BASE_CONFIG = (Path(__file__).resolve().parents[1] / "configs" / "detection"
+               / "base_faster_rcnn.yaml")
 
 
 def defaults() -> DictConfig:

@@ -26,7 +26,7 @@ import backbones
 import engine
 from engine import (OPTIMIZERS, Checkpointer, PeriodicCheckpointer, PeriodicEval, ProgressLogger,
                     ScalarWriter, Trainer, all_reduce_sum, build_lr_scheduler, get_local_rank,
-                    get_rank, get_world_size, is_main_process, save_config,
+                    get_rank, get_world_size, is_main_process, parse_amp, save_config,
                     setup_logging, to_plain)
 
 from .build import build_model
@@ -102,17 +102,6 @@ def resolve_num_classes(cfg: DictConfig, mapping: CategoryMapping) -> None:
     elif configured != mapping.num_classes:
         raise ValueError(f"model.num_classes is {configured} but {cfg.data.train.ann_file} has "
                          f"{mapping.num_classes} categories; leave it null to read it from there")
-
-
-def amp_from_config(value: Any) -> str | None:
-    """train.amp: false/off, true (= bf16), bf16 or fp16."""
-    if value in (None, False, "off", "none"):
-        return None
-    if value is True:
-        return "bf16"
-    if value not in ("bf16", "fp16"):
-        raise ValueError(f"train.amp must be false, true, bf16 or fp16, got {value!r}")
-    return value
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -231,7 +220,7 @@ def train(cfg: DictConfig, device: torch.device, *, resume: bool = False) -> dic
             model, device_ids=[get_local_rank()] if device.type == "cuda" else None)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
-    amp = amp_from_config(t.amp) if device.type == "cuda" else None
+    amp = parse_amp(t.amp)
     skipped = {"n": 0}
 
     def step_fn(net: nn.Module, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
 """What every task shares: config, distributed setup, the training loop, checkpoints, logging."""
+from .amp import AMP_DTYPES, amp_for_device, cpu_supports_bf16, parse_amp
 from .checkpoint import Checkpointer, PeriodicCheckpointer, atomic_save
 from .config import ConfigError, load_config, save_config, to_plain
 from .distributed import (all_gather_object, all_reduce_mean, all_reduce_sum, any_process,
@@ -10,11 +11,11 @@ from .sampler import InfiniteSampler, ShardSampler
 from .schedule import WarmupDecay, build_lr_scheduler
 from .trainer import NonFiniteLossError, PeriodicEval, Trainer
 
-__all__ = ["OPTIMIZERS", "Checkpointer", "ConfigError", "InfiniteSampler",
+__all__ = ["AMP_DTYPES", "OPTIMIZERS", "Checkpointer", "ConfigError", "InfiniteSampler",
            "NonFiniteLossError", "PeriodicCheckpointer", "PeriodicEval", "ProgressLogger",
            "ScalarWriter", "ShardSampler", "Trainer", "WarmupDecay", "all_gather_object",
-           "all_reduce_mean", "all_reduce_sum", "any_process", "atomic_save", "barrier",
-           "broadcast_buffers", "build_lr_scheduler", "build_optimizer", "cleanup",
-           "get_local_rank", "get_rank", "get_world_size", "init_distributed", "is_main_process",
-           "load_config", "log_metrics", "save_config", "setup_logging", "to_plain",
-           "unwrap_model"]
+           "all_reduce_mean", "all_reduce_sum", "amp_for_device", "any_process", "atomic_save",
+           "barrier", "broadcast_buffers", "build_lr_scheduler", "build_optimizer", "cleanup",
+           "cpu_supports_bf16", "get_local_rank", "get_rank", "get_world_size", "init_distributed",
+           "is_main_process", "load_config", "log_metrics", "parse_amp", "save_config",
+           "setup_logging", "to_plain", "unwrap_model"]

@@ -21,11 +21,11 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from .amp import AMP_DTYPES, amp_for_device
 from .distributed import any_process, get_rank
 
 logger = logging.getLogger(__name__)
 StepFn = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Hook(Protocol):
@@ -54,7 +54,8 @@ class Trainer:
         scheduler: stepped once per iteration (or None).
         step_fn: (model, batch) -> {"loss_*": scalar tensor}; the sum is minimised.
         max_iter: total number of steps of the run (resumed runs included).
-        amp: None (off), "bf16" or "fp16"; only on a GPU, ignored with a warning on CPU.
+        amp: None (off), "bf16" or "fp16" (`parse_amp`); fp16 only on a GPU, bf16 also on
+            CPUs with bf16 kernels; elsewhere ignored with a warning (`amp_for_device`).
         clip_grad_norm: max total gradient norm (None: no clipping).
         hooks: run in the given order after every step.
     """
@@ -65,9 +66,7 @@ class Trainer:
         if amp is not None and amp not in AMP_DTYPES:
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
         self.device_type = next(model.parameters()).device.type
-        if amp is not None and self.device_type != "cuda":
-            logger.warning("AMP %s requested on %s: training in float32", amp, self.device_type)
-            amp = None
+        amp = amp_for_device(amp, self.device_type)
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler

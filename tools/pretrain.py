@@ -41,7 +41,7 @@ from engine import (OPTIMIZERS, Checkpointer, PeriodicCheckpointer, PeriodicEval
                     ProgressLogger, ScalarWriter, Trainer, all_gather_object, all_reduce_sum,
                     broadcast_buffers, build_lr_scheduler, build_optimizer, cleanup,
                     get_local_rank, get_rank, get_world_size, init_distributed, is_main_process,
-                    load_config, log_metrics, save_config, setup_logging, to_plain)
+                    load_config, log_metrics, parse_amp, save_config, setup_logging, to_plain)
 
 logger = logging.getLogger("pretrain")
 
@@ -114,15 +114,6 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
     except ValueError as e:
         raise ValueError(f"invalid solver config (epochs={s.epochs}, steps={list(s.steps)} "
                          f"epochs, {iters_per_epoch} iterations per epoch): {e}") from None
-
-
-def amp_from_config(value: Any) -> str | None:
-    """train.amp: bf16, fp16, or off (YAML may read `off` as false)."""
-    if value in (None, False, "off", "none"):
-        return None
-    if value not in ("bf16", "fp16"):
-        raise ValueError(f"train.amp must be bf16, fp16 or off, got {value!r}")
-    return value
 
 
 class UnreadableCounter:
@@ -242,7 +233,7 @@ def train(cfg: DictConfig, device: torch.device, *, resume: bool) -> dict[str, A
     optimizer = build_optimizer_from_config(cfg, model)
     scheduler = build_scheduler_from_config(cfg, optimizer, iters_per_epoch)
     max_iter = total_iterations(cfg, iters_per_epoch)
-    amp = amp_from_config(cfg.train.amp) if device.type == "cuda" else None
+    amp = parse_amp(cfg.train.amp)
     channels_last = cfg.model.channels_last
 
     def step_fn(net: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -40,7 +40,7 @@ from torch import nn
 from engine import (Checkpointer, PeriodicCheckpointer, PeriodicEval,
                     ProgressLogger, ScalarWriter, Trainer, cleanup, get_local_rank,
                     get_world_size, init_distributed, is_main_process, load_config, log_metrics,
-                    save_config, setup_logging)
+                    parse_amp, save_config, setup_logging)
 
 logger = logging.getLogger("train")
 
@@ -55,7 +55,7 @@ def train_sem_seg(cfg: DictConfig, device: torch.device, *, resume: bool) -> dic
     """Train a semantic segmenter; returns {"model", "metrics"}."""
     import backbones  # noqa: PLC0415
     import segmentation  # noqa: PLC0415
-    from detection.training import amp_from_config, build_optimizer, build_scheduler  # noqa
+    from detection.training import build_optimizer, build_scheduler  # noqa: PLC0415
     from segmentation.data import build_dataset, build_test_loader, build_train_loader  # noqa
     from segmentation.inference import tta_from_config  # noqa: PLC0415
 
@@ -90,7 +90,7 @@ def train_sem_seg(cfg: DictConfig, device: torch.device, *, resume: bool) -> dic
     writer = ScalarWriter(output_dir / "tensorboard")
     trainer = Trainer(model=ddp_model, optimizer=optimizer, scheduler=scheduler, step_fn=step_fn,
                       max_iter=t.max_iter,
-                      amp=amp_from_config(t.amp) if device.type == "cuda" else None,
+                      amp=parse_amp(t.amp),
                       clip_grad_norm=t.clip_grad_norm if t.clip_grad_norm else None)
     checkpointer = Checkpointer(output_dir, model=model, optimizer=optimizer,
                                 scheduler=scheduler, scaler=trainer.scaler, max_to_keep=2)

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import engine.amp
+from engine.amp import parse_amp
 from engine.logging import ProgressLogger
 from engine.schedule import build_lr_scheduler
 from engine.trainer import NonFiniteLossError, PeriodicEval, Trainer
@@ -75,12 +77,43 @@ def test_gradient_clipping_bounds_the_update() -> None:
     assert (after - before).norm().item() == pytest.approx(0.5, rel=1e-4)
 
 
-def test_amp_is_off_on_cpu_and_bad_amp_is_rejected() -> None:
+def test_parse_amp_reads_the_config_values_and_names_the_key() -> None:
+    assert [parse_amp(v) for v in (False, None, "off", True, "bf16", "fp16")] == [
+        None, None, None, "bf16", "bf16", "fp16"]
+    with pytest.raises(ValueError, match="solver.amp must be false, true, bf16 or fp16"):
+        parse_amp("fp8", key="solver.amp")
+
+
+@pytest.mark.parametrize("bf16_kernels", [True, False])
+def test_cpu_trains_under_bf16_autocast_only_where_it_has_bf16_kernels(
+        monkeypatch: pytest.MonkeyPatch, bf16_kernels: bool) -> None:
+    monkeypatch.setattr(engine.amp, "cpu_supports_bf16", lambda: bf16_kernels)
     model = nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = Trainer(model=model, optimizer=opt, scheduler=None, step_fn=mse_step,
+    dtypes = []
+
+    def step_fn(net: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        out = net(batch[0])
+        dtypes.append(out.dtype)
+        return {"loss_mse": F.mse_loss(out.float(), batch[1])}
+
+    trainer = Trainer(model=model, optimizer=opt, scheduler=None, step_fn=step_fn,
                       max_iter=1, amp="bf16")
+    trainer.train(regression_data())
+    expected = torch.bfloat16 if bf16_kernels else torch.float32
+    assert trainer.amp_dtype == (expected if bf16_kernels else None)
+    assert dtypes == [expected] and model.weight.dtype == torch.float32
+    assert not trainer.scaler.is_enabled()
+
+
+def test_fp16_is_off_on_cpu_and_bad_amp_is_rejected(caplog: pytest.LogCaptureFixture) -> None:
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(model=model, optimizer=opt, scheduler=None, step_fn=mse_step,
+                          max_iter=1, amp="fp16")
     assert trainer.amp_dtype is None and not trainer.scaler.is_enabled()
+    assert "AMP fp16 is not supported on this cpu: training in float32" in caplog.text
     with pytest.raises(ValueError, match="amp must be None, 'bf16' or 'fp16'"):
         Trainer(model=model, optimizer=opt, scheduler=None, step_fn=mse_step, max_iter=1,
                 amp="fp8")

@@ -1,0 +1,70 @@
+"""detection.roi_align: torchvision's RoIAlign forward with a sparse-matrix CPU backward."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.ops import roi_align as tv_roi_align
+
+from detection.roi_align import roi_align
+
+
+def random_rois(num: int, n_images: int, height: int, width: int, stride: int,
+                seed: int) -> torch.Tensor:
+    """Boxes of every kind: inside, crossing and beyond the border, thinner than one cell."""
+    g = torch.Generator().manual_seed(seed)
+    size = torch.tensor([width, height]) * stride
+    centre = torch.rand(num, 2, generator=g) * size * 1.2 - 0.1 * size
+    wh = torch.rand(num, 2, generator=g) * size * 0.6
+    wh[: num // 8] = torch.rand(num // 8, 2, generator=g) * stride * 0.8  # below one cell
+    boxes = torch.cat([centre - wh / 2, centre + wh / 2], dim=1)
+    return torch.cat([torch.randint(0, n_images, (num, 1), generator=g).float(), boxes], 1)
+
+
+@pytest.mark.parametrize(("sampling_ratio", "aligned", "output_size", "channels_last"), [
+    (2, False, (7, 7), True), (1, True, (14, 14), False), (3, False, (5, 3), False),
+    (2, True, (7, 7), True)])
+def test_forward_and_input_gradient_match_torchvision(
+        sampling_ratio: int, aligned: bool, output_size: tuple[int, int],
+        channels_last: bool) -> None:
+    n, c, h, w, stride = 3, 16, 13, 17, 8
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(n, c, h, w, generator=g)
+    if channels_last:
+        features = features.contiguous(memory_format=torch.channels_last)
+    rois = random_rois(200, n, h, w, stride, seed=1)
+    ours_in = features.clone().requires_grad_()
+    ref_in = features.clone().requires_grad_()
+    ours = roi_align(ours_in, rois, output_size, 1 / stride, sampling_ratio, aligned)
+    ref = tv_roi_align(ref_in, rois, output_size, 1 / stride, sampling_ratio, aligned)
+    assert torch.equal(ours, ref)
+    upstream = torch.randn(ref.shape, generator=g)
+    (ours * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    assert ref_in.grad.abs().max() > 1.0  # the gradient is not trivially zero
+    torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_features_under_autocast_get_a_bf16_gradient_close_to_float32() -> None:
+    g = torch.Generator().manual_seed(2)
+    features = torch.randn(2, 8, 10, 12, generator=g)
+    rois = random_rois(64, 2, 10, 12, 4, seed=3)
+    half = features.to(torch.bfloat16).requires_grad_()
+    full = features.to(torch.bfloat16).float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_align(half, rois, (7, 7), 0.25, 2, False)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    tv_roi_align(full, rois, (7, 7), 0.25, 2, False).sum().backward()
+    assert half.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(half.grad.float(), full.grad, rtol=1e-2, atol=1e-2)
+
+
+def test_adaptive_sampling_and_inference_use_torchvision_directly() -> None:
+    features = torch.randn(1, 4, 9, 9, requires_grad=True)
+    rois = random_rois(10, 1, 9, 9, 2, seed=4)
+    adaptive = roi_align(features, rois, (7, 7), 0.5, 0, False)
+    assert "torchvision_roi_align" in adaptive.grad_fn.name()
+    with torch.no_grad():
+        assert roi_align(features, rois, (7, 7), 0.5, 2, False).grad_fn is None
+    sparse = roi_align(features, rois, (7, 7), 0.5, 2, False)
+    assert "RoIAlignSparseBackward" in sparse.grad_fn.name()
