@@ -6,8 +6,8 @@ DATA ?= datasets/synthetic
 PRETRAIN := output/pretrain/synthetic_resnet18
 DET_CFG := configs/synthetic/faster_rcnn_R_18_FPN.yaml
 DET_OUT := output/synthetic/faster_rcnn_R_18_FPN
-SEG_CFG := configs/synthetic/deeplabv3_R_18_os16.yaml
-SEG_OUT := output/synthetic/deeplabv3_R_18_os16
+SEG_CFG := configs/synthetic/deeplabv3plus_R_18_os16.yaml
+SEG_OUT := output/synthetic/deeplabv3plus_R_18_os16
 MASK_CFG := configs/synthetic/mask_rcnn_R_18_FPN.yaml
 MASK_OUT := output/synthetic/mask_rcnn_R_18_FPN
 DEMO_IMAGES := $(addprefix $(DATA)/images/val/,000000.jpg 000001.jpg 000002.jpg 000003.jpg)
@@ -40,12 +40,12 @@ demo: install $(DATA)/.done $(PRETRAIN)/backbone_final.pth
 	$(PY) tools/demo.py $(DET_CFG) --weights $(DET_OUT)/model_final.pth \
 	    --input $(DEMO_IMAGES) --output output/demo
 
-# the same backbone -> DeepLabV3 quickstart (prints mIoU) -> Mask R-CNN quickstart (prints
+# the same backbone -> DeepLabV3+ quickstart (prints mIoU) -> Mask R-CNN quickstart (prints
 # box and mask AP) -> pictures of both in output/demo-seg/
 demo-seg: install $(DATA)/.done $(PRETRAIN)/backbone_final.pth
 	$(PY) tools/train.py $(SEG_CFG)
 	$(PY) tools/demo.py $(SEG_CFG) --weights $(SEG_OUT)/model_final.pth \
-	    --input $(DEMO_IMAGES) --output output/demo-seg/deeplabv3
+	    --input $(DEMO_IMAGES) --output output/demo-seg/deeplabv3plus
 	$(PY) tools/train.py $(MASK_CFG)
 	$(PY) tools/demo.py $(MASK_CFG) --weights $(MASK_OUT)/model_final.pth \
 	    --input $(DEMO_IMAGES) --output output/demo-seg/mask_rcnn

@@ -25,6 +25,7 @@ EXPECTED = {
     "segmentation/deeplabv3plus_R_50_os16.yaml": (DeepLabV3PlusHead, 6, [2, 4, 8], [6, 12, 18]),
     "segmentation/fcn_R_50_os8.yaml": (FCNHead, 6, [2, 4, 4], None),  # torchvision's dilations
     "synthetic/deeplabv3_R_18_os16.yaml": (DeepLabV3Head, 2, [2, 4], [6, 12, 18]),
+    "synthetic/deeplabv3plus_R_18_os16.yaml": (DeepLabV3PlusHead, 2, [2, 4], [6, 12, 18]),
 }
 
 
