@@ -104,7 +104,8 @@ def _is_bn_counter(key: str) -> bool:
 
 def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                    source: str) -> None:
-    """Load strictly; raise ValueError naming `source` and every missing/unexpected/mis-shaped key."""
+    """Load strictly; raise ValueError naming `source` and every missing, unexpected or
+    mis-shaped key."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict and not _is_bn_counter(k)]
     unexpected = [k for k in state_dict if k not in expected and not _is_bn_counter(k)]

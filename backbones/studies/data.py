@@ -103,7 +103,8 @@ def load_cifar_batches(root: str | os.PathLike, split: str, image_size: int = 32
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch_labels) != len(data):
             raise ValueError(f"{root / name}: data must be (N, 3072) with N labels, got "
                              f"{data.shape} and {len(batch_labels)} labels")
-        images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))  # rows are RRR..GGG..BBB
+        # each row is RRR..GGG..BBB
+        images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
         labels.append(torch.as_tensor(list(batch_labels), dtype=torch.int64))
     image_tensor, label_tensor = torch.cat(images), torch.cat(labels)
     if label_tensor.numel() and not 0 <= int(label_tensor.min()) <= int(label_tensor.max()) < len(

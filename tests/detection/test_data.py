@@ -438,6 +438,38 @@ def test_segmentations_checked_for_masks(tmp_path: Path) -> None:
     assert len(records[0]["boxes"]) == 4 and stats.short_polygons == stats.no_mask == 0
 
 
+def test_polygon_and_rle_masks_equal_pycocotools_and_survive_our_rle(tmp_path: Path) -> None:
+    """Polygons, compressed and uncompressed RLE through the loader give pycocotools' own
+    masks, pixel for pixel, and our RLE of them decodes back to the same pixels."""
+    from pycocotools import mask as mask_utils
+
+    from detection.evaluation import mask_to_rle
+    height, width = 37, 53
+    _write_png(tmp_path / "images" / "a.png", _pattern(height, width))
+    yy, xx = np.mgrid[:height, :width]
+    ellipse = (((xx - 30) / 14.0) ** 2 + ((yy - 20) / 9.0) ** 2 <= 1).astype(np.uint8)
+    column_major = ellipse.flatten(order="F").astype(int)
+    runs = np.diff(np.flatnonzero(np.diff(np.r_[-1, column_major, -1])))  # starts with zeros
+    uncompressed = {"size": [height, width], "counts": [int(v) for v in runs]}
+    triangle_and_quad = [[3.5, 30.2, 20.1, 2.7, 26.8, 34.0], [40, 2, 50, 4, 48, 12, 41, 9]]
+    segmentations = [triangle_and_quad, _rle(ellipse), uncompressed]
+    anns = [_ann(i + 1, 1, [1, 1, 30, 30], segmentation=seg) for i, seg in enumerate(segmentations)]
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(_coco(
+        [{"id": 1, "file_name": "a.png", "height": height, "width": width}], anns)))
+    records, _, _ = load_coco_json(ann_file, tmp_path / "images", keep_segmentation=True)
+    sample = DetectionDataset(records, with_masks=True,
+                              transform=build_transforms(min_size=height, max_size=None))[(0, 0)]
+    expected = [mask_utils.decode(mask_utils.merge(
+        mask_utils.frPyObjects(triangle_and_quad, height, width))), ellipse, ellipse]
+    assert sample["gt_masks"].shape == (3, height, width)
+    assert int(expected[0].sum()) > 300  # both polygons drawn, not only the first
+    for got, want in zip(sample["gt_masks"].numpy(), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+        rle = json.loads(json.dumps(mask_to_rle(got.astype(bool))))
+        np.testing.assert_array_equal(mask_utils.decode(rle), want)
+
+
 @pytest.mark.parametrize(("segmentation", "message"), [
     (None, r"annotation id=1 \(image id=1\): no 'segmentation'"),
     ({"size": [10, 10], "counts": "abc"}, r"RLE segmentation size \[10, 10\] is not the image's"),

@@ -64,6 +64,33 @@ def test_paste_equals_torchvision() -> None:
     assert torch.equal(paste_masks(probs, boxes, (140, 190), threshold=0.3), got >= 0.3)
 
 
+@pytest.mark.parametrize("aligned", [False, True])
+def test_gt_mask_cropped_to_28_and_pasted_back_is_the_direct_crop(aligned: bool) -> None:
+    """A shape's training target (its gt mask cropped to the box at 28 x 28) pasted back
+    with the same box gives the shape's own pixels: all of them away from the outline."""
+    height, width = 90, 120
+    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    # an ellipse with an L-shaped notch: not symmetric in x, y or under transposition
+    shape = ((xs - 62) / 30) ** 2 + ((ys - 41) / 18) ** 2 <= 1
+    shape &= ~((xs > 62) & (ys < 36))
+    box = torch.tensor([[32.0, 23.0, 92.0, 59.0]])  # the ellipse's bounding box
+    head = MaskRCNNHead(in_channels=8, num_classes=K, conv_dims=[8], aligned=aligned)
+    target = head.label_targets([shape[None].to(torch.uint8)], [box], [torch.tensor([0])], 28)
+    pasted = paste_masks(target, box, (height, width))[0]
+    # distance to the outline: a pixel is "near" when a neighbour within 2 px differs
+    kernel = torch.ones(1, 1, 5, 5)
+    shape_f = shape[None, None].float()
+    neighbours = torch.nn.functional.conv2d(shape_f, kernel, padding=2)[0, 0]
+    far = (neighbours == 0) | (neighbours == 25)
+    assert int((far & shape).sum()) > 800 and int((far & ~shape).sum()) > 8000
+    assert torch.equal(pasted[far], shape[far])
+    iou = (pasted & shape).sum() / (pasted | shape).sum()
+    assert iou > 0.93
+    # a box shifted by 3 px is caught away from the outline
+    moved = paste_masks(target, box + 3.0, (height, width))[0]
+    assert not torch.equal(moved[far], shape[far])
+
+
 def test_paste_nothing() -> None:
     out = paste_masks(torch.zeros(0, 28, 28), torch.zeros(0, 4), (20, 30))
     assert out.shape == (0, 20, 30) and out.dtype == torch.bool

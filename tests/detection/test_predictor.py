@@ -16,7 +16,8 @@ from detection.training import make_provenance
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
-TINY = ["model.backbone.weights=null", "model.fpn.out_channels=32", "model.roi_heads.fc_dims=[64,64]",
+TINY = ["model.backbone.weights=null", "model.fpn.out_channels=32",
+        "model.roi_heads.fc_dims=[64,64]",
         "data.val.min_size=64", "data.val.max_size=200"]
 MAPPING = CategoryMapping((2, 7, 40), ("cat", "dog", "emu"))
 
