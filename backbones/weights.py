@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from engine.files import atomic_save
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -35,18 +36,9 @@ def make_provenance(arch: str, options: Mapping[str, Any] | None = None, *,
 def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
                     provenance: Mapping[str, Any], **extra: Any) -> None:
     """Write `{"model", "provenance", **extra}` atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": {k: v.detach().cpu() for k, v in state_dict.items()},
                "provenance": dict(provenance), **extra}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_save(payload, path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,42 +27,13 @@ from torch import nn
 
 from .distributed import all_gather_object, barrier, get_rank, get_world_size, is_main_process
 from .distributed import unwrap_model
+from .files import atomic_save, atomic_write_text
 
 if TYPE_CHECKING:
     from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
 POINTER = "last_checkpoint"
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the target folder, fsync, then rename over `path`.
-
-    A crash leaves either the old file or the new one, never a truncated file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -128,7 +98,7 @@ class Checkpointer:
                 if component is not None:
                     state[name] = component.state_dict()
             atomic_save(state, path)
-            _atomic_write_text(path.name + "\n", self.output_dir / POINTER)
+            atomic_write_text(path.name + "\n", self.output_dir / POINTER)
             self._prune(keep=path)
             logger.info("saved checkpoint %s", path)
         barrier()

@@ -10,13 +10,14 @@ naming the key and the file (or the override) it came from. Subtrees listed in `
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from .files import atomic_write_text
 
 BASE_KEY = "_base_"
 
@@ -134,17 +135,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically (temp file in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = OmegaConf.to_yaml(cfg, resolve=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), path)
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

@@ -14,7 +14,6 @@ All three are reported in percent.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from engine.distributed import all_gather_object, is_main_process
+from engine.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 ArrayLike = np.ndarray | torch.Tensor
@@ -127,9 +127,6 @@ class SemSegEvaluator:
         result = {"sem_seg": metrics_from_confusion(matrix, self.class_names)}
         if output_dir is not None and is_main_process():
             path = Path(output_dir) / "metrics.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-            os.replace(tmp, path)
+            atomic_write_json(result, path)
             logger.info("wrote %s", path)
         return result

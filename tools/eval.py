@@ -19,10 +19,8 @@ written to DIR/metrics.json as {"sem_seg": {...}}.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +28,9 @@ from typing import Any
 
 import torch
 
-from engine import cleanup, init_distributed, is_main_process, load_config, setup_logging
+from engine import (atomic_write_json, cleanup, init_distributed, is_main_process, load_config,
+                    setup_logging)
+from engine.cli import config_argument_parser
 
 logger = logging.getLogger("eval")
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -49,14 +49,6 @@ def bbox_metrics_json(metrics: dict[str, Any]) -> dict[str, Any]:
     out = {k: metrics[k] for k in METRIC_KEYS}
     out["per_category"] = dict(metrics["per_category"])
     return _finite_or_none(out)
-
-
-def write_json(obj: Any, path: Path) -> None:
-    """Atomic JSON write (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def evaluate_detection(config: str, weights: str, output: Path, overrides: Sequence[str],
@@ -86,7 +78,7 @@ def evaluate_detection(config: str, weights: str, output: Path, overrides: Seque
     metrics = evaluate_all(loaded.model, loader, evaluator)
     result = {iou_type: bbox_metrics_json(m) for iou_type, m in metrics.items()}
     if is_main_process():
-        write_json(result, output / "metrics.json")
+        atomic_write_json(result, output / "metrics.json")
         mask = f"  mask AP = {metrics['segm']['AP']:.1f}" if "segm" in metrics else ""
         print(f"box AP = {metrics['bbox']['AP']:.1f}{mask}  (results: "
               f"{output / 'coco_instances_results.json'}, metrics: {output / 'metrics.json'})",
@@ -114,7 +106,7 @@ def evaluate_sem_seg(config: str, weights: str, output: Path, overrides: Sequenc
                                          tta=tta_from_config(cfg), output_dir=output)
     result = _finite_or_none(result)
     if is_main_process():
-        write_json(result, output / "metrics.json")
+        atomic_write_json(result, output / "metrics.json")
         m = result["sem_seg"]
         print(f"mIoU = {m['mIoU']:.1f}  pixel_acc = {m['pixel_acc']:.1f}", flush=True)
         for name, iou in m["per_class_iou"].items():
@@ -123,10 +115,7 @@ def evaluate_sem_seg(config: str, weights: str, output: Path, overrides: Sequenc
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML config (may inherit with _base_)")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    parser = config_argument_parser(__doc__)
     parser.add_argument("--weights", required=True, help="checkpoint to evaluate")
     parser.add_argument("--output", required=True, help="folder for results and metrics.json")
     parser.add_argument("--backend", default="pycocotools",

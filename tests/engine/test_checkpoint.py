@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from engine.checkpoint import (Checkpointer, PeriodicCheckpointer, atomic_save, get_rng_state,
-                               set_rng_state)
+from engine.checkpoint import Checkpointer, PeriodicCheckpointer, get_rng_state, set_rng_state
+from engine.files import atomic_save, atomic_write_json
 from engine.sampler import InfiniteSampler
 from engine.schedule import build_lr_scheduler
 from engine.trainer import Trainer
@@ -35,6 +35,14 @@ def test_atomic_save_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> N
     # The failed write left the previous file intact and no temporary file behind.
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+
+
+def test_atomic_json_write_creates_the_folder_and_replaces_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "new/metrics.json"
+    atomic_write_json({"AP": 1.5}, path)
+    atomic_write_json({"AP": 2.5, "name": "ü"}, path)
+    assert path.read_text() == '{\n  "AP": 2.5,\n  "name": "\\u00fc"\n}\n'
+    assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
 
 
 def test_rng_state_roundtrip_through_weights_only_file(tmp_path: Path) -> None:

@@ -1,0 +1,46 @@
+"""Atomic file writes: a crash or a full disk leaves the old file or the new one, never a
+truncated one (temp file in the target folder, fsync, then rename over the target)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *,
+                 binary: bool = False) -> None:
+    """Call `write(file)` on a temp file beside `path`, then rename it to `path`.
+
+    Creates the parent folder. If `write` raises, `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save `obj` to `path` atomically."""
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    atomic_write(path, lambda f: f.write(text))
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Indented JSON with a final newline."""
+    atomic_write_text(json.dumps(obj, indent=2) + "\n", path)
