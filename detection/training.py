@@ -26,8 +26,8 @@ import backbones
 import engine
 from engine import (OPTIMIZERS, Checkpointer, PeriodicCheckpointer, PeriodicEval, ProgressLogger,
                     ScalarWriter, Trainer, all_reduce_sum, build_lr_scheduler, get_local_rank,
-                    get_rank, get_world_size, is_main_process, parse_amp, save_config,
-                    setup_logging, to_plain)
+                    get_rank, get_world_size, is_main_process, parse_amp, per_process_batch_size,
+                    save_config, setup_logging, to_plain)
 
 from .build import build_model
 from .config import test_resize
@@ -200,10 +200,7 @@ def train(cfg: DictConfig, device: torch.device, *, resume: bool = False) -> dic
     t = cfg.train
     output_dir, world_size = Path(t.output_dir), get_world_size()
     setup_logging(output_dir)
-    if t.batch_size % world_size:
-        raise ValueError(f"train.batch_size {t.batch_size} is not divisible by the "
-                         f"{world_size} processes")
-    batch_size = t.batch_size // world_size
+    batch_size = per_process_batch_size(t.batch_size, "train.batch_size")
     data = build_datasets(cfg)
     resolve_num_classes(cfg, data.mapping)
     if is_main_process():

@@ -31,6 +31,14 @@ def get_local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0")) if is_distributed() else 0
 
 
+def per_process_batch_size(batch_size: int, key: str) -> int:
+    """This process's share of a global batch; ValueError naming `key` if it does not split."""
+    world_size = get_world_size()
+    if batch_size % world_size:
+        raise ValueError(f"{key} {batch_size} is not divisible by the {world_size} processes")
+    return batch_size // world_size
+
+
 def is_main_process() -> bool:
     return get_rank() == 0
 

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from detection.data.coco import DatasetError
 from detection.data.dataset import _PackedRecords
 from detection.data.image_io import UnreadableImageError, read_image
-from engine.distributed import get_world_size
+from engine.distributed import per_process_batch_size
 from engine.sampler import InfiniteSampler, ShardSampler
 
 from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_semantic,
@@ -225,14 +225,11 @@ def build_train_loader(cfg: Mapping[str, Any], *, start: int = 0) -> DataLoader:
         cfg: the full config.
         start: samples this process already consumed (iteration * per-process batch).
     """
-    batch_size, world_size = cfg["train"]["batch_size"], get_world_size()
-    if batch_size % world_size:
-        raise ValueError(f"train.batch_size {batch_size} is not divisible by the {world_size} "
-                         f"processes")
+    batch_size = per_process_batch_size(cfg["train"]["batch_size"], "train.batch_size")
     dataset = build_dataset(cfg, "train")
     sampler = InfiniteSampler(len(dataset), shuffle=True, seed=cfg["train"]["seed"],
                               start=start, with_seeds=True)
-    return DataLoader(dataset, batch_size=batch_size // world_size, sampler=sampler,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                       num_workers=cfg["data"]["num_workers"], collate_fn=collate,
                       drop_last=True, worker_init_fn=_init_worker)
 

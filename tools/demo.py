@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from engine import load_config, setup_logging
+from engine.cli import config_argument_parser
 
 logger = logging.getLogger("demo")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -148,10 +149,7 @@ def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], output: Pa
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML config (may inherit with _base_)")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    parser = config_argument_parser(__doc__)
     parser.add_argument("--weights", required=True, help="checkpoint")
     parser.add_argument("--input", nargs="+", required=True, help="images, folders or videos")
     parser.add_argument("--output", required=True, help="folder for the pictures")

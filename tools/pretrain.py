@@ -41,7 +41,9 @@ from engine import (OPTIMIZERS, Checkpointer, PeriodicCheckpointer, PeriodicEval
                     ProgressLogger, ScalarWriter, Trainer, all_gather_object, all_reduce_sum,
                     broadcast_buffers, build_lr_scheduler, build_optimizer, cleanup,
                     get_local_rank, get_rank, get_world_size, init_distributed, is_main_process,
-                    load_config, log_metrics, parse_amp, save_config, setup_logging, to_plain)
+                    load_config, log_metrics, parse_amp, per_process_batch_size, save_config,
+                    setup_logging, to_plain)
+from engine.cli import config_argument_parser
 
 logger = logging.getLogger("pretrain")
 
@@ -186,13 +188,10 @@ def seed_everything(seed: int) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML config (may inherit with _base_)")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    parser = config_argument_parser(__doc__)
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUTPUT_DIR/last_checkpoint if there is one")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -210,10 +209,7 @@ def train(cfg: DictConfig, device: torch.device, *, resume: bool) -> dict[str, A
     """Build everything from `cfg`, train (resuming if asked), evaluate, save the outputs."""
     output_dir, world_size = cfg.train.output_dir, get_world_size()
     setup_logging(output_dir)
-    if cfg.solver.batch_size % world_size:
-        raise ValueError(f"solver.batch_size {cfg.solver.batch_size} is not divisible by the "
-                         f"{world_size} processes")
-    batch_size = cfg.solver.batch_size // world_size
+    batch_size = per_process_batch_size(cfg.solver.batch_size, "solver.batch_size")
     train_set, val_set = build_datasets_from_config(cfg)
     iters_per_epoch = len(train_set) // cfg.solver.batch_size
     if iters_per_epoch == 0:

@@ -40,7 +40,8 @@ from torch import nn
 from engine import (Checkpointer, PeriodicCheckpointer, PeriodicEval,
                     ProgressLogger, ScalarWriter, Trainer, cleanup, get_local_rank,
                     get_world_size, init_distributed, is_main_process, load_config, log_metrics,
-                    parse_amp, save_config, setup_logging)
+                    parse_amp, per_process_batch_size, save_config, setup_logging)
+from engine.cli import config_argument_parser
 
 logger = logging.getLogger("train")
 
@@ -62,10 +63,7 @@ def train_sem_seg(cfg: DictConfig, device: torch.device, *, resume: bool) -> dic
     t = cfg.train
     output_dir, world_size = Path(t.output_dir), get_world_size()
     setup_logging(output_dir)
-    if t.batch_size % world_size:
-        raise ValueError(f"train.batch_size {t.batch_size} is not divisible by the "
-                         f"{world_size} processes")
-    batch_size = t.batch_size // world_size
+    batch_size = per_process_batch_size(t.batch_size, "train.batch_size")
     class_names = build_dataset(cfg, "train").class_names  # checks the data first
     val_loader = build_test_loader(cfg) if cfg.data.val.img_dir else None
     cfg.model.num_classes = len(class_names)
@@ -128,10 +126,7 @@ def _fmt(value: Any) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML config (may inherit with _base_)")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    parser = config_argument_parser(__doc__)
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUTPUT_DIR/last_checkpoint if there is one")
     return parser.parse_intermixed_args(argv)

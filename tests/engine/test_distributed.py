@@ -26,6 +26,20 @@ def test_single_process_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         D.init_distributed("tpu")
 
 
+@pytest.mark.parametrize(("world_size", "batch", "share"), [(1, 6, 6), (2, 6, 3), (3, 6, 2)])
+def test_per_process_batch_size_splits_the_global_batch(monkeypatch: pytest.MonkeyPatch,
+                                                        world_size: int, batch: int,
+                                                        share: int) -> None:
+    monkeypatch.setattr(D, "get_world_size", lambda: world_size)
+    assert D.per_process_batch_size(batch, "train.batch_size") == share
+
+
+def test_per_process_batch_size_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(D, "get_world_size", lambda: 4)
+    with pytest.raises(ValueError, match="solver.batch_size 6 is not divisible by the 4 processes"):
+        D.per_process_batch_size(6, "solver.batch_size")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
