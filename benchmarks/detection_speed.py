@@ -55,6 +55,8 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone  # n
 from detection import build_model, load_detector_weights  # noqa: E402
 from detection.config import load_config  # noqa: E402
 from detection.evaluation import evaluate_coco  # noqa: E402
+from detection.random_reference import (PROBE_SIZE, randomize_detector,  # noqa: E402
+                                        spread_classes)
 from detection.synthetic_shapes import compose_scene  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
@@ -76,32 +78,12 @@ def scene(seed: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def randomize_reference(tv: nn.Module, gen: torch.Generator) -> None:
-    """BatchNorm statistics and RPN / RoI head weights that matter; classes spread apart.
-
-    Random box-head features share a large common direction which makes one class win
-    every RoI; it is removed from the classifier (estimated on a small smooth image).
-    """
-    with torch.no_grad():
-        for m in tv.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) * 0.5 + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) * 0.5 + 0.75)
-        for name, p in tv.named_parameters():
-            if name.startswith(("rpn.", "roi_heads.")):
-                std = 0.02 if name.endswith("weight") else (0.1 if name.startswith("rpn.") else 0.0)
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-        tv.eval()
-        low = torch.rand(1, 3, 10, 14, generator=gen)
-        image = F.interpolate(low, size=(320, 416), mode="bilinear", align_corners=False)
-        features = tv.backbone(tv.transform.normalize(image[0])[None])
-        xy = torch.rand(300, 2, generator=gen) * torch.tensor([350.0, 250.0])
-        rois = torch.cat([xy, xy + torch.rand(300, 2, generator=gen) * 150 + 10], dim=1)
-        mean = tv.roi_heads.box_head(
-            tv.roi_heads.box_roi_pool(features, [rois], [(320, 416)])).mean(0)
-        weight = tv.roi_heads.box_predictor.cls_score.weight
-        weight -= (weight @ mean)[:, None] * mean[None, :] / (mean @ mean)
+    """Random weights that give varied detections, probed on a smooth image."""
+    randomize_detector(tv, gen)
+    tv.eval()
+    low = torch.rand(1, 3, 10, 14, generator=gen)
+    probe = F.interpolate(low, size=PROBE_SIZE, mode="bilinear", align_corners=False)[0]
+    spread_classes(tv, probe, gen)
 
 
 def build_models(score_thresh: float) -> dict[str, nn.Module]:

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from detection import build_model
 from detection.convert import load_detector_weights
+from detection.random_reference import randomize_detector
 from detection.roi_heads import paste_masks
 from engine.config import load_config
 from tests.detection.test_rcnn import TINY, _scene
@@ -23,7 +24,6 @@ from tests.detection.test_torchvision_parity import (
     TORCHVISION_LOSS_NAMES,
     _assert_losses_match,
     _image,
-    _randomize,
     _spread_classes,
     _train_losses,
 )
@@ -65,7 +65,7 @@ def models() -> tuple[torch.nn.Module, torch.nn.Module, torch.Generator]:
         _skip_resize=True,
     )
     gen = torch.Generator().manual_seed(1)
-    _randomize(tv, gen)
+    randomize_detector(tv, gen)
     _randomize_mask_head(tv, gen)
     tv.eval()
     _spread_classes(tv, gen)

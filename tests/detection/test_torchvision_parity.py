@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from detection import build_model
 from detection.convert import load_detector_weights
+from detection.random_reference import PROBE_SIZE, randomize_detector, spread_classes
 from engine.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detection"
@@ -30,35 +31,8 @@ def _image(gen: torch.Generator, size: tuple[int, int]) -> torch.Tensor:
     return (image + torch.randn(3, *size, generator=gen) * 20).clamp(0, 255).round()
 
 
-def _randomize(tv: torch.nn.Module, gen: torch.Generator) -> None:
-    with torch.no_grad():
-        for m in tv.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) * 0.5 + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) * 0.5 + 0.75)
-        for name, p in tv.named_parameters():
-            if name.startswith(("rpn.", "roi_heads.")):
-                std = 0.02 if name.endswith("weight") else (0.1 if name.startswith("rpn.") else 0.0)
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-
-
 def _spread_classes(tv: torch.nn.Module, gen: torch.Generator) -> None:
-    """Removes from the classifier the direction shared by all box features.
-
-    Random box-head features are all positive with a large common component; without
-    this one class wins every RoI. The mean feature is estimated on a small image.
-    """
-    with torch.no_grad():
-        features = tv.backbone(tv.transform.normalize(_image(gen, (320, 416)) / 255.0)[None])
-        xy = torch.rand(300, 2, generator=gen) * torch.tensor([350.0, 250.0])
-        boxes = torch.cat([xy, xy + torch.rand(300, 2, generator=gen) * 150 + 10], dim=1)
-        mean = tv.roi_heads.box_head(
-            tv.roi_heads.box_roi_pool(features, [boxes], [(320, 416)])
-        ).mean(0)
-        weight = tv.roi_heads.box_predictor.cls_score.weight
-        weight -= (weight @ mean)[:, None] * mean[None, :] / (mean @ mean)
+    spread_classes(tv, _image(gen, PROBE_SIZE) / 255.0, gen)
 
 
 def _train_losses(
@@ -122,7 +96,7 @@ def models() -> tuple[torch.nn.Module, torch.nn.Module, torch.Generator]:
         weights=None, weights_backbone=None, num_classes=91, box_score_thresh=0.0, _skip_resize=True
     )
     gen = torch.Generator().manual_seed(1)
-    _randomize(tv, gen)
+    randomize_detector(tv, gen)
     tv.eval()
     _spread_classes(tv, gen)
     cfg = load_config(
