@@ -11,12 +11,10 @@ fails in `build_datasets` before a model is built.
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -24,10 +22,10 @@ from torch.utils.data import DataLoader
 
 import backbones
 import engine
-from engine import (OPTIMIZERS, Checkpointer, PeriodicCheckpointer, PeriodicEval, ProgressLogger,
-                    ScalarWriter, Trainer, all_reduce_sum, build_lr_scheduler, get_local_rank,
-                    get_rank, get_world_size, is_main_process, parse_amp, per_process_batch_size,
-                    save_config, setup_logging, to_plain)
+from engine import (Checkpointer, OPTIMIZERS, PeriodicCheckpointer, PeriodicEval, ProgressLogger,
+                    ScalarWriter, Trainer, all_reduce_sum, build_lr_scheduler, get_rank,
+                    get_world_size, is_main_process, parse_amp, per_process_batch_size, save_config,
+                    seed_everything, setup_logging, to_plain, wrap_ddp)
 
 from .build import build_model
 from .config import test_resize
@@ -174,12 +172,6 @@ def make_provenance(cfg: DictConfig, mapping: CategoryMapping) -> dict[str, Any]
     return provenance
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
@@ -209,12 +201,9 @@ def train(cfg: DictConfig, device: torch.device, *, resume: bool = False) -> dic
                 len(data.train), len(data.val) if data.val else "no", data.mapping.num_classes,
                 list(data.mapping.names), world_size, batch_size)
 
-    _seed_everything(t.seed)
+    seed_everything(t.seed)
     model = build_model(cfg).to(device)
-    ddp_model: nn.Module = model
-    if world_size > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[get_local_rank()] if device.type == "cuda" else None)
+    ddp_model = wrap_ddp(model, device)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     amp = parse_amp(t.amp)
@@ -243,7 +232,7 @@ def train(cfg: DictConfig, device: torch.device, *, resume: bool = False) -> dic
     state = checkpointer.resume() if resume else None
     if state is not None:
         start_iter = state["iteration"]
-    _seed_everything(t.seed + get_rank() + start_iter)
+    seed_everything(t.seed + get_rank() + start_iter)
 
     hooks: list[Any] = [ProgressLogger(t.log_period, writer, logger),
                         PeriodicCheckpointer(checkpointer, t.checkpoint_period)]

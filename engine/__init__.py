@@ -1,12 +1,12 @@
 """What every task shares: config, distributed setup, the training loop, checkpoints, logging."""
 from .amp import AMP_DTYPES, amp_for_device, cpu_supports_bf16, parse_amp
-from .checkpoint import Checkpointer, PeriodicCheckpointer
+from .checkpoint import Checkpointer, PeriodicCheckpointer, seed_everything
 from .config import ConfigError, load_config, save_config, to_plain
 from .files import atomic_save, atomic_write, atomic_write_json, atomic_write_text
 from .distributed import (all_gather_object, all_reduce_mean, all_reduce_sum, any_process,
                           barrier, broadcast_buffers, cleanup, get_local_rank, get_rank,
                           get_world_size, init_distributed, is_main_process, per_process_batch_size,
-                          unwrap_model)
+                          unwrap_model, wrap_ddp)
 from .logging import ProgressLogger, ScalarWriter, log_metrics, setup_logging
 from .optim import OPTIMIZERS, build_optimizer
 from .sampler import InfiniteSampler, ShardSampler
@@ -21,5 +21,5 @@ __all__ = ["AMP_DTYPES", "OPTIMIZERS", "Checkpointer", "ConfigError", "InfiniteS
            "barrier", "broadcast_buffers", "build_lr_scheduler", "build_optimizer", "cleanup",
            "cpu_supports_bf16", "get_local_rank", "get_rank", "get_world_size", "init_distributed",
            "is_main_process", "load_config", "log_metrics", "parse_amp", "per_process_batch_size",
-           "save_config",
-           "setup_logging", "to_plain", "unwrap_model"]
+           "save_config", "seed_everything",
+           "setup_logging", "to_plain", "unwrap_model", "wrap_ddp"]

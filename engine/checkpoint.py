@@ -36,6 +36,13 @@ logger = logging.getLogger(__name__)
 POINTER = "last_checkpoint"
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def get_rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) RNG states as tensors and plain values."""
     py_version, py_state, py_gauss = random.getstate()

@@ -125,6 +125,14 @@ def all_gather_object(obj: Any) -> list[Any]:
     return gathered
 
 
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` in DistributedDataParallel when there are several processes, else itself."""
+    if get_world_size() == 1:
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[get_local_rank()] if device.type == "cuda" else None)
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel (or the model itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

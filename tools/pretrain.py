@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -37,12 +35,12 @@ from torch.utils.data import DataLoader
 import backbones
 from backbones.data import (ImageFolderDataset, build_train_loader, build_train_transform,
                             build_val_loader, build_val_transform, scan_image_folder)
-from engine import (OPTIMIZERS, Checkpointer, PeriodicCheckpointer, PeriodicEval,
-                    ProgressLogger, ScalarWriter, Trainer, all_gather_object, all_reduce_sum,
-                    broadcast_buffers, build_lr_scheduler, build_optimizer, cleanup,
-                    get_local_rank, get_rank, get_world_size, init_distributed, is_main_process,
-                    load_config, log_metrics, parse_amp, per_process_batch_size, save_config,
-                    setup_logging, to_plain)
+from engine import (Checkpointer, OPTIMIZERS, PeriodicCheckpointer, PeriodicEval, ProgressLogger,
+                    ScalarWriter, Trainer, all_gather_object, all_reduce_sum, broadcast_buffers,
+                    build_lr_scheduler, build_optimizer, cleanup, get_rank, get_world_size,
+                    init_distributed, is_main_process, load_config, log_metrics, parse_amp,
+                    per_process_batch_size, save_config, seed_everything, setup_logging, to_plain,
+                    wrap_ddp)
 from engine.cli import config_argument_parser
 
 logger = logging.getLogger("pretrain")
@@ -181,17 +179,8 @@ def save_final(cfg: DictConfig, model: backbones.Classifier, class_names: list[s
     logger.info("wrote %s/model_final.pth and %s/backbone_final.pth", output_dir, output_dir)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = config_argument_parser(__doc__)
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUTPUT_DIR/last_checkpoint if there is one")
-    return parser.parse_intermixed_args(argv)
+    return config_argument_parser(__doc__, resume=True).parse_intermixed_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -222,10 +211,7 @@ def train(cfg: DictConfig, device: torch.device, *, resume: bool) -> dict[str, A
 
     model = build_model_from_config(cfg, len(train_set.class_names), device)
     seed_everything(cfg.train.seed + get_rank())  # distinct stochastic depth per process
-    ddp_model: nn.Module = model
-    if world_size > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[get_local_rank()] if device.type == "cuda" else None)
+    ddp_model = wrap_ddp(model, device)
     optimizer = build_optimizer_from_config(cfg, model)
     scheduler = build_scheduler_from_config(cfg, optimizer, iters_per_epoch)
     max_iter = total_iterations(cfg, iters_per_epoch)

@@ -26,21 +26,19 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from engine import (Checkpointer, PeriodicCheckpointer, PeriodicEval,
-                    ProgressLogger, ScalarWriter, Trainer, cleanup, get_local_rank,
-                    get_world_size, init_distributed, is_main_process, load_config, log_metrics,
-                    parse_amp, per_process_batch_size, save_config, setup_logging)
+from engine import (Checkpointer, PeriodicCheckpointer, PeriodicEval, ProgressLogger, ScalarWriter,
+                    Trainer, cleanup, init_distributed, is_main_process, load_config, log_metrics,
+                    parse_amp, per_process_batch_size, save_config, seed_everything, setup_logging,
+                    wrap_ddp)
 from engine.cli import config_argument_parser
 
 logger = logging.getLogger("train")
@@ -61,7 +59,7 @@ def train_sem_seg(cfg: DictConfig, device: torch.device, *, resume: bool) -> dic
     from segmentation.inference import tta_from_config  # noqa: PLC0415
 
     t = cfg.train
-    output_dir, world_size = Path(t.output_dir), get_world_size()
+    output_dir = Path(t.output_dir)
     setup_logging(output_dir)
     batch_size = per_process_batch_size(t.batch_size, "train.batch_size")
     class_names = build_dataset(cfg, "train").class_names  # checks the data first
@@ -69,14 +67,9 @@ def train_sem_seg(cfg: DictConfig, device: torch.device, *, resume: bool) -> dic
     cfg.model.num_classes = len(class_names)
     if is_main_process():
         save_config(cfg, output_dir / "config.yaml")
-    random.seed(t.seed)
-    np.random.seed(t.seed)
-    torch.manual_seed(t.seed)
+    seed_everything(t.seed)
     model = segmentation.build_model(cfg).to(device)
-    ddp_model: nn.Module = model
-    if world_size > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[get_local_rank()] if device.type == "cuda" else None)
+    ddp_model = wrap_ddp(model, device)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
 
@@ -126,10 +119,7 @@ def _fmt(value: Any) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = config_argument_parser(__doc__)
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUTPUT_DIR/last_checkpoint if there is one")
-    return parser.parse_intermixed_args(argv)
+    return config_argument_parser(__doc__, resume=True).parse_intermixed_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
