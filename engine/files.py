@@ -22,6 +22,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *,
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would (0644 under the
+        # usual umask) so metrics and checkpoints stay readable by the rest of a team.
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
@@ -30,6 +33,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *,
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:

@@ -1,7 +1,9 @@
 """engine.checkpoint: atomic writes, pointer, RNG states, bit-identical resume."""
 from __future__ import annotations
 
+import os
 import random
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,17 @@ def test_atomic_json_write_creates_the_folder_and_replaces_the_file(tmp_path: Pa
     atomic_write_json({"AP": 2.5, "name": "ü"}, path)
     assert path.read_text() == '{\n  "AP": 2.5,\n  "name": "\\u00fc"\n}\n'
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
+
+
+def test_atomic_write_gives_the_mode_a_plain_open_would(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        atomic_write_json({"AP": 1.0}, tmp_path / "metrics.json")
+        atomic_save({}, tmp_path / "model.pth")
+    finally:
+        os.umask(old)
+    for name in ("metrics.json", "model.pth"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
 
 
 def test_rng_state_roundtrip_through_weights_only_file(tmp_path: Path) -> None:
