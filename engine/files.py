@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -20,11 +20,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *,
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    # Mode 0o666 under the umask, as a plain open() gives (0644 usually; mkstemp would make it
+    # 0600 and hide metrics and checkpoints from the rest of a team). O_EXCL: never reuse a file.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        # mkstemp makes the file 0600; give it the mode a plain open() would (0644 under the
-        # usual umask) so metrics and checkpoints stay readable by the rest of a team.
-        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
@@ -33,12 +33,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *,
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def _current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
