@@ -1,5 +1,6 @@
 """Detection configs: every valid key with its default lives in
-``configs/detection/base_faster_rcnn.yaml``; a config may only change those keys.
+``configs/detection/base_faster_rcnn.yaml`` (with the shared ``configs/base_train.yaml``);
+a config may only change those keys.
 """
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from engine.config import ConfigError, load_config as engine_load_config, make_schema
+from engine.config import config_from_mapping as engine_config_from_mapping
+from engine.config import load_config as engine_load_config
+from engine.config import load_defaults
 
 BASE_CONFIG = (Path(__file__).resolve().parents[1] / "configs" / "detection"
                / "base_faster_rcnn.yaml")
@@ -18,7 +21,7 @@ BASE_CONFIG = (Path(__file__).resolve().parents[1] / "configs" / "detection"
 
 def defaults() -> DictConfig:
     """The defaults file as a config (every valid key)."""
-    return OmegaConf.load(BASE_CONFIG)  # type: ignore[return-value]
+    return load_defaults(BASE_CONFIG)
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
@@ -33,19 +36,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
 def config_from_mapping(config: Mapping[str, Any] | DictConfig,
                         overrides: Sequence[str] = ()) -> DictConfig:
     """A detection config from a loaded mapping (e.g. the one a checkpoint records)."""
-    cfg = make_schema(defaults())
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.create(config))
-    except Exception as err:  # unknown key in struct mode
-        raise ConfigError(f"invalid detection config: {err}") from None
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value")
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-        except Exception as err:
-            raise ConfigError(f"override '{item}': {err}") from None
-    return cfg  # type: ignore[return-value]
+    return engine_config_from_mapping(config, overrides, defaults=defaults())
 
 
 def test_resize(cfg: Mapping[str, Any] | DictConfig) -> tuple[int, int | None]:

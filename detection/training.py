@@ -1,4 +1,4 @@
-"""Train a Faster / Mask R-CNN from a config: COCO data in, OUTPUT_DIR/model_final.pth out.
+"""The detection task the runner drives (engine.runner): Faster / Mask R-CNN on COCO data.
 
 A batch is a list of N samples (``detection.data.DetectionDataset``); the model takes
 N images (3, H_i, W_i) and per image gt_boxes (M, 4) / gt_classes (M,) (and gt_masks
@@ -11,6 +11,7 @@ fails in `build_datasets` before a model is built.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import backbones
-import engine
-from engine import (Checkpointer, OPTIMIZERS, PeriodicCheckpointer, PeriodicEval, ProgressLogger,
-                    ScalarWriter, Trainer, all_reduce_sum, build_lr_scheduler, get_rank,
-                    get_world_size, is_main_process, parse_amp, per_process_batch_size, save_config,
-                    seed_everything, setup_logging, to_plain, wrap_ddp)
+from engine import to_plain
+from engine.data import CategoryMapping, load_coco_json
+from engine.runner import TaskData, format_metric
 
 from .build import build_model
-from .config import test_resize
-from .data import (CategoryMapping, DetectionDataset, build_test_loader, build_train_loader,
-                   build_transforms, load_coco_json)
+from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
+from .data import DetectionDataset, build_transforms
 from .evaluation import COCOEvaluator
 from .rcnn import FasterRCNN
 
@@ -102,37 +100,9 @@ def resolve_num_classes(cfg: DictConfig, mapping: CategoryMapping) -> None:
                          f"{mapping.num_classes} categories; leave it null to read it from there")
 
 
-def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """``train.optimizer`` (SGD or AdamW) over the trainable parameters."""
-    t = cfg.train
-    if t.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown train.optimizer {t.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-    return engine.build_optimizer(model, name=t.optimizer, lr=t.base_lr,
-                                  weight_decay=t.weight_decay, momentum=t.momentum)
-
-
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer
-                    ) -> torch.optim.lr_scheduler.LambdaLR:
-    t = cfg.train
-    try:
-        return build_lr_scheduler(optimizer, max_iter=t.max_iter, decay=t.lr_decay,
-                                  steps=list(t.lr_steps) if t.lr_decay == "step" else [],
-                                  gamma=t.gamma, warmup_iters=t.warmup_iters,
-                                  warmup_factor=t.warmup_factor)
-    except ValueError as e:
-        raise ValueError(f"invalid train config (max_iter={t.max_iter}, lr_steps="
-                         f"{list(t.lr_steps)}): {e}") from None
-
-
 def iou_types(model: FasterRCNN) -> tuple[str, ...]:
     """What COCO evaluation scores for `model`: ("bbox",), plus "segm" for Mask R-CNN."""
     return ("bbox", "segm") if model.mask_on else ("bbox",)
-
-
-@torch.no_grad()
-def evaluate(model: FasterRCNN, loader: DataLoader, evaluator: COCOEvaluator) -> dict[str, Any]:
-    """Box metrics of `model` over `loader` (every process its share); percent values."""
-    return evaluate_all(model, loader, evaluator)["bbox"]
 
 
 @torch.no_grad()
@@ -172,100 +142,65 @@ def make_provenance(cfg: DictConfig, mapping: CategoryMapping) -> dict[str, Any]
     return provenance
 
 
-def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if isinstance(v, float)}
+class DetectionTask:
+    """Faster R-CNN / Mask R-CNN (model.mask_on) for `engine.runner.run_training`."""
 
+    name = "detection"
+    primary_metrics = "bbox"
 
-def train(cfg: DictConfig, device: torch.device, *, resume: bool = False) -> dict[str, Any]:
-    """Build everything from `cfg`, train (resuming if asked), evaluate, save model_final.pth.
+    def __init__(self) -> None:
+        self.mapping: CategoryMapping | None = None
+        self.evaluator: COCOEvaluator | None = None
 
-    Args:
-        cfg: a detection config (``detection.load_config``).
-        device: this process's device (from ``engine.init_distributed``).
-        resume: continue from OUTPUT_DIR/last_checkpoint when there is one.
+    def prepare(self, cfg: DictConfig) -> TaskData:
+        data = build_datasets(cfg)
+        resolve_num_classes(cfg, data.mapping)
+        self.mapping = data.mapping
+        if data.val is not None:
+            self.evaluator = COCOEvaluator(
+                cfg.data.val.ann_file, category_ids=data.mapping.dataset_ids,
+                output_dir=Path(cfg.train.output_dir) / "inference",
+                iou_types=("bbox", "segm") if cfg.model.mask_on else ("bbox",))
+        description = (f"{len(data.train)} train / {len(data.val) if data.val else 'no'} val "
+                       f"images, {data.mapping.num_classes} classes {list(data.mapping.names)}")
+        return TaskData(train=data.train, val=data.val, description=description,
+                        group_ids=data.train.group_ids)
 
-    Returns:
-        {"model": the detector, "metrics": final box metrics (empty without a val split),
-        "segm_metrics": final mask metrics (empty without masks or a val split),
-        "iteration": steps done}.
-    """
-    t = cfg.train
-    output_dir, world_size = Path(t.output_dir), get_world_size()
-    setup_logging(output_dir)
-    batch_size = per_process_batch_size(t.batch_size, "train.batch_size")
-    data = build_datasets(cfg)
-    resolve_num_classes(cfg, data.mapping)
-    if is_main_process():
-        save_config(cfg, output_dir / "config.yaml")
-    logger.info("%d train / %s val images, %d classes %s, %d processes x %d images per step",
-                len(data.train), len(data.val) if data.val else "no", data.mapping.num_classes,
-                list(data.mapping.names), world_size, batch_size)
+    def build_model(self, cfg: DictConfig) -> nn.Module:
+        return build_model(cfg)
 
-    seed_everything(t.seed)
-    model = build_model(cfg).to(device)
-    ddp_model = wrap_ddp(model, device)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer)
-    amp = parse_amp(t.amp)
-    skipped = {"n": 0}
-
-    def step_fn(net: nn.Module, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        skipped["n"] += batch_size - len(batch)
-        if not batch:  # every image unreadable: a zero step keeps all processes in step
-            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-            return {"loss_cls": zero}
+    def losses(self, model: nn.Module, batch: list[dict[str, Any]],
+               device: torch.device) -> Mapping[str, torch.Tensor]:
         images = [s["image"].to(device, non_blocking=True) for s in batch]
         targets = [{"gt_boxes": s["gt_boxes"].to(device), "gt_classes": s["gt_classes"].to(device)}
                    for s in batch]
-        if model.mask_on:
+        if "gt_masks" in batch[0]:
             for target, s in zip(targets, batch):
                 target["gt_masks"] = s["gt_masks"].to(device, non_blocking=True)
-        return net(images, targets)
+        return model(images, targets)
 
-    writer = ScalarWriter(output_dir / "tensorboard")
-    trainer = Trainer(model=ddp_model, optimizer=optimizer, scheduler=scheduler, step_fn=step_fn,
-                      max_iter=t.max_iter, amp=amp,
-                      clip_grad_norm=t.clip_grad_norm if t.clip_grad_norm else None)
-    checkpointer = Checkpointer(output_dir, model=model, optimizer=optimizer,
-                                scheduler=scheduler, scaler=trainer.scaler, max_to_keep=2)
-    start_iter = 0
-    state = checkpointer.resume() if resume else None
-    if state is not None:
-        start_iter = state["iteration"]
-    seed_everything(t.seed + get_rank() + start_iter)
+    def evaluate(self, model: nn.Module, loader: DataLoader,
+                 device: torch.device) -> dict[str, dict[str, Any]]:
+        assert self.evaluator is not None
+        return evaluate_all(model, loader, self.evaluator)
 
-    hooks: list[Any] = [ProgressLogger(t.log_period, writer, logger),
-                        PeriodicCheckpointer(checkpointer, t.checkpoint_period)]
-    eval_hook = None
-    if data.val is not None:
-        val_loader = build_test_loader(data.val, num_workers=min(cfg.data.num_workers, 1))
-        evaluator = COCOEvaluator(cfg.data.val.ann_file, category_ids=data.mapping.dataset_ids,
-                                  output_dir=output_dir / "inference", iou_types=iou_types(model))
+    def summary(self, metrics: dict[str, dict[str, Any]]) -> str:
+        box = metrics.get("bbox", {})
+        line = f"box AP = {format_metric(box.get('AP'))}"
+        if box:
+            line += (f"  AP50 = {format_metric(box.get('AP50'))}  "
+                     f"AP75 = {format_metric(box.get('AP75'))}")
+        if metrics.get("segm"):
+            line += f"  mask AP = {format_metric(metrics['segm'].get('AP'))}"
+        return line
 
-        def log_all(metrics: dict[str, dict[str, Any]], iteration: int) -> None:
-            for iou_type, values in metrics.items():  # one line and tensorboard group each
-                scalars = _scalar_metrics(values)
-                logger.info("eval @ iter %d, %s: %s", iteration, iou_type,
-                            "  ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
-                writer.add_scalars({f"{iou_type}/{k}": v for k, v in scalars.items()}, iteration)
+    def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
+        assert self.mapping is not None
+        path = Path(cfg.train.output_dir) / "model_final.pth"
+        backbones.save_checkpoint(path, model.state_dict(), make_provenance(cfg, self.mapping),
+                                  iteration=iteration)
+        return [path]
 
-        eval_hook = PeriodicEval(t.eval_period, lambda: evaluate_all(model, val_loader, evaluator),
-                                 on_result=log_all)
-        hooks.append(eval_hook)
-    trainer.register_hooks(*hooks)
-    train_loader = build_train_loader(data.train, batch_size=batch_size, seed=t.seed,
-                                      num_workers=cfg.data.num_workers, start_batch=start_iter)
-    logger.info("training for %d iterations from iteration %d", t.max_iter, start_iter)
-    trainer.train(iter(train_loader), start_iter=start_iter)
-    writer.close()
-    total_skipped = int(all_reduce_sum({"n": skipped["n"]})["n"])
-    if total_skipped:
-        logger.warning("skipped %d unreadable image reads during training", total_skipped)
 
-    metrics = eval_hook.last_result if eval_hook is not None else {}
-    if is_main_process():
-        backbones.save_checkpoint(output_dir / "model_final.pth", model.state_dict(),
-                                  make_provenance(cfg, data.mapping), iteration=t.max_iter)
-        logger.info("wrote %s", output_dir / "model_final.pth")
-    return {"model": model, "metrics": metrics.get("bbox", {}),
-            "segm_metrics": metrics.get("segm", {}), "iteration": trainer.iter}
+TASK = DetectionTask
+RENAMED_KEYS: dict[str, str] = {}

@@ -1,6 +1,8 @@
-"""What every task shares: config, distributed setup, the training loop, checkpoints, logging."""
+"""What every task shares: config, distributed setup, the training loop, checkpoints, logging;
+the runner (engine.runner), the task registry (engine.tasks) and the data layer (engine.data)
+are imported from their modules."""
 from .amp import AMP_DTYPES, amp_for_device, cpu_supports_bf16, parse_amp
-from .checkpoint import Checkpointer, PeriodicCheckpointer, seed_everything
+from .checkpoint import Checkpointer, PeriodicCheckpointer
 from .config import ConfigError, load_config, save_config, to_plain
 from .files import atomic_save, atomic_write, atomic_write_json, atomic_write_text
 from .distributed import (all_gather_object, all_reduce_mean, all_reduce_sum, any_process,
@@ -9,13 +11,13 @@ from .distributed import (all_gather_object, all_reduce_mean, all_reduce_sum, an
                           unwrap_model, wrap_ddp)
 from .logging import ProgressLogger, ScalarWriter, log_metrics, setup_logging
 from .optim import OPTIMIZERS, build_optimizer
-from .sampler import InfiniteSampler, ShardSampler
+from .rng import seed_everything
 from .schedule import WarmupDecay, build_lr_scheduler
 from .trainer import NonFiniteLossError, PeriodicEval, Trainer
 
-__all__ = ["AMP_DTYPES", "OPTIMIZERS", "Checkpointer", "ConfigError", "InfiniteSampler",
+__all__ = ["AMP_DTYPES", "OPTIMIZERS", "Checkpointer", "ConfigError",
            "NonFiniteLossError", "PeriodicCheckpointer", "PeriodicEval", "ProgressLogger",
-           "ScalarWriter", "ShardSampler", "Trainer", "WarmupDecay", "all_gather_object",
+           "ScalarWriter", "Trainer", "WarmupDecay", "all_gather_object",
            "all_reduce_mean", "all_reduce_sum", "amp_for_device", "any_process", "atomic_save",
            "atomic_write", "atomic_write_json", "atomic_write_text",
            "barrier", "broadcast_buffers", "build_lr_scheduler", "build_optimizer", "cleanup",

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from typing import Any
 
 
 def config_argument_parser(description: str | None, *,
@@ -17,3 +19,33 @@ def config_argument_parser(description: str | None, *,
         parser.add_argument("--resume", action="store_true",
                             help="continue from OUTPUT_DIR/last_checkpoint if there is one")
     return parser
+
+
+def train_main(description: str | None, argv: Sequence[str] | None, *,
+               task: str | None = None) -> dict[str, Any]:
+    """What tools/train.py and tools/pretrain.py do: parse CONFIG, overrides and --resume,
+    pick the task from the config's `task` key, run it, print its summary line.
+
+    Args:
+        description: the tool's help text.
+        argv: command-line arguments (None: sys.argv).
+        task: the only task this tool accepts (None: any).
+
+    Returns:
+        `engine.runner.run_training`'s result plus "task".
+    """
+    from .distributed import cleanup, init_distributed, is_main_process  # noqa: PLC0415
+    from .runner import run_training  # noqa: PLC0415
+    from .tasks import load_task_config, task_module  # noqa: PLC0415
+
+    args = config_argument_parser(description, resume=True).parse_intermixed_args(argv)
+    name, cfg = load_task_config(args.config, args.overrides, task=task)
+    runner_task = task_module(name).TASK()
+    device = init_distributed(cfg.train.device)
+    try:
+        result = run_training(runner_task, cfg, device, resume=args.resume)
+        if is_main_process():
+            print(runner_task.summary(result["all_metrics"]), flush=True)
+        return {**result, "task": name}
+    finally:
+        cleanup()

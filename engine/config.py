@@ -9,6 +9,7 @@ naming the key and the file (or the override) it came from. Subtrees listed in `
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from .files import atomic_write_text
 
 BASE_KEY = "_base_"
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -95,9 +97,39 @@ def make_schema(defaults: Mapping[str, Any] | DictConfig, *,
     return schema
 
 
+def load_defaults(path: str | os.PathLike) -> DictConfig:
+    """A task's defaults file (configs/<task>/base_*.yaml) with its `_base_` files merged:
+    every valid key of that task's configs with its default value."""
+    cfg = OmegaConf.create({})
+    for _, part in config_chain(path):
+        cfg = OmegaConf.merge(cfg, part)
+    return cfg  # type: ignore[return-value]
+
+
+_ABSENT = object()
+
+
+def _rename(part: DictConfig, renamed: Mapping[str, str], source: str) -> DictConfig:
+    """Move deprecated keys of `part` to their new names, with a warning naming both."""
+    for old, new in renamed.items():
+        value = OmegaConf.select(part, old, default=_ABSENT)
+        if value is _ABSENT:
+            continue
+        parent, _, leaf = old.rpartition(".")
+        node = OmegaConf.select(part, parent) if parent else part
+        node.pop(leaf)
+        if parent and not node:
+            grand, _, name = parent.rpartition(".")
+            (OmegaConf.select(part, grand) if grand else part).pop(name)
+        logger.warning("%s: config key '%s' is deprecated; it is now '%s'", source, old, new)
+        OmegaConf.update(part, new, value, force_add=True)
+    return part
+
+
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
                 defaults: Mapping[str, Any] | DictConfig | None = None,
-                open_keys: Sequence[str] = ()) -> DictConfig:
+                open_keys: Sequence[str] = (),
+                renamed: Mapping[str, str] | None = None) -> DictConfig:
     """Load a YAML config with its `_base_` files, then apply `key=value` overrides.
 
     Args:
@@ -105,6 +137,8 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
         overrides: dotlist strings such as `solver.base_lr=0.05` or `data.root=/data`.
         defaults: every valid key with its default value; None accepts any key.
         open_keys: dotted paths of subtrees of `defaults` that accept any key.
+        renamed: deprecated dotted key -> its new name; old files and overrides keep loading,
+            with a warning naming the new key.
 
     Returns:
         The merged config, read-only keys-wise (struct mode) when `defaults` is given.
@@ -116,8 +150,24 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
     """
     cfg = (make_schema(defaults, open_keys=open_keys) if defaults is not None
            else OmegaConf.create({}))
+    renamed = renamed or {}
     for file, part in config_chain(path):
-        cfg = _merge(cfg, part, str(file))
+        cfg = _merge(cfg, _rename(part, renamed, str(file)), str(file))
+    cfg = apply_overrides(cfg, overrides, renamed=renamed)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"config {path} leaves mandatory keys unset: {', '.join(missing)} "
+                          f"(set them in the file or as key=value overrides)")
+    return cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
+                    renamed: Mapping[str, str] | None = None) -> DictConfig:
+    """`cfg` with `key=value` overrides merged in order (the one override parser).
+
+    Raises:
+        ConfigError: a malformed override or an unknown key (named with the override).
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value")
@@ -125,12 +175,22 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
             dotlist = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as e:
             raise ConfigError(f"cannot parse override '{item}': {e}") from None
-        cfg = _merge(cfg, dotlist, f"override '{item}'")
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(f"config {path} leaves mandatory keys unset: {', '.join(missing)} "
-                          f"(set them in the file or as key=value overrides)")
+        source = f"override '{item}'"
+        cfg = _merge(cfg, _rename(dotlist, renamed or {}, source), source)
     return cfg
+
+
+def config_from_mapping(config: Mapping[str, Any] | DictConfig, overrides: Sequence[str] = (),
+                        *, defaults: Mapping[str, Any] | DictConfig,
+                        renamed: Mapping[str, str] | None = None) -> DictConfig:
+    """A config from a loaded mapping (e.g. the one a checkpoint records), checked against
+    `defaults` like a file, then `overrides`."""
+    cfg = make_schema(defaults)
+    part = OmegaConf.create(OmegaConf.to_container(config) if isinstance(config, DictConfig)
+                            else dict(config))
+    cfg = _merge(cfg, _rename(part, renamed or {}, "the checkpoint's config"),
+                 "the checkpoint's config")
+    return apply_overrides(cfg, overrides, renamed=renamed)
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

@@ -1,12 +1,13 @@
 """Config -> segmenter: the one place where the `model` config tree becomes modules.
 
-`build_model(cfg)` reads `cfg.model` (keys and defaults in `DEFAULTS` below, repeated with
-comments in configs/segmentation/base_deeplab.yaml) and returns a `SemanticSegmentor`:
+`build_model(cfg)` reads `cfg.model` (keys and defaults in configs/segmentation/base_deeplab.yaml)
+and returns a `SemanticSegmentor`:
 FCN, DeepLabV3 or DeepLabV3+ on any registered ResNet, optional auxiliary FCN head.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,7 +16,9 @@ from torch import nn
 
 import backbones
 from backbones.layers import ShapeSpec
+from engine.config import config_from_mapping as engine_config_from_mapping
 from engine.config import load_config as engine_load_config
+from engine.config import load_defaults
 
 from .convert import load_segmentation_weights
 from .heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead, SemSegHead, aspp_rates
@@ -23,50 +26,12 @@ from .model import SemanticSegmentor
 
 HEADS = ("deeplabv3", "deeplabv3plus", "fcn")
 
-_SPLIT_KEYS: dict[str, Any] = {
-    "img_dir": None,        # images; file names (or the COCO file_name) relative to it
-    "mask_dir": None,       # folder data: PNG class-id masks, the same tree as img_dir
-    "ann_file": None,       # COCO data: instances JSON turned into semantic masks
-    "split_file": None,     # folder data: text file of image names (VOC ImageSets); null = all
-    "img_suffix": ".jpg",   # folder data: image name = NAME + img_suffix
-    "mask_suffix": ".png",  # folder data: mask name = NAME + mask_suffix
-}
-# Every valid config key with its default (configs/segmentation/base_deeplab.yaml repeats it
-# with comments; a test keeps the two equal). `load_config` rejects any other key.
-DEFAULTS: dict[str, Any] = {
-    "task": "sem_seg",
-    "model": {
-        "arch": "semantic_segmentor",
-        "num_classes": None,
-        "weights": None,
-        "pixel_mean": [123.675, 116.28, 103.53],
-        "pixel_std": [58.395, 57.12, 57.375],
-        "size_divisibility": 0,
-        "ignore_index": 255,
-        "backbone": {"name": "resnet50", "weights": None, "norm": "bn", "freeze_at": 0,
-                     "output_stride": 8, "multi_grid": [1, 2, 4], "stride_in_1x1": False},
-        "head": {"name": "deeplabv3", "in_feature": "res5", "channels": None,
-                 "aspp_rates": None, "aspp_dropout": 0.5, "dropout": 0.1, "norm": "bn",
-                 "low_level_feature": "res2", "low_level_channels": 48, "loss_weight": 1.0},
-        "aux_head": {"enabled": True, "in_feature": "res4", "channels": None, "dropout": 0.1,
-                     "loss_weight": 0.4},
-    },
-    "data": {
-        "class_names": None,
-        "train": {**_SPLIT_KEYS, "crop_size": [512, 512], "scale_range": [0.5, 2.0],
-                  "hflip_prob": 0.5},
-        "val": dict(_SPLIT_KEYS),
-        "num_workers": 4,
-    },
-    "test": {"scales": [1.0], "flip": False, "window": None, "stride": None},
-    "train": {
-        "output_dir": "output/deeplab", "batch_size": 16, "max_iter": 30000, "base_lr": 0.01,
-        "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0001, "lr_decay": "cosine",
-        "lr_steps": [], "gamma": 0.1, "warmup_iters": 0, "warmup_factor": 0.001,
-        "clip_grad_norm": 0.0, "amp": False, "checkpoint_period": 5000, "eval_period": 0,
-        "log_period": 20, "seed": 0,
-    },
-}
+BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "segmentation" / "base_deeplab.yaml"
+
+
+def defaults() -> DictConfig:
+    """Every valid segmentation config key with its default (the base file)."""
+    return load_defaults(BASE_CONFIG)
 
 
 def provenance_from_config(cfg: Mapping[str, Any] | DictConfig,
@@ -89,8 +54,14 @@ def provenance_from_config(cfg: Mapping[str, Any] | DictConfig,
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
     """A segmentation config: `path` with its `_base_` files and `key=value` overrides,
-    checked against `DEFAULTS` (an unknown key is an error naming it and its source)."""
-    return engine_load_config(path, overrides, defaults=DEFAULTS)
+    checked against the base file (an unknown key is an error naming it and its source)."""
+    return engine_load_config(path, overrides, defaults=defaults())
+
+
+def config_from_mapping(config: Mapping[str, Any] | DictConfig,
+                        overrides: Sequence[str] = ()) -> DictConfig:
+    """A segmentation config from a loaded mapping, checked like a file, then `overrides`."""
+    return engine_config_from_mapping(config, overrides, defaults=defaults())
 
 
 def _plain(node: Any) -> Any:
@@ -185,7 +156,7 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:
     state dict) is loaded last, strictly.
 
     Args:
-        cfg: config with a `model` subtree as in `DEFAULTS`.
+        cfg: config with a `model` subtree as in the base file.
     """
     mcfg = _plain(cfg["model"])
     if mcfg.get("arch", "semantic_segmentor") != "semantic_segmentor":

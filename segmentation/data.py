@@ -27,18 +27,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from detection.data.coco import DatasetError
-from detection.data.dataset import _PackedRecords
-from detection.data.image_io import UnreadableImageError, read_image
+import engine.data
+from engine.data import DatasetError, PackedRecords, UnreadableImageError, read_image
 from engine.distributed import per_process_batch_size
-from engine.sampler import InfiniteSampler, ShardSampler
 
 from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_semantic,
                       read_mask, scan_folder)
 
 logger = logging.getLogger(__name__)
 __all__ = ["SemSegDataset", "build_dataset", "build_test_loader", "build_train_loader",
-           "build_transform", "coco_semantic_mask", "collate", "load_coco_semantic",
+           "build_transform", "coco_semantic_mask", "load_coco_semantic",
            "read_mask", "resolve_class_names", "scan_folder"]
 
 
@@ -87,7 +85,7 @@ class SemSegDataset(Dataset):
         if not 1 <= len(class_names) <= IGNORE_INDEX:
             raise ValueError(f"the number of classes must be in 1..{IGNORE_INDEX}, got "
                              f"{len(class_names)}")
-        self._records = _PackedRecords(records)
+        self._records = PackedRecords(records)
         self.transform = transform
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
@@ -139,11 +137,6 @@ class SemSegDataset(Dataset):
                 "gt_sem_seg": torch.from_numpy(out["mask"].astype(np.int64)),
                 "file_name": record["file_name"],
                 "height": int(image.shape[0]), "width": int(image.shape[1])}
-
-
-def collate(batch: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
-    """Samples as a list (sizes may differ; the model pads), skipped (None) ones dropped."""
-    return [sample for sample in batch if sample is not None]
 
 
 def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None = None
@@ -213,30 +206,20 @@ def build_dataset(cfg: Mapping[str, Any], split: str) -> SemSegDataset:
                          class_names=resolve_class_names(cfg, coco_names))
 
 
-def _init_worker(worker_id: int) -> None:
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
-def build_train_loader(cfg: Mapping[str, Any], *, start: int = 0) -> DataLoader:
-    """Endless loader of this process's share of `train.batch_size`, resumable at `start`.
+def build_train_loader(cfg: Mapping[str, Any], *, start_iter: int = 0) -> DataLoader:
+    """Endless loader of this process's share of `train.batch_size`, resumable at a step.
 
     Args:
         cfg: the full config.
-        start: samples this process already consumed (iteration * per-process batch).
+        start_iter: steps already done.
     """
     batch_size = per_process_batch_size(cfg["train"]["batch_size"], "train.batch_size")
-    dataset = build_dataset(cfg, "train")
-    sampler = InfiniteSampler(len(dataset), shuffle=True, seed=cfg["train"]["seed"],
-                              start=start, with_seeds=True)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                      num_workers=cfg["data"]["num_workers"], collate_fn=collate,
-                      drop_last=True, worker_init_fn=_init_worker)
+    return engine.data.build_train_loader(
+        build_dataset(cfg, "train"), batch_size=batch_size, seed=cfg["train"]["seed"],
+        num_workers=cfg["data"]["num_workers"], start_iter=start_iter)
 
 
 def build_test_loader(cfg: Mapping[str, Any], split: str = "val") -> DataLoader:
     """Each image of `data.<split>` once over all processes, one whole image per batch."""
-    dataset = build_dataset(cfg, split)
-    return DataLoader(dataset, batch_size=1, sampler=ShardSampler(len(dataset)),
-                      num_workers=cfg["data"]["num_workers"], collate_fn=collate,
-                      worker_init_fn=_init_worker)
+    return engine.data.build_test_loader(build_dataset(cfg, split),
+                                         num_workers=cfg["data"]["num_workers"])

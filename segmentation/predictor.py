@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from backbones.weights import read_checkpoint, unwrap_state_dict
-from engine.config import ConfigError, make_schema
 
-from .build import DEFAULTS, build_model, load_config
+from .build import build_model, config_from_mapping, load_config
 from .convert import load_segmentation_weights
 from .inference import TTAInference, tta_from_config
 
@@ -35,12 +34,7 @@ def _config(config: str | os.PathLike | DictConfig | Mapping[str, Any],
             overrides: Sequence[str]) -> DictConfig:
     if isinstance(config, (str, os.PathLike)):
         return load_config(config, overrides)
-    cfg = OmegaConf.merge(make_schema(DEFAULTS), config)  # unknown keys raise
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-    return cfg  # type: ignore[return-value]
+    return config_from_mapping(config, overrides)  # unknown keys raise
 
 
 class Predictor:

@@ -20,25 +20,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from detection.data.coco import CategoryMapping, DatasetError, read_coco_json
-from detection.data.dataset import segmentation_to_mask
+from engine.data import (CategoryMapping, DatasetError, listing, read_coco_json,
+                         segmentation_to_mask)
+from engine.data.coco import MAX_LISTED
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = 255
-MAX_LISTED = 10
-
-
-def listing(items: Sequence[str]) -> str:
-    """The first MAX_LISTED items, one per line, and how many more there are."""
-    more = f"\n  ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
-    return "\n  " + "\n  ".join(items[:MAX_LISTED]) + more
+__all__ = ["IGNORE_INDEX", "MAX_LISTED", "coco_semantic_mask", "load_coco_semantic",
+           "read_mask", "scan_folder"]
 
 
 def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike, *,
@@ -104,7 +100,7 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
     """COCO instances -> records from which `SemSegDataset` draws semantic masks.
 
     Args:
-        ann_file: COCO instances JSON (checked by `detection.data.coco.read_coco_json`).
+        ann_file: COCO instances JSON (checked by `engine.data.read_coco_json`).
         img_dir: folder the `file_name` entries are relative to.
 
     Returns:

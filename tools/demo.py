@@ -22,7 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from engine import load_config, setup_logging
+from engine import setup_logging
+from engine.tasks import config_task
 from engine.cli import config_argument_parser
 
 logger = logging.getLogger("demo")
@@ -86,8 +87,7 @@ def draw_segmentation(image: np.ndarray, mask: np.ndarray, class_names: Sequence
 def build_renderer(config: str, weights: str, overrides: Sequence[str], min_score: float
                    ) -> Callable[[np.ndarray], np.ndarray]:
     """RGB image -> RGB picture of the predictions, for the config's task."""
-    raw = load_config(config, [o for o in overrides if o.startswith("task=")])
-    if raw.get("task") == "sem_seg":
+    if config_task(config, overrides) == "sem_seg":
         import segmentation  # noqa: PLC0415
         seg = segmentation.Predictor(config, weights=weights, overrides=overrides)
         colours = palette(len(seg.class_names))
@@ -112,7 +112,7 @@ def expand_inputs(paths: Sequence[str]) -> Iterator[Path]:
 
 
 def run_image(path: Path, render: Callable[[np.ndarray], np.ndarray], output: Path) -> Path:
-    from detection.data import read_image  # noqa: PLC0415
+    from engine.data import read_image  # noqa: PLC0415
     picture = render(read_image(path))
     out = output / (path.stem + (".png" if path.suffix.lower() == ".png" else ".jpg"))
     cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))

@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from engine import (atomic_write_json, cleanup, init_distributed, is_main_process, load_config,
-                    setup_logging)
+from engine import atomic_write_json, cleanup, init_distributed, is_main_process, setup_logging
 from engine.cli import config_argument_parser
+from engine.tasks import config_task
 
 logger = logging.getLogger("eval")
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -57,7 +57,7 @@ def evaluate_detection(config: str, weights: str, output: Path, overrides: Seque
     from detection.evaluation import COCOEvaluator  # noqa: PLC0415
     from detection.predictor import load_detector  # noqa: PLC0415
     from detection.training import build_val_dataset, evaluate_all, iou_types  # noqa: PLC0415
-    from detection.data import build_test_loader  # noqa: PLC0415
+    from engine.data import build_test_loader  # noqa: PLC0415
 
     loaded = load_detector(config, weights=weights, overrides=overrides, device=device)
     val = build_val_dataset(loaded.cfg)
@@ -126,12 +126,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Evaluate; returns what metrics.json holds."""
     args = parse_args(argv)
-    raw = load_config(args.config, [o for o in args.overrides if o.startswith("task=")])
+    task = config_task(args.config, args.overrides)
     output = Path(args.output)
     device = init_distributed("auto")
     setup_logging(None)
     try:
-        if raw.get("task") == "sem_seg":
+        if task == "sem_seg":
             return evaluate_sem_seg(args.config, args.weights, output, args.overrides, device)
         return evaluate_detection(args.config, args.weights, output, args.overrides,
                                   args.backend, device)

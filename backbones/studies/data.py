@@ -135,10 +135,9 @@ def load_image_folder(split_dir: str | os.PathLike, image_size: int, *,
         samples = [samples[i] for i in sorted(keep[:max_items].tolist())]
     transform = A.Compose([A.SmallestMaxSize(max_size=image_size, interpolation=cv2.INTER_AREA),
                            A.CenterCrop(height=image_size, width=image_size)])
-    dataset = ImageFolderDataset(samples=samples, class_names=names, transform=transform,
-                                 train=False)
+    dataset = ImageFolderDataset(samples=samples, class_names=names, transform=transform)
     items = [dataset[i] for i in range(len(dataset))]
-    items = [item for item in items if item["label"] >= 0]  # unreadable images (warned)
+    items = [item for item in items if item is not None]  # unreadable images (warned)
     if not items:
         raise ValueError(f"no readable images under {split_dir}")
     return ClassificationSplit(torch.stack([item["image"] for item in items]),

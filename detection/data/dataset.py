@@ -11,7 +11,6 @@ Padding to the backbone's size divisibility is the model's job, not this module'
 from __future__ import annotations
 
 import logging
-import pickle
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -19,47 +18,13 @@ from typing import Any
 import albumentations as A
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from .image_io import UnreadableImageError, read_image
+from engine.data import PackedRecords, UnreadableImageError, read_image, segmentation_to_mask
 
 logger = logging.getLogger(__name__)
 
 SampleKey = int | tuple[int, int]  # an index, or (index, augmentation seed) from TrainingSampler
-
-
-class _PackedRecords:
-    """Records pickled into one numpy buffer.
-
-    DataLoader workers fork the dataset; a Python list of dicts gets its pages copied as soon
-    as reference counts are touched, multiplying memory by the number of workers. One flat
-    buffer is shared copy-on-write.
-    """
-
-    def __init__(self, records: Sequence[dict[str, Any]]) -> None:
-        blobs = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]
-        self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
-        self._buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8)
-
-    def __len__(self) -> int:
-        return len(self._ends)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        start = int(self._ends[index - 1]) if index > 0 else 0
-        return pickle.loads(self._buffer[start:int(self._ends[index])].tobytes())
-
-
-def segmentation_to_mask(segmentation: list[list[float]] | dict[str, Any], height: int,
-                         width: int) -> np.ndarray:
-    """uint8 (H, W) mask of a COCO segmentation (polygons, RLE or uncompressed RLE)."""
-    if isinstance(segmentation, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        rle = segmentation
-    return mask_utils.decode(rle)
 
 
 class DetectionDataset(Dataset):
@@ -79,7 +44,7 @@ class DetectionDataset(Dataset):
                     raise ValueError(f"image id {r['image_id']} ({r['file_name']}): with_masks "
                                      "needs a segmentation for every object (load the records "
                                      "with keep_segmentation=True)")
-        self._records = _PackedRecords(records)
+        self._records = PackedRecords(records)
         self.group_ids = np.asarray([0 if r["width"] >= r["height"] else 1 for r in records],
                                     dtype=np.int64)  # aspect-ratio bucket: landscape 0, portrait 1
         self.transform = transform
@@ -140,12 +105,3 @@ class DetectionDataset(Dataset):
     def _skip(self, reason: str) -> None:
         self.num_skipped += 1
         logger.warning("skipping unreadable image: %s", reason)
-
-
-def collate(batch: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
-    """Keep samples as a list (images differ in size; the model pads), dropping skipped ones.
-
-    A batch can come out shorter than asked (or empty) when images were unreadable; the
-    difference is the number skipped, which a training loop can count.
-    """
-    return [sample for sample in batch if sample is not None]

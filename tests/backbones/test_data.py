@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from backbones.data import (ImageFolderDataset, build_train_loader, build_train_transform,
-                            build_val_transform, collate, read_image, scan_image_folder)
+from backbones.data import (ImageFolderDataset, build_train_transform, build_val_transform,
+                            scan_image_folder, stack)
+from engine.data import UnreadableImageError, build_train_loader, collate, read_image
 
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
@@ -65,8 +66,10 @@ def test_read_image_is_rgb_and_honours_exif_orientation(tmp_path: Path) -> None:
     Image.new("RGB", (20, 10), (0, 0, 255)).save(tmp_path / "rot.jpg", exif=exif)
     assert read_image(tmp_path / "rot.jpg").shape == (20, 10, 3)
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
-    assert read_image(tmp_path / "bad.jpg") is None
-    assert read_image(tmp_path / "missing.png") is None
+    with pytest.raises(UnreadableImageError, match="bad.jpg: cannot be decoded"):
+        read_image(tmp_path / "bad.jpg")
+    with pytest.raises(UnreadableImageError, match="missing.png: file not found"):
+        read_image(tmp_path / "missing.png")
 
 
 def test_val_transform_resizes_crops_center_and_normalizes() -> None:
@@ -86,7 +89,7 @@ def test_val_transform_resizes_crops_center_and_normalizes() -> None:
 def test_seeded_train_samples_are_reproducible(tmp_path: Path) -> None:
     make_tree(tmp_path, {"a": 2, "b": 2}, size=40)
     samples, classes = scan_image_folder(tmp_path)
-    ds = ImageFolderDataset(samples=samples, class_names=classes, train=True,
+    ds = ImageFolderDataset(samples=samples, class_names=classes,
                             transform=build_train_transform(image_size=16))
     x, y, z = ds[(1, 5)], ds[(1, 5)], ds[(1, 6)]
     assert x["image"].shape == (3, 16, 16) and x["label"] == 0
@@ -94,44 +97,35 @@ def test_seeded_train_samples_are_reproducible(tmp_path: Path) -> None:
     assert not torch.equal(x["image"], z["image"])
 
 
-def test_unreadable_image_is_replaced_in_train_and_unscored_in_eval(
+def test_unreadable_image_is_skipped_and_dropped_from_the_batch(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     make_tree(tmp_path, {"a": 2, "b": 1})
     bad = tmp_path / "a/1.png"
     bad.write_bytes(b"not a png")
     samples, classes = scan_image_folder(tmp_path)
-    train = ImageFolderDataset(samples=samples, class_names=classes, train=True,
-                               transform=build_val_transform(image_size=16, resize=16))
-    sample = train[1]
-    assert sample["label"] == 1 and sample["unreadable"] == [str(bad)]  # next image, class b
-    assert f"skipping unreadable image {bad}" in caplog.text
-    assert train[0]["unreadable"] == []
-    val = ImageFolderDataset(samples=samples, class_names=classes, train=False,
-                             transform=build_val_transform(image_size=16, resize=16))
-    assert val[1]["label"] == -1
-    batch = collate([train[0], train[1], val[1]])
-    assert batch["images"].shape == (3, 3, 16, 16)
-    assert batch["labels"].tolist() == [0, 1, -1]
-    assert batch["unreadable"] == [str(bad), str(bad)]
-    for path, _ in samples:
-        Path(path).write_bytes(b"")
-    with pytest.raises(RuntimeError, match="none of the 3 images"):
-        train[0]
+    ds = ImageFolderDataset(samples=samples, class_names=classes,
+                            transform=build_val_transform(image_size=16, resize=16))
+    assert ds[1] is None  # the one policy of every task: skipped, logged, counted by the runner
+    assert f"skipping unreadable image: {bad}: cannot be decoded" in caplog.text
+    images, labels = stack(collate([ds[0], ds[1], ds[2]]))
+    assert images.shape == (2, 3, 16, 16)
+    assert labels.tolist() == [0, 1]
 
 
 def test_train_loader_resumes_and_ignores_worker_count(tmp_path: Path) -> None:
     make_tree(tmp_path, {"a": 3, "b": 3}, size=20)
     samples, classes = scan_image_folder(tmp_path)
-    ds = ImageFolderDataset(samples=samples, class_names=classes, train=True,
+    ds = ImageFolderDataset(samples=samples, class_names=classes,
                             transform=build_train_transform(image_size=8))
 
-    def batches(start: int, workers: int, n: int) -> list[dict]:
-        loader = build_train_loader(ds, batch_size=2, num_workers=workers, seed=1, start=start)
-        return list(itertools.islice(iter(loader), n))
+    def batches(start_iter: int, workers: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        loader = build_train_loader(ds, batch_size=2, num_workers=workers, seed=1,
+                                    start_iter=start_iter)
+        return [stack(b) for b in itertools.islice(iter(loader), n)]
 
     full = batches(0, 0, 5)
-    for resumed, reference in zip(batches(4, 1, 3), full[2:]):
-        assert torch.equal(resumed["images"], reference["images"])
-        assert torch.equal(resumed["labels"], reference["labels"])
-    labels = torch.cat([b["labels"] for b in full[:3]])
+    for resumed, reference in zip(batches(2, 1, 3), full[2:]):
+        assert torch.equal(resumed[0], reference[0])
+        assert torch.equal(resumed[1], reference[1])
+    labels = torch.cat([b[1] for b in full[:3]])
     assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]  # the first epoch sees every image

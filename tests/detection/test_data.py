@@ -12,20 +12,9 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from detection.data import (
-    CategoryMapping,
-    DatasetError,
-    DetectionDataset,
-    GroupedBatchSampler,
-    InferenceSampler,
-    TrainingSampler,
-    build_train_loader,
-    build_transforms,
-    collate,
-    load_coco_json,
-    read_image,
-    resized_shape,
-)
+from detection.data import DetectionDataset, build_transforms, resized_shape
+from engine.data import (CategoryMapping, DatasetError, build_train_loader, collate,
+                         load_coco_json, read_image)
 
 
 def _pattern(height: int, width: int) -> np.ndarray:
@@ -355,47 +344,20 @@ def test_unreadable_and_mis_sized_images_skipped_with_count(small: tuple[Path, P
     assert "40x31 differs from the annotation's 40x30" in caplog.text
 
 
-# ---- samplers -------------------------------------------------------------------------------
-
-def test_training_sampler_shards_one_seeded_stream() -> None:
-    single = list(itertools.islice(TrainingSampler(5, seed=3, rank=0, world_size=1), 20))
-    assert sorted(i for i, _ in single[:5]) == list(range(5))      # each pass is a permutation
-    assert sorted(i for i, _ in single[5:10]) == list(range(5))
-    assert [i for i, _ in single[:5]] != [i for i, _ in single[5:10]]  # reshuffled
-    ranks = [list(itertools.islice(TrainingSampler(5, seed=3, rank=r, world_size=2), 10))
-             for r in range(2)]
-    assert ranks[0] == single[0::2] and ranks[1] == single[1::2]
-    assert len({s for _, s in single}) == 20                       # distinct augmentation seeds
-    assert list(itertools.islice(TrainingSampler(5, seed=4, rank=0, world_size=1), 20)) != single
-
-
-def test_inference_sampler_covers_every_index_once() -> None:
-    shards = [list(InferenceSampler(10, rank=r, world_size=3)) for r in range(3)]
-    assert shards == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
-    assert [len(InferenceSampler(2, rank=r, world_size=3)) for r in range(3)] == [1, 1, 0]
-
-
-def test_grouped_batches_share_orientation_and_resume() -> None:
-    group_ids = np.array([0, 1, 0, 1, 1, 0, 0, 1])
-    sampler = TrainingSampler(8, seed=0, rank=0, world_size=1)
-    batches = GroupedBatchSampler(sampler, group_ids=group_ids, batch_size=3)
-    first = list(itertools.islice(batches, 12))
-    for batch in first:
-        assert len(batch) == 3 and len({int(group_ids[i]) for i, _ in batch}) == 1
-    resumed = GroupedBatchSampler(sampler, group_ids=group_ids, batch_size=3, start_batch=5)
-    assert list(itertools.islice(resumed, 7)) == first[5:]
-
+# ---- loader ---------------------------------------------------------------------------------
 
 def test_train_loader_yields_lists_of_samples(small: tuple[Path, Path]) -> None:
     dataset = _dataset(small, transform=build_transforms(min_size=30, max_size=None,
                                                          flip_prob=0.5))
-    loader = build_train_loader(dataset, batch_size=2, seed=1, rank=0, world_size=1)
+    loader = build_train_loader(dataset, batch_size=2, seed=1, group_ids=dataset.group_ids,
+                                rank=0, world_size=1)
     batches = list(itertools.islice(iter(loader), 3))
     for batch in batches:
         assert isinstance(batch, list) and len(batch) == 2
         assert len({tuple(s["image"].shape) for s in batch}) == 1   # same orientation
     # a worker process decodes and augments exactly what the main process would
-    in_worker = build_train_loader(dataset, batch_size=2, seed=1, num_workers=1, rank=0,
+    in_worker = build_train_loader(dataset, batch_size=2, seed=1, num_workers=1,
+                                   group_ids=dataset.group_ids, rank=0,
                                    world_size=1)
     again = list(itertools.islice(iter(in_worker), 3))
     for b1, b2 in zip(batches, again, strict=True):

@@ -15,6 +15,7 @@ import torchvision
 from omegaconf import OmegaConf
 
 from detection import build_model
+from detection.config import defaults as detection_defaults
 from detection.convert import load_detector_weights
 from detection.random_reference import randomize_detector
 from detection.roi_heads import paste_masks
@@ -29,7 +30,7 @@ from tests.detection.test_torchvision_parity import (
 )
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detection"
-BASE = OmegaConf.load(CONFIGS / "base_faster_rcnn.yaml")
+BASE = detection_defaults()
 SIZE = (320, 416)
 DETECTIONS = 40  # detections per image on both sides (the mask head runs on each)
 

@@ -11,7 +11,7 @@ import torch
 import backbones
 from detection import Predictor, build_model
 from detection.config import load_config
-from detection.data import CategoryMapping
+from engine.data import CategoryMapping
 from detection.training import make_provenance
 
 ROOT = Path(__file__).resolve().parents[2]

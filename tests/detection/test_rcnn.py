@@ -8,11 +8,12 @@ import torchvision
 from omegaconf import OmegaConf
 
 from detection import build_model
+from detection.config import defaults as detection_defaults
 from detection.convert import load_detector_weights
 from engine.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detection"
-BASE = OmegaConf.load(CONFIGS / "base_faster_rcnn.yaml")
+BASE = detection_defaults()
 TINY = [
     "model.num_classes=3",
     "model.backbone.name=resnet18",

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from omegaconf import OmegaConf
 
 from detection import build_model
+from detection.config import defaults as detection_defaults
 from detection.convert import load_detector_weights
 from detection.random_reference import PROBE_SIZE, randomize_detector, spread_classes
 from engine.config import load_config
@@ -102,7 +102,7 @@ def models() -> tuple[torch.nn.Module, torch.nn.Module, torch.Generator]:
     cfg = load_config(
         CONFIGS / "faster_rcnn_R_50_FPN_1x.yaml",
         ["model.num_classes=90", "model.roi_heads.score_thresh=0.0"],
-        defaults=OmegaConf.load(CONFIGS / "base_faster_rcnn.yaml"),
+        defaults=detection_defaults(),
     )
     ours = build_model(cfg)
     load_detector_weights(ours, tv.state_dict())

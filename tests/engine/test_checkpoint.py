@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from engine.checkpoint import Checkpointer, PeriodicCheckpointer, get_rng_state, set_rng_state
+from engine.checkpoint import Checkpointer, PeriodicCheckpointer
+from engine.rng import get_rng_state, set_rng_state
 from engine.files import atomic_save, atomic_write_json
-from engine.sampler import InfiniteSampler
+from engine.data.samplers import TrainingSampler
 from engine.schedule import build_lr_scheduler
 from engine.trainer import Trainer
 
@@ -144,7 +145,7 @@ def run(output_dir: Path, *, init_seed: int, resume: bool, crash_at: int | None 
     if crash_at is not None:
         trainer.register_hooks(Crash(crash_at))
     loader = DataLoader(NoisyPoints(), batch_size=BATCH, drop_last=True,
-                        sampler=InfiniteSampler(32, seed=7, start=consumed, with_seeds=True),
+                        sampler=TrainingSampler(32, seed=7, start=consumed),
                         generator=torch.Generator().manual_seed(7))
     data: Iterator[Any] = iter(loader)
     trainer.train(data, start_iter=start_iter)

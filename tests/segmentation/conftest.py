@@ -1,17 +1,18 @@
 """Shared helpers: small segmentation configs (ResNet-18, few channels) for fast CPU tests."""
-import copy
 from typing import Any
 
 import pytest
 import torch
 
-from segmentation.build import DEFAULTS
+from omegaconf import OmegaConf
+
+from segmentation.build import defaults
 
 
 def _small_config(head: str = "deeplabv3", *, output_stride: int = 16, num_classes: int = 5,
                  aux: bool = True, **model: Any) -> dict[str, Any]:
     """A ResNet-18 segmenter config with 16-channel heads."""
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg = OmegaConf.to_container(defaults())
     m = cfg["model"]
     m.update(num_classes=num_classes, **model)
     m["backbone"].update(name="resnet18", output_stride=output_stride, multi_grid=[1, 2])

@@ -2,19 +2,13 @@
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from engine.config import ConfigError
 from segmentation import build_model, load_config
-from segmentation.build import DEFAULTS
+
 from segmentation.heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
-
-def test_base_config_equals_defaults():
-    base = OmegaConf.to_container(OmegaConf.load(CONFIGS / "segmentation" / "base_deeplab.yaml"))
-    assert base == DEFAULTS
 
 
 # config -> (head class, backbone depth blocks of res4, res5 3x3 dilations, ASPP rates)

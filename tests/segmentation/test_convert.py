@@ -1,12 +1,13 @@
 """torchvision parity: deeplabv3_resnet50 / fcn_resnet50 state dicts give the same logits."""
-import copy
 
 import pytest
 import torch
 from torchvision.models.segmentation import deeplabv3_resnet50, fcn_resnet50
 
 from segmentation import build_model, convert_torchvision_segmentation, load_segmentation_weights
-from segmentation.build import DEFAULTS
+from omegaconf import OmegaConf
+
+from segmentation.build import defaults
 
 REFERENCES = {"deeplabv3": deeplabv3_resnet50, "fcn": fcn_resnet50}
 
@@ -32,7 +33,7 @@ def _reference(head: str) -> torch.nn.Module:
 
 
 def _torchvision_config(head: str, **model) -> dict:
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg = OmegaConf.to_container(defaults())
     cfg["model"].update({"num_classes": 21, **model})
     cfg["model"]["backbone"].update(name="resnet50", output_stride=8, multi_grid=None)
     cfg["model"]["head"]["name"] = head

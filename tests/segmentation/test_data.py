@@ -1,5 +1,4 @@
 """Data: folder (VOC / Cityscapes trees) and COCO sources, mask-aware augmentation, bad input."""
-import copy
 import json
 import logging
 from pathlib import Path
@@ -11,8 +10,10 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from detection.data.coco import DatasetError
-from segmentation.build import DEFAULTS
+from engine.data import DatasetError
+from omegaconf import OmegaConf
+
+from segmentation.build import defaults
 from segmentation.data import (SemSegDataset, build_dataset, build_test_loader,
                                build_train_loader, build_transform, coco_semantic_mask,
                                load_coco_semantic, read_mask, scan_folder)
@@ -41,7 +42,7 @@ def _folder(tmp_path: Path, n: int = 3, h: int = 20, w: int = 30) -> tuple[Path,
 
 
 def _config(**split) -> dict:
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg = OmegaConf.to_container(defaults())
     cfg["data"]["class_names"] = ["background", "a", "b"]
     cfg["data"]["num_workers"] = 0
     cfg["data"]["train"].update(split, crop_size=[16, 16], scale_range=[1.0, 1.0])

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import backbones
+from backbones.pretraining import build_datasets
+from engine.tasks import load_task_config
 from tests.torchrun import run_two_processes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,8 +61,8 @@ def colour_tree(root: Path, train_per_class: int, val_per_class: int, size: int 
 def overrides(data: Path, out: Path, **extra: object) -> list[str]:
     values = {"data.root": data, "train.output_dir": out, "model.name": "cifar_resnet20",
               "data.image_size": 16, "data.val_resize": 16, "data.num_workers": 0,
-              "data.scale": "[0.5,1.0]", "solver.batch_size": 8, "solver.epochs": 2,
-              "solver.warmup_epochs": 0, "solver.optimizer": "sgd", "solver.weight_decay": 5e-5,
+              "data.scale": "[0.5,1.0]", "train.batch_size": 8, "train.epochs": 2,
+              "train.warmup_epochs": 0, "train.optimizer": "sgd", "train.weight_decay": 5e-5,
               "train.log_period": 1, **extra}
     return [str(CONFIG)] + [f"{k}={v}" for k, v in values.items()]
 
@@ -76,6 +78,7 @@ def test_short_pretrain_lowers_loss_and_writes_loadable_outputs(
         tool: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     colour_tree(tmp_path / "data", train_per_class=8, val_per_class=4)
     out = tmp_path / "out"
+    # the `solver` keys of older configs still load (moved to `train`, with a warning)
     result = tool.main(overrides(tmp_path / "data", out, **{"solver.epochs": 5,
                                                            "solver.base_lr": 0.05}))
     assert result["metrics"] == {"top1": 100.0, "top5": 100.0}
@@ -85,9 +88,7 @@ def test_short_pretrain_lowers_loss_and_writes_loadable_outputs(
     torch.manual_seed(0)
     untrained = backbones.build_classifier("cifar_resnet20", 2).eval()
     trained = result["model"].eval()
-    _, val = tool.build_datasets_from_config(tool.load_config(
-        CONFIG, overrides(tmp_path / "data", out)[1:], defaults=tool.DEFAULTS,
-        open_keys=tool.OPEN_KEYS))
+    _, val = build_datasets(load_task_config(CONFIG, overrides(tmp_path / "data", out)[1:])[1])
     images = torch.stack([val[i]["image"] for i in range(len(val))])
     labels = torch.tensor([val[i]["label"] for i in range(len(val))])
     with torch.no_grad():
@@ -101,7 +102,8 @@ def test_short_pretrain_lowers_loss_and_writes_loadable_outputs(
     assert final["provenance"]["arch"] == "cifar_resnet20"
     assert final["provenance"]["class_names"] == ["blue", "red"]
     assert final["provenance"]["channel_order"] == "RGB"
-    assert final["provenance"]["config"]["solver"]["batch_size"] == 8
+    assert final["provenance"]["config"]["train"]["batch_size"] == 8
+    assert final["provenance"]["config"]["train"]["epochs"] == 5
     clone = backbones.build_classifier("cifar_resnet20", 2)
     backbones.load_weights(clone, out / "model_final.pth")
     backbone = backbones.build("cifar_resnet20", weights=out / "backbone_final.pth").eval()
@@ -122,16 +124,19 @@ def test_unreadable_images_are_skipped_and_counted(
     # 8 training images, 4 per step, 1 epoch: the stream reads each index exactly once.
     with caplog.at_level(logging.INFO):
         result = tool.main(overrides(tmp_path / "data", tmp_path / "out",
-                                     **{"solver.epochs": 1, "solver.batch_size": 4}))
-    assert f"train: skipped 1 unreadable image reads (1 files): {bad_train}" in caplog.text
-    assert f"val: skipped 1 unreadable image reads (1 files): {bad_val}" in caplog.text
+                                     **{"train.epochs": 1, "train.batch_size": 4}))
+    assert f"skipping unreadable image: {bad_train}: cannot be decoded" in caplog.text
+    assert f"skipping unreadable image: {bad_val}: cannot be decoded" in caplog.text
+    assert "train: skipped 1 unreadable image reads" in caplog.text
+    assert "val: skipped 1 unreadable image reads" in caplog.text
+    assert result["skipped"] == 1
     # 3 scored validation images: accuracy is a multiple of 1/3.
     assert round(result["metrics"]["top1"] * 3 / 100, 6) in (0.0, 1.0, 2.0, 3.0)
 
 
 def test_resumed_run_ends_with_the_same_weights(tool: ModuleType, tmp_path: Path) -> None:
     colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
-    extra = {"solver.epochs": 3, "solver.batch_size": 4, "train.checkpoint_period": 2,
+    extra = {"train.epochs": 3, "train.batch_size": 4, "train.checkpoint_period": 2,
              "train.max_to_keep": "null", "model.options.drop_path_rate": 0.2}
     full = tool.main(overrides(tmp_path / "data", tmp_path / "a", **extra))["model"]
     (tmp_path / "b").mkdir()
@@ -148,12 +153,12 @@ def test_resumed_run_ends_with_the_same_weights(tool: ModuleType, tmp_path: Path
 
 def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
     colour_tree(tmp_path / "data", train_per_class=2, val_per_class=1)
-    with pytest.raises(ValueError, match="solver.batch_size 64 exceeds the 4 training images"):
-        tool.main(overrides(tmp_path / "data", tmp_path / "o", **{"solver.batch_size": 64}))
+    with pytest.raises(ValueError, match="train.batch_size 64 exceeds the 4 training images"):
+        tool.main(overrides(tmp_path / "data", tmp_path / "o", **{"train.batch_size": 64}))
     with pytest.raises(ValueError, match="unknown lr decay 'linear'"):
-        tool.main(overrides(tmp_path / "data", tmp_path / "o", **{"solver.decay": "linear",
-                                                                 "solver.batch_size": 2}))
-    with pytest.raises(ValueError, match="unknown config key 'solver.lr'"):
+        tool.main(overrides(tmp_path / "data", tmp_path / "o", **{"train.lr_decay": "linear",
+                                                                 "train.batch_size": 2}))
+    with pytest.raises(ValueError, match="unknown config key 'solver' in override 'solver.lr=0.1'"):
         tool.main(overrides(tmp_path / "data", tmp_path / "o", **{"solver.lr": 0.1}))
 
 
@@ -162,13 +167,13 @@ def test_two_process_torchrun_ranks_end_identical(tmp_path: Path) -> None:
     colour_tree(tmp_path / "data", train_per_class=6, val_per_class=3)
     out = tmp_path / "out"
     out.mkdir()
-    args = overrides(tmp_path / "data", tmp_path / "unused", **{"solver.epochs": 2,
-                                                                   "solver.batch_size": 4})
+    args = overrides(tmp_path / "data", tmp_path / "unused", **{"train.epochs": 2,
+                                                                   "train.batch_size": 4})
     args = [a for a in args if not a.startswith("train.output_dir=")] + [
         f"train.output_dir={out}"]
     log = run_two_processes("pretrain", args, tmp_path)
     assert "12 train / 6 val images, 2 classes, 2 processes x 2 images per step" in log
-    assert "training cifar_resnet20 for 6 iterations (3 per epoch)" in log
+    assert "training for 6 iterations (3 per epoch) from iteration 0" in log
     rank0 = torch.load(out / "rank0.pth", weights_only=True)
     rank1 = torch.load(out / "rank1.pth", weights_only=True)
     final = backbones.read_checkpoint(out / "model_final.pth")["model"]

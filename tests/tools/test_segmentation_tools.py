@@ -14,7 +14,7 @@ import cv2
 import pytest
 import torch
 
-import segmentation
+import segmentation.training
 from tests.tools.test_train_eval_demo import ROOT, _drop_log_handlers, data, load_tool
 
 CONFIG = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
@@ -77,7 +77,7 @@ def test_training_evaluates_with_the_configs_test_scales(data: Path, tmp_path: P
         seen.append(kwargs.get("tta"))
         return evaluate(model, loader, evaluator, **kwargs)
 
-    monkeypatch.setattr(segmentation, "evaluate_model", recording)
+    monkeypatch.setattr(segmentation.training, "evaluate_model", recording)
     load_tool("train").main([str(CONFIG), *overrides(data), "train.max_iter=1",
                              f"train.output_dir={tmp_path}", "test.flip=true"])
     assert len(seen) == 1 and seen[0] is not None

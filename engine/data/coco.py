@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 logger = logging.getLogger(__name__)
 
-_MAX_LISTED = 10  # problems listed in one error message
+MAX_LISTED = 10  # problems listed in one error message
 
 
 class DatasetError(ValueError):
@@ -192,10 +193,26 @@ def _image_path(img_dir: Path, file_name: str) -> Path:
     return img_dir / os.path.normpath(file_name.replace("\\", "/"))
 
 
+def listing(items: list[str]) -> str:
+    """The first MAX_LISTED items, one per line, and how many more there are."""
+    more = f"\n  ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return "\n  " + "\n  ".join(items[:MAX_LISTED]) + more
+
+
+def segmentation_to_mask(segmentation: list[list[float]] | dict[str, Any], height: int,
+                         width: int) -> np.ndarray:
+    """uint8 (H, W) mask of a COCO segmentation (polygons, RLE or uncompressed RLE)."""
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return mask_utils.decode(rle)
+
+
 def _format_problems(ann_file: Path, problems: list[str]) -> str:
-    listed = "\n  ".join(problems[:_MAX_LISTED])
-    more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
-    return f"{ann_file}: {len(problems)} problem(s):\n  {listed}{more}"
+    return f"{ann_file}: {len(problems)} problem(s):" + listing(problems)
 
 
 def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: bool = False,

@@ -1,0 +1,146 @@
+"""The classification pretraining task the runner drives (engine.runner): a ResNet classifier
+on an ImageFolder tree (root/train/<class>/*, root/val/<class>/*).
+
+Ends with OUTPUT_DIR/model_final.pth (the classifier) and OUTPUT_DIR/backbone_final.pth (the
+backbone alone, loadable with `backbones.build(name, weights=PATH)`), both with provenance.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+
+from engine import (AMP_DTYPES, all_reduce_sum, amp_for_device, parse_amp,
+                    per_process_batch_size, to_plain)
+from engine.runner import TaskData
+
+from . import build_classifier
+from .classifier import Classifier
+from .data import (ImageFolderDataset, build_train_transform, build_val_transform,
+                   scan_image_folder, stack)
+from .weights import make_provenance, save_checkpoint
+
+BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "base_classifier.yaml"
+OPEN_KEYS = ("model.options",)
+# the `solver` section of older pretraining configs
+RENAMED_KEYS = {
+    "solver.optimizer": "train.optimizer", "solver.batch_size": "train.batch_size",
+    "solver.epochs": "train.epochs", "solver.base_lr": "train.base_lr",
+    "solver.momentum": "train.momentum", "solver.nesterov": "train.nesterov",
+    "solver.weight_decay": "train.weight_decay", "solver.decay": "train.lr_decay",
+    "solver.steps": "train.lr_step_epochs", "solver.gamma": "train.gamma",
+    "solver.final_lr_factor": "train.final_lr_factor",
+    "solver.warmup_epochs": "train.warmup_epochs", "solver.warmup_factor": "train.warmup_factor",
+    "solver.clip_grad_norm": "train.clip_grad_norm",
+    "solver.label_smoothing": "model.label_smoothing",
+}
+
+
+def build_datasets(cfg: DictConfig) -> tuple[ImageFolderDataset, ImageFolderDataset]:
+    """Scan both splits first, so a missing folder fails before any model is built."""
+    d = cfg.data
+    train_samples, class_names = scan_image_folder(f"{d.root}/{d.train_split}")
+    val_samples, _ = scan_image_folder(f"{d.root}/{d.val_split}", class_names)
+    norm = {"pixel_mean": list(d.pixel_mean), "pixel_std": list(d.pixel_std)}
+    train = ImageFolderDataset(samples=train_samples, class_names=class_names,
+                               transform=build_train_transform(image_size=d.image_size,
+                                                               scale=list(d.scale),
+                                                               hflip=d.hflip, **norm))
+    val = ImageFolderDataset(samples=val_samples, class_names=class_names,
+                             transform=build_val_transform(image_size=d.image_size,
+                                                           resize=d.val_resize, **norm))
+    return train, val
+
+
+class ClassificationTask:
+    """Classifier pretraining for `engine.runner.run_training`; metrics in percent."""
+
+    name = "classification"
+    primary_metrics = "classification"
+
+    def __init__(self) -> None:
+        self.class_names: list[str] = []
+        self.channels_last = False
+        self.label_smoothing = 0.0
+        self.amp: str | None = None
+
+    def prepare(self, cfg: DictConfig) -> TaskData:
+        train, val = build_datasets(cfg)
+        self.class_names = train.class_names
+        self.channels_last = bool(cfg.model.channels_last)
+        self.label_smoothing = float(cfg.model.label_smoothing)
+        self.amp = parse_amp(cfg.train.amp)
+        per_process = per_process_batch_size(cfg.train.batch_size, "train.batch_size")
+        description = (f"{len(train)} train / {len(val)} val images, "
+                       f"{len(self.class_names)} classes")
+        return TaskData(train=train, val=val, description=description,
+                        val_batch_size=per_process)
+
+    def build_model(self, cfg: DictConfig) -> nn.Module:
+        model = build_classifier(cfg.model.name, len(self.class_names),
+                                 **to_plain(cfg.model.options))
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def _inputs(self, batch: list[dict[str, Any]], device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = stack(batch)
+        images = images.to(device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels.to(device, non_blocking=True)
+
+    def losses(self, model: nn.Module, batch: list[dict[str, Any]],
+               device: torch.device) -> Mapping[str, torch.Tensor]:
+        images, labels = self._inputs(batch, device)
+        return {"loss_cls": F.cross_entropy(model(images), labels,
+                                            label_smoothing=self.label_smoothing)}
+
+    def evaluate(self, model: nn.Module, loader: DataLoader,
+                 device: torch.device) -> dict[str, dict[str, Any]]:
+        """Top-1/top-5 accuracy over every process's shard; unreadable images not scored."""
+        amp = amp_for_device(self.amp, device.type)
+        dtype = AMP_DTYPES[amp] if amp else None
+        sums = {"top1": 0.0, "top5": 0.0, "count": 0.0}
+        for batch in loader:
+            if not batch:
+                continue
+            images, labels = self._inputs(batch, device)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = model(images)
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (N, 5)
+            hit = top == labels[:, None]
+            sums["top1"] += hit[:, 0].sum().item()
+            sums["top5"] += hit.any(dim=1).sum().item()
+            sums["count"] += len(labels)
+        total = all_reduce_sum(sums)
+        n = max(total["count"], 1.0)
+        return {"classification": {"top1": 100.0 * total["top1"] / n,
+                                   "top5": 100.0 * total["top5"] / n}}
+
+    def summary(self, metrics: dict[str, dict[str, Any]]) -> str:
+        m = metrics.get("classification", {})
+        return f"top1={m['top1']:.2f}  top5={m['top5']:.2f}" if m else "top1=n/a  top5=n/a"
+
+    def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
+        assert isinstance(model, Classifier)
+        output_dir = Path(cfg.train.output_dir)
+        provenance = make_provenance(
+            cfg.model.name, to_plain(cfg.model.options), class_names=self.class_names,
+            config=to_plain(cfg), pixel_mean=tuple(cfg.data.pixel_mean),
+            pixel_std=tuple(cfg.data.pixel_std))
+        save_checkpoint(output_dir / "model_final.pth", model.state_dict(), provenance,
+                        iteration=iteration)
+        save_checkpoint(output_dir / "backbone_final.pth", model.backbone.state_dict(),
+                        provenance)
+        return [output_dir / "model_final.pth", output_dir / "backbone_final.pth"]
+
+
+TASK = ClassificationTask

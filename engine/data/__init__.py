@@ -1,0 +1,13 @@
+"""The data layer every task shares: COCO reading and category mapping, image reading with one
+policy for unreadable files, packed records, samplers, collate and loaders."""
+from .coco import (CategoryMapping, DatasetError, LoadStats, check_segmentation, listing,
+                   load_coco_json, read_coco_json, segmentation_to_mask)
+from .images import UnreadableImageError, read_image
+from .loaders import build_test_loader, build_train_loader, collate
+from .records import PackedRecords
+from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
+
+__all__ = ["CategoryMapping", "DatasetError", "GroupedBatchSampler", "InferenceSampler",
+           "LoadStats", "PackedRecords", "TrainingSampler", "UnreadableImageError",
+           "build_test_loader", "build_train_loader", "check_segmentation", "collate",
+           "listing", "load_coco_json", "read_coco_json", "read_image", "segmentation_to_mask"]

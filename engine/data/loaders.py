@@ -1,0 +1,71 @@
+"""Loaders for every task: batches are lists of samples (the model pads and stacks), with the
+samples of unreadable images (None) dropped, so the training loop can count them.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset
+
+from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
+
+
+def collate(batch: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """Keep samples as a list (images may differ in size), dropping skipped (None) ones.
+
+    A batch can come out shorter than asked (or empty) when images were unreadable; the
+    difference is the number skipped.
+    """
+    return [sample for sample in batch if sample is not None]
+
+
+def _init_worker(worker_id: int) -> None:
+    # Each loader worker is one process: one torch thread, so the workers do not compete with
+    # the training threads. (OpenCV's threads are set once, in engine.data.images.)
+    torch.set_num_threads(1)
+
+
+def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int = 0,
+                       num_workers: int = 0, start_iter: int = 0,
+                       group_ids: Sequence[int] | np.ndarray | None = None,
+                       pin_memory: bool = False, rank: int | None = None,
+                       world_size: int | None = None) -> DataLoader:
+    """Endless training loader of lists of samples, resumable at a step.
+
+    Args:
+        dataset: indexed by `(index, augmentation seed)` keys.
+        batch_size: images per step on this process (the global batch / world size).
+        seed: sampling and augmentation seed, the same on every rank.
+        num_workers: DataLoader worker processes.
+        start_iter: steps already done (resume): that many batches are skipped.
+        group_ids: group of every index (aspect-ratio grouping); None batches consecutive keys.
+        pin_memory: page-locked batches for asynchronous copies to a GPU.
+        rank: this process (default: from torch.distributed).
+        world_size: number of processes (default: from torch.distributed).
+    """
+    if group_ids is None:  # consecutive keys: skip them in the sampler, no bucketing needed
+        sampler = TrainingSampler(len(dataset), seed=seed, start=start_iter * batch_size,
+                                  rank=rank, world_size=world_size)
+        batches: Any = BatchSampler(sampler, batch_size=batch_size, drop_last=True)
+    else:
+        sampler = TrainingSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
+        batches = GroupedBatchSampler(sampler, group_ids=group_ids, batch_size=batch_size,
+                                      start_batch=start_iter)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=pin_memory, worker_init_fn=_init_worker,
+                      generator=torch.Generator().manual_seed(seed),
+                      persistent_workers=num_workers > 0)
+
+
+def build_test_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int = 0,
+                      pin_memory: bool = False, rank: int | None = None,
+                      world_size: int | None = None) -> DataLoader:
+    """Loader over this rank's share of the dataset, every image once, in order."""
+    sampler = InferenceSampler(len(dataset), rank=rank, world_size=world_size)
+    batches = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=pin_memory, worker_init_fn=_init_worker,
+                      generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,29 @@
+"""Per-image records packed into one buffer, so forked loader workers share them."""
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class PackedRecords:
+    """Records pickled into one numpy buffer.
+
+    DataLoader workers fork the dataset; a Python list of dicts gets its pages copied as soon
+    as reference counts are touched, multiplying memory by the number of workers. One flat
+    buffer is shared copy-on-write.
+    """
+
+    def __init__(self, records: Sequence[Any]) -> None:
+        blobs = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]
+        self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
+        self._buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> Any:
+        start = int(self._ends[index - 1]) if index > 0 else 0
+        return pickle.loads(self._buffer[start:int(self._ends[index])].tobytes())

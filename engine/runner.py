@@ -1,0 +1,267 @@
+"""One training run for any task: config in, OUTPUT_DIR/model_final.pth out.
+
+The runner owns everything that is the same for every task: seeding, DDP, the optimizer and
+learning-rate schedule from the shared `train` section (configs/base_train.yaml), AMP,
+checkpointing and resume (the data position is the number of steps done), the guard for a
+batch whose images were all unreadable, counting skipped images over every process, logging,
+periodic evaluation and the final checkpoint.
+
+A task supplies the rest through a small object (see `Task`): detection.training,
+segmentation.training and backbones.pretraining each define one.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import Dataset
+
+from .amp import parse_amp
+from .checkpoint import Checkpointer, PeriodicCheckpointer
+from .config import save_config
+from .data import build_test_loader, build_train_loader
+from .distributed import (all_reduce_sum, broadcast_buffers, get_rank, get_world_size,
+                          is_main_process, per_process_batch_size, wrap_ddp)
+from .logging import ProgressLogger, ScalarWriter, setup_logging
+from .optim import OPTIMIZERS, build_optimizer
+from .rng import seed_everything
+from .schedule import build_lr_scheduler
+from .trainer import PeriodicEval, Trainer
+
+Metrics = dict[str, dict[str, Any]]  # {group ("bbox", "segm", "sem_seg", ...): {name: value}}
+
+
+@dataclass
+class TaskData:
+    """What a task's data gives the runner.
+
+    Attributes:
+        train: indexed by (index, augmentation seed); an unreadable image gives None.
+        val: the evaluation split (None: no evaluation).
+        description: one log line (sizes, classes).
+        group_ids: aspect-ratio group of every training index (None: no grouping).
+        val_batch_size: images per evaluation batch on each process.
+    """
+
+    train: Dataset
+    val: Dataset | None
+    description: str
+    group_ids: np.ndarray | None = None
+    val_batch_size: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    """What a task supplies. One instance per run; it may keep what `prepare` found."""
+
+    name: str            # the config's `task` value, also the logger name
+    primary_metrics: str  # the metric group tools print and `metrics` returns
+
+    def prepare(self, cfg: DictConfig) -> TaskData:
+        """Load and check the data (errors name the file) and complete `cfg` (e.g.
+        model.num_classes from the data), before any model is built."""
+
+    def build_model(self, cfg: DictConfig) -> nn.Module:
+        """The model, on the CPU, with the weights the config names."""
+
+    def losses(self, model: nn.Module, batch: list[dict[str, Any]],
+               device: torch.device) -> Mapping[str, torch.Tensor]:
+        """{"loss_*": scalar} of a non-empty list of samples."""
+
+    def evaluate(self, model: nn.Module, loader: Any, device: torch.device) -> Metrics:
+        """Metrics over this process's share of the val loader (collective)."""
+
+    def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
+        """Write model_final.pth (and any other final files) with provenance (main process)."""
+
+    def summary(self, metrics: Metrics) -> str:
+        """The line the training tool prints at the end (e.g. "box AP = 50.4")."""
+
+
+def format_metric(value: Any) -> str:
+    """A percentage with one decimal, or n/a (None or NaN)."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{value:.1f}"
+
+
+def _lengths(cfg: DictConfig, train_size: int) -> dict[str, Any]:
+    """max_iter, lr steps and warmup in iterations, from iteration or epoch keys."""
+    t = cfg.train
+    if t.epochs is None:
+        if t.max_iter is None:
+            raise ValueError("set train.max_iter (iterations) or train.epochs")
+        if list(t.lr_step_epochs) or t.warmup_epochs:
+            raise ValueError("train.lr_step_epochs and train.warmup_epochs need train.epochs; "
+                             "with train.max_iter use train.lr_steps and train.warmup_iters")
+        return {"max_iter": int(t.max_iter), "steps": [int(s) for s in t.lr_steps],
+                "warmup_iters": int(t.warmup_iters)}
+    if t.max_iter is not None:
+        raise ValueError(f"train.epochs ({t.epochs}) and train.max_iter ({t.max_iter}) are "
+                         "both set; set one (train.max_iter=null for an epoch-based recipe)")
+    if list(t.lr_steps) or t.warmup_iters:
+        raise ValueError("with train.epochs give train.lr_step_epochs and train.warmup_epochs, "
+                         "not train.lr_steps / train.warmup_iters")
+    per_epoch = train_size // t.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"train.batch_size {t.batch_size} exceeds the {train_size} training "
+                         "images")
+    return {"max_iter": max(round(t.epochs * per_epoch), 1),
+            "steps": [round(e * per_epoch) for e in t.lr_step_epochs],
+            "warmup_iters": round(t.warmup_epochs * per_epoch), "per_epoch": per_epoch}
+
+
+def build_optimizer_from_config(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """`train.optimizer` (SGD or AdamW) over the trainable parameters."""
+    t = cfg.train
+    if t.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown train.optimizer {t.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    return build_optimizer(model, name=t.optimizer, lr=t.base_lr, weight_decay=t.weight_decay,
+                           momentum=t.momentum, nesterov=t.nesterov)
+
+
+def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimizer,
+                                lengths: Mapping[str, Any]) -> torch.optim.lr_scheduler.LambdaLR:
+    t = cfg.train
+    steps = lengths["steps"] if t.lr_decay == "step" else []
+    try:
+        return build_lr_scheduler(optimizer, max_iter=lengths["max_iter"], decay=t.lr_decay,
+                                  steps=steps, gamma=t.gamma, final_factor=t.final_lr_factor,
+                                  warmup_iters=lengths["warmup_iters"],
+                                  warmup_factor=t.warmup_factor)
+    except ValueError as e:
+        raise ValueError(f"invalid train config (max_iter={lengths['max_iter']}, lr_steps="
+                         f"{steps} in iterations): {e}") from None
+
+
+class _SkipCounter:
+    """Counts the images the loader dropped (unreadable) on this process."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def report(self, logger: logging.Logger, split: str) -> int:
+        """Log the count over all processes (collective); returns it."""
+        total = int(all_reduce_sum({"n": self.count})["n"])
+        if total:
+            logger.warning("%s: skipped %d unreadable image reads", split, total)
+        return total
+
+
+def _log_metrics(logger: logging.Logger, writer: ScalarWriter, metrics: Metrics,
+                 iteration: int) -> None:
+    for group, values in metrics.items():  # one line and one tensorboard group each
+        scalars = {k: v for k, v in values.items() if isinstance(v, float)}
+        logger.info("eval @ iter %d, %s: %s", iteration, group,
+                    "  ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
+        writer.add_scalars({f"{group}/{k}": v for k, v in scalars.items()}, iteration)
+
+
+def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
+                 resume: bool = False) -> dict[str, Any]:
+    """Build everything from `cfg`, train (resuming if asked), evaluate, save model_final.pth.
+
+    Args:
+        task: what is trained (its data, model, losses, metrics and final files).
+        cfg: the task's config (the shared `train` section included).
+        device: this process's device (from `engine.init_distributed`).
+        resume: continue from OUTPUT_DIR/last_checkpoint when there is one.
+
+    Returns:
+        {"model": the trained model (unwrapped), "metrics": the task's primary metric group
+        of the last evaluation ({} without a val split), "all_metrics": every group,
+        "iteration": steps done, "skipped": unreadable images skipped in training}.
+    """
+    logger = logging.getLogger(task.name)
+    t = cfg.train
+    output_dir = Path(t.output_dir)
+    setup_logging(output_dir)
+    batch_size = per_process_batch_size(t.batch_size, "train.batch_size")
+    data = task.prepare(cfg)
+    lengths = _lengths(cfg, len(data.train))
+    if is_main_process():
+        save_config(cfg, output_dir / "config.yaml")
+    logger.info("%s, %d processes x %d images per step", data.description, get_world_size(),
+                batch_size)
+
+    seed_everything(t.seed)  # the same initial weights on every process
+    model = task.build_model(cfg).to(device)
+    seed_everything(t.seed + get_rank())  # distinct dropout / sampling per process
+    ddp_model = wrap_ddp(model, device)
+    optimizer = build_optimizer_from_config(cfg, model)
+    scheduler = build_scheduler_from_config(cfg, optimizer, lengths)
+    skipped = _SkipCounter()
+
+    def step_fn(net: nn.Module, batch: list[dict[str, Any]]) -> Mapping[str, torch.Tensor]:
+        skipped.count += batch_size - len(batch)
+        if not batch:  # every image unreadable: a zero step keeps all processes in step
+            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+            return {"loss_skipped_batch": zero}
+        return task.losses(net, batch, device)
+
+    writer = ScalarWriter(output_dir / "tensorboard")
+    trainer = Trainer(model=ddp_model, optimizer=optimizer, scheduler=scheduler, step_fn=step_fn,
+                      max_iter=lengths["max_iter"], amp=parse_amp(t.amp),
+                      clip_grad_norm=t.clip_grad_norm or None)
+    checkpointer = Checkpointer(output_dir, model=model, optimizer=optimizer,
+                                scheduler=scheduler, scaler=trainer.scaler,
+                                max_to_keep=t.max_to_keep)
+    state = checkpointer.resume() if resume else None  # restores every process's RNG state
+    start_iter = state["iteration"] if state is not None else 0
+
+    hooks: list[Any] = [ProgressLogger(t.log_period, writer, logger),
+                        PeriodicCheckpointer(checkpointer, t.checkpoint_period)]
+    eval_hook = None
+    if data.val is not None:
+        val_loader = build_test_loader(data.val, batch_size=data.val_batch_size,
+                                       num_workers=cfg.data.num_workers,
+                                       pin_memory=device.type == "cuda")
+
+        def evaluate() -> Metrics:
+            broadcast_buffers(model)  # every process scores rank 0's normalisation statistics
+            val_skipped = _SkipCounter()
+            val_skipped.count = len(val_loader.batch_sampler.sampler)
+
+            def counted() -> Any:
+                for batch in val_loader:
+                    val_skipped.count -= len(batch)
+                    yield batch
+
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    metrics = task.evaluate(model, counted(), device)
+            finally:
+                model.train(was_training)
+            val_skipped.report(logger, "val")
+            return metrics
+
+        eval_hook = PeriodicEval(t.eval_period, evaluate,
+                                 on_result=lambda m, it: _log_metrics(logger, writer, m, it))
+        hooks.append(eval_hook)
+    trainer.register_hooks(*hooks)
+    train_loader = build_train_loader(data.train, batch_size=batch_size, seed=t.seed,
+                                      num_workers=cfg.data.num_workers, start_iter=start_iter,
+                                      group_ids=data.group_ids,
+                                      pin_memory=device.type == "cuda")
+    per_epoch = f" ({lengths['per_epoch']} per epoch)" if "per_epoch" in lengths else ""
+    logger.info("training for %d iterations%s from iteration %d", lengths["max_iter"], per_epoch,
+                start_iter)
+    trainer.train(iter(train_loader), start_iter=start_iter)
+    writer.close()
+    total_skipped = skipped.report(logger, "train")
+
+    metrics: Metrics = dict(eval_hook.last_result) if eval_hook is not None else {}
+    if is_main_process():
+        for path in task.save_final(cfg, model, lengths["max_iter"]):
+            logger.info("wrote %s", path)
+    return {"model": model, "metrics": metrics.get(task.primary_metrics, {}),
+            "all_metrics": metrics, "iteration": trainer.iter, "skipped": total_skipped}

@@ -1,0 +1,77 @@
+"""The semantic segmentation task the runner drives (engine.runner): FCN, DeepLabV3 and
+DeepLabV3+ on folder or COCO data.
+
+A batch is a list of samples (segmentation.data.SemSegDataset): augmented crops with their
+class-id maps; the model pads, normalises and returns `loss_sem_seg` (and `loss_aux`).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+
+import backbones
+from engine.runner import TaskData, format_metric
+
+from .build import BASE_CONFIG, build_model, provenance_from_config
+from .data import build_dataset
+from .evaluation import SemSegEvaluator
+from .inference import evaluate_model, tta_from_config
+
+__all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "SemSegTask"]
+
+
+class SemSegTask:
+    """Semantic segmentation for `engine.runner.run_training`."""
+
+    name = "sem_seg"
+    primary_metrics = "sem_seg"
+
+    def __init__(self) -> None:
+        self.class_names: list[str] = []
+        self.cfg: DictConfig | None = None
+
+    def prepare(self, cfg: DictConfig) -> TaskData:
+        train = build_dataset(cfg, "train")  # checks the data first
+        val = build_dataset(cfg, "val") if cfg.data.val.img_dir else None
+        self.class_names = train.class_names
+        cfg.model.num_classes = len(self.class_names)
+        self.cfg = cfg
+        description = (f"{len(train)} train / {len(val) if val else 'no'} val images, "
+                       f"{len(self.class_names)} classes {self.class_names}")
+        return TaskData(train=train, val=val, description=description)
+
+    def build_model(self, cfg: DictConfig) -> nn.Module:
+        return build_model(cfg)
+
+    def losses(self, model: nn.Module, batch: list[dict[str, Any]],
+               device: torch.device) -> Mapping[str, torch.Tensor]:
+        images = [s["image"].to(device, non_blocking=True) for s in batch]
+        targets = [{"gt_sem_seg": s["gt_sem_seg"].to(device)} for s in batch]
+        return model(images, targets)
+
+    def evaluate(self, model: nn.Module, loader: DataLoader,
+                 device: torch.device) -> dict[str, dict[str, Any]]:
+        assert self.cfg is not None
+        evaluator = SemSegEvaluator(len(self.class_names), self.class_names,
+                                    self.cfg.model.ignore_index)
+        return evaluate_model(model, loader, evaluator, tta=tta_from_config(self.cfg))
+
+    def summary(self, metrics: dict[str, dict[str, Any]]) -> str:
+        return f"mIoU = {format_metric(metrics.get('sem_seg', {}).get('mIoU'))}"
+
+    def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
+        path = Path(cfg.train.output_dir) / "model_final.pth"
+        backbones.save_checkpoint(path, model.state_dict(),
+                                  provenance_from_config(cfg, self.class_names),
+                                  iteration=iteration)
+        return [path]
+
+
+TASK = SemSegTask
+RENAMED_KEYS: dict[str, str] = {}
