@@ -1,0 +1,157 @@
+"""Every task trains through the one runner (engine.runner.run_training): the guarantees it
+gives detection hold for segmentation and pretraining too (bit-identical resume, a batch of
+unreadable images skipped and counted), and a new task needs only its task object."""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.data import Dataset
+
+import engine.runner
+from engine.runner import TaskData, run_training
+from engine.tasks import TASK_MODULES, load_task_config, task_module
+from tests.tools.test_segmentation_tools import CONFIG as SEG_CONFIG
+from tests.tools.test_segmentation_tools import overrides as seg_overrides
+from tests.tools.test_train_eval_demo import _drop_log_handlers, data, load_tool, train_args
+
+__all__ = ["_drop_log_handlers", "data"]
+ROOT = Path(__file__).resolve().parents[2]
+BASE_CONFIGS = {"detection": "configs/detection/base_faster_rcnn.yaml",
+                "sem_seg": "configs/segmentation/base_deeplab.yaml",
+                "classification": "configs/pretrain/base_classifier.yaml"}
+
+
+def test_every_shipped_config_names_its_task_and_shares_the_train_keys() -> None:
+    shared = set(OmegaConf.load(ROOT / "configs/base_train.yaml").train)
+    for name, base in BASE_CONFIGS.items():
+        module = task_module(name)
+        assert Path(module.BASE_CONFIG) == ROOT / base
+        assert module.TASK.name == name
+        _, cfg = load_task_config(ROOT / base, ["data.root=x"] if name == "classification" else [])
+        assert set(cfg.train) == shared, name   # one train section, the same keys for all
+    assert set(TASK_MODULES) == set(BASE_CONFIGS)
+    for path in sorted((ROOT / "configs").glob("[dsp]*/*.yaml")):
+        extra = ["data.root=x"] if "pretrain" in str(path) else []
+        name, cfg = load_task_config(path, extra)
+        assert cfg.task == name and name in TASK_MODULES, path
+
+
+def test_every_tool_trains_through_the_runner(data: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    real = engine.runner.run_training
+
+    def recording(task: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        seen.append(task.name)
+        return real(task, *args, **kwargs)
+
+    monkeypatch.setattr(engine.runner, "run_training", recording)
+    load_tool("train").main(train_args(data, tmp_path / "det", 1))
+    load_tool("train").main([str(SEG_CONFIG), *seg_overrides(data), "train.max_iter=1",
+                             f"train.output_dir={tmp_path / 'seg'}"])
+    load_tool("pretrain").main([str(ROOT / "configs/pretrain/synthetic_resnet18.yaml"),
+                                f"data.root={data}/classification", "data.num_workers=0",
+                                "data.image_size=32", "data.val_resize=36", "train.epochs=null",
+                                "train.max_iter=1", "train.batch_size=2", "train.warmup_epochs=0",
+                                f"train.output_dir={tmp_path / 'cls'}"])
+    assert seen == ["detection", "sem_seg", "classification"]
+
+
+class _Points(Dataset):
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, seed = key
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(3, generator=g)
+        return {"x": x, "y": x.sum(dim=0, keepdim=True) + 0.01 * index}
+
+
+class _RegressionTask:
+    """The smallest task: everything else (loop, checkpoints, resume, logs) is the runner's."""
+
+    name = "regression"
+    primary_metrics = "regression"
+
+    def prepare(self, cfg: Any) -> TaskData:
+        return TaskData(train=_Points(), val=None, description="16 points")
+
+    def build_model(self, cfg: Any) -> nn.Module:
+        return nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 1))
+
+    def losses(self, model: nn.Module, batch: list[dict[str, Any]],
+               device: torch.device) -> Mapping[str, torch.Tensor]:
+        x = torch.stack([s["x"] for s in batch])
+        y = torch.stack([s["y"] for s in batch])
+        return {"loss_mse": ((model(x) - y) ** 2).mean()}
+
+    def evaluate(self, model: nn.Module, loader: Any, device: torch.device) -> dict:
+        return {}
+
+    def save_final(self, cfg: Any, model: nn.Module, iteration: int) -> list[Path]:
+        path = Path(cfg.train.output_dir) / "model_final.pth"
+        torch.save(model.state_dict(), path)
+        return [path]
+
+    def summary(self, metrics: dict) -> str:
+        return ""
+
+
+def _toy_config(out: Path) -> Any:
+    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "configs/base_train.yaml"),
+                          {"data": {"num_workers": 0}})
+    cfg.train.update(output_dir=str(out), batch_size=4, max_iter=6, optimizer="adamw",
+                     base_lr=0.01, lr_decay="cosine", warmup_iters=2, checkpoint_period=2,
+                     max_to_keep=None, clip_grad_norm=1.0)
+    return cfg
+
+
+def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(tmp_path: Path) -> None:
+    cpu = torch.device("cpu")
+    full = run_training(_RegressionTask(), _toy_config(tmp_path / "a"), cpu)
+    assert full["iteration"] == 6 and (tmp_path / "a/model_final.pth").is_file()
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a/model_0000002.pth", tmp_path / "b")
+    (tmp_path / "b/last_checkpoint").write_text("model_0000002.pth\n")
+    torch.manual_seed(123)  # everything must come from the checkpoint
+    resumed = run_training(_RegressionTask(), _toy_config(tmp_path / "b"), cpu, resume=True)
+    for key, value in full["model"].state_dict().items():
+        assert torch.equal(value, resumed["model"].state_dict()[key]), key
+
+
+def test_segmentation_resumed_run_ends_bit_identical(data: Path, tmp_path: Path) -> None:
+    # dropout in the heads, augmentation on, AdamW + cosine with warmup, gradient clipping
+    args = [str(SEG_CONFIG), *seg_overrides(data), "train.max_iter=4",
+            "train.checkpoint_period=2", "train.max_to_keep=null", "train.clip_grad_norm=1.0",
+            "train.eval_period=0"]
+    full = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'a'}"])["model"]
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a/model_0000002.pth", tmp_path / "b")
+    (tmp_path / "b/last_checkpoint").write_text("model_0000002.pth\n")
+    torch.manual_seed(99)
+    resumed = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'b'}",
+                                       "--resume"])["model"]
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_segmentation_batches_of_unreadable_images_are_skipped_and_counted(
+        data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(data / "images/train", images)
+    for path in images.glob("*.jpg"):
+        path.write_bytes(b"truncated")  # every training batch is empty
+    result = load_tool("train").main([str(SEG_CONFIG), *seg_overrides(data), "train.max_iter=2",
+                                      f"data.train.img_dir={images}",
+                                      f"train.output_dir={tmp_path / 'out'}"])
+    assert result["iteration"] == 2 and result["skipped"] == 4
+    assert "train: skipped 4 unreadable image reads" in caplog.text
+    assert (tmp_path / "out/model_final.pth").is_file()
