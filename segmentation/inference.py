@@ -21,7 +21,7 @@ from .model import SemanticSegmentor
 logger = logging.getLogger(__name__)
 
 
-def _window_starts(length: int, window: int, stride: int) -> list[int]:
+def window_starts(length: int, window: int, stride: int) -> list[int]:
     """Window offsets covering 0..length, the last one flush with the end."""
     if length <= window:
         return [0]
@@ -70,7 +70,7 @@ class TTAInference:
         if self.window is None:
             return model([image])[0]["sem_seg"]
         (h, w), (wh, ww), (sh, sw) = image.shape[-2:], self.window, self.stride
-        boxes = [(y, x) for y in _window_starts(h, wh, sh) for x in _window_starts(w, ww, sw)]
+        boxes = [(y, x) for y in window_starts(h, wh, sh) for x in window_starts(w, ww, sw)]
         total = count = None
         for i in range(0, len(boxes), self.windows_per_batch):
             chunk = boxes[i:i + self.windows_per_batch]

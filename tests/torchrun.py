@@ -1,4 +1,5 @@
-"""Run a tool of tools/ under torchrun with 2 CPU processes (gloo) and keep each rank's weights.
+"""Run a tool of tools/ under torchrun with 2 CPU processes (gloo), on one launcher or as two
+nodes, and keep each rank's weights.
 
 The wrapper calls the tool's `main(argv)` in every process and saves the returned model's
 state dict as OUTPUT_DIR/rank<RANK>.pth (OUTPUT_DIR from the `train.output_dir=` argument).
@@ -25,17 +26,55 @@ torch.save(result["model"].state_dict(), out + "/rank%s.pth" % os.environ["RANK"
 """
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wrapper(tmp_path: Path) -> Path:
+    wrapper = tmp_path / "torchrun_wrapper.py"
+    wrapper.write_text(WRAPPER)
+    return wrapper
+
+
+def run_two_nodes(tool: str, args: list[str], tmp_path: Path) -> str:
+    """Run tools/<tool>.py as two torchrun launchers of one process each, as two machines
+    would (`--nnodes=2 --node_rank=0/1`, c10d rendezvous on 127.0.0.1); returns both logs.
+
+    Raises:
+        AssertionError: a launcher failed (with the end of its log).
+    """
+    port, wrapper = _free_port(), _wrapper(tmp_path)
+    launchers = []
+    for node_rank in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
+               f"--node_rank={node_rank}", "--nproc_per_node=1", "--rdzv_backend=c10d",
+               f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=two_nodes", str(wrapper),
+               str(ROOT / "tools" / f"{tool}.py"), *args]
+        launchers.append(subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    logs = []
+    for launcher in launchers:
+        try:
+            out, _ = launcher.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            for other in launchers:
+                other.kill()
+            raise
+        logs.append(out)
+        assert launcher.returncode == 0, out[-6000:]
+    return "\n".join(logs)
+
+
 def run_two_processes(tool: str, args: list[str], tmp_path: Path) -> str:
     """Run tools/<tool>.py with `args` on 2 processes; returns stdout + stderr.
 
     Raises:
         AssertionError: the run failed (with the end of its log).
     """
-    wrapper = tmp_path / "torchrun_wrapper.py"
-    wrapper.write_text(WRAPPER)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port, wrapper = _free_port(), _wrapper(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={port}", str(wrapper),
            str(ROOT / "tools" / f"{tool}.py"), *args]

@@ -20,7 +20,7 @@ from detection.convert import load_detector_weights
 from detection.random_reference import randomize_detector
 from detection.roi_heads import paste_masks
 from engine.config import load_config
-from tests.detection.test_rcnn import TINY, _scene
+from tests.detection.test_rcnn import TINY, tiny_scene
 from tests.detection.test_torchvision_parity import (
     TORCHVISION_LOSS_NAMES,
     _assert_losses_match,
@@ -162,7 +162,7 @@ def _config(overrides: list[str]) -> OmegaConf:
 
 def _scene_with_masks(seed: int) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     """test_rcnn's two 96x128 scenes, each object's mask the disc inscribed in its box."""
-    images, targets = _scene(seed)
+    images, targets = tiny_scene(seed)
     for image, target in zip(images, targets):
         target["gt_masks"] = _gt_masks(target["gt_boxes"], tuple(image.shape[1:]))
     return images, targets
@@ -217,7 +217,7 @@ def test_masks_are_pasted_at_the_output_size() -> None:
     torch.manual_seed(0)
     model = build_model(_config([*MASK_TINY, "model.roi_heads.score_thresh=0.0"])).eval()
     torch.nn.init.normal_(model.roi_heads.mask_head.predictor.weight, std=1.0)
-    images, _ = _scene(0)
+    images, _ = tiny_scene(0)
     with torch.no_grad():
         plain = model(images)
         mapped = model(images, output_sizes=[(192, 256), (48, 64)])

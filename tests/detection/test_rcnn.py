@@ -33,7 +33,7 @@ def _config(name: str, overrides: list[str]) -> OmegaConf:
     return load_config(CONFIGS / name, overrides, defaults=BASE)
 
 
-def _scene(seed: int) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+def tiny_scene(seed: int) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     """Two 96x128 images, each with two bright squares on a dark background."""
     gen = torch.Generator().manual_seed(seed)
     images, targets = [], []
@@ -77,7 +77,7 @@ def test_output_sizes_rescale_boxes() -> None:
     model = build_model(
         _config("faster_rcnn_R_50_FPN_1x.yaml", TINY + ["model.roi_heads.score_thresh=0.0"])
     ).eval()
-    images, _ = _scene(0)
+    images, _ = tiny_scene(0)
     with torch.no_grad():
         plain = model(images)
         mapped = model(images, output_sizes=[(192, 384), (48, 64)])
@@ -94,7 +94,7 @@ def test_training_lowers_the_loss() -> None:
     model = build_model(
         _config("faster_rcnn_R_50_FPN_1x.yaml", TINY + ["model.backbone.norm=bn"])
     )  # random init: BN, not frozen BN
-    images, targets = _scene(0)
+    images, targets = tiny_scene(0)
     optimizer = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9
     )
@@ -120,7 +120,7 @@ def test_bf16_autocast() -> None:
     model = build_model(
         _config("faster_rcnn_R_50_FPN_1x.yaml", TINY + ["model.roi_heads.score_thresh=0.0"])
     )
-    images, targets = _scene(0)
+    images, targets = tiny_scene(0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model.train()(images, targets)
         assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
@@ -166,7 +166,7 @@ def test_c4_moves_res5_into_the_head() -> None:
         det["labels"]
     )
     model.train()
-    images, targets = _scene(1)
+    images, targets = tiny_scene(1)
     for t in targets:
         t["gt_classes"] = t["gt_classes"] % k
     losses = model(images, targets)

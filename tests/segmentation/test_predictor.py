@@ -8,7 +8,7 @@ from backbones import save_checkpoint
 from segmentation import (Predictor, SemanticSegmentor, TTAInference, build_model,
                           provenance_from_config)
 from segmentation.heads import SemSegHead
-from segmentation.inference import _window_starts
+from segmentation.inference import window_starts
 
 
 def test_predictor_uses_checkpoint_provenance(tmp_path, small_config):
@@ -77,9 +77,9 @@ def _pointwise_model():
 
 
 def test_window_starts():
-    assert _window_starts(10, 4, 3) == [0, 3, 6]
-    assert _window_starts(10, 4, 4) == [0, 4, 6]  # the last window ends flush with the image
-    assert _window_starts(3, 4, 2) == [0]
+    assert window_starts(10, 4, 3) == [0, 3, 6]
+    assert window_starts(10, 4, 4) == [0, 4, 6]  # the last window ends flush with the image
+    assert window_starts(3, 4, 2) == [0]
 
 
 def test_sliding_window_and_flip_match_the_whole_image_for_a_pointwise_model():

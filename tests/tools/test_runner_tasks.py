@@ -155,3 +155,19 @@ def test_segmentation_batches_of_unreadable_images_are_skipped_and_counted(
     assert result["iteration"] == 2 and result["skipped"] == 4
     assert "train: skipped 4 unreadable image reads" in caplog.text
     assert (tmp_path / "out/model_final.pth").is_file()
+
+
+def test_pretraining_batches_of_unreadable_images_are_skipped_and_counted(
+        data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "classification"
+    shutil.copytree(data / "classification", root)
+    for path in (root / "train").rglob("*.png"):
+        path.write_bytes(b"")  # every training batch is empty
+    result = load_tool("pretrain").main([
+        str(ROOT / "configs/pretrain/synthetic_resnet18.yaml"), f"data.root={root}",
+        "data.num_workers=0", "data.image_size=32", "data.val_resize=36", "train.epochs=null",
+        "train.max_iter=2", "train.batch_size=2", "train.warmup_epochs=0",
+        f"train.output_dir={tmp_path / 'out'}"])
+    assert result["iteration"] == 2 and result["skipped"] == 4
+    assert "train: skipped 4 unreadable image reads" in caplog.text
+    assert set(result["metrics"]) == {"top1", "top5"}  # the readable val split is scored

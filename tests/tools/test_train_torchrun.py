@@ -13,7 +13,7 @@ import torch
 from detection.build import build_model
 from detection.config import load_config
 from tests.tools.test_train_eval_demo import data, train_args  # noqa: F401 (fixture)
-from tests.torchrun import run_two_processes
+from tests.torchrun import run_two_nodes, run_two_processes
 
 
 @pytest.mark.slow
@@ -36,3 +36,20 @@ def test_two_process_torchrun_step_ends_identical_on_both_ranks(data: Path,  # n
         assert torch.equal(rank0[key], final[key]), key
     moved = {k for k in rank0 if not torch.equal(rank0[k], init[k])}
     assert "roi_heads.box_predictor.cls_score.weight" in moved  # the step did train
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_end_identical(data: Path, tmp_path: Path) -> None:  # noqa: F811
+    """What users who outgrow one machine run: one torchrun per node (--nnodes=2)."""
+    out = tmp_path / "out"
+    args = train_args(data, out, 2, "train.checkpoint_period=1", "train.seed=5")
+    log = run_two_nodes("train", args, tmp_path)
+    assert "2 processes x 1 images per step" in log
+    rank0 = torch.load(out / "rank0.pth", weights_only=True)
+    rank1 = torch.load(out / "rank1.pth", weights_only=True)
+    final = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+        assert torch.equal(rank0[key], final[key]), key
+    assert (out / "model_0000002.pth").is_file()
+    assert (out / "last_checkpoint").read_text().strip() == "model_0000002.pth"
