@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from backbones.weights import read_checkpoint, unwrap_state_dict
+from engine.visualize import Renderer, draw_detections, palette
 
 from .build import build_model
 from .config import config_from_mapping, load_config, test_resize
@@ -187,3 +188,12 @@ class Predictor:
         if "masks" in out:
             result["masks"] = out["masks"].cpu().numpy()
         return result
+
+
+def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
+                   overrides: Sequence[str] = (), min_score: float = 0.5) -> Renderer:
+    """RGB image -> RGB picture of its detections scoring at least `min_score` (tools/demo.py)."""
+    predictor = Predictor(config, weights=weights, overrides=overrides)
+    rgb = palette(len(predictor.category_ids))
+    colours = {cid: tuple(int(v) for v in rgb[i]) for i, cid in enumerate(predictor.category_ids)}
+    return lambda image: draw_detections(image, predictor(image), colours, min_score)

@@ -11,7 +11,7 @@ fails in `build_datasets` before a model is built.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,17 +22,22 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import backbones
-from engine import to_plain
-from engine.data import CategoryMapping, load_coco_json
+from engine import atomic_write_json, is_main_process, to_plain
+from engine.data import CategoryMapping, build_test_loader, load_coco_json
+from engine.files import nan_to_none
 from engine.runner import TaskData, format_metric
 
 from .build import build_model
 from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
 from .data import DetectionDataset, build_transforms
 from .evaluation import COCOEvaluator
+from .predictor import build_renderer, load_detector
 from .rcnn import FasterRCNN
 
-logger = logging.getLogger("train")
+logger = logging.getLogger("detection")
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+__all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "DetectionTask", "build_renderer",
+           "evaluate_checkpoint"]
 
 
 @dataclass
@@ -140,6 +145,39 @@ def make_provenance(cfg: DictConfig, mapping: CategoryMapping) -> dict[str, Any]
         pixel_std=tuple(plain["model"]["pixel_std"]))
     provenance["category_ids"] = list(mapping.dataset_ids)
     return provenance
+
+
+def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequence[str],
+                        device: torch.device, *, backend: str = "pycocotools") -> dict[str, Any]:
+    """COCO box (and mask) AP of `weights` on data.val (tools/eval.py): writes
+    OUTPUT/coco_instances_results.json and OUTPUT/metrics.json (percent, NaN -> null)."""
+    loaded = load_detector(config, weights=weights, overrides=overrides, device=device)
+    val = build_val_dataset(loaded.cfg)
+    if val is None:
+        raise ValueError("data.val.ann_file and data.val.img_dir must be set to evaluate")
+    dataset, mapping, ann_file = val
+    known = set(mapping.dataset_ids)
+    unknown = [c for c in loaded.category_ids if c not in known]
+    if len(unknown) == len(loaded.category_ids):
+        raise ValueError(f"none of the weights' category ids {loaded.category_ids[:10]} occur "
+                         f"in {ann_file} (ids {list(mapping.dataset_ids)[:10]}...)")
+    if unknown:
+        logger.warning("%d of the model's category ids are not in %s: %s", len(unknown),
+                       ann_file, unknown[:10])
+    loader = build_test_loader(dataset, num_workers=min(loaded.cfg.data.num_workers, 1))
+    evaluator = COCOEvaluator(ann_file, category_ids=loaded.category_ids, output_dir=output,
+                              backend=backend, iou_types=iou_types(loaded.model))
+    metrics = evaluate_all(loaded.model, loader, evaluator)
+    result = {iou_type: nan_to_none({**{k: m[k] for k in METRIC_KEYS},
+                                     "per_category": dict(m["per_category"])})
+              for iou_type, m in metrics.items()}
+    if is_main_process():
+        atomic_write_json(result, output / "metrics.json")
+        mask = f"  mask AP = {metrics['segm']['AP']:.1f}" if "segm" in metrics else ""
+        print(f"box AP = {metrics['bbox']['AP']:.1f}{mask}  (results: "
+              f"{output / 'coco_instances_results.json'}, metrics: {output / 'metrics.json'})",
+              flush=True)
+    return result
 
 
 class DetectionTask:

@@ -3,6 +3,7 @@ truncated one (temp file in the target folder, fsync, then rename over the targe
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 from collections.abc import Callable
@@ -42,6 +43,15 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: f.write(text))
+
+
+def nan_to_none(value: Any) -> Any:
+    """`value` with every NaN float (in dicts, at any depth) replaced by None (JSON null)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    return value
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:

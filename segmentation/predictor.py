@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from backbones.weights import read_checkpoint, unwrap_state_dict
+from engine.visualize import Renderer, draw_segmentation, palette
 
 from .build import build_model, config_from_mapping, load_config
 from .convert import load_segmentation_weights
@@ -109,3 +110,13 @@ class Predictor:
         else:
             mask = self.tta(self.model, tensor).argmax(dim=0)
         return {"mask": mask.cpu().numpy().astype(np.int64)}
+
+
+def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
+                   overrides: Sequence[str] = (), min_score: float = 0.5) -> Renderer:
+    """RGB image -> RGB colour overlay of its class-id map with a legend (tools/demo.py);
+    `min_score` is not used (every pixel gets a class)."""
+    predictor = Predictor(config, weights=weights, overrides=overrides)
+    colours = palette(len(predictor.class_names))
+    return lambda image: draw_segmentation(image, predictor(image)["mask"], predictor.class_names,
+                                           colours)

@@ -6,7 +6,7 @@ class-id maps; the model pads, normalises and returns `loss_sem_seg` (and `loss_
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +16,42 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import backbones
+from engine import atomic_write_json, is_main_process
+from engine.files import nan_to_none
 from engine.runner import TaskData, format_metric
 
-from .build import BASE_CONFIG, build_model, provenance_from_config
-from .data import build_dataset
+from .build import BASE_CONFIG, build_model, load_config, provenance_from_config
+from .data import build_dataset, build_test_loader
 from .evaluation import SemSegEvaluator
 from .inference import evaluate_model, tta_from_config
+from .predictor import Predictor, build_renderer
 
-__all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "SemSegTask"]
+__all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "SemSegTask", "build_renderer",
+           "evaluate_checkpoint"]
+
+
+def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequence[str],
+                        device: torch.device, *, backend: str | None = None) -> dict[str, Any]:
+    """mIoU of `weights` on data.val (tools/eval.py); writes OUTPUT/metrics.json
+    (`backend` is for COCO evaluation and not used here)."""
+    predictor = Predictor(config, weights=weights, overrides=overrides, device=device)
+    cfg = load_config(config, overrides)
+    cfg.model.num_classes = predictor.model.num_classes
+    if not cfg.data.class_names:
+        cfg.data.class_names = list(predictor.class_names)
+    loader = build_test_loader(cfg)
+    evaluator = SemSegEvaluator(predictor.model.num_classes, predictor.class_names,
+                                predictor.model.ignore_index)
+    result = evaluate_model(predictor.model, loader, evaluator, tta=tta_from_config(cfg),
+                            output_dir=output)
+    result = nan_to_none(result)
+    if is_main_process():
+        atomic_write_json(result, output / "metrics.json")
+        m = result["sem_seg"]
+        print(f"mIoU = {m['mIoU']:.1f}  pixel_acc = {m['pixel_acc']:.1f}", flush=True)
+        for name, iou in m["per_class_iou"].items():
+            print(f"  {name:<20} {'n/a' if iou is None else f'{iou:6.2f}'}")
+    return result
 
 
 class SemSegTask:

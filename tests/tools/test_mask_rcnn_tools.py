@@ -17,6 +17,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detection import Predictor
+from engine.visualize import draw_detections
 from tests.tools.test_train_eval_demo import (ROOT, _drop_log_handlers, data, data_overrides,
                                               load_tool)
 
@@ -95,10 +96,10 @@ def test_demo_draws_masks(trained: tuple[Path, dict], data: Path, tmp_path: Path
     mask[0, 10:30, 15:45] = True
     det = {"boxes": np.array([[12.0, 8.0, 48.0, 32.0]]), "scores": np.array([0.9]),
            "labels": np.array([3]), "class_names": ["square"], "masks": mask}
-    picture = demo.draw_detections(image, det, {3: (200, 0, 50)}, min_score=0.5)
+    picture = draw_detections(image, det, {3: (200, 0, 50)}, min_score=0.5)
     assert picture[20, 30].tolist() == [150, 50, 75]  # half colour, half image
     assert picture[2, 2].tolist() == [100, 100, 100]  # outside the box and the mask
-    no_mask = demo.draw_detections(image, {k: v for k, v in det.items() if k != "masks"},
+    no_mask = draw_detections(image, {k: v for k, v in det.items() if k != "masks"},
                                    {3: (200, 0, 50)}, min_score=0.5)
     assert no_mask[20, 30].tolist() == [100, 100, 100]
     out = tmp_path / "demo"

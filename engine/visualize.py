@@ -1,0 +1,121 @@
+"""Pictures of predictions, for tools/demo.py: boxes (and masks) with class names and scores,
+segmentation overlays with a legend, over images, folders of images and videos."""
+from __future__ import annotations
+
+import colorsys
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .data import read_image
+
+logger = logging.getLogger("demo")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+Renderer = Callable[[np.ndarray], np.ndarray]  # RGB image -> RGB picture of the predictions
+
+
+def palette(n: int) -> np.ndarray:
+    """n distinct RGB uint8 colours (evenly spaced hues)."""
+    return np.asarray([[int(255 * c) for c in colorsys.hsv_to_rgb(i / max(n, 1), 0.8, 0.95)]
+                       for i in range(n)], dtype=np.uint8).reshape(-1, 3)
+
+
+def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, tuple[int, ...]],
+                    min_score: float, alpha: float = 0.5) -> np.ndarray:
+    """Boxes with "name score" tags on a copy of an RGB image; with "masks" (D, H, W) in
+    `det`, each instance's mask filled in its box's colour at opacity `alpha` first."""
+    out = image.copy()
+    thickness = max(1, round(min(image.shape[:2]) / 300))
+    masks = det.get("masks")
+    if masks is not None:
+        for mask, score, label in zip(masks, det["scores"], det["labels"]):
+            if score < min_score:
+                continue
+            colour = np.asarray(colours.get(int(label), (0, 255, 0)), dtype=np.float32)
+            out[mask] = (alpha * colour + (1 - alpha) * out[mask]).astype(np.uint8)
+    for box, score, label, name in zip(det["boxes"], det["scores"], det["labels"],
+                                       det["class_names"]):
+        if score < min_score:
+            continue
+        colour = colours.get(int(label), (0, 255, 0))
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
+        text = f"{name} {score:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+        ty = max(y1, th + base)
+        cv2.rectangle(out, (x1, ty - th - base), (x1 + tw, ty), colour, -1)
+        cv2.putText(out, text, (x1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return out
+
+
+def draw_segmentation(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str],
+                      colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Colour overlay of a class-id map (class 0 left uncoloured) and a legend of the classes
+    present."""
+    overlay = image.copy()
+    present = [int(c) for c in np.unique(mask) if c != 0 and c < len(colours)]
+    for c in present:
+        region = mask == c
+        overlay[region] = (alpha * colours[c] + (1 - alpha) * image[region]).astype(np.uint8)
+    for row, c in enumerate(present):
+        y = 6 + 16 * row
+        cv2.rectangle(overlay, (4, y), (16, y + 12), tuple(int(v) for v in colours[c]), -1)
+        cv2.putText(overlay, class_names[c], (20, y + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    return overlay
+
+
+def expand_inputs(paths: Sequence[str]) -> Iterator[Path]:
+    """Files named, and the images and videos inside folders named (sorted)."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            yield from sorted(f for f in p.rglob("*")
+                              if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+        elif p.is_file():
+            yield p
+        else:
+            raise FileNotFoundError(f"input not found: {p}")
+
+
+def run_image(path: Path, render: Callable[[np.ndarray], np.ndarray], output: Path) -> Path:
+    """Draw one image into `output` (as .jpg unless PNG); returns the written file."""
+    picture = render(read_image(path))
+    out = output / (path.stem + (".png" if path.suffix.lower() == ".png" else ".jpg"))
+    cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    return out
+
+
+def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], output: Path) -> Path:
+    """Draw a video frame by frame into `output`/<name>.mp4; returns the written file."""
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ValueError(f"cannot open video {path}")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    out = output / f"{path.stem}.mp4"
+    writer = None
+    frames = 0
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            picture = render(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            if writer is None:
+                h, w = picture.shape[:2]
+                writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            writer.write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+            frames += 1
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if frames == 0:
+        raise ValueError(f"no frames could be read from {path}")
+    logger.info("%s: %d frames", path, frames)
+    return out
