@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 test: install
 	$(VENV)/bin/pytest
 
-$(DATA)/.done: tools/make_synthetic.py detection/synthetic.py detection/synthetic_shapes.py | install
+$(DATA)/.done: tools/make_synthetic.py engine/data/synthetic.py engine/data/synthetic_shapes.py | install
 	$(PY) tools/make_synthetic.py --out $(DATA) --seed 0 --overwrite
 	touch $@
 

@@ -55,9 +55,9 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone  # n
 from detection import build_model, load_detector_weights  # noqa: E402
 from detection.config import load_config  # noqa: E402
 from detection.evaluation import evaluate_coco  # noqa: E402
-from detection.random_reference import (PROBE_SIZE, randomize_detector,  # noqa: E402
+from tests.random_reference import (PROBE_SIZE, randomize_detector,  # noqa: E402
                                         spread_classes)
-from detection.synthetic_shapes import compose_scene  # noqa: E402
+from engine.data.synthetic_shapes import compose_scene  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
 CONFIG = ROOT / "configs" / "detection" / "faster_rcnn_R_50_FPN_1x.yaml"

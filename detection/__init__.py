@@ -8,7 +8,7 @@ from .fpn import FPN, LastLevelMaxPool
 from .matcher import Matcher
 from .poolers import MultiLevelRoIAlign
 from .predictor import Predictor
-from .rcnn import FasterRCNN
+from .rcnn import GeneralizedRCNN
 from .roi_heads import (
     FastRCNNFCHead,
     FastRCNNOutputs,
@@ -28,7 +28,7 @@ __all__ = [
     "FPN",
     "FastRCNNFCHead",
     "FastRCNNOutputs",
-    "FasterRCNN",
+    "GeneralizedRCNN",
     "LastLevelMaxPool",
     "MaskRCNNHead",
     "Matcher",

@@ -1,7 +1,7 @@
 """Config -> Faster R-CNN: the one place where the ``model`` config tree becomes modules.
 
 ``build_model(cfg)`` reads ``cfg.model`` (keys and defaults in
-``configs/detection/base_faster_rcnn.yaml``) and returns a ``FasterRCNN``: FPN, C4
+``configs/detection/base_faster_rcnn.yaml``) and returns a ``GeneralizedRCNN``: FPN, C4
 (``roi_heads.name: res5``) or DC5 variants, any registered ResNet backbone, and with
 ``model.mask_on`` the Mask R-CNN mask branch (``model.roi_heads.mask_*`` keys).
 """
@@ -23,7 +23,7 @@ from .convert import load_detector_weights
 from .fpn import FPN, LastLevelMaxPool
 from .matcher import Matcher
 from .poolers import MultiLevelRoIAlign
-from .rcnn import FasterRCNN
+from .rcnn import GeneralizedRCNN
 from .roi_heads import (
     FastRCNNFCHead,
     FastRCNNOutputs,
@@ -297,7 +297,7 @@ def build_roi_heads(
     )
 
 
-def build_model(cfg: Mapping[str, Any] | DictConfig) -> FasterRCNN:
+def build_model(cfg: Mapping[str, Any] | DictConfig) -> GeneralizedRCNN:
     """Faster R-CNN (Mask R-CNN with ``model.mask_on``) from a full config (its ``model`` subtree).
 
     ``model.backbone.weights`` loads backbone weights while building the backbone;
@@ -318,7 +318,7 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> FasterRCNN:
         )
     backbone, res5 = build_backbone(mcfg)
     shapes = backbone.output_shape()
-    model = FasterRCNN(
+    model = GeneralizedRCNN(
         backbone=backbone,
         rpn=build_rpn(mcfg, shapes),
         roi_heads=build_roi_heads(mcfg, shapes, num_classes, res5),

@@ -26,7 +26,7 @@ from .build import build_model
 from .config import config_from_mapping, load_config, test_resize
 from .convert import has_mask_head, is_torchvision_faster_rcnn, load_detector_weights
 from .data import build_transforms
-from .rcnn import FasterRCNN
+from .rcnn import GeneralizedRCNN
 
 _CLS_KEYS = ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias")
 
@@ -43,7 +43,7 @@ class LoadedDetector:
         provenance: the checkpoint's provenance (empty for foreign weights).
     """
 
-    model: FasterRCNN
+    model: GeneralizedRCNN
     cfg: DictConfig
     class_names: list[str]
     category_ids: list[int]
@@ -137,7 +137,7 @@ class Predictor:
         device: where the model runs ("cpu", "cuda", ...).
 
     Attributes:
-        model: the `FasterRCNN`, in eval mode.
+        model: the `GeneralizedRCNN`, in eval mode.
         class_names: name of each contiguous label.
         category_ids: dataset category id of each contiguous label.
     """

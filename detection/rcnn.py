@@ -14,13 +14,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from backbones.batching import batch_images
+from engine.data.batching import batch_images
 
 from .roi_heads import ROIHeads, paste_masks
 from .rpn import RPN
 
 
-class FasterRCNN(nn.Module):
+class GeneralizedRCNN(nn.Module):
     """Backbone (+ FPN), RPN and RoI heads (with a mask branch: Mask R-CNN).
 
     Args:
@@ -83,7 +83,7 @@ class FasterRCNN(nn.Module):
             mean colour after normalisation), and the (h, w) of each image.
         """
         return batch_images(images, self.pixel_mean, self.pixel_std, self.size_divisibility,
-                            owner="FasterRCNN")
+                            owner="GeneralizedRCNN")
 
     def _check_targets(
         self, targets: Sequence[dict[str, Tensor]], image_sizes: Sequence[tuple[int, int]]
@@ -174,7 +174,7 @@ class FasterRCNN(nn.Module):
         batch, image_sizes = self.preprocess(images)
         if self.training:
             if targets is None:
-                raise ValueError("FasterRCNN needs targets in training mode")
+                raise ValueError("GeneralizedRCNN needs targets in training mode")
             targets = self._check_targets(targets, image_sizes)
         features = self.backbone(batch)
         gt_boxes = [t["gt_boxes"] for t in targets] if self.training else None

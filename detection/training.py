@@ -32,7 +32,7 @@ from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.
 from .data import DetectionDataset, build_transforms
 from .evaluation import COCOEvaluator
 from .predictor import build_renderer, load_detector
-from .rcnn import FasterRCNN
+from .rcnn import GeneralizedRCNN
 
 logger = logging.getLogger("detection")
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -105,13 +105,13 @@ def resolve_num_classes(cfg: DictConfig, mapping: CategoryMapping) -> None:
                          f"{mapping.num_classes} categories; leave it null to read it from there")
 
 
-def iou_types(model: FasterRCNN) -> tuple[str, ...]:
+def iou_types(model: GeneralizedRCNN) -> tuple[str, ...]:
     """What COCO evaluation scores for `model`: ("bbox",), plus "segm" for Mask R-CNN."""
     return ("bbox", "segm") if model.mask_on else ("bbox",)
 
 
 @torch.no_grad()
-def evaluate_all(model: FasterRCNN, loader: DataLoader, evaluator: COCOEvaluator
+def evaluate_all(model: GeneralizedRCNN, loader: DataLoader, evaluator: COCOEvaluator
                  ) -> dict[str, dict[str, Any]]:
     """{iou_type: metrics} of `model` over `loader` for the evaluator's iou_types ("bbox",
     "segm"); every process scores its share, values in percent."""

@@ -1,8 +1,8 @@
 """Mixed precision: the `train.amp` setting, and what a device can run of it.
 
 bf16 autocast runs on a GPU and on CPUs whose oneDNN has bf16 kernels. It pays on AVX512-BF16
-or AMX parts (AMD Zen 4, Intel Sapphire Rapids): 2.0x faster Faster R-CNN training steps on
-the 2-core Zen 4 box (BENCHMARKS.md). fp16 is for GPUs only.
+or AMX parts (AMD Zen 4, Intel Sapphire Rapids); BENCHMARKS.md has the measured speed-up.
+fp16 is for GPUs only.
 """
 from __future__ import annotations
 

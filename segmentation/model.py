@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones.batching import batch_images
+from engine.data.batching import batch_images
 
 from .heads import SemSegHead
 

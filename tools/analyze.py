@@ -32,9 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backbones.studies.config import DEFAULTS, OPEN_KEYS, build_context_from_config  # noqa: E402
+from backbones.studies.config import BASE_CONFIG, OPEN_KEYS, build_context_from_config  # noqa: E402
 from backbones.studies.run import STUDIES, run_study  # noqa: E402
 from engine import load_config, save_config, setup_logging  # noqa: E402
+from engine.config import load_defaults  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs/analyze/cifar_synthetic.yaml"
 
@@ -57,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run one study; returns the paths it wrote ({"png", "csv", "json"})."""
     args = parse_args(argv)
     output = Path(args.output or f"output/analyze/{args.study}")
-    cfg = load_config(args.config, args.overrides, defaults=DEFAULTS, open_keys=OPEN_KEYS)
+    cfg = load_config(args.config, args.overrides, defaults=load_defaults(BASE_CONFIG),
+                      open_keys=OPEN_KEYS)
     setup_logging(output)
     save_config(cfg, output / f"{args.study}_config.yaml")
     ctx = build_context_from_config(cfg, output, args.study)

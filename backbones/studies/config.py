@@ -17,32 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from engine import init_distributed, to_plain
 
 from ..registry import list_models
-from ..weights import PIXEL_MEAN, PIXEL_STD
 from .data import ClassificationSplit, load_splits
-from .path_sampling import PATH_SAMPLING_DEFAULTS
 from .training import Recipe
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {
-    "model": {"family": "cifar_resnet", "depth": 20, "options": {},
-              "path_sampling": dict(PATH_SAMPLING_DEFAULTS)},
-    "data": {"root": "???", "train_split": "train", "val_split": "val", "image_size": 32,
-             "max_train": 0, "max_val": 0, "augment": True,
-             "pixel_mean": list(PIXEL_MEAN), "pixel_std": list(PIXEL_STD)},
-    "solver": {"batch_size": 128, "iterations": 64000, "base_lr": 0.1, "momentum": 0.9,
-               "weight_decay": 1e-4, "lr_steps": [0.5, 0.75], "gamma": 0.1,
-               "warmup_iters": 0},
-    "train": {"device": "auto", "seed": 0, "evaluations": 64, "log_period": 100,
-              "num_threads": 0, "eval_batch_size": 256},
-    # Per study: `iterations`, the training length of its models (0: solver.iterations), and
-    # `max_train`, a seeded subset of the training split it trains on (0: data.max_train).
-    "degradation": {"depths": [20, 56], "iterations": 0, "max_train": 0},
-    "responses": {"max_images": 1000, "iterations": 0, "max_train": 0},
-    "lesion": {"draws": 10, "max_k": 0, "iterations": 0, "max_train": 0},
-    "paths": {"samples_per_k": 100, "batches": 4, "batch_size": 32, "iterations": 0,
-              "max_train": 0},
-}
+BASE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "analyze" / "base_study.yaml"
 OPEN_KEYS = ("model.options",)
 
 

@@ -5,7 +5,8 @@ from .fast_rcnn import FastRCNNOutputs
 from .mask_head import MaskRCNNHead
 from .mask_paste import paste_masks
 from .res5_head import Res5ROIHeads
-from .standard import ROIHeads, SampledRoIs, StandardROIHeads
+from .base import ROIHeads, SampledRoIs
+from .standard import StandardROIHeads
 
 __all__ = [
     "FastRCNNFCHead",

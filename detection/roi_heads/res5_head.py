@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..poolers import MultiLevelRoIAlign
-from .standard import ROIHeads
+from .base import ROIHeads
 
 
 class Res5ROIHeads(ROIHeads):

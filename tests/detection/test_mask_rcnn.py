@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from detection import build_model
 from detection.config import defaults as detection_defaults
 from detection.convert import load_detector_weights
-from detection.random_reference import randomize_detector
+from tests.random_reference import randomize_detector
 from detection.roi_heads import paste_masks
 from engine.config import load_config
 from tests.detection.test_rcnn import TINY, tiny_scene

@@ -16,7 +16,7 @@ import torchvision
 from detection import build_model
 from detection.config import defaults as detection_defaults
 from detection.convert import load_detector_weights
-from detection.random_reference import PROBE_SIZE, randomize_detector, spread_classes
+from tests.random_reference import PROBE_SIZE, randomize_detector, spread_classes
 from engine.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detection"

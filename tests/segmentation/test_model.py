@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from detection.synthetic import generate
+from engine.data.synthetic import generate
 from engine import Trainer
 from segmentation import SemSegEvaluator, build_model, evaluate_model
 from segmentation.data import build_test_loader, build_train_loader

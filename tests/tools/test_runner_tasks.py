@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 
 import engine.runner
 from engine.runner import TaskData, run_training
-from engine.tasks import TASK_MODULES, load_task_config, task_module
+from engine.config import ConfigError
+from engine.tasks import TASK_MODULES, config_task, load_task_config, task_module
 from tests.tools.test_segmentation_tools import CONFIG as SEG_CONFIG
 from tests.tools.test_segmentation_tools import overrides as seg_overrides
 from tests.tools.test_train_eval_demo import _drop_log_handlers, data, load_tool, train_args
@@ -41,6 +42,10 @@ def test_every_shipped_config_names_its_task_and_shares_the_train_keys() -> None
         extra = ["data.root=x"] if "pretrain" in str(path) else []
         name, cfg = load_task_config(path, extra)
         assert cfg.task == name and name in TASK_MODULES, path
+    for path in sorted((ROOT / "configs/analyze").glob("*.yaml")):
+        assert config_task(path) == "analyze"  # studies, not a training task
+    with pytest.raises(ConfigError, match="unknown task 'analyze'; valid: detection, sem_seg"):
+        load_task_config(ROOT / "configs/analyze/cifar10.yaml")
 
 
 def test_every_tool_trains_through_the_runner(data: Path, tmp_path: Path,

@@ -16,7 +16,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detection.synthetic import generate
+from engine.data.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"

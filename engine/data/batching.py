@@ -3,8 +3,8 @@
 `batch_images` normalises N RGB images (3, H_i, W_i), zero-pads them at the bottom and right
 to a common size (rounded up to `size_divisibility`) and stacks them. On CPU the batch is
 returned in channels_last memory format: oneDNN convolutions then run on NHWC maps without a
-reorder at every layer (~1.15-1.3x faster; benchmarks/detection_speed.py and
-benchmarks/segmentation_inference.py).
+reorder at every layer (faster; measured in BENCHMARKS.md with benchmarks/detection_speed.py
+and benchmarks/segmentation_inference.py).
 """
 from __future__ import annotations
 
