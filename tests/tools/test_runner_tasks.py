@@ -176,3 +176,20 @@ def test_pretraining_batches_of_unreadable_images_are_skipped_and_counted(
     assert result["iteration"] == 2 and result["skipped"] == 4
     assert "train: skipped 4 unreadable image reads" in caplog.text
     assert set(result["metrics"]) == {"top1", "top5"}  # the readable val split is scored
+
+
+@pytest.mark.slow
+def test_detection_resumed_run_ends_bit_identical(data: Path, tmp_path: Path) -> None:
+    # the quickstart's recipe: AdamW, cosine with warmup, clipping, flips, one loader worker
+    args = [*train_args(data, tmp_path / "unused", 4), "train.checkpoint_period=2",
+            "train.max_to_keep=null", "data.num_workers=1", "data.train.hflip_prob=0.5",
+            "data.train.min_size=[80,96]", "train.lr_steps=[]"]
+    full = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'a'}"])["model"]
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a/model_0000002.pth", tmp_path / "b")
+    (tmp_path / "b/last_checkpoint").write_text("model_0000002.pth\n")
+    torch.manual_seed(99)
+    resumed = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'b'}",
+                                       "--resume"])["model"]
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
