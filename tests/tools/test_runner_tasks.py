@@ -119,17 +119,30 @@ def _toy_config(out: Path) -> Any:
     return cfg
 
 
-def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(tmp_path: Path) -> None:
-    cpu = torch.device("cpu")
-    full = run_training(_RegressionTask(), _toy_config(tmp_path / "a"), cpu)
-    assert full["iteration"] == 6 and (tmp_path / "a/model_final.pth").is_file()
+def assert_resume_from_step_2_is_bit_identical(tmp_path: Path, train: Any) -> None:
+    """`train(output_dir, resume)` -> model: a run resumed from the checkpoint at step 2 of
+    another run (in a fresh folder, after reseeding) ends with that run's weights."""
+    full = train(tmp_path / "a", False)
     (tmp_path / "b").mkdir()
     shutil.copy(tmp_path / "a/model_0000002.pth", tmp_path / "b")
     (tmp_path / "b/last_checkpoint").write_text("model_0000002.pth\n")
     torch.manual_seed(123)  # everything must come from the checkpoint
-    resumed = run_training(_RegressionTask(), _toy_config(tmp_path / "b"), cpu, resume=True)
-    for key, value in full["model"].state_dict().items():
-        assert torch.equal(value, resumed["model"].state_dict()[key]), key
+    resumed = train(tmp_path / "b", True)
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def _tool_trainer(tool: str, args: list[str]) -> Any:
+    return lambda out, resume: load_tool(tool).main(
+        [*args, f"train.output_dir={out}", *(["--resume"] if resume else [])])["model"]
+
+
+def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(tmp_path: Path) -> None:
+    cpu = torch.device("cpu")
+    full = run_training(_RegressionTask(), _toy_config(tmp_path / "toy"), cpu)
+    assert full["iteration"] == 6 and (tmp_path / "toy/model_final.pth").is_file()
+    assert_resume_from_step_2_is_bit_identical(tmp_path, lambda out, resume: run_training(
+        _RegressionTask(), _toy_config(out), cpu, resume=resume)["model"])
 
 
 def test_segmentation_resumed_run_ends_bit_identical(data: Path, tmp_path: Path) -> None:
@@ -137,15 +150,7 @@ def test_segmentation_resumed_run_ends_bit_identical(data: Path, tmp_path: Path)
     args = [str(SEG_CONFIG), *seg_overrides(data), "train.max_iter=4",
             "train.checkpoint_period=2", "train.max_to_keep=null", "train.clip_grad_norm=1.0",
             "train.eval_period=0"]
-    full = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'a'}"])["model"]
-    (tmp_path / "b").mkdir()
-    shutil.copy(tmp_path / "a/model_0000002.pth", tmp_path / "b")
-    (tmp_path / "b/last_checkpoint").write_text("model_0000002.pth\n")
-    torch.manual_seed(99)
-    resumed = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'b'}",
-                                       "--resume"])["model"]
-    for key, value in full.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert_resume_from_step_2_is_bit_identical(tmp_path, _tool_trainer("train", args))
 
 
 def test_segmentation_batches_of_unreadable_images_are_skipped_and_counted(
@@ -184,12 +189,4 @@ def test_detection_resumed_run_ends_bit_identical(data: Path, tmp_path: Path) ->
     args = [*train_args(data, tmp_path / "unused", 4), "train.checkpoint_period=2",
             "train.max_to_keep=null", "data.num_workers=1", "data.train.hflip_prob=0.5",
             "data.train.min_size=[80,96]", "train.lr_steps=[]"]
-    full = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'a'}"])["model"]
-    (tmp_path / "b").mkdir()
-    shutil.copy(tmp_path / "a/model_0000002.pth", tmp_path / "b")
-    (tmp_path / "b/last_checkpoint").write_text("model_0000002.pth\n")
-    torch.manual_seed(99)
-    resumed = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'b'}",
-                                       "--resume"])["model"]
-    for key, value in full.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert_resume_from_step_2_is_bit_identical(tmp_path, _tool_trainer("train", args))
