@@ -1,9 +1,14 @@
-"""The command line that every config-driven tool shares: CONFIG and key=value overrides."""
+"""The command line that every config-driven tool shares: CONFIG and key=value overrides, and
+the training tools' whole main (parse, pick the task, run it)."""
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 from typing import Any
+
+from .distributed import cleanup, init_distributed, is_main_process
+from .runner import run_training
+from .tasks import load_task_config, task_module
 
 
 def config_argument_parser(description: str | None, *,
@@ -34,10 +39,6 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
     Returns:
         `engine.runner.run_training`'s result plus "task".
     """
-    from .distributed import cleanup, init_distributed, is_main_process  # noqa: PLC0415
-    from .runner import run_training  # noqa: PLC0415
-    from .tasks import load_task_config, task_module  # noqa: PLC0415
-
     args = config_argument_parser(description, resume=True).parse_intermixed_args(argv)
     name, cfg = load_task_config(args.config, args.overrides, task=task)
     runner_task = task_module(name).TASK()
