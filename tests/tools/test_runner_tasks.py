@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-import engine.runner
+import engine.cli
 from engine.runner import TaskData, run_training
 from engine.config import ConfigError
 from engine.tasks import TASK_MODULES, config_task, load_task_config, task_module
@@ -51,13 +51,13 @@ def test_every_shipped_config_names_its_task_and_shares_the_train_keys() -> None
 def test_every_tool_trains_through_the_runner(data: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
-    real = engine.runner.run_training
+    real = engine.cli.run_training
 
     def recording(task: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         seen.append(task.name)
         return real(task, *args, **kwargs)
 
-    monkeypatch.setattr(engine.runner, "run_training", recording)
+    monkeypatch.setattr(engine.cli, "run_training", recording)  # what tools call
     load_tool("train").main(train_args(data, tmp_path / "det", 1))
     load_tool("train").main([str(SEG_CONFIG), *seg_overrides(data), "train.max_iter=1",
                              f"train.output_dir={tmp_path / 'seg'}"])
