@@ -48,8 +48,11 @@ def test_every_shipped_config_names_its_task_and_shares_the_train_keys() -> None
         load_task_config(ROOT / "configs/analyze/cifar10.yaml")
 
 
-def test_every_tool_trains_through_the_runner(data: Path, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def runner_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The task names the tools hand to run_training (the one runner) during a test; the
+    tests below run every task through the tools, so together they show that each goes
+    through the runner."""
     seen: list[str] = []
     real = engine.cli.run_training
 
@@ -58,15 +61,7 @@ def test_every_tool_trains_through_the_runner(data: Path, tmp_path: Path,
         return real(task, *args, **kwargs)
 
     monkeypatch.setattr(engine.cli, "run_training", recording)  # what tools call
-    load_tool("train").main(train_args(data, tmp_path / "det", 1))
-    load_tool("train").main([str(SEG_CONFIG), *seg_overrides(data), "train.max_iter=1",
-                             f"train.output_dir={tmp_path / 'seg'}"])
-    load_tool("pretrain").main([str(ROOT / "configs/pretrain/synthetic_resnet18.yaml"),
-                                f"data.root={data}/classification", "data.num_workers=0",
-                                "data.image_size=32", "data.val_resize=36", "train.epochs=null",
-                                "train.max_iter=1", "train.batch_size=2", "train.warmup_epochs=0",
-                                f"train.output_dir={tmp_path / 'cls'}"])
-    assert seen == ["detection", "sem_seg", "classification"]
+    return seen
 
 
 class _Points(Dataset):
@@ -145,16 +140,19 @@ def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(tmp_pat
         _RegressionTask(), _toy_config(out), cpu, resume=resume)["model"])
 
 
-def test_segmentation_resumed_run_ends_bit_identical(data: Path, tmp_path: Path) -> None:
+def test_segmentation_resumed_run_ends_bit_identical(data: Path, tmp_path: Path,
+                                                     runner_calls: list[str]) -> None:
     # dropout in the heads, augmentation on, AdamW + cosine with warmup, gradient clipping
     args = [str(SEG_CONFIG), *seg_overrides(data), "train.max_iter=4",
             "train.checkpoint_period=2", "train.max_to_keep=null", "train.clip_grad_norm=1.0",
             "train.eval_period=0"]
     assert_resume_from_step_2_is_bit_identical(tmp_path, _tool_trainer("train", args))
+    assert runner_calls == ["sem_seg", "sem_seg"]
 
 
 def test_segmentation_batches_of_unreadable_images_are_skipped_and_counted(
-        data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        runner_calls: list[str]) -> None:
     images = tmp_path / "images"
     shutil.copytree(data / "images/train", images)
     for path in images.glob("*.jpg"):
@@ -165,10 +163,12 @@ def test_segmentation_batches_of_unreadable_images_are_skipped_and_counted(
     assert result["iteration"] == 2 and result["skipped"] == 4
     assert "train: skipped 4 unreadable image reads" in caplog.text
     assert (tmp_path / "out/model_final.pth").is_file()
+    assert runner_calls == ["sem_seg"]
 
 
 def test_pretraining_batches_of_unreadable_images_are_skipped_and_counted(
-        data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        runner_calls: list[str]) -> None:
     root = tmp_path / "classification"
     shutil.copytree(data / "classification", root)
     for path in (root / "train").rglob("*.png"):
@@ -181,12 +181,15 @@ def test_pretraining_batches_of_unreadable_images_are_skipped_and_counted(
     assert result["iteration"] == 2 and result["skipped"] == 4
     assert "train: skipped 4 unreadable image reads" in caplog.text
     assert set(result["metrics"]) == {"top1", "top5"}  # the readable val split is scored
+    assert runner_calls == ["classification"]
 
 
 @pytest.mark.slow
-def test_detection_resumed_run_ends_bit_identical(data: Path, tmp_path: Path) -> None:
+def test_detection_resumed_run_ends_bit_identical(data: Path, tmp_path: Path,
+                                                  runner_calls: list[str]) -> None:
     # the quickstart's recipe: AdamW, cosine with warmup, clipping, flips, one loader worker
     args = [*train_args(data, tmp_path / "unused", 4), "train.checkpoint_period=2",
             "train.max_to_keep=null", "data.num_workers=1", "data.train.hflip_prob=0.5",
             "data.train.min_size=[80,96]", "train.lr_steps=[]"]
     assert_resume_from_step_2_is_bit_identical(tmp_path, _tool_trainer("train", args))
+    assert runner_calls == ["detection", "detection"]
