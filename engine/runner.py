@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,7 +56,6 @@ class TaskData:
     description: str
     group_ids: np.ndarray | None = None
     val_batch_size: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Task(Protocol):
