@@ -11,13 +11,14 @@ from .distributed import (all_gather_object, all_reduce_mean, all_reduce_sum, an
                           unwrap_model, wrap_ddp)
 from .logging import ProgressLogger, ScalarWriter, log_metrics, setup_logging
 from .optim import OPTIMIZERS, build_optimizer
+from .preemption import TrainingInterrupted
 from .rng import seed_everything
 from .schedule import WarmupDecay, build_lr_scheduler
 from .trainer import NonFiniteLossError, PeriodicEval, Trainer
 
 __all__ = ["AMP_DTYPES", "OPTIMIZERS", "Checkpointer", "ConfigError",
            "NonFiniteLossError", "PeriodicCheckpointer", "PeriodicEval", "ProgressLogger",
-           "ScalarWriter", "Trainer", "WarmupDecay", "all_gather_object",
+           "ScalarWriter", "Trainer", "TrainingInterrupted", "WarmupDecay", "all_gather_object",
            "all_reduce_mean", "all_reduce_sum", "amp_for_device", "any_process", "atomic_save",
            "atomic_write", "atomic_write_json", "atomic_write_text",
            "barrier", "broadcast_buffers", "build_lr_scheduler", "build_optimizer", "cleanup",

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .distributed import all_gather_object, barrier, get_rank, get_world_size, is_main_process
+from .distributed import (all_gather_object, any_process, barrier, get_rank, get_world_size,
+                          is_main_process)
 from .distributed import unwrap_model
 from .files import atomic_save, atomic_write_text
 from .rng import get_rng_state, set_rng_state
@@ -42,7 +43,8 @@ class Checkpointer:
         output_dir: folder of the checkpoints and of the `last_checkpoint` pointer.
         model: the model (a DDP wrapper is unwrapped).
         optimizer, scheduler, scaler: optional; saved and restored when given.
-        max_to_keep: keep only this many newest periodic checkpoints (None keeps all).
+        max_to_keep: keep only this many newest periodic checkpoints (None keeps all; at
+            least 2 are kept, so that a damaged newest one has an older one to fall back on).
     """
 
     def __init__(self, output_dir: str | os.PathLike, *, model: nn.Module,
@@ -52,15 +54,20 @@ class Checkpointer:
         self.output_dir = Path(output_dir)
         self.model = model
         self.components = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-        self.max_to_keep = max_to_keep
+        self.max_to_keep = None if max_to_keep is None else max(int(max_to_keep), 2)
 
     def save(self, iteration: int, extra: Mapping[str, Any] | None = None) -> Path:
         """Write `model_{iteration:07d}.pth` and point `last_checkpoint` at it.
 
         Must be called on every process (the RNG states of all ranks are gathered).
+
+        Raises:
+            CheckpointWriteError: on every process, when the file could not be written (a
+                full disk, say); the previous checkpoint and the pointer are left as they were.
         """
         rng_states = all_gather_object(get_rng_state())
         path = self.output_dir / f"model_{iteration:07d}.pth"
+        error = None
         if is_main_process():
             state = {"model": unwrap_model(self.model).state_dict(), "iteration": int(iteration),
                      "world_size": get_world_size(), "rng": rng_states,
@@ -68,10 +75,22 @@ class Checkpointer:
             for name, component in self.components.items():
                 if component is not None:
                     state[name] = component.state_dict()
-            atomic_save(state, path)
-            atomic_write_text(path.name + "\n", self.output_dir / POINTER)
-            self._prune(keep=path)
-            logger.info("saved checkpoint %s", path)
+            try:
+                atomic_save(state, path)
+                atomic_write_text(path.name + "\n", self.output_dir / POINTER)
+            except OSError as e:
+                error = e
+            else:
+                self._prune(keep=path)
+                logger.info("saved checkpoint %s", path)
+        if any_process(error is not None):  # every process stops, none waits forever
+            previous = self._pointer_target()
+            kept = (f"the previous checkpoint {previous} and {self.output_dir / POINTER} are "
+                    "intact" if previous is not None else "no earlier checkpoint exists")
+            reason = f"{type(error).__name__}: {error}" if error is not None else "see rank 0"
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {path.name} in {self.output_dir} ({reason}); {kept}. "
+                f"Free space there (or set train.output_dir) and resume with --resume")
         barrier()
         return path
 
@@ -82,27 +101,28 @@ class Checkpointer:
         for path in old[: max(len(old) - self.max_to_keep + 1, 0)]:
             path.unlink()
 
-    def last_checkpoint(self) -> Path | None:
-        """The file `last_checkpoint` names, or None when there is no pointer."""
+    def _pointer_target(self) -> Path | None:
         pointer = self.output_dir / POINTER
         if not pointer.is_file():
             return None
-        path = self.output_dir / pointer.read_text().strip()
-        if not path.is_file():
-            raise FileNotFoundError(f"{pointer} names {path}, which does not exist")
-        return path
+        return self.output_dir / pointer.read_text().strip()
 
     def load(self, path: str | os.PathLike) -> dict[str, Any]:
         """Restore model, optimizer, scheduler, scaler and this rank's RNG state from `path`.
 
         Returns:
             {"iteration": steps done, "extra": what `save` was given}.
+
+        Raises:
+            UnreadableCheckpointError: the file is missing or cannot be read (nothing restored).
+            ValueError: it lacks a state this run needs.
         """
         path = Path(path)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+            raise UnreadableCheckpointError(
+                f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
         unwrap_model(self.model).load_state_dict(state["model"])
         for name, component in self.components.items():
             if component is None:
@@ -120,12 +140,41 @@ class Checkpointer:
         return {"iteration": int(state["iteration"]), "extra": dict(state.get("extra", {}))}
 
     def resume(self) -> dict[str, Any] | None:
-        """Load the checkpoint `last_checkpoint` names; None (and nothing loaded) if none."""
-        path = self.last_checkpoint()
-        if path is None:
+        """Load the checkpoint `last_checkpoint` names; None (and nothing loaded) if there is no
+        pointer. When that file is missing or unreadable, say so and load the newest older
+        checkpoint of the folder that reads.
+
+        Raises:
+            UnreadableCheckpointError: no checkpoint of the folder could be read.
+        """
+        newest = self._pointer_target()
+        if newest is None:
             logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
             return None
-        return self.load(path)
+        older = sorted((p for p in self.output_dir.glob("model_[0-9]*.pth")
+                        if p.name < newest.name), reverse=True)
+        failures = []
+        for path in (newest, *older):
+            try:
+                state = self.load(path)
+            except UnreadableCheckpointError as e:
+                failures.append(str(e))
+                logger.warning("%s; trying the next older checkpoint", e)
+                continue
+            if path != newest:
+                logger.warning("resumed from the older checkpoint %s: %s named %s, which could "
+                               "not be read", path, self.output_dir / POINTER, newest.name)
+            return state
+        raise UnreadableCheckpointError(
+            f"no checkpoint in {self.output_dir} can be read: " + "; ".join(failures))
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file is missing, truncated or not a checkpoint."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the previous one is intact."""
 
 
 class PeriodicCheckpointer:

@@ -3,10 +3,12 @@ the training tools' whole main (parse, pick the task, run it)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from .distributed import cleanup, init_distributed, is_main_process
+from .preemption import TrainingInterrupted
 from .runner import run_training
 from .tasks import load_task_config, task_module
 
@@ -44,7 +46,12 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
     runner_task = task_module(name).TASK()
     device = init_distributed(cfg.train.device)
     try:
-        result = run_training(runner_task, cfg, device, resume=args.resume)
+        try:
+            result = run_training(runner_task, cfg, device, resume=args.resume)
+        except TrainingInterrupted as stopped:
+            if is_main_process():
+                print(stopped, file=sys.stderr, flush=True)
+            raise SystemExit(stopped.exit_code) from None
         if is_main_process():
             print(runner_task.summary(result["all_metrics"]), flush=True)
         return {**result, "task": name}

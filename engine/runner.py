@@ -4,7 +4,8 @@ The runner owns everything that is the same for every task: seeding, DDP, the op
 learning-rate schedule from the shared `train` section (configs/base_train.yaml), AMP,
 checkpointing and resume (the data position is the number of steps done), the guard for a
 batch whose images were all unreadable, counting skipped images over every process, logging,
-periodic evaluation and the final checkpoint.
+periodic evaluation, the final checkpoint, and a checkpoint before stopping on SIGTERM or
+SIGINT (engine.preemption).
 
 A task supplies the rest through a small object (see `Task`): detection.training,
 segmentation.training and backbones.pretraining each define one.
@@ -32,6 +33,7 @@ from .distributed import (all_reduce_sum, broadcast_buffers, get_rank, get_world
                           is_main_process, per_process_batch_size, wrap_ddp)
 from .logging import ProgressLogger, ScalarWriter, setup_logging
 from .optim import OPTIMIZERS, build_optimizer
+from .preemption import TrainingInterrupted, stop_on_signals
 from .rng import seed_everything
 from .schedule import build_lr_scheduler
 from .trainer import PeriodicEval, Trainer
@@ -254,8 +256,16 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     per_epoch = f" ({lengths['per_epoch']} per epoch)" if "per_epoch" in lengths else ""
     logger.info("training for %d iterations%s from iteration %d", lengths["max_iter"], per_epoch,
                 start_iter)
-    trainer.train(iter(train_loader), start_iter=start_iter)
+    with stop_on_signals() as stop:
+        finished = trainer.train(iter(train_loader), start_iter=start_iter, stop=stop)
     writer.close()
+    if not finished:
+        path = checkpointer.save(trainer.iter)
+        raise TrainingInterrupted(
+            f"{stop.signal_name or 'a stop signal'} stopped training after iteration "
+            f"{trainer.iter} of {lengths['max_iter']}; checkpoint {path}: run the same command "
+            f"with --resume to continue", signal_name=stop.signal_name,
+            iteration=trainer.iter, exit_code=128 + (stop.signum or 15))
     total_skipped = skipped.report(logger, "train")
 
     metrics: Metrics = dict(eval_hook.last_result) if eval_hook is not None else {}

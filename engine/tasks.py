@@ -2,7 +2,9 @@
 
 Each entry names the module that defines the task: its `TASK` (a `engine.runner.Task`
 class), `BASE_CONFIG` (configs/<task>/base_*.yaml: every valid key with its default) and,
-where old key names still load, `RENAMED_KEYS`. A new task needs one line here and its module.
+where old key names still load, `RENAMED_KEYS`; where a key given on the command line must
+replace conflicting keys of the file, `resolve_overrides(cfg, overrides)`. A new task needs
+one line here and its module.
 """
 from __future__ import annotations
 
@@ -60,4 +62,7 @@ def load_task_config(path: str | os.PathLike, overrides: Sequence[str] = (),
     cfg = load_config(path, overrides, defaults=load_defaults(module.BASE_CONFIG),
                       open_keys=getattr(module, "OPEN_KEYS", ()),
                       renamed=getattr(module, "RENAMED_KEYS", None))
+    resolve = getattr(module, "resolve_overrides", None)
+    if resolve is not None:
+        resolve(cfg, overrides)
     return name, cfg

@@ -23,6 +23,7 @@ from torch import nn
 
 from .amp import AMP_DTYPES, amp_for_device
 from .distributed import any_process, get_rank
+from .preemption import StopRequest
 
 logger = logging.getLogger(__name__)
 StepFn = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
@@ -90,8 +91,18 @@ class Trainer:
             if method is not None:
                 method(self)
 
-    def train(self, data: Iterator[Any], start_iter: int = 0) -> None:
+    def train(self, data: Iterator[Any], start_iter: int = 0,
+              stop: StopRequest | None = None) -> bool:
         """Run steps start_iter .. max_iter - 1, drawing one batch per step from `data`.
+
+        Args:
+            data: batches.
+            start_iter: steps already done (a resumed run).
+            stop: checked after every step (and its hooks); when it was requested on any
+                process, every process returns at the same iteration, before `after_train`.
+
+        Returns:
+            True when all max_iter steps ran, False when `stop` ended the run early.
 
         Raises:
             NonFiniteLossError: on every process, when any process's loss is not finite.
@@ -103,7 +114,11 @@ class Trainer:
             self.run_step(next(data))
             self.iter += 1
             self._call_hooks("after_step")
+            if (stop is not None and self.iter < self.max_iter
+                    and any_process(stop.requested)):
+                return False
         self._call_hooks("after_train")
+        return True
 
     def run_step(self, batch: Any) -> None:
         autocast = (torch.autocast(self.device_type, dtype=self.amp_dtype)

@@ -21,6 +21,7 @@ from engine.config import load_config as engine_load_config
 from engine.config import load_defaults
 
 from .convert import load_segmentation_weights
+from .data import prefer_command_line_sources
 from .heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead, SemSegHead, aspp_rates
 from .model import SemanticSegmentor
 
@@ -55,13 +56,17 @@ def provenance_from_config(cfg: Mapping[str, Any] | DictConfig,
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
     """A segmentation config: `path` with its `_base_` files and `key=value` overrides,
     checked against the base file (an unknown key is an error naming it and its source)."""
-    return engine_load_config(path, overrides, defaults=defaults())
+    cfg = engine_load_config(path, overrides, defaults=defaults())
+    prefer_command_line_sources(cfg, overrides)
+    return cfg
 
 
 def config_from_mapping(config: Mapping[str, Any] | DictConfig,
                         overrides: Sequence[str] = ()) -> DictConfig:
     """A segmentation config from a loaded mapping, checked like a file, then `overrides`."""
-    return engine_config_from_mapping(config, overrides, defaults=defaults())
+    cfg = engine_config_from_mapping(config, overrides, defaults=defaults())
+    prefer_command_line_sources(cfg, overrides)
+    return cfg
 
 
 def _plain(node: Any) -> Any:

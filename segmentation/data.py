@@ -25,6 +25,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 import engine.data
@@ -35,6 +36,7 @@ from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_se
                       read_mask, scan_folder)
 
 logger = logging.getLogger(__name__)
+DATA_SOURCES = ("ann_file", "mask_dir")  # one per split: COCO instances JSON or class-id PNGs
 __all__ = ["SemSegDataset", "build_dataset", "build_test_loader", "build_train_loader",
            "build_transform", "coco_semantic_mask", "load_coco_semantic",
            "read_mask", "resolve_class_names", "scan_folder"]
@@ -176,6 +178,32 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
         raise ValueError(f"model.num_classes is {num_classes} but the data has {len(names)} "
                          f"classes: {list(names)[:MAX_LISTED]}")
     return [str(n) for n in names]
+
+
+def prefer_command_line_sources(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Let a data source given on the command line replace the config file's other source.
+
+    `data.<split>.ann_file=...` given as an override to a config whose file sets
+    `data.<split>.mask_dir` (or the reverse) selects the given source and drops the other; a
+    COCO source chosen this way also drops the file's `data.class_names` (the COCO categories
+    name the classes) unless that key is given too. Each change is logged in one line.
+    """
+    given = {item.split("=", 1)[0].strip() for item in overrides}
+    for split in ("train", "val"):
+        s = cfg.data[split]
+        chosen = [k for k in DATA_SOURCES if f"data.{split}.{k}" in given and s[k]]
+        dropped = [k for k in DATA_SOURCES if k not in chosen and s[k]]
+        if len(chosen) != 1 or not dropped:
+            continue
+        logger.warning("data.%s.%s given on the command line: using it instead of %s of the "
+                       "config", split, chosen[0],
+                       ", ".join(f"data.{split}.{k}={s[k]}" for k in dropped))
+        for key in dropped:
+            s[key] = None
+        if chosen[0] == "ann_file" and cfg.data.class_names and "data.class_names" not in given:
+            logger.warning("data.class_names=%s of the config dropped: the COCO categories of "
+                           "data.%s.ann_file name the classes", cfg.data.class_names, split)
+            cfg.data.class_names = None
 
 
 def build_dataset(cfg: Mapping[str, Any], split: str) -> SemSegDataset:

@@ -22,12 +22,13 @@ from engine.runner import TaskData, format_metric
 
 from .build import BASE_CONFIG, build_model, load_config, provenance_from_config
 from .data import build_dataset, build_test_loader
+from .data import prefer_command_line_sources as resolve_overrides
 from .evaluation import SemSegEvaluator
 from .inference import evaluate_model, tta_from_config
 from .predictor import Predictor, build_renderer
 
 __all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "SemSegTask", "build_renderer",
-           "evaluate_checkpoint"]
+           "evaluate_checkpoint", "resolve_overrides"]
 
 
 def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequence[str],

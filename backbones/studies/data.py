@@ -1,4 +1,4 @@
-"""Small classification sets held in memory for the studies, and the batches they train on.
+"""Small classification sets held in memory for the studies, and the dataset they train on.
 
 Shapes: N images of S x S pixels. A split is `images` (N, 3, S, S) uint8 RGB and `labels`
 (N,) int64; `normalize` turns images into float (N, 3, S, S) with the 0..255 mean/std.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from ..data import ImageFolderDataset, scan_image_folder
 
@@ -185,39 +186,32 @@ def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator)
     return out
 
 
-class BatchStream:
-    """Endless shuffled training batches {"images": float (B, 3, S, S), "labels": (B,)}.
+class SplitDataset(Dataset):
+    """A split in memory as the training runner's dataset: key -> {"image": float (3, S, S)
+    normalized, "label": int}.
 
-    Each epoch is a permutation from a generator seeded with `seed`, so two models trained
-    with the same seed see the same batches in the same order.
+    A key is an index or, in training, `(index, augmentation seed)`: with `augment`, that seed
+    draws the pad-and-crop (pad S / 8) and the flip, so a key always gives the same sample.
 
     Args:
-        split: the training split.
-        batch_size: B (the last incomplete batch of an epoch is dropped).
+        split: the images and labels.
         pixel_mean, pixel_std: normalization on 0..255 values.
-        augment: pad-and-crop (pad S / 8) and flip.
-        seed: order and augmentation seed.
+        augment: pad-and-crop and flip for keys that carry a seed.
     """
 
-    def __init__(self, split: ClassificationSplit, *, batch_size: int,
-                 pixel_mean: Sequence[float], pixel_std: Sequence[float], augment: bool,
-                 seed: int) -> None:
-        if not 0 < batch_size <= len(split):
-            raise ValueError(f"batch size {batch_size} must be in 1..{len(split)} "
-                             f"(the training images of {split.source})")
+    def __init__(self, split: ClassificationSplit, *, pixel_mean: Sequence[float],
+                 pixel_std: Sequence[float], augment: bool) -> None:
         self.split = split
-        self.batch_size = batch_size
         self.pixel_mean, self.pixel_std = list(pixel_mean), list(pixel_std)
         self.pad = max(split.images.shape[-1] // 8, 1) if augment else 0
-        self.generator = torch.Generator().manual_seed(seed)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        while True:
-            order = torch.randperm(len(self.split), generator=self.generator)
-            for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
-                index = order[start:start + self.batch_size]
-                images = self.split.images[index]
-                if self.pad:
-                    images = random_crop_flip(images, self.pad, self.generator)
-                yield {"images": normalize(images, self.pixel_mean, self.pixel_std),
-                       "labels": self.split.labels[index]}
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image = self.split.images[index:index + 1]
+        if self.pad and seed is not None:
+            image = random_crop_flip(image, self.pad, torch.Generator().manual_seed(seed))
+        return {"image": normalize(image, self.pixel_mean, self.pixel_std)[0],
+                "label": int(self.split.labels[index])}

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from engine import setup_logging
+
 from .. import build_classifier
 from ..classifier import Classifier
 from ..resnet import ResNet
@@ -81,8 +83,9 @@ def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> Study
     logger.info("training %s for %d iterations", arch, ctx.recipe.iterations)
     history = train_classifier(model, ctx.train, ctx.val, recipe=ctx.recipe,
                                pixel_mean=ctx.pixel_mean, pixel_std=ctx.pixel_std,
-                               device=ctx.device, name=arch,
-                               eval_batch_size=ctx.eval_batch_size)
+                               device=ctx.device, output_dir=ctx.output_dir / "runs" / arch,
+                               name=arch, eval_batch_size=ctx.eval_batch_size)
+    setup_logging(ctx.output_dir)  # the runner logged to the run's folder
     if sampler is not None:
         sampler.remove()
     path = ctx.output_dir / "models" / f"{arch}.pth"

@@ -2,27 +2,32 @@
 
 Shapes: (N, 3, S, S) normalized images -> logits (N, K).
 
-`train_classifier` runs `engine.Trainer` with an SGD + multi-step recipe and records the
-training error (mean over the batches of each evaluation period, in training mode, on the
-augmented batches, as the curves of He et al. 2016) and the validation error at every
-evaluation.
+`train_classifier` trains through the runner every task uses (engine.runner.run_training),
+with an SGD + multi-step recipe, and records the training error (mean over the batches of each
+evaluation period, in training mode, on the augmented batches, as the curves of He et al.
+2016) and the validation error at every evaluation.
 """
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from engine import PeriodicEval, ProgressLogger, Trainer, build_lr_scheduler
+from engine import all_reduce_sum
+from engine.config import load_defaults
+from engine.runner import TaskData, run_training
 
-from .data import BatchStream, ClassificationSplit, normalize
+from ..data import stack
+from .data import ClassificationSplit, SplitDataset
 
-logger = logging.getLogger(__name__)
+TRAIN_DEFAULTS = Path(__file__).resolve().parents[2] / "configs" / "base_train.yaml"
 
 
 @dataclass
@@ -90,9 +95,87 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     return 100.0 * (pred == labels).float().mean().item()
 
 
+class StudyTask:
+    """One study classifier for `engine.runner.run_training`: a model built by the caller,
+    in-memory splits, and the error curves of `TrainHistory`."""
+
+    name = "analyze"
+    primary_metrics = "errors"
+
+    def __init__(self, model: nn.Module, train: ClassificationSplit, val: ClassificationSplit, *,
+                 recipe: Recipe, pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                 label: str, eval_batch_size: int) -> None:
+        self.model = model
+        self.recipe = recipe
+        self.label = label
+        self.eval_batch_size = eval_batch_size
+        self.datasets = [SplitDataset(split, pixel_mean=pixel_mean, pixel_std=pixel_std,
+                                      augment=recipe.augment and split is train)
+                         for split in (train, val)]
+        self.history = TrainHistory()
+        self.steps = 0
+        self.batch_errors: list[float] = []
+
+    def prepare(self, cfg: DictConfig) -> TaskData:
+        train, val = self.datasets
+        return TaskData(train=train, val=val, val_batch_size=self.eval_batch_size,
+                        description=f"{self.label}: {len(train)} train / {len(val)} val images")
+
+    def build_model(self, cfg: DictConfig) -> nn.Module:
+        return self.model
+
+    def losses(self, model: nn.Module, batch: list[dict[str, Any]],
+               device: torch.device) -> Mapping[str, torch.Tensor]:
+        images, labels = (t.to(device) for t in stack(batch))
+        logits = model(images)
+        self.steps += 1
+        self.batch_errors.append(100.0 * (logits.argmax(1) != labels).float().mean().item())
+        return {"loss_cls": F.cross_entropy(logits, labels)}
+
+    def evaluate(self, model: nn.Module, loader: Any,
+                 device: torch.device) -> dict[str, dict[str, Any]]:
+        sums = {"wrong": 0.0, "count": 0.0}
+        for batch in loader:
+            images, labels = (t.to(device) for t in stack(batch))
+            sums["wrong"] += (model(images).argmax(1) != labels).sum().item()
+            sums["count"] += len(labels)
+        total = all_reduce_sum(sums)
+        errors = {"train_error": sum(self.batch_errors) / max(len(self.batch_errors), 1),
+                  "val_error": 100.0 * total["wrong"] / max(total["count"], 1.0)}
+        self.batch_errors.clear()
+        self.history.iterations.append(self.steps)
+        self.history.train_error.append(errors["train_error"])
+        self.history.val_error.append(errors["val_error"])
+        return {"errors": errors}
+
+    def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
+        return []  # the study saves the model with its own provenance
+
+    def summary(self, metrics: dict[str, dict[str, Any]]) -> str:
+        errors = metrics.get("errors", {})
+        return ", ".join(f"{k} {v:.2f}%" for k, v in errors.items())
+
+
+def recipe_config(recipe: Recipe, output_dir: str | os.PathLike, device: torch.device
+                  ) -> DictConfig:
+    """The runner's config of `recipe`: the shared `train` section (SGD, step decay with the
+    fractions turned into iterations, warmup from base_lr / 10) and in-process loading."""
+    steps = sorted({max(1, min(round(f * recipe.iterations), recipe.iterations))
+                    for f in recipe.lr_steps})
+    train = {"output_dir": str(output_dir), "device": device.type,
+             "batch_size": recipe.batch_size, "max_iter": recipe.iterations,
+             "optimizer": "sgd", "base_lr": recipe.base_lr, "momentum": recipe.momentum,
+             "weight_decay": recipe.weight_decay, "lr_decay": "step", "lr_steps": steps,
+             "gamma": recipe.gamma, "warmup_iters": recipe.warmup_iters, "warmup_factor": 0.1,
+             "checkpoint_period": 0, "eval_period": recipe.eval_period,
+             "log_period": recipe.log_period, "seed": recipe.seed}
+    return OmegaConf.merge(load_defaults(TRAIN_DEFAULTS),
+                           {"task": "analyze", "train": train, "data": {"num_workers": 0}})
+
+
 def train_classifier(model: nn.Module, train: ClassificationSplit, val: ClassificationSplit, *,
                      recipe: Recipe, pixel_mean: Sequence[float], pixel_std: Sequence[float],
-                     device: torch.device, name: str = "model",
+                     device: torch.device, output_dir: str | os.PathLike, name: str = "model",
                      eval_batch_size: int = 256) -> TrainHistory:
     """Train `model` in place on `train`, evaluating on `val` every `recipe.eval_period` steps.
 
@@ -103,51 +186,18 @@ def train_classifier(model: nn.Module, train: ClassificationSplit, val: Classifi
         recipe: the optimization recipe.
         pixel_mean, pixel_std: normalization on 0..255 values.
         device: where to train.
+        output_dir: the run's folder (config, log, tensorboard, last checkpoint).
         name: shown in the progress lines.
         eval_batch_size: images per evaluation forward pass.
 
     Returns:
         The error curves.
     """
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=recipe.base_lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay)
-    steps = sorted({max(1, min(round(f * recipe.iterations), recipe.iterations))
-                    for f in recipe.lr_steps})
-    scheduler = build_lr_scheduler(optimizer, max_iter=recipe.iterations, decay="step",
-                                   steps=steps, gamma=recipe.gamma,
-                                   warmup_iters=recipe.warmup_iters, warmup_factor=0.1)
-    batch_errors: list[float] = []
-
-    def step_fn(net: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        images, labels = batch["images"].to(device), batch["labels"].to(device)
-        logits = net(images)
-        batch_errors.append(100.0 * (logits.argmax(1) != labels).float().mean().item())
-        return {"loss_cls": F.cross_entropy(logits, labels)}
-
-    val_images = normalize(val.images, pixel_mean, pixel_std)
-    history = TrainHistory()
-
-    def evaluate() -> dict[str, float]:
-        train_error = sum(batch_errors) / max(len(batch_errors), 1)
-        batch_errors.clear()
-        val_error = 100.0 - accuracy(model, val_images, val.labels, batch_size=eval_batch_size)
-        return {"train_error": train_error, "val_error": val_error}
-
-    def record(metrics: dict[str, float], iteration: int) -> None:
-        history.iterations.append(iteration)
-        history.train_error.append(metrics["train_error"])
-        history.val_error.append(metrics["val_error"])
-        logger.info("%s iter %d: train error %.2f%%  val error %.2f%%", name, iteration,
-                    metrics["train_error"], metrics["val_error"])
-
-    trainer = Trainer(model=model, optimizer=optimizer, scheduler=scheduler, step_fn=step_fn,
-                      max_iter=recipe.iterations,
-                      hooks=[ProgressLogger(recipe.log_period, logger=logger),
-                             PeriodicEval(recipe.eval_period, evaluate, on_result=record)])
-    stream = BatchStream(train, batch_size=recipe.batch_size, pixel_mean=pixel_mean,
-                         pixel_std=pixel_std, augment=recipe.augment, seed=recipe.seed)
-    trainer.train(iter(stream))
+    if not 0 < recipe.batch_size <= len(train):
+        raise ValueError(f"batch size {recipe.batch_size} must be in 1..{len(train)} "
+                         f"(the training images of {train.source})")
+    task = StudyTask(model, train, val, recipe=recipe, pixel_mean=pixel_mean,
+                     pixel_std=pixel_std, label=name, eval_batch_size=eval_batch_size)
+    run_training(task, recipe_config(recipe, output_dir, device), device)
     model.eval()
-    return history
+    return task.history

@@ -25,10 +25,10 @@ from backbones.studies import (
     single_block_lesions,
 )
 from backbones.studies.data import (
-    BatchStream,
     ClassificationSplit,
     load_cifar_batches,
     load_splits,
+    SplitDataset,
     random_crop_flip,
 )
 from backbones.studies.training import Recipe, accuracy, train_classifier
@@ -414,21 +414,22 @@ def test_random_crop_flip_takes_windows_of_the_padded_image():
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
 
 
-def test_batch_stream_is_seeded_and_normalized():
+def test_split_dataset_is_seeded_per_key_and_normalized():
     split = ClassificationSplit(torch.full((6, 3, 4, 4), 100, dtype=torch.uint8),
                                 torch.arange(6), ["a"] * 6, "mem")
-    a = iter(BatchStream(split, batch_size=4, pixel_mean=[100, 50, 0], pixel_std=[1, 2, 4],
-                         augment=False, seed=3))
-    b = iter(BatchStream(split, batch_size=4, pixel_mean=[100, 50, 0], pixel_std=[1, 2, 4],
-                         augment=False, seed=3))
-    first = next(a)
-    assert torch.equal(first["labels"], next(b)["labels"])
-    assert first["images"][:, 0].unique().tolist() == [0.0]
-    assert first["images"][:, 1].unique().tolist() == [25.0]
-    assert first["images"][:, 2].unique().tolist() == [25.0]
-    for _ in range(5):  # 6 images, batch 4: each batch starts a new permutation
-        labels = next(a)["labels"].tolist()
-        assert len(labels) == len(set(labels)) == 4
+    plain = SplitDataset(split, pixel_mean=[100, 50, 0], pixel_std=[1, 2, 4], augment=False)
+    first = plain[(2, 7)]
+    assert first["label"] == 2 and len(plain) == 6
+    assert first["image"][0].unique().tolist() == [0.0]
+    assert first["image"][1].unique().tolist() == [25.0]
+    assert first["image"][2].unique().tolist() == [25.0]
+    images = torch.arange(6 * 3 * 8 * 8, dtype=torch.uint8).view(6, 3, 8, 8)
+    augmented = SplitDataset(ClassificationSplit(images, torch.arange(6), ["a"] * 6, "mem"),
+                             pixel_mean=[0, 0, 0], pixel_std=[1, 1, 1], augment=True)
+    assert torch.equal(augmented[(1, 5)]["image"], augmented[(1, 5)]["image"])
+    draws = {tuple(augmented[(1, seed)]["image"].flatten().tolist()) for seed in range(8)}
+    assert len(draws) > 1  # the seed draws the crop and flip
+    assert torch.equal(augmented[1]["image"], images[1].float())  # no seed: no augmentation
 
 
 def test_train_classifier_records_errors_and_learns_colours(tmp_path):
@@ -440,7 +441,8 @@ def test_train_classifier_records_errors_and_learns_colours(tmp_path):
     before = accuracy(model, (train.images.float() - 127.5) / 127.5, train.labels)
     history = train_classifier(model, train, val, recipe=Recipe(
         batch_size=6, iterations=30, base_lr=0.05, eval_period=10, log_period=10,
-        augment=False), pixel_mean=mean, pixel_std=std, device=torch.device("cpu"))
+        augment=False), pixel_mean=mean, pixel_std=std, device=torch.device("cpu"),
+        output_dir=tmp_path / "run")
     assert history.iterations == [10, 20, 30]
     assert len(history.train_error) == len(history.val_error) == 3
     assert history.val_error[-1] == 0.0

@@ -1,6 +1,7 @@
 """engine.checkpoint: atomic writes, pointer, RNG states, bit-identical resume."""
 from __future__ import annotations
 
+import errno
 import os
 import random
 import stat
@@ -15,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from engine.checkpoint import Checkpointer, PeriodicCheckpointer
+from engine.checkpoint import (CheckpointWriteError, Checkpointer, PeriodicCheckpointer,
+                               UnreadableCheckpointError)
 from engine.rng import get_rng_state, set_rng_state
 from engine.files import atomic_save, atomic_write_json
 from engine.data.samplers import TrainingSampler
@@ -86,9 +88,50 @@ def test_pointer_pruning_and_missing_checkpoint(tmp_path: Path) -> None:
     state = ckpt.resume()
     assert state == {"iteration": 15, "extra": {"samples_per_process": 60}}
     assert model.weight.abs().sum() > 0
-    (tmp_path / "model_0000015.pth").unlink()
-    with pytest.raises(FileNotFoundError, match="model_0000015.pth"):
+
+
+
+def test_an_unreadable_newest_checkpoint_falls_back_to_an_older_one(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = nn.Linear(2, 2)
+    ckpt = Checkpointer(tmp_path, model=model, max_to_keep=1)  # at least 2 are kept
+    for it in (5, 10, 15):
+        with torch.no_grad():
+            model.weight.fill_(it)
+        ckpt.save(it)
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
+        "model_0000010.pth", "model_0000015.pth"]
+    newest = tmp_path / "model_0000015.pth"
+    newest.write_bytes(newest.read_bytes()[:100])  # a truncated copy
+    assert ckpt.resume()["iteration"] == 10
+    assert model.weight.unique().tolist() == [10.0]
+    assert "cannot read checkpoint" in caplog.text and "model_0000015.pth" in caplog.text
+    assert "resumed from the older checkpoint" in caplog.text
+    newest.unlink()  # the pointer names a missing file
+    assert ckpt.resume()["iteration"] == 10
+    (tmp_path / "model_0000010.pth").write_bytes(b"")
+    with pytest.raises(UnreadableCheckpointError,
+                       match="no checkpoint in .* can be read.*model_0000015.*model_0000010"):
         ckpt.resume()
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_pointer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = nn.Linear(2, 2)
+    ckpt = Checkpointer(tmp_path, model=model)
+    ckpt.save(5)
+
+    def full_disk(obj: object, f: object) -> None:
+        f.write(b"partial")  # type: ignore[attr-defined]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointWriteError, match=rf"model_0000010.pth in {tmp_path} .*No "
+                       r"space left.*previous checkpoint .*model_0000005.pth"):
+        ckpt.save(10)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000005.pth"]
+    assert ckpt.resume()["iteration"] == 5
 
 
 class NoisyPoints(Dataset):

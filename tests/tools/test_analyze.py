@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import backbones.studies.training
 from engine import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,7 +70,12 @@ def check_files(written, study):
     return read_csv(written["csv"]), json.loads(written["json"].read_text())
 
 
-def test_degradation_trains_four_twins_and_writes_curves(image_folder, tmp_path, capsys):
+def test_degradation_trains_four_twins_and_writes_curves(image_folder, tmp_path, capsys,
+                                                         monkeypatch):
+    trained = []  # the studies train through the runner every task uses
+    real = backbones.studies.training.run_training
+    monkeypatch.setattr(backbones.studies.training, "run_training",
+                        lambda task, *a, **k: trained.append(task.label) or real(task, *a, **k))
     written = run("degradation", tmp_path, image_folder, "degradation.depths=[20,32]")
     rows, payload = check_files(written, "degradation")
     assert f"picture at {written['png']}" in capsys.readouterr().out
@@ -81,6 +87,8 @@ def test_degradation_trains_four_twins_and_writes_curves(image_folder, tmp_path,
     assert all(0.0 <= float(r["val_error"]) <= 100.0 for r in rows)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted(
         f"{a}.pth" for a in archs)
+    assert trained == archs
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(archs)
 
 
 def test_responses_measure_every_block_of_both_twins(image_folder, tmp_path):

@@ -3,7 +3,9 @@ gives detection hold for segmentation and pretraining too (bit-identical resume,
 unreadable images skipped and counted), and a new task needs only its task object."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import engine.cli
+from engine.preemption import TrainingInterrupted
 from engine.runner import TaskData, run_training
 from engine.config import ConfigError
 from engine.tasks import TASK_MODULES, config_task, load_task_config, task_module
@@ -125,11 +128,47 @@ def assert_resume_from_step_2_is_bit_identical(tmp_path: Path, train: Any) -> No
     resumed = train(tmp_path / "b", True)
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+    return full
+
+
+def assert_interrupted_run_resumes_bit_identical(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  args: list[str], full: nn.Module, *,
+                                                  at_step: int, signum: int) -> None:
+    """tools/train.py ARGS stopped by `signum` during step `at_step` exits with 128 + signum,
+    says how to resume, and `--resume` ends with `full`'s weights."""
+    real = engine.cli.run_training
+    with monkeypatch.context() as patch:
+        patch.setattr(engine.cli, "run_training", lambda task, *a, **k: real(
+            signal_at_step(task, at_step, signum), *a, **k))
+        with pytest.raises(SystemExit) as stopped:
+            load_tool("train").main(args)
+    assert stopped.value.code == 128 + signum
+    assert f"after iteration {at_step} of" in capsys.readouterr().err
+    resumed = load_tool("train").main([*args, "--resume"])["model"]
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
 
 
 def _tool_trainer(tool: str, args: list[str]) -> Any:
     return lambda out, resume: load_tool(tool).main(
         [*args, f"train.output_dir={out}", *(["--resume"] if resume else [])])["model"]
+
+
+def signal_at_step(task: Any, step: int, signum: int) -> Any:
+    """`task` whose `losses` sends `signum` to this process during its `step`-th call (1-based),
+    as a scheduler or Ctrl-C would while that step is in flight."""
+    calls = []
+    real = task.losses
+
+    def losses(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signum)
+        return real(*args)
+
+    task.losses = losses
+    return task
 
 
 def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(tmp_path: Path) -> None:
@@ -138,16 +177,33 @@ def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(tmp_pat
     assert full["iteration"] == 6 and (tmp_path / "toy/model_final.pth").is_file()
     assert_resume_from_step_2_is_bit_identical(tmp_path, lambda out, resume: run_training(
         _RegressionTask(), _toy_config(out), cpu, resume=resume)["model"])
+    # SIGTERM during step 3 (no periodic checkpoint there): that step ends, a checkpoint is
+    # written, and --resume continues to the uninterrupted run's weights
+    with pytest.raises(TrainingInterrupted, match="after iteration 3 of 6.*--resume") as stop:
+        run_training(signal_at_step(_RegressionTask(), 3, signal.SIGTERM),
+                     _toy_config(tmp_path / "c"), cpu)
+    assert (stop.value.iteration, stop.value.exit_code) == (3, 143)
+    assert (tmp_path / "c/last_checkpoint").read_text() == "model_0000003.pth\n"
+    assert not (tmp_path / "c/model_final.pth").exists()
+    resumed = run_training(_RegressionTask(), _toy_config(tmp_path / "c"), cpu, resume=True)
+    assert resumed["iteration"] == 6
+    for key, value in full["model"].state_dict().items():
+        assert torch.equal(value, resumed["model"].state_dict()[key]), key
 
 
-def test_segmentation_resumed_run_ends_bit_identical(data: Path, tmp_path: Path,
-                                                     runner_calls: list[str]) -> None:
+def test_segmentation_resumed_or_interrupted_run_ends_bit_identical(
+        data: Path, tmp_path: Path, runner_calls: list[str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     # dropout in the heads, augmentation on, AdamW + cosine with warmup, gradient clipping
     args = [str(SEG_CONFIG), *seg_overrides(data), "train.max_iter=4",
             "train.checkpoint_period=2", "train.max_to_keep=null", "train.clip_grad_norm=1.0",
             "train.eval_period=0"]
-    assert_resume_from_step_2_is_bit_identical(tmp_path, _tool_trainer("train", args))
+    full = assert_resume_from_step_2_is_bit_identical(tmp_path, _tool_trainer("train", args))
     assert runner_calls == ["sem_seg", "sem_seg"]
+    # Ctrl-C during step 3 of tools/train.py: exit 130 after a checkpoint; --resume ends equal
+    assert_interrupted_run_resumes_bit_identical(
+        monkeypatch, capsys, [*args, f"train.output_dir={tmp_path / 'c'}"], full, at_step=3,
+        signum=signal.SIGINT)
 
 
 def test_segmentation_batches_of_unreadable_images_are_skipped_and_counted(

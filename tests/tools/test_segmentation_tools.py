@@ -15,6 +15,8 @@ import pytest
 import torch
 
 import segmentation.training
+from engine.tasks import load_task_config
+from segmentation.data import build_dataset
 from tests.tools.test_train_eval_demo import ROOT, _drop_log_handlers, data, load_tool
 
 CONFIG = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
@@ -82,3 +84,27 @@ def test_training_evaluates_with_the_configs_test_scales(data: Path, tmp_path: P
                              f"train.output_dir={tmp_path}", "test.flip=true"])
     assert len(seen) == 1 and seen[0] is not None
     assert seen[0].scales == (0.5,) and seen[0].flip
+
+
+def test_a_data_source_given_on_the_command_line_replaces_the_files(
+        data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # the config file reads class-id PNG folders and names its classes; the user points the
+    # train split at COCO instances instead
+    coco = [f"data.train.ann_file={data}/coco/train.json",
+            f"data.train.img_dir={data}/images/train"]
+    _, cfg = load_task_config(CONFIG, coco)
+    assert cfg.data.train.mask_dir is None and cfg.data.class_names is None
+    assert cfg.data.train.ann_file == f"{data}/coco/train.json"
+    assert cfg.data.val.mask_dir == "datasets/synthetic/semantic/val"  # not given: kept
+    assert "data.train.ann_file given on the command line: using it instead of " \
+           "data.train.mask_dir=datasets/synthetic/semantic/train" in caplog.text
+    assert "data.class_names=datasets/synthetic/semantic/classes.json of the config " \
+           "dropped" in caplog.text
+    assert build_dataset(cfg, "train").class_names == CLASSES
+    # both sources given on the command line: still the clear error, naming both
+    _, both = load_task_config(CONFIG, [*coco, "data.train.mask_dir=x"])
+    with pytest.raises(ValueError, match="data.train needs img_dir and exactly one of ann_file"):
+        build_dataset(both, "train")
+    # class names given with the COCO source are kept (and checked against the COCO file)
+    _, named = load_task_config(CONFIG, [*coco, f"data.class_names={CLASSES}".replace(" ", "")])
+    assert list(named.data.class_names) == CLASSES

@@ -1,0 +1,24 @@
+"""SIGTERM / SIGINT: the first signal lets the step in flight finish, the second stops at once."""
+import os
+import signal
+
+import pytest
+
+from engine.preemption import stop_on_signals
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_first_signal_is_a_request_the_second_stops_at_once(signum: int) -> None:
+    before = signal.getsignal(signum)
+    with stop_on_signals() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signum)  # delivered before the next bytecode
+        assert stop.requested and stop.signal_name == signal.Signals(signum).name
+        expected = KeyboardInterrupt if signum == signal.SIGINT else SystemExit
+        with pytest.raises(expected) as stopped:
+            os.kill(os.getpid(), signum)
+            for _ in range(1000):  # the handler runs here at the latest
+                pass
+        if expected is SystemExit:
+            assert stopped.value.code == 128 + signum
+    assert signal.getsignal(signum) is before
