@@ -81,10 +81,14 @@ def build_datasets(cfg: DictConfig) -> Datasets:
         raise ValueError("data.train.ann_file and data.train.img_dir must be set")
     d = cfg.data.train
     mask_on = bool(cfg.model.mask_on)
-    records, mapping, _ = load_coco_json(*paths, filter_empty=d.filter_empty,
-                                         keep_segmentation=mask_on)
+    records, mapping, stats = load_coco_json(*paths, filter_empty=d.filter_empty,
+                                             keep_segmentation=mask_on)
     if not records:
         raise ValueError(f"{paths[0]}: no training images left (filter_empty={d.filter_empty})")
+    if stats.boxes == 0:
+        raise ValueError(f"{paths[0]}: no usable boxes in {len(records)} training images (left "
+                         f"out {stats.crowd} crowd and {stats.degenerate} degenerate boxes): "
+                         "a detector cannot learn from this file")
     min_size = d.min_size if isinstance(d.min_size, int) else list(d.min_size)
     train = DetectionDataset(records, with_masks=mask_on, transform=build_transforms(
         min_size=min_size, max_size=d.max_size, flip_prob=d.hflip_prob))

@@ -182,10 +182,15 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     """
     logger = logging.getLogger(task.name)
     t = cfg.train
+    if not t.base_lr > 0:
+        raise ValueError(f"train.base_lr is {t.base_lr}: the weights would never change; set a "
+                         "positive learning rate")
     output_dir = Path(t.output_dir)
     setup_logging(output_dir)
     batch_size = per_process_batch_size(t.batch_size, "train.batch_size")
     data = task.prepare(cfg)
+    if len(data.train) == 0:
+        raise ValueError(f"the training set is empty ({data.description}): nothing to train on")
     lengths = _lengths(cfg, len(data.train))
     if is_main_process():
         save_config(cfg, output_dir / "config.yaml")

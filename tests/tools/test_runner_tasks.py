@@ -3,6 +3,7 @@ gives detection hold for segmentation and pretraining too (bit-identical resume,
 unreadable images skipped and counted), and a new task needs only its task object."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 
 import engine.cli
 from engine.preemption import TrainingInterrupted
+from engine.trainer import NonFiniteLossError
 from engine.runner import TaskData, run_training
 from engine.config import ConfigError
 from engine.tasks import TASK_MODULES, config_task, load_task_config, task_module
@@ -249,3 +251,33 @@ def test_detection_resumed_run_ends_bit_identical(data: Path, tmp_path: Path,
             "data.train.min_size=[80,96]", "train.lr_steps=[]"]
     assert_resume_from_step_2_is_bit_identical(tmp_path, _tool_trainer("train", args))
     assert runner_calls == ["detection", "detection"]
+
+
+class _EmptyRegressionTask(_RegressionTask):
+    def prepare(self, cfg: Any) -> TaskData:
+        return TaskData(train=torch.utils.data.TensorDataset(torch.zeros(0, 3)), val=None,
+                        description="0 points")
+
+
+class _DivergingRegressionTask(_RegressionTask):
+    steps = 0
+
+    def losses(self, model: nn.Module, batch: list[dict[str, Any]],
+               device: torch.device) -> Mapping[str, torch.Tensor]:
+        self.steps += 1
+        losses = dict(super().losses(model, batch, device))
+        return {**losses, "loss_nan": losses["loss_mse"] * (math.nan if self.steps == 3 else 0)}
+
+
+def test_training_that_cannot_succeed_stops_before_the_first_step_or_at_the_bad_one(
+        tmp_path: Path) -> None:
+    cpu = torch.device("cpu")
+    cfg = _toy_config(tmp_path / "lr0")
+    cfg.train.base_lr = 0.0
+    with pytest.raises(ValueError, match="train.base_lr is 0.0: the weights would never change"):
+        run_training(_RegressionTask(), cfg, cpu)
+    assert not (tmp_path / "lr0").exists()  # refused before anything was written
+    with pytest.raises(ValueError, match=r"the training set is empty \(0 points\)"):
+        run_training(_EmptyRegressionTask(), _toy_config(tmp_path / "empty"), cpu)
+    with pytest.raises(NonFiniteLossError, match=r"at iteration 2 .*loss_nan=nan"):
+        run_training(_DivergingRegressionTask(), _toy_config(tmp_path / "nan"), cpu)

@@ -176,3 +176,19 @@ def test_missing_image_fails_naming_it(data: Path, tmp_path: Path) -> None:
         load_tool("train").main(train_args(data, tmp_path / "run", 1,
                                            f"data.train.img_dir={img_dir}"))
     assert not (tmp_path / "run" / "model_final.pth").exists()
+
+
+def test_a_training_file_without_usable_boxes_stops_before_the_first_step(
+        data: Path, tmp_path: Path) -> None:
+    crowd = tmp_path / "crowd.json"
+    content = json.loads((data / "coco/train.json").read_text())
+    for ann in content["annotations"]:
+        ann["iscrowd"] = 1  # crowd regions are not training boxes
+    crowd.write_text(json.dumps(content))
+    n = len(content["annotations"])
+    with pytest.raises(ValueError, match=rf"{crowd}: no usable boxes in 6 training images "
+                       rf"\(left out {n} crowd and 0 degenerate boxes\)"):
+        load_tool("train").main(train_args(data, tmp_path / "run", 1,
+                                           f"data.train.ann_file={crowd}",
+                                           "data.train.filter_empty=false"))
+    assert not (tmp_path / "run" / "model_final.pth").exists()
