@@ -1,6 +1,7 @@
 """ResNet backbones: `build(name, **options)`, `build_classifier`, `load_weights`."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -11,6 +12,7 @@ from .resnet import BasicBlock, Bottleneck, ResidualBlock, ResNet
 from .weights import (PIXEL_MEAN, PIXEL_STD, convert_torchvision_resnet, load_weights,
                       make_provenance, read_checkpoint, save_checkpoint, unwrap_state_dict)
 
+logger = logging.getLogger(__name__)
 # Options that change how weights must be used; a checkpoint's provenance supplies them
 # when the caller did not say.
 _WEIGHT_DEFINING_OPTIONS = ("stride_in_1x1", "groups", "width_per_group", "width", "shortcut",
@@ -27,12 +29,13 @@ def build(name: str, *, weights: str | os.PathLike | None = None, **options: Any
     provenance = unwrap_state_dict(checkpoint)[1] if checkpoint is not None else None
     if provenance:
         for key in _WEIGHT_DEFINING_OPTIONS:
-            if key in provenance.get("options", {}):
-                options.setdefault(key, provenance["options"][key])
+            if key in provenance.get("options", {}) and key not in options:
+                options[key] = provenance["options"][key]
+                logger.info("%s=%s from the provenance of %s", key, options[key], weights)
     model = build_resnet(name, **options)
     if checkpoint is not None:
         freeze_at = model.freeze_at
-        load_weights(model, checkpoint)
+        load_weights(model, checkpoint, source=str(weights))
         model.freeze(freeze_at)
     return model
 

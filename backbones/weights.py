@@ -5,6 +5,7 @@ architecture and how its inputs must be preprocessed (see `make_provenance`).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -115,8 +116,55 @@ def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     model.load_state_dict(usable, strict=False)
 
 
+def _comparable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def refuse_mismatched_settings(source: str, implied: Mapping[str, Any],
+                               configured: Mapping[str, Any]) -> None:
+    """Refuse weights whose network differs from the configured one in a way no tensor shape
+    shows (strides, dilations, anchors, normalisation, ...).
+
+    Args:
+        source: the weights, for the message.
+        implied: config key -> the value the weights were trained or converted with.
+        configured: config key -> the value of this config (keys missing here are not checked).
+
+    Raises:
+        ValueError: naming each differing key, both values, and the overrides to set.
+    """
+    wrong = [k for k, v in implied.items()
+             if k in configured and _comparable(configured[k]) != _comparable(v)]
+    if not wrong:
+        return
+    details = "; ".join(f"{k} is {_show(configured[k])}, the weights need {_show(implied[k])}"
+                        for k in wrong)
+    fix = " ".join(f"{k}={_show(implied[k])}" for k in wrong)
+    raise ValueError(f"weights from {source} do not fit this config: {details}. Every tensor has "
+                     f"the right shape, so they would load and silently compute something "
+                     f"else; set {fix}")
+
+
+def stride_in_1x1(model: nn.Module) -> bool | None:
+    """Whether the model's strided bottlenecks stride in their 1x1 conv (None: no bottleneck
+    with a stride, e.g. a ResNet-18)."""
+    for module in model.modules():
+        convs = [getattr(module, f"conv{i}", None) for i in (1, 2, 3)]
+        if all(isinstance(c, nn.Conv2d) for c in convs) and max(convs[0].stride
+                                                                + convs[1].stride) > 1:
+            return convs[0].stride != (1, 1)
+    return None
+
+
 def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any], *,
-                 convert: Callable[[StateDict], StateDict] | None = None) -> dict | None:
+                 convert: Callable[[StateDict], StateDict] | None = None,
+                 source: str | None = None) -> dict | None:
     """Load torchvision, timm or own weights into a ResNet or Classifier, strictly.
 
     The format is detected from the keys. Into a bare backbone, classifier keys are accepted
@@ -127,12 +175,25 @@ def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any
         model: the module to fill.
         weights: a file path or an already loaded checkpoint/state dict.
         convert: an extra key converter applied last (e.g. for detection models).
+        source: names the weights in messages (default: the path).
+
+    Raises:
+        ValueError: keys or shapes that do not match, or weights whose bottlenecks stride
+            elsewhere than the model's (stride_in_1x1).
     """
-    source = str(weights) if isinstance(weights, (str, os.PathLike)) else "the given state dict"
+    if source is None:
+        source = (str(weights) if isinstance(weights, (str, os.PathLike))
+                  else "the given state dict")
     obj = read_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else weights
     state_dict, provenance = unwrap_state_dict(obj)
-    if is_torchvision_resnet(state_dict):
+    foreign = is_torchvision_resnet(state_dict)  # torchvision and timm: stride on the 3x3
+    if foreign:
         state_dict = convert_torchvision_resnet(state_dict)
+    configured = stride_in_1x1(model)
+    implied = provenance.get("stride_in_1x1") if provenance else False if foreign else None
+    if configured is not None and implied is not None:
+        refuse_mismatched_settings(source, {"stride_in_1x1": bool(implied)},
+                                   {"stride_in_1x1": configured})
     expected = model.state_dict()
     if any(k.startswith("backbone.") for k in expected):
         if not any(k.startswith("backbone.") for k in state_dict):

@@ -19,7 +19,7 @@ from backbones.layers import ShapeSpec
 
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
-from .convert import load_detector_weights
+from .convert import load_detector_weights, weight_bound_settings
 from .fpn import FPN, LastLevelMaxPool
 from .matcher import Matcher
 from .poolers import MultiLevelRoIAlign
@@ -328,5 +328,5 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> GeneralizedRCNN:
         mask_threshold=mcfg["roi_heads"]["mask_threshold"],
     )
     if mcfg.get("weights"):
-        load_detector_weights(model, mcfg["weights"])
+        load_detector_weights(model, mcfg["weights"], weight_bound_settings(mcfg))
     return model

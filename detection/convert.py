@@ -15,12 +15,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from backbones.weights import (
     check_and_load,
     convert_torchvision_resnet,
     read_checkpoint,
+    refuse_mismatched_settings,
+    stride_in_1x1,
     unwrap_state_dict,
 )
 
@@ -112,8 +115,45 @@ def convert_torchvision_faster_rcnn(state_dict: Mapping[str, Tensor]) -> dict[st
     return out
 
 
+# The `model` keys that change what a detector's weights compute without changing any tensor
+# shape; torchvision's fasterrcnn/maskrcnn_resnet50_fpn builders fix them to these values.
+TORCHVISION_SETTINGS: dict[str, Any] = {
+    "model.backbone.output_stride": 32,
+    "model.backbone.stride_in_1x1": False,
+    "model.fpn.top_block": "maxpool",
+    "model.anchor_generator.sizes": [[32], [64], [128], [256], [512]],
+    "model.anchor_generator.aspect_ratios": [[0.5, 1.0, 2.0]],
+    "model.anchor_generator.offset": 0.0,
+    "model.rpn.bbox_reg_weights": [1.0, 1.0, 1.0, 1.0],
+    "model.roi_heads.bbox_reg_weights": [10.0, 10.0, 5.0, 5.0],
+    "model.roi_heads.pooler_aligned": False,
+    "model.roi_heads.pooler_sampling_ratio": 2,
+    "model.roi_heads.canonical_box_size": 224,
+    "model.roi_heads.canonical_level": 4,
+    "model.pixel_mean": [123.675, 116.28, 103.53],
+    "model.pixel_std": [58.395, 57.12, 57.375],
+}
+
+
+def weight_bound_settings(mcfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of `TORCHVISION_SETTINGS`' keys in a `model` config (config key -> value);
+    the FPN's top block only when there is an FPN."""
+    if isinstance(mcfg, DictConfig):
+        mcfg = OmegaConf.to_container(mcfg, resolve=True)  # type: ignore[assignment]
+    settings = {}
+    for key in TORCHVISION_SETTINGS:
+        node: Any = mcfg
+        for part in key.split(".")[1:]:
+            node = node[part]
+        settings[key] = node
+    if not mcfg["fpn"]["enabled"]:
+        del settings["model.fpn.top_block"]
+    return settings
+
+
 def load_detector_weights(
-    model: nn.Module, weights: str | os.PathLike | Mapping[str, Any]
+    model: nn.Module, weights: str | os.PathLike | Mapping[str, Any],
+    settings: Mapping[str, Any] | None = None, *, source: str | None = None,
 ) -> dict | None:
     """Strictly loads detector weights: an own checkpoint or a torchvision state dict.
 
@@ -124,13 +164,29 @@ def load_detector_weights(
     Returns:
         The checkpoint's provenance (None for foreign weights).
 
+        settings: the model's `weight_bound_settings`; weights trained or converted with
+            other values are refused (torchvision's fixed values, or what an own checkpoint's
+            provenance config says).
+        source: names the weights in messages (default: the path).
+
     Raises:
-        ValueError: naming the source and every missing, unexpected or mis-shaped key.
+        ValueError: naming the source and every missing, unexpected or mis-shaped key, or
+            every setting the weights do not fit.
     """
-    source = str(weights) if isinstance(weights, (str, os.PathLike)) else "the given state dict"
+    if source is None:
+        source = (str(weights) if isinstance(weights, (str, os.PathLike))
+                  else "the given state dict")
     obj = read_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else weights
     state_dict, provenance = unwrap_state_dict(obj)
+    implied = None
     if is_torchvision_faster_rcnn(state_dict):
+        implied = TORCHVISION_SETTINGS
         state_dict = convert_torchvision_faster_rcnn(state_dict)
+    elif provenance and isinstance(provenance.get("config"), Mapping):
+        implied = weight_bound_settings(provenance["config"]["model"])
+    if settings is not None and implied is not None:
+        if stride_in_1x1(model) is None:  # basic blocks: where the stride sits does not matter
+            settings = {k: v for k, v in settings.items() if k != "model.backbone.stride_in_1x1"}
+        refuse_mismatched_settings(source, implied, settings)
     check_and_load(model, state_dict, source)
     return provenance

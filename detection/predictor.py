@@ -24,7 +24,8 @@ from engine.visualize import Renderer, draw_detections, palette
 
 from .build import build_model
 from .config import config_from_mapping, load_config, test_resize
-from .convert import has_mask_head, is_torchvision_faster_rcnn, load_detector_weights
+from .convert import (has_mask_head, is_torchvision_faster_rcnn, load_detector_weights,
+                      weight_bound_settings)
 from .data import build_transforms
 from .rcnn import GeneralizedRCNN
 
@@ -108,7 +109,8 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
         if provenance.get(key):
             cfg.model[key] = list(provenance[key])
     model = build_model(cfg)
-    load_detector_weights(model, {"model": state_dict})
+    load_detector_weights(model, {"model": state_dict, "provenance": provenance},
+                          weight_bound_settings(cfg.model), source=str(source))
     model.to(device).eval()
     if foreign or not provenance.get("category_ids"):
         category_ids = list(range(1, num_classes + 1))  # torchvision: class k is id k + 1

@@ -20,7 +20,7 @@ from engine.config import config_from_mapping as engine_config_from_mapping
 from engine.config import load_config as engine_load_config
 from engine.config import load_defaults
 
-from .convert import load_segmentation_weights
+from .convert import load_segmentation_weights, weight_bound_settings
 from .data import prefer_command_line_sources
 from .heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead, SemSegHead, aspp_rates
 from .model import SemanticSegmentor
@@ -186,5 +186,5 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:
         ignore_index=mcfg["ignore_index"],
     )
     if mcfg.get("weights"):
-        load_segmentation_weights(model, mcfg["weights"])
+        load_segmentation_weights(model, mcfg["weights"], weight_bound_settings(mcfg))
     return model

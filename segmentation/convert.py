@@ -18,7 +18,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from backbones.weights import (check_and_load, convert_torchvision_resnet, read_checkpoint,
+                               refuse_mismatched_settings, stride_in_1x1,
                                unwrap_state_dict)
+
+from .heads import ASPP_RATES
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +95,42 @@ def convert_torchvision_segmentation(state_dict: Mapping[str, Tensor]) -> dict[s
     return converted
 
 
-def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any]
-                              ) -> dict[str, Any] | None:
+_FEATURE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+
+
+def weight_bound_settings(mcfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The `model` keys that change what a segmenter's weights compute without changing any
+    tensor shape, with derived values filled in (config key -> value)."""
+    b, h = mcfg["backbone"], mcfg["head"]
+    multi_grid = b.get("multi_grid")
+    settings = {
+        "model.backbone.output_stride": b["output_stride"],
+        "model.backbone.multi_grid": (None if not multi_grid or all(m == 1 for m in multi_grid)
+                                      else list(multi_grid)),
+        "model.backbone.stride_in_1x1": bool(b.get("stride_in_1x1", False)),
+        "model.head.name": h["name"], "model.head.in_feature": h["in_feature"]}
+    if h["name"] in ("deeplabv3", "deeplabv3plus"):
+        stride = min(_FEATURE_STRIDES.get(h["in_feature"], 32), b["output_stride"])
+        settings["model.head.aspp_rates"] = list(h.get("aspp_rates") or ASPP_RATES.get(stride, []))
+    return settings
+
+
+def torchvision_settings(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """What a torchvision DeepLabV3 / FCN state dict was trained with (its builders fix it):
+    output stride 8 without multi-grid, stride on the 3x3 conv, ASPP rates 12/24/36."""
+    deeplab = "classifier.0.convs.0.0.weight" in state_dict
+    settings = {"model.backbone.output_stride": 8, "model.backbone.multi_grid": None,
+                "model.backbone.stride_in_1x1": False,
+                "model.head.name": "deeplabv3" if deeplab else "fcn",
+                "model.head.in_feature": "res5"}
+    if deeplab:
+        settings["model.head.aspp_rates"] = [12, 24, 36]
+    return settings
+
+
+def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any],
+                              settings: Mapping[str, Any] | None = None, *,
+                              source: str | None = None) -> dict[str, Any] | None:
     """Load whole-segmenter weights (own checkpoint or torchvision state dict), strictly.
 
     An auxiliary head's weights are dropped (with a log line) when the model has none, so a
@@ -103,14 +140,29 @@ def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Map
         model: a `SemanticSegmentor`.
         weights: a file path or a loaded checkpoint / state dict.
 
+        settings: the model's `weight_bound_settings`; weights trained or converted with
+            other values are refused (what torchvision's builders fix, or what an own
+            checkpoint's provenance config says).
+        source: names the weights in messages (default: the path).
+
     Returns:
         The checkpoint's provenance (None for torchvision weights).
     """
-    source = str(weights) if isinstance(weights, (str, os.PathLike)) else "the given state dict"
+    if source is None:
+        source = (str(weights) if isinstance(weights, (str, os.PathLike))
+                  else "the given state dict")
     obj = read_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else weights
     state_dict, provenance = unwrap_state_dict(obj)
+    implied = None
     if is_torchvision_segmentation(state_dict):
+        implied = torchvision_settings(state_dict)
         state_dict = convert_torchvision_segmentation(state_dict)
+    elif provenance and isinstance(provenance.get("config"), Mapping):
+        implied = weight_bound_settings(provenance["config"]["model"])
+    if settings is not None and implied is not None:
+        if stride_in_1x1(model) is None:  # basic blocks: where the stride sits does not matter
+            settings = {k: v for k, v in settings.items() if k != "model.backbone.stride_in_1x1"}
+        refuse_mismatched_settings(source, implied, settings)
     if getattr(model, "aux_head", None) is None:
         aux = [k for k in state_dict if k.startswith("aux_head.")]
         if aux:

@@ -18,7 +18,7 @@ from backbones.weights import read_checkpoint, unwrap_state_dict
 from engine.visualize import Renderer, draw_segmentation, palette
 
 from .build import build_model, config_from_mapping, load_config
-from .convert import load_segmentation_weights
+from .convert import load_segmentation_weights, weight_bound_settings
 from .inference import TTAInference, tta_from_config
 
 _PREDICTOR_KEYS = ("head.predictor.weight", "classifier.4.weight")
@@ -56,6 +56,7 @@ class Predictor:
     def __init__(self, config: str | os.PathLike | DictConfig | Mapping[str, Any] | None, *,
                  weights: str | os.PathLike | None = None, overrides: Sequence[str] = (),
                  device: str | torch.device = "cpu", tta: TTAInference | None = None) -> None:
+        source = str(weights) if weights is not None else None
         checkpoint = read_checkpoint(weights) if weights is not None else None
         state_dict, provenance = unwrap_state_dict(checkpoint) if checkpoint else ({}, None)
         provenance = provenance or {}
@@ -66,7 +67,8 @@ class Predictor:
             config = provenance["config"]
         cfg = _config(config, overrides)
         if checkpoint is None and cfg.model.weights:  # same handling as weights=...
-            checkpoint = read_checkpoint(cfg.model.weights)
+            source = str(cfg.model.weights)
+            checkpoint = read_checkpoint(source)
             state_dict, provenance = unwrap_state_dict(checkpoint)
             provenance = provenance or {}
         if checkpoint is not None:
@@ -80,7 +82,8 @@ class Predictor:
                     cfg.model[key] = list(provenance[key])
         self.model = build_model(cfg)
         if checkpoint is not None:
-            load_segmentation_weights(self.model, checkpoint)
+            load_segmentation_weights(self.model, checkpoint, weight_bound_settings(cfg.model),
+                                      source=source)
         self.model.to(device).eval()
         names = provenance.get("class_names") or []
         if len(names) != self.model.num_classes:

@@ -99,3 +99,18 @@ def test_wrong_class_count_lists_mis_shaped_keys():
         load_weights(model, torchvision.models.resnet18().state_dict())
     # Nothing was loaded: the fc keeps its shape and the stem its values.
     assert model.fc.weight.shape == (10, 512)
+
+
+def test_backbone_weights_refused_where_the_stride_sits_elsewhere(tmp_path):
+    v1 = backbones.build("resnet50", stride_in_1x1=True)  # MSRA / detectron2 style
+    path = tmp_path / "v1.pth"
+    backbones.save_checkpoint(path, v1.state_dict(),
+                              backbones.make_provenance("resnet50", {"stride_in_1x1": True}))
+    with pytest.raises(ValueError, match=rf"weights from {path} do not fit this config: "
+                       r"stride_in_1x1 is false, the weights need true.*set stride_in_1x1=true$"):
+        backbones.build("resnet50", weights=str(path), stride_in_1x1=False)
+    adapted = backbones.build("resnet50", weights=str(path))  # unset: taken from provenance
+    assert backbones.weights.stride_in_1x1(adapted) is True
+    tv = torchvision.models.resnet50(weights=None).state_dict()  # stride on the 3x3 conv
+    with pytest.raises(ValueError, match="stride_in_1x1 is true, the weights need false"):
+        backbones.load_weights(backbones.build("resnet50", stride_in_1x1=True), tv)

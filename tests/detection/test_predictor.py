@@ -68,3 +68,20 @@ def test_bad_input_is_rejected(checkpoint: Path) -> None:
         predictor(np.zeros((10, 10, 3), dtype=np.float32))
     with pytest.raises(ValueError, match=r"num_classes is 5 but the weights"):
         Predictor(CONFIG, weights=checkpoint, overrides=TINY + ["model.num_classes=5"])
+
+
+def test_a_config_that_changes_what_the_weights_compute_is_refused(checkpoint: Path) -> None:
+    # other anchors keep every tensor's shape: loading would silently give other boxes
+    with pytest.raises(ValueError, match=rf"weights from {checkpoint} do not fit this config: "
+                       r"model.anchor_generator.sizes is \[\[16\],\[32\],\[64\],\[128\]\], the "
+                       r"weights need \[\[20\],\[40\],\[80\],\[160\]\].*set "
+                       r"model.anchor_generator.sizes=\[\[20\],\[40\],\[80\],\[160\]\]$"):
+        Predictor(CONFIG, weights=checkpoint, overrides=TINY + [
+            "model.anchor_generator.sizes=[[16],[32],[64],[128]]"])
+    cfg = load_config(CONFIG, TINY + ["model.num_classes=3", f"model.weights={checkpoint}",
+                                      "model.roi_heads.pooler_aligned=true"])
+    with pytest.raises(ValueError, match="model.roi_heads.pooler_aligned is true, the weights "
+                       "need false"):
+        build_model(cfg)
+    # where the stride sits does not matter for a ResNet-18's basic blocks
+    Predictor(CONFIG, weights=checkpoint, overrides=TINY + ["model.backbone.stride_in_1x1=true"])

@@ -135,3 +135,19 @@ def test_same_losses_as_torchvision(models: tuple) -> None:
     gt_classes = torch.tensor([0, 16, 89])
     got, expected = _train_losses(tv, ours, image, {"gt_boxes": gt_boxes, "gt_classes": gt_classes})
     _assert_losses_match(got, expected, TORCHVISION_LOSS_NAMES)
+
+
+def test_torchvision_weights_refused_by_detectron2_style_settings(tmp_path: Path) -> None:
+    tv = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=91)
+    path = tmp_path / "fasterrcnn_resnet50_fpn.pth"
+    torch.save(tv.state_dict(), path)
+    cfg = load_config(CONFIGS / "faster_rcnn_R_50_FPN_1x.yaml",
+                      ["model.num_classes=90", f"model.weights={path}",
+                       "model.backbone.stride_in_1x1=true", "model.roi_heads.pooler_aligned=true"],
+                      defaults=detection_defaults())
+    with pytest.raises(ValueError, match=r"model.backbone.stride_in_1x1 is true, the weights "
+                       r"need false; model.roi_heads.pooler_aligned is true, the weights need "
+                       r"false.*set model.backbone.stride_in_1x1=false "
+                       r"model.roi_heads.pooler_aligned=false$"):
+        build_model(cfg)

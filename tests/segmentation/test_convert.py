@@ -4,10 +4,11 @@ import pytest
 import torch
 from torchvision.models.segmentation import deeplabv3_resnet50, fcn_resnet50
 
-from segmentation import build_model, convert_torchvision_segmentation, load_segmentation_weights
 from omegaconf import OmegaConf
 
-from segmentation.build import defaults
+from backbones.weights import save_checkpoint
+from segmentation import build_model, convert_torchvision_segmentation, load_segmentation_weights
+from segmentation.build import defaults, load_config, provenance_from_config
 
 REFERENCES = {"deeplabv3": deeplabv3_resnet50, "fcn": fcn_resnet50}
 
@@ -118,3 +119,42 @@ def test_deeplab_key_mapping():
     for ours, theirs in pairs.items():
         assert converted[ours] is state[theirs], ours
     assert len(converted) == len(state)
+
+
+def test_torchvision_weights_refused_by_the_multi_grid_config_they_do_not_fit(tmp_path):
+    """deeplabv3_R_50_os8.yaml as shipped (multi-grid 1, 2, 4) is not torchvision's network:
+    the weights load shape for shape but compute something else, so the config is refused
+    with the key to set; with it set, they load."""
+    reference = _reference("deeplabv3")
+    path = tmp_path / "deeplabv3_resnet50.pth"
+    torch.save(reference.state_dict(), path)
+    shipped = "configs/segmentation/deeplabv3_R_50_os8.yaml"
+    cfg = load_config(shipped, [f"model.weights={path}", "model.num_classes=21"])
+    with pytest.raises(ValueError, match=rf"weights from {path} do not fit this config: "
+                       r"model.backbone.multi_grid is \[1,2,4\], the weights need null.*"
+                       r"set model.backbone.multi_grid=null$"):
+        build_model(cfg)
+    # what the refusal prevents: the same tensors in the multi-grid network give other logits
+    cfg.model.weights = None
+    wrong = build_model(cfg).eval()
+    load_segmentation_weights(wrong, reference.state_dict())  # no settings given: not checked
+    x = torch.randn(1, 3, 65, 81, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = reference(x)["out"]
+        assert not torch.allclose(wrong.logits(x)["sem_seg"], expected, atol=1e-3)
+    fixed = build_model(load_config(shipped, [f"model.weights={path}", "model.num_classes=21",
+                                              "model.backbone.multi_grid=null"]))
+    assert torch.equal(fixed.head.predictor.weight, reference.classifier[4].weight)
+
+
+def test_own_checkpoint_refused_by_a_config_with_another_output_stride(tmp_path, small_config):
+    cfg = small_config("deeplabv3plus", output_stride=16)
+    trained = build_model(cfg)
+    path = tmp_path / "model_final.pth"
+    save_checkpoint(path, trained.state_dict(), provenance_from_config(cfg, ["c"] * 5))
+    other = small_config("deeplabv3plus", output_stride=8, weights=str(path))
+    with pytest.raises(ValueError, match=r"model.backbone.output_stride is 8, the weights need "
+                       r"16; model.head.aspp_rates is \[12,24,36\], the weights need \[6,12,18\]"):
+        build_model(other)
+    same = small_config("deeplabv3plus", output_stride=16, weights=str(path))
+    assert torch.equal(build_model(same).head.predictor.weight, trained.head.predictor.weight)
