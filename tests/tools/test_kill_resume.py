@@ -1,0 +1,69 @@
+"""`kill -9` at any moment: `--resume` continues from the newest checkpoint and ends with the
+weights of a run that never stopped, bit for bit on CPU, for every task through the real tools
+with the quickstart recipes (AdamW, cosine with warmup, clipping, augmentation, one loader
+worker)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tools.test_segmentation_tools import CONFIG as SEG_CONFIG
+from tests.tools.test_segmentation_tools import overrides as seg_overrides
+from tests.tools.test_train_eval_demo import _drop_log_handlers, data, load_tool, train_args
+
+__all__ = ["_drop_log_handlers", "data"]
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = 6
+
+
+def quickstart_args(task: str, data: Path) -> list[str]:
+    periods = [f"train.max_iter={STEPS}", "train.checkpoint_period=2", "train.eval_period=0",
+               "train.clip_grad_norm=1.0", "data.num_workers=1"]
+    if task == "sem_seg":
+        return [str(SEG_CONFIG), *seg_overrides(data), *periods]
+    if task == "detection":
+        return [*train_args(data, data / "unused", STEPS), *periods, "data.train.hflip_prob=0.5",
+                "data.train.min_size=[80,96]", "train.lr_steps=[]", "data.val.ann_file=null",
+                "data.val.img_dir=null"]
+    return [str(ROOT / "configs/pretrain/synthetic_resnet18.yaml"),
+            f"data.root={data}/classification", "data.image_size=32", "data.val_resize=36",
+            "train.epochs=null", "train.warmup_epochs=0", "train.warmup_iters=2",
+            "train.batch_size=4", *periods]
+
+
+def kill_after_first_checkpoint(args: list[str], out: Path) -> None:
+    """Run tools/train.py in its own process and SIGKILL it once a checkpoint exists."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    process = subprocess.Popen([sys.executable, str(ROOT / "tools/train.py"), *args,
+                                f"train.output_dir={out}"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (out / "last_checkpoint").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"no checkpoint before the run ended: "
+                                 f"{process.stderr.read().decode()[-2000:]}")
+        time.sleep(0.02)
+    process.kill()  # SIGKILL: no handler runs
+    assert process.wait() == -9, "the run finished before it could be killed"
+    assert not (out / "model_final.pth").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["sem_seg", "detection", "classification"])
+def test_killed_run_resumes_to_the_uninterrupted_weights(task: str, data: Path,
+                                                         tmp_path: Path) -> None:
+    args = quickstart_args(task, data)
+    full = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'a'}"])["model"]
+    kill_after_first_checkpoint(args, tmp_path / "b")
+    resumed = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'b'}",
+                                       "--resume"])
+    assert resumed["iteration"] == STEPS
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed["model"].state_dict()[key]), key
