@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from engine.data import UnreadableImageError, read_image
+from engine.data import PackedRecords, UnreadableImageError, read_image
 
 from .weights import PIXEL_MEAN, PIXEL_STD
 
@@ -98,14 +98,15 @@ class ImageFolderDataset(Dataset):
     reproducible (see engine.data.TrainingSampler).
 
     Args:
-        samples: (path, label) pairs.
+        samples: (path, label) pairs; kept packed (engine.data.PackedRecords), so loader
+            workers share them instead of copying a list of a million tuples each.
         class_names: names of the labels.
         transform: an albumentations Compose producing the final normalized image.
     """
 
     def __init__(self, *, samples: Sequence[tuple[str, int]], class_names: Sequence[str],
                  transform: A.Compose) -> None:
-        self.samples = list(samples)
+        self.samples = PackedRecords(samples)
         self.class_names = list(class_names)
         self.transform = transform
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import cv2
@@ -129,3 +130,39 @@ def test_train_loader_resumes_and_ignores_worker_count(tmp_path: Path) -> None:
         assert torch.equal(resumed[1], reference[1])
     labels = torch.cat([b[1] for b in full[:3]])
     assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]  # the first epoch sees every image
+
+
+def _private_dirty_kib() -> int:
+    with open("/proc/self/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
+
+
+def _copied_by_a_forked_reader(samples) -> int:
+    """KiB a forked loader worker copies (copy-on-write) by reading every sample once."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        try:
+            before = _private_dirty_kib()
+            for i in range(len(samples)):
+                path, label = samples[i]
+            os.write(write_end, str(_private_dirty_kib() - before).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    copied = int(os.read(read_end, 64))
+    os.waitpid(pid, 0)
+    os.close(read_end)
+    return copied
+
+
+def test_loader_workers_share_the_samples_instead_of_copying_them():
+    """ImageNet-sized sample lists copied into every worker grow memory during an epoch: reading
+    a list of tuples writes every tuple's and string's reference count."""
+    samples = [(f"/data/imagenet/train/n{i % 1000:08d}/n{i % 1000:08d}_{i}.JPEG", i % 1000)
+               for i in range(100_000)]
+    dataset = ImageFolderDataset(samples=samples, class_names=[str(i) for i in range(1000)],
+                                 transform=build_val_transform(image_size=8, resize=8))
+    assert dataset.samples[12345] == samples[12345] and len(dataset) == len(samples)
+    assert _copied_by_a_forked_reader(samples) > 10_000  # the list itself: > 10 MiB copied
+    assert _copied_by_a_forked_reader(dataset.samples) < 2_000
