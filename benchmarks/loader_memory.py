@@ -26,9 +26,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
+# tiny images and a light detector: what is measured is the loaders', not the model's, memory
 TINY = ["model.backbone.weights=null", "data.train.min_size=64", "data.train.max_size=96",
         "train.batch_size=2", "data.val.ann_file=null", "data.val.img_dir=null",
-        "train.checkpoint_period=0", "train.lr_steps=[]"]
+        "train.checkpoint_period=0", "train.lr_steps=[]", "model.fpn.out_channels=32",
+        "model.rpn.pre_nms_topk_train=200", "model.rpn.post_nms_topk_train=100",
+        "model.roi_heads.batch_size_per_image=64", "model.roi_heads.fc_dims=[64,64]"]
 PROGRESS = re.compile(r"\biter (\d+)/\d+")
 
 

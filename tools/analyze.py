@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backbones.studies.config import BASE_CONFIG, OPEN_KEYS, build_context_from_config  # noqa: E402
 from backbones.studies.run import STUDIES, run_study  # noqa: E402
-from engine import load_config, save_config, setup_logging  # noqa: E402
+from engine import TrainingInterrupted, load_config, save_config, setup_logging  # noqa: E402
 from engine.config import load_defaults  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs/analyze/cifar_synthetic.yaml"
@@ -63,7 +63,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     setup_logging(output)
     save_config(cfg, output / f"{args.study}_config.yaml")
     ctx = build_context_from_config(cfg, output, args.study)
-    written = run_study(args.study, ctx, cfg, args.weights)
+    try:
+        written = run_study(args.study, ctx, cfg, args.weights)
+    except TrainingInterrupted as stopped:  # studies do not resume: say so, not "--resume"
+        print(f"{args.study}: {stopped.signal_name} stopped a training; a study does not "
+              "resume: run the command again", file=sys.stderr, flush=True)
+        raise SystemExit(stopped.exit_code) from None
     print(f"{args.study}: picture at {written['png']} (numbers: {written['csv']}, "
           f"{written['json']})", flush=True)
     return written
