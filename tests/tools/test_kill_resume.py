@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from tests.tools.test_segmentation_tools import CONFIG as SEG_CONFIG
 from tests.tools.test_segmentation_tools import overrides as seg_overrides
@@ -23,8 +24,8 @@ STEPS = 6
 
 
 def quickstart_args(task: str, data: Path) -> list[str]:
-    periods = [f"train.max_iter={STEPS}", "train.checkpoint_period=2", "train.eval_period=0",
-               "train.clip_grad_norm=1.0", "data.num_workers=1"]
+    periods = [f"train.max_iter={STEPS}", "train.checkpoint_period=2", "train.max_to_keep=null",
+               "train.eval_period=0", "train.clip_grad_norm=1.0", "data.num_workers=1"]
     if task == "sem_seg":
         return [str(SEG_CONFIG), *seg_overrides(data), *periods]
     if task == "detection":
@@ -55,15 +56,19 @@ def kill_after_first_checkpoint(args: list[str], out: Path) -> None:
     assert not (out / "model_final.pth").exists()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("task", ["sem_seg", "detection", "classification"])
-def test_killed_run_resumes_to_the_uninterrupted_weights(task: str, data: Path,
-                                                         tmp_path: Path) -> None:
-    args = quickstart_args(task, data)
-    full = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'a'}"])["model"]
-    kill_after_first_checkpoint(args, tmp_path / "b")
-    resumed = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'b'}",
-                                       "--resume"])
-    assert resumed["iteration"] == STEPS
+def assert_killed_run_resumes_bit_identical(args: list[str], out: Path, full: nn.Module) -> None:
+    """tools/train.py ARGS killed (SIGKILL) after its first checkpoint, then `--resume`d in
+    `out`, ends with `full`'s weights."""
+    kill_after_first_checkpoint(args, out)
+    resumed = load_tool("train").main([*args, f"train.output_dir={out}", "--resume"])
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
+
+
+@pytest.mark.slow
+def test_killed_pretraining_resumes_to_the_uninterrupted_weights(data: Path,
+                                                                 tmp_path: Path) -> None:
+    # (detection and segmentation: tests/tools/test_runner_tasks.py, with their resume tests)
+    args = quickstart_args("classification", data)
+    full = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'a'}"])["model"]
+    assert_killed_run_resumes_bit_identical(args, tmp_path / "b", full)

@@ -23,9 +23,10 @@ from engine.trainer import NonFiniteLossError
 from engine.runner import TaskData, run_training
 from engine.config import ConfigError
 from engine.tasks import TASK_MODULES, config_task, load_task_config, task_module
+from tests.tools.test_kill_resume import assert_killed_run_resumes_bit_identical, quickstart_args
 from tests.tools.test_segmentation_tools import CONFIG as SEG_CONFIG
 from tests.tools.test_segmentation_tools import overrides as seg_overrides
-from tests.tools.test_train_eval_demo import _drop_log_handlers, data, load_tool, train_args
+from tests.tools.test_train_eval_demo import _drop_log_handlers, data, load_tool
 
 __all__ = ["_drop_log_handlers", "data"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,19 +194,20 @@ def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(tmp_pat
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
 
 
-def test_segmentation_resumed_or_interrupted_run_ends_bit_identical(
+def test_segmentation_resumed_interrupted_or_killed_run_ends_bit_identical(
         data: Path, tmp_path: Path, runner_calls: list[str], monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    # dropout in the heads, augmentation on, AdamW + cosine with warmup, gradient clipping
-    args = [str(SEG_CONFIG), *seg_overrides(data), "train.max_iter=4",
-            "train.checkpoint_period=2", "train.max_to_keep=null", "train.clip_grad_norm=1.0",
-            "train.eval_period=0"]
+    # the quickstart recipe: dropout in the heads, augmentation on, AdamW + cosine with warmup,
+    # gradient clipping, one loader worker
+    args = quickstart_args("sem_seg", data)
     full = assert_resume_from_step_2_is_bit_identical(tmp_path, _tool_trainer("train", args))
     assert runner_calls == ["sem_seg", "sem_seg"]
     # Ctrl-C during step 3 of tools/train.py: exit 130 after a checkpoint; --resume ends equal
     assert_interrupted_run_resumes_bit_identical(
         monkeypatch, capsys, [*args, f"train.output_dir={tmp_path / 'c'}"], full, at_step=3,
         signum=signal.SIGINT)
+    # kill -9 after the first checkpoint (no chance to save): --resume ends equal
+    assert_killed_run_resumes_bit_identical(args, tmp_path / "d", full)
 
 
 def test_segmentation_batches_of_unreadable_images_are_skipped_and_counted(
@@ -243,14 +245,13 @@ def test_pretraining_batches_of_unreadable_images_are_skipped_and_counted(
 
 
 @pytest.mark.slow
-def test_detection_resumed_run_ends_bit_identical(data: Path, tmp_path: Path,
+def test_detection_resumed_or_killed_run_ends_bit_identical(data: Path, tmp_path: Path,
                                                   runner_calls: list[str]) -> None:
     # the quickstart's recipe: AdamW, cosine with warmup, clipping, flips, one loader worker
-    args = [*train_args(data, tmp_path / "unused", 4), "train.checkpoint_period=2",
-            "train.max_to_keep=null", "data.num_workers=1", "data.train.hflip_prob=0.5",
-            "data.train.min_size=[80,96]", "train.lr_steps=[]"]
-    assert_resume_from_step_2_is_bit_identical(tmp_path, _tool_trainer("train", args))
+    args = quickstart_args("detection", data)
+    full = assert_resume_from_step_2_is_bit_identical(tmp_path, _tool_trainer("train", args))
     assert runner_calls == ["detection", "detection"]
+    assert_killed_run_resumes_bit_identical(args, tmp_path / "c", full)  # kill -9, --resume
 
 
 class _EmptyRegressionTask(_RegressionTask):
