@@ -3,7 +3,9 @@ import os
 import signal
 
 import pytest
+import torch
 
+from engine.data import build_test_loader
 from engine.preemption import stop_on_signals
 
 
@@ -22,3 +24,19 @@ def test_first_signal_is_a_request_the_second_stops_at_once(signum: int) -> None
         if expected is SystemExit:
             assert stopped.value.code == 128 + signum
     assert signal.getsignal(signum) is before
+
+
+class _WorkerSignalHandlers(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, key: object) -> dict:
+        return {"handlers": [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]}
+
+
+def test_loader_workers_leave_stop_signals_to_the_main_process() -> None:
+    """Ctrl-C and SIGTERM reach the whole process group; a worker that died on them would
+    fail the step in flight instead of letting the run stop cleanly."""
+    loader = build_test_loader(_WorkerSignalHandlers(), batch_size=2, num_workers=1)
+    (batch,) = list(loader)
+    assert [s["handlers"] for s in batch] == [[signal.SIG_IGN, signal.SIG_IGN]] * 2
