@@ -12,6 +12,7 @@ segmentation.training and backbones.pretraining each define one.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from collections.abc import Mapping
@@ -261,8 +262,15 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     per_epoch = f" ({lengths['per_epoch']} per epoch)" if "per_epoch" in lengths else ""
     logger.info("training for %d iterations%s from iteration %d", lengths["max_iter"], per_epoch,
                 start_iter)
-    with stop_on_signals() as stop:
-        finished = trainer.train(iter(train_loader), start_iter=start_iter, stop=stop)
+    # The objects that exist now stay out of garbage collection while loader workers live:
+    # a collector pass (in a worker, or in this process) writes to every object it visits,
+    # which copies each page of this heap shared with the forked workers (copy-on-write).
+    gc.freeze()
+    try:
+        with stop_on_signals() as stop:
+            finished = trainer.train(iter(train_loader), start_iter=start_iter, stop=stop)
+    finally:
+        gc.unfreeze()  # (the training workers are gone with their iterator)
     writer.close()
     if not finished:
         path = checkpointer.save(trainer.iter)
