@@ -27,11 +27,11 @@ def _init_worker(worker_id: int) -> None:
     # Each loader worker is one process: one torch thread, so the workers do not compete with
     # the training threads. (OpenCV's threads are set once, in engine.data.images.)
     torch.set_num_threads(1)
-    # Ctrl-C and a scheduler's SIGTERM reach the whole process group: the main process stops
-    # the run (engine.preemption) and then shuts its workers down; a worker that died on the
-    # signal would make the step in flight fail instead.
-    for stop_signal in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop_signal, signal.SIG_IGN)
+    # Ctrl-C reaches the whole foreground process group: the main process stops the run
+    # (engine.preemption) and then shuts its workers down; a worker that died on it would make
+    # the step in flight fail instead. (SIGTERM keeps its default: it is how multiprocessing
+    # and the DataLoader end workers that did not stop.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int = 0,
