@@ -106,7 +106,6 @@ class StudyTask:
                  recipe: Recipe, pixel_mean: Sequence[float], pixel_std: Sequence[float],
                  label: str, eval_batch_size: int) -> None:
         self.model = model
-        self.recipe = recipe
         self.label = label
         self.eval_batch_size = eval_batch_size
         self.datasets = [SplitDataset(split, pixel_mean=pixel_mean, pixel_std=pixel_std,
