@@ -127,7 +127,8 @@ def _show(value: Any) -> str:
 
 
 def refuse_mismatched_settings(source: str, implied: Mapping[str, Any],
-                               configured: Mapping[str, Any]) -> None:
+                               configured: Mapping[str, Any],
+                               model: nn.Module | None = None) -> None:
     """Refuse weights whose network differs from the configured one in a way no tensor shape
     shows (strides, dilations, anchors, normalisation, ...).
 
@@ -135,12 +136,16 @@ def refuse_mismatched_settings(source: str, implied: Mapping[str, Any],
         source: the weights, for the message.
         implied: config key -> the value the weights were trained or converted with.
         configured: config key -> the value of this config (keys missing here are not checked).
+        model: the model the weights go into; where it has no strided bottleneck (basic
+            blocks) the `*stride_in_1x1` keys are not compared, as they change nothing there.
 
     Raises:
         ValueError: naming each differing key, both values, and the overrides to set.
     """
+    basic_blocks = model is not None and stride_in_1x1(model) is None
     wrong = [k for k, v in implied.items()
-             if k in configured and _comparable(configured[k]) != _comparable(v)]
+             if k in configured and _comparable(configured[k]) != _comparable(v)
+             and not (basic_blocks and k.endswith("stride_in_1x1"))]
     if not wrong:
         return
     details = "; ".join(f"{k} is {_show(configured[k])}, the weights need {_show(implied[k])}"

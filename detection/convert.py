@@ -23,7 +23,6 @@ from backbones.weights import (
     convert_torchvision_resnet,
     read_checkpoint,
     refuse_mismatched_settings,
-    stride_in_1x1,
     unwrap_state_dict,
 )
 
@@ -185,8 +184,6 @@ def load_detector_weights(
     elif provenance and isinstance(provenance.get("config"), Mapping):
         implied = weight_bound_settings(provenance["config"]["model"])
     if settings is not None and implied is not None:
-        if stride_in_1x1(model) is None:  # basic blocks: where the stride sits does not matter
-            settings = {k: v for k, v in settings.items() if k != "model.backbone.stride_in_1x1"}
-        refuse_mismatched_settings(source, implied, settings)
+        refuse_mismatched_settings(source, implied, settings, model)
     check_and_load(model, state_dict, source)
     return provenance

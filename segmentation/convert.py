@@ -18,8 +18,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from backbones.weights import (check_and_load, convert_torchvision_resnet, read_checkpoint,
-                               refuse_mismatched_settings, stride_in_1x1,
-                               unwrap_state_dict)
+                               refuse_mismatched_settings, unwrap_state_dict)
 
 from .heads import ASPP_RATES
 
@@ -160,9 +159,7 @@ def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Map
     elif provenance and isinstance(provenance.get("config"), Mapping):
         implied = weight_bound_settings(provenance["config"]["model"])
     if settings is not None and implied is not None:
-        if stride_in_1x1(model) is None:  # basic blocks: where the stride sits does not matter
-            settings = {k: v for k, v in settings.items() if k != "model.backbone.stride_in_1x1"}
-        refuse_mismatched_settings(source, implied, settings)
+        refuse_mismatched_settings(source, implied, settings, model)
     if getattr(model, "aux_head", None) is None:
         aux = [k for k in state_dict if k.startswith("aux_head.")]
         if aux:
