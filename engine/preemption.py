@@ -3,10 +3,15 @@
 The first signal only sets a flag: the trainer finishes the step in flight, every process
 agrees to stop at the same iteration, the runner writes a checkpoint and raises
 `TrainingInterrupted`. A second signal stops at once (the usual Ctrl-C behaviour).
+Loader workers leave both signals to the main process while it catches them, so a signal sent
+to every process of a job (Ctrl-C, a scheduler's SIGTERM to the process group) stops the run
+cleanly instead of killing the workers under the step in flight.
 """
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -15,6 +20,9 @@ from types import FrameType
 
 logger = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# One byte of memory shared with the processes forked from this one (the loader workers):
+# 1 while the main process catches the stop signals.
+_CATCHING = mmap.mmap(-1, 1)
 
 
 class TrainingInterrupted(Exception):
@@ -69,8 +77,28 @@ def stop_on_signals() -> Iterator[StopRequest]:
         yield request
         return
     previous = {s: signal.signal(s, request._handle) for s in STOP_SIGNALS}
+    _CATCHING[0] = 1
     try:
         yield request
     finally:
+        _CATCHING[0] = 0
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def leave_stop_signals_to_the_parent() -> None:
+    """In a loader worker: ignore SIGTERM while the main process catches it (it stops the run,
+    then ends its workers itself); otherwise, and when the parent is gone, SIGTERM ends the
+    worker as by default, which is how multiprocessing ends the workers left at exit. Ctrl-C
+    is always ignored: it reaches the whole foreground process group, and the main process
+    decides."""
+    parent = os.getppid()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if _CATCHING[0] and os.getppid() == parent:
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

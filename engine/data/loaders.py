@@ -3,7 +3,6 @@ samples of unreadable images (None) dropped, so the training loop can count them
 """
 from __future__ import annotations
 
-import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
+from ..preemption import leave_stop_signals_to_the_parent
 from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 
 
@@ -27,11 +27,8 @@ def _init_worker(worker_id: int) -> None:
     # Each loader worker is one process: one torch thread, so the workers do not compete with
     # the training threads. (OpenCV's threads are set once, in engine.data.images.)
     torch.set_num_threads(1)
-    # Ctrl-C reaches the whole foreground process group: the main process stops the run
-    # (engine.preemption) and then shuts its workers down; a worker that died on it would make
-    # the step in flight fail instead. (SIGTERM keeps its default: it is how multiprocessing
-    # and the DataLoader end workers that did not stop.)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a worker that died of a signal sent to the whole job would fail the step in flight
+    leave_stop_signals_to_the_parent()
 
 
 def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int = 0,

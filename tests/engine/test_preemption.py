@@ -26,18 +26,35 @@ def test_first_signal_is_a_request_the_second_stops_at_once(signum: int) -> None
     assert signal.getsignal(signum) is before
 
 
-class _WorkerSignalHandlers(torch.utils.data.Dataset):
+class _SignalsItself(torch.utils.data.Dataset):
+    """Every item sends `signum` to the process loading it (a loader worker)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
     def __len__(self) -> int:
         return 2
 
-    def __getitem__(self, key: object) -> dict:
-        return {"handlers": [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]}
+    def __getitem__(self, key: object) -> int:
+        os.kill(os.getpid(), self.signum)
+        for _ in range(1000):  # a Python handler runs here at the latest
+            pass
+        return os.getpid()
 
 
-def test_loader_workers_leave_ctrl_c_to_the_main_process() -> None:
-    """Ctrl-C reaches the whole process group; a worker that died on it would fail the step in
-    flight instead of letting the run stop cleanly. SIGTERM must still end a worker: it is how
-    multiprocessing ends the workers left at interpreter exit."""
-    loader = build_test_loader(_WorkerSignalHandlers(), batch_size=2, num_workers=1)
-    (batch,) = list(loader)
-    assert [s["handlers"] for s in batch] == [[signal.SIG_IGN, signal.SIG_DFL]] * 2
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_loader_workers_leave_stop_signals_to_the_main_process_while_it_catches_them(
+        signum: int) -> None:
+    """A scheduler's SIGTERM to every process of a job, or Ctrl-C (the whole process group): a
+    worker that died of it would fail the step in flight instead of letting the run stop
+    cleanly."""
+    with stop_on_signals() as stop:
+        (batch,) = list(build_test_loader(_SignalsItself(signum), batch_size=2, num_workers=1))
+    assert len(set(batch)) == 1 and batch[0] != os.getpid() and not stop.requested
+
+
+def test_outside_training_sigterm_still_ends_a_loader_worker() -> None:
+    """It is how multiprocessing ends the workers left at interpreter exit: a worker ignoring
+    it would hang the exit."""
+    with pytest.raises(RuntimeError, match="Terminated|exited unexpectedly"):
+        list(build_test_loader(_SignalsItself(signal.SIGTERM), batch_size=2, num_workers=1))

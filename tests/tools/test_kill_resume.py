@@ -5,6 +5,7 @@ worker)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,12 +39,16 @@ def quickstart_args(task: str, data: Path) -> list[str]:
             "train.batch_size=4", *periods]
 
 
-def kill_after_first_checkpoint(args: list[str], out: Path) -> None:
-    """Run tools/train.py in its own process and SIGKILL it once a checkpoint exists."""
+def kill_after_first_checkpoint(args: list[str], out: Path,
+                                signum: int = signal.SIGKILL) -> str:
+    """Run tools/train.py in its own process group and, once a checkpoint exists, send
+    `signum` to every process of the group (as a scheduler does: the loader workers too).
+    Returns what the run wrote to stderr."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     process = subprocess.Popen([sys.executable, str(ROOT / "tools/train.py"), *args,
                                 f"train.output_dir={out}"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
     deadline = time.monotonic() + 300
     while not (out / "last_checkpoint").exists():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -51,15 +56,19 @@ def kill_after_first_checkpoint(args: list[str], out: Path) -> None:
             raise AssertionError(f"no checkpoint before the run ended: "
                                  f"{process.stderr.read().decode()[-2000:]}")
         time.sleep(0.02)
-    process.kill()  # SIGKILL: no handler runs
-    assert process.wait() == -9, "the run finished before it could be killed"
+    os.killpg(process.pid, signum)
+    _, stderr = process.communicate(timeout=300)
+    expected = -signum if signum == signal.SIGKILL else 128 + signum  # SIGKILL: no handler runs
+    assert process.returncode == expected, stderr.decode()[-2000:]
     assert not (out / "model_final.pth").exists()
+    return stderr.decode()
 
 
-def assert_killed_run_resumes_bit_identical(args: list[str], out: Path, full: nn.Module) -> None:
-    """tools/train.py ARGS killed (SIGKILL) after its first checkpoint, then `--resume`d in
-    `out`, ends with `full`'s weights."""
-    kill_after_first_checkpoint(args, out)
+def assert_killed_run_resumes_bit_identical(args: list[str], out: Path, full: nn.Module,
+                                            signum: int = signal.SIGKILL) -> None:
+    """tools/train.py ARGS killed (`signum` to all its processes) after its first checkpoint,
+    then `--resume`d in `out`, ends with `full`'s weights."""
+    kill_after_first_checkpoint(args, out, signum)
     resumed = load_tool("train").main([*args, f"train.output_dir={out}", "--resume"])
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
@@ -72,3 +81,5 @@ def test_killed_pretraining_resumes_to_the_uninterrupted_weights(data: Path,
     args = quickstart_args("classification", data)
     full = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'a'}"])["model"]
     assert_killed_run_resumes_bit_identical(args, tmp_path / "b", full)
+    # a scheduler preempting the job: SIGTERM to the main process and its loader worker at once
+    assert_killed_run_resumes_bit_identical(args, tmp_path / "c", full, signal.SIGTERM)
