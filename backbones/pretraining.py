@@ -22,6 +22,7 @@ from engine.runner import TaskData
 
 from . import build_classifier
 from .classifier import Classifier
+from .export import export_model
 from .data import (ImageFolderDataset, build_train_transform, build_val_transform,
                    scan_image_folder, stack)
 from .weights import make_provenance, save_checkpoint
@@ -144,3 +145,4 @@ class ClassificationTask:
 
 
 TASK = ClassificationTask
+__all__ = ["BASE_CONFIG", "OPEN_KEYS", "RENAMED_KEYS", "TASK", "export_model"]

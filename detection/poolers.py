@@ -25,12 +25,7 @@ def boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
         boxes: one (R_i, 4) tensor per image.
     """
     concat = torch.cat(list(boxes), dim=0)
-    batch_idx = torch.cat(
-        [
-            torch.full((len(b), 1), i, dtype=concat.dtype, device=concat.device)
-            for i, b in enumerate(boxes)
-        ]
-    )
+    batch_idx = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)])
     return torch.cat([batch_idx, concat], dim=1)
 
 
@@ -125,10 +120,10 @@ class MultiLevelRoIAlign(nn.Module):
 
         levels = self.assign_levels(boxes)
         num_channels = features[0].shape[1]
-        out = features[0].new_zeros((len(rois), num_channels) + self.output_size)
+        out = features[0].new_zeros((rois.shape[0], num_channels) + self.output_size)
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             idx = torch.nonzero(levels == level, as_tuple=True)[0]
-            if idx.numel() == 0:
+            if idx.numel() == 0 and not torch.jit.is_tracing():  # a graph keeps every level
                 continue
             out[idx] = roi_align(
                 feature, rois[idx], self.output_size, scale, self.sampling_ratio, self.aligned

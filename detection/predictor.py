@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from backbones.weights import read_checkpoint, unwrap_state_dict
+from engine.export import is_onnx
 from engine.visualize import Renderer, draw_detections, palette
 
 from .build import build_model
@@ -27,6 +28,7 @@ from .config import config_from_mapping, load_config, test_resize
 from .convert import (has_mask_head, is_torchvision_faster_rcnn, load_detector_weights,
                       weight_bound_settings)
 from .data import build_transforms
+from .export import OnnxDetector
 from .rcnn import GeneralizedRCNN
 
 _CLS_KEYS = ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias")
@@ -73,6 +75,8 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
     Raises:
         ValueError: no weights, no config, or weights that do not fit the config.
     """
+    if is_onnx(weights):
+        return _load_onnx_detector(config, weights, overrides, device)
     if config is not None and not isinstance(config, (str, os.PathLike)):
         cfg = config_from_mapping(config, overrides)
     elif config is not None:
@@ -126,6 +130,26 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
                           provenance=provenance)
 
 
+def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | None,
+                        weights: str | os.PathLike, overrides: Sequence[str],
+                        device: str | torch.device) -> LoadedDetector:
+    """An exported graph (tools/export.py) run by ONNX Runtime; test-time resizing as it was
+    exported (export.json), whatever the config says."""
+    model = OnnxDetector(weights, device)
+    meta = model.metadata
+    if config is None:
+        cfg = config_from_mapping({}, overrides)
+    elif isinstance(config, (str, os.PathLike)):
+        cfg = load_config(config, overrides)
+    else:
+        cfg = config_from_mapping(config, overrides)
+    cfg.data.val.min_size = meta["resize"]["short_side"]
+    cfg.data.val.max_size = meta["resize"]["max_size"]
+    cfg.model.mask_on = model.mask_on
+    return LoadedDetector(model=model, cfg=cfg, class_names=list(meta["class_names"]),
+                          category_ids=[int(c) for c in meta["category_ids"]], provenance={})
+
+
 class Predictor:
     """`Predictor(config, weights=..., overrides=[...])(rgb_uint8_hxwx3)` -> detections.
 
@@ -134,7 +158,8 @@ class Predictor:
 
     Args:
         config: YAML path, or a loaded config; None takes the config the weights record.
-        weights: whole-detector weights; None uses `model.weights` of the config.
+        weights: whole-detector weights, or an exported `.onnx` (or its folder; run by ONNX
+            Runtime); None uses `model.weights` of the config.
         overrides: `key=value` config overrides.
         device: where the model runs ("cpu", "cuda", ...).
 

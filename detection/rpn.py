@@ -15,10 +15,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import batched_nms, box_iou, remove_small_boxes
 
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
+from .tracing import clamped_count, clip_to_image
 from .matcher import BACKGROUND, FOREGROUND, Matcher
 from .sampler import BalancedSampler
 
@@ -196,7 +197,7 @@ class RPN(nn.Module):
         for level, (level_anchors, logits, deltas) in enumerate(
             zip(anchors, pred_logits, pred_deltas)
         ):
-            k = min(pre_topk, logits.shape[1])
+            k = clamped_count(logits.shape[1], pre_topk)
             logits, idx = logits.detach().float().topk(k, dim=1)  # (N, k)
             # Decode only the kept anchors: (N*k, 4) deltas on (N*k, 4) anchors, in float32.
             boxes = self.box_coder.decode(
@@ -204,8 +205,8 @@ class RPN(nn.Module):
                 level_anchors[idx.reshape(-1)],
             )
             topk_logits.append(logits)
-            topk_boxes.append(boxes.view(num_images, k, 4))
-            topk_levels.append(torch.full((k,), level, dtype=torch.int64, device=logits.device))
+            topk_boxes.append(boxes.view(num_images, -1, 4))
+            topk_levels.append(torch.full_like(idx[0], level))
         logits = torch.cat(topk_logits, dim=1)
         boxes = torch.cat(topk_boxes, dim=1)
         levels = torch.cat(topk_levels)
@@ -213,7 +214,7 @@ class RPN(nn.Module):
 
         proposals = []
         for i, image_size in enumerate(image_sizes):
-            img_boxes = clip_boxes_to_image(boxes[i], image_size)
+            img_boxes = clip_to_image(boxes[i], image_size)
             keep = remove_small_boxes(img_boxes, self.min_box_size)
             img_boxes, img_scores, img_levels = img_boxes[keep], scores[i][keep], levels[keep]
             if self.score_thresh > 0:

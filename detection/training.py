@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 import backbones
 from engine import atomic_write_json, is_main_process, to_plain
 from engine.data import CategoryMapping, build_test_loader, load_coco_json
+from engine.export import METADATA_FILE, ExportError, is_onnx, model_path
 from engine.files import nan_to_none
 from engine.runner import TaskData, format_metric
 
@@ -31,13 +32,14 @@ from .build import build_model
 from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
 from .data import DetectionDataset, build_transforms
 from .evaluation import COCOEvaluator
+from .export import export_detector
 from .predictor import build_renderer, load_detector
 from .rcnn import GeneralizedRCNN
 
 logger = logging.getLogger("detection")
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 __all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "DetectionTask", "build_renderer",
-           "evaluate_checkpoint"]
+           "evaluate_checkpoint", "export_model"]
 
 
 @dataclass
@@ -160,6 +162,13 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     if val is None:
         raise ValueError("data.val.ann_file and data.val.img_dir must be set to evaluate")
     dataset, mapping, ann_file = val
+    if is_onnx(weights):  # an export knows its classes by id and name: they must be the data's
+        exported = dict(zip(loaded.category_ids, loaded.class_names))
+        data = dict(zip(mapping.dataset_ids, mapping.names))
+        if exported != data:
+            raise ExportError(f"{model_path(weights).parent / METADATA_FILE} names the "
+                              f"categories {list(exported.items())[:10]}, {ann_file} has "
+                              f"{list(data.items())[:10]}: the labels would mean other classes")
     known = set(mapping.dataset_ids)
     unknown = [c for c in loaded.category_ids if c not in known]
     if len(unknown) == len(loaded.category_ids):
@@ -182,6 +191,15 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
               f"{output / 'coco_instances_results.json'}, metrics: {output / 'metrics.json'})",
               flush=True)
     return result
+
+
+def export_model(config: str, weights: str, folder: Path, overrides: Sequence[str] = ()
+                 ) -> dict[str, Any]:
+    """Export `weights` built as `config` says to folder/model.onnx (tools/export.py);
+    returns export.json."""
+    loaded = load_detector(config, weights=weights, overrides=overrides)
+    return export_detector(loaded.model, folder, class_names=loaded.class_names,
+                           category_ids=loaded.category_ids, resize=test_resize(loaded.cfg))
 
 
 class DetectionTask:

@@ -106,7 +106,7 @@ class SemanticSegmentor(nn.Module):
     def logits(self, batch: Tensor, *, with_aux: bool = False) -> dict[str, Tensor]:
         """Raw network: normalised, padded (N, 3, H, W) -> {"sem_seg"(, "aux"): (N, K, H, W)}."""
         features = self.backbone(batch)
-        size = (int(batch.shape[-2]), int(batch.shape[-1]))
+        size = batch.shape[-2:]  # not ints: an ONNX export keeps the size symbolic
         out = {"sem_seg": self.head(features, size)[0]}
         if with_aux and self.aux_head is not None:
             out["aux"] = self.aux_head(features, size)[0]

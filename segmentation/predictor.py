@@ -15,10 +15,12 @@ import torch
 from omegaconf import DictConfig
 
 from backbones.weights import read_checkpoint, unwrap_state_dict
+from engine.export import ExportError, is_onnx
 from engine.visualize import Renderer, draw_segmentation, palette
 
 from .build import build_model, config_from_mapping, load_config
 from .convert import load_segmentation_weights, weight_bound_settings
+from .export import OnnxSegmentor
 from .inference import TTAInference, tta_from_config
 
 _PREDICTOR_KEYS = ("head.predictor.weight", "classifier.4.weight")
@@ -43,7 +45,8 @@ class Predictor:
 
     Args:
         config: YAML path, or a loaded config; None takes the config the weights record.
-        weights: whole-segmenter weights; None uses `model.weights` of the config.
+        weights: whole-segmenter weights, or an exported `.onnx` (or its folder; run by ONNX
+            Runtime); None uses `model.weights` of the config.
         overrides: `key=value` config overrides.
         device: where the model runs ("cpu", "cuda", ...).
         tta: test-time inference; None takes the config's `test` section.
@@ -56,6 +59,9 @@ class Predictor:
     def __init__(self, config: str | os.PathLike | DictConfig | Mapping[str, Any] | None, *,
                  weights: str | os.PathLike | None = None, overrides: Sequence[str] = (),
                  device: str | torch.device = "cpu", tta: TTAInference | None = None) -> None:
+        if is_onnx(weights):
+            self._init_onnx(config, weights, overrides, device, tta)
+            return
         source = str(weights) if weights is not None else None
         checkpoint = read_checkpoint(weights) if weights is not None else None
         state_dict, provenance = unwrap_state_dict(checkpoint) if checkpoint else ({}, None)
@@ -90,6 +96,19 @@ class Predictor:
             names = [f"class_{i}" for i in range(self.model.num_classes)]
         self.class_names = list(names)
         self.tta = tta or tta_from_config(cfg)
+        self.device = torch.device(device)
+
+    def _init_onnx(self, config: str | os.PathLike | DictConfig | Mapping[str, Any] | None,
+                   weights: str | os.PathLike, overrides: Sequence[str],
+                   device: str | torch.device, tta: TTAInference | None) -> None:
+        """An exported graph (tools/export.py) run by ONNX Runtime: the plain forward pass."""
+        self.model = OnnxSegmentor(weights, device)
+        self.class_names = self.model.class_names
+        self.tta = tta or (tta_from_config(_config(config, overrides)) if config is not None
+                           else TTAInference())
+        if not self.tta.is_plain:
+            raise ExportError(f"{weights}: an exported segmenter runs the plain forward pass; "
+                              f"set test.scales=[1.0] test.flip=false test.window=null")
         self.device = torch.device(device)
 
     @torch.no_grad()

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 import backbones
 from engine import atomic_write_json, is_main_process
+from engine.export import check_class_names, is_onnx, read_metadata
 from engine.files import nan_to_none
 from engine.runner import TaskData, format_metric
 
@@ -24,11 +25,12 @@ from .build import BASE_CONFIG, build_model, load_config, provenance_from_config
 from .data import build_dataset, build_test_loader
 from .data import prefer_command_line_sources as resolve_overrides
 from .evaluation import SemSegEvaluator
+from .export import export_segmentor
 from .inference import evaluate_model, tta_from_config
 from .predictor import Predictor, build_renderer
 
 __all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "SemSegTask", "build_renderer",
-           "evaluate_checkpoint", "resolve_overrides"]
+           "evaluate_checkpoint", "export_model", "resolve_overrides"]
 
 
 def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequence[str],
@@ -41,6 +43,9 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     if not cfg.data.class_names:
         cfg.data.class_names = list(predictor.class_names)
     loader = build_test_loader(cfg)
+    if is_onnx(weights):  # an export knows its classes only by name: they must be the data's
+        check_class_names(read_metadata(weights, TASK.name), loader.dataset.class_names,
+                          cfg.data.val.ann_file or "data.class_names", weights)
     evaluator = SemSegEvaluator(predictor.model.num_classes, predictor.class_names,
                                 predictor.model.ignore_index)
     result = evaluate_model(predictor.model, loader, evaluator, tta=tta_from_config(cfg),
@@ -53,6 +58,14 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
         for name, iou in m["per_class_iou"].items():
             print(f"  {name:<20} {'n/a' if iou is None else f'{iou:6.2f}'}")
     return result
+
+
+def export_model(config: str, weights: str, folder: Path, overrides: Sequence[str] = ()
+                 ) -> dict[str, Any]:
+    """Export `weights` built as `config` says to folder/model.onnx (tools/export.py);
+    returns export.json."""
+    predictor = Predictor(config, weights=weights, overrides=overrides)
+    return export_segmentor(predictor.model, folder, class_names=predictor.class_names)
 
 
 class SemSegTask:

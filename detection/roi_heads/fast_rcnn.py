@@ -14,9 +14,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import batched_nms, remove_small_boxes
 
 from ..box_coder import BoxCoder
+from ..tracing import clip_to_image, split_per_image
 
 
 class FastRCNNOutputs(nn.Module):
@@ -134,7 +135,7 @@ class FastRCNNOutputs(nn.Module):
             (R, K, 4) boxes, one per class.
         """
         boxes = self.box_coder.decode(pred_deltas, proposal_boxes)
-        boxes = boxes.view(len(boxes), -1, 4)
+        boxes = boxes.view(boxes.shape[0], -1, 4)
         return boxes.expand(-1, self.num_classes, -1) if self.cls_agnostic_bbox_reg else boxes
 
     @torch.no_grad()
@@ -157,14 +158,14 @@ class FastRCNNOutputs(nn.Module):
             Per image ``{"boxes": (D, 4), "scores": (D,), "labels": (D,) int64 in 0..K-1}``,
             by decreasing score.
         """
-        num_per_image = [len(b) for b in proposal_boxes]
         boxes_all = self.predict_boxes(pred_deltas.float(), torch.cat(list(proposal_boxes)))
         scores_all = F.softmax(pred_logits.float(), dim=-1)[:, : self.num_classes]
         results = []
         for boxes, scores, image_size in zip(
-            boxes_all.split(num_per_image), scores_all.split(num_per_image), image_sizes
+            split_per_image(boxes_all, proposal_boxes), split_per_image(scores_all, proposal_boxes),
+            image_sizes
         ):
-            boxes = clip_boxes_to_image(boxes, image_size)
+            boxes = clip_to_image(boxes, image_size)
             labels = torch.arange(self.num_classes, device=scores.device).expand_as(scores)
             # every (RoI, class) pair is a candidate: (R, K, 4) -> (R*K, 4)
             boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from ..tracing import split_per_image
+
 
 class MaskRCNNHead(nn.Module):
     """Conv + upsample mask head with its targets, loss and inference.
@@ -153,6 +155,6 @@ class MaskRCNNHead(nn.Module):
             Per image (D_i, M, M) probabilities, box-relative.
         """
         classes = torch.cat(list(labels))
-        index = torch.arange(len(classes), device=classes.device)
+        index = torch.arange(classes.shape[0], device=classes.device)
         probs = pred_mask_logits[index, classes].float().sigmoid()  # (D, M, M)
-        return list(probs.split([len(lb) for lb in labels]))
+        return split_per_image(probs, labels)

@@ -87,3 +87,41 @@ def paste_masks(
         region = rows @ padded[i] @ cols.T  # (h_i, w_i)
         out[i, top:bottom, left:right] = region >= threshold if threshold is not None else region
     return out
+
+
+def _dense_weights(start: Tensor, length: Tensor, out_len: int | Tensor, in_len: int) -> Tensor:
+    """(D, out_len, in_len) interpolation matrices of D 1-D resizes in_len -> length[d] placed
+    at start[d]; rows outside a box (or the image) are zero."""
+    t = torch.arange(out_len, device=start.device).to(torch.float32)[None, :] - start[:, None]
+    inside = (t >= 0) & (t < length[:, None])
+    src = ((t + 0.5) * (in_len / length[:, None]) - 0.5).clamp(min=0.0, max=in_len - 1)
+    low = src.floor()
+    high = (low + 1).clamp(max=in_len - 1)
+    frac = src - low
+    taps = torch.arange(in_len, device=start.device).to(torch.float32)
+    weights = ((low[..., None] == taps) * (1.0 - frac)[..., None]
+               + (high[..., None] == taps) * frac[..., None])
+    return weights * inside[..., None]
+
+
+def paste_masks_dense(masks: Tensor, boxes: Tensor, image_size: tuple[int | Tensor, int | Tensor],
+                      *, threshold: float = 0.5, padding: int = 1) -> Tensor:
+    """`paste_masks` for all D masks at once, with no Python loop or int: what an exported
+    graph computes (it needs D x h x w floats at once).
+
+    Returns:
+        (D, h, w) bool masks.
+    """
+    side = masks.shape[-1]
+    padded = F.pad(masks.float(), (padding,) * 4)
+    in_len = side + 2 * padding
+    boxes = boxes.float()
+    centre = (boxes[:, :2] + boxes[:, 2:]) * 0.5
+    half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * (in_len / side)
+    corners = torch.cat([centre - half, centre + half], dim=1).to(torch.int64).to(torch.float32)
+    x0, y0, x1, y1 = corners.unbind(dim=1)
+    box_w = torch.clamp(x1 - x0 + 1, min=1.0)
+    box_h = torch.clamp(y1 - y0 + 1, min=1.0)
+    rows = _dense_weights(y0, box_h, image_size[0], in_len)  # (D, h, M+2p)
+    cols = _dense_weights(x0, box_w, image_size[1], in_len)  # (D, w, M+2p)
+    return (rows @ padded @ cols.transpose(1, 2)) >= threshold

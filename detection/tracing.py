@@ -1,0 +1,39 @@
+"""Size arithmetic that an ONNX export can trace (engine.export): while tracing, sizes read
+from tensors are 0-dim tensors, and any Python int made of them would freeze the exported
+graph at the example image's size. In eager mode these are the plain operations.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def clamped_count(available: int | Tensor, limit: int) -> int | Tensor:
+    """min(available, limit), e.g. a top-k that cannot ask for more than there is."""
+    if isinstance(available, Tensor):
+        return torch.clamp(available, max=limit)
+    return min(available, limit)
+
+
+def clip_to_image(boxes: Tensor, image_size: tuple[int | Tensor, int | Tensor]) -> Tensor:
+    """(..., 4) xyxy boxes clipped to 0..w, 0..h."""
+    height, width = image_size
+    if not isinstance(height, Tensor) and not isinstance(width, Tensor):
+        x = boxes[..., 0::2].clamp(min=0, max=width)
+        y = boxes[..., 1::2].clamp(min=0, max=height)
+    else:
+        zero = boxes.new_zeros(())
+        x = torch.min(torch.max(boxes[..., 0::2], zero), torch.as_tensor(width).to(boxes))
+        y = torch.min(torch.max(boxes[..., 1::2], zero), torch.as_tensor(height).to(boxes))
+    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+
+
+def split_per_image(values: Tensor, per_image: Sequence[Tensor]) -> list[Tensor]:
+    """`values` of all images, image after image, split as the `per_image` tensors are long.
+
+    One image keeps it whole, so that a traced graph does not freeze its length."""
+    if len(per_image) == 1:
+        return [values]
+    return list(values.split([len(v) for v in per_image]))

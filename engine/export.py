@@ -1,0 +1,133 @@
+"""ONNX export and ONNX Runtime sessions, shared by every task (tools/export.py).
+
+An export folder holds `model.onnx` (one uint8 RGB image (H, W, 3) in, any H and W; the
+task's post-processing inside the graph) and `export.json` (what the graph expects and what
+its labels mean). Graphs are traced with the TorchScript-based exporter (`dynamo=False`):
+it exports these models in a second or two, keeps sizes that come from the input symbolic as
+long as the model never turns them into Python ints, and writes torchvision's NMS and
+RoIAlign as the ONNX operators.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from .files import atomic_write_json
+
+OPSET = 17
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "export.json"
+INSTALL_HINT = "pip install 'resnet-detect[export]' (or: pip install onnx onnxruntime)"
+
+
+class ExportError(ValueError):
+    """An export folder or `.onnx` file that cannot be used as asked."""
+
+
+def is_onnx(weights: str | os.PathLike | None) -> bool:
+    """True for an `.onnx` file or a folder holding `model.onnx` (tools' `--weights`)."""
+    if weights is None:
+        return False
+    path = Path(weights)
+    return path.suffix == ".onnx" or (path.is_dir() and (path / MODEL_FILE).exists())
+
+
+def export_graph(graph: nn.Module, example: Sequence[torch.Tensor], path: Path, *,
+                 input_names: Sequence[str], output_names: Sequence[str],
+                 dynamic_axes: Mapping[str, Sequence[int]]) -> None:
+    """Trace `graph` on `example` inputs into the ONNX file `path` (opset `OPSET`)."""
+    import torchvision.ops._register_onnx_ops  # noqa: F401  (NMS, RoIAlign as ONNX operators)
+
+    graph.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with warnings.catch_warnings(), torch.no_grad():
+        # tracer warnings about Python values are expected: the graph wrappers keep every
+        # input-dependent size a tensor, and the tests run the graphs at other sizes
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, tuple(example), str(partial), dynamo=False, opset_version=OPSET,
+                          input_names=list(input_names), output_names=list(output_names),
+                          dynamic_axes={k: list(v) for k, v in dynamic_axes.items()})
+    os.replace(partial, path)
+
+
+def write_metadata(folder: Path, task: str, *, inputs: Mapping[str, Any],
+                   outputs: Mapping[str, str], pixel_mean: Sequence[float],
+                   pixel_std: Sequence[float], class_names: Sequence[str],
+                   **extra: Any) -> dict[str, Any]:
+    """Write `folder/export.json` and return it."""
+    import onnx
+    metadata = {
+        "task": task, "model": MODEL_FILE, "opset": OPSET,
+        "inputs": dict(inputs), "outputs": dict(outputs),
+        "channel_order": "RGB", "pixel_mean": list(pixel_mean), "pixel_std": list(pixel_std),
+        "class_names": list(class_names), **extra,
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
+                     "onnx": onnx.__version__},
+    }
+    atomic_write_json(metadata, folder / METADATA_FILE)
+    return metadata
+
+
+def model_path(weights: str | os.PathLike) -> Path:
+    """The `.onnx` file that `weights` (the file or its export folder) names."""
+    path = Path(weights)
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+def read_metadata(weights: str | os.PathLike, task: str) -> dict[str, Any]:
+    """`export.json` beside the `.onnx` that `weights` names, checked to be for `task`.
+
+    Raises:
+        ExportError: no model file, no or unreadable export.json, another task.
+    """
+    onnx_file = model_path(weights)
+    if not onnx_file.is_file():
+        raise ExportError(f"{onnx_file}: no such ONNX file")
+    meta_file = onnx_file.with_name(METADATA_FILE)
+    if not meta_file.is_file():
+        raise ExportError(f"{onnx_file} has no {METADATA_FILE} beside it: without it the "
+                          f"labels' meaning is unknown; export again with tools/export.py")
+    try:
+        metadata = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{meta_file} is unreadable: {e}") from e
+    if not isinstance(metadata, dict) or metadata.get("task") != task:
+        found = metadata.get("task") if isinstance(metadata, dict) else None
+        raise ExportError(f"{meta_file} is for task {found!r}; this config's task is {task!r}")
+    return metadata
+
+
+def open_session(weights: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
+    """ONNX Runtime session on the `.onnx` that `weights` names: the CUDA execution provider
+    for a CUDA device when present, the CPU one otherwise."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ExportError(f"running {weights} needs onnxruntime: {INSTALL_HINT}") from e
+    providers = ["CPUExecutionProvider"]
+    if torch.device(device).type == "cuda" and \
+            "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        return onnxruntime.InferenceSession(str(model_path(weights)), providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ExportError(f"ONNX Runtime cannot load {model_path(weights)}: {e}") from e
+
+
+def check_class_names(metadata: Mapping[str, Any], names: Sequence[str], source: str,
+                      weights: str | os.PathLike) -> None:
+    """Refuse an export whose classes are not `names` (of the data in `source`)."""
+    exported = list(metadata.get("class_names") or [])
+    if exported != list(names):
+        raise ExportError(f"{model_path(weights).with_name(METADATA_FILE)} names the classes "
+                          f"{exported[:10]}, {source} has {list(names)[:10]}: the labels would "
+                          f"mean other classes")

@@ -1,0 +1,54 @@
+"""ONNX export of the classifiers of tools/pretrain.py: ONNX Runtime gives the PyTorch logits
+at any input size, and export.json says what the graph expects."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backbones import build_classifier, make_provenance, save_checkpoint
+from backbones.export import export_model
+from engine.export import open_session
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs/pretrain/synthetic_resnet18.yaml"
+NAMES = ["circle", "cross", "star"]
+MEAN, STD = (120.0, 110.0, 100.0), (50.0, 60.0, 70.0)
+
+
+def test_onnx_runtime_gives_the_pytorch_logits_at_any_size(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", len(NAMES)).eval()
+    save_checkpoint(tmp_path / "model_final.pth", model.state_dict(),
+                    make_provenance("resnet18", class_names=NAMES, pixel_mean=MEAN,
+                                    pixel_std=STD))
+    export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "export")
+    metadata = json.loads((tmp_path / "export/export.json").read_text())
+    assert metadata["class_names"] == NAMES and metadata["pixel_mean"] == list(MEAN)
+    assert metadata["resize"] == {"shorter_side": 72, "center_crop": 64}
+    session = open_session(tmp_path / "export")
+    generator = torch.Generator().manual_seed(0)
+    for h, w in [(64, 64), (50, 90), (120, 70)]:
+        image = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=generator)
+        x = (image.permute(2, 0, 1).float() - torch.tensor(MEAN).view(3, 1, 1)) \
+            / torch.tensor(STD).view(3, 1, 1)
+        with torch.no_grad():
+            expected = model(x[None])[0].numpy()
+        (got,) = session.run(None, {"image": image.numpy()})
+        assert got.shape == (len(NAMES),)
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_a_backbone_or_mismatched_checkpoint_is_refused_naming_it(tmp_path: Path) -> None:
+    backbone = build_classifier("resnet18", 3).backbone
+    save_checkpoint(tmp_path / "backbone.pth", backbone.state_dict(), make_provenance("resnet18"))
+    with pytest.raises(ValueError, match="backbone.pth holds no classifier"):
+        export_model(CONFIG, tmp_path / "backbone.pth", tmp_path / "out")
+    resnet34 = build_classifier("resnet34", 3)
+    save_checkpoint(tmp_path / "r34.pth", resnet34.state_dict(), make_provenance("resnet34"))
+    with pytest.raises(ValueError, match="r34.pth"):
+        export_model(CONFIG, tmp_path / "r34.pth", tmp_path / "out")
+    assert not (tmp_path / "out/model.onnx").exists()

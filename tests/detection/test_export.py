@@ -1,0 +1,75 @@
+"""ONNX export of Faster R-CNN (FPN, C4, DC5) and Mask R-CNN: ONNX Runtime, on image sizes and
+aspect ratios other than the one exported with, gives the PyTorch detections."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detection.build import build_model
+from detection.config import load_config
+from detection.export import OnnxDetector, export_detector
+from detection.rcnn import GeneralizedRCNN
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPORT_SIZE = (96, 128)
+SIZES = [(77, 141), (150, 90), (64, 200)]  # (h, w) fed to the graph, none the export size
+CATEGORY_IDS = [1, 5, 7]
+
+
+def build(config: str, *overrides: str) -> GeneralizedRCNN:
+    cfg = load_config(ROOT / config, ["model.num_classes=3", "model.backbone.weights=null",
+                                      "model.weights=null", "model.backbone.name=resnet18",
+                                      "model.rpn.post_nms_topk_test=100", *overrides])
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+def export(model: GeneralizedRCNN, folder: Path) -> OnnxDetector:
+    export_detector(model, folder, class_names=["a", "b", "c"], category_ids=CATEGORY_IDS,
+                    resize=(96, 160), example_size=EXPORT_SIZE)
+    return OnnxDetector(folder)
+
+
+@pytest.mark.parametrize("config, extra", [
+    ("configs/detection/faster_rcnn_R_50_FPN_1x.yaml", []),
+    ("configs/detection/faster_rcnn_R_50_C4_1x.yaml", ["model.rpn.post_nms_topk_test=30"]),
+    ("configs/detection/faster_rcnn_R_50_DC5_1x.yaml", []),
+    ("configs/synthetic/mask_rcnn_R_18_FPN.yaml", ["model.roi_heads.mask_conv_dims=[32,32]"]),
+], ids=["fpn", "c4", "dc5", "mask_rcnn"])
+def test_onnx_runtime_gives_the_pytorch_detections_at_any_size(config: str, extra: list[str],
+                                                               tmp_path: Path) -> None:
+    # random weights score low: keep every candidate so that there are detections to compare
+    model = build(config, "model.roi_heads.score_thresh=0.0", *extra)
+    onnx_model = export(model, tmp_path)
+    generator = torch.Generator().manual_seed(0)
+    for h, w in SIZES:
+        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator)
+        original = (2 * h + 1, 2 * w - 3)  # the image before test-time resizing
+        with torch.no_grad():
+            expected = model([image], output_sizes=[original])[0]
+        got = onnx_model([image], output_sizes=[original])[0]
+        assert len(expected["boxes"]) >= 30 and len(got["boxes"]) == len(expected["boxes"])
+        torch.testing.assert_close(got["boxes"], expected["boxes"], atol=0.01, rtol=0)
+        torch.testing.assert_close(got["scores"], expected["scores"], atol=1e-4, rtol=0)
+        assert torch.equal(got["labels"], expected["labels"])
+        if model.mask_on:
+            assert got["masks"].shape == expected["masks"].shape == (len(got["boxes"]), *original)
+            assert expected["masks"].any()
+            assert (got["masks"] != expected["masks"]).float().mean() <= 1e-3
+    # the graph itself labels with the dataset's category ids
+    raw = onnx_model.session.run(None, {"image": np.zeros((80, 100, 3), np.uint8),
+                                        "original_size": np.array([80, 100])})
+    assert set(raw[2].tolist()) <= set(CATEGORY_IDS) and len(raw[2]) >= 30
+
+
+def test_an_image_without_detections_gives_empty_outputs(tmp_path: Path) -> None:
+    model = build("configs/synthetic/mask_rcnn_R_18_FPN.yaml", "model.roi_heads.score_thresh=1.0",
+                  "model.roi_heads.mask_conv_dims=[16]")
+    onnx_model = export(model, tmp_path)
+    boxes, scores, labels, masks = onnx_model.session.run(
+        None, {"image": np.full((70, 90, 3), 128, np.uint8), "original_size": np.array([140, 180])})
+    assert boxes.shape == (0, 4) and scores.shape == (0,) and labels.shape == (0,)
+    assert masks.shape == (0, 140, 180) and masks.dtype == bool

@@ -1,0 +1,61 @@
+"""Export trained weights to ONNX, for ONNX Runtime or any ONNX runtime.
+
+Usage:
+  python tools/export.py CONFIG --weights CKPT --output DIR [key=value ...]
+
+Writes DIR/model.onnx and DIR/export.json. The graph takes one uint8 RGB image (H, W, 3) of
+any size, already resized by the test-time rule that export.json names, and does the rest:
+normalisation, padding, and the task's post-processing. Outputs:
+  classifiers (tools/pretrain.py): "logits" (K,);
+  Faster / Mask R-CNN: "boxes" (D, 4) xyxy, "scores" (D,), "labels" (D,) dataset category
+    ids, "masks" (D, h, w) bool for Mask R-CNN, in the pixels of a second input
+    "original_size" ([h, w]: the image's size before resizing);
+  segmentation: "mask" (H, W) class ids.
+tools/eval.py and tools/demo.py take DIR (or DIR/model.onnx) as --weights and run it with ONNX
+Runtime. Needs `pip install 'resnet-detect[export]'`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine import setup_logging  # noqa: E402
+from engine.cli import config_argument_parser  # noqa: E402
+from engine.export import INSTALL_HINT  # noqa: E402
+from engine.tasks import config_task, task_module  # noqa: E402
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = config_argument_parser(__doc__)
+    parser.add_argument("--weights", required=True, help="checkpoint to export")
+    parser.add_argument("--output", required=True, help="folder for model.onnx and export.json")
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Export; returns what export.json holds."""
+    args = parse_args(argv)
+    setup_logging(None)
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise SystemExit(f"tools/export.py needs onnx: {INSTALL_HINT}") from None
+    task = config_task(args.config, args.overrides)
+    export_model = getattr(task_module(task), "export_model", None)
+    if export_model is None:
+        raise ValueError(f"tools/export.py exports classification, detection and sem_seg "
+                         f"models; {args.config} is a {task!r} config")
+    metadata = export_model(args.config, args.weights, Path(args.output), args.overrides)
+    print(f"wrote {Path(args.output) / metadata['model']} and export.json: "
+          f"{json.dumps(metadata['outputs'])}", flush=True)
+    return metadata
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
