@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine import setup_logging  # noqa: E402
 from engine.cli import config_argument_parser  # noqa: E402
 from engine.export import INSTALL_HINT  # noqa: E402
-from engine.tasks import config_task, task_module  # noqa: E402
+from engine.tasks import TASK_MODULES, config_task, task_module  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except ImportError:
         raise SystemExit(f"tools/export.py needs onnx: {INSTALL_HINT}") from None
     task = config_task(args.config, args.overrides)
-    export_model = getattr(task_module(task), "export_model", None)
+    export_model = getattr(task_module(task), "export_model", None) \
+        if task in TASK_MODULES else None
     if export_model is None:
         raise ValueError(f"tools/export.py exports classification, detection and sem_seg "
                          f"models; {args.config} is a {task!r} config")

@@ -122,3 +122,40 @@ def test_mask_on_without_segmentation_fails_naming_file(data: Path, tmp_path: Pa
                                  "train.max_iter=1", f"train.output_dir={tmp_path / 'run'}",
                                  f"data.train.ann_file={bad}"])
     assert not (tmp_path / "run" / "model_final.pth").exists()
+
+
+def test_exported_onnx_scores_the_same_box_and_mask_ap_and_refuses_other_classes(
+        trained: tuple[Path, dict], data: Path, tmp_path: Path) -> None:
+    """tools/export.py -> tools/eval.py --weights DIR (ONNX Runtime) and tools/demo.py."""
+    args = [str(CONFIG), *data_overrides(data), *SMALL_HEAD, "model.roi_heads.score_thresh=0.0"]
+    export = tmp_path / "export"
+    load_tool("export").main([*args, "--weights", str(trained[0] / "model_final.pth"),
+                              "--output", str(export)])
+    metrics = {}
+    for name, weights in (("pth", trained[0] / "model_final.pth"), ("onnx", export)):
+        metrics[name] = load_tool("eval").main([*args, "--weights", str(weights),
+                                                "--output", str(tmp_path / name)])
+    results = {name: json.loads((tmp_path / name / "coco_instances_results.json").read_text())
+               for name in metrics}
+    assert len(results["onnx"]) == len(results["pth"]) > 0
+    for got, expected in zip(results["onnx"], results["pth"]):  # both image by image, by score
+        assert (got["image_id"], got["category_id"]) == (expected["image_id"],
+                                                         expected["category_id"])
+        np.testing.assert_allclose(got["bbox"], expected["bbox"], atol=0.01)
+        assert got["score"] == pytest.approx(expected["score"], abs=1e-4)
+    for iou_type in ("bbox", "segm"):
+        assert metrics["onnx"][iou_type]["AP"] == pytest.approx(
+            metrics["pth"][iou_type]["AP"], abs=0.1)
+    written = load_tool("demo").main([*args, "--weights", str(export / "model.onnx"), "--input",
+                                      str(data / "images/val/000000.jpg"), "--output",
+                                      str(tmp_path / "demo")])
+    assert cv2.imread(str(written[0])).shape == (96, 128, 3)
+    # an export whose categories are not the evaluation data's: refused, never mislabelled
+    meta = json.loads((export / "export.json").read_text())
+    meta["class_names"][0] = "dog"
+    (export / "export.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"export.json names the categories .*'dog'.*val.json"):
+        load_tool("eval").main([*args, "--weights", str(export), "--output", str(tmp_path / "x")])
+    (export / "export.json").unlink()
+    with pytest.raises(ValueError, match=r"model.onnx has no export.json beside it"):
+        load_tool("eval").main([*args, "--weights", str(export), "--output", str(tmp_path / "x")])

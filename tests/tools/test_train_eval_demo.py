@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -192,3 +193,27 @@ def test_a_training_file_without_usable_boxes_stops_before_the_first_step(
                                            f"data.train.ann_file={crowd}",
                                            "data.train.filter_empty=false"))
     assert not (tmp_path / "run" / "model_final.pth").exists()
+
+
+def test_export_and_onnx_runs_refuse_what_they_cannot_do_naming_it(
+        trained: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    export, weights = load_tool("export"), str(trained / "model_final.pth")
+    args = [str(CONFIG), *data_overrides(data)]
+    with pytest.raises(ValueError, match=r"model.num_classes is 3 but the weights .*"
+                                         r"model_final.pth have 6 classes"):
+        export.main([*args, "model.num_classes=3", "--weights", weights, "--output",
+                     str(tmp_path / "bad")])
+    study = str(ROOT / "configs/analyze/cifar_synthetic.yaml")
+    with pytest.raises(ValueError, match=r"exports classification, detection and sem_seg "
+                                         r"models; .*cifar_synthetic.yaml is a 'analyze' config"):
+        export.main([study, "--weights", weights, "--output", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "onnx", None)
+        with pytest.raises(SystemExit, match=r"needs onnx: pip install"):
+            export.main([*args, "--weights", weights, "--output", str(tmp_path / "bad")])
+    export.main([*args, "--weights", weights, "--output", str(tmp_path / "onnx")])
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ValueError, match=r"onnx/model.onnx needs onnxruntime: pip install"):
+        load_tool("eval").main([*args, "--weights", str(tmp_path / "onnx/model.onnx"),
+                                "--output", str(tmp_path / "eval")])
