@@ -2,7 +2,9 @@
 ONNX Runtime behind the `SemanticSegmentor` calls that `Predictor` and evaluation make.
 
 The graph: "image" (H, W, 3) uint8 RGB, any H and W -> "mask" (H, W) int64 class ids, with
-normalisation, padding to `size_divisibility`, upsampling and argmax inside.
+the config's single test scale (`test.scales: [s]`: the image is rescaled by s, the logits
+back to H x W, as `TTAInference` does), normalisation, padding to `size_divisibility`,
+upsampling and argmax inside.
 """
 from __future__ import annotations
 
@@ -24,31 +26,52 @@ from .model import SemanticSegmentor
 TASK = "sem_seg"
 
 
+def _scaled(length: int | Tensor, scale: float) -> int | Tensor:
+    """`TTAInference`'s rescaled side, max(round(length * scale), 1) (half to even)."""
+    if isinstance(length, Tensor):
+        return torch.clamp(torch.round(length.double() * scale), min=1).to(torch.int64)
+    return max(round(length * scale), 1)
+
+
 class SegmentationGraph(nn.Module):
     """What the ONNX graph computes: one (H, W, 3) uint8 RGB image -> (H, W) class ids, the
-    same as `SemanticSegmentor` in evaluation."""
+    same as `SemanticSegmentor` in evaluation with one test scale (`TTAInference`)."""
 
-    def __init__(self, model: SemanticSegmentor) -> None:
+    def __init__(self, model: SemanticSegmentor, scale: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self.scale = float(scale)
 
     def forward(self, image: Tensor) -> Tensor:
         m = self.model
-        x = (image.permute(2, 0, 1).float() - m.pixel_mean) / m.pixel_std
+        x = image.permute(2, 0, 1).float()[None]
         height, width = x.shape[-2:]  # tensors while tracing: the sizes stay symbolic
+        if self.scale != 1.0:
+            x = F.interpolate(x, size=(_scaled(height, self.scale), _scaled(width, self.scale)),
+                              mode="bilinear", align_corners=False)
+        h, w = x.shape[-2:]
+        x = (x - m.pixel_mean) / m.pixel_std
         d = m.size_divisibility
         if d > 1:
-            x = F.pad(x, (0, (d - width % d) % d, 0, (d - height % d) % d))
-        logits = m.logits(x[None])["sem_seg"]
-        return logits[0, :, :height, :width].argmax(dim=0)
+            x = F.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d))
+        logits = m.logits(x)["sem_seg"][:, :, :h, :w]
+        if self.scale != 1.0:
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear",
+                                   align_corners=False)
+        return logits[0].argmax(dim=0)
 
 
 def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Sequence[str],
-                     example_size: tuple[int, int] = (96, 128)) -> dict[str, Any]:
-    """Write `folder/model.onnx` and `folder/export.json`; returns the metadata."""
+                     scale: float = 1.0, example_size: tuple[int, int] = (96, 128)
+                     ) -> dict[str, Any]:
+    """Write `folder/model.onnx` and `folder/export.json`; returns the metadata.
+
+    Args:
+        scale: the test scale the graph rescales images by (the config's `test.scales`).
+    """
     model.eval()
     example = torch.zeros((*example_size, 3), dtype=torch.uint8)
-    export_graph(SegmentationGraph(model), [example], folder / MODEL_FILE,
+    export_graph(SegmentationGraph(model, scale), [example], folder / MODEL_FILE,
                  input_names=["image"], output_names=["mask"],
                  dynamic_axes={"image": (0, 1), "mask": (0, 1)})
     return write_metadata(
@@ -56,7 +79,8 @@ def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Seq
         outputs={"mask": "int64 (H, W) class ids"},
         pixel_mean=model.pixel_mean.flatten().tolist(),
         pixel_std=model.pixel_std.flatten().tolist(), class_names=class_names,
-        num_classes=model.num_classes, ignore_index=model.ignore_index, resize=None)
+        num_classes=model.num_classes, ignore_index=model.ignore_index, resize=None,
+        test_scale=float(scale))
 
 
 class OnnxSegmentor(nn.Module):
@@ -74,6 +98,7 @@ class OnnxSegmentor(nn.Module):
         self.class_names = list(metadata["class_names"])
         self.num_classes = int(metadata["num_classes"])
         self.ignore_index = int(metadata["ignore_index"])
+        self.test_scale = float(metadata["test_scale"])
         # where the tensors handed back live (evaluation reads the model's device from here)
         self.register_buffer("pixel_mean", torch.tensor(metadata["pixel_mean"]).view(3, 1, 1),
                              False)

@@ -101,14 +101,21 @@ class Predictor:
     def _init_onnx(self, config: str | os.PathLike | DictConfig | Mapping[str, Any] | None,
                    weights: str | os.PathLike, overrides: Sequence[str],
                    device: str | torch.device, tta: TTAInference | None) -> None:
-        """An exported graph (tools/export.py) run by ONNX Runtime: the plain forward pass."""
+        """An exported graph (tools/export.py) run by ONNX Runtime: the test scale it was
+        exported with, which a given config or `tta` must agree with."""
         self.model = OnnxSegmentor(weights, device)
         self.class_names = self.model.class_names
-        self.tta = tta or (tta_from_config(_config(config, overrides)) if config is not None
-                           else TTAInference())
-        if not self.tta.is_plain:
-            raise ExportError(f"{weights}: an exported segmenter runs the plain forward pass; "
-                              f"set test.scales=[1.0] test.flip=false test.window=null")
+        self.tta = TTAInference()  # the graph itself rescales by its test scale
+        asked = tta or (tta_from_config(_config(config, overrides)) if config is not None
+                        else None)
+        if asked is not None and (asked.flip or asked.window is not None
+                                  or asked.scales != (self.model.test_scale,)):
+            raise ExportError(
+                f"{weights} runs one test scale, {self.model.test_scale}, without flip or "
+                f"windows; the config asks for test.scales={list(asked.scales)} "
+                f"test.flip={asked.flip} test.window={asked.window}: set "
+                f"test.scales=[{self.model.test_scale}] test.flip=false test.window=null, or "
+                f"export again with the test keys wanted")
         self.device = torch.device(device)
 
     @torch.no_grad()

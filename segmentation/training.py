@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 import backbones
 from engine import atomic_write_json, is_main_process
-from engine.export import check_class_names, is_onnx, read_metadata
+from engine.export import ExportError, check_class_names, is_onnx, read_metadata
 from engine.files import nan_to_none
 from engine.runner import TaskData, format_metric
 
@@ -48,7 +48,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
                           cfg.data.val.ann_file or "data.class_names", weights)
     evaluator = SemSegEvaluator(predictor.model.num_classes, predictor.class_names,
                                 predictor.model.ignore_index)
-    result = evaluate_model(predictor.model, loader, evaluator, tta=tta_from_config(cfg),
+    result = evaluate_model(predictor.model, loader, evaluator, tta=predictor.tta,
                             output_dir=output)
     result = nan_to_none(result)
     if is_main_process():
@@ -65,7 +65,14 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
     """Export `weights` built as `config` says to folder/model.onnx (tools/export.py);
     returns export.json."""
     predictor = Predictor(config, weights=weights, overrides=overrides)
-    return export_segmentor(predictor.model, folder, class_names=predictor.class_names)
+    tta = predictor.tta
+    if tta.flip or tta.window is not None or len(tta.scales) != 1:
+        raise ExportError(f"an exported segmenter runs one test scale without flip or windows; "
+                          f"{config} asks for test.scales={list(tta.scales)} "
+                          f"test.flip={tta.flip} test.window={tta.window}: add e.g. "
+                          f"test.scales=[{tta.scales[0]}] test.flip=false test.window=null")
+    return export_segmentor(predictor.model, folder, class_names=predictor.class_names,
+                            scale=tta.scales[0])
 
 
 class SemSegTask:

@@ -112,27 +112,33 @@ def test_a_data_source_given_on_the_command_line_replaces_the_files(
 
 def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
         trained: tuple[Path, dict], data: Path, tmp_path: Path) -> None:
-    """tools/export.py -> tools/eval.py and tools/demo.py with --weights DIR/model.onnx."""
-    plain = [*overrides(data), "test.scales=[1.0]"]  # the graph is the plain forward pass
+    """tools/export.py -> tools/eval.py and tools/demo.py with --weights DIR/model.onnx, at the
+    config's test scale (0.5), which the graph applies itself."""
     export = tmp_path / "export"
     load_tool("export").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
                               "--output", str(export), *overrides(data)])
     metrics = {name: load_tool("eval").main([str(CONFIG), "--weights", str(weights), "--output",
-                                             str(tmp_path / name), *plain])["sem_seg"]
+                                             str(tmp_path / name), *overrides(data)])["sem_seg"]
                for name, weights in (("pth", trained[0] / "model_final.pth"),
                                      ("onnx", export / "model.onnx"))}
     assert metrics["onnx"]["mIoU"] == pytest.approx(metrics["pth"]["mIoU"], abs=0.1)
     assert metrics["onnx"]["pixel_acc"] == pytest.approx(metrics["pth"]["pixel_acc"], abs=0.1)
     image = data / "images/val/000001.jpg"
     load_tool("demo").main([str(CONFIG), "--weights", str(export), "--input", str(image),
-                            "--output", str(tmp_path / "demo"), *plain])
+                            "--output", str(tmp_path / "demo"), *overrides(data)])
     assert cv2.imread(str(tmp_path / "demo/000001.jpg")).shape == cv2.imread(str(image)).shape
-    with pytest.raises(ValueError, match=r"plain forward pass; set test.scales=\[1.0\]"):
+    with pytest.raises(ValueError, match=r"runs one test scale, 0.5, without flip or windows; "
+                                         r"the config asks for test.scales=\[1.0\]"):
         load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
-                                str(tmp_path / "x"), *overrides(data)])  # test.scales [0.5]
+                                str(tmp_path / "x"), *overrides(data), "test.scales=[1.0]"])
+    with pytest.raises(ValueError, match=r"one test scale without flip or windows; .* asks for "
+                                         r"test.scales=\[0.5, 1.0\]"):
+        load_tool("export").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
+                                  "--output", str(tmp_path / "x"), *overrides(data),
+                                  "test.scales=[0.5,1.0]"])
     other = (data / "semantic/other.json")
     other.write_text(json.dumps(["sky", *CLASSES[1:]]))
     with pytest.raises(ValueError, match=r"export.json names the classes \['background'.*"
                                          r"data.class_names has \['sky'"):
         load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
-                                str(tmp_path / "x"), *plain, f"data.class_names={other}"])
+                                str(tmp_path / "x"), *overrides(data), f"data.class_names={other}"])
