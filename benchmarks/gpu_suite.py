@@ -1,0 +1,487 @@
+"""The GPU suite: one command a session lent a GPU runs first; every figure against its
+reference measured in the same run.
+
+Usage:
+  python benchmarks/gpu_suite.py --output DIR [--phases PHASE ...] [--steps N]
+  python benchmarks/gpu_suite.py --output DIR --smoke      (CPU, toy sizes: make test runs it)
+
+Writes DIR/suite.json (every row, the machine, the versions) and DIR/suite.md (the table for
+BENCHMARKS.md), rewritten after each phase, so a run cut short keeps what it measured. A phase
+that fails is recorded with its error and the suite goes on.
+
+Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, one step):
+  data            synthetic COCO scenes of 800x1333 (engine.data.synthetic, as
+                  tools/make_synthetic.py) and an ImageFolder of 375x500 JPEGs.
+  det_train       Faster R-CNN R50-FPN (the 1x recipe's model: frozen BN, freeze_at 2), batch
+                  16 of those scenes: images/s and peak memory, ours vs torchvision's
+                  FasterRCNN (resnet_fpn_backbone, trainable_layers=3), bf16 autocast and
+                  fp32 (TF32 allowed).
+  det_infer       the same architecture at 800x1333, batch 1, torchvision's weights imported
+                  into ours: ms/image, peak memory, and whether the detections are the same.
+  mask_train      Mask R-CNN R50-FPN, the same way, vs torchvision's MaskRCNN.
+  seg_train       DeepLabV3-R50 OS8 at 512x512 crops, batch 16, vs torchvision's
+                  deeplabv3_resnet50 (aux head on both).
+  pretrain        ResNet-50 at 224x224, batch 256, bf16: tools/pretrain.py's JPEG loader (one
+                  worker per core, pinned memory) vs the same steps on tensors already on the
+                  GPU vs torchvision's resnet50.
+  torchrun        `torchrun --nproc_per_node=1` of tools/train.py and tools/pretrain.py for a
+                  few iterations (NCCL on a GPU): exit code and checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import torchvision  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+from torchvision.models.detection import FasterRCNN, MaskRCNN  # noqa: E402
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone  # noqa: E402
+
+from backbones import build_classifier  # noqa: E402
+from detection import build_model, load_detector_weights  # noqa: E402
+from engine.data.synthetic import CATEGORY_IDS, generate  # noqa: E402
+from engine.data.synthetic_shapes import compose_scene  # noqa: E402
+from engine.tasks import load_task_config  # noqa: E402
+
+PHASES = ("data", "det_train", "det_infer", "mask_train", "seg_train", "pretrain", "torchrun")
+NUM_CLASSES = len(CATEGORY_IDS)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What each phase runs at: the full suite on a GPU, or toy sizes for --smoke."""
+
+    scene: tuple[int, int]
+    scenes: int
+    det_batch: int
+    backbone: str
+    seg_crop: int
+    seg_batch: int
+    cls_size: int
+    cls_batch: int
+    cls_images: int
+    steps: int
+    warmup: int
+
+
+FULL = Sizes(scene=(800, 1333), scenes=32, det_batch=16, backbone="resnet50", seg_crop=512,
+             seg_batch=16, cls_size=224, cls_batch=256, cls_images=2048, steps=10, warmup=3)
+SMOKE = Sizes(scene=(96, 128), scenes=4, det_batch=2, backbone="resnet18", seg_crop=64,
+              seg_batch=2, cls_size=32, cls_batch=4, cls_images=8, steps=1, warmup=0)
+# --smoke: fewer proposals and RoIs on both sides (the code paths are the point, not speed)
+SMOKE_DETECTOR = {"rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
+                  "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50,
+                  "box_batch_size_per_image": 16}
+SMOKE_OVERRIDES = ["model.rpn.pre_nms_topk_train=100", "model.rpn.post_nms_topk_train=50",
+                   "model.rpn.pre_nms_topk_test=100", "model.rpn.post_nms_topk_test=50",
+                   "model.roi_heads.batch_size_per_image=16"]
+
+
+class Suite:
+    """Rows of measurements, written to OUTPUT/suite.json and suite.md after every phase."""
+
+    def __init__(self, output: Path, sizes: Sizes, device: torch.device) -> None:
+        self.output, self.sizes, self.device = output, sizes, device
+        self.rows: list[dict[str, Any]] = []
+        self.errors: dict[str, str] = {}
+        self.data: Path = output / "data"
+        self.info = {
+            "date": time.strftime("%Y-%m-%d %H:%M"), "device": _device_name(device),
+            "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "cuda": torch.version.cuda, "cpus": os.cpu_count(), "sizes": sizes.__dict__}
+
+    def add(self, phase: str, model: str, setting: str, **values: Any) -> None:
+        row = {"phase": phase, "model": model, "setting": setting, **values}
+        self.rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    def write(self) -> None:
+        self.output.mkdir(parents=True, exist_ok=True)
+        result = {**self.info, "rows": self.rows, "errors": self.errors}
+        (self.output / "suite.json").write_text(json.dumps(result, indent=1, default=str))
+        lines = [f"GPU suite, {self.info['date']}: {self.info['device']}, torch "
+                 f"{self.info['torch']}, torchvision {self.info['torchvision']}", "",
+                 "| phase | model | setting | images/s | ms/image | peak GiB | vs reference |",
+                 "|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            lines.append(f"| {r['phase']} | {r['model']} | {r['setting']} | "
+                         f"{_fmt(r.get('images_per_s'))} | {_fmt(r.get('ms_per_image'))} | "
+                         f"{_fmt(r.get('peak_gib'), 2)} | {r.get('vs_reference', '')} |")
+        lines += [f"\nerror in {phase}: {_last_line(error)}"
+                  for phase, error in self.errors.items()]
+        (self.output / "suite.md").write_text("\n".join(lines) + "\n")
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()})"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(suite: Suite, step: Callable[[], object], images_per_step: int) -> dict[str, float]:
+    """images/s over `steps` timed steps after `warmup` ones, and the peak GPU memory."""
+    device, sizes = suite.device, suite.sizes
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(sizes.warmup):  # also compiles (cudnn.benchmark) and fills the allocator
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(sizes.steps):
+        step()
+    _sync(device)
+    seconds = (time.perf_counter() - start) / sizes.steps
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"images_per_s": images_per_step / seconds,
+            "ms_per_image": 1000 * seconds / images_per_step, "peak_gib": peak}
+
+
+def precisions(device: torch.device) -> list[str]:
+    """bf16 autocast and fp32 on a GPU (TF32 allowed); fp32 alone on a CPU."""
+    return ["bf16", "fp32"] if device.type == "cuda" else ["fp32"]
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def compare(suite: Suite, phase: str, setting: str, ours: dict[str, float],
+            reference: dict[str, float], reference_name: str) -> None:
+    suite.add(phase, "ours", setting, **ours,
+              vs_reference=f"{ours['images_per_s'] / reference['images_per_s']:.2f}x "
+                           f"{reference_name}'s images/s")
+    suite.add(phase, reference_name, setting, **reference)
+
+
+# ---- data ----
+
+def phase_data(suite: Suite) -> None:
+    s = suite.sizes
+    start = time.perf_counter()
+    generate(suite.data / "synthetic", num_train=s.scenes, num_val=2, size=s.scene,
+             cls_train_per_class=1, cls_val_per_class=1, overwrite=True)
+    rng = np.random.default_rng(0)
+    folder = suite.data / "imagefolder"
+    for split, count in (("train", s.cls_images), ("val", NUM_CLASSES)):
+        for i in range(count):
+            label = i % NUM_CLASSES
+            path = folder / split / f"class_{label}" / f"{i:06d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image, _ = compose_scene(rng, 375, 500, min_objects=1, max_objects=3)
+            cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    suite.add("data", "synthetic", f"{s.scenes} scenes {s.scene}, {s.cls_images} JPEGs",
+              seconds=time.perf_counter() - start)
+
+
+def _data_overrides(suite: Suite) -> list[str]:
+    root = suite.data / "synthetic"
+    h, w = suite.sizes.scene
+    return [f"data.train.ann_file={root}/coco/train.json",
+            f"data.train.img_dir={root}/images/train",
+            f"data.val.ann_file={root}/coco/val.json", f"data.val.img_dir={root}/images/val",
+            f"data.train.min_size={min(h, w)}", f"data.train.max_size={max(h, w)}",
+            f"data.val.min_size={min(h, w)}", f"data.val.max_size={max(h, w)}",
+            "data.train.hflip_prob=0.0", "model.backbone.weights=null",
+            f"model.backbone.name={suite.sizes.backbone}"]
+
+
+def detection_samples(suite: Suite, mask_on: bool) -> list[dict[str, Tensor]]:
+    """The training scenes through our data pipeline (resized to the scene size)."""
+    from detection.training import build_datasets
+    config = "mask_rcnn_R_50_FPN_1x" if mask_on else "faster_rcnn_R_50_FPN_1x"
+    _, cfg = load_task_config(ROOT / f"configs/detection/{config}.yaml", _data_overrides(suite))
+    dataset = build_datasets(cfg).train
+    return [dataset[(i, 0)] for i in range(suite.sizes.det_batch)]
+
+
+# ---- detection ----
+
+def detectors(suite: Suite, mask_on: bool) -> tuple[nn.Module, nn.Module]:
+    """Ours (from the 1x config) and torchvision's, both FrozenBN with conv1 + res2 frozen."""
+    config = "mask_rcnn_R_50_FPN_1x" if mask_on else "faster_rcnn_R_50_FPN_1x"
+    smoke = suite.sizes.backbone != "resnet50"
+    _, cfg = load_task_config(ROOT / f"configs/detection/{config}.yaml",
+                              [*_data_overrides(suite), f"model.num_classes={NUM_CLASSES}",
+                               *(SMOKE_OVERRIDES if smoke else [])])
+    torch.manual_seed(0)
+    ours = build_model(cfg)
+    meta = MaskRCNN if mask_on else FasterRCNN
+    reference = meta(resnet_fpn_backbone(backbone_name=suite.sizes.backbone, weights=None,
+                                         trainable_layers=3),
+                     num_classes=NUM_CLASSES + 1, _skip_resize=True,
+                     **(SMOKE_DETECTOR if smoke else {}))
+    return ours.to(suite.device), reference.to(suite.device)
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+                precision: str, losses: Callable[[], dict[str, Tensor]]) -> Callable[[], None]:
+    def step() -> None:
+        with autocast(device, precision):
+            loss = sum(losses().values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def _sgd(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.001,
+                           momentum=0.9, weight_decay=1e-4)
+
+
+def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
+    phase = "mask_train" if mask_on else "det_train"
+    device = suite.device
+    samples = detection_samples(suite, mask_on)
+    images = [s["image"].to(device) for s in samples]
+    ours_targets = [{"gt_boxes": s["gt_boxes"].to(device), "gt_classes": s["gt_classes"].to(device),
+                     **({"gt_masks": s["gt_masks"].to(device)} if mask_on else {})}
+                    for s in samples]
+    tv_images = [image.float() / 255 for image in images]
+    tv_targets = [{"boxes": t["gt_boxes"], "labels": t["gt_classes"] + 1,
+                   **({"masks": t["gt_masks"]} if mask_on else {})} for t in ours_targets]
+    ours, reference = detectors(suite, mask_on)
+    ours.train(), reference.train()
+    for precision in precisions(device):
+        ours_step = _train_step(ours, _sgd(ours), device, precision,
+                                lambda: ours(images, ours_targets))
+        tv_step = _train_step(reference, _sgd(reference), device, precision,
+                              lambda: reference(tv_images, tv_targets))
+        compare(suite, phase, f"{precision}, batch {len(images)}",
+                measure(suite, ours_step, len(images)), measure(suite, tv_step, len(images)),
+                "torchvision")
+
+
+def phase_detection_inference(suite: Suite) -> None:
+    device = suite.device
+    ours, reference = detectors(suite, mask_on=False)
+    reference.eval()
+    load_detector_weights(ours, reference.state_dict())
+    ours.eval()
+    image, _ = compose_scene(np.random.default_rng(1), *suite.sizes.scene, min_objects=4,
+                             max_objects=10)
+    image = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(device)
+    for precision in precisions(device):
+        with torch.inference_mode(), autocast(device, precision):
+            got, expected = ours([image])[0], reference([image.float() / 255])[0]
+            same = (len(got["boxes"]) == len(expected["boxes"])
+                    and bool(torch.equal(got["labels"] + 1, expected["labels"])))
+
+            def run_ours() -> None:
+                ours([image])
+
+            def run_reference() -> None:
+                reference([image.float() / 255])
+            ours_m, ref_m = measure(suite, run_ours, 1), measure(suite, run_reference, 1)
+        suite.add("det_infer", "ours", f"{precision}, batch 1", **ours_m,
+                  same_detections=same, detections=len(got["boxes"]),
+                  vs_reference=f"{ref_m['ms_per_image'] / ours_m['ms_per_image']:.2f}x "
+                               "torchvision's speed")
+        suite.add("det_infer", "torchvision", f"{precision}, batch 1", **ref_m)
+
+
+# ---- segmentation ----
+
+def phase_segmentation_train(suite: Suite) -> None:
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    from segmentation.build import build_model as build_segmentor
+    from segmentation.data import build_dataset
+    device, s = suite.device, suite.sizes
+    root = suite.data / "synthetic"
+    _, cfg = load_task_config(ROOT / "configs/segmentation/deeplabv3_R_50_os8.yaml", [
+        f"data.train.img_dir={root}/images/train", f"data.train.mask_dir={root}/semantic/train",
+        f"data.val.img_dir={root}/images/val", f"data.val.mask_dir={root}/semantic/val",
+        f"data.class_names={root}/semantic/classes.json",
+        f"data.train.crop_size=[{s.seg_crop},{s.seg_crop}]", "model.backbone.weights=null",
+        "model.backbone.multi_grid=null"])
+    dataset = build_dataset(cfg, "train")
+    samples = [dataset[(i % len(dataset), i)] for i in range(s.seg_batch)]
+    images = [x["image"].to(device) for x in samples]
+    targets = [{"gt_sem_seg": x["gt_sem_seg"].to(device)} for x in samples]
+    cfg.model.num_classes = dataset.num_classes
+    torch.manual_seed(0)
+    ours = build_segmentor(cfg).to(device).train()
+    reference = deeplabv3_resnet50(weights=None, weights_backbone=None,
+                                   num_classes=dataset.num_classes, aux_loss=True)
+    reference = reference.to(device).train()
+    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
+    batch = (torch.stack(images).float() / 255 - mean) / std
+    gt = torch.stack([t["gt_sem_seg"] for t in targets]).long()
+
+    def reference_losses() -> dict[str, Tensor]:
+        out = reference(batch)
+        return {"main": F.cross_entropy(out["out"], gt, ignore_index=255),
+                "aux": 0.4 * F.cross_entropy(out["aux"], gt, ignore_index=255)}
+
+    for precision in precisions(device):
+        ours_step = _train_step(ours, _sgd(ours), device, precision,
+                                lambda: ours(images, targets))
+        ref_step = _train_step(reference, _sgd(reference), device, precision, reference_losses)
+        compare(suite, "seg_train", f"{precision}, batch {len(images)}, {s.seg_crop}px",
+                measure(suite, ours_step, len(images)), measure(suite, ref_step, len(images)),
+                "torchvision")
+
+
+# ---- pretraining ----
+
+def phase_pretrain(suite: Suite) -> None:
+    from backbones.data import stack
+    from backbones.pretraining import build_datasets
+    from engine.data import build_train_loader
+    device, s = suite.device, suite.sizes
+    _, cfg = load_task_config(ROOT / "configs/pretrain/resnet50_imagenet.yaml", [
+        f"data.root={suite.data / 'imagefolder'}", f"data.image_size={s.cls_size}",
+        f"data.val_resize={s.cls_size + s.cls_size // 7}"], task="classification")
+    train, _ = build_datasets(cfg)
+    workers = 0 if device.type == "cpu" else (os.cpu_count() or 1)
+    loader = iter(build_train_loader(train, batch_size=s.cls_batch, num_workers=workers,
+                                     pin_memory=device.type == "cuda", rank=0, world_size=1))
+    arch = s.backbone
+    torch.manual_seed(0)
+    ours = build_classifier(arch, NUM_CLASSES).to(device).train()
+    reference = getattr(torchvision.models, arch)(num_classes=NUM_CLASSES).to(device).train()
+    if device.type == "cuda":
+        ours = ours.to(memory_format=torch.channels_last)
+        reference = reference.to(memory_format=torch.channels_last)
+    fixed = [t.to(device) for t in stack(next(loader))]
+    precision = precisions(device)[0]
+
+    def losses(model: nn.Module, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        return {"ce": F.cross_entropy(model(images), labels)}
+
+    def from_loader() -> dict[str, Tensor]:
+        images, labels = stack(next(loader))
+        return losses(ours, images.to(device, non_blocking=True),
+                      labels.to(device, non_blocking=True))
+
+    setting = f"{precision}, batch {s.cls_batch}, {s.cls_size}px"
+    loader_m = measure(suite, _train_step(ours, _sgd(ours), device, precision, from_loader),
+                       s.cls_batch)
+    tensors_m = measure(suite, _train_step(ours, _sgd(ours), device, precision,
+                                           lambda: losses(ours, *fixed)), s.cls_batch)
+    ref_m = measure(suite, _train_step(reference, _sgd(reference), device, precision,
+                                       lambda: losses(reference, *fixed)), s.cls_batch)
+    suite.add("pretrain", f"ours {arch}, JPEG loader ({workers} workers)", setting, **loader_m,
+              vs_reference=f"{loader_m['images_per_s'] / tensors_m['images_per_s']:.2f}x "
+                           "the rate on GPU tensors")
+    compare(suite, "pretrain", setting + ", tensors on device", tensors_m, ref_m, "torchvision")
+
+
+# ---- torchrun ----
+
+def phase_torchrun(suite: Suite) -> None:
+    s = suite.sizes
+    device = "cuda" if suite.device.type == "cuda" else "cpu"
+    common = ["train.max_iter=2", "train.checkpoint_period=1", "train.eval_period=0",
+              "train.log_period=1", "train.warmup_iters=1", f"train.device={device}",
+              "data.num_workers=1"]
+    runs = {"train": [str(ROOT / "configs/detection/faster_rcnn_R_50_FPN_1x.yaml"),
+                      *_data_overrides(suite), "train.batch_size=2", "data.val.ann_file=null",
+                      "data.val.img_dir=null", "train.lr_steps=[]", *common]}
+    if s.backbone == "resnet50":  # --smoke: the detector alone (tests/ run pretrain's torchrun)
+        runs["pretrain"] = [str(ROOT / "configs/pretrain/resnet50_imagenet.yaml"),
+                            f"data.root={suite.data / 'imagefolder'}", "train.epochs=null",
+                            "train.warmup_epochs=0", "train.lr_step_epochs=[]",
+                            "train.batch_size=32", *common]
+    for tool, args in runs.items():
+        out = suite.output / f"torchrun_{tool}"
+        start = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1",
+             "--standalone", str(ROOT / f"tools/{tool}.py"), *args, f"train.output_dir={out}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=600,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)})
+        written = sorted(p.name for p in out.glob("model_*.pth"))
+        ok = result.returncode == 0 and "model_final.pth" in written
+        suite.add("torchrun", f"tools/{tool}.py", f"nproc 1, {device}", exit_code=result.returncode,
+                  checkpoints=written, seconds=time.perf_counter() - start,
+                  vs_reference="ok" if ok else "FAILED")
+        if not ok:
+            raise RuntimeError(f"torchrun tools/{tool}.py: exit {result.returncode}, "
+                               f"checkpoints {written}\n{result.stdout[-3000:]}"
+                               f"{result.stderr[-3000:]}")
+
+
+RUNNERS: dict[str, Callable[[Suite], None]] = {
+    "data": phase_data, "det_train": phase_detection_train,
+    "det_infer": phase_detection_inference,
+    "mask_train": lambda suite: phase_detection_train(suite, mask_on=True),
+    "seg_train": phase_segmentation_train, "pretrain": phase_pretrain, "torchrun": phase_torchrun}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", required=True, help="folder for suite.json and suite.md")
+    parser.add_argument("--smoke", action="store_true", help="CPU, toy sizes, seconds")
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
+    parser.add_argument("--steps", type=int, help="timed steps per measurement")
+    args = parser.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    if args.steps:
+        sizes = Sizes(**{**sizes.__dict__, "steps": args.steps})
+    if not args.smoke and not torch.cuda.is_available():
+        raise SystemExit("gpu_suite.py needs a CUDA GPU (torch.cuda.is_available() is False); "
+                         "--smoke runs it on the CPU at toy sizes")
+    device = torch.device("cpu" if args.smoke else "cuda")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    suite = Suite(Path(args.output), sizes, device)
+    phases = list(args.phases)
+    if "data" not in phases and not (suite.data / "synthetic/meta.json").exists():
+        phases.insert(0, "data")
+    for phase in phases:
+        start = time.perf_counter()
+        try:
+            RUNNERS[phase](suite)
+        except Exception:  # recorded, and the other phases still run
+            suite.errors[phase] = traceback.format_exc()
+            print(f"phase {phase} failed:\n{suite.errors[phase]}", file=sys.stderr, flush=True)
+        print(f"phase {phase}: {time.perf_counter() - start:.1f} s", flush=True)
+        suite.write()
+    print((suite.output / "suite.md").read_text(), flush=True)
+    return {**suite.info, "rows": suite.rows, "errors": suite.errors}
+
+
+if __name__ == "__main__":
+    result = main()
+    sys.exit(1 if result["errors"] else 0)

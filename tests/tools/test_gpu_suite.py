@@ -1,0 +1,70 @@
+"""benchmarks/gpu_suite.py --smoke: every phase of the GPU suite runs on the CPU at toy sizes,
+so the suite a device session runs first cannot rot between those sessions."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_suite() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpu_suite", ROOT / "benchmarks/gpu_suite.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
+    suite = load_suite()
+    result = suite.main(["--smoke", "--output", str(tmp_path)])
+    assert result["errors"] == {}
+    rows = result["rows"]
+    assert {r["phase"] for r in rows} == set(suite.PHASES)
+    for phase in ("det_train", "mask_train", "seg_train"):
+        ours, reference = [r for r in rows if r["phase"] == phase]
+        assert ours["model"] == "ours" and reference["model"] == "torchvision"
+        assert ours["images_per_s"] > 0 and reference["images_per_s"] > 0
+        assert ours["vs_reference"].endswith("x torchvision's images/s")
+    infer = next(r for r in rows if r["phase"] == "det_infer" and r["model"] == "ours")
+    assert infer["ms_per_image"] > 0 and "same_detections" in infer
+    pretrain = [r["model"] for r in rows if r["phase"] == "pretrain"]
+    assert pretrain == ["ours resnet18, JPEG loader (0 workers)", "ours", "torchvision"]
+    (torchrun,) = [r for r in rows if r["phase"] == "torchrun"]
+    assert torchrun["exit_code"] == 0 and "model_final.pth" in torchrun["checkpoints"]
+    written = json.loads((tmp_path / "suite.json").read_text())
+    assert written["rows"] == json.loads(json.dumps(rows, default=str))
+    table = (tmp_path / "suite.md").read_text()
+    assert table.count("\n| ") == len(rows) + 1  # header + one line per row
+
+
+def test_a_failing_phase_is_recorded_and_the_others_still_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    suite = load_suite()
+
+    def broken(_: object) -> None:
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setitem(suite.RUNNERS, "det_infer", broken)
+    monkeypatch.setitem(suite.RUNNERS, "data", lambda s: s.add("data", "skipped", "test"))
+    result = suite.main(["--smoke", "--output", str(tmp_path), "--phases", "data", "det_infer",
+                         "data"])
+    assert list(result["errors"]) == ["det_infer"]
+    assert [r["phase"] for r in result["rows"]] == ["data", "data"]
+    assert "error in det_infer: RuntimeError: CUDA error: out of memory" in \
+        (tmp_path / "suite.md").read_text()
+
+
+def test_without_a_gpu_the_full_suite_says_what_to_run_instead(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the full suite would run")
+    with pytest.raises(SystemExit, match=r"needs a CUDA GPU .*--smoke runs it on the CPU"):
+        load_suite().main(["--output", str(tmp_path)])
