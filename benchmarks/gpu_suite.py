@@ -241,7 +241,8 @@ def detectors(suite: Suite, mask_on: bool) -> tuple[nn.Module, nn.Module]:
     reference = meta(resnet_fpn_backbone(backbone_name=suite.sizes.backbone, weights=None,
                                          trainable_layers=3),
                      num_classes=NUM_CLASSES + 1, _skip_resize=True,
-                     **(SMOKE_DETECTOR if smoke else {}))
+                     min_size=min(suite.sizes.scene), max_size=max(suite.sizes.scene),
+                     **(SMOKE_DETECTOR if smoke else {}))  # its test-time resize: none here
     return ours.to(suite.device), reference.to(suite.device)
 
 
@@ -405,8 +406,8 @@ def phase_pretrain(suite: Suite) -> None:
 
 # ---- torchrun ----
 
-def phase_torchrun(suite: Suite) -> None:
-    s = suite.sizes
+def torchrun_runs(suite: Suite) -> dict[str, list[str]]:
+    """tool -> the arguments the torchrun phase gives it (--smoke: tools/train.py alone)."""
     device = "cuda" if suite.device.type == "cuda" else "cpu"
     common = ["train.max_iter=2", "train.checkpoint_period=1", "train.eval_period=0",
               "train.log_period=1", "train.warmup_iters=1", f"train.device={device}",
@@ -414,12 +415,17 @@ def phase_torchrun(suite: Suite) -> None:
     runs = {"train": [str(ROOT / "configs/detection/faster_rcnn_R_50_FPN_1x.yaml"),
                       *_data_overrides(suite), "train.batch_size=2", "data.val.ann_file=null",
                       "data.val.img_dir=null", "train.lr_steps=[]", *common]}
-    if s.backbone == "resnet50":  # --smoke: the detector alone (tests/ run pretrain's torchrun)
+    if suite.sizes.backbone == "resnet50":
         runs["pretrain"] = [str(ROOT / "configs/pretrain/resnet50_imagenet.yaml"),
                             f"data.root={suite.data / 'imagefolder'}", "train.epochs=null",
                             "train.warmup_epochs=0", "train.lr_step_epochs=[]",
                             "train.batch_size=32", *common]
-    for tool, args in runs.items():
+    return runs
+
+
+def phase_torchrun(suite: Suite) -> None:
+    device = "cuda" if suite.device.type == "cuda" else "cpu"
+    for tool, args in torchrun_runs(suite).items():
         out = suite.output / f"torchrun_{tool}"
         start = time.perf_counter()
         result = subprocess.run(
@@ -430,9 +436,9 @@ def phase_torchrun(suite: Suite) -> None:
                 p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)})
         written = sorted(p.name for p in out.glob("model_*.pth"))
         ok = result.returncode == 0 and "model_final.pth" in written
-        suite.add("torchrun", f"tools/{tool}.py", f"nproc 1, {device}", exit_code=result.returncode,
-                  checkpoints=written, seconds=time.perf_counter() - start,
-                  vs_reference="ok" if ok else "FAILED")
+        suite.add("torchrun", f"tools/{tool}.py", f"nproc 1, {device}",
+                  exit_code=result.returncode, checkpoints=written,
+                  seconds=time.perf_counter() - start, vs_reference="ok" if ok else "FAILED")
         if not ok:
             raise RuntimeError(f"torchrun tools/{tool}.py: exit {result.returncode}, "
                                f"checkpoints {written}\n{result.stdout[-3000:]}"

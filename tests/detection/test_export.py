@@ -22,7 +22,9 @@ CATEGORY_IDS = [1, 5, 7]
 def build(config: str, *overrides: str) -> GeneralizedRCNN:
     cfg = load_config(ROOT / config, ["model.num_classes=3", "model.backbone.weights=null",
                                       "model.weights=null", "model.backbone.name=resnet18",
-                                      "model.rpn.post_nms_topk_test=100", *overrides])
+                                      "model.rpn.post_nms_topk_test=100",
+                                      "model.fpn.out_channels=64",
+                                      "model.roi_heads.fc_dims=[64,64]", *overrides])
     torch.manual_seed(0)
     return build_model(cfg).eval()
 
@@ -37,7 +39,7 @@ def export(model: GeneralizedRCNN, folder: Path) -> OnnxDetector:
     ("configs/detection/faster_rcnn_R_50_FPN_1x.yaml", []),
     ("configs/detection/faster_rcnn_R_50_C4_1x.yaml", ["model.rpn.post_nms_topk_test=30"]),
     ("configs/detection/faster_rcnn_R_50_DC5_1x.yaml", []),
-    ("configs/synthetic/mask_rcnn_R_18_FPN.yaml", ["model.roi_heads.mask_conv_dims=[32,32]"]),
+    ("configs/synthetic/mask_rcnn_R_18_FPN.yaml", ["model.roi_heads.mask_conv_dims=[16,16]"]),
 ], ids=["fpn", "c4", "dc5", "mask_rcnn"])
 def test_onnx_runtime_gives_the_pytorch_detections_at_any_size(config: str, extra: list[str],
                                                                tmp_path: Path) -> None:
