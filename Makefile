@@ -21,8 +21,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
+# two test processes, whole files each (module fixtures are built once): most tests run one
+# thread of small ops (tests/conftest.py), so two processes use both cores of a 2-core box
 test: install
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 2 --dist loadfile
 
 $(DATA)/.done: tools/make_synthetic.py engine/data/synthetic.py engine/data/synthetic_shapes.py | install
 	$(PY) tools/make_synthetic.py --out $(DATA) --seed 0 --overwrite

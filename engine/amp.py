@@ -36,9 +36,19 @@ def cpu_supports_bf16() -> bool:
 
 
 def amp_for_device(amp: str | None, device_type: str) -> str | None:
-    """`amp` where `device_type` runs it, else None with a warning (training goes on in fp32)."""
+    """`amp` where `device_type` runs it; bf16 on a CPU without bf16 kernels: None with a
+    warning (training goes on in float32, as the CPU quickstarts expect).
+
+    Raises:
+        ValueError: fp16 off a GPU (no CPU kernels to speak of, and its GradScaler is for GPUs).
+    """
     if amp is None or device_type == "cuda":
         return amp
+    if amp == "fp16":
+        raise ValueError(f"train.amp=fp16 runs on a GPU only; this run is on the {device_type}: "
+                         f"set train.amp=bf16 (used where the CPU has bf16 kernels, "
+                         f"{'as this one has' if cpu_supports_bf16() else 'this one has none'})"
+                         f" or train.amp=false")
     if device_type == "cpu" and amp == "bf16" and cpu_supports_bf16():
         return amp
     logger.warning("AMP %s is not supported on this %s: training in float32", amp, device_type)

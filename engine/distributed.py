@@ -57,11 +57,18 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> torch.d
         The device this process should use.
     """
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+        raise ValueError(f"train.device must be auto, cpu or cuda, got {device!r}")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but no GPU is available")
+        raise RuntimeError(f"train.device=cuda but torch {torch.__version__} sees no GPU "
+                           f"(CUDA build: {torch.version.cuda or 'none, a CPU-only torch'}); "
+                           f"set train.device=cpu (or auto)")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        raise RuntimeError(f"process LOCAL_RANK={local_rank} has no GPU: this machine has "
+                           f"{torch.cuda.device_count()}; start torchrun with "
+                           f"--nproc_per_node={torch.cuda.device_count()} or fewer "
+                           f"(one process per GPU)")
     if use_cuda:
         torch.cuda.set_device(local_rank)
     target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")

@@ -96,3 +96,22 @@ def test_two_process_collectives_and_nan_guard() -> None:
         assert r["nan"][0] == 2
         assert "at iteration 2" in r["nan"][1]
     assert "rank 1" in results[1]["nan"][1] and "another process" in results[0]["nan"][1]
+
+
+def test_a_gpu_that_is_not_there_is_refused_naming_the_key_before_anything_starts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"train.device=cuda but torch .* sees no GPU .*set "
+                                           r"train.device=cpu"):
+        D.init_distributed("cuda")
+    with pytest.raises(ValueError, match=r"train.device must be auto, cpu or cuda, got 'gpu'"):
+        D.init_distributed("gpu")
+    # torchrun with more processes than GPUs: the process without one says so
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda _: pytest.fail("set_device reached"))
+    with pytest.raises(RuntimeError, match=r"LOCAL_RANK=2 has no GPU: this machine has 2; start "
+                                           r"torchrun with --nproc_per_node=2 or fewer"):
+        D.init_distributed("auto")
+    assert not D.is_distributed()

@@ -106,14 +106,13 @@ def test_cpu_trains_under_bf16_autocast_only_where_it_has_bf16_kernels(
     assert not trainer.scaler.is_enabled()
 
 
-def test_fp16_is_off_on_cpu_and_bad_amp_is_rejected(caplog: pytest.LogCaptureFixture) -> None:
+def test_fp16_on_cpu_and_bad_amp_are_refused_naming_the_key() -> None:
     model = nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with caplog.at_level(logging.WARNING):
-        trainer = Trainer(model=model, optimizer=opt, scheduler=None, step_fn=mse_step,
-                          max_iter=1, amp="fp16")
-    assert trainer.amp_dtype is None and not trainer.scaler.is_enabled()
-    assert "AMP fp16 is not supported on this cpu: training in float32" in caplog.text
+    with pytest.raises(ValueError, match=r"train.amp=fp16 runs on a GPU only; this run is on "
+                                         r"the cpu: set train.amp=bf16 .* or train.amp=false"):
+        Trainer(model=model, optimizer=opt, scheduler=None, step_fn=mse_step, max_iter=1,
+                amp="fp16")
     with pytest.raises(ValueError, match="amp must be None, 'bf16' or 'fp16'"):
         Trainer(model=model, optimizer=opt, scheduler=None, step_fn=mse_step, max_iter=1,
                 amp="fp8")
