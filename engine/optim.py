@@ -32,6 +32,10 @@ def build_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: flo
             (no_decay if param.ndim <= 1 else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    # one fused kernel for all parameters instead of a loop of small ops per parameter
+    # (measured in BENCHMARKS.md, "Where a quickstart step spends its time")
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                for p in decay + no_decay)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused)

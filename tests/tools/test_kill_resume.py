@@ -33,10 +33,12 @@ def quickstart_args(task: str, data: Path) -> list[str]:
         return [*train_args(data, data / "unused", STEPS), *periods, "data.train.hflip_prob=0.5",
                 "data.train.min_size=[80,96]", "train.lr_steps=[]", "data.val.ann_file=null",
                 "data.val.img_dir=null"]
+    # tiny pretraining steps take milliseconds: enough of them that the run is still going
+    # when the test sees its first checkpoint and kills it
     return [str(ROOT / "configs/pretrain/synthetic_resnet18.yaml"),
             f"data.root={data}/classification", "data.image_size=32", "data.val_resize=36",
             "train.epochs=null", "train.warmup_epochs=0", "train.warmup_iters=2",
-            "train.batch_size=4", *periods]
+            "train.batch_size=4", *periods, "train.max_iter=16", "train.checkpoint_period=4"]
 
 
 def kill_after_first_checkpoint(args: list[str], out: Path,
