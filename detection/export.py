@@ -84,7 +84,7 @@ def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequen
     outputs = {"boxes": "float32 (D, 4) xyxy in original-image pixels",
                "scores": "float32 (D,), decreasing", "labels": "int64 (D,) category ids"}
     if model.mask_on:
-        outputs["masks"] = "bool (D, h, w) at original_size"
+        outputs["masks"] = "bool (D, h, w) at original_size (pasted at once: D*h*w floats)"
     return write_metadata(
         folder, TASK,
         inputs={"image": "uint8 (H, W, 3) RGB, resized by `resize`",
@@ -113,9 +113,16 @@ class OnnxDetector(nn.Module):
     def __init__(self, weights: str | os.PathLike, device: str | torch.device = "cpu") -> None:
         super().__init__()
         self.metadata = read_metadata(weights, TASK)
+        missing = [k for k in ("category_ids", "class_names", "mask_on", "pixel_mean", "resize")
+                   if k not in self.metadata]
+        ids = self.metadata.get("category_ids") or []
+        if missing or not ids or any(not isinstance(c, int) or c < 0 for c in ids) \
+                or len(ids) != len(self.metadata["class_names"]):
+            raise ExportError(f"{weights}: export.json lacks {missing} or its category_ids "
+                              f"{ids[:10]} are not one non-negative int per class name; "
+                              f"export again with tools/export.py")
         self.session = open_session(weights, device)
         self.mask_on = bool(self.metadata["mask_on"])
-        ids = [int(c) for c in self.metadata["category_ids"]]
         self._label_of_id = np.zeros(max(ids) + 1, dtype=np.int64)
         self._label_of_id[ids] = np.arange(len(ids))
         # where the tensors handed back live (evaluation reads the model's device from here)

@@ -163,12 +163,15 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
         raise ValueError("data.val.ann_file and data.val.img_dir must be set to evaluate")
     dataset, mapping, ann_file = val
     if is_onnx(weights):  # an export knows its classes by id and name: they must be the data's
-        exported = dict(zip(loaded.category_ids, loaded.class_names))
         data = dict(zip(mapping.dataset_ids, mapping.names))
-        if exported != data:
+        # names of shared ids must agree; a bare id as the name (torchvision weights) says none
+        clash = [(c, n, data[c]) for c, n in zip(loaded.category_ids, loaded.class_names)
+                 if c in data and n != str(c) and n != data[c]]
+        if clash:
             raise ExportError(f"{model_path(weights).parent / METADATA_FILE} names the "
-                              f"categories {list(exported.items())[:10]}, {ann_file} has "
-                              f"{list(data.items())[:10]}: the labels would mean other classes")
+                              f"categories {[(c, n) for c, n, _ in clash][:10]}, {ann_file} "
+                              f"{[(c, d) for c, _, d in clash][:10]}: the labels would mean "
+                              f"other classes")
     known = set(mapping.dataset_ids)
     unknown = [c for c in loaded.category_ids if c not in known]
     if len(unknown) == len(loaded.category_ids):

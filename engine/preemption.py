@@ -9,11 +9,14 @@ cleanly instead of killing the workers under the step in flight.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import mmap
+import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -21,8 +24,10 @@ from types import FrameType
 logger = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # One byte of memory shared with the processes forked from this one (the loader workers):
-# 1 while the main process catches the stop signals.
+# 1 while the main process catches the stop signals. (Workers started by spawn or forkserver
+# see their own zero byte and die of a SIGTERM sent to the whole job, as before.)
 _CATCHING = mmap.mmap(-1, 1)
+WORKER_EXIT_GRACE_S = 5.0
 
 
 class TrainingInterrupted(Exception):
@@ -102,3 +107,22 @@ def leave_stop_signals_to_the_parent() -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _end_leftover_workers() -> None:
+    """At exit, before multiprocessing joins its daemonic children without a timeout: a
+    worker stuck in native code never runs its Python SIGTERM handler, so the ones still
+    alive after `WORKER_EXIT_GRACE_S` are killed instead of hanging the exit."""
+    workers = [p for p in multiprocessing.active_children() if p.daemon]
+    for worker in workers:
+        worker.terminate()
+    deadline = time.monotonic() + WORKER_EXIT_GRACE_S
+    for worker in workers:
+        worker.join(timeout=max(deadline - time.monotonic(), 0.0))
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+
+
+# registered after multiprocessing's own exit hook (imported above), so it runs first
+atexit.register(_end_leftover_workers)

@@ -1,12 +1,17 @@
 """SIGTERM / SIGINT: the first signal lets the step in flight finish, the second stops at once."""
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from engine.data import build_test_loader
 from engine.preemption import stop_on_signals
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -58,3 +63,34 @@ def test_outside_training_sigterm_still_ends_a_loader_worker() -> None:
     it would hang the exit."""
     with pytest.raises(RuntimeError, match="Terminated|exited unexpectedly"):
         list(build_test_loader(_SignalsItself(signal.SIGTERM), batch_size=2, num_workers=1))
+
+
+WEDGED_WORKER = """
+import ctypes, multiprocessing, sys
+sys.path.insert(0, sys.argv[1])
+import engine.preemption as preemption
+
+def wedged():  # a loader worker stuck in native code: its Python SIGTERM handler never runs
+    preemption.leave_stop_signals_to_the_parent()
+    libc = ctypes.CDLL(None)
+    mutex = ctypes.create_string_buffer(64)
+    libc.pthread_mutex_init(mutex, None)
+    libc.pthread_mutex_lock(mutex)
+    libc.pthread_mutex_lock(mutex)
+
+worker = multiprocessing.get_context("fork").Process(target=wedged, daemon=True)
+worker.start()
+preemption.WORKER_EXIT_GRACE_S = 0.5
+print(worker.pid, flush=True)
+"""
+
+
+def test_a_worker_wedged_in_native_code_does_not_hang_the_interpreter_exit() -> None:
+    """multiprocessing joins its daemonic children at exit without a timeout, after a SIGTERM
+    that such a worker never handles: it is killed instead."""
+    result = subprocess.run([sys.executable, "-c", WEDGED_WORKER, str(ROOT)], timeout=60,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    pid = int(result.stdout.split()[0])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

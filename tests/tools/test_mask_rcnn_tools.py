@@ -156,6 +156,12 @@ def test_exported_onnx_scores_the_same_box_and_mask_ap_and_refuses_other_classes
     (export / "export.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"export.json names the categories .*'dog'.*val.json"):
         load_tool("eval").main([*args, "--weights", str(export), "--output", str(tmp_path / "x")])
+    # bare ids as names (what an export of torchvision's weights says): evaluated by id
+    meta["class_names"] = [str(c) for c in meta["category_ids"]]
+    (export / "export.json").write_text(json.dumps(meta))
+    by_id = load_tool("eval").main([*args, "--weights", str(export), "--output",
+                                    str(tmp_path / "by_id")])
+    assert by_id["bbox"]["AP"] == metrics["onnx"]["bbox"]["AP"]
     (export / "export.json").unlink()
     with pytest.raises(ValueError, match=r"model.onnx has no export.json beside it"):
         load_tool("eval").main([*args, "--weights", str(export), "--output", str(tmp_path / "x")])
