@@ -198,6 +198,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     logger.info("%s, %d processes x %d images per step", data.description, get_world_size(),
                 batch_size)
 
+    torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
     seed_everything(t.seed)  # the same initial weights on every process
     model = task.build_model(cfg).to(device)
     seed_everything(t.seed + get_rank())  # distinct dropout / sampling per process

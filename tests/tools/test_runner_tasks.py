@@ -282,3 +282,13 @@ def test_training_that_cannot_succeed_stops_before_the_first_step_or_at_the_bad_
         run_training(_EmptyRegressionTask(), _toy_config(tmp_path / "empty"), cpu)
     with pytest.raises(NonFiniteLossError, match=r"at iteration 2 .*loss_nan=nan"):
         run_training(_DivergingRegressionTask(), _toy_config(tmp_path / "nan"), cpu)
+
+
+@pytest.mark.parametrize("benchmark", [True, False])
+def test_train_cudnn_benchmark_sets_cudnn_autotuning(tmp_path: Path, benchmark: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not benchmark)
+    cfg = _toy_config(tmp_path)
+    cfg.train.update(max_iter=1, warmup_iters=0, cudnn_benchmark=benchmark)
+    run_training(_RegressionTask(), cfg, torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is benchmark
