@@ -18,6 +18,9 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
                   fp32 (TF32 allowed).
   det_infer       the same architecture at 800x1333, batch 1, torchvision's weights imported
                   into ours: ms/image, peak memory, and whether the detections are the same.
+  syncs           host syncs in one detection training step, ours vs torchvision's: the
+                  Python-visible ones (.item, nonzero, bool masks, ...) everywhere, and on a
+                  GPU every one (torch.cuda.set_sync_debug_mode).
   mask_train      Mask R-CNN R50-FPN, the same way, vs torchvision's MaskRCNN.
   seg_train       DeepLabV3-R50 OS8 at 512x512 crops, batch 16, vs torchvision's
                   deeplabv3_resnet50 (aux head on both).
@@ -37,6 +40,8 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +56,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
+from torch.overrides import TorchFunctionMode  # noqa: E402
 from torchvision.models.detection import FasterRCNN, MaskRCNN  # noqa: E402
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone  # noqa: E402
 
@@ -60,7 +66,8 @@ from engine.data.synthetic import CATEGORY_IDS, generate  # noqa: E402
 from engine.data.synthetic_shapes import compose_scene  # noqa: E402
 from engine.tasks import load_task_config  # noqa: E402
 
-PHASES = ("data", "det_train", "det_infer", "mask_train", "seg_train", "pretrain", "torchrun")
+PHASES = ("data", "det_train", "det_infer", "syncs", "mask_train", "seg_train", "pretrain",
+          "torchrun")
 NUM_CLASSES = len(CATEGORY_IDS)
 
 
@@ -285,6 +292,66 @@ def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
                 "torchvision")
 
 
+class SyncCounter(TorchFunctionMode):
+    """Counts the Python-visible calls that make the host wait for the device: reading a
+    value (.item, .tolist, bool/int/float of a tensor), data-dependent shapes (nonzero, unique,
+    boolean-mask indexing) and copies to the host. Syncs inside C++ ops (e.g. NMS) are not
+    seen here; on a GPU `torch.cuda.set_sync_debug_mode` counts those too."""
+
+    CALLS = {Tensor.item, Tensor.tolist, Tensor.__bool__, Tensor.__int__, Tensor.__float__,
+             Tensor.__index__, Tensor.nonzero, torch.nonzero, Tensor.unique, torch.unique,
+             torch.argwhere, Tensor.cpu, Tensor.numpy, torch.masked_select,
+             Tensor.masked_select}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        if func in self.CALLS or (func is torch.where and len(args) + len(kwargs) == 1):
+            self.counts[name] += 1
+        elif func in (Tensor.__getitem__, Tensor.__setitem__) and any(
+                isinstance(i, Tensor) and i.dtype == torch.bool
+                for i in (args[1] if isinstance(args[1], tuple) else (args[1],))):
+            self.counts[f"{name} with a bool mask"] += 1
+        return func(*args, **kwargs)
+
+
+def phase_syncs(suite: Suite) -> None:
+    """Host syncs in one Faster R-CNN training step, ours vs torchvision's, same batch."""
+    device = suite.device
+    samples = detection_samples(suite, mask_on=False)
+    images = [s["image"].to(device) for s in samples]
+    targets = [{"gt_boxes": s["gt_boxes"].to(device), "gt_classes": s["gt_classes"].to(device)}
+               for s in samples]
+    tv_targets = [{"boxes": t["gt_boxes"], "labels": t["gt_classes"] + 1} for t in targets]
+    ours, reference = detectors(suite, mask_on=False)
+    runs = {"ours": lambda: ours(images, targets),
+            "torchvision": lambda: reference([i.float() / 255 for i in images], tv_targets)}
+    for name, run in runs.items():
+        model = ours if name == "ours" else reference
+        model.train()
+        counter = SyncCounter()
+        with counter:
+            loss = sum(run().values())
+            loss.backward()
+        row = {"python_syncs": sum(counter.counts.values()), "by_call": dict(counter.counts)}
+        row["vs_reference"] = f"{row['python_syncs']} Python-visible syncs"
+        if device.type == "cuda":  # every sync, C++ ones included
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    sum(run().values()).backward()
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            row["cuda_syncs"] = len(caught)
+            row["vs_reference"] += f", {len(caught)} in all (CUDA sync debug mode)"
+        suite.add("syncs", name, f"one training step, batch {len(images)}", **row)
+
+
 def phase_detection_inference(suite: Suite) -> None:
     device = suite.device
     ours, reference = detectors(suite, mask_on=False)
@@ -447,7 +514,7 @@ def phase_torchrun(suite: Suite) -> None:
 
 RUNNERS: dict[str, Callable[[Suite], None]] = {
     "data": phase_data, "det_train": phase_detection_train,
-    "det_infer": phase_detection_inference,
+    "det_infer": phase_detection_inference, "syncs": phase_syncs,
     "mask_train": lambda suite: phase_detection_train(suite, mask_on=True),
     "seg_train": phase_segmentation_train, "pretrain": phase_pretrain, "torchrun": phase_torchrun}
 

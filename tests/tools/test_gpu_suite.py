@@ -29,8 +29,11 @@ def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
     assert result["errors"] == {}
     rows = result["rows"]
     assert [r["phase"] for r in rows] == [
-        "data", "det_train", "det_train", "det_infer", "det_infer", "mask_train", "mask_train",
-        "seg_train", "seg_train", "pretrain", "pretrain", "pretrain"]
+        "data", "det_train", "det_train", "det_infer", "det_infer", "syncs", "syncs",
+        "mask_train", "mask_train", "seg_train", "seg_train", "pretrain", "pretrain", "pretrain"]
+    syncs = {r["model"]: r for r in rows if r["phase"] == "syncs"}
+    for model in ("ours", "torchvision"):  # both read values and index with masks somewhere
+        assert syncs[model]["python_syncs"] == sum(syncs[model]["by_call"].values()) > 0
     for phase in ("det_train", "mask_train", "seg_train"):
         ours, reference = [r for r in rows if r["phase"] == phase]
         assert ours["model"] == "ours" and reference["model"] == "torchvision"
