@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.export import (MODEL_FILE, ExportError, export_graph, open_session, read_metadata,
-                           write_metadata)
+from engine.data.batching import pad_to_multiple
+from engine.export import MODEL_FILE, ExportError, OnnxModel, export_graph, write_metadata
 
 from .rcnn import GeneralizedRCNN
 from .roi_heads.mask_paste import paste_masks_dense
@@ -40,10 +39,7 @@ class DetectionGraph(nn.Module):
         m = self.model
         x = (image.permute(2, 0, 1).float() - m.pixel_mean) / m.pixel_std
         height, width = x.shape[-2:]  # tensors while tracing: the sizes stay symbolic
-        d = m.size_divisibility
-        if d > 1:
-            x = F.pad(x, (0, (d - width % d) % d, 0, (d - height % d) % d))
-        batch = x[None]
+        batch = pad_to_multiple(x, m.size_divisibility)[None]
         features = m.backbone(batch)
         proposals, _ = m.rpn(features, [(height, width)], batch.shape[-2:], None)
         (det,), _ = m.roi_heads(features, [p["boxes"] for p in proposals], [(height, width)])
@@ -100,7 +96,7 @@ def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequen
         detections_per_image=box_predictor.detections_per_image)
 
 
-class OnnxDetector(nn.Module):
+class OnnxDetector(OnnxModel):
     """An exported detector run by ONNX Runtime, called like `GeneralizedRCNN` in evaluation:
     `model(images, output_sizes)` -> per image {"boxes", "scores", "labels" (0..K-1), and
     "masks" for Mask R-CNN}.
@@ -111,8 +107,7 @@ class OnnxDetector(nn.Module):
     """
 
     def __init__(self, weights: str | os.PathLike, device: str | torch.device = "cpu") -> None:
-        super().__init__()
-        self.metadata = read_metadata(weights, TASK)
+        super().__init__(weights, TASK, device)
         missing = [k for k in ("category_ids", "class_names", "mask_on", "pixel_mean", "resize")
                    if k not in self.metadata]
         ids = self.metadata.get("category_ids") or []
@@ -121,27 +116,19 @@ class OnnxDetector(nn.Module):
             raise ExportError(f"{weights}: export.json lacks {missing} or its category_ids "
                               f"{ids[:10]} are not one non-negative int per class name; "
                               f"export again with tools/export.py")
-        self.session = open_session(weights, device)
         self.mask_on = bool(self.metadata["mask_on"])
         self._label_of_id = np.zeros(max(ids) + 1, dtype=np.int64)
         self._label_of_id[ids] = np.arange(len(ids))
-        # where the tensors handed back live (evaluation reads the model's device from here)
-        self.register_buffer("pixel_mean", torch.tensor(self.metadata["pixel_mean"])
-                             .view(3, 1, 1), False)
-        self.to(device)
 
     def forward(self, images: Sequence[Tensor],
                 output_sizes: Sequence[tuple[int, int]] | None = None) -> list[dict[str, Tensor]]:
         sizes = output_sizes or [tuple(image.shape[-2:]) for image in images]
         if len(sizes) != len(images):
             raise ValueError(f"got {len(images)} images but {len(sizes)} output_sizes")
-        device = self.pixel_mean.device
+        device = self.device
         results = []
         for image, size in zip(images, sizes):
-            if image.dtype != torch.uint8:
-                raise ExportError(f"an exported detector takes uint8 images, got {image.dtype}")
-            hwc = np.ascontiguousarray(image.cpu().permute(1, 2, 0).numpy())
-            out = self.session.run(None, {"image": hwc,
+            out = self.session.run(None, {"image": self.hwc_uint8(image),
                                           "original_size": np.asarray(size, dtype=np.int64)})
             result = {"boxes": torch.from_numpy(out[0]).to(device),
                       "scores": torch.from_numpy(out[1]).to(device),

@@ -61,6 +61,13 @@ def _num_classes_of(state_dict: Mapping[str, torch.Tensor]) -> int | None:
     return None
 
 
+def _config(config: str | os.PathLike | Mapping[str, Any] | DictConfig,
+            overrides: Sequence[str]) -> DictConfig:
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config, overrides)
+    return config_from_mapping(config, overrides)
+
+
 def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | None, *,
                   weights: str | os.PathLike | None, overrides: Sequence[str] = (),
                   device: str | torch.device = "cpu") -> LoadedDetector:
@@ -77,12 +84,7 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
     """
     if is_onnx(weights):
         return _load_onnx_detector(config, weights, overrides, device)
-    if config is not None and not isinstance(config, (str, os.PathLike)):
-        cfg = config_from_mapping(config, overrides)
-    elif config is not None:
-        cfg = load_config(config, overrides)
-    else:
-        cfg = None
+    cfg = _config(config, overrides) if config is not None else None
     source = weights if weights is not None else (cfg.model.weights if cfg is not None else None)
     if not source:
         raise ValueError("no detector weights: pass weights=PATH (or set model.weights)")
@@ -137,12 +139,7 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
     exported (export.json), whatever the config says."""
     model = OnnxDetector(weights, device)
     meta = model.metadata
-    if config is None:
-        cfg = config_from_mapping({}, overrides)
-    elif isinstance(config, (str, os.PathLike)):
-        cfg = load_config(config, overrides)
-    else:
-        cfg = config_from_mapping(config, overrides)
+    cfg = _config({} if config is None else config, overrides)
     cfg.data.val.min_size = meta["resize"]["short_side"]
     cfg.data.val.max_size = meta["resize"]["max_size"]
     cfg.model.mask_on = model.mask_on

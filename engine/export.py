@@ -16,9 +16,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torchvision
-from torch import nn
+from torch import Tensor, nn
 
 from .files import atomic_write_json
 
@@ -121,6 +122,38 @@ def open_session(weights: str | os.PathLike, device: str | torch.device = "cpu")
         return onnxruntime.InferenceSession(str(model_path(weights)), providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types
         raise ExportError(f"ONNX Runtime cannot load {model_path(weights)}: {e}") from e
+
+
+class OnnxModel(nn.Module):
+    """An exported graph of `task` run by ONNX Runtime, standing in for the PyTorch model where
+    the tools call it (subclasses: `detection.export.OnnxDetector`,
+    `segmentation.export.OnnxSegmentor`).
+
+    Attributes:
+        metadata: export.json.
+        session: the ONNX Runtime session.
+    """
+
+    def __init__(self, weights: str | os.PathLike, task: str,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        self.metadata = read_metadata(weights, task)
+        self.session = open_session(weights, device)
+        # where the tensors handed back live (evaluation reads the model's device from here)
+        self.register_buffer("pixel_mean", torch.tensor(self.metadata["pixel_mean"])
+                             .view(3, 1, 1), False)
+        self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def hwc_uint8(self, image: Tensor) -> np.ndarray:
+        """A (3, H, W) uint8 image as the graph's (H, W, 3) input."""
+        if image.dtype != torch.uint8:
+            raise ExportError(f"an exported {self.metadata['task']} model takes uint8 images, "
+                              f"got {image.dtype}")
+        return np.ascontiguousarray(image.cpu().permute(1, 2, 0).numpy())
 
 
 def check_class_names(metadata: Mapping[str, Any], names: Sequence[str], source: str,

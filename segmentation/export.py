@@ -13,13 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.export import (MODEL_FILE, ExportError, export_graph, open_session, read_metadata,
-                           write_metadata)
+from engine.data.batching import pad_to_multiple
+from engine.export import MODEL_FILE, ExportError, OnnxModel, export_graph, write_metadata
 
 from .model import SemanticSegmentor
 
@@ -50,10 +49,7 @@ class SegmentationGraph(nn.Module):
             x = F.interpolate(x, size=(_scaled(height, self.scale), _scaled(width, self.scale)),
                               mode="bilinear", align_corners=False)
         h, w = x.shape[-2:]
-        x = (x - m.pixel_mean) / m.pixel_std
-        d = m.size_divisibility
-        if d > 1:
-            x = F.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d))
+        x = pad_to_multiple((x - m.pixel_mean) / m.pixel_std, m.size_divisibility)
         logits = m.logits(x)["sem_seg"][:, :, :h, :w]
         if self.scale != 1.0:
             logits = F.interpolate(logits, size=(height, width), mode="bilinear",
@@ -83,7 +79,7 @@ def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Seq
         test_scale=float(scale))
 
 
-class OnnxSegmentor(nn.Module):
+class OnnxSegmentor(OnnxModel):
     """An exported segmenter run by ONNX Runtime, called like `SemanticSegmentor` in
     evaluation: `model(images)` -> per image {"mask": (h, w) int64}.
 
@@ -92,17 +88,11 @@ class OnnxSegmentor(nn.Module):
     """
 
     def __init__(self, weights: str | os.PathLike, device: str | torch.device = "cpu") -> None:
-        super().__init__()
-        metadata = read_metadata(weights, TASK)
-        self.session = open_session(weights, device)
-        self.class_names = list(metadata["class_names"])
-        self.num_classes = int(metadata["num_classes"])
-        self.ignore_index = int(metadata["ignore_index"])
-        self.test_scale = float(metadata["test_scale"])
-        # where the tensors handed back live (evaluation reads the model's device from here)
-        self.register_buffer("pixel_mean", torch.tensor(metadata["pixel_mean"]).view(3, 1, 1),
-                             False)
-        self.to(device)
+        super().__init__(weights, TASK, device)
+        self.class_names = list(self.metadata["class_names"])
+        self.num_classes = int(self.metadata["num_classes"])
+        self.ignore_index = int(self.metadata["ignore_index"])
+        self.test_scale = float(self.metadata["test_scale"])
 
     def forward(self, images: Sequence[Tensor],
                 output_sizes: Sequence[tuple[int, int]] | None = None) -> list[dict[str, Tensor]]:
@@ -110,9 +100,6 @@ class OnnxSegmentor(nn.Module):
             raise ExportError("an exported segmenter gives class maps at the input size only")
         results = []
         for image in images:
-            if image.dtype != torch.uint8:
-                raise ExportError(f"an exported segmenter takes uint8 images, got {image.dtype}")
-            hwc = np.ascontiguousarray(image.cpu().permute(1, 2, 0).numpy())
-            (mask,) = self.session.run(None, {"image": hwc})
-            results.append({"mask": torch.from_numpy(mask).to(self.pixel_mean.device)})
+            (mask,) = self.session.run(None, {"image": self.hwc_uint8(image)})
+            results.append({"mask": torch.from_numpy(mask).to(self.device)})
         return results

@@ -61,6 +61,13 @@ class TTAInference:
         self.windows_per_batch = windows_per_batch
 
     @property
+    def single_scale(self) -> float | None:
+        """The scale when this is one rescaled pass (no flip or window), else None."""
+        if len(self.scales) != 1 or self.flip or self.window is not None:
+            return None
+        return self.scales[0]
+
+    @property
     def is_plain(self) -> bool:
         """True when this is a single forward pass (no rescale, flip or window)."""
         return self.scales == (1.0,) and not self.flip and self.window is None

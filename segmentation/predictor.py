@@ -108,8 +108,7 @@ class Predictor:
         self.tta = TTAInference()  # the graph itself rescales by its test scale
         asked = tta or (tta_from_config(_config(config, overrides)) if config is not None
                         else None)
-        if asked is not None and (asked.flip or asked.window is not None
-                                  or asked.scales != (self.model.test_scale,)):
+        if asked is not None and asked.single_scale != self.model.test_scale:
             raise ExportError(
                 f"{weights} runs one test scale, {self.model.test_scale}, without flip or "
                 f"windows; the config asks for test.scales={list(asked.scales)} "

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 import backbones
 from engine import atomic_write_json, is_main_process
-from engine.export import ExportError, check_class_names, is_onnx, read_metadata
+from engine.export import ExportError, check_class_names, is_onnx
 from engine.files import nan_to_none
 from engine.runner import TaskData, format_metric
 
@@ -44,7 +44,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
         cfg.data.class_names = list(predictor.class_names)
     loader = build_test_loader(cfg)
     if is_onnx(weights):  # an export knows its classes only by name: they must be the data's
-        check_class_names(read_metadata(weights, TASK.name), loader.dataset.class_names,
+        check_class_names(predictor.model.metadata, loader.dataset.class_names,
                           cfg.data.val.ann_file or "data.class_names", weights)
     evaluator = SemSegEvaluator(predictor.model.num_classes, predictor.class_names,
                                 predictor.model.ignore_index)
@@ -66,13 +66,13 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
     returns export.json."""
     predictor = Predictor(config, weights=weights, overrides=overrides)
     tta = predictor.tta
-    if tta.flip or tta.window is not None or len(tta.scales) != 1:
+    if tta.single_scale is None:
         raise ExportError(f"an exported segmenter runs one test scale without flip or windows; "
                           f"{config} asks for test.scales={list(tta.scales)} "
                           f"test.flip={tta.flip} test.window={tta.window}: add e.g. "
                           f"test.scales=[{tta.scales[0]}] test.flip=false test.window=null")
     return export_segmentor(predictor.model, folder, class_names=predictor.class_names,
-                            scale=tta.scales[0])
+                            scale=tta.single_scale)
 
 
 class SemSegTask:

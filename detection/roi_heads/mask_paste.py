@@ -36,6 +36,21 @@ def _bilinear_weights(out_len: int, in_len: int, start: int, stop: int, like: Te
     return weights
 
 
+def _padded_masks_and_corners(masks: Tensor, boxes: Tensor, padding: int
+                              ) -> tuple[Tensor, int, Tensor]:
+    """(D, M+2p, M+2p) zero-bordered masks, their side M+2p, and (D, 4) int64 corners
+    (x0, y0, x1, y1) of the boxes widened so the border lands just outside them."""
+    side = masks.shape[-1]
+    padded = F.pad(masks.float(), (padding,) * 4)  # (D, M, M) -> (D, M+2p, M+2p)
+    in_len = side + 2 * padding
+    boxes = boxes.float()
+    centre = (boxes[:, :2] + boxes[:, 2:]) * 0.5
+    half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * (in_len / side)
+    # truncated toward zero; a box covers pixels x0..x1, y0..y1
+    corners = torch.cat([centre - half, centre + half], dim=1).to(torch.int64)
+    return padded, in_len, corners
+
+
 def paste_masks(
     masks: Tensor,
     boxes: Tensor,
@@ -68,15 +83,8 @@ def paste_masks(
     out = torch.zeros((len(masks), height, width), dtype=dtype, device=masks.device)
     if len(masks) == 0:
         return out
-    side = masks.shape[-1]
-    padded = F.pad(masks.float(), (padding,) * 4)  # (D, M, M) -> (D, M+2p, M+2p)
-    in_len = side + 2 * padding
-    boxes = boxes.float()
-    centre = (boxes[:, :2] + boxes[:, 2:]) * 0.5
-    half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * (in_len / side)
-    # (D, 4) integer corners, truncated toward zero; a box covers pixels x0..x1, y0..y1
-    corners = torch.cat([centre - half, centre + half], dim=1).to(torch.int64).tolist()
-    for i, (x0, y0, x1, y1) in enumerate(corners):
+    padded, in_len, corners = _padded_masks_and_corners(masks, boxes, padding)
+    for i, (x0, y0, x1, y1) in enumerate(corners.tolist()):
         box_w, box_h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
         left, right = max(x0, 0), min(x0 + box_w, width)
         top, bottom = max(y0, 0), min(y0 + box_h, height)
@@ -112,14 +120,8 @@ def paste_masks_dense(masks: Tensor, boxes: Tensor, image_size: tuple[int | Tens
     Returns:
         (D, h, w) bool masks.
     """
-    side = masks.shape[-1]
-    padded = F.pad(masks.float(), (padding,) * 4)
-    in_len = side + 2 * padding
-    boxes = boxes.float()
-    centre = (boxes[:, :2] + boxes[:, 2:]) * 0.5
-    half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * (in_len / side)
-    corners = torch.cat([centre - half, centre + half], dim=1).to(torch.int64).to(torch.float32)
-    x0, y0, x1, y1 = corners.unbind(dim=1)
+    padded, in_len, corners = _padded_masks_and_corners(masks, boxes, padding)
+    x0, y0, x1, y1 = corners.to(torch.float32).unbind(dim=1)
     box_w = torch.clamp(x1 - x0 + 1, min=1.0)
     box_h = torch.clamp(y1 - y0 + 1, min=1.0)
     rows = _dense_weights(y0, box_h, image_size[0], in_len)  # (D, h, M+2p)

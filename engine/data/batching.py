@@ -16,6 +16,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def pad_to_multiple(x: Tensor, divisibility: int) -> Tensor:
+    """Zero-pad (..., H, W) at the bottom and right to multiples of `divisibility` (0 or 1:
+    as it is). H and W may be 0-dim tensors (an ONNX trace): the padding stays symbolic."""
+    if divisibility <= 1:
+        return x
+    height, width = x.shape[-2:]
+    return F.pad(x, (0, (divisibility - width % divisibility) % divisibility,
+                     0, (divisibility - height % divisibility) % divisibility))
+
+
 def batch_images(images: Sequence[Tensor] | Tensor, pixel_mean: Tensor, pixel_std: Tensor,
                  size_divisibility: int, *, owner: str) -> tuple[Tensor, list[tuple[int, int]]]:
     """Normalise and pad images into one batch.
