@@ -39,9 +39,13 @@ class FrozenBatchNorm2d(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (scale, shift) with forward(x) == x * scale + shift."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.scale_and_shift()
         return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
 
     @classmethod
@@ -64,6 +68,34 @@ class FrozenBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """norm(conv(x)); a frozen BatchNorm is folded into the convolution.
+
+    conv(x, w * scale) + shift is one pass over the output map where conv, multiply and add
+    are three (and, in training, the multiply's backward a fourth); the values are the same up
+    to float rounding. Modules with forward hooks are called as they are, so the hooks see them.
+    BatchNorm in eval mode is left as it is: classifiers keep torchvision's rounding.
+    """
+    if (not isinstance(norm, FrozenBatchNorm2d) or conv.bias is not None
+            or conv.padding_mode != "zeros" or _has_hooks(conv) or _has_hooks(norm)):
+        return norm(conv(x))
+    scale, shift = norm.scale_and_shift()
+    weight = conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)
+    return F.conv2d(x, weight, shift.to(conv.weight.dtype), conv.stride, conv.padding,
+                    conv.dilation, conv.groups)
+
+
+class ConvNorm(nn.Sequential):
+    """conv then norm, as nn.Sequential (same state-dict keys), through `conv_norm`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_norm(self[0], self[1], x)
 
 
 def build_norm(norm: str, channels: int) -> nn.Module:

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import stochastic_depth
 
-from .layers import FrozenBatchNorm2d, ShapeSpec, ZeroPadShortcut, build_norm, conv1x1, conv3x3
+from .layers import (ConvNorm, FrozenBatchNorm2d, ShapeSpec, ZeroPadShortcut, build_norm,
+                     conv1x1, conv3x3, conv_norm)
 
 IMAGENET_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
                    152: (3, 8, 36, 3)}
@@ -43,7 +44,7 @@ class ResidualBlock(nn.Module):
         self.skip_branch = False
         changes_shape = stride != 1 or in_channels != out_channels
         if residual and (shortcut == "C" or (shortcut == "B" and changes_shape)):
-            self.shortcut: nn.Module = nn.Sequential(
+            self.shortcut: nn.Module = ConvNorm(
                 conv1x1(in_channels, out_channels, stride=stride), build_norm(norm, out_channels))
         elif changes_shape:
             self.shortcut = ZeroPadShortcut(in_channels, out_channels, stride)
@@ -86,8 +87,8 @@ class BasicBlock(ResidualBlock):
         self.norm2 = build_norm(norm, out_channels)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.norm1(self.conv1(x)), inplace=True)
-        return self.norm2(self.conv2(out))
+        out = F.relu(conv_norm(self.conv1, self.norm1, x), inplace=True)
+        return conv_norm(self.conv2, self.norm2, out)
 
 
 class Bottleneck(ResidualBlock):
@@ -117,9 +118,9 @@ class Bottleneck(ResidualBlock):
         self.norm3 = build_norm(norm, out_channels)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.norm1(self.conv1(x)), inplace=True)
-        out = F.relu(self.norm2(self.conv2(out)), inplace=True)
-        return self.norm3(self.conv3(out))
+        out = F.relu(conv_norm(self.conv1, self.norm1, x), inplace=True)
+        out = F.relu(conv_norm(self.conv2, self.norm2, out), inplace=True)
+        return conv_norm(self.conv3, self.norm3, out)
 
 
 class Stem(nn.Module):
@@ -141,7 +142,7 @@ class Stem(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool(F.relu(self.norm(self.conv(x)), inplace=True))
+        return self.maxpool(F.relu(conv_norm(self.conv, self.norm, x), inplace=True))
 
 
 class ResNet(nn.Module):

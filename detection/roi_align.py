@@ -1,16 +1,17 @@
-"""RoIAlign whose CPU backward is a sparse matrix product instead of torchvision's loop.
+"""RoIAlign on the CPU as gathers of whole channel vectors, with a sparse-matrix backward.
 
-The forward is ``torchvision.ops.roi_align`` itself (same outputs, bit for bit). Its CPU
-backward walks every (RoI, channel, bin, sample) on one thread and recomputes the bilinear
-weights for each channel; on the CPU quickstarts that loop was 20-28 % of a training step.
-RoIAlign is linear in the features, and with a fixed sampling ratio its weights factor into a
-y part and an x part per bin, so here the backward builds the (features x bins) weight matrix
-once per call, as a sparse COO matrix with at most (2 * sampling_ratio)^2 entries per bin,
-and multiplies the incoming gradient by it (all channels at once, multi-threaded). Same
-gradient up to float32 summation order; measured in BENCHMARKS.md.
+torchvision's CPU kernel walks every (RoI, channel, bin, sample) on one thread, reading NCHW
+maps (a channels-last map is first copied to NCHW). RoIAlign is linear in the features: each
+bin is a weighted sum of (2 * grid)^2 feature cells, and its bilinear weights factor into a y
+part and an x part. So here the forward gathers those cells as rows of the channels-last map
+(all channels at once: ``embedding_bag`` with per-sample weights, grouping RoIs by their
+sample grid when the sampling ratio is adaptive), and the backward (fixed sampling ratio)
+builds the (features x bins) weight matrix once per call, as a sparse COO matrix, and
+multiplies the incoming gradient by it. Same values up to float32 summation order; measured
+in BENCHMARKS.md.
 
-GPU tensors, the adaptive sampling ratio (0: a sample count per RoI) and inference keep
-torchvision's op.
+GPU tensors, tracing (ONNX export keeps torchvision's op) and the gradient of the adaptive
+sampling ratio keep torchvision's op.
 """
 from __future__ import annotations
 
@@ -50,6 +51,65 @@ def _axis_weights(start: Tensor, size: Tensor, bins: int, grid: int,
     return torch.cat([low, high], -1), torch.cat([(1.0 - frac) * scale, frac * scale], -1)
 
 
+def _roi_geometry(rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+                  aligned: bool) -> tuple[Tensor, ...]:
+    """Image index, start (x1, y1) and extent (w, h) of each RoI in feature-map cells."""
+    rois = rois.to(torch.float32)
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (rois[:, k] * spatial_scale - offset for k in range(1, 5))
+    roi_w, roi_h = x2 - x1, y2 - y1
+    if not aligned:  # torchvision: legacy RoIs are at least one cell wide
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    return rois[:, 0].to(torch.int64), x1, y1, roi_w, roi_h
+
+
+def _taps(image: Tensor, x1: Tensor, y1: Tensor, roi_w: Tensor, roi_h: Tensor,
+          bins: tuple[int, int], grid: tuple[int, int], size: tuple[int, int]
+          ) -> tuple[Tensor, Tensor]:
+    """Row of the (N*H*W, C) feature table and weight of every tap of every bin.
+
+    Returns (R, PH, PW, 2 * grid_h, 2 * grid_w) int64 rows and float32 weights.
+    """
+    (ph, pw), (gh, gw), (h, w) = bins, grid, size
+    iy, wy = _axis_weights(y1, roi_h, ph, gh, h)
+    ix, wx = _axis_weights(x1, roi_w, pw, gw, w)
+    rows = ((image[:, None, None, None, None] * h + iy[:, :, None, :, None]) * w
+            + ix[:, None, :, None, :])
+    return rows, wy[:, :, None, :, None] * wx[:, None, :, None, :]
+
+
+def roi_align_gather(features: Tensor, rois: Tensor, output_size: tuple[int, int],
+                     spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
+    """``torchvision.ops.roi_align``'s values, computed as weighted gathers of feature rows.
+
+    Returns (R, C, PH, PW) in the features' dtype, channels-last strides.
+    """
+    n, c, h, w = features.shape
+    ph, pw = output_size
+    table = features.permute(0, 2, 3, 1).reshape(n * h * w, c).float()
+    image, x1, y1, roi_w, roi_h = _roi_geometry(rois, output_size, spatial_scale, aligned)
+    if sampling_ratio > 0:
+        grids = torch.full((2, len(rois)), sampling_ratio, dtype=torch.int64)
+    else:  # torchvision: ceil(extent / bins) samples per bin and axis, per RoI
+        grids = torch.stack([torch.ceil(roi_h / ph), torch.ceil(roi_w / pw)]).to(torch.int64)
+        grids = grids.clamp(min=0)  # an inverted RoI (aligned) has no samples
+    out = table.new_zeros(len(rois), ph, pw, c)
+    group_of = grids[0] * (grids[1].max() + 1) + grids[1] if len(rois) else grids[0]
+    for group in torch.unique(group_of).tolist():
+        members = (group_of == group).nonzero().squeeze(1)
+        gh, gw = (int(g) for g in grids[:, members[0]])
+        if gh == 0 or gw == 0:  # no samples: torchvision gives zeros
+            continue
+        rows, weights = _taps(image[members], x1[members], y1[members], roi_w[members],
+                              roi_h[members], output_size, (gh, gw), (h, w))
+        bags = len(members) * ph * pw
+        pooled = torch.nn.functional.embedding_bag(
+            rows.reshape(bags, -1), table, per_sample_weights=weights.reshape(bags, -1),
+            mode="sum")
+        out[members] = pooled.view(-1, ph, pw, c)
+    return out.permute(0, 3, 1, 2).to(features.dtype)
+
+
 def roi_align_input_grad(grad_output: Tensor, rois: Tensor, input_shape: torch.Size,
                          spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
     """d(loss)/d(input) of ``roi_align(input, rois, ...)`` given d(loss)/d(output).
@@ -65,19 +125,10 @@ def roi_align_input_grad(grad_output: Tensor, rois: Tensor, input_shape: torch.S
     """
     n, c, h, w = input_shape
     r, _, ph, pw = grad_output.shape
-    rois = rois.to(torch.float32)
-    offset = 0.5 if aligned else 0.0
-    x1, y1, x2, y2 = (rois[:, k] * spatial_scale - offset for k in range(1, 5))
-    roi_w, roi_h = x2 - x1, y2 - y1
-    if not aligned:  # torchvision: legacy RoIs are at least one cell wide
-        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
-    iy, wy = _axis_weights(y1, roi_h, ph, sampling_ratio, h)
-    ix, wx = _axis_weights(x1, roi_w, pw, sampling_ratio, w)
-    image = rois[:, 0].to(torch.int64)
+    image, x1, y1, roi_w, roi_h = _roi_geometry(rois, (ph, pw), spatial_scale, aligned)
     # entry (feature cell, bin) for every bin (r, i, j) and tap pair (ky, kx)
-    cell = ((image[:, None, None, None, None] * h + iy[:, :, None, :, None]) * w
-            + ix[:, None, :, None, :])
-    weight = wy[:, :, None, :, None] * wx[:, None, :, None, :]
+    cell, weight = _taps(image, x1, y1, roi_w, roi_h, (ph, pw),
+                         (sampling_ratio, sampling_ratio), (h, w))
     bin_index = torch.arange(r * ph * pw, device=grad_output.device).view(r, ph, pw, 1, 1)
     indices = torch.stack([cell.reshape(-1), bin_index.expand_as(cell).reshape(-1)])
     matrix = torch.sparse_coo_tensor(indices, weight.reshape(-1), (n * h * w, r * ph * pw),
@@ -92,7 +143,8 @@ class _RoIAlignSparseBackward(torch.autograd.Function):
                 spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
         ctx.save_for_backward(rois)
         ctx.args = (features.shape, features.dtype, spatial_scale, sampling_ratio, aligned)
-        return tv_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
+        return roi_align_gather(features, rois, output_size, spatial_scale, sampling_ratio,
+                                aligned)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
@@ -105,14 +157,17 @@ class _RoIAlignSparseBackward(torch.autograd.Function):
 
 def roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int],
               spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
-    """``torchvision.ops.roi_align`` with the sparse backward where it applies (see above).
+    """``torchvision.ops.roi_align``, on the CPU as gathers with the sparse backward (above).
 
     Args:
         features: (N, C, H, W).
         rois: (R, 5) ``(batch_index, x1, y1, x2, y2)``.
     """
-    if (features.device.type == "cpu" and sampling_ratio > 0 and torch.is_grad_enabled()
-            and features.requires_grad):
+    if features.device.type != "cpu" or torch.jit.is_tracing():
+        return tv_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    if torch.is_grad_enabled() and features.requires_grad:
+        if sampling_ratio == 0:
+            return tv_roi_align(features, rois, output_size, spatial_scale, 0, aligned)
         return _RoIAlignSparseBackward.apply(features, rois, output_size, spatial_scale,
                                              sampling_ratio, aligned)
-    return tv_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    return roi_align_gather(features, rois, output_size, spatial_scale, sampling_ratio, aligned)

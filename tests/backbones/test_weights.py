@@ -3,6 +3,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from torchvision.models._utils import IntermediateLayerGetter
 
 import backbones
 from backbones import load_weights, make_provenance, save_checkpoint
@@ -49,10 +50,14 @@ def test_torchvision_weights_load_into_a_bare_frozen_backbone(tmp_path):
     reference = torchvision.models.resnet50(norm_layer=torchvision.ops.FrozenBatchNorm2d).eval()
     reference.load_state_dict(bn_model.state_dict(), strict=False)
     backbone = backbones.build("resnet50", weights=path, norm="frozen_bn", freeze_at=2).eval()
-    body = torchvision.models._utils.IntermediateLayerGetter(reference, {"layer4": "out"})
+    body = IntermediateLayerGetter(reference, {"layer4": "out"})
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(backbone(x)["res5"], body(x)["out"], rtol=0, atol=1e-5)
+        ours, theirs = backbone(x)["res5"], body(x)["out"]
+        exact = IntermediateLayerGetter(reference.double(), {"layer4": "out"})(x.double())["out"]
+    # ours folds the frozen statistics into the convolutions: another float32 rounding than
+    # torchvision's, as close to the exact (float64) result as torchvision's own
+    assert (ours.double() - exact).abs().max() <= 2 * (theirs.double() - exact).abs().max()
     assert not any(p.requires_grad for p in backbone.res2.parameters())
 
 

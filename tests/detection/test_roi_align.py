@@ -1,4 +1,5 @@
-"""detection.roi_align: torchvision's RoIAlign forward with a sparse-matrix CPU backward."""
+"""detection.roi_align: torchvision's RoIAlign values, gathered on the CPU, with a sparse-matrix
+backward."""
 from __future__ import annotations
 
 import pytest
@@ -36,7 +37,7 @@ def test_forward_and_input_gradient_match_torchvision(
     ref_in = features.clone().requires_grad_()
     ours = roi_align(ours_in, rois, output_size, 1 / stride, sampling_ratio, aligned)
     ref = tv_roi_align(ref_in, rois, output_size, 1 / stride, sampling_ratio, aligned)
-    assert torch.equal(ours, ref)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-5)  # float32 summation order
     upstream = torch.randn(ref.shape, generator=g)
     (ours * upstream).sum().backward()
     (ref * upstream).sum().backward()
@@ -59,12 +60,29 @@ def test_bf16_features_under_autocast_get_a_bf16_gradient_close_to_float32() -> 
     torch.testing.assert_close(half.grad.float(), full.grad, rtol=1e-2, atol=1e-2)
 
 
-def test_adaptive_sampling_and_inference_use_torchvision_directly() -> None:
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_gathers_torchvision_values_with_the_adaptive_sampling_ratio_too(
+        aligned: bool, channels_last: bool) -> None:
+    n, c, h, w, stride = 2, 24, 19, 23, 4
+    features = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(5))
+    if channels_last:
+        features = features.contiguous(memory_format=torch.channels_last)
+    rois = random_rois(300, n, h, w, stride, seed=6)
+    rois[:5, 3:] = rois[:5, 1:3] - 3.0  # inverted boxes: no samples when aligned
+    with torch.no_grad():
+        for sampling_ratio in (0, 2):
+            ours = roi_align(features, rois, (7, 6), 1 / stride, sampling_ratio, aligned)
+            ref = tv_roi_align(features, rois, (7, 6), 1 / stride, sampling_ratio, aligned)
+            assert ours.grad_fn is None
+            torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-5)
+        assert roi_align(features, rois[:0], (7, 7), 0.25, 0, aligned).shape == (0, c, 7, 7)
+
+
+def test_adaptive_sampling_keeps_torchvision_for_its_gradient() -> None:
     features = torch.randn(1, 4, 9, 9, requires_grad=True)
     rois = random_rois(10, 1, 9, 9, 2, seed=4)
     adaptive = roi_align(features, rois, (7, 7), 0.5, 0, False)
     assert "torchvision_roi_align" in adaptive.grad_fn.name()
-    with torch.no_grad():
-        assert roi_align(features, rois, (7, 7), 0.5, 2, False).grad_fn is None
     sparse = roi_align(features, rois, (7, 7), 0.5, 2, False)
     assert "RoIAlignSparseBackward" in sparse.grad_fn.name()
