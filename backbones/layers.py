@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv import Conv2d, conv2d
+
 NORMS = ("bn", "frozen_bn", "gn", "syncbn")
 
 
@@ -87,8 +89,8 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
         return norm(conv(x))
     scale, shift = norm.scale_and_shift()
     weight = conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)
-    return F.conv2d(x, weight, shift.to(conv.weight.dtype), conv.stride, conv.padding,
-                    conv.dilation, conv.groups)
+    return conv2d(x, weight, shift.to(conv.weight.dtype), conv.stride, conv.padding,
+                  conv.dilation, conv.groups)
 
 
 class ConvNorm(nn.Sequential):
@@ -114,12 +116,12 @@ def build_norm(norm: str, channels: int) -> nn.Module:
 def conv3x3(in_channels: int, out_channels: int, *, stride: int = 1, dilation: int = 1,
             groups: int = 1) -> nn.Conv2d:
     """3x3 convolution without bias whose padding keeps the size (up to stride)."""
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation,
+    return Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation,
                      dilation=dilation, groups=groups, bias=False)
 
 
 def conv1x1(in_channels: int, out_channels: int, *, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+    return Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
 
 class ZeroPadShortcut(nn.Module):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import stochastic_depth
 
+from .conv import Conv2d
 from .layers import (ConvNorm, FrozenBatchNorm2d, ShapeSpec, ZeroPadShortcut, build_norm,
                      conv1x1, conv3x3, conv_norm)
 
@@ -129,7 +130,7 @@ class Stem(nn.Module):
     def __init__(self, *, kind: str, out_channels: int, norm: str) -> None:
         super().__init__()
         if kind == "imagenet":
-            self.conv = nn.Conv2d(3, out_channels, 7, stride=2, padding=3, bias=False)
+            self.conv = Conv2d(3, out_channels, 7, stride=2, padding=3, bias=False)
             self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
             self.stride = 4
         elif kind == "cifar":

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backbones.conv import Conv2d
 from backbones.layers import ShapeSpec
 
 
@@ -71,8 +72,8 @@ class FPN(nn.Module):
         self.lateral_convs = nn.ModuleList()
         self.output_convs = nn.ModuleList()
         for name in self.in_features:
-            lateral = nn.Conv2d(shapes[name].channels, out_channels, kernel_size=1)
-            output = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+            lateral = Conv2d(shapes[name].channels, out_channels, kernel_size=1)
+            output = Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
             _init_conv(lateral)
             _init_conv(output)
             self.lateral_convs.append(lateral)

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou, remove_small_boxes
 
+from backbones.conv import Conv2d
+
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
 from .tracing import clamped_count, clip_to_image
@@ -34,7 +36,7 @@ class RPNHead(nn.Module):
 
     def __init__(self, *, in_channels: int, num_anchors: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1)
+        self.conv = Conv2d(in_channels, in_channels, kernel_size=3, padding=1)
         self.objectness_logits = nn.Conv2d(in_channels, num_anchors, kernel_size=1)
         self.anchor_deltas = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=1)
         for layer in (self.conv, self.objectness_logits, self.anchor_deltas):
