@@ -14,9 +14,12 @@ DEMO_IMAGES := $(addprefix $(DATA)/images/val/,000000.jpg 000001.jpg 000002.jpg 
 
 .PHONY: install test demo demo-seg clean
 
+# pip compiles every installed file on one core; compileall does it on all of them (a few
+# third-party files that are not Python 3 fail to compile, as they do under pip: ignored)
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q --no-compile -e '.[dev]'
+	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $@
 
 install: $(VENV)/.installed
