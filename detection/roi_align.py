@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align as tv_roi_align
 
+MAX_TAPS = 1 << 22  # per gather call: 48 MiB of int64 rows and float32 weights
+
 
 def _axis_weights(start: Tensor, size: Tensor, bins: int, grid: int,
                   length: int) -> tuple[Tensor, Tensor]:
@@ -51,8 +53,7 @@ def _axis_weights(start: Tensor, size: Tensor, bins: int, grid: int,
     return torch.cat([low, high], -1), torch.cat([(1.0 - frac) * scale, frac * scale], -1)
 
 
-def _roi_geometry(rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
-                  aligned: bool) -> tuple[Tensor, ...]:
+def _roi_geometry(rois: Tensor, spatial_scale: float, aligned: bool) -> tuple[Tensor, ...]:
     """Image index, start (x1, y1) and extent (w, h) of each RoI in feature-map cells."""
     rois = rois.to(torch.float32)
     offset = 0.5 if aligned else 0.0
@@ -87,7 +88,7 @@ def roi_align_gather(features: Tensor, rois: Tensor, output_size: tuple[int, int
     n, c, h, w = features.shape
     ph, pw = output_size
     table = features.permute(0, 2, 3, 1).reshape(n * h * w, c).float()
-    image, x1, y1, roi_w, roi_h = _roi_geometry(rois, output_size, spatial_scale, aligned)
+    image, x1, y1, roi_w, roi_h = _roi_geometry(rois, spatial_scale, aligned)
     if sampling_ratio > 0:
         grids = torch.full((2, len(rois)), sampling_ratio, dtype=torch.int64)
     else:  # torchvision: ceil(extent / bins) samples per bin and axis, per RoI
@@ -100,13 +101,15 @@ def roi_align_gather(features: Tensor, rois: Tensor, output_size: tuple[int, int
         gh, gw = (int(g) for g in grids[:, members[0]])
         if gh == 0 or gw == 0:  # no samples: torchvision gives zeros
             continue
-        rows, weights = _taps(image[members], x1[members], y1[members], roi_w[members],
-                              roi_h[members], output_size, (gh, gw), (h, w))
-        bags = len(members) * ph * pw
-        pooled = torch.nn.functional.embedding_bag(
-            rows.reshape(bags, -1), table, per_sample_weights=weights.reshape(bags, -1),
-            mode="sum")
-        out[members] = pooled.view(-1, ph, pw, c)
+        # large RoIs on a fine map have many taps: bound the index tensors' memory
+        for chunk in members.split(max(1, MAX_TAPS // (ph * pw * 4 * gh * gw))):
+            rows, weights = _taps(image[chunk], x1[chunk], y1[chunk], roi_w[chunk],
+                                  roi_h[chunk], output_size, (gh, gw), (h, w))
+            bags = len(chunk) * ph * pw
+            pooled = torch.nn.functional.embedding_bag(
+                rows.reshape(bags, -1), table, per_sample_weights=weights.reshape(bags, -1),
+                mode="sum")
+            out[chunk] = pooled.view(-1, ph, pw, c)
     return out.permute(0, 3, 1, 2).to(features.dtype)
 
 
@@ -125,7 +128,7 @@ def roi_align_input_grad(grad_output: Tensor, rois: Tensor, input_shape: torch.S
     """
     n, c, h, w = input_shape
     r, _, ph, pw = grad_output.shape
-    image, x1, y1, roi_w, roi_h = _roi_geometry(rois, (ph, pw), spatial_scale, aligned)
+    image, x1, y1, roi_w, roi_h = _roi_geometry(rois, spatial_scale, aligned)
     # entry (feature cell, bin) for every bin (r, i, j) and tap pair (ky, kx)
     cell, weight = _taps(image, x1, y1, roi_w, roi_h, (ph, pw),
                          (sampling_ratio, sampling_ratio), (h, w))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torchvision.ops import roi_align as tv_roi_align
 
+import detection.roi_align as roi_align_module
 from detection.roi_align import roi_align
 
 
@@ -86,3 +87,16 @@ def test_adaptive_sampling_keeps_torchvision_for_its_gradient() -> None:
     assert "torchvision_roi_align" in adaptive.grad_fn.name()
     sparse = roi_align(features, rois, (7, 7), 0.5, 2, False)
     assert "RoIAlignSparseBackward" in sparse.grad_fn.name()
+
+
+def test_gathers_in_chunks_give_the_same_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    features = torch.randn(2, 8, 21, 25, generator=torch.Generator().manual_seed(7))
+    rois = random_rois(120, 2, 21, 25, 4, seed=8)
+    with torch.no_grad():
+        whole = roi_align(features, rois, (7, 7), 0.25, 0, True)
+        # three RoIs of one sample per bin per call, one of more
+        monkeypatch.setattr(roi_align_module, "MAX_TAPS", 7 * 7 * 4 * 3)
+        chunked = roi_align(features, rois, (7, 7), 0.25, 0, True)
+    assert torch.equal(chunked, whole)
+    torch.testing.assert_close(whole, tv_roi_align(features, rois, (7, 7), 0.25, 0, True),
+                               rtol=1e-6, atol=1e-5)
