@@ -19,7 +19,7 @@ DEMO_IMAGES := $(addprefix $(DATA)/images/val/,000000.jpg 000001.jpg 000002.jpg 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --no-compile -e '.[dev]'
-	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
+	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1 || true
 	touch $@
 
 install: $(VENV)/.installed

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
 # output pixels per image from which the NCHW weight gradient pays (below it the two are even)
 LARGE_MAP_PIXELS = 10_000
-_AVX2_ONLY = torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT")
+_AVX2_ONLY = torch.backends.cpu.get_cpu_capability() == "AVX2"  # the CPUs it was measured on
 
 
 def _output_pixels(x: Tensor, weight: Tensor, stride: tuple[int, ...],
@@ -65,6 +66,8 @@ class _ConvWeightGradOnNCHW(torch.autograd.Function):
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, padding: Any,
            dilation: Any, groups: int) -> Tensor:
     """F.conv2d, with the weight gradient on NCHW copies where that is faster (see above)."""
+    if not isinstance(padding, str):
+        stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     if (_weight_grad_on_nchw_copies(x, weight, padding)
             and _output_pixels(x, weight, stride, padding, dilation) >= LARGE_MAP_PIXELS):
         return _ConvWeightGradOnNCHW.apply(x, weight, bias, stride, padding, dilation, groups)

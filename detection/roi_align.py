@@ -53,9 +53,10 @@ def _axis_weights(start: Tensor, size: Tensor, bins: int, grid: int,
     return torch.cat([low, high], -1), torch.cat([(1.0 - frac) * scale, frac * scale], -1)
 
 
-def _roi_geometry(rois: Tensor, spatial_scale: float, aligned: bool) -> tuple[Tensor, ...]:
+def _roi_geometry(rois: Tensor, spatial_scale: float, aligned: bool,
+                  dtype: torch.dtype) -> tuple[Tensor, ...]:
     """Image index, start (x1, y1) and extent (w, h) of each RoI in feature-map cells."""
-    rois = rois.to(torch.float32)
+    rois = rois.to(dtype)
     offset = 0.5 if aligned else 0.0
     x1, y1, x2, y2 = (rois[:, k] * spatial_scale - offset for k in range(1, 5))
     roi_w, roi_h = x2 - x1, y2 - y1
@@ -87,11 +88,12 @@ def roi_align_gather(features: Tensor, rois: Tensor, output_size: tuple[int, int
     """
     n, c, h, w = features.shape
     ph, pw = output_size
-    table = features.permute(0, 2, 3, 1).reshape(n * h * w, c).float()
-    image, x1, y1, roi_w, roi_h = _roi_geometry(rois, spatial_scale, aligned)
+    dtype = torch.promote_types(features.dtype, torch.float32)  # bf16 as torchvision: float32
+    table = features.permute(0, 2, 3, 1).reshape(n * h * w, c).to(dtype)
+    image, x1, y1, roi_w, roi_h = _roi_geometry(rois, spatial_scale, aligned, dtype)
     if sampling_ratio > 0:
         grids = torch.full((2, len(rois)), sampling_ratio, dtype=torch.int64)
-    else:  # torchvision: ceil(extent / bins) samples per bin and axis, per RoI
+    else:  # adaptive, as torchvision: ceil(extent / bins) samples per bin and axis, per RoI
         grids = torch.stack([torch.ceil(roi_h / ph), torch.ceil(roi_w / pw)]).to(torch.int64)
         grids = grids.clamp(min=0)  # an inverted RoI (aligned) has no samples
     out = table.new_zeros(len(rois), ph, pw, c)
@@ -118,17 +120,17 @@ def roi_align_input_grad(grad_output: Tensor, rois: Tensor, input_shape: torch.S
     """d(loss)/d(input) of ``roi_align(input, rois, ...)`` given d(loss)/d(output).
 
     Args:
-        grad_output: (R, C, PH, PW) float32.
+        grad_output: (R, C, PH, PW) float32 or float64.
         rois: (R, 5) ``(batch_index, x1, y1, x2, y2)``, input-image pixels.
         input_shape: (N, C, H, W) of the features.
         spatial_scale, sampling_ratio (> 0), aligned: as given to roi_align.
 
     Returns:
-        (N, C, H, W) float32 gradient (channels-last strides).
+        (N, C, H, W) gradient in grad_output's dtype (channels-last strides).
     """
     n, c, h, w = input_shape
     r, _, ph, pw = grad_output.shape
-    image, x1, y1, roi_w, roi_h = _roi_geometry(rois, spatial_scale, aligned)
+    image, x1, y1, roi_w, roi_h = _roi_geometry(rois, spatial_scale, aligned, grad_output.dtype)
     # entry (feature cell, bin) for every bin (r, i, j) and tap pair (ky, kx)
     cell, weight = _taps(image, x1, y1, roi_w, roi_h, (ph, pw),
                          (sampling_ratio, sampling_ratio), (h, w))
@@ -153,8 +155,8 @@ class _RoIAlignSparseBackward(torch.autograd.Function):
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         (rois,) = ctx.saved_tensors
         shape, dtype, spatial_scale, sampling_ratio, aligned = ctx.args
-        grad = roi_align_input_grad(grad_output.float(), rois, shape, spatial_scale,
-                                    sampling_ratio, aligned)
+        grad = roi_align_input_grad(grad_output.to(torch.promote_types(dtype, torch.float32)),
+                                    rois, shape, spatial_scale, sampling_ratio, aligned)
         return grad.to(dtype), None, None, None, None, None
 
 
@@ -169,8 +171,9 @@ def roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int],
     if features.device.type != "cpu" or torch.jit.is_tracing():
         return tv_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
     if torch.is_grad_enabled() and features.requires_grad:
-        if sampling_ratio == 0:
-            return tv_roi_align(features, rois, output_size, spatial_scale, 0, aligned)
+        if sampling_ratio <= 0:  # adaptive
+            return tv_roi_align(features, rois, output_size, spatial_scale, sampling_ratio,
+                                aligned)
         return _RoIAlignSparseBackward.apply(features, rois, output_size, spatial_scale,
                                              sampling_ratio, aligned)
     return roi_align_gather(features, rois, output_size, spatial_scale, sampling_ratio, aligned)

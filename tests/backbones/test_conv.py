@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from backbones import conv as conv_module
-from backbones.conv import LARGE_MAP_PIXELS, Conv2d
+from backbones.conv import LARGE_MAP_PIXELS, Conv2d, conv2d
 
 
 @pytest.fixture
@@ -58,3 +58,11 @@ def test_pytorch_convolution_everywhere_else(avx2_cpu: None) -> None:
         assert ours(large).grad_fn is None
     ours.weight.requires_grad_(False)
     assert ours(large).grad_fn.name().startswith("Convolution")  # input gradient only
+
+
+def test_the_function_takes_ints_as_f_conv2d_does(avx2_cpu: None) -> None:
+    x = torch.randn(1, 4, 110, 100).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(5, 4, 3, 3, requires_grad=True)
+    out = conv2d(x, weight, None, 1, 1, 1, 1)
+    assert "WeightGradOnNCHW" in out.grad_fn.name()
+    assert torch.equal(out, nn.functional.conv2d(x, weight, None, 1, 1, 1, 1))

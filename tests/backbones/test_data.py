@@ -1,6 +1,7 @@
 """backbones.data: ImageFolder scanning, OpenCV decoding, transforms, unreadable images, loader."""
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 from pathlib import Path
@@ -138,8 +139,14 @@ def _private_dirty_kib() -> int:
 
 
 def _copied_by_a_forked_reader(samples) -> int:
-    """KiB a forked loader worker copies (copy-on-write) by reading every sample once."""
+    """KiB a forked loader worker copies (copy-on-write) by reading every sample once.
+
+    The objects that exist at the fork are frozen out of garbage collection, as the runner does
+    before its loader workers start: otherwise a collection in the worker, whenever it happens,
+    writes to every object it walks and the count depends on when it ran.
+    """
     read_end, write_end = os.pipe()
+    gc.freeze()
     pid = os.fork()
     if pid == 0:  # the worker
         try:
@@ -149,6 +156,7 @@ def _copied_by_a_forked_reader(samples) -> int:
             os.write(write_end, str(_private_dirty_kib() - before).encode())
         finally:
             os._exit(0)
+    gc.unfreeze()
     os.close(write_end)
     copied = int(os.read(read_end, 64))
     os.waitpid(pid, 0)

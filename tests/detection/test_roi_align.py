@@ -100,3 +100,18 @@ def test_gathers_in_chunks_give_the_same_values(monkeypatch: pytest.MonkeyPatch)
     assert torch.equal(chunked, whole)
     torch.testing.assert_close(whole, tv_roi_align(features, rois, (7, 7), 0.25, 0, True),
                                rtol=1e-6, atol=1e-5)
+
+
+def test_float64_features_keep_double_precision_and_a_negative_ratio_is_adaptive() -> None:
+    features = torch.randn(2, 3, 9, 11, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(9))
+    rois = random_rois(12, 2, 9, 11, 2, seed=10).double()
+    with torch.no_grad():
+        torch.testing.assert_close(roi_align(features, rois, (3, 3), 0.5, 0, True),
+                                   tv_roi_align(features, rois, (3, 3), 0.5, 0, True),
+                                   rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda f: roi_align(f, rois, (3, 3), 0.5, 2, True), (features.requires_grad_(),))
+    adaptive = roi_align(features, rois, (3, 3), 0.5, -1, True)  # torchvision: < 1 is adaptive
+    adaptive.sum().backward()
+    assert "torchvision_roi_align" in adaptive.grad_fn.name()
