@@ -30,10 +30,10 @@ def _output_pixels(x: Tensor, weight: Tensor, stride: tuple[int, ...],
     return pixels
 
 
-def _weight_grad_on_nchw_copies(x: Tensor, weight: Tensor, padding: Any) -> bool:
+def _weight_grad_on_nchw_copies(x: Tensor, weight: Tensor) -> bool:
     return (_AVX2_ONLY and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.requires_grad and torch.is_grad_enabled() and not isinstance(padding, str)
-            and x.dim() == 4 and weight.shape[2] * weight.shape[3] > 1
+            and weight.requires_grad and torch.is_grad_enabled() and x.dim() == 4
+            and weight.shape[2] * weight.shape[3] > 1
             and x.is_contiguous(memory_format=torch.channels_last)
             and not torch.is_autocast_enabled("cpu"))
 
@@ -66,11 +66,11 @@ class _ConvWeightGradOnNCHW(torch.autograd.Function):
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, padding: Any,
            dilation: Any, groups: int) -> Tensor:
     """F.conv2d, with the weight gradient on NCHW copies where that is faster (see above)."""
-    if not isinstance(padding, str):
+    if not isinstance(padding, str) and _weight_grad_on_nchw_copies(x, weight):
         stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    if (_weight_grad_on_nchw_copies(x, weight, padding)
-            and _output_pixels(x, weight, stride, padding, dilation) >= LARGE_MAP_PIXELS):
-        return _ConvWeightGradOnNCHW.apply(x, weight, bias, stride, padding, dilation, groups)
+        if _output_pixels(x, weight, stride, padding, dilation) >= LARGE_MAP_PIXELS:
+            return _ConvWeightGradOnNCHW.apply(x, weight, bias, stride, padding, dilation,
+                                               groups)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 

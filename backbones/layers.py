@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import Conv2d, conv2d
+from .conv import Conv2d
 
 NORMS = ("bn", "frozen_bn", "gn", "syncbn")
 
@@ -85,12 +85,11 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
     BatchNorm in eval mode is left as it is: classifiers keep torchvision's rounding.
     """
     if (not isinstance(norm, FrozenBatchNorm2d) or conv.bias is not None
-            or conv.padding_mode != "zeros" or _has_hooks(conv) or _has_hooks(norm)):
+            or _has_hooks(conv) or _has_hooks(norm)):
         return norm(conv(x))
     scale, shift = norm.scale_and_shift()
     weight = conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)
-    return conv2d(x, weight, shift.to(conv.weight.dtype), conv.stride, conv.padding,
-                  conv.dilation, conv.groups)
+    return conv._conv_forward(x, weight, shift.to(conv.weight.dtype))  # conv's own path
 
 
 class ConvNorm(nn.Sequential):
@@ -117,7 +116,7 @@ def conv3x3(in_channels: int, out_channels: int, *, stride: int = 1, dilation: i
             groups: int = 1) -> nn.Conv2d:
     """3x3 convolution without bias whose padding keeps the size (up to stride)."""
     return Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation,
-                     dilation=dilation, groups=groups, bias=False)
+                  dilation=dilation, groups=groups, bias=False)
 
 
 def conv1x1(in_channels: int, out_channels: int, *, stride: int = 1) -> nn.Conv2d:

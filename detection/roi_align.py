@@ -168,12 +168,11 @@ def roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int],
         features: (N, C, H, W).
         rois: (R, 5) ``(batch_index, x1, y1, x2, y2)``.
     """
-    if features.device.type != "cpu" or torch.jit.is_tracing():
+    needs_grad = torch.is_grad_enabled() and features.requires_grad
+    if (features.device.type != "cpu" or torch.jit.is_tracing()
+            or (needs_grad and sampling_ratio <= 0)):  # <= 0: adaptive, no sparse backward
         return tv_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
-    if torch.is_grad_enabled() and features.requires_grad:
-        if sampling_ratio <= 0:  # adaptive
-            return tv_roi_align(features, rois, output_size, spatial_scale, sampling_ratio,
-                                aligned)
+    if needs_grad:
         return _RoIAlignSparseBackward.apply(features, rois, output_size, spatial_scale,
                                              sampling_ratio, aligned)
     return roi_align_gather(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
