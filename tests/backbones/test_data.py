@@ -143,17 +143,25 @@ def _copied_by_a_forked_reader(samples) -> int:
 
     The objects that exist at the fork are frozen out of garbage collection, as the runner does
     before its loader workers start: otherwise a collection in the worker, whenever it happens,
-    writes to every object it walks and the count depends on when it ran.
+    writes to every object it walks. The reader is forked from a forked child, which has only
+    the one thread: other threads of the test process (pytest-xdist's) writing to shared pages
+    after the fork would leave the reader their only owner and count in its private memory.
     """
     read_end, write_end = os.pipe()
     gc.freeze()
     pid = os.fork()
-    if pid == 0:  # the worker
+    if pid == 0:  # a single-threaded copy of the test process
         try:
-            before = _private_dirty_kib()
-            for i in range(len(samples)):
-                path, label = samples[i]
-            os.write(write_end, str(_private_dirty_kib() - before).encode())
+            reader = os.fork()
+            if reader == 0:  # the worker
+                try:
+                    before = _private_dirty_kib()
+                    for i in range(len(samples)):
+                        path, label = samples[i]
+                    os.write(write_end, str(_private_dirty_kib() - before).encode())
+                finally:
+                    os._exit(0)
+            os.waitpid(reader, 0)
         finally:
             os._exit(0)
     gc.unfreeze()
