@@ -64,7 +64,6 @@ class ClassificationTask:
 
     name = "classification"
     primary_metrics = "classification"
-    channels_last_batches = False  # its own model.channels_last decides
 
     def __init__(self) -> None:
         self.class_names: list[str] = []

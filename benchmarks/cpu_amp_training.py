@@ -31,7 +31,6 @@ import torch  # noqa: E402
 from detection.build import build_model  # noqa: E402
 from detection.config import load_config  # noqa: E402
 from engine.data import build_train_loader  # noqa: E402
-from engine.data.batching import to_batch_layout  # noqa: E402
 from detection.training import build_datasets, resolve_num_classes  # noqa: E402
 from engine import cpu_supports_bf16  # noqa: E402
 from timing import time_interleaved  # noqa: E402
@@ -78,7 +77,7 @@ def main() -> None:
     data = build_datasets(cfg)
     resolve_num_classes(cfg, data.mapping)
     torch.manual_seed(0)
-    model = to_batch_layout(build_model(cfg), "cpu").train()  # as tools/train.py places it
+    model = build_model(cfg).train()
     loader = iter(build_train_loader(data.train, batch_size=cfg.train.batch_size, seed=0,
                                      num_workers=0, group_ids=data.train.group_ids))
     batches = [next(loader) for _ in range(args.batches)]

@@ -58,7 +58,6 @@ from detection.evaluation import evaluate_coco  # noqa: E402
 from tests.random_reference import (PROBE_SIZE, randomize_detector,  # noqa: E402
                                         spread_classes)
 from engine.data.synthetic_shapes import compose_scene  # noqa: E402
-from engine.data.batching import to_batch_layout  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
 CONFIG = ROOT / "configs" / "detection" / "faster_rcnn_R_50_FPN_1x.yaml"
@@ -100,7 +99,6 @@ def build_models(score_thresh: float) -> dict[str, nn.Module]:
                                f"model.roi_heads.score_thresh={score_thresh}"])
     ours = build_model(cfg)
     load_detector_weights(ours, tv_bn.state_dict())
-    to_batch_layout(ours, "cpu")  # as the Predictor places it
     return {"ours": ours, "torchvision": tv, "torchvision_bn": tv_bn}
 
 

@@ -28,7 +28,6 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torchvision.models.segmentation import deeplabv3_resnet50  # noqa: E402
 
-from engine.data.batching import to_batch_layout  # noqa: E402
 from segmentation import build_model, load_config, load_segmentation_weights  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
@@ -68,7 +67,7 @@ def main() -> None:
     normalized = (torch.stack(images).float() / 255.0 - mean) / std
     runs: dict[str, Callable[[], object]] = {"torchvision": lambda: reference(normalized)["out"]}
     for name, model in models.items():
-        runs[name] = predict_fn(to_batch_layout(model, "cpu").eval(), images)  # as the Predictor
+        runs[name] = predict_fn(model.eval(), images)
     with torch.no_grad():  # ours with torchvision's weights must give its logits
         expected = reference(normalized)["out"]
         got = torch.stack([out["sem_seg"] for out in models["ours_os8_tv"].eval()(images)])

@@ -35,7 +35,6 @@ from torch import nn  # noqa: E402
 
 from engine.amp import AMP_DTYPES, amp_for_device, parse_amp  # noqa: E402
 from engine.data import build_train_loader  # noqa: E402
-from engine.data.batching import to_batch_layout  # noqa: E402
 from engine.runner import build_optimizer_from_config  # noqa: E402
 from engine.tasks import load_task_config, task_module  # noqa: E402
 
@@ -110,8 +109,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     task = task_module(name).TASK()
     data = task.prepare(cfg)
     model = task.build_model(cfg)
-    if getattr(task, "channels_last_batches", False):  # as tools/train.py places it on the CPU
-        to_batch_layout(model, "cpu")
     model.train()
     optimizer = build_optimizer_from_config(cfg, model)
     device = torch.device("cpu")

@@ -20,7 +20,6 @@ import torch
 from omegaconf import DictConfig
 
 from backbones.weights import read_checkpoint, unwrap_state_dict
-from engine.data.batching import to_batch_layout
 from engine.export import is_onnx
 from engine.visualize import Renderer, draw_detections, palette
 
@@ -118,7 +117,7 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
     model = build_model(cfg)
     load_detector_weights(model, {"model": state_dict, "provenance": provenance},
                           weight_bound_settings(cfg.model), source=str(source))
-    to_batch_layout(model, device).eval()
+    model.to(device).eval()
     if foreign or not provenance.get("category_ids"):
         category_ids = list(range(1, num_classes + 1))  # torchvision: class k is id k + 1
     else:

@@ -210,7 +210,6 @@ class DetectionTask:
 
     name = "detection"
     primary_metrics = "bbox"
-    channels_last_batches = True
 
     def __init__(self) -> None:
         self.mapping: CategoryMapping | None = None

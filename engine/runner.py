@@ -30,7 +30,6 @@ from .amp import parse_amp
 from .checkpoint import Checkpointer, PeriodicCheckpointer
 from .config import save_config
 from .data import build_test_loader, build_train_loader
-from .data.batching import to_batch_layout
 from .distributed import (all_reduce_sum, broadcast_buffers, get_rank, get_world_size,
                           is_main_process, per_process_batch_size, wrap_ddp)
 from .logging import ProgressLogger, ScalarWriter, setup_logging
@@ -67,8 +66,6 @@ class Task(Protocol):
 
     name: str            # the config's `task` value, also the logger name
     primary_metrics: str  # the metric group tools print and `metrics` returns
-    # optional: `channels_last_batches = True` when its models take engine.data.batching's
-    # batches (channels_last on the CPU); the runner then puts their weights in that layout
 
     def prepare(self, cfg: DictConfig) -> TaskData:
         """Load and check the data (errors name the file) and complete `cfg` (e.g.
@@ -203,11 +200,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
 
     torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
     seed_everything(t.seed)  # the same initial weights on every process
-    model = task.build_model(cfg)
-    if getattr(task, "channels_last_batches", False):
-        model = to_batch_layout(model, device)
-    else:
-        model = model.to(device)
+    model = task.build_model(cfg).to(device)
     seed_everything(t.seed + get_rank())  # distinct dropout / sampling per process
     ddp_model = wrap_ddp(model, device)
     optimizer = build_optimizer_from_config(cfg, model)

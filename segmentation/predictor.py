@@ -15,7 +15,6 @@ import torch
 from omegaconf import DictConfig
 
 from backbones.weights import read_checkpoint, unwrap_state_dict
-from engine.data.batching import to_batch_layout
 from engine.export import ExportError, is_onnx
 from engine.visualize import Renderer, draw_segmentation, palette
 
@@ -91,7 +90,7 @@ class Predictor:
         if checkpoint is not None:
             load_segmentation_weights(self.model, checkpoint, weight_bound_settings(cfg.model),
                                       source=source)
-        to_batch_layout(self.model, device).eval()
+        self.model.to(device).eval()
         names = provenance.get("class_names") or []
         if len(names) != self.model.num_classes:
             names = [f"class_{i}" for i in range(self.model.num_classes)]

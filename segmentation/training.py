@@ -80,7 +80,6 @@ class SemSegTask:
 
     name = "sem_seg"
     primary_metrics = "sem_seg"
-    channels_last_batches = True
 
     def __init__(self) -> None:
         self.class_names: list[str] = []

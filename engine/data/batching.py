@@ -13,19 +13,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-
-def to_batch_layout(model: nn.Module, device: torch.device | str) -> nn.Module:
-    """`model.to(device)` for a model fed by `batch_images`: on the CPU, where the batches are
-    channels_last, its 4-D weights become channels_last too (with NCHW weights oneDNN reorders
-    every weight at every convolution, forward and backward). Other devices keep NCHW.
-    Returns the model."""
-    device = torch.device(device)
-    model.to(device)
-    if device.type == "cpu":
-        model.to(memory_format=torch.channels_last)
-    return model
+from torch import Tensor
 
 
 def pad_to_multiple(x: Tensor, divisibility: int) -> Tensor:
