@@ -94,7 +94,7 @@ def test_gathers_in_chunks_give_the_same_values(monkeypatch: pytest.MonkeyPatch)
     rois = random_rois(120, 2, 21, 25, 4, seed=8)
     with torch.no_grad():
         whole = roi_align(features, rois, (7, 7), 0.25, 0, True)
-        # three RoIs of one sample per bin per call, one of more
+        # three RoIs per call where a bin has one sample, one RoI per call where it has more
         monkeypatch.setattr(roi_align_module, "MAX_TAPS", 7 * 7 * 4 * 3)
         chunked = roi_align(features, rois, (7, 7), 0.25, 0, True)
     assert torch.equal(chunked, whole)
