@@ -1,9 +1,9 @@
 """backbones.data: ImageFolder scanning, OpenCV decoding, transforms, unreadable images, loader."""
 from __future__ import annotations
 
-import gc
 import itertools
-import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -133,52 +133,57 @@ def test_train_loader_resumes_and_ignores_worker_count(tmp_path: Path) -> None:
     assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]  # the first epoch sees every image
 
 
-def _private_dirty_kib() -> int:
+# Run in a fresh interpreter, not forked from the pytest worker: forked from a worker that had
+# run other test files, the reader of the packed samples copied about 3 MiB in some full-suite
+# runs (150 KiB alone), pages its own allocations touch in a heap earlier tests shaped.
+_FORKED_READER = """
+import gc, os, sys
+from backbones.data import ImageFolderDataset, build_val_transform
+
+def private_dirty_kib():
     with open("/proc/self/smaps_rollup") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("Private_Dirty:"))
 
+samples = [(f"/data/imagenet/train/n{i % 1000:08d}/n{i % 1000:08d}_{i}.JPEG", i % 1000)
+           for i in range(100_000)]
+if sys.argv[1] == "packed":
+    dataset = ImageFolderDataset(samples=samples, class_names=[str(i) for i in range(1000)],
+                                 transform=build_val_transform(image_size=8, resize=8))
+    assert dataset.samples[12345] == samples[12345] and len(dataset) == len(samples)
+    samples = dataset.samples
+gc.freeze()  # as the runner does before its loader workers start
+read_end, write_end = os.pipe()
+pid = os.fork()
+if pid == 0:
+    try:
+        before = private_dirty_kib()
+        for i in range(len(samples)):
+            path, label = samples[i]
+        os.write(write_end, str(private_dirty_kib() - before).encode())
+    finally:
+        os._exit(0)
+os.close(write_end)
+print(int(os.read(read_end, 64)))
+os.waitpid(pid, 0)
+"""
 
-def _copied_by_a_forked_reader(samples) -> int:
-    """KiB a forked loader worker copies (copy-on-write) by reading every sample once.
+
+def _copied_by_a_forked_reader(kind: str) -> int:
+    """KiB a forked loader worker copies (copy-on-write) by reading 100,000 samples once, held
+    as a plain list of tuples or packed by ImageFolderDataset.
 
     The objects that exist at the fork are frozen out of garbage collection, as the runner does
     before its loader workers start: otherwise a collection in the worker, whenever it happens,
-    writes to every object it walks. The reader is forked from a forked child, which has only
-    the one thread: other threads of the test process (pytest-xdist's) writing to shared pages
-    after the fork would leave the reader their only owner and count in its private memory.
+    writes to every object it walks.
     """
-    read_end, write_end = os.pipe()
-    gc.freeze()
-    pid = os.fork()
-    if pid == 0:  # a single-threaded copy of the test process
-        try:
-            reader = os.fork()
-            if reader == 0:  # the worker
-                try:
-                    before = _private_dirty_kib()
-                    for i in range(len(samples)):
-                        path, label = samples[i]
-                    os.write(write_end, str(_private_dirty_kib() - before).encode())
-                finally:
-                    os._exit(0)
-            os.waitpid(reader, 0)
-        finally:
-            os._exit(0)
-    gc.unfreeze()
-    os.close(write_end)
-    copied = int(os.read(read_end, 64))
-    os.waitpid(pid, 0)
-    os.close(read_end)
-    return copied
+    result = subprocess.run([sys.executable, "-c", _FORKED_READER, kind], capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parents[2], check=False)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout)
 
 
 def test_loader_workers_share_the_samples_instead_of_copying_them():
     """ImageNet-sized sample lists copied into every worker grow memory during an epoch: reading
     a list of tuples writes every tuple's and string's reference count."""
-    samples = [(f"/data/imagenet/train/n{i % 1000:08d}/n{i % 1000:08d}_{i}.JPEG", i % 1000)
-               for i in range(100_000)]
-    dataset = ImageFolderDataset(samples=samples, class_names=[str(i) for i in range(1000)],
-                                 transform=build_val_transform(image_size=8, resize=8))
-    assert dataset.samples[12345] == samples[12345] and len(dataset) == len(samples)
-    assert _copied_by_a_forked_reader(samples) > 10_000  # the list itself: > 10 MiB copied
-    assert _copied_by_a_forked_reader(dataset.samples) < 2_000
+    assert _copied_by_a_forked_reader("list") > 10_000  # the list itself: > 10 MiB copied
+    assert _copied_by_a_forked_reader("packed") < 2_000
