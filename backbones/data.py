@@ -1,10 +1,12 @@
 """ImageFolder classification data for pretraining: OpenCV decoding, albumentations transforms.
 
 Layout: `root/<split>/<class>/<image>` (ImageNet style), classes sorted by folder name and
-taken from the training split. A sample is {"image": (3, H, W) float32 normalized with the
-0..255 pixel mean/std, "label": int}; `stack` turns a batch (a list, as for every task) into
-(N, 3, H, W) and (N,). An unreadable image gives None, as in every task: the loader drops it
-and the runner counts it (engine.data).
+taken from the training split. A sample is {"image": (3, H, W), "label": int}: float32
+normalized with the 0..255 pixel mean/std, or uint8 when the transform leaves normalization to
+the device (`normalize=False`, pretraining: a quarter of the bytes through the loader). `stack`
+turns a list of samples into (N, 3, H, W) and (N,); `collate_images` does it in the loader
+workers, giving an `ImageBatch`. An unreadable image gives None, as in every task: the loader
+drops it and the runner counts it (engine.data).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import logging
 import os
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +69,10 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
 
 def build_train_transform(*, image_size: int, scale: Sequence[float] = (0.08, 1.0),
                           hflip: bool = True, pixel_mean: Sequence[float] = PIXEL_MEAN,
-                          pixel_std: Sequence[float] = PIXEL_STD) -> A.Compose:
-    """Random resized crop to image_size, horizontal flip, normalization (0..255 mean/std).
+                          pixel_std: Sequence[float] = PIXEL_STD,
+                          normalize: bool = True) -> A.Compose:
+    """Random resized crop to image_size, horizontal flip, normalization (0..255 mean/std;
+    normalize=False: uint8 out, normalized later by `normalize_images`).
 
     Resizing uses INTER_AREA: moire-free when shrinking, bilinear when enlarging (OpenCV).
     """
@@ -75,20 +80,36 @@ def build_train_transform(*, image_size: int, scale: Sequence[float] = (0.08, 1.
         A.RandomResizedCrop(size=(image_size, image_size), scale=tuple(scale),
                             interpolation=cv2.INTER_AREA),
         A.HorizontalFlip(p=0.5 if hflip else 0.0),
-        A.Normalize(mean=tuple(pixel_mean), std=tuple(pixel_std), max_pixel_value=1.0),
+        *_normalization(pixel_mean, pixel_std, normalize),
     ])
 
 
 def build_val_transform(*, image_size: int, resize: int, pixel_mean: Sequence[float] = PIXEL_MEAN,
-                        pixel_std: Sequence[float] = PIXEL_STD) -> A.Compose:
-    """Resize the shorter side to `resize`, center crop image_size, normalize."""
+                        pixel_std: Sequence[float] = PIXEL_STD,
+                        normalize: bool = True) -> A.Compose:
+    """Resize the shorter side to `resize`, center crop image_size, normalize (or not: uint8)."""
     if resize < image_size:
         raise ValueError(f"val resize {resize} must be >= image size {image_size}")
     return A.Compose([
         A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_AREA),
         A.CenterCrop(height=image_size, width=image_size),
-        A.Normalize(mean=tuple(pixel_mean), std=tuple(pixel_std), max_pixel_value=1.0),
+        *_normalization(pixel_mean, pixel_std, normalize),
     ])
+
+
+def _normalization(pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                   normalize: bool) -> list[A.BasicTransform]:
+    if not normalize:
+        return []
+    return [A.Normalize(mean=tuple(pixel_mean), std=tuple(pixel_std), max_pixel_value=1.0)]
+
+
+def normalize_images(images: torch.Tensor, pixel_mean: Sequence[float],
+                     pixel_std: Sequence[float]) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> float32 normalized with the 0..255 mean/std, on images' device."""
+    mean = torch.tensor(pixel_mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(pixel_std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    return (images.float() - mean) / std
 
 
 class ImageFolderDataset(Dataset):
@@ -101,7 +122,8 @@ class ImageFolderDataset(Dataset):
         samples: (path, label) pairs; kept packed (engine.data.PackedRecords), so loader
             workers share them instead of copying a list of a million tuples each.
         class_names: names of the labels.
-        transform: an albumentations Compose producing the final normalized image.
+        transform: an albumentations Compose producing the final image (normalized float32,
+            or uint8).
     """
 
     def __init__(self, *, samples: Sequence[tuple[str, int]], class_names: Sequence[str],
@@ -133,3 +155,30 @@ def stack(batch: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
     """images (N, 3, H, W) and labels (N,) of a list of samples."""
     return (torch.stack([s["image"] for s in batch]),
             torch.tensor([s["label"] for s in batch], dtype=torch.int64))
+
+
+@dataclass
+class ImageBatch:
+    """A batch collated in a loader worker: images (N, 3, H, W) and labels (N,).
+
+    `len` is the number of images, as for a list batch (the runner counts skipped images), and
+    the DataLoader pins it through `pin_memory`.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def pin_memory(self) -> ImageBatch:
+        return ImageBatch(self.images.pin_memory(), self.labels.pin_memory())
+
+
+def collate_images(samples: list[dict[str, Any] | None]) -> ImageBatch:
+    """The readable samples (None dropped) stacked into one ImageBatch (possibly empty)."""
+    kept = [s for s in samples if s is not None]
+    if not kept:
+        return ImageBatch(torch.empty(0, 3, 0, 0, dtype=torch.uint8),
+                          torch.empty(0, dtype=torch.int64))
+    return ImageBatch(*stack(kept))

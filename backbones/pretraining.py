@@ -23,8 +23,8 @@ from engine.runner import TaskData
 from . import build_classifier
 from .classifier import Classifier
 from .export import export_model
-from .data import (ImageFolderDataset, build_train_transform, build_val_transform,
-                   scan_image_folder, stack)
+from .data import (ImageBatch, ImageFolderDataset, build_train_transform, build_val_transform,
+                   collate_images, normalize_images, scan_image_folder)
 from .weights import make_provenance, save_checkpoint
 
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "base_classifier.yaml"
@@ -44,18 +44,20 @@ RENAMED_KEYS = {
 
 
 def build_datasets(cfg: DictConfig) -> tuple[ImageFolderDataset, ImageFolderDataset]:
-    """Scan both splits first, so a missing folder fails before any model is built."""
+    """Scan both splits first, so a missing folder fails before any model is built.
+
+    Samples are uint8: `ClassificationTask` normalizes whole batches on the training device.
+    """
     d = cfg.data
     train_samples, class_names = scan_image_folder(f"{d.root}/{d.train_split}")
     val_samples, _ = scan_image_folder(f"{d.root}/{d.val_split}", class_names)
-    norm = {"pixel_mean": list(d.pixel_mean), "pixel_std": list(d.pixel_std)}
     train = ImageFolderDataset(samples=train_samples, class_names=class_names,
                                transform=build_train_transform(image_size=d.image_size,
                                                                scale=list(d.scale),
-                                                               hflip=d.hflip, **norm))
+                                                               hflip=d.hflip, normalize=False))
     val = ImageFolderDataset(samples=val_samples, class_names=class_names,
                              transform=build_val_transform(image_size=d.image_size,
-                                                           resize=d.val_resize, **norm))
+                                                           resize=d.val_resize, normalize=False))
     return train, val
 
 
@@ -70,6 +72,8 @@ class ClassificationTask:
         self.channels_last = False
         self.label_smoothing = 0.0
         self.amp: str | None = None
+        self.pixel_mean: list[float] = []
+        self.pixel_std: list[float] = []
 
     def prepare(self, cfg: DictConfig) -> TaskData:
         train, val = build_datasets(cfg)
@@ -77,11 +81,12 @@ class ClassificationTask:
         self.channels_last = bool(cfg.model.channels_last)
         self.label_smoothing = float(cfg.model.label_smoothing)
         self.amp = parse_amp(cfg.train.amp)
+        self.pixel_mean, self.pixel_std = list(cfg.data.pixel_mean), list(cfg.data.pixel_std)
         per_process = per_process_batch_size(cfg.train.batch_size, "train.batch_size")
         description = (f"{len(train)} train / {len(val)} val images, "
                        f"{len(self.class_names)} classes")
         return TaskData(train=train, val=val, description=description,
-                        val_batch_size=per_process)
+                        val_batch_size=per_process, collate=collate_images)
 
     def build_model(self, cfg: DictConfig) -> nn.Module:
         model = build_classifier(cfg.model.name, len(self.class_names),
@@ -90,15 +95,15 @@ class ClassificationTask:
             model.to(memory_format=torch.channels_last)
         return model
 
-    def _inputs(self, batch: list[dict[str, Any]], device: torch.device
+    def _inputs(self, batch: ImageBatch, device: torch.device
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = stack(batch)
-        images = images.to(device, non_blocking=True)
+        images = normalize_images(batch.images.to(device, non_blocking=True), self.pixel_mean,
+                                  self.pixel_std)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return images, labels.to(device, non_blocking=True)
+        return images, batch.labels.to(device, non_blocking=True)
 
-    def losses(self, model: nn.Module, batch: list[dict[str, Any]],
+    def losses(self, model: nn.Module, batch: ImageBatch,
                device: torch.device) -> Mapping[str, torch.Tensor]:
         images, labels = self._inputs(batch, device)
         return {"loss_cls": F.cross_entropy(model(images), labels,

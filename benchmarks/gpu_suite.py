@@ -25,10 +25,14 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
   seg_train       DeepLabV3-R50 OS8 at 512x512 crops, batch 16, vs torchvision's
                   deeplabv3_resnet50 (aux head on both).
   pretrain        ResNet-50 at 224x224, batch 256, bf16: tools/pretrain.py's JPEG loader (one
-                  worker per core, pinned memory) vs the same steps on tensors already on the
-                  GPU vs torchvision's resnet50.
+                  worker per core, uint8 batches collated in the workers, pinned memory)
+                  alone, then feeding the training step, vs the same steps on one batch
+                  already on the GPU vs torchvision's resnet50.
   torchrun        `torchrun --nproc_per_node=1` of tools/train.py and tools/pretrain.py for a
                   few iterations (NCCL on a GPU): exit code and checkpoints.
+  det_compile     a lever: ours in bf16 with the backbone + FPN under torch.compile vs eager,
+                  and the seconds of the first (compiling) step.
+On a GPU, det_train and det_infer also measure the channels_last lever (bf16, both models).
 """
 from __future__ import annotations
 
@@ -67,7 +71,7 @@ from engine.data.synthetic_shapes import compose_scene  # noqa: E402
 from engine.tasks import load_task_config  # noqa: E402
 
 PHASES = ("data", "det_train", "det_infer", "syncs", "mask_train", "seg_train", "pretrain",
-          "torchrun")
+          "torchrun", "det_compile")
 NUM_CLASSES = len(CATEGORY_IDS)
 
 
@@ -125,12 +129,13 @@ class Suite:
         (self.output / "suite.json").write_text(json.dumps(result, indent=1, default=str))
         lines = [f"GPU suite, {self.info['date']}: {self.info['device']}, torch "
                  f"{self.info['torch']}, torchvision {self.info['torchvision']}", "",
-                 "| phase | model | setting | images/s | ms/image | peak GiB | vs reference |",
-                 "|---|---|---|---|---|---|---|"]
+                 "| phase | model | setting | images/s | ms/image | peak GiB | warmup peak GiB "
+                 "| vs reference |", "|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
             lines.append(f"| {r['phase']} | {r['model']} | {r['setting']} | "
                          f"{_fmt(r.get('images_per_s'))} | {_fmt(r.get('ms_per_image'))} | "
-                         f"{_fmt(r.get('peak_gib'), 2)} | {r.get('vs_reference', '')} |")
+                         f"{_fmt(r.get('peak_gib'), 2)} | {_fmt(r.get('warmup_peak_gib'), 2)} | "
+                         f"{r.get('vs_reference', '')} |")
         lines += [f"\nerror in {phase}: {_last_line(error)}"
                   for phase, error in self.errors.items()]
         (self.output / "suite.md").write_text("\n".join(lines) + "\n")
@@ -157,22 +162,29 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(suite: Suite, step: Callable[[], object], images_per_step: int) -> dict[str, float]:
-    """images/s over `steps` timed steps after `warmup` ones, and the peak GPU memory."""
+    """images/s over `steps` timed steps after `warmup` ones, and the peak GPU memory of the
+    timed steps (steady state) and of the warmup (cudnn.benchmark's trial workspaces included:
+    the first model run at a new shape pays them, its reference then finds them cached)."""
     device, sizes = suite.device, suite.sizes
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(sizes.warmup):  # also compiles (cudnn.benchmark) and fills the allocator
         step()
     _sync(device)
+    warmup_peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(sizes.steps):
         step()
     _sync(device)
     seconds = (time.perf_counter() - start) / sizes.steps
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
     return {"images_per_s": images_per_step / seconds,
-            "ms_per_image": 1000 * seconds / images_per_step, "peak_gib": peak}
+            "ms_per_image": 1000 * seconds / images_per_step, "peak_gib": peak,
+            "warmup_peak_gib": warmup_peak}
 
 
 def precisions(device: torch.device) -> list[str]:
@@ -282,14 +294,57 @@ def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
                    **({"masks": t["gt_masks"]} if mask_on else {})} for t in ours_targets]
     ours, reference = detectors(suite, mask_on)
     ours.train(), reference.train()
-    for precision in precisions(device):
+    for precision, layout in _settings(device):
+        ours.to(memory_format=layout), reference.to(memory_format=layout)
         ours_step = _train_step(ours, _sgd(ours), device, precision,
                                 lambda: ours(images, ours_targets))
         tv_step = _train_step(reference, _sgd(reference), device, precision,
                               lambda: reference(tv_images, tv_targets))
-        compare(suite, phase, f"{precision}, batch {len(images)}",
+        compare(suite, phase, f"{precision}{_LAYOUT_NAMES[layout]}, batch {len(images)}",
                 measure(suite, ours_step, len(images)), measure(suite, tv_step, len(images)),
                 "torchvision")
+    ours.to(memory_format=torch.contiguous_format)
+
+
+_LAYOUT_NAMES = {torch.contiguous_format: "", torch.channels_last: ", channels_last"}
+
+
+def _settings(device: torch.device) -> list[tuple[str, torch.memory_format]]:
+    """Each precision with the default layout; on a GPU also bf16 with channels_last weights
+    (every convolution then runs NHWC: a lever measured on both models)."""
+    settings = [(precision, torch.contiguous_format) for precision in precisions(device)]
+    if device.type == "cuda":
+        settings.append(("bf16", torch.channels_last))
+    return settings
+
+
+def phase_detection_compile(suite: Suite) -> None:
+    """Ours in bf16 with the backbone + FPN under torch.compile (inductor on a GPU; the eager
+    backend in --smoke) vs the same model eager, and the seconds of the first compiled step."""
+    device = suite.device
+    samples = detection_samples(suite, mask_on=False)
+    images = [s["image"].to(device) for s in samples]
+    targets = [{"gt_boxes": s["gt_boxes"].to(device), "gt_classes": s["gt_classes"].to(device)}
+               for s in samples]
+    ours, _ = detectors(suite, mask_on=False)
+    ours.train()
+    precision = precisions(device)[0]
+    setting = f"{precision}, batch {len(images)}"
+    eager = measure(suite, _train_step(ours, _sgd(ours), device, precision,
+                                       lambda: ours(images, targets)), len(images))
+    ours.backbone = torch.compile(ours.backbone,
+                                  backend="inductor" if device.type == "cuda" else "eager")
+    step = _train_step(ours, _sgd(ours), device, precision, lambda: ours(images, targets))
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    first_step = time.perf_counter() - start
+    compiled = measure(suite, step, len(images))
+    suite.add("det_compile", "ours, backbone+FPN compiled", setting, **compiled,
+              first_step_s=first_step,
+              vs_reference=f"{compiled['images_per_s'] / eager['images_per_s']:.2f}x eager, "
+                           f"first step {first_step:.0f} s")
+    suite.add("det_compile", "ours, eager", setting, **eager)
 
 
 class SyncCounter(TorchFunctionMode):
@@ -361,7 +416,8 @@ def phase_detection_inference(suite: Suite) -> None:
     image, _ = compose_scene(np.random.default_rng(1), *suite.sizes.scene, min_objects=4,
                              max_objects=10)
     image = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(device)
-    for precision in precisions(device):
+    for precision, layout in _settings(device):
+        ours.to(memory_format=layout), reference.to(memory_format=layout)
         with torch.inference_mode(), autocast(device, precision):
             got, expected = ours([image])[0], reference([image.float() / 255])[0]
             same = (len(got["boxes"]) == len(expected["boxes"])
@@ -373,11 +429,12 @@ def phase_detection_inference(suite: Suite) -> None:
             def run_reference() -> None:
                 reference([image.float() / 255])
             ours_m, ref_m = measure(suite, run_ours, 1), measure(suite, run_reference, 1)
-        suite.add("det_infer", "ours", f"{precision}, batch 1", **ours_m,
+        setting = f"{precision}{_LAYOUT_NAMES[layout]}, batch 1"
+        suite.add("det_infer", "ours", setting, **ours_m,
                   same_detections=same, detections=len(got["boxes"]),
                   vs_reference=f"{ref_m['ms_per_image'] / ours_m['ms_per_image']:.2f}x "
                                "torchvision's speed")
-        suite.add("det_infer", "torchvision", f"{precision}, batch 1", **ref_m)
+        suite.add("det_infer", "torchvision", setting, **ref_m)
 
 
 # ---- segmentation ----
@@ -427,44 +484,48 @@ def phase_segmentation_train(suite: Suite) -> None:
 # ---- pretraining ----
 
 def phase_pretrain(suite: Suite) -> None:
-    from backbones.data import stack
-    from backbones.pretraining import build_datasets
+    """tools/pretrain.py's step (ClassificationTask: uint8 batches collated in the workers,
+    normalized on the device) fed by its loader, by nothing (the loader alone), and from one
+    batch already on the device, vs torchvision's resnet50 on that batch."""
+    from backbones.pretraining import ClassificationTask
     from engine.data import build_train_loader
     device, s = suite.device, suite.sizes
     _, cfg = load_task_config(ROOT / "configs/pretrain/resnet50_imagenet.yaml", [
         f"data.root={suite.data / 'imagefolder'}", f"data.image_size={s.cls_size}",
-        f"data.val_resize={s.cls_size + s.cls_size // 7}"], task="classification")
-    train, _ = build_datasets(cfg)
+        f"data.val_resize={s.cls_size + s.cls_size // 7}", "train.batch_size=1"],
+        task="classification")
+    task = ClassificationTask()
+    data = task.prepare(cfg)
+    task.channels_last = device.type == "cuda"
     workers = 0 if device.type == "cpu" else (os.cpu_count() or 1)
-    loader = iter(build_train_loader(train, batch_size=s.cls_batch, num_workers=workers,
-                                     pin_memory=device.type == "cuda", rank=0, world_size=1))
+    loader = iter(build_train_loader(data.train, batch_size=s.cls_batch, num_workers=workers,
+                                     pin_memory=device.type == "cuda", rank=0, world_size=1,
+                                     collate_fn=data.collate))
     arch = s.backbone
     torch.manual_seed(0)
     ours = build_classifier(arch, NUM_CLASSES).to(device).train()
     reference = getattr(torchvision.models, arch)(num_classes=NUM_CLASSES).to(device).train()
-    if device.type == "cuda":
+    if task.channels_last:
         ours = ours.to(memory_format=torch.channels_last)
         reference = reference.to(memory_format=torch.channels_last)
-    fixed = [t.to(device) for t in stack(next(loader))]
+    first = next(loader)
+    fixed = type(first)(first.images.to(device), first.labels.to(device))
     precision = precisions(device)[0]
-
-    def losses(model: nn.Module, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        return {"ce": F.cross_entropy(model(images), labels)}
-
-    def from_loader() -> dict[str, Tensor]:
-        images, labels = stack(next(loader))
-        return losses(ours, images.to(device, non_blocking=True),
-                      labels.to(device, non_blocking=True))
-
     setting = f"{precision}, batch {s.cls_batch}, {s.cls_size}px"
-    loader_m = measure(suite, _train_step(ours, _sgd(ours), device, precision, from_loader),
+
+    loader_alone = measure(suite, lambda: next(loader), s.cls_batch)
+    suite.add("pretrain", f"JPEG loader alone ({workers} workers)", f"batch {s.cls_batch}, "
+              f"{s.cls_size}px, uint8", images_per_s=loader_alone["images_per_s"],
+              ms_per_image=loader_alone["ms_per_image"])
+    loader_m = measure(suite, _train_step(ours, _sgd(ours), device, precision,
+                                          lambda: task.losses(ours, next(loader), device)),
                        s.cls_batch)
     tensors_m = measure(suite, _train_step(ours, _sgd(ours), device, precision,
-                                           lambda: losses(ours, *fixed)), s.cls_batch)
+                                           lambda: task.losses(ours, fixed, device)),
+                        s.cls_batch)
     ref_m = measure(suite, _train_step(reference, _sgd(reference), device, precision,
-                                       lambda: losses(reference, *fixed)), s.cls_batch)
+                                       lambda: task.losses(reference, fixed, device)),
+                    s.cls_batch)
     suite.add("pretrain", f"ours {arch}, JPEG loader ({workers} workers)", setting, **loader_m,
               vs_reference=f"{loader_m['images_per_s'] / tensors_m['images_per_s']:.2f}x "
                            "the rate on GPU tensors")
@@ -516,7 +577,8 @@ RUNNERS: dict[str, Callable[[Suite], None]] = {
     "data": phase_data, "det_train": phase_detection_train,
     "det_infer": phase_detection_inference, "syncs": phase_syncs,
     "mask_train": lambda suite: phase_detection_train(suite, mask_on=True),
-    "seg_train": phase_segmentation_train, "pretrain": phase_pretrain, "torchrun": phase_torchrun}
+    "seg_train": phase_segmentation_train, "pretrain": phase_pretrain, "torchrun": phase_torchrun,
+    "det_compile": phase_detection_compile}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

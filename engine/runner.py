@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from .amp import parse_amp
 from .checkpoint import Checkpointer, PeriodicCheckpointer
 from .config import save_config
-from .data import build_test_loader, build_train_loader
+from .data import build_test_loader, build_train_loader, collate
 from .distributed import (all_reduce_sum, broadcast_buffers, get_rank, get_world_size,
                           is_main_process, per_process_batch_size, wrap_ddp)
 from .logging import ProgressLogger, ScalarWriter, setup_logging
@@ -52,6 +52,7 @@ class TaskData:
         description: one log line (sizes, classes).
         group_ids: aspect-ratio group of every training index (None: no grouping).
         val_batch_size: images per evaluation batch on each process.
+        collate: samples -> batch in the loader workers (None: a list of the readable ones).
     """
 
     train: Dataset
@@ -59,6 +60,7 @@ class TaskData:
     description: str
     group_ids: np.ndarray | None = None
     val_batch_size: int = 1
+    collate: Callable[[list[Any]], Any] | None = None
 
 
 class Task(Protocol):
@@ -230,7 +232,8 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     if data.val is not None:
         val_loader = build_test_loader(data.val, batch_size=data.val_batch_size,
                                        num_workers=cfg.data.num_workers,
-                                       pin_memory=device.type == "cuda")
+                                       pin_memory=device.type == "cuda",
+                                       collate_fn=data.collate or collate)
 
         def evaluate() -> Metrics:
             broadcast_buffers(model)  # every process scores rank 0's normalisation statistics
@@ -259,7 +262,8 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     train_loader = build_train_loader(data.train, batch_size=batch_size, seed=t.seed,
                                       num_workers=cfg.data.num_workers, start_iter=start_iter,
                                       group_ids=data.group_ids,
-                                      pin_memory=device.type == "cuda")
+                                      pin_memory=device.type == "cuda",
+                                      collate_fn=data.collate or collate)
     per_epoch = f" ({lengths['per_epoch']} per epoch)" if "per_epoch" in lengths else ""
     logger.info("training for %d iterations%s from iteration %d", lengths["max_iter"], per_epoch,
                 start_iter)

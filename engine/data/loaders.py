@@ -1,9 +1,11 @@
 """Loaders for every task: batches are lists of samples (the model pads and stacks), with the
-samples of unreadable images (None) dropped, so the training loop can count them.
+samples of unreadable images (None) dropped, so the training loop can count them. A task whose
+samples all have one size may collate them in the workers instead (one tensor per batch crosses
+the process boundary, not one per image); its batch still has `len` = the images it holds.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,8 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int = 0,
                        num_workers: int = 0, start_iter: int = 0,
                        group_ids: Sequence[int] | np.ndarray | None = None,
                        pin_memory: bool = False, rank: int | None = None,
-                       world_size: int | None = None) -> DataLoader:
+                       world_size: int | None = None,
+                       collate_fn: Callable[[list[Any]], Any] = collate) -> DataLoader:
     """Endless training loader of lists of samples, resumable at a step.
 
     Args:
@@ -48,6 +51,7 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int = 0,
         pin_memory: page-locked batches for asynchronous copies to a GPU.
         rank: this process (default: from torch.distributed).
         world_size: number of processes (default: from torch.distributed).
+        collate_fn: samples (None for unreadable ones) -> batch, run in the workers.
     """
     if group_ids is None:  # consecutive keys: skip them in the sampler, no bucketing needed
         sampler = TrainingSampler(len(dataset), seed=seed, start=start_iter * batch_size,
@@ -57,18 +61,19 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int = 0,
         sampler = TrainingSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
         batches = GroupedBatchSampler(sampler, group_ids=group_ids, batch_size=batch_size,
                                       start_batch=start_iter)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory, worker_init_fn=_init_worker,
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                      collate_fn=collate_fn, pin_memory=pin_memory, worker_init_fn=_init_worker,
                       generator=torch.Generator().manual_seed(seed),
                       persistent_workers=num_workers > 0)
 
 
 def build_test_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int = 0,
                       pin_memory: bool = False, rank: int | None = None,
-                      world_size: int | None = None) -> DataLoader:
+                      world_size: int | None = None,
+                      collate_fn: Callable[[list[Any]], Any] = collate) -> DataLoader:
     """Loader over this rank's share of the dataset, every image once, in order."""
     sampler = InferenceSampler(len(dataset), rank=rank, world_size=world_size)
     batches = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory, worker_init_fn=_init_worker,
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                      collate_fn=collate_fn, pin_memory=pin_memory, worker_init_fn=_init_worker,
                       generator=torch.Generator().manual_seed(0))

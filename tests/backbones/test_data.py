@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from backbones.data import (ImageFolderDataset, build_train_transform, build_val_transform,
+from backbones.data import (ImageBatch, ImageFolderDataset, build_train_transform,
+                            build_val_transform, collate_images, normalize_images,
                             scan_image_folder, stack)
 from engine.data import UnreadableImageError, build_train_loader, collate, read_image
 
@@ -112,6 +113,38 @@ def test_unreadable_image_is_skipped_and_dropped_from_the_batch(
     images, labels = stack(collate([ds[0], ds[1], ds[2]]))
     assert images.shape == (2, 3, 16, 16)
     assert labels.tolist() == [0, 1]
+
+
+def test_uint8_samples_normalized_on_the_device_equal_the_float_samples(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"a": 2, "b": 2}, size=40)
+    samples, classes = scan_image_folder(tmp_path)
+    floats, bytes_ = (ImageFolderDataset(samples=samples, class_names=classes,
+                                         transform=build_train_transform(image_size=16,
+                                                                         normalize=normalize))
+                      for normalize in (True, False))
+    assert bytes_[(2, 7)]["image"].dtype == torch.uint8
+    expected = torch.stack([floats[(i, 7)]["image"] for i in range(4)])
+    got = normalize_images(torch.stack([bytes_[(i, 7)]["image"] for i in range(4)]), MEAN, STD)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert got.std() > 0.5  # real pictures, not a constant
+
+
+def test_workers_collate_one_image_batch_without_the_unreadable_images(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"a": 3, "b": 3}, size=20)
+    (tmp_path / "a/1.png").write_bytes(b"not a png")
+    samples, classes = scan_image_folder(tmp_path)
+    ds = ImageFolderDataset(samples=samples, class_names=classes,
+                            transform=build_val_transform(image_size=8, resize=8, normalize=False))
+    loader = build_train_loader(ds, batch_size=6, num_workers=1, seed=0,
+                                collate_fn=collate_images)
+    batch = next(iter(loader))
+    assert isinstance(batch, ImageBatch) and len(batch) == 5  # the runner counts one skipped
+    assert batch.images.shape == (5, 3, 8, 8) and batch.images.dtype == torch.uint8
+    assert sorted(batch.labels.tolist()) == [0, 0, 1, 1, 1]
+    images, _ = stack([ds[i] for i in range(6) if ds[i] is not None])
+    assert {tuple(x.flatten().tolist()) for x in batch.images} == {
+        tuple(x.flatten().tolist()) for x in images}  # the same pictures, in sampler order
+    assert not collate_images([None, None])  # all unreadable: an empty batch, a zero step
 
 
 def test_train_loader_resumes_and_ignores_worker_count(tmp_path: Path) -> None:

@@ -30,7 +30,8 @@ def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
     rows = result["rows"]
     assert [r["phase"] for r in rows] == [
         "data", "det_train", "det_train", "det_infer", "det_infer", "syncs", "syncs",
-        "mask_train", "mask_train", "seg_train", "seg_train", "pretrain", "pretrain", "pretrain"]
+        "mask_train", "mask_train", "seg_train", "seg_train", "pretrain", "pretrain", "pretrain",
+        "pretrain", "det_compile", "det_compile"]
     syncs = {r["model"]: r for r in rows if r["phase"] == "syncs"}
     for model in ("ours", "torchvision"):  # both read values and index with masks somewhere
         assert syncs[model]["python_syncs"] == sum(syncs[model]["by_call"].values()) > 0
@@ -42,7 +43,11 @@ def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
     infer = next(r for r in rows if r["phase"] == "det_infer" and r["model"] == "ours")
     assert infer["ms_per_image"] > 0 and "same_detections" in infer
     pretrain = [r["model"] for r in rows if r["phase"] == "pretrain"]
-    assert pretrain == ["ours resnet18, JPEG loader (0 workers)", "ours", "torchvision"]
+    assert pretrain == ["JPEG loader alone (0 workers)", "ours resnet18, JPEG loader (0 workers)",
+                        "ours", "torchvision"]
+    compiled, eager = [r for r in rows if r["phase"] == "det_compile"]
+    assert compiled["images_per_s"] > 0 and eager["images_per_s"] > 0
+    assert compiled["first_step_s"] > 0 and "x eager" in compiled["vs_reference"]
     written = json.loads((tmp_path / "suite.json").read_text())
     assert written["rows"] == json.loads(json.dumps(rows, default=str))
     table = (tmp_path / "suite.md").read_text()

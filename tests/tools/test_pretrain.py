@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import backbones
+from backbones.data import normalize_images
 from backbones.pretraining import build_datasets
 from engine.tasks import load_task_config
 from tests.torchrun import run_two_processes
@@ -88,8 +89,10 @@ def test_short_pretrain_lowers_loss_and_writes_loadable_outputs(
     torch.manual_seed(0)
     untrained = backbones.build_classifier("cifar_resnet20", 2).eval()
     trained = result["model"].eval()
-    _, val = build_datasets(load_task_config(CONFIG, overrides(tmp_path / "data", out)[1:])[1])
-    images = torch.stack([val[i]["image"] for i in range(len(val))])
+    cfg = load_task_config(CONFIG, overrides(tmp_path / "data", out)[1:])[1]
+    _, val = build_datasets(cfg)
+    images = normalize_images(torch.stack([val[i]["image"] for i in range(len(val))]),
+                              cfg.data.pixel_mean, cfg.data.pixel_std)
     labels = torch.tensor([val[i]["label"] for i in range(len(val))])
     with torch.no_grad():
         loss_before = F.cross_entropy(untrained(images), labels).item()
