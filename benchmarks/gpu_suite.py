@@ -161,7 +161,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(suite: Suite, step: Callable[[], object], images_per_step: int) -> dict[str, float]:
+def measure(suite: Suite, step: Callable[[], object], images_per_step: int,
+            steps: int | None = None) -> dict[str, float]:
     """images/s over `steps` timed steps after `warmup` ones, and the peak GPU memory of the
     timed steps (steady state) and of the warmup (cudnn.benchmark's trial workspaces included:
     the first model run at a new shape pays them, its reference then finds them cached)."""
@@ -177,10 +178,11 @@ def measure(suite: Suite, step: Callable[[], object], images_per_step: int) -> d
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    for _ in range(sizes.steps):
+    steps = steps or sizes.steps
+    for _ in range(steps):
         step()
     _sync(device)
-    seconds = (time.perf_counter() - start) / sizes.steps
+    seconds = (time.perf_counter() - start) / steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
     return {"images_per_s": images_per_step / seconds,
             "ms_per_image": 1000 * seconds / images_per_step, "peak_gib": peak,
@@ -513,13 +515,22 @@ def phase_pretrain(suite: Suite) -> None:
     precision = precisions(device)[0]
     setting = f"{precision}, batch {s.cls_batch}, {s.cls_size}px"
 
-    loader_alone = measure(suite, lambda: next(loader), s.cls_batch)
-    suite.add("pretrain", f"JPEG loader alone ({workers} workers)", f"batch {s.cls_batch}, "
-              f"{s.cls_size}px, uint8", images_per_s=loader_alone["images_per_s"],
+    # The workers keep 2 batches each ready: empty that buffer, then time 3 times as many
+    # batches, so the rate is the workers' steady production, not batches made beforehand.
+    buffered = 2 * max(workers, 1)
+
+    def drained(step: Callable[[], object]) -> dict[str, float]:
+        for _ in range(buffered):
+            next(loader)
+        return measure(suite, step, s.cls_batch, steps=3 * buffered)
+
+    loader_alone = drained(lambda: next(loader))
+    suite.add("pretrain", f"JPEG loader alone ({workers} workers)",
+              f"batch {s.cls_batch}, {s.cls_size}px, uint8, {3 * buffered} batches",
+              images_per_s=loader_alone["images_per_s"],
               ms_per_image=loader_alone["ms_per_image"])
-    loader_m = measure(suite, _train_step(ours, _sgd(ours), device, precision,
-                                          lambda: task.losses(ours, next(loader), device)),
-                       s.cls_batch)
+    loader_m = drained(_train_step(ours, _sgd(ours), device, precision,
+                                   lambda: task.losses(ours, next(loader), device)))
     tensors_m = measure(suite, _train_step(ours, _sgd(ours), device, precision,
                                            lambda: task.losses(ours, fixed, device)),
                         s.cls_batch)
