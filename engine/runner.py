@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from .amp import parse_amp
 from .checkpoint import Checkpointer, PeriodicCheckpointer
+from .compilation import compile_model, parse_compile
 from .config import save_config
 from .data import build_test_loader, build_train_loader, collate
 from .distributed import (all_reduce_sum, broadcast_buffers, get_rank, get_world_size,
@@ -188,6 +189,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     if not t.base_lr > 0:
         raise ValueError(f"train.base_lr is {t.base_lr}: the weights would never change; set a "
                          "positive learning rate")
+    compile_backend = parse_compile(t.compile)
     output_dir = Path(t.output_dir)
     setup_logging(output_dir)
     batch_size = per_process_batch_size(t.batch_size, "train.batch_size")
@@ -202,7 +204,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
 
     torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
     seed_everything(t.seed)  # the same initial weights on every process
-    model = task.build_model(cfg).to(device)
+    model = compile_model(task.build_model(cfg).to(device), compile_backend, device)
     seed_everything(t.seed + get_rank())  # distinct dropout / sampling per process
     ddp_model = wrap_ddp(model, device)
     optimizer = build_optimizer_from_config(cfg, model)

@@ -1,0 +1,74 @@
+"""engine.compilation: `train.compile` values, what gets compiled, the eager fallback."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from engine import compilation
+from engine.compilation import compile_model, parse_compile
+from engine.runner import run_training
+from tests.tools.test_runner_tasks import _RegressionTask, _toy_config
+
+CPU = torch.device("cpu")
+
+
+def test_compile_values_and_bad_ones_name_the_key() -> None:
+    assert parse_compile(False) is None and parse_compile(None) is None
+    assert parse_compile(True) == "inductor" and parse_compile("eager") == "eager"
+    for bad in ("inductr", 3, ["inductor"]):
+        with pytest.raises(ValueError, match=r"train.compile must be false, true or a "
+                                             r"torch.compile backend \(.*inductor.*\), got"):
+            parse_compile(bad)
+
+
+class _Detector(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4, 2)
+
+
+def test_the_backbone_alone_is_compiled_and_the_state_dict_keys_stay() -> None:
+    model = _Detector()
+    keys = list(model.state_dict())
+    compile_model(model, "eager", CPU)
+    assert model.backbone._compiled_call_impl is not None
+    assert model.head._compiled_call_impl is None and model._compiled_call_impl is None
+    assert list(model.state_dict()) == keys
+    whole = compile_model(nn.Linear(2, 2), "eager", CPU)  # no backbone: the whole model
+    assert whole._compiled_call_impl is not None
+
+
+def test_without_a_compiler_training_goes_on_eager_with_a_warning(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(compilation.shutil, "which", lambda name: None)
+    model = _Detector()
+    with caplog.at_level(logging.WARNING):
+        compile_model(model, "inductor", CPU)
+    assert model.backbone._compiled_call_impl is None
+    assert "train.compile=inductor: inductor needs a C++ compiler on a CPU" in caplog.text
+
+
+def test_a_compiled_run_ends_with_the_weights_of_the_eager_run(tmp_path: Path) -> None:
+    runs = {}
+    for backend in (False, "eager"):
+        cfg = _toy_config(tmp_path / str(backend))
+        cfg.train.compile = backend
+        runs[backend] = run_training(_RegressionTask(), cfg, CPU)["model"]
+    assert runs["eager"]._compiled_call_impl is not None  # the runner compiled it
+    eager, compiled = runs[False].state_dict(), runs["eager"].state_dict()
+    assert list(eager) == list(compiled)
+    for key, value in eager.items():
+        assert torch.equal(value, compiled[key]), key
+
+
+def test_a_bad_compile_value_fails_before_anything_is_written(tmp_path: Path) -> None:
+    cfg = _toy_config(tmp_path / "out")
+    cfg.train.compile = "fastest"
+    with pytest.raises(ValueError, match="train.compile must be"):
+        run_training(_RegressionTask(), cfg, CPU)
+    assert not (tmp_path / "out").exists()
