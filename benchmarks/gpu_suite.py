@@ -66,6 +66,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone  # n
 
 from backbones import build_classifier  # noqa: E402
 from detection import build_model, load_detector_weights  # noqa: E402
+from engine.compilation import compile_model  # noqa: E402
 from engine.data.synthetic import CATEGORY_IDS, generate  # noqa: E402
 from engine.data.synthetic_shapes import compose_scene  # noqa: E402
 from engine.tasks import load_task_config  # noqa: E402
@@ -334,8 +335,7 @@ def phase_detection_compile(suite: Suite) -> None:
     setting = f"{precision}, batch {len(images)}"
     eager = measure(suite, _train_step(ours, _sgd(ours), device, precision,
                                        lambda: ours(images, targets)), len(images))
-    ours.backbone = torch.compile(ours.backbone,
-                                  backend="inductor" if device.type == "cuda" else "eager")
+    compile_model(ours, "inductor" if device.type == "cuda" else "eager", device)  # train.compile
     step = _train_step(ours, _sgd(ours), device, precision, lambda: ours(images, targets))
     start = time.perf_counter()
     step()
