@@ -292,7 +292,6 @@ def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
     ours_targets = [{"gt_boxes": s["gt_boxes"].to(device), "gt_classes": s["gt_classes"].to(device),
                      **({"gt_masks": s["gt_masks"].to(device)} if mask_on else {})}
                     for s in samples]
-    tv_images = [image.float() / 255 for image in images]
     tv_targets = [{"boxes": t["gt_boxes"], "labels": t["gt_classes"] + 1,
                    **({"masks": t["gt_masks"]} if mask_on else {})} for t in ours_targets]
     ours, reference = detectors(suite, mask_on)
@@ -302,7 +301,7 @@ def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
         ours_step = _train_step(ours, _sgd(ours), device, precision,
                                 lambda: ours(images, ours_targets))
         tv_step = _train_step(reference, _sgd(reference), device, precision,
-                              lambda: reference(tv_images, tv_targets))
+                              lambda: reference([i.float() / 255 for i in images], tv_targets))
         compare(suite, phase, f"{precision}{_LAYOUT_NAMES[layout]}, batch {len(images)}",
                 measure(suite, ours_step, len(images)), measure(suite, tv_step, len(images)),
                 "torchvision")
@@ -466,11 +465,10 @@ def phase_segmentation_train(suite: Suite) -> None:
     reference = reference.to(device).train()
     mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
-    batch = (torch.stack(images).float() / 255 - mean) / std
     gt = torch.stack([t["gt_sem_seg"] for t in targets]).long()
 
     def reference_losses() -> dict[str, Tensor]:
-        out = reference(batch)
+        out = reference((torch.stack(images).float() / 255 - mean) / std)  # uint8 in, as ours
         return {"main": F.cross_entropy(out["out"], gt, ignore_index=255),
                 "aux": 0.4 * F.cross_entropy(out["aux"], gt, ignore_index=255)}
 
