@@ -58,13 +58,14 @@ class Matcher:
             empty = torch.zeros(0, dtype=torch.int64, device=quality.device)
             return empty, empty.to(torch.int8)
 
+        # torch.where, not masked assignment or nonzero: no wait for the GPU (host sync)
         matched_vals, matched_idxs = quality.max(dim=0)
         match_labels = torch.full((num_pred,), FOREGROUND, dtype=torch.int8, device=quality.device)
-        match_labels[matched_vals < self.high_threshold] = IGNORE
-        match_labels[matched_vals < self.low_threshold] = BACKGROUND
+        match_labels = torch.where(matched_vals < self.high_threshold, IGNORE, match_labels)
+        match_labels = torch.where(matched_vals < self.low_threshold, BACKGROUND, match_labels)
 
-        if self.allow_low_quality_matches:
+        if self.allow_low_quality_matches:  # each gt's best predictions (ties too) foreground
             best_per_gt = quality.max(dim=1).values
-            _, pred_inds = torch.nonzero(quality == best_per_gt[:, None], as_tuple=True)
-            match_labels[pred_inds] = FOREGROUND
+            is_best = (quality == best_per_gt[:, None]).any(dim=0)
+            match_labels = torch.where(is_best, FOREGROUND, match_labels)
         return matched_idxs, match_labels

@@ -108,21 +108,33 @@ class GeneralizedRCNN(nn.Module):
                 )
             if classes.dtype != torch.int64:
                 raise ValueError(f"target {i}: gt_classes must be int64, got {classes.dtype}")
-            if len(classes) and (int(classes.min()) < 0 or int(classes.max()) >= self.num_classes):
-                raise ValueError(
-                    f"target {i}: gt_classes must be in 0..{self.num_classes - 1}, got "
-                    f"{sorted(set(classes.tolist()))}"
-                )
-            bad = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1) | ~torch.isfinite(boxes).all(dim=1)
-            if bad.any():
-                raise ValueError(
-                    f"target {i}: gt box {boxes[bad][0].tolist()} has no positive width and "
-                    "height (xyxy expected)"
-                )
             checked.append({**target, "gt_boxes": boxes, "gt_classes": classes})
             if self.mask_on:
                 checked[-1]["gt_masks"] = self._check_masks(target, i, len(boxes), image_sizes[i])
+        # the values of the whole batch in one read: one host sync per step, not three per image
+        if checked and bool(torch.stack([self._bad_values(t).any() for t in checked]).any()):
+            for i, target in enumerate(checked):
+                self._raise_for_bad_values(i, target)
         return checked
+
+    def _bad_values(self, target: dict[str, Tensor]) -> Tensor:
+        """(M,) True for each gt with a class out of range or a box without area."""
+        classes = target["gt_classes"]
+        return (classes < 0) | (classes >= self.num_classes) | _without_area(target["gt_boxes"])
+
+    def _raise_for_bad_values(self, i: int, target: dict[str, Tensor]) -> None:
+        classes, boxes = target["gt_classes"], target["gt_boxes"]
+        if len(classes) and (int(classes.min()) < 0 or int(classes.max()) >= self.num_classes):
+            raise ValueError(
+                f"target {i}: gt_classes must be in 0..{self.num_classes - 1}, got "
+                f"{sorted(set(classes.tolist()))}"
+            )
+        bad = _without_area(boxes)
+        if bad.any():
+            raise ValueError(
+                f"target {i}: gt box {boxes[bad][0].tolist()} has no positive width and "
+                "height (xyxy expected)"
+            )
 
     def _check_masks(
         self, target: dict[str, Tensor], i: int, num_objects: int, image_size: tuple[int, int]
@@ -197,3 +209,8 @@ class GeneralizedRCNN(nn.Module):
                     det["mask_probs"], det["boxes"], size, threshold=self.mask_threshold
                 )
         return detections
+
+
+def _without_area(boxes: Tensor) -> Tensor:
+    """(M,) True for xyxy boxes with no positive width and height, or a non-finite value."""
+    return (boxes[:, 2:] <= boxes[:, :2]).any(dim=1) | ~torch.isfinite(boxes).all(dim=1)

@@ -91,13 +91,13 @@ class ROIHeads(nn.Module):
                 boxes = torch.cat([boxes, gt_boxes])
             matched_idxs, match_labels = self.matcher(box_iou(gt_boxes, boxes))
             if len(gt_boxes):
-                classes = gt_classes[matched_idxs].clone()
+                classes = gt_classes[matched_idxs]
                 matched_boxes = gt_boxes[matched_idxs]
             else:
                 classes = torch.zeros_like(matched_idxs)
                 matched_boxes = torch.zeros_like(boxes)
-            classes[match_labels == BACKGROUND] = self.num_classes
-            classes[match_labels == IGNORE] = -1
+            classes = torch.where(match_labels == BACKGROUND, self.num_classes, classes)
+            classes = torch.where(match_labels == IGNORE, -1, classes)
             pos_idx, neg_idx = self.sampler(match_labels == FOREGROUND, match_labels == BACKGROUND)
             idx = torch.cat([pos_idx, neg_idx]).sort().values
             sampled.append(

@@ -212,6 +212,11 @@ def test_bad_input_errors() -> None:
             image,
             [{"gt_boxes": torch.tensor([[5.0, 1.0, 5.0, 9.0]]), "gt_classes": torch.tensor([0])}],
         )
+    good = {"gt_boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]), "gt_classes": torch.tensor([1])}
+    no_area = {"gt_boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0], [2.0, 7.0, 4.0, float("nan")]]),
+               "gt_classes": torch.tensor([0, 1])}
+    with pytest.raises(ValueError, match=r"target 1: gt box \[2.0, 7.0, 4.0, nan\] has no "):
+        model(image * 2, [good, no_area])  # the batch is checked at once, the message names 1
     with pytest.raises(ValueError, match="'gt_boxes' and 'gt_classes'"):
         model(image, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
