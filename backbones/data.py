@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from engine.data import PackedRecords, UnreadableImageError, read_image
+from engine.data import PackedRecords, UnreadableImageError, collate, read_image
 
 from .weights import PIXEL_MEAN, PIXEL_STD
 
@@ -104,12 +104,16 @@ def _normalization(pixel_mean: Sequence[float], pixel_std: Sequence[float],
     return [A.Normalize(mean=tuple(pixel_mean), std=tuple(pixel_std), max_pixel_value=1.0)]
 
 
-def normalize_images(images: torch.Tensor, pixel_mean: Sequence[float],
-                     pixel_std: Sequence[float]) -> torch.Tensor:
-    """(N, 3, H, W) uint8 -> float32 normalized with the 0..255 mean/std, on images' device."""
-    mean = torch.tensor(pixel_mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(pixel_std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    return (images.float() - mean) / std
+def normalize_images(images: torch.Tensor, pixel_mean: Sequence[float] | torch.Tensor,
+                     pixel_std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> float32 normalized with the 0..255 mean/std, on images' device.
+
+    Give mean/std as float32 tensors already on that device in a training loop: built from
+    lists, they are copied from pageable host memory, which waits for the GPU at every step.
+    """
+    mean = torch.as_tensor(pixel_mean, dtype=torch.float32, device=images.device)
+    std = torch.as_tensor(pixel_std, dtype=torch.float32, device=images.device)
+    return (images.float() - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
 class ImageFolderDataset(Dataset):
@@ -174,10 +178,14 @@ class ImageBatch:
     def pin_memory(self) -> ImageBatch:
         return ImageBatch(self.images.pin_memory(), self.labels.pin_memory())
 
+    def to(self, device: torch.device, non_blocking: bool = False) -> ImageBatch:
+        return ImageBatch(self.images.to(device, non_blocking=non_blocking),
+                          self.labels.to(device, non_blocking=non_blocking))
+
 
 def collate_images(samples: list[dict[str, Any] | None]) -> ImageBatch:
     """The readable samples (None dropped) stacked into one ImageBatch (possibly empty)."""
-    kept = [s for s in samples if s is not None]
+    kept = collate(samples)
     if not kept:
         return ImageBatch(torch.empty(0, 3, 0, 0, dtype=torch.uint8),
                           torch.empty(0, dtype=torch.int64))

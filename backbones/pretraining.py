@@ -72,8 +72,8 @@ class ClassificationTask:
         self.channels_last = False
         self.label_smoothing = 0.0
         self.amp: str | None = None
-        self.pixel_mean: list[float] = []
-        self.pixel_std: list[float] = []
+        self.pixel_mean = torch.zeros(3)  # float32, moved to the training device once
+        self.pixel_std = torch.ones(3)
 
     def prepare(self, cfg: DictConfig) -> TaskData:
         train, val = build_datasets(cfg)
@@ -81,7 +81,8 @@ class ClassificationTask:
         self.channels_last = bool(cfg.model.channels_last)
         self.label_smoothing = float(cfg.model.label_smoothing)
         self.amp = parse_amp(cfg.train.amp)
-        self.pixel_mean, self.pixel_std = list(cfg.data.pixel_mean), list(cfg.data.pixel_std)
+        self.pixel_mean = torch.tensor(list(cfg.data.pixel_mean), dtype=torch.float32)
+        self.pixel_std = torch.tensor(list(cfg.data.pixel_std), dtype=torch.float32)
         per_process = per_process_batch_size(cfg.train.batch_size, "train.batch_size")
         description = (f"{len(train)} train / {len(val)} val images, "
                        f"{len(self.class_names)} classes")
@@ -97,11 +98,13 @@ class ClassificationTask:
 
     def _inputs(self, batch: ImageBatch, device: torch.device
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        images = normalize_images(batch.images.to(device, non_blocking=True), self.pixel_mean,
-                                  self.pixel_std)
+        if self.pixel_mean.device != device:
+            self.pixel_mean, self.pixel_std = self.pixel_mean.to(device), self.pixel_std.to(device)
+        batch = batch.to(device, non_blocking=True)
+        images = normalize_images(batch.images, self.pixel_mean, self.pixel_std)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return images, batch.labels.to(device, non_blocking=True)
+        return images, batch.labels
 
     def losses(self, model: nn.Module, batch: ImageBatch,
                device: torch.device) -> Mapping[str, torch.Tensor]:

@@ -250,6 +250,15 @@ def detection_samples(suite: Suite, mask_on: bool) -> list[dict[str, Tensor]]:
 
 # ---- detection ----
 
+def detection_batch(suite: Suite, mask_on: bool) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    """The training scenes' images and our targets, on the suite's device."""
+    device = suite.device
+    samples = detection_samples(suite, mask_on)
+    keys = ("gt_boxes", "gt_classes", *(("gt_masks",) if mask_on else ()))
+    return ([s["image"].to(device) for s in samples],
+            [{k: s[k].to(device) for k in keys} for s in samples])
+
+
 def detectors(suite: Suite, mask_on: bool) -> tuple[nn.Module, nn.Module]:
     """Ours (from the 1x config) and torchvision's, both FrozenBN with conv1 + res2 frozen."""
     config = "mask_rcnn_R_50_FPN_1x" if mask_on else "faster_rcnn_R_50_FPN_1x"
@@ -287,11 +296,7 @@ def _sgd(model: nn.Module) -> torch.optim.Optimizer:
 def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
     phase = "mask_train" if mask_on else "det_train"
     device = suite.device
-    samples = detection_samples(suite, mask_on)
-    images = [s["image"].to(device) for s in samples]
-    ours_targets = [{"gt_boxes": s["gt_boxes"].to(device), "gt_classes": s["gt_classes"].to(device),
-                     **({"gt_masks": s["gt_masks"].to(device)} if mask_on else {})}
-                    for s in samples]
+    images, ours_targets = detection_batch(suite, mask_on)
     tv_targets = [{"boxes": t["gt_boxes"], "labels": t["gt_classes"] + 1,
                    **({"masks": t["gt_masks"]} if mask_on else {})} for t in ours_targets]
     ours, reference = detectors(suite, mask_on)
@@ -324,10 +329,7 @@ def phase_detection_compile(suite: Suite) -> None:
     """Ours in bf16 with the backbone + FPN under torch.compile (inductor on a GPU; the eager
     backend in --smoke) vs the same model eager, and the seconds of the first compiled step."""
     device = suite.device
-    samples = detection_samples(suite, mask_on=False)
-    images = [s["image"].to(device) for s in samples]
-    targets = [{"gt_boxes": s["gt_boxes"].to(device), "gt_classes": s["gt_classes"].to(device)}
-               for s in samples]
+    images, targets = detection_batch(suite, mask_on=False)
     ours, _ = detectors(suite, mask_on=False)
     ours.train()
     precision = precisions(device)[0]
@@ -378,10 +380,7 @@ class SyncCounter(TorchFunctionMode):
 def phase_syncs(suite: Suite) -> None:
     """Host syncs in one Faster R-CNN training step, ours vs torchvision's, same batch."""
     device = suite.device
-    samples = detection_samples(suite, mask_on=False)
-    images = [s["image"].to(device) for s in samples]
-    targets = [{"gt_boxes": s["gt_boxes"].to(device), "gt_classes": s["gt_classes"].to(device)}
-               for s in samples]
+    images, targets = detection_batch(suite, mask_on=False)
     tv_targets = [{"boxes": t["gt_boxes"], "labels": t["gt_classes"] + 1} for t in targets]
     ours, reference = detectors(suite, mask_on=False)
     runs = {"ours": lambda: ours(images, targets),
@@ -508,8 +507,7 @@ def phase_pretrain(suite: Suite) -> None:
     if task.channels_last:
         ours = ours.to(memory_format=torch.channels_last)
         reference = reference.to(memory_format=torch.channels_last)
-    first = next(loader)
-    fixed = type(first)(first.images.to(device), first.labels.to(device))
+    fixed = next(loader).to(device)
     precision = precisions(device)[0]
     setting = f"{precision}, batch {s.cls_batch}, {s.cls_size}px"
 

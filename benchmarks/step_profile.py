@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from engine.amp import AMP_DTYPES, amp_for_device, parse_amp  # noqa: E402
-from engine.data import build_train_loader, collate  # noqa: E402
+from engine.data import build_train_loader  # noqa: E402
 from engine.runner import build_optimizer_from_config  # noqa: E402
 from engine.tasks import load_task_config, task_module  # noqa: E402
 
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     loader = iter(build_train_loader(data.train, batch_size=cfg.train.batch_size,
                                      seed=cfg.train.seed, num_workers=cfg.data.num_workers,
                                      group_ids=getattr(data, "group_ids", None),
-                                     rank=0, world_size=1, collate_fn=data.collate or collate))
+                                     rank=0, world_size=1, collate_fn=data.collate))
     parts = PartTimer(model, PARTS[args.task])
     params = [p for p in model.parameters() if p.requires_grad]
     totals: dict[str, float] = defaultdict(float)

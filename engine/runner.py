@@ -53,7 +53,7 @@ class TaskData:
         description: one log line (sizes, classes).
         group_ids: aspect-ratio group of every training index (None: no grouping).
         val_batch_size: images per evaluation batch on each process.
-        collate: samples -> batch in the loader workers (None: a list of the readable ones).
+        collate: samples -> batch in the loader workers (default: a list of the readable ones).
     """
 
     train: Dataset
@@ -61,7 +61,7 @@ class TaskData:
     description: str
     group_ids: np.ndarray | None = None
     val_batch_size: int = 1
-    collate: Callable[[list[Any]], Any] | None = None
+    collate: Callable[[list[Any]], Any] = collate
 
 
 class Task(Protocol):
@@ -235,7 +235,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         val_loader = build_test_loader(data.val, batch_size=data.val_batch_size,
                                        num_workers=cfg.data.num_workers,
                                        pin_memory=device.type == "cuda",
-                                       collate_fn=data.collate or collate)
+                                       collate_fn=data.collate)
 
         def evaluate() -> Metrics:
             broadcast_buffers(model)  # every process scores rank 0's normalisation statistics
@@ -265,7 +265,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
                                       num_workers=cfg.data.num_workers, start_iter=start_iter,
                                       group_ids=data.group_ids,
                                       pin_memory=device.type == "cuda",
-                                      collate_fn=data.collate or collate)
+                                      collate_fn=data.collate)
     per_epoch = f" ({lengths['per_epoch']} per epoch)" if "per_epoch" in lengths else ""
     logger.info("training for %d iterations%s from iteration %d", lengths["max_iter"], per_epoch,
                 start_iter)
