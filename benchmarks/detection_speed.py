@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/detection_speed.py [--repeats 5] [--train-repeats 3] [--threads N]
            [--score-thresh 0.015] [--eval-images 500] [--eval-repeats 3] [--skip PHASE ...]
+           [--cache-host-memory]
 
 Phases:
   inference  one 800x1067 synthetic scene (no resizing on either side), batch 1, eval mode,
@@ -58,6 +59,7 @@ from detection.evaluation import evaluate_coco  # noqa: E402
 from tests.random_reference import (PROBE_SIZE, randomize_detector,  # noqa: E402
                                         spread_classes)
 from engine.data.synthetic_shapes import compose_scene  # noqa: E402
+from engine.host_memory import cache_host_memory  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
 CONFIG = ROOT / "configs" / "detection" / "faster_rcnn_R_50_FPN_1x.yaml"
@@ -269,9 +271,14 @@ def main() -> None:
     parser.add_argument("--eval-images", type=int, default=500)
     parser.add_argument("--eval-repeats", type=int, default=3)
     parser.add_argument("--skip", nargs="*", default=[], choices=("inference", "train", "eval"))
+    parser.add_argument("--cache-host-memory", action="store_true",
+                        help="keep freed memory for reuse, as the training tools do on a CPU "
+                             "(engine/host_memory.py); applies to both models")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cache_host_memory and not cache_host_memory():
+        raise SystemExit("--cache-host-memory: not a glibc system")
     load_before = os.getloadavg()
     print(f"box score threshold {args.score_thresh} on both sides (usual 0.05; random weights "
           "score ~1/91); "
@@ -290,6 +297,7 @@ def main() -> None:
     results["setup"] = {"size": SIZE, "repeats": args.repeats,
                         "train_repeats": args.train_repeats, "eval_repeats": args.eval_repeats,
                         "score_thresh": args.score_thresh, "threads": torch.get_num_threads(),
+                        "cache_host_memory": args.cache_host_memory,
                         "torch": torch.__version__, "cpus": os.cpu_count(),
                         "load_before": load_before, "load_after": load_after,
                         "machine": platform.processor() or platform.machine()}

@@ -35,6 +35,7 @@ from torch import nn  # noqa: E402
 
 from engine.amp import AMP_DTYPES, amp_for_device, parse_amp  # noqa: E402
 from engine.data import build_train_loader  # noqa: E402
+from engine.host_memory import cache_host_memory, parse_cache_host_memory  # noqa: E402
 from engine.runner import build_optimizer_from_config  # noqa: E402
 from engine.tasks import load_task_config, task_module  # noqa: E402
 
@@ -106,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     name, cfg = load_task_config(ROOT / CONFIGS[args.task], args.overrides)
     if args.workers is not None:
         cfg.data.num_workers = args.workers
+    if parse_cache_host_memory(cfg.train.cache_host_memory):
+        cache_host_memory()  # as the training tools do on a CPU
     task = task_module(name).TASK()
     data = task.prepare(cfg)
     model = task.build_model(cfg)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .distributed import cleanup, init_distributed, is_main_process
+from .host_memory import cache_host_memory, parse_cache_host_memory
 from .preemption import TrainingInterrupted
 from .runner import run_training
 from .tasks import load_task_config, task_module
@@ -44,7 +45,10 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
     args = config_argument_parser(description, resume=True).parse_intermixed_args(argv)
     name, cfg = load_task_config(args.config, args.overrides, task=task)
     runner_task = task_module(name).TASK()
+    cache_memory = parse_cache_host_memory(cfg.train.get("cache_host_memory", False))
     device = init_distributed(cfg.train.device)
+    if cache_memory and device.type == "cpu":
+        cache_host_memory()
     try:
         try:
             result = run_training(runner_task, cfg, device, resume=args.resume)
