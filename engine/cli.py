@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,8 +48,9 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
     runner_task = task_module(name).TASK()
     cache_memory = parse_cache_host_memory(cfg.train.get("cache_host_memory", False))
     device = init_distributed(cfg.train.device)
-    if cache_memory and device.type == "cpu":
-        cache_host_memory()
+    if cache_memory and device.type == "cpu" and not cache_host_memory():
+        warnings.warn("train.cache_host_memory needs glibc's malloc (Linux); ignored here",
+                      stacklevel=2)
     try:
         try:
             result = run_training(runner_task, cfg, device, resume=args.resume)

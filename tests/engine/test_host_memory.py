@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 from engine.host_memory import parse_cache_host_memory
-from tests.tools.test_train_eval_demo import ROOT, load_tool
+import engine.cli
+from tests.tools.test_train_eval_demo import (ROOT, _drop_log_handlers, data, load_tool,
+                                            train_args)
+
+# fixtures imported to apply here too: the autouse log clean-up and the tiny synthetic set
+__all__ = ["_drop_log_handlers", "data"]
 
 # in a fresh interpreter: page faults of allocating and filling a 64 MiB tensor, 10 times
 _FAULTS = """
@@ -61,3 +66,13 @@ def test_a_bad_value_fails_before_anything_is_written(tmp_path: Path) -> None:
                                  "train.cache_host_memory=sometimes",
                                  f"train.output_dir={out}"])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_the_training_tool_applies_it_to_a_cpu_run_when_asked(
+        value: bool, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bool] = []
+    monkeypatch.setattr(engine.cli, "cache_host_memory", lambda: calls.append(True) or True)
+    load_tool("train").main(train_args(data, tmp_path / "out", 1, "train.device=cpu",
+                                       f"train.cache_host_memory={str(value).lower()}"))
+    assert calls == ([True] if value else [])
