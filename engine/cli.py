@@ -46,7 +46,7 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
     args = config_argument_parser(description, resume=True).parse_intermixed_args(argv)
     name, cfg = load_task_config(args.config, args.overrides, task=task)
     runner_task = task_module(name).TASK()
-    cache_memory = parse_cache_host_memory(cfg.train.get("cache_host_memory", False))
+    cache_memory = parse_cache_host_memory(cfg.train.cache_host_memory)
     device = init_distributed(cfg.train.device)
     if cache_memory and device.type == "cpu" and not cache_host_memory():
         warnings.warn("train.cache_host_memory needs glibc's malloc (Linux); ignored here",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.host_memory import parse_cache_host_memory
 import engine.cli
+from engine.host_memory import parse_cache_host_memory
 from tests.tools.test_train_eval_demo import (ROOT, _drop_log_handlers, data, load_tool,
                                             train_args)
 
