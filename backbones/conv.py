@@ -1,16 +1,20 @@
-"""2-D convolution whose CPU weight gradient avoids oneDNN's slow channels-last path on AVX2.
+"""2-D convolution whose CPU weight gradient avoids two slow oneDNN paths on AVX2.
 
-On CPUs without AVX-512 (AVX2 kernels), oneDNN's weight gradient of a 3x3 convolution on a
-large channels-last map is several times slower than the same gradient on NCHW copies of the
-input and the incoming gradient (measured in BENCHMARKS.md: 7.8 s against 2.5 s, copies
-included, for 2 x 256 x 200 x 272), while its forward and input gradient are fast on
-channels-last maps. So for those convolutions the weight gradient is computed on NCHW copies;
-everything else (the forward, the input gradient, other CPUs, small maps, 1x1 kernels, CUDA,
-autocast) is PyTorch's own convolution. Same values up to float32 summation order.
+On CPUs without AVX-512 (AVX2 kernels), oneDNN computes two kinds of weight gradient several
+times slower than plain alternatives (measured in BENCHMARKS.md), while its forward and input
+gradient are fast:
+- a 3x3 convolution on a large channels-last map (7.8 s against 2.5 s for 2 x 256 x 200 x 272):
+  there the weight gradient is computed on NCHW copies of the input and incoming gradient;
+- a convolution whose output map is smaller than its kernel (ResNet's last stage on 64 px crops,
+  2 x 2 maps), where oneDNN falls back to a slow GEMM kernel: there it is one matrix product of
+  the incoming gradient with the unfolded input patches.
+Everything else (the forward, the input gradient, other CPUs, mid-sized maps, 1x1 kernels,
+grouped convolutions, CUDA, autocast) is PyTorch's own convolution. Same values up to float32
+summation order.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,56 +25,84 @@ from torch.nn.modules.utils import _pair
 LARGE_MAP_PIXELS = 10_000
 _AVX2_ONLY = torch.backends.cpu.get_cpu_capability() == "AVX2"  # the CPUs it was measured on
 
-
-def _output_pixels(x: Tensor, weight: Tensor, stride: tuple[int, ...],
-                   padding: tuple[int, ...], dilation: tuple[int, ...]) -> int:
-    pixels = 1
-    for size, k, s, p, d in zip(x.shape[2:], weight.shape[2:], stride, padding, dilation):
-        pixels *= (size + 2 * p - d * (k - 1) - 1) // s + 1
-    return pixels
+WeightGrad = Callable[[Tensor, Tensor, Tensor, list, list, list, int], Tensor]
 
 
-def _weight_grad_on_nchw_copies(x: Tensor, weight: Tensor) -> bool:
-    return (_AVX2_ONLY and x.device.type == "cpu" and x.dtype == torch.float32
+def _output_size(x: Tensor, weight: Tensor, stride: tuple[int, ...],
+                 padding: tuple[int, ...], dilation: tuple[int, ...]) -> list[int]:
+    return [(size + 2 * p - d * (k - 1) - 1) // s + 1
+            for size, k, s, p, d in zip(x.shape[2:], weight.shape[2:], stride, padding, dilation)]
+
+
+def weight_grad_on_nchw_copies(grad: Tensor, x: Tensor, weight: Tensor, stride: list,
+                               padding: list, dilation: list, groups: int) -> Tensor:
+    return torch.ops.aten.convolution_backward(
+        grad.contiguous(), x.contiguous(), weight.contiguous(), None, stride, padding, dilation,
+        False, [0, 0], groups, [False, True, False])[1]
+
+
+def weight_grad_as_one_gemm(grad: Tensor, x: Tensor, weight: Tensor, stride: list,
+                            padding: list, dilation: list, groups: int) -> Tensor:
+    """(out channels x images*pixels) @ (images*pixels x in channels*kernel), groups == 1."""
+    patches = F.unfold(x, weight.shape[2:], dilation, padding, stride)  # N, C*kh*kw, pixels
+    out_channels = weight.shape[0]
+    grad_rows = grad.reshape(grad.shape[0], out_channels, -1).transpose(0, 1)
+    return (grad_rows.reshape(out_channels, -1)
+            @ patches.transpose(1, 2).reshape(-1, patches.shape[1])).view_as(weight)
+
+
+def own_weight_grad(x: Tensor, weight: Tensor, stride: tuple[int, int],
+                    padding: tuple[int, int], dilation: tuple[int, int],
+                    groups: int) -> WeightGrad | None:
+    """The weight gradient this convolution takes instead of PyTorch's, or None for PyTorch's."""
+    if not (_AVX2_ONLY and x.device.type == "cpu" and x.dtype == torch.float32
             and weight.requires_grad and torch.is_grad_enabled() and x.dim() == 4
             and weight.shape[2] * weight.shape[3] > 1
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.is_autocast_enabled("cpu"))
+            and not torch.is_autocast_enabled("cpu")):
+        return None
+    out_h, out_w = _output_size(x, weight, stride, padding, dilation)
+    if groups == 1 and (out_h < weight.shape[2] or out_w < weight.shape[3]):
+        return weight_grad_as_one_gemm
+    if (x.is_contiguous(memory_format=torch.channels_last)
+            and out_h * out_w >= LARGE_MAP_PIXELS):
+        return weight_grad_on_nchw_copies
+    return None
 
 
-class _ConvWeightGradOnNCHW(torch.autograd.Function):
+class _ConvWithOwnWeightGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any,
-                padding: Any, dilation: Any, groups: int) -> Tensor:
+                padding: Any, dilation: Any, groups: int, weight_grad: WeightGrad) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.conv = (list(stride), list(padding), list(dilation), groups)
+        ctx.weight_grad = weight_grad
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
-        args = (stride, padding, dilation, False, [0, 0], groups)
-        backward = torch.ops.aten.convolution_backward
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = backward(grad, x, weight, None, *args, [True, False, False])[0]
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, stride, padding, dilation, False, [0, 0], groups,
+                [True, False, False])[0]
         if ctx.needs_input_grad[1]:
-            grad_w = backward(grad.contiguous(), x.contiguous(), weight.contiguous(), None,
-                              *args, [False, True, False])[1]
+            grad_w = ctx.weight_grad(grad, x, weight, stride, padding, dilation, groups)
         if ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, padding: Any,
            dilation: Any, groups: int) -> Tensor:
-    """F.conv2d, with the weight gradient on NCHW copies where that is faster (see above)."""
-    if not isinstance(padding, str) and _weight_grad_on_nchw_copies(x, weight):
+    """F.conv2d, with its own weight gradient where that is faster (see above)."""
+    if not isinstance(padding, str):
         stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-        if _output_pixels(x, weight, stride, padding, dilation) >= LARGE_MAP_PIXELS:
-            return _ConvWeightGradOnNCHW.apply(x, weight, bias, stride, padding, dilation,
-                                               groups)
+        weight_grad = own_weight_grad(x, weight, stride, padding, dilation, groups)
+        if weight_grad is not None:
+            return _ConvWithOwnWeightGrad.apply(x, weight, bias, stride, padding, dilation,
+                                                groups, weight_grad)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
