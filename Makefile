@@ -14,12 +14,14 @@ DEMO_IMAGES := $(addprefix $(DATA)/images/val/,000000.jpg 000001.jpg 000002.jpg 
 
 .PHONY: install test demo demo-seg clean
 
-# pip compiles every installed file on one core; compileall does it on all of them (a few
-# third-party files that are not Python 3 fail to compile, as they do under pip: ignored)
+# pip would compile every installed file (torch's thousands) on one core; instead Python
+# compiles what each tool imports on first use and keeps it, even where the environment says
+# PYTHONDONTWRITEBYTECODE (without the cache every tool's start would recompile its imports)
+unexport PYTHONDONTWRITEBYTECODE
+
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --no-compile -e '.[dev]'
-	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1 || true
 	touch $@
 
 install: $(VENV)/.installed
