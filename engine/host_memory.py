@@ -8,9 +8,9 @@ zeroes every page: about a million page faults per step for R50-FPN at 800x1067
 (BENCHMARKS.md, "Host memory allocator"). With mmap off, no trimming and a large top pad,
 freed memory stays in the heap, no page is faulted in twice, and later steps reuse it where
 glibc places their blocks on freed ones (not always: an aligned request slightly larger than
-the block freed before it goes elsewhere, so the heap may grow for a few steps). In exchange the process keeps its
-high-water mark (and a loader worker forked later maps that heap too, so pages the parent
-rewrites afterwards are copied), hence off by default. Set by the training tools
+the block freed before it goes elsewhere, so the heap may grow for a few steps). In exchange
+the process keeps its high-water mark (and a loader worker forked later maps that heap too, so
+pages the parent rewrites afterwards are copied), hence off by default. Set by the training tools
 (engine/cli.py) for CPU runs; process-wide, so a library call such as engine.run_training
 does not change it behind its caller's back.
 """
