@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from .roi_align import roi_align
+from .roi_align import multilevel_roi_align, roi_align
 
 
 def boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
@@ -119,13 +119,7 @@ class MultiLevelRoIAlign(nn.Module):
             )
 
         levels = self.assign_levels(boxes)
-        num_channels = features[0].shape[1]
-        out = features[0].new_zeros((rois.shape[0], num_channels) + self.output_size)
-        for level, (feature, scale) in enumerate(zip(features, self.scales)):
-            idx = torch.nonzero(levels == level, as_tuple=True)[0]
-            if idx.numel() == 0 and not torch.jit.is_tracing():  # a graph keeps every level
-                continue
-            out[idx] = roi_align(
-                feature, rois[idx], self.output_size, scale, self.sampling_ratio, self.aligned
-            ).to(out.dtype)
-        return out
+        level_rows = [torch.nonzero(levels == level, as_tuple=True)[0]
+                      for level in range(len(features))]
+        return multilevel_roi_align(features, rois, level_rows, self.output_size, self.scales,
+                                    self.sampling_ratio, self.aligned)

@@ -15,6 +15,7 @@ sampling ratio keep torchvision's op.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -86,6 +87,13 @@ def roi_align_gather(features: Tensor, rois: Tensor, output_size: tuple[int, int
 
     Returns (R, C, PH, PW) in the features' dtype, channels-last strides.
     """
+    bins = _gather_bins(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    return bins.permute(0, 3, 1, 2).to(features.dtype)
+
+
+def _gather_bins(features: Tensor, rois: Tensor, output_size: tuple[int, int],
+                 spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
+    """roi_align_gather's values as (R, PH, PW, C), float32 (float64 for float64 features)."""
     n, c, h, w = features.shape
     ph, pw = output_size
     dtype = torch.promote_types(features.dtype, torch.float32)  # bf16 as torchvision: float32
@@ -96,23 +104,35 @@ def roi_align_gather(features: Tensor, rois: Tensor, output_size: tuple[int, int
     else:  # adaptive, as torchvision: ceil(extent / bins) samples per bin and axis, per RoI
         grids = torch.stack([torch.ceil(roi_h / ph), torch.ceil(roi_w / pw)]).to(torch.int64)
         grids = grids.clamp(min=0)  # an inverted RoI (aligned) has no samples
-    out = table.new_zeros(len(rois), ph, pw, c)
     group_of = grids[0] * (grids[1].max() + 1) + grids[1] if len(rois) else grids[0]
+    pieces = []  # (RoI indices, sample grid) of each gather
     for group in torch.unique(group_of).tolist():
         members = (group_of == group).nonzero().squeeze(1)
         gh, gw = (int(g) for g in grids[:, members[0]])
         if gh == 0 or gw == 0:  # no samples: torchvision gives zeros
             continue
         # large RoIs on a fine map have many taps: bound the index tensors' memory
-        for chunk in members.split(max(1, MAX_TAPS // (ph * pw * 4 * gh * gw))):
-            rows, weights = _taps(image[chunk], x1[chunk], y1[chunk], roi_w[chunk],
-                                  roi_h[chunk], output_size, (gh, gw), (h, w))
-            bags = len(chunk) * ph * pw
-            pooled = torch.nn.functional.embedding_bag(
-                rows.reshape(bags, -1), table, per_sample_weights=weights.reshape(bags, -1),
-                mode="sum")
-            out[chunk] = pooled.view(-1, ph, pw, c)
-    return out.permute(0, 3, 1, 2).to(features.dtype)
+        pieces += [(chunk, (gh, gw))
+                   for chunk in members.split(max(1, MAX_TAPS // (ph * pw * 4 * gh * gw)))]
+    geometry = (image, x1, y1, roi_w, roi_h)
+    if len(pieces) == 1 and len(pieces[0][0]) == len(rois):  # one gather is the whole output
+        out = _pool(table, [t[pieces[0][0]] for t in geometry], output_size, pieces[0][1], (h, w))
+    else:
+        out = table.new_zeros(len(rois), ph, pw, c)
+        for chunk, grid in pieces:
+            out[chunk] = _pool(table, [t[chunk] for t in geometry], output_size, grid, (h, w))
+    return out
+
+
+def _pool(table: Tensor, geometry: list[Tensor], bins: tuple[int, int], grid: tuple[int, int],
+          size: tuple[int, int]) -> Tensor:
+    """(R, PH, PW, C) bins of RoIs that share one sample grid, gathered from the (N*H*W, C)
+    table; geometry: their image, x1, y1, width and height (_roi_geometry)."""
+    rows, weights = _taps(*geometry, bins, grid, size)
+    bags = rows.shape[0] * bins[0] * bins[1]
+    pooled = torch.nn.functional.embedding_bag(
+        rows.reshape(bags, -1), table, per_sample_weights=weights.reshape(bags, -1), mode="sum")
+    return pooled.view(-1, bins[0], bins[1], table.shape[1])
 
 
 def roi_align_input_grad(grad_output: Tensor, rois: Tensor, input_shape: torch.Size,
@@ -128,18 +148,28 @@ def roi_align_input_grad(grad_output: Tensor, rois: Tensor, input_shape: torch.S
     Returns:
         (N, C, H, W) gradient in grad_output's dtype (channels-last strides).
     """
+    return _input_grad_from_bins(grad_output.permute(0, 2, 3, 1), rois, input_shape,
+                                 spatial_scale, sampling_ratio, aligned)
+
+
+def _input_grad_from_bins(grad_bins: Tensor, rois: Tensor, input_shape: torch.Size,
+                          spatial_scale: float, sampling_ratio: int, aligned: bool) -> Tensor:
+    """roi_align_input_grad with the output gradient given as (R, PH, PW, C)."""
     n, c, h, w = input_shape
-    r, _, ph, pw = grad_output.shape
-    image, x1, y1, roi_w, roi_h = _roi_geometry(rois, spatial_scale, aligned, grad_output.dtype)
+    r, ph, pw, _ = grad_bins.shape
+    image, x1, y1, roi_w, roi_h = _roi_geometry(rois, spatial_scale, aligned, grad_bins.dtype)
     # entry (feature cell, bin) for every bin (r, i, j) and tap pair (ky, kx)
     cell, weight = _taps(image, x1, y1, roi_w, roi_h, (ph, pw),
                          (sampling_ratio, sampling_ratio), (h, w))
-    bin_index = torch.arange(r * ph * pw, device=grad_output.device).view(r, ph, pw, 1, 1)
+    bin_index = torch.arange(r * ph * pw, device=grad_bins.device).view(r, ph, pw, 1, 1)
     indices = torch.stack([cell.reshape(-1), bin_index.expand_as(cell).reshape(-1)])
     matrix = torch.sparse_coo_tensor(indices, weight.reshape(-1), (n * h * w, r * ph * pw),
                                      check_invariants=False)
-    grad_bins = grad_output.permute(0, 2, 3, 1).reshape(r * ph * pw, c)
-    return torch.sparse.mm(matrix, grad_bins).view(n, h, w, c).permute(0, 3, 1, 2)
+    grad_bins = grad_bins.reshape(r * ph * pw, c)
+    # in place into one zeroed table: torch.sparse.mm zero-fills a second table of the whole
+    # map for its result (at 800 px, two fresh 111 MB buffers per step for the finest level)
+    grad = grad_bins.new_zeros(n * h * w, c).addmm_(matrix, grad_bins)
+    return grad.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 class _RoIAlignSparseBackward(torch.autograd.Function):
@@ -158,6 +188,68 @@ class _RoIAlignSparseBackward(torch.autograd.Function):
         grad = roi_align_input_grad(grad_output.to(torch.promote_types(dtype, torch.float32)),
                                     rois, shape, spatial_scale, sampling_ratio, aligned)
         return grad.to(dtype), None, None, None, None, None
+
+
+class _MultiLevelRoIAlign(torch.autograd.Function):
+    """RoIs pooled each from its own level into one NCHW output; the backward takes each
+    level's rows of the output gradient straight to that level's sparse product (no zeroed
+    output per level, no full-size copies of the output gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, rois: Tensor, level_rows: list[Tensor], output_size: tuple[int, int],
+                scales: list[float], sampling_ratio: int, aligned: bool,
+                *features: Tensor) -> Tensor:
+        ctx.save_for_backward(rois, *level_rows)
+        ctx.args = ([(f.shape, f.dtype) for f in features], scales, sampling_ratio, aligned)
+        out = features[0].new_zeros((len(rois), features[0].shape[1]) + tuple(output_size))
+        bins_view = out.permute(0, 2, 3, 1)  # (R, PH, PW, C) view of the NCHW output
+        for feature, rows, scale in zip(features, level_rows, scales):
+            if len(rows):
+                bins_view[rows] = _gather_bins(feature, rois[rows], output_size, scale,
+                                               sampling_ratio, aligned).to(out.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        rois, *level_rows = ctx.saved_tensors
+        levels, scales, sampling_ratio, aligned = ctx.args
+        grad_bins = grad_output.permute(0, 2, 3, 1)
+        grads: list[Tensor | None] = []
+        for (shape, dtype), rows, scale in zip(levels, level_rows, scales):
+            if not ctx.needs_input_grad[6 + len(grads)] or not len(rows):
+                grads.append(None)
+                continue
+            bins = grad_bins[rows].to(torch.promote_types(dtype, torch.float32))
+            grads.append(_input_grad_from_bins(bins, rois[rows], shape, scale, sampling_ratio,
+                                               aligned).to(dtype))
+        return (None,) * 6 + tuple(grads)
+
+
+def multilevel_roi_align(features: Sequence[Tensor], rois: Tensor, level_rows: Sequence[Tensor],
+                         output_size: tuple[int, int], scales: Sequence[float],
+                         sampling_ratio: int, aligned: bool) -> Tensor:
+    """RoIs ``level_rows[l]`` pooled from ``features[l]`` (``roi_align`` on each level).
+
+    Args:
+        features: one (N, C, H_l, W_l) map per level.
+        rois: (R, 5) ``(batch_index, x1, y1, x2, y2)``.
+        level_rows: per level, the int64 indices of its RoIs; together every RoI once.
+
+    Returns:
+        (R, C, PH, PW), contiguous, in the features' dtype.
+    """
+    needs_grad = torch.is_grad_enabled() and any(f.requires_grad for f in features)
+    if (features[0].device.type == "cpu" and not torch.jit.is_tracing()
+            and (sampling_ratio > 0 or not needs_grad)):
+        return _MultiLevelRoIAlign.apply(rois, list(level_rows), output_size, list(scales),
+                                         sampling_ratio, aligned, *features)
+    out = features[0].new_zeros((len(rois), features[0].shape[1]) + tuple(output_size))
+    for feature, rows, scale in zip(features, level_rows, scales):
+        if rows.numel() == 0 and not torch.jit.is_tracing():  # a graph keeps every level
+            continue
+        out[rows] = roi_align(feature, rois[rows], output_size, scale, sampling_ratio,
+                              aligned).to(out.dtype)
+    return out
 
 
 def roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int],

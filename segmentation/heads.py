@@ -42,7 +42,7 @@ class ConvNormReLU(nn.Module):
         self.norm = build_norm(norm, out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.norm(self.conv(x)))
+        return F.relu(self.norm(self.conv(x)), inplace=True)
 
 
 class ImagePooling(nn.Module):

@@ -40,5 +40,5 @@ class FastRCNNFCHead(nn.Module):
         """
         x = x.flatten(1)
         for i in range(1, self.num_fc + 1):
-            x = F.relu(getattr(self, f"fc{i}")(x))
+            x = F.relu(getattr(self, f"fc{i}")(x), inplace=True)
         return x

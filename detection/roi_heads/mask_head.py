@@ -73,8 +73,8 @@ class MaskRCNNHead(nn.Module):
             (R, K, 2S, 2S) mask logits.
         """
         for i in range(1, self.num_conv + 1):
-            x = F.relu(getattr(self, f"mask_fcn{i}")(x))
-        x = F.relu(self.deconv(x))  # (R, D, S, S) -> (R, D, 2S, 2S)
+            x = F.relu(getattr(self, f"mask_fcn{i}")(x), inplace=True)
+        x = F.relu(self.deconv(x), inplace=True)  # (R, D, S, S) -> (R, D, 2S, 2S)
         return self.predictor(x)
 
     @torch.no_grad()

@@ -115,3 +115,34 @@ def test_float64_features_keep_double_precision_and_a_negative_ratio_is_adaptive
     adaptive = roi_align(features, rois, (3, 3), 0.5, -1, True)  # torchvision: < 1 is adaptive
     adaptive.sum().backward()
     assert "torchvision_roi_align" in adaptive.grad_fn.name()
+
+
+@pytest.mark.parametrize("sampling_ratio", [2, 0])
+def test_several_levels_give_each_level_torchvision_values_and_gradient(
+        sampling_ratio: int) -> None:
+    """multilevel_roi_align against torchvision's roi_align per level, one level without RoIs
+    (no gradient there) and RoIs of the levels interleaved."""
+    g = torch.Generator().manual_seed(4)
+    strides, c, n = (4, 8, 16), 8, 2
+    features = [torch.randn(n, c, 48 // s, 64 // s, generator=g) for s in strides]
+    features[0] = features[0].contiguous(memory_format=torch.channels_last)
+    rois = random_rois(90, n, 12, 16, 4, seed=5)
+    level = torch.randint(0, 2, (90,), generator=g) * 2  # levels 0 and 2; level 1 empty
+    rows = [torch.nonzero(level == k).squeeze(1) for k in range(3)]
+    ours_in = [f.clone().requires_grad_() for f in features]
+    ref_in = [f.clone().requires_grad_() for f in features]
+    ours = roi_align_module.multilevel_roi_align(ours_in, rois, rows, (7, 7),
+                                                 [1 / s for s in strides], sampling_ratio, True)
+    ref = torch.zeros(90, c, 7, 7)
+    for k, s in enumerate(strides):
+        ref[rows[k]] = tv_roi_align(ref_in[k], rois[rows[k]], (7, 7), 1 / s, sampling_ratio,
+                                    True)
+    assert ours.is_contiguous() and ours.shape == (90, c, 7, 7)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-5)
+    upstream = torch.randn(ref.shape, generator=g)
+    (ours * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    for k in (0, 2):
+        assert ref_in[k].grad.abs().max() > 1.0
+        torch.testing.assert_close(ours_in[k].grad, ref_in[k].grad, rtol=1e-5, atol=1e-5)
+    assert ours_in[1].grad is None or not ours_in[1].grad.any()
