@@ -4,7 +4,10 @@ On CPUs without AVX-512 (AVX2 kernels), oneDNN computes two kinds of weight grad
 times slower than plain alternatives (measured in BENCHMARKS.md), while its forward and input
 gradient are fast:
 - a 3x3 convolution on a large channels-last map (7.8 s against 2.5 s for 2 x 256 x 200 x 272):
-  there the weight gradient is computed on NCHW copies of the input and incoming gradient;
+  for the common 3x3 stride-1 "same" convolution (ResNet blocks, FPN outputs, the RPN) it is
+  nine matrix products per image read in place from the channels-last memory (one per kernel
+  tap, the input's pixel rows shifted by the tap), otherwise it is computed on NCHW copies of
+  the input and incoming gradient;
 - a convolution whose output map is smaller than its kernel (ResNet's last stage on 64 px crops,
   2 x 2 maps), where oneDNN falls back to a slow GEMM kernel: there it is one matrix product of
   the incoming gradient with the unfolded input patches.
@@ -14,6 +17,7 @@ summation order.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable
 
 import torch
@@ -23,6 +27,8 @@ from torch.nn.modules.utils import _pair
 
 # output pixels per image from which the NCHW weight gradient pays (below it the two are even)
 LARGE_MAP_PIXELS = 10_000
+# ... and from which the shifted products pay (below it nine small products per image do not)
+SHIFTED_GEMM_PIXELS = 1_000
 _AVX2_ONLY = torch.backends.cpu.get_cpu_capability() == "AVX2"  # the CPUs it was measured on
 
 WeightGrad = Callable[[Tensor, Tensor, Tensor, list, list, list, int], Tensor]
@@ -51,6 +57,40 @@ def weight_grad_as_one_gemm(grad: Tensor, x: Tensor, weight: Tensor, stride: lis
             @ patches.transpose(1, 2).reshape(-1, patches.shape[1])).view_as(weight)
 
 
+def weight_grad_as_shifted_gemms(grad: Tensor, x: Tensor, weight: Tensor, stride: list,
+                                 padding: list, dilation: list, groups: int) -> Tensor:
+    """3x3, stride 1, padding 1, groups 1, channels-last x: for each kernel tap and image, the
+    (pixels x out channels) gradient rows times the (pixels x in channels) input rows shifted
+    by the tap, both views of the channels-last memory (no copy). A flat shift by one column
+    pairs each row's last pixel with the next row's first (or the reverse); those pairs are
+    subtracted again."""
+    n, c, h, w = x.shape
+    o = grad.shape[1]
+    xs = x.permute(0, 2, 3, 1)  # (N, H, W, C) views
+    gs = grad.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    taps = x.new_zeros(3, 3, o, c)
+    for i in range(n):
+        x_rows, g_rows = xs[i].reshape(h * w, c), gs[i].reshape(h * w, o)
+        for ky, kx in itertools.product(range(3), range(3)):
+            dy, dx = ky - 1, kx - 1
+            shift = dy * w + dx
+            y0, y1 = max(0, -dy), h - max(0, dy)  # output rows whose input row exists
+            f0, f1 = max(y0 * w, -shift), min(y1 * w, h * w - shift)
+            tap = taps[ky, kx]
+            tap.addmm_(g_rows[f0:f1].t(), x_rows[f0 + shift:f1 + shift])
+            if dx == 1:  # last column paired with the first of the next row
+                ya, yb = y0, min(y1, h - dy - 1)
+                g_wrap, x_wrap = gs[i, ya:yb, w - 1], xs[i, ya + dy + 1:yb + dy + 1, 0]
+            elif dx == -1:  # first column paired with the last of the row before
+                ya, yb = max(y0, 1 - dy), y1
+                g_wrap, x_wrap = gs[i, ya:yb, 0], xs[i, ya + dy - 1:yb + dy - 1, w - 1]
+            else:
+                continue
+            if yb > ya:
+                tap.addmm_(g_wrap.t(), x_wrap, alpha=-1)
+    return taps.permute(2, 3, 0, 1).contiguous()
+
+
 def own_weight_grad(x: Tensor, weight: Tensor, stride: tuple[int, int],
                     padding: tuple[int, int], dilation: tuple[int, int],
                     groups: int) -> WeightGrad | None:
@@ -63,8 +103,13 @@ def own_weight_grad(x: Tensor, weight: Tensor, stride: tuple[int, int],
     out_h, out_w = _output_size(x, weight, stride, padding, dilation)
     if groups == 1 and (out_h < weight.shape[2] or out_w < weight.shape[3]):
         return weight_grad_as_one_gemm
-    if (x.is_contiguous(memory_format=torch.channels_last)
-            and out_h * out_w >= LARGE_MAP_PIXELS):
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return None
+    if (groups == 1 and tuple(weight.shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1)
+            and min(out_h, out_w) >= 2 and out_h * out_w >= SHIFTED_GEMM_PIXELS):
+        return weight_grad_as_shifted_gemms
+    if out_h * out_w >= LARGE_MAP_PIXELS:
         return weight_grad_on_nchw_copies
     return None
 

@@ -1,5 +1,6 @@
-"""backbones.conv: its own CPU weight gradients (on NCHW copies for large channels-last maps, as
-one matrix product for maps smaller than the kernel) give nn.Conv2d's values."""
+"""backbones.conv: its own CPU weight gradients (shifted matrix products or NCHW copies for
+channels-last maps, one matrix product for maps smaller than the kernel) give nn.Conv2d's
+values."""
 from __future__ import annotations
 
 import copy
@@ -9,8 +10,9 @@ import torch
 from torch import nn
 
 from backbones import conv as conv_module
-from backbones.conv import (LARGE_MAP_PIXELS, Conv2d, conv2d, own_weight_grad,
-                            weight_grad_as_one_gemm, weight_grad_on_nchw_copies)
+from backbones.conv import (LARGE_MAP_PIXELS, SHIFTED_GEMM_PIXELS, Conv2d, conv2d,
+                            own_weight_grad, weight_grad_as_one_gemm,
+                            weight_grad_as_shifted_gemms, weight_grad_on_nchw_copies)
 
 OWN = "ConvWithOwnWeightGrad"
 
@@ -56,8 +58,7 @@ def assert_same_output_and_gradients(ours: Conv2d, reference: nn.Conv2d,
         assert (got.double() - expected).abs().max().item() <= 2e-5 * scale
 
 
-@pytest.mark.parametrize(("bias", "kwargs"), [(True, {"padding": 1}),
-                                              (False, {"padding": 2, "dilation": 2}),
+@pytest.mark.parametrize(("bias", "kwargs"), [(False, {"padding": 2, "dilation": 2}),
                                               (True, {"padding": 1, "stride": 2})])
 def test_large_channels_last_maps_get_the_same_output_and_gradients(
         avx2_cpu: None, bias: bool, kwargs: dict[str, int]) -> None:
@@ -67,6 +68,33 @@ def test_large_channels_last_maps_get_the_same_output_and_gradients(
     out_h, out_w = ours(x).shape[2:]
     assert out_h * out_w >= LARGE_MAP_PIXELS
     assert_same_output_and_gradients(ours, reference, x)
+
+
+@pytest.mark.parametrize(("bias", "size"), [(True, (230, 180)), (False, (25, 41)),
+                                            (True, (500, 3)), (False, (3, 400))])
+def test_same_size_3x3_on_channels_last_maps_gets_the_same_output_and_gradients(
+        avx2_cpu: None, bias: bool, size: tuple[int, int]) -> None:
+    ours, reference = twins(bias, padding=1)
+    x = torch.randn(3, 8, *size).contiguous(memory_format=torch.channels_last)
+    assert size[0] * size[1] >= SHIFTED_GEMM_PIXELS
+    assert route(ours, x) is weight_grad_as_shifted_gemms
+    assert_same_output_and_gradients(ours, reference, x)
+
+
+@pytest.mark.parametrize("size", [(2, 2), (2, 3), (3, 2), (4, 7), (7, 4)])
+def test_shifted_products_at_every_border(size: tuple[int, int]) -> None:
+    """Maps small enough that every pixel is at a border (the route itself starts at 1,000
+    pixels): the weight gradient of a float64 convolution, an NCHW incoming gradient too."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 5, *size, generator=g, dtype=torch.float64)
+    grad = torch.randn(2, 6, *size, generator=g, dtype=torch.float64)
+    weight = torch.randn(6, 5, 3, 3, generator=g, dtype=torch.float64)
+    expected = torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+        [False, True, False])[1]
+    got = weight_grad_as_shifted_gemms(grad, x.contiguous(memory_format=torch.channels_last),
+                                       weight, [1, 1], [1, 1], [1, 1], 1)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(("size", "kwargs"), [((2, 2), {"padding": 1}),
@@ -91,9 +119,11 @@ def test_maps_smaller_than_the_kernel_get_the_same_output_and_gradients(
 def test_pytorch_convolution_everywhere_else(avx2_cpu: None) -> None:
     ours, _ = twins(True, padding=1)
     large = torch.randn(1, 8, 120, 100).contiguous(memory_format=torch.channels_last)
-    small = torch.randn(1, 8, 90, 100).contiguous(memory_format=torch.channels_last)
+    small = torch.randn(1, 8, 30, 30).contiguous(memory_format=torch.channels_last)
     assert OWN in ours(large.requires_grad_()).grad_fn.name()
-    assert OWN not in ours(small).grad_fn.name()  # 9,000 output pixels
+    assert OWN not in ours(small).grad_fn.name()  # 900 output pixels
+    strided = Conv2d(8, 8, 3, padding=1, stride=2)  # 3,000 output pixels: no route
+    assert OWN not in strided(large).grad_fn.name()
     assert OWN not in ours(large.contiguous()).grad_fn.name()  # NCHW map
     assert OWN not in ours(torch.randn(2, 8, 3, 3)).grad_fn.name()  # 3x3 out: the kernel's size
     grouped = Conv2d(8, 8, 3, padding=1, groups=2)
