@@ -9,8 +9,9 @@ gradient are fast:
   tap, the input's pixel rows shifted by the tap), otherwise it is computed on NCHW copies of
   the input and incoming gradient;
 - a convolution whose output map is smaller than its kernel (ResNet's last stage on 64 px crops,
-  2 x 2 maps), where oneDNN falls back to a slow GEMM kernel: there it is one matrix product of
-  the incoming gradient with the unfolded input patches.
+  2 x 2 maps), where oneDNN falls back to a slow GEMM kernel, or a dilated one whose map is at
+  most twice its dilated kernel's reach (DeepLab's last stage on 10 x 10 maps): there it is one
+  matrix product of the incoming gradient with the unfolded input patches.
 Everything else (the forward, the input gradient, other CPUs, mid-sized maps, 1x1 kernels,
 grouped convolutions, CUDA, autocast) is PyTorch's own convolution. Same values up to float32
 summation order.
@@ -101,7 +102,10 @@ def own_weight_grad(x: Tensor, weight: Tensor, stride: tuple[int, int],
             and not torch.is_autocast_enabled("cpu")):
         return None
     out_h, out_w = _output_size(x, weight, stride, padding, dilation)
-    if groups == 1 and (out_h < weight.shape[2] or out_w < weight.shape[3]):
+    reach_h, reach_w = (d * (k - 1) + 1 for d, k in zip(dilation, weight.shape[2:]))
+    if groups == 1 and (out_h < weight.shape[2] or out_w < weight.shape[3]
+                        or (max(dilation) > 1 and out_h <= 2 * reach_h
+                            and out_w <= 2 * reach_w)):
         return weight_grad_as_one_gemm
     if not x.is_contiguous(memory_format=torch.channels_last):
         return None

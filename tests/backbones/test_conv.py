@@ -116,6 +116,19 @@ def test_maps_smaller_than_the_kernel_get_the_same_output_and_gradients(
     assert_same_output_and_gradients(ours, reference, x)
 
 
+@pytest.mark.parametrize(("size", "dilation"), [((10, 10), 2), ((10, 7), 4), ((9, 10), 2)])
+def test_dilated_convolutions_on_small_maps_get_the_same_output_and_gradients(
+        avx2_cpu: None, size: tuple[int, int], dilation: int) -> None:
+    """DeepLab's dilated last stage on 10 x 10 maps: one matrix product too."""
+    ours, reference = twins(False, in_channels=40, out_channels=24, padding=dilation,
+                            dilation=dilation)
+    x = torch.randn(6, 40, *size).contiguous(memory_format=torch.channels_last)
+    assert route(ours, x) is weight_grad_as_one_gemm
+    assert_same_output_and_gradients(ours, reference, x)
+    larger = torch.randn(2, 40, 21, 21).contiguous(memory_format=torch.channels_last)
+    assert route(ours, larger) is None  # beyond twice the dilated kernel's reach
+
+
 def test_pytorch_convolution_everywhere_else(avx2_cpu: None) -> None:
     ours, _ = twins(True, padding=1)
     large = torch.randn(1, 8, 120, 100).contiguous(memory_format=torch.channels_last)
