@@ -8,7 +8,8 @@ part and an x part. So here the forward gathers those cells as rows of the chann
 sample grid when the sampling ratio is adaptive), and the backward (fixed sampling ratio)
 builds the (features x bins) weight matrix once per call, as a sparse COO matrix, and
 multiplies the incoming gradient by it. Same values up to float32 summation order; measured
-in BENCHMARKS.md.
+in BENCHMARKS.md. Several FPN levels pool into one output through one autograd Function
+(``multilevel_roi_align``), so that no level's output or gradient is copied whole.
 
 GPU tensors, tracing (ONNX export keeps torchvision's op) and the gradient of the adaptive
 sampling ratio keep torchvision's op.
