@@ -117,7 +117,7 @@ def _gather_bins(features: Tensor, rois: Tensor, output_size: tuple[int, int],
                    for chunk in members.split(max(1, MAX_TAPS // (ph * pw * 4 * gh * gw)))]
     geometry = (image, x1, y1, roi_w, roi_h)
     if len(pieces) == 1 and len(pieces[0][0]) == len(rois):  # one gather is the whole output
-        out = _pool(table, [t[pieces[0][0]] for t in geometry], output_size, pieces[0][1], (h, w))
+        out = _pool(table, list(geometry), output_size, pieces[0][1], (h, w))
     else:
         out = table.new_zeros(len(rois), ph, pw, c)
         for chunk, grid in pieces:
