@@ -119,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     loader = iter(build_train_loader(data.train, batch_size=cfg.train.batch_size,
                                      seed=cfg.train.seed, num_workers=cfg.data.num_workers,
                                      group_ids=getattr(data, "group_ids", None),
-                                     rank=0, world_size=1, collate_fn=data.collate))
+                                     rank=0, world_size=1, collate_fn=data.collate,
+                                     batch_keys=data.batch_keys))
     parts = PartTimer(model, PARTS[args.task])
     params = [p for p in model.parameters() if p.requires_grad]
     totals: dict[str, float] = defaultdict(float)

@@ -82,6 +82,9 @@ def build_datasets(cfg: DictConfig) -> Datasets:
     if paths is None:
         raise ValueError("data.train.ann_file and data.train.img_dir must be set")
     d = cfg.data.train
+    if not isinstance(d.scale_per_batch, bool):
+        raise ValueError(f"data.train.scale_per_batch must be true or false, got "
+                         f"{d.scale_per_batch!r}")
     mask_on = bool(cfg.model.mask_on)
     records, mapping, stats = load_coco_json(*paths, filter_empty=d.filter_empty,
                                              keep_segmentation=mask_on)
@@ -92,8 +95,9 @@ def build_datasets(cfg: DictConfig) -> Datasets:
                          f"out {stats.crowd} crowd and {stats.degenerate} degenerate boxes): "
                          "a detector cannot learn from this file")
     min_size = d.min_size if isinstance(d.min_size, int) else list(d.min_size)
-    train = DetectionDataset(records, with_masks=mask_on, transform=build_transforms(
-        min_size=min_size, max_size=d.max_size, flip_prob=d.hflip_prob))
+    train = DetectionDataset(records, with_masks=mask_on, scale_per_batch=d.scale_per_batch,
+                             transform=build_transforms(min_size=min_size, max_size=d.max_size,
+                                                        flip_prob=d.hflip_prob))
     val = build_val_dataset(cfg)
     if val is not None and val[1].dataset_ids != mapping.dataset_ids:
         raise ValueError(f"{cfg.data.val.ann_file}: categories {list(val[1].dataset_ids)} differ "
@@ -227,7 +231,7 @@ class DetectionTask:
         description = (f"{len(data.train)} train / {len(data.val) if data.val else 'no'} val "
                        f"images, {data.mapping.num_classes} classes {list(data.mapping.names)}")
         return TaskData(train=data.train, val=data.val, description=description,
-                        group_ids=data.train.group_ids)
+                        group_ids=data.train.group_ids, batch_keys=data.train.batch_keys)
 
     def build_model(self, cfg: DictConfig) -> nn.Module:
         return build_model(cfg)

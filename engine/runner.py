@@ -54,6 +54,7 @@ class TaskData:
         group_ids: aspect-ratio group of every training index (None: no grouping).
         val_batch_size: images per evaluation batch on each process.
         collate: samples -> batch in the loader workers (default: a list of the readable ones).
+        batch_keys: a training batch's keys -> the keys asked of `train` (None: as drawn).
     """
 
     train: Dataset
@@ -62,6 +63,7 @@ class TaskData:
     group_ids: np.ndarray | None = None
     val_batch_size: int = 1
     collate: Callable[[list[Any]], Any] = collate
+    batch_keys: Callable[[list[Any]], list[Any]] | None = None
 
 
 class Task(Protocol):
@@ -265,7 +267,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
                                       num_workers=cfg.data.num_workers, start_iter=start_iter,
                                       group_ids=data.group_ids,
                                       pin_memory=device.type == "cuda",
-                                      collate_fn=data.collate)
+                                      collate_fn=data.collate, batch_keys=data.batch_keys)
     per_epoch = f" ({lengths['per_epoch']} per epoch)" if "per_epoch" in lengths else ""
     logger.info("training for %d iterations%s from iteration %d", lengths["max_iter"], per_epoch,
                 start_iter)

@@ -22,9 +22,32 @@ from torch.utils.data import Dataset
 
 from engine.data import PackedRecords, UnreadableImageError, read_image, segmentation_to_mask
 
+from .transforms import ResizeShortestEdge
+
 logger = logging.getLogger(__name__)
 
-SampleKey = int | tuple[int, int]  # an index, or (index, augmentation seed) from TrainingSampler
+# an index, (index, augmentation seed) from TrainingSampler, or (index, seed, short edge) from
+# `batch_keys` when every image of a batch takes the same training scale
+SampleKey = int | tuple[int, int] | tuple[int, int, int]
+
+# images whose sides differ by at most this factor batch together as near-square
+SQUARE_ASPECT = 1.2
+
+
+def aspect_groups(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Aspect-ratio bucket of every record: landscape 0, portrait 1, near-square 2.
+
+    Batches are drawn within one bucket, so padding to the largest image wastes little; a
+    near-square image batched with landscape ones would be padded to their width.
+    """
+    ids = []
+    for r in records:
+        height, width = r["height"], r["width"]
+        if max(height, width) <= SQUARE_ASPECT * min(height, width):
+            ids.append(2)
+        else:
+            ids.append(0 if width > height else 1)
+    return np.asarray(ids, dtype=np.int64)
 
 
 class DetectionDataset(Dataset):
@@ -34,10 +57,13 @@ class DetectionDataset(Dataset):
         records: per-image records from `load_coco_json`.
         transform: from `build_transforms` (with boxes).
         with_masks: also return `gt_masks` (records need `segmentations`).
+        scale_per_batch: `batch_keys` gives every image of a batch one training scale
+            (drawn as the transform's resize draws it per image), so a batch is padded only
+            to its largest aspect ratio, not also to its largest scale.
     """
 
     def __init__(self, records: Sequence[dict[str, Any]], *, transform: A.Compose,
-                 with_masks: bool = False) -> None:
+                 with_masks: bool = False, scale_per_batch: bool = False) -> None:
         if with_masks:
             for r in records:
                 if "segmentations" not in r or any(s is None for s in r["segmentations"]):
@@ -45,14 +71,29 @@ class DetectionDataset(Dataset):
                                      "needs a segmentation for every object (load the records "
                                      "with keep_segmentation=True)")
         self._records = PackedRecords(records)
-        self.group_ids = np.asarray([0 if r["width"] >= r["height"] else 1 for r in records],
-                                    dtype=np.int64)  # aspect-ratio bucket: landscape 0, portrait 1
+        self.group_ids = aspect_groups(records)
         self.transform = transform
         self.with_masks = with_masks
+        self._resize = None
+        if scale_per_batch:
+            resizes = [t for t in transform.transforms if isinstance(t, ResizeShortestEdge)]
+            if not resizes:
+                raise ValueError("scale_per_batch needs a ResizeShortestEdge in the transform")
+            self._resize = resizes[0]
         self.num_skipped = 0  # unreadable images seen by this process
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def batch_keys(self, keys: list[tuple[int, int]]) -> list[SampleKey]:
+        """The keys of one training batch, each with the batch's short edge when
+        scale_per_batch is on (drawn from the first key's seed, so a resumed run draws the
+        same); otherwise the keys as given."""
+        if self._resize is None or not keys:
+            return list(keys)
+        # a stream apart from the one that seed gives the image's own augmentation
+        short = self._resize.draw_short_edge(random.Random(f"batch scale {keys[0][1]}"))
+        return [(index, seed, short) for index, seed in keys]
 
     def record(self, index: int) -> dict[str, Any]:
         """The raw record of an image."""
@@ -63,9 +104,13 @@ class DetectionDataset(Dataset):
 
         Args:
             key: an index, or (index, seed) to make the augmentation reproducible without
-                global state; a bare index draws the seed from torch's generator.
+                global state (a bare index draws the seed from torch's generator), or
+                (index, seed, short edge) to resize to that length.
         """
-        index, seed = key if isinstance(key, tuple) else (key, None)
+        if isinstance(key, tuple):
+            index, seed, short_edge = (*key, None)[:3]
+        else:
+            index, seed, short_edge = key, None, None
         record = self._records[index]
         try:
             image = read_image(record["file_name"])
@@ -82,7 +127,7 @@ class DetectionDataset(Dataset):
         self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         boxes, classes = record["boxes"], record["classes"]
         inputs: dict[str, Any] = {"image": image, "bboxes": boxes,
-                                  "box_ids": np.arange(len(boxes))}
+                                  "box_ids": np.arange(len(boxes)), "short_edge": short_edge}
         if self.with_masks:
             inputs["masks"] = [segmentation_to_mask(s, height, width)
                                for s in record["segmentations"]]

@@ -5,6 +5,7 @@ so a horizontal flip maps x to W - x and a resize scales by new_size / old_size 
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -69,14 +70,21 @@ class ResizeShortestEdge(A.DualTransform):
         self.sample_style = sample_style
         self.interpolation = interpolation
 
+    def draw_short_edge(self, rng: random.Random) -> int:
+        """One short-edge length, drawn as this transform draws it for an image."""
+        if self.sample_style == "range":
+            return rng.randint(min(self.short_edge_length), max(self.short_edge_length))
+        return rng.choice(self.short_edge_length)
+
     def get_params_dependent_on_data(self, params: dict[str, Any],
                                      data: dict[str, Any]) -> dict[str, Any]:
         height, width = params["shape"][:2]
-        if self.sample_style == "range":
-            short = self.py_random.randint(min(self.short_edge_length), max(self.short_edge_length))
-        else:
-            short = self.py_random.choice(self.short_edge_length)
-        new_h, new_w = resized_shape(height, width, short, self.max_size)
+        short = data.get("short_edge")  # given: the batch's length (scale_per_batch)
+        if short is None:
+            short = self.draw_short_edge(self.py_random)
+        elif not isinstance(short, (int, np.integer)) or short <= 0:
+            raise ValueError(f"short_edge must be a positive integer, got {short!r}")
+        new_h, new_w = resized_shape(height, width, int(short), self.max_size)
         return {"new_shape": (new_h, new_w), "scale_xy": (new_w / width, new_h / height)}
 
     def apply(self, img: np.ndarray, new_shape: tuple[int, int], **params: Any) -> np.ndarray:
@@ -106,7 +114,8 @@ def build_transforms(*, min_size: int | Sequence[int], max_size: int | None,
     """The detection pipeline: shortest-edge resize, then an optional horizontal flip.
 
     Call it as `t(image=img, bboxes=boxes_xyxy, box_ids=ids)`; `box_ids` tells which input
-    boxes survive (transforms that crop may drop some). With `with_boxes=False` (inference on
+    boxes survive (transforms that crop may drop some); `short_edge=L` resizes to L instead of
+    drawing a length. With `with_boxes=False` (inference on
     bare images) call it as `t(image=img)`.
 
     Args:

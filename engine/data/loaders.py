@@ -5,7 +5,7 @@ the process boundary, not one per image); its batch still has `len` = the images
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,8 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int = 0,
                        group_ids: Sequence[int] | np.ndarray | None = None,
                        pin_memory: bool = False, rank: int | None = None,
                        world_size: int | None = None,
-                       collate_fn: Callable[[list[Any]], Any] = collate) -> DataLoader:
+                       collate_fn: Callable[[list[Any]], Any] = collate,
+                       batch_keys: Callable[[list[Any]], list[Any]] | None = None) -> DataLoader:
     """Endless training loader of lists of samples, resumable at a step.
 
     Args:
@@ -52,6 +53,8 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int = 0,
         rank: this process (default: from torch.distributed).
         world_size: number of processes (default: from torch.distributed).
         collate_fn: samples (None for unreadable ones) -> batch, run in the workers.
+        batch_keys: the keys of a batch -> the keys the dataset is asked for (e.g. with a
+            scale shared by the batch); a function of the keys alone, so resuming draws the same.
     """
     if group_ids is None:  # consecutive keys: skip them in the sampler, no bucketing needed
         sampler = TrainingSampler(len(dataset), seed=seed, start=start_iter * batch_size,
@@ -61,10 +64,24 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int = 0,
         sampler = TrainingSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
         batches = GroupedBatchSampler(sampler, group_ids=group_ids, batch_size=batch_size,
                                       start_batch=start_iter)
+    if batch_keys is not None:
+        batches = _MappedBatches(batches, batch_keys)
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
                       collate_fn=collate_fn, pin_memory=pin_memory, worker_init_fn=_init_worker,
                       generator=torch.Generator().manual_seed(seed),
                       persistent_workers=num_workers > 0)
+
+
+class _MappedBatches:
+    """A batch sampler whose every batch of keys goes through `fn`."""
+
+    def __init__(self, batches: Iterable[list[Any]], fn: Callable[[list[Any]], list[Any]]
+                 ) -> None:
+        self.batches = batches
+        self.fn = fn
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return (self.fn(batch) for batch in self.batches)
 
 
 def build_test_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int = 0,

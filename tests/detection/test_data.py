@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import albumentations as A
 import cv2
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 from PIL import Image, ImageOps
 
 from detection.data import DetectionDataset, build_transforms, resized_shape
+from detection.data.dataset import aspect_groups
 from engine.data import (CategoryMapping, DatasetError, build_train_loader, collate,
                          load_coco_json, read_image)
 
@@ -307,6 +309,59 @@ def test_augmentation_is_a_function_of_the_key(small: tuple[Path, Path]) -> None
     torch.manual_seed(0)
     again = [dataset[0]["gt_boxes"] for _ in range(8)]
     assert all(torch.equal(x, y) for x, y in zip(first, again))
+
+
+def test_aspect_groups_keep_near_square_images_apart() -> None:
+    sizes = [(480, 640), (640, 480), (500, 500), (520, 600), (480, 600), (600, 499)]
+    records = [{"height": h, "width": w} for h, w in sizes]
+    # 4:3 landscape, 3:4 portrait, square, 1.15 (near-square), 1.25 landscape, 1.2 portrait
+    assert aspect_groups(records).tolist() == [0, 1, 2, 2, 0, 1]
+
+
+def test_scale_per_batch_gives_a_batch_one_drawn_scale(small: tuple[Path, Path]) -> None:
+    transform = build_transforms(min_size=(30, 60, 90), max_size=None, flip_prob=0.5)
+    dataset = _dataset(small, transform=transform, scale_per_batch=True)
+    keys = [(0, 11), (2, 5)]
+    drawn = {dataset.batch_keys([(0, s), (2, 5)])[0][2] for s in range(30)}
+    assert drawn == {30, 60, 90}
+    batch = dataset.batch_keys(keys)
+    short = batch[0][2]
+    assert batch == [(0, 11, short), (2, 5, short)] and dataset.batch_keys(keys) == batch
+    for key in batch:  # 40x30 images: the short side becomes the batch's length
+        sample = dataset[key]
+        assert sample["image"].shape[1] == short and sample["image"].shape[2] == 4 * short // 3
+    # image 0's box [0, 10, 15, 20] scales by short / 30 (a flip would move it to the right)
+    box = dataset[batch[0]]["gt_boxes"][0] * 30 / short
+    assert torch.allclose(box, torch.tensor([0., 10, 15, 20]), atol=1e-3) or \
+        torch.allclose(box, torch.tensor([25., 10, 40, 20]), atol=1e-3)
+    with pytest.raises(ValueError, match="short_edge must be a positive integer, got 0"):
+        dataset[(0, 1, 0)]
+    # off: the keys go through unchanged and each image draws its own length
+    assert _dataset(small, transform=transform).batch_keys(keys) == keys
+    with pytest.raises(ValueError, match="scale_per_batch needs a ResizeShortestEdge"):
+        _dataset(small, transform=A.Compose([A.HorizontalFlip(p=1.0)]), scale_per_batch=True)
+
+
+def test_train_loader_with_scale_per_batch(small: tuple[Path, Path]) -> None:
+    transform = build_transforms(min_size=(30, 60, 90), max_size=None, flip_prob=0.5)
+    dataset = _dataset(small, transform=transform, scale_per_batch=True)
+
+    def batches(num_workers: int, start_iter: int = 0) -> list[list[dict[str, Any]]]:
+        loader = build_train_loader(dataset, batch_size=2, seed=3, num_workers=num_workers,
+                                    start_iter=start_iter, group_ids=dataset.group_ids,
+                                    rank=0, world_size=1, batch_keys=dataset.batch_keys)
+        return list(itertools.islice(iter(loader), 12))
+
+    main = batches(0)
+    shapes = [{tuple(s["image"].shape) for s in b} for b in main]
+    assert all(len(shape) == 1 for shape in shapes)  # one orientation and one scale per batch
+    assert len({min(next(iter(shape))[1:]) for shape in shapes}) == 3
+    # workers, and a run resumed at batch 4, get exactly these samples
+    for got, want in ((batches(1), main), (batches(0, start_iter=4), main[4:])):
+        for b1, b2 in zip(got, want):
+            for s1, s2 in zip(b1, b2, strict=True):
+                assert torch.equal(s1["image"], s2["image"])
+                assert torch.equal(s1["gt_boxes"], s2["gt_boxes"])
 
 
 def test_masks_follow_the_flip(tmp_path: Path) -> None:

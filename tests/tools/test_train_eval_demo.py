@@ -195,6 +195,14 @@ def test_a_training_file_without_usable_boxes_stops_before_the_first_step(
     assert not (tmp_path / "run" / "model_final.pth").exists()
 
 
+def test_scale_per_batch_must_be_a_bool(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="data.train.scale_per_batch must be true or false, "
+                       "got 'sometimes'"):
+        load_tool("train").main(train_args(data, tmp_path / "run", 1,
+                                           "data.train.scale_per_batch=sometimes"))
+    assert not (tmp_path / "run" / "model_final.pth").exists()
+
+
 def test_export_and_onnx_runs_refuse_what_they_cannot_do_naming_it(
         trained: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     export, weights = load_tool("export"), str(trained / "model_final.pth")
