@@ -28,7 +28,7 @@ def test_onnx_runtime_gives_the_pytorch_logits_at_any_size(tmp_path: Path) -> No
     export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "export")
     metadata = json.loads((tmp_path / "export/export.json").read_text())
     assert metadata["class_names"] == NAMES and metadata["pixel_mean"] == list(MEAN)
-    assert metadata["resize"] == {"shorter_side": 72, "center_crop": 64}
+    assert metadata["resize"] == {"shorter_side": 54, "center_crop": 48}
     session = open_session(tmp_path / "export")
     generator = torch.Generator().manual_seed(0)
     for h, w in [(64, 64), (50, 90), (120, 70)]:
