@@ -115,8 +115,8 @@ def build_transforms(*, min_size: int | Sequence[int], max_size: int | None,
 
     Call it as `t(image=img, bboxes=boxes_xyxy, box_ids=ids)`; `box_ids` tells which input
     boxes survive (transforms that crop may drop some); `short_edge=L` resizes to L instead of
-    drawing a length. With `with_boxes=False` (inference on
-    bare images) call it as `t(image=img)`.
+    drawing a length. With `with_boxes=False` (inference on bare images) call it as
+    `t(image=img)`.
 
     Args:
         min_size: short-edge length(s), e.g. (640, 672, 704, 736, 768, 800) for training.
