@@ -79,7 +79,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(cfg).train()
     loader = iter(build_train_loader(data.train, batch_size=cfg.train.batch_size, seed=0,
-                                     num_workers=0, group_ids=data.train.group_ids))
+                                     num_workers=0, group_ids=data.train.group_ids,
+                                     batch_keys=data.train.batch_keys))
     batches = [next(loader) for _ in range(args.batches)]
 
     def first_losses(bf16: bool) -> dict[str, float]:

@@ -38,7 +38,9 @@ def aspect_groups(records: Sequence[dict[str, Any]]) -> np.ndarray:
     """Aspect-ratio bucket of every record: landscape 0, portrait 1, near-square 2.
 
     Batches are drawn within one bucket, so padding to the largest image wastes little; a
-    near-square image batched with landscape ones would be padded to their width.
+    near-square image batched with landscape ones would be padded to their width. (Until
+    2026-12-01 square images went with the landscape ones: a run checkpointed before then
+    resumes into another order of batches.)
     """
     ids = []
     for r in records:
@@ -58,8 +60,9 @@ class DetectionDataset(Dataset):
         transform: from `build_transforms` (with boxes).
         with_masks: also return `gt_masks` (records need `segmentations`).
         scale_per_batch: `batch_keys` gives every image of a batch one training scale
-            (drawn as the transform's resize draws it per image), so a batch is padded only
-            to its largest aspect ratio, not also to its largest scale.
+            (drawn as the transform's first top-level ResizeShortestEdge draws it per image),
+            so a batch is padded only to its largest aspect ratio, not also to its largest
+            scale.
     """
 
     def __init__(self, records: Sequence[dict[str, Any]], *, transform: A.Compose,

@@ -312,10 +312,11 @@ def test_augmentation_is_a_function_of_the_key(small: tuple[Path, Path]) -> None
 
 
 def test_aspect_groups_keep_near_square_images_apart() -> None:
-    sizes = [(480, 640), (640, 480), (500, 500), (520, 600), (480, 600), (600, 499)]
+    sizes = [(480, 640), (640, 480), (500, 500), (520, 600), (480, 600), (600, 499), (600, 500)]
     records = [{"height": h, "width": w} for h, w in sizes]
-    # 4:3 landscape, 3:4 portrait, square, 1.15 (near-square), 1.25 landscape, 1.2 portrait
-    assert aspect_groups(records).tolist() == [0, 1, 2, 2, 0, 1]
+    # 4:3 landscape, 3:4 portrait, square, 1.15 (near-square), 1.25 landscape, 1.202 portrait,
+    # 1.2 exactly (near-square)
+    assert aspect_groups(records).tolist() == [0, 1, 2, 2, 0, 1, 2]
 
 
 def test_scale_per_batch_gives_a_batch_one_drawn_scale(small: tuple[Path, Path]) -> None:

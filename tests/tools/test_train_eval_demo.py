@@ -195,6 +195,30 @@ def test_a_training_file_without_usable_boxes_stops_before_the_first_step(
     assert not (tmp_path / "run" / "model_final.pth").exists()
 
 
+def test_training_batches_take_one_scale_with_scale_per_batch(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.runner
+    shapes: list[set[tuple[int, ...]]] = []
+    original = engine.runner.build_train_loader
+
+    def recording(*args: object, **kwargs: object) -> object:
+        loader = original(*args, **kwargs)
+
+        class Recorded:
+            def __iter__(self) -> Iterator[list[dict[str, torch.Tensor]]]:
+                for batch in loader:
+                    shapes.append({tuple(s["image"].shape) for s in batch})
+                    yield batch
+        return Recorded()
+
+    monkeypatch.setattr(engine.runner, "build_train_loader", recording)
+    # the synthetic scenes are 96x128: one orientation, so the scale alone can vary in a batch
+    load_tool("train").main(train_args(data, tmp_path / "run", 6, "data.train.min_size=[64,96]",
+                                       "data.train.scale_per_batch=true", "train.batch_size=3"))
+    assert len(shapes) >= 6 and all(len(shape) == 1 for shape in shapes)
+    assert {min(next(iter(shape))[1:]) for shape in shapes} == {64, 96}
+
+
 def test_scale_per_batch_must_be_a_bool(data: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="data.train.scale_per_batch must be true or false, "
                        "got 'sometimes'"):
