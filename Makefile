@@ -19,9 +19,8 @@ DEMO_IMAGES := $(addprefix $(DATA)/images/val/,000000.jpg 000001.jpg 000002.jpg 
 # PYTHONDONTWRITEBYTECODE (without the cache every tool's start would recompile its imports)
 unexport PYTHONDONTWRITEBYTECODE
 
-$(VENV)/.installed: setup.cfg pyproject.toml
-	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --no-compile -e '.[dev]'
+$(VENV)/.installed: setup.cfg pyproject.toml tools/install.py
+	python3 tools/install.py $(VENV)
 	touch $@
 
 install: $(VENV)/.installed
