@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("install_tool", ROOT / "tools/install.py")
@@ -26,3 +29,20 @@ def test_pip_configuration_becomes_uv_options() -> None:
         "--extra-index-url=file:///opt/a/simple", "--extra-index-url=file:///opt/b/simple",
         "--index-url=https://other.example/simple"]
     assert install.uv_options("") == []
+
+
+def test_pip_installs_where_uv_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    calls: list[list[str]] = []
+
+    def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        calls.append(list(cmd))
+        if cmd[:2] == [str(tmp_path / "venv" / "bin" / "uv"), "pip"]:
+            raise subprocess.CalledProcessError(1, cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout="global.find-links='/w'\n")
+
+    monkeypatch.setattr(install.subprocess, "run", run)
+    assert install.main([str(tmp_path / "venv")]) == 0
+    assert "--find-links=/w" in calls[3]  # the uv install, with pip's configuration
+    assert calls[-1][1:] == ["-m", "pip", "install", "-q", "--no-compile", "-e", ".[dev]"]
+    assert "installing with pip" in capsys.readouterr().err
