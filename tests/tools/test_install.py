@@ -29,6 +29,13 @@ def test_pip_configuration_becomes_uv_options() -> None:
         "--extra-index-url=file:///opt/a/simple", "--extra-index-url=file:///opt/b/simple",
         "--index-url=https://other.example/simple"]
     assert install.uv_options("") == []
+    assert install.uv_options("global.no-index='true'\n:env:.no-index='1'") == ["--no-index"]
+    assert install.uv_options("global.no-index='false'") == []
+    cert = "global.cert='/etc/ssl/bundle.crt'"
+    assert install.uv_environment(cert, {"A": "1"}) == {"A": "1",
+                                                        "SSL_CERT_FILE": "/etc/ssl/bundle.crt"}
+    assert install.uv_environment(cert, {"SSL_CERT_FILE": "/mine.crt"}) == {
+        "SSL_CERT_FILE": "/mine.crt"}
 
 
 def test_pip_installs_where_uv_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
