@@ -19,47 +19,46 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "-e .[dev]"
-# pip configuration key (its last dotted part) -> uv option; values are space-separated lists
+# pip configuration key -> uv option; values are space-separated lists
 UV_OPTIONS = {"index-url": "--index-url", "extra-index-url": "--extra-index-url",
               "find-links": "--find-links", "constraint": "--constraint"}
 TRUE = {"1", "true", "yes", "on"}
+# where `pip install` takes a key from, first to last: a PIP_* variable, the [install]
+# section, the [global] section (other commands' sections do not apply)
+PRECEDENCE = (":env:", "install", "global")
 
 
-def pip_settings(pip_config: str) -> list[tuple[str, str]]:
-    """(key without its section, value) of every line of `pip config list` output, in order."""
-    settings = []
+def pip_settings(pip_config: str) -> dict[str, str]:
+    """{key: value} that `pip install` uses, from `pip config list` output (one
+    `section.key='value'` a line), each key from its first place in PRECEDENCE."""
+    found: dict[str, tuple[int, str]] = {}
     for line in pip_config.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            settings.append((key.rsplit(".", 1)[-1], str(ast.literal_eval(value))))
-    return settings
-
-
-def uv_options(pip_config: str) -> list[str]:
-    """uv options for the indexes, links, constraints and no-index in `pip config list`
-    output."""
-    options: list[str] = []
-    for key, value in pip_settings(pip_config):
-        if key == "no-index" and value.lower() in TRUE and "--no-index" not in options:
-            options.append("--no-index")
-        option = UV_OPTIONS.get(key)
-        if option is None:
+        name, sep, value = line.partition("=")
+        section, _, key = name.rpartition(".")
+        if not sep or section not in PRECEDENCE:
             continue
-        for item in value.split():
-            if option == "--index-url":  # uv takes one default index: the last one wins
-                options = [o for o in options if not o.startswith("--index-url=")]
-            if f"{option}={item}" not in options:
-                options.append(f"{option}={item}")
+        rank = PRECEDENCE.index(section)
+        if key not in found or rank < found[key][0]:
+            found[key] = (rank, str(ast.literal_eval(value)))
+    return {key: value for key, (_, value) in found.items()}
+
+
+def uv_options(settings: dict[str, str]) -> list[str]:
+    """uv options for pip's index URLs, find-links, constraints and no-index."""
+    options = ["--no-index"] if settings.get("no-index", "").lower() in TRUE else []
+    for key, value in settings.items():
+        option = UV_OPTIONS.get(key)
+        if option is not None:
+            options += [f"{option}={item}" for item in value.split()]
     return options
 
 
-def uv_environment(pip_config: str, environ: dict[str, str]) -> dict[str, str]:
+def uv_environment(settings: dict[str, str], environ: dict[str, str]) -> dict[str, str]:
     """`environ`, with SSL_CERT_FILE set to the CA bundle pip is configured with (uv trusts
     its own roots otherwise) unless the variable is set already."""
     env = dict(environ)
-    for key, value in pip_settings(pip_config):
-        if key == "cert" and "SSL_CERT_FILE" not in environ:
-            env["SSL_CERT_FILE"] = value
+    if "cert" in settings and "SSL_CERT_FILE" not in environ:
+        env["SSL_CERT_FILE"] = settings["cert"]
     return env
 
 
@@ -73,12 +72,12 @@ def main(argv: list[str]) -> int:
     uv = venv / "bin" / "uv"
     try:
         subprocess.run([*pip, "install", "-q", "--no-compile", "uv"], check=True)
-        config = subprocess.run([*pip, "config", "list"], check=True, capture_output=True,
-                                text=True).stdout
+        settings = pip_settings(subprocess.run([*pip, "config", "list"], check=True,
+                                               capture_output=True, text=True).stdout)
         subprocess.run([str(uv), "pip", "install", "-q", "--python", str(venv),
-                        "--index-strategy", "unsafe-best-match", *uv_options(config),
+                        "--index-strategy", "unsafe-best-match", *uv_options(settings),
                         *TARGET.split()], check=True, cwd=ROOT,
-                       env=uv_environment(config, dict(os.environ)))
+                       env=uv_environment(settings, dict(os.environ)))
         return 0
     except (subprocess.CalledProcessError, OSError, ValueError, SyntaxError) as err:
         print(f"install with uv failed ({err}); installing with pip", file=sys.stderr)

@@ -24,19 +24,25 @@ def test_pip_configuration_becomes_uv_options() -> None:
         "global.index-url='https://mirror.example/simple'",
         "install.index-url='https://other.example/simple'",
     ])
-    assert install.uv_options(config) == [
+    settings = install.pip_settings
+    assert install.uv_options(settings(config)) == [
         "--find-links=/opt/wheels", "--constraint=/etc/xdg/pip/constraints.txt",
         "--extra-index-url=file:///opt/a/simple", "--extra-index-url=file:///opt/b/simple",
         "--index-url=https://other.example/simple"]
-    assert install.uv_options("") == []
-    assert install.uv_options("global.no-index='true'\n:env:.no-index='1'") == ["--no-index"]
-    assert install.uv_options("global.no-index='false'") == []
-    cert = "global.cert='/etc/ssl/bundle.crt'"
+    assert install.uv_options(settings("")) == []
+    assert install.uv_options(settings("global.no-index='true'\n:env:.no-index='1'")) == [
+        "--no-index"]
+    assert install.uv_options(settings("global.no-index='false'")) == []
+    # pip's precedence: a PIP_* variable over [install] over [global]; [download] is not install's
+    assert install.uv_options(settings("\n".join([
+        ":env:.find-links='/env'", "download.index-url='https://d.example'",
+        "global.find-links='/file'", "install.find-links='/install'"]))) == [
+        "--find-links=/env"]
+    cert = settings("global.cert='/etc/ssl/bundle.crt'")
     assert install.uv_environment(cert, {"A": "1"}) == {"A": "1",
                                                         "SSL_CERT_FILE": "/etc/ssl/bundle.crt"}
     assert install.uv_environment(cert, {"SSL_CERT_FILE": "/mine.crt"}) == {
         "SSL_CERT_FILE": "/mine.crt"}
-
 
 def test_pip_installs_where_uv_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
