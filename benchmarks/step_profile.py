@@ -35,7 +35,8 @@ from torch import nn  # noqa: E402
 
 from engine.amp import AMP_DTYPES, amp_for_device, parse_amp  # noqa: E402
 from engine.data import build_train_loader  # noqa: E402
-from engine.host_memory import cache_host_memory, parse_cache_host_memory  # noqa: E402
+from engine.config import parse_bool  # noqa: E402
+from engine.host_memory import cache_host_memory  # noqa: E402
 from engine.runner import build_optimizer_from_config  # noqa: E402
 from engine.tasks import load_task_config, task_module  # noqa: E402
 
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     name, cfg = load_task_config(ROOT / CONFIGS[args.task], args.overrides)
     if args.workers is not None:
         cfg.data.num_workers = args.workers
-    if parse_cache_host_memory(cfg.train.cache_host_memory):
+    if parse_bool(cfg.train.cache_host_memory, "train.cache_host_memory"):
         cache_host_memory()  # as the training tools do on a CPU
     task = task_module(name).TASK()
     data = task.prepare(cfg)

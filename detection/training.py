@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 import backbones
 from engine import atomic_write_json, is_main_process, to_plain
+from engine.config import parse_bool
 from engine.data import CategoryMapping, build_test_loader, load_coco_json
 from engine.export import METADATA_FILE, ExportError, is_onnx, model_path
 from engine.files import nan_to_none
@@ -82,9 +83,7 @@ def build_datasets(cfg: DictConfig) -> Datasets:
     if paths is None:
         raise ValueError("data.train.ann_file and data.train.img_dir must be set")
     d = cfg.data.train
-    if not isinstance(d.scale_per_batch, bool):
-        raise ValueError(f"data.train.scale_per_batch must be true or false, got "
-                         f"{d.scale_per_batch!r}")
+    scale_per_batch = parse_bool(d.scale_per_batch, "data.train.scale_per_batch")
     mask_on = bool(cfg.model.mask_on)
     records, mapping, stats = load_coco_json(*paths, filter_empty=d.filter_empty,
                                              keep_segmentation=mask_on)
@@ -95,7 +94,7 @@ def build_datasets(cfg: DictConfig) -> Datasets:
                          f"out {stats.crowd} crowd and {stats.degenerate} degenerate boxes): "
                          "a detector cannot learn from this file")
     min_size = d.min_size if isinstance(d.min_size, int) else list(d.min_size)
-    train = DetectionDataset(records, with_masks=mask_on, scale_per_batch=d.scale_per_batch,
+    train = DetectionDataset(records, with_masks=mask_on, scale_per_batch=scale_per_batch,
                              transform=build_transforms(min_size=min_size, max_size=d.max_size,
                                                         flip_prob=d.hflip_prob))
     val = build_val_dataset(cfg)

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .distributed import cleanup, init_distributed, is_main_process
-from .host_memory import cache_host_memory, parse_cache_host_memory
+from .config import parse_bool
+from .host_memory import cache_host_memory
 from .preemption import TrainingInterrupted
 from .runner import run_training
 from .tasks import load_task_config, task_module
@@ -46,7 +47,7 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
     args = config_argument_parser(description, resume=True).parse_intermixed_args(argv)
     name, cfg = load_task_config(args.config, args.overrides, task=task)
     runner_task = task_module(name).TASK()
-    cache_memory = parse_cache_host_memory(cfg.train.cache_host_memory)
+    cache_memory = parse_bool(cfg.train.cache_host_memory, "train.cache_host_memory")
     device = init_distributed(cfg.train.device)
     if cache_memory and device.type == "cpu" and not cache_host_memory():
         warnings.warn("train.cache_host_memory needs glibc's malloc (Linux); ignored here",

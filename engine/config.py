@@ -198,6 +198,17 @@ def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), path)
 
 
+def parse_bool(value: Any, key: str) -> bool:
+    """A config value that must be true or false (YAML booleans, not strings or numbers).
+
+    Raises:
+        ValueError: anything else, naming `key`.
+    """
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{key} must be true or false, got {value!r}")
+
+
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain dicts/lists (storable in a weights_only checkpoint)."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -18,22 +18,10 @@ from __future__ import annotations
 
 import ctypes
 import platform
-from typing import Any
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # glibc's malloc.h
 _TOP_PAD = 256 << 20  # grow the heap in large steps: fewer brk calls and new pages
 _NEVER_TRIM = 2**31 - 1  # mallopt takes an int
-
-
-def parse_cache_host_memory(value: Any, key: str = "train.cache_host_memory") -> bool:
-    """The key's value as a bool.
-
-    Raises:
-        ValueError: anything but true or false, naming `key`.
-    """
-    if isinstance(value, bool):
-        return value
-    raise ValueError(f"{key} must be true or false, got {value!r}")
 
 
 def cache_host_memory() -> bool:

@@ -18,12 +18,13 @@ from torch import Tensor, nn
 from backbones.layers import build_norm
 
 # ASPP dilation rates per backbone output stride (DeepLabV3, Chen et al. 2017, section 4.1):
-# the rates double when the features are twice as dense.
-ASPP_RATES: dict[int, tuple[int, int, int]] = {16: (6, 12, 18), 8: (12, 24, 36)}
+# the rates double when the features are twice as dense, and halve at output stride 32.
+ASPP_RATES: dict[int, tuple[int, int, int]] = {32: (3, 6, 9), 16: (6, 12, 18), 8: (12, 24, 36)}
 
 
 def aspp_rates(output_stride: int) -> tuple[int, int, int]:
-    """The ASPP rates for a backbone of this output stride: 6/12/18 at 16, 12/24/36 at 8."""
+    """The ASPP rates for a backbone of this output stride: 3/6/9 at 32, 6/12/18 at 16,
+    12/24/36 at 8."""
     if output_stride not in ASPP_RATES:
         raise ValueError(f"no default ASPP rates for output_stride {output_stride}; valid: "
                          f"{', '.join(map(str, ASPP_RATES))} (or give the rates explicitly)")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import engine.cli
-from engine.host_memory import parse_cache_host_memory
+from engine.config import parse_bool
 from tests.tools.test_train_eval_demo import (ROOT, _drop_log_handlers, data, load_tool,
                                             train_args)
 
@@ -69,11 +69,11 @@ def test_freed_tensors_stay_in_the_heap_and_no_page_is_faulted_in_twice() -> Non
 
 
 def test_the_key_takes_true_or_false_and_names_itself_otherwise() -> None:
-    assert parse_cache_host_memory(True) is True
-    assert parse_cache_host_memory(False) is False
+    assert parse_bool(True, "train.cache_host_memory") is True
+    assert parse_bool(False, "train.cache_host_memory") is False
     for bad in ("yes", 1, None):
         with pytest.raises(ValueError, match=r"train.cache_host_memory must be true or false"):
-            parse_cache_host_memory(bad)
+            parse_bool(bad, "train.cache_host_memory")
 
 
 def test_a_bad_value_fails_before_anything_is_written(tmp_path: Path) -> None:
