@@ -44,6 +44,7 @@ def test_pip_configuration_becomes_uv_options() -> None:
     assert install.uv_environment(cert, {"SSL_CERT_FILE": "/mine.crt"}) == {
         "SSL_CERT_FILE": "/mine.crt"}
 
+
 def test_pip_installs_where_uv_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[list[str]] = []
