@@ -254,6 +254,17 @@ class ResNet(nn.Module):
                 p.requires_grad_(False)
         return self
 
+    def drop_unused_stages(self) -> "ResNet":
+        """Delete the stages after the deepest of `out_features`: forward never runs them, and
+        parameters without gradients make DistributedDataParallel fail. Weights are loaded
+        before (a full pretrained ResNet), so a model built again the same way matches."""
+        last = max(FEATURES.index(f) for f in self.out_features)
+        for name in self.stages[last:]:
+            delattr(self, name)
+        self.stages = self.stages[:last]
+        self.size_divisibility = max(self._shapes[f].stride for f in self.out_features)
+        return self
+
     def output_shape(self) -> dict[str, ShapeSpec]:
         return {name: self._shapes[name] for name in self.out_features}
 

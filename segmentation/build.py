@@ -81,7 +81,7 @@ def _shape(shapes: Mapping[str, ShapeSpec], name: str, key: str) -> ShapeSpec:
 
 
 def build_backbone(cfg: Mapping[str, Any]) -> nn.Module:
-    """The dilated ResNet, returning every map the heads read.
+    """The dilated ResNet, returning every map the heads read, without the stages after them.
 
     Args:
         cfg: the `model` config.
@@ -103,7 +103,7 @@ def build_backbone(cfg: Mapping[str, Any]) -> nn.Module:
         multi_grid=tuple(multi_grid) if multi_grid else None,
         stride_in_1x1=bcfg["stride_in_1x1"],
         out_features=tuple(dict.fromkeys(out_features)),
-    )
+    ).drop_unused_stages()
 
 
 def build_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],

@@ -11,7 +11,7 @@ from segmentation.heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-# config -> (head class, backbone depth blocks of res4, res5 3x3 dilations, ASPP rates)
+# config -> (head class, blocks of res4, res5 3x3 dilations (None: res5 not built), ASPP rates)
 EXPECTED = {
     "segmentation/deeplabv3_R_50_os8.yaml": (DeepLabV3Head, 6, [4, 8, 16], [12, 24, 36]),
     "segmentation/deeplabv3_R_101_os8.yaml": (DeepLabV3Head, 23, [4, 8, 16], [12, 24, 36]),
@@ -19,7 +19,7 @@ EXPECTED = {
     "segmentation/deeplabv3plus_R_50_os16.yaml": (DeepLabV3PlusHead, 6, [2, 4, 8], [6, 12, 18]),
     "segmentation/fcn_R_50_os8.yaml": (FCNHead, 6, [2, 4, 4], None),  # torchvision's dilations
     "synthetic/deeplabv3_R_18_os16.yaml": (DeepLabV3Head, 2, [2, 4], [6, 12, 18]),
-    "synthetic/deeplabv3plus_R_18_os16.yaml": (DeepLabV3PlusHead, 2, [2, 4], [6, 12, 18]),
+    "synthetic/deeplabv3plus_R_18_os16.yaml": (DeepLabV3PlusHead, 2, None, [6, 12, 18]),
 }
 
 
@@ -30,10 +30,14 @@ def test_shipped_configs_build(name):
     model = build_model(cfg)
     assert type(model.head) is head_cls
     assert len(model.backbone.res4) == res4_blocks
-    assert [b.conv2.dilation[0] for b in model.backbone.res5] == dilations
+    if dilations is None:  # ASPP on res4, no auxiliary head
+        assert model.backbone.stages[-1] == "res4" and model.aux_head is None
+        assert model.head.in_features[0] == "res4"
+    else:
+        assert [b.conv2.dilation[0] for b in model.backbone.res5] == dilations
+        assert model.aux_head is not None and model.aux_head.in_features == ("res4",)
     if rates is not None:
         assert [b.conv.dilation[0] for b in model.head.aspp.branches[1:]] == rates
-    assert model.aux_head is not None and model.aux_head.in_features == ("res4",)
     assert model.num_classes == 21
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from PIL import Image
 
 from engine.data.synthetic import generate
@@ -96,6 +97,30 @@ def test_padded_pixels_do_not_count(small_config):
     assert logits.shape == (2, 5, 48, 40)
     expected = F.cross_entropy(logits[:1, :, 4:32, :32], gt[None, 4:])
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_head_on_res4_leaves_res5_out(small_config, tmp_path):
+    """Pretrained res2-res4 weights load, res5 is not built (DistributedDataParallel refuses
+    parameters without gradients: every one left gets one), padding follows res4's stride."""
+    torch.manual_seed(0)
+    pretrained = torchvision.models.resnet18().state_dict()
+    torch.save(pretrained, tmp_path / "resnet18.pth")
+    cfg = small_config("deeplabv3plus", output_stride=32, aux=False, size_divisibility=None)
+    cfg["model"]["backbone"].update(weights=str(tmp_path / "resnet18.pth"), multi_grid=None)
+    cfg["model"]["head"]["in_feature"] = "res4"
+    model = build_model(cfg).train()
+    assert model.backbone.stages == ["res2", "res3", "res4"]
+    assert not any("res5" in k for k in model.state_dict())
+    torch.testing.assert_close(model.backbone.res4[1].conv2.weight,
+                               pretrained["layer3.1.conv2.weight"])
+    assert model.size_divisibility == 16
+    images = [torch.randint(0, 256, (3, 40, 36), dtype=torch.uint8) for _ in range(2)]
+    targets = [{"gt_sem_seg": torch.randint(0, 5, (40, 36))} for _ in range(2)]
+    sum(model(images, targets).values()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
+    cfg["model"]["head"]["in_feature"] = "res5"
+    assert build_model(cfg).backbone.stages == ["res2", "res3", "res4", "res5"]
 
 
 def test_bad_targets(small_config):
