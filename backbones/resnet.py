@@ -256,8 +256,8 @@ class ResNet(nn.Module):
 
     def drop_unused_stages(self) -> "ResNet":
         """Delete the stages after the deepest of `out_features`: forward never runs them, and
-        parameters without gradients make DistributedDataParallel fail. Weights are loaded
-        before (a full pretrained ResNet), so a model built again the same way matches."""
+        parameters without gradients make DistributedDataParallel fail. Load pretrained
+        weights (a whole ResNet) before: the dropped stages' keys are then expected no more."""
         last = max(FEATURES.index(f) for f in self.out_features)
         for name in self.stages[last:]:
             delattr(self, name)

@@ -151,9 +151,9 @@ def refuse_mismatched_settings(source: str, implied: Mapping[str, Any],
     details = "; ".join(f"{k} is {_show(configured[k])}, the weights need {_show(implied[k])}"
                         for k in wrong)
     fix = " ".join(f"{k}={_show(implied[k])}" for k in wrong)
-    raise ValueError(f"weights from {source} do not fit this config: {details}. Every tensor has "
-                     f"the right shape, so they would load and silently compute something "
-                     f"else; set {fix}")
+    raise ValueError(f"weights from {source} do not fit this config: {details}. Trained with "
+                     f"other settings, they would compute something else, silently where every "
+                     f"tensor has the right shape; set {fix}")
 
 
 def stride_in_1x1(model: nn.Module) -> bool | None:

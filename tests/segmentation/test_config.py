@@ -33,6 +33,7 @@ def test_shipped_configs_build(name):
     if dilations is None:  # ASPP on res4, no auxiliary head
         assert model.backbone.stages[-1] == "res4" and model.aux_head is None
         assert model.head.in_features[0] == "res4"
+        assert [b.conv2.dilation[0] for b in model.backbone.res4] == [1] * res4_blocks
     else:
         assert [b.conv2.dilation[0] for b in model.backbone.res5] == dilations
         assert model.aux_head is not None and model.aux_head.in_features == ("res4",)
