@@ -261,6 +261,7 @@ class ResNet(nn.Module):
         last = max(FEATURES.index(f) for f in self.out_features)
         for name in self.stages[last:]:
             delattr(self, name)
+            del self._shapes[name]
         self.stages = self.stages[:last]
         self.size_divisibility = max(self._shapes[f].stride for f in self.out_features)
         return self
