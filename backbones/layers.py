@@ -34,6 +34,7 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("bias", torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
+        self._folded: tuple[tuple, tuple[torch.Tensor, ...]] | None = None  # see fold_into
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,  # noqa: ANN001
                               missing_keys, unexpected_keys, error_msgs) -> None:
@@ -45,6 +46,37 @@ class FrozenBatchNorm2d(nn.Module):
         """Per-channel (scale, shift) with forward(x) == x * scale + shift."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         return scale, self.bias - self.running_mean * scale
+
+    def fold_into(self, conv_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of one convolution computing conv then this norm.
+
+        Kept between calls while the buffers and the convolution's weight are unchanged (same
+        storage, same version counter: a load, an optimizer step or `.to()` recomputes it; a
+        write through `.data`, which PyTorch does not count, is not seen): the whole result
+        where the weight needs no gradient (inference, frozen stages), already in the autocast
+        dtype there, else the scale and shift. Recomputed, the folding is six small kernels per
+        convolution (more than the rest of a ResNet's forward launches: what bounds a GPU at
+        batch 1) and, on a CPU, a pass over every weight.
+        """
+        needs_grad = torch.is_grad_enabled() and conv_weight.requires_grad
+        dtype = conv_weight.dtype
+        device_type = conv_weight.device.type
+        if not needs_grad and torch.is_autocast_enabled(device_type) and dtype.is_floating_point:
+            dtype = torch.get_autocast_dtype(device_type)
+        tensors = (self.weight, self.bias, self.running_mean, self.running_var,
+                   *(() if needs_grad else (conv_weight,)))
+        key = _unchanged_key(tensors, dtype)
+        if key is not None and self._folded is not None and self._folded[0] == key:
+            scale, shift, *folded = self._folded[1]
+        else:
+            scale, shift = (t.to(conv_weight.dtype) for t in self.scale_and_shift())
+            folded = [] if needs_grad else [(conv_weight * scale.view(-1, 1, 1, 1)).to(dtype)]
+            shift = shift if needs_grad else shift.to(dtype)
+            if key is not None:
+                self._folded = (key, (scale, shift, *folded))
+        if needs_grad:
+            return conv_weight * scale.view(-1, 1, 1, 1), shift
+        return folded[0], shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, shift = self.scale_and_shift()
@@ -72,6 +104,16 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}"
 
 
+def _unchanged_key(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype) -> tuple | None:
+    """What identifies these tensors' current values, or None where no cache may be kept
+    (tracing or compiling, which must see the computation; inference tensors have no version)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or any(
+            t.is_inference() for t in tensors):
+        return None
+    return (dtype, tensors[0].device, torch.is_inference_mode_enabled(),
+            *((t.data_ptr(), t._version) for t in tensors))
+
+
 def _has_hooks(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
@@ -87,9 +129,8 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
     if (not isinstance(norm, FrozenBatchNorm2d) or conv.bias is not None
             or _has_hooks(conv) or _has_hooks(norm)):
         return norm(conv(x))
-    scale, shift = norm.scale_and_shift()
-    weight = conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)
-    return conv._conv_forward(x, weight, shift.to(conv.weight.dtype))  # conv's own path
+    weight, bias = norm.fold_into(conv.weight)
+    return conv._conv_forward(x, weight, bias)  # conv's own path
 
 
 class ConvNorm(nn.Sequential):
