@@ -14,10 +14,14 @@ torchvision weights see the very same anchors.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+# padded batch sizes whose anchors are kept (a test size, the training scales' sizes)
+RECENT_SIZES = 8
 
 
 def make_cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
@@ -84,7 +88,18 @@ class AnchorGenerator(nn.Module):
         self.sizes = sizes
         self.aspect_ratios = aspect_ratios
         self.offset = float(offset)
-        self.cell_anchors = [make_cell_anchors(s, a) for s, a in zip(sizes, aspect_ratios)]
+        # buffers (not saved): they move with the model, so no per-call host-to-device copy,
+        # which on a GPU waits for the stream
+        for level, (s, a) in enumerate(zip(sizes, aspect_ratios)):
+            self.register_buffer(f"cell_anchors_{level}", make_cell_anchors(s, a),
+                                 persistent=False)
+        self._num_levels = len(sizes)
+        self._recent: OrderedDict[tuple, list[Tensor]] = OrderedDict()  # see forward
+
+    @property
+    def cell_anchors(self) -> list[Tensor]:
+        """Per level, the (A, 4) zero-centred anchors."""
+        return [getattr(self, f"cell_anchors_{level}") for level in range(self._num_levels)]
 
     @property
     def num_levels(self) -> int:
@@ -110,11 +125,25 @@ class AnchorGenerator(nn.Module):
             raise ValueError(
                 f"anchor generator has {self.num_levels} levels, got {len(features)} feature maps"
             )
+        device = features[0].device
+        grids = tuple((*f.shape[-2:], padded_size[0] // f.shape[-2], padded_size[1] // f.shape[-1])
+                      for f in features)
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # the graph computes them
+            return self._anchors(grids, device)
+        key = (device, torch.is_inference_mode_enabled(), grids)
+        if key in self._recent:  # the same sizes again: the anchors of last time (read only)
+            self._recent.move_to_end(key)
+            return list(self._recent[key])
+        anchors = self._anchors(grids, device)
+        self._recent[key] = anchors
+        if len(self._recent) > RECENT_SIZES:
+            self._recent.popitem(last=False)
+        return list(anchors)
+
+    def _anchors(self, grids: Sequence[tuple[int, int, int, int]],
+                 device: torch.device) -> list[Tensor]:
         anchors = []
-        for feature, cell in zip(features, self.cell_anchors):
-            grid_h, grid_w = feature.shape[-2:]
-            stride_h, stride_w = padded_size[0] // grid_h, padded_size[1] // grid_w
-            device = feature.device
+        for (grid_h, grid_w, stride_h, stride_w), cell in zip(grids, self.cell_anchors):
             shift_x = (
                 torch.arange(grid_w, device=device, dtype=torch.float32) + self.offset
             ) * stride_w
@@ -125,8 +154,7 @@ class AnchorGenerator(nn.Module):
             shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
             # (H*W, 1, 4) + (1, A, 4) -> (H*W*A, 4)
-            level = (shifts[:, None, :] + cell.to(device)[None, :, :]).reshape(-1, 4)
-            anchors.append(
-                level
-            )  # float32 whatever the feature dtype (AMP): exact pixel coordinates
+            # float32 whatever the feature dtype (AMP): exact pixel coordinates
+            cell = cell.to(device, torch.float32)
+            anchors.append((shifts[:, None, :] + cell[None, :, :]).reshape(-1, 4))
         return anchors

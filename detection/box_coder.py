@@ -50,22 +50,11 @@ class BoxCoder:
             (R, 4) deltas ``(dx, dy, dw, dh)``.
         """
         wx, wy, ww, wh = self.weights
-        ref_boxes = ref_boxes.to(gt_boxes.dtype)
-        ref_w = ref_boxes[:, 2] - ref_boxes[:, 0]
-        ref_h = ref_boxes[:, 3] - ref_boxes[:, 1]
-        ref_cx = ref_boxes[:, 0] + 0.5 * ref_w
-        ref_cy = ref_boxes[:, 1] + 0.5 * ref_h
-
-        gt_w = gt_boxes[:, 2] - gt_boxes[:, 0]
-        gt_h = gt_boxes[:, 3] - gt_boxes[:, 1]
-        gt_cx = gt_boxes[:, 0] + 0.5 * gt_w
-        gt_cy = gt_boxes[:, 1] + 0.5 * gt_h
-
-        dx = wx * (gt_cx - ref_cx) / ref_w
-        dy = wy * (gt_cy - ref_cy) / ref_h
-        dw = ww * torch.log(gt_w / ref_w)
-        dh = wh * torch.log(gt_h / ref_h)
-        return torch.stack((dx, dy, dw, dh), dim=1)
+        ref_sizes, ref_centers = _sizes_and_centers(ref_boxes.to(gt_boxes.dtype))
+        gt_sizes, gt_centers = _sizes_and_centers(gt_boxes)
+        d_centers = _times(gt_centers - ref_centers, wx, wy) / ref_sizes
+        d_sizes = _times(torch.log(gt_sizes / ref_sizes), ww, wh)
+        return torch.cat((d_centers, d_sizes), dim=1)
 
     def decode(self, deltas: Tensor, ref_boxes: Tensor) -> Tensor:
         """Applies deltas to reference boxes.
@@ -79,25 +68,34 @@ class BoxCoder:
         """
         if deltas.dim() != 2 or deltas.shape[1] % 4 != 0:
             raise ValueError(f"deltas must have shape (R, k*4), got {tuple(deltas.shape)}")
-        ref_boxes = ref_boxes.to(deltas.dtype)
         wx, wy, ww, wh = self.weights
-        widths = ref_boxes[:, 2] - ref_boxes[:, 0]
-        heights = ref_boxes[:, 3] - ref_boxes[:, 1]
-        ctr_x = ref_boxes[:, 0] + 0.5 * widths
-        ctr_y = ref_boxes[:, 1] + 0.5 * heights
+        sizes, centers = _sizes_and_centers(ref_boxes.to(deltas.dtype))
+        sizes, centers = sizes[:, None], centers[:, None]  # against (R, k, 2)
+        deltas = deltas.view(deltas.shape[0], deltas.shape[1] // 4, 4)
+        d_centers = _over(deltas[..., :2], wx, wy)
+        d_sizes = torch.clamp(_over(deltas[..., 2:], ww, wh), max=self.scale_clamp)
+        pred_centers = d_centers * sizes + centers
+        half_sizes = 0.5 * (torch.exp(d_sizes) * sizes)
+        return torch.cat((pred_centers - half_sizes, pred_centers + half_sizes), dim=2).flatten(1)
 
-        dx = deltas[:, 0::4] / wx
-        dy = deltas[:, 1::4] / wy
-        dw = torch.clamp(deltas[:, 2::4] / ww, max=self.scale_clamp)
-        dh = torch.clamp(deltas[:, 3::4] / wh, max=self.scale_clamp)
 
-        pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
-        pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
-        half_w = 0.5 * (torch.exp(dw) * widths[:, None])
-        half_h = 0.5 * (torch.exp(dh) * heights[:, None])
-        # (R, k) x 4 -> (R, k, 4) -> (R, k*4)
-        pred = torch.stack(
-            (pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h),
-            dim=2,
-        )
-        return pred.flatten(1)
+# x and y go together, (..., 2) at a time: half the kernels of one coordinate at a time (what
+# bounds a GPU at small batches); the same arithmetic, element by element, as torchvision's.
+
+def _sizes_and_centers(boxes: Tensor) -> tuple[Tensor, Tensor]:
+    sizes = boxes[:, 2:] - boxes[:, :2]
+    return sizes, boxes[:, :2] + 0.5 * sizes
+
+
+def _times(pairs: Tensor, a: float, b: float) -> Tensor:
+    """(a * x, b * y) of (..., 2) pairs."""
+    if a == b:
+        return a * pairs
+    return torch.stack((a * pairs[..., 0], b * pairs[..., 1]), dim=-1)
+
+
+def _over(pairs: Tensor, a: float, b: float) -> Tensor:
+    """(x / a, y / b) of (..., 2) pairs."""
+    if a == b:
+        return pairs / a
+    return torch.stack((pairs[..., 0] / a, pairs[..., 1] / b), dim=-1)

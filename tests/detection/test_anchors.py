@@ -5,7 +5,7 @@ import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
-from detection.anchors import AnchorGenerator, make_cell_anchors
+from detection.anchors import RECENT_SIZES, AnchorGenerator, make_cell_anchors
 
 
 def test_cell_anchors_hand_values() -> None:
@@ -76,3 +76,27 @@ def test_bad_configuration() -> None:
         AnchorGenerator(sizes=[[32], [64]], aspect_ratios=[[1.0]])(
             [torch.zeros(1, 1, 2, 2)], (8, 8)
         )
+
+
+def test_anchors_are_kept_per_size_and_device_and_follow_the_model() -> None:
+    generator = AnchorGenerator(sizes=[[32], [64]], aspect_ratios=[[0.5, 1.0, 2.0]])
+    maps = [torch.zeros(1, 1, 8, 10), torch.zeros(1, 1, 4, 5)]
+    first = generator(maps, (64, 80))
+    again = generator(maps, (64, 80))
+    assert all(a is b for a, b in zip(first, again))  # computed once for a size
+    other = generator([torch.zeros(1, 1, 8, 12), torch.zeros(1, 1, 4, 6)], (64, 96))
+    assert [len(a) for a in other] == [8 * 12 * 3, 4 * 6 * 3]
+    # what a new generator computes for the same size
+    fresh = AnchorGenerator(sizes=[[32], [64]], aspect_ratios=[[0.5, 1.0, 2.0]])
+    assert all(torch.equal(a, b) for a, b in zip(first, fresh(maps, (64, 80))))
+    # the cell anchors move with the model and are not saved in checkpoints
+    assert generator.state_dict() == {}
+    generator.double()
+    assert all(a.dtype == torch.float32 for a in generator(maps, (64, 80)))
+    with torch.inference_mode():  # not the tensors of outside inference mode
+        inside = generator(maps, (64, 80))
+    assert all(a.is_inference() for a in inside) and not any(a.is_inference() for a in first)
+    for size in range(16, 16 + 2 * RECENT_SIZES):  # kept sizes are bounded
+        generator([torch.zeros(1, 1, size, size), torch.zeros(1, 1, size // 2, size // 2)],
+                  (8 * size, 8 * size))
+    assert len(generator._recent) == RECENT_SIZES

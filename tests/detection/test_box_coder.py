@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 
@@ -50,11 +51,18 @@ def test_scale_clamp() -> None:
     assert torch.allclose(out, torch.tensor([[8 - 500.0, 8 - 500.0, 8 + 500.0, 8 + 500.0]]))
 
 
-def test_equals_torchvision() -> None:
+@pytest.mark.parametrize("weights", [(10.0, 10.0, 5.0, 5.0), (1.0, 1.0, 1.0, 1.0),
+                                     (10.0, 20.0, 5.0, 2.5)])
+def test_equals_torchvision(weights) -> None:
     gen = torch.Generator().manual_seed(2)
     ref, gt = _random_boxes(300, gen), _random_boxes(300, gen)
-    weights = (10.0, 10.0, 5.0, 5.0)
     ours, theirs = BoxCoder(weights=weights), TVBoxCoder(weights)
     assert torch.equal(ours.encode(ref, gt), theirs.encode_single(gt, ref))
-    deltas = torch.randn(300, 8, generator=gen)
+    deltas = torch.randn(300, 8, generator=gen) * 3  # some past the scale clamp
     assert torch.equal(ours.decode(deltas, ref), theirs.decode_single(deltas, ref))
+
+
+def test_no_boxes() -> None:
+    coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+    assert coder.decode(torch.zeros(0, 8), torch.zeros(0, 4)).shape == (0, 8)
+    assert coder.encode(torch.zeros(0, 4), torch.zeros(0, 4)).shape == (0, 4)
