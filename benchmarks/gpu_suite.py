@@ -33,6 +33,8 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
   det_compile     a lever: ours in bf16 with the backbone + FPN under torch.compile vs eager,
                   and the seconds of the first (compiling) step.
 On a GPU, det_train and det_infer also measure the channels_last lever (bf16, both models).
+det_train, mask_train and det_infer add *_launches rows: operators dispatched per step or image
+and, on a GPU, kernels and the GPU's busy time against the wall time (is the host the bound?).
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torchvision.models.detection import FasterRCNN, MaskRCNN  # noqa: E402
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone  # noqa: E402
 
@@ -190,6 +193,48 @@ def measure(suite: Suite, step: Callable[[], object], images_per_step: int,
             "warmup_peak_gib": warmup_peak}
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the operators PyTorch dispatches (each one a kernel launch or a view)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def launches(suite: Suite, run: Callable[[], object], ms_per_run: float) -> dict[str, Any]:
+    """Is a run bound by the host launching work? Operators dispatched per run and, on a GPU,
+    kernels per run and the GPU's busy time (the sum of its kernels' times) against the
+    run's wall time: a busy share well under 1 means the GPU waits for the host."""
+    counter = OpCounter()
+    with counter:
+        run()
+    row: dict[str, Any] = {"dispatched_ops": counter.count}
+    text = f"{counter.count} ops dispatched"
+    if suite.device.type == "cuda":
+        try:  # a profiler failure must not cost the phase's other settings
+            _sync(suite.device)
+            activities = [torch.profiler.ProfilerActivity.CPU,
+                          torch.profiler.ProfilerActivity.CUDA]
+            with torch.profiler.profile(activities=activities) as profiler:
+                for _ in range(3):
+                    run()
+                _sync(suite.device)
+            kernels = [e for e in profiler.events()
+                       if e.device_type == torch.autograd.DeviceType.CUDA]
+            busy_ms = sum(e.time_range.elapsed_us() for e in kernels) / 3 / 1000
+            row.update(kernels=len(kernels) / 3, gpu_busy_ms=busy_ms)
+            text += (f", {len(kernels) / 3:.0f} kernels, GPU busy {busy_ms:.1f} of "
+                     f"{ms_per_run:.1f} ms")
+        except Exception as error:  # noqa: BLE001
+            row["profiler_error"] = repr(error)
+            text += f", profiler failed: {error!r}"
+    return {**row, "vs_reference": text}
+
+
 def precisions(device: torch.device) -> list[str]:
     """bf16 autocast and fp32 on a GPU (TF32 allowed); fp32 alone on a CPU."""
     return ["bf16", "fp32"] if device.type == "cuda" else ["fp32"]
@@ -307,9 +352,13 @@ def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
                                 lambda: ours(images, ours_targets))
         tv_step = _train_step(reference, _sgd(reference), device, precision,
                               lambda: reference([i.float() / 255 for i in images], tv_targets))
-        compare(suite, phase, f"{precision}{_LAYOUT_NAMES[layout]}, batch {len(images)}",
-                measure(suite, ours_step, len(images)), measure(suite, tv_step, len(images)),
-                "torchvision")
+        setting = f"{precision}{_LAYOUT_NAMES[layout]}, batch {len(images)}"
+        ours_m, tv_m = measure(suite, ours_step, len(images)), measure(suite, tv_step, len(images))
+        compare(suite, phase, setting, ours_m, tv_m, "torchvision")
+        if (precision, layout) == _settings(device)[0]:
+            for name, step, timed in (("ours", ours_step, ours_m), ("torchvision", tv_step, tv_m)):
+                suite.add(f"{phase}_launches", name, setting,
+                          **launches(suite, step, timed["ms_per_image"] * len(images)))
     ours.to(memory_format=torch.contiguous_format)
 
 
@@ -429,12 +478,17 @@ def phase_detection_inference(suite: Suite) -> None:
             def run_reference() -> None:
                 reference([image.float() / 255])
             ours_m, ref_m = measure(suite, run_ours, 1), measure(suite, run_reference, 1)
-        setting = f"{precision}{_LAYOUT_NAMES[layout]}, batch 1"
-        suite.add("det_infer", "ours", setting, **ours_m,
-                  same_detections=same, detections=len(got["boxes"]),
-                  vs_reference=f"{ref_m['ms_per_image'] / ours_m['ms_per_image']:.2f}x "
-                               "torchvision's speed")
-        suite.add("det_infer", "torchvision", setting, **ref_m)
+            setting = f"{precision}{_LAYOUT_NAMES[layout]}, batch 1"
+            suite.add("det_infer", "ours", setting, **ours_m,
+                      same_detections=same, detections=len(got["boxes"]),
+                      vs_reference=f"{ref_m['ms_per_image'] / ours_m['ms_per_image']:.2f}x "
+                                   "torchvision's speed")
+            suite.add("det_infer", "torchvision", setting, **ref_m)
+            if layout == torch.contiguous_format:
+                for name, run, timed in (("ours", run_ours, ours_m),
+                                         ("torchvision", run_reference, ref_m)):
+                    suite.add("det_infer_launches", name, setting,
+                              **launches(suite, run, timed["ms_per_image"]))
 
 
 # ---- segmentation ----
