@@ -33,8 +33,9 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
   det_compile     a lever: ours in bf16 with the backbone + FPN under torch.compile vs eager,
                   and the seconds of the first (compiling) step.
 On a GPU, det_train and det_infer also measure the channels_last lever (bf16, both models).
-det_train, mask_train and det_infer add *_launches rows: operators dispatched per step or image
-and, on a GPU, kernels and the GPU's busy time against the wall time (is the host the bound?).
+det_train, mask_train, seg_train and det_infer add *_launches rows: operators dispatched and
+host syncs per step or image and, on a GPU, kernels and the GPU's busy time against the wall
+time (is the host the bound?).
 """
 from __future__ import annotations
 
@@ -206,14 +207,17 @@ class OpCounter(TorchDispatchMode):
 
 
 def launches(suite: Suite, run: Callable[[], object], ms_per_run: float) -> dict[str, Any]:
-    """Is a run bound by the host launching work? Operators dispatched per run and, on a GPU,
+    """Is a run bound by the host launching work? Operators dispatched and host syncs (as the
+    syncs phase counts them) per run and, on a GPU,
     kernels per run and the GPU's busy time (the sum of its kernels' times) against the
-    run's wall time: a busy share well under 1 means the GPU waits for the host."""
-    counter = OpCounter()
-    with counter:
+    run's wall time: a busy share well under 1 means the GPU waits for the host. On a GPU
+    the JSON row also lists the 15 kernels with the most time."""
+    counter, syncs = OpCounter(), SyncCounter()
+    with counter, syncs:
         run()
-    row: dict[str, Any] = {"dispatched_ops": counter.count}
-    text = f"{counter.count} ops dispatched"
+    python_syncs = sum(syncs.counts.values())
+    row: dict[str, Any] = {"dispatched_ops": counter.count, "python_syncs": python_syncs}
+    text = f"{counter.count} ops dispatched, {python_syncs} Python-visible syncs"
     if suite.device.type == "cuda":
         try:  # a profiler failure must not cost the phase's other settings
             _sync(suite.device)
@@ -226,7 +230,14 @@ def launches(suite: Suite, run: Callable[[], object], ms_per_run: float) -> dict
             kernels = [e for e in profiler.events()
                        if e.device_type == torch.autograd.DeviceType.CUDA]
             busy_ms = sum(e.time_range.elapsed_us() for e in kernels) / 3 / 1000
-            row.update(kernels=len(kernels) / 3, gpu_busy_ms=busy_ms)
+            by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+            for e in kernels:
+                by_name[e.name][0] += e.time_range.elapsed_us() / 3 / 1000
+                by_name[e.name][1] += 1 / 3
+            top = sorted(by_name.items(), key=lambda item: -item[1][0])[:15]
+            row.update(kernels=len(kernels) / 3, gpu_busy_ms=busy_ms,
+                       top_kernels=[{"name": name[:120], "ms": round(ms, 3), "calls": round(n)}
+                                    for name, (ms, n) in top])
             text += (f", {len(kernels) / 3:.0f} kernels, GPU busy {busy_ms:.1f} of "
                      f"{ms_per_run:.1f} ms")
         except Exception as error:  # noqa: BLE001
@@ -529,9 +540,15 @@ def phase_segmentation_train(suite: Suite) -> None:
         ours_step = _train_step(ours, _sgd(ours), device, precision,
                                 lambda: ours(images, targets))
         ref_step = _train_step(reference, _sgd(reference), device, precision, reference_losses)
-        compare(suite, "seg_train", f"{precision}, batch {len(images)}, {s.seg_crop}px",
-                measure(suite, ours_step, len(images)), measure(suite, ref_step, len(images)),
-                "torchvision")
+        setting = f"{precision}, batch {len(images)}, {s.seg_crop}px"
+        ours_m = measure(suite, ours_step, len(images))
+        ref_m = measure(suite, ref_step, len(images))
+        compare(suite, "seg_train", setting, ours_m, ref_m, "torchvision")
+        if precision == precisions(device)[0]:
+            for name, step, timed in (("ours", ours_step, ours_m),
+                                      ("torchvision", ref_step, ref_m)):
+                suite.add("seg_train_launches", name, setting,
+                          **launches(suite, step, timed["ms_per_image"] * len(images)))
 
 
 # ---- pretraining ----

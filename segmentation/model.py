@@ -95,12 +95,14 @@ class SemanticSegmentor(nn.Module):
             if tuple(mask.shape) != (h, w):
                 raise ValueError(f"target {i}: gt_sem_seg is {tuple(mask.shape)}, its image "
                                  f"({h}, {w})")
-            valid = mask[mask != self.ignore_index]
-            if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= self.num_classes):
-                bad = sorted(set(valid[(valid < 0) | (valid >= self.num_classes)].tolist()))
-                raise ValueError(f"target {i}: gt_sem_seg has class ids {bad[:10]} outside "
-                                 f"0..{self.num_classes - 1} (and {self.ignore_index} = ignore)")
             gt[i, :h, :w] = mask.long()
+        # one read for the whole batch (a GPU waits for each read), not one per image
+        unknown = (gt != self.ignore_index) & ((gt < 0) | (gt >= self.num_classes))
+        if unknown.any():
+            i = int(unknown.flatten(1).any(dim=1).int().argmax())
+            bad = sorted(set(gt[i][unknown[i]].tolist()))
+            raise ValueError(f"target {i}: gt_sem_seg has class ids {bad[:10]} outside "
+                             f"0..{self.num_classes - 1} (and {self.ignore_index} = ignore)")
         return gt
 
     def logits(self, batch: Tensor, *, with_aux: bool = False) -> dict[str, Tensor]:

@@ -136,6 +136,9 @@ def test_bad_targets(small_config):
     bad[0, 0], bad[0, 1] = 5, 255
     with pytest.raises(ValueError, match=r"target 0: gt_sem_seg has class ids \[5\] outside 0..4"):
         model(images, [{"gt_sem_seg": bad}, ok])
+    bad[5, 5] = -3  # and in the second image of a batch, among valid and ignored pixels
+    with pytest.raises(ValueError, match=r"target 1: gt_sem_seg has class ids \[-3, 5\] outside"):
+        model(images, [ok, {"gt_sem_seg": bad}])
     with pytest.raises(ValueError, match=r"image 0 must be a \(3, H, W\) RGB tensor"):
         model([torch.zeros(1, 32, 32)], [ok])
 
