@@ -143,7 +143,14 @@ class Stem(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool(F.relu(conv_norm(self.conv, self.norm, x), inplace=True))
+        x = F.relu(conv_norm(self.conv, self.norm, x), inplace=True)
+        if (x.device.type == "cpu" and isinstance(self.maxpool, nn.MaxPool2d)
+                and not x.is_contiguous(memory_format=torch.channels_last)
+                and not torch.jit.is_tracing()):
+            # PyTorch's CPU max pool is several times slower on NCHW maps than on channels-last
+            # ones, copies both ways included (BENCHMARKS.md); the result is the same
+            return self.maxpool(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        return self.maxpool(x)
 
 
 class ResNet(nn.Module):

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torchvision
+import torch.nn.functional as F
 from torch import nn
 
 import backbones
@@ -200,3 +201,17 @@ def test_lesion_of_one_block_keeps_shape_and_changes_output():
 def test_bad_options_raise_value_error_listing_valid_values(bad, match):
     with pytest.raises(ValueError, match=match):
         backbones.build(**bad)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_stem_max_pool_keeps_the_layout_and_the_values(channels_last):
+    stem = backbones.build("resnet18", out_features=("stem",)).eval().stem
+    x = torch.randn(2, 3, 40, 44)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = stem(x)
+        expected = F.max_pool2d(F.relu(stem.norm(stem.conv(x))), 3, 2, 1)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert got.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(got, expected)
