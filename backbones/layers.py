@@ -1,6 +1,7 @@
 """Normalization layers, shape records and conv helpers shared by the ResNet family."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -34,7 +35,7 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("bias", torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
-        self._folded: tuple[tuple, tuple[torch.Tensor, ...]] | None = None  # see fold_into
+        self._folded: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None  # fold_into
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,  # noqa: ANN001
                               missing_keys, unexpected_keys, error_msgs) -> None:
@@ -58,25 +59,37 @@ class FrozenBatchNorm2d(nn.Module):
         convolution (more than the rest of a ResNet's forward launches: what bounds a GPU at
         batch 1) and, on a CPU, a pass over every weight.
         """
-        needs_grad = torch.is_grad_enabled() and conv_weight.requires_grad
-        dtype = conv_weight.dtype
-        device_type = conv_weight.device.type
-        if not needs_grad and torch.is_autocast_enabled(device_type) and dtype.is_floating_point:
-            dtype = torch.get_autocast_dtype(device_type)
-        tensors = (self.weight, self.bias, self.running_mean, self.running_var,
-                   *(() if needs_grad else (conv_weight,)))
-        key = _unchanged_key(tensors, dtype)
-        if key is not None and self._folded is not None and self._folded[0] == key:
-            scale, shift, *folded = self._folded[1]
-        else:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # the graph computes it
             scale, shift = (t.to(conv_weight.dtype) for t in self.scale_and_shift())
-            folded = [] if needs_grad else [(conv_weight * scale.view(-1, 1, 1, 1)).to(dtype)]
-            shift = shift if needs_grad else shift.to(dtype)
-            if key is not None:
-                self._folded = (key, (scale, shift, *folded))
-        if needs_grad:
             return conv_weight * scale.view(-1, 1, 1, 1), shift
-        return folded[0], shift
+        if torch.is_grad_enabled() and conv_weight.requires_grad:
+            # keep the scale and shift; weight * scale belongs to the autograd graph
+            scale, shift = self._kept((self.weight, self.bias, self.running_mean,
+                                       self.running_var), conv_weight.dtype, lambda: tuple(
+                t.to(conv_weight.dtype) for t in self.scale_and_shift()))
+            return conv_weight * scale.view(-1, 1, 1, 1), shift
+        dtype, device_type = conv_weight.dtype, conv_weight.device.type
+        if torch.is_autocast_enabled(device_type) and dtype.is_floating_point:
+            dtype = torch.get_autocast_dtype(device_type)  # what autocast would cast it to
+
+        def fold() -> tuple[torch.Tensor, torch.Tensor]:
+            scale, shift = (t.to(conv_weight.dtype) for t in self.scale_and_shift())
+            return (conv_weight * scale.view(-1, 1, 1, 1)).to(dtype), shift.to(dtype)
+        return self._kept((self.weight, self.bias, self.running_mean, self.running_var,
+                           conv_weight), dtype, fold)
+
+    def _kept(self, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype,
+              compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """compute(), or what it gave last time if `inputs` are unchanged since (same storage,
+        same version counter) and the dtype and inference mode are the same."""
+        if any(t.is_inference() for t in inputs):  # no version counter to go by
+            return compute()
+        key = (dtype, inputs[0].device, torch.is_inference_mode_enabled(),
+               *((t.data_ptr(), t._version) for t in inputs))
+        if self._folded is None or self._folded[0] != key:
+            self._folded = (key, compute())
+        return self._folded[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, shift = self.scale_and_shift()
@@ -102,16 +115,6 @@ class FrozenBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
-
-
-def _unchanged_key(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype) -> tuple | None:
-    """What identifies these tensors' current values, or None where no cache may be kept
-    (tracing or compiling, which must see the computation; inference tensors have no version)."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or any(
-            t.is_inference() for t in tensors):
-        return None
-    return (dtype, tensors[0].device, torch.is_inference_mode_enabled(),
-            *((t.data_ptr(), t._version) for t in tensors))
 
 
 def _has_hooks(module: nn.Module) -> bool:
