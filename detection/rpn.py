@@ -245,19 +245,18 @@ class RPN(nn.Module):
             -1 not sampled; and per image (A_all, 4) the gt box matched to each anchor
             (zeros for an image without gt).
         """
-        labels, matched_gt = [], []
+        match_labels, matched_gt = [], []
         for boxes in gt_boxes:
             boxes = boxes.to(anchors.dtype)
-            matched_idxs, match_labels = self.matcher(box_iou(boxes, anchors))
-            pos_idx, neg_idx = self.sampler(match_labels == FOREGROUND, match_labels == BACKGROUND)
-            image_labels = torch.full(
-                (len(anchors),), -1.0, dtype=anchors.dtype, device=anchors.device
-            )
-            image_labels[pos_idx] = 1.0
-            image_labels[neg_idx] = 0.0
-            labels.append(image_labels)
+            matched_idxs, image_match_labels = self.matcher(box_iou(boxes, anchors))
+            match_labels.append(image_match_labels)
             matched_gt.append(boxes[matched_idxs] if len(boxes) else torch.zeros_like(anchors))
-        return labels, matched_gt
+        if not match_labels:
+            return [], []
+        match_labels = torch.stack(match_labels)  # (N, A_all): all images sampled at once
+        pos, neg = self.sampler(match_labels == FOREGROUND, match_labels == BACKGROUND)
+        labels = torch.where(pos, 1.0, torch.where(neg, 0.0, -1.0)).to(anchors.dtype)
+        return list(labels.unbind(0)), matched_gt
 
     def losses(
         self,

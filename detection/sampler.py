@@ -10,9 +10,10 @@ class BalancedSampler:
     """Draws at most ``batch_size_per_image`` candidates, a fraction of them positive.
 
     Up to ``round_down(batch_size_per_image * positive_fraction)`` positives are drawn;
-    negatives fill the rest of the batch when there are enough of them. Draws use
-    ``torch.randperm`` on the global generator, positives first then negatives, the
-    same sequence of random calls as torchvision's sampler.
+    negatives fill the rest of the batch when there are enough of them. Each draw is a
+    uniformly random subset of the candidates (the largest of one random key per candidate),
+    computed without reading a count back to the host: on a GPU nothing waits (torchvision's
+    sampler, `nonzero` and `randperm` per image, makes the host wait twice per image).
 
     Args:
         batch_size_per_image: number of candidates kept per image.
@@ -28,21 +29,27 @@ class BalancedSampler:
         self.positive_fraction = float(positive_fraction)
 
     def __call__(self, positive: Tensor, negative: Tensor) -> tuple[Tensor, Tensor]:
-        """Samples indices among positive and negative candidates of one image.
+        """Samples among the positive and negative candidates of one image, or of each row.
 
         Args:
-            positive: (R,) bool, candidates that may be drawn as positives.
-            negative: (R,) bool, candidates that may be drawn as negatives.
+            positive: (R,) or (N, R) bool, candidates that may be drawn as positives.
+            negative: the same shape, bool, candidates that may be drawn as negatives
+                (disjoint from ``positive``).
 
         Returns:
-            Indices (into R) of the drawn positives and of the drawn negatives.
+            (drawn positives, drawn negatives): bool masks of the input's shape.
         """
-        pos_candidates = torch.nonzero(positive, as_tuple=True)[0]
-        neg_candidates = torch.nonzero(negative, as_tuple=True)[0]
-        num_pos = min(
-            pos_candidates.numel(), int(self.batch_size_per_image * self.positive_fraction)
-        )
-        num_neg = min(neg_candidates.numel(), self.batch_size_per_image - num_pos)
-        pos_perm = torch.randperm(pos_candidates.numel(), device=positive.device)[:num_pos]
-        neg_perm = torch.randperm(neg_candidates.numel(), device=negative.device)[:num_neg]
-        return pos_candidates[pos_perm], neg_candidates[neg_perm]
+        keys = torch.rand(positive.shape, device=positive.device)
+        pos = _largest_keys(positive, keys, int(self.batch_size_per_image * self.positive_fraction))
+        limit = self.batch_size_per_image - pos.sum(dim=-1, keepdim=True)
+        return pos, _largest_keys(negative, keys, self.batch_size_per_image, limit)
+
+
+def _largest_keys(candidates: Tensor, keys: Tensor, k: int, limit: Tensor | None = None) -> Tensor:
+    """Mask of the candidates with the k (per row: `limit`, at most k) largest keys."""
+    k = min(k, candidates.shape[-1])
+    top = torch.where(candidates, keys, -1.0).topk(k, dim=-1)  # keys are in [0, 1)
+    chosen = top.values >= 0
+    if limit is not None:
+        chosen &= torch.arange(k, device=keys.device) < limit
+    return torch.zeros_like(candidates).scatter(-1, top.indices, chosen)

@@ -98,8 +98,8 @@ class ROIHeads(nn.Module):
                 matched_boxes = torch.zeros_like(boxes)
             classes = torch.where(match_labels == BACKGROUND, self.num_classes, classes)
             classes = torch.where(match_labels == IGNORE, -1, classes)
-            pos_idx, neg_idx = self.sampler(match_labels == FOREGROUND, match_labels == BACKGROUND)
-            idx = torch.cat([pos_idx, neg_idx]).sort().values
+            pos, neg = self.sampler(match_labels == FOREGROUND, match_labels == BACKGROUND)
+            idx = torch.nonzero(pos | neg, as_tuple=True)[0]  # in increasing order
             sampled.append(
                 SampledRoIs(boxes[idx], classes[idx], matched_boxes[idx], matched_idxs[idx])
             )

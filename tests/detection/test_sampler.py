@@ -1,45 +1,64 @@
-"""Balanced sampler: counts, fraction, no duplicates, and torchvision's draws."""
+"""Balanced sampler: counts, fraction, no draw outside the candidates, rows drawn apart, and
+uniformly random draws."""
 
+import pytest
 import torch
-from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 
 from detection.sampler import BalancedSampler
 
 
-def _labels(num_pos: int, num_neg: int, num_ignore: int) -> torch.Tensor:
+def _labels(num_pos: int, num_neg: int, num_ignore: int, seed: int = 0) -> torch.Tensor:
     labels = torch.cat([torch.ones(num_pos), torch.zeros(num_neg), -torch.ones(num_ignore)])
-    return labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
+    return labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
 
 
-def test_counts() -> None:
+@pytest.mark.parametrize(("num_pos", "num_neg", "expected"), [
+    (10, 1000, (10, 246)),  # few positives: negatives fill the batch
+    (500, 1000, (128, 128)),  # capped at the fraction
+    (500, 50, (128, 50)),  # few negatives: the batch stays short
+    (0, 0, (0, 0)),
+    (0, 100, (0, 100)),
+])
+def test_counts(num_pos, num_neg, expected) -> None:
     sampler = BalancedSampler(batch_size_per_image=256, positive_fraction=0.5)
-    for (num_pos, num_neg), (exp_pos, exp_neg) in {
-        (10, 1000): (10, 246),  # few positives: negatives fill the batch
-        (500, 1000): (128, 128),  # capped at the fraction
-        (500, 50): (128, 50),  # few negatives: the batch stays short
-        (0, 0): (0, 0),
-    }.items():
-        labels = _labels(num_pos, num_neg, 30)
-        pos, neg = sampler(labels == 1, labels == 0)
-        assert (len(pos), len(neg)) == (exp_pos, exp_neg)
-        assert bool((labels[pos] == 1).all()) and bool((labels[neg] == 0).all())
-        assert len(set(pos.tolist())) == len(pos) and len(set(neg.tolist())) == len(neg)
+    labels = _labels(num_pos, num_neg, 30)
+    pos, neg = sampler(labels == 1, labels == 0)
+    assert pos.dtype == neg.dtype == torch.bool and pos.shape == neg.shape == labels.shape
+    assert (int(pos.sum()), int(neg.sum())) == expected
+    assert bool((labels[pos] == 1).all()) and bool((labels[neg] == 0).all())
 
 
-def test_fraction_rounds_down() -> None:
+def test_fraction_rounds_down_and_fewer_candidates_than_the_batch() -> None:
     sampler = BalancedSampler(batch_size_per_image=512, positive_fraction=0.25)
     labels = _labels(1000, 1000, 0)
     pos, neg = sampler(labels == 1, labels == 0)
-    assert (len(pos), len(neg)) == (128, 384)
+    assert (int(pos.sum()), int(neg.sum())) == (128, 384)
+    few = _labels(3, 4, 2)  # 9 candidates, batch of 512
+    pos, neg = sampler(few == 1, few == 0)
+    assert torch.equal(pos, few == 1) and torch.equal(neg, few == 0)
+    empty = torch.zeros(0, dtype=torch.bool)
+    assert [m.shape for m in sampler(empty, empty)] == [(0,), (0,)]
 
 
-def test_same_draws_as_torchvision() -> None:
-    labels = _labels(300, 2000, 100)
-    torch.manual_seed(7)
-    pos, neg = BalancedSampler(batch_size_per_image=256, positive_fraction=0.5)(
-        labels == 1, labels == 0
-    )
-    torch.manual_seed(7)
-    ref_pos, ref_neg = BalancedPositiveNegativeSampler(256, 0.5)([labels])
-    assert torch.equal(pos.sort().values, torch.nonzero(ref_pos[0]).flatten())
-    assert torch.equal(neg.sort().values, torch.nonzero(ref_neg[0]).flatten())
+def test_rows_are_sampled_apart() -> None:
+    """(N, R): each image its own counts and its own draws."""
+    sampler = BalancedSampler(batch_size_per_image=64, positive_fraction=0.5)
+    labels = torch.stack([_labels(5, 500, 205, seed=1), _labels(200, 500, 10, seed=2),
+                          _labels(0, 20, 690, seed=3), _labels(200, 500, 10, seed=2)])
+    pos, neg = sampler(labels == 1, labels == 0)
+    assert pos.sum(1).tolist() == [5, 32, 0, 32] and neg.sum(1).tolist() == [59, 32, 20, 32]
+    assert bool((labels[pos] == 1).all()) and bool((labels[neg] == 0).all())
+    assert not torch.equal(pos[1], pos[3])  # the same candidates, other draws
+
+
+def test_every_candidate_is_drawn_equally_often() -> None:
+    """10 of 40 positives and 20 of 80 negatives, 4000 times: each candidate ~1000 times."""
+    sampler = BalancedSampler(batch_size_per_image=30, positive_fraction=1 / 3)
+    labels = _labels(40, 80, 40).expand(4000, -1)
+    torch.manual_seed(0)
+    pos, neg = sampler(labels == 1, labels == 0)
+    for drawn, candidates in ((pos, labels[0] == 1), (neg, labels[0] == 0)):
+        counts = drawn.sum(0)[candidates].float()
+        # binomial(4000, 1/4): sd 27; a sampler favouring low indices or early keys is far off
+        assert (counts - 1000).abs().max() < 120, counts
+        assert int(drawn.sum(0)[~candidates].sum()) == 0

@@ -38,7 +38,7 @@ def _spread_classes(tv: torch.nn.Module, gen: torch.Generator) -> None:
 def _train_losses(
     tv: torch.nn.Module, ours: torch.nn.Module, image: torch.Tensor, gt: dict[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Training losses of ours and of torchvision on one image, RNG seeded alike.
+    """Training losses of ours and of torchvision on one image, every candidate sampled.
 
     Args:
         gt: our targets (``gt_boxes``, ``gt_classes`` and optionally ``gt_masks``).
@@ -50,18 +50,20 @@ def _train_losses(
     for m in tv.modules():  # torchvision's random-weight model has BatchNorm; ours frozen BN
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()
-    # Take every non-ignored proposal into the RoI loss on both sides: the RoI sampler then
-    # draws the same set whatever the order of proposals whose scores tie to 1 ulp.
-    tv.roi_heads.fg_bg_sampler.batch_size_per_image = 4096
-    ours.roi_heads.sampler.batch_size_per_image = 4096
+    # Take every non-ignored anchor and proposal into the losses on both sides: the samplers
+    # draw differently (ours without host syncs), and the RoI sampler would otherwise depend on
+    # the order of proposals whose scores tie to 1 ulp.
+    samplers = [tv.rpn.fg_bg_sampler, ours.rpn.sampler, tv.roi_heads.fg_bg_sampler,
+                ours.roi_heads.sampler]
+    sizes = [s.batch_size_per_image for s in samplers]
+    for sampler in samplers:
+        sampler.batch_size_per_image = 10**7
     try:
-        torch.manual_seed(5)
         expected = tv([image / 255.0], [target])
-        torch.manual_seed(5)
         got = ours([image], [gt])
     finally:
-        tv.roi_heads.fg_bg_sampler.batch_size_per_image = 512
-        ours.roi_heads.sampler.batch_size_per_image = 512
+        for sampler, size in zip(samplers, sizes):
+            sampler.batch_size_per_image = size
     return got, expected
 
 
