@@ -83,7 +83,7 @@ class ROIHeads(nn.Module):
         Returns:
             Per image the sampled RoIs, in increasing proposal index (gt boxes last).
         """
-        sampled = []
+        fields, keep = [], []  # per image: (boxes, classes, matched boxes, matched idxs), mask
         for boxes, target in zip(proposals, targets):
             gt_boxes = target["gt_boxes"].to(boxes.dtype)
             gt_classes = target["gt_classes"]
@@ -99,11 +99,15 @@ class ROIHeads(nn.Module):
             classes = torch.where(match_labels == BACKGROUND, self.num_classes, classes)
             classes = torch.where(match_labels == IGNORE, -1, classes)
             pos, neg = self.sampler(match_labels == FOREGROUND, match_labels == BACKGROUND)
-            idx = torch.nonzero(pos | neg, as_tuple=True)[0]  # in increasing order
-            sampled.append(
-                SampledRoIs(boxes[idx], classes[idx], matched_boxes[idx], matched_idxs[idx])
-            )
-        return sampled
+            fields.append((boxes, classes, matched_boxes, matched_idxs))
+            keep.append(pos | neg)
+        if not keep:
+            return []
+        # the sampled rows of all images at once: two reads back to the host, not one per image
+        counts = torch.stack([k.sum() for k in keep]).tolist()
+        rows = torch.nonzero(torch.cat(keep), as_tuple=True)[0]  # in increasing order
+        per_field = [torch.cat(field)[rows].split(counts) for field in zip(*fields)]
+        return [SampledRoIs(*image) for image in zip(*per_field)]
 
     def box_features(self, features: dict[str, Tensor], boxes: Sequence[Tensor]) -> Tensor:
         """Per image (R_i, 4) boxes -> (R, D) box features; defined by subclasses.
