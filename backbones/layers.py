@@ -1,6 +1,7 @@
 """Normalization layers, shape records and conv helpers shared by the ResNet family."""
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -35,7 +36,7 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("bias", torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
-        self._folded: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None  # fold_into
+        self._folded: tuple | None = None  # what fold_into keeps: key, inputs, result
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,  # noqa: ANN001
                               missing_keys, unexpected_keys, error_msgs) -> None:
@@ -51,13 +52,14 @@ class FrozenBatchNorm2d(nn.Module):
     def fold_into(self, conv_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight, bias) of one convolution computing conv then this norm.
 
-        Kept between calls while the buffers and the convolution's weight are unchanged (same
-        storage, same version counter: a load, an optimizer step or `.to()` recomputes it; a
-        write through `.data`, which PyTorch does not count, is not seen): the whole result
-        where the weight needs no gradient (inference, frozen stages), already in the autocast
-        dtype there, else the scale and shift. Recomputed, the folding is six small kernels per
-        convolution (more than the rest of a ResNet's forward launches: what bounds a GPU at
-        batch 1) and, on a CPU, a pass over every weight.
+        Kept between calls while the buffers and the convolution's weight are the same tensors,
+        unchanged (same storage, same version counter: a load, an optimizer step or `.to()`
+        recomputes it; a write through `.data`, which PyTorch does not count, is not seen):
+        the whole result where the weight needs no gradient (inference, frozen stages), already
+        in the autocast dtype there (in inference a folded copy of every weight is held), else
+        the scale and shift. Recomputed, the folding is six small kernels per convolution (more
+        than the rest of a ResNet's forward launches: what bounds a GPU at batch 1) and, on a
+        CPU, a pass over every weight.
         """
         if torch.jit.is_tracing() or torch.compiler.is_compiling():  # the graph computes it
             scale, shift = (t.to(conv_weight.dtype) for t in self.scale_and_shift())
@@ -69,7 +71,7 @@ class FrozenBatchNorm2d(nn.Module):
                 t.to(conv_weight.dtype) for t in self.scale_and_shift()))
             return conv_weight * scale.view(-1, 1, 1, 1), shift
         dtype, device_type = conv_weight.dtype, conv_weight.device.type
-        if torch.is_autocast_enabled(device_type) and dtype.is_floating_point:
+        if torch.is_autocast_enabled(device_type) and dtype == torch.float32:
             dtype = torch.get_autocast_dtype(device_type)  # what autocast would cast it to
 
         def fold() -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,15 +83,20 @@ class FrozenBatchNorm2d(nn.Module):
     def _kept(self, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype,
               compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """compute(), or what it gave last time if `inputs` are unchanged since (same storage,
-        same version counter) and the dtype and inference mode are the same."""
+        """compute(), or what it gave last time if `inputs` are the same tensors (not new ones
+        at a freed one's address), unchanged since (same storage, same version counter), and
+        the dtype and inference mode are the same."""
         if any(t.is_inference() for t in inputs):  # no version counter to go by
             return compute()
         key = (dtype, inputs[0].device, torch.is_inference_mode_enabled(),
                *((t.data_ptr(), t._version) for t in inputs))
-        if self._folded is None or self._folded[0] != key:
-            self._folded = (key, compute())
-        return self._folded[1]
+        kept = self._folded
+        if (kept is not None and kept[0] == key
+                and all(ref() is t for ref, t in zip(kept[1], inputs))):
+            return kept[2]
+        result = compute()
+        self._folded = (key, [weakref.ref(t) for t in inputs], result)
+        return result
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, shift = self.scale_and_shift()

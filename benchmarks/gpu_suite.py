@@ -227,8 +227,9 @@ def launches(suite: Suite, run: Callable[[], object], ms_per_run: float) -> dict
                 for _ in range(3):
                     run()
                 _sync(suite.device)
-            kernels = [e for e in profiler.events()
-                       if e.device_type == torch.autograd.DeviceType.CUDA]
+            kernels = [e for e in profiler.events()  # kernels and copies, not annotations
+                       if e.device_type == torch.autograd.DeviceType.CUDA
+                       and not getattr(e, "is_user_annotation", False)]
             busy_ms = sum(e.time_range.elapsed_us() for e in kernels) / 3 / 1000
             by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
             for e in kernels:

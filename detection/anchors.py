@@ -119,7 +119,8 @@ class AnchorGenerator(nn.Module):
             padded_size: (H, W) of the padded batch tensor the maps were computed from.
 
         Returns:
-            L float32 tensors (H_l * W_l * A_l, 4) of xyxy anchors.
+            L float32 tensors (H_l * W_l * A_l, 4) of xyxy anchors, kept for the next call at
+            the same sizes: not to be modified in place.
         """
         if len(features) != self.num_levels:
             raise ValueError(
@@ -131,9 +132,10 @@ class AnchorGenerator(nn.Module):
         if torch.jit.is_tracing() or torch.compiler.is_compiling():  # the graph computes them
             return self._anchors(grids, device)
         key = (device, torch.is_inference_mode_enabled(), grids)
-        if key in self._recent:  # the same sizes again: the anchors of last time (read only)
-            self._recent.move_to_end(key)
-            return list(self._recent[key])
+        anchors = self._recent.get(key)
+        if anchors is not None:  # the same sizes again: the anchors of last time (read only)
+            self._recent[key] = self._recent.pop(key, anchors)  # most recent last
+            return list(anchors)
         anchors = self._anchors(grids, device)
         self._recent[key] = anchors
         if len(self._recent) > RECENT_SIZES:

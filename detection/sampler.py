@@ -39,6 +39,7 @@ class BalancedSampler:
         Returns:
             (drawn positives, drawn negatives): bool masks of the input's shape.
         """
+        positive, negative = positive.bool(), negative.bool()
         keys = torch.rand(positive.shape, device=positive.device)
         pos = _largest_keys(positive, keys, int(self.batch_size_per_image * self.positive_fraction))
         limit = self.batch_size_per_image - pos.sum(dim=-1, keepdim=True)

@@ -104,3 +104,32 @@ def test_a_traced_graph_computes_the_folding_from_the_parameters():
         traced = torch.jit.trace(block, x)
         block[1].running_var.mul_(4)
         torch.testing.assert_close(traced(x), _unfolded(block, x), rtol=1e-5, atol=1e-5)
+
+
+def test_statistics_changed_between_training_steps_are_seen():
+    block, x = _conv_frozen_bn(), torch.randn(2, 4, 9, 9)
+    block(x).sum().backward()  # keeps the scale and shift of the weight that needs a gradient
+    with torch.no_grad():
+        block[1].running_var.mul_(4)
+    torch.testing.assert_close(block(x), _unfolded(block, x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_new_buffer_at_the_old_address_and_version_is_not_taken_for_the_old_one():
+    block, x = _conv_frozen_bn().eval(), torch.randn(2, 4, 9, 9)
+    norm = block[1]
+    with torch.no_grad():
+        block(x)
+        old = norm.running_var
+        new = torch.empty(0).set_(old.untyped_storage(), 0, old.shape)  # same address
+        new.data.mul_(4)  # new values, version still 0 (as a fresh tensor's)
+        assert (new.data_ptr(), new._version) == (old.data_ptr(), old._version)
+        norm.running_var = new
+        torch.testing.assert_close(block(x), _unfolded(block, x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_float64_model_under_autocast_stays_float64():
+    block, x = _conv_frozen_bn().double().eval(), torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = block(x)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, _unfolded(block, x))

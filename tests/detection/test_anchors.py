@@ -91,8 +91,9 @@ def test_anchors_are_kept_per_size_and_device_and_follow_the_model() -> None:
     assert all(torch.equal(a, b) for a, b in zip(first, fresh(maps, (64, 80))))
     # the cell anchors move with the model and are not saved in checkpoints
     assert generator.state_dict() == {}
-    generator.double()
-    assert all(a.dtype == torch.float32 for a in generator(maps, (64, 80)))
+    generator.double()  # anchors of a size not kept yet are float32 too
+    assert all(a.dtype == torch.float32 for a in generator(maps[:1] + [torch.zeros(1, 1, 4, 6)],
+                                                           (64, 96)))
     with torch.inference_mode():  # not the tensors of outside inference mode
         inside = generator(maps, (64, 80))
     assert all(a.is_inference() for a in inside) and not any(a.is_inference() for a in first)

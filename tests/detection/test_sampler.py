@@ -36,6 +36,8 @@ def test_fraction_rounds_down_and_fewer_candidates_than_the_batch() -> None:
     few = _labels(3, 4, 2)  # 9 candidates, batch of 512
     pos, neg = sampler(few == 1, few == 0)
     assert torch.equal(pos, few == 1) and torch.equal(neg, few == 0)
+    pos, neg = sampler((labels == 1).to(torch.uint8), (labels == 0).to(torch.uint8))  # 0/1 masks
+    assert pos.dtype == torch.bool and (int(pos.sum()), int(neg.sum())) == (128, 384)
     empty = torch.zeros(0, dtype=torch.bool)
     assert [m.shape for m in sampler(empty, empty)] == [(0,), (0,)]
 
