@@ -98,6 +98,9 @@ class FrozenBatchNorm2d(nn.Module):
         self._folded = (key, [weakref.ref(t) for t in inputs], result)
         return result
 
+    def __getstate__(self) -> dict:  # what fold_into keeps is not saved (nor picklable)
+        return {**self.__dict__, "_folded": None}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, shift = self.scale_and_shift()
         return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)

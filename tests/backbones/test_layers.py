@@ -1,5 +1,8 @@
 """A frozen BatchNorm folded into its convolution: the folded weights are kept between calls
 and recomputed whenever a weight or statistic changes."""
+import copy
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -133,3 +136,16 @@ def test_a_float64_model_under_autocast_stays_float64():
         got = block(x)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, _unfolded(block, x))
+
+
+def test_a_module_that_kept_its_folding_pickles_and_copies():
+    block, x = _conv_frozen_bn().eval(), torch.randn(2, 4, 9, 9)
+    with torch.no_grad():
+        expected = block(x)
+        buffer = io.BytesIO()
+        torch.save(block, buffer)  # whole modules, as some users save them
+        buffer.seek(0)
+        for copied in (torch.load(buffer, weights_only=False), copy.deepcopy(block)):
+            copied[1].running_var.mul_(4)  # the copy's own statistics, not the original's
+            torch.testing.assert_close(copied(x), _unfolded(copied, x), rtol=1e-5, atol=1e-5)
+        assert torch.equal(block(x), expected)
