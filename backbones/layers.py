@@ -61,24 +61,25 @@ class FrozenBatchNorm2d(nn.Module):
         than the rest of a ResNet's forward launches: what bounds a GPU at batch 1) and, on a
         CPU, a pass over every weight.
         """
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # the graph computes it
-            scale, shift = (t.to(conv_weight.dtype) for t in self.scale_and_shift())
-            return conv_weight * scale.view(-1, 1, 1, 1), shift
-        if torch.is_grad_enabled() and conv_weight.requires_grad:
-            # keep the scale and shift; weight * scale belongs to the autograd graph
-            scale, shift = self._kept((self.weight, self.bias, self.running_mean,
-                                       self.running_var), conv_weight.dtype, lambda: tuple(
-                t.to(conv_weight.dtype) for t in self.scale_and_shift()))
+        def scale_and_shift() -> tuple[torch.Tensor, torch.Tensor]:
+            scale, shift = self.scale_and_shift()
+            return scale.to(conv_weight.dtype), shift.to(conv_weight.dtype)
+
+        buffers = (self.weight, self.bias, self.running_mean, self.running_var)
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if tracing or (torch.is_grad_enabled() and conv_weight.requires_grad):
+            # weight * scale belongs to the graph (traced or compiled: the scale and shift too)
+            scale, shift = (scale_and_shift() if tracing
+                            else self._kept(buffers, conv_weight.dtype, scale_and_shift))
             return conv_weight * scale.view(-1, 1, 1, 1), shift
         dtype, device_type = conv_weight.dtype, conv_weight.device.type
         if torch.is_autocast_enabled(device_type) and dtype == torch.float32:
             dtype = torch.get_autocast_dtype(device_type)  # what autocast would cast it to
 
         def fold() -> tuple[torch.Tensor, torch.Tensor]:
-            scale, shift = (t.to(conv_weight.dtype) for t in self.scale_and_shift())
+            scale, shift = scale_and_shift()
             return (conv_weight * scale.view(-1, 1, 1, 1)).to(dtype), shift.to(dtype)
-        return self._kept((self.weight, self.bias, self.running_mean, self.running_var,
-                           conv_weight), dtype, fold)
+        return self._kept((*buffers, conv_weight), dtype, fold)
 
     def _kept(self, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype,
               compute: Callable[[], tuple[torch.Tensor, torch.Tensor]],

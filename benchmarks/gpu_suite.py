@@ -208,10 +208,10 @@ class OpCounter(TorchDispatchMode):
 
 def launches(suite: Suite, run: Callable[[], object], ms_per_run: float) -> dict[str, Any]:
     """Is a run bound by the host launching work? Operators dispatched and host syncs (as the
-    syncs phase counts them) per run and, on a GPU,
-    kernels per run and the GPU's busy time (the sum of its kernels' times) against the
-    run's wall time: a busy share well under 1 means the GPU waits for the host. On a GPU
-    the JSON row also lists the 15 kernels with the most time."""
+    syncs phase counts them) per run and, on a GPU, kernels per run and the GPU's busy time
+    (the sum of its kernels' times) against the run's wall time: a busy share well under 1
+    means the GPU waits for the host. On a GPU the JSON row also lists the 15 kernels with
+    the most time."""
     counter, syncs = OpCounter(), SyncCounter()
     with counter, syncs:
         run()
@@ -245,6 +245,14 @@ def launches(suite: Suite, run: Callable[[], object], ms_per_run: float) -> dict
             row["profiler_error"] = repr(error)
             text += f", profiler failed: {error!r}"
     return {**row, "vs_reference": text}
+
+
+def add_launch_rows(suite: Suite, phase: str, setting: str, images_per_run: int,
+                    runs: list[tuple[str, Callable[[], object], dict[str, float]]]) -> None:
+    """A `{phase}_launches` row per (model name, run, its `measure` result)."""
+    for name, run, timed in runs:
+        suite.add(f"{phase}_launches", name, setting,
+                  **launches(suite, run, timed["ms_per_image"] * images_per_run))
 
 
 def precisions(device: torch.device) -> list[str]:
@@ -368,9 +376,8 @@ def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
         ours_m, tv_m = measure(suite, ours_step, len(images)), measure(suite, tv_step, len(images))
         compare(suite, phase, setting, ours_m, tv_m, "torchvision")
         if (precision, layout) == _settings(device)[0]:
-            for name, step, timed in (("ours", ours_step, ours_m), ("torchvision", tv_step, tv_m)):
-                suite.add(f"{phase}_launches", name, setting,
-                          **launches(suite, step, timed["ms_per_image"] * len(images)))
+            add_launch_rows(suite, phase, setting, len(images),
+                            [("ours", ours_step, ours_m), ("torchvision", tv_step, tv_m)])
     ours.to(memory_format=torch.contiguous_format)
 
 
@@ -497,10 +504,8 @@ def phase_detection_inference(suite: Suite) -> None:
                                    "torchvision's speed")
             suite.add("det_infer", "torchvision", setting, **ref_m)
             if layout == torch.contiguous_format:
-                for name, run, timed in (("ours", run_ours, ours_m),
-                                         ("torchvision", run_reference, ref_m)):
-                    suite.add("det_infer_launches", name, setting,
-                              **launches(suite, run, timed["ms_per_image"]))
+                add_launch_rows(suite, "det_infer", setting, 1,
+                                [("ours", run_ours, ours_m), ("torchvision", run_reference, ref_m)])
 
 
 # ---- segmentation ----
@@ -546,10 +551,8 @@ def phase_segmentation_train(suite: Suite) -> None:
         ref_m = measure(suite, ref_step, len(images))
         compare(suite, "seg_train", setting, ours_m, ref_m, "torchvision")
         if precision == precisions(device)[0]:
-            for name, step, timed in (("ours", ours_step, ours_m),
-                                      ("torchvision", ref_step, ref_m)):
-                suite.add("seg_train_launches", name, setting,
-                          **launches(suite, step, timed["ms_per_image"] * len(images)))
+            add_launch_rows(suite, "seg_train", setting, len(images),
+                            [("ours", ours_step, ours_m), ("torchvision", ref_step, ref_m)])
 
 
 # ---- pretraining ----
