@@ -18,7 +18,7 @@ import backbones
 from backbones.layers import ShapeSpec
 from engine.config import config_from_mapping as engine_config_from_mapping
 from engine.config import load_config as engine_load_config
-from engine.config import load_defaults
+from engine.config import load_defaults, parse_bool
 
 from .convert import load_segmentation_weights, weight_bound_settings
 from .data import prefer_command_line_sources
@@ -122,7 +122,11 @@ def build_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
     deep = _shape(shapes, hcfg["in_feature"], "model.head.in_feature")
     common = {"num_classes": num_classes, "loss_name": "loss_sem_seg",
               "loss_weight": hcfg["loss_weight"], "ignore_index": cfg["ignore_index"]}
+    separable = parse_bool(hcfg["separable"], "model.head.separable")
     if name == "fcn":
+        if separable:
+            raise ValueError("model.head.separable is for the ASPP heads (deeplabv3, "
+                             "deeplabv3plus); the fcn head has one full 3x3 conv")
         return FCNHead(in_feature=hcfg["in_feature"], in_channels=deep.channels,
                        channels=hcfg["channels"], norm=hcfg["norm"], dropout=hcfg["dropout"],
                        **common)
@@ -131,13 +135,15 @@ def build_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
     if name == "deeplabv3":
         return DeepLabV3Head(in_feature=hcfg["in_feature"], in_channels=deep.channels,
                              rates=rates, channels=channels, norm=hcfg["norm"],
-                             aspp_dropout=hcfg["aspp_dropout"], **common)
+                             aspp_dropout=hcfg["aspp_dropout"],
+                             separable=separable, **common)
     shallow = _shape(shapes, hcfg["low_level_feature"], "model.head.low_level_feature")
     return DeepLabV3PlusHead(
         in_feature=hcfg["in_feature"], in_channels=deep.channels,
         low_level_feature=hcfg["low_level_feature"], low_level_in_channels=shallow.channels,
         rates=rates, channels=channels, low_level_channels=hcfg["low_level_channels"],
-        norm=hcfg["norm"], aspp_dropout=hcfg["aspp_dropout"], dropout=hcfg["dropout"], **common)
+        norm=hcfg["norm"], aspp_dropout=hcfg["aspp_dropout"], dropout=hcfg["dropout"],
+        separable=separable, **common)
 
 
 def build_aux_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],

@@ -35,15 +35,38 @@ class ConvNormReLU(nn.Module):
     """conv (no bias) -> norm -> ReLU, with 'same' padding for any dilation."""
 
     def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 1,
-                 dilation: int = 1, norm: str = "bn") -> None:
+                 dilation: int = 1, groups: int = 1, norm: str = "bn") -> None:
         super().__init__()
         padding = dilation * (kernel_size - 1) // 2
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding,
-                              dilation=dilation, bias=False)
+                              dilation=dilation, groups=groups, bias=False)
         self.norm = build_norm(norm, out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.norm(self.conv(x)), inplace=True)
+
+
+class SeparableConvNormReLU(nn.Sequential):
+    """Depthwise separable conv: a depthwise k x k conv-norm-ReLU, then a 1x1 conv-norm-ReLU.
+
+    The DeepLabV3+ paper's ASPP and decoder convs (mmsegmentation's
+    DepthwiseSeparableConvModule, detectron2's DepthwiseSeparableConv2d): about k * k times
+    fewer multiply-adds than a full k x k conv.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 3,
+                 dilation: int = 1, norm: str = "bn") -> None:
+        super().__init__(
+            ConvNormReLU(in_channels, in_channels, kernel_size=kernel_size, dilation=dilation,
+                         groups=in_channels, norm=norm),
+            ConvNormReLU(in_channels, out_channels, norm=norm))
+
+
+def conv3x3_norm_relu(in_channels: int, out_channels: int, *, dilation: int = 1,
+                      norm: str = "bn", separable: bool = False) -> nn.Module:
+    """A 3x3 conv-norm-ReLU, full or depthwise separable."""
+    kind = SeparableConvNormReLU if separable else ConvNormReLU
+    return kind(in_channels, out_channels, kernel_size=3, dilation=dilation, norm=norm)
 
 
 class ImagePooling(nn.Module):
@@ -77,17 +100,18 @@ class ASPP(nn.Module):
         out_channels: channels of every branch and of the output.
         norm: normalization layer name ("bn", "gn", "syncbn", "frozen_bn").
         dropout: dropout probability after the projection.
+        separable: depthwise separable 3x3 branches (`SeparableConvNormReLU`).
     """
 
     def __init__(self, *, in_channels: int, rates: Sequence[int], out_channels: int = 256,
-                 norm: str = "bn", dropout: float = 0.5) -> None:
+                 norm: str = "bn", dropout: float = 0.5, separable: bool = False) -> None:
         super().__init__()
         self.rates = tuple(int(r) for r in rates)
         if not self.rates or min(self.rates) < 1:
             raise ValueError(f"ASPP rates must be positive integers, got {list(rates)}")
         branches = [ConvNormReLU(in_channels, out_channels, norm=norm)]
-        branches += [ConvNormReLU(in_channels, out_channels, kernel_size=3, dilation=r, norm=norm)
-                     for r in self.rates]
+        branches += [conv3x3_norm_relu(in_channels, out_channels, dilation=r, norm=norm,
+                                       separable=separable) for r in self.rates]
         self.branches = nn.ModuleList(branches)
         self.pooling = ImagePooling(in_channels, out_channels, norm=norm)
         self.project = ConvNormReLU((len(branches) + 1) * out_channels, out_channels, norm=norm)
@@ -196,17 +220,18 @@ class DeepLabV3Head(SemSegHead):
         channels: channels of ASPP and of the 3x3 conv.
         norm: normalization layer name.
         aspp_dropout: dropout after the ASPP projection.
+        separable: depthwise separable 3x3 convs in ASPP and after it.
         **kwargs: `SemSegHead` arguments.
     """
 
     def __init__(self, *, in_feature: str, in_channels: int, rates: Sequence[int],
                  channels: int = 256, norm: str = "bn", aspp_dropout: float = 0.5,
-                 **kwargs: Any) -> None:
+                 separable: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.in_features = (in_feature,)
         self.aspp = ASPP(in_channels=in_channels, rates=rates, out_channels=channels, norm=norm,
-                         dropout=aspp_dropout)
-        self.fuse = ConvNormReLU(channels, channels, kernel_size=3, norm=norm)
+                         dropout=aspp_dropout, separable=separable)
+        self.fuse = conv3x3_norm_relu(channels, channels, norm=norm, separable=separable)
         self.predictor = nn.Conv2d(channels, self.num_classes, 1)
 
     def layers(self, features: Mapping[str, Tensor]) -> Tensor:
@@ -231,22 +256,24 @@ class DeepLabV3PlusHead(SemSegHead):
         norm: normalization layer name.
         aspp_dropout: dropout after the ASPP projection.
         dropout: dropout before the classifier.
+        separable: depthwise separable 3x3 convs in ASPP and the decoder (the paper's).
         **kwargs: `SemSegHead` arguments.
     """
 
     def __init__(self, *, in_feature: str, in_channels: int, low_level_feature: str,
                  low_level_in_channels: int, rates: Sequence[int], channels: int = 256,
                  low_level_channels: int = 48, norm: str = "bn", aspp_dropout: float = 0.5,
-                 dropout: float = 0.1, **kwargs: Any) -> None:
+                 dropout: float = 0.1, separable: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.in_features = (in_feature, low_level_feature)
         self.aspp = ASPP(in_channels=in_channels, rates=rates, out_channels=channels, norm=norm,
-                         dropout=aspp_dropout)
+                         dropout=aspp_dropout, separable=separable)
         self.low_level_project = ConvNormReLU(low_level_in_channels, low_level_channels,
                                               norm=norm)
         self.fuse = nn.Sequential(
-            ConvNormReLU(channels + low_level_channels, channels, kernel_size=3, norm=norm),
-            ConvNormReLU(channels, channels, kernel_size=3, norm=norm))
+            conv3x3_norm_relu(channels + low_level_channels, channels, norm=norm,
+                              separable=separable),
+            conv3x3_norm_relu(channels, channels, norm=norm, separable=separable))
         self.dropout = nn.Dropout(dropout)
         self.predictor = nn.Conv2d(channels, self.num_classes, 1)
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from segmentation import ASPP, aspp_rates, build_model
-from segmentation.heads import FCNHead
+from segmentation.heads import FCNHead, SeparableConvNormReLU
 
 
 @pytest.mark.parametrize("output_stride, rates",
@@ -79,4 +79,61 @@ def test_bad_head_name_and_feature(small_config):
     cfg = small_config("deeplabv3")
     cfg["model"]["head"]["in_feature"] = "res6"
     with pytest.raises(ValueError, match="out_features"):
+        build_model(cfg)
+
+
+def test_separable_aspp_parameter_count():
+    aspp = ASPP(in_channels=8, rates=(1, 2, 3), out_channels=4, separable=True)
+    # 1x1: 8*4 + bn 2*4; three separable 3x3: 3 * (depthwise 9*8 + bn 2*8 + pointwise 8*4
+    # + bn 2*4); pooling 1x1: 8*4 + 8; projection of 5 concatenated branches: 5*4*4 + 8
+    assert sum(p.numel() for p in aspp.parameters()) == 40 + 3 * (88 + 40) + 40 + 88
+
+
+def test_separable_conv_is_depthwise_then_pointwise():
+    torch.manual_seed(0)
+    conv = SeparableConvNormReLU(6, 4, dilation=2).eval()
+    for block in conv:
+        block.norm.running_mean.normal_()
+        block.norm.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 6, 9, 11)
+
+    def bn(y, norm):
+        return F.batch_norm(y, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                            eps=norm.eps)
+
+    depthwise, pointwise = conv
+    y = F.relu(bn(F.conv2d(x, depthwise.conv.weight, padding=2, dilation=2, groups=6),
+                  depthwise.norm))
+    expected = F.relu(bn(F.conv2d(y, pointwise.conv.weight), pointwise.norm))
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), expected)
+    assert depthwise.conv.weight.shape == (6, 1, 3, 3)
+    assert pointwise.conv.weight.shape == (4, 6, 1, 1)
+
+
+@pytest.mark.parametrize("head", ["deeplabv3", "deeplabv3plus"])
+def test_separable_heads_train_every_parameter(head, small_config):
+    torch.manual_seed(0)
+    cfg = small_config(head, aux=False)
+    cfg["model"]["head"]["separable"] = True
+    model = build_model(cfg).train()
+    fuse = model.head.fuse[0] if head == "deeplabv3plus" else model.head.fuse
+    assert isinstance(fuse, SeparableConvNormReLU)
+    assert all(isinstance(b, SeparableConvNormReLU) for b in model.head.aspp.branches[1:])
+    images = [torch.randint(0, 256, (3, 67, 75), dtype=torch.uint8) for _ in range(2)]
+    targets = [{"gt_sem_seg": torch.randint(0, 5, (67, 75))} for _ in range(2)]
+    losses = model(images, targets)
+    sum(losses.values()).backward()
+    head_params = dict(model.head.named_parameters())
+    assert [n for n, p in head_params.items() if p.grad is None] == []
+
+
+def test_separable_is_checked(small_config):
+    cfg = small_config("fcn")
+    cfg["model"]["head"]["separable"] = True
+    with pytest.raises(ValueError, match="model.head.separable is for the ASPP heads"):
+        build_model(cfg)
+    cfg = small_config("deeplabv3plus")
+    cfg["model"]["head"]["separable"] = "yes"
+    with pytest.raises(ValueError, match="model.head.separable must be true or false"):
         build_model(cfg)
