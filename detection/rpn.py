@@ -15,13 +15,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_iou, remove_small_boxes
+from torchvision.ops import batched_nms, box_iou
 
 from backbones.conv import Conv2d
 
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
-from .tracing import clamped_count, clip_to_image
+from .tracing import clamped_count, clip_to_image, true_indices_per_row
 from .matcher import BACKGROUND, FOREGROUND, Matcher
 from .sampler import BalancedSampler
 
@@ -214,18 +214,14 @@ class RPN(nn.Module):
         levels = torch.cat(topk_levels)
         scores = torch.sigmoid(logits)
 
+        boxes = torch.stack([clip_to_image(boxes[i], size) for i, size in enumerate(image_sizes)])
+        sides = boxes[..., 2:] - boxes[..., :2]
+        valid = (sides >= self.min_box_size).all(dim=-1)  # torchvision's remove_small_boxes
+        if self.score_thresh > 0:
+            valid &= scores >= self.score_thresh
         proposals = []
-        for i, image_size in enumerate(image_sizes):
-            img_boxes = clip_to_image(boxes[i], image_size)
-            keep = remove_small_boxes(img_boxes, self.min_box_size)
-            img_boxes, img_scores, img_levels = img_boxes[keep], scores[i][keep], levels[keep]
-            if self.score_thresh > 0:
-                keep = torch.nonzero(img_scores >= self.score_thresh, as_tuple=True)[0]
-                img_boxes, img_scores, img_levels = (
-                    img_boxes[keep],
-                    img_scores[keep],
-                    img_levels[keep],
-                )
+        for i, rows in enumerate(true_indices_per_row(valid)):
+            img_boxes, img_scores, img_levels = boxes[i][rows], scores[i][rows], levels[rows]
             keep = batched_nms(img_boxes, img_scores, img_levels, self.nms_thresh)[:post_topk]
             proposals.append({"boxes": img_boxes[keep], "scores": img_scores[keep]})
         return proposals
@@ -280,25 +276,22 @@ class RPN(nn.Module):
         Returns:
             ``{"loss_rpn_cls": ..., "loss_rpn_loc": ...}``.
         """
+        # Over every anchor, the unsampled ones zeroed: selecting the sampled rows instead
+        # would make the host wait for the GPU (a nonzero) five times per step.
         gt_labels = torch.stack(list(labels))  # (N, A_all)
         pos = gt_labels == 1
         sampled = gt_labels >= 0
-        num_sampled = max(int(sampled.sum()), 1)
-        gt_deltas = self.box_coder.encode(
-            anchors.expand(len(labels), -1, -1)[pos], torch.stack(list(matched_gt))[pos]
-        )
-        loss_loc = (
-            F.smooth_l1_loss(
-                pred_deltas[pos].float(), gt_deltas, beta=self.smooth_l1_beta, reduction="sum"
-            )
-            / num_sampled
-        )
-        loss_cls = (
-            F.binary_cross_entropy_with_logits(
-                pred_logits[sampled].float(), gt_labels[sampled], reduction="sum"
-            )
-            / num_sampled
-        )
+        num_sampled = sampled.sum().clamp(min=1)
+        anchors = anchors.expand_as(pred_deltas)
+        # anchors stand in for the gt of non-positives: finite zero deltas, not log(0)
+        targets = torch.where(pos[..., None], torch.stack(list(matched_gt)), anchors)
+        gt_deltas = self.box_coder.encode(anchors.reshape(-1, 4), targets.reshape(-1, 4))
+        loss_loc = F.smooth_l1_loss(pred_deltas.float(), gt_deltas.view_as(pred_deltas),
+                                    beta=self.smooth_l1_beta, reduction="none").sum(dim=-1)
+        loss_loc = torch.where(pos, loss_loc, 0.0).sum() / num_sampled
+        loss_cls = F.binary_cross_entropy_with_logits(
+            pred_logits.float(), gt_labels.clamp(min=0), reduction="none")
+        loss_cls = torch.where(sampled, loss_cls, 0.0).sum() / num_sampled
         return {
             "loss_rpn_cls": loss_cls * self.loss_weight,
             "loss_rpn_loc": loss_loc * self.loss_weight,

@@ -37,3 +37,17 @@ def split_per_image(values: Tensor, per_image: Sequence[Tensor]) -> list[Tensor]
     if len(per_image) == 1:
         return [values]
     return list(values.split([len(v) for v in per_image]))
+
+
+def true_indices_per_row(mask: Tensor) -> list[Tensor]:
+    """For each row of an (N, K) bool mask, the int64 indices of its true entries, increasing.
+
+    Eager: one read of the rows' counts for the whole mask (a `nonzero` per row makes the host
+    wait for the GPU once per row). Traced: a `nonzero` per row, which keeps the counts in the
+    graph."""
+    if torch.jit.is_tracing():
+        return [torch.nonzero(row, as_tuple=True)[0] for row in mask.unbind(0)]
+    counts = mask.sum(dim=1).tolist()
+    # a stable sort of "not in the mask" puts each row's true entries first, in their order
+    order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
+    return [order[i, :count] for i, count in enumerate(counts)]

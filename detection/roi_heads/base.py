@@ -7,15 +7,18 @@ a quarter foreground). K foreground classes, background is class K.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import box_iou
 
 from ..matcher import BACKGROUND, FOREGROUND, IGNORE, Matcher
 from ..sampler import BalancedSampler
+from ..tracing import true_indices_per_row
 from .fast_rcnn import FastRCNNOutputs
 
 
@@ -103,9 +106,11 @@ class ROIHeads(nn.Module):
             keep.append(pos | neg)
         if not keep:
             return []
-        # the sampled rows of all images at once: two reads back to the host, not one per image
-        counts = torch.stack([k.sum() for k in keep]).tolist()
-        rows = torch.nonzero(torch.cat(keep), as_tuple=True)[0]  # in increasing order
+        # the sampled rows of all images at once: one read back to the host, not one per image
+        per_image = true_indices_per_row(pad_sequence(keep, batch_first=True))
+        starts = [0, *itertools.accumulate(len(k) for k in keep)]
+        rows = torch.cat([image_rows + start for image_rows, start in zip(per_image, starts)])
+        counts = [len(image_rows) for image_rows in per_image]
         per_field = [torch.cat(field)[rows].split(counts) for field in zip(*fields)]
         return [SampledRoIs(*image) for image in zip(*per_field)]
 

@@ -107,18 +107,20 @@ class FastRCNNOutputs(nn.Module):
             return {"loss_cls": zero, "loss_box_reg": zero.clone()}
         loss_cls = F.cross_entropy(pred_logits.float(), gt_classes, reduction="mean")
 
-        fg = torch.nonzero((gt_classes >= 0) & (gt_classes < self.num_classes), as_tuple=True)[0]
+        # Over every RoI, the background ones zeroed: selecting the foreground rows instead
+        # would make the host wait for the GPU (a nonzero).
+        fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
         box_dim = 1 if self.cls_agnostic_bbox_reg else self.num_classes
-        fg_classes = torch.zeros_like(fg) if self.cls_agnostic_bbox_reg else gt_classes[fg]
-        # (R, K*4) -> (R, K, 4) -> (F, 4): the deltas of each foreground RoI's own class
-        fg_pred_deltas = pred_deltas.view(num_rois, box_dim, 4)[fg, fg_classes].float()
-        fg_gt_deltas = self.box_coder.encode(proposal_boxes[fg], gt_boxes[fg])
-        loss_box = (
-            F.smooth_l1_loss(
-                fg_pred_deltas, fg_gt_deltas, beta=self.smooth_l1_beta, reduction="sum"
-            )
-            / num_rois
-        )
+        classes = gt_classes.clamp(0, box_dim - 1)  # any class for background rows
+        # (R, K*4) -> (R, K, 4) -> (R, 4): the deltas of each RoI's own class
+        own_deltas = pred_deltas.view(num_rois, box_dim, 4).gather(
+            1, classes.view(-1, 1, 1).expand(-1, 1, 4)).squeeze(1).float()
+        # background RoIs are their own target: finite zero deltas
+        targets = torch.where(fg[:, None], gt_boxes, proposal_boxes.to(gt_boxes.dtype))
+        gt_deltas = self.box_coder.encode(proposal_boxes, targets)
+        loss_box = F.smooth_l1_loss(own_deltas, gt_deltas, beta=self.smooth_l1_beta,
+                                    reduction="none").sum(dim=1)
+        loss_box = torch.where(fg, loss_box, 0.0).sum() / num_rois
         return {
             "loss_cls": loss_cls * self.loss_weight,
             "loss_box_reg": loss_box * self.loss_weight,

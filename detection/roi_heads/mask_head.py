@@ -104,10 +104,10 @@ class MaskRCNNHead(nn.Module):
         for masks, rois, idxs in zip(gt_masks, boxes, matched_idxs):
             if len(rois) == 0:
                 continue
-            # only the gt masks some RoI matched are turned into float: (G, 1, H, W)
-            used, inverse = torch.unique(idxs, return_inverse=True)
-            bitmaps = masks[used][:, None].to(rois.dtype)
-            rois = torch.cat([inverse[:, None].to(rois.dtype), rois], dim=1)  # (P_i, 5)
+            # every gt mask as a float map (M_i, 1, H, W), as torchvision does: keeping only
+            # the matched ones would take a torch.unique, which waits for the GPU
+            bitmaps = masks[:, None].to(rois.dtype)
+            rois = torch.cat([idxs[:, None].to(rois.dtype), rois], dim=1)  # (P_i, 5)
             crops = roi_align(
                 bitmaps, rois, (mask_size, mask_size), 1.0, sampling_ratio=0, aligned=self.aligned
             )

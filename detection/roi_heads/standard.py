@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from ..poolers import MultiLevelRoIAlign
+from ..tracing import true_indices_per_row
 from .base import ROIHeads, SampledRoIs
 from .mask_head import MaskRCNNHead
 
@@ -102,10 +104,11 @@ class StandardROIHeads(ROIHeads):
         for i, target in enumerate(targets):
             if "gt_masks" not in target:
                 raise ValueError(f"target {i} needs 'gt_masks' to train the mask head")
-        positive = [
-            self._mask_rois((s.gt_classes >= 0) & (s.gt_classes < self.num_classes))
-            for s in sampled
-        ]  # per image (P_i,) indices of the RoIs the mask loss takes
+        is_positive = pad_sequence(
+            [(s.gt_classes >= 0) & (s.gt_classes < self.num_classes) for s in sampled],
+            batch_first=True)  # (N, S_max), padded with False
+        # per image (P_i,) indices of the RoIs the mask loss takes
+        positive = [self._cap_mask_rois(rows) for rows in true_indices_per_row(is_positive)]
         boxes = [s.boxes[p] for s, p in zip(sampled, positive)]  # per image (P_i, 4)
         logits = self.mask_logits(features, boxes)  # (P, K, M, M)
         mask_targets = self.mask_head.label_targets(
@@ -117,9 +120,9 @@ class StandardROIHeads(ROIHeads):
         gt_classes = torch.cat([s.gt_classes[p] for s, p in zip(sampled, positive)])
         return self.mask_head.losses(logits, gt_classes, mask_targets)
 
-    def _mask_rois(self, is_positive: Tensor) -> Tensor:
-        """(S,) bool -> (P,) indices of the positive RoIs, at most ``mask_rois_per_image``."""
-        positive = torch.nonzero(is_positive, as_tuple=True)[0]
+    def _cap_mask_rois(self, positive: Tensor) -> Tensor:
+        """(P,) indices of an image's positive RoIs -> a random ``mask_rois_per_image`` of them
+        (all when that is 0 or more than P), in increasing order."""
         cap = self.mask_rois_per_image
         if cap and len(positive) > cap:
             keep = torch.randperm(len(positive), device=positive.device)[:cap]

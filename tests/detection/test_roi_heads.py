@@ -178,3 +178,28 @@ def test_equals_torchvision_roi_heads() -> None:
     assert losses["loss_box_reg"].item() > 0
     assert torch.allclose(losses["loss_cls"], ref_losses["loss_classifier"], rtol=1e-5)
     assert torch.allclose(losses["loss_box_reg"], ref_losses["loss_box_reg"], rtol=1e-5)
+
+
+def test_box_loss_takes_each_foreground_roi_own_class_deltas() -> None:
+    # written out with the foreground rows selected (torchvision's fastrcnn_loss), for
+    # per-class and class-agnostic deltas; ours zeroes the background rows instead
+    gen = torch.Generator().manual_seed(0)
+    coder = BoxCoder(weights=(10, 10, 5, 5))
+    proposals = _boxes(12, 5)
+    gt_boxes = _boxes(12, 6)
+    gt_classes = torch.tensor([0, K, 3, K, 4, 1, K, K, 2, 0, K, 3])  # K: background
+    logits = torch.randn(12, K + 1, generator=gen)
+    for agnostic in (False, True):
+        outputs = FastRCNNOutputs(in_channels=4, num_classes=K, box_coder=coder,
+                                  cls_agnostic_bbox_reg=agnostic)
+        box_dim = 1 if agnostic else K
+        deltas = torch.randn(12, box_dim * 4, generator=gen, requires_grad=True)
+        losses = outputs.losses(logits, deltas, proposals, gt_classes, gt_boxes)
+        fg = torch.nonzero(gt_classes < K, as_tuple=True)[0]
+        own = deltas.view(12, box_dim, 4)[fg, 0 if agnostic else gt_classes[fg]]
+        expected = torch.nn.functional.smooth_l1_loss(
+            own, coder.encode(proposals[fg], gt_boxes[fg]), beta=1 / 9, reduction="sum") / 12
+        torch.testing.assert_close(losses["loss_box_reg"], expected)
+        losses["loss_box_reg"].backward()
+        bg = gt_classes == K
+        assert bool((deltas.grad[bg] == 0).all()) and deltas.grad[~bg].abs().sum() > 0

@@ -133,3 +133,37 @@ def test_equals_torchvision_rpn() -> None:
     assert losses["loss_rpn_loc"].item() > 0
     assert torch.allclose(losses["loss_rpn_cls"], ref_losses["loss_objectness"], rtol=1e-5)
     assert torch.allclose(losses["loss_rpn_loc"], ref_losses["loss_rpn_box_reg"], rtol=1e-5)
+
+
+def test_small_and_low_scoring_proposals_dropped_as_torchvision_does() -> None:
+    # the filters run for the whole batch at once (one read back); torchvision filters per image
+    ours = _rpn(pre=300, post=200)
+    _randomize(ours)
+    ours.min_box_size, ours.score_thresh = 12.0, 0.4
+    ref = _torchvision_rpn(ours, 300, 200)
+    ref.min_size, ref.score_thresh = 12.0, 0.4
+    ours.eval(), ref.eval()
+    feats = _features()
+    got, _ = ours(feats, IMAGE_SIZES, PADDED)
+    expected, _ = ref(ImageList(torch.zeros(2, 3, *PADDED), IMAGE_SIZES), dict(feats))
+    unfiltered, _ = _torchvision_rpn(ours, 300, 200).eval()(
+        ImageList(torch.zeros(2, 3, *PADDED), IMAGE_SIZES), dict(feats))
+    for g, e, u in zip(got, expected, unfiltered):
+        assert 0 < len(e) < len(u)  # both filters dropped some proposals here
+        assert g["boxes"].shape == e.shape
+        assert torch.allclose(g["boxes"], e, atol=1e-4)
+        sides = g["boxes"][:, 2:] - g["boxes"][:, :2]
+        assert bool((sides >= 12.0).all()) and bool((g["scores"] >= 0.4).all())
+
+
+def test_empty_gt_image_beside_one_with_gt_keeps_finite_gradients() -> None:
+    # non-positive anchors enter the box loss zeroed: their zero-size gt must not make NaNs
+    rpn = _rpn()
+    _randomize(rpn)
+    rpn.train()
+    gt = [torch.tensor([[10.0, 12.0, 40.0, 50.0]]), torch.zeros(0, 4)]
+    _, losses = rpn(_features(), IMAGE_SIZES, PADDED, gt)
+    assert losses["loss_rpn_loc"].item() > 0
+    sum(losses.values()).backward()
+    grads = [p.grad for p in rpn.head.parameters()]
+    assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)

@@ -69,6 +69,32 @@ def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
     assert table.count("\n| ") == len(rows) + 1  # header + one line per row
 
 
+@pytest.mark.parametrize("mask_on", [False, True])
+def test_host_syncs_per_training_step_do_not_grow_with_the_batch(tmp_path: Path,
+                                                                 mask_on: bool) -> None:
+    """The RPN's proposal filters, the RoI sampler, the pooler and the mask head each read
+    back once for the whole batch; the losses read nothing back."""
+    import dataclasses
+    suite_module = load_suite()
+    counts = []
+    for batch in (2, 5):
+        sizes = dataclasses.replace(suite_module.SMOKE, det_batch=batch, scenes=batch)
+        suite = suite_module.Suite(tmp_path / str(batch), sizes, torch.device("cpu"))
+        suite_module.phase_data(suite)
+        images, targets = suite_module.detection_batch(suite, mask_on=mask_on)
+        model, _ = suite_module.detectors(suite, mask_on=mask_on)
+        model.train()
+        counter = suite_module.SyncCounter()
+        with counter:
+            sum(model(images, targets).values()).backward()
+        counts.append(dict(counter.counts))
+    assert counts[0] == counts[1]
+    # input check 1, RPN filters 1, RoI sampler 1, pooler 1 per multi-level pooling, mask
+    # head's positive RoIs 1; the CPU RoIAlign's grouping by sampling grid 5 per pooling with
+    # adaptive sampling (not run on a GPU)
+    assert sum(counts[0].values()) == (9 if not mask_on else 16)
+
+
 def test_the_torchrun_phase_gives_the_tools_valid_configs(tmp_path: Path) -> None:
     """The torchrun phase launches tools/train.py and tools/pretrain.py (tests/tools run both
     under torchrun already; a launch costs ~20 s here): what it passes them must load, and
