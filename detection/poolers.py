@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from .roi_align import multilevel_roi_align, roi_align
-from .tracing import true_indices_per_row
+from .tracing import true_indices
 
 
 def boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
@@ -120,7 +120,6 @@ class MultiLevelRoIAlign(nn.Module):
             )
 
         levels = self.assign_levels(boxes)
-        level_rows = true_indices_per_row(
-            levels == torch.arange(len(features), device=levels.device)[:, None])
+        level_rows = true_indices([levels == level for level in range(len(features))])
         return multilevel_roi_align(features, rois, level_rows, self.output_size, self.scales,
                                     self.sampling_ratio, self.aligned)

@@ -21,7 +21,7 @@ from backbones.conv import Conv2d
 
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
-from .tracing import clamped_count, clip_to_image, true_indices_per_row
+from .tracing import clamped_count, clip_to_image, true_indices
 from .matcher import BACKGROUND, FOREGROUND, Matcher
 from .sampler import BalancedSampler
 
@@ -215,12 +215,12 @@ class RPN(nn.Module):
         scores = torch.sigmoid(logits)
 
         boxes = torch.stack([clip_to_image(boxes[i], size) for i, size in enumerate(image_sizes)])
-        sides = boxes[..., 2:] - boxes[..., :2]
-        valid = (sides >= self.min_box_size).all(dim=-1)  # torchvision's remove_small_boxes
+        valid = ((boxes[..., 2] - boxes[..., 0] >= self.min_box_size)  # remove_small_boxes
+                 & (boxes[..., 3] - boxes[..., 1] >= self.min_box_size))
         if self.score_thresh > 0:
             valid &= scores >= self.score_thresh
         proposals = []
-        for i, rows in enumerate(true_indices_per_row(valid)):
+        for i, rows in enumerate(true_indices(list(valid))):
             img_boxes, img_scores, img_levels = boxes[i][rows], scores[i][rows], levels[rows]
             keep = batched_nms(img_boxes, img_scores, img_levels, self.nms_thresh)[:post_topk]
             proposals.append({"boxes": img_boxes[keep], "scores": img_scores[keep]})

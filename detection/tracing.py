@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 
 def clamped_count(available: int | Tensor, limit: int) -> int | Tensor:
@@ -39,15 +40,19 @@ def split_per_image(values: Tensor, per_image: Sequence[Tensor]) -> list[Tensor]
     return list(values.split([len(v) for v in per_image]))
 
 
-def true_indices_per_row(mask: Tensor) -> list[Tensor]:
-    """For each row of an (N, K) bool mask, the int64 indices of its true entries, increasing.
 
-    Eager: one read of the rows' counts for the whole mask (a `nonzero` per row makes the host
-    wait for the GPU once per row). Traced: a `nonzero` per row, which keeps the counts in the
+def true_indices(masks: Sequence[Tensor]) -> list[Tensor]:
+    """For each 1-D bool mask, the int64 indices of its true entries, increasing.
+
+    Eager: one read of all the masks' counts (a `nonzero` per mask makes the host wait for
+    the GPU once per mask). Traced: a `nonzero` per mask, which keeps the counts in the
     graph."""
     if torch.jit.is_tracing():
-        return [torch.nonzero(row, as_tuple=True)[0] for row in mask.unbind(0)]
-    counts = mask.sum(dim=1).tolist()
+        return [torch.nonzero(mask, as_tuple=True)[0] for mask in masks]
+    if not masks:
+        return []
+    padded = pad_sequence(list(masks), batch_first=True)  # (N, K_max), padded with False
+    counts = padded.sum(dim=1).tolist()
     # a stable sort of "not in the mask" puts each row's true entries first, in their order
-    order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
+    order = torch.argsort((~padded).to(torch.uint8), dim=1, stable=True)
     return [order[i, :count] for i, count in enumerate(counts)]

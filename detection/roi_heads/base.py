@@ -13,12 +13,11 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import box_iou
 
 from ..matcher import BACKGROUND, FOREGROUND, IGNORE, Matcher
 from ..sampler import BalancedSampler
-from ..tracing import true_indices_per_row
+from ..tracing import true_indices
 from .fast_rcnn import FastRCNNOutputs
 
 
@@ -107,7 +106,7 @@ class ROIHeads(nn.Module):
         if not keep:
             return []
         # the sampled rows of all images at once: one read back to the host, not one per image
-        per_image = true_indices_per_row(pad_sequence(keep, batch_first=True))
+        per_image = true_indices(keep)
         starts = [0, *itertools.accumulate(len(k) for k in keep)]
         rows = torch.cat([image_rows + start for image_rows, start in zip(per_image, starts)])
         counts = [len(image_rows) for image_rows in per_image]

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, remove_small_boxes
+from torchvision.ops import batched_nms
 
 from ..box_coder import BoxCoder
-from ..tracing import clip_to_image, split_per_image
+from ..tracing import clip_to_image, split_per_image, true_indices
 
 
 class FastRCNNOutputs(nn.Module):
@@ -162,7 +162,7 @@ class FastRCNNOutputs(nn.Module):
         """
         boxes_all = self.predict_boxes(pred_deltas.float(), torch.cat(list(proposal_boxes)))
         scores_all = F.softmax(pred_logits.float(), dim=-1)[:, : self.num_classes]
-        results = []
+        candidates = []
         for boxes, scores, image_size in zip(
             split_per_image(boxes_all, proposal_boxes), split_per_image(scores_all, proposal_boxes),
             image_sizes
@@ -171,9 +171,14 @@ class FastRCNNOutputs(nn.Module):
             labels = torch.arange(self.num_classes, device=scores.device).expand_as(scores)
             # every (RoI, class) pair is a candidate: (R, K, 4) -> (R*K, 4)
             boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
-            keep = torch.nonzero(scores > self.score_thresh, as_tuple=True)[0]
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = remove_small_boxes(boxes, self.min_box_size)
+            large = ((boxes[:, 2] - boxes[:, 0] >= self.min_box_size)
+                     & (boxes[:, 3] - boxes[:, 1] >= self.min_box_size))
+            valid = (scores > self.score_thresh) & large
+            candidates.append((boxes, scores, labels, valid))
+        # the candidates above the score and size limits, every image's in one read back
+        rows = true_indices([c[3] for c in candidates])
+        results = []
+        for (boxes, scores, labels, _), keep in zip(candidates, rows):
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_image]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})

@@ -10,10 +10,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pad_sequence
 
 from ..poolers import MultiLevelRoIAlign
-from ..tracing import true_indices_per_row
+from ..tracing import true_indices
 from .base import ROIHeads, SampledRoIs
 from .mask_head import MaskRCNNHead
 
@@ -104,11 +103,9 @@ class StandardROIHeads(ROIHeads):
         for i, target in enumerate(targets):
             if "gt_masks" not in target:
                 raise ValueError(f"target {i} needs 'gt_masks' to train the mask head")
-        is_positive = pad_sequence(
-            [(s.gt_classes >= 0) & (s.gt_classes < self.num_classes) for s in sampled],
-            batch_first=True)  # (N, S_max), padded with False
+        is_positive = [(s.gt_classes >= 0) & (s.gt_classes < self.num_classes) for s in sampled]
         # per image (P_i,) indices of the RoIs the mask loss takes
-        positive = [self._cap_mask_rois(rows) for rows in true_indices_per_row(is_positive)]
+        positive = [self._cap_mask_rois(rows) for rows in true_indices(is_positive)]
         boxes = [s.boxes[p] for s, p in zip(sampled, positive)]  # per image (P_i, 4)
         logits = self.mask_logits(features, boxes)  # (P, K, M, M)
         mask_targets = self.mask_head.label_targets(

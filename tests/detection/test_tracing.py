@@ -1,29 +1,26 @@
-"""Size helpers that an ONNX export can trace: the per-row indices of a mask."""
+"""Size helpers that an ONNX export can trace: the indices of the true entries of masks."""
 import torch
 
-from detection.tracing import true_indices_per_row
+from detection.tracing import true_indices
 
 
-def _per_row_nonzero(mask: torch.Tensor) -> list[torch.Tensor]:
-    return [torch.nonzero(row, as_tuple=True)[0] for row in mask]
-
-
-def test_true_indices_per_row_equals_a_nonzero_per_row() -> None:
+def test_true_indices_equals_a_nonzero_per_mask() -> None:
     gen = torch.Generator().manual_seed(0)
-    mask = torch.rand(5, 37, generator=gen) < 0.3
-    mask[1] = False  # an empty row
-    mask[3] = True  # a full one
-    for case in (mask, torch.zeros(3, 0, dtype=torch.bool), torch.zeros(0, 4, dtype=torch.bool)):
-        got = true_indices_per_row(case)
-        expected = _per_row_nonzero(case)
-        assert len(got) == len(expected)
-        for g, e in zip(got, expected):
-            assert g.dtype == torch.int64 and torch.equal(g, e)
+    masks = list(torch.rand(5, 37, generator=gen) < 0.3)
+    masks[1] = torch.zeros(37, dtype=torch.bool)  # no true entry
+    masks[3] = torch.ones(37, dtype=torch.bool)  # all true
+    masks.append(torch.rand(11, generator=gen) < 0.5)  # shorter than the others
+    masks.append(torch.zeros(0, dtype=torch.bool))
+    for case in (masks, [torch.zeros(0, dtype=torch.bool)] * 2, []):
+        got = true_indices(case)
+        assert len(got) == len(case)
+        for g, mask in zip(got, case):
+            assert g.dtype == torch.int64 and torch.equal(g, torch.nonzero(mask)[:, 0])
 
 
-def test_true_indices_per_row_keeps_counts_dynamic_when_traced() -> None:
+def test_true_indices_keeps_counts_dynamic_when_traced() -> None:
     def first_row_sum(values: torch.Tensor) -> torch.Tensor:
-        return values[0][true_indices_per_row(values > 0)[0]].sum()
+        return values[0][true_indices(list(values > 0))[0]].sum()
 
     example = torch.tensor([[1.0, -1.0, 2.0], [0.5, 0.5, -3.0]])
     traced = torch.jit.trace(first_row_sum, (example,))
