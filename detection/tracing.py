@@ -47,12 +47,16 @@ def true_indices(masks: Sequence[Tensor]) -> list[Tensor]:
     Eager: one read of all the masks' counts (a `nonzero` per mask makes the host wait for
     the GPU once per mask). Traced: a `nonzero` per mask, which keeps the counts in the
     graph."""
-    if torch.jit.is_tracing():
+    if torch.jit.is_tracing() or len(masks) == 1:  # one mask: one read back either way
         return [torch.nonzero(mask, as_tuple=True)[0] for mask in masks]
     if not masks:
         return []
-    padded = pad_sequence(list(masks), batch_first=True)  # (N, K_max), padded with False
-    counts = padded.sum(dim=1).tolist()
-    # a stable sort of "not in the mask" puts each row's true entries first, in their order
-    order = torch.argsort((~padded).to(torch.uint8), dim=1, stable=True)
+    masks = list(masks)
+    if len({len(mask) for mask in masks}) == 1:
+        stacked = torch.stack(masks)
+    else:
+        stacked = pad_sequence(masks, batch_first=True)  # (N, K_max), padded with False
+    counts = stacked.sum(dim=1).tolist()
+    # a stable descending sort puts each row's true entries first, in their order
+    order = torch.argsort(stacked.to(torch.uint8), dim=1, descending=True, stable=True)
     return [order[i, :count] for i, count in enumerate(counts)]
