@@ -229,7 +229,7 @@ class RPN(nn.Module):
     @torch.no_grad()
     def label_and_sample_anchors(
         self, anchors: Tensor, gt_boxes: Sequence[Tensor]
-    ) -> tuple[list[Tensor], list[Tensor]]:
+    ) -> tuple[Tensor, Tensor]:
         """Matches anchors to gt boxes and samples the anchors that enter the loss.
 
         Args:
@@ -237,9 +237,9 @@ class RPN(nn.Module):
             gt_boxes: per image (M_i, 4) gt boxes.
 
         Returns:
-            Per image (A_all,) float labels: 1 sampled positive, 0 sampled negative,
-            -1 not sampled; and per image (A_all, 4) the gt box matched to each anchor
-            (zeros for an image without gt).
+            (N, A_all) float labels: 1 sampled positive, 0 sampled negative, -1 not
+            sampled; and (N, A_all, 4) the gt box matched to each anchor (zeros for an
+            image without gt).
         """
         match_labels, matched_gt = [], []
         for boxes in gt_boxes:
@@ -248,19 +248,19 @@ class RPN(nn.Module):
             match_labels.append(image_match_labels)
             matched_gt.append(boxes[matched_idxs] if len(boxes) else torch.zeros_like(anchors))
         if not match_labels:
-            return [], []
+            return anchors.new_zeros((0, len(anchors))), anchors.new_zeros((0, len(anchors), 4))
         match_labels = torch.stack(match_labels)  # (N, A_all): all images sampled at once
         pos, neg = self.sampler(match_labels == FOREGROUND, match_labels == BACKGROUND)
         labels = torch.where(pos, 1.0, torch.where(neg, 0.0, -1.0)).to(anchors.dtype)
-        return list(labels.unbind(0)), matched_gt
+        return labels, torch.stack(matched_gt)
 
     def losses(
         self,
         anchors: Tensor,
         pred_logits: Tensor,
         pred_deltas: Tensor,
-        labels: Sequence[Tensor],
-        matched_gt: Sequence[Tensor],
+        labels: Tensor,
+        matched_gt: Tensor,
     ) -> dict[str, Tensor]:
         """Objectness BCE over sampled anchors, smooth L1 over sampled positives.
 
@@ -270,27 +270,26 @@ class RPN(nn.Module):
             anchors: (A_all, 4).
             pred_logits: (N, A_all) objectness logits.
             pred_deltas: (N, A_all, 4) predicted deltas.
-            labels: per image (A_all,) from ``label_and_sample_anchors``.
-            matched_gt: per image (A_all, 4) matched gt boxes.
+            labels: (N, A_all) from ``label_and_sample_anchors``.
+            matched_gt: (N, A_all, 4) matched gt boxes.
 
         Returns:
             ``{"loss_rpn_cls": ..., "loss_rpn_loc": ...}``.
         """
         # Over every anchor, the unsampled ones zeroed: selecting the sampled rows instead
         # would make the host wait for the GPU (a nonzero) five times per step.
-        gt_labels = torch.stack(list(labels))  # (N, A_all)
-        pos = gt_labels == 1
-        sampled = gt_labels >= 0
+        pos = labels == 1
+        sampled = labels >= 0
         num_sampled = sampled.sum().clamp(min=1)
         anchors = anchors.expand_as(pred_deltas)
         # anchors stand in for the gt of non-positives: finite zero deltas, not log(0)
-        targets = torch.where(pos[..., None], torch.stack(list(matched_gt)), anchors)
+        targets = torch.where(pos[..., None], matched_gt, anchors)
         gt_deltas = self.box_coder.encode(anchors.reshape(-1, 4), targets.reshape(-1, 4))
         loss_loc = F.smooth_l1_loss(pred_deltas.float(), gt_deltas.view_as(pred_deltas),
                                     beta=self.smooth_l1_beta, reduction="none").sum(dim=-1)
         loss_loc = torch.where(pos, loss_loc, 0.0).sum() / num_sampled
         loss_cls = F.binary_cross_entropy_with_logits(
-            pred_logits.float(), gt_labels.clamp(min=0), reduction="none")
+            pred_logits.float(), labels.clamp(min=0), reduction="none")
         loss_cls = torch.where(sampled, loss_cls, 0.0).sum() / num_sampled
         return {
             "loss_rpn_cls": loss_cls * self.loss_weight,
