@@ -281,12 +281,12 @@ class RPN(nn.Module):
         pos = labels == 1
         sampled = labels >= 0
         num_sampled = sampled.sum().clamp(min=1)
-        anchors = anchors.expand_as(pred_deltas)
-        # anchors stand in for the gt of non-positives: finite zero deltas, not log(0)
-        targets = torch.where(pos[..., None], matched_gt, anchors)
-        gt_deltas = self.box_coder.encode(anchors.reshape(-1, 4), targets.reshape(-1, 4))
-        loss_loc = F.smooth_l1_loss(pred_deltas.float(), gt_deltas.view_as(pred_deltas),
-                                    beta=self.smooth_l1_beta, reduction="none").sum(dim=-1)
+        gt_deltas = self.box_coder.encode(anchors.expand_as(pred_deltas).reshape(-1, 4),
+                                          matched_gt.reshape(-1, 4)).view_as(pred_deltas)
+        # zero, not log(0) or 0/0, where no gt counts: the loss's gradient stays finite
+        gt_deltas = torch.where(pos[..., None], gt_deltas, 0.0)
+        loss_loc = F.smooth_l1_loss(pred_deltas.float(), gt_deltas, beta=self.smooth_l1_beta,
+                                    reduction="none").sum(dim=-1)
         loss_loc = torch.where(pos, loss_loc, 0.0).sum() / num_sampled
         loss_cls = F.binary_cross_entropy_with_logits(
             pred_logits.float(), labels.clamp(min=0), reduction="none")

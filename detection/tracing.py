@@ -56,7 +56,7 @@ def true_indices(masks: Sequence[Tensor]) -> list[Tensor]:
         stacked = torch.stack(masks)
     else:
         stacked = pad_sequence(masks, batch_first=True)  # (N, K_max), padded with False
-    counts = stacked.sum(dim=1).tolist()
     # a stable descending sort puts each row's true entries first, in their order
     order = torch.argsort(stacked.to(torch.uint8), dim=1, descending=True, stable=True)
+    counts = stacked.sum(dim=1).tolist()
     return [order[i, :count] for i, count in enumerate(counts)]

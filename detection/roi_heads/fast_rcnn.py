@@ -115,9 +115,9 @@ class FastRCNNOutputs(nn.Module):
         # (R, K*4) -> (R, K, 4) -> (R, 4): the deltas of each RoI's own class
         own_deltas = pred_deltas.view(num_rois, box_dim, 4).gather(
             1, classes.view(-1, 1, 1).expand(-1, 1, 4)).squeeze(1).float()
-        # background RoIs are their own target: finite zero deltas
-        targets = torch.where(fg[:, None], gt_boxes, proposal_boxes.to(gt_boxes.dtype))
-        gt_deltas = self.box_coder.encode(proposal_boxes, targets)
+        # zero, not log(0) or 0/0 (a zero-width proposal), where no gt counts: the loss's
+        # gradient stays finite
+        gt_deltas = torch.where(fg[:, None], self.box_coder.encode(proposal_boxes, gt_boxes), 0.0)
         loss_box = F.smooth_l1_loss(own_deltas, gt_deltas, beta=self.smooth_l1_beta,
                                     reduction="none").sum(dim=1)
         loss_box = torch.where(fg, loss_box, 0.0).sum() / num_rois

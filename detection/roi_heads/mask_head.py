@@ -104,10 +104,15 @@ class MaskRCNNHead(nn.Module):
         for masks, rois, idxs in zip(gt_masks, boxes, matched_idxs):
             if len(rois) == 0:
                 continue
-            # every gt mask as a float map (M_i, 1, H, W), as torchvision does: keeping only
-            # the matched ones would take a torch.unique, which waits for the GPU
-            bitmaps = masks[:, None].to(rois.dtype)
+            # min(P_i, M_i) float maps (G, 1, H, W): one per RoI or one per gt mask (as
+            # torchvision); only the matched gt masks would take a torch.unique, which waits
+            # for the GPU
+            if len(rois) < len(masks):
+                bitmaps, idxs = masks[idxs][:, None], torch.arange(len(rois), device=idxs.device)
+            else:
+                bitmaps = masks[:, None]
             rois = torch.cat([idxs[:, None].to(rois.dtype), rois], dim=1)  # (P_i, 5)
+            bitmaps = bitmaps.to(rois.dtype)
             crops = roi_align(
                 bitmaps, rois, (mask_size, mask_size), 1.0, sampling_ratio=0, aligned=self.aligned
             )

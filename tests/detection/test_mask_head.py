@@ -131,6 +131,20 @@ def test_targets_of_a_rectangle() -> None:
     assert torch.equal(targets[4], torch.zeros(28, 28))
 
 
+def test_targets_the_same_with_fewer_rois_than_gt_masks() -> None:
+    # fewer RoIs than gt masks: one float map per RoI, not one per gt mask
+    head = MaskRCNNHead(in_channels=8, num_classes=K, conv_dims=[8])
+    gt = torch.stack([_rectangle((60, 80), 10, 20, 50, 40), _rectangle((60, 80), 60, 0, 80, 10),
+                      _rectangle((60, 80), 0, 45, 30, 60)])
+    rois = torch.tensor([[2.0, 47.0, 28.0, 58.0], [30.0, 20.0, 70.0, 40.0]])
+    targets = head.label_targets([gt], [rois], [torch.tensor([2, 0])], 28)
+    torch.testing.assert_close(targets[0], torch.ones(28, 28))  # inside gt 2
+    for i, idx in enumerate((2, 0)):  # each alone: as many RoIs as gt masks
+        alone = head.label_targets([gt[idx:idx + 1]], [rois[i:i + 1]], [torch.tensor([0])], 28)
+        assert torch.equal(targets[i], alone[0])
+    assert targets[1].sum() > 0 and not torch.equal(targets[1], torch.ones(28, 28))
+
+
 def test_loss_uses_the_gt_class_channel_only() -> None:
     head = MaskRCNNHead(in_channels=8, num_classes=K, conv_dims=[8])
     gen = torch.Generator().manual_seed(0)

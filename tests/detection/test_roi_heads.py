@@ -203,3 +203,17 @@ def test_box_loss_takes_each_foreground_roi_own_class_deltas() -> None:
         losses["loss_box_reg"].backward()
         bg = gt_classes == K
         assert bool((deltas.grad[bg] == 0).all()) and deltas.grad[~bg].abs().sum() > 0
+
+
+def test_zero_width_background_proposal_keeps_gradients_finite() -> None:
+    # a proposal clipped to the padded border has no width (model.rpn.min_box_size=0): as a
+    # background RoI it must not turn the box loss's gradient into NaN (0/0 in its deltas)
+    outputs = FastRCNNOutputs(in_channels=4, num_classes=K, box_coder=BoxCoder((10, 10, 5, 5)))
+    proposals = torch.tensor([[10.0, 10.0, 30.0, 40.0], [96.0, 20.0, 96.0, 50.0]])
+    gt_boxes = torch.tensor([[12.0, 11.0, 33.0, 38.0], [0.0, 0.0, 0.0, 0.0]])
+    deltas = torch.randn(2, K * 4, requires_grad=True)
+    losses = outputs.losses(torch.randn(2, K + 1), deltas, proposals, torch.tensor([1, K]),
+                            gt_boxes)
+    losses["loss_box_reg"].backward()
+    assert torch.isfinite(losses["loss_box_reg"]) and losses["loss_box_reg"].item() > 0
+    assert bool(torch.isfinite(deltas.grad).all())

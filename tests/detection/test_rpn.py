@@ -157,7 +157,8 @@ def test_small_and_low_scoring_proposals_dropped_as_torchvision_does() -> None:
 
 
 def test_empty_gt_image_beside_one_with_gt_keeps_finite_gradients() -> None:
-    # non-positive anchors enter the box loss zeroed: their zero-size gt must not make NaNs
+    # every anchor enters the box loss, the non-positive ones zeroed: the empty image's
+    # all-zero matched boxes (infinite deltas) must not reach the loss or its gradient
     rpn = _rpn()
     _randomize(rpn)
     rpn.train()

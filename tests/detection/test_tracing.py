@@ -11,7 +11,8 @@ def test_true_indices_equals_a_nonzero_per_mask() -> None:
     masks[3] = torch.ones(37, dtype=torch.bool)  # all true
     masks.append(torch.rand(11, generator=gen) < 0.5)  # shorter than the others
     masks.append(torch.zeros(0, dtype=torch.bool))
-    for case in (masks, [torch.zeros(0, dtype=torch.bool)] * 2, []):
+    same_length = list(torch.rand(4, 23, generator=gen) < 0.5)
+    for case in (masks, same_length, masks[:1], [torch.zeros(0, dtype=torch.bool)] * 2, []):
         got = true_indices(case)
         assert len(got) == len(case)
         for g, mask in zip(got, case):

@@ -72,10 +72,24 @@ def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mask_on", [False, True])
 def test_host_syncs_per_training_step_do_not_grow_with_the_batch(tmp_path: Path,
                                                                  mask_on: bool) -> None:
-    """The RPN's proposal filters, the RoI sampler, the pooler and the mask head each read
-    back once for the whole batch; the losses read nothing back."""
+    """The input check, the RPN's proposal filters, the RoI sampler, each multi-level pooling
+    and the mask head's positives read back once each for the whole batch; the losses read
+    nothing back. Not counted: the CPU RoIAlign's grouping of RoIs by sampling grid (its
+    reads depend on the boxes; a GPU runs torchvision's kernel instead)."""
     import dataclasses
+    import traceback
     suite_module = load_suite()
+
+    class OutsideCpuRoIAlign(suite_module.SyncCounter):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            before = dict(self.counts)
+            out = super().__torch_function__(func, types, args, kwargs)
+            if self.counts != before and any(frame.filename.endswith("detection/roi_align.py")
+                                             for frame in traceback.extract_stack()):
+                self.counts.clear()
+                self.counts.update(before)
+            return out
+
     counts = []
     for batch in (2, 5):
         sizes = dataclasses.replace(suite_module.SMOKE, det_batch=batch, scenes=batch)
@@ -84,15 +98,12 @@ def test_host_syncs_per_training_step_do_not_grow_with_the_batch(tmp_path: Path,
         images, targets = suite_module.detection_batch(suite, mask_on=mask_on)
         model, _ = suite_module.detectors(suite, mask_on=mask_on)
         model.train()
-        counter = suite_module.SyncCounter()
+        counter = OutsideCpuRoIAlign()
         with counter:
             sum(model(images, targets).values()).backward()
-        counts.append(dict(counter.counts))
-    assert counts[0] == counts[1]
-    # input check 1, RPN filters 1, RoI sampler 1, pooler 1 per multi-level pooling, mask
-    # head's positive RoIs 1; the CPU RoIAlign's grouping by sampling grid 5 per pooling with
-    # adaptive sampling (not run on a GPU)
-    assert sum(counts[0].values()) == (9 if not mask_on else 16)
+        counts.append(sum(counter.counts.values()))
+    # bf43daa, reading per image and per level: 16 and 19 without masks, 24 and 33 with them
+    assert counts == ([4, 4] if not mask_on else [6, 6])
 
 
 def test_the_torchrun_phase_gives_the_tools_valid_configs(tmp_path: Path) -> None:
