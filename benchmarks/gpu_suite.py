@@ -542,15 +542,16 @@ def phase_segmentation_train(suite: Suite) -> None:
         return {"main": F.cross_entropy(out["out"], gt, ignore_index=255),
                 "aux": 0.4 * F.cross_entropy(out["aux"], gt, ignore_index=255)}
 
-    for precision in precisions(device):
+    for precision, layout in _settings(device):
+        ours.to(memory_format=layout), reference.to(memory_format=layout)
         ours_step = _train_step(ours, _sgd(ours), device, precision,
                                 lambda: ours(images, targets))
         ref_step = _train_step(reference, _sgd(reference), device, precision, reference_losses)
-        setting = f"{precision}, batch {len(images)}, {s.seg_crop}px"
+        setting = f"{precision}{_LAYOUT_NAMES[layout]}, batch {len(images)}, {s.seg_crop}px"
         ours_m = measure(suite, ours_step, len(images))
         ref_m = measure(suite, ref_step, len(images))
         compare(suite, "seg_train", setting, ours_m, ref_m, "torchvision")
-        if precision == precisions(device)[0]:
+        if (precision, layout) == _settings(device)[0]:
             add_launch_rows(suite, "seg_train", setting, len(images),
                             [("ours", ours_step, ours_m), ("torchvision", ref_step, ref_m)])
 
