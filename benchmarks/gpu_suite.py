@@ -32,7 +32,10 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
                   few iterations (NCCL on a GPU): exit code and checkpoints.
   det_compile     a lever: ours in bf16 with the backbone + FPN under torch.compile vs eager,
                   and the seconds of the first (compiling) step.
-On a GPU, det_train and det_infer also measure the channels_last lever (bf16, both models).
+  det_infer_compile  the same for det_infer (batch 1): inductor, and inductor with CUDA
+                  graphs ("reduce-overhead"), vs eager, and the seconds of the first call.
+On a GPU, det_train, det_infer and seg_train also measure the channels_last lever (bf16, both
+models).
 det_train, mask_train, seg_train and det_infer add *_launches rows: operators dispatched and
 host syncs per step or image and, on a GPU, kernels and the GPU's busy time against the wall
 time (is the host the bound?).
@@ -76,7 +79,7 @@ from engine.data.synthetic_shapes import compose_scene  # noqa: E402
 from engine.tasks import load_task_config  # noqa: E402
 
 PHASES = ("data", "det_train", "det_infer", "syncs", "mask_train", "seg_train", "pretrain",
-          "torchrun", "det_compile")
+          "torchrun", "det_compile", "det_infer_compile")
 NUM_CLASSES = len(CATEGORY_IDS)
 
 
@@ -475,15 +478,19 @@ def phase_syncs(suite: Suite) -> None:
         suite.add("syncs", name, f"one training step, batch {len(images)}", **row)
 
 
+def _inference_image(suite: Suite) -> Tensor:
+    image, _ = compose_scene(np.random.default_rng(1), *suite.sizes.scene, min_objects=4,
+                             max_objects=10)
+    return torch.from_numpy(image).permute(2, 0, 1).contiguous().to(suite.device)
+
+
 def phase_detection_inference(suite: Suite) -> None:
     device = suite.device
     ours, reference = detectors(suite, mask_on=False)
     reference.eval()
     load_detector_weights(ours, reference.state_dict())
     ours.eval()
-    image, _ = compose_scene(np.random.default_rng(1), *suite.sizes.scene, min_objects=4,
-                             max_objects=10)
-    image = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(device)
+    image = _inference_image(suite)
     for precision, layout in _settings(device):
         ours.to(memory_format=layout), reference.to(memory_format=layout)
         with torch.inference_mode(), autocast(device, precision):
@@ -506,6 +513,44 @@ def phase_detection_inference(suite: Suite) -> None:
             if layout == torch.contiguous_format:
                 add_launch_rows(suite, "det_infer", setting, 1,
                                 [("ours", run_ours, ours_m), ("torchvision", run_reference, ref_m)])
+
+
+def phase_detection_inference_compile(suite: Suite) -> None:
+    """Ours at batch 1 with the backbone + FPN under torch.compile against the same model
+    eager: inductor, then inductor with CUDA graphs (mode "reduce-overhead": the backbone's
+    hundreds of kernels replayed from one launch, the lever if the host's launches bound
+    inference). --smoke: the eager backend. Same weights and image as det_infer."""
+    device = suite.device
+    precision = precisions(device)[0]
+    image = _inference_image(suite)
+    variants = [("eager", None, {})]
+    if device.type == "cuda":
+        variants += [("backbone+FPN compiled", "inductor", {}),
+                     ("backbone+FPN compiled, CUDA graphs", "inductor",
+                      {"mode": "reduce-overhead"})]
+    else:
+        variants += [("backbone+FPN compiled", "eager", {})]
+    rows = []
+    for name, backend, options in variants:
+        torch._dynamo.reset()
+        ours, reference = detectors(suite, mask_on=False)
+        load_detector_weights(ours, reference.state_dict())
+        del reference
+        ours.eval()
+        if backend:
+            ours.backbone.compile(backend=backend, **options)
+        with torch.inference_mode(), autocast(device, precision):
+            start = time.perf_counter()
+            count = len(ours([image])[0]["boxes"])
+            _sync(device)
+            first_call = time.perf_counter() - start
+            rows.append((name, measure(suite, lambda: ours([image]), 1), first_call, count))
+    eager_ms = rows[0][1]["ms_per_image"]
+    for name, measured, first_call, count in rows:
+        suite.add("det_infer_compile", f"ours, {name}", f"{precision}, batch 1", **measured,
+                  first_call_s=first_call, detections=count,
+                  vs_reference=f"{eager_ms / measured['ms_per_image']:.2f}x eager's speed, "
+                               f"first call {first_call:.1f} s")
 
 
 # ---- segmentation ----
@@ -661,7 +706,7 @@ RUNNERS: dict[str, Callable[[Suite], None]] = {
     "det_infer": phase_detection_inference, "syncs": phase_syncs,
     "mask_train": lambda suite: phase_detection_train(suite, mask_on=True),
     "seg_train": phase_segmentation_train, "pretrain": phase_pretrain, "torchrun": phase_torchrun,
-    "det_compile": phase_detection_compile}
+    "det_compile": phase_detection_compile, "det_infer_compile": phase_detection_inference_compile}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
