@@ -30,8 +30,9 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
                   already on the GPU vs torchvision's resnet50.
   torchrun        `torchrun --nproc_per_node=1` of tools/train.py and tools/pretrain.py for a
                   few iterations (NCCL on a GPU): exit code and checkpoints.
-  det_compile     a lever: ours in bf16 with the backbone + FPN under torch.compile vs eager,
-                  and the seconds of the first (compiling) step.
+  det_compile     a lever: ours in bf16 with the backbone + FPN under torch.compile, then with
+                  the RPN and box heads compiled too, vs eager, and the seconds of the
+                  first (compiling) step.
   det_infer_compile  the same for det_infer (batch 1): inductor, and inductor with CUDA
                   graphs ("reduce-overhead"), vs eager, and the seconds of the first call.
 On a GPU, det_train, det_infer and seg_train also measure the channels_last lever (bf16, both
@@ -417,6 +418,20 @@ def phase_detection_compile(suite: Suite) -> None:
     suite.add("det_compile", "ours, backbone+FPN compiled", setting, **compiled,
               first_step_s=first_step,
               vs_reference=f"{compiled['images_per_s'] / eager['images_per_s']:.2f}x eager, "
+                           f"first step {first_step:.0f} s")
+    # the heads too: the RPN head (one graph per level's shape) and the box head's MLP
+    backend = "inductor" if device.type == "cuda" else "eager"
+    for head in (ours.rpn.head, ours.roi_heads.box_head, ours.roi_heads.box_predictor):
+        head.compile(backend=backend)
+    step = _train_step(ours, _sgd(ours), device, precision, lambda: ours(images, targets))
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    first_step = time.perf_counter() - start
+    heads = measure(suite, step, len(images))
+    suite.add("det_compile", "ours, backbone+FPN and heads compiled", setting, **heads,
+              first_step_s=first_step,
+              vs_reference=f"{heads['images_per_s'] / eager['images_per_s']:.2f}x eager, "
                            f"first step {first_step:.0f} s")
     suite.add("det_compile", "ours, eager", setting, **eager)
 
