@@ -399,7 +399,8 @@ def _settings(device: torch.device) -> list[tuple[str, torch.memory_format]]:
 
 def phase_detection_compile(suite: Suite) -> None:
     """Ours in bf16 with the backbone + FPN under torch.compile (inductor on a GPU; the eager
-    backend in --smoke) vs the same model eager, and the seconds of the first compiled step."""
+    backend in --smoke), then with the heads compiled too, vs the same model eager, and the
+    seconds of each first compiled step."""
     device = suite.device
     images, targets = detection_batch(suite, mask_on=False)
     ours, _ = detectors(suite, mask_on=False)
@@ -408,31 +409,25 @@ def phase_detection_compile(suite: Suite) -> None:
     setting = f"{precision}, batch {len(images)}"
     eager = measure(suite, _train_step(ours, _sgd(ours), device, precision,
                                        lambda: ours(images, targets)), len(images))
-    compile_model(ours, "inductor" if device.type == "cuda" else "eager", device)  # train.compile
-    step = _train_step(ours, _sgd(ours), device, precision, lambda: ours(images, targets))
-    start = time.perf_counter()
-    step()
-    _sync(device)
-    first_step = time.perf_counter() - start
-    compiled = measure(suite, step, len(images))
-    suite.add("det_compile", "ours, backbone+FPN compiled", setting, **compiled,
-              first_step_s=first_step,
-              vs_reference=f"{compiled['images_per_s'] / eager['images_per_s']:.2f}x eager, "
-                           f"first step {first_step:.0f} s")
-    # the heads too: the RPN head (one graph per level's shape) and the box head's MLP
     backend = "inductor" if device.type == "cuda" else "eager"
+
+    def add_compiled(name: str) -> None:
+        step = _train_step(ours, _sgd(ours), device, precision, lambda: ours(images, targets))
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        first_step = time.perf_counter() - start
+        compiled = measure(suite, step, len(images))
+        suite.add("det_compile", name, setting, **compiled, first_step_s=first_step,
+                  vs_reference=f"{compiled['images_per_s'] / eager['images_per_s']:.2f}x "
+                               f"eager, first step {first_step:.0f} s")
+
+    compile_model(ours, backend, device)  # as train.compile does
+    add_compiled("ours, backbone+FPN compiled")
+    # the heads too: the RPN head (one graph per level's shape) and the box head's MLP
     for head in (ours.rpn.head, ours.roi_heads.box_head, ours.roi_heads.box_predictor):
         head.compile(backend=backend)
-    step = _train_step(ours, _sgd(ours), device, precision, lambda: ours(images, targets))
-    start = time.perf_counter()
-    step()
-    _sync(device)
-    first_step = time.perf_counter() - start
-    heads = measure(suite, step, len(images))
-    suite.add("det_compile", "ours, backbone+FPN and heads compiled", setting, **heads,
-              first_step_s=first_step,
-              vs_reference=f"{heads['images_per_s'] / eager['images_per_s']:.2f}x eager, "
-                           f"first step {first_step:.0f} s")
+    add_compiled("ours, backbone+FPN and heads compiled")
     suite.add("det_compile", "ours, eager", setting, **eager)
 
 

@@ -120,6 +120,7 @@ class MultiLevelRoIAlign(nn.Module):
             )
 
         levels = self.assign_levels(boxes)
-        level_rows = true_indices([levels == level for level in range(len(features))])
+        level_rows = true_indices(
+            levels == torch.arange(len(features), device=levels.device)[:, None])
         return multilevel_roi_align(features, rois, level_rows, self.output_size, self.scales,
                                     self.sampling_ratio, self.aligned)

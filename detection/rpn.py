@@ -220,7 +220,7 @@ class RPN(nn.Module):
         if self.score_thresh > 0:
             valid &= scores >= self.score_thresh
         proposals = []
-        for i, rows in enumerate(true_indices(list(valid))):
+        for i, rows in enumerate(true_indices(valid)):
             img_boxes, img_scores, img_levels = boxes[i][rows], scores[i][rows], levels[rows]
             keep = batched_nms(img_boxes, img_scores, img_levels, self.nms_thresh)[:post_topk]
             proposals.append({"boxes": img_boxes[keep], "scores": img_scores[keep]})

@@ -41,21 +41,24 @@ def split_per_image(values: Tensor, per_image: Sequence[Tensor]) -> list[Tensor]
 
 
 
-def true_indices(masks: Sequence[Tensor]) -> list[Tensor]:
-    """For each 1-D bool mask, the int64 indices of its true entries, increasing.
+def true_indices(masks: Sequence[Tensor] | Tensor) -> list[Tensor]:
+    """For each 1-D bool mask (or each row of an (N, K) one), the int64 indices of its true
+    entries, increasing.
 
     Eager: one read of all the masks' counts (a `nonzero` per mask makes the host wait for
     the GPU once per mask). Traced: a `nonzero` per mask, which keeps the counts in the
     graph."""
-    if torch.jit.is_tracing() or len(masks) == 1:  # one mask: one read back either way
-        return [torch.nonzero(mask, as_tuple=True)[0] for mask in masks]
-    if not masks:
+    rows = masks.unbind(0) if isinstance(masks, Tensor) else list(masks)
+    if torch.jit.is_tracing() or len(rows) == 1:  # one mask: one read back either way
+        return [torch.nonzero(mask, as_tuple=True)[0] for mask in rows]
+    if not rows:
         return []
-    masks = list(masks)
-    if len({len(mask) for mask in masks}) == 1:
-        stacked = torch.stack(masks)
+    if isinstance(masks, Tensor):
+        stacked = masks
+    elif len({len(mask) for mask in rows}) == 1:
+        stacked = torch.stack(rows)
     else:
-        stacked = pad_sequence(masks, batch_first=True)  # (N, K_max), padded with False
+        stacked = pad_sequence(rows, batch_first=True)  # (N, K_max), padded with False
     # a stable descending sort puts each row's true entries first, in their order
     order = torch.argsort(stacked.to(torch.uint8), dim=1, descending=True, stable=True)
     counts = stacked.sum(dim=1).tolist()

@@ -17,6 +17,9 @@ def test_true_indices_equals_a_nonzero_per_mask() -> None:
         assert len(got) == len(case)
         for g, mask in zip(got, case):
             assert g.dtype == torch.int64 and torch.equal(g, torch.nonzero(mask)[:, 0])
+    as_rows = true_indices(torch.stack(same_length))  # an (N, K) mask: each row
+    for g, mask in zip(as_rows, same_length, strict=True):
+        assert torch.equal(g, torch.nonzero(mask)[:, 0])
 
 
 def test_true_indices_keeps_counts_dynamic_when_traced() -> None:
