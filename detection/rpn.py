@@ -21,7 +21,7 @@ from backbones.conv import Conv2d
 
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
-from .tracing import clamped_count, clip_to_image, true_indices
+from .tracing import clamped_count, clip_to_image, large_enough, true_indices
 from .matcher import BACKGROUND, FOREGROUND, Matcher
 from .sampler import BalancedSampler
 
@@ -215,8 +215,7 @@ class RPN(nn.Module):
         scores = torch.sigmoid(logits)
 
         boxes = torch.stack([clip_to_image(boxes[i], size) for i, size in enumerate(image_sizes)])
-        valid = ((boxes[..., 2] - boxes[..., 0] >= self.min_box_size)  # remove_small_boxes
-                 & (boxes[..., 3] - boxes[..., 1] >= self.min_box_size))
+        valid = large_enough(boxes, self.min_box_size)
         if self.score_thresh > 0:
             valid &= scores >= self.score_thresh
         proposals = []

@@ -31,6 +31,13 @@ def clip_to_image(boxes: Tensor, image_size: tuple[int | Tensor, int | Tensor]) 
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
 
 
+def large_enough(boxes: Tensor, min_size: float) -> Tensor:
+    """(...,) bool: the (..., 4) xyxy boxes whose width and height are both at least
+    `min_size` (torchvision's remove_small_boxes, as a mask)."""
+    return ((boxes[..., 2] - boxes[..., 0] >= min_size)
+            & (boxes[..., 3] - boxes[..., 1] >= min_size))
+
+
 def split_per_image(values: Tensor, per_image: Sequence[Tensor]) -> list[Tensor]:
     """`values` of all images, image after image, split as the `per_image` tensors are long.
 

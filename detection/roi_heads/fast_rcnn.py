@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from ..box_coder import BoxCoder
-from ..tracing import clip_to_image, split_per_image, true_indices
+from ..tracing import clip_to_image, large_enough, split_per_image, true_indices
 
 
 class FastRCNNOutputs(nn.Module):
@@ -171,9 +171,7 @@ class FastRCNNOutputs(nn.Module):
             labels = torch.arange(self.num_classes, device=scores.device).expand_as(scores)
             # every (RoI, class) pair is a candidate: (R, K, 4) -> (R*K, 4)
             boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
-            large = ((boxes[:, 2] - boxes[:, 0] >= self.min_box_size)
-                     & (boxes[:, 3] - boxes[:, 1] >= self.min_box_size))
-            valid = (scores > self.score_thresh) & large
+            valid = (scores > self.score_thresh) & large_enough(boxes, self.min_box_size)
             candidates.append((boxes, scores, labels, valid))
         # the candidates above the score and size limits, every image's in one read back
         rows = true_indices([c[3] for c in candidates])
