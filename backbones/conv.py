@@ -12,9 +12,11 @@ gradient are fast:
   2 x 2 maps), where oneDNN falls back to a slow GEMM kernel, or a dilated one whose map is at
   most twice its dilated kernel's reach (DeepLab's last stage on 10 x 10 maps): there it is one
   matrix product of the incoming gradient with the unfolded input patches.
-Everything else (the forward, the input gradient, other CPUs, mid-sized maps, 1x1 kernels,
-grouped convolutions, CUDA, autocast) is PyTorch's own convolution. Same values up to float32
-summation order.
+And a trainable 3x3 stride-1 "same" convolution of at least 128 channels on enough channels-last
+pixels runs forward and backward as Winograd products on AVX2 (`backbones/winograd.py`: 4x fewer
+multiplications, values to a few times float32's rounding). Everything else (other CPUs,
+inference, 1x1 kernels, grouped convolutions, CUDA, autocast) is PyTorch's own convolution.
+Same values up to float32 summation order.
 """
 from __future__ import annotations
 
@@ -26,10 +28,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from .winograd import Winograd3x3
+
 # output pixels per image from which the NCHW weight gradient pays (below it the two are even)
 LARGE_MAP_PIXELS = 10_000
 # ... and from which the shifted products pay (below it nine small products per image do not)
 SHIFTED_GEMM_PIXELS = 1_000
+# Winograd pays from this many channels in and out, this many 4 x 4 output blocks in the batch,
+# and at most this much padding of the map to whole blocks (smaller or ragged maps lose)
+WINOGRAD_CHANNELS = 128
+WINOGRAD_BLOCKS = 100
+WINOGRAD_PADDED_AREA = 1.25
 _AVX2_ONLY = torch.backends.cpu.get_cpu_capability() == "AVX2"  # the CPUs it was measured on
 
 WeightGrad = Callable[[Tensor, Tensor, Tensor, list, list, list, int], Tensor]
@@ -92,14 +101,29 @@ def weight_grad_as_shifted_gemms(grad: Tensor, x: Tensor, weight: Tensor, stride
     return taps.permute(2, 3, 0, 1).contiguous()
 
 
+def _trains_on_avx2(x: Tensor, weight: Tensor) -> bool:
+    return (_AVX2_ONLY and x.device.type == "cpu" and x.dtype == torch.float32
+            and weight.requires_grad and torch.is_grad_enabled() and x.dim() == 4
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def takes_winograd(x: Tensor, weight: Tensor, stride: tuple[int, int],
+                   padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> bool:
+    if not (_trains_on_avx2(x, weight) and groups == 1 and tuple(weight.shape[2:]) == (3, 3)
+            and tuple(stride) == (1, 1) and tuple(padding) == (1, 1)
+            and tuple(dilation) == (1, 1) and min(weight.shape[:2]) >= WINOGRAD_CHANNELS
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return False
+    n, _, h, w = x.shape
+    blocks = n * -(-h // 4) * -(-w // 4)
+    return blocks >= WINOGRAD_BLOCKS and 16 * blocks <= WINOGRAD_PADDED_AREA * n * h * w
+
+
 def own_weight_grad(x: Tensor, weight: Tensor, stride: tuple[int, int],
                     padding: tuple[int, int], dilation: tuple[int, int],
                     groups: int) -> WeightGrad | None:
     """The weight gradient this convolution takes instead of PyTorch's, or None for PyTorch's."""
-    if not (_AVX2_ONLY and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.requires_grad and torch.is_grad_enabled() and x.dim() == 4
-            and weight.shape[2] * weight.shape[3] > 1
-            and not torch.is_autocast_enabled("cpu")):
+    if not _trains_on_avx2(x, weight) or weight.shape[2] * weight.shape[3] == 1:
         return None
     out_h, out_w = _output_size(x, weight, stride, padding, dilation)
     reach_h, reach_w = (d * (k - 1) + 1 for d, k in zip(dilation, weight.shape[2:]))
@@ -145,9 +169,11 @@ class _ConvWithOwnWeightGrad(torch.autograd.Function):
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, padding: Any,
            dilation: Any, groups: int) -> Tensor:
-    """F.conv2d, with its own weight gradient where that is faster (see above)."""
+    """F.conv2d, as Winograd products or with its own weight gradient where faster (above)."""
     if not isinstance(padding, str):
         stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+        if takes_winograd(x, weight, stride, padding, dilation, groups):
+            return Winograd3x3.apply(x, weight, bias)
         weight_grad = own_weight_grad(x, weight, stride, padding, dilation, groups)
         if weight_grad is not None:
             return _ConvWithOwnWeightGrad.apply(x, weight, bias, stride, padding, dilation,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backbones.conv import Conv2d
 from backbones.layers import build_norm
 
 # ASPP dilation rates per backbone output stride (DeepLabV3, Chen et al. 2017, section 4.1):
@@ -38,8 +39,11 @@ class ConvNormReLU(nn.Module):
                  dilation: int = 1, groups: int = 1, norm: str = "bn") -> None:
         super().__init__()
         padding = dilation * (kernel_size - 1) // 2
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding,
-                              dilation=dilation, groups=groups, bias=False)
+        # undilated convs take the project's CPU routes (Winograd on AVX2); ASPP's dilated
+        # branches keep PyTorch's, faster there (BENCHMARKS.md)
+        conv = Conv2d if dilation == 1 else nn.Conv2d
+        self.conv = conv(in_channels, out_channels, kernel_size, padding=padding,
+                         dilation=dilation, groups=groups, bias=False)
         self.norm = build_norm(norm, out_channels)
 
     def forward(self, x: Tensor) -> Tensor:

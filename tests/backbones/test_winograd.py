@@ -1,0 +1,138 @@
+"""backbones.winograd: the 3x3 stride-1 convolution as Winograd F(4x4, 3x3) products gives a
+float64 convolution's output and gradients to float32 accuracy, on any map size and chunking;
+backbones.conv routes trainable convolutions of many channels on AVX2 CPUs to it."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from backbones import conv as conv_module
+from backbones import winograd
+from backbones.conv import Conv2d, takes_winograd
+from backbones.winograd import Winograd3x3
+
+# Winograd's F(4x4, 3x3) error: a few times float32's rounding of the direct sum (measured
+# 1e-5 of the largest output on 64-512 channels); a wrong transform or tile is off by O(1)
+TOLERANCE = 5e-5
+
+
+def exact_and_winograd(n: int, c: int, o: int, h: int, w: int, bias: bool,
+                       channels_last: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, h, w, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(o, c, 3, 3, generator=g) / (3 * c ** 0.5)
+    b = torch.randn(o, generator=g) if bias else None
+    upstream = torch.randn(n, o, h, w, generator=g)
+    results = []
+    for dtype in (torch.float64, torch.float32):
+        leaves = [t.to(dtype).requires_grad_() for t in (x, weight) + ((b,) if bias else ())]
+        if dtype == torch.float64:
+            out = F.conv2d(leaves[0], leaves[1], leaves[2] if bias else None, padding=1)
+        else:
+            out = Winograd3x3.apply(*leaves, *([] if bias else [None]))
+            assert "Winograd3x3" in out.grad_fn.name()
+        (out * upstream.to(dtype)).sum().backward()
+        results.append([out.detach()] + [leaf.grad for leaf in leaves])
+    return list(zip(*results))
+
+
+def assert_close_to_exact(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for exact, got in pairs:
+        assert got.shape == exact.shape and got.dtype == torch.float32
+        scale = exact.abs().max().item()
+        assert scale > 0.1
+        assert (got.double() - exact).abs().max().item() <= TOLERANCE * scale
+
+
+@pytest.mark.parametrize(("shape", "bias"), [((2, 16, 24, 12, 20), False),  # whole blocks
+                                             ((3, 8, 8, 13, 18), True),  # ragged bottom/right
+                                             ((1, 5, 7, 1, 1), True),  # one pixel
+                                             ((2, 4, 6, 3, 9), False)])
+def test_output_and_gradients_of_an_exact_convolution(shape: tuple[int, ...],
+                                                      bias: bool) -> None:
+    assert_close_to_exact(exact_and_winograd(*shape, bias=bias))
+
+
+def test_nchw_inputs_too() -> None:
+    assert_close_to_exact(exact_and_winograd(2, 6, 10, 9, 14, bias=True, channels_last=False))
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 36 * 5 * 24 * 4 * 3, 36 * 5 * 24 * 4 * 10])
+def test_every_chunking_gives_the_exact_values(monkeypatch: pytest.MonkeyPatch,
+                                               chunk_bytes: int) -> None:
+    """Bands of one tile row, of three tile rows (the last band short) and several images per
+    chunk (the last chunk short)."""
+    monkeypatch.setattr(winograd, "CHUNK_BYTES", chunk_bytes)
+    assert_close_to_exact(exact_and_winograd(3, 16, 24, 17, 19, bias=True))
+
+
+def test_chunks_cover_every_tile_row_once() -> None:
+    for n, rows, row_bytes in [(3, 5, 1 << 30), (3, 5, winograd.CHUNK_BYTES // 2),
+                               (5, 2, winograd.CHUNK_BYTES // 4)]:
+        covered = [(i, r) for i0, i1, r0, r1 in winograd._chunks(n, rows, row_bytes)
+                   for i in range(i0, i1) for r in range(r0, r1)]
+        assert sorted(covered) == [(i, r) for i in range(n) for r in range(rows)]
+
+
+@pytest.fixture
+def avx2_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(conv_module, "_AVX2_ONLY", True)
+
+
+def decoder_map(channels: int = 128, size: tuple[int, int] = (40, 40),
+                n: int = 2) -> torch.Tensor:
+    """DeepLabV3+'s decoder map of the segmentation quickstart: 2 x 100 blocks of 4 x 4."""
+    return torch.randn(n, channels, *size).contiguous(memory_format=torch.channels_last)
+
+
+def test_conv2d_takes_winograd_for_trainable_convolutions_of_many_channels(
+        avx2_cpu: None) -> None:
+    ours = Conv2d(128, 128, 3, padding=1)
+    reference = torch.nn.Conv2d(128, 128, 3, padding=1)
+    reference.load_state_dict(ours.state_dict())
+    x = decoder_map()
+    out = ours(x)
+    assert "Winograd3x3" in out.grad_fn.name()
+    expected = reference.double()(x.double())
+    assert (out.double() - expected).abs().max() <= TOLERANCE * expected.abs().max()
+
+
+def route(x: torch.Tensor, out_channels: int = 128, **kwargs: int) -> bool:
+    conv = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    conv.update({key: (value, value) if key != "groups" else value
+                 for key, value in kwargs.items()})
+    weight = torch.zeros(out_channels, x.shape[1] // conv["groups"], 3, 3, requires_grad=True)
+    return takes_winograd(x, weight, conv["stride"], conv["padding"], conv["dilation"],
+                          conv["groups"])
+
+
+def test_routes_only_where_it_was_measured_faster(avx2_cpu: None) -> None:
+    x = decoder_map()
+    assert route(x)
+    assert not route(decoder_map(channels=64))  # few input channels
+    assert not route(x, out_channels=64)  # few output channels
+    assert not route(decoder_map(size=(36, 40), n=1))  # 90 blocks of 4 x 4
+    assert not route(decoder_map(size=(10, 10), n=20))  # 180 blocks, padded by 44 %
+    assert route(decoder_map(size=(14, 14), n=20)) is False  # padded by 31 %
+    assert route(decoder_map(size=(16, 16), n=20))
+    assert not route(x.contiguous())  # NCHW
+    assert not route(x, stride=2)
+    assert not route(x, padding=2, dilation=2)
+    assert not route(x, groups=2)
+    with torch.no_grad():
+        assert not route(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not route(x)
+    frozen = torch.zeros(128, 128, 3, 3)
+    assert not takes_winograd(x, frozen, (1, 1), (1, 1), (1, 1), 1)
+    assert not takes_winograd(x.double(), frozen.double().requires_grad_(), (1, 1), (1, 1),
+                              (1, 1), 1)
+
+
+def test_other_cpus_keep_pytorch_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(conv_module, "_AVX2_ONLY", False)
+    assert not route(decoder_map())
+    assert "Winograd3x3" not in Conv2d(128, 128, 3, padding=1)(decoder_map()).grad_fn.name()
