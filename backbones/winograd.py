@@ -92,8 +92,8 @@ def winograd_conv3x3(x: Tensor, weight: Tensor) -> Tensor:
         blocks = a_t @ torch.bmm(transformed, kernels).view(36, -1)
         rows[i0:i1, 4 * r0:4 * r1].view(i1 - i0, r1 - r0, 4, tile_cols, 4, o).copy_(
             blocks.view(4, 4, i1 - i0, r1 - r0, tile_cols, o).permute(2, 3, 0, 4, 1, 5))
-    if out.shape[2:] != (h, w):
-        out = out[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
+    if out.shape[2:] != (h, w):  # a fresh tensor: a slice cut only in height is no copy
+        out = out[:, :, :h, :w].clone(memory_format=torch.channels_last)
     return out
 
 

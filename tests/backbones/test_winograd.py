@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from backbones import conv as conv_module
 from backbones import winograd
 from backbones.conv import Conv2d, takes_winograd
+from backbones.resnet import Bottleneck
 from backbones.winograd import Winograd3x3
 
 # Winograd's F(4x4, 3x3) error: a few times float32's rounding of the direct sum (measured
@@ -98,6 +99,36 @@ def test_conv2d_takes_winograd_for_trainable_convolutions_of_many_channels(
     assert "Winograd3x3" in out.grad_fn.name()
     expected = reference.double()(x.double())
     assert (out.double() - expected).abs().max() <= TOLERANCE * expected.abs().max()
+
+
+@pytest.mark.parametrize("size", [(50, 68), (63, 64), (50, 66)])
+def test_the_output_can_be_changed_in_place(avx2_cpu: None, size: tuple[int, int]) -> None:
+    """ResNet blocks and the RPN head apply ReLU in place to a convolution's output; a map cut
+    in height only (50 x 68: R50's res4 on an 800 x 1088 image) must not come back a view."""
+    conv = Conv2d(128, 128, 3, padding=1)
+    x = decoder_map(size=size, n=1)
+    out = conv(x)
+    assert "Winograd3x3" in out.grad_fn.name()
+    torch.nn.functional.relu(out, inplace=True).sum().backward()
+    assert conv.weight.grad.abs().max() > 0
+
+
+def test_a_frozen_batchnorm_bottleneck_trains_on_the_route(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """R50's res4 block on an 800 x 1088 image's 50 x 68 map: the frozen BatchNorm folded into
+    the 3x3 convolution, then ReLU in place; the gradients of PyTorch's convolution."""
+    torch.manual_seed(0)
+    block = Bottleneck(in_channels=1024, planes=256, norm="frozen_bn")
+    x = torch.randn(1, 1024, 50, 68).contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(1, 1024, 50, 68)
+    grads = {}
+    for avx2 in (False, True):
+        monkeypatch.setattr(conv_module, "_AVX2_ONLY", avx2)
+        block.zero_grad()
+        (block(x) * upstream).sum().backward()
+        grads[avx2] = block.conv2.weight.grad.clone()
+    expected = grads[False]
+    assert (grads[True] - expected).abs().max() <= TOLERANCE * expected.abs().max()
 
 
 def route(x: torch.Tensor, out_channels: int = 128, **kwargs: int) -> bool:
