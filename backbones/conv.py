@@ -12,11 +12,11 @@ gradient are fast:
   2 x 2 maps), where oneDNN falls back to a slow GEMM kernel, or a dilated one whose map is at
   most twice its dilated kernel's reach (DeepLab's last stage on 10 x 10 maps): there it is one
   matrix product of the incoming gradient with the unfolded input patches.
-And a trainable 3x3 stride-1 "same" convolution of at least 128 channels on enough channels-last
-pixels runs forward and backward as Winograd products on AVX2 (`backbones/winograd.py`: 4x fewer
-multiplications, values to a few times float32's rounding). Everything else (other CPUs,
-inference, 1x1 kernels, grouped convolutions, CUDA, autocast) is PyTorch's own convolution.
-Same values up to float32 summation order.
+And a 3x3 stride-1 "same" convolution of at least 128 channels on enough channels-last pixels
+runs forward (training and inference) and backward as Winograd products on AVX2
+(`backbones/winograd.py`: 4x fewer multiplications, values to a few times float32's rounding).
+Everything else (other CPUs, tracing for export, 1x1 kernels, grouped convolutions, CUDA,
+autocast) is PyTorch's own convolution. Same values up to float32 summation order.
 """
 from __future__ import annotations
 
@@ -101,15 +101,22 @@ def weight_grad_as_shifted_gemms(grad: Tensor, x: Tensor, weight: Tensor, stride
     return taps.permute(2, 3, 0, 1).contiguous()
 
 
-def _trains_on_avx2(x: Tensor, weight: Tensor) -> bool:
-    return (_AVX2_ONLY and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.requires_grad and torch.is_grad_enabled() and x.dim() == 4
+def _float32_on_avx2(x: Tensor) -> bool:
+    return (_AVX2_ONLY and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
             and not torch.is_autocast_enabled("cpu"))
+
+
+def _trains_on_avx2(x: Tensor, weight: Tensor) -> bool:
+    return _float32_on_avx2(x) and weight.requires_grad and torch.is_grad_enabled()
 
 
 def takes_winograd(x: Tensor, weight: Tensor, stride: tuple[int, int],
                    padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> bool:
-    if not (_trains_on_avx2(x, weight) and groups == 1 and tuple(weight.shape[2:]) == (3, 3)
+    """Training and inference; not while tracing (ONNX export) or compiling, where graphs
+    keep the convolution operator."""
+    if not (_float32_on_avx2(x) and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
+            and groups == 1 and tuple(weight.shape[2:]) == (3, 3)
             and tuple(stride) == (1, 1) and tuple(padding) == (1, 1)
             and tuple(dilation) == (1, 1) and min(weight.shape[:2]) >= WINOGRAD_CHANNELS
             and x.is_contiguous(memory_format=torch.channels_last)):

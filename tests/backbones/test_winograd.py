@@ -153,14 +153,27 @@ def test_routes_only_where_it_was_measured_faster(avx2_cpu: None) -> None:
     assert not route(x, stride=2)
     assert not route(x, padding=2, dilation=2)
     assert not route(x, groups=2)
-    with torch.no_grad():
-        assert not route(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not route(x)
-    frozen = torch.zeros(128, 128, 3, 3)
-    assert not takes_winograd(x, frozen, (1, 1), (1, 1), (1, 1), 1)
-    assert not takes_winograd(x.double(), frozen.double().requires_grad_(), (1, 1), (1, 1),
-                              (1, 1), 1)
+    assert not takes_winograd(x.double(), torch.zeros(128, 128, 3, 3, dtype=torch.float64),
+                              (1, 1), (1, 1), (1, 1), 1)
+
+
+def test_inference_takes_it_too_but_tracing_for_export_does_not(avx2_cpu: None) -> None:
+    conv = Conv2d(128, 128, 3, padding=1).eval()
+    x = decoder_map()
+    expected = torch.nn.functional.conv2d(x.double(), conv.weight.double(),
+                                          conv.bias.double(), padding=1)
+    with torch.no_grad():
+        assert route(x)
+        out = conv(x)
+    assert (out.double() - expected).abs().max() <= TOLERANCE * expected.abs().max()
+    frozen = torch.zeros(128, 128, 3, 3)  # a frozen layer's forward
+    assert takes_winograd(x, frozen, (1, 1), (1, 1), (1, 1), 1)
+    with torch.no_grad():
+        traced = torch.jit.trace(conv, x)
+    operators = {node.kind() for node in traced.inlined_graph.nodes()}
+    assert "aten::_convolution" in operators and "aten::bmm" not in operators
 
 
 def test_other_cpus_keep_pytorch_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
