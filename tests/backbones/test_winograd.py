@@ -159,21 +159,62 @@ def test_routes_only_where_it_was_measured_faster(avx2_cpu: None) -> None:
                               (1, 1), (1, 1), (1, 1), 1)
 
 
-def test_inference_takes_it_too_but_tracing_for_export_does_not(avx2_cpu: None) -> None:
+@pytest.fixture
+def winograd_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The input shapes of every Winograd forward (Winograd3x3 calls it by module name)."""
+    calls: list[tuple[int, ...]] = []
+    original = winograd.winograd_conv3x3
+
+    def counted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return original(x, weight)
+
+    monkeypatch.setattr(winograd, "winograd_conv3x3", counted)
+    return calls
+
+
+def test_inference_takes_it_too(avx2_cpu: None, winograd_calls: list) -> None:
     conv = Conv2d(128, 128, 3, padding=1).eval()
     x = decoder_map()
     expected = torch.nn.functional.conv2d(x.double(), conv.weight.double(),
                                           conv.bias.double(), padding=1)
-    with torch.no_grad():
-        assert route(x)
-        out = conv(x)
-    assert (out.double() - expected).abs().max() <= TOLERANCE * expected.abs().max()
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            out = conv(x)
+        assert (out.double() - expected).abs().max() <= TOLERANCE * expected.abs().max()
+    assert winograd_calls == [tuple(x.shape)] * 2
     frozen = torch.zeros(128, 128, 3, 3)  # a frozen layer's forward
     assert takes_winograd(x, frozen, (1, 1), (1, 1), (1, 1), 1)
-    with torch.no_grad():
-        traced = torch.jit.trace(conv, x)
+
+
+def test_tracing_for_export_keeps_the_convolution_operator(avx2_cpu: None,
+                                                           winograd_calls: list) -> None:
+    conv = Conv2d(128, 128, 3, padding=1).eval()
+    with torch.no_grad():  # no trace check: it would compare with the Winograd forward
+        traced = torch.jit.trace(conv, decoder_map(), check_trace=False)
     operators = {node.kind() for node in traced.inlined_graph.nodes()}
-    assert "aten::_convolution" in operators and "aten::bmm" not in operators
+    assert "aten::_convolution" in operators and "prim::PythonOp" not in operators
+    assert winograd_calls == []
+
+
+def test_compiling_keeps_the_convolution_operator(avx2_cpu: None,
+                                                  winograd_calls: list) -> None:
+    """A graph-recording backend: dynamo's graph has the convolution, not the products."""
+    graphs: list[torch.fx.GraphModule] = []
+
+    def recording_backend(graph: torch.fx.GraphModule, inputs: list) -> object:
+        graphs.append(graph)
+        return graph.forward
+
+    conv = Conv2d(128, 128, 3, padding=1)
+    torch._dynamo.reset()
+    compiled = torch.compile(conv, backend=recording_backend)
+    with torch.no_grad():
+        compiled(decoder_map())
+    targets = {str(node.target) for graph in graphs for node in graph.graph.nodes}
+    assert any("conv2d" in target for target in targets)
+    assert not any("bmm" in target for target in targets)
+    assert winograd_calls == []
 
 
 def test_other_cpus_keep_pytorch_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
