@@ -21,6 +21,7 @@ autocast) is PyTorch's own convolution. Same values up to float32 summation orde
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Callable
 
 import torch
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from .winograd import Winograd3x3
+from .winograd import Winograd3x3, tile_grid
 
 # output pixels per image from which the NCHW weight gradient pays (below it the two are even)
 LARGE_MAP_PIXELS = 10_000
@@ -122,7 +123,7 @@ def takes_winograd(x: Tensor, weight: Tensor, stride: tuple[int, int],
             and x.is_contiguous(memory_format=torch.channels_last)):
         return False
     n, _, h, w = x.shape
-    blocks = n * -(-h // 4) * -(-w // 4)
+    blocks = n * math.prod(tile_grid(h, w))
     return blocks >= WINOGRAD_BLOCKS and 16 * blocks <= WINOGRAD_PADDED_AREA * n * h * w
 
 

@@ -31,10 +31,19 @@ _A_T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1,
 CHUNK_BYTES = 8 << 20
 
 
-def _two_sided(matrix: list[list[float]], dtype: torch.dtype) -> Tensor:
+def _two_sided(matrix: list[list[float]]) -> Tensor:
     """M (x) M: M @ tile @ M^T on row-major flattened tiles as one matrix product."""
     m = torch.tensor(matrix, dtype=torch.float64)
-    return torch.kron(m, m).to(dtype)
+    return torch.kron(m, m)
+
+
+# float64; each call takes them in its own dtype
+_INPUT, _KERNEL, _OUTPUT = _two_sided(_B_T), _two_sided(_G), _two_sided(_A_T)
+
+
+def tile_grid(h: int, w: int) -> tuple[int, int]:
+    """Rows and columns of 4 x 4 output blocks that cover an h x w map."""
+    return -(-h // 4), -(-w // 4)
 
 
 def _chunks(n: int, tile_rows: int, row_bytes: int) -> Iterator[tuple[int, int, int, int]]:
@@ -69,26 +78,38 @@ def _input_tiles(padded: Tensor, i0: int, i1: int, r0: int, r1: int, tile_cols: 
     return tiles.reshape(36, -1)
 
 
+def _transformed_input_chunks(x: Tensor, out_channels: int
+                              ) -> Iterator[tuple[int, int, int, int, Tensor]]:
+    """Per chunk: its images i0:i1 and tile rows r0:r1, and its input tiles carried into the
+    transform domain, B^T d B as (36, tiles, C)."""
+    n, c, h, w = x.shape
+    tile_rows, tile_cols = tile_grid(h, w)
+    padded = _padded_nhwc(x, tile_rows, tile_cols)
+    b_t = _INPUT.to(x.dtype)
+    row_bytes = 36 * tile_cols * max(c, out_channels) * x.element_size()
+    for i0, i1, r0, r1 in _chunks(n, tile_rows, row_bytes):
+        tiles = _input_tiles(padded, i0, i1, r0, r1, tile_cols)
+        yield i0, i1, r0, r1, (b_t @ tiles).view(36, -1, c)
+
+
 def _kernel_transform(weight: Tensor) -> Tensor:
     """(36, C, O): G g G^T of each (out, in) channel pair's 3 x 3 kernel."""
     o, c = weight.shape[:2]
-    g = _two_sided(_G, weight.dtype)
+    g = _KERNEL.to(weight.dtype)
     return (g @ weight.reshape(o * c, 9).t()).view(36, o, c).transpose(1, 2).contiguous()
 
 
 def winograd_conv3x3(x: Tensor, weight: Tensor) -> Tensor:
     """conv2d(x, weight, stride=1, padding=1) for a 3x3 weight; a channels-last result."""
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     o = weight.shape[0]
-    tile_rows, tile_cols = -(-h // 4), -(-w // 4)
-    padded = _padded_nhwc(x, tile_rows, tile_cols)
+    tile_rows, tile_cols = tile_grid(h, w)
     kernels = _kernel_transform(weight)
-    b_t, a_t = _two_sided(_B_T, x.dtype), _two_sided(_A_T, x.dtype)
+    a_t = _OUTPUT.to(x.dtype)
     out = torch.empty((n, o, 4 * tile_rows, 4 * tile_cols), dtype=x.dtype, device=x.device,
                       memory_format=torch.channels_last)
     rows = out.permute(0, 2, 3, 1)  # the same memory as (N, H, W, O)
-    for i0, i1, r0, r1 in _chunks(n, tile_rows, 36 * tile_cols * max(c, o) * x.element_size()):
-        transformed = (b_t @ _input_tiles(padded, i0, i1, r0, r1, tile_cols)).view(36, -1, c)
+    for i0, i1, r0, r1, transformed in _transformed_input_chunks(x, o):
         blocks = a_t @ torch.bmm(transformed, kernels).view(36, -1)
         rows[i0:i1, 4 * r0:4 * r1].view(i1 - i0, r1 - r0, 4, tile_cols, 4, o).copy_(
             blocks.view(4, 4, i1 - i0, r1 - r0, tile_cols, o).permute(2, 3, 0, 4, 1, 5))
@@ -101,18 +122,16 @@ def winograd_weight_grad(grad: Tensor, x: Tensor) -> Tensor:
     """The weight gradient of conv2d(x, weight, stride=1, padding=1) for a 3x3 weight."""
     n, c, h, w = x.shape
     o = grad.shape[1]
-    tile_rows, tile_cols = -(-h // 4), -(-w // 4)
-    padded = _padded_nhwc(x, tile_rows, tile_cols)
+    tile_rows, tile_cols = tile_grid(h, w)
     grad_blocks = grad.new_zeros(n, 4 * tile_rows, 4 * tile_cols, o)
     grad_blocks[:, :h, :w] = grad.permute(0, 2, 3, 1)
-    b_t, a_t = _two_sided(_B_T, x.dtype), _two_sided(_A_T, x.dtype)
+    a_t = _OUTPUT.to(x.dtype)
     kernels = x.new_zeros(36, c, o)
-    for i0, i1, r0, r1 in _chunks(n, tile_rows, 36 * tile_cols * max(c, o) * x.element_size()):
-        transformed = (b_t @ _input_tiles(padded, i0, i1, r0, r1, tile_cols)).view(36, -1, c)
+    for i0, i1, r0, r1, transformed in _transformed_input_chunks(x, o):
         blocks = grad_blocks[i0:i1, 4 * r0:4 * r1].view(i1 - i0, r1 - r0, 4, tile_cols, 4, o)
         grad_products = a_t.t() @ blocks.permute(2, 4, 0, 1, 3, 5).reshape(16, -1)
         kernels.baddbmm_(transformed.transpose(1, 2), grad_products.view(36, -1, o))
-    g = _two_sided(_G, x.dtype)
+    g = _KERNEL.to(x.dtype)
     return (g.t() @ kernels.view(36, c * o)).view(3, 3, c, o).permute(3, 2, 0, 1).contiguous()
 
 
