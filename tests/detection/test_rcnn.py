@@ -173,6 +173,27 @@ def test_c4_moves_res5_into_the_head() -> None:
     assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_box_reg"].item() > 0
 
 
+def test_fpn_below_res5_leaves_res5_out() -> None:
+    """An FPN on res2-res4: res5 is not built (DistributedDataParallel refuses parameters
+    without gradients: every one left gets one), and the batch pads to res4's stride, as
+    detectron2's FPN does."""
+    torch.manual_seed(0)
+    levels = [
+        "model.backbone.out_features=[res2,res3,res4]",
+        "model.fpn.in_features=[res2,res3,res4]",
+        "model.rpn.in_features=[p2,p3,p4,p5]",
+        "model.roi_heads.in_features=[p2,p3,p4]",
+        "model.anchor_generator.sizes=[[16],[32],[64],[128]]",
+    ]
+    model = build_model(_config("faster_rcnn_R_50_FPN_1x.yaml", TINY + levels)).train()
+    assert model.backbone.bottom_up.stages == ["res2", "res3", "res4"]
+    assert not any("res5" in k for k in model.state_dict())
+    assert model.size_divisibility == 16
+    images, targets = tiny_scene(0)
+    sum(model(images, targets).values()).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
 def test_dc5_single_level_stride_16() -> None:
     torch.manual_seed(0)
     model = build_model(
