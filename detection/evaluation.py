@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from pycocotools import mask as mask_utils
 
+from engine.data.coco import check_segmentation, read_coco_json, segmentation_to_rle
+
 BACKENDS = ("pycocotools", "faster_coco_eval")
 IOU_TYPES = ("bbox", "segm")
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -78,13 +80,54 @@ def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: An
     return results
 
 
-def _load_gt(ann_file: Path, backend: str) -> Any:
+def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
+    """The file's content (checked as for training) as COCOeval reads it.
+
+    Fields many converters leave out get COCO's meaning: `iscrowd` 0, and `area` the mask's
+    area (the box's where there is no usable mask). For segm, an object without a usable
+    mask (no polygon of 3 points, or a malformed or mis-sized segmentation) becomes a crowd
+    region over its box: ignored, as training leaves it out. Returns (dataset, number of
+    objects so ignored).
+    """
+    data = read_coco_json(ann_file)
+    sizes = {img["id"]: (img["height"], img["width"]) for img in data["images"]}
+    annotations, ignored = [], 0
+    for ann in data["annotations"]:
+        ann = {**ann, "iscrowd": ann.get("iscrowd", 0)}
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        try:
+            segmentation, _ = check_segmentation(ann.get("segmentation"), *sizes[ann["image_id"]])
+        except (TypeError, ValueError):
+            segmentation = None
+        if iou_type == "segm":
+            if segmentation:
+                ann["segmentation"] = segmentation
+            else:
+                ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+                ignored += not ann["iscrowd"]
+                ann["iscrowd"] = 1
+        if "area" not in ann:
+            ann["area"] = (float(mask_utils.area(segmentation_to_rle(
+                segmentation, *sizes[ann["image_id"]]))) if segmentation else w * h)
+        annotations.append(ann)
+    return {**data, "annotations": annotations}, ignored
+
+
+def _load_gt(ann_file: Path, backend: str, iou_type: str) -> Any:
+    dataset, ignored = ground_truth(ann_file, iou_type)
+    if ignored:
+        warnings.warn(f"{ann_file}: {ignored} objects without a usable mask are ignored in the "
+                      "segm evaluation (scored as crowd regions over their boxes)",
+                      RuntimeWarning, stacklevel=3)
     if backend == "pycocotools":
         from pycocotools.coco import COCO
+        coco = COCO()
+        coco.dataset = dataset
         with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(ann_file))
+            coco.createIndex()
+        return coco
     from faster_coco_eval import COCO as FasterCOCO
-    return FasterCOCO(str(ann_file))
+    return FasterCOCO(dataset)
 
 
 def _load_results(coco_gt: Any, results: list[dict[str, Any]], backend: str) -> Any:
@@ -135,7 +178,8 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
     Returns:
         {"AP", "AP50", "AP75", "APs", "APm", "APl" (percent; NaN where the ground truth has no
         object of that size), "stats": the 12 COCOeval numbers (fractions, -1 = undefined),
-        "per_category": {name: AP in percent, NaN for categories without ground truth}}.
+        "per_category": {name: AP in percent, NaN for categories without ground truth};
+        "name (id N)" where categories share a name}.
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
@@ -145,7 +189,7 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
     results = [{k: v for k, v in r.items() if k != drop} for r in results]
     if iou_type == "segm" and any("segmentation" not in r for r in results):
         raise ValueError("segm evaluation needs a 'segmentation' in every result")
-    coco_gt = _load_gt(Path(ann_file), backend)
+    coco_gt = _load_gt(Path(ann_file), backend, iou_type)
     if not results:
         warnings.warn(f"no detections to evaluate against {ann_file}: {iou_type} AP is 0",
                       RuntimeWarning, stacklevel=2)
@@ -156,10 +200,12 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
     # precision: (IoU thresholds, recall points, categories, areas, max dets); -1 = undefined
     precision = np.asarray(evaluator.eval["precision"])
     per_category = {}
-    for k, cat_id in enumerate(evaluator.params.catIds):
+    names = [coco_gt.cats[cat_id]["name"] for cat_id in evaluator.params.catIds]
+    for k, (cat_id, name) in enumerate(zip(evaluator.params.catIds, names)):
         p = precision[:, :, k, 0, -1]
         p = p[p > -1]
-        per_category[coco_gt.cats[cat_id]["name"]] = float(p.mean()) * 100 if p.size else math.nan
+        key = f"{name} (id {cat_id})" if names.count(name) > 1 else name
+        per_category[key] = float(p.mean()) * 100 if p.size else math.nan
     metrics["per_category"] = per_category
     if verbose:
         print(format_summary(stats, per_category, iou_type))

@@ -63,11 +63,13 @@ def _split_paths(cfg: DictConfig, split: str) -> tuple[str, str] | None:
 
 
 def build_val_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapping, str] | None:
-    """The validation set at test-time size, its category mapping and its JSON path."""
+    """The validation set at test-time size, its category mapping and its JSON path; for
+    Mask R-CNN every object's segmentation is checked, so a malformed one stops the run
+    before training, not at the evaluation after it."""
     paths = _split_paths(cfg, "val")
     if paths is None:
         return None
-    records, mapping, _ = load_coco_json(*paths)
+    records, mapping, _ = load_coco_json(*paths, keep_segmentation=bool(cfg.model.mask_on))
     min_size, max_size = test_resize(cfg)
     transform = build_transforms(min_size=min_size, max_size=max_size, flip_prob=0.0)
     return DetectionDataset(records, transform=transform), mapping, paths[0]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -148,11 +148,42 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
                          f"{steps} in iterations): {e}") from None
 
 
+# steps between checks of the share of unreadable training images
+UNREADABLE_WINDOW = 20
+
+
+class UnreadableDataError(RuntimeError):
+    """Most training images of the last steps could not be read: the data, not a few files,
+    is wrong (a folder that is not the JSON's, sizes that are not the images', a lost mount)."""
+
+
 class _SkipCounter:
     """Counts the images the loader dropped (unreadable) on this process."""
 
     def __init__(self) -> None:
         self.count = 0
+        self._window = [0, 0, 0]  # unreadable images, images, steps since the last check
+
+    def add_batch(self, batch_size: int, kept: int, iteration: int) -> None:
+        """Count one step's batch; every `UNREADABLE_WINDOW` steps (on every process: the
+        check is collective) stop if more than half of the window's images were unreadable,
+        rather than train on nothing until the end of the schedule."""
+        self.count += batch_size - kept
+        window = self._window
+        window[0] += batch_size - kept
+        window[1] += batch_size
+        window[2] += 1
+        if window[2] < UNREADABLE_WINDOW:
+            return
+        totals = all_reduce_sum({"unreadable": window[0], "read": window[1]})
+        self._window = [0, 0, 0]
+        if totals["unreadable"] * 2 > totals["read"]:
+            raise UnreadableDataError(
+                f"{totals['unreadable']:.0f} of the {totals['read']:.0f} training images read "
+                f"in iterations {iteration + 2 - UNREADABLE_WINDOW}-{iteration + 1} could not "
+                "be read (the warnings above name them and why): training stopped. Check the "
+                "data.train paths and the images against their annotations; the last "
+                "checkpoint is from before, continue from it with --resume")
 
     def report(self, logger: logging.Logger, split: str) -> int:
         """Log the count over all processes (collective); returns it."""
@@ -160,6 +191,27 @@ class _SkipCounter:
         if total:
             logger.warning("%s: skipped %d unreadable image reads", split, total)
         return total
+
+
+def _saved_on_error(batches: Iterator[Any], trainer: Trainer, checkpointer: Checkpointer,
+                    logger: logging.Logger) -> Iterator[Any]:
+    """`batches`, but when one cannot be made (a mask with an undeclared class, a file gone)
+    the steps done since the last checkpoint are saved first: fix the data, then --resume.
+    (Batches are drawn between steps, so the state saved is a whole step's. One process:
+    saving is collective, and under DDP the other processes wait inside a step.)"""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception:
+            if get_world_size() == 1 and trainer.iter > trainer.start_iter:
+                path = checkpointer.save(trainer.iter)
+                logger.error("the batch of iteration %d could not be made (below); saved the "
+                             "%d steps done in %s: fix the data, then run the same command with "
+                             "--resume", trainer.iter + 1, trainer.iter, path)
+            raise
+        yield batch
 
 
 def _log_metrics(logger: logging.Logger, writer: ScalarWriter, metrics: Metrics,
@@ -214,7 +266,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     skipped = _SkipCounter()
 
     def step_fn(net: nn.Module, batch: list[dict[str, Any]]) -> Mapping[str, torch.Tensor]:
-        skipped.count += batch_size - len(batch)
+        skipped.add_batch(batch_size, len(batch), trainer.iter)
         if not batch:  # every image unreadable: a zero step keeps all processes in step
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             return {"loss_skipped_batch": zero}
@@ -277,7 +329,8 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     gc.freeze()
     try:
         with stop_on_signals() as stop:
-            finished = trainer.train(iter(train_loader), start_iter=start_iter, stop=stop)
+            finished = trainer.train(_saved_on_error(iter(train_loader), trainer, checkpointer,
+                                                     logger), start_iter=start_iter, stop=stop)
     finally:
         gc.unfreeze()  # (the training workers are gone with their iterator)
     writer.close()

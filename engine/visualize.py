@@ -71,33 +71,55 @@ def draw_segmentation(image: np.ndarray, mask: np.ndarray, class_names: Sequence
     return overlay
 
 
-def expand_inputs(paths: Sequence[str]) -> Iterator[Path]:
-    """Files named, and the images and videos inside folders named (sorted)."""
+def expand_inputs(paths: Sequence[str]) -> Iterator[tuple[Path, Path]]:
+    """(file, name under the output folder) for the files named, and for the images and
+    videos inside the folders named (sorted, with their paths inside the folder)."""
     for p in map(Path, paths):
         if p.is_dir():
-            yield from sorted(f for f in p.rglob("*")
-                              if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+            for f in sorted(f for f in p.rglob("*")
+                            if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES):
+                yield f, f.relative_to(p)
         elif p.is_file():
-            yield p
+            yield p, Path(p.name)
         else:
             raise FileNotFoundError(f"input not found: {p}")
 
 
-def run_image(path: Path, render: Callable[[np.ndarray], np.ndarray], output: Path) -> Path:
-    """Draw one image into `output` (as .jpg unless PNG); returns the written file."""
+def output_paths(inputs: Sequence[tuple[Path, Path]], output: Path) -> list[Path]:
+    """Where each input's picture goes: its name under `output` as .mp4 (videos), .png (PNG
+    images) or .jpg, and "-2", "-3", ... added to names that would repeat (img.jpg and
+    img.jpeg, or files of the same name named from different folders) or be an input (an
+    output folder that holds the inputs)."""
+    taken = {path.resolve() for path, _ in inputs}
+    outs = []
+    for path, name in inputs:
+        suffix = path.suffix.lower()
+        ext = ".mp4" if suffix in VIDEO_SUFFIXES else ".png" if suffix == ".png" else ".jpg"
+        out, n = output / name.with_suffix(ext), 1
+        while out.resolve() in taken:
+            n += 1
+            out = output / name.with_name(f"{name.stem}-{n}{ext}")
+        taken.add(out.resolve())
+        outs.append(out)
+    return outs
+
+
+def run_image(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path) -> Path:
+    """Draw one image into the file `out`; returns it."""
     picture = render(read_image(path))
-    out = output / (path.stem + (".png" if path.suffix.lower() == ".png" else ".jpg"))
-    cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"cannot write {out}")
     return out
 
 
-def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], output: Path) -> Path:
-    """Draw a video frame by frame into `output`/<name>.mp4; returns the written file."""
+def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path) -> Path:
+    """Draw a video frame by frame into the .mp4 file `out`; returns it."""
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise ValueError(f"cannot open video {path}")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    out = output / f"{path.stem}.mp4"
+    out.parent.mkdir(parents=True, exist_ok=True)
     writer = None
     frames = 0
     try:

@@ -162,8 +162,19 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
         if not path.is_file():
             raise FileNotFoundError(f"data.class_names file not found: {path}")
         text = path.read_text()
-        names = json.loads(text) if path.suffix == ".json" else [
-            line.strip() for line in text.splitlines() if line.strip()]
+        if path.suffix == ".json":
+            try:
+                names = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DatasetError(f"data.class_names file {path}: not valid JSON ({err})"
+                                   ) from None
+            if not (isinstance(names, list) and names
+                    and all(isinstance(n, str) and n for n in names)):
+                raise DatasetError(f"data.class_names file {path} must hold a JSON list of "
+                                   f"names, index = class id (e.g. [\"background\", \"cat\"]), "
+                                   f"got {text.strip()[:80]!r}")
+        else:
+            names = [line.strip() for line in text.splitlines() if line.strip()]
     if coco_names is not None:
         if names is not None and len(names) != len(coco_names):
             raise ValueError(f"data.class_names has {len(names)} names but the COCO file gives "

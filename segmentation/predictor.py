@@ -53,6 +53,8 @@ class Predictor:
 
     Attributes:
         class_names: name of every class id (checkpoint provenance, else class_0..).
+        names_recorded: whether the weights named the classes (an export, or a checkpoint of
+            this project's).
         model: the `SemanticSegmentor`, in eval mode.
     """
 
@@ -92,7 +94,8 @@ class Predictor:
                                       source=source)
         self.model.to(device).eval()
         names = provenance.get("class_names") or []
-        if len(names) != self.model.num_classes:
+        self.names_recorded = len(names) == self.model.num_classes
+        if not self.names_recorded:
             names = [f"class_{i}" for i in range(self.model.num_classes)]
         self.class_names = list(names)
         self.tta = tta or tta_from_config(cfg)
@@ -105,6 +108,7 @@ class Predictor:
         exported with, which a given config or `tta` must agree with."""
         self.model = OnnxSegmentor(weights, device)
         self.class_names = self.model.class_names
+        self.names_recorded = True
         self.tta = TTAInference()  # the graph itself rescales by its test scale
         asked = tta or (tta_from_config(_config(config, overrides)) if config is not None
                         else None)

@@ -43,9 +43,15 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     if not cfg.data.class_names:
         cfg.data.class_names = list(predictor.class_names)
     loader = build_test_loader(cfg)
+    names = cfg.data.class_names
+    source = cfg.data.val.ann_file or (f"data.class_names={names}" if isinstance(names, str)
+                                       else "data.class_names")
     if is_onnx(weights):  # an export knows its classes only by name: they must be the data's
-        check_class_names(predictor.model.metadata, loader.dataset.class_names,
-                          cfg.data.val.ann_file or "data.class_names", weights)
+        check_class_names(predictor.model.metadata, loader.dataset.class_names, source, weights)
+    elif predictor.names_recorded and predictor.class_names != loader.dataset.class_names:
+        raise ValueError(f"{weights} was trained on the classes {predictor.class_names[:10]}, "
+                         f"{source} has {loader.dataset.class_names[:10]}: the labels would "
+                         "mean other classes")
     evaluator = SemSegEvaluator(predictor.model.num_classes, predictor.class_names,
                                 predictor.model.ignore_index)
     result = evaluate_model(predictor.model, loader, evaluator, tta=predictor.tta,

@@ -7,11 +7,14 @@ Usage:
 Detection configs: boxes with class names and scores (and, for Mask R-CNN, each instance's
 mask as a translucent fill in its box's colour). Segmentation configs (`task: sem_seg`):
 a colour overlay with a legend. Images are written to DIR under their own names (as .jpg
-unless PNG), a video to DIR/<name>.mp4, frame by frame.
+unless PNG; from a folder, with their paths inside it), a video to DIR/<name>.mp4, frame by
+frame; a name that would repeat gets "-2", "-3", ... An unreadable image is skipped with a
+warning, the others drawn, and the run then fails naming the skipped ones.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import setup_logging  # noqa: E402
 from engine.cli import config_argument_parser  # noqa: E402
+from engine.data import UnreadableImageError, listing  # noqa: E402
 from engine.tasks import config_task, task_module  # noqa: E402
-from engine.visualize import VIDEO_SUFFIXES, expand_inputs, run_image, run_video  # noqa: E402
+from engine.visualize import (VIDEO_SUFFIXES, expand_inputs, output_paths, run_image,  # noqa: E402
+                              run_video)
 
 DEFAULT_VIS_THRESH = 0.5
+logger = logging.getLogger("demo")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -51,11 +57,18 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     render = build_renderer(args.config, args.weights, args.overrides, args.min_score)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in inputs:
+    written, unreadable = [], []
+    for (path, _), out in zip(inputs, output_paths(inputs, output)):
         is_video = path.suffix.lower() in VIDEO_SUFFIXES
-        written.append((run_video if is_video else run_image)(path, render, output))
+        try:
+            written.append((run_video if is_video else run_image)(path, render, out))
+        except UnreadableImageError as err:  # the others are still drawn
+            logger.warning("skipping unreadable image: %s", err)
+            unreadable.append(str(path))
     print(f"wrote {len(written)} file(s) to {output}", flush=True)
+    if unreadable:
+        raise UnreadableImageError(f"{len(unreadable)} of {len(inputs)} inputs could not be "
+                                   f"read (the others were drawn):" + listing(unreadable))
     return written
 
 

@@ -199,16 +199,20 @@ def listing(items: list[str]) -> str:
     return "\n  " + "\n  ".join(items[:MAX_LISTED]) + more
 
 
+def segmentation_to_rle(segmentation: list[list[float]] | dict[str, Any], height: int,
+                        width: int) -> dict[str, Any]:
+    """The compressed RLE of a COCO segmentation (polygons, RLE or uncompressed RLE)."""
+    if isinstance(segmentation, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation.get("counts"), list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    return segmentation
+
+
 def segmentation_to_mask(segmentation: list[list[float]] | dict[str, Any], height: int,
                          width: int) -> np.ndarray:
     """uint8 (H, W) mask of a COCO segmentation (polygons, RLE or uncompressed RLE)."""
-    if isinstance(segmentation, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        rle = segmentation
-    return mask_utils.decode(rle)
+    return mask_utils.decode(segmentation_to_rle(segmentation, height, width))
 
 
 def _format_problems(ann_file: Path, problems: list[str]) -> str:

@@ -22,17 +22,32 @@ class UnreadableImageError(OSError):
     """The file is missing, truncated or not an image OpenCV can decode."""
 
 
+def is_truncated_jpeg(data: bytes) -> bool:
+    """A JPEG whose last scan has no end-of-image marker after it: the file was cut short.
+    (libjpeg decodes the missing part as grey and only prints a warning naming no file.)
+    Inside a scan 0xFF is always followed by 0x00 or a restart marker, so the markers found
+    are real; data appended after the image's end (a second image, a maker's trailer) keeps
+    its own order of scan and end markers."""
+    return data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file into an (H, W, 3) uint8 RGB array, honouring EXIF orientation.
 
     Raises:
-        UnreadableImageError: the file cannot be read or decoded.
+        UnreadableImageError: the file is missing, truncated or cannot be decoded.
     """
     try:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        data = Path(path).read_bytes()
+    except OSError as err:
+        reason = "file not found" if not Path(path).exists() else f"cannot be read ({err})"
+        raise UnreadableImageError(f"{path}: {reason}") from None
+    if is_truncated_jpeg(data):
+        raise UnreadableImageError(f"{path}: truncated JPEG (no end marker after its last scan)")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:
         image = None
     if image is None or image.size == 0:
-        reason = "file not found" if not Path(path).is_file() else "cannot be decoded"
-        raise UnreadableImageError(f"{path}: {reason}")
+        raise UnreadableImageError(f"{path}: cannot be decoded")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

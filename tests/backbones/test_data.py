@@ -1,6 +1,7 @@
 """backbones.data: ImageFolder scanning, OpenCV decoding, transforms, unreadable images, loader."""
 from __future__ import annotations
 
+import io
 import itertools
 import subprocess
 import sys
@@ -73,6 +74,37 @@ def test_read_image_is_rgb_and_honours_exif_orientation(tmp_path: Path) -> None:
         read_image(tmp_path / "bad.jpg")
     with pytest.raises(UnreadableImageError, match="missing.png: file not found"):
         read_image(tmp_path / "missing.png")
+
+
+def test_read_image_refuses_a_truncated_jpeg(tmp_path: Path) -> None:
+    """libjpeg decodes a JPEG cut short with grey rows and a warning naming no file: it must
+    be refused as unreadable (datasets skip it), while whole files decode, with data
+    appended after their end or an EXIF thumbnail (whose end marker precedes the image's
+    scan) inside."""
+    noise = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    thumbnail = io.BytesIO()
+    Image.fromarray(noise[:8, :8]).save(thumbnail, "JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    for name, options in [("base.jpg", {}), ("progressive.jpg", {"progressive": True})]:
+        Image.fromarray(noise).save(tmp_path / name, **options)
+        whole = (tmp_path / name).read_bytes()
+        assert np.array_equal(read_image(tmp_path / name),
+                              cv2.cvtColor(cv2.imread(str(tmp_path / name)), cv2.COLOR_BGR2RGB))
+        (tmp_path / "trailer.jpg").write_bytes(whole + b"\x00" * 16 + b"MAKER TRAILER" + whole)
+        assert read_image(tmp_path / "trailer.jpg").shape == (48, 64, 3)
+        (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])
+        with pytest.raises(UnreadableImageError, match="cut.jpg: truncated JPEG"):
+            read_image(tmp_path / "cut.jpg")
+    # an APP1 segment holding a whole JPEG (a thumbnail) before the image's own scan
+    base = (tmp_path / "base.jpg").read_bytes()
+    app1 = b"Exif\x00\x00" + thumbnail.getvalue()
+    with_thumbnail = base[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + base[2:]
+    (tmp_path / "thumb.jpg").write_bytes(with_thumbnail)
+    assert read_image(tmp_path / "thumb.jpg").shape == (48, 64, 3)
+    (tmp_path / "thumb_cut.jpg").write_bytes(with_thumbnail[: len(with_thumbnail) - 400])
+    with pytest.raises(UnreadableImageError, match="thumb_cut.jpg: truncated JPEG"):
+        read_image(tmp_path / "thumb_cut.jpg")
 
 
 def test_val_transform_resizes_crops_center_and_normalizes() -> None:

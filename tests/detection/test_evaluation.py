@@ -227,3 +227,86 @@ def test_rle_round_trip() -> None:
         category_ids=CATEGORY_IDS, masks=stacked)
     for result, mask in zip(results, masks):
         assert np.array_equal(mask_utils.decode(result["segmentation"]).astype(bool), mask)
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_area_and_iscrowd_left_out_take_cocos_meaning(gt_file: Path, tmp_path: Path,
+                                                      backend: str) -> None:
+    """Many converters write neither `area` nor `iscrowd` (pycocotools' own evaluation then
+    fails with a KeyError, after a whole training run): scored as if they held the mask's
+    area and 0, the numbers of the complete file."""
+    bare = _gt(gt_file)
+    for ann in bare["annotations"]:
+        del ann["area"]
+        if not ann["iscrowd"]:
+            del ann["iscrowd"]
+    bare_file = tmp_path / "bare.json"
+    bare_file.write_text(json.dumps(bare))
+    data = _noisy(gt_file)
+    _run(gt_file, tmp_path / "ref", data)
+    metrics = _run(bare_file, tmp_path / "bare", data, backend=backend)["bbox"]
+    stats = _direct_stats(gt_file, tmp_path / "ref" / RESULTS_FILE)
+    np.testing.assert_allclose(metrics["stats"], stats, rtol=0, atol=1e-12)
+    assert 10 < metrics["AP"] < 90
+    masks = _run(bare_file, tmp_path / "segm", _perfect(gt_file, with_masks=True),
+                 backend=backend, iou_types=("segm",))["segm"]
+    np.testing.assert_allclose(
+        masks["stats"], _direct_stats(gt_file, tmp_path / "segm" / RESULTS_FILE, "segm"),
+        rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_objects_without_a_usable_mask_are_ignored_in_segm(tmp_path: Path,
+                                                           backend: str) -> None:
+    """An empty segmentation and a 2-point polygon (pycocotools fails on both) leave the
+    object out of the segm ground truth as training does: a crowd region over its box, so a
+    mask found there is neither a hit nor a false positive. Its box still counts in bbox."""
+    square = _square(20, 20, 40, 40)
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "height": 100, "width": 120}],
+          "annotations": [
+              {"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 20, 40, 40],
+               "segmentation": square},
+              {"id": 2, "image_id": 1, "category_id": 1, "bbox": [70, 10, 30, 30],
+               "segmentation": []},
+              {"id": 3, "image_id": 1, "category_id": 1, "bbox": [70, 50, 40, 40],
+               "segmentation": [[1, 1, 5, 5], *_square(70, 50, 40, 40)]}],
+          "categories": [{"id": 1, "name": "ring"}]}
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps(gt))
+    masks = np.zeros((3, 100, 120), bool)
+    masks[0, 20:60, 20:60] = masks[1, 10:40, 70:100] = masks[2, 50:90, 70:110] = True
+    rles = [mask_to_rle(m) for m in masks]
+    boxes = [[20, 20, 40, 40], [70, 10, 30, 30], [70, 50, 40, 40]]
+    results = [{"image_id": 1, "category_id": 1, "bbox": b, "score": s, "segmentation": r}
+               for b, r, s in zip(boxes, rles, (0.9, 0.95, 0.8))]
+    with pytest.warns(RuntimeWarning, match="1 objects without a usable mask are ignored"):
+        segm = evaluate_coco(gt_file, results, iou_type="segm", backend=backend, verbose=False)
+    reference = dict(gt, annotations=[
+        {**gt["annotations"][0], "area": 1600.0, "iscrowd": 0},
+        {**gt["annotations"][1], "area": 900.0, "iscrowd": 1,
+         "segmentation": _square(70, 10, 30, 30)},
+        {**gt["annotations"][2], "area": 1600.0, "iscrowd": 0,
+         "segmentation": _square(70, 50, 40, 40)}])
+    (tmp_path / "reference.json").write_text(json.dumps(reference))
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    stats = _direct_stats(tmp_path / "reference.json", tmp_path / "results.json", "segm")
+    np.testing.assert_allclose(segm["stats"], stats, rtol=0, atol=1e-12)
+    assert segm["AP"] == pytest.approx(100.0)  # the mask on object 2 is not a false positive
+    with_fp = [r for r in results if r["score"] != 0.95]
+    with_fp.append({**results[1], "segmentation": mask_to_rle(np.roll(masks[1], 50, axis=1))})
+    assert evaluate_coco(gt_file, with_fp, iou_type="segm", backend=backend,
+                         verbose=False)["AP"] < 100  # elsewhere it is one
+    box = evaluate_coco(gt_file, results[:1] + results[2:], backend=backend, verbose=False)
+    assert box["AP"] < 100  # in bbox, object 2 is a real object that was missed
+
+
+def test_categories_sharing_a_name_each_keep_their_ap(gt_file: Path, tmp_path: Path) -> None:
+    merged = _gt(gt_file)
+    merged["categories"][1]["name"] = merged["categories"][0]["name"]  # "ring" twice
+    merged_file = tmp_path / "merged.json"
+    merged_file.write_text(json.dumps(merged))
+    data = _noisy(gt_file)
+    reference = _run(gt_file, tmp_path / "ref", data)["bbox"]["per_category"]
+    per_category = _run(merged_file, tmp_path / "merged", data)["bbox"]["per_category"]
+    assert per_category == {"ring (id 1)": reference["ring"], "ring (id 3)": reference["box"],
+                            "blob": reference["blob"]}

@@ -244,3 +244,23 @@ def test_missing_images_in_coco_are_listed(tmp_path):
 def test_dataset_rejects_too_many_classes():
     with pytest.raises(ValueError, match="number of classes"):
         SemSegDataset([], transform=build_transform(), class_names=[str(i) for i in range(256)])
+
+
+def test_class_names_file_must_be_a_list_of_names(tmp_path):
+    """A JSON file of names is read as the class list; anything else is refused naming the
+    file (a mapping, before, gave its keys as the class names, a string one class per letter)."""
+    img_dir, mask_dir = _folder(tmp_path)
+    cfg = _config(img_dir=str(img_dir), mask_dir=str(mask_dir))
+    names = tmp_path / "classes.json"
+    names.write_text('["background", "a", "b"]')
+    cfg["data"]["class_names"] = str(names)
+    assert build_dataset(cfg, "val").class_names == ["background", "a", "b"]
+    for content in ['{"0": "background", "1": "a", "2": "b"}', '"abc"', '[]',
+                    '["background", 1, "b"]', '[{"id": 0, "name": "background"}]']:
+        names.write_text(content)
+        with pytest.raises(DatasetError, match=f"data.class_names file {names} must hold a "
+                                               "JSON list of names"):
+            build_dataset(cfg, "val")
+    names.write_text('["background", "a",')
+    with pytest.raises(DatasetError, match=f"data.class_names file {names}: not valid JSON"):
+        build_dataset(cfg, "val")

@@ -122,6 +122,16 @@ def test_mask_on_without_segmentation_fails_naming_file(data: Path, tmp_path: Pa
                                  "train.max_iter=1", f"train.output_dir={tmp_path / 'run'}",
                                  f"data.train.ann_file={bad}"])
     assert not (tmp_path / "run" / "model_final.pth").exists()
+    # the same in the val file: found before training, not by the evaluation after it
+    odd = json.loads((data / "coco/val.json").read_text())
+    odd["annotations"][1]["segmentation"] = [[10, 10, 30, 10, 30]]
+    (tmp_path / "odd_val.json").write_text(json.dumps(odd))
+    with pytest.raises(ValueError, match=rf"odd_val.json: 1 problem.*\n.*annotation id="
+                                         rf"{odd['annotations'][1]['id']} .*x, y numbers"):
+        load_tool("train").main([str(CONFIG), *data_overrides(data), *SMALL_HEAD,
+                                 "train.max_iter=1", f"train.output_dir={tmp_path / 'run'}",
+                                 f"data.val.ann_file={tmp_path / 'odd_val.json'}"])
+    assert not list((tmp_path / "run").glob("*.pth"))
 
 
 def test_exported_onnx_scores_the_same_box_and_mask_ap_and_refuses_other_classes(

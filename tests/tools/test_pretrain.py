@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import backbones
 from backbones.data import normalize_images
 from backbones.pretraining import build_datasets
+from engine.runner import UnreadableDataError
 from engine.tasks import load_task_config
 from tests.torchrun import run_two_processes
 
@@ -135,6 +136,25 @@ def test_unreadable_images_are_skipped_and_counted(
     assert result["skipped"] == 1
     # 3 scored validation images: accuracy is a multiple of 1/3.
     assert round(result["metrics"]["top1"] * 3 / 100, 6) in (0.0, 1.0, 2.0, 3.0)
+
+
+def test_training_stops_when_most_images_of_a_window_are_unreadable(
+        tool: ModuleType, tmp_path: Path) -> None:
+    """All or most images unreadable (a wrong folder, a lost mount): stopped after one
+    window of steps, not trained on nothing to the end; half of them is still trained on."""
+    colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
+    for name in ["red/0", "red/1", "blue/0", "blue/1"]:
+        (tmp_path / f"data/train/{name}.png").write_bytes(b"")
+    # 8 images, 4 per step: every epoch reads each once, 20 steps = the window (10 epochs)
+    result = tool.main(overrides(tmp_path / "data", tmp_path / "half",
+                                 **{"train.epochs": 11, "train.batch_size": 4}))
+    assert result["iteration"] == 22 and result["skipped"] == 44  # exactly half: trained
+    (tmp_path / "data/train/red/2.png").write_bytes(b"")
+    with pytest.raises(UnreadableDataError, match="50 of the 80 training images read in "
+                                                  "iterations 1-20 could not be read"):
+        tool.main(overrides(tmp_path / "data", tmp_path / "most",
+                            **{"train.epochs": 11, "train.batch_size": 4}))
+    assert not (tmp_path / "most/model_final.pth").exists()
 
 
 def test_resumed_run_ends_with_the_same_weights(tool: ModuleType, tmp_path: Path) -> None:

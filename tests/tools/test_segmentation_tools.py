@@ -58,6 +58,14 @@ def test_train_writes_a_segmenter_and_eval_reproduces_its_miou(
     assert 0 < metrics["pixel_acc"] <= 100
     assert metrics["mIoU"] == pytest.approx(result["metrics"]["mIoU"], abs=1e-9)
     assert metrics["pixel_acc"] == pytest.approx(result["metrics"]["pixel_acc"], abs=1e-9)
+    # data whose ids mean other classes than the checkpoint's: refused, not scored as if not
+    swapped = tmp_path / "swapped.json"
+    swapped.write_text(json.dumps([CLASSES[0], CLASSES[2], CLASSES[1], *CLASSES[3:]]))
+    with pytest.raises(ValueError, match="model_final.pth was trained on the classes .*circle'"
+                                         ", 'square'.*swapped.json.*'square', 'circle'.*other"):
+        load_tool("eval").main([str(CONFIG), "--weights", str(out / "model_final.pth"),
+                                "--output", str(tmp_path / "eval2"), *overrides(data),
+                                f"data.class_names={swapped}"])
 
 
 def test_demo_draws_the_overlay_at_image_size(trained: tuple[Path, dict], data: Path,
@@ -139,6 +147,6 @@ def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
     other = (data / "semantic/other.json")
     other.write_text(json.dumps(["sky", *CLASSES[1:]]))
     with pytest.raises(ValueError, match=r"export.json names the classes \['background'.*"
-                                         r"data.class_names has \['sky'"):
+                                         r"data.class_names=.*other.json has \['sky'"):
         load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
                                 str(tmp_path / "x"), *overrides(data), f"data.class_names={other}"])

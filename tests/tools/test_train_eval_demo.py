@@ -156,6 +156,23 @@ def test_demo_writes_pictures_for_images_and_video(trained: Path, data: Path,
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
 
 
+def test_demo_draws_the_readable_images_then_names_the_others(trained: Path, data: Path,
+                                                              tmp_path: Path) -> None:
+    import shutil
+
+    from engine.data import UnreadableImageError
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for name in ("a.jpg", "c.jpg"):
+        shutil.copy(data / "images/val/000000.jpg", folder / name)
+    (folder / "b.jpg").write_bytes(b"not an image")
+    out = tmp_path / "demo"
+    with pytest.raises(UnreadableImageError, match=r"1 of 3 inputs could not be read .*\n.*b.jpg"):
+        load_tool("demo").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                                "--input", str(folder), "--output", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "c.jpg"]
+
+
 def test_missing_annotations_key_fails_naming_file(data: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     content = json.loads((data / "coco/train.json").read_text())
