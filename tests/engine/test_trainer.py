@@ -162,3 +162,34 @@ def test_progress_line(caplog: pytest.LogCaptureFixture) -> None:
     assert f"loss_mse={(seen[2] + seen[3]) / 2:.4f}" in lines[1]
     assert f"loss_mse={seen[4]:.4f}" in lines[2]
     assert lines[-1].startswith("trained 5 iterations in")
+
+
+def test_a_batch_that_cannot_be_made_saves_the_steps_done_first(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A data error mid-run (a mask with an undeclared class, say) no longer loses the steps
+    since the last periodic checkpoint: they are saved, and --resume continues from them."""
+    from engine.checkpoint import Checkpointer
+    from engine.data import DatasetError
+    from engine.runner import _saved_on_error
+
+    def batches(n: int) -> Any:
+        yield from itertools.islice(regression_data(), n)
+        raise DatasetError("mask m.png has class ids [9]")
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = Trainer(model=model, optimizer=opt, scheduler=None, step_fn=mse_step, max_iter=10)
+    checkpointer = Checkpointer(tmp_path, model=model, optimizer=opt)
+    log = logging.getLogger("test")
+    with pytest.raises(DatasetError, match="class ids"):
+        trainer.train(_saved_on_error(batches(3), trainer, checkpointer, log))
+    assert "saved the 3 steps done in" in caplog.text
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_0000003.pth"
+    state = torch.load(tmp_path / "model_0000003.pth", weights_only=True)
+    assert state["iteration"] == 3
+    assert all(torch.equal(state["model"][k], v) for k, v in model.state_dict().items())
+    resumed = Trainer(model=model, optimizer=opt, scheduler=None, step_fn=mse_step, max_iter=10)
+    with pytest.raises(DatasetError):  # nothing done since the resume: nothing to save
+        resumed.train(_saved_on_error(batches(0), resumed, checkpointer, log), start_iter=3)
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["model_0000003.pth"]
