@@ -29,7 +29,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 import engine.data
-from engine.data import DatasetError, PackedRecords, UnreadableImageError, read_image
+from engine.data import (DatasetError, PackedRecords, UnreadableImageError, image_size,
+                         listing, read_image)
 from engine.distributed import per_process_batch_size
 
 from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_semantic,
@@ -105,14 +106,18 @@ class SemSegDataset(Dataset):
         """
         record = self._records[index]
         image = read_image(record["file_name"])
+        return image, self._checked_mask(record, image.shape[:2]), record
+
+    def _checked_mask(self, record: dict[str, Any], image_size: tuple[int, int]) -> np.ndarray:
+        """The record's mask, checked against its image's (height, width) and the classes."""
         if "mask_file" in record:
             mask, source = read_mask(record["mask_file"]), f"mask {record['mask_file']}"
         else:
             mask, source = coco_semantic_mask(record), "the COCO height/width"
-        if mask.shape != image.shape[:2]:
+        if mask.shape != tuple(image_size):
             raise DatasetError(
                 f"{source} is {mask.shape[1]}x{mask.shape[0]} but image "
-                f"{record['file_name']} is {image.shape[1]}x{image.shape[0]} (WxH, after EXIF "
+                f"{record['file_name']} is {image_size[1]}x{image_size[0]} (WxH, after EXIF "
                 f"rotation of the image, if it has an orientation tag)")
         ids = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))  # O(pixels), no sort
         bad = ids[(ids >= self.num_classes) & (ids != IGNORE_INDEX)]
@@ -120,7 +125,25 @@ class SemSegDataset(Dataset):
             raise DatasetError(f"{source} has class ids {bad[:MAX_LISTED].tolist()} "
                                f"outside the {self.num_classes} declared classes "
                                f"(0..{self.num_classes - 1}, 255 = ignore)")
-        return image, mask, record
+        return mask
+
+    def check_masks(self, split: str) -> None:
+        """Check every mask now (its size against its image's header, its class ids), all
+        problems listed: for the val split, whose masks would otherwise first be read by the
+        evaluation after training."""
+        problems = []
+        for index in range(len(self)):
+            record = self._records[index]
+            size = image_size(record["file_name"])
+            if size is None:
+                continue  # unreadable: skipped when read, like any such image
+            try:
+                self._checked_mask(record, size)
+            except DatasetError as err:
+                problems.append(str(err))
+        if problems:
+            raise DatasetError(f"data.{split}: {len(problems)} of {len(self)} masks are wrong:"
+                               + listing(problems))
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
         """The sample of `key` (an index, or (index, augmentation seed)); None if unreadable."""

@@ -94,6 +94,8 @@ class SemSegTask:
     def prepare(self, cfg: DictConfig) -> TaskData:
         train = build_dataset(cfg, "train")  # checks the data first
         val = build_dataset(cfg, "val") if cfg.data.val.img_dir else None
+        if val is not None:
+            val.check_masks("val")  # before training, not at the evaluation after it
         self.class_names = train.class_names
         cfg.model.num_classes = len(self.class_names)
         self.cfg = cfg

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 # One OpenCV thread per process, set once here at import (never again in loader workers:
 # reconfiguring the thread pool inherited through fork deadlocks). OpenCV's pool does not
@@ -51,3 +52,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if image is None or image.size == 0:
         raise UnreadableImageError(f"{path}: cannot be decoded")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) of an image as `read_image` returns it (after the EXIF orientation),
+    from its header alone; None when the header cannot be read."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
+                width, height = height, width
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return height, width

@@ -16,7 +16,8 @@ from PIL import Image
 from backbones.data import (ImageBatch, ImageFolderDataset, build_train_transform,
                             build_val_transform, collate_images, normalize_images,
                             scan_image_folder, stack)
-from engine.data import UnreadableImageError, build_train_loader, collate, read_image
+from engine.data import (UnreadableImageError, build_train_loader, collate, image_size,
+                         read_image)
 
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
@@ -69,6 +70,8 @@ def test_read_image_is_rgb_and_honours_exif_orientation(tmp_path: Path) -> None:
     exif[0x0112] = 6  # stored landscape, displayed rotated 90 degrees clockwise
     Image.new("RGB", (20, 10), (0, 0, 255)).save(tmp_path / "rot.jpg", exif=exif)
     assert read_image(tmp_path / "rot.jpg").shape == (20, 10, 3)
+    assert image_size(tmp_path / "rot.jpg") == (20, 10)  # from the header, EXIF applied
+    assert image_size(tmp_path / "red.png") == (4, 6)
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(UnreadableImageError, match="bad.jpg: cannot be decoded"):
         read_image(tmp_path / "bad.jpg")

@@ -264,3 +264,25 @@ def test_class_names_file_must_be_a_list_of_names(tmp_path):
     names.write_text('["background", "a",')
     with pytest.raises(DatasetError, match=f"data.class_names file {names}: not valid JSON"):
         build_dataset(cfg, "val")
+
+
+def test_val_masks_are_checked_before_training(tmp_path):
+    """A wrong val mask used to surface at the evaluation after the whole training."""
+    from segmentation.training import SemSegTask
+
+    img_dir, mask_dir = _folder(tmp_path)
+    _image(tmp_path / "val_img/000.jpg", 20, 30)
+    _image(tmp_path / "val_img/001.jpg", 20, 30)
+    _image(tmp_path / "val_img/002.jpg", 20, 30)
+    _mask(tmp_path / "val_ann/000.png", np.full((20, 30), 9))  # an undeclared class
+    _mask(tmp_path / "val_ann/001.png", np.zeros((20, 31)))  # not the image's size
+    _mask(tmp_path / "val_ann/002.png", np.zeros((20, 30)))
+    cfg = OmegaConf.create(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)))
+    cfg.data.val.img_dir = str(tmp_path / "val_img")
+    cfg.data.val.mask_dir = str(tmp_path / "val_ann")
+    with pytest.raises(DatasetError, match=r"(?s)data.val: 2 of 3 masks are wrong:.*000.png has "
+                                           r"class ids \[9\].*001.png is 31x20 but image"):
+        SemSegTask().prepare(cfg)
+    _mask(tmp_path / "val_ann/000.png", np.ones((20, 30)))
+    _mask(tmp_path / "val_ann/001.png", np.zeros((20, 30)))
+    assert len(SemSegTask().prepare(cfg).val) == 3
