@@ -11,10 +11,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .data import read_image
+from .data import IMAGE_SUFFIXES, read_image
 
 logger = logging.getLogger("demo")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 Renderer = Callable[[np.ndarray], np.ndarray]  # RGB image -> RGB picture of the predictions
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine.data import (CategoryMapping, DatasetError, listing, read_coco_json,
+from engine.data import (IMAGE_SUFFIXES, CategoryMapping, DatasetError, listing, read_coco_json,
                          segmentation_to_mask)
 from engine.data.coco import MAX_LISTED
 
@@ -70,14 +70,14 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike, *,
         if missing:
             raise DatasetError(f"{split_file}: {len(missing)} listed images not found:"
                                + listing(missing))
+        files = {n: img_dir / (n + img_suffix) for n in names}
     else:
-        names = sorted(str(p.relative_to(img_dir))[: -len(img_suffix)]
-                       for p in img_dir.rglob(f"*{img_suffix}") if p.is_file())
-    if not names:
+        files = _images_named(img_dir, img_suffix)
+    if not files:
         raise DatasetError(f"no images named *{img_suffix} in {img_dir}"
                            + (f" (split file {split_file})" if split_file else ""))
-    records = [{"file_name": str(img_dir / (n + img_suffix)),
-                "mask_file": str(mask_dir / (n + mask_suffix))} for n in sorted(names)]
+    records = [{"file_name": str(files[n]), "mask_file": str(mask_dir / (n + mask_suffix))}
+               for n in sorted(files)]
     without = [f"{r['file_name']} (expected {r['mask_file']})" for r in records
                if not Path(r["mask_file"]).is_file()]
     if without:
@@ -85,6 +85,26 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike, *,
                            f"in {mask_dir} (mask name = image name with {img_suffix!r} "
                            f"replaced by {mask_suffix!r}):" + listing(without))
     return records
+
+
+def _images_named(img_dir: Path, img_suffix: str) -> dict[str, Path]:
+    """{NAME: file} of the files under `img_dir` named NAME + `img_suffix`, the suffix in any
+    case (.jpg and .JPG); the other image files there are left out with a warning."""
+    suffix = img_suffix.lower()
+    files, others = {}, []
+    for p in sorted(img_dir.rglob("*")):
+        if not p.is_file():
+            continue
+        relative = str(p.relative_to(img_dir))
+        if relative.lower().endswith(suffix):
+            files[relative[: len(relative) - len(suffix)]] = p
+        elif p.suffix.lower() in IMAGE_SUFFIXES:
+            others.append(relative)
+    if others:
+        logger.warning("%s: %d image files do not end with %r and are left out (set "
+                       "data.<split>.img_suffix to use them): %s", img_dir, len(others),
+                       img_suffix, ", ".join(others[:MAX_LISTED]))
+    return files
 
 
 def _valid_polygons(segmentation: Any) -> tuple[Any, int]:

@@ -19,6 +19,10 @@ from PIL import Image
 cv2.setNumThreads(1)
 
 
+# the file suffixes taken for images where a folder is searched (any case)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
 class UnreadableImageError(OSError):
     """The file is missing, truncated or not an image OpenCV can decode."""
 

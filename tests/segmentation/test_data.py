@@ -286,3 +286,17 @@ def test_val_masks_are_checked_before_training(tmp_path):
     _mask(tmp_path / "val_ann/000.png", np.ones((20, 30)))
     _mask(tmp_path / "val_ann/001.png", np.zeros((20, 30)))
     assert len(SemSegTask().prepare(cfg).val) == 3
+
+
+def test_image_suffix_in_any_case_and_other_images_named(tmp_path, caplog):
+    """001.JPG was left out without a word (a camera's upper-case suffix); a .jpeg is still
+    not a .jpg, but the warning names it and the key that takes it."""
+    for name in ("000.jpg", "001.JPG", "002.jpeg"):
+        _image(tmp_path / "img" / name, 8, 8)
+        _mask(tmp_path / "ann" / (name.split(".")[0] + ".png"), np.zeros((8, 8)))
+    with caplog.at_level(logging.WARNING):
+        records = scan_folder(tmp_path / "img", tmp_path / "ann")
+    assert [(Path(r["file_name"]).name, Path(r["mask_file"]).name) for r in records] == [
+        ("000.jpg", "000.png"), ("001.JPG", "001.png")]
+    assert "1 image files do not end with '.jpg' and are left out (set " \
+           "data.<split>.img_suffix to use them): 002.jpeg" in caplog.text
