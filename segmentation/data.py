@@ -45,14 +45,17 @@ __all__ = ["SemSegDataset", "build_dataset", "build_test_loader", "build_train_l
 
 def build_transform(*, crop_size: Sequence[int] | None = None,
                     scale_range: Sequence[float] = (1.0, 1.0), hflip_prob: float = 0.0,
-                    image_fill: Sequence[float] = (124, 116, 104)) -> A.Compose:
-    """Mask-aware augmentation: random scale, pad to the crop (mask filled with 255), crop, flip.
+                    image_fill: Sequence[float] = (124, 116, 104),
+                    ignore_index: int = IGNORE_INDEX) -> A.Compose:
+    """Mask-aware augmentation: random scale, pad to the crop (mask filled with
+    `ignore_index`), crop, flip.
 
     Args:
         crop_size: (H, W) of the training crop; None keeps the whole image (evaluation).
         scale_range: (min, max) random rescale factor, e.g. (0.5, 2.0).
         hflip_prob: probability of a horizontal flip.
         image_fill: RGB value of padded image pixels (the mean colour: 0 after normalising).
+        ignore_index: mask value of padded pixels (not scored).
     """
     low, high = (float(s) for s in scale_range)
     if not 0 < low <= high:
@@ -66,7 +69,7 @@ def build_transform(*, crop_size: Sequence[int] | None = None,
         crop_h, crop_w = (int(s) for s in crop_size)
         transforms += [A.PadIfNeeded(min_height=crop_h, min_width=crop_w,
                                      border_mode=cv2.BORDER_CONSTANT, fill=tuple(image_fill),
-                                     fill_mask=IGNORE_INDEX, position="top_left"),
+                                     fill_mask=ignore_index, position="top_left"),
                        A.RandomCrop(height=crop_h, width=crop_w)]
     if hflip_prob > 0:
         transforms.append(A.HorizontalFlip(p=hflip_prob))
@@ -80,14 +83,19 @@ class SemSegDataset(Dataset):
         records: from `scan_folder` ({"file_name", "mask_file"}) or `load_coco_semantic`.
         transform: from `build_transform`.
         class_names: the K names (index = class id, background included); mask ids >= K
-            (other than 255) are an error.
+            (other than `ignore_index`) are an error.
+        ignore_index: the mask value of pixels that are not scored (`model.ignore_index`).
     """
 
     def __init__(self, records: Sequence[dict[str, Any]], *, transform: A.Compose,
-                 class_names: Sequence[str]) -> None:
+                 class_names: Sequence[str], ignore_index: int = IGNORE_INDEX) -> None:
         if not 1 <= len(class_names) <= IGNORE_INDEX:
             raise ValueError(f"the number of classes must be in 1..{IGNORE_INDEX}, got "
                              f"{len(class_names)}")
+        if not (isinstance(ignore_index, int) and 0 <= ignore_index <= 255):
+            raise ValueError(f"model.ignore_index must be a mask value 0..255, got "
+                             f"{ignore_index!r}")
+        self.ignore_index = ignore_index
         self._records = PackedRecords(records)
         self.transform = transform
         self.class_names = list(class_names)
@@ -113,18 +121,20 @@ class SemSegDataset(Dataset):
         if "mask_file" in record:
             mask, source = read_mask(record["mask_file"]), f"mask {record['mask_file']}"
         else:
-            mask, source = coco_semantic_mask(record), "the COCO height/width"
+            mask = coco_semantic_mask(record, self.ignore_index)
+            source = "the COCO height/width"
         if mask.shape != tuple(image_size):
             raise DatasetError(
                 f"{source} is {mask.shape[1]}x{mask.shape[0]} but image "
                 f"{record['file_name']} is {image_size[1]}x{image_size[0]} (WxH, after EXIF "
                 f"rotation of the image, if it has an orientation tag)")
         ids = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))  # O(pixels), no sort
-        bad = ids[(ids >= self.num_classes) & (ids != IGNORE_INDEX)]
+        bad = ids[(ids >= self.num_classes) & (ids != self.ignore_index)]
         if bad.size:
             raise DatasetError(f"{source} has class ids {bad[:MAX_LISTED].tolist()} "
                                f"outside the {self.num_classes} declared classes "
-                               f"(0..{self.num_classes - 1}, 255 = ignore)")
+                               f"(0..{self.num_classes - 1}, {self.ignore_index} = ignore: "
+                               "model.ignore_index)")
         return mask
 
     def check_masks(self, split: str) -> None:
@@ -259,12 +269,13 @@ def build_dataset(cfg: Mapping[str, Any], split: str) -> SemSegDataset:
     else:
         records = scan_folder(s["img_dir"], s["mask_dir"], img_suffix=s["img_suffix"],
                               mask_suffix=s["mask_suffix"], split_file=s["split_file"])
+    ignore_index = cfg["model"]["ignore_index"]
     if split == "train":
         transform = build_transform(crop_size=s["crop_size"], scale_range=s["scale_range"],
-                                    hflip_prob=s["hflip_prob"])
+                                    hflip_prob=s["hflip_prob"], ignore_index=ignore_index)
     else:
         transform = build_transform()
-    return SemSegDataset(records, transform=transform,
+    return SemSegDataset(records, transform=transform, ignore_index=ignore_index,
                          class_names=resolve_class_names(cfg, coco_names))
 
 

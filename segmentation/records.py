@@ -165,8 +165,10 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
     return records, ["background", *mapping.names]
 
 
-def coco_semantic_mask(record: Mapping[str, Any]) -> np.ndarray:
-    """uint8 (H, W): 0 background, class ids where instances are, 255 on crowd-only pixels."""
+def coco_semantic_mask(record: Mapping[str, Any], ignore_index: int = IGNORE_INDEX
+                       ) -> np.ndarray:
+    """uint8 (H, W): 0 background, class ids where instances are, `ignore_index` on crowd-only
+    pixels."""
     h, w = record["height"], record["width"]
     mask = np.zeros((h, w), dtype=np.uint8)
     painted = np.zeros((h, w), dtype=bool)
@@ -182,7 +184,7 @@ def coco_semantic_mask(record: Mapping[str, Any]) -> np.ndarray:
         mask[pixels] = class_id
         painted |= pixels
     for segmentation in record["crowd"]:
-        mask[decode(segmentation) & ~painted] = IGNORE_INDEX
+        mask[decode(segmentation) & ~painted] = ignore_index
     return mask
 
 

@@ -300,3 +300,25 @@ def test_image_suffix_in_any_case_and_other_images_named(tmp_path, caplog):
         ("000.jpg", "000.png"), ("001.JPG", "001.png")]
     assert "1 image files do not end with '.jpg' and are left out (set " \
            "data.<split>.img_suffix to use them): 002.jpeg" in caplog.text
+
+
+def test_ignore_index_other_than_255_pads_and_checks_with_it(tmp_path):
+    """model.ignore_index=0 (ADE20K's "other"): crops pad masks with 0, and 255 is then an
+    undeclared class (before, the padding's 255 failed every step)."""
+    for i in range(2):
+        _image(tmp_path / f"img/{i}.jpg", 10, 12)
+        _mask(tmp_path / f"ann/{i}.png", np.full((10, 12), 1 + i))
+    cfg = _config(img_dir=str(tmp_path / "img"), mask_dir=str(tmp_path / "ann"))
+    cfg["model"]["ignore_index"] = 0
+    cfg["data"]["train"]["crop_size"] = [16, 16]
+    train = build_dataset(cfg, "train")
+    gt = train[(0, 0)]["gt_sem_seg"]
+    assert gt.shape == (16, 16) and set(gt.unique().tolist()) == {0, 1}
+    assert int((gt == 1).sum()) == 10 * 12  # the image's pixels; the padding is 0
+    _mask(tmp_path / "ann/1.png", np.full((10, 12), 255))
+    with pytest.raises(DatasetError, match=r"has class ids \[255\] outside the 3 declared "
+                                           r"classes \(0..2, 0 = ignore: model.ignore_index\)"):
+        build_dataset(cfg, "val").check_masks("val")
+    cfg["model"]["ignore_index"] = 300
+    with pytest.raises(ValueError, match="model.ignore_index must be a mask value 0..255"):
+        build_dataset(cfg, "val")
