@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from backbones.weights import read_checkpoint, unwrap_state_dict
+from engine.data import check_rgb_image
 from engine.export import is_onnx
 from engine.visualize import Renderer, draw_detections, palette
 
@@ -195,11 +196,7 @@ class Predictor:
             "labels": int64 (D,) dataset category ids, "class_names": D names}, and for
             Mask R-CNN "masks": bool (D, H, W) in `image` pixels.
         """
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
-                or image.dtype != np.uint8:
-            desc = (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray)
-                    else type(image).__name__)
-            raise ValueError(f"Predictor expects an (H, W, 3) uint8 RGB array, got {desc}")
+        check_rgb_image(image)
         height, width = image.shape[:2]
         resized = self.transform(image=image)["image"]
         tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from backbones.weights import read_checkpoint, unwrap_state_dict
+from engine.data import check_rgb_image
 from engine.export import ExportError, is_onnx
 from engine.visualize import Renderer, draw_segmentation, palette
 
@@ -131,11 +132,7 @@ class Predictor:
         Returns:
             {"mask": (H, W) int64 class ids}.
         """
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
-                or image.dtype != np.uint8:
-            desc = (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray)
-                    else type(image).__name__)
-            raise ValueError(f"Predictor expects an (H, W, 3) uint8 RGB array, got {desc}")
+        check_rgb_image(image)
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(self.device)
         if self.tta.is_plain:
             mask = self.model([tensor])[0]["mask"]

@@ -204,8 +204,11 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         raise DatasetError(f"mask {path} is a {mode} image; masks must hold one class id per "
                            f"pixel (palette or grayscale PNG), not colours")
     if mask.dtype != np.uint8:
-        if mask.size and (mask.min() < 0 or mask.max() > IGNORE_INDEX):
-            raise DatasetError(f"mask {path} ({mode}) has values up to {mask.max()}; class "
-                               f"ids must be 0..254 with 255 = ignore")
+        if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
+            raise DatasetError(f"mask {path} ({mode}) holds {mask.dtype} values; class ids "
+                               "must be integers 0..255")
+        if mask.size and (mask.min() < 0 or mask.max() > 255):
+            raise DatasetError(f"mask {path} ({mode}) has values {mask.min()}..{mask.max()}; "
+                               "class ids must be 0..255")
         mask = mask.astype(np.uint8)
     return mask

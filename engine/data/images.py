@@ -69,3 +69,13 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
     except (OSError, ValueError, SyntaxError):
         return None
     return height, width
+
+
+def check_rgb_image(image: object) -> np.ndarray:
+    """`image` if it is a non-empty (H, W, 3) uint8 RGB array, as the Predictors take."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
+            or image.dtype != np.uint8 or image.size == 0:
+        desc = (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray)
+                else type(image).__name__)
+        raise ValueError(f"Predictor expects a non-empty (H, W, 3) uint8 RGB array, got {desc}")
+    return image

@@ -66,6 +66,8 @@ def test_bad_input_is_rejected(checkpoint: Path) -> None:
     predictor = Predictor(None, weights=checkpoint)
     with pytest.raises(ValueError, match="uint8"):
         predictor(np.zeros((10, 10, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"non-empty .* got uint8 array of shape \(0, 10, 3\)"):
+        predictor(np.zeros((0, 10, 3), dtype=np.uint8))  # was a ZeroDivisionError
     with pytest.raises(ValueError, match=r"num_classes is 5 but the weights"):
         Predictor(CONFIG, weights=checkpoint, overrides=TINY + ["model.num_classes=5"])
 

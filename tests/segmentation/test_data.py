@@ -147,6 +147,19 @@ def test_colour_mask_is_rejected(tmp_path):
         read_mask(path)
 
 
+def test_masks_beyond_uint8_ids(tmp_path):
+    """16-bit ids read when in range; float masks (0.7 became class 0) and values outside
+    0..255 are refused."""
+    Image.fromarray(np.array([[0, 3], [255, 1]], dtype=np.uint16)).save(tmp_path / "i16.png")
+    assert read_mask(tmp_path / "i16.png").tolist() == [[0, 3], [255, 1]]
+    Image.fromarray(np.array([[0, 300], [2, 1]], dtype=np.uint16)).save(tmp_path / "big.png")
+    with pytest.raises(DatasetError, match=r"big.png \(I;16\) has values 0..300"):
+        read_mask(tmp_path / "big.png")
+    Image.fromarray(np.array([[0.0, 0.7], [1.0, 2.0]], dtype=np.float32)).save(tmp_path / "f.tif")
+    with pytest.raises(DatasetError, match="f.tif .* holds float32 values; class ids must be"):
+        read_mask(tmp_path / "f.tif")
+
+
 def test_unreadable_image_is_skipped_and_counted(tmp_path):
     img_dir, mask_dir = _folder(tmp_path, n=2)
     (img_dir / "001.jpg").write_bytes(b"not a jpeg")

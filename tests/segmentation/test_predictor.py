@@ -50,6 +50,8 @@ def test_predictor_rejects_bad_images(small_config):
         predictor(np.zeros((10, 10), dtype=np.uint8))
     with pytest.raises(ValueError, match="got float32 array"):
         predictor(np.zeros((10, 10, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"non-empty .* got uint8 array of shape \(0, 10, 3\)"):
+        predictor(np.zeros((0, 10, 3), dtype=np.uint8))
 
 
 class PointwiseHead(SemSegHead):
