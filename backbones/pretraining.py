@@ -138,13 +138,16 @@ class ClassificationTask:
         m = metrics.get("classification", {})
         return f"top1={m['top1']:.2f}  top5={m['top5']:.2f}" if m else "top1=n/a  top5=n/a"
 
-    def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
-        assert isinstance(model, Classifier)
-        output_dir = Path(cfg.train.output_dir)
-        provenance = make_provenance(
+    def provenance(self, cfg: DictConfig) -> dict[str, Any]:
+        return make_provenance(
             cfg.model.name, to_plain(cfg.model.options), class_names=self.class_names,
             config=to_plain(cfg), pixel_mean=tuple(cfg.data.pixel_mean),
             pixel_std=tuple(cfg.data.pixel_std))
+
+    def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
+        assert isinstance(model, Classifier)
+        output_dir = Path(cfg.train.output_dir)
+        provenance = self.provenance(cfg)
         save_checkpoint(output_dir / "model_final.pth", model.state_dict(), provenance,
                         iteration=iteration)
         save_checkpoint(output_dir / "backbone_final.pth", model.backbone.state_dict(),

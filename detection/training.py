@@ -262,10 +262,13 @@ class DetectionTask:
             line += f"  mask AP = {format_metric(metrics['segm'].get('AP'))}"
         return line
 
-    def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
+    def provenance(self, cfg: DictConfig) -> dict[str, Any]:
         assert self.mapping is not None
+        return make_provenance(cfg, self.mapping)
+
+    def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
         path = Path(cfg.train.output_dir) / "model_final.pth"
-        backbones.save_checkpoint(path, model.state_dict(), make_provenance(cfg, self.mapping),
+        backbones.save_checkpoint(path, model.state_dict(), self.provenance(cfg),
                                   iteration=iteration)
         return [path]
 

@@ -5,17 +5,21 @@ A checkpoint `model_{iteration:07d}.pth` holds
     {"model", "optimizer", "scheduler", "scaler": state dicts,
      "iteration": steps done, "world_size": int,
      "rng": [per-rank {"python", "numpy", "torch", "cuda"} states, as tensors],
-     "extra": caller data (e.g. the data sampler position)}
+     "extra": caller data (e.g. the data sampler position),
+     "provenance": what the weights are (classes, settings, config), as in model_final.pth}
 
 in types `torch.load(weights_only=True)` accepts. `last_checkpoint` in the same folder names
 the newest one. Every process calls `save` (RNG states are gathered from all ranks); only
 the main process writes. Resuming restores every state, so a CPU run that is stopped and
-resumed ends with the same weights, bit for bit, as one that never stopped.
+resumed ends with the same weights, bit for bit, as one that never stopped; the optimizer's
+hyperparameters and the learning-rate schedule are this run's (a longer schedule, another
+learning rate), only the schedule's position comes from the checkpoint.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,12 +32,14 @@ from .distributed import (all_gather_object, any_process, barrier, get_rank, get
 from .distributed import unwrap_model
 from .files import atomic_save, atomic_write_text
 from .rng import get_rng_state, set_rng_state
+from .schedule import restore_position
 
 if TYPE_CHECKING:
     from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
 POINTER = "last_checkpoint"
+CHECKPOINT_NAME = re.compile(r"model_\d{7}\.pth")
 
 
 class Checkpointer:
@@ -45,16 +51,22 @@ class Checkpointer:
         optimizer, scheduler, scaler: optional; saved and restored when given.
         max_to_keep: keep only this many newest periodic checkpoints (None keeps all; at
             least 2 are kept, so that a damaged newest one has an older one to fall back on).
+        provenance: stored in every checkpoint (see `backbones.make_provenance`).
+        check: called as check(path, its provenance or {}, its iteration) before a checkpoint
+            is restored; raises to refuse it (e.g. another run's config).
     """
 
     def __init__(self, output_dir: str | os.PathLike, *, model: nn.Module,
                  optimizer: torch.optim.Optimizer | None = None,
                  scheduler: Any = None, scaler: Any = None,
-                 max_to_keep: int | None = None) -> None:
+                 max_to_keep: int | None = None, provenance: Mapping[str, Any] | None = None,
+                 check: Callable[[Path, Mapping[str, Any], int], None] | None = None) -> None:
         self.output_dir = Path(output_dir)
         self.model = model
         self.components = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
         self.max_to_keep = None if max_to_keep is None else max(int(max_to_keep), 2)
+        self.provenance = dict(provenance) if provenance is not None else None
+        self.check = check
 
     def save(self, iteration: int, extra: Mapping[str, Any] | None = None) -> Path:
         """Write `model_{iteration:07d}.pth` and point `last_checkpoint` at it.
@@ -72,6 +84,8 @@ class Checkpointer:
             state = {"model": unwrap_model(self.model).state_dict(), "iteration": int(iteration),
                      "world_size": get_world_size(), "rng": rng_states,
                      "extra": dict(extra or {})}
+            if self.provenance is not None:
+                state["provenance"] = self.provenance
             for name, component in self.components.items():
                 if component is not None:
                     state[name] = component.state_dict()
@@ -102,10 +116,23 @@ class Checkpointer:
             path.unlink()
 
     def _pointer_target(self) -> Path | None:
+        """The checkpoint `last_checkpoint` names; a pointer that names none (empty, garbled)
+        gives a path that does not exist, so that resuming falls back to the files."""
         pointer = self.output_dir / POINTER
         if not pointer.is_file():
             return None
-        return self.output_dir / pointer.read_text().strip()
+        name = pointer.read_text(errors="replace").strip()
+        if not CHECKPOINT_NAME.fullmatch(name):
+            name = f"{name!r} (not a checkpoint name)"
+        return self.output_dir / name
+
+    def remove_partial_writes(self) -> None:
+        """Delete the temporary files of checkpoint writes that a kill interrupted."""
+        if is_main_process():
+            for tmp in self.output_dir.glob(".*.pth.*.tmp"):
+                tmp.unlink(missing_ok=True)
+            for tmp in self.output_dir.glob(f".{POINTER}.*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def load(self, path: str | os.PathLike) -> dict[str, Any]:
         """Restore model, optimizer, scheduler, scaler and this rank's RNG state from `path`.
@@ -123,13 +150,29 @@ class Checkpointer:
         except Exception as e:
             raise UnreadableCheckpointError(
                 f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-        unwrap_model(self.model).load_state_dict(state["model"])
+        if self.check is not None:
+            self.check(path, state.get("provenance") or {}, int(state["iteration"]))
+        try:
+            unwrap_model(self.model).load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint {path} does not fit this model (does "
+                             f"{self.output_dir} hold another model's run? Set another "
+                             f"train.output_dir): {e}") from None
+        optimizer, scheduler = self.components["optimizer"], self.components["scheduler"]
+        # this run's hyperparameters (its config) win over the checkpoint's
+        hyper = [{k: v for k, v in g.items() if k != "params"}
+                 for g in optimizer.param_groups] if optimizer is not None else []
         for name, component in self.components.items():
             if component is None:
                 continue
             if name not in state:
                 raise ValueError(f"checkpoint {path} has no {name} state to resume from")
-            component.load_state_dict(state[name])
+            if name != "scheduler":
+                component.load_state_dict(state[name])
+        for group, values in zip(optimizer.param_groups if optimizer else [], hyper):
+            group.update(values)
+        if scheduler is not None:
+            restore_position(scheduler, state["scheduler"])  # and the lr at that position
         if state["world_size"] == get_world_size():
             set_rng_state(state["rng"][get_rank()])
         else:
@@ -147,12 +190,14 @@ class Checkpointer:
         Raises:
             UnreadableCheckpointError: no checkpoint of the folder could be read.
         """
+        self.remove_partial_writes()
         newest = self._pointer_target()
         if newest is None:
             logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
             return None
         older = sorted((p for p in self.output_dir.glob("model_[0-9]*.pth")
-                        if p.name < newest.name), reverse=True)
+                        if p != newest and (not CHECKPOINT_NAME.fullmatch(newest.name)
+                                            or p.name < newest.name)), reverse=True)
         failures = []
         for path in (newest, *older):
             try:

@@ -27,9 +27,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .amp import parse_amp
-from .checkpoint import Checkpointer, PeriodicCheckpointer
+from .checkpoint import POINTER, Checkpointer, PeriodicCheckpointer
 from .compilation import compile_model, parse_compile
-from .config import save_config
+from .config import save_config, to_plain
 from .data import build_test_loader, build_train_loader, collate
 from .distributed import (all_reduce_sum, broadcast_buffers, get_rank, get_world_size,
                           is_main_process, per_process_batch_size, wrap_ddp)
@@ -85,6 +85,11 @@ class Task(Protocol):
 
     def evaluate(self, model: nn.Module, loader: Any, device: torch.device) -> Metrics:
         """Metrics over this process's share of the val loader (collective)."""
+
+    def provenance(self, cfg: DictConfig) -> dict[str, Any]:
+        """What the weights record (architecture, classes, normalisation, the config): in
+        model_final.pth and in every training checkpoint, so each loads for eval and export.
+        Optional: a task without it writes checkpoints without a record."""
 
     def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
         """Write model_final.pth (and any other final files) with provenance (main process)."""
@@ -193,6 +198,32 @@ class _SkipCounter:
         return total
 
 
+def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
+                     cfg: DictConfig, max_iter: int, logger: logging.Logger) -> None:
+    """Refuse a checkpoint this run cannot continue from, before anything is restored; say
+    which `train` keys differ from the run that wrote it (the new values apply)."""
+    if iteration > max_iter:
+        raise ValueError(f"checkpoint {path} is at iteration {iteration}, past this run's "
+                         f"{max_iter} (train.max_iter or train.epochs): nothing to resume")
+    recorded = (provenance.get("config") or {}).get("train")
+    if not isinstance(recorded, Mapping):
+        return  # written before checkpoints recorded their config
+    now = to_plain(cfg.train)
+    changed = {k: (recorded.get(k), now.get(k)) for k in sorted(set(recorded) | set(now))
+               if recorded.get(k) != now.get(k) and k not in ("output_dir", "device")}
+    if "optimizer" in changed:
+        raise ValueError(f"checkpoint {path} was trained with train.optimizer="
+                         f"{changed['optimizer'][0]}, this run asks for "
+                         f"{changed['optimizer'][1]}: its state cannot continue another "
+                         "optimizer; start a new run from the weights (model.weights=PATH)")
+    if changed:
+        logger.warning("resuming %s with train settings other than the run that wrote it "
+                       "(they apply from iteration %d%s): %s", path, iteration,
+                       "; another batch size also draws other images"
+                       if "batch_size" in changed else "",
+                       ", ".join(f"train.{k}: {a} -> {b}" for k, (a, b) in changed.items()))
+
+
 def _saved_on_error(batches: Iterator[Any], trainer: Trainer, checkpointer: Checkpointer,
                     logger: logging.Logger) -> Iterator[Any]:
     """`batches`, but when one cannot be made (a mask with an undeclared class, a file gone)
@@ -251,8 +282,6 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     if len(data.train) == 0:
         raise ValueError(f"the training set is empty ({data.description}): nothing to train on")
     lengths = _lengths(cfg, len(data.train))
-    if is_main_process():
-        save_config(cfg, output_dir / "config.yaml")
     logger.info("%s, %d processes x %d images per step", data.description, get_world_size(),
                 batch_size)
 
@@ -278,9 +307,23 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
                       clip_grad_norm=t.clip_grad_norm or None)
     checkpointer = Checkpointer(output_dir, model=model, optimizer=optimizer,
                                 scheduler=scheduler, scaler=trainer.scaler,
-                                max_to_keep=t.max_to_keep)
-    state = checkpointer.resume() if resume else None  # restores every process's RNG state
+                                max_to_keep=t.max_to_keep,
+                                provenance=task.provenance(cfg) if hasattr(task, "provenance")
+                                else None,
+                                check=lambda path, provenance, iteration: _check_resumable(
+                                    path, provenance, iteration, cfg, lengths["max_iter"],
+                                    logger))
+    if resume:
+        state = checkpointer.resume()  # restores every process's RNG state
+    else:
+        state = None
+        checkpointer.remove_partial_writes()
+        if (output_dir / POINTER).is_file():
+            logger.warning("%s holds the checkpoints of an earlier run: starting from scratch "
+                           "(without --resume) replaces them", output_dir)
     start_iter = state["iteration"] if state is not None else 0
+    if is_main_process():  # once resuming is known to work: a refused resume keeps the old one
+        save_config(cfg, output_dir / "config.yaml")
 
     hooks: list[Any] = [ProgressLogger(t.log_period, writer, logger),
                         PeriodicCheckpointer(checkpointer, t.checkpoint_period)]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -80,3 +81,19 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, *, max_iter: int,
                              final_factor=final_factor, warmup_iters=warmup_iters,
                              warmup_factor=warmup_factor)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+
+def restore_position(scheduler: Any, state: Mapping[str, Any]) -> None:
+    """Move `scheduler` to the position its saved `state` had and set the optimizer's learning
+    rates for it. A LambdaLR keeps its own multiplier and base rates (this run's schedule, e.g.
+    a longer one); any other scheduler loads the whole state."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        scheduler.load_state_dict(state)
+        return
+    scheduler.last_epoch = int(state["last_epoch"])
+    scheduler._step_count = int(state.get("_step_count", scheduler.last_epoch + 1))
+    lrs = [base * multiplier(scheduler.last_epoch)
+           for base, multiplier in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs

@@ -122,10 +122,12 @@ class SemSegTask:
     def summary(self, metrics: dict[str, dict[str, Any]]) -> str:
         return f"mIoU = {format_metric(metrics.get('sem_seg', {}).get('mIoU'))}"
 
+    def provenance(self, cfg: DictConfig) -> dict[str, Any]:
+        return provenance_from_config(cfg, self.class_names)
+
     def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
         path = Path(cfg.train.output_dir) / "model_final.pth"
-        backbones.save_checkpoint(path, model.state_dict(),
-                                  provenance_from_config(cfg, self.class_names),
+        backbones.save_checkpoint(path, model.state_dict(), self.provenance(cfg),
                                   iteration=iteration)
         return [path]
 

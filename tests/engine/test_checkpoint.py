@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import random
 import stat
@@ -113,6 +114,61 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_an_older_one(
     with pytest.raises(UnreadableCheckpointError,
                        match="no checkpoint in .* can be read.*model_0000015.*model_0000010"):
         ckpt.resume()
+
+
+def test_a_pointer_naming_no_checkpoint_falls_back_and_partial_writes_go(
+        tmp_path: Path) -> None:
+    """An empty or garbled `last_checkpoint` (it used to stop --resume although good
+    checkpoints were there), and the temporary files a kill left behind."""
+    model = nn.Linear(2, 2)
+    ckpt = Checkpointer(tmp_path, model=model)
+    for it in (5, 10):
+        ckpt.save(it)
+    (tmp_path / ".model_0000015.pth.0123456789abcdef.tmp").write_bytes(b"half")
+    (tmp_path / ".last_checkpoint.0123456789abcdef.tmp").write_text("model_0000015.pth")
+    for garbled in ("", "  \n", "\x00\x00", "../elsewhere.pth"):
+        (tmp_path / "last_checkpoint").write_text(garbled)
+        assert ckpt.resume()["iteration"] == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last_checkpoint", "model_0000005.pth", "model_0000010.pth"]
+
+
+def test_resume_takes_this_runs_schedule_and_hyperparameters(tmp_path: Path) -> None:
+    """Extending a run (a longer schedule, another learning rate or weight decay): only the
+    position comes from the checkpoint. Before, the checkpoint's schedule came back with it,
+    so a run extended from 10 to 20 steps trained its last 10 at lr 0."""
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    sched = build_lr_scheduler(opt, max_iter=10, decay="cosine", warmup_iters=0)
+    for _ in range(6):
+        model(torch.ones(1, 2)).sum().backward()
+        opt.step()
+        sched.step()
+    Checkpointer(tmp_path, model=model, optimizer=opt, scheduler=sched).save(6)
+    longer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=5e-4)
+    longer_sched = build_lr_scheduler(longer, max_iter=20, decay="cosine", warmup_iters=0)
+    Checkpointer(tmp_path, model=model, optimizer=longer, scheduler=longer_sched).resume()
+    cosine = [0.2 * (1 + math.cos(math.pi * i / 20)) / 2 for i in (6, 7)]
+    assert longer_sched.last_epoch == 6
+    assert longer.param_groups[0]["lr"] == pytest.approx(cosine[0], rel=1e-12)
+    assert longer.param_groups[0]["weight_decay"] == 5e-4
+    assert "momentum_buffer" in longer.state[model.weight]  # the optimizer's state is kept
+    longer.step()
+    longer_sched.step()
+    assert longer.param_groups[0]["lr"] == pytest.approx(cosine[1], rel=1e-12)
+    same = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    same_sched = build_lr_scheduler(same, max_iter=10, decay="cosine", warmup_iters=0)
+    Checkpointer(tmp_path, model=model, optimizer=same, scheduler=same_sched).resume()
+    assert same.param_groups[0]["lr"] == opt.param_groups[0]["lr"]  # bit for bit
+
+
+def test_a_checkpoint_of_another_model_is_named(tmp_path: Path) -> None:
+    Checkpointer(tmp_path, model=nn.Linear(2, 3)).save(4)
+    with pytest.raises(ValueError, match=r"checkpoint .*model_0000004.pth does not fit this "
+                                         r"model \(does .* hold another model's run\? Set "
+                                         r"another train.output_dir\)"):
+        Checkpointer(tmp_path, model=nn.Linear(2, 2)).resume()
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_pointer(

@@ -174,6 +174,37 @@ def test_resumed_run_ends_with_the_same_weights(tool: ModuleType, tmp_path: Path
         "model_0000002.pth", "model_0000004.pth", "model_0000006.pth"]
 
 
+def test_resume_with_other_train_settings(tool: ModuleType, tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A longer run continues under its new settings and says which changed; a run shorter
+    than the checkpoint or with another optimizer is refused before anything is written.
+    Every training checkpoint records what model_final.pth does (for eval and export)."""
+    colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
+    out = tmp_path / "run"
+    extra = {"train.epochs": 2, "train.batch_size": 4, "train.checkpoint_period": 2}
+    tool.main(overrides(tmp_path / "data", out, **extra))
+    mid = torch.load(out / "model_0000002.pth", weights_only=True)
+    assert mid["provenance"]["class_names"] == ["blue", "red"]
+    assert mid["provenance"]["config"]["train"]["epochs"] == 2
+    config = (out / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="model_0000004.pth is at iteration 4, past this "
+                                         "run's 2"):
+        tool.main(overrides(tmp_path / "data", out, **{**extra, "train.epochs": 1})
+                  + ["--resume"])
+    with pytest.raises(ValueError, match="trained with train.optimizer=sgd, this run asks "
+                                         "for adamw"):
+        tool.main(overrides(tmp_path / "data", out, **{**extra, "train.optimizer": "adamw"})
+                  + ["--resume"])
+    assert (out / "config.yaml").read_text() == config
+    with caplog.at_level(logging.WARNING):
+        result = tool.main(overrides(tmp_path / "data", out, **{**extra, "train.epochs": 3,
+                                                                  "train.base_lr": 0.05})
+                           + ["--resume"])
+    assert result["iteration"] == 6
+    assert "train.base_lr: 0.002 -> 0.05, train.epochs: 2 -> 3" in caplog.text
+    assert "epochs: 3" in (out / "config.yaml").read_text()
+
+
 def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
     colour_tree(tmp_path / "data", train_per_class=2, val_per_class=1)
     with pytest.raises(ValueError, match="train.batch_size 64 exceeds the 4 training images"):

@@ -12,11 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from detection import Predictor
 from engine.data.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,6 +84,13 @@ def test_train_writes_final_checkpoint_with_provenance(trained: Path, data: Path
     assert prov["arch"] == "faster_rcnn_resnet18_fpn"
     assert ckpt["model"]["roi_heads.box_predictor.cls_score.weight"].shape[0] == 7
     assert (trained / "model_0000001.pth").is_file() and (trained / "config.yaml").is_file()
+    # a training checkpoint records the same: eval, demo and export read the dataset's ids
+    mid = torch.load(trained / "model_0000001.pth", map_location="cpu", weights_only=True)
+    assert mid["provenance"] == prov
+    image = np.asarray(cv2.imread(str(data / "images/val/000000.jpg"))[..., ::-1])
+    labels = Predictor(None, weights=trained / "model_0000001.pth",
+                       overrides=["model.roi_heads.score_thresh=0.0"])(image)["labels"]
+    assert len(labels) and set(labels.tolist()) <= {1, 3, 5, 7, 9, 11}  # were 1..6 before
 
 
 def test_eval_matches_pycocotools_on_written_results(trained: Path, data: Path,
