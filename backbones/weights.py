@@ -126,6 +126,17 @@ def _show(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def refuse_other_task(source: str, provenance: Mapping[str, Any] | None, task: str) -> None:
+    """Refuse an own checkpoint whose recorded config is of another task than `task`
+    ("detection", "sem_seg", "classification"): its keys would not fit, with errors that
+    say nothing of why."""
+    config = (provenance or {}).get("config")
+    recorded = config.get("task") if isinstance(config, Mapping) else None
+    if recorded is not None and recorded != task:
+        raise ValueError(f"{source} holds a {recorded} model (its recorded config says task: "
+                         f"{recorded}), not a {task} one")
+
+
 def refuse_mismatched_settings(source: str, implied: Mapping[str, Any],
                                configured: Mapping[str, Any],
                                model: nn.Module | None = None) -> None:

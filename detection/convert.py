@@ -23,6 +23,7 @@ from backbones.weights import (
     convert_torchvision_resnet,
     read_checkpoint,
     refuse_mismatched_settings,
+    refuse_other_task,
     unwrap_state_dict,
 )
 
@@ -177,6 +178,7 @@ def load_detector_weights(
                   else "the given state dict")
     obj = read_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else weights
     state_dict, provenance = unwrap_state_dict(obj)
+    refuse_other_task(source, provenance, "detection")
     implied = None
     if is_torchvision_faster_rcnn(state_dict):
         implied = TORCHVISION_SETTINGS

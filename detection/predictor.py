@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from backbones.weights import read_checkpoint, unwrap_state_dict
+from backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from engine.data import check_rgb_image
 from engine.export import is_onnx
 from engine.visualize import Renderer, draw_detections, palette
@@ -91,6 +91,7 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
         raise ValueError("no detector weights: pass weights=PATH (or set model.weights)")
     state_dict, provenance = unwrap_state_dict(read_checkpoint(source))
     provenance = dict(provenance or {})
+    refuse_other_task(str(source), provenance, "detection")
     if cfg is None:
         if not isinstance(provenance.get("config"), Mapping):
             raise ValueError(f"a config is needed: the weights {source} record none (only this "

@@ -18,7 +18,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from backbones.weights import (check_and_load, convert_torchvision_resnet, read_checkpoint,
-                               refuse_mismatched_settings, unwrap_state_dict)
+                               refuse_mismatched_settings, refuse_other_task, unwrap_state_dict)
 
 from .heads import ASPP_RATES
 
@@ -152,6 +152,7 @@ def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Map
                   else "the given state dict")
     obj = read_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else weights
     state_dict, provenance = unwrap_state_dict(obj)
+    refuse_other_task(source, provenance, "sem_seg")
     implied = None
     if is_torchvision_segmentation(state_dict):
         implied = torchvision_settings(state_dict)

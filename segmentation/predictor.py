@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from backbones.weights import read_checkpoint, unwrap_state_dict
+from backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from engine.data import check_rgb_image
 from engine.export import ExportError, is_onnx
 from engine.visualize import Renderer, draw_segmentation, palette
@@ -69,6 +69,7 @@ class Predictor:
         checkpoint = read_checkpoint(weights) if weights is not None else None
         state_dict, provenance = unwrap_state_dict(checkpoint) if checkpoint else ({}, None)
         provenance = provenance or {}
+        refuse_other_task(str(source), provenance, "sem_seg")
         if config is None:
             if not isinstance(provenance.get("config"), Mapping):
                 raise ValueError(f"Predictor needs a config: the weights {weights} record none "
@@ -80,6 +81,7 @@ class Predictor:
             checkpoint = read_checkpoint(source)
             state_dict, provenance = unwrap_state_dict(checkpoint)
             provenance = provenance or {}
+            refuse_other_task(source, provenance, "sem_seg")
         if checkpoint is not None:
             cfg.model.weights = None
             cfg.model.backbone.weights = None  # replaced by the full weights anyway

@@ -1,5 +1,7 @@
 """torchvision parity: deeplabv3_resnet50 / fcn_resnet50 state dicts give the same logits."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torchvision.models.segmentation import deeplabv3_resnet50, fcn_resnet50
@@ -158,3 +160,29 @@ def test_own_checkpoint_refused_by_a_config_with_another_output_stride(tmp_path,
         build_model(other)
     same = small_config("deeplabv3plus", output_stride=16, weights=str(path))
     assert torch.equal(build_model(same).head.predictor.weight, trained.head.predictor.weight)
+
+
+def test_a_checkpoint_of_another_task_is_named(tmp_path, small_config):
+    """A detector's checkpoint given to a segmentation config (and the reverse) failed with a
+    bare KeyError ('head', 'fpn')."""
+    from detection import load_detector_weights
+    from detection.build import build_model as build_detector
+    from detection.config import defaults as detection_defaults
+    from engine.config import load_config as load_any_config
+    from segmentation import Predictor
+
+    cfg = small_config("fcn")
+    path = tmp_path / "segmenter.pth"
+    save_checkpoint(path, build_model(cfg).state_dict(), provenance_from_config(cfg, ["c"] * 5))
+    detector_cfg = load_any_config(
+        Path(__file__).resolve().parents[2] / "configs/detection/faster_rcnn_R_50_FPN_1x.yaml",
+        ["model.num_classes=2", "model.backbone.name=resnet18", "model.backbone.weights=null"],
+        defaults=detection_defaults())
+    with pytest.raises(ValueError, match="segmenter.pth holds a sem_seg model .*not a detection"):
+        load_detector_weights(build_detector(detector_cfg), path)
+    detector_path = tmp_path / "detector.pth"
+    save_checkpoint(detector_path, {}, {"config": {"task": "detection", "model": {}}})
+    with pytest.raises(ValueError, match="detector.pth holds a detection model .*not a sem_seg"):
+        load_segmentation_weights(build_model(cfg), detector_path)
+    with pytest.raises(ValueError, match="detector.pth holds a detection model .*not a sem_seg"):
+        Predictor(cfg, weights=detector_path)
