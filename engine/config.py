@@ -68,7 +68,45 @@ def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
     return chain
 
 
-def _merge(cfg: DictConfig, other: DictConfig, source: str) -> DictConfig:
+def _numeric_keys(defaults: Mapping[str, Any] | DictConfig) -> dict[str, type]:
+    """Dotted key -> int or float, for every key whose default is a number (not a bool)."""
+    kinds: dict[str, type] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, Mapping):
+                walk(v, f"{prefix}{k}.")
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                kinds[f"{prefix}{k}"] = type(v)
+
+    walk(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig) else defaults, "")
+    return kinds
+
+
+def _check_numbers(part: DictConfig, kinds: Mapping[str, type], source: str) -> None:
+    """Refuse a value that is not a number where the default is one (an integer where it is
+    an integer): named with its key and file or override, not as an error deep in training."""
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, Mapping):
+                walk(v, f"{key}.")
+                continue
+            kind = kinds.get(key)
+            if kind is None or v is None or (isinstance(v, str) and v.startswith("${")):
+                continue
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not number or (kind is int and not isinstance(v, int)):
+                raise ConfigError(f"{key} must be {'an integer' if kind is int else 'a number'}"
+                                  f", got {v!r} in {source}")
+
+    walk(OmegaConf.to_container(part), "")
+
+
+def _merge(cfg: DictConfig, other: DictConfig, source: str,
+           numbers: Mapping[str, type] | None = None) -> DictConfig:
+    if numbers:
+        _check_numbers(other, numbers, source)
     try:
         return OmegaConf.merge(cfg, other)  # type: ignore[return-value]
     except (ConfigKeyError, ConfigAttributeError) as e:
@@ -150,10 +188,11 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
     """
     cfg = (make_schema(defaults, open_keys=open_keys) if defaults is not None
            else OmegaConf.create({}))
+    numbers = _numeric_keys(defaults) if defaults is not None else None
     renamed = renamed or {}
     for file, part in config_chain(path):
-        cfg = _merge(cfg, _rename(part, renamed, str(file)), str(file))
-    cfg = apply_overrides(cfg, overrides, renamed=renamed)
+        cfg = _merge(cfg, _rename(part, renamed, str(file)), str(file), numbers)
+    cfg = apply_overrides(cfg, overrides, renamed=renamed, numbers=numbers)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"config {path} leaves mandatory keys unset: {', '.join(missing)} "
@@ -162,11 +201,13 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
-                    renamed: Mapping[str, str] | None = None) -> DictConfig:
+                    renamed: Mapping[str, str] | None = None,
+                    numbers: Mapping[str, type] | None = None) -> DictConfig:
     """`cfg` with `key=value` overrides merged in order (the one override parser).
 
     Raises:
-        ConfigError: a malformed override or an unknown key (named with the override).
+        ConfigError: a malformed override, an unknown key, or a value that is not a number
+            where `numbers` (key -> int or float) says it must be (named with the override).
     """
     for item in overrides:
         if "=" not in item:
@@ -176,7 +217,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
         except OmegaConfBaseException as e:
             raise ConfigError(f"cannot parse override '{item}': {e}") from None
         source = f"override '{item}'"
-        cfg = _merge(cfg, _rename(dotlist, renamed or {}, source), source)
+        cfg = _merge(cfg, _rename(dotlist, renamed or {}, source), source, numbers)
     return cfg
 
 
@@ -186,11 +227,12 @@ def config_from_mapping(config: Mapping[str, Any] | DictConfig, overrides: Seque
     """A config from a loaded mapping (e.g. the one a checkpoint records), checked against
     `defaults` like a file, then `overrides`."""
     cfg = make_schema(defaults)
+    numbers = _numeric_keys(defaults)
     part = OmegaConf.create(OmegaConf.to_container(config) if isinstance(config, DictConfig)
                             else dict(config))
     cfg = _merge(cfg, _rename(part, renamed or {}, "the checkpoint's config"),
-                 "the checkpoint's config")
-    return apply_overrides(cfg, overrides, renamed=renamed)
+                 "the checkpoint's config", numbers)
+    return apply_overrides(cfg, overrides, renamed=renamed, numbers=numbers)
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

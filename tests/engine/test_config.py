@@ -54,6 +54,27 @@ def test_unknown_yaml_key_names_key_and_file(tmp_path: Path) -> None:
         load_config(path, defaults=DEFAULTS)
 
 
+def test_a_value_that_is_not_the_defaults_kind_of_number_is_named(tmp_path: Path) -> None:
+    """Before, `train.batch_size=two` failed deep in training with int()'s message, and
+    `max_iter=12.7` trained 12 steps."""
+    path = write(tmp_path / "c.yaml", "data: {root: /x, size: 160}\n")
+    cfg = load_config(path, ["solver.base_lr=1", "solver.epochs=3", "data.size=null"],
+                      defaults=DEFAULTS)
+    assert cfg.solver.base_lr == 1 and cfg.data.size is None  # an int is a number; null is
+    for override, expected in [("solver.epochs=two", "solver.epochs must be an integer, got "
+                                "'two' in override 'solver.epochs=two'"),
+                               ("solver.epochs=12.7", "solver.epochs must be an integer"),
+                               ("solver.base_lr=abc", "solver.base_lr must be a number, got "
+                                "'abc'"),
+                               ("solver.base_lr=true", "solver.base_lr must be a number")]:
+        with pytest.raises(ConfigError, match=expected):
+            load_config(path, [override], defaults=DEFAULTS)
+    bad = write(tmp_path / "bad.yaml", "data: {root: /x, size: big}\n")
+    with pytest.raises(ConfigError, match=r"data.size must be an integer, got 'big' in "
+                                          r".*bad\.yaml"):
+        load_config(bad, defaults=DEFAULTS)
+
+
 def test_unknown_key_in_base_file_names_the_base(tmp_path: Path) -> None:
     write(tmp_path / "base.yaml", "trainer: {x: 1}\n")
     path = write(tmp_path / "c.yaml", "_base_: base.yaml\ndata: {root: /x}\n")
