@@ -167,6 +167,17 @@ def refuse_mismatched_settings(source: str, implied: Mapping[str, Any],
                      f"tensor has the right shape; set {fix}")
 
 
+def refuse_other_normalisation(backbone: nn.Module, mcfg: Mapping[str, Any]) -> None:
+    """Backbone weights that record the pixel mean and std they were trained with (this
+    project's) must be fed images normalised so: the `model` config must say the same."""
+    provenance = getattr(backbone, "provenance", None) or {}
+    implied = {f"model.{k}": list(provenance[k]) for k in ("pixel_mean", "pixel_std")
+               if provenance.get(k) is not None}
+    if implied:
+        refuse_mismatched_settings(str(mcfg["backbone"]["weights"]), implied,
+                                   {k: list(mcfg[k.split(".")[1]]) for k in implied})
+
+
 def stride_in_1x1(model: nn.Module) -> bool | None:
     """Whether the model's strided bottlenecks stride in their 1x1 conv (None: no bottleneck
     with a stride, e.g. a ResNet-18)."""

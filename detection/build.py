@@ -16,6 +16,7 @@ from torch import nn
 
 import backbones
 from backbones.layers import ShapeSpec
+from backbones.weights import refuse_other_normalisation
 
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
@@ -80,6 +81,7 @@ def build_backbone(cfg: Mapping[str, Any]) -> tuple[nn.Module, nn.Module | None]
         stride_in_1x1=bcfg["stride_in_1x1"],
         out_features=tuple(out_features),
     )
+    refuse_other_normalisation(resnet, cfg)
     # stages past out_features never run: DistributedDataParallel refuses parameters without
     # gradients, so they are dropped (a res5 head takes res5 first)
     res5 = take_res5(resnet) if res5_head else None

@@ -16,6 +16,7 @@ from torch import nn
 
 import backbones
 from backbones.layers import ShapeSpec
+from backbones.weights import refuse_other_normalisation
 from engine.config import config_from_mapping as engine_config_from_mapping
 from engine.config import load_config as engine_load_config
 from engine.config import load_defaults, parse_bool
@@ -94,7 +95,7 @@ def build_backbone(cfg: Mapping[str, Any]) -> nn.Module:
     if acfg["enabled"]:
         out_features.append(acfg["in_feature"])
     multi_grid = bcfg["multi_grid"]
-    return backbones.build(
+    resnet = backbones.build(
         bcfg["name"],
         weights=bcfg["weights"],
         norm=bcfg["norm"],
@@ -103,7 +104,9 @@ def build_backbone(cfg: Mapping[str, Any]) -> nn.Module:
         multi_grid=tuple(multi_grid) if multi_grid else None,
         stride_in_1x1=bcfg["stride_in_1x1"],
         out_features=tuple(dict.fromkeys(out_features)),
-    ).drop_unused_stages()
+    )
+    refuse_other_normalisation(resnet, cfg)
+    return resnet.drop_unused_stages()
 
 
 def build_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],

@@ -194,6 +194,29 @@ def test_fpn_below_res5_leaves_res5_out() -> None:
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
+def test_backbone_weights_pretrained_with_other_normalisation_are_refused(
+        tmp_path: Path) -> None:
+    """A backbone records the pixel mean/std it was pretrained with; a detector that would
+    feed it other values (before: silently, with the defaults) is refused naming the keys."""
+    import backbones
+    from backbones.weights import make_provenance, save_checkpoint
+
+    resnet = backbones.build("resnet18")
+    path = tmp_path / "backbone_final.pth"
+    save_checkpoint(path, resnet.state_dict(), make_provenance(
+        "resnet18", pixel_mean=(0.0, 0.0, 0.0), pixel_std=(255.0, 255.0, 255.0)))
+    with pytest.raises(ValueError, match=r"backbone_final.pth do not fit this config: "
+                                         r"model.pixel_mean is \[123.675,116.28,103.53\], the "
+                                         r"weights need \[0.0,0.0,0.0\]; model.pixel_std"):
+        build_model(_config("faster_rcnn_R_50_FPN_1x.yaml", TINY + [
+            f"model.backbone.weights={path}"]))
+    model = build_model(_config("faster_rcnn_R_50_FPN_1x.yaml", TINY + [
+        f"model.backbone.weights={path}", "model.pixel_mean=[0,0,0]",
+        "model.pixel_std=[255,255,255]"]))
+    assert torch.equal(model.backbone.bottom_up.res2[0].conv1.weight,
+                       resnet.res2[0].conv1.weight)
+
+
 def test_dc5_single_level_stride_16() -> None:
     torch.manual_seed(0)
     model = build_model(
