@@ -8,10 +8,13 @@ A checkpoint `model_{iteration:07d}.pth` holds
      "extra": caller data (e.g. the data sampler position),
      "provenance": what the weights are (classes, settings, config), as in model_final.pth}
 
-in types `torch.load(weights_only=True)` accepts. `last_checkpoint` in the same folder names
-the newest one. Every process calls `save` (RNG states are gathered from all ranks); only
-the main process writes. Resuming restores every state, so a CPU run that is stopped and
-resumed ends with the same weights, bit for bit, as one that never stopped; the optimizer's
+in types `torch.load(weights_only=True)` accepts, and beside it
+`model_{iteration:07d}.pth.sha256`, the file's checksum: a checkpoint whose bytes were damaged
+after writing is unreadable, not loaded (torch.load would load most such damage into wrong
+weights). `last_checkpoint` in the same folder names the newest one. Every process calls
+`save` (RNG states are gathered from all ranks); only the main process writes. Resuming
+restores every state, so a CPU run that is stopped and resumed ends with the same weights, bit
+for bit, as one that never stopped; the optimizer's
 hyperparameters and the learning-rate schedule are this run's (a longer schedule, another
 learning rate), only the schedule's position comes from the checkpoint.
 """
@@ -30,7 +33,7 @@ from torch import nn
 from .distributed import (all_gather_object, any_process, barrier, get_rank, get_world_size,
                           is_main_process)
 from .distributed import unwrap_model
-from .files import atomic_save, atomic_write_text
+from .files import atomic_save, atomic_write_text, sha256_of
 from .rng import get_rng_state, set_rng_state
 from .schedule import restore_position
 
@@ -91,6 +94,7 @@ class Checkpointer:
                     state[name] = component.state_dict()
             try:
                 atomic_save(state, path)
+                atomic_write_text(sha256_of(path) + "\n", _checksum_file(path))
                 atomic_write_text(path.name + "\n", self.output_dir / POINTER)
             except OSError as e:
                 error = e
@@ -114,6 +118,7 @@ class Checkpointer:
         old = sorted(p for p in self.output_dir.glob("model_[0-9]*.pth") if p != keep)
         for path in old[: max(len(old) - self.max_to_keep + 1, 0)]:
             path.unlink()
+            _checksum_file(path).unlink(missing_ok=True)
 
     def _pointer_target(self) -> Path | None:
         """The checkpoint `last_checkpoint` names; a pointer that names none (empty, garbled)
@@ -146,6 +151,13 @@ class Checkpointer:
         """
         path = Path(path)
         try:
+            recorded = _checksum_file(path).read_text().strip()
+        except OSError:
+            recorded = None  # written before checksums were
+        try:
+            if recorded is not None and sha256_of(path) != recorded:
+                raise ValueError(f"its bytes do not match {_checksum_file(path).name}: the file "
+                                 "was damaged after it was written")
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise UnreadableCheckpointError(
@@ -212,6 +224,10 @@ class Checkpointer:
             return state
         raise UnreadableCheckpointError(
             f"no checkpoint in {self.output_dir} can be read: " + "; ".join(failures))
+
+
+def _checksum_file(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".sha256")
 
 
 class UnreadableCheckpointError(ValueError):

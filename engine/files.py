@@ -2,6 +2,7 @@
 truncated one (temp file in the target folder, fsync, then rename over the target)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -57,3 +58,12 @@ def nan_to_none(value: Any) -> Any:
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
     """Indented JSON with a final newline."""
     atomic_write_text(json.dumps(obj, indent=2) + "\n", path)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

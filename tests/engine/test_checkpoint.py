@@ -130,7 +130,8 @@ def test_a_pointer_naming_no_checkpoint_falls_back_and_partial_writes_go(
         (tmp_path / "last_checkpoint").write_text(garbled)
         assert ckpt.resume()["iteration"] == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "last_checkpoint", "model_0000005.pth", "model_0000010.pth"]
+        "last_checkpoint", "model_0000005.pth", "model_0000005.pth.sha256", "model_0000010.pth",
+        "model_0000010.pth.sha256"]
 
 
 def test_resume_takes_this_runs_schedule_and_hyperparameters(tmp_path: Path) -> None:
@@ -171,6 +172,29 @@ def test_a_checkpoint_of_another_model_is_named(tmp_path: Path) -> None:
         Checkpointer(tmp_path, model=nn.Linear(2, 2)).resume()
 
 
+def test_a_checkpoint_damaged_after_writing_is_unreadable_not_loaded(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Bytes changed inside a checkpoint (a bad disk, a copy gone wrong) loaded without
+    complaint into wrong weights; its checksum now marks it unreadable, and resuming takes the
+    older one. Pruning removes the checksums with their checkpoints."""
+    model = nn.Linear(64, 64)
+    ckpt = Checkpointer(tmp_path, model=model, max_to_keep=2)
+    for it in (5, 10, 15):
+        with torch.no_grad():
+            model.weight.fill_(it)
+        ckpt.save(it)
+    assert sorted(p.name for p in tmp_path.glob("*.sha256")) == [
+        "model_0000010.pth.sha256", "model_0000015.pth.sha256"]
+    newest = tmp_path / "model_0000015.pth"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0x40  # one bit, inside the weight's bytes
+    newest.write_bytes(bytes(data))
+    assert torch.load(newest, weights_only=True)["iteration"] == 15  # torch.load takes it
+    assert ckpt.resume()["iteration"] == 10
+    assert model.weight.unique().tolist() == [10.0]
+    assert "do not match model_0000015.pth.sha256" in caplog.text
+
+
 def test_a_full_disk_keeps_the_previous_checkpoint_and_pointer(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = nn.Linear(2, 2)
@@ -186,7 +210,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_pointer(
                        r"space left.*previous checkpoint .*model_0000005.pth"):
         ckpt.save(10)
     monkeypatch.undo()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000005.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last_checkpoint", "model_0000005.pth", "model_0000005.pth.sha256"]
     assert ckpt.resume()["iteration"] == 5
 
 
@@ -276,5 +301,6 @@ def test_resume_without_rng_restore_would_differ(tmp_path: Path) -> None:
     state = torch.load(tmp_path / "b/model_0000004.pth", weights_only=True)
     state["world_size"] = 99  # the checkpointer then skips restoring RNG states
     atomic_save(state, tmp_path / "b/model_0000004.pth")
+    (tmp_path / "b/model_0000004.pth.sha256").unlink()  # as a checkpoint without a checksum
     resumed = run(tmp_path / "b", init_seed=0, resume=True)
     assert not torch.equal(reference[0].weight, resumed[0].weight)
