@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 POINTER = "last_checkpoint"
-CHECKPOINT_NAME = re.compile(r"model_\d{7}\.pth")
+CHECKPOINT_NAME = re.compile(r"model_(\d{7,})\.pth")  # 8 digits from iteration 10^7
 
 
 class Checkpointer:
@@ -115,10 +115,14 @@ class Checkpointer:
     def _prune(self, keep: Path) -> None:
         if self.max_to_keep is None:
             return
-        old = sorted(p for p in self.output_dir.glob("model_[0-9]*.pth") if p != keep)
+        old = sorted((p for p in self._checkpoints() if p != keep), key=_iteration_of)
         for path in old[: max(len(old) - self.max_to_keep + 1, 0)]:
             path.unlink()
             _checksum_file(path).unlink(missing_ok=True)
+
+    def _checkpoints(self) -> list[Path]:
+        return [p for p in self.output_dir.glob("model_*.pth")
+                if CHECKPOINT_NAME.fullmatch(p.name)]
 
     def _pointer_target(self) -> Path | None:
         """The checkpoint `last_checkpoint` names; a pointer that names none (empty, garbled)
@@ -171,8 +175,9 @@ class Checkpointer:
                              f"{self.output_dir} hold another model's run? Set another "
                              f"train.output_dir): {e}") from None
         optimizer, scheduler = self.components["optimizer"], self.components["scheduler"]
-        # this run's hyperparameters (its config) win over the checkpoint's
-        hyper = [{k: v for k, v in g.items() if k != "params"}
+        # this run's hyperparameters (its config) win over the checkpoint's; the learning
+        # rate is the scheduler's at the resumed position
+        hyper = [{k: v for k, v in g.items() if k not in ("params", "lr")}
                  for g in optimizer.param_groups] if optimizer is not None else []
         for name, component in self.components.items():
             if component is None:
@@ -207,9 +212,10 @@ class Checkpointer:
         if newest is None:
             logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
             return None
-        older = sorted((p for p in self.output_dir.glob("model_[0-9]*.pth")
-                        if p != newest and (not CHECKPOINT_NAME.fullmatch(newest.name)
-                                            or p.name < newest.name)), reverse=True)
+        bound = _iteration_of(newest) if CHECKPOINT_NAME.fullmatch(newest.name) else None
+        older = sorted((p for p in self._checkpoints()
+                        if bound is None or _iteration_of(p) < bound),
+                       key=_iteration_of, reverse=True)
         failures = []
         for path in (newest, *older):
             try:
@@ -224,6 +230,10 @@ class Checkpointer:
             return state
         raise UnreadableCheckpointError(
             f"no checkpoint in {self.output_dir} can be read: " + "; ".join(failures))
+
+
+def _iteration_of(checkpoint: Path) -> int:
+    return int(CHECKPOINT_NAME.fullmatch(checkpoint.name).group(1))  # type: ignore[union-attr]
 
 
 def _checksum_file(checkpoint: Path) -> Path:

@@ -68,43 +68,44 @@ def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
     return chain
 
 
-def _numeric_keys(defaults: Mapping[str, Any] | DictConfig) -> dict[str, type]:
-    """Dotted key -> int or float, for every key whose default is a number (not a bool)."""
-    kinds: dict[str, type] = {}
+def _numeric_keys(defaults: Mapping[str, Any] | DictConfig) -> set[str]:
+    """The dotted keys whose default is a number (not a bool)."""
+    keys: set[str] = set()
 
     def walk(node: Mapping[str, Any], prefix: str) -> None:
         for k, v in node.items():
             if isinstance(v, Mapping):
                 walk(v, f"{prefix}{k}.")
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                kinds[f"{prefix}{k}"] = type(v)
+                keys.add(f"{prefix}{k}")
 
     walk(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig) else defaults, "")
-    return kinds
+    return keys
 
 
-def _check_numbers(part: DictConfig, kinds: Mapping[str, type], source: str) -> None:
-    """Refuse a value that is not a number where the default is one (an integer where it is
-    an integer): named with its key and file or override, not as an error deep in training."""
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_numbers(part: DictConfig, numeric: set[str], source: str) -> None:
+    """Refuse a value that is not a number (or a list of numbers: some such keys take one,
+    e.g. several test sizes) where the default is a number, naming its key and file or
+    override, rather than fail deep in training."""
     def walk(node: Mapping[str, Any], prefix: str) -> None:
         for k, v in node.items():
             key = f"{prefix}{k}"
             if isinstance(v, Mapping):
                 walk(v, f"{key}.")
-                continue
-            kind = kinds.get(key)
-            if kind is None or v is None or (isinstance(v, str) and v.startswith("${")):
-                continue
-            number = isinstance(v, (int, float)) and not isinstance(v, bool)
-            if not number or (kind is int and not isinstance(v, int)):
-                raise ConfigError(f"{key} must be {'an integer' if kind is int else 'a number'}"
-                                  f", got {v!r} in {source}")
+            elif key in numeric and v is not None and not _is_number(v) and not (
+                    isinstance(v, list) and all(_is_number(x) for x in v)) and not (
+                    isinstance(v, str) and v.startswith("${")):
+                raise ConfigError(f"{key} must be a number, got {v!r} in {source}")
 
     walk(OmegaConf.to_container(part), "")
 
 
 def _merge(cfg: DictConfig, other: DictConfig, source: str,
-           numbers: Mapping[str, type] | None = None) -> DictConfig:
+           numbers: set[str] | None = None) -> DictConfig:
     if numbers:
         _check_numbers(other, numbers, source)
     try:
@@ -202,12 +203,12 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
                     renamed: Mapping[str, str] | None = None,
-                    numbers: Mapping[str, type] | None = None) -> DictConfig:
+                    numbers: set[str] | None = None) -> DictConfig:
     """`cfg` with `key=value` overrides merged in order (the one override parser).
 
     Raises:
         ConfigError: a malformed override, an unknown key, or a value that is not a number
-            where `numbers` (key -> int or float) says it must be (named with the override).
+            where `numbers` (dotted keys) says it must be (named with the override).
     """
     for item in overrides:
         if "=" not in item:
@@ -227,12 +228,12 @@ def config_from_mapping(config: Mapping[str, Any] | DictConfig, overrides: Seque
     """A config from a loaded mapping (e.g. the one a checkpoint records), checked against
     `defaults` like a file, then `overrides`."""
     cfg = make_schema(defaults)
-    numbers = _numeric_keys(defaults)
     part = OmegaConf.create(OmegaConf.to_container(config) if isinstance(config, DictConfig)
                             else dict(config))
+    # what a checkpoint recorded is not checked again: it trained, and must load for inference
     cfg = _merge(cfg, _rename(part, renamed or {}, "the checkpoint's config"),
-                 "the checkpoint's config", numbers)
-    return apply_overrides(cfg, overrides, renamed=renamed, numbers=numbers)
+                 "the checkpoint's config")
+    return apply_overrides(cfg, overrides, renamed=renamed, numbers=_numeric_keys(defaults))
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

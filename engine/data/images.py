@@ -7,6 +7,7 @@ grayscale to three channels, drops alpha and converts 16-bit to 8-bit.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -27,13 +28,39 @@ class UnreadableImageError(OSError):
     """The file is missing, truncated or not an image OpenCV can decode."""
 
 
+# inside a scan, 0xFF starts a marker unless 0x00 (a stuffed byte), a restart marker or fill
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
 def is_truncated_jpeg(data: bytes) -> bool:
-    """A JPEG whose last scan has no end-of-image marker after it: the file was cut short.
-    (libjpeg decodes the missing part as grey and only prints a warning naming no file.)
-    Inside a scan 0xFF is always followed by 0x00 or a restart marker, so the markers found
-    are real; data appended after the image's end (a second image, a maker's trailer) keeps
-    its own order of scan and end markers."""
-    return data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+    """A JPEG that ends before its end-of-image marker: cut short. (libjpeg decodes the missing
+    part as grey and only prints a warning naming no file.) The file is walked segment by
+    segment to its first end marker, so what follows it (a phone's motion-photo video, a
+    maker's trailer) and thumbnails inside segments are never taken for the image's end."""
+    if data[:2] != b"\xff\xd8":
+        return False
+    i, n = 2, len(data)
+    while True:
+        while i < n and data[i] == 0xFF and i + 1 < n and data[i + 1] == 0xFF:
+            i += 1  # fill bytes before a marker
+        if i + 2 > n:
+            return True
+        if data[i] != 0xFF:
+            return False  # not a marker: malformed, which the decoder reports itself
+        marker = data[i + 1]
+        if marker == 0xD9:
+            return False
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if i + 4 > n:
+            return True
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # a scan: its entropy-coded data runs to the next marker
+            end = _SCAN_END.search(data, min(i, n))
+            if end is None:
+                return True
+            i = end.start()
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -64,11 +91,16 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
     try:
         with Image.open(path) as im:
             width, height = im.size
-            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
-                width, height = height, width
+            rotated = im.getexif().get(0x0112) in (5, 6, 7, 8)  # by 90 or 270 degrees
+            stored_size = im.format in ("JPEG", "MPO", "PNG", "WEBP")  # others: displayed
     except (OSError, ValueError, SyntaxError):
         return None
-    return height, width
+    if rotated and not stored_size:  # what OpenCV makes of it: ask it
+        try:
+            return read_image(path).shape[:2]
+        except UnreadableImageError:
+            return None
+    return (width, height) if rotated else (height, width)
 
 
 def check_rgb_image(image: object) -> np.ndarray:

@@ -72,6 +72,10 @@ def test_read_image_is_rgb_and_honours_exif_orientation(tmp_path: Path) -> None:
     assert read_image(tmp_path / "rot.jpg").shape == (20, 10, 3)
     assert image_size(tmp_path / "rot.jpg") == (20, 10)  # from the header, EXIF applied
     assert image_size(tmp_path / "red.png") == (4, 6)
+    for suffix in (".png", ".webp", ".tiff"):  # Pillow reports a TIFF's size rotated already
+        Image.new("RGB", (20, 10), (0, 0, 255)).save(tmp_path / f"rot{suffix}", exif=exif)
+        assert image_size(tmp_path / f"rot{suffix}") == read_image(
+            tmp_path / f"rot{suffix}").shape[:2], suffix
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(UnreadableImageError, match="bad.jpg: cannot be decoded"):
         read_image(tmp_path / "bad.jpg")
@@ -96,6 +100,10 @@ def test_read_image_refuses_a_truncated_jpeg(tmp_path: Path) -> None:
                               cv2.cvtColor(cv2.imread(str(tmp_path / name)), cv2.COLOR_BGR2RGB))
         (tmp_path / "trailer.jpg").write_bytes(whole + b"\x00" * 16 + b"MAKER TRAILER" + whole)
         assert read_image(tmp_path / "trailer.jpg").shape == (48, 64, 3)
+        # a motion photo: a video after the image, whose bytes hold scan markers but no end
+        video = b"\x00\x00\x00\x18ftypmp42" + noise.tobytes() + b"\xff\xda\x00\x08" + bytes(64)
+        (tmp_path / "motion.jpg").write_bytes(whole + video)
+        assert read_image(tmp_path / "motion.jpg").shape == (48, 64, 3)
         (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])
         with pytest.raises(UnreadableImageError, match="cut.jpg: truncated JPEG"):
             read_image(tmp_path / "cut.jpg")

@@ -164,6 +164,33 @@ def test_resume_takes_this_runs_schedule_and_hyperparameters(tmp_path: Path) -> 
     assert same.param_groups[0]["lr"] == opt.param_groups[0]["lr"]  # bit for bit
 
 
+def test_iterations_of_eight_digits_order_by_number(tmp_path: Path) -> None:
+    """model_10000000.pth sorts before model_9999999.pth by name."""
+    model = nn.Linear(2, 2)
+    ckpt = Checkpointer(tmp_path, model=model, max_to_keep=2)
+    for it in (9_999_998, 9_999_999, 10_000_000):
+        ckpt.save(it)
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
+        "model_10000000.pth", "model_9999999.pth"]
+    assert ckpt.resume()["iteration"] == 10_000_000
+    (tmp_path / "model_10000000.pth").write_bytes(b"")
+    assert ckpt.resume()["iteration"] == 9_999_999
+
+
+def test_another_scheduler_resumes_at_its_saved_learning_rate(tmp_path: Path) -> None:
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.1)
+    for _ in range(7):
+        opt.step()
+        sched.step()
+    Checkpointer(tmp_path, model=model, optimizer=opt, scheduler=sched).save(7)
+    again = torch.optim.SGD(model.parameters(), lr=0.1)
+    again_sched = torch.optim.lr_scheduler.StepLR(again, step_size=3, gamma=0.1)
+    Checkpointer(tmp_path, model=model, optimizer=again, scheduler=again_sched).resume()
+    assert again.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
 def test_a_checkpoint_of_another_model_is_named(tmp_path: Path) -> None:
     Checkpointer(tmp_path, model=nn.Linear(2, 3)).save(4)
     with pytest.raises(ValueError, match=r"checkpoint .*model_0000004.pth does not fit this "

@@ -54,23 +54,25 @@ def test_unknown_yaml_key_names_key_and_file(tmp_path: Path) -> None:
         load_config(path, defaults=DEFAULTS)
 
 
-def test_a_value_that_is_not_the_defaults_kind_of_number_is_named(tmp_path: Path) -> None:
-    """Before, `train.batch_size=two` failed deep in training with int()'s message, and
-    `max_iter=12.7` trained 12 steps."""
+def test_a_value_that_is_not_a_number_where_the_default_is_one_is_named(
+        tmp_path: Path) -> None:
+    """Before, `train.batch_size=two` failed deep in training with int()'s message."""
     path = write(tmp_path / "c.yaml", "data: {root: /x, size: 160}\n")
-    cfg = load_config(path, ["solver.base_lr=1", "solver.epochs=3", "data.size=null"],
-                      defaults=DEFAULTS)
-    assert cfg.solver.base_lr == 1 and cfg.data.size is None  # an int is a number; null is
-    for override, expected in [("solver.epochs=two", "solver.epochs must be an integer, got "
+    cfg = load_config(path, ["solver.base_lr=1", "solver.epochs=2.5", "data.size=[640,800]",
+                             "solver.base_lr=1e-4"], defaults=DEFAULTS)
+    assert cfg.solver.base_lr == 1e-4 and cfg.solver.epochs == 2.5  # fractional epochs exist
+    assert list(cfg.data.size) == [640, 800]  # some size keys take several
+    assert load_config(path, ["data.size=null"], defaults=DEFAULTS).data.size is None
+    for override, expected in [("solver.epochs=two", "solver.epochs must be a number, got "
                                 "'two' in override 'solver.epochs=two'"),
-                               ("solver.epochs=12.7", "solver.epochs must be an integer"),
                                ("solver.base_lr=abc", "solver.base_lr must be a number, got "
                                 "'abc'"),
-                               ("solver.base_lr=true", "solver.base_lr must be a number")]:
+                               ("solver.base_lr=true", "solver.base_lr must be a number"),
+                               ("data.size=[640,big]", "data.size must be a number")]:
         with pytest.raises(ConfigError, match=expected):
             load_config(path, [override], defaults=DEFAULTS)
     bad = write(tmp_path / "bad.yaml", "data: {root: /x, size: big}\n")
-    with pytest.raises(ConfigError, match=r"data.size must be an integer, got 'big' in "
+    with pytest.raises(ConfigError, match=r"data.size must be a number, got 'big' in "
                                           r".*bad\.yaml"):
         load_config(bad, defaults=DEFAULTS)
 
