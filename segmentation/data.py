@@ -167,7 +167,11 @@ class SemSegDataset(Dataset):
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, ()).item())
         self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
-        out = self.transform(image=image, mask=mask)
+        try:
+            out = self.transform(image=image, mask=mask)
+        except cv2.error as err:  # e.g. a 1-pixel image scaled below one pixel
+            raise DatasetError(f"{record['file_name']} ({image.shape[1]}x{image.shape[0]}) "
+                               f"cannot be augmented: {str(err).strip()[-120:]}") from None
         return {"image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
                 "gt_sem_seg": torch.from_numpy(out["mask"].astype(np.int64)),
                 "file_name": record["file_name"],

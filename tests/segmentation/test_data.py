@@ -335,3 +335,12 @@ def test_ignore_index_other_than_255_pads_and_checks_with_it(tmp_path):
     cfg["model"]["ignore_index"] = 300
     with pytest.raises(ValueError, match="model.ignore_index must be a mask value 0..255"):
         build_dataset(cfg, "val")
+
+
+def test_an_image_too_small_to_augment_is_named(tmp_path):
+    _image(tmp_path / "img/0.jpg", 1, 1)
+    _mask(tmp_path / "ann/0.png", np.zeros((1, 1)))
+    cfg = _config(img_dir=str(tmp_path / "img"), mask_dir=str(tmp_path / "ann"))
+    cfg["data"]["train"]["scale_range"] = [0.4, 0.6]
+    with pytest.raises(DatasetError, match=r"0.jpg \(1x1\) cannot be augmented"):
+        build_dataset(cfg, "train")[(0, 0)]
