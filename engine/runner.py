@@ -296,7 +296,12 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
 
     def step_fn(net: nn.Module, batch: list[dict[str, Any]]) -> Mapping[str, torch.Tensor]:
         skipped.add_batch(batch_size, len(batch), trainer.iter)
-        if not batch:  # every image unreadable: a zero step keeps all processes in step
+        if not batch:  # every image unreadable
+            # no gradient at all: the optimizer skips every weight (fp16's GradScaler needs
+            # gradients to check, and several processes an all-reduce of them)
+            if get_world_size() == 1 and not trainer.scaler.is_enabled():
+                return {"loss_skipped_batch": torch.zeros((), device=device, requires_grad=True)}
+            # a zero gradient for every weight keeps the processes' all-reduce in step
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             return {"loss_skipped_batch": zero}
         return task.losses(net, batch, device)

@@ -157,6 +157,22 @@ def test_training_stops_when_most_images_of_a_window_are_unreadable(
     assert not (tmp_path / "most/model_final.pth").exists()
 
 
+def test_a_batch_of_unreadable_images_leaves_the_weights_as_they_were(
+        tool: ModuleType, tmp_path: Path) -> None:
+    """A step with nothing to learn from took an optimizer step on zero gradients, whose
+    weight decay (and momentum) still moved the weights."""
+    colour_tree(tmp_path / "data", train_per_class=2, val_per_class=1)
+    for path in (tmp_path / "data/train").rglob("*.png"):
+        path.write_bytes(b"")
+    tool.main(overrides(tmp_path / "data", tmp_path / "out",
+                        **{"train.epochs": 3, "train.batch_size": 2,
+                           "train.checkpoint_period": 1, "train.weight_decay": 0.1,
+                           "train.max_to_keep": "null"}))
+    first = torch.load(tmp_path / "out/model_0000001.pth", weights_only=True)["model"]
+    last = torch.load(tmp_path / "out/model_0000006.pth", weights_only=True)["model"]
+    assert all(torch.equal(first[k], last[k]) for k in first)
+
+
 def test_resumed_run_ends_with_the_same_weights(tool: ModuleType, tmp_path: Path) -> None:
     colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
     extra = {"train.epochs": 3, "train.batch_size": 4, "train.checkpoint_period": 2,
