@@ -2,7 +2,9 @@
 
 The first signal only sets a flag: the trainer finishes the step in flight, every process
 agrees to stop at the same iteration, the runner writes a checkpoint and raises
-`TrainingInterrupted`. A second signal stops at once (the usual Ctrl-C behaviour).
+`TrainingInterrupted`. A second signal stops at once (the usual Ctrl-C behaviour), except a
+SIGTERM repeated within `REPEAT_GRACE_S` of the first: schedulers signal every process of a
+job and launchers such as torchrun forward it once more, which must not cost the checkpoint.
 Loader workers leave both signals to the main process while it catches them, so a signal sent
 to every process of a job (Ctrl-C, a scheduler's SIGTERM to the process group) stops the run
 cleanly instead of killing the workers under the step in flight.
@@ -28,6 +30,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # see their own zero byte and die of a SIGTERM sent to the whole job, as before.)
 _CATCHING = mmap.mmap(-1, 1)
 WORKER_EXIT_GRACE_S = 5.0
+REPEAT_GRACE_S = 30.0  # a SIGTERM this soon after the first is the same request, forwarded
 
 
 class TrainingInterrupted(Exception):
@@ -51,6 +54,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._since = 0.0  # time.monotonic() of the first signal
 
     @property
     def requested(self) -> bool:
@@ -62,11 +66,16 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:  # the second signal: stop now, saving nothing
+            if signum == signal.SIGTERM and time.monotonic() - self._since < REPEAT_GRACE_S:
+                logger.warning("received SIGTERM again (a launcher forwarding it): still "
+                               "finishing the step and saving")
+                return
             signal.signal(signum, signal.SIG_DFL)
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             raise SystemExit(128 + signum)
         self.signum = signum
+        self._since = time.monotonic()
         logger.warning("received %s: finishing the current step, then saving a checkpoint "
                        "(send it again to stop at once, without saving)",
                        signal.Signals(signum).name)
