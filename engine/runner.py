@@ -31,8 +31,8 @@ from .checkpoint import POINTER, Checkpointer, PeriodicCheckpointer
 from .compilation import compile_model, parse_compile
 from .config import save_config, to_plain
 from .data import build_test_loader, build_train_loader, collate
-from .distributed import (all_reduce_sum, broadcast_buffers, get_rank, get_world_size,
-                          is_main_process, per_process_batch_size, wrap_ddp)
+from .distributed import (all_gather_object, all_reduce_sum, broadcast_buffers, get_rank,
+                          get_world_size, is_main_process, per_process_batch_size, wrap_ddp)
 from .logging import ProgressLogger, ScalarWriter, setup_logging
 from .optim import OPTIMIZERS, build_optimizer
 from .preemption import TrainingInterrupted, stop_on_signals
@@ -198,6 +198,19 @@ class _SkipCounter:
         return total
 
 
+def _check_same_data_everywhere(data: TaskData) -> None:
+    """Every process must have read the same data (each node may hold its own copy): other
+    sizes give other schedules, whose collectives then wait for each other forever."""
+    if get_world_size() == 1:
+        return
+    mine = (data.description, len(data.train), None if data.val is None else len(data.val),
+            getattr(data.train, "class_names", None))
+    seen = all_gather_object(mine)
+    if any(s != seen[0] for s in seen):
+        raise ValueError("the processes read different data; every one needs the same files:"
+                         + "".join(f"\n  rank {r}: {s[0]}" for r, s in enumerate(seen)))
+
+
 def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                      cfg: DictConfig, max_iter: int, logger: logging.Logger) -> None:
     """Refuse a checkpoint this run cannot continue from, before anything is restored; say
@@ -279,6 +292,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     setup_logging(output_dir)
     batch_size = per_process_batch_size(t.batch_size, "train.batch_size")
     data = task.prepare(cfg)
+    _check_same_data_everywhere(data)
     if len(data.train) == 0:
         raise ValueError(f"the training set is empty ({data.description}): nothing to train on")
     lengths = _lengths(cfg, len(data.train))

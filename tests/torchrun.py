@@ -68,11 +68,13 @@ def run_two_nodes(tool: str, args: list[str], tmp_path: Path) -> str:
     return "\n".join(logs)
 
 
-def run_two_processes(tool: str, args: list[str], tmp_path: Path) -> str:
+def run_two_processes(tool: str, args: list[str], tmp_path: Path, *, fails: bool = False
+                      ) -> str:
     """Run tools/<tool>.py with `args` on 2 processes; returns stdout + stderr.
 
     Raises:
-        AssertionError: the run failed (with the end of its log).
+        AssertionError: the run failed (with the end of its log), or, with `fails`, it
+            did not.
     """
     port, wrapper = _free_port(), _wrapper(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
@@ -81,5 +83,5 @@ def run_two_processes(tool: str, args: list[str], tmp_path: Path) -> str:
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
+    assert (proc.returncode != 0) == fails, log[-6000:]
     return log

@@ -233,6 +233,22 @@ def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_processes_that_read_different_data_stop_before_training(tmp_path: Path) -> None:
+    """Each node with its own copy of the data, one copy short of images: the two schedules
+    differed and the collectives waited for each other for 30 minutes."""
+    colour_tree(tmp_path / "data_0", train_per_class=4, val_per_class=1)
+    colour_tree(tmp_path / "data_1", train_per_class=3, val_per_class=1)
+    args = [a if not a.startswith("data.root=") else f"data.root={tmp_path}/data_${{oc.env:RANK}}"
+            for a in overrides(tmp_path / "unused", tmp_path / "out",
+                               **{"train.epochs": 2, "train.batch_size": 4})]
+    log = run_two_processes("pretrain", args, tmp_path, fails=True)
+    assert "ValueError: the processes read different data; every one needs the same" in log
+    assert "  rank 0: 8 train / 2 val images, 2 classes" in log
+    assert "  rank 1: 6 train / 2 val images, 2 classes" in log
+    assert not list((tmp_path / "out").glob("*.pth"))
+
+
+@pytest.mark.slow
 def test_two_process_torchrun_ranks_end_identical(tmp_path: Path) -> None:
     colour_tree(tmp_path / "data", train_per_class=6, val_per_class=3)
     out = tmp_path / "out"
