@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -76,8 +77,9 @@ def conv3x3_norm_relu(in_channels: int, out_channels: int, *, dilation: int = 1,
 class ImagePooling(nn.Module):
     """ASPP image-level branch: global average pool, 1x1 conv-norm-ReLU, broadcast back.
 
-    (N, C_in, h, w) -> (N, C_out, 1, 1) -> (N, C_out, h, w). With BatchNorm it needs more
-    than one image per batch in training (the pooled map has one value per channel).
+    (N, C_in, h, w) -> (N, C_out, 1, 1) -> (N, C_out, h, w). A training batch of one image
+    (one per process, or the only readable one of its batch) has one pooled value per channel,
+    no batch statistics: BatchNorm then uses its running statistics, without updating them.
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, norm: str = "bn") -> None:
@@ -87,7 +89,16 @@ class ImagePooling(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
-        pooled = F.relu(self.norm(self.conv(F.adaptive_avg_pool2d(x, 1))))
+        pooled = self.conv(F.adaptive_avg_pool2d(x, 1))
+        norm = self.norm
+        if (self.training and len(pooled) == 1 and isinstance(norm, nn.modules.batchnorm._BatchNorm)
+                and not (isinstance(norm, nn.SyncBatchNorm) and dist.is_available()
+                         and dist.is_initialized() and dist.get_world_size() > 1)):
+            pooled = F.batch_norm(pooled, norm.running_mean, norm.running_var, norm.weight,
+                                  norm.bias, False, 0.0, norm.eps)
+        else:
+            pooled = norm(pooled)
+        pooled = F.relu(pooled)
         # bilinear from 1x1 is a broadcast; written as interpolate to match torchvision exactly
         return F.interpolate(pooled, size=size, mode="bilinear", align_corners=False)
 

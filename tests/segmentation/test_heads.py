@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from segmentation import ASPP, aspp_rates, build_model
-from segmentation.heads import FCNHead, SeparableConvNormReLU
+from segmentation.heads import FCNHead, ImagePooling, SeparableConvNormReLU
 
 
 @pytest.mark.parametrize("output_stride, rates",
@@ -137,3 +137,24 @@ def test_separable_is_checked(small_config):
     cfg["model"]["head"]["separable"] = "yes"
     with pytest.raises(ValueError, match="model.head.separable must be true or false"):
         build_model(cfg)
+
+
+def test_image_pooling_trains_on_a_batch_of_one():
+    """One image per process (or the only readable one of a batch) crashed BatchNorm on the
+    1x1 pooled map ("Expected more than 1 value per channel"); its running statistics are
+    used instead, and not updated. Two images still train on the batch's statistics."""
+    torch.manual_seed(0)
+    pooling = ImagePooling(8, 4).train()
+    with torch.no_grad():
+        pooling.norm.running_mean.uniform_(-1, 1)
+        pooling.norm.running_var.uniform_(0.5, 2)
+    before = pooling.norm.running_mean.clone()
+    x = torch.randn(1, 8, 5, 6)
+    out = pooling(x)
+    assert torch.equal(pooling.norm.running_mean, before)
+    expected = pooling.eval()(x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    out.sum().backward()
+    assert pooling.conv.weight.grad is not None and pooling.norm.weight.grad is not None
+    pooling.train()(torch.randn(2, 8, 5, 6))
+    assert not torch.equal(pooling.norm.running_mean, before)
