@@ -24,17 +24,32 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from engine.data import PackedRecords, UnreadableImageError, collate, read_image
+from engine.data import IMAGE_SUFFIXES, PackedRecords, UnreadableImageError, collate, read_image
 
 from .weights import PIXEL_MEAN, PIXEL_STD
 
 logger = logging.getLogger(__name__)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files under `folder`, sorted, through symlinked folders too (each real folder
+    once) and not in hidden ones (.ipynb_checkpoints, .git)."""
+    files, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files += [Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files)
 
 
 def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] | None = None
                       ) -> tuple[list[tuple[str, int]], list[str]]:
-    """List (path, label) of `split_dir/<class>/*` images, sorted.
+    """List (path, label) of `split_dir/<class>/*` images, sorted. Hidden folders are not
+    classes; every training class needs an image (a class without one could never be learnt).
 
     Args:
         split_dir: e.g. root/train.
@@ -42,14 +57,16 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
 
     Raises:
         FileNotFoundError: the folder does not exist.
-        ValueError: no class folders, no images, or a class unknown to `class_names`.
+        ValueError: no class folders, no images, a training class without images, or a
+            class unknown to `class_names`.
     """
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {split_dir}")
-    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not found:
         raise ValueError(f"no class folders in {split_dir} (expected {split_dir}/<class>/<image>)")
+    training = class_names is None
     if class_names is None:
         class_names = found
     unknown = [c for c in found if c not in class_names]
@@ -57,13 +74,17 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
         raise ValueError(f"{split_dir} has classes the training split does not: "
                          f"{', '.join(unknown)}")
     label_of = {name: i for i, name in enumerate(class_names)}
-    samples = []
+    samples, empty = [], []
     for name in found:
-        files = sorted(p for p in (split_dir / name).rglob("*")
-                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        files = _image_files(split_dir / name)
+        if not files:
+            empty.append(name)
         samples.extend((str(p), label_of[name]) for p in files)
     if not samples:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {split_dir}")
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {split_dir}")
+    if training and empty:
+        raise ValueError(f"{split_dir}: class folders without images "
+                         f"({', '.join(sorted(IMAGE_SUFFIXES))}): {', '.join(empty)}")
     return samples, list(class_names)
 
 

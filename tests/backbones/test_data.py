@@ -60,6 +60,29 @@ def test_scan_errors_name_the_folder(tmp_path: Path) -> None:
         scan_image_folder(tmp_path / "val", ["cat", "dog"])
 
 
+def test_scan_skips_hidden_folders_follows_links_and_refuses_empty_classes(
+        tmp_path: Path) -> None:
+    """A notebook's .ipynb_checkpoints became a class, an empty folder a class that can
+    never be learnt, and images behind a symlinked folder were silently left out."""
+    make_tree(tmp_path / "train", {"cat": 2, "dog": 1, ".ipynb_checkpoints": 1})
+    make_tree(tmp_path / "more", {"dogs": 2})
+    (tmp_path / "train/dog/linked").symlink_to(tmp_path / "more/dogs")
+    (tmp_path / "train/dog/loop").symlink_to(tmp_path / "train/dog")  # each folder once
+    (tmp_path / "train/cat/.hidden").mkdir()
+    cv2.imwrite(str(tmp_path / "train/cat/.hidden/x.png"), np.zeros((8, 8, 3), np.uint8))
+    samples, classes = scan_image_folder(tmp_path / "train")
+    assert classes == ["cat", "dog"]
+    assert sorted(Path(p).relative_to(tmp_path / "train").as_posix() for p, _ in samples) == [
+        "cat/0.png", "cat/1.png", "dog/0.png", "dog/linked/0.png", "dog/linked/1.png"]
+    (tmp_path / "train/zebra").mkdir()
+    (tmp_path / "train/zebra/notes.txt").write_text("no image")
+    with pytest.raises(ValueError, match="train: class folders without images .*: zebra"):
+        scan_image_folder(tmp_path / "train")
+    (tmp_path / "val/zebra").mkdir(parents=True)
+    make_tree(tmp_path / "val", {"cat": 1})
+    assert len(scan_image_folder(tmp_path / "val", ["cat", "dog", "zebra"])[0]) == 1
+
+
 def test_read_image_is_rgb_and_honours_exif_orientation(tmp_path: Path) -> None:
     bgr = np.zeros((4, 6, 3), np.uint8)
     bgr[..., 2] = 255  # red in OpenCV's BGR order
