@@ -81,6 +81,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except cv2.error:
         image = None
     if image is None or image.size == 0:
+        size = image_size(path)
+        limit = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
+        if size is not None and size[0] * size[1] > limit:
+            raise UnreadableImageError(
+                f"{path}: cannot be decoded: {size[1]}x{size[0]} pixels, over OpenCV's limit of "
+                f"{limit} (OPENCV_IO_MAX_IMAGE_PIXELS)")
         raise UnreadableImageError(f"{path}: cannot be decoded")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
@@ -93,6 +99,12 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
             width, height = im.size
             rotated = im.getexif().get(0x0112) in (5, 6, 7, 8)  # by 90 or 270 degrees
             stored_size = im.format in ("JPEG", "MPO", "PNG", "WEBP")  # others: displayed
+    except Image.DecompressionBombError:  # a huge image: its header is still just a header
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return image_size(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
     except (OSError, ValueError, SyntaxError):
         return None
     if rotated and not stored_size:  # what OpenCV makes of it: ask it

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,18 @@ def test_read_image_is_rgb_and_honours_exif_orientation(tmp_path: Path) -> None:
         read_image(tmp_path / "bad.jpg")
     with pytest.raises(UnreadableImageError, match="missing.png: file not found"):
         read_image(tmp_path / "missing.png")
+
+
+def test_an_image_over_opencvs_pixel_limit_says_so(tmp_path: Path) -> None:
+    """It was only "cannot be decoded"; OpenCV reads its limit once per process."""
+    cv2.imwrite(str(tmp_path / "big.png"), np.zeros((20, 30, 3), np.uint8))
+    code = ("from engine.data import read_image\n"
+            f"read_image({str(tmp_path / 'big.png')!r})")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "OPENCV_IO_MAX_IMAGE_PIXELS": "100"},
+                          cwd=Path(__file__).resolve().parents[2])
+    assert "big.png: cannot be decoded: 30x20 pixels, over OpenCV's limit of 100 " \
+           "(OPENCV_IO_MAX_IMAGE_PIXELS)" in proc.stderr
 
 
 def test_read_image_refuses_a_truncated_jpeg(tmp_path: Path) -> None:
