@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ from engine.data import IMAGE_SUFFIXES, PackedRecords, UnreadableImageError, col
 from .weights import PIXEL_MEAN, PIXEL_STD
 
 logger = logging.getLogger(__name__)
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -68,18 +73,19 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
         raise ValueError(f"no class folders in {split_dir} (expected {split_dir}/<class>/<image>)")
     training = class_names is None
     if class_names is None:
-        class_names = found
-    unknown = [c for c in found if c not in class_names]
+        class_names = [_nfc(name) for name in found]
+    # one spelling for names a file system may store decomposed (macOS: "café" as e + accent)
+    label_of = {_nfc(name): i for i, name in enumerate(class_names)}
+    unknown = [c for c in found if _nfc(c) not in label_of]
     if unknown:
         raise ValueError(f"{split_dir} has classes the training split does not: "
                          f"{', '.join(unknown)}")
-    label_of = {name: i for i, name in enumerate(class_names)}
     samples, empty = [], []
     for name in found:
         files = _image_files(split_dir / name)
         if not files:
             empty.append(name)
-        samples.extend((str(p), label_of[name]) for p in files)
+        samples.extend((str(p), label_of[_nfc(name)]) for p in files)
     if not samples:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {split_dir}")
     if training and empty:

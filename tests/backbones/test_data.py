@@ -82,6 +82,12 @@ def test_scan_skips_hidden_folders_follows_links_and_refuses_empty_classes(
     (tmp_path / "val/zebra").mkdir(parents=True)
     make_tree(tmp_path / "val", {"cat": 1})
     assert len(scan_image_folder(tmp_path / "val", ["cat", "dog", "zebra"])[0]) == 1
+    # the same name spelt decomposed (as macOS stores it) is the same class
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    make_tree(tmp_path / "u/train", {composed: 1})
+    make_tree(tmp_path / "u/val", {decomposed: 1})
+    _, classes = scan_image_folder(tmp_path / "u/train")
+    assert [label for _, label in scan_image_folder(tmp_path / "u/val", classes)[0]] == [0]
 
 
 def test_read_image_is_rgb_and_honours_exif_orientation(tmp_path: Path) -> None:
