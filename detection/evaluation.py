@@ -95,10 +95,13 @@ def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
     for ann in data["annotations"]:
         ann = {**ann, "iscrowd": ann.get("iscrowd", 0)}
         x, y, w, h = (float(v) for v in ann["bbox"])
-        try:
-            segmentation, _ = check_segmentation(ann.get("segmentation"), *sizes[ann["image_id"]])
-        except (TypeError, ValueError):
-            segmentation = None
+        segmentation = None
+        if iou_type == "segm" or "area" not in ann:  # bbox needs no mask but for the area
+            try:
+                segmentation, _ = check_segmentation(ann.get("segmentation"),
+                                                     *sizes[ann["image_id"]])
+            except (TypeError, ValueError):
+                pass
         if iou_type == "segm":
             if segmentation:
                 ann["segmentation"] = segmentation

@@ -68,6 +68,10 @@ def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
     return chain
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _numeric_keys(defaults: Mapping[str, Any] | DictConfig) -> set[str]:
     """The dotted keys whose default is a number (not a bool)."""
     keys: set[str] = set()
@@ -76,15 +80,11 @@ def _numeric_keys(defaults: Mapping[str, Any] | DictConfig) -> set[str]:
         for k, v in node.items():
             if isinstance(v, Mapping):
                 walk(v, f"{prefix}{k}.")
-            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            elif _is_number(v):
                 keys.add(f"{prefix}{k}")
 
     walk(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig) else defaults, "")
     return keys
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_numbers(part: DictConfig, numeric: set[str], source: str) -> None:

@@ -9,9 +9,7 @@ from .records import PackedRecords
 from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 
 __all__ = ["IMAGE_SUFFIXES", "CategoryMapping", "DatasetError", "GroupedBatchSampler",
-           "InferenceSampler",
-           "LoadStats", "PackedRecords", "TrainingSampler", "UnreadableImageError",
-           "build_test_loader", "build_train_loader", "check_rgb_image", "check_segmentation",
-           "collate",
-           "image_size", "listing", "load_coco_json", "read_coco_json", "read_image",
-           "segmentation_to_mask"]
+           "InferenceSampler", "LoadStats", "PackedRecords", "TrainingSampler",
+           "UnreadableImageError", "build_test_loader", "build_train_loader", "check_rgb_image",
+           "check_segmentation", "collate", "image_size", "listing", "load_coco_json",
+           "read_coco_json", "read_image", "segmentation_to_mask"]

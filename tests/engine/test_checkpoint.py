@@ -92,14 +92,19 @@ def test_pointer_pruning_and_missing_checkpoint(tmp_path: Path) -> None:
 
 
 
+def _save_filled(ckpt: Checkpointer, model: nn.Module, iterations: tuple[int, ...]) -> None:
+    """A checkpoint at each iteration, the weights filled with its number."""
+    for it in iterations:
+        with torch.no_grad():
+            model.weight.fill_(it)
+        ckpt.save(it)
+
+
 def test_an_unreadable_newest_checkpoint_falls_back_to_an_older_one(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = nn.Linear(2, 2)
     ckpt = Checkpointer(tmp_path, model=model, max_to_keep=1)  # at least 2 are kept
-    for it in (5, 10, 15):
-        with torch.no_grad():
-            model.weight.fill_(it)
-        ckpt.save(it)
+    _save_filled(ckpt, model, (5, 10, 15))
     assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
         "model_0000010.pth", "model_0000015.pth"]
     newest = tmp_path / "model_0000015.pth"
@@ -206,10 +211,7 @@ def test_a_checkpoint_damaged_after_writing_is_unreadable_not_loaded(
     older one. Pruning removes the checksums with their checkpoints."""
     model = nn.Linear(64, 64)
     ckpt = Checkpointer(tmp_path, model=model, max_to_keep=2)
-    for it in (5, 10, 15):
-        with torch.no_grad():
-            model.weight.fill_(it)
-        ckpt.save(it)
+    _save_filled(ckpt, model, (5, 10, 15))
     assert sorted(p.name for p in tmp_path.glob("*.sha256")) == [
         "model_0000010.pth.sha256", "model_0000015.pth.sha256"]
     newest = tmp_path / "model_0000015.pth"
