@@ -38,7 +38,8 @@ def quickstart_args(task: str, data: Path) -> list[str]:
     return [str(ROOT / "configs/pretrain/synthetic_resnet18.yaml"),
             f"data.root={data}/classification", "data.image_size=32", "data.val_resize=36",
             "train.epochs=null", "train.warmup_epochs=0", "train.warmup_iters=2",
-            "train.batch_size=4", *periods, "train.max_iter=16", "train.checkpoint_period=4"]
+            "train.batch_size=4", *periods, "train.max_iter=16", "train.checkpoint_period=4",
+            "train.max_to_keep=2"]
 
 
 def kill_after_first_checkpoint(args: list[str], out: Path,
