@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from engine.data import IMAGE_SUFFIXES, PackedRecords, UnreadableImageError, collate, read_image
+from engine.data import (IMAGE_SUFFIXES, PackedRecords, UnreadableImageError, collate, files_under,
+                         read_image)
 
 from .weights import PIXEL_MEAN, PIXEL_STD
 
@@ -34,21 +35,6 @@ logger = logging.getLogger(__name__)
 
 def _nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
-
-
-def _image_files(folder: Path) -> list[Path]:
-    """The image files under `folder`, sorted, through symlinked folders too (each real folder
-    once) and not in hidden ones (.ipynb_checkpoints, .git)."""
-    files, seen = [], set()
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        files += [Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(files)
 
 
 def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] | None = None
@@ -82,7 +68,8 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
                          f"{', '.join(unknown)}")
     samples, empty = [], []
     for name in found:
-        files = _image_files(split_dir / name)
+        files = [f for f in files_under(split_dir / name)
+                 if f.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
             empty.append(name)
         samples.extend((str(p), label_of[_nfc(name)]) for p in files)

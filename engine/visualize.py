@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .data import IMAGE_SUFFIXES, read_image
+from .data import IMAGE_SUFFIXES, files_under, read_image
 
 logger = logging.getLogger("demo")
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -75,9 +75,8 @@ def expand_inputs(paths: Sequence[str]) -> Iterator[tuple[Path, Path]]:
     videos inside the folders named (sorted, with their paths inside the folder)."""
     for p in map(Path, paths):
         if p.is_dir():
-            for f in sorted(f for f in p.rglob("*")
-                            if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES):
-                yield f, f.relative_to(p)
+            yield from ((f, f.relative_to(p)) for f in files_under(p)
+                        if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
         elif p.is_file():
             yield p, Path(p.name)
         else:

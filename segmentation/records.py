@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine.data import (IMAGE_SUFFIXES, CategoryMapping, DatasetError, listing, read_coco_json,
-                         segmentation_to_mask)
+from engine.data import (IMAGE_SUFFIXES, CategoryMapping, DatasetError, files_under, listing,
+                         read_coco_json, segmentation_to_mask)
 from engine.data.coco import MAX_LISTED
 
 logger = logging.getLogger(__name__)
@@ -92,9 +92,7 @@ def _images_named(img_dir: Path, img_suffix: str) -> dict[str, Path]:
     case (.jpg and .JPG); the other image files there are left out with a warning."""
     suffix = img_suffix.lower()
     files, others = {}, []
-    for p in sorted(img_dir.rglob("*")):
-        if not p.is_file():
-            continue
+    for p in files_under(img_dir):
         relative = str(p.relative_to(img_dir))
         if relative.lower().endswith(suffix):
             files[relative[: len(relative) - len(suffix)]] = p

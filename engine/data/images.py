@@ -24,6 +24,21 @@ cv2.setNumThreads(1)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
 
+def files_under(folder: str | os.PathLike) -> list[Path]:
+    """Every file under `folder`, sorted: through symlinked folders too (each real folder once),
+    leaving out hidden folders and files (.ipynb_checkpoints, .git, macOS's ._name copies)."""
+    files, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files += [Path(root) / n for n in names if not n.startswith(".")]
+    return sorted(files)
+
+
 class UnreadableImageError(OSError):
     """The file is missing, truncated or not an image OpenCV can decode."""
 

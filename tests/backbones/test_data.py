@@ -71,6 +71,7 @@ def test_scan_skips_hidden_folders_follows_links_and_refuses_empty_classes(
     (tmp_path / "train/dog/loop").symlink_to(tmp_path / "train/dog")  # each folder once
     (tmp_path / "train/cat/.hidden").mkdir()
     cv2.imwrite(str(tmp_path / "train/cat/.hidden/x.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "train/cat/._0.png").write_bytes(b"\x00\x05\x16\x07")  # macOS AppleDouble
     samples, classes = scan_image_folder(tmp_path / "train")
     assert classes == ["cat", "dog"]
     assert sorted(Path(p).relative_to(tmp_path / "train").as_posix() for p, _ in samples) == [

@@ -10,7 +10,7 @@ def test_every_input_gets_its_own_picture(tmp_path: Path) -> None:
     """Folders keep their inner paths; names that would repeat get -2, -3 (before: one
     picture overwrote the others and the count of files written said otherwise)."""
     for name in ["cam1/img.jpg", "cam2/img.jpg", "cam2/img.jpeg", "cam2/img.PNG", "a.mp4",
-                 "notes.txt", "other/img.jpg"]:
+                 "notes.txt", "other/img.jpg", "cam2/._img.jpg", "cam2/.thumbs/img.jpg"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     inputs = list(expand_inputs([str(tmp_path / "cam1"), str(tmp_path / "cam2"),

@@ -344,3 +344,19 @@ def test_an_image_too_small_to_augment_is_named(tmp_path):
     cfg["data"]["train"]["scale_range"] = [0.4, 0.6]
     with pytest.raises(DatasetError, match=r"0.jpg \(1x1\) cannot be augmented"):
         build_dataset(cfg, "train")[(0, 0)]
+
+
+def test_folder_scan_follows_linked_folders_and_skips_hidden_files(tmp_path):
+    """A notebook's .ipynb_checkpoints copy and macOS's ._name files stopped the run ("no
+    mask"), and the images of a symlinked subfolder were left out; the ImageFolder scan of
+    pretraining and tools/demo.py's folders walk the same way (engine.data.files_under)."""
+    img_dir, mask_dir = _folder(tmp_path, n=2)
+    _image(tmp_path / "city/b/000.jpg", 20, 30)
+    _mask(mask_dir / "b/000.png", np.zeros((20, 30)))
+    (img_dir / "b").symlink_to(tmp_path / "city/b")
+    _image(img_dir / ".ipynb_checkpoints/000-checkpoint.jpg", 20, 30)
+    (img_dir / "._001.jpg").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble, not a JPEG
+    records = scan_folder(img_dir, mask_dir)
+    assert [Path(r["file_name"]).relative_to(img_dir).as_posix() for r in records] == [
+        "000.jpg", "001.jpg", "b/000.jpg"]
+    assert records[2]["mask_file"] == str(mask_dir / "b/000.png")
