@@ -1,6 +1,7 @@
 """detection.data: COCO loading and validation, decoding, transforms, dataset, samplers."""
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 from pathlib import Path
@@ -156,6 +157,9 @@ def test_file_name_with_inner_dotdot_that_stays_inside_is_fine(tmp_path: Path) -
     (json.dumps(_coco([{"id": 1, "file_name": "a.png", "height": 30, "width": 40}],
                       [_ann(13, 1, [0, 0, 5])])),
      ["annotations[0] (id=13)", "bbox must be 4 numbers"]),
+    (json.dumps(_coco([{"id": 1, "file_name": "a.png", "height": 30, "width": 40}],
+                      [_ann(14, 1, [0, 0, 5, True]), _ann(15, 1, [0, "0", 5, 5])])),
+     ["annotations[0] (id=14)", "annotations[1] (id=15)", "bbox must be 4 numbers"]),
     (json.dumps(_coco([{"id": 1, "file_name": "a.png", "height": 30, "width": 40}] * 2, [])),
      ["images[1] (id=1)", "duplicate id 1"]),
 ])
@@ -169,6 +173,27 @@ def test_bad_json_errors_name_file_and_entry(tmp_path: Path, content: str,
     assert str(ann_file) in str(err.value)
     for text in expected:
         assert text in str(err.value)
+
+
+def test_loading_leaves_the_garbage_collector_as_it_was(small: tuple[Path, Path],
+                                                        tmp_path: Path) -> None:
+    """The collector is off while a COCO file is parsed (half the time to load train2017);
+    it must come back on, also when the file is refused."""
+    ann_file, img_dir = small
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert gc.isenabled()
+    load_coco_json(ann_file, img_dir)
+    assert gc.isenabled()
+    with pytest.raises(DatasetError):
+        load_coco_json(bad, img_dir)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        load_coco_json(ann_file, img_dir)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_missing_annotation_file_and_image_folder(tmp_path: Path) -> None:
@@ -493,6 +518,8 @@ def test_polygon_and_rle_masks_equal_pycocotools_and_survive_our_rle(tmp_path: P
     ({"size": [10, 10], "counts": "abc"}, r"RLE segmentation size \[10, 10\] is not the image's"),
     ({"size": [20, 30]}, "RLE segmentation needs 'counts'"),
     ([[1, 2, 3, 4, 5]], "a polygon must be a flat list of x, y numbers"),
+    ([[1, 2, 3, 4, 5, False]], "a polygon must be a flat list of x, y numbers"),
+    ([[1, 2, 3, 4, 5, None]], "a polygon must be a flat list of x, y numbers"),
     ("polygon", "segmentation must be polygons or an RLE, got str"),
 ])
 def test_bad_segmentations_fail_naming_file_and_annotation(tmp_path: Path, segmentation: Any,

@@ -310,3 +310,18 @@ def test_categories_sharing_a_name_each_keep_their_ap(gt_file: Path, tmp_path: P
     per_category = _run(merged_file, tmp_path / "merged", data)["bbox"]["per_category"]
     assert per_category == {"ring (id 1)": reference["ring"], "ring (id 3)": reference["box"],
                             "blob": reference["blob"]}
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_evaluation_leaves_the_callers_results_as_they_were(gt_file: Path, backend: str) -> None:
+    """The results are copied entry by entry, not deeply (the deep copy was most of a COCO-scale
+    evaluation's setup): neither backend may change what the caller holds, at any depth."""
+    inputs, outputs = _perfect(gt_file, with_masks=True)
+    results = [r for i, o in zip(inputs, outputs) for r in instances_to_coco_results(
+        i["image_id"], o["boxes"], o["scores"], o["labels"], category_ids=CATEGORY_IDS,
+        masks=o["masks"])]
+    before = json.dumps(results, sort_keys=True)
+    for iou_type in ("bbox", "segm"):
+        assert evaluate_coco(gt_file, results, iou_type=iou_type, backend=backend,
+                             verbose=False)["AP"] == pytest.approx(100.0, abs=1e-9)
+    assert json.dumps(results, sort_keys=True) == before
