@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 import backbones
 from engine import atomic_write_json, is_main_process, to_plain
 from engine.config import parse_bool
-from engine.data import CategoryMapping, build_test_loader, load_coco_json
+from engine.data import CategoryMapping, build_test_loader, check_image_sizes, load_coco_json
 from engine.export import METADATA_FILE, ExportError, is_onnx, model_path
 from engine.files import nan_to_none
 from engine.runner import TaskData, format_metric
@@ -63,13 +63,14 @@ def _split_paths(cfg: DictConfig, split: str) -> tuple[str, str] | None:
 
 
 def build_val_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapping, str] | None:
-    """The validation set at test-time size, its category mapping and its JSON path; for
-    Mask R-CNN every object's segmentation is checked, so a malformed one stops the run
-    before training, not at the evaluation after it."""
+    """The validation set at test-time size, its category mapping and its JSON path. Every
+    image's size (by its header) and, for Mask R-CNN, every object's segmentation are
+    checked, so a wrong one stops the run before training, not at the evaluation after it."""
     paths = _split_paths(cfg, "val")
     if paths is None:
         return None
     records, mapping, _ = load_coco_json(*paths, keep_segmentation=bool(cfg.model.mask_on))
+    check_image_sizes(records, paths[0])
     min_size, max_size = test_resize(cfg)
     transform = build_transforms(min_size=min_size, max_size=max_size, flip_prob=0.0)
     return DetectionDataset(records, transform=transform), mapping, paths[0]

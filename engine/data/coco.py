@@ -29,6 +29,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from .images import image_size
+
 logger = logging.getLogger(__name__)
 
 MAX_LISTED = 10  # problems listed in one error message
@@ -302,6 +304,28 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
         logger.warning("%s: dropped %d polygons with fewer than 3 points; left out %d objects "
                        "without a usable polygon", ann_file, stats.short_polygons, stats.no_mask)
     return records, mapping, stats
+
+
+def check_image_sizes(records: list[dict[str, Any]], ann_file: str | Path) -> None:
+    """Every record's image is, by its header, the height and width of its entry (after the
+    EXIF orientation, as `read_image` gives it). For a val split, whose images are first read
+    by the evaluation after training, which would skip them: boxes in another frame cannot be
+    scored. Headers that cannot be read pass (such images are skipped and counted when read).
+
+    Raises:
+        DatasetError: naming `ann_file` and every image whose size differs.
+    """
+    problems = []
+    for record in records:
+        size = image_size(record["file_name"])
+        if size is not None and size != (record["height"], record["width"]):
+            problems.append(f"{record['file_name']} (image id {record['image_id']}) is "
+                            f"{size[1]}x{size[0]}, its entry says {record['width']}x"
+                            f"{record['height']}")
+    if problems:
+        raise DatasetError(f"{ann_file}: {len(problems)} of {len(records)} images differ in size "
+                           "(width x height, after EXIF rotation) from their entries:"
+                           + listing(problems))
 
 
 def check_segmentation(segmentation: Any, height: int, width: int

@@ -16,8 +16,8 @@ from PIL import Image, ImageOps
 
 from detection.data import DetectionDataset, build_transforms, resized_shape
 from detection.data.dataset import aspect_groups
-from engine.data import (CategoryMapping, DatasetError, build_train_loader, collate,
-                         load_coco_json, read_image)
+from engine.data import (CategoryMapping, DatasetError, build_train_loader, check_image_sizes,
+                         collate, load_coco_json, read_image)
 
 
 def _pattern(height: int, width: int) -> np.ndarray:
@@ -534,3 +534,27 @@ def test_bad_segmentations_fail_naming_file_and_annotation(tmp_path: Path, segme
     with pytest.raises(DatasetError, match=rf"{ann_file}: 1 problem.*\n.*{message}"):
         load_coco_json(ann_file, tmp_path / "images", keep_segmentation=True)
     load_coco_json(ann_file, tmp_path / "images")  # fine for boxes only
+
+
+def test_image_sizes_checked_against_the_entries(small: tuple[Path, Path], tmp_path: Path) -> None:
+    """A val image whose entry has another size was first met by the evaluation after
+    training, which skipped it and scored its objects as missed; an EXIF-rotated JPEG is
+    measured as read_image turns it."""
+    ann_file, img_dir = small
+    records, _, _ = load_coco_json(ann_file, img_dir)
+    check_image_sizes(records, ann_file)
+    stored = Image.fromarray(_pattern(24, 40))  # 40x24 stored, shown 24x40 (orientation 6)
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    stored.save(img_dir / "rotated.jpg", exif=exif)
+    data = json.loads(ann_file.read_text())
+    data["images"][0].update(height=40, width=30)  # a.png is 40x30 (W x H)
+    data["images"].append({"id": 9, "file_name": "rotated.jpg", "height": 40, "width": 24})
+    (img_dir / "c.png").write_bytes(b"not a png")  # unreadable: skipped when read, not here
+    ann_file.write_text(json.dumps(data))
+    records, _, _ = load_coco_json(ann_file, img_dir)
+    with pytest.raises(DatasetError) as err:
+        check_image_sizes(records, ann_file)
+    assert str(err.value) == (
+        f"{ann_file}: 1 of 4 images differ in size (width x height, after EXIF rotation) from "
+        f"their entries:\n  {img_dir / 'a.png'} (image id 1) is 40x30, its entry says 30x40")
