@@ -100,6 +100,7 @@ def build_datasets(cfg: DictConfig) -> Datasets:
     train = DetectionDataset(records, with_masks=mask_on, scale_per_batch=scale_per_batch,
                              transform=build_transforms(min_size=min_size, max_size=d.max_size,
                                                         flip_prob=d.hflip_prob))
+    del records  # packed in `train`; its Python objects (GBs for COCO's polygons) go now
     val = build_val_dataset(cfg)
     if val is not None and val[1].dataset_ids != mapping.dataset_ids:
         raise ValueError(f"{cfg.data.val.ann_file}: categories {list(val[1].dataset_ids)} differ "

@@ -17,9 +17,14 @@ class PackedRecords:
     """
 
     def __init__(self, records: Sequence[Any]) -> None:
-        blobs = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]
-        self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
-        self._buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+        # appended one by one: a list of pickles joined at the end held the buffer twice
+        buffer, ends = bytearray(), []
+        for record in records:
+            buffer += pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+            ends.append(len(buffer))
+        self._ends = np.array(ends, dtype=np.int64)
+        self._buffer = np.frombuffer(buffer, dtype=np.uint8)
+        self._buffer.flags.writeable = False
 
     def __len__(self) -> int:
         return len(self._ends)
