@@ -29,8 +29,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 import engine.data
-from engine.data import (DatasetError, PackedRecords, UnreadableImageError, image_size,
-                         listing, read_image)
+from engine.data import (DatasetError, PackedRecords, UnreadableImageError, decoded_size,
+                         image_size, listing, read_image)
 from engine.distributed import per_process_batch_size
 
 from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_semantic,
@@ -150,7 +150,14 @@ class SemSegDataset(Dataset):
             try:
                 self._checked_mask(record, size)
             except DatasetError as err:
-                problems.append(str(err))
+                exact = decoded_size(record["file_name"])  # the header can mislead
+                if exact in (None, size):
+                    problems.append(str(err))
+                    continue
+                try:
+                    self._checked_mask(record, exact)
+                except DatasetError as err:
+                    problems.append(str(err))
         if problems:
             raise DatasetError(f"data.{split}: {len(problems)} of {len(self)} masks are wrong:"
                                + listing(problems))

@@ -93,6 +93,8 @@ def _images_named(img_dir: Path, img_suffix: str) -> dict[str, Path]:
     suffix = img_suffix.lower()
     files, others = {}, []
     for p in files_under(img_dir):
+        if not p.is_file():  # a broken link
+            continue
         relative = str(p.relative_to(img_dir))
         if relative.lower().endswith(suffix):
             files[relative[: len(relative) - len(suffix)]] = p

@@ -29,7 +29,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from .images import image_size
+from .images import decoded_size, image_size
 
 logger = logging.getLogger(__name__)
 
@@ -307,24 +307,31 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
 
 
 def check_image_sizes(records: list[dict[str, Any]], ann_file: str | Path) -> None:
-    """Every record's image is, by its header, the height and width of its entry (after the
-    EXIF orientation, as `read_image` gives it). For a val split, whose images are first read
-    by the evaluation after training, which would skip them: boxes in another frame cannot be
-    scored. Headers that cannot be read pass (such images are skipped and counted when read).
+    """Every record's image is the height and width of its entry, as `read_image` gives it
+    (after the EXIF orientation): by its header, and decoded where the header says otherwise.
+    For a val split, whose images are first read by the evaluation after training, which
+    would skip them: boxes in another frame cannot be scored. Images that cannot be read pass
+    (they are skipped and counted when read).
 
     Raises:
         DatasetError: naming `ann_file` and every image whose size differs.
     """
-    problems = []
+    problems, swapped = [], 0
     for record in records:
-        size = image_size(record["file_name"])
-        if size is not None and size != (record["height"], record["width"]):
+        entry = (record["height"], record["width"])
+        if image_size(record["file_name"]) in (None, entry):
+            continue
+        size = decoded_size(record["file_name"])
+        if size not in (None, entry):
+            swapped += size == entry[::-1]
             problems.append(f"{record['file_name']} (image id {record['image_id']}) is "
-                            f"{size[1]}x{size[0]}, its entry says {record['width']}x"
-                            f"{record['height']}")
+                            f"{size[1]}x{size[0]}, its entry says {entry[1]}x{entry[0]}")
     if problems:
+        hint = (f"; {swapped} have width and height swapped: the tool that wrote the file "
+                "took the stored size of photos that their EXIF orientation turns" if swapped
+                else "")
         raise DatasetError(f"{ann_file}: {len(problems)} of {len(records)} images differ in size "
-                           "(width x height, after EXIF rotation) from their entries:"
+                           f"(width x height, after EXIF rotation) from their entries{hint}:"
                            + listing(problems))
 
 

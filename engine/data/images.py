@@ -34,7 +34,10 @@ def files_under(folder: str | os.PathLike) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        # sorted, real folders before links: which path names a folder reached twice does
+        # not depend on the file system's listing order
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")),
+                         key=lambda d: (os.path.islink(os.path.join(root, d)), d))
         files += [Path(root) / n for n in names if not n.startswith(".")]
     return sorted(files)
 
@@ -108,11 +111,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
     """(height, width) of an image as `read_image` returns it (after the EXIF orientation),
-    from its header alone; None when the header cannot be read."""
+    from its header alone; None when the header cannot be read.
+
+    A header can tell an orientation that OpenCV does not apply (Pillow also reads one from
+    XMP), and a PNG's EXIF after the pixels is not read here (Pillow would decode the whole
+    image for it): where the size matters, confirm a difference with `decoded_size`.
+    """
     try:
         with Image.open(path) as im:
             width, height = im.size
-            rotated = im.getexif().get(0x0112) in (5, 6, 7, 8)  # by 90 or 270 degrees
+            exif = im.getexif() if im.format != "PNG" else Image.Exif()
+            if im.format == "PNG" and "exif" in im.info:  # an eXIf chunk before the pixels
+                exif.load(im.info["exif"])
+            rotated = exif.get(0x0112) in (5, 6, 7, 8)  # by 90 or 270 degrees
             stored_size = im.format in ("JPEG", "MPO", "PNG", "WEBP")  # others: displayed
     except Image.DecompressionBombError:  # a huge image: its header is still just a header
         limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
@@ -123,11 +134,16 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
     except (OSError, ValueError, SyntaxError):
         return None
     if rotated and not stored_size:  # what OpenCV makes of it: ask it
-        try:
-            return read_image(path).shape[:2]
-        except UnreadableImageError:
-            return None
+        return decoded_size(path)
     return (width, height) if rotated else (height, width)
+
+
+def decoded_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) of `read_image(path)`, None when it cannot be read: exact, slow."""
+    try:
+        return read_image(path).shape[:2]
+    except UnreadableImageError:
+        return None
 
 
 def check_rgb_image(image: object) -> np.ndarray:

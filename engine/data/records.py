@@ -30,5 +30,6 @@ class PackedRecords:
         return len(self._ends)
 
     def __getitem__(self, index: int) -> Any:
+        index = range(len(self))[index]  # negative indices count from the end; IndexError
         start = int(self._ends[index - 1]) if index > 0 else 0
         return pickle.loads(self._buffer[start:int(self._ends[index])].tobytes())

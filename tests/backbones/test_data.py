@@ -17,8 +17,8 @@ from PIL import Image
 from backbones.data import (ImageBatch, ImageFolderDataset, build_train_transform,
                             build_val_transform, collate_images, normalize_images,
                             scan_image_folder, stack)
-from engine.data import (UnreadableImageError, build_train_loader, collate, image_size,
-                         read_image)
+from engine.data import (PackedRecords, UnreadableImageError, build_train_loader, collate,
+                         image_size, read_image)
 
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
@@ -306,3 +306,13 @@ def test_loader_workers_share_the_samples_instead_of_copying_them():
     a list of tuples writes every tuple's and string's reference count."""
     assert _copied_by_a_forked_reader("list") > 10_000  # the list itself: > 10 MiB copied
     assert _copied_by_a_forked_reader("packed") < 2_000
+
+
+def test_packed_records_index_like_a_list() -> None:
+    records = [{"file_name": f"{i}.jpg", "boxes": [[i, 0, 1, 1]] * i} for i in range(5)]
+    packed = PackedRecords(records)
+    assert len(packed) == 5 and [packed[i] for i in range(5)] == records
+    assert packed[-1] == records[-1] and packed[-5] == records[0]  # -1 gave record 0
+    with pytest.raises(IndexError):
+        packed[5]
+    assert len(PackedRecords([])) == 0

@@ -175,16 +175,20 @@ def test_bad_json_errors_name_file_and_entry(tmp_path: Path, content: str,
         assert text in str(err.value)
 
 
-def test_loading_leaves_the_garbage_collector_as_it_was(small: tuple[Path, Path],
-                                                        tmp_path: Path) -> None:
+def test_loading_leaves_the_garbage_collector_as_it_was(
+        small: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The collector is off while a COCO file is parsed (half the time to load train2017);
     it must come back on, also when the file is refused."""
     ann_file, img_dir = small
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
+    states = []
+    real_loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda text: states.append(gc.isenabled())
+                        or real_loads(text))
     assert gc.isenabled()
     load_coco_json(ann_file, img_dir)
-    assert gc.isenabled()
+    assert states == [False] and gc.isenabled()
     with pytest.raises(DatasetError):
         load_coco_json(bad, img_dir)
     assert gc.isenabled()
@@ -538,23 +542,34 @@ def test_bad_segmentations_fail_naming_file_and_annotation(tmp_path: Path, segme
 
 def test_image_sizes_checked_against_the_entries(small: tuple[Path, Path], tmp_path: Path) -> None:
     """A val image whose entry has another size was first met by the evaluation after
-    training, which skipped it and scored its objects as missed; an EXIF-rotated JPEG is
-    measured as read_image turns it."""
+    training, which skipped it and scored its objects as missed. Sizes are as read_image
+    gives them: an EXIF-rotated JPEG turned, one whose orientation is only in XMP (which
+    Pillow's header reading sees and OpenCV does not) as stored."""
     ann_file, img_dir = small
     records, _, _ = load_coco_json(ann_file, img_dir)
     check_image_sizes(records, ann_file)
-    stored = Image.fromarray(_pattern(24, 40))  # 40x24 stored, shown 24x40 (orientation 6)
-    exif = stored.getexif()
-    exif[0x0112] = 6
-    stored.save(img_dir / "rotated.jpg", exif=exif)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # 40x24 stored, shown 24x40
+    Image.fromarray(_pattern(24, 40)).save(img_dir / "rotated.jpg", exif=exif)
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
+           b'02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+           b'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    Image.fromarray(_pattern(24, 40)).save(img_dir / "xmp.jpg", xmp=xmp)
+    assert read_image(img_dir / "xmp.jpg").shape[:2] == (24, 40)
     data = json.loads(ann_file.read_text())
-    data["images"][0].update(height=40, width=30)  # a.png is 40x30 (W x H)
-    data["images"].append({"id": 9, "file_name": "rotated.jpg", "height": 40, "width": 24})
-    (img_dir / "c.png").write_bytes(b"not a png")  # unreadable: skipped when read, not here
+    data["images"][0].update(height=40, width=30)  # a.png is 40x30 (W x H): swapped
+    data["images"][2].update(height=31)  # c.png is 40x30
+    data["images"] += [{"id": 9, "file_name": "rotated.jpg", "height": 40, "width": 24},
+                       {"id": 10, "file_name": "xmp.jpg", "height": 24, "width": 40},
+                       {"id": 11, "file_name": "bad.png", "height": 5, "width": 5}]
+    (img_dir / "bad.png").write_bytes(b"not a png")  # unreadable: skipped when read, not here
     ann_file.write_text(json.dumps(data))
     records, _, _ = load_coco_json(ann_file, img_dir)
     with pytest.raises(DatasetError) as err:
         check_image_sizes(records, ann_file)
     assert str(err.value) == (
-        f"{ann_file}: 1 of 4 images differ in size (width x height, after EXIF rotation) from "
-        f"their entries:\n  {img_dir / 'a.png'} (image id 1) is 40x30, its entry says 30x40")
+        f"{ann_file}: 2 of 6 images differ in size (width x height, after EXIF rotation) from "
+        "their entries; 1 have width and height swapped: the tool that wrote the file took the "
+        "stored size of photos that their EXIF orientation turns:\n"
+        f"  {img_dir / 'a.png'} (image id 1) is 40x30, its entry says 30x40\n"
+        f"  {img_dir / 'c.png'} (image id 3) is 40x30, its entry says 40x31")

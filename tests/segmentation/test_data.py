@@ -356,7 +356,11 @@ def test_folder_scan_follows_linked_folders_and_skips_hidden_files(tmp_path):
     (img_dir / "b").symlink_to(tmp_path / "city/b")
     _image(img_dir / ".ipynb_checkpoints/000-checkpoint.jpg", 20, 30)
     (img_dir / "._001.jpg").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble, not a JPEG
+    (img_dir / "002.jpg").symlink_to(tmp_path / "gone.jpg")  # a broken link: not an image
+    _image(img_dir / "z_real/000.jpg", 20, 30)
+    _mask(mask_dir / "z_real/000.png", np.zeros((20, 30)))
+    (img_dir / "a_link").symlink_to(img_dir / "z_real")  # the real folder names its images
     records = scan_folder(img_dir, mask_dir)
     assert [Path(r["file_name"]).relative_to(img_dir).as_posix() for r in records] == [
-        "000.jpg", "001.jpg", "b/000.jpg"]
+        "000.jpg", "001.jpg", "b/000.jpg", "z_real/000.jpg"]
     assert records[2]["mask_file"] == str(mask_dir / "b/000.png")
