@@ -116,17 +116,17 @@ class SemSegDataset(Dataset):
         image = read_image(record["file_name"])
         return image, self._checked_mask(record, image.shape[:2]), record
 
-    def _checked_mask(self, record: dict[str, Any], image_size: tuple[int, int]) -> np.ndarray:
+    def _checked_mask(self, record: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
         """The record's mask, checked against its image's (height, width) and the classes."""
         if "mask_file" in record:
             mask, source = read_mask(record["mask_file"]), f"mask {record['mask_file']}"
         else:
             mask = coco_semantic_mask(record, self.ignore_index)
             source = "the COCO height/width"
-        if mask.shape != tuple(image_size):
+        if mask.shape != tuple(size):
             raise DatasetError(
                 f"{source} is {mask.shape[1]}x{mask.shape[0]} but image "
-                f"{record['file_name']} is {image_size[1]}x{image_size[0]} (WxH, after EXIF "
+                f"{record['file_name']} is {size[1]}x{size[0]} (WxH, after EXIF "
                 f"rotation of the image, if it has an orientation tag)")
         ids = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))  # O(pixels), no sort
         bad = ids[(ids >= self.num_classes) & (ids != self.ignore_index)]
