@@ -235,6 +235,14 @@ def format_summary(stats: Sequence[float], per_category: dict[str, float], iou_t
     return "\n".join(lines)
 
 
+def coco_backend(cfg: Any) -> str:
+    """The config's `data.val.coco_backend`, checked."""
+    backend = cfg["data"]["val"]["coco_backend"]
+    if backend not in BACKENDS:
+        raise ValueError(f"data.val.coco_backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
 class COCOEvaluator:
     """Collect detections over a (possibly distributed) pass, then write and score them.
 

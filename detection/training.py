@@ -32,7 +32,7 @@ from engine.runner import TaskData, format_metric
 from .build import build_model
 from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
 from .data import DetectionDataset, build_transforms
-from .evaluation import COCOEvaluator
+from .evaluation import COCOEvaluator, coco_backend
 from .export import export_detector
 from .predictor import build_renderer, load_detector
 from .rcnn import GeneralizedRCNN
@@ -161,10 +161,12 @@ def make_provenance(cfg: DictConfig, mapping: CategoryMapping) -> dict[str, Any]
 
 
 def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequence[str],
-                        device: torch.device, *, backend: str = "pycocotools") -> dict[str, Any]:
+                        device: torch.device, *, backend: str | None = None) -> dict[str, Any]:
     """COCO box (and mask) AP of `weights` on data.val (tools/eval.py): writes
-    OUTPUT/coco_instances_results.json and OUTPUT/metrics.json (percent, NaN -> null)."""
+    OUTPUT/coco_instances_results.json and OUTPUT/metrics.json (percent, NaN -> null).
+    `backend` None: the config's data.val.coco_backend."""
     loaded = load_detector(config, weights=weights, overrides=overrides, device=device)
+    backend = backend or coco_backend(loaded.cfg)
     val = build_val_dataset(loaded.cfg)
     if val is None:
         raise ValueError("data.val.ann_file and data.val.img_dir must be set to evaluate")
@@ -223,13 +225,14 @@ class DetectionTask:
         self.evaluator: COCOEvaluator | None = None
 
     def prepare(self, cfg: DictConfig) -> TaskData:
+        backend = coco_backend(cfg)
         data = build_datasets(cfg)
         resolve_num_classes(cfg, data.mapping)
         self.mapping = data.mapping
         if data.val is not None:
             self.evaluator = COCOEvaluator(
                 cfg.data.val.ann_file, category_ids=data.mapping.dataset_ids,
-                output_dir=Path(cfg.train.output_dir) / "inference",
+                output_dir=Path(cfg.train.output_dir) / "inference", backend=backend,
                 iou_types=("bbox", "segm") if cfg.model.mask_on else ("bbox",))
         description = (f"{len(data.train)} train / {len(data.val) if data.val else 'no'} val "
                        f"images, {data.mapping.num_classes} classes {list(data.mapping.names)}")

@@ -35,8 +35,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = config_argument_parser(__doc__)
     parser.add_argument("--weights", required=True, help="checkpoint to evaluate")
     parser.add_argument("--output", required=True, help="folder for results and metrics.json")
-    parser.add_argument("--backend", default="pycocotools",
-                        choices=("pycocotools", "faster_coco_eval"), help="COCO evaluator")
+    parser.add_argument("--backend", default=None, choices=("pycocotools", "faster_coco_eval"),
+                        help="COCO evaluator (default: the config's data.val.coco_backend)")
     return parser.parse_intermixed_args(argv)
 
 

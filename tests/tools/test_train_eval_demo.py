@@ -19,7 +19,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detection import Predictor
+from detection import Predictor, evaluation
 from engine.data.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,12 +93,30 @@ def test_train_writes_final_checkpoint_with_provenance(trained: Path, data: Path
     assert len(labels) and set(labels.tolist()) <= {1, 3, 5, 7, 9, 11}  # were 1..6 before
 
 
-def test_eval_matches_pycocotools_on_written_results(trained: Path, data: Path,
-                                                     tmp_path: Path) -> None:
+def spy_on_coco_backends(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The backend of every COCOeval run, in order."""
+    used: list[str] = []
+    run = evaluation._run_cocoeval
+
+    def spy(coco_gt, coco_dt, iou_type, backend):  # noqa: ANN001, ANN202
+        used.append(backend)
+        return run(coco_gt, coco_dt, iou_type, backend)
+
+    monkeypatch.setattr(evaluation, "_run_cocoeval", spy)
+    return used
+
+
+@pytest.mark.parametrize("backend", [None, "pycocotools", "faster_coco_eval"])
+def test_eval_matches_pycocotools_on_written_results(trained: Path, data: Path, tmp_path: Path,
+                                                     backend: str | None,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "eval"
+    used = spy_on_coco_backends(monkeypatch)
+    choice = [f"data.val.coco_backend={backend}"] if backend else []
     load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
                             "--output", str(out), *data_overrides(data),
-                            "model.roi_heads.score_thresh=0.0"])
+                            "model.roi_heads.score_thresh=0.0", *choice])
+    assert used == [backend or "pycocotools"]
     metrics = json.loads((out / "metrics.json").read_text())["bbox"]
     results = json.loads((out / "coco_instances_results.json").read_text())
     assert results, "score_thresh=0 must give detections"
@@ -252,6 +270,30 @@ def test_scale_per_batch_must_be_a_bool(data: Path, tmp_path: Path) -> None:
         load_tool("train").main(train_args(data, tmp_path / "run", 1,
                                            "data.train.scale_per_batch=sometimes"))
     assert not (tmp_path / "run" / "model_final.pth").exists()
+
+
+def test_coco_backend_from_the_config_scores_training_and_eval_flag_overrides_it(
+        trained: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    used = spy_on_coco_backends(monkeypatch)
+    load_tool("train").main(train_args(data, tmp_path / "run", 1,
+                                       "data.val.coco_backend=faster_coco_eval"))
+    assert used == ["faster_coco_eval"]
+    load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                            "--output", str(tmp_path / "eval"), *data_overrides(data),
+                            "data.val.coco_backend=faster_coco_eval", "--backend", "pycocotools"])
+    assert used == ["faster_coco_eval", "pycocotools"]
+
+
+@pytest.mark.parametrize("tool", ["train", "eval"])
+def test_an_unknown_coco_backend_is_refused_naming_the_key(trained: Path, data: Path,
+                                                            tmp_path: Path, tool: str) -> None:
+    args = (train_args(data, tmp_path / "run", 1, "data.val.coco_backend=fast") if tool == "train"
+            else [str(CONFIG), "--weights", str(trained / "model_final.pth"), "--output",
+                  str(tmp_path / "eval"), *data_overrides(data), "data.val.coco_backend=fast"])
+    with pytest.raises(ValueError, match=r"data.val.coco_backend must be one of \('pycocotools', "
+                       r"'faster_coco_eval'\), got 'fast'"):
+        load_tool(tool).main(args)
+    assert not list(tmp_path.glob("run/*.pth")) and not (tmp_path / "eval").exists()
 
 
 def test_export_and_onnx_runs_refuse_what_they_cannot_do_naming_it(
