@@ -71,7 +71,9 @@ class BoxCoder:
         wx, wy, ww, wh = self.weights
         sizes, centers = _sizes_and_centers(ref_boxes.to(deltas.dtype))
         sizes, centers = sizes[:, None], centers[:, None]  # against (R, k, 2)
-        deltas = deltas.view(deltas.shape[0], deltas.shape[1] // 4, 4)
+        # k as a Python int: an exported graph then reshapes an empty (0, k*4) as well (ONNX
+        # Runtime folds a computed k into -1, which zero rows leave undefined)
+        deltas = deltas.view(deltas.shape[0], int(deltas.shape[1]) // 4, 4)
         d_centers = _over(deltas[..., :2], wx, wy)
         d_sizes = torch.clamp(_over(deltas[..., 2:], ww, wh), max=self.scale_clamp)
         pred_centers = d_centers * sizes + centers

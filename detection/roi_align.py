@@ -244,9 +244,10 @@ def multilevel_roi_align(features: Sequence[Tensor], rois: Tensor, level_rows: S
             and (sampling_ratio > 0 or not needs_grad)):
         return _MultiLevelRoIAlign.apply(rois, list(level_rows), output_size, list(scales),
                                          sampling_ratio, aligned, *features)
-    out = features[0].new_zeros((len(rois), features[0].shape[1]) + tuple(output_size))
+    # rois.shape[0], not len(rois): a traced graph keeps the RoI count dynamic
+    out = features[0].new_zeros((rois.shape[0], features[0].shape[1]) + tuple(output_size))
     for feature, rows, scale in zip(features, level_rows, scales):
-        if rows.numel() == 0 and not torch.jit.is_tracing():  # a graph keeps every level
+        if not torch.jit.is_tracing() and rows.numel() == 0:  # a graph keeps every level
             continue
         out[rows] = roi_align(feature, rois[rows], output_size, scale, sampling_ratio,
                               aligned).to(out.dtype)

@@ -217,7 +217,7 @@ class RPN(nn.Module):
         boxes = torch.stack([clip_to_image(boxes[i], size) for i, size in enumerate(image_sizes)])
         valid = large_enough(boxes, self.min_box_size)
         if self.score_thresh > 0:
-            valid &= scores >= self.score_thresh
+            valid = valid & (scores >= self.score_thresh)  # not &=: ONNX has no in-place and
         proposals = []
         for i, rows in enumerate(true_indices(valid)):
             img_boxes, img_scores, img_levels = boxes[i][rows], scores[i][rows], levels[rows]

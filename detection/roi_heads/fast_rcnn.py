@@ -137,7 +137,8 @@ class FastRCNNOutputs(nn.Module):
             (R, K, 4) boxes, one per class.
         """
         boxes = self.box_coder.decode(pred_deltas, proposal_boxes)
-        boxes = boxes.view(boxes.shape[0], -1, 4)
+        # not -1, which R = 0 leaves undefined; k as a Python int (see BoxCoder.decode)
+        boxes = boxes.view(boxes.shape[0], int(boxes.shape[1]) // 4, 4)
         return boxes.expand(-1, self.num_classes, -1) if self.cls_agnostic_bbox_reg else boxes
 
     @torch.no_grad()

@@ -67,6 +67,75 @@ def test_onnx_runtime_gives_the_pytorch_detections_at_any_size(config: str, extr
     assert set(raw[2].tolist()) <= set(CATEGORY_IDS) and len(raw[2]) >= 30
 
 
+def proposal_count(model: GeneralizedRCNN, image: torch.Tensor) -> int:
+    with torch.no_grad():
+        batch, sizes = model.preprocess([image])
+        proposals, _ = model.rpn(model.backbone(batch), sizes, tuple(batch.shape[-2:]), None)
+    return len(proposals[0]["boxes"])
+
+
+def same_detections(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+                    ) -> torch.Tensor:
+    """For each row of `got`, the row of `expected` with its label, its score (1e-4) and its
+    box (0.01 px), each used once (rows of equal score may come in either order)."""
+    near = ((got["boxes"][:, None] - expected["boxes"][None]).abs().amax(dim=2) <= 0.01) & (
+        (got["scores"][:, None] - expected["scores"][None]).abs() <= 1e-4) & (
+        got["labels"][:, None] == expected["labels"][None])
+    order, used = [], set()
+    for i, candidates in enumerate(near):
+        free = [j for j in candidates.nonzero().flatten().tolist() if j not in used]
+        assert free, f"detection {i} of the graph has no counterpart: {got['boxes'][i]}"
+        order.append(free[0])
+        used.add(free[0])
+    return torch.tensor(order)
+
+
+@pytest.mark.parametrize("config, extra", [
+    ("configs/detection/faster_rcnn_R_50_FPN_1x.yaml", ["model.rpn.score_thresh=0.01"]),
+    ("configs/synthetic/mask_rcnn_R_18_FPN.yaml", ["model.roi_heads.mask_conv_dims=[16,16]"]),
+], ids=["fpn", "mask_rcnn"])
+def test_the_graph_follows_the_number_of_proposals_and_detections(config: str, extra: list[str],
+                                                                  tmp_path: Path) -> None:
+    """Neither count capped: every image has its own number of proposals (the box pooler's
+    rows) and of detections (the mask pooler's), none the export example's."""
+    model = build(config, "model.rpn.post_nms_topk_test=5000", "model.roi_heads.score_thresh=0.0",
+                  "model.roi_heads.detections_per_image=5000", *extra)
+    onnx_model = export(model, tmp_path)
+    example = torch.zeros((3, *EXPORT_SIZE), dtype=torch.uint8)
+    with torch.no_grad():
+        exported = (proposal_count(model, example), len(model([example])[0]["boxes"]))
+    counts = []
+    generator = torch.Generator().manual_seed(1)
+    for h, w in [(40, 56), (77, 141), (150, 90), (112, 208)]:
+        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator)
+        with torch.no_grad():
+            expected = model([image])[0]
+        counts.append((proposal_count(model, image), len(expected["boxes"])))
+        got = onnx_model([image])[0]
+        assert len(got["boxes"]) == len(expected["boxes"])
+        torch.testing.assert_close(got["scores"], expected["scores"], atol=1e-4, rtol=0)
+        order = same_detections(got, expected)  # hundreds of random-weight scores: some tie
+        if model.mask_on:
+            assert (got["masks"] != expected["masks"][order]).float().mean() <= 1e-3
+    assert all(p != exported[0] and d != exported[1] for p, d in counts), (exported, counts)
+
+
+def test_an_image_without_proposals_gives_empty_outputs(tmp_path: Path) -> None:
+    """Every proposal of a 2 x 2 image is under the RPN's 3 px minimum: nothing reaches the
+    box head, in PyTorch as in the graph (exported from an image with proposals)."""
+    model = build("configs/synthetic/mask_rcnn_R_18_FPN.yaml", "model.rpn.min_box_size=3",
+                  "model.roi_heads.score_thresh=0.0", "model.roi_heads.mask_conv_dims=[16]")
+    onnx_model = export(model, tmp_path)
+    image = torch.full((3, 2, 2), 100, dtype=torch.uint8)
+    assert proposal_count(model, image) == 0
+    with torch.no_grad():
+        expected = model([image])[0]
+    got = onnx_model([image])[0]
+    for out in expected, got:
+        assert out["boxes"].shape == (0, 4) and out["scores"].shape == out["labels"].shape == (0,)
+        assert out["masks"].shape == (0, 2, 2)
+
+
 def test_an_image_without_detections_gives_empty_outputs(tmp_path: Path) -> None:
     model = build("configs/synthetic/mask_rcnn_R_18_FPN.yaml", "model.roi_heads.score_thresh=1.0",
                   "model.roi_heads.mask_conv_dims=[16]")
