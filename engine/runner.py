@@ -198,6 +198,32 @@ class _SkipCounter:
         return total
 
 
+def _first_readable_batch(data: TaskData) -> Any:
+    """A batch of the first training image that reads (for a process whose own batch had
+    none under DDP, before it read any)."""
+    for index in range(len(data.train)):
+        sample = data.train[(index, 0)]
+        if sample is not None:
+            return data.collate([sample])
+    raise UnreadableDataError("no training image could be read (the warnings above name them "
+                              "and why)")
+
+
+def _check_same_start_everywhere(start_iter: int, output_dir: Path) -> None:
+    """Every process must resume at the same step: one that found another checkpoint, or
+    none, in its train.output_dir (a node's own disk) would train other weights and end at
+    another step while the others wait for it."""
+    if get_world_size() == 1:
+        return
+    seen = all_gather_object((start_iter, str(output_dir)))
+    if any(iteration != seen[0][0] for iteration, _ in seen):
+        where = "; ".join(f"process {rank} at iteration {iteration} from {folder}"
+                          for rank, (iteration, folder) in enumerate(seen))
+        raise ValueError(f"the processes resume at different steps ({where}): "
+                         "train.output_dir must be one folder that every process (every node) "
+                         "reads and writes")
+
+
 def _check_same_data_everywhere(data: TaskData) -> None:
     """Every process must have read the same data (each node may hold its own copy): other
     sizes give other schedules, whose collectives then wait for each other forever."""
@@ -308,17 +334,27 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     scheduler = build_scheduler_from_config(cfg, optimizer, lengths)
     skipped = _SkipCounter()
 
+    stand_in: list[Any] = []  # under DDP: this process's last batch with images
+
     def step_fn(net: nn.Module, batch: list[dict[str, Any]]) -> Mapping[str, torch.Tensor]:
         skipped.add_batch(batch_size, len(batch), trainer.iter)
-        if not batch:  # every image unreadable
-            # no gradient at all: the optimizer skips every weight (fp16's GradScaler needs
-            # gradients to check, and several processes an all-reduce of them)
-            if get_world_size() == 1 and not trainer.scaler.is_enabled():
-                return {"loss_skipped_batch": torch.zeros((), device=device, requires_grad=True)}
-            # a zero gradient for every weight keeps the processes' all-reduce in step
-            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-            return {"loss_skipped_batch": zero}
-        return task.losses(net, batch, device)
+        if batch:
+            if get_world_size() > 1:
+                stand_in[:] = [batch]
+            return task.losses(net, batch, device)
+        # every image of the batch unreadable
+        if get_world_size() > 1:
+            # DDP's forward and backward are collective: run the model as the other processes
+            # do, on a batch read before, with the same losses times zero (no gradient of its
+            # own to average in)
+            if not stand_in:
+                stand_in.append(_first_readable_batch(data))
+            return {k: v * 0.0 for k, v in task.losses(net, stand_in[0], device).items()}
+        if not trainer.scaler.is_enabled():  # no gradient: the optimizer skips every weight
+            return {"loss_skipped_batch": torch.zeros((), device=device, requires_grad=True)}
+        # fp16's GradScaler needs gradients to check: zero for every weight
+        zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+        return {"loss_skipped_batch": zero}
 
     writer = ScalarWriter(output_dir / "tensorboard")
     trainer = Trainer(model=ddp_model, optimizer=optimizer, scheduler=scheduler, step_fn=step_fn,
@@ -341,6 +377,8 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
             logger.warning("%s holds the checkpoints of an earlier run: starting from scratch "
                            "(without --resume) replaces them", output_dir)
     start_iter = state["iteration"] if state is not None else 0
+    if resume:
+        _check_same_start_everywhere(start_iter, output_dir)
     if is_main_process():  # once resuming is known to work: a refused resume keeps the old one
         save_config(cfg, output_dir / "config.yaml")
 

@@ -68,8 +68,8 @@ def run_two_nodes(tool: str, args: list[str], tmp_path: Path) -> str:
     return "\n".join(logs)
 
 
-def run_two_processes(tool: str, args: list[str], tmp_path: Path, *, fails: bool = False
-                      ) -> str:
+def run_two_processes(tool: str, args: list[str], tmp_path: Path, *, fails: bool = False,
+                      timeout: float = 300) -> str:
     """Run tools/<tool>.py with `args` on 2 processes; returns stdout + stderr.
 
     Raises:
@@ -80,8 +80,15 @@ def run_two_processes(tool: str, args: list[str], tmp_path: Path, *, fails: bool
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={port}", str(wrapper),
            str(ROOT / "tools" / f"{tool}.py"), *args]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
-    log = proc.stdout + proc.stderr
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # processes waiting for each other: torchrun ends its workers (their own sessions,
+        # holding the output pipe) on SIGTERM, with SIGKILL after its 30 s of grace
+        proc.terminate()
+        log, _ = proc.communicate(timeout=120)
+        raise AssertionError(f"still running after {timeout} s:\n{log[-6000:]}") from None
     assert (proc.returncode != 0) == fails, log[-6000:]
     return log

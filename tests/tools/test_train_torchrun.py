@@ -5,6 +5,8 @@ them as model_final.pth; the log reports the split of train.batch_size over the 
 """
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,8 @@ import torch
 
 from detection.build import build_model
 from detection.config import load_config
-from tests.tools.test_train_eval_demo import data, train_args  # noqa: F401 (fixture)
-from tests.torchrun import run_two_nodes
+from tests.tools.test_train_eval_demo import data, load_tool, train_args  # noqa: F401 (fixture)
+from tests.torchrun import run_two_nodes, run_two_processes
 
 
 @pytest.mark.slow
@@ -39,3 +41,45 @@ def test_two_nodes_of_one_process_end_identical(data: Path, tmp_path: Path) -> N
     assert "roi_heads.box_predictor.cls_score.weight" in moved  # the steps did train
     assert (out / "model_0000002.pth").is_file()
     assert (out / "last_checkpoint").read_text().strip() == "model_0000002.pth"
+
+
+@pytest.mark.slow
+def test_a_process_whose_batch_is_unreadable_keeps_step_with_the_other(
+        data: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Two training images, one truncated, one per process and step: at every step, the first
+    included, one process has no image. It still runs DDP's collective forward and backward
+    (it used to wait in them for the other until the 30-minute timeout); both end equal."""
+    coco = json.loads((data / "coco/train.json").read_text())
+    coco["images"] = coco["images"][:2]
+    kept = {image["id"] for image in coco["images"]}
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in kept]
+    (tmp_path / "train.json").write_text(json.dumps(coco))
+    images = tmp_path / "images"
+    images.mkdir()
+    for image in coco["images"]:
+        shutil.copy(data / "images/train" / image["file_name"], images)
+    truncated = images / coco["images"][1]["file_name"]
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    out = tmp_path / "out"
+    args = train_args(data, out, 3, f"data.train.ann_file={tmp_path / 'train.json'}",
+                      f"data.train.img_dir={images}", "train.seed=5")
+    log = run_two_processes("train", args, tmp_path, timeout=90)
+    assert "train: skipped 3 unreadable image reads" in log
+    rank0 = torch.load(out / "rank0.pth", weights_only=True)
+    rank1 = torch.load(out / "rank1.pth", weights_only=True)
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+
+
+@pytest.mark.slow
+def test_processes_that_find_different_checkpoints_refuse_to_resume(
+        data: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Each process with its own train.output_dir (a node's own disk): process 0 finds the
+    checkpoint of step 2, process 1 none. They used to train apart and then wait for each
+    other forever; now both stop before training, naming each one's step and folder."""
+    load_tool("train").main(train_args(data, tmp_path / "out0", 2, "train.checkpoint_period=1"))
+    args = train_args(data, tmp_path / "out${oc.env:RANK}", 4, "--resume")
+    log = run_two_processes("train", args, tmp_path, fails=True, timeout=90)
+    assert (f"the processes resume at different steps (process 0 at iteration 2 from "
+            f"{tmp_path / 'out0'}; process 1 at iteration 0 from {tmp_path / 'out1'})") in log
+    assert not (tmp_path / "out0" / "model_0000003.pth").exists()
