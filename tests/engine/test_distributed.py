@@ -115,3 +115,12 @@ def test_a_gpu_that_is_not_there_is_refused_naming_the_key_before_anything_start
                                            r"torchrun with --nproc_per_node=2 or fewer"):
         D.init_distributed("auto")
     assert not D.is_distributed()
+
+
+def test_syncbn_on_cpu_processes_is_refused_naming_the_keys(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    monkeypatch.setattr(D, "get_world_size", lambda: 2)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.SyncBatchNorm(4))
+    with pytest.raises(ValueError, match=r"norm: syncbn \(model.backbone.norm, model.head.norm\) "
+                       "synchronises BatchNorm over GPUs only"):
+        D.wrap_ddp(model, torch.device("cpu"))
