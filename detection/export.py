@@ -107,15 +107,14 @@ class OnnxDetector(OnnxModel):
     """
 
     def __init__(self, weights: str | os.PathLike, device: str | torch.device = "cpu") -> None:
-        super().__init__(weights, TASK, device)
-        missing = [k for k in ("category_ids", "class_names", "mask_on", "pixel_mean", "resize")
-                   if k not in self.metadata]
-        ids = self.metadata.get("category_ids") or []
-        if missing or not ids or any(not isinstance(c, int) or c < 0 for c in ids) \
+        super().__init__(weights, TASK, device, required=("category_ids", "mask_on", "resize"))
+        ids = self.metadata["category_ids"]
+        if not isinstance(ids, list) or not ids or any(
+                not isinstance(c, int) or c < 0 for c in ids) \
                 or len(ids) != len(self.metadata["class_names"]):
-            raise ExportError(f"{weights}: export.json lacks {missing} or its category_ids "
-                              f"{ids[:10]} are not one non-negative int per class name; "
-                              f"export again with tools/export.py")
+            raise ExportError(f"{weights}: the category_ids {ids!r:.80} of its export.json are "
+                              f"not one non-negative int per class name; export again with "
+                              f"tools/export.py")
         self.mask_on = bool(self.metadata["mask_on"])
         self._label_of_id = np.zeros(max(ids) + 1, dtype=np.int64)
         self._label_of_id[ids] = np.arange(len(ids))

@@ -26,6 +26,7 @@ from .files import atomic_write_json
 OPSET = 17
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "export.json"
+COMMON_KEYS = ("pixel_mean", "pixel_std", "class_names")  # in every export.json
 INSTALL_HINT = "pip install 'resnet-detect[export]' (or: pip install onnx onnxruntime)"
 
 
@@ -34,11 +35,12 @@ class ExportError(ValueError):
 
 
 def is_onnx(weights: str | os.PathLike | None) -> bool:
-    """True for an `.onnx` file or a folder holding `model.onnx` (tools' `--weights`)."""
+    """True for an `.onnx` file (any case) or an export folder (tools' `--weights`)."""
     if weights is None:
         return False
     path = Path(weights)
-    return path.suffix == ".onnx" or (path.is_dir() and (path / MODEL_FILE).exists())
+    return path.suffix.lower() == ".onnx" or (path.is_dir() and any(
+        (path / name).exists() for name in (MODEL_FILE, METADATA_FILE)))
 
 
 def export_graph(graph: nn.Module, example: Sequence[torch.Tensor], path: Path, *,
@@ -84,11 +86,13 @@ def model_path(weights: str | os.PathLike) -> Path:
     return path / MODEL_FILE if path.is_dir() else path
 
 
-def read_metadata(weights: str | os.PathLike, task: str) -> dict[str, Any]:
-    """`export.json` beside the `.onnx` that `weights` names, checked to be for `task`.
+def read_metadata(weights: str | os.PathLike, task: str, required: Sequence[str] = ()
+                  ) -> dict[str, Any]:
+    """`export.json` beside the `.onnx` that `weights` names, checked to be for `task` and to
+    hold every export's keys and `required`.
 
     Raises:
-        ExportError: no model file, no or unreadable export.json, another task.
+        ExportError: no model file, no or unreadable export.json, another task, a key missing.
     """
     onnx_file = model_path(weights)
     if not onnx_file.is_file():
@@ -104,6 +108,13 @@ def read_metadata(weights: str | os.PathLike, task: str) -> dict[str, Any]:
     if not isinstance(metadata, dict) or metadata.get("task") != task:
         found = metadata.get("task") if isinstance(metadata, dict) else None
         raise ExportError(f"{meta_file} is for task {found!r}; this config's task is {task!r}")
+    missing = [key for key in (*COMMON_KEYS, *required) if key not in metadata]
+    if missing:
+        raise ExportError(f"{meta_file} lacks {missing}; export again with tools/export.py")
+    if not isinstance(metadata["class_names"], list) or not all(
+            isinstance(n, str) for n in metadata["class_names"]):
+        raise ExportError(f"{meta_file}: class_names must be a list of names, got "
+                          f"{metadata['class_names']!r:.80}")
     return metadata
 
 
@@ -135,9 +146,9 @@ class OnnxModel(nn.Module):
     """
 
     def __init__(self, weights: str | os.PathLike, task: str,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", required: Sequence[str] = ()) -> None:
         super().__init__()
-        self.metadata = read_metadata(weights, task)
+        self.metadata = read_metadata(weights, task, required)
         self.session = open_session(weights, device)
         # where the tensors handed back live (evaluation reads the model's device from here)
         self.register_buffer("pixel_mean", torch.tensor(self.metadata["pixel_mean"])

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.data.batching import pad_to_multiple
-from engine.export import MODEL_FILE, ExportError, OnnxModel, export_graph, write_metadata
+from engine.export import (METADATA_FILE, MODEL_FILE, ExportError, OnnxModel, export_graph,
+                           model_path, write_metadata)
 
 from .model import SemanticSegmentor
 
@@ -88,9 +89,14 @@ class OnnxSegmentor(OnnxModel):
     """
 
     def __init__(self, weights: str | os.PathLike, device: str | torch.device = "cpu") -> None:
-        super().__init__(weights, TASK, device)
+        super().__init__(weights, TASK, device,
+                         required=("num_classes", "ignore_index", "test_scale"))
         self.class_names = list(self.metadata["class_names"])
         self.num_classes = int(self.metadata["num_classes"])
+        if len(self.class_names) != self.num_classes:
+            raise ExportError(f"{model_path(weights).with_name(METADATA_FILE)} names "
+                              f"{len(self.class_names)} classes for a model of "
+                              f"{self.num_classes}; export again with tools/export.py")
         self.ignore_index = int(self.metadata["ignore_index"])
         self.test_scale = float(self.metadata["test_scale"])
 

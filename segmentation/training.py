@@ -22,7 +22,7 @@ from engine.files import nan_to_none
 from engine.runner import TaskData, format_metric
 
 from .build import BASE_CONFIG, build_model, load_config, provenance_from_config
-from .data import build_dataset, build_test_loader
+from .data import build_dataset, build_test_loader, resolve_class_names
 from .data import prefer_command_line_sources as resolve_overrides
 from .evaluation import SemSegEvaluator
 from .export import export_segmentor
@@ -46,7 +46,9 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     names = cfg.data.class_names
     source = cfg.data.val.ann_file or (f"data.class_names={names}" if isinstance(names, str)
                                        else "data.class_names")
-    if is_onnx(weights):  # an export knows its classes only by name: they must be the data's
+    placeholders = [f"class_{i}" for i in range(predictor.model.num_classes)]
+    if is_onnx(weights) and predictor.class_names != placeholders:
+        # an export knows its classes only by name (placeholders: weights without names)
         check_class_names(predictor.model.metadata, loader.dataset.class_names, source, weights)
     elif predictor.names_recorded and predictor.class_names != loader.dataset.class_names:
         raise ValueError(f"{weights} was trained on the classes {predictor.class_names[:10]}, "
@@ -77,8 +79,13 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
                           f"{config} asks for test.scales={list(tta.scales)} "
                           f"test.flip={tta.flip} test.window={tta.window}: add e.g. "
                           f"test.scales=[{tta.scales[0]}] test.flip=false test.window=null")
-    return export_segmentor(predictor.model, folder, class_names=predictor.class_names,
-                            scale=tta.single_scale)
+    names = predictor.class_names
+    if not predictor.names_recorded:  # weights without names (torchvision's): the config's
+        cfg = load_config(config, overrides)
+        if cfg.data.class_names:
+            cfg.model.num_classes = predictor.model.num_classes
+            names = resolve_class_names(cfg)
+    return export_segmentor(predictor.model, folder, class_names=names, scale=tta.single_scale)
 
 
 class SemSegTask:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import setup_logging  # noqa: E402
 from engine.cli import config_argument_parser  # noqa: E402
-from engine.export import INSTALL_HINT  # noqa: E402
+from engine.export import INSTALL_HINT, ExportError, is_onnx  # noqa: E402
 from engine.tasks import TASK_MODULES, config_task, task_module  # noqa: E402
 
 
@@ -46,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         import onnx  # noqa: F401
     except ImportError:
         raise SystemExit(f"tools/export.py needs onnx: {INSTALL_HINT}") from None
+    if is_onnx(args.weights):
+        raise ExportError(f"--weights {args.weights} is an export already; tools/export.py "
+                          "exports the .pth checkpoint it came from")
     task = config_task(args.config, args.overrides)
     export_model = getattr(task_module(task), "export_model", None) \
         if task in TASK_MODULES else None

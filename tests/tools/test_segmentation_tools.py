@@ -150,3 +150,24 @@ def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
                                          r"data.class_names=.*other.json has \['sky'"):
         load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
                                 str(tmp_path / "x"), *overrides(data), f"data.class_names={other}"])
+
+
+def test_weights_without_class_names_export_with_the_configs_and_score_the_same(
+        trained: tuple[Path, dict], data: Path, tmp_path: Path) -> None:
+    """A bare state dict (torchvision's DeepLabV3 / FCN weights, a hand-saved one) names no
+    classes: the export takes data.class_names, and tools/eval.py scores it."""
+    bare = tmp_path / "bare.pth"
+    torch.save(torch.load(trained[0] / "model_final.pth", weights_only=True)["model"], bare)
+    export = tmp_path / "export"
+    load_tool("export").main([str(CONFIG), "--weights", str(bare), "--output", str(export),
+                              *overrides(data)])
+    metadata = json.loads((export / "export.json").read_text())
+    assert metadata["class_names"] == CLASSES
+    metrics = {name: load_tool("eval").main([str(CONFIG), "--weights", str(weights), "--output",
+                                             str(tmp_path / name), *overrides(data)])["sem_seg"]
+               for name, weights in (("pth", bare), ("onnx", export))}
+    assert metrics["onnx"]["mIoU"] == pytest.approx(metrics["pth"]["mIoU"], abs=0.1)
+    (export / "export.json").write_text(json.dumps({**metadata, "class_names": ["a"]}))
+    with pytest.raises(ValueError, match=r"export/export.json names 1 classes for a model of 7"):
+        load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
+                                str(tmp_path / "x"), *overrides(data)])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -318,3 +319,31 @@ def test_export_and_onnx_runs_refuse_what_they_cannot_do_naming_it(
     with pytest.raises(ValueError, match=r"onnx/model.onnx needs onnxruntime: pip install"):
         load_tool("eval").main([*args, "--weights", str(tmp_path / "onnx/model.onnx"),
                                 "--output", str(tmp_path / "eval")])
+
+
+def test_damaged_export_folders_are_refused_naming_the_file_and_key(
+        trained: Path, data: Path, tmp_path: Path) -> None:
+    args = [str(CONFIG), *data_overrides(data)]
+    folder = tmp_path / "onnx"
+    load_tool("export").main([*args, "--weights", str(trained / "model_final.pth"),
+                              "--output", str(folder)])
+    with pytest.raises(ValueError, match=r"--weights .*onnx is an export already; "
+                                         r"tools/export.py exports the .pth checkpoint"):
+        load_tool("export").main([*args, "--weights", str(folder), "--output",
+                                  str(tmp_path / "again")])
+    assert not (tmp_path / "again").exists()
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (folder / "model.onnx").rename(upper / "MODEL.ONNX")
+    shutil.copy(folder / "export.json", upper)
+    assert len(Predictor(None, weights=upper / "MODEL.ONNX")(np.zeros((64, 80, 3), np.uint8))
+               ["boxes"]) >= 0  # an upper-case suffix is an ONNX file, not a checkpoint
+    with pytest.raises(ValueError, match=r"onnx/model.onnx: no such ONNX file"):
+        Predictor(None, weights=folder)  # export.json without its graph
+    metadata = json.loads((upper / "export.json").read_text())
+    for key in ("pixel_mean", "category_ids"):
+        broken = {k: v for k, v in metadata.items() if k != key}
+        (upper / "export.json").write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=rf"upper/export.json lacks \['{key}'\]; export "
+                                             "again with tools/export.py"):
+            Predictor(None, weights=upper / "MODEL.ONNX")
