@@ -82,6 +82,7 @@ from engine.tasks import load_task_config  # noqa: E402
 PHASES = ("data", "det_train", "det_infer", "syncs", "mask_train", "seg_train", "pretrain",
           "torchrun", "det_compile", "det_infer_compile")
 NUM_CLASSES = len(CATEGORY_IDS)
+TORCHRUN_TIMEOUT_S = 240  # each torchrun run of the phase: start-up, 2 steps and 2 checkpoints
 
 
 @dataclass(frozen=True)
@@ -694,21 +695,28 @@ def phase_torchrun(suite: Suite) -> None:
     for tool, args in torchrun_runs(suite).items():
         out = suite.output / f"torchrun_{tool}"
         start = time.perf_counter()
-        result = subprocess.run(
+        launcher = subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1",
              "--standalone", str(ROOT / f"tools/{tool}.py"), *args, f"train.output_dir={out}"],
-            cwd=ROOT, capture_output=True, text=True, timeout=600,
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(
                 p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)})
+        try:
+            log, _ = launcher.communicate(timeout=TORCHRUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            # torchrun ends its workers (own sessions, holding the pipe) on SIGTERM, with
+            # SIGKILL after 30 s: the device time left goes to the phases after this one
+            launcher.terminate()
+            log, _ = launcher.communicate(timeout=90)
+            log += f"\n(stopped after {TORCHRUN_TIMEOUT_S} s)"
         written = sorted(p.name for p in out.glob("model_*.pth"))
-        ok = result.returncode == 0 and "model_final.pth" in written
+        ok = launcher.returncode == 0 and "model_final.pth" in written
         suite.add("torchrun", f"tools/{tool}.py", f"nproc 1, {device}",
-                  exit_code=result.returncode, checkpoints=written,
+                  exit_code=launcher.returncode, checkpoints=written,
                   seconds=time.perf_counter() - start, vs_reference="ok" if ok else "FAILED")
         if not ok:
-            raise RuntimeError(f"torchrun tools/{tool}.py: exit {result.returncode}, "
-                               f"checkpoints {written}\n{result.stdout[-3000:]}"
-                               f"{result.stderr[-3000:]}")
+            raise RuntimeError(f"torchrun tools/{tool}.py: exit {launcher.returncode}, "
+                               f"checkpoints {written}\n{log[-6000:]}")
 
 
 RUNNERS: dict[str, Callable[[Suite], None]] = {
