@@ -60,8 +60,8 @@ def run_two_nodes(tool: str, args: list[str], tmp_path: Path) -> str:
         try:
             out, _ = launcher.communicate(timeout=300)
         except subprocess.TimeoutExpired:
-            for other in launchers:
-                other.kill()
+            for other in launchers:  # SIGTERM: torchrun ends its workers too (see below)
+                other.terminate()
             raise
         logs.append(out)
         assert launcher.returncode == 0, out[-6000:]
