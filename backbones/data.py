@@ -54,7 +54,9 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {split_dir}")
-    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    found = sorted((d.name for d in split_dir.iterdir()
+                    if d.is_dir() and not d.name.startswith(".")),
+                   key=_nfc)  # one order however the disk spells the names
     if not found:
         raise ValueError(f"no class folders in {split_dir} (expected {split_dir}/<class>/<image>)")
     training = class_names is None

@@ -238,12 +238,24 @@ def _check_same_data_everywhere(data: TaskData) -> None:
 
 
 def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
-                     cfg: DictConfig, max_iter: int, logger: logging.Logger) -> None:
+                     cfg: DictConfig, max_iter: int, logger: logging.Logger,
+                     now: Mapping[str, Any]) -> None:
     """Refuse a checkpoint this run cannot continue from, before anything is restored; say
-    which `train` keys differ from the run that wrote it (the new values apply)."""
+    which `train` keys differ from the run that wrote it (the new values apply). `now`: what
+    this run's checkpoints record (its classes)."""
+    new_run = ("start a new run from its weights (model.weights=PATH) in another "
+               "train.output_dir" if "weights" in cfg.model else
+               "start a new run in another train.output_dir")
     if iteration > max_iter:
         raise ValueError(f"checkpoint {path} is at iteration {iteration}, past this run's "
                          f"{max_iter} (train.max_iter or train.epochs): nothing to resume")
+    for key in ("class_names", "category_ids"):  # label i must keep meaning the same class
+        before, after = provenance.get(key), now.get(key)
+        if before is not None and after is not None and list(before) != list(after):
+            raise ValueError(f"checkpoint {path} was trained with the {key} {list(before)[:20]}"
+                             f", this run's data gives {list(after)[:20]}: its labels would "
+                             f"mean other classes; resume on the data it was trained on, or "
+                             f"{new_run}")
     recorded = (provenance.get("config") or {}).get("train")
     if not isinstance(recorded, Mapping):
         return  # written before checkpoints recorded their config
@@ -254,7 +266,7 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
         raise ValueError(f"checkpoint {path} was trained with train.optimizer="
                          f"{changed['optimizer'][0]}, this run asks for "
                          f"{changed['optimizer'][1]}: its state cannot continue another "
-                         "optimizer; start a new run from the weights (model.weights=PATH)")
+                         f"optimizer; {new_run}")
     if changed:
         logger.warning("resuming %s with train settings other than the run that wrote it "
                        "(they apply from iteration %d%s): %s", path, iteration,
@@ -360,14 +372,14 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     trainer = Trainer(model=ddp_model, optimizer=optimizer, scheduler=scheduler, step_fn=step_fn,
                       max_iter=lengths["max_iter"], amp=parse_amp(t.amp),
                       clip_grad_norm=t.clip_grad_norm or None)
+    provenance = task.provenance(cfg) if hasattr(task, "provenance") else None
     checkpointer = Checkpointer(output_dir, model=model, optimizer=optimizer,
                                 scheduler=scheduler, scaler=trainer.scaler,
                                 max_to_keep=t.max_to_keep,
-                                provenance=task.provenance(cfg) if hasattr(task, "provenance")
-                                else None,
-                                check=lambda path, provenance, iteration: _check_resumable(
-                                    path, provenance, iteration, cfg, lengths["max_iter"],
-                                    logger))
+                                provenance=provenance,
+                                check=lambda path, recorded, iteration: _check_resumable(
+                                    path, recorded, iteration, cfg, lengths["max_iter"],
+                                    logger, provenance or {}))
     if resume:
         state = checkpointer.resume()  # restores every process's RNG state
     else:

@@ -89,6 +89,10 @@ def test_scan_skips_hidden_folders_follows_links_and_refuses_empty_classes(
     make_tree(tmp_path / "u/val", {decomposed: 1})
     _, classes = scan_image_folder(tmp_path / "u/train")
     assert [label for _, label in scan_image_folder(tmp_path / "u/val", classes)[0]] == [0]
+    # and sorts as composed: "cafe\u0301" < "cafz" < "caf\u00e9" by raw code points
+    for spelling, tree in ((composed, "nfc"), (decomposed, "nfd")):
+        make_tree(tmp_path / tree, {spelling: 1, "cafz": 1})
+        assert scan_image_folder(tmp_path / tree)[1] == ["cafz", composed]
 
 
 def test_read_image_is_rgb_and_honours_exif_orientation(tmp_path: Path) -> None:

@@ -208,9 +208,20 @@ def test_resume_with_other_train_settings(tool: ModuleType, tmp_path: Path,
         tool.main(overrides(tmp_path / "data", out, **{**extra, "train.epochs": 1})
                   + ["--resume"])
     with pytest.raises(ValueError, match="trained with train.optimizer=sgd, this run asks "
-                                         "for adamw"):
+                                         "for adamw: its state cannot continue another "
+                                         "optimizer; start a new run in another "
+                                         "train.output_dir"):
         tool.main(overrides(tmp_path / "data", out, **{**extra, "train.optimizer": "adamw"})
                   + ["--resume"])
+    # a class renamed: as many classes, but "red" would now be label 0
+    renamed = tmp_path / "renamed"
+    shutil.copytree(tmp_path / "data", renamed)
+    for split in ("train", "val"):
+        (renamed / split / "blue").rename(renamed / split / "sky")
+    with pytest.raises(ValueError, match=r"trained with the class_names \['blue', 'red'\], this "
+                                         r"run's data gives \['red', 'sky'\]: its labels would "
+                                         "mean other classes"):
+        tool.main(overrides(renamed, out, **{**extra, "train.epochs": 3}) + ["--resume"])
     assert (out / "config.yaml").read_text() == config
     with caplog.at_level(logging.WARNING):
         result = tool.main(overrides(tmp_path / "data", out, **{**extra, "train.epochs": 3,
