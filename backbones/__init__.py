@@ -19,11 +19,13 @@ _WEIGHT_DEFINING_OPTIONS = ("stride_in_1x1", "groups", "width_per_group", "width
                             "residual")
 
 
-def build(name: str, *, weights: str | os.PathLike | None = None, **options: Any) -> ResNet:
+def build(name: str, *, weights: str | os.PathLike | None = None, config_prefix: str = "",
+          **options: Any) -> ResNet:
     """Build a backbone by registered name, optionally loading `weights` strictly.
 
     A checkpoint written by this project also supplies the architecture options it was
-    trained with (e.g. stride_in_1x1) unless they are given here.
+    trained with (e.g. stride_in_1x1) unless they are given here. `config_prefix`: where
+    these options sit in the caller's config (e.g. "model.backbone."), for messages.
     """
     checkpoint = read_checkpoint(weights) if weights is not None else None
     provenance = unwrap_state_dict(checkpoint)[1] if checkpoint is not None else None
@@ -32,23 +34,25 @@ def build(name: str, *, weights: str | os.PathLike | None = None, **options: Any
             if key in provenance.get("options", {}) and key not in options:
                 options[key] = provenance["options"][key]
                 logger.info("%s=%s from the provenance of %s", key, options[key], weights)
-    model = build_resnet(name, **options)
+    model = build_resnet(name, config_prefix, **options)
+    model.arch = name
     if checkpoint is not None:
         freeze_at = model.freeze_at
-        load_weights(model, checkpoint, source=str(weights))
+        load_weights(model, checkpoint, source=str(weights), config_prefix=config_prefix)
         model.freeze(freeze_at)
     return model
 
 
 def build_classifier(name: str, num_classes: int, *, weights: str | os.PathLike | None = None,
-                     **options: Any) -> Classifier:
-    """Backbone `name` + average pool + fc; `weights` may be torchvision, timm or own."""
+                     config_prefix: str = "", **options: Any) -> Classifier:
+    """Backbone `name` + average pool + fc; `weights` may be torchvision, timm or own.
+    `config_prefix`: as for `build`."""
     options.pop("out_features", None)
-    backbone = build_resnet(name, **options)
+    backbone = build_resnet(name, config_prefix, **options)
     model = Classifier(backbone=backbone, num_classes=num_classes)
     model.arch, model.options = name, dict(options)
     if weights is not None:
-        load_weights(model, weights)
+        load_weights(model, weights, config_prefix=config_prefix)
     return model
 
 

@@ -53,7 +53,7 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
                          f"model_final.pth of tools/pretrain.py, not a backbone")
     num_classes = int(fc.shape[0])
     model = build_classifier(cfg.model.name, num_classes, weights=weights,
-                             **to_plain(cfg.model.options))
+                             config_prefix="model.options.", **to_plain(cfg.model.options))
     names = [str(n) for n in provenance.get("class_names") or []]
     if len(names) != num_classes:
         names = [f"class_{i}" for i in range(num_classes)]

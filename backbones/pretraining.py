@@ -91,7 +91,7 @@ class ClassificationTask:
 
     def build_model(self, cfg: DictConfig) -> nn.Module:
         model = build_classifier(cfg.model.name, len(self.class_names),
-                                 **to_plain(cfg.model.options))
+                                 config_prefix="model.options.", **to_plain(cfg.model.options))
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         return model

@@ -1,6 +1,7 @@
 """The one registry of backbone names: `build("resnet50", **options)`."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 from .resnet import IMAGENET_DEPTHS, ResNet
@@ -50,12 +51,22 @@ for _name in list(_REGISTRY):
     _REGISTRY[f"plain_{_name}"] = _preset(_REGISTRY[_name], residual=False)
 
 
+# what `build` takes: the builders' own arguments and ResNet's that no builder fixes
+_OPTIONS = {"depth", "block", "shortcut"} | set(inspect.signature(ResNet).parameters) - {
+    "stage_blocks", "stage_planes", "stem", "stem_channels"}
+
+
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_resnet(name: str, **options: Any) -> ResNet:
-    """Build a registered backbone by name; options override the preset."""
+def build_resnet(name: str, config_prefix: str = "", **options: Any) -> ResNet:
+    """Build a registered backbone by name; options override the preset. `config_prefix`:
+    where the options sit in the caller's config, for messages."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(list_models())}")
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown backbone option {', '.join(config_prefix + k for k in unknown)}"
+                         f"; valid: {', '.join(sorted(_OPTIONS))}")
     return _REGISTRY[name](**options)

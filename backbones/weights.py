@@ -96,9 +96,9 @@ def _is_bn_counter(key: str) -> bool:
 
 
 def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                   source: str) -> None:
-    """Load strictly; raise ValueError naming `source` and every missing, unexpected or
-    mis-shaped key."""
+                   source: str, hint: str = "") -> None:
+    """Load strictly; raise ValueError naming `source`, `hint` and every missing, unexpected
+    or mis-shaped key."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict and not _is_bn_counter(k)]
     unexpected = [k for k in state_dict if k not in expected and not _is_bn_counter(k)]
@@ -109,7 +109,7 @@ def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
         def listing(title: str, keys: list[str]) -> str:
             more = f" ... and {len(keys) - 10} more" if len(keys) > 10 else ""
             return f"\n  {title} ({len(keys)}): {', '.join(keys[:10])}{more}" if keys else ""
-        raise ValueError(f"weights from {source} do not match {type(model).__name__}:"
+        raise ValueError(f"weights from {source} do not match {type(model).__name__}{hint}:"
                          + listing("missing", missing) + listing("unexpected", unexpected)
                          + listing("mis-shaped", mis_shaped))
     usable = {k: v for k, v in state_dict.items() if k in expected}
@@ -191,7 +191,7 @@ def stride_in_1x1(model: nn.Module) -> bool | None:
 
 def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any], *,
                  convert: Callable[[StateDict], StateDict] | None = None,
-                 source: str | None = None) -> dict | None:
+                 source: str | None = None, config_prefix: str = "") -> dict | None:
     """Load torchvision, timm or own weights into a ResNet or Classifier, strictly.
 
     The format is detected from the keys. Into a bare backbone, classifier keys are accepted
@@ -203,6 +203,8 @@ def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any
         weights: a file path or an already loaded checkpoint/state dict.
         convert: an extra key converter applied last (e.g. for detection models).
         source: names the weights in messages (default: the path).
+        config_prefix: where the model's options sit in the caller's config (e.g.
+            "model.backbone."), for the keys that messages name.
 
     Raises:
         ValueError: keys or shapes that do not match, or weights whose bottlenecks stride
@@ -219,8 +221,8 @@ def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any
     configured = stride_in_1x1(model)
     implied = provenance.get("stride_in_1x1") if provenance else False if foreign else None
     if configured is not None and implied is not None:
-        refuse_mismatched_settings(source, {"stride_in_1x1": bool(implied)},
-                                   {"stride_in_1x1": configured})
+        key = f"{config_prefix}stride_in_1x1"
+        refuse_mismatched_settings(source, {key: bool(implied)}, {key: configured})
     expected = model.state_dict()
     if any(k.startswith("backbone.") for k in expected):
         if not any(k.startswith("backbone.") for k in state_dict):
@@ -233,6 +235,9 @@ def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
     if convert is not None:
         state_dict = convert(state_dict)
-    check_and_load(model, state_dict, source)
+    arch, ours = (provenance or {}).get("arch"), getattr(model, "arch", None)
+    hint = f" ({source} holds a {arch}, this model is a {ours})" if (
+        arch and ours and arch != ours) else ""
+    check_and_load(model, state_dict, source, hint)
     model.provenance = provenance
     return provenance

@@ -98,6 +98,7 @@ def build_backbone(cfg: Mapping[str, Any]) -> nn.Module:
     resnet = backbones.build(
         bcfg["name"],
         weights=bcfg["weights"],
+        config_prefix="model.backbone.",
         norm=bcfg["norm"],
         freeze_at=bcfg["freeze_at"],
         output_stride=bcfg["output_stride"],

@@ -119,3 +119,23 @@ def test_backbone_weights_refused_where_the_stride_sits_elsewhere(tmp_path):
     tv = torchvision.models.resnet50(weights=None).state_dict()  # stride on the 3x3 conv
     with pytest.raises(ValueError, match="stride_in_1x1 is true, the weights need false"):
         backbones.load_weights(backbones.build("resnet50", stride_in_1x1=True), tv)
+    # from a config: the key the refusal names is the config's
+    with pytest.raises(ValueError, match=r"set model.backbone.stride_in_1x1=true$"):
+        backbones.build("resnet50", weights=str(path), stride_in_1x1=False,
+                        config_prefix="model.backbone.")
+
+
+def test_weights_of_another_architecture_name_both(tmp_path):
+    path = tmp_path / "r18.pth"
+    backbones.save_checkpoint(path, backbones.build("resnet18").state_dict(),
+                              backbones.make_provenance("resnet18"))
+    with pytest.raises(ValueError, match=rf"do not match ResNet \({path} holds a resnet18, this "
+                                         r"model is a resnet50\):\n  missing"):
+        backbones.build("resnet50", weights=str(path))
+
+
+def test_an_unknown_backbone_option_is_named_with_its_config_key():
+    with pytest.raises(ValueError, match=r"unknown backbone option model.options.stride_in1x1; "
+                                         r"valid: block, depth, drop_path_rate, .*stride_in_1x1"):
+        backbones.build_classifier("resnet18", 3, config_prefix="model.options.",
+                                   stride_in1x1=True)
