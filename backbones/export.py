@@ -6,6 +6,7 @@ Normalisation is inside; the network itself takes any size.
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from engine.tasks import load_task_config
 from . import build_classifier
 from .classifier import Classifier
 from .weights import read_checkpoint, unwrap_state_dict
+
+logger = logging.getLogger(__name__)
 
 TASK = "classification"
 
@@ -44,7 +47,8 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
                  overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Export the classifier `weights` (model_final.pth of tools/pretrain.py, or torchvision /
     timm classifier weights) built as `config` says; returns export.json."""
-    _, cfg = load_task_config(config, overrides, TASK)
+    # no data is read: data.root (mandatory for training) need not be given
+    _, cfg = load_task_config(config, ["data.root=.", *overrides], TASK)
     state_dict, provenance = unwrap_state_dict(read_checkpoint(weights))
     provenance = provenance or {}
     fc = state_dict.get("fc.weight", state_dict.get("head.fc.weight"))
@@ -57,6 +61,11 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
     names = [str(n) for n in provenance.get("class_names") or []]
     if len(names) != num_classes:
         names = [f"class_{i}" for i in range(num_classes)]
+    trained = ((provenance.get("config") or {}).get("data") or {})
+    for key in ("image_size", "val_resize"):
+        if key in trained and trained[key] != cfg.data[key]:
+            logger.warning("%s was evaluated with data.%s=%s; the export resizes with this "
+                           "config's %s", weights, key, trained[key], cfg.data[key])
     mean = list(provenance.get("pixel_mean") or cfg.data.pixel_mean)
     std = list(provenance.get("pixel_std") or cfg.data.pixel_std)
     size = int(cfg.data.image_size)
@@ -68,4 +77,5 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
         folder, TASK, inputs={"image": "uint8 (H, W, 3) RGB, resized and cropped by `resize`"},
         outputs={"logits": "float32 (K,) class scores before softmax"},
         pixel_mean=mean, pixel_std=std, class_names=names, num_classes=num_classes,
-        resize={"shorter_side": int(cfg.data.val_resize), "center_crop": size})
+        resize={"shorter_side": int(cfg.data.val_resize), "center_crop": size,
+                "interpolation": "area (OpenCV INTER_AREA, as the evaluation's transform)"})

@@ -28,7 +28,8 @@ def test_onnx_runtime_gives_the_pytorch_logits_at_any_size(tmp_path: Path) -> No
     export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "export")
     metadata = json.loads((tmp_path / "export/export.json").read_text())
     assert metadata["class_names"] == NAMES and metadata["pixel_mean"] == list(MEAN)
-    assert metadata["resize"] == {"shorter_side": 54, "center_crop": 48}
+    assert metadata["resize"] == {"shorter_side": 54, "center_crop": 48, "interpolation":
+                                  "area (OpenCV INTER_AREA, as the evaluation's transform)"}
     session = open_session(tmp_path / "export")
     generator = torch.Generator().manual_seed(0)
     for h, w in [(64, 64), (50, 90), (120, 70)]:
@@ -52,3 +53,19 @@ def test_a_backbone_or_mismatched_checkpoint_is_refused_naming_it(tmp_path: Path
     with pytest.raises(ValueError, match="r34.pth"):
         export_model(CONFIG, tmp_path / "r34.pth", tmp_path / "out")
     assert not (tmp_path / "out/model.onnx").exists()
+
+
+def test_an_export_at_other_sizes_than_the_training_evaluation_warns(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = build_classifier("resnet18", len(NAMES))
+    provenance = make_provenance("resnet18", class_names=NAMES,
+                                 config={"data": {"image_size": 48, "val_resize": 54}})
+    save_checkpoint(tmp_path / "model_final.pth", model.state_dict(), provenance)
+    export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "same")
+    assert "was evaluated with" not in caplog.text
+    imagenet = ROOT / "configs/pretrain/resnet50_imagenet.yaml"  # data.root: ??? (not read)
+    export_model(imagenet, tmp_path / "model_final.pth", tmp_path / "other",
+                 ["model.name=resnet18"])
+    assert "was evaluated with data.image_size=48; the export resizes with this config's 224" \
+        in caplog.text
+    assert json.loads((tmp_path / "other/export.json").read_text())["resize"]["center_crop"] == 224
