@@ -244,7 +244,7 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
     which `train` keys differ from the run that wrote it (the new values apply). `now`: what
     this run's checkpoints record (its classes)."""
     new_run = ("start a new run from its weights (model.weights=PATH) in another "
-               "train.output_dir" if "weights" in cfg.model else
+               "train.output_dir" if "weights" in (cfg.get("model") or {}) else
                "start a new run in another train.output_dir")
     if iteration > max_iter:
         raise ValueError(f"checkpoint {path} is at iteration {iteration}, past this run's "
