@@ -34,6 +34,7 @@ from .distributed import (all_gather_object, any_process, barrier, get_rank, get
                           is_main_process)
 from .distributed import unwrap_model
 from .files import atomic_save, atomic_write_text, sha256_of
+from .optim import fill_momentum_buffers
 from .rng import get_rng_state, set_rng_state
 from .schedule import restore_position
 
@@ -188,6 +189,8 @@ class Checkpointer:
                 component.load_state_dict(state[name])
         for group, values in zip(optimizer.param_groups if optimizer else [], hyper):
             group.update(values)
+        if optimizer is not None:  # a checkpoint of older code may lack some buffers
+            fill_momentum_buffers(optimizer)
         if scheduler is not None:
             restore_position(scheduler, state["scheduler"])  # and the lr at that position
         if state["world_size"] == get_world_size():

@@ -38,4 +38,25 @@ def build_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: flo
                 for p in decay + no_decay)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused)
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov,
+                                fused=fused)
+    fill_momentum_buffers(optimizer)
+    return optimizer
+
+
+def fill_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
+    """Give every parameter of an SGD with momentum a (zero) momentum buffer where it has none.
+
+    The fused step refuses a parameter without a buffer beside others with one: one whose
+    first gradient comes steps after the others' (a residual branch that path sampling left
+    out, a head without targets yet). A zero buffer gives the same numbers as the one SGD
+    makes from the first gradient (dampening 0)."""
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    for group in optimizer.param_groups:
+        if group["momentum"]:
+            for param in group["params"]:
+                state = optimizer.state[param]
+                if state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(
+                        param, memory_format=torch.preserve_format)
