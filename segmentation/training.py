@@ -6,6 +6,7 @@ class-id maps; the model pads, normalises and returns `loss_sem_seg` (and `loss_
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from .evaluation import SemSegEvaluator
 from .export import export_segmentor
 from .inference import evaluate_model, tta_from_config
 from .predictor import Predictor, build_renderer
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "SemSegTask", "build_renderer",
            "evaluate_checkpoint", "export_model", "resolve_overrides"]
@@ -85,6 +88,10 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
         if cfg.data.class_names:
             cfg.model.num_classes = predictor.model.num_classes
             names = resolve_class_names(cfg)
+        else:
+            logger.warning("%s names no classes and data.class_names is not set: the export "
+                           "calls them %s...; tools/eval.py will refuse data with other names",
+                           weights, ", ".join(names[:3]))
     return export_segmentor(predictor.model, folder, class_names=names, scale=tta.single_scale)
 
 

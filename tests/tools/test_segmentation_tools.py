@@ -8,6 +8,7 @@ so both must run the config's test-time scales.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -153,7 +154,8 @@ def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
 
 
 def test_weights_without_class_names_export_with_the_configs_and_score_the_same(
-        trained: tuple[Path, dict], data: Path, tmp_path: Path) -> None:
+        trained: tuple[Path, dict], data: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     """A bare state dict (torchvision's DeepLabV3 / FCN weights, a hand-saved one) names no
     classes: the export takes data.class_names, and tools/eval.py scores it."""
     bare = tmp_path / "bare.pth"
@@ -163,6 +165,12 @@ def test_weights_without_class_names_export_with_the_configs_and_score_the_same(
                               *overrides(data)])
     metadata = json.loads((export / "export.json").read_text())
     assert metadata["class_names"] == CLASSES
+    unnamed = [o for o in overrides(data) if not o.startswith("data.class_names=")]
+    with caplog.at_level(logging.WARNING):
+        load_tool("export").main([str(CONFIG), "--weights", str(bare), "--output",
+                                  str(tmp_path / "unnamed"), *unnamed, "data.class_names=null"])
+    assert "bare.pth names no classes and data.class_names is not set: the export calls them " \
+        "class_0, class_1, class_2..." in caplog.text
     metrics = {name: load_tool("eval").main([str(CONFIG), "--weights", str(weights), "--output",
                                              str(tmp_path / name), *overrides(data)])["sem_seg"]
                for name, weights in (("pth", bare), ("onnx", export))}
