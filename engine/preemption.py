@@ -123,6 +123,10 @@ def _end_leftover_workers() -> None:
     worker stuck in native code never runs its Python SIGTERM handler, so the ones still
     alive after `WORKER_EXIT_GRACE_S` are killed instead of hanging the exit."""
     workers = [p for p in multiprocessing.active_children() if p.daemon]
+    if workers and threading.current_thread() is threading.main_thread():
+        # PyTorch's loader raises from its SIGCHLD handler for a worker ended by a signal,
+        # which is what this does: a traceback after the run's own error, at exit
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for worker in workers:
         worker.terminate()
     deadline = time.monotonic() + WORKER_EXIT_GRACE_S

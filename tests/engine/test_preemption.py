@@ -104,3 +104,30 @@ def test_a_worker_wedged_in_native_code_does_not_hang_the_interpreter_exit() -> 
     pid = int(result.stdout.split()[0])
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+LOADER_LEFT_RUNNING = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from engine.data import build_train_loader
+
+class Zeros(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1000
+    def __getitem__(self, key):
+        return {"x": torch.zeros(4)}
+
+batches = iter(build_train_loader(Zeros(), batch_size=2, num_workers=1))
+next(batches)
+raise SystemExit("the run's own error")  # its loader's worker is still running
+"""
+
+
+def test_loader_workers_left_at_an_error_exit_end_without_a_traceback() -> None:
+    """PyTorch's loader raises from its SIGCHLD handler when a worker dies of a signal, which
+    the exit hook sends: after a run's own error, a second, unrelated traceback followed."""
+    result = subprocess.run([sys.executable, "-c", LOADER_LEFT_RUNNING, str(ROOT)], timeout=60,
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.strip() == "the run's own error", \
+        result.stderr[-3000:]
