@@ -51,9 +51,9 @@ for _name in list(_REGISTRY):
     _REGISTRY[f"plain_{_name}"] = _preset(_REGISTRY[_name], residual=False)
 
 
-# what `build` takes: the builders' own arguments and ResNet's that no builder fixes
+# what `build` takes: the builders' own arguments and ResNet's that neither builder fixes
 _OPTIONS = {"depth", "block", "shortcut"} | set(inspect.signature(ResNet).parameters) - {
-    "stage_blocks", "stage_planes", "stem", "stem_channels"}
+    "stage_blocks", "stage_planes", "stem"}
 
 
 def list_models() -> list[str]:

@@ -137,9 +137,10 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     if get_world_size() == 1:
         return model
     if device.type != "cuda" and any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
-        raise ValueError("norm: syncbn (model.backbone.norm, model.head.norm) synchronises "
-                         "BatchNorm over GPUs only; processes on CPUs (gloo) train with bn "
-                         "(each process's own statistics) or gn")
+        raise ValueError("a norm: syncbn in the config (model.backbone.norm, model.head.norm "
+                         "or model.options.norm) synchronises BatchNorm over GPUs only; "
+                         "processes on CPUs (gloo) train with bn (each process's own "
+                         "statistics) or gn")
     return nn.parallel.DistributedDataParallel(
         model, device_ids=[get_local_rank()] if device.type == "cuda" else None)
 

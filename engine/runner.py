@@ -251,7 +251,7 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                          f"{max_iter} (train.max_iter or train.epochs): nothing to resume")
     for key in ("class_names", "category_ids"):  # label i must keep meaning the same class
         before, after = provenance.get(key), now.get(key)
-        if before is not None and after is not None and list(before) != list(after):
+        if before and after and list(before) != list(after):
             raise ValueError(f"checkpoint {path} was trained with the {key} {list(before)[:20]}"
                              f", this run's data gives {list(after)[:20]}: its labels would "
                              f"mean other classes; resume on the data it was trained on, or "

@@ -78,7 +78,8 @@ def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> Study
     """
     arch = ctx.arch(depth, residual)
     torch.manual_seed(ctx.recipe.seed)
-    model = build_classifier(arch, len(ctx.train.class_names), **ctx.options)
+    model = build_classifier(arch, len(ctx.train.class_names), config_prefix="model.options.",
+                             **ctx.options)
     sampler = apply_path_sampling(model.backbone, **ctx.path_sampling) if residual else None
     logger.info("training %s for %d iterations", arch, ctx.recipe.iterations)
     history = train_classifier(model, ctx.train, ctx.val, recipe=ctx.recipe,
@@ -125,8 +126,8 @@ def load_study_model(path: str | os.PathLike, ctx: StudyContext) -> StudyModel:
     if fc.shape[0] != len(class_names):
         raise ValueError(f"weights file {path} predicts {fc.shape[0]} classes, the data has "
                          f"{len(class_names)}")
-    model = build_classifier(arch, len(class_names), **options)
-    load_weights(model, checkpoint)
+    model = build_classifier(arch, len(class_names), config_prefix="model.options.", **options)
+    load_weights(model, checkpoint, config_prefix="model.options.")
     model.to(ctx.device).eval()
     return StudyModel(label=f"{arch} ({Path(path).name})", arch=arch, model=model,
                       pixel_mean=mean, pixel_std=std, source=str(path))

@@ -121,6 +121,7 @@ def test_syncbn_on_cpu_processes_is_refused_naming_the_keys(monkeypatch: pytest.
                                                             ) -> None:
     monkeypatch.setattr(D, "get_world_size", lambda: 2)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.SyncBatchNorm(4))
-    with pytest.raises(ValueError, match=r"norm: syncbn \(model.backbone.norm, model.head.norm\) "
-                       "synchronises BatchNorm over GPUs only"):
+    with pytest.raises(ValueError, match=r"a norm: syncbn in the config \(model.backbone.norm, "
+                       r"model.head.norm or model.options.norm\) synchronises BatchNorm over "
+                       "GPUs only"):
         D.wrap_ddp(model, torch.device("cpu"))
