@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 import backbones
 from backbones.data import normalize_images
-from backbones.pretraining import build_datasets
+from backbones.pretraining import ClassificationTask, build_datasets
 from engine.runner import UnreadableDataError
 from engine.tasks import load_task_config
 from tests.torchrun import run_two_processes
@@ -118,6 +119,37 @@ def test_short_pretrain_lowers_loss_and_writes_loadable_outputs(
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_model_weights_start_the_backbone_from_torchvision_with_a_new_fc(
+        tool: ModuleType, tmp_path: Path) -> None:
+    """Fine-tuning: a torchvision resnet18 (1000 classes) starts a 2-class classifier; its
+    backbone is torchvision's, its fc new. Weights that record another normalisation are
+    refused naming the data keys."""
+    colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
+    torch.manual_seed(0)
+    torchvision_weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), torchvision_weights)
+    args = overrides(tmp_path / "data", tmp_path / "out")[1:] + [
+        "model.name=resnet18", f"model.weights={torchvision_weights}"]
+    cfg = load_task_config(CONFIG, args)[1]
+    task = ClassificationTask()
+    task.prepare(cfg)
+    model = task.build_model(cfg)
+    expected = backbones.build("resnet18", weights=torchvision_weights).state_dict()
+    got = model.backbone.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert model.fc.weight.shape == (2, 512)
+    result = tool.main([str(CONFIG), *args, "train.max_iter=2", "train.epochs=null"])
+    assert result["iteration"] == 2
+    own = tmp_path / "own.pth"
+    backbones.save_checkpoint(own, expected, backbones.make_provenance(
+        "resnet18", pixel_mean=(0.0, 0.0, 0.0), pixel_std=(255.0, 255.0, 255.0)))
+    with pytest.raises(ValueError, match=r"own.pth do not fit this config: data.pixel_mean is "
+                                         r"\[123.675,116.28,103.53\], the weights need "
+                                         r"\[0.0,0.0,0.0\]; data.pixel_std"):
+        task.build_model(load_task_config(CONFIG, [*args, f"model.weights={own}"])[1])
+
+
 def test_unreadable_images_are_skipped_and_counted(
         tool: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     colour_tree(tmp_path / "data", train_per_class=4, val_per_class=2)
@@ -209,8 +241,8 @@ def test_resume_with_other_train_settings(tool: ModuleType, tmp_path: Path,
                   + ["--resume"])
     with pytest.raises(ValueError, match="trained with train.optimizer=sgd, this run asks "
                                          "for adamw: its state cannot continue another "
-                                         "optimizer; start a new run in another "
-                                         "train.output_dir"):
+                                         r"optimizer; start a new run from its weights "
+                                         r"\(model.weights=PATH\) in another train.output_dir"):
         tool.main(overrides(tmp_path / "data", out, **{**extra, "train.optimizer": "adamw"})
                   + ["--resume"])
     # a class renamed: as many classes, but "red" would now be label 0
