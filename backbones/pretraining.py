@@ -25,7 +25,7 @@ from .classifier import Classifier
 from .export import export_model
 from .data import (ImageBatch, ImageFolderDataset, build_train_transform, build_val_transform,
                    collate_images, normalize_images, scan_image_folder)
-from .weights import load_weights, make_provenance, refuse_mismatched_settings, save_checkpoint
+from .weights import load_weights, make_provenance, refuse_other_normalisation, save_checkpoint
 
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "base_classifier.yaml"
 OPEN_KEYS = ("model.options",)
@@ -93,13 +93,9 @@ class ClassificationTask:
         model = build_classifier(cfg.model.name, len(self.class_names),
                                  config_prefix="model.options.", **to_plain(cfg.model.options))
         if cfg.model.weights:  # fine-tuning: the backbone's weights, a new fc for these classes
-            provenance = load_weights(model.backbone, cfg.model.weights,
-                                      config_prefix="model.options.") or {}
-            refuse_mismatched_settings(
-                str(cfg.model.weights),
-                {f"data.{k}": list(provenance[k]) for k in ("pixel_mean", "pixel_std")
-                 if provenance.get(k) is not None},
-                {f"data.{k}": list(cfg.data[k]) for k in ("pixel_mean", "pixel_std")})
+            load_weights(model.backbone, cfg.model.weights, config_prefix="model.options.")
+            refuse_other_normalisation(model.backbone, str(cfg.model.weights), cfg.data,
+                                       prefix="data.")
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         return model

@@ -167,15 +167,23 @@ def refuse_mismatched_settings(source: str, implied: Mapping[str, Any],
                      f"tensor has the right shape; set {fix}")
 
 
-def refuse_other_normalisation(backbone: nn.Module, mcfg: Mapping[str, Any]) -> None:
+def refuse_other_normalisation(backbone: nn.Module, source: str, section: Mapping[str, Any],
+                               prefix: str = "model.") -> None:
     """Backbone weights that record the pixel mean and std they were trained with (this
-    project's) must be fed images normalised so: the `model` config must say the same."""
+    project's) must be fed images normalised so: the config section whose keys are
+    `prefix` + pixel_mean / pixel_std must say the same.
+
+    Args:
+        backbone: the backbone `load_weights` filled (its `provenance`).
+        source: names the weights in messages.
+        section: the config section holding pixel_mean and pixel_std.
+        prefix: that section's place in the config, for messages.
+    """
     provenance = getattr(backbone, "provenance", None) or {}
-    implied = {f"model.{k}": list(provenance[k]) for k in ("pixel_mean", "pixel_std")
-               if provenance.get(k) is not None}
-    if implied:
-        refuse_mismatched_settings(str(mcfg["backbone"]["weights"]), implied,
-                                   {k: list(mcfg[k.split(".")[1]]) for k in implied})
+    keys = [k for k in ("pixel_mean", "pixel_std") if provenance.get(k) is not None]
+    if keys:
+        refuse_mismatched_settings(source, {prefix + k: list(provenance[k]) for k in keys},
+                                   {prefix + k: list(section[k]) for k in keys})
 
 
 def stride_in_1x1(model: nn.Module) -> bool | None:

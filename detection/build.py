@@ -82,7 +82,7 @@ def build_backbone(cfg: Mapping[str, Any]) -> tuple[nn.Module, nn.Module | None]
         stride_in_1x1=bcfg["stride_in_1x1"],
         out_features=tuple(out_features),
     )
-    refuse_other_normalisation(resnet, cfg)
+    refuse_other_normalisation(resnet, str(bcfg["weights"]), cfg)
     # stages past out_features never run: DistributedDataParallel refuses parameters without
     # gradients, so they are dropped (a res5 head takes res5 first)
     res5 = take_res5(resnet) if res5_head else None

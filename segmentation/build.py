@@ -106,7 +106,7 @@ def build_backbone(cfg: Mapping[str, Any]) -> nn.Module:
         stride_in_1x1=bcfg["stride_in_1x1"],
         out_features=tuple(dict.fromkeys(out_features)),
     )
-    refuse_other_normalisation(resnet, cfg)
+    refuse_other_normalisation(resnet, str(bcfg["weights"]), cfg)
     return resnet.drop_unused_stages()
 
 
