@@ -79,6 +79,7 @@ def build_backbone(cfg: Mapping[str, Any]) -> tuple[nn.Module, nn.Module | None]
         norm=bcfg["norm"],
         freeze_at=bcfg["freeze_at"],
         output_stride=bcfg["output_stride"],
+        multi_grid=tuple(bcfg["multi_grid"]) if bcfg["multi_grid"] else None,
         stride_in_1x1=bcfg["stride_in_1x1"],
         out_features=tuple(out_features),
     )

@@ -12,8 +12,11 @@ def build_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: flo
                     betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
     """The optimizer over the trainable parameters of `model`.
 
-    Norm weights and biases (every parameter with ndim <= 1) get no weight decay, as in the
-    detectron2/timm recipes: decaying the scale of a normalised layer only fights its gain.
+    Norm weights and biases (every parameter with ndim <= 1) get no weight decay, as in Goyal
+    et al.'s ImageNet recipe and timm's: decaying the scale of a normalised layer only fights
+    its gain. detectron2 exempts norms only (it decays biases) and torchvision's references
+    decay everything; with frozen BN, a detector's exempt tensors are its biases, a
+    negligible difference.
 
     Args:
         model: the module to optimise.

@@ -146,6 +146,7 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
     try:
         return build_lr_scheduler(optimizer, max_iter=lengths["max_iter"], decay=t.lr_decay,
                                   steps=steps, gamma=t.gamma, final_factor=t.final_lr_factor,
+                                  power=t.lr_power,
                                   warmup_iters=lengths["warmup_iters"],
                                   warmup_factor=t.warmup_factor)
     except ValueError as e:

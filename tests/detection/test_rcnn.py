@@ -230,6 +230,9 @@ def test_dc5_single_level_stride_16() -> None:
         )
     )
     assert dict(model.backbone.output_shape()) == {"res5": (2048, 16)}
+    # detectron2's DC5: the first res5 block too at dilation 2 (torchvision's layout keeps 1)
+    res5 = [(b.conv2.dilation, b.conv2.stride) for b in model.backbone.res5]
+    assert res5 == [((2, 2), (1, 1))] * 3
     assert model.rpn.anchor_generator.num_anchors_per_location == [15]
     assert model.roi_heads.box_head.fc1.in_features == 2048 * 7 * 7
     model.eval()

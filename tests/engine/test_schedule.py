@@ -1,7 +1,8 @@
-"""engine.schedule: warmup + cosine / multi-step values at chosen iterations.
+"""engine.schedule: warmup + cosine / poly / multi-step values at chosen iterations.
 
 Expected numbers are worked out by hand: cos(9 deg) = 0.98768834, cos(18 deg) = 0.95105652,
-(1 + cos(9 deg)) / 2 = 0.99384417, (1 + cos(18 deg)) / 2 = 0.97552826.
+(1 + cos(9 deg)) / 2 = 0.99384417, (1 + cos(18 deg)) / 2 = 0.97552826; 0.5 ** 0.9 =
+0.53588673, 0.1 ** 0.9 = 0.12589254, (29 / 30) ** 0.9 = 0.96994938.
 """
 from __future__ import annotations
 
@@ -27,6 +28,22 @@ def test_cosine_final_factor() -> None:
     assert f(0) == pytest.approx(1.0)
     assert f(50) == pytest.approx(0.55)
     assert f(100) == pytest.approx(0.1)
+
+
+def test_poly_as_the_deeplab_recipes() -> None:
+    f = WarmupDecay(max_iter=100, decay="poly", power=0.9)
+    assert f(0) == 1.0
+    assert f(50) == pytest.approx(0.53588673, abs=1e-8)
+    assert f(90) == pytest.approx(0.12589254, abs=1e-8)
+    assert f(100) == 0.0
+    # mmsegmentation's floor: (base_lr - min_lr) * (1 - i / max_iter) ** 0.9 + min_lr
+    g = WarmupDecay(max_iter=100, decay="poly", power=0.9, final_factor=0.01)
+    assert g(50) == pytest.approx(0.01 + 0.99 * 0.53588673, abs=1e-8)
+    assert g(100) == pytest.approx(0.01)
+    # torchvision's segmentation reference at step 1000 of 30000
+    assert WarmupDecay(max_iter=30000, decay="poly")(1000) == pytest.approx(0.96994938, abs=1e-8)
+    with pytest.raises(ValueError, match="lr_power must be positive, got 0"):
+        WarmupDecay(max_iter=10, decay="poly", power=0)
 
 
 def test_multistep_with_and_without_warmup() -> None:
@@ -69,7 +86,7 @@ def test_lambda_lr_steps_per_iteration_and_state_roundtrip() -> None:
 
 
 def test_invalid_arguments_are_named() -> None:
-    with pytest.raises(ValueError, match="unknown lr decay 'linear'; valid: cosine, step"):
+    with pytest.raises(ValueError, match="unknown lr decay 'linear'; valid: cosine, poly, step"):
         WarmupDecay(max_iter=10, decay="linear")
     with pytest.raises(ValueError, match="increasing iterations in 1..10"):
         WarmupDecay(max_iter=10, decay="step", steps=[8, 4])
