@@ -5,7 +5,9 @@ architecture and how its inputs must be preprocessed (see `make_provenance`).
 """
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -15,7 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.files import atomic_save
+from engine.files import atomic_save, read_checked_bytes
+
+logger = logging.getLogger(__name__)
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -43,12 +47,17 @@ def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """torch.load with weights_only=True; any failure names the file."""
+    """torch.load with weights_only=True, of bytes that match the file's `.sha256` where it
+    has one (training checkpoints); any failure names the file."""
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder, not a weights file: name a file in it "
+                                f"(a training run's model_final.pth, or a model_NNNNNNN.pth)")
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(read_checked_bytes(path)), map_location="cpu",
+                         weights_only=True)
     except Exception as e:  # truncated zip, pickle that is not weights-only, ...
         raise ValueError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
     if not isinstance(obj, dict):
@@ -96,10 +105,25 @@ def _is_bn_counter(key: str) -> bool:
 
 
 def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                   source: str, hint: str = "") -> None:
+                   source: str, hint: str = "", class_layers: tuple[str, ...] = ()) -> None:
     """Load strictly; raise ValueError naming `source`, `hint` and every missing, unexpected
-    or mis-shaped key."""
+    or mis-shaped key.
+
+    `class_layers`: prefixes of the class-dependent layers (a detector's or segmenter's
+    predictors). Their mis-shaped tensors (weights trained on another class count) are left
+    at the model's initialisation with a warning: fine-tuning to new classes, as detectron2's
+    and mmdetection's weight loading do.
+    """
     expected = model.state_dict()
+    renewed = [k for k, v in expected.items() if k.startswith(class_layers) and k in state_dict
+               and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if renewed:
+        logger.warning("%s: %s trained for another class count (%s): they start from scratch "
+                       "for this model's classes", source, ", ".join(renewed),
+                       ", ".join(f"{tuple(state_dict[k].shape)} -> {tuple(expected[k].shape)}"
+                                 for k in renewed))
+        state_dict = {k: v for k, v in state_dict.items() if k not in renewed}
+        expected = {k: v for k, v in expected.items() if k not in renewed}
     missing = [k for k in expected if k not in state_dict and not _is_bn_counter(k)]
     unexpected = [k for k in state_dict if k not in expected and not _is_bn_counter(k)]
     mis_shaped = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"

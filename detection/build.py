@@ -309,7 +309,8 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> GeneralizedRCNN:
 
     ``model.backbone.weights`` loads backbone weights while building the backbone;
     ``model.weights`` (whole-detector weights: own checkpoint or torchvision state dict)
-    is loaded last, strictly.
+    is loaded last, strictly but for the predictors when the weights were trained on another
+    class count (those start afresh: fine-tuning).
 
     Args:
         cfg: config with a ``model`` subtree as in ``configs/detection/base_faster_rcnn.yaml``.
@@ -335,5 +336,6 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> GeneralizedRCNN:
         mask_threshold=mcfg["roi_heads"]["mask_threshold"],
     )
     if mcfg.get("weights"):
-        load_detector_weights(model, mcfg["weights"], weight_bound_settings(mcfg))
+        load_detector_weights(model, mcfg["weights"], weight_bound_settings(mcfg),
+                              new_classes=True)
     return model

@@ -135,6 +135,11 @@ TORCHVISION_SETTINGS: dict[str, Any] = {
 }
 
 
+# the layers whose shapes follow model.num_classes
+CLASS_LAYERS = ("roi_heads.box_predictor.cls_score.", "roi_heads.box_predictor.bbox_pred.",
+                "roi_heads.mask_head.predictor.")
+
+
 def weight_bound_settings(mcfg: Mapping[str, Any]) -> dict[str, Any]:
     """The values of `TORCHVISION_SETTINGS`' keys in a `model` config (config key -> value);
     the FPN's top block only when there is an FPN."""
@@ -154,6 +159,7 @@ def weight_bound_settings(mcfg: Mapping[str, Any]) -> dict[str, Any]:
 def load_detector_weights(
     model: nn.Module, weights: str | os.PathLike | Mapping[str, Any],
     settings: Mapping[str, Any] | None = None, *, source: str | None = None,
+    new_classes: bool = False,
 ) -> dict | None:
     """Strictly loads detector weights: an own checkpoint or a torchvision state dict.
 
@@ -168,6 +174,8 @@ def load_detector_weights(
             other values are refused (torchvision's fixed values, or what an own checkpoint's
             provenance config says).
         source: names the weights in messages (default: the path).
+        new_classes: the predictors of weights trained on another class count start from
+            scratch (with a warning) instead of being refused: fine-tuning, e.g. from COCO.
 
     Raises:
         ValueError: naming the source and every missing, unexpected or mis-shaped key, or
@@ -187,5 +195,5 @@ def load_detector_weights(
         implied = weight_bound_settings(provenance["config"]["model"])
     if settings is not None and implied is not None:
         refuse_mismatched_settings(source, implied, settings, model)
-    check_and_load(model, state_dict, source)
+    check_and_load(model, state_dict, source, class_layers=CLASS_LAYERS if new_classes else ())
     return provenance

@@ -20,6 +20,7 @@ learning rate), only the schedule's position comes from the checkpoint.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -33,7 +34,7 @@ from torch import nn
 from .distributed import (all_gather_object, any_process, barrier, get_rank, get_world_size,
                           is_main_process)
 from .distributed import unwrap_model
-from .files import atomic_save, atomic_write_text, sha256_of
+from .files import atomic_save, atomic_write_text, checksum_file, read_checked_bytes, sha256_of
 from .optim import fill_momentum_buffers
 from .rng import get_rng_state, set_rng_state
 from .schedule import restore_position
@@ -95,7 +96,7 @@ class Checkpointer:
                     state[name] = component.state_dict()
             try:
                 atomic_save(state, path)
-                atomic_write_text(sha256_of(path) + "\n", _checksum_file(path))
+                atomic_write_text(sha256_of(path) + "\n", checksum_file(path))
                 atomic_write_text(path.name + "\n", self.output_dir / POINTER)
             except OSError as e:
                 error = e
@@ -119,7 +120,7 @@ class Checkpointer:
         old = sorted((p for p in self._checkpoints() if p != keep), key=_iteration_of)
         for path in old[: max(len(old) - self.max_to_keep + 1, 0)]:
             path.unlink()
-            _checksum_file(path).unlink(missing_ok=True)
+            checksum_file(path).unlink(missing_ok=True)
 
     def _checkpoints(self) -> list[Path]:
         return [p for p in self.output_dir.glob("model_*.pth")
@@ -156,14 +157,8 @@ class Checkpointer:
         """
         path = Path(path)
         try:
-            recorded = _checksum_file(path).read_text().strip()
-        except OSError:
-            recorded = None  # written before checksums were
-        try:
-            if recorded is not None and sha256_of(path) != recorded:
-                raise ValueError(f"its bytes do not match {_checksum_file(path).name}: the file "
-                                 "was damaged after it was written")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(read_checked_bytes(path)), map_location="cpu",
+                               weights_only=True)
         except Exception as e:
             raise UnreadableCheckpointError(
                 f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
@@ -237,10 +232,6 @@ class Checkpointer:
 
 def _iteration_of(checkpoint: Path) -> int:
     return int(CHECKPOINT_NAME.fullmatch(checkpoint.name).group(1))  # type: ignore[union-attr]
-
-
-def _checksum_file(checkpoint: Path) -> Path:
-    return checkpoint.with_name(checkpoint.name + ".sha256")
 
 
 class UnreadableCheckpointError(ValueError):

@@ -67,3 +67,26 @@ def sha256_of(path: str | os.PathLike) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def checksum_file(path: str | os.PathLike) -> Path:
+    """Where the SHA-256 of `path` is kept: `path` + ".sha256"."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def read_checked_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of `path`, checked against its `checksum_file` where it has one.
+
+    Raises:
+        ValueError: they differ (the file was damaged after it was written).
+    """
+    data = Path(path).read_bytes()
+    try:
+        recorded = checksum_file(path).read_text().strip()
+    except OSError:  # none written (model_final.pth, files of other tools)
+        return data
+    if hashlib.sha256(data).hexdigest() != recorded:
+        raise ValueError(f"its bytes do not match {checksum_file(path).name}: the file was "
+                         "damaged after it was written")
+    return data

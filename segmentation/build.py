@@ -168,7 +168,8 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:
 
     `model.backbone.weights` loads backbone weights while building the backbone;
     `model.weights` (whole-segmenter weights: own checkpoint or a torchvision DeepLabV3/FCN
-    state dict) is loaded last, strictly.
+    state dict) is loaded last, strictly but for the classifiers when the weights were trained
+    on another class count (those start afresh: fine-tuning).
 
     Args:
         cfg: config with a `model` subtree as in the base file.
@@ -196,5 +197,6 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:
         ignore_index=mcfg["ignore_index"],
     )
     if mcfg.get("weights"):
-        load_segmentation_weights(model, mcfg["weights"], weight_bound_settings(mcfg))
+        load_segmentation_weights(model, mcfg["weights"], weight_bound_settings(mcfg),
+                                  new_classes=True)
     return model

@@ -127,9 +127,14 @@ def torchvision_settings(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return settings
 
 
+# the layers whose shapes follow model.num_classes
+CLASS_LAYERS = ("head.predictor.", "aux_head.predictor.")
+
+
 def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any],
                               settings: Mapping[str, Any] | None = None, *,
-                              source: str | None = None) -> dict[str, Any] | None:
+                              source: str | None = None,
+                              new_classes: bool = False) -> dict[str, Any] | None:
     """Load whole-segmenter weights (own checkpoint or torchvision state dict), strictly.
 
     An auxiliary head's weights are dropped (with a log line) when the model has none, so a
@@ -143,6 +148,8 @@ def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Map
             other values are refused (what torchvision's builders fix, or what an own
             checkpoint's provenance config says).
         source: names the weights in messages (default: the path).
+        new_classes: the classifiers of weights trained on another class count start from
+            scratch (with a warning) instead of being refused: fine-tuning to new classes.
 
     Returns:
         The checkpoint's provenance (None for torchvision weights).
@@ -167,5 +174,5 @@ def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Map
             logger.info("%s: dropped %d auxiliary-head tensors (the model has no aux head)",
                         source, len(aux))
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith("aux_head.")}
-    check_and_load(model, state_dict, source)
+    check_and_load(model, state_dict, source, class_layers=CLASS_LAYERS if new_classes else ())
     return provenance

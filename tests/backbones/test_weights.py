@@ -86,6 +86,9 @@ def test_truncated_file_is_an_error_naming_the_file(tmp_path):
 def test_missing_file_is_an_error_naming_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.pth"):
         backbones.build("resnet18", weights=tmp_path / "nothere.pth")
+    with pytest.raises(FileNotFoundError, match=r"is a folder, not a weights file: name a file "
+                                                r"in it \(a training run's model_final.pth"):
+        backbones.build("resnet18", weights=tmp_path)
 
 
 def test_wrong_depth_lists_missing_and_unexpected_keys(tmp_path):

@@ -312,3 +312,30 @@ def test_bf16_autocast() -> None:
     assert losses["loss_mask"].dtype == torch.float32 and torch.isfinite(losses["loss_mask"])
     assert det["mask_probs"].dtype == torch.float32 and det["masks"].dtype == torch.bool
     assert det["masks"].shape == (len(det["boxes"]), 96, 128) and len(det["boxes"]) > 0
+
+
+def test_coco_weights_fine_tune_to_other_classes(models: tuple, tmp_path, caplog) -> None:
+    """detectron2's custom-data tutorial: COCO-trained weights start a 3-class training.
+    model.weights keeps all but the three class-dependent predictors, which start afresh with
+    a warning (refused before); a Predictor's or tools/eval.py's weights stay strict."""
+    tv, ours, _ = models
+    path = tmp_path / "maskrcnn_coco.pth"
+    torch.save(tv.state_dict(), path)
+    overrides = ["model.num_classes=3", f"model.weights={path}"]
+    with caplog.at_level("WARNING", logger="backbones.weights"):
+        model = build_model(load_config(CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml", overrides,
+                                        defaults=BASE))
+    assert ("maskrcnn_coco.pth: roi_heads.box_predictor.cls_score.weight, "
+            "roi_heads.box_predictor.cls_score.bias, roi_heads.box_predictor.bbox_pred.weight, "
+            "roi_heads.box_predictor.bbox_pred.bias, roi_heads.mask_head.predictor.weight, "
+            "roi_heads.mask_head.predictor.bias trained for another class count ((91, 1024) -> "
+            "(4, 1024), (91,) -> (4,), (360, 1024) -> (12, 1024), (360,) -> (12,), "
+            "(90, 256, 1, 1) -> (3, 256, 1, 1), (90,) -> (3,))") in caplog.text
+    loaded, coco = model.state_dict(), ours.state_dict()
+    kept = [k for k in coco if ".box_predictor." not in k and ".mask_head.predictor." not in k]
+    assert len(kept) == len(coco) - 6 and len(loaded) == len(coco)
+    assert all(torch.equal(loaded[k], coco[k]) for k in kept)
+    with pytest.raises(ValueError, match=r"mis-shaped \(6\): roi_heads.box_predictor"):
+        load_detector_weights(build_model(load_config(
+            CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml", ["model.num_classes=3"], defaults=BASE)),
+            str(path))

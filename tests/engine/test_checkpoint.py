@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine.checkpoint import (CheckpointWriteError, Checkpointer, PeriodicCheckpointer,
                                UnreadableCheckpointError)
+from backbones.weights import read_checkpoint
 from engine.rng import get_rng_state, set_rng_state
 from engine.files import atomic_save, atomic_write_json
 from engine.data.samplers import TrainingSampler
@@ -222,6 +223,12 @@ def test_a_checkpoint_damaged_after_writing_is_unreadable_not_loaded(
     assert ckpt.resume()["iteration"] == 10
     assert model.weight.unique().tolist() == [10.0]
     assert "do not match model_0000015.pth.sha256" in caplog.text
+    # the weights reader of Predictor, tools/eval.py and tools/export.py checks it too
+    with pytest.raises(ValueError, match=r"cannot read weights file .*model_0000015.pth: "
+                                         r"ValueError: its bytes do not match "
+                                         r"model_0000015.pth.sha256: the file was damaged"):
+        read_checkpoint(newest)
+    assert read_checkpoint(tmp_path / "model_0000010.pth")["iteration"] == 10
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_pointer(

@@ -186,3 +186,34 @@ def test_a_checkpoint_of_another_task_is_named(tmp_path, small_config):
         load_segmentation_weights(build_model(cfg), detector_path)
     with pytest.raises(ValueError, match="detector.pth holds a detection model .*not a sem_seg"):
         Predictor(cfg, weights=detector_path)
+
+
+def test_torchvision_weights_fine_tune_to_other_classes(tmp_path, caplog):
+    """The torchvision / mmsegmentation workflow: a 21-class model's weights start a 4-class
+    training. model.weights keeps everything but the two classifiers, which start afresh
+    (refused before, while the refused-resume advice named model.weights); a Predictor's or
+    tools/eval.py's weights stay strict."""
+    reference = _reference("deeplabv3")
+    path = tmp_path / "tv_deeplabv3.pth"
+    torch.save(reference.state_dict(), path)
+    cfg = _torchvision_config("deeplabv3", num_classes=4)
+    torch.manual_seed(5)
+    fresh = build_model(cfg)
+    torch.manual_seed(5)
+    cfg["model"]["weights"] = str(path)
+    with caplog.at_level("WARNING", logger="backbones.weights"):
+        model = build_model(cfg)
+    assert ("tv_deeplabv3.pth: head.predictor.weight, head.predictor.bias, "
+            "aux_head.predictor.weight, aux_head.predictor.bias trained for another class count "
+            "((21, 256, 1, 1) -> (4, 256, 1, 1), (21,) -> (4,), (21, 256, 1, 1) -> "
+            "(4, 256, 1, 1), (21,) -> (4,))") in caplog.text
+    assert torch.equal(model.head.predictor.weight, fresh.head.predictor.weight)
+    assert torch.equal(model.aux_head.predictor.weight, fresh.aux_head.predictor.weight)
+    converted = convert_torchvision_segmentation(reference.state_dict())
+    loaded = model.state_dict()
+    kept = [k for k in converted if ".predictor." not in k]
+    assert len(kept) == len(converted) - 4
+    assert all(torch.equal(loaded[k], converted[k]) for k in kept)
+    with pytest.raises(ValueError, match=r"mis-shaped \(4\): head.predictor.weight"):
+        load_segmentation_weights(build_model(_torchvision_config("deeplabv3", num_classes=4)),
+                                  str(path))
