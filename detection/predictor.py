@@ -10,6 +10,7 @@ torchvision's, i.e. COCO ids).
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from .convert import (has_mask_head, is_torchvision_faster_rcnn, load_detector_w
 from .data import build_transforms
 from .export import OnnxDetector
 from .rcnn import GeneralizedRCNN
+
+logger = logging.getLogger(__name__)
 
 _CLS_KEYS = ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias")
 
@@ -141,6 +144,14 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
     exported (export.json), whatever the config says."""
     model = OnnxDetector(weights, device)
     meta = model.metadata
+    unused = [o.split("=", 1)[0] for o in overrides
+              if o.startswith(("model.", "data.val.min_size=", "data.val.max_size="))]
+    if unused:
+        logger.warning("%s not applied to the exported graph %s: it keeps what export.json says "
+                       "(score_thresh %s, nms_thresh %s, detections_per_image %s, resize %s); "
+                       "export again with them", ", ".join(unused), weights,
+                       meta.get("score_thresh"), meta.get("nms_thresh"),
+                       meta.get("detections_per_image"), meta["resize"])
     cfg = _config({} if config is None else config, overrides)
     cfg.data.val.min_size = meta["resize"]["short_side"]
     cfg.data.val.max_size = meta["resize"]["max_size"]
@@ -214,7 +225,13 @@ class Predictor:
 
 def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
                    overrides: Sequence[str] = (), min_score: float = 0.5) -> Renderer:
-    """RGB image -> RGB picture of its detections scoring at least `min_score` (tools/demo.py)."""
+    """RGB image -> RGB picture of its detections scoring at least `min_score` (tools/demo.py).
+
+    The model's own score threshold becomes `min_score` (detectron2's demo does the same): a
+    lower `min_score` shows detections the config's threshold would drop, a higher one spares
+    pasting masks that are not drawn. An exported graph keeps its threshold."""
+    if not is_onnx(weights):
+        overrides = [f"model.roi_heads.score_thresh={min_score}", *overrides]
     predictor = Predictor(config, weights=weights, overrides=overrides)
     rgb = palette(len(predictor.category_ids))
     colours = {cid: tuple(int(v) for v in rgb[i]) for i, cid in enumerate(predictor.category_ids)}

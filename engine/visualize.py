@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .data import IMAGE_SUFFIXES, files_under, read_image
+from .data import IMAGE_SUFFIXES, UnreadableImageError, files_under, read_image
 
 logger = logging.getLogger("demo")
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -70,13 +70,18 @@ def draw_segmentation(image: np.ndarray, mask: np.ndarray, class_names: Sequence
     return overlay
 
 
-def expand_inputs(paths: Sequence[str]) -> Iterator[tuple[Path, Path]]:
+def expand_inputs(paths: Sequence[str], output: Path | None = None
+                  ) -> Iterator[tuple[Path, Path]]:
     """(file, name under the output folder) for the files named, and for the images and
-    videos inside the folders named (sorted, with their paths inside the folder)."""
+    videos inside the folders named (sorted, with their paths inside the folder). An `output`
+    folder inside a folder named is left out of it (a rerun would draw its pictures again)."""
     for p in map(Path, paths):
         if p.is_dir():
+            inner = output is not None and output.resolve().is_relative_to(p.resolve()) and (
+                output.resolve() != p.resolve())
             yield from ((f, f.relative_to(p)) for f in files_under(p)
-                        if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+                        if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+                        and not (inner and f.resolve().is_relative_to(output.resolve())))
         elif p.is_file():
             yield p, Path(p.name)
         else:
@@ -115,7 +120,7 @@ def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path)
     """Draw a video frame by frame into the .mp4 file `out`; returns it."""
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        raise ValueError(f"cannot open video {path}")
+        raise UnreadableImageError(f"cannot open video {path}")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = None
@@ -136,6 +141,6 @@ def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path)
         if writer is not None:
             writer.release()
     if frames == 0:
-        raise ValueError(f"no frames could be read from {path}")
+        raise UnreadableImageError(f"no frames could be read from {path}")
     logger.info("%s: %d frames", path, frames)
     return out

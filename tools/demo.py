@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     """Render every input; returns the written files."""
     args = parse_args(argv)
     setup_logging(None)
-    inputs = list(expand_inputs(args.input))
+    inputs = list(expand_inputs(args.input, Path(args.output)))
     if not inputs:
         raise FileNotFoundError(f"no images or videos in {args.input}")
     task = config_task(args.config, args.overrides)
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         try:
             written.append((run_video if is_video else run_image)(path, render, out))
         except UnreadableImageError as err:  # the others are still drawn
-            logger.warning("skipping unreadable image: %s", err)
+            logger.warning("skipping unreadable input: %s", err)
             unreadable.append(str(path))
     print(f"wrote {len(written)} file(s) to {output}", flush=True)
     if unreadable:

@@ -20,7 +20,8 @@ def resized_shape(height: int, width: int, short_edge: int,
     """Output (H, W) of a shortest-edge resize, with detectron2's ResizeShortestEdge arithmetic.
 
     The short side becomes `short_edge`; if the long side would then exceed `max_size`, the
-    scale is reduced so that it equals `max_size`. Sides are rounded half up.
+    scale is reduced so that it equals `max_size`. Sides are rounded half up, to 1 px at
+    least (a panorama's short side would round to 0, which OpenCV refuses).
 
     Args:
         height: input height.
@@ -36,7 +37,7 @@ def resized_shape(height: int, width: int, short_edge: int,
     if max_size and max(new_h, new_w) > max_size:
         rescale = max_size / max(new_h, new_w)
         new_h, new_w = new_h * rescale, new_w * rescale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 class ResizeShortestEdge(A.DualTransform):

@@ -263,6 +263,7 @@ def test_grayscale_and_rgba_become_rgb(tmp_path: Path) -> None:
     ((500, 500), 600, 1000, (600, 600)),
     ((300, 1000), 600, None, (600, 2000)),
     ((4, 5), 2, None, (2, 3)),              # 2.5 rounds half up, not to even
+    ((3, 5000), 320, 533, (1, 533)),        # a panorama: 0.32 px, kept at 1 (was 0: cv2 error)
 ])
 def test_resized_shape_matches_shortest_edge_semantics(size: tuple[int, int], short: int,
                                                        max_size: int | None,

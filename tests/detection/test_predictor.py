@@ -60,6 +60,10 @@ def test_test_time_overrides(checkpoint: Path) -> None:
     none = Predictor(None, weights=checkpoint,
                      overrides=["model.roi_heads.score_thresh=1.01"])(image)
     assert none["boxes"].shape == (0, 4) and none["labels"].shape == (0,)
+    # a 2 x 1000 strip resizes to 1 x 200 (its 0.4 px short side was a cv2 error)
+    strip = Predictor(None, weights=checkpoint, overrides=["model.roi_heads.score_thresh=0.0"])(
+        np.full((2, 1000, 3), 128, np.uint8))
+    assert strip["boxes"].shape[1] == 4 and (strip["boxes"][:, 3] <= 2 + 1e-3).all()
 
 
 def test_bad_input_is_rejected(checkpoint: Path) -> None:
@@ -87,3 +91,23 @@ def test_a_config_that_changes_what_the_weights_compute_is_refused(checkpoint: P
         build_model(cfg)
     # where the stride sits does not matter for a ResNet-18's basic blocks
     Predictor(CONFIG, weights=checkpoint, overrides=TINY + ["model.backbone.stride_in_1x1=true"])
+
+
+def test_the_demo_draws_from_its_min_score_below_the_config_threshold(checkpoint: Path) -> None:
+    """tools/demo.py --min-score under the config's score_thresh drew nothing in between: the
+    model had dropped those detections already. The renderer now sets the model's threshold
+    to it, as detectron2's demo does."""
+    from detection.predictor import build_renderer
+    from engine.visualize import draw_detections, palette
+
+    image = np.random.default_rng(3).integers(0, 256, (80, 120, 3), dtype=np.uint8)
+    cfg = load_config(CONFIG, TINY + ["model.num_classes=3", "model.roi_heads.score_thresh=0.8"])
+    low = Predictor(cfg, weights=checkpoint, overrides=["model.roi_heads.score_thresh=0.7"])
+    found = low(image)
+    assert ((found["scores"] >= 0.7) & (found["scores"] < 0.8)).any()  # what was lost
+    rgb = palette(3)
+    colours = {cid: tuple(int(v) for v in rgb[i]) for i, cid in enumerate(low.category_ids)}
+    expected = draw_detections(image, found, colours, 0.7)
+    np.testing.assert_array_equal(build_renderer(cfg, checkpoint, (), 0.7)(image), expected)
+    at_config = Predictor(cfg, weights=checkpoint)(image)
+    assert not np.array_equal(draw_detections(image, at_config, colours, 0.7), expected)

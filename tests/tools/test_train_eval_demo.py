@@ -195,11 +195,15 @@ def test_demo_draws_the_readable_images_then_names_the_others(trained: Path, dat
     for name in ("a.jpg", "c.jpg"):
         shutil.copy(data / "images/val/000000.jpg", folder / name)
     (folder / "b.jpg").write_bytes(b"not an image")
-    out = tmp_path / "demo"
-    with pytest.raises(UnreadableImageError, match=r"1 of 3 inputs could not be read .*\n.*b.jpg"):
-        load_tool("demo").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
-                                "--input", str(folder), "--output", str(out)])
-    assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "c.jpg"]
+    (folder / "0.mp4").write_bytes(b"not a video")  # sorted first: it ended the run
+    out = folder / "demo"  # inside the inputs: a rerun drew the pictures of the last run
+    for _ in range(2):
+        with pytest.raises(UnreadableImageError, match=r"2 of 4 inputs could not be read "
+                                                       r"\(the others were drawn\):\n.*0.mp4\n"
+                                                       r".*b.jpg"):
+            load_tool("demo").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                                    "--input", str(folder), "--output", str(out)])
+        assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "c.jpg"]
 
 
 def test_missing_annotations_key_fails_naming_file(data: Path, tmp_path: Path) -> None:
@@ -322,7 +326,7 @@ def test_export_and_onnx_runs_refuse_what_they_cannot_do_naming_it(
 
 
 def test_damaged_export_folders_are_refused_naming_the_file_and_key(
-        trained: Path, data: Path, tmp_path: Path) -> None:
+        trained: Path, data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     args = [str(CONFIG), *data_overrides(data)]
     folder = tmp_path / "onnx"
     load_tool("export").main([*args, "--weights", str(trained / "model_final.pth"),
@@ -338,6 +342,12 @@ def test_damaged_export_folders_are_refused_naming_the_file_and_key(
     shutil.copy(folder / "export.json", upper)
     out = Predictor(None, weights=upper / "MODEL.ONNX")(np.zeros((64, 80, 3), np.uint8))
     assert out["boxes"].shape[1:] == (4,)  # an upper-case suffix: ONNX, not a checkpoint
+    with caplog.at_level("WARNING", logger="detection.predictor"):
+        Predictor(None, weights=upper / "MODEL.ONNX", overrides=[
+            "model.roi_heads.score_thresh=0.5", "data.val.max_size=99", "data.num_workers=0"])
+    assert ("model.roi_heads.score_thresh, data.val.max_size not applied to the exported "
+            f"graph {upper / 'MODEL.ONNX'}: it keeps what export.json says (score_thresh 0.05"
+            ) in caplog.text
     with pytest.raises(ValueError, match=r"onnx/model.onnx: no such ONNX file"):
         Predictor(None, weights=folder)  # export.json without its graph
     metadata = json.loads((upper / "export.json").read_text())
