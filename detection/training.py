@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 import backbones
 from engine import atomic_write_json, is_main_process, to_plain
 from engine.config import parse_bool
-from engine.data import CategoryMapping, build_test_loader, check_image_sizes, load_coco_json
+from engine.data import (CategoryMapping, CountedLoader, build_test_loader, check_image_sizes,
+                         load_coco_json)
 from engine.export import METADATA_FILE, ExportError, is_onnx, model_path
 from engine.files import nan_to_none
 from engine.runner import TaskData, format_metric
@@ -39,6 +40,8 @@ from .rcnn import GeneralizedRCNN
 
 logger = logging.getLogger("detection")
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# COCOeval scores every image of the annotation file
+UNREADABLE_VAL = "their objects count as missed"
 __all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "DetectionTask", "build_renderer",
            "evaluate_checkpoint", "export_model"]
 
@@ -189,13 +192,15 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     if unknown:
         logger.warning("%d of the model's category ids are not in %s: %s", len(unknown),
                        ann_file, unknown[:10])
-    loader = build_test_loader(dataset, num_workers=min(loaded.cfg.data.num_workers, 1))
+    loader = CountedLoader(build_test_loader(dataset,
+                                             num_workers=min(loaded.cfg.data.num_workers, 1)))
     evaluator = COCOEvaluator(ann_file, category_ids=loaded.category_ids, output_dir=output,
                               backend=backend, iou_types=iou_types(loaded.model))
     metrics = evaluate_all(loaded.model, loader, evaluator)
     result = {iou_type: nan_to_none({**{k: m[k] for k in METRIC_KEYS},
                                      "per_category": dict(m["per_category"])})
               for iou_type, m in metrics.items()}
+    result["images"] = loader.report(logger, "val", UNREADABLE_VAL)
     if is_main_process():
         atomic_write_json(result, output / "metrics.json")
         mask = f"  mask AP = {metrics['segm']['AP']:.1f}" if "segm" in metrics else ""
@@ -219,6 +224,7 @@ class DetectionTask:
 
     name = "detection"
     primary_metrics = "bbox"
+    unreadable_val = UNREADABLE_VAL
 
     def __init__(self) -> None:
         self.mapping: CategoryMapping | None = None

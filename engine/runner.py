@@ -30,7 +30,7 @@ from .amp import parse_amp
 from .checkpoint import POINTER, Checkpointer, PeriodicCheckpointer
 from .compilation import compile_model, parse_compile
 from .config import save_config, to_plain
-from .data import build_test_loader, build_train_loader, collate
+from .data import CountedLoader, build_test_loader, build_train_loader, collate
 from .distributed import (all_gather_object, all_reduce_sum, broadcast_buffers, get_rank,
                           get_world_size, is_main_process, per_process_batch_size, wrap_ddp)
 from .logging import ProgressLogger, ScalarWriter, setup_logging
@@ -71,6 +71,7 @@ class Task(Protocol):
 
     name: str            # the config's `task` value, also the logger name
     primary_metrics: str  # the metric group tools print and `metrics` returns
+    # optional `unreadable_val`: what an unreadable val image does to the metrics (LEFT_OUT)
 
     def prepare(self, cfg: DictConfig) -> TaskData:
         """Load and check the data (errors name the file) and complete `cfg` (e.g.
@@ -153,6 +154,8 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
         raise ValueError(f"invalid train config (max_iter={lengths['max_iter']}, lr_steps="
                          f"{steps} in iterations): {e}") from None
 
+
+LEFT_OUT = "the metrics are those of the others"
 
 # steps between checks of the share of unreadable training images
 UNREADABLE_WINDOW = 20
@@ -406,22 +409,15 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
 
         def evaluate() -> Metrics:
             broadcast_buffers(model)  # every process scores rank 0's normalisation statistics
-            val_skipped = _SkipCounter()
-            val_skipped.count = len(val_loader.batch_sampler.sampler)
-
-            def counted() -> Any:
-                for batch in val_loader:
-                    val_skipped.count -= len(batch)
-                    yield batch
-
+            counted = CountedLoader(val_loader)
             was_training = model.training
             model.eval()
             try:
                 with torch.no_grad():
-                    metrics = task.evaluate(model, counted(), device)
+                    metrics = task.evaluate(model, counted, device)
             finally:
                 model.train(was_training)
-            val_skipped.report(logger, "val")
+            counted.report(logger, "val", getattr(task, "unreadable_val", LEFT_OUT))
             return metrics
 
         eval_hook = PeriodicEval(t.eval_period, evaluate,

@@ -20,7 +20,8 @@ import backbones
 from engine import atomic_write_json, is_main_process
 from engine.export import ExportError, check_class_names, is_onnx
 from engine.files import nan_to_none
-from engine.runner import TaskData, format_metric
+from engine.data import CountedLoader
+from engine.runner import LEFT_OUT, TaskData, format_metric
 
 from .build import BASE_CONFIG, build_model, load_config, provenance_from_config
 from .data import build_dataset, build_test_loader, resolve_class_names
@@ -59,13 +60,20 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
                          "mean other classes")
     evaluator = SemSegEvaluator(predictor.model.num_classes, predictor.class_names,
                                 predictor.model.ignore_index)
-    result = evaluate_model(predictor.model, loader, evaluator, tta=predictor.tta,
+    counted = CountedLoader(loader)
+    result = evaluate_model(predictor.model, counted, evaluator, tta=predictor.tta,
                             output_dir=output)
     result = nan_to_none(result)
+    result["images"] = counted.report(logger, "val", LEFT_OUT)
     if is_main_process():
         atomic_write_json(result, output / "metrics.json")
         m = result["sem_seg"]
-        print(f"mIoU = {m['mIoU']:.1f}  pixel_acc = {m['pixel_acc']:.1f}", flush=True)
+        if m["mIoU"] is None:
+            logger.warning("no pixel of %s was scored: every val pixel is %d (model.ignore_index)"
+                           " or no val image could be read", cfg.data.val.mask_dir
+                           or cfg.data.val.ann_file, predictor.model.ignore_index)
+        print(f"mIoU = {format_metric(m['mIoU'])}  pixel_acc = {format_metric(m['pixel_acc'])}",
+              flush=True)
         for name, iou in m["per_class_iou"].items():
             print(f"  {name:<20} {'n/a' if iou is None else f'{iou:6.2f}'}")
     return result

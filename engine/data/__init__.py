@@ -5,13 +5,14 @@ from .coco import (CategoryMapping, DatasetError, LoadStats, check_image_sizes,
                    segmentation_to_mask)
 from .images import (IMAGE_SUFFIXES, UnreadableImageError, check_rgb_image, decoded_size,
                      files_under, image_size, read_image)
-from .loaders import build_test_loader, build_train_loader, collate
+from .loaders import CountedLoader, build_test_loader, build_train_loader, collate
 from .records import PackedRecords
 from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 
-__all__ = ["IMAGE_SUFFIXES", "CategoryMapping", "DatasetError", "GroupedBatchSampler",
-           "InferenceSampler", "LoadStats", "PackedRecords", "TrainingSampler",
-           "UnreadableImageError", "build_test_loader", "build_train_loader", "check_image_sizes",
+__all__ = ["IMAGE_SUFFIXES", "CategoryMapping", "CountedLoader", "DatasetError",
+           "GroupedBatchSampler", "InferenceSampler", "LoadStats", "PackedRecords",
+           "TrainingSampler", "UnreadableImageError", "build_test_loader", "build_train_loader",
+           "check_image_sizes",
            "check_rgb_image", "check_segmentation", "collate", "decoded_size", "files_under",
            "image_size", "listing", "load_coco_json", "read_coco_json", "read_image",
            "segmentation_to_mask"]

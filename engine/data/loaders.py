@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
+from ..distributed import all_reduce_sum
 from ..preemption import leave_stop_signals_to_the_parent
 from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 
@@ -94,3 +95,29 @@ def build_test_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
                       collate_fn=collate_fn, pin_memory=pin_memory, worker_init_fn=_init_worker,
                       generator=torch.Generator().manual_seed(0))
+
+
+class CountedLoader:
+    """A test loader that counts the images its batches hold: unreadable ones are dropped from
+    them, and an evaluation must say how many it could not score."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+        self.asked = len(loader.batch_sampler.sampler)  # this process's share
+        self.read = 0
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        self.read = 0
+        for batch in self.loader:
+            self.read += len(batch)
+            yield batch
+
+    def report(self, logger: Any, split: str, consequence: str) -> dict[str, int]:
+        """{"images": asked, "unreadable": not read}, over all processes (collective); a
+        warning when some were not read, saying what that does to the metrics."""
+        totals = all_reduce_sum({"asked": self.asked, "read": self.read})
+        images, unreadable = int(totals["asked"]), int(totals["asked"] - totals["read"])
+        if unreadable:
+            logger.warning("%s: %d of %d images could not be read (the warnings above name "
+                           "them): %s", split, unreadable, images, consequence)
+        return {"images": images, "unreadable": unreadable}

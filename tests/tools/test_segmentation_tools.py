@@ -179,3 +179,38 @@ def test_weights_without_class_names_export_with_the_configs_and_score_the_same(
     with pytest.raises(ValueError, match=r"export/export.json names 1 classes for a model of 7"):
         load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
                                 str(tmp_path / "x"), *overrides(data)])
+
+
+def test_eval_says_what_it_could_not_score(trained: tuple[Path, dict], data: Path,
+                                           tmp_path: Path, capsys: pytest.CaptureFixture,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """An unreadable val image was left out without a word (exit 0, a mIoU of the others); val
+    masks without a scored pixel crashed the printout after metrics.json was written."""
+    out, _ = trained
+    names = sorted(p.stem for p in (data / "images/val").glob("*.jpg"))[:3]
+    for folder, blank in (("one_unreadable", False), ("all_ignored", True)):
+        (tmp_path / folder / "img").mkdir(parents=True)
+        (tmp_path / folder / "mask").mkdir()
+        for name in names:
+            image = (data / "images/val" / f"{name}.jpg").read_bytes()
+            (tmp_path / folder / "img" / f"{name}.jpg").write_bytes(image)
+            mask = cv2.imread(str(data / "semantic/val" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+            cv2.imwrite(str(tmp_path / folder / "mask" / f"{name}.png"), mask * 0 + 255 if blank
+                        else mask)
+    bad = tmp_path / "one_unreadable/img" / f"{names[1]}.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])
+    for folder in ("one_unreadable", "all_ignored"):
+        with caplog.at_level(logging.WARNING):
+            load_tool("eval").main([str(CONFIG), "--weights", str(out / "model_final.pth"),
+                                    "--output", str(tmp_path / folder / "eval"), *overrides(data),
+                                    f"data.val.img_dir={tmp_path / folder / 'img'}",
+                                    f"data.val.mask_dir={tmp_path / folder / 'mask'}"])
+    first = json.loads((tmp_path / "one_unreadable/eval/metrics.json").read_text())
+    assert first["images"] == {"images": 3, "unreadable": 1}
+    assert ("val: 1 of 3 images could not be read (the warnings above name them): the metrics "
+            "are those of the others") in caplog.text
+    blank = json.loads((tmp_path / "all_ignored/eval/metrics.json").read_text())
+    assert blank["sem_seg"]["mIoU"] is None and blank["images"]["unreadable"] == 0
+    assert "mIoU = n/a  pixel_acc = n/a" in capsys.readouterr().out
+    assert f"no pixel of {tmp_path / 'all_ignored/mask'} was scored: every val pixel is 255" \
+        in caplog.text

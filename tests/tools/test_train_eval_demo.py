@@ -141,9 +141,11 @@ def test_eval_zero_detections_gives_ap_zero(trained: Path, data: Path, tmp_path:
         load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
                                 "--output", str(out), *data_overrides(data),
                                 "model.roi_heads.score_thresh=1.01"])
-    metrics = json.loads((out / "metrics.json").read_text())["bbox"]
-    assert metrics["AP"] == 0.0 and json.loads((out / "coco_instances_results.json")
-                                               .read_text()) == []
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["bbox"]["AP"] == 0.0 and json.loads((out / "coco_instances_results.json")
+                                                       .read_text()) == []
+    val_images = len(json.loads((data / "coco/val.json").read_text())["images"])
+    assert written["images"] == {"images": val_images, "unreadable": 0}
 
 
 @pytest.mark.slow
