@@ -142,25 +142,37 @@ class SemSegDataset(Dataset):
         problems listed: for the val split, whose masks would otherwise first be read by the
         evaluation after training."""
         problems = []
+        pixels = np.zeros(256, dtype=np.int64)  # per value, over every mask
         for index in range(len(self)):
             record = self._records[index]
             size = image_size(record["file_name"])
             if size is None:
                 continue  # unreadable: skipped when read, like any such image
             try:
-                self._checked_mask(record, size)
+                mask = self._checked_mask(record, size)
             except DatasetError as err:
                 exact = decoded_size(record["file_name"])  # the header can mislead
                 if exact in (None, size):
                     problems.append(str(err))
                     continue
                 try:
-                    self._checked_mask(record, exact)
+                    mask = self._checked_mask(record, exact)
                 except DatasetError as err:
                     problems.append(str(err))
+                    continue
+            pixels += np.bincount(mask.ravel(), minlength=256)
         if problems:
             raise DatasetError(f"data.{split}: {len(problems)} of {len(self)} masks are wrong:"
                                + listing(problems))
+        absent = [f"{self.class_names[i]!r} ({i})" for i in range(self.num_classes)
+                  if pixels[i] == 0]
+        if absent:
+            # e.g. binary masks of 0 and 255: the objects are the ignore value, never scored
+            logger.warning("data.%s: no mask holds %s; their IoU is n/a. %d%% of the pixels are "
+                           "%d (model.ignore_index, not scored)", split, ", ".join(absent),
+                           round(100 * (pixels[self.ignore_index] if 0 <= self.ignore_index
+                                        < 256 else 0) / max(pixels.sum(), 1)),
+                           self.ignore_index)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
         """The sample of `key` (an index, or (index, augmentation seed)); None if unreadable."""
@@ -278,6 +290,10 @@ def build_dataset(cfg: Mapping[str, Any], split: str) -> SemSegDataset:
     if s["ann_file"]:
         records, coco_names = load_coco_semantic(s["ann_file"], s["img_dir"])
     else:
+        if s["mask_suffix"].lower().endswith((".jpg", ".jpeg")):
+            raise ValueError(f"data.{split}.mask_suffix is {s['mask_suffix']!r}: JPEG's lossy "
+                             "compression changes class ids along every edge; masks must be "
+                             "PNGs (palette or grayscale)")
         records = scan_folder(s["img_dir"], s["mask_dir"], img_suffix=s["img_suffix"],
                               mask_suffix=s["mask_suffix"], split_file=s["split_file"])
     ignore_index = cfg["model"]["ignore_index"]

@@ -196,10 +196,13 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     """
     try:
         with Image.open(path) as im:
-            mode = im.mode
+            mode, kind = im.mode, im.format
             mask = np.asarray(im)
     except (OSError, ValueError) as err:
         raise DatasetError(f"cannot read mask {path}: {err}") from None
+    if kind == "JPEG":
+        raise DatasetError(f"mask {path} is a JPEG: its lossy compression changes class ids "
+                           "along every edge; masks must be PNGs (palette or grayscale)")
     if mask.ndim != 2:
         raise DatasetError(f"mask {path} is a {mode} image; masks must hold one class id per "
                            f"pixel (palette or grayscale PNG), not colours")

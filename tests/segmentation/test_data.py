@@ -301,6 +301,39 @@ def test_val_masks_are_checked_before_training(tmp_path):
     assert len(SemSegTask().prepare(cfg).val) == 3
 
 
+def test_a_class_no_val_mask_holds_is_named(tmp_path, caplog):
+    """Binary masks of 0 and 255 (a common export) made the objects the ignore value: mIoU
+    100 for a model that found none. A class no val mask holds is now named, with the share
+    of ignored pixels."""
+    from segmentation.training import SemSegTask
+
+    img_dir, mask_dir = _folder(tmp_path)
+    for i in range(2):
+        _image(tmp_path / f"val_img/{i:03d}.jpg", 20, 30)
+        binary = np.zeros((20, 30))
+        binary[:, 15:] = 255  # the object, as a mask editor wrote it
+        _mask(tmp_path / f"val_ann/{i:03d}.png", binary)
+    cfg = OmegaConf.create(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)))
+    cfg.data.val.img_dir = str(tmp_path / "val_img")
+    cfg.data.val.mask_dir = str(tmp_path / "val_ann")
+    with caplog.at_level(logging.WARNING):
+        SemSegTask().prepare(cfg)
+    assert ("data.val: no mask holds 'a' (1), 'b' (2); their IoU is n/a. 50% of the pixels are "
+            "255 (model.ignore_index, not scored)") in caplog.text
+
+
+def test_jpeg_masks_are_refused(tmp_path):
+    """JPEG compression invents class ids along edges, silently where they stay below K."""
+    img_dir, mask_dir = _folder(tmp_path, n=1)
+    with pytest.raises(ValueError, match=r"data.train.mask_suffix is '.JPG': JPEG's lossy"):
+        build_dataset(_config(img_dir=str(img_dir), mask_dir=str(mask_dir),
+                              mask_suffix=".JPG"), "train")
+    jpeg = tmp_path / "mask.png"  # a JPEG under another name
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8), mode="L").save(jpeg, format="JPEG")
+    with pytest.raises(DatasetError, match=r"mask .*mask.png is a JPEG: its lossy compression"):
+        read_mask(jpeg)
+
+
 def test_image_suffix_in_any_case_and_other_images_named(tmp_path, caplog):
     """001.JPG was left out without a word (a camera's upper-case suffix); a .jpeg is still
     not a .jpg, but the warning names it and the key that takes it."""
