@@ -230,7 +230,12 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
                                    f"names, index = class id (e.g. [\"background\", \"cat\"]), "
                                    f"got {text.strip()[:80]!r}")
         else:
-            names = [line.strip() for line in text.splitlines() if line.strip()]
+            names = [line.strip() for line in text.splitlines()]
+            while names and not names[-1]:
+                names.pop()
+            if "" in names:  # dropping it would renumber every class after it
+                raise DatasetError(f"data.class_names file {path}: line {names.index('') + 1} "
+                                   "is empty; line k names class id k - 1")
     if coco_names is not None:
         if names is not None and len(names) != len(coco_names):
             raise ValueError(f"data.class_names has {len(names)} names but the COCO file gives "

@@ -21,6 +21,7 @@ from engine.visualize import Renderer, draw_segmentation, palette
 
 from .build import build_model, config_from_mapping, load_config
 from .convert import load_segmentation_weights, weight_bound_settings
+from .data import resolve_class_names
 from .export import OnnxSegmentor
 from .inference import TTAInference, tta_from_config
 
@@ -39,6 +40,19 @@ def _config(config: str | os.PathLike | DictConfig | Mapping[str, Any],
     if isinstance(config, (str, os.PathLike)):
         return load_config(config, overrides)
     return config_from_mapping(config, overrides)  # unknown keys raise
+
+
+def _configured_names(cfg: DictConfig, num_classes: int, source: str | None
+                      ) -> list[str] | None:
+    """data.class_names of weights that record no names; None when the config has none."""
+    if not cfg.data.class_names:
+        return None
+    names = resolve_class_names({"data": {"class_names": cfg.data.class_names},
+                                 "model": {"num_classes": None}})
+    if len(names) != num_classes:
+        raise ValueError(f"the weights {source} have {num_classes} classes, data.class_names "
+                         f"names {len(names)}")
+    return names
 
 
 class Predictor:
@@ -98,8 +112,9 @@ class Predictor:
         self.model.to(device).eval()
         names = provenance.get("class_names") or []
         self.names_recorded = len(names) == self.model.num_classes
-        if not self.names_recorded:
-            names = [f"class_{i}" for i in range(self.model.num_classes)]
+        if not self.names_recorded:  # torchvision's weights: the config's names, if it has any
+            names = (_configured_names(cfg, self.model.num_classes, source)
+                     or [f"class_{i}" for i in range(self.model.num_classes)])
         self.class_names = list(names)
         self.tta = tta or tta_from_config(cfg)
         self.device = torch.device(device)

@@ -24,7 +24,7 @@ from engine.data import CountedLoader
 from engine.runner import LEFT_OUT, TaskData, format_metric
 
 from .build import BASE_CONFIG, build_model, load_config, provenance_from_config
-from .data import build_dataset, build_test_loader, resolve_class_names
+from .data import build_dataset, build_test_loader
 from .data import prefer_command_line_sources as resolve_overrides
 from .evaluation import SemSegEvaluator
 from .export import export_segmentor
@@ -90,16 +90,11 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
                           f"{config} asks for test.scales={list(tta.scales)} "
                           f"test.flip={tta.flip} test.window={tta.window}: add e.g. "
                           f"test.scales=[{tta.scales[0]}] test.flip=false test.window=null")
-    names = predictor.class_names
-    if not predictor.names_recorded:  # weights without names (torchvision's): the config's
-        cfg = load_config(config, overrides)
-        if cfg.data.class_names:
-            cfg.model.num_classes = predictor.model.num_classes
-            names = resolve_class_names(cfg)
-        else:
-            logger.warning("%s names no classes and data.class_names is not set: the export "
-                           "calls them %s...; tools/eval.py will refuse data with other names",
-                           weights, ", ".join(names[:3]))
+    names = predictor.class_names  # weights without names (torchvision's): the config's
+    if not predictor.names_recorded and not load_config(config, overrides).data.class_names:
+        logger.warning("%s names no classes and data.class_names is not set: the export "
+                       "calls them %s...; tools/eval.py will refuse data with other names",
+                       weights, ", ".join(names[:3]))
     return export_segmentor(predictor.model, folder, class_names=names, scale=tta.single_scale)
 
 

@@ -277,6 +277,13 @@ def test_class_names_file_must_be_a_list_of_names(tmp_path):
     names.write_text('["background", "a",')
     with pytest.raises(DatasetError, match=f"data.class_names file {names}: not valid JSON"):
         build_dataset(cfg, "val")
+    text = tmp_path / "classes.txt"  # one name a line; trailing blank lines are fine
+    cfg["data"]["class_names"] = str(text)
+    text.write_text("background\na\nb\n\n")
+    assert build_dataset(cfg, "val").class_names == ["background", "a", "b"]
+    text.write_text("background\n\na\nb\n")  # silently made "a" class 1 -> refused
+    with pytest.raises(DatasetError, match=f"data.class_names file {text}: line 2 is empty"):
+        build_dataset(cfg, "val")
 
 
 def test_val_masks_are_checked_before_training(tmp_path):

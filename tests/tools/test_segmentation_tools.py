@@ -175,6 +175,14 @@ def test_weights_without_class_names_export_with_the_configs_and_score_the_same(
                                              str(tmp_path / name), *overrides(data)])["sem_seg"]
                for name, weights in (("pth", bare), ("onnx", export))}
     assert metrics["onnx"]["mIoU"] == pytest.approx(metrics["pth"]["mIoU"], abs=0.1)
+    assert list(metrics["pth"]["per_class_iou"]) == CLASSES  # were class_0.. (the weights')
+    six = tmp_path / "six.json"
+    six.write_text(json.dumps(CLASSES[:6]))
+    with pytest.raises(ValueError, match=r"the weights .*bare.pth have 7 classes, "
+                                         r"data.class_names names 6"):  # named model.num_classes
+        load_tool("eval").main([str(CONFIG), "--weights", str(bare), "--output",
+                                str(tmp_path / "six"), *overrides(data),
+                                f"data.class_names={six}"])
     (export / "export.json").write_text(json.dumps({**metadata, "class_names": ["a"]}))
     with pytest.raises(ValueError, match=r"export/export.json names 1 classes for a model of 7"):
         load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
