@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from engine.config import config_from_mapping as engine_config_from_mapping
 from engine.config import load_config as engine_load_config
 from engine.config import load_defaults
+from engine.tasks import refuse_other_task_config
 
 BASE_CONFIG = (Path(__file__).resolve().parents[1] / "configs" / "detection"
                / "base_faster_rcnn.yaml")
@@ -30,6 +31,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
     Raises:
         ConfigError: unknown keys (named with the file or override), bad overrides.
     """
+    refuse_other_task_config(path, overrides, "detection")
     return engine_load_config(path, overrides, defaults=defaults())
 
 

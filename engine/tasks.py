@@ -45,6 +45,20 @@ def config_task(path: str | os.PathLike, overrides: Sequence[str] = ()) -> str:
     return str(task)
 
 
+def refuse_other_task_config(path: str | os.PathLike, overrides: Sequence[str],
+                             task: str) -> None:
+    """A config whose `task` key names another task than `task` is refused, naming the
+    package that reads it (its keys would otherwise be reported unknown one by one)."""
+    try:
+        name = config_task(path, overrides)
+    except ConfigError:
+        return  # no task key: checked key by key against `task`'s defaults
+    if name != task:
+        package = TASK_MODULES.get(name, name).split(".")[0]
+        raise ConfigError(f"config {path} is for task {name!r}, not {task!r}: "
+                          f"{package}.Predictor and {package}.load_config read it")
+
+
 def load_task_config(path: str | os.PathLike, overrides: Sequence[str] = (),
                      task: str | None = None) -> tuple[str, DictConfig]:
     """(task name, config checked against that task's defaults file).

@@ -20,6 +20,7 @@ from backbones.weights import refuse_other_normalisation
 from engine.config import config_from_mapping as engine_config_from_mapping
 from engine.config import load_config as engine_load_config
 from engine.config import load_defaults, parse_bool
+from engine.tasks import refuse_other_task_config
 
 from .convert import load_segmentation_weights, weight_bound_settings
 from .data import prefer_command_line_sources
@@ -57,6 +58,7 @@ def provenance_from_config(cfg: Mapping[str, Any] | DictConfig,
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
     """A segmentation config: `path` with its `_base_` files and `key=value` overrides,
     checked against the base file (an unknown key is an error naming it and its source)."""
+    refuse_other_task_config(path, overrides, "sem_seg")
     cfg = engine_load_config(path, overrides, defaults=defaults())
     prefer_command_line_sources(cfg, overrides)
     return cfg

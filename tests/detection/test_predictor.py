@@ -74,6 +74,11 @@ def test_bad_input_is_rejected(checkpoint: Path) -> None:
         predictor(np.zeros((0, 10, 3), dtype=np.uint8))  # was a ZeroDivisionError
     with pytest.raises(ValueError, match=r"num_classes is 5 but the weights"):
         Predictor(CONFIG, weights=checkpoint, overrides=TINY + ["model.num_classes=5"])
+    seg_config = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"  # its keys were "unknown"
+    with pytest.raises(ValueError, match=r"deeplabv3_R_18_os16.yaml is for task 'sem_seg', not "
+                                         r"'detection': segmentation.Predictor and "
+                                         r"segmentation.load_config read it"):
+        Predictor(seg_config, weights=checkpoint)
 
 
 def test_a_config_that_changes_what_the_weights_compute_is_refused(checkpoint: Path) -> None:
