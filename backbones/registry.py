@@ -69,4 +69,9 @@ def build_resnet(name: str, config_prefix: str = "", **options: Any) -> ResNet:
     if unknown:
         raise ValueError(f"unknown backbone option {', '.join(config_prefix + k for k in unknown)}"
                          f"; valid: {', '.join(sorted(_OPTIONS))}")
-    return _REGISTRY[name](**options)
+    try:
+        return _REGISTRY[name](**options)
+    except ValueError as e:  # "multi_grid [1, 1, 1] must ...": named as the config's key
+        if config_prefix and str(e).split(" ", 1)[0] in _OPTIONS:
+            raise ValueError(f"{config_prefix}{e} of {name}") from None
+        raise

@@ -38,7 +38,7 @@ def export(model: GeneralizedRCNN, folder: Path) -> OnnxDetector:
 @pytest.mark.parametrize("config, extra", [
     ("configs/detection/faster_rcnn_R_50_FPN_1x.yaml", []),
     ("configs/detection/faster_rcnn_R_50_C4_1x.yaml", ["model.rpn.post_nms_topk_test=30"]),
-    ("configs/detection/faster_rcnn_R_50_DC5_1x.yaml", []),
+    ("configs/detection/faster_rcnn_R_50_DC5_1x.yaml", ["model.backbone.multi_grid=[1,1]"]),
     ("configs/synthetic/mask_rcnn_R_18_FPN.yaml", ["model.roi_heads.mask_conv_dims=[16,16]"]),
 ], ids=["fpn", "c4", "dc5", "mask_rcnn"])
 def test_onnx_runtime_gives_the_pytorch_detections_at_any_size(config: str, extra: list[str],

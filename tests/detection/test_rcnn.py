@@ -233,6 +233,10 @@ def test_dc5_single_level_stride_16() -> None:
     # detectron2's DC5: the first res5 block too at dilation 2 (torchvision's layout keeps 1)
     res5 = [(b.conv2.dilation, b.conv2.stride) for b in model.backbone.res5]
     assert res5 == [((2, 2), (1, 1))] * 3
+    with pytest.raises(ValueError, match=r"model.backbone.multi_grid \[1, 1, 1\] must have one "
+                                         r"entry per block of the last stage \(2\) of resnet18"):
+        build_model(_config("faster_rcnn_R_50_DC5_1x.yaml", ["model.num_classes=2",
+                                                             "model.backbone.name=resnet18"]))
     assert model.rpn.anchor_generator.num_anchors_per_location == [15]
     assert model.roi_heads.box_head.fc1.in_features == 2048 * 7 * 7
     model.eval()

@@ -53,7 +53,7 @@ def test_eval_reports_segm_beside_bbox(trained: tuple[Path, dict], data: Path,
                             "--output", str(out), *data_overrides(data), *SMALL_HEAD,
                             "model.roi_heads.score_thresh=0.0"])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"bbox", "segm"}
+    assert set(metrics) == {"bbox", "segm", "images"}
     results = json.loads((out / "coco_instances_results.json").read_text())
     assert results and all(r["segmentation"]["size"] == [96, 128] for r in results)
     gt = COCO(str(data / "coco/val.json"))
