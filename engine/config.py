@@ -9,6 +9,7 @@ naming the key and the file (or the override) it came from. Subtrees listed in `
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -72,51 +73,79 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _numeric_keys(defaults: Mapping[str, Any] | DictConfig) -> set[str]:
-    """The dotted keys whose default is a number (not a bool)."""
-    keys: set[str] = set()
+def _kinds(defaults: Mapping[str, Any] | DictConfig) -> dict[str, str]:
+    """Dotted key -> "int", "float", "str" or "section", from its default (null defaults and
+    bools take anything: `train.amp: false` also takes bf16)."""
+    kinds: dict[str, str] = {}
 
-    def walk(node: Mapping[str, Any], prefix: str) -> None:
-        for k, v in node.items():
-            if isinstance(v, Mapping):
-                walk(v, f"{prefix}{k}.")
-            elif _is_number(v):
-                keys.add(f"{prefix}{k}")
-
-    walk(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig) else defaults, "")
-    return keys
-
-
-def _check_numbers(part: DictConfig, numeric: set[str], source: str) -> None:
-    """Refuse a value that is not a number (or a list of numbers: some such keys take one,
-    e.g. several test sizes) where the default is a number, naming its key and file or
-    override, rather than fail deep in training."""
     def walk(node: Mapping[str, Any], prefix: str) -> None:
         for k, v in node.items():
             key = f"{prefix}{k}"
             if isinstance(v, Mapping):
+                kinds[key] = "section"
                 walk(v, f"{key}.")
-            elif key in numeric and v is not None and not _is_number(v) and not (
-                    isinstance(v, list) and all(_is_number(x) for x in v)) and not (
-                    isinstance(v, str) and v.startswith("${")):
-                raise ConfigError(f"{key} must be a number, got {v!r} in {source}")
+            elif _is_number(v):
+                kinds[key] = "int" if isinstance(v, int) else "float"
+            elif isinstance(v, str):
+                kinds[key] = "str"
+
+    walk(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig) else defaults, "")
+    return kinds
+
+
+def _check_values(part: DictConfig, kinds: Mapping[str, str], source: str) -> None:
+    """Refuse, naming the key and its file or override, rather than fail deep in training: a
+    section replaced by a value (an empty one in a file wiped its defaults), a value that is not
+    a number (or a list of numbers: some such keys take one, e.g. several test sizes) where the
+    default is a number, a fraction where it is a whole number. A number where the default is a
+    string becomes that string (`train.output_dir=2024`)."""
+    def check(key: str, v: Any) -> None:
+        kind = kinds.get(key)
+        if kind == "section" and not isinstance(v, Mapping):
+            empty = " (a section left empty in a file: give it keys or remove it)" \
+                if v is None and not source.startswith("override") else ""
+            raise ConfigError(f"{key} is a section of keys, got {v!r} in {source}{empty}")
+        if kind not in ("int", "float") or v is None or (
+                isinstance(v, str) and v.startswith("${")):
+            return
+        values = v if isinstance(v, list) else [v]
+        if not values or not all(_is_number(x) for x in values):
+            raise ConfigError(f"{key} must be a number, got {v!r} in {source}")
+        if kind == "int" and not key.endswith("epochs") and not all(  # 2.5 epochs exist
+                float(x).is_integer() for x in values):
+            raise ConfigError(f"{key} must be a whole number, got {v!r} in {source}")
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            check(key, v)
+            if isinstance(v, Mapping):
+                walk(v, f"{key}.")
+            elif kinds.get(key) == "str" and _is_number(v):
+                OmegaConf.update(part, key, str(v))
 
     walk(OmegaConf.to_container(part), "")
 
 
+def _suggestion(key: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def _merge(cfg: DictConfig, other: DictConfig, source: str,
-           numbers: set[str] | None = None) -> DictConfig:
-    if numbers:
-        _check_numbers(other, numbers, source)
+           kinds: Mapping[str, str] | None = None) -> DictConfig:
+    if kinds:
+        _check_values(other, kinds, source)
     try:
         return OmegaConf.merge(cfg, other)  # type: ignore[return-value]
     except (ConfigKeyError, ConfigAttributeError) as e:
         key = getattr(e, "full_key", None) or str(e)
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        valid = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "?"
+        keys = sorted(node.keys()) if isinstance(node, DictConfig) else []
+        valid = ", ".join(keys) if keys else "?"
         where = f"under '{parent}'" if parent else "at the top level"
-        raise ConfigError(f"unknown config key '{key}' in {source}; "
+        raise ConfigError(f"unknown config key '{key}' in {source}{_suggestion(key, keys)}; "
                           f"valid keys {where}: {valid}") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid value in {source}: {e}") from None
@@ -189,12 +218,16 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
     """
     cfg = (make_schema(defaults, open_keys=open_keys) if defaults is not None
            else OmegaConf.create({}))
-    numbers = _numeric_keys(defaults) if defaults is not None else None
+    kinds = _kinds(defaults) if defaults is not None else None
     renamed = renamed or {}
     for file, part in config_chain(path):
-        cfg = _merge(cfg, _rename(part, renamed, str(file)), str(file), numbers)
-    cfg = apply_overrides(cfg, overrides, renamed=renamed, numbers=numbers)
-    missing = sorted(OmegaConf.missing_keys(cfg))
+        cfg = _merge(cfg, _rename(part, renamed, str(file)), str(file), kinds)
+    cfg = apply_overrides(cfg, overrides, renamed=renamed, kinds=kinds)
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except OmegaConfBaseException as e:  # a ${...} naming no key
+        raise ConfigError(f"config {path}: {' '.join(str(e).split())}") from None
     if missing:
         raise ConfigError(f"config {path} leaves mandatory keys unset: {', '.join(missing)} "
                           f"(set them in the file or as key=value overrides)")
@@ -203,22 +236,28 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
                     renamed: Mapping[str, str] | None = None,
-                    numbers: set[str] | None = None) -> DictConfig:
-    """`cfg` with `key=value` overrides merged in order (the one override parser).
+                    kinds: Mapping[str, str] | None = None) -> DictConfig:
+    """`cfg` with `key=value` overrides merged in order (the one override parser). `None` is
+    null, as in detectron2's overrides.
 
     Raises:
-        ConfigError: a malformed override, an unknown key, or a value that is not a number
-            where `numbers` (dotted keys) says it must be (named with the override).
+        ConfigError: a malformed override, an unknown key, or a value of the wrong kind where
+            `kinds` (dotted key -> kind of its default) says (named with the override).
     """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value")
+        key, value = item.split("=", 1)
         try:
-            dotlist = OmegaConf.from_dotlist([item])
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"cannot parse override '{item}': {e}") from None
+            dotlist = OmegaConf.from_dotlist([f"{key}=null" if value == "None" else item])
+        except Exception as e:  # OmegaConf's, and yaml's for a malformed list
+            raise ConfigError(f"cannot parse override '{item}' (a list with spaces needs quotes:"
+                              f" '{key}=[1, 2]'): {' '.join(str(e).split())}") from None
+        if kinds and kinds.get(key) == "str" and _is_number(
+                OmegaConf.select(dotlist, key, throw_on_resolution_failure=False)):
+            OmegaConf.update(dotlist, key, value)  # as typed: 0755 is not 493, 1e3 not 1000.0
         source = f"override '{item}'"
-        cfg = _merge(cfg, _rename(dotlist, renamed or {}, source), source, numbers)
+        cfg = _merge(cfg, _rename(dotlist, renamed or {}, source), source, kinds)
     return cfg
 
 
@@ -233,7 +272,7 @@ def config_from_mapping(config: Mapping[str, Any] | DictConfig, overrides: Seque
     # what a checkpoint recorded is not checked again: it trained, and must load for inference
     cfg = _merge(cfg, _rename(part, renamed or {}, "the checkpoint's config"),
                  "the checkpoint's config")
-    return apply_overrides(cfg, overrides, renamed=renamed, numbers=_numeric_keys(defaults))
+    return apply_overrides(cfg, overrides, renamed=renamed, kinds=_kinds(defaults))
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

@@ -77,6 +77,37 @@ def test_a_value_that_is_not_a_number_where_the_default_is_one_is_named(
         load_config(bad, defaults=DEFAULTS)
 
 
+def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> None:
+    """Each failed deep in training with a message naming no key (or went through silently):
+    a section emptied in a file or replaced on the command line, a fraction for a whole number,
+    a malformed list, a ${...} naming no key; a number for a string key became a number."""
+    path = write(tmp_path / "c.yaml", "data: {root: /x}\n")
+    cases = [("solver=null", r"solver is a section of keys, got None in override "
+                             r"'solver=null'$"),
+             ("solver=5", "solver is a section of keys, got 5"),
+             ("data.size=160.5", r"data.size must be a whole number, got 160.5 in override"),
+             ("data.size=[640,800.5]", "data.size must be a whole number"),
+             ("solver.steps=[1, 2", r"cannot parse override 'solver.steps=\[1, 2' \(a list with "
+                                    r"spaces needs quotes: 'solver.steps=\[1, 2\]'\): while parsing"),
+             ("data.root=/x/${nothing}", r"c.yaml: Interpolation key 'nothing' not found "
+                                         r"full_key: data.root"),
+             ("solver.epoch=3", r"unknown config key 'solver.epoch' in override 'solver.epoch=3' "
+                                r"\(did you mean 'epochs'\?\)")]
+    for override, expected in cases:
+        with pytest.raises(ConfigError, match=expected):
+            load_config(path, [override], defaults=DEFAULTS)
+    emptied = write(tmp_path / "emptied.yaml", "data: {root: /x}\nsolver:\n  # base_lr: 1\n")
+    with pytest.raises(ConfigError, match=r"solver is a section of keys, got None in .*emptied"
+                                          r".yaml \(a section left empty in a file: give it keys"):
+        load_config(emptied, defaults=DEFAULTS)
+    cfg = load_config(path, ["data.size=1e2", "data.root=0755", "model.name=1e3"],
+                      defaults=DEFAULTS)
+    assert cfg.data.size == 100 and cfg.data.root == "0755" and cfg.model.name == "1e3"
+    assert load_config(path, ["data.size=None"], defaults=DEFAULTS).data.size is None
+    named = write(tmp_path / "named.yaml", "data: {root: 2024}\n")
+    assert load_config(named, defaults=DEFAULTS).data.root == "2024"
+
+
 def test_unknown_key_in_base_file_names_the_base(tmp_path: Path) -> None:
     write(tmp_path / "base.yaml", "trainer: {x: 1}\n")
     path = write(tmp_path / "c.yaml", "_base_: base.yaml\ndata: {root: /x}\n")
