@@ -87,8 +87,9 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
              ("solver=5", "solver is a section of keys, got 5"),
              ("data.size=160.5", r"data.size must be a whole number, got 160.5 in override"),
              ("data.size=[640,800.5]", "data.size must be a whole number"),
-             ("solver.steps=[1, 2", r"cannot parse override 'solver.steps=\[1, 2' \(a list with "
-                                    r"spaces needs quotes: 'solver.steps=\[1, 2\]'\): while parsing"),
+             ("solver.steps=[1, 2", r"cannot parse override 'solver.steps=\[1, 2' \(a list "
+                                    r"with spaces needs quotes: 'solver.steps=\[1, 2\]'\): "
+                                    r"while parsing"),
              ("data.root=/x/${nothing}", r"c.yaml: Interpolation key 'nothing' not found "
                                          r"full_key: data.root"),
              ("solver.epoch=3", r"unknown config key 'solver.epoch' in override 'solver.epoch=3' "
