@@ -24,6 +24,15 @@ TASK_MODULES = {
 }
 
 
+# what reads each task's configs, for messages
+READERS = {
+    "detection": "tools/train.py, tools/eval.py and detection.Predictor",
+    "sem_seg": "tools/train.py, tools/eval.py and segmentation.Predictor",
+    "classification": "tools/pretrain.py",
+    "analyze": "tools/analyze.py",
+}
+
+
 def task_module(name: str) -> ModuleType:
     """The module that defines task `name`."""
     if name not in TASK_MODULES:
@@ -54,9 +63,8 @@ def refuse_other_task_config(path: str | os.PathLike, overrides: Sequence[str],
     except ConfigError:
         return  # no task key: checked key by key against `task`'s defaults
     if name != task:
-        package = TASK_MODULES.get(name, name).split(".")[0]
         raise ConfigError(f"config {path} is for task {name!r}, not {task!r}: "
-                          f"{package}.Predictor and {package}.load_config read it")
+                          f"{READERS.get(name, 'no tool')} read it")
 
 
 def load_task_config(path: str | os.PathLike, overrides: Sequence[str] = (),

@@ -36,6 +36,7 @@ from backbones.studies.config import BASE_CONFIG, OPEN_KEYS, build_context_from_
 from backbones.studies.run import STUDIES, run_study  # noqa: E402
 from engine import TrainingInterrupted, load_config, save_config, setup_logging  # noqa: E402
 from engine.config import load_defaults  # noqa: E402
+from engine.tasks import refuse_other_task_config  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs/analyze/cifar_synthetic.yaml"
 
@@ -58,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run one study; returns the paths it wrote ({"png", "csv", "json"})."""
     args = parse_args(argv)
     output = Path(args.output or f"output/analyze/{args.study}")
+    refuse_other_task_config(args.config, args.overrides, "analyze")
     cfg = load_config(args.config, args.overrides, defaults=load_defaults(BASE_CONFIG),
                       open_keys=OPEN_KEYS)
     setup_logging(output)

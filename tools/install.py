@@ -63,7 +63,10 @@ def uv_environment(settings: dict[str, str], environ: dict[str, str]) -> dict[st
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
+    if argv in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+    if len(argv) != 1 or argv[0].startswith("-"):  # --help made a 6 GB folder named --help
         print(__doc__, file=sys.stderr)
         return 2
     venv = Path(argv[0]).resolve()

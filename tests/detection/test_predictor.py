@@ -76,8 +76,8 @@ def test_bad_input_is_rejected(checkpoint: Path) -> None:
         Predictor(CONFIG, weights=checkpoint, overrides=TINY + ["model.num_classes=5"])
     seg_config = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"  # its keys were "unknown"
     with pytest.raises(ValueError, match=r"deeplabv3_R_18_os16.yaml is for task 'sem_seg', not "
-                                         r"'detection': segmentation.Predictor and "
-                                         r"segmentation.load_config read it"):
+                                         r"'detection': tools/train.py, tools/eval.py and "
+                                         r"segmentation.Predictor read it"):
         Predictor(seg_config, weights=checkpoint)
 
 

@@ -153,6 +153,10 @@ def test_bad_usage_gives_clear_errors(image_folder, tmp_path):
         run("lesion", tmp_path, image_folder, "lesion.drawz=3")
     with pytest.raises(ValueError, match="--weights is not used"):
         run("degradation", tmp_path, image_folder, weights=[tmp_path / "x.pth"])
+    detector = ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"  # blamed base_train.yaml
+    with pytest.raises(ConfigError, match=r"faster_rcnn_R_18_FPN.yaml is for task 'detection', "
+                                          r"not 'analyze': tools/train.py"):
+        analyze.main(["degradation", "--config", str(detector), "--output", str(tmp_path / "d")])
     run("responses", tmp_path / "r", image_folder)
     plain = tmp_path / "r" / "models" / "plain_cifar_resnet20.pth"
     with pytest.raises(ValueError, match="plain"):

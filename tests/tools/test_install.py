@@ -60,3 +60,14 @@ def test_pip_installs_where_uv_fails(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "--find-links=/w" in calls[3]  # the uv install, with pip's configuration
     assert calls[-1][1:] == ["-m", "pip", "install", "-q", "--no-compile", "-e", ".[dev]"]
     assert "installing with pip" in capsys.readouterr().err
+
+
+def test_help_and_options_are_not_taken_for_the_environment_folder(
+        tmp_path, monkeypatch, capsys) -> None:
+    """`tools/install.py --help` made a virtual environment named --help (6 GB)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(install.subprocess, "run", lambda *a, **k: pytest.fail("ran " + str(a)))
+    assert install.main(["--help"]) == 0 and "Usage: python3 tools/install.py VENV" in \
+        capsys.readouterr().out
+    assert install.main(["-v"]) == 2 and install.main([]) == 2
+    assert list(tmp_path.iterdir()) == []
