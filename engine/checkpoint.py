@@ -72,6 +72,18 @@ class Checkpointer:
         self.max_to_keep = None if max_to_keep is None else max(int(max_to_keep), 2)
         self.provenance = dict(provenance) if provenance is not None else None
         self.check = check
+        self._earlier: list[Path] = []  # another run's checkpoints, replaced at the first save
+
+    def replace_earlier_run(self) -> None:
+        """This run starts afresh in a folder holding another run's checkpoints: they are
+        removed once this run's first checkpoint is written (kept if it fails before), so
+        that neither pruning (by iteration) nor a later --resume mixes the two runs."""
+        self._earlier = self._checkpoints()
+        if self._earlier:
+            logger.warning("%s holds the checkpoints of an earlier run (%s): starting from "
+                           "scratch (without --resume), this run's first checkpoint replaces "
+                           "them", self.output_dir, ", ".join(p.name for p in sorted(
+                               self._earlier, key=_iteration_of)))
 
     def save(self, iteration: int, extra: Mapping[str, Any] | None = None) -> Path:
         """Write `model_{iteration:07d}.pth` and point `last_checkpoint` at it.
@@ -101,6 +113,11 @@ class Checkpointer:
             except OSError as e:
                 error = e
             else:
+                for earlier in self._earlier:
+                    if earlier != path:
+                        earlier.unlink(missing_ok=True)
+                        checksum_file(earlier).unlink(missing_ok=True)
+                self._earlier = []
                 self._prune(keep=path)
                 logger.info("saved checkpoint %s", path)
         if any_process(error is not None):  # every process stops, none waits forever

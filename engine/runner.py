@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .amp import parse_amp
-from .checkpoint import POINTER, Checkpointer, PeriodicCheckpointer
+from .checkpoint import Checkpointer, PeriodicCheckpointer
 from .compilation import compile_model, parse_compile
 from .config import save_config, to_plain
 from .data import CountedLoader, build_test_loader, build_train_loader, collate
@@ -389,9 +389,8 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     else:
         state = None
         checkpointer.remove_partial_writes()
-        if (output_dir / POINTER).is_file():
-            logger.warning("%s holds the checkpoints of an earlier run: starting from scratch "
-                           "(without --resume) replaces them", output_dir)
+        if is_main_process():
+            checkpointer.replace_earlier_run()
     start_iter = state["iteration"] if state is not None else 0
     if resume:
         _check_same_start_everywhere(start_iter, output_dir)

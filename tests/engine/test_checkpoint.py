@@ -340,3 +340,24 @@ def test_resume_without_rng_restore_would_differ(tmp_path: Path) -> None:
     (tmp_path / "b/model_0000004.pth.sha256").unlink()  # as a checkpoint without a checksum
     resumed = run(tmp_path / "b", init_seed=0, resume=True)
     assert not torch.equal(reference[0].weight, resumed[0].weight)
+
+
+def test_a_fresh_run_replaces_an_earlier_runs_checkpoints_at_its_first_save(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A second run in the same folder without --resume: pruning by iteration deleted the new
+    run's checkpoints and kept the earlier run's later ones, a mixed folder a --resume would
+    read. The earlier ones now go once the new run's first checkpoint is written."""
+    model = nn.Linear(4, 4)
+    earlier = Checkpointer(tmp_path, model=model, max_to_keep=2)
+    _save_filled(earlier, model, (3, 6))
+    again = Checkpointer(tmp_path, model=model, max_to_keep=2)
+    with caplog.at_level("WARNING"):
+        again.replace_earlier_run()
+    assert "holds the checkpoints of an earlier run (model_0000003.pth, model_0000006.pth)" \
+        in caplog.text
+    assert len(list(tmp_path.glob("model_*.pth"))) == 2  # kept until the new run has one
+    _save_filled(again, model, (2, 4))
+    assert sorted(p.name for p in tmp_path.glob("model_*")) == [
+        "model_0000002.pth", "model_0000002.pth.sha256", "model_0000004.pth",
+        "model_0000004.pth.sha256"]
+    assert Checkpointer(tmp_path, model=model).resume()["iteration"] == 4
