@@ -33,6 +33,7 @@ from .config import save_config, to_plain
 from .data import CountedLoader, build_test_loader, build_train_loader, collate
 from .distributed import (all_gather_object, all_reduce_sum, broadcast_buffers, get_rank,
                           get_world_size, is_main_process, per_process_batch_size, wrap_ddp)
+from .files import atomic_write_json, nan_to_none
 from .logging import ProgressLogger, ScalarWriter, setup_logging
 from .optim import OPTIMIZERS, build_optimizer
 from .preemption import TrainingInterrupted, stop_on_signals
@@ -455,5 +456,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     if is_main_process():
         for path in task.save_final(cfg, model, lengths["max_iter"]):
             logger.info("wrote %s", path)
+        if metrics:  # the last evaluation's, as tools/eval.py writes them
+            atomic_write_json(nan_to_none(metrics), output_dir / "metrics.json")
     return {"model": model, "metrics": metrics.get(task.primary_metrics, {}),
             "all_metrics": metrics, "iteration": trainer.iter, "skipped": total_skipped}
