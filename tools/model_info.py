@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="classifier outputs (default 1000, 10 for CIFAR nets)")
     parser.add_argument("options", nargs="*", help="backbone options as key=value")
     args = parser.parse_args(argv)
+    bare = [o for o in args.options if "=" not in o]
+    if bare:  # from_dotlist makes `output_stride` a None, which means the default
+        parser.error(f"options must be key=value, got {', '.join(bare)}")
     options = OmegaConf.to_container(OmegaConf.from_dotlist(args.options))
     cifar = "cifar" in args.name
     size = tuple(args.size or ((32, 32) if cifar else (224, 224)))

@@ -1,0 +1,21 @@
+"""tools/model_info.py: parameters and MACs per stage, options as key=value."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("model_info_tool", ROOT / "tools/model_info.py")
+model_info = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(model_info)
+
+
+def test_prints_torchvisions_parameter_count_and_refuses_a_bare_option(capsys) -> None:
+    model_info.main(["resnet18", "--size", "64", "64"])
+    out = capsys.readouterr().out
+    assert "\ntotal       11,689,512 " in out  # torchvision resnet18
+    with pytest.raises(SystemExit):  # was read as output_stride=None: the default, silently
+        model_info.main(["resnet18", "output_stride"])
+    assert "options must be key=value, got output_stride" in capsys.readouterr().err
