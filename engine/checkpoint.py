@@ -24,7 +24,7 @@ import io
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,12 +73,15 @@ class Checkpointer:
         self.provenance = dict(provenance) if provenance is not None else None
         self.check = check
         self._earlier: list[Path] = []  # another run's checkpoints, replaced at the first save
+        self._kept: set[Path] = set()  # neither replaced nor pruned
 
-    def replace_earlier_run(self) -> None:
+    def replace_earlier_run(self, keep: Sequence[str | os.PathLike] = ()) -> None:
         """This run starts afresh in a folder holding another run's checkpoints: they are
         removed once this run's first checkpoint is written (kept if it fails before), so
-        that neither pruning (by iteration) nor a later --resume mixes the two runs."""
-        self._earlier = self._checkpoints()
+        that neither pruning (by iteration) nor a later --resume mixes the two runs. `keep`:
+        files not to remove (the weights this run started from)."""
+        self._kept = {Path(p).resolve() for p in keep}
+        self._earlier = [p for p in self._checkpoints() if p.resolve() not in self._kept]
         if self._earlier:
             logger.warning("%s holds the checkpoints of an earlier run (%s): starting from "
                            "scratch (without --resume), this run's first checkpoint replaces "
@@ -134,7 +137,8 @@ class Checkpointer:
     def _prune(self, keep: Path) -> None:
         if self.max_to_keep is None:
             return
-        old = sorted((p for p in self._checkpoints() if p != keep), key=_iteration_of)
+        old = sorted((p for p in self._checkpoints() if p != keep and p.resolve() not in
+                      self._kept), key=_iteration_of)
         for path in old[: max(len(old) - self.max_to_keep + 1, 0)]:
             path.unlink()
             checksum_file(path).unlink(missing_ok=True)

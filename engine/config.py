@@ -111,9 +111,12 @@ def _check_values(part: DictConfig, kinds: Mapping[str, str], source: str) -> No
         values = v if isinstance(v, list) else [v]
         if not values or not all(_is_number(x) for x in values):
             raise ConfigError(f"{key} must be a number, got {v!r} in {source}")
-        if kind == "int" and not key.endswith("epochs") and not all(  # 2.5 epochs exist
-                float(x).is_integer() for x in values):
-            raise ConfigError(f"{key} must be a whole number, got {v!r} in {source}")
+        if kind == "int" and not key.endswith("epochs"):  # 2.5 epochs exist
+            if not all(float(x).is_integer() for x in values):
+                raise ConfigError(f"{key} must be a whole number, got {v!r} in {source}")
+            if any(isinstance(x, float) for x in values):  # 1e3: 1000, not 1000.0
+                whole = [int(x) for x in values]
+                OmegaConf.update(part, key, whole if isinstance(v, list) else whole[0])
 
     def walk(node: Mapping[str, Any], prefix: str) -> None:
         for k, v in node.items():

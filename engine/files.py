@@ -82,8 +82,8 @@ def read_checked_bytes(path: str | os.PathLike) -> bytes:
         ValueError: they differ (the file was damaged after it was written).
     """
     data = Path(path).read_bytes()
-    try:
-        recorded = checksum_file(path).read_text().strip()
+    try:  # "<hex>" as written here, or "<hex>  NAME" as sha256sum writes it
+        recorded = (checksum_file(path).read_text().split() or [""])[0].lower()
     except OSError:  # none written (model_final.pth, files of other tools)
         return data
     if hashlib.sha256(data).hexdigest() != recorded:

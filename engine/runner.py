@@ -203,6 +203,14 @@ class _SkipCounter:
         return total
 
 
+def _weights_files(node: Any) -> list[str]:
+    """Every `weights` path under a config node (model.weights, model.backbone.weights)."""
+    if not isinstance(node, DictConfig):
+        return []
+    files = [str(v) for k, v in node.items() if k == "weights" and isinstance(v, str)]
+    return files + [f for v in node.values() for f in _weights_files(v)]
+
+
 def _first_readable_batch(data: TaskData) -> Any:
     """A batch of the first training image that reads (for a process whose own batch had
     none under DDP, before it read any)."""
@@ -390,8 +398,8 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     else:
         state = None
         checkpointer.remove_partial_writes()
-        if is_main_process():
-            checkpointer.replace_earlier_run()
+        if is_main_process():  # not the weights this run starts from (model.weights=its file)
+            checkpointer.replace_earlier_run(keep=_weights_files(cfg.model))
     start_iter = state["iteration"] if state is not None else 0
     if resume:
         _check_same_start_everywhere(start_iter, output_dir)
@@ -407,6 +415,8 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
                                        pin_memory=device.type == "cuda",
                                        collate_fn=data.collate)
 
+        val_images: dict[str, int] = {}  # the last evaluation's count, for metrics.json
+
         def evaluate() -> Metrics:
             broadcast_buffers(model)  # every process scores rank 0's normalisation statistics
             counted = CountedLoader(val_loader)
@@ -417,7 +427,8 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
                     metrics = task.evaluate(model, counted, device)
             finally:
                 model.train(was_training)
-            counted.report(logger, "val", getattr(task, "unreadable_val", LEFT_OUT))
+            val_images.update(counted.report(logger, "val",
+                                             getattr(task, "unreadable_val", LEFT_OUT)))
             return metrics
 
         eval_hook = PeriodicEval(t.eval_period, evaluate,
@@ -457,6 +468,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         for path in task.save_final(cfg, model, lengths["max_iter"]):
             logger.info("wrote %s", path)
         if metrics:  # the last evaluation's, as tools/eval.py writes them
-            atomic_write_json(nan_to_none(metrics), output_dir / "metrics.json")
+            atomic_write_json({**nan_to_none(metrics), "images": val_images},
+                              output_dir / "metrics.json")
     return {"model": model, "metrics": metrics.get(task.primary_metrics, {}),
             "all_metrics": metrics, "iteration": trainer.iter, "skipped": total_skipped}

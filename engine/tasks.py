@@ -63,8 +63,8 @@ def refuse_other_task_config(path: str | os.PathLike, overrides: Sequence[str],
     except ConfigError:
         return  # no task key: checked key by key against `task`'s defaults
     if name != task:
-        raise ConfigError(f"config {path} is for task {name!r}, not {task!r}: "
-                          f"{READERS.get(name, 'no tool')} read it")
+        raise ConfigError(f"config {path} is for task {name!r}, not {task!r}"
+                          + (f": {READERS[name]} read it" if name in READERS else ""))
 
 
 def load_task_config(path: str | os.PathLike, overrides: Sequence[str] = (),
@@ -77,9 +77,9 @@ def load_task_config(path: str | os.PathLike, overrides: Sequence[str] = (),
         task: expected task (e.g. "classification" for tools/pretrain.py); a config that
             names another is refused.
     """
+    if task is not None:
+        refuse_other_task_config(path, overrides, task)
     name = config_task(path, overrides)
-    if task is not None and name != task:
-        raise ConfigError(f"config {path} is for task {name!r}, this tool trains {task!r}")
     module = task_module(name)
     cfg = load_config(path, overrides, defaults=load_defaults(module.BASE_CONFIG),
                       open_keys=getattr(module, "OPEN_KEYS", ()),

@@ -168,7 +168,8 @@ class SemSegDataset(Dataset):
                   if pixels[i] == 0]
         if absent:
             # e.g. binary masks of 0 and 255: the objects are the ignore value, never scored
-            logger.warning("data.%s: no mask holds %s; their IoU is n/a. %d%% of the pixels are "
+            logger.warning("data.%s: no mask holds %s; their IoU is n/a, or 0 where the model "
+                           "predicts them. %d%% of the pixels are "
                            "%d (model.ignore_index, not scored)", split, ", ".join(absent),
                            round(100 * (pixels[self.ignore_index] if 0 <= self.ignore_index
                                         < 256 else 0) / max(pixels.sum(), 1)),

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from detection import build_model
 from detection.config import defaults as detection_defaults
-from detection.convert import load_detector_weights
+from detection.convert import load_detector_weights, weight_bound_settings
 from engine.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detection"
@@ -237,6 +237,17 @@ def test_dc5_single_level_stride_16() -> None:
                                          r"entry per block of the last stage \(2\) of resnet18"):
         build_model(_config("faster_rcnn_R_50_DC5_1x.yaml", ["model.num_classes=2",
                                                              "model.backbone.name=resnet18"]))
+    # a checkpoint of torchvision's layout (multi_grid null) does not load as detectron2's:
+    # same shapes, another network
+    small = ["model.num_classes=2", "model.backbone.name=resnet18"]
+    before = _config("faster_rcnn_R_50_DC5_1x.yaml", [*small, "model.backbone.multi_grid=null"])
+    after = _config("faster_rcnn_R_50_DC5_1x.yaml", [*small, "model.backbone.multi_grid=[1,1]"])
+    checkpoint = {"model": build_model(before).state_dict(),
+                  "provenance": {"config": OmegaConf.to_container(before)}}
+    with pytest.raises(ValueError, match=r"model.backbone.multi_grid is \[1,1\], the weights "
+                                         r"need null"):
+        load_detector_weights(build_model(after), checkpoint,
+                              weight_bound_settings(after.model))
     assert model.rpn.anchor_generator.num_anchors_per_location == [15]
     assert model.roi_heads.box_head.fc1.in_features == 2048 * 7 * 7
     model.eval()

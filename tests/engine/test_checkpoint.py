@@ -229,6 +229,11 @@ def test_a_checkpoint_damaged_after_writing_is_unreadable_not_loaded(
                                          r"model_0000015.pth.sha256: the file was damaged"):
         read_checkpoint(newest)
     assert read_checkpoint(tmp_path / "model_0000010.pth")["iteration"] == 10
+    # a sidecar as `sha256sum FILE > FILE.sha256` writes it, in capitals: the same check
+    older = tmp_path / "model_0000010.pth"
+    checksum = (tmp_path / "model_0000010.pth.sha256").read_text().strip()
+    (tmp_path / "model_0000010.pth.sha256").write_text(f"{checksum.upper()}  {older.name}\n")
+    assert read_checkpoint(older)["iteration"] == 10
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_pointer(
@@ -361,3 +366,9 @@ def test_a_fresh_run_replaces_an_earlier_runs_checkpoints_at_its_first_save(
         "model_0000002.pth", "model_0000002.pth.sha256", "model_0000004.pth",
         "model_0000004.pth.sha256"]
     assert Checkpointer(tmp_path, model=model).resume()["iteration"] == 4
+    # a run started from a checkpoint of the folder (model.weights=model_0000004.pth) keeps it
+    third = Checkpointer(tmp_path, model=model, max_to_keep=2)
+    third.replace_earlier_run(keep=[str(tmp_path / "model_0000004.pth")])
+    _save_filled(third, model, (1, 2, 3))
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
+        "model_0000002.pth", "model_0000003.pth", "model_0000004.pth"]

@@ -104,6 +104,7 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
     cfg = load_config(path, ["data.size=1e2", "data.root=0755", "model.name=1e3"],
                       defaults=DEFAULTS)
     assert cfg.data.size == 100 and cfg.data.root == "0755" and cfg.model.name == "1e3"
+    assert isinstance(cfg.data.size, int)  # not 100.0: a whole-number key gets an int
     assert load_config(path, ["data.size=None"], defaults=DEFAULTS).data.size is None
     named = write(tmp_path / "named.yaml", "data: {root: 2024}\n")
     assert load_config(named, defaults=DEFAULTS).data.root == "2024"

@@ -60,8 +60,10 @@ def test_train_writes_a_segmenter_and_eval_reproduces_its_miou(
     assert metrics["mIoU"] == pytest.approx(result["metrics"]["mIoU"], abs=1e-9)
     assert metrics["pixel_acc"] == pytest.approx(result["metrics"]["pixel_acc"], abs=1e-9)
     # the training's last evaluation is in its folder too (as detectron2's metrics.json)
-    assert json.loads((out / "metrics.json").read_text())["sem_seg"]["mIoU"] == \
-        pytest.approx(result["metrics"]["mIoU"], abs=1e-9)
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["sem_seg"]["mIoU"] == pytest.approx(result["metrics"]["mIoU"], abs=1e-9)
+    val_images = len(list((data / "images/val").glob("*.jpg")))
+    assert written["images"] == {"images": val_images, "unreadable": 0}
     # data whose ids mean other classes than the checkpoint's: refused, not scored as if not
     swapped = tmp_path / "swapped.json"
     swapped.write_text(json.dumps([CLASSES[0], CLASSES[2], CLASSES[1], *CLASSES[3:]]))
