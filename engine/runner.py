@@ -399,7 +399,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         state = None
         checkpointer.remove_partial_writes()
         if is_main_process():  # not the weights this run starts from (model.weights=its file)
-            checkpointer.replace_earlier_run(keep=_weights_files(cfg.model))
+            checkpointer.replace_earlier_run(keep=_weights_files(cfg.get("model")))
     start_iter = state["iteration"] if state is not None else 0
     if resume:
         _check_same_start_everywhere(start_iter, output_dir)

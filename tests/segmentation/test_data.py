@@ -325,7 +325,8 @@ def test_a_class_no_val_mask_holds_is_named(tmp_path, caplog):
     cfg.data.val.mask_dir = str(tmp_path / "val_ann")
     with caplog.at_level(logging.WARNING):
         SemSegTask().prepare(cfg)
-    assert ("data.val: no mask holds 'a' (1), 'b' (2); their IoU is n/a. 50% of the pixels are "
+    assert ("data.val: no mask holds 'a' (1), 'b' (2); their IoU is n/a, or 0 where the model "
+            "predicts them. 50% of the pixels are "
             "255 (model.ignore_index, not scored)") in caplog.text
 
 
