@@ -42,6 +42,11 @@ def _config(config: str | os.PathLike | DictConfig | Mapping[str, Any],
     return config_from_mapping(config, overrides)  # unknown keys raise
 
 
+def placeholder_names(num_classes: int) -> list[str]:
+    """class_0.. : the names of classes nothing names (weights and config without names)."""
+    return [f"class_{i}" for i in range(num_classes)]
+
+
 def _configured_names(cfg: DictConfig, num_classes: int, source: str | None
                       ) -> list[str] | None:
     """data.class_names of weights that record no names; None when the config has none."""
@@ -114,7 +119,7 @@ class Predictor:
         self.names_recorded = len(names) == self.model.num_classes
         if not self.names_recorded:  # torchvision's weights: the config's names, if it has any
             names = (_configured_names(cfg, self.model.num_classes, source)
-                     or [f"class_{i}" for i in range(self.model.num_classes)])
+                     or placeholder_names(self.model.num_classes))
         self.class_names = list(names)
         self.tta = tta or tta_from_config(cfg)
         self.device = torch.device(device)

@@ -29,7 +29,7 @@ from .data import prefer_command_line_sources as resolve_overrides
 from .evaluation import SemSegEvaluator
 from .export import export_segmentor
 from .inference import evaluate_model, tta_from_config
-from .predictor import Predictor, build_renderer
+from .predictor import Predictor, build_renderer, placeholder_names
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     names = cfg.data.class_names
     source = cfg.data.val.ann_file or (f"data.class_names={names}" if isinstance(names, str)
                                        else "data.class_names")
-    placeholders = [f"class_{i}" for i in range(predictor.model.num_classes)]
-    if is_onnx(weights) and predictor.class_names != placeholders:
+    unnamed = predictor.class_names == placeholder_names(predictor.model.num_classes)
+    if is_onnx(weights) and not unnamed:
         # an export knows its classes only by name (placeholders: weights without names)
         check_class_names(predictor.model.metadata, loader.dataset.class_names, source, weights)
     elif predictor.names_recorded and predictor.class_names != loader.dataset.class_names:
@@ -91,7 +91,7 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
                           f"test.flip={tta.flip} test.window={tta.window}: add e.g. "
                           f"test.scales=[{tta.scales[0]}] test.flip=false test.window=null")
     names = predictor.class_names  # weights without names (torchvision's): the config's
-    if not predictor.names_recorded and not load_config(config, overrides).data.class_names:
+    if names == placeholder_names(predictor.model.num_classes):
         logger.warning("%s names no classes and data.class_names is not set: the export "
                        "calls them %s...; tools/eval.py will refuse data with other names",
                        weights, ", ".join(names[:3]))
