@@ -75,13 +75,13 @@ def expand_inputs(paths: Sequence[str], output: Path | None = None
     """(file, name under the output folder) for the files named, and for the images and
     videos inside the folders named (sorted, with their paths inside the folder). An `output`
     folder inside a folder named is left out of it (a rerun would draw its pictures again)."""
+    out = output.resolve() if output is not None else None
     for p in map(Path, paths):
         if p.is_dir():
-            inner = output is not None and output.resolve().is_relative_to(p.resolve()) and (
-                output.resolve() != p.resolve())
+            inner = out is not None and out != p.resolve() and out.is_relative_to(p.resolve())
             yield from ((f, f.relative_to(p)) for f in files_under(p)
                         if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
-                        and not (inner and f.resolve().is_relative_to(output.resolve())))
+                        and not (inner and f.resolve().is_relative_to(out)))
         elif p.is_file():
             yield p, Path(p.name)
         else:

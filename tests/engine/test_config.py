@@ -21,6 +21,13 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def assert_refused(path: Path, cases: list[tuple[str, str]]) -> None:
+    """Each (override, message pattern): loading `path` with the override raises ConfigError."""
+    for override, expected in cases:
+        with pytest.raises(ConfigError, match=expected):
+            load_config(path, [override], defaults=DEFAULTS)
+
+
 def test_base_inheritance_relative_to_including_file_and_list_order(tmp_path: Path) -> None:
     write(tmp_path / "common/a.yaml", "solver: {base_lr: 0.2, epochs: 10}\ndata: {root: /a}\n")
     write(tmp_path / "common/b.yaml", "_base_: a.yaml\nsolver: {epochs: 20}\n")
@@ -63,14 +70,11 @@ def test_a_value_that_is_not_a_number_where_the_default_is_one_is_named(
     assert cfg.solver.base_lr == 1e-4 and cfg.solver.epochs == 2.5  # fractional epochs exist
     assert list(cfg.data.size) == [640, 800]  # some size keys take several
     assert load_config(path, ["data.size=null"], defaults=DEFAULTS).data.size is None
-    for override, expected in [("solver.epochs=two", "solver.epochs must be a number, got "
-                                "'two' in override 'solver.epochs=two'"),
-                               ("solver.base_lr=abc", "solver.base_lr must be a number, got "
-                                "'abc'"),
-                               ("solver.base_lr=true", "solver.base_lr must be a number"),
-                               ("data.size=[640,big]", "data.size must be a number")]:
-        with pytest.raises(ConfigError, match=expected):
-            load_config(path, [override], defaults=DEFAULTS)
+    assert_refused(path, [("solver.epochs=two", "solver.epochs must be a number, got 'two' in "
+                           "override 'solver.epochs=two'"),
+                          ("solver.base_lr=abc", "solver.base_lr must be a number, got 'abc'"),
+                          ("solver.base_lr=true", "solver.base_lr must be a number"),
+                          ("data.size=[640,big]", "data.size must be a number")])
     bad = write(tmp_path / "bad.yaml", "data: {root: /x, size: big}\n")
     with pytest.raises(ConfigError, match=r"data.size must be a number, got 'big' in "
                                           r".*bad\.yaml"):
@@ -82,21 +86,19 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
     a section emptied in a file or replaced on the command line, a fraction for a whole number,
     a malformed list, a ${...} naming no key; a number for a string key became a number."""
     path = write(tmp_path / "c.yaml", "data: {root: /x}\n")
-    cases = [("solver=null", r"solver is a section of keys, got None in override "
-                             r"'solver=null'$"),
-             ("solver=5", "solver is a section of keys, got 5"),
-             ("data.size=160.5", r"data.size must be a whole number, got 160.5 in override"),
-             ("data.size=[640,800.5]", "data.size must be a whole number"),
-             ("solver.steps=[1, 2", r"cannot parse override 'solver.steps=\[1, 2' \(a list "
-                                    r"with spaces needs quotes: 'solver.steps=\[1, 2\]'\): "
-                                    r"while parsing"),
-             ("data.root=/x/${nothing}", r"c.yaml: Interpolation key 'nothing' not found "
-                                         r"full_key: data.root"),
-             ("solver.epoch=3", r"unknown config key 'solver.epoch' in override 'solver.epoch=3' "
-                                r"\(did you mean 'epochs'\?\)")]
-    for override, expected in cases:
-        with pytest.raises(ConfigError, match=expected):
-            load_config(path, [override], defaults=DEFAULTS)
+    assert_refused(path, [
+        ("solver=null", r"solver is a section of keys, got None in override "
+                        r"'solver=null'$"),
+        ("solver=5", "solver is a section of keys, got 5"),
+        ("data.size=160.5", r"data.size must be a whole number, got 160.5 in override"),
+        ("data.size=[640,800.5]", "data.size must be a whole number"),
+        ("solver.steps=[1, 2", r"cannot parse override 'solver.steps=\[1, 2' \(a list "
+                               r"with spaces needs quotes: 'solver.steps=\[1, 2\]'\): "
+                               r"while parsing"),
+        ("data.root=/x/${nothing}", r"c.yaml: Interpolation key 'nothing' not found "
+                                    r"full_key: data.root"),
+        ("solver.epoch=3", r"unknown config key 'solver.epoch' in override 'solver.epoch=3' "
+                           r"\(did you mean 'epochs'\?\)")])
     emptied = write(tmp_path / "emptied.yaml", "data: {root: /x}\nsolver:\n  # base_lr: 1\n")
     with pytest.raises(ConfigError, match=r"solver is a section of keys, got None in .*emptied"
                                           r".yaml \(a section left empty in a file: give it keys"):
