@@ -22,6 +22,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from .files import atomic_write_text
 
 BASE_KEY = "_base_"
+# switches that also take a name (checked where they are used: engine/amp.py, compilation.py)
+NAMED_SWITCHES = ("train.amp", "train.compile")
 logger = logging.getLogger(__name__)
 
 
@@ -73,9 +75,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _interpolation(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("${")
+
+
 def _kinds(defaults: Mapping[str, Any] | DictConfig) -> dict[str, str]:
-    """Dotted key -> "int", "float", "str" or "section", from its default (null defaults and
-    bools take anything: `train.amp: false` also takes bf16)."""
+    """Dotted key -> "int", "float", "str", "bool" or "section", from its default (null
+    defaults and the NAMED_SWITCHES take anything: `train.amp: false` also takes bf16)."""
     kinds: dict[str, str] = {}
 
     def walk(node: Mapping[str, Any], prefix: str) -> None:
@@ -88,6 +94,8 @@ def _kinds(defaults: Mapping[str, Any] | DictConfig) -> dict[str, str]:
                 kinds[key] = "int" if isinstance(v, int) else "float"
             elif isinstance(v, str):
                 kinds[key] = "str"
+            elif isinstance(v, bool) and key not in NAMED_SWITCHES:
+                kinds[key] = "bool"
 
     walk(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig) else defaults, "")
     return kinds
@@ -97,16 +105,18 @@ def _check_values(part: DictConfig, kinds: Mapping[str, str], source: str) -> No
     """Refuse, naming the key and its file or override, rather than fail deep in training: a
     section replaced by a value (an empty one in a file wiped its defaults), a value that is not
     a number (or a list of numbers: some such keys take one, e.g. several test sizes) where the
-    default is a number, a fraction where it is a whole number. A number where the default is a
-    string becomes that string (`train.output_dir=2024`)."""
+    default is a number, a fraction where it is a whole number, anything but true or false
+    where the default is one (a quoted "false" is a string, which Python takes as true). A
+    number where the default is a string becomes that string (`train.output_dir=2024`)."""
     def check(key: str, v: Any) -> None:
         kind = kinds.get(key)
         if kind == "section" and not isinstance(v, Mapping):
             empty = " (a section left empty in a file: give it keys or remove it)" \
                 if v is None and not source.startswith("override") else ""
             raise ConfigError(f"{key} is a section of keys, got {v!r} in {source}{empty}")
-        if kind not in ("int", "float") or v is None or (
-                isinstance(v, str) and v.startswith("${")):
+        if kind == "bool" and not isinstance(v, bool) and not _interpolation(v):
+            raise ConfigError(f"{key} must be true or false, got {v!r} in {source}")
+        if kind not in ("int", "float") or v is None or _interpolation(v):
             return
         values = v if isinstance(v, list) else [v]
         if not values or not all(_is_number(x) for x in values):

@@ -1,6 +1,7 @@
 """engine.config: _base_ inheritance, dotlist overrides, strict keys, saving."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,26 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
     assert load_config(path, ["data.size=None"], defaults=DEFAULTS).data.size is None
     named = write(tmp_path / "named.yaml", "data: {root: 2024}\n")
     assert load_config(named, defaults=DEFAULTS).data.root == "2024"
+
+
+def test_a_switch_takes_true_or_false_only_unless_it_also_takes_a_name(tmp_path: Path) -> None:
+    """A quoted "false" or a 0 where the default is false is refused: Python would take the
+    string as true; YAML's yes/no/on/off are booleans. train.amp and train.compile also take a
+    name (bf16, a torch.compile backend), checked where they are used."""
+    defaults = {"model": {"mask_on": False}, "data": {"root": "/x"},
+                "train": {"amp": False, "compile": False}}
+    quoted = write(tmp_path / "quoted.yaml", 'model: {mask_on: "false"}\n')
+    with pytest.raises(ConfigError, match=r"model.mask_on must be true or false, got 'false' "
+                                          r"in .*quoted.yaml$"):
+        load_config(quoted, defaults=defaults)
+    yaml11 = write(tmp_path / "yaml11.yaml", "model: {mask_on: yes}\ndata:\n  root: ${train.amp}\n")
+    for override in ("model.mask_on=0", "model.mask_on=[true]", "model.mask_on=None"):
+        with pytest.raises(ConfigError, match=r"model.mask_on must be true or false, got .* in "
+                                              rf"override '{re.escape(override)}'$"):
+            load_config(yaml11, [override], defaults=defaults)
+    cfg = load_config(yaml11, ["train.amp=bf16", "train.compile=inductor"], defaults=defaults)
+    assert cfg.model.mask_on is True and cfg.train.amp == "bf16" and cfg.data.root == "bf16"
+    assert load_config(yaml11, ["model.mask_on=false"], defaults=defaults).model.mask_on is False
 
 
 def test_unknown_key_in_base_file_names_the_base(tmp_path: Path) -> None:
