@@ -14,7 +14,9 @@ gradient are fast:
   matrix product of the incoming gradient with the unfolded input patches.
 And a 3x3 stride-1 "same" convolution of at least 128 channels on enough channels-last pixels
 runs forward (training and inference) and backward as Winograd products on AVX2
-(`backbones/winograd.py`: 4x fewer multiplications, values to a few times float32's rounding).
+(`backbones/winograd.py`: 4x fewer multiplications, values to a few times float32's rounding);
+on Intel CPUs with AVX-512 kernels too, from 256 channels on large maps (R50-FPN's p2-p4),
+where oneDNN's float32 convolution is slower than the products (on AMD's AVX-512 it is not).
 Everything else (other CPUs, tracing for export, 1x1 kernels, grouped convolutions, CUDA,
 autocast) is PyTorch's own convolution. Same values up to float32 summation order.
 """
@@ -40,7 +42,22 @@ SHIFTED_GEMM_PIXELS = 1_000
 WINOGRAD_CHANNELS = 128
 WINOGRAD_BLOCKS = 100
 WINOGRAD_PADDED_AREA = 1.25
+# ... and on Intel's AVX-512 kernels from these (smaller maps lose there: R50's res5, 128
+# channels)
+INTEL_AVX512_WINOGRAD_CHANNELS = 256
+INTEL_AVX512_WINOGRAD_BLOCKS = 400
+
+
+def _intel_cpu() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
+    except OSError:
+        return False
+
+
 _AVX2_ONLY = torch.backends.cpu.get_cpu_capability() == "AVX2"  # the CPUs it was measured on
+_INTEL_AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512" and _intel_cpu()
 
 WeightGrad = Callable[[Tensor, Tensor, Tensor, list, list, list, int], Tensor]
 
@@ -102,9 +119,13 @@ def weight_grad_as_shifted_gemms(grad: Tensor, x: Tensor, weight: Tensor, stride
     return taps.permute(2, 3, 0, 1).contiguous()
 
 
-def _float32_on_avx2(x: Tensor) -> bool:
-    return (_AVX2_ONLY and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+def _float32_on_cpu(x: Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
             and not torch.is_autocast_enabled("cpu"))
+
+
+def _float32_on_avx2(x: Tensor) -> bool:
+    return _AVX2_ONLY and _float32_on_cpu(x)
 
 
 def _trains_on_avx2(x: Tensor, weight: Tensor) -> bool:
@@ -115,16 +136,22 @@ def takes_winograd(x: Tensor, weight: Tensor, stride: tuple[int, int],
                    padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> bool:
     """Training and inference; not while tracing (ONNX export) or compiling, where graphs
     keep the convolution operator."""
-    if not (_float32_on_avx2(x) and not torch.jit.is_tracing()
+    if _AVX2_ONLY:
+        min_channels, min_blocks = WINOGRAD_CHANNELS, WINOGRAD_BLOCKS
+    elif _INTEL_AVX512:
+        min_channels, min_blocks = INTEL_AVX512_WINOGRAD_CHANNELS, INTEL_AVX512_WINOGRAD_BLOCKS
+    else:
+        return False
+    if not (_float32_on_cpu(x) and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling()
             and groups == 1 and tuple(weight.shape[2:]) == (3, 3)
             and tuple(stride) == (1, 1) and tuple(padding) == (1, 1)
-            and tuple(dilation) == (1, 1) and min(weight.shape[:2]) >= WINOGRAD_CHANNELS
+            and tuple(dilation) == (1, 1) and min(weight.shape[:2]) >= min_channels
             and x.is_contiguous(memory_format=torch.channels_last)):
         return False
     n, _, h, w = x.shape
     blocks = n * math.prod(tile_grid(h, w))
-    return blocks >= WINOGRAD_BLOCKS and 16 * blocks <= WINOGRAD_PADDED_AREA * n * h * w
+    return blocks >= min_blocks and 16 * blocks <= WINOGRAD_PADDED_AREA * n * h * w
 
 
 def own_weight_grad(x: Tensor, weight: Tensor, stride: tuple[int, int],

@@ -82,6 +82,7 @@ def test_chunks_cover_every_tile_row_once() -> None:
 @pytest.fixture
 def avx2_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(conv_module, "_AVX2_ONLY", True)
+    monkeypatch.setattr(conv_module, "_INTEL_AVX512", False)
 
 
 def decoder_map(channels: int = 128, size: tuple[int, int] = (40, 40),
@@ -130,6 +131,7 @@ def test_a_frozen_batchnorm_bottleneck_trains_on_the_route(
     grads = {}
     for avx2 in (False, True):
         monkeypatch.setattr(conv_module, "_AVX2_ONLY", avx2)
+        monkeypatch.setattr(conv_module, "_INTEL_AVX512", False)
         block.zero_grad()
         (block(x) * upstream).sum().backward()
         grads[avx2] = block.conv2.weight.grad.clone()
@@ -226,7 +228,24 @@ def test_compiling_keeps_the_convolution_operator(avx2_cpu: None,
     assert winograd_calls == []
 
 
+def test_intel_avx512_routes_only_large_maps_of_256_channels(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """R50-FPN's p2-p4 convolutions (256 channels, 442 blocks and more for two 800 x 1067
+    images); not res5 (512 channels, 126 blocks), 128 channels, or the AVX2 thresholds."""
+    monkeypatch.setattr(conv_module, "_AVX2_ONLY", False)
+    monkeypatch.setattr(conv_module, "_INTEL_AVX512", True)
+    assert route(decoder_map(channels=256, size=(50, 68)), out_channels=256)  # 442 blocks
+    assert not route(decoder_map(channels=512, size=(25, 34)), out_channels=512)  # 126
+    assert not route(decoder_map(channels=256, size=(40, 40)), out_channels=256)  # 200
+    assert not route(decoder_map(channels=128, size=(100, 136)))
+    assert not route(decoder_map(channels=256, size=(50, 68)), out_channels=128)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not route(decoder_map(channels=256, size=(50, 68)), out_channels=256)
+
+
 def test_other_cpus_keep_pytorch_convolution(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(conv_module, "_AVX2_ONLY", False)
+    monkeypatch.setattr(conv_module, "_INTEL_AVX512", False)
     assert not route(decoder_map())
+    assert not route(decoder_map(channels=256, size=(50, 68)), out_channels=256)
     assert "Winograd3x3" not in Conv2d(128, 128, 3, padding=1)(decoder_map()).grad_fn.name()
