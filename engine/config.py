@@ -24,6 +24,9 @@ from .files import atomic_write_text
 BASE_KEY = "_base_"
 # switches that also take a name (checked where they are used: engine/amp.py, compilation.py)
 NAMED_SWITCHES = ("train.amp", "train.compile")
+# sizes that take one number or a list (detection: drawn per image in training, the largest
+# in testing)
+NUMBER_OR_LIST = ("data.train.min_size", "data.val.min_size")
 logger = logging.getLogger(__name__)
 
 
@@ -80,8 +83,9 @@ def _interpolation(value: Any) -> bool:
 
 
 def _kinds(defaults: Mapping[str, Any] | DictConfig) -> dict[str, str]:
-    """Dotted key -> "int", "float", "str", "bool" or "section", from its default (null
-    defaults and the NAMED_SWITCHES take anything: `train.amp: false` also takes bf16)."""
+    """Dotted key -> "int", "float", "ints", "floats" (a list of numbers), "str", "bool" or
+    "section", from its default (null defaults, lists of lists and the NAMED_SWITCHES take
+    anything: `train.amp: false` also takes bf16)."""
     kinds: dict[str, str] = {}
 
     def walk(node: Mapping[str, Any], prefix: str) -> None:
@@ -96,6 +100,8 @@ def _kinds(defaults: Mapping[str, Any] | DictConfig) -> dict[str, str]:
                 kinds[key] = "str"
             elif isinstance(v, bool) and key not in NAMED_SWITCHES:
                 kinds[key] = "bool"
+            elif isinstance(v, list) and all(_is_number(x) for x in v):
+                kinds[key] = "ints" if v and all(isinstance(x, int) for x in v) else "floats"
 
     walk(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig) else defaults, "")
     return kinds
@@ -104,10 +110,11 @@ def _kinds(defaults: Mapping[str, Any] | DictConfig) -> dict[str, str]:
 def _check_values(part: DictConfig, kinds: Mapping[str, str], source: str) -> None:
     """Refuse, naming the key and its file or override, rather than fail deep in training: a
     section replaced by a value (an empty one in a file wiped its defaults), a value that is not
-    a number (or a list of numbers: some such keys take one, e.g. several test sizes) where the
-    default is a number, a fraction where it is a whole number, anything but true or false
-    where the default is one (a quoted "false" is a string, which Python takes as true). A
-    number where the default is a string becomes that string (`train.output_dir=2024`)."""
+    a number where the default is a number, not a list of numbers where it is such a list (the
+    NUMBER_OR_LIST keys take either), a fraction where it is a whole number, anything but true
+    or false where the default is one (a quoted "false" is a string, which Python takes as
+    true). A number where the default is a string becomes that string
+    (`train.output_dir=2024`)."""
     def check(key: str, v: Any) -> None:
         kind = kinds.get(key)
         if kind == "section" and not isinstance(v, Mapping):
@@ -116,12 +123,16 @@ def _check_values(part: DictConfig, kinds: Mapping[str, str], source: str) -> No
             raise ConfigError(f"{key} is a section of keys, got {v!r} in {source}{empty}")
         if kind == "bool" and not isinstance(v, bool) and not _interpolation(v):
             raise ConfigError(f"{key} must be true or false, got {v!r} in {source}")
-        if kind not in ("int", "float") or v is None or _interpolation(v):
+        if kind not in ("int", "float", "ints", "floats") or v is None or _interpolation(v):
             return
         values = v if isinstance(v, list) else [v]
-        if not values or not all(_is_number(x) for x in values):
-            raise ConfigError(f"{key} must be a number, got {v!r} in {source}")
-        if kind == "int" and not key.endswith("epochs"):  # 2.5 epochs exist
+        listed = kind in ("ints", "floats")
+        if (isinstance(v, list) != listed and key not in NUMBER_OR_LIST) or not all(
+                _is_number(x) for x in values) or (not values and not listed):
+            wanted = ("a number or a list of numbers" if key in NUMBER_OR_LIST
+                      else "a list of numbers" if listed else "a number")
+            raise ConfigError(f"{key} must be {wanted}, got {v!r} in {source}")
+        if kind in ("int", "ints") and not key.endswith("epochs"):  # 2.5 epochs exist
             if not all(float(x).is_integer() for x in values):
                 raise ConfigError(f"{key} must be a whole number, got {v!r} in {source}")
             if any(isinstance(x, float) for x in values):  # 1e3: 1000, not 1000.0

@@ -38,7 +38,7 @@ from .logging import ProgressLogger, ScalarWriter, setup_logging
 from .optim import OPTIMIZERS, build_optimizer
 from .preemption import TrainingInterrupted, stop_on_signals
 from .rng import seed_everything
-from .schedule import build_lr_scheduler
+from .schedule import DECAYS, build_lr_scheduler
 from .trainer import PeriodicEval, Trainer
 
 Metrics = dict[str, dict[str, Any]]  # {group ("bbox", "segm", "sem_seg", ...): {name: value}}
@@ -339,6 +339,12 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         raise ValueError(f"train.base_lr is {t.base_lr}: the weights would never change; set a "
                          "positive learning rate")
     compile_backend = parse_compile(t.compile)
+    amp = parse_amp(t.amp)
+    # named before the data is read and the model built, not after
+    for key, value, valid in (("optimizer", t.optimizer, OPTIMIZERS),
+                              ("lr_decay", t.lr_decay, DECAYS)):
+        if value not in valid:
+            raise ValueError(f"unknown train.{key} {value!r}; valid: {', '.join(valid)}")
     output_dir = Path(t.output_dir)
     setup_logging(output_dir)
     batch_size = per_process_batch_size(t.batch_size, "train.batch_size")
@@ -383,7 +389,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
 
     writer = ScalarWriter(output_dir / "tensorboard")
     trainer = Trainer(model=ddp_model, optimizer=optimizer, scheduler=scheduler, step_fn=step_fn,
-                      max_iter=lengths["max_iter"], amp=parse_amp(t.amp),
+                      max_iter=lengths["max_iter"], amp=amp,
                       clip_grad_norm=t.clip_grad_norm or None)
     provenance = task.provenance(cfg) if hasattr(task, "provenance") else None
     checkpointer = Checkpointer(output_dir, model=model, optimizer=optimizer,

@@ -118,8 +118,12 @@ class TTAInference:
 def tta_from_config(cfg: Mapping[str, Any]) -> TTAInference:
     """`TTAInference` from the config's `test` section."""
     t = cfg["test"]
-    return TTAInference(scales=list(t["scales"]), flip=t["flip"],
-                             window=t["window"], stride=t["stride"])
+    try:
+        return TTAInference(scales=list(t["scales"]), flip=t["flip"], window=t["window"],
+                            stride=t["stride"])
+    except (TypeError, ValueError) as e:  # e.g. window: 512 for [512, 512]
+        raise ValueError(f"invalid test section: scales {t['scales']}, window {t['window']}, "
+                         f"stride {t['stride']}: {e}") from None
 
 
 @torch.no_grad()

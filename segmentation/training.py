@@ -28,7 +28,7 @@ from .data import build_dataset, build_test_loader
 from .data import prefer_command_line_sources as resolve_overrides
 from .evaluation import SemSegEvaluator
 from .export import export_segmentor
-from .inference import evaluate_model, tta_from_config
+from .inference import TTAInference, evaluate_model, tta_from_config
 from .predictor import Predictor, build_renderer, placeholder_names
 
 logger = logging.getLogger(__name__)
@@ -107,8 +107,10 @@ class SemSegTask:
     def __init__(self) -> None:
         self.class_names: list[str] = []
         self.cfg: DictConfig | None = None
+        self.tta: TTAInference | None = None
 
     def prepare(self, cfg: DictConfig) -> TaskData:
+        self.tta = tta_from_config(cfg)  # its errors before training, not at the evaluation
         train = build_dataset(cfg, "train")  # checks the data first
         val = build_dataset(cfg, "val") if cfg.data.val.img_dir else None
         if val is not None:
@@ -134,7 +136,7 @@ class SemSegTask:
         assert self.cfg is not None
         evaluator = SemSegEvaluator(len(self.class_names), self.class_names,
                                     self.cfg.model.ignore_index)
-        return evaluate_model(model, loader, evaluator, tta=tta_from_config(self.cfg))
+        return evaluate_model(model, loader, evaluator, tta=self.tta)
 
     def summary(self, metrics: dict[str, dict[str, Any]]) -> str:
         return f"mIoU = {format_metric(metrics.get('sem_seg', {}).get('mIoU'))}"

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from detection import config as detection_config
 from engine.config import ConfigError, load_config, save_config
 
 DEFAULTS = {
@@ -66,16 +67,15 @@ def test_a_value_that_is_not_a_number_where_the_default_is_one_is_named(
         tmp_path: Path) -> None:
     """Before, `train.batch_size=two` failed deep in training with int()'s message."""
     path = write(tmp_path / "c.yaml", "data: {root: /x, size: 160}\n")
-    cfg = load_config(path, ["solver.base_lr=1", "solver.epochs=2.5", "data.size=[640,800]",
-                             "solver.base_lr=1e-4"], defaults=DEFAULTS)
+    cfg = load_config(path, ["solver.base_lr=1", "solver.epochs=2.5", "solver.base_lr=1e-4"],
+                      defaults=DEFAULTS)
     assert cfg.solver.base_lr == 1e-4 and cfg.solver.epochs == 2.5  # fractional epochs exist
-    assert list(cfg.data.size) == [640, 800]  # some size keys take several
     assert load_config(path, ["data.size=null"], defaults=DEFAULTS).data.size is None
     assert_refused(path, [("solver.epochs=two", "solver.epochs must be a number, got 'two' in "
                            "override 'solver.epochs=two'"),
                           ("solver.base_lr=abc", "solver.base_lr must be a number, got 'abc'"),
                           ("solver.base_lr=true", "solver.base_lr must be a number"),
-                          ("data.size=[640,big]", "data.size must be a number")])
+                          ("data.size=[640,800]", "data.size must be a number")])
     bad = write(tmp_path / "bad.yaml", "data: {root: /x, size: big}\n")
     with pytest.raises(ConfigError, match=r"data.size must be a number, got 'big' in "
                                           r".*bad\.yaml"):
@@ -92,7 +92,9 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
                         r"'solver=null'$"),
         ("solver=5", "solver is a section of keys, got 5"),
         ("data.size=160.5", r"data.size must be a whole number, got 160.5 in override"),
-        ("data.size=[640,800.5]", "data.size must be a whole number"),
+        ("solver.steps=5", r"solver.steps must be a list of numbers, got 5 in override"),
+        ("solver.steps=[true]", r"solver.steps must be a list of numbers, got \[True\]"),
+        ("solver.steps=[10,20.5]", "solver.steps must be a whole number"),
         ("solver.steps=[1, 2", r"cannot parse override 'solver.steps=\[1, 2' \(a list "
                                r"with spaces needs quotes: 'solver.steps=\[1, 2\]'\): "
                                r"while parsing"),
@@ -109,6 +111,8 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
     assert cfg.data.size == 100 and cfg.data.root == "0755" and cfg.model.name == "1e3"
     assert isinstance(cfg.data.size, int)  # not 100.0: a whole-number key gets an int
     assert load_config(path, ["data.size=None"], defaults=DEFAULTS).data.size is None
+    steps = load_config(path, ["solver.steps=[1e3]"], defaults=DEFAULTS).solver.steps
+    assert list(steps) == [1000] and isinstance(steps[0], int)
     named = write(tmp_path / "named.yaml", "data: {root: 2024}\n")
     assert load_config(named, defaults=DEFAULTS).data.root == "2024"
 
@@ -131,6 +135,24 @@ def test_a_switch_takes_true_or_false_only_unless_it_also_takes_a_name(tmp_path:
     cfg = load_config(yaml11, ["train.amp=bf16", "train.compile=inductor"], defaults=defaults)
     assert cfg.model.mask_on is True and cfg.train.amp == "bf16" and cfg.data.root == "bf16"
     assert load_config(yaml11, ["model.mask_on=false"], defaults=defaults).model.mask_on is False
+
+
+def test_the_detector_sizes_take_a_number_or_a_list() -> None:
+    """data.train.min_size (drawn per image) and data.val.min_size (the largest tests) take
+    either; `true` was taken as 1 and resized every image to 1 pixel."""
+    config = Path(__file__).resolve().parents[2] / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
+    cfg = detection_config.load_config(config, ["data.train.min_size=800.0",
+                                                "data.val.min_size=[640,800]"])
+    assert cfg.data.train.min_size == 800 and isinstance(cfg.data.train.min_size, int)
+    assert detection_config.test_resize(cfg)[0] == 800
+    either = "a number or a list of numbers, got"
+    for override, expected in (("data.train.min_size=true", f"{either} True"),
+                               ("data.val.min_size=[]", rf"{either} \[\]"),
+                               ("data.val.max_size=[1333]", r"a number, got \[1333\]"),
+                               ("train.max_iter=[100]", r"a number, got \[100\]"),
+                               ("train.lr_steps=5", "a list of numbers, got 5")):
+        with pytest.raises(ConfigError, match=f"{override.split('=')[0]} must be {expected}"):
+            detection_config.load_config(config, [override])
 
 
 def test_unknown_key_in_base_file_names_the_base(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from engine.config import ConfigError
 from segmentation import build_model, load_config
 
 from segmentation.heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead
+from segmentation.training import SemSegTask
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -52,3 +53,19 @@ def test_num_classes_is_required():
     cfg = load_config(CONFIGS / "segmentation" / "fcn_R_50_os8.yaml")
     with pytest.raises(ValueError, match="model.num_classes must be a positive integer"):
         build_model(cfg)
+
+
+def test_a_bad_test_section_is_named_before_the_data_is_read(tmp_path):
+    """`test.window: 512` (for [512, 512]) failed with int()'s message at the evaluation after
+    the whole training; `test.scales: 1.0` now fails as the config loads."""
+    config = CONFIGS / "synthetic" / "deeplabv3plus_R_18_os16.yaml"
+    missing = f"data.train.img_dir={tmp_path / 'no_such_folder'}"
+    for overrides, expected in ((["test.window=512"], r"invalid test section: scales \[0.5, "
+                                 r"0.625\], window 512, stride None: 'int' object is not "
+                                 r"iterable"),
+                                (["test.window=[512,0]"], "window and stride must be two "
+                                                          "positive sizes")):
+        with pytest.raises(ValueError, match=expected):
+            SemSegTask().prepare(load_config(config, overrides + [missing]))
+    with pytest.raises(ConfigError, match="test.scales must be a list of numbers, got 1.0"):
+        load_config(config, ["test.scales=1.0"])

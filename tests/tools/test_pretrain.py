@@ -269,9 +269,12 @@ def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
     colour_tree(tmp_path / "data", train_per_class=2, val_per_class=1)
     with pytest.raises(ValueError, match="train.batch_size 64 exceeds the 4 training images"):
         tool.main(overrides(tmp_path / "data", tmp_path / "o", **{"train.batch_size": 64}))
-    with pytest.raises(ValueError, match="unknown lr decay 'linear'"):
-        tool.main(overrides(tmp_path / "data", tmp_path / "o", **{"train.lr_decay": "linear",
-                                                                 "train.batch_size": 2}))
+    for key, value, valid in (("lr_decay", "linear", "cosine, poly, step"),
+                              ("optimizer", "adam", "sgd, adamw")):
+        with pytest.raises(ValueError, match=f"unknown train.{key} '{value}'; valid: {valid}$"):
+            tool.main(overrides(tmp_path / "data", tmp_path / key,
+                                **{f"train.{key}": value, "train.batch_size": 2}))
+        assert not (tmp_path / key).exists()  # refused before the run began
     with pytest.raises(ValueError, match="unknown config key 'solver' in override 'solver.lr=0.1'"):
         tool.main(overrides(tmp_path / "data", tmp_path / "o", **{"solver.lr": 0.1}))
 
