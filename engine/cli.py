@@ -5,15 +5,27 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .distributed import cleanup, init_distributed, is_main_process
-from .config import parse_bool
+from .config import ConfigError, parse_bool
 from .host_memory import cache_host_memory
 from .preemption import TrainingInterrupted
 from .runner import run_training
 from .tasks import load_task_config, task_module
+
+
+def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
+    """A tool's command line: `main(sys.argv[1:])`, where a config error (its message names the
+    key and its file or override) prints as one line, as argparse's usage errors do, instead of
+    a traceback, and exits with 2."""
+    try:
+        main(sys.argv[1:])
+    except ConfigError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def config_argument_parser(description: str | None, *,

@@ -37,6 +37,7 @@ from backbones.studies.run import STUDIES, run_study  # noqa: E402
 from engine import TrainingInterrupted, load_config, save_config, setup_logging  # noqa: E402
 from engine.config import load_defaults  # noqa: E402
 from engine.tasks import refuse_other_task_config  # noqa: E402
+from engine.cli import run_tool  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs/analyze/cifar_synthetic.yaml"
 
@@ -77,4 +78,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_tool(main)

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import setup_logging  # noqa: E402
-from engine.cli import config_argument_parser  # noqa: E402
+from engine.cli import config_argument_parser, run_tool  # noqa: E402
 from engine.data import UnreadableImageError, listing  # noqa: E402
 from engine.tasks import config_task, task_module  # noqa: E402
 from engine.visualize import (VIDEO_SUFFIXES, expand_inputs, output_paths, run_image,  # noqa: E402
@@ -73,4 +73,4 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_tool(main)

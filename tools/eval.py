@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import cleanup, init_distributed, setup_logging  # noqa: E402
-from engine.cli import config_argument_parser  # noqa: E402
+from engine.cli import config_argument_parser, run_tool  # noqa: E402
 from engine.tasks import config_task, task_module  # noqa: E402
 
 
@@ -58,4 +58,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_tool(main)

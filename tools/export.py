@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import setup_logging  # noqa: E402
-from engine.cli import config_argument_parser  # noqa: E402
+from engine.cli import config_argument_parser, run_tool  # noqa: E402
 from engine.export import INSTALL_HINT, ExportError, is_onnx  # noqa: E402
 from engine.tasks import TASK_MODULES, config_task, task_module  # noqa: E402
 
@@ -62,4 +62,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_tool(main)
