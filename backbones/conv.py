@@ -119,9 +119,17 @@ def weight_grad_as_shifted_gemms(grad: Tensor, x: Tensor, weight: Tensor, stride
     return taps.permute(2, 3, 0, 1).contiguous()
 
 
+def _float32_matmuls() -> bool:
+    """False where float32 matrix products run in bf16 on the CPU (set_float32_matmul_precision
+    "medium"): the products would carry bf16's error into the whole convolution, which PyTorch's
+    own keeps in float32."""
+    matmul = getattr(torch.backends.mkldnn, "matmul", None)
+    return getattr(matmul, "fp32_precision", "none") in ("none", "ieee", "tf32")
+
+
 def _float32_on_cpu(x: Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and not torch.is_autocast_enabled("cpu"))
+            and not torch.is_autocast_enabled("cpu") and _float32_matmuls())
 
 
 def _float32_on_avx2(x: Tensor) -> bool:

@@ -78,8 +78,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _interpolation(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith("${")
+def _deferred(value: Any) -> bool:
+    """A ${...} interpolation or the mandatory ???: a value known only once resolved."""
+    return isinstance(value, str) and (value.startswith("${") or value == "???")
 
 
 def _kinds(defaults: Mapping[str, Any] | DictConfig) -> dict[str, str]:
@@ -121,21 +122,24 @@ def _check_values(part: DictConfig, kinds: Mapping[str, str], source: str) -> No
             empty = " (a section left empty in a file: give it keys or remove it)" \
                 if v is None and not source.startswith("override") else ""
             raise ConfigError(f"{key} is a section of keys, got {v!r} in {source}{empty}")
-        if kind == "bool" and not isinstance(v, bool) and not _interpolation(v):
+        if kind == "bool" and not isinstance(v, bool) and not _deferred(v):
             raise ConfigError(f"{key} must be true or false, got {v!r} in {source}")
-        if kind not in ("int", "float", "ints", "floats") or v is None or _interpolation(v):
+        if kind not in ("int", "float", "ints", "floats") or v is None or _deferred(v):
             return
         values = v if isinstance(v, list) else [v]
+        numbers = [x for x in values if not _deferred(x)]
         listed = kind in ("ints", "floats")
-        if (isinstance(v, list) != listed and key not in NUMBER_OR_LIST) or not all(
-                _is_number(x) for x in values) or (not values and not listed):
-            wanted = ("a number or a list of numbers" if key in NUMBER_OR_LIST
+        either = key in NUMBER_OR_LIST
+        if (isinstance(v, list) != listed and not either) or not all(
+                _is_number(x) for x in numbers) or (not values and (either or not listed)):
+            wanted = ("a number or a list of numbers" if either
                       else "a list of numbers" if listed else "a number")
             raise ConfigError(f"{key} must be {wanted}, got {v!r} in {source}")
         if kind in ("int", "ints") and not key.endswith("epochs"):  # 2.5 epochs exist
-            if not all(float(x).is_integer() for x in values):
+            if not all(float(x).is_integer() for x in numbers):
                 raise ConfigError(f"{key} must be a whole number, got {v!r} in {source}")
-            if any(isinstance(x, float) for x in values):  # 1e3: 1000, not 1000.0
+            if len(numbers) == len(values) and any(isinstance(x, float) for x in values):
+                # 1e3: 1000, not 1000.0
                 whole = [int(x) for x in values]
                 OmegaConf.update(part, key, whole if isinstance(v, list) else whole[0])
 

@@ -43,6 +43,8 @@ class WarmupDecay:
             raise ValueError(f"unknown lr decay {decay!r}; valid: {', '.join(DECAYS)}")
         if max_iter <= 0:
             raise ValueError(f"max_iter must be positive, got {max_iter}")
+        if any(not float(s).is_integer() for s in steps):
+            raise ValueError(f"lr steps must be whole iterations, got {list(steps)}")
         steps = [int(s) for s in steps]
         if steps != sorted(steps) or any(s <= 0 or s > max_iter for s in steps):
             raise ValueError(f"lr steps must be increasing iterations in 1..{max_iter}, "

@@ -170,6 +170,20 @@ def test_routes_only_where_it_was_measured_faster(avx2_cpu: None) -> None:
                               (1, 1), (1, 1), (1, 1), 1)
 
 
+def test_not_where_float32_products_run_in_bf16(avx2_cpu: None) -> None:
+    """set_float32_matmul_precision("medium") makes the products bf16 on CPUs with bf16
+    kernels (10 % error on an Intel Xeon), not PyTorch's convolution."""
+    matmul = torch.backends.mkldnn.matmul
+    previous = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "bf16"
+        assert not route(decoder_map())
+        matmul.fp32_precision = "tf32"  # "high": float32 on CPUs
+        assert route(decoder_map())
+    finally:
+        matmul.fp32_precision = previous
+
+
 @pytest.fixture
 def winograd_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     """The input shapes of every Winograd forward (Winograd3x3 calls it by module name)."""

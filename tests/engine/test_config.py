@@ -113,6 +113,11 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
     assert load_config(path, ["data.size=None"], defaults=DEFAULTS).data.size is None
     steps = load_config(path, ["solver.steps=[1e3]"], defaults=DEFAULTS).solver.steps
     assert list(steps) == [1000] and isinstance(steps[0], int)
+    derived = write(tmp_path / "derived.yaml", "data:\n  root: /x\n  size: 96\nsolver:\n"
+                    "  steps: ['${data.size}', 200]\n  base_lr: ???\n")
+    cfg = load_config(derived, ["solver.base_lr=0.1"], defaults=DEFAULTS)
+    assert list(cfg.solver.steps) == [96, 200]  # an interpolated element resolves later
+    assert load_config(derived, defaults=DEFAULTS).solver.base_lr == 0.1  # ??? merges nothing
     named = write(tmp_path / "named.yaml", "data: {root: 2024}\n")
     assert load_config(named, defaults=DEFAULTS).data.root == "2024"
 
@@ -148,6 +153,7 @@ def test_the_detector_sizes_take_a_number_or_a_list() -> None:
     either = "a number or a list of numbers, got"
     for override, expected in (("data.train.min_size=true", f"{either} True"),
                                ("data.val.min_size=[]", rf"{either} \[\]"),
+                               ("data.train.min_size=[]", rf"{either} \[\]"),
                                ("data.val.max_size=[1333]", r"a number, got \[1333\]"),
                                ("train.max_iter=[100]", r"a number, got \[100\]"),
                                ("train.lr_steps=5", "a list of numbers, got 5")):

@@ -90,3 +90,6 @@ def test_invalid_arguments_are_named() -> None:
         WarmupDecay(max_iter=10, decay="linear")
     with pytest.raises(ValueError, match="increasing iterations in 1..10"):
         WarmupDecay(max_iter=10, decay="step", steps=[8, 4])
+    with pytest.raises(ValueError, match=r"lr steps must be whole iterations, got \[4.5\]"):
+        WarmupDecay(max_iter=10, decay="step", steps=[4.5])  # was cut to 4
+    assert WarmupDecay(max_iter=10, decay="step", steps=[4.0]).steps == [4]
