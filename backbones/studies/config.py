@@ -107,8 +107,18 @@ def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
     """Load the data, pick the device and thread count, and gather the settings of `study`."""
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
-    for depth in (cfg.model.depth, *cfg.degradation.depths):  # fail before loading data
-        arch_name(cfg.model.family, depth, True)
+    if "residual" in cfg.model.options:
+        raise ValueError("model.options.residual would make both twins of a study alike; the "
+                         "studies build the residual net and its plain twin themselves")
+    depths = {"model.depth": [cfg.model.depth]}
+    if study == "degradation":
+        depths["degradation.depths"] = list(cfg.degradation.depths)
+    for key, values in depths.items():  # fail before loading data
+        for depth in values:
+            try:
+                arch_name(cfg.model.family, depth, True)
+            except ValueError as e:
+                raise ValueError(f"{key}: {e}") from None
     device = init_distributed(cfg.train.device)
     d = cfg.data
     train, val = load_splits(d.root, train_split=d.train_split, val_split=d.val_split,

@@ -81,18 +81,19 @@ def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> Study
     model = build_classifier(arch, len(ctx.train.class_names), config_prefix="model.options.",
                              **ctx.options)
     sampler = apply_path_sampling(model.backbone, **ctx.path_sampling) if residual else None
+    provenance = make_provenance(arch, ctx.options, class_names=ctx.train.class_names,
+                                 config=ctx.config, pixel_mean=tuple(ctx.pixel_mean),
+                                 pixel_std=tuple(ctx.pixel_std))
     logger.info("training %s for %d iterations", arch, ctx.recipe.iterations)
     history = train_classifier(model, ctx.train, ctx.val, recipe=ctx.recipe,
                                pixel_mean=ctx.pixel_mean, pixel_std=ctx.pixel_std,
                                device=ctx.device, output_dir=ctx.output_dir / "runs" / arch,
-                               name=arch, eval_batch_size=ctx.eval_batch_size)
+                               name=arch, eval_batch_size=ctx.eval_batch_size,
+                               provenance=provenance)
     setup_logging(ctx.output_dir)  # the runner logged to the run's folder
     if sampler is not None:
         sampler.remove()
     path = ctx.output_dir / "models" / f"{arch}.pth"
-    provenance = make_provenance(arch, ctx.options, class_names=ctx.train.class_names,
-                                 config=ctx.config, pixel_mean=tuple(ctx.pixel_mean),
-                                 pixel_std=tuple(ctx.pixel_std))
     save_checkpoint(path, model.state_dict(), provenance, iteration=ctx.recipe.iterations)
     return StudyModel(label=arch, arch=arch, model=model.eval(), pixel_mean=ctx.pixel_mean,
                       pixel_std=ctx.pixel_std, source=f"trained here, saved to {path}",
@@ -123,6 +124,9 @@ def load_study_model(path: str | os.PathLike, ctx: StudyContext) -> StudyModel:
     else:
         arch, options = ctx.arch(ctx.depth, True), dict(ctx.options)
         mean, std = ctx.pixel_mean, ctx.pixel_std
+        # a plain net's weights load into its residual twin too (option-A shortcuts have none)
+        logger.warning("weights file %s records no architecture: analyzed as %s (residual, "
+                       "model.family and model.depth)", path, arch)
     if fc.shape[0] != len(class_names):
         raise ValueError(f"weights file {path} predicts {fc.shape[0]} classes, the data has "
                          f"{len(class_names)}")

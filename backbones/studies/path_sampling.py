@@ -45,7 +45,8 @@ def branch_output_module(block: ResidualBlock) -> nn.Module:
 
 def sample_subsets(n: int, k: int, count: int,
                    generator: torch.Generator | None = None) -> list[tuple[int, ...]]:
-    """`count` random k-subsets of range(n) (sorted tuples), or all of them when there are fewer.
+    """`count` distinct random k-subsets of range(n) (sorted tuples), or all of them when there
+    are no more.
 
     Args:
         n: set size.
@@ -57,8 +58,10 @@ def sample_subsets(n: int, k: int, count: int,
         raise ValueError(f"subset size k={k} must be in 0..{n}")
     if math.comb(n, k) <= count:
         return list(itertools.combinations(range(n), k))
-    return [tuple(sorted(torch.randperm(n, generator=generator)[:k].tolist()))
-            for _ in range(count)]
+    drawn: dict[tuple[int, ...], None] = {}  # in the order drawn
+    while len(drawn) < count:
+        drawn[tuple(sorted(torch.randperm(n, generator=generator)[:k].tolist()))] = None
+    return list(drawn)
 
 
 def drop_path_rates(n: int, rate: float, schedule: str) -> list[float]:

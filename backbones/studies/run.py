@@ -182,8 +182,10 @@ def run_paths(ctx: StudyContext, weights: Sequence[str], *, samples_per_k: int, 
                   len(samples[k]), f"{effective[k]:.6g}") for k in range(n + 1)]
         logger.info("%s: %d blocks, paths average length %.1f, the gradient's %.1f", m.label, n,
                     n / 2, mean_length)
+    used = len(order)  # paths.batches x paths.batch_size, or all the training images
     title = (f"Effective paths of {_names(models)}\n"
-             f"on {batches}x{batch_size} training images of {ctx.describe_data()}")
+             f"on {used} training images ({-(-used // batch_size)} batches) of "
+             f"{ctx.describe_data()}")
     return _write(ctx, "paths", ("model", "k", "blocks", "probability", "grad_magnitude",
                                  "grad_magnitude_std", "samples", "effective_share"), rows,
                   {"models": results}, lambda path, t: plot_paths(results, path, t), title,

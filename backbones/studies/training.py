@@ -104,8 +104,10 @@ class StudyTask:
 
     def __init__(self, model: nn.Module, train: ClassificationSplit, val: ClassificationSplit, *,
                  recipe: Recipe, pixel_mean: Sequence[float], pixel_std: Sequence[float],
-                 label: str, eval_batch_size: int) -> None:
+                 label: str, eval_batch_size: int,
+                 provenance: dict[str, Any] | None = None) -> None:
         self.model = model
+        self._provenance = provenance
         self.label = label
         self.eval_batch_size = eval_batch_size
         self.datasets = [SplitDataset(split, pixel_mean=pixel_mean, pixel_std=pixel_std,
@@ -122,6 +124,10 @@ class StudyTask:
 
     def build_model(self, cfg: DictConfig) -> nn.Module:
         return self.model
+
+    def provenance(self, cfg: DictConfig) -> dict[str, Any] | None:
+        """What the run's checkpoints record (an interrupted run's are --weights too)."""
+        return self._provenance
 
     def losses(self, model: nn.Module, batch: list[dict[str, Any]],
                device: torch.device) -> Mapping[str, torch.Tensor]:
@@ -175,7 +181,8 @@ def recipe_config(recipe: Recipe, output_dir: str | os.PathLike, device: torch.d
 def train_classifier(model: nn.Module, train: ClassificationSplit, val: ClassificationSplit, *,
                      recipe: Recipe, pixel_mean: Sequence[float], pixel_std: Sequence[float],
                      device: torch.device, output_dir: str | os.PathLike, name: str = "model",
-                     eval_batch_size: int = 256) -> TrainHistory:
+                     eval_batch_size: int = 256,
+                     provenance: dict[str, Any] | None = None) -> TrainHistory:
     """Train `model` in place on `train`, evaluating on `val` every `recipe.eval_period` steps.
 
     Args:
@@ -188,6 +195,7 @@ def train_classifier(model: nn.Module, train: ClassificationSplit, val: Classifi
         output_dir: the run's folder (config, log, tensorboard, last checkpoint).
         name: shown in the progress lines.
         eval_batch_size: images per evaluation forward pass.
+        provenance: recorded in the run's checkpoints (architecture, options, normalization).
 
     Returns:
         The error curves.
@@ -196,7 +204,8 @@ def train_classifier(model: nn.Module, train: ClassificationSplit, val: Classifi
         raise ValueError(f"batch size {recipe.batch_size} must be in 1..{len(train)} "
                          f"(the training images of {train.source})")
     task = StudyTask(model, train, val, recipe=recipe, pixel_mean=pixel_mean,
-                     pixel_std=pixel_std, label=name, eval_batch_size=eval_batch_size)
+                     pixel_std=pixel_std, label=name, eval_batch_size=eval_batch_size,
+                     provenance=provenance)
     run_training(task, recipe_config(recipe, output_dir, device), device)
     model.eval()
     return task.history

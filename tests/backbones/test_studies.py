@@ -85,6 +85,9 @@ def test_sample_subsets_enumerates_when_few_and_samples_otherwise():
     assert len(drawn) == 7
     assert all(len(s) == 4 == len(set(s)) and list(s) == sorted(s) and max(s) < 9
                for s in drawn)
+    # 8 of the 9 single blocks: drawn with replacement, the seed gave 5 distinct ones
+    singles = sample_subsets(9, 1, 8, torch.Generator().manual_seed(0))
+    assert len(set(singles)) == 8
     with pytest.raises(ValueError, match="k=5"):
         sample_subsets(4, 5, 1)
 

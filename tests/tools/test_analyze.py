@@ -157,12 +157,24 @@ def test_bad_usage_gives_clear_errors(image_folder, tmp_path):
     with pytest.raises(ConfigError, match=r"faster_rcnn_R_18_FPN.yaml is for task 'detection', "
                                           r"not 'analyze': tools/train.py"):
         analyze.main(["degradation", "--config", str(detector), "--output", str(tmp_path / "d")])
+    with pytest.raises(ValueError, match="model.options.residual would make both twins"):
+        run("lesion", tmp_path / "twins", image_folder, "model.options.residual=true")
+    with pytest.raises(ValueError, match=r"degradation.depths: model.family='cifar_resnet' "
+                                          r"with depth 21"):
+        run("degradation", tmp_path / "d", image_folder, "degradation.depths=[20,21]")
     run("responses", tmp_path / "r", image_folder)
     plain = tmp_path / "r" / "models" / "plain_cifar_resnet20.pth"
-    with pytest.raises(ValueError, match="plain"):
-        run("paths", tmp_path / "p", image_folder, weights=[plain])
+    # an interrupted run's checkpoint: the plain net's own architecture, not its residual twin
+    run_checkpoint = tmp_path / "r" / "runs" / "plain_cifar_resnet20" / "model_0000002.pth"
+    for weights in (plain, run_checkpoint):
+        with pytest.raises(ValueError, match="plain"):
+            run("paths", tmp_path / "p", image_folder, weights=[weights])
     with pytest.raises(FileNotFoundError, match="make_synthetic"):
         run("lesion", tmp_path / "l", tmp_path / "missing")
+    # degradation.depths' defaults (20, 56) are no resnet depths: checked for degradation only
+    with pytest.raises(FileNotFoundError, match="make_synthetic"):
+        run("lesion", tmp_path / "l", tmp_path / "missing", "model.family=resnet",
+            "model.depth=18")
     other = tmp_path / "other"
     for split in ("train", "val"):
         for name in ("x", "y", "z"):
