@@ -64,7 +64,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     cfg = load_config(args.config, args.overrides, defaults=load_defaults(BASE_CONFIG),
                       open_keys=OPEN_KEYS)
     setup_logging(output)
-    save_config(cfg, output / f"{args.study}_config.yaml")
     ctx = build_context_from_config(cfg, output, args.study)
     try:
         written = run_study(args.study, ctx, cfg, args.weights)
@@ -72,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         print(f"{args.study}: {stopped.signal_name} stopped a training; a study does not "
               "resume: run the command again", file=sys.stderr, flush=True)
         raise SystemExit(stopped.exit_code) from None
+    # with the results it describes: a stopped rerun leaves the earlier pair as it was
+    save_config(cfg, output / f"{args.study}_config.yaml")
     print(f"{args.study}: picture at {written['png']} (numbers: {written['csv']}, "
           f"{written['json']})", flush=True)
     return written

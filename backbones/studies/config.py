@@ -107,6 +107,13 @@ def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
     """Load the data, pick the device and thread count, and gather the settings of `study`."""
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
+    d = cfg.data
+    if not d.image_size >= 1:
+        raise ValueError(f"data.image_size must be at least 1 pixel, got {d.image_size}")
+    for key in ("pixel_mean", "pixel_std"):
+        if len(d[key]) != 3 or (key == "pixel_std" and min(d[key]) <= 0):
+            raise ValueError(f"data.{key} must be 3 values (R, G, B)"
+                             f"{', each above 0' if key == 'pixel_std' else ''}, got {d[key]}")
     if "residual" in cfg.model.options:
         raise ValueError("model.options.residual would make both twins of a study alike; the "
                          "studies build the residual net and its plain twin themselves")
@@ -120,7 +127,6 @@ def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
             except ValueError as e:
                 raise ValueError(f"{key}: {e}") from None
     device = init_distributed(cfg.train.device)
-    d = cfg.data
     train, val = load_splits(d.root, train_split=d.train_split, val_split=d.val_split,
                              image_size=d.image_size, max_train=d.max_train,
                              max_val=d.max_val, seed=cfg.train.seed)

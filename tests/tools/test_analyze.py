@@ -169,6 +169,15 @@ def test_bad_usage_gives_clear_errors(image_folder, tmp_path):
     for weights in (plain, run_checkpoint):
         with pytest.raises(ValueError, match="plain"):
             run("paths", tmp_path / "p", image_folder, weights=[weights])
+    # the config is written with the results it describes, not before them
+    assert (tmp_path / "r" / "responses_config.yaml").is_file()
+    assert not (tmp_path / "p" / "paths_config.yaml").exists()
+    for override, message in (("data.image_size=0", "data.image_size must be at least 1 pixel"),
+                              ("data.pixel_mean=[1,2]", r"data.pixel_mean must be 3 values"),
+                              ("data.pixel_std=[1,0,1]", r"pixel_std must be 3 values \(R, G, "
+                                                         r"B\), each above 0, got \[1, 0, 1\]")):
+        with pytest.raises(ValueError, match=message):
+            run("lesion", tmp_path / "bad", image_folder, override)
     with pytest.raises(FileNotFoundError, match="make_synthetic"):
         run("lesion", tmp_path / "l", tmp_path / "missing")
     # degradation.depths' defaults (20, 56) are no resnet depths: checked for degradation only
