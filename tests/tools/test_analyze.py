@@ -175,7 +175,8 @@ def test_bad_usage_gives_clear_errors(image_folder, tmp_path):
     for override, message in (("data.image_size=0", "data.image_size must be at least 1 pixel"),
                               ("data.pixel_mean=[1,2]", r"data.pixel_mean must be 3 values"),
                               ("data.pixel_std=[1,0,1]", r"pixel_std must be 3 values \(R, G, "
-                                                         r"B\), each above 0, got \[1, 0, 1\]")):
+                                                         r"B\), each above 0, got \[1, 0, 1\]"),
+                              ("solver.base_lr=-1", "solver.base_lr is -1")):
         with pytest.raises(ValueError, match=message):
             run("lesion", tmp_path / "bad", image_folder, override)
     with pytest.raises(FileNotFoundError, match="make_synthetic"):
