@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -58,7 +59,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(io.BytesIO(read_checked_bytes(path)), map_location="cpu",
                          weights_only=True)
-    except Exception as e:  # truncated zip, pickle that is not weights-only, ...
+    except pickle.UnpicklingError as e:
+        # not torch's advice to load with weights_only=False: for a file of unknown origin
+        # that runs its code; the reason is the part after the unpickler's name
+        reason = str(e).split("WeightsUnpickler error:")[-1].split("\n\nCheck the")[0].strip()
+        raise ValueError(f"cannot read weights file {path}: it holds more than tensors, or is "
+                         f"no PyTorch file ({reason}): a damaged or partial download, another "
+                         f"format, or a whole pickled model (save its state_dict() instead)"
+                         ) from e
+    except Exception as e:  # truncated zip, a damaged file's checksum, ...
         raise ValueError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
     if not isinstance(obj, dict):
         raise ValueError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")

@@ -83,6 +83,18 @@ def test_truncated_file_is_an_error_naming_the_file(tmp_path):
         backbones.build_classifier("resnet18", 1000, weights=path)
 
 
+def test_a_file_of_no_tensors_is_named_without_advice_to_run_its_code(tmp_path):
+    """torch.load's text advised weights_only=False, which runs a file's code: wrong advice
+    for random bytes or a file of unknown origin."""
+    path = tmp_path / "random.pth"
+    path.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(ValueError, match=r"cannot read weights file .*random.pth: it holds more "
+                                         r"than tensors, or is no PyTorch file \(Unsupported "
+                                         r"operand \d+\): a damaged") as refused:
+        backbones.build_classifier("resnet18", 1000, weights=path)
+    assert "weights_only" not in str(refused.value)
+
+
 def test_missing_file_is_an_error_naming_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.pth"):
         backbones.build("resnet18", weights=tmp_path / "nothere.pth")
