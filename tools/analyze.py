@@ -71,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         print(f"{args.study}: {stopped.signal_name} stopped a training; a study does not "
               "resume: run the command again", file=sys.stderr, flush=True)
         raise SystemExit(stopped.exit_code) from None
+    except KeyboardInterrupt:  # Ctrl-C in the analysis after the trainings
+        print(f"{args.study}: Ctrl-C stopped the analysis before its results were written; "
+              f"nets trained so far are in {output / 'models'} (--weights): run the command "
+              f"again", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     # with the results it describes: a stopped rerun leaves the earlier pair as it was
     save_config(cfg, output / f"{args.study}_config.yaml")
     print(f"{args.study}: picture at {written['png']} (numbers: {written['csv']}, "

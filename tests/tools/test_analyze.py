@@ -148,6 +148,20 @@ def test_cifar_batches_as_data_root(tmp_path):
     assert len(rows) == 2 * BLOCKS
 
 
+def test_ctrl_c_in_the_analysis_says_what_is_kept(image_folder, tmp_path, capsys,
+                                                  monkeypatch):
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(analyze, "run_study", stopped)
+    with pytest.raises(SystemExit) as exit_info:
+        run("lesion", tmp_path, image_folder)
+    assert exit_info.value.code == 130
+    assert "lesion: Ctrl-C stopped the analysis before its results were written; nets trained " \
+           f"so far are in {tmp_path / 'models'} (--weights)" in capsys.readouterr().err
+    assert not (tmp_path / "lesion_config.yaml").exists()
+
+
 def test_bad_usage_gives_clear_errors(image_folder, tmp_path):
     with pytest.raises(ConfigError, match="lesion.drawz"):
         run("lesion", tmp_path, image_folder, "lesion.drawz=3")
