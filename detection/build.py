@@ -92,10 +92,7 @@ def build_backbone(cfg: Mapping[str, Any]) -> tuple[nn.Module, nn.Module | None]
     if not fcfg["enabled"]:
         return resnet, res5
     top_block = fcfg["top_block"]
-    if top_block not in (None, *TOP_BLOCKS):
-        raise ValueError(
-            f"unknown model.fpn.top_block {top_block!r}; valid: {', '.join(TOP_BLOCKS)} or null"
-        )
+    _check_top_block(top_block)
     _shapes_of(resnet, list(fcfg["in_features"]), "model.fpn.in_features")
     fpn = FPN(
         bottom_up=resnet,
@@ -235,10 +232,7 @@ def build_roi_heads(
         res5: the res5 stage for a res5 head, else None.
     """
     hcfg = cfg["roi_heads"]
-    if hcfg["name"] not in ROI_HEADS:
-        raise ValueError(
-            f"unknown model.roi_heads.name {hcfg['name']!r}; valid: {', '.join(ROI_HEADS)}"
-        )
+    _check_roi_heads_name(hcfg["name"])
     in_features = list(hcfg["in_features"])
     missing = [f for f in in_features if f not in shapes]
     if missing:
@@ -302,6 +296,25 @@ def build_roi_heads(
         mask_rois_per_image=hcfg["mask_rois_per_image"],
         **common,
     )
+
+
+def _check_top_block(top_block: str | None) -> None:
+    if top_block not in (None, *TOP_BLOCKS):
+        raise ValueError(
+            f"unknown model.fpn.top_block {top_block!r}; valid: {', '.join(TOP_BLOCKS)} or null"
+        )
+
+
+def _check_roi_heads_name(name: str) -> None:
+    if name not in ROI_HEADS:
+        raise ValueError(f"unknown model.roi_heads.name {name!r}; valid: {', '.join(ROI_HEADS)}")
+
+
+def check_choices(cfg: Mapping[str, Any] | DictConfig) -> None:
+    """The model's named choices, before the training data is read (build_model checks them
+    again where they are used)."""
+    _check_top_block(cfg["model"]["fpn"]["top_block"])
+    _check_roi_heads_name(cfg["model"]["roi_heads"]["name"])
 
 
 def build_model(cfg: Mapping[str, Any] | DictConfig) -> GeneralizedRCNN:

@@ -30,7 +30,7 @@ from engine.export import METADATA_FILE, ExportError, is_onnx, model_path
 from engine.files import nan_to_none
 from engine.runner import TaskData, format_metric
 
-from .build import build_model
+from .build import build_model, check_choices
 from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
 from .data import DetectionDataset, build_transforms
 from .evaluation import COCOEvaluator, coco_backend
@@ -231,6 +231,7 @@ class DetectionTask:
         self.evaluator: COCOEvaluator | None = None
 
     def prepare(self, cfg: DictConfig) -> TaskData:
+        check_choices(cfg)
         backend = coco_backend(cfg)
         data = build_datasets(cfg)
         resolve_num_classes(cfg, data.mapping)

@@ -123,8 +123,7 @@ def build_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
     """
     hcfg = cfg["head"]
     name = hcfg["name"]
-    if name not in HEADS:
-        raise ValueError(f"unknown model.head.name {name!r}; valid: {', '.join(HEADS)}")
+    check_choices({"model": cfg})
     deep = _shape(shapes, hcfg["in_feature"], "model.head.in_feature")
     common = {"num_classes": num_classes, "loss_name": "loss_sem_seg",
               "loss_weight": hcfg["loss_weight"], "ignore_index": cfg["ignore_index"]}
@@ -163,6 +162,14 @@ def build_aux_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
                    channels=acfg["channels"], norm=cfg["head"]["norm"],
                    dropout=acfg["dropout"], num_classes=num_classes, loss_name="loss_aux",
                    loss_weight=acfg["loss_weight"], ignore_index=cfg["ignore_index"])
+
+
+def check_choices(cfg: Mapping[str, Any] | DictConfig) -> None:
+    """The model's named choices, before the training data is read (build_model checks them
+    again where they are used)."""
+    name = cfg["model"]["head"]["name"]
+    if name not in HEADS:
+        raise ValueError(f"unknown model.head.name {name!r}; valid: {', '.join(HEADS)}")
 
 
 def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:

@@ -23,7 +23,7 @@ from engine.files import nan_to_none
 from engine.data import CountedLoader
 from engine.runner import LEFT_OUT, TaskData, format_metric
 
-from .build import BASE_CONFIG, build_model, load_config, provenance_from_config
+from .build import BASE_CONFIG, build_model, check_choices, load_config, provenance_from_config
 from .data import build_dataset, build_test_loader
 from .data import prefer_command_line_sources as resolve_overrides
 from .evaluation import SemSegEvaluator
@@ -110,6 +110,7 @@ class SemSegTask:
         self.tta: TTAInference | None = None
 
     def prepare(self, cfg: DictConfig) -> TaskData:
+        check_choices(cfg)
         self.tta = tta_from_config(cfg)  # its errors before training, not at the evaluation
         train = build_dataset(cfg, "train")  # checks the data first
         val = build_dataset(cfg, "val") if cfg.data.val.img_dir else None

@@ -57,14 +57,17 @@ def test_num_classes_is_required():
 
 def test_a_bad_test_section_is_named_before_the_data_is_read(tmp_path):
     """`test.window: 512` (for [512, 512]) failed with int()'s message at the evaluation after
-    the whole training; `test.scales: 1.0` now fails as the config loads."""
+    the whole training; `test.scales: 1.0` now fails as the config loads; a head's name is
+    checked before the data is read too."""
     config = CONFIGS / "synthetic" / "deeplabv3plus_R_18_os16.yaml"
     missing = f"data.train.img_dir={tmp_path / 'no_such_folder'}"
     for overrides, expected in ((["test.window=512"], r"invalid test section: scales \[0.5, "
                                  r"0.625\], window 512, stride None: 'int' object is not "
                                  r"iterable"),
                                 (["test.window=[512,0]"], "window and stride must be two "
-                                                          "positive sizes")):
+                                                          "positive sizes"),
+                                (["model.head.name=deeplabv3plsu"], "unknown model.head.name "
+                                 "'deeplabv3plsu'; valid: ")):
         with pytest.raises(ValueError, match=expected):
             SemSegTask().prepare(load_config(config, overrides + [missing]))
     with pytest.raises(ConfigError, match="test.scales must be a list of numbers, got 1.0"):
