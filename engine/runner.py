@@ -132,11 +132,19 @@ def _lengths(cfg: DictConfig, train_size: int) -> dict[str, Any]:
             "warmup_iters": round(t.warmup_epochs * per_epoch), "per_epoch": per_epoch}
 
 
+def check_train_choices(t: DictConfig) -> None:
+    """train.optimizer and train.lr_decay, named by their keys (run_training checks them before
+    the data is read and the model built)."""
+    for key, value, valid in (("optimizer", t.optimizer, OPTIMIZERS),
+                              ("lr_decay", t.lr_decay, DECAYS)):
+        if value not in valid:
+            raise ValueError(f"unknown train.{key} {value!r}; valid: {', '.join(valid)}")
+
+
 def build_optimizer_from_config(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     """`train.optimizer` (SGD or AdamW) over the trainable parameters."""
     t = cfg.train
-    if t.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown train.optimizer {t.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    check_train_choices(t)
     return build_optimizer(model, name=t.optimizer, lr=t.base_lr, weight_decay=t.weight_decay,
                            momentum=t.momentum, nesterov=t.nesterov)
 
@@ -340,11 +348,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
                          "positive learning rate")
     compile_backend = parse_compile(t.compile)
     amp = parse_amp(t.amp)
-    # named before the data is read and the model built, not after
-    for key, value, valid in (("optimizer", t.optimizer, OPTIMIZERS),
-                              ("lr_decay", t.lr_decay, DECAYS)):
-        if value not in valid:
-            raise ValueError(f"unknown train.{key} {value!r}; valid: {', '.join(valid)}")
+    check_train_choices(t)
     output_dir = Path(t.output_dir)
     setup_logging(output_dir)
     batch_size = per_process_batch_size(t.batch_size, "train.batch_size")

@@ -123,7 +123,7 @@ def build_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
     """
     hcfg = cfg["head"]
     name = hcfg["name"]
-    check_choices({"model": cfg})
+    _check_head_name(name)
     deep = _shape(shapes, hcfg["in_feature"], "model.head.in_feature")
     common = {"num_classes": num_classes, "loss_name": "loss_sem_seg",
               "loss_weight": hcfg["loss_weight"], "ignore_index": cfg["ignore_index"]}
@@ -164,12 +164,15 @@ def build_aux_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
                    loss_weight=acfg["loss_weight"], ignore_index=cfg["ignore_index"])
 
 
+def _check_head_name(name: str) -> None:
+    if name not in HEADS:
+        raise ValueError(f"unknown model.head.name {name!r}; valid: {', '.join(HEADS)}")
+
+
 def check_choices(cfg: Mapping[str, Any] | DictConfig) -> None:
     """The model's named choices, before the training data is read (build_model checks them
     again where they are used)."""
-    name = cfg["model"]["head"]["name"]
-    if name not in HEADS:
-        raise ValueError(f"unknown model.head.name {name!r}; valid: {', '.join(HEADS)}")
+    _check_head_name(cfg["model"]["head"]["name"])
 
 
 def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:
