@@ -3,8 +3,8 @@ ONNX Runtime behind the `SemanticSegmentor` calls that `Predictor` and evaluatio
 
 The graph: "image" (H, W, 3) uint8 RGB, any H and W -> "mask" (H, W) int64 class ids, with
 the config's single test scale (`test.scales: [s]`: the image is rescaled by s, the logits
-back to H x W, as `TTAInference` does), normalisation, padding to `size_divisibility`,
-upsampling and argmax inside.
+back to H x W, as `TTAInference` does) and its `test.max_size` cap, normalisation, padding
+to `size_divisibility`, upsampling and argmax inside.
 """
 from __future__ import annotations
 
@@ -33,42 +33,56 @@ def _scaled(length: int | Tensor, scale: float) -> int | Tensor:
     return max(round(length * scale), 1)
 
 
+def _cap(height: int | Tensor, width: int | Tensor, max_size: int) -> float | Tensor:
+    """`TTAInference.capped`: min(1, max_size / longer side), in float64 as there."""
+    if isinstance(height, Tensor):
+        return torch.clamp(max_size / torch.maximum(height, width).double(), max=1.0)
+    return min(1.0, max_size / max(height, width))
+
+
 class SegmentationGraph(nn.Module):
     """What the ONNX graph computes: one (H, W, 3) uint8 RGB image -> (H, W) class ids, the
-    same as `SemanticSegmentor` in evaluation with one test scale (`TTAInference`)."""
+    same as `SemanticSegmentor` in evaluation with one test scale and perhaps a longer-side
+    cap (`TTAInference`)."""
 
-    def __init__(self, model: SemanticSegmentor, scale: float = 1.0) -> None:
+    def __init__(self, model: SemanticSegmentor, scale: float = 1.0,
+                 max_size: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.scale = float(scale)
+        self.max_size = max_size
 
     def forward(self, image: Tensor) -> Tensor:
         m = self.model
         x = image.permute(2, 0, 1).float()[None]
         height, width = x.shape[-2:]  # tensors while tracing: the sizes stay symbolic
-        if self.scale != 1.0:
-            x = F.interpolate(x, size=(_scaled(height, self.scale), _scaled(width, self.scale)),
+        rescaled = self.scale != 1.0 or self.max_size is not None
+        if rescaled:
+            scale = (self.scale if self.max_size is None
+                     else _cap(height, width, self.max_size) * self.scale)
+            x = F.interpolate(x, size=(_scaled(height, scale), _scaled(width, scale)),
                               mode="bilinear", align_corners=False)
         h, w = x.shape[-2:]
         x = pad_to_multiple((x - m.pixel_mean) / m.pixel_std, m.size_divisibility)
         logits = m.logits(x)["sem_seg"][:, :, :h, :w]
-        if self.scale != 1.0:
+        if rescaled:
             logits = F.interpolate(logits, size=(height, width), mode="bilinear",
                                    align_corners=False)
         return logits[0].argmax(dim=0)
 
 
 def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Sequence[str],
-                     scale: float = 1.0, example_size: tuple[int, int] = (96, 128)
-                     ) -> dict[str, Any]:
+                     scale: float = 1.0, max_size: int | None = None,
+                     example_size: tuple[int, int] = (96, 128)) -> dict[str, Any]:
     """Write `folder/model.onnx` and `folder/export.json`; returns the metadata.
 
     Args:
         scale: the test scale the graph rescales images by (the config's `test.scales`).
+        max_size: the longer side images are first scaled down to (`test.max_size`).
     """
     model.eval()
     example = torch.zeros((*example_size, 3), dtype=torch.uint8)
-    export_graph(SegmentationGraph(model, scale), [example], folder / MODEL_FILE,
+    export_graph(SegmentationGraph(model, scale, max_size), [example], folder / MODEL_FILE,
                  input_names=["image"], output_names=["mask"],
                  dynamic_axes={"image": (0, 1), "mask": (0, 1)})
     return write_metadata(
@@ -77,7 +91,7 @@ def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Seq
         pixel_mean=model.pixel_mean.flatten().tolist(),
         pixel_std=model.pixel_std.flatten().tolist(), class_names=class_names,
         num_classes=model.num_classes, ignore_index=model.ignore_index, resize=None,
-        test_scale=float(scale))
+        test_scale=float(scale), test_max_size=max_size)
 
 
 class OnnxSegmentor(OnnxModel):
@@ -99,6 +113,7 @@ class OnnxSegmentor(OnnxModel):
                               f"{self.num_classes}; export again with tools/export.py")
         self.ignore_index = int(self.metadata["ignore_index"])
         self.test_scale = float(self.metadata["test_scale"])
+        self.test_max_size = self.metadata.get("test_max_size")  # exports before the key: None
 
     def forward(self, images: Sequence[Tensor],
                 output_sizes: Sequence[tuple[int, int]] | None = None) -> list[dict[str, Tensor]]:

@@ -2,7 +2,8 @@
 
 Shapes: K classes; an image is (3, H, W) RGB 0..255; predictions are (K, H, W) class
 probabilities (softmax of the logits) at the image's size, averaged over the scales and
-flips asked for. With one scale of 1.0, no flip and no window it is the plain forward pass.
+flips asked for. With one scale of 1.0, no flip, no window and no size cap it is the plain
+forward pass.
 """
 from __future__ import annotations
 
@@ -41,13 +42,21 @@ class TTAInference:
             image at once. Overlapping window logits are averaged.
         stride: (h, w) step of the windows; default two thirds of the window.
         windows_per_batch: windows run through the model together.
+        max_size: longer side an image is first scaled down to when it is longer (the scales
+            apply after it, as mmsegmentation's keep-ratio test resize); None keeps every
+            image at its size. Probabilities still come back at the image's size.
     """
 
     def __init__(self, *, scales: Sequence[float] = (1.0,), flip: bool = False,
                  window: Sequence[int] | None = None, stride: Sequence[int] | None = None,
-                 windows_per_batch: int = 4) -> None:
+                 windows_per_batch: int = 4, max_size: int | None = None) -> None:
         if not scales or min(scales) <= 0:
             raise ValueError(f"scales must be positive, got {list(scales)}")
+        if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int)
+                                     or max_size < 1):
+            raise ValueError(f"max_size must be a positive number of pixels or null, got "
+                             f"{max_size!r}")
+        self.max_size = max_size
         self.scales = tuple(float(s) for s in scales)
         self.flip = flip
         self.window = tuple(int(v) for v in window) if window else None
@@ -62,15 +71,23 @@ class TTAInference:
 
     @property
     def single_scale(self) -> float | None:
-        """The scale when this is one rescaled pass (no flip or window), else None."""
+        """The scale when this is one rescaled pass (no flip or window; perhaps capped by
+        max_size), else None."""
         if len(self.scales) != 1 or self.flip or self.window is not None:
             return None
         return self.scales[0]
 
     @property
     def is_plain(self) -> bool:
-        """True when this is a single forward pass (no rescale, flip or window)."""
-        return self.scales == (1.0,) and not self.flip and self.window is None
+        """True when this is a single forward pass (no rescale, flip, window or cap)."""
+        return (self.scales == (1.0,) and not self.flip and self.window is None
+                and self.max_size is None)
+
+    def capped(self, height: int, width: int) -> float:
+        """The factor max_size scales an image of this size by (1.0 when it fits)."""
+        if self.max_size is None:
+            return 1.0
+        return min(1.0, self.max_size / max(height, width))
 
     def _logits(self, model: SemanticSegmentor, image: Tensor) -> Tensor:
         """(K, h, w) logits of one (3, h, w) image, whole or by sliding windows."""
@@ -95,8 +112,10 @@ class TTAInference:
     def __call__(self, model: SemanticSegmentor, image: Tensor) -> Tensor:
         """(K, H, W) averaged class probabilities of a (3, H, W) RGB 0..255 image."""
         height, width = image.shape[-2:]
+        cap = self.capped(height, width)
         probs = None
         for scale in self.scales:
+            scale = cap * scale
             scaled = image.float()
             if scale != 1.0:
                 size = (max(round(height * scale), 1), max(round(width * scale), 1))
@@ -120,10 +139,10 @@ def tta_from_config(cfg: Mapping[str, Any]) -> TTAInference:
     t = cfg["test"]
     try:
         return TTAInference(scales=list(t["scales"]), flip=t["flip"], window=t["window"],
-                            stride=t["stride"])
+                            stride=t["stride"], max_size=t["max_size"])
     except (TypeError, ValueError) as e:  # e.g. window: 512 for [512, 512]
         raise ValueError(f"invalid test section: scales {t['scales']}, window {t['window']}, "
-                         f"stride {t['stride']}: {e}") from None
+                         f"stride {t['stride']}, max_size {t['max_size']}: {e}") from None
 
 
 @torch.no_grad()

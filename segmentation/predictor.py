@@ -127,21 +127,23 @@ class Predictor:
     def _init_onnx(self, config: str | os.PathLike | DictConfig | Mapping[str, Any] | None,
                    weights: str | os.PathLike, overrides: Sequence[str],
                    device: str | torch.device, tta: TTAInference | None) -> None:
-        """An exported graph (tools/export.py) run by ONNX Runtime: the test scale it was
-        exported with, which a given config or `tta` must agree with."""
+        """An exported graph (tools/export.py) run by ONNX Runtime: the test scale and size
+        cap it was exported with, which a given config or `tta` must agree with."""
         self.model = OnnxSegmentor(weights, device)
         self.class_names = self.model.class_names
         self.names_recorded = True
-        self.tta = TTAInference()  # the graph itself rescales by its test scale
+        self.tta = TTAInference()  # the graph itself rescales by its test scale and cap
         asked = tta or (tta_from_config(_config(config, overrides)) if config is not None
                         else None)
-        if asked is not None and asked.single_scale != self.model.test_scale:
+        graph = (self.model.test_scale, self.model.test_max_size)
+        if asked is not None and (asked.single_scale, asked.max_size) != graph:
             raise ExportError(
-                f"{weights} runs one test scale, {self.model.test_scale}, without flip or "
-                f"windows; the config asks for test.scales={list(asked.scales)} "
-                f"test.flip={asked.flip} test.window={asked.window}: set "
-                f"test.scales=[{self.model.test_scale}] test.flip=false test.window=null, or "
-                f"export again with the test keys wanted")
+                f"{weights} runs one test scale, {graph[0]}, with test.max_size {graph[1]}, "
+                f"without flip or windows; the config asks for test.scales="
+                f"{list(asked.scales)} test.flip={asked.flip} test.window={asked.window} "
+                f"test.max_size={asked.max_size}: set test.scales=[{graph[0]}] test.flip=false "
+                f"test.window=null test.max_size={'null' if graph[1] is None else graph[1]}, "
+                f"or export again with the test keys wanted")
         self.device = torch.device(device)
 
     @torch.no_grad()

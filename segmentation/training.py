@@ -95,7 +95,8 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
         logger.warning("%s names no classes and data.class_names is not set: the export "
                        "calls them %s...; tools/eval.py will refuse data with other names",
                        weights, ", ".join(names[:3]))
-    return export_segmentor(predictor.model, folder, class_names=names, scale=tta.single_scale)
+    return export_segmentor(predictor.model, folder, class_names=names, scale=tta.single_scale,
+                            max_size=tta.max_size)
 
 
 class SemSegTask:

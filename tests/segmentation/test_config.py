@@ -62,8 +62,10 @@ def test_a_bad_test_section_is_named_before_the_data_is_read(tmp_path):
     config = CONFIGS / "synthetic" / "deeplabv3plus_R_18_os16.yaml"
     missing = f"data.train.img_dir={tmp_path / 'no_such_folder'}"
     for overrides, expected in ((["test.window=512"], r"invalid test section: scales \[0.5, "
-                                 r"0.625\], window 512, stride None: 'int' object is not "
-                                 r"iterable"),
+                                 r"0.625\], window 512, stride None, max_size None: 'int' "
+                                 r"object is not iterable"),
+                                (["test.max_size=512.5"], "max_size must be a positive number "
+                                                          "of pixels or null, got 512.5"),
                                 (["test.window=[512,0]"], "window and stride must be two "
                                                           "positive sizes"),
                                 (["model.head.name=deeplabv3plsu"], "unknown model.head.name "

@@ -15,13 +15,15 @@ ROOT = Path(__file__).resolve().parents[2]
 SIZES = [(77, 141), (150, 90), (35, 250)]  # none the export size (96, 128); odd sides
 
 
-@pytest.mark.parametrize("config, scale", [("deeplabv3_R_50_os16", 1.0),
-                                           ("deeplabv3plus_R_50_os16", 0.5),
-                                           ("fcn_R_50_os8", 1.0)])
-def test_onnx_runtime_gives_the_pytorch_class_maps_at_any_size(config: str, scale: float,
-                                                               tmp_path: Path) -> None:
-    """At the config's test scale too (the quickstarts evaluate half-size images): the graph
-    rescales the image and its logits as `TTAInference` does."""
+@pytest.mark.parametrize("config, scale, max_size", [("deeplabv3_R_50_os16", 1.0, None),
+                                                     ("deeplabv3plus_R_50_os16", 0.5, None),
+                                                     ("fcn_R_50_os8", 1.0, None),
+                                                     ("deeplabv3_R_50_os16", 0.75, 145)])
+def test_onnx_runtime_gives_the_pytorch_class_maps_at_any_size(
+        config: str, scale: float, max_size: int | None, tmp_path: Path) -> None:
+    """At the config's test scale too (the quickstarts evaluate half-size images), and with a
+    longer-side cap that some SIZES exceed: the graph rescales the image and its logits as
+    `TTAInference` does."""
     cfg = load_config(ROOT / f"configs/segmentation/{config}.yaml",
                       ["model.num_classes=5", "model.backbone.weights=null",
                        "model.backbone.name=resnet18", "model.backbone.multi_grid=[1,2]",
@@ -31,10 +33,11 @@ def test_onnx_runtime_gives_the_pytorch_class_maps_at_any_size(config: str, scal
     # random heads favour one class everywhere: spread the classifier so that the maps vary
     torch.nn.init.normal_(model.head.predictor.weight, std=1.0)
     torch.nn.init.zeros_(model.head.predictor.bias)
-    export_segmentor(model, tmp_path, class_names=list("abcde"), scale=scale)
-    tta = TTAInference(scales=(scale,))
+    export_segmentor(model, tmp_path, class_names=list("abcde"), scale=scale,
+                     max_size=max_size)
+    tta = TTAInference(scales=(scale,), max_size=max_size)
     onnx_model = OnnxSegmentor(tmp_path)
-    assert onnx_model.class_names == list("abcde")
+    assert onnx_model.class_names == list("abcde") and onnx_model.test_max_size == max_size
     generator = torch.Generator().manual_seed(0)
     for h, w in SIZES:
         image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator)

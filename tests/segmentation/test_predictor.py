@@ -104,3 +104,50 @@ def test_multi_scale_probabilities_are_averaged():
     torch.testing.assert_close(probs, whole, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="scales must be positive"):
         TTAInference(scales=(0.0,))
+
+
+def test_max_size_scales_long_images_down_first_and_answers_at_their_size():
+    """mmsegmentation's keep-ratio test resize: the model sees the capped image (times each
+    scale); the probabilities are the logits brought back to the image's size."""
+    model = _pointwise_model()
+    seen = []
+    model.backbone.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[-2:]))
+    image = torch.randint(0, 256, (3, 40, 100), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    capped = TTAInference(max_size=50, scales=(1.0, 0.5))
+    assert not capped.is_plain and capped.single_scale is None
+    probs = capped(model, image)
+    assert [tuple(s) for s in seen] == [(20, 50), (10, 25)]
+    expected = 0
+    with torch.no_grad():
+        for size in ((20, 50), (10, 25)):
+            small = torch.nn.functional.interpolate(image[None].float(), size=size,
+                                                    mode="bilinear", align_corners=False)
+            logits = torch.nn.functional.interpolate(model.logits(small / 255.0)["sem_seg"],
+                                                     size=(40, 100), mode="bilinear",
+                                                     align_corners=False)
+            expected = expected + logits[0].softmax(0) / 2
+    assert probs.shape == (4, 40, 100)
+    torch.testing.assert_close(probs, expected, rtol=0, atol=1e-6)
+
+    seen.clear()  # an image that fits runs at its size, as without the cap
+    fits = image[:, :30, :50]
+    probs = TTAInference(max_size=50)(model, fits)
+    assert [tuple(s) for s in seen] == [(30, 50)]
+    with torch.no_grad():
+        whole = model([fits])[0]["sem_seg"].softmax(0)
+    torch.testing.assert_close(probs, whole, rtol=0, atol=1e-6)
+    for bad in (0, 12.5, True, "800"):
+        with pytest.raises(ValueError, match="max_size must be a positive number"):
+            TTAInference(max_size=bad)
+
+
+def test_predictor_takes_test_max_size_from_the_config(small_config):
+    torch.manual_seed(0)
+    predictor = Predictor(small_config("deeplabv3", num_classes=3),
+                          overrides=["test.max_size=32"])
+    assert predictor.tta.max_size == 32
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    assert predictor(image)["mask"].shape == (48, 64)
+    with pytest.raises(ValueError, match="max_size"):
+        Predictor(small_config("deeplabv3", num_classes=3), overrides=["test.max_size=-3"])

@@ -141,10 +141,15 @@ def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
     load_tool("demo").main([str(CONFIG), "--weights", str(export), "--input", str(image),
                             "--output", str(tmp_path / "demo"), *overrides(data)])
     assert cv2.imread(str(tmp_path / "demo/000001.jpg")).shape == cv2.imread(str(image)).shape
-    with pytest.raises(ValueError, match=r"runs one test scale, 0.5, without flip or windows; "
-                                         r"the config asks for test.scales=\[1.0\]"):
+    with pytest.raises(ValueError, match=r"runs one test scale, 0.5, with test.max_size None, "
+                                         r"without flip or windows; the config asks for "
+                                         r"test.scales=\[1.0\]"):
         load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
                                 str(tmp_path / "x"), *overrides(data), "test.scales=[1.0]"])
+    with pytest.raises(ValueError, match=r"asks for .* test.max_size=64: set .* "
+                                         r"test.max_size=null, or export again"):
+        load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
+                                str(tmp_path / "x"), *overrides(data), "test.max_size=64"])
     with pytest.raises(ValueError, match=r"one test scale without flip or windows; .* asks for "
                                          r"test.scales=\[0.5, 1.0\]"):
         load_tool("export").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
