@@ -14,7 +14,8 @@ Studies:
                product: the effective paths (Veit et al. 2016).
 
 Without --weights a study trains what it needs (the residual net at model.depth and, for
-responses and lesion, its plain twin), saves it to DIR/models/ARCH.pth and analyzes it. With
+responses and lesion, its plain twin), saves it to DIR/models/ARCH.pth and analyzes it; run
+again into the same DIR, it reuses the nets there trained with the same recipe and data. With
 --weights (repeatable), it analyzes those classifier checkpoints instead (e.g.
 DIR/models/*.pth of an earlier run, or pretraining's model_final.pth). Each study writes
 DIR/STUDY.png, DIR/STUDY.csv and DIR/STUDY.json and prints where the picture is.
@@ -67,14 +68,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     ctx = build_context_from_config(cfg, output, args.study)
     try:
         written = run_study(args.study, ctx, cfg, args.weights)
-    except TrainingInterrupted as stopped:  # studies do not resume: say so, not "--resume"
-        print(f"{args.study}: {stopped.signal_name} stopped a training; a study does not "
-              "resume: run the command again", file=sys.stderr, flush=True)
+    except TrainingInterrupted as stopped:  # the stopped net starts over: not "--resume"
+        print(f"{args.study}: {stopped.signal_name} stopped a training; run the command again: "
+              f"it reuses the nets finished in {output / 'models'} and trains the others anew",
+              file=sys.stderr, flush=True)
         raise SystemExit(stopped.exit_code) from None
     except KeyboardInterrupt:  # Ctrl-C in the analysis after the trainings
         print(f"{args.study}: Ctrl-C stopped the analysis before its results were written; "
-              f"nets trained so far are in {output / 'models'} (--weights): run the command "
-              f"again", file=sys.stderr, flush=True)
+              f"nets trained so far are in {output / 'models'}: run the command again (it "
+              f"reuses them)", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     # with the results it describes: a stopped rerun leaves the earlier pair as it was
     save_config(cfg, output / f"{args.study}_config.yaml")

@@ -5,9 +5,12 @@ Shapes: uint8 (N, 3, S, S) images -> normalized float (N, 3, S, S) -> logits (N,
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -70,9 +73,39 @@ class StudyModel:
                 "blocks": len(self.backbone.blocks()), "residual": self.residual}
 
 
+def training_record(ctx: StudyContext, arch: str, residual: bool) -> dict[str, Any]:
+    """Everything that decides the net trained here: a saved net with the same record is
+    the one this run would train."""
+    record = {"arch": arch, "options": ctx.options,
+              "path_sampling": ctx.path_sampling if residual else None,
+              "recipe": dataclasses.asdict(ctx.recipe), "data": ctx.describe_data(),
+              "data_config": ctx.config.get("data")}
+    return json.loads(json.dumps(record))  # tuples as lists, as after a round trip
+
+
+def _reuse(path: Path, record: dict[str, Any], model: Classifier) -> TrainHistory | None:
+    """Load the net saved at `path` into `model` and return its curves, when it was trained
+    with `record`; None (train it) otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = read_checkpoint(path)
+        if checkpoint.get("study_training") != record:
+            logger.info("%s was trained with another recipe, options or data: training it "
+                        "again (the file is replaced)", path)
+            return None
+        model.load_state_dict(checkpoint["model"])
+        return TrainHistory(**checkpoint["history"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        logger.warning("%s cannot be reused (%s): training it again", path, e)
+        return None
+
+
 def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> StudyModel:
     """Train `ctx.arch(depth, residual)` with the context's recipe and save it to
-    OUTPUT_DIR/models/ARCH.pth (with provenance, reusable as --weights).
+    OUTPUT_DIR/models/ARCH.pth (with provenance, reusable as --weights), or reuse the net
+    saved there by an earlier run with the same recipe, options and data (a stopped study
+    run again trains only what it lacks).
 
     The path sampling option applies to residual nets only.
     """
@@ -80,6 +113,15 @@ def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> Study
     torch.manual_seed(ctx.recipe.seed)
     model = build_classifier(arch, len(ctx.train.class_names), config_prefix="model.options.",
                              **ctx.options)
+    path = ctx.output_dir / "models" / f"{arch}.pth"
+    record = training_record(ctx, arch, residual)
+    history = _reuse(path, record, model)
+    if history is not None:
+        logger.info("%s: reusing %s, trained by an earlier run with the same recipe, options "
+                    "and data (delete it to train again)", arch, path)
+        return StudyModel(label=arch, arch=arch, model=model.to(ctx.device).eval(),
+                          pixel_mean=ctx.pixel_mean, pixel_std=ctx.pixel_std,
+                          source=f"trained by an earlier run, saved in {path}", history=history)
     sampler = apply_path_sampling(model.backbone, **ctx.path_sampling) if residual else None
     provenance = make_provenance(arch, ctx.options, class_names=ctx.train.class_names,
                                  config=ctx.config, pixel_mean=tuple(ctx.pixel_mean),
@@ -93,8 +135,8 @@ def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> Study
     setup_logging(ctx.output_dir)  # the runner logged to the run's folder
     if sampler is not None:
         sampler.remove()
-    path = ctx.output_dir / "models" / f"{arch}.pth"
-    save_checkpoint(path, model.state_dict(), provenance, iteration=ctx.recipe.iterations)
+    save_checkpoint(path, model.state_dict(), provenance, iteration=ctx.recipe.iterations,
+                    history=history.as_dict(), study_training=record)
     return StudyModel(label=arch, arch=arch, model=model.eval(), pixel_mean=ctx.pixel_mean,
                       pixel_std=ctx.pixel_std, source=f"trained here, saved to {path}",
                       history=history)

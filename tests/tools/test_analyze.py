@@ -91,6 +91,37 @@ def test_degradation_trains_four_twins_and_writes_curves(image_folder, tmp_path,
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(archs)
 
 
+def test_a_rerun_reuses_the_nets_trained_with_the_same_recipe(image_folder, tmp_path,
+                                                             monkeypatch, caplog):
+    """A stopped study run again trains only what it lacks: nets in models/ARCH.pth trained
+    with the same recipe, options and data are reused with their curves; others retrain."""
+    trained = []
+    real = backbones.studies.training.run_training
+    monkeypatch.setattr(backbones.studies.training, "run_training",
+                        lambda task, *a, **k: trained.append(task.label) or real(task, *a, **k))
+    first = run("degradation", tmp_path, image_folder, "degradation.depths=[20]")
+    rows = read_csv(first["csv"])
+    assert trained == ["plain_cifar_resnet20", "cifar_resnet20"]
+    weights = (tmp_path / "models" / "cifar_resnet20.pth").read_bytes()
+
+    trained.clear()
+    (tmp_path / "models" / "plain_cifar_resnet20.pth").write_bytes(b"damaged")
+    again = run("degradation", tmp_path, image_folder, "degradation.depths=[20]")
+    assert trained == ["plain_cifar_resnet20"]  # the damaged one only
+    assert "cannot be reused" in caplog.text and "cifar_resnet20: reusing" in caplog.text
+    assert read_csv(again["csv"]) == rows  # the same curves: the same seed, and reused
+    assert (tmp_path / "models" / "cifar_resnet20.pth").read_bytes() == weights
+    reused = run("responses", tmp_path, image_folder, "degradation.depths=[20]")
+    assert trained == ["plain_cifar_resnet20"]  # responses needs the same two nets
+    assert json.loads(reused["json"].read_text())["models"][0]["source"].startswith(
+        "trained by an earlier run")
+
+    trained.clear()  # another recipe: both again, and the files replaced
+    run("degradation", tmp_path, image_folder, "degradation.depths=[20]", "solver.base_lr=0.05")
+    assert trained == ["plain_cifar_resnet20", "cifar_resnet20"]
+    assert (tmp_path / "models" / "cifar_resnet20.pth").read_bytes() != weights
+
+
 def test_responses_measure_every_block_of_both_twins(image_folder, tmp_path):
     rows, payload = check_files(run("responses", tmp_path, image_folder), "responses")
     assert [m["arch"] for m in payload["models"]] == ["cifar_resnet20", "plain_cifar_resnet20"]
@@ -158,7 +189,8 @@ def test_ctrl_c_in_the_analysis_says_what_is_kept(image_folder, tmp_path, capsys
         run("lesion", tmp_path, image_folder)
     assert exit_info.value.code == 130
     assert "lesion: Ctrl-C stopped the analysis before its results were written; nets trained " \
-           f"so far are in {tmp_path / 'models'} (--weights)" in capsys.readouterr().err
+           f"so far are in {tmp_path / 'models'}: run the command again (it reuses them)" \
+           in capsys.readouterr().err
     assert not (tmp_path / "lesion_config.yaml").exists()
 
 
