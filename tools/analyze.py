@@ -27,6 +27,7 @@ CIFAR-10 python batches (data.root=.../cifar-10-batches-py), or any ImageFolder 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
+class _Terminated(Exception):
+    """SIGTERM outside a training (which stops at its own next step)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run one study; returns the paths it wrote ({"png", "csv", "json"})."""
     args = parse_args(argv)
@@ -66,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
                       open_keys=OPEN_KEYS)
     setup_logging(output)
     ctx = build_context_from_config(cfg, output, args.study)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         written = run_study(args.study, ctx, cfg, args.weights)
     except TrainingInterrupted as stopped:  # the stopped net starts over: not "--resume"
@@ -73,11 +83,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
               f"it reuses the nets finished in {output / 'models'} and trains the others anew",
               file=sys.stderr, flush=True)
         raise SystemExit(stopped.exit_code) from None
-    except KeyboardInterrupt:  # Ctrl-C in the analysis after the trainings
-        print(f"{args.study}: Ctrl-C stopped the analysis before its results were written; "
+    except (KeyboardInterrupt, _Terminated) as e:  # in the analysis after the trainings
+        name, code = ("Ctrl-C", 130) if isinstance(e, KeyboardInterrupt) else ("SIGTERM", 143)
+        print(f"{args.study}: {name} stopped the analysis before its results were written; "
               f"nets trained so far are in {output / 'models'}: run the command again (it "
               f"reuses them)", file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
+        raise SystemExit(code) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     # with the results it describes: a stopped rerun leaves the earlier pair as it was
     save_config(cfg, output / f"{args.study}_config.yaml")
     print(f"{args.study}: picture at {written['png']} (numbers: {written['csv']}, "

@@ -3,7 +3,10 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import pickle
+import signal
+import time
 from pathlib import Path
 
 import cv2
@@ -192,6 +195,24 @@ def test_ctrl_c_in_the_analysis_says_what_is_kept(image_folder, tmp_path, capsys
            f"so far are in {tmp_path / 'models'}: run the command again (it reuses them)" \
            in capsys.readouterr().err
     assert not (tmp_path / "lesion_config.yaml").exists()
+
+
+def test_sigterm_in_the_analysis_says_what_is_kept(image_folder, tmp_path, capsys,
+                                                   monkeypatch):
+    """A scheduler's SIGTERM after the trainings ended the process silently."""
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not interrupt the analysis")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(analyze, "run_study", terminated)
+    with pytest.raises(SystemExit) as exit_info:
+        run("lesion", tmp_path, image_folder)
+    assert exit_info.value.code == 143
+    assert "lesion: SIGTERM stopped the analysis before its results were written; nets " \
+           f"trained so far are in {tmp_path / 'models'}" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_bad_usage_gives_clear_errors(image_folder, tmp_path):
