@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from engine.data import check_rgb_image
+from engine.distributed import usable_device
 from engine.export import is_onnx
 from engine.visualize import Renderer, draw_detections, palette
 
@@ -86,6 +87,7 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
     Raises:
         ValueError: no weights, no config, or weights that do not fit the config.
     """
+    device = usable_device(device)
     if is_onnx(weights):
         return _load_onnx_detector(config, weights, overrides, device)
     cfg = _config(config, overrides) if config is not None else None

@@ -114,6 +114,22 @@ def all_reduce_mean(values: Mapping[str, float | torch.Tensor]) -> dict[str, flo
     return {k: v / world_size for k, v in all_reduce_sum(values).items()}
 
 
+def usable_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device, refused with what is there when it is a GPU this process
+    cannot use (before a model is built and its weights read for it)."""
+    target = torch.device(device)
+    if target.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r}: torch {torch.__version__} sees no GPU "
+                             f"(CUDA build: {torch.version.cuda or 'none, a CPU-only torch'}); "
+                             f"use device='cpu'")
+        if target.index is not None and target.index >= count:
+            raise ValueError(f"device {str(device)!r}: this machine has {count} GPU"
+                             f"{'s' if count > 1 else ''} (cuda:0..cuda:{count - 1})")
+    return target
+
+
 def any_process(flag: bool) -> bool:
     """True on every process when `flag` is True on at least one."""
     if get_world_size() == 1:

@@ -1,4 +1,5 @@
-"""Console logging, tensorboard scalars and the progress line (iteration, losses, lr, it/s, ETA).
+"""Console logging, tensorboard scalars and the progress line (iteration, losses, lr, it/s,
+data time, ETA).
 
 Only the main process writes tensorboard events and INFO lines; other ranks log warnings.
 """
@@ -22,18 +23,32 @@ if TYPE_CHECKING:
 
 
 def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -> None:
-    """INFO to stdout on the main process (WARNING elsewhere), and to output_dir/log.txt."""
+    """INFO to stdout on the main process (WARNING elsewhere), and to output_dir/log.txt.
+
+    Raises:
+        ValueError: output_dir is a file, or cannot be made or written to.
+    """
     root = logging.getLogger(name)
     root.setLevel(logging.INFO if is_main_process() else logging.WARNING)
     for handler in list(root.handlers):
         if getattr(handler, "_engine_handler", False):
             root.removeHandler(handler)
     prefix = "" if is_main_process() else f"[rank {get_rank()}] "
-    fmt = logging.Formatter(f"%(asctime)s {prefix}%(message)s", datefmt="%H:%M:%S")
+    # the date too: log.txt of a resumed run holds several days
+    fmt = logging.Formatter(f"%(asctime)s {prefix}%(message)s", datefmt="%m/%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if output_dir is not None and is_main_process():
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(Path(output_dir) / "log.txt"))
+        folder = Path(output_dir)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"the output folder {folder} is a file: name a folder (a new one "
+                             f"is made)")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(folder / "log.txt"))
+        except OSError as e:
+            raise ValueError(f"cannot write to the output folder {folder}: {e.strerror or e} "
+                             f"({e.filename or folder}); name a folder you can write to"
+                             ) from e
     for handler in handlers:
         handler.setFormatter(fmt)
         handler._engine_handler = True  # type: ignore[attr-defined]
@@ -64,8 +79,10 @@ def format_eta(seconds: float) -> str:
 
 
 class ProgressLogger:
-    """Hook: every `period` iterations, log mean losses (over the period and all processes),
-    lr, it/s and ETA, and write them as tensorboard scalars.
+    """Hook: every `period` iterations, log mean losses (each over the steps of the period
+    that gave it, and over all processes), the lr of the last step, it/s and the time spent
+    waiting for batches (over the steps alone: evaluations and checkpoints between them do
+    not count), the ETA at that rate, and peak GPU memory; also as tensorboard scalars.
 
     Args:
         period: iterations between lines (the last iteration is always logged).
@@ -81,31 +98,40 @@ class ProgressLogger:
         self.writer = writer or ScalarWriter(None)
         self.logger = logger or logging.getLogger("engine")
         self._sums: dict[str, torch.Tensor] = {}
-        self._count = 0
+        self._counts: dict[str, int] = {}
+        self._steps = self._seconds = self._data_seconds = 0.0
 
     def before_train(self, trainer: Trainer) -> None:
-        self._start_time = self._last_time = time.perf_counter()
-        self._last_iter = trainer.iter
+        self._start_time = time.perf_counter()
 
     def after_step(self, trainer: Trainer) -> None:
-        for key, value in trainer.loss_dict.items():
+        for key, value in trainer.loss_dict.items():  # a skipped batch gives other keys
             self._sums[key] = self._sums.get(key, 0.0) + value.detach().float()
-        self._count += 1
+            self._counts[key] = self._counts.get(key, 0) + 1
+        self._steps += 1
+        self._seconds += trainer.step_seconds
+        self._data_seconds += trainer.data_seconds
         if trainer.iter % self.period and trainer.iter != trainer.max_iter:
             return
-        losses = all_reduce_mean({k: v / self._count for k, v in self._sums.items()})
+        losses = all_reduce_mean({k: v / self._counts[k] for k, v in self._sums.items()})
         losses["total_loss"] = sum(losses.values())
-        self._sums, self._count = {}, 0
-        now = time.perf_counter()
-        its = (trainer.iter - self._last_iter) / max(now - self._last_time, 1e-9)
-        self._last_time, self._last_iter = now, trainer.iter
-        lr = trainer.optimizer.param_groups[0]["lr"]
+        its = self._steps / max(self._seconds, 1e-9)
+        data_time = self._data_seconds / self._steps
+        self._sums, self._counts = {}, {}
+        self._steps = self._seconds = self._data_seconds = 0.0
+        lr = trainer.step_lr
         eta = format_eta((trainer.max_iter - trainer.iter) / max(its, 1e-9))
         terms = "  ".join(f"{k}={v:.4f}" for k, v in sorted(losses.items()))
-        self.logger.info("iter %d/%d  %s  lr=%.5g  %.2f it/s  eta %s", trainer.iter,
-                         trainer.max_iter, terms, lr, its, eta)
-        self.writer.add_scalars({**{f"train/{k}": v for k, v in losses.items()},
-                                 "train/lr": lr, "train/it_per_s": its}, trainer.iter)
+        memory = ""
+        scalars = {"train/lr": lr, "train/it_per_s": its, "train/data_time": data_time}
+        if trainer.device_type == "cuda":
+            gib = torch.cuda.max_memory_allocated() / 2 ** 30
+            memory = f"  max_mem {gib:.1f} GiB"
+            scalars["train/max_mem_gib"] = gib
+        self.logger.info("iter %d/%d  %s  lr=%.5g  %.2f it/s  data %.3f s%s  eta %s",
+                         trainer.iter, trainer.max_iter, terms, lr, its, data_time, memory, eta)
+        self.writer.add_scalars({**{f"train/{k}": v for k, v in losses.items()}, **scalars},
+                                trainer.iter)
 
     def after_train(self, trainer: Trainer) -> None:
         total = time.perf_counter() - self._start_time

@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -133,12 +133,16 @@ def _lengths(cfg: DictConfig, train_size: int) -> dict[str, Any]:
 
 
 def check_train_choices(t: DictConfig) -> None:
-    """train.optimizer and train.lr_decay, named by their keys (run_training checks them before
-    the data is read and the model built)."""
+    """train.optimizer, train.lr_decay and the periods, named by their keys (run_training
+    checks them before the data is read, the model built or config.yaml written)."""
     for key, value, valid in (("optimizer", t.optimizer, OPTIMIZERS),
                               ("lr_decay", t.lr_decay, DECAYS)):
         if value not in valid:
             raise ValueError(f"unknown train.{key} {value!r}; valid: {', '.join(valid)}")
+    for key, least in (("log_period", 1), ("checkpoint_period", 0), ("eval_period", 0)):
+        if t[key] < least:
+            raise ValueError(f"train.{key} must be >= {least}, got {t[key]}"
+                             f"{' (0 = only at the end)' if least == 0 else ''}")
 
 
 def build_optimizer_from_config(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -165,6 +169,8 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
 
 
 LEFT_OUT = "the metrics are those of the others"
+# what a finished run leaves besides checkpoints (every task's final weights and metrics)
+EARLIER_RESULTS = ("model_final.pth", "backbone_final.pth", "metrics.json")
 
 # steps between checks of the share of unreadable training images
 UNREADABLE_WINDOW = 20
@@ -317,6 +323,17 @@ def _saved_on_error(batches: Iterator[Any], trainer: Trainer, checkpointer: Chec
         yield batch
 
 
+def _warn_of_earlier_results(output_dir: Path, keep: Sequence[str],
+                             logger: logging.Logger) -> None:
+    """A fresh run in a folder with another run's final files: say they are not this run's."""
+    kept = {Path(p).resolve() for p in keep}
+    earlier = [p.name for p in (output_dir / n for n in EARLIER_RESULTS)
+               if p.is_file() and p.resolve() not in kept]
+    if earlier:
+        logger.warning("%s holds %s of an earlier run: not this run's until it replaces them "
+                       "at its end", output_dir, ", ".join(earlier))
+
+
 def _log_metrics(logger: logging.Logger, writer: ScalarWriter, metrics: Metrics,
                  iteration: int) -> None:
     for group, values in metrics.items():  # one line and one tensorboard group each
@@ -351,6 +368,18 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     check_train_choices(t)
     output_dir = Path(t.output_dir)
     setup_logging(output_dir)
+    try:
+        return _train(task, cfg, device, resume, logger, output_dir, compile_backend, amp)
+    except Exception as e:  # why the run stopped, in log.txt too (the traceback is on stderr)
+        logger.error("training stopped: %s: %s", type(e).__name__, e)
+        raise
+
+
+def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool,
+           logger: logging.Logger, output_dir: Path, compile_backend: str | None,
+           amp: str | None) -> dict[str, Any]:
+    """run_training after its checks, with the logging set up."""
+    t = cfg.train
     batch_size = per_process_batch_size(t.batch_size, "train.batch_size")
     data = task.prepare(cfg)
     _check_same_data_everywhere(data)
@@ -409,7 +438,9 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         state = None
         checkpointer.remove_partial_writes()
         if is_main_process():  # not the weights this run starts from (model.weights=its file)
-            checkpointer.replace_earlier_run(keep=_weights_files(cfg.get("model")))
+            keep = _weights_files(cfg.get("model"))
+            checkpointer.replace_earlier_run(keep=keep)
+            _warn_of_earlier_results(output_dir, keep, logger)
     start_iter = state["iteration"] if state is not None else 0
     if resume:
         _check_same_start_everywhere(start_iter, output_dir)

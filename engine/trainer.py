@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any, Protocol
@@ -47,7 +48,10 @@ class Trainer:
     """Runs `max_iter` optimizer steps.
 
     Attributes read by hooks: `iter` (steps done so far), `start_iter`, `max_iter`, `model`,
-    `optimizer`, `scheduler`, `scaler`, `loss_dict` (the last step's losses, detached).
+    `optimizer`, `scheduler`, `scaler`, `loss_dict` (the last step's losses, detached),
+    `step_lr` (the learning rate of its first parameter group that step used),
+    `step_seconds` and `data_seconds` (its time, batch included, and the batch's alone:
+    the hooks' time, evaluations and checkpoints, is in neither).
 
     Args:
         model: the model in training mode (DDP-wrapped when distributed).
@@ -80,6 +84,8 @@ class Trainer:
         self.hooks = list(hooks)
         self.iter = self.start_iter = 0
         self.loss_dict: dict[str, torch.Tensor] = {}
+        self.step_lr = 0.0
+        self.step_seconds = self.data_seconds = 0.0
 
     def register_hooks(self, *hooks: Any) -> None:
         """Append hooks (for those that need the trainer's scaler, e.g. a Checkpointer)."""
@@ -111,7 +117,13 @@ class Trainer:
         self.model.train()
         self._call_hooks("before_train")
         while self.iter < self.max_iter:
-            self.run_step(next(data))
+            started = time.perf_counter()
+            batch = next(data)
+            loaded = time.perf_counter()
+            self.run_step(batch)
+            del batch  # not held through the hooks (an evaluation's memory)
+            self.data_seconds = loaded - started
+            self.step_seconds = time.perf_counter() - started
             self.iter += 1
             self._call_hooks("after_step")
             if (stop is not None and self.iter < self.max_iter
@@ -135,6 +147,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        self.step_lr = float(self.optimizer.param_groups[0]["lr"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.scheduler is not None:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from engine.data import check_rgb_image
+from engine.distributed import usable_device
 from engine.export import ExportError, is_onnx
 from engine.visualize import Renderer, draw_segmentation, palette
 
@@ -78,9 +79,10 @@ class Predictor:
         model: the `SemanticSegmentor`, in eval mode.
     """
 
-    def __init__(self, config: str | os.PathLike | DictConfig | Mapping[str, Any] | None, *,
-                 weights: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+    def __init__(self, config: str | os.PathLike | DictConfig | Mapping[str, Any] | None = None,
+                 *, weights: str | os.PathLike | None = None, overrides: Sequence[str] = (),
                  device: str | torch.device = "cpu", tta: TTAInference | None = None) -> None:
+        device = usable_device(device)
         if is_onnx(weights):
             self._init_onnx(config, weights, overrides, device, tta)
             return

@@ -146,11 +146,35 @@ def decoded_size(path: str | os.PathLike) -> tuple[int, int] | None:
         return None
 
 
+def _conversion_hint(image: object) -> str:
+    """How to make the (H, W, 3) uint8 RGB array a Predictor takes from `image`."""
+    if isinstance(image, Image.Image):
+        return "; convert with np.asarray(image.convert('RGB'))"
+    if type(image).__name__ == "Tensor":
+        return ("; a (3, H, W) uint8 tensor converts with image.permute(1, 2, 0).cpu().numpy()"
+                ", a (H, W, 3) one with image.cpu().numpy()")
+    if not isinstance(image, np.ndarray) or image.size == 0:
+        return "; read a file with engine.data.read_image(path)"
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return "; grayscale converts with cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)"
+    if image.ndim == 3 and image.shape[2] == 4:
+        return "; RGBA converts with np.ascontiguousarray(image[..., :3])"
+    if image.ndim == 3 and image.shape[0] == 3:
+        return "; a (3, H, W) array converts with image.transpose(1, 2, 0)"
+    if image.dtype.kind == "f":
+        return ("; floats in 0..1 convert with (image * 255).round().astype(np.uint8), in "
+                "0..255 with image.round().astype(np.uint8)")
+    if image.dtype != np.uint8:
+        return "; scale it to 0..255 and use .astype(np.uint8)"
+    return ""
+
+
 def check_rgb_image(image: object) -> np.ndarray:
     """`image` if it is a non-empty (H, W, 3) uint8 RGB array, as the Predictors take."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
             or image.dtype != np.uint8 or image.size == 0:
         desc = (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray)
                 else type(image).__name__)
-        raise ValueError(f"Predictor expects a non-empty (H, W, 3) uint8 RGB array, got {desc}")
+        raise ValueError(f"Predictor expects a non-empty (H, W, 3) uint8 RGB array, got {desc}"
+                         f"{_conversion_hint(image)}")
     return image

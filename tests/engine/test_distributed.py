@@ -125,3 +125,19 @@ def test_syncbn_on_cpu_processes_is_refused_naming_the_keys(monkeypatch: pytest.
                        r"model.head.norm or model.options.norm\) synchronises BatchNorm over "
                        "GPUs only"):
         D.wrap_ddp(model, torch.device("cpu"))
+
+
+def test_a_gpu_the_process_cannot_use_is_refused_before_anything_is_built(tmp_path) -> None:
+    """A Predictor on device="cuda" without a GPU failed in torch's driver check after the
+    model was built and its weights read."""
+    from detection import Predictor as Detector
+    from segmentation import Predictor as Segmentor
+
+    from engine.distributed import usable_device
+
+    assert usable_device("cpu") == torch.device("cpu")
+    missing = tmp_path / "not_read.pth"  # the device is refused before the weights are read
+    for predictor in (Detector, Segmentor):
+        with pytest.raises(ValueError, match=r"device 'cuda:99': (torch .* sees no GPU .*use "
+                                             r"device='cpu'|this machine has \d+ GPU)"):
+            predictor(weights=missing, device="cuda:99")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -162,6 +163,47 @@ def test_progress_line(caplog: pytest.LogCaptureFixture) -> None:
     assert f"loss_mse={(seen[2] + seen[3]) / 2:.4f}" in lines[1]
     assert f"loss_mse={seen[4]:.4f}" in lines[2]
     assert lines[-1].startswith("trained 5 iterations in")
+
+
+def test_progress_line_is_true_to_the_steps(caplog: pytest.LogCaptureFixture) -> None:
+    """Each loss is averaged over the steps that gave it (a skipped batch gives only
+    loss_skipped_batch: it halved the others), the lr shown is the one the step used (it was
+    the next step's), and it/s counts the steps only (an evaluation's minutes slowed it and
+    stretched the ETA)."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = build_lr_scheduler(opt, max_iter=6, decay="step", steps=[3], gamma=0.1)
+    log = logging.getLogger("test_progress_truth")
+    seen: list[float] = []
+
+    def step(net: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        if len(seen) in (1, 4):  # a batch whose images were all unreadable
+            seen.append(float("nan"))
+            return {"loss_skipped_batch": torch.zeros((), requires_grad=True)}
+        loss = mse_step(net, batch)
+        seen.append(loss["loss_mse"].item())
+        return loss
+
+    class SlowEvaluation:
+        def after_step(self, trainer: Trainer) -> None:
+            if trainer.iter == 2:
+                time.sleep(0.5)
+
+    trainer = Trainer(model=model, optimizer=opt, scheduler=sched, step_fn=step, max_iter=6,
+                      hooks=[SlowEvaluation(), ProgressLogger(3, logger=log)])
+    with caplog.at_level(logging.INFO, logger="test_progress_truth"):
+        trainer.train(regression_data())
+    first, second = [r.getMessage() for r in caplog.records
+                     if r.name == "test_progress_truth"][:2]
+    assert f"loss_mse={(seen[0] + seen[2]) / 2:.4f}" in first
+    assert f"loss_mse={(seen[3] + seen[5]) / 2:.4f}" in second
+    assert "loss_skipped_batch=0.0000" in first
+    # steps 0..2 at 0.05 (iteration 3 is step 2), 3..5 at 0.005
+    assert "lr=0.05 " in first and "lr=0.005 " in second
+    its = float(first.split(" it/s")[0].split()[-1])
+    assert its > 20, first  # 3 tiny steps; the 0.5 s hook outside them
+    assert "data " in first and " s  eta" in first
 
 
 def test_a_batch_that_cannot_be_made_saves_the_steps_done_first(

@@ -32,7 +32,7 @@ def test_predictor_uses_checkpoint_provenance(tmp_path, small_config):
         expected = model([torch.from_numpy(image.transpose(2, 0, 1).copy())])[0]["mask"]
     assert result["mask"].shape == (45, 67) and result["mask"].dtype == np.int64
     np.testing.assert_array_equal(result["mask"], expected.numpy())
-    from_checkpoint_alone = Predictor(None, weights=path)  # the config the checkpoint records
+    from_checkpoint_alone = Predictor(weights=path)  # the config the checkpoint records
     np.testing.assert_array_equal(from_checkpoint_alone(image)["mask"], expected.numpy())
 
 

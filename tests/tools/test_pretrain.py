@@ -275,6 +275,18 @@ def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
             tool.main(overrides(tmp_path / "data", tmp_path / key,
                                 **{f"train.{key}": value, "train.batch_size": 2}))
         assert not (tmp_path / key).exists()  # refused before the run began
+    # log_period=0 failed after the data was read and config.yaml rewritten (beside an
+    # earlier run's files when resuming)
+    for key, value, least in (("log_period", 0, 1), ("checkpoint_period", -5, 0),
+                              ("eval_period", -1, 0)):
+        with pytest.raises(ValueError, match=f"train.{key} must be >= {least}, got {value}"):
+            tool.main(overrides(tmp_path / "data", tmp_path / key,
+                                **{f"train.{key}": value, "train.batch_size": 2}))
+        assert not (tmp_path / key).exists()
+    (tmp_path / "a_file").write_text("mine")
+    with pytest.raises(ValueError, match=f"the output folder {tmp_path / 'a_file'} is a file"):
+        tool.main(overrides(tmp_path / "data", tmp_path / "a_file", **{"train.batch_size": 2}))
+    assert (tmp_path / "a_file").read_text() == "mine"
     with pytest.raises(ValueError, match="unknown config key 'solver' in override 'solver.lr=0.1'"):
         tool.main(overrides(tmp_path / "data", tmp_path / "o", **{"solver.lr": 0.1}))
 

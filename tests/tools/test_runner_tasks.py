@@ -4,6 +4,7 @@ unreadable images skipped and counted), and a new task needs only its task objec
 from __future__ import annotations
 
 import math
+import logging
 import os
 import shutil
 import signal
@@ -174,10 +175,15 @@ def signal_at_step(task: Any, step: int, signum: int) -> Any:
     return task
 
 
-def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(tmp_path: Path) -> None:
+def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cpu = torch.device("cpu")
     full = run_training(_RegressionTask(), _toy_config(tmp_path / "toy"), cpu)
     assert full["iteration"] == 6 and (tmp_path / "toy/model_final.pth").is_file()
+    with caplog.at_level(logging.WARNING):  # a fresh run into the folder of a finished one
+        run_training(_RegressionTask(), _toy_config(tmp_path / "toy"), cpu)
+    assert f"{tmp_path / 'toy'} holds model_final.pth of an earlier run: not this run's " \
+           "until it replaces them at its end" in caplog.text
     assert_resume_from_step_2_is_bit_identical(tmp_path, lambda out, resume: run_training(
         _RegressionTask(), _toy_config(out), cpu, resume=resume)["model"])
     # SIGTERM during step 3 (no periodic checkpoint there): that step ends, a checkpoint is
@@ -282,6 +288,9 @@ def test_training_that_cannot_succeed_stops_before_the_first_step_or_at_the_bad_
         run_training(_EmptyRegressionTask(), _toy_config(tmp_path / "empty"), cpu)
     with pytest.raises(NonFiniteLossError, match=r"at iteration 2 .*loss_nan=nan"):
         run_training(_DivergingRegressionTask(), _toy_config(tmp_path / "nan"), cpu)
+    # log.txt says why the run stopped (it ended at the last progress line)
+    assert "training stopped: NonFiniteLossError: loss is not finite at iteration 2" in (
+        tmp_path / "nan/log.txt").read_text()
 
 
 @pytest.mark.parametrize("benchmark", [True, False])

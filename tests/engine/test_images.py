@@ -1,0 +1,35 @@
+"""engine.data.check_rgb_image: what a Predictor refuses, each with the conversion that fixes it
+(the advice is run here: what it gives is taken)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.data import check_rgb_image
+
+RGB = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("given, advice, fixed", [
+    (Image.fromarray(RGB).convert("RGBA"), "np.asarray(image.convert('RGB'))",
+     lambda image: np.asarray(image.convert("RGB"))),
+    (torch.from_numpy(RGB).permute(2, 0, 1), "image.permute(1, 2, 0).cpu().numpy()",
+     lambda image: image.permute(1, 2, 0).cpu().numpy()),
+    (RGB[..., 0], "cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)",
+     lambda image: cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)),
+    (np.dstack([RGB, RGB[..., :1]]), "np.ascontiguousarray(image[..., :3])",
+     lambda image: np.ascontiguousarray(image[..., :3])),
+    (RGB.transpose(2, 0, 1), "image.transpose(1, 2, 0)", lambda image: image.transpose(1, 2, 0)),
+    (RGB / 255.0, "(image * 255).round().astype(np.uint8)",
+     lambda image: (image * 255).round().astype(np.uint8)),
+])
+def test_a_refused_image_names_the_conversion_that_fixes_it(given, advice, fixed) -> None:
+    with pytest.raises(ValueError, match="expects a non-empty \\(H, W, 3\\) uint8 RGB array") \
+            as refused:
+        check_rgb_image(given)
+    assert advice in str(refused.value)
+    expected = np.dstack([RGB[..., 0]] * 3) if advice.startswith("cv2") else RGB  # gray
+    np.testing.assert_array_equal(check_rgb_image(fixed(given)), expected)
