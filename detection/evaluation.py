@@ -24,6 +24,7 @@ from pycocotools import mask as mask_utils
 
 from engine.data.coco import (check_segmentation, collector_paused, read_coco_json,
                               segmentation_to_rle)
+from engine.logging import to_log_file
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 IOU_TYPES = ("bbox", "segm")
@@ -217,7 +218,9 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
         per_category[key] = float(p.mean()) * 100 if p.size else math.nan
     metrics["per_category"] = per_category
     if verbose:
-        print(format_summary(stats, per_category, iou_type))
+        summary = format_summary(stats, per_category, iou_type)
+        print(summary)
+        to_log_file(summary)
     return metrics
 
 

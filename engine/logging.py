@@ -6,6 +6,7 @@ Only the main process writes tensorboard events and INFO lines; other ranks log 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import sys
@@ -55,11 +56,25 @@ def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -
         root.addHandler(handler)
 
 
-class ScalarWriter:
-    """Tensorboard SummaryWriter on the main process; a no-op elsewhere or without log_dir."""
+def to_log_file(text: str) -> None:
+    """`text` (printed to the console by its caller) into the log.txt that setup_logging
+    opened, so that the file holds the whole run (results tables included)."""
+    record = logging.LogRecord("engine", logging.INFO, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "_engine_handler", False) and isinstance(handler,
+                                                                       logging.FileHandler):
+            handler.handle(record)
 
-    def __init__(self, log_dir: str | os.PathLike | None) -> None:
+
+class ScalarWriter:
+    """Tensorboard SummaryWriter on the main process, and the same scalars as JSON lines
+    ({"iteration": i, "train/loss_cls": ..., ...} per call) in `jsonl`, for scripts and plots;
+    a no-op elsewhere or without log_dir."""
+
+    def __init__(self, log_dir: str | os.PathLike | None,
+                 jsonl: str | os.PathLike | None = None) -> None:
         self._writer = None
+        self._jsonl = Path(jsonl) if jsonl is not None and is_main_process() else None
         if log_dir is not None and is_main_process():
             from torch.utils.tensorboard import SummaryWriter  # slow import, only when used
             self._writer = SummaryWriter(log_dir=str(log_dir))
@@ -68,6 +83,10 @@ class ScalarWriter:
         if self._writer is not None:
             for key, value in values.items():
                 self._writer.add_scalar(key, value, step)
+        if self._jsonl is not None:  # appended: a resumed run goes on in the same file
+            with open(self._jsonl, "a") as f:
+                f.write(json.dumps({"iteration": int(step),
+                                    **{k: float(v) for k, v in values.items()}}) + "\n")
 
     def close(self) -> None:
         if self._writer is not None:

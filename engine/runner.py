@@ -420,7 +420,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool,
         zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
         return {"loss_skipped_batch": zero}
 
-    writer = ScalarWriter(output_dir / "tensorboard")
+    writer = ScalarWriter(output_dir / "tensorboard", jsonl=output_dir / "scalars.jsonl")
     trainer = Trainer(model=ddp_model, optimizer=optimizer, scheduler=scheduler, step_fn=step_fn,
                       max_iter=lengths["max_iter"], amp=amp,
                       clip_grad_norm=t.clip_grad_norm or None)

@@ -4,6 +4,7 @@ unreadable images skipped and counted), and a new task needs only its task objec
 from __future__ import annotations
 
 import math
+import json
 import logging
 import os
 import shutil
@@ -180,6 +181,12 @@ def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(
     cpu = torch.device("cpu")
     full = run_training(_RegressionTask(), _toy_config(tmp_path / "toy"), cpu)
     assert full["iteration"] == 6 and (tmp_path / "toy/model_final.pth").is_file()
+    # the logged scalars as JSON lines too (log_period 20: the last step only)
+    lines = [json.loads(line) for line in (tmp_path / "toy/scalars.jsonl").read_text()
+             .splitlines()]
+    assert [line["iteration"] for line in lines] == [6]
+    assert lines[0]["train/loss_mse"] == lines[0]["train/total_loss"] > 0
+    assert {"train/lr", "train/it_per_s", "train/data_time"} <= set(lines[0])
     with caplog.at_level(logging.WARNING):  # a fresh run into the folder of a finished one
         run_training(_RegressionTask(), _toy_config(tmp_path / "toy"), cpu)
     assert f"{tmp_path / 'toy'} holds model_final.pth of an earlier run: not this run's " \

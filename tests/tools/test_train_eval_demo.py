@@ -85,6 +85,10 @@ def test_train_writes_final_checkpoint_with_provenance(trained: Path, data: Path
     assert prov["arch"] == "faster_rcnn_resnet18_fpn"
     assert ckpt["model"]["roi_heads.box_predictor.cls_score.weight"].shape[0] == 7
     assert (trained / "model_0000001.pth").is_file() and (trained / "config.yaml").is_file()
+    # log.txt holds the whole run: the COCO table and the summary line, not only the console
+    log = (trained / "log.txt").read_text()
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all" in log
+    assert "box AP = " in log.splitlines()[-1]
     # a training checkpoint records the same: eval, demo and export read the dataset's ids
     mid = torch.load(trained / "model_0000001.pth", map_location="cpu", weights_only=True)
     assert mid["provenance"] == prov
