@@ -218,6 +218,30 @@ class Checkpointer:
         logger.info("resumed from %s at iteration %d", path, state["iteration"])
         return {"iteration": int(state["iteration"]), "extra": dict(state.get("extra", {}))}
 
+    def resume_from(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Load the checkpoint `path` (an earlier one of this run, say, from before its loss
+        diverged). The folder's checkpoints from its iteration on belong to the abandoned
+        course: `last_checkpoint` names `path` when it is in the folder, and this run's first
+        checkpoint replaces them.
+
+        Raises:
+            UnreadableCheckpointError: `path` is missing or cannot be read (nothing loaded).
+        """
+        self.remove_partial_writes()
+        state = self.load(path)
+        chosen = Path(path).resolve()
+        self._earlier = [p for p in self._checkpoints() if p.resolve() != chosen
+                         and _iteration_of(p) >= state["iteration"]]
+        if self._earlier:
+            logger.warning("%s holds checkpoints from iteration %d on (%s): this run continues "
+                           "from %s instead, and its first checkpoint replaces them",
+                           self.output_dir, state["iteration"], ", ".join(
+                               p.name for p in sorted(self._earlier, key=_iteration_of)), path)
+        if is_main_process() and chosen.parent == self.output_dir.resolve() \
+                and CHECKPOINT_NAME.fullmatch(chosen.name):
+            atomic_write_text(chosen.name + "\n", self.output_dir / POINTER)
+        return state
+
     def resume(self) -> dict[str, Any] | None:
         """Load the checkpoint `last_checkpoint` names; None (and nothing loaded) if there is no
         pointer. When that file is missing or unreadable, say so and load the newest older

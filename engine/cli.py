@@ -41,6 +41,10 @@ def config_argument_parser(description: str | None, *,
     if resume:
         parser.add_argument("--resume", action="store_true",
                             help="continue from OUTPUT_DIR/last_checkpoint if there is one")
+        parser.add_argument("--resume-from", metavar="CKPT", default=None,
+                            help="continue from this checkpoint (e.g. OUTPUT_DIR/model_N.pth "
+                                 "from before a divergence); later ones of OUTPUT_DIR are "
+                                 "replaced")
     return parser
 
 
@@ -67,7 +71,8 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
                       stacklevel=2)
     try:
         try:
-            result = run_training(runner_task, cfg, device, resume=args.resume)
+            result = run_training(runner_task, cfg, device,
+                                  resume=args.resume_from or args.resume)
         except TrainingInterrupted as stopped:
             if is_main_process():
                 print(stopped, file=sys.stderr, flush=True)

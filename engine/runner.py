@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -344,14 +345,15 @@ def _log_metrics(logger: logging.Logger, writer: ScalarWriter, metrics: Metrics,
 
 
 def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
-                 resume: bool = False) -> dict[str, Any]:
+                 resume: bool | str | os.PathLike = False) -> dict[str, Any]:
     """Build everything from `cfg`, train (resuming if asked), evaluate, save model_final.pth.
 
     Args:
         task: what is trained (its data, model, losses, metrics and final files).
         cfg: the task's config (the shared `train` section included).
         device: this process's device (from `engine.init_distributed`).
-        resume: continue from OUTPUT_DIR/last_checkpoint when there is one.
+        resume: continue from OUTPUT_DIR/last_checkpoint when there is one (True), or from
+            the checkpoint at this path (`Checkpointer.resume_from`).
 
     Returns:
         {"model": the trained model (unwrapped), "metrics": the task's primary metric group
@@ -375,7 +377,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         raise
 
 
-def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool,
+def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str | os.PathLike,
            logger: logging.Logger, output_dir: Path, compile_backend: str | None,
            amp: str | None) -> dict[str, Any]:
     """run_training after its checks, with the logging set up."""
@@ -433,7 +435,9 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool,
                                     path, recorded, iteration, cfg, lengths["max_iter"],
                                     logger, provenance or {}))
     if resume:
-        state = checkpointer.resume()  # restores every process's RNG state
+        # restores every process's RNG state
+        state = (checkpointer.resume() if resume is True
+                 else checkpointer.resume_from(resume))
     else:
         state = None
         checkpointer.remove_partial_writes()

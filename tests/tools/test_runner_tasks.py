@@ -283,6 +283,44 @@ class _DivergingRegressionTask(_RegressionTask):
         return {**losses, "loss_nan": losses["loss_mse"] * (math.nan if self.steps == 3 else 0)}
 
 
+class _DivergingAfterStep4(_RegressionTask):
+    steps = 0
+
+    def losses(self, model: nn.Module, batch: list[dict[str, Any]],
+               device: torch.device) -> Mapping[str, torch.Tensor]:
+        self.steps += 1
+        losses = dict(super().losses(model, batch, device))
+        return {k: v * math.nan for k, v in losses.items()} if self.steps == 5 else losses
+
+
+def test_resume_from_an_earlier_checkpoint_abandons_the_later_ones(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """After a divergence the newest checkpoint may already hold diverged weights; --resume
+    could only follow last_checkpoint to it. --resume-from takes an earlier one, and the
+    folder's later checkpoints give way to the new course."""
+    cpu = torch.device("cpu")
+    full = run_training(_RegressionTask(), _toy_config(tmp_path / "a"), cpu)["model"]
+    with pytest.raises(NonFiniteLossError, match="at iteration 4"):
+        run_training(_DivergingAfterStep4(), _toy_config(tmp_path / "b"), cpu)
+    assert (tmp_path / "b/last_checkpoint").read_text() == "model_0000004.pth\n"
+    with pytest.raises(ValueError, match=r"cannot read checkpoint .*model_0000003\.pth"):
+        run_training(_RegressionTask(), _toy_config(tmp_path / "b"), cpu,
+                     resume=tmp_path / "b/model_0000003.pth")
+    with caplog.at_level(logging.INFO):
+        resumed = run_training(_RegressionTask(), _toy_config(tmp_path / "b"), cpu,
+                               resume=tmp_path / "b/model_0000002.pth")
+    assert resumed["iteration"] == 6
+    assert f"resumed from {tmp_path / 'b/model_0000002.pth'} at iteration 2" in caplog.text
+    assert "holds checkpoints from iteration 2 on (model_0000004.pth): this run continues " \
+           "from" in caplog.text
+    assert (tmp_path / "b/last_checkpoint").read_text() == "model_0000006.pth\n"
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed["model"].state_dict()[key]), key
+    args = engine.cli.config_argument_parser(None, resume=True).parse_intermixed_args(
+        ["c.yaml", "--resume-from", "out/model_0000002.pth", "train.base_lr=0.01"])
+    assert (args.resume_from, args.overrides) == ("out/model_0000002.pth", ["train.base_lr=0.01"])
+
+
 def test_training_that_cannot_succeed_stops_before_the_first_step_or_at_the_bad_one(
         tmp_path: Path) -> None:
     cpu = torch.device("cpu")
