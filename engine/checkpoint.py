@@ -128,9 +128,11 @@ class Checkpointer:
             kept = (f"the previous checkpoint {previous} and {self.output_dir / POINTER} are "
                     "intact" if previous is not None else "no earlier checkpoint exists")
             reason = f"{type(error).__name__}: {error}" if error is not None else "see rank 0"
+            fix = ("Make it writable" if isinstance(error, PermissionError)
+                   else "Free space there")
             raise CheckpointWriteError(
                 f"cannot write checkpoint {path.name} in {self.output_dir} ({reason}); {kept}. "
-                f"Free space there (or set train.output_dir) and resume with --resume")
+                f"{fix} (or set train.output_dir) and resume with --resume")
         barrier()
         return path
 

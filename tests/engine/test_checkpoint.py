@@ -248,7 +248,14 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_pointer(
 
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(CheckpointWriteError, match=rf"model_0000010.pth in {tmp_path} .*No "
-                       r"space left.*previous checkpoint .*model_0000005.pth"):
+                       r"space left.*previous checkpoint .*model_0000005.pth.*Free space there"):
+        ckpt.save(10)
+
+    def read_only(obj: object, f: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(torch, "save", read_only)  # a folder made read-only during the run
+    with pytest.raises(CheckpointWriteError, match="Permission denied.*Make it writable"):
         ckpt.save(10)
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
