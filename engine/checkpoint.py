@@ -277,6 +277,75 @@ class Checkpointer:
             f"no checkpoint in {self.output_dir} can be read: " + "; ".join(failures))
 
 
+def best_metric_parts(metric: Any) -> tuple[str, str]:
+    """("bbox", "AP") of train.best_metric "bbox/AP"."""
+    group, _, key = str(metric).partition("/")
+    if not isinstance(metric, str) or not group or not key:
+        raise ValueError(f"train.best_metric must be group/key as the evaluations log it "
+                         f"(bbox/AP, sem_seg/mIoU, classification/top1) or null, got {metric!r}")
+    return group, key
+
+
+class BestWeights:
+    """`model_best.pth` in the output folder: the weights of the evaluation that scored
+    highest so far on `metric` ("group/key" as the evaluations log it, e.g. "bbox/AP"),
+    written like model_final.pth ({"model", "provenance", "iteration"}) plus
+    {"best": {"metric", "value"}}, so eval, demo and export take it alike.
+
+    Args:
+        output_dir: the run's folder.
+        metric: "group/key"; higher is better.
+        model: the trained model (a DDP wrapper is unwrapped).
+        provenance: what the weights record.
+        resume: a resumed run competes with the best its folder already holds.
+    """
+
+    FILE = "model_best.pth"
+
+    def __init__(self, output_dir: str | os.PathLike, metric: str, model: nn.Module,
+                 provenance: Mapping[str, Any] | None, *, resume: bool) -> None:
+        self.group, self.key = best_metric_parts(metric)
+        self.metric = metric
+        self.path = Path(output_dir) / self.FILE
+        self.model = model
+        self.provenance = dict(provenance or {})
+        self.best: float | None = None
+        self._disabled = False
+        if resume and self.path.is_file():
+            try:
+                recorded = torch.load(io.BytesIO(self.path.read_bytes()), map_location="cpu",
+                                      weights_only=True).get("best", {})
+            except Exception as e:  # a damaged file: the next evaluation replaces it
+                logger.warning("cannot read %s (%s): the next evaluation replaces it",
+                               self.path, e)
+            else:
+                if recorded.get("metric") == metric:
+                    self.best = float(recorded["value"])
+
+    def update(self, metrics: Mapping[str, Mapping[str, Any]], iteration: int) -> None:
+        """After an evaluation (on every process; the main one writes)."""
+        if self._disabled:
+            return
+        value = metrics.get(self.group, {}).get(self.key)
+        if not isinstance(value, (int, float)):
+            available = [f"{g}/{k}" for g, values in metrics.items() for k, v in values.items()
+                         if isinstance(v, (int, float))]
+            logger.warning("train.best_metric %s is not a number the evaluation gives (%s): "
+                           "no %s is kept", self.metric, ", ".join(available), self.FILE)
+            self._disabled = True
+            return
+        if value != value or (self.best is not None and value <= self.best):  # NaN, or worse
+            return
+        self.best = float(value)
+        if is_main_process():
+            atomic_save({"model": {k: v.detach().cpu() for k, v in
+                                   unwrap_model(self.model).state_dict().items()},
+                         "provenance": self.provenance, "iteration": int(iteration),
+                         "best": {"metric": self.metric, "value": self.best}}, self.path)
+            logger.info("best %s so far: %.4f at iteration %d, weights in %s", self.metric,
+                        self.best, iteration, self.path)
+
+
 def _iteration_of(checkpoint: Path) -> int:
     return int(CHECKPOINT_NAME.fullmatch(checkpoint.name).group(1))  # type: ignore[union-attr]
 

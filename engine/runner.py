@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .amp import parse_amp
-from .checkpoint import Checkpointer, PeriodicCheckpointer
+from .checkpoint import BestWeights, Checkpointer, PeriodicCheckpointer, best_metric_parts
 from .compilation import compile_model, parse_compile
 from .config import save_config, to_plain
 from .data import CountedLoader, build_test_loader, build_train_loader, collate
@@ -140,6 +140,8 @@ def check_train_choices(t: DictConfig) -> None:
                               ("lr_decay", t.lr_decay, DECAYS)):
         if value not in valid:
             raise ValueError(f"unknown train.{key} {value!r}; valid: {', '.join(valid)}")
+    if t.best_metric is not None:
+        best_metric_parts(t.best_metric)
     for key, least in (("log_period", 1), ("checkpoint_period", 0), ("eval_period", 0)):
         if t[key] < least:
             raise ValueError(f"train.{key} must be >= {least}, got {t[key]}"
@@ -171,7 +173,7 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
 
 LEFT_OUT = "the metrics are those of the others"
 # what a finished run leaves besides checkpoints (every task's final weights and metrics)
-EARLIER_RESULTS = ("model_final.pth", "backbone_final.pth", "metrics.json")
+EARLIER_RESULTS = ("model_final.pth", "backbone_final.pth", "model_best.pth", "metrics.json")
 
 # steps between checks of the share of unreadable training images
 UNREADABLE_WINDOW = 20
@@ -476,8 +478,15 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                              getattr(task, "unreadable_val", LEFT_OUT)))
             return metrics
 
-        eval_hook = PeriodicEval(t.eval_period, evaluate,
-                                 on_result=lambda m, it: _log_metrics(logger, writer, m, it))
+        best = (BestWeights(output_dir, t.best_metric, model, provenance, resume=bool(resume))
+                if t.best_metric is not None else None)
+
+        def on_result(metrics: Metrics, iteration: int) -> None:
+            _log_metrics(logger, writer, metrics, iteration)
+            if best is not None:
+                best.update(metrics, iteration)
+
+        eval_hook = PeriodicEval(t.eval_period, evaluate, on_result=on_result)
         hooks.append(eval_hook)
     trainer.register_hooks(*hooks)
     train_loader = build_train_loader(data.train, batch_size=batch_size, seed=t.seed,

@@ -5,6 +5,7 @@ Runs in-process (no torchrun) except the 2-process test, which uses torchrun on 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import shutil
 from collections.abc import Iterator
@@ -263,6 +264,52 @@ def test_resume_with_other_train_settings(tool: ModuleType, tmp_path: Path,
     assert result["iteration"] == 6
     assert "train.base_lr: 0.002 -> 0.05, train.epochs: 2 -> 3" in caplog.text
     assert "epochs: 3" in (out / "config.yaml").read_text()
+
+
+def test_model_best_keeps_the_weights_of_the_best_evaluation(
+        tool: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """train.best_metric: model_best.pth holds the weights of the evaluation that scored
+    highest (per the logged evaluations in scalars.jsonl), equal to that step's checkpoint;
+    a resumed run competes with it."""
+    colour_tree(tmp_path / "data", train_per_class=8, val_per_class=6)
+    out = tmp_path / "out"
+    args = overrides(tmp_path / "data", out, **{
+        "train.epochs": None, "train.max_iter": 10, "train.base_lr": 0.05, "train.eval_period": 1,
+        "train.checkpoint_period": 1, "train.max_to_keep": 100,
+        "train.best_metric": "classification/top1"})
+    tool.main(args)
+
+    def check_best(iterations: list[int]) -> None:
+        logged = [json.loads(line) for line in (out / "scalars.jsonl").read_text().splitlines()]
+        top1 = {line["iteration"]: line["classification/top1"] for line in logged
+                if "classification/top1" in line}
+        assert sorted(top1) == iterations and len(set(top1.values())) > 1
+        first_best = max(top1, key=lambda i: (top1[i], -i))
+        best = torch.load(out / "model_best.pth", map_location="cpu", weights_only=True)
+        assert best["best"] == {"metric": "classification/top1", "value": top1[first_best]}
+        assert best["iteration"] == first_best
+        assert best["provenance"]["class_names"] == ["blue", "red"]
+        at_that_step = torch.load(out / f"model_{first_best:07d}.pth", map_location="cpu",
+                                  weights_only=True)["model"]
+        for key, value in at_that_step.items():
+            assert torch.equal(value, best["model"][key]), key
+
+    check_best(list(range(1, 11)))
+    # resumed: its evaluations compete with the best the folder holds (starting from none,
+    # iteration 11 would replace an equal best of an earlier iteration)
+    tool.main(args + ["train.max_iter=12", "--resume"])
+    check_best(list(range(1, 13)))
+    with caplog.at_level(logging.WARNING):  # a metric no evaluation gives: said, not fatal
+        tool.main(overrides(tmp_path / "data", tmp_path / "other", **{
+            "train.epochs": None, "train.max_iter": 2, "train.eval_period": 1,
+            "train.best_metric": "bbox/AP"}))
+    assert "train.best_metric bbox/AP is not a number the evaluation gives " \
+           "(classification/top1, classification/top5)" in caplog.text
+    assert not (tmp_path / "other/model_best.pth").exists()
+    with pytest.raises(ValueError, match="train.best_metric must be group/key"):
+        tool.main(overrides(tmp_path / "data", tmp_path / "bad",
+                            **{"train.best_metric": "top1"}))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
