@@ -6,8 +6,9 @@ Usage:
 Studies:
   degradation  train plain and residual twins at two depths (degradation.depths); training and
                validation error vs iterations, plain dashed, residual solid (He et al. 2016).
-  responses    std of every residual branch output (after its last norm, before the
-               addition), plain vs residual (He et al. 2016, fig. 7).
+  responses    std of every 3x3 layer's output after its norm, before the ReLU or the
+               addition, plain vs residual (He et al. 2016, fig. 7); responses.layers=blocks:
+               of every residual branch output instead.
   lesion       accuracy with one block deleted, and with k random blocks deleted, residual vs
                plain (Veit et al. 2016).
   paths        path-length distribution, gradient magnitude along paths of length k, and their

@@ -5,10 +5,10 @@ from .path_sampling import (PATH_SAMPLING_DEFAULTS, KOfNPathSampler, apply_path_
                             branch_output_module, drop_path_rates, sample_subsets)
 from .paths import (PathGradients, effective_paths, path_gradient_magnitudes,
                     path_length_distribution)
-from .responses import branch_response_std
+from .responses import layer_response_std, response_layers
 
 __all__ = ["PATH_SAMPLING_DEFAULTS", "KOfNPathSampler", "PathGradients", "apply_path_sampling",
-           "branch_output_module", "branch_response_std", "deleted_blocks", "drop_path_rates",
-           "effective_paths", "is_downsampling", "path_gradient_magnitudes",
-           "path_length_distribution", "random_lesions", "sample_subsets",
+           "branch_output_module", "deleted_blocks", "drop_path_rates", "effective_paths",
+           "is_downsampling", "layer_response_std", "path_gradient_magnitudes",
+           "path_length_distribution", "random_lesions", "response_layers", "sample_subsets",
            "single_block_lesions"]

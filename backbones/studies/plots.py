@@ -51,10 +51,11 @@ def plot_degradation(runs: Sequence[Mapping[str, Any]], path: str | os.PathLike,
 
 def plot_responses(models: Sequence[Mapping[str, Any]], path: str | os.PathLike,
                    title: str) -> None:
-    """Std of each block's branch output: network order (left) and sorted (right).
+    """Std of each measured layer's output: network order (left) and sorted (right).
 
     Args:
-        models: {"label", "residual", "std": [per block]} per model.
+        models: {"label", "residual", "layers": "3x3" or "blocks", "std": [per layer]} per
+            model.
         path: the PNG.
         title: names the models and data.
     """
@@ -62,14 +63,16 @@ def plot_responses(models: Sequence[Mapping[str, Any]], path: str | os.PathLike,
     for i, model in enumerate(models):
         color = COLORS[i % len(COLORS)]
         style = "-" if model["residual"] else "--"
-        blocks = range(1, len(model["std"]) + 1)
-        axes[0].plot(blocks, model["std"], style, marker="o", markersize=3, color=color,
+        index = range(1, len(model["std"]) + 1)
+        axes[0].plot(index, model["std"], style, marker="o", markersize=3, color=color,
                      label=model["label"])
-        axes[1].plot(blocks, sorted(model["std"], reverse=True), style, marker="o",
+        axes[1].plot(index, sorted(model["std"], reverse=True), style, marker="o",
                      markersize=3, color=color, label=model["label"])
-    axes[0].set_xlabel("block (network order)")
-    axes[1].set_xlabel("block (sorted by magnitude)")
-    axes[0].set_ylabel("std of residual branch output")
+    unit = "block" if models and models[0]["layers"] == "blocks" else "3x3 layer"
+    axes[0].set_xlabel(f"{unit} (network order)")
+    axes[1].set_xlabel(f"{unit} (sorted by magnitude)")
+    axes[0].set_ylabel("std of residual branch output" if unit == "block"
+                       else "std of the layer's output after its norm")
     axes[0].set_title("layer responses, network order")
     axes[1].set_title("layer responses, sorted")
     for ax in axes:

@@ -20,7 +20,7 @@ from .lesion import is_downsampling, random_lesions, single_block_lesions
 from .models import StudyModel, load_study_model, train_study_model
 from .paths import effective_paths, path_gradient_magnitudes, path_length_distribution
 from .plots import plot_degradation, plot_lesion, plot_paths, plot_responses
-from .responses import block_names, branch_response_std
+from .responses import block_names, layer_response_std, response_layers
 from .training import accuracy
 
 logger = logging.getLogger(__name__)
@@ -86,25 +86,28 @@ def run_degradation(ctx: StudyContext, weights: Sequence[str], *,
                   {"runs": runs}, lambda path, t: plot_degradation(runs, path, t), title, started)
 
 
-def run_responses(ctx: StudyContext, weights: Sequence[str], *,
-                  max_images: int) -> dict[str, Path]:
-    """Std of every block's residual branch output, per model, in network order."""
+def run_responses(ctx: StudyContext, weights: Sequence[str], *, max_images: int,
+                  layers: str = "3x3") -> dict[str, Path]:
+    """Std of every 3x3 layer's output after its norm (or of every block's residual branch
+    output: layers="blocks"), per model, in network order."""
     started = time.perf_counter()
     models = _models(ctx, weights, twins=True)
     images = ctx.val.subset(max_images, seed=0)
     results = []
     for m in models:
-        std = branch_response_std(m.model, m.backbone, m.inputs(images),
-                                  batch_size=ctx.eval_batch_size)
-        blocks = m.backbone.blocks()
-        results.append({**m.describe(), "std": std, "block_names": block_names(m.backbone),
-                        "downsampling": [is_downsampling(b) for b in blocks]})
+        measured = response_layers(m.backbone, layers)
+        std = layer_response_std(m.model, measured, m.inputs(images),
+                                 batch_size=ctx.eval_batch_size)
+        results.append({**m.describe(), "layers": layers, "std": std,
+                        "layer_names": [layer.name for layer in measured],
+                        "downsampling": [layer.downsampling for layer in measured]})
     rows = [(r["label"], i + 1, name, down, f"{s:.6f}") for r in results
-            for i, (name, down, s) in enumerate(zip(r["block_names"], r["downsampling"],
+            for i, (name, down, s) in enumerate(zip(r["layer_names"], r["downsampling"],
                                                     r["std"]))]
-    title = (f"Layer responses of {_names(models)}\n"
+    what = "3x3 layers" if layers == "3x3" else "residual branches"
+    title = (f"Responses of the {what} of {_names(models)}\n"
              f"on {len(images)} validation images of {ctx.describe_data()}")
-    return _write(ctx, "responses", ("model", "block", "block_name", "downsampling", "std"), rows,
+    return _write(ctx, "responses", ("model", "layer", "layer_name", "downsampling", "std"), rows,
                   {"models": results}, lambda path, t: plot_responses(results, path, t), title,
                   started)
 
@@ -200,7 +203,8 @@ def run_study(study: str, ctx: StudyContext, cfg: Any, weights: Sequence[str]) -
     if study == "degradation":
         return run_degradation(ctx, weights, depths=list(cfg.degradation.depths))
     if study == "responses":
-        return run_responses(ctx, weights, max_images=cfg.responses.max_images)
+        return run_responses(ctx, weights, max_images=cfg.responses.max_images,
+                             layers=cfg.responses.layers)
     if study == "lesion":
         return run_lesion(ctx, weights, draws=cfg.lesion.draws, max_k=cfg.lesion.max_k)
     if study == "paths":

@@ -15,12 +15,13 @@ from backbones.studies import (
     PathGradients,
     apply_path_sampling,
     branch_output_module,
-    branch_response_std,
     deleted_blocks,
     drop_path_rates,
     is_downsampling,
+    layer_response_std,
     path_length_distribution,
     random_lesions,
+    response_layers,
     sample_subsets,
     single_block_lesions,
 )
@@ -297,11 +298,43 @@ def test_branch_response_std_equals_direct_std_over_all_images():
         model(x)
     for handle in handles:
         handle.remove()
-    got = branch_response_std(model, model.backbone, x, batch_size=2)
+    got = layer_response_std(model, response_layers(model.backbone, "blocks"), x, batch_size=2)
     with torch.no_grad():
         expected = [b.branch(inputs[i]).double().std().item()
                     for i, b in enumerate(model.backbone.blocks())]
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_3x3_responses_are_every_3x3_layer_after_its_norm_before_the_relu():
+    """He et al. fig. 7's layers: a CIFAR net's stem and both 3x3 layers of each basic block;
+    the first one's output before its ReLU (it has negative values), the second's before the
+    addition."""
+    model = tiny_classifier()
+    x = images(n=5, seed=7)
+    layers = response_layers(model.backbone, "3x3")
+    blocks = model.backbone.blocks()
+    assert [layer.name for layer in layers[:3]] == ["stem", "res2.0.norm1", "res2.0.norm2"]
+    assert len(layers) == 1 + 2 * len(blocks)
+    inputs = {}
+    handles = [b.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
+               for i, b in enumerate(blocks)]
+    with torch.no_grad():
+        model(x)
+        for handle in handles:
+            handle.remove()
+        stem = model.backbone.stem
+        expected = [stem.norm(stem.conv(x)).double().std().item()]
+        for i, b in enumerate(blocks):
+            first = b.norm1(b.conv1(inputs[i]))
+            assert first.min() < 0  # before the ReLU
+            expected += [first.double().std().item(), b.branch(inputs[i]).double().std().item()]
+    got = layer_response_std(model, layers, x, batch_size=2)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    bottlenecks = backbones.build("resnet50")  # one 3x3 per block; a 7x7 stem is not one
+    names = [layer.name for layer in response_layers(bottlenecks, "3x3")]
+    assert len(names) == 16 and names[0] == "res2.0.norm2"
+    with pytest.raises(ValueError, match="responses.layers must be one of 3x3, blocks"):
+        response_layers(model.backbone, "all")
 
 
 # ---------------------------------------------------------------- path gradients

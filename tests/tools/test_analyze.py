@@ -125,13 +125,20 @@ def test_a_rerun_reuses_the_nets_trained_with_the_same_recipe(image_folder, tmp_
     assert (tmp_path / "models" / "cifar_resnet20.pth").read_bytes() != weights
 
 
-def test_responses_measure_every_block_of_both_twins(image_folder, tmp_path):
-    rows, payload = check_files(run("responses", tmp_path, image_folder), "responses")
+def test_responses_measure_every_3x3_layer_or_block_of_both_twins(image_folder, tmp_path):
+    rows, payload = check_files(run("responses", tmp_path / "3x3", image_folder), "responses")
     assert [m["arch"] for m in payload["models"]] == ["cifar_resnet20", "plain_cifar_resnet20"]
-    assert len(rows) == 2 * BLOCKS
-    assert [r["block_name"] for r in rows[:4]] == ["res2.0", "res2.1", "res2.2", "res3.0"]
-    assert [r["downsampling"] for r in rows[:BLOCKS]].count("True") == 2
+    layers = 1 + 2 * BLOCKS  # the stem and both 3x3 layers of each block: 19 of the 20
+    assert len(rows) == 2 * layers
+    assert [r["layer_name"] for r in rows[:4]] == ["stem", "res2.0.norm1", "res2.0.norm2",
+                                                   "res2.1.norm1"]
+    assert [r["downsampling"] for r in rows[:layers]].count("True") == 2 * 2
     assert all(float(r["std"]) > 0 for r in rows)
+    rows, _ = check_files(run("responses", tmp_path / "blocks", image_folder,
+                              "responses.layers=blocks"), "responses")
+    assert len(rows) == 2 * BLOCKS
+    assert [r["layer_name"] for r in rows[:4]] == ["res2.0", "res2.1", "res2.2", "res3.0"]
+    assert [r["downsampling"] for r in rows[:BLOCKS]].count("True") == 2
 
 
 def test_lesion_rows_and_reuse_of_saved_weights(image_folder, tmp_path):
@@ -177,7 +184,8 @@ def test_cifar_batches_as_data_root(tmp_path):
         with open(root / name, "wb") as f:
             pickle.dump({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
                          b"labels": [0, 1, 0, 1]}, f)
-    rows, payload = check_files(run("responses", tmp_path / "out", root), "responses")
+    rows, payload = check_files(run("responses", tmp_path / "out", root,
+                                    "responses.layers=blocks"), "responses")
     assert "cifar-10-batches-py (2 classes, 8x8 px, 20 train / 4 val images)" == payload["data"]
     assert len(rows) == 2 * BLOCKS
 
