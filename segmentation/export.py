@@ -21,6 +21,7 @@ from engine.data.batching import pad_to_multiple
 from engine.export import (METADATA_FILE, MODEL_FILE, ExportError, OnnxModel, export_graph,
                            model_path, write_metadata)
 
+from .inference import capped_size
 from .model import SemanticSegmentor
 
 TASK = "sem_seg"
@@ -33,11 +34,14 @@ def _scaled(length: int | Tensor, scale: float) -> int | Tensor:
     return max(round(length * scale), 1)
 
 
-def _cap(height: int | Tensor, width: int | Tensor, max_size: int) -> float | Tensor:
-    """`TTAInference.capped`: min(1, max_size / longer side), in float64 as there."""
-    if isinstance(height, Tensor):
-        return torch.clamp(max_size / torch.maximum(height, width).double(), max=1.0)
-    return min(1.0, max_size / max(height, width))
+def _capped(height: int | Tensor, width: int | Tensor, max_size: int | None
+            ) -> tuple[int | Tensor, int | Tensor]:
+    """`capped_size` in the graph's integer arithmetic (the sizes are tensors while tracing)."""
+    if max_size is None or not isinstance(height, Tensor):
+        return capped_size(height, width, max_size)
+    longer = torch.maximum(height, width)
+    return tuple(torch.where(longer > max_size, torch.clamp(
+        (2 * side * max_size + longer) // (2 * longer), min=1), side) for side in (height, width))
 
 
 class SegmentationGraph(nn.Module):
@@ -58,9 +62,8 @@ class SegmentationGraph(nn.Module):
         height, width = x.shape[-2:]  # tensors while tracing: the sizes stay symbolic
         rescaled = self.scale != 1.0 or self.max_size is not None
         if rescaled:
-            scale = (self.scale if self.max_size is None
-                     else _cap(height, width, self.max_size) * self.scale)
-            x = F.interpolate(x, size=(_scaled(height, scale), _scaled(width, scale)),
+            capped = _capped(height, width, self.max_size)
+            x = F.interpolate(x, size=tuple(_scaled(side, self.scale) for side in capped),
                               mode="bilinear", align_corners=False)
         h, w = x.shape[-2:]
         x = pad_to_multiple((x - m.pixel_mean) / m.pixel_std, m.size_divisibility)

@@ -22,6 +22,16 @@ from .model import SemanticSegmentor
 logger = logging.getLogger(__name__)
 
 
+def capped_size(height: int, width: int, max_size: int | None) -> tuple[int, int]:
+    """(height, width) scaled so that the longer side is `max_size` when it is longer, each
+    side rounded half up in integers (an exported graph computes the same); else unchanged."""
+    longer = max(height, width)
+    if max_size is None or longer <= max_size:
+        return height, width
+    return (max((2 * height * max_size + longer) // (2 * longer), 1),
+            max((2 * width * max_size + longer) // (2 * longer), 1))
+
+
 def window_starts(length: int, window: int, stride: int) -> list[int]:
     """Window offsets covering 0..length, the last one flush with the end."""
     if length <= window:
@@ -42,8 +52,8 @@ class TTAInference:
             image at once. Overlapping window logits are averaged.
         stride: (h, w) step of the windows; default two thirds of the window.
         windows_per_batch: windows run through the model together.
-        max_size: longer side an image is first scaled down to when it is longer (the scales
-            apply after it, as mmsegmentation's keep-ratio test resize); None keeps every
+        max_size: longer side an image is first scaled down to when it is longer, keeping
+            its aspect ratio (`capped_size`; the scales apply after it); None keeps every
             image at its size. Probabilities still come back at the image's size.
     """
 
@@ -83,12 +93,6 @@ class TTAInference:
         return (self.scales == (1.0,) and not self.flip and self.window is None
                 and self.max_size is None)
 
-    def capped(self, height: int, width: int) -> float:
-        """The factor max_size scales an image of this size by (1.0 when it fits)."""
-        if self.max_size is None:
-            return 1.0
-        return min(1.0, self.max_size / max(height, width))
-
     def _logits(self, model: SemanticSegmentor, image: Tensor) -> Tensor:
         """(K, h, w) logits of one (3, h, w) image, whole or by sliding windows."""
         if self.window is None:
@@ -112,13 +116,12 @@ class TTAInference:
     def __call__(self, model: SemanticSegmentor, image: Tensor) -> Tensor:
         """(K, H, W) averaged class probabilities of a (3, H, W) RGB 0..255 image."""
         height, width = image.shape[-2:]
-        cap = self.capped(height, width)
+        capped = capped_size(height, width, self.max_size)
         probs = None
         for scale in self.scales:
-            scale = cap * scale
             scaled = image.float()
-            if scale != 1.0:
-                size = (max(round(height * scale), 1), max(round(width * scale), 1))
+            size = (max(round(capped[0] * scale), 1), max(round(capped[1] * scale), 1))
+            if size != (height, width):  # one resize: the cap's and the scale's together
                 scaled = F.interpolate(scaled[None], size=size, mode="bilinear",
                                        align_corners=False)[0]
             views = [(scaled, False)] + ([(scaled.flip(-1), True)] if self.flip else [])

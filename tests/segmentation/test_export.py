@@ -12,7 +12,9 @@ from segmentation.export import OnnxSegmentor, export_segmentor
 from segmentation.inference import TTAInference
 
 ROOT = Path(__file__).resolve().parents[2]
-SIZES = [(77, 141), (150, 90), (35, 250)]  # none the export size (96, 128); odd sides
+# none the export size (96, 128); odd sides; (136, 272) capped at 145 is a tie (72.5 rows),
+# which float arithmetic in the graph rounded otherwise than the eager path
+SIZES = [(77, 141), (150, 90), (35, 250), (136, 272)]
 
 
 @pytest.mark.parametrize("config, scale, max_size", [("deeplabv3_R_50_os16", 1.0, None),

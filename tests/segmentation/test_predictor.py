@@ -8,7 +8,7 @@ from backbones import save_checkpoint
 from segmentation import (Predictor, SemanticSegmentor, TTAInference, build_model,
                           provenance_from_config)
 from segmentation.heads import SemSegHead
-from segmentation.inference import window_starts
+from segmentation.inference import capped_size, window_starts
 
 
 def test_predictor_uses_checkpoint_provenance(tmp_path, small_config):
@@ -107,8 +107,8 @@ def test_multi_scale_probabilities_are_averaged():
 
 
 def test_max_size_scales_long_images_down_first_and_answers_at_their_size():
-    """mmsegmentation's keep-ratio test resize: the model sees the capped image (times each
-    scale); the probabilities are the logits brought back to the image's size."""
+    """The model sees the capped image (times each scale); the probabilities are the logits
+    brought back to the image's size."""
     model = _pointwise_model()
     seen = []
     model.backbone.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[-2:]))
@@ -137,6 +137,8 @@ def test_max_size_scales_long_images_down_first_and_answers_at_their_size():
     with torch.no_grad():
         whole = model([fits])[0]["sem_seg"].softmax(0)
     torch.testing.assert_close(probs, whole, rtol=0, atol=1e-6)
+    # each side rounded half up in integers: 72.5 -> 73 (float rounding in a graph differed)
+    assert capped_size(136, 272, 145) == (73, 145) and capped_size(145, 60, 145) == (145, 60)
     for bad in (0, 12.5, True, "800"):
         with pytest.raises(ValueError, match="max_size must be a positive number"):
             TTAInference(max_size=bad)
