@@ -24,6 +24,7 @@ import io
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 POINTER = "last_checkpoint"
+ABANDONED = "abandoned"  # checkpoints after the one --resume-from took
 CHECKPOINT_NAME = re.compile(r"model_(\d{7,})\.pth")  # 8 digits from iteration 10^7
 
 
@@ -222,26 +224,38 @@ class Checkpointer:
 
     def resume_from(self, path: str | os.PathLike) -> dict[str, Any]:
         """Load the checkpoint `path` (an earlier one of this run, say, from before its loss
-        diverged). The folder's checkpoints from its iteration on belong to the abandoned
-        course: `last_checkpoint` names `path` when it is in the folder, and this run's first
-        checkpoint replaces them.
+        diverged, or another folder's) and make it the folder's newest: its checkpoints from
+        that iteration on, the abandoned course, move to OUTPUT_DIR/abandoned/ (kept, out of
+        pruning and of a later --resume); a checkpoint from elsewhere is copied in; and
+        `last_checkpoint` names it.
 
         Raises:
-            UnreadableCheckpointError: `path` is missing or cannot be read (nothing loaded).
+            UnreadableCheckpointError: `path` is missing or cannot be read (nothing changed).
         """
         self.remove_partial_writes()
         state = self.load(path)
         chosen = Path(path).resolve()
-        self._earlier = [p for p in self._checkpoints() if p.resolve() != chosen
-                         and _iteration_of(p) >= state["iteration"]]
-        if self._earlier:
-            logger.warning("%s holds checkpoints from iteration %d on (%s): this run continues "
-                           "from %s instead, and its first checkpoint replaces them",
-                           self.output_dir, state["iteration"], ", ".join(
-                               p.name for p in sorted(self._earlier, key=_iteration_of)), path)
-        if is_main_process() and chosen.parent == self.output_dir.resolve() \
-                and CHECKPOINT_NAME.fullmatch(chosen.name):
+        later = sorted((p for p in self._checkpoints() if p.resolve() != chosen
+                        and _iteration_of(p) >= state["iteration"]), key=_iteration_of)
+        if is_main_process():
+            aside = self.output_dir / ABANDONED
+            if later:
+                aside.mkdir(exist_ok=True)
+                logger.warning("%s holds checkpoints from iteration %d on (%s): this run "
+                               "continues from %s instead; they move to %s", self.output_dir,
+                               state["iteration"], ", ".join(p.name for p in later), path, aside)
+            for p in later:
+                os.replace(p, aside / p.name)
+                if checksum_file(p).is_file():
+                    os.replace(checksum_file(p), aside / checksum_file(p).name)
+            if chosen.parent != self.output_dir.resolve() \
+                    or not CHECKPOINT_NAME.fullmatch(chosen.name):
+                copy = self.output_dir / f"model_{state['iteration']:07d}.pth"
+                shutil.copyfile(chosen, copy)
+                atomic_write_text(sha256_of(copy) + "\n", checksum_file(copy))
+                chosen = copy
             atomic_write_text(chosen.name + "\n", self.output_dir / POINTER)
+        barrier()
         return state
 
     def resume(self) -> dict[str, Any] | None:

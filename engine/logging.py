@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .distributed import all_reduce_mean, get_rank, is_main_process
+from .files import atomic_write_text
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -69,15 +70,24 @@ def to_log_file(text: str) -> None:
 class ScalarWriter:
     """Tensorboard SummaryWriter on the main process, and the same scalars as JSON lines
     ({"iteration": i, "train/loss_cls": ..., ...} per call) in `jsonl`, for scripts and plots;
-    a no-op elsewhere or without log_dir."""
+    a no-op elsewhere or without log_dir.
+
+    A run that starts at `start_iter` (0: afresh) drops what earlier runs logged after it
+    (the steps a crash lost and that are trained again, a course abandoned with
+    --resume-from, a finished run's whole record), from both.
+    """
 
     def __init__(self, log_dir: str | os.PathLike | None,
-                 jsonl: str | os.PathLike | None = None) -> None:
+                 jsonl: str | os.PathLike | None = None, start_iter: int = 0) -> None:
         self._writer = None
         self._jsonl = Path(jsonl) if jsonl is not None and is_main_process() else None
+        if self._jsonl is not None and self._jsonl.is_file():
+            kept = [line for line in self._jsonl.read_text().splitlines()
+                    if _iteration_of(line) is not None and _iteration_of(line) <= start_iter]
+            atomic_write_text("".join(line + "\n" for line in kept), self._jsonl)
         if log_dir is not None and is_main_process():
             from torch.utils.tensorboard import SummaryWriter  # slow import, only when used
-            self._writer = SummaryWriter(log_dir=str(log_dir))
+            self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=start_iter + 1)
 
     def add_scalars(self, values: Mapping[str, float], step: int) -> None:
         if self._writer is not None:
@@ -91,6 +101,14 @@ class ScalarWriter:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def _iteration_of(line: str) -> int | None:
+    """The iteration of a scalars.jsonl line; None for a line a kill cut short."""
+    try:
+        return int(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def format_eta(seconds: float) -> str:

@@ -424,7 +424,6 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
         return {"loss_skipped_batch": zero}
 
-    writer = ScalarWriter(output_dir / "tensorboard", jsonl=output_dir / "scalars.jsonl")
     trainer = Trainer(model=ddp_model, optimizer=optimizer, scheduler=scheduler, step_fn=step_fn,
                       max_iter=lengths["max_iter"], amp=amp,
                       clip_grad_norm=t.clip_grad_norm or None)
@@ -453,6 +452,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     if is_main_process():  # once resuming is known to work: a refused resume keeps the old one
         save_config(cfg, output_dir / "config.yaml")
 
+    writer = ScalarWriter(output_dir / "tensorboard", jsonl=output_dir / "scalars.jsonl",
+                          start_iter=start_iter)
     hooks: list[Any] = [ProgressLogger(t.log_period, writer, logger),
                         PeriodicCheckpointer(checkpointer, t.checkpoint_period)]
     eval_hook = None

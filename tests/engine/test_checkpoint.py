@@ -263,6 +263,36 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_pointer(
     assert ckpt.resume()["iteration"] == 5
 
 
+def test_resume_from_makes_the_chosen_checkpoint_the_newest_at_once(tmp_path: Path) -> None:
+    """The abandoned course moves aside before a step runs: a crash right after, then a plain
+    --resume, continues from the chosen checkpoint, and pruning cannot keep the abandoned ones
+    over it. A checkpoint from another folder is copied in."""
+    model = nn.Linear(2, 2)
+    run = Checkpointer(tmp_path / "run", model=model)
+    for iteration in (2, 4, 6):
+        torch.nn.init.constant_(model.weight, float(iteration))
+        run.save(iteration)
+    again = Checkpointer(tmp_path / "run", model=model, max_to_keep=2)
+    assert again.resume_from(tmp_path / "run/model_0000002.pth")["iteration"] == 2
+    assert (tmp_path / "run/last_checkpoint").read_text() == "model_0000002.pth\n"
+    assert sorted(p.name for p in (tmp_path / "run").glob("model_*")) == [
+        "model_0000002.pth", "model_0000002.pth.sha256"]
+    assert sorted(p.name for p in (tmp_path / "run/abandoned").iterdir()) == [
+        "model_0000004.pth", "model_0000004.pth.sha256", "model_0000006.pth",
+        "model_0000006.pth.sha256"]
+    assert Checkpointer(tmp_path / "run", model=model).resume()["iteration"] == 2
+    assert model.weight.eq(2.0).all()
+
+    fresh = Checkpointer(tmp_path / "other", model=model)
+    (tmp_path / "other").mkdir()
+    assert fresh.resume_from(tmp_path / "run/abandoned/model_0000006.pth")["iteration"] == 6
+    assert (tmp_path / "other/last_checkpoint").read_text() == "model_0000006.pth\n"
+    assert Checkpointer(tmp_path / "other", model=model).resume()["iteration"] == 6
+    with pytest.raises(UnreadableCheckpointError, match="model_0000009.pth"):
+        fresh.resume_from(tmp_path / "run/model_0000009.pth")
+    assert (tmp_path / "other/last_checkpoint").read_text() == "model_0000006.pth\n"
+
+
 class NoisyPoints(Dataset):
     """32 points of 2 classes; each sample gets noise seeded by its stream seed."""
 

@@ -191,6 +191,8 @@ def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(
         run_training(_RegressionTask(), _toy_config(tmp_path / "toy"), cpu)
     assert f"{tmp_path / 'toy'} holds model_final.pth of an earlier run: not this run's " \
            "until it replaces them at its end" in caplog.text
+    assert [json.loads(line)["iteration"] for line in (tmp_path / "toy/scalars.jsonl")
+            .read_text().splitlines()] == [6]  # this run's only, not [6, 6]
     assert_resume_from_step_2_is_bit_identical(tmp_path, lambda out, resume: run_training(
         _RegressionTask(), _toy_config(out), cpu, resume=resume)["model"])
     # SIGTERM during step 3 (no periodic checkpoint there): that step ends, a checkpoint is
@@ -299,21 +301,36 @@ def test_resume_from_an_earlier_checkpoint_abandons_the_later_ones(
     could only follow last_checkpoint to it. --resume-from takes an earlier one, and the
     folder's later checkpoints give way to the new course."""
     cpu = torch.device("cpu")
-    full = run_training(_RegressionTask(), _toy_config(tmp_path / "a"), cpu)["model"]
+
+    def config(out: Path) -> Any:
+        cfg = _toy_config(out)
+        cfg.train.log_period = 1
+        return cfg
+
+    full = run_training(_RegressionTask(), config(tmp_path / "a"), cpu)["model"]
     with pytest.raises(NonFiniteLossError, match="at iteration 4"):
-        run_training(_DivergingAfterStep4(), _toy_config(tmp_path / "b"), cpu)
+        run_training(_DivergingAfterStep4(), config(tmp_path / "b"), cpu)
     assert (tmp_path / "b/last_checkpoint").read_text() == "model_0000004.pth\n"
     with pytest.raises(ValueError, match=r"cannot read checkpoint .*model_0000003\.pth"):
-        run_training(_RegressionTask(), _toy_config(tmp_path / "b"), cpu,
+        run_training(_RegressionTask(), config(tmp_path / "b"), cpu,
                      resume=tmp_path / "b/model_0000003.pth")
     with caplog.at_level(logging.INFO):
-        resumed = run_training(_RegressionTask(), _toy_config(tmp_path / "b"), cpu,
+        resumed = run_training(_RegressionTask(), config(tmp_path / "b"), cpu,
                                resume=tmp_path / "b/model_0000002.pth")
     assert resumed["iteration"] == 6
     assert f"resumed from {tmp_path / 'b/model_0000002.pth'} at iteration 2" in caplog.text
     assert "holds checkpoints from iteration 2 on (model_0000004.pth): this run continues " \
            "from" in caplog.text
+    assert (tmp_path / "b/abandoned/model_0000004.pth").is_file()
     assert (tmp_path / "b/last_checkpoint").read_text() == "model_0000006.pth\n"
+    # the abandoned course's logged steps 3 and 4 gave way to the new course's
+    logged = [json.loads(line) for line in (tmp_path / "b/scalars.jsonl").read_text()
+              .splitlines()]
+    assert [line["iteration"] for line in logged] == [1, 2, 3, 4, 5, 6]
+    assert logged == [json.loads(line) | {"train/it_per_s": logged[i]["train/it_per_s"],
+                                          "train/data_time": logged[i]["train/data_time"]}
+                      for i, line in enumerate((tmp_path / "a/scalars.jsonl").read_text()
+                                               .splitlines())]
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
     args = engine.cli.config_argument_parser(None, resume=True).parse_intermixed_args(
