@@ -59,8 +59,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
-class _Terminated(Exception):
-    """SIGTERM outside a training (which stops at its own next step)."""
+class _Terminated(BaseException):
+    """SIGTERM outside a training (which stops at its own next step); a BaseException, as
+    KeyboardInterrupt, so that no `except Exception` on the way (a weights reader's) takes
+    it for an error of its own."""
 
 
 def _terminate(signum: int, frame: object) -> None:

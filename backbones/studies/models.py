@@ -6,6 +6,7 @@ Shapes: uint8 (N, 3, S, S) images -> normalized float (N, 3, S, S) -> logits (N,
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -76,11 +77,23 @@ class StudyModel:
 def training_record(ctx: StudyContext, arch: str, residual: bool) -> dict[str, Any]:
     """Everything that decides the net trained here: a saved net with the same record is
     the one this run would train."""
+    recipe = dataclasses.asdict(ctx.recipe)
+    del recipe["log_period"]  # how often it prints, not what it trains
     record = {"arch": arch, "options": ctx.options,
-              "path_sampling": ctx.path_sampling if residual else None,
-              "recipe": dataclasses.asdict(ctx.recipe), "data": ctx.describe_data(),
-              "data_config": ctx.config.get("data")}
+              "path_sampling": ctx.path_sampling if residual else None, "recipe": recipe,
+              "pixel_mean": ctx.pixel_mean, "pixel_std": ctx.pixel_std,
+              "data": ctx.describe_data(), "data_sha256": _fingerprint(ctx.train, ctx.val)}
     return json.loads(json.dumps(record))  # tuples as lists, as after a round trip
+
+
+def _fingerprint(*splits: ClassificationSplit) -> str:
+    """SHA-256 of the splits' pixels and labels as trained on (files rewritten under the same
+    data.root, or the same files under another path, are told apart by content)."""
+    digest = hashlib.sha256()
+    for split in splits:
+        digest.update(split.images.contiguous().numpy().tobytes())
+        digest.update(split.labels.to(torch.int64).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _reuse(path: Path, record: dict[str, Any], model: Classifier) -> TrainHistory | None:

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 import backbones.studies.training
+import backbones.weights
 from engine import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,31 +100,44 @@ def test_a_rerun_reuses_the_nets_trained_with_the_same_recipe(image_folder, tmp_
                                                              monkeypatch, caplog):
     """A stopped study run again trains only what it lacks: nets in models/ARCH.pth trained
     with the same recipe, options and data are reused with their curves; others retrain."""
+    data = tmp_path / "data"  # rewritten below under the same path
+    shutil.copytree(image_folder, data)
+    output = tmp_path / "out"
     trained = []
     real = backbones.studies.training.run_training
     monkeypatch.setattr(backbones.studies.training, "run_training",
                         lambda task, *a, **k: trained.append(task.label) or real(task, *a, **k))
-    first = run("degradation", tmp_path, image_folder, "degradation.depths=[20]")
+    first = run("degradation", output, data, "degradation.depths=[20]")
     rows = read_csv(first["csv"])
     assert trained == ["plain_cifar_resnet20", "cifar_resnet20"]
-    weights = (tmp_path / "models" / "cifar_resnet20.pth").read_bytes()
+    weights = (output / "models" / "cifar_resnet20.pth").read_bytes()
 
     trained.clear()
-    (tmp_path / "models" / "plain_cifar_resnet20.pth").write_bytes(b"damaged")
-    again = run("degradation", tmp_path, image_folder, "degradation.depths=[20]")
+    (output / "models" / "plain_cifar_resnet20.pth").write_bytes(b"damaged")
+    again = run("degradation", output, data, "degradation.depths=[20]")
     assert trained == ["plain_cifar_resnet20"]  # the damaged one only
     assert "cannot be reused" in caplog.text and "cifar_resnet20: reusing" in caplog.text
     assert read_csv(again["csv"]) == rows  # the same curves: the same seed, and reused
-    assert (tmp_path / "models" / "cifar_resnet20.pth").read_bytes() == weights
-    reused = run("responses", tmp_path, image_folder, "degradation.depths=[20]")
+    assert (output / "models" / "cifar_resnet20.pth").read_bytes() == weights
+    reused = run("responses", output, data, "degradation.depths=[20]")
     assert trained == ["plain_cifar_resnet20"]  # responses needs the same two nets
     assert json.loads(reused["json"].read_text())["models"][0]["source"].startswith(
         "trained by an earlier run")
 
     trained.clear()  # another recipe: both again, and the files replaced
-    run("degradation", tmp_path, image_folder, "degradation.depths=[20]", "solver.base_lr=0.05")
+    run("degradation", output, data, "degradation.depths=[20]", "solver.base_lr=0.05")
     assert trained == ["plain_cifar_resnet20", "cifar_resnet20"]
-    assert (tmp_path / "models" / "cifar_resnet20.pth").read_bytes() != weights
+    assert (output / "models" / "cifar_resnet20.pth").read_bytes() != weights
+    trained.clear()  # how often it logs changes nothing trained
+    run("degradation", output, data, "degradation.depths=[20]", "solver.base_lr=0.05",
+        "train.log_period=2")
+    assert trained == []
+    for split in ("train", "val"):  # the same path and class names, other images in them
+        (data / split / "a").rename(data / split / "x")
+        (data / split / "b").rename(data / split / "a")
+        (data / split / "x").rename(data / split / "b")
+    run("degradation", output, data, "degradation.depths=[20]", "solver.base_lr=0.05")
+    assert trained == ["plain_cifar_resnet20", "cifar_resnet20"]
 
 
 def test_responses_measure_every_3x3_layer_or_block_of_both_twins(image_folder, tmp_path):
@@ -207,14 +222,21 @@ def test_ctrl_c_in_the_analysis_says_what_is_kept(image_folder, tmp_path, capsys
 
 def test_sigterm_in_the_analysis_says_what_is_kept(image_folder, tmp_path, capsys,
                                                    monkeypatch):
-    """A scheduler's SIGTERM after the trainings ended the process silently."""
-    def terminated(*args, **kwargs):
+    """A scheduler's SIGTERM after the trainings ended the process silently; arriving while a
+    saved net was read, it became that reader's "cannot read weights file" error and the
+    study went on training."""
+    def signalled(path):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises before this ends
         raise AssertionError("SIGTERM did not interrupt the analysis")
 
+    def reading_a_saved_net(*args, **kwargs):
+        backbones.weights.read_checkpoint(tmp_path / "saved.pth")
+
+    (tmp_path / "saved.pth").write_bytes(b"")
     before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(analyze, "run_study", terminated)
+    monkeypatch.setattr(backbones.weights, "read_checked_bytes", signalled)
+    monkeypatch.setattr(analyze, "run_study", reading_a_saved_net)
     with pytest.raises(SystemExit) as exit_info:
         run("lesion", tmp_path, image_folder)
     assert exit_info.value.code == 143
