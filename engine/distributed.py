@@ -97,8 +97,18 @@ def _reduce_device() -> torch.device:
 
 
 def all_reduce_sum(values: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
-    """Sum scalar values over all processes (one collective for the whole dict)."""
+    """Sum scalar values over all processes (one collective for the whole dict).
+
+    Raises:
+        RuntimeError: on every process, when the processes give different keys (their
+            values would be summed under each other's names).
+    """
     keys = sorted(values)
+    if get_world_size() > 1:
+        everywhere = all_gather_object(keys)
+        if any(other != keys for other in everywhere):
+            raise RuntimeError("the processes reduce different values: " + "; ".join(
+                f"rank {rank}: {', '.join(k) or 'none'}" for rank, k in enumerate(everywhere)))
     if not keys:
         return {}
     stacked = torch.stack([torch.as_tensor(values[k], dtype=torch.float64).detach().reshape(())

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .distributed import all_reduce_mean, get_rank, is_main_process
+from .distributed import all_reduce_sum, get_rank, is_main_process
 from .files import atomic_write_text
 
 if TYPE_CHECKING:
@@ -142,15 +142,20 @@ class ProgressLogger:
         self._start_time = time.perf_counter()
 
     def after_step(self, trainer: Trainer) -> None:
+        counted = 1 if trainer.losses_count else 0  # 0: zeros standing in for a batch
         for key, value in trainer.loss_dict.items():  # a skipped batch gives other keys
-            self._sums[key] = self._sums.get(key, 0.0) + value.detach().float()
-            self._counts[key] = self._counts.get(key, 0) + 1
+            self._sums[key] = self._sums.get(key, 0.0) + value.detach().float() * counted
+            self._counts[key] = self._counts.get(key, 0) + counted
         self._steps += 1
         self._seconds += trainer.step_seconds
         self._data_seconds += trainer.data_seconds
         if trainer.iter % self.period and trainer.iter != trainer.max_iter:
             return
-        losses = all_reduce_mean({k: v / self._counts[k] for k, v in self._sums.items()})
+        # over the steps of every process that gave each loss
+        totals = all_reduce_sum({**self._sums, **{f"{k}/count": n
+                                                  for k, n in self._counts.items()}})
+        losses = {k: totals[k] / totals[f"{k}/count"] for k in self._sums
+                  if totals[f"{k}/count"] > 0}
         losses["total_loss"] = sum(losses.values())
         its = self._steps / max(self._seconds, 1e-9)
         data_time = self._data_seconds / self._steps

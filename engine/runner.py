@@ -417,6 +417,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             # own to average in)
             if not stand_in:
                 stand_in.append(_first_readable_batch(data))
+            trainer.losses_count = False
             return {k: v * 0.0 for k, v in task.losses(net, stand_in[0], device).items()}
         if not trainer.scaler.is_enabled():  # no gradient: the optimizer skips every weight
             return {"loss_skipped_batch": torch.zeros((), device=device, requires_grad=True)}

@@ -51,7 +51,9 @@ class Trainer:
     `optimizer`, `scheduler`, `scaler`, `loss_dict` (the last step's losses, detached),
     `step_lr` (the learning rate of its first parameter group that step used),
     `step_seconds` and `data_seconds` (its time, batch included, and the batch's alone:
-    the hooks' time, evaluations and checkpoints, is in neither).
+    the hooks' time, evaluations and checkpoints, is in neither), `losses_count` (True
+    unless step_fn set it False: the step's losses are zeros standing in for a batch that
+    could not be read, which the progress line leaves out of its averages).
 
     Args:
         model: the model in training mode (DDP-wrapped when distributed).
@@ -86,6 +88,7 @@ class Trainer:
         self.loss_dict: dict[str, torch.Tensor] = {}
         self.step_lr = 0.0
         self.step_seconds = self.data_seconds = 0.0
+        self.losses_count = True
 
     def register_hooks(self, *hooks: Any) -> None:
         """Append hooks (for those that need the trainer's scaler, e.g. a Checkpointer)."""
@@ -118,6 +121,7 @@ class Trainer:
         self._call_hooks("before_train")
         while self.iter < self.max_iter:
             started = time.perf_counter()
+            self.losses_count = True
             batch = next(data)
             loaded = time.perf_counter()
             self.run_step(batch)

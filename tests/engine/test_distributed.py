@@ -1,6 +1,7 @@
 """engine.distributed: single-process defaults and 2-process gloo collectives."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
@@ -9,6 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 from engine import distributed as D
+from engine.logging import ProgressLogger
 from engine.trainer import NonFiniteLossError, Trainer
 
 
@@ -74,6 +76,30 @@ def _worker(rank: int, port: int, results: dict) -> None:
             trainer.train(iter(range(5)))
         except NonFiniteLossError as e:
             out["nan"] = (trainer.iter, str(e))
+        try:  # values under other names were summed with each other
+            D.all_reduce_sum({"loss_a": 1.0, ("loss_b" if rank == 0 else "loss_aux"): 2.0})
+        except RuntimeError as e:
+            out["mismatch"] = str(e)
+        # the progress line averages each loss over the steps of every process that gave
+        # it: rank 1's first batch was unreadable, a stand-in's zeros are left out
+        lines: list[str] = []
+        log = logging.getLogger(f"progress_{rank}")
+        log.addHandler(logging.Handler())
+        log.handlers[-1].emit = lambda record: lines.append(record.getMessage())
+        log.setLevel(logging.INFO)
+
+        def steps(net: torch.nn.Module, batch: object) -> dict[str, torch.Tensor]:
+            zero = net(torch.ones(1, 1)).sum() * 0.0
+            if rank == 1 and progress.iter == 0:
+                progress.losses_count = False
+                return {"loss_x": zero}
+            return {"loss_x": zero + rank + 1}
+
+        progress = Trainer(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                           scheduler=None, step_fn=steps, max_iter=2,
+                           hooks=[ProgressLogger(2, logger=log)])
+        progress.train(iter(range(2)))
+        out["progress"] = lines[0] if lines else ""
         results[rank] = out
     finally:
         D.cleanup()
@@ -96,6 +122,10 @@ def test_two_process_collectives_and_nan_guard() -> None:
         assert r["nan"][0] == 2
         assert "at iteration 2" in r["nan"][1]
     assert "rank 1" in results[1]["nan"][1] and "another process" in results[0]["nan"][1]
+    for rank in (0, 1):
+        assert results[rank]["mismatch"] == ("the processes reduce different values: rank 0: "
+                                             "loss_a, loss_b; rank 1: loss_a, loss_aux")
+    assert "loss_x=1.3333" in results[0]["progress"]  # (1 + 1 + 2) / 3, not (1 + 1) / 2
 
 
 def test_a_gpu_that_is_not_there_is_refused_naming_the_key_before_anything_starts(
