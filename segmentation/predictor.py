@@ -6,6 +6,7 @@ weights expect, or a torchvision DeepLabV3/FCN state dict).
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,6 +28,8 @@ from .export import OnnxSegmentor
 from .inference import TTAInference, tta_from_config
 
 _PREDICTOR_KEYS = ("head.predictor.weight", "classifier.4.weight")
+LARGE_IMAGE_PIXELS = 4_000_000  # the demo suggests test.max_size above this
+logger = logging.getLogger(__name__)
 
 
 def _num_classes_of(state_dict: Mapping[str, torch.Tensor]) -> int | None:
@@ -173,5 +176,15 @@ def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
     `min_score` is not used (every pixel gets a class)."""
     predictor = Predictor(config, weights=weights, overrides=overrides)
     colours = palette(len(predictor.class_names))
-    return lambda image: draw_segmentation(image, predictor(image)["mask"], predictor.class_names,
-                                           colours)
+    warned = []
+
+    def render(image: np.ndarray) -> np.ndarray:
+        if (not warned and predictor.tta.max_size is None
+                and image.shape[0] * image.shape[1] > LARGE_IMAGE_PIXELS):
+            warned.append(True)
+            logger.warning("a %dx%d image runs whole (test.max_size is null): memory and time "
+                           "grow with its pixels; test.max_size=2048 caps its longer side",
+                           image.shape[1], image.shape[0])
+        return draw_segmentation(image, predictor(image)["mask"], predictor.class_names,
+                                 colours)
+    return render

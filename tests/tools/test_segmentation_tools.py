@@ -15,6 +15,7 @@ import cv2
 import pytest
 import torch
 
+import segmentation.predictor
 import segmentation.training
 from engine.tasks import load_task_config
 from segmentation.data import build_dataset
@@ -75,13 +76,18 @@ def test_train_writes_a_segmenter_and_eval_reproduces_its_miou(
 
 
 def test_demo_draws_the_overlay_at_image_size(trained: tuple[Path, dict], data: Path,
-                                             tmp_path: Path) -> None:
+                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
     image = data / "images/val/000000.jpg"
-    load_tool("demo").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
-                            "--input", str(image), "--output", str(tmp_path / "demo"),
-                            *overrides(data)])
+    monkeypatch.setattr(segmentation.predictor, "LARGE_IMAGE_PIXELS", 100)  # "a photo"
+    with caplog.at_level(logging.WARNING):
+        load_tool("demo").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
+                                "--input", str(image), "--output", str(tmp_path / "demo"),
+                                *overrides(data)])
     drawn = cv2.imread(str(tmp_path / "demo/000000.jpg"))
     assert drawn is not None and drawn.shape[:2] == cv2.imread(str(image)).shape[:2]
+    height, width = drawn.shape[:2]
+    assert f"a {width}x{height} image runs whole (test.max_size is null)" in caplog.text
 
 
 def test_training_evaluates_with_the_configs_test_scales(data: Path, tmp_path: Path,
