@@ -102,6 +102,8 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
             raise ValueError(f"a config is needed: the weights {source} record none (only this "
                              "project's checkpoints do)")
         cfg = config_from_mapping(provenance["config"], overrides)
+    elif isinstance(provenance.get("config"), Mapping):
+        _warn_of_another_test_size(cfg, provenance["config"], source)
     cfg.model.weights = None
     cfg.model.backbone.weights = None  # the whole-detector weights replace them
     foreign = is_torchvision_faster_rcnn(state_dict)
@@ -137,6 +139,22 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
                          f"{num_classes} classes")
     return LoadedDetector(model=model, cfg=cfg, class_names=names, category_ids=category_ids,
                           provenance=provenance)
+
+
+def _warn_of_another_test_size(cfg: DictConfig, recorded: Mapping[str, Any],
+                               source: str | os.PathLike) -> None:
+    """A config whose test-time resize is not the one the weights were evaluated with in
+    training (a model fine-tuned on small images, tested at the 1x config's 800 px)."""
+    try:
+        trained = test_resize(recorded)
+    except (KeyError, TypeError, ValueError):  # an older or foreign record
+        return
+    if test_resize(cfg) != trained:
+        logger.warning("%s was evaluated in training with data.val.min_size=%s "
+                       "data.val.max_size=%s; this config resizes test images to %s, %s: the "
+                       "results will differ. To test as trained, give the run's config.yaml "
+                       "as the config (Predictor: config=None) or set those keys", source,
+                       trained[0], trained[1], *test_resize(cfg))
 
 
 def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | None,

@@ -127,6 +127,8 @@ class Predictor:
                      or placeholder_names(self.model.num_classes))
         self.class_names = list(names)
         self.tta = tta or tta_from_config(cfg)
+        if tta is None and isinstance(provenance.get("config"), Mapping):
+            _warn_of_other_test_settings(self.tta, provenance["config"], source)
         self.device = torch.device(device)
 
     def _init_onnx(self, config: str | os.PathLike | DictConfig | Mapping[str, Any] | None,
@@ -168,6 +170,27 @@ class Predictor:
         else:
             mask = self.tta(self.model, tensor).argmax(dim=0)
         return {"mask": mask.cpu().numpy().astype(np.int64)}
+
+
+def _settings(tta: TTAInference) -> tuple[Any, ...]:
+    return tta.scales, tta.flip, tta.window, tta.stride, tta.max_size
+
+
+def _warn_of_other_test_settings(tta: TTAInference, recorded: Mapping[str, Any],
+                                 source: str | None) -> None:
+    """A config whose test section is not the one the weights were evaluated with in
+    training (e.g. a model trained on half-size images tested at full size)."""
+    try:
+        trained = tta_from_config(recorded)
+    except (KeyError, TypeError, ValueError):  # an older or foreign record
+        return
+    if _settings(tta) != _settings(trained):
+        logger.warning("%s was evaluated in training with test.scales=%s test.flip=%s "
+                       "test.window=%s test.max_size=%s; this config asks for %s %s %s %s: the "
+                       "results will differ. To test as trained, give the run's config.yaml "
+                       "as the config (Predictor: config=None) or set those keys", source,
+                       list(trained.scales), trained.flip, trained.window, trained.max_size,
+                       list(tta.scales), tta.flip, tta.window, tta.max_size)
 
 
 def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,

@@ -1,6 +1,7 @@
 """detection.Predictor: test-time resizing, boxes mapped back to input pixels, dataset ids."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -116,3 +117,15 @@ def test_the_demo_draws_from_its_min_score_below_the_config_threshold(checkpoint
     np.testing.assert_array_equal(build_renderer(cfg, checkpoint, (), 0.7)(image), expected)
     at_config = Predictor(cfg, weights=checkpoint)(image)
     assert not np.array_equal(draw_detections(image, at_config, colours, 0.7), expected)
+
+
+def test_a_config_that_tests_at_another_size_than_training_says_so(
+        checkpoint: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A model fine-tuned at 64 px scored AP 0 when evaluated with the 1x config's 800 px,
+    silently; the checkpoint records the size it was evaluated at in training."""
+    with caplog.at_level(logging.WARNING):
+        Predictor(CONFIG, weights=checkpoint, overrides=TINY)  # the same sizes: quiet
+        assert "was evaluated in training" not in caplog.text
+        Predictor(CONFIG, weights=checkpoint, overrides=TINY[:-2])  # the config's own sizes
+    assert f"{checkpoint} was evaluated in training with data.val.min_size=64 " \
+           "data.val.max_size=200; this config resizes test images to " in caplog.text

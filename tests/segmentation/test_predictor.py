@@ -1,4 +1,6 @@
 """Predictor on own checkpoints (provenance), input checks; test-time inference."""
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from segmentation.heads import SemSegHead
 from segmentation.inference import capped_size, window_starts
 
 
-def test_predictor_uses_checkpoint_provenance(tmp_path, small_config):
+def test_predictor_uses_checkpoint_provenance(tmp_path, small_config, caplog):
     torch.manual_seed(0)
     cfg = small_config("deeplabv3", num_classes=3, pixel_mean=[100.0, 110.0, 120.0],
                        pixel_std=[50.0, 51.0, 52.0])
@@ -34,6 +36,12 @@ def test_predictor_uses_checkpoint_provenance(tmp_path, small_config):
     np.testing.assert_array_equal(result["mask"], expected.numpy())
     from_checkpoint_alone = Predictor(weights=path)  # the config the checkpoint records
     np.testing.assert_array_equal(from_checkpoint_alone(image)["mask"], expected.numpy())
+    assert "was evaluated in training" not in caplog.text  # the same test section: quiet
+    with caplog.at_level(logging.WARNING):
+        Predictor(plain, weights=path, overrides=["test.scales=[0.5]", "test.flip=true"])
+    assert f"{path} was evaluated in training with test.scales=[1.0] test.flip=False " \
+           "test.window=None test.max_size=None; this config asks for [0.5] True None None" \
+           in caplog.text
 
 
 def test_predictor_without_config_needs_an_own_checkpoint(tmp_path, small_config):
