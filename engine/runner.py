@@ -167,8 +167,31 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
                                   warmup_iters=lengths["warmup_iters"],
                                   warmup_factor=t.warmup_factor)
     except ValueError as e:
-        raise ValueError(f"invalid train config (max_iter={lengths['max_iter']}, lr_steps="
-                         f"{steps} in iterations): {e}") from None
+        max_iter = lengths["max_iter"]
+        hint = (f"; a shorter run needs shorter steps: train.lr_steps=[{round(max_iter * 2 / 3)}, "
+                f"{round(max_iter * 8 / 9)}] (the 1x recipe's proportions) or train.lr_steps=[]"
+                if any(s > max_iter for s in steps) and "per_epoch" not in lengths else "")
+        raise ValueError(f"invalid train config (max_iter={max_iter}, lr_steps={steps} in "
+                         f"iterations): {e}{hint}") from None
+
+
+def check_schedule(cfg: DictConfig) -> None:
+    """The lr schedule of an iteration-based config, refused as build_scheduler_from_config
+    would refuse it, before the data is read (epoch-based lengths need the data's size)."""
+    if cfg.train.epochs is None:
+        probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.train.base_lr)
+        build_scheduler_from_config(cfg, probe, _lengths(cfg, train_size=0))
+
+
+def warn_of_long_warmup(lengths: Mapping[str, Any], logger: logging.Logger) -> None:
+    """A warmup as long as the run (a 1x recipe's 1000 steps kept in a 300-step fine-tuning)
+    never reaches train.base_lr."""
+    warmup, max_iter = lengths["warmup_iters"], lengths["max_iter"]
+    if warmup >= max_iter:
+        key = "train.warmup_epochs" if "per_epoch" in lengths else "train.warmup_iters"
+        logger.warning("%s is %d iterations, the whole run is %d: the lr climbs all the way and "
+                       "never reaches train.base_lr; shorten it (e.g. %s of a tenth of the run)",
+                       key, warmup, max_iter, key)
 
 
 LEFT_OUT = "the metrics are those of the others"
@@ -370,6 +393,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     compile_backend = parse_compile(t.compile)
     amp = parse_amp(t.amp)
     check_train_choices(t)
+    check_schedule(cfg)
     output_dir = Path(t.output_dir)
     setup_logging(output_dir)
     try:
@@ -390,6 +414,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     if len(data.train) == 0:
         raise ValueError(f"the training set is empty ({data.description}): nothing to train on")
     lengths = _lengths(cfg, len(data.train))
+    warn_of_long_warmup(lengths, logger)
     logger.info("%s, %d processes x %d images per step", data.description, get_world_size(),
                 batch_size)
 

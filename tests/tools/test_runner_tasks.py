@@ -339,13 +339,26 @@ def test_resume_from_an_earlier_checkpoint_abandons_the_later_ones(
 
 
 def test_training_that_cannot_succeed_stops_before_the_first_step_or_at_the_bad_one(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cpu = torch.device("cpu")
     cfg = _toy_config(tmp_path / "lr0")
     cfg.train.base_lr = 0.0
     with pytest.raises(ValueError, match="train.base_lr is 0.0: the weights would never change"):
         run_training(_RegressionTask(), cfg, cpu)
     assert not (tmp_path / "lr0").exists()  # refused before anything was written
+    cfg = _toy_config(tmp_path / "steps")  # the 1x recipe's steps kept in a short run
+    cfg.train.update(lr_decay="step", lr_steps=[60000, 80000])
+    with pytest.raises(ValueError, match=r"lr steps must be increasing iterations in 1..6, got "
+                                         r"\[60000, 80000\]; a shorter run needs shorter steps: "
+                                         r"train.lr_steps=\[4, 5\] .* or train.lr_steps=\[\]"):
+        run_training(_EmptyRegressionTask(), cfg, cpu)  # before the data: not "empty"
+    assert not (tmp_path / "steps").exists()
+    cfg = _toy_config(tmp_path / "warmup")  # the 1x recipe's 1000 warmup steps, 6 in all
+    cfg.train.warmup_iters = 1000
+    with caplog.at_level(logging.WARNING):
+        run_training(_RegressionTask(), cfg, cpu)
+    assert "train.warmup_iters is 1000 iterations, the whole run is 6: the lr climbs all the " \
+           "way and never reaches train.base_lr" in caplog.text
     with pytest.raises(ValueError, match=r"the training set is empty \(0 points\)"):
         run_training(_EmptyRegressionTask(), _toy_config(tmp_path / "empty"), cpu)
     with pytest.raises(NonFiniteLossError, match=r"at iteration 2 .*loss_nan=nan"):
