@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from backbones.weights import (
     check_and_load,
     convert_torchvision_resnet,
+    fit_optional_head,
     read_checkpoint,
     refuse_mismatched_settings,
     refuse_other_task,
@@ -205,5 +206,8 @@ def load_detector_weights(
         implied = weight_bound_settings(provenance["config"]["model"])
     if settings is not None and implied is not None:
         refuse_mismatched_settings(source, implied, settings, model)
+    # Mask R-CNN weights into a Faster R-CNN, or (fine-tuning) the reverse
+    state_dict = fit_optional_head(model, state_dict, "roi_heads.mask_head.", source,
+                                   start_afresh=new_classes)
     check_and_load(model, state_dict, source, class_layers=CLASS_LAYERS if new_classes else ())
     return provenance

@@ -9,7 +9,6 @@ to import them.
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Mapping
@@ -17,12 +16,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from backbones.weights import (check_and_load, convert_torchvision_resnet, read_checkpoint,
-                               refuse_mismatched_settings, refuse_other_task, unwrap_state_dict)
+from backbones.weights import (check_and_load, convert_torchvision_resnet, fit_optional_head,
+                               read_checkpoint, refuse_mismatched_settings, refuse_other_task,
+                               unwrap_state_dict)
 
 from .heads import ASPP_RATES
 
-logger = logging.getLogger(__name__)
 
 # torchvision DeepLabHead: Sequential(ASPP, conv3x3, bn, relu, conv1x1); ASPP.convs =
 # [1x1 branch, 3x3 branches..., ASPPPooling(avgpool, conv, bn, relu)] and ASPP.project.
@@ -168,11 +167,8 @@ def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Map
         implied = weight_bound_settings(provenance["config"]["model"])
     if settings is not None and implied is not None:
         refuse_mismatched_settings(source, implied, settings, model)
-    if getattr(model, "aux_head", None) is None:
-        aux = [k for k in state_dict if k.startswith("aux_head.")]
-        if aux:
-            logger.info("%s: dropped %d auxiliary-head tensors (the model has no aux head)",
-                        source, len(aux))
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("aux_head.")}
+    # torchvision's aux_loss=True / False weights into a model with / without the aux head
+    state_dict = fit_optional_head(model, state_dict, "aux_head.", source,
+                                   start_afresh=new_classes)
     check_and_load(model, state_dict, source, class_layers=CLASS_LAYERS if new_classes else ())
     return provenance

@@ -257,7 +257,7 @@ def test_empty_gt_gives_zero_mask_loss_with_a_graph() -> None:
     assert losses["loss_mask"].item() > 0
 
 
-def test_bad_mask_input_errors() -> None:
+def test_bad_mask_input_errors(caplog: pytest.LogCaptureFixture) -> None:
     torch.manual_seed(0)
     model = build_model(_config(MASK_TINY)).train()
     images, targets = _scene_with_masks(0)
@@ -276,10 +276,13 @@ def test_bad_mask_input_errors() -> None:
                                 ["model.num_classes=3", "model.mask_on=true"], defaults=BASE))
     with pytest.raises(ValueError, match=r"model.roi_heads.mask_threshold must be in \(0, 1\)"):
         build_model(_config([*MASK_TINY, "model.roi_heads.mask_threshold=1.5"]))
-    # torchvision Mask R-CNN weights into a Faster R-CNN: the mask keys are named
+    # Mask R-CNN weights into a Faster R-CNN: the mask head is left out, saying so (as
+    # detectron2 does); everything else loads strictly
     faster = build_model(load_config(CONFIGS / "faster_rcnn_R_50_FPN_1x.yaml", TINY, defaults=BASE))
-    with pytest.raises(ValueError, match=r"unexpected.*roi_heads.mask_head"):
+    with caplog.at_level("WARNING", logger="backbones.weights"):
         load_detector_weights(faster, model.state_dict())
+    assert "its roi_heads.mask_head (8 tensors) is left out: this model has none" in caplog.text
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in faster.state_dict().items())
 
 
 def test_mask_configs_only_add_the_mask_branch() -> None:
@@ -339,3 +342,30 @@ def test_coco_weights_fine_tune_to_other_classes(models: tuple, tmp_path, caplog
         load_detector_weights(build_model(load_config(
             CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml", ["model.num_classes=3"], defaults=BASE)),
             str(path))
+    # Mask R-CNN weights start a Faster R-CNN (their mask head left out), and Faster R-CNN
+    # weights a Mask R-CNN (its mask head from scratch), as detectron2's loading does
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="backbones.weights"):
+        faster = build_model(load_config(CONFIGS / "faster_rcnn_R_50_FPN_1x.yaml", overrides,
+                                         defaults=BASE))
+    assert "maskrcnn_coco.pth: its roi_heads.mask_head (12 tensors) is left out: this model " \
+           "has none" in caplog.text
+    assert all(torch.equal(faster.state_dict()[k], coco[k]) for k in kept
+               if ".mask_head." not in k)
+    box_only = tmp_path / "fasterrcnn_coco.pth"
+    torch.save({k: v for k, v in tv.state_dict().items()
+                if not k.startswith(("roi_heads.mask_head.", "roi_heads.mask_predictor."))},
+               box_only)
+    torch.manual_seed(3)
+    fresh = build_model(load_config(CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml",
+                                    ["model.num_classes=3"], defaults=BASE))
+    torch.manual_seed(3)
+    with caplog.at_level("WARNING", logger="backbones.weights"):
+        masks = build_model(load_config(CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml",
+                                        ["model.num_classes=3", f"model.weights={box_only}"],
+                                        defaults=BASE))
+    assert "fasterrcnn_coco.pth has no roi_heads.mask_head: this model's starts from scratch" \
+        in caplog.text
+    fresh_mask = {k: v for k, v in fresh.state_dict().items() if ".mask_head." in k}
+    assert fresh_mask and all(torch.equal(masks.state_dict()[k], v)
+                              for k, v in fresh_mask.items())

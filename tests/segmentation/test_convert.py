@@ -217,3 +217,26 @@ def test_torchvision_weights_fine_tune_to_other_classes(tmp_path, caplog):
     with pytest.raises(ValueError, match=r"mis-shaped \(4\): head.predictor.weight"):
         load_segmentation_weights(build_model(_torchvision_config("deeplabv3", num_classes=4)),
                                   str(path))
+
+
+def test_torchvision_weights_without_aux_head_fine_tune_into_a_model_with_one(tmp_path, caplog):
+    """torchvision's deeplabv3_resnet50 is built without its aux classifier by default: such
+    weights were refused by the configs, whose aux head is on; now the aux head starts afresh
+    in training, and a Predictor's weights stay strict."""
+    reference = _reference("deeplabv3")
+    state = {k: v for k, v in reference.state_dict().items() if not k.startswith("aux_")}
+    path = tmp_path / "tv_no_aux.pth"
+    torch.save(state, path)
+    cfg = _torchvision_config("deeplabv3", num_classes=21)
+    torch.manual_seed(5)
+    fresh = build_model(cfg)
+    torch.manual_seed(5)
+    cfg["model"]["weights"] = str(path)
+    with caplog.at_level("WARNING", logger="backbones.weights"):
+        model = build_model(cfg)
+    assert "tv_no_aux.pth has no aux_head: this model's starts from scratch" in caplog.text
+    assert torch.equal(model.aux_head.conv.conv.weight, fresh.aux_head.conv.conv.weight)
+    assert torch.equal(model.head.predictor.weight, reference.classifier[4].weight)
+    with pytest.raises(ValueError, match=r"missing \(\d+\): aux_head"):
+        load_segmentation_weights(build_model(_torchvision_config("deeplabv3", num_classes=21)),
+                                  str(path))
