@@ -304,6 +304,13 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     if stats.short_polygons or stats.no_mask:
         logger.warning("%s: dropped %d polygons with fewer than 3 points; left out %d objects "
                        "without a usable polygon", ann_file, stats.short_polygons, stats.no_mask)
+    used = set(np.concatenate([r["classes"] for r in records] or [np.zeros(0, np.int64)]))
+    unused = [f"{name!r} (id {cid})" for k, (cid, name) in
+              enumerate(zip(mapping.dataset_ids, mapping.names)) if k not in used]
+    if unused:  # e.g. Roboflow's unused category 0, named like the dataset
+        logger.warning("%s: no usable object of %s: a class all the same (the model predicts "
+                       "it, its AP is n/a); drop it from 'categories' if it is none",
+                       ann_file, ", ".join(unused))
     return records, mapping, stats
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,22 @@ def test_crowd_excluded_boxes_clipped_degenerate_counted(small: tuple[Path, Path
     assert (stats.crowd, stats.degenerate, stats.boxes) == (2, 3, 3)
     assert (stats.images, stats.kept_images, stats.empty_images) == (3, 3, 1)
     assert mapping.dataset_ids == (2, 7, 40)
+
+
+def test_a_category_without_usable_objects_is_named(tmp_path: Path, small: tuple[Path, Path],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Roboflow's exports carry an unused category 0 named like the dataset: it silently
+    became a class the model predicts and whose AP is nan."""
+    data = json.loads(small[0].read_text())
+    data["categories"].append({"id": 0, "name": "balloons"})
+    ann_file = tmp_path / "roboflow.json"
+    ann_file.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        load_coco_json(small[0], small[1])
+        assert "no usable object of" not in caplog.text  # every category has one
+        load_coco_json(ann_file, small[1])
+    assert f"{ann_file}: no usable object of 'balloons' (id 0): a class all the same" \
+        in caplog.text
 
 
 def test_empty_images_kept_by_default_dropped_on_request(small: tuple[Path, Path]) -> None:
