@@ -128,10 +128,11 @@ class ProgressLogger:
     """
 
     def __init__(self, period: int, writer: ScalarWriter | None = None,
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None, per_epoch: int | None = None) -> None:
         if period <= 0:
             raise ValueError(f"log period must be positive, got {period}")
         self.period = period
+        self.per_epoch = per_epoch  # iterations per epoch of an epoch-based run: shown
         self.writer = writer or ScalarWriter(None)
         self.logger = logger or logging.getLogger("engine")
         self._sums: dict[str, torch.Tensor] = {}
@@ -170,8 +171,13 @@ class ProgressLogger:
             gib = torch.cuda.max_memory_allocated() / 2 ** 30
             memory = f"  max_mem {gib:.1f} GiB"
             scalars["train/max_mem_gib"] = gib
-        self.logger.info("iter %d/%d  %s  lr=%.5g  %.2f it/s  data %.3f s%s  eta %s",
-                         trainer.iter, trainer.max_iter, terms, lr, its, data_time, memory, eta)
+        epoch = ""
+        if self.per_epoch:
+            epoch = (f" (epoch {-(-trainer.iter // self.per_epoch)}/"
+                     f"{-(-trainer.max_iter // self.per_epoch)})")
+        self.logger.info("iter %d/%d%s  %s  lr=%.5g  %.2f it/s  data %.3f s%s  eta %s",
+                         trainer.iter, trainer.max_iter, epoch, terms, lr, its, data_time,
+                         memory, eta)
         self.writer.add_scalars({**{f"train/{k}": v for k, v in losses.items()}, **scalars},
                                 trainer.iter)
 

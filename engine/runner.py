@@ -480,7 +480,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
 
     writer = ScalarWriter(output_dir / "tensorboard", jsonl=output_dir / "scalars.jsonl",
                           start_iter=start_iter)
-    hooks: list[Any] = [ProgressLogger(t.log_period, writer, logger),
+    hooks: list[Any] = [ProgressLogger(t.log_period, writer, logger, lengths.get("per_epoch")),
                         PeriodicCheckpointer(checkpointer, t.checkpoint_period)]
     eval_hook = None
     if data.val is not None:

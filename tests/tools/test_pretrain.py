@@ -117,6 +117,9 @@ def test_short_pretrain_lowers_loss_and_writes_loadable_outputs(
         assert torch.equal(clone.eval()(images), trained(images))
         assert torch.equal(backbone(images)["res4"], trained.backbone(images)["res4"])
     assert (out / "config.yaml").is_file() and (out / "last_checkpoint").is_file()
+    # an epoch-based run's progress lines say the epoch: 2 steps of 8 images per epoch
+    log = (out / "log.txt").read_text()
+    assert "iter 2/10 (epoch 1/5)  " in log and "iter 3/10 (epoch 2/5)  " in log
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
