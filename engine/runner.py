@@ -36,6 +36,7 @@ from .distributed import (all_gather_object, all_reduce_sum, broadcast_buffers, 
                           get_world_size, is_main_process, per_process_batch_size, wrap_ddp)
 from .files import atomic_write_json, nan_to_none
 from .logging import ProgressLogger, ScalarWriter, setup_logging
+from .run_lock import exclusive_output_dir
 from .optim import OPTIMIZERS, build_optimizer
 from .preemption import TrainingInterrupted, stop_on_signals
 from .rng import seed_everything
@@ -395,12 +396,13 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     check_train_choices(t)
     check_schedule(cfg)
     output_dir = Path(t.output_dir)
-    setup_logging(output_dir)
-    try:
-        return _train(task, cfg, device, resume, logger, output_dir, compile_backend, amp)
-    except Exception as e:  # why the run stopped, in log.txt too (the traceback is on stderr)
-        logger.error("training stopped: %s: %s", type(e).__name__, e)
-        raise
+    with exclusive_output_dir(output_dir):
+        setup_logging(output_dir)
+        try:
+            return _train(task, cfg, device, resume, logger, output_dir, compile_backend, amp)
+        except Exception as e:  # why the run stopped, in log.txt too (traceback on stderr)
+            logger.error("training stopped: %s: %s", type(e).__name__, e)
+            raise
 
 
 def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str | os.PathLike,

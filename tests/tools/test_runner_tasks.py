@@ -338,6 +338,20 @@ def test_resume_from_an_earlier_checkpoint_abandons_the_later_ones(
     assert (args.resume_from, args.overrides) == ("out/model_0000002.pth", ["train.base_lr=0.01"])
 
 
+def test_a_folder_another_live_run_trains_into_is_refused(tmp_path: Path) -> None:
+    """Two runs into one output folder (launched twice, or requeued while the first still
+    runs) mixed their checkpoints and logs; the lock dies with its process (kill -9 too)."""
+    from engine.run_lock import FolderInUseError, exclusive_output_dir
+
+    cpu = torch.device("cpu")
+    with exclusive_output_dir(tmp_path / "busy"):  # the other run
+        with pytest.raises(FolderInUseError, match=rf"{tmp_path / 'busy'} is in use by another "
+                                                   rf"training run \(pid {os.getpid()} on "):
+            run_training(_RegressionTask(), _toy_config(tmp_path / "busy"), cpu)
+        assert not (tmp_path / "busy/log.txt").exists()  # nothing written
+    assert run_training(_RegressionTask(), _toy_config(tmp_path / "busy"), cpu)["iteration"] == 6
+
+
 def test_training_that_cannot_succeed_stops_before_the_first_step_or_at_the_bad_one(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cpu = torch.device("cpu")
