@@ -150,11 +150,11 @@ def _warn_of_another_test_size(cfg: DictConfig, recorded: Mapping[str, Any],
     except (KeyError, TypeError, ValueError):  # an older or foreign record
         return
     if test_resize(cfg) != trained:
-        logger.warning("%s was evaluated in training with data.val.min_size=%s "
-                       "data.val.max_size=%s; this config resizes test images to %s, %s: the "
-                       "results will differ. To test as trained, give the run's config.yaml "
-                       "as the config (Predictor: config=None) or set those keys", source,
-                       trained[0], trained[1], *test_resize(cfg))
+        logger.warning("%s records a config that tests at data.val.min_size=%s "
+                       "data.val.max_size=%s (its evaluations in training); this config resizes "
+                       "test images to %s, %s: the results will differ. To test as trained, "
+                       "give the run's config.yaml as the config (Predictor: config=None) or "
+                       "set those keys", source, trained[0], trained[1], *test_resize(cfg))
 
 
 def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | None,

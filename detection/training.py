@@ -92,7 +92,7 @@ def build_datasets(cfg: DictConfig) -> Datasets:
     scale_per_batch = parse_bool(d.scale_per_batch, "data.train.scale_per_batch")
     mask_on = bool(cfg.model.mask_on)
     records, mapping, stats = load_coco_json(*paths, filter_empty=d.filter_empty,
-                                             keep_segmentation=mask_on)
+                                             keep_segmentation=mask_on, training=True)
     if not records:
         raise ValueError(f"{paths[0]}: no training images left (filter_empty={d.filter_empty})")
     if stats.boxes == 0:

@@ -185,10 +185,11 @@ def _warn_of_other_test_settings(tta: TTAInference, recorded: Mapping[str, Any],
     except (KeyError, TypeError, ValueError):  # an older or foreign record
         return
     if _settings(tta) != _settings(trained):
-        logger.warning("%s was evaluated in training with test.scales=%s test.flip=%s "
-                       "test.window=%s test.max_size=%s; this config asks for %s %s %s %s: the "
-                       "results will differ. To test as trained, give the run's config.yaml "
-                       "as the config (Predictor: config=None) or set those keys", source,
+        logger.warning("%s records a config that tests with test.scales=%s test.flip=%s "
+                       "test.window=%s test.max_size=%s (its evaluations in training); this "
+                       "asks for %s %s %s %s: the results will differ. To test as trained, "
+                       "give the run's config.yaml as the config (Predictor: config=None, "
+                       "without test.* overrides)", source,
                        list(trained.scales), trained.flip, trained.window, trained.max_size,
                        list(tta.scales), tta.flip, tta.window, tta.max_size)
 
@@ -201,8 +202,11 @@ def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
     colours = palette(len(predictor.class_names))
     warned = []
 
+    capped = (predictor.model.test_max_size if isinstance(predictor.model, OnnxSegmentor)
+              else predictor.tta.max_size)  # an export caps as it was exported
+
     def render(image: np.ndarray) -> np.ndarray:
-        if (not warned and predictor.tta.max_size is None
+        if (not warned and capped is None and predictor.tta.window is None
                 and image.shape[0] * image.shape[1] > LARGE_IMAGE_PIXELS):
             warned.append(True)
             logger.warning("a %dx%d image runs whole (test.max_size is null): memory and time "

@@ -249,6 +249,7 @@ def _format_problems(ann_file: Path, problems: list[str]) -> str:
 @collector_paused()
 def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: bool = False,
                    keep_segmentation: bool = False, check_files: bool = True,
+                   training: bool = False,
                    ) -> tuple[list[dict[str, Any]], CategoryMapping, LoadStats]:
     """Load a COCO instances file into training records.
 
@@ -260,6 +261,8 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
         keep_segmentation: keep each object's `segmentation` in the record (for masks),
             checked: a missing or malformed one is an error.
         check_files: verify up front that every image file exists.
+        training: the training split: a category without a usable object is named (the model
+            would learn a class it never sees).
 
     Returns:
         (records in the file's image order, category mapping, statistics).
@@ -307,7 +310,7 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     used = set(np.concatenate([r["classes"] for r in records] or [np.zeros(0, np.int64)]))
     unused = [f"{name!r} (id {cid})" for k, (cid, name) in
               enumerate(zip(mapping.dataset_ids, mapping.names)) if k not in used]
-    if unused:  # e.g. Roboflow's unused category 0, named like the dataset
+    if unused and training:  # e.g. Roboflow's unused category 0, named like the dataset
         logger.warning("%s: no usable object of %s: a class all the same (the model predicts "
                        "it, its AP is n/a); drop it from 'categories' if it is none",
                        ann_file, ", ".join(unused))

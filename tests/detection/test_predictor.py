@@ -125,7 +125,8 @@ def test_a_config_that_tests_at_another_size_than_training_says_so(
     silently; the checkpoint records the size it was evaluated at in training."""
     with caplog.at_level(logging.WARNING):
         Predictor(CONFIG, weights=checkpoint, overrides=TINY)  # the same sizes: quiet
-        assert "was evaluated in training" not in caplog.text
+        assert "records a config that tests" not in caplog.text
         Predictor(CONFIG, weights=checkpoint, overrides=TINY[:-2])  # the config's own sizes
-    assert f"{checkpoint} was evaluated in training with data.val.min_size=64 " \
-           "data.val.max_size=200; this config resizes test images to " in caplog.text
+    assert f"{checkpoint} records a config that tests at data.val.min_size=64 " \
+           "data.val.max_size=200 (its evaluations in training); this config resizes test " \
+           "images to " in caplog.text

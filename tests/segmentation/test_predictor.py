@@ -36,12 +36,12 @@ def test_predictor_uses_checkpoint_provenance(tmp_path, small_config, caplog):
     np.testing.assert_array_equal(result["mask"], expected.numpy())
     from_checkpoint_alone = Predictor(weights=path)  # the config the checkpoint records
     np.testing.assert_array_equal(from_checkpoint_alone(image)["mask"], expected.numpy())
-    assert "was evaluated in training" not in caplog.text  # the same test section: quiet
+    assert "records a config that tests" not in caplog.text  # the same test section: quiet
     with caplog.at_level(logging.WARNING):
         Predictor(plain, weights=path, overrides=["test.scales=[0.5]", "test.flip=true"])
-    assert f"{path} was evaluated in training with test.scales=[1.0] test.flip=False " \
-           "test.window=None test.max_size=None; this config asks for [0.5] True None None" \
-           in caplog.text
+    assert f"{path} records a config that tests with test.scales=[1.0] test.flip=False " \
+           "test.window=None test.max_size=None (its evaluations in training); this asks for " \
+           "[0.5] True None None" in caplog.text
 
 
 def test_predictor_without_config_needs_an_own_checkpoint(tmp_path, small_config):

@@ -350,6 +350,33 @@ def test_a_folder_another_live_run_trains_into_is_refused(tmp_path: Path) -> Non
             run_training(_RegressionTask(), _toy_config(tmp_path / "busy"), cpu)
         assert not (tmp_path / "busy/log.txt").exists()  # nothing written
     assert run_training(_RegressionTask(), _toy_config(tmp_path / "busy"), cpu)["iteration"] == 6
+    # a loader worker forked while the lock is held does not keep it after the run
+    with exclusive_output_dir(tmp_path / "forked"):
+        workers = iter(torch.utils.data.DataLoader(list(range(4)), num_workers=1))
+        next(workers)
+    with exclusive_output_dir(tmp_path / "forked"):  # was refused while the worker lived
+        pass
+    del workers
+
+
+def test_a_file_system_without_flock_trains_unlocked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Lustre without -o flock and some FUSE mounts answer ENOSYS: every run was refused as
+    "in use by another training run"."""
+    import errno
+
+    import engine.run_lock
+
+    def unsupported(*args: Any) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(engine.run_lock.fcntl, "flock", unsupported)
+    with caplog.at_level(logging.WARNING):
+        result = run_training(_RegressionTask(), _toy_config(tmp_path / "lustre"),
+                              torch.device("cpu"))
+    assert result["iteration"] == 6
+    assert f"cannot lock {tmp_path / 'lustre'} (Function not implemented)" in caplog.text
 
 
 def test_training_that_cannot_succeed_stops_before_the_first_step_or_at_the_bad_one(

@@ -88,6 +88,12 @@ def test_demo_draws_the_overlay_at_image_size(trained: tuple[Path, dict], data: 
     assert drawn is not None and drawn.shape[:2] == cv2.imread(str(image)).shape[:2]
     height, width = drawn.shape[:2]
     assert f"a {width}x{height} image runs whole (test.max_size is null)" in caplog.text
+    caplog.clear()  # sliding windows do not run it whole
+    with caplog.at_level(logging.WARNING):
+        load_tool("demo").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
+                                "--input", str(image), "--output", str(tmp_path / "windows"),
+                                *overrides(data), "test.window=[48,48]"])
+    assert "runs whole" not in caplog.text
 
 
 def test_training_evaluates_with_the_configs_test_scales(data: Path, tmp_path: Path,
