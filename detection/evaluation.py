@@ -24,7 +24,7 @@ from pycocotools import mask as mask_utils
 
 from engine.data.coco import (check_segmentation, collector_paused, read_coco_json,
                               segmentation_to_rle)
-from engine.logging import to_log_file
+from engine.logging import print_and_log
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 IOU_TYPES = ("bbox", "segm")
@@ -218,9 +218,7 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
         per_category[key] = float(p.mean()) * 100 if p.size else math.nan
     metrics["per_category"] = per_category
     if verbose:
-        summary = format_summary(stats, per_category, iou_type)
-        print(summary)
-        to_log_file(summary)
+        print_and_log(format_summary(stats, per_category, iou_type))
     return metrics
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from .distributed import cleanup, init_distributed, is_main_process
 from .config import ConfigError, parse_bool
 from .host_memory import cache_host_memory
-from .logging import to_log_file
+from .logging import print_and_log
 from .preemption import TrainingInterrupted
 from .runner import run_training
 from .tasks import load_task_config, task_module
@@ -78,9 +78,7 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
                 print(stopped, file=sys.stderr, flush=True)
             raise SystemExit(stopped.exit_code) from None
         if is_main_process():
-            summary = runner_task.summary(result["all_metrics"])
-            print(summary, flush=True)
-            to_log_file(summary)
+            print_and_log(runner_task.summary(result["all_metrics"]))
         return {**result, "task": name}
     finally:
         cleanup()

@@ -57,9 +57,10 @@ def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -
         root.addHandler(handler)
 
 
-def to_log_file(text: str) -> None:
-    """`text` (printed to the console by its caller) into the log.txt that setup_logging
-    opened, so that the file holds the whole run (results tables included)."""
+def print_and_log(text: str) -> None:
+    """Print `text` (a results table, a summary line) as it is, and write it into the log.txt
+    that setup_logging opened, so that the file holds the whole run."""
+    print(text, flush=True)
     record = logging.LogRecord("engine", logging.INFO, __file__, 0, text, None, None)
     for handler in logging.getLogger().handlers:
         if getattr(handler, "_engine_handler", False) and isinstance(handler,
@@ -83,7 +84,8 @@ class ScalarWriter:
         self._jsonl = Path(jsonl) if jsonl is not None and is_main_process() else None
         if self._jsonl is not None and self._jsonl.is_file():
             kept = [line for line in self._jsonl.read_text().splitlines()
-                    if _iteration_of(line) is not None and _iteration_of(line) <= start_iter]
+                    if (iteration := _iteration_of(line)) is not None
+                    and iteration <= start_iter]
             atomic_write_text("".join(line + "\n" for line in kept), self._jsonl)
         if log_dir is not None and is_main_process():
             from torch.utils.tensorboard import SummaryWriter  # slow import, only when used

@@ -188,6 +188,18 @@ def test_a_checkpoint_of_another_task_is_named(tmp_path, small_config):
         Predictor(cfg, weights=detector_path)
 
 
+def _fine_tuned(cfg, path, caplog):
+    """(the model built with model.weights=path, logging captured; the same model built
+    without them, from the same seed: what a part that starts afresh must equal)."""
+    torch.manual_seed(5)
+    fresh = build_model(cfg)
+    torch.manual_seed(5)
+    cfg["model"]["weights"] = str(path)
+    with caplog.at_level("WARNING", logger="backbones.weights"):
+        model = build_model(cfg)
+    return model, fresh
+
+
 def test_torchvision_weights_fine_tune_to_other_classes(tmp_path, caplog):
     """The torchvision / mmsegmentation workflow: a 21-class model's weights start a 4-class
     training. model.weights keeps everything but the two classifiers, which start afresh
@@ -196,13 +208,7 @@ def test_torchvision_weights_fine_tune_to_other_classes(tmp_path, caplog):
     reference = _reference("deeplabv3")
     path = tmp_path / "tv_deeplabv3.pth"
     torch.save(reference.state_dict(), path)
-    cfg = _torchvision_config("deeplabv3", num_classes=4)
-    torch.manual_seed(5)
-    fresh = build_model(cfg)
-    torch.manual_seed(5)
-    cfg["model"]["weights"] = str(path)
-    with caplog.at_level("WARNING", logger="backbones.weights"):
-        model = build_model(cfg)
+    model, fresh = _fine_tuned(_torchvision_config("deeplabv3", num_classes=4), path, caplog)
     assert ("tv_deeplabv3.pth: head.predictor.weight, head.predictor.bias, "
             "aux_head.predictor.weight, aux_head.predictor.bias trained for another class count "
             "((21, 256, 1, 1) -> (4, 256, 1, 1), (21,) -> (4,), (21, 256, 1, 1) -> "
@@ -227,13 +233,7 @@ def test_torchvision_weights_without_aux_head_fine_tune_into_a_model_with_one(tm
     state = {k: v for k, v in reference.state_dict().items() if not k.startswith("aux_")}
     path = tmp_path / "tv_no_aux.pth"
     torch.save(state, path)
-    cfg = _torchvision_config("deeplabv3", num_classes=21)
-    torch.manual_seed(5)
-    fresh = build_model(cfg)
-    torch.manual_seed(5)
-    cfg["model"]["weights"] = str(path)
-    with caplog.at_level("WARNING", logger="backbones.weights"):
-        model = build_model(cfg)
+    model, fresh = _fine_tuned(_torchvision_config("deeplabv3", num_classes=21), path, caplog)
     assert "tv_no_aux.pth has no aux_head: this model's starts from scratch" in caplog.text
     assert torch.equal(model.aux_head.conv.conv.weight, fresh.aux_head.conv.conv.weight)
     assert torch.equal(model.head.predictor.weight, reference.classifier[4].weight)
