@@ -311,7 +311,7 @@ def _data_overrides(suite: Suite) -> list[str]:
 
 def detection_samples(suite: Suite, mask_on: bool) -> list[dict[str, Tensor]]:
     """The training scenes through our data pipeline (resized to the scene size)."""
-    from detection.training import build_datasets
+    from detection.data import build_datasets
     config = "mask_rcnn_R_50_FPN_1x" if mask_on else "faster_rcnn_R_50_FPN_1x"
     _, cfg = load_task_config(ROOT / f"configs/detection/{config}.yaml", _data_overrides(suite))
     dataset = build_datasets(cfg).train

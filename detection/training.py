@@ -6,13 +6,12 @@ N images (3, H_i, W_i) and per image gt_boxes (M, 4) / gt_classes (M,) (and gt_m
 ``train.batch_size`` counts images per step over all processes; each process loads
 batch_size / world_size.
 Everything that can fail on the data (JSON structure, unknown ids, missing image files)
-fails in `build_datasets` before a model is built.
+fails in `detection.data.build_datasets` before a model is built.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +22,17 @@ from torch.utils.data import DataLoader
 
 import backbones
 from engine import atomic_write_json, is_main_process, to_plain
-from engine.config import parse_bool
-from engine.data import (CategoryMapping, CountedLoader, build_test_loader, check_image_sizes,
-                         load_coco_json)
+from engine.data import CategoryMapping, CountedLoader, build_test_loader
 from engine.export import METADATA_FILE, ExportError, is_onnx, model_path
 from engine.files import nan_to_none
 from engine.runner import TaskData, format_metric
 
 from .build import build_model, check_choices
 from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
-from .data import DetectionDataset, build_transforms
+from .data import build_datasets, build_val_dataset
 from .evaluation import COCOEvaluator, coco_backend
 from .export import export_detector
+from .browse import browse_split
 from .predictor import build_renderer, load_detector
 from .rcnn import GeneralizedRCNN
 
@@ -42,73 +40,8 @@ logger = logging.getLogger("detection")
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # COCOeval scores every image of the annotation file
 UNREADABLE_VAL = "their objects count as missed"
-__all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "DetectionTask", "build_renderer",
+__all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "DetectionTask", "browse_split", "build_renderer",
            "evaluate_checkpoint", "export_model"]
-
-
-@dataclass
-class Datasets:
-    """The training and validation sets and the category mapping they share."""
-
-    train: DetectionDataset
-    val: DetectionDataset | None
-    mapping: CategoryMapping
-
-
-def _split_paths(cfg: DictConfig, split: str) -> tuple[str, str] | None:
-    s = cfg.data[split]
-    if not s.ann_file and not s.img_dir:
-        return None
-    if not s.ann_file or not s.img_dir:
-        raise ValueError(f"data.{split} needs both ann_file and img_dir, got ann_file="
-                         f"{s.ann_file!r}, img_dir={s.img_dir!r}")
-    return str(s.ann_file), str(s.img_dir)
-
-
-def build_val_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapping, str] | None:
-    """The validation set at test-time size, its category mapping and its JSON path. Every
-    image's size (by its header) and, for Mask R-CNN, every object's segmentation are
-    checked, so a wrong one stops the run before training, not at the evaluation after it."""
-    paths = _split_paths(cfg, "val")
-    if paths is None:
-        return None
-    records, mapping, _ = load_coco_json(*paths, keep_segmentation=bool(cfg.model.mask_on))
-    check_image_sizes(records, paths[0])
-    min_size, max_size = test_resize(cfg)
-    transform = build_transforms(min_size=min_size, max_size=max_size, flip_prob=0.0)
-    return DetectionDataset(records, transform=transform), mapping, paths[0]
-
-
-def build_datasets(cfg: DictConfig) -> Datasets:
-    """Load and check both splits (errors name the file and entry) before any training.
-
-    Raises:
-        ValueError: a split is not set, or the val categories differ from the training ones.
-    """
-    paths = _split_paths(cfg, "train")
-    if paths is None:
-        raise ValueError("data.train.ann_file and data.train.img_dir must be set")
-    d = cfg.data.train
-    scale_per_batch = parse_bool(d.scale_per_batch, "data.train.scale_per_batch")
-    mask_on = bool(cfg.model.mask_on)
-    records, mapping, stats = load_coco_json(*paths, filter_empty=d.filter_empty,
-                                             keep_segmentation=mask_on, training=True)
-    if not records:
-        raise ValueError(f"{paths[0]}: no training images left (filter_empty={d.filter_empty})")
-    if stats.boxes == 0:
-        raise ValueError(f"{paths[0]}: no usable boxes in {len(records)} training images (left "
-                         f"out {stats.crowd} crowd and {stats.degenerate} degenerate boxes): "
-                         "a detector cannot learn from this file")
-    min_size = d.min_size if isinstance(d.min_size, int) else list(d.min_size)
-    train = DetectionDataset(records, with_masks=mask_on, scale_per_batch=scale_per_batch,
-                             transform=build_transforms(min_size=min_size, max_size=d.max_size,
-                                                        flip_prob=d.hflip_prob))
-    del records  # packed in `train`; its Python objects (GBs for COCO's polygons) go now
-    val = build_val_dataset(cfg)
-    if val is not None and val[1].dataset_ids != mapping.dataset_ids:
-        raise ValueError(f"{cfg.data.val.ann_file}: categories {list(val[1].dataset_ids)} differ "
-                         f"from the training file's {list(mapping.dataset_ids)} ({paths[0]})")
-    return Datasets(train=train, val=val[0] if val else None, mapping=mapping)
 
 
 def resolve_num_classes(cfg: DictConfig, mapping: CategoryMapping) -> None:

@@ -27,24 +27,24 @@ def palette(n: int) -> np.ndarray:
 def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, tuple[int, ...]],
                     min_score: float, alpha: float = 0.5) -> np.ndarray:
     """Boxes with "name score" tags on a copy of an RGB image; with "masks" (D, H, W) in
-    `det`, each instance's mask filled in its box's colour at opacity `alpha` first."""
+    `det`, each instance's mask filled in its box's colour at opacity `alpha` first. Without
+    "scores" (annotations) every box is drawn, tagged with its name alone."""
     out = image.copy()
     thickness = max(1, round(min(image.shape[:2]) / 300))
+    scores = det.get("scores")
+    shown = (np.ones(len(det["boxes"]), dtype=bool) if scores is None
+             else np.asarray(scores) >= min_score)
     masks = det.get("masks")
     if masks is not None:
-        for mask, score, label in zip(masks, det["scores"], det["labels"]):
-            if score < min_score:
-                continue
+        for mask, label in zip(masks[shown], np.asarray(det["labels"])[shown]):
             colour = np.asarray(colours.get(int(label), (0, 255, 0)), dtype=np.float32)
             out[mask] = (alpha * colour + (1 - alpha) * out[mask]).astype(np.uint8)
-    for box, score, label, name in zip(det["boxes"], det["scores"], det["labels"],
-                                       det["class_names"]):
-        if score < min_score:
-            continue
+    for i in np.flatnonzero(shown):
+        box, label, name = det["boxes"][i], det["labels"][i], det["class_names"][i]
         colour = colours.get(int(label), (0, 255, 0))
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
-        text = f"{name} {score:.2f}"
+        text = name if scores is None else f"{name} {scores[i]:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
         ty = max(y1, th + base)
         cv2.rectangle(out, (x1, ty - th - base), (x1 + tw, ty), colour, -1)
@@ -53,19 +53,26 @@ def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, t
     return out
 
 
+IGNORE_COLOUR = np.asarray([128, 128, 128], dtype=np.uint8)
+
+
 def draw_segmentation(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str],
-                      colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+                      colours: np.ndarray, alpha: float = 0.5,
+                      ignore_index: int | None = None) -> np.ndarray:
     """Colour overlay of a class-id map (class 0 left uncoloured) and a legend of the classes
-    present."""
+    present; pixels of `ignore_index` (annotations) in grey, named "ignore"."""
     overlay = image.copy()
-    present = [int(c) for c in np.unique(mask) if c != 0 and c < len(colours)]
-    for c in present:
+    values = [int(c) for c in np.unique(mask)]
+    present = [(c, class_names[c], colours[c]) for c in values if 0 < c < len(colours)]
+    if ignore_index is not None and ignore_index in values:
+        present.append((ignore_index, "ignore", IGNORE_COLOUR))
+    for c, _, colour in present:
         region = mask == c
-        overlay[region] = (alpha * colours[c] + (1 - alpha) * image[region]).astype(np.uint8)
-    for row, c in enumerate(present):
+        overlay[region] = (alpha * colour + (1 - alpha) * image[region]).astype(np.uint8)
+    for row, (_, name, colour) in enumerate(present):
         y = 6 + 16 * row
-        cv2.rectangle(overlay, (4, y), (16, y + 12), tuple(int(v) for v in colours[c]), -1)
-        cv2.putText(overlay, class_names[c], (20, y + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+        cv2.rectangle(overlay, (4, y), (16, y + 12), tuple(int(v) for v in colour), -1)
+        cv2.putText(overlay, name, (20, y + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                     (255, 255, 255), 1, cv2.LINE_AA)
     return overlay
 
@@ -107,13 +114,17 @@ def output_paths(inputs: Sequence[tuple[Path, Path]], output: Path) -> list[Path
     return outs
 
 
-def run_image(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path) -> Path:
-    """Draw one image into the file `out`; returns it."""
-    picture = render(read_image(path))
+def write_picture(picture: np.ndarray, out: Path) -> Path:
+    """Write an RGB picture into the image file `out` (its folders made); returns it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
         raise OSError(f"cannot write {out}")
     return out
+
+
+def run_image(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path) -> Path:
+    """Draw one image into the file `out`; returns it."""
+    return write_picture(render(read_image(path)), out)
 
 
 def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path) -> Path:

@@ -105,6 +105,10 @@ class SemSegDataset(Dataset):
     def __len__(self) -> int:
         return len(self._records)
 
+    def record(self, index: int) -> dict[str, Any]:
+        """The raw record of an image (file_name, and its mask's source)."""
+        return self._records[index]
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """(RGB uint8 (H, W, 3) image, uint8 (H, W) mask, record), checked, not augmented.
 

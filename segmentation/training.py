@@ -23,6 +23,7 @@ from engine.files import nan_to_none
 from engine.data import CountedLoader
 from engine.runner import LEFT_OUT, TaskData, format_metric
 
+from .browse import browse_split
 from .build import BASE_CONFIG, build_model, check_choices, load_config, provenance_from_config
 from .data import build_dataset, build_test_loader
 from .data import prefer_command_line_sources as resolve_overrides
@@ -33,7 +34,7 @@ from .predictor import Predictor, build_renderer, placeholder_names
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "SemSegTask", "build_renderer",
+__all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "SemSegTask", "browse_split", "build_renderer",
            "evaluate_checkpoint", "export_model", "resolve_overrides"]
 
 

@@ -1,0 +1,92 @@
+"""Draw a split's images as the model receives them, to check a dataset and its config before
+training (detectron2's tools/visualize_data.py, mmdetection's browse_dataset.py).
+
+Usage:
+  python tools/browse_dataset.py CONFIG --output DIR [--split train|val] [--num N]
+      [--seed S] [key=value ...]   (e.g. data.train.ann_file=A.json data.train.img_dir=IMG)
+
+Detection configs: each object's box and class name (and Mask R-CNN's masks) on the image,
+"train" with the training augmentation (scale, flip) and the images the training keeps,
+"val" at the test size. Segmentation configs (`task: sem_seg`): the class-id map with a
+legend, ignored pixels grey ("train": the augmented crops, padding included; "val": whole
+images). Pictures go to DIR under the images' names inside data.<split>.img_dir (.jpg unless
+PNG). The first N images of the split (default 20; 0 = all) are drawn; --seed picks the
+augmentation. An image that cannot be read or whose annotation cannot be used is named and
+skipped, the others drawn, and the run then fails listing them.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine import setup_logging  # noqa: E402
+from engine.cli import config_argument_parser, run_tool  # noqa: E402
+from engine.data import DatasetError, UnreadableImageError, listing  # noqa: E402
+from engine.tasks import load_task_config, task_module  # noqa: E402
+from engine.visualize import output_paths, write_picture  # noqa: E402
+
+logger = logging.getLogger("browse")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = config_argument_parser(__doc__)
+    parser.add_argument("--output", required=True, help="folder for the pictures")
+    parser.add_argument("--split", default="train", choices=("train", "val"),
+                        help="the config's data split to draw (default train)")
+    parser.add_argument("--num", type=int, default=20,
+                        help="images drawn, the split's first (default 20; 0 = all)")
+    parser.add_argument("--seed", type=int, default=0, help="augmentation seed (default 0)")
+    return parser.parse_intermixed_args(argv)
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The augmentation seed of image `index`: the same picture for the same --seed."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0] >> 1)
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    """Draw the split's first images; returns the written files."""
+    args = parse_args(argv)
+    if args.num < 0:
+        raise ValueError(f"--num must be >= 0 (0 = all images), got {args.num}")
+    setup_logging(None)
+    task, cfg = load_task_config(args.config, args.overrides)
+    browse_split = getattr(task_module(task), "browse_split", None)
+    if browse_split is None:
+        raise ValueError(f"tools/browse_dataset.py draws detection and sem_seg data; "
+                         f"{args.config} is a {task!r} config")
+    dataset, draw = browse_split(cfg, args.split)
+    count = len(dataset) if args.num == 0 else min(args.num, len(dataset))
+    img_dir = Path(cfg.data[args.split].img_dir)
+    files = [Path(dataset.record(i)["file_name"]) for i in range(count)]
+    names = [f.relative_to(img_dir) if f.is_relative_to(img_dir) else Path(f.name)
+             for f in files]
+    output = Path(args.output)
+    written, refused = [], []
+    for index, out in enumerate(output_paths(list(zip(files, names)), output)):
+        try:
+            sample = dataset[(index, sample_seed(args.seed, index))]
+        except (DatasetError, UnreadableImageError) as err:  # the others are still drawn
+            sample = None
+            logger.warning("%s", err)
+        if sample is None:
+            refused.append(str(files[index]))
+            continue
+        written.append(write_picture(draw(sample), out))
+    print(f"wrote {len(written)} picture(s) of {len(dataset)} {args.split} image(s) to {output}",
+          flush=True)
+    if refused:
+        raise DatasetError(f"{len(refused)} of {count} images could not be drawn (the others "
+                           f"were):" + listing(refused))
+    return written
+
+
+if __name__ == "__main__":
+    run_tool(main)
