@@ -253,11 +253,12 @@ class COCOEvaluator:
         output_dir: where coco_instances_results.json is written (None: not written).
         backend: "pycocotools" or "faster_coco_eval".
         iou_types: ("bbox",) or ("bbox", "segm").
+        score: False writes the results alone (a file without annotations, e.g. test-dev).
     """
 
     def __init__(self, ann_file: str | Path, *, category_ids: Sequence[int],
                  output_dir: str | Path | None = None, backend: str = "pycocotools",
-                 iou_types: Sequence[str] = ("bbox",)) -> None:
+                 iou_types: Sequence[str] = ("bbox",), score: bool = True) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         unknown = [t for t in iou_types if t not in IOU_TYPES]
@@ -268,6 +269,7 @@ class COCOEvaluator:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.backend = backend
         self.iou_types = tuple(iou_types)
+        self.score = score
         self._results: list[dict[str, Any]] = []
 
     def reset(self) -> None:
@@ -290,7 +292,7 @@ class COCOEvaluator:
         """Gather every rank's detections, write them, score them.
 
         Returns:
-            {iou_type: metrics as from `evaluate_coco`} on every rank.
+            {iou_type: metrics as from `evaluate_coco`} on every rank ({} without `score`).
         """
         results = self._results
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -303,7 +305,7 @@ class COCOEvaluator:
             if self.output_dir is not None:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
                 (self.output_dir / RESULTS_FILE).write_text(json.dumps(results))
-            for iou_type in self.iou_types:
+            for iou_type in self.iou_types if self.score else ():
                 metrics[iou_type] = evaluate_coco(self.ann_file, results, iou_type=iou_type,
                                                   backend=self.backend)
         if distributed:

@@ -30,14 +30,13 @@ from engine.runner import TaskData, format_metric
 from .build import build_model, check_choices
 from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
 from .data import build_datasets, build_val_dataset
-from .evaluation import COCOEvaluator, coco_backend
+from .evaluation import RESULTS_FILE, COCOEvaluator, coco_backend
 from .export import export_detector
 from .browse import browse_split
 from .predictor import build_renderer, load_detector
 from .rcnn import GeneralizedRCNN
 
 logger = logging.getLogger("detection")
-METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # COCOeval scores every image of the annotation file
 UNREADABLE_VAL = "their objects count as missed"
 __all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "DetectionTask", "browse_split", "build_renderer",
@@ -99,24 +98,25 @@ def make_provenance(cfg: DictConfig, mapping: CategoryMapping) -> dict[str, Any]
 def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequence[str],
                         device: torch.device, *, backend: str | None = None) -> dict[str, Any]:
     """COCO box (and mask) AP of `weights` on data.val (tools/eval.py): writes
-    OUTPUT/coco_instances_results.json and OUTPUT/metrics.json (percent, NaN -> null).
+    OUTPUT/coco_instances_results.json and OUTPUT/metrics.json (percent, NaN -> null; per
+    IoU type what a training's metrics.json holds, and the weights). A file without
+    annotations (COCO's test-dev image info) gets its results written, nothing scored.
     `backend` None: the config's data.val.coco_backend."""
     loaded = load_detector(config, weights=weights, overrides=overrides, device=device)
     backend = backend or coco_backend(loaded.cfg)
     val = build_val_dataset(loaded.cfg)
     if val is None:
         raise ValueError("data.val.ann_file and data.val.img_dir must be set to evaluate")
-    dataset, mapping, ann_file = val
-    if is_onnx(weights):  # an export knows its classes by id and name: they must be the data's
-        data = dict(zip(mapping.dataset_ids, mapping.names))
-        # names of shared ids must agree; a bare id as the name (torchvision weights) says none
-        clash = [(c, n, data[c]) for c, n in zip(loaded.category_ids, loaded.class_names)
-                 if c in data and n != str(c) and n != data[c]]
-        if clash:
-            raise ExportError(f"{model_path(weights).parent / METADATA_FILE} names the "
-                              f"categories {[(c, n) for c, n, _ in clash][:10]}, {ann_file} "
-                              f"{[(c, d) for c, _, d in clash][:10]}: the labels would mean "
-                              f"other classes")
+    dataset, mapping, ann_file = val.dataset, val.mapping, val.ann_file
+    data = dict(zip(mapping.dataset_ids, mapping.names))
+    # names of shared ids must agree; a bare id as the name (torchvision weights) says none
+    clash = [(c, n, data[c]) for c, n in zip(loaded.category_ids, loaded.class_names)
+             if c in data and n != str(c) and n != data[c]]
+    if clash:
+        source = model_path(weights).parent / METADATA_FILE if is_onnx(weights) else weights
+        raise (ExportError if is_onnx(weights) else ValueError)(
+            f"{source} names the categories {[(c, n) for c, n, _ in clash][:10]}, {ann_file} "
+            f"{[(c, d) for c, _, d in clash][:10]}: the labels would mean other classes")
     known = set(mapping.dataset_ids)
     unknown = [c for c in loaded.category_ids if c not in known]
     if len(unknown) == len(loaded.category_ids):
@@ -127,19 +127,23 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
                        ann_file, unknown[:10])
     loader = CountedLoader(build_test_loader(dataset,
                                              num_workers=min(loaded.cfg.data.num_workers, 1)))
+    types = iou_types(loaded.model)
     evaluator = COCOEvaluator(ann_file, category_ids=loaded.category_ids, output_dir=output,
-                              backend=backend, iou_types=iou_types(loaded.model))
+                              backend=backend, iou_types=types, score=val.annotated)
     metrics = evaluate_all(loaded.model, loader, evaluator)
-    result = {iou_type: nan_to_none({**{k: m[k] for k in METRIC_KEYS},
-                                     "per_category": dict(m["per_category"])})
-              for iou_type, m in metrics.items()}
+    result: dict[str, Any] = {t: nan_to_none(metrics[t]) if val.annotated else None
+                              for t in types}
     result["images"] = loader.report(logger, "val", UNREADABLE_VAL)
+    result["weights"] = str(weights)
     if is_main_process():
         atomic_write_json(result, output / "metrics.json")
-        mask = f"  mask AP = {metrics['segm']['AP']:.1f}" if "segm" in metrics else ""
-        print(f"box AP = {metrics['bbox']['AP']:.1f}{mask}  (results: "
-              f"{output / 'coco_instances_results.json'}, metrics: {output / 'metrics.json'})",
-              flush=True)
+        files = f"results: {output / RESULTS_FILE}, metrics: {output / 'metrics.json'}"
+        if not val.annotated:
+            print(f"{ann_file} has no annotations: detections written, nothing scored "
+                  f"({files})", flush=True)
+        else:
+            mask = f"  mask AP = {metrics['segm']['AP']:.1f}" if "segm" in metrics else ""
+            print(f"box AP = {metrics['bbox']['AP']:.1f}{mask}  ({files})", flush=True)
     return result
 
 

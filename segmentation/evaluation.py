@@ -25,6 +25,7 @@ import torch
 
 from engine.distributed import all_gather_object, is_main_process
 from engine.files import atomic_write_json
+from engine.logging import print_and_log
 
 logger = logging.getLogger(__name__)
 ArrayLike = np.ndarray | torch.Tensor
@@ -125,8 +126,18 @@ class SemSegEvaluator:
         if num_images == 0:
             logger.warning("SemSegEvaluator: no images were processed")
         result = {"sem_seg": metrics_from_confusion(matrix, self.class_names)}
+        if is_main_process():
+            print_and_log(format_per_class(result["sem_seg"]["per_class_iou"]))
         if output_dir is not None and is_main_process():
             path = Path(output_dir) / "metrics.json"
             atomic_write_json(result, path)
             logger.info("wrote %s", path)
         return result
+
+
+def format_per_class(per_class_iou: Mapping[str, float | None]) -> str:
+    """The per-class IoU table (percent; n/a for classes absent from both the ground truth
+    and the predictions)."""
+    return "\n".join(["per-class IoU:"] + [
+        f"  {name:<20} {'n/a' if iou is None else f'{iou:6.2f}'}"
+        for name, iou in per_class_iou.items()])

@@ -66,6 +66,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
                             output_dir=output)
     result = nan_to_none(result)
     result["images"] = counted.report(logger, "val", LEFT_OUT)
+    result["weights"] = str(weights)
     if is_main_process():
         atomic_write_json(result, output / "metrics.json")
         m = result["sem_seg"]
@@ -75,8 +76,6 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
                            or cfg.data.val.ann_file, predictor.model.ignore_index)
         print(f"mIoU = {format_metric(m['mIoU'])}  pixel_acc = {format_metric(m['pixel_acc'])}",
               flush=True)
-        for name, iou in m["per_class_iou"].items():
-            print(f"  {name:<20} {'n/a' if iou is None else f'{iou:6.2f}'}")
     return result
 
 

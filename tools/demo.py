@@ -2,7 +2,7 @@
 
 Usage:
   python tools/demo.py CONFIG --weights CKPT --input PATH [PATH ...] --output DIR
-      [key=value ...]   (e.g. model.roi_heads.score_thresh=0.5)
+      [--min-score 0.5] [key=value ...]   (e.g. model.roi_heads.nms_thresh=0.6)
 
 Detection configs: boxes with class names and scores (and, for Mask R-CNN, each instance's
 mask as a translucent fill in its box's colour). Segmentation configs (`task: sem_seg`):

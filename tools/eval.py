@@ -8,13 +8,17 @@ Usage:
 Detection (COCO box AP on data.val.ann_file / data.val.img_dir): prints the 12 standard
 numbers and a per-category AP table; writes DIR/coco_instances_results.json (COCO results,
 dataset category ids, RLE masks for Mask R-CNN) and DIR/metrics.json as {"bbox": {"AP",
-"AP50", "AP75", "APs", "APm", "APl", "per_category": {name: AP}}} in percent (null where
-undefined), with the same numbers for the masks under "segm" when the model has a mask head
-(model.mask_on). Weights are this project's checkpoints or a torchvision
-fasterrcnn_resnet50_fpn / maskrcnn_resnet50_fpn state dict (labels = COCO ids).
+"AP50", "AP75", "APs", "APm", "APl", "stats": the 12 COCOeval numbers, "per_category": {name:
+AP}}, "images": {...}, "weights": CKPT} in percent (null where undefined), as a training's
+metrics.json, with the same for the masks under "segm" when the model has a mask head
+(model.mask_on). A val file without annotations (COCO's test-dev image info) gets its
+results file written and nothing scored ("bbox": null). Weights are this project's
+checkpoints or a torchvision fasterrcnn_resnet50_fpn / maskrcnn_resnet50_fpn state dict
+(labels = COCO ids); weights whose classes are named differently from the file's categories
+of the same ids are refused.
 
 Segmentation (`task: sem_seg` configs): mIoU, pixel accuracy and per-class IoU in percent,
-written to DIR/metrics.json as {"sem_seg": {...}}.
+written to DIR/metrics.json as {"sem_seg": {...}, "images": {...}, "weights": CKPT}.
 """
 from __future__ import annotations
 

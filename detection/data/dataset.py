@@ -69,9 +69,9 @@ class DetectionDataset(Dataset):
                  with_masks: bool = False, scale_per_batch: bool = False) -> None:
         if with_masks:
             for r in records:
-                if "segmentations" not in r or any(s is None for s in r["segmentations"]):
+                if "segmentations" not in r:
                     raise ValueError(f"image id {r['image_id']} ({r['file_name']}): with_masks "
-                                     "needs a segmentation for every object (load the records "
+                                     "needs the objects' segmentations (load the records "
                                      "with keep_segmentation=True)")
         self._records = PackedRecords(records)
         self.group_ids = aspect_groups(records)
@@ -132,7 +132,8 @@ class DetectionDataset(Dataset):
         inputs: dict[str, Any] = {"image": image, "bboxes": boxes,
                                   "box_ids": np.arange(len(boxes)), "short_edge": short_edge}
         if self.with_masks:
-            inputs["masks"] = [segmentation_to_mask(s, height, width)
+            inputs["masks"] = [np.zeros((height, width), dtype=np.uint8) if s is None  # val only
+                               else segmentation_to_mask(s, height, width)
                                for s in record["segmentations"]]
         out = self.transform(**inputs)
         keep = np.asarray(out["box_ids"], dtype=np.int64)

@@ -3,6 +3,7 @@ and checked (errors name the file and entry) into datasets, before any model is 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from omegaconf import DictConfig
 
@@ -33,23 +34,33 @@ def _split_paths(cfg: DictConfig, split: str) -> tuple[str, str] | None:
     return str(s.ann_file), str(s.img_dir)
 
 
-def build_val_dataset(cfg: DictConfig, with_masks: bool = False
-                      ) -> tuple[DetectionDataset, CategoryMapping, str] | None:
-    """The validation set at test-time size, its category mapping and its JSON path. Every
-    image's size (by its header) and, for Mask R-CNN, every object's segmentation are
-    checked, so a wrong one stops the run before training, not at the evaluation after it.
-    `with_masks`: samples hold gt_masks too (Mask R-CNN configs; the evaluation reads the
-    masks from the JSON instead)."""
+class ValSplit(NamedTuple):
+    """The validation set at test-time size, its category mapping, its JSON path and whether
+    the file has objects to score against (COCO's test-dev image info has none)."""
+
+    dataset: DetectionDataset
+    mapping: CategoryMapping
+    ann_file: str
+    annotated: bool
+
+
+def build_val_dataset(cfg: DictConfig, with_masks: bool = False) -> ValSplit | None:
+    """The validation split (None where data.val is not set). Every image's size (by its
+    header) and, for Mask R-CNN, every object's segmentation are checked, so a wrong one stops
+    the run before training, not at the evaluation after it; objects without a segmentation
+    are left to the evaluation (ignored in segm). `with_masks`: samples hold gt_masks too
+    (Mask R-CNN configs; zero for those objects; the evaluation reads the JSON instead)."""
     paths = _split_paths(cfg, "val")
     if paths is None:
         return None
-    records, mapping, _ = load_coco_json(*paths, keep_segmentation=bool(cfg.model.mask_on))
+    records, mapping, stats = load_coco_json(*paths, keep_segmentation=bool(cfg.model.mask_on),
+                                             evaluation=True)
     check_image_sizes(records, paths[0])
     min_size, max_size = test_resize(cfg)
     transform = build_transforms(min_size=min_size, max_size=max_size, flip_prob=0.0)
     dataset = DetectionDataset(records, transform=transform,
                                with_masks=with_masks and bool(cfg.model.mask_on))
-    return dataset, mapping, paths[0]
+    return ValSplit(dataset, mapping, paths[0], annotated=stats.annotations > 0)
 
 
 def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapping, str]:
@@ -89,7 +100,11 @@ def build_datasets(cfg: DictConfig) -> Datasets:
     """
     train, mapping, train_file = build_train_dataset(cfg)
     val = build_val_dataset(cfg)
-    if val is not None and val[1].dataset_ids != mapping.dataset_ids:
-        raise ValueError(f"{cfg.data.val.ann_file}: categories {list(val[1].dataset_ids)} differ "
+    if val is not None and val.mapping.dataset_ids != mapping.dataset_ids:
+        raise ValueError(f"{val.ann_file}: categories {list(val.mapping.dataset_ids)} differ "
                          f"from the training file's {list(mapping.dataset_ids)} ({train_file})")
-    return Datasets(train=train, val=val[0] if val else None, mapping=mapping)
+    if val is not None and not val.annotated:
+        raise ValueError(f"{val.ann_file} has no annotations to score the training's "
+                         "evaluations against: give an annotated val file, or leave data.val "
+                         "unset (tools/eval.py writes the detections of such a file)")
+    return Datasets(train=train, val=val.dataset if val else None, mapping=mapping)

@@ -90,6 +90,7 @@ class LoadStats:
     """What loading kept and left out."""
 
     images: int = 0
+    annotations: int = 0  # every object of the file's images, crowd and degenerate included
     kept_images: int = 0
     empty_images: int = 0
     boxes: int = 0
@@ -123,11 +124,14 @@ def _all_numbers(values: list[Any]) -> bool:
 
 
 @collector_paused()
-def read_coco_json(ann_file: str | Path) -> dict[str, Any]:
+def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
+                   ) -> dict[str, Any]:
     """Parse a COCO file and check its structure; errors name the file and the entry.
 
     Args:
         ann_file: path to the COCO instances JSON.
+        annotations_optional: a file without an `annotations` key (COCO's test-dev image
+            info) reads as one with none.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -143,6 +147,8 @@ def read_coco_json(ann_file: str | Path) -> dict[str, Any]:
         raise DatasetError(f"{ann_file}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{ann_file}: expected a JSON object at the top level")
+    if annotations_optional and "annotations" not in data:
+        data["annotations"] = []
     missing = [k for k in ("images", "annotations", "categories")
                if not isinstance(data.get(k), list)]
     if missing:
@@ -249,7 +255,7 @@ def _format_problems(ann_file: Path, problems: list[str]) -> str:
 @collector_paused()
 def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: bool = False,
                    keep_segmentation: bool = False, check_files: bool = True,
-                   training: bool = False,
+                   training: bool = False, evaluation: bool = False,
                    ) -> tuple[list[dict[str, Any]], CategoryMapping, LoadStats]:
     """Load a COCO instances file into training records.
 
@@ -263,6 +269,9 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
         check_files: verify up front that every image file exists.
         training: the training split: a category without a usable object is named (the model
             would learn a class it never sees).
+        evaluation: a file to evaluate on: it may leave out `annotations` (test-dev: images to
+            predict), and an object without a `segmentation` keeps its box with None there
+            (the segm evaluation ignores it); a malformed segmentation is still an error.
 
     Returns:
         (records in the file's image order, category mapping, statistics).
@@ -271,7 +280,7 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
         DatasetError: invalid file content, or image files missing (all listed by entry).
     """
     ann_file, img_dir = Path(ann_file), Path(img_dir)
-    data = read_coco_json(ann_file)
+    data = read_coco_json(ann_file, annotations_optional=evaluation)
     if not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {img_dir} (for {ann_file})")
     if check_files:
@@ -291,7 +300,7 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     problems: list[str] | None = [] if keep_segmentation else None
     for img in data["images"]:
         record = _make_record(coco.imgToAnns.get(img["id"], []), img, img_dir, mapping, stats,
-                              problems)
+                              problems, optional_masks=evaluation)
         if len(record["classes"]) == 0:
             stats.empty_images += 1
             if filter_empty:
@@ -387,11 +396,13 @@ def check_segmentation(segmentation: Any, height: int, width: int
 
 def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
                  mapping: CategoryMapping, stats: LoadStats,
-                 problems: list[str] | None) -> dict[str, Any]:
-    """The record of one image; `problems` (a list) asks for checked segmentations."""
+                 problems: list[str] | None, optional_masks: bool = False) -> dict[str, Any]:
+    """The record of one image; `problems` (a list) asks for checked segmentations,
+    `optional_masks` keeps objects without one (segmentation None)."""
     keep_segmentation = problems is not None
     height, width = img["height"], img["width"]
     boxes, classes, segmentations = [], [], []
+    stats.annotations += len(anns)
     for ann in anns:
         if ann.get("iscrowd", 0):
             stats.crowd += 1
@@ -402,7 +413,9 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
         if not (x2 - x1 >= 1.0 and y2 - y1 >= 1.0):  # also drops NaN
             stats.degenerate += 1
             continue
-        if keep_segmentation:
+        if keep_segmentation and optional_masks and ann.get("segmentation") is None:
+            segmentations.append(None)
+        elif keep_segmentation:
             try:
                 segmentation, dropped = check_segmentation(ann.get("segmentation"), height, width)
             except (TypeError, ValueError) as err:

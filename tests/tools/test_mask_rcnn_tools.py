@@ -53,7 +53,7 @@ def test_eval_reports_segm_beside_bbox(trained: tuple[Path, dict], data: Path,
                             "--output", str(out), *data_overrides(data), *SMALL_HEAD,
                             "model.roi_heads.score_thresh=0.0"])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"bbox", "segm", "images"}
+    assert set(metrics) == {"bbox", "segm", "images", "weights"}
     results = json.loads((out / "coco_instances_results.json").read_text())
     assert results and all(r["segmentation"]["size"] == [96, 128] for r in results)
     gt = COCO(str(data / "coco/val.json"))
@@ -70,6 +70,22 @@ def test_eval_reports_segm_beside_bbox(trained: tuple[Path, dict], data: Path,
                                               if expected is not None else None)
     assert set(metrics["segm"]["per_category"]) == {
         "circle", "square", "triangle", "star", "cross", "ellipse"}
+
+
+def test_val_objects_without_a_segmentation_are_left_out_of_segm_alone(
+        trained: tuple[Path, dict], data: Path, tmp_path: Path) -> None:
+    """A val object without `segmentation` (a box-only annotation) is ignored in segm, as
+    README says, and scored in bbox: the evaluation runs, its box AP is the full file's."""
+    content = json.loads((data / "coco/val.json").read_text())
+    del content["annotations"][0]["segmentation"]
+    (tmp_path / "box_only.json").write_text(json.dumps(content))
+    args = [str(CONFIG), "--weights", str(trained[0] / "model_final.pth"), *data_overrides(data),
+            *SMALL_HEAD, "model.roi_heads.score_thresh=0.0"]
+    full = load_tool("eval").main([*args, "--output", str(tmp_path / "full")])
+    with pytest.warns(RuntimeWarning, match="1 objects without a usable mask are ignored"):
+        partial = load_tool("eval").main([*args, "--output", str(tmp_path / "partial"),
+                                          f"data.val.ann_file={tmp_path / 'box_only.json'}"])
+    assert partial["bbox"] == full["bbox"] and partial["segm"]["AP"] is not None
 
 
 def test_predictor_masks_at_input_size(trained: tuple[Path, dict]) -> None:

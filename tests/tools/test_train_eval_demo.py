@@ -122,7 +122,9 @@ def test_eval_matches_pycocotools_on_written_results(trained: Path, data: Path, 
                             "--output", str(out), *data_overrides(data),
                             "model.roi_heads.score_thresh=0.0", *choice])
     assert used == [backend or "pycocotools"]
-    metrics = json.loads((out / "metrics.json").read_text())["bbox"]
+    written = json.loads((out / "metrics.json").read_text())
+    metrics = written["bbox"]
+    assert written["weights"] == str(trained / "model_final.pth")
     results = json.loads((out / "coco_instances_results.json").read_text())
     assert results, "score_thresh=0 must give detections"
     assert {r["category_id"] for r in results} <= {1, 3, 5, 7, 9, 11}
@@ -135,8 +137,47 @@ def test_eval_matches_pycocotools_on_written_results(trained: Path, data: Path, 
             assert metrics[key] is None
         else:
             assert metrics[key] == pytest.approx(expected, abs=1e-9)
-    assert "stats" not in metrics and set(metrics["per_category"]) == {
+    assert metrics["stats"] == pytest.approx(list(ev.stats), abs=1e-12)  # as training writes
+    assert set(metrics["per_category"]) == {
         "circle", "square", "triangle", "star", "cross", "ellipse"}
+
+
+def test_a_file_without_annotations_gets_its_detections_written_and_nothing_scored(
+        trained: Path, data: Path, tmp_path: Path) -> None:
+    """COCO's test-dev image info: images and categories, no annotations key."""
+    info = json.loads((data / "coco/val.json").read_text())
+    del info["annotations"]
+    (tmp_path / "test_dev.json").write_text(json.dumps(info))
+    args = [str(CONFIG), "--weights", str(trained / "model_final.pth"), *data_overrides(data),
+            "model.roi_heads.score_thresh=0.0"]
+    load_tool("eval").main([*args, "--output", str(tmp_path / "val")])
+    written = load_tool("eval").main([*args, "--output", str(tmp_path / "test"),
+                                      f"data.val.ann_file={tmp_path / 'test_dev.json'}"])
+    assert written["bbox"] is None and written["images"]["images"] == len(info["images"])
+    assert json.loads((tmp_path / "test/metrics.json").read_text())["bbox"] is None
+    detections = [json.loads((tmp_path / f"{name}/coco_instances_results.json").read_text())
+                  for name in ("val", "test")]
+    assert detections[1] == detections[0] and len(detections[0]) > 0
+    # a training cannot score its evaluations against such a file: refused before it trains
+    with pytest.raises(ValueError, match="test_dev.json has no annotations to score"):
+        load_tool("train").main(train_args(data, tmp_path / "run", 1,
+                                           f"data.val.ann_file={tmp_path / 'test_dev.json'}"))
+    assert not list((tmp_path / "run").glob("*.pth"))
+
+
+def test_eval_refuses_weights_whose_classes_the_file_names_otherwise(
+        trained: Path, data: Path, tmp_path: Path) -> None:
+    content = json.loads((data / "coco/val.json").read_text())
+    names = [c["name"] for c in content["categories"]]
+    for category, name in zip(content["categories"], names[1:] + names[:1]):
+        category["name"] = name  # the same ids, each named as the next
+    (tmp_path / "renamed.json").write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=r"model_final.pth names the categories \[\(1, 'circle'\)"
+                                         r".*renamed.json \[\(1, 'square'\)"):
+        load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                                "--output", str(tmp_path / "eval"), *data_overrides(data),
+                                f"data.val.ann_file={tmp_path / 'renamed.json'}"])
+    assert not (tmp_path / "eval/metrics.json").exists()
 
 
 def test_eval_zero_detections_gives_ap_zero(trained: Path, data: Path, tmp_path: Path) -> None:
