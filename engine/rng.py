@@ -1,8 +1,9 @@
 """Seeding and the RNG states a checkpoint stores (Python, NumPy, torch, CUDA)."""
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,3 +43,14 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def rng_kept() -> Iterator[None]:
+    """Within the context the generators may be drawn from; after it they are as before (an
+    evaluation between training steps leaves the training's random stream as it was)."""
+    state = get_rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)

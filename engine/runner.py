@@ -36,10 +36,10 @@ from .distributed import (all_gather_object, all_reduce_sum, broadcast_buffers, 
                           get_world_size, is_main_process, per_process_batch_size, wrap_ddp)
 from .files import atomic_write_json, nan_to_none
 from .logging import ProgressLogger, ScalarWriter, setup_logging
+from .rng import rng_kept, seed_everything
 from .run_lock import exclusive_output_dir
 from .optim import OPTIMIZERS, build_optimizer
 from .preemption import TrainingInterrupted, stop_on_signals
-from .rng import seed_everything
 from .schedule import DECAYS, build_lr_scheduler
 from .trainer import PeriodicEval, Trainer
 
@@ -143,6 +143,9 @@ def check_train_choices(t: DictConfig) -> None:
             raise ValueError(f"unknown train.{key} {value!r}; valid: {', '.join(valid)}")
     if t.best_metric is not None:
         best_metric_parts(t.best_metric)
+    if not isinstance(t.seed, int) or isinstance(t.seed, bool) or not 0 <= t.seed < 2**31:
+        raise ValueError(f"train.seed must be an integer in 0..{2**31 - 1}, got {t.seed!r} (a "
+                         "run is repeated with the same seed; no value draws one at random)")
     for key, least in (("log_period", 1), ("checkpoint_period", 0), ("eval_period", 0)):
         if t[key] < least:
             raise ValueError(f"train.{key} must be >= {least}, got {t[key]}"
@@ -499,7 +502,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             was_training = model.training
             model.eval()
             try:
-                with torch.no_grad():
+                with torch.no_grad(), rng_kept():  # the weights do not depend on eval_period
                     metrics = task.evaluate(model, counted, device)
             finally:
                 model.train(was_training)

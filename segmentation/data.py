@@ -180,7 +180,8 @@ class SemSegDataset(Dataset):
                            self.ignore_index)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
-        """The sample of `key` (an index, or (index, augmentation seed)); None if unreadable."""
+        """The sample of `key` (an index, augmented with the index as its seed, or (index,
+        augmentation seed)); None if unreadable."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         try:
             image, mask, record = self.load(index)
@@ -188,8 +189,8 @@ class SemSegDataset(Dataset):
             self.num_skipped += 1
             logger.warning("skipping unreadable image: %s", err)
             return None
-        if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        if seed is None:  # drawing one would move the training's torch generator
+            seed = index
         self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         try:
             out = self.transform(image=image, mask=mask)

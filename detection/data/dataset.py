@@ -107,7 +107,7 @@ class DetectionDataset(Dataset):
 
         Args:
             key: an index, or (index, seed) to make the augmentation reproducible without
-                global state (a bare index draws the seed from torch's generator), or
+                global state (a bare index augments with the index as its seed), or
                 (index, seed, short edge) to resize to that length.
         """
         if isinstance(key, tuple):
@@ -125,8 +125,8 @@ class DetectionDataset(Dataset):
                 f"{record['file_name']} (image id {record['image_id']}): decoded size "
                 f"{image.shape[1]}x{image.shape[0]} differs from the annotation's {width}x{height} "
                 "(after EXIF rotation, if the file has an orientation tag)")
-        if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        if seed is None:  # drawing one would move the training's torch generator
+            seed = index
         self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         boxes, classes = record["boxes"], record["classes"]
         inputs: dict[str, Any] = {"image": image, "bboxes": boxes,

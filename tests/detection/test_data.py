@@ -433,6 +433,20 @@ def test_masks_follow_the_flip(tmp_path: Path) -> None:
                          transform=build_transforms(min_size=20, max_size=None))
 
 
+def test_a_bare_index_augments_without_moving_torchs_generator(small: tuple[Path, Path]
+                                                                ) -> None:
+    """An evaluation in the training process (num_workers 0) reads bare indices: drawing a
+    seed from torch's generator moved the training's random stream, so eval_period changed
+    the trained weights."""
+    records, _, _ = load_coco_json(*small)
+    dataset = DetectionDataset(records, transform=build_transforms(min_size=[20, 30, 40],
+                                                                   max_size=None, flip_prob=0.5))
+    state = torch.get_rng_state()
+    first = [dataset[i]["image"].shape for i in range(3)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert [dataset[i]["image"].shape for i in range(3)] == first  # and the same each time
+
+
 def test_unreadable_and_mis_sized_images_skipped_with_count(small: tuple[Path, Path],
                                                             caplog: pytest.LogCaptureFixture,
                                                             ) -> None:

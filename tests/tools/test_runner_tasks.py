@@ -3,16 +3,18 @@ gives detection hold for segmentation and pretraining too (bit-identical resume,
 unreadable images skipped and counted), and a new task needs only its task object."""
 from __future__ import annotations
 
-import math
 import json
 import logging
+import math
 import os
+import random
 import shutil
 import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -209,6 +211,33 @@ def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
 
 
+class _RandomEvalTask(_RegressionTask):
+    """Its evaluation draws from every global generator, as a dataset or model may."""
+
+    def prepare(self, cfg: Any) -> TaskData:
+        return TaskData(train=_Points(), val=_Points(), description="16 points")
+
+    def evaluate(self, model: nn.Module, loader: Any, device: torch.device) -> dict:
+        torch.rand(3), np.random.rand(), random.random()
+        return {"regression": {"score": 1.0}}
+
+
+def test_evaluations_leave_the_training_random_stream_as_it_was(tmp_path: Path) -> None:
+    """The dropout of the toy model draws from torch's generator: with an evaluation every 2
+    steps the weights are those of a run without any, and a resume from a step that was
+    evaluated (checkpoint written before the evaluation) still ends bit-identical."""
+    cpu = torch.device("cpu")
+    plain = run_training(_RegressionTask(), _toy_config(tmp_path / "plain"), cpu)["model"]
+
+    def train(out: Path, resume: bool) -> nn.Module:
+        cfg = _toy_config(out)
+        cfg.train.eval_period = 2
+        return run_training(_RandomEvalTask(), cfg, cpu, resume=resume)["model"]
+    evaluated = assert_resume_from_step_2_is_bit_identical(tmp_path, train)
+    for key, value in plain.state_dict().items():
+        assert torch.equal(value, evaluated.state_dict()[key]), key
+
+
 def test_segmentation_resumed_interrupted_or_killed_run_ends_bit_identical(
         data: Path, tmp_path: Path, runner_calls: list[str], monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -394,6 +423,13 @@ def test_training_that_cannot_succeed_stops_before_the_first_step_or_at_the_bad_
                                          r"train.lr_steps=\[4, 5\] .* or train.lr_steps=\[\]"):
         run_training(_EmptyRegressionTask(), cfg, cpu)  # before the data: not "empty"
     assert not (tmp_path / "steps").exists()
+    for seed in (-1, None, 2**31):  # detectron2's -1 and mmdetection's None draw one there
+        cfg = _toy_config(tmp_path / "seed")
+        cfg.train.seed = seed
+        with pytest.raises(ValueError, match=rf"train.seed must be an integer in "
+                                             rf"0..2147483647, got {seed}"):
+            run_training(_EmptyRegressionTask(), cfg, cpu)
+        assert not (tmp_path / "seed").exists()
     cfg = _toy_config(tmp_path / "warmup")  # the 1x recipe's 1000 warmup steps, 6 in all
     cfg.train.warmup_iters = 1000
     with caplog.at_level(logging.WARNING):
