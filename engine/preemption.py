@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import mmap
 import multiprocessing
 import os
 import signal
@@ -22,13 +21,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 logger = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# One byte of memory shared with the processes forked from this one (the loader workers):
-# 1 while the main process catches the stop signals. (Workers started by spawn or forkserver
-# see their own zero byte and die of a SIGTERM sent to the whole job, as before.)
-_CATCHING = mmap.mmap(-1, 1)
+# One byte of shared memory, 1 while the main process catches the stop signals: forked loader
+# workers inherit it, spawned ones (macOS's start method) receive it with their init function
+CATCHING = multiprocessing.RawValue("b", 0)
 WORKER_EXIT_GRACE_S = 5.0
 REPEAT_GRACE_S = 30.0  # a SIGTERM this soon after the first is the same request, forwarded
 
@@ -91,25 +90,25 @@ def stop_on_signals() -> Iterator[StopRequest]:
         yield request
         return
     previous = {s: signal.signal(s, request._handle) for s in STOP_SIGNALS}
-    _CATCHING[0] = 1
+    CATCHING.value = 1
     try:
         yield request
     finally:
-        _CATCHING[0] = 0
+        CATCHING.value = 0
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
-def leave_stop_signals_to_the_parent() -> None:
+def leave_stop_signals_to_the_parent(catching: Any = CATCHING) -> None:
     """In a loader worker: ignore SIGTERM while the main process catches it (it stops the run,
     then ends its workers itself); otherwise, and when the parent is gone, SIGTERM ends the
     worker as by default, which is how multiprocessing ends the workers left at exit. Ctrl-C
     is always ignored: it reaches the whole foreground process group, and the main process
-    decides."""
+    decides. `catching`: the main process's `CATCHING` (a spawned worker's own is not it)."""
     parent = os.getppid()
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        if _CATCHING[0] and os.getppid() == parent:
+        if catching.value and os.getppid() == parent:
             return
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
@@ -123,7 +122,8 @@ def _end_leftover_workers() -> None:
     worker stuck in native code never runs its Python SIGTERM handler, so the ones still
     alive after `WORKER_EXIT_GRACE_S` are killed instead of hanging the exit."""
     workers = [p for p in multiprocessing.active_children() if p.daemon]
-    if workers and threading.current_thread() is threading.main_thread():
+    if (workers and threading.current_thread() is threading.main_thread()
+            and hasattr(signal, "SIGCHLD")):  # Windows has none
         # PyTorch's loader raises from its SIGCHLD handler for a worker ended by a signal,
         # which is what this does: a traceback after the run's own error, at exit
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -76,6 +76,9 @@ def exclusive_output_dir(folder: str | os.PathLike) -> Iterator[None]:
     Raises:
         FolderInUseError: another run holds it (named by its pid and host); nothing written.
     """
+    if fcntl is None and is_main_process():
+        logger.warning("no flock on this platform: this run does not keep others out of %s",
+                       folder)
     handle, refused = (_lock(Path(folder)) if fcntl is not None and is_main_process()
                        else (None, None))
     if any_process(refused is not None):

@@ -117,8 +117,12 @@ def output_paths(inputs: Sequence[tuple[Path, Path]], output: Path) -> list[Path
 def write_picture(picture: np.ndarray, out: Path) -> Path:
     """Write an RGB picture into the image file `out` (its folders made); returns it."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"cannot write {out}")
+    # encoded here and written by Python: OpenCV's own file writing fails on Windows for
+    # paths outside the system code page (non-ASCII folder names)
+    ok, encoded = cv2.imencode(out.suffix, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"cannot encode a picture as {out.suffix} for {out}")
+    out.write_bytes(encoded.tobytes())
     return out
 
 

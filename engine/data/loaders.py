@@ -5,6 +5,8 @@ the process boundary, not one per image); its batch still has `len` = the images
 """
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -13,7 +15,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..distributed import all_reduce_sum
-from ..preemption import leave_stop_signals_to_the_parent
+from .. import preemption
 from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 
 
@@ -26,12 +28,26 @@ def collate(batch: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
     return [sample for sample in batch if sample is not None]
 
 
-def _init_worker(worker_id: int) -> None:
+# Workers forked where the platform allows it safely (Linux), whatever Python's default:
+# Python 3.14 makes it forkserver on Linux, whose workers import torch anew (seconds each,
+# again at every evaluation) before they can leave a Ctrl-C to the main process. macOS keeps
+# its spawn (its system libraries are not fork-safe).
+WORKER_START_METHOD = "fork" if sys.platform == "linux" else None
+
+
+def _init_worker(catching: Any, worker_id: int) -> None:
     # Each loader worker is one process: one torch thread, so the workers do not compete with
     # the training threads. (OpenCV's threads are set once, in engine.data.images.)
     torch.set_num_threads(1)
     # a worker that died of a signal sent to the whole job would fail the step in flight
-    leave_stop_signals_to_the_parent()
+    preemption.leave_stop_signals_to_the_parent(catching)
+
+
+def _worker_options(num_workers: int) -> dict[str, Any]:
+    """How every loader starts its `num_workers` workers."""
+    return {"num_workers": num_workers,
+            "worker_init_fn": functools.partial(_init_worker, preemption.CATCHING),
+            "multiprocessing_context": WORKER_START_METHOD if num_workers > 0 else None}
 
 
 def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int = 0,
@@ -67,8 +83,8 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int = 0,
                                       start_batch=start_iter)
     if batch_keys is not None:
         batches = _MappedBatches(batches, batch_keys)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                      collate_fn=collate_fn, pin_memory=pin_memory, worker_init_fn=_init_worker,
+    return DataLoader(dataset, batch_sampler=batches, **_worker_options(num_workers),
+                      collate_fn=collate_fn, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(seed),
                       persistent_workers=num_workers > 0)
 
@@ -92,8 +108,8 @@ def build_test_loader(dataset: Dataset, *, batch_size: int = 1, num_workers: int
     """Loader over this rank's share of the dataset, every image once, in order."""
     sampler = InferenceSampler(len(dataset), rank=rank, world_size=world_size)
     batches = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                      collate_fn=collate_fn, pin_memory=pin_memory, worker_init_fn=_init_worker,
+    return DataLoader(dataset, batch_sampler=batches, **_worker_options(num_workers),
+                      collate_fn=collate_fn, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(0))
 
 

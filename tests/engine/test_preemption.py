@@ -1,4 +1,5 @@
 """SIGTERM / SIGINT: the first signal lets the step in flight finish, the second stops at once."""
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import engine.data.loaders
 from engine.data import build_test_loader
 from engine import preemption
 from engine.preemption import stop_on_signals
@@ -57,12 +59,22 @@ class _SignalsItself(torch.utils.data.Dataset):
         return os.getpid()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_loader_workers_are_forked_on_linux_whatever_pythons_default() -> None:
+    """Python 3.14 makes forkserver Linux's default: its workers import torch anew."""
+    loader = build_test_loader(_SignalsItself(signal.SIGTERM), num_workers=1)
+    assert loader.multiprocessing_context.get_start_method() == (
+        "fork" if sys.platform == "linux" else multiprocessing.get_start_method())
+
+
+@pytest.mark.parametrize("signum,start_method", [
+    (signal.SIGTERM, "fork"), (signal.SIGINT, "fork"),
+    pytest.param(signal.SIGTERM, "spawn", marks=pytest.mark.slow)])  # macOS's start method
 def test_loader_workers_leave_stop_signals_to_the_main_process_while_it_catches_them(
-        signum: int) -> None:
+        signum: int, start_method: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A scheduler's SIGTERM to every process of a job, or Ctrl-C (the whole process group): a
     worker that died of it would fail the step in flight instead of letting the run stop
-    cleanly."""
+    cleanly. A spawned worker shares nothing by inheritance: it is handed the flag."""
+    monkeypatch.setattr(engine.data.loaders, "WORKER_START_METHOD", start_method)
     with stop_on_signals() as stop:
         (batch,) = list(build_test_loader(_SignalsItself(signum), batch_size=2, num_workers=1))
     assert len(set(batch)) == 1 and batch[0] != os.getpid() and not stop.requested

@@ -406,6 +406,11 @@ def test_a_file_system_without_flock_trains_unlocked(
                               torch.device("cpu"))
     assert result["iteration"] == 6
     assert f"cannot lock {tmp_path / 'lustre'} (Function not implemented)" in caplog.text
+    monkeypatch.setattr(engine.run_lock, "fcntl", None)  # Windows: no fcntl module at all
+    with caplog.at_level(logging.WARNING):
+        run_training(_RegressionTask(), _toy_config(tmp_path / "windows"), torch.device("cpu"))
+    assert f"no flock on this platform: this run does not keep others out of " \
+           f"{tmp_path / 'windows'}" in caplog.text
 
 
 def test_training_that_cannot_succeed_stops_before_the_first_step_or_at_the_bad_one(
