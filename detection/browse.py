@@ -27,7 +27,7 @@ def browse_split(cfg: DictConfig, split: str
         val = build_val_dataset(cfg, with_masks=True)
         if val is None:
             raise ValueError("data.val.ann_file and data.val.img_dir are not set")
-        dataset, mapping, _ = val
+        dataset, mapping = val.dataset, val.mapping
     else:
         raise ValueError(f"a detection config has the splits train and val, not {split!r}")
     colours = {i: tuple(int(v) for v in rgb) for i, rgb in enumerate(palette(mapping.num_classes))}
