@@ -30,15 +30,13 @@ BACKENDS = ("pycocotools", "faster_coco_eval")
 IOU_TYPES = ("bbox", "segm")
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 RESULTS_FILE = "coco_instances_results.json"
-# The 12 numbers of COCOeval.stats: (kind, IoU, area, max detections)
+COCO_MAX_DETS = 100  # detections scored per image and category: COCO's standard
+# The 12 numbers of COCOeval.stats: (precision?, IoU, area, max detections: None = max_dets)
 _STAT_ROWS = (
-    ("Average Precision", "0.50:0.95", "all", 100), ("Average Precision", "0.50", "all", 100),
-    ("Average Precision", "0.75", "all", 100), ("Average Precision", "0.50:0.95", "small", 100),
-    ("Average Precision", "0.50:0.95", "medium", 100),
-    ("Average Precision", "0.50:0.95", "large", 100),
-    ("Average Recall", "0.50:0.95", "all", 1), ("Average Recall", "0.50:0.95", "all", 10),
-    ("Average Recall", "0.50:0.95", "all", 100), ("Average Recall", "0.50:0.95", "small", 100),
-    ("Average Recall", "0.50:0.95", "medium", 100), ("Average Recall", "0.50:0.95", "large", 100),
+    (True, None, "all", None), (True, 0.5, "all", None), (True, 0.75, "all", None),
+    (True, None, "small", None), (True, None, "medium", None), (True, None, "large", None),
+    (False, None, "all", 1), (False, None, "all", 10), (False, None, "all", None),
+    (False, None, "small", None), (False, None, "medium", None), (False, None, "large", None),
 )
 
 
@@ -151,7 +149,8 @@ def _load_results(coco_gt: Any, results: list[dict[str, Any]], backend: str) -> 
     return empty
 
 
-def _run_cocoeval(coco_gt: Any, coco_dt: Any, iou_type: str, backend: str) -> Any:
+def _run_cocoeval(coco_gt: Any, coco_dt: Any, iou_type: str, backend: str,
+                  max_dets: int = COCO_MAX_DETS) -> Any:
     if backend == "pycocotools":
         from pycocotools.cocoeval import COCOeval
         evaluator = COCOeval(coco_gt, coco_dt, iou_type)
@@ -159,11 +158,41 @@ def _run_cocoeval(coco_gt: Any, coco_dt: Any, iou_type: str, backend: str) -> An
         from faster_coco_eval import COCOeval_faster
         evaluator = COCOeval_faster(coco_gt, coco_dt, iou_type,
                                     print_function=lambda *args, **kwargs: None)
+    evaluator.params.maxDets = [1, 10, max_dets]
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
         evaluator.accumulate()
-        evaluator.summarize()
     return evaluator
+
+
+def _stats(evaluator: Any) -> list[float]:
+    """COCOeval's 12 summary numbers (fractions, -1 = undefined) from its accumulated arrays,
+    at its maxDets: pycocotools' summarize() takes the first AP at 100 detections whatever
+    maxDets says (-1 for maxDets [1, 10, 1000])."""
+    p = evaluator.params
+    precision = np.asarray(evaluator.eval["precision"])  # (IoU, recall, class, area, maxDets)
+    recall = np.asarray(evaluator.eval["recall"])  # (IoU, class, area, maxDets)
+    stats = []
+    for is_precision, iou, area, dets in _STAT_ROWS:
+        a, m = list(p.areaRngLbl).index(area), list(p.maxDets).index(dets or p.maxDets[-1])
+        values = precision[..., a, m] if is_precision else recall[..., a, m]
+        if iou is not None:
+            values = values[np.isclose(np.asarray(p.iouThrs), iou)]
+        values = values[values > -1]
+        stats.append(float(values.mean()) if values.size else -1.0)
+    return stats
+
+
+def _crowded_images(coco_gt: Any, max_dets: int) -> list[tuple[int, str, int]]:
+    """(image id, category name, objects) where an image holds more non-crowd objects of one
+    category than COCOeval scores detections of it."""
+    counts: dict[tuple[int, int], int] = {}
+    for ann in coco_gt.dataset["annotations"]:
+        if not ann.get("iscrowd", 0):
+            key = (ann["image_id"], ann["category_id"])
+            counts[key] = counts.get(key, 0) + 1
+    return sorted(((i, coco_gt.cats[c]["name"], n) for (i, c), n in counts.items()
+                   if n > max_dets), key=lambda t: -t[2])
 
 
 def _percent(value: float) -> float:
@@ -172,7 +201,8 @@ def _percent(value: float) -> float:
 
 @collector_paused()
 def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_type: str = "bbox",
-                  backend: str = "pycocotools", verbose: bool = True) -> dict[str, Any]:
+                  backend: str = "pycocotools", verbose: bool = True,
+                  max_dets: int = COCO_MAX_DETS) -> dict[str, Any]:
     """Score COCO results against a ground-truth file.
 
     Args:
@@ -181,6 +211,8 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
         iou_type: "bbox" or "segm".
         backend: "pycocotools" or "faster_coco_eval".
         verbose: print the 12 standard numbers and the per-category table.
+        max_dets: detections scored per image and category (COCOeval's maxDets [1, 10, this];
+            COCO's standard 100; more for scenes denser than that).
 
     Returns:
         {"AP", "AP50", "AP75", "APs", "APm", "APl" (percent; NaN where the ground truth has no
@@ -203,8 +235,17 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
     if not results:
         warnings.warn(f"no detections to evaluate against {ann_file}: {iou_type} AP is 0",
                       RuntimeWarning, stacklevel=2)
-    evaluator = _run_cocoeval(coco_gt, _load_results(coco_gt, results, backend), iou_type, backend)
-    stats = [float(v) for v in evaluator.stats[:12]]
+    crowded = _crowded_images(coco_gt, max_dets)
+    if crowded:
+        image_id, name, count = crowded[0]
+        warnings.warn(f"{ann_file}: {len(crowded)} images hold more objects of a category than "
+                      f"the {max_dets} detections per image scored of it (image id {image_id}: "
+                      f"{count} {name!r}): their AP is capped; raise "
+                      f"model.roi_heads.detections_per_image (the detections scored follow it)",
+                      RuntimeWarning, stacklevel=2)
+    evaluator = _run_cocoeval(coco_gt, _load_results(coco_gt, results, backend), iou_type,
+                              backend, max_dets)
+    stats = _stats(evaluator)
     metrics: dict[str, Any] = {name: _percent(stats[i]) for i, name in enumerate(METRIC_NAMES)}
     metrics["stats"] = stats
     # precision: (IoU thresholds, recall points, categories, areas, max dets); -1 = undefined
@@ -218,17 +259,19 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
         per_category[key] = float(p.mean()) * 100 if p.size else math.nan
     metrics["per_category"] = per_category
     if verbose:
-        print_and_log(format_summary(stats, per_category, iou_type))
+        print_and_log(format_summary(stats, per_category, iou_type, max_dets))
     return metrics
 
 
-def format_summary(stats: Sequence[float], per_category: dict[str, float], iou_type: str) -> str:
+def format_summary(stats: Sequence[float], per_category: dict[str, float], iou_type: str,
+                   max_dets: int = COCO_MAX_DETS) -> str:
     """pycocotools' 12-line summary followed by a per-category AP table."""
     lines = [f"Evaluation results for {iou_type}:"]
-    for (kind, iou, area, dets), value in zip(_STAT_ROWS, stats):
-        short = "(AP)" if kind.endswith("Precision") else "(AR)"
-        lines.append(f" {kind:<18} {short} @[ IoU={iou:<9} | area={area:>6s} | "
-                     f"maxDets={dets:>3d} ] = {value:0.3f}")
+    for (is_precision, iou, area, dets), value in zip(_STAT_ROWS, stats):
+        kind, short = ("Average Precision", "(AP)") if is_precision else ("Average Recall", "(AR)")
+        iou_text = "0.50:0.95" if iou is None else f"{iou:0.2f}"
+        lines.append(f" {kind:<18} {short} @[ IoU={iou_text:<9} | area={area:>6s} | "
+                     f"maxDets={dets or max_dets:>3d} ] = {value:0.3f}")
     width = max([len(name) for name in per_category] + [8])
     lines.append(f"{'category':<{width}} | AP")
     lines.append(f"{'-' * width}-|-------")
@@ -254,11 +297,13 @@ class COCOEvaluator:
         backend: "pycocotools" or "faster_coco_eval".
         iou_types: ("bbox",) or ("bbox", "segm").
         score: False writes the results alone (a file without annotations, e.g. test-dev).
+        max_dets: detections scored per image and category (see `evaluate_coco`).
     """
 
     def __init__(self, ann_file: str | Path, *, category_ids: Sequence[int],
                  output_dir: str | Path | None = None, backend: str = "pycocotools",
-                 iou_types: Sequence[str] = ("bbox",), score: bool = True) -> None:
+                 iou_types: Sequence[str] = ("bbox",), score: bool = True,
+                 max_dets: int = COCO_MAX_DETS) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         unknown = [t for t in iou_types if t not in IOU_TYPES]
@@ -270,6 +315,7 @@ class COCOEvaluator:
         self.backend = backend
         self.iou_types = tuple(iou_types)
         self.score = score
+        self.max_dets = max_dets
         self._results: list[dict[str, Any]] = []
 
     def reset(self) -> None:
@@ -307,7 +353,7 @@ class COCOEvaluator:
                 (self.output_dir / RESULTS_FILE).write_text(json.dumps(results))
             for iou_type in self.iou_types if self.score else ():
                 metrics[iou_type] = evaluate_coco(self.ann_file, results, iou_type=iou_type,
-                                                  backend=self.backend)
+                                                  backend=self.backend, max_dets=self.max_dets)
         if distributed:
             box = [metrics]
             dist.broadcast_object_list(box, src=0)

@@ -30,7 +30,7 @@ from engine.runner import TaskData, format_metric
 from .build import build_model, check_choices
 from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
 from .data import build_datasets, build_val_dataset
-from .evaluation import RESULTS_FILE, COCOEvaluator, coco_backend
+from .evaluation import COCO_MAX_DETS, RESULTS_FILE, COCOEvaluator, coco_backend
 from .export import export_detector
 from .browse import browse_split
 from .predictor import build_renderer, load_detector
@@ -51,6 +51,12 @@ def resolve_num_classes(cfg: DictConfig, mapping: CategoryMapping) -> None:
     elif configured != mapping.num_classes:
         raise ValueError(f"model.num_classes is {configured} but {cfg.data.train.ann_file} has "
                          f"{mapping.num_classes} categories; leave it null to read it from there")
+
+
+def scored_detections(cfg: DictConfig) -> int:
+    """Detections per image and category the COCO evaluation scores: COCO's 100, or the
+    model's detections_per_image where it keeps more (dense scenes), as detectron2 does."""
+    return max(COCO_MAX_DETS, int(cfg.model.roi_heads.detections_per_image))
 
 
 def iou_types(model: GeneralizedRCNN) -> tuple[str, ...]:
@@ -129,7 +135,8 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
                                              num_workers=min(loaded.cfg.data.num_workers, 1)))
     types = iou_types(loaded.model)
     evaluator = COCOEvaluator(ann_file, category_ids=loaded.category_ids, output_dir=output,
-                              backend=backend, iou_types=types, score=val.annotated)
+                              backend=backend, iou_types=types, score=val.annotated,
+                              max_dets=scored_detections(loaded.cfg))
     metrics = evaluate_all(loaded.model, loader, evaluator)
     result: dict[str, Any] = {t: nan_to_none(metrics[t]) if val.annotated else None
                               for t in types}
@@ -177,7 +184,8 @@ class DetectionTask:
             self.evaluator = COCOEvaluator(
                 cfg.data.val.ann_file, category_ids=data.mapping.dataset_ids,
                 output_dir=Path(cfg.train.output_dir) / "inference", backend=backend,
-                iou_types=("bbox", "segm") if cfg.model.mask_on else ("bbox",))
+                iou_types=("bbox", "segm") if cfg.model.mask_on else ("bbox",),
+                max_dets=scored_detections(cfg))
         description = (f"{len(data.train)} train / {len(data.val) if data.val else 'no'} val "
                        f"images, {data.mapping.num_classes} classes {list(data.mapping.names)}")
         return TaskData(train=data.train, val=data.val, description=description,

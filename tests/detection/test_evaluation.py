@@ -190,6 +190,33 @@ def test_missing_size_range_is_nan_not_zero(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_dense_scenes_are_scored_at_the_detections_the_model_keeps(
+        tmp_path: Path, backend: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """150 objects of one class in an image, found exactly: COCO's 100 detections per image
+    and category cap the AP (with a warning naming the image); max_dets=200 scores them all
+    (detectron2's max_dets_per_image; pycocotools' own summary gives -1 there)."""
+    annotations = [{"id": k + 1, "image_id": 1, "category_id": 3, "iscrowd": 0, "area": 100.0,
+                    "bbox": [float(20 * (k % 15)), float(20 * (k // 15)), 10.0, 10.0]}
+                   for k in range(150)]
+    gt_file = tmp_path / "dense.json"
+    gt_file.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "1.jpg", "height": 200, "width": 300}],
+        "annotations": annotations, "categories": [{"id": 3, "name": "box"}]}))
+    results = [{"image_id": 1, "category_id": 3, "bbox": a["bbox"], "score": 1.0 - k / 1000}
+               for k, a in enumerate(annotations)]
+    with pytest.warns(RuntimeWarning, match=r"1 images hold more objects of a category than the "
+                                            r"100 detections .*image id 1: 150 'box'"):
+        capped = evaluate_coco(gt_file, results, backend=backend, verbose=False)
+    # 2/3 found: precision 1 at the 67 recall points 0, 0.01, ..., 0.66 of COCO's 101
+    assert capped["AP"] == capped["AP50"] == pytest.approx(100 * 67 / 101)
+    assert capped["stats"][8] == pytest.approx(100 / 150)  # AR@100
+    full = evaluate_coco(gt_file, results, backend=backend, max_dets=200)
+    assert full["AP"] == full["AP50"] == full["APs"] == pytest.approx(100.0)
+    assert full["stats"][6:9] == pytest.approx([1 / 150, 10 / 150, 1.0])  # AR@1, @10, @200
+    assert "maxDets=200 ] = 1.000" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
 def test_segm_perfect_masks_and_parity(gt_file: Path, tmp_path: Path, backend: str) -> None:
     metrics = _run(gt_file, tmp_path, _perfect(gt_file, with_masks=True), backend=backend,
                    iou_types=("bbox", "segm"))
