@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine.data import (IMAGE_SUFFIXES, CategoryMapping, DatasetError, files_under, listing,
-                         read_coco_json, segmentation_to_mask)
+from engine.data import (IMAGE_SUFFIXES, CategoryMapping, DatasetError, check_segmentation,
+                         files_under, listing, read_coco_json, segmentation_to_mask)
 from engine.data.coco import MAX_LISTED
 
 logger = logging.getLogger(__name__)
@@ -107,14 +107,6 @@ def _images_named(img_dir: Path, img_suffix: str) -> dict[str, Path]:
     return files
 
 
-def _valid_polygons(segmentation: Any) -> tuple[Any, int]:
-    """(segmentation without polygons of < 3 points, number dropped); RLE passes through."""
-    if not isinstance(segmentation, list):
-        return segmentation, 0
-    kept = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-    return kept, len(segmentation) - len(kept)
-
-
 def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
                        ) -> tuple[list[dict[str, Any]], list[str]]:
     """COCO instances -> records from which `SemSegDataset` draws semantic masks.
@@ -128,7 +120,8 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
         "crowd": [segmentation]}, class names ["background", category names by id]).
 
     Raises:
-        DatasetError: invalid JSON content or missing image files (listed).
+        DatasetError: invalid JSON content, missing image files or malformed segmentations
+            (listed).
     """
     ann_file, img_dir = Path(ann_file), Path(img_dir)
     data = read_coco_json(ann_file)
@@ -143,11 +136,19 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
     by_image: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in data["images"]}
     for ann in data["annotations"]:
         by_image[ann["image_id"]].append(ann)
-    records, no_segmentation, short_polygons = [], 0, 0
+    records, no_segmentation, short_polygons, problems = [], 0, 0, []
     for im in data["images"]:
         objects, crowd = [], []
         for ann in by_image[im["id"]]:
-            segmentation, dropped = _valid_polygons(ann.get("segmentation"))
+            if ann.get("segmentation") is None:
+                no_segmentation += 1
+                continue
+            try:
+                segmentation, dropped = check_segmentation(ann["segmentation"], im["height"],
+                                                           im["width"])
+            except (TypeError, ValueError) as err:
+                problems.append(f"annotation id={ann['id']} (image id={im['id']}): {err}")
+                continue
             short_polygons += dropped
             if not segmentation:
                 no_segmentation += 1
@@ -158,6 +159,9 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
                 objects.append((mapping.to_contiguous(ann["category_id"]) + 1, segmentation))
         records.append({"file_name": str(img_dir / im["file_name"]), "height": im["height"],
                         "width": im["width"], "objects": objects, "crowd": crowd})
+    if problems:
+        raise DatasetError(f"{ann_file}: {len(problems)} unusable segmentations:"
+                           + listing(problems))
     if no_segmentation or short_polygons:
         logger.warning("%s: left out %d polygons with fewer than 3 points and %d annotations "
                        "without a usable segmentation", ann_file, short_polygons,

@@ -242,6 +242,37 @@ def segmentation_to_rle(segmentation: list[list[float]] | dict[str, Any], height
     return segmentation
 
 
+def rle_string_counts(counts: str | bytes) -> np.ndarray:
+    """The run lengths a compressed COCO RLE string holds (pycocotools' rleFrString, in numpy):
+    each count is 5-bit groups in characters 48..111, low bits first, 0x20 = more to come,
+    0x10 in the last group = negative; counts after the second are differences from the count
+    two before.
+
+    Raises:
+        ValueError: a character outside the format, or an unfinished last count.
+    """
+    chars = np.frombuffer(counts.encode("ascii", "replace") if isinstance(counts, str)
+                          else counts, dtype=np.uint8).astype(np.int64) - 48
+    if chars.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if chars.min() < 0 or chars.max() > 63:
+        raise ValueError("RLE counts string has characters outside the compressed format")
+    last = (chars & 0x20) == 0  # the last character of each count
+    if not last[-1]:
+        raise ValueError("RLE counts string ends inside a count")
+    group = np.concatenate([[0], np.cumsum(last)[:-1]])
+    starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
+    position = np.arange(chars.size) - starts[group]
+    values = np.add.reduceat((chars & 0x1f) << (5 * position), starts)
+    lengths = np.diff(np.append(starts, chars.size))
+    negative = (chars[last] & 0x10) != 0
+    values[negative] -= np.left_shift(1, 5 * lengths[negative])
+    # counts[m] += counts[m - 2] for m > 2: running sums along odd and even positions from 1
+    values[1::2] = np.cumsum(values[1::2])
+    values[2::2] = np.cumsum(values[2::2])
+    return values
+
+
 def segmentation_to_mask(segmentation: list[list[float]] | dict[str, Any], height: int,
                          width: int) -> np.ndarray:
     """uint8 (H, W) mask of a COCO segmentation (polygons, RLE or uncompressed RLE)."""
@@ -379,6 +410,17 @@ def check_segmentation(segmentation: Any, height: int, width: int
         if size != [height, width]:
             raise ValueError(f"RLE segmentation size {size} is not the image's [height, width] "
                              f"= {[height, width]}")
+        if isinstance(counts, list) and not all(type(c) is int for c in counts):
+            raise TypeError("uncompressed RLE counts must be integers")
+        runs = np.asarray(counts, dtype=np.int64) if isinstance(counts, list) else (
+            rle_string_counts(counts))
+        # pycocotools decodes runs past the image into memory after it, and short ones leave
+        # pixels unset (both: masks of garbage), and its IoU loops forever on the first kind
+        if runs.size and runs.min() < 0:
+            raise ValueError("RLE segmentation has negative run lengths")
+        if int(runs.sum()) != height * width:
+            raise ValueError(f"RLE segmentation runs cover {int(runs.sum())} pixels, not the "
+                             f"image's {height}x{width} = {height * width}")
         return segmentation, 0
     if segmentation is None:
         raise ValueError("no 'segmentation' (polygons or RLE), which masks need")

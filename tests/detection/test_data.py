@@ -19,6 +19,7 @@ from detection.data import DetectionDataset, build_transforms, resized_shape
 from detection.data.dataset import aspect_groups
 from engine.data import (CategoryMapping, DatasetError, build_train_loader, check_image_sizes,
                          collate, load_coco_json, read_image)
+from engine.data.coco import rle_string_counts
 
 
 def _pattern(height: int, width: int) -> np.ndarray:
@@ -558,6 +559,14 @@ def test_polygon_and_rle_masks_equal_pycocotools_and_survive_our_rle(tmp_path: P
     ([[1, 2, 3, 4, 5, False]], "a polygon must be a flat list of x, y numbers"),
     ([[1, 2, 3, 4, 5, None]], "a polygon must be a flat list of x, y numbers"),
     ("polygon", "segmentation must be polygons or an RLE, got str"),
+    # runs past the image: pycocotools decoded memory after the mask, and its IoU never ended
+    ({"size": [20, 30], "counts": [0, 1000]}, "RLE segmentation runs cover 1000 pixels, not "
+                                              r"the image's 20x30 = 600"),
+    ({"size": [20, 30], "counts": [100, 50]}, "runs cover 150 pixels"),  # the rest unset
+    ({"size": [20, 30], "counts": [605, -5]}, "RLE segmentation has negative run lengths"),
+    ({"size": [20, 30], "counts": [300.0, 300.0]}, "uncompressed RLE counts must be integers"),
+    ({"size": [20, 30], "counts": "P13700000l0"}, "runs cover 100 pixels"),  # a 10x10 mask
+    ({"size": [20, 30], "counts": "\x01"}, "characters outside the compressed format"),
 ])
 def test_bad_segmentations_fail_naming_file_and_annotation(tmp_path: Path, segmentation: Any,
                                                            message: str) -> None:
@@ -571,6 +580,21 @@ def test_bad_segmentations_fail_naming_file_and_annotation(tmp_path: Path, segme
     with pytest.raises(DatasetError, match=rf"{ann_file}: 1 problem.*\n.*{message}"):
         load_coco_json(ann_file, tmp_path / "images", keep_segmentation=True)
     load_coco_json(ann_file, tmp_path / "images")  # fine for boxes only
+
+
+def test_compressed_rle_counts_read_as_pycocotools_writes_them() -> None:
+    from pycocotools import mask as mask_utils
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        height, width = (int(v) for v in rng.integers(1, 120, 2))
+        mask = (rng.random((height, width)) < rng.random()).astype(np.uint8)
+        mask[:, : trial % 3] = trial % 2  # runs longer than a column, first pixel either
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        column_major = mask.flatten(order="F").astype(int)
+        runs = np.diff(np.flatnonzero(np.diff(np.r_[-1, column_major, -1])))
+        if column_major[0] == 1:
+            runs = np.r_[0, runs]  # COCO's runs start with the zeros
+        assert rle_string_counts(rle["counts"].decode()).tolist() == runs.tolist()
 
 
 def test_image_sizes_checked_against_the_entries(small: tuple[Path, Path], tmp_path: Path) -> None:

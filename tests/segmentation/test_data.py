@@ -241,6 +241,20 @@ def test_coco_size_differing_from_the_image_names_the_file(tmp_path):
         dataset[1]
 
 
+def test_unusable_coco_segmentations_are_named_by_annotation(tmp_path):
+    """An RLE whose runs do not cover the image decoded to a mask of garbage."""
+    ann_file = _coco(tmp_path)
+    data = json.loads(ann_file.read_text())
+    data["annotations"][2]["segmentation"] = {"size": [8, 10], "counts": [0, 200]}
+    data["annotations"][0]["segmentation"] = [[1, 2, 3]]
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"(?s)instances.json: 2 unusable segmentations:.*"
+                                           r"annotation id=1 \(image id=1\): a polygon must.*"
+                                           r"annotation id=3 \(image id=1\): RLE segmentation "
+                                           r"runs cover 200 pixels, not the image's 8x10 = 80"):
+        load_coco_semantic(ann_file, tmp_path / "images")
+
+
 def test_split_needs_one_mask_source(tmp_path):
     cfg = _config(img_dir=str(tmp_path))
     with pytest.raises(ValueError, match="data.val needs img_dir and exactly one of ann_file"):
