@@ -111,6 +111,14 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
                       defaults=DEFAULTS)
     assert cfg.data.size == 100 and cfg.data.root == "0755" and cfg.model.name == "1e3"
     assert isinstance(cfg.data.size, int)  # not 100.0: a whole-number key gets an int
+    # paths as typed: YAML read "runs #2" as "runs" and a comment (the run went to the parent
+    # folder) and "run: 2" as a mapping; quoted text is still YAML's
+    for typed in ("/x ü/runs #2", "/tmp/run: 2", "a#b"):
+        assert load_config(path, [f"data.root={typed}"], defaults=DEFAULTS).data.root == typed
+    assert load_config(path, ["data.root='/a #b'"], defaults=DEFAULTS).data.root == "/a #b"
+    with pytest.raises(ConfigError, match=r"data.size must be a number, got '100 #x' in "
+                                          r"override 'data.size=100 #x'"):
+        load_config(path, ["data.size=100 #x"], defaults=DEFAULTS)
     assert load_config(path, ["data.size=None"], defaults=DEFAULTS).data.size is None
     steps = load_config(path, ["solver.steps=[1e3]"], defaults=DEFAULTS).solver.steps
     assert list(steps) == [1000] and isinstance(steps[0], int)
