@@ -78,12 +78,12 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
     mask_on = bool(cfg.model.mask_on)
     records, mapping, stats = load_coco_json(*paths, filter_empty=d.filter_empty,
                                              keep_segmentation=mask_on, training=True)
-    if not records:
-        raise ValueError(f"{paths[0]}: no training images left (filter_empty={d.filter_empty})")
-    if stats.boxes == 0:
-        raise ValueError(f"{paths[0]}: no usable boxes in {len(records)} training images (left "
-                         f"out {stats.crowd} crowd and {stats.degenerate} degenerate boxes): "
-                         "a detector cannot learn from this file")
+    if not records or stats.boxes == 0:
+        masks = (f", {stats.no_mask} without a usable polygon or RLE, which model.mask_on needs"
+                 if stats.no_mask else "")
+        raise ValueError(f"{paths[0]}: no usable object in its {stats.images} images (left out "
+                         f"{stats.crowd} crowd and {stats.degenerate} degenerate boxes{masks}; "
+                         f"filter_empty={d.filter_empty}): a detector cannot learn from it")
     min_size = d.min_size if isinstance(d.min_size, int) else list(d.min_size)
     train = DetectionDataset(records, with_masks=mask_on, scale_per_batch=scale_per_batch,
                              transform=build_transforms(min_size=min_size, max_size=d.max_size,

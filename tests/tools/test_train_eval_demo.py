@@ -284,12 +284,22 @@ def test_a_training_file_without_usable_boxes_stops_before_the_first_step(
         ann["iscrowd"] = 1  # crowd regions are not training boxes
     crowd.write_text(json.dumps(content))
     n = len(content["annotations"])
-    with pytest.raises(ValueError, match=rf"{crowd}: no usable boxes in 6 training images "
-                       rf"\(left out {n} crowd and 0 degenerate boxes\)"):
-        load_tool("train").main(train_args(data, tmp_path / "run", 1,
-                                           f"data.train.ann_file={crowd}",
-                                           "data.train.filter_empty=false"))
+    for filter_empty in ("false", "true"):
+        with pytest.raises(ValueError, match=rf"{crowd}: no usable object in its 6 images "
+                           rf"\(left out {n} crowd and 0 degenerate boxes; "
+                           rf"filter_empty={filter_empty.title()}\)"):
+            load_tool("train").main(train_args(data, tmp_path / "run", 1,
+                                               f"data.train.ann_file={crowd}",
+                                               f"data.train.filter_empty={filter_empty}"))
     assert not (tmp_path / "run" / "model_final.pth").exists()
+    # Mask R-CNN: objects without a usable mask are left out too, and the message says why
+    for ann in content["annotations"]:
+        ann.update(iscrowd=0, segmentation=[])
+    crowd.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=rf"left out 0 crowd and 0 degenerate boxes, {n} "
+                                         "without a usable polygon or RLE, which model.mask_on"):
+        load_tool("train").main(train_args(data, tmp_path / "run", 1, "model.mask_on=true",
+                                           f"data.train.ann_file={crowd}"))
 
 
 def test_training_batches_take_one_scale_with_scale_per_batch(
