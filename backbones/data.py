@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from engine.data import (IMAGE_SUFFIXES, PackedRecords, UnreadableImageError, collate, files_under,
                          read_image)
+from engine.files import missing_path
 
 from .weights import PIXEL_MEAN, PIXEL_STD
 
@@ -53,7 +54,7 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
     """
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {split_dir}")
+        raise FileNotFoundError(f"dataset folder not found: {missing_path(split_dir)}")
     found = sorted((d.name for d in split_dir.iterdir()
                     if d.is_dir() and not d.name.startswith(".")),
                    key=_nfc)  # one order however the disk spells the names

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.files import atomic_save, read_checked_bytes
+from engine.files import atomic_save, missing_path, read_checked_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} is a folder, not a weights file: name a file in it "
                                 f"(a training run's model_final.pth, or a model_NNNNNNN.pth)")
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise FileNotFoundError(f"weights file not found: {missing_path(path)}")
     try:
         obj = torch.load(io.BytesIO(read_checked_bytes(path)), map_location="cpu",
                          weights_only=True)

@@ -90,3 +90,10 @@ def read_checked_bytes(path: str | os.PathLike) -> bytes:
         raise ValueError(f"its bytes do not match {checksum_file(path).name}: the file was "
                          "damaged after it was written")
     return data
+
+
+def missing_path(path: str | os.PathLike) -> str:
+    """`path` for a "not found" message: a relative one with the working directory it was
+    looked for in (the configs' paths are relative to the repository, a tool may run
+    elsewhere)."""
+    return str(path) if Path(path).is_absolute() else f"{path} (in {Path.cwd()})"

@@ -30,6 +30,7 @@ from PIL import Image
 from engine.data import (IMAGE_SUFFIXES, CategoryMapping, DatasetError, check_segmentation,
                          files_under, listing, read_coco_json, segmentation_to_mask)
 from engine.data.coco import MAX_LISTED
+from engine.files import missing_path
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = 255
@@ -59,11 +60,11 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike, *,
     img_dir, mask_dir = Path(img_dir), Path(mask_dir)
     for folder in (img_dir, mask_dir):
         if not folder.is_dir():
-            raise FileNotFoundError(f"folder not found: {folder}")
+            raise FileNotFoundError(f"folder not found: {missing_path(folder)}")
     if split_file is not None:
         split_file = Path(split_file)
         if not split_file.is_file():
-            raise FileNotFoundError(f"split file not found: {split_file}")
+            raise FileNotFoundError(f"split file not found: {missing_path(split_file)}")
         names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
         missing = [str(img_dir / (n + img_suffix)) for n in names
                    if not (img_dir / (n + img_suffix)).is_file()]
@@ -126,7 +127,7 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
     ann_file, img_dir = Path(ann_file), Path(img_dir)
     data = read_coco_json(ann_file)
     if not img_dir.is_dir():
-        raise DatasetError(f"image folder not found: {img_dir} (for {ann_file})")
+        raise DatasetError(f"image folder not found: {missing_path(img_dir)} (for {ann_file})")
     missing = [str(img_dir / im["file_name"]) for im in data["images"]
                if not (img_dir / im["file_name"]).is_file()]
     if missing:

@@ -29,6 +29,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from ..files import missing_path
 from .images import decoded_size, image_size
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
     """
     ann_file = Path(ann_file)
     if not ann_file.is_file():
-        raise FileNotFoundError(f"annotation file not found: {ann_file}")
+        raise FileNotFoundError(f"annotation file not found: {missing_path(ann_file)}")
     try:
         data = json.loads(ann_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -313,7 +314,7 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     ann_file, img_dir = Path(ann_file), Path(img_dir)
     data = read_coco_json(ann_file, annotations_optional=evaluation)
     if not img_dir.is_dir():
-        raise DatasetError(f"image folder not found: {img_dir} (for {ann_file})")
+        raise DatasetError(f"image folder not found: {missing_path(img_dir)} (for {ann_file})")
     if check_files:
         missing = [f"images[{i}] (id={img['id']}): {_image_path(img_dir, img['file_name'])}"
                    for i, img in enumerate(data["images"])

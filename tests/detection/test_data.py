@@ -219,13 +219,23 @@ def test_loading_leaves_the_garbage_collector_as_it_was(
         gc.enable()
 
 
-def test_missing_annotation_file_and_image_folder(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.json"):
+def test_missing_annotation_file_and_image_folder(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(FileNotFoundError, match=rf"annotation file not found: {tmp_path}/nope"
+                                                r"\.json$"):
         load_coco_json(tmp_path / "nope.json", tmp_path)
     ann_file = tmp_path / "ann.json"
     ann_file.write_text(json.dumps(_coco([], [])))
     with pytest.raises(DatasetError, match="image folder not found: .*no_images"):
         load_coco_json(ann_file, tmp_path / "no_images")
+    # the configs' relative paths, from a tool run in another folder: where they were sought
+    monkeypatch.chdir(tmp_path / "..")
+    with pytest.raises(FileNotFoundError, match=rf"annotation file not found: datasets/a.json "
+                                                rf"\(in {tmp_path.parent}\)"):
+        load_coco_json("datasets/a.json", "datasets/images")
+    with pytest.raises(DatasetError, match=rf"image folder not found: images \(in "
+                                           rf"{tmp_path.parent}\) \(for {ann_file}\)"):
+        load_coco_json(ann_file, "images")
 
 
 def test_missing_image_files_listed_before_training(small: tuple[Path, Path]) -> None:
