@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -50,6 +51,36 @@ def aspect_groups(records: Sequence[dict[str, Any]]) -> np.ndarray:
         else:
             ids.append(0 if width > height else 1)
     return np.asarray(ids, dtype=np.int64)
+
+
+def object_masks(segmentations: Sequence[Any], height: int, width: int,
+                 applied: Sequence[tuple[str, dict[str, Any]]]) -> np.ndarray:
+    """uint8 (M, H', W') masks of objects (COCO segmentations of an H x W image; None: no
+    mask) after the transforms applied to their image (its resize and flip), one object at a
+    time: a dense image's masks stacked at full size took gigabytes and seconds.
+
+    Raises:
+        NotImplementedError: a transform without a rule for masks here.
+    """
+    shape = (height, width)
+    for name, params in applied:
+        if name == "ResizeShortestEdge":
+            shape = tuple(params["new_shape"])
+        elif name != "HorizontalFlip":
+            raise NotImplementedError(f"no mask rule for the transform {name}")
+    out = np.zeros((len(segmentations), *shape), dtype=np.uint8)
+    for mask, segmentation in zip(out, segmentations):
+        if segmentation is None:  # a val object without one
+            continue
+        full = segmentation_to_mask(segmentation, height, width)
+        for name, params in applied:  # as albumentations applies them to masks
+            if name == "ResizeShortestEdge":
+                new_h, new_w = params["new_shape"]
+                full = cv2.resize(full, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+            else:
+                full = full[:, ::-1]
+        mask[...] = full
+    return out
 
 
 class DetectionDataset(Dataset):
@@ -129,13 +160,8 @@ class DetectionDataset(Dataset):
             seed = index
         self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         boxes, classes = record["boxes"], record["classes"]
-        inputs: dict[str, Any] = {"image": image, "bboxes": boxes,
-                                  "box_ids": np.arange(len(boxes)), "short_edge": short_edge}
-        if self.with_masks:
-            inputs["masks"] = [np.zeros((height, width), dtype=np.uint8) if s is None  # val only
-                               else segmentation_to_mask(s, height, width)
-                               for s in record["segmentations"]]
-        out = self.transform(**inputs)
+        out = self.transform(image=image, bboxes=boxes, box_ids=np.arange(len(boxes)),
+                             short_edge=short_edge)
         keep = np.asarray(out["box_ids"], dtype=np.int64)
         sample = {
             "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
@@ -145,10 +171,9 @@ class DetectionDataset(Dataset):
             "gt_classes": torch.from_numpy(classes[keep]),
         }
         if self.with_masks:
-            h, w = sample["image"].shape[1:]
-            masks = [out["masks"][i] for i in keep]
-            sample["gt_masks"] = torch.from_numpy(
-                np.stack(masks) if masks else np.zeros((0, h, w), dtype=np.uint8))
+            sample["gt_masks"] = torch.from_numpy(object_masks(
+                [record["segmentations"][i] for i in keep], height, width,
+                out["applied_transforms"]))
         return sample
 
     def _skip(self, reason: str) -> None:

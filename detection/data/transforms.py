@@ -115,9 +115,9 @@ def build_transforms(*, min_size: int | Sequence[int], max_size: int | None,
     """The detection pipeline: shortest-edge resize, then an optional horizontal flip.
 
     Call it as `t(image=img, bboxes=boxes_xyxy, box_ids=ids)`; `box_ids` tells which input
-    boxes survive (transforms that crop may drop some); `short_edge=L` resizes to L instead of
-    drawing a length. With `with_boxes=False` (inference on bare images) call it as
-    `t(image=img)`.
+    boxes survive (transforms that crop may drop some), `applied_transforms` what was done
+    (for `dataset.object_masks`); `short_edge=L` resizes to L instead of drawing a length.
+    With `with_boxes=False` (inference on bare images) call it as `t(image=img)`.
 
     Args:
         min_size: short-edge length(s), e.g. (640, 672, 704, 736, 768, 800) for training.
@@ -131,5 +131,7 @@ def build_transforms(*, min_size: int | Sequence[int], max_size: int | None,
         transforms.append(A.HorizontalFlip(p=flip_prob))
     if not with_boxes:
         return A.Compose(transforms)
+    # the applied transforms (resize, flip) tell how each object's mask follows its image
     return A.Compose(transforms, bbox_params=A.BboxParams(format="pascal_voc",
-                                                          label_fields=["box_ids"]))
+                                                          label_fields=["box_ids"]),
+                     save_applied_params=True)

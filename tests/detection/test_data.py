@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import random
 import logging
 from pathlib import Path
 from typing import Any
@@ -590,6 +591,38 @@ def test_bad_segmentations_fail_naming_file_and_annotation(tmp_path: Path, segme
     with pytest.raises(DatasetError, match=rf"{ann_file}: 1 problem.*\n.*{message}"):
         load_coco_json(ann_file, tmp_path / "images", keep_segmentation=True)
     load_coco_json(ann_file, tmp_path / "images")  # fine for boxes only
+
+
+def test_object_masks_follow_their_image_as_albumentations_moves_masks(tmp_path: Path) -> None:
+    """Each object's mask resized and flipped on its own (stacked at full size, a dense
+    image's masks took gigabytes): pixel for pixel what albumentations gives for masks passed
+    through the same transform, for polygons and RLE, flipped or not, up and down."""
+    from pycocotools import mask as mask_utils
+    rng = np.random.default_rng(0)
+    height, width = 45, 70
+    _write_png(tmp_path / "images" / "a.png", _pattern(height, width))
+    blob = (rng.random((height, width)) < 0.3).astype(np.uint8)
+    anns = [_ann(1, 1, [3, 4, 30, 20], segmentation=[[3.2, 4.1, 33, 6.5, 20.7, 24.9]]),
+            _ann(2, 1, [0, 0, 70, 45], segmentation=_rle(blob)),
+            _ann(3, 1, [40, 10, 20, 30], segmentation=[[40, 10, 60, 12, 58, 40, 41, 39]])]
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(_coco(
+        [{"id": 1, "file_name": "a.png", "height": height, "width": width}], anns)))
+    records, _, _ = load_coco_json(ann_file, tmp_path / "images", keep_segmentation=True)
+    transform = build_transforms(min_size=[23, 45, 61], max_size=None, flip_prob=0.5)
+    dataset = DetectionDataset(records, with_masks=True, transform=transform)
+    full = [mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(s, height, width)))
+            if isinstance(s, list) else mask_utils.decode(s) for s in records[0]["segmentations"]]
+    seen = set()
+    for seed in range(30):
+        sample = dataset[(0, seed)]
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        expected = transform(image=read_image(records[0]["file_name"]), bboxes=records[0]["boxes"],
+                             box_ids=np.arange(3), masks=full)
+        np.testing.assert_array_equal(sample["gt_masks"].numpy(), np.stack(expected["masks"]))
+        seen.add((sample["image"].shape[1],
+                  "HorizontalFlip" in dict(expected["applied_transforms"])))
+    assert len(seen) == 6  # every scale, flipped and not
 
 
 def test_compressed_rle_counts_read_as_pycocotools_writes_them() -> None:
