@@ -176,6 +176,8 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
     cfg.data.val.min_size = meta["resize"]["short_side"]
     cfg.data.val.max_size = meta["resize"]["max_size"]
     cfg.model.mask_on = model.mask_on
+    if meta.get("detections_per_image") is not None:  # what the evaluation scores follows it
+        cfg.model.roi_heads.detections_per_image = int(meta["detections_per_image"])
     return LoadedDetector(model=model, cfg=cfg, class_names=list(meta["class_names"]),
                           category_ids=[int(c) for c in meta["category_ids"]], provenance={})
 

@@ -283,11 +283,12 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
             raise ConfigError(f"cannot parse override '{item}' (a list with spaces needs quotes:"
                               f" '{key}=[1, 2]'): {' '.join(str(e).split())}") from None
         parsed = OmegaConf.select(dotlist, key, throw_on_resolution_failure=False)
-        is_str_key = bool(kinds) and kinds.get(key) == "str"
+        kind = kinds.get(key) if kinds else None
         if value[:1] not in ("'", '"', "[", "{") and (
                 # YAML reads "runs #2" as "runs" and a comment, "run: 2" as a mapping: a path
-                re.search(r"\s#", value) or (is_str_key and isinstance(parsed, Mapping))
-                or (is_str_key and _is_number(parsed))):  # 0755 is not 493, 1e3 not 1000.0
+                re.search(r"(^|\s)#", value)
+                or (isinstance(parsed, Mapping) and kind != "section")
+                or (kind == "str" and _is_number(parsed))):  # 0755 is not 493, 1e3 not 1000.0
             OmegaConf.update(dotlist, key, value)  # the text as typed
         source = f"override '{item}'"
         cfg = _merge(cfg, _rename(dotlist, renamed or {}, source), source, kinds)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -151,8 +151,11 @@ def tta_from_config(cfg: Mapping[str, Any]) -> TTAInference:
 @torch.no_grad()
 def evaluate_model(model: SemanticSegmentor, loader: Iterable[list[dict[str, Any]]],
                    evaluator: SemSegEvaluator, *, tta: TTAInference | None = None,
-                   output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Run `model` over `loader` (samples with "image" and "gt_sem_seg") and score it.
+                   output_dir: str | os.PathLike | None = None,
+                   on_prediction: Callable[[dict[str, Any], torch.Tensor], None] | None = None,
+                   ) -> dict[str, Any]:
+    """Run `model` over `loader` (samples with "image" and "gt_sem_seg") and score it;
+    `on_prediction(sample, class map)` sees every image's prediction (e.g. to save it).
 
     Must be called on every process when distributed (the evaluator gathers).
 
@@ -173,6 +176,9 @@ def evaluate_model(model: SemanticSegmentor, loader: Iterable[list[dict[str, Any
             else:
                 preds = [tta(model, image).argmax(dim=0) for image in images]
             evaluator.process(preds, [s["gt_sem_seg"] for s in batch])
+            if on_prediction is not None:
+                for sample, pred in zip(batch, preds):
+                    on_prediction(sample, pred)
     finally:
         model.train(was_training)
     return evaluator.evaluate(output_dir)

@@ -35,7 +35,7 @@ from engine.files import missing_path
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = 255
 __all__ = ["IGNORE_INDEX", "MAX_LISTED", "coco_semantic_mask", "load_coco_semantic",
-           "read_mask", "scan_folder"]
+           "read_mask", "scan_folder", "write_label_map"]
 
 
 def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike, *,
@@ -220,3 +220,11 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
                                "class ids must be 0..255")
         mask = mask.astype(np.uint8)
     return mask
+
+
+def write_label_map(mask: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a uint8 (H, W) class-id map as a grayscale PNG that `read_mask` reads back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="L").save(path)
+    return path

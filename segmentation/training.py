@@ -7,7 +7,7 @@ class-id maps; the model pads, normalises and returns `loss_sem_seg` (and `loss_
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +31,21 @@ from .evaluation import SemSegEvaluator
 from .export import export_segmentor
 from .inference import TTAInference, evaluate_model, tta_from_config
 from .predictor import Predictor, build_renderer, placeholder_names
+from .records import write_label_map
 
 logger = logging.getLogger(__name__)
+PREDICTIONS = "predictions"  # tools/eval.py --save-predictions: OUTPUT/predictions/<image>.png
 
 __all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "SemSegTask", "browse_split", "build_renderer",
            "evaluate_checkpoint", "export_model", "resolve_overrides"]
 
 
 def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequence[str],
-                        device: torch.device, *, backend: str | None = None) -> dict[str, Any]:
-    """mIoU of `weights` on data.val (tools/eval.py); writes OUTPUT/metrics.json
-    (`backend` is for COCO evaluation and not used here)."""
+                        device: torch.device, *, backend: str | None = None,
+                        save_predictions: bool = False) -> dict[str, Any]:
+    """mIoU of `weights` on data.val (tools/eval.py); writes OUTPUT/metrics.json, and with
+    `save_predictions` each image's class map as OUTPUT/predictions/<its path under
+    data.val.img_dir>.png (uint8 class ids). `backend` is for COCO evaluation, not used."""
     predictor = Predictor(config, weights=weights, overrides=overrides, device=device)
     cfg = load_config(config, overrides)
     cfg.model.num_classes = predictor.model.num_classes
@@ -62,8 +66,10 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     evaluator = SemSegEvaluator(predictor.model.num_classes, predictor.class_names,
                                 predictor.model.ignore_index)
     counted = CountedLoader(loader)
+    save = (prediction_writer(output / PREDICTIONS, Path(cfg.data.val.img_dir))
+            if save_predictions else None)
     result = evaluate_model(predictor.model, counted, evaluator, tta=predictor.tta,
-                            output_dir=output)
+                            output_dir=output, on_prediction=save)
     result = nan_to_none(result)
     result["images"] = counted.report(logger, "val", LEFT_OUT)
     result["weights"] = str(weights)
@@ -77,6 +83,17 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
         print(f"mIoU = {format_metric(m['mIoU'])}  pixel_acc = {format_metric(m['pixel_acc'])}",
               flush=True)
     return result
+
+
+def prediction_writer(folder: Path, img_dir: Path
+                      ) -> Callable[[dict[str, Any], torch.Tensor], None]:
+    """(sample, class map) -> writes the map as a uint8 PNG in `folder` under the image's path
+    inside `img_dir` (mmsegmentation's format_only, for test servers and other tools)."""
+    def save(sample: dict[str, Any], pred: torch.Tensor) -> None:
+        image = Path(sample["file_name"])
+        name = image.relative_to(img_dir) if image.is_relative_to(img_dir) else Path(image.name)
+        write_label_map(pred.to(torch.uint8).cpu().numpy(), (folder / name).with_suffix(".png"))
+    return save
 
 
 def export_model(config: str, weights: str, folder: Path, overrides: Sequence[str] = ()

@@ -71,8 +71,11 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     output = Path(args.output)
     written, refused = [], []
     for index, out in enumerate(output_paths(list(zip(files, names)), output)):
+        key = (index, sample_seed(args.seed, index))
+        if hasattr(dataset, "batch_keys"):  # a training scale per batch (scale_per_batch)
+            key = dataset.batch_keys([key])[0]
         try:
-            sample = dataset[(index, sample_seed(args.seed, index))]
+            sample = dataset[key]
         except (DatasetError, UnreadableImageError) as err:  # the others are still drawn
             sample = None
             logger.warning("%s", err)

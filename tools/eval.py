@@ -2,23 +2,25 @@
 
 Usage:
   python tools/eval.py CONFIG --weights CKPT --output DIR [key=value ...]
-      [--backend pycocotools|faster_coco_eval]
+      [--backend pycocotools|faster_coco_eval] [--save-predictions]
   torchrun --nproc_per_node=N tools/eval.py ...   (each process scores its share)
 
 Detection (COCO box AP on data.val.ann_file / data.val.img_dir): prints the 12 standard
 numbers and a per-category AP table; writes DIR/coco_instances_results.json (COCO results,
 dataset category ids, RLE masks for Mask R-CNN) and DIR/metrics.json as {"bbox": {"AP",
-"AP50", "AP75", "APs", "APm", "APl", "stats": the 12 COCOeval numbers, "per_category": {name:
-AP}}, "images": {...}, "weights": CKPT} in percent (null where undefined), as a training's
-metrics.json, with the same for the masks under "segm" when the model has a mask head
-(model.mask_on). A val file without annotations (COCO's test-dev image info) gets its
-results file written and nothing scored ("bbox": null). Weights are this project's
-checkpoints or a torchvision fasterrcnn_resnet50_fpn / maskrcnn_resnet50_fpn state dict
-(labels = COCO ids); weights whose classes are named differently from the file's categories
-of the same ids are refused.
+"AP50", "AP75", "APs", "APm", "APl" and "per_category": {name: AP}, in percent (null where
+undefined), and "stats": the 12 COCOeval numbers as fractions (-1 where undefined)},
+"images": {...}, "weights": CKPT}, as a training's metrics.json, with the same for the masks
+under "segm" when the model has a mask head (model.mask_on). A val file without annotations
+(COCO's test-dev image info) gets its results file written and nothing scored ("bbox":
+null). Weights are this project's checkpoints or a torchvision fasterrcnn_resnet50_fpn /
+maskrcnn_resnet50_fpn state dict (labels = COCO ids); weights whose classes are named
+differently from the file's categories of the same ids are refused.
 
 Segmentation (`task: sem_seg` configs): mIoU, pixel accuracy and per-class IoU in percent,
-written to DIR/metrics.json as {"sem_seg": {...}, "images": {...}, "weights": CKPT}.
+written to DIR/metrics.json as {"sem_seg": {...}, "images": {...}, "weights": CKPT}; with
+--save-predictions also each image's predicted class map as DIR/predictions/<its path under
+data.val.img_dir>.png (uint8 class ids, mmsegmentation's format_only).
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="folder for results and metrics.json")
     parser.add_argument("--backend", default=None, choices=("pycocotools", "faster_coco_eval"),
                         help="COCO evaluator (default: the config's data.val.coco_backend)")
+    parser.add_argument("--save-predictions", action="store_true",
+                        help="sem_seg: write each image's class map to DIR/predictions/")
     return parser.parse_intermixed_args(argv)
 
 
@@ -52,11 +56,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if evaluate_checkpoint is None:
         raise ValueError(f"tools/eval.py evaluates detection and sem_seg models; {args.config} "
                          f"is a {task!r} config (tools/pretrain.py prints its top-1 at the end)")
+    options = {"backend": args.backend}
+    if args.save_predictions:
+        if task != "sem_seg":
+            raise ValueError(f"--save-predictions writes sem_seg class maps; {args.config} is "
+                             f"a {task!r} config (its detections are in the results file)")
+        options["save_predictions"] = True
     device = init_distributed("auto")
     setup_logging(None)
     try:
         return evaluate_checkpoint(args.config, args.weights, Path(args.output), args.overrides,
-                                   device, backend=args.backend)
+                                   device, **options)
     finally:
         cleanup()
 

@@ -252,8 +252,12 @@ def rle_string_counts(counts: str | bytes) -> np.ndarray:
     Raises:
         ValueError: a character outside the format, or an unfinished last count.
     """
-    chars = np.frombuffer(counts.encode("ascii", "replace") if isinstance(counts, str)
-                          else counts, dtype=np.uint8).astype(np.int64) - 48
+    try:
+        raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+    except UnicodeEncodeError:
+        raise ValueError("RLE counts string has characters outside the compressed format") \
+            from None
+    chars = np.frombuffer(raw, dtype=np.uint8).astype(np.int64) - 48
     if chars.size == 0:
         return np.zeros(0, dtype=np.int64)
     if chars.min() < 0 or chars.max() > 63:
@@ -266,6 +270,8 @@ def rle_string_counts(counts: str | bytes) -> np.ndarray:
     position = np.arange(chars.size) - starts[group]
     values = np.add.reduceat((chars & 0x1f) << (5 * position), starts)
     lengths = np.diff(np.append(starts, chars.size))
+    if lengths.max() > 7:  # 35 bits: no image has runs that long (and int64 would wrap)
+        raise ValueError("RLE counts string holds a run too long for any image")
     negative = (chars[last] & 0x10) != 0
     values[negative] -= np.left_shift(1, 5 * lengths[negative])
     # counts[m] += counts[m - 2] for m > 2: running sums along odd and even positions from 1
@@ -411,8 +417,9 @@ def check_segmentation(segmentation: Any, height: int, width: int
         if size != [height, width]:
             raise ValueError(f"RLE segmentation size {size} is not the image's [height, width] "
                              f"= {[height, width]}")
-        if isinstance(counts, list) and not all(type(c) is int for c in counts):
-            raise TypeError("uncompressed RLE counts must be integers")
+        if isinstance(counts, list) and not all(type(c) is int and 0 <= c <= height * width
+                                                for c in counts):
+            raise ValueError(f"uncompressed RLE counts must be integers in 0..{height * width}")
         runs = np.asarray(counts, dtype=np.int64) if isinstance(counts, list) else (
             rle_string_counts(counts))
         # pycocotools decodes runs past the image into memory after it, and short ones leave

@@ -571,13 +571,17 @@ def test_polygon_and_rle_masks_equal_pycocotools_and_survive_our_rle(tmp_path: P
     ([[1, 2, 3, 4, 5, None]], "a polygon must be a flat list of x, y numbers"),
     ("polygon", "segmentation must be polygons or an RLE, got str"),
     # runs past the image: pycocotools decoded memory after the mask, and its IoU never ended
-    ({"size": [20, 30], "counts": [0, 1000]}, "RLE segmentation runs cover 1000 pixels, not "
+    ({"size": [20, 30], "counts": [0, 500, 500]}, "RLE segmentation runs cover 1000 pixels, not "
                                               r"the image's 20x30 = 600"),
     ({"size": [20, 30], "counts": [100, 50]}, "runs cover 150 pixels"),  # the rest unset
-    ({"size": [20, 30], "counts": [605, -5]}, "RLE segmentation has negative run lengths"),
+    ({"size": [20, 30], "counts": [605, -5]}, "uncompressed RLE counts must be integers in 0"),
+    ({"size": [20, 30], "counts": "A"}, "RLE segmentation has negative run lengths"),
     ({"size": [20, 30], "counts": [300.0, 300.0]}, "uncompressed RLE counts must be integers"),
     ({"size": [20, 30], "counts": "P13700000l0"}, "runs cover 100 pixels"),  # a 10x10 mask
     ({"size": [20, 30], "counts": "\x01"}, "characters outside the compressed format"),
+    ({"size": [20, 30], "counts": "1\u00e9"}, "characters outside the compressed format"),
+    ({"size": [20, 30], "counts": "o" * 12 + "0"}, "a run too long for any image"),
+    ({"size": [20, 30], "counts": [2**64]}, r"uncompressed RLE counts must be integers in 0..600"),
 ])
 def test_bad_segmentations_fail_naming_file_and_annotation(tmp_path: Path, segmentation: Any,
                                                            message: str) -> None:

@@ -130,3 +130,25 @@ def test_a_config_that_tests_at_another_size_than_training_says_so(
     assert f"{checkpoint} records a config that tests at data.val.min_size=64 " \
            "data.val.max_size=200 (its evaluations in training); this config resizes test " \
            "images to " in caplog.text
+
+
+def test_an_exports_detections_per_image_sets_what_its_evaluation_scores(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export keeping 300 detections was scored at COCO's 100 (the config's value)."""
+    import detection.predictor
+    from detection.training import scored_detections
+
+    class ExportedGraph:
+        mask_on = False
+        metadata = {"detections_per_image": 300, "score_thresh": 0.05, "nms_thresh": 0.5,
+                    "resize": {"short_side": 800, "max_size": 1333}, "class_names": ["cell"],
+                    "category_ids": [1]}
+
+        def __init__(self, path: object, device: object) -> None:
+            pass
+
+    monkeypatch.setattr(detection.predictor, "OnnxDetector", ExportedGraph)
+    loaded = detection.predictor.load_detector(
+        Path(__file__).resolve().parents[2] / "configs/detection/faster_rcnn_R_50_FPN_1x.yaml",
+        weights="export/model.onnx")
+    assert scored_detections(loaded.cfg) == 300

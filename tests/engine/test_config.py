@@ -113,8 +113,14 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
     assert isinstance(cfg.data.size, int)  # not 100.0: a whole-number key gets an int
     # paths as typed: YAML read "runs #2" as "runs" and a comment (the run went to the parent
     # folder) and "run: 2" as a mapping; quoted text is still YAML's
-    for typed in ("/x ü/runs #2", "/tmp/run: 2", "a#b"):
+    for typed in ("/x ü/runs #2", "/tmp/run: 2", "a#b", "#run"):
         assert load_config(path, [f"data.root={typed}"], defaults=DEFAULTS).data.root == typed
+    # keys whose default is null (data files, weights) too
+    from engine.tasks import load_task_config
+    _, det = load_task_config(Path(__file__).resolve().parents[2] / "configs/detection/"
+                              "base_faster_rcnn.yaml", ["data.val.ann_file=/data/v: 1/a.json",
+                                                        "model.weights=/runs/e #3/m.pth"])
+    assert (det.data.val.ann_file, det.model.weights) == ("/data/v: 1/a.json", "/runs/e #3/m.pth")
     assert load_config(path, ["data.root='/a #b'"], defaults=DEFAULTS).data.root == "/a #b"
     with pytest.raises(ConfigError, match=r"data.size must be a number, got '100 #x' in "
                                           r"override 'data.size=100 #x'"):

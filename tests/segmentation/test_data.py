@@ -245,7 +245,7 @@ def test_unusable_coco_segmentations_are_named_by_annotation(tmp_path):
     """An RLE whose runs do not cover the image decoded to a mask of garbage."""
     ann_file = _coco(tmp_path)
     data = json.loads(ann_file.read_text())
-    data["annotations"][2]["segmentation"] = {"size": [8, 10], "counts": [0, 200]}
+    data["annotations"][2]["segmentation"] = {"size": [8, 10], "counts": [0, 80, 60, 60]}
     data["annotations"][0]["segmentation"] = [[1, 2, 3]]
     ann_file.write_text(json.dumps(data))
     with pytest.raises(DatasetError, match=r"(?s)instances.json: 2 unusable segmentations:.*"

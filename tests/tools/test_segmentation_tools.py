@@ -12,8 +12,10 @@ import logging
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import segmentation.predictor
 import segmentation.training
@@ -209,6 +211,33 @@ def test_weights_without_class_names_export_with_the_configs_and_score_the_same(
     with pytest.raises(ValueError, match=r"export/export.json names 1 classes for a model of 7"):
         load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
                                 str(tmp_path / "x"), *overrides(data)])
+
+
+def test_eval_saves_each_images_class_map_that_it_scored(trained: tuple[Path, dict],
+                                                         data: Path, tmp_path: Path) -> None:
+    """--save-predictions (mmsegmentation's format_only): one uint8 PNG per val image, from
+    which the printed mIoU follows (recomputed here from the files and the val masks)."""
+    out, _ = trained
+    metrics = load_tool("eval").main([str(CONFIG), "--weights", str(out / "model_final.pth"),
+                                      "--output", str(tmp_path), "--save-predictions",
+                                      *overrides(data)])["sem_seg"]
+    images = sorted((data / "images/val").glob("*.jpg"))
+    saved = sorted((tmp_path / "predictions").iterdir())
+    assert [p.name for p in saved] == [f"{p.stem}.png" for p in images]
+    confusion = np.zeros((len(CLASSES), len(CLASSES)), dtype=np.int64)
+    for path in saved:
+        pred = np.asarray(Image.open(path))
+        truth = np.asarray(Image.open(data / "semantic/val" / path.name))
+        assert pred.dtype == np.uint8 and pred.shape == truth.shape and pred.max() < len(CLASSES)
+        scored = truth != 255
+        np.add.at(confusion, (truth[scored], pred[scored]), 1)
+    tp = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    assert metrics["mIoU"] == pytest.approx(100 * np.mean(tp[union > 0] / union[union > 0]))
+    with pytest.raises(ValueError, match="--save-predictions writes sem_seg class maps"):
+        load_tool("eval").main([str(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"),
+                                "--weights", "w.pth", "--output", str(tmp_path / "det"),
+                                "--save-predictions"])
 
 
 def test_eval_says_what_it_could_not_score(trained: tuple[Path, dict], data: Path,
