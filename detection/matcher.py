@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torchvision.ops import box_iou
 
 FOREGROUND = 1
 BACKGROUND = 0
@@ -58,14 +59,44 @@ class Matcher:
             empty = torch.zeros(0, dtype=torch.int64, device=quality.device)
             return empty, empty.to(torch.int8)
 
-        # torch.where, not masked assignment or nonzero: no wait for the GPU (host sync)
         matched_vals, matched_idxs = quality.max(dim=0)
-        match_labels = torch.full((num_pred,), FOREGROUND, dtype=torch.int8, device=quality.device)
+        return matched_idxs, self._labels(matched_vals, self._best_of_some_gt(quality))
+
+    def match_boxes(self, gt_boxes: Tensor, boxes: Tensor, *, max_elements: int = 2**24
+                    ) -> tuple[Tensor, Tensor]:
+        """`self(box_iou(gt_boxes, boxes))`, the same bit for bit, computed over blocks of gt
+        rows of at most `max_elements` IoUs: a dense image's (M, R) matrix over every anchor
+        and its temporaries took gigabytes (1000 boxes, R50-FPN at 800x1333: 9 GB)."""
+        rows = max(1, max_elements // max(len(boxes), 1))
+        if len(gt_boxes) <= rows or len(boxes) == 0:
+            return self(box_iou(gt_boxes, boxes))
+        matched_vals = matched_idxs = is_best = None
+        for start in range(0, len(gt_boxes), rows):
+            quality = box_iou(gt_boxes[start:start + rows], boxes)
+            vals, idxs = quality.max(dim=0)
+            if matched_vals is None:
+                matched_vals, matched_idxs, is_best = vals, idxs, self._best_of_some_gt(quality)
+                continue
+            later = vals > matched_vals  # ties keep the first gt box, as max() does
+            matched_vals = torch.where(later, vals, matched_vals)
+            matched_idxs = torch.where(later, idxs + start, matched_idxs)
+            if is_best is not None:
+                is_best = is_best | self._best_of_some_gt(quality)
+        return matched_idxs, self._labels(matched_vals, is_best)
+
+    def _best_of_some_gt(self, quality: Tensor) -> Tensor | None:
+        """(R,) whether a prediction is among some gt row's best (ties too), for the low-quality
+        matches; None without them."""
+        if not self.allow_low_quality_matches:
+            return None
+        return (quality == quality.max(dim=1).values[:, None]).any(dim=0)
+
+    def _labels(self, matched_vals: Tensor, is_best: Tensor | None) -> Tensor:
+        # torch.where, not masked assignment or nonzero: no wait for the GPU (host sync)
+        match_labels = torch.full(matched_vals.shape, FOREGROUND, dtype=torch.int8,
+                                  device=matched_vals.device)
         match_labels = torch.where(matched_vals < self.high_threshold, IGNORE, match_labels)
         match_labels = torch.where(matched_vals < self.low_threshold, BACKGROUND, match_labels)
-
-        if self.allow_low_quality_matches:  # each gt's best predictions (ties too) foreground
-            best_per_gt = quality.max(dim=1).values
-            is_best = (quality == best_per_gt[:, None]).any(dim=0)
+        if is_best is not None:  # each gt's best predictions (ties too) foreground
             match_labels = torch.where(is_best, FOREGROUND, match_labels)
-        return matched_idxs, match_labels
+        return match_labels

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import batched_nms
 
 from backbones.conv import Conv2d
 
@@ -243,7 +243,7 @@ class RPN(nn.Module):
         match_labels, matched_gt = [], []
         for boxes in gt_boxes:
             boxes = boxes.to(anchors.dtype)
-            matched_idxs, image_match_labels = self.matcher(box_iou(boxes, anchors))
+            matched_idxs, image_match_labels = self.matcher.match_boxes(boxes, anchors)
             match_labels.append(image_match_labels)
             matched_gt.append(boxes[matched_idxs] if len(boxes) else torch.zeros_like(anchors))
         if not match_labels:

@@ -103,9 +103,9 @@ def spy_on_coco_backends(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     used: list[str] = []
     run = evaluation._run_cocoeval
 
-    def spy(coco_gt, coco_dt, iou_type, backend):  # noqa: ANN001, ANN202
+    def spy(coco_gt, coco_dt, iou_type, backend, *args):  # noqa: ANN001, ANN002, ANN202
         used.append(backend)
-        return run(coco_gt, coco_dt, iou_type, backend)
+        return run(coco_gt, coco_dt, iou_type, backend, *args)
 
     monkeypatch.setattr(evaluation, "_run_cocoeval", spy)
     return used
