@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -97,8 +98,11 @@ class ScalarWriter:
                 self._writer.add_scalar(key, value, step)
         if self._jsonl is not None:  # appended: a resumed run goes on in the same file
             with open(self._jsonl, "a") as f:
-                f.write(json.dumps({"iteration": int(step),
-                                    **{k: float(v) for k, v in values.items()}}) + "\n")
+                # JSON has no NaN (an AP of a size without objects): null, as in metrics.json
+                numbers = {k: float(v) for k, v in values.items()}
+                f.write(json.dumps({"iteration": int(step), **{
+                    k: v if math.isfinite(v) else None for k, v in numbers.items()}},
+                    allow_nan=False) + "\n")
 
     def close(self) -> None:
         if self._writer is not None:

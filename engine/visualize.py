@@ -47,8 +47,9 @@ def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, t
         text = name if scores is None else f"{name} {scores[i]:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
         ty = max(y1, th + base)
-        cv2.rectangle(out, (x1, ty - th - base), (x1 + tw, ty), colour, -1)
-        cv2.putText(out, text, (x1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
+        tx = max(0, min(x1, image.shape[1] - tw))  # a tag at the right edge stays readable
+        cv2.rectangle(out, (tx, ty - th - base), (tx + tw, ty), colour, -1)
+        cv2.putText(out, text, (tx, ty - base), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
                     cv2.LINE_AA)
     return out
 
@@ -69,6 +70,11 @@ def draw_segmentation(image: np.ndarray, mask: np.ndarray, class_names: Sequence
     for c, _, colour in present:
         region = mask == c
         overlay[region] = (alpha * colour + (1 - alpha) * image[region]).astype(np.uint8)
+    if present:  # on a dark backing, so that white names read on any image
+        width = max(cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0]
+                    for _, name, _ in present)
+        corner = overlay[2:8 + 16 * len(present), 2:24 + width]
+        corner[...] = corner // 3
     for row, (_, name, colour) in enumerate(present):
         y = 6 + 16 * row
         cv2.rectangle(overlay, (4, y), (16, y + 12), tuple(int(v) for v in colour), -1)

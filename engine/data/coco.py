@@ -435,6 +435,9 @@ def check_segmentation(segmentation: Any, height: int, width: int
     if not isinstance(segmentation, list):
         raise TypeError(f"segmentation must be polygons or an RLE, got "
                         f"{type(segmentation).__name__}")
+    if segmentation and _all_numbers(segmentation):
+        raise TypeError(f"segmentation is one flat list of numbers; COCO's polygons are a list "
+                        f"of them: wrap it, [[x1, y1, x2, y2, ...]] (got {segmentation!r:.60})")
     kept = []
     for polygon in segmentation:
         if not isinstance(polygon, list) or len(polygon) % 2 or not _all_numbers(polygon):

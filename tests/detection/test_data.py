@@ -569,6 +569,8 @@ def test_polygon_and_rle_masks_equal_pycocotools_and_survive_our_rle(tmp_path: P
     ([[1, 2, 3, 4, 5]], "a polygon must be a flat list of x, y numbers"),
     ([[1, 2, 3, 4, 5, False]], "a polygon must be a flat list of x, y numbers"),
     ([[1, 2, 3, 4, 5, None]], "a polygon must be a flat list of x, y numbers"),
+    ([1, 2, 3, 4, 5, 6], r"segmentation is one flat list of numbers; COCO's polygons are a list "
+                         r"of them: wrap it, \[\[x1, y1"),  # as some exporters write it
     ("polygon", "segmentation must be polygons or an RLE, got str"),
     # runs past the image: pycocotools decoded memory after the mask, and its IoU never ended
     ({"size": [20, 30], "counts": [0, 500, 500]}, "RLE segmentation runs cover 1000 pixels, not "

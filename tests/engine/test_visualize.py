@@ -1,9 +1,10 @@
 """tools/demo.py's inputs and output names (engine.visualize)."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from engine.visualize import expand_inputs, output_paths
+from engine.visualize import draw_detections, draw_segmentation, expand_inputs, output_paths
 
 
 def test_every_input_gets_its_own_picture(tmp_path: Path) -> None:
@@ -31,3 +32,20 @@ def test_every_input_gets_its_own_picture(tmp_path: Path) -> None:
         "cam2/img.png", "cam2/img-2.jpg", "cam2/img-3.jpg"]
     with pytest.raises(FileNotFoundError, match="input not found: .*missing.jpg"):
         list(expand_inputs([str(tmp_path / "missing.jpg")]))
+
+
+def test_tags_stay_inside_the_picture_and_legends_have_a_dark_backing() -> None:
+    """A tag of a box at the right edge was cut off; white legend names were unreadable on
+    light images."""
+    image = np.full((60, 100, 3), 200, dtype=np.uint8)
+    det = {"boxes": np.array([[85.0, 30.0, 99.0, 50.0]]), "scores": np.array([0.9]),
+           "labels": np.array([1]), "class_names": ["triangle"]}
+    picture = draw_detections(image, det, {1: (255, 0, 0)}, min_score=0.5)
+    tag = (picture[:30] == (255, 0, 0)).all(axis=-1)
+    assert tag.any() and np.flatnonzero(tag.any(axis=0)).min() < 85  # moved left to fit
+    mask = np.zeros((60, 100), dtype=np.uint8)
+    mask[40:, 60:] = 1
+    overlay = draw_segmentation(image, mask, ["background", "thing"],
+                                np.array([[0, 0, 0], [0, 255, 0]], dtype=np.uint8))
+    assert (overlay[3, 3] == 200 // 3).all()  # the backing, above the first swatch
+    assert (overlay[30, 90] == 200).all()  # the image elsewhere as it was
