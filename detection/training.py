@@ -118,11 +118,21 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     # names of shared ids must agree; a bare id as the name (torchvision weights) says none
     clash = [(c, n, data[c]) for c, n in zip(loaded.category_ids, loaded.class_names)
              if c in data and n != str(c) and n != data[c]]
+    ids_of = {name: [c for c, n in data.items() if n == name] for name in data.values()}
+    # the same class under another id (a re-export renumbered them): scored as missing
+    moved = [(c, n, ids_of[n][0]) for c, n in zip(loaded.category_ids, loaded.class_names)
+             if n != str(c) and len(ids_of.get(n, ())) == 1 and ids_of[n][0] != c]
+    source = model_path(weights).parent / METADATA_FILE if is_onnx(weights) else weights
     if clash:
-        source = model_path(weights).parent / METADATA_FILE if is_onnx(weights) else weights
         raise (ExportError if is_onnx(weights) else ValueError)(
             f"{source} names the categories {[(c, n) for c, n, _ in clash][:10]}, {ann_file} "
             f"{[(c, d) for c, _, d in clash][:10]}: the labels would mean other classes")
+    if moved:
+        raise (ExportError if is_onnx(weights) else ValueError)(
+            f"{source} has the categories {[(c, n) for c, n, _ in moved][:10]}, {ann_file} "
+            f"the same names under other ids {[(d, n) for _, n, d in moved][:10]}: their "
+            f"detections would be scored as another category's; give the file the weights' "
+            f"ids")
     known = set(mapping.dataset_ids)
     unknown = [c for c in loaded.category_ids if c not in known]
     if len(unknown) == len(loaded.category_ids):

@@ -10,21 +10,31 @@ from pathlib import Path
 from typing import Any
 
 from .distributed import cleanup, init_distributed, is_main_process
+from .checkpoint import UnreadableCheckpointError
 from .config import ConfigError, parse_bool
+from .data import DatasetError
+from .export import ExportError
 from .host_memory import cache_host_memory
 from .logging import print_and_log
 from .preemption import TrainingInterrupted
+from .run_lock import FolderInUseError
 from .runner import run_training
 from .tasks import load_task_config, task_module
 
 
+# Raised only for what a user gave (their messages name the key, file, entry or folder):
+# printed as the message alone; a traceback would bury it and say nothing more
+USER_ERRORS = (ConfigError, DatasetError, ExportError, FolderInUseError,
+               UnreadableCheckpointError)
+
+
 def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
-    """A tool's command line: `main(sys.argv[1:])`, where a config error (its message names the
-    key and its file or override) prints as one line, as argparse's usage errors do, instead of
-    a traceback, and exits with 2."""
+    """A tool's command line: `main(sys.argv[1:])`, where an error in what the user gave (a
+    config key, a data file, a checkpoint, an export, an output folder in use) prints as its
+    message, as argparse's usage errors do, instead of a traceback, and exits with 2."""
     try:
         main(sys.argv[1:])
-    except ConfigError as e:
+    except USER_ERRORS as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -36,6 +36,25 @@ def test_a_config_error_is_one_line_and_exit_code_2(argv: list[str], tmp_path: P
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_a_data_error_is_its_message_alone_and_exit_code_2(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A missing image names itself in a message a 25-line traceback buried."""
+    (tmp_path / "img").mkdir()
+    (tmp_path / "a.json").write_text(
+        '{"images": [{"id": 1, "file_name": "x.jpg", "height": 4, "width": 4}], '
+        '"annotations": [], "categories": [{"id": 1, "name": "a"}]}')
+    monkeypatch.setattr(sys, "argv", ["tools/train.py", str(CONFIG),
+                                      f"data.train.ann_file={tmp_path / 'a.json'}",
+                                      f"data.train.img_dir={tmp_path / 'img'}",
+                                      f"train.output_dir={tmp_path / 'out'}"])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool_main("train"))
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train.py: error: ") and "Traceback" not in err
+    assert f"image file not found for images[0] (id=1): {tmp_path / 'img/x.jpg'}" in err
+
+
 def test_other_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     def main(argv: list[str]) -> None:
         raise ValueError("a bug, or a data problem: its traceback says where")

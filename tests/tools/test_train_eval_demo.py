@@ -178,6 +178,18 @@ def test_eval_refuses_weights_whose_classes_the_file_names_otherwise(
                                 "--output", str(tmp_path / "eval"), *data_overrides(data),
                                 f"data.val.ann_file={tmp_path / 'renamed.json'}"])
     assert not (tmp_path / "eval/metrics.json").exists()
+    # a re-export that renumbered a class: its detections were scored as missing (AP 0)
+    content = json.loads((data / "coco/val.json").read_text())
+    content["categories"][-1]["id"] = 13  # ellipse: 11 in training
+    for ann in content["annotations"]:
+        ann["category_id"] = 13 if ann["category_id"] == 11 else ann["category_id"]
+    (tmp_path / "renumbered.json").write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=r"has the categories \[\(11, 'ellipse'\)\], .*"
+                                         r"renumbered.json the same names under other ids "
+                                         r"\[\(13, 'ellipse'\)\]"):
+        load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                                "--output", str(tmp_path / "eval"), *data_overrides(data),
+                                f"data.val.ann_file={tmp_path / 'renumbered.json'}"])
 
 
 def test_eval_zero_detections_gives_ap_zero(trained: Path, data: Path, tmp_path: Path) -> None:
