@@ -96,6 +96,9 @@ class SemSegDataset(Dataset):
             raise ValueError(f"model.ignore_index must be a mask value 0..255, got "
                              f"{ignore_index!r}")
         self.ignore_index = ignore_index
+        # records without a mask source: images to predict (scan_folder without mask_dir, a
+        # COCO file without annotations), every pixel `ignore_index`
+        self.labelled = any("mask_file" in r or "objects" in r for r in records)
         self._records = PackedRecords(records)
         self.transform = transform
         self.class_names = list(class_names)
@@ -124,6 +127,8 @@ class SemSegDataset(Dataset):
         """The record's mask, checked against its image's (height, width) and the classes."""
         if "mask_file" in record:
             mask, source = read_mask(record["mask_file"]), f"mask {record['mask_file']}"
+        elif "objects" not in record:  # unlabelled
+            return np.full(size, self.ignore_index, dtype=np.uint8)
         else:
             mask = coco_semantic_mask(record, self.ignore_index)
             source = "the COCO height/width"
@@ -284,16 +289,19 @@ def prefer_command_line_sources(cfg: DictConfig, overrides: Sequence[str]) -> No
             cfg.data.class_names = None
 
 
-def build_dataset(cfg: Mapping[str, Any], split: str) -> SemSegDataset:
+def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = False
+                  ) -> SemSegDataset:
     """The `data.<split>` dataset ("train": augmented crops; other splits: whole images).
 
-    Its `class_names` come from `resolve_class_names`.
+    Its `class_names` come from `resolve_class_names`. `unlabelled`: img_dir alone is a split
+    too (images to predict, without labels; see `SemSegDataset.labelled`).
 
     Raises:
         ValueError: the split sets neither `ann_file` nor `mask_dir` (or both).
     """
     s = cfg["data"][split]
-    if not s["img_dir"] or bool(s["ann_file"]) == bool(s["mask_dir"]):
+    if not s["img_dir"] or (s["ann_file"] and s["mask_dir"]) or not (
+            s["ann_file"] or s["mask_dir"] or unlabelled):
         raise ValueError(f"data.{split} needs img_dir and exactly one of ann_file (COCO) or "
                          f"mask_dir (class-id PNGs); got img_dir={s['img_dir']!r}, "
                          f"ann_file={s['ann_file']!r}, mask_dir={s['mask_dir']!r}")
@@ -305,7 +313,7 @@ def build_dataset(cfg: Mapping[str, Any], split: str) -> SemSegDataset:
             raise ValueError(f"data.{split}.mask_suffix is {s['mask_suffix']!r}: JPEG's lossy "
                              "compression changes class ids along every edge; masks must be "
                              "PNGs (palette or grayscale)")
-        records = scan_folder(s["img_dir"], s["mask_dir"], img_suffix=s["img_suffix"],
+        records = scan_folder(s["img_dir"], s["mask_dir"] or None, img_suffix=s["img_suffix"],
                               mask_suffix=s["mask_suffix"], split_file=s["split_file"])
     ignore_index = cfg["model"]["ignore_index"]
     if split == "train":
@@ -330,7 +338,9 @@ def build_train_loader(cfg: Mapping[str, Any], *, start_iter: int = 0) -> DataLo
         num_workers=cfg["data"]["num_workers"], start_iter=start_iter)
 
 
-def build_test_loader(cfg: Mapping[str, Any], split: str = "val") -> DataLoader:
-    """Each image of `data.<split>` once over all processes, one whole image per batch."""
-    return engine.data.build_test_loader(build_dataset(cfg, split),
+def build_test_loader(cfg: Mapping[str, Any], split: str = "val", *,
+                      unlabelled: bool = False) -> DataLoader:
+    """Each image of `data.<split>` once over all processes, one whole image per batch
+    (`unlabelled`: as in `build_dataset`)."""
+    return engine.data.build_test_loader(build_dataset(cfg, split, unlabelled=unlabelled),
                                          num_workers=cfg["data"]["num_workers"])

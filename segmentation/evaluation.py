@@ -126,7 +126,7 @@ class SemSegEvaluator:
         if num_images == 0:
             logger.warning("SemSegEvaluator: no images were processed")
         result = {"sem_seg": metrics_from_confusion(matrix, self.class_names)}
-        if is_main_process():
+        if is_main_process() and matrix.sum() > 0:  # else no pixel scored: n/a everywhere
             print_and_log(format_per_class(result["sem_seg"]["per_class_iou"]))
         if output_dir is not None and is_main_process():
             path = Path(output_dir) / "metrics.json"

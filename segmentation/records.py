@@ -38,14 +38,15 @@ __all__ = ["IGNORE_INDEX", "MAX_LISTED", "coco_semantic_mask", "load_coco_semant
            "read_mask", "scan_folder", "write_label_map"]
 
 
-def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike, *,
+def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, *,
                 img_suffix: str = ".jpg", mask_suffix: str = ".png",
                 split_file: str | os.PathLike | None = None) -> list[dict[str, str]]:
     """Pair each image `img_dir/NAME + img_suffix` with its mask `mask_dir/NAME + mask_suffix`.
 
     Args:
         img_dir: image folder (searched recursively unless `split_file` is given).
-        mask_dir: mask folder with the same tree.
+        mask_dir: mask folder with the same tree; None: images without labels (records
+            {"file_name"} alone: a test set to predict).
         img_suffix: end of image file names (".jpg", "_leftImg8bit.png").
         mask_suffix: end of mask file names (".png", "_gtFine_labelTrainIds.png").
         split_file: text file with one NAME per line (VOC ImageSets); None takes all images.
@@ -57,9 +58,9 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike, *,
         FileNotFoundError: a folder or the split file does not exist.
         DatasetError: no images, listed images missing, or images without a mask (listed).
     """
-    img_dir, mask_dir = Path(img_dir), Path(mask_dir)
+    img_dir = Path(img_dir)
     for folder in (img_dir, mask_dir):
-        if not folder.is_dir():
+        if folder is not None and not Path(folder).is_dir():
             raise FileNotFoundError(f"folder not found: {missing_path(folder)}")
     if split_file is not None:
         split_file = Path(split_file)
@@ -77,6 +78,9 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike, *,
     if not files:
         raise DatasetError(f"no images named *{img_suffix} in {img_dir}"
                            + (f" (split file {split_file})" if split_file else ""))
+    if mask_dir is None:
+        return [{"file_name": str(files[n])} for n in sorted(files)]
+    mask_dir = Path(mask_dir)
     records = [{"file_name": str(files[n]), "mask_file": str(mask_dir / (n + mask_suffix))}
                for n in sorted(files)]
     without = [f"{r['file_name']} (expected {r['mask_file']})" for r in records
@@ -118,14 +122,16 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
 
     Returns:
         (records {"file_name", "height", "width", "objects": [(class 1..K, segmentation)],
-        "crowd": [segmentation]}, class names ["background", category names by id]).
+        "crowd": [segmentation]}: without "objects" and "crowd" where the file has no
+        annotations at all (COCO's test-dev image info), class names ["background", category
+        names by id]).
 
     Raises:
         DatasetError: invalid JSON content, missing image files or malformed segmentations
             (listed).
     """
     ann_file, img_dir = Path(ann_file), Path(img_dir)
-    data = read_coco_json(ann_file)
+    data = read_coco_json(ann_file, annotations_optional=True)
     if not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {missing_path(img_dir)} (for {ann_file})")
     missing = [str(img_dir / im["file_name"]) for im in data["images"]
@@ -160,6 +166,8 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
                 objects.append((mapping.to_contiguous(ann["category_id"]) + 1, segmentation))
         records.append({"file_name": str(img_dir / im["file_name"]), "height": im["height"],
                         "width": im["width"], "objects": objects, "crowd": crowd})
+        if not data["annotations"]:  # test-dev style: images to predict, nothing to score
+            del records[-1]["objects"], records[-1]["crowd"]
     if problems:
         raise DatasetError(f"{ann_file}: {len(problems)} unusable segmentations:"
                            + listing(problems))

@@ -51,7 +51,11 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     cfg.model.num_classes = predictor.model.num_classes
     if not cfg.data.class_names:
         cfg.data.class_names = list(predictor.class_names)
-    loader = build_test_loader(cfg)
+    loader = build_test_loader(cfg, unlabelled=save_predictions)
+    labelled = loader.dataset.labelled
+    if not labelled and not save_predictions:
+        raise ValueError(f"{cfg.data.val.ann_file} has no annotations: nothing to score "
+                         "(--save-predictions writes the predicted class maps)")
     names = cfg.data.class_names
     source = cfg.data.val.ann_file or (f"data.class_names={names}" if isinstance(names, str)
                                        else "data.class_names")
@@ -70,12 +74,16 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
             if save_predictions else None)
     result = evaluate_model(predictor.model, counted, evaluator, tta=predictor.tta,
                             output_dir=output, on_prediction=save)
-    result = nan_to_none(result)
+    result = nan_to_none(result) if labelled else {"sem_seg": None}
     result["images"] = counted.report(logger, "val", LEFT_OUT)
     result["weights"] = str(weights)
     if is_main_process():
         atomic_write_json(result, output / "metrics.json")
         m = result["sem_seg"]
+        if m is None:
+            print(f"data.val has no labels: predictions written to {output / PREDICTIONS}, "
+                  f"nothing scored", flush=True)
+            return result
         if m["mIoU"] is None:
             logger.warning("no pixel of %s was scored: every val pixel is %d (model.ignore_index)"
                            " or no val image could be read", cfg.data.val.mask_dir
@@ -132,6 +140,11 @@ class SemSegTask:
         self.tta = tta_from_config(cfg)  # its errors before training, not at the evaluation
         train = build_dataset(cfg, "train")  # checks the data first
         val = build_dataset(cfg, "val") if cfg.data.val.img_dir else None
+        if val is not None and not val.labelled:
+            raise ValueError(f"{cfg.data.val.ann_file} has no annotations to score the "
+                             "training's evaluations against: give an annotated val file, or "
+                             "leave data.val unset (tools/eval.py --save-predictions predicts "
+                             "such a file)")
         if val is not None:
             val.check_masks("val")  # before training, not at the evaluation after it
         self.class_names = train.class_names

@@ -20,7 +20,8 @@ differently from the file's categories of the same ids are refused.
 Segmentation (`task: sem_seg` configs): mIoU, pixel accuracy and per-class IoU in percent,
 written to DIR/metrics.json as {"sem_seg": {...}, "images": {...}, "weights": CKPT}; with
 --save-predictions also each image's predicted class map as DIR/predictions/<its path under
-data.val.img_dir>.png (uint8 class ids, mmsegmentation's format_only).
+data.val.img_dir>.png (uint8 class ids, mmsegmentation's format_only), also for a val split
+without labels (data.val.mask_dir=null, or a COCO file without annotations), then unscored.
 """
 from __future__ import annotations
 

@@ -234,6 +234,30 @@ def test_eval_saves_each_images_class_map_that_it_scored(trained: tuple[Path, di
     tp = np.diag(confusion)
     union = confusion.sum(0) + confusion.sum(1) - tp
     assert metrics["mIoU"] == pytest.approx(100 * np.mean(tp[union > 0] / union[union > 0]))
+    # images without labels (a test set): predicted and written, nothing scored; a folder
+    # (no mask_dir) or a COCO file without annotations, which scored all-background before
+    info = {"images": [{"id": i, "file_name": p.name, "height": 96, "width": 128}
+                       for i, p in enumerate(images)],
+            "categories": [{"id": i, "name": n} for i, n in enumerate(CLASSES[1:], 1)]}
+    (tmp_path / "test_dev.json").write_text(json.dumps(info))
+    for name, source in (("folder", ["data.val.mask_dir=null"]),
+                         ("coco", ["data.val.mask_dir=null",
+                                   f"data.val.ann_file={tmp_path / 'test_dev.json'}"])):
+        args = [str(CONFIG), "--weights", str(out / "model_final.pth"), *overrides(data),
+                *source]
+        unscored = load_tool("eval").main([*args, "--output", str(tmp_path / name),
+                                           "--save-predictions"])
+        assert unscored["sem_seg"] is None and unscored["images"]["images"] == len(images)
+        for path in saved:  # the same maps as the labelled run's
+            assert (np.asarray(Image.open(tmp_path / name / "predictions" / path.name))
+                    == np.asarray(Image.open(path))).all()
+        with pytest.raises(ValueError, match="nothing to score|needs img_dir and exactly one"):
+            load_tool("eval").main([*args, "--output", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="test_dev.json has no annotations to score the "
+                                         "training's evaluations"):
+        load_tool("train").main([str(CONFIG), *overrides(data), "data.val.mask_dir=null",
+                                 f"data.val.ann_file={tmp_path / 'test_dev.json'}",
+                                 f"train.output_dir={tmp_path / 'run'}", "train.max_iter=1"])
     with pytest.raises(ValueError, match="--save-predictions writes sem_seg class maps"):
         load_tool("eval").main([str(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"),
                                 "--weights", "w.pth", "--output", str(tmp_path / "det"),
