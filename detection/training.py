@@ -50,7 +50,8 @@ def resolve_num_classes(cfg: DictConfig, mapping: CategoryMapping) -> None:
         cfg.model.num_classes = mapping.num_classes
     elif configured != mapping.num_classes:
         raise ValueError(f"model.num_classes is {configured} but {cfg.data.train.ann_file} has "
-                         f"{mapping.num_classes} categories; leave it null to read it from there")
+                         f"{mapping.num_classes} categories; leave it null to read it from there "
+                         "(model.num_classes=null: a run's config.yaml records its own)")
 
 
 def scored_detections(cfg: DictConfig) -> int:
