@@ -114,7 +114,7 @@ def test_demo_draws_masks(trained: tuple[Path, dict], data: Path, tmp_path: Path
            "labels": np.array([3]), "class_names": ["square"], "masks": mask}
     picture = draw_detections(image, det, {3: (200, 0, 50)}, min_score=0.5)
     assert picture[20, 30].tolist() == [150, 50, 75]  # half colour, half image
-    assert picture[2, 2].tolist() == [100, 100, 100]  # outside the box and the mask
+    assert picture[37, 2].tolist() == [100, 100, 100]  # outside the box, mask and tag
     no_mask = draw_detections(image, {k: v for k, v in det.items() if k != "masks"},
                                    {3: (200, 0, 50)}, min_score=0.5)
     assert no_mask[20, 30].tolist() == [100, 100, 100]
