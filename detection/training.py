@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 import backbones
 from engine import atomic_write_json, is_main_process, to_plain
-from engine.data import CategoryMapping, CountedLoader, build_test_loader
+from engine.data import CategoryMapping, CountedLoader, DatasetError, build_test_loader
 from engine.export import METADATA_FILE, ExportError, is_onnx, model_path
 from engine.files import nan_to_none
 from engine.runner import TaskData, format_metric
@@ -119,21 +119,26 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     # names of shared ids must agree; a bare id as the name (torchvision weights) says none
     clash = [(c, n, data[c]) for c, n in zip(loaded.category_ids, loaded.class_names)
              if c in data and n != str(c) and n != data[c]]
-    ids_of = {name: [c for c, n in data.items() if n == name] for name in data.values()}
-    # the same class under another id (a re-export renumbered them): scored as missing
-    moved = [(c, n, ids_of[n][0]) for c, n in zip(loaded.category_ids, loaded.class_names)
-             if n != str(c) and len(ids_of.get(n, ())) == 1 and ids_of[n][0] != c]
+    file_ids = {name: [c for c, n in data.items() if n == name] for name in data.values()}
+    own_ids = {name: [c for c, n in zip(loaded.category_ids, loaded.class_names) if n == name]
+               for name in loaded.class_names}
+    # a class (named once on both sides) under another id in the file, one the weights do not
+    # have: a re-export renumbered it; its detections would be dropped, its objects missed
+    moved = [(c, n, file_ids[n][0]) for c, n in zip(loaded.category_ids, loaded.class_names)
+             if n != str(c) and len(file_ids.get(n, ())) == 1 and len(own_ids[n]) == 1
+             and file_ids[n][0] != c and file_ids[n][0] not in loaded.category_ids]
     source = model_path(weights).parent / METADATA_FILE if is_onnx(weights) else weights
+    refused = ExportError if is_onnx(weights) else DatasetError
     if clash:
-        raise (ExportError if is_onnx(weights) else ValueError)(
+        raise refused(
             f"{source} names the categories {[(c, n) for c, n, _ in clash][:10]}, {ann_file} "
             f"{[(c, d) for c, _, d in clash][:10]}: the labels would mean other classes")
     if moved:
-        raise (ExportError if is_onnx(weights) else ValueError)(
+        raise refused(
             f"{source} has the categories {[(c, n) for c, n, _ in moved][:10]}, {ann_file} "
             f"the same names under other ids {[(d, n) for _, n, d in moved][:10]}: their "
-            f"detections would be scored as another category's; give the file the weights' "
-            f"ids")
+            f"detections would be dropped and those objects scored as missed; give the file "
+            f"the weights' ids")
     known = set(mapping.dataset_ids)
     unknown = [c for c in loaded.category_ids if c not in known]
     if len(unknown) == len(loaded.category_ids):

@@ -24,7 +24,7 @@ from .tasks import load_task_config, task_module
 
 # Raised only for what a user gave (their messages name the key, file, entry or folder):
 # printed as the message alone; a traceback would bury it and say nothing more
-USER_ERRORS = (ConfigError, DatasetError, ExportError, FolderInUseError,
+USER_ERRORS = (ConfigError, DatasetError, ExportError, FileNotFoundError, FolderInUseError,
                UnreadableCheckpointError)
 
 

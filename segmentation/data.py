@@ -304,7 +304,9 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
             s["ann_file"] or s["mask_dir"] or unlabelled):
         raise ValueError(f"data.{split} needs img_dir and exactly one of ann_file (COCO) or "
                          f"mask_dir (class-id PNGs); got img_dir={s['img_dir']!r}, "
-                         f"ann_file={s['ann_file']!r}, mask_dir={s['mask_dir']!r}")
+                         f"ann_file={s['ann_file']!r}, mask_dir={s['mask_dir']!r}"
+                         + ("" if split == "train" else " (images without labels: tools/"
+                            "eval.py --save-predictions predicts them)"))
     coco_names = None
     if s["ann_file"]:
         records, coco_names = load_coco_semantic(s["ann_file"], s["img_dir"])

@@ -20,7 +20,7 @@ import backbones
 from engine import atomic_write_json, is_main_process
 from engine.export import ExportError, check_class_names, is_onnx
 from engine.files import nan_to_none
-from engine.data import CountedLoader
+from engine.data import CountedLoader, DatasetError
 from engine.runner import LEFT_OUT, TaskData, format_metric
 
 from .browse import browse_split
@@ -54,8 +54,8 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     loader = build_test_loader(cfg, unlabelled=save_predictions)
     labelled = loader.dataset.labelled
     if not labelled and not save_predictions:
-        raise ValueError(f"{cfg.data.val.ann_file} has no annotations: nothing to score "
-                         "(--save-predictions writes the predicted class maps)")
+        raise DatasetError(f"{cfg.data.val.ann_file} has no annotations: nothing to score "
+                           "(--save-predictions writes the predicted class maps)")
     names = cfg.data.class_names
     source = cfg.data.val.ann_file or (f"data.class_names={names}" if isinstance(names, str)
                                        else "data.class_names")
@@ -96,11 +96,19 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
 def prediction_writer(folder: Path, img_dir: Path
                       ) -> Callable[[dict[str, Any], torch.Tensor], None]:
     """(sample, class map) -> writes the map as a uint8 PNG in `folder` under the image's path
-    inside `img_dir` (mmsegmentation's format_only, for test servers and other tools)."""
+    inside `img_dir` (mmsegmentation's format_only, for test servers and other tools); an
+    image outside it by its name, and a name already written (a.jpg and a.png) with its
+    suffix kept (a.jpg.png)."""
+    root, written = img_dir.resolve(), set()
+
     def save(sample: dict[str, Any], pred: torch.Tensor) -> None:
-        image = Path(sample["file_name"])
-        name = image.relative_to(img_dir) if image.is_relative_to(img_dir) else Path(image.name)
-        write_label_map(pred.to(torch.uint8).cpu().numpy(), (folder / name).with_suffix(".png"))
+        image = Path(sample["file_name"]).resolve()  # "../" in a COCO file_name stays inside
+        name = image.relative_to(root) if image.is_relative_to(root) else Path(image.name)
+        out = (folder / name).with_suffix(".png")
+        if out in written:
+            out = folder / name.with_name(name.name + ".png")
+        written.add(out)
+        write_label_map(pred.to(torch.uint8).cpu().numpy(), out)
     return save
 
 
@@ -139,12 +147,15 @@ class SemSegTask:
         check_choices(cfg)
         self.tta = tta_from_config(cfg)  # its errors before training, not at the evaluation
         train = build_dataset(cfg, "train")  # checks the data first
+        if not train.labelled:
+            raise DatasetError(f"{cfg.data.train.ann_file} has no annotations: nothing to "
+                               "train on")
         val = build_dataset(cfg, "val") if cfg.data.val.img_dir else None
         if val is not None and not val.labelled:
-            raise ValueError(f"{cfg.data.val.ann_file} has no annotations to score the "
-                             "training's evaluations against: give an annotated val file, or "
-                             "leave data.val unset (tools/eval.py --save-predictions predicts "
-                             "such a file)")
+            raise DatasetError(f"{cfg.data.val.ann_file} has no annotations to score the "
+                               "training's evaluations against: give an annotated val file, "
+                               "or leave data.val unset (tools/eval.py --save-predictions "
+                               "predicts such a file)")
         if val is not None:
             val.check_masks("val")  # before training, not at the evaluation after it
         self.class_names = train.class_names

@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 # `batch_keys` when every image of a batch takes the same training scale
 SampleKey = int | tuple[int, int] | tuple[int, int, int]
 
+# the transforms that move pixels which `object_masks` follows
+MASK_MOVES = ("ResizeShortestEdge", "HorizontalFlip")
 # images whose sides differ by at most this factor batch together as near-square
 SQUARE_ASPECT = 1.2
 
@@ -56,18 +58,14 @@ def aspect_groups(records: Sequence[dict[str, Any]]) -> np.ndarray:
 def object_masks(segmentations: Sequence[Any], height: int, width: int,
                  applied: Sequence[tuple[str, dict[str, Any]]]) -> np.ndarray:
     """uint8 (M, H', W') masks of objects (COCO segmentations of an H x W image; None: no
-    mask) after the transforms applied to their image (its resize and flip), one object at a
-    time: a dense image's masks stacked at full size took gigabytes and seconds.
-
-    Raises:
-        NotImplementedError: a transform without a rule for masks here.
-    """
+    mask) after the transforms applied to their image (its resize and flip; the others must
+    change pixels alone), one object at a time: a dense image's masks stacked at full size
+    took gigabytes and seconds."""
+    applied = [(n, p) for n, p in applied if n in MASK_MOVES]
     shape = (height, width)
     for name, params in applied:
         if name == "ResizeShortestEdge":
             shape = tuple(params["new_shape"])
-        elif name != "HorizontalFlip":
-            raise NotImplementedError(f"no mask rule for the transform {name}")
     out = np.zeros((len(segmentations), *shape), dtype=np.uint8)
     for mask, segmentation in zip(out, segmentations):
         if segmentation is None:  # a val object without one
@@ -99,6 +97,12 @@ class DetectionDataset(Dataset):
     def __init__(self, records: Sequence[dict[str, Any]], *, transform: A.Compose,
                  with_masks: bool = False, scale_per_batch: bool = False) -> None:
         if with_masks:
+            moves = [type(t).__name__ for t in transform.transforms
+                     if not isinstance(t, A.ImageOnlyTransform)]
+            if not transform.save_applied_params or set(moves) - set(MASK_MOVES):
+                raise ValueError(f"with_masks takes a transform that records what it applied "
+                                 f"(save_applied_params=True, as build_transforms makes) and "
+                                 f"moves pixels only by {', '.join(MASK_MOVES)}; got {moves}")
             for r in records:
                 if "segmentations" not in r:
                     raise ValueError(f"image id {r['image_id']} ({r['file_name']}): with_masks "

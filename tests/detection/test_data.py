@@ -440,6 +440,10 @@ def test_masks_follow_the_flip(tmp_path: Path) -> None:
     expected[4:12, 30 - 8:30 - 2] = 1
     assert sample["gt_masks"].dtype == torch.uint8
     np.testing.assert_array_equal(sample["gt_masks"].numpy(), expected[None])
+    with pytest.raises(ValueError, match=r"with_masks takes a transform that records what it "
+                                         r"applied .*got \['Rotate'\]"):  # masks would not turn
+        DetectionDataset(records, with_masks=True, transform=A.Compose(
+            [A.Rotate(p=1.0), A.ColorJitter()], save_applied_params=True))
     with pytest.raises(ValueError, match="keep_segmentation=True"):
         DetectionDataset(load_coco_json(ann_file, tmp_path / "images")[0], with_masks=True,
                          transform=build_transforms(min_size=20, max_size=None))

@@ -53,6 +53,13 @@ def test_a_data_error_is_its_message_alone_and_exit_code_2(
     err = capsys.readouterr().err
     assert err.startswith("train.py: error: ") and "Traceback" not in err
     assert f"image file not found for images[0] (id=1): {tmp_path / 'img/x.jpg'}" in err
+    monkeypatch.setattr(sys, "argv", ["tools/eval.py", str(CONFIG), "--weights", "nope.pth",
+                                      "--output", str(tmp_path / "eval")])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool_main("eval"))
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        f"eval.py: error: weights file not found: nope.pth (in {tmp_path})\n")
 
 
 def test_other_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:

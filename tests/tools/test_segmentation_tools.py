@@ -253,6 +253,10 @@ def test_eval_saves_each_images_class_map_that_it_scored(trained: tuple[Path, di
                     == np.asarray(Image.open(path))).all()
         with pytest.raises(ValueError, match="nothing to score|needs img_dir and exactly one"):
             load_tool("eval").main([*args, "--output", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="test_dev.json has no annotations: nothing to train"):
+        load_tool("train").main([str(CONFIG), *overrides(data), "data.train.mask_dir=null",
+                                 f"data.train.ann_file={tmp_path / 'test_dev.json'}",
+                                 f"train.output_dir={tmp_path / 'run'}", "train.max_iter=1"])
     with pytest.raises(ValueError, match="test_dev.json has no annotations to score the "
                                          "training's evaluations"):
         load_tool("train").main([str(CONFIG), *overrides(data), "data.val.mask_dir=null",
@@ -262,6 +266,16 @@ def test_eval_saves_each_images_class_map_that_it_scored(trained: tuple[Path, di
         load_tool("eval").main([str(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"),
                                 "--weights", "w.pth", "--output", str(tmp_path / "det"),
                                 "--save-predictions"])
+
+
+def test_saved_predictions_stay_in_their_folder_and_never_overwrite_each_other(
+        tmp_path: Path) -> None:
+    save = segmentation.training.prediction_writer(tmp_path / "out", tmp_path / "img")
+    for i, name in enumerate(("a.jpg", "a.png", "sub/b.jpg", "sub/../../elsewhere/c.jpg")):
+        save({"file_name": str(tmp_path / "img" / name)}, torch.full((2, 3), i))
+    written = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path).rglob("*.png"))
+    assert written == ["out/a.png", "out/a.png.png", "out/c.png", "out/sub/b.png"]
+    assert np.asarray(Image.open(tmp_path / "out/a.png.png")).tolist() == [[1, 1, 1]] * 2
 
 
 def test_eval_says_what_it_could_not_score(trained: tuple[Path, dict], data: Path,
