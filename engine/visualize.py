@@ -24,6 +24,12 @@ def palette(n: int) -> np.ndarray:
                        for i in range(n)], dtype=np.uint8).reshape(-1, 3)
 
 
+def drawable_name(name: str, ident: int) -> str:
+    """`name` if OpenCV's Hershey font draws it, else "id N": it draws each character past
+    Latin-1 (Chinese, Japanese, Cyrillic names) as "?", so every such class read "???"."""
+    return name if all(ord(c) < 256 for c in name) else f"id {ident}"
+
+
 def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, tuple[int, ...]],
                     min_score: float, alpha: float = 0.5) -> np.ndarray:
     """Boxes with "name score" tags on a copy of an RGB image; with "masks" (D, H, W) in
@@ -44,6 +50,7 @@ def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, t
         colour = colours.get(int(label), (0, 255, 0))
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
+        name = drawable_name(name, int(label))
         text = name if scores is None else f"{name} {scores[i]:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
         ty = max(y1, th + base)
@@ -64,7 +71,8 @@ def draw_segmentation(image: np.ndarray, mask: np.ndarray, class_names: Sequence
     present; pixels of `ignore_index` (annotations) in grey, named "ignore"."""
     overlay = image.copy()
     values = [int(c) for c in np.unique(mask)]
-    present = [(c, class_names[c], colours[c]) for c in values if 0 < c < len(colours)]
+    present = [(c, drawable_name(class_names[c], c), colours[c]) for c in values
+               if 0 < c < len(colours)]
     if ignore_index is not None and ignore_index in values:
         present.append((ignore_index, "ignore", IGNORE_COLOUR))
     for c, _, colour in present:

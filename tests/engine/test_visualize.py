@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.visualize import draw_detections, draw_segmentation, expand_inputs, output_paths
+from engine.visualize import (draw_detections, draw_segmentation, drawable_name, expand_inputs,
+                              output_paths)
 
 
 def test_every_input_gets_its_own_picture(tmp_path: Path) -> None:
@@ -49,3 +50,16 @@ def test_tags_stay_inside_the_picture_and_legends_have_a_dark_backing() -> None:
                                 np.array([[0, 0, 0], [0, 255, 0]], dtype=np.uint8))
     assert (overlay[3, 3] == 200 // 3).all()  # the backing, above the first swatch
     assert (overlay[30, 90] == 200).all()  # the image elsewhere as it was
+
+
+def test_names_the_font_cannot_draw_become_their_ids() -> None:
+    """OpenCV's Hershey font drew each Chinese character as "?": every class read "???"."""
+    assert drawable_name("正方形", 7) == "id 7" and drawable_name("Möwe", 3) == "Möwe"
+    image = np.full((40, 120, 3), 200, dtype=np.uint8)
+    det = {"boxes": np.array([[10.0, 20.0, 50.0, 35.0]]), "scores": np.array([0.9]),
+           "labels": np.array([7]), "class_names": ["正方形"]}
+    as_id = {"boxes": det["boxes"], "scores": det["scores"], "labels": det["labels"],
+             "class_names": ["id 7"]}
+    assert (draw_detections(image, det, {7: (255, 0, 0)}, 0.5)
+            == draw_detections(image, as_id, {7: (255, 0, 0)}, 0.5)).all()
+
