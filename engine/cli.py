@@ -14,6 +14,7 @@ from .checkpoint import UnreadableCheckpointError
 from .config import ConfigError, parse_bool
 from .data import DatasetError
 from .export import ExportError
+from .files import missing_path
 from .host_memory import cache_host_memory
 from .logging import print_and_log
 from .preemption import TrainingInterrupted
@@ -72,6 +73,10 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
         `engine.runner.run_training`'s result plus "task".
     """
     args = config_argument_parser(description, resume=True).parse_intermixed_args(argv)
+    if args.resume_from is not None and not Path(args.resume_from).is_file():
+        # before the data is read (minutes at COCO scale), not at the resume after it
+        raise UnreadableCheckpointError(f"--resume-from: checkpoint not found: "
+                                        f"{missing_path(args.resume_from)}")
     name, cfg = load_task_config(args.config, args.overrides, task=task)
     runner_task = task_module(name).TASK()
     cache_memory = parse_bool(cfg.train.cache_host_memory, "train.cache_host_memory")

@@ -62,6 +62,20 @@ def test_a_data_error_is_its_message_alone_and_exit_code_2(
         f"eval.py: error: weights file not found: nope.pth (in {tmp_path})\n")
 
 
+def test_a_missing_resume_from_checkpoint_is_refused_before_the_data_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["tools/train.py", str(CONFIG), "--resume-from",
+                                      "out/model_0000500.pth",
+                                      "data.train.ann_file=nowhere.json"])  # not reached
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool_main("train"))
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        f"train.py: error: --resume-from: checkpoint not found: out/model_0000500.pth "
+        f"(in {tmp_path})\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_other_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     def main(argv: list[str]) -> None:
         raise ValueError("a bug, or a data problem: its traceback says where")
