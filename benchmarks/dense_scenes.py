@@ -14,9 +14,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,7 @@ def masks(way: str, objects: int) -> float:
     from detection.data import DetectionDataset, build_transforms
     from engine.data import load_coco_json, read_image, segmentation_to_mask
     folder = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     cv2.imwrite(str(folder / "a.png"), np.full((640, 640, 3), 90, dtype=np.uint8))
     side = int(np.ceil(np.sqrt(objects)))
     anns = []
