@@ -70,13 +70,12 @@ class Matcher:
         rows = max(1, max_elements // max(len(boxes), 1))
         if len(gt_boxes) <= rows or len(boxes) == 0:
             return self(box_iou(gt_boxes, boxes))
-        matched_vals = matched_idxs = is_best = None
-        for start in range(0, len(gt_boxes), rows):
+        quality = box_iou(gt_boxes[:rows], boxes)
+        matched_vals, matched_idxs = quality.max(dim=0)
+        is_best = self._best_of_some_gt(quality)
+        for start in range(rows, len(gt_boxes), rows):
             quality = box_iou(gt_boxes[start:start + rows], boxes)
             vals, idxs = quality.max(dim=0)
-            if matched_vals is None:
-                matched_vals, matched_idxs, is_best = vals, idxs, self._best_of_some_gt(quality)
-                continue
             later = vals > matched_vals  # ties keep the first gt box, as max() does
             matched_vals = torch.where(later, vals, matched_vals)
             matched_idxs = torch.where(later, idxs + start, matched_idxs)
