@@ -11,6 +11,7 @@ fails in `detection.data.build_datasets` before a model is built.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from .data import build_datasets, build_val_dataset
 from .evaluation import COCO_MAX_DETS, RESULTS_FILE, COCOEvaluator, coco_backend
 from .export import export_detector
 from .browse import browse_split
-from .predictor import build_renderer, load_detector
+from .predictor import LoadedDetector, build_renderer, load_detector
 from .rcnn import GeneralizedRCNN
 
 logger = logging.getLogger("detection")
@@ -102,6 +103,35 @@ def make_provenance(cfg: DictConfig, mapping: CategoryMapping) -> dict[str, Any]
     return provenance
 
 
+def refuse_other_classes(loaded: LoadedDetector, mapping: CategoryMapping, ann_file: str,
+                         weights: str) -> None:
+    """The weights' classes must be the evaluation file's: a shared id named otherwise, or a
+    class (named once on both sides) under an id of the file the weights lack (a re-export
+    renumbered it: its detections would be dropped, its objects missed), is refused. A bare
+    id as the name (torchvision weights) names no class."""
+    name_of = dict(zip(mapping.dataset_ids, mapping.names))
+    ids_of: dict[str, list[int]] = {}
+    for c, n in name_of.items():
+        ids_of.setdefault(n, []).append(c)
+    name_counts = Counter(loaded.class_names)
+    named = [(c, n) for c, n in zip(loaded.category_ids, loaded.class_names) if n != str(c)]
+    clash = [(c, n, name_of[c]) for c, n in named if c in name_of and n != name_of[c]]
+    moved = [(c, n, ids_of[n][0]) for c, n in named if len(ids_of.get(n, ())) == 1
+             and name_counts[n] == 1 and ids_of[n][0] not in loaded.category_ids]
+    source = model_path(weights).parent / METADATA_FILE if is_onnx(weights) else weights
+    refused = ExportError if is_onnx(weights) else DatasetError
+    if clash:
+        raise refused(
+            f"{source} names the categories {[(c, n) for c, n, _ in clash][:10]}, {ann_file} "
+            f"{[(c, d) for c, _, d in clash][:10]}: the labels would mean other classes")
+    if moved:
+        raise refused(
+            f"{source} has the categories {[(c, n) for c, n, _ in moved][:10]}, {ann_file} "
+            f"the same names under other ids {[(d, n) for _, n, d in moved][:10]}: their "
+            f"detections would be dropped and those objects scored as missed; give the file "
+            f"the weights' ids")
+
+
 def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequence[str],
                         device: torch.device, *, backend: str | None = None) -> dict[str, Any]:
     """COCO box (and mask) AP of `weights` on data.val (tools/eval.py): writes
@@ -115,30 +145,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     if val is None:
         raise ValueError("data.val.ann_file and data.val.img_dir must be set to evaluate")
     dataset, mapping, ann_file = val.dataset, val.mapping, val.ann_file
-    data = dict(zip(mapping.dataset_ids, mapping.names))
-    # names of shared ids must agree; a bare id as the name (torchvision weights) says none
-    clash = [(c, n, data[c]) for c, n in zip(loaded.category_ids, loaded.class_names)
-             if c in data and n != str(c) and n != data[c]]
-    file_ids = {name: [c for c, n in data.items() if n == name] for name in data.values()}
-    own_ids = {name: [c for c, n in zip(loaded.category_ids, loaded.class_names) if n == name]
-               for name in loaded.class_names}
-    # a class (named once on both sides) under another id in the file, one the weights do not
-    # have: a re-export renumbered it; its detections would be dropped, its objects missed
-    moved = [(c, n, file_ids[n][0]) for c, n in zip(loaded.category_ids, loaded.class_names)
-             if n != str(c) and len(file_ids.get(n, ())) == 1 and len(own_ids[n]) == 1
-             and file_ids[n][0] != c and file_ids[n][0] not in loaded.category_ids]
-    source = model_path(weights).parent / METADATA_FILE if is_onnx(weights) else weights
-    refused = ExportError if is_onnx(weights) else DatasetError
-    if clash:
-        raise refused(
-            f"{source} names the categories {[(c, n) for c, n, _ in clash][:10]}, {ann_file} "
-            f"{[(c, d) for c, _, d in clash][:10]}: the labels would mean other classes")
-    if moved:
-        raise refused(
-            f"{source} has the categories {[(c, n) for c, n, _ in moved][:10]}, {ann_file} "
-            f"the same names under other ids {[(d, n) for _, n, d in moved][:10]}: their "
-            f"detections would be dropped and those objects scored as missed; give the file "
-            f"the weights' ids")
+    refuse_other_classes(loaded, mapping, ann_file, weights)
     known = set(mapping.dataset_ids)
     unknown = [c for c in loaded.category_ids if c not in known]
     if len(unknown) == len(loaded.category_ids):
