@@ -72,8 +72,9 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     counted = CountedLoader(loader)
     save = (prediction_writer(output / PREDICTIONS, Path(cfg.data.val.img_dir))
             if save_predictions else None)
+    # metrics.json is written below, with the images and weights (not twice)
     result = evaluate_model(predictor.model, counted, evaluator, tta=predictor.tta,
-                            output_dir=output, on_prediction=save)
+                            on_prediction=save)
     result = nan_to_none(result) if labelled else {"sem_seg": None}
     result["images"] = counted.report(logger, "val", LEFT_OUT)
     result["weights"] = str(weights)
