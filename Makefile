@@ -30,7 +30,7 @@ install: $(VENV)/.installed
 test: install
 	$(VENV)/bin/pytest -n 2 --dist loadfile
 
-$(DATA)/.done: tools/make_synthetic.py engine/data/synthetic.py engine/data/synthetic_shapes.py | install
+$(DATA)/.done: tools/make_synthetic.py resnet_detect/engine/data/synthetic.py resnet_detect/engine/data/synthetic_shapes.py | install
 	$(PY) tools/make_synthetic.py --out $(DATA) --seed 0 --overwrite
 	touch $@
 

@@ -97,13 +97,13 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 data, phase = sys.argv[2], sys.argv[3]
 if phase.startswith("load"):
-    from engine.data import load_coco_json
+    from resnet_detect.engine.data import load_coco_json
     start = time.perf_counter()
     records, _, _ = load_coco_json(f"{data}/instances_train2017.json", f"{data}/train2017",
                                    keep_segmentation=phase == "load_masks")
     what = f"{len(records)} records"
 else:
-    from detection.evaluation import evaluate_coco
+    from resnet_detect.detection.evaluation import evaluate_coco
     gt = json.load(open(f"{data}/instances_val2017.json"))
     rng, ids = np.random.default_rng(0), [c["id"] for c in gt["categories"]]
     objects = {}

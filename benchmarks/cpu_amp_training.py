@@ -28,12 +28,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from detection.build import build_model  # noqa: E402
-from detection.config import load_config  # noqa: E402
-from engine.data import build_train_loader  # noqa: E402
-from detection.data import build_datasets  # noqa: E402
-from detection.training import resolve_num_classes  # noqa: E402
-from engine import cpu_supports_bf16  # noqa: E402
+from resnet_detect.detection.build import build_model  # noqa: E402
+from resnet_detect.detection.config import load_config  # noqa: E402
+from resnet_detect.engine.data import build_train_loader  # noqa: E402
+from resnet_detect.detection.data import build_datasets  # noqa: E402
+from resnet_detect.detection.training import resolve_num_classes  # noqa: E402
+from resnet_detect.engine import cpu_supports_bf16  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
 

@@ -32,7 +32,7 @@ def matching(way: str, boxes: int) -> float:
     import torch
     from torchvision.ops import box_iou
 
-    from detection.matcher import Matcher
+    from resnet_detect.detection.matcher import Matcher
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(267_000, 2, generator=g) * 1200
@@ -49,8 +49,8 @@ def masks(way: str, objects: int) -> float:
     import cv2
     import numpy as np
 
-    from detection.data import DetectionDataset, build_transforms
-    from engine.data import load_coco_json, read_image, segmentation_to_mask
+    from resnet_detect.detection.data import DetectionDataset, build_transforms
+    from resnet_detect.engine.data import load_coco_json, read_image, segmentation_to_mask
     folder = Path(tempfile.mkdtemp())
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     cv2.imwrite(str(folder / "a.png"), np.full((640, 640, 3), 90, dtype=np.uint8))

@@ -26,7 +26,8 @@ near 1/91, below the usual 0.05 threshold, so the threshold is lowered on both s
 (--score-thresh): the default 0.015 leaves ~3k (RoI, class) candidates for NMS, about what
 a trained model leaves at 0.05; at 0 all 90k are candidates and torchvision.ops'
 per-class NMS loop takes a third of the time. Ours runs its CPU convolutions on
-channels_last maps (detection/rcnn.py, preprocess); torchvision's run NCHW, as it ships.
+channels_last maps (resnet_detect/detection/rcnn.py, preprocess); torchvision's run NCHW, as it
+ships.
 Runs are timed alternately, round after round (benchmarks/timing.py); ratios are of
 medians, torchvision's seconds over ours (> 1 means ours is faster).
 """
@@ -53,13 +54,13 @@ from torch import Tensor, nn  # noqa: E402
 from torchvision.models.detection import FasterRCNN, fasterrcnn_resnet50_fpn  # noqa: E402
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone  # noqa: E402
 
-from detection import build_model, load_detector_weights  # noqa: E402
-from detection.config import load_config  # noqa: E402
-from detection.evaluation import evaluate_coco  # noqa: E402
+from resnet_detect.detection import build_model, load_detector_weights  # noqa: E402
+from resnet_detect.detection.config import load_config  # noqa: E402
+from resnet_detect.detection.evaluation import evaluate_coco  # noqa: E402
 from tests.random_reference import (PROBE_SIZE, randomize_detector,  # noqa: E402
                                         spread_classes)
-from engine.data.synthetic_shapes import compose_scene  # noqa: E402
-from engine.host_memory import cache_host_memory  # noqa: E402
+from resnet_detect.engine.data.synthetic_shapes import compose_scene  # noqa: E402
+from resnet_detect.engine.host_memory import cache_host_memory  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
 CONFIG = ROOT / "configs" / "detection" / "faster_rcnn_R_50_FPN_1x.yaml"
@@ -273,7 +274,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=("inference", "train", "eval"))
     parser.add_argument("--cache-host-memory", action="store_true",
                         help="keep freed memory for reuse, as the training tools do on a CPU "
-                             "(engine/host_memory.py); applies to both models")
+                             "(resnet_detect/engine/host_memory.py); applies to both models")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -72,12 +72,12 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torchvision.models.detection import FasterRCNN, MaskRCNN  # noqa: E402
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone  # noqa: E402
 
-from backbones import build_classifier  # noqa: E402
-from detection import build_model, load_detector_weights  # noqa: E402
-from engine.compilation import compile_model  # noqa: E402
-from engine.data.synthetic import CATEGORY_IDS, generate  # noqa: E402
-from engine.data.synthetic_shapes import compose_scene  # noqa: E402
-from engine.tasks import load_task_config  # noqa: E402
+from resnet_detect.backbones import build_classifier  # noqa: E402
+from resnet_detect.detection import build_model, load_detector_weights  # noqa: E402
+from resnet_detect.engine.compilation import compile_model  # noqa: E402
+from resnet_detect.engine.data.synthetic import CATEGORY_IDS, generate  # noqa: E402
+from resnet_detect.engine.data.synthetic_shapes import compose_scene  # noqa: E402
+from resnet_detect.engine.tasks import load_task_config  # noqa: E402
 
 PHASES = ("data", "det_train", "det_infer", "syncs", "mask_train", "seg_train", "pretrain",
           "torchrun", "det_compile", "det_infer_compile")
@@ -311,7 +311,7 @@ def _data_overrides(suite: Suite) -> list[str]:
 
 def detection_samples(suite: Suite, mask_on: bool) -> list[dict[str, Tensor]]:
     """The training scenes through our data pipeline (resized to the scene size)."""
-    from detection.data import build_datasets
+    from resnet_detect.detection.data import build_datasets
     config = "mask_rcnn_R_50_FPN_1x" if mask_on else "faster_rcnn_R_50_FPN_1x"
     _, cfg = load_task_config(ROOT / f"configs/detection/{config}.yaml", _data_overrides(suite))
     dataset = build_datasets(cfg).train
@@ -569,8 +569,8 @@ def phase_detection_inference_compile(suite: Suite) -> None:
 def phase_segmentation_train(suite: Suite) -> None:
     from torchvision.models.segmentation import deeplabv3_resnet50
 
-    from segmentation.build import build_model as build_segmentor
-    from segmentation.data import build_dataset
+    from resnet_detect.segmentation.build import build_model as build_segmentor
+    from resnet_detect.segmentation.data import build_dataset
     device, s = suite.device, suite.sizes
     root = suite.data / "synthetic"
     _, cfg = load_task_config(ROOT / "configs/segmentation/deeplabv3_R_50_os8.yaml", [
@@ -618,8 +618,8 @@ def phase_pretrain(suite: Suite) -> None:
     """tools/pretrain.py's step (ClassificationTask: uint8 batches collated in the workers,
     normalized on the device) fed by its loader, by nothing (the loader alone), and from one
     batch already on the device, vs torchvision's resnet50 on that batch."""
-    from backbones.pretraining import ClassificationTask
-    from engine.data import build_train_loader
+    from resnet_detect.backbones.pretraining import ClassificationTask
+    from resnet_detect.engine.data import build_train_loader
     device, s = suite.device, suite.sizes
     _, cfg = load_task_config(ROOT / "configs/pretrain/resnet50_imagenet.yaml", [
         f"data.root={suite.data / 'imagefolder'}", f"data.image_size={s.cls_size}",

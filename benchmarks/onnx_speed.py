@@ -32,12 +32,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import onnxruntime  # noqa: E402
 import torch  # noqa: E402
 
-from detection.export import OnnxDetector, export_detector  # noqa: E402
+from resnet_detect.detection.export import OnnxDetector, export_detector  # noqa: E402
 from detection_speed import build_models, scene, summarize  # noqa: E402
-from engine.export import model_path  # noqa: E402
-from segmentation.build import build_model as build_segmentor  # noqa: E402
-from segmentation.build import load_config as load_seg_config  # noqa: E402
-from segmentation.export import OnnxSegmentor, export_segmentor  # noqa: E402
+from resnet_detect.engine.export import model_path  # noqa: E402
+from resnet_detect.segmentation.build import build_model as build_segmentor  # noqa: E402
+from resnet_detect.segmentation.build import load_config as load_seg_config  # noqa: E402
+from resnet_detect.segmentation.export import OnnxSegmentor, export_segmentor  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
 SEG_CONFIG = ROOT / "configs/segmentation/deeplabv3_R_50_os8.yaml"

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-import backbones  # noqa: E402
+from resnet_detect import backbones  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torchvision.ops import roi_align as tv_roi_align  # noqa: E402
 
-from detection.roi_align import roi_align  # noqa: E402
+from resnet_detect.detection.roi_align import roi_align  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
 CASES = {"box pooler": (1024, 7), "mask pooler": (128, 14)}

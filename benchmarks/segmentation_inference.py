@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torchvision.models.segmentation import deeplabv3_resnet50  # noqa: E402
 
-from segmentation import build_model, load_config, load_segmentation_weights  # noqa: E402
+from resnet_detect.segmentation import build_model, load_config, load_segmentation_weights  # noqa: E402
 from timing import time_interleaved  # noqa: E402
 
 

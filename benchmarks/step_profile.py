@@ -33,12 +33,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from engine.amp import AMP_DTYPES, amp_for_device, parse_amp  # noqa: E402
-from engine.data import build_train_loader  # noqa: E402
-from engine.config import parse_bool  # noqa: E402
-from engine.host_memory import cache_host_memory  # noqa: E402
-from engine.runner import build_optimizer_from_config  # noqa: E402
-from engine.tasks import load_task_config, task_module  # noqa: E402
+from resnet_detect.engine.amp import AMP_DTYPES, amp_for_device, parse_amp  # noqa: E402
+from resnet_detect.engine.data import build_train_loader  # noqa: E402
+from resnet_detect.engine.config import parse_bool  # noqa: E402
+from resnet_detect.engine.host_memory import cache_host_memory  # noqa: E402
+from resnet_detect.engine.runner import build_optimizer_from_config  # noqa: E402
+from resnet_detect.engine.tasks import load_task_config, task_module  # noqa: E402
 
 CONFIGS = {"detection": "configs/synthetic/faster_rcnn_R_18_FPN.yaml",
            "segmentation": "configs/synthetic/deeplabv3plus_R_18_os16.yaml",

@@ -35,12 +35,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backbones.studies.config import BASE_CONFIG, OPEN_KEYS, build_context_from_config  # noqa: E402
-from backbones.studies.run import STUDIES, run_study  # noqa: E402
-from engine import TrainingInterrupted, load_config, save_config, setup_logging  # noqa: E402
-from engine.config import load_defaults  # noqa: E402
-from engine.tasks import refuse_other_task_config  # noqa: E402
-from engine.cli import run_tool  # noqa: E402
+from resnet_detect.backbones.studies.config import BASE_CONFIG, OPEN_KEYS, build_context_from_config  # noqa: E402
+from resnet_detect.backbones.studies.run import STUDIES, run_study  # noqa: E402
+from resnet_detect.engine import TrainingInterrupted, load_config, save_config, setup_logging  # noqa: E402
+from resnet_detect.engine.config import load_defaults  # noqa: E402
+from resnet_detect.engine.tasks import refuse_other_task_config  # noqa: E402
+from resnet_detect.engine.cli import run_tool  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs/analyze/cifar_synthetic.yaml"
 

@@ -26,11 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import setup_logging  # noqa: E402
-from engine.cli import config_argument_parser, run_tool  # noqa: E402
-from engine.data import DatasetError, UnreadableImageError, listing  # noqa: E402
-from engine.tasks import load_task_config, task_module  # noqa: E402
-from engine.visualize import output_paths, write_picture  # noqa: E402
+from resnet_detect.engine import setup_logging  # noqa: E402
+from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
+from resnet_detect.engine.data import DatasetError, UnreadableImageError, listing  # noqa: E402
+from resnet_detect.engine.tasks import load_task_config, task_module  # noqa: E402
+from resnet_detect.engine.visualize import output_paths, write_picture  # noqa: E402
 
 logger = logging.getLogger("browse")
 

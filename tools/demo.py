@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import setup_logging  # noqa: E402
-from engine.cli import config_argument_parser, run_tool  # noqa: E402
-from engine.data import UnreadableImageError, listing  # noqa: E402
-from engine.tasks import config_task, task_module  # noqa: E402
-from engine.visualize import (VIDEO_SUFFIXES, expand_inputs, output_paths, run_image,  # noqa: E402
+from resnet_detect.engine import setup_logging  # noqa: E402
+from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
+from resnet_detect.engine.data import UnreadableImageError, listing  # noqa: E402
+from resnet_detect.engine.tasks import config_task, task_module  # noqa: E402
+from resnet_detect.engine.visualize import (VIDEO_SUFFIXES, expand_inputs, output_paths, run_image,  # noqa: E402
                               run_video)
 
 DEFAULT_VIS_THRESH = 0.5

@@ -33,9 +33,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import cleanup, init_distributed, setup_logging  # noqa: E402
-from engine.cli import config_argument_parser, run_tool  # noqa: E402
-from engine.tasks import config_task, task_module  # noqa: E402
+from resnet_detect.engine import cleanup, init_distributed, setup_logging  # noqa: E402
+from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
+from resnet_detect.engine.tasks import config_task, task_module  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

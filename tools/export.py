@@ -25,10 +25,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import setup_logging  # noqa: E402
-from engine.cli import config_argument_parser, run_tool  # noqa: E402
-from engine.export import INSTALL_HINT, ExportError, is_onnx  # noqa: E402
-from engine.tasks import TASK_MODULES, config_task, task_module  # noqa: E402
+from resnet_detect.engine import setup_logging  # noqa: E402
+from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
+from resnet_detect.engine.export import INSTALL_HINT, ExportError, is_onnx  # noqa: E402
+from resnet_detect.engine.tasks import TASK_MODULES, config_task, task_module  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -4,7 +4,7 @@ Usage: python tools/make_synthetic.py [--out datasets/synthetic] [--seed 0] [--n
            [--num-val 150] [--size H W] [--cls-train-per-class 400] [--cls-val-per-class 100]
            [--overwrite]
 
-The layout and the annotation conventions are described in `engine/data/synthetic.py`.
+The layout and the annotation conventions are described in `resnet_detect/engine/data/synthetic.py`.
 Running it again with the same arguments (and generator code) leaves a complete dataset
 untouched; anything else in the folder is replaced only with --overwrite.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.data.synthetic import generate  # noqa: E402
+from resnet_detect.engine.data.synthetic import generate  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-import backbones  # noqa: E402
-from backbones.complexity import count_macs, count_parameters  # noqa: E402
+from resnet_detect import backbones  # noqa: E402
+from resnet_detect.backbones.complexity import count_macs, count_parameters  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

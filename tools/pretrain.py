@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.cli import run_tool, train_main  # noqa: E402
+from resnet_detect.engine.cli import run_tool, train_main  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

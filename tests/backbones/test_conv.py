@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from backbones import conv as conv_module
-from backbones.conv import (LARGE_MAP_PIXELS, SHIFTED_GEMM_PIXELS, Conv2d, conv2d,
-                            own_weight_grad, weight_grad_as_one_gemm,
-                            weight_grad_as_shifted_gemms, weight_grad_on_nchw_copies)
+from resnet_detect.backbones import conv as conv_module
+from resnet_detect.backbones.conv import (LARGE_MAP_PIXELS, SHIFTED_GEMM_PIXELS, Conv2d, conv2d,
+                                          own_weight_grad, weight_grad_as_one_gemm,
+                                          weight_grad_as_shifted_gemms, weight_grad_on_nchw_copies)
 
 OWN = "ConvWithOwnWeightGrad"
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from backbones.data import (ImageBatch, ImageFolderDataset, build_train_transform,
-                            build_val_transform, collate_images, normalize_images,
-                            scan_image_folder, stack)
-from engine.data import (PackedRecords, UnreadableImageError, build_train_loader, collate,
-                         image_size, read_image)
+from resnet_detect.backbones.data import (ImageBatch, ImageFolderDataset, build_train_transform,
+                                          build_val_transform, collate_images, normalize_images,
+                                          scan_image_folder, stack)
+from resnet_detect.engine.data import (PackedRecords, UnreadableImageError, build_train_loader,
+                                       collate, image_size, read_image)
 
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
@@ -121,7 +121,7 @@ def test_read_image_is_rgb_and_honours_exif_orientation(tmp_path: Path) -> None:
 def test_an_image_over_opencvs_pixel_limit_says_so(tmp_path: Path) -> None:
     """It was only "cannot be decoded"; OpenCV reads its limit once per process."""
     cv2.imwrite(str(tmp_path / "big.png"), np.zeros((20, 30, 3), np.uint8))
-    code = ("from engine.data import read_image\n"
+    code = ("from resnet_detect.engine.data import read_image\n"
             f"read_image({str(tmp_path / 'big.png')!r})")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "OPENCV_IO_MAX_IMAGE_PIXELS": "100"},
@@ -261,7 +261,7 @@ def test_train_loader_resumes_and_ignores_worker_count(tmp_path: Path) -> None:
 # runs (150 KiB alone), pages its own allocations touch in a heap earlier tests shaped.
 _FORKED_READER = """
 import gc, os, sys
-from backbones.data import ImageFolderDataset, build_val_transform
+from resnet_detect.backbones.data import ImageFolderDataset, build_val_transform
 
 def private_dirty_kib():
     with open("/proc/self/smaps_rollup") as f:

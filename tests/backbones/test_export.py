@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from backbones import build_classifier, make_provenance, save_checkpoint
-from backbones.export import export_model
-from engine.export import open_session
+from resnet_detect.backbones import build_classifier, make_provenance, save_checkpoint
+from resnet_detect.backbones.export import export_model
+from resnet_detect.engine.export import open_session
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/pretrain/synthetic_resnet18.yaml"

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from backbones.layers import ConvNorm, FrozenBatchNorm2d, conv3x3
+from resnet_detect.backbones.layers import ConvNorm, FrozenBatchNorm2d, conv3x3
 
 
 class _Ops(TorchDispatchMode):

@@ -7,9 +7,9 @@ import torchvision
 import torch.nn.functional as F
 from torch import nn
 
-import backbones
-from backbones import FrozenBatchNorm2d, ShapeSpec
-from backbones.complexity import count_macs, count_parameters
+from resnet_detect import backbones
+from resnet_detect.backbones import FrozenBatchNorm2d, ShapeSpec
+from resnet_detect.backbones.complexity import count_macs, count_parameters
 
 # torchvision's resnetNN parameter counts (1000 classes), from its model documentation.
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160,

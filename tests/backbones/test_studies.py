@@ -9,30 +9,15 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import binom
 
-import backbones
-from backbones.studies import (
-    KOfNPathSampler,
-    PathGradients,
-    apply_path_sampling,
-    branch_output_module,
-    deleted_blocks,
-    drop_path_rates,
-    is_downsampling,
-    layer_response_std,
-    path_length_distribution,
-    random_lesions,
-    response_layers,
-    sample_subsets,
-    single_block_lesions,
-)
-from backbones.studies.data import (
-    ClassificationSplit,
-    load_cifar_batches,
-    load_splits,
-    SplitDataset,
-    random_crop_flip,
-)
-from backbones.studies.training import Recipe, accuracy, train_classifier
+from resnet_detect import backbones
+from resnet_detect.backbones.studies import (KOfNPathSampler, PathGradients, apply_path_sampling,
+                                             branch_output_module, deleted_blocks, drop_path_rates,
+                                             is_downsampling, layer_response_std,
+                                             path_length_distribution, random_lesions,
+                                             response_layers, sample_subsets, single_block_lesions)
+from resnet_detect.backbones.studies.data import (ClassificationSplit, load_cifar_batches,
+                                                  load_splits, SplitDataset, random_crop_flip)
+from resnet_detect.backbones.studies.training import Recipe, accuracy, train_classifier
 
 
 @pytest.fixture(autouse=True, scope="module")

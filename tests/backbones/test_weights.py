@@ -5,8 +5,8 @@ import torch
 import torchvision
 from torchvision.models._utils import IntermediateLayerGetter
 
-import backbones
-from backbones import load_weights, make_provenance, save_checkpoint
+from resnet_detect import backbones
+from resnet_detect.backbones import load_weights, make_provenance, save_checkpoint
 
 
 def _randomize_bn_stats(model):

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backbones import conv as conv_module
-from backbones import winograd
-from backbones.conv import Conv2d, takes_winograd
-from backbones.layers import conv_norm
-from backbones.resnet import Bottleneck
-from backbones.winograd import Winograd3x3
+from resnet_detect.backbones import conv as conv_module
+from resnet_detect.backbones import winograd
+from resnet_detect.backbones.conv import Conv2d, takes_winograd
+from resnet_detect.backbones.layers import conv_norm
+from resnet_detect.backbones.resnet import Bottleneck
+from resnet_detect.backbones.winograd import Winograd3x3
 
 # Winograd's F(4x4, 3x3) error: a few times float32's rounding of the direct sum (measured
 # 1e-5 of the largest output on 64-512 channels); a wrong transform or tile is off by O(1)

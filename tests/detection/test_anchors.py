@@ -5,7 +5,7 @@ import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
-from detection.anchors import RECENT_SIZES, AnchorGenerator, make_cell_anchors
+from resnet_detect.detection.anchors import RECENT_SIZES, AnchorGenerator, make_cell_anchors
 
 
 def test_cell_anchors_hand_values() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 
-from detection.box_coder import BoxCoder
+from resnet_detect.detection.box_coder import BoxCoder
 
 
 def _random_boxes(n: int, gen: torch.Generator) -> torch.Tensor:

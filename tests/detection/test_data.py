@@ -16,11 +16,11 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from detection.data import DetectionDataset, build_transforms, resized_shape
-from detection.data.dataset import aspect_groups
-from engine.data import (CategoryMapping, DatasetError, build_train_loader, check_image_sizes,
-                         collate, load_coco_json, read_image)
-from engine.data.coco import rle_string_counts
+from resnet_detect.detection.data import DetectionDataset, build_transforms, resized_shape
+from resnet_detect.detection.data.dataset import aspect_groups
+from resnet_detect.engine.data import (CategoryMapping, DatasetError, build_train_loader,
+                                       check_image_sizes, collate, load_coco_json, read_image)
+from resnet_detect.engine.data.coco import rle_string_counts
 
 
 def _pattern(height: int, width: int) -> np.ndarray:
@@ -539,7 +539,7 @@ def test_polygon_and_rle_masks_equal_pycocotools_and_survive_our_rle(tmp_path: P
     masks, pixel for pixel, and our RLE of them decodes back to the same pixels."""
     from pycocotools import mask as mask_utils
 
-    from detection.evaluation import mask_to_rle
+    from resnet_detect.detection.evaluation import mask_to_rle
     height, width = 37, 53
     _write_png(tmp_path / "images" / "a.png", _pattern(height, width))
     yy, xx = np.mgrid[:height, :width]

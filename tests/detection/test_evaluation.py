@@ -15,13 +15,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detection.evaluation import (
-    RESULTS_FILE,
-    COCOEvaluator,
-    evaluate_coco,
-    instances_to_coco_results,
-    mask_to_rle,
-)
+from resnet_detect.detection.evaluation import (RESULTS_FILE, COCOEvaluator, evaluate_coco,
+                                                instances_to_coco_results, mask_to_rle)
 
 CATEGORY_IDS = (1, 3, 5)  # contiguous label i <-> CATEGORY_IDS[i]
 NAMES = ("ring", "box", "blob")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from detection.build import build_model
-from detection.config import load_config
-from detection.export import OnnxDetector, export_detector
-from detection.rcnn import GeneralizedRCNN
+from resnet_detect.detection.build import build_model
+from resnet_detect.detection.config import load_config
+from resnet_detect.detection.export import OnnxDetector, export_detector
+from resnet_detect.detection.rcnn import GeneralizedRCNN
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPORT_SIZE = (96, 128)

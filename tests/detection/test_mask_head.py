@@ -6,17 +6,12 @@ import pytest
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from detection.box_coder import BoxCoder
-from detection.matcher import Matcher
-from detection.poolers import MultiLevelRoIAlign
-from detection.roi_heads import (
-    FastRCNNFCHead,
-    FastRCNNOutputs,
-    MaskRCNNHead,
-    StandardROIHeads,
-    paste_masks,
-)
-from detection.sampler import BalancedSampler
+from resnet_detect.detection.box_coder import BoxCoder
+from resnet_detect.detection.matcher import Matcher
+from resnet_detect.detection.poolers import MultiLevelRoIAlign
+from resnet_detect.detection.roi_heads import (FastRCNNFCHead, FastRCNNOutputs, MaskRCNNHead,
+                                               StandardROIHeads, paste_masks)
+from resnet_detect.detection.sampler import BalancedSampler
 
 K = 4
 

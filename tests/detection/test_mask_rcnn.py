@@ -14,12 +14,12 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
-from detection import build_model
-from detection.config import defaults as detection_defaults
-from detection.convert import load_detector_weights
+from resnet_detect.detection import build_model
+from resnet_detect.detection.config import defaults as detection_defaults
+from resnet_detect.detection.convert import load_detector_weights
 from tests.random_reference import randomize_detector
-from detection.roi_heads import paste_masks
-from engine.config import load_config
+from resnet_detect.detection.roi_heads import paste_masks
+from resnet_detect.engine.config import load_config
 from tests.detection.test_rcnn import TINY, tiny_scene
 from tests.detection.test_torchvision_parity import (
     TORCHVISION_LOSS_NAMES,
@@ -279,14 +279,14 @@ def test_bad_mask_input_errors(caplog: pytest.LogCaptureFixture) -> None:
     # Mask R-CNN weights into a Faster R-CNN: the mask head is left out, saying so (as
     # detectron2 does); everything else loads strictly
     faster = build_model(load_config(CONFIGS / "faster_rcnn_R_50_FPN_1x.yaml", TINY, defaults=BASE))
-    with caplog.at_level("WARNING", logger="backbones.weights"):
+    with caplog.at_level("WARNING", logger="resnet_detect.backbones.weights"):
         load_detector_weights(faster, model.state_dict())
     assert "its roi_heads.mask_head (8 tensors) is left out: this model has none" in caplog.text
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in faster.state_dict().items())
 
 
 def test_mask_configs_only_add_the_mask_branch() -> None:
-    from detection.config import load_config as load_detection_config
+    from resnet_detect.detection.config import load_config as load_detection_config
 
     root = CONFIGS.parent
     pairs = [
@@ -325,7 +325,7 @@ def test_coco_weights_fine_tune_to_other_classes(models: tuple, tmp_path, caplog
     path = tmp_path / "maskrcnn_coco.pth"
     torch.save(tv.state_dict(), path)
     overrides = ["model.num_classes=3", f"model.weights={path}"]
-    with caplog.at_level("WARNING", logger="backbones.weights"):
+    with caplog.at_level("WARNING", logger="resnet_detect.backbones.weights"):
         model = build_model(load_config(CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml", overrides,
                                         defaults=BASE))
     assert ("maskrcnn_coco.pth: roi_heads.box_predictor.cls_score.weight, "
@@ -345,7 +345,7 @@ def test_coco_weights_fine_tune_to_other_classes(models: tuple, tmp_path, caplog
     # Mask R-CNN weights start a Faster R-CNN (their mask head left out), and Faster R-CNN
     # weights a Mask R-CNN (its mask head from scratch), as detectron2's loading does
     caplog.clear()
-    with caplog.at_level("WARNING", logger="backbones.weights"):
+    with caplog.at_level("WARNING", logger="resnet_detect.backbones.weights"):
         faster = build_model(load_config(CONFIGS / "faster_rcnn_R_50_FPN_1x.yaml", overrides,
                                          defaults=BASE))
     assert "maskrcnn_coco.pth: its roi_heads.mask_head (12 tensors) is left out: this model " \
@@ -360,7 +360,7 @@ def test_coco_weights_fine_tune_to_other_classes(models: tuple, tmp_path, caplog
     fresh = build_model(load_config(CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml",
                                     ["model.num_classes=3"], defaults=BASE))
     torch.manual_seed(3)
-    with caplog.at_level("WARNING", logger="backbones.weights"):
+    with caplog.at_level("WARNING", logger="resnet_detect.backbones.weights"):
         masks = build_model(load_config(CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml",
                                         ["model.num_classes=3", f"model.weights={box_only}"],
                                         defaults=BASE))

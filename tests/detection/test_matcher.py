@@ -5,7 +5,7 @@ import torch
 from torchvision.ops import box_iou
 from torchvision.models.detection._utils import Matcher as TVMatcher
 
-from detection.matcher import Matcher
+from resnet_detect.detection.matcher import Matcher
 
 
 def test_thresholds_and_ignore_band() -> None:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import backbones
-from detection import Predictor, build_model
-from detection.config import load_config
-from engine.data import CategoryMapping
-from detection.training import make_provenance
+from resnet_detect import backbones
+from resnet_detect.detection import Predictor, build_model
+from resnet_detect.detection.config import load_config
+from resnet_detect.engine.data import CategoryMapping
+from resnet_detect.detection.training import make_provenance
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
@@ -103,8 +103,8 @@ def test_the_demo_draws_from_its_min_score_below_the_config_threshold(checkpoint
     """tools/demo.py --min-score under the config's score_thresh drew nothing in between: the
     model had dropped those detections already. The renderer now sets the model's threshold
     to it, as detectron2's demo does."""
-    from detection.predictor import build_renderer
-    from engine.visualize import draw_detections, palette
+    from resnet_detect.detection.predictor import build_renderer
+    from resnet_detect.engine.visualize import draw_detections, palette
 
     image = np.random.default_rng(3).integers(0, 256, (80, 120, 3), dtype=np.uint8)
     cfg = load_config(CONFIG, TINY + ["model.num_classes=3", "model.roi_heads.score_thresh=0.8"])
@@ -135,8 +135,8 @@ def test_a_config_that_tests_at_another_size_than_training_says_so(
 def test_an_exports_detections_per_image_sets_what_its_evaluation_scores(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """An export keeping 300 detections was scored at COCO's 100 (the config's value)."""
-    import detection.predictor
-    from detection.training import scored_detections
+    from resnet_detect.detection import predictor
+    from resnet_detect.detection.training import scored_detections
 
     class ExportedGraph:
         mask_on = False
@@ -147,8 +147,8 @@ def test_an_exports_detections_per_image_sets_what_its_evaluation_scores(
         def __init__(self, path: object, device: object) -> None:
             pass
 
-    monkeypatch.setattr(detection.predictor, "OnnxDetector", ExportedGraph)
-    loaded = detection.predictor.load_detector(
+    monkeypatch.setattr(predictor, "OnnxDetector", ExportedGraph)
+    loaded = predictor.load_detector(
         Path(__file__).resolve().parents[2] / "configs/detection/faster_rcnn_R_50_FPN_1x.yaml",
         weights="export/model.onnx")
     assert scored_detections(loaded.cfg) == 300

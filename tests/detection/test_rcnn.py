@@ -7,10 +7,10 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
-from detection import build_model
-from detection.config import defaults as detection_defaults
-from detection.convert import load_detector_weights, weight_bound_settings
-from engine.config import load_config
+from resnet_detect.detection import build_model
+from resnet_detect.detection.config import defaults as detection_defaults
+from resnet_detect.detection.convert import load_detector_weights, weight_bound_settings
+from resnet_detect.engine.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detection"
 BASE = detection_defaults()
@@ -198,8 +198,8 @@ def test_backbone_weights_pretrained_with_other_normalisation_are_refused(
         tmp_path: Path) -> None:
     """A backbone records the pixel mean/std it was pretrained with; a detector that would
     feed it other values (before: silently, with the defaults) is refused naming the keys."""
-    import backbones
-    from backbones.weights import make_provenance, save_checkpoint
+    from resnet_detect import backbones
+    from resnet_detect.backbones.weights import make_provenance, save_checkpoint
 
     resnet = backbones.build("resnet18")
     path = tmp_path / "backbone_final.pth"

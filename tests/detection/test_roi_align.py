@@ -6,8 +6,8 @@ import pytest
 import torch
 from torchvision.ops import roi_align as tv_roi_align
 
-import detection.roi_align as roi_align_module
-from detection.roi_align import roi_align
+import resnet_detect.detection.roi_align as roi_align_module
+from resnet_detect.detection.roi_align import roi_align
 
 
 def random_rois(num: int, n_images: int, height: int, width: int, stride: int,

@@ -7,12 +7,12 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import MultiScaleRoIAlign
 
-from detection.box_coder import BoxCoder
-from detection.convert import convert_torchvision_faster_rcnn
-from detection.matcher import Matcher
-from detection.poolers import MultiLevelRoIAlign
-from detection.roi_heads import FastRCNNFCHead, FastRCNNOutputs, StandardROIHeads
-from detection.sampler import BalancedSampler
+from resnet_detect.detection.box_coder import BoxCoder
+from resnet_detect.detection.convert import convert_torchvision_faster_rcnn
+from resnet_detect.detection.matcher import Matcher
+from resnet_detect.detection.poolers import MultiLevelRoIAlign
+from resnet_detect.detection.roi_heads import FastRCNNFCHead, FastRCNNOutputs, StandardROIHeads
+from resnet_detect.detection.sampler import BalancedSampler
 
 K = 5  # foreground classes
 C = 8  # feature channels

@@ -8,11 +8,11 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.rpn import RPNHead as TVRPNHead
 
-from detection.anchors import AnchorGenerator
-from detection.box_coder import BoxCoder
-from detection.matcher import Matcher
-from detection.rpn import RPN, RPNHead
-from detection.sampler import BalancedSampler
+from resnet_detect.detection.anchors import AnchorGenerator
+from resnet_detect.detection.box_coder import BoxCoder
+from resnet_detect.detection.matcher import Matcher
+from resnet_detect.detection.rpn import RPN, RPNHead
+from resnet_detect.detection.sampler import BalancedSampler
 
 SIZES = ((16,), (32,), (64,))
 RATIOS = ((0.5, 1.0, 2.0),) * 3

@@ -4,7 +4,7 @@ uniformly random draws."""
 import pytest
 import torch
 
-from detection.sampler import BalancedSampler
+from resnet_detect.detection.sampler import BalancedSampler
 
 
 def _labels(num_pos: int, num_neg: int, num_ignore: int, seed: int = 0) -> torch.Tensor:

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from detection import build_model
-from detection.config import defaults as detection_defaults
-from detection.convert import load_detector_weights
+from resnet_detect.detection import build_model
+from resnet_detect.detection.config import defaults as detection_defaults
+from resnet_detect.detection.convert import load_detector_weights
 from tests.random_reference import PROBE_SIZE, randomize_detector, spread_classes
-from engine.config import load_config
+from resnet_detect.engine.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detection"
 

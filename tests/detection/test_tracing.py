@@ -1,7 +1,7 @@
 """Size helpers that an ONNX export can trace: the indices of the true entries of masks."""
 import torch
 
-from detection.tracing import true_indices
+from resnet_detect.detection.tracing import true_indices
 
 
 def test_true_indices_equals_a_nonzero_per_mask() -> None:

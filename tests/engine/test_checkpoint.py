@@ -17,14 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from engine.checkpoint import (CheckpointWriteError, Checkpointer, PeriodicCheckpointer,
-                               UnreadableCheckpointError)
-from backbones.weights import read_checkpoint
-from engine.rng import get_rng_state, set_rng_state
-from engine.files import atomic_save, atomic_write_json
-from engine.data.samplers import TrainingSampler
-from engine.schedule import build_lr_scheduler
-from engine.trainer import Trainer
+from resnet_detect.engine.checkpoint import (CheckpointWriteError, Checkpointer,
+                                             PeriodicCheckpointer, UnreadableCheckpointError)
+from resnet_detect.backbones.weights import read_checkpoint
+from resnet_detect.engine.rng import get_rng_state, set_rng_state
+from resnet_detect.engine.files import atomic_save, atomic_write_json
+from resnet_detect.engine.data.samplers import TrainingSampler
+from resnet_detect.engine.schedule import build_lr_scheduler
+from resnet_detect.engine.trainer import Trainer
 
 BATCH = 4
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import run_tool
+from resnet_detect.engine.cli import run_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"

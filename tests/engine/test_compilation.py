@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine import compilation
-from engine.compilation import compile_model, parse_compile
-from engine.runner import run_training
+from resnet_detect.engine import compilation
+from resnet_detect.engine.compilation import compile_model, parse_compile
+from resnet_detect.engine.runner import run_training
 from tests.tools.test_runner_tasks import _RegressionTask, _toy_config
 
 CPU = torch.device("cpu")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from detection import config as detection_config
-from detection.training import DetectionTask
-from engine.config import ConfigError, load_config, save_config
+from resnet_detect.detection import config as detection_config
+from resnet_detect.detection.training import DetectionTask
+from resnet_detect.engine.config import ConfigError, load_config, save_config
 
 DEFAULTS = {
     "model": {"name": "resnet50", "options": {}},
@@ -116,7 +116,7 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
     for typed in ("/x ü/runs #2", "/tmp/run: 2", "a#b", "#run"):
         assert load_config(path, [f"data.root={typed}"], defaults=DEFAULTS).data.root == typed
     # keys whose default is null (data files, weights) too
-    from engine.tasks import load_task_config
+    from resnet_detect.engine.tasks import load_task_config
     _, det = load_task_config(Path(__file__).resolve().parents[2] / "configs/detection/"
                               "base_faster_rcnn.yaml", ["data.val.ann_file=/data/v: 1/a.json",
                                                         "model.weights=/runs/e #3/m.pth"])

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from engine import distributed as D
-from engine.logging import ProgressLogger
-from engine.trainer import NonFiniteLossError, Trainer
+from resnet_detect.engine import distributed as D
+from resnet_detect.engine.logging import ProgressLogger
+from resnet_detect.engine.trainer import NonFiniteLossError, Trainer
 
 
 def test_single_process_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,10 +160,10 @@ def test_syncbn_on_cpu_processes_is_refused_naming_the_keys(monkeypatch: pytest.
 def test_a_gpu_the_process_cannot_use_is_refused_before_anything_is_built(tmp_path) -> None:
     """A Predictor on device="cuda" without a GPU failed in torch's driver check after the
     model was built and its weights read."""
-    from detection import Predictor as Detector
-    from segmentation import Predictor as Segmentor
+    from resnet_detect.detection import Predictor as Detector
+    from resnet_detect.segmentation import Predictor as Segmentor
 
-    from engine.distributed import usable_device
+    from resnet_detect.engine.distributed import usable_device
 
     assert usable_device("cpu") == torch.device("cpu")
     missing = tmp_path / "not_read.pth"  # the device is refused before the weights are read

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import engine.cli
-from engine.config import parse_bool
+from resnet_detect.engine import cli
+from resnet_detect.engine.config import parse_bool
 from tests.tools.test_train_eval_demo import (ROOT, _drop_log_handlers, data, load_tool,
                                             train_args)
 
@@ -22,7 +22,7 @@ __all__ = ["_drop_log_handlers", "data"]
 _FAULTS = """
 import ctypes, json, resource, sys
 import torch
-from engine.host_memory import cache_host_memory
+from resnet_detect.engine.host_memory import cache_host_memory
 applied = cache_host_memory() if sys.argv[1] == "cache" else None
 sbrk = ctypes.CDLL(None).sbrk
 sbrk.restype, sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
@@ -90,7 +90,7 @@ def test_a_bad_value_fails_before_anything_is_written(tmp_path: Path) -> None:
 def test_the_training_tool_applies_it_to_a_cpu_run_when_asked(
         value: bool, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bool] = []
-    monkeypatch.setattr(engine.cli, "cache_host_memory", lambda: calls.append(True) or True)
+    monkeypatch.setattr(cli, "cache_host_memory", lambda: calls.append(True) or True)
     load_tool("train").main(train_args(data, tmp_path / "out", 1, "train.device=cpu",
                                        f"train.cache_host_memory={str(value).lower()}"))
     assert calls == ([True] if value else [])

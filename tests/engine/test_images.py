@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.data import check_rgb_image
+from resnet_detect.engine.data import check_rgb_image
 
 RGB = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
 

@@ -3,7 +3,7 @@ import json
 import math
 from pathlib import Path
 
-from engine.logging import ScalarWriter
+from resnet_detect.engine.logging import ScalarWriter
 
 
 def test_scalars_jsonl_writes_undefined_values_as_null(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.optim import build_optimizer
+from resnet_detect.engine.optim import build_optimizer
 
 
 @pytest.mark.parametrize("nesterov", [False, True])

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine.data.loaders
-from engine.data import build_test_loader
-from engine import preemption
-from engine.preemption import stop_on_signals
+from resnet_detect.engine.data import loaders
+from resnet_detect.engine.data import build_test_loader
+from resnet_detect.engine import preemption
+from resnet_detect.engine.preemption import stop_on_signals
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,7 +74,7 @@ def test_loader_workers_leave_stop_signals_to_the_main_process_while_it_catches_
     """A scheduler's SIGTERM to every process of a job, or Ctrl-C (the whole process group): a
     worker that died of it would fail the step in flight instead of letting the run stop
     cleanly. A spawned worker shares nothing by inheritance: it is handed the flag."""
-    monkeypatch.setattr(engine.data.loaders, "WORKER_START_METHOD", start_method)
+    monkeypatch.setattr(loaders, "WORKER_START_METHOD", start_method)
     with stop_on_signals() as stop:
         (batch,) = list(build_test_loader(_SignalsItself(signum), batch_size=2, num_workers=1))
     assert len(set(batch)) == 1 and batch[0] != os.getpid() and not stop.requested
@@ -90,7 +90,7 @@ def test_outside_training_sigterm_still_ends_a_loader_worker() -> None:
 WEDGED_WORKER = """
 import ctypes, multiprocessing, sys
 sys.path.insert(0, sys.argv[1])
-import engine.preemption as preemption
+import resnet_detect.engine.preemption as preemption
 
 def wedged():  # a loader worker stuck in native code: its Python SIGTERM handler never runs
     preemption.leave_stop_signals_to_the_parent()
@@ -122,7 +122,7 @@ LOADER_LEFT_RUNNING = """
 import sys
 sys.path.insert(0, sys.argv[1])
 import torch
-from engine.data import build_train_loader
+from resnet_detect.engine.data import build_train_loader
 
 class Zeros(torch.utils.data.Dataset):
     def __len__(self):

@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from engine.data.samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
+from resnet_detect.engine.data.samplers import (GroupedBatchSampler, InferenceSampler,
+                                                TrainingSampler)
 
 
 def take(sampler: TrainingSampler, n: int) -> list:

@@ -11,7 +11,7 @@ import io
 import pytest
 import torch
 
-from engine.schedule import WarmupDecay, build_lr_scheduler
+from resnet_detect.engine.schedule import WarmupDecay, build_lr_scheduler
 
 
 def test_cosine_with_linear_warmup() -> None:

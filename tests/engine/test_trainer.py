@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import engine.amp
-from engine.amp import parse_amp
-from engine.logging import ProgressLogger
-from engine.schedule import build_lr_scheduler
-from engine.trainer import NonFiniteLossError, PeriodicEval, Trainer
+from resnet_detect.engine import amp
+from resnet_detect.engine.amp import parse_amp
+from resnet_detect.engine.logging import ProgressLogger
+from resnet_detect.engine.schedule import build_lr_scheduler
+from resnet_detect.engine.trainer import NonFiniteLossError, PeriodicEval, Trainer
 
 
 def regression_data() -> Any:
@@ -88,7 +88,7 @@ def test_parse_amp_reads_the_config_values_and_names_the_key() -> None:
 @pytest.mark.parametrize("bf16_kernels", [True, False])
 def test_cpu_trains_under_bf16_autocast_only_where_it_has_bf16_kernels(
         monkeypatch: pytest.MonkeyPatch, bf16_kernels: bool) -> None:
-    monkeypatch.setattr(engine.amp, "cpu_supports_bf16", lambda: bf16_kernels)
+    monkeypatch.setattr(amp, "cpu_supports_bf16", lambda: bf16_kernels)
     model = nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     dtypes = []
@@ -210,9 +210,9 @@ def test_a_batch_that_cannot_be_made_saves_the_steps_done_first(
         tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     """A data error mid-run (a mask with an undeclared class, say) no longer loses the steps
     since the last periodic checkpoint: they are saved, and --resume continues from them."""
-    from engine.checkpoint import Checkpointer
-    from engine.data import DatasetError
-    from engine.runner import _saved_on_error
+    from resnet_detect.engine.checkpoint import Checkpointer
+    from resnet_detect.engine.data import DatasetError
+    from resnet_detect.engine.runner import _saved_on_error
 
     def batches(n: int) -> Any:
         yield from itertools.islice(regression_data(), n)

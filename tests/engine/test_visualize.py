@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.visualize import (draw_detections, draw_segmentation, drawable_name, expand_inputs,
-                              output_paths)
+from resnet_detect.engine.visualize import (draw_detections, draw_segmentation, drawable_name,
+                                            expand_inputs, output_paths)
 
 
 def test_every_input_gets_its_own_picture(tmp_path: Path) -> None:

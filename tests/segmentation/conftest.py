@@ -6,7 +6,7 @@ import torch
 
 from omegaconf import OmegaConf
 
-from segmentation.build import defaults
+from resnet_detect.segmentation.build import defaults
 
 
 def _small_config(head: str = "deeplabv3", *, output_stride: int = 16, num_classes: int = 5,

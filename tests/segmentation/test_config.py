@@ -3,11 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import ConfigError
-from segmentation import build_model, load_config
+from resnet_detect.engine.config import ConfigError
+from resnet_detect.segmentation import build_model, load_config
 
-from segmentation.heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead
-from segmentation.training import SemSegTask
+from resnet_detect.segmentation.heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead
+from resnet_detect.segmentation.training import SemSegTask
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

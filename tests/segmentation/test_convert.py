@@ -8,9 +8,10 @@ from torchvision.models.segmentation import deeplabv3_resnet50, fcn_resnet50
 
 from omegaconf import OmegaConf
 
-from backbones.weights import save_checkpoint
-from segmentation import build_model, convert_torchvision_segmentation, load_segmentation_weights
-from segmentation.build import defaults, load_config, provenance_from_config
+from resnet_detect.backbones.weights import save_checkpoint
+from resnet_detect.segmentation import (build_model, convert_torchvision_segmentation,
+                                        load_segmentation_weights)
+from resnet_detect.segmentation.build import defaults, load_config, provenance_from_config
 
 REFERENCES = {"deeplabv3": deeplabv3_resnet50, "fcn": fcn_resnet50}
 
@@ -165,11 +166,11 @@ def test_own_checkpoint_refused_by_a_config_with_another_output_stride(tmp_path,
 def test_a_checkpoint_of_another_task_is_named(tmp_path, small_config):
     """A detector's checkpoint given to a segmentation config (and the reverse) failed with a
     bare KeyError ('head', 'fpn')."""
-    from detection import load_detector_weights
-    from detection.build import build_model as build_detector
-    from detection.config import defaults as detection_defaults
-    from engine.config import load_config as load_any_config
-    from segmentation import Predictor
+    from resnet_detect.detection import load_detector_weights
+    from resnet_detect.detection.build import build_model as build_detector
+    from resnet_detect.detection.config import defaults as detection_defaults
+    from resnet_detect.engine.config import load_config as load_any_config
+    from resnet_detect.segmentation import Predictor
 
     cfg = small_config("fcn")
     path = tmp_path / "segmenter.pth"
@@ -195,7 +196,7 @@ def _fine_tuned(cfg, path, caplog):
     fresh = build_model(cfg)
     torch.manual_seed(5)
     cfg["model"]["weights"] = str(path)
-    with caplog.at_level("WARNING", logger="backbones.weights"):
+    with caplog.at_level("WARNING", logger="resnet_detect.backbones.weights"):
         model = build_model(cfg)
     return model, fresh
 

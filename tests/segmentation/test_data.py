@@ -10,13 +10,14 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from engine.data import DatasetError
+from resnet_detect.engine.data import DatasetError
 from omegaconf import OmegaConf
 
-from segmentation.build import defaults
-from segmentation.data import (SemSegDataset, build_dataset, build_test_loader,
-                               build_train_loader, build_transform, coco_semantic_mask,
-                               load_coco_semantic, read_mask, scan_folder)
+from resnet_detect.segmentation.build import defaults
+from resnet_detect.segmentation.data import (SemSegDataset, build_dataset, build_test_loader,
+                                             build_train_loader, build_transform,
+                                             coco_semantic_mask, load_coco_semantic, read_mask,
+                                             scan_folder)
 
 
 def _image(path: Path, h: int, w: int, seed: int = 0) -> None:
@@ -302,7 +303,7 @@ def test_class_names_file_must_be_a_list_of_names(tmp_path):
 
 def test_val_masks_are_checked_before_training(tmp_path):
     """A wrong val mask used to surface at the evaluation after the whole training."""
-    from segmentation.training import SemSegTask
+    from resnet_detect.segmentation.training import SemSegTask
 
     img_dir, mask_dir = _folder(tmp_path)
     _image(tmp_path / "val_img/000.jpg", 20, 30)
@@ -326,7 +327,7 @@ def test_a_class_no_val_mask_holds_is_named(tmp_path, caplog):
     """Binary masks of 0 and 255 (a common export) made the objects the ignore value: mIoU
     100 for a model that found none. A class no val mask holds is now named, with the share
     of ignored pixels."""
-    from segmentation.training import SemSegTask
+    from resnet_detect.segmentation.training import SemSegTask
 
     img_dir, mask_dir = _folder(tmp_path)
     for i in range(2):

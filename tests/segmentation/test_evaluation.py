@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from segmentation import SemSegEvaluator
-from segmentation.evaluation import confusion_matrix
+from resnet_detect.segmentation import SemSegEvaluator
+from resnet_detect.segmentation.evaluation import confusion_matrix
 
 GT = np.array([[0, 0, 1], [1, 2, 255]])
 PRED = np.array([[0, 1, 1], [1, 2, 2]])

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from segmentation.build import build_model, load_config
-from segmentation.export import OnnxSegmentor, export_segmentor
-from segmentation.inference import TTAInference
+from resnet_detect.segmentation.build import build_model, load_config
+from resnet_detect.segmentation.export import OnnxSegmentor, export_segmentor
+from resnet_detect.segmentation.inference import TTAInference
 
 ROOT = Path(__file__).resolve().parents[2]
 # none the export size (96, 128); odd sides; (136, 272) capped at 145 is a tie (72.5 rows),

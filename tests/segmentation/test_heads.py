@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segmentation import ASPP, aspp_rates, build_model
-from segmentation.heads import FCNHead, ImagePooling, SeparableConvNormReLU
+from resnet_detect.segmentation import ASPP, aspp_rates, build_model
+from resnet_detect.segmentation.heads import FCNHead, ImagePooling, SeparableConvNormReLU
 
 
 @pytest.mark.parametrize("output_stride, rates",

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
-from engine.data.synthetic import generate
-from engine import Trainer
-from segmentation import SemSegEvaluator, build_model, evaluate_model
-from segmentation.data import build_test_loader, build_train_loader
+from resnet_detect.engine.data.synthetic import generate
+from resnet_detect.engine import Trainer
+from resnet_detect.segmentation import SemSegEvaluator, build_model, evaluate_model
+from resnet_detect.segmentation.data import build_test_loader, build_train_loader
 
 
 @pytest.fixture(scope="module")

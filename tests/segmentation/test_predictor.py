@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from backbones import save_checkpoint
-from segmentation import (Predictor, SemanticSegmentor, TTAInference, build_model,
-                          provenance_from_config)
-from segmentation.heads import SemSegHead
-from segmentation.inference import capped_size, window_starts
+from resnet_detect.backbones import save_checkpoint
+from resnet_detect.segmentation import (Predictor, SemanticSegmentor, TTAInference, build_model,
+                                        provenance_from_config)
+from resnet_detect.segmentation.heads import SemSegHead
+from resnet_detect.segmentation.inference import capped_size, window_starts
 
 
 def test_predictor_uses_checkpoint_provenance(tmp_path, small_config, caplog):

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-import backbones.studies.training
-import backbones.weights
-from engine import ConfigError
+from resnet_detect.backbones.studies import training
+from resnet_detect.backbones import weights
+from resnet_detect.engine import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("analyze_tool", ROOT / "tools" / "analyze.py")
@@ -78,8 +78,8 @@ def check_files(written, study):
 def test_degradation_trains_four_twins_and_writes_curves(image_folder, tmp_path, capsys,
                                                          monkeypatch):
     trained = []  # the studies train through the runner every task uses
-    real = backbones.studies.training.run_training
-    monkeypatch.setattr(backbones.studies.training, "run_training",
+    real = training.run_training
+    monkeypatch.setattr(training, "run_training",
                         lambda task, *a, **k: trained.append(task.label) or real(task, *a, **k))
     written = run("degradation", tmp_path, image_folder, "degradation.depths=[20,32]")
     rows, payload = check_files(written, "degradation")
@@ -104,8 +104,8 @@ def test_a_rerun_reuses_the_nets_trained_with_the_same_recipe(image_folder, tmp_
     shutil.copytree(image_folder, data)
     output = tmp_path / "out"
     trained = []
-    real = backbones.studies.training.run_training
-    monkeypatch.setattr(backbones.studies.training, "run_training",
+    real = training.run_training
+    monkeypatch.setattr(training, "run_training",
                         lambda task, *a, **k: trained.append(task.label) or real(task, *a, **k))
     first = run("degradation", output, data, "degradation.depths=[20]")
     rows = read_csv(first["csv"])
@@ -231,11 +231,11 @@ def test_sigterm_in_the_analysis_says_what_is_kept(image_folder, tmp_path, capsy
         raise AssertionError("SIGTERM did not interrupt the analysis")
 
     def reading_a_saved_net(*args, **kwargs):
-        backbones.weights.read_checkpoint(tmp_path / "saved.pth")
+        weights.read_checkpoint(tmp_path / "saved.pth")
 
     (tmp_path / "saved.pth").write_bytes(b"")
     before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(backbones.weights, "read_checked_bytes", signalled)
+    monkeypatch.setattr(weights, "read_checked_bytes", signalled)
     monkeypatch.setattr(analyze, "run_study", reading_a_saved_net)
     with pytest.raises(SystemExit) as exit_info:
         run("lesion", tmp_path, image_folder)
@@ -263,9 +263,9 @@ def test_bad_usage_gives_clear_errors(image_folder, tmp_path):
     plain = tmp_path / "r" / "models" / "plain_cifar_resnet20.pth"
     # an interrupted run's checkpoint: the plain net's own architecture, not its residual twin
     run_checkpoint = tmp_path / "r" / "runs" / "plain_cifar_resnet20" / "model_0000002.pth"
-    for weights in (plain, run_checkpoint):
+    for path in (plain, run_checkpoint):
         with pytest.raises(ValueError, match="plain"):
-            run("paths", tmp_path / "p", image_folder, weights=[weights])
+            run("paths", tmp_path / "p", image_folder, weights=[path])
     # the config is written with the results it describes, not before them
     assert (tmp_path / "r" / "responses_config.yaml").is_file()
     assert not (tmp_path / "p" / "paths_config.yaml").exists()

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.data import DatasetError
-from engine.visualize import IGNORE_COLOUR, palette
+from resnet_detect.engine.data import DatasetError
+from resnet_detect.engine.visualize import IGNORE_COLOUR, palette
 from tests.tools.test_train_eval_demo import ROOT, _drop_log_handlers, load_tool
 
 __all__ = ["_drop_log_handlers"]  # the autouse log clean-up applies here too

@@ -89,8 +89,9 @@ def test_host_syncs_per_training_step_do_not_grow_with_the_batch(tmp_path: Path,
         def __torch_function__(self, func, types, args=(), kwargs=None):
             before = dict(self.counts)
             out = super().__torch_function__(func, types, args, kwargs)
-            if self.counts != before and any(frame.filename.endswith("detection/roi_align.py")
-                                             for frame in traceback.extract_stack()):
+            if self.counts != before and any(
+                    frame.filename.endswith("resnet_detect/detection/roi_align.py")
+                    for frame in traceback.extract_stack()):
                 self.counts.clear()
                 self.counts.update(before)
             return out
@@ -115,8 +116,8 @@ def test_the_torchrun_phase_gives_the_tools_valid_configs(tmp_path: Path) -> Non
     """The torchrun phase launches tools/train.py and tools/pretrain.py (tests/tools run both
     under torchrun already; a launch costs ~20 s here): what it passes them must load, and
     give a valid schedule, at the full suite's sizes too."""
-    from engine.runner import _lengths
-    from engine.tasks import load_task_config
+    from resnet_detect.engine.runner import _lengths
+    from resnet_detect.engine.tasks import load_task_config
     suite = load_suite()
     for sizes in (suite.FULL, suite.SMOKE):
         runs = suite.torchrun_runs(suite.Suite(tmp_path, sizes, torch.device("cpu")))

@@ -14,7 +14,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from engine.data.synthetic_shapes import CLASS_NAMES, compose_scene
+from resnet_detect.engine.data.synthetic_shapes import CLASS_NAMES, compose_scene
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--num-train", "5", "--num-val", "3", "--cls-train-per-class", "3",

@@ -16,8 +16,8 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detection import Predictor
-from engine.visualize import draw_detections
+from resnet_detect.detection import Predictor
+from resnet_detect.engine.visualize import draw_detections
 from tests.tools.test_train_eval_demo import (ROOT, _drop_log_handlers, data, data_overrides,
                                               load_tool)
 

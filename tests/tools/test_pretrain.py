@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-import backbones
-from backbones.data import normalize_images
-from backbones.pretraining import ClassificationTask, build_datasets
-from engine.runner import UnreadableDataError
-from engine.tasks import load_task_config
+from resnet_detect import backbones
+from resnet_detect.backbones.data import normalize_images
+from resnet_detect.backbones.pretraining import ClassificationTask, build_datasets
+from resnet_detect.engine.runner import UnreadableDataError
+from resnet_detect.engine.tasks import load_task_config
 from tests.torchrun import run_two_processes
 
 ROOT = Path(__file__).resolve().parents[2]

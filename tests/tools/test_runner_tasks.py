@@ -21,12 +21,12 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-import engine.cli
-from engine.preemption import TrainingInterrupted
-from engine.trainer import NonFiniteLossError
-from engine.runner import TaskData, run_training
-from engine.config import ConfigError
-from engine.tasks import TASK_MODULES, config_task, load_task_config, task_module
+from resnet_detect.engine import cli
+from resnet_detect.engine.preemption import TrainingInterrupted
+from resnet_detect.engine.trainer import NonFiniteLossError
+from resnet_detect.engine.runner import TaskData, run_training
+from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.tasks import TASK_MODULES, config_task, load_task_config, task_module
 from tests.tools.test_kill_resume import assert_killed_run_resumes_bit_identical, quickstart_args
 from tests.tools.test_segmentation_tools import CONFIG as SEG_CONFIG
 from tests.tools.test_segmentation_tools import overrides as seg_overrides
@@ -64,13 +64,13 @@ def runner_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     tests below run every task through the tools, so together they show that each goes
     through the runner."""
     seen: list[str] = []
-    real = engine.cli.run_training
+    real = cli.run_training
 
     def recording(task: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         seen.append(task.name)
         return real(task, *args, **kwargs)
 
-    monkeypatch.setattr(engine.cli, "run_training", recording)  # what tools call
+    monkeypatch.setattr(cli, "run_training", recording)  # what tools call
     return seen
 
 
@@ -144,9 +144,9 @@ def assert_interrupted_run_resumes_bit_identical(monkeypatch: pytest.MonkeyPatch
                                                   at_step: int, signum: int) -> None:
     """tools/train.py ARGS stopped by `signum` during step `at_step` exits with 128 + signum,
     says how to resume, and `--resume` ends with `full`'s weights."""
-    real = engine.cli.run_training
+    real = cli.run_training
     with monkeypatch.context() as patch:
-        patch.setattr(engine.cli, "run_training", lambda task, *a, **k: real(
+        patch.setattr(cli, "run_training", lambda task, *a, **k: real(
             signal_at_step(task, at_step, signum), *a, **k))
         with pytest.raises(SystemExit) as stopped:
             load_tool("train").main(args)
@@ -362,7 +362,7 @@ def test_resume_from_an_earlier_checkpoint_abandons_the_later_ones(
                                                .splitlines())]
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
-    args = engine.cli.config_argument_parser(None, resume=True).parse_intermixed_args(
+    args = cli.config_argument_parser(None, resume=True).parse_intermixed_args(
         ["c.yaml", "--resume-from", "out/model_0000002.pth", "train.base_lr=0.01"])
     assert (args.resume_from, args.overrides) == ("out/model_0000002.pth", ["train.base_lr=0.01"])
 
@@ -370,7 +370,7 @@ def test_resume_from_an_earlier_checkpoint_abandons_the_later_ones(
 def test_a_folder_another_live_run_trains_into_is_refused(tmp_path: Path) -> None:
     """Two runs into one output folder (launched twice, or requeued while the first still
     runs) mixed their checkpoints and logs; the lock dies with its process (kill -9 too)."""
-    from engine.run_lock import FolderInUseError, exclusive_output_dir
+    from resnet_detect.engine.run_lock import FolderInUseError, exclusive_output_dir
 
     cpu = torch.device("cpu")
     with exclusive_output_dir(tmp_path / "busy"):  # the other run
@@ -395,18 +395,18 @@ def test_a_file_system_without_flock_trains_unlocked(
     "in use by another training run"."""
     import errno
 
-    import engine.run_lock
+    from resnet_detect.engine import run_lock
 
     def unsupported(*args: Any) -> None:
         raise OSError(errno.ENOSYS, "Function not implemented")
 
-    monkeypatch.setattr(engine.run_lock.fcntl, "flock", unsupported)
+    monkeypatch.setattr(run_lock.fcntl, "flock", unsupported)
     with caplog.at_level(logging.WARNING):
         result = run_training(_RegressionTask(), _toy_config(tmp_path / "lustre"),
                               torch.device("cpu"))
     assert result["iteration"] == 6
     assert f"cannot lock {tmp_path / 'lustre'} (Function not implemented)" in caplog.text
-    monkeypatch.setattr(engine.run_lock, "fcntl", None)  # Windows: no fcntl module at all
+    monkeypatch.setattr(run_lock, "fcntl", None)  # Windows: no fcntl module at all
     with caplog.at_level(logging.WARNING):
         run_training(_RegressionTask(), _toy_config(tmp_path / "windows"), torch.device("cpu"))
     assert f"no flock on this platform: this run does not keep others out of " \

@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-import segmentation.predictor
-import segmentation.training
-from engine.tasks import load_task_config
-from segmentation.data import build_dataset
+from resnet_detect import segmentation
+from resnet_detect.segmentation import predictor, training
+from resnet_detect.engine.tasks import load_task_config
+from resnet_detect.segmentation.data import build_dataset
 from tests.tools.test_train_eval_demo import ROOT, _drop_log_handlers, data, load_tool
 
 CONFIG = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
@@ -81,7 +81,7 @@ def test_demo_draws_the_overlay_at_image_size(trained: tuple[Path, dict], data: 
                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              caplog: pytest.LogCaptureFixture) -> None:
     image = data / "images/val/000000.jpg"
-    monkeypatch.setattr(segmentation.predictor, "LARGE_IMAGE_PIXELS", 100)  # "a photo"
+    monkeypatch.setattr(predictor, "LARGE_IMAGE_PIXELS", 100)  # "a photo"
     with caplog.at_level(logging.WARNING):
         load_tool("demo").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
                                 "--input", str(image), "--output", str(tmp_path / "demo"),
@@ -107,7 +107,7 @@ def test_training_evaluates_with_the_configs_test_scales(data: Path, tmp_path: P
         seen.append(kwargs.get("tta"))
         return evaluate(model, loader, evaluator, **kwargs)
 
-    monkeypatch.setattr(segmentation.training, "evaluate_model", recording)
+    monkeypatch.setattr(training, "evaluate_model", recording)
     load_tool("train").main([str(CONFIG), *overrides(data), "train.max_iter=1",
                              f"train.output_dir={tmp_path}", "test.flip=true"])
     assert len(seen) == 1 and seen[0] is not None
@@ -270,7 +270,7 @@ def test_eval_saves_each_images_class_map_that_it_scored(trained: tuple[Path, di
 
 def test_saved_predictions_stay_in_their_folder_and_never_overwrite_each_other(
         tmp_path: Path) -> None:
-    save = segmentation.training.prediction_writer(tmp_path / "out", tmp_path / "img")
+    save = training.prediction_writer(tmp_path / "out", tmp_path / "img")
     for i, name in enumerate(("a.jpg", "a.png", "sub/b.jpg", "sub/../../elsewhere/c.jpg")):
         save({"file_name": str(tmp_path / "img" / name)}, torch.full((2, 3), i))
     written = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path).rglob("*.png"))

@@ -20,8 +20,8 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detection import Predictor, evaluation
-from engine.data.synthetic import generate
+from resnet_detect.detection import Predictor, evaluation
+from resnet_detect.engine.data.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
@@ -248,7 +248,7 @@ def test_demo_draws_the_readable_images_then_names_the_others(trained: Path, dat
                                                               tmp_path: Path) -> None:
     import shutil
 
-    from engine.data import UnreadableImageError
+    from resnet_detect.engine.data import UnreadableImageError
     folder = tmp_path / "inputs"
     folder.mkdir()
     for name in ("a.jpg", "c.jpg"):
@@ -316,9 +316,9 @@ def test_a_training_file_without_usable_boxes_stops_before_the_first_step(
 
 def test_training_batches_take_one_scale_with_scale_per_batch(
         data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.runner
+    from resnet_detect.engine import runner
     shapes: list[set[tuple[int, ...]]] = []
-    original = engine.runner.build_train_loader
+    original = runner.build_train_loader
 
     def recording(*args: object, **kwargs: object) -> object:
         loader = original(*args, **kwargs)
@@ -330,7 +330,7 @@ def test_training_batches_take_one_scale_with_scale_per_batch(
                     yield batch
         return Recorded()
 
-    monkeypatch.setattr(engine.runner, "build_train_loader", recording)
+    monkeypatch.setattr(runner, "build_train_loader", recording)
     # the synthetic scenes are 96x128: one orientation, so the scale alone can vary in a batch
     load_tool("train").main(train_args(data, tmp_path / "run", 6, "data.train.min_size=[64,96]",
                                        "data.train.scale_per_batch=true", "train.batch_size=3"))
@@ -411,7 +411,7 @@ def test_damaged_export_folders_are_refused_naming_the_file_and_key(
     shutil.copy(folder / "export.json", upper)
     out = Predictor(None, weights=upper / "MODEL.ONNX")(np.zeros((64, 80, 3), np.uint8))
     assert out["boxes"].shape[1:] == (4,)  # an upper-case suffix: ONNX, not a checkpoint
-    with caplog.at_level("WARNING", logger="detection.predictor"):
+    with caplog.at_level("WARNING", logger="resnet_detect.detection.predictor"):
         Predictor(None, weights=upper / "MODEL.ONNX", overrides=[
             "model.roi_heads.score_thresh=0.5", "data.val.max_size=99", "data.num_workers=0"])
     assert ("model.roi_heads.score_thresh, data.val.max_size not applied to the exported "

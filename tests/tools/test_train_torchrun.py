@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from detection.build import build_model
-from detection.config import load_config
+from resnet_detect.detection.build import build_model
+from resnet_detect.detection.config import load_config
 from tests.tools.test_train_eval_demo import data, load_tool, train_args  # noqa: F401 (fixture)
 from tests.torchrun import run_two_nodes, run_two_processes
 

@@ -1,6 +1,7 @@
 """A wheel of the project (`pip install .`, a Docker image) works without the repository: the
-library reads its defaults from configs/*/base_*.yaml beside its packages, so the wheel must
-carry them. Checkpoints made here give the same predictions when read from the wheel alone."""
+library reads its defaults from configs/*/base_*.yaml, so the wheel must carry them (as
+resnet_detect/configs). It installs one top-level package, resnet_detect, with every module
+of it. Checkpoints made here give the same predictions when read from the wheel alone."""
 from __future__ import annotations
 
 import os
@@ -14,15 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-import backbones
-import detection
-import segmentation
-from detection.training import make_provenance
-from engine.data import CategoryMapping
+from resnet_detect import backbones, detection, segmentation
+from resnet_detect.detection.training import make_provenance
+from resnet_detect.engine.data import CategoryMapping
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "backbones", "detection",
-           "segmentation", "engine", "configs")
+SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "resnet_detect", "configs")
 TINY_DET = ["model.backbone.weights=null", "model.fpn.out_channels=32",
             "model.roi_heads.fc_dims=[64,64]", "model.num_classes=3",
             "model.roi_heads.score_thresh=0.0"]
@@ -32,10 +30,10 @@ CHECK = """
 import sys
 from pathlib import Path
 import numpy as np
-import detection, segmentation
-from backbones.pretraining import BASE_CONFIG as pretrain_defaults
-from backbones.studies.config import BASE_CONFIG as study_defaults
-from engine.config import load_defaults
+from resnet_detect import detection, segmentation
+from resnet_detect.backbones.pretraining import BASE_CONFIG as pretrain_defaults
+from resnet_detect.backbones.studies.config import BASE_CONFIG as study_defaults
+from resnet_detect.engine.config import load_defaults
 
 site, work = Path(sys.argv[1]), Path(sys.argv[2])
 assert Path(detection.__file__).is_relative_to(site), detection.__file__
@@ -64,7 +62,12 @@ def test_a_wheel_alone_reads_its_defaults_and_predicts_as_the_repository(tmp_pat
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as z:
         z.extractall(site)
-    assert (site / "configs/detection/base_faster_rcnn.yaml").is_file()
+    assert (site / "resnet_detect/configs/detection/base_faster_rcnn.yaml").is_file()
+    modules = {p.relative_to(site) for p in (site / "resnet_detect").rglob("*.py")}
+    modules.remove(Path("resnet_detect/configs/__init__.py"))
+    assert modules == {p.relative_to(ROOT) for p in (ROOT / "resnet_detect").rglob("*.py")}
+    (top_level,) = site.glob("*.dist-info/top_level.txt")
+    assert top_level.read_text().split() == ["resnet_detect"]
 
     torch.manual_seed(0)
     det_cfg = detection.config.load_config(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml",

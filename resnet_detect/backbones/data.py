@@ -1,0 +1,209 @@
+"""ImageFolder classification data for pretraining: OpenCV decoding, albumentations transforms.
+
+Layout: `root/<split>/<class>/<image>` (ImageNet style), classes sorted by folder name and
+taken from the training split. A sample is {"image": (3, H, W), "label": int}: float32
+normalized with the 0..255 pixel mean/std, or uint8 when the transform leaves normalization to
+the device (`normalize=False`, pretraining: a quarter of the bytes through the loader). `stack`
+turns a list of samples into (N, 3, H, W) and (N,); `collate_images` does it in the loader
+workers, giving an `ImageBatch`. An unreadable image gives None, as in every task: the loader
+drops it and the runner counts it (engine.data).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from resnet_detect.engine.data import (IMAGE_SUFFIXES, PackedRecords, UnreadableImageError, collate,
+                                       files_under, read_image)
+from resnet_detect.engine.files import missing_path
+
+from .weights import PIXEL_MEAN, PIXEL_STD
+
+logger = logging.getLogger(__name__)
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] | None = None
+                      ) -> tuple[list[tuple[str, int]], list[str]]:
+    """List (path, label) of `split_dir/<class>/*` images, sorted. Hidden folders are not
+    classes; every training class needs an image (a class without one could never be learnt).
+
+    Args:
+        split_dir: e.g. root/train.
+        class_names: the classes of the training split (for val); None reads them here.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: no class folders, no images, a training class without images, or a
+            class unknown to `class_names`.
+    """
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {missing_path(split_dir)}")
+    found = sorted((d.name for d in split_dir.iterdir()
+                    if d.is_dir() and not d.name.startswith(".")),
+                   key=_nfc)  # one order however the disk spells the names
+    if not found:
+        raise ValueError(f"no class folders in {split_dir} (expected {split_dir}/<class>/<image>)")
+    training = class_names is None
+    if class_names is None:
+        class_names = [_nfc(name) for name in found]
+    # one spelling for names a file system may store decomposed (macOS: "café" as e + accent)
+    label_of = {_nfc(name): i for i, name in enumerate(class_names)}
+    unknown = [c for c in found if _nfc(c) not in label_of]
+    if unknown:
+        raise ValueError(f"{split_dir} has classes the training split does not: "
+                         f"{', '.join(unknown)}")
+    samples, empty = [], []
+    for name in found:
+        files = [f for f in files_under(split_dir / name)
+                 if f.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            empty.append(name)
+        samples.extend((str(p), label_of[_nfc(name)]) for p in files)
+    if not samples:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {split_dir}")
+    if training and empty:
+        raise ValueError(f"{split_dir}: class folders without images "
+                         f"({', '.join(sorted(IMAGE_SUFFIXES))}): {', '.join(empty)}")
+    return samples, list(class_names)
+
+
+def build_train_transform(*, image_size: int, scale: Sequence[float] = (0.08, 1.0),
+                          hflip: bool = True, pixel_mean: Sequence[float] = PIXEL_MEAN,
+                          pixel_std: Sequence[float] = PIXEL_STD,
+                          normalize: bool = True) -> A.Compose:
+    """Random resized crop to image_size, horizontal flip, normalization (0..255 mean/std;
+    normalize=False: uint8 out, normalized later by `normalize_images`).
+
+    Resizing uses INTER_AREA: moire-free when shrinking, bilinear when enlarging (OpenCV).
+    """
+    return A.Compose([
+        A.RandomResizedCrop(size=(image_size, image_size), scale=tuple(scale),
+                            interpolation=cv2.INTER_AREA),
+        A.HorizontalFlip(p=0.5 if hflip else 0.0),
+        *_normalization(pixel_mean, pixel_std, normalize),
+    ])
+
+
+def build_val_transform(*, image_size: int, resize: int, pixel_mean: Sequence[float] = PIXEL_MEAN,
+                        pixel_std: Sequence[float] = PIXEL_STD,
+                        normalize: bool = True) -> A.Compose:
+    """Resize the shorter side to `resize`, center crop image_size, normalize (or not: uint8)."""
+    if resize < image_size:
+        raise ValueError(f"val resize {resize} must be >= image size {image_size}")
+    return A.Compose([
+        A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_AREA),
+        A.CenterCrop(height=image_size, width=image_size),
+        *_normalization(pixel_mean, pixel_std, normalize),
+    ])
+
+
+def _normalization(pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                   normalize: bool) -> list[A.BasicTransform]:
+    if not normalize:
+        return []
+    return [A.Normalize(mean=tuple(pixel_mean), std=tuple(pixel_std), max_pixel_value=1.0)]
+
+
+def normalize_images(images: torch.Tensor, pixel_mean: Sequence[float] | torch.Tensor,
+                     pixel_std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> float32 normalized with the 0..255 mean/std, on images' device.
+
+    Give mean/std as float32 tensors already on that device in a training loop: built from
+    lists, they are copied from pageable host memory, which waits for the GPU at every step.
+    """
+    mean = torch.as_tensor(pixel_mean, dtype=torch.float32, device=images.device)
+    std = torch.as_tensor(pixel_std, dtype=torch.float32, device=images.device)
+    return (images.float() - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+class ImageFolderDataset(Dataset):
+    """Classification samples from a scanned ImageFolder split.
+
+    Indexed by `i` or by `(i, seed)`; with a seed the augmentation of that sample is
+    reproducible (see engine.data.TrainingSampler).
+
+    Args:
+        samples: (path, label) pairs; kept packed (engine.data.PackedRecords), so loader
+            workers share them instead of copying a list of a million tuples each.
+        class_names: names of the labels.
+        transform: an albumentations Compose producing the final image (normalized float32,
+            or uint8).
+    """
+
+    def __init__(self, *, samples: Sequence[tuple[str, int]], class_names: Sequence[str],
+                 transform: A.Compose) -> None:
+        self.samples = PackedRecords(samples)
+        self.class_names = list(class_names)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        """The sample of `key`, or None when its image cannot be decoded (logged)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        path, label = self.samples[index]
+        try:
+            image = read_image(path)
+        except UnreadableImageError as err:
+            logger.warning("skipping unreadable image: %s", err)
+            return None
+        if seed is not None:
+            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        image = self.transform(image=image)["image"]
+        return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+                "label": label}
+
+
+def stack(batch: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (N, 3, H, W) and labels (N,) of a list of samples."""
+    return (torch.stack([s["image"] for s in batch]),
+            torch.tensor([s["label"] for s in batch], dtype=torch.int64))
+
+
+@dataclass
+class ImageBatch:
+    """A batch collated in a loader worker: images (N, 3, H, W) and labels (N,).
+
+    `len` is the number of images, as for a list batch (the runner counts skipped images), and
+    the DataLoader pins it through `pin_memory`.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def pin_memory(self) -> ImageBatch:
+        return ImageBatch(self.images.pin_memory(), self.labels.pin_memory())
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> ImageBatch:
+        return ImageBatch(self.images.to(device, non_blocking=non_blocking),
+                          self.labels.to(device, non_blocking=non_blocking))
+
+
+def collate_images(samples: list[dict[str, Any] | None]) -> ImageBatch:
+    """The readable samples (None dropped) stacked into one ImageBatch (possibly empty)."""
+    kept = collate(samples)
+    if not kept:
+        return ImageBatch(torch.empty(0, 3, 0, 0, dtype=torch.uint8),
+                          torch.empty(0, dtype=torch.int64))
+    return ImageBatch(*stack(kept))

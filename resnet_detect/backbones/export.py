@@ -1,0 +1,81 @@
+"""Classifiers of tools/pretrain.py to ONNX (tools/export.py).
+
+The graph: "image" (H, W, 3) uint8 RGB, already resized and cropped by the evaluation rule
+(shorter side to `data.val_resize`, centre crop `data.image_size`) -> "logits" (K,) float.
+Normalisation is inside; the network itself takes any size.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from resnet_detect.engine.config import to_plain
+from resnet_detect.engine.export import MODEL_FILE, export_graph, write_metadata
+from resnet_detect.engine.tasks import load_task_config
+
+from . import build_classifier
+from .classifier import Classifier
+from .weights import read_checkpoint, unwrap_state_dict
+
+logger = logging.getLogger(__name__)
+
+TASK = "classification"
+
+
+class ClassifierGraph(nn.Module):
+    """What the ONNX graph computes: one (H, W, 3) uint8 RGB image -> (K,) logits."""
+
+    def __init__(self, model: Classifier, pixel_mean: Sequence[float],
+                 pixel_std: Sequence[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), False)
+
+    def forward(self, image: Tensor) -> Tensor:
+        x = (image.permute(2, 0, 1).float() - self.pixel_mean) / self.pixel_std
+        return self.model(x[None])[0]
+
+
+def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: Path,
+                 overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Export the classifier `weights` (model_final.pth of tools/pretrain.py, or torchvision /
+    timm classifier weights) built as `config` says; returns export.json."""
+    # no data is read: data.root (mandatory for training) need not be given
+    _, cfg = load_task_config(config, ["data.root=.", *overrides], TASK)
+    state_dict, provenance = unwrap_state_dict(read_checkpoint(weights))
+    provenance = provenance or {}
+    fc = state_dict.get("fc.weight", state_dict.get("head.fc.weight"))
+    if fc is None:
+        raise ValueError(f"{weights} holds no classifier (no fc.weight): export a "
+                         f"model_final.pth of tools/pretrain.py, not a backbone")
+    num_classes = int(fc.shape[0])
+    model = build_classifier(cfg.model.name, num_classes, weights=weights,
+                             config_prefix="model.options.", **to_plain(cfg.model.options))
+    names = [str(n) for n in provenance.get("class_names") or []]
+    if len(names) != num_classes:
+        names = [f"class_{i}" for i in range(num_classes)]
+    trained = ((provenance.get("config") or {}).get("data") or {})
+    for key in ("image_size", "val_resize"):
+        if key in trained and trained[key] != cfg.data[key]:
+            logger.warning("%s was evaluated with data.%s=%s; the export resizes with this "
+                           "config's %s", weights, key, trained[key], cfg.data[key])
+    mean = list(provenance.get("pixel_mean") or cfg.data.pixel_mean)
+    std = list(provenance.get("pixel_std") or cfg.data.pixel_std)
+    size = int(cfg.data.image_size)
+    export_graph(ClassifierGraph(model, mean, std),
+                 [torch.zeros((size, size, 3), dtype=torch.uint8)], folder / MODEL_FILE,
+                 input_names=["image"], output_names=["logits"],
+                 dynamic_axes={"image": (0, 1)})
+    return write_metadata(
+        folder, TASK, inputs={"image": "uint8 (H, W, 3) RGB, resized and cropped by `resize`"},
+        outputs={"logits": "float32 (K,) class scores before softmax"},
+        pixel_mean=mean, pixel_std=std, class_names=names, num_classes=num_classes,
+        resize={"shorter_side": int(cfg.data.val_resize), "center_crop": size,
+                "interpolation": "area (OpenCV INTER_AREA, as the evaluation's transform)"})

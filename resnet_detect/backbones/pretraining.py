@@ -1,0 +1,164 @@
+"""The classification pretraining task the runner drives (engine.runner): a ResNet classifier
+on an ImageFolder tree (root/train/<class>/*, root/val/<class>/*).
+
+Ends with OUTPUT_DIR/model_final.pth (the classifier) and OUTPUT_DIR/backbone_final.pth (the
+backbone alone, loadable with `backbones.build(name, weights=PATH)`), both with provenance.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+
+from resnet_detect import CONFIGS
+from resnet_detect.engine import (AMP_DTYPES, all_reduce_sum, amp_for_device, parse_amp,
+                                  per_process_batch_size, to_plain)
+from resnet_detect.engine.runner import TaskData
+
+from . import build_classifier
+from .classifier import Classifier
+from .export import export_model
+from .data import (ImageBatch, ImageFolderDataset, build_train_transform, build_val_transform,
+                   collate_images, normalize_images, scan_image_folder)
+from .weights import load_weights, make_provenance, refuse_other_normalisation, save_checkpoint
+
+BASE_CONFIG = CONFIGS / "pretrain" / "base_classifier.yaml"
+OPEN_KEYS = ("model.options",)
+# the `solver` section of older pretraining configs
+RENAMED_KEYS = {
+    "solver.optimizer": "train.optimizer", "solver.batch_size": "train.batch_size",
+    "solver.epochs": "train.epochs", "solver.base_lr": "train.base_lr",
+    "solver.momentum": "train.momentum", "solver.nesterov": "train.nesterov",
+    "solver.weight_decay": "train.weight_decay", "solver.decay": "train.lr_decay",
+    "solver.steps": "train.lr_step_epochs", "solver.gamma": "train.gamma",
+    "solver.final_lr_factor": "train.final_lr_factor",
+    "solver.warmup_epochs": "train.warmup_epochs", "solver.warmup_factor": "train.warmup_factor",
+    "solver.clip_grad_norm": "train.clip_grad_norm",
+    "solver.label_smoothing": "model.label_smoothing",
+}
+
+
+def build_datasets(cfg: DictConfig) -> tuple[ImageFolderDataset, ImageFolderDataset]:
+    """Scan both splits first, so a missing folder fails before any model is built.
+
+    Samples are uint8: `ClassificationTask` normalizes whole batches on the training device.
+    """
+    d = cfg.data
+    train_samples, class_names = scan_image_folder(f"{d.root}/{d.train_split}")
+    val_samples, _ = scan_image_folder(f"{d.root}/{d.val_split}", class_names)
+    train = ImageFolderDataset(samples=train_samples, class_names=class_names,
+                               transform=build_train_transform(image_size=d.image_size,
+                                                               scale=list(d.scale),
+                                                               hflip=d.hflip, normalize=False))
+    val = ImageFolderDataset(samples=val_samples, class_names=class_names,
+                             transform=build_val_transform(image_size=d.image_size,
+                                                           resize=d.val_resize, normalize=False))
+    return train, val
+
+
+class ClassificationTask:
+    """Classifier pretraining for `engine.runner.run_training`; metrics in percent."""
+
+    name = "classification"
+    primary_metrics = "classification"
+
+    def __init__(self) -> None:
+        self.class_names: list[str] = []
+        self.channels_last = False
+        self.label_smoothing = 0.0
+        self.amp: str | None = None
+        self.pixel_mean = torch.zeros(3)  # float32, moved to the training device once
+        self.pixel_std = torch.ones(3)
+
+    def prepare(self, cfg: DictConfig) -> TaskData:
+        train, val = build_datasets(cfg)
+        self.class_names = train.class_names
+        self.channels_last = bool(cfg.model.channels_last)
+        self.label_smoothing = float(cfg.model.label_smoothing)
+        self.amp = parse_amp(cfg.train.amp)
+        self.pixel_mean = torch.tensor(list(cfg.data.pixel_mean), dtype=torch.float32)
+        self.pixel_std = torch.tensor(list(cfg.data.pixel_std), dtype=torch.float32)
+        per_process = per_process_batch_size(cfg.train.batch_size, "train.batch_size")
+        description = (f"{len(train)} train / {len(val)} val images, "
+                       f"{len(self.class_names)} classes")
+        return TaskData(train=train, val=val, description=description,
+                        val_batch_size=per_process, collate=collate_images)
+
+    def build_model(self, cfg: DictConfig) -> nn.Module:
+        model = build_classifier(cfg.model.name, len(self.class_names),
+                                 config_prefix="model.options.", **to_plain(cfg.model.options))
+        if cfg.model.weights:  # fine-tuning: the backbone's weights, a new fc for these classes
+            load_weights(model.backbone, cfg.model.weights, config_prefix="model.options.")
+            refuse_other_normalisation(model.backbone, str(cfg.model.weights), cfg.data,
+                                       prefix="data.")
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def _inputs(self, batch: ImageBatch, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pixel_mean.device != device:
+            self.pixel_mean, self.pixel_std = self.pixel_mean.to(device), self.pixel_std.to(device)
+        batch = batch.to(device, non_blocking=True)
+        images = normalize_images(batch.images, self.pixel_mean, self.pixel_std)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, batch.labels
+
+    def losses(self, model: nn.Module, batch: ImageBatch,
+               device: torch.device) -> Mapping[str, torch.Tensor]:
+        images, labels = self._inputs(batch, device)
+        return {"loss_cls": F.cross_entropy(model(images), labels,
+                                            label_smoothing=self.label_smoothing)}
+
+    def evaluate(self, model: nn.Module, loader: DataLoader,
+                 device: torch.device) -> dict[str, dict[str, Any]]:
+        """Top-1/top-5 accuracy over every process's shard; unreadable images not scored."""
+        amp = amp_for_device(self.amp, device.type)
+        dtype = AMP_DTYPES[amp] if amp else None
+        sums = {"top1": 0.0, "top5": 0.0, "count": 0.0}
+        for batch in loader:
+            if not batch:
+                continue
+            images, labels = self._inputs(batch, device)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = model(images)
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (N, 5)
+            hit = top == labels[:, None]
+            sums["top1"] += hit[:, 0].sum().item()
+            sums["top5"] += hit.any(dim=1).sum().item()
+            sums["count"] += len(labels)
+        total = all_reduce_sum(sums)
+        n = max(total["count"], 1.0)
+        return {"classification": {"top1": 100.0 * total["top1"] / n,
+                                   "top5": 100.0 * total["top5"] / n}}
+
+    def summary(self, metrics: dict[str, dict[str, Any]]) -> str:
+        m = metrics.get("classification", {})
+        return f"top1={m['top1']:.2f}  top5={m['top5']:.2f}" if m else "top1=n/a  top5=n/a"
+
+    def provenance(self, cfg: DictConfig) -> dict[str, Any]:
+        return make_provenance(
+            cfg.model.name, to_plain(cfg.model.options), class_names=self.class_names,
+            config=to_plain(cfg), pixel_mean=tuple(cfg.data.pixel_mean),
+            pixel_std=tuple(cfg.data.pixel_std))
+
+    def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
+        assert isinstance(model, Classifier)
+        output_dir = Path(cfg.train.output_dir)
+        provenance = self.provenance(cfg)
+        save_checkpoint(output_dir / "model_final.pth", model.state_dict(), provenance,
+                        iteration=iteration)
+        save_checkpoint(output_dir / "backbone_final.pth", model.backbone.state_dict(),
+                        provenance)
+        return [output_dir / "model_final.pth", output_dir / "backbone_final.pth"]
+
+
+TASK = ClassificationTask
+__all__ = ["BASE_CONFIG", "OPEN_KEYS", "RENAMED_KEYS", "TASK", "export_model"]

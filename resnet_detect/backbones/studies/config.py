@@ -1,0 +1,147 @@
+"""The analyze config: every valid key with its default, and the objects built from it.
+
+The defaults are the CIFAR-10 recipe of He et al. 2016 (section 4.2: batch 128, lr 0.1
+divided by 10 at 32k and 48k of 64k iterations, weight decay 1e-4, momentum 0.9, pad-4 crop
+and flip); configs/analyze/cifar_synthetic.yaml shortens it to minutes on a CPU.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from resnet_detect import CONFIGS
+from resnet_detect.engine import init_distributed, to_plain
+
+from ..registry import list_models
+from .data import ClassificationSplit, load_splits
+from .training import Recipe
+
+logger = logging.getLogger(__name__)
+
+BASE_CONFIG = CONFIGS / "analyze" / "base_study.yaml"
+OPEN_KEYS = ("model.options",)
+
+
+@dataclass
+class StudyContext:
+    """What every study needs, built once from the config.
+
+    Attributes:
+        train, val: the data splits in memory.
+        data_name: short name of the data for titles.
+        family: registry name prefix; `arch(depth, residual)` gives full names.
+        depth: the depth of responses, lesion and paths.
+        options: backbone options.
+        path_sampling: keyword arguments of `apply_path_sampling` for residual nets trained here.
+        recipe: the training recipe.
+        pixel_mean, pixel_std: normalization of models trained here.
+        device: where models run.
+        eval_batch_size: images per evaluation forward pass.
+        output_dir: where results (and models trained here) go.
+        config: the resolved config as plain values (stored in checkpoints).
+    """
+
+    train: ClassificationSplit
+    val: ClassificationSplit
+    data_name: str
+    family: str
+    depth: int
+    options: dict[str, Any]
+    path_sampling: dict[str, Any]
+    recipe: Recipe
+    pixel_mean: list[float]
+    pixel_std: list[float]
+    device: torch.device
+    eval_batch_size: int
+    output_dir: Path
+    config: dict[str, Any]
+
+    def arch(self, depth: int, residual: bool) -> str:
+        """Registry name of the residual net or its plain twin at `depth`."""
+        return arch_name(self.family, depth, residual)
+
+    def describe_data(self) -> str:
+        size = self.train.images.shape[-1]
+        return (f"{self.data_name} ({len(self.train.class_names)} classes, {size}x{size} px, "
+                f"{len(self.train)} train / {len(self.val)} val images)")
+
+
+def arch_name(family: str, depth: int, residual: bool) -> str:
+    """`{family}{depth}` or `plain_{family}{depth}`, checked against the registry."""
+    name = f"{family}{depth}" if residual else f"plain_{family}{depth}"
+    if name not in list_models():
+        raise ValueError(f"model.family={family!r} with depth {depth} gives unknown backbone "
+                         f"{name!r}; valid: {', '.join(list_models())}")
+    return name
+
+
+def recipe_from_config(cfg: DictConfig, study: str | None = None) -> Recipe:
+    """The solver section, with `<study>.iterations` (when > 0) as the training length;
+    `train.evaluations` evaluations are spread evenly over the run."""
+    s, t = cfg.solver, cfg.train
+    iterations = s.iterations
+    if study is not None and cfg[study].iterations > 0:
+        iterations = cfg[study].iterations
+    if iterations < 1 or t.evaluations < 1:
+        raise ValueError(f"solver.iterations ({iterations}) and train.evaluations "
+                         f"({t.evaluations}) must be >= 1")
+    if not s.base_lr > 0:  # the runner would name its own key, train.base_lr
+        raise ValueError(f"solver.base_lr is {s.base_lr}: the weights would never change; set "
+                         f"a positive learning rate")
+    return Recipe(batch_size=s.batch_size, iterations=iterations, base_lr=s.base_lr,
+                  momentum=s.momentum, weight_decay=s.weight_decay,
+                  lr_steps=tuple(s.lr_steps), gamma=s.gamma, warmup_iters=s.warmup_iters,
+                  eval_period=max(iterations // t.evaluations, 1),
+                  log_period=t.log_period, augment=cfg.data.augment, seed=t.seed)
+
+
+def data_name(root: str) -> str:
+    """The last two parts of the data path ('synthetic/classification', 'cifar-10-batches-py')."""
+    parts = Path(root).resolve().parts
+    return parts[-1] if parts[-1].startswith("cifar") else "/".join(parts[-2:])
+
+
+def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
+                              study: str | None = None) -> StudyContext:
+    """Load the data, pick the device and thread count, and gather the settings of `study`."""
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    d = cfg.data
+    if not d.image_size >= 1:
+        raise ValueError(f"data.image_size must be at least 1 pixel, got {d.image_size}")
+    for key in ("pixel_mean", "pixel_std"):
+        if len(d[key]) != 3 or (key == "pixel_std" and min(d[key]) <= 0):
+            raise ValueError(f"data.{key} must be 3 values (R, G, B)"
+                             f"{', each above 0' if key == 'pixel_std' else ''}, got {d[key]}")
+    if "residual" in cfg.model.options:
+        raise ValueError("model.options.residual would make both twins of a study alike; the "
+                         "studies build the residual net and its plain twin themselves")
+    depths = {"model.depth": [cfg.model.depth]}
+    if study == "degradation":
+        depths["degradation.depths"] = list(cfg.degradation.depths)
+    for key, values in depths.items():  # fail before loading data
+        for depth in values:
+            try:
+                arch_name(cfg.model.family, depth, True)
+            except ValueError as e:
+                raise ValueError(f"{key}: {e}") from None
+    device = init_distributed(cfg.train.device)
+    train, val = load_splits(d.root, train_split=d.train_split, val_split=d.val_split,
+                             image_size=d.image_size, max_train=d.max_train,
+                             max_val=d.max_val, seed=cfg.train.seed)
+    if study is not None and cfg[study].max_train > 0:
+        train = train.subset(cfg[study].max_train, seed=cfg.train.seed)
+    return StudyContext(
+        train=train, val=val, data_name=data_name(d.root), family=cfg.model.family,
+        depth=cfg.model.depth,
+        options=OmegaConf.to_container(cfg.model.options, resolve=True),  # type: ignore[arg-type]
+        path_sampling=dict(OmegaConf.to_container(cfg.model.path_sampling, resolve=True)),
+        recipe=recipe_from_config(cfg, study), pixel_mean=list(d.pixel_mean),
+        pixel_std=list(d.pixel_std), device=device,
+        eval_batch_size=cfg.train.eval_batch_size, output_dir=Path(output_dir),
+        config=to_plain(cfg))

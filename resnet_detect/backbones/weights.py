@@ -1,0 +1,304 @@
+"""Backbone weights: read, convert and strictly load torchvision, timm and own checkpoints.
+
+Own checkpoints are `{"model": state_dict, "provenance": {...}}` where provenance records the
+architecture and how its inputs must be preprocessed (see `make_provenance`).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pickle
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnet_detect.engine.files import atomic_save, missing_path, read_checked_bytes
+
+logger = logging.getLogger(__name__)
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+StateDict = dict[str, torch.Tensor]
+
+
+def make_provenance(arch: str, options: Mapping[str, Any] | None = None, *,
+                    class_names: list[str] | None = None, config: Any = None,
+                    pixel_mean: tuple[float, ...] = PIXEL_MEAN,
+                    pixel_std: tuple[float, ...] = PIXEL_STD) -> dict[str, Any]:
+    """What a checkpoint must say so a model built from it preprocesses the right way."""
+    options = dict(options or {})
+    return {"arch": arch, "options": options, "pixel_mean": list(pixel_mean),
+            "pixel_std": list(pixel_std), "channel_order": "RGB",
+            "stride_in_1x1": bool(options.get("stride_in_1x1", False)),
+            "class_names": list(class_names or []), "config": config}
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
+                    provenance: Mapping[str, Any], **extra: Any) -> None:
+    """Write `{"model", "provenance", **extra}` atomically (temp file, then rename)."""
+    payload = {"model": {k: v.detach().cpu() for k, v in state_dict.items()},
+               "provenance": dict(provenance), **extra}
+    atomic_save(payload, path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """torch.load with weights_only=True, of bytes that match the file's `.sha256` where it
+    has one (training checkpoints); any failure names the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder, not a weights file: name a file in it "
+                                f"(a training run's model_final.pth, or a model_NNNNNNN.pth)")
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {missing_path(path)}")
+    try:
+        obj = torch.load(io.BytesIO(read_checked_bytes(path)), map_location="cpu",
+                         weights_only=True)
+    except pickle.UnpicklingError as e:
+        # not torch's advice to load with weights_only=False: for a file of unknown origin
+        # that runs its code; the reason is the part after the unpickler's name
+        reason = str(e).split("WeightsUnpickler error:")[-1].split("\n\nCheck the")[0].strip()
+        raise ValueError(f"cannot read weights file {path}: it holds more than tensors, or is "
+                         f"no PyTorch file ({reason}): a damaged or partial download, another "
+                         f"format, or a whole pickled model (save its state_dict() instead)"
+                         ) from e
+    except Exception as e:  # truncated zip, a damaged file's checksum, ...
+        raise ValueError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def unwrap_state_dict(obj: Mapping[str, Any]) -> tuple[StateDict, dict[str, Any] | None]:
+    """Return (state_dict, provenance or None) from an own, timm-style or bare checkpoint."""
+    for key in ("model", "state_dict", "model_state"):
+        if key in obj and isinstance(obj[key], Mapping):
+            return dict(obj[key]), obj.get("provenance")
+    return dict(obj), None
+
+
+_TV_BN = re.compile(r"(^|\.)bn(\d)\.")
+
+
+def convert_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """Map torchvision/timm ResNet keys (conv1, bn1, layerK, downsample) to ours.
+
+    conv1.* -> stem.conv.*, bn1.* -> stem.norm.*, layerK.J.bnI -> res{K+1}.J.normI,
+    downsample.{0,1} -> shortcut.{0,1}; other keys (fc.*) are kept.
+    """
+    converted = {}
+    for key, value in state_dict.items():
+        if key.startswith("conv1."):
+            key = "stem.conv." + key[len("conv1."):]
+        elif key.startswith("bn1."):
+            key = "stem.norm." + key[len("bn1."):]
+        elif key.startswith("layer"):
+            stage, rest = key[len("layer"):].split(".", 1)
+            rest = _TV_BN.sub(r"\1norm\2.", rest).replace("downsample.", "shortcut.")
+            key = f"res{int(stage) + 1}.{rest}"
+        converted[key] = value
+    return converted
+
+
+def is_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    return "conv1.weight" in state_dict and any(k.startswith("layer1.") for k in state_dict)
+
+
+def _is_bn_counter(key: str) -> bool:
+    return key.endswith("num_batches_tracked")
+
+
+def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                   source: str, hint: str = "", class_layers: tuple[str, ...] = ()) -> None:
+    """Load strictly; raise ValueError naming `source`, `hint` and every missing, unexpected
+    or mis-shaped key.
+
+    `class_layers`: prefixes of the class-dependent layers (a detector's or segmenter's
+    predictors). Their mis-shaped tensors (weights trained on another class count) are left
+    at the model's initialisation with a warning: fine-tuning to new classes, as detectron2's
+    and mmdetection's weight loading do.
+    """
+    expected = model.state_dict()
+    renewed = [k for k, v in expected.items() if k.startswith(class_layers) and k in state_dict
+               and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if renewed:
+        logger.warning("%s: %s trained for another class count (%s): they start from scratch "
+                       "for this model's classes", source, ", ".join(renewed),
+                       ", ".join(f"{tuple(state_dict[k].shape)} -> {tuple(expected[k].shape)}"
+                                 for k in renewed))
+        state_dict = {k: v for k, v in state_dict.items() if k not in renewed}
+        expected = {k: v for k, v in expected.items() if k not in renewed}
+    missing = [k for k in expected if k not in state_dict and not _is_bn_counter(k)]
+    unexpected = [k for k in state_dict if k not in expected and not _is_bn_counter(k)]
+    mis_shaped = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items()
+                  if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or mis_shaped:
+        def listing(title: str, keys: list[str]) -> str:
+            more = f" ... and {len(keys) - 10} more" if len(keys) > 10 else ""
+            return f"\n  {title} ({len(keys)}): {', '.join(keys[:10])}{more}" if keys else ""
+        raise ValueError(f"weights from {source} do not match {type(model).__name__}{hint}:"
+                         + listing("missing", missing) + listing("unexpected", unexpected)
+                         + listing("mis-shaped", mis_shaped))
+    usable = {k: v for k, v in state_dict.items() if k in expected}
+    model.load_state_dict(usable, strict=False)
+
+
+def fit_optional_head(model: nn.Module, state_dict: Mapping[str, torch.Tensor], prefix: str,
+                      source: str, *, start_afresh: bool) -> dict[str, torch.Tensor]:
+    """`state_dict` fitted to `model` where one of the two lacks the head under `prefix` (a
+    Mask R-CNN's mask head, a segmenter's aux head): the weights' copy is left out when the
+    model has none; with `start_afresh` (fine-tuning) the model's own head keeps its
+    initialisation when the weights have none, as detectron2's and mmdetection's loading do.
+    Either is logged."""
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    theirs = [k for k in state_dict if k.startswith(prefix)]
+    head = prefix.rstrip(".")
+    if theirs and not own:
+        logger.warning("%s: its %s (%d tensors) is left out: this model has none", source,
+                       head, len(theirs))
+        return {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+    if own and not theirs and start_afresh:
+        logger.warning("%s has no %s: this model's starts from scratch", source, head)
+        return {**state_dict, **own}
+    return dict(state_dict)
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def refuse_other_task(source: str, provenance: Mapping[str, Any] | None, task: str) -> None:
+    """Refuse an own checkpoint whose recorded config is of another task than `task`
+    ("detection", "sem_seg", "classification"): its keys would not fit, with errors that
+    say nothing of why."""
+    config = (provenance or {}).get("config")
+    recorded = config.get("task") if isinstance(config, Mapping) else None
+    if recorded is not None and recorded != task:
+        raise ValueError(f"{source} holds a {recorded} model (its recorded config says task: "
+                         f"{recorded}), not a {task} one")
+
+
+def refuse_mismatched_settings(source: str, implied: Mapping[str, Any],
+                               configured: Mapping[str, Any],
+                               model: nn.Module | None = None) -> None:
+    """Refuse weights whose network differs from the configured one in a way no tensor shape
+    shows (strides, dilations, anchors, normalisation, ...).
+
+    Args:
+        source: the weights, for the message.
+        implied: config key -> the value the weights were trained or converted with.
+        configured: config key -> the value of this config (keys missing here are not checked).
+        model: the model the weights go into; where it has no strided bottleneck (basic
+            blocks) the `*stride_in_1x1` keys are not compared, as they change nothing there.
+
+    Raises:
+        ValueError: naming each differing key, both values, and the overrides to set.
+    """
+    basic_blocks = model is not None and stride_in_1x1(model) is None
+    wrong = [k for k, v in implied.items()
+             if k in configured and _comparable(configured[k]) != _comparable(v)
+             and not (basic_blocks and k.endswith("stride_in_1x1"))]
+    if not wrong:
+        return
+    details = "; ".join(f"{k} is {_show(configured[k])}, the weights need {_show(implied[k])}"
+                        for k in wrong)
+    fix = " ".join(f"{k}={_show(implied[k])}" for k in wrong)
+    raise ValueError(f"weights from {source} do not fit this config: {details}. Trained with "
+                     f"other settings, they would compute something else, silently where every "
+                     f"tensor has the right shape; set {fix}")
+
+
+def refuse_other_normalisation(backbone: nn.Module, source: str, section: Mapping[str, Any],
+                               prefix: str = "model.") -> None:
+    """Backbone weights that record the pixel mean and std they were trained with (this
+    project's) must be fed images normalised so: the config section whose keys are
+    `prefix` + pixel_mean / pixel_std must say the same.
+
+    Args:
+        backbone: the backbone `load_weights` filled (its `provenance`).
+        source: names the weights in messages.
+        section: the config section holding pixel_mean and pixel_std.
+        prefix: that section's place in the config, for messages.
+    """
+    provenance = getattr(backbone, "provenance", None) or {}
+    keys = [k for k in ("pixel_mean", "pixel_std") if provenance.get(k) is not None]
+    if keys:
+        refuse_mismatched_settings(source, {prefix + k: list(provenance[k]) for k in keys},
+                                   {prefix + k: list(section[k]) for k in keys})
+
+
+def stride_in_1x1(model: nn.Module) -> bool | None:
+    """Whether the model's strided bottlenecks stride in their 1x1 conv (None: no bottleneck
+    with a stride, e.g. a ResNet-18)."""
+    for module in model.modules():
+        convs = [getattr(module, f"conv{i}", None) for i in (1, 2, 3)]
+        if all(isinstance(c, nn.Conv2d) for c in convs) and max(convs[0].stride
+                                                                + convs[1].stride) > 1:
+            return convs[0].stride != (1, 1)
+    return None
+
+
+def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any], *,
+                 convert: Callable[[StateDict], StateDict] | None = None,
+                 source: str | None = None, config_prefix: str = "") -> dict | None:
+    """Load torchvision, timm or own weights into a ResNet or Classifier, strictly.
+
+    The format is detected from the keys. Into a bare backbone, classifier keys are accepted
+    (the `backbone.` prefix is stripped and `fc.*` dropped). Returns the checkpoint's
+    provenance (None for foreign weights) and stores it as `model.provenance`.
+
+    Args:
+        model: the module to fill.
+        weights: a file path or an already loaded checkpoint/state dict.
+        convert: an extra key converter applied last (e.g. for detection models).
+        source: names the weights in messages (default: the path).
+        config_prefix: where the model's options sit in the caller's config (e.g.
+            "model.backbone."), for the keys that messages name.
+
+    Raises:
+        ValueError: keys or shapes that do not match, or weights whose bottlenecks stride
+            elsewhere than the model's (stride_in_1x1).
+    """
+    if source is None:
+        source = (str(weights) if isinstance(weights, (str, os.PathLike))
+                  else "the given state dict")
+    obj = read_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else weights
+    state_dict, provenance = unwrap_state_dict(obj)
+    foreign = is_torchvision_resnet(state_dict)  # torchvision and timm: stride on the 3x3
+    if foreign:
+        state_dict = convert_torchvision_resnet(state_dict)
+    configured = stride_in_1x1(model)
+    implied = provenance.get("stride_in_1x1") if provenance else False if foreign else None
+    if configured is not None and implied is not None:
+        key = f"{config_prefix}stride_in_1x1"
+        refuse_mismatched_settings(source, {key: bool(implied)}, {key: configured})
+    expected = model.state_dict()
+    if any(k.startswith("backbone.") for k in expected):
+        if not any(k.startswith("backbone.") for k in state_dict):
+            state_dict = {k if k.startswith("fc.") else f"backbone.{k}": v
+                          for k, v in state_dict.items()}
+    elif any(k.startswith("backbone.") for k in state_dict):
+        state_dict = {k[len("backbone."):]: v for k, v in state_dict.items()
+                      if k.startswith("backbone.")}
+    if not any(k.startswith("fc.") for k in expected):
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    if convert is not None:
+        state_dict = convert(state_dict)
+    arch, ours = (provenance or {}).get("arch"), getattr(model, "arch", None)
+    hint = f" ({source} holds a {arch}, this model is a {ours})" if (
+        arch and ours and arch != ours) else ""
+    check_and_load(model, state_dict, source, hint)
+    model.provenance = provenance
+    return provenance

@@ -1,0 +1,48 @@
+"""Detection configs: every valid key with its default lives in
+``configs/detection/base_faster_rcnn.yaml`` (with the shared ``configs/base_train.yaml``);
+a config may only change those keys.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from omegaconf import DictConfig
+
+from resnet_detect import CONFIGS
+from resnet_detect.engine.config import config_from_mapping as engine_config_from_mapping
+from resnet_detect.engine.config import load_config as engine_load_config
+from resnet_detect.engine.config import load_defaults
+from resnet_detect.engine.tasks import refuse_other_task_config
+
+BASE_CONFIG = CONFIGS / "detection" / "base_faster_rcnn.yaml"
+
+
+def defaults() -> DictConfig:
+    """The defaults file as a config (every valid key)."""
+    return load_defaults(BASE_CONFIG)
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+    """A detection config: `path` with its `_base_` files and `key=value` overrides.
+
+    Raises:
+        ConfigError: unknown keys (named with the file or override), bad overrides.
+    """
+    refuse_other_task_config(path, overrides, "detection")
+    return engine_load_config(path, overrides, defaults=defaults())
+
+
+def config_from_mapping(config: Mapping[str, Any] | DictConfig,
+                        overrides: Sequence[str] = ()) -> DictConfig:
+    """A detection config from a loaded mapping (e.g. the one a checkpoint records)."""
+    return engine_config_from_mapping(config, overrides, defaults=defaults())
+
+
+def test_resize(cfg: Mapping[str, Any] | DictConfig) -> tuple[int, int | None]:
+    """(short edge, max size) of test-time resizing, from `data.val`."""
+    min_size = cfg["data"]["val"]["min_size"]
+    if not isinstance(min_size, int):  # a list: test at its largest value
+        min_size = max(int(v) for v in min_size)
+    return int(min_size), cfg["data"]["val"]["max_size"] or None

@@ -1,0 +1,186 @@
+"""Detection dataset: records -> decoded, augmented samples (M objects per image).
+
+A sample:
+    {"image": uint8 (3, H, W) RGB after resizing, "image_id": int, "file_name": str,
+     "height": int, "width": int (the original image size, for mapping predictions back),
+     "gt_boxes": float32 (M, 4) xyxy in resized-image pixels, "gt_classes": int64 (M,),
+     "gt_masks": uint8 (M, H, W) (only with with_masks=True)}
+
+Padding to the backbone's size divisibility is the model's job, not this module's.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from resnet_detect.engine.data import (PackedRecords, UnreadableImageError, read_image,
+                                       segmentation_to_mask)
+
+from .transforms import ResizeShortestEdge
+
+logger = logging.getLogger(__name__)
+
+# an index, (index, augmentation seed) from TrainingSampler, or (index, seed, short edge) from
+# `batch_keys` when every image of a batch takes the same training scale
+SampleKey = int | tuple[int, int] | tuple[int, int, int]
+
+# the transforms that move pixels which `object_masks` follows
+MASK_MOVES = ("ResizeShortestEdge", "HorizontalFlip")
+# images whose sides differ by at most this factor batch together as near-square
+SQUARE_ASPECT = 1.2
+
+
+def aspect_groups(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Aspect-ratio bucket of every record: landscape 0, portrait 1, near-square 2.
+
+    Batches are drawn within one bucket, so padding to the largest image wastes little; a
+    near-square image batched with landscape ones would be padded to their width. (Until
+    2026-12-01 square images went with the landscape ones: a run checkpointed before then
+    resumes into another order of batches.)
+    """
+    ids = []
+    for r in records:
+        height, width = r["height"], r["width"]
+        if max(height, width) <= SQUARE_ASPECT * min(height, width):
+            ids.append(2)
+        else:
+            ids.append(0 if width > height else 1)
+    return np.asarray(ids, dtype=np.int64)
+
+
+def object_masks(segmentations: Sequence[Any], height: int, width: int,
+                 applied: Sequence[tuple[str, dict[str, Any]]]) -> np.ndarray:
+    """uint8 (M, H', W') masks of objects (COCO segmentations of an H x W image; None: no
+    mask) after the transforms applied to their image (its resize and flip; the others must
+    change pixels alone), one object at a time: a dense image's masks stacked at full size
+    took gigabytes and seconds."""
+    applied = [(n, p) for n, p in applied if n in MASK_MOVES]
+    shape = (height, width)
+    for name, params in applied:
+        if name == "ResizeShortestEdge":
+            shape = tuple(params["new_shape"])
+    out = np.zeros((len(segmentations), *shape), dtype=np.uint8)
+    for mask, segmentation in zip(out, segmentations):
+        if segmentation is None:  # a val object without one
+            continue
+        full = segmentation_to_mask(segmentation, height, width)
+        for name, params in applied:  # as albumentations applies them to masks
+            if name == "ResizeShortestEdge":
+                new_h, new_w = params["new_shape"]
+                full = cv2.resize(full, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+            else:
+                full = full[:, ::-1]
+        mask[...] = full
+    return out
+
+
+class DetectionDataset(Dataset):
+    """Decode, augment and convert records from `load_coco_json` into model inputs.
+
+    Args:
+        records: per-image records from `load_coco_json`.
+        transform: from `build_transforms` (with boxes).
+        with_masks: also return `gt_masks` (records need `segmentations`).
+        scale_per_batch: `batch_keys` gives every image of a batch one training scale
+            (drawn as the transform's first top-level ResizeShortestEdge draws it per image),
+            so a batch is padded only to its largest aspect ratio, not also to its largest
+            scale.
+    """
+
+    def __init__(self, records: Sequence[dict[str, Any]], *, transform: A.Compose,
+                 with_masks: bool = False, scale_per_batch: bool = False) -> None:
+        if with_masks:
+            moves = [type(t).__name__ for t in transform.transforms
+                     if not isinstance(t, A.ImageOnlyTransform)]
+            if not transform.save_applied_params or set(moves) - set(MASK_MOVES):
+                raise ValueError(f"with_masks takes a transform that records what it applied "
+                                 f"(save_applied_params=True, as build_transforms makes) and "
+                                 f"moves pixels only by {', '.join(MASK_MOVES)}; got {moves}")
+            for r in records:
+                if "segmentations" not in r:
+                    raise ValueError(f"image id {r['image_id']} ({r['file_name']}): with_masks "
+                                     "needs the objects' segmentations (load the records "
+                                     "with keep_segmentation=True)")
+        self._records = PackedRecords(records)
+        self.group_ids = aspect_groups(records)
+        self.transform = transform
+        self.with_masks = with_masks
+        self._resize = None
+        if scale_per_batch:
+            resizes = [t for t in transform.transforms if isinstance(t, ResizeShortestEdge)]
+            if not resizes:
+                raise ValueError("scale_per_batch needs a ResizeShortestEdge in the transform")
+            self._resize = resizes[0]
+        self.num_skipped = 0  # unreadable images seen by this process
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def batch_keys(self, keys: list[tuple[int, int]]) -> list[SampleKey]:
+        """The keys of one training batch, each with the batch's short edge when
+        scale_per_batch is on (drawn from the first key's seed, so a resumed run draws the
+        same); otherwise the keys as given."""
+        if self._resize is None or not keys:
+            return list(keys)
+        # a stream apart from the one that seed gives the image's own augmentation
+        short = self._resize.draw_short_edge(random.Random(f"batch scale {keys[0][1]}"))
+        return [(index, seed, short) for index, seed in keys]
+
+    def record(self, index: int) -> dict[str, Any]:
+        """The raw record of an image."""
+        return self._records[index]
+
+    def __getitem__(self, key: SampleKey) -> dict[str, Any] | None:
+        """The sample of `key`, or None when the image cannot be decoded (logged and counted).
+
+        Args:
+            key: an index, or (index, seed) to make the augmentation reproducible without
+                global state (a bare index augments with the index as its seed), or
+                (index, seed, short edge) to resize to that length.
+        """
+        if isinstance(key, tuple):
+            index, seed, short_edge = (*key, None)[:3]
+        else:
+            index, seed, short_edge = key, None, None
+        record = self._records[index]
+        try:
+            image = read_image(record["file_name"])
+        except UnreadableImageError as err:
+            return self._skip(f"{err} (image id {record['image_id']})")
+        height, width = record["height"], record["width"]
+        if image.shape[:2] != (height, width):
+            return self._skip(
+                f"{record['file_name']} (image id {record['image_id']}): decoded size "
+                f"{image.shape[1]}x{image.shape[0]} differs from the annotation's {width}x{height} "
+                "(after EXIF rotation, if the file has an orientation tag)")
+        if seed is None:  # drawing one would move the training's torch generator
+            seed = index
+        self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        boxes, classes = record["boxes"], record["classes"]
+        out = self.transform(image=image, bboxes=boxes, box_ids=np.arange(len(boxes)),
+                             short_edge=short_edge)
+        keep = np.asarray(out["box_ids"], dtype=np.int64)
+        sample = {
+            "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
+            "image_id": record["image_id"], "file_name": record["file_name"],
+            "height": height, "width": width,
+            "gt_boxes": torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)),
+            "gt_classes": torch.from_numpy(classes[keep]),
+        }
+        if self.with_masks:
+            sample["gt_masks"] = torch.from_numpy(object_masks(
+                [record["segmentations"][i] for i in keep], height, width,
+                out["applied_transforms"]))
+        return sample
+
+    def _skip(self, reason: str) -> None:
+        self.num_skipped += 1
+        logger.warning("skipping unreadable image: %s", reason)

@@ -1,0 +1,110 @@
+"""The detection splits as configured (`data.train`, `data.val`): the annotation files loaded
+and checked (errors name the file and entry) into datasets, before any model is built."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from omegaconf import DictConfig
+
+from resnet_detect.engine.config import parse_bool
+from resnet_detect.engine.data import CategoryMapping, check_image_sizes, load_coco_json
+
+from ..config import test_resize
+from .dataset import DetectionDataset
+from .transforms import build_transforms
+
+
+@dataclass
+class Datasets:
+    """The training and validation sets and the category mapping they share."""
+
+    train: DetectionDataset
+    val: DetectionDataset | None
+    mapping: CategoryMapping
+
+
+def _split_paths(cfg: DictConfig, split: str) -> tuple[str, str] | None:
+    s = cfg.data[split]
+    if not s.ann_file and not s.img_dir:
+        return None
+    if not s.ann_file or not s.img_dir:
+        raise ValueError(f"data.{split} needs both ann_file and img_dir, got ann_file="
+                         f"{s.ann_file!r}, img_dir={s.img_dir!r}")
+    return str(s.ann_file), str(s.img_dir)
+
+
+class ValSplit(NamedTuple):
+    """The validation set at test-time size, its category mapping, its JSON path and whether
+    the file has objects to score against (COCO's test-dev image info has none)."""
+
+    dataset: DetectionDataset
+    mapping: CategoryMapping
+    ann_file: str
+    annotated: bool
+
+
+def build_val_dataset(cfg: DictConfig, with_masks: bool = False) -> ValSplit | None:
+    """The validation split (None where data.val is not set). Every image's size (by its
+    header) and, for Mask R-CNN, every object's segmentation are checked, so a wrong one stops
+    the run before training, not at the evaluation after it; objects without a segmentation
+    are left to the evaluation (ignored in segm). `with_masks`: samples hold gt_masks too
+    (Mask R-CNN configs; zero for those objects; the evaluation reads the JSON instead)."""
+    paths = _split_paths(cfg, "val")
+    if paths is None:
+        return None
+    records, mapping, stats = load_coco_json(*paths, keep_segmentation=bool(cfg.model.mask_on),
+                                             evaluation=True)
+    check_image_sizes(records, paths[0])
+    min_size, max_size = test_resize(cfg)
+    transform = build_transforms(min_size=min_size, max_size=max_size, flip_prob=0.0)
+    dataset = DetectionDataset(records, transform=transform,
+                               with_masks=with_masks and bool(cfg.model.mask_on))
+    return ValSplit(dataset, mapping, paths[0], annotated=stats.annotations > 0)
+
+
+def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapping, str]:
+    """The training set with its augmentation, its category mapping and its JSON path (the
+    images the training will see: those without objects dropped with data.train.filter_empty).
+
+    Raises:
+        ValueError: the split is not set, or it holds no usable box.
+    """
+    paths = _split_paths(cfg, "train")
+    if paths is None:
+        raise ValueError("data.train.ann_file and data.train.img_dir must be set")
+    d = cfg.data.train
+    scale_per_batch = parse_bool(d.scale_per_batch, "data.train.scale_per_batch")
+    mask_on = bool(cfg.model.mask_on)
+    records, mapping, stats = load_coco_json(*paths, filter_empty=d.filter_empty,
+                                             keep_segmentation=mask_on, training=True)
+    if not records or stats.boxes == 0:
+        masks = (f", {stats.no_mask} without a usable polygon or RLE, which model.mask_on needs"
+                 if stats.no_mask else "")
+        raise ValueError(f"{paths[0]}: no usable object in its {stats.images} images (left out "
+                         f"{stats.crowd} crowd and {stats.degenerate} degenerate boxes{masks}; "
+                         f"filter_empty={d.filter_empty}): a detector cannot learn from it")
+    min_size = d.min_size if isinstance(d.min_size, int) else list(d.min_size)
+    train = DetectionDataset(records, with_masks=mask_on, scale_per_batch=scale_per_batch,
+                             transform=build_transforms(min_size=min_size, max_size=d.max_size,
+                                                        flip_prob=d.hflip_prob))
+    del records  # packed in `train`; its Python objects (GBs for COCO's polygons) go now
+    return train, mapping, paths[0]
+
+
+def build_datasets(cfg: DictConfig) -> Datasets:
+    """Load and check both splits (errors name the file and entry) before any training.
+
+    Raises:
+        ValueError: a split is not set, or the val categories differ from the training ones.
+    """
+    train, mapping, train_file = build_train_dataset(cfg)
+    val = build_val_dataset(cfg)
+    if val is not None and val.mapping.dataset_ids != mapping.dataset_ids:
+        raise ValueError(f"{val.ann_file}: categories {list(val.mapping.dataset_ids)} differ "
+                         f"from the training file's {list(mapping.dataset_ids)} ({train_file})")
+    if val is not None and not val.annotated:
+        raise ValueError(f"{val.ann_file} has no annotations to score the training's "
+                         "evaluations against: give an annotated val file, or leave data.val "
+                         "unset (tools/eval.py writes the detections of such a file)")
+    return Datasets(train=train, val=val.dataset if val else None, mapping=mapping)

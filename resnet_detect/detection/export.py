@@ -1,0 +1,139 @@
+"""Detectors to ONNX (tools/export.py) and back: `OnnxDetector` runs an exported graph with
+ONNX Runtime behind the `GeneralizedRCNN` calls that `Predictor` and evaluation make.
+
+The graph: "image" (H, W, 3) uint8 RGB, already resized by the test-time rule (any H, W),
+and "original_size" int64 [h, w] (the size before resizing) -> "boxes" (D, 4) float32 xyxy
+in original pixels, "scores" (D,), "labels" (D,) int64 dataset category ids, and for
+Mask R-CNN "masks" (D, h, w) bool. Normalisation, padding, NMS and mask pasting are inside.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from resnet_detect.engine.data.batching import pad_to_multiple
+from resnet_detect.engine.export import (MODEL_FILE, ExportError, OnnxModel, export_graph,
+                                         write_metadata)
+
+from .rcnn import GeneralizedRCNN
+from .roi_heads.mask_paste import paste_masks_dense
+
+TASK = "detection"
+
+
+class DetectionGraph(nn.Module):
+    """What the ONNX graph computes: `GeneralizedRCNN` in evaluation on one image, boxes and
+    masks in the original image's pixels, labels as dataset category ids."""
+
+    def __init__(self, model: GeneralizedRCNN, category_ids: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("category_ids", torch.tensor(list(category_ids)), False)
+
+    def forward(self, image: Tensor, original_size: Tensor) -> tuple[Tensor, ...]:
+        m = self.model
+        x = (image.permute(2, 0, 1).float() - m.pixel_mean) / m.pixel_std
+        height, width = x.shape[-2:]  # tensors while tracing: the sizes stay symbolic
+        batch = pad_to_multiple(x, m.size_divisibility)[None]
+        features = m.backbone(batch)
+        proposals, _ = m.rpn(features, [(height, width)], batch.shape[-2:], None)
+        (det,), _ = m.roi_heads(features, [p["boxes"] for p in proposals], [(height, width)])
+        size = original_size.to(torch.float64)
+        scale = torch.stack([size[1] / width, size[0] / height] * 2).to(torch.float32)
+        boxes = det["boxes"] * scale
+        outputs = (boxes, det["scores"], self.category_ids[det["labels"]])
+        if m.mask_on:
+            outputs += (paste_masks_dense(det["mask_probs"], boxes,
+                                          (original_size[0], original_size[1]),
+                                          threshold=m.mask_threshold),)
+        return outputs
+
+
+def output_names(model: GeneralizedRCNN) -> list[str]:
+    return ["boxes", "scores", "labels"] + (["masks"] if model.mask_on else [])
+
+
+def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequence[str],
+                    category_ids: Sequence[int], resize: tuple[int, int | None],
+                    example_size: tuple[int, int] = (96, 128)) -> dict[str, Any]:
+    """Write `folder/model.onnx` and `folder/export.json`; returns the metadata.
+
+    Args:
+        resize: (short side, max size) of the test-time resizing the graph expects.
+    """
+    model.eval()
+    example = (torch.zeros((*example_size, 3), dtype=torch.uint8),
+               torch.tensor(example_size, dtype=torch.int64))
+    names = output_names(model)
+    dynamic = {"image": (0, 1), **{name: (0,) for name in names}}
+    if model.mask_on:
+        dynamic["masks"] = (0, 1, 2)
+    export_graph(DetectionGraph(model, category_ids), example, folder / MODEL_FILE,
+                 input_names=["image", "original_size"], output_names=names,
+                 dynamic_axes=dynamic)
+    box_predictor = model.roi_heads.box_predictor
+    outputs = {"boxes": "float32 (D, 4) xyxy in original-image pixels",
+               "scores": "float32 (D,), decreasing", "labels": "int64 (D,) category ids"}
+    if model.mask_on:
+        outputs["masks"] = "bool (D, h, w) at original_size (pasted at once: D*h*w floats)"
+    return write_metadata(
+        folder, TASK,
+        inputs={"image": "uint8 (H, W, 3) RGB, resized by `resize`",
+                "original_size": "int64 [h, w] of the image before resizing"},
+        outputs=outputs, pixel_mean=model.pixel_mean.flatten().tolist(),
+        pixel_std=model.pixel_std.flatten().tolist(), class_names=class_names,
+        category_ids=[int(c) for c in category_ids],
+        resize={"short_side": int(resize[0]),
+                "max_size": int(resize[1]) if resize[1] else None,
+                "interpolation": "bilinear (OpenCV, as detection.data.build_transforms)"},
+        mask_on=model.mask_on, score_thresh=box_predictor.score_thresh,
+        nms_thresh=box_predictor.nms_thresh,
+        detections_per_image=box_predictor.detections_per_image)
+
+
+class OnnxDetector(OnnxModel):
+    """An exported detector run by ONNX Runtime, called like `GeneralizedRCNN` in evaluation:
+    `model(images, output_sizes)` -> per image {"boxes", "scores", "labels" (0..K-1), and
+    "masks" for Mask R-CNN}.
+
+    Attributes:
+        metadata: export.json.
+        mask_on: whether the graph returns masks.
+    """
+
+    def __init__(self, weights: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+        super().__init__(weights, TASK, device, required=("category_ids", "mask_on", "resize"))
+        ids = self.metadata["category_ids"]
+        if not isinstance(ids, list) or not ids or any(
+                not isinstance(c, int) or c < 0 for c in ids) \
+                or len(ids) != len(self.metadata["class_names"]):
+            raise ExportError(f"{weights}: the category_ids {ids!r:.80} of its export.json are "
+                              f"not one non-negative int per class name; export again with "
+                              f"tools/export.py")
+        self.mask_on = bool(self.metadata["mask_on"])
+        self._label_of_id = np.zeros(max(ids) + 1, dtype=np.int64)
+        self._label_of_id[ids] = np.arange(len(ids))
+
+    def forward(self, images: Sequence[Tensor],
+                output_sizes: Sequence[tuple[int, int]] | None = None) -> list[dict[str, Tensor]]:
+        sizes = output_sizes or [tuple(image.shape[-2:]) for image in images]
+        if len(sizes) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(sizes)} output_sizes")
+        device = self.device
+        results = []
+        for image, size in zip(images, sizes):
+            out = self.session.run(None, {"image": self.hwc_uint8(image),
+                                          "original_size": np.asarray(size, dtype=np.int64)})
+            result = {"boxes": torch.from_numpy(out[0]).to(device),
+                      "scores": torch.from_numpy(out[1]).to(device),
+                      "labels": torch.from_numpy(self._label_of_id[out[2]]).to(device)}
+            if self.mask_on:
+                result["masks"] = torch.from_numpy(out[3]).to(device)
+            results.append(result)
+        return results

@@ -1,0 +1,260 @@
+"""Predictor: one RGB uint8 (H, W, 3) image in, D detections out (boxes (D, 4) xyxy in
+input-image pixels, scores (D,), labels (D,) dataset category ids, and for Mask R-CNN
+masks (D, H, W) bool).
+
+The model is built from a config (a YAML path, a loaded config, or None for the config an
+own checkpoint records) and whole-detector weights: an own checkpoint, whose provenance
+supplies the class names, dataset category ids and pixel mean/std, or a torchvision
+``fasterrcnn_resnet50_fpn`` / ``maskrcnn_resnet50_fpn`` state dict (labels are then
+torchvision's, i.e. COCO ids).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
+from resnet_detect.engine.data import check_rgb_image
+from resnet_detect.engine.distributed import usable_device
+from resnet_detect.engine.export import is_onnx
+from resnet_detect.engine.visualize import Renderer, draw_detections, palette
+
+from .build import build_model
+from .config import config_from_mapping, load_config, test_resize
+from .convert import (has_mask_head, is_torchvision_faster_rcnn, load_detector_weights,
+                      weight_bound_settings)
+from .data import build_transforms
+from .export import OnnxDetector
+from .rcnn import GeneralizedRCNN
+
+logger = logging.getLogger(__name__)
+
+_CLS_KEYS = ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias")
+
+
+@dataclass
+class LoadedDetector:
+    """A detector with weights and what its labels mean.
+
+    Attributes:
+        model: the detector (eval mode).
+        cfg: the config it was built from (weights keys cleared).
+        class_names: name of each contiguous label.
+        category_ids: dataset category id of each contiguous label.
+        provenance: the checkpoint's provenance (empty for foreign weights).
+    """
+
+    model: GeneralizedRCNN
+    cfg: DictConfig
+    class_names: list[str]
+    category_ids: list[int]
+    provenance: dict[str, Any]
+
+
+def _num_classes_of(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    """K from the classifier rows (K + 1 with background; torchvision: background first)."""
+    for key in _CLS_KEYS:
+        if key in state_dict:
+            return int(state_dict[key].shape[0]) - 1
+    return None
+
+
+def _config(config: str | os.PathLike | Mapping[str, Any] | DictConfig,
+            overrides: Sequence[str]) -> DictConfig:
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config, overrides)
+    return config_from_mapping(config, overrides)
+
+
+def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | None, *,
+                  weights: str | os.PathLike | None, overrides: Sequence[str] = (),
+                  device: str | torch.device = "cpu") -> LoadedDetector:
+    """Build a detector from a config and whole-detector weights.
+
+    Args:
+        config: YAML path or loaded config; None takes the config the checkpoint records.
+        weights: own checkpoint or torchvision state dict; None uses `model.weights`.
+        overrides: `key=value` config overrides (e.g. model.roi_heads.score_thresh=0.3).
+        device: where the model runs.
+
+    Raises:
+        ValueError: no weights, no config, or weights that do not fit the config.
+    """
+    device = usable_device(device)
+    if is_onnx(weights):
+        return _load_onnx_detector(config, weights, overrides, device)
+    cfg = _config(config, overrides) if config is not None else None
+    source = weights if weights is not None else (cfg.model.weights if cfg is not None else None)
+    if not source:
+        raise ValueError("no detector weights: pass weights=PATH (or set model.weights)")
+    state_dict, provenance = unwrap_state_dict(read_checkpoint(source))
+    provenance = dict(provenance or {})
+    refuse_other_task(str(source), provenance, "detection")
+    if cfg is None:
+        if not isinstance(provenance.get("config"), Mapping):
+            raise ValueError(f"a config is needed: the weights {source} record none (only this "
+                             "project's checkpoints do)")
+        cfg = config_from_mapping(provenance["config"], overrides)
+    elif isinstance(provenance.get("config"), Mapping):
+        _warn_of_another_test_size(cfg, provenance["config"], source)
+    cfg.model.weights = None
+    cfg.model.backbone.weights = None  # the whole-detector weights replace them
+    foreign = is_torchvision_faster_rcnn(state_dict)
+    num_classes = _num_classes_of(state_dict)
+    if num_classes is None:
+        raise ValueError(f"{source}: no box classifier ({_CLS_KEYS[0]}) in the weights")
+    if cfg.model.num_classes not in (None, num_classes):
+        raise ValueError(f"model.num_classes is {cfg.model.num_classes} but the weights {source} "
+                         f"have {num_classes} classes")
+    cfg.model.num_classes = num_classes
+    masks = has_mask_head(state_dict)
+    if masks != bool(cfg.model.mask_on):
+        raise ValueError(
+            f"the weights {source} have {'a' if masks else 'no'} mask head but model.mask_on "
+            f"is {bool(cfg.model.mask_on)}; use a {'Mask' if masks else 'Faster'} R-CNN config "
+            f"(or set model.mask_on={str(masks).lower()})")
+    for key in ("pixel_mean", "pixel_std"):
+        if provenance.get(key):
+            cfg.model[key] = list(provenance[key])
+    model = build_model(cfg)
+    load_detector_weights(model, {"model": state_dict, "provenance": provenance},
+                          weight_bound_settings(cfg.model), source=str(source))
+    model.to(device).eval()
+    if foreign or not provenance.get("category_ids"):
+        category_ids = list(range(1, num_classes + 1))  # torchvision: class k is id k + 1
+    else:
+        category_ids = [int(c) for c in provenance["category_ids"]]
+    names = [str(n) for n in provenance.get("class_names") or []]
+    if len(names) != num_classes:
+        names = [str(c) for c in category_ids]
+    if len(category_ids) != num_classes:
+        raise ValueError(f"{source}: provenance lists {len(category_ids)} category ids for "
+                         f"{num_classes} classes")
+    return LoadedDetector(model=model, cfg=cfg, class_names=names, category_ids=category_ids,
+                          provenance=provenance)
+
+
+def _warn_of_another_test_size(cfg: DictConfig, recorded: Mapping[str, Any],
+                               source: str | os.PathLike) -> None:
+    """A config whose test-time resize is not the one the weights were evaluated with in
+    training (a model fine-tuned on small images, tested at the 1x config's 800 px)."""
+    try:
+        trained = test_resize(recorded)
+    except (KeyError, TypeError, ValueError):  # an older or foreign record
+        return
+    if test_resize(cfg) != trained:
+        logger.warning("%s records a config that tests at data.val.min_size=%s "
+                       "data.val.max_size=%s (its evaluations in training); this config resizes "
+                       "test images to %s, %s: the results will differ. To test as trained, "
+                       "give the run's config.yaml as the config (Predictor: config=None) or "
+                       "set those keys", source, trained[0], trained[1], *test_resize(cfg))
+
+
+def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | None,
+                        weights: str | os.PathLike, overrides: Sequence[str],
+                        device: str | torch.device) -> LoadedDetector:
+    """An exported graph (tools/export.py) run by ONNX Runtime; test-time resizing as it was
+    exported (export.json), whatever the config says."""
+    model = OnnxDetector(weights, device)
+    meta = model.metadata
+    unused = [o.split("=", 1)[0] for o in overrides
+              if o.startswith(("model.", "data.val.min_size=", "data.val.max_size="))]
+    if unused:
+        logger.warning("%s not applied to the exported graph %s: it keeps what export.json says "
+                       "(score_thresh %s, nms_thresh %s, detections_per_image %s, resize %s); "
+                       "export again with them", ", ".join(unused), weights,
+                       meta.get("score_thresh"), meta.get("nms_thresh"),
+                       meta.get("detections_per_image"), meta["resize"])
+    cfg = _config({} if config is None else config, overrides)
+    cfg.data.val.min_size = meta["resize"]["short_side"]
+    cfg.data.val.max_size = meta["resize"]["max_size"]
+    cfg.model.mask_on = model.mask_on
+    if meta.get("detections_per_image") is not None:  # what the evaluation scores follows it
+        cfg.model.roi_heads.detections_per_image = int(meta["detections_per_image"])
+    return LoadedDetector(model=model, cfg=cfg, class_names=list(meta["class_names"]),
+                          category_ids=[int(c) for c in meta["category_ids"]], provenance={})
+
+
+class Predictor:
+    """`Predictor(config, weights=..., overrides=[...])(rgb_uint8_hxwx3)` -> detections.
+
+    Test-time resizing follows `data.val.min_size` / `data.val.max_size`; score threshold,
+    NMS threshold and detections per image follow `model.roi_heads.*`.
+
+    Args:
+        config: YAML path, or a loaded config; None takes the config the weights record.
+        weights: whole-detector weights, or an exported `.onnx` (or its folder; run by ONNX
+            Runtime); None uses `model.weights` of the config.
+        overrides: `key=value` config overrides.
+        device: where the model runs ("cpu", "cuda", ...).
+
+    Attributes:
+        model: the `GeneralizedRCNN`, in eval mode.
+        class_names: name of each contiguous label.
+        category_ids: dataset category id of each contiguous label.
+    """
+
+    def __init__(self, config: str | os.PathLike | Mapping[str, Any] | DictConfig | None = None,
+                 *, weights: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+                 device: str | torch.device = "cpu") -> None:
+        loaded = load_detector(config, weights=weights, overrides=overrides, device=device)
+        self.model = loaded.model
+        self.cfg = loaded.cfg
+        self.class_names = loaded.class_names
+        self.category_ids = loaded.category_ids
+        self._id_to_name = dict(zip(self.category_ids, self.class_names))
+        min_size, max_size = test_resize(self.cfg)
+        self.transform = build_transforms(min_size=min_size, max_size=max_size, with_boxes=False)
+        self.device = torch.device(device)
+
+    def name_of(self, category_id: int) -> str:
+        """Class name of a dataset category id."""
+        return self._id_to_name.get(int(category_id), str(category_id))
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> dict[str, Any]:
+        """Detect objects in one image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+
+        Returns:
+            {"boxes": float32 (D, 4) xyxy in `image` pixels, "scores": float32 (D,),
+            "labels": int64 (D,) dataset category ids, "class_names": D names}, and for
+            Mask R-CNN "masks": bool (D, H, W) in `image` pixels.
+        """
+        check_rgb_image(image)
+        height, width = image.shape[:2]
+        resized = self.transform(image=image)["image"]
+        tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+        out = self.model([tensor.to(self.device)], output_sizes=[(height, width)])[0]
+        labels = np.asarray(self.category_ids, dtype=np.int64)[out["labels"].cpu().numpy()]
+        result = {"boxes": out["boxes"].float().cpu().numpy(),
+                  "scores": out["scores"].float().cpu().numpy(),
+                  "labels": labels,
+                  "class_names": [self.name_of(c) for c in labels]}
+        if "masks" in out:
+            result["masks"] = out["masks"].cpu().numpy()
+        return result
+
+
+def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
+                   overrides: Sequence[str] = (), min_score: float = 0.5) -> Renderer:
+    """RGB image -> RGB picture of its detections scoring at least `min_score` (tools/demo.py).
+
+    The model's own score threshold becomes `min_score` (detectron2's demo does the same): a
+    lower `min_score` shows detections the config's threshold would drop, a higher one spares
+    pasting masks that are not drawn. An exported graph keeps its threshold."""
+    if not is_onnx(weights):
+        overrides = [f"model.roi_heads.score_thresh={min_score}", *overrides]
+    predictor = Predictor(config, weights=weights, overrides=overrides)
+    rgb = palette(len(predictor.category_ids))
+    colours = {cid: tuple(int(v) for v in rgb[i]) for i, cid in enumerate(predictor.category_ids)}
+    return lambda image: draw_detections(image, predictor(image), colours, min_score)

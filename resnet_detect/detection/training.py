@@ -1,0 +1,258 @@
+"""The detection task the runner drives (engine.runner): Faster / Mask R-CNN on COCO data.
+
+A batch is a list of N samples (``detection.data.DetectionDataset``); the model takes
+N images (3, H_i, W_i) and per image gt_boxes (M, 4) / gt_classes (M,) (and gt_masks
+(M, H_i, W_i) with ``model.mask_on``, from the annotations' polygons or RLE).
+``train.batch_size`` counts images per step over all processes; each process loads
+batch_size / world_size.
+Everything that can fail on the data (JSON structure, unknown ids, missing image files)
+fails in `detection.data.build_datasets` before a model is built.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+
+from resnet_detect import backbones
+from resnet_detect.engine import atomic_write_json, is_main_process, to_plain
+from resnet_detect.engine.data import (CategoryMapping, CountedLoader, DatasetError,
+                                       build_test_loader)
+from resnet_detect.engine.export import METADATA_FILE, ExportError, is_onnx, model_path
+from resnet_detect.engine.files import nan_to_none
+from resnet_detect.engine.runner import TaskData, format_metric
+
+from .build import build_model, check_choices
+from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
+from .data import build_datasets, build_val_dataset
+from .evaluation import COCO_MAX_DETS, RESULTS_FILE, COCOEvaluator, coco_backend
+from .export import export_detector
+from .browse import browse_split
+from .predictor import LoadedDetector, build_renderer, load_detector
+from .rcnn import GeneralizedRCNN
+
+logger = logging.getLogger("detection")
+# COCOeval scores every image of the annotation file
+UNREADABLE_VAL = "their objects count as missed"
+__all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "DetectionTask", "browse_split", "build_renderer",
+           "evaluate_checkpoint", "export_model"]
+
+
+def resolve_num_classes(cfg: DictConfig, mapping: CategoryMapping) -> None:
+    """Set model.num_classes from the training JSON, or check the configured value."""
+    configured = cfg.model.num_classes
+    if configured is None:
+        cfg.model.num_classes = mapping.num_classes
+    elif configured != mapping.num_classes:
+        raise ValueError(f"model.num_classes is {configured} but {cfg.data.train.ann_file} has "
+                         f"{mapping.num_classes} categories; leave it null to read it from there "
+                         "(model.num_classes=null: a run's config.yaml records its own)")
+
+
+def scored_detections(cfg: DictConfig) -> int:
+    """Detections per image and category the COCO evaluation scores: COCO's 100, or the
+    model's detections_per_image where it keeps more (dense scenes), as detectron2 does."""
+    return max(COCO_MAX_DETS, int(cfg.model.roi_heads.detections_per_image))
+
+
+def iou_types(model: GeneralizedRCNN) -> tuple[str, ...]:
+    """What COCO evaluation scores for `model`: ("bbox",), plus "segm" for Mask R-CNN."""
+    return ("bbox", "segm") if model.mask_on else ("bbox",)
+
+
+@torch.no_grad()
+def evaluate_all(model: GeneralizedRCNN, loader: DataLoader, evaluator: COCOEvaluator
+                 ) -> dict[str, dict[str, Any]]:
+    """{iou_type: metrics} of `model` over `loader` for the evaluator's iou_types ("bbox",
+    "segm"); every process scores its share, values in percent."""
+    was_training = model.training
+    model.eval()
+    evaluator.reset()
+    device = model.pixel_mean.device
+    try:
+        for batch in loader:
+            if not batch:
+                continue
+            outputs = model([s["image"].to(device) for s in batch],
+                            output_sizes=[(s["height"], s["width"]) for s in batch])
+            evaluator.process(batch, outputs)
+    finally:
+        model.train(was_training)
+    return evaluator.evaluate()
+
+
+def make_provenance(cfg: DictConfig, mapping: CategoryMapping) -> dict[str, Any]:
+    """What model_final.pth records: arch, backbone options, pixel mean/std, class names,
+    dataset category ids and the resolved config."""
+    plain = to_plain(cfg)
+    bcfg = plain["model"]["backbone"]
+    options = {k: v for k, v in bcfg.items() if k != "weights"}
+    meta = "mask_rcnn_" if plain["model"]["mask_on"] else "faster_rcnn_"
+    arch = meta + bcfg["name"] + ("_fpn" if plain["model"]["fpn"]["enabled"] else "")
+    provenance = backbones.make_provenance(
+        arch, options, class_names=list(mapping.names), config=plain,
+        pixel_mean=tuple(plain["model"]["pixel_mean"]),
+        pixel_std=tuple(plain["model"]["pixel_std"]))
+    provenance["category_ids"] = list(mapping.dataset_ids)
+    return provenance
+
+
+def refuse_other_classes(loaded: LoadedDetector, mapping: CategoryMapping, ann_file: str,
+                         weights: str) -> None:
+    """The weights' classes must be the evaluation file's: a shared id named otherwise, or a
+    class (named once on both sides) under an id of the file the weights lack (a re-export
+    renumbered it: its detections would be dropped, its objects missed), is refused. A bare
+    id as the name (torchvision weights) names no class."""
+    name_of = dict(zip(mapping.dataset_ids, mapping.names))
+    ids_of: dict[str, list[int]] = {}
+    for c, n in name_of.items():
+        ids_of.setdefault(n, []).append(c)
+    name_counts = Counter(loaded.class_names)
+    named = [(c, n) for c, n in zip(loaded.category_ids, loaded.class_names) if n != str(c)]
+    clash = [(c, n, name_of[c]) for c, n in named if c in name_of and n != name_of[c]]
+    moved = [(c, n, ids_of[n][0]) for c, n in named if len(ids_of.get(n, ())) == 1
+             and name_counts[n] == 1 and ids_of[n][0] not in loaded.category_ids]
+    source = model_path(weights).parent / METADATA_FILE if is_onnx(weights) else weights
+    refused = ExportError if is_onnx(weights) else DatasetError
+    if clash:
+        raise refused(
+            f"{source} names the categories {[(c, n) for c, n, _ in clash][:10]}, {ann_file} "
+            f"{[(c, d) for c, _, d in clash][:10]}: the labels would mean other classes")
+    if moved:
+        raise refused(
+            f"{source} has the categories {[(c, n) for c, n, _ in moved][:10]}, {ann_file} "
+            f"the same names under other ids {[(d, n) for _, n, d in moved][:10]}: their "
+            f"detections would be dropped and those objects scored as missed; give the file "
+            f"the weights' ids")
+
+
+def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequence[str],
+                        device: torch.device, *, backend: str | None = None) -> dict[str, Any]:
+    """COCO box (and mask) AP of `weights` on data.val (tools/eval.py): writes
+    OUTPUT/coco_instances_results.json and OUTPUT/metrics.json (percent, NaN -> null; per
+    IoU type what a training's metrics.json holds, and the weights). A file without
+    annotations (COCO's test-dev image info) gets its results written, nothing scored.
+    `backend` None: the config's data.val.coco_backend."""
+    loaded = load_detector(config, weights=weights, overrides=overrides, device=device)
+    backend = backend or coco_backend(loaded.cfg)
+    val = build_val_dataset(loaded.cfg)
+    if val is None:
+        raise ValueError("data.val.ann_file and data.val.img_dir must be set to evaluate")
+    dataset, mapping, ann_file = val.dataset, val.mapping, val.ann_file
+    refuse_other_classes(loaded, mapping, ann_file, weights)
+    known = set(mapping.dataset_ids)
+    unknown = [c for c in loaded.category_ids if c not in known]
+    if len(unknown) == len(loaded.category_ids):
+        raise ValueError(f"none of the weights' category ids {loaded.category_ids[:10]} occur "
+                         f"in {ann_file} (ids {list(mapping.dataset_ids)[:10]}...)")
+    if unknown:
+        logger.warning("%d of the model's category ids are not in %s: %s", len(unknown),
+                       ann_file, unknown[:10])
+    loader = CountedLoader(build_test_loader(dataset,
+                                             num_workers=min(loaded.cfg.data.num_workers, 1)))
+    types = iou_types(loaded.model)
+    evaluator = COCOEvaluator(ann_file, category_ids=loaded.category_ids, output_dir=output,
+                              backend=backend, iou_types=types, score=val.annotated,
+                              max_dets=scored_detections(loaded.cfg))
+    metrics = evaluate_all(loaded.model, loader, evaluator)
+    result: dict[str, Any] = {t: nan_to_none(metrics[t]) if val.annotated else None
+                              for t in types}
+    result["images"] = loader.report(logger, "val", UNREADABLE_VAL)
+    result["weights"] = str(weights)
+    if is_main_process():
+        atomic_write_json(result, output / "metrics.json")
+        files = f"results: {output / RESULTS_FILE}, metrics: {output / 'metrics.json'}"
+        if not val.annotated:
+            print(f"{ann_file} has no annotations: detections written, nothing scored "
+                  f"({files})", flush=True)
+        else:
+            mask = f"  mask AP = {metrics['segm']['AP']:.1f}" if "segm" in metrics else ""
+            print(f"box AP = {metrics['bbox']['AP']:.1f}{mask}  ({files})", flush=True)
+    return result
+
+
+def export_model(config: str, weights: str, folder: Path, overrides: Sequence[str] = ()
+                 ) -> dict[str, Any]:
+    """Export `weights` built as `config` says to folder/model.onnx (tools/export.py);
+    returns export.json."""
+    loaded = load_detector(config, weights=weights, overrides=overrides)
+    return export_detector(loaded.model, folder, class_names=loaded.class_names,
+                           category_ids=loaded.category_ids, resize=test_resize(loaded.cfg))
+
+
+class DetectionTask:
+    """Faster R-CNN / Mask R-CNN (model.mask_on) for `engine.runner.run_training`."""
+
+    name = "detection"
+    primary_metrics = "bbox"
+    unreadable_val = UNREADABLE_VAL
+
+    def __init__(self) -> None:
+        self.mapping: CategoryMapping | None = None
+        self.evaluator: COCOEvaluator | None = None
+
+    def prepare(self, cfg: DictConfig) -> TaskData:
+        check_choices(cfg)
+        backend = coco_backend(cfg)
+        data = build_datasets(cfg)
+        resolve_num_classes(cfg, data.mapping)
+        self.mapping = data.mapping
+        if data.val is not None:
+            self.evaluator = COCOEvaluator(
+                cfg.data.val.ann_file, category_ids=data.mapping.dataset_ids,
+                output_dir=Path(cfg.train.output_dir) / "inference", backend=backend,
+                iou_types=("bbox", "segm") if cfg.model.mask_on else ("bbox",),
+                max_dets=scored_detections(cfg))
+        description = (f"{len(data.train)} train / {len(data.val) if data.val else 'no'} val "
+                       f"images, {data.mapping.num_classes} classes {list(data.mapping.names)}")
+        return TaskData(train=data.train, val=data.val, description=description,
+                        group_ids=data.train.group_ids, batch_keys=data.train.batch_keys)
+
+    def build_model(self, cfg: DictConfig) -> nn.Module:
+        return build_model(cfg)
+
+    def losses(self, model: nn.Module, batch: list[dict[str, Any]],
+               device: torch.device) -> Mapping[str, torch.Tensor]:
+        images = [s["image"].to(device, non_blocking=True) for s in batch]
+        targets = [{"gt_boxes": s["gt_boxes"].to(device), "gt_classes": s["gt_classes"].to(device)}
+                   for s in batch]
+        if "gt_masks" in batch[0]:
+            for target, s in zip(targets, batch):
+                target["gt_masks"] = s["gt_masks"].to(device, non_blocking=True)
+        return model(images, targets)
+
+    def evaluate(self, model: nn.Module, loader: DataLoader,
+                 device: torch.device) -> dict[str, dict[str, Any]]:
+        assert self.evaluator is not None
+        return evaluate_all(model, loader, self.evaluator)
+
+    def summary(self, metrics: dict[str, dict[str, Any]]) -> str:
+        box = metrics.get("bbox", {})
+        line = f"box AP = {format_metric(box.get('AP'))}"
+        if box:
+            line += (f"  AP50 = {format_metric(box.get('AP50'))}  "
+                     f"AP75 = {format_metric(box.get('AP75'))}")
+        if metrics.get("segm"):
+            line += f"  mask AP = {format_metric(metrics['segm'].get('AP'))}"
+        return line
+
+    def provenance(self, cfg: DictConfig) -> dict[str, Any]:
+        assert self.mapping is not None
+        return make_provenance(cfg, self.mapping)
+
+    def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
+        path = Path(cfg.train.output_dir) / "model_final.pth"
+        backbones.save_checkpoint(path, model.state_dict(), self.provenance(cfg),
+                                  iteration=iteration)
+        return [path]
+
+
+TASK = DetectionTask
+RENAMED_KEYS: dict[str, str] = {}

@@ -1,0 +1,330 @@
+"""YAML configs: `_base_` inheritance, `key=value` overrides, a strict schema, saving.
+
+A task (pretraining, detection, segmentation) owns a defaults tree that lists every valid key.
+`load_config(path, overrides, defaults=...)` merges, in order, the defaults, the `_base_`
+files of `path` (recursively, depth first), `path` itself and the command-line overrides.
+The merged tree is in OmegaConf struct mode: a key that the defaults do not have is an error
+naming the key and the file (or the override) it came from. Subtrees listed in `open_keys`
+(e.g. `model.options`, passed through as keyword arguments) accept any key.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from .files import atomic_write_text
+
+BASE_KEY = "_base_"
+# switches that also take a name (checked where they are used: amp.py, compilation.py)
+NAMED_SWITCHES = ("train.amp", "train.compile")
+# sizes that take one number or a list (detection: drawn per image in training, the largest
+# in testing)
+NUMBER_OR_LIST = ("data.train.min_size", "data.val.min_size")
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and its source."""
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and friends
+        raise ConfigError(f"cannot parse config file {path}: {e}") from e
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return cfg
+
+
+def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
+    """The files `path` inherits from, bases first, each without its `_base_` key.
+
+    `_base_` is a path (or a list of paths) relative to the file that names it.
+    """
+    chain: list[tuple[Path, DictConfig]] = []
+
+    def visit(file: Path, stack: tuple[Path, ...]) -> None:
+        file = file.resolve()
+        if file in stack:
+            cycle = " -> ".join(str(p) for p in (*stack, file))
+            raise ConfigError(f"_base_ cycle: {cycle}")
+        cfg = _read_yaml(file)
+        bases = cfg.pop(BASE_KEY, None)
+        if bases is not None:
+            if isinstance(bases, str):
+                bases = [bases]
+            if not isinstance(bases, (list, ListConfig)) or not all(
+                    isinstance(b, str) for b in bases):
+                raise ConfigError(f"{BASE_KEY} in {file} must be a path or a list of paths")
+            for base in bases:
+                visit(file.parent / base, (*stack, file))
+        chain.append((file, cfg))
+
+    visit(Path(path), ())
+    return chain
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _deferred(value: Any) -> bool:
+    """A ${...} interpolation or the mandatory ???: a value known only once resolved."""
+    return isinstance(value, str) and (value.startswith("${") or value == "???")
+
+
+def _kinds(defaults: Mapping[str, Any] | DictConfig) -> dict[str, str]:
+    """Dotted key -> "int", "float", "ints", "floats" (a list of numbers), "str", "bool" or
+    "section", from its default (null defaults, lists of lists and the NAMED_SWITCHES take
+    anything: `train.amp: false` also takes bf16)."""
+    kinds: dict[str, str] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, Mapping):
+                kinds[key] = "section"
+                walk(v, f"{key}.")
+            elif _is_number(v):
+                kinds[key] = "int" if isinstance(v, int) else "float"
+            elif isinstance(v, str):
+                kinds[key] = "str"
+            elif isinstance(v, bool) and key not in NAMED_SWITCHES:
+                kinds[key] = "bool"
+            elif isinstance(v, list) and all(_is_number(x) for x in v):
+                kinds[key] = "ints" if v and all(isinstance(x, int) for x in v) else "floats"
+
+    walk(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig) else defaults, "")
+    return kinds
+
+
+def _check_values(part: DictConfig, kinds: Mapping[str, str], source: str) -> None:
+    """Refuse, naming the key and its file or override, rather than fail deep in training: a
+    section replaced by a value (an empty one in a file wiped its defaults), a value that is not
+    a number where the default is a number, not a list of numbers where it is such a list (the
+    NUMBER_OR_LIST keys take either), a fraction where it is a whole number, anything but true
+    or false where the default is one (a quoted "false" is a string, which Python takes as
+    true). A number where the default is a string becomes that string
+    (`train.output_dir=2024`)."""
+    def check(key: str, v: Any) -> None:
+        kind = kinds.get(key)
+        if kind == "section" and not isinstance(v, Mapping):
+            empty = " (a section left empty in a file: give it keys or remove it)" \
+                if v is None and not source.startswith("override") else ""
+            raise ConfigError(f"{key} is a section of keys, got {v!r} in {source}{empty}")
+        if kind == "bool" and not isinstance(v, bool) and not _deferred(v):
+            raise ConfigError(f"{key} must be true or false, got {v!r} in {source}")
+        if kind not in ("int", "float", "ints", "floats") or v is None or _deferred(v):
+            return
+        values = v if isinstance(v, list) else [v]
+        numbers = [x for x in values if not _deferred(x)]
+        listed = kind in ("ints", "floats")
+        either = key in NUMBER_OR_LIST
+        if (isinstance(v, list) != listed and not either) or not all(
+                _is_number(x) for x in numbers) or (not values and (either or not listed)):
+            wanted = ("a number or a list of numbers" if either
+                      else "a list of numbers" if listed else "a number")
+            raise ConfigError(f"{key} must be {wanted}, got {v!r} in {source}")
+        if kind in ("int", "ints") and not key.endswith("epochs"):  # 2.5 epochs exist
+            if not all(float(x).is_integer() for x in numbers):
+                raise ConfigError(f"{key} must be a whole number, got {v!r} in {source}")
+            if len(numbers) == len(values) and any(isinstance(x, float) for x in values):
+                # 1e3: 1000, not 1000.0
+                whole = [int(x) for x in values]
+                OmegaConf.update(part, key, whole if isinstance(v, list) else whole[0])
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            check(key, v)
+            if isinstance(v, Mapping):
+                walk(v, f"{key}.")
+            elif kinds.get(key) == "str" and _is_number(v):
+                OmegaConf.update(part, key, str(v))
+
+    walk(OmegaConf.to_container(part), "")
+
+
+def _suggestion(key: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _merge(cfg: DictConfig, other: DictConfig, source: str,
+           kinds: Mapping[str, str] | None = None) -> DictConfig:
+    if kinds:
+        _check_values(other, kinds, source)
+    try:
+        return OmegaConf.merge(cfg, other)  # type: ignore[return-value]
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        key = getattr(e, "full_key", None) or str(e)
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        keys = sorted(node.keys()) if isinstance(node, DictConfig) else []
+        valid = ", ".join(keys) if keys else "?"
+        where = f"under '{parent}'" if parent else "at the top level"
+        raise ConfigError(f"unknown config key '{key}' in {source}{_suggestion(key, keys)}; "
+                          f"valid keys {where}: {valid}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid value in {source}: {e}") from None
+
+
+def make_schema(defaults: Mapping[str, Any] | DictConfig, *,
+                open_keys: Sequence[str] = ()) -> DictConfig:
+    """A struct-mode copy of `defaults` where only the `open_keys` subtrees accept new keys."""
+    schema = OmegaConf.create(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig)
+                              else dict(defaults))
+    OmegaConf.set_struct(schema, True)
+    for key in open_keys:
+        node = OmegaConf.select(schema, key)
+        if not isinstance(node, DictConfig):
+            raise ConfigError(f"open key '{key}' is not a mapping in the defaults")
+        OmegaConf.set_struct(node, False)
+    return schema
+
+
+def load_defaults(path: str | os.PathLike) -> DictConfig:
+    """A task's defaults file (configs/<task>/base_*.yaml) with its `_base_` files merged:
+    every valid key of that task's configs with its default value."""
+    cfg = OmegaConf.create({})
+    for _, part in config_chain(path):
+        cfg = OmegaConf.merge(cfg, part)
+    return cfg  # type: ignore[return-value]
+
+
+_ABSENT = object()
+
+
+def _rename(part: DictConfig, renamed: Mapping[str, str], source: str) -> DictConfig:
+    """Move deprecated keys of `part` to their new names, with a warning naming both."""
+    for old, new in renamed.items():
+        value = OmegaConf.select(part, old, default=_ABSENT)
+        if value is _ABSENT:
+            continue
+        parent, _, leaf = old.rpartition(".")
+        node = OmegaConf.select(part, parent) if parent else part
+        node.pop(leaf)
+        if parent and not node:
+            grand, _, name = parent.rpartition(".")
+            (OmegaConf.select(part, grand) if grand else part).pop(name)
+        logger.warning("%s: config key '%s' is deprecated; it is now '%s'", source, old, new)
+        OmegaConf.update(part, new, value, force_add=True)
+    return part
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
+                defaults: Mapping[str, Any] | DictConfig | None = None,
+                open_keys: Sequence[str] = (),
+                renamed: Mapping[str, str] | None = None) -> DictConfig:
+    """Load a YAML config with its `_base_` files, then apply `key=value` overrides.
+
+    Args:
+        path: the YAML file.
+        overrides: dotlist strings such as `solver.base_lr=0.05` or `data.root=/data`.
+        defaults: every valid key with its default value; None accepts any key.
+        open_keys: dotted paths of subtrees of `defaults` that accept any key.
+        renamed: deprecated dotted key -> its new name; old files and overrides keep loading,
+            with a warning naming the new key.
+
+    Returns:
+        The merged config, read-only keys-wise (struct mode) when `defaults` is given.
+
+    Raises:
+        ConfigError: a missing/unparsable file, a `_base_` cycle, an unknown key (named with
+            the file or override that introduced it), a malformed override, or a mandatory
+            value (`???`) left unset.
+    """
+    cfg = (make_schema(defaults, open_keys=open_keys) if defaults is not None
+           else OmegaConf.create({}))
+    kinds = _kinds(defaults) if defaults is not None else None
+    renamed = renamed or {}
+    for file, part in config_chain(path):
+        cfg = _merge(cfg, _rename(part, renamed, str(file)), str(file), kinds)
+    cfg = apply_overrides(cfg, overrides, renamed=renamed, kinds=kinds)
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except OmegaConfBaseException as e:  # a ${...} naming no key
+        raise ConfigError(f"config {path}: {' '.join(str(e).split())}") from None
+    if missing:
+        raise ConfigError(f"config {path} leaves mandatory keys unset: {', '.join(missing)} "
+                          f"(set them in the file or as key=value overrides)")
+    return cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
+                    renamed: Mapping[str, str] | None = None,
+                    kinds: Mapping[str, str] | None = None) -> DictConfig:
+    """`cfg` with `key=value` overrides merged in order (the one override parser). `None` is
+    null, as in detectron2's overrides.
+
+    Raises:
+        ConfigError: a malformed override, an unknown key, or a value of the wrong kind where
+            `kinds` (dotted key -> kind of its default) says (named with the override).
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value")
+        key, value = item.split("=", 1)
+        try:
+            dotlist = OmegaConf.from_dotlist([f"{key}=null" if value == "None" else item])
+        except Exception as e:  # OmegaConf's, and yaml's for a malformed list
+            raise ConfigError(f"cannot parse override '{item}' (a list with spaces needs quotes:"
+                              f" '{key}=[1, 2]'): {' '.join(str(e).split())}") from None
+        parsed = OmegaConf.select(dotlist, key, throw_on_resolution_failure=False)
+        kind = kinds.get(key) if kinds else None
+        if value[:1] not in ("'", '"', "[", "{") and (
+                # YAML reads "runs #2" as "runs" and a comment, "run: 2" as a mapping: a path
+                re.search(r"(^|\s)#", value)
+                or (isinstance(parsed, Mapping) and kind != "section")
+                or (kind == "str" and _is_number(parsed))):  # 0755 is not 493, 1e3 not 1000.0
+            OmegaConf.update(dotlist, key, value)  # the text as typed
+        source = f"override '{item}'"
+        cfg = _merge(cfg, _rename(dotlist, renamed or {}, source), source, kinds)
+    return cfg
+
+
+def config_from_mapping(config: Mapping[str, Any] | DictConfig, overrides: Sequence[str] = (),
+                        *, defaults: Mapping[str, Any] | DictConfig,
+                        renamed: Mapping[str, str] | None = None) -> DictConfig:
+    """A config from a loaded mapping (e.g. the one a checkpoint records), checked against
+    `defaults` like a file, then `overrides`."""
+    cfg = make_schema(defaults)
+    part = OmegaConf.create(OmegaConf.to_container(config) if isinstance(config, DictConfig)
+                            else dict(config))
+    # what a checkpoint recorded is not checked again: it trained, and must load for inference
+    cfg = _merge(cfg, _rename(part, renamed or {}, "the checkpoint's config"),
+                 "the checkpoint's config")
+    return apply_overrides(cfg, overrides, renamed=renamed, kinds=_kinds(defaults))
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically (temp file in the same folder + rename)."""
+    atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), path)
+
+
+def parse_bool(value: Any, key: str) -> bool:
+    """A config value that must be true or false (YAML booleans, not strings or numbers).
+
+    Raises:
+        ValueError: anything else, naming `key`.
+    """
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{key} must be true or false, got {value!r}")
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain dicts/lists (storable in a weights_only checkpoint)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

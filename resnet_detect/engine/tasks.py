@@ -1,0 +1,90 @@
+"""The tasks the tools dispatch to, chosen by a config's `task` key.
+
+Each entry names the module that defines the task: its `TASK` (a `engine.runner.Task`
+class), `BASE_CONFIG` (configs/<task>/base_*.yaml: every valid key with its default) and,
+where old key names still load, `RENAMED_KEYS`; where a key given on the command line must
+replace conflicting keys of the file, `resolve_overrides(cfg, overrides)`. A new task needs
+one line here and its module.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Sequence
+from types import ModuleType
+
+from omegaconf import DictConfig
+
+from .config import ConfigError, config_chain, load_config, load_defaults
+
+TASK_MODULES = {
+    "detection": "resnet_detect.detection.training",
+    "sem_seg": "resnet_detect.segmentation.training",
+    "classification": "resnet_detect.backbones.pretraining",
+}
+
+
+# what reads each task's configs, for messages
+READERS = {
+    "detection": "tools/train.py, tools/eval.py and detection.Predictor",
+    "sem_seg": "tools/train.py, tools/eval.py and segmentation.Predictor",
+    "classification": "tools/pretrain.py",
+    "analyze": "tools/analyze.py",
+}
+
+
+def task_module(name: str) -> ModuleType:
+    """The module that defines task `name`."""
+    if name not in TASK_MODULES:
+        raise ConfigError(f"unknown task {name!r}; valid: {', '.join(TASK_MODULES)}")
+    return importlib.import_module(TASK_MODULES[name])
+
+
+def config_task(path: str | os.PathLike, overrides: Sequence[str] = ()) -> str:
+    """The `task` a config file (with its `_base_` files, or a `task=` override) names."""
+    task = None
+    for _, part in config_chain(path):
+        task = part.get("task", task)
+    for item in overrides:
+        if item.startswith("task="):
+            task = item.split("=", 1)[1]
+    if task is None:
+        raise ConfigError(f"config {path} has no `task` key; inherit a base config or set "
+                          f"task: {' | '.join(TASK_MODULES)}")
+    return str(task)
+
+
+def refuse_other_task_config(path: str | os.PathLike, overrides: Sequence[str],
+                             task: str) -> None:
+    """A config whose `task` key names another task than `task` is refused, naming the
+    package that reads it (its keys would otherwise be reported unknown one by one)."""
+    try:
+        name = config_task(path, overrides)
+    except ConfigError:
+        return  # no task key: checked key by key against `task`'s defaults
+    if name != task:
+        raise ConfigError(f"config {path} is for task {name!r}, not {task!r}"
+                          + (f": {READERS[name]} read it" if name in READERS else ""))
+
+
+def load_task_config(path: str | os.PathLike, overrides: Sequence[str] = (),
+                     task: str | None = None) -> tuple[str, DictConfig]:
+    """(task name, config checked against that task's defaults file).
+
+    Args:
+        path: the YAML file.
+        overrides: `key=value` strings.
+        task: expected task (e.g. "classification" for tools/pretrain.py); a config that
+            names another is refused.
+    """
+    if task is not None:
+        refuse_other_task_config(path, overrides, task)
+    name = config_task(path, overrides)
+    module = task_module(name)
+    cfg = load_config(path, overrides, defaults=load_defaults(module.BASE_CONFIG),
+                      open_keys=getattr(module, "OPEN_KEYS", ()),
+                      renamed=getattr(module, "RENAMED_KEYS", None))
+    resolve = getattr(module, "resolve_overrides", None)
+    if resolve is not None:
+        resolve(cfg, overrides)
+    return name, cfg

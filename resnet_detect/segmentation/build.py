@@ -1,0 +1,213 @@
+"""Config -> segmenter: the one place where the `model` config tree becomes modules.
+
+`build_model(cfg)` reads `cfg.model` (keys and defaults in configs/segmentation/base_deeplab.yaml)
+and returns a `SemanticSegmentor`:
+FCN, DeepLabV3 or DeepLabV3+ on any registered ResNet, optional auxiliary FCN head.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from resnet_detect import CONFIGS, backbones
+from resnet_detect.backbones.layers import ShapeSpec
+from resnet_detect.backbones.weights import refuse_other_normalisation
+from resnet_detect.engine.config import config_from_mapping as engine_config_from_mapping
+from resnet_detect.engine.config import load_config as engine_load_config
+from resnet_detect.engine.config import load_defaults, parse_bool
+from resnet_detect.engine.tasks import refuse_other_task_config
+
+from .convert import load_segmentation_weights, weight_bound_settings
+from .data import prefer_command_line_sources
+from .heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead, SemSegHead, aspp_rates
+from .model import SemanticSegmentor
+
+HEADS = ("deeplabv3", "deeplabv3plus", "fcn")
+
+BASE_CONFIG = CONFIGS / "segmentation" / "base_deeplab.yaml"
+
+
+def defaults() -> DictConfig:
+    """Every valid segmentation config key with its default (the base file)."""
+    return load_defaults(BASE_CONFIG)
+
+
+def provenance_from_config(cfg: Mapping[str, Any] | DictConfig,
+                           class_names: Sequence[str]) -> dict[str, Any]:
+    """What a segmenter checkpoint records (backbones.make_provenance): arch, backbone
+    options, pixel mean/std, class names and the resolved config.
+
+    Args:
+        cfg: the full config the model was built from.
+        class_names: the K class names, index = class id.
+    """
+    plain = _plain(cfg)
+    mcfg = plain["model"]
+    options = {k: v for k, v in mcfg["backbone"].items() if k != "weights"}
+    return backbones.make_provenance(
+        f"{mcfg['head']['name']}_{mcfg['backbone']['name']}", options,
+        class_names=list(class_names), config=plain, pixel_mean=tuple(mcfg["pixel_mean"]),
+        pixel_std=tuple(mcfg["pixel_std"]))
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+    """A segmentation config: `path` with its `_base_` files and `key=value` overrides,
+    checked against the base file (an unknown key is an error naming it and its source)."""
+    refuse_other_task_config(path, overrides, "sem_seg")
+    cfg = engine_load_config(path, overrides, defaults=defaults())
+    prefer_command_line_sources(cfg, overrides)
+    return cfg
+
+
+def config_from_mapping(config: Mapping[str, Any] | DictConfig,
+                        overrides: Sequence[str] = ()) -> DictConfig:
+    """A segmentation config from a loaded mapping, checked like a file, then `overrides`."""
+    cfg = engine_config_from_mapping(config, overrides, defaults=defaults())
+    prefer_command_line_sources(cfg, overrides)
+    return cfg
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _shape(shapes: Mapping[str, ShapeSpec], name: str, key: str) -> ShapeSpec:
+    if name not in shapes:
+        raise ValueError(f"{key} is {name!r}, which the backbone does not output; "
+                         f"available: {list(shapes)}")
+    return shapes[name]
+
+
+def build_backbone(cfg: Mapping[str, Any]) -> nn.Module:
+    """The dilated ResNet, returning every map the heads read, without the stages after them.
+
+    Args:
+        cfg: the `model` config.
+    """
+    bcfg = cfg["backbone"]
+    hcfg, acfg = cfg["head"], cfg["aux_head"]
+    out_features = [hcfg["in_feature"]]
+    if hcfg["name"] == "deeplabv3plus":
+        out_features.append(hcfg["low_level_feature"])
+    if acfg["enabled"]:
+        out_features.append(acfg["in_feature"])
+    multi_grid = bcfg["multi_grid"]
+    resnet = backbones.build(
+        bcfg["name"],
+        weights=bcfg["weights"],
+        config_prefix="model.backbone.",
+        norm=bcfg["norm"],
+        freeze_at=bcfg["freeze_at"],
+        output_stride=bcfg["output_stride"],
+        multi_grid=tuple(multi_grid) if multi_grid else None,
+        stride_in_1x1=bcfg["stride_in_1x1"],
+        out_features=tuple(dict.fromkeys(out_features)),
+    )
+    refuse_other_normalisation(resnet, str(bcfg["weights"]), cfg)
+    return resnet.drop_unused_stages()
+
+
+def build_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
+               num_classes: int) -> SemSegHead:
+    """The main head ("loss_sem_seg") from `model.head`.
+
+    Args:
+        cfg: the `model` config.
+        shapes: the backbone's output shapes by name.
+        num_classes: K, background included.
+    """
+    hcfg = cfg["head"]
+    name = hcfg["name"]
+    _check_head_name(name)
+    deep = _shape(shapes, hcfg["in_feature"], "model.head.in_feature")
+    common = {"num_classes": num_classes, "loss_name": "loss_sem_seg",
+              "loss_weight": hcfg["loss_weight"], "ignore_index": cfg["ignore_index"]}
+    separable = parse_bool(hcfg["separable"], "model.head.separable")
+    if name == "fcn":
+        if separable:
+            raise ValueError("model.head.separable is for the ASPP heads (deeplabv3, "
+                             "deeplabv3plus); the fcn head has one full 3x3 conv")
+        return FCNHead(in_feature=hcfg["in_feature"], in_channels=deep.channels,
+                       channels=hcfg["channels"], norm=hcfg["norm"], dropout=hcfg["dropout"],
+                       **common)
+    rates = hcfg["aspp_rates"] or aspp_rates(deep.stride)
+    channels = hcfg["channels"] or 256
+    if name == "deeplabv3":
+        return DeepLabV3Head(in_feature=hcfg["in_feature"], in_channels=deep.channels,
+                             rates=rates, channels=channels, norm=hcfg["norm"],
+                             aspp_dropout=hcfg["aspp_dropout"],
+                             separable=separable, **common)
+    shallow = _shape(shapes, hcfg["low_level_feature"], "model.head.low_level_feature")
+    return DeepLabV3PlusHead(
+        in_feature=hcfg["in_feature"], in_channels=deep.channels,
+        low_level_feature=hcfg["low_level_feature"], low_level_in_channels=shallow.channels,
+        rates=rates, channels=channels, low_level_channels=hcfg["low_level_channels"],
+        norm=hcfg["norm"], aspp_dropout=hcfg["aspp_dropout"], dropout=hcfg["dropout"],
+        separable=separable, **common)
+
+
+def build_aux_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
+                   num_classes: int) -> FCNHead | None:
+    """The auxiliary FCN head ("loss_aux") from `model.aux_head`, or None when disabled."""
+    acfg = cfg["aux_head"]
+    if not acfg["enabled"]:
+        return None
+    shape = _shape(shapes, acfg["in_feature"], "model.aux_head.in_feature")
+    return FCNHead(in_feature=acfg["in_feature"], in_channels=shape.channels,
+                   channels=acfg["channels"], norm=cfg["head"]["norm"],
+                   dropout=acfg["dropout"], num_classes=num_classes, loss_name="loss_aux",
+                   loss_weight=acfg["loss_weight"], ignore_index=cfg["ignore_index"])
+
+
+def _check_head_name(name: str) -> None:
+    if name not in HEADS:
+        raise ValueError(f"unknown model.head.name {name!r}; valid: {', '.join(HEADS)}")
+
+
+def check_choices(cfg: Mapping[str, Any] | DictConfig) -> None:
+    """The model's named choices, before the training data is read (build_model checks them
+    again where they are used)."""
+    _check_head_name(cfg["model"]["head"]["name"])
+
+
+def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:
+    """Segmenter from a full config (its `model` subtree).
+
+    `model.backbone.weights` loads backbone weights while building the backbone;
+    `model.weights` (whole-segmenter weights: own checkpoint or a torchvision DeepLabV3/FCN
+    state dict) is loaded last, strictly but for the classifiers when the weights were trained
+    on another class count (those start afresh: fine-tuning).
+
+    Args:
+        cfg: config with a `model` subtree as in the base file.
+    """
+    mcfg = _plain(cfg["model"])
+    if mcfg.get("arch", "semantic_segmentor") != "semantic_segmentor":
+        raise ValueError(f"segmentation.build_model builds model.arch 'semantic_segmentor', "
+                         f"got {mcfg.get('arch')!r}")
+    num_classes = mcfg.get("num_classes")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"model.num_classes must be a positive integer (classes including "
+                         f"background; set it, or let the training script read it from the "
+                         f"data), got {num_classes!r}")
+    backbone = build_backbone(mcfg)
+    shapes = backbone.output_shape()
+    size_divisibility = mcfg["size_divisibility"]
+    model = SemanticSegmentor(
+        backbone=backbone,
+        head=build_head(mcfg, shapes, num_classes),
+        aux_head=build_aux_head(mcfg, shapes, num_classes),
+        pixel_mean=mcfg["pixel_mean"],
+        pixel_std=mcfg["pixel_std"],
+        size_divisibility=(backbone.size_divisibility if size_divisibility is None
+                           else size_divisibility),
+        ignore_index=mcfg["ignore_index"],
+    )
+    if mcfg.get("weights"):
+        load_segmentation_weights(model, mcfg["weights"], weight_bound_settings(mcfg),
+                                  new_classes=True)
+    return model

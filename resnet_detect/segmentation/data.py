@@ -1,0 +1,348 @@
+"""Semantic segmentation data: image + class-id mask pairs, checked and augmented together.
+
+A sample (H, W after augmentation):
+    {"image": uint8 (3, H, W) RGB, "gt_sem_seg": int64 (H, W) class ids, 255 = ignore,
+     "file_name": str, "height": int, "width": int (the original image size)}
+
+Each split (`data.train.*` / `data.val.*`, the keys of detection plus a few) is folder data
+(`img_dir` + `mask_dir`) or COCO instances (`img_dir` + `ann_file`); see
+`segmentation.records` for both layouts.
+
+Bad data fails with the file named: an image without a mask (when the split is built), a
+mask whose size differs from its image or that holds class ids outside 0..K-1 other than
+255 (when the sample is read). Unreadable images are skipped and counted (as in detection).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from resnet_detect.engine import data as engine_data
+from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableImageError,
+                                       decoded_size, image_size, listing, read_image)
+from resnet_detect.engine.distributed import per_process_batch_size
+
+from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_semantic,
+                      read_mask, scan_folder)
+
+logger = logging.getLogger(__name__)
+DATA_SOURCES = ("ann_file", "mask_dir")  # one per split: COCO instances JSON or class-id PNGs
+__all__ = ["SemSegDataset", "build_dataset", "build_test_loader", "build_train_loader",
+           "build_transform", "coco_semantic_mask", "load_coco_semantic",
+           "read_mask", "resolve_class_names", "scan_folder"]
+
+
+def build_transform(*, crop_size: Sequence[int] | None = None,
+                    scale_range: Sequence[float] = (1.0, 1.0), hflip_prob: float = 0.0,
+                    image_fill: Sequence[float] = (124, 116, 104),
+                    ignore_index: int = IGNORE_INDEX) -> A.Compose:
+    """Mask-aware augmentation: random scale, pad to the crop (mask filled with
+    `ignore_index`), crop, flip.
+
+    Args:
+        crop_size: (H, W) of the training crop; None keeps the whole image (evaluation).
+        scale_range: (min, max) random rescale factor, e.g. (0.5, 2.0).
+        hflip_prob: probability of a horizontal flip.
+        image_fill: RGB value of padded image pixels (the mean colour: 0 after normalising).
+        ignore_index: mask value of padded pixels (not scored).
+    """
+    low, high = (float(s) for s in scale_range)
+    if not 0 < low <= high:
+        raise ValueError(f"scale_range must be 0 < min <= max, got {list(scale_range)}")
+    transforms: list[A.BasicTransform] = []
+    if (low, high) != (1.0, 1.0):
+        transforms.append(A.RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0,
+                                        interpolation=cv2.INTER_LINEAR,
+                                        mask_interpolation=cv2.INTER_NEAREST))
+    if crop_size is not None:
+        crop_h, crop_w = (int(s) for s in crop_size)
+        transforms += [A.PadIfNeeded(min_height=crop_h, min_width=crop_w,
+                                     border_mode=cv2.BORDER_CONSTANT, fill=tuple(image_fill),
+                                     fill_mask=ignore_index, position="top_left"),
+                       A.RandomCrop(height=crop_h, width=crop_w)]
+    if hflip_prob > 0:
+        transforms.append(A.HorizontalFlip(p=hflip_prob))
+    return A.Compose(transforms)
+
+
+class SemSegDataset(Dataset):
+    """Decode, check and augment (image, mask) pairs from folder or COCO records.
+
+    Args:
+        records: from `scan_folder` ({"file_name", "mask_file"}) or `load_coco_semantic`.
+        transform: from `build_transform`.
+        class_names: the K names (index = class id, background included); mask ids >= K
+            (other than `ignore_index`) are an error.
+        ignore_index: the mask value of pixels that are not scored (`model.ignore_index`).
+    """
+
+    def __init__(self, records: Sequence[dict[str, Any]], *, transform: A.Compose,
+                 class_names: Sequence[str], ignore_index: int = IGNORE_INDEX) -> None:
+        if not 1 <= len(class_names) <= IGNORE_INDEX:
+            raise ValueError(f"the number of classes must be in 1..{IGNORE_INDEX}, got "
+                             f"{len(class_names)}")
+        if not (isinstance(ignore_index, int) and 0 <= ignore_index <= 255):
+            raise ValueError(f"model.ignore_index must be a mask value 0..255, got "
+                             f"{ignore_index!r}")
+        self.ignore_index = ignore_index
+        # records without a mask source: images to predict (scan_folder without mask_dir, a
+        # COCO file without annotations), every pixel `ignore_index`
+        self.labelled = any("mask_file" in r or "objects" in r for r in records)
+        self._records = PackedRecords(records)
+        self.transform = transform
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+        self.num_skipped = 0
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def record(self, index: int) -> dict[str, Any]:
+        """The raw record of an image (file_name, and its mask's source)."""
+        return self._records[index]
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """(RGB uint8 (H, W, 3) image, uint8 (H, W) mask, record), checked, not augmented.
+
+        Raises:
+            UnreadableImageError: the image cannot be decoded.
+            DatasetError: mask size differs from the image, or class ids out of range.
+        """
+        record = self._records[index]
+        image = read_image(record["file_name"])
+        return image, self._checked_mask(record, image.shape[:2]), record
+
+    def _checked_mask(self, record: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
+        """The record's mask, checked against its image's (height, width) and the classes."""
+        if "mask_file" in record:
+            mask, source = read_mask(record["mask_file"]), f"mask {record['mask_file']}"
+        elif "objects" not in record:  # unlabelled
+            return np.full(size, self.ignore_index, dtype=np.uint8)
+        else:
+            mask = coco_semantic_mask(record, self.ignore_index)
+            source = "the COCO height/width"
+        if mask.shape != tuple(size):
+            raise DatasetError(
+                f"{source} is {mask.shape[1]}x{mask.shape[0]} but image "
+                f"{record['file_name']} is {size[1]}x{size[0]} (WxH, after EXIF "
+                f"rotation of the image, if it has an orientation tag)")
+        ids = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))  # O(pixels), no sort
+        bad = ids[(ids >= self.num_classes) & (ids != self.ignore_index)]
+        if bad.size:
+            raise DatasetError(f"{source} has class ids {bad[:MAX_LISTED].tolist()} "
+                               f"outside the {self.num_classes} declared classes "
+                               f"(0..{self.num_classes - 1}, {self.ignore_index} = ignore: "
+                               "model.ignore_index)")
+        return mask
+
+    def check_masks(self, split: str) -> None:
+        """Check every mask now (its size against its image's header, its class ids), all
+        problems listed: for the val split, whose masks would otherwise first be read by the
+        evaluation after training."""
+        problems = []
+        pixels = np.zeros(256, dtype=np.int64)  # per value, over every mask
+        for index in range(len(self)):
+            record = self._records[index]
+            size = image_size(record["file_name"])
+            if size is None:
+                continue  # unreadable: skipped when read, like any such image
+            try:
+                mask = self._checked_mask(record, size)
+            except DatasetError as err:
+                exact = decoded_size(record["file_name"])  # the header can mislead
+                if exact in (None, size):
+                    problems.append(str(err))
+                    continue
+                try:
+                    mask = self._checked_mask(record, exact)
+                except DatasetError as err:
+                    problems.append(str(err))
+                    continue
+            pixels += np.bincount(mask.ravel(), minlength=256)
+        if problems:
+            raise DatasetError(f"data.{split}: {len(problems)} of {len(self)} masks are wrong:"
+                               + listing(problems))
+        absent = [f"{self.class_names[i]!r} ({i})" for i in range(self.num_classes)
+                  if pixels[i] == 0]
+        if absent:
+            # e.g. binary masks of 0 and 255: the objects are the ignore value, never scored
+            logger.warning("data.%s: no mask holds %s; their IoU is n/a, or 0 where the model "
+                           "predicts them. %d%% of the pixels are "
+                           "%d (model.ignore_index, not scored)", split, ", ".join(absent),
+                           round(100 * (pixels[self.ignore_index] if 0 <= self.ignore_index
+                                        < 256 else 0) / max(pixels.sum(), 1)),
+                           self.ignore_index)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
+        """The sample of `key` (an index, augmented with the index as its seed, or (index,
+        augmentation seed)); None if unreadable."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        try:
+            image, mask, record = self.load(index)
+        except UnreadableImageError as err:
+            self.num_skipped += 1
+            logger.warning("skipping unreadable image: %s", err)
+            return None
+        if seed is None:  # drawing one would move the training's torch generator
+            seed = index
+        self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        try:
+            out = self.transform(image=image, mask=mask)
+        except cv2.error as err:  # e.g. a 1-pixel image scaled below one pixel
+            raise DatasetError(f"{record['file_name']} ({image.shape[1]}x{image.shape[0]}) "
+                               f"cannot be augmented: {str(err).strip()[-120:]}") from None
+        return {"image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
+                "gt_sem_seg": torch.from_numpy(out["mask"].astype(np.int64)),
+                "file_name": record["file_name"],
+                "height": int(image.shape[0]), "width": int(image.shape[1])}
+
+
+def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None = None
+                        ) -> list[str]:
+    """The K class names (index = class id, background included) of a config's data.
+
+    `data.class_names` (a list, or a JSON list / text file with one name per line) wins;
+    otherwise COCO data gives "background" + its category names, and folder data
+    `class_0..` from `model.num_classes`.
+
+    Args:
+        cfg: the full config.
+        coco_names: the names a COCO split gives (None for folder data).
+
+    Raises:
+        ValueError: nothing says how many classes there are, or two sources disagree.
+    """
+    names = cfg["data"]["class_names"]
+    if isinstance(names, str):
+        path = Path(names)
+        if not path.is_file():
+            raise FileNotFoundError(f"data.class_names file not found: {path}")
+        text = path.read_text()
+        if path.suffix == ".json":
+            try:
+                names = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DatasetError(f"data.class_names file {path}: not valid JSON ({err})"
+                                   ) from None
+            if not (isinstance(names, list) and names
+                    and all(isinstance(n, str) and n for n in names)):
+                raise DatasetError(f"data.class_names file {path} must hold a JSON list of "
+                                   f"names, index = class id (e.g. [\"background\", \"cat\"]), "
+                                   f"got {text.strip()[:80]!r}")
+        else:
+            names = [line.strip() for line in text.splitlines()]
+            while names and not names[-1]:
+                names.pop()
+            if "" in names:  # dropping it would renumber every class after it
+                raise DatasetError(f"data.class_names file {path}: line {names.index('') + 1} "
+                                   "is empty; line k names class id k - 1")
+    if coco_names is not None:
+        if names is not None and len(names) != len(coco_names):
+            raise ValueError(f"data.class_names has {len(names)} names but the COCO file gives "
+                             f"{len(coco_names)} classes (background + categories)")
+        names = list(names) if names is not None else list(coco_names)
+    num_classes = cfg["model"]["num_classes"]
+    if names is None:
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError("folder data needs data.class_names (or model.num_classes)")
+        names = [f"class_{i}" for i in range(num_classes)]
+    if num_classes is not None and num_classes != len(names):
+        raise ValueError(f"model.num_classes is {num_classes} but the data has {len(names)} "
+                         f"classes: {list(names)[:MAX_LISTED]}")
+    return [str(n) for n in names]
+
+
+def prefer_command_line_sources(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Let a data source given on the command line replace the config file's other source.
+
+    `data.<split>.ann_file=...` given as an override to a config whose file sets
+    `data.<split>.mask_dir` (or the reverse) selects the given source and drops the other; a
+    COCO source chosen this way also drops the file's `data.class_names` (the COCO categories
+    name the classes) unless that key is given too. Each change is logged in one line.
+    """
+    given = {item.split("=", 1)[0].strip() for item in overrides}
+    for split in ("train", "val"):
+        s = cfg.data[split]
+        chosen = [k for k in DATA_SOURCES if f"data.{split}.{k}" in given and s[k]]
+        dropped = [k for k in DATA_SOURCES if k not in chosen and s[k]]
+        if len(chosen) != 1 or not dropped:
+            continue
+        logger.warning("data.%s.%s given on the command line: using it instead of %s of the "
+                       "config", split, chosen[0],
+                       ", ".join(f"data.{split}.{k}={s[k]}" for k in dropped))
+        for key in dropped:
+            s[key] = None
+        if chosen[0] == "ann_file" and cfg.data.class_names and "data.class_names" not in given:
+            logger.warning("data.class_names=%s of the config dropped: the COCO categories of "
+                           "data.%s.ann_file name the classes", cfg.data.class_names, split)
+            cfg.data.class_names = None
+
+
+def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = False
+                  ) -> SemSegDataset:
+    """The `data.<split>` dataset ("train": augmented crops; other splits: whole images).
+
+    Its `class_names` come from `resolve_class_names`. `unlabelled`: img_dir alone is a split
+    too (images to predict, without labels; see `SemSegDataset.labelled`).
+
+    Raises:
+        ValueError: the split sets neither `ann_file` nor `mask_dir` (or both).
+    """
+    s = cfg["data"][split]
+    if not s["img_dir"] or (s["ann_file"] and s["mask_dir"]) or not (
+            s["ann_file"] or s["mask_dir"] or unlabelled):
+        raise ValueError(f"data.{split} needs img_dir and exactly one of ann_file (COCO) or "
+                         f"mask_dir (class-id PNGs); got img_dir={s['img_dir']!r}, "
+                         f"ann_file={s['ann_file']!r}, mask_dir={s['mask_dir']!r}"
+                         + ("" if split == "train" else " (images without labels: tools/"
+                            "eval.py --save-predictions predicts them)"))
+    coco_names = None
+    if s["ann_file"]:
+        records, coco_names = load_coco_semantic(s["ann_file"], s["img_dir"])
+    else:
+        if s["mask_suffix"].lower().endswith((".jpg", ".jpeg")):
+            raise ValueError(f"data.{split}.mask_suffix is {s['mask_suffix']!r}: JPEG's lossy "
+                             "compression changes class ids along every edge; masks must be "
+                             "PNGs (palette or grayscale)")
+        records = scan_folder(s["img_dir"], s["mask_dir"] or None, img_suffix=s["img_suffix"],
+                              mask_suffix=s["mask_suffix"], split_file=s["split_file"])
+    ignore_index = cfg["model"]["ignore_index"]
+    if split == "train":
+        transform = build_transform(crop_size=s["crop_size"], scale_range=s["scale_range"],
+                                    hflip_prob=s["hflip_prob"], ignore_index=ignore_index)
+    else:
+        transform = build_transform()
+    return SemSegDataset(records, transform=transform, ignore_index=ignore_index,
+                         class_names=resolve_class_names(cfg, coco_names))
+
+
+def build_train_loader(cfg: Mapping[str, Any], *, start_iter: int = 0) -> DataLoader:
+    """Endless loader of this process's share of `train.batch_size`, resumable at a step.
+
+    Args:
+        cfg: the full config.
+        start_iter: steps already done.
+    """
+    batch_size = per_process_batch_size(cfg["train"]["batch_size"], "train.batch_size")
+    return engine_data.build_train_loader(
+        build_dataset(cfg, "train"), batch_size=batch_size, seed=cfg["train"]["seed"],
+        num_workers=cfg["data"]["num_workers"], start_iter=start_iter)
+
+
+def build_test_loader(cfg: Mapping[str, Any], split: str = "val", *,
+                      unlabelled: bool = False) -> DataLoader:
+    """Each image of `data.<split>` once over all processes, one whole image per batch
+    (`unlabelled`: as in `build_dataset`)."""
+    return engine_data.build_test_loader(build_dataset(cfg, split, unlabelled=unlabelled),
+                                         num_workers=cfg["data"]["num_workers"])

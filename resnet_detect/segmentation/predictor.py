@@ -1,0 +1,217 @@
+"""Predictor: one RGB uint8 (H, W, 3) image in, an (H, W) class-id map out.
+
+The model is built from a config (a YAML path or a loaded config) and, optionally, weights
+(an own checkpoint, whose provenance supplies the class names and the pixel mean/std the
+weights expect, or a torchvision DeepLabV3/FCN state dict).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
+from resnet_detect.engine.data import check_rgb_image
+from resnet_detect.engine.distributed import usable_device
+from resnet_detect.engine.export import ExportError, is_onnx
+from resnet_detect.engine.visualize import Renderer, draw_segmentation, palette
+
+from .build import build_model, config_from_mapping, load_config
+from .convert import load_segmentation_weights, weight_bound_settings
+from .data import resolve_class_names
+from .export import OnnxSegmentor
+from .inference import TTAInference, tta_from_config
+
+_PREDICTOR_KEYS = ("head.predictor.weight", "classifier.4.weight")
+LARGE_IMAGE_PIXELS = 4_000_000  # the demo suggests test.max_size above this
+logger = logging.getLogger(__name__)
+
+
+def _num_classes_of(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    for key in _PREDICTOR_KEYS:
+        if key in state_dict:
+            return int(state_dict[key].shape[0])
+    return None
+
+
+def _config(config: str | os.PathLike | DictConfig | Mapping[str, Any],
+            overrides: Sequence[str]) -> DictConfig:
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config, overrides)
+    return config_from_mapping(config, overrides)  # unknown keys raise
+
+
+def placeholder_names(num_classes: int) -> list[str]:
+    """class_0.. : the names of classes nothing names (weights and config without names)."""
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def _configured_names(cfg: DictConfig, num_classes: int, source: str | None
+                      ) -> list[str] | None:
+    """data.class_names of weights that record no names; None when the config has none."""
+    if not cfg.data.class_names:
+        return None
+    names = resolve_class_names({"data": {"class_names": cfg.data.class_names},
+                                 "model": {"num_classes": None}})
+    if len(names) != num_classes:
+        raise ValueError(f"the weights {source} have {num_classes} classes, data.class_names "
+                         f"names {len(names)}")
+    return names
+
+
+class Predictor:
+    """`Predictor(config, weights=..., overrides=[...])(rgb_uint8_hxwx3) -> {"mask": (H, W)}`.
+
+    Args:
+        config: YAML path, or a loaded config; None takes the config the weights record.
+        weights: whole-segmenter weights, or an exported `.onnx` (or its folder; run by ONNX
+            Runtime); None uses `model.weights` of the config.
+        overrides: `key=value` config overrides.
+        device: where the model runs ("cpu", "cuda", ...).
+        tta: test-time inference; None takes the config's `test` section.
+
+    Attributes:
+        class_names: name of every class id (checkpoint provenance, else class_0..).
+        names_recorded: whether the weights named the classes (an export, or a checkpoint of
+            this project's).
+        model: the `SemanticSegmentor`, in eval mode.
+    """
+
+    def __init__(self, config: str | os.PathLike | DictConfig | Mapping[str, Any] | None = None,
+                 *, weights: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+                 device: str | torch.device = "cpu", tta: TTAInference | None = None) -> None:
+        device = usable_device(device)
+        if is_onnx(weights):
+            self._init_onnx(config, weights, overrides, device, tta)
+            return
+        source = str(weights) if weights is not None else None
+        checkpoint = read_checkpoint(weights) if weights is not None else None
+        state_dict, provenance = unwrap_state_dict(checkpoint) if checkpoint else ({}, None)
+        provenance = provenance or {}
+        refuse_other_task(str(source), provenance, "sem_seg")
+        if config is None:
+            if not isinstance(provenance.get("config"), Mapping):
+                raise ValueError(f"Predictor needs a config: the weights {weights} record none "
+                                 f"(only this project's checkpoints do)")
+            config = provenance["config"]
+        cfg = _config(config, overrides)
+        if checkpoint is None and cfg.model.weights:  # same handling as weights=...
+            source = str(cfg.model.weights)
+            checkpoint = read_checkpoint(source)
+            state_dict, provenance = unwrap_state_dict(checkpoint)
+            provenance = provenance or {}
+            refuse_other_task(source, provenance, "sem_seg")
+        if checkpoint is not None:
+            cfg.model.weights = None
+            cfg.model.backbone.weights = None  # replaced by the full weights anyway
+            if cfg.model.num_classes is None:
+                names = provenance.get("class_names") or []
+                cfg.model.num_classes = len(names) or _num_classes_of(state_dict)
+            for key in ("pixel_mean", "pixel_std"):
+                if provenance.get(key):
+                    cfg.model[key] = list(provenance[key])
+        self.model = build_model(cfg)
+        if checkpoint is not None:
+            load_segmentation_weights(self.model, checkpoint, weight_bound_settings(cfg.model),
+                                      source=source)
+        self.model.to(device).eval()
+        names = provenance.get("class_names") or []
+        self.names_recorded = len(names) == self.model.num_classes
+        if not self.names_recorded:  # torchvision's weights: the config's names, if it has any
+            names = (_configured_names(cfg, self.model.num_classes, source)
+                     or placeholder_names(self.model.num_classes))
+        self.class_names = list(names)
+        self.tta = tta or tta_from_config(cfg)
+        if tta is None and isinstance(provenance.get("config"), Mapping):
+            _warn_of_other_test_settings(self.tta, provenance["config"], source)
+        self.device = torch.device(device)
+
+    def _init_onnx(self, config: str | os.PathLike | DictConfig | Mapping[str, Any] | None,
+                   weights: str | os.PathLike, overrides: Sequence[str],
+                   device: str | torch.device, tta: TTAInference | None) -> None:
+        """An exported graph (tools/export.py) run by ONNX Runtime: the test scale and size
+        cap it was exported with, which a given config or `tta` must agree with."""
+        self.model = OnnxSegmentor(weights, device)
+        self.class_names = self.model.class_names
+        self.names_recorded = True
+        self.tta = TTAInference()  # the graph itself rescales by its test scale and cap
+        asked = tta or (tta_from_config(_config(config, overrides)) if config is not None
+                        else None)
+        graph = (self.model.test_scale, self.model.test_max_size)
+        if asked is not None and (asked.single_scale, asked.max_size) != graph:
+            raise ExportError(
+                f"{weights} runs one test scale, {graph[0]}, with test.max_size {graph[1]}, "
+                f"without flip or windows; the config asks for test.scales="
+                f"{list(asked.scales)} test.flip={asked.flip} test.window={asked.window} "
+                f"test.max_size={asked.max_size}: set test.scales=[{graph[0]}] test.flip=false "
+                f"test.window=null test.max_size={'null' if graph[1] is None else graph[1]}, "
+                f"or export again with the test keys wanted")
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Segment one image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+
+        Returns:
+            {"mask": (H, W) int64 class ids}.
+        """
+        check_rgb_image(image)
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(self.device)
+        if self.tta.is_plain:
+            mask = self.model([tensor])[0]["mask"]
+        else:
+            mask = self.tta(self.model, tensor).argmax(dim=0)
+        return {"mask": mask.cpu().numpy().astype(np.int64)}
+
+
+def _settings(tta: TTAInference) -> tuple[Any, ...]:
+    return tta.scales, tta.flip, tta.window, tta.stride, tta.max_size
+
+
+def _warn_of_other_test_settings(tta: TTAInference, recorded: Mapping[str, Any],
+                                 source: str | None) -> None:
+    """A config whose test section is not the one the weights were evaluated with in
+    training (e.g. a model trained on half-size images tested at full size)."""
+    try:
+        trained = tta_from_config(recorded)
+    except (KeyError, TypeError, ValueError):  # an older or foreign record
+        return
+    if _settings(tta) != _settings(trained):
+        logger.warning("%s records a config that tests with test.scales=%s test.flip=%s "
+                       "test.window=%s test.max_size=%s (its evaluations in training); this "
+                       "asks for %s %s %s %s: the results will differ. To test as trained, "
+                       "give the run's config.yaml as the config (Predictor: config=None, "
+                       "without test.* overrides)", source,
+                       list(trained.scales), trained.flip, trained.window, trained.max_size,
+                       list(tta.scales), tta.flip, tta.window, tta.max_size)
+
+
+def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
+                   overrides: Sequence[str] = (), min_score: float = 0.5) -> Renderer:
+    """RGB image -> RGB colour overlay of its class-id map with a legend (tools/demo.py);
+    `min_score` is not used (every pixel gets a class)."""
+    predictor = Predictor(config, weights=weights, overrides=overrides)
+    colours = palette(len(predictor.class_names))
+    warned = []
+
+    capped = (predictor.model.test_max_size if isinstance(predictor.model, OnnxSegmentor)
+              else predictor.tta.max_size)  # an export caps as it was exported
+
+    def render(image: np.ndarray) -> np.ndarray:
+        if (not warned and capped is None and predictor.tta.window is None
+                and image.shape[0] * image.shape[1] > LARGE_IMAGE_PIXELS):
+            warned.append(True)
+            logger.warning("a %dx%d image runs whole (test.max_size is null): memory and time "
+                           "grow with its pixels; test.max_size=2048 caps its longer side",
+                           image.shape[1], image.shape[0])
+        return draw_segmentation(image, predictor(image)["mask"], predictor.class_names,
+                                 colours)
+    return render

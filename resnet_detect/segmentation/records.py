@@ -1,0 +1,239 @@
+"""Where masks come from: folder trees of class-id PNGs, or COCO instances drawn on the fly.
+
+A record describes one image before decoding:
+    folder data: {"file_name": image path, "mask_file": mask path}
+    COCO data:   {"file_name", "height", "width", "objects": [(class 1..K, segmentation)],
+                  "crowd": [segmentation]}
+
+Folder data: the mask of `img_dir/NAME + img_suffix` is `mask_dir/NAME + mask_suffix`, NAME
+a relative path, so the VOC tree (JPEGImages, SegmentationClass, `split_file`
+ImageSets/Segmentation/train.txt) and the Cityscapes tree (`img_suffix: _leftImg8bit.png`,
+`mask_suffix: _gtFine_labelTrainIds.png`) both work. Masks are single-channel PNGs (palette
+indices or gray values, read with PIL: OpenCV would turn a palette into colours).
+
+COCO data: categories, sorted by id, become classes 1..K and 0 is background; instances are
+painted in file order (a later one wins where they overlap); crowd regions become 255 where
+no non-crowd instance lies. Polygons with fewer than three points and annotations without a
+segmentation are left out and counted.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from resnet_detect.engine.data import (IMAGE_SUFFIXES, CategoryMapping, DatasetError,
+                                       check_segmentation, files_under, listing, read_coco_json,
+                                       segmentation_to_mask)
+from resnet_detect.engine.data.coco import MAX_LISTED
+from resnet_detect.engine.files import missing_path
+
+logger = logging.getLogger(__name__)
+IGNORE_INDEX = 255
+__all__ = ["IGNORE_INDEX", "MAX_LISTED", "coco_semantic_mask", "load_coco_semantic",
+           "read_mask", "scan_folder", "write_label_map"]
+
+
+def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, *,
+                img_suffix: str = ".jpg", mask_suffix: str = ".png",
+                split_file: str | os.PathLike | None = None) -> list[dict[str, str]]:
+    """Pair each image `img_dir/NAME + img_suffix` with its mask `mask_dir/NAME + mask_suffix`.
+
+    Args:
+        img_dir: image folder (searched recursively unless `split_file` is given).
+        mask_dir: mask folder with the same tree; None: images without labels (records
+            {"file_name"} alone: a test set to predict).
+        img_suffix: end of image file names (".jpg", "_leftImg8bit.png").
+        mask_suffix: end of mask file names (".png", "_gtFine_labelTrainIds.png").
+        split_file: text file with one NAME per line (VOC ImageSets); None takes all images.
+
+    Returns:
+        Records {"file_name", "mask_file"} sorted by NAME.
+
+    Raises:
+        FileNotFoundError: a folder or the split file does not exist.
+        DatasetError: no images, listed images missing, or images without a mask (listed).
+    """
+    img_dir = Path(img_dir)
+    for folder in (img_dir, mask_dir):
+        if folder is not None and not Path(folder).is_dir():
+            raise FileNotFoundError(f"folder not found: {missing_path(folder)}")
+    if split_file is not None:
+        split_file = Path(split_file)
+        if not split_file.is_file():
+            raise FileNotFoundError(f"split file not found: {missing_path(split_file)}")
+        names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        missing = [str(img_dir / (n + img_suffix)) for n in names
+                   if not (img_dir / (n + img_suffix)).is_file()]
+        if missing:
+            raise DatasetError(f"{split_file}: {len(missing)} listed images not found:"
+                               + listing(missing))
+        files = {n: img_dir / (n + img_suffix) for n in names}
+    else:
+        files = _images_named(img_dir, img_suffix)
+    if not files:
+        raise DatasetError(f"no images named *{img_suffix} in {img_dir}"
+                           + (f" (split file {split_file})" if split_file else ""))
+    if mask_dir is None:
+        return [{"file_name": str(files[n])} for n in sorted(files)]
+    mask_dir = Path(mask_dir)
+    records = [{"file_name": str(files[n]), "mask_file": str(mask_dir / (n + mask_suffix))}
+               for n in sorted(files)]
+    without = [f"{r['file_name']} (expected {r['mask_file']})" for r in records
+               if not Path(r["mask_file"]).is_file()]
+    if without:
+        raise DatasetError(f"{len(without)} of {len(records)} images in {img_dir} have no mask "
+                           f"in {mask_dir} (mask name = image name with {img_suffix!r} "
+                           f"replaced by {mask_suffix!r}):" + listing(without))
+    return records
+
+
+def _images_named(img_dir: Path, img_suffix: str) -> dict[str, Path]:
+    """{NAME: file} of the files under `img_dir` named NAME + `img_suffix`, the suffix in any
+    case (.jpg and .JPG); the other image files there are left out with a warning."""
+    suffix = img_suffix.lower()
+    files, others = {}, []
+    for p in files_under(img_dir):
+        if not p.is_file():  # a broken link
+            continue
+        relative = str(p.relative_to(img_dir))
+        if relative.lower().endswith(suffix):
+            files[relative[: len(relative) - len(suffix)]] = p
+        elif p.suffix.lower() in IMAGE_SUFFIXES:
+            others.append(relative)
+    if others:
+        logger.warning("%s: %d image files do not end with %r and are left out (set "
+                       "data.<split>.img_suffix to use them): %s", img_dir, len(others),
+                       img_suffix, ", ".join(others[:MAX_LISTED]))
+    return files
+
+
+def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
+                       ) -> tuple[list[dict[str, Any]], list[str]]:
+    """COCO instances -> records from which `SemSegDataset` draws semantic masks.
+
+    Args:
+        ann_file: COCO instances JSON (checked by `engine.data.read_coco_json`).
+        img_dir: folder the `file_name` entries are relative to.
+
+    Returns:
+        (records {"file_name", "height", "width", "objects": [(class 1..K, segmentation)],
+        "crowd": [segmentation]}: without "objects" and "crowd" where the file has no
+        annotations at all (COCO's test-dev image info), class names ["background", category
+        names by id]).
+
+    Raises:
+        DatasetError: invalid JSON content, missing image files or malformed segmentations
+            (listed).
+    """
+    ann_file, img_dir = Path(ann_file), Path(img_dir)
+    data = read_coco_json(ann_file, annotations_optional=True)
+    if not img_dir.is_dir():
+        raise DatasetError(f"image folder not found: {missing_path(img_dir)} (for {ann_file})")
+    missing = [str(img_dir / im["file_name"]) for im in data["images"]
+               if not (img_dir / im["file_name"]).is_file()]
+    if missing:
+        raise DatasetError(f"{ann_file}: {len(missing)} image files not found:"
+                           + listing(missing))
+    mapping = CategoryMapping.from_categories(data["categories"])
+    by_image: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in data["images"]}
+    for ann in data["annotations"]:
+        by_image[ann["image_id"]].append(ann)
+    records, no_segmentation, short_polygons, problems = [], 0, 0, []
+    for im in data["images"]:
+        objects, crowd = [], []
+        for ann in by_image[im["id"]]:
+            if ann.get("segmentation") is None:
+                no_segmentation += 1
+                continue
+            try:
+                segmentation, dropped = check_segmentation(ann["segmentation"], im["height"],
+                                                           im["width"])
+            except (TypeError, ValueError) as err:
+                problems.append(f"annotation id={ann['id']} (image id={im['id']}): {err}")
+                continue
+            short_polygons += dropped
+            if not segmentation:
+                no_segmentation += 1
+                continue
+            if ann.get("iscrowd", 0):
+                crowd.append(segmentation)
+            else:
+                objects.append((mapping.to_contiguous(ann["category_id"]) + 1, segmentation))
+        records.append({"file_name": str(img_dir / im["file_name"]), "height": im["height"],
+                        "width": im["width"], "objects": objects, "crowd": crowd})
+        if not data["annotations"]:  # test-dev style: images to predict, nothing to score
+            del records[-1]["objects"], records[-1]["crowd"]
+    if problems:
+        raise DatasetError(f"{ann_file}: {len(problems)} unusable segmentations:"
+                           + listing(problems))
+    if no_segmentation or short_polygons:
+        logger.warning("%s: left out %d polygons with fewer than 3 points and %d annotations "
+                       "without a usable segmentation", ann_file, short_polygons,
+                       no_segmentation)
+    return records, ["background", *mapping.names]
+
+
+def coco_semantic_mask(record: Mapping[str, Any], ignore_index: int = IGNORE_INDEX
+                       ) -> np.ndarray:
+    """uint8 (H, W): 0 background, class ids where instances are, `ignore_index` on crowd-only
+    pixels."""
+    h, w = record["height"], record["width"]
+    mask = np.zeros((h, w), dtype=np.uint8)
+    painted = np.zeros((h, w), dtype=bool)
+    def decode(segmentation: Any) -> np.ndarray:
+        pixels = segmentation_to_mask(segmentation, h, w).astype(bool)
+        if pixels.shape != (h, w):  # an RLE whose "size" is not the image's
+            raise DatasetError(f"{record['file_name']}: an RLE segmentation is "
+                               f"{pixels.shape[1]}x{pixels.shape[0]}, the image {w}x{h} (WxH)")
+        return pixels
+
+    for class_id, segmentation in record["objects"]:
+        pixels = decode(segmentation)
+        mask[pixels] = class_id
+        painted |= pixels
+    for segmentation in record["crowd"]:
+        mask[decode(segmentation) & ~painted] = ignore_index
+    return mask
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A class-id PNG as uint8 (H, W): palette indices or gray values, not colours.
+
+    Raises:
+        DatasetError: unreadable, or a colour image (masks must be single-channel ids).
+    """
+    try:
+        with Image.open(path) as im:
+            mode, kind = im.mode, im.format
+            mask = np.asarray(im)
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"cannot read mask {path}: {err}") from None
+    if kind == "JPEG":
+        raise DatasetError(f"mask {path} is a JPEG: its lossy compression changes class ids "
+                           "along every edge; masks must be PNGs (palette or grayscale)")
+    if mask.ndim != 2:
+        raise DatasetError(f"mask {path} is a {mode} image; masks must hold one class id per "
+                           f"pixel (palette or grayscale PNG), not colours")
+    if mask.dtype != np.uint8:
+        if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
+            raise DatasetError(f"mask {path} ({mode}) holds {mask.dtype} values; class ids "
+                               "must be integers 0..255")
+        if mask.size and (mask.min() < 0 or mask.max() > 255):
+            raise DatasetError(f"mask {path} ({mode}) has values {mask.min()}..{mask.max()}; "
+                               "class ids must be 0..255")
+        mask = mask.astype(np.uint8)
+    return mask
+
+
+def write_label_map(mask: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a uint8 (H, W) class-id map as a grayscale PNG that `read_mask` reads back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="L").save(path)
+    return path

@@ -1,0 +1,199 @@
+"""The semantic segmentation task the runner drives (engine.runner): FCN, DeepLabV3 and
+DeepLabV3+ on folder or COCO data.
+
+A batch is a list of samples (segmentation.data.SemSegDataset): augmented crops with their
+class-id maps; the model pads, normalises and returns `loss_sem_seg` (and `loss_aux`).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+
+from resnet_detect import backbones
+from resnet_detect.engine import atomic_write_json, is_main_process
+from resnet_detect.engine.export import ExportError, check_class_names, is_onnx
+from resnet_detect.engine.files import nan_to_none
+from resnet_detect.engine.data import CountedLoader, DatasetError
+from resnet_detect.engine.runner import LEFT_OUT, TaskData, format_metric
+
+from .browse import browse_split
+from .build import BASE_CONFIG, build_model, check_choices, load_config, provenance_from_config
+from .data import build_dataset, build_test_loader
+from .data import prefer_command_line_sources as resolve_overrides
+from .evaluation import SemSegEvaluator
+from .export import export_segmentor
+from .inference import TTAInference, evaluate_model, tta_from_config
+from .predictor import Predictor, build_renderer, placeholder_names
+from .records import write_label_map
+
+logger = logging.getLogger(__name__)
+PREDICTIONS = "predictions"  # tools/eval.py --save-predictions: OUTPUT/predictions/<image>.png
+
+__all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "SemSegTask", "browse_split", "build_renderer",
+           "evaluate_checkpoint", "export_model", "resolve_overrides"]
+
+
+def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequence[str],
+                        device: torch.device, *, backend: str | None = None,
+                        save_predictions: bool = False) -> dict[str, Any]:
+    """mIoU of `weights` on data.val (tools/eval.py); writes OUTPUT/metrics.json, and with
+    `save_predictions` each image's class map as OUTPUT/predictions/<its path under
+    data.val.img_dir>.png (uint8 class ids). `backend` is for COCO evaluation, not used."""
+    predictor = Predictor(config, weights=weights, overrides=overrides, device=device)
+    cfg = load_config(config, overrides)
+    cfg.model.num_classes = predictor.model.num_classes
+    if not cfg.data.class_names:
+        cfg.data.class_names = list(predictor.class_names)
+    loader = build_test_loader(cfg, unlabelled=save_predictions)
+    labelled = loader.dataset.labelled
+    if not labelled and not save_predictions:
+        raise DatasetError(f"{cfg.data.val.ann_file} has no annotations: nothing to score "
+                           "(--save-predictions writes the predicted class maps)")
+    names = cfg.data.class_names
+    source = cfg.data.val.ann_file or (f"data.class_names={names}" if isinstance(names, str)
+                                       else "data.class_names")
+    unnamed = predictor.class_names == placeholder_names(predictor.model.num_classes)
+    if is_onnx(weights) and not unnamed:
+        # an export knows its classes only by name (placeholders: weights without names)
+        check_class_names(predictor.model.metadata, loader.dataset.class_names, source, weights)
+    elif predictor.names_recorded and predictor.class_names != loader.dataset.class_names:
+        raise ValueError(f"{weights} was trained on the classes {predictor.class_names[:10]}, "
+                         f"{source} has {loader.dataset.class_names[:10]}: the labels would "
+                         "mean other classes")
+    evaluator = SemSegEvaluator(predictor.model.num_classes, predictor.class_names,
+                                predictor.model.ignore_index)
+    counted = CountedLoader(loader)
+    save = (prediction_writer(output / PREDICTIONS, Path(cfg.data.val.img_dir))
+            if save_predictions else None)
+    # metrics.json is written below, with the images and weights (not twice)
+    result = evaluate_model(predictor.model, counted, evaluator, tta=predictor.tta,
+                            on_prediction=save)
+    result = nan_to_none(result) if labelled else {"sem_seg": None}
+    result["images"] = counted.report(logger, "val", LEFT_OUT)
+    result["weights"] = str(weights)
+    if is_main_process():
+        atomic_write_json(result, output / "metrics.json")
+        m = result["sem_seg"]
+        if m is None:
+            print(f"data.val has no labels: predictions written to {output / PREDICTIONS}, "
+                  f"nothing scored", flush=True)
+            return result
+        if m["mIoU"] is None:
+            logger.warning("no pixel of %s was scored: every val pixel is %d (model.ignore_index)"
+                           " or no val image could be read", cfg.data.val.mask_dir
+                           or cfg.data.val.ann_file, predictor.model.ignore_index)
+        print(f"mIoU = {format_metric(m['mIoU'])}  pixel_acc = {format_metric(m['pixel_acc'])}",
+              flush=True)
+    return result
+
+
+def prediction_writer(folder: Path, img_dir: Path
+                      ) -> Callable[[dict[str, Any], torch.Tensor], None]:
+    """(sample, class map) -> writes the map as a uint8 PNG in `folder` under the image's path
+    inside `img_dir` (mmsegmentation's format_only, for test servers and other tools); an
+    image outside it by its name, and a name already written (a.jpg and a.png) with its
+    suffix kept (a.jpg.png)."""
+    root, written = img_dir.resolve(), set()
+
+    def save(sample: dict[str, Any], pred: torch.Tensor) -> None:
+        image = Path(sample["file_name"]).resolve()  # "../" in a COCO file_name stays inside
+        name = image.relative_to(root) if image.is_relative_to(root) else Path(image.name)
+        out = (folder / name).with_suffix(".png")
+        if out in written:
+            out = folder / name.with_name(name.name + ".png")
+        written.add(out)
+        write_label_map(pred.to(torch.uint8).cpu().numpy(), out)
+    return save
+
+
+def export_model(config: str, weights: str, folder: Path, overrides: Sequence[str] = ()
+                 ) -> dict[str, Any]:
+    """Export `weights` built as `config` says to folder/model.onnx (tools/export.py);
+    returns export.json."""
+    predictor = Predictor(config, weights=weights, overrides=overrides)
+    tta = predictor.tta
+    if tta.single_scale is None:
+        raise ExportError(f"an exported segmenter runs one test scale without flip or windows; "
+                          f"{config} asks for test.scales={list(tta.scales)} "
+                          f"test.flip={tta.flip} test.window={tta.window}: add e.g. "
+                          f"test.scales=[{tta.scales[0]}] test.flip=false test.window=null")
+    names = predictor.class_names  # weights without names (torchvision's): the config's
+    if names == placeholder_names(predictor.model.num_classes):
+        logger.warning("%s names no classes and data.class_names is not set: the export "
+                       "calls them %s...; tools/eval.py will refuse data with other names",
+                       weights, ", ".join(names[:3]))
+    return export_segmentor(predictor.model, folder, class_names=names, scale=tta.single_scale,
+                            max_size=tta.max_size)
+
+
+class SemSegTask:
+    """Semantic segmentation for `engine.runner.run_training`."""
+
+    name = "sem_seg"
+    primary_metrics = "sem_seg"
+
+    def __init__(self) -> None:
+        self.class_names: list[str] = []
+        self.cfg: DictConfig | None = None
+        self.tta: TTAInference | None = None
+
+    def prepare(self, cfg: DictConfig) -> TaskData:
+        check_choices(cfg)
+        self.tta = tta_from_config(cfg)  # its errors before training, not at the evaluation
+        train = build_dataset(cfg, "train")  # checks the data first
+        if not train.labelled:
+            raise DatasetError(f"{cfg.data.train.ann_file} has no annotations: nothing to "
+                               "train on")
+        val = build_dataset(cfg, "val") if cfg.data.val.img_dir else None
+        if val is not None and not val.labelled:
+            raise DatasetError(f"{cfg.data.val.ann_file} has no annotations to score the "
+                               "training's evaluations against: give an annotated val file, "
+                               "or leave data.val unset (tools/eval.py --save-predictions "
+                               "predicts such a file)")
+        if val is not None:
+            val.check_masks("val")  # before training, not at the evaluation after it
+        self.class_names = train.class_names
+        cfg.model.num_classes = len(self.class_names)
+        self.cfg = cfg
+        description = (f"{len(train)} train / {len(val) if val else 'no'} val images, "
+                       f"{len(self.class_names)} classes {self.class_names}")
+        return TaskData(train=train, val=val, description=description)
+
+    def build_model(self, cfg: DictConfig) -> nn.Module:
+        return build_model(cfg)
+
+    def losses(self, model: nn.Module, batch: list[dict[str, Any]],
+               device: torch.device) -> Mapping[str, torch.Tensor]:
+        images = [s["image"].to(device, non_blocking=True) for s in batch]
+        targets = [{"gt_sem_seg": s["gt_sem_seg"].to(device)} for s in batch]
+        return model(images, targets)
+
+    def evaluate(self, model: nn.Module, loader: DataLoader,
+                 device: torch.device) -> dict[str, dict[str, Any]]:
+        assert self.cfg is not None
+        evaluator = SemSegEvaluator(len(self.class_names), self.class_names,
+                                    self.cfg.model.ignore_index)
+        return evaluate_model(model, loader, evaluator, tta=self.tta)
+
+    def summary(self, metrics: dict[str, dict[str, Any]]) -> str:
+        return f"mIoU = {format_metric(metrics.get('sem_seg', {}).get('mIoU'))}"
+
+    def provenance(self, cfg: DictConfig) -> dict[str, Any]:
+        return provenance_from_config(cfg, self.class_names)
+
+    def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
+        path = Path(cfg.train.output_dir) / "model_final.pth"
+        backbones.save_checkpoint(path, model.state_dict(), self.provenance(cfg),
+                                  iteration=iteration)
+        return [path]
+
+
+TASK = SemSegTask
+RENAMED_KEYS: dict[str, str] = {}
