@@ -49,6 +49,7 @@ def build_classifier(name: str, num_classes: int, *, weights: str | os.PathLike 
     `config_prefix`: as for `build`."""
     options.pop("out_features", None)
     backbone = build_resnet(name, config_prefix, **options)
+    backbone.arch = name  # fine-tuning loads into it: messages name both networks
     model = Classifier(backbone=backbone, num_classes=num_classes)
     model.arch, model.options = name, dict(options)
     if weights is not None:

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from resnet_detect.engine.data import (IMAGE_SUFFIXES, PackedRecords, UnreadableImageError, collate,
-                                       files_under, read_image)
+from resnet_detect.engine.data import (IMAGE_SUFFIXES, DatasetError, PackedRecords,
+                                       UnreadableImageError, collate, files_under, read_image)
 from resnet_detect.engine.files import missing_path
 
 from .weights import PIXEL_MEAN, PIXEL_STD
@@ -49,38 +49,62 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
 
     Raises:
         FileNotFoundError: the folder does not exist.
-        ValueError: no class folders, no images, a training class without images, or a
-            class unknown to `class_names`.
+        DatasetError: no class folders, images outside them, no images, a training class
+            without images, a class unknown to `class_names`, two folders of one class name
+            (spelt composed and decomposed), or a folder inside two classes (a symlink).
     """
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {missing_path(split_dir)}")
+    loose = sorted(f.name for f in split_dir.iterdir()
+                   if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if loose:  # ImageNet's val archive unpacks flat; a half-sorted folder looks the same
+        raise DatasetError(
+            f"{split_dir}: {len(loose)} images outside class folders (e.g. {loose[0]}): each "
+            f"image must be in {split_dir}/<class>/, as torchvision's ImageFolder reads them "
+            f"(ImageNet's val images: move each into its class's folder as "
+            f"LOC_val_solution.csv lists them, or with the common valprep.sh)")
     found = sorted((d.name for d in split_dir.iterdir()
                     if d.is_dir() and not d.name.startswith(".")),
                    key=_nfc)  # one order however the disk spells the names
     if not found:
-        raise ValueError(f"no class folders in {split_dir} (expected {split_dir}/<class>/<image>)")
+        raise DatasetError(f"no class folders in {split_dir} (expected "
+                           f"{split_dir}/<class>/<image>)")
+    # one spelling for names a file system may store decomposed (macOS: "café" as e + accent)
+    spellings: dict[str, str] = {}
+    for name in found:
+        if _nfc(name) in spellings:
+            raise DatasetError(f"{split_dir}: two folders spell one class name "
+                               f"{_nfc(name)!r} ({spellings[_nfc(name)]!a} and {name!a}): "
+                               f"merge them into one")
+        spellings[_nfc(name)] = name
     training = class_names is None
     if class_names is None:
         class_names = [_nfc(name) for name in found]
-    # one spelling for names a file system may store decomposed (macOS: "café" as e + accent)
     label_of = {_nfc(name): i for i, name in enumerate(class_names)}
     unknown = [c for c in found if _nfc(c) not in label_of]
     if unknown:
-        raise ValueError(f"{split_dir} has classes the training split does not: "
-                         f"{', '.join(unknown)}")
+        raise DatasetError(f"{split_dir} has classes the training split does not: "
+                           f"{', '.join(unknown)}")
     samples, empty = [], []
+    class_of_folder: dict[str, str] = {}  # real folder -> the class that holds it
     for name in found:
         files = [f for f in files_under(split_dir / name)
                  if f.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
             empty.append(name)
+        for folder in sorted({f.parent for f in files}):
+            other = class_of_folder.setdefault(os.path.realpath(folder), name)
+            if other != name:  # its images would be learnt under two labels
+                raise DatasetError(f"{split_dir}: the folder {folder} is in class {name} and "
+                                   f"in class {other} (a symbolic link?): each image may be "
+                                   f"in one class only")
         samples.extend((str(p), label_of[_nfc(name)]) for p in files)
     if not samples:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {split_dir}")
+        raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {split_dir}")
     if training and empty:
-        raise ValueError(f"{split_dir}: class folders without images "
-                         f"({', '.join(sorted(IMAGE_SUFFIXES))}): {', '.join(empty)}")
+        raise DatasetError(f"{split_dir}: class folders without images "
+                           f"({', '.join(sorted(IMAGE_SUFFIXES))}): {', '.join(empty)}")
     return samples, list(class_names)
 
 

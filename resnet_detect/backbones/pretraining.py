@@ -6,6 +6,7 @@ backbone alone, loadable with `backbones.build(name, weights=PATH)`), both with 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,7 @@ class ClassificationTask:
             sums["top5"] += hit.any(dim=1).sum().item()
             sums["count"] += len(labels)
         total = all_reduce_sum(sums)
-        n = max(total["count"], 1.0)
+        n = total["count"] or math.nan  # no image read: no accuracy (n/a), not 0
         return {"classification": {"top1": 100.0 * total["top1"] / n,
                                    "top5": 100.0 * total["top5"] / n}}
 

@@ -298,14 +298,24 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                      cfg: DictConfig, max_iter: int, logger: logging.Logger,
                      now: Mapping[str, Any]) -> None:
     """Refuse a checkpoint this run cannot continue from, before anything is restored; say
-    which `train` keys differ from the run that wrote it (the new values apply). `now`: what
-    this run's checkpoints record (its classes)."""
+    which `train` keys differ from the run that wrote it (the new values apply), and whether
+    the training set changed size. `now`: what this run's checkpoints record (its classes,
+    its number of training images)."""
     new_run = ("start a new run from its weights (model.weights=PATH) in another "
                "train.output_dir" if "weights" in (cfg.get("model") or {}) else
                "start a new run in another train.output_dir")
+    images_before, images_now = provenance.get("train_images"), now.get("train_images")
+    other_data = (f"; the run that wrote it had {images_before} training images, this one has "
+                  f"{images_now}" if None not in (images_before, images_now)
+                  and images_before != images_now else "")
     if iteration > max_iter:
         raise ValueError(f"checkpoint {path} is at iteration {iteration}, past this run's "
-                         f"{max_iter} (train.max_iter or train.epochs): nothing to resume")
+                         f"{max_iter} (train.max_iter or train.epochs){other_data}: nothing "
+                         f"to resume")
+    if other_data:  # images removed after the warnings named them unreadable, or added
+        logger.warning("resuming %s on another training set%s: the images are drawn in "
+                       "another order (and train.epochs counts passes over this one)",
+                       path, other_data)
     for key in ("class_names", "category_ids"):  # label i must keep meaning the same class
         before, after = provenance.get(key), now.get(key)
         if before and after and list(before) != list(after):
@@ -459,13 +469,15 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                       max_iter=lengths["max_iter"], amp=amp,
                       clip_grad_norm=t.clip_grad_norm or None)
     provenance = task.provenance(cfg) if hasattr(task, "provenance") else None
+    # what a resume compares: a checkpoint records its training set's size too
+    recorded = (None if provenance is None
+                else {**provenance, "train_images": len(data.train)})
     checkpointer = Checkpointer(output_dir, model=model, optimizer=optimizer,
                                 scheduler=scheduler, scaler=trainer.scaler,
-                                max_to_keep=t.max_to_keep,
-                                provenance=provenance,
-                                check=lambda path, recorded, iteration: _check_resumable(
-                                    path, recorded, iteration, cfg, lengths["max_iter"],
-                                    logger, provenance or {}))
+                                max_to_keep=t.max_to_keep, provenance=recorded,
+                                check=lambda path, saved, iteration: _check_resumable(
+                                    path, saved, iteration, cfg, lengths["max_iter"],
+                                    logger, recorded or {}))
     if resume:
         # restores every process's RNG state
         state = (checkpointer.resume() if resume is True

@@ -17,8 +17,8 @@ from PIL import Image
 from resnet_detect.backbones.data import (ImageBatch, ImageFolderDataset, build_train_transform,
                                           build_val_transform, collate_images, normalize_images,
                                           scan_image_folder, stack)
-from resnet_detect.engine.data import (PackedRecords, UnreadableImageError, build_train_loader,
-                                       collate, image_size, read_image)
+from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableImageError,
+                                       build_train_loader, collate, image_size, read_image)
 
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
@@ -93,6 +93,33 @@ def test_scan_skips_hidden_folders_follows_links_and_refuses_empty_classes(
     for spelling, tree in ((composed, "nfc"), (decomposed, "nfd")):
         make_tree(tmp_path / tree, {spelling: 1, "cafz": 1})
         assert scan_image_folder(tmp_path / tree)[1] == ["cafz", composed]
+
+
+def test_scan_refuses_images_outside_class_folders_and_classes_that_share_images(
+        tmp_path: Path) -> None:
+    """Images left loose in the split folder (ImageNet's val archive, a half-sorted folder)
+    were silently not evaluated; two spellings of one name were merged into one label with
+    another label left without images; a folder linked into two classes was learnt under both
+    labels; a NAS's thumbnail folders were trained on."""
+    make_tree(tmp_path / "val", {"cat": 1, "dog": 1})
+    cv2.imwrite(str(tmp_path / "val/ILSVRC2012_val_00000001.JPEG"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DatasetError, match=r"val: 1 images outside class folders \(e.g. "
+                                           r"ILSVRC2012_val_00000001.JPEG\).*LOC_val_solution"):
+        scan_image_folder(tmp_path / "val", ["cat", "dog"])
+    make_tree(tmp_path / "nfc", {"caf\u00e9": 1, "cafe\u0301": 1, "zz": 1})
+    with pytest.raises(DatasetError, match="two folders spell one class name 'caf\u00e9'"):
+        scan_image_folder(tmp_path / "nfc")
+    make_tree(tmp_path / "train", {"cat": 1, "dog": 1})
+    (tmp_path / "train/cat/more").symlink_to(tmp_path / "train/dog")
+    with pytest.raises(DatasetError, match="folder .*train/dog is in class dog and in class cat"):
+        scan_image_folder(tmp_path / "train")
+    (tmp_path / "train/cat/more").unlink()
+    for junk in ("@eaDir/0.png", "__MACOSX/x.png"):
+        (tmp_path / "train/cat" / junk).parent.mkdir()
+        cv2.imwrite(str(tmp_path / "train/cat" / junk), np.zeros((8, 8, 3), np.uint8))
+    samples, _ = scan_image_folder(tmp_path / "train")
+    assert [Path(p).relative_to(tmp_path / "train").as_posix() for p, _ in samples] == [
+        "cat/0.png", "dog/0.png"]
 
 
 def test_read_image_is_rgb_and_honours_exif_orientation(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def test_onnx_runtime_gives_the_pytorch_detections_at_any_size(config: str, extr
         if model.mask_on:
             assert got["masks"].shape == expected["masks"].shape == (len(got["boxes"]), *original)
             assert expected["masks"].any()
-            assert (got["masks"] != expected["masks"]).float().mean() <= 1e-3
+            assert_same_masks(got["masks"], expected["masks"])
     # the graph itself labels with the dataset's category ids
     raw = onnx_model.session.run(None, {"image": np.zeros((80, 100, 3), np.uint8),
                                         "original_size": np.array([80, 100])})
@@ -90,6 +90,14 @@ def same_detections(got: dict[str, torch.Tensor], expected: dict[str, torch.Tens
     return torch.tensor(order)
 
 
+def assert_same_masks(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Mask by mask: rounding at the 0.5 threshold flips a pixel of a few masks in a thousand;
+    a paste half a pixel off changed some 40 % of every mask's pixels."""
+    wrong = (got != expected).sum(dim=(1, 2))
+    area = (got | expected).sum(dim=(1, 2))
+    assert (wrong <= (0.01 * area).clamp(min=1)).all(), (wrong, area)
+
+
 @pytest.mark.parametrize("config, extra", [
     ("configs/detection/faster_rcnn_R_50_FPN_1x.yaml", ["model.rpn.score_thresh=0.01"]),
     ("configs/synthetic/mask_rcnn_R_18_FPN.yaml", ["model.roi_heads.mask_conv_dims=[16,16]"]),
@@ -116,7 +124,7 @@ def test_the_graph_follows_the_number_of_proposals_and_detections(config: str, e
         torch.testing.assert_close(got["scores"], expected["scores"], atol=1e-4, rtol=0)
         order = same_detections(got, expected)  # hundreds of random-weight scores: some tie
         if model.mask_on:
-            assert (got["masks"] != expected["masks"][order]).float().mean() <= 1e-3
+            assert_same_masks(got["masks"], expected["masks"][order])
     assert all(p != exported[0] and d != exported[1] for p, d in counts), (exported, counts)
 
 

@@ -180,6 +180,28 @@ def test_equals_torchvision_roi_heads() -> None:
     assert torch.allclose(losses["loss_box_reg"], ref_losses["loss_box_reg"], rtol=1e-5)
 
 
+def test_a_score_at_the_threshold_is_dropped_as_torchvision_drops_it() -> None:
+    """Detections need a score above score_thresh (torchvision's >): with every class logit 0
+    each score is exactly 1/(K+1); at that threshold none is kept, just below it all are."""
+    boundary = float(torch.softmax(torch.zeros(K + 1), 0)[0])
+    feats, proposals = _features(), [_boxes(60, 3), _boxes(40, 4)]
+    kept = []
+    below = float(torch.nextafter(torch.tensor(boundary), torch.tensor(0.0)))  # in float32
+    for thresh in (boundary, below):
+        ours = _heads(score_thresh=thresh)
+        ref = _torchvision_heads(ours, thresh)
+        for predictor in (ours.box_predictor, ref.box_predictor):
+            with torch.no_grad():
+                predictor.cls_score.weight.zero_()
+                predictor.cls_score.bias.zero_()
+        ours.eval(), ref.eval()
+        got, _ = ours(feats, proposals, IMAGE_SIZES)
+        expected, _ = ref(feats, proposals, IMAGE_SIZES)
+        kept.append(([len(g["boxes"]) for g in got], [len(e["boxes"]) for e in expected]))
+    assert kept[0] == ([0, 0], [0, 0])
+    assert kept[1] == ([100, 100], [100, 100])
+
+
 def test_box_loss_takes_each_foreground_roi_own_class_deltas() -> None:
     # written out with the foreground rows selected (torchvision's fastrcnn_loss), for
     # per-class and class-agnostic deltas; ours zeroes the background rows instead

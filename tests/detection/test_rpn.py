@@ -7,12 +7,14 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAncho
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.rpn import RPNHead as TVRPNHead
+from torchvision.ops import remove_small_boxes
 
 from resnet_detect.detection.anchors import AnchorGenerator
 from resnet_detect.detection.box_coder import BoxCoder
 from resnet_detect.detection.matcher import Matcher
 from resnet_detect.detection.rpn import RPN, RPNHead
 from resnet_detect.detection.sampler import BalancedSampler
+from resnet_detect.detection.tracing import large_enough
 
 SIZES = ((16,), (32,), (64,))
 RATIOS = ((0.5, 1.0, 2.0),) * 3
@@ -77,7 +79,7 @@ def test_proposals_limits() -> None:
         boxes, scores = props["boxes"], props["scores"]
         assert 0 < len(boxes) <= 30
         assert bool(
-            (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+            (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
         )
         assert torch.equal(scores, scores.sort(descending=True).values)
 
@@ -154,6 +156,28 @@ def test_small_and_low_scoring_proposals_dropped_as_torchvision_does() -> None:
         assert torch.allclose(g["boxes"], e, atol=1e-4)
         sides = g["boxes"][:, 2:] - g["boxes"][:, :2]
         assert bool((sides >= 12.0).all()) and bool((g["scores"] >= 0.4).all())
+
+
+def test_a_proposal_at_a_threshold_is_kept_as_torchvision_keeps_it() -> None:
+    """A score equal to score_thresh stays (torchvision's >=), as does a box exactly
+    min_box_size wide or high (remove_small_boxes' >=)."""
+    ours = _rpn(pre=300, post=200)
+    _randomize(ours)
+    with torch.no_grad():  # every objectness logit 0: every score exactly 0.5
+        ours.head.objectness_logits.weight.zero_()
+        ours.head.objectness_logits.bias.zero_()
+    ours.score_thresh = 0.5
+    ref = _torchvision_rpn(ours, 300, 200)
+    ref.score_thresh = 0.5
+    ours.eval(), ref.eval()
+    feats = _features()
+    got, _ = ours(feats, IMAGE_SIZES, PADDED)
+    expected, _ = ref(ImageList(torch.zeros(2, 3, *PADDED), IMAGE_SIZES), dict(feats))
+    assert [len(g["boxes"]) > 0 for g in got] == [len(e) > 0 for e in expected] == [True, True]
+    boxes = torch.tensor([[0.0, 0.0, 12.0, 12.0], [0.0, 0.0, 11.99, 12.0], [5.0, 5.0, 17.0, 30.0],
+                          [5.0, 5.0, 30.0, 16.99]])
+    assert large_enough(boxes, 12.0).tolist() == [True, False, True, False]
+    assert remove_small_boxes(boxes, 12.0).tolist() == [0, 2]
 
 
 def test_empty_gt_image_beside_one_with_gt_keeps_finite_gradients() -> None:

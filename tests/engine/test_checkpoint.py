@@ -170,6 +170,26 @@ def test_resume_takes_this_runs_schedule_and_hyperparameters(tmp_path: Path) -> 
     assert same.param_groups[0]["lr"] == opt.param_groups[0]["lr"]  # bit for bit
 
 
+def test_the_fp16_loss_scale_resumes_where_it_was(tmp_path: Path) -> None:
+    """fp16's GradScaler state (its scale, its count of steps since the last overflow) comes
+    back: at the default scale of 65536 a resumed run would repeat its first overflows, each a
+    skipped step."""
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+    for _ in range(2):
+        opt.zero_grad()
+        scaler.scale(model(torch.ones(1, 2)).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+    scaler.update(new_scale=96.0)
+    Checkpointer(tmp_path, model=model, optimizer=opt, scaler=scaler).save(2)
+    resumed = torch.amp.GradScaler("cpu")
+    Checkpointer(tmp_path, model=model, optimizer=opt, scaler=resumed).resume()
+    assert resumed.state_dict() == {"scale": 96.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                                    "growth_interval": 3, "_growth_tracker": 2}
+
+
 def test_iterations_of_eight_digits_order_by_number(tmp_path: Path) -> None:
     """model_10000000.pth sorts before model_9999999.pth by name."""
     model = nn.Linear(2, 2)

@@ -17,19 +17,21 @@ ROOT = Path(__file__).resolve().parents[2]
 SIZES = [(77, 141), (150, 90), (35, 250), (136, 272)]
 
 
-@pytest.mark.parametrize("config, scale, max_size", [("deeplabv3_R_50_os16", 1.0, None),
-                                                     ("deeplabv3plus_R_50_os16", 0.5, None),
-                                                     ("fcn_R_50_os8", 1.0, None),
-                                                     ("deeplabv3_R_50_os16", 0.75, 145)])
+@pytest.mark.parametrize("config, scale, max_size, divisibility", [
+    ("deeplabv3_R_50_os16", 1.0, None, 0), ("deeplabv3plus_R_50_os16", 0.5, None, 0),
+    ("fcn_R_50_os8", 1.0, None, 0), ("deeplabv3_R_50_os16", 0.75, 145, 0),
+    ("deeplabv3plus_R_50_os16", 1.0, None, 32)])
 def test_onnx_runtime_gives_the_pytorch_class_maps_at_any_size(
-        config: str, scale: float, max_size: int | None, tmp_path: Path) -> None:
-    """At the config's test scale too (the quickstarts evaluate half-size images), and with a
+        config: str, scale: float, max_size: int | None, divisibility: int,
+        tmp_path: Path) -> None:
+    """At the config's test scale too (the quickstarts evaluate half-size images), with a
     longer-side cap that some SIZES exceed: the graph rescales the image and its logits as
-    `TTAInference` does."""
+    `TTAInference` does; and with images padded to a multiple of 32, whose logits the graph
+    crops back."""
     cfg = load_config(ROOT / f"configs/segmentation/{config}.yaml",
                       ["model.num_classes=5", "model.backbone.weights=null",
                        "model.backbone.name=resnet18", "model.backbone.multi_grid=[1,2]",
-                       "model.head.channels=32"])
+                       "model.head.channels=32", f"model.size_divisibility={divisibility}"])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     # random heads favour one class everywhere: spread the classifier so that the maps vary

@@ -148,6 +148,12 @@ def test_model_weights_start_the_backbone_from_torchvision_with_a_new_fc(
     own = tmp_path / "own.pth"
     backbones.save_checkpoint(own, expected, backbones.make_provenance(
         "resnet18", pixel_mean=(0.0, 0.0, 0.0), pixel_std=(255.0, 255.0, 255.0)))
+    cifar = tmp_path / "cifar.pth"
+    backbones.save_checkpoint(cifar, backbones.build("cifar_resnet20").state_dict(),
+                              backbones.make_provenance("cifar_resnet20"))
+    with pytest.raises(ValueError, match=r"cifar.pth holds a cifar_resnet20, this model is a "
+                                         r"resnet18\)"):
+        task.build_model(load_task_config(CONFIG, [*args, f"model.weights={cifar}"])[1])
     with pytest.raises(ValueError, match=r"own.pth do not fit this config: data.pixel_mean is "
                                          r"\[123.675,116.28,103.53\], the weights need "
                                          r"\[0.0,0.0,0.0\]; data.pixel_std"):
@@ -173,6 +179,13 @@ def test_unreadable_images_are_skipped_and_counted(
     assert result["skipped"] == 1
     # 3 scored validation images: accuracy is a multiple of 1/3.
     assert round(result["metrics"]["top1"] * 3 / 100, 6) in (0.0, 1.0, 2.0, 3.0)
+
+
+def test_an_evaluation_without_a_readable_image_scores_nothing() -> None:
+    """Every val image unreadable gave top-1 0.00, a score a train.best_metric compares."""
+    task = ClassificationTask()
+    metrics = task.evaluate(torch.nn.Linear(2, 2), [[], []], torch.device("cpu"))
+    assert all(np.isnan(v) for v in metrics["classification"].values())
 
 
 def test_training_stops_when_most_images_of_a_window_are_unreadable(
@@ -267,6 +280,20 @@ def test_resume_with_other_train_settings(tool: ModuleType, tmp_path: Path,
     assert result["iteration"] == 6
     assert "train.base_lr: 0.002 -> 0.05, train.epochs: 2 -> 3" in caplog.text
     assert "epochs: 3" in (out / "config.yaml").read_text()
+    # images removed (the unreadable ones the warnings named): the epochs end sooner, and the
+    # refusal says why
+    fewer = tmp_path / "fewer"
+    shutil.copytree(tmp_path / "data", fewer)
+    for name in ("blue/2", "blue/3", "red/2", "red/3"):
+        (fewer / f"train/{name}.png").unlink()
+    with pytest.raises(ValueError, match="past this run's 3 .*; the run that wrote it had 8 "
+                                         "training images, this one has 4: nothing to resume"):
+        tool.main(overrides(fewer, out, **{**extra, "train.epochs": 3}) + ["--resume"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        tool.main(overrides(fewer, out, **{**extra, "train.epochs": 7}) + ["--resume"])
+    assert "on another training set; the run that wrote it had 8 training images, this one " \
+           "has 4: the images are drawn in another order" in caplog.text
 
 
 def test_model_best_keeps_the_weights_of_the_best_evaluation(

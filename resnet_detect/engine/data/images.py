@@ -24,9 +24,14 @@ cv2.setNumThreads(1)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
 
+# a Synology NAS's thumbnails (JPEGs of every picture), a zip made on macOS's resource forks
+NOT_DATA_FOLDERS = frozenset({"@eaDir", "__MACOSX"})
+
+
 def files_under(folder: str | os.PathLike) -> list[Path]:
     """Every file under `folder`, sorted: through symlinked folders too (each real folder once),
-    leaving out hidden folders and files (.ipynb_checkpoints, .git, macOS's ._name copies)."""
+    leaving out hidden folders and files (.ipynb_checkpoints, .git, macOS's ._name copies) and
+    the folders other systems write beside pictures (NOT_DATA_FOLDERS)."""
     files, seen = [], set()
     for root, dirs, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
@@ -36,7 +41,7 @@ def files_under(folder: str | os.PathLike) -> list[Path]:
         seen.add(real)
         # sorted, real folders before links: which path names a folder reached twice does
         # not depend on the file system's listing order
-        dirs[:] = sorted((d for d in dirs if not d.startswith(".")),
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".") and d not in NOT_DATA_FOLDERS),
                          key=lambda d: (os.path.islink(os.path.join(root, d)), d))
         files += [Path(root) / n for n in names if not n.startswith(".")]
     return sorted(files)
