@@ -32,12 +32,14 @@ from .checkpoint import BestWeights, Checkpointer, PeriodicCheckpointer, best_me
 from .compilation import compile_model, parse_compile
 from .config import save_config, to_plain
 from .data import CountedLoader, build_test_loader, build_train_loader, collate
-from .distributed import (all_gather_object, all_reduce_sum, broadcast_buffers, get_rank,
+from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
                           get_world_size, is_main_process, per_process_batch_size, wrap_ddp)
 from .files import atomic_write_json, nan_to_none
 from .logging import ProgressLogger, ScalarWriter, setup_logging
 from .rng import rng_kept, seed_everything
 from .run_lock import exclusive_output_dir
+from .same_everywhere import (check_same_config_everywhere, check_same_data_everywhere,
+                              check_same_start_everywhere, prepare_everywhere)
 from .optim import OPTIMIZERS, build_optimizer
 from .preemption import TrainingInterrupted, stop_on_signals
 from .schedule import DECAYS, build_lr_scheduler
@@ -266,34 +268,6 @@ def _first_readable_batch(data: TaskData) -> Any:
                               "and why)")
 
 
-def _check_same_start_everywhere(start_iter: int, output_dir: Path) -> None:
-    """Every process must resume at the same step: one that found another checkpoint, or
-    none, in its train.output_dir (a node's own disk) would train other weights and end at
-    another step while the others wait for it."""
-    if get_world_size() == 1:
-        return
-    seen = all_gather_object((start_iter, str(output_dir)))
-    if any(iteration != seen[0][0] for iteration, _ in seen):
-        where = "; ".join(f"process {rank} at iteration {iteration} from {folder}"
-                          for rank, (iteration, folder) in enumerate(seen))
-        raise ValueError(f"the processes resume at different steps ({where}): "
-                         "train.output_dir must be one folder that every process (every node) "
-                         "reads and writes")
-
-
-def _check_same_data_everywhere(data: TaskData) -> None:
-    """Every process must have read the same data (each node may hold its own copy): other
-    sizes give other schedules, whose collectives then wait for each other forever."""
-    if get_world_size() == 1:
-        return
-    mine = (data.description, len(data.train), None if data.val is None else len(data.val),
-            getattr(data.train, "class_names", None))
-    seen = all_gather_object(mine)
-    if any(s != seen[0] for s in seen):
-        raise ValueError("the processes read different data; every one needs the same files:"
-                         + "".join(f"\n  rank {r}: {s[0]}" for r, s in enumerate(seen)))
-
-
 def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                      cfg: DictConfig, max_iter: int, logger: logging.Logger,
                      now: Mapping[str, Any]) -> None:
@@ -400,6 +374,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         "iteration": steps done, "skipped": unreadable images skipped in training}.
     """
     logger = logging.getLogger(task.name)
+    check_same_config_everywhere(cfg, resume)
     t = cfg.train
     if not t.base_lr > 0:
         raise ValueError(f"train.base_lr is {t.base_lr}: the weights would never change; set a "
@@ -424,8 +399,10 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     """run_training after its checks, with the logging set up."""
     t = cfg.train
     batch_size = per_process_batch_size(t.batch_size, "train.batch_size")
-    data = task.prepare(cfg)
-    _check_same_data_everywhere(data)
+    data = prepare_everywhere(lambda: task.prepare(cfg))
+    check_same_data_everywhere(data.description, (len(data.train), None if data.val is None
+                                                  else len(data.val)),
+                               getattr(data.train, "class_names", None))
     if len(data.train) == 0:
         raise ValueError(f"the training set is empty ({data.description}): nothing to train on")
     lengths = _lengths(cfg, len(data.train))
@@ -491,7 +468,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             _warn_of_earlier_results(output_dir, keep, logger)
     start_iter = state["iteration"] if state is not None else 0
     if resume:
-        _check_same_start_everywhere(start_iter, output_dir)
+        check_same_start_everywhere(start_iter, output_dir)
     if is_main_process():  # once resuming is known to work: a refused resume keeps the old one
         save_config(cfg, output_dir / "config.yaml")
 

@@ -378,9 +378,30 @@ def test_processes_that_read_different_data_stop_before_training(tmp_path: Path)
             for a in overrides(tmp_path / "unused", tmp_path / "out",
                                **{"train.epochs": 2, "train.batch_size": 4})]
     log = run_two_processes("pretrain", args, tmp_path, fails=True)
-    assert "ValueError: the processes read different data; every one needs the same" in log
+    assert "DatasetError: the processes read different data; every one needs the same" in log
     assert "  rank 0: 8 train / 2 val images, 2 classes" in log
     assert "  rank 1: 6 train / 2 val images, 2 classes" in log
+    assert not list((tmp_path / "out").glob("*.pth"))
+
+
+@pytest.mark.slow
+def test_processes_started_otherwise_or_without_their_data_stop_together(tmp_path: Path) -> None:
+    """An override given on one node only trained other weights on it, unreported (or, for a
+    length, hung); a node without the data stopped alone, the others said only that a peer
+    closed the connection."""
+    colour_tree(tmp_path / "data_0", train_per_class=4, val_per_class=1)
+    args = overrides(tmp_path / "data_0", tmp_path / "out", **{"train.epochs": 2,
+                                                               "train.batch_size": 4})
+    seeds = args + ["train.seed=${oc.decode:${oc.env:RANK}}"]
+    log = run_two_processes("pretrain", seeds, tmp_path, fails=True)
+    assert ("ConfigError: the processes were started with other settings; every node needs "
+            "the same command") in log
+    assert "  train.seed: rank 0 0, rank 1 1" in log
+    missing = [a if not a.startswith("data.root=")
+               else f"data.root={tmp_path}/data_${{oc.env:RANK}}" for a in args]
+    log = run_two_processes("pretrain", missing, tmp_path, fails=True)
+    assert ("DatasetError: another process could not read its data:\n  rank 1: "
+            f"FileNotFoundError: dataset folder not found: {tmp_path}/data_1/train") in log
     assert not list((tmp_path / "out").glob("*.pth"))
 
 

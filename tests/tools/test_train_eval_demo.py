@@ -89,9 +89,10 @@ def test_train_writes_final_checkpoint_with_provenance(trained: Path, data: Path
     log = (trained / "log.txt").read_text()
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all" in log
     assert "box AP = " in log.splitlines()[-1]
-    # a training checkpoint records the same: eval, demo and export read the dataset's ids
+    # a training checkpoint records the same: eval, demo and export read the dataset's ids;
+    # and the training set's size, which a --resume compares
     mid = torch.load(trained / "model_0000001.pth", map_location="cpu", weights_only=True)
-    assert mid["provenance"] == prov
+    assert mid["provenance"] == {**prov, "train_images": 6}
     image = np.asarray(cv2.imread(str(data / "images/val/000000.jpg"))[..., ::-1])
     labels = Predictor(None, weights=trained / "model_0000001.pth",
                        overrides=["model.roi_heads.score_thresh=0.0"])(image)["labels"]

@@ -1,0 +1,107 @@
+"""What every process of a multi-process (multi-node) run must agree on, checked with one
+collective each before training: its config, its data, the step it resumes at. A process that
+differs would train other weights, or wait in a collective the others never enter (30
+minutes, then a lost connection that names nothing)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig
+
+from .config import ConfigError, to_plain
+from .data import DatasetError
+from .distributed import all_gather_object, get_world_size
+
+T = TypeVar("T")
+# keys each node may set its own way: where it finds its files, its devices, its loaders
+PER_NODE_KEYS = frozenset({"train.output_dir", "train.device", "data.num_workers"})
+# and any path: data.* text (folders, annotation files), weights files
+PATH_KEY_ENDINGS = ("weights",)
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _shared_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The config's keys that must be equal on every node, flattened."""
+    return {key: value for key, value in _flat(to_plain(cfg)).items()
+            if key not in PER_NODE_KEYS
+            and not (isinstance(value, str) and key.startswith("data."))
+            and not key.endswith(PATH_KEY_ENDINGS)}
+
+
+def check_same_config_everywhere(cfg: DictConfig, resume: bool | str | os.PathLike) -> None:
+    """Every process must train with the same settings (an override given on one node only,
+    --resume on some): refused on every process, naming each key that differs."""
+    if get_world_size() == 1:
+        return
+    mine = (_shared_settings(cfg), "--resume-from" if isinstance(resume, (str, os.PathLike))
+            else "--resume" if resume else "neither --resume nor --resume-from")
+    seen = all_gather_object(mine)
+    settings = [s for s, _ in seen]
+    differ = sorted({k for s in settings for k in s if any(o.get(k) != s.get(k) for o in settings)})
+    lines = [f"{key}: " + ", ".join(f"rank {r} {s.get(key)!r}" for r, s in enumerate(settings))
+             for key in differ[:20]]
+    if len({how for _, how in seen}) > 1:
+        lines.append("resuming: " + ", ".join(f"rank {r} {how}" for r, (_, how) in
+                                              enumerate(seen)))
+    if lines:
+        raise ConfigError("the processes were started with other settings; every node needs "
+                          "the same command (only paths, train.output_dir, train.device and "
+                          "data.num_workers may differ):\n  " + "\n  ".join(lines))
+
+
+def prepare_everywhere(prepare: Callable[[], T]) -> T:
+    """`prepare()` (reading the data) on every process; when it fails on some (a node without
+    the files), every process stops naming them, not only the one that failed."""
+    if get_world_size() == 1:
+        return prepare()
+    try:
+        result, error = prepare(), None
+    except Exception as e:  # told to the others first, then raised here
+        result, error = None, e
+    errors = all_gather_object(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(rank, message) for rank, message in enumerate(errors) if message is not None]
+    if failed:
+        raise DatasetError("another process could not read its data:" + "".join(
+            f"\n  rank {rank}: {message}" for rank, message in failed))
+    return result  # type: ignore[return-value]
+
+
+def check_same_data_everywhere(description: str, sizes: tuple[int, int | None],
+                               class_names: Any) -> None:
+    """Every process must have read the same data (each node may hold its own copy): other
+    sizes give other schedules, whose collectives then wait for each other forever."""
+    if get_world_size() == 1:
+        return
+    seen = all_gather_object((description, sizes, class_names))
+    if any(s != seen[0] for s in seen):
+        raise DatasetError("the processes read different data; every one needs the same "
+                           "files:" + "".join(f"\n  rank {r}: {s[0]}" for r, s in enumerate(seen)))
+
+
+def check_same_start_everywhere(start_iter: int, output_dir: Path) -> None:
+    """Every process must resume at the same step: one that found another checkpoint, or
+    none, in its train.output_dir (a node's own disk) would train other weights and end at
+    another step while the others wait for it."""
+    if get_world_size() == 1:
+        return
+    seen = all_gather_object((start_iter, str(output_dir)))
+    if any(iteration != seen[0][0] for iteration, _ in seen):
+        where = "; ".join(f"process {rank} at iteration {iteration} from {folder}"
+                          for rank, (iteration, folder) in enumerate(seen))
+        raise ConfigError(f"the processes resume at different steps ({where}): "
+                         "train.output_dir must be one folder that every process (every node) "
+                         "reads and writes")
