@@ -21,13 +21,14 @@ from .logging import print_and_log
 from .preemption import TrainingInterrupted
 from .run_lock import FolderInUseError
 from .runner import run_training
+from .same_everywhere import OtherProcessFailed
 from .tasks import load_task_config, task_module
 
 
 # Raised only for what a user gave (their messages name the key, file, entry or folder):
 # printed as the message alone; a traceback would bury it and say nothing more
 USER_ERRORS = (ConfigError, DatasetError, ExportError, FileNotFoundError, FolderInUseError,
-               UnreadableCheckpointError)
+               OtherProcessFailed, UnreadableCheckpointError)
 
 
 def run_tool(main: Callable[[Sequence[str]], Any]) -> None:

@@ -39,7 +39,7 @@ from .logging import ProgressLogger, ScalarWriter, setup_logging
 from .rng import rng_kept, seed_everything
 from .run_lock import exclusive_output_dir
 from .same_everywhere import (check_same_config_everywhere, check_same_data_everywhere,
-                              check_same_start_everywhere, prepare_everywhere)
+                              check_same_start_everywhere, done_everywhere)
 from .optim import OPTIMIZERS, build_optimizer
 from .preemption import TrainingInterrupted, stop_on_signals
 from .schedule import DECAYS, build_lr_scheduler
@@ -399,7 +399,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     """run_training after its checks, with the logging set up."""
     t = cfg.train
     batch_size = per_process_batch_size(t.batch_size, "train.batch_size")
-    data = prepare_everywhere(lambda: task.prepare(cfg))
+    data = done_everywhere(lambda: task.prepare(cfg), "read its data")
     check_same_data_everywhere(data.description, (len(data.train), None if data.val is None
                                                   else len(data.val)),
                                getattr(data.train, "class_names", None))
@@ -412,7 +412,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
 
     torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
     seed_everything(t.seed)  # the same initial weights on every process
-    model = compile_model(task.build_model(cfg).to(device), compile_backend, device)
+    model = compile_model(done_everywhere(lambda: task.build_model(cfg), "build its model")
+                          .to(device), compile_backend, device)
     seed_everything(t.seed + get_rank())  # distinct dropout / sampling per process
     ddp_model = wrap_ddp(model, device)
     optimizer = build_optimizer_from_config(cfg, model)

@@ -61,13 +61,19 @@ def check_same_config_everywhere(cfg: DictConfig, resume: bool | str | os.PathLi
                           "data.num_workers may differ):\n  " + "\n  ".join(lines))
 
 
-def prepare_everywhere(prepare: Callable[[], T]) -> T:
-    """`prepare()` (reading the data) on every process; when it fails on some (a node without
-    the files), every process stops naming them, not only the one that failed."""
+class OtherProcessFailed(RuntimeError):
+    """Another process of the run stopped; the message names it and why."""
+
+
+def done_everywhere(step: Callable[[], T], what: str) -> T:
+    """`step()` (reading the data, building the model) on every process; when it fails on
+    some (a node without the files), every process stops naming them, not only the one that
+    failed (the others waited in their next collective, then reported a lost connection).
+    `what`: the step, for the message ("read its data")."""
     if get_world_size() == 1:
-        return prepare()
+        return step()
     try:
-        result, error = prepare(), None
+        result, error = step(), None
     except Exception as e:  # told to the others first, then raised here
         result, error = None, e
     errors = all_gather_object(None if error is None else f"{type(error).__name__}: {error}")
@@ -75,7 +81,7 @@ def prepare_everywhere(prepare: Callable[[], T]) -> T:
         raise error
     failed = [(rank, message) for rank, message in enumerate(errors) if message is not None]
     if failed:
-        raise DatasetError("another process could not read its data:" + "".join(
+        raise OtherProcessFailed(f"another process could not {what}:" + "".join(
             f"\n  rank {rank}: {message}" for rank, message in failed))
     return result  # type: ignore[return-value]
 

@@ -400,8 +400,14 @@ def test_processes_started_otherwise_or_without_their_data_stop_together(tmp_pat
     missing = [a if not a.startswith("data.root=")
                else f"data.root={tmp_path}/data_${{oc.env:RANK}}" for a in args]
     log = run_two_processes("pretrain", missing, tmp_path, fails=True)
-    assert ("DatasetError: another process could not read its data:\n  rank 1: "
+    assert ("OtherProcessFailed: another process could not read its data:\n  rank 1: "
             f"FileNotFoundError: dataset folder not found: {tmp_path}/data_1/train") in log
+    backbones.save_checkpoint(tmp_path / "w_0.pth", backbones.build("cifar_resnet20").state_dict(),
+                              backbones.make_provenance("cifar_resnet20"))
+    log = run_two_processes("pretrain", args + [f"model.weights={tmp_path}/w_${{oc.env:RANK}}.pth"],
+                            tmp_path, fails=True)
+    assert ("OtherProcessFailed: another process could not build its model:\n  rank 1: "
+            f"FileNotFoundError: weights file not found: {tmp_path}/w_1.pth") in log
     assert not list((tmp_path / "out").glob("*.pth"))
 
 
