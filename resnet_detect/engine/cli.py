@@ -21,7 +21,7 @@ from .logging import print_and_log
 from .preemption import TrainingInterrupted
 from .run_lock import FolderInUseError
 from .runner import run_training
-from .same_everywhere import OtherProcessFailed
+from .same_everywhere import OtherProcessFailed, done_everywhere
 from .tasks import load_task_config, task_module
 
 
@@ -61,6 +61,12 @@ def config_argument_parser(description: str | None, *,
     return parser
 
 
+def _check_resume_from(path: str | None) -> None:
+    if path is not None and not Path(path).is_file():
+        raise UnreadableCheckpointError(f"--resume-from: checkpoint not found: "
+                                        f"{missing_path(path)}")
+
+
 def restarted_resume(resume: bool | str) -> bool | str:
     """What a run resumes from: as asked, but a job torchrun restarted (--max-restarts, after
     a process failed) continues from train.output_dir's newest checkpoint, as if --resume
@@ -88,10 +94,6 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
         `engine.runner.run_training`'s result plus "task".
     """
     args = config_argument_parser(description, resume=True).parse_intermixed_args(argv)
-    if args.resume_from is not None and not Path(args.resume_from).is_file():
-        # before the data is read (minutes at COCO scale), not at the resume after it
-        raise UnreadableCheckpointError(f"--resume-from: checkpoint not found: "
-                                        f"{missing_path(args.resume_from)}")
     name, cfg = load_task_config(args.config, args.overrides, task=task)
     runner_task = task_module(name).TASK()
     cache_memory = parse_bool(cfg.train.cache_host_memory, "train.cache_host_memory")
@@ -100,6 +102,10 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
         warnings.warn("train.cache_host_memory needs glibc's malloc (Linux); ignored here",
                       stacklevel=2)
     try:
+        # before the data is read (minutes at COCO scale), not at the resume after it; on
+        # every node (a path on one node's disk only)
+        done_everywhere(lambda: _check_resume_from(args.resume_from),
+                        "find its --resume-from checkpoint")
         try:
             result = run_training(runner_task, cfg, device,
                                   resume=restarted_resume(args.resume_from or args.resume))
