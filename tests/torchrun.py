@@ -1,7 +1,8 @@
 """Run a tool of tools/ under torchrun with 2 CPU processes (gloo), on one launcher or as two
 nodes, and keep each rank's weights.
 
-The wrapper calls the tool's `main(argv)` in every process and saves the returned model's
+The wrapper calls the tool's `main(argv)` in every process, "{RANK}" in an argument replaced
+by the process's rank (arguments that differ between nodes), and saves the returned model's
 state dict as OUTPUT_DIR/rank<RANK>.pth (OUTPUT_DIR from the `train.output_dir=` argument).
 """
 from __future__ import annotations
@@ -20,8 +21,9 @@ spec = importlib.util.spec_from_file_location("tool", sys.argv[1])
 tool = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tool)
 torch.set_num_threads(1)
-result = tool.main(sys.argv[2:])
-out = [a for a in sys.argv if a.startswith("train.output_dir=")][-1].split("=", 1)[1]
+argv = [a.replace("{RANK}", os.environ["RANK"]) for a in sys.argv[2:]]
+result = tool.main(argv)
+out = [a for a in argv if a.startswith("train.output_dir=")][-1].split("=", 1)[1]
 torch.save(result["model"].state_dict(), out + "/rank%s.pth" % os.environ["RANK"])
 """
 

@@ -61,6 +61,28 @@ def config_argument_parser(description: str | None, *,
     return parser
 
 
+def _stop_the_others(error: Exception, overrides: Sequence[str]) -> None:
+    """Under torchrun, a process whose config cannot be read (a file missing on its node, an
+    override typed on one node only) joins the others before it stops, so that they stop too,
+    naming it, instead of waiting 30 minutes for it to join. Its device is the override's,
+    else auto (the others' backend, unless their config says cpu on a GPU machine)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return
+    device = next((o.split("=", 1)[1] for o in reversed(overrides)
+                   if o.startswith("train.device=")), "auto")
+    try:
+        init_distributed(device if device in ("auto", "cpu", "cuda") else "auto")
+        done_everywhere(lambda: _raise(error), "read its config")
+    except Exception:  # its own error is the one to report
+        pass
+    finally:
+        cleanup()
+
+
+def _raise(error: Exception) -> None:
+    raise error
+
+
 def _check_resume_from(path: str | None) -> None:
     if path is not None and not Path(path).is_file():
         raise UnreadableCheckpointError(f"--resume-from: checkpoint not found: "
@@ -94,14 +116,19 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
         `engine.runner.run_training`'s result plus "task".
     """
     args = config_argument_parser(description, resume=True).parse_intermixed_args(argv)
-    name, cfg = load_task_config(args.config, args.overrides, task=task)
-    runner_task = task_module(name).TASK()
-    cache_memory = parse_bool(cfg.train.cache_host_memory, "train.cache_host_memory")
+    try:
+        name, cfg = load_task_config(args.config, args.overrides, task=task)
+        runner_task = task_module(name).TASK()
+        cache_memory = parse_bool(cfg.train.cache_host_memory, "train.cache_host_memory")
+    except Exception as e:
+        _stop_the_others(e, args.overrides)
+        raise
     device = init_distributed(cfg.train.device)
     if cache_memory and device.type == "cpu" and not cache_host_memory():
         warnings.warn("train.cache_host_memory needs glibc's malloc (Linux); ignored here",
                       stacklevel=2)
     try:
+        done_everywhere(lambda: None, "read its config")  # as _stop_the_others does
         # before the data is read (minutes at COCO scale), not at the resume after it; on
         # every node (a path on one node's disk only)
         done_everywhere(lambda: _check_resume_from(args.resume_from),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -408,6 +409,19 @@ def test_processes_started_otherwise_or_without_their_data_stop_together(tmp_pat
                             tmp_path, fails=True)
     assert ("OtherProcessFailed: another process could not build its model:\n  rank 1: "
             f"FileNotFoundError: weights file not found: {tmp_path}/w_1.pth") in log
+    # before the processes join: a config file or a --resume-from checkpoint on one node only
+    (tmp_path / "config_0.yaml").write_text(f"_base_: {CONFIG}\n")
+    (tmp_path / "ckpt_0.pth").write_bytes(b"")
+    for argv, what, why in (
+            ([str(tmp_path / "config_{RANK}.yaml"), *args[1:]], "read its config",
+             f"ConfigError: config file not found: {tmp_path}/config_1.yaml"),
+            ([*args, "--resume-from", str(tmp_path / "ckpt_{RANK}.pth")],
+             "find its --resume-from checkpoint", "UnreadableCheckpointError: --resume-from: "
+             f"checkpoint not found: {tmp_path}/ckpt_1.pth")):
+        log = run_two_processes("pretrain", argv, tmp_path, fails=True, timeout=120)
+        # raised before the run's log exists: in the traceback, under torchrun's rank prefix
+        assert re.search(rf"OtherProcessFailed: another process could not {what}:\n"
+                         rf"\[rank0\]:   rank 1: {re.escape(why)}", log), log[-3000:]
     assert not list((tmp_path / "out").glob("*.pth"))
 
 
