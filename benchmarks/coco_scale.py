@@ -9,8 +9,8 @@ objects each, 8-30 point polygons, 1 % crowd objects as uncompressed RLE, COCO's
 ids) and val2017-like (5,000 images); the image files are hardlinks to 300 real JPEGs, so the
 folder costs about 10 MB besides the JSONs. Then each phase runs in a fresh process importing
 the project from REPO (default: this checkout; a worktree of another commit compares two
-versions) and prints its wall time, with one full garbage collection after the call, and its
-peak RSS:
+versions, from 7fc034a on: the package resnet_detect) and prints its wall time, with one
+full garbage collection after the call, and its peak RSS:
   - load_boxes / load_masks: `engine.data.load_coco_json` of the train file, as Faster R-CNN /
     Mask R-CNN training does (with the file checks);
   - eval_pycocotools / eval_faster: `detection.evaluation.evaluate_coco` (bbox) of 100

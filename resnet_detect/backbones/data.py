@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from resnet_detect.engine.data import (IMAGE_SUFFIXES, DatasetError, PackedRecords,
-                                       UnreadableImageError, collate, files_under, read_image)
+from resnet_detect.engine.data import (IMAGE_SUFFIXES, NOT_DATA_FOLDERS, DatasetError,
+                                       PackedRecords, UnreadableImageError, collate, files_under,
+                                       read_image)
 from resnet_detect.engine.files import missing_path
 
 from .weights import PIXEL_MEAN, PIXEL_STD
@@ -56,16 +57,16 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {missing_path(split_dir)}")
-    loose = sorted(f.name for f in split_dir.iterdir()
-                   if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    loose = sorted(f.name for f in split_dir.iterdir() if f.is_file()
+                   and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
     if loose:  # ImageNet's val archive unpacks flat; a half-sorted folder looks the same
         raise DatasetError(
             f"{split_dir}: {len(loose)} images outside class folders (e.g. {loose[0]}): each "
             f"image must be in {split_dir}/<class>/, as torchvision's ImageFolder reads them "
             f"(ImageNet's val images: move each into its class's folder as "
             f"LOC_val_solution.csv lists them, or with the common valprep.sh)")
-    found = sorted((d.name for d in split_dir.iterdir()
-                    if d.is_dir() and not d.name.startswith(".")),
+    found = sorted((d.name for d in split_dir.iterdir() if d.is_dir()
+                    and not d.name.startswith(".") and d.name not in NOT_DATA_FOLDERS),
                    key=_nfc)  # one order however the disk spells the names
     if not found:
         raise DatasetError(f"no class folders in {split_dir} (expected "
@@ -89,12 +90,13 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
     samples, empty = [], []
     class_of_folder: dict[str, str] = {}  # real folder -> the class that holds it
     for name in found:
-        files = [f for f in files_under(split_dir / name)
+        walked: dict[str, Path] = {}
+        files = [f for f in files_under(split_dir / name, walked)
                  if f.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
             empty.append(name)
-        for folder in sorted({f.parent for f in files}):
-            other = class_of_folder.setdefault(os.path.realpath(folder), name)
+        for real, folder in sorted(walked.items()):
+            other = class_of_folder.setdefault(real, name)
             if other != name:  # its images would be learnt under two labels
                 raise DatasetError(f"{split_dir}: the folder {folder} is in class {name} and "
                                    f"in class {other} (a symbolic link?): each image may be "

@@ -142,7 +142,9 @@ class ClassificationTask:
 
     def summary(self, metrics: dict[str, dict[str, Any]]) -> str:
         m = metrics.get("classification", {})
-        return f"top1={m['top1']:.2f}  top5={m['top5']:.2f}" if m else "top1=n/a  top5=n/a"
+        values = {k: m.get(k) for k in ("top1", "top5")}  # NaN: no image was read
+        return "  ".join(f"{k}=n/a" if v is None or math.isnan(v) else f"{k}={v:.2f}"
+                         for k, v in values.items())
 
     def provenance(self, cfg: DictConfig) -> dict[str, Any]:
         return make_provenance(

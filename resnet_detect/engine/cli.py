@@ -89,19 +89,6 @@ def _check_resume_from(path: str | None) -> None:
                                         f"{missing_path(path)}")
 
 
-def restarted_resume(resume: bool | str) -> bool | str:
-    """What a run resumes from: as asked, but a job torchrun restarted (--max-restarts, after
-    a process failed) continues from train.output_dir's newest checkpoint, as if --resume
-    were given: starting over would train again what is done and replace its checkpoints."""
-    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
-    if restarts == 0:
-        return resume
-    if is_main_process():
-        print(f"torchrun restarted this job (restart {restarts}): resuming from the newest "
-              f"checkpoint in train.output_dir", file=sys.stderr, flush=True)
-    return True
-
-
 def train_main(description: str | None, argv: Sequence[str] | None, *,
                task: str | None = None) -> dict[str, Any]:
     """What tools/train.py and tools/pretrain.py do: parse CONFIG, overrides and --resume,
@@ -135,7 +122,7 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
                         "find its --resume-from checkpoint")
         try:
             result = run_training(runner_task, cfg, device,
-                                  resume=restarted_resume(args.resume_from or args.resume))
+                                  resume=args.resume_from or args.resume)
         except TrainingInterrupted as stopped:
             if is_main_process():
                 print(stopped, file=sys.stderr, flush=True)

@@ -16,10 +16,12 @@ from .data import DatasetError
 from .distributed import all_gather_object, get_world_size
 
 T = TypeVar("T")
-# keys each node may set its own way: where it finds its files, its devices, its loaders
-PER_NODE_KEYS = frozenset({"train.output_dir", "train.device", "data.num_workers"})
-# and any path: data.* text (folders, annotation files), weights files
-PATH_KEY_ENDINGS = ("weights",)
+# keys each node may set its own way: its devices and what tunes its host
+HOST_KEYS = frozenset({"train.device", "data.num_workers", "train.cudnn_benchmark",
+                       "train.cache_host_memory"})
+# and where it finds its files (the last part of a key: data.train.img_dir, model.weights...)
+PATH_KEYS = frozenset({"root", "ann_file", "img_dir", "mask_dir", "split_file", "weights",
+                       "output_dir"})
 
 
 def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -35,9 +37,7 @@ def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _shared_settings(cfg: DictConfig) -> dict[str, Any]:
     """The config's keys that must be equal on every node, flattened."""
     return {key: value for key, value in _flat(to_plain(cfg)).items()
-            if key not in PER_NODE_KEYS
-            and not (isinstance(value, str) and key.startswith("data."))
-            and not key.endswith(PATH_KEY_ENDINGS)}
+            if key not in HOST_KEYS and key.rpartition(".")[2] not in PATH_KEYS}
 
 
 def check_same_config_everywhere(cfg: DictConfig, resume: bool | str | os.PathLike) -> None:
@@ -45,7 +45,9 @@ def check_same_config_everywhere(cfg: DictConfig, resume: bool | str | os.PathLi
     --resume on some): refused on every process, naming each key that differs."""
     if get_world_size() == 1:
         return
-    mine = (_shared_settings(cfg), "--resume-from" if isinstance(resume, (str, os.PathLike))
+    # an interpolation (${oc.env:...}) may fail on one node only
+    settings = done_everywhere(lambda: _shared_settings(cfg), "resolve its config")
+    mine = (settings, "--resume-from" if isinstance(resume, (str, os.PathLike))
             else "--resume" if resume else "neither --resume nor --resume-from")
     seen = all_gather_object(mine)
     settings = [s for s, _ in seen]
@@ -57,8 +59,9 @@ def check_same_config_everywhere(cfg: DictConfig, resume: bool | str | os.PathLi
                                               enumerate(seen)))
     if lines:
         raise ConfigError("the processes were started with other settings; every node needs "
-                          "the same command (only paths, train.output_dir, train.device and "
-                          "data.num_workers may differ):\n  " + "\n  ".join(lines))
+                          "the same command (only paths, train.device, data.num_workers, "
+                          "train.cudnn_benchmark and train.cache_host_memory may differ):\n  "
+                          + "\n  ".join(lines))
 
 
 class OtherProcessFailed(RuntimeError):

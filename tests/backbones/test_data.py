@@ -114,10 +114,12 @@ def test_scan_refuses_images_outside_class_folders_and_classes_that_share_images
     with pytest.raises(DatasetError, match="folder .*train/dog is in class dog and in class cat"):
         scan_image_folder(tmp_path / "train")
     (tmp_path / "train/cat/more").unlink()
-    for junk in ("@eaDir/0.png", "__MACOSX/x.png"):
-        (tmp_path / "train/cat" / junk).parent.mkdir()
-        cv2.imwrite(str(tmp_path / "train/cat" / junk), np.zeros((8, 8, 3), np.uint8))
-    samples, _ = scan_image_folder(tmp_path / "train")
+    for junk in ("cat/@eaDir/0.png", "cat/__MACOSX/x.png", "@eaDir/x/SYNOPHOTO_THUMB_M.jpg",
+                 "__MACOSX/cat/y.png", "._preview.png"):  # hidden: not a loose image
+        (tmp_path / "train" / junk).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "train" / junk), np.zeros((8, 8, 3), np.uint8))
+    samples, classes = scan_image_folder(tmp_path / "train")
+    assert classes == ["cat", "dog"]
     assert [Path(p).relative_to(tmp_path / "train").as_posix() for p, _ in samples] == [
         "cat/0.png", "dog/0.png"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_detect.engine.cli import restarted_resume, run_tool
+from resnet_detect.engine.cli import run_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
@@ -84,17 +84,3 @@ def test_other_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(ValueError, match="a bug"):
         run_tool(main)
 
-
-def test_a_job_torchrun_restarted_resumes_from_the_newest_checkpoint(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    """torchrun --max-restarts restarts the same command after a process failed: without
-    --resume in it the job started over and its first save replaced the checkpoints."""
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")  # torchrun's first start
-    assert [restarted_resume(r) for r in (False, True, "a.pth")] == [False, True, "a.pth"]
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
-    # --resume-from's checkpoint became the folder's newest when the first start loaded it
-    assert [restarted_resume(r) for r in (False, True, "a.pth")] == [True, True, True]
-    assert "torchrun restarted this job (restart 2): resuming from the newest checkpoint in " \
-           "train.output_dir" in capsys.readouterr().err
-    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")  # not under torchrun
-    assert restarted_resume(False) is False

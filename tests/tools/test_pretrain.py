@@ -187,6 +187,9 @@ def test_an_evaluation_without_a_readable_image_scores_nothing() -> None:
     task = ClassificationTask()
     metrics = task.evaluate(torch.nn.Linear(2, 2), [[], []], torch.device("cpu"))
     assert all(np.isnan(v) for v in metrics["classification"].values())
+    assert task.summary(metrics) == task.summary({}) == "top1=n/a  top5=n/a"
+    assert task.summary({"classification": {"top1": 50.0, "top5": 100.0}}) == \
+        "top1=50.00  top5=100.00"
 
 
 def test_training_stops_when_most_images_of_a_window_are_unreadable(

@@ -3,13 +3,13 @@ policy for unreadable files, packed records, samplers, collate and loaders."""
 from .coco import (CategoryMapping, DatasetError, LoadStats, check_image_sizes,
                    check_segmentation, listing, load_coco_json, read_coco_json,
                    segmentation_to_mask)
-from .images import (IMAGE_SUFFIXES, UnreadableImageError, check_rgb_image, decoded_size,
-                     files_under, image_size, read_image)
+from .images import (IMAGE_SUFFIXES, NOT_DATA_FOLDERS, UnreadableImageError, check_rgb_image,
+                     decoded_size, files_under, image_size, read_image)
 from .loaders import CountedLoader, build_test_loader, build_train_loader, collate
 from .records import PackedRecords
 from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 
-__all__ = ["IMAGE_SUFFIXES", "CategoryMapping", "CountedLoader", "DatasetError",
+__all__ = ["IMAGE_SUFFIXES", "NOT_DATA_FOLDERS", "CategoryMapping", "CountedLoader", "DatasetError",
            "GroupedBatchSampler", "InferenceSampler", "LoadStats", "PackedRecords",
            "TrainingSampler", "UnreadableImageError", "build_test_loader", "build_train_loader",
            "check_image_sizes",

@@ -28,10 +28,12 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 NOT_DATA_FOLDERS = frozenset({"@eaDir", "__MACOSX"})
 
 
-def files_under(folder: str | os.PathLike) -> list[Path]:
+def files_under(folder: str | os.PathLike,
+                real_folders: dict[str, Path] | None = None) -> list[Path]:
     """Every file under `folder`, sorted: through symlinked folders too (each real folder once),
     leaving out hidden folders and files (.ipynb_checkpoints, .git, macOS's ._name copies) and
-    the folders other systems write beside pictures (NOT_DATA_FOLDERS)."""
+    the folders other systems write beside pictures (NOT_DATA_FOLDERS). `real_folders`, when
+    given, gets {real path: folder as walked} of each folder that holds one of the files."""
     files, seen = [], set()
     for root, dirs, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
@@ -43,7 +45,10 @@ def files_under(folder: str | os.PathLike) -> list[Path]:
         # not depend on the file system's listing order
         dirs[:] = sorted((d for d in dirs if not d.startswith(".") and d not in NOT_DATA_FOLDERS),
                          key=lambda d: (os.path.islink(os.path.join(root, d)), d))
-        files += [Path(root) / n for n in names if not n.startswith(".")]
+        kept = [n for n in names if not n.startswith(".")]
+        if kept and real_folders is not None:
+            real_folders[real] = Path(root)
+        files += [Path(root) / n for n in kept]
     return sorted(files)
 
 
@@ -159,7 +164,7 @@ def _conversion_hint(image: object) -> str:
         return ("; a (3, H, W) uint8 tensor converts with image.permute(1, 2, 0).cpu().numpy()"
                 ", a (H, W, 3) one with image.cpu().numpy()")
     if not isinstance(image, np.ndarray) or image.size == 0:
-        return "; read a file with engine.data.read_image(path)"
+        return "; read a file with resnet_detect.engine.data.read_image(path)"
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
         return "; grayscale converts with cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)"
     if image.ndim == 3 and image.shape[2] == 4:
