@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resnet_detect.engine import setup_logging  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
 from resnet_detect.engine.data import DatasetError, UnreadableImageError, listing  # noqa: E402
+from resnet_detect.engine.files import writable_folder  # noqa: E402
 from resnet_detect.engine.tasks import load_task_config, task_module  # noqa: E402
 from resnet_detect.engine.visualize import output_paths, write_picture  # noqa: E402
 
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     files = [Path(dataset.record(i)["file_name"]) for i in range(count)]
     names = [f.relative_to(img_dir) if f.is_relative_to(img_dir) else Path(f.name)
              for f in files]
-    output = Path(args.output)
+    output = writable_folder(args.output, "--output")
     written, refused = [], []
     for index, out in enumerate(output_paths(list(zip(files, names)), output)):
         key = (index, sample_seed(args.seed, index))

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resnet_detect.engine import setup_logging  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
 from resnet_detect.engine.data import UnreadableImageError, listing  # noqa: E402
+from resnet_detect.engine.files import writable_folder  # noqa: E402
 from resnet_detect.engine.tasks import config_task, task_module  # noqa: E402
 from resnet_detect.engine.visualize import (VIDEO_SUFFIXES, expand_inputs, output_paths, run_image,  # noqa: E402
                               run_video)
@@ -54,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if build_renderer is None:
         raise ValueError(f"tools/demo.py draws detection and sem_seg models; {args.config} is "
                          f"a {task!r} config")
+    output = writable_folder(args.output, "--output")
     render = build_renderer(args.config, args.weights, args.overrides, args.min_score)
-    output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     written, unreadable = [], []
     for (path, _), out in zip(inputs, output_paths(inputs, output)):

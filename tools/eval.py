@@ -33,7 +33,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resnet_detect.engine import cleanup, init_distributed, setup_logging  # noqa: E402
+from resnet_detect.engine import cleanup, init_distributed, is_main_process, setup_logging  # noqa: E402
+from resnet_detect.engine.files import writable_folder  # noqa: E402
+from resnet_detect.engine.same_everywhere import done_everywhere  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
 from resnet_detect.engine.tasks import config_task, task_module  # noqa: E402
 
@@ -66,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = init_distributed("auto")
     setup_logging(None)
     try:
+        # the main process writes the results: checked before the inference, on every process
+        done_everywhere(lambda: writable_folder(args.output, "--output")
+                        if is_main_process() else None, "write to --output")
         return evaluate_checkpoint(args.config, args.weights, Path(args.output), args.overrides,
                                    device, **options)
     finally:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resnet_detect.engine import setup_logging  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
 from resnet_detect.engine.export import INSTALL_HINT, ExportError, is_onnx  # noqa: E402
+from resnet_detect.engine.files import writable_folder  # noqa: E402
 from resnet_detect.engine.tasks import TASK_MODULES, config_task, task_module  # noqa: E402
 
 
@@ -55,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if export_model is None:
         raise ValueError(f"tools/export.py exports classification, detection and sem_seg "
                          f"models; {args.config} is a {task!r} config")
-    metadata = export_model(args.config, args.weights, Path(args.output), args.overrides)
+    output = writable_folder(args.output, "--output")
+    metadata = export_model(args.config, args.weights, output, args.overrides)
     print(f"wrote {Path(args.output) / metadata['model']} and export.json: "
           f"{json.dumps(metadata['outputs'])}", flush=True)
     return metadata

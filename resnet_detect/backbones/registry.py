@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
+from resnet_detect.engine.config import ConfigError
 from .resnet import IMAGENET_DEPTHS, ResNet
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
@@ -73,5 +74,5 @@ def build_resnet(name: str, config_prefix: str = "", **options: Any) -> ResNet:
         return _REGISTRY[name](**options)
     except ValueError as e:  # "multi_grid [1, 1, 1] must ...": named as the config's key
         if config_prefix and str(e).split(" ", 1)[0] in _OPTIONS:
-            raise ValueError(f"{config_prefix}{e} of {name}") from None
+            raise ConfigError(f"{config_prefix}{e} of {name}") from None
         raise

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from resnet_detect.engine.checkpoint import UnreadableCheckpointError
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.files import atomic_save, missing_path, read_checked_bytes
 
 logger = logging.getLogger(__name__)
@@ -63,14 +65,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         # not torch's advice to load with weights_only=False: for a file of unknown origin
         # that runs its code; the reason is the part after the unpickler's name
         reason = str(e).split("WeightsUnpickler error:")[-1].split("\n\nCheck the")[0].strip()
-        raise ValueError(f"cannot read weights file {path}: it holds more than tensors, or is "
-                         f"no PyTorch file ({reason}): a damaged or partial download, another "
-                         f"format, or a whole pickled model (save its state_dict() instead)"
-                         ) from e
+        raise UnreadableCheckpointError(
+            f"cannot read weights file {path}: it holds more than tensors, or is no PyTorch "
+            f"file ({reason}): a damaged or partial download, another format, or a whole "
+            f"pickled model (save its state_dict() instead)") from e
     except Exception as e:  # truncated zip, a damaged file's checksum, ...
-        raise ValueError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
+        raise UnreadableCheckpointError(
+            f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
     if not isinstance(obj, dict):
-        raise ValueError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
+        raise UnreadableCheckpointError(
+            f"weights file {path} holds a {type(obj).__name__}, not a state dict")
     return obj
 
 
@@ -142,9 +146,9 @@ def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
         def listing(title: str, keys: list[str]) -> str:
             more = f" ... and {len(keys) - 10} more" if len(keys) > 10 else ""
             return f"\n  {title} ({len(keys)}): {', '.join(keys[:10])}{more}" if keys else ""
-        raise ValueError(f"weights from {source} do not match {type(model).__name__}{hint}:"
-                         + listing("missing", missing) + listing("unexpected", unexpected)
-                         + listing("mis-shaped", mis_shaped))
+        raise ConfigError(f"weights from {source} do not match {type(model).__name__}{hint}:"
+                          + listing("missing", missing) + listing("unexpected", unexpected)
+                          + listing("mis-shaped", mis_shaped))
     usable = {k: v for k, v in state_dict.items() if k in expected}
     model.load_state_dict(usable, strict=False)
 
@@ -186,8 +190,8 @@ def refuse_other_task(source: str, provenance: Mapping[str, Any] | None, task: s
     config = (provenance or {}).get("config")
     recorded = config.get("task") if isinstance(config, Mapping) else None
     if recorded is not None and recorded != task:
-        raise ValueError(f"{source} holds a {recorded} model (its recorded config says task: "
-                         f"{recorded}), not a {task} one")
+        raise ConfigError(f"{source} holds a {recorded} model (its recorded config says task: "
+                          f"{recorded}), not a {task} one")
 
 
 def refuse_mismatched_settings(source: str, implied: Mapping[str, Any],
@@ -215,9 +219,9 @@ def refuse_mismatched_settings(source: str, implied: Mapping[str, Any],
     details = "; ".join(f"{k} is {_show(configured[k])}, the weights need {_show(implied[k])}"
                         for k in wrong)
     fix = " ".join(f"{k}={_show(implied[k])}" for k in wrong)
-    raise ValueError(f"weights from {source} do not fit this config: {details}. Trained with "
-                     f"other settings, they would compute something else, silently where every "
-                     f"tensor has the right shape; set {fix}")
+    raise ConfigError(f"weights from {source} do not fit this config: {details}. Trained with "
+                      f"other settings, they would compute something else, silently where every "
+                      f"tensor has the right shape; set {fix}")
 
 
 def refuse_other_normalisation(backbone: nn.Module, source: str, section: Mapping[str, Any],

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.visualize import draw_detections, palette
 
 from .data import DetectionDataset, build_train_dataset, build_val_dataset
@@ -26,7 +27,7 @@ def browse_split(cfg: DictConfig, split: str
     elif split == "val":
         val = build_val_dataset(cfg, with_masks=True)
         if val is None:
-            raise ValueError("data.val.ann_file and data.val.img_dir are not set")
+            raise ConfigError("data.val.ann_file and data.val.img_dir are not set")
         dataset, mapping = val.dataset, val.mapping
     else:
         raise ValueError(f"a detection config has the splits train and val, not {split!r}")

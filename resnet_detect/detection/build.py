@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from resnet_detect.engine.config import ConfigError
 from resnet_detect import backbones
 from resnet_detect.backbones.layers import ShapeSpec
 from resnet_detect.backbones.weights import refuse_other_normalisation
@@ -197,7 +198,7 @@ def build_mask_branch(
         )
     threshold = hcfg["mask_threshold"]
     if not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
-        raise ValueError(f"model.roi_heads.mask_threshold must be in (0, 1), got {threshold!r}")
+        raise ConfigError(f"model.roi_heads.mask_threshold must be in (0, 1), got {threshold!r}")
     in_shapes = [shapes[f] for f in hcfg["in_features"]]
     pooler = MultiLevelRoIAlign(
         output_size=resolution,

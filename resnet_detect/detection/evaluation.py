@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from pycocotools import mask as mask_utils
 
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data.coco import (check_segmentation, collector_paused, read_coco_json,
                                             segmentation_to_rle)
 from resnet_detect.engine.logging import print_and_log
@@ -283,7 +284,7 @@ def coco_backend(cfg: Any) -> str:
     """The config's `data.val.coco_backend`, checked."""
     backend = cfg["data"]["val"]["coco_backend"]
     if backend not in BACKENDS:
-        raise ValueError(f"data.val.coco_backend must be one of {BACKENDS}, got {backend!r}")
+        raise ConfigError(f"data.val.coco_backend must be one of {BACKENDS}, got {backend!r}")
     return backend
 
 

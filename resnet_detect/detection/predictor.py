@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from resnet_detect.engine.data import check_rgb_image
 from resnet_detect.engine.distributed import usable_device
@@ -111,8 +112,8 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
     if num_classes is None:
         raise ValueError(f"{source}: no box classifier ({_CLS_KEYS[0]}) in the weights")
     if cfg.model.num_classes not in (None, num_classes):
-        raise ValueError(f"model.num_classes is {cfg.model.num_classes} but the weights {source} "
-                         f"have {num_classes} classes")
+        raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but the weights {source} "
+                          f"have {num_classes} classes")
     cfg.model.num_classes = num_classes
     masks = has_mask_head(state_dict)
     if masks != bool(cfg.model.mask_on):

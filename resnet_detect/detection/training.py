@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
+from resnet_detect.engine.config import ConfigError
 from resnet_detect import backbones
 from resnet_detect.engine import atomic_write_json, is_main_process, to_plain
 from resnet_detect.engine.data import (CategoryMapping, CountedLoader, DatasetError,
@@ -51,9 +52,9 @@ def resolve_num_classes(cfg: DictConfig, mapping: CategoryMapping) -> None:
     if configured is None:
         cfg.model.num_classes = mapping.num_classes
     elif configured != mapping.num_classes:
-        raise ValueError(f"model.num_classes is {configured} but {cfg.data.train.ann_file} has "
-                         f"{mapping.num_classes} categories; leave it null to read it from there "
-                         "(model.num_classes=null: a run's config.yaml records its own)")
+        raise ConfigError(f"model.num_classes is {configured} but {cfg.data.train.ann_file} has "
+                          f"{mapping.num_classes} categories; leave it null to read it from there "
+                          "(model.num_classes=null: a run's config.yaml records its own)")
 
 
 def scored_detections(cfg: DictConfig) -> int:
@@ -144,7 +145,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     backend = backend or coco_backend(loaded.cfg)
     val = build_val_dataset(loaded.cfg)
     if val is None:
-        raise ValueError("data.val.ann_file and data.val.img_dir must be set to evaluate")
+        raise ConfigError("data.val.ann_file and data.val.img_dir must be set to evaluate")
     dataset, mapping, ann_file = val.dataset, val.mapping, val.ann_file
     refuse_other_classes(loaded, mapping, ann_file, weights)
     known = set(mapping.dataset_ids)

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from .config import ConfigError
+
 logger = logging.getLogger(__name__)
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -26,7 +28,7 @@ def parse_amp(value: Any, key: str = "train.amp") -> str | None:
     if value is True or value == "true":
         return "bf16"
     if value not in AMP_DTYPES:
-        raise ValueError(f"{key} must be false, true, bf16 or fp16, got {value!r}")
+        raise ConfigError(f"{key} must be false, true, bf16 or fp16, got {value!r}")
     return value
 
 
@@ -45,10 +47,10 @@ def amp_for_device(amp: str | None, device_type: str) -> str | None:
     if amp is None or device_type == "cuda":
         return amp
     if amp == "fp16":
-        raise ValueError(f"train.amp=fp16 runs on a GPU only; this run is on the {device_type}: "
-                         f"set train.amp=bf16 (used where the CPU has bf16 kernels, "
-                         f"{'as this one has' if cpu_supports_bf16() else 'this one has none'})"
-                         f" or train.amp=false")
+        raise ConfigError(f"train.amp=fp16 runs on a GPU only; this run is on the {device_type}: "
+                          f"set train.amp=bf16 (used where the CPU has bf16 kernels, "
+                          f"{'as this one has' if cpu_supports_bf16() else 'this one has none'})"
+                          f" or train.amp=false")
     if device_type == "cpu" and amp == "bf16" and cpu_supports_bf16():
         return amp
     logger.warning("AMP %s is not supported on this %s: training in float32", amp, device_type)

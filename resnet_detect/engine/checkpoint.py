@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .config import ConfigError
 from .distributed import (all_gather_object, any_process, barrier, get_rank, get_world_size,
                           is_main_process)
 from .distributed import unwrap_model
@@ -295,8 +296,8 @@ def best_metric_parts(metric: Any) -> tuple[str, str]:
     """("bbox", "AP") of train.best_metric "bbox/AP"."""
     group, _, key = str(metric).partition("/")
     if not isinstance(metric, str) or not group or not key:
-        raise ValueError(f"train.best_metric must be group/key as the evaluations log it "
-                         f"(bbox/AP, sem_seg/mIoU, classification/top1) or null, got {metric!r}")
+        raise ConfigError(f"train.best_metric must be group/key as the evaluations log it "
+                          f"(bbox/AP, sem_seg/mIoU, classification/top1) or null, got {metric!r}")
     return group, key
 
 

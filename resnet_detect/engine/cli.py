@@ -15,7 +15,7 @@ from .checkpoint import UnreadableCheckpointError
 from .config import ConfigError, parse_bool
 from .data import DatasetError
 from .export import ExportError
-from .files import missing_path
+from .files import UnwritableFolderError, missing_path
 from .host_memory import cache_host_memory
 from .logging import print_and_log
 from .preemption import TrainingInterrupted
@@ -28,7 +28,7 @@ from .tasks import load_task_config, task_module
 # Raised only for what a user gave (their messages name the key, file, entry or folder):
 # printed as the message alone; a traceback would bury it and say nothing more
 USER_ERRORS = (ConfigError, DatasetError, ExportError, FileNotFoundError, FolderInUseError,
-               OtherProcessFailed, UnreadableCheckpointError)
+               OtherProcessFailed, UnreadableCheckpointError, UnwritableFolderError)
 
 
 def run_tool(main: Callable[[Sequence[str]], Any]) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -32,8 +34,8 @@ def parse_compile(value: Any, key: str = "train.compile") -> str | None:
         return "inductor"
     backends = _backends()
     if not isinstance(value, str) or value not in backends:
-        raise ValueError(f"{key} must be false, true or a torch.compile backend "
-                         f"({', '.join(backends)}), got {value!r}")
+        raise ConfigError(f"{key} must be false, true or a torch.compile backend "
+                          f"({', '.join(backends)}), got {value!r}")
     return value
 
 

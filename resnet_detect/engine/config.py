@@ -322,7 +322,7 @@ def parse_bool(value: Any, key: str) -> bool:
     """
     if isinstance(value, bool):
         return value
-    raise ValueError(f"{key} must be true or false, got {value!r}")
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

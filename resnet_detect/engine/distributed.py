@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .config import ConfigError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -35,7 +37,7 @@ def per_process_batch_size(batch_size: int, key: str) -> int:
     """This process's share of a global batch; ValueError naming `key` if it does not split."""
     world_size = get_world_size()
     if batch_size % world_size:
-        raise ValueError(f"{key} {batch_size} is not divisible by the {world_size} processes")
+        raise ConfigError(f"{key} {batch_size} is not divisible by the {world_size} processes")
     return batch_size // world_size
 
 
@@ -57,7 +59,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> torch.d
         The device this process should use.
     """
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"train.device must be auto, cpu or cuda, got {device!r}")
+        raise ConfigError(f"train.device must be auto, cpu or cuda, got {device!r}")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError(f"train.device=cuda but torch {torch.__version__} sees no GPU "

@@ -97,3 +97,27 @@ def missing_path(path: str | os.PathLike) -> str:
     looked for in (the configs' paths are relative to the repository, a tool may run
     elsewhere)."""
     return str(path) if Path(path).is_absolute() else f"{path} (in {Path.cwd()})"
+
+
+class UnwritableFolderError(ValueError):
+    """An output folder that cannot be made or written to; the message names it."""
+
+
+def writable_folder(folder: str | os.PathLike, what: str = "the output folder") -> Path:
+    """`folder` as a Path once it is known that it can be made and written to, checked before
+    any work whose results would go there (nothing is made here). `what` names it in
+    messages ("--output")."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == folder and not folder.is_dir():
+        raise UnwritableFolderError(f"{what} {folder} is a file: name a folder (a new one is "
+                                    f"made)")
+    problem = ("Not a directory" if not existing.is_dir()
+               else None if os.access(existing, os.W_OK | os.X_OK) else "Permission denied "
+               "or a read-only file system")
+    if problem:
+        raise UnwritableFolderError(f"cannot write to {what} {folder}: {problem} ({existing}); "
+                                    f"name a folder you can write to")
+    return folder

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .distributed import all_reduce_sum, get_rank, is_main_process
-from .files import atomic_write_text
+from .files import atomic_write_text, writable_folder
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -41,17 +41,9 @@ def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -
     fmt = logging.Formatter(f"%(asctime)s {prefix}%(message)s", datefmt="%m/%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if output_dir is not None and is_main_process():
-        folder = Path(output_dir)
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"the output folder {folder} is a file: name a folder (a new one "
-                             f"is made)")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            handlers.append(logging.FileHandler(folder / "log.txt"))
-        except OSError as e:
-            raise ValueError(f"cannot write to the output folder {folder}: {e.strerror or e} "
-                             f"({e.filename or folder}); name a folder you can write to"
-                             ) from e
+        folder = writable_folder(output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(folder / "log.txt"))
     for handler in handlers:
         handler.setFormatter(fmt)
         handler._engine_handler = True  # type: ignore[attr-defined]

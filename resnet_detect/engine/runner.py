@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset
 
+from .config import ConfigError
 from .amp import parse_amp
 from .checkpoint import BestWeights, Checkpointer, PeriodicCheckpointer, best_metric_parts
 from .compilation import compile_model, parse_compile
@@ -115,22 +116,22 @@ def _lengths(cfg: DictConfig, train_size: int) -> dict[str, Any]:
     t = cfg.train
     if t.epochs is None:
         if t.max_iter is None:
-            raise ValueError("set train.max_iter (iterations) or train.epochs")
+            raise ConfigError("set train.max_iter (iterations) or train.epochs")
         if list(t.lr_step_epochs) or t.warmup_epochs:
-            raise ValueError("train.lr_step_epochs and train.warmup_epochs need train.epochs; "
-                             "with train.max_iter use train.lr_steps and train.warmup_iters")
+            raise ConfigError("train.lr_step_epochs and train.warmup_epochs need train.epochs; "
+                              "with train.max_iter use train.lr_steps and train.warmup_iters")
         return {"max_iter": int(t.max_iter), "steps": [int(s) for s in t.lr_steps],
                 "warmup_iters": int(t.warmup_iters)}
     if t.max_iter is not None:
-        raise ValueError(f"train.epochs ({t.epochs}) and train.max_iter ({t.max_iter}) are "
-                         "both set; set one (train.max_iter=null for an epoch-based recipe)")
+        raise ConfigError(f"train.epochs ({t.epochs}) and train.max_iter ({t.max_iter}) are "
+                          "both set; set one (train.max_iter=null for an epoch-based recipe)")
     if list(t.lr_steps) or t.warmup_iters:
-        raise ValueError("with train.epochs give train.lr_step_epochs and train.warmup_epochs, "
-                         "not train.lr_steps / train.warmup_iters")
+        raise ConfigError("with train.epochs give train.lr_step_epochs and train.warmup_epochs, "
+                          "not train.lr_steps / train.warmup_iters")
     per_epoch = train_size // t.batch_size
     if per_epoch == 0:
-        raise ValueError(f"train.batch_size {t.batch_size} exceeds the {train_size} training "
-                         "images")
+        raise ConfigError(f"train.batch_size {t.batch_size} exceeds the {train_size} training "
+                          "images")
     return {"max_iter": max(round(t.epochs * per_epoch), 1),
             "steps": [round(e * per_epoch) for e in t.lr_step_epochs],
             "warmup_iters": round(t.warmup_epochs * per_epoch), "per_epoch": per_epoch}
@@ -142,16 +143,23 @@ def check_train_choices(t: DictConfig) -> None:
     for key, value, valid in (("optimizer", t.optimizer, OPTIMIZERS),
                               ("lr_decay", t.lr_decay, DECAYS)):
         if value not in valid:
-            raise ValueError(f"unknown train.{key} {value!r}; valid: {', '.join(valid)}")
+            raise ConfigError(f"unknown train.{key} {value!r}; valid: {', '.join(valid)}")
     if t.best_metric is not None:
         best_metric_parts(t.best_metric)
     if not isinstance(t.seed, int) or isinstance(t.seed, bool) or not 0 <= t.seed < 2**31:
-        raise ValueError(f"train.seed must be an integer in 0..{2**31 - 1}, got {t.seed!r} (a "
-                         "run is repeated with the same seed; no value draws one at random)")
+        raise ConfigError(f"train.seed must be an integer in 0..{2**31 - 1}, got {t.seed!r} (a "
+                          "run is repeated with the same seed; no value draws one at random)")
+    if not isinstance(t.batch_size, int) or isinstance(t.batch_size, bool) or t.batch_size < 1:
+        raise ConfigError(f"train.batch_size must be a positive integer (images per step over "
+                          f"all processes), got {t.batch_size!r}")
+    if t.clip_grad_norm is not None and not t.clip_grad_norm >= 0:
+        # torch's clip_grad_norm_ takes a negative norm and turns every gradient around
+        raise ConfigError(f"train.clip_grad_norm must be > 0, or 0 or null for no clipping, got "
+                          f"{t.clip_grad_norm}")
     for key, least in (("log_period", 1), ("checkpoint_period", 0), ("eval_period", 0)):
         if t[key] < least:
-            raise ValueError(f"train.{key} must be >= {least}, got {t[key]}"
-                             f"{' (0 = only at the end)' if least == 0 else ''}")
+            raise ConfigError(f"train.{key} must be >= {least}, got {t[key]}"
+                              f"{' (0 = only at the end)' if least == 0 else ''}")
 
 
 def build_optimizer_from_config(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -377,12 +385,16 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     check_same_config_everywhere(cfg, resume)
     t = cfg.train
     if not t.base_lr > 0:
-        raise ValueError(f"train.base_lr is {t.base_lr}: the weights would never change; set a "
-                         "positive learning rate")
+        raise ConfigError(f"train.base_lr is {t.base_lr}: the weights would never change; set a "
+                          "positive learning rate")
     compile_backend = parse_compile(t.compile)
     amp = parse_amp(t.amp)
     check_train_choices(t)
     check_schedule(cfg)
+    workers = cfg.get("data", {}).get("num_workers", 0)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ConfigError(f"data.num_workers must be an integer >= 0 (0: load in the training "
+                          f"process), got {workers!r}")
     output_dir = Path(t.output_dir)
     with exclusive_output_dir(output_dir):
         setup_logging(output_dir)

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from resnet_detect.engine.config import ConfigError
 from resnet_detect import CONFIGS, backbones
 from resnet_detect.backbones.layers import ShapeSpec
 from resnet_detect.backbones.weights import refuse_other_normalisation
@@ -77,8 +78,8 @@ def _plain(node: Any) -> Any:
 
 def _shape(shapes: Mapping[str, ShapeSpec], name: str, key: str) -> ShapeSpec:
     if name not in shapes:
-        raise ValueError(f"{key} is {name!r}, which the backbone does not output; "
-                         f"available: {list(shapes)}")
+        raise ConfigError(f"{key} is {name!r}, which the backbone does not output; "
+                          f"available: {list(shapes)}")
     return shapes[name]
 
 
@@ -129,8 +130,8 @@ def build_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
     separable = parse_bool(hcfg["separable"], "model.head.separable")
     if name == "fcn":
         if separable:
-            raise ValueError("model.head.separable is for the ASPP heads (deeplabv3, "
-                             "deeplabv3plus); the fcn head has one full 3x3 conv")
+            raise ConfigError("model.head.separable is for the ASPP heads (deeplabv3, "
+                              "deeplabv3plus); the fcn head has one full 3x3 conv")
         return FCNHead(in_feature=hcfg["in_feature"], in_channels=deep.channels,
                        channels=hcfg["channels"], norm=hcfg["norm"], dropout=hcfg["dropout"],
                        **common)
@@ -191,9 +192,9 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:
                          f"got {mcfg.get('arch')!r}")
     num_classes = mcfg.get("num_classes")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"model.num_classes must be a positive integer (classes including "
-                         f"background; set it, or let the training script read it from the "
-                         f"data), got {num_classes!r}")
+        raise ConfigError(f"model.num_classes must be a positive integer (classes including "
+                          f"background; set it, or let the training script read it from the "
+                          f"data), got {num_classes!r}")
     backbone = build_backbone(mcfg)
     shapes = backbone.output_shape()
     size_divisibility = mcfg["size_divisibility"]

@@ -28,6 +28,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine import data as engine_data
 from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableImageError,
                                        decoded_size, image_size, listing, read_image)
@@ -93,8 +94,8 @@ class SemSegDataset(Dataset):
             raise ValueError(f"the number of classes must be in 1..{IGNORE_INDEX}, got "
                              f"{len(class_names)}")
         if not (isinstance(ignore_index, int) and 0 <= ignore_index <= 255):
-            raise ValueError(f"model.ignore_index must be a mask value 0..255, got "
-                             f"{ignore_index!r}")
+            raise ConfigError(f"model.ignore_index must be a mask value 0..255, got "
+                              f"{ignore_index!r}")
         self.ignore_index = ignore_index
         # records without a mask source: images to predict (scan_folder without mask_dir, a
         # COCO file without annotations), every pixel `ignore_index`
@@ -249,8 +250,8 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
                                    "is empty; line k names class id k - 1")
     if coco_names is not None:
         if names is not None and len(names) != len(coco_names):
-            raise ValueError(f"data.class_names has {len(names)} names but the COCO file gives "
-                             f"{len(coco_names)} classes (background + categories)")
+            raise ConfigError(f"data.class_names has {len(names)} names but the COCO file gives "
+                              f"{len(coco_names)} classes (background + categories)")
         names = list(names) if names is not None else list(coco_names)
     num_classes = cfg["model"]["num_classes"]
     if names is None:
@@ -258,8 +259,8 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
             raise ValueError("folder data needs data.class_names (or model.num_classes)")
         names = [f"class_{i}" for i in range(num_classes)]
     if num_classes is not None and num_classes != len(names):
-        raise ValueError(f"model.num_classes is {num_classes} but the data has {len(names)} "
-                         f"classes: {list(names)[:MAX_LISTED]}")
+        raise ConfigError(f"model.num_classes is {num_classes} but the data has {len(names)} "
+                          f"classes: {list(names)[:MAX_LISTED]}")
     return [str(n) for n in names]
 
 
@@ -302,19 +303,19 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
     s = cfg["data"][split]
     if not s["img_dir"] or (s["ann_file"] and s["mask_dir"]) or not (
             s["ann_file"] or s["mask_dir"] or unlabelled):
-        raise ValueError(f"data.{split} needs img_dir and exactly one of ann_file (COCO) or "
-                         f"mask_dir (class-id PNGs); got img_dir={s['img_dir']!r}, "
-                         f"ann_file={s['ann_file']!r}, mask_dir={s['mask_dir']!r}"
-                         + ("" if split == "train" else " (images without labels: tools/"
+        raise ConfigError(f"data.{split} needs img_dir and exactly one of ann_file (COCO) or "
+                          f"mask_dir (class-id PNGs); got img_dir={s['img_dir']!r}, "
+                          f"ann_file={s['ann_file']!r}, mask_dir={s['mask_dir']!r}"
+                          + ("" if split == "train" else " (images without labels: tools/"
                             "eval.py --save-predictions predicts them)"))
     coco_names = None
     if s["ann_file"]:
         records, coco_names = load_coco_semantic(s["ann_file"], s["img_dir"])
     else:
         if s["mask_suffix"].lower().endswith((".jpg", ".jpeg")):
-            raise ValueError(f"data.{split}.mask_suffix is {s['mask_suffix']!r}: JPEG's lossy "
-                             "compression changes class ids along every edge; masks must be "
-                             "PNGs (palette or grayscale)")
+            raise ConfigError(f"data.{split}.mask_suffix is {s['mask_suffix']!r}: JPEG's lossy "
+                              "compression changes class ids along every edge; masks must be "
+                              "PNGs (palette or grayscale)")
         records = scan_folder(s["img_dir"], s["mask_dir"] or None, img_suffix=s["img_suffix"],
                               mask_suffix=s["mask_suffix"], split_file=s["split_file"])
     ignore_index = cfg["model"]["ignore_index"]

@@ -5,6 +5,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from resnet_detect.engine.cli import run_tool
@@ -84,3 +86,23 @@ def test_other_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(ValueError, match="a bug"):
         run_tool(main)
 
+
+
+@pytest.mark.parametrize("tool, extra", [("eval", []), ("demo", ["--input", "x.jpg"]),
+                                         ("export", [])])
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(
+        tool: str, extra: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """eval found out after the whole inference (a raw FileExistsError or read-only OSError),
+    demo and export with a raw traceback."""
+    (tmp_path / "afile").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    cv2.imwrite(str(tmp_path / "x.jpg"), np.zeros((8, 8, 3), np.uint8))
+    monkeypatch.setattr(sys, "argv", [f"tools/{tool}.py", str(CONFIG), "--weights", "nope.pth",
+                                      "--output", "afile/out", *extra])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool_main(tool))
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        f"{tool}.py: error: cannot write to --output afile/out: Not a directory (afile); "
+        f"name a folder you can write to\n")
+    assert (tmp_path / "afile").read_text() == "mine"

@@ -23,6 +23,7 @@ import torchvision
 from resnet_detect import backbones
 from resnet_detect.backbones.data import normalize_images
 from resnet_detect.backbones.pretraining import ClassificationTask, build_datasets
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.runner import UnreadableDataError
 from resnet_detect.engine.tasks import load_task_config
 from tests.torchrun import run_two_processes
@@ -363,6 +364,15 @@ def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=f"train.{key} must be >= {least}, got {value}"):
             tool.main(overrides(tmp_path / "data", tmp_path / key,
                                 **{f"train.{key}": value, "train.batch_size": 2}))
+        assert not (tmp_path / key).exists()
+    # a batch of 0 and -1 workers failed in the loaders, after config.yaml and scalars.jsonl
+    # were rewritten; a negative clipping norm turned every gradient around, silently
+    for key, value, message in (
+            ("train.batch_size", 0, "train.batch_size must be a positive integer"),
+            ("data.num_workers", -1, "data.num_workers must be an integer >= 0"),
+            ("train.clip_grad_norm", -1.0, "train.clip_grad_norm must be > 0, or 0 or null")):
+        with pytest.raises(ConfigError, match=f"{message}.* got {value}$"):
+            tool.main(overrides(tmp_path / "data", tmp_path / key, **{key: value}))
         assert not (tmp_path / key).exists()
     (tmp_path / "a_file").write_text("mine")
     with pytest.raises(ValueError, match=f"the output folder {tmp_path / 'a_file'} is a file"):

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from resnet_detect.engine.config import ConfigError
 from resnet_detect import CONFIGS
 from resnet_detect.engine import init_distributed, to_plain
 
@@ -75,8 +76,8 @@ def arch_name(family: str, depth: int, residual: bool) -> str:
     """`{family}{depth}` or `plain_{family}{depth}`, checked against the registry."""
     name = f"{family}{depth}" if residual else f"plain_{family}{depth}"
     if name not in list_models():
-        raise ValueError(f"model.family={family!r} with depth {depth} gives unknown backbone "
-                         f"{name!r}; valid: {', '.join(list_models())}")
+        raise ConfigError(f"model.family={family!r} with depth {depth} gives unknown backbone "
+                          f"{name!r}; valid: {', '.join(list_models())}")
     return name
 
 
@@ -113,14 +114,14 @@ def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
         torch.set_num_threads(cfg.train.num_threads)
     d = cfg.data
     if not d.image_size >= 1:
-        raise ValueError(f"data.image_size must be at least 1 pixel, got {d.image_size}")
+        raise ConfigError(f"data.image_size must be at least 1 pixel, got {d.image_size}")
     for key in ("pixel_mean", "pixel_std"):
         if len(d[key]) != 3 or (key == "pixel_std" and min(d[key]) <= 0):
-            raise ValueError(f"data.{key} must be 3 values (R, G, B)"
-                             f"{', each above 0' if key == 'pixel_std' else ''}, got {d[key]}")
+            raise ConfigError(f"data.{key} must be 3 values (R, G, B)"
+                              f"{', each above 0' if key == 'pixel_std' else ''}, got {d[key]}")
     if "residual" in cfg.model.options:
-        raise ValueError("model.options.residual would make both twins of a study alike; the "
-                         "studies build the residual net and its plain twin themselves")
+        raise ConfigError("model.options.residual would make both twins of a study alike; the "
+                          "studies build the residual net and its plain twin themselves")
     depths = {"model.depth": [cfg.model.depth]}
     if study == "degradation":
         depths["degradation.depths"] = list(cfg.degradation.depths)
@@ -129,7 +130,7 @@ def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
             try:
                 arch_name(cfg.model.family, depth, True)
             except ValueError as e:
-                raise ValueError(f"{key}: {e}") from None
+                raise ConfigError(f"{key}: {e}") from None
     device = init_distributed(cfg.train.device)
     train, val = load_splits(d.root, train_split=d.train_split, val_split=d.val_split,
                              image_size=d.image_size, max_train=d.max_train,

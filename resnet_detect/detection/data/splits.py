@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from omegaconf import DictConfig
 
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.config import parse_bool
 from resnet_detect.engine.data import CategoryMapping, check_image_sizes, load_coco_json
 
@@ -29,8 +30,8 @@ def _split_paths(cfg: DictConfig, split: str) -> tuple[str, str] | None:
     if not s.ann_file and not s.img_dir:
         return None
     if not s.ann_file or not s.img_dir:
-        raise ValueError(f"data.{split} needs both ann_file and img_dir, got ann_file="
-                         f"{s.ann_file!r}, img_dir={s.img_dir!r}")
+        raise ConfigError(f"data.{split} needs both ann_file and img_dir, got ann_file="
+                          f"{s.ann_file!r}, img_dir={s.img_dir!r}")
     return str(s.ann_file), str(s.img_dir)
 
 
@@ -72,7 +73,7 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
     """
     paths = _split_paths(cfg, "train")
     if paths is None:
-        raise ValueError("data.train.ann_file and data.train.img_dir must be set")
+        raise ConfigError("data.train.ann_file and data.train.img_dir must be set")
     d = cfg.data.train
     scale_per_batch = parse_bool(d.scale_per_batch, "data.train.scale_per_batch")
     mask_on = bool(cfg.model.mask_on)
