@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.config import ConfigError, config_section
 from resnet_detect import backbones
 from resnet_detect.backbones.layers import ShapeSpec
 from resnet_detect.backbones.weights import refuse_other_normalisation
@@ -338,17 +338,23 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> GeneralizedRCNN:
             f"model.num_classes must be a positive integer (set it, or let the training "
             f"script read it from the training JSON), got {num_classes!r}"
         )
-    backbone, res5 = build_backbone(mcfg)
+    with config_section("model.backbone / model.fpn"):
+        backbone, res5 = build_backbone(mcfg)
     shapes = backbone.output_shape()
-    model = GeneralizedRCNN(
-        backbone=backbone,
-        rpn=build_rpn(mcfg, shapes),
-        roi_heads=build_roi_heads(mcfg, shapes, num_classes, res5),
-        pixel_mean=mcfg["pixel_mean"],
-        pixel_std=mcfg["pixel_std"],
-        size_divisibility=int(getattr(backbone, "size_divisibility", 32)),
-        mask_threshold=mcfg["roi_heads"]["mask_threshold"],
-    )
+    with config_section("model.rpn / model.anchor_generator"):
+        rpn = build_rpn(mcfg, shapes)
+    with config_section("model.roi_heads"):
+        roi_heads = build_roi_heads(mcfg, shapes, num_classes, res5)
+    with config_section("model"):
+        model = GeneralizedRCNN(
+            backbone=backbone,
+            rpn=rpn,
+            roi_heads=roi_heads,
+            pixel_mean=mcfg["pixel_mean"],
+            pixel_std=mcfg["pixel_std"],
+            size_divisibility=int(getattr(backbone, "size_divisibility", 32)),
+            mask_threshold=mcfg["roi_heads"]["mask_threshold"],
+        )
     if mcfg.get("weights"):
         load_detector_weights(model, mcfg["weights"], weight_bound_settings(mcfg),
                               new_classes=True)

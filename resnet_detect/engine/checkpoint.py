@@ -188,6 +188,12 @@ class Checkpointer:
         except Exception as e:
             raise UnreadableCheckpointError(
                 f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        if not isinstance(state, dict) or not {"model", "iteration"} <= state.keys():
+            raise UnreadableCheckpointError(
+                f"{path} is no training checkpoint (it records no iteration: weights alone, as "
+                f"in backbone_final.pth): resume from a model_NNNNNNN.pth of a run, or start "
+                f"a new run from these weights (model.weights=PATH, or "
+                f"model.backbone.weights=PATH for a backbone)")
         if self.check is not None:
             self.check(path, state.get("provenance") or {}, int(state["iteration"]))
         try:

@@ -13,7 +13,8 @@ import difflib
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +324,41 @@ def parse_bool(value: Any, key: str) -> bool:
     if isinstance(value, bool):
         return value
     raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
+@contextmanager
+def config_section(section: str) -> Iterator[None]:
+    """ValueErrors raised while a part is built from `section` of the config (the part's own
+    checks, which name its arguments) become ConfigErrors naming the section too:
+    "model.rpn: batch_size_per_image must be positive"."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"{section}: {e}") from e
+
+
+def check_probability(value: Any, key: str) -> float:
+    """A config value in [0, 1] (a flip probability), else a ConfigError naming `key`."""
+    if isinstance(value, bool) or not _is_number(value) or not 0 <= value <= 1:
+        raise ConfigError(f"{key} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_sizes(values: Any, key: str, count: int | None = None) -> list[int]:
+    """Positive integer pixel sizes (one number or a list; `count` of them when given), else a
+    ConfigError naming `key`."""
+    sizes = list(values) if isinstance(values, (list, tuple, ListConfig)) else [values]
+    if (not sizes or (count is not None and len(sizes) != count)
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes)):
+        what = f"{count} positive integers" if count else "positive integers"
+        raise ConfigError(f"{key} must be {what} (pixels), got {to_plain_value(values)!r}")
+    return sizes
+
+
+def to_plain_value(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

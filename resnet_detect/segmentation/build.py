@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.config import ConfigError, config_section
 from resnet_detect import CONFIGS, backbones
 from resnet_detect.backbones.layers import ShapeSpec
 from resnet_detect.backbones.weights import refuse_other_normalisation
@@ -195,19 +195,25 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:
         raise ConfigError(f"model.num_classes must be a positive integer (classes including "
                           f"background; set it, or let the training script read it from the "
                           f"data), got {num_classes!r}")
-    backbone = build_backbone(mcfg)
+    with config_section("model.backbone"):
+        backbone = build_backbone(mcfg)
     shapes = backbone.output_shape()
     size_divisibility = mcfg["size_divisibility"]
-    model = SemanticSegmentor(
-        backbone=backbone,
-        head=build_head(mcfg, shapes, num_classes),
-        aux_head=build_aux_head(mcfg, shapes, num_classes),
-        pixel_mean=mcfg["pixel_mean"],
-        pixel_std=mcfg["pixel_std"],
-        size_divisibility=(backbone.size_divisibility if size_divisibility is None
-                           else size_divisibility),
-        ignore_index=mcfg["ignore_index"],
-    )
+    with config_section("model.head"):
+        head = build_head(mcfg, shapes, num_classes)
+    with config_section("model.aux_head"):
+        aux_head = build_aux_head(mcfg, shapes, num_classes)
+    with config_section("model"):
+        model = SemanticSegmentor(
+            backbone=backbone,
+            head=head,
+            aux_head=aux_head,
+            pixel_mean=mcfg["pixel_mean"],
+            pixel_std=mcfg["pixel_std"],
+            size_divisibility=(backbone.size_divisibility if size_divisibility is None
+                               else size_divisibility),
+            ignore_index=mcfg["ignore_index"],
+        )
     if mcfg.get("weights"):
         load_segmentation_weights(model, mcfg["weights"], weight_bound_settings(mcfg),
                                   new_classes=True)

@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.config import ConfigError, check_probability, check_sizes
 from resnet_detect.engine import data as engine_data
 from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableImageError,
                                        decoded_size, image_size, listing, read_image)
@@ -308,6 +308,10 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
                           f"ann_file={s['ann_file']!r}, mask_dir={s['mask_dir']!r}"
                           + ("" if split == "train" else " (images without labels: tools/"
                             "eval.py --save-predictions predicts them)"))
+    if split == "train":  # before the data is read
+        crop_size = (None if s["crop_size"] is None
+                     else check_sizes(s["crop_size"], "data.train.crop_size", 2))
+        hflip_prob = check_probability(s["hflip_prob"], "data.train.hflip_prob")
     coco_names = None
     if s["ann_file"]:
         records, coco_names = load_coco_semantic(s["ann_file"], s["img_dir"])
@@ -320,8 +324,8 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
                               mask_suffix=s["mask_suffix"], split_file=s["split_file"])
     ignore_index = cfg["model"]["ignore_index"]
     if split == "train":
-        transform = build_transform(crop_size=s["crop_size"], scale_range=s["scale_range"],
-                                    hflip_prob=s["hflip_prob"], ignore_index=ignore_index)
+        transform = build_transform(crop_size=crop_size, scale_range=s["scale_range"],
+                                    hflip_prob=hflip_prob, ignore_index=ignore_index)
     else:
         transform = build_transform()
     return SemSegDataset(records, transform=transform, ignore_index=ignore_index,

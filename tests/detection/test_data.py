@@ -18,9 +18,14 @@ from PIL import Image, ImageOps
 
 from resnet_detect.detection.data import DetectionDataset, build_transforms, resized_shape
 from resnet_detect.detection.data.dataset import aspect_groups
+from resnet_detect.detection.config import load_config
+from resnet_detect.detection.data.splits import build_train_dataset
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data import (CategoryMapping, DatasetError, build_train_loader,
                                        check_image_sizes, collate, load_coco_json, read_image)
 from resnet_detect.engine.data.coco import rle_string_counts
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _pattern(height: int, width: int) -> np.ndarray:
@@ -180,6 +185,9 @@ def test_file_name_with_inner_dotdot_that_stays_inside_is_fine(tmp_path: Path) -
     (json.dumps(_coco([{"id": 1, "file_name": "a.png", "height": 30, "width": 40}],
                       [_ann(14, 1, [0, 0, 5, True]), _ann(15, 1, [0, "0", 5, 5])])),
      ["annotations[0] (id=14)", "annotations[1] (id=15)", "bbox must be 4 numbers"]),
+    (json.dumps(_coco([{"id": 1, "file_name": "a.png", "height": 30, "width": 40}],
+                      [{**_ann(16, 1, [0, 0, 5, 5]), "iscrowd": "0"}])),  # was taken as crowd
+     ["annotations[0] (id=16)", "iscrowd must be 0 or 1, got '0'"]),
     (json.dumps(_coco([{"id": 1, "file_name": "a.png", "height": 30, "width": 40}] * 2, [])),
      ["images[1] (id=1)", "duplicate id 1"]),
 ])
@@ -683,3 +691,18 @@ def test_image_sizes_checked_against_the_entries(small: tuple[Path, Path], tmp_p
         "stored size of photos that their EXIF orientation turns:\n"
         f"  {img_dir / 'a.png'} (image id 1) is 40x30, its entry says 30x40\n"
         f"  {img_dir / 'c.png'} (image id 3) is 40x30, its entry says 40x31")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("hflip_prob", 2.0, r"data.train.hflip_prob must be a probability in \[0, 1\], got 2.0"),
+    ("min_size", -5, r"data.train.min_size must be positive integers \(pixels\), got -5"),
+    ("min_size", [640, 0], r"data.train.min_size must be positive integers")])
+def test_augmentation_values_are_refused_naming_the_key_before_the_data_is_read(
+        tmp_path: Path, key: str, value: Any, message: str) -> None:
+    """hflip_prob=2 reached albumentations' validation and min_size=-5 the resize, naming
+    neither key, after the annotation file was read (here: one that does not exist)."""
+    cfg = load_config(CONFIGS / "synthetic/faster_rcnn_R_18_FPN.yaml",
+                      [f"data.train.ann_file={tmp_path}/no.json", f"data.train.img_dir={tmp_path}",
+                       f"data.train.{key}={json.dumps(value)}"])
+    with pytest.raises(ConfigError, match=message):
+        build_train_dataset(cfg)

@@ -1,5 +1,6 @@
 """Meta-architecture: preprocessing, box mapping, training, C4/DC5 variants, bad input."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from omegaconf import OmegaConf
 from resnet_detect.detection import build_model
 from resnet_detect.detection.config import defaults as detection_defaults
 from resnet_detect.detection.convert import load_detector_weights, weight_bound_settings
-from resnet_detect.engine.config import load_config
+from resnet_detect.engine.config import ConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "detection"
 BASE = detection_defaults()
@@ -296,3 +297,19 @@ def test_bad_input_errors() -> None:
             if not k.startswith("roi_heads.box_predictor.cls")
         }
         load_detector_weights(model, state)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.roi_heads.batch_size_per_image=0", "model.roi_heads: batch_size_per_image must be"),
+    ("model.rpn.batch_size_per_image=0", "model.rpn / model.anchor_generator: batch_size_per"),
+    ("model.anchor_generator.sizes=[[32],[64]]", "model.rpn / model.anchor_generator: "),
+    ("model.roi_heads.pooler_resolution=0", "model.roi_heads: "),
+    ("model.roi_heads.fc_dims=[]", "model.roi_heads: ")])
+def test_a_part_built_from_a_bad_value_names_its_config_section(override: str,
+                                                                message: str) -> None:
+    """The parts' own checks name their arguments ("batch_size_per_image must be positive"),
+    the same for the RPN and the RoI heads, with a traceback; the section says which."""
+    cfg = load_config(CONFIGS / "faster_rcnn_R_50_FPN_1x.yaml",
+                      ["model.backbone.weights=null", "model.num_classes=3", override])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_model(cfg)

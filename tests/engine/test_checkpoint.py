@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import os
 import random
@@ -16,10 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from omegaconf import OmegaConf
 
 from resnet_detect.engine.checkpoint import (CheckpointWriteError, Checkpointer,
                                              PeriodicCheckpointer, UnreadableCheckpointError)
 from resnet_detect.backbones.weights import read_checkpoint
+from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.runner import _check_resumable
 from resnet_detect.engine.rng import get_rng_state, set_rng_state
 from resnet_detect.engine.files import atomic_save, atomic_write_json
 from resnet_detect.engine.data.samplers import TrainingSampler
@@ -429,3 +433,22 @@ def test_a_fresh_run_replaces_an_earlier_runs_checkpoints_at_its_first_save(
     _save_filled(third, model, (1, 2, 3))
     assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
         "model_0000002.pth", "model_0000003.pth", "model_0000004.pth"]
+
+
+def test_weights_alone_or_another_tasks_checkpoint_are_refused_as_such(tmp_path: Path) -> None:
+    """--resume-from backbone_final.pth stopped with a raw KeyError 'iteration'; a pretraining
+    run's checkpoint given to a detection run was refused for its class names, with advice
+    that would be refused too."""
+    model = nn.Linear(2, 2)
+    torch.save({"model": model.state_dict(), "provenance": {}}, tmp_path / "backbone_final.pth")
+    with pytest.raises(UnreadableCheckpointError, match="backbone_final.pth is no training "
+                                                        "checkpoint .*model.weights=PATH"):
+        Checkpointer(tmp_path / "run", model=model).resume_from(tmp_path / "backbone_final.pth")
+    Checkpointer(tmp_path / "pre", model=model, provenance={
+        "class_names": ["cat", "dog"], "config": {"task": "classification"}}).save(4)
+    cfg = OmegaConf.create({"task": "detection", "train": {}})
+    with pytest.raises(ConfigError, match="model_0000004.pth was written by a classification "
+                                          "run, this one trains detection"):
+        Checkpointer(tmp_path / "pre", model=model, check=lambda path, saved, it: (
+            _check_resumable(path, saved, it, cfg, 10, logging.getLogger("t"),
+                             {"class_names": ["a", "b", "c"]}))).resume()

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data import DatasetError
 from omegaconf import OmegaConf
 
@@ -420,3 +421,18 @@ def test_folder_scan_follows_linked_folders_and_skips_hidden_files(tmp_path):
     assert [Path(r["file_name"]).relative_to(img_dir).as_posix() for r in records] == [
         "000.jpg", "001.jpg", "b/000.jpg", "z_real/000.jpg"]
     assert records[2]["mask_file"] == str(mask_dir / "b/000.png")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("hflip_prob", 2, r"data.train.hflip_prob must be a probability in \[0, 1\], got 2"),
+    ("crop_size", [0, 0], r"data.train.crop_size must be 2 positive integers \(pixels\), got "
+                          r"\[0, 0\]"),
+    ("crop_size", [512], r"data.train.crop_size must be 2 positive integers")])
+def test_augmentation_values_are_refused_naming_the_key_before_the_data_is_read(
+        tmp_path, key, value, message):
+    """They reached albumentations' validation, whose message names none of our keys, after
+    the folder was read (here: a folder that does not exist is never looked at)."""
+    cfg = _config(img_dir=str(tmp_path / "nowhere"), mask_dir=str(tmp_path / "nowhere"))
+    cfg["data"]["train"][key] = value
+    with pytest.raises(ConfigError, match=message):
+        build_dataset(cfg, "train")

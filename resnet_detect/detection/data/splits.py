@@ -7,9 +7,9 @@ from typing import NamedTuple
 
 from omegaconf import DictConfig
 
-from resnet_detect.engine.config import ConfigError
-from resnet_detect.engine.config import parse_bool
-from resnet_detect.engine.data import CategoryMapping, check_image_sizes, load_coco_json
+from resnet_detect.engine.config import ConfigError, check_probability, check_sizes, parse_bool
+from resnet_detect.engine.data import (CategoryMapping, DatasetError, check_image_sizes,
+                                       load_coco_json)
 
 from ..config import test_resize
 from .dataset import DetectionDataset
@@ -76,19 +76,22 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
         raise ConfigError("data.train.ann_file and data.train.img_dir must be set")
     d = cfg.data.train
     scale_per_batch = parse_bool(d.scale_per_batch, "data.train.scale_per_batch")
+    flip_prob = check_probability(d.hflip_prob, "data.train.hflip_prob")
+    check_sizes(d.min_size, "data.train.min_size")
     mask_on = bool(cfg.model.mask_on)
     records, mapping, stats = load_coco_json(*paths, filter_empty=d.filter_empty,
                                              keep_segmentation=mask_on, training=True)
     if not records or stats.boxes == 0:
         masks = (f", {stats.no_mask} without a usable polygon or RLE, which model.mask_on needs"
                  if stats.no_mask else "")
-        raise ValueError(f"{paths[0]}: no usable object in its {stats.images} images (left out "
-                         f"{stats.crowd} crowd and {stats.degenerate} degenerate boxes{masks}; "
-                         f"filter_empty={d.filter_empty}): a detector cannot learn from it")
+        raise DatasetError(f"{paths[0]}: no usable object in its {stats.images} images (left "
+                           f"out {stats.crowd} crowd and {stats.degenerate} degenerate boxes"
+                           f"{masks}; filter_empty={d.filter_empty}): a detector cannot learn "
+                           f"from it")
     min_size = d.min_size if isinstance(d.min_size, int) else list(d.min_size)
     train = DetectionDataset(records, with_masks=mask_on, scale_per_batch=scale_per_batch,
                              transform=build_transforms(min_size=min_size, max_size=d.max_size,
-                                                        flip_prob=d.hflip_prob))
+                                                        flip_prob=flip_prob))
     del records  # packed in `train`; its Python objects (GBs for COCO's polygons) go now
     return train, mapping, paths[0]
 

@@ -186,6 +186,8 @@ def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
         bbox = ann.get("bbox")
         if isinstance(bbox, list) and (len(bbox) != 4 or not _all_numbers(bbox)):
             problems.append(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
+        if ann.get("iscrowd", 0) not in (0, 1):  # "0" as text counted as a crowd
+            problems.append(f"{where}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
     if problems:
         raise DatasetError(_format_problems(ann_file, problems))
     return data
