@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     bare = [o for o in args.options if "=" not in o]
     if bare:  # from_dotlist makes `output_stride` a None, which means the default
         parser.error(f"options must be key=value, got {', '.join(bare)}")
+    if args.size and min(args.size) < 1:
+        parser.error(f"--size must be two positive numbers of pixels, got {args.size}")
     options = OmegaConf.to_container(OmegaConf.from_dotlist(args.options))
     cifar = "cifar" in args.name
     size = tuple(args.size or ((32, 32) if cifar else (224, 224)))

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resnet_detect.engine.config import ConfigError, config_section
+from resnet_detect.engine.config import ConfigError, check_counts, config_section
 from resnet_detect import backbones
 from resnet_detect.backbones.layers import ShapeSpec
 from resnet_detect.backbones.weights import refuse_other_normalisation
@@ -338,6 +338,10 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> GeneralizedRCNN:
             f"model.num_classes must be a positive integer (set it, or let the training "
             f"script read it from the training JSON), got {num_classes!r}"
         )
+    # 0 trained on the ground-truth boxes alone, or scored nothing (AP 0), without a word
+    check_counts(mcfg["rpn"], ("pre_nms_topk_train", "pre_nms_topk_test", "post_nms_topk_train",
+                               "post_nms_topk_test"), "model.rpn.")
+    check_counts(mcfg["roi_heads"], ("detections_per_image",), "model.roi_heads.")
     with config_section("model.backbone / model.fpn"):
         backbone, res5 = build_backbone(mcfg)
     shapes = backbone.output_shape()

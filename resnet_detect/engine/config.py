@@ -357,6 +357,15 @@ def check_sizes(values: Any, key: str, count: int | None = None) -> list[int]:
     return sizes
 
 
+def check_counts(section: Mapping[str, Any], keys: Sequence[str], prefix: str) -> None:
+    """Each of `keys` in `section` a positive integer (how many boxes, detections...), else a
+    ConfigError naming `prefix` + key."""
+    for key in keys:
+        value = section[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{prefix}{key} must be a positive integer, got {value!r}")
+
+
 def to_plain_value(value: Any) -> Any:
     return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
 

@@ -304,7 +304,10 @@ def test_bad_input_errors() -> None:
     ("model.rpn.batch_size_per_image=0", "model.rpn / model.anchor_generator: batch_size_per"),
     ("model.anchor_generator.sizes=[[32],[64]]", "model.rpn / model.anchor_generator: "),
     ("model.roi_heads.pooler_resolution=0", "model.roi_heads: "),
-    ("model.roi_heads.fc_dims=[]", "model.roi_heads: ")])
+    ("model.roi_heads.fc_dims=[]", "model.roi_heads: "),
+    ("model.rpn.post_nms_topk_train=0", "model.rpn.post_nms_topk_train must be a positive "
+                                        "integer, got 0"),
+    ("model.roi_heads.detections_per_image=0", "model.roi_heads.detections_per_image must be")])
 def test_a_part_built_from_a_bad_value_names_its_config_section(override: str,
                                                                 message: str) -> None:
     """The parts' own checks name their arguments ("batch_size_per_image must be positive"),
