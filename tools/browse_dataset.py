@@ -63,13 +63,13 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if browse_split is None:
         raise ValueError(f"tools/browse_dataset.py draws detection and sem_seg data; "
                          f"{args.config} is a {task!r} config")
+    output = writable_folder(args.output, "--output")  # before the data is read
     dataset, draw = browse_split(cfg, args.split)
     count = len(dataset) if args.num == 0 else min(args.num, len(dataset))
     img_dir = Path(cfg.data[args.split].img_dir)
     files = [Path(dataset.record(i)["file_name"]) for i in range(count)]
     names = [f.relative_to(img_dir) if f.is_relative_to(img_dir) else Path(f.name)
              for f in files]
-    output = writable_folder(args.output, "--output")
     written, refused = [], []
     for index, out in enumerate(output_paths(list(zip(files, names)), output)):
         key = (index, sample_seed(args.seed, index))

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from resnet_detect.engine.config import ArgumentError
+
 # padded batch sizes whose anchors are kept (a test size, the training scales' sizes)
 RECENT_SIZES = 8
 
@@ -68,7 +70,7 @@ class AnchorGenerator(nn.Module):
         if len(sizes) == 1 and len(aspect_ratios) > 1:
             sizes = sizes * len(aspect_ratios)
         if len(sizes) != len(aspect_ratios):
-            raise ValueError(
+            raise ArgumentError(
                 f"anchor sizes ({len(sizes)} levels) and aspect_ratios ({len(aspect_ratios)} "
                 "levels) must have the same number of levels, or one of them a single level"
             )
@@ -79,12 +81,12 @@ class AnchorGenerator(nn.Module):
                 or min(level_sizes) <= 0
                 or min(level_ratios) <= 0
             ):
-                raise ValueError(
+                raise ArgumentError(
                     f"anchor sizes and aspect ratios must be positive and non-empty, "
                     f"got sizes={sizes}, aspect_ratios={aspect_ratios}"
                 )
         if not 0.0 <= offset < 1.0:
-            raise ValueError(f"anchor offset must be in [0, 1), got {offset}")
+            raise ArgumentError(f"anchor offset must be in [0, 1), got {offset}")
         self.sizes = sizes
         self.aspect_ratios = aspect_ratios
         self.offset = float(offset)

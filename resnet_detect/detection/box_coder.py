@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from resnet_detect.engine.config import ArgumentError
+
 # Largest dw/dh applied when decoding: exp(log(1000/16)) keeps a box at most
 # 62.5x its reference size and avoids exp() overflow early in training.
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -33,7 +35,7 @@ class BoxCoder:
         scale_clamp: float = DEFAULT_SCALE_CLAMP,
     ) -> None:
         if len(weights) != 4:
-            raise ValueError(
+            raise ArgumentError(
                 f"box coder weights need 4 values (wx, wy, ww, wh), got {list(weights)}"
             )
         self.weights = tuple(float(w) for w in weights)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resnet_detect.engine.config import ArgumentError
 from resnet_detect.backbones.conv import Conv2d
 from resnet_detect.backbones.layers import ShapeSpec
 
@@ -61,10 +62,11 @@ class FPN(nn.Module):
         shapes = bottom_up.output_shape()
         missing = [f for f in in_features if f not in shapes]
         if missing:
-            raise ValueError(f"FPN in_features {missing} are not backbone outputs {list(shapes)}")
+            raise ArgumentError(
+                f"FPN in_features {missing} are not backbone outputs {list(shapes)}")
         strides = [shapes[f].stride for f in in_features]
         if any(b != 2 * a for a, b in zip(strides, strides[1:])):
-            raise ValueError(
+            raise ArgumentError(
                 f"FPN needs in_features whose strides double, got {dict(zip(in_features, strides))}"
             )
         self.bottom_up = bottom_up

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from resnet_detect.engine.config import ArgumentError
+
 FOREGROUND = 1
 BACKGROUND = 0
 IGNORE = -1
@@ -33,7 +35,7 @@ class Matcher:
         self, *, low_threshold: float, high_threshold: float, allow_low_quality_matches: bool
     ) -> None:
         if not 0.0 <= low_threshold <= high_threshold <= 1.0:
-            raise ValueError(
+            raise ArgumentError(
                 "matcher thresholds need 0 <= low <= high <= 1, got "
                 f"low={low_threshold}, high={high_threshold}"
             )

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from resnet_detect.engine.config import ArgumentError
 from .roi_align import multilevel_roi_align, roi_align
 from .tracing import true_indices
 
@@ -58,11 +59,12 @@ class MultiLevelRoIAlign(nn.Module):
         strides = [int(s) for s in strides]
         levels = [math.log2(s) for s in strides]
         if not strides or any(lvl != round(lvl) for lvl in levels):
-            raise ValueError(f"RoI pooler strides must be powers of two, got {strides}")
+            raise ArgumentError(f"RoI pooler strides must be powers of two, got {strides}")
         if any(b - a != 1 for a, b in zip(levels, levels[1:])):
-            raise ValueError(f"RoI pooler strides must double from level to level, got {strides}")
+            raise ArgumentError(
+                f"RoI pooler strides must double from level to level, got {strides}")
         if output_size <= 0 or sampling_ratio < 0:
-            raise ValueError(
+            raise ArgumentError(
                 f"bad RoI pooler output_size={output_size} / sampling_ratio={sampling_ratio}"
             )
         self.output_size = (int(output_size), int(output_size))

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from resnet_detect.engine.config import ArgumentError
 from resnet_detect.engine.data.batching import batch_images
 
 from .roi_heads import ROIHeads, paste_masks
@@ -47,7 +48,7 @@ class GeneralizedRCNN(nn.Module):
     ) -> None:
         super().__init__()
         if len(pixel_mean) != 3 or len(pixel_std) != 3 or min(pixel_std) <= 0:
-            raise ValueError(
+            raise ArgumentError(
                 f"pixel_mean/pixel_std need 3 values (std > 0), got {pixel_mean} / {pixel_std}"
             )
         self.backbone = backbone

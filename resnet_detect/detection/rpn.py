@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
+from resnet_detect.engine.config import ArgumentError
 from resnet_detect.backbones.conv import Conv2d
 
 from .anchors import AnchorGenerator
@@ -107,12 +108,12 @@ class RPN(nn.Module):
     ) -> None:
         super().__init__()
         if len(in_features) != anchor_generator.num_levels:
-            raise ValueError(
+            raise ArgumentError(
                 f"RPN in_features {list(in_features)} has {len(in_features)} levels but the anchor "
                 f"generator has {anchor_generator.num_levels}"
             )
         if len(set(anchor_generator.num_anchors_per_location)) != 1:
-            raise ValueError(
+            raise ArgumentError(
                 "the RPN head is shared across levels: every level needs the same number "
                 f"of anchors, got {anchor_generator.num_anchors_per_location}"
             )

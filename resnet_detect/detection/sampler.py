@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from resnet_detect.engine.config import ArgumentError
+
 
 class BalancedSampler:
     """Draws at most ``batch_size_per_image`` candidates, a fraction of them positive.
@@ -22,9 +24,10 @@ class BalancedSampler:
 
     def __init__(self, *, batch_size_per_image: int, positive_fraction: float) -> None:
         if batch_size_per_image <= 0:
-            raise ValueError(f"batch_size_per_image must be positive, got {batch_size_per_image}")
+            raise ArgumentError(
+                f"batch_size_per_image must be positive, got {batch_size_per_image}")
         if not 0.0 <= positive_fraction <= 1.0:
-            raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
+            raise ArgumentError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
         self.batch_size_per_image = int(batch_size_per_image)
         self.positive_fraction = float(positive_fraction)
 

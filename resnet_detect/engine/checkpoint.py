@@ -210,8 +210,11 @@ class Checkpointer:
         for name, component in self.components.items():
             if component is None:
                 continue
-            if name not in state:
-                raise ValueError(f"checkpoint {path} has no {name} state to resume from")
+            if name not in state:  # final weights (model_final.pth) keep no optimizer
+                raise UnreadableCheckpointError(
+                    f"checkpoint {path} has no {name} state to resume from: resume from a "
+                    f"model_NNNNNNN.pth of a run, or start a new run from these weights "
+                    f"(model.weights=PATH)")
             if name != "scheduler":
                 component.load_state_dict(state[name])
         for group, values in zip(optimizer.param_groups if optimizer else [], hyper):

@@ -326,16 +326,19 @@ def parse_bool(value: Any, key: str) -> bool:
     raise ConfigError(f"{key} must be true or false, got {value!r}")
 
 
+class ArgumentError(ValueError):
+    """A model part's constructor argument that cannot be (its own check, naming the
+    argument); `config_section` names the config section it came from."""
+
+
 @contextmanager
 def config_section(section: str) -> Iterator[None]:
-    """ValueErrors raised while a part is built from `section` of the config (the part's own
-    checks, which name its arguments) become ConfigErrors naming the section too:
-    "model.rpn: batch_size_per_image must be positive"."""
+    """ArgumentErrors raised while parts are built from `section` of the config become
+    ConfigErrors naming the section too: "model.rpn: batch_size_per_image must be positive".
+    (Other errors, a bug's included, keep their type and traceback.)"""
     try:
         yield
-    except ConfigError:
-        raise
-    except ValueError as e:
+    except ArgumentError as e:
         raise ConfigError(f"{section}: {e}") from e
 
 

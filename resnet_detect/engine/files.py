@@ -108,6 +108,9 @@ def writable_folder(folder: str | os.PathLike, what: str = "the output folder") 
     any work whose results would go there (nothing is made here). `what` names it in
     messages ("--output")."""
     folder = Path(folder)
+    if folder.is_symlink() and not folder.exists():
+        raise UnwritableFolderError(f"{what} {folder} is a link to {os.readlink(folder)}, "
+                                    f"which does not exist: name a folder")
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .distributed import all_reduce_sum, get_rank, is_main_process
-from .files import atomic_write_text, writable_folder
+from .files import UnwritableFolderError, atomic_write_text, writable_folder
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -42,8 +42,13 @@ def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if output_dir is not None and is_main_process():
         folder = writable_folder(output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(folder / "log.txt"))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(folder / "log.txt"))
+        except OSError as e:  # what writable_folder cannot foresee (log.txt a folder, ...)
+            raise UnwritableFolderError(f"cannot write to the output folder {folder}: "
+                                        f"{e.strerror or e} ({e.filename or folder}); name a "
+                                        f"folder you can write to") from e
     for handler in handlers:
         handler.setFormatter(fmt)
         handler._engine_handler = True  # type: ignore[attr-defined]

@@ -286,6 +286,10 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
     new_run = ("start a new run from its weights (model.weights=PATH) in another "
                "train.output_dir" if "weights" in (cfg.get("model") or {}) else
                "start a new run in another train.output_dir")
+    recorded_task = (provenance.get("config") or {}).get("task")
+    if recorded_task is not None and recorded_task != cfg.get("task"):
+        raise ConfigError(f"checkpoint {path} was written by a {recorded_task} run, this one "
+                          f"trains {cfg.get('task')}: resume from a checkpoint of this task")
     images_before, images_now = provenance.get("train_images"), now.get("train_images")
     other_data = (f"; the run that wrote it had {images_before} training images, this one has "
                   f"{images_now}" if None not in (images_before, images_now)
@@ -298,10 +302,6 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
         logger.warning("resuming %s on another training set%s: the images are drawn in "
                        "another order (and train.epochs counts passes over this one)",
                        path, other_data)
-    recorded_task = (provenance.get("config") or {}).get("task")
-    if recorded_task is not None and recorded_task != cfg.get("task"):
-        raise ConfigError(f"checkpoint {path} was written by a {recorded_task} run, this one "
-                          f"trains {cfg.get('task')}: resume from a checkpoint of this task")
     for key in ("class_names", "category_ids"):  # label i must keep meaning the same class
         before, after = provenance.get(key), now.get(key)
         if before and after and list(before) != list(after):

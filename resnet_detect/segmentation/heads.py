@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resnet_detect.engine.config import ArgumentError
 from resnet_detect.backbones.conv import Conv2d
 from resnet_detect.backbones.layers import build_norm
 
@@ -28,8 +29,8 @@ def aspp_rates(output_stride: int) -> tuple[int, int, int]:
     """The ASPP rates for a backbone of this output stride: 3/6/9 at 32, 6/12/18 at 16,
     12/24/36 at 8."""
     if output_stride not in ASPP_RATES:
-        raise ValueError(f"no default ASPP rates for output_stride {output_stride}; valid: "
-                         f"{', '.join(map(str, ASPP_RATES))} (or give the rates explicitly)")
+        raise ArgumentError(f"no default ASPP rates for output_stride {output_stride}; valid: "
+                            f"{', '.join(map(str, ASPP_RATES))} (or give the rates explicitly)")
     return ASPP_RATES[output_stride]
 
 
@@ -123,7 +124,7 @@ class ASPP(nn.Module):
         super().__init__()
         self.rates = tuple(int(r) for r in rates)
         if not self.rates or min(self.rates) < 1:
-            raise ValueError(f"ASPP rates must be positive integers, got {list(rates)}")
+            raise ArgumentError(f"ASPP rates must be positive integers, got {list(rates)}")
         branches = [ConvNormReLU(in_channels, out_channels, norm=norm)]
         branches += [conv3x3_norm_relu(in_channels, out_channels, dilation=r, norm=norm,
                                        separable=separable) for r in self.rates]
@@ -154,9 +155,9 @@ class SemSegHead(nn.Module):
                  loss_weight: float = 1.0, ignore_index: int = 255) -> None:
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise ArgumentError(f"num_classes must be >= 1, got {num_classes}")
         if not loss_name.startswith("loss_"):
-            raise ValueError(f"loss_name must start with 'loss_', got {loss_name!r}")
+            raise ArgumentError(f"loss_name must start with 'loss_', got {loss_name!r}")
         self.num_classes = num_classes
         self.loss_name = loss_name
         self.loss_weight = float(loss_weight)

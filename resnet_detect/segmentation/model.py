@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resnet_detect.engine.config import ArgumentError
 from resnet_detect.engine.data.batching import batch_images
 
 from .heads import SemSegHead
@@ -38,13 +39,13 @@ class SemanticSegmentor(nn.Module):
                  size_divisibility: int = 0, ignore_index: int = 255) -> None:
         super().__init__()
         if len(pixel_mean) != 3 or len(pixel_std) != 3 or min(pixel_std) <= 0:
-            raise ValueError(f"pixel_mean/pixel_std need 3 values (std > 0), got {pixel_mean} / "
-                             f"{pixel_std}")
+            raise ArgumentError(f"pixel_mean/pixel_std need 3 values (std > 0), got {pixel_mean} / "
+                                f"{pixel_std}")
         if aux_head is not None and aux_head.num_classes != head.num_classes:
-            raise ValueError(f"aux_head predicts {aux_head.num_classes} classes, head "
-                             f"{head.num_classes}")
+            raise ArgumentError(f"aux_head predicts {aux_head.num_classes} classes, head "
+                                f"{head.num_classes}")
         if aux_head is not None and aux_head.loss_name == head.loss_name:
-            raise ValueError(f"head and aux_head share the loss name {head.loss_name!r}")
+            raise ArgumentError(f"head and aux_head share the loss name {head.loss_name!r}")
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head

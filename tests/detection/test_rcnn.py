@@ -316,3 +316,19 @@ def test_a_part_built_from_a_bad_value_names_its_config_section(override: str,
                       ["model.backbone.weights=null", "model.num_classes=3", override])
     with pytest.raises(ConfigError, match=re.escape(message)):
         build_model(cfg)
+
+
+def test_a_bug_while_building_keeps_its_type_and_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the parts' argument checks become config errors (printed as one line): a bug's
+    ValueError (a failed unpacking, say) was printed as "model.roi_heads: not enough values"."""
+    import resnet_detect.detection.build as build
+
+    def broken(*args: object, **kwargs: object) -> None:
+        x, y = [1]  # noqa: F841
+
+    monkeypatch.setattr(build, "build_roi_heads", broken)
+    cfg = load_config(CONFIGS / "faster_rcnn_R_50_FPN_1x.yaml",
+                      ["model.backbone.weights=null", "model.num_classes=3"])
+    with pytest.raises(ValueError, match="not enough values to unpack") as raised:
+        build_model(cfg)
+    assert type(raised.value) is ValueError

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
+from resnet_detect.engine.config import ArgumentError
 from ..matcher import BACKGROUND, FOREGROUND, IGNORE, Matcher
 from ..sampler import BalancedSampler
 from ..tracing import true_indices
@@ -63,7 +64,7 @@ class ROIHeads(nn.Module):
     ) -> None:
         super().__init__()
         if box_predictor.num_classes != num_classes:
-            raise ValueError(
+            raise ArgumentError(
                 f"box predictor has {box_predictor.num_classes} classes, RoI heads {num_classes}"
             )
         self.num_classes = int(num_classes)

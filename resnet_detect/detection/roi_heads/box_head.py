@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resnet_detect.engine.config import ArgumentError
+
 
 class FastRCNNFCHead(nn.Module):
     """Flatten, then ``fc1 .. fcN`` each followed by ReLU (the "2-fc" head with two).
@@ -20,7 +22,7 @@ class FastRCNNFCHead(nn.Module):
     def __init__(self, *, in_channels: int, resolution: int, fc_dims: Sequence[int]) -> None:
         super().__init__()
         if not fc_dims:
-            raise ValueError("FastRCNNFCHead needs at least one fully connected layer")
+            raise ArgumentError("FastRCNNFCHead needs at least one fully connected layer")
         dim = in_channels * resolution * resolution
         self.num_fc = len(fc_dims)
         for i, out_dim in enumerate(fc_dims, start=1):

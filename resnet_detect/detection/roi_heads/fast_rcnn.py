@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
+from resnet_detect.engine.config import ArgumentError
 from ..box_coder import BoxCoder
 from ..tracing import clip_to_image, large_enough, split_per_image, true_indices
 
@@ -52,7 +53,7 @@ class FastRCNNOutputs(nn.Module):
     ) -> None:
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+            raise ArgumentError(f"num_classes must be at least 1, got {num_classes}")
         self.num_classes = int(num_classes)
         self.cls_score = nn.Linear(in_channels, num_classes + 1)
         self.bbox_pred = nn.Linear(in_channels, 4 if cls_agnostic_bbox_reg else 4 * num_classes)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from resnet_detect.engine.config import ArgumentError
 from ..tracing import split_per_image
 
 
@@ -44,9 +45,9 @@ class MaskRCNNHead(nn.Module):
     ) -> None:
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+            raise ArgumentError(f"num_classes must be at least 1, got {num_classes}")
         if any(int(d) < 1 for d in conv_dims):
-            raise ValueError(f"mask head conv widths must be positive, got {list(conv_dims)}")
+            raise ArgumentError(f"mask head conv widths must be positive, got {list(conv_dims)}")
         self.num_classes = int(num_classes)
         self.num_conv = len(conv_dims)
         dim = int(in_channels)

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from resnet_detect.engine.config import ArgumentError
 from ..poolers import MultiLevelRoIAlign
 from .base import ROIHeads
 
@@ -37,7 +38,7 @@ class Res5ROIHeads(ROIHeads):
     ) -> None:
         super().__init__(**kwargs)
         if len(in_features) != 1:
-            raise ValueError(f"Res5ROIHeads pools from one feature map, got {list(in_features)}")
+            raise ArgumentError(f"Res5ROIHeads pools from one feature map, got {list(in_features)}")
         self.in_features = list(in_features)
         self.box_pooler = box_pooler
         self.res5 = res5

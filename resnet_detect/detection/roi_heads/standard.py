@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from resnet_detect.engine.config import ArgumentError
 from ..poolers import MultiLevelRoIAlign
 from ..tracing import true_indices
 from .base import ROIHeads, SampledRoIs
@@ -46,11 +47,11 @@ class StandardROIHeads(ROIHeads):
     ) -> None:
         super().__init__(**kwargs)
         if mask_rois_per_image < 0:
-            raise ValueError(f"mask_rois_per_image must be >= 0, got {mask_rois_per_image}")
+            raise ArgumentError(f"mask_rois_per_image must be >= 0, got {mask_rois_per_image}")
         if (mask_pooler is None) != (mask_head is None):
-            raise ValueError("StandardROIHeads needs both mask_pooler and mask_head, or neither")
+            raise ArgumentError("StandardROIHeads needs both mask_pooler and mask_head, or neither")
         if mask_head is not None and mask_head.num_classes != self.num_classes:
-            raise ValueError(
+            raise ArgumentError(
                 f"mask head has {mask_head.num_classes} classes, RoI heads {self.num_classes}"
             )
         self.in_features = list(in_features)
