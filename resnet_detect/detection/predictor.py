@@ -94,14 +94,14 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
     cfg = _config(config, overrides) if config is not None else None
     source = weights if weights is not None else (cfg.model.weights if cfg is not None else None)
     if not source:
-        raise ValueError("no detector weights: pass weights=PATH (or set model.weights)")
+        raise ConfigError("no detector weights: pass weights=PATH (or set model.weights)")
     state_dict, provenance = unwrap_state_dict(read_checkpoint(source))
     provenance = dict(provenance or {})
     refuse_other_task(str(source), provenance, "detection")
     if cfg is None:
         if not isinstance(provenance.get("config"), Mapping):
-            raise ValueError(f"a config is needed: the weights {source} record none (only this "
-                             "project's checkpoints do)")
+            raise ConfigError(f"a config is needed: the weights {source} record none (only this "
+                              "project's checkpoints do)")
         cfg = config_from_mapping(provenance["config"], overrides)
     elif isinstance(provenance.get("config"), Mapping):
         _warn_of_another_test_size(cfg, provenance["config"], source)
@@ -110,14 +110,14 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
     foreign = is_torchvision_faster_rcnn(state_dict)
     num_classes = _num_classes_of(state_dict)
     if num_classes is None:
-        raise ValueError(f"{source}: no box classifier ({_CLS_KEYS[0]}) in the weights")
+        raise ConfigError(f"{source}: no box classifier ({_CLS_KEYS[0]}) in the weights")
     if cfg.model.num_classes not in (None, num_classes):
         raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but the weights {source} "
                           f"have {num_classes} classes")
     cfg.model.num_classes = num_classes
     masks = has_mask_head(state_dict)
     if masks != bool(cfg.model.mask_on):
-        raise ValueError(
+        raise ConfigError(
             f"the weights {source} have {'a' if masks else 'no'} mask head but model.mask_on "
             f"is {bool(cfg.model.mask_on)}; use a {'Mask' if masks else 'Faster'} R-CNN config "
             f"(or set model.mask_on={str(masks).lower()})")
@@ -136,8 +136,8 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
     if len(names) != num_classes:
         names = [str(c) for c in category_ids]
     if len(category_ids) != num_classes:
-        raise ValueError(f"{source}: provenance lists {len(category_ids)} category ids for "
-                         f"{num_classes} classes")
+        raise ConfigError(f"{source}: provenance lists {len(category_ids)} category ids for "
+                          f"{num_classes} classes")
     return LoadedDetector(model=model, cfg=cfg, class_names=names, category_ids=category_ids,
                           provenance=provenance)
 

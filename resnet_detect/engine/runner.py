@@ -185,8 +185,8 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
         hint = (f"; a shorter run needs shorter steps: train.lr_steps=[{round(max_iter * 2 / 3)}, "
                 f"{round(max_iter * 8 / 9)}] (the 1x recipe's proportions) or train.lr_steps=[]"
                 if any(s > max_iter for s in steps) and "per_epoch" not in lengths else "")
-        raise ValueError(f"invalid train config (max_iter={max_iter}, lr_steps={steps} in "
-                         f"iterations): {e}{hint}") from None
+        raise ConfigError(f"invalid train config (max_iter={max_iter}, lr_steps={steps} in "
+                          f"iterations): {e}{hint}") from None
 
 
 def check_schedule(cfg: DictConfig) -> None:
@@ -295,9 +295,9 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                   f"{images_now}" if None not in (images_before, images_now)
                   and images_before != images_now else "")
     if iteration > max_iter:
-        raise ValueError(f"checkpoint {path} is at iteration {iteration}, past this run's "
-                         f"{max_iter} (train.max_iter or train.epochs){other_data}: nothing "
-                         f"to resume")
+        raise ConfigError(f"checkpoint {path} is at iteration {iteration}, past this run's "
+                          f"{max_iter} (train.max_iter or train.epochs){other_data}: nothing "
+                          f"to resume")
     if other_data:  # images removed after the warnings named them unreadable, or added
         logger.warning("resuming %s on another training set%s: the images are drawn in "
                        "another order (and train.epochs counts passes over this one)",
@@ -305,10 +305,10 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
     for key in ("class_names", "category_ids"):  # label i must keep meaning the same class
         before, after = provenance.get(key), now.get(key)
         if before and after and list(before) != list(after):
-            raise ValueError(f"checkpoint {path} was trained with the {key} {list(before)[:20]}"
-                             f", this run's data gives {list(after)[:20]}: its labels would "
-                             f"mean other classes; resume on the data it was trained on, or "
-                             f"{new_run}")
+            raise ConfigError(f"checkpoint {path} was trained with the {key} {list(before)[:20]}"
+                              f", this run's data gives {list(after)[:20]}: its labels would "
+                              f"mean other classes; resume on the data it was trained on, or "
+                              f"{new_run}")
     recorded = (provenance.get("config") or {}).get("train")
     if not isinstance(recorded, Mapping):
         return  # written before checkpoints recorded their config
@@ -316,10 +316,10 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
     changed = {k: (recorded.get(k), now.get(k)) for k in sorted(set(recorded) | set(now))
                if recorded.get(k) != now.get(k) and k not in ("output_dir", "device")}
     if "optimizer" in changed:
-        raise ValueError(f"checkpoint {path} was trained with train.optimizer="
-                         f"{changed['optimizer'][0]}, this run asks for "
-                         f"{changed['optimizer'][1]}: its state cannot continue another "
-                         f"optimizer; {new_run}")
+        raise ConfigError(f"checkpoint {path} was trained with train.optimizer="
+                          f"{changed['optimizer'][0]}, this run asks for "
+                          f"{changed['optimizer'][1]}: its state cannot continue another "
+                          f"optimizer; {new_run}")
     if changed:
         logger.warning("resuming %s with train settings other than the run that wrote it "
                        "(they apply from iteration %d%s): %s", path, iteration,

@@ -256,7 +256,7 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
     num_classes = cfg["model"]["num_classes"]
     if names is None:
         if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError("folder data needs data.class_names (or model.num_classes)")
+            raise ConfigError("folder data needs data.class_names (or model.num_classes)")
         names = [f"class_{i}" for i in range(num_classes)]
     if num_classes is not None and num_classes != len(names):
         raise ConfigError(f"model.num_classes is {num_classes} but the data has {len(names)} "
@@ -312,6 +312,11 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
         crop_size = (None if s["crop_size"] is None
                      else check_sizes(s["crop_size"], "data.train.crop_size", 2))
         hflip_prob = check_probability(s["hflip_prob"], "data.train.hflip_prob")
+        scale = list(s["scale_range"])
+        if (len(scale) != 2 or not all(isinstance(v, (int, float)) for v in scale)
+                or not 0 < scale[0] <= scale[1]):
+            raise ConfigError(f"data.train.scale_range must be two numbers 0 < min <= max, got "
+                              f"{scale}")
     coco_names = None
     if s["ann_file"]:
         records, coco_names = load_coco_semantic(s["ann_file"], s["img_dir"])

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from resnet_detect.engine.data import check_rgb_image
 from resnet_detect.engine.distributed import usable_device
@@ -59,8 +60,8 @@ def _configured_names(cfg: DictConfig, num_classes: int, source: str | None
     names = resolve_class_names({"data": {"class_names": cfg.data.class_names},
                                  "model": {"num_classes": None}})
     if len(names) != num_classes:
-        raise ValueError(f"the weights {source} have {num_classes} classes, data.class_names "
-                         f"names {len(names)}")
+        raise ConfigError(f"the weights {source} have {num_classes} classes, data.class_names "
+                          f"names {len(names)}")
     return names
 
 
@@ -96,8 +97,8 @@ class Predictor:
         refuse_other_task(str(source), provenance, "sem_seg")
         if config is None:
             if not isinstance(provenance.get("config"), Mapping):
-                raise ValueError(f"Predictor needs a config: the weights {weights} record none "
-                                 f"(only this project's checkpoints do)")
+                raise ConfigError(f"Predictor needs a config: the weights {weights} record none "
+                                  f"(only this project's checkpoints do)")
             config = provenance["config"]
         cfg = _config(config, overrides)
         if checkpoint is None and cfg.model.weights:  # same handling as weights=...
