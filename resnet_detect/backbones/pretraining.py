@@ -69,6 +69,11 @@ class ClassificationTask:
     name = "classification"
     primary_metrics = "classification"
 
+    @staticmethod
+    def metric_names(cfg: DictConfig) -> list[str]:
+        """What train.best_metric may name."""
+        return ["classification/top1", "classification/top5"]
+
     def __init__(self) -> None:
         self.class_names: list[str] = []
         self.channels_last = False

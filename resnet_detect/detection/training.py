@@ -33,7 +33,8 @@ from resnet_detect.engine.runner import TaskData, format_metric
 from .build import build_model, check_choices
 from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
 from .data import build_datasets, build_val_dataset
-from .evaluation import COCO_MAX_DETS, RESULTS_FILE, COCOEvaluator, coco_backend
+from .evaluation import (COCO_MAX_DETS, METRIC_NAMES, RESULTS_FILE, COCOEvaluator,
+                         coco_backend)
 from .export import export_detector
 from .browse import browse_split
 from .predictor import LoadedDetector, build_renderer, load_detector
@@ -194,6 +195,12 @@ class DetectionTask:
     name = "detection"
     primary_metrics = "bbox"
     unreadable_val = UNREADABLE_VAL
+
+    @staticmethod
+    def metric_names(cfg: DictConfig) -> list[str]:
+        """What train.best_metric may name."""
+        groups = ["bbox", "segm"] if cfg.model.mask_on else ["bbox"]
+        return [f"{group}/{name}" for group in groups for name in METRIC_NAMES]
 
     def __init__(self) -> None:
         self.mapping: CategoryMapping | None = None

@@ -394,6 +394,11 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     compile_backend = parse_compile(t.compile)
     amp = parse_amp(t.amp)
     check_train_choices(t)
+    names = task.metric_names(cfg) if hasattr(task, "metric_names") else None
+    if t.best_metric is not None and names is not None and t.best_metric not in names:
+        # found at the first evaluation otherwise, hours in, with no model_best.pth kept
+        raise ConfigError(f"train.best_metric {t.best_metric!r} is not a metric of this task's "
+                          f"evaluations; valid: {', '.join(names)}")
     check_schedule(cfg)
     workers = cfg.get("data", {}).get("num_workers", 0)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:

@@ -139,6 +139,11 @@ class SemSegTask:
     name = "sem_seg"
     primary_metrics = "sem_seg"
 
+    @staticmethod
+    def metric_names(cfg: DictConfig) -> list[str]:
+        """What train.best_metric may name."""
+        return ["sem_seg/mIoU", "sem_seg/pixel_acc"]
+
     def __init__(self) -> None:
         self.class_names: list[str] = []
         self.cfg: DictConfig | None = None

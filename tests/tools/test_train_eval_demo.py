@@ -21,6 +21,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from resnet_detect.detection import Predictor, evaluation
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -427,3 +428,13 @@ def test_damaged_export_folders_are_refused_naming_the_file_and_key(
         with pytest.raises(ValueError, match=rf"upper/export.json lacks \['{key}'\]; export "
                                              "again with tools/export.py"):
             Predictor(None, weights=upper / "MODEL.ONNX")
+
+
+def test_a_best_metric_the_model_does_not_evaluate_is_refused_before_training(
+        data: Path, tmp_path: Path) -> None:
+    """segm/AP on a Faster R-CNN (no masks) was found at the first evaluation, hours in."""
+    train = load_tool("train").main
+    with pytest.raises(ConfigError, match=r"train.best_metric 'segm/AP' is not a metric of this "
+                                          r"task's evaluations; valid: bbox/AP, bbox/AP50, "):
+        train(train_args(data, tmp_path / "out", 2, "train.best_metric=segm/AP"))
+    assert not (tmp_path / "out").exists()
