@@ -17,8 +17,8 @@ are in epochs of the training split; log/eval/checkpoint periods are in iteratio
 key: configs/pretrain/base_classifier.yaml and configs/base_train.yaml; the `solver.*` keys
 of older configs still load, with a warning naming the new key). At the end the tool
 writes OUTPUT_DIR/model_final.pth (the classifier) and OUTPUT_DIR/backbone_final.pth (the
-backbone alone, loadable with `backbones.build(name, weights=PATH)`), both with provenance,
-and prints `top1=..  top5=..` (percent) on the validation split.
+backbone alone, loadable with `resnet_detect.backbones.build(name, weights=PATH)`), both
+with provenance, and prints `top1=..  top5=..` (percent) on the validation split.
 """
 from __future__ import annotations
 

@@ -21,7 +21,8 @@ Several machines (run on each; node_rank 0..nnodes-1):
 
 Ends with OUTPUT_DIR/model_final.pth (weights + provenance) and prints the final metrics on
 the validation split: `box AP = xx.x` (detection; plus `mask AP = xx.x` with model.mask_on)
-or `mIoU = xx.x` (segmentation). The training itself is engine.runner.run_training.
+or `mIoU = xx.x` (segmentation). The training itself is
+resnet_detect.engine.runner.run_training.
 """
 from __future__ import annotations
 
