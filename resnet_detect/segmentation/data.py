@@ -35,7 +35,7 @@ from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableIm
 from resnet_detect.engine.distributed import per_process_batch_size
 
 from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_semantic,
-                      read_mask, scan_folder)
+                      mask_size, read_mask, scan_folder)
 
 logger = logging.getLogger(__name__)
 DATA_SOURCES = ("ann_file", "mask_dir")  # one per split: COCO instances JSON or class-id PNGs
@@ -75,6 +75,12 @@ def build_transform(*, crop_size: Sequence[int] | None = None,
     if hflip_prob > 0:
         transforms.append(A.HorizontalFlip(p=hflip_prob))
     return A.Compose(transforms)
+
+
+def _size_problem(source: str, found: Sequence[int], image: str,
+                  size: Sequence[int]) -> str:
+    return (f"{source} is {found[1]}x{found[0]} but image {image} is {size[1]}x{size[0]} "
+            f"(WxH, after EXIF rotation of the image, if it has an orientation tag)")
 
 
 class SemSegDataset(Dataset):
@@ -134,10 +140,7 @@ class SemSegDataset(Dataset):
             mask = coco_semantic_mask(record, self.ignore_index)
             source = "the COCO height/width"
         if mask.shape != tuple(size):
-            raise DatasetError(
-                f"{source} is {mask.shape[1]}x{mask.shape[0]} but image "
-                f"{record['file_name']} is {size[1]}x{size[0]} (WxH, after EXIF "
-                f"rotation of the image, if it has an orientation tag)")
+            raise DatasetError(_size_problem(source, mask.shape, record["file_name"], size))
         ids = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))  # O(pixels), no sort
         bad = ids[(ids >= self.num_classes) & (ids != self.ignore_index)]
         if bad.size:
@@ -146,6 +149,26 @@ class SemSegDataset(Dataset):
                                f"(0..{self.num_classes - 1}, {self.ignore_index} = ignore: "
                                "model.ignore_index)")
         return mask
+
+    def check_mask_sizes(self, split: str) -> None:
+        """Every mask file's size against its image's, from their headers (seconds for tens of
+        thousands of pairs), all wrong ones listed: for the training split, whose masks are
+        otherwise checked as their batches are drawn, one stopped run per mask. (Class ids
+        are checked when a mask is read.)"""
+        problems = []
+        for record in self._records:
+            if "mask_file" not in record:
+                continue
+            found, size = mask_size(record["mask_file"]), image_size(record["file_name"])
+            if None in (found, size) or found == size:
+                continue  # unreadable files: named when read
+            exact = decoded_size(record["file_name"])  # the header can mislead
+            if exact not in (None, found):
+                problems.append(_size_problem(f"mask {record['mask_file']}", found,
+                                              record["file_name"], exact))
+        if problems:
+            raise DatasetError(f"data.{split}: {len(problems)} of {len(self)} masks are not "
+                               f"their image's size:" + listing(problems))
 
     def check_masks(self, split: str) -> None:
         """Check every mask now (its size against its image's header, its class ids), all

@@ -202,6 +202,17 @@ def coco_semantic_mask(record: Mapping[str, Any], ignore_index: int = IGNORE_IND
     return mask
 
 
+def mask_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) of a mask as `read_mask` returns it, from its header alone; None when
+    the header cannot be read (`read_mask` then says why)."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return height, width
+
+
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """A class-id PNG as uint8 (H, W): palette indices or gray values, not colours.
 

@@ -162,6 +162,7 @@ class SemSegTask:
                                "training's evaluations against: give an annotated val file, "
                                "or leave data.val unset (tools/eval.py --save-predictions "
                                "predicts such a file)")
+        train.check_mask_sizes("train")
         if val is not None:
             val.check_masks("val")  # before training, not at the evaluation after it
         self.class_names = train.class_names

@@ -438,3 +438,23 @@ def test_augmentation_values_are_refused_naming_the_key_before_the_data_is_read(
     cfg["data"]["train"][key] = value
     with pytest.raises(ConfigError, match=message):
         build_dataset(cfg, "train")
+
+
+def test_training_masks_of_another_size_are_all_named_before_training(tmp_path):
+    """A training mask of another size than its image stopped the run when its batch was
+    drawn, one mask per run (val masks were checked up front)."""
+    for i in range(3):
+        _image(tmp_path / f"img/{i}.jpg", 10, 12)
+        _mask(tmp_path / f"ann/{i}.png", np.full((10, 12) if i == 1 else (12, 10), 1))
+    cfg = _config(img_dir=str(tmp_path / "img"), mask_dir=str(tmp_path / "ann"))
+    train = build_dataset(cfg, "train")
+    with pytest.raises(DatasetError) as raised:
+        train.check_mask_sizes("train")
+    message = str(raised.value)
+    assert message.startswith("data.train: 2 of 3 masks are not their image's size:")
+    for i in (0, 2):
+        assert (f"mask {tmp_path}/ann/{i}.png is 10x12 but image {tmp_path}/img/{i}.jpg is "
+                f"12x10 (WxH") in message
+    _mask(tmp_path / "ann/0.png", np.full((10, 12), 1))
+    _mask(tmp_path / "ann/2.png", np.full((10, 12), 1))
+    build_dataset(cfg, "train").check_mask_sizes("train")  # all fit: nothing raised
