@@ -57,16 +57,15 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {missing_path(split_dir)}")
-    loose = sorted(f.name for f in split_dir.iterdir() if f.is_file()
-                   and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+    entries = [e for e in split_dir.iterdir() if not e.name.startswith(".")]
+    loose = sorted(f.name for f in entries if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
     if loose:  # ImageNet's val archive unpacks flat; a half-sorted folder looks the same
         raise DatasetError(
             f"{split_dir}: {len(loose)} images outside class folders (e.g. {loose[0]}): each "
             f"image must be in {split_dir}/<class>/, as torchvision's ImageFolder reads them "
             f"(ImageNet's val images: move each into its class's folder as "
             f"LOC_val_solution.csv lists them, or with the common valprep.sh)")
-    found = sorted((d.name for d in split_dir.iterdir() if d.is_dir()
-                    and not d.name.startswith(".") and d.name not in NOT_DATA_FOLDERS),
+    found = sorted((d.name for d in entries if d.is_dir() and d.name not in NOT_DATA_FOLDERS),
                    key=_nfc)  # one order however the disk spells the names
     if not found:
         raise DatasetError(f"no class folders in {split_dir} (expected "

@@ -349,14 +349,20 @@ def check_probability(value: Any, key: str) -> float:
     return float(value)
 
 
+def is_positive_int(value: Any) -> bool:
+    """An int >= 1 (YAML's true is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def check_sizes(values: Any, key: str, count: int | None = None) -> list[int]:
     """Positive integer pixel sizes (one number or a list; `count` of them when given), else a
     ConfigError naming `key`."""
-    sizes = list(values) if isinstance(values, (list, tuple, ListConfig)) else [values]
+    listed = isinstance(values, (list, tuple, ListConfig))
+    sizes = list(values) if listed else [values]
     if (not sizes or (count is not None and len(sizes) != count)
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes)):
+            or not all(is_positive_int(s) for s in sizes)):
         what = f"{count} positive integers" if count else "positive integers"
-        raise ConfigError(f"{key} must be {what} (pixels), got {to_plain_value(values)!r}")
+        raise ConfigError(f"{key} must be {what} (pixels), got {sizes if listed else values!r}")
     return sizes
 
 
@@ -364,13 +370,8 @@ def check_counts(section: Mapping[str, Any], keys: Sequence[str], prefix: str) -
     """Each of `keys` in `section` a positive integer (how many boxes, detections...), else a
     ConfigError naming `prefix` + key."""
     for key in keys:
-        value = section[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{prefix}{key} must be a positive integer, got {value!r}")
-
-
-def to_plain_value(value: Any) -> Any:
-    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+        if not is_positive_int(section[key]):
+            raise ConfigError(f"{prefix}{key} must be a positive integer, got {section[key]!r}")
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

@@ -27,11 +27,10 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset
 
-from .config import ConfigError
 from .amp import parse_amp
 from .checkpoint import BestWeights, Checkpointer, PeriodicCheckpointer, best_metric_parts
 from .compilation import compile_model, parse_compile
-from .config import save_config, to_plain
+from .config import ConfigError, is_positive_int, save_config, to_plain
 from .data import CountedLoader, build_test_loader, build_train_loader, collate
 from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
                           get_world_size, is_main_process, per_process_batch_size, wrap_ddp)
@@ -149,7 +148,7 @@ def check_train_choices(t: DictConfig) -> None:
     if not isinstance(t.seed, int) or isinstance(t.seed, bool) or not 0 <= t.seed < 2**31:
         raise ConfigError(f"train.seed must be an integer in 0..{2**31 - 1}, got {t.seed!r} (a "
                           "run is repeated with the same seed; no value draws one at random)")
-    if not isinstance(t.batch_size, int) or isinstance(t.batch_size, bool) or t.batch_size < 1:
+    if not is_positive_int(t.batch_size):
         raise ConfigError(f"train.batch_size must be a positive integer (images per step over "
                           f"all processes), got {t.batch_size!r}")
     if t.clip_grad_norm is not None and not t.clip_grad_norm >= 0:

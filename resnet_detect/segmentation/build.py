@@ -13,13 +13,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resnet_detect.engine.config import ConfigError, config_section
 from resnet_detect import CONFIGS, backbones
 from resnet_detect.backbones.layers import ShapeSpec
 from resnet_detect.backbones.weights import refuse_other_normalisation
 from resnet_detect.engine.config import config_from_mapping as engine_config_from_mapping
 from resnet_detect.engine.config import load_config as engine_load_config
-from resnet_detect.engine.config import load_defaults, parse_bool
+from resnet_detect.engine.config import (ConfigError, config_section, load_defaults,
+                                         parse_bool)
 from resnet_detect.engine.tasks import refuse_other_task_config
 
 from .convert import load_segmentation_weights, weight_bound_settings
