@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnet_detect.engine.config import ArgumentError
+
 from .conv import Conv2d
 
 NORMS = ("bn", "frozen_bn", "gn", "syncbn")
@@ -164,7 +166,7 @@ def build_norm(norm: str, channels: int) -> nn.Module:
         return nn.GroupNorm(min(32, channels), channels)
     if norm == "syncbn":
         return nn.SyncBatchNorm(channels)
-    raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+    raise ArgumentError(f"norm {norm!r} is not valid; valid: {', '.join(NORMS)}")
 
 
 def conv3x3(in_channels: int, out_channels: int, *, stride: int = 1, dilation: int = 1,

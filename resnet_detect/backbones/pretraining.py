@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader
 from resnet_detect import CONFIGS
 from resnet_detect.engine import (AMP_DTYPES, all_reduce_sum, amp_for_device, parse_amp,
                                   per_process_batch_size, to_plain)
+from resnet_detect.engine.config import config_section
+from resnet_detect.engine.model_check import check_model_config
 from resnet_detect.engine.runner import TaskData
 
 from . import build_classifier
@@ -83,6 +85,7 @@ class ClassificationTask:
         self.pixel_std = torch.ones(3)
 
     def prepare(self, cfg: DictConfig) -> TaskData:
+        check_model_config(lambda probe: self._build(probe, num_classes=2), cfg)
         train, val = build_datasets(cfg)
         self.class_names = train.class_names
         self.channels_last = bool(cfg.model.channels_last)
@@ -97,8 +100,12 @@ class ClassificationTask:
                         val_batch_size=per_process, collate=collate_images)
 
     def build_model(self, cfg: DictConfig) -> nn.Module:
-        model = build_classifier(cfg.model.name, len(self.class_names),
-                                 config_prefix="model.options.", **to_plain(cfg.model.options))
+        return self._build(cfg, len(self.class_names))
+
+    def _build(self, cfg: DictConfig, num_classes: int) -> nn.Module:
+        with config_section("model"):
+            model = build_classifier(cfg.model.name, num_classes,
+                                     config_prefix="model.options.", **to_plain(cfg.model.options))
         if cfg.model.weights:  # fine-tuning: the backbone's weights, a new fc for these classes
             load_weights(model.backbone, cfg.model.weights, config_prefix="model.options.")
             refuse_other_normalisation(model.backbone, str(cfg.model.weights), cfg.data,

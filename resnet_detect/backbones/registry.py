@@ -4,7 +4,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.config import ArgumentError, ConfigError
 from .resnet import IMAGENET_DEPTHS, ResNet
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
@@ -65,7 +65,7 @@ def build_resnet(name: str, config_prefix: str = "", **options: Any) -> ResNet:
     """Build a registered backbone by name; options override the preset. `config_prefix`:
     where the options sit in the caller's config, for messages."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(list_models())}")
+        raise ArgumentError(f"unknown backbone {name!r}; valid: {', '.join(list_models())}")
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:
         raise ValueError(f"unknown backbone option {', '.join(config_prefix + k for k in unknown)}"
@@ -74,5 +74,5 @@ def build_resnet(name: str, config_prefix: str = "", **options: Any) -> ResNet:
         return _REGISTRY[name](**options)
     except ValueError as e:  # "multi_grid [1, 1, 1] must ...": named as the config's key
         if config_prefix and str(e).split(" ", 1)[0] in _OPTIONS:
-            raise ConfigError(f"{config_prefix}{e} of {name}") from None
+            raise ConfigError(f"{config_prefix}{e} (backbone {name})") from None
         raise

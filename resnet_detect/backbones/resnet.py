@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import stochastic_depth
 
+from resnet_detect.engine.config import ArgumentError
+
 from .conv import Conv2d
 from .layers import (ConvNorm, FrozenBatchNorm2d, ShapeSpec, ZeroPadShortcut, build_norm,
                      conv1x1, conv3x3, conv_norm)
@@ -235,7 +237,8 @@ class ResNet(nn.Module):
         self.out_features = tuple(out_features or (self.stages[-1],))
         unknown = [f for f in self.out_features if f not in self._shapes]
         if unknown:
-            raise ValueError(f"unknown out_features {unknown}; valid: {', '.join(self._shapes)}")
+            raise ArgumentError(f"out_features {unknown} are not stages of this net; valid: "
+                                f"{', '.join(self._shapes)}")
         self.size_divisibility = stride_so_far
         self._init_weights()
         self.freeze(freeze_at)

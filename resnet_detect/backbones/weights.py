@@ -12,7 +12,6 @@ import os
 import pickle
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from torch import nn
 
 from resnet_detect.engine.checkpoint import UnreadableCheckpointError
 from resnet_detect.engine.config import ConfigError
-from resnet_detect.engine.files import atomic_save, missing_path, read_checked_bytes
+from resnet_detect.engine.files import atomic_save, check_weights_file, read_checked_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +51,7 @@ def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """torch.load with weights_only=True, of bytes that match the file's `.sha256` where it
     has one (training checkpoints); any failure names the file."""
-    path = Path(path)
-    if path.is_dir():
-        raise FileNotFoundError(f"{path} is a folder, not a weights file: name a file in it "
-                                f"(a training run's model_final.pth, or a model_NNNNNNN.pth)")
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {missing_path(path)}")
+    path = check_weights_file(path)
     try:
         obj = torch.load(io.BytesIO(read_checked_bytes(path)), map_location="cpu",
                          weights_only=True)

@@ -14,7 +14,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resnet_detect.engine.config import ConfigError, check_counts, config_section
+from resnet_detect.engine.config import (ConfigError, check_counts, check_probability,
+                                         config_section)
 from resnet_detect import backbones
 from resnet_detect.backbones.layers import ShapeSpec
 from resnet_detect.backbones.weights import refuse_other_normalisation
@@ -49,7 +50,7 @@ def _shapes_of(backbone: nn.Module, names: list[str], key: str) -> dict[str, Sha
     shapes = backbone.output_shape()
     missing = [n for n in names if n not in shapes]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"{key} names {missing}, which the backbone does not output; available: {list(shapes)}"
         )
     return {n: shapes[n] for n in names}
@@ -69,7 +70,7 @@ def build_backbone(cfg: Mapping[str, Any]) -> tuple[nn.Module, nn.Module | None]
     res5_head = cfg["roi_heads"]["name"] == "res5"
     out_features = list(bcfg["out_features"])
     if res5_head and "res5" in out_features:
-        raise ValueError(
+        raise ConfigError(
             "model.backbone.out_features must stop before res5 when "
             "model.roi_heads.name is res5 (res5 runs in the RoI head)"
         )
@@ -111,7 +112,7 @@ def take_res5(resnet: nn.Module) -> nn.Module:
         resnet: a ``backbones.ResNet`` with weights already loaded.
     """
     if "res5" not in getattr(resnet, "stages", ()):
-        raise ValueError("a res5 RoI head needs a backbone with a res5 stage")
+        raise ConfigError("model.roi_heads.name res5 needs a backbone with a res5 stage")
     res5 = resnet.res5
     del resnet.res5
     resnet.stages = [s for s in resnet.stages if s != "res5"]
@@ -129,12 +130,12 @@ def build_rpn(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec]) -> RPN:
     in_features = list(rcfg["in_features"])
     in_shapes = [shapes[f] for f in in_features] if all(f in shapes for f in in_features) else None
     if in_shapes is None:
-        raise ValueError(
+        raise ConfigError(
             f"model.rpn.in_features {in_features} are not all backbone outputs {list(shapes)}"
         )
     channels = {s.channels for s in in_shapes}
     if len(channels) != 1:
-        raise ValueError(
+        raise ConfigError(
             f"model.rpn.in_features must have equal channels, got {[s.channels for s in in_shapes]}"
         )
     acfg = cfg["anchor_generator"]
@@ -187,13 +188,13 @@ def build_mask_branch(
         return None, None
     hcfg = cfg["roi_heads"]
     if hcfg["name"] != "standard":
-        raise ValueError(
+        raise ConfigError(
             f"model.mask_on needs model.roi_heads.name 'standard' (FPN or DC5 heads), got "
             f"{hcfg['name']!r}"
         )
     resolution = hcfg["mask_pooler_resolution"]
     if not isinstance(resolution, int) or resolution < 1:
-        raise ValueError(
+        raise ConfigError(
             f"model.roi_heads.mask_pooler_resolution must be a positive integer, got {resolution!r}"
         )
     threshold = hcfg["mask_threshold"]
@@ -237,7 +238,7 @@ def build_roi_heads(
     in_features = list(hcfg["in_features"])
     missing = [f for f in in_features if f not in shapes]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"model.roi_heads.in_features {missing} are not backbone outputs {list(shapes)}"
         )
     in_shapes = [shapes[f] for f in in_features]
@@ -301,21 +302,14 @@ def build_roi_heads(
 
 def _check_top_block(top_block: str | None) -> None:
     if top_block not in (None, *TOP_BLOCKS):
-        raise ValueError(
+        raise ConfigError(
             f"unknown model.fpn.top_block {top_block!r}; valid: {', '.join(TOP_BLOCKS)} or null"
         )
 
 
 def _check_roi_heads_name(name: str) -> None:
     if name not in ROI_HEADS:
-        raise ValueError(f"unknown model.roi_heads.name {name!r}; valid: {', '.join(ROI_HEADS)}")
-
-
-def check_choices(cfg: Mapping[str, Any] | DictConfig) -> None:
-    """The model's named choices, before the training data is read (build_model checks them
-    again where they are used)."""
-    _check_top_block(cfg["model"]["fpn"]["top_block"])
-    _check_roi_heads_name(cfg["model"]["roi_heads"]["name"])
+        raise ConfigError(f"unknown model.roi_heads.name {name!r}; valid: {', '.join(ROI_HEADS)}")
 
 
 def build_model(cfg: Mapping[str, Any] | DictConfig) -> GeneralizedRCNN:
@@ -331,10 +325,10 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> GeneralizedRCNN:
     """
     mcfg = _plain(cfg["model"])
     if mcfg.get("arch", "faster_rcnn") != "faster_rcnn":
-        raise ValueError(f"build_model builds model.arch 'faster_rcnn', got {mcfg.get('arch')!r}")
+        raise ConfigError(f"build_model builds model.arch 'faster_rcnn', got {mcfg.get('arch')!r}")
     num_classes = mcfg.get("num_classes")
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(
+        raise ConfigError(
             f"model.num_classes must be a positive integer (set it, or let the training "
             f"script read it from the training JSON), got {num_classes!r}"
         )
@@ -342,6 +336,10 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> GeneralizedRCNN:
     check_counts(mcfg["rpn"], ("pre_nms_topk_train", "pre_nms_topk_test", "post_nms_topk_train",
                                "post_nms_topk_test"), "model.rpn.")
     check_counts(mcfg["roi_heads"], ("detections_per_image",), "model.roi_heads.")
+    # an NMS overlap above 1 suppresses nothing, a score threshold above 1 keeps nothing
+    for section in ("rpn", "roi_heads"):
+        for key in ("nms_thresh", "score_thresh"):
+            check_probability(mcfg[section][key], f"model.{section}.{key}")
     with config_section("model.backbone / model.fpn"):
         backbone, res5 = build_backbone(mcfg)
     shapes = backbone.output_shape()

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resnet_detect.engine.config import ArgumentError
+from resnet_detect.engine.config import ArgumentError, is_positive_int
 from resnet_detect.backbones.conv import Conv2d
 from resnet_detect.backbones.layers import ShapeSpec
 
@@ -69,6 +69,9 @@ class FPN(nn.Module):
             raise ArgumentError(
                 f"FPN needs in_features whose strides double, got {dict(zip(in_features, strides))}"
             )
+        if not is_positive_int(out_channels):
+            raise ArgumentError(f"FPN out_channels must be a positive integer, got "
+                                f"{out_channels!r}")
         self.bottom_up = bottom_up
         self.in_features = list(in_features)
         self.lateral_convs = nn.ModuleList()

@@ -29,8 +29,9 @@ from resnet_detect.engine.data import (CategoryMapping, CountedLoader, DatasetEr
 from resnet_detect.engine.export import METADATA_FILE, ExportError, is_onnx, model_path
 from resnet_detect.engine.files import nan_to_none
 from resnet_detect.engine.runner import TaskData, format_metric
+from resnet_detect.engine.model_check import check_model_config
 
-from .build import build_model, check_choices
+from .build import build_model
 from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
 from .data import build_datasets, build_val_dataset
 from .evaluation import (COCO_MAX_DETS, METRIC_NAMES, RESULTS_FILE, COCOEvaluator,
@@ -207,7 +208,7 @@ class DetectionTask:
         self.evaluator: COCOEvaluator | None = None
 
     def prepare(self, cfg: DictConfig) -> TaskData:
-        check_choices(cfg)
+        check_model_config(build_model, cfg)
         backend = coco_backend(cfg)
         data = build_datasets(cfg)
         resolve_num_classes(cfg, data.mapping)

@@ -99,6 +99,18 @@ def missing_path(path: str | os.PathLike) -> str:
     return str(path) if Path(path).is_absolute() else f"{path} (in {Path.cwd()})"
 
 
+def check_weights_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path once it is known to be a file, else a FileNotFoundError saying what
+    it is (a folder, or nothing)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder, not a weights file: name a file in it "
+                                f"(a training run's model_final.pth, or a model_NNNNNNN.pth)")
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {missing_path(path)}")
+    return path
+
+
 class UnwritableFolderError(ValueError):
     """An output folder that cannot be made or written to; the message names it."""
 

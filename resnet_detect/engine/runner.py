@@ -36,6 +36,7 @@ from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
                           get_world_size, is_main_process, per_process_batch_size, wrap_ddp)
 from .files import atomic_write_json, nan_to_none
 from .logging import ProgressLogger, ScalarWriter, setup_logging
+from .model_check import weights_keys
 from .rng import rng_kept, seed_everything
 from .run_lock import exclusive_output_dir
 from .same_everywhere import (check_same_config_everywhere, check_same_data_everywhere,
@@ -256,14 +257,6 @@ class _SkipCounter:
         return total
 
 
-def _weights_files(node: Any) -> list[str]:
-    """Every `weights` path under a config node (model.weights, model.backbone.weights)."""
-    if not isinstance(node, DictConfig):
-        return []
-    files = [str(v) for k, v in node.items() if k == "weights" and isinstance(v, str)]
-    return files + [f for v in node.values() for f in _weights_files(v)]
-
-
 def _first_readable_batch(data: TaskData) -> Any:
     """A batch of the first training image that reads (for a process whose own batch had
     none under DDP, before it read any)."""
@@ -419,7 +412,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     """run_training after its checks, with the logging set up."""
     t = cfg.train
     batch_size = per_process_batch_size(t.batch_size, "train.batch_size")
-    data = done_everywhere(lambda: task.prepare(cfg), "read its data")
+    data = done_everywhere(lambda: task.prepare(cfg), "find its weights or read its data")
     check_same_data_everywhere(data.description, (len(data.train), None if data.val is None
                                                   else len(data.val)),
                                getattr(data.train, "class_names", None))
@@ -484,7 +477,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         state = None
         checkpointer.remove_partial_writes()
         if is_main_process():  # not the weights this run starts from (model.weights=its file)
-            keep = _weights_files(cfg.get("model"))
+            keep = [v for v in weights_keys(cfg.get("model")).values() if isinstance(v, str)]
             checkpointer.replace_earlier_run(keep=keep)
             _warn_of_earlier_results(output_dir, keep, logger)
     start_iter = state["iteration"] if state is not None else 0

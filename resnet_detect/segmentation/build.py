@@ -166,13 +166,7 @@ def build_aux_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
 
 def _check_head_name(name: str) -> None:
     if name not in HEADS:
-        raise ValueError(f"unknown model.head.name {name!r}; valid: {', '.join(HEADS)}")
-
-
-def check_choices(cfg: Mapping[str, Any] | DictConfig) -> None:
-    """The model's named choices, before the training data is read (build_model checks them
-    again where they are used)."""
-    _check_head_name(cfg["model"]["head"]["name"])
+        raise ConfigError(f"unknown model.head.name {name!r}; valid: {', '.join(HEADS)}")
 
 
 def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:
@@ -188,7 +182,7 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:
     """
     mcfg = _plain(cfg["model"])
     if mcfg.get("arch", "semantic_segmentor") != "semantic_segmentor":
-        raise ValueError(f"segmentation.build_model builds model.arch 'semantic_segmentor', "
+        raise ConfigError(f"segmentation.build_model builds model.arch 'semantic_segmentor', "
                          f"got {mcfg.get('arch')!r}")
     num_classes = mcfg.get("num_classes")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:

@@ -22,9 +22,10 @@ from resnet_detect.engine.export import ExportError, check_class_names, is_onnx
 from resnet_detect.engine.files import nan_to_none
 from resnet_detect.engine.data import CountedLoader, DatasetError
 from resnet_detect.engine.runner import LEFT_OUT, TaskData, format_metric
+from resnet_detect.engine.model_check import check_model_config
 
 from .browse import browse_split
-from .build import BASE_CONFIG, build_model, check_choices, load_config, provenance_from_config
+from .build import BASE_CONFIG, build_model, load_config, provenance_from_config
 from .data import build_dataset, build_test_loader
 from .data import prefer_command_line_sources as resolve_overrides
 from .evaluation import SemSegEvaluator
@@ -150,7 +151,7 @@ class SemSegTask:
         self.tta: TTAInference | None = None
 
     def prepare(self, cfg: DictConfig) -> TaskData:
-        check_choices(cfg)
+        check_model_config(build_model, cfg)
         self.tta = tta_from_config(cfg)  # its errors before training, not at the evaluation
         train = build_dataset(cfg, "train")  # checks the data first
         if not train.labelled:

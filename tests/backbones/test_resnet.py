@@ -192,10 +192,11 @@ def test_lesion_of_one_block_keeps_shape_and_changes_output():
 @pytest.mark.parametrize("bad,match", [
     (dict(name="resnet51"), "unknown backbone 'resnet51'; valid: .*resnet50"),
     (dict(name="resnet50", output_stride=12), "output_stride 12 .* valid: 8, 16, 32"),
-    (dict(name="resnet50", norm="ln"), "unknown norm 'ln'; valid: bn, frozen_bn, gn, syncbn"),
+    (dict(name="resnet50", norm="ln"), "norm 'ln' is not valid; valid: bn, frozen_bn, gn, syncbn"),
     (dict(name="resnet50", shortcut="D"), "unknown shortcut 'D'; valid: A, B, C"),
     (dict(name="resnet50", freeze_at=7), "freeze_at must be in 0..5"),
-    (dict(name="resnet50", out_features=("res6",)), "unknown out_features"),
+    (dict(name="resnet50", out_features=("res6",)),
+     r"out_features \['res6'\] are not stages of this net; valid: stem, res2, res3, res4, res5"),
     (dict(name="cifar_resnet20", depth=21), "6n\\+2"),
 ])
 def test_bad_options_raise_value_error_listing_valid_values(bad, match):

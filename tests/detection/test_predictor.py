@@ -59,7 +59,7 @@ def test_test_time_overrides(checkpoint: Path) -> None:
         "model.roi_heads.score_thresh=0.0", "model.roi_heads.detections_per_image=5"])(image)
     assert len(few["boxes"]) == 5
     none = Predictor(None, weights=checkpoint,
-                     overrides=["model.roi_heads.score_thresh=1.01"])(image)
+                     overrides=["model.roi_heads.score_thresh=1.0"])(image)
     assert none["boxes"].shape == (0, 4) and none["labels"].shape == (0,)
     # a 2 x 1000 strip resizes to 1 x 200 (its 0.4 px short side was a cv2 error)
     strip = Predictor(None, weights=checkpoint, overrides=["model.roi_heads.score_thresh=0.0"])(

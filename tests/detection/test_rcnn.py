@@ -235,7 +235,8 @@ def test_dc5_single_level_stride_16() -> None:
     res5 = [(b.conv2.dilation, b.conv2.stride) for b in model.backbone.res5]
     assert res5 == [((2, 2), (1, 1))] * 3
     with pytest.raises(ValueError, match=r"model.backbone.multi_grid \[1, 1, 1\] must have one "
-                                         r"entry per block of the last stage \(2\) of resnet18"):
+                                         r"entry per block of the last stage \(2\) "
+                                         r"\(backbone resnet18\)"):
         build_model(_config("faster_rcnn_R_50_DC5_1x.yaml", ["model.num_classes=2",
                                                              "model.backbone.name=resnet18"]))
     # a checkpoint of torchvision's layout (multi_grid null) does not load as detectron2's:

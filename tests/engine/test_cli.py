@@ -48,6 +48,7 @@ def test_a_data_error_is_its_message_alone_and_exit_code_2(
     monkeypatch.setattr(sys, "argv", ["tools/train.py", str(CONFIG),
                                       f"data.train.ann_file={tmp_path / 'a.json'}",
                                       f"data.train.img_dir={tmp_path / 'img'}",
+                                      "model.backbone.weights=null",
                                       f"train.output_dir={tmp_path / 'out'}"])
     with pytest.raises(SystemExit) as stopped:
         run_tool(tool_main("train"))

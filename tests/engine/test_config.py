@@ -8,7 +8,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from resnet_detect.detection import config as detection_config
-from resnet_detect.detection.training import DetectionTask
 from resnet_detect.engine.config import ConfigError, load_config, save_config
 
 DEFAULTS = {
@@ -174,16 +173,6 @@ def test_the_detector_sizes_take_a_number_or_a_list() -> None:
                                ("train.lr_steps=5", "a list of numbers, got 5")):
         with pytest.raises(ConfigError, match=f"{override.split('=')[0]} must be {expected}"):
             detection_config.load_config(config, [override])
-
-
-def test_the_detector_names_its_choices_before_the_data_is_read(tmp_path: Path) -> None:
-    config = Path(__file__).resolve().parents[2] / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
-    missing = f"data.train.ann_file={tmp_path / 'no.json'}"
-    for override, expected in (("model.roi_heads.name=StandardROIHeadz",
-                                "unknown model.roi_heads.name 'StandardROIHeadz'; valid: "),
-                               ("model.fpn.top_block=p7", "unknown model.fpn.top_block 'p7'")):
-        with pytest.raises(ValueError, match=expected):
-            DetectionTask().prepare(detection_config.load_config(config, [override, missing]))
 
 
 def test_unknown_key_in_base_file_names_the_base(tmp_path: Path) -> None:

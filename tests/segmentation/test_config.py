@@ -60,7 +60,7 @@ def test_a_bad_test_section_is_named_before_the_data_is_read(tmp_path):
     the whole training; `test.scales: 1.0` now fails as the config loads; a head's name is
     checked before the data is read too."""
     config = CONFIGS / "synthetic" / "deeplabv3plus_R_18_os16.yaml"
-    missing = f"data.train.img_dir={tmp_path / 'no_such_folder'}"
+    no_data = [f"data.train.img_dir={tmp_path / 'no_such_folder'}", "model.backbone.weights=null"]
     for overrides, expected in ((["test.window=512"], r"invalid test section: scales \[0.5, "
                                  r"0.625\], window 512, stride None, max_size None: 'int' "
                                  r"object is not iterable"),
@@ -71,6 +71,6 @@ def test_a_bad_test_section_is_named_before_the_data_is_read(tmp_path):
                                 (["model.head.name=deeplabv3plsu"], "unknown model.head.name "
                                  "'deeplabv3plsu'; valid: ")):
         with pytest.raises(ValueError, match=expected):
-            SemSegTask().prepare(load_config(config, overrides + [missing]))
+            SemSegTask().prepare(load_config(config, overrides + no_data))
     with pytest.raises(ConfigError, match="test.scales must be a list of numbers, got 1.0"):
         load_config(config, ["test.scales=1.0"])

@@ -199,7 +199,7 @@ def test_eval_zero_detections_gives_ap_zero(trained: Path, data: Path, tmp_path:
     with pytest.warns(RuntimeWarning, match="no detections"):
         load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
                                 "--output", str(out), *data_overrides(data),
-                                "model.roi_heads.score_thresh=1.01"])
+                                "model.roi_heads.score_thresh=1.0"])
     written = json.loads((out / "metrics.json").read_text())
     assert written["bbox"]["AP"] == 0.0 and json.loads((out / "coco_instances_results.json")
                                                        .read_text()) == []

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resnet_detect.engine.config import ArgumentError
+from resnet_detect.engine.config import ArgumentError, is_positive_int
 
 
 class FastRCNNFCHead(nn.Module):
@@ -23,6 +23,9 @@ class FastRCNNFCHead(nn.Module):
         super().__init__()
         if not fc_dims:
             raise ArgumentError("FastRCNNFCHead needs at least one fully connected layer")
+        if not all(is_positive_int(d) for d in fc_dims):
+            raise ArgumentError(f"fully connected widths must be positive integers, got "
+                                f"{list(fc_dims)}")
         dim = in_channels * resolution * resolution
         self.num_fc = len(fc_dims)
         for i, out_dim in enumerate(fc_dims, start=1):

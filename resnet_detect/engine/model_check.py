@@ -1,0 +1,59 @@
+"""A model config's mistakes found before the training data is read (minutes at COCO scale)
+rather than after: the model built on the meta device (no memory, no weights read) with a
+stand-in class count, and every weights file the config names looked for."""
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from .config import ConfigError
+from .files import check_weights_file
+
+
+def weights_keys(node: Any, prefix: str = "model.") -> dict[str, Any]:
+    """Every `weights` key under a config node (model.weights, model.backbone.weights) with
+    its value, by dotted name."""
+    if not isinstance(node, DictConfig):
+        return {}
+    found = {f"{prefix}{k}": v for k, v in node.items() if k == "weights"}
+    for key, value in node.items():
+        found.update(weights_keys(value, f"{prefix}{key}."))
+    return found
+
+
+def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig, *,
+                       num_classes: int = 2) -> None:
+    """Raise what `build(cfg)` would raise for the config's `model` section (ConfigError),
+    and a FileNotFoundError naming a `weights` key whose file is not there.
+
+    Args:
+        build: the task's model builder.
+        cfg: the config; `model.num_classes` may still be null (read from the data later).
+        num_classes: the stand-in class count while it is.
+    """
+    for key, value in weights_keys(cfg.get("model")).items():
+        if isinstance(value, str) and value:
+            try:
+                check_weights_file(value)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"{key}: {e}") from None
+    probe = copy.deepcopy(cfg)
+    with open_dict(probe):
+        for key in weights_keys(probe.get("model")):
+            OmegaConf.update(probe, key, None)
+        if "num_classes" in probe.model and probe.model.num_classes is None:
+            probe.model.num_classes = num_classes
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            build(probe)
+    except ConfigError:
+        raise
+    except Exception:  # a part the meta device cannot build: the real build says what is wrong
+        pass

@@ -1,0 +1,98 @@
+"""A model config's mistakes are named before the training data is read (engine.model_check):
+each case points the data at files that do not exist, so reading the data first would fail
+on the data instead."""
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import pytest
+
+from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.data import DatasetError
+from resnet_detect.engine.tasks import config_task, load_task_config, task_module
+
+REPO = Path(__file__).resolve().parents[2]
+DETECTOR = REPO / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
+SEGMENTER = REPO / "configs/synthetic/deeplabv3plus_R_18_os16.yaml"
+CLASSIFIER = REPO / "configs/pretrain/synthetic_resnet18.yaml"
+
+
+def _no_data(config: Path, tmp_path: Path) -> list[str]:
+    if config == CLASSIFIER:
+        return [f"data.root={tmp_path / 'none'}"]
+    if config == SEGMENTER:
+        return [f"data.train.img_dir={tmp_path / 'none'}", f"data.train.mask_dir={tmp_path}",
+                "model.backbone.weights=null"]
+    return [f"data.train.ann_file={tmp_path / 'no.json'}", "model.backbone.weights=null"]
+
+
+def _prepare(config: Path, overrides: list[str]) -> None:
+    name, cfg = load_task_config(config, overrides)
+    task_module(name).TASK().prepare(cfg)
+
+
+@pytest.mark.parametrize("config,override,message", [
+    (DETECTOR, "model.fpn.out_channels=0", "model.backbone / model.fpn: FPN out_channels must be "
+                                           "a positive integer, got 0"),
+    (DETECTOR, "model.backbone.name=resnet37", "model.backbone / model.fpn: unknown backbone "
+                                               "'resnet37'; valid: "),
+    (DETECTOR, "model.backbone.norm=ln", r"model.backbone.norm 'ln' is not valid; valid: bn, "
+                                         r"frozen_bn, gn, syncbn \(backbone resnet18\)"),
+    (DETECTOR, "model.backbone.out_features=[res6]", r"model.backbone.out_features \['res6'\] "
+                                                     "are not stages of this net"),
+    (DETECTOR, "model.rpn.in_features=[p9]", r"model.rpn.in_features \['p9'\] are not all "
+                                             "backbone outputs"),
+    (DETECTOR, "model.roi_heads.in_features=[p3,p7]", r"model.roi_heads.in_features \['p7'\] "
+                                                      "are not backbone outputs"),
+    (DETECTOR, "model.roi_heads.name=StandardROIHeadz", "unknown model.roi_heads.name "
+                                                        "'StandardROIHeadz'; valid: "),
+    (DETECTOR, "model.fpn.top_block=p7", "unknown model.fpn.top_block 'p7'"),
+    (DETECTOR, "model.anchor_generator.sizes=[[32],[64]]", "has 4 levels but the anchor "
+                                                           "generator has 2"),
+    (DETECTOR, "model.roi_heads.fc_dims=[1024,0]", "model.roi_heads: fully connected widths "
+                                                   r"must be positive integers, got \[1024, 0\]"),
+    (DETECTOR, "model.rpn.nms_thresh=1.5", r"model.rpn.nms_thresh must be a probability in "
+                                           r"\[0, 1\], got 1.5"),
+    (DETECTOR, "model.roi_heads.score_thresh=-0.1", "model.roi_heads.score_thresh must be"),
+    (DETECTOR, "model.roi_heads.batch_size_per_image=0", "model.roi_heads: batch_size_per_image "
+                                                         "must be positive, got 0"),
+    (SEGMENTER, "model.backbone.norm=ln", "model.backbone.norm 'ln' is not valid"),
+    (SEGMENTER, "model.head.name=unet", "unknown model.head.name 'unet'"),
+    (CLASSIFIER, "model.name=resnet37", "model: unknown backbone 'resnet37'"),
+    (CLASSIFIER, "model.options.norm=ln", "model.options.norm 'ln' is not valid"),
+])
+def test_a_model_config_error_is_named_before_the_data_is_read(config, override, message,
+                                                               tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        _prepare(config, [override, *_no_data(config, tmp_path)])
+
+
+@pytest.mark.parametrize("config,key", [(DETECTOR, "model.backbone.weights"),
+                                        (DETECTOR, "model.weights"),
+                                        (SEGMENTER, "model.weights"),
+                                        (CLASSIFIER, "model.weights")])
+def test_a_missing_weights_file_is_named_before_the_data_is_read(config, key, tmp_path):
+    overrides = [*_no_data(config, tmp_path), f"{key}={tmp_path / 'gone.pth'}"]
+    with pytest.raises(FileNotFoundError, match=f"{key}: weights file not found: .*gone.pth"):
+        _prepare(config, overrides)
+    (tmp_path / "folder.pth").mkdir()
+    with pytest.raises(FileNotFoundError, match=f"{key}: .*folder.pth is a folder"):
+        _prepare(config, [*overrides, f"{key}={tmp_path / 'folder.pth'}"])
+
+
+SHIPPED = sorted(p for p in glob.glob(str(REPO / "configs/*/*.yaml"))
+                 if "base" not in Path(p).name and "/analyze/" not in p)
+NO_DATA = {"detection": ["data.train.ann_file={}/no.json", "data.train.img_dir={}",
+                         "model.backbone.weights=null"],
+           "sem_seg": ["data.train.img_dir={}/none", "data.train.mask_dir={}",
+                       "model.backbone.weights=null"],
+           "classification": ["data.root={}/none"]}
+
+
+@pytest.mark.parametrize("config", SHIPPED, ids=lambda p: Path(p).name)
+def test_every_shipped_config_passes_the_check_and_goes_on_to_the_data(config, tmp_path):
+    name = config_task(config)
+    name, cfg = load_task_config(config, [o.format(tmp_path) for o in NO_DATA[name]])
+    with pytest.raises((DatasetError, FileNotFoundError), match=f"{tmp_path}/(no.json|none)"):
+        task_module(name).TASK().prepare(cfg)
