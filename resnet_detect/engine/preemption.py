@@ -48,6 +48,11 @@ class TrainingInterrupted(Exception):
         self.exit_code = exit_code
 
 
+class EvaluationInterrupted(Exception):
+    """A stop signal ended an evaluation before its last batch: its metrics are not the
+    model's (the run saves a checkpoint and stops, as it does between steps)."""
+
+
 class StopRequest:
     """The first stop signal received while installed (None: none)."""
 
@@ -75,17 +80,18 @@ class StopRequest:
             raise SystemExit(128 + signum)
         self.signum = signum
         self._since = time.monotonic()
-        logger.warning("received %s: finishing the current step, then saving a checkpoint "
-                       "(send it again to stop at once, without saving)",
+        logger.warning("received %s: finishing the current step (or ending the evaluation), "
+                       "then saving a checkpoint (send it again to stop at once, without "
+                       "saving)",
                        signal.Signals(signum).name)
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[StopRequest]:
-    """Catch SIGTERM and SIGINT into a `StopRequest` while the block runs, then restore the
-    previous handlers. Outside the main thread (where Python cannot catch signals) the
-    request never fires."""
-    request = StopRequest()
+def stop_on_signals(request: StopRequest | None = None) -> Iterator[StopRequest]:
+    """Catch SIGTERM and SIGINT into `request` (a new `StopRequest` when None) while the block
+    runs, then restore the previous handlers. Outside the main thread (where Python cannot
+    catch signals) the request never fires."""
+    request = request if request is not None else StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
         return

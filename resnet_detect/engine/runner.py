@@ -32,7 +32,7 @@ from .checkpoint import BestWeights, Checkpointer, PeriodicCheckpointer, best_me
 from .compilation import compile_model, parse_compile
 from .config import ConfigError, is_positive_int, save_config, to_plain
 from .data import CountedLoader, build_test_loader, build_train_loader, collate
-from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
+from .distributed import (all_reduce_sum, any_process, broadcast_buffers, get_rank,
                           get_world_size, is_main_process, per_process_batch_size, wrap_ddp)
 from .files import atomic_write_json, nan_to_none
 from .logging import ProgressLogger, ScalarWriter, setup_logging
@@ -42,7 +42,8 @@ from .run_lock import exclusive_output_dir
 from .same_everywhere import (check_same_config_everywhere, check_same_data_everywhere,
                               check_same_start_everywhere, done_everywhere)
 from .optim import OPTIMIZERS, build_optimizer
-from .preemption import TrainingInterrupted, stop_on_signals
+from .preemption import (EvaluationInterrupted, StopRequest, TrainingInterrupted,
+                         stop_on_signals)
 from .schedule import DECAYS, build_lr_scheduler
 from .trainer import PeriodicEval, Trainer
 
@@ -491,6 +492,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     hooks: list[Any] = [ProgressLogger(t.log_period, writer, logger, lengths.get("per_epoch")),
                         PeriodicCheckpointer(checkpointer, t.checkpoint_period)]
     eval_hook = None
+    stop = StopRequest()  # set by SIGTERM / SIGINT while training runs (stop_on_signals)
     if data.val is not None:
         val_loader = build_test_loader(data.val, batch_size=data.val_batch_size,
                                        num_workers=cfg.data.num_workers,
@@ -501,7 +503,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
 
         def evaluate() -> Metrics:
             broadcast_buffers(model)  # every process scores rank 0's normalisation statistics
-            counted = CountedLoader(val_loader)
+            counted = CountedLoader(val_loader, stop)
             was_training = model.training
             model.eval()
             try:
@@ -509,6 +511,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                     metrics = task.evaluate(model, counted, device)
             finally:
                 model.train(was_training)
+            if any_process(counted.stopped):  # the metrics of part of the split
+                raise EvaluationInterrupted
             val_images.update(counted.report(logger, "val",
                                              getattr(task, "unreadable_val", LEFT_OUT)))
             return metrics
@@ -536,20 +540,27 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     # a collector pass (in a worker, or in this process) writes to every object it visits,
     # which copies each page of this heap shared with the forked workers (copy-on-write).
     gc.freeze()
+    in_evaluation = False
     try:
-        with stop_on_signals() as stop:
+        with stop_on_signals(stop):
             finished = trainer.train(_saved_on_error(iter(train_loader), trainer, checkpointer,
                                                      logger), start_iter=start_iter, stop=stop)
+    except EvaluationInterrupted:
+        finished, in_evaluation = False, True
     finally:
         gc.unfreeze()  # (the training workers are gone with their iterator)
     writer.close()
     if not finished:
         path = checkpointer.save(trainer.iter)
+        where = (f"the evaluation at iteration {trainer.iter}" if in_evaluation
+                 else f"training after iteration {trainer.iter}")
+        after = (" (the evaluation after the last step runs again, then the final weights "
+                 "are written)" if in_evaluation and trainer.iter == lengths["max_iter"] else "")
         raise TrainingInterrupted(
-            f"{stop.signal_name or 'a stop signal'} stopped training after iteration "
-            f"{trainer.iter} of {lengths['max_iter']}; checkpoint {path}: run the same command "
-            f"with --resume to continue", signal_name=stop.signal_name,
-            iteration=trainer.iter, exit_code=128 + (stop.signum or 15))
+            f"{stop.signal_name or 'a stop signal'} stopped {where} of {lengths['max_iter']}; "
+            f"checkpoint {path}: run the same command with --resume to continue{after}",
+            signal_name=stop.signal_name, iteration=trainer.iter,
+            exit_code=128 + (stop.signum or 15))
     total_skipped = skipped.report(logger, "train")
 
     metrics: Metrics = dict(eval_hook.last_result) if eval_hook is not None else {}

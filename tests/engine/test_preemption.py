@@ -144,3 +144,27 @@ def test_loader_workers_left_at_an_error_exit_end_without_a_traceback() -> None:
     assert result.returncode == 1, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == "the run's own error", result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "DataLoader worker" not in result.stderr
+
+
+def test_a_stop_request_ends_an_evaluation_at_once_alone_or_after_its_batches_with_others(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One process raises at the next batch; one of several stops reading (its task's
+    collectives must still meet the others', which may not have the signal) and says so."""
+    stop = preemption.StopRequest()
+    counted = loaders.CountedLoader(build_test_loader(list(range(10)), batch_size=2), stop)
+    seen = []
+    with pytest.raises(preemption.EvaluationInterrupted):
+        for batch in counted:
+            seen.append(batch)
+            stop.signum = signal.SIGTERM
+    assert len(seen) == 1 and counted.read == 2 and counted.stopped
+    monkeypatch.setattr(loaders, "get_world_size", lambda: 2)
+    stop.signum = None
+    counted = loaders.CountedLoader(build_test_loader(list(range(10)), batch_size=2), stop)
+    seen = []
+    for batch in counted:
+        seen.append(batch)
+        stop.signum = signal.SIGTERM
+    assert len(seen) == 1 and counted.read == 2 and counted.stopped
+    stop.signum = None
+    assert sum(len(b) for b in counted) == 10 and not counted.stopped  # read again in full

@@ -238,6 +238,55 @@ def test_evaluations_leave_the_training_random_stream_as_it_was(tmp_path: Path) 
         assert torch.equal(value, evaluated.state_dict()[key]), key
 
 
+class _SignalInEvalTask(_RegressionTask):
+    """Its evaluations read the val batches one by one; during evaluation number `at` a stop
+    signal arrives after the first batch (a scheduler preempting the job then)."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.evaluations, self.batches = at, 0, 0
+
+    def prepare(self, cfg: Any) -> TaskData:
+        return TaskData(train=_Points(), val=[{"x": torch.zeros(3)}] * 16,
+                        description="16 points")
+
+    def evaluate(self, model: nn.Module, loader: Any, device: torch.device) -> dict:
+        self.evaluations += 1
+        for batch in loader:
+            self.batches += 1
+            if self.evaluations == self.at:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return {"regression": {"batches": float(self.batches)}}
+
+
+@pytest.mark.parametrize("at,iteration", [(1, 2), (3, 6)])
+def test_a_stop_signal_during_an_evaluation_ends_it_and_saves(tmp_path: Path, at: int,
+                                                              iteration: int) -> None:
+    """SIGTERM during the evaluation at step 2 (every 2 steps), or during the one after the
+    last step: the evaluation stops after the batch in flight (it went on over the whole
+    split, minutes at COCO scale, while the scheduler's grace period ran out), a checkpoint is
+    written, and --resume ends with the uninterrupted run's weights (and its final files)."""
+    cpu = torch.device("cpu")
+
+    def config(out: Path) -> Any:
+        cfg = _toy_config(out)
+        cfg.train.update(eval_period=2, checkpoint_period=0)
+        return cfg
+    full = run_training(_SignalInEvalTask(at=0), config(tmp_path / "full"), cpu)
+    assert full["metrics"] == {"batches": 48.0}  # 16 val images at steps 2, 4 and 6
+    task = _SignalInEvalTask(at=at)
+    with pytest.raises(TrainingInterrupted, match=f"SIGTERM stopped the evaluation at "
+                                                  f"iteration {iteration} of 6.*--resume"):
+        run_training(task, config(tmp_path / "run"), cpu)
+    assert task.batches == 16 * (at - 1) + 1
+    assert (tmp_path / "run/last_checkpoint").read_text() == f"model_{iteration:07d}.pth\n"
+    assert not (tmp_path / "run/model_final.pth").exists()
+    resumed = run_training(_SignalInEvalTask(at=0), config(tmp_path / "run"), cpu, resume=True)
+    assert resumed["iteration"] == 6 and (tmp_path / "run/model_final.pth").is_file()
+    assert resumed["metrics"]["batches"] > 0
+    for key, value in full["model"].state_dict().items():
+        assert torch.equal(value, resumed["model"].state_dict()[key]), key
+
+
 def test_segmentation_resumed_interrupted_or_killed_run_ends_bit_identical(
         data: Path, tmp_path: Path, runner_calls: list[str], monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
