@@ -2,6 +2,11 @@
 (the advice is run here: what it gives is taken)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -10,6 +15,7 @@ from PIL import Image
 
 from resnet_detect.engine.data import check_rgb_image
 
+ROOT = Path(__file__).resolve().parents[2]
 RGB = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
 
 
@@ -33,3 +39,18 @@ def test_a_refused_image_names_the_conversion_that_fixes_it(given, advice, fixed
     assert advice in str(refused.value)
     expected = np.dstack([RGB[..., 0]] * 3) if advice.startswith("cv2") else RGB  # gray
     np.testing.assert_array_equal(check_rgb_image(fixed(given)), expected)
+
+
+def test_importing_the_library_leaves_opencvs_threads_to_the_user() -> None:
+    """Importing it set one OpenCV thread for the whole process: a service's own resizing and
+    blurring ran 1.5-2x slower on two cores, more on more. Loaders still set one (their
+    workers, or the training threads, are the parallelism)."""
+    script = ("import cv2; cv2.setNumThreads(3); "
+              "import resnet_detect.detection, resnet_detect.segmentation; "
+              "import resnet_detect.backbones; "
+              "from resnet_detect.detection import Predictor; "
+              "from resnet_detect.engine.data import build_test_loader; "
+              "print(cv2.getNumThreads()); build_test_loader([0]); print(cv2.getNumThreads())")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.split() == ["3", "1"]

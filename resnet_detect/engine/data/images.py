@@ -14,12 +14,6 @@ import cv2
 import numpy as np
 from PIL import Image
 
-# One OpenCV thread per process, set once here at import (never again in loader workers:
-# reconfiguring the thread pool inherited through fork deadlocks). OpenCV's pool does not
-# survive the fork of a loader worker either; the workers are the parallelism.
-cv2.setNumThreads(1)
-
-
 # the file suffixes taken for images where a folder is searched (any case)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 

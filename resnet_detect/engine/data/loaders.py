@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
@@ -38,14 +39,20 @@ WORKER_START_METHOD = "fork" if sys.platform == "linux" else None
 
 def _init_worker(catching: Any, worker_id: int) -> None:
     # Each loader worker is one process: one torch thread, so the workers do not compete with
-    # the training threads. (OpenCV's threads are set once, in engine.data.images.)
+    # the training threads. (OpenCV's threads are set in the parent: _worker_options.)
     torch.set_num_threads(1)
     # a worker that died of a signal sent to the whole job would fail the step in flight
     preemption.leave_stop_signals_to_the_parent(catching)
 
 
 def _worker_options(num_workers: int) -> dict[str, Any]:
-    """How every loader starts its `num_workers` workers."""
+    """How every loader starts its `num_workers` workers.
+
+    One OpenCV thread in this process from the first loader on (not at import: a library
+    user's own OpenCV work kept its threads): the workers, or the training threads, are the
+    parallelism, and OpenCV's pool does not survive the fork of a worker (reconfiguring it
+    in the worker, after the fork, deadlocks)."""
+    cv2.setNumThreads(1)
     return {"num_workers": num_workers,
             "worker_init_fn": functools.partial(_init_worker, preemption.CATCHING),
             "multiprocessing_context": WORKER_START_METHOD if num_workers > 0 else None}
