@@ -124,7 +124,8 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
     for key in ("pixel_mean", "pixel_std"):
         if provenance.get(key):
             cfg.model[key] = list(provenance[key])
-    model = build_model(cfg)
+    with torch.random.fork_rng(devices=[]):  # its random start, replaced, is not the user's
+        model = build_model(cfg)
     load_detector_weights(model, {"model": state_dict, "provenance": provenance},
                           weight_bound_settings(cfg.model), source=str(source))
     model.to(device).eval()

@@ -41,7 +41,7 @@ from .browse import browse_split
 from .predictor import LoadedDetector, build_renderer, load_detector
 from .rcnn import GeneralizedRCNN
 
-logger = logging.getLogger("detection")
+logger = logging.getLogger(__name__)
 # COCOeval scores every image of the annotation file
 UNREADABLE_VAL = "their objects count as missed"
 __all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "DetectionTask", "browse_split", "build_renderer",

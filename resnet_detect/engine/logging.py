@@ -137,7 +137,7 @@ class ProgressLogger:
         self.period = period
         self.per_epoch = per_epoch  # iterations per epoch of an epoch-based run: shown
         self.writer = writer or ScalarWriter(None)
-        self.logger = logger or logging.getLogger("engine")
+        self.logger = logger or logging.getLogger(__name__)
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
         self._steps = self._seconds = self._data_seconds = 0.0
@@ -193,7 +193,7 @@ class ProgressLogger:
 def log_metrics(metrics: Mapping[str, Any], step: int, writer: ScalarWriter | None = None,
                 prefix: str = "val", logger: logging.Logger | None = None) -> None:
     """One INFO line and tensorboard scalars for evaluation results."""
-    logger = logger or logging.getLogger("engine")
+    logger = logger or logging.getLogger(__name__)
     logger.info("eval @ iter %d: %s", step,
                 "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in metrics.items()))

@@ -76,7 +76,7 @@ class TaskData:
 class Task(Protocol):
     """What a task supplies. One instance per run; it may keep what `prepare` found."""
 
-    name: str            # the config's `task` value, also the logger name
+    name: str            # the config's `task` value, also its logger's last name
     primary_metrics: str  # the metric group tools print and `metrics` returns
     # optional `unreadable_val`: what an unreadable val image does to the metrics (LEFT_OUT)
 
@@ -378,7 +378,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         of the last evaluation ({} without a val split), "all_metrics": every group,
         "iteration": steps done, "skipped": unreadable images skipped in training}.
     """
-    logger = logging.getLogger(task.name)
+    logger = logging.getLogger(f"{__name__}.{task.name}")
     check_same_config_everywhere(cfg, resume)
     t = cfg.train
     if not t.base_lr > 0:

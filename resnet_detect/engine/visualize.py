@@ -13,7 +13,7 @@ import numpy as np
 
 from .data import IMAGE_SUFFIXES, UnreadableImageError, files_under, read_image
 
-logger = logging.getLogger("demo")
+logger = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 Renderer = Callable[[np.ndarray], np.ndarray]  # RGB image -> RGB picture of the predictions
 

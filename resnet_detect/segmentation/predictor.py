@@ -29,7 +29,7 @@ from .export import OnnxSegmentor
 from .inference import TTAInference, tta_from_config
 
 _PREDICTOR_KEYS = ("head.predictor.weight", "classifier.4.weight")
-LARGE_IMAGE_PIXELS = 4_000_000  # the demo suggests test.max_size above this
+LARGE_IMAGE_PIXELS = 4_000_000  # test.max_size is suggested above this
 logger = logging.getLogger(__name__)
 
 
@@ -87,6 +87,7 @@ class Predictor:
                  *, weights: str | os.PathLike | None = None, overrides: Sequence[str] = (),
                  device: str | torch.device = "cpu", tta: TTAInference | None = None) -> None:
         device = usable_device(device)
+        self._warned = False  # of a large image run whole
         if is_onnx(weights):
             self._init_onnx(config, weights, overrides, device, tta)
             return
@@ -107,19 +108,20 @@ class Predictor:
             state_dict, provenance = unwrap_state_dict(checkpoint)
             provenance = provenance or {}
             refuse_other_task(source, provenance, "sem_seg")
-        if checkpoint is not None:
-            cfg.model.weights = None
-            cfg.model.backbone.weights = None  # replaced by the full weights anyway
-            if cfg.model.num_classes is None:
-                names = provenance.get("class_names") or []
-                cfg.model.num_classes = len(names) or _num_classes_of(state_dict)
-            for key in ("pixel_mean", "pixel_std"):
-                if provenance.get(key):
-                    cfg.model[key] = list(provenance[key])
-        self.model = build_model(cfg)
-        if checkpoint is not None:
-            load_segmentation_weights(self.model, checkpoint, weight_bound_settings(cfg.model),
-                                      source=source)
+        if checkpoint is None:  # (the backbone's weights alone leave the head random)
+            raise ConfigError("no segmenter weights: pass weights=PATH (or set model.weights)")
+        cfg.model.weights = None
+        cfg.model.backbone.weights = None  # replaced by the full weights anyway
+        if cfg.model.num_classes is None:
+            names = provenance.get("class_names") or []
+            cfg.model.num_classes = len(names) or _num_classes_of(state_dict)
+        for key in ("pixel_mean", "pixel_std"):
+            if provenance.get(key):
+                cfg.model[key] = list(provenance[key])
+        with torch.random.fork_rng(devices=[]):  # its random start, replaced, is not the user's
+            self.model = build_model(cfg)
+        load_segmentation_weights(self.model, checkpoint, weight_bound_settings(cfg.model),
+                                  source=source)
         self.model.to(device).eval()
         names = provenance.get("class_names") or []
         self.names_recorded = len(names) == self.model.num_classes
@@ -165,7 +167,16 @@ class Predictor:
             {"mask": (H, W) int64 class ids}.
         """
         check_rgb_image(image)
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(self.device)
+        capped = (self.model.test_max_size if isinstance(self.model, OnnxSegmentor)
+                  else self.tta.max_size)  # an export caps as it was exported
+        if (not self._warned and capped is None and self.tta.window is None
+                and image.shape[0] * image.shape[1] > LARGE_IMAGE_PIXELS):
+            self._warned = True
+            logger.warning("a %dx%d image runs whole (test.max_size is null): memory and time "
+                           "grow with its pixels times the classes; test.max_size=2048 caps "
+                           "its longer side", image.shape[1], image.shape[0])
+        # a copy (not a view, which a read-only array would make torch warn of)
+        tensor = torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C")).to(self.device)
         if self.tta.is_plain:
             mask = self.model([tensor])[0]["mask"]
         else:
@@ -201,18 +212,8 @@ def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
     `min_score` is not used (every pixel gets a class)."""
     predictor = Predictor(config, weights=weights, overrides=overrides)
     colours = palette(len(predictor.class_names))
-    warned = []
-
-    capped = (predictor.model.test_max_size if isinstance(predictor.model, OnnxSegmentor)
-              else predictor.tta.max_size)  # an export caps as it was exported
 
     def render(image: np.ndarray) -> np.ndarray:
-        if (not warned and capped is None and predictor.tta.window is None
-                and image.shape[0] * image.shape[1] > LARGE_IMAGE_PIXELS):
-            warned.append(True)
-            logger.warning("a %dx%d image runs whole (test.max_size is null): memory and time "
-                           "grow with its pixels; test.max_size=2048 caps its longer side",
-                           image.shape[1], image.shape[0])
         return draw_segmentation(image, predictor(image)["mask"], predictor.class_names,
                                  colours)
     return render

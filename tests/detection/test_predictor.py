@@ -152,3 +152,13 @@ def test_an_exports_detections_per_image_sets_what_its_evaluation_scores(
         Path(__file__).resolve().parents[2] / "configs/detection/faster_rcnn_R_50_FPN_1x.yaml",
         weights="export/model.onnx")
     assert scored_detections(loaded.cfg) == 300
+
+
+def test_building_a_predictor_leaves_the_random_stream_alone(checkpoint: Path) -> None:
+    """The model's random start (replaced by the weights) drew from torch's generator: a
+    user's seeded run drew other numbers after building one."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    Predictor(None, weights=checkpoint)
+    assert torch.equal(torch.rand(3), expected)

@@ -41,6 +41,14 @@ def test_a_refused_image_names_the_conversion_that_fixes_it(given, advice, fixed
     np.testing.assert_array_equal(check_rgb_image(fixed(given)), expected)
 
 
+@pytest.mark.parametrize("given", [[RGB, RGB], (RGB,), np.stack([RGB, RGB])])
+def test_several_images_at_once_are_refused_saying_one_per_call(given) -> None:
+    """A list (as mmdetection's inference_detector takes) or an (N, H, W, 3) batch was told to
+    read a file, or given no advice."""
+    with pytest.raises(ValueError, match="takes one image per call: call it on each image"):
+        check_rgb_image(given)
+
+
 def test_importing_the_library_leaves_opencvs_threads_to_the_user() -> None:
     """Importing it set one OpenCV thread for the whole process: a service's own resizing and
     blurring ran 1.5-2x slower on two cores, more on more. Loaders still set one (their

@@ -1,5 +1,6 @@
 """Predictor on own checkpoints (provenance), input checks; test-time inference."""
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from resnet_detect.backbones import save_checkpoint
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.segmentation import (Predictor, SemanticSegmentor, TTAInference, build_model,
                                         provenance_from_config)
 from resnet_detect.segmentation.heads import SemSegHead
@@ -51,8 +53,30 @@ def test_predictor_without_config_needs_an_own_checkpoint(tmp_path, small_config
         Predictor(None, weights=path)
 
 
-def test_predictor_rejects_bad_images(small_config):
-    predictor = Predictor(small_config("fcn"), overrides=["model.num_classes=4"])
+def _random_weights(cfg, path):
+    """`path`: a checkpoint of `cfg`'s model with its random start."""
+    names = [f"c{i}" for i in range(cfg["model"]["num_classes"])]
+    save_checkpoint(path, build_model(cfg).state_dict(), provenance_from_config(cfg, names))
+    return path
+
+
+def test_predictor_needs_weights_and_leaves_the_random_stream_alone(tmp_path, small_config):
+    """Without weights it predicted with a random head (and, from model.backbone.weights, an
+    ImageNet backbone), plausible-looking maps; detection's Predictor refuses."""
+    with pytest.raises(ConfigError, match=r"no segmenter weights: pass weights=PATH \(or set "
+                                          r"model.weights\)"):
+        Predictor(small_config("fcn"), overrides=["model.num_classes=4"])
+    path = _random_weights(small_config("fcn", num_classes=4), tmp_path / "w.pth")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    Predictor(small_config("fcn", num_classes=4), weights=path)
+    assert torch.equal(torch.rand(3), expected)  # building it drew its random start
+
+
+def test_predictor_rejects_bad_images(tmp_path, small_config):
+    path = _random_weights(small_config("fcn", num_classes=4), tmp_path / "w.pth")
+    predictor = Predictor(small_config("fcn", num_classes=4), weights=path)
     assert predictor.model.num_classes == 4
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8 RGB array, got uint8 array of shape"):
         predictor(np.zeros((10, 10), dtype=np.uint8))
@@ -152,12 +176,28 @@ def test_max_size_scales_long_images_down_first_and_answers_at_their_size():
             TTAInference(max_size=bad)
 
 
-def test_predictor_takes_test_max_size_from_the_config(small_config):
+def test_predictor_takes_test_max_size_from_the_config(tmp_path, small_config):
     torch.manual_seed(0)
-    predictor = Predictor(small_config("deeplabv3", num_classes=3),
+    path = _random_weights(small_config("deeplabv3", num_classes=3), tmp_path / "w.pth")
+    predictor = Predictor(small_config("deeplabv3", num_classes=3), weights=path,
                           overrides=["test.max_size=32"])
     assert predictor.tta.max_size == 32
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     assert predictor(image)["mask"].shape == (48, 64)
     with pytest.raises(ValueError, match="max_size"):
-        Predictor(small_config("deeplabv3", num_classes=3), overrides=["test.max_size=-3"])
+        Predictor(small_config("deeplabv3", num_classes=3), weights=path,
+                  overrides=["test.max_size=-3"])
+
+
+def test_a_read_only_image_is_segmented_without_a_warning(tmp_path, small_config):
+    """A read-only (H, W, 3) array whose channels-first view is contiguous made torch warn
+    that it takes a non-writable array."""
+    path = _random_weights(small_config("fcn", num_classes=4), tmp_path / "w.pth")
+    predictor = Predictor(small_config("fcn", num_classes=4), weights=path)
+    image = np.random.default_rng(0).integers(0, 256, (3, 20, 30), dtype=np.uint8)
+    image = image.transpose(1, 2, 0)
+    image.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mask = predictor(image)["mask"]
+    np.testing.assert_array_equal(mask, predictor(image.copy())["mask"])

@@ -157,6 +157,8 @@ def _conversion_hint(image: object) -> str:
     if type(image).__name__ == "Tensor":
         return ("; a (3, H, W) uint8 tensor converts with image.permute(1, 2, 0).cpu().numpy()"
                 ", a (H, W, 3) one with image.cpu().numpy()")
+    if isinstance(image, (list, tuple)) or (isinstance(image, np.ndarray) and image.ndim == 4):
+        return "; it takes one image per call: call it on each image of a list or batch"
     if not isinstance(image, np.ndarray) or image.size == 0:
         return "; read a file with resnet_detect.engine.data.read_image(path)"
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
