@@ -80,6 +80,17 @@ def unwrap_state_dict(obj: Mapping[str, Any]) -> tuple[StateDict, dict[str, Any]
     return dict(obj), None
 
 
+def open_weights(weights: str | os.PathLike | Mapping[str, Any], source: str | None = None
+                 ) -> tuple[StateDict, dict[str, Any] | None, str]:
+    """(state dict, provenance or None, source) of a weights file or an already loaded
+    checkpoint / state dict; `source` names them in messages (default: the path)."""
+    is_path = isinstance(weights, (str, os.PathLike))
+    if source is None:
+        source = str(weights) if is_path else "the given state dict"
+    state_dict, provenance = unwrap_state_dict(read_checkpoint(weights) if is_path else weights)
+    return state_dict, provenance, source
+
+
 _TV_BN = re.compile(r"(^|\.)bn(\d)\.")
 
 
@@ -269,11 +280,7 @@ def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any
         ValueError: keys or shapes that do not match, or weights whose bottlenecks stride
             elsewhere than the model's (stride_in_1x1).
     """
-    if source is None:
-        source = (str(weights) if isinstance(weights, (str, os.PathLike))
-                  else "the given state dict")
-    obj = read_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else weights
-    state_dict, provenance = unwrap_state_dict(obj)
+    state_dict, provenance, source = open_weights(weights, source)
     foreign = is_torchvision_resnet(state_dict)  # torchvision and timm: stride on the 3x3
     if foreign:
         state_dict = convert_torchvision_resnet(state_dict)

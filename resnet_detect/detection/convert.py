@@ -18,10 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from resnet_detect.backbones.weights import (check_and_load, convert_torchvision_resnet,
-                                             fit_optional_head, read_checkpoint,
-                                             refuse_mismatched_settings, refuse_other_task,
-                                             unwrap_state_dict)
+from resnet_detect.backbones.model_weights import WholeModelFormat, load_whole_model_weights
+from resnet_detect.backbones.weights import convert_torchvision_resnet
 
 _FPN = re.compile(r"^backbone\.fpn\.(inner_blocks|layer_blocks)\.(\d+)\.(?:0\.)?(weight|bias)$")
 _RPN_HEAD = {
@@ -162,20 +160,26 @@ def weight_bound_settings(mcfg: Mapping[str, Any]) -> dict[str, Any]:
     return settings
 
 
+# Mask R-CNN weights load into a Faster R-CNN, or (fine-tuning) the reverse
+DETECTOR_WEIGHTS = WholeModelFormat(
+    task="detection", is_torchvision=is_torchvision_faster_rcnn,
+    convert_torchvision=convert_torchvision_faster_rcnn,
+    torchvision_settings=lambda state_dict: TORCHVISION_SETTINGS,
+    own_settings=weight_bound_settings, optional_head="roi_heads.mask_head.",
+    class_layers=CLASS_LAYERS)
+
+
 def load_detector_weights(
     model: nn.Module, weights: str | os.PathLike | Mapping[str, Any],
     settings: Mapping[str, Any] | None = None, *, source: str | None = None,
     new_classes: bool = False,
 ) -> dict | None:
-    """Strictly loads detector weights: an own checkpoint or a torchvision state dict.
+    """Strictly loads detector weights: an own checkpoint or a torchvision state dict
+    (`load_whole_model_weights` with `DETECTOR_WEIGHTS`).
 
     Args:
         model: the detector to fill.
         weights: a file path, or an already loaded checkpoint / state dict.
-
-    Returns:
-        The checkpoint's provenance (None for foreign weights).
-
         settings: the model's `weight_bound_settings`; weights trained or converted with
             other values are refused (torchvision's fixed values, or what an own checkpoint's
             provenance config says).
@@ -183,26 +187,8 @@ def load_detector_weights(
         new_classes: the predictors of weights trained on another class count start from
             scratch (with a warning) instead of being refused: fine-tuning, e.g. from COCO.
 
-    Raises:
-        ValueError: naming the source and every missing, unexpected or mis-shaped key, or
-            every setting the weights do not fit.
+    Returns:
+        The checkpoint's provenance (None for foreign weights).
     """
-    if source is None:
-        source = (str(weights) if isinstance(weights, (str, os.PathLike))
-                  else "the given state dict")
-    obj = read_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else weights
-    state_dict, provenance = unwrap_state_dict(obj)
-    refuse_other_task(source, provenance, "detection")
-    implied = None
-    if is_torchvision_faster_rcnn(state_dict):
-        implied = TORCHVISION_SETTINGS
-        state_dict = convert_torchvision_faster_rcnn(state_dict)
-    elif provenance and isinstance(provenance.get("config"), Mapping):
-        implied = weight_bound_settings(provenance["config"]["model"])
-    if settings is not None and implied is not None:
-        refuse_mismatched_settings(source, implied, settings, model)
-    # Mask R-CNN weights into a Faster R-CNN, or (fine-tuning) the reverse
-    state_dict = fit_optional_head(model, state_dict, "roi_heads.mask_head.", source,
-                                   start_afresh=new_classes)
-    check_and_load(model, state_dict, source, class_layers=CLASS_LAYERS if new_classes else ())
-    return provenance
+    return load_whole_model_weights(model, weights, DETECTOR_WEIGHTS, settings, source=source,
+                                    new_classes=new_classes)

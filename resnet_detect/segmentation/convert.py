@@ -16,10 +16,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from resnet_detect.backbones.weights import (check_and_load, convert_torchvision_resnet,
-                                             fit_optional_head, read_checkpoint,
-                                             refuse_mismatched_settings, refuse_other_task,
-                                             unwrap_state_dict)
+from resnet_detect.backbones.model_weights import WholeModelFormat, load_whole_model_weights
+from resnet_detect.backbones.weights import convert_torchvision_resnet
 
 from .heads import ASPP_RATES
 
@@ -131,6 +129,14 @@ def torchvision_settings(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 CLASS_LAYERS = ("head.predictor.", "aux_head.predictor.")
 
 
+# torchvision's aux_loss=True / False weights load into a model with / without the aux head
+SEGMENTER_WEIGHTS = WholeModelFormat(
+    task="sem_seg", is_torchvision=is_torchvision_segmentation,
+    convert_torchvision=convert_torchvision_segmentation,
+    torchvision_settings=torchvision_settings, own_settings=weight_bound_settings,
+    optional_head="aux_head.", class_layers=CLASS_LAYERS)
+
+
 def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any],
                               settings: Mapping[str, Any] | None = None, *,
                               source: str | None = None,
@@ -154,22 +160,5 @@ def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Map
     Returns:
         The checkpoint's provenance (None for torchvision weights).
     """
-    if source is None:
-        source = (str(weights) if isinstance(weights, (str, os.PathLike))
-                  else "the given state dict")
-    obj = read_checkpoint(weights) if isinstance(weights, (str, os.PathLike)) else weights
-    state_dict, provenance = unwrap_state_dict(obj)
-    refuse_other_task(source, provenance, "sem_seg")
-    implied = None
-    if is_torchvision_segmentation(state_dict):
-        implied = torchvision_settings(state_dict)
-        state_dict = convert_torchvision_segmentation(state_dict)
-    elif provenance and isinstance(provenance.get("config"), Mapping):
-        implied = weight_bound_settings(provenance["config"]["model"])
-    if settings is not None and implied is not None:
-        refuse_mismatched_settings(source, implied, settings, model)
-    # torchvision's aux_loss=True / False weights into a model with / without the aux head
-    state_dict = fit_optional_head(model, state_dict, "aux_head.", source,
-                                   start_afresh=new_classes)
-    check_and_load(model, state_dict, source, class_layers=CLASS_LAYERS if new_classes else ())
-    return provenance
+    return load_whole_model_weights(model, weights, SEGMENTER_WEIGHTS, settings, source=source,
+                                    new_classes=new_classes)

@@ -1,0 +1,79 @@
+"""A whole model's weights (a detector's, a segmenter's): an own checkpoint or torchvision's
+state dict, recognised, converted, checked against the model's settings and loaded strictly,
+the same way for every task. Each task describes its format once (`WholeModelFormat`)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .weights import (StateDict, check_and_load, fit_optional_head, open_weights,
+                      refuse_mismatched_settings, refuse_other_task)
+
+
+class WholeModelFormat(NamedTuple):
+    """How one task's whole-model weights are recognised, converted and checked.
+
+    Attributes:
+        task: the config's `task` value own checkpoints record ("detection", "sem_seg").
+        is_torchvision: whether a state dict is torchvision's model of the task.
+        convert_torchvision: torchvision's keys -> this project's.
+        torchvision_settings: what torchvision's builders fixed, from its (unconverted) state
+            dict (config key -> value).
+        own_settings: what an own checkpoint's recorded `model` config implies.
+        optional_head: key prefix of the head a model or its weights may lack (a Mask R-CNN's
+            mask head, a segmenter's aux head): see `fit_optional_head`.
+        class_layers: prefixes of the layers whose shapes follow model.num_classes.
+    """
+
+    task: str
+    is_torchvision: Callable[[Mapping[str, Any]], bool]
+    convert_torchvision: Callable[[Mapping[str, torch.Tensor]], StateDict]
+    torchvision_settings: Callable[[Mapping[str, Any]], Mapping[str, Any]]
+    own_settings: Callable[[Mapping[str, Any]], Mapping[str, Any]]
+    optional_head: str
+    class_layers: tuple[str, ...]
+
+
+def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any],
+                             fmt: WholeModelFormat, settings: Mapping[str, Any] | None = None,
+                             *, source: str | None = None,
+                             new_classes: bool = False) -> dict[str, Any] | None:
+    """Load a whole model's weights strictly.
+
+    Args:
+        model: the model to fill.
+        weights: a file path, or an already loaded checkpoint / state dict.
+        fmt: the task's format.
+        settings: the model's settings that change what its weights compute (config key ->
+            value); weights trained or converted with other values are refused (what
+            torchvision's builders fix, or what an own checkpoint's provenance config says).
+        source: names the weights in messages (default: the path).
+        new_classes: the layers of weights trained on another class count start from scratch
+            (with a warning) instead of being refused: fine-tuning to other classes.
+
+    Returns:
+        The checkpoint's provenance (None for torchvision's weights).
+
+    Raises:
+        ValueError: naming the source and every missing, unexpected or mis-shaped key, or
+            every setting the weights do not fit.
+    """
+    state_dict, provenance, source = open_weights(weights, source)
+    refuse_other_task(source, provenance, fmt.task)
+    implied = None
+    if fmt.is_torchvision(state_dict):
+        implied = fmt.torchvision_settings(state_dict)  # before its keys change
+        state_dict = fmt.convert_torchvision(state_dict)
+    elif provenance and isinstance(provenance.get("config"), Mapping):
+        implied = fmt.own_settings(provenance["config"]["model"])
+    if settings is not None and implied is not None:
+        refuse_mismatched_settings(source, implied, settings, model)
+    state_dict = fit_optional_head(model, state_dict, fmt.optional_head, source,
+                                   start_afresh=new_classes)
+    check_and_load(model, state_dict, source,
+                   class_layers=fmt.class_layers if new_classes else ())
+    return provenance
