@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .classifier import Classifier
@@ -10,7 +11,8 @@ from .layers import FrozenBatchNorm2d, ShapeSpec, build_norm
 from .registry import build_resnet, list_models
 from .resnet import BasicBlock, Bottleneck, ResidualBlock, ResNet
 from .weights import (PIXEL_MEAN, PIXEL_STD, convert_torchvision_resnet, load_weights,
-                      make_provenance, read_checkpoint, save_checkpoint, unwrap_state_dict)
+                      make_provenance, read_checkpoint, refuse_other_normalisation,
+                      save_checkpoint, unwrap_state_dict)
 
 logger = logging.getLogger(__name__)
 # Options that change how weights must be used; a checkpoint's provenance supplies them
@@ -43,6 +45,20 @@ def build(name: str, *, weights: str | os.PathLike | None = None, config_prefix:
     return model
 
 
+def build_from_config(model_cfg: Mapping[str, Any], out_features: Sequence[str]) -> ResNet:
+    """The ResNet of a detector's or segmenter's `model` config: its `backbone` section (with
+    its weights), returning `out_features`; weights that record another pixel normalisation
+    than model.pixel_mean / pixel_std are refused."""
+    bcfg = model_cfg["backbone"]
+    resnet = build(bcfg["name"], weights=bcfg["weights"], config_prefix="model.backbone.",
+                   norm=bcfg["norm"], freeze_at=bcfg["freeze_at"],
+                   output_stride=bcfg["output_stride"],
+                   multi_grid=tuple(bcfg["multi_grid"]) if bcfg["multi_grid"] else None,
+                   stride_in_1x1=bcfg["stride_in_1x1"], out_features=tuple(out_features))
+    refuse_other_normalisation(resnet, str(bcfg["weights"]), model_cfg)
+    return resnet
+
+
 def build_classifier(name: str, num_classes: int, *, weights: str | os.PathLike | None = None,
                      config_prefix: str = "", **options: Any) -> Classifier:
     """Backbone `name` + average pool + fc; `weights` may be torchvision, timm or own.
@@ -59,5 +75,5 @@ def build_classifier(name: str, num_classes: int, *, weights: str | os.PathLike 
 
 __all__ = ["BasicBlock", "Bottleneck", "Classifier", "FrozenBatchNorm2d", "PIXEL_MEAN",
            "PIXEL_STD", "ResNet", "ResidualBlock", "ShapeSpec", "build", "build_classifier",
-           "build_norm", "convert_torchvision_resnet", "list_models", "load_weights",
-           "make_provenance", "read_checkpoint", "save_checkpoint"]
+           "build_from_config", "build_norm", "convert_torchvision_resnet", "list_models",
+           "load_weights", "make_provenance", "read_checkpoint", "save_checkpoint"]

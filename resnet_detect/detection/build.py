@@ -18,7 +18,6 @@ from resnet_detect.engine.config import (ConfigError, check_counts, check_probab
                                          config_section)
 from resnet_detect import backbones
 from resnet_detect.backbones.layers import ShapeSpec
-from resnet_detect.backbones.weights import refuse_other_normalisation
 
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
@@ -74,18 +73,7 @@ def build_backbone(cfg: Mapping[str, Any]) -> tuple[nn.Module, nn.Module | None]
             "model.backbone.out_features must stop before res5 when "
             "model.roi_heads.name is res5 (res5 runs in the RoI head)"
         )
-    resnet = backbones.build(
-        bcfg["name"],
-        weights=bcfg["weights"],
-        config_prefix="model.backbone.",
-        norm=bcfg["norm"],
-        freeze_at=bcfg["freeze_at"],
-        output_stride=bcfg["output_stride"],
-        multi_grid=tuple(bcfg["multi_grid"]) if bcfg["multi_grid"] else None,
-        stride_in_1x1=bcfg["stride_in_1x1"],
-        out_features=tuple(out_features),
-    )
-    refuse_other_normalisation(resnet, str(bcfg["weights"]), cfg)
+    resnet = backbones.build_from_config(cfg, out_features)
     # stages past out_features never run: DistributedDataParallel refuses parameters without
     # gradients, so they are dropped (a res5 head takes res5 first)
     res5 = take_res5(resnet) if res5_head else None

@@ -15,7 +15,6 @@ from torch import nn
 
 from resnet_detect import CONFIGS, backbones
 from resnet_detect.backbones.layers import ShapeSpec
-from resnet_detect.backbones.weights import refuse_other_normalisation
 from resnet_detect.engine.config import config_from_mapping as engine_config_from_mapping
 from resnet_detect.engine.config import load_config as engine_load_config
 from resnet_detect.engine.config import (ConfigError, config_section, load_defaults,
@@ -89,27 +88,13 @@ def build_backbone(cfg: Mapping[str, Any]) -> nn.Module:
     Args:
         cfg: the `model` config.
     """
-    bcfg = cfg["backbone"]
     hcfg, acfg = cfg["head"], cfg["aux_head"]
     out_features = [hcfg["in_feature"]]
     if hcfg["name"] == "deeplabv3plus":
         out_features.append(hcfg["low_level_feature"])
     if acfg["enabled"]:
         out_features.append(acfg["in_feature"])
-    multi_grid = bcfg["multi_grid"]
-    resnet = backbones.build(
-        bcfg["name"],
-        weights=bcfg["weights"],
-        config_prefix="model.backbone.",
-        norm=bcfg["norm"],
-        freeze_at=bcfg["freeze_at"],
-        output_stride=bcfg["output_stride"],
-        multi_grid=tuple(multi_grid) if multi_grid else None,
-        stride_in_1x1=bcfg["stride_in_1x1"],
-        out_features=tuple(dict.fromkeys(out_features)),
-    )
-    refuse_other_normalisation(resnet, str(bcfg["weights"]), cfg)
-    return resnet.drop_unused_stages()
+    return backbones.build_from_config(cfg, dict.fromkeys(out_features)).drop_unused_stages()
 
 
 def build_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
