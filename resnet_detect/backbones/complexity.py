@@ -6,6 +6,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from resnet_detect.engine.trainer import eval_mode
+
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
@@ -38,12 +40,10 @@ def count_macs(model: nn.Module, image_size: tuple[int, int] = (224, 224)) -> di
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
     try:
-        model.eval()
-        model(torch.zeros(1, 3, *image_size))
+        with eval_mode(model):
+            model(torch.zeros(1, 3, *image_size))
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     result = dict(macs)

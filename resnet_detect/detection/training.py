@@ -30,6 +30,7 @@ from resnet_detect.engine.export import METADATA_FILE, ExportError, is_onnx, mod
 from resnet_detect.engine.files import nan_to_none
 from resnet_detect.engine.runner import TaskData, format_metric
 from resnet_detect.engine.model_check import check_model_config
+from resnet_detect.engine.trainer import eval_mode
 
 from .build import build_model
 from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
@@ -75,19 +76,15 @@ def evaluate_all(model: GeneralizedRCNN, loader: DataLoader, evaluator: COCOEval
                  ) -> dict[str, dict[str, Any]]:
     """{iou_type: metrics} of `model` over `loader` for the evaluator's iou_types ("bbox",
     "segm"); every process scores its share, values in percent."""
-    was_training = model.training
-    model.eval()
     evaluator.reset()
     device = model.pixel_mean.device
-    try:
+    with eval_mode(model):
         for batch in loader:
             if not batch:
                 continue
             outputs = model([s["image"].to(device) for s in batch],
                             output_sizes=[(s["height"], s["width"]) for s in batch])
             evaluator.process(batch, outputs)
-    finally:
-        model.train(was_training)
     return evaluator.evaluate()
 
 

@@ -45,7 +45,7 @@ from .optim import OPTIMIZERS, build_optimizer
 from .preemption import (EvaluationInterrupted, StopRequest, TrainingInterrupted,
                          stop_on_signals)
 from .schedule import DECAYS, build_lr_scheduler
-from .trainer import PeriodicEval, Trainer
+from .trainer import PeriodicEval, Trainer, eval_mode
 
 Metrics = dict[str, dict[str, Any]]  # {group ("bbox", "segm", "sem_seg", ...): {name: value}}
 
@@ -504,13 +504,9 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         def evaluate() -> Metrics:
             broadcast_buffers(model)  # every process scores rank 0's normalisation statistics
             counted = CountedLoader(val_loader, stop)
-            was_training = model.training
-            model.eval()
-            try:
-                with torch.no_grad(), rng_kept():  # the weights do not depend on eval_period
-                    metrics = task.evaluate(model, counted, device)
-            finally:
-                model.train(was_training)
+            # rng_kept: the weights do not depend on eval_period
+            with eval_mode(model), torch.no_grad(), rng_kept():
+                metrics = task.evaluate(model, counted, device)
             if any_process(counted.stopped):  # the metrics of part of the split
                 raise EvaluationInterrupted
             val_images.update(counted.report(logger, "val",

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol
 
 import torch
@@ -28,6 +28,18 @@ from .preemption import StopRequest
 
 logger = logging.getLogger(__name__)
 StepFn = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
+
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in evaluation mode for the block, then in the mode it was in (an error too)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class Hook(Protocol):

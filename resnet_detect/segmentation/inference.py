@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from resnet_detect.engine.trainer import eval_mode
+
 from .evaluation import SemSegEvaluator
 from .model import SemanticSegmentor
 
@@ -162,11 +164,9 @@ def evaluate_model(model: SemanticSegmentor, loader: Iterable[list[dict[str, Any
     Returns:
         What `evaluator.evaluate(output_dir)` returns.
     """
-    was_training = model.training
-    model.eval()
     evaluator.reset()
     device = model.pixel_mean.device
-    try:
+    with eval_mode(model):
         for batch in loader:
             if not batch:
                 continue
@@ -179,6 +179,4 @@ def evaluate_model(model: SemanticSegmentor, loader: Iterable[list[dict[str, Any
             if on_prediction is not None:
                 for sample, pred in zip(batch, preds):
                     on_prediction(sample, pred)
-    finally:
-        model.train(was_training)
     return evaluator.evaluate(output_dir)

@@ -15,7 +15,7 @@ from resnet_detect.engine import amp
 from resnet_detect.engine.amp import parse_amp
 from resnet_detect.engine.logging import ProgressLogger
 from resnet_detect.engine.schedule import build_lr_scheduler
-from resnet_detect.engine.trainer import NonFiniteLossError, PeriodicEval, Trainer
+from resnet_detect.engine.trainer import NonFiniteLossError, PeriodicEval, Trainer, eval_mode
 
 
 def regression_data() -> Any:
@@ -235,3 +235,13 @@ def test_a_batch_that_cannot_be_made_saves_the_steps_done_first(
     with pytest.raises(DatasetError):  # nothing done since the resume: nothing to save
         resumed.train(_saved_on_error(batches(0), resumed, checkpointer, log), start_iter=3)
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["model_0000003.pth"]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_eval_mode_gives_the_model_back_in_its_mode_after_an_error_too(training: bool) -> None:
+    """The studies' predictions left a model in evaluation mode when they failed."""
+    model = nn.Sequential(nn.Dropout(0.5)).train(training)
+    with pytest.raises(RuntimeError, match="boom"), eval_mode(model):
+        assert not model.training and not model[0].training
+        raise RuntimeError("boom")
+    assert model.training is training and model[0].training is training

@@ -24,6 +24,7 @@ from resnet_detect import CONFIGS
 from resnet_detect.engine import all_reduce_sum
 from resnet_detect.engine.config import load_defaults
 from resnet_detect.engine.runner import TaskData, run_training
+from resnet_detect.engine.trainer import eval_mode
 
 from ..data import stack
 from .data import ClassificationSplit, SplitDataset
@@ -78,12 +79,10 @@ class TrainHistory:
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
     """Logits (N, K) of normalized images (N, 3, S, S) in evaluation mode, in batches."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    logits = [model(images[i:i + batch_size].to(device)).float().cpu()
-              for i in range(0, len(images), batch_size)]
-    model.train(was_training)
+    with eval_mode(model):
+        logits = [model(images[i:i + batch_size].to(device)).float().cpu()
+                  for i in range(0, len(images), batch_size)]
     return torch.cat(logits)
 
 
