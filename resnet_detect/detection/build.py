@@ -326,8 +326,8 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> GeneralizedRCNN:
     check_counts(mcfg["roi_heads"], ("detections_per_image",), "model.roi_heads.")
     # an NMS overlap above 1 suppresses nothing, a score threshold above 1 keeps nothing
     for section in ("rpn", "roi_heads"):
-        for key in ("nms_thresh", "score_thresh"):
-            check_probability(mcfg[section][key], f"model.{section}.{key}")
+        for key, kind in (("nms_thresh", "an overlap (IoU)"), ("score_thresh", "a score")):
+            check_probability(mcfg[section][key], f"model.{section}.{key}", kind)
     with config_section("model.backbone / model.fpn"):
         backbone, res5 = build_backbone(mcfg)
     shapes = backbone.output_shape()

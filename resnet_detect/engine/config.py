@@ -342,10 +342,11 @@ def config_section(section: str) -> Iterator[None]:
         raise ConfigError(f"{section}: {e}") from e
 
 
-def check_probability(value: Any, key: str) -> float:
-    """A config value in [0, 1] (a flip probability), else a ConfigError naming `key`."""
+def check_probability(value: Any, key: str, kind: str = "a probability") -> float:
+    """A config value in [0, 1] (a flip probability; `kind` says what else: "an overlap"),
+    else a ConfigError naming `key`."""
     if isinstance(value, bool) or not _is_number(value) or not 0 <= value <= 1:
-        raise ConfigError(f"{key} must be a probability in [0, 1], got {value!r}")
+        raise ConfigError(f"{key} must be {kind} in [0, 1], got {value!r}")
     return float(value)
 
 

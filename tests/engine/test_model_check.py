@@ -52,8 +52,8 @@ def _prepare(config: Path, overrides: list[str]) -> None:
                                                            "generator has 2"),
     (DETECTOR, "model.roi_heads.fc_dims=[1024,0]", "model.roi_heads: fully connected widths "
                                                    r"must be positive integers, got \[1024, 0\]"),
-    (DETECTOR, "model.rpn.nms_thresh=1.5", r"model.rpn.nms_thresh must be a probability in "
-                                           r"\[0, 1\], got 1.5"),
+    (DETECTOR, "model.rpn.nms_thresh=1.5", r"model.rpn.nms_thresh must be an overlap \(IoU\) "
+                                           r"in \[0, 1\], got 1.5"),
     (DETECTOR, "model.roi_heads.score_thresh=-0.1", "model.roi_heads.score_thresh must be"),
     (DETECTOR, "model.roi_heads.batch_size_per_image=0", "model.roi_heads: batch_size_per_image "
                                                          "must be positive, got 0"),
