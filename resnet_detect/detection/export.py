@@ -92,7 +92,9 @@ def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequen
         resize={"short_side": int(resize[0]),
                 "max_size": int(resize[1]) if resize[1] else None,
                 "interpolation": "bilinear (OpenCV, as detection.data.build_transforms)"},
-        mask_on=model.mask_on, score_thresh=box_predictor.score_thresh,
+        mask_on=model.mask_on, **({"mask_threshold": model.mask_threshold}
+                                  if model.mask_on else {}),
+        score_thresh=box_predictor.score_thresh,
         nms_thresh=box_predictor.nms_thresh,
         detections_per_image=box_predictor.detections_per_image)
 

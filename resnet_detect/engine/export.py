@@ -26,6 +26,7 @@ from .files import atomic_write_json
 OPSET = 17
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "export.json"
+METADATA_KEY = "export_json"  # the same JSON in the graph's metadata_props
 COMMON_KEYS = ("pixel_mean", "pixel_std", "class_names")  # in every export.json
 INSTALL_HINT = "pip install 'resnet-detect[export]' (or: pip install onnx onnxruntime)"
 
@@ -66,7 +67,10 @@ def write_metadata(folder: Path, task: str, *, inputs: Mapping[str, Any],
                    outputs: Mapping[str, str], pixel_mean: Sequence[float],
                    pixel_std: Sequence[float], class_names: Sequence[str],
                    **extra: Any) -> dict[str, Any]:
-    """Write `folder/export.json` and return it."""
+    """Write `folder/export.json`, and the same JSON into the graph's metadata (key
+    `METADATA_KEY`: a service that ships `model.onnx` alone, or reads it through ONNX
+    Runtime's C, C++, C#, Java or JS API, keeps the class names and the resize rule); returns
+    it."""
     import onnx
     metadata = {
         "task": task, "model": MODEL_FILE, "opset": OPSET,
@@ -76,6 +80,13 @@ def write_metadata(folder: Path, task: str, *, inputs: Mapping[str, Any],
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                      "onnx": onnx.__version__},
     }
+    graph_file = folder / metadata["model"]
+    graph = onnx.load(str(graph_file))
+    del graph.metadata_props[:]
+    graph.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
+    partial = graph_file.with_name(graph_file.name + ".partial")
+    onnx.save(graph, str(partial))
+    os.replace(partial, graph_file)
     atomic_write_json(metadata, folder / METADATA_FILE)
     return metadata
 
@@ -86,10 +97,24 @@ def model_path(weights: str | os.PathLike) -> Path:
     return path / MODEL_FILE if path.is_dir() else path
 
 
+def _metadata_inside(onnx_file: Path) -> dict[str, Any] | None:
+    """The export.json that `write_metadata` put in the graph's metadata (None: none)."""
+    import onnx
+    try:
+        graph = onnx.load(str(onnx_file), load_external_data=False)
+    except Exception as e:  # a damaged or foreign file: its message, as the file's
+        raise ValueError(f"not a readable ONNX file ({type(e).__name__}: {e})") from e
+    for prop in graph.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    return None
+
+
 def read_metadata(weights: str | os.PathLike, task: str, required: Sequence[str] = ()
                   ) -> dict[str, Any]:
-    """`export.json` beside the `.onnx` that `weights` names, checked to be for `task` and to
-    hold every export's keys and `required`.
+    """`export.json` beside the `.onnx` that `weights` names (else the copy inside the graph:
+    a `model.onnx` shipped alone), checked to be for `task` and to hold every export's keys
+    and `required`.
 
     Raises:
         ExportError: no model file, no or unreadable export.json, another task, a key missing.
@@ -97,14 +122,19 @@ def read_metadata(weights: str | os.PathLike, task: str, required: Sequence[str]
     onnx_file = model_path(weights)
     if not onnx_file.is_file():
         raise ExportError(f"{onnx_file}: no such ONNX file")
-    meta_file = onnx_file.with_name(METADATA_FILE)
-    if not meta_file.is_file():
-        raise ExportError(f"{onnx_file} has no {METADATA_FILE} beside it: without it the "
-                          f"labels' meaning is unknown; export again with tools/export.py")
+    meta_file: Path | str = onnx_file.with_name(METADATA_FILE)
     try:
-        metadata = json.loads(meta_file.read_text())
+        if Path(meta_file).is_file():
+            metadata = json.loads(Path(meta_file).read_text())
+        else:
+            meta_file = f"{onnx_file}'s metadata"
+            metadata = _metadata_inside(onnx_file)
     except (OSError, ValueError) as e:
         raise ExportError(f"{meta_file} is unreadable: {e}") from e
+    if metadata is None:
+        raise ExportError(f"{onnx_file} has no {METADATA_FILE} beside it (nor inside it, as "
+                          f"exports since 2026-12-02 have): without it the labels' meaning is "
+                          f"unknown; export again with tools/export.py")
     if not isinstance(metadata, dict) or metadata.get("task") != task:
         found = metadata.get("task") if isinstance(metadata, dict) else None
         raise ExportError(f"{meta_file} is for task {found!r}; this config's task is {task!r}")

@@ -31,6 +31,9 @@ def test_onnx_runtime_gives_the_pytorch_logits_at_any_size(tmp_path: Path) -> No
     assert metadata["resize"] == {"shorter_side": 54, "center_crop": 48, "interpolation":
                                   "area (OpenCV INTER_AREA, as the evaluation's transform)"}
     session = open_session(tmp_path / "export")
+    # the same JSON inside the graph, for a service that ships model.onnx alone
+    inside = session.get_modelmeta().custom_metadata_map
+    assert json.loads(inside["export_json"]) == metadata
     generator = torch.Generator().manual_seed(0)
     for h, w in [(64, 64), (50, 90), (120, 70)]:
         image = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=generator)

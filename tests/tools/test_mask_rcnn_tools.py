@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 import torch
 from pycocotools.coco import COCO
@@ -178,6 +179,7 @@ def test_exported_onnx_scores_the_same_box_and_mask_ap_and_refuses_other_classes
     assert cv2.imread(str(written[0])).shape == (96, 128, 3)
     # an export whose categories are not the evaluation data's: refused, never mislabelled
     meta = json.loads((export / "export.json").read_text())
+    assert meta["mask_threshold"] == 0.5  # fixed inside the graph: said beside it
     meta["class_names"][0] = "dog"
     (export / "export.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"export.json names the categories .*'dog'.*val.json"):
@@ -188,6 +190,13 @@ def test_exported_onnx_scores_the_same_box_and_mask_ap_and_refuses_other_classes
     by_id = load_tool("eval").main([*args, "--weights", str(export), "--output",
                                     str(tmp_path / "by_id")])
     assert by_id["bbox"]["AP"] == metrics["onnx"]["bbox"]["AP"]
+    # model.onnx shipped alone: the graph holds the export's own JSON
     (export / "export.json").unlink()
-    with pytest.raises(ValueError, match=r"model.onnx has no export.json beside it"):
+    alone = load_tool("eval").main([*args, "--weights", str(export / "model.onnx"), "--output",
+                                    str(tmp_path / "alone")])
+    assert alone["bbox"]["AP"] == metrics["onnx"]["bbox"]["AP"]
+    graph = onnx.load(str(export / "model.onnx"))
+    del graph.metadata_props[:]
+    onnx.save(graph, str(export / "model.onnx"))
+    with pytest.raises(ValueError, match=r"model.onnx has no export.json beside it \(nor inside"):
         load_tool("eval").main([*args, "--weights", str(export), "--output", str(tmp_path / "x")])
