@@ -67,9 +67,10 @@ def build_resnet(name: str, config_prefix: str = "", **options: Any) -> ResNet:
     if name not in _REGISTRY:
         raise ArgumentError(f"unknown backbone {name!r}; valid: {', '.join(list_models())}")
     unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown backbone option {', '.join(config_prefix + k for k in unknown)}"
-                         f"; valid: {', '.join(sorted(_OPTIONS))}")
+    if unknown:  # a ConfigError when the keys are the config's
+        raise (ConfigError if config_prefix else ArgumentError)(
+            f"unknown backbone option {', '.join(config_prefix + k for k in unknown)}; valid: "
+            f"{', '.join(sorted(_OPTIONS))}")
     try:
         return _REGISTRY[name](**options)
     except ValueError as e:  # "multi_grid [1, 1, 1] must ...": named as the config's key

@@ -85,6 +85,8 @@ def evaluate_all(model: GeneralizedRCNN, loader: DataLoader, evaluator: COCOEval
             outputs = model([s["image"].to(device) for s in batch],
                             output_sizes=[(s["height"], s["width"]) for s in batch])
             evaluator.process(batch, outputs)
+    if isinstance(loader, CountedLoader):
+        loader.raise_if_stopped()
     return evaluator.evaluate()
 
 

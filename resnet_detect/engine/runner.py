@@ -32,7 +32,7 @@ from .checkpoint import BestWeights, Checkpointer, PeriodicCheckpointer, best_me
 from .compilation import compile_model, parse_compile
 from .config import ConfigError, is_positive_int, save_config, to_plain
 from .data import CountedLoader, build_test_loader, build_train_loader, collate
-from .distributed import (all_reduce_sum, any_process, broadcast_buffers, get_rank,
+from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
                           get_world_size, is_main_process, per_process_batch_size, wrap_ddp)
 from .files import atomic_write_json, nan_to_none
 from .logging import ProgressLogger, ScalarWriter, setup_logging
@@ -507,8 +507,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             # rng_kept: the weights do not depend on eval_period
             with eval_mode(model), torch.no_grad(), rng_kept():
                 metrics = task.evaluate(model, counted, device)
-            if any_process(counted.stopped):  # the metrics of part of the split
-                raise EvaluationInterrupted
+            counted.raise_if_stopped()  # (a task that scored a part of the split)
             val_images.update(counted.report(logger, "val",
                                              getattr(task, "unreadable_val", LEFT_OUT)))
             return metrics
@@ -550,8 +549,10 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         path = checkpointer.save(trainer.iter)
         where = (f"the evaluation at iteration {trainer.iter}" if in_evaluation
                  else f"training after iteration {trainer.iter}")
-        after = (" (the evaluation after the last step runs again, then the final weights "
-                 "are written)" if in_evaluation and trainer.iter == lengths["max_iter"] else "")
+        after = ("" if not in_evaluation else " (the evaluation after the last step runs "
+                 "again, then the final weights are written)" if trainer.iter ==
+                 lengths["max_iter"] else f" (the evaluation at iteration {trainer.iter} is not "
+                 f"run again: the next is at iteration {trainer.iter + t.eval_period})")
         raise TrainingInterrupted(
             f"{stop.signal_name or 'a stop signal'} stopped {where} of {lengths['max_iter']}; "
             f"checkpoint {path}: run the same command with --resume to continue{after}",

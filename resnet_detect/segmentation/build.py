@@ -89,12 +89,20 @@ def build_backbone(cfg: Mapping[str, Any]) -> nn.Module:
         cfg: the `model` config.
     """
     hcfg, acfg = cfg["head"], cfg["aux_head"]
-    out_features = [hcfg["in_feature"]]
+    keys = {"model.head.in_feature": hcfg["in_feature"]}  # the keys that name the features
     if hcfg["name"] == "deeplabv3plus":
-        out_features.append(hcfg["low_level_feature"])
+        keys["model.head.low_level_feature"] = hcfg["low_level_feature"]
     if acfg["enabled"]:
-        out_features.append(acfg["in_feature"])
-    return backbones.build_from_config(cfg, dict.fromkeys(out_features)).drop_unused_stages()
+        keys["model.aux_head.in_feature"] = acfg["in_feature"]
+    try:
+        resnet = backbones.build_from_config(cfg, dict.fromkeys(keys.values()))
+    except ConfigError as e:  # named as a key segmentation configs do not have
+        prefix = "model.backbone.out_features "
+        if not str(e).startswith(prefix):
+            raise
+        named = ", ".join(f"{key}={feature}" for key, feature in keys.items())
+        raise ConfigError(f"{named}: features {str(e)[len(prefix):]}") from None
+    return resnet.drop_unused_stages()
 
 
 def build_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],

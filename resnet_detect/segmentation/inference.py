@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from resnet_detect.engine.data import CountedLoader
 from resnet_detect.engine.trainer import eval_mode
 
 from .evaluation import SemSegEvaluator
@@ -179,4 +180,6 @@ def evaluate_model(model: SemanticSegmentor, loader: Iterable[list[dict[str, Any
             if on_prediction is not None:
                 for sample, pred in zip(batch, preds):
                     on_prediction(sample, pred)
+    if isinstance(loader, CountedLoader):
+        loader.raise_if_stopped()
     return evaluator.evaluate(output_dir)

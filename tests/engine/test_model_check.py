@@ -59,6 +59,10 @@ def _prepare(config: Path, overrides: list[str]) -> None:
                                                          "must be positive, got 0"),
     (SEGMENTER, "model.backbone.norm=ln", "model.backbone.norm 'ln' is not valid"),
     (SEGMENTER, "model.head.name=unet", "unknown model.head.name 'unet'"),
+    (SEGMENTER, "model.head.in_feature=res6", r"model.head.in_feature=res6, "
+                                              r"model.head.low_level_feature=res2: features "
+                                              r"\['res6'\] are not stages of this net"),
+    (CLASSIFIER, "model.options.bogus=1", "unknown backbone option model.options.bogus"),
     (CLASSIFIER, "model.name=resnet37", "model: unknown backbone 'resnet37'"),
     (CLASSIFIER, "model.options.norm=ln", "model.options.norm 'ln' is not valid"),
 ])

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from resnet_detect.engine.data import loaders
 from resnet_detect.engine.data import build_test_loader
 from resnet_detect.engine import preemption
 from resnet_detect.engine.preemption import stop_on_signals
+from resnet_detect.detection.training import evaluate_all
+from resnet_detect.segmentation.inference import evaluate_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -168,3 +171,52 @@ def test_a_stop_request_ends_an_evaluation_at_once_alone_or_after_its_batches_wi
     assert len(seen) == 1 and counted.read == 2 and counted.stopped
     stop.signum = None
     assert sum(len(b) for b in counted) == 10 and not counted.stopped  # read again in full
+
+
+class _Model(torch.nn.Module):
+    """Stands in for a detector or a segmenter: one empty result per image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("pixel_mean", torch.zeros(3))
+
+    def forward(self, images: list, output_sizes: Any = None) -> list:
+        return [{"mask": torch.zeros(2, 2, dtype=torch.long)} for _ in images]
+
+
+class _Evaluator:
+    def __init__(self) -> None:
+        self.processed, self.scored = 0, False
+
+    def reset(self) -> None:
+        self.processed = 0
+
+    def process(self, *args: Any) -> None:
+        self.processed += 1
+
+    def evaluate(self, *args: Any) -> dict:
+        self.scored = True
+        return {}
+
+
+@pytest.mark.parametrize("evaluate", [evaluate_all, evaluate_model])
+def test_a_stopped_evaluation_of_several_processes_is_not_scored(
+        evaluate: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With several processes each stops reading, then all stop before scoring: rank 0 scored
+    the part of the split read (seconds of COCOeval at COCO scale, of a scheduler's grace
+    period) and wrote it over the last evaluation's results file."""
+    monkeypatch.setattr(loaders, "get_world_size", lambda: 2)
+    sample = {"image": torch.zeros(3, 2, 2), "height": 2, "width": 2,
+              "gt_sem_seg": torch.zeros(2, 2, dtype=torch.long)}
+    stop = preemption.StopRequest()
+    counted = loaders.CountedLoader(build_test_loader([sample] * 6, batch_size=2), stop)
+    evaluator = _Evaluator()
+    real_process = evaluator.process
+
+    def process(*args: Any) -> None:
+        real_process(*args)
+        stop.signum = signal.SIGTERM  # after the first batch
+    evaluator.process = process
+    with pytest.raises(preemption.EvaluationInterrupted):
+        evaluate(_Model(), counted, evaluator)
+    assert evaluator.processed == 1 and not evaluator.scored

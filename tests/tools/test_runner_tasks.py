@@ -258,9 +258,11 @@ class _SignalInEvalTask(_RegressionTask):
         return {"regression": {"batches": float(self.batches)}}
 
 
-@pytest.mark.parametrize("at,iteration", [(1, 2), (3, 6)])
-def test_a_stop_signal_during_an_evaluation_ends_it_and_saves(tmp_path: Path, at: int,
-                                                              iteration: int) -> None:
+@pytest.mark.parametrize("at,iteration,then,evaluated_after", [
+    (1, 2, "the evaluation at iteration 2 is not run again: the next is at iteration 4", 32),
+    (3, 6, "the evaluation after the last step runs again, then the final weights", 16)])
+def test_a_stop_signal_during_an_evaluation_ends_it_and_saves(
+        tmp_path: Path, at: int, iteration: int, then: str, evaluated_after: int) -> None:
     """SIGTERM during the evaluation at step 2 (every 2 steps), or during the one after the
     last step: the evaluation stops after the batch in flight (it went on over the whole
     split, minutes at COCO scale, while the scheduler's grace period ran out), a checkpoint is
@@ -275,14 +277,15 @@ def test_a_stop_signal_during_an_evaluation_ends_it_and_saves(tmp_path: Path, at
     assert full["metrics"] == {"batches": 48.0}  # 16 val images at steps 2, 4 and 6
     task = _SignalInEvalTask(at=at)
     with pytest.raises(TrainingInterrupted, match=f"SIGTERM stopped the evaluation at "
-                                                  f"iteration {iteration} of 6.*--resume"):
+                                                  f"iteration {iteration} of 6.*--resume "
+                                                  f"to continue \\({then}"):
         run_training(task, config(tmp_path / "run"), cpu)
     assert task.batches == 16 * (at - 1) + 1
     assert (tmp_path / "run/last_checkpoint").read_text() == f"model_{iteration:07d}.pth\n"
     assert not (tmp_path / "run/model_final.pth").exists()
     resumed = run_training(_SignalInEvalTask(at=0), config(tmp_path / "run"), cpu, resume=True)
     assert resumed["iteration"] == 6 and (tmp_path / "run/model_final.pth").is_file()
-    assert resumed["metrics"]["batches"] > 0
+    assert resumed["metrics"]["batches"] == evaluated_after  # 16 per evaluation
     for key, value in full["model"].state_dict().items():
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
 

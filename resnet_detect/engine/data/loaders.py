@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from ..distributed import all_reduce_sum, get_world_size
+from ..distributed import all_reduce_sum, any_process, get_world_size
 from .. import preemption
 from ..preemption import EvaluationInterrupted, StopRequest
 from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
@@ -129,7 +129,8 @@ class CountedLoader:
     next batch (a COCO evaluation takes minutes; a scheduler waits seconds before it kills):
     at once with one process; with several, this one yields no more batches and sets
     `stopped`, so that the task's collectives still meet (the others may not have received
-    the signal) and the runner then stops every process."""
+    the signal); the task calls `raise_if_stopped` before scoring (a COCO evaluation of a
+    part of the split takes seconds of the grace period), and the runner checks again."""
 
     def __init__(self, loader: DataLoader, stop: StopRequest | None = None) -> None:
         self.loader = loader
@@ -148,6 +149,13 @@ class CountedLoader:
                 return
             self.read += len(batch)
             yield batch
+
+    def raise_if_stopped(self) -> None:
+        """EvaluationInterrupted on every process when a stop signal ended this evaluation on
+        any (collective when a stop request is watched: call it on every process at the same
+        point, after the batches and before scoring them)."""
+        if self.stop is not None and any_process(self.stopped):
+            raise EvaluationInterrupted
 
     def report(self, logger: Any, split: str, consequence: str) -> dict[str, int]:
         """{"images": asked, "unreadable": not read}, over all processes (collective); a
