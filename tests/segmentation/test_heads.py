@@ -78,7 +78,8 @@ def test_bad_head_name_and_feature(small_config):
         build_model(cfg)
     cfg = small_config("deeplabv3")
     cfg["model"]["head"]["in_feature"] = "res6"
-    with pytest.raises(ValueError, match="out_features"):
+    with pytest.raises(ValueError, match=r"model.head.in_feature=res6, model.aux_head.in_feature"
+                                         r"=res4: features \['res6'\] are not stages"):
         build_model(cfg)
 
 
