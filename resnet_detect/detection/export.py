@@ -115,8 +115,8 @@ class OnnxDetector(OnnxModel):
         if not isinstance(ids, list) or not ids or any(
                 not isinstance(c, int) or c < 0 for c in ids) \
                 or len(ids) != len(self.metadata["class_names"]):
-            raise ExportError(f"{weights}: the category_ids {ids!r:.80} of its export.json are "
-                              f"not one non-negative int per class name; export again with "
+            raise ExportError(f"{self.metadata_source}: the category_ids {ids!r:.80} are not "
+                              f"one non-negative int per class name; export again with "
                               f"tools/export.py")
         self.mask_on = bool(self.metadata["mask_on"])
         self._label_of_id = np.zeros(max(ids) + 1, dtype=np.int64)

@@ -26,7 +26,7 @@ from resnet_detect import backbones
 from resnet_detect.engine import atomic_write_json, is_main_process, to_plain
 from resnet_detect.engine.data import (CategoryMapping, CountedLoader, DatasetError,
                                        build_test_loader)
-from resnet_detect.engine.export import METADATA_FILE, ExportError, is_onnx, model_path
+from resnet_detect.engine.export import ExportError, is_onnx
 from resnet_detect.engine.files import nan_to_none
 from resnet_detect.engine.runner import TaskData, format_metric
 from resnet_detect.engine.model_check import check_model_config
@@ -121,7 +121,7 @@ def refuse_other_classes(loaded: LoadedDetector, mapping: CategoryMapping, ann_f
     clash = [(c, n, name_of[c]) for c, n in named if c in name_of and n != name_of[c]]
     moved = [(c, n, ids_of[n][0]) for c, n in named if len(ids_of.get(n, ())) == 1
              and name_counts[n] == 1 and ids_of[n][0] not in loaded.category_ids]
-    source = model_path(weights).parent / METADATA_FILE if is_onnx(weights) else weights
+    source = loaded.model.metadata_source if is_onnx(weights) else weights
     refused = ExportError if is_onnx(weights) else DatasetError
     if clash:
         raise refused(

@@ -10,6 +10,7 @@ RoIAlign as the ONNX operators.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from .files import atomic_write_json
 
+logger = logging.getLogger(__name__)
 OPSET = 17
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "export.json"
@@ -60,6 +62,8 @@ def export_graph(graph: nn.Module, example: Sequence[torch.Tensor], path: Path, 
         torch.onnx.export(graph, tuple(example), str(partial), dynamo=False, opset_version=OPSET,
                           input_names=list(input_names), output_names=list(output_names),
                           dynamic_axes={k: list(v) for k, v in dynamic_axes.items()})
+    # an earlier export's metadata must not describe this graph, should writing it fail
+    path.with_name(METADATA_FILE).unlink(missing_ok=True)
     os.replace(partial, path)
 
 
@@ -97,60 +101,53 @@ def model_path(weights: str | os.PathLike) -> Path:
     return path / MODEL_FILE if path.is_dir() else path
 
 
-def _metadata_inside(onnx_file: Path) -> dict[str, Any] | None:
-    """The export.json that `write_metadata` put in the graph's metadata (None: none)."""
-    import onnx
-    try:
-        graph = onnx.load(str(onnx_file), load_external_data=False)
-    except Exception as e:  # a damaged or foreign file: its message, as the file's
-        raise ValueError(f"not a readable ONNX file ({type(e).__name__}: {e})") from e
-    for prop in graph.metadata_props:
-        if prop.key == METADATA_KEY:
-            return json.loads(prop.value)
-    return None
-
-
-def read_metadata(weights: str | os.PathLike, task: str, required: Sequence[str] = ()
-                  ) -> dict[str, Any]:
-    """`export.json` beside the `.onnx` that `weights` names (else the copy inside the graph:
-    a `model.onnx` shipped alone), checked to be for `task` and to hold every export's keys
-    and `required`.
+def read_metadata(weights: str | os.PathLike, task: str, required: Sequence[str],
+                  session: Any) -> tuple[dict[str, Any], str]:
+    """(the export's metadata, where it was read) for the `.onnx` that `weights` names and its
+    ONNX Runtime `session`: the copy inside the graph (written with it), else the
+    `export.json` beside it (exports before 2026-12-02); checked to be for `task` and to hold
+    every export's keys and `required`. An `export.json` that differs from the graph's own
+    copy (another export's, in a shared folder) is named in a warning and not used.
 
     Raises:
-        ExportError: no model file, no or unreadable export.json, another task, a key missing.
+        ExportError: no metadata, unreadable metadata, another task, a key missing.
     """
     onnx_file = model_path(weights)
-    if not onnx_file.is_file():
-        raise ExportError(f"{onnx_file}: no such ONNX file")
-    meta_file: Path | str = onnx_file.with_name(METADATA_FILE)
+    meta_file = onnx_file.with_name(METADATA_FILE)
+    inside = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    source = f"{onnx_file}'s own metadata" if inside is not None else str(meta_file)
     try:
-        if Path(meta_file).is_file():
-            metadata = json.loads(Path(meta_file).read_text())
-        else:
-            meta_file = f"{onnx_file}'s metadata"
-            metadata = _metadata_inside(onnx_file)
+        beside = json.loads(meta_file.read_text()) if meta_file.is_file() else None
+        metadata = json.loads(inside) if inside is not None else beside
     except (OSError, ValueError) as e:
-        raise ExportError(f"{meta_file} is unreadable: {e}") from e
+        raise ExportError(f"{source if inside is not None else meta_file} is unreadable: "
+                          f"{e}") from e
     if metadata is None:
-        raise ExportError(f"{onnx_file} has no {METADATA_FILE} beside it (nor inside it, as "
-                          f"exports since 2026-12-02 have): without it the labels' meaning is "
-                          f"unknown; export again with tools/export.py")
+        raise ExportError(f"{onnx_file} has no {METADATA_FILE} beside it, nor a copy inside it: "
+                          f"without it the labels' meaning is unknown; export again with "
+                          f"tools/export.py")
+    if inside is not None and beside is not None and beside != metadata:
+        logger.warning("%s is not the export of %s (it differs from the copy inside the "
+                       "graph, which is used): another export's, or edited", meta_file,
+                       onnx_file)
     if not isinstance(metadata, dict) or metadata.get("task") != task:
         found = metadata.get("task") if isinstance(metadata, dict) else None
-        raise ExportError(f"{meta_file} is for task {found!r}; this config's task is {task!r}")
+        raise ExportError(f"{source} is for task {found!r}; this config's task is {task!r}")
     missing = [key for key in (*COMMON_KEYS, *required) if key not in metadata]
     if missing:
-        raise ExportError(f"{meta_file} lacks {missing}; export again with tools/export.py")
+        raise ExportError(f"{source} lacks {missing}; export again with tools/export.py")
     if not isinstance(metadata["class_names"], list) or not all(
             isinstance(n, str) for n in metadata["class_names"]):
-        raise ExportError(f"{meta_file}: class_names must be a list of names, got "
+        raise ExportError(f"{source}: class_names must be a list of names, got "
                           f"{metadata['class_names']!r:.80}")
-    return metadata
+    return metadata, source
 
 
 def open_session(weights: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
     """ONNX Runtime session on the `.onnx` that `weights` names: the CUDA execution provider
     for a CUDA device when present, the CPU one otherwise."""
+    if not model_path(weights).is_file():
+        raise ExportError(f"{model_path(weights)}: no such ONNX file")
     try:
         import onnxruntime
     except ImportError as e:
@@ -171,15 +168,17 @@ class OnnxModel(nn.Module):
     `segmentation.export.OnnxSegmentor`).
 
     Attributes:
-        metadata: export.json.
+        metadata: export.json (the copy inside the graph, see `read_metadata`).
+        metadata_source: where it was read, for messages.
         session: the ONNX Runtime session.
     """
 
     def __init__(self, weights: str | os.PathLike, task: str,
                  device: str | torch.device = "cpu", required: Sequence[str] = ()) -> None:
         super().__init__()
-        self.metadata = read_metadata(weights, task, required)
         self.session = open_session(weights, device)
+        self.metadata, self.metadata_source = read_metadata(weights, task, required,
+                                                            self.session)
         # where the tensors handed back live (evaluation reads the model's device from here)
         self.register_buffer("pixel_mean", torch.tensor(self.metadata["pixel_mean"])
                              .view(3, 1, 1), False)
@@ -197,11 +196,10 @@ class OnnxModel(nn.Module):
         return np.ascontiguousarray(image.cpu().permute(1, 2, 0).numpy())
 
 
-def check_class_names(metadata: Mapping[str, Any], names: Sequence[str], source: str,
-                      weights: str | os.PathLike) -> None:
+def check_class_names(model: OnnxModel, names: Sequence[str], source: str) -> None:
     """Refuse an export whose classes are not `names` (of the data in `source`)."""
-    exported = list(metadata.get("class_names") or [])
+    exported = list(model.metadata.get("class_names") or [])
     if exported != list(names):
-        raise ExportError(f"{model_path(weights).with_name(METADATA_FILE)} names the classes "
+        raise ExportError(f"{model.metadata_source} names the classes "
                           f"{exported[:10]}, {source} has {list(names)[:10]}: the labels would "
                           f"mean other classes")

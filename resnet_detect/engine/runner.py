@@ -552,7 +552,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         after = ("" if not in_evaluation else " (the evaluation after the last step runs "
                  "again, then the final weights are written)" if trainer.iter ==
                  lengths["max_iter"] else f" (the evaluation at iteration {trainer.iter} is not "
-                 f"run again: the next is at iteration {trainer.iter + t.eval_period})")
+                 f"run again: the next is at iteration "
+                 f"{min(trainer.iter + t.eval_period, lengths['max_iter'])})")
         raise TrainingInterrupted(
             f"{stop.signal_name or 'a stop signal'} stopped {where} of {lengths['max_iter']}; "
             f"checkpoint {path}: run the same command with --resume to continue{after}",

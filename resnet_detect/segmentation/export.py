@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resnet_detect.engine.data.batching import pad_to_multiple
-from resnet_detect.engine.export import (METADATA_FILE, MODEL_FILE, ExportError, OnnxModel,
-                                         export_graph, model_path, write_metadata)
+from resnet_detect.engine.export import (MODEL_FILE, ExportError, OnnxModel,
+                                         export_graph, write_metadata)
 
 from .inference import capped_size
 from .model import SemanticSegmentor
@@ -111,7 +111,7 @@ class OnnxSegmentor(OnnxModel):
         self.class_names = list(self.metadata["class_names"])
         self.num_classes = int(self.metadata["num_classes"])
         if len(self.class_names) != self.num_classes:
-            raise ExportError(f"{model_path(weights).with_name(METADATA_FILE)} names "
+            raise ExportError(f"{self.metadata_source} names "
                               f"{len(self.class_names)} classes for a model of "
                               f"{self.num_classes}; export again with tools/export.py")
         self.ignore_index = int(self.metadata["ignore_index"])

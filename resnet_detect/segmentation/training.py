@@ -63,7 +63,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     unnamed = predictor.class_names == placeholder_names(predictor.model.num_classes)
     if is_onnx(weights) and not unnamed:
         # an export knows its classes only by name (placeholders: weights without names)
-        check_class_names(predictor.model.metadata, loader.dataset.class_names, source, weights)
+        check_class_names(predictor.model, loader.dataset.class_names, source)
     elif predictor.names_recorded and predictor.class_names != loader.dataset.class_names:
         raise ValueError(f"{weights} was trained on the classes {predictor.class_names[:10]}, "
                          f"{source} has {loader.dataset.class_names[:10]}: the labels would "

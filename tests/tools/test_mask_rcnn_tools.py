@@ -18,6 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from resnet_detect.detection import Predictor
+from tests.export_metadata import rewrite_export_metadata
 from resnet_detect.engine.visualize import draw_detections
 from tests.tools.test_train_eval_demo import (ROOT, _drop_log_handlers, data, data_overrides,
                                               load_tool)
@@ -180,23 +181,35 @@ def test_exported_onnx_scores_the_same_box_and_mask_ap_and_refuses_other_classes
     # an export whose categories are not the evaluation data's: refused, never mislabelled
     meta = json.loads((export / "export.json").read_text())
     assert meta["mask_threshold"] == 0.5  # fixed inside the graph: said beside it
+    graph_file = export / "model.onnx"
     meta["class_names"][0] = "dog"
-    (export / "export.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"export.json names the categories .*'dog'.*val.json"):
+    rewrite_export_metadata(graph_file, meta)
+    with pytest.raises(ValueError, match=r"model.onnx's own metadata names the categories "
+                                         r".*'dog'.*val.json"):
         load_tool("eval").main([*args, "--weights", str(export), "--output", str(tmp_path / "x")])
     # bare ids as names (what an export of torchvision's weights says): evaluated by id
     meta["class_names"] = [str(c) for c in meta["category_ids"]]
-    (export / "export.json").write_text(json.dumps(meta))
+    rewrite_export_metadata(graph_file, meta)
     by_id = load_tool("eval").main([*args, "--weights", str(export), "--output",
                                     str(tmp_path / "by_id")])
     assert by_id["bbox"]["AP"] == metrics["onnx"]["bbox"]["AP"]
-    # model.onnx shipped alone: the graph holds the export's own JSON
+    # an export.json of another export beside it (a shared folder): the graph's own is read
+    (export / "export.json").write_text(json.dumps({**meta, "class_names": ["dog"] * 6}))
+    beside = load_tool("eval").main([*args, "--weights", str(export), "--output",
+                                     str(tmp_path / "beside")])
+    assert beside["bbox"]["AP"] == metrics["onnx"]["bbox"]["AP"]
+    # model.onnx shipped alone
     (export / "export.json").unlink()
-    alone = load_tool("eval").main([*args, "--weights", str(export / "model.onnx"), "--output",
+    alone = load_tool("eval").main([*args, "--weights", str(graph_file), "--output",
                                     str(tmp_path / "alone")])
     assert alone["bbox"]["AP"] == metrics["onnx"]["bbox"]["AP"]
-    graph = onnx.load(str(export / "model.onnx"))
+    # a graph without its own copy (exported before it was written there): export.json is read
+    graph = onnx.load(str(graph_file))
     del graph.metadata_props[:]
-    onnx.save(graph, str(export / "model.onnx"))
-    with pytest.raises(ValueError, match=r"model.onnx has no export.json beside it \(nor inside"):
+    onnx.save(graph, str(graph_file))
+    with pytest.raises(ValueError, match=r"model.onnx has no export.json beside it, nor a copy "
+                                         r"inside it"):
+        load_tool("eval").main([*args, "--weights", str(export), "--output", str(tmp_path / "x")])
+    (export / "export.json").write_text(json.dumps({**meta, "class_names": ["dog"] * 6}))
+    with pytest.raises(ValueError, match=r"export/export.json names the categories .*'dog'"):
         load_tool("eval").main([*args, "--weights", str(export), "--output", str(tmp_path / "x")])

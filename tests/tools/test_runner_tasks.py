@@ -258,11 +258,13 @@ class _SignalInEvalTask(_RegressionTask):
         return {"regression": {"batches": float(self.batches)}}
 
 
-@pytest.mark.parametrize("at,iteration,then,evaluated_after", [
-    (1, 2, "the evaluation at iteration 2 is not run again: the next is at iteration 4", 32),
-    (3, 6, "the evaluation after the last step runs again, then the final weights", 16)])
+@pytest.mark.parametrize("period,at,iteration,then,evaluated_after", [
+    (2, 1, 2, "the evaluation at iteration 2 is not run again: the next is at iteration 4", 32),
+    (4, 1, 4, "the evaluation at iteration 4 is not run again: the next is at iteration 6", 16),
+    (2, 3, 6, "the evaluation after the last step runs again, then the final weights", 16)])
 def test_a_stop_signal_during_an_evaluation_ends_it_and_saves(
-        tmp_path: Path, at: int, iteration: int, then: str, evaluated_after: int) -> None:
+        tmp_path: Path, period: int, at: int, iteration: int, then: str,
+        evaluated_after: int) -> None:
     """SIGTERM during the evaluation at step 2 (every 2 steps), or during the one after the
     last step: the evaluation stops after the batch in flight (it went on over the whole
     split, minutes at COCO scale, while the scheduler's grace period ran out), a checkpoint is
@@ -271,10 +273,11 @@ def test_a_stop_signal_during_an_evaluation_ends_it_and_saves(
 
     def config(out: Path) -> Any:
         cfg = _toy_config(out)
-        cfg.train.update(eval_period=2, checkpoint_period=0)
+        cfg.train.update(eval_period=period, checkpoint_period=0)
         return cfg
     full = run_training(_SignalInEvalTask(at=0), config(tmp_path / "full"), cpu)
-    assert full["metrics"] == {"batches": 48.0}  # 16 val images at steps 2, 4 and 6
+    # 16 val images at steps 2, 4 and 6 (every 4 steps: 4 and the last)
+    assert full["metrics"] == {"batches": 48.0 if period == 2 else 32.0}
     task = _SignalInEvalTask(at=at)
     with pytest.raises(TrainingInterrupted, match=f"SIGTERM stopped the evaluation at "
                                                   f"iteration {iteration} of 6.*--resume "

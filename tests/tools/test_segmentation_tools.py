@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.export_metadata import rewrite_export_metadata
 from resnet_detect import segmentation
 from resnet_detect.segmentation import predictor, training
 from resnet_detect.engine.tasks import load_task_config
@@ -171,7 +172,8 @@ def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
                                   "test.scales=[0.5,1.0]"])
     other = (data / "semantic/other.json")
     other.write_text(json.dumps(["sky", *CLASSES[1:]]))
-    with pytest.raises(ValueError, match=r"export.json names the classes \['background'.*"
+    with pytest.raises(ValueError, match=r"model.onnx's own metadata names the classes "
+                                         r"\['background'.*"
                                          r"data.class_names=.*other.json has \['sky'"):
         load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
                                 str(tmp_path / "x"), *overrides(data), f"data.class_names={other}"])
@@ -207,8 +209,9 @@ def test_weights_without_class_names_export_with_the_configs_and_score_the_same(
         load_tool("eval").main([str(CONFIG), "--weights", str(bare), "--output",
                                 str(tmp_path / "six"), *overrides(data),
                                 f"data.class_names={six}"])
-    (export / "export.json").write_text(json.dumps({**metadata, "class_names": ["a"]}))
-    with pytest.raises(ValueError, match=r"export/export.json names 1 classes for a model of 7"):
+    rewrite_export_metadata(export / "model.onnx", {**metadata, "class_names": ["a"]})
+    with pytest.raises(ValueError, match=r"export/model.onnx's own metadata names 1 classes for "
+                                         r"a model of 7"):
         load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
                                 str(tmp_path / "x"), *overrides(data)])
 

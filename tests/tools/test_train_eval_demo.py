@@ -20,6 +20,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from tests.export_metadata import rewrite_export_metadata
 from resnet_detect.detection import Predictor, evaluation
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data.synthetic import generate
@@ -424,9 +425,9 @@ def test_damaged_export_folders_are_refused_naming_the_file_and_key(
     metadata = json.loads((upper / "export.json").read_text())
     for key in ("pixel_mean", "category_ids"):
         broken = {k: v for k, v in metadata.items() if k != key}
-        (upper / "export.json").write_text(json.dumps(broken))
-        with pytest.raises(ValueError, match=rf"upper/export.json lacks \['{key}'\]; export "
-                                             "again with tools/export.py"):
+        rewrite_export_metadata(upper / "MODEL.ONNX", broken)
+        with pytest.raises(ValueError, match=rf"upper/MODEL.ONNX's own metadata lacks "
+                                             rf"\['{key}'\]; export again with tools/export.py"):
             Predictor(None, weights=upper / "MODEL.ONNX")
 
 
