@@ -63,7 +63,7 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
             every setting the weights do not fit.
     """
     state_dict, provenance, source = open_weights(weights, source)
-    refuse_other_task(source, provenance, fmt.task)
+    refuse_other_task(source, provenance, fmt.task, state_dict)
     implied = None
     if fmt.is_torchvision(state_dict):
         implied = fmt.torchvision_settings(state_dict)  # before its keys change

@@ -188,15 +188,26 @@ def _show(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def refuse_other_task(source: str, provenance: Mapping[str, Any] | None, task: str) -> None:
-    """Refuse an own checkpoint whose recorded config is of another task than `task`
-    ("detection", "sem_seg", "classification"): its keys would not fit, with errors that
-    say nothing of why."""
+# key prefixes of one task's whole-model weights that no other task's have (this project's
+# and torchvision's names)
+TASK_KEYS = {"detection": ("rpn.", "roi_heads."), "sem_seg": ("head.predictor.", "classifier.4.")}
+
+
+def refuse_other_task(source: str, provenance: Mapping[str, Any] | None, task: str,
+                      state_dict: Mapping[str, Any] | None = None) -> None:
+    """Refuse weights of another task than `task` ("detection", "sem_seg", "classification"):
+    an own checkpoint by its recorded config, a bare state dict by its keys (TASK_KEYS). Their
+    keys would not fit, with errors that say nothing of why."""
     config = (provenance or {}).get("config")
     recorded = config.get("task") if isinstance(config, Mapping) else None
     if recorded is not None and recorded != task:
         raise ConfigError(f"{source} holds a {recorded} model (its recorded config says task: "
                           f"{recorded}), not a {task} one")
+    for other, prefixes in TASK_KEYS.items():
+        found = [k for k in (state_dict or {}) if k.startswith(prefixes)][:2]
+        if other != task and found:
+            raise ConfigError(f"{source} holds a {other} model's weights (keys {found}...), "
+                              f"not a {task} one")
 
 
 def refuse_mismatched_settings(source: str, implied: Mapping[str, Any],

@@ -97,7 +97,7 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
         raise ConfigError("no detector weights: pass weights=PATH (or set model.weights)")
     state_dict, provenance = unwrap_state_dict(read_checkpoint(source))
     provenance = dict(provenance or {})
-    refuse_other_task(str(source), provenance, "detection")
+    refuse_other_task(str(source), provenance, "detection", state_dict)
     if cfg is None:
         if not isinstance(provenance.get("config"), Mapping):
             raise ConfigError(f"a config is needed: the weights {source} record none (only this "

@@ -95,7 +95,7 @@ class Predictor:
         checkpoint = read_checkpoint(weights) if weights is not None else None
         state_dict, provenance = unwrap_state_dict(checkpoint) if checkpoint else ({}, None)
         provenance = provenance or {}
-        refuse_other_task(str(source), provenance, "sem_seg")
+        refuse_other_task(str(source), provenance, "sem_seg", state_dict)
         if config is None:
             if not isinstance(provenance.get("config"), Mapping):
                 raise ConfigError(f"Predictor needs a config: the weights {weights} record none "
@@ -107,7 +107,7 @@ class Predictor:
             checkpoint = read_checkpoint(source)
             state_dict, provenance = unwrap_state_dict(checkpoint)
             provenance = provenance or {}
-            refuse_other_task(source, provenance, "sem_seg")
+            refuse_other_task(source, provenance, "sem_seg", state_dict)
         if checkpoint is None:  # (the backbone's weights alone leave the head random)
             raise ConfigError("no segmenter weights: pass weights=PATH (or set model.weights)")
         cfg.model.weights = None

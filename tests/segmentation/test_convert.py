@@ -187,6 +187,20 @@ def test_a_checkpoint_of_another_task_is_named(tmp_path, small_config):
         load_segmentation_weights(build_model(cfg), detector_path)
     with pytest.raises(ValueError, match="detector.pth holds a detection model .*not a sem_seg"):
         Predictor(cfg, weights=detector_path)
+    # bare state dicts, without a record: told by their keys (a segmenter asked for
+    # model.num_classes, then listed 144 missing keys)
+    bare_detector = tmp_path / "bare_detector.pth"
+    torch.save(build_detector(detector_cfg).state_dict(), bare_detector)
+    for load in (lambda: Predictor(cfg, weights=bare_detector),
+                 lambda: load_segmentation_weights(build_model(cfg), bare_detector)):
+        with pytest.raises(ValueError, match=r"bare_detector.pth holds a detection model's "
+                                             r"weights \(keys \['rpn\..*not a sem_seg one"):
+            load()
+    bare_segmenter = tmp_path / "bare_segmenter.pth"
+    torch.save(build_model(cfg).state_dict(), bare_segmenter)
+    with pytest.raises(ValueError, match=r"bare_segmenter.pth holds a sem_seg model's weights "
+                                         r"\(keys \['head.predictor.*not a detection one"):
+        load_detector_weights(build_detector(detector_cfg), bare_segmenter)
 
 
 def _fine_tuned(cfg, path, caplog):
