@@ -181,7 +181,7 @@ class Predictor:
             mask = self.model([tensor])[0]["mask"]
         else:
             mask = self.tta(self.model, tensor).argmax(dim=0)
-        return {"mask": mask.cpu().numpy().astype(np.int64)}
+        return {"mask": mask.cpu().numpy().astype(np.int64, copy=False)}
 
 
 def _settings(tta: TTAInference) -> tuple[Any, ...]:
