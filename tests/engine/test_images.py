@@ -49,16 +49,21 @@ def test_several_images_at_once_are_refused_saying_one_per_call(given) -> None:
         check_rgb_image(given)
 
 
-def test_importing_the_library_leaves_opencvs_threads_to_the_user() -> None:
+def test_importing_the_library_leaves_the_processs_settings_to_the_user() -> None:
     """Importing it set one OpenCV thread for the whole process: a service's own resizing and
     blurring ran 1.5-2x slower on two cores, more on more. Loaders still set one (their
-    workers, or the training threads, are the parallelism)."""
-    script = ("import cv2; cv2.setNumThreads(3); "
-              "import resnet_detect.detection, resnet_detect.segmentation; "
-              "import resnet_detect.backbones; "
-              "from resnet_detect.detection import Predictor; "
-              "from resnet_detect.engine.data import build_test_loader; "
-              "print(cv2.getNumThreads()); build_test_loader([0]); print(cv2.getNumThreads())")
+    workers, or the training threads, are the parallelism). Nor may it change torch's threads,
+    the root logger or the stop signals' handlers."""
+    script = (
+        "import cv2, logging, signal, torch; cv2.setNumThreads(3); torch.set_num_threads(2); "
+        "state = lambda: (cv2.getNumThreads(), torch.get_num_threads(), "
+        "torch.get_num_interop_threads(), len(logging.getLogger().handlers), "
+        "logging.getLogger().level, signal.getsignal(signal.SIGTERM), "
+        "signal.getsignal(signal.SIGINT)); before = state(); "
+        "import resnet_detect.detection, resnet_detect.segmentation; "
+        "import resnet_detect.backbones; "
+        "from resnet_detect.engine.data import build_test_loader; "
+        "print(state() == before); build_test_loader([0]); print(cv2.getNumThreads())")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert out.stdout.split() == ["3", "1"]
+    assert out.stdout.split() == ["True", "1"]
