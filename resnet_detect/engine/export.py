@@ -101,6 +101,14 @@ def model_path(weights: str | os.PathLike) -> Path:
     return path / MODEL_FILE if path.is_dir() else path
 
 
+def _read_json(path: Path) -> Any:
+    """The JSON in `path`, or None where it cannot be read."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def read_metadata(weights: str | os.PathLike, task: str, required: Sequence[str],
                   session: Any) -> tuple[dict[str, Any], str]:
     """(the export's metadata, where it was read) for the `.onnx` that `weights` names and its
@@ -117,16 +125,15 @@ def read_metadata(weights: str | os.PathLike, task: str, required: Sequence[str]
     inside = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     source = f"{onnx_file}'s own metadata" if inside is not None else str(meta_file)
     try:
-        beside = json.loads(meta_file.read_text()) if meta_file.is_file() else None
-        metadata = json.loads(inside) if inside is not None else beside
+        metadata = (json.loads(inside) if inside is not None
+                    else json.loads(meta_file.read_text()) if meta_file.is_file() else None)
     except (OSError, ValueError) as e:
-        raise ExportError(f"{source if inside is not None else meta_file} is unreadable: "
-                          f"{e}") from e
+        raise ExportError(f"{source} is unreadable: {e}") from e
     if metadata is None:
         raise ExportError(f"{onnx_file} has no {METADATA_FILE} beside it, nor a copy inside it: "
                           f"without it the labels' meaning is unknown; export again with "
                           f"tools/export.py")
-    if inside is not None and beside is not None and beside != metadata:
+    if inside is not None and meta_file.is_file() and _read_json(meta_file) != metadata:
         logger.warning("%s is not the export of %s (it differs from the copy inside the "
                        "graph, which is used): another export's, or edited", meta_file,
                        onnx_file)

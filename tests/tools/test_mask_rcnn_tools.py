@@ -153,7 +153,8 @@ def test_mask_on_without_segmentation_fails_naming_file(data: Path, tmp_path: Pa
 
 
 def test_exported_onnx_scores_the_same_box_and_mask_ap_and_refuses_other_classes(
-        trained: tuple[Path, dict], data: Path, tmp_path: Path) -> None:
+        trained: tuple[Path, dict], data: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     """tools/export.py -> tools/eval.py --weights DIR (ONNX Runtime) and tools/demo.py."""
     args = [str(CONFIG), *data_overrides(data), *SMALL_HEAD, "model.roi_heads.score_thresh=0.0"]
     export = tmp_path / "export"
@@ -195,9 +196,11 @@ def test_exported_onnx_scores_the_same_box_and_mask_ap_and_refuses_other_classes
     assert by_id["bbox"]["AP"] == metrics["onnx"]["bbox"]["AP"]
     # an export.json of another export beside it (a shared folder): the graph's own is read
     (export / "export.json").write_text(json.dumps({**meta, "class_names": ["dog"] * 6}))
-    beside = load_tool("eval").main([*args, "--weights", str(export), "--output",
-                                     str(tmp_path / "beside")])
+    with caplog.at_level("WARNING", logger="resnet_detect.engine.export"):
+        beside = load_tool("eval").main([*args, "--weights", str(export), "--output",
+                                         str(tmp_path / "beside")])
     assert beside["bbox"]["AP"] == metrics["onnx"]["bbox"]["AP"]
+    assert f"{export / 'export.json'} is not the export of {graph_file}" in caplog.text
     # model.onnx shipped alone
     (export / "export.json").unlink()
     alone = load_tool("eval").main([*args, "--weights", str(graph_file), "--output",
