@@ -204,9 +204,9 @@ def refuse_other_task(source: str, provenance: Mapping[str, Any] | None, task: s
         raise ConfigError(f"{source} holds a {recorded} model (its recorded config says task: "
                           f"{recorded}), not a {task} one")
     for other, prefixes in TASK_KEYS.items():
-        found = [k for k in (state_dict or {}) if k.startswith(prefixes)][:2]
-        if other != task and found:
-            raise ConfigError(f"{source} holds a {other} model's weights (keys {found}...), "
+        found = [] if other == task else [k for k in state_dict or {} if k.startswith(prefixes)]
+        if found:
+            raise ConfigError(f"{source} holds a {other} model's weights (keys {found[:2]}...), "
                               f"not a {task} one")
 
 

@@ -37,7 +37,8 @@ def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig
         cfg: the config; `model.num_classes` may still be null (read from the data later).
         num_classes: the stand-in class count while it is.
     """
-    for key, value in weights_keys(cfg.get("model")).items():
+    weights = weights_keys(cfg.get("model"))
+    for key, value in weights.items():
         if isinstance(value, str) and value:
             try:
                 check_weights_file(value)
@@ -45,7 +46,7 @@ def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig
                 raise FileNotFoundError(f"{key}: {e}") from None
     probe = copy.deepcopy(cfg)
     with open_dict(probe):
-        for key in weights_keys(probe.get("model")):
+        for key in weights:
             OmegaConf.update(probe, key, None)
         if "num_classes" in probe.model and probe.model.num_classes is None:
             probe.model.num_classes = num_classes

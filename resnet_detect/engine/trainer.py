@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 StepFn = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
 
 
-
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """`model` in evaluation mode for the block, then in the mode it was in (an error too)."""

@@ -95,7 +95,7 @@ def build_backbone(cfg: Mapping[str, Any]) -> nn.Module:
     if acfg["enabled"]:
         keys["model.aux_head.in_feature"] = acfg["in_feature"]
     try:
-        resnet = backbones.build_from_config(cfg, dict.fromkeys(keys.values()))
+        resnet = backbones.build_from_config(cfg, list(dict.fromkeys(keys.values())))
     except ConfigError as e:  # named as a key segmentation configs do not have
         prefix = "model.backbone.out_features "
         if not str(e).startswith(prefix):
