@@ -164,8 +164,11 @@ def _input_grad_from_bins(grad_bins: Tensor, rois: Tensor, input_shape: torch.Si
                          (sampling_ratio, sampling_ratio), (h, w))
     bin_index = torch.arange(r * ph * pw, device=grad_bins.device).view(r, ph, pw, 1, 1)
     indices = torch.stack([cell.reshape(-1), bin_index.expand_as(cell).reshape(-1)])
-    matrix = torch.sparse_coo_tensor(indices, weight.reshape(-1), (n * h * w, r * ph * pw),
-                                     check_invariants=False)
+    # torch before 2.14 warns of unchecked invariants even when told not to check, unless
+    # the global setting is given explicitly
+    with torch.sparse.check_sparse_tensor_invariants(enable=False):
+        matrix = torch.sparse_coo_tensor(indices, weight.reshape(-1),
+                                         (n * h * w, r * ph * pw), check_invariants=False)
     grad_bins = grad_bins.reshape(r * ph * pw, c)
     # in place into one zeroed table: torch.sparse.mm zero-fills a second table of the whole
     # map for its result (at 800 px, two fresh 111 MB buffers per step for the finest level)
