@@ -9,7 +9,9 @@ normalisation, padding, and the task's post-processing. Outputs:
   classifiers (tools/pretrain.py): "logits" (K,);
   Faster / Mask R-CNN: "boxes" (D, 4) xyxy, "scores" (D,), "labels" (D,) dataset category
     ids, "masks" (D, h, w) bool for Mask R-CNN, in the pixels of a second input
-    "original_size" ([h, w]: the image's size before resizing);
+    "original_size" ([h, w]: the image's size before resizing); with --mask-output box,
+    "mask_probs" (D, M, M) float32 instead, each box's mask to paste into its box (less
+    memory on large images: the pasted masks take D x h x w floats at once);
   segmentation: "mask" (H, W) class ids.
 tools/eval.py and tools/demo.py take DIR (or DIR/model.onnx) as --weights and run it with ONNX
 Runtime. Needs `pip install 'resnet-detect[export]'`.
@@ -36,6 +38,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = config_argument_parser(__doc__)
     parser.add_argument("--weights", required=True, help="checkpoint to export")
     parser.add_argument("--output", required=True, help="folder for model.onnx and export.json")
+    parser.add_argument("--mask-output", choices=("pasted", "box"), default=None,
+                        help="Mask R-CNN: masks pasted at original_size (default) or each "
+                             "box's M x M mask probabilities")
     return parser.parse_intermixed_args(argv)
 
 
@@ -56,8 +61,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if export_model is None:
         raise ValueError(f"tools/export.py exports classification, detection and sem_seg "
                          f"models; {args.config} is a {task!r} config")
+    options = {}
+    if args.mask_output is not None:
+        if task != "detection":
+            raise ValueError(f"--mask-output is for Mask R-CNN; {args.config} is a {task!r} "
+                             f"config")
+        options["mask_output"] = args.mask_output
     output = writable_folder(args.output, "--output")
-    metadata = export_model(args.config, args.weights, output, args.overrides)
+    metadata = export_model(args.config, args.weights, output, args.overrides, **options)
     print(f"wrote {Path(args.output) / metadata['model']} and export.json: "
           f"{json.dumps(metadata['outputs'])}", flush=True)
     return metadata

@@ -4,7 +4,9 @@ ONNX Runtime behind the `GeneralizedRCNN` calls that `Predictor` and evaluation 
 The graph: "image" (H, W, 3) uint8 RGB, already resized by the test-time rule (any H, W),
 and "original_size" int64 [h, w] (the size before resizing) -> "boxes" (D, 4) float32 xyxy
 in original pixels, "scores" (D,), "labels" (D,) int64 dataset category ids, and for
-Mask R-CNN "masks" (D, h, w) bool. Normalisation, padding, NMS and mask pasting are inside.
+Mask R-CNN "masks" (D, h, w) bool, or with `mask_output="box"` "mask_probs" (D, M, M) float32
+(each box's mask before pasting; `OnnxDetector` pastes them as `Predictor` does).
+Normalisation, padding and NMS are inside.
 """
 from __future__ import annotations
 
@@ -22,18 +24,22 @@ from resnet_detect.engine.export import (MODEL_FILE, ExportError, OnnxModel, exp
                                          write_metadata)
 
 from .rcnn import GeneralizedRCNN
-from .roi_heads.mask_paste import paste_masks_dense
+from .roi_heads.mask_paste import paste_masks, paste_masks_dense
 
 TASK = "detection"
+# what a Mask R-CNN graph gives: every mask pasted at original_size, or each box's M x M mask
+MASK_OUTPUTS = ("pasted", "box")
 
 
 class DetectionGraph(nn.Module):
     """What the ONNX graph computes: `GeneralizedRCNN` in evaluation on one image, boxes and
     masks in the original image's pixels, labels as dataset category ids."""
 
-    def __init__(self, model: GeneralizedRCNN, category_ids: Sequence[int]) -> None:
+    def __init__(self, model: GeneralizedRCNN, category_ids: Sequence[int],
+                 mask_output: str = "pasted") -> None:
         super().__init__()
         self.model = model
+        self.mask_output = mask_output
         self.register_buffer("category_ids", torch.tensor(list(category_ids)), False)
 
     def forward(self, image: Tensor, original_size: Tensor) -> tuple[Tensor, ...]:
@@ -48,39 +54,59 @@ class DetectionGraph(nn.Module):
         scale = torch.stack([size[1] / width, size[0] / height] * 2).to(torch.float32)
         boxes = det["boxes"] * scale
         outputs = (boxes, det["scores"], self.category_ids[det["labels"]])
-        if m.mask_on:
+        if m.mask_on and self.mask_output == "box":
+            outputs += (det["mask_probs"],)
+        elif m.mask_on:
             outputs += (paste_masks_dense(det["mask_probs"], boxes,
                                           (original_size[0], original_size[1]),
                                           threshold=m.mask_threshold),)
         return outputs
 
 
-def output_names(model: GeneralizedRCNN) -> list[str]:
-    return ["boxes", "scores", "labels"] + (["masks"] if model.mask_on else [])
+def output_names(model: GeneralizedRCNN, mask_output: str = "pasted") -> list[str]:
+    masks = ["mask_probs" if mask_output == "box" else "masks"] if model.mask_on else []
+    return ["boxes", "scores", "labels", *masks]
 
 
 def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequence[str],
                     category_ids: Sequence[int], resize: tuple[int, int | None],
-                    example_size: tuple[int, int] = (96, 128)) -> dict[str, Any]:
+                    example_size: tuple[int, int] = (96, 128),
+                    mask_output: str = "pasted") -> dict[str, Any]:
     """Write `folder/model.onnx` and `folder/export.json`; returns the metadata.
 
     Args:
         resize: (short side, max size) of the test-time resizing the graph expects.
+        mask_output: Mask R-CNN: "pasted" (masks at original_size) or "box" (each box's
+            M x M mask probabilities, for the caller to paste).
+
+    Raises:
+        ExportError: `mask_output` is not one of `MASK_OUTPUTS`, or "box" for a model
+            without masks.
     """
+    if mask_output not in MASK_OUTPUTS:
+        raise ExportError(f"mask output must be one of {', '.join(MASK_OUTPUTS)}, got "
+                          f"{mask_output!r}")
+    if mask_output != "pasted" and not model.mask_on:
+        raise ExportError(f"mask_output={mask_output!r} (tools/export.py --mask-output) is "
+                          f"for Mask R-CNN (model.mask_on: true); this detector has no masks")
     model.eval()
     example = (torch.zeros((*example_size, 3), dtype=torch.uint8),
                torch.tensor(example_size, dtype=torch.int64))
-    names = output_names(model)
+    names = output_names(model, mask_output)
     dynamic = {"image": (0, 1), **{name: (0,) for name in names}}
-    if model.mask_on:
+    if model.mask_on and mask_output == "pasted":
         dynamic["masks"] = (0, 1, 2)
-    export_graph(DetectionGraph(model, category_ids), example, folder / MODEL_FILE,
-                 input_names=["image", "original_size"], output_names=names,
-                 dynamic_axes=dynamic)
+    export_graph(DetectionGraph(model, category_ids, mask_output), example,
+                 folder / MODEL_FILE, input_names=["image", "original_size"],
+                 output_names=names, dynamic_axes=dynamic)
     box_predictor = model.roi_heads.box_predictor
     outputs = {"boxes": "float32 (D, 4) xyxy in original-image pixels",
                "scores": "float32 (D,), decreasing", "labels": "int64 (D,) category ids"}
-    if model.mask_on:
+    if model.mask_on and mask_output == "box":
+        side = 2 * model.roi_heads.mask_pooler.output_size[0]  # the head's 2x deconvolution
+        outputs["mask_probs"] = (f"float32 (D, {side}, {side}) each box's mask "
+                                 f"probabilities, to paste into its box (README)")
+    elif model.mask_on:
         outputs["masks"] = "bool (D, h, w) at original_size (pasted at once: D*h*w floats)"
     return write_metadata(
         folder, TASK,
@@ -92,8 +118,8 @@ def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequen
         resize={"short_side": int(resize[0]),
                 "max_size": int(resize[1]) if resize[1] else None,
                 "interpolation": "bilinear (OpenCV, as detection.data.build_transforms)"},
-        mask_on=model.mask_on, **({"mask_threshold": model.mask_threshold}
-                                  if model.mask_on else {}),
+        mask_on=model.mask_on, **({"mask_threshold": model.mask_threshold,
+                                   "mask_output": mask_output} if model.mask_on else {}),
         score_thresh=box_predictor.score_thresh,
         nms_thresh=box_predictor.nms_thresh,
         detections_per_image=box_predictor.detections_per_image)
@@ -107,6 +133,7 @@ class OnnxDetector(OnnxModel):
     Attributes:
         metadata: export.json.
         mask_on: whether the graph returns masks.
+        mask_output: "pasted" or "box" (the graph gives each box's mask; pasted here).
     """
 
     def __init__(self, weights: str | os.PathLike, device: str | torch.device = "cpu") -> None:
@@ -119,6 +146,15 @@ class OnnxDetector(OnnxModel):
                               f"one non-negative int per class name; export again with "
                               f"tools/export.py")
         self.mask_on = bool(self.metadata["mask_on"])
+        # exports before the option pasted
+        self.mask_output = self.metadata.get("mask_output", "pasted") if self.mask_on \
+            else "pasted"
+        if self.mask_output not in MASK_OUTPUTS or self.mask_output == "box" and not \
+                isinstance(self.metadata.get("mask_threshold"), (int, float)):
+            raise ExportError(f"{self.metadata_source}: mask_output {self.mask_output!r} with "
+                              f"mask_threshold {self.metadata.get('mask_threshold')!r} is not "
+                              f"an export of this project's; export again with "
+                              f"tools/export.py")
         self._label_of_id = np.zeros(max(ids) + 1, dtype=np.int64)
         self._label_of_id[ids] = np.arange(len(ids))
 
@@ -135,7 +171,13 @@ class OnnxDetector(OnnxModel):
             result = {"boxes": torch.from_numpy(out[0]).to(device),
                       "scores": torch.from_numpy(out[1]).to(device),
                       "labels": torch.from_numpy(self._label_of_id[out[2]]).to(device)}
-            if self.mask_on:
+            if self.mask_output == "box":
+                # as GeneralizedRCNN pastes: one box region at a time, not D x h x w floats
+                result["masks"] = paste_masks(torch.from_numpy(out[3]),
+                                              torch.from_numpy(out[0]), size,
+                                              threshold=self.metadata["mask_threshold"]
+                                              ).to(device)
+            elif self.mask_on:
                 result["masks"] = torch.from_numpy(out[3]).to(device)
             results.append(result)
         return results

@@ -180,13 +180,14 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     return result
 
 
-def export_model(config: str, weights: str, folder: Path, overrides: Sequence[str] = ()
-                 ) -> dict[str, Any]:
+def export_model(config: str, weights: str, folder: Path, overrides: Sequence[str] = (),
+                 mask_output: str = "pasted") -> dict[str, Any]:
     """Export `weights` built as `config` says to folder/model.onnx (tools/export.py);
-    returns export.json."""
+    returns export.json. `mask_output`: see `export.export_detector`."""
     loaded = load_detector(config, weights=weights, overrides=overrides)
     return export_detector(loaded.model, folder, class_names=loaded.class_names,
-                           category_ids=loaded.category_ids, resize=test_resize(loaded.cfg))
+                           category_ids=loaded.category_ids, resize=test_resize(loaded.cfg),
+                           mask_output=mask_output)
 
 
 class DetectionTask:

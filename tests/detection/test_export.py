@@ -10,7 +10,7 @@ import torch
 
 from resnet_detect.detection.build import build_model
 from resnet_detect.detection.config import load_config
-from resnet_detect.detection.export import OnnxDetector, export_detector
+from resnet_detect.detection.export import ExportError, OnnxDetector, export_detector
 from resnet_detect.detection.rcnn import GeneralizedRCNN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,9 +29,9 @@ def build(config: str, *overrides: str) -> GeneralizedRCNN:
     return build_model(cfg).eval()
 
 
-def export(model: GeneralizedRCNN, folder: Path) -> OnnxDetector:
+def export(model: GeneralizedRCNN, folder: Path, mask_output: str = "pasted") -> OnnxDetector:
     export_detector(model, folder, class_names=["a", "b", "c"], category_ids=CATEGORY_IDS,
-                    resize=(96, 160), example_size=EXPORT_SIZE)
+                    resize=(96, 160), example_size=EXPORT_SIZE, mask_output=mask_output)
     return OnnxDetector(folder)
 
 
@@ -152,3 +152,64 @@ def test_an_image_without_detections_gives_empty_outputs(tmp_path: Path) -> None
         None, {"image": np.full((70, 90, 3), 128, np.uint8), "original_size": np.array([140, 180])})
     assert boxes.shape == (0, 4) and scores.shape == (0,) and labels.shape == (0,)
     assert masks.shape == (0, 140, 180) and masks.dtype == bool
+
+
+def readme_box_paste() -> str:
+    """README's torch-free paste of `--mask-output box` masks."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\nboxes, scores, labels, mask_probs = session.run(")
+    return text[start + len("```python\n"):text.index("```", start + 3)]
+
+
+def test_box_masks_are_pasted_as_pytorch_pastes_them(tmp_path: Path) -> None:
+    """mask_output="box": the graph gives each box's 28 x 28 probabilities, OnnxDetector pastes
+    them into the PyTorch model's masks, and README's OpenCV paste comes within a pixel of the
+    edges."""
+    model = build("configs/synthetic/mask_rcnn_R_18_FPN.yaml", "model.roi_heads.score_thresh=0.0",
+                  "model.roi_heads.mask_conv_dims=[16,16]")
+    onnx_model = export(model, tmp_path, mask_output="box")
+    assert onnx_model.metadata["mask_output"] == "box"
+    assert "mask_probs" in onnx_model.metadata["outputs"]
+    assert [o.name for o in onnx_model.session.get_outputs()][3] == "mask_probs"
+    generator = torch.Generator().manual_seed(0)
+    for h, w in SIZES:
+        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator)
+        original = (2 * h + 1, 2 * w - 3)
+        with torch.no_grad():
+            expected = model([image], output_sizes=[original])[0]
+        feed = {"image": np.ascontiguousarray(image.permute(1, 2, 0).numpy()),
+                "original_size": np.array(original, dtype=np.int64)}
+        probs = onnx_model.session.run(None, feed)[3]
+        assert probs.shape == (len(expected["boxes"]), 28, 28) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs, expected["mask_probs"].numpy(), atol=1e-5, rtol=0)
+        got = onnx_model([image], output_sizes=[original])[0]
+        assert expected["masks"].any() and got["masks"].shape == expected["masks"].shape
+        assert_same_masks(got["masks"], expected["masks"])
+        scope = {"np": np, "cv2": pytest.importorskip("cv2"), "session": onnx_model.session,
+                 "resized": feed["image"], "original_size": feed["original_size"],
+                 "h": original[0], "w": original[1], "meta": onnx_model.metadata}
+        exec(readme_box_paste(), scope)
+        edges = expected["masks"].numpy() ^ scope["masks"]
+        # OpenCV's bilinear arithmetic may round a pixel at the threshold the other way: on
+        # an edge of a mask, and few
+        assert edges.sum() <= 0.01 * expected["masks"].sum()
+        grown = torch.nn.functional.max_pool2d(expected["masks"][:, None].float(), 3, 1, 1)[:, 0]
+        shrunk = -torch.nn.functional.max_pool2d(-expected["masks"][:, None].float(), 3, 1, 1)[:, 0]
+        assert not (edges & ((grown == shrunk).numpy())).any()
+    # an image without detections
+    empty = build("configs/synthetic/mask_rcnn_R_18_FPN.yaml", "model.roi_heads.score_thresh=1.0",
+                  "model.roi_heads.mask_conv_dims=[16]")
+    none = export(empty, tmp_path / "empty", mask_output="box")
+    got = none([torch.full((3, 70, 90), 128, dtype=torch.uint8)], output_sizes=[(140, 180)])[0]
+    assert got["masks"].shape == (0, 140, 180) and got["masks"].dtype == torch.bool
+
+
+def test_mask_output_is_checked(tmp_path: Path) -> None:
+    faster = build("configs/detection/faster_rcnn_R_50_FPN_1x.yaml")
+    with pytest.raises(ExportError, match=r"mask_output='box' \(tools/export.py --mask-output\) "
+                                          r"is for Mask R-CNN .*this detector has no masks"):
+        export(faster, tmp_path, mask_output="box")
+    mask = build("configs/synthetic/mask_rcnn_R_18_FPN.yaml", "model.roi_heads.mask_conv_dims=[16]")
+    with pytest.raises(ExportError, match=r"must be one of pasted, box, got 'rle'"):
+        export(mask, tmp_path, mask_output="rle")
+    assert not (tmp_path / "model.onnx").exists()

@@ -175,6 +175,13 @@ def test_exported_onnx_scores_the_same_box_and_mask_ap_and_refuses_other_classes
     for iou_type in ("bbox", "segm"):
         assert metrics["onnx"][iou_type]["AP"] == pytest.approx(
             metrics["pth"][iou_type]["AP"], abs=0.1)
+    # each box's mask out of the graph, pasted by the tools as for the .pth
+    load_tool("export").main([*args, "--weights", str(trained[0] / "model_final.pth"),
+                              "--output", str(tmp_path / "box"), "--mask-output", "box"])
+    box = load_tool("eval").main([*args, "--weights", str(tmp_path / "box"), "--output",
+                                  str(tmp_path / "box_eval")])
+    assert box["segm"]["AP"] == pytest.approx(metrics["pth"]["segm"]["AP"], abs=0.1)
+    assert box["bbox"] == metrics["onnx"]["bbox"]
     written = load_tool("demo").main([*args, "--weights", str(export / "model.onnx"), "--input",
                                       str(data / "images/val/000000.jpg"), "--output",
                                       str(tmp_path / "demo")])

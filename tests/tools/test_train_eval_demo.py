@@ -385,6 +385,15 @@ def test_export_and_onnx_runs_refuse_what_they_cannot_do_naming_it(
     with pytest.raises(ValueError, match=r"exports classification, detection and sem_seg "
                                          r"models; .*cifar_synthetic.yaml is a 'analyze' config"):
         export.main([study, "--weights", weights, "--output", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match=r"--mask-output\) is for Mask R-CNN \(model.mask_on: "
+                                         r"true\); this detector has no masks"):
+        export.main([*args, "--weights", weights, "--output", str(tmp_path / "bad"),
+                     "--mask-output", "box"])
+    segmenter = str(ROOT / "configs/synthetic/deeplabv3plus_R_18_os16.yaml")
+    with pytest.raises(ValueError, match=r"--mask-output is for Mask R-CNN; .*"
+                                         r"deeplabv3plus_R_18_os16.yaml is a 'sem_seg' config"):
+        export.main([segmenter, "--weights", weights, "--output", str(tmp_path / "bad"),
+                     "--mask-output", "pasted"])
     assert not (tmp_path / "bad").exists()
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "onnx", None)
