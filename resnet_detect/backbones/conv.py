@@ -142,17 +142,14 @@ def _trains_on_avx2(x: Tensor, weight: Tensor) -> bool:
 
 def takes_winograd(x: Tensor, weight: Tensor, stride: tuple[int, int],
                    padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> bool:
-    """Training and inference; not while tracing (ONNX export) or compiling, where graphs
-    keep the convolution operator."""
+    """Training and inference (`conv2d` asks only outside tracing and compiling)."""
     if _AVX2_ONLY:
         min_channels, min_blocks = WINOGRAD_CHANNELS, WINOGRAD_BLOCKS
     elif _INTEL_AVX512:
         min_channels, min_blocks = INTEL_AVX512_WINOGRAD_CHANNELS, INTEL_AVX512_WINOGRAD_BLOCKS
     else:
         return False
-    if not (_float32_on_cpu(x) and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling()
-            and groups == 1 and tuple(weight.shape[2:]) == (3, 3)
+    if not (_float32_on_cpu(x) and groups == 1 and tuple(weight.shape[2:]) == (3, 3)
             and tuple(stride) == (1, 1) and tuple(padding) == (1, 1)
             and tuple(dilation) == (1, 1) and min(weight.shape[:2]) >= min_channels
             and x.is_contiguous(memory_format=torch.channels_last)):
@@ -213,6 +210,10 @@ class _ConvWithOwnWeightGrad(torch.autograd.Function):
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, padding: Any,
            dilation: Any, groups: int) -> Tensor:
     """F.conv2d, as Winograd products or with its own weight gradient where faster (above)."""
+    # a graph keeps the convolution operator; and TorchDynamo will not read the float32
+    # precision setting that the routes check (a graph break at every convolution)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     if not isinstance(padding, str):
         stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
         if takes_winograd(x, weight, stride, padding, dilation, groups):

@@ -224,20 +224,23 @@ def test_tracing_for_export_keeps_the_convolution_operator(avx2_cpu: None,
 
 def test_compiling_keeps_the_convolution_operator(avx2_cpu: None,
                                                   winograd_calls: list) -> None:
-    """A graph-recording backend: dynamo's graph has the convolution, not the products."""
+    """A graph-recording backend: dynamo's graph has the convolutions, not the products, and
+    is one graph (no break at a convolution: the routes' checks are not traced)."""
     graphs: list[torch.fx.GraphModule] = []
 
     def recording_backend(graph: torch.fx.GraphModule, inputs: list) -> object:
         graphs.append(graph)
         return graph.forward
 
-    conv = Conv2d(128, 128, 3, padding=1)
+    convs = torch.nn.Sequential(Conv2d(128, 128, 3, padding=1), torch.nn.ReLU(),
+                                Conv2d(128, 128, 3, padding=1))
     torch._dynamo.reset()
-    compiled = torch.compile(conv, backend=recording_backend)
+    compiled = torch.compile(convs, backend=recording_backend)
     with torch.no_grad():
         compiled(decoder_map())
-    targets = {str(node.target) for graph in graphs for node in graph.graph.nodes}
-    assert any("conv2d" in target for target in targets)
+    assert len(graphs) == 1
+    targets = [str(node.target) for graph in graphs for node in graph.graph.nodes]
+    assert sum("conv2d" in target for target in targets) == 2
     assert not any("bmm" in target for target in targets)
     assert winograd_calls == []
 
