@@ -221,8 +221,15 @@ class DetectionTask:
                 max_dets=scored_detections(cfg))
         description = (f"{len(data.train)} train / {len(data.val) if data.val else 'no'} val "
                        f"images, {data.mapping.num_classes} classes {list(data.mapping.names)}")
+        factors = data.train.repeat_factors
+        if factors is not None:
+            description += (f"; repeat factor sampling: {int((factors > 1).sum())} images "
+                            f"repeated (up to {factors.max():.2f} times), about "
+                            f"{factors.sum():.0f} draws per pass over the "
+                            f"{len(factors)}")
         return TaskData(train=data.train, val=data.val, description=description,
-                        group_ids=data.train.group_ids, batch_keys=data.train.batch_keys)
+                        group_ids=data.train.group_ids, batch_keys=data.train.batch_keys,
+                        repeat_factors=factors)
 
     def build_model(self, cfg: DictConfig) -> nn.Module:
         return build_model(cfg)

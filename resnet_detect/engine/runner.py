@@ -62,6 +62,7 @@ class TaskData:
         val_batch_size: images per evaluation batch on each process.
         collate: samples -> batch in the loader workers (default: a list of the readable ones).
         batch_keys: a training batch's keys -> the keys asked of `train` (None: as drawn).
+        repeat_factors: times each training image is drawn per pass (None: once).
     """
 
     train: Dataset
@@ -71,6 +72,7 @@ class TaskData:
     val_batch_size: int = 1
     collate: Callable[[list[Any]], Any] = collate
     batch_keys: Callable[[list[Any]], list[Any]] | None = None
+    repeat_factors: np.ndarray | None = None
 
 
 class Task(Protocol):
@@ -527,7 +529,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                       num_workers=cfg.data.num_workers, start_iter=start_iter,
                                       group_ids=data.group_ids,
                                       pin_memory=device.type == "cuda",
-                                      collate_fn=data.collate, batch_keys=data.batch_keys)
+                                      collate_fn=data.collate, batch_keys=data.batch_keys,
+                                      repeat_factors=data.repeat_factors)
     per_epoch = f" ({lengths['per_epoch']} per epoch)" if "per_epoch" in lengths else ""
     logger.info("training for %d iterations%s from iteration %d", lengths["max_iter"], per_epoch,
                 start_iter)

@@ -696,7 +696,11 @@ def test_image_sizes_checked_against_the_entries(small: tuple[Path, Path], tmp_p
 @pytest.mark.parametrize("key, value, message", [
     ("hflip_prob", 2.0, r"data.train.hflip_prob must be a probability in \[0, 1\], got 2.0"),
     ("min_size", -5, r"data.train.min_size must be positive integers \(pixels\), got -5"),
-    ("min_size", [640, 0], r"data.train.min_size must be positive integers")])
+    ("min_size", [640, 0], r"data.train.min_size must be positive integers"),
+    ("repeat_threshold", 0, r"data.train.repeat_threshold must be a fraction of the images in "
+                            r"\(0, 1\] \(0.001 for LVIS\) or null, got 0"),
+    ("repeat_threshold", 1.5, r"data.train.repeat_threshold must be .* got 1.5"),
+    ("repeat_threshold", "rare", r"data.train.repeat_threshold must be .* got 'rare'")])
 def test_augmentation_values_are_refused_naming_the_key_before_the_data_is_read(
         tmp_path: Path, key: str, value: Any, message: str) -> None:
     """hflip_prob=2 reached albumentations' validation and min_size=-5 the resize, naming
@@ -706,3 +710,28 @@ def test_augmentation_values_are_refused_naming_the_key_before_the_data_is_read(
                        f"data.train.{key}={json.dumps(value)}"])
     with pytest.raises(ConfigError, match=message):
         build_train_dataset(cfg)
+
+
+def test_repeat_threshold_gives_images_of_rare_classes_their_factor(tmp_path: Path) -> None:
+    """Category 7 is in 3 of the 4 training images, 2 and 40 in one each: at threshold 0.5,
+    r(7) = 1 and r(2) = r(40) = sqrt(0.5 / 0.25) = sqrt(2); an image takes its classes'
+    largest."""
+    img_dir = tmp_path / "images"
+    images = []
+    for i in range(4):
+        _write_png(img_dir / f"{i}.png", _pattern(30, 40))
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": 30, "width": 40})
+    annotations = [_ann(1, 1, [1, 1, 9, 9]), _ann(2, 2, [1, 1, 9, 9]),
+                   _ann(3, 2, [12, 1, 9, 9], category_id=2), _ann(4, 3, [1, 1, 9, 9]),
+                   _ann(5, 4, [1, 1, 9, 9], category_id=40), _ann(6, 4, [12, 1, 9, 9],
+                                                                  category_id=40)]
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(_coco(images, annotations)))
+    overrides = [f"data.train.ann_file={ann_file}", f"data.train.img_dir={img_dir}"]
+    cfg = load_config(CONFIGS / "synthetic/faster_rcnn_R_18_FPN.yaml",
+                      [*overrides, "data.train.repeat_threshold=0.5"])
+    train, _, _ = build_train_dataset(cfg)
+    np.testing.assert_allclose(train.repeat_factors, [1.0, 2 ** 0.5, 1.0, 2 ** 0.5])
+    plain, _, _ = build_train_dataset(load_config(
+        CONFIGS / "synthetic/faster_rcnn_R_18_FPN.yaml", overrides))
+    assert plain.repeat_factors is None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from resnet_detect.engine.data.samplers import (GroupedBatchSampler, InferenceSampler,
-                                                TrainingSampler)
+                                                TrainingSampler, repeat_factors)
 
 
 def take(sampler: TrainingSampler, n: int) -> list:
@@ -84,3 +84,45 @@ def test_grouped_batches_share_orientation_and_resume() -> None:
         assert len(batch) == 3 and len({int(group_ids[i]) for i, _ in batch}) == 1
     resumed = GroupedBatchSampler(sampler, group_ids=group_ids, batch_size=3, start_batch=5)
     assert list(itertools.islice(resumed, 7)) == first[5:]
+
+
+def test_repeat_factors_follow_the_lvis_rule() -> None:
+    """Class 0 in 4 of 5 images, 1 in 1 (a fraction 0.2), 2 in 2 (0.4); threshold 0.8:
+    r(0) = 1, r(1) = sqrt(0.8 / 0.2) = 2, r(2) = sqrt(2); an image takes its largest, one
+    without objects 1; repeated objects of a class count once."""
+    classes = [[0], [0, 1, 1], [0, 2], [2, 2, 0], []]
+    np.testing.assert_allclose(repeat_factors(classes, 0.8), [1.0, 2.0, 2 ** 0.5, 2 ** 0.5, 1.0])
+    np.testing.assert_allclose(repeat_factors(classes, 0.01), [1.0] * 5)
+
+
+def test_each_pass_draws_an_image_its_factor_times() -> None:
+    factors = [1.0, 1.5, 3.0, 1.0, 2.25]
+    sampler = TrainingSampler(5, seed=2, rank=0, world_size=1, factors=factors)
+    counts = np.array([np.bincount(sampler.pass_keys(epoch)[0], minlength=5)
+                       for epoch in range(2000)])
+    assert (counts[:, [0, 3]] == 1).all() and (counts[:, 2] == 3).all()
+    assert set(counts[:, 1].tolist()) == {1, 2} and set(counts[:, 4].tolist()) == {2, 3}
+    np.testing.assert_allclose(counts.mean(axis=0), factors, atol=0.04)
+    first, second = sampler.pass_keys(0)[0], sampler.pass_keys(1)[0]
+    assert first != second  # shuffled within each pass
+    assert len(set(sampler.pass_keys(0)[1])) == len(first)  # a seed per draw
+
+
+def test_a_repeat_factor_stream_shards_and_resumes_across_passes() -> None:
+    """Passes of different lengths: each rank's share, resumed at any step, continues the
+    one global stream (0.7 extra draws make passes of 10 to 14 keys)."""
+    factors = np.full(10, 1.0)
+    factors[[2, 5, 7, 8]] = 1.7
+    single = take(TrainingSampler(10, seed=4, rank=0, world_size=1, factors=factors), 90)
+    ranks = [take(TrainingSampler(10, seed=4, rank=r, world_size=2, factors=factors), 45)
+             for r in range(2)]
+    assert ranks[0] == single[0::2] and ranks[1] == single[1::2]
+    for start in (3, 6, 17, 31):
+        resumed = take(TrainingSampler(10, seed=4, rank=1, world_size=2, factors=factors,
+                                       start=start), 10)
+        assert resumed == ranks[1][start:start + 10]
+    with pytest.raises(ValueError, match=r"repeat factors must be 10 numbers >= 1, got shape "
+                                         r"\(9,\)"):
+        TrainingSampler(10, factors=factors[:9], rank=0, world_size=1)
+    with pytest.raises(ValueError, match=r"smallest 0.5"):
+        TrainingSampler(10, factors=np.r_[factors[:9], 0.5], rank=0, world_size=1)

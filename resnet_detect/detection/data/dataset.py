@@ -120,6 +120,7 @@ class DetectionDataset(Dataset):
                 raise ValueError("scale_per_batch needs a ResizeShortestEdge in the transform")
             self._resize = resizes[0]
         self.num_skipped = 0  # unreadable images seen by this process
+        self.repeat_factors: np.ndarray | None = None  # set for repeat factor sampling
 
     def __len__(self) -> int:
         return len(self._records)

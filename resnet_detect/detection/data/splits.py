@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from resnet_detect.engine.config import ConfigError, check_probability, check_sizes, parse_bool
 from resnet_detect.engine.data import (CategoryMapping, DatasetError, check_image_sizes,
-                                       load_coco_json)
+                                       load_coco_json, repeat_factors)
 
 from ..config import test_resize
 from .dataset import DetectionDataset
@@ -78,6 +78,11 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
     scale_per_batch = parse_bool(d.scale_per_batch, "data.train.scale_per_batch")
     flip_prob = check_probability(d.hflip_prob, "data.train.hflip_prob")
     check_sizes(d.min_size, "data.train.min_size")
+    threshold = d.repeat_threshold
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(
+            threshold, (int, float)) or not 0 < threshold <= 1):
+        raise ConfigError(f"data.train.repeat_threshold must be a fraction of the images in "
+                          f"(0, 1] (0.001 for LVIS) or null, got {threshold!r}")
     mask_on = bool(cfg.model.mask_on)
     records, mapping, stats = load_coco_json(*paths, filter_empty=d.filter_empty,
                                              keep_segmentation=mask_on, training=True)
@@ -92,6 +97,8 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
     train = DetectionDataset(records, with_masks=mask_on, scale_per_batch=scale_per_batch,
                              transform=build_transforms(min_size=min_size, max_size=d.max_size,
                                                         flip_prob=flip_prob))
+    if threshold is not None:
+        train.repeat_factors = repeat_factors([r["classes"] for r in records], threshold)
     del records  # packed in `train`; its Python objects (GBs for COCO's polygons) go now
     return train, mapping, paths[0]
 

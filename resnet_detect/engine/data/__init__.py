@@ -7,7 +7,7 @@ from .images import (IMAGE_SUFFIXES, NOT_DATA_FOLDERS, UnreadableImageError, che
                      decoded_size, files_under, image_size, read_image)
 from .loaders import CountedLoader, build_test_loader, build_train_loader, collate
 from .records import PackedRecords
-from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
+from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler, repeat_factors
 
 __all__ = ["IMAGE_SUFFIXES", "NOT_DATA_FOLDERS", "CategoryMapping", "CountedLoader", "DatasetError",
            "GroupedBatchSampler", "InferenceSampler", "LoadStats", "PackedRecords",
@@ -15,4 +15,4 @@ __all__ = ["IMAGE_SUFFIXES", "NOT_DATA_FOLDERS", "CategoryMapping", "CountedLoad
            "check_image_sizes",
            "check_rgb_image", "check_segmentation", "collate", "decoded_size", "files_under",
            "image_size", "listing", "load_coco_json", "read_coco_json", "read_image",
-           "segmentation_to_mask"]
+           "repeat_factors", "segmentation_to_mask"]

@@ -64,7 +64,9 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int = 0,
                        pin_memory: bool = False, rank: int | None = None,
                        world_size: int | None = None,
                        collate_fn: Callable[[list[Any]], Any] = collate,
-                       batch_keys: Callable[[list[Any]], list[Any]] | None = None) -> DataLoader:
+                       batch_keys: Callable[[list[Any]], list[Any]] | None = None,
+                       repeat_factors: Sequence[float] | np.ndarray | None = None
+                       ) -> DataLoader:
     """Endless training loader of lists of samples, resumable at a step.
 
     Args:
@@ -80,13 +82,15 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int = 0,
         collate_fn: samples (None for unreadable ones) -> batch, run in the workers.
         batch_keys: the keys of a batch -> the keys the dataset is asked for (e.g. with a
             scale shared by the batch); a function of the keys alone, so resuming draws the same.
+        repeat_factors: times each image is drawn per pass (`samplers.repeat_factors`).
     """
     if group_ids is None:  # consecutive keys: skip them in the sampler, no bucketing needed
         sampler = TrainingSampler(len(dataset), seed=seed, start=start_iter * batch_size,
-                                  rank=rank, world_size=world_size)
+                                  rank=rank, world_size=world_size, factors=repeat_factors)
         batches: Any = BatchSampler(sampler, batch_size=batch_size, drop_last=True)
     else:
-        sampler = TrainingSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
+        sampler = TrainingSampler(len(dataset), seed=seed, rank=rank, world_size=world_size,
+                                  factors=repeat_factors)
         batches = GroupedBatchSampler(sampler, group_ids=group_ids, batch_size=batch_size,
                                       start_batch=start_iter)
     if batch_keys is not None:
