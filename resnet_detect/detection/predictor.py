@@ -24,6 +24,7 @@ from resnet_detect.engine.config import ConfigError
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from resnet_detect.engine.data import check_rgb_image
 from resnet_detect.engine.distributed import usable_device
+from resnet_detect.engine.host_memory import release_free_memory
 from resnet_detect.engine.export import is_onnx
 from resnet_detect.engine.visualize import Renderer, draw_detections, palette
 
@@ -196,6 +197,11 @@ class Predictor:
             Runtime); None uses `model.weights` of the config.
         overrides: `key=value` config overrides.
         device: where the model runs ("cpu", "cuda", ...).
+        release_memory: after each prediction on the CPU, hand the memory freed by it back
+            to the system (`engine.host_memory.release_free_memory`), so that a long-running
+            service fed images of many sizes keeps its size; False keeps that memory for the
+            next call, which then page-faults less (BENCHMARKS.md, "A Predictor in a
+            long-running process").
 
     Attributes:
         model: the `GeneralizedRCNN`, in eval mode.
@@ -205,8 +211,9 @@ class Predictor:
 
     def __init__(self, config: str | os.PathLike | Mapping[str, Any] | DictConfig | None = None,
                  *, weights: str | os.PathLike | None = None, overrides: Sequence[str] = (),
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", release_memory: bool = True) -> None:
         loaded = load_detector(config, weights=weights, overrides=overrides, device=device)
+        self.release_memory = release_memory
         self.model = loaded.model
         self.cfg = loaded.cfg
         self.class_names = loaded.class_names
@@ -244,6 +251,8 @@ class Predictor:
                   "class_names": [self.name_of(c) for c in labels]}
         if "masks" in out:
             result["masks"] = out["masks"].cpu().numpy()
+        if self.release_memory and self.device.type == "cpu":
+            release_free_memory()
         return result
 
 

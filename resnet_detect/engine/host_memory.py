@@ -1,4 +1,5 @@
-"""`train.cache_host_memory`: keep freed host memory for reuse (glibc), for CPU training.
+"""`train.cache_host_memory`: keep freed host memory for reuse (glibc), for CPU training;
+and `release_free_memory`, the opposite, for a long-running process that predicts.
 
 glibc's malloc serves every large request (above 128 KiB to 32 MiB) with fresh pages from
 mmap, returns them to the kernel when they are freed, and trims the top of its heap as soon
@@ -17,17 +18,47 @@ does not change it behind its caller's back.
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
+from collections.abc import Callable
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # glibc's malloc.h
 _TOP_PAD = 256 << 20  # grow the heap in large steps: fewer brk calls and new pages
 _NEVER_TRIM = 2**31 - 1  # mallopt takes an int
 
 
+def _on_glibc() -> bool:
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not _on_glibc():
+        return None
+    trim = ctypes.CDLL(None).malloc_trim
+    trim.argtypes = [ctypes.c_size_t]
+    return trim
+
+
+def release_free_memory() -> bool:
+    """Hand the freed parts of the heap back to the kernel (glibc's malloc_trim; a no-op
+    elsewhere); returns whether it ran.
+
+    Why the Predictors call it after each CPU prediction: an image's transient tensors, of
+    other sizes for every image size, come from the heap once glibc has raised its mmap
+    threshold, and the gaps they leave stay in the process: a service predicting images of
+    varying sizes kept growing (BENCHMARKS.md, "A Predictor in a long-running process")."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 def cache_host_memory() -> bool:
     """Keep freed memory of this process (and of the processes it forks later, such as loader
     workers) in its heap for reuse. Returns whether it was applied: False off glibc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _on_glibc():
         return False
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -19,6 +19,7 @@ from resnet_detect.engine.config import ConfigError
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from resnet_detect.engine.data import check_rgb_image
 from resnet_detect.engine.distributed import usable_device
+from resnet_detect.engine.host_memory import release_free_memory
 from resnet_detect.engine.export import ExportError, is_onnx
 from resnet_detect.engine.visualize import Renderer, draw_segmentation, palette
 
@@ -75,6 +76,11 @@ class Predictor:
         overrides: `key=value` config overrides.
         device: where the model runs ("cpu", "cuda", ...).
         tta: test-time inference; None takes the config's `test` section.
+        release_memory: after each prediction on the CPU, hand the memory freed by it back
+            to the system (`engine.host_memory.release_free_memory`), so that a long-running
+            service fed images of many sizes keeps its size; False keeps that memory for the
+            next call, which then page-faults less (BENCHMARKS.md, "A Predictor in a
+            long-running process").
 
     Attributes:
         class_names: name of every class id (checkpoint provenance, else class_0..).
@@ -85,9 +91,11 @@ class Predictor:
 
     def __init__(self, config: str | os.PathLike | DictConfig | Mapping[str, Any] | None = None,
                  *, weights: str | os.PathLike | None = None, overrides: Sequence[str] = (),
-                 device: str | torch.device = "cpu", tta: TTAInference | None = None) -> None:
+                 device: str | torch.device = "cpu", tta: TTAInference | None = None,
+                 release_memory: bool = True) -> None:
         device = usable_device(device)
         self._warned = False  # of a large image run whole
+        self.release_memory = release_memory
         if is_onnx(weights):
             self._init_onnx(config, weights, overrides, device, tta)
             return
@@ -181,7 +189,11 @@ class Predictor:
             mask = self.model([tensor])[0]["mask"]
         else:
             mask = self.tta(self.model, tensor).argmax(dim=0)
-        return {"mask": mask.cpu().numpy().astype(np.int64, copy=False)}
+        result = {"mask": mask.cpu().numpy().astype(np.int64, copy=False)}
+        del tensor, mask
+        if self.release_memory and self.device.type == "cpu":
+            release_free_memory()
+        return result
 
 
 def _settings(tta: TTAInference) -> tuple[Any, ...]:

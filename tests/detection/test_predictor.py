@@ -162,3 +162,15 @@ def test_building_a_predictor_leaves_the_random_stream_alone(checkpoint: Path) -
     torch.manual_seed(123)
     Predictor(None, weights=checkpoint)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_each_cpu_prediction_hands_its_freed_memory_back_unless_told_not_to(
+        checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr("resnet_detect.detection.predictor.release_free_memory",
+                        lambda: calls.append(1))
+    image = np.zeros((60, 80, 3), np.uint8)
+    Predictor(None, weights=checkpoint)(image)
+    assert calls == [1]
+    Predictor(None, weights=checkpoint, release_memory=False)(image)
+    assert calls == [1]

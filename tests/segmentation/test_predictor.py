@@ -201,3 +201,16 @@ def test_a_read_only_image_is_segmented_without_a_warning(tmp_path, small_config
         warnings.simplefilter("error")
         mask = predictor(image)["mask"]
     np.testing.assert_array_equal(mask, predictor(image.copy())["mask"])
+
+
+def test_each_cpu_prediction_hands_its_freed_memory_back_unless_told_not_to(
+        tmp_path, small_config, monkeypatch):
+    calls = []
+    monkeypatch.setattr("resnet_detect.segmentation.predictor.release_free_memory",
+                        lambda: calls.append(1))
+    path = _random_weights(small_config("fcn", num_classes=4), tmp_path / "w.pth")
+    image = np.zeros((20, 30, 3), np.uint8)
+    Predictor(small_config("fcn", num_classes=4), weights=path)(image)
+    assert calls == [1]
+    Predictor(small_config("fcn", num_classes=4), weights=path, release_memory=False)(image)
+    assert calls == [1]
