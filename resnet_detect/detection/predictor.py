@@ -251,6 +251,7 @@ class Predictor:
                   "class_names": [self.name_of(c) for c in labels]}
         if "masks" in out:
             result["masks"] = out["masks"].cpu().numpy()
+        del resized, tensor, out
         if self.release_memory and self.device.type == "cpu":
             release_free_memory()
         return result

@@ -35,7 +35,10 @@ def _on_glibc() -> bool:
 def _malloc_trim() -> Callable[[int], int] | None:
     if not _on_glibc():
         return None
-    trim = ctypes.CDLL(None).malloc_trim
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):  # a libc that says glibc but lacks it
+        return None
     trim.argtypes = [ctypes.c_size_t]
     return trim
 

@@ -275,9 +275,9 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                      cfg: DictConfig, max_iter: int, logger: logging.Logger,
                      now: Mapping[str, Any]) -> None:
     """Refuse a checkpoint this run cannot continue from, before anything is restored; say
-    which `train` keys differ from the run that wrote it (the new values apply), and whether
-    the training set changed size. `now`: what this run's checkpoints record (its classes,
-    its number of training images)."""
+    which `train` and `data.train` keys differ from the run that wrote it (the new values
+    apply), and whether the training set changed size. `now`: what this run's checkpoints
+    record (its classes, its number of training images)."""
     new_run = ("start a new run from its weights (model.weights=PATH) in another "
                "train.output_dir" if "weights" in (cfg.get("model") or {}) else
                "start a new run in another train.output_dir")
@@ -321,6 +321,19 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                        "; another batch size also draws other images"
                        if "batch_size" in changed else "",
                        ", ".join(f"train.{k}: {a} -> {b}" for k, (a, b) in changed.items()))
+    # the data's own paths may move (another disk); other keys change what is drawn or how
+    # it is augmented from here on
+    data_before = ((provenance.get("config") or {}).get("data") or {}).get("train")
+    data_now = to_plain(cfg.data.train) if "train" in (cfg.get("data") or {}) else None
+    if isinstance(data_before, Mapping) and isinstance(data_now, Mapping):
+        moved = {k: (data_before.get(k), data_now.get(k))
+                 for k in sorted(set(data_before) | set(data_now))
+                 if data_before.get(k) != data_now.get(k) and not k.endswith(("_file", "_dir"))}
+        if moved:
+            logger.warning("resuming %s with data.train settings other than the run that wrote "
+                           "it: the images are drawn or augmented otherwise from iteration "
+                           "%d: %s", path, iteration,
+                           ", ".join(f"data.train.{k}: {a} -> {b}" for k, (a, b) in moved.items()))
 
 
 def _saved_on_error(batches: Iterator[Any], trainer: Trainer, checkpointer: Checkpointer,

@@ -213,3 +213,43 @@ def test_mask_output_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"must be one of pasted, box, got 'rle'"):
         export(mask, tmp_path, mask_output="rle")
     assert not (tmp_path / "model.onnx").exists()
+
+
+class _Session:
+    """Stands in for an ONNX Runtime session that gives these outputs."""
+
+    def __init__(self, boxes: np.ndarray, probs: np.ndarray) -> None:
+        self.outputs = [boxes, np.ones(len(boxes), np.float32), np.ones(len(boxes), np.int64),
+                        probs]
+
+    def run(self, names: object, feed: object) -> list[np.ndarray]:
+        return self.outputs
+
+
+def test_readmes_box_paste_gives_paste_masks_corners_and_edges() -> None:
+    """Boxes whose widened corners float32 rounding puts on the other side of an integer (a
+    whole edge line one pixel off when computed in another order), boxes at the image's edges
+    and corners, tiny and empty boxes, and random ones."""
+    from resnet_detect.detection import paste_masks
+    h, w = 90, 120
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(-5, 125, (3000, 2)).astype(np.float32)
+    size = rng.uniform(0, 60, (3000, 2)).astype(np.float32)
+    boxes = np.concatenate([
+        np.array([[1.125, 1.125, 60.625, 60.625], [0, 0, 120, 90], [0, 0, 3, 3],
+                  [117, 87, 120, 90], [50, 40, 50, 40], [50.2, 40.7, 50.9, 41.1],
+                  [-3, -3, 10, 10], [110, 80, 130, 95]], np.float32),
+        np.concatenate([np.clip(xy, 0, [w, h]), np.clip(xy + size, 0, [w, h])], axis=1)])
+    for probs in (np.ones((len(boxes), 28, 28), np.float32),
+                  rng.uniform(0, 1, (len(boxes), 28, 28)).astype(np.float32)):
+        scope = {"np": np, "cv2": pytest.importorskip("cv2"),
+                 "session": _Session(boxes, probs), "resized": None, "original_size": None,
+                 "h": h, "w": w, "meta": {"mask_threshold": 0.5}}
+        exec(readme_box_paste(), scope)
+        expected = paste_masks(torch.from_numpy(probs), torch.from_numpy(boxes), (h, w),
+                               threshold=0.5).numpy()
+        wrong = (scope["masks"] != expected).sum(axis=(1, 2))
+        if (probs == 1).all():  # every edge where the box puts it
+            assert (wrong == 0).all(), (np.flatnonzero(wrong)[:5], wrong.max())
+        else:  # OpenCV's arithmetic may round a pixel at the threshold the other way
+            assert (wrong == 0).mean() > 0.99 and (wrong <= 2).all(), (wrong.max(), wrong.sum())

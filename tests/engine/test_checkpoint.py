@@ -452,3 +452,29 @@ def test_weights_alone_or_another_tasks_checkpoint_are_refused_as_such(tmp_path:
         Checkpointer(tmp_path / "pre", model=model, check=lambda path, saved, it: (
             _check_resumable(path, saved, it, cfg, 10, logging.getLogger("t"),
                              {"class_names": ["a", "b", "c"]}))).resume()
+
+
+def test_resuming_with_other_data_train_settings_names_them(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """data.train.repeat_threshold (or the augmentation) changed at a resume changes every key
+    drawn from there on; the paths of the data may move without a word."""
+    recorded = {"config": {"task": "detection", "train": {"batch_size": 4},
+                           "data": {"train": {"ann_file": "/a/train.json", "img_dir": "/a/img",
+                                              "repeat_threshold": None, "hflip_prob": 0.5}}}}
+    cfg = OmegaConf.create({"task": "detection", "train": {"batch_size": 4},
+                            "data": {"train": {"ann_file": "/b/train.json", "img_dir": "/b/img",
+                                               "repeat_threshold": 0.01, "hflip_prob": 0.5}}})
+    with caplog.at_level("WARNING"):
+        _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
+                         logging.getLogger("t"), {})
+    assert ("resuming model_0000004.pth with data.train settings other than the run that wrote "
+            "it: the images are drawn or augmented otherwise from iteration 4: "
+            "data.train.repeat_threshold: None -> 0.01") in caplog.text
+    assert "ann_file" not in caplog.text and "train settings other than" not in \
+        caplog.text.replace("data.train settings other than", "")
+    caplog.clear()
+    cfg.data.train.repeat_threshold = None
+    with caplog.at_level("WARNING"):
+        _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
+                         logging.getLogger("t"), {})
+    assert caplog.text == ""

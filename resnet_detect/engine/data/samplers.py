@@ -29,7 +29,8 @@ def repeat_factors(image_classes: Sequence[Sequence[int] | np.ndarray],
     largest r(c) of its classes (1 without objects).
 
     Args:
-        image_classes: the class ids of each training image's objects.
+        image_classes: the class ids of each training image's objects (those it trains on:
+            detectron2 also counts crowd regions, which do not train the classifier).
         threshold: the image frequency under which a class is repeated, in (0, 1].
 
     Returns:
