@@ -91,6 +91,11 @@ def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
     objects so ignored).
     """
     data = read_coco_json(ann_file)
+    if any(isinstance(c, dict) and "frequency" in c for c in data["categories"]):
+        warnings.warn(f"{ann_file} is an LVIS file: it is scored with COCO's AP, not LVIS's "
+                      f"federated AP (lvis-api), which ignores detections of the categories "
+                      f"an image was not checked for; here they count as false positives, so "
+                      f"the AP is lower than LVIS's own", RuntimeWarning, stacklevel=2)
     sizes = {img["id"]: (img["height"], img["width"]) for img in data["images"]}
     annotations, ignored = [], 0
     for ann in data["annotations"]:

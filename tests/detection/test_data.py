@@ -735,3 +735,24 @@ def test_repeat_threshold_gives_images_of_rare_classes_their_factor(tmp_path: Pa
     plain, _, _ = build_train_dataset(load_config(
         CONFIGS / "synthetic/faster_rcnn_R_18_FPN.yaml", overrides))
     assert plain.repeat_factors is None
+
+
+def test_an_lvis_file_names_its_images_by_their_coco_url(tmp_path: Path) -> None:
+    """LVIS v1 has no file_name: its images are COCO's, in the folder the URL names under
+    the image folder (detectron2's reading), train2017/ and val2017/ mixed in one split."""
+    img_dir = tmp_path / "coco"
+    images = []
+    for i, folder in enumerate(("train2017", "val2017")):
+        _write_png(img_dir / folder / f"{i:012d}.png", _pattern(30, 40))
+        images.append({"id": i + 1, "height": 30, "width": 40, "neg_category_ids": [],
+                       "coco_url": f"http://images.cocodataset.org/{folder}/{i:012d}.png"})
+    annotations = [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 9, 9], "area": 81},
+                   {"id": 2, "image_id": 2, "category_id": 2, "bbox": [2, 2, 9, 9], "area": 81}]
+    categories = [{"id": 7, "name": "seven", "frequency": "f"},
+                  {"id": 2, "name": "two", "frequency": "r"}]
+    ann_file = tmp_path / "lvis_v1_train.json"
+    ann_file.write_text(json.dumps(_coco(images, annotations, categories)))
+    records, _, stats = load_coco_json(ann_file, img_dir, training=True)
+    assert [r["file_name"] for r in records] == [
+        str(img_dir / "train2017/000000000000.png"), str(img_dir / "val2017/000000000001.png")]
+    assert stats.boxes == 2

@@ -347,3 +347,22 @@ def test_evaluation_leaves_the_callers_results_as_they_were(gt_file: Path, backe
         assert evaluate_coco(gt_file, results, iou_type=iou_type, backend=backend,
                              verbose=False)["AP"] == pytest.approx(100.0, abs=1e-9)
     assert json.dumps(results, sort_keys=True) == before
+
+
+def test_an_lvis_file_is_scored_with_a_warning_that_its_ap_is_cocos(
+        gt_file: Path, tmp_path: Path) -> None:
+    """LVIS v1: images named by coco_url alone, categories with a frequency, no iscrowd."""
+    lvis = _gt(gt_file)
+    for img in lvis["images"]:
+        img["coco_url"] = f"http://images.cocodataset.org/val2017/{img.pop('file_name')}"
+        img["neg_category_ids"], img["not_exhaustive_category_ids"] = [], []
+    for category in lvis["categories"]:
+        category.update(frequency="r", synonyms=[category["name"]])
+    lvis["annotations"] = [{k: v for k, v in ann.items() if k != "iscrowd"}
+                           for ann in lvis["annotations"] if not ann["iscrowd"]]
+    lvis_file = tmp_path / "lvis_v1_val.json"
+    lvis_file.write_text(json.dumps(lvis))
+    with pytest.warns(RuntimeWarning, match=r"lvis_v1_val.json is an LVIS file: it is scored "
+                                            r"with COCO's AP, not LVIS's federated AP"):
+        metrics = _run(lvis_file, tmp_path, _perfect(gt_file))["bbox"]
+    assert metrics["AP"] == pytest.approx(100.0, abs=1e-9)

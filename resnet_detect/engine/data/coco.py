@@ -155,6 +155,12 @@ def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
     if missing:
         raise DatasetError(f"{ann_file}: missing or not a list: {', '.join(missing)} "
                            "(a COCO instances file needs images, annotations and categories)")
+    for img in data["images"]:
+        if isinstance(img, dict) and "file_name" not in img \
+                and isinstance(img.get("coco_url"), str):
+            # LVIS: a COCO image, in the folder its URL names (train2017/ or val2017/) under
+            # the image folder, as detectron2 reads it
+            img["file_name"] = "/".join(img["coco_url"].rstrip("/").split("/")[-2:])
     problems: list[str] = []
     category_ids = _check_entries(data["categories"], "categories", {"id": int, "name": str},
                                   problems)
