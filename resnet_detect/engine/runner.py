@@ -155,6 +155,9 @@ def check_train_choices(t: DictConfig) -> None:
     if not is_positive_int(t.batch_size):
         raise ConfigError(f"train.batch_size must be a positive integer (images per step over "
                           f"all processes), got {t.batch_size!r}")
+    if not is_positive_int(t.accumulation_steps):
+        raise ConfigError(f"train.accumulation_steps must be a positive integer (batches per "
+                          f"optimizer step), got {t.accumulation_steps!r}")
     if t.clip_grad_norm is not None and not t.clip_grad_norm >= 0:
         # torch's clip_grad_norm_ takes a negative norm and turns every gradient around
         raise ConfigError(f"train.clip_grad_norm must be > 0, or 0 or null for no clipping, got "
@@ -427,7 +430,13 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
            amp: str | None) -> dict[str, Any]:
     """run_training after its checks, with the logging set up."""
     t = cfg.train
-    batch_size = per_process_batch_size(t.batch_size, "train.batch_size")
+    per_process = per_process_batch_size(t.batch_size, "train.batch_size")
+    steps = t.accumulation_steps
+    if per_process % steps:
+        raise ConfigError(f"train.accumulation_steps {steps} does not divide the "
+                          f"{per_process} images per step of each of the {get_world_size()} "
+                          f"processes (train.batch_size {t.batch_size})")
+    batch_size = per_process // steps  # the batches drawn
     data = done_everywhere(lambda: task.prepare(cfg), "find its weights or read its data")
     check_same_data_everywhere(data.description, (len(data.train), None if data.val is None
                                                   else len(data.val)),
@@ -436,8 +445,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         raise ValueError(f"the training set is empty ({data.description}): nothing to train on")
     lengths = _lengths(cfg, len(data.train))
     warn_of_long_warmup(lengths, logger)
-    logger.info("%s, %d processes x %d images per step", data.description, get_world_size(),
-                batch_size)
+    logger.info("%s, %d processes x %d images per step%s", data.description, get_world_size(),
+                per_process, f" in {steps} batches of {batch_size}" if steps > 1 else "")
 
     torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
     seed_everything(t.seed)  # the same initial weights on every process
@@ -474,7 +483,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
 
     trainer = Trainer(model=ddp_model, optimizer=optimizer, scheduler=scheduler, step_fn=step_fn,
                       max_iter=lengths["max_iter"], amp=amp,
-                      clip_grad_norm=t.clip_grad_norm or None)
+                      clip_grad_norm=t.clip_grad_norm or None, accumulation_steps=steps)
     provenance = task.provenance(cfg) if hasattr(task, "provenance") else None
     # what a resume compares: a checkpoint records its training set's size too
     recorded = (None if provenance is None
@@ -539,7 +548,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         hooks.append(eval_hook)
     trainer.register_hooks(*hooks)
     train_loader = build_train_loader(data.train, batch_size=batch_size, seed=t.seed,
-                                      num_workers=cfg.data.num_workers, start_iter=start_iter,
+                                      num_workers=cfg.data.num_workers,
+                                      start_iter=start_iter * steps,
                                       group_ids=data.group_ids,
                                       pin_memory=device.type == "cuda",
                                       collate_fn=data.collate, batch_keys=data.batch_keys,

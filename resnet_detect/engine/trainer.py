@@ -2,7 +2,11 @@
 
 One step: `losses = step_fn(model, next(data))` (a dict of `loss_*` scalars) under autocast,
 a NaN guard agreed on by all processes, backward of their sum (through a GradScaler for
-fp16), optional gradient clipping, optimizer step, scheduler step, then the hooks.
+fp16), optional gradient clipping, optimizer step, scheduler step, then the hooks. With
+`accumulation_steps` A, a step draws A batches and backpropagates each one's losses / A
+before the one optimizer step (under DDP the gradients are averaged over the processes once,
+at the last), which is the step of one A times larger batch where the losses are means over
+equal shares of it (BatchNorm statistics excepted: they see one batch at a time).
 
 Distributed training wraps the model in DistributedDataParallel *before* handing it to the
 Trainer (the Trainer never wraps); step_fn receives that wrapped model. Everything else
@@ -76,13 +80,19 @@ class Trainer:
             CPUs with bf16 kernels; elsewhere ignored with a warning (`amp_for_device`).
         clip_grad_norm: max total gradient norm (None: no clipping).
         hooks: run in the given order after every step.
+        accumulation_steps: batches drawn and backpropagated per optimizer step.
     """
 
     def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: Any, step_fn: StepFn, max_iter: int, amp: str | None = None,
-                 clip_grad_norm: float | None = None, hooks: Sequence[Any] = ()) -> None:
+                 clip_grad_norm: float | None = None, hooks: Sequence[Any] = (),
+                 accumulation_steps: int = 1) -> None:
         if amp is not None and amp not in AMP_DTYPES:
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+        if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be a positive int, got "
+                             f"{accumulation_steps!r}")
+        self.accumulation_steps = accumulation_steps
         self.device_type = next(model.parameters()).device.type
         amp = amp_for_device(amp, self.device_type)
         self.model = model
@@ -113,7 +123,8 @@ class Trainer:
 
     def train(self, data: Iterator[Any], start_iter: int = 0,
               stop: StopRequest | None = None) -> bool:
-        """Run steps start_iter .. max_iter - 1, drawing one batch per step from `data`.
+        """Run steps start_iter .. max_iter - 1, drawing `accumulation_steps` batches per step
+        from `data`.
 
         Args:
             data: batches.
@@ -133,11 +144,13 @@ class Trainer:
         while self.iter < self.max_iter:
             started = time.perf_counter()
             self.losses_count = True
-            batch = next(data)
-            loaded = time.perf_counter()
-            self.run_step(batch)
-            del batch  # not held through the hooks (an evaluation's memory)
-            self.data_seconds = loaded - started
+            if self.accumulation_steps == 1:
+                batch = next(data)
+                self.data_seconds = time.perf_counter() - started
+                self.run_step(batch)
+                del batch  # not held through the hooks (an evaluation's memory)
+            else:
+                self.data_seconds = self._accumulated_step(data)
             self.step_seconds = time.perf_counter() - started
             self.iter += 1
             self._call_hooks("after_step")
@@ -158,6 +171,10 @@ class Trainer:
         self._check_finite(total, loss_dict)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
+        self._optimizer_step()
+        self.loss_dict = {k: v.detach() for k, v in loss_dict.items()}
+
+    def _optimizer_step(self) -> None:
         if self.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -167,7 +184,36 @@ class Trainer:
         self.scaler.update()
         if self.scheduler is not None:
             self.scheduler.step()
-        self.loss_dict = {k: v.detach() for k, v in loss_dict.items()}
+
+    def _accumulated_step(self, data: Iterator[Any]) -> float:
+        """One optimizer step over `accumulation_steps` batches drawn one at a time; returns
+        the seconds spent waiting for them."""
+        steps = self.accumulation_steps
+        autocast = (torch.autocast(self.device_type, dtype=self.amp_dtype)
+                    if self.amp_dtype is not None else nullcontext())
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        waited = 0.0
+        for i in range(steps):
+            before = time.perf_counter()
+            batch = next(data)
+            waited += time.perf_counter() - before
+            # DDP averages the gradients over the processes at the last backward only
+            no_sync = getattr(self.model, "no_sync", None)
+            with (no_sync() if no_sync is not None and i < steps - 1 else nullcontext()):
+                with autocast:
+                    loss_dict = dict(self.step_fn(self.model, batch))
+                if not loss_dict:
+                    raise ValueError("step_fn returned no losses")
+                total = sum(loss_dict.values())
+                self._check_finite(total, loss_dict)
+                self.scaler.scale(total / steps).backward()
+            del batch
+            for k, v in loss_dict.items():
+                sums[k] = sums[k] + v.detach() if k in sums else v.detach()
+        self._optimizer_step()
+        self.loss_dict = {k: v / steps for k, v in sums.items()}
+        return waited
 
     def _check_finite(self, total: torch.Tensor, loss_dict: Mapping[str, torch.Tensor]) -> None:
         local_bad = not math.isfinite(total.item())

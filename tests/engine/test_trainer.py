@@ -245,3 +245,44 @@ def test_eval_mode_gives_the_model_back_in_its_mode_after_an_error_too(training:
         assert not model.training and not model[0].training
         raise RuntimeError("boom")
     assert model.training is training and model[0].training is training
+
+
+def _halves(batches: Any) -> Any:
+    for x, y in batches:
+        yield x[:8], y[:8]
+        yield x[8:], y[8:]
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_accumulated_halves_take_the_step_of_the_whole_batch(clip: float | None) -> None:
+    """Two batches of 8 with accumulation_steps=2 against the 16 of each at once (mean losses
+    over equal halves): the same weights, losses and learning rates at every step, with
+    momentum, weight decay, a schedule and clipping."""
+    runs = []
+    for steps, data in ((1, regression_data()), (2, _halves(regression_data()))):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+        sched = build_lr_scheduler(opt, max_iter=12, decay="step", steps=[8], gamma=0.1)
+        trainer = Trainer(model=model, optimizer=opt, scheduler=sched, step_fn=mse_step,
+                          max_iter=12, clip_grad_norm=clip, accumulation_steps=steps)
+        seen = []
+        trainer.register_hooks(type("Record", (), {"after_step": lambda self, t: seen.append(
+            (t.loss_dict["loss_mse"].item(), t.step_lr,
+             torch.cat([p.detach().flatten() for p in model.parameters()])))})())
+        trainer.train(data)
+        runs.append(seen)
+    assert len(runs[0]) == len(runs[1]) == 12
+    for (loss, lr, weights), (loss2, lr2, weights2) in zip(*runs):
+        assert loss2 == pytest.approx(loss, rel=1e-5) and lr2 == lr
+        torch.testing.assert_close(weights2, weights, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(runs[0][0][2], runs[0][-1][2])
+
+
+def test_accumulation_steps_must_be_a_positive_int() -> None:
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for bad in (0, 1.5, None):
+        with pytest.raises(ValueError, match=r"accumulation_steps must be a positive int"):
+            Trainer(model=model, optimizer=opt, scheduler=None, step_fn=mse_step, max_iter=1,
+                    accumulation_steps=bad)

@@ -443,16 +443,19 @@ def test_processes_started_otherwise_or_without_their_data_stop_together(tmp_pat
 
 
 @pytest.mark.slow
-def test_two_process_torchrun_ranks_end_identical(tmp_path: Path) -> None:
+@pytest.mark.parametrize("steps", [1, 2])
+def test_two_process_torchrun_ranks_end_identical(tmp_path: Path, steps: int) -> None:
+    """With accumulation_steps=2 too: DDP averages the gradients at the last of the batches."""
     colour_tree(tmp_path / "data", train_per_class=6, val_per_class=3)
     out = tmp_path / "out"
     out.mkdir()
-    args = overrides(tmp_path / "data", tmp_path / "unused", **{"train.epochs": 2,
-                                                                   "train.batch_size": 4})
+    args = overrides(tmp_path / "data", tmp_path / "unused", **{
+        "train.epochs": 2, "train.batch_size": 4, "train.accumulation_steps": steps})
     args = [a for a in args if not a.startswith("train.output_dir=")] + [
         f"train.output_dir={out}"]
     log = run_two_processes("pretrain", args, tmp_path)
-    assert "12 train / 6 val images, 2 classes, 2 processes x 2 images per step" in log
+    assert ("12 train / 6 val images, 2 classes, 2 processes x 2 images per step"
+            + (" in 2 batches of 1" if steps == 2 else "\n")) in log
     assert "training for 6 iterations (3 per epoch) from iteration 0" in log
     rank0 = torch.load(out / "rank0.pth", weights_only=True)
     rank1 = torch.load(out / "rank1.pth", weights_only=True)

@@ -448,3 +448,38 @@ def test_a_best_metric_the_model_does_not_evaluate_is_refused_before_training(
                                           r"task's evaluations; valid: bbox/AP, bbox/AP50, "):
         train(train_args(data, tmp_path / "out", 2, "train.best_metric=segm/AP"))
     assert not (tmp_path / "out").exists()
+
+
+def test_accumulation_draws_smaller_batches_of_the_same_stream(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """train.batch_size=4 in 2 batches of 2: the loader draws batches of 2, starting where a
+    resumed run's step would (2 batches per step), and the log says so; a count that does
+    not divide the batch is refused naming the key, before any training."""
+    from resnet_detect.engine import runner
+    asked = []
+    original = runner.build_train_loader
+
+    def recording(dataset: object, **kwargs: object) -> object:
+        asked.append((kwargs["batch_size"], kwargs["start_iter"]))
+        return original(dataset, **kwargs)
+
+    monkeypatch.setattr(runner, "build_train_loader", recording)
+    with caplog.at_level("INFO"):
+        load_tool("train").main(train_args(data, tmp_path / "run", 2, "train.batch_size=4",
+                                           "train.accumulation_steps=2",
+                                           "train.checkpoint_period=1"))
+    assert asked == [(2, 0)]
+    assert "1 processes x 4 images per step in 2 batches of 2" in caplog.text
+    assert (tmp_path / "run" / "model_final.pth").exists()
+    load_tool("train").main(train_args(data, tmp_path / "run", 3, "train.batch_size=4",
+                                       "train.accumulation_steps=2", "--resume"))
+    assert asked[-1] == (2, 4)  # 2 steps done x 2 batches
+    with pytest.raises(ValueError, match=r"train.accumulation_steps 3 does not divide the 4 "
+                                         r"images per step of each of the 1 processes"):
+        load_tool("train").main(train_args(data, tmp_path / "bad", 1, "train.batch_size=4",
+                                           "train.accumulation_steps=3"))
+    with pytest.raises(ValueError, match=r"train.accumulation_steps must be a positive integer"):
+        load_tool("train").main(train_args(data, tmp_path / "bad", 1,
+                                           "train.accumulation_steps=0"))
+    assert not (tmp_path / "bad" / "model_final.pth").exists()
