@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from resnet_detect.engine.config import ConfigError
 from resnet_detect import backbones
 from resnet_detect.engine import atomic_write_json, is_main_process, to_plain
-from resnet_detect.engine.data import (CategoryMapping, CountedLoader, DatasetError,
+from resnet_detect.engine.data import (CategoryMapping, CountedLoader, DatasetError, brief,
                                        build_test_loader)
 from resnet_detect.engine.export import ExportError, is_onnx
 from resnet_detect.engine.files import nan_to_none
@@ -220,7 +220,8 @@ class DetectionTask:
                 iou_types=("bbox", "segm") if cfg.model.mask_on else ("bbox",),
                 max_dets=scored_detections(cfg))
         description = (f"{len(data.train)} train / {len(data.val) if data.val else 'no'} val "
-                       f"images, {data.mapping.num_classes} classes {list(data.mapping.names)}")
+                       f"images, {data.mapping.num_classes} classes "
+                       f"{brief(data.mapping.names)}")
         factors = data.train.repeat_factors
         if factors is not None:
             description += (f"; repeat factor sampling: {int((factors > 1).sum())} images "

@@ -366,3 +366,19 @@ def test_an_lvis_file_is_scored_with_a_warning_that_its_ap_is_cocos(
                                             r"with COCO's AP, not LVIS's federated AP"):
         metrics = _run(lvis_file, tmp_path, _perfect(gt_file))["bbox"]
     assert metrics["AP"] == pytest.approx(100.0, abs=1e-9)
+
+
+def test_a_summary_of_many_categories_logs_the_lowest_and_highest_aps() -> None:
+    """LVIS's 1203 categories made 1203 log lines at every evaluation."""
+    from resnet_detect.detection.evaluation import format_summary
+    per_category = {f"c{i}": float(i % 997) / 10 for i in range(1203)}
+    per_category["c5"] = math.nan
+    text = format_summary([0.1] * 12, per_category, "bbox")
+    assert ("per-category AP of 1203 categories (1 without ground truth): all in metrics.json; "
+            "the lowest and highest 10:") in text
+    rows = [line for line in text.splitlines()
+            if " | " in line and "category" not in line and "Average" not in line]
+    assert len(rows) == 20
+    assert rows[0].split()[-1] == "0.00" and rows[-1].split()[-1] == "99.60"
+    few = format_summary([0.1] * 12, {"a": 1.0, "b": math.nan}, "bbox")
+    assert "a        |   1.00" in few and "b        |    nan" in few

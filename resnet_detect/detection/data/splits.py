@@ -8,8 +8,8 @@ from typing import NamedTuple
 from omegaconf import DictConfig
 
 from resnet_detect.engine.config import ConfigError, check_probability, check_sizes, parse_bool
-from resnet_detect.engine.data import (CategoryMapping, DatasetError, check_image_sizes,
-                                       load_coco_json, repeat_factors)
+from resnet_detect.engine.data import (CategoryMapping, DatasetError, brief,
+                                       check_image_sizes, load_coco_json, repeat_factors)
 
 from ..config import test_resize
 from .dataset import DetectionDataset
@@ -112,8 +112,12 @@ def build_datasets(cfg: DictConfig) -> Datasets:
     train, mapping, train_file = build_train_dataset(cfg)
     val = build_val_dataset(cfg)
     if val is not None and val.mapping.dataset_ids != mapping.dataset_ids:
-        raise ValueError(f"{val.ann_file}: categories {list(val.mapping.dataset_ids)} differ "
-                         f"from the training file's {list(mapping.dataset_ids)} ({train_file})")
+        val_ids, train_ids = set(val.mapping.dataset_ids), set(mapping.dataset_ids)
+        raise ValueError(f"{val.ann_file}: categories {brief(val.mapping.dataset_ids)} differ "
+                         f"from the training file's {brief(mapping.dataset_ids)} ({train_file}): "
+                         f"only in val {brief(sorted(val_ids - train_ids))}, only in training "
+                         f"{brief(sorted(train_ids - val_ids))}"
+                         + ("" if val_ids != train_ids else ", in another order"))
     if val is not None and not val.annotated:
         raise ValueError(f"{val.ann_file} has no annotations to score the training's "
                          "evaluations against: give an annotated val file, or leave data.val "

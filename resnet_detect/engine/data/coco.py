@@ -20,7 +20,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,8 +74,8 @@ class CategoryMapping:
         try:
             return self._index[int(dataset_id)]
         except KeyError:
-            raise KeyError(f"unknown category id {dataset_id}; known: {list(self.dataset_ids)}") \
-                from None
+            raise KeyError(f"unknown category id {dataset_id}; known: "
+                           f"{brief(self.dataset_ids)}") from None
 
     def to_dataset_ids(self, labels: np.ndarray) -> np.ndarray:
         """Dataset category ids (int64) of an array of contiguous labels."""
@@ -189,7 +189,7 @@ def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
         if isinstance(ann.get("category_id"), int) and ann["category_id"] not in category_ids:
             problems.append(f"{_where('annotations', i, ann)}: category_id "
                             f"{ann['category_id']} is not in 'categories' (known ids: "
-                            f"{sorted(category_ids)})")
+                            f"{brief(sorted(category_ids))})")
         bbox = ann.get("bbox")
         if isinstance(bbox, list) and (len(bbox) != 4 or not _all_numbers(bbox)):
             problems.append(f"{_where('annotations', i, ann)}: bbox must be 4 numbers [x, y, w, "
@@ -242,6 +242,15 @@ def _unsafe_path_reason(file_name: str) -> str | None:
 
 def _image_path(img_dir: Path, file_name: str) -> Path:
     return img_dir / os.path.normpath(file_name.replace("\\", "/"))
+
+
+def brief(values: Sequence[Any], shown: int = 20) -> str:
+    """`values` as a list in a message, the first `shown` of them when there are more (LVIS
+    has 1203 categories)."""
+    values = list(values)
+    if len(values) <= shown:
+        return str(values)
+    return f"{str(values[:shown])[:-1]}, ... ({len(values)} in all)]"
 
 
 def listing(items: list[str]) -> str:
