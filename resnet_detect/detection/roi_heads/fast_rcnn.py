@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
 from resnet_detect.engine.config import ArgumentError
 from ..box_coder import BoxCoder
+from ..nms import batched_nms_top
 from ..tracing import clip_to_image, large_enough, split_per_image, true_indices
 
 
@@ -180,6 +180,7 @@ class FastRCNNOutputs(nn.Module):
         results = []
         for (boxes, scores, labels, _), keep in zip(candidates, rows):
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_image]
+            keep = batched_nms_top(boxes, scores, labels, self.nms_thresh,
+                                   self.detections_per_image)
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return results
