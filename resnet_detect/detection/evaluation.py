@@ -284,8 +284,9 @@ def format_summary(stats: Sequence[float], per_category: dict[str, float], iou_t
     rows = list(per_category.items())
     if len(rows) > TABLE_CATEGORIES:  # LVIS: 1203 rows at every evaluation
         scored = sorted((r for r in rows if not math.isnan(r[1])), key=lambda r: r[1])
+        shown = "the lowest and highest 10" if len(scored) > 20 else "those scored"
         lines.append(f"per-category AP of {len(rows)} categories ({len(rows) - len(scored)} "
-                     f"without ground truth): all in metrics.json; the lowest and highest 10:")
+                     f"without ground truth): all in metrics.json; {shown}:")
         rows = scored[:10] + scored[-10:] if len(scored) > 20 else scored
     width = max([len(name) for name, _ in rows] + [8])
     lines.append(f"{'category':<{width}} | AP")

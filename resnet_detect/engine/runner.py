@@ -228,14 +228,16 @@ class UnreadableDataError(RuntimeError):
 
 
 class _SkipCounter:
-    """Counts the images the loader dropped (unreadable) on this process."""
+    """Counts the images the loader dropped (unreadable) on this process, drawn
+    `batches_per_step` batches a step."""
 
-    def __init__(self) -> None:
+    def __init__(self, batches_per_step: int = 1) -> None:
         self.count = 0
-        self._window = [0, 0, 0]  # unreadable images, images, steps since the last check
+        self.batches_per_step = batches_per_step
+        self._window = [0, 0, 0]  # unreadable images, images, batches since the last check
 
     def add_batch(self, batch_size: int, kept: int, iteration: int) -> None:
-        """Count one step's batch; every `UNREADABLE_WINDOW` steps (on every process: the
+        """Count one drawn batch; every `UNREADABLE_WINDOW` steps (on every process: the
         check is collective) stop if more than half of the window's images were unreadable,
         rather than train on nothing until the end of the schedule."""
         self.count += batch_size - kept
@@ -243,7 +245,7 @@ class _SkipCounter:
         window[0] += batch_size - kept
         window[1] += batch_size
         window[2] += 1
-        if window[2] < UNREADABLE_WINDOW:
+        if window[2] < UNREADABLE_WINDOW * self.batches_per_step:
             return
         totals = all_reduce_sum({"unreadable": window[0], "read": window[1]})
         self._window = [0, 0, 0]
@@ -343,7 +345,8 @@ def _saved_on_error(batches: Iterator[Any], trainer: Trainer, checkpointer: Chec
                     logger: logging.Logger) -> Iterator[Any]:
     """`batches`, but when one cannot be made (a mask with an undeclared class, a file gone)
     the steps done since the last checkpoint are saved first: fix the data, then --resume.
-    (Batches are drawn between steps, so the state saved is a whole step's. One process:
+    (Batches are drawn between steps, all of an accumulated step's before its first
+    forward, so the state saved is a whole step's. One process:
     saving is collective, and under DDP the other processes wait inside a step.)"""
     while True:
         try:
@@ -456,7 +459,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     ddp_model = wrap_ddp(model, device)
     optimizer = build_optimizer_from_config(cfg, model)
     scheduler = build_scheduler_from_config(cfg, optimizer, lengths)
-    skipped = _SkipCounter()
+    skipped = _SkipCounter(steps)
 
     stand_in: list[Any] = []  # under DDP: this process's last batch with images
 
@@ -483,7 +486,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
 
     trainer = Trainer(model=ddp_model, optimizer=optimizer, scheduler=scheduler, step_fn=step_fn,
                       max_iter=lengths["max_iter"], amp=amp,
-                      clip_grad_norm=t.clip_grad_norm or None, accumulation_steps=steps)
+                      clip_grad_norm=t.clip_grad_norm or None, accumulation_steps=steps,
+                      batch_is_empty=lambda batch: len(batch) == 0)
     provenance = task.provenance(cfg) if hasattr(task, "provenance") else None
     # what a resume compares: a checkpoint records its training set's size too
     recorded = (None if provenance is None

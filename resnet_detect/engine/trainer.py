@@ -81,18 +81,23 @@ class Trainer:
         clip_grad_norm: max total gradient norm (None: no clipping).
         hooks: run in the given order after every step.
         accumulation_steps: batches drawn and backpropagated per optimizer step.
+        batch_is_empty: tells a batch with nothing to learn from (every image unreadable);
+            an accumulated step averages over the other batches only.
     """
 
     def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: Any, step_fn: StepFn, max_iter: int, amp: str | None = None,
                  clip_grad_norm: float | None = None, hooks: Sequence[Any] = (),
-                 accumulation_steps: int = 1) -> None:
+                 accumulation_steps: int = 1,
+                 batch_is_empty: Callable[[Any], bool] | None = None) -> None:
         if amp is not None and amp not in AMP_DTYPES:
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
-        if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+        if (isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int)
+                or accumulation_steps < 1):
             raise ValueError(f"accumulation_steps must be a positive int, got "
                              f"{accumulation_steps!r}")
         self.accumulation_steps = accumulation_steps
+        self.batch_is_empty = batch_is_empty
         self.device_type = next(model.parameters()).device.type
         amp = amp_for_device(amp, self.device_type)
         self.model = model
@@ -186,18 +191,25 @@ class Trainer:
             self.scheduler.step()
 
     def _accumulated_step(self, data: Iterator[Any]) -> float:
-        """One optimizer step over `accumulation_steps` batches drawn one at a time; returns
-        the seconds spent waiting for them."""
+        """One optimizer step over `accumulation_steps` batches; returns the seconds spent
+        waiting for them.
+
+        All are drawn before the first forward: a batch that cannot be made stops the run
+        between steps (a checkpoint saved then resumes exactly: no random number of the step
+        drawn yet). The losses are averaged over the batches with something to learn from,
+        as one batch's are over its readable images."""
         steps = self.accumulation_steps
+        before = time.perf_counter()
+        batches: list[Any] = [next(data) for _ in range(steps)]
+        waited = time.perf_counter() - before
+        share = steps if self.batch_is_empty is None else max(
+            1, sum(not self.batch_is_empty(batch) for batch in batches))
         autocast = (torch.autocast(self.device_type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else nullcontext())
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
-        waited = 0.0
         for i in range(steps):
-            before = time.perf_counter()
-            batch = next(data)
-            waited += time.perf_counter() - before
+            batch, batches[i] = batches[i], None
             # DDP averages the gradients over the processes at the last backward only
             no_sync = getattr(self.model, "no_sync", None)
             with (no_sync() if no_sync is not None and i < steps - 1 else nullcontext()):
@@ -207,12 +219,12 @@ class Trainer:
                     raise ValueError("step_fn returned no losses")
                 total = sum(loss_dict.values())
                 self._check_finite(total, loss_dict)
-                self.scaler.scale(total / steps).backward()
+                self.scaler.scale(total / share).backward()
             del batch
             for k, v in loss_dict.items():
                 sums[k] = sums[k] + v.detach() if k in sums else v.detach()
         self._optimizer_step()
-        self.loss_dict = {k: v / steps for k, v in sums.items()}
+        self.loss_dict = {k: v / share for k, v in sums.items()}
         return waited
 
     def _check_finite(self, total: torch.Tensor, loss_dict: Mapping[str, torch.Tensor]) -> None:

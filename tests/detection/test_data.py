@@ -756,6 +756,18 @@ def test_an_lvis_file_names_its_images_by_their_coco_url(tmp_path: Path) -> None
     assert [r["file_name"] for r in records] == [
         str(img_dir / "train2017/000000000000.png"), str(img_dir / "val2017/000000000001.png")]
     assert stats.boxes == 2
+    # a mirror's URL: percent-encoded, with a query and a fragment
+    _write_png(img_dir / "my images" / "a b.png", _pattern(30, 40))
+    images[0]["coco_url"] = "https://mirror.example/my%20images/a%20b.png?raw=1#top"
+    ann_file.write_text(json.dumps(_coco(images, annotations, categories)))
+    records, _, _ = load_coco_json(ann_file, img_dir, training=True)
+    assert records[0]["file_name"] == str(img_dir / "my images" / "a b.png")
+    # an empty URL is no name: the image's missing file_name is what is reported
+    images[0]["coco_url"] = ""
+    ann_file.write_text(json.dumps(_coco(images, annotations, categories)))
+    with pytest.raises(DatasetError, match=r"images\[0\] \(id=1\).*file_name") as err:
+        load_coco_json(ann_file, img_dir, training=True)
+    assert "is empty" not in str(err.value)
 
 
 def test_messages_about_many_categories_stay_short(tmp_path: Path) -> None:

@@ -380,5 +380,8 @@ def test_a_summary_of_many_categories_logs_the_lowest_and_highest_aps() -> None:
             if " | " in line and "category" not in line and "Average" not in line]
     assert len(rows) == 20
     assert rows[0].split()[-1] == "0.00" and rows[-1].split()[-1] == "99.60"
+    sparse = {f"c{i}": math.nan if i > 2 else 50.0 for i in range(150)}
+    assert ("(147 without ground truth): all in metrics.json; those scored:"
+            in format_summary([0.1] * 12, sparse, "bbox"))
     few = format_summary([0.1] * 12, {"a": 1.0, "b": math.nan}, "bbox")
     assert "a        |   1.00" in few and "b        |    nan" in few

@@ -93,6 +93,9 @@ def test_repeat_factors_follow_the_lvis_rule() -> None:
     classes = [[0], [0, 1, 1], [0, 2], [2, 2, 0], []]
     np.testing.assert_allclose(repeat_factors(classes, 0.8), [1.0, 2.0, 2 ** 0.5, 2 ** 0.5, 1.0])
     np.testing.assert_allclose(repeat_factors(classes, 0.01), [1.0] * 5)
+    for threshold in (0.0, -0.5, 1.5, float("nan")):  # NaN factors, or all 1 silently
+        with pytest.raises(ValueError, match="repeat threshold must be in"):
+            repeat_factors(classes, threshold)
 
 
 def test_each_pass_draws_an_image_its_factor_times() -> None:

@@ -282,7 +282,73 @@ def test_accumulated_halves_take_the_step_of_the_whole_batch(clip: float | None)
 def test_accumulation_steps_must_be_a_positive_int() -> None:
     model = nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for bad in (0, 1.5, None):
+    for bad in (0, 1.5, None, True):
         with pytest.raises(ValueError, match=r"accumulation_steps must be a positive int"):
             Trainer(model=model, optimizer=opt, scheduler=None, step_fn=mse_step, max_iter=1,
                     accumulation_steps=bad)
+
+
+def _noisy_step(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+    """A loss that draws random numbers, as the detectors' samplers do."""
+    x, y = batch
+    keep = torch.randperm(len(x))[: len(x) // 2]
+    return {"loss_mse": F.mse_loss(model(x[keep]), y[keep])}
+
+
+def test_a_batch_that_cannot_be_made_mid_step_resumes_exactly(tmp_path: Any) -> None:
+    """accumulation_steps=2, the second batch of step 3 unreadable: the checkpoint saved
+    then holds the random state of the step's start (the first batch's forward had drawn
+    from it), so the resumed run ends with the uninterrupted run's weights."""
+    from resnet_detect.engine.checkpoint import Checkpointer
+    from resnet_detect.engine.data import DatasetError
+    from resnet_detect.engine.runner import _saved_on_error
+
+    def run(data: Any, start: int = 0, checkpointer: Any = None) -> nn.Module:
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        trainer = Trainer(model=model, optimizer=opt, scheduler=None, step_fn=_noisy_step,
+                          max_iter=5, accumulation_steps=2)
+        if checkpointer is not None:
+            checkpointer = Checkpointer(tmp_path, model=model, optimizer=opt)
+            if start:
+                assert checkpointer.resume()["iteration"] == start
+            data = _saved_on_error(data, trainer, checkpointer, logging.getLogger("test"))
+        trainer.train(data, start_iter=start)
+        return model
+
+    def failing(count: int) -> Any:
+        yield from itertools.islice(_halves(regression_data()), count)
+        raise DatasetError("image 7.jpg is gone")
+
+    expected = run(_halves(regression_data())).weight.detach().clone()
+    with pytest.raises(DatasetError):
+        run(failing(7), checkpointer=True)  # steps 0-2 done, step 3's second batch fails
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_0000003.pth"
+    resumed = run(itertools.islice(_halves(regression_data()), 6, None), start=3,
+                  checkpointer=True)
+    assert torch.equal(resumed.weight.detach(), expected)
+
+
+def test_an_empty_accumulated_batch_counts_for_nothing() -> None:
+    """One of two accumulated batches with nothing readable: the step is the other batch's
+    own (its loss and gradient at full size), as a whole batch averages over what it read."""
+    x, y = next(regression_data())
+
+    def step(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        if not len(batch[0]):
+            return {"loss_skipped_batch": torch.zeros((), requires_grad=True)}
+        return mse_step(model, batch)
+
+    weights, losses = [], []
+    for data in ([(x, y)], [(x, y), (x[:0], y[:0])]):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        trainer = Trainer(model=model, optimizer=opt, scheduler=None, step_fn=step,
+                          max_iter=1, accumulation_steps=len(data),
+                          batch_is_empty=lambda batch: len(batch[0]) == 0)
+        trainer.train(iter(data))
+        weights.append(model.weight.detach().clone())
+        losses.append(trainer.loss_dict["loss_mse"].item())
+    assert losses[1] == losses[0] and torch.equal(weights[1], weights[0])

@@ -466,3 +466,18 @@ def test_two_process_torchrun_ranks_end_identical(tmp_path: Path, steps: int) ->
         assert torch.equal(rank0[key], rank1[key]), key
         assert torch.equal(rank0[key], final[key]), key
     assert not torch.equal(rank0["fc.weight"], init["fc.weight"])
+
+
+def test_the_unreadable_window_counts_steps_not_accumulated_batches() -> None:
+    """accumulation_steps=4, one image a drawn batch, none readable: the window is 20 steps
+    of 4 batches (it was 20 batches, named iterations -14-5)."""
+    from resnet_detect.engine.runner import UNREADABLE_WINDOW, _SkipCounter
+    counter = _SkipCounter(batches_per_step=4)
+    for iteration in range(UNREADABLE_WINDOW - 1):
+        for _ in range(4):
+            counter.add_batch(1, 0, iteration)
+    for _ in range(3):
+        counter.add_batch(1, 0, UNREADABLE_WINDOW - 1)
+    with pytest.raises(UnreadableDataError, match="80 of the 80 training images read in "
+                                                  "iterations 1-20 could not be read"):
+        counter.add_batch(1, 0, UNREADABLE_WINDOW - 1)

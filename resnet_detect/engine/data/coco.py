@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -157,10 +158,10 @@ def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
                            "(a COCO instances file needs images, annotations and categories)")
     for img in data["images"]:
         if isinstance(img, dict) and "file_name" not in img \
-                and isinstance(img.get("coco_url"), str):
+                and _file_name_from_url(img.get("coco_url")):
             # LVIS: a COCO image, in the folder its URL names (train2017/ or val2017/) under
             # the image folder, as detectron2 reads it
-            img["file_name"] = "/".join(img["coco_url"].rstrip("/").split("/")[-2:])
+            img["file_name"] = _file_name_from_url(img["coco_url"])
     problems: list[str] = []
     category_ids = _check_entries(data["categories"], "categories", {"id": int, "name": str},
                                   problems)
@@ -200,6 +201,15 @@ def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
     if problems:
         raise DatasetError(_format_problems(ann_file, problems))
     return data
+
+
+def _file_name_from_url(url: Any) -> str:
+    """The last two parts of a URL's path, decoded ("val2017/000000000139.jpg"); "" for
+    what is not a URL with a path."""
+    if not isinstance(url, str):
+        return ""
+    parts = [p for p in unquote(urlsplit(url.strip()).path).split("/") if p]
+    return "/".join(parts[-2:])
 
 
 def _where(section: str, i: int, entry: dict[str, Any]) -> str:

@@ -36,6 +36,8 @@ def repeat_factors(image_classes: Sequence[Sequence[int] | np.ndarray],
     Returns:
         float64 (N,) factors, each >= 1.
     """
+    if not 0 < threshold <= 1:  # also NaN
+        raise ValueError(f"repeat threshold must be in (0, 1], got {threshold!r}")
     unique = [np.unique(np.asarray(c, dtype=np.int64)) for c in image_classes]
     seen = np.concatenate(unique) if unique else np.zeros(0, np.int64)
     frequency = np.bincount(seen) / max(len(unique), 1)
