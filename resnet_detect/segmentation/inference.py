@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -115,29 +115,64 @@ class TTAInference:
                 count[:, y:y + logits.shape[1], x:x + logits.shape[2]] += 1
         return total / count
 
-    @torch.no_grad()
-    def __call__(self, model: SemanticSegmentor, image: Tensor) -> Tensor:
-        """(K, H, W) averaged class probabilities of a (3, H, W) RGB 0..255 image."""
+    def _view_logits(self, model: SemanticSegmentor, image: Tensor) -> Iterator[Tensor]:
+        """(K, h, w) logits of each rescaled (and flipped back) view, at the view's size."""
         height, width = image.shape[-2:]
         capped = capped_size(height, width, self.max_size)
-        probs = None
         for scale in self.scales:
             scaled = image.float()
             size = (max(round(capped[0] * scale), 1), max(round(capped[1] * scale), 1))
             if size != (height, width):  # one resize: the cap's and the scale's together
                 scaled = F.interpolate(scaled[None], size=size, mode="bilinear",
                                        align_corners=False)[0]
-            views = [(scaled, False)] + ([(scaled.flip(-1), True)] if self.flip else [])
-            for view, flipped in views:
-                logits = self._logits(model, view)
-                if flipped:
-                    logits = logits.flip(-1)
-                if logits.shape[-2:] != (height, width):
-                    logits = F.interpolate(logits[None], size=(height, width), mode="bilinear",
-                                           align_corners=False)[0]
-                p = logits.softmax(dim=0)
-                probs = p if probs is None else probs + p
+            yield self._logits(model, scaled)
+            if self.flip:
+                yield self._logits(model, scaled.flip(-1)).flip(-1)
+
+    @torch.no_grad()
+    def __call__(self, model: SemanticSegmentor, image: Tensor) -> Tensor:
+        """(K, H, W) averaged class probabilities of a (3, H, W) RGB 0..255 image."""
+        height, width = image.shape[-2:]
+        probs = None
+        for logits in self._view_logits(model, image):
+            if logits.shape[-2:] != (height, width):
+                logits = F.interpolate(logits[None], size=(height, width), mode="bilinear",
+                                       align_corners=False)[0]
+            p = logits.softmax(dim=0)
+            probs = p if probs is None else probs + p
         return probs / (len(self.scales) * (2 if self.flip else 1))
+
+    @torch.no_grad()
+    def class_map(self, model: SemanticSegmentor, image: Tensor) -> Tensor:
+        """(H, W) int64 class ids of a (3, H, W) RGB 0..255 image.
+
+        Several views: the argmax of the averaged probabilities. One view (a scale, maybe
+        capped by max_size, perhaps in windows): the argmax of its logits resized to the
+        image's size, as torchvision's references and the ONNX export take it, one class at
+        a time, so that no (K, H, W) map is made at the image's size (21 classes on a
+        6000x6000 image: 3 GB for each such map)."""
+        if self.flip or len(self.scales) > 1:
+            return self(model, image).argmax(dim=0)
+        (logits,) = self._view_logits(model, image)
+        return resized_argmax(logits, tuple(image.shape[-2:]))
+
+
+def resized_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """``F.interpolate(logits[None], size, bilinear).argmax(1)[0]`` for (K, h, w) logits,
+    class by class: memory for two (H, W) maps, not K. The same classes (each channel is
+    resized alone either way; the first of equal maxima wins)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits.argmax(dim=0)
+    best = classes = None
+    for k in range(logits.shape[0]):
+        resized = F.interpolate(logits[None, k:k + 1], size=size, mode="bilinear",
+                                align_corners=False)[0, 0]
+        if best is None:
+            best, classes = resized, torch.zeros(size, dtype=torch.int64, device=logits.device)
+            continue
+        classes.masked_fill_(resized > best, k)
+        torch.maximum(best, resized, out=best)
+    return classes
 
 
 def tta_from_config(cfg: Mapping[str, Any]) -> TTAInference:
@@ -175,7 +210,7 @@ def evaluate_model(model: SemanticSegmentor, loader: Iterable[list[dict[str, Any
             if tta is None or tta.is_plain:
                 preds = [out["mask"] for out in model(images)]
             else:
-                preds = [tta(model, image).argmax(dim=0) for image in images]
+                preds = [tta.class_map(model, image) for image in images]
             evaluator.process(preds, [s["gt_sem_seg"] for s in batch])
             if on_prediction is not None:
                 for sample, pred in zip(batch, preds):

@@ -188,7 +188,7 @@ class Predictor:
         if self.tta.is_plain:
             mask = self.model([tensor])[0]["mask"]
         else:
-            mask = self.tta(self.model, tensor).argmax(dim=0)
+            mask = self.tta.class_map(self.model, tensor)
         result = {"mask": mask.cpu().numpy().astype(np.int64, copy=False)}
         del tensor, mask
         if self.release_memory and self.device.type == "cpu":

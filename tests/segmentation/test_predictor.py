@@ -12,7 +12,7 @@ from resnet_detect.engine.config import ConfigError
 from resnet_detect.segmentation import (Predictor, SemanticSegmentor, TTAInference, build_model,
                                         provenance_from_config)
 from resnet_detect.segmentation.heads import SemSegHead
-from resnet_detect.segmentation.inference import capped_size, window_starts
+from resnet_detect.segmentation.inference import capped_size, resized_argmax, window_starts
 
 
 def test_predictor_uses_checkpoint_provenance(tmp_path, small_config, caplog):
@@ -174,6 +174,39 @@ def test_max_size_scales_long_images_down_first_and_answers_at_their_size():
     for bad in (0, 12.5, True, "800"):
         with pytest.raises(ValueError, match="max_size must be a positive number"):
             TTAInference(max_size=bad)
+
+
+@pytest.mark.parametrize("size", [(97, 61), (13, 17), (40, 30)])
+def test_resized_argmax_is_the_argmax_of_the_resized_logits(size):
+    """Class by class (two (H, W) maps in memory, not K): the same classes, ties (integer
+    logits) to the first as torch.argmax gives them."""
+    generator = torch.Generator().manual_seed(0)
+    for logits in (torch.randn(7, 20, 15, generator=generator),
+                   torch.randint(0, 3, (7, 20, 15), generator=generator).float()):
+        expected = torch.nn.functional.interpolate(
+            logits[None], size=size, mode="bilinear", align_corners=False)[0].argmax(dim=0)
+        assert torch.equal(resized_argmax(logits, size), expected)
+    assert torch.equal(resized_argmax(logits, (20, 15)), logits.argmax(dim=0))
+
+
+def test_one_capped_view_classes_are_its_resized_logits_argmax():
+    """What the Predictor and the evaluation answer with one (capped) scale: the argmax of
+    the logits brought to the image's size (torchvision's and the ONNX graph's), made
+    without a (K, H, W) map at that size; with a flip, the averaged probabilities'."""
+    model = _pointwise_model()
+    image = torch.randint(0, 256, (3, 40, 100), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        small = torch.nn.functional.interpolate(image[None].float(), size=(20, 50),
+                                                mode="bilinear", align_corners=False)
+        logits = torch.nn.functional.interpolate(model.logits(small / 255.0)["sem_seg"],
+                                                 size=(40, 100), mode="bilinear",
+                                                 align_corners=False)[0]
+    classes = TTAInference(max_size=50).class_map(model, image)
+    assert classes.dtype == torch.int64 and len(classes.unique()) >= 2
+    assert torch.equal(classes, logits.argmax(dim=0))
+    flipped = TTAInference(max_size=50, flip=True)
+    assert torch.equal(flipped.class_map(model, image), flipped(model, image).argmax(dim=0))
 
 
 def test_predictor_takes_test_max_size_from_the_config(tmp_path, small_config):
