@@ -21,7 +21,7 @@ from resnet_detect.engine.data.batching import pad_to_multiple
 from resnet_detect.engine.export import (MODEL_FILE, ExportError, OnnxModel,
                                          export_graph, write_metadata)
 
-from .inference import capped_size
+from .inference import capped_size, resized_argmax
 from .model import SemanticSegmentor
 
 TASK = "sem_seg"
@@ -67,11 +67,10 @@ class SegmentationGraph(nn.Module):
                               mode="bilinear", align_corners=False)
         h, w = x.shape[-2:]
         x = pad_to_multiple((x - m.pixel_mean) / m.pixel_std, m.size_divisibility)
-        logits = m.logits(x)["sem_seg"][:, :, :h, :w]
-        if rescaled:
-            logits = F.interpolate(logits, size=(height, width), mode="bilinear",
-                                   align_corners=False)
-        return logits[0].argmax(dim=0)
+        logits = m.logits(x)["sem_seg"][0, :, :h, :w]
+        if rescaled:  # back to the image's size a class at a time, as TTAInference.class_map
+            return resized_argmax(logits, (height, width))
+        return logits.argmax(dim=0)
 
 
 def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Sequence[str],

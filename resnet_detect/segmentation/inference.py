@@ -157,22 +157,22 @@ class TTAInference:
         return resized_argmax(logits, tuple(image.shape[-2:]))
 
 
-def resized_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
+def resized_argmax(logits: Tensor, size: tuple[int | Tensor, int | Tensor]) -> Tensor:
     """``F.interpolate(logits[None], size, bilinear).argmax(1)[0]`` for (K, h, w) logits,
-    class by class: memory for two (H, W) maps, not K. The same classes (each channel is
-    resized alone either way; the first of equal maxima wins)."""
-    if tuple(logits.shape[-2:]) == tuple(size):
+    class by class: memory for a few (H, W) maps, not K. The same classes (each channel is
+    resized alone either way; the first of equal maxima wins). Traceable (the ONNX graph
+    unrolls the classes; `size` may be traced tensors)."""
+    if not torch.jit.is_tracing() and tuple(logits.shape[-2:]) == tuple(size):
         return logits.argmax(dim=0)
-    best = classes = None
-    for k in range(logits.shape[0]):
+    # (1, 1, H, W) maps, squeezed once at the end: an ONNX graph copies what it indexes
+    best = F.interpolate(logits[None, :1], size=size, mode="bilinear", align_corners=False)
+    classes = torch.zeros_like(best, dtype=torch.int64)
+    for k in range(1, logits.shape[0]):
         resized = F.interpolate(logits[None, k:k + 1], size=size, mode="bilinear",
-                                align_corners=False)[0, 0]
-        if best is None:
-            best, classes = resized, torch.zeros(size, dtype=torch.int64, device=logits.device)
-            continue
+                                align_corners=False)
         classes.masked_fill_(resized > best, k)
-        torch.maximum(best, resized, out=best)
-    return classes
+        best = torch.maximum(best, resized)
+    return classes.squeeze(1).squeeze(0)
 
 
 def tta_from_config(cfg: Mapping[str, Any]) -> TTAInference:

@@ -762,6 +762,9 @@ def test_an_lvis_file_names_its_images_by_their_coco_url(tmp_path: Path) -> None
     ann_file.write_text(json.dumps(_coco(images, annotations, categories)))
     records, _, _ = load_coco_json(ann_file, img_dir, training=True)
     assert records[0]["file_name"] == str(img_dir / "my images" / "a b.png")
+    from resnet_detect.engine.data.coco import _file_name_from_url
+    assert _file_name_from_url("train2017/img#2.jpg") == "train2017/img#2.jpg"  # no URL
+    assert _file_name_from_url("//train2017/100%25.jpg") == "train2017/100%25.jpg"
     # an empty URL is no name: the image's missing file_name is what is reported
     images[0]["coco_url"] = ""
     ann_file.write_text(json.dumps(_coco(images, annotations, categories)))

@@ -1,9 +1,11 @@
 """batched_nms_top gives torchvision's batched_nms(...)[:k] while running NMS on fewer boxes."""
+import warnings
+
 import pytest
 import torch
 from torchvision.ops import batched_nms
+from torchvision.ops import boxes as box_ops
 
-from resnet_detect.detection import nms
 from resnet_detect.detection.nms import batched_nms_top
 
 
@@ -37,11 +39,14 @@ def test_prefix_grows_while_fewer_than_k_survive(monkeypatch: pytest.MonkeyPatch
     scores[:60] = 2.0 + torch.arange(60, 0, -1) / 100
     boxes[:60] = torch.tensor([10.0, 10.0, 60.0, 60.0])
     labels[:60] = 0
+    expected = batched_nms(boxes, scores, labels, 0.5)[:5]
     sizes = []
-    real_nms = nms.batched_nms
-    monkeypatch.setattr(nms, "batched_nms", lambda b, *a: sizes.append(len(b)) or real_nms(b, *a))
+    for name in ("_batched_nms_vanilla", "_batched_nms_coordinate_trick"):
+        real = getattr(box_ops, name)
+        monkeypatch.setattr(box_ops, name, lambda b, *a, real=real: sizes.append(len(b))
+                            or real(b, *a))
     got = batched_nms_top(boxes, scores, labels, 0.5, 5)
-    assert torch.equal(got, real_nms(boxes, scores, labels, 0.5)[:5])
+    assert torch.equal(got, expected)
     assert got[0] == 0 and sizes == [19, 79]  # strictly above the 20th and 80th best score
 
 
@@ -53,6 +58,52 @@ def test_equal_scores_stay_together_at_the_prefix_boundary() -> None:
     expected = batched_nms(boxes, scores, labels, 0.5)[:50]
     got = batched_nms_top(boxes, scores, labels, 0.5, 50)
     assert torch.equal(scores[got], scores[expected])
+
+
+def test_of_two_equal_overlapping_boxes_the_first_survives_as_over_every_candidate() -> None:
+    """A saturated softmax scores 1.0 exactly: torchvision keeps the lower index of two
+    overlapping boxes of one class and score (the prefix was in topk's order)."""
+    for seed in range(20):
+        boxes, scores, labels = _candidates(3_000, 50, seed)
+        i, j = sorted(torch.randperm(3_000, generator=torch.Generator().manual_seed(seed))[:2]
+                      .tolist())
+        scores[[i, j]] = 1.0
+        labels[[i, j]] = 3
+        boxes[i], boxes[j] = torch.tensor([10.0, 10, 60, 60]), torch.tensor([12.0, 10, 62, 60])
+        got = batched_nms_top(boxes, scores, labels, 0.5, 100)
+        assert i in got and j not in got
+        assert torch.equal(got.sort().values, batched_nms(boxes, scores, labels, 0.5)[:100]
+                           .sort().values)
+
+
+def test_a_prefix_takes_the_whole_calls_way_through_torchvision() -> None:
+    """Over 1000 boxes on a CPU torchvision runs NMS class by class; a prefix of 399 would
+    have taken its one NMS of class-offset boxes, whose float rounding turned an IoU of
+    0.50015 into 0.49971 and kept a box the whole call suppresses."""
+    boxes, scores, labels = _candidates(2_000, 80, seed=0)
+    boxes[5], scores[5] = torch.tensor([1300.0, 700, 1333, 799]), 0.95
+    boxes[0], boxes[1] = torch.tensor([0.0, 0, 10, 10]), torch.tensor([3.33204, 0, 13.33204, 10])
+    scores[0], scores[1] = 1.5, 1.4  # the best two
+    labels[0] = labels[1] = 79
+    expected = batched_nms(boxes, scores, labels, 0.5)[:100]
+    assert 0 in expected and 1 not in expected
+    assert torch.equal(batched_nms_top(boxes, scores, labels, 0.5, 100), expected)
+
+
+def test_a_traced_graph_runs_the_whole_nms_on_any_input() -> None:
+    """Traced (ONNX export), the prefix loop would freeze the branch the example took: a
+    heavily suppressed input then gave 1 detection instead of 100."""
+    def top(boxes, scores, labels):
+        return batched_nms_top(boxes, scores, labels, 0.5, 100)
+
+    boxes, scores, labels = _candidates(2_000, 80, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about Python values
+        traced = torch.jit.trace(top, (boxes, scores, labels))
+    boxes[:1900] = torch.tensor([5.0, 5, 50, 50])  # one box, many times: 1 survivor of them
+    labels[:1900] = 0
+    expected = batched_nms(boxes, scores, labels, 0.5)[:100]
+    assert len(expected) == 100 and torch.equal(traced(boxes, scores, labels), expected)
 
 
 def test_empty_and_zero() -> None:

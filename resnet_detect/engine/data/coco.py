@@ -204,12 +204,12 @@ def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
 
 
 def _file_name_from_url(url: Any) -> str:
-    """The last two parts of a URL's path, decoded ("val2017/000000000139.jpg"); "" for
-    what is not a URL with a path."""
+    """The last two parts of a URL's path ("val2017/000000000139.jpg"), decoded when it is
+    a URL (scheme://...; a plain path is taken as written); "" for no path."""
     if not isinstance(url, str):
         return ""
-    parts = [p for p in unquote(urlsplit(url.strip()).path).split("/") if p]
-    return "/".join(parts[-2:])
+    path = unquote(urlsplit(url.strip()).path) if "://" in url else url
+    return "/".join([p for p in path.split("/") if p][-2:])
 
 
 def _where(section: str, i: int, entry: dict[str, Any]) -> str:
