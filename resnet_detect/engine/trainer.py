@@ -68,7 +68,8 @@ class Trainer:
     `step_seconds` and `data_seconds` (its time, batch included, and the batch's alone:
     the hooks' time, evaluations and checkpoints, is in neither), `losses_count` (True
     unless step_fn set it False: the step's losses are zeros standing in for a batch that
-    could not be read, which the progress line leaves out of its averages).
+    could not be read, which the progress line leaves out of its averages; an accumulated
+    step with a readable batch counts: its average leaves the empty ones out).
 
     Args:
         model: the model in training mode (DDP-wrapped when distributed).
@@ -202,8 +203,9 @@ class Trainer:
         before = time.perf_counter()
         batches: list[Any] = [next(data) for _ in range(steps)]
         waited = time.perf_counter() - before
-        share = steps if self.batch_is_empty is None else max(
-            1, sum(not self.batch_is_empty(batch) for batch in batches))
+        with_images = (steps if self.batch_is_empty is None
+                       else sum(not self.batch_is_empty(batch) for batch in batches))
+        share = max(1, with_images)
         autocast = (torch.autocast(self.device_type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else nullcontext())
         self.optimizer.zero_grad(set_to_none=True)
@@ -225,6 +227,8 @@ class Trainer:
                 sums[k] = sums[k] + v.detach() if k in sums else v.detach()
         self._optimizer_step()
         self.loss_dict = {k: v / share for k, v in sums.items()}
+        if with_images:  # zeros stood in for the empty batches only: the average is true
+            self.losses_count = True
         return waited
 
     def _check_finite(self, total: torch.Tensor, loss_dict: Mapping[str, torch.Tensor]) -> None:

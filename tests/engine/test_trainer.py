@@ -337,6 +337,7 @@ def test_an_empty_accumulated_batch_counts_for_nothing() -> None:
 
     def step(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         if not len(batch[0]):
+            trainer.losses_count = False  # as the runner's stand-in under DDP
             return {"loss_skipped_batch": torch.zeros((), requires_grad=True)}
         return mse_step(model, batch)
 
@@ -351,4 +352,9 @@ def test_an_empty_accumulated_batch_counts_for_nothing() -> None:
         trainer.train(iter(data))
         weights.append(model.weight.detach().clone())
         losses.append(trainer.loss_dict["loss_mse"].item())
+        assert trainer.losses_count  # the step's average is the readable batch's
     assert losses[1] == losses[0] and torch.equal(weights[1], weights[0])
+    trainer = Trainer(model=model, optimizer=opt, scheduler=None, step_fn=step, max_iter=1,
+                      accumulation_steps=2, batch_is_empty=lambda batch: len(batch[0]) == 0)
+    trainer.train(iter([(x[:0], y[:0])] * 2))
+    assert not trainer.losses_count  # nothing read: out of the progress line's averages
