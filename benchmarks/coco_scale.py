@@ -72,7 +72,7 @@ def make_split(data: Path, name: str, n_images: int, bases: list[tuple[Path, int
     categories = [{"id": c, "name": f"class{c}", "supercategory": "x"} for c in COCO_IDS]
     (data / f"instances_{name}.json").write_text(json.dumps(
         {"images": images, "annotations": annotations, "categories": categories},
-        separators=(",", ":")))
+        separators=(",", ":")), encoding="utf-8")
     print(f"{name}: {len(images)} images, {len(annotations)} objects", flush=True)
 
 
@@ -88,7 +88,7 @@ def make_data(data: Path, train_images: int, val_images: int) -> None:
         bases.append((path, h, w))
     make_split(data, "val2017", val_images, bases, rng)
     make_split(data, "train2017", train_images, bases, rng)
-    (data / ".done").write_text(f"{train_images} {val_images}\n")
+    (data / ".done").write_text(f"{train_images} {val_images}\n", encoding="utf-8")
 
 
 PHASE_CODE = """
@@ -104,7 +104,7 @@ if phase.startswith("load"):
     what = f"{len(records)} records"
 else:
     from resnet_detect.detection.evaluation import evaluate_coco
-    gt = json.load(open(f"{data}/instances_val2017.json"))
+    gt = json.load(open(f"{data}/instances_val2017.json", "rb"))
     rng, ids = np.random.default_rng(0), [c["id"] for c in gt["categories"]]
     objects = {}
     for ann in gt["annotations"]:
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     args = parser.parse_args(argv)
     done = args.data / ".done"
-    if not done.is_file() or done.read_text() != f"{args.train_images} {args.val_images}\n":
+    wanted = f"{args.train_images} {args.val_images}\n"
+    if not done.is_file() or done.read_text(encoding="utf-8") != wanted:
         make_data(args.data, args.train_images, args.val_images)
     print(f"code: {args.code.resolve()}\n| phase | seconds | peak RSS MiB | |\n|---|---|---|---|",
           flush=True)

@@ -63,7 +63,7 @@ def masks(way: str, objects: int) -> float:
                      "segmentation": [[x, y, x + 12, y + 1, x + 11, y + 12, x + 1, y + 11]]})
     (folder / "a.json").write_text(json.dumps({
         "images": [{"id": 1, "file_name": "a.png", "height": 640, "width": 640}],
-        "annotations": anns, "categories": [{"id": 1, "name": "cell"}]}))
+        "annotations": anns, "categories": [{"id": 1, "name": "cell"}]}), encoding="utf-8")
     records, _, _ = load_coco_json(folder / "a.json", folder, keep_segmentation=True)
     transform = build_transforms(min_size=[480, 800], max_size=1333, flip_prob=0.5)
     dataset = DetectionDataset(records, with_masks=True, transform=transform)

@@ -243,7 +243,7 @@ def bench_eval(num_images: int, repeats: int) -> dict[str, object]:
     gt, results = synthetic_coco(num_images)
     with tempfile.TemporaryDirectory() as tmp:
         ann_file = Path(tmp) / "gt.json"
-        ann_file.write_text(json.dumps(gt))
+        ann_file.write_text(json.dumps(gt), encoding="utf-8")
         stats: dict[str, list[float]] = {}
 
         def run(backend: str) -> None:

@@ -136,7 +136,8 @@ class Suite:
     def write(self) -> None:
         self.output.mkdir(parents=True, exist_ok=True)
         result = {**self.info, "rows": self.rows, "errors": self.errors}
-        (self.output / "suite.json").write_text(json.dumps(result, indent=1, default=str))
+        (self.output / "suite.json").write_text(json.dumps(result, indent=1, default=str),
+                                                encoding="utf-8")
         lines = [f"GPU suite, {self.info['date']}: {self.info['device']}, torch "
                  f"{self.info['torch']}, torchvision {self.info['torchvision']}", "",
                  "| phase | model | setting | images/s | ms/image | peak GiB | warmup peak GiB "
@@ -148,7 +149,7 @@ class Suite:
                          f"{r.get('vs_reference', '')} |")
         lines += [f"\nerror in {phase}: {_last_line(error)}"
                   for phase, error in self.errors.items()]
-        (self.output / "suite.md").write_text("\n".join(lines) + "\n")
+        (self.output / "suite.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _last_line(text: str) -> str:
@@ -759,7 +760,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"phase {phase} failed:\n{suite.errors[phase]}", file=sys.stderr, flush=True)
         print(f"phase {phase}: {time.perf_counter() - start:.1f} s", flush=True)
         suite.write()
-    print((suite.output / "suite.md").read_text(), flush=True)
+    print((suite.output / "suite.md").read_text(encoding="utf-8"), flush=True)
     return {**suite.info, "rows": suite.rows, "errors": suite.errors}
 
 

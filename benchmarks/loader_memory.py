@@ -43,7 +43,7 @@ def process_tree(pid: int) -> list[int]:
         tree.append(current)
         for task in Path(f"/proc/{current}/task").glob("*"):
             try:
-                todo.extend(int(c) for c in (task / "children").read_text().split())
+                todo.extend(int(c) for c in (task / "children").read_text(encoding="ascii").split())
             except OSError:  # the process or thread just ended
                 pass
     return tree
@@ -54,7 +54,7 @@ def memory_kib(pids: Sequence[int]) -> dict[str, int]:
     total = {"rss": 0, "pss": 0}
     for pid in pids:
         try:
-            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+            lines = Path(f"/proc/{pid}/smaps_rollup").read_text(encoding="ascii").splitlines()
         except OSError:
             continue
         for line in lines:
@@ -114,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
               "samples": samples,
               "growth_percent": {k: growth(samples, args.start, k) for k in ("rss", "pss")}}
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "loader_memory.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.output / "loader_memory.json").write_text(json.dumps(result, indent=2) + "\n",
+                                                    encoding="utf-8")
     print(f"from iteration {args.start} to {samples[-1]['iteration']}: RSS "
           f"{result['growth_percent']['rss']:+.1f} %, PSS {result['growth_percent']['pss']:+.1f} %"
           f" ({args.output / 'loader_memory.json'})")

@@ -23,6 +23,7 @@ TARGET = "-e .[dev]"
 UV_OPTIONS = {"index-url": "--index-url", "extra-index-url": "--extra-index-url",
               "find-links": "--find-links", "constraint": "--constraint"}
 TRUE = {"1", "true", "yes", "on"}
+MIN_PYTHON = (3, 11)  # setup.cfg's python_requires
 # where `pip install` takes a key from, first to last: a PIP_* variable, the [install]
 # section, the [global] section (other commands' sections do not apply)
 PRECEDENCE = (":env:", "install", "global")
@@ -62,6 +63,13 @@ def uv_environment(settings: dict[str, str], environ: dict[str, str]) -> dict[st
     return env
 
 
+def venv_program(venv: Path, name: str) -> Path:
+    """A program of the virtual environment: bin/NAME, or Scripts\\NAME.exe on Windows."""
+    if os.name == "nt":
+        return venv / "Scripts" / f"{name}.exe"
+    return venv / "bin" / name
+
+
 def main(argv: list[str]) -> int:
     if argv in (["-h"], ["--help"]):
         print(__doc__)
@@ -69,10 +77,16 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0].startswith("-"):  # --help made a 6 GB folder named --help
         print(__doc__, file=sys.stderr)
         return 2
+    if sys.version_info < MIN_PYTHON:  # before a venv and uv are made for nothing
+        print(f"install.py: error: the project needs Python "
+              f"{'.'.join(map(str, MIN_PYTHON))} or newer; this is {sys.version.split()[0]} "
+              f"({sys.executable}). Run it with a newer one, e.g. `python3.11 "
+              f"tools/install.py {argv[0]}`", file=sys.stderr)
+        return 2
     venv = Path(argv[0]).resolve()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip"]
-    uv = venv / "bin" / "uv"
+    pip = [str(venv_program(venv, "python")), "-m", "pip"]
+    uv = venv_program(venv, "uv")
     try:
         subprocess.run([*pip, "install", "-q", "--no-compile", "uv"], check=True)
         settings = pip_settings(subprocess.run([*pip, "config", "list"], check=True,

@@ -366,7 +366,7 @@ class COCOEvaluator:
         if not distributed or dist.get_rank() == 0:
             if self.output_dir is not None:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
-                (self.output_dir / RESULTS_FILE).write_text(json.dumps(results))
+                (self.output_dir / RESULTS_FILE).write_text(json.dumps(results), encoding="utf-8")
             for iou_type in self.iou_types if self.score else ():
                 metrics[iou_type] = evaluate_coco(self.ann_file, results, iou_type=iou_type,
                                                   backend=self.backend, max_dets=self.max_dets)

@@ -158,7 +158,7 @@ class Checkpointer:
         pointer = self.output_dir / POINTER
         if not pointer.is_file():
             return None
-        name = pointer.read_text(errors="replace").strip()
+        name = pointer.read_text(encoding="utf-8", errors="replace").strip()
         if not CHECKPOINT_NAME.fullmatch(name):
             name = f"{name!r} (not a checkpoint name)"
         return self.output_dir / name

@@ -59,7 +59,10 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> torch.d
         The device this process should use.
     """
     if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"train.device must be auto, cpu or cuda, got {device!r}")
+        unsupported = (" (Apple's GPUs, mps, are not supported: training there is untested; "
+                       "use cpu)" if str(device).startswith("mps") else "")
+        raise ConfigError(f"train.device must be auto, cpu or cuda, got {device!r}"
+                          f"{unsupported}")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError(f"train.device=cuda but torch {torch.__version__} sees no GPU "

@@ -104,7 +104,7 @@ def model_path(weights: str | os.PathLike) -> Path:
 def _read_json(path: Path) -> Any:
     """The JSON in `path`, or None where it cannot be read."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
 
@@ -126,7 +126,7 @@ def read_metadata(weights: str | os.PathLike, task: str, required: Sequence[str]
     source = f"{onnx_file}'s own metadata" if inside is not None else str(meta_file)
     try:
         metadata = (json.loads(inside) if inside is not None
-                    else json.loads(meta_file.read_text()) if meta_file.is_file() else None)
+                    else json.loads(meta_file.read_bytes()) if meta_file.is_file() else None)
     except (OSError, ValueError) as e:
         raise ExportError(f"{source} is unreadable: {e}") from e
     if metadata is None:

@@ -27,7 +27,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *,
     # 0600 and hide metrics and checkpoints from the rest of a team). O_EXCL: never reuse a file.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -83,7 +83,8 @@ def read_checked_bytes(path: str | os.PathLike) -> bytes:
     """
     data = Path(path).read_bytes()
     try:  # "<hex>" as written here, or "<hex>  NAME" as sha256sum writes it
-        recorded = (checksum_file(path).read_text().split() or [""])[0].lower()
+        written = checksum_file(path).read_text(encoding="utf-8", errors="replace")
+        recorded = (written.split() or [""])[0].lower()
     except OSError:  # none written (model_final.pth, files of other tools)
         return data
     if hashlib.sha256(data).hexdigest() != recorded:

@@ -44,7 +44,7 @@ def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -
         folder = writable_folder(output_dir)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            handlers.append(logging.FileHandler(folder / "log.txt"))
+            handlers.append(logging.FileHandler(folder / "log.txt", encoding="utf-8"))
         except OSError as e:  # what writable_folder cannot foresee (log.txt a folder, ...)
             raise UnwritableFolderError(f"cannot write to the output folder {folder}: "
                                         f"{e.strerror or e} ({e.filename or folder}); name a "
@@ -81,7 +81,7 @@ class ScalarWriter:
         self._writer = None
         self._jsonl = Path(jsonl) if jsonl is not None and is_main_process() else None
         if self._jsonl is not None and self._jsonl.is_file():
-            kept = [line for line in self._jsonl.read_text().splitlines()
+            kept = [line for line in self._jsonl.read_text(encoding="utf-8").splitlines()
                     if (iteration := _iteration_of(line)) is not None
                     and iteration <= start_iter]
             atomic_write_text("".join(line + "\n" for line in kept), self._jsonl)
@@ -94,7 +94,7 @@ class ScalarWriter:
             for key, value in values.items():
                 self._writer.add_scalar(key, value, step)
         if self._jsonl is not None:  # appended: a resumed run goes on in the same file
-            with open(self._jsonl, "a") as f:
+            with open(self._jsonl, "a", encoding="utf-8") as f:
                 # JSON has no NaN (an AP of a size without objects): null, as in metrics.json
                 numbers = {k: float(v) for k, v in values.items()}
                 f.write(json.dumps({"iteration": int(step), **{

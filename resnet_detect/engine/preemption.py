@@ -120,7 +120,36 @@ def leave_stop_signals_to_the_parent(catching: Any = CATCHING) -> None:
         os.kill(os.getpid(), signum)
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C pending since the start: dropped
+    if hasattr(signal, "pthread_sigmask"):  # blocked until now in a spawned worker
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+class _SignalsBlockedSpawnProcess(multiprocessing.context.SpawnProcess):
+    """Starts with SIGTERM and SIGINT blocked (the child inherits the mask), so that a Ctrl-C
+    while it imports torch, seconds before its init function leaves the signals to the main
+    process, does not kill it, and the run with it."""
+
+    def start(self) -> None:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _SignalsBlockedSpawnContext(multiprocessing.context.SpawnContext):
+    Process = _SignalsBlockedSpawnProcess
+
+
+def worker_context(method: str | None) -> multiprocessing.context.BaseContext:
+    """The multiprocessing context of loader workers started by `method` (None: Python's
+    default). A forked worker runs its init function at once; a spawned one (macOS, Windows)
+    first imports torch, and starts with the stop signals blocked where POSIX allows it."""
+    context = multiprocessing.get_context(method)
+    if context.get_start_method() == "spawn" and hasattr(signal, "pthread_sigmask"):
+        return _SignalsBlockedSpawnContext()
+    return context
 
 
 def _end_leftover_workers() -> None:

@@ -44,7 +44,7 @@ def _lock(folder: Path) -> tuple[IO[str] | None, str | None]:
     """(the held lock file or None, why the folder is refused or None)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / LOCK_FILE, "a+")
+        handle = open(folder / LOCK_FILE, "a+", encoding="utf-8")
     except OSError:  # a file in the way, no permission: setup_logging names the problem
         return None, None
     try:

@@ -67,7 +67,8 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
         split_file = Path(split_file)
         if not split_file.is_file():
             raise FileNotFoundError(f"split file not found: {missing_path(split_file)}")
-        names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        lines = split_file.read_text(encoding="utf-8").splitlines()
+        names = [line.strip() for line in lines if line.strip()]
         missing = [str(img_dir / (n + img_suffix)) for n in names
                    if not (img_dir / (n + img_suffix)).is_file()]
         if missing:

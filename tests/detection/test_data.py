@@ -157,6 +157,18 @@ def test_unsafe_file_names_rejected(tmp_path: Path, file_name: str, reason: str)
     assert repr(file_name) in message and reason in message
 
 
+def test_file_names_escaping_the_folder_are_refused_on_windows_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows' os.path.normpath writes "..\\": the "../" test never matched there."""
+    import ntpath
+
+    from resnet_detect.engine.data import coco
+    monkeypatch.setattr(coco.os, "path", ntpath)
+    for name in ("../etc/x.jpg", "..\\etc\\x.jpg", "a/../../x.jpg"):
+        assert coco._unsafe_path_reason(name) == "escapes the image folder ('..')"
+    assert coco._unsafe_path_reason("a\\..\\x.jpg") is None
+
+
 def test_file_name_with_inner_dotdot_that_stays_inside_is_fine(tmp_path: Path) -> None:
     _write_png(tmp_path / "images" / "a.png", _pattern(10, 10))
     ann_file = tmp_path / "ann.json"

@@ -52,7 +52,7 @@ def gt_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _gt(gt_file: Path) -> dict[str, Any]:
-    return json.loads(gt_file.read_text())
+    return json.loads(gt_file.read_bytes())
 
 
 def _perfect(gt_file: Path, with_masks: bool = False) -> tuple[list[dict], list[dict]]:

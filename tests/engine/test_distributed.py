@@ -136,6 +136,8 @@ def test_a_gpu_that_is_not_there_is_refused_naming_the_key_before_anything_start
         D.init_distributed("cuda")
     with pytest.raises(ValueError, match=r"train.device must be auto, cpu or cuda, got 'gpu'"):
         D.init_distributed("gpu")
+    with pytest.raises(ValueError, match=r"got 'mps' \(Apple's GPUs, mps, are not supported"):
+        D.init_distributed("mps")
     # torchrun with more processes than GPUs: the process without one says so
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -83,6 +83,33 @@ def test_loader_workers_leave_stop_signals_to_the_main_process_while_it_catches_
     assert len(set(batch)) == 1 and batch[0] != os.getpid() and not stop.requested
 
 
+class _OpenCVThreads(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, key: object) -> int:
+        import cv2
+        return cv2.getNumThreads()
+
+
+@pytest.mark.slow
+def test_a_spawned_worker_outlives_a_ctrl_c_while_it_starts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spawned worker (macOS, Windows) imports torch for seconds before its init function
+    leaves the signals to the main process: a Ctrl-C then killed it ("DataLoader worker
+    exited unexpectedly", no checkpoint). It starts with them blocked, and with one OpenCV
+    thread as a forked worker has."""
+    monkeypatch.setattr(loaders, "WORKER_START_METHOD", "spawn")
+    with stop_on_signals() as stop:
+        batches = iter(build_test_loader(_OpenCVThreads(), batch_size=2, num_workers=1))
+        workers = multiprocessing.active_children()
+        assert workers
+        for worker in workers:  # importing torch still
+            os.kill(worker.pid, signal.SIGINT)
+        (batch,) = list(batches)
+    assert batch == [1, 1] and not stop.requested
+
+
 def test_outside_training_sigterm_still_ends_a_loader_worker() -> None:
     """It is how multiprocessing ends the workers left at interpreter exit: a worker ignoring
     it would hang the exit."""

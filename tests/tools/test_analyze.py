@@ -63,7 +63,7 @@ def run(study, output, root, *extra, weights=()):
 
 
 def read_csv(path):
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 

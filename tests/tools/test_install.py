@@ -71,3 +71,18 @@ def test_help_and_options_are_not_taken_for_the_environment_folder(
         capsys.readouterr().out
     assert install.main(["-v"]) == 2 and install.main([]) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_windows_programs_and_an_old_python(tmp_path, monkeypatch, capsys) -> None:
+    """Windows keeps a venv's programs in Scripts\\ as .exe (bin/python was not found); a
+    Python older than 3.11 (macOS's /usr/bin/python3 is 3.9) is refused before a venv and
+    uv are made for nothing."""
+    monkeypatch.setattr(install.os, "name", "nt")
+    assert install.venv_program(tmp_path, "uv") == tmp_path / "Scripts" / "uv.exe"
+    monkeypatch.setattr(install.os, "name", "posix")
+    assert install.venv_program(tmp_path, "python") == tmp_path / "bin" / "python"
+    monkeypatch.setattr(install.sys, "version_info", (3, 9, 6))
+    monkeypatch.setattr(install.subprocess, "run", lambda *a, **k: pytest.fail("ran " + str(a)))
+    assert install.main([str(tmp_path / "venv")]) == 2
+    assert "needs Python 3.11 or newer" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

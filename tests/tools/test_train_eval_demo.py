@@ -483,3 +483,39 @@ def test_accumulation_draws_smaller_batches_of_the_same_stream(
         load_tool("train").main(train_args(data, tmp_path / "bad", 1,
                                            "train.accumulation_steps=0"))
     assert not (tmp_path / "bad" / "model_final.pth").exists()
+
+
+def test_names_in_other_scripts_train_log_and_resume_on_any_default_encoding(
+        data: Path, tmp_path: Path) -> None:
+    """Windows opens text as cp1252 unless told otherwise: class names in Cyrillic or CJK
+    stopped the first evaluation's per-category table (printed to a redirected console),
+    config.yaml in a folder named "José" was written as cp1252 and not read back. Every text
+    file is opened as UTF-8 (no EncodingWarning of ours under -X warn_default_encoding) and
+    the console escapes what its encoding lacks."""
+    import subprocess
+    from omegaconf import OmegaConf
+    names = ["круг", "三角形", "Müll"]
+    for split in ("train", "val"):
+        coco = json.loads((data / f"coco/{split}.json").read_bytes())
+        for category, name in zip(coco["categories"], names * 9):
+            category["name"] = f"{name}{category['id']}"
+        (tmp_path / f"{split}.json").write_text(json.dumps(coco, ensure_ascii=False),
+                                                 encoding="utf-8")
+    out = tmp_path / "José"
+    args = [*train_args(data, out, 2, "train.checkpoint_period=1"),
+            f"data.train.ann_file={tmp_path}/train.json", f"data.val.ann_file={tmp_path}/val.json"]
+    script = ("import sys, runpy, warnings, torch, cv2\n"  # their own imports warn: before
+              "warnings.simplefilter('error', EncodingWarning)\n"
+              "sys.argv = sys.argv[1:]\n"
+              "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    env = {**__import__("os").environ, "PYTHONIOENCODING": "cp1252", "PYTHONPATH": str(ROOT),
+           "OMP_NUM_THREADS": "1"}
+    for extra in ([], ["--resume", "train.max_iter=3"]):
+        run = subprocess.run([sys.executable, "-X", "warn_default_encoding", "-c", script,
+                              str(ROOT / "tools/train.py"), *args, *extra],
+                             capture_output=True, env=env, timeout=300)
+        assert run.returncode == 0, run.stderr.decode("utf-8", "replace")[-3000:]
+    assert "\\u043a\\u0440\\u0443\\u0433" in run.stdout.decode("cp1252")  # escaped on the console
+    assert "круг1" in (out / "log.txt").read_text(encoding="utf-8")
+    assert OmegaConf.load(out / "config.yaml").train.output_dir == str(out)
+    assert "круг1" in json.loads((out / "metrics.json").read_bytes())["bbox"]["per_category"]

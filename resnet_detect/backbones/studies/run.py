@@ -31,14 +31,14 @@ def _write(ctx: StudyContext, study: str, header: Sequence[str], rows: Sequence[
            started: float) -> dict[str, Path]:
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
     paths = {ext: ctx.output_dir / f"{study}.{ext}" for ext in ("png", "csv", "json")}
-    with open(paths["csv"], "w", newline="") as f:
+    with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
     payload = {"study": study, "title": title, "data": ctx.describe_data(),
                "seconds": round(time.perf_counter() - started, 1), **payload,
                "config": ctx.config}
-    with open(paths["json"], "w") as f:
+    with open(paths["json"], "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=1)
     plot(paths["png"], title)
     return paths

@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,7 @@ def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
     if not ann_file.is_file():
         raise FileNotFoundError(f"annotation file not found: {missing_path(ann_file)}")
     try:
-        data = json.loads(ann_file.read_text())
+        data = json.loads(ann_file.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DatasetError(f"{ann_file}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
@@ -244,7 +245,8 @@ def _unsafe_path_reason(file_name: str) -> str | None:
         return "is empty"
     if os.path.isabs(file_name) or file_name.startswith(("/", "\\")) or ":" in file_name[:3]:
         return "is absolute; file names must be relative to the image folder"
-    normal = os.path.normpath(file_name.replace("\\", "/"))
+    # '/'-separated on every system: Windows' normpath turns "../" into "..\\"
+    normal = posixpath.normpath(file_name.replace("\\", "/"))
     if normal == ".." or normal.startswith("../"):
         return "escapes the image folder ('..')"
     return None

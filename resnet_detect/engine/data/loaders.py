@@ -37,10 +37,13 @@ def collate(batch: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
 WORKER_START_METHOD = "fork" if sys.platform == "linux" else None
 
 
-def _init_worker(catching: Any, worker_id: int) -> None:
+def _init_worker(catching: Any, forked: bool, worker_id: int) -> None:
     # Each loader worker is one process: one torch thread, so the workers do not compete with
-    # the training threads. (OpenCV's threads are set in the parent: _worker_options.)
+    # the training threads. (A forked worker has OpenCV's one thread from the parent:
+    # _worker_options; setting it after the fork deadlocks. A spawned one starts afresh.)
     torch.set_num_threads(1)
+    if not forked:
+        cv2.setNumThreads(1)
     # a worker that died of a signal sent to the whole job would fail the step in flight
     preemption.leave_stop_signals_to_the_parent(catching)
 
@@ -53,9 +56,11 @@ def _worker_options(num_workers: int) -> dict[str, Any]:
     parallelism, and OpenCV's pool does not survive the fork of a worker (reconfiguring it
     in the worker, after the fork, deadlocks)."""
     cv2.setNumThreads(1)
+    context = preemption.worker_context(WORKER_START_METHOD) if num_workers > 0 else None
+    forked = context is not None and context.get_start_method() == "fork"
     return {"num_workers": num_workers,
-            "worker_init_fn": functools.partial(_init_worker, preemption.CATCHING),
-            "multiprocessing_context": WORKER_START_METHOD if num_workers > 0 else None}
+            "worker_init_fn": functools.partial(_init_worker, preemption.CATCHING, forked),
+            "multiprocessing_context": context}
 
 
 def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int = 0,

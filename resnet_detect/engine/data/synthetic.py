@@ -190,7 +190,8 @@ def _write_detection_split(out: Path, split: str, count: int, seed: int,
                        for cid, name in zip(CATEGORY_IDS, CLASS_NAMES)],
     }
     (out / "coco").mkdir(exist_ok=True)
-    (out / "coco" / f"{split}.json").write_text(json.dumps(coco, separators=(",", ":")))
+    (out / "coco" / f"{split}.json").write_text(json.dumps(coco, separators=(",", ":")),
+                                                  encoding="utf-8")
     return {"images": len(images), "annotations": len(annotations)}
 
 
@@ -234,7 +235,7 @@ def generate(out_dir: str | Path, *, seed: int = 0, num_train: int = 600, num_va
             "cls_train_per_class": cls_train_per_class, "cls_val_per_class": cls_val_per_class,
             "classes": list(CLASS_NAMES), "category_ids": list(CATEGORY_IDS)}
     meta_path = out / "meta.json"
-    if not overwrite and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+    if not overwrite and meta_path.is_file() and json.loads(meta_path.read_bytes()) == meta:
         return {"skipped": True, **meta}
     existing = [name for name in _OUTPUTS if (out / name).exists()]
     if existing and not overwrite:
@@ -247,9 +248,10 @@ def generate(out_dir: str | Path, *, seed: int = 0, num_train: int = 600, num_va
     summary: dict[str, Any] = {"skipped": False}
     for split, count in (("train", num_train), ("val", num_val)):
         summary[split] = _write_detection_split(out, split, count, seed, size)
-    (out / "semantic" / "classes.json").write_text(json.dumps(["background", *CLASS_NAMES]))
+    (out / "semantic" / "classes.json").write_text(json.dumps(["background", *CLASS_NAMES]),
+                                                      encoding="utf-8")
     for split, per_class in (("train", cls_train_per_class), ("val", cls_val_per_class)):
         summary[f"classification_{split}"] = _write_classification_split(out, split, per_class,
                                                                          seed)
-    meta_path.write_text(json.dumps(meta, indent=1))
+    meta_path.write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return summary
