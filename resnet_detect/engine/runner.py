@@ -341,6 +341,22 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                            ", ".join(f"data.train.{k}: {a} -> {b}" for k, (a, b) in moved.items()))
 
 
+def _save_steps_done(trainer: Trainer, checkpointer: Checkpointer, logger: logging.Logger,
+                     failed: str, fix: str) -> None:
+    """Before an error stops the run: save the steps done since the last checkpoint (one
+    process only: saving is collective, and under DDP the others wait inside a step)."""
+    if get_world_size() > 1 or trainer.iter <= trainer.start_iter:
+        return
+    try:
+        path = checkpointer.save(trainer.iter)
+    except Exception as e:  # the first error is the one to report
+        logger.error("%s (below); saving the %d steps done failed too: %s", failed,
+                     trainer.iter, e)
+        return
+    logger.error("%s (below); saved the %d steps done in %s: %s, then run the same command "
+                 "with --resume", failed, trainer.iter, path, fix)
+
+
 def _saved_on_error(batches: Iterator[Any], trainer: Trainer, checkpointer: Checkpointer,
                     logger: logging.Logger) -> Iterator[Any]:
     """`batches`, but when one cannot be made (a mask with an undeclared class, a file gone)
@@ -354,11 +370,9 @@ def _saved_on_error(batches: Iterator[Any], trainer: Trainer, checkpointer: Chec
         except StopIteration:
             return
         except Exception:
-            if get_world_size() == 1 and trainer.iter > trainer.start_iter:
-                path = checkpointer.save(trainer.iter)
-                logger.error("the batch of iteration %d could not be made (below); saved the "
-                             "%d steps done in %s: fix the data, then run the same command with "
-                             "--resume", trainer.iter + 1, trainer.iter, path)
+            _save_steps_done(trainer, checkpointer, logger,
+                             f"the batch of iteration {trainer.iter + 1} could not be made",
+                             "fix the data")
             raise
         yield batch
 
@@ -533,8 +547,16 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             broadcast_buffers(model)  # every process scores rank 0's normalisation statistics
             counted = CountedLoader(val_loader, stop)
             # rng_kept: the weights do not depend on eval_period
-            with eval_mode(model), torch.no_grad(), rng_kept():
-                metrics = task.evaluate(model, counted, device)
+            try:
+                with eval_mode(model), torch.no_grad(), rng_kept():
+                    metrics = task.evaluate(model, counted, device)
+            except EvaluationInterrupted:
+                raise
+            except Exception:
+                _save_steps_done(trainer, checkpointer, logger,
+                                 f"the evaluation at iteration {trainer.iter} failed",
+                                 "fix what stopped it")
+                raise
             counted.raise_if_stopped()  # (a task that scored a part of the split)
             val_images.update(counted.report(logger, "val",
                                              getattr(task, "unreadable_val", LEFT_OUT)))

@@ -293,6 +293,36 @@ def test_a_stop_signal_during_an_evaluation_ends_it_and_saves(
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
 
 
+class _FailingEvalTask(_SignalInEvalTask):
+    def evaluate(self, model: nn.Module, loader: Any, device: torch.device) -> dict:
+        self.evaluations += 1
+        if self.evaluations == self.at:
+            raise UnicodeEncodeError("charmap", "круг", 0, 1, "character maps to <undefined>")
+        return super().evaluate(model, loader, device)
+
+
+def test_an_evaluation_that_fails_saves_the_steps_done_first(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An error inside a periodic evaluation (a class name the console could not print, an
+    out-of-memory) lost every step since the last checkpoint: they are saved, and --resume
+    continues from them to the uninterrupted run's weights."""
+    cpu = torch.device("cpu")
+
+    def config(out: Path) -> Any:
+        cfg = _toy_config(out)
+        cfg.train.update(eval_period=3, checkpoint_period=0)
+        return cfg
+    full = run_training(_SignalInEvalTask(at=0), config(tmp_path / "full"), cpu)
+    with pytest.raises(UnicodeEncodeError):
+        run_training(_FailingEvalTask(at=1), config(tmp_path / "run"), cpu)
+    assert "the evaluation at iteration 3 failed (below); saved the 3 steps done" in caplog.text
+    assert (tmp_path / "run/last_checkpoint").read_text() == "model_0000003.pth\n"
+    resumed = run_training(_SignalInEvalTask(at=0), config(tmp_path / "run"), cpu, resume=True)
+    assert resumed["iteration"] == 6
+    for key, value in full["model"].state_dict().items():
+        assert torch.equal(value, resumed["model"].state_dict()[key]), key
+
+
 def test_segmentation_resumed_interrupted_or_killed_run_ends_bit_identical(
         data: Path, tmp_path: Path, runner_calls: list[str], monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
