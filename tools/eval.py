@@ -37,7 +37,7 @@ from resnet_detect.engine import cleanup, init_distributed, is_main_process, set
 from resnet_detect.engine.files import writable_folder  # noqa: E402
 from resnet_detect.engine.same_everywhere import done_everywhere  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
-from resnet_detect.engine.tasks import config_task, task_module  # noqa: E402
+from resnet_detect.engine.tasks import config_task, load_task_config, task_module  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -65,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise ValueError(f"--save-predictions writes sem_seg class maps; {args.config} is "
                              f"a {task!r} config (its detections are in the results file)")
         options["save_predictions"] = True
-    device = init_distributed("auto")
+    # the config's train.device (auto: a GPU when there is one; train.device=cpu forces the CPU)
+    device = init_distributed(load_task_config(args.config, args.overrides)[1].train.device)
     setup_logging(None)
     try:
         # the main process writes the results: checked before the inference, on every process

@@ -114,6 +114,18 @@ def spy_on_coco_backends(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return used
 
 
+def test_eval_takes_the_configs_device(trained: Path, data: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """tools/eval.py ran on "auto" whatever train.device said: train.device=cpu on a GPU
+    machine evaluated on the GPU, and a device that is not there was not named."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"train.device=cuda but torch .* sees no GPU"):
+        load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                                "--output", str(tmp_path / "eval"), *data_overrides(data),
+                                "train.device=cuda"])
+    assert not (tmp_path / "eval").exists()
+
+
 @pytest.mark.parametrize("backend", [None, "pycocotools", "faster_coco_eval"])
 def test_eval_matches_pycocotools_on_written_results(trained: Path, data: Path, tmp_path: Path,
                                                      backend: str | None,
