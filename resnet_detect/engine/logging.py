@@ -55,6 +55,34 @@ def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -
         root.addHandler(handler)
 
 
+def handler_settings() -> tuple[int, list[tuple[str | None, str | None, str | None]]]:
+    """The root logger's level and setup_logging's handlers as (log file, or None for
+    stdout; format; date format): what a spawned process (a loader worker on macOS or
+    Windows, which inherits no handlers) needs to log as this one does."""
+    root = logging.getLogger()
+    handlers = []
+    for handler in root.handlers:
+        if getattr(handler, "_engine_handler", False) and handler.formatter is not None:
+            path = handler.baseFilename if isinstance(handler, logging.FileHandler) else None
+            handlers.append((path, handler.formatter._fmt, handler.formatter.datefmt))
+    return root.level, handlers
+
+
+def set_up_handlers(settings: tuple[int, list[tuple[str | None, str | None, str | None]]]
+                    ) -> None:
+    """In a spawned process: log as the process whose `handler_settings()` these are (its
+    log.txt appended to)."""
+    level, handlers = settings
+    root = logging.getLogger()
+    root.setLevel(level)
+    for path, fmt, datefmt in handlers:
+        handler = (logging.StreamHandler(sys.stdout) if path is None
+                   else logging.FileHandler(path, encoding="utf-8"))
+        handler.setFormatter(logging.Formatter(fmt, datefmt=datefmt))
+        handler._engine_handler = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+
+
 def print_and_log(text: str) -> None:
     """Print `text` (a results table, a summary line) as it is, and write it into the log.txt
     that setup_logging opened, so that the file holds the whole run."""

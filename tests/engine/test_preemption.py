@@ -110,6 +110,41 @@ def test_a_spawned_worker_outlives_a_ctrl_c_while_it_starts(
     assert batch == [1, 1] and not stop.requested
 
 
+class _Warns(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, key: object) -> int:
+        import logging
+        logging.getLogger("resnet_detect.engine.data").warning("skipping unreadable image %s",
+                                                               key)
+        return os.getpid()
+
+
+@pytest.mark.slow
+def test_a_spawned_workers_warnings_reach_log_txt(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spawned worker inherits no log handlers: its "skipping unreadable image" warnings
+    went to stderr alone, and log.txt's count pointed at warnings it did not hold."""
+    import logging
+
+    from resnet_detect.engine.logging import setup_logging
+    monkeypatch.setattr(loaders, "WORKER_START_METHOD", "spawn")
+    setup_logging(tmp_path)
+    try:
+        (batch,) = list(build_test_loader(_Warns(), batch_size=2, num_workers=1))
+    finally:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if getattr(h, "_engine_handler", False)]:
+            root.removeHandler(handler)
+            handler.close()
+    assert batch[0] != os.getpid()
+    lines = (tmp_path / "log.txt").read_text(encoding="utf-8").splitlines()
+    assert [line[15:] for line in lines] == ["skipping unreadable image 0",
+                                             "skipping unreadable image 1"]
+    assert lines[0][2] == "/" and lines[0][8] == ":"  # "12/03 07:30:00 ": the run's format
+
+
 def test_outside_training_sigterm_still_ends_a_loader_worker() -> None:
     """It is how multiprocessing ends the workers left at interpreter exit: a worker ignoring
     it would hang the exit."""

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..distributed import all_reduce_sum, any_process, get_world_size
+from ..logging import handler_settings, set_up_handlers
 from .. import preemption
 from ..preemption import EvaluationInterrupted, StopRequest
 from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
@@ -37,13 +38,15 @@ def collate(batch: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
 WORKER_START_METHOD = "fork" if sys.platform == "linux" else None
 
 
-def _init_worker(catching: Any, forked: bool, worker_id: int) -> None:
+def _init_worker(catching: Any, spawned_logging: Any, worker_id: int) -> None:
     # Each loader worker is one process: one torch thread, so the workers do not compete with
-    # the training threads. (A forked worker has OpenCV's one thread from the parent:
-    # _worker_options; setting it after the fork deadlocks. A spawned one starts afresh.)
+    # the training threads. (A forked worker has OpenCV's one thread and the log handlers
+    # from the parent: _worker_options; setting OpenCV's after the fork deadlocks. A spawned
+    # one starts afresh: its warnings of unreadable images went to no log.txt.)
     torch.set_num_threads(1)
-    if not forked:
+    if spawned_logging is not None:
         cv2.setNumThreads(1)
+        set_up_handlers(spawned_logging)
     # a worker that died of a signal sent to the whole job would fail the step in flight
     preemption.leave_stop_signals_to_the_parent(catching)
 
@@ -58,8 +61,10 @@ def _worker_options(num_workers: int) -> dict[str, Any]:
     cv2.setNumThreads(1)
     context = preemption.worker_context(WORKER_START_METHOD) if num_workers > 0 else None
     forked = context is not None and context.get_start_method() == "fork"
+    spawned_logging = None if forked else handler_settings()
     return {"num_workers": num_workers,
-            "worker_init_fn": functools.partial(_init_worker, preemption.CATCHING, forked),
+            "worker_init_fn": functools.partial(_init_worker, preemption.CATCHING,
+                                                spawned_logging),
             "multiprocessing_context": context}
 
 
