@@ -77,6 +77,7 @@ class Checkpointer:
         self.check = check
         self._earlier: list[Path] = []  # another run's checkpoints, replaced at the first save
         self._kept: set[Path] = set()  # neither replaced nor pruned
+        self.saved_iteration: int | None = None  # of this object's last save
 
     def replace_earlier_run(self, keep: Sequence[str | os.PathLike] = ()) -> None:
         """This run starts afresh in a folder holding another run's checkpoints: they are
@@ -126,6 +127,8 @@ class Checkpointer:
                 self._earlier = []
                 self._prune(keep=path)
                 logger.info("saved checkpoint %s", path)
+        if error is None:
+            self.saved_iteration = int(iteration)
         if any_process(error is not None):  # every process stops, none waits forever
             previous = self._pointer_target()
             kept = (f"the previous checkpoint {previous} and {self.output_dir / POINTER} are "

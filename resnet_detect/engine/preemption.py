@@ -125,17 +125,32 @@ def leave_stop_signals_to_the_parent(catching: Any = CATCHING) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
+def _spawn_with_signals_blocked(spawnv: Any) -> Any:
+    def spawn(*args: Any) -> Any:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return spawnv(*args)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return spawn
+
+
 class _SignalsBlockedSpawnProcess(multiprocessing.context.SpawnProcess):
     """Starts with SIGTERM and SIGINT blocked (the child inherits the mask), so that a Ctrl-C
     while it imports torch, seconds before its init function leaves the signals to the main
-    process, does not kill it, and the run with it."""
+    process, does not kill it, and the run with it. Only the fork/exec runs blocked here: the
+    pickled dataset is written to the child after it, while the child unpickles (seconds),
+    and a second Ctrl-C then must still stop the main process at once."""
 
-    def start(self) -> None:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        from multiprocessing import popen_spawn_posix, util
+        spawnv = util.spawnv_passfds
+        util.spawnv_passfds = _spawn_with_signals_blocked(spawnv)
         try:
-            super().start()
+            return popen_spawn_posix.Popen(process_obj)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            util.spawnv_passfds = spawnv
 
 
 class _SignalsBlockedSpawnContext(multiprocessing.context.SpawnContext):

@@ -347,6 +347,11 @@ def _save_steps_done(trainer: Trainer, checkpointer: Checkpointer, logger: loggi
     process only: saving is collective, and under DDP the others wait inside a step)."""
     if get_world_size() > 1 or trainer.iter <= trainer.start_iter:
         return
+    if checkpointer.saved_iteration == trainer.iter:
+        logger.error("%s (below); the %d steps done are in %s already: %s, then run the same "
+                     "command with --resume", failed, trainer.iter,
+                     checkpointer.output_dir / f"model_{trainer.iter:07d}.pth", fix)
+        return
     try:
         path = checkpointer.save(trainer.iter)
     except Exception as e:  # the first error is the one to report

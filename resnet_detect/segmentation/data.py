@@ -252,7 +252,7 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
         path = Path(names)
         if not path.is_file():
             raise FileNotFoundError(f"data.class_names file not found: {path}")
-        text = path.read_text(encoding="utf-8")
+        text = engine_data.read_user_text(path, "data.class_names file")
         if path.suffix == ".json":
             try:
                 names = json.loads(text)

@@ -159,9 +159,10 @@ class TTAInference:
 
 def resized_argmax(logits: Tensor, size: tuple[int | Tensor, int | Tensor]) -> Tensor:
     """``F.interpolate(logits[None], size, bilinear).argmax(1)[0]`` for (K, h, w) logits,
-    class by class: memory for a few (H, W) maps, not K. The same classes (each channel is
-    resized alone either way; the first of equal maxima wins). Traceable (the ONNX graph
-    unrolls the classes; `size` may be traced tensors)."""
+    class by class: memory for a few (H, W) maps, not K. The same classes, the first of
+    equal maxima winning, up to rounding: on a CPU a channel resized alone can differ in the
+    last bit from the same channel among 32 or more. Traceable (the ONNX graph unrolls the
+    classes; `size` may be traced tensors)."""
     if not torch.jit.is_tracing() and tuple(logits.shape[-2:]) == tuple(size):
         return logits.argmax(dim=0)
     # (1, 1, H, W) maps, squeezed once at the end: an ONNX graph copies what it indexes

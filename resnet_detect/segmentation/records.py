@@ -29,7 +29,7 @@ from PIL import Image
 
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, CategoryMapping, DatasetError,
                                        check_segmentation, files_under, listing, read_coco_json,
-                                       segmentation_to_mask)
+                                       read_user_text, segmentation_to_mask)
 from resnet_detect.engine.data.coco import MAX_LISTED
 from resnet_detect.engine.files import missing_path
 
@@ -67,7 +67,7 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
         split_file = Path(split_file)
         if not split_file.is_file():
             raise FileNotFoundError(f"split file not found: {missing_path(split_file)}")
-        lines = split_file.read_text(encoding="utf-8").splitlines()
+        lines = read_user_text(split_file, "split file").splitlines()
         names = [line.strip() for line in lines if line.strip()]
         missing = [str(img_dir / (n + img_suffix)) for n in names
                    if not (img_dir / (n + img_suffix)).is_file()]

@@ -300,6 +300,13 @@ def test_class_names_file_must_be_a_list_of_names(tmp_path):
     text.write_text("background\n\na\nb\n")  # silently made "a" class 1 -> refused
     with pytest.raises(DatasetError, match=f"data.class_names file {text}: line 2 is empty"):
         build_dataset(cfg, "val")
+    # Notepad's UTF-8 starts with a byte-order mark: not part of the first name
+    text.write_bytes("background\nMüll\nb\n".encode("utf-8-sig"))
+    assert build_dataset(cfg, "val").class_names == ["background", "Müll", "b"]
+    text.write_bytes("background\nMüll\nb\n".encode("cp1252"))  # "ANSI": a bare traceback
+    with pytest.raises(DatasetError, match=f"data.class_names file {text}: not UTF-8 text "
+                                           r"\(byte 12: b'\\xfc'\); save it as UTF-8"):
+        build_dataset(cfg, "val")
 
 
 def test_val_masks_are_checked_before_training(tmp_path):

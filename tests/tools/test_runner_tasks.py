@@ -321,6 +321,13 @@ def test_an_evaluation_that_fails_saves_the_steps_done_first(
     assert resumed["iteration"] == 6
     for key, value in full["model"].state_dict().items():
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
+    # the periodic checkpoint of that iteration is there already: not written twice
+    cfg = config(tmp_path / "both")
+    cfg.train.checkpoint_period = 3
+    with pytest.raises(UnicodeEncodeError):
+        run_training(_FailingEvalTask(at=1), cfg, cpu)
+    assert "failed (below); the 3 steps done are in " in caplog.text
+    assert caplog.text.count("saved checkpoint " + str(tmp_path / "both")) == 1
 
 
 def test_segmentation_resumed_interrupted_or_killed_run_ends_bit_identical(

@@ -204,6 +204,17 @@ def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
     return data
 
 
+def read_user_text(path: Path, what: str) -> str:
+    """A text file a user wrote: UTF-8, with or without the byte-order mark Windows' editors
+    put first (it would be part of the first name)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{what} {path}: not UTF-8 text (byte {e.start}: "
+                           f"{data[e.start:e.start + 1]!r}); save it as UTF-8") from None
+
+
 def _file_name_from_url(url: Any) -> str:
     """The last two parts of a URL's path ("val2017/000000000139.jpg"), decoded when it is
     a URL (scheme://...; a plain path is taken as written); "" for no path."""

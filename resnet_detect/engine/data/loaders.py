@@ -43,12 +43,13 @@ def _init_worker(catching: Any, spawned_logging: Any, worker_id: int) -> None:
     # the training threads. (A forked worker has OpenCV's one thread and the log handlers
     # from the parent: _worker_options; setting OpenCV's after the fork deadlocks. A spawned
     # one starts afresh: its warnings of unreadable images went to no log.txt.)
+    # a worker that died of a signal sent to the whole job would fail the step in flight;
+    # first: a spawned worker runs with them blocked until then
+    preemption.leave_stop_signals_to_the_parent(catching)
     torch.set_num_threads(1)
     if spawned_logging is not None:
         cv2.setNumThreads(1)
         set_up_handlers(spawned_logging)
-    # a worker that died of a signal sent to the whole job would fail the step in flight
-    preemption.leave_stop_signals_to_the_parent(catching)
 
 
 def _worker_options(num_workers: int) -> dict[str, Any]:
