@@ -73,6 +73,8 @@ def set_up_handlers(settings: tuple[int, list[tuple[str | None, str | None, str 
     """In a spawned process: log as the process whose `handler_settings()` these are (its
     log.txt appended to)."""
     level, handlers = settings
+    if hasattr(sys.stdout, "reconfigure"):  # as the tools' console (engine.cli.run_tool)
+        sys.stdout.reconfigure(errors="backslashreplace")
     root = logging.getLogger()
     root.setLevel(level)
     for path, fmt, datefmt in handlers:
