@@ -284,10 +284,11 @@ def format_summary(stats: Sequence[float], per_category: dict[str, float], iou_t
     rows = list(per_category.items())
     if len(rows) > TABLE_CATEGORIES:  # LVIS: 1203 rows at every evaluation
         scored = sorted((r for r in rows if not math.isnan(r[1])), key=lambda r: r[1])
-        shown = "the lowest and highest 10" if len(scored) > 20 else "those scored"
+        shown, kept = (("the lowest and highest 10", scored[:10] + scored[-10:])
+                       if len(scored) > 20 else ("those scored", scored))
         lines.append(f"per-category AP of {len(rows)} categories ({len(rows) - len(scored)} "
                      f"without ground truth): all in metrics.json; {shown}:")
-        rows = scored[:10] + scored[-10:] if len(scored) > 20 else scored
+        rows = kept
     width = max([len(name) for name, _ in rows] + [8])
     lines.append(f"{'category':<{width}} | AP")
     lines.append(f"{'-' * width}-|-------")

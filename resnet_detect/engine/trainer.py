@@ -166,7 +166,8 @@ class Trainer:
         self._call_hooks("after_train")
         return True
 
-    def run_step(self, batch: Any) -> None:
+    def _losses(self, batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """step_fn's losses of `batch` (under autocast) and their finite sum."""
         autocast = (torch.autocast(self.device_type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else nullcontext())
         with autocast:
@@ -175,6 +176,10 @@ class Trainer:
             raise ValueError("step_fn returned no losses")
         total = sum(loss_dict.values())
         self._check_finite(total, loss_dict)
+        return loss_dict, total
+
+    def run_step(self, batch: Any) -> None:
+        loss_dict, total = self._losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self._optimizer_step()
@@ -206,8 +211,6 @@ class Trainer:
         with_images = (steps if self.batch_is_empty is None
                        else sum(not self.batch_is_empty(batch) for batch in batches))
         share = max(1, with_images)
-        autocast = (torch.autocast(self.device_type, dtype=self.amp_dtype)
-                    if self.amp_dtype is not None else nullcontext())
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
         for i in range(steps):
@@ -215,12 +218,7 @@ class Trainer:
             # DDP averages the gradients over the processes at the last backward only
             no_sync = getattr(self.model, "no_sync", None)
             with (no_sync() if no_sync is not None and i < steps - 1 else nullcontext()):
-                with autocast:
-                    loss_dict = dict(self.step_fn(self.model, batch))
-                if not loss_dict:
-                    raise ValueError("step_fn returned no losses")
-                total = sum(loss_dict.values())
-                self._check_finite(total, loss_dict)
+                loss_dict, total = self._losses(batch)
                 self.scaler.scale(total / share).backward()
             del batch
             for k, v in loss_dict.items():

@@ -159,10 +159,10 @@ def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
                            "(a COCO instances file needs images, annotations and categories)")
     for img in data["images"]:
         if isinstance(img, dict) and "file_name" not in img \
-                and _file_name_from_url(img.get("coco_url")):
+                and (name := _file_name_from_url(img.get("coco_url"))):
             # LVIS: a COCO image, in the folder its URL names (train2017/ or val2017/) under
             # the image folder, as detectron2 reads it
-            img["file_name"] = _file_name_from_url(img["coco_url"])
+            img["file_name"] = name
     problems: list[str] = []
     category_ids = _check_entries(data["categories"], "categories", {"id": int, "name": str},
                                   problems)

@@ -61,8 +61,8 @@ def _worker_options(num_workers: int) -> dict[str, Any]:
     in the worker, after the fork, deadlocks)."""
     cv2.setNumThreads(1)
     context = preemption.worker_context(WORKER_START_METHOD) if num_workers > 0 else None
-    forked = context is not None and context.get_start_method() == "fork"
-    spawned_logging = None if forked else handler_settings()
+    spawned = context is not None and context.get_start_method() != "fork"
+    spawned_logging = handler_settings() if spawned else None
     return {"num_workers": num_workers,
             "worker_init_fn": functools.partial(_init_worker, preemption.CATCHING,
                                                 spawned_logging),
