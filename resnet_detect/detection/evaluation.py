@@ -4,6 +4,8 @@ Per image (R detections): boxes float (R, 4) xyxy in original image pixels, scor
 labels int (R,) contiguous 0..K-1, optionally masks bool (R, H, W) at the original size.
 Results are written in COCO results format (xywh boxes, dataset category ids, RLE masks) and
 scored by pycocotools' COCOeval or by faster-coco-eval, which gives the same numbers faster.
+An LVIS file (images with `neg_category_ids` / `not_exhaustive_category_ids`) is scored with
+LVIS's federated AP by either (federated.py).
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data.coco import (check_segmentation, collector_paused, read_coco_json,
                                             segmentation_to_rle)
 from resnet_detect.engine.logging import print_and_log
+
+from .federated import LVIS_MAX_DETS, Federation, frequency_group_aps, is_federated
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 IOU_TYPES = ("bbox", "segm")
@@ -92,13 +96,6 @@ def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
     objects so ignored).
     """
     data = read_coco_json(ann_file)
-    if any(isinstance(c, dict) and "frequency" in c for c in data["categories"]):
-        warnings.warn(f"{ann_file} is an LVIS file: it is scored with COCO's AP, not LVIS's "
-                      f"federated AP (lvis-api), which ignores detections of the categories "
-                      f"an image was not checked for; here they count as false positives, so "
-                      f"the AP is lower than LVIS's own (data.val.coco_backend="
-                      f"faster_coco_eval scores it several times faster than pycocotools)",
-                      RuntimeWarning, stacklevel=2)
     sizes = {img["id"]: (img["height"], img["width"]) for img in data["images"]}
     annotations, ignored = [], 0
     for ann in data["annotations"]:
@@ -125,12 +122,7 @@ def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
     return {**data, "annotations": annotations}, ignored
 
 
-def _load_gt(ann_file: Path, backend: str, iou_type: str) -> Any:
-    dataset, ignored = ground_truth(ann_file, iou_type)
-    if ignored:
-        warnings.warn(f"{ann_file}: {ignored} objects without a usable mask are ignored in the "
-                      "segm evaluation (scored as crowd regions over their boxes)",
-                      RuntimeWarning, stacklevel=3)
+def _load_gt(dataset: dict[str, Any], backend: str) -> Any:
     if backend == "pycocotools":
         from pycocotools.coco import COCO
         coco = COCO()
@@ -139,6 +131,10 @@ def _load_gt(ann_file: Path, backend: str, iou_type: str) -> Any:
             coco.createIndex()
         return coco
     from faster_coco_eval import COCO as FasterCOCO
+    if is_federated(dataset):  # its LVIS mode groups every category by frequency, or fails
+        dataset = {**dataset, "categories": [
+            {**c, "frequency": c.get("frequency") if c.get("frequency") in ("r", "c", "f")
+             else "f"} for c in dataset["categories"]]}
     return FasterCOCO(dataset)
 
 
@@ -159,17 +155,19 @@ def _load_results(coco_gt: Any, results: list[dict[str, Any]], backend: str) -> 
 
 
 def _run_cocoeval(coco_gt: Any, coco_dt: Any, iou_type: str, backend: str,
-                  max_dets: int = COCO_MAX_DETS) -> Any:
+                  max_dets: int = COCO_MAX_DETS, federation: Federation | None = None) -> Any:
     if backend == "pycocotools":
         from pycocotools.cocoeval import COCOeval
         evaluator = COCOeval(coco_gt, coco_dt, iou_type)
     else:
         from faster_coco_eval import COCOeval_faster
-        evaluator = COCOeval_faster(coco_gt, coco_dt, iou_type,
+        evaluator = COCOeval_faster(coco_gt, coco_dt, iou_type, lvis_style=federation is not None,
                                     print_function=lambda *args, **kwargs: None)
     evaluator.params.maxDets = [1, 10, max_dets]
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
+        if federation is not None and backend == "pycocotools":
+            federation.ignore_unmatched_not_exhaustive(evaluator.evalImgs)
         evaluator.accumulate()
     return evaluator
 
@@ -221,13 +219,15 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
         backend: "pycocotools" or "faster_coco_eval".
         verbose: print the 12 standard numbers and the per-category table.
         max_dets: detections scored per image and category (COCOeval's maxDets [1, 10, this];
-            COCO's standard 100; more for scenes denser than that).
+            COCO's standard 100; more for scenes denser than that). An LVIS file is scored
+            by LVIS's rules instead: 300 per image, all categories together.
 
     Returns:
         {"AP", "AP50", "AP75", "APs", "APm", "APl" (percent; NaN where the ground truth has no
         object of that size), "stats": the 12 COCOeval numbers (fractions, -1 = undefined),
         "per_category": {name: AP in percent, NaN for categories without ground truth};
-        "name (id N)" where categories share a name}.
+        "name (id N)" where categories share a name}; for an LVIS file also "APr", "APc",
+        "APf" (percent; NaN where no category of the group has ground truth).
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
@@ -240,11 +240,20 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
     results = [{k: v for k, v in r.items() if k != drop} for r in results]
     if iou_type == "segm" and any("segmentation" not in r for r in results):
         raise ValueError("segm evaluation needs a 'segmentation' in every result")
-    coco_gt = _load_gt(Path(ann_file), backend, iou_type)
+    dataset, ignored = ground_truth(Path(ann_file), iou_type)
+    if ignored:
+        warnings.warn(f"{ann_file}: {ignored} objects without a usable mask are ignored in the "
+                      "segm evaluation (scored as crowd regions over their boxes)",
+                      RuntimeWarning, stacklevel=2)
     if not results:
         warnings.warn(f"no detections to evaluate against {ann_file}: {iou_type} AP is 0",
                       RuntimeWarning, stacklevel=2)
-    crowded = _crowded_images(coco_gt, max_dets)
+    federation = Federation.of(dataset, Path(ann_file)) if is_federated(dataset) else None
+    frequencies = {c["id"]: c.get("frequency") for c in dataset["categories"]}
+    if federation is not None:
+        results, max_dets = federation.scored(results), LVIS_MAX_DETS
+    coco_gt = _load_gt(dataset, backend)
+    crowded = _crowded_images(coco_gt, max_dets) if federation is None else []
     if crowded:
         image_id, name, count = crowded[0]
         warnings.warn(f"{ann_file}: {len(crowded)} images hold more objects of a category than "
@@ -253,7 +262,7 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
                       f"model.roi_heads.detections_per_image (the detections scored follow it)",
                       RuntimeWarning, stacklevel=2)
     evaluator = _run_cocoeval(coco_gt, _load_results(coco_gt, results, backend), iou_type,
-                              backend, max_dets)
+                              backend, max_dets, federation)
     stats = _stats(evaluator)
     metrics: dict[str, Any] = {name: _percent(stats[i]) for i, name in enumerate(METRIC_NAMES)}
     metrics["stats"] = stats
@@ -267,20 +276,30 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
         key = f"{name} (id {cat_id})" if names.count(name) > 1 else name
         per_category[key] = float(p.mean()) * 100 if p.size else math.nan
     metrics["per_category"] = per_category
+    groups = (frequency_group_aps(precision, evaluator.params.catIds, frequencies)
+              if federation is not None else {})
+    metrics.update(groups)
     if verbose:
-        print_and_log(format_summary(stats, per_category, iou_type, max_dets))
+        print_and_log(format_summary(stats, per_category, iou_type, max_dets, groups))
     return metrics
 
 
 def format_summary(stats: Sequence[float], per_category: dict[str, float], iou_type: str,
-                   max_dets: int = COCO_MAX_DETS) -> str:
-    """pycocotools' 12-line summary followed by a per-category AP table."""
-    lines = [f"Evaluation results for {iou_type}:"]
+                   max_dets: int = COCO_MAX_DETS,
+                   frequency_aps: dict[str, float] | None = None) -> str:
+    """pycocotools' 12-line summary (with LVIS's APr, APc, APf where given: an LVIS file's
+    federated AP) followed by a per-category AP table."""
+    lines = [f"Evaluation results for {iou_type}"
+             f"{' (LVIS federated AP, 300 detections per image)' if frequency_aps else ''}:"]
     for (is_precision, iou, area, dets), value in zip(_STAT_ROWS, stats):
         kind, short = ("Average Precision", "(AP)") if is_precision else ("Average Recall", "(AR)")
         iou_text = "0.50:0.95" if iou is None else f"{iou:0.2f}"
         lines.append(f" {kind:<18} {short} @[ IoU={iou_text:<9} | area={area:>6s} | "
                      f"maxDets={dets or max_dets:>3d} ] = {value:0.3f}")
+    if frequency_aps:
+        lines.append(" " + "  ".join(f"{name} = {value:0.1f}"
+                                     for name, value in frequency_aps.items()) +
+                     "  (rare, common, frequent categories; percent)")
     rows = list(per_category.items())
     if len(rows) > TABLE_CATEGORIES:  # LVIS: 1203 rows at every evaluation
         scored = sorted((r for r in rows if not math.isnan(r[1])), key=lambda r: r[1])

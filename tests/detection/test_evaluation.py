@@ -349,9 +349,9 @@ def test_evaluation_leaves_the_callers_results_as_they_were(gt_file: Path, backe
     assert json.dumps(results, sort_keys=True) == before
 
 
-def test_an_lvis_file_is_scored_with_a_warning_that_its_ap_is_cocos(
-        gt_file: Path, tmp_path: Path) -> None:
-    """LVIS v1: images named by coco_url alone, categories with a frequency, no iscrowd."""
+def test_an_lvis_v1_file_is_scored_with_lvis_federated_ap(gt_file: Path, tmp_path: Path) -> None:
+    """LVIS v1: images named by coco_url alone, categories with a frequency, no iscrowd
+    (the federated rules themselves: test_federated.py)."""
     lvis = _gt(gt_file)
     for img in lvis["images"]:
         img["coco_url"] = f"http://images.cocodataset.org/val2017/{img.pop('file_name')}"
@@ -362,10 +362,10 @@ def test_an_lvis_file_is_scored_with_a_warning_that_its_ap_is_cocos(
                            for ann in lvis["annotations"] if not ann["iscrowd"]]
     lvis_file = tmp_path / "lvis_v1_val.json"
     lvis_file.write_text(json.dumps(lvis))
-    with pytest.warns(RuntimeWarning, match=r"lvis_v1_val.json is an LVIS file: it is scored "
-                                            r"with COCO's AP, not LVIS's federated AP"):
-        metrics = _run(lvis_file, tmp_path, _perfect(gt_file))["bbox"]
+    metrics = _run(lvis_file, tmp_path, _perfect(gt_file))["bbox"]
     assert metrics["AP"] == pytest.approx(100.0, abs=1e-9)
+    assert metrics["APr"] == pytest.approx(100.0, abs=1e-9)
+    assert math.isnan(metrics["APc"]) and math.isnan(metrics["APf"])
 
 
 def test_a_summary_of_many_categories_logs_the_lowest_and_highest_aps() -> None:

@@ -1,0 +1,94 @@
+"""LVIS's federated AP: lvis-api's rules on top of COCOeval.
+
+An LVIS image is checked for some categories only: those annotated in it (positive), those
+verified absent (`neg_category_ids`), and, among the positives, some not annotated in full
+(`not_exhaustive_category_ids`). lvis-api (LVISResults, LVISEval) scores
+- at most 300 detections per image, the highest scores, taken before anything else;
+- a detection only in an image checked for its category; the others are dropped;
+- an unmatched detection of a category not annotated in full as ignored, not as a false
+  positive;
+- the AP of the rare, common and frequent categories (each category's `frequency`: r, c, f)
+  besides COCO's numbers, every (image, category) pair with all its detections.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet_detect.engine.data.coco import DatasetError
+
+LVIS_MAX_DETS = 300  # detections scored per image, all categories together
+IMAGE_LISTS = ("neg_category_ids", "not_exhaustive_category_ids")
+FREQUENCY_GROUPS = (("APr", "r"), ("APc", "c"), ("APf", "f"))
+
+
+def is_federated(dataset: Mapping[str, Any]) -> bool:
+    """Whether a ground-truth file's images say which categories they were checked for."""
+    return any(key in img for img in dataset["images"] for key in IMAGE_LISTS)
+
+
+def _category_ids(img: Mapping[str, Any], key: str, ann_file: Path) -> set[int]:
+    ids = img.get(key, [])
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                            for i in ids):
+        raise DatasetError(f"{ann_file}: image id {img['id']}: {key} must be a list of "
+                           f"category ids, got {str(ids)[:80]}")
+    return set(ids)
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Per image id: the categories it was checked for, and those not annotated in full."""
+
+    checked: dict[int, set[int]]
+    not_exhaustive: dict[int, set[int]]
+
+    @classmethod
+    def of(cls, dataset: Mapping[str, Any], ann_file: Path) -> Federation:
+        checked = {img["id"]: _category_ids(img, IMAGE_LISTS[0], ann_file)
+                   for img in dataset["images"]}
+        not_exhaustive = {img["id"]: _category_ids(img, IMAGE_LISTS[1], ann_file)
+                          for img in dataset["images"]}
+        for ann in dataset["annotations"]:
+            checked.setdefault(ann["image_id"], set()).add(ann["category_id"])
+        return cls(checked, not_exhaustive)
+
+    def scored(self, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The results lvis-api scores: the best 300 of each image (ties in the given order),
+        then those of a category the image was checked for."""
+        per_image: dict[int, list[dict[str, Any]]] = {}
+        for result in results:
+            per_image.setdefault(result["image_id"], []).append(result)
+        kept = []
+        for image_id, entries in per_image.items():
+            best = sorted(entries, key=lambda r: r["score"], reverse=True)[:LVIS_MAX_DETS]
+            checked = self.checked.get(image_id, set())
+            kept += [r for r in best if r["category_id"] in checked]
+        return kept
+
+    def ignore_unmatched_not_exhaustive(self, eval_imgs: Sequence[dict[str, Any] | None]) -> None:
+        """In pycocotools' per (image, category, area) results, before accumulate(): an
+        unmatched detection of a category the image is not annotated in full for is ignored."""
+        for entry in eval_imgs:
+            if entry is not None and entry["category_id"] in self.not_exhaustive.get(
+                    entry["image_id"], ()):
+                entry["dtIgnore"] = np.logical_or(entry["dtIgnore"], entry["dtMatches"] == 0)
+
+
+def frequency_group_aps(precision: np.ndarray, cat_ids: Sequence[int],
+                        frequencies: Mapping[int, Any]) -> dict[str, float]:
+    """APr, APc, APf in percent (NaN where no category of the group has ground truth; the
+    groups from each category id's `frequency`), from
+    COCOeval's accumulated precision (IoU, recall, category, area, max dets): all areas, the
+    last max dets, as LVISEval averages them."""
+    aps = {}
+    for name, frequency in FREQUENCY_GROUPS:
+        group = [k for k, c in enumerate(cat_ids) if frequencies.get(c) == frequency]
+        values = precision[:, :, group, 0, -1]
+        values = values[values > -1]
+        aps[name] = float(values.mean()) * 100 if values.size else float("nan")
+    return aps

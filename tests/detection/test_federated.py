@@ -1,0 +1,143 @@
+"""detection.federated: LVIS's federated AP (lvis-api's rules) through evaluate_coco."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from resnet_detect.detection.evaluation import evaluate_coco
+from resnet_detect.engine.data.coco import DatasetError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from lvis_api_parity import random_lvis  # noqa: E402
+
+BACKENDS = ("pycocotools", "faster_coco_eval")
+# A: rare, B and E: common, C and D: frequent
+A, B, C, D, E = 1, 2, 3, 4, 5
+FREQUENCY = {A: "r", B: "c", C: "f", D: "f", E: "c"}
+
+
+def _box(x: float, y: float) -> list[float]:
+    return [x, y, 40.0, 40.0]
+
+
+def _rules_file(tmp_path: Path) -> Path:
+    """Image 1: A and D annotated, D not in full, B checked absent, C not checked.
+    Image 2: B and C annotated. Image 3: E annotated, nothing else checked."""
+    gt = [(1, A, _box(10, 10)), (1, D, _box(100, 10)), (2, B, _box(10, 10)),
+          (2, C, _box(100, 100)), (3, E, _box(50, 50))]
+    images = [{"id": 1, "neg_category_ids": [B], "not_exhaustive_category_ids": [D]},
+              {"id": 2, "neg_category_ids": [], "not_exhaustive_category_ids": []},
+              {"id": 3, "neg_category_ids": [], "not_exhaustive_category_ids": []}]
+    path = tmp_path / "lvis_rules.json"
+    path.write_text(json.dumps({
+        "images": [{**img, "file_name": f"{img['id']}.jpg", "height": 200, "width": 200}
+                   for img in images],
+        "annotations": [{"id": k + 1, "image_id": i, "category_id": c, "bbox": box,
+                         "area": 1600.0} for k, (i, c, box) in enumerate(gt)],
+        "categories": [{"id": c, "name": f"cat{c}", "frequency": f}
+                       for c, f in FREQUENCY.items()]}))
+    return path
+
+
+def _rules_results(unchecked_in_image_3: int) -> list[dict[str, Any]]:
+    def det(image_id: int, category_id: int, box: list[float], score: float) -> dict[str, Any]:
+        return {"image_id": image_id, "category_id": category_id, "bbox": box, "score": score}
+    return [det(1, A, _box(10, 10), 0.9),
+            det(1, B, _box(150, 150), 0.95),  # B was checked absent in image 1: false positive
+            det(2, B, _box(10, 10), 0.5),
+            det(1, C, _box(150, 150), 0.95),  # C was not checked in image 1: dropped
+            det(2, C, _box(100, 100), 0.5),
+            det(1, D, _box(100, 10), 0.9),
+            det(1, D, _box(10, 150), 0.95),  # D not annotated in full in image 1: ignored
+            det(3, E, _box(50, 50), 0.5)] + [
+            # image 3 was not checked for C: scored by nobody, yet they take the image's
+            # 300 places before E's true positive when there are 300 of them
+            det(3, C, _box(0, 0), 0.99) for _ in range(unchecked_in_image_3)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_federated_rule_scores_as_lvis_api_does(tmp_path: Path, backend: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    gt_file = _rules_file(tmp_path)
+    metrics = evaluate_coco(gt_file, _rules_results(299), backend=backend)
+    # a false positive above B's one true positive: precision 1/2 at every recall point
+    assert metrics["per_category"] == pytest.approx(
+        {"cat1": 100.0, "cat2": 50.0, "cat3": 100.0, "cat4": 100.0, "cat5": 100.0})
+    assert metrics["AP"] == pytest.approx(90.0)
+    assert (metrics["APr"], metrics["APc"], metrics["APf"]) == pytest.approx((100, 75, 100))
+    out = capsys.readouterr().out
+    assert "Evaluation results for bbox (LVIS federated AP, 300 detections per image):" in out
+    assert "APr = 100.0  APc = 75.0  APf = 100.0" in out
+
+    capped = evaluate_coco(gt_file, _rules_results(300), backend=backend, verbose=False)
+    assert capped["per_category"]["cat5"] == pytest.approx(0.0)
+    assert capped["per_category"]["cat3"] == pytest.approx(100.0)
+    assert capped["AP"] == pytest.approx(70.0)
+    assert capped["APc"] == pytest.approx(25.0)
+
+
+def test_a_file_without_the_image_lists_is_scored_as_coco(tmp_path: Path) -> None:
+    """The same data without neg/not-exhaustive lists: every detection counts (C's and D's
+    false positives halve their AP; no 300 cap: E keeps its true positive)."""
+    data = json.loads(_rules_file(tmp_path).read_text())
+    for img in data["images"]:
+        del img["neg_category_ids"], img["not_exhaustive_category_ids"]
+    coco_file = tmp_path / "coco.json"
+    coco_file.write_text(json.dumps(data))
+    metrics = evaluate_coco(coco_file, _rules_results(0), verbose=False)
+    assert metrics["per_category"] == pytest.approx(
+        {"cat1": 100.0, "cat2": 50.0, "cat3": 50.0, "cat4": 50.0, "cat5": 100.0})
+    assert "APr" not in metrics
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_both_backends_give_the_same_federated_numbers(tmp_path: Path, iou_type: str) -> None:
+    """pycocotools with the not-exhaustive rule applied to its per-image results, and
+    faster-coco-eval's own LVIS mode: two implementations, the same numbers (both equal
+    lvis-api 0.5.3's on such sets: benchmarks/lvis_api_parity.py)."""
+    data, results = random_lvis(0)  # 40 images, 20 categories
+    gt_file = tmp_path / "lvis.json"
+    gt_file.write_text(json.dumps(data))
+    ours, faster = (evaluate_coco(gt_file, results, iou_type=iou_type, backend=backend,
+                                  verbose=False) for backend in BACKENDS)
+    assert ours["stats"] == pytest.approx(faster["stats"], abs=1e-12)
+    assert [ours[k] for k in ("APr", "APc", "APf")] == pytest.approx(
+        [faster[k] for k in ("APr", "APc", "APf")], abs=1e-10)
+    assert ours["per_category"] == pytest.approx(faster["per_category"], abs=1e-10,
+                                                 nan_ok=True)
+    assert 5 < ours["AP"] < 95
+    for img in data["images"]:
+        del img["neg_category_ids"], img["not_exhaustive_category_ids"]
+    gt_file.write_text(json.dumps(data))
+    as_coco = evaluate_coco(gt_file, results, iou_type=iou_type, verbose=False)
+    assert as_coco["AP"] < ours["AP"] - 1  # unchecked categories' detections counted
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_categories_without_a_frequency_are_in_no_group(tmp_path: Path, backend: str) -> None:
+    data = json.loads(_rules_file(tmp_path).read_text())
+    for category in data["categories"]:
+        if category["id"] != B:
+            del category["frequency"]
+    gt_file = tmp_path / "no_frequency.json"
+    gt_file.write_text(json.dumps(data))
+    metrics = evaluate_coco(gt_file, _rules_results(299), backend=backend, verbose=False)
+    assert metrics["AP"] == pytest.approx(90.0)
+    assert metrics["APc"] == pytest.approx(50.0)
+    assert math.isnan(metrics["APr"]) and math.isnan(metrics["APf"])
+
+
+@pytest.mark.parametrize("bad", [3, [1, "2"], [True], None])
+def test_an_image_list_that_is_not_category_ids_is_refused(tmp_path: Path, bad: Any) -> None:
+    data = json.loads(_rules_file(tmp_path).read_text())
+    data["images"][1]["not_exhaustive_category_ids"] = bad
+    gt_file = tmp_path / "bad.json"
+    gt_file.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"bad.json: image id 2: not_exhaustive_category_ids "
+                                           r"must be a list of category ids"):
+        evaluate_coco(gt_file, _rules_results(0), verbose=False)
