@@ -29,7 +29,8 @@ from resnet_detect.engine.data.coco import (check_segmentation, collector_paused
                                             segmentation_to_rle)
 from resnet_detect.engine.logging import print_and_log
 
-from .federated import LVIS_MAX_DETS, Federation, frequency_group_aps, is_federated
+from .federated import (IMAGE_LISTS, LVIS_MAX_DETS, Federation, frequency_group_aps,
+                        is_federated, partly_listed)
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 IOU_TYPES = ("bbox", "segm")
@@ -92,14 +93,16 @@ def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
     Fields many converters leave out get COCO's meaning: `iscrowd` 0, and `area` the mask's
     area (the box's where there is no usable mask). For segm, an object without a usable
     mask (no polygon of 3 points, or a malformed or mis-sized segmentation) becomes a crowd
-    region over its box: ignored, as training leaves it out. Returns (dataset, number of
-    objects so ignored).
+    region over its box: ignored, as training leaves it out. An LVIS file (federated.py) has
+    no crowd regions besides those, and no objects of area 0, as lvis-api reads it. Returns
+    (dataset, number of objects so ignored).
     """
     data = read_coco_json(ann_file)
+    federated = is_federated(data)
     sizes = {img["id"]: (img["height"], img["width"]) for img in data["images"]}
     annotations, ignored = [], 0
     for ann in data["annotations"]:
-        ann = {**ann, "iscrowd": ann.get("iscrowd", 0)}
+        ann = {**ann, "iscrowd": 0 if federated else ann.get("iscrowd", 0)}
         x, y, w, h = (float(v) for v in ann["bbox"])
         segmentation = None
         if iou_type == "segm" or "area" not in ann:  # bbox needs no mask but for the area
@@ -118,11 +121,13 @@ def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
         if "area" not in ann:
             ann["area"] = (float(mask_utils.area(segmentation_to_rle(
                 segmentation, *sizes[ann["image_id"]]))) if segmentation else w * h)
+        if federated and not ann["area"] > 0:
+            continue
         annotations.append(ann)
     return {**data, "annotations": annotations}, ignored
 
 
-def _load_gt(dataset: dict[str, Any], backend: str) -> Any:
+def _load_gt(dataset: dict[str, Any], backend: str, federated: bool) -> Any:
     if backend == "pycocotools":
         from pycocotools.coco import COCO
         coco = COCO()
@@ -131,7 +136,7 @@ def _load_gt(dataset: dict[str, Any], backend: str) -> Any:
             coco.createIndex()
         return coco
     from faster_coco_eval import COCO as FasterCOCO
-    if is_federated(dataset):  # its LVIS mode groups every category by frequency, or fails
+    if federated:  # its LVIS mode groups every category by frequency, or fails
         dataset = {**dataset, "categories": [
             {**c, "frequency": c.get("frequency") if c.get("frequency") in ("r", "c", "f")
              else "f"} for c in dataset["categories"]]}
@@ -202,6 +207,20 @@ def _crowded_images(coco_gt: Any, max_dets: int) -> list[tuple[int, str, int]]:
                    if n > max_dets), key=lambda t: -t[2])
 
 
+def _warn_of_capped_results(results: Sequence[dict[str, Any]], max_dets: int,
+                            ann_file: str | Path) -> None:
+    """LVIS scores 300 detections per image: say so where the model kept fewer."""
+    counts: dict[int, int] = {}
+    for result in results:
+        counts[result["image_id"]] = counts.get(result["image_id"], 0) + 1
+    if max_dets < LVIS_MAX_DETS and counts and max(counts.values()) == max_dets:
+        warnings.warn(f"{ann_file} is scored with LVIS's federated AP, of up to "
+                      f"{LVIS_MAX_DETS} detections per image, but images have {max_dets} "
+                      f"(model.roi_heads.detections_per_image; detectron2's LVIS configs keep "
+                      f"{LVIS_MAX_DETS}): the AP may be lower than at {LVIS_MAX_DETS}",
+                      RuntimeWarning, stacklevel=3)
+
+
 def _percent(value: float) -> float:
     return float(value) * 100.0 if value >= 0 else math.nan  # COCOeval's -1: no ground truth
 
@@ -248,11 +267,21 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
     if not results:
         warnings.warn(f"no detections to evaluate against {ann_file}: {iou_type} AP is 0",
                       RuntimeWarning, stacklevel=2)
+    known = {img["id"] for img in dataset["images"]}
+    unknown = sorted({r["image_id"] for r in results} - known)
+    if unknown:
+        raise ValueError(f"{len(unknown)} image ids of the results are not in {ann_file} "
+                         f"(e.g. {unknown[:5]}): results of another split or file?")
     federation = Federation.of(dataset, Path(ann_file)) if is_federated(dataset) else None
+    if federation is None and partly_listed(dataset):
+        warnings.warn(f"{ann_file}: {partly_listed(dataset)} of {len(dataset['images'])} images "
+                      f"have {' / '.join(IMAGE_LISTS)}; LVIS's federated AP needs both on every "
+                      f"image, so the file is scored with COCO's AP", RuntimeWarning, stacklevel=2)
     frequencies = {c["id"]: c.get("frequency") for c in dataset["categories"]}
     if federation is not None:
-        results, max_dets = federation.scored(results), LVIS_MAX_DETS
-    coco_gt = _load_gt(dataset, backend)
+        _warn_of_capped_results(results, max_dets, ann_file)
+        results, max_dets = federation.scored(results, iou_type), LVIS_MAX_DETS
+    coco_gt = _load_gt(dataset, backend, federation is not None)
     crowded = _crowded_images(coco_gt, max_dets) if federation is None else []
     if crowded:
         image_id, name, count = crowded[0]

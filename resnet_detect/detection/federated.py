@@ -8,7 +8,9 @@ verified absent (`neg_category_ids`), and, among the positives, some not annotat
 - an unmatched detection of a category not annotated in full as ignored, not as a false
   positive;
 - the AP of the rare, common and frequent categories (each category's `frequency`: r, c, f)
-  besides COCO's numbers, every (image, category) pair with all its detections.
+  besides COCO's numbers, every (image, category) pair with all its detections;
+- objects and detections of area 0 not at all, and no object as a crowd region.
+A file is scored so when every image has both lists, as LVIS's files have them.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from resnet_detect.engine.data.coco import DatasetError
 
@@ -27,8 +30,14 @@ FREQUENCY_GROUPS = (("APr", "r"), ("APc", "c"), ("APf", "f"))
 
 
 def is_federated(dataset: Mapping[str, Any]) -> bool:
-    """Whether a ground-truth file's images say which categories they were checked for."""
-    return any(key in img for img in dataset["images"] for key in IMAGE_LISTS)
+    """Whether every image of a ground-truth file lists the categories it was checked for."""
+    images = dataset["images"]
+    return bool(images) and all(key in img for img in images for key in IMAGE_LISTS)
+
+
+def partly_listed(dataset: Mapping[str, Any]) -> int:
+    """How many images have a list of LVIS's (a file not federated: not all of them)."""
+    return sum(any(key in img for key in IMAGE_LISTS) for img in dataset["images"])
 
 
 def _category_ids(img: Mapping[str, Any], key: str, ann_file: Path) -> set[int]:
@@ -57,17 +66,19 @@ class Federation:
             checked.setdefault(ann["image_id"], set()).add(ann["category_id"])
         return cls(checked, not_exhaustive)
 
-    def scored(self, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    def scored(self, results: Sequence[dict[str, Any]], iou_type: str,
+               ) -> list[dict[str, Any]]:
         """The results lvis-api scores: the best 300 of each image (ties in the given order),
-        then those of a category the image was checked for."""
+        then those of a category the image was checked for and of an area above 0 (the box's,
+        or for "segm" the mask's)."""
         per_image: dict[int, list[dict[str, Any]]] = {}
         for result in results:
             per_image.setdefault(result["image_id"], []).append(result)
         kept = []
         for image_id, entries in per_image.items():
             best = sorted(entries, key=lambda r: r["score"], reverse=True)[:LVIS_MAX_DETS]
-            checked = self.checked.get(image_id, set())
-            kept += [r for r in best if r["category_id"] in checked]
+            checked = self.checked[image_id]
+            kept += [r for r in best if r["category_id"] in checked and _area(r, iou_type) > 0]
         return kept
 
     def ignore_unmatched_not_exhaustive(self, eval_imgs: Sequence[dict[str, Any] | None]) -> None:
@@ -77,6 +88,13 @@ class Federation:
             if entry is not None and entry["category_id"] in self.not_exhaustive.get(
                     entry["image_id"], ()):
                 entry["dtIgnore"] = np.logical_or(entry["dtIgnore"], entry["dtMatches"] == 0)
+
+
+def _area(result: Mapping[str, Any], iou_type: str) -> float:
+    if iou_type == "segm":
+        return float(mask_utils.area(result["segmentation"]))
+    _, _, w, h = result["bbox"]
+    return float(w) * float(h)
 
 
 def frequency_group_aps(precision: np.ndarray, cat_ids: Sequence[int],

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 
 from resnet_detect.detection.evaluation import evaluate_coco
 from resnet_detect.engine.data.coco import DatasetError
@@ -141,3 +143,91 @@ def test_an_image_list_that_is_not_category_ids_is_refused(tmp_path: Path, bad: 
     with pytest.raises(DatasetError, match=r"bad.json: image id 2: not_exhaustive_category_ids "
                                            r"must be a list of category ids"):
         evaluate_coco(gt_file, _rules_results(0), verbose=False)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_ties_at_the_300_cut_keep_the_results_order(tmp_path: Path, first: bool) -> None:
+    """lvis-api's stable sort: among equal scores the earlier result is kept."""
+    results = [r for r in _rules_results(0) if r["image_id"] != 3]
+    tied = [{"image_id": 3, "category_id": C, "bbox": _box(0, 0), "score": 0.5}] * 300
+    true_positive = {"image_id": 3, "category_id": E, "bbox": _box(50, 50), "score": 0.5}
+    results += [true_positive, *tied] if first else [*tied, true_positive]
+    metrics = evaluate_coco(_rules_file(tmp_path), results, verbose=False)
+    assert metrics["per_category"]["cat5"] == pytest.approx(100.0 if first else 0.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_crowd_flags_and_areas_of_zero_are_read_as_lvis_api_reads_them(
+        tmp_path: Path, backend: str) -> None:
+    """An undetected crowd-flagged A object is an object like any (A: recall 1/2, precision 1:
+    51 of the 101 recall points); an object of area 0 (C in image 1) is none, so image 1 is
+    not checked for C; a detection of area 0 is none (B's box of width 0 above its true
+    positive)."""
+    data = json.loads(_rules_file(tmp_path).read_text())
+    data["annotations"] += [
+        {"id": 90, "image_id": 1, "category_id": A, "bbox": _box(60, 100), "area": 1600.0,
+         "iscrowd": 1},
+        {"id": 91, "image_id": 1, "category_id": C, "bbox": _box(60, 150), "area": 0.0}]
+    gt_file = tmp_path / "flags.json"
+    gt_file.write_text(json.dumps(data))
+    results = _rules_results(0) + [
+        {"image_id": 2, "category_id": B, "bbox": [30.0, 30.0, 0.0, 20.0], "score": 0.99}]
+    metrics = evaluate_coco(gt_file, results, backend=backend, verbose=False)
+    assert metrics["per_category"] == pytest.approx(
+        {"cat1": 100 * 51 / 101, "cat2": 50.0, "cat3": 100.0, "cat4": 100.0, "cat5": 100.0})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_empty_mask_is_no_detection_in_segm(tmp_path: Path, backend: str) -> None:
+    polygon = [10.0, 10.0, 50.0, 10.0, 50.0, 50.0, 10.0, 50.0]
+    gt_file = tmp_path / "segm.json"
+    gt_file.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "1.jpg", "height": 64, "width": 64,
+                    "neg_category_ids": [], "not_exhaustive_category_ids": []}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": A, "bbox": [10, 10, 40, 40],
+                         "area": 1600.0, "segmentation": [polygon]}],
+        "categories": [{"id": A, "name": "cat1", "frequency": "r"}]}))
+    empty = mask_utils.encode(np.zeros((64, 64), dtype=np.uint8, order="F"))
+    full = mask_utils.merge(mask_utils.frPyObjects([polygon], 64, 64))
+    results = [{"image_id": 1, "category_id": A, "score": score, "bbox": [10, 10, 40, 40],
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}}
+               for rle, score in ((empty, 0.9), (full, 0.5))]
+    metrics = evaluate_coco(gt_file, results, iou_type="segm", backend=backend, verbose=False)
+    assert metrics["AP"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("federated", [True, False])
+def test_results_of_images_not_in_the_file_are_refused(tmp_path: Path, federated: bool) -> None:
+    data = json.loads(_rules_file(tmp_path).read_text())
+    if not federated:
+        for img in data["images"]:
+            del img["neg_category_ids"], img["not_exhaustive_category_ids"]
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps(data))
+    results = _rules_results(0) + [{"image_id": 99, "category_id": A, "bbox": _box(0, 0),
+                                    "score": 0.5}]
+    with pytest.raises(ValueError, match=r"1 image ids of the results are not in .*gt.json "
+                                         r"\(e.g. \[99\]\): results of another split"):
+        evaluate_coco(gt_file, results, verbose=False)
+
+
+def test_a_file_with_the_lists_on_some_images_only_is_scored_as_coco(tmp_path: Path) -> None:
+    data = json.loads(_rules_file(tmp_path).read_text())
+    for img in data["images"][1:]:
+        del img["neg_category_ids"], img["not_exhaustive_category_ids"]
+    gt_file = tmp_path / "partial.json"
+    gt_file.write_text(json.dumps(data))
+    with pytest.warns(RuntimeWarning, match=r"partial.json: 1 of 3 images have "
+                                            r"neg_category_ids / not_exhaustive_category_ids; "
+                                            r"LVIS's federated AP needs both on every image"):
+        metrics = evaluate_coco(gt_file, _rules_results(0), verbose=False)
+    assert metrics["per_category"]["cat3"] == pytest.approx(50.0)
+    assert "APr" not in metrics
+
+
+def test_results_capped_below_lvis_300_are_named(tmp_path: Path) -> None:
+    results = [r for r in _rules_results(0) if r["image_id"] != 3] + [
+        {"image_id": 3, "category_id": C, "bbox": _box(0, 0), "score": 0.1}] * 100
+    with pytest.warns(RuntimeWarning, match=r"of up to 300 detections per image, but images "
+                                            r"have 100 \(model.roi_heads.detections_per_image"):
+        evaluate_coco(_rules_file(tmp_path), results, verbose=False)
