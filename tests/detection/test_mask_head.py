@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from resnet_detect.detection.box_coder import BoxCoder
@@ -140,29 +142,55 @@ def test_targets_the_same_with_fewer_rois_than_gt_masks() -> None:
     assert targets[1].sum() > 0 and not torch.equal(targets[1], torch.ones(28, 28))
 
 
-def test_loss_uses_the_gt_class_channel_only() -> None:
+def test_the_head_gives_the_channel_of_each_rois_class_of_the_full_1x1_conv() -> None:
+    """Only the RoI's class is computed: the same numbers as that channel of the 1x1 conv
+    over all K classes (torchvision's and detectron2's head), and its gradients."""
+    torch.manual_seed(0)
+    head = MaskRCNNHead(in_channels=8, num_classes=K, conv_dims=[8, 8])
+    nn.init.normal_(head.predictor.weight)
+    nn.init.normal_(head.predictor.bias)
+    x = torch.randn(5, 8, 14, 14)
+    classes = torch.tensor([2, 0, 2, 2, 1])
+    features = x
+    for conv in (head.mask_fcn1, head.mask_fcn2):
+        features = F.relu(conv(features))
+    full = head.predictor(F.relu(head.deconv(features)))  # (5, K, 28, 28)
+    expected = full[torch.arange(5), classes]
+    ours = head(x, classes)
+    assert ours.shape == (5, 28, 28)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    expected.square().sum().backward()
+    reference = {n: p.grad.clone() for n, p in head.named_parameters()}
+    head.zero_grad()
+    ours.square().sum().backward()
+    for name, param in head.named_parameters():
+        torch.testing.assert_close(param.grad, reference[name], rtol=1e-4, atol=1e-5,
+                                   msg=name)
+    assert reference["predictor.weight"][3].abs().sum() == 0  # class 3: no RoI, no gradient
+    assert head(x[:0], classes[:0]).shape == (0, 28, 28)
+
+
+def test_loss_is_the_binary_cross_entropy_of_the_given_logits() -> None:
     head = MaskRCNNHead(in_channels=8, num_classes=K, conv_dims=[8])
     gen = torch.Generator().manual_seed(0)
     targets = (torch.rand(3, 28, 28, generator=gen) > 0.5).float()
-    classes = torch.tensor([2, 0, 3])
-    logits = torch.randn(3, K, 28, 28, generator=gen) * 5
-    logits[torch.arange(3), classes] = 0.0  # p = 0.5 on the gt channel: BCE = ln 2 everywhere
-    assert head.losses(logits, classes, targets)["loss_mask"].item() == pytest.approx(math.log(2))
-    logits[torch.arange(3), classes] = (targets * 2 - 1) * 3.0  # right side, |logit| = 3
+    logits = torch.zeros(3, 28, 28)  # p = 0.5: BCE = ln 2 everywhere
+    assert head.losses(logits, targets)["loss_mask"].item() == pytest.approx(math.log(2))
+    logits = (targets * 2 - 1) * 3.0  # right side, |logit| = 3
     expected = math.log1p(math.exp(-3.0))
-    assert head.losses(logits, classes, targets)["loss_mask"].item() == pytest.approx(expected)
+    assert head.losses(logits, targets)["loss_mask"].item() == pytest.approx(expected)
     head.loss_weight = 2.0
-    assert head.losses(logits, classes, targets)["loss_mask"].item() == pytest.approx(2 * expected)
+    assert head.losses(logits, targets)["loss_mask"].item() == pytest.approx(2 * expected)
 
 
-def test_inference_picks_the_predicted_class() -> None:
+def test_inference_is_the_sigmoid_split_per_image() -> None:
     head = MaskRCNNHead(in_channels=8, num_classes=K, conv_dims=[8])
-    logits = torch.arange(K, dtype=torch.float32).view(1, K, 1, 1).expand(3, K, 28, 28) - 1.5
+    logits = torch.tensor([1.5, -1.5, 0.5]).view(3, 1, 1).expand(3, 28, 28)
     probs = head.inference(logits, [torch.tensor([3, 0]), torch.tensor([1])])
     assert [p.shape for p in probs] == [(2, 28, 28), (1, 28, 28)]
     assert torch.allclose(probs[0][0], torch.full((28, 28), 1 / (1 + math.exp(-1.5))))
     assert torch.allclose(probs[0][1], torch.full((28, 28), 1 / (1 + math.exp(1.5))))
-    assert torch.allclose(probs[1][0], torch.full((28, 28), 1 / (1 + math.exp(0.5))))
+    assert torch.allclose(probs[1][0], torch.full((28, 28), 1 / (1 + math.exp(-0.5))))
 
 
 def _heads() -> StandardROIHeads:

@@ -185,7 +185,8 @@ def test_mask_branch_is_built_only_with_mask_on() -> None:
     assert _count(head) == expected
     assert _count(mask) == _count(faster) + expected
     assert mask.roi_heads.mask_pooler.output_size == (14, 14)
-    assert head(torch.zeros(5, 32, 14, 14)).shape == (5, 3, 28, 28)
+    assert head.predictor.weight.shape == (3, 16, 1, 1)
+    assert head(torch.zeros(5, 32, 14, 14), torch.tensor([0, 1, 2, 2, 0])).shape == (5, 28, 28)
 
 
 def test_training_lowers_the_mask_loss() -> None:
@@ -302,6 +303,29 @@ def test_mask_configs_only_add_the_mask_branch() -> None:
             for key in [k for k in cfg["model"]["roi_heads"] if k.startswith("mask_")]:
                 del cfg["model"]["roi_heads"][key]
         assert faster == mask, mask_file
+
+
+def test_the_lvis_config_is_the_coco_recipe_with_lvis_settings() -> None:
+    """detectron2's LVISv1 mask_rcnn_R_50_FPN_1x: repeat factor sampling at 0.001, 300
+    detections per image from score 0.0001; all else the COCO Mask R-CNN 1x recipe."""
+    from resnet_detect.detection.config import load_config as load_detection_config
+
+    coco = OmegaConf.to_container(load_detection_config(CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml"))
+    lvis = OmegaConf.to_container(
+        load_detection_config(CONFIGS / "mask_rcnn_R_50_FPN_1x_lvis.yaml"))
+    changed = {}
+    for section, group, key in [("model", "roi_heads", "score_thresh"),
+                                ("model", "roi_heads", "detections_per_image"),
+                                ("data", "train", "repeat_threshold"),
+                                ("data", "val", "coco_backend")]:
+        changed[key] = (coco[section][group].pop(key), lvis[section][group].pop(key))
+    assert changed == {"score_thresh": (0.05, 0.0001), "detections_per_image": (100, 300),
+                       "repeat_threshold": (None, 0.001),
+                       "coco_backend": ("pycocotools", "faster_coco_eval")}
+    assert lvis["train"].pop("output_dir") == "output/mask_rcnn_R_50_FPN_1x_lvis"
+    del coco["train"]["output_dir"]
+    assert lvis == coco
+    assert lvis["model"]["num_classes"] is None  # read from the file: 1203 for LVIS v1
 
 
 def test_bf16_autocast() -> None:

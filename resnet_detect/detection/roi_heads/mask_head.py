@@ -1,11 +1,14 @@
-"""Mask head: (R, C, S, S) pooled RoI features -> (R, K, 2S, 2S) per-class mask logits.
+"""Mask head: (R, C, S, S) pooled RoI features -> (R, 2S, 2S) mask logits, each RoI's of
+its own class.
 
 Mask R-CNN's FPN mask branch (S = 14, so 28x28 masks): 3x3 convs with ReLU, a 2x2
 stride-2 deconvolution with ReLU, and a 1x1 conv giving one mask per foreground class
-(K classes 0..K-1, no background mask). Also its targets (each positive RoI's gt mask
-cropped and resized to the mask size with RoIAlign), its loss (per-pixel binary
-cross-entropy on the channel of the RoI's gt class only, averaged over pixels and RoIs)
-and its inference (sigmoid of the channel of the predicted class).
+(K classes 0..K-1, no background mask), of which only the RoI's class is used: the gt
+class in training, the predicted one in inference. That channel alone is computed (the
+1x1 conv's row of that class), not all K: at LVIS's 1203 classes the K maps cost more than
+the rest of the head. Also its targets (each positive RoI's gt mask cropped and resized to
+the mask size with RoIAlign), its loss (per-pixel binary cross-entropy, averaged over pixels
+and RoIs) and its inference (sigmoid).
 """
 
 from __future__ import annotations
@@ -66,17 +69,21 @@ class MaskRCNNHead(nn.Module):
         self.loss_weight = float(loss_weight)
         self.aligned = bool(aligned)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, classes: Tensor) -> Tensor:
         """Args:
             x: (R, C, S, S) pooled features.
+            classes: (R,) int64 class of each RoI, 0..K-1.
 
         Returns:
-            (R, K, 2S, 2S) mask logits.
+            (R, 2S, 2S) mask logits of each RoI's class: channel `classes[r]` of the 1x1
+            conv over all K, up to rounding.
         """
         for i in range(1, self.num_conv + 1):
             x = F.relu(getattr(self, f"mask_fcn{i}")(x), inplace=True)
         x = F.relu(self.deconv(x), inplace=True)  # (R, D, S, S) -> (R, D, 2S, 2S)
-        return self.predictor(x)
+        # no reshape: an ONNX graph's Reshape of 0 RoIs fails in ONNX Runtime
+        weight = self.predictor.weight[classes].to(x.dtype)  # (R, D, 1, 1)
+        return (x * weight).sum(dim=1) + self.predictor.bias[classes, None, None]
 
     @torch.no_grad()
     def label_targets(
@@ -122,45 +129,37 @@ class MaskRCNNHead(nn.Module):
             return torch.zeros((0, mask_size, mask_size), device=boxes[0].device)
         return torch.cat(targets)
 
-    def losses(
-        self, pred_mask_logits: Tensor, gt_classes: Tensor, gt_mask_targets: Tensor
-    ) -> dict[str, Tensor]:
-        """Binary cross-entropy on the gt class's channel, mean over pixels and RoIs.
+    def losses(self, pred_mask_logits: Tensor, gt_mask_targets: Tensor) -> dict[str, Tensor]:
+        """Binary cross-entropy, mean over pixels and RoIs.
 
         Exactly 0 when there is no positive RoI, and still a function of the head's
         parameters (their gradients are zero), so every process backpropagates the same
         graph.
 
         Args:
-            pred_mask_logits: (P, K, M, M) logits of the positive RoIs.
-            gt_classes: (P,) int64 gt class of each RoI, 0..K-1.
+            pred_mask_logits: (P, M, M) logits of the positive RoIs, of their gt classes.
             gt_mask_targets: (P, M, M) targets from ``label_targets``.
 
         Returns:
             ``{"loss_mask": ...}``.
         """
-        num_rois = len(gt_classes)
-        if num_rois == 0:
+        if len(pred_mask_logits) == 0:
             return {"loss_mask": pred_mask_logits.sum() * 0.0}
-        # (P, K, M, M) -> (P, M, M): the channel of each RoI's own class
-        logits = pred_mask_logits[torch.arange(num_rois, device=gt_classes.device), gt_classes]
         loss = F.binary_cross_entropy_with_logits(
-            logits.float(), gt_mask_targets.float(), reduction="mean"
+            pred_mask_logits.float(), gt_mask_targets.float(), reduction="mean"
         )
         return {"loss_mask": loss * self.loss_weight}
 
     @torch.no_grad()
     def inference(self, pred_mask_logits: Tensor, labels: Sequence[Tensor]) -> list[Tensor]:
-        """Mask probabilities of each detection's predicted class.
+        """Mask probabilities of the detections.
 
         Args:
-            pred_mask_logits: (D, K, M, M) logits of all images' detections.
-            labels: per image (D_i,) int64 predicted classes, 0..K-1.
+            pred_mask_logits: (D, M, M) logits of all images' detections, of their
+                predicted classes.
+            labels: per image (D_i,) predicted classes (their counts split the images).
 
         Returns:
             Per image (D_i, M, M) probabilities, box-relative.
         """
-        classes = torch.cat(list(labels))
-        index = torch.arange(classes.shape[0], device=classes.device)
-        probs = pred_mask_logits[index, classes].float().sigmoid()  # (D, M, M)
-        return split_per_image(probs, labels)
+        return split_per_image(pred_mask_logits.float().sigmoid(), labels)

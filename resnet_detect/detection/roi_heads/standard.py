@@ -75,15 +75,19 @@ class StandardROIHeads(ROIHeads):
         """
         return self.box_head(self.box_pooler([features[f] for f in self.in_features], boxes))
 
-    def mask_logits(self, features: dict[str, Tensor], boxes: Sequence[Tensor]) -> Tensor:
-        """Pools and runs the mask head: per image (R_i, 4) boxes -> (R, K, M, M) logits.
+    def mask_logits(self, features: dict[str, Tensor], boxes: Sequence[Tensor],
+                    classes: Tensor) -> Tensor:
+        """Pools and runs the mask head: per image (R_i, 4) boxes -> (R, M, M) logits, each
+        RoI's of its class in `classes` (R,).
 
         Args:
             features: feature maps by name.
             boxes: per image (R_i, 4) RoIs.
+            classes: (R,) int64, the RoIs of all images one after another.
         """
         assert self.mask_pooler is not None and self.mask_head is not None
-        return self.mask_head(self.mask_pooler([features[f] for f in self.in_features], boxes))
+        pooled = self.mask_pooler([features[f] for f in self.in_features], boxes)
+        return self.mask_head(pooled, classes)
 
     def mask_losses(
         self,
@@ -108,15 +112,15 @@ class StandardROIHeads(ROIHeads):
         # per image (P_i,) indices of the RoIs the mask loss takes
         positive = [self._cap_mask_rois(rows) for rows in true_indices(is_positive)]
         boxes = [s.boxes[p] for s, p in zip(sampled, positive)]  # per image (P_i, 4)
-        logits = self.mask_logits(features, boxes)  # (P, K, M, M)
+        gt_classes = torch.cat([s.gt_classes[p] for s, p in zip(sampled, positive)])
+        logits = self.mask_logits(features, boxes, gt_classes)  # (P, M, M)
         mask_targets = self.mask_head.label_targets(
             [t["gt_masks"] for t in targets],
             boxes,
             [s.matched_idxs[p] for s, p in zip(sampled, positive)],
             logits.shape[-1],
         )
-        gt_classes = torch.cat([s.gt_classes[p] for s, p in zip(sampled, positive)])
-        return self.mask_head.losses(logits, gt_classes, mask_targets)
+        return self.mask_head.losses(logits, mask_targets)
 
     def _cap_mask_rois(self, positive: Tensor) -> Tensor:
         """(P,) indices of an image's positive RoIs -> a random ``mask_rois_per_image`` of them
@@ -138,8 +142,9 @@ class StandardROIHeads(ROIHeads):
         """
         if self.mask_head is None:
             return detections
-        logits = self.mask_logits(features, [d["boxes"] for d in detections])
-        probs = self.mask_head.inference(logits, [d["labels"] for d in detections])
+        labels = [d["labels"] for d in detections]
+        logits = self.mask_logits(features, [d["boxes"] for d in detections], torch.cat(labels))
+        probs = self.mask_head.inference(logits, labels)
         for det, prob in zip(detections, probs):
             det["mask_probs"] = prob
         return detections
