@@ -92,10 +92,13 @@ class SemSegDataset(Dataset):
         class_names: the K names (index = class id, background included); mask ids >= K
             (other than `ignore_index`) are an error.
         ignore_index: the mask value of pixels that are not scored (`model.ignore_index`).
+        reduce_zero_label: mask files' 0 means unlabelled (ADE20K): 0 becomes `ignore_index`,
+            1..K the classes 0..K-1, `ignore_index` stays (`data.reduce_zero_label`).
     """
 
     def __init__(self, records: Sequence[dict[str, Any]], *, transform: A.Compose,
-                 class_names: Sequence[str], ignore_index: int = IGNORE_INDEX) -> None:
+                 class_names: Sequence[str], ignore_index: int = IGNORE_INDEX,
+                 reduce_zero_label: bool = False) -> None:
         if not 1 <= len(class_names) <= IGNORE_INDEX:
             raise ValueError(f"the number of classes must be in 1..{IGNORE_INDEX}, got "
                              f"{len(class_names)}")
@@ -111,6 +114,11 @@ class SemSegDataset(Dataset):
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.num_skipped = 0
+        self.reduce_zero_label = bool(reduce_zero_label)
+        # file value -> class id: v - 1, 0 and the ignore value -> ignore (values over K are
+        # refused before the lookup)
+        self._reduced = np.arange(-1, 255, dtype=np.int64).clip(0).astype(np.uint8)
+        self._reduced[[0, ignore_index]] = ignore_index
 
     def __len__(self) -> int:
         return len(self._records)
@@ -142,13 +150,22 @@ class SemSegDataset(Dataset):
         if mask.shape != tuple(size):
             raise DatasetError(_size_problem(source, mask.shape, record["file_name"], size))
         ids = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))  # O(pixels), no sort
-        bad = ids[(ids >= self.num_classes) & (ids != self.ignore_index)]
+        reduce = self.reduce_zero_label and "mask_file" in record
+        bad = ids[(ids >= self.num_classes + reduce) & (ids != self.ignore_index)]
+        if bad.size and reduce:
+            raise DatasetError(f"{source} has values {bad[:MAX_LISTED].tolist()} over the "
+                               f"{self.num_classes} declared classes (data.reduce_zero_label: "
+                               f"0 = unlabelled, 1..{self.num_classes} = classes 0.."
+                               f"{self.num_classes - 1}, {self.ignore_index} = ignore)")
         if bad.size:
+            hint = ("; masks whose classes are 1..K with 0 unlabelled (ADE20K) need "
+                    "data.reduce_zero_label: true" if bad.tolist() == [self.num_classes]
+                    and "mask_file" in record else "")
             raise DatasetError(f"{source} has class ids {bad[:MAX_LISTED].tolist()} "
                                f"outside the {self.num_classes} declared classes "
                                f"(0..{self.num_classes - 1}, {self.ignore_index} = ignore: "
-                               "model.ignore_index)")
-        return mask
+                               f"model.ignore_index){hint}")
+        return self._reduced[mask] if reduce else mask
 
     def check_mask_sizes(self, split: str) -> None:
         """Every mask file's size against its image's, from their headers (seconds for tens of
@@ -351,13 +368,23 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
         records = scan_folder(s["img_dir"], s["mask_dir"] or None, img_suffix=s["img_suffix"],
                               mask_suffix=s["mask_suffix"], split_file=s["split_file"])
     ignore_index = cfg["model"]["ignore_index"]
+    reduce_zero_label = cfg["data"]["reduce_zero_label"]
+    if reduce_zero_label and s["ann_file"]:
+        raise ConfigError(f"data.reduce_zero_label is for mask files whose 0 means unlabelled; "
+                          f"data.{split}.ann_file is a COCO file, whose masks this project "
+                          f"makes (0 = background, a class)")
+    if reduce_zero_label and ignore_index != IGNORE_INDEX:
+        raise ConfigError(f"data.reduce_zero_label maps 0 to the ignore value {IGNORE_INDEX} "
+                          f"and keeps {IGNORE_INDEX}, as mmsegmentation does: "
+                          f"model.ignore_index must be {IGNORE_INDEX}, got {ignore_index!r}")
     if split == "train":
         transform = build_transform(crop_size=crop_size, scale_range=s["scale_range"],
                                     hflip_prob=hflip_prob, ignore_index=ignore_index)
     else:
         transform = build_transform()
     return SemSegDataset(records, transform=transform, ignore_index=ignore_index,
-                         class_names=resolve_class_names(cfg, coco_names))
+                         class_names=resolve_class_names(cfg, coco_names),
+                         reduce_zero_label=reduce_zero_label)
 
 
 def build_train_loader(cfg: Mapping[str, Any], *, start_iter: int = 0) -> DataLoader:

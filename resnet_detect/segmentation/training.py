@@ -71,7 +71,8 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     evaluator = SemSegEvaluator(predictor.model.num_classes, predictor.class_names,
                                 predictor.model.ignore_index)
     counted = CountedLoader(loader)
-    save = (prediction_writer(output / PREDICTIONS, Path(cfg.data.val.img_dir))
+    save = (prediction_writer(output / PREDICTIONS, Path(cfg.data.val.img_dir),
+                              offset=int(cfg.data.reduce_zero_label))
             if save_predictions else None)
     # metrics.json is written below, with the images and weights (not twice)
     result = evaluate_model(predictor.model, counted, evaluator, tta=predictor.tta,
@@ -95,10 +96,11 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     return result
 
 
-def prediction_writer(folder: Path, img_dir: Path
+def prediction_writer(folder: Path, img_dir: Path, offset: int = 0
                       ) -> Callable[[dict[str, Any], torch.Tensor], None]:
-    """(sample, class map) -> writes the map as a uint8 PNG in `folder` under the image's path
-    inside `img_dir` (mmsegmentation's format_only, for test servers and other tools); an
+    """(sample, class map) -> writes the map plus `offset` as a uint8 PNG in `folder` under
+    the image's path inside `img_dir` (mmsegmentation's format_only, for test servers and
+    other tools; offset 1 under data.reduce_zero_label: the masks' own values 1..K); an
     image outside it by its name, and a name already written (a.jpg and a.png) with its
     suffix kept (a.jpg.png)."""
     root, written = img_dir.resolve(), set()
@@ -110,7 +112,7 @@ def prediction_writer(folder: Path, img_dir: Path
         if out in written:
             out = folder / name.with_name(name.name + ".png")
         written.add(out)
-        write_label_map(pred.to(torch.uint8).cpu().numpy(), out)
+        write_label_map((pred + offset).to(torch.uint8).cpu().numpy(), out)
     return save
 
 

@@ -465,3 +465,43 @@ def test_training_masks_of_another_size_are_all_named_before_training(tmp_path):
     _mask(tmp_path / "ann/0.png", np.full((10, 12), 1))
     _mask(tmp_path / "ann/2.png", np.full((10, 12), 1))
     build_dataset(cfg, "train").check_mask_sizes("train")  # all fit: nothing raised
+
+
+def test_reduce_zero_label_makes_0_ignore_and_shifts_the_classes(tmp_path):
+    """ADE20K's masks (mmsegmentation's reduce_zero_label): 0 = unlabelled, 1..K the K classes."""
+    img_dir, mask_dir = tmp_path / "img", tmp_path / "ann"
+    _image(img_dir / "000.jpg", 2, 5)
+    _mask(mask_dir / "000.png", np.array([[0, 1, 2, 3, 255], [3, 3, 0, 1, 2]]))
+    cfg = _config(img_dir=str(img_dir), mask_dir=str(mask_dir))
+    cfg["data"]["reduce_zero_label"] = True
+    dataset = build_dataset(cfg, "val")
+    assert dataset.load(0)[1].tolist() == [[255, 0, 1, 2, 255], [2, 2, 255, 0, 1]]
+    dataset.check_masks("val")
+    cfg["data"]["reduce_zero_label"] = False  # the same file as class ids: 3 is out of range
+    with pytest.raises(DatasetError, match=r"000.png has class ids \[3\] outside the 3 declared"):
+        build_dataset(cfg, "val").check_masks("val")
+    _mask(mask_dir / "000.png", np.array([[0, 1, 2, 4, 255], [7, 3, 0, 1, 2]]))
+    cfg["data"]["reduce_zero_label"] = True
+    with pytest.raises(DatasetError, match=r"000.png has values \[4, 7\] over the 3 declared "
+                                           r"classes \(data.reduce_zero_label: 0 = unlabelled, "
+                                           r"1..3 = classes 0..2, 255 = ignore\)"):
+        build_dataset(cfg, "val").load(0)
+
+
+def test_reduce_zero_label_is_refused_where_it_cannot_mean_mmsegmentations(tmp_path):
+    img_dir, mask_dir = _folder(tmp_path)
+    cfg = _config(img_dir=str(img_dir), mask_dir=str(mask_dir))
+    cfg["data"]["reduce_zero_label"] = True
+    cfg["model"]["ignore_index"] = 100
+    with pytest.raises(ConfigError, match=r"model.ignore_index must be 255, got 100"):
+        build_dataset(cfg, "val")
+    coco = _config(img_dir=str(tmp_path / "images"), ann_file=str(_coco(tmp_path)))
+    coco["data"]["reduce_zero_label"] = True
+    with pytest.raises(ConfigError, match=r"data.reduce_zero_label is for mask files whose 0 "
+                                          r"means unlabelled; data.val.ann_file is a COCO file"):
+        build_dataset(coco, "val")
+    from resnet_detect.segmentation.build import load_config
+    config = Path(__file__).resolve().parents[2] / "configs/segmentation/deeplabv3_R_50_os16.yaml"
+    with pytest.raises(ConfigError, match=r"data.reduce_zero_label must be true or false, got "
+                                          r"'maybe'"):
+        load_config(config, ["data.reduce_zero_label=maybe"])

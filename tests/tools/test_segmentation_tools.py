@@ -271,6 +271,42 @@ def test_eval_saves_each_images_class_map_that_it_scored(trained: tuple[Path, di
                                 "--save-predictions"])
 
 
+def test_masks_whose_0_is_unlabelled_score_as_the_same_masks_without_it(
+        trained: tuple[Path, dict], data: Path, tmp_path: Path) -> None:
+    """data.reduce_zero_label (ADE20K's masks): the val masks with every class id raised by one
+    and their ignored pixels 0 or 255 give the run's own mIoU, and the saved predictions are
+    the plain run's plus one (mmsegmentation's format_only under reduce_zero_label)."""
+    out, _ = trained
+    plain_masks, shifted = tmp_path / "plain_masks", tmp_path / "shifted"
+    plain_masks.mkdir()
+    shifted.mkdir()
+    for path in sorted((data / "semantic/val").glob("*.png")):
+        mask = np.asarray(Image.open(path)).astype(np.int64)
+        mask[:12] = 255  # not scored: 0 in the shifted masks, or 255 in their first rows
+        raised = np.where(mask == 255, 0, mask + 1)
+        raised[:4] = 255
+        Image.fromarray(mask.astype(np.uint8), mode="L").save(plain_masks / path.name)
+        Image.fromarray(raised.astype(np.uint8), mode="L").save(shifted / path.name)
+    args = [str(CONFIG), "--weights", str(out / "model_final.pth"), "--save-predictions",
+            *overrides(data)]
+    plain = load_tool("eval").main([*args, "--output", str(tmp_path / "plain"),
+                                    f"data.val.mask_dir={plain_masks}"])["sem_seg"]
+    reduced = load_tool("eval").main([*args, "--output", str(tmp_path / "reduced"),
+                                      f"data.val.mask_dir={shifted}",
+                                      "data.reduce_zero_label=true"])["sem_seg"]
+    assert reduced == plain
+    with pytest.raises(ValueError, match=r"has class ids \[7\] outside the 7 declared classes "
+                                         r".*; masks whose classes are 1..K with 0 unlabelled "
+                                         r"\(ADE20K\) need data.reduce_zero_label: true"):
+        load_tool("eval").main([*args, "--output", str(tmp_path / "x"),
+                                f"data.val.mask_dir={shifted}"])
+    saved = sorted((tmp_path / "plain/predictions").iterdir())
+    assert saved
+    for path in saved:
+        assert (np.asarray(Image.open(tmp_path / "reduced/predictions" / path.name)).astype(int)
+                == np.asarray(Image.open(path)).astype(int) + 1).all()
+
+
 def test_saved_predictions_stay_in_their_folder_and_never_overwrite_each_other(
         tmp_path: Path) -> None:
     save = training.prediction_writer(tmp_path / "out", tmp_path / "img")
