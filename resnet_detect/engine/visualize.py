@@ -62,17 +62,20 @@ def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, t
 
 
 IGNORE_COLOUR = np.asarray([128, 128, 128], dtype=np.uint8)
+BACKGROUND_NAMES = {"background", "_background_", "bg", "__background__"}
 
 
 def draw_segmentation(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str],
                       colours: np.ndarray, alpha: float = 0.5,
                       ignore_index: int | None = None) -> np.ndarray:
-    """Colour overlay of a class-id map (class 0 left uncoloured) and a legend of the classes
-    present; pixels of `ignore_index` (annotations) in grey, named "ignore"."""
+    """Colour overlay of a class-id map and a legend of the classes present (class 0 left
+    uncoloured when named background, as VOC's and COCO's; ADE20K's "wall" or Cityscapes'
+    "road" are coloured); pixels of `ignore_index` (annotations) in grey, named "ignore"."""
     overlay = image.copy()
     values = [int(c) for c in np.unique(mask)]
+    first = 1 if class_names and class_names[0].strip().lower() in BACKGROUND_NAMES else 0
     present = [(c, drawable_name(class_names[c], c), colours[c]) for c in values
-               if 0 < c < len(colours)]
+               if first <= c < len(colours)]
     if ignore_index is not None and ignore_index in values:
         present.append((ignore_index, "ignore", IGNORE_COLOUR))
     for c, _, colour in present:

@@ -115,6 +115,10 @@ class SemSegDataset(Dataset):
         self.num_classes = len(self.class_names)
         self.num_skipped = 0
         self.reduce_zero_label = bool(reduce_zero_label)
+        if self.reduce_zero_label and self.num_classes >= IGNORE_INDEX:
+            raise ConfigError(f"data.reduce_zero_label takes at most {IGNORE_INDEX - 1} classes "
+                              f"(values 1..{IGNORE_INDEX - 1}; {IGNORE_INDEX} is ignore), got "
+                              f"{self.num_classes}")
         # file value -> class id: v - 1, 0 and the ignore value -> ignore (values over K are
         # refused before the lookup)
         self._reduced = np.arange(-1, 255, dtype=np.int64).clip(0).astype(np.uint8)

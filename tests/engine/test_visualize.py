@@ -50,6 +50,14 @@ def test_tags_stay_inside_the_picture_and_legends_have_a_dark_backing() -> None:
                                 np.array([[0, 0, 0], [0, 255, 0]], dtype=np.uint8))
     assert (overlay[3, 3] == 200 // 3).all()  # the backing, above the first swatch
     assert (overlay[30, 90] == 200).all()  # the image elsewhere as it was
+    assert (overlay[50, 80] == [100, 227, 100]).all()  # the thing, half green
+    # class 0 not named background (ADE20K's wall, Cityscapes' road) is a class like any
+    walls = draw_segmentation(image, mask, ["wall", "thing"],
+                              np.array([[0, 0, 255], [0, 255, 0]], dtype=np.uint8))
+    assert (walls[55, 10] == [100, 100, 227]).all() and (walls[50, 80] == [100, 227, 100]).all()
+    # the legend's backing: two rows (to row 39) over the coloured wall; one over background
+    assert (walls[30, 3] == [100 // 3, 100 // 3, 227 // 3]).all()
+    assert (overlay[30, 3] == 200).all()
 
 
 def test_names_the_font_cannot_draw_become_their_ids() -> None:

@@ -500,6 +500,10 @@ def test_reduce_zero_label_is_refused_where_it_cannot_mean_mmsegmentations(tmp_p
     with pytest.raises(ConfigError, match=r"data.reduce_zero_label is for mask files whose 0 "
                                           r"means unlabelled; data.val.ann_file is a COCO file"):
         build_dataset(coco, "val")
+    cfg["model"]["ignore_index"] = 255
+    cfg["data"]["class_names"] = [f"c{i}" for i in range(255)]  # value 255: class or ignore?
+    with pytest.raises(ConfigError, match=r"data.reduce_zero_label takes at most 254 classes"):
+        build_dataset(cfg, "val")
     from resnet_detect.segmentation.build import load_config
     config = Path(__file__).resolve().parents[2] / "configs/segmentation/deeplabv3_R_50_os16.yaml"
     with pytest.raises(ConfigError, match=r"data.reduce_zero_label must be true or false, got "

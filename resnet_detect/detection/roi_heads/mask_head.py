@@ -81,9 +81,11 @@ class MaskRCNNHead(nn.Module):
         for i in range(1, self.num_conv + 1):
             x = F.relu(getattr(self, f"mask_fcn{i}")(x), inplace=True)
         x = F.relu(self.deconv(x), inplace=True)  # (R, D, S, S) -> (R, D, 2S, 2S)
-        # no reshape: an ONNX graph's Reshape of 0 RoIs fails in ONNX Runtime
-        weight = self.predictor.weight[classes].to(x.dtype)  # (R, D, 1, 1)
-        return (x * weight).sum(dim=1) + self.predictor.bias[classes, None, None]
+        # an einsum, not (x * weight).sum(1) (an (R, D, 2S, 2S) product) nor a reshape to a
+        # batched matmul (ONNX Runtime cannot reshape 0 RoIs to (0, D, -1))
+        weight = self.predictor.weight[classes, :, 0, 0]  # (R, D)
+        logits = torch.einsum("rdhw,rd->rhw", x, weight.to(x.dtype))
+        return logits + self.predictor.bias[classes, None, None]
 
     @torch.no_grad()
     def label_targets(
