@@ -174,3 +174,42 @@ def test_each_cpu_prediction_hands_its_freed_memory_back_unless_told_not_to(
     assert calls == [1]
     Predictor(None, weights=checkpoint, release_memory=False)(image)
     assert calls == [1]
+
+
+def test_a_batch_gives_each_images_own_detections(checkpoint: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images of one size: the batch's detections are each image's own call's (up to the
+    rounding of batched kernels); of several sizes: each mapped to its own image's pixels."""
+    calls = []
+    monkeypatch.setattr("resnet_detect.detection.predictor.release_free_memory",
+                        lambda: calls.append(1))
+    predictor = Predictor(None, weights=checkpoint, overrides=["model.roi_heads.score_thresh=0.0"])
+    rng = np.random.default_rng(1)
+    same = [rng.integers(0, 256, (80, 120, 3), dtype=np.uint8) for _ in range(3)]
+    batch = predictor.predict_batch(same)
+    assert calls == [1]  # the freed memory handed back once per batch
+    for image, out in zip(same, batch, strict=True):
+        alone = predictor(image)
+        assert len(out["boxes"]) == len(alone["boxes"]) > 0
+        np.testing.assert_allclose(out["boxes"], alone["boxes"], atol=1e-3)
+        np.testing.assert_allclose(out["scores"], alone["scores"], atol=1e-5)
+        np.testing.assert_array_equal(out["labels"], alone["labels"])
+        assert out["class_names"] == alone["class_names"]
+    sizes = [(80, 120), (100, 90), (64, 200)]
+    mixed = predictor.predict_batch(np.stack([np.zeros((100, 200, 3), np.uint8)] * 2))
+    assert len(mixed) == 2  # an (N, H, W, 3) array is N images
+    mixed = predictor.predict_batch([rng.integers(0, 256, (*s, 3), dtype=np.uint8)
+                                     for s in sizes])
+    for (height, width), out in zip(sizes, mixed, strict=True):
+        boxes = out["boxes"]
+        assert len(boxes) > 0 and (boxes >= -1e-3).all()
+        assert (boxes[:, [0, 2]] <= width + 1e-3).all()
+        assert (boxes[:, [1, 3]] <= height + 1e-3).all()
+        assert (np.diff(out["scores"]) <= 0).all()
+    assert predictor.predict_batch([]) == []
+    with pytest.raises(ValueError, match=r"predict_batch takes a list of images .*call the "
+                                         r"Predictor itself for one image"):
+        predictor.predict_batch(same[0])
+    with pytest.raises(ValueError, match=r"images\[1\]: Predictor expects a non-empty \(H, W, 3\) "
+                                         r"uint8 RGB array, got float32"):
+        predictor.predict_batch([same[0], same[1].astype(np.float32)])
