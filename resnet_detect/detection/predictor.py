@@ -239,17 +239,19 @@ class Predictor:
             "labels": int64 (D,) dataset category ids, "class_names": D names}, and for
             Mask R-CNN "masks": bool (D, H, W) in `image` pixels.
         """
-        return self.predict_batch([image])[0]
+        return self.predict_batch([check_rgb_image(image)])[0]
 
     @torch.no_grad()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, Any]]:
-        """Detect objects in several images at once: one batch through the network, which
-        a GPU runs faster than the images one by one. Each image is resized on its own, then
-        padded to the largest in the batch, as detectron2's and torchvision's batches are: an
-        image's detections can differ from its own call's by rounding near the padding.
+        """Detect objects in several images at once: one batch through the PyTorch network,
+        which a GPU runs faster than the images one by one (an exported ONNX model runs them
+        one by one). Each image is resized on its own, then padded to the largest in the
+        batch, as detectron2's and torchvision's batches are: images of one size get their
+        own calls' detections; of several sizes, the padding changes the features near each
+        image's edges, and through the proposals and NMS the detections can change anywhere.
 
         Args:
-            images: (H_i, W_i, 3) uint8 RGB images.
+            images: (H_i, W_i, 3) uint8 RGB images (a sequence, or an (N, H, W, 3) array).
 
         Returns:
             Per image what `__call__` returns.
@@ -257,6 +259,7 @@ class Predictor:
         if isinstance(images, np.ndarray) and images.ndim == 3:
             raise ValueError("predict_batch takes a list of images (or an (N, H, W, 3) array); "
                              "call the Predictor itself for one image")
+        images = list(images)
         for i, image in enumerate(images):
             try:
                 check_rgb_image(image)

@@ -62,7 +62,9 @@ def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, t
 
 
 IGNORE_COLOUR = np.asarray([128, 128, 128], dtype=np.uint8)
-BACKGROUND_NAMES = {"background", "_background_", "bg", "__background__"}
+# class 0 so named is left uncoloured; also the placeholder of unnamed classes, whose 0 is
+# background in the torchvision / VOC weights it mostly comes with
+BACKGROUND_NAMES = {"background", "_background_", "bg", "__background__", "class_0"}
 
 
 def draw_segmentation(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str],

@@ -207,6 +207,9 @@ def test_a_batch_gives_each_images_own_detections(checkpoint: Path,
         assert (boxes[:, [1, 3]] <= height + 1e-3).all()
         assert (np.diff(out["scores"]) <= 0).all()
     assert predictor.predict_batch([]) == []
+    assert len(predictor.predict_batch(image for image in same[:2])) == 2
+    with pytest.raises(ValueError, match=r"^Predictor expects a non-empty \(H, W, 3\) uint8"):
+        predictor(same[0].astype(np.float32))  # one image: no index in the message
     with pytest.raises(ValueError, match=r"predict_batch takes a list of images .*call the "
                                          r"Predictor itself for one image"):
         predictor.predict_batch(same[0])

@@ -58,6 +58,9 @@ def test_tags_stay_inside_the_picture_and_legends_have_a_dark_backing() -> None:
     # the legend's backing: two rows (to row 39) over the coloured wall; one over background
     assert (walls[30, 3] == [100 // 3, 100 // 3, 227 // 3]).all()
     assert (overlay[30, 3] == 200).all()
+    unnamed = draw_segmentation(image, mask, ["class_0", "class_1"],  # placeholders: as before
+                                np.array([[0, 0, 255], [0, 255, 0]], dtype=np.uint8))
+    assert (unnamed[55, 10] == 200).all() and (unnamed[30, 3] == 200).all()
 
 
 def test_names_the_font_cannot_draw_become_their_ids() -> None:
