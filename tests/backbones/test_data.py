@@ -334,6 +334,8 @@ def _copied_by_a_forked_reader(kind: str) -> int:
     return int(result.stdout)
 
 
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(),
+                    reason="Linux's /proc counts a forked worker's copied pages")
 def test_loader_workers_share_the_samples_instead_of_copying_them():
     """ImageNet-sized sample lists copied into every worker grow memory during an epoch: reading
     a list of tuples writes every tuple's and string's reference count."""

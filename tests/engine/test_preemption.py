@@ -69,8 +69,14 @@ def test_loader_workers_are_forked_on_linux_whatever_pythons_default() -> None:
         "fork" if sys.platform == "linux" else multiprocessing.get_start_method())
 
 
+# forked workers are Linux's (macOS's loaders spawn theirs: a fork after torch's import is
+# unsafe there)
+LINUX_FORK = pytest.mark.skipif(sys.platform != "linux", reason="loader workers fork on Linux")
+
+
 @pytest.mark.parametrize("signum,start_method", [
-    (signal.SIGTERM, "fork"), (signal.SIGINT, "fork"),
+    pytest.param(signal.SIGTERM, "fork", marks=LINUX_FORK),
+    pytest.param(signal.SIGINT, "fork", marks=LINUX_FORK),
     pytest.param(signal.SIGTERM, "spawn", marks=pytest.mark.slow)])  # macOS's start method
 def test_loader_workers_leave_stop_signals_to_the_main_process_while_it_catches_them(
         signum: int, start_method: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,6 +178,7 @@ print(worker.pid, flush=True)
 """
 
 
+@LINUX_FORK
 def test_a_worker_wedged_in_native_code_does_not_hang_the_interpreter_exit() -> None:
     """multiprocessing joins its daemonic children at exit without a timeout, after a SIGTERM
     that such a worker never handles: it is killed instead."""
