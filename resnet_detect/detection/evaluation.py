@@ -273,8 +273,9 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
         raise ValueError(f"{len(unknown)} image ids of the results are not in {ann_file} "
                          f"(e.g. {unknown[:5]}): results of another split or file?")
     federation = Federation.of(dataset, Path(ann_file)) if is_federated(dataset) else None
-    if federation is None and partly_listed(dataset):
-        warnings.warn(f"{ann_file}: {partly_listed(dataset)} of {len(dataset['images'])} images "
+    listed = partly_listed(dataset) if federation is None else 0
+    if listed:
+        warnings.warn(f"{ann_file}: {listed} of {len(dataset['images'])} images "
                       f"have {' / '.join(IMAGE_LISTS)}; LVIS's federated AP needs both on every "
                       f"image, so the file is scored with COCO's AP", RuntimeWarning, stacklevel=2)
     frequencies = {c["id"]: c.get("frequency") for c in dataset["categories"]}

@@ -265,7 +265,7 @@ class Predictor:
                 check_rgb_image(image)
             except ValueError as err:
                 raise ValueError(f"images[{i}]: {err}") from None
-        if not len(images):
+        if not images:
             return []
         tensors = [torch.from_numpy(np.ascontiguousarray(
             self.transform(image=image)["image"].transpose(2, 0, 1))).to(self.device)

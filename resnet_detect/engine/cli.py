@@ -17,7 +17,7 @@ from .data import DatasetError
 from .export import ExportError
 from .files import UnwritableFolderError, missing_path
 from .host_memory import cache_host_memory
-from .logging import print_and_log
+from .logging import escape_what_the_console_lacks, print_and_log
 from .preemption import TrainingInterrupted
 from .run_lock import FolderInUseError
 from .runner import run_training
@@ -35,11 +35,7 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     """A tool's command line: `main(sys.argv[1:])`, where an error in what the user gave (a
     config key, a data file, a checkpoint, an export, an output folder in use) prints as its
     message, as argparse's usage errors do, instead of a traceback, and exits with 2."""
-    for stream in (sys.stdout, sys.stderr):
-        # a class name the console's encoding lacks (cp1252 on Windows, redirected) prints
-        # escaped instead of stopping the run
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
+    escape_what_the_console_lacks(sys.stdout, sys.stderr)
     try:
         main(sys.argv[1:])
     except USER_ERRORS as e:

@@ -55,6 +55,14 @@ def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -
         root.addHandler(handler)
 
 
+def escape_what_the_console_lacks(*streams: Any) -> None:
+    """A class name the console's encoding lacks (cp1252 on Windows, a redirect) prints
+    escaped instead of stopping the run."""
+    for stream in streams:
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def handler_settings() -> tuple[int, list[tuple[str | None, str | None, str | None]]]:
     """The root logger's level and setup_logging's handlers as (log file, or None for
     stdout; format; date format): what a spawned process (a loader worker on macOS or
@@ -73,8 +81,7 @@ def set_up_handlers(settings: tuple[int, list[tuple[str | None, str | None, str 
     """In a spawned process: log as the process whose `handler_settings()` these are (its
     log.txt appended to)."""
     level, handlers = settings
-    if hasattr(sys.stdout, "reconfigure"):  # as the tools' console (engine.cli.run_tool)
-        sys.stdout.reconfigure(errors="backslashreplace")
+    escape_what_the_console_lacks(sys.stdout)  # as the tools' console (engine.cli.run_tool)
     root = logging.getLogger()
     root.setLevel(level)
     for path, fmt, datefmt in handlers:

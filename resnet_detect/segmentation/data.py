@@ -154,7 +154,8 @@ class SemSegDataset(Dataset):
         if mask.shape != tuple(size):
             raise DatasetError(_size_problem(source, mask.shape, record["file_name"], size))
         ids = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))  # O(pixels), no sort
-        reduce = self.reduce_zero_label and "mask_file" in record
+        from_file = "mask_file" in record
+        reduce = self.reduce_zero_label and from_file
         bad = ids[(ids >= self.num_classes + reduce) & (ids != self.ignore_index)]
         if bad.size and reduce:
             raise DatasetError(f"{source} has values {bad[:MAX_LISTED].tolist()} over the "
@@ -164,7 +165,7 @@ class SemSegDataset(Dataset):
         if bad.size:
             hint = ("; masks whose classes are 1..K with 0 unlabelled (ADE20K) need "
                     "data.reduce_zero_label: true" if bad.tolist() == [self.num_classes]
-                    and "mask_file" in record else "")
+                    and from_file else "")
             raise DatasetError(f"{source} has class ids {bad[:MAX_LISTED].tolist()} "
                                f"outside the {self.num_classes} declared classes "
                                f"(0..{self.num_classes - 1}, {self.ignore_index} = ignore: "
