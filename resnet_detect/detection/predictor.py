@@ -35,6 +35,7 @@ from .convert import (has_mask_head, is_torchvision_faster_rcnn, load_detector_w
 from .data import build_transforms
 from .export import OnnxDetector
 from .rcnn import GeneralizedRCNN
+from .tta import refuse_tta, tta_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
                        meta.get("score_thresh"), meta.get("nms_thresh"),
                        meta.get("detections_per_image"), meta["resize"])
     cfg = _config({} if config is None else config, overrides)
+    refuse_tta(cfg, f"the exported graph {weights}")
     cfg.data.val.min_size = meta["resize"]["short_side"]
     cfg.data.val.max_size = meta["resize"]["max_size"]
     cfg.model.mask_on = model.mask_on
@@ -189,8 +191,9 @@ class Predictor:
     """`Predictor(config, weights=..., overrides=[...])(rgb_uint8_hxwx3)` -> detections;
     `.predict_batch([rgb, ...])` -> one per image, the images in one forward pass.
 
-    Test-time resizing follows `data.val.min_size` / `data.val.max_size`; score threshold,
-    NMS threshold and detections per image follow `model.roi_heads.*`.
+    Test-time resizing follows `data.val.min_size` / `data.val.max_size`, test-time
+    augmentation the `test` section (`detection.tta`); score threshold, NMS threshold and
+    detections per image follow `model.roi_heads.*`.
 
     Args:
         config: YAML path, or a loaded config; None takes the config the weights record.
@@ -222,6 +225,7 @@ class Predictor:
         self._id_to_name = dict(zip(self.category_ids, self.class_names))
         min_size, max_size = test_resize(self.cfg)
         self.transform = build_transforms(min_size=min_size, max_size=max_size, with_boxes=False)
+        self.tta = None if is_onnx(weights) else tta_from_config(self.cfg)
         self.device = torch.device(device)
 
     def name_of(self, category_id: int) -> str:
@@ -249,6 +253,7 @@ class Predictor:
         batch, as detectron2's and torchvision's batches are: images of one size get their
         own calls' detections; of several sizes, the padding changes the features near each
         image's edges, and through the proposals and NMS the detections can change anywhere.
+        With test-time augmentation (the `test` section) the images run one by one.
 
         Args:
             images: (H_i, W_i, 3) uint8 RGB images (a sequence, or an (N, H, W, 3) array).
@@ -267,12 +272,16 @@ class Predictor:
                 raise ValueError(f"images[{i}]: {err}") from None
         if not images:
             return []
-        tensors = [torch.from_numpy(np.ascontiguousarray(
-            self.transform(image=image)["image"].transpose(2, 0, 1))).to(self.device)
-            for image in images]
-        outs = self.model(tensors, output_sizes=[image.shape[:2] for image in images])
+        if self.tta is not None:  # views of several sizes per image: one image at a time
+            outs = [self.tta(self.model, image) for image in images]
+        else:
+            tensors = [torch.from_numpy(np.ascontiguousarray(
+                self.transform(image=image)["image"].transpose(2, 0, 1))).to(self.device)
+                for image in images]
+            outs = self.model(tensors, output_sizes=[image.shape[:2] for image in images])
+            del tensors
         results = [self._result(out) for out in outs]
-        del tensors, outs
+        del outs
         if self.release_memory and self.device.type == "cpu":
             release_free_memory()
         return results

@@ -184,20 +184,39 @@ class GeneralizedRCNN(nn.Module):
             bool pasted into the output image and ``"mask_probs"`` (D, M, M), the
             box-relative probabilities they come from.
         """
+        if not self.training:
+            return self._inference(images, output_sizes)
         batch, image_sizes = self.preprocess(images)
-        if self.training:
-            if targets is None:
-                raise ValueError("GeneralizedRCNN needs targets in training mode")
-            targets = self._check_targets(targets, image_sizes)
+        if targets is None:
+            raise ValueError("GeneralizedRCNN needs targets in training mode")
+        targets = self._check_targets(targets, image_sizes)
         features = self.backbone(batch)
-        gt_boxes = [t["gt_boxes"] for t in targets] if self.training else None
-        proposals, rpn_losses = self.rpn(features, image_sizes, tuple(batch.shape[-2:]), gt_boxes)
-        proposal_boxes = [p["boxes"] for p in proposals]
-        detections, head_losses = self.roi_heads(
-            features, proposal_boxes, image_sizes, targets if self.training else None
-        )
-        if self.training:
-            return {**rpn_losses, **head_losses}
+        proposals, rpn_losses = self.rpn(features, image_sizes, tuple(batch.shape[-2:]),
+                                         [t["gt_boxes"] for t in targets])
+        _, head_losses = self.roi_heads(features, [p["boxes"] for p in proposals], image_sizes,
+                                        targets)
+        return {**rpn_losses, **head_losses}
+
+    def detect_boxes(self, images: Sequence[Tensor]
+                     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor], list[tuple[int, int]]]:
+        """The box branch alone, in evaluation: per image ``{"boxes", "scores", "labels"}``
+        in the coordinates of `images` (no masks), the feature maps of the batch (for the
+        mask branch) and the (h, w) of each image.
+
+        Args:
+            images: N tensors (3, H_i, W_i), uint8 or float, RGB 0..255.
+        """
+        batch, image_sizes = self.preprocess(images)
+        features = self.backbone(batch)
+        proposals, _ = self.rpn(features, image_sizes, tuple(batch.shape[-2:]), None)
+        detections = self.roi_heads.detect_boxes(features, [p["boxes"] for p in proposals],
+                                                 image_sizes)
+        return detections, features, image_sizes
+
+    def _inference(self, images: Sequence[Tensor],
+                   output_sizes: Sequence[tuple[int, int]] | None) -> list[dict[str, Tensor]]:
+        detections, features, image_sizes = self.detect_boxes(images)
+        detections = self.roi_heads.predict_masks(features, detections)
         if output_sizes is not None:
             if len(output_sizes) != len(images):
                 raise ValueError(f"got {len(images)} images but {len(output_sizes)} output_sizes")

@@ -41,6 +41,7 @@ from .export import export_detector
 from .browse import browse_split
 from .predictor import LoadedDetector, build_renderer, load_detector
 from .rcnn import GeneralizedRCNN
+from .tta import DetectionTTA, describe, refuse_tta, tta_from_config
 
 logger = logging.getLogger(__name__)
 # COCOeval scores every image of the annotation file
@@ -72,18 +73,22 @@ def iou_types(model: GeneralizedRCNN) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def evaluate_all(model: GeneralizedRCNN, loader: DataLoader, evaluator: COCOEvaluator
-                 ) -> dict[str, dict[str, Any]]:
+def evaluate_all(model: GeneralizedRCNN, loader: DataLoader, evaluator: COCOEvaluator,
+                 tta: DetectionTTA | None = None) -> dict[str, dict[str, Any]]:
     """{iou_type: metrics} of `model` over `loader` for the evaluator's iou_types ("bbox",
-    "segm"); every process scores its share, values in percent."""
+    "segm"); every process scores its share, values in percent. With `tta` the loader's
+    images are at their own size (`build_val_dataset(resize=False)`)."""
     evaluator.reset()
     device = model.pixel_mean.device
     with eval_mode(model):
         for batch in loader:
             if not batch:
                 continue
-            outputs = model([s["image"].to(device) for s in batch],
-                            output_sizes=[(s["height"], s["width"]) for s in batch])
+            if tta is None:
+                outputs = model([s["image"].to(device) for s in batch],
+                                output_sizes=[(s["height"], s["width"]) for s in batch])
+            else:
+                outputs = [tta(model, s["image"].numpy().transpose(1, 2, 0)) for s in batch]
             evaluator.process(batch, outputs)
     if isinstance(loader, CountedLoader):
         loader.raise_if_stopped()
@@ -144,7 +149,8 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     `backend` None: the config's data.val.coco_backend."""
     loaded = load_detector(config, weights=weights, overrides=overrides, device=device)
     backend = backend or coco_backend(loaded.cfg)
-    val = build_val_dataset(loaded.cfg)
+    tta = None if is_onnx(weights) else tta_from_config(loaded.cfg)
+    val = build_val_dataset(loaded.cfg, resize=tta is None)
     if val is None:
         raise ConfigError("data.val.ann_file and data.val.img_dir must be set to evaluate")
     dataset, mapping, ann_file = val.dataset, val.mapping, val.ann_file
@@ -163,7 +169,9 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     evaluator = COCOEvaluator(ann_file, category_ids=loaded.category_ids, output_dir=output,
                               backend=backend, iou_types=types, score=val.annotated,
                               max_dets=scored_detections(loaded.cfg))
-    metrics = evaluate_all(loaded.model, loader, evaluator)
+    if tta is not None:
+        logger.info("test-time augmentation: %s", describe(tta))
+    metrics = evaluate_all(loaded.model, loader, evaluator, tta)
     result: dict[str, Any] = {t: nan_to_none(metrics[t]) if val.annotated else None
                               for t in types}
     result["images"] = loader.report(logger, "val", UNREADABLE_VAL)
@@ -185,6 +193,7 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
     """Export `weights` built as `config` says to folder/model.onnx (tools/export.py);
     returns export.json. `mask_output`: see `export.export_detector`."""
     loaded = load_detector(config, weights=weights, overrides=overrides)
+    refuse_tta(loaded.cfg, "an exported graph")
     return export_detector(loaded.model, folder, class_names=loaded.class_names,
                            category_ids=loaded.category_ids, resize=test_resize(loaded.cfg),
                            mask_output=mask_output)

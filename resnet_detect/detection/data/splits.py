@@ -45,12 +45,14 @@ class ValSplit(NamedTuple):
     annotated: bool
 
 
-def build_val_dataset(cfg: DictConfig, with_masks: bool = False) -> ValSplit | None:
+def build_val_dataset(cfg: DictConfig, with_masks: bool = False,
+                      resize: bool = True) -> ValSplit | None:
     """The validation split (None where data.val is not set). Every image's size (by its
     header) and, for Mask R-CNN, every object's segmentation are checked, so a wrong one stops
     the run before training, not at the evaluation after it; objects without a segmentation
     are left to the evaluation (ignored in segm). `with_masks`: samples hold gt_masks too
-    (Mask R-CNN configs; zero for those objects; the evaluation reads the JSON instead)."""
+    (Mask R-CNN configs; zero for those objects; the evaluation reads the JSON instead).
+    `resize`: False keeps each image's size (for test-time augmentation)."""
     paths = _split_paths(cfg, "val")
     if paths is None:
         return None
@@ -58,7 +60,8 @@ def build_val_dataset(cfg: DictConfig, with_masks: bool = False) -> ValSplit | N
                                              evaluation=True)
     check_image_sizes(records, paths[0])
     min_size, max_size = test_resize(cfg)
-    transform = build_transforms(min_size=min_size, max_size=max_size, flip_prob=0.0)
+    transform = build_transforms(min_size=min_size if resize else None, max_size=max_size,
+                                 flip_prob=0.0)
     dataset = DetectionDataset(records, transform=transform,
                                with_masks=with_masks and bool(cfg.model.mask_on))
     return ValSplit(dataset, mapping, paths[0], annotated=stats.annotations > 0)

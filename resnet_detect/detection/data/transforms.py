@@ -109,7 +109,7 @@ class ResizeShortestEdge(A.DualTransform):
         return ("short_edge_length", "max_size", "sample_style", "interpolation")
 
 
-def build_transforms(*, min_size: int | Sequence[int], max_size: int | None,
+def build_transforms(*, min_size: int | Sequence[int] | None, max_size: int | None,
                      sample_style: Literal["choice", "range"] = "choice",
                      flip_prob: float = 0.0, with_boxes: bool = True) -> A.Compose:
     """The detection pipeline: shortest-edge resize, then an optional horizontal flip.
@@ -120,13 +120,15 @@ def build_transforms(*, min_size: int | Sequence[int], max_size: int | None,
     With `with_boxes=False` (inference on bare images) call it as `t(image=img)`.
 
     Args:
-        min_size: short-edge length(s), e.g. (640, 672, 704, 736, 768, 800) for training.
+        min_size: short-edge length(s), e.g. (640, 672, 704, 736, 768, 800) for training;
+            None keeps each image's size (test-time augmentation resizes it for each view).
         max_size: cap on the longer side, e.g. 1333.
         sample_style: how `min_size` is sampled ("choice" or "range").
         flip_prob: probability of a horizontal flip (0.5 for training, 0 for testing).
         with_boxes: whether boxes go through the transform.
     """
-    transforms: list[A.BasicTransform] = [ResizeShortestEdge(min_size, max_size, sample_style)]
+    transforms: list[A.BasicTransform] = (
+        [] if min_size is None else [ResizeShortestEdge(min_size, max_size, sample_style)])
     if flip_prob > 0:
         transforms.append(A.HorizontalFlip(p=flip_prob))
     if not with_boxes:

@@ -191,6 +191,20 @@ class ROIHeads(nn.Module):
             )
             losses.update(self.mask_losses(features, sampled, targets))
             return [], losses
+        return self.predict_masks(features, self.detect_boxes(features, proposals, image_sizes)), {}
+
+    def detect_boxes(
+        self,
+        features: dict[str, Tensor],
+        proposals: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        """Per image ``{"boxes", "scores", "labels"}`` of the box branch alone (no masks).
+
+        Args:
+            features: feature maps by name.
+            proposals: per image (R_i, 4) proposal boxes.
+            image_sizes: (h, w) of every image before padding (boxes are clipped to it).
+        """
         pred_logits, pred_deltas = self.box_predictor(self.box_features(features, proposals))
-        detections = self.box_predictor.inference(pred_logits, pred_deltas, proposals, image_sizes)
-        return self.predict_masks(features, detections), {}
+        return self.box_predictor.inference(pred_logits, pred_deltas, proposals, image_sizes)
