@@ -25,7 +25,7 @@ from resnet_detect.engine.config import ConfigError
 from resnet_detect import backbones
 from resnet_detect.engine import atomic_write_json, is_main_process, to_plain
 from resnet_detect.engine.data import (CategoryMapping, CountedLoader, DatasetError, brief,
-                                       build_test_loader)
+                                       build_test_loader, read_coco_json)
 from resnet_detect.engine.export import ExportError, is_onnx
 from resnet_detect.engine.files import nan_to_none
 from resnet_detect.engine.runner import TaskData, format_metric
@@ -38,6 +38,7 @@ from .data import build_datasets, build_val_dataset
 from .evaluation import (COCO_MAX_DETS, METRIC_NAMES, RESULTS_FILE, COCOEvaluator,
                          coco_backend)
 from .export import export_detector
+from .federated import FREQUENCY_GROUPS, IMAGE_LISTS, is_federated
 from .browse import browse_split
 from .predictor import LoadedDetector, build_renderer, load_detector
 from .rcnn import GeneralizedRCNN
@@ -199,6 +200,19 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
                            mask_output=mask_output)
 
 
+def _refuse_lvis_metric_without_lvis(cfg: DictConfig) -> None:
+    """train.best_metric APr / APc / APf needs a val file scored with LVIS's federated AP."""
+    metric, ann_file = cfg.train.best_metric, cfg.data.val.ann_file
+    lvis_names = {name for name, _ in FREQUENCY_GROUPS}
+    if metric is None or str(metric).rsplit("/", 1)[-1] not in lvis_names or not ann_file:
+        return
+    if not is_federated(read_coco_json(ann_file)):
+        raise ConfigError(f"train.best_metric {metric!r} is a group of LVIS's federated AP; "
+                          f"{ann_file} is scored with COCO's AP (its images do not all list "
+                          f"{' and '.join(IMAGE_LISTS)}): name one of "
+                          f"{', '.join(METRIC_NAMES)}")
+
+
 class DetectionTask:
     """Faster R-CNN / Mask R-CNN (model.mask_on) for `engine.runner.run_training`."""
 
@@ -208,9 +222,10 @@ class DetectionTask:
 
     @staticmethod
     def metric_names(cfg: DictConfig) -> list[str]:
-        """What train.best_metric may name."""
+        """What train.best_metric may name (APr, APc, APf: an LVIS val file's only)."""
         groups = ["bbox", "segm"] if cfg.model.mask_on else ["bbox"]
-        return [f"{group}/{name}" for group in groups for name in METRIC_NAMES]
+        return [f"{group}/{name}" for group in groups
+                for name in (*METRIC_NAMES, *(name for name, _ in FREQUENCY_GROUPS))]
 
     def __init__(self) -> None:
         self.mapping: CategoryMapping | None = None
@@ -221,6 +236,7 @@ class DetectionTask:
         backend = coco_backend(cfg)
         data = build_datasets(cfg)
         resolve_num_classes(cfg, data.mapping)
+        _refuse_lvis_metric_without_lvis(cfg)
         self.mapping = data.mapping
         if data.val is not None:
             self.evaluator = COCOEvaluator(

@@ -164,7 +164,6 @@ class Predictor:
                 f"or export again with the test keys wanted")
         self.device = torch.device(device)
 
-    @torch.no_grad()
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """Segment one image.
 
@@ -174,7 +173,46 @@ class Predictor:
         Returns:
             {"mask": (H, W) int64 class ids}.
         """
-        check_rgb_image(image)
+        return self.predict_batch([check_rgb_image(image)])[0]
+
+    @torch.no_grad()
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Segment several images: one batch through the PyTorch network (each image padded
+        to the largest; the padding can change the classes near an image's edges that a
+        call of its own gives), which a GPU runs faster than one by one. With test-time
+        augmentation (several scales, flip, windows) or an exported ONNX model the images
+        run one by one.
+
+        Args:
+            images: (H_i, W_i, 3) uint8 RGB images (a sequence, or an (N, H, W, 3) array).
+
+        Returns:
+            Per image what `__call__` returns.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            raise ValueError("predict_batch takes a list of images (or an (N, H, W, 3) array); "
+                             "call the Predictor itself for one image")
+        images = list(images)
+        for i, image in enumerate(images):
+            try:
+                check_rgb_image(image)
+            except ValueError as err:
+                raise ValueError(f"images[{i}]: {err}") from None
+            self._warn_of_a_large_image(image)
+        # copies (not views, which a read-only array would make torch warn of)
+        tensors = [torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C")).to(
+            self.device) for image in images]
+        if not self.tta.is_plain:
+            masks = [self.tta.class_map(self.model, tensor) for tensor in tensors]
+        else:  # an ONNX model runs the list one by one
+            masks = [out["mask"] for out in self.model(tensors)] if tensors else []
+        results = [{"mask": mask.cpu().numpy().astype(np.int64, copy=False)} for mask in masks]
+        del tensors, masks
+        if self.release_memory and self.device.type == "cpu":
+            release_free_memory()
+        return results
+
+    def _warn_of_a_large_image(self, image: np.ndarray) -> None:
         capped = (self.model.test_max_size if isinstance(self.model, OnnxSegmentor)
                   else self.tta.max_size)  # an export caps as it was exported
         if (not self._warned and capped is None and self.tta.window is None
@@ -183,17 +221,6 @@ class Predictor:
             logger.warning("a %dx%d image runs whole (test.max_size is null): memory and time "
                            "grow with its pixels times the classes; test.max_size=2048 caps "
                            "its longer side", image.shape[1], image.shape[0])
-        # a copy (not a view, which a read-only array would make torch warn of)
-        tensor = torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C")).to(self.device)
-        if self.tta.is_plain:
-            mask = self.model([tensor])[0]["mask"]
-        else:
-            mask = self.tta.class_map(self.model, tensor)
-        result = {"mask": mask.cpu().numpy().astype(np.int64, copy=False)}
-        del tensor, mask
-        if self.release_memory and self.device.type == "cpu":
-            release_free_memory()
-        return result
 
 
 def _settings(tta: TTAInference) -> tuple[Any, ...]:

@@ -247,3 +247,36 @@ def test_each_cpu_prediction_hands_its_freed_memory_back_unless_told_not_to(
     assert calls == [1]
     Predictor(small_config("fcn", num_classes=4), weights=path, release_memory=False)(image)
     assert calls == [1]
+
+
+def test_a_batch_gives_each_images_own_classes(tmp_path, small_config, monkeypatch):
+    calls = []
+    monkeypatch.setattr("resnet_detect.segmentation.predictor.release_free_memory",
+                        lambda: calls.append(1))
+    cfg = small_config("deeplabv3", num_classes=4)
+    path = _random_weights(cfg, tmp_path / "w.pth")
+    predictor = Predictor(cfg, weights=path)
+    rng = np.random.default_rng(0)
+    same = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(3)]
+    batch = predictor.predict_batch(same)
+    assert calls == [1]  # once per batch
+    for image, out in zip(same, batch, strict=True):
+        alone = predictor(image)["mask"]
+        assert out["mask"].shape == (40, 56) and (out["mask"] != alone).mean() < 1e-3
+        assert len(np.unique(alone)) > 1
+    sizes = [(40, 56), (33, 70), (64, 20)]
+    mixed = predictor.predict_batch([rng.integers(0, 256, (*s, 3), dtype=np.uint8)
+                                     for s in sizes])
+    assert [out["mask"].shape for out in mixed] == sizes
+    assert len(predictor.predict_batch(np.stack(same[:2]))) == 2  # (N, H, W, 3): N images
+    assert len(predictor.predict_batch(image for image in same[:2])) == 2
+    assert predictor.predict_batch([]) == []
+    with pytest.raises(ValueError, match=r"predict_batch takes a list of images .*call the "
+                                         r"Predictor itself for one image"):
+        predictor.predict_batch(same[0])
+    with pytest.raises(ValueError, match=r"images\[1\]: .*\(H, W, 3\) uint8 RGB array, got "
+                                         r"float32"):
+        predictor.predict_batch([same[0], same[1].astype(np.float32)])
+    flipped = Predictor(cfg, weights=path, overrides=["test.flip=true"])
+    for image, out in zip(same, flipped.predict_batch(same), strict=True):  # one by one
+        np.testing.assert_array_equal(out["mask"], flipped(image)["mask"])

@@ -495,6 +495,26 @@ def test_a_best_metric_the_model_does_not_evaluate_is_refused_before_training(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_best_metric_of_lvis_frequency_groups_needs_an_lvis_val_file(
+        data: Path, tmp_path: Path) -> None:
+    train = load_tool("train").main
+    with pytest.raises(ConfigError, match=r"train.best_metric 'bbox/APr' is a group of LVIS's "
+                                          r"federated AP; .*val.json is scored with COCO's AP"):
+        train(train_args(data, tmp_path / "out", 2, "train.best_metric=bbox/APr"))
+    assert not list((tmp_path / "out").glob("*.pth"))
+    lvis = json.loads((data / "coco/val.json").read_text())
+    for image in lvis["images"]:
+        image["neg_category_ids"], image["not_exhaustive_category_ids"] = [], []
+    for category in lvis["categories"]:
+        category["frequency"] = "r"
+    (tmp_path / "lvis_val.json").write_text(json.dumps(lvis))
+    train(train_args(data, tmp_path / "lvis", 2, "train.best_metric=bbox/APr",
+                     f"data.val.ann_file={tmp_path / 'lvis_val.json'}"))
+    best = torch.load(tmp_path / "lvis/model_best.pth", map_location="cpu", weights_only=True)
+    metrics = json.loads((tmp_path / "lvis/metrics.json").read_text())
+    assert best["best"] == {"metric": "bbox/APr", "value": metrics["bbox"]["APr"]}
+
+
 def test_accumulation_draws_smaller_batches_of_the_same_stream(
         data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
