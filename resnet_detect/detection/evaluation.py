@@ -101,8 +101,10 @@ def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
     federated = is_federated(data)
     sizes = {img["id"]: (img["height"], img["width"]) for img in data["images"]}
     annotations, ignored = [], 0
-    for ann in data["annotations"]:
-        ann = {**ann, "iscrowd": 0 if federated else ann.get("iscrowd", 0)}
+    # numbered from 1: COCOeval takes a matched object's id 0 for no match, so a file numbered
+    # from 0 (Label Studio's, CVAT's) scored the detection of its first object as a false one
+    for number, ann in enumerate(data["annotations"], start=1):
+        ann = {**ann, "id": number, "iscrowd": 0 if federated else ann.get("iscrowd", 0)}
         x, y, w, h = (float(v) for v in ann["bbox"])
         segmentation = None
         if iou_type == "segm" or "area" not in ann:  # bbox needs no mask but for the area
@@ -195,6 +197,21 @@ def _stats(evaluator: Any) -> list[float]:
     return stats
 
 
+def _positive_image_ids(dataset: dict[str, Any], results: list[dict[str, Any]]
+                        ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[int, int]]:
+    """The file and results with image ids renumbered 1..N in their order, and each new
+    id's original: faster-coco-eval's segm scoring fails on negative ids, which
+    pycocotools takes."""
+    new = {old: i for i, old in enumerate(sorted(img["id"] for img in dataset["images"]),
+                                          start=1)}
+    dataset = {**dataset,
+               "images": [{**img, "id": new[img["id"]]} for img in dataset["images"]],
+               "annotations": [{**ann, "image_id": new[ann["image_id"]]}
+                               for ann in dataset["annotations"]]}
+    results = [{**r, "image_id": new[r["image_id"]]} for r in results]
+    return dataset, results, {i: old for old, i in new.items()}
+
+
 def _crowded_images(coco_gt: Any, max_dets: int) -> list[tuple[int, str, int]]:
     """(image id, category name, objects) where an image holds more non-crowd objects of one
     category than COCOeval scores detections of it."""
@@ -282,10 +299,14 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
     if federation is not None:
         _warn_of_capped_results(results, max_dets, ann_file)
         results, max_dets = federation.scored(results, iou_type), LVIS_MAX_DETS
+    original_ids: dict[int, int] = {}
+    if backend == "faster_coco_eval" and any(img["id"] < 0 for img in dataset["images"]):
+        dataset, results, original_ids = _positive_image_ids(dataset, results)
     coco_gt = _load_gt(dataset, backend, federation is not None)
     crowded = _crowded_images(coco_gt, max_dets) if federation is None else []
     if crowded:
         image_id, name, count = crowded[0]
+        image_id = original_ids.get(image_id, image_id)
         warnings.warn(f"{ann_file}: {len(crowded)} images hold more objects of a category than "
                       f"the {max_dets} detections per image scored of it (image id {image_id}: "
                       f"{count} {name!r}): their AP is capped; raise "

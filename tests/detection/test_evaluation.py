@@ -278,6 +278,45 @@ def test_area_and_iscrowd_left_out_take_cocos_meaning(gt_file: Path, tmp_path: P
 
 
 @pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_files_numbered_otherwise_score_as_the_plain_file(gt_file: Path, tmp_path: Path,
+                                                          backend: str) -> None:
+    """Annotation ids from 0 (Label Studio's, CVAT's exports): COCOeval took object 0's
+    match for none, a false positive. Image ids below 0, and RLE sizes written as floats:
+    faster-coco-eval's segm scoring failed (pycocotools takes both)."""
+    odd = _gt(gt_file)
+    for img in odd["images"]:
+        img["id"] -= 10  # -9..-4, in the same order
+    for ann in odd["annotations"]:
+        ann["id"] -= 1
+        ann["image_id"] -= 10
+        if not ann["iscrowd"]:
+            rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], 200, 300))
+            ann["segmentation"] = {"size": [200.0, 300.0], "counts": rle["counts"].decode()}
+    assert min(ann["id"] for ann in odd["annotations"]) == 0
+    odd_file = tmp_path / "odd.json"
+    odd_file.write_text(json.dumps(odd))
+    for iou_type, data in (("bbox", _noisy(gt_file)), ("segm", _noisy_masks(gt_file))):
+        _run(gt_file, tmp_path / iou_type, data, iou_types=(iou_type,))
+        results = json.loads((tmp_path / iou_type / RESULTS_FILE).read_text())
+        expected = _direct_stats(gt_file, tmp_path / iou_type / RESULTS_FILE, iou_type)
+        assert 10 < expected[0] * 100 < 95
+        got = evaluate_coco(odd_file, [{**r, "image_id": r["image_id"] - 10} for r in results],
+                            iou_type=iou_type, backend=backend, verbose=False)
+        np.testing.assert_allclose(got["stats"], expected, rtol=0, atol=1e-12)
+
+
+def _noisy_masks(gt_file: Path) -> tuple[list[dict], list[dict]]:
+    """The perfect masks with every third one dropped and a score each."""
+    inputs, outputs = _perfect(gt_file, with_masks=True)
+    rng = np.random.default_rng(2)
+    for out in outputs:
+        keep = torch.arange(len(out["boxes"])) % 3 != 1
+        out.update({k: v[keep] for k, v in out.items()})
+        out["scores"] = torch.from_numpy(rng.uniform(0.1, 1.0, int(keep.sum())).astype(np.float32))
+    return inputs, outputs
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
 def test_objects_without_a_usable_mask_are_ignored_in_segm(tmp_path: Path,
                                                            backend: str) -> None:
     """An empty segmentation and a 2-point polygon (pycocotools fails on both) leave the

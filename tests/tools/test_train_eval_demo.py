@@ -23,6 +23,7 @@ from pycocotools.cocoeval import COCOeval
 from tests.export_metadata import rewrite_export_metadata
 from resnet_detect.detection import Predictor, evaluation
 from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.data import DatasetError
 from resnet_detect.engine.data.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,7 +200,7 @@ def test_a_file_without_annotations_gets_its_detections_written_and_nothing_scor
                   for name in ("val", "test")]
     assert detections[1] == detections[0] and len(detections[0]) > 0
     # a training cannot score its evaluations against such a file: refused before it trains
-    with pytest.raises(ValueError, match="test_dev.json has no annotations to score"):
+    with pytest.raises(DatasetError, match="test_dev.json has no annotations to score"):
         load_tool("train").main(train_args(data, tmp_path / "run", 1,
                                            f"data.val.ann_file={tmp_path / 'test_dev.json'}"))
     assert not list((tmp_path / "run").glob("*.pth"))
@@ -314,6 +315,20 @@ def test_missing_annotations_key_fails_naming_file(data: Path, tmp_path: Path) -
         load_tool("train").main(train_args(data, tmp_path / "run", 1,
                                            f"data.train.ann_file={bad}"))
     assert not (tmp_path / "run" / "model_final.pth").exists()
+
+
+def test_val_categories_other_than_the_trainings_are_a_data_error(data: Path,
+                                                                   tmp_path: Path) -> None:
+    """A data error (one line, exit 2 from the command line), not a traceback."""
+    content = json.loads((data / "coco/val.json").read_text())
+    content["categories"].append({"id": 20, "name": "extra"})
+    (tmp_path / "val.json").write_text(json.dumps(content))
+    with pytest.raises(DatasetError, match=r"val.json: categories \[1, 3, 5, 7, 9, 11, 20\] "
+                                           r"differ from the training file's .*only in val "
+                                           r"\[20\], only in training \[\]"):
+        load_tool("train").main(train_args(data, tmp_path / "run", 1,
+                                           f"data.val.ann_file={tmp_path / 'val.json'}"))
+    assert not list((tmp_path / "run").glob("*.pth"))
 
 
 def test_missing_image_fails_naming_it(data: Path, tmp_path: Path) -> None:

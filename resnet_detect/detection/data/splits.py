@@ -110,19 +110,21 @@ def build_datasets(cfg: DictConfig) -> Datasets:
     """Load and check both splits (errors name the file and entry) before any training.
 
     Raises:
-        ValueError: a split is not set, or the val categories differ from the training ones.
+        ValueError: a split is not set; DatasetError: the val categories differ from the
+            training ones, or the val file has no annotations.
     """
     train, mapping, train_file = build_train_dataset(cfg)
     val = build_val_dataset(cfg)
     if val is not None and val.mapping.dataset_ids != mapping.dataset_ids:
         val_ids, train_ids = set(val.mapping.dataset_ids), set(mapping.dataset_ids)
-        raise ValueError(f"{val.ann_file}: categories {brief(val.mapping.dataset_ids)} differ "
-                         f"from the training file's {brief(mapping.dataset_ids)} ({train_file}): "
-                         f"only in val {brief(sorted(val_ids - train_ids))}, only in training "
-                         f"{brief(sorted(train_ids - val_ids))}"
-                         + ("" if val_ids != train_ids else ", in another order"))
+        raise DatasetError(
+            f"{val.ann_file}: categories {brief(val.mapping.dataset_ids)} differ from the "
+            f"training file's {brief(mapping.dataset_ids)} ({train_file}): only in val "
+            f"{brief(sorted(val_ids - train_ids))}, only in training "
+            f"{brief(sorted(train_ids - val_ids))}"
+            + ("" if val_ids != train_ids else ", in another order"))
     if val is not None and not val.annotated:
-        raise ValueError(f"{val.ann_file} has no annotations to score the training's "
-                         "evaluations against: give an annotated val file, or leave data.val "
-                         "unset (tools/eval.py writes the detections of such a file)")
+        raise DatasetError(f"{val.ann_file} has no annotations to score the training's "
+                            "evaluations against: give an annotated val file, or leave data.val "
+                            "unset (tools/eval.py writes the detections of such a file)")
     return Datasets(train=train, val=val.dataset if val else None, mapping=mapping)

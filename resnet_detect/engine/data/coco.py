@@ -478,7 +478,8 @@ def check_segmentation(segmentation: Any, height: int, width: int
         if int(runs.sum()) != height * width:
             raise ValueError(f"RLE segmentation runs cover {int(runs.sum())} pixels, not the "
                              f"image's {height}x{width} = {height * width}")
-        return segmentation, 0
+        # the size as integers: [96.0, 128.0] passes the check above but fails faster-coco-eval
+        return {**segmentation, "size": [int(height), int(width)]}, 0
     if segmentation is None:
         raise ValueError("no 'segmentation' (polygons or RLE), which masks need")
     if not isinstance(segmentation, list):
