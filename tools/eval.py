@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_detect.engine import cleanup, init_distributed, is_main_process, setup_logging  # noqa: E402
 from resnet_detect.engine.files import writable_folder  # noqa: E402
+from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.same_everywhere import done_everywhere  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
 from resnet_detect.engine.tasks import config_task, load_task_config, task_module  # noqa: E402
@@ -52,9 +53,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
+def refuse_a_training_runs_folder(output: Path) -> None:
+    """A training run's folder as --output: its metrics.json (the run's last evaluation)
+    would be replaced by this one's."""
+    if (output / "config.yaml").is_file() and any(
+            (output / name).is_file() for name in ("last_checkpoint", "model_final.pth")):
+        raise ConfigError(f"--output {output} is a training run's folder: its metrics.json "
+                          f"would be replaced; give a folder of its own, e.g. --output "
+                          f"{output / 'eval'}")
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Evaluate; returns what metrics.json holds."""
     args = parse_args(argv)
+    refuse_a_training_runs_folder(Path(args.output))
     task = config_task(args.config, args.overrides)
     evaluate_checkpoint = getattr(task_module(task), "evaluate_checkpoint", None)
     if evaluate_checkpoint is None:

@@ -42,10 +42,11 @@ def make_provenance(arch: str, options: Mapping[str, Any] | None = None, *,
 
 def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
                     provenance: Mapping[str, Any], **extra: Any) -> None:
-    """Write `{"model", "provenance", **extra}` atomically (temp file, then rename)."""
+    """Write `{"model", "provenance", **extra}` atomically (temp file, then rename), with
+    its SHA-256 beside it (`read_checkpoint` refuses the file once damaged)."""
     payload = {"model": {k: v.detach().cpu() for k, v in state_dict.items()},
                "provenance": dict(provenance), **extra}
-    atomic_save(payload, path)
+    atomic_save(payload, path, checksum=True)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -114,8 +114,7 @@ class Checkpointer:
                 if component is not None:
                     state[name] = component.state_dict()
             try:
-                atomic_save(state, path)
-                atomic_write_text(sha256_of(path) + "\n", checksum_file(path))
+                atomic_save(state, path, checksum=True)
                 atomic_write_text(path.name + "\n", self.output_dir / POINTER)
             except OSError as e:
                 error = e
@@ -202,9 +201,10 @@ class Checkpointer:
         try:
             unwrap_model(self.model).load_state_dict(state["model"])
         except RuntimeError as e:
-            raise ValueError(f"checkpoint {path} does not fit this model (does "
-                             f"{self.output_dir} hold another model's run? Set another "
-                             f"train.output_dir): {e}") from None
+            raise ConfigError(f"checkpoint {path} does not fit this model (a model key changed "
+                              f"since it was written, or {self.output_dir} holds another "
+                              f"model's run: set the key back, or another train.output_dir): "
+                              f"{e}") from None
         optimizer, scheduler = self.components["optimizer"], self.components["scheduler"]
         # this run's hyperparameters (its config) win over the checkpoint's; the learning
         # rate is the scheduler's at the resumed position
@@ -324,13 +324,18 @@ class BestWeights:
         metric: "group/key"; higher is better.
         model: the trained model (a DDP wrapper is unwrapped).
         provenance: what the weights record.
-        resume: a resumed run competes with the best its folder already holds.
+        resume: a resumed run competes with the best its folder already holds, unless that
+            was scored after `start_iter`, the iteration resumed from: then it belongs to
+            steps trained again or abandoned (--resume-from), and moves to
+            OUTPUT_DIR/abandoned/.
+        start_iter: the iteration the run resumed from.
     """
 
     FILE = "model_best.pth"
 
     def __init__(self, output_dir: str | os.PathLike, metric: str, model: nn.Module,
-                 provenance: Mapping[str, Any] | None, *, resume: bool) -> None:
+                 provenance: Mapping[str, Any] | None, *, resume: bool,
+                 start_iter: int = 0) -> None:
         self.group, self.key = best_metric_parts(metric)
         self.metric = metric
         self.path = Path(output_dir) / self.FILE
@@ -340,14 +345,29 @@ class BestWeights:
         self._disabled = False
         if resume and self.path.is_file():
             try:
-                recorded = torch.load(io.BytesIO(self.path.read_bytes()), map_location="cpu",
-                                      weights_only=True).get("best", {})
+                saved = torch.load(io.BytesIO(self.path.read_bytes()), map_location="cpu",
+                                   weights_only=True)
+                recorded, iteration = saved.get("best", {}), int(saved.get("iteration", 0))
             except Exception as e:  # a damaged file: the next evaluation replaces it
                 logger.warning("cannot read %s (%s): the next evaluation replaces it",
                                self.path, e)
             else:
-                if recorded.get("metric") == metric:
+                if iteration > start_iter:
+                    self._move_aside(iteration, start_iter)
+                elif recorded.get("metric") == metric:
                     self.best = float(recorded["value"])
+
+    def _move_aside(self, iteration: int, start_iter: int) -> None:
+        if is_main_process():
+            aside = self.path.parent / ABANDONED
+            aside.mkdir(exist_ok=True)
+            logger.warning("%s was scored at iteration %d, after the checkpoint this run "
+                           "resumed from (iteration %d): those steps are trained again or "
+                           "abandoned, so it moves to %s", self.path, iteration, start_iter,
+                           aside)
+            for path in (self.path, checksum_file(self.path)):
+                if path.is_file():
+                    os.replace(path, aside / path.name)
 
     def update(self, metrics: Mapping[str, Mapping[str, Any]], iteration: int) -> None:
         """After an evaluation (on every process; the main one writes)."""
@@ -368,7 +388,8 @@ class BestWeights:
             atomic_save({"model": {k: v.detach().cpu() for k, v in
                                    unwrap_model(self.model).state_dict().items()},
                          "provenance": self.provenance, "iteration": int(iteration),
-                         "best": {"metric": self.metric, "value": self.best}}, self.path)
+                         "best": {"metric": self.metric, "value": self.best}}, self.path,
+                        checksum=True)
             logger.info("best %s so far: %.4f at iteration %d, weights in %s", self.metric,
                         self.best, iteration, self.path)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from .distributed import cleanup, init_distributed, is_main_process
-from .checkpoint import UnreadableCheckpointError
+from .checkpoint import CheckpointWriteError, UnreadableCheckpointError
 from .config import ConfigError, parse_bool
-from .data import DatasetError
+from .data import DatasetError, UnreadableImageError
 from .export import ExportError
 from .files import UnwritableFolderError, missing_path
 from .host_memory import cache_host_memory
@@ -27,8 +27,9 @@ from .tasks import load_task_config, task_module
 
 # Raised only for what a user gave (their messages name the key, file, entry or folder):
 # printed as the message alone; a traceback would bury it and say nothing more
-USER_ERRORS = (ConfigError, DatasetError, ExportError, FileNotFoundError, FolderInUseError,
-               OtherProcessFailed, UnreadableCheckpointError, UnwritableFolderError)
+USER_ERRORS = (CheckpointWriteError, ConfigError, DatasetError, ExportError, FileNotFoundError,
+               FolderInUseError, OtherProcessFailed, UnreadableCheckpointError,
+               UnreadableImageError, UnwritableFolderError)
 
 
 def run_tool(main: Callable[[Sequence[str]], Any]) -> None:

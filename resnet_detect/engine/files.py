@@ -3,6 +3,7 @@ truncated one (temp file in the target folder, fsync, then rename over the targe
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -37,9 +38,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *,
             os.remove(tmp)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save `obj` to `path` atomically."""
-    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
+def atomic_save(obj: Any, path: str | os.PathLike, *, checksum: bool = False) -> None:
+    """torch.save `obj` to `path` atomically; with `checksum`, its SHA-256 beside it
+    (`checksum_file`), which `read_checked_bytes` checks when the file is read.
+
+    The bytes are made in memory first: torch's zip writer reports a full disk as a
+    RuntimeError ("unexpected pos") that names neither the disk nor the file, a plain write
+    as the OSError it is.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
+    if checksum:  # a stale one (an earlier file's) would call the new file damaged
+        checksum_file(path).unlink(missing_ok=True)
+    atomic_write(path, lambda f: f.write(data), binary=True)
+    if checksum:
+        atomic_write_text(hashlib.sha256(data).hexdigest() + "\n", checksum_file(path))
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
@@ -85,7 +99,7 @@ def read_checked_bytes(path: str | os.PathLike) -> bytes:
     try:  # "<hex>" as written here, or "<hex>  NAME" as sha256sum writes it
         written = checksum_file(path).read_text(encoding="utf-8", errors="replace")
         recorded = (written.split() or [""])[0].lower()
-    except OSError:  # none written (model_final.pth, files of other tools)
+    except OSError:  # none written (files of other tools, or of older versions)
         return data
     if hashlib.sha256(data).hexdigest() != recorded:
         raise ValueError(f"its bytes do not match {checksum_file(path).name}: the file was "

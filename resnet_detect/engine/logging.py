@@ -44,7 +44,9 @@ def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -
         folder = writable_folder(output_dir)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            handlers.append(logging.FileHandler(folder / "log.txt", encoding="utf-8"))
+            # a file name that is no UTF-8 (a Windows zip unpacked here) logs escaped
+            handlers.append(logging.FileHandler(folder / "log.txt", encoding="utf-8",
+                                                errors="backslashreplace"))
         except OSError as e:  # what writable_folder cannot foresee (log.txt a folder, ...)
             raise UnwritableFolderError(f"cannot write to the output folder {folder}: "
                                         f"{e.strerror or e} ({e.filename or folder}); name a "
@@ -86,7 +88,7 @@ def set_up_handlers(settings: tuple[int, list[tuple[str | None, str | None, str 
     root.setLevel(level)
     for path, fmt, datefmt in handlers:
         handler = (logging.StreamHandler(sys.stdout) if path is None
-                   else logging.FileHandler(path, encoding="utf-8"))
+                   else logging.FileHandler(path, encoding="utf-8", errors="backslashreplace"))
         handler.setFormatter(logging.Formatter(fmt, datefmt=datefmt))
         handler._engine_handler = True  # type: ignore[attr-defined]
         root.addHandler(handler)

@@ -28,7 +28,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .amp import parse_amp
-from .checkpoint import BestWeights, Checkpointer, PeriodicCheckpointer, best_metric_parts
+from .checkpoint import (BestWeights, Checkpointer, CheckpointWriteError, PeriodicCheckpointer,
+                         best_metric_parts)
 from .compilation import compile_model, parse_compile
 from .config import ConfigError, is_positive_int, save_config, to_plain
 from .data import CountedLoader, build_test_loader, build_train_loader, collate
@@ -278,11 +279,15 @@ def _first_readable_batch(data: TaskData) -> Any:
 
 def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                      cfg: DictConfig, max_iter: int, logger: logging.Logger,
-                     now: Mapping[str, Any]) -> None:
+                     now: Mapping[str, Any],
+                     check_model: Callable[[str, Mapping[str, Any], Mapping[str, Any]], None]
+                     | None = None) -> None:
     """Refuse a checkpoint this run cannot continue from, before anything is restored; say
-    which `train` and `data.train` keys differ from the run that wrote it (the new values
-    apply), and whether the training set changed size. `now`: what this run's checkpoints
-    record (its classes, its number of training images)."""
+    which `model`, `train` and `data.train` keys differ from the run that wrote it (the new
+    values apply), and whether the training set changed size. `now`: what this run's
+    checkpoints record (its classes, its number of training images). `check_model(source,
+    recorded model section, this one)`: the task's refusal of a change the weights cannot
+    follow (anchors, strides, normalisation: what no tensor shape shows)."""
     new_run = ("start a new run from its weights (model.weights=PATH) in another "
                "train.output_dir" if "weights" in (cfg.get("model") or {}) else
                "start a new run in another train.output_dir")
@@ -309,6 +314,7 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                               f", this run's data gives {list(after)[:20]}: its labels would "
                               f"mean other classes; resume on the data it was trained on, or "
                               f"{new_run}")
+    _check_model_settings(path, provenance, cfg, logger, check_model)
     recorded = (provenance.get("config") or {}).get("train")
     if not isinstance(recorded, Mapping):
         return  # written before checkpoints recorded their config
@@ -339,6 +345,39 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                            "it: the images are drawn or augmented otherwise from iteration "
                            "%d: %s", path, iteration,
                            ", ".join(f"data.train.{k}: {a} -> {b}" for k, (a, b) in moved.items()))
+
+
+def _check_model_settings(path: Path, provenance: Mapping[str, Any], cfg: DictConfig,
+                          logger: logging.Logger,
+                          check_model: Callable[[str, Mapping[str, Any], Mapping[str, Any]], None]
+                          | None) -> None:
+    """Model settings the checkpoint's weights were trained with: those no tensor shape
+    shows refused where changed (the weights would compute something else, silently), the
+    others named in a warning (test-time thresholds, say; a shape's change fails the load)."""
+    before = (provenance.get("config") or {}).get("model")
+    if not isinstance(before, Mapping) or "model" not in cfg:
+        return
+    after = to_plain(cfg.model)
+    if check_model is not None:
+        check_model(f"checkpoint {path}", before, after)
+    changed = {k: (v, _flat(after).get(k)) for k, v in _flat(before).items()
+               if v != _flat(after).get(k) and not k.endswith(".weights")
+               and not (k == "model.num_classes" and None in (v, _flat(after).get(k)))}
+    if changed:
+        logger.warning("resuming %s with model settings other than the run that wrote it "
+                       "(they apply from here on): %s", path,
+                       ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
+
+
+def _flat(node: Mapping[str, Any], prefix: str = "model.") -> dict[str, Any]:
+    """A nested config section as {dotted key: value}."""
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _save_steps_done(trainer: Trainer, checkpointer: Checkpointer, logger: logging.Logger,
@@ -391,6 +430,18 @@ def _warn_of_earlier_results(output_dir: Path, keep: Sequence[str],
     if earlier:
         logger.warning("%s holds %s of an earlier run: not this run's until it replaces them "
                        "at its end", output_dir, ", ".join(earlier))
+
+
+def _refuse_to_restart_a_finished_run(output_dir: Path) -> None:
+    """--resume in a folder with a finished run's results but no checkpoint (removed to save
+    space, say) would train from scratch and replace them."""
+    finished = [name for name in EARLIER_RESULTS if name != "model_best.pth"
+                and (output_dir / name).is_file()]
+    if finished:
+        raise ConfigError(f"--resume: {output_dir} holds {', '.join(finished)} of a finished run "
+                          f"but no checkpoint to resume from: nothing to resume. To train "
+                          f"again from scratch, give another train.output_dir (or leave out "
+                          f"--resume: the new run replaces them at its end)")
 
 
 def _log_metrics(logger: logging.Logger, writer: ScalarWriter, metrics: Metrics,
@@ -516,11 +567,14 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                 max_to_keep=t.max_to_keep, provenance=recorded,
                                 check=lambda path, saved, iteration: _check_resumable(
                                     path, saved, iteration, cfg, lengths["max_iter"],
-                                    logger, recorded or {}))
+                                    logger, recorded or {},
+                                    getattr(task, "check_resumed_model", None)))
     if resume:
         # restores every process's RNG state
         state = (checkpointer.resume() if resume is True
                  else checkpointer.resume_from(resume))
+        if state is None:
+            _refuse_to_restart_a_finished_run(output_dir)
     else:
         state = None
         checkpointer.remove_partial_writes()
@@ -567,8 +621,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                              getattr(task, "unreadable_val", LEFT_OUT)))
             return metrics
 
-        best = (BestWeights(output_dir, t.best_metric, model, provenance, resume=bool(resume))
-                if t.best_metric is not None else None)
+        best = (BestWeights(output_dir, t.best_metric, model, provenance, resume=bool(resume),
+                            start_iter=start_iter) if t.best_metric is not None else None)
 
         def on_result(metrics: Metrics, iteration: int) -> None:
             _log_metrics(logger, writer, metrics, iteration)
@@ -620,8 +674,15 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
 
     metrics: Metrics = dict(eval_hook.last_result) if eval_hook is not None else {}
     if is_main_process():
-        for path in task.save_final(cfg, model, lengths["max_iter"]):
-            logger.info("wrote %s", path)
+        try:
+            for path in task.save_final(cfg, model, lengths["max_iter"]):
+                logger.info("wrote %s", path)
+        except OSError as e:  # a full disk: the last checkpoint holds the trained weights
+            raise CheckpointWriteError(
+                f"cannot write the final weights in {output_dir} ({type(e).__name__}: {e}); "
+                f"the checkpoint of iteration {checkpointer.saved_iteration} is intact: free "
+                f"space there and run the same command with --resume, which writes them "
+                f"without training again") from e
         if metrics:  # the last evaluation's, as tools/eval.py writes them
             atomic_write_json({**nan_to_none(metrics), "images": val_images},
                               output_dir / "metrics.json")

@@ -182,6 +182,10 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:
         raise ConfigError(f"model.num_classes must be a positive integer (classes including "
                           f"background; set it, or let the training script read it from the "
                           f"data), got {num_classes!r}")
+    if num_classes == 1:  # its softmax is 1 everywhere: nothing learnt, every pixel right
+        raise ConfigError("a segmenter needs at least 2 classes (model.num_classes, "
+                          "data.class_names), got 1: binary masks (0 = background, 1 = the "
+                          "object) are 2 classes, e.g. data.class_names=[background,object]")
     with config_section("model.backbone"):
         backbone = build_backbone(mcfg)
     shapes = backbone.output_shape()

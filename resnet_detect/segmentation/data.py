@@ -165,7 +165,10 @@ class SemSegDataset(Dataset):
         if bad.size:
             hint = ("; masks whose classes are 1..K with 0 unlabelled (ADE20K) need "
                     "data.reduce_zero_label: true" if bad.tolist() == [self.num_classes]
-                    and from_file else "")
+                    and from_file and self.num_classes > 1 else "")
+            if self.num_classes == 1:
+                hint = ("; binary masks (0 = background, 1 = the object) are 2 classes: name "
+                        "both, e.g. data.class_names=[background,object]")
             raise DatasetError(f"{source} has class ids {bad[:MAX_LISTED].tolist()} "
                                f"outside the {self.num_classes} declared classes "
                                f"(0..{self.num_classes - 1}, {self.ignore_index} = ignore: "
@@ -173,21 +176,24 @@ class SemSegDataset(Dataset):
         return self._reduced[mask] if reduce else mask
 
     def check_mask_sizes(self, split: str) -> None:
-        """Every mask file's size against its image's, from their headers (seconds for tens of
-        thousands of pairs), all wrong ones listed: for the training split, whose masks are
-        otherwise checked as their batches are drawn, one stopped run per mask. (Class ids
-        are checked when a mask is read.)"""
+        """Every mask file's size (a COCO entry's height and width) against its image's, from
+        their headers (seconds for tens of thousands of pairs), all wrong ones listed: for the
+        training split, whose masks are otherwise checked as their batches are drawn, one
+        stopped run per mask. (Class ids are checked when a mask is read.)"""
         problems = []
         for record in self._records:
-            if "mask_file" not in record:
+            if "mask_file" in record:
+                found, source = mask_size(record["mask_file"]), f"mask {record['mask_file']}"
+            elif "objects" in record:  # a COCO entry: its masks are drawn at its height/width
+                found, source = (record["height"], record["width"]), "the COCO height/width"
+            else:
                 continue
-            found, size = mask_size(record["mask_file"]), image_size(record["file_name"])
+            size = image_size(record["file_name"])
             if None in (found, size) or found == size:
                 continue  # unreadable files: named when read
             exact = decoded_size(record["file_name"])  # the header can mislead
             if exact not in (None, found):
-                problems.append(_size_problem(f"mask {record['mask_file']}", found,
-                                              record["file_name"], exact))
+                problems.append(_size_problem(source, found, record["file_name"], exact))
         if problems:
             raise DatasetError(f"data.{split}: {len(problems)} of {len(self)} masks are not "
                                f"their image's size:" + listing(problems))

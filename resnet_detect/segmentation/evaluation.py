@@ -73,9 +73,16 @@ def metrics_from_confusion(matrix: np.ndarray, class_names: Sequence[str]) -> di
     return {
         "mIoU": 100.0 * float(iou[present].mean()) if present.any() else None,
         "pixel_acc": 100.0 * float(tp.sum() / total) if total else None,
-        "per_class_iou": {name: (100.0 * float(v) if ok else None)
-                          for name, v, ok in zip(class_names, iou, present)},
+        "per_class_iou": {key: (100.0 * float(v) if ok else None)
+                          for key, v, ok in zip(class_keys(class_names), iou, present)},
     }
+
+
+def class_keys(class_names: Sequence[str]) -> list[str]:
+    """Each class's key in per_class_iou: its name, or "name (class k)" where classes share
+    it (a COCO category named "background" beside class 0), so that none overwrites another."""
+    return [f"{name} (class {k})" if list(class_names).count(name) > 1 else name
+            for k, name in enumerate(class_names)]
 
 
 class SemSegEvaluator:

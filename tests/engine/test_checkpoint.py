@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import math
 import os
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf
 
 from resnet_detect.engine.checkpoint import (CheckpointWriteError, Checkpointer,
                                              PeriodicCheckpointer, UnreadableCheckpointError)
-from resnet_detect.backbones.weights import read_checkpoint
+from resnet_detect.backbones.weights import read_checkpoint, save_checkpoint
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.runner import _check_resumable
 from resnet_detect.engine.rng import get_rng_state, set_rng_state
@@ -223,9 +224,10 @@ def test_another_scheduler_resumes_at_its_saved_learning_rate(tmp_path: Path) ->
 
 def test_a_checkpoint_of_another_model_is_named(tmp_path: Path) -> None:
     Checkpointer(tmp_path, model=nn.Linear(2, 3)).save(4)
-    with pytest.raises(ValueError, match=r"checkpoint .*model_0000004.pth does not fit this "
-                                         r"model \(does .* hold another model's run\? Set "
-                                         r"another train.output_dir\)"):
+    with pytest.raises(ConfigError, match=r"checkpoint .*model_0000004.pth does not fit this "
+                                          r"model \(a model key changed since it was written, "
+                                          r"or .* holds another model's run: set the key back, "
+                                          r"or another train.output_dir\)"):
         Checkpointer(tmp_path, model=nn.Linear(2, 2)).resume()
 
 
@@ -260,20 +262,49 @@ def test_a_checkpoint_damaged_after_writing_is_unreadable_not_loaded(
     assert read_checkpoint(older)["iteration"] == 10
 
 
+def test_final_weights_damaged_after_writing_are_unreadable(tmp_path: Path) -> None:
+    """model_final.pth (backbone_final.pth, model_best.pth) had no checksum: eight bytes
+    overwritten made one weight 9.5e14, and eval, demo and export ran on it. Written again,
+    a stale checksum of the earlier file is not taken for the new one's."""
+    path = tmp_path / "model_final.pth"
+    (tmp_path / "model_final.pth.sha256").write_text("0" * 64 + "\n")  # an earlier file's
+    save_checkpoint(path, nn.Linear(64, 64).state_dict(), {"arch": "linear"}, iteration=3)
+    assert read_checkpoint(path)["iteration"] == 3
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"model_final.pth: ValueError: its bytes do not "
+                                         r"match model_final.pth.sha256"):
+        read_checkpoint(path)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="Linux's /dev/full")
 def test_a_full_disk_keeps_the_previous_checkpoint_and_pointer(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = nn.Linear(2, 2)
     ckpt = Checkpointer(tmp_path, model=model)
     ckpt.save(5)
 
-    def full_disk(obj: object, f: object) -> None:
-        f.write(b"partial")  # type: ignore[attr-defined]
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real_open, real_save = os.open, torch.save
 
-    monkeypatch.setattr(torch, "save", full_disk)
+    def onto_a_full_disk(path: Any, flags: int, *args: Any) -> int:
+        real_open(path, flags, *args)  # (removed after the failure, as a real one)
+        return real_open("/dev/full", os.O_WRONLY)  # where every write fails with ENOSPC
+
+    def zip_writer(obj: object, f: Any, *args: Any, **kwargs: Any) -> None:
+        """torch.save as it failed writing to a file on a full disk: a RuntimeError naming
+        neither the disk nor the file (memory is not full)."""
+        if not isinstance(f, io.BytesIO):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
+                               "25901184 vs 25901072")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", onto_a_full_disk)
+    monkeypatch.setattr(torch, "save", zip_writer)
     with pytest.raises(CheckpointWriteError, match=rf"model_0000010.pth in {tmp_path} .*No "
                        r"space left.*previous checkpoint .*model_0000005.pth.*Free space there"):
         ckpt.save(10)
+    monkeypatch.undo()
 
     def read_only(obj: object, f: object) -> None:
         raise PermissionError(errno.EACCES, "Permission denied")

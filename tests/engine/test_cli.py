@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
+from resnet_detect.engine.checkpoint import CheckpointWriteError
 from resnet_detect.engine.cli import run_tool
+from resnet_detect.engine.data import UnreadableImageError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
@@ -107,3 +109,22 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(
         f"{tool}.py: error: cannot write to --output afile/out: Not a directory (afile); "
         f"name a folder you can write to\n")
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+@pytest.mark.parametrize("error", [
+    UnreadableImageError("2 of 4 inputs could not be read (the others were drawn):\n  b.jpg"),
+    CheckpointWriteError("cannot write the final weights in out (OSError: [Errno 28] No space "
+                         "left on device); the checkpoint of iteration 9 is intact")])
+def test_unreadable_demo_inputs_and_a_full_disk_are_one_line_and_exit_code_2(
+        error: Exception, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """tools/demo.py's closing list of unreadable inputs, and a full disk at a checkpoint or
+    the final weights, printed a traceback and exited 1."""
+    monkeypatch.setattr(sys, "argv", ["tools/demo.py"])
+
+    def main(argv: list[str]) -> None:
+        raise error
+
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(main)
+    assert stopped.value.code == 2 and capsys.readouterr().err == f"demo.py: error: {error}\n"

@@ -32,3 +32,23 @@ def test_an_output_folder_that_cannot_hold_the_log_is_named(tmp_path: Path) -> N
             setup_logging(tmp_path / "run")
     finally:
         setup_logging(None)  # the console handler alone again
+
+
+def test_a_file_name_that_is_no_utf8_is_logged_escaped(tmp_path: Path) -> None:
+    """b"caf\\xe9.png" (a Windows zip unpacked here) made log.txt's handler fail: a "Logging
+    error" traceback, and the line (a run's reason to stop) missing from log.txt. (The
+    tools' console escapes it: cli.run_tool.) The record goes to log.txt's handler alone:
+    pytest's own capture cannot carry the name between its processes."""
+    import logging
+    import os
+    name = os.fsdecode(b"caf\xe9.png")
+    setup_logging(tmp_path / "run")
+    try:
+        (handler,) = [h for h in logging.getLogger().handlers
+                      if isinstance(h, logging.FileHandler) and h.baseFilename.startswith(
+                          str(tmp_path))]
+        handler.handle(logging.LogRecord("test", logging.WARNING, __file__, 1,
+                                         "skipping unreadable image: %s", (name,), None))
+    finally:
+        setup_logging(None)
+    assert "skipping unreadable image: caf\\udce9.png" in (tmp_path / "run/log.txt").read_text()

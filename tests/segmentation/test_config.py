@@ -53,6 +53,12 @@ def test_num_classes_is_required():
     cfg = load_config(CONFIGS / "segmentation" / "fcn_R_50_os8.yaml")
     with pytest.raises(ValueError, match="model.num_classes must be a positive integer"):
         build_model(cfg)
+    # one class: its softmax is 1 everywhere; the run learnt nothing and scored mIoU 100
+    cfg.model.num_classes = 1
+    with pytest.raises(ConfigError, match=r"a segmenter needs at least 2 classes .*got 1: "
+                                          r"binary masks .* e.g. data.class_names="
+                                          r"\[background,object\]"):
+        build_model(cfg)
 
 
 def test_a_bad_test_section_is_named_before_the_data_is_read(tmp_path):

@@ -241,6 +241,11 @@ def test_coco_size_differing_from_the_image_names_the_file(tmp_path):
     with pytest.raises(DatasetError,
                        match=r"COCO height/width is 6x7 but image .*empty.jpg is 6x6"):
         dataset[1]
+    # found before a training's first step (it stopped the run when first drawn, hours in)
+    with pytest.raises(DatasetError, match=r"data.train: 1 of 2 masks are not their image's "
+                                           r"size:\n  the COCO height/width is 6x7 but image "
+                                           r".*empty.jpg is 6x6"):
+        dataset.check_mask_sizes("train")
 
 
 def test_unusable_coco_segmentations_are_named_by_annotation(tmp_path):

@@ -73,3 +73,13 @@ def test_bad_inputs():
         ev.process([np.zeros((2, 2))], [np.zeros((2, 3))])
     with pytest.raises(ValueError, match="2 class names for 3 classes"):
         SemSegEvaluator(3, ["a", "b"])
+
+
+def test_classes_sharing_a_name_each_keep_their_iou():
+    """A COCO category named "background" beside class 0: its empty entry overwrote class 0's
+    IoU (the table showed 2 classes of 3, "background n/a" for a perfect prediction)."""
+    ev = SemSegEvaluator(3, ["background", "background", "car"])
+    gt = np.array([[0, 0, 2], [2, 2, 0]])
+    ev.process([gt], [gt])
+    assert ev.evaluate()["sem_seg"]["per_class_iou"] == {
+        "background (class 0)": 100.0, "background (class 1)": None, "car": 100.0}

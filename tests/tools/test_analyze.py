@@ -91,7 +91,7 @@ def test_degradation_trains_four_twins_and_writes_curves(image_folder, tmp_path,
     assert [int(r["iteration"]) for r in rows[:2]] == [1, 2]
     assert all(0.0 <= float(r["val_error"]) <= 100.0 for r in rows)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted(
-        f"{a}.pth" for a in archs)
+        name for a in archs for name in (f"{a}.pth", f"{a}.pth.sha256"))
     assert trained == archs
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(archs)
 

@@ -334,6 +334,19 @@ def test_model_best_keeps_the_weights_of_the_best_evaluation(
     # iteration 11 would replace an equal best of an earlier iteration)
     tool.main(args + ["train.max_iter=12", "--resume"])
     check_best(list(range(1, 13)))
+    # resumed from before it: its weights are of an abandoned course, which moves aside (it
+    # stayed, kept over this course's lower scores)
+    best_iter = torch.load(out / "model_best.pth", weights_only=True)["iteration"]
+    assert best_iter >= 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        tool.main(args + ["train.max_iter=12", "--resume-from",
+                          str(out / f"model_{best_iter - 1:07d}.pth")])
+    assert (f"model_best.pth was scored at iteration {best_iter}, after the checkpoint this "
+            f"run resumed from (iteration {best_iter - 1})") in caplog.text
+    aside = torch.load(out / "abandoned/model_best.pth", weights_only=True)
+    assert aside["iteration"] == best_iter and (out / "abandoned/model_best.pth.sha256").is_file()
+    assert best_iter <= torch.load(out / "model_best.pth", weights_only=True)["iteration"] <= 12
     # a metric no evaluation gives: refused before anything is read or written (it was found
     # at the first evaluation, and the run went on without a model_best.pth)
     with pytest.raises(ConfigError, match="train.best_metric 'bbox/AP' is not a metric of this "

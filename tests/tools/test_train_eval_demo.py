@@ -4,6 +4,7 @@ Runs in-process on CPU; tiny scenes (96x128), a ResNet-18 FPN with random weight
 """
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import logging
@@ -22,6 +23,7 @@ from pycocotools.cocoeval import COCOeval
 
 from tests.export_metadata import rewrite_export_metadata
 from resnet_detect.detection import Predictor, evaluation
+from resnet_detect.engine.checkpoint import CheckpointWriteError
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data import DatasetError
 from resnet_detect.engine.data.synthetic import generate
@@ -158,6 +160,17 @@ def test_eval_matches_pycocotools_on_written_results(trained: Path, data: Path, 
         "circle", "square", "triangle", "star", "cross", "ellipse"}
 
 
+def test_eval_keeps_out_of_a_training_runs_folder(trained: Path, data: Path) -> None:
+    """--output of the run itself replaced the run's metrics.json."""
+    before = (trained / "metrics.json").read_bytes()
+    with pytest.raises(ConfigError, match=rf"--output {trained} is a training run's folder: its "
+                                          rf"metrics.json would be replaced; .*--output "
+                                          rf"{trained / 'eval'}"):
+        load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                                "--output", str(trained), *data_overrides(data)])
+    assert (trained / "metrics.json").read_bytes() == before
+
+
 def test_eval_with_test_time_augmentation_scores_what_the_predictor_gives(
         trained: Path, data: Path, tmp_path: Path) -> None:
     """The views are made from each image at its own size, not from the test-size image."""
@@ -244,6 +257,64 @@ def test_eval_zero_detections_gives_ap_zero(trained: Path, data: Path, tmp_path:
                                                        .read_text()) == []
     val_images = len(json.loads((data / "coco/val.json").read_text())["images"])
     assert written["images"] == {"images": val_images, "unreadable": 0}
+
+
+def test_resume_refuses_model_settings_the_weights_cannot_follow_and_names_the_others(
+        trained: Path, data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """New anchors (or strides, normalisation) were taken silently: the checkpoint's weights
+    then computed something else. Model keys that change no weight (test thresholds) apply,
+    named."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    tool = load_tool("train")
+    with pytest.raises(ConfigError, match=r"checkpoint .*model_0000002.pth do not fit this "
+                                          r"config: model.anchor_generator.sizes is "
+                                          r"\[\[16\],\[32\],\[64\],\[128\]\], the weights need "
+                                          r"\[\[20\],\[40\],\[80\],\[160\]\]"):
+        tool.main(train_args(data, out, 3, "model.anchor_generator.sizes=[[16],[32],[64],[128]]",
+                             "--resume"))
+    with caplog.at_level(logging.WARNING):
+        result = tool.main(train_args(data, out, 3, "model.roi_heads.score_thresh=0.3",
+                                      "--resume"))
+    assert result["iteration"] == 3
+    assert ("with model settings other than the run that wrote it (they apply from here on): "
+            "model.roi_heads.score_thresh: 0.05 -> 0.3") in caplog.text
+
+
+def test_resume_without_checkpoints_keeps_a_finished_runs_results(
+        trained: Path, data: Path, tmp_path: Path) -> None:
+    """Its checkpoints removed to save space, a finished run resubmitted with --resume
+    trained from scratch and replaced model_final.pth."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    for path in [*out.glob("model_0*.pth*"), out / "last_checkpoint"]:
+        path.unlink()
+    final = (out / "model_final.pth").read_bytes()
+    with pytest.raises(ConfigError, match=r"--resume: .*run holds model_final.pth, metrics.json "
+                                          r"of a finished run but no checkpoint to resume from"):
+        load_tool("train").main(train_args(data, out, 2, "--resume"))
+    assert (out / "model_final.pth").read_bytes() == final
+
+
+def test_a_full_disk_at_the_final_weights_says_so_and_resume_writes_them(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    tool = load_tool("train")
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr("resnet_detect.backbones.save_checkpoint", full_disk)
+        with pytest.raises(CheckpointWriteError, match=rf"cannot write the final weights in "
+                                                       rf"{out} \(OSError: .*No space left on "
+                                                       rf"device\); the checkpoint of iteration "
+                                                       rf"2 is intact: .*--resume"):
+            tool.main(train_args(data, out, 2))
+    assert not (out / "model_final.pth").exists() and (out / "model_0000002.pth").is_file()
+    assert tool.main(train_args(data, out, 2, "--resume"))["iteration"] == 2
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 2
+    assert json.loads((out / "metrics.json").read_text())["bbox"]["AP"] is not None
 
 
 @pytest.mark.slow
