@@ -77,3 +77,14 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
     check_and_load(model, state_dict, source,
                    class_layers=fmt.class_layers if new_classes else ())
     return provenance
+
+
+def resumed_model_check(fmt: WholeModelFormat
+                        ) -> Callable[[str, Mapping[str, Any], Mapping[str, Any]], None]:
+    """A task's `check_resumed_model(source, recorded model section, configured one)`: the
+    settings no tensor shape shows (anchors, strides, normalisation) must be those the
+    checkpoint's weights were trained with."""
+    def check(source: str, recorded: Mapping[str, Any], configured: Mapping[str, Any]) -> None:
+        refuse_mismatched_settings(source, fmt.own_settings(recorded),
+                                   fmt.own_settings(configured))
+    return check

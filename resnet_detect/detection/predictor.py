@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
-from resnet_detect.engine.data import check_rgb_image
+from resnet_detect.engine.data import check_rgb_image, check_rgb_images
 from resnet_detect.engine.distributed import usable_device
 from resnet_detect.engine.host_memory import release_free_memory
 from resnet_detect.engine.export import is_onnx
@@ -261,15 +261,7 @@ class Predictor:
         Returns:
             Per image what `__call__` returns.
         """
-        if isinstance(images, np.ndarray) and images.ndim == 3:
-            raise ValueError("predict_batch takes a list of images (or an (N, H, W, 3) array); "
-                             "call the Predictor itself for one image")
-        images = list(images)
-        for i, image in enumerate(images):
-            try:
-                check_rgb_image(image)
-            except ValueError as err:
-                raise ValueError(f"images[{i}]: {err}") from None
+        images = check_rgb_images(images)
         if not images:
             return []
         if self.tta is not None:  # views of several sizes per image: one image at a time

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from resnet_detect.engine.config import ConfigError
 from resnet_detect import backbones
-from resnet_detect.backbones.weights import refuse_mismatched_settings
+from resnet_detect.backbones.model_weights import resumed_model_check
 from resnet_detect.engine import atomic_write_json, is_main_process, to_plain
 from resnet_detect.engine.data import (CategoryMapping, CountedLoader, DatasetError, brief,
                                        build_test_loader, read_coco_json)
@@ -34,7 +34,7 @@ from resnet_detect.engine.model_check import check_model_config
 from resnet_detect.engine.trainer import eval_mode
 
 from .build import build_model
-from .convert import weight_bound_settings
+from .convert import DETECTOR_WEIGHTS
 from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
 from .data import build_datasets, build_val_dataset
 from .evaluation import (COCO_MAX_DETS, METRIC_NAMES, RESULTS_FILE, COCOEvaluator,
@@ -229,13 +229,7 @@ class DetectionTask:
         return [f"{group}/{name}" for group in groups
                 for name in (*METRIC_NAMES, *(name for name, _ in FREQUENCY_GROUPS))]
 
-    @staticmethod
-    def check_resumed_model(source: str, recorded: Mapping[str, Any],
-                            configured: Mapping[str, Any]) -> None:
-        """A resumed run's model settings that no tensor shape shows (anchors, strides,
-        normalisation) must be those its checkpoint was trained with."""
-        refuse_mismatched_settings(source, weight_bound_settings(recorded),
-                                   weight_bound_settings(configured))
+    check_resumed_model = staticmethod(resumed_model_check(DETECTOR_WEIGHTS))
 
     def __init__(self) -> None:
         self.mapping: CategoryMapping | None = None

@@ -378,3 +378,14 @@ def check_counts(section: Mapping[str, Any], keys: Sequence[str], prefix: str) -
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain dicts/lists (storable in a weights_only checkpoint)."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def flat_keys(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config section (plain dicts) as {dotted key: value}, `prefix` before each."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

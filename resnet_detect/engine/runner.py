@@ -31,7 +31,7 @@ from .amp import parse_amp
 from .checkpoint import (BestWeights, Checkpointer, CheckpointWriteError, PeriodicCheckpointer,
                          best_metric_parts)
 from .compilation import compile_model, parse_compile
-from .config import ConfigError, is_positive_int, save_config, to_plain
+from .config import ConfigError, flat_keys, is_positive_int, save_config, to_plain
 from .data import CountedLoader, build_test_loader, build_train_loader, collate
 from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
                           get_world_size, is_main_process, per_process_batch_size, wrap_ddp)
@@ -360,24 +360,14 @@ def _check_model_settings(path: Path, provenance: Mapping[str, Any], cfg: DictCo
     after = to_plain(cfg.model)
     if check_model is not None:
         check_model(f"checkpoint {path}", before, after)
-    changed = {k: (v, _flat(after).get(k)) for k, v in _flat(before).items()
-               if v != _flat(after).get(k) and not k.endswith(".weights")
-               and not (k == "model.num_classes" and None in (v, _flat(after).get(k)))}
+    was, now = flat_keys(before, "model."), flat_keys(after, "model.")
+    changed = {k: (v, now.get(k)) for k, v in was.items()
+               if v != now.get(k) and not k.endswith(".weights")
+               and not (k == "model.num_classes" and None in (v, now.get(k)))}
     if changed:
         logger.warning("resuming %s with model settings other than the run that wrote it "
                        "(they apply from here on): %s", path,
                        ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
-
-
-def _flat(node: Mapping[str, Any], prefix: str = "model.") -> dict[str, Any]:
-    """A nested config section as {dotted key: value}."""
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, Mapping):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _save_steps_done(trainer: Trainer, checkpointer: Checkpointer, logger: logging.Logger,

@@ -5,13 +5,13 @@ minutes, then a lost connection that names nothing)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig
 
-from .config import ConfigError, to_plain
+from .config import ConfigError, flat_keys, to_plain
 from .data import DatasetError
 from .distributed import all_gather_object, get_world_size
 
@@ -24,19 +24,9 @@ PATH_KEYS = frozenset({"root", "ann_file", "img_dir", "mask_dir", "split_file", 
                        "output_dir"})
 
 
-def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _shared_settings(cfg: DictConfig) -> dict[str, Any]:
     """The config's keys that must be equal on every node, flattened."""
-    return {key: value for key, value in _flat(to_plain(cfg)).items()
+    return {key: value for key, value in flat_keys(to_plain(cfg)).items()
             if key not in HOST_KEYS and key.rpartition(".")[2] not in PATH_KEYS}
 
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
-from resnet_detect.engine.data import check_rgb_image
+from resnet_detect.engine.data import check_rgb_image, check_rgb_images
 from resnet_detect.engine.distributed import usable_device
 from resnet_detect.engine.host_memory import release_free_memory
 from resnet_detect.engine.export import ExportError, is_onnx
@@ -189,15 +189,8 @@ class Predictor:
         Returns:
             Per image what `__call__` returns.
         """
-        if isinstance(images, np.ndarray) and images.ndim == 3:
-            raise ValueError("predict_batch takes a list of images (or an (N, H, W, 3) array); "
-                             "call the Predictor itself for one image")
-        images = list(images)
-        for i, image in enumerate(images):
-            try:
-                check_rgb_image(image)
-            except ValueError as err:
-                raise ValueError(f"images[{i}]: {err}") from None
+        images = check_rgb_images(images)
+        for image in images:
             self._warn_of_a_large_image(image)
         # copies (not views, which a read-only array would make torch warn of)
         tensors = [torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C")).to(

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from resnet_detect import backbones
-from resnet_detect.backbones.weights import refuse_mismatched_settings
+from resnet_detect.backbones.model_weights import resumed_model_check
 from resnet_detect.engine import atomic_write_json, is_main_process
 from resnet_detect.engine.export import ExportError, check_class_names, is_onnx
 from resnet_detect.engine.files import nan_to_none
@@ -26,7 +26,7 @@ from resnet_detect.engine.runner import LEFT_OUT, TaskData, format_metric
 from resnet_detect.engine.model_check import check_model_config
 
 from .browse import browse_split
-from .convert import weight_bound_settings
+from .convert import SEGMENTER_WEIGHTS
 from .build import BASE_CONFIG, build_model, load_config, provenance_from_config
 from .data import build_dataset, build_test_loader
 from .data import prefer_command_line_sources as resolve_overrides
@@ -150,13 +150,7 @@ class SemSegTask:
         """What train.best_metric may name."""
         return ["sem_seg/mIoU", "sem_seg/pixel_acc"]
 
-    @staticmethod
-    def check_resumed_model(source: str, recorded: Mapping[str, Any],
-                            configured: Mapping[str, Any]) -> None:
-        """A resumed run's model settings that no tensor shape shows (anchors, strides,
-        normalisation) must be those its checkpoint was trained with."""
-        refuse_mismatched_settings(source, weight_bound_settings(recorded),
-                                   weight_bound_settings(configured))
+    check_resumed_model = staticmethod(resumed_model_check(SEGMENTER_WEIGHTS))
 
     def __init__(self) -> None:
         self.class_names: list[str] = []

@@ -4,7 +4,7 @@ from .coco import (CategoryMapping, DatasetError, LoadStats, brief, check_image_
                    check_segmentation, listing, load_coco_json, read_coco_json,
                    read_user_text, segmentation_to_mask)
 from .images import (IMAGE_SUFFIXES, NOT_DATA_FOLDERS, UnreadableImageError, check_rgb_image,
-                     decoded_size, files_under, image_size, read_image)
+                     check_rgb_images, decoded_size, files_under, image_size, read_image)
 from .loaders import CountedLoader, build_test_loader, build_train_loader, collate
 from .records import PackedRecords
 from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler, repeat_factors
@@ -12,7 +12,7 @@ from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler, re
 __all__ = ["IMAGE_SUFFIXES", "NOT_DATA_FOLDERS", "CategoryMapping", "CountedLoader", "DatasetError",
            "GroupedBatchSampler", "InferenceSampler", "LoadStats", "PackedRecords", "brief",
            "TrainingSampler", "UnreadableImageError", "build_test_loader", "build_train_loader",
-           "check_image_sizes",
-           "check_rgb_image", "check_segmentation", "collate", "decoded_size", "files_under",
+           "check_image_sizes", "check_rgb_image", "check_rgb_images", "check_segmentation",
+           "collate", "decoded_size", "files_under",
            "image_size", "listing", "load_coco_json", "read_coco_json", "read_image",
            "read_user_text", "repeat_factors", "segmentation_to_mask"]

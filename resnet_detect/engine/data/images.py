@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -173,6 +174,21 @@ def _conversion_hint(image: object) -> str:
     if image.dtype != np.uint8:
         return "; scale it to 0..255 and use .astype(np.uint8)"
     return ""
+
+
+def check_rgb_images(images: Any) -> list[np.ndarray]:
+    """A Predictor's `predict_batch` input as a list of checked images (a sequence, an
+    iterable or an (N, H, W, 3) array); errors name the image's index."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        raise ValueError("predict_batch takes a list of images (or an (N, H, W, 3) array); "
+                         "call the Predictor itself for one image")
+    images = list(images)
+    for i, image in enumerate(images):
+        try:
+            check_rgb_image(image)
+        except ValueError as err:
+            raise ValueError(f"images[{i}]: {err}") from None
+    return images
 
 
 def check_rgb_image(image: object) -> np.ndarray:
