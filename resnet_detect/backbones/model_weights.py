@@ -79,12 +79,15 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
     return provenance
 
 
-def resumed_model_check(fmt: WholeModelFormat
-                        ) -> Callable[[str, Mapping[str, Any], Mapping[str, Any]], None]:
-    """A task's `check_resumed_model(source, recorded model section, configured one)`: the
-    settings no tensor shape shows (anchors, strides, normalisation) must be those the
+ResumedModelCheck = Callable[[str, Mapping[str, Any], Mapping[str, Any], nn.Module], None]
+
+
+def resumed_model_check(fmt: WholeModelFormat) -> ResumedModelCheck:
+    """A task's `check_resumed_model(source, recorded config, configured config, model)`:
+    the settings no tensor shape shows (anchors, strides, normalisation) must be those the
     checkpoint's weights were trained with."""
-    def check(source: str, recorded: Mapping[str, Any], configured: Mapping[str, Any]) -> None:
-        refuse_mismatched_settings(source, fmt.own_settings(recorded),
-                                   fmt.own_settings(configured))
+    def check(source: str, recorded: Mapping[str, Any], configured: Mapping[str, Any],
+              model: nn.Module) -> None:
+        refuse_mismatched_settings(source, fmt.own_settings(recorded["model"]),
+                                   fmt.own_settings(configured["model"]), model)
     return check

@@ -29,7 +29,8 @@ from .classifier import Classifier
 from .export import export_model
 from .data import (ImageBatch, ImageFolderDataset, build_train_transform, build_val_transform,
                    collate_images, normalize_images, scan_image_folder)
-from .weights import load_weights, make_provenance, refuse_other_normalisation, save_checkpoint
+from .weights import (load_weights, make_provenance, refuse_mismatched_settings,
+                      refuse_other_normalisation, save_checkpoint)
 
 BASE_CONFIG = CONFIGS / "pretrain" / "base_classifier.yaml"
 OPEN_KEYS = ("model.options",)
@@ -75,6 +76,15 @@ class ClassificationTask:
     def metric_names(cfg: DictConfig) -> list[str]:
         """What train.best_metric may name."""
         return ["classification/top1", "classification/top5"]
+
+    @staticmethod
+    def check_resumed_model(source: str, recorded: Mapping[str, Any],
+                            configured: Mapping[str, Any], model: nn.Module) -> None:
+        """A resumed run must normalise its images as its checkpoint's weights learnt them
+        (data.pixel_mean, data.pixel_std)."""
+        keys = [f"data.{k}" for k in ("pixel_mean", "pixel_std") if k in recorded.get("data", {})]
+        refuse_mismatched_settings(source, {k: recorded["data"][k[5:]] for k in keys},
+                                   {k: configured["data"][k[5:]] for k in keys}, model)
 
     def __init__(self) -> None:
         self.class_names: list[str] = []

@@ -208,11 +208,19 @@ def _refuse_lvis_metric_without_lvis(cfg: DictConfig) -> None:
     lvis_names = {name for name, _ in FREQUENCY_GROUPS}
     if metric is None or str(metric).rsplit("/", 1)[-1] not in lvis_names or not ann_file:
         return
-    if not is_federated(read_coco_json(ann_file)):
+    data = read_coco_json(ann_file)
+    if not is_federated(data):
         raise ConfigError(f"train.best_metric {metric!r} is a group of LVIS's federated AP; "
                           f"{ann_file} is scored with COCO's AP (its images do not all list "
                           f"{' and '.join(IMAGE_LISTS)}): name one of "
                           f"{', '.join(METRIC_NAMES)}")
+    frequency = dict(FREQUENCY_GROUPS)[str(metric).rsplit("/", 1)[-1]]
+    annotated = {ann["category_id"] for ann in data["annotations"]}
+    if not any(c.get("frequency") == frequency and c["id"] in annotated
+               for c in data["categories"]):
+        raise ConfigError(f"train.best_metric {metric!r}: no category of {ann_file} with "
+                          f"objects has frequency {frequency!r}, so it is never defined and no "
+                          f"model_best.pth would be kept; name another group or AP")
 
 
 class DetectionTask:

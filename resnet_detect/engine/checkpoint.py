@@ -343,6 +343,7 @@ class BestWeights:
         self.provenance = dict(provenance or {})
         self.best: float | None = None
         self._disabled = False
+        self._warned_of_nan = False
         if resume and self.path.is_file():
             try:
                 saved = torch.load(io.BytesIO(self.path.read_bytes()), map_location="cpu",
@@ -381,7 +382,14 @@ class BestWeights:
                            "no %s is kept", self.metric, ", ".join(available), self.FILE)
             self._disabled = True
             return
-        if value != value or (self.best is not None and value <= self.best):  # NaN, or worse
+        if value != value:  # NaN: undefined (no object of the kind in the val split)
+            if not self._warned_of_nan:
+                self._warned_of_nan = True
+                logger.warning("train.best_metric %s is undefined (NaN) at iteration %d, as "
+                               "the val split has nothing it measures: not compared", self.metric,
+                               iteration)
+            return
+        if self.best is not None and value <= self.best:
             return
         self.best = float(value)
         if is_main_process():

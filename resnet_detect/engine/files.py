@@ -8,6 +8,7 @@ import json
 import math
 import os
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -95,16 +96,19 @@ def read_checked_bytes(path: str | os.PathLike) -> bytes:
     Raises:
         ValueError: they differ (the file was damaged after it was written).
     """
-    data = Path(path).read_bytes()
-    try:  # "<hex>" as written here, or "<hex>  NAME" as sha256sum writes it
-        written = checksum_file(path).read_text(encoding="utf-8", errors="replace")
-        recorded = (written.split() or [""])[0].lower()
-    except OSError:  # none written (files of other tools, or of older versions)
-        return data
-    if hashlib.sha256(data).hexdigest() != recorded:
-        raise ValueError(f"its bytes do not match {checksum_file(path).name}: the file was "
-                         "damaged after it was written")
-    return data
+    for attempt in range(2):
+        data = Path(path).read_bytes()
+        try:  # "<hex>" as written here, or "<hex>  NAME" as sha256sum writes it
+            written = checksum_file(path).read_text(encoding="utf-8", errors="replace")
+            recorded = (written.split() or [""])[0].lower()
+        except OSError:  # none written (files of other tools, or of older versions)
+            return data
+        if hashlib.sha256(data).hexdigest() == recorded:
+            return data
+        if attempt == 0:  # a run that rewrote the file (model_best.pth) between the reads
+            time.sleep(0.5)
+    raise ValueError(f"its bytes do not match {checksum_file(path).name}: the file was "
+                     "damaged after it was written")
 
 
 def missing_path(path: str | os.PathLike) -> str:

@@ -286,8 +286,8 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
     which `model`, `train` and `data.train` keys differ from the run that wrote it (the new
     values apply), and whether the training set changed size. `now`: what this run's
     checkpoints record (its classes, its number of training images). `check_model(source,
-    recorded model section, this one)`: the task's refusal of a change the weights cannot
-    follow (anchors, strides, normalisation: what no tensor shape shows)."""
+    recorded config, this one)`: the task's refusal of a change the weights cannot follow
+    (anchors, strides, normalisation: what no tensor shape shows)."""
     new_run = ("start a new run from its weights (model.weights=PATH) in another "
                "train.output_dir" if "weights" in (cfg.get("model") or {}) else
                "start a new run in another train.output_dir")
@@ -354,12 +354,13 @@ def _check_model_settings(path: Path, provenance: Mapping[str, Any], cfg: DictCo
     """Model settings the checkpoint's weights were trained with: those no tensor shape
     shows refused where changed (the weights would compute something else, silently), the
     others named in a warning (test-time thresholds, say; a shape's change fails the load)."""
-    before = (provenance.get("config") or {}).get("model")
+    recorded = provenance.get("config") or {}
+    before = recorded.get("model")
     if not isinstance(before, Mapping) or "model" not in cfg:
         return
-    after = to_plain(cfg.model)
     if check_model is not None:
-        check_model(f"checkpoint {path}", before, after)
+        check_model(f"checkpoint {path}", recorded, to_plain(cfg))
+    after = to_plain(cfg.model)
     was, now = flat_keys(before, "model."), flat_keys(after, "model.")
     changed = {k: (v, now.get(k)) for k, v in was.items()
                if v != now.get(k) and not k.endswith(".weights")
@@ -420,6 +421,16 @@ def _warn_of_earlier_results(output_dir: Path, keep: Sequence[str],
     if earlier:
         logger.warning("%s holds %s of an earlier run: not this run's until it replaces them "
                        "at its end", output_dir, ", ".join(earlier))
+
+
+def _model_check(task: Task, model: nn.Module
+                 ) -> Callable[[str, Mapping[str, Any], Mapping[str, Any]], None] | None:
+    """The task's `check_resumed_model(source, recorded config, this config, model)`, if it
+    has one, for `model`."""
+    check = getattr(task, "check_resumed_model", None)
+    if check is None:
+        return None
+    return lambda source, recorded, configured: check(source, recorded, configured, model)
 
 
 def _refuse_to_restart_a_finished_run(output_dir: Path) -> None:
@@ -557,8 +568,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                 max_to_keep=t.max_to_keep, provenance=recorded,
                                 check=lambda path, saved, iteration: _check_resumable(
                                     path, saved, iteration, cfg, lengths["max_iter"],
-                                    logger, recorded or {},
-                                    getattr(task, "check_resumed_model", None)))
+                                    logger, recorded or {}, _model_check(task, model)))
     if resume:
         # restores every process's RNG state
         state = (checkpointer.resume() if resume is True
@@ -668,11 +678,12 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             for path in task.save_final(cfg, model, lengths["max_iter"]):
                 logger.info("wrote %s", path)
         except OSError as e:  # a full disk: the last checkpoint holds the trained weights
+            fix = "make it writable" if isinstance(e, PermissionError) else "free space there"
             raise CheckpointWriteError(
                 f"cannot write the final weights in {output_dir} ({type(e).__name__}: {e}); "
-                f"the checkpoint of iteration {checkpointer.saved_iteration} is intact: free "
-                f"space there and run the same command with --resume, which writes them "
-                f"without training again") from e
+                f"the checkpoint of iteration {checkpointer.saved_iteration} is intact: {fix} "
+                f"and run the same command with --resume, which writes them without training "
+                f"again") from e
         if metrics:  # the last evaluation's, as tools/eval.py writes them
             atomic_write_json({**nan_to_none(metrics), "images": val_images},
                               output_dir / "metrics.json")

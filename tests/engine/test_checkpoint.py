@@ -26,7 +26,7 @@ from resnet_detect.backbones.weights import read_checkpoint, save_checkpoint
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.runner import _check_resumable
 from resnet_detect.engine.rng import get_rng_state, set_rng_state
-from resnet_detect.engine.files import atomic_save, atomic_write_json
+from resnet_detect.engine.files import atomic_save, atomic_write_json, read_checked_bytes
 from resnet_detect.engine.data.samplers import TrainingSampler
 from resnet_detect.engine.schedule import build_lr_scheduler
 from resnet_detect.engine.trainer import Trainer
@@ -509,3 +509,23 @@ def test_resuming_with_other_data_train_settings_names_them(
         _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
                          logging.getLogger("t"), {})
     assert caplog.text == ""
+
+
+def test_a_file_rewritten_between_its_reads_is_read_again_not_called_damaged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model_best.pth read (tools/eval.py) while the run writes a better one: the earlier
+    bytes, read before the rename, against the new file's checksum were called damaged."""
+    path = tmp_path / "model_best.pth"
+    atomic_save({"v": torch.zeros(3)}, path, checksum=True)
+    earlier = path.read_bytes()
+    atomic_save({"v": torch.ones(3)}, path, checksum=True)
+    real = Path.read_bytes
+    reads: list[Path] = []
+
+    def before_the_rename(self: Path) -> bytes:
+        reads.append(self)
+        return earlier if self == path and reads.count(path) == 1 else real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", before_the_rename)
+    monkeypatch.setattr("resnet_detect.engine.files.time.sleep", lambda seconds: None)
+    assert read_checked_bytes(path) == real(path) and reads.count(path) == 2

@@ -277,6 +277,12 @@ def test_resume_with_other_train_settings(tool: ModuleType, tmp_path: Path,
                                          r"run's data gives \['red', 'sky'\]: its labels would "
                                          "mean other classes"):
         tool.main(overrides(renamed, out, **{**extra, "train.epochs": 3}) + ["--resume"])
+    # other normalisation: the weights would see other inputs (it resumed without a word)
+    with pytest.raises(ValueError, match=r"checkpoint .*model_0000004.pth do not fit this "
+                                         r"config: data.pixel_mean is \[0,0,0\], the weights "
+                                         r"need \[123.675,116.28,103.53\]"):
+        tool.main(overrides(tmp_path / "data", out, **{**extra, "train.epochs": 3})
+                  + ["data.pixel_mean=[0,0,0]", "--resume"])
     assert (out / "config.yaml").read_text() == config
     with caplog.at_level(logging.WARNING):
         result = tool.main(overrides(tmp_path / "data", out, **{**extra, "train.epochs": 3,

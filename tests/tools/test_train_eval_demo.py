@@ -273,12 +273,13 @@ def test_resume_refuses_model_settings_the_weights_cannot_follow_and_names_the_o
                                           r"\[\[20\],\[40\],\[80\],\[160\]\]"):
         tool.main(train_args(data, out, 3, "model.anchor_generator.sizes=[[16],[32],[64],[128]]",
                              "--resume"))
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING):  # stride_in_1x1: nothing in basic blocks
         result = tool.main(train_args(data, out, 3, "model.roi_heads.score_thresh=0.3",
-                                      "--resume"))
+                                      "model.backbone.stride_in_1x1=true", "--resume"))
     assert result["iteration"] == 3
     assert ("with model settings other than the run that wrote it (they apply from here on): "
-            "model.roi_heads.score_thresh: 0.05 -> 0.3") in caplog.text
+            "model.backbone.stride_in_1x1: False -> True, model.roi_heads.score_thresh: 0.05 "
+            "-> 0.3") in caplog.text
 
 
 def test_resume_without_checkpoints_keeps_a_finished_runs_results(
@@ -592,6 +593,14 @@ def test_a_best_metric_of_lvis_frequency_groups_needs_an_lvis_val_file(
     for image in lvis["images"]:
         image["neg_category_ids"], image["not_exhaustive_category_ids"] = [], []
     for category in lvis["categories"]:
+        category["frequency"] = "f"
+    (tmp_path / "lvis_val.json").write_text(json.dumps(lvis))
+    # no rare category: APr is never defined, and no model_best.pth was kept, silently
+    with pytest.raises(ConfigError, match=r"train.best_metric 'bbox/APr': no category of "
+                                          r".*lvis_val.json with objects has frequency 'r'"):
+        train(train_args(data, tmp_path / "out", 2, "train.best_metric=bbox/APr",
+                         f"data.val.ann_file={tmp_path / 'lvis_val.json'}"))
+    for category in lvis["categories"]:
         category["frequency"] = "r"
     (tmp_path / "lvis_val.json").write_text(json.dumps(lvis))
     train(train_args(data, tmp_path / "lvis", 2, "train.best_metric=bbox/APr",
@@ -599,6 +608,16 @@ def test_a_best_metric_of_lvis_frequency_groups_needs_an_lvis_val_file(
     best = torch.load(tmp_path / "lvis/model_best.pth", map_location="cpu", weights_only=True)
     metrics = json.loads((tmp_path / "lvis/metrics.json").read_text())
     assert best["best"] == {"metric": "bbox/APr", "value": metrics["bbox"]["APr"]}
+
+
+def test_a_best_metric_the_val_split_leaves_undefined_is_warned_of(
+        data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """APl of scenes without large objects is NaN: no model_best.pth, and nothing said."""
+    with caplog.at_level(logging.WARNING):
+        load_tool("train").main(train_args(data, tmp_path / "out", 2,
+                                           "train.best_metric=bbox/APl"))
+    assert "train.best_metric bbox/APl is undefined (NaN) at iteration 2" in caplog.text
+    assert not (tmp_path / "out/model_best.pth").exists()
 
 
 def test_accumulation_draws_smaller_batches_of_the_same_stream(
