@@ -249,6 +249,7 @@ class DetectionTask:
         data = build_datasets(cfg)
         resolve_num_classes(cfg, data.mapping)
         _refuse_lvis_metric_without_lvis(cfg)
+        tta_from_config(cfg)  # its errors now, not at tools/eval.py after the training
         self.mapping = data.mapping
         if data.val is not None:
             self.evaluator = COCOEvaluator(

@@ -20,7 +20,7 @@ from .host_memory import cache_host_memory
 from .logging import escape_what_the_console_lacks, print_and_log
 from .preemption import TrainingInterrupted
 from .run_lock import FolderInUseError
-from .runner import run_training
+from .runner import UnreadableDataError, run_training
 from .same_everywhere import OtherProcessFailed, done_everywhere
 from .tasks import load_task_config, task_module
 
@@ -29,7 +29,7 @@ from .tasks import load_task_config, task_module
 # printed as the message alone; a traceback would bury it and say nothing more
 USER_ERRORS = (CheckpointWriteError, ConfigError, DatasetError, ExportError, FileNotFoundError,
                FolderInUseError, OtherProcessFailed, UnreadableCheckpointError,
-               UnreadableImageError, UnwritableFolderError)
+               UnreadableDataError, UnreadableImageError, UnwritableFolderError)
 
 
 def run_tool(main: Callable[[Sequence[str]], Any]) -> None:

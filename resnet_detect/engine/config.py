@@ -76,7 +76,8 @@ def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
     return chain
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """An int or float (YAML's true is not one)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -97,13 +98,13 @@ def _kinds(defaults: Mapping[str, Any] | DictConfig) -> dict[str, str]:
             if isinstance(v, Mapping):
                 kinds[key] = "section"
                 walk(v, f"{key}.")
-            elif _is_number(v):
+            elif is_number(v):
                 kinds[key] = "int" if isinstance(v, int) else "float"
             elif isinstance(v, str):
                 kinds[key] = "str"
             elif isinstance(v, bool) and key not in NAMED_SWITCHES:
                 kinds[key] = "bool"
-            elif isinstance(v, list) and all(_is_number(x) for x in v):
+            elif isinstance(v, list) and all(is_number(x) for x in v):
                 kinds[key] = "ints" if v and all(isinstance(x, int) for x in v) else "floats"
 
     walk(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig) else defaults, "")
@@ -133,7 +134,7 @@ def _check_values(part: DictConfig, kinds: Mapping[str, str], source: str) -> No
         listed = kind in ("ints", "floats")
         either = key in NUMBER_OR_LIST
         if (isinstance(v, list) != listed and not either) or not all(
-                _is_number(x) for x in numbers) or (not values and (either or not listed)):
+                is_number(x) for x in numbers) or (not values and (either or not listed)):
             wanted = ("a number or a list of numbers" if either
                       else "a list of numbers" if listed else "a number")
             raise ConfigError(f"{key} must be {wanted}, got {v!r} in {source}")
@@ -151,7 +152,7 @@ def _check_values(part: DictConfig, kinds: Mapping[str, str], source: str) -> No
             check(key, v)
             if isinstance(v, Mapping):
                 walk(v, f"{key}.")
-            elif kinds.get(key) == "str" and _is_number(v):
+            elif kinds.get(key) == "str" and is_number(v):
                 OmegaConf.update(part, key, str(v))
 
     walk(OmegaConf.to_container(part), "")
@@ -289,7 +290,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
                 # YAML reads "runs #2" as "runs" and a comment, "run: 2" as a mapping: a path
                 re.search(r"(^|\s)#", value)
                 or (isinstance(parsed, Mapping) and kind != "section")
-                or (kind == "str" and _is_number(parsed))):  # 0755 is not 493, 1e3 not 1000.0
+                or (kind == "str" and is_number(parsed))):  # 0755 is not 493, 1e3 not 1000.0
             OmegaConf.update(dotlist, key, value)  # the text as typed
         source = f"override '{item}'"
         cfg = _merge(cfg, _rename(dotlist, renamed or {}, source), source, kinds)
@@ -345,7 +346,7 @@ def config_section(section: str) -> Iterator[None]:
 def check_probability(value: Any, key: str, kind: str = "a probability") -> float:
     """A config value in [0, 1] (a flip probability; `kind` says what else: "an overlap"),
     else a ConfigError naming `key`."""
-    if isinstance(value, bool) or not _is_number(value) or not 0 <= value <= 1:
+    if isinstance(value, bool) or not is_number(value) or not 0 <= value <= 1:
         raise ConfigError(f"{key} must be {kind} in [0, 1], got {value!r}")
     return float(value)
 

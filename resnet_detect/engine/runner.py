@@ -31,7 +31,8 @@ from .amp import parse_amp
 from .checkpoint import (BestWeights, Checkpointer, CheckpointWriteError, PeriodicCheckpointer,
                          best_metric_parts)
 from .compilation import compile_model, parse_compile
-from .config import ConfigError, flat_keys, is_positive_int, save_config, to_plain
+from .config import (ConfigError, flat_keys, is_number, is_positive_int, save_config,
+                     to_plain)
 from .data import CountedLoader, build_test_loader, build_train_loader, collate
 from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
                           get_world_size, is_main_process, per_process_batch_size, wrap_ddp)
@@ -159,10 +160,18 @@ def check_train_choices(t: DictConfig) -> None:
     if not is_positive_int(t.accumulation_steps):
         raise ConfigError(f"train.accumulation_steps must be a positive integer (batches per "
                           f"optimizer step), got {t.accumulation_steps!r}")
-    if t.clip_grad_norm is not None and not t.clip_grad_norm >= 0:
+    # keys whose default is null: the config's own check of a value's kind knows none
+    if t.max_iter is not None and not is_positive_int(t.max_iter):
+        raise ConfigError(f"train.max_iter must be a positive integer (iterations), or null with "
+                          f"train.epochs, got {t.max_iter!r}")
+    if t.epochs is not None and not (is_number(t.epochs) and t.epochs > 0):
+        raise ConfigError(f"train.epochs must be a positive number (passes over the training "
+                          f"images), or null with train.max_iter, got {t.epochs!r}")
+    if t.clip_grad_norm is not None and not (is_number(t.clip_grad_norm)
+                                             and t.clip_grad_norm >= 0):
         # torch's clip_grad_norm_ takes a negative norm and turns every gradient around
         raise ConfigError(f"train.clip_grad_norm must be > 0, or 0 or null for no clipping, got "
-                          f"{t.clip_grad_norm}")
+                          f"{t.clip_grad_norm!r}")
     for key, least in (("log_period", 1), ("checkpoint_period", 0), ("eval_period", 0)):
         if t[key] < least:
             raise ConfigError(f"train.{key} must be >= {least}, got {t[key]}"

@@ -12,6 +12,7 @@ import pytest
 from resnet_detect.engine.checkpoint import CheckpointWriteError
 from resnet_detect.engine.cli import run_tool
 from resnet_detect.engine.data import UnreadableImageError
+from resnet_detect.engine.runner import UnreadableDataError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
@@ -114,12 +115,14 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(
 @pytest.mark.parametrize("error", [
     UnreadableImageError("2 of 4 inputs could not be read (the others were drawn):\n  b.jpg"),
     CheckpointWriteError("cannot write the final weights in out (OSError: [Errno 28] No space "
-                         "left on device); the checkpoint of iteration 9 is intact")])
-def test_unreadable_demo_inputs_and_a_full_disk_are_one_line_and_exit_code_2(
+                         "left on device); the checkpoint of iteration 9 is intact"),
+    UnreadableDataError("40 of the 40 training images of iterations 1-20 could not be read")])
+def test_unreadable_inputs_and_a_full_disk_are_one_line_and_exit_code_2(
         error: Exception, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:
-    """tools/demo.py's closing list of unreadable inputs, and a full disk at a checkpoint or
-    the final weights, printed a traceback and exited 1."""
+    """tools/demo.py's closing list of unreadable inputs, a training folder of unreadable
+    images, and a full disk at a checkpoint or the final weights printed a traceback and
+    exited 1."""
     monkeypatch.setattr(sys, "argv", ["tools/demo.py"])
 
     def main(argv: list[str]) -> None:

@@ -395,6 +395,21 @@ def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=f"{message}.* got {value}$"):
             tool.main(overrides(tmp_path / "data", tmp_path / key, **{key: value}))
         assert not (tmp_path / key).exists()
+    # keys whose default is null took any kind of value: a traceback deep in the runner
+    # (and 0 epochs trained one step)
+    for key, value, message in (
+            ("train.clip_grad_norm", "[1]", r"train.clip_grad_norm must be > 0, or 0 or null "
+                                            r"for no clipping, got \[1\]"),
+            ("train.max_iter", "[1,2]", r"train.max_iter must be a positive integer "
+                                        r"\(iterations\), or null with train.epochs, got "
+                                        r"\[1, 2\]"),
+            ("train.epochs", 0, r"train.epochs must be a positive number .* got 0")):
+        extra = {"train.epochs": None, "train.lr_step_epochs": "[]"} \
+            if key == "train.max_iter" else {}
+        with pytest.raises(ConfigError, match=message):
+            tool.main(overrides(tmp_path / "data", tmp_path / "null_kind",
+                                **{**extra, key: value}))
+        assert not (tmp_path / "null_kind").exists()
     (tmp_path / "a_file").write_text("mine")
     with pytest.raises(ValueError, match=f"the output folder {tmp_path / 'a_file'} is a file"):
         tool.main(overrides(tmp_path / "data", tmp_path / "a_file", **{"train.batch_size": 2}))

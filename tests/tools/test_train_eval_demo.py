@@ -610,6 +610,13 @@ def test_a_best_metric_of_lvis_frequency_groups_needs_an_lvis_val_file(
     assert best["best"] == {"metric": "bbox/APr", "value": metrics["bbox"]["APr"]}
 
 
+def test_a_bad_test_section_is_refused_before_training(data: Path, tmp_path: Path) -> None:
+    """Unused by the training's own evaluations, it failed at tools/eval.py afterwards."""
+    with pytest.raises(ConfigError, match=r"test.max_size must be a positive integer"):
+        load_tool("train").main(train_args(data, tmp_path / "out", 2, "test.max_size=[1]"))
+    assert not list((tmp_path / "out").glob("*.pth"))
+
+
 def test_a_best_metric_the_val_split_leaves_undefined_is_warned_of(
         data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """APl of scenes without large objects is NaN: no model_best.pth, and nothing said."""
