@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_detect.engine import cleanup, init_distributed, is_main_process, setup_logging  # noqa: E402
 from resnet_detect.engine.files import writable_folder  # noqa: E402
+from resnet_detect.engine.checkpoint import POINTER  # noqa: E402
 from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.same_everywhere import done_everywhere  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
@@ -57,7 +58,7 @@ def refuse_a_training_runs_folder(output: Path) -> None:
     """A training run's folder as --output: its metrics.json (the run's last evaluation)
     would be replaced by this one's."""
     if (output / "config.yaml").is_file() and any(
-            (output / name).is_file() for name in ("last_checkpoint", "model_final.pth")):
+            (output / name).is_file() for name in (POINTER, "model_final.pth")):
         raise ConfigError(f"--output {output} is a training run's folder: its metrics.json "
                           f"would be replaced; give a folder of its own, e.g. --output "
                           f"{output / 'eval'}")

@@ -82,9 +82,9 @@ class ClassificationTask:
                             configured: Mapping[str, Any], model: nn.Module) -> None:
         """A resumed run must normalise its images as its checkpoint's weights learnt them
         (data.pixel_mean, data.pixel_std)."""
-        keys = [f"data.{k}" for k in ("pixel_mean", "pixel_std") if k in recorded.get("data", {})]
-        refuse_mismatched_settings(source, {k: recorded["data"][k[5:]] for k in keys},
-                                   {k: configured["data"][k[5:]] for k in keys}, model)
+        names = [k for k in ("pixel_mean", "pixel_std") if k in recorded.get("data", {})]
+        refuse_mismatched_settings(source, {f"data.{k}": recorded["data"][k] for k in names},
+                                   {f"data.{k}": configured["data"][k] for k in names}, model)
 
     def __init__(self) -> None:
         self.class_names: list[str] = []

@@ -205,8 +205,8 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
 def _refuse_lvis_metric_without_lvis(cfg: DictConfig) -> None:
     """train.best_metric APr / APc / APf needs a val file scored with LVIS's federated AP."""
     metric, ann_file = cfg.train.best_metric, cfg.data.val.ann_file
-    lvis_names = {name for name, _ in FREQUENCY_GROUPS}
-    if metric is None or str(metric).rsplit("/", 1)[-1] not in lvis_names or not ann_file:
+    frequency = dict(FREQUENCY_GROUPS).get(str(metric).rsplit("/", 1)[-1])
+    if metric is None or frequency is None or not ann_file:
         return
     data = read_coco_json(ann_file)
     if not is_federated(data):
@@ -214,7 +214,6 @@ def _refuse_lvis_metric_without_lvis(cfg: DictConfig) -> None:
                           f"{ann_file} is scored with COCO's AP (its images do not all list "
                           f"{' and '.join(IMAGE_LISTS)}): name one of "
                           f"{', '.join(METRIC_NAMES)}")
-    frequency = dict(FREQUENCY_GROUPS)[str(metric).rsplit("/", 1)[-1]]
     annotated = {ann["category_id"] for ann in data["annotations"]}
     if not any(c.get("frequency") == frequency and c["id"] in annotated
                for c in data["categories"]):

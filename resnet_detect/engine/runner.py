@@ -367,10 +367,10 @@ def _check_model_settings(path: Path, provenance: Mapping[str, Any], cfg: DictCo
     before = recorded.get("model")
     if not isinstance(before, Mapping) or "model" not in cfg:
         return
+    configured = to_plain(cfg)
     if check_model is not None:
-        check_model(f"checkpoint {path}", recorded, to_plain(cfg))
-    after = to_plain(cfg.model)
-    was, now = flat_keys(before, "model."), flat_keys(after, "model.")
+        check_model(f"checkpoint {path}", recorded, configured)
+    was, now = flat_keys(before, "model."), flat_keys(configured["model"], "model.")
     changed = {k: (v, now.get(k)) for k, v in was.items()
                if v != now.get(k) and not k.endswith(".weights")
                and not (k == "model.num_classes" and None in (v, now.get(k)))}

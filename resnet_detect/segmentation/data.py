@@ -163,12 +163,13 @@ class SemSegDataset(Dataset):
                                f"0 = unlabelled, 1..{self.num_classes} = classes 0.."
                                f"{self.num_classes - 1}, {self.ignore_index} = ignore)")
         if bad.size:
-            hint = ("; masks whose classes are 1..K with 0 unlabelled (ADE20K) need "
-                    "data.reduce_zero_label: true" if bad.tolist() == [self.num_classes]
-                    and from_file and self.num_classes > 1 else "")
+            hint = ""
             if self.num_classes == 1:
                 hint = ("; binary masks (0 = background, 1 = the object) are 2 classes: name "
                         "both, e.g. data.class_names=[background,object]")
+            elif bad.tolist() == [self.num_classes] and from_file:
+                hint = ("; masks whose classes are 1..K with 0 unlabelled (ADE20K) need "
+                        "data.reduce_zero_label: true")
             raise DatasetError(f"{source} has class ids {bad[:MAX_LISTED].tolist()} "
                                f"outside the {self.num_classes} declared classes "
                                f"(0..{self.num_classes - 1}, {self.ignore_index} = ignore: "

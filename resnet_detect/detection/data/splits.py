@@ -125,6 +125,6 @@ def build_datasets(cfg: DictConfig) -> Datasets:
             + ("" if val_ids != train_ids else ", in another order"))
     if val is not None and not val.annotated:
         raise DatasetError(f"{val.ann_file} has no annotations to score the training's "
-                            "evaluations against: give an annotated val file, or leave data.val "
-                            "unset (tools/eval.py writes the detections of such a file)")
+                           "evaluations against: give an annotated val file, or leave data.val "
+                           "unset (tools/eval.py writes the detections of such a file)")
     return Datasets(train=train, val=val.dataset if val else None, mapping=mapping)
