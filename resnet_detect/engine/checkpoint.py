@@ -6,7 +6,9 @@ A checkpoint `model_{iteration:07d}.pth` holds
      "iteration": steps done, "world_size": int,
      "rng": [per-rank {"python", "numpy", "torch", "cuda"} states, as tensors],
      "extra": caller data (e.g. the data sampler position),
-     "provenance": what the weights are (classes, settings, config), as in model_final.pth}
+     "provenance": what the weights are (classes, settings, config), as in model_final.pth,
+     "training_weights": with a moving average of the weights (engine.ema), the model's own
+         state, while "model" holds the average (what evaluation and export read)}
 
 in types `torch.load(weights_only=True)` accepts, and beside it
 `model_{iteration:07d}.pth.sha256`, the file's checksum: a checkpoint whose bytes were damaged
@@ -36,6 +38,7 @@ from .config import ConfigError
 from .distributed import (all_gather_object, any_process, barrier, get_rank, get_world_size,
                           is_main_process)
 from .distributed import unwrap_model
+from .ema import WeightAverage
 from .files import atomic_save, atomic_write_text, checksum_file, read_checked_bytes, sha256_of
 from .optim import fill_momentum_buffers
 from .rng import get_rng_state, set_rng_state
@@ -60,6 +63,8 @@ class Checkpointer:
         max_to_keep: keep only this many newest periodic checkpoints (None keeps all; at
             least 2 are kept, so that a damaged newest one has an older one to fall back on).
         provenance: stored in every checkpoint (see `backbones.make_provenance`).
+        average: the run's moving average of the weights (engine.ema.WeightAverage), saved
+            as "model" with the model's own state as "training_weights".
         check: called as check(path, its provenance or {}, its iteration) before a checkpoint
             is restored; raises to refuse it (e.g. another run's config).
     """
@@ -68,9 +73,11 @@ class Checkpointer:
                  optimizer: torch.optim.Optimizer | None = None,
                  scheduler: Any = None, scaler: Any = None,
                  max_to_keep: int | None = None, provenance: Mapping[str, Any] | None = None,
+                 average: WeightAverage | None = None,
                  check: Callable[[Path, Mapping[str, Any], int], None] | None = None) -> None:
         self.output_dir = Path(output_dir)
         self.model = model
+        self.average = average
         self.components = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
         self.max_to_keep = None if max_to_keep is None else max(int(max_to_keep), 2)
         self.provenance = dict(provenance) if provenance is not None else None
@@ -108,6 +115,9 @@ class Checkpointer:
             state = {"model": unwrap_model(self.model).state_dict(), "iteration": int(iteration),
                      "world_size": get_world_size(), "rng": rng_states,
                      "extra": dict(extra or {})}
+            if self.average is not None:
+                state["training_weights"] = state["model"]
+                state["model"] = self.average.state_dict()
             if self.provenance is not None:
                 state["provenance"] = self.provenance
             for name, component in self.components.items():
@@ -174,7 +184,10 @@ class Checkpointer:
                 tmp.unlink(missing_ok=True)
 
     def load(self, path: str | os.PathLike) -> dict[str, Any]:
-        """Restore model, optimizer, scheduler, scaler and this rank's RNG state from `path`.
+        """Restore model, optimizer, scheduler, scaler, the weights' average and this rank's
+        RNG state from `path`. (A checkpoint without an average gives a run with one its
+        weights as the average's start; one with an average gives a run without one its
+        training weights: both said in a warning.)
 
         Returns:
             {"iteration": steps done, "extra": what `save` was given}.
@@ -198,8 +211,12 @@ class Checkpointer:
                 f"model.backbone.weights=PATH for a backbone)")
         if self.check is not None:
             self.check(path, state.get("provenance") or {}, int(state["iteration"]))
+        training = state.get("training_weights")
         try:
-            unwrap_model(self.model).load_state_dict(state["model"])
+            unwrap_model(self.model).load_state_dict(state["model"] if training is None
+                                                     else training)
+            if self.average is not None and training is not None:
+                self.average.load_state_dict(state["model"])
         except RuntimeError as e:
             raise ConfigError(f"checkpoint {path} does not fit this model (a model key changed "
                               f"since it was written, or {self.output_dir} holds another "
@@ -226,6 +243,15 @@ class Checkpointer:
             fill_momentum_buffers(optimizer)
         if scheduler is not None:
             restore_position(scheduler, state["scheduler"])  # and the lr at that position
+        if self.average is not None and training is None:
+            self.average.restart()
+            logger.warning("checkpoint %s holds no moving average of the weights: the average "
+                           "(train.ema_decay) starts from its weights at iteration %d", path,
+                           state["iteration"])
+        elif self.average is None and training is not None:
+            logger.warning("checkpoint %s holds a moving average of the weights, which this "
+                           "run (train.ema_decay=null) leaves: training continues from the "
+                           "weights being trained", path)
         if state["world_size"] == get_world_size():
             set_rng_state(state["rng"][get_rank()])
         else:

@@ -17,6 +17,7 @@ import logging
 import os
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +37,7 @@ from .config import (ConfigError, flat_keys, is_number, is_positive_int, save_co
 from .data import CountedLoader, build_test_loader, build_train_loader, collate
 from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
                           get_world_size, is_main_process, per_process_batch_size, wrap_ddp)
+from .ema import WeightAverage, check_ema_decay
 from .files import atomic_write_json, nan_to_none
 from .logging import ProgressLogger, ScalarWriter, setup_logging
 from .model_check import weights_keys
@@ -151,6 +153,7 @@ def check_train_choices(t: DictConfig) -> None:
             raise ConfigError(f"unknown train.{key} {value!r}; valid: {', '.join(valid)}")
     if t.best_metric is not None:
         best_metric_parts(t.best_metric)
+    check_ema_decay(t.ema_decay)
     if not isinstance(t.seed, int) or isinstance(t.seed, bool) or not 0 <= t.seed < 2**31:
         raise ConfigError(f"train.seed must be an integer in 0..{2**31 - 1}, got {t.seed!r} (a "
                           "run is repeated with the same seed; no value draws one at random)")
@@ -539,6 +542,9 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     ddp_model = wrap_ddp(model, device)
     optimizer = build_optimizer_from_config(cfg, model)
     scheduler = build_scheduler_from_config(cfg, optimizer, lengths)
+    average = WeightAverage(model, t.ema_decay) if t.ema_decay is not None else None
+    # the weights evaluated, kept as the best and written at the end
+    evaluated = average.applied if average is not None else nullcontext
     skipped = _SkipCounter(steps)
 
     stand_in: list[Any] = []  # under DDP: this process's last batch with images
@@ -575,6 +581,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     checkpointer = Checkpointer(output_dir, model=model, optimizer=optimizer,
                                 scheduler=scheduler, scaler=trainer.scaler,
                                 max_to_keep=t.max_to_keep, provenance=recorded,
+                                average=average,
                                 check=lambda path, saved, iteration: _check_resumable(
                                     path, saved, iteration, cfg, lengths["max_iter"],
                                     logger, recorded or {}, _model_check(task, model)))
@@ -601,6 +608,11 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                           start_iter=start_iter)
     hooks: list[Any] = [ProgressLogger(t.log_period, writer, logger, lengths.get("per_epoch")),
                         PeriodicCheckpointer(checkpointer, t.checkpoint_period)]
+    if average is not None:  # first: a checkpoint holds the average of the step it follows
+        hooks.insert(0, average)
+        logger.info("keeping a moving average of the weights (train.ema_decay %g): "
+                    "evaluations, checkpoints' weights and the final weights are the average",
+                    average.decay)
     eval_hook = None
     stop = StopRequest()  # set by SIGTERM / SIGINT while training runs (stop_on_signals)
     if data.val is not None:
@@ -612,11 +624,11 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         val_images: dict[str, int] = {}  # the last evaluation's count, for metrics.json
 
         def evaluate() -> Metrics:
-            broadcast_buffers(model)  # every process scores rank 0's normalisation statistics
             counted = CountedLoader(val_loader, stop)
             # rng_kept: the weights do not depend on eval_period
             try:
-                with eval_mode(model), torch.no_grad(), rng_kept():
+                with evaluated(), eval_mode(model), torch.no_grad(), rng_kept():
+                    broadcast_buffers(model)  # every process scores rank 0's statistics
                     metrics = task.evaluate(model, counted, device)
             except EvaluationInterrupted:
                 raise
@@ -636,7 +648,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         def on_result(metrics: Metrics, iteration: int) -> None:
             _log_metrics(logger, writer, metrics, iteration)
             if best is not None:
-                best.update(metrics, iteration)
+                with evaluated():
+                    best.update(metrics, iteration)
 
         eval_hook = PeriodicEval(t.eval_period, evaluate, on_result=on_result)
         hooks.append(eval_hook)
@@ -680,6 +693,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             signal_name=stop.signal_name, iteration=trainer.iter,
             exit_code=128 + (stop.signum or 15))
     total_skipped = skipped.report(logger, "train")
+    if average is not None:
+        average.copy_to_model()
 
     metrics: Metrics = dict(eval_hook.last_result) if eval_hook is not None else {}
     if is_main_process():
