@@ -114,6 +114,7 @@ class SemSegDataset(Dataset):
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.num_skipped = 0
+        self.coco_names: list[str] | None = None  # a COCO file's own classes (build_dataset)
         self.reduce_zero_label = bool(reduce_zero_label)
         if self.reduce_zero_label and self.num_classes >= IGNORE_INDEX:
             raise ConfigError(f"data.reduce_zero_label takes at most {IGNORE_INDEX - 1} classes "
@@ -394,9 +395,29 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
                                     hflip_prob=hflip_prob, ignore_index=ignore_index)
     else:
         transform = build_transform()
-    return SemSegDataset(records, transform=transform, ignore_index=ignore_index,
-                         class_names=resolve_class_names(cfg, coco_names),
-                         reduce_zero_label=reduce_zero_label)
+    dataset = SemSegDataset(records, transform=transform, ignore_index=ignore_index,
+                            class_names=resolve_class_names(cfg, coco_names),
+                            reduce_zero_label=reduce_zero_label)
+    dataset.coco_names = coco_names  # (data.class_names may rename them)
+    return dataset
+
+
+def check_same_classes(train: SemSegDataset, val: SemSegDataset, cfg: Mapping[str, Any]
+                       ) -> None:
+    """Class k of the val data must be class k of the training data: two COCO files give
+    the same categories, other data as many classes (DatasetError before training)."""
+    files = cfg["data"]["train"]["ann_file"], cfg["data"]["val"]["ann_file"]
+    if train.coco_names is not None and val.coco_names is not None:
+        if train.coco_names != val.coco_names:
+            brief = engine_data.brief
+            raise DatasetError(
+                f"{files[1]} gives the classes {brief(val.coco_names)}, the training file "
+                f"({files[0]}) {brief(train.coco_names)} (background, then the categories by "
+                f"id): class ids would mean other classes; give both files the same "
+                f"categories")
+    elif len(train.class_names) != len(val.class_names):
+        raise DatasetError(f"the val data has {len(val.class_names)} classes, the training data "
+                           f"{len(train.class_names)}: class ids would mean other classes")
 
 
 def build_train_loader(cfg: Mapping[str, Any], *, start_iter: int = 0) -> DataLoader:

@@ -30,7 +30,7 @@ from PIL import Image
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, CategoryMapping, DatasetError,
                                        check_segmentation, files_under, listing, read_coco_json,
                                        read_user_text, segmentation_to_mask)
-from resnet_detect.engine.data.coco import MAX_LISTED
+from resnet_detect.engine.data.coco import MAX_LISTED, image_path
 from resnet_detect.engine.files import missing_path
 
 logger = logging.getLogger(__name__)
@@ -136,8 +136,8 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
     data = read_coco_json(ann_file, annotations_optional=True)
     if not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {missing_path(img_dir)} (for {ann_file})")
-    missing = [str(img_dir / im["file_name"]) for im in data["images"]
-               if not (img_dir / im["file_name"]).is_file()]
+    paths = [image_path(img_dir, im["file_name"]) for im in data["images"]]
+    missing = [str(path) for path in paths if not path.is_file()]
     if missing:
         raise DatasetError(f"{ann_file}: {len(missing)} image files not found:"
                            + listing(missing))
@@ -146,7 +146,7 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
     for ann in data["annotations"]:
         by_image[ann["image_id"]].append(ann)
     records, no_segmentation, short_polygons, problems = [], 0, 0, []
-    for im in data["images"]:
+    for im, path in zip(data["images"], paths):
         objects, crowd = [], []
         for ann in by_image[im["id"]]:
             if ann.get("segmentation") is None:
@@ -166,7 +166,7 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
                 crowd.append(segmentation)
             else:
                 objects.append((mapping.to_contiguous(ann["category_id"]) + 1, segmentation))
-        records.append({"file_name": str(img_dir / im["file_name"]), "height": im["height"],
+        records.append({"file_name": str(path), "height": im["height"],
                         "width": im["width"], "objects": objects, "crowd": crowd})
         if not data["annotations"]:  # test-dev style: images to predict, nothing to score
             del records[-1]["objects"], records[-1]["crowd"]

@@ -28,7 +28,7 @@ from resnet_detect.engine.model_check import check_model_config
 from .browse import browse_split
 from .convert import SEGMENTER_WEIGHTS
 from .build import BASE_CONFIG, build_model, load_config, provenance_from_config
-from .data import build_dataset, build_test_loader
+from .data import build_dataset, build_test_loader, check_same_classes
 from .data import prefer_command_line_sources as resolve_overrides
 from .evaluation import SemSegEvaluator
 from .export import export_segmentor
@@ -52,7 +52,8 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     predictor = Predictor(config, weights=weights, overrides=overrides, device=device)
     cfg = load_config(config, overrides)
     cfg.model.num_classes = predictor.model.num_classes
-    if not cfg.data.class_names:
+    if not cfg.data.class_names and not cfg.data.val.ann_file:
+        # folder masks name no classes (a COCO file's are compared with the weights' below)
         cfg.data.class_names = list(predictor.class_names)
     loader = build_test_loader(cfg, unlabelled=save_predictions)
     labelled = loader.dataset.labelled
@@ -62,6 +63,10 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     names = cfg.data.class_names
     source = cfg.data.val.ann_file or (f"data.class_names={names}" if isinstance(names, str)
                                        else "data.class_names")
+    if len(loader.dataset.class_names) != predictor.model.num_classes:
+        raise DatasetError(f"{weights} predicts {predictor.model.num_classes} classes, {source} "
+                           f"has {len(loader.dataset.class_names)}: class ids would mean other "
+                           f"classes")
     unnamed = predictor.class_names == placeholder_names(predictor.model.num_classes)
     if is_onnx(weights) and not unnamed:
         # an export knows its classes only by name (placeholders: weights without names)
@@ -172,6 +177,7 @@ class SemSegTask:
                                "predicts such a file)")
         train.check_mask_sizes("train")
         if val is not None:
+            check_same_classes(train, val, cfg)
             val.check_masks("val")  # before training, not at the evaluation after it
         self.class_names = train.class_names
         cfg.model.num_classes = len(self.class_names)

@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 from resnet_detect.segmentation.build import defaults
 from resnet_detect.segmentation.data import (SemSegDataset, build_dataset, build_test_loader,
                                              build_train_loader, build_transform,
-                                             coco_semantic_mask, load_coco_semantic, read_mask,
-                                             scan_folder)
+                                             check_same_classes, coco_semantic_mask,
+                                             load_coco_semantic, read_mask, scan_folder)
 
 
 def _image(path: Path, h: int, w: int, seed: int = 0) -> None:
@@ -229,6 +229,40 @@ def test_coco_split_from_config(tmp_path):
     cfg["model"]["num_classes"] = 5
     with pytest.raises(ValueError, match="model.num_classes is 5 but the data has 3"):
         build_dataset(cfg, "val")
+
+
+def test_coco_file_names_with_windows_separators_find_their_images(tmp_path):
+    """As detection's COCO reading does (Windows tools write "sub\\a.jpg")."""
+    ann_file = _coco(tmp_path)
+    data = json.loads(ann_file.read_text())
+    (tmp_path / "images" / "sub dir").mkdir()
+    (tmp_path / "images" / "a.jpg").rename(tmp_path / "images" / "sub dir" / "a.jpg")
+    data["images"][0]["file_name"] = "sub dir\\a.jpg"
+    ann_file.write_text(json.dumps(data))
+    records, _ = load_coco_semantic(ann_file, tmp_path / "images")
+    assert records[0]["file_name"] == str(tmp_path / "images" / "sub dir" / "a.jpg")
+
+
+def test_val_coco_classes_other_than_the_trainings_are_refused(tmp_path):
+    ann_file = _coco(tmp_path)
+    cfg = _config(img_dir=str(tmp_path / "images"), ann_file=str(ann_file))
+    cfg["data"]["class_names"] = None
+    train = build_dataset(cfg, "train")
+    check_same_classes(train, build_dataset(cfg, "val"), cfg)  # the same file: the same classes
+    data = json.loads(ann_file.read_text())
+    for name, categories in (("renamed", [{"id": 7, "name": "three"}, {"id": 3, "name": "seven"}]),
+                             ("extra", [*data["categories"], {"id": 9, "name": "nine"}]),
+                             ("fewer", [{"id": 7, "name": "seven"}])):
+        other = tmp_path / f"{name}.json"
+        anns = [a for a in data["annotations"] if a["category_id"] in
+                {c["id"] for c in categories}]
+        other.write_text(json.dumps({**data, "categories": categories, "annotations": anns}))
+        cfg["data"]["val"]["ann_file"] = str(other)
+        with pytest.raises(DatasetError, match=rf"{name}.json gives the classes \['background', "
+                                               rf".*the training file \({ann_file}\) "
+                                               rf"\['background', 'three', 'seven'\].*other "
+                                               rf"classes"):
+            check_same_classes(train, build_dataset(cfg, "val"), cfg)
 
 
 def test_coco_size_differing_from_the_image_names_the_file(tmp_path):

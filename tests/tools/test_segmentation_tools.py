@@ -78,6 +78,40 @@ def test_train_writes_a_segmenter_and_eval_reproduces_its_miou(
                                 f"data.class_names={swapped}"])
 
 
+def test_coco_val_classes_other_than_the_trainings_or_the_weights_are_refused(
+        trained: tuple[Path, dict], data: Path, tmp_path: Path) -> None:
+    """Both COCO files number their classes by category id: a val file that names them
+    otherwise (another export of the same labels), or has another category, would score
+    one class's pixels as another's."""
+    content = json.loads((data / "coco/val.json").read_text())
+    names = {c["id"]: c["name"] for c in content["categories"]}
+    ids = sorted(names)
+    renamed = dict(content, categories=[{"id": i, "name": names[j]}
+                                        for i, j in zip(ids, ids[::-1])])
+    (tmp_path / "renamed.json").write_text(json.dumps(renamed))
+    coco = [f"data.train.ann_file={data}/coco/train.json", "data.train.mask_dir=null",
+            f"data.val.ann_file={tmp_path / 'renamed.json'}", "data.val.mask_dir=null",
+            "data.class_names=null"]
+    with pytest.raises(ValueError, match=r"renamed.json gives the classes \['background', "
+                                         r"'ellipse', .*train.json\) \['background', "
+                                         r"'circle', .*other classes"):
+        load_tool("train").main([str(CONFIG), *overrides(data), *coco, "train.max_iter=1",
+                                 f"train.output_dir={tmp_path / 'run'}"])
+    assert not list((tmp_path / "run").glob("*.pth"))
+    # the weights' classes against a val file's: by name, with data.class_names unset
+    weights = str(trained[0] / "model_final.pth")
+    args = [str(CONFIG), "--weights", weights, *overrides(data), "data.val.mask_dir=null",
+            "data.class_names=null"]
+    with pytest.raises(ValueError, match=r"model_final.pth was trained on the classes "
+                                         r"\['background', 'circle', .*renamed.json has "
+                                         r"\['background', 'ellipse', .*other classes"):
+        load_tool("eval").main([*args, f"data.val.ann_file={tmp_path / 'renamed.json'}",
+                                "--output", str(tmp_path / "renamed")])
+    scored = load_tool("eval").main([*args, f"data.val.ann_file={data}/coco/val.json",
+                                     "--output", str(tmp_path / "same")])
+    assert list(scored["sem_seg"]["per_class_iou"]) == CLASSES
+
+
 def test_demo_draws_the_overlay_at_image_size(trained: tuple[Path, dict], data: Path,
                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              caplog: pytest.LogCaptureFixture) -> None:

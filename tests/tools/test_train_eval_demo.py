@@ -403,6 +403,23 @@ def test_val_categories_other_than_the_trainings_are_a_data_error(data: Path,
     assert not list((tmp_path / "run").glob("*.pth"))
 
 
+def test_val_categories_named_otherwise_than_the_trainings_are_a_data_error(
+        data: Path, tmp_path: Path) -> None:
+    """The same ids under other names (two exports of the same labels, numbered otherwise):
+    class 1's detections would be scored against another class's objects."""
+    content = json.loads((data / "coco/val.json").read_text())
+    first, second = content["categories"][:2]
+    first["name"], second["name"] = second["name"], first["name"]
+    (tmp_path / "val.json").write_text(json.dumps(content))
+    with pytest.raises(DatasetError, match=r"val.json names the categories \[\(1, 'square'\), "
+                                           r"\(3, 'circle'\)\], the training file \(.*train"
+                                           r".json\) \[\(1, 'circle'\), \(3, 'square'\)\]: "
+                                           r"the labels would mean other classes"):
+        load_tool("train").main(train_args(data, tmp_path / "run", 1,
+                                           f"data.val.ann_file={tmp_path / 'val.json'}"))
+    assert not list((tmp_path / "run").glob("*.pth"))
+
+
 def test_missing_image_fails_naming_it(data: Path, tmp_path: Path) -> None:
     img_dir = tmp_path / "images"
     img_dir.mkdir()

@@ -110,8 +110,8 @@ def build_datasets(cfg: DictConfig) -> Datasets:
     """Load and check both splits (errors name the file and entry) before any training.
 
     Raises:
-        ValueError: a split is not set; DatasetError: the val categories differ from the
-            training ones, or the val file has no annotations.
+        ValueError: a split is not set; DatasetError: the val categories (ids or names)
+            differ from the training ones, or the val file has no annotations.
     """
     train, mapping, train_file = build_train_dataset(cfg)
     val = build_val_dataset(cfg)
@@ -123,6 +123,13 @@ def build_datasets(cfg: DictConfig) -> Datasets:
             f"{brief(sorted(val_ids - train_ids))}, only in training "
             f"{brief(sorted(train_ids - val_ids))}"
             + ("" if val_ids != train_ids else ", in another order"))
+    if val is not None and val.mapping.names != mapping.names:
+        renamed = [(c, a, b) for c, a, b in zip(mapping.dataset_ids, mapping.names,
+                                                val.mapping.names) if a != b]
+        raise DatasetError(
+            f"{val.ann_file} names the categories {brief([(c, b) for c, _, b in renamed])}, "
+            f"the training file ({train_file}) {brief([(c, a) for c, a, _ in renamed])}: the "
+            f"labels would mean other classes; give both files the same categories")
     if val is not None and not val.annotated:
         raise DatasetError(f"{val.ann_file} has no annotations to score the training's "
                            "evaluations against: give an annotated val file, or leave data.val "

@@ -263,7 +263,8 @@ def _unsafe_path_reason(file_name: str) -> str | None:
     return None
 
 
-def _image_path(img_dir: Path, file_name: str) -> Path:
+def image_path(img_dir: Path, file_name: str) -> Path:
+    """The image a COCO `file_name` names under `img_dir` (Windows' backslashes too)."""
     return img_dir / os.path.normpath(file_name.replace("\\", "/"))
 
 
@@ -371,9 +372,9 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     if not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {missing_path(img_dir)} (for {ann_file})")
     if check_files:
-        missing = [f"images[{i}] (id={img['id']}): {_image_path(img_dir, img['file_name'])}"
+        missing = [f"images[{i}] (id={img['id']}): {image_path(img_dir, img['file_name'])}"
                    for i, img in enumerate(data["images"])
-                   if not _image_path(img_dir, img["file_name"]).is_file()]
+                   if not image_path(img_dir, img["file_name"]).is_file()]
         if missing:
             raise DatasetError(_format_problems(
                 ann_file, [f"image file not found for {m}" for m in missing]))
@@ -533,7 +534,7 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
         classes.append(mapping.to_contiguous(ann["category_id"]))
     stats.boxes += len(boxes)
     record: dict[str, Any] = {
-        "file_name": str(_image_path(img_dir, img["file_name"])), "image_id": img["id"],
+        "file_name": str(image_path(img_dir, img["file_name"])), "image_id": img["id"],
         "height": height, "width": width,
         "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         "classes": np.asarray(classes, dtype=np.int64),
