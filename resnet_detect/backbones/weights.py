@@ -5,6 +5,7 @@ architecture and how its inputs must be preprocessed (see `make_provenance`).
 """
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import logging
@@ -14,6 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -50,12 +52,22 @@ def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """torch.load with weights_only=True, of bytes that match the file's `.sha256` where it
-    has one (training checkpoints); any failure names the file."""
+    """torch.load with weights_only=True (or a `.safetensors` file's tensors), of bytes that
+    match the file's `.sha256` where it has one (training checkpoints); any failure names the
+    file. The `args` of timm's and torchvision's training scripts (an argparse.Namespace)
+    may be in the file."""
     path = check_weights_file(path)
+    if str(path).endswith(".safetensors"):
+        try:
+            return safetensors.torch.load(read_checked_bytes(path))
+        except Exception as e:
+            raise UnreadableCheckpointError(
+                f"cannot read weights file {path} as safetensors: {type(e).__name__}: {e}"
+            ) from e
     try:
-        obj = torch.load(io.BytesIO(read_checked_bytes(path)), map_location="cpu",
-                         weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(io.BytesIO(read_checked_bytes(path)), map_location="cpu",
+                             weights_only=True)
     except pickle.UnpicklingError as e:
         # not torch's advice to load with weights_only=False: for a file of unknown origin
         # that runs its code; the reason is the part after the unpickler's name
@@ -73,12 +85,33 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
+# where checkpoints keep their weights: an average of them first (timm's train.py,
+# torchvision's references with --model-ema), as timm's load_checkpoint reads them
+AVERAGED_WEIGHTS = ("state_dict_ema", "model_ema")
+WEIGHTS = ("model", "state_dict", "model_state")
+WRAPPERS = ("module.", "_orig_mod.")  # DistributedDataParallel's, torch.compile's
+
+
 def unwrap_state_dict(obj: Mapping[str, Any]) -> tuple[StateDict, dict[str, Any] | None]:
-    """Return (state_dict, provenance or None) from an own, timm-style or bare checkpoint."""
-    for key in ("model", "state_dict", "model_state"):
-        if key in obj and isinstance(obj[key], Mapping):
-            return dict(obj[key]), obj.get("provenance")
-    return dict(obj), None
+    """Return (state_dict, provenance or None) from an own, timm, torchvision-reference or
+    bare checkpoint; keys saved through a DDP or compiled module lose that prefix."""
+    for key in (*AVERAGED_WEIGHTS, *WEIGHTS):
+        if isinstance(obj.get(key), Mapping):
+            if key in AVERAGED_WEIGHTS:
+                logger.info("reading the average of the weights (%r) the checkpoint holds",
+                            key)
+            return _unwrapped_keys(dict(obj[key])), obj.get("provenance")
+    return _unwrapped_keys(dict(obj)), None
+
+
+def _unwrapped_keys(state_dict: StateDict) -> StateDict:
+    if "n_averaged" in state_dict and all(k.startswith("module.") for k in state_dict
+                                          if k != "n_averaged"):
+        del state_dict["n_averaged"]  # torch.optim.swa_utils.AveragedModel's count
+    for prefix in WRAPPERS:
+        if state_dict and all(k.startswith(prefix) for k in state_dict):
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
 
 
 def open_weights(weights: str | os.PathLike | Mapping[str, Any], source: str | None = None
@@ -258,6 +291,16 @@ def refuse_other_normalisation(backbone: nn.Module, source: str, section: Mappin
     if keys:
         refuse_mismatched_settings(source, {prefix + k: list(provenance[k]) for k in keys},
                                    {prefix + k: list(section[k]) for k in keys})
+    elif getattr(backbone, "imagenet_weights", False):
+        imagenet = {"pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD}
+        other = [k for k, v in imagenet.items() if _comparable(list(section[k]))
+                 != _comparable(list(v))]
+        if other:  # torchvision's and timm's ResNets: RGB, ImageNet's mean and std
+            logger.warning("weights from %s are a torchvision or timm ResNet, trained on RGB "
+                           "images normalised by ImageNet's mean and std; this config has %s: "
+                           "unless these weights were trained so, set %s", source,
+                           ", ".join(f"{prefix}{k}={_show(list(section[k]))}" for k in other),
+                           " ".join(f"{prefix}{k}={_show(list(imagenet[k]))}" for k in other))
 
 
 def stride_in_1x1(model: nn.Module) -> bool | None:
@@ -318,4 +361,5 @@ def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any
         arch and ours and arch != ours) else ""
     check_and_load(model, state_dict, source, hint)
     model.provenance = provenance
+    model.imagenet_weights = foreign and provenance is None
     return provenance

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .distributed import cleanup, init_distributed, is_main_process
+from .distributed import barrier, cleanup, init_distributed, is_main_process
 from .checkpoint import CheckpointWriteError, UnreadableCheckpointError
 from .config import ConfigError, parse_bool
 from .data import DatasetError, UnreadableImageError
@@ -131,6 +131,7 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
             raise SystemExit(stopped.exit_code) from None
         if is_main_process():
             print_and_log(runner_task.summary(result["all_metrics"]))
+        barrier()  # the processes leave together, once the main one has written its files
         return {**result, "task": name}
     finally:
         cleanup()

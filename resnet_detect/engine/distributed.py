@@ -65,12 +65,12 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> torch.d
                           f"{unsupported}")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device=cuda but torch {torch.__version__} sees no GPU "
+        raise ConfigError(f"train.device=cuda but torch {torch.__version__} sees no GPU "
                            f"(CUDA build: {torch.version.cuda or 'none, a CPU-only torch'}); "
                            f"set train.device=cpu (or auto)")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda and local_rank >= torch.cuda.device_count():
-        raise RuntimeError(f"process LOCAL_RANK={local_rank} has no GPU: this machine has "
+        raise ConfigError(f"process LOCAL_RANK={local_rank} has no GPU: this machine has "
                            f"{torch.cuda.device_count()}; start torchrun with "
                            f"--nproc_per_node={torch.cuda.device_count()} or fewer "
                            f"(one process per GPU)")
@@ -168,12 +168,17 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     if get_world_size() == 1:
         return model
     if device.type != "cuda" and any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
-        raise ValueError("a norm: syncbn in the config (model.backbone.norm, model.head.norm "
-                         "or model.options.norm) synchronises BatchNorm over GPUs only; "
-                         "processes on CPUs (gloo) train with bn (each process's own "
-                         "statistics) or gn")
+        refuse_syncbn_on_cpus("a norm: syncbn in the config (model.backbone.norm, "
+                              "model.head.norm or model.options.norm)")
     return nn.parallel.DistributedDataParallel(
         model, device_ids=[get_local_rank()] if device.type == "cuda" else None)
+
+
+def refuse_syncbn_on_cpus(where: str) -> None:
+    """`where` (config keys) says norm: syncbn, and the processes run on CPUs (gloo)."""
+    raise ConfigError(f"{where}: syncbn synchronises BatchNorm over GPUs only; "
+                      f"processes on CPUs (gloo) train with bn (each process's own "
+                      f"statistics) or gn")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -36,7 +36,8 @@ from .config import (ConfigError, flat_keys, is_number, is_positive_int, save_co
                      to_plain)
 from .data import CountedLoader, build_test_loader, build_train_loader, collate
 from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
-                          get_world_size, is_main_process, per_process_batch_size, wrap_ddp)
+                          get_world_size, is_main_process, per_process_batch_size,
+                          refuse_syncbn_on_cpus, wrap_ddp)
 from .ema import WeightAverage, check_ema_decay
 from .files import atomic_write_json, nan_to_none
 from .logging import ProgressLogger, ScalarWriter, setup_logging
@@ -497,6 +498,11 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         raise ConfigError(f"train.best_metric {t.best_metric!r} is not a metric of this task's "
                           f"evaluations; valid: {', '.join(names)}")
     check_schedule(cfg)
+    if get_world_size() > 1 and device.type != "cuda":
+        synced = [k for k, v in flat_keys(to_plain(cfg.get("model") or {}), "model.").items()
+                  if k.endswith("norm") and v == "syncbn"]
+        if synced:  # before the data is read and the model built
+            refuse_syncbn_on_cpus(", ".join(f"{k}=syncbn" for k in synced))
     workers = cfg.get("data", {}).get("num_workers", 0)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
         raise ConfigError(f"data.num_workers must be an integer >= 0 (0: load in the training "

@@ -1,5 +1,9 @@
 """Weight import: torchvision/timm logit parity, own checkpoints with provenance, strict errors."""
+import argparse
+import logging
+
 import pytest
+import safetensors.torch
 import timm
 import torch
 import torchvision
@@ -7,6 +11,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from resnet_detect import backbones
 from resnet_detect.backbones import load_weights, make_provenance, save_checkpoint
+from resnet_detect.engine.checkpoint import UnreadableCheckpointError
 
 
 def _randomize_bn_stats(model):
@@ -40,6 +45,77 @@ def test_timm_file_gives_same_logits(tmp_path, name):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-5)
+
+
+def _timm_model_and_logits():
+    torch.manual_seed(0)
+    reference = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+    _randomize_bn_stats(reference)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        return reference, x, reference(x)
+
+
+def _logits(path, x):
+    with torch.no_grad():
+        return backbones.build_classifier("resnet18", 10, weights=path).eval()(x)
+
+
+def test_safetensors_and_the_checkpoints_of_timm_and_torchvision_training_scripts(
+        tmp_path, caplog):
+    """What timm's hub (model.safetensors), its train.py and torchvision's classification
+    reference write: the weights read as timm's load_checkpoint reads them (the average where
+    the file holds one), DDP's and torch.compile's key prefixes dropped."""
+    reference, x, expected = _timm_model_and_logits()
+    weights = reference.state_dict()
+    other = {k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}
+    safetensors.torch.save_file(weights, tmp_path / "model.safetensors")
+    args = argparse.Namespace(model="resnet18", lr=0.1, epochs=90)
+    files = {
+        # timm's train.py: args, the weights trained and their average (model_ema)
+        "timm.pth.tar": {"epoch": 3, "arch": "resnet18", "state_dict": other,
+                         "state_dict_ema": weights, "optimizer": {}, "args": args},
+        # torchvision's references: DDP's module. prefix, AveragedModel's in model_ema
+        "tv.pth": {"model": {f"module.{k}": v for k, v in other.items()},
+                   "model_ema": {"n_averaged": torch.tensor(5),
+                                 **{f"module.{k}": v for k, v in weights.items()}},
+                   "optimizer": {}, "lr_scheduler": {}, "epoch": 3, "args": args},
+        "compiled_ddp.pth": {"model": {f"module._orig_mod.{k}": v for k, v in weights.items()},
+                             "args": args},
+    }
+    for name, content in files.items():
+        torch.save(content, tmp_path / name)
+    for name in ("model.safetensors", *files):
+        with caplog.at_level(logging.INFO):
+            torch.testing.assert_close(_logits(tmp_path / name, x), expected, rtol=0,
+                                       atol=1e-5, msg=name)
+    assert "reading the average of the weights ('model_ema')" in caplog.text
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes((tmp_path / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(UnreadableCheckpointError, match=r"cannot read weights file .*broken"
+                                                        r".safetensors as safetensors"):
+        _logits(broken, x)
+
+
+def test_torchvision_weights_under_another_normalisation_are_warned_of(tmp_path, caplog):
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    caffe = {"pixel_mean": [103.53, 116.28, 123.675], "pixel_std": [1.0, 1.0, 1.0]}
+    model_cfg = {"backbone": {"name": "resnet18", "weights": str(path), "norm": "frozen_bn",
+                              "freeze_at": 2, "output_stride": 32, "multi_grid": None,
+                              "stride_in_1x1": None}}
+    with caplog.at_level(logging.WARNING):
+        backbones.build_from_config({**model_cfg, **caffe}, ["res5"])
+    assert (f"weights from {path} are a torchvision or timm ResNet, trained on RGB images "
+            "normalised by ImageNet's mean and std; this config has model.pixel_mean="
+            "[103.53,116.28,123.675], model.pixel_std=[1.0,1.0,1.0]: unless these weights were "
+            "trained so, set model.pixel_mean=[123.675,116.28,103.53] model.pixel_std=[58.395,"
+            "57.12,57.375]") in caplog.text
+    caplog.clear()
+    imagenet = {"pixel_mean": list(backbones.PIXEL_MEAN), "pixel_std": list(backbones.PIXEL_STD)}
+    with caplog.at_level(logging.WARNING):
+        backbones.build_from_config({**model_cfg, **imagenet}, ["res5"])
+    assert "torchvision or timm ResNet" not in caplog.text
 
 
 def test_torchvision_weights_load_into_a_bare_frozen_backbone(tmp_path):

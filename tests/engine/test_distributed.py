@@ -4,14 +4,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from resnet_detect.engine import distributed as D
+from resnet_detect.engine import runner
+from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.tasks import load_task_config, task_module
 from resnet_detect.engine.logging import ProgressLogger
 from resnet_detect.engine.trainer import NonFiniteLossError, Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_single_process_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,7 +137,7 @@ def test_two_process_collectives_and_nan_guard() -> None:
 def test_a_gpu_that_is_not_there_is_refused_naming_the_key_before_anything_starts(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match=r"train.device=cuda but torch .* sees no GPU .*set "
+    with pytest.raises(ConfigError, match=r"train.device=cuda but torch .* sees no GPU .*set "
                                            r"train.device=cpu"):
         D.init_distributed("cuda")
     with pytest.raises(ValueError, match=r"train.device must be auto, cpu or cuda, got 'gpu'"):
@@ -143,7 +149,7 @@ def test_a_gpu_that_is_not_there_is_refused_naming_the_key_before_anything_start
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setenv("LOCAL_RANK", "2")
     monkeypatch.setattr(torch.cuda, "set_device", lambda _: pytest.fail("set_device reached"))
-    with pytest.raises(RuntimeError, match=r"LOCAL_RANK=2 has no GPU: this machine has 2; start "
+    with pytest.raises(ConfigError, match=r"LOCAL_RANK=2 has no GPU: this machine has 2; start "
                                            r"torchrun with --nproc_per_node=2 or fewer"):
         D.init_distributed("auto")
     assert not D.is_distributed()
@@ -153,10 +159,23 @@ def test_syncbn_on_cpu_processes_is_refused_naming_the_keys(monkeypatch: pytest.
                                                             ) -> None:
     monkeypatch.setattr(D, "get_world_size", lambda: 2)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.SyncBatchNorm(4))
-    with pytest.raises(ValueError, match=r"a norm: syncbn in the config \(model.backbone.norm, "
-                       r"model.head.norm or model.options.norm\) synchronises BatchNorm over "
-                       "GPUs only"):
+    with pytest.raises(ConfigError, match=r"a norm: syncbn in the config \(model.backbone.norm, "
+                       r"model.head.norm or model.options.norm\): syncbn synchronises BatchNorm "
+                       "over GPUs only"):
         D.wrap_ddp(model, torch.device("cpu"))
+
+
+def test_syncbn_on_cpu_processes_is_refused_before_the_data_is_read(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """(torch's SyncBatchNorm fails on CPU tensors, in the first step)"""
+    monkeypatch.setattr(runner, "get_world_size", lambda: 2)
+    name, cfg = load_task_config(ROOT / "configs/synthetic/deeplabv3plus_R_18_os16.yaml",
+                                 ["model.backbone.norm=syncbn", "model.head.norm=syncbn",
+                                  f"train.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match=r"^model.backbone.norm=syncbn, model.head.norm=syncbn: "
+                                          r"syncbn synchronises BatchNorm over GPUs only"):
+        runner.run_training(task_module(name).TASK(), cfg, torch.device("cpu"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_gpu_the_process_cannot_use_is_refused_before_anything_is_built(tmp_path) -> None:

@@ -122,7 +122,7 @@ def test_eval_takes_the_configs_device(trained: Path, data: Path, tmp_path: Path
     """tools/eval.py ran on "auto" whatever train.device said: train.device=cpu on a GPU
     machine evaluated on the GPU, and a device that is not there was not named."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match=r"train.device=cuda but torch .* sees no GPU"):
+    with pytest.raises(ConfigError, match=r"train.device=cuda but torch .* sees no GPU"):
         load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
                                 "--output", str(tmp_path / "eval"), *data_overrides(data),
                                 "train.device=cuda"])
