@@ -21,26 +21,30 @@ _WEIGHT_DEFINING_OPTIONS = ("stride_in_1x1", "groups", "width_per_group", "width
                             "residual")
 
 
-def build(name: str, *, weights: str | os.PathLike | None = None, config_prefix: str = "",
+def build(name: str, *, weights: str | os.PathLike | Mapping[str, Any] | None = None,
+          config_prefix: str = "",
           **options: Any) -> ResNet:
-    """Build a backbone by registered name, optionally loading `weights` strictly.
+    """Build a backbone by registered name, optionally loading `weights` (a file, or a
+    checkpoint or state dict already loaded) strictly.
 
     A checkpoint written by this project also supplies the architecture options it was
     trained with (e.g. stride_in_1x1) unless they are given here. `config_prefix`: where
     these options sit in the caller's config (e.g. "model.backbone."), for messages.
     """
-    checkpoint = read_checkpoint(weights) if weights is not None else None
+    checkpoint = (weights if isinstance(weights, Mapping) or weights is None
+                  else read_checkpoint(weights))
+    source = "the given state dict" if isinstance(weights, Mapping) else str(weights)
     provenance = unwrap_state_dict(checkpoint)[1] if checkpoint is not None else None
     if provenance:
         for key in _WEIGHT_DEFINING_OPTIONS:
             if key in provenance.get("options", {}) and key not in options:
                 options[key] = provenance["options"][key]
-                logger.info("%s=%s from the provenance of %s", key, options[key], weights)
+                logger.info("%s=%s from the provenance of %s", key, options[key], source)
     model = build_resnet(name, config_prefix, **options)
     model.arch = name
     if checkpoint is not None:
         freeze_at = model.freeze_at
-        load_weights(model, checkpoint, source=str(weights), config_prefix=config_prefix)
+        load_weights(model, checkpoint, source=source, config_prefix=config_prefix)
         model.freeze(freeze_at)
     return model
 

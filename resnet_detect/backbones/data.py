@@ -10,6 +10,7 @@ drops it and the runner counts it (engine.data).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -23,11 +24,13 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, NOT_DATA_FOLDERS, DatasetError,
                                        PackedRecords, UnreadableImageError, collate, files_under,
                                        read_image)
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.files import missing_path
 
 from .weights import PIXEL_MEAN, PIXEL_STD
@@ -126,17 +129,51 @@ def build_train_transform(*, image_size: int, scale: Sequence[float] = (0.08, 1.
     ])
 
 
+# data.val_interpolation: OpenCV's area averaging, or Pillow's filters as torchvision's and
+# timm's evaluations resize (bilinear: torchvision's references; bicubic: timm's weights that
+# say so)
+VAL_INTERPOLATIONS = {"area": None, "bilinear": Image.Resampling.BILINEAR,
+                      "bicubic": Image.Resampling.BICUBIC}
+
+
 def build_val_transform(*, image_size: int, resize: int, pixel_mean: Sequence[float] = PIXEL_MEAN,
-                        pixel_std: Sequence[float] = PIXEL_STD,
-                        normalize: bool = True) -> A.Compose:
-    """Resize the shorter side to `resize`, center crop image_size, normalize (or not: uint8)."""
+                        pixel_std: Sequence[float] = PIXEL_STD, normalize: bool = True,
+                        interpolation: str = "area") -> A.Compose:
+    """Resize the shorter side to `resize`, center crop image_size, normalize (or not: uint8).
+
+    `interpolation` (VAL_INTERPOLATIONS): "area" is OpenCV's; "bilinear" and "bicubic" are
+    torchvision's `Resize(resize)` + `CenterCrop(image_size)` on a Pillow image, exactly (the
+    longer side truncated, the crop's offsets rounded, Pillow's antialiased filter)."""
     if resize < image_size:
         raise ValueError(f"val resize {resize} must be >= image size {image_size}")
-    return A.Compose([
-        A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_AREA),
-        A.CenterCrop(height=image_size, width=image_size),
-        *_normalization(pixel_mean, pixel_std, normalize),
-    ])
+    check_val_interpolation(interpolation)
+    if interpolation == "area":
+        geometry = [A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_AREA),
+                    A.CenterCrop(height=image_size, width=image_size)]
+    else:
+        # a partial, not a lambda: spawned loader workers receive the transform pickled
+        geometry = [A.Lambda(image=functools.partial(
+            pillow_resize_and_crop, resize=resize, size=image_size,
+            resample=VAL_INTERPOLATIONS[interpolation]))]
+    return A.Compose([*geometry, *_normalization(pixel_mean, pixel_std, normalize)])
+
+
+def check_val_interpolation(value: Any) -> None:
+    if value not in VAL_INTERPOLATIONS:
+        raise ConfigError(f"data.val_interpolation must be one of "
+                          f"{', '.join(VAL_INTERPOLATIONS)}, got {value!r}")
+
+
+def pillow_resize_and_crop(image: np.ndarray, resize: int, size: int,
+                           resample: Image.Resampling, **_: Any) -> np.ndarray:
+    """torchvision's `CenterCrop(size)(Resize(resize, resample)(image))` of an RGB array."""
+    height, width = image.shape[:2]
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(resize * long / short)
+    new_w, new_h = (resize, new_long) if width <= height else (new_long, resize)
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), resample))
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return np.ascontiguousarray(resized[top:top + size, left:left + size])
 
 
 def _normalization(pixel_mean: Sequence[float], pixel_std: Sequence[float],

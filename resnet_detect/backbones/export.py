@@ -21,11 +21,18 @@ from resnet_detect.engine.tasks import load_task_config
 
 from . import build_classifier
 from .classifier import Classifier
+from .data import check_val_interpolation
 from .weights import read_checkpoint, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
 TASK = "classification"
+INTERPOLATION_NOTES = {  # export.json's words for data.val_interpolation
+    "area": "area (OpenCV INTER_AREA, as the evaluation's transform)",
+    "bilinear": "bilinear (Pillow's, as torchvision's Resize: longer side int(shorter_side * "
+                "long / short), crop offsets rounded)",
+    "bicubic": "bicubic (Pillow's, as torchvision's Resize: longer side int(shorter_side * "
+               "long / short), crop offsets rounded)"}
 
 
 class ClassifierGraph(nn.Module):
@@ -62,10 +69,11 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
     if len(names) != num_classes:
         names = [f"class_{i}" for i in range(num_classes)]
     trained = ((provenance.get("config") or {}).get("data") or {})
-    for key in ("image_size", "val_resize"):
+    for key in ("image_size", "val_resize", "val_interpolation"):
         if key in trained and trained[key] != cfg.data[key]:
             logger.warning("%s was evaluated with data.%s=%s; the export resizes with this "
                            "config's %s", weights, key, trained[key], cfg.data[key])
+    check_val_interpolation(cfg.data.val_interpolation)
     mean = list(provenance.get("pixel_mean") or cfg.data.pixel_mean)
     std = list(provenance.get("pixel_std") or cfg.data.pixel_std)
     size = int(cfg.data.image_size)
@@ -78,4 +86,4 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
         outputs={"logits": "float32 (K,) class scores before softmax"},
         pixel_mean=mean, pixel_std=std, class_names=names, num_classes=num_classes,
         resize={"shorter_side": int(cfg.data.val_resize), "center_crop": size,
-                "interpolation": "area (OpenCV INTER_AREA, as the evaluation's transform)"})
+                "interpolation": INTERPOLATION_NOTES[cfg.data.val_interpolation]})

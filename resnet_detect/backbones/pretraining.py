@@ -28,7 +28,7 @@ from . import build_classifier
 from .classifier import Classifier
 from .export import export_model
 from .data import (ImageBatch, ImageFolderDataset, build_train_transform, build_val_transform,
-                   collate_images, normalize_images, scan_image_folder)
+                   check_val_interpolation, collate_images, normalize_images, scan_image_folder)
 from .weights import (load_weights, make_provenance, refuse_mismatched_settings,
                       refuse_other_normalisation, save_checkpoint)
 
@@ -54,6 +54,7 @@ def build_datasets(cfg: DictConfig) -> tuple[ImageFolderDataset, ImageFolderData
     Samples are uint8: `ClassificationTask` normalizes whole batches on the training device.
     """
     d = cfg.data
+    check_val_interpolation(d.val_interpolation)  # before the folders are scanned
     train_samples, class_names = scan_image_folder(f"{d.root}/{d.train_split}")
     val_samples, _ = scan_image_folder(f"{d.root}/{d.val_split}", class_names)
     train = ImageFolderDataset(samples=train_samples, class_names=class_names,
@@ -62,7 +63,8 @@ def build_datasets(cfg: DictConfig) -> tuple[ImageFolderDataset, ImageFolderData
                                                                hflip=d.hflip, normalize=False))
     val = ImageFolderDataset(samples=val_samples, class_names=class_names,
                              transform=build_val_transform(image_size=d.image_size,
-                                                           resize=d.val_resize, normalize=False))
+                                                           resize=d.val_resize, normalize=False,
+                                                           interpolation=d.val_interpolation))
     return train, val
 
 

@@ -92,25 +92,30 @@ WEIGHTS = ("model", "state_dict", "model_state")
 WRAPPERS = ("module.", "_orig_mod.")  # DistributedDataParallel's, torch.compile's
 
 
+def weights_entry(obj: Mapping[str, Any]) -> str | None:
+    """The key of a checkpoint that holds its weights (None: the checkpoint is them)."""
+    return next((k for k in (*AVERAGED_WEIGHTS, *WEIGHTS) if isinstance(obj.get(k), Mapping)),
+                None)
+
+
 def unwrap_state_dict(obj: Mapping[str, Any]) -> tuple[StateDict, dict[str, Any] | None]:
     """Return (state_dict, provenance or None) from an own, timm, torchvision-reference or
     bare checkpoint; keys saved through a DDP or compiled module lose that prefix."""
-    for key in (*AVERAGED_WEIGHTS, *WEIGHTS):
-        if isinstance(obj.get(key), Mapping):
-            if key in AVERAGED_WEIGHTS:
-                logger.info("reading the average of the weights (%r) the checkpoint holds",
-                            key)
-            return _unwrapped_keys(dict(obj[key])), obj.get("provenance")
-    return _unwrapped_keys(dict(obj)), None
+    key = weights_entry(obj)
+    if key is None:
+        return _unwrapped_keys(dict(obj)), None
+    return _unwrapped_keys(dict(obj[key])), obj.get("provenance")
 
 
 def _unwrapped_keys(state_dict: StateDict) -> StateDict:
     if "n_averaged" in state_dict and all(k.startswith("module.") for k in state_dict
                                           if k != "n_averaged"):
         del state_dict["n_averaged"]  # torch.optim.swa_utils.AveragedModel's count
-    for prefix in WRAPPERS:
-        if state_dict and all(k.startswith(prefix) for k in state_dict):
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+    while state_dict:  # wrappers in either nesting (compiled DDP, DDP of a compiled model)
+        prefix = next((p for p in WRAPPERS if all(k.startswith(p) for k in state_dict)), None)
+        if prefix is None:
+            break
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
     return state_dict
 
 
@@ -121,7 +126,11 @@ def open_weights(weights: str | os.PathLike | Mapping[str, Any], source: str | N
     is_path = isinstance(weights, (str, os.PathLike))
     if source is None:
         source = str(weights) if is_path else "the given state dict"
-    state_dict, provenance = unwrap_state_dict(read_checkpoint(weights) if is_path else weights)
+    checkpoint = read_checkpoint(weights) if is_path else weights
+    if weights_entry(checkpoint) in AVERAGED_WEIGHTS:
+        logger.info("%s: reading the average of the weights (%r) it holds", source,
+                    weights_entry(checkpoint))
+    state_dict, provenance = unwrap_state_dict(checkpoint)
     return state_dict, provenance, source
 
 

@@ -1,11 +1,11 @@
-"""An exponential moving average of the weights (`train.ema_decay`): timm's ModelEma,
-mmdetection's EMAHook.
+"""An exponential moving average of the weights (`train.ema_decay`): timm's ModelEmaV2,
+mmdetection's EMAHook (momentum = 1 - decay, update_buffers=True).
 
-After every optimizer step each floating-point tensor of the model's state (weights and
-normalisation statistics) moves towards the model's: average = average + (1 - d) * (model -
-average), with d = min(train.ema_decay, (1 + n) / (10 + n)) after n steps, so that the first
-steps' weights, random or just loaded, fade out in a short run too (TensorFlow's
-`num_updates` warmup, timm's ModelEma before v3). Integer buffers are copied.
+The average starts as the model's state when training starts (or resumes without one);
+after every optimizer step each floating-point tensor of the model's state (weights and
+normalisation statistics) moves towards the model's: average = decay * average + (1 - decay)
+* model, with the one fixed decay (no warmup: a decay of 0.9998, timm's default, averages
+over about 5000 steps from the first on). Integer buffers are copied.
 
 The runner evaluates the average, keeps it in model_best.pth and model_final.pth, and writes
 it as a checkpoint's "model" (what tools/eval.py, export and `model.weights` read, as
@@ -51,23 +51,19 @@ class WeightAverage:
         self.average = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self._floats = [k for k, v in self.average.items() if v.is_floating_point()]
 
-    def decay_after(self, steps: int) -> float:
-        return min(self.decay, (1 + steps) / (10 + steps))
-
     @torch.no_grad()
-    def update(self, steps: int) -> None:
-        """Move the average towards the model's state after its `steps`-th step."""
+    def update(self) -> None:
+        """Move the average towards the model's state (after an optimizer step)."""
         state = self.model.state_dict()
         if self._floats:
             torch._foreach_lerp_([self.average[k] for k in self._floats],
-                                 [state[k].detach() for k in self._floats],
-                                 1.0 - self.decay_after(steps))
+                                 [state[k].detach() for k in self._floats], 1.0 - self.decay)
         for key, value in self.average.items():
             if not value.is_floating_point():
                 value.copy_(state[key])
 
     def after_step(self, trainer: Trainer) -> None:
-        self.update(trainer.iter)
+        self.update()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.average

@@ -11,12 +11,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import timm
 import torch
+import torchvision
 from PIL import Image
 
 from resnet_detect.backbones.data import (ImageBatch, ImageFolderDataset, build_train_transform,
                                           build_val_transform, collate_images, normalize_images,
                                           scan_image_folder, stack)
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableImageError,
                                        build_train_loader, collate, image_size, read_image)
 
@@ -37,11 +40,16 @@ def test_scan_sorts_classes_and_files_and_ignores_other_files(tmp_path: Path) ->
     (tmp_path / "train/cat/notes.txt").write_text("not an image")
     (tmp_path / "train/dog/sub").mkdir()
     cv2.imwrite(str(tmp_path / "train/dog/sub/x.JPG"), np.zeros((8, 8, 3), np.uint8))
+    # torchvision's ImageFolder extensions: Netpbm's too
+    cv2.imwrite(str(tmp_path / "train/dog/y.ppm"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "train/dog/z.pgm"), np.zeros((8, 8), np.uint8))
     samples, classes = scan_image_folder(tmp_path / "train")
     assert classes == ["cat", "dog"]
     assert [(Path(p).relative_to(tmp_path / "train").as_posix(), label)
             for p, label in samples] == [("cat/0.png", 0), ("cat/1.png", 0), ("cat/2.png", 0),
-                                         ("dog/0.png", 1), ("dog/1.png", 1), ("dog/sub/x.JPG", 1)]
+                                         ("dog/0.png", 1), ("dog/1.png", 1), ("dog/sub/x.JPG", 1),
+                                         ("dog/y.ppm", 1), ("dog/z.pgm", 1)]
+    assert read_image(tmp_path / "train/dog/z.pgm").shape == (8, 8, 3)
     make_tree(tmp_path / "val", {"dog": 1})
     val, _ = scan_image_folder(tmp_path / "val", classes)
     assert [label for _, label in val] == [1]
@@ -206,6 +214,32 @@ def test_val_transform_resizes_crops_center_and_normalizes() -> None:
     normed = build_val_transform(image_size=10, resize=10)(image=flat)["image"]
     expected = [(200 - m) / s for m, s in zip(MEAN, STD)]
     np.testing.assert_allclose(normed[0, 0], expected, rtol=1e-5)
+
+
+def test_val_interpolations_of_pillow_are_torchvisions_and_timms_evaluation() -> None:
+    """Bilinear: torchvision's references' Resize(256) + CenterCrop(224) on a Pillow image;
+    bicubic: timm's evaluation transform (crop_pct 0.875) of its bicubic weights. The
+    same pixels, for sizes whose longer side and crop offsets round differently (odd,
+    portrait, landscape, square)."""
+    rng = np.random.default_rng(0)
+    bilinear = torchvision.transforms.Compose([
+        torchvision.transforms.Resize(256), torchvision.transforms.CenterCrop(224)])
+    bicubic = timm.data.create_transform(input_size=224, crop_pct=0.875,
+                                         interpolation="bicubic", is_training=False,
+                                         mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    for height, width in ((375, 500), (500, 333), (301, 301), (257, 399), (600, 263)):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+                                 (5, 5), 0)
+        ours = build_val_transform(image_size=224, resize=256, normalize=False,
+                                   interpolation="bilinear")(image=image)["image"]
+        assert np.array_equal(ours, np.asarray(bilinear(Image.fromarray(image)))), (height, width)
+        ours = build_val_transform(image_size=224, resize=256, normalize=False,
+                                   interpolation="bicubic")(image=image)["image"]
+        theirs = bicubic(Image.fromarray(image)).permute(1, 2, 0).numpy() * 255
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4, err_msg=f"{height, width}")
+    with pytest.raises(ConfigError, match="data.val_interpolation must be one of area, bilinear, "
+                                          "bicubic, got 'nearest'"):
+        build_val_transform(image_size=224, resize=256, interpolation="nearest")
 
 
 def test_seeded_train_samples_are_reproducible(tmp_path: Path) -> None:

@@ -80,8 +80,9 @@ def test_safetensors_and_the_checkpoints_of_timm_and_torchvision_training_script
                    "model_ema": {"n_averaged": torch.tensor(5),
                                  **{f"module.{k}": v for k, v in weights.items()}},
                    "optimizer": {}, "lr_scheduler": {}, "epoch": 3, "args": args},
-        "compiled_ddp.pth": {"model": {f"module._orig_mod.{k}": v for k, v in weights.items()},
-                             "args": args},
+        "ddp_of_compiled.pth": {"model": {f"module._orig_mod.{k}": v
+                                          for k, v in weights.items()}, "args": args},
+        "compiled_ddp.pth": {"model": {f"_orig_mod.module.{k}": v for k, v in weights.items()}},
     }
     for name, content in files.items():
         torch.save(content, tmp_path / name)
@@ -89,12 +90,21 @@ def test_safetensors_and_the_checkpoints_of_timm_and_torchvision_training_script
         with caplog.at_level(logging.INFO):
             torch.testing.assert_close(_logits(tmp_path / name, x), expected, rtol=0,
                                        atol=1e-5, msg=name)
-    assert "reading the average of the weights ('model_ema')" in caplog.text
+    assert "tv.pth: reading the average of the weights ('model_ema') it holds" in caplog.text
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes((tmp_path / "model.safetensors").read_bytes()[:100])
     with pytest.raises(UnreadableCheckpointError, match=r"cannot read weights file .*broken"
                                                         r".safetensors as safetensors"):
         _logits(broken, x)
+
+
+def test_a_backbone_takes_a_state_dict_already_loaded_as_a_file():
+    reference, _, _ = _timm_model_and_logits()
+    backbone = backbones.build("resnet18", weights=reference.state_dict(), norm="bn").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x)["res5"], reference.forward_features(x),
+                                   rtol=0, atol=1e-5)
 
 
 def test_torchvision_weights_under_another_normalisation_are_warned_of(tmp_path, caplog):

@@ -16,7 +16,9 @@ import numpy as np
 from PIL import Image
 
 # the file suffixes taken for images where a folder is searched (any case)
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+# torchvision's ImageFolder extensions (IMG_EXTENSIONS)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff",
+                            ".webp"})
 
 
 # a Synology NAS's thumbnails (JPEGs of every picture), a zip made on macOS's resource forks
