@@ -11,6 +11,7 @@ import torch
 
 from resnet_detect.backbones import build_classifier, make_provenance, save_checkpoint
 from resnet_detect.backbones.export import export_model
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.export import open_session
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +31,13 @@ def test_onnx_runtime_gives_the_pytorch_logits_at_any_size(tmp_path: Path) -> No
     assert metadata["class_names"] == NAMES and metadata["pixel_mean"] == list(MEAN)
     assert metadata["resize"] == {"shorter_side": 54, "center_crop": 48, "interpolation":
                                   "area (OpenCV INTER_AREA, as the evaluation's transform)"}
+    pillow = export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "bilinear",
+                          ["data.val_interpolation=bilinear"])
+    assert pillow["resize"]["interpolation"].startswith("bilinear (Pillow's, as torchvision's")
+    with pytest.raises(ConfigError, match="data.val_interpolation must be one of area, "
+                                          "bilinear, bicubic, got 'linear'"):
+        export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "x",
+                     ["data.val_interpolation=linear"])
     session = open_session(tmp_path / "export")
     # the same JSON inside the graph, for a service that ships model.onnx alone
     inside = session.get_modelmeta().custom_metadata_map
