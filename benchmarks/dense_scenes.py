@@ -6,7 +6,8 @@ resident memory is per process).
   `Matcher.match_boxes` (blocks of gt rows) against `Matcher(box_iou(gt, anchors))`.
 - masks: a 640x640 image of 1024 polygon objects, resized (short side 480 or 800) and maybe
   flipped: `DetectionDataset` (each object's mask on its own) against albumentations moving
-  every object's full-size mask through the transform.
+  every object's full-size mask through the transform; and with data.train.mask_format=polygon
+  (the polygons moved, then 128 RoIs' 28x28 targets rasterised: one image's mask RoIs).
 
 Usage:
   python benchmarks/dense_scenes.py [--boxes 1000] [--objects 1024]
@@ -66,11 +67,16 @@ def masks(way: str, objects: int) -> float:
         "annotations": anns, "categories": [{"id": 1, "name": "cell"}]}), encoding="utf-8")
     records, _, _ = load_coco_json(folder / "a.json", folder, keep_segmentation=True)
     transform = build_transforms(min_size=[480, 800], max_size=1333, flip_prob=0.5)
-    dataset = DetectionDataset(records, with_masks=True, transform=transform)
+    dataset = DetectionDataset(records, with_masks=True, transform=transform,
+                               mask_format="polygon" if way == "polygon" else "bitmask")
     start = time.perf_counter()
     for seed in range(4):
         if way == "each":
             dataset[(0, seed)]["gt_masks"]
+        elif way == "polygon":
+            sample = dataset[(0, seed)]
+            sample["gt_masks"].rasterize_within(sample["gt_boxes"][:128].numpy(),
+                                                np.arange(128), 28)
         else:
             record = records[0]
             transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
@@ -99,7 +105,9 @@ def main() -> None:
     rows = [("matching", "whole", f"{args.boxes} boxes x 267k anchors, one IoU matrix"),
             ("matching", "blocks", f"{args.boxes} boxes x 267k anchors, blocks of gt rows"),
             ("masks", "stacked", f"{args.objects} objects, full-size masks through the transform"),
-            ("masks", "each", f"{args.objects} objects, each mask resized and flipped alone")]
+            ("masks", "each", f"{args.objects} objects, each mask resized and flipped alone"),
+            ("masks", "polygon", f"{args.objects} objects' polygons moved, 128 RoI targets "
+                                 f"rasterised (data.train.mask_format=polygon)")]
     print("| what | how | seconds | peak RSS (MB) |\n|---|---|---|---|")
     for kind, way, text in rows:
         out = subprocess.run([sys.executable, __file__, "--boxes", str(args.boxes),

@@ -13,6 +13,7 @@ from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.visualize import draw_detections, palette
 
 from .data import DetectionDataset, build_train_dataset, build_val_dataset
+from .data.polygons import PolygonMasks
 
 
 def browse_split(cfg: DictConfig, split: str
@@ -38,7 +39,9 @@ def browse_split(cfg: DictConfig, split: str
         objects = {"boxes": sample["gt_boxes"].numpy(), "labels": labels,
                    "class_names": [mapping.names[k] for k in labels]}
         if "gt_masks" in sample:
-            objects["masks"] = sample["gt_masks"].numpy().astype(bool)
+            masks = sample["gt_masks"]
+            objects["masks"] = (masks.bitmasks(*sample["image"].shape[1:]) if isinstance(
+                masks, PolygonMasks) else masks.numpy()).astype(bool)
         return draw_detections(sample["image"].permute(1, 2, 0).numpy(), objects, colours,
                                min_score=0.0)
     return dataset, draw

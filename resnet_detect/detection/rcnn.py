@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from resnet_detect.engine.config import ArgumentError
 from resnet_detect.engine.data.batching import batch_images
 
+from .data.polygons import PolygonMasks
 from .roi_heads import ROIHeads, paste_masks
 from .rpn import RPN
 
@@ -140,12 +141,18 @@ class GeneralizedRCNN(nn.Module):
     def _check_masks(
         self, target: dict[str, Tensor], i: int, num_objects: int, image_size: tuple[int, int]
     ) -> Tensor:
-        """The (M, H, W) 0/1 ``gt_masks`` of target ``i``, on the model's device."""
+        """The (M, H, W) 0/1 ``gt_masks`` of target ``i``, on the model's device (or its
+        objects' PolygonMasks, as they are)."""
         if "gt_masks" not in target:
             raise ValueError(
                 f"target {i} needs 'gt_masks' (M, H, W) for the mask head (model.mask_on), got "
                 f"keys {sorted(target)}"
             )
+        if isinstance(target["gt_masks"], PolygonMasks):
+            if len(target["gt_masks"]) != num_objects:
+                raise ValueError(f"target {i}: gt_masks has the polygons of "
+                                 f"{len(target['gt_masks'])} objects for {num_objects} gt boxes")
+            return target["gt_masks"]
         masks = torch.as_tensor(target["gt_masks"], device=self.pixel_mean.device)
         if masks.numel() == 0:
             masks = masks.reshape(0, *image_size)

@@ -278,8 +278,10 @@ class DetectionTask:
         targets = [{"gt_boxes": s["gt_boxes"].to(device), "gt_classes": s["gt_classes"].to(device)}
                    for s in batch]
         if "gt_masks" in batch[0]:
-            for target, s in zip(targets, batch):
-                target["gt_masks"] = s["gt_masks"].to(device, non_blocking=True)
+            for target, s in zip(targets, batch):  # (polygons stay on the host)
+                masks = s["gt_masks"]
+                target["gt_masks"] = (masks.to(device, non_blocking=True)
+                                      if isinstance(masks, torch.Tensor) else masks)
         return model(images, targets)
 
     def evaluate(self, model: nn.Module, loader: DataLoader,

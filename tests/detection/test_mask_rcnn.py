@@ -307,7 +307,8 @@ def test_mask_configs_only_add_the_mask_branch() -> None:
 
 def test_the_lvis_config_is_the_coco_recipe_with_lvis_settings() -> None:
     """detectron2's LVISv1 mask_rcnn_R_50_FPN_1x: repeat factor sampling at 0.001, 300
-    detections per image from score 0.0001; all else the COCO Mask R-CNN 1x recipe."""
+    detections per image from score 0.0001, polygon mask targets; all else the COCO Mask
+    R-CNN 1x recipe."""
     from resnet_detect.detection.config import load_config as load_detection_config
 
     coco = OmegaConf.to_container(load_detection_config(CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml"))
@@ -317,10 +318,11 @@ def test_the_lvis_config_is_the_coco_recipe_with_lvis_settings() -> None:
     for section, group, key in [("model", "roi_heads", "score_thresh"),
                                 ("model", "roi_heads", "detections_per_image"),
                                 ("data", "train", "repeat_threshold"),
+                                ("data", "train", "mask_format"),
                                 ("data", "val", "coco_backend")]:
         changed[key] = (coco[section][group].pop(key), lvis[section][group].pop(key))
     assert changed == {"score_thresh": (0.05, 0.0001), "detections_per_image": (100, 300),
-                       "repeat_threshold": (None, 0.001),
+                       "repeat_threshold": (None, 0.001), "mask_format": ("bitmask", "polygon"),
                        "coco_backend": ("pycocotools", "faster_coco_eval")}
     assert lvis["train"].pop("output_dir") == "output/mask_rcnn_R_50_FPN_1x_lvis"
     del coco["train"]["output_dir"]

@@ -44,11 +44,12 @@ def coco_data(root: Path, file_names: tuple[str, ...] = ("sub/a.png",)) -> list[
     return [*split, "data.train.hflip_prob=0.0", "data.num_workers=0"]
 
 
-@pytest.mark.parametrize("config,split", [("faster_rcnn_R_18_FPN", "train"),
-                                          ("mask_rcnn_R_18_FPN", "val")])
+@pytest.mark.parametrize("config,split,extra", [
+    ("faster_rcnn_R_18_FPN", "train", []), ("mask_rcnn_R_18_FPN", "val", []),
+    ("mask_rcnn_R_18_FPN", "train", ["data.train.mask_format=polygon"])])
 def test_detection_objects_are_drawn_where_they_are(tmp_path: Path, config: str,
-                                                    split: str) -> None:
-    overrides = coco_data(tmp_path / "data")
+                                                    split: str, extra: list[str]) -> None:
+    overrides = [*coco_data(tmp_path / "data"), *extra]
     out = tmp_path / "out"
     written = load_tool("browse_dataset").main(
         [str(ROOT / f"configs/synthetic/{config}.yaml"), "--output", str(out), "--split", split,

@@ -4,7 +4,7 @@ A sample:
     {"image": uint8 (3, H, W) RGB after resizing, "image_id": int, "file_name": str,
      "height": int, "width": int (the original image size, for mapping predictions back),
      "gt_boxes": float32 (M, 4) xyxy in resized-image pixels, "gt_classes": int64 (M,),
-     "gt_masks": uint8 (M, H, W) (only with with_masks=True)}
+     "gt_masks": uint8 (M, H, W), or the objects' PolygonMasks (only with with_masks=True)}
 
 Padding to the backbone's size divisibility is the model's job, not this module's.
 """
@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from resnet_detect.engine.data import (PackedRecords, UnreadableImageError, read_image,
-                                       segmentation_to_mask)
+from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableImageError,
+                                       read_image, segmentation_to_mask)
 
+from .polygons import PolygonMasks
 from .transforms import ResizeShortestEdge
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,20 @@ def object_masks(segmentations: Sequence[Any], height: int, width: int,
     return out
 
 
+MASK_FORMATS = ("bitmask", "polygon")
+
+
+def _refuse_rle(records: Sequence[dict[str, Any]]) -> None:
+    """Polygon targets need polygons (detectron2 refuses an RLE there too)."""
+    rle = [f"image id {r['image_id']}, object {k}" for r in records
+           for k, s in enumerate(r["segmentations"]) if isinstance(s, dict)]
+    if rle:
+        raise DatasetError(f"data.train.mask_format=polygon: {len(rle)} objects have an RLE "
+                           f"segmentation, not polygons ({', '.join(rle[:3])}"
+                           f"{', ...' if len(rle) > 3 else ''}); train them with "
+                           f"data.train.mask_format=bitmask")
+
+
 class DetectionDataset(Dataset):
     """Decode, augment and convert records from `load_coco_json` into model inputs.
 
@@ -89,6 +105,9 @@ class DetectionDataset(Dataset):
         records: per-image records from `load_coco_json`.
         transform: from `build_transforms` (with boxes).
         with_masks: also return `gt_masks` (records need `segmentations`).
+        mask_format: "bitmask" (gt_masks: uint8 (M, H, W) at the image's size) or "polygon"
+            (gt_masks: the objects' polygons, `PolygonMasks`; every segmentation a polygon
+            list: an RLE is refused here, naming it).
         scale_per_batch: `batch_keys` gives every image of a batch one training scale
             (drawn as the transform's first top-level ResizeShortestEdge draws it per image),
             so a batch is padded only to its largest aspect ratio, not also to its largest
@@ -96,7 +115,11 @@ class DetectionDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[dict[str, Any]], *, transform: A.Compose,
-                 with_masks: bool = False, scale_per_batch: bool = False) -> None:
+                 with_masks: bool = False, scale_per_batch: bool = False,
+                 mask_format: str = "bitmask") -> None:
+        if mask_format not in MASK_FORMATS:
+            raise ConfigError(f"data.train.mask_format must be one of {', '.join(MASK_FORMATS)}, "
+                              f"got {mask_format!r}")
         if with_masks:
             moves = [type(t).__name__ for t in transform.transforms
                      if not isinstance(t, A.ImageOnlyTransform)]
@@ -109,10 +132,13 @@ class DetectionDataset(Dataset):
                     raise ValueError(f"image id {r['image_id']} ({r['file_name']}): with_masks "
                                      "needs the objects' segmentations (load the records "
                                      "with keep_segmentation=True)")
+            if mask_format == "polygon":
+                _refuse_rle(records)
         self._records = PackedRecords(records)
         self.group_ids = aspect_groups(records)
         self.transform = transform
         self.with_masks = with_masks
+        self.mask_format = mask_format
         self._resize = None
         if scale_per_batch:
             resizes = [t for t in transform.transforms if isinstance(t, ResizeShortestEdge)]
@@ -176,7 +202,12 @@ class DetectionDataset(Dataset):
             "gt_boxes": torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)),
             "gt_classes": torch.from_numpy(classes[keep]),
         }
-        if self.with_masks:
+        if self.with_masks and self.mask_format == "polygon":
+            sample["gt_masks"] = PolygonMasks(
+                [record["segmentations"][i] for i in keep]).moved(
+                    [(n, p) for n, p in out["applied_transforms"] if n in MASK_MOVES],
+                    height, width)
+        elif self.with_masks:
             sample["gt_masks"] = torch.from_numpy(object_masks(
                 [record["segmentations"][i] for i in keep], height, width,
                 out["applied_transforms"]))

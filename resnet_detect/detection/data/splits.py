@@ -12,7 +12,7 @@ from resnet_detect.engine.data import (CategoryMapping, DatasetError, brief,
                                        check_image_sizes, load_coco_json, repeat_factors)
 
 from ..config import test_resize
-from .dataset import DetectionDataset
+from .dataset import MASK_FORMATS, DetectionDataset
 from .transforms import build_transforms
 
 
@@ -87,6 +87,9 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
         raise ConfigError(f"data.train.repeat_threshold must be a fraction of the images in "
                           f"(0, 1] (0.001 for LVIS) or null, got {threshold!r}")
     mask_on = bool(cfg.model.mask_on)
+    if d.mask_format not in MASK_FORMATS:  # before the file is read
+        raise ConfigError(f"data.train.mask_format must be one of {', '.join(MASK_FORMATS)}, "
+                          f"got {d.mask_format!r}")
     records, mapping, stats = load_coco_json(*paths, filter_empty=d.filter_empty,
                                              keep_segmentation=mask_on, training=True)
     if not records or stats.boxes == 0:
@@ -98,6 +101,7 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
                            f"from it")
     min_size = d.min_size if isinstance(d.min_size, int) else list(d.min_size)
     train = DetectionDataset(records, with_masks=mask_on, scale_per_batch=scale_per_batch,
+                             mask_format=d.mask_format,
                              transform=build_transforms(min_size=min_size, max_size=d.max_size,
                                                         flip_prob=flip_prob))
     if threshold is not None:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from resnet_detect.engine.config import ArgumentError
+from ..data.polygons import PolygonMasks
 from ..tracing import split_per_image
 
 
@@ -98,11 +99,12 @@ class MaskRCNNHead(nn.Module):
         """Crops every RoI's matched gt mask to the RoI and resizes it to the mask size.
 
         Bilinear RoIAlign (adaptive sampling) on the 0/1 gt bitmaps: targets are soft near
-        the object's edges, as in torchvision's Mask R-CNN.
+        the object's edges, as in torchvision's Mask R-CNN. Polygons are rasterised inside
+        each RoI instead, 0/1, as detectron2 makes them (on the host: one read of the RoIs).
 
         Args:
             gt_masks: per image (M_i, H_i, W_i) 0/1 masks (uint8, bool or float) at the
-                image's size.
+                image's size, or the objects' PolygonMasks.
             boxes: per image (P_i, 4) positive RoIs, image pixels.
             matched_idxs: per image (P_i,) int64 index of each RoI's gt object.
             mask_size: side of the targets (28).
@@ -113,6 +115,11 @@ class MaskRCNNHead(nn.Module):
         targets = []
         for masks, rois, idxs in zip(gt_masks, boxes, matched_idxs):
             if len(rois) == 0:
+                continue
+            if isinstance(masks, PolygonMasks):
+                crops = masks.rasterize_within(rois.cpu().numpy(), idxs.cpu().numpy(),
+                                               mask_size)
+                targets.append(torch.from_numpy(crops).to(rois.device))
                 continue
             # min(P_i, M_i) float maps (G, 1, H, W): one per RoI or one per gt mask (as
             # torchvision); only the matched gt masks would take a torch.unique, which waits
