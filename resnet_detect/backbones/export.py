@@ -69,6 +69,8 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
     if len(names) != num_classes:
         names = [f"class_{i}" for i in range(num_classes)]
     trained = ((provenance.get("config") or {}).get("data") or {})
+    if trained:  # runs from before data.val_interpolation evaluated with OpenCV's area filter
+        trained = {"val_interpolation": "area", **trained}
     for key in ("image_size", "val_resize", "val_interpolation"):
         if key in trained and trained[key] != cfg.data[key]:
             logger.warning("%s was evaluated with data.%s=%s; the export resizes with this "

@@ -80,3 +80,9 @@ def test_an_export_at_other_sizes_than_the_training_evaluation_warns(
     assert "was evaluated with data.image_size=48; the export resizes with this config's 224" \
         in caplog.text
     assert json.loads((tmp_path / "other/export.json").read_text())["resize"]["center_crop"] == 224
+    # weights from before data.val_interpolation were evaluated with the area filter
+    caplog.clear()
+    export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "bilinear",
+                 ["data.val_interpolation=bilinear"])
+    assert "was evaluated with data.val_interpolation=area; the export resizes with this " \
+           "config's bilinear" in caplog.text

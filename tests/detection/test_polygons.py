@@ -41,12 +41,14 @@ def _datasets(root: Path, *extra: str):
             for fmt in ([], ["data.train.mask_format=polygon"])]
 
 
-@pytest.mark.parametrize("flip", [0.0, 1.0])
-def test_polygon_targets_follow_the_resize_and_flip_as_the_bitmaps_do(data: Path,
-                                                                     flip: float) -> None:
+@pytest.mark.parametrize("flip,aligned", [(0.0, True), (1.0, True), (0.0, False),
+                                          (1.0, False)])
+def test_polygon_targets_follow_the_resize_and_flip_as_the_bitmaps_do(
+        data: Path, flip: float, aligned: bool) -> None:
     """Each object's polygon target in its own box against RoIAlign of its (resized, maybe
-    flipped) bitmap: the same shape up to the bitmap's soft edges. A flip or a scale applied
-    to one and not the other is far off."""
+    flipped) bitmap, aligned or not (torchvision's, the configs' default, samples half a
+    pixel off): the same shape up to the bitmap's soft edges. A flip, a scale or the half
+    pixel applied to one and not the other is off."""
     bitmask, polygon = _datasets(data, f"data.train.hflip_prob={flip}")
     ious, sizes = [], set()
     for index in range(len(bitmask)):
@@ -58,13 +60,14 @@ def test_polygon_targets_follow_the_resize_and_flip_as_the_bitmaps_do(data: Path
             boxes = a["gt_boxes"]
             rois = torch.cat([torch.arange(len(boxes))[:, None].float(), boxes], dim=1)
             soft = roi_align(a["gt_masks"][:, None].float(), rois, (28, 28), 1.0, 0,
-                             aligned=True)[:, 0].numpy()
-            hard = b["gt_masks"].rasterize_within(boxes.numpy(), np.arange(len(boxes)), 28)
-            assert np.abs(soft - hard).mean() < 0.06
+                             aligned=aligned)[:, 0].numpy()
+            hard = b["gt_masks"].rasterize_within(boxes.numpy(), np.arange(len(boxes)), 28,
+                                                  aligned=aligned)
+            assert np.abs(soft - hard).mean() < 0.055
             both = ((soft >= 0.5) & (hard >= 0.5)).sum((1, 2))
             either = ((soft >= 0.5) | (hard >= 0.5)).sum((1, 2))
             ious.extend(both / np.maximum(either, 1))
-    assert min(ious) > 0.85 and np.mean(ious) > 0.95
+    assert min(ious) > 0.9 and np.mean(ious) > 0.96
     assert len(sizes) > 1  # resized to several training scales
 
 

@@ -13,8 +13,10 @@ and RoIs) and its inference (sigmoid).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -100,7 +102,8 @@ class MaskRCNNHead(nn.Module):
 
         Bilinear RoIAlign (adaptive sampling) on the 0/1 gt bitmaps: targets are soft near
         the object's edges, as in torchvision's Mask R-CNN. Polygons are rasterised inside
-        each RoI instead, 0/1, as detectron2 makes them (on the host: one read of the RoIs).
+        each RoI instead, 0/1, as detectron2 makes them, on the host (one read of every
+        image's RoIs), half a pixel off where the pooler is not aligned, as its bitmaps are.
 
         Args:
             gt_masks: per image (M_i, H_i, W_i) 0/1 masks (uint8, bool or float) at the
@@ -113,12 +116,14 @@ class MaskRCNNHead(nn.Module):
             (P, mask_size, mask_size) float targets in [0, 1], images one after another.
         """
         targets = []
+        on_host = self._polygon_rois_on_host(gt_masks, boxes, matched_idxs)
         for masks, rois, idxs in zip(gt_masks, boxes, matched_idxs):
             if len(rois) == 0:
                 continue
             if isinstance(masks, PolygonMasks):
-                crops = masks.rasterize_within(rois.cpu().numpy(), idxs.cpu().numpy(),
-                                               mask_size)
+                host = next(on_host)
+                crops = masks.rasterize_within(host[:, :4], host[:, 4].astype(np.int64),
+                                               mask_size, aligned=self.aligned)
                 targets.append(torch.from_numpy(crops).to(rois.device))
                 continue
             # min(P_i, M_i) float maps (G, 1, H, W): one per RoI or one per gt mask (as
@@ -137,6 +142,19 @@ class MaskRCNNHead(nn.Module):
         if not targets:
             return torch.zeros((0, mask_size, mask_size), device=boxes[0].device)
         return torch.cat(targets)
+
+    @staticmethod
+    def _polygon_rois_on_host(gt_masks: Sequence[Any], boxes: Sequence[Tensor],
+                              matched_idxs: Sequence[Tensor]) -> Iterator[np.ndarray]:
+        """(P_i, 5) float64 rows (box, object index) of each image with polygons and RoIs, in
+        order, read from the device at once."""
+        rows = [torch.cat([b, i[:, None].to(b.dtype)], dim=1)
+                for m, b, i in zip(gt_masks, boxes, matched_idxs)
+                if isinstance(m, PolygonMasks) and len(b)]
+        if not rows:
+            return iter(())
+        host = torch.cat(rows).cpu().double().numpy()
+        return iter(np.split(host, np.cumsum([len(r) for r in rows])[:-1]))
 
     def losses(self, pred_mask_logits: Tensor, gt_mask_targets: Tensor) -> dict[str, Tensor]:
         """Binary cross-entropy, mean over pixels and RoIs.
