@@ -29,8 +29,8 @@ from .classifier import Classifier
 from .export import export_model
 from .data import (ImageBatch, ImageFolderDataset, build_train_transform, build_val_transform,
                    check_val_interpolation, collate_images, normalize_images, scan_image_folder)
-from .weights import (load_weights, make_provenance, refuse_mismatched_settings,
-                      refuse_other_normalisation, save_checkpoint)
+from .weights import (load_weights, make_provenance, read_checkpoint,
+                      refuse_mismatched_settings, refuse_other_normalisation, save_checkpoint)
 
 BASE_CONFIG = CONFIGS / "pretrain" / "base_classifier.yaml"
 OPEN_KEYS = ("model.options",)
@@ -97,7 +97,8 @@ class ClassificationTask:
         self.pixel_std = torch.ones(3)
 
     def prepare(self, cfg: DictConfig) -> TaskData:
-        check_model_config(lambda probe: self._build(probe, num_classes=2), cfg)
+        check_model_config(lambda probe: self._build(probe, num_classes=2), cfg,
+                           read_weights=read_checkpoint)
         train, val = build_datasets(cfg)
         self.class_names = train.class_names
         self.channels_last = bool(cfg.model.channels_last)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from resnet_detect.engine.config import ConfigError
 from resnet_detect import backbones
 from resnet_detect.backbones.model_weights import resumed_model_check
+from resnet_detect.backbones.weights import read_checkpoint
 from resnet_detect.engine import atomic_write_json, is_main_process, to_plain
 from resnet_detect.engine.data import (CategoryMapping, CountedLoader, DatasetError, brief,
                                        build_test_loader, read_coco_json)
@@ -243,7 +244,7 @@ class DetectionTask:
         self.evaluator: COCOEvaluator | None = None
 
     def prepare(self, cfg: DictConfig) -> TaskData:
-        check_model_config(build_model, cfg)
+        check_model_config(build_model, cfg, read_weights=read_checkpoint)
         backend = coco_backend(cfg)
         data = build_datasets(cfg)
         resolve_num_classes(cfg, data.mapping)

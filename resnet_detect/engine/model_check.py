@@ -1,6 +1,7 @@
 """A model config's mistakes found before the training data is read (minutes at COCO scale)
-rather than after: the model built on the meta device (no memory, no weights read) with a
-stand-in class count, and every weights file the config names looked for."""
+rather than after: the model built on the meta device (no memory, no weights loaded) with a
+stand-in class count, and every weights file the config names looked for and read (a damaged
+file is told before minutes of reading the data, not after)."""
 from __future__ import annotations
 
 import copy
@@ -28,7 +29,8 @@ def weights_keys(node: Any, prefix: str = "model.") -> dict[str, Any]:
 
 
 def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig, *,
-                       num_classes: int = 2) -> None:
+                       num_classes: int = 2,
+                       read_weights: Callable[[str], Any] | None = None) -> None:
     """Raise what `build(cfg)` would raise for the config's `model` section (ConfigError),
     and a FileNotFoundError naming a `weights` key whose file is not there.
 
@@ -36,6 +38,8 @@ def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig
         build: the task's model builder.
         cfg: the config; `model.num_classes` may still be null (read from the data later).
         num_classes: the stand-in class count while it is.
+        read_weights: reads a weights file, raising what makes it unreadable (a damaged or
+            cut file, another format); each is read so, before the data, when given.
     """
     weights = weights_keys(cfg.get("model"))
     for key, value in weights.items():
@@ -44,6 +48,8 @@ def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig
                 check_weights_file(value)
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"{key}: {e}") from None
+            if read_weights is not None:
+                read_weights(value)
     probe = copy.deepcopy(cfg)
     with open_dict(probe):
         for key in weights:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from resnet_detect import backbones
 from resnet_detect.backbones.model_weights import resumed_model_check
+from resnet_detect.backbones.weights import read_checkpoint
 from resnet_detect.engine import atomic_write_json, is_main_process
 from resnet_detect.engine.export import ExportError, check_class_names, is_onnx
 from resnet_detect.engine.files import nan_to_none
@@ -163,7 +164,7 @@ class SemSegTask:
         self.tta: TTAInference | None = None
 
     def prepare(self, cfg: DictConfig) -> TaskData:
-        check_model_config(build_model, cfg)
+        check_model_config(build_model, cfg, read_weights=read_checkpoint)
         self.tta = tta_from_config(cfg)  # its errors before training, not at the evaluation
         train = build_dataset(cfg, "train")  # checks the data first
         if not train.labelled:

@@ -7,7 +7,9 @@ import glob
 from pathlib import Path
 
 import pytest
+import torch
 
+from resnet_detect.engine.checkpoint import UnreadableCheckpointError
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data import DatasetError
 from resnet_detect.engine.tasks import config_task, load_task_config, task_module
@@ -83,6 +85,19 @@ def test_a_missing_weights_file_is_named_before_the_data_is_read(config, key, tm
     (tmp_path / "folder.pth").mkdir()
     with pytest.raises(FileNotFoundError, match=f"{key}: .*folder.pth is a folder"):
         _prepare(config, [*overrides, f"{key}={tmp_path / 'folder.pth'}"])
+
+
+@pytest.mark.parametrize("config,key", [(DETECTOR, "model.backbone.weights"),
+                                        (DETECTOR, "model.weights"),
+                                        (SEGMENTER, "model.weights"),
+                                        (CLASSIFIER, "model.weights")])
+def test_a_damaged_weights_file_is_named_before_the_data_is_read(config, key, tmp_path):
+    """A download cut short: told before minutes of reading COCO or scanning ImageNet."""
+    whole = tmp_path / "whole.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, whole)
+    (tmp_path / "cut.pth").write_bytes(whole.read_bytes()[:200])
+    with pytest.raises(UnreadableCheckpointError, match=r"cannot read weights file .*cut.pth"):
+        _prepare(config, [*_no_data(config, tmp_path), f"{key}={tmp_path / 'cut.pth'}"])
 
 
 SHIPPED = sorted(p for p in glob.glob(str(REPO / "configs/*/*.yaml"))
