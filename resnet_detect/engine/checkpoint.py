@@ -65,6 +65,8 @@ class Checkpointer:
         provenance: stored in every checkpoint (see `backbones.make_provenance`).
         average: the run's moving average of the weights (engine.ema.WeightAverage), saved
             as "model" with the model's own state as "training_weights".
+        extra_fn: iteration -> the "extra" of a save not given one, called on every process
+            (it may be collective).
         check: called as check(path, its provenance or {}, its iteration) before a checkpoint
             is restored; raises to refuse it (e.g. another run's config).
     """
@@ -74,10 +76,12 @@ class Checkpointer:
                  scheduler: Any = None, scaler: Any = None,
                  max_to_keep: int | None = None, provenance: Mapping[str, Any] | None = None,
                  average: WeightAverage | None = None,
+                 extra_fn: Callable[[int], Mapping[str, Any]] | None = None,
                  check: Callable[[Path, Mapping[str, Any], int], None] | None = None) -> None:
         self.output_dir = Path(output_dir)
         self.model = model
         self.average = average
+        self.extra_fn = extra_fn
         self.components = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
         self.max_to_keep = None if max_to_keep is None else max(int(max_to_keep), 2)
         self.provenance = dict(provenance) if provenance is not None else None
@@ -109,6 +113,8 @@ class Checkpointer:
                 full disk, say); the previous checkpoint and the pointer are left as they were.
         """
         rng_states = all_gather_object(get_rng_state())
+        if extra is None and self.extra_fn is not None:
+            extra = self.extra_fn(iteration)
         path = self.output_dir / f"model_{iteration:07d}.pth"
         error = None
         if is_main_process():

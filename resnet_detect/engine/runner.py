@@ -247,6 +247,7 @@ class _SkipCounter:
 
     def __init__(self, batches_per_step: int = 1) -> None:
         self.count = 0
+        self.before = 0  # over all processes, in the steps before the checkpoint resumed from
         self.batches_per_step = batches_per_step
         self._window = [0, 0, 0]  # unreadable images, images, batches since the last check
 
@@ -271,9 +272,13 @@ class _SkipCounter:
                 "data.train paths and the images against their annotations; the last "
                 "checkpoint is from before, continue from it with --resume")
 
+    def total(self) -> int:
+        """The count over all processes and the whole run (collective)."""
+        return self.before + int(all_reduce_sum({"n": self.count})["n"])
+
     def report(self, logger: logging.Logger, split: str) -> int:
-        """Log the count over all processes (collective); returns it."""
-        total = int(all_reduce_sum({"n": self.count})["n"])
+        """Log `total()` (collective); returns it."""
+        total = self.total()
         if total:
             logger.warning("%s: skipped %d unreadable image reads", split, total)
         return total
@@ -588,6 +593,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                 scheduler=scheduler, scaler=trainer.scaler,
                                 max_to_keep=t.max_to_keep, provenance=recorded,
                                 average=average,
+                                extra_fn=lambda _: {"skipped_images": skipped.total()},
                                 check=lambda path, saved, iteration: _check_resumable(
                                     path, saved, iteration, cfg, lengths["max_iter"],
                                     logger, recorded or {}, _model_check(task, model)))
@@ -605,6 +611,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             checkpointer.replace_earlier_run(keep=keep)
             _warn_of_earlier_results(output_dir, keep, logger)
     start_iter = state["iteration"] if state is not None else 0
+    if state is not None:  # (older checkpoints did not count them)
+        skipped.before = int(state["extra"].get("skipped_images", 0))
     if resume:
         check_same_start_everywhere(start_iter, output_dir)
     if is_main_process():  # once resuming is known to work: a refused resume keeps the old one

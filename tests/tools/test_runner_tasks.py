@@ -211,6 +211,31 @@ def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
 
 
+class _SomeUnreadable(_Points):
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any] | None:
+        return None if key[0] % 5 == 0 else super().__getitem__(key)  # 4 of the 16
+
+
+class _SomeUnreadableTask(_RegressionTask):
+    def prepare(self, cfg: Any) -> TaskData:
+        return TaskData(train=_SomeUnreadable(), val=None, description="16 points")
+
+
+def test_the_count_of_unreadable_images_covers_the_whole_of_a_resumed_run(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """(It counted the steps after the resume only.)"""
+    cpu = torch.device("cpu")
+    full = run_training(_SomeUnreadableTask(), _toy_config(tmp_path / "full"), cpu)
+    assert full["skipped"] >= 4  # 24 draws: a pass over the 16 (4 unreadable), then 8 more
+    with pytest.raises(TrainingInterrupted):
+        run_training(signal_at_step(_SomeUnreadableTask(), 3, signal.SIGTERM),
+                     _toy_config(tmp_path / "cut"), cpu)
+    resumed = run_training(_SomeUnreadableTask(), _toy_config(tmp_path / "cut"), cpu,
+                           resume=True)
+    assert resumed["skipped"] == full["skipped"]
+    assert f"train: skipped {full['skipped']} unreadable image reads" in caplog.text
+
+
 class _RandomEvalTask(_RegressionTask):
     """Its evaluation draws from every global generator, as a dataset or model may."""
 
