@@ -176,6 +176,11 @@ def check_train_choices(t: DictConfig) -> None:
         # torch's clip_grad_norm_ takes a negative norm and turns every gradient around
         raise ConfigError(f"train.clip_grad_norm must be > 0, or 0 or null for no clipping, got "
                           f"{t.clip_grad_norm!r}")
+    if not (is_number(t.final_lr_factor) and 0 <= t.final_lr_factor <= 1):
+        # below 0 the lr turns negative (SGD climbs the loss), above 1 it rises
+        raise ConfigError(f"train.final_lr_factor must be in 0..1 (the lr at the end of a cosine "
+                          f"or poly decay, as a fraction of train.base_lr), got "
+                          f"{t.final_lr_factor!r}")
     for key, least in (("log_period", 1), ("checkpoint_period", 0), ("eval_period", 0)):
         if t[key] < least:
             raise ConfigError(f"train.{key} must be >= {least}, got {t[key]}"

@@ -307,8 +307,8 @@ def test_mask_configs_only_add_the_mask_branch() -> None:
 
 def test_the_lvis_config_is_the_coco_recipe_with_lvis_settings() -> None:
     """detectron2's LVISv1 mask_rcnn_R_50_FPN_1x: repeat factor sampling at 0.001, 300
-    detections per image from score 0.0001, polygon mask targets; all else the COCO Mask
-    R-CNN 1x recipe."""
+    detections per image from score 0.0001, polygon mask targets, 180k steps with drops at
+    120k and 160k; all else the COCO Mask R-CNN 1x recipe."""
     from resnet_detect.detection.config import load_config as load_detection_config
 
     coco = OmegaConf.to_container(load_detection_config(CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml"))
@@ -326,6 +326,9 @@ def test_the_lvis_config_is_the_coco_recipe_with_lvis_settings() -> None:
                        "coco_backend": ("pycocotools", "faster_coco_eval")}
     assert lvis["train"].pop("output_dir") == "output/mask_rcnn_R_50_FPN_1x_lvis"
     del coco["train"]["output_dir"]
+    schedule = {k: (coco["train"].pop(k), lvis["train"].pop(k)) for k in ("max_iter", "lr_steps")}
+    assert schedule == {"max_iter": (90000, 180000),
+                        "lr_steps": ([60000, 80000], [120000, 160000])}
     assert lvis == coco
     assert lvis["model"]["num_classes"] is None  # read from the file: 1203 for LVIS v1
 

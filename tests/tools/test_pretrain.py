@@ -391,7 +391,10 @@ def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
     for key, value, message in (
             ("train.batch_size", 0, "train.batch_size must be a positive integer"),
             ("data.num_workers", -1, "data.num_workers must be an integer >= 0"),
-            ("train.clip_grad_norm", -1.0, "train.clip_grad_norm must be > 0, or 0 or null")):
+            ("train.clip_grad_norm", -1.0, "train.clip_grad_norm must be > 0, or 0 or null"),
+            # the lr turned negative (SGD climbs the loss) or rose
+            ("train.final_lr_factor", -0.5, r"train.final_lr_factor must be in 0..1"),
+            ("train.final_lr_factor", 2.0, r"train.final_lr_factor must be in 0..1")):
         with pytest.raises(ConfigError, match=f"{message}.* got {value}$"):
             tool.main(overrides(tmp_path / "data", tmp_path / key, **{key: value}))
         assert not (tmp_path / key).exists()
