@@ -21,18 +21,17 @@ from resnet_detect.engine.tasks import load_task_config
 
 from . import build_classifier
 from .classifier import Classifier
-from .data import check_val_interpolation
+from .data import VAL_INTERPOLATIONS, check_val_interpolation
 from .weights import read_checkpoint, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
 TASK = "classification"
-INTERPOLATION_NOTES = {  # export.json's words for data.val_interpolation
-    "area": "area (OpenCV INTER_AREA, as the evaluation's transform)",
-    "bilinear": "bilinear (Pillow's, as torchvision's Resize: longer side int(shorter_side * "
-                "long / short), crop offsets rounded)",
-    "bicubic": "bicubic (Pillow's, as torchvision's Resize: longer side int(shorter_side * "
-               "long / short), crop offsets rounded)"}
+# export.json's words for data.val_interpolation
+INTERPOLATION_NOTES = {
+    name: "area (OpenCV INTER_AREA, as the evaluation's transform)" if name == "area" else
+    f"{name} (Pillow's, as torchvision's Resize: longer side int(shorter_side * long / "
+    f"short), crop offsets rounded)" for name in VAL_INTERPOLATIONS}
 
 
 class ClassifierGraph(nn.Module):

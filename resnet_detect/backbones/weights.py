@@ -127,9 +127,9 @@ def open_weights(weights: str | os.PathLike | Mapping[str, Any], source: str | N
     if source is None:
         source = str(weights) if is_path else "the given state dict"
     checkpoint = read_checkpoint(weights) if is_path else weights
-    if weights_entry(checkpoint) in AVERAGED_WEIGHTS:
-        logger.info("%s: reading the average of the weights (%r) it holds", source,
-                    weights_entry(checkpoint))
+    entry = weights_entry(checkpoint)
+    if entry in AVERAGED_WEIGHTS:
+        logger.info("%s: reading the average of the weights (%r) it holds", source, entry)
     state_dict, provenance = unwrap_state_dict(checkpoint)
     return state_dict, provenance, source
 

@@ -87,6 +87,13 @@ def object_masks(segmentations: Sequence[Any], height: int, width: int,
 MASK_FORMATS = ("bitmask", "polygon")
 
 
+def check_mask_format(value: Any) -> None:
+    """data.train.mask_format: one of MASK_FORMATS."""
+    if value not in MASK_FORMATS:
+        raise ConfigError(f"data.train.mask_format must be one of {', '.join(MASK_FORMATS)}, "
+                          f"got {value!r}")
+
+
 def _refuse_rle(records: Sequence[dict[str, Any]]) -> None:
     """Polygon targets need polygons (detectron2 refuses an RLE there too)."""
     rle = [f"image id {r['image_id']}, object {k}" for r in records
@@ -117,9 +124,7 @@ class DetectionDataset(Dataset):
     def __init__(self, records: Sequence[dict[str, Any]], *, transform: A.Compose,
                  with_masks: bool = False, scale_per_batch: bool = False,
                  mask_format: str = "bitmask") -> None:
-        if mask_format not in MASK_FORMATS:
-            raise ConfigError(f"data.train.mask_format must be one of {', '.join(MASK_FORMATS)}, "
-                              f"got {mask_format!r}")
+        check_mask_format(mask_format)
         if with_masks:
             moves = [type(t).__name__ for t in transform.transforms
                      if not isinstance(t, A.ImageOnlyTransform)]

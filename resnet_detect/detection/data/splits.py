@@ -12,7 +12,7 @@ from resnet_detect.engine.data import (CategoryMapping, DatasetError, brief,
                                        check_image_sizes, load_coco_json, repeat_factors)
 
 from ..config import test_resize
-from .dataset import MASK_FORMATS, DetectionDataset
+from .dataset import DetectionDataset, check_mask_format
 from .transforms import build_transforms
 
 
@@ -87,9 +87,7 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
         raise ConfigError(f"data.train.repeat_threshold must be a fraction of the images in "
                           f"(0, 1] (0.001 for LVIS) or null, got {threshold!r}")
     mask_on = bool(cfg.model.mask_on)
-    if d.mask_format not in MASK_FORMATS:  # before the file is read
-        raise ConfigError(f"data.train.mask_format must be one of {', '.join(MASK_FORMATS)}, "
-                          f"got {d.mask_format!r}")
+    check_mask_format(d.mask_format)  # before the file is read
     records, mapping, stats = load_coco_json(*paths, filter_empty=d.filter_empty,
                                              keep_segmentation=mask_on, training=True)
     if not records or stats.boxes == 0:
