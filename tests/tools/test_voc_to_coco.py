@@ -1,0 +1,169 @@
+"""tools/voc_to_coco.py: VOC XML to COCO, boxes as detectron2 reads VOC's (1-based inclusive
+pixel indices: (xmin - 1, ymin - 1, xmax, ymax)), difficult objects as crowd regions as
+mmdetection's converter writes them, and every problem named with nothing written."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_detect.detection.data.voc import VOC_CLASSES
+from resnet_detect.engine.data import DatasetError, load_coco_json
+from tests.tools.test_train_eval_demo import ROOT, load_tool
+
+voc_to_coco = load_tool("voc_to_coco")
+
+
+def _xml(file_name: str, width: int, height: int, objects: list[tuple]) -> str:
+    parts = [f"<annotation><folder>VOC2007</folder><filename>{file_name}</filename>"
+             f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"]
+    for name, (x1, y1, x2, y2), difficult in objects:
+        parts.append(f"<object><name>{name}</name><pose>Left</pose><truncated>0</truncated>"
+                     f"<difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
+                     f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+    return "".join(parts) + "</annotation>"
+
+
+def _devkit(root: Path, images: dict[str, tuple[int, int, list[tuple]]],
+            splits: dict[str, list[str]]) -> Path:
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for name, (width, height, objects) in images.items():
+        cv2.imwrite(str(root / "JPEGImages" / f"{name}.jpg"), np.zeros((height, width, 3),
+                                                                      np.uint8))
+        (root / "Annotations" / f"{name}.xml").write_text(
+            _xml(f"{name}.jpg", width, height, objects), encoding="utf-8")
+    for split, names in splits.items():
+        (root / "ImageSets/Main" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+@pytest.fixture()
+def voc07(tmp_path: Path) -> Path:
+    return _devkit(tmp_path / "VOCdevkit" / "VOC2007", {
+        "000005": (50, 40, [("dog", (1, 1, 50, 40), 0), ("person", (10, 20, 29, 29), 0),
+                            ("chair", (3, 4, 7, 9), 1)]),
+        "000007": (30, 60, [("car", (2, 3, 12, 33), 0)]),
+        "000009": (30, 60, []),
+    }, {"trainval": ["000005", "000007"], "test": ["000009"]})
+
+
+def test_boxes_and_difficult_objects_are_converted_as_detectron2_and_mmdetection_read_them(
+        voc07: Path, tmp_path: Path) -> None:
+    out = tmp_path / "trainval.json"
+    coco = voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(out)])
+    assert json.loads(out.read_text()) == coco
+    assert [c["name"] for c in coco["categories"]] == list(VOC_CLASSES)
+    assert [c["id"] for c in coco["categories"]] == list(range(1, 21))
+    assert coco["images"] == [
+        {"id": 1, "file_name": "JPEGImages/000005.jpg", "height": 40, "width": 50},
+        {"id": 2, "file_name": "JPEGImages/000007.jpg", "height": 60, "width": 30}]
+    # (id, image, category id, bbox, area, iscrowd), each bbox worked out by hand from the XML
+    assert [(a["id"], a["image_id"], a["category_id"], a["bbox"], a["area"], a["iscrowd"])
+            for a in coco["annotations"]] == [
+        (1, 1, 12, [0.0, 0.0, 50.0, 40.0], 2000.0, 0),   # dog over the whole 50x40 image
+        (2, 1, 15, [9.0, 19.0, 20.0, 10.0], 200.0, 0),   # person: pixels 10..29 x 20..29
+        (3, 1, 9, [2.0, 3.0, 5.0, 6.0], 30.0, 1),        # chair, difficult: a crowd region
+        (4, 2, 7, [1.0, 2.0, 11.0, 31.0], 341.0, 0)]     # car
+
+    records, mapping, stats = load_coco_json(out, voc07)
+    assert mapping.names == VOC_CLASSES and stats.crowd == 1
+    np.testing.assert_array_equal(records[0]["boxes"], [[0, 0, 50, 40], [9, 19, 29, 29]])
+    assert [VOC_CLASSES[c] for c in records[0]["classes"]] == ["dog", "person"]
+    assert Path(records[1]["file_name"]) == voc07 / "JPEGImages" / "000007.jpg"
+
+    kept = voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(out),
+                             "--keep-difficult"])
+    assert [a["iscrowd"] for a in kept["annotations"]] == [0, 0, 0, 0]
+
+
+def test_two_years_share_one_image_folder_and_a_split_takes_the_training_files_categories(
+        voc07: Path, tmp_path: Path) -> None:
+    voc12 = _devkit(tmp_path / "VOCdevkit" / "VOC2012", {
+        "2008_000001": (20, 20, [("boat", (1, 1, 10, 10), 0)])}, {"trainval": ["2008_000001"]})
+    train = tmp_path / "train.json"
+    coco = voc_to_coco.main([str(voc07), str(voc12), "--split", "trainval", "--output",
+                             str(train), "--classes", "dog", "person", "chair", "car", "boat"])
+    assert [i["file_name"] for i in coco["images"]] == [
+        "VOC2007/JPEGImages/000005.jpg", "VOC2007/JPEGImages/000007.jpg",
+        "VOC2012/JPEGImages/2008_000001.jpg"]
+    assert [a["category_id"] for a in coco["annotations"]] == [1, 2, 3, 4, 5]
+    records, _, _ = load_coco_json(train, tmp_path / "VOCdevkit")
+    assert len(records) == 3
+
+    # the test split has no objects: its categories still are the training file's
+    test = voc_to_coco.main([str(voc07), "--split", "test", "--output",
+                             str(tmp_path / "test.json"), "--classes-from", str(train)])
+    assert test["categories"] == coco["categories"] and test["annotations"] == []
+
+
+def test_a_folder_of_labelimg_files_beside_their_images(tmp_path: Path) -> None:
+    folder = tmp_path / "labels" / "day1"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (64, 48)).save(folder / "IMG 1.png")
+    (folder / "IMG 1.xml").write_text(_xml("IMG 1.png", 64, 48, [("Cat", (5, 6, 64, 48), 0)]),
+                                      encoding="utf-8")
+    coco = voc_to_coco.main([str(tmp_path / "labels"), "--output", str(tmp_path / "out.json")])
+    assert coco["images"] == [{"id": 1, "file_name": "day1/IMG 1.png", "height": 48,
+                               "width": 64}]
+    assert coco["categories"] == [{"id": 1, "name": "Cat", "supercategory": "none"}]
+    assert coco["annotations"][0]["bbox"] == [4.0, 5.0, 60.0, 43.0]
+
+
+def test_every_problem_is_named_and_nothing_is_written(voc07: Path, tmp_path: Path) -> None:
+    annotations = voc07 / "Annotations"
+    (annotations / "000005.xml").write_text(
+        _xml("000005.jpg", 50, 40, [("dog", (1, 1, "12px", 40), 0),
+                                    ("cat", (20, 1, 10, 40), 0)]), encoding="utf-8")
+    (annotations / "000007.xml").write_text("<annotation><filename>000007.jpg", encoding="utf-8")
+    (voc07 / "JPEGImages" / "000009.jpg").unlink()
+    (voc07 / "ImageSets/Main/all.txt").write_text("000005\n000007\n000009\n")
+    out = tmp_path / "out.json"
+    with pytest.raises(DatasetError) as refused:
+        voc_to_coco.main([str(voc07), "--split", "all", "--output", str(out)])
+    message = str(refused.value)
+    assert message.startswith("3 problems in the VOC annotations")
+    assert "000005.xml object 0 (dog): <xmax> is not a number: '12px'" in message
+    assert "000007.xml: not valid XML" in message
+    assert "000009.xml: its image is not in" in message
+    assert not out.exists()
+
+    (annotations / "000005.xml").write_text(
+        _xml("000005.jpg", 50, 40, [("cat", (20, 1, 10, 40), 0)]), encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"object 0 \(cat\): xmax < xmin or ymax < ymin"):
+        voc_to_coco.main([str(voc07), "--split", "all", "--output", str(out)])
+
+    with pytest.raises(DatasetError, match="no such split file"):
+        voc_to_coco.main([str(voc07), "--split", "val", "--output", str(out)])
+    assert not out.exists()
+
+
+def test_names_outside_the_classes_and_sizes_other_than_the_images_are_refused(
+        voc07: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    with pytest.raises(DatasetError, match=r"not among the classes: 'chair' \(1 objects\), "
+                                           r"'person' \(1 objects\)"):
+        voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(out),
+                          "--classes", "dog", "car"])
+    # an XML written for the image as stored, the image turned by its EXIF orientation
+    (voc07 / "Annotations" / "000007.xml").write_text(
+        _xml("000007.jpg", 60, 30, [("car", (2, 3, 12, 13), 0)]), encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"<size> says 60x30, its image .*000007.jpg reads as "
+                                           r"30x60 \(turned by its EXIF orientation\?\)"):
+        voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(out)])
+    assert not out.exists()
+
+
+def test_the_command_line_prints_the_problem_and_exits_2(voc07: Path, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "tools/voc_to_coco.py"), str(voc07),
+                           "--split", "val", "--output", str(tmp_path / "out.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("voc_to_coco.py: error: ") and "val.txt: no such split" \
+        in done.stderr

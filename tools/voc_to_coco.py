@@ -1,0 +1,95 @@
+"""Convert Pascal VOC XML annotations to one COCO-format JSON for tools/train.py and the others
+(mmdetection's tools/dataset_converters/pascal_voc.py; detectron2 reads VOC's boxes the same
+way: resnet_detect/detection/data/voc.py says how).
+
+Usage:
+  python tools/voc_to_coco.py VOCdevkit/VOC2007 --split trainval --output voc07_trainval.json
+  python tools/voc_to_coco.py VOCdevkit/VOC2007 VOCdevkit/VOC2012 --split trainval \\
+      --output voc0712_trainval.json                # both years, img_dir VOCdevkit
+  python tools/voc_to_coco.py VOCdevkit/VOC2007 --split test --output voc07_test.json \\
+      --classes-from voc0712_trainval.json          # the training file's categories
+  python tools/voc_to_coco.py labels/ --output train.json   # XMLs beside their images (LabelImg)
+
+A ROOT is a VOC devkit year folder (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt;
+without --split every XML of Annotations/) or any folder whose XML files lie beside their images.
+Categories are 1..K: VOC's 20 classes in their usual (alphabetical) order where every name is
+one of them, else the names found, sorted; --classes or --classes-from fix them, so that a
+training and a validation file agree (training refuses files whose categories differ).
+`difficult` objects are crowd regions (ignored in training and scoring) unless
+--keep-difficult. Image file names are relative to --img-dir (default: ROOT, or the folder
+that holds all ROOTs); the tool ends by printing the config keys to use. Nothing is written
+when an XML file, an object or an image has a problem: each is named.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resnet_detect.detection.data.voc import annotation_files, voc_to_coco  # noqa: E402
+from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect.engine.data import DatasetError, read_coco_json  # noqa: E402
+from resnet_detect.engine.files import atomic_write_json  # noqa: E402
+
+logger = logging.getLogger("voc_to_coco")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("roots", nargs="+", metavar="ROOT",
+                        help="VOC devkit year folders, or folders of XML files beside images")
+    parser.add_argument("--output", required=True, help="the COCO JSON file to write")
+    parser.add_argument("--split", default=None,
+                        help="ImageSets/Main/<split>.txt of each devkit folder (default: all)")
+    parser.add_argument("--img-dir", default=None,
+                        help="folder the file names are relative to (default: ROOT, or the "
+                             "folder holding all ROOTs)")
+    classes = parser.add_mutually_exclusive_group()
+    classes.add_argument("--classes", nargs="+", default=None, metavar="NAME",
+                         help="the categories, in order (ids 1..K)")
+    classes.add_argument("--classes-from", default=None, metavar="JSON",
+                         help="take the categories (ids and names) of this COCO file")
+    parser.add_argument("--keep-difficult", action="store_true",
+                        help="difficult objects as ordinary ones (default: crowd regions)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Convert; returns the COCO dict written."""
+    args = parse_args(argv)
+    roots = [Path(r) for r in args.roots]
+    if args.img_dir is not None:
+        img_dir = Path(args.img_dir)
+    elif len(roots) == 1:
+        img_dir = roots[0]
+    else:
+        img_dir = Path(os.path.commonpath([os.path.abspath(r) for r in roots]))
+    class_names, category_ids = args.classes, None
+    if args.classes_from is not None:
+        categories = sorted(read_coco_json(args.classes_from)["categories"],
+                            key=lambda c: c["id"])
+        class_names = [c["name"] for c in categories]
+        category_ids = [c["id"] for c in categories]
+    pairs = [pair for root in roots for pair in annotation_files(root, args.split)]
+    coco = voc_to_coco(pairs, img_dir, class_names,
+                       keep_difficult=args.keep_difficult, category_ids=category_ids)
+    try:
+        atomic_write_json(coco, args.output)
+    except OSError as err:
+        raise DatasetError(f"{args.output}: cannot be written ({err})") from None
+    crowd = sum(a["iscrowd"] for a in coco["annotations"])
+    print(f"{args.output}: {len(coco['images'])} images, {len(coco['annotations'])} objects "
+          f"({crowd} difficult as crowd regions), {len(coco['categories'])} categories: "
+          + ", ".join(c["name"] for c in coco["categories"]))
+    print(f"use: data.train.ann_file={args.output} data.train.img_dir={img_dir}  (or data.val.*)")
+    return coco
+
+
+if __name__ == "__main__":
+    run_tool(main)
