@@ -1,0 +1,120 @@
+"""tools/yolo_to_coco.py: Ultralytics YOLO labels to COCO files (boxes and polygons in pixels of
+the image as read, after its EXIF orientation; class k as category k + 1), every problem named
+with nothing written."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_detect.engine.data import DatasetError, load_coco_json, read_image
+from tests.tools.test_train_eval_demo import load_tool
+
+yolo_to_coco = load_tool("yolo_to_coco")
+
+
+def _image(path: Path, width: int, height: int, orientation: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    Image.new("RGB", (width, height), (90, 120, 150)).save(path, exif=exif)
+
+
+def _labels(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+@pytest.fixture()
+def dataset(tmp_path: Path) -> Path:
+    root = tmp_path / "pets"
+    _image(root / "images/train/a.jpg", 100, 50)
+    _labels(root / "labels/train/a.txt", [
+        "0 0.5 0.5 0.2 0.4",                          # a box
+        "1 0.1 0.2 0.3 0.2 0.3 0.6 0.1 0.6"])         # a polygon: a 20 x 20 square
+    _image(root / "images/train/sub/b.png", 40, 40)   # no label file: no objects
+    # stored 100 x 50, turned a quarter by its EXIF orientation: read as 50 x 100
+    _image(root / "images/val/c.jpg", 100, 50, orientation=6)
+    _labels(root / "labels/val/c.txt", ["1 0.5 0.25 0.2 0.1"])
+    (root / "val.txt").write_text("./images/val/c.jpg\n")
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: val.txt\n"
+                                    "names:\n  0: cat\n  1: dog\n")
+    return root
+
+
+def test_boxes_and_polygons_in_pixels_of_the_image_as_read(dataset: Path,
+                                                           tmp_path: Path) -> None:
+    out = tmp_path / "coco"
+    coco = yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["train.json", "val.json"]
+    train, val = coco["train"], coco["val"]
+    assert train["categories"] == val["categories"] == [
+        {"id": 1, "name": "cat", "supercategory": "none"},
+        {"id": 2, "name": "dog", "supercategory": "none"}]
+    assert [(i["file_name"], i["height"], i["width"]) for i in train["images"]] == [
+        ("images/train/a.jpg", 50, 100), ("images/train/sub/b.png", 40, 40)]
+    box, square = train["annotations"]
+    # centre (50, 25), 20 x 20 pixels of the 100 x 50 image
+    assert (box["category_id"], box["bbox"], box["area"]) == (1, [40.0, 15.0, 20.0, 20.0], 400.0)
+    assert "segmentation" not in box
+    np.testing.assert_allclose(square["segmentation"], [[10, 10, 30, 10, 30, 30, 10, 30]])
+    np.testing.assert_allclose(square["bbox"], [10, 10, 20, 20])
+    assert square["category_id"] == 2 and square["area"] == 400.0
+
+    # the val image reads as 50 wide, 100 high: the fractions are of that
+    assert read_image(dataset / "images/val/c.jpg").shape == (100, 50, 3)
+    assert [(i["file_name"], i["height"], i["width"]) for i in val["images"]] == [
+        ("images/val/c.jpg", 100, 50)]
+    np.testing.assert_allclose(val["annotations"][0]["bbox"], [20, 20, 10, 10])
+
+    records, mapping, _ = load_coco_json(out / "train.json", dataset)
+    assert mapping.names == ("cat", "dog")
+    np.testing.assert_allclose(records[0]["boxes"], [[40, 15, 60, 35], [10, 10, 30, 30]])
+    assert records[0]["classes"].tolist() == [0, 1] and len(records[1]["boxes"]) == 0
+    # Mask R-CNN needs a polygon for every object: the box's line is named
+    with pytest.raises(DatasetError, match="annotation id=1 .*no 'segmentation'"):
+        load_coco_json(out / "train.json", dataset, keep_segmentation=True)
+
+
+def test_a_roboflow_export_names_its_folders_from_one_level_up(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    _image(root / "train/images/x.jpg", 64, 64)
+    _labels(root / "train/labels/x.txt", ["0 0.5 0.5 0.5 0.5"])
+    (root / "data.yaml").write_text("train: ../train/images\nnc: 1\nnames: ['bolt']\n")
+    coco = yolo_to_coco.main([str(root / "data.yaml"), "--output-dir", str(tmp_path / "o")])
+    assert coco["train"]["images"][0]["file_name"] == "train/images/x.jpg"
+    assert coco["train"]["annotations"][0]["bbox"] == [16.0, 16.0, 32.0, 32.0]
+
+
+def test_every_problem_is_named_and_nothing_is_written(dataset: Path, tmp_path: Path) -> None:
+    _labels(dataset / "labels/train/a.txt", [
+        "2 0.5 0.5 0.2 0.4", "0 0.5 0.5 0.2", "0 0.5 1.5 0.2 0.4", "0 x 0.5 0.2 0.4",
+        "0.5 0.5 0.5 0.2 0.4"])
+    (dataset / "images/train/sub/b.png").write_bytes(b"not a png")
+    out = tmp_path / "coco"
+    with pytest.raises(DatasetError) as refused:
+        yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(out)])
+    message = str(refused.value)
+    assert message.startswith("2 problems in the YOLO labels")  # the first bad line of a file
+    assert "a.txt line 1: class 2 is not one of 0..1" in message
+    assert "b.png: missing or not an image" in message
+    assert not out.exists()
+
+    for line, expected in [("0 0.5 0.5 0.2", "3 numbers after the class: 4 \\(a box\\)"),
+                           ("0 0.5 1.5 0.2 0.4", "coordinates must be fractions of the image"),
+                           ("0 x 0.5 0.2 0.4", "not numbers"),
+                           ("0.5 0.5 0.5 0.2 0.4", "class 0.5 is not one of 0..1")]:
+        _labels(dataset / "labels/train/a.txt", [line])
+        with pytest.raises(DatasetError, match="a.txt line 1: " + expected):
+            yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(out),
+                               "--splits", "train"])
+    with pytest.raises(DatasetError, match="no split 'test'"):
+        yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(out),
+                           "--splits", "test"])
+    (dataset / "data.yaml").write_text("train: images/train\n")
+    with pytest.raises(DatasetError, match="data.yaml: no 'names'"):
+        yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(out)])
+    assert not out.exists()
