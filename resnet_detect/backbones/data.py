@@ -112,6 +112,12 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
     return samples, list(class_names)
 
 
+# OpenCV's area filter where an image shrinks (no moire, as Pillow's antialiased filters),
+# bilinear where it grows: INTER_AREA alone enlarges as nearest neighbour does (at 2x each
+# pixel twice). A crop that shrinks one side and grows the other takes the area filter.
+SMOOTH_RESIZE = {"interpolation": cv2.INTER_LINEAR, "area_for_downscale": "image"}
+
+
 def build_train_transform(*, image_size: int, scale: Sequence[float] = (0.08, 1.0),
                           hflip: bool = True, pixel_mean: Sequence[float] = PIXEL_MEAN,
                           pixel_std: Sequence[float] = PIXEL_STD,
@@ -119,11 +125,10 @@ def build_train_transform(*, image_size: int, scale: Sequence[float] = (0.08, 1.
     """Random resized crop to image_size, horizontal flip, normalization (0..255 mean/std;
     normalize=False: uint8 out, normalized later by `normalize_images`).
 
-    Resizing uses INTER_AREA: moire-free when shrinking, bilinear when enlarging (OpenCV).
+    Resizing: SMOOTH_RESIZE.
     """
     return A.Compose([
-        A.RandomResizedCrop(size=(image_size, image_size), scale=tuple(scale),
-                            interpolation=cv2.INTER_AREA),
+        A.RandomResizedCrop(size=(image_size, image_size), scale=tuple(scale), **SMOOTH_RESIZE),
         A.HorizontalFlip(p=0.5 if hflip else 0.0),
         *_normalization(pixel_mean, pixel_std, normalize),
     ])
@@ -141,14 +146,15 @@ def build_val_transform(*, image_size: int, resize: int, pixel_mean: Sequence[fl
                         interpolation: str = "area") -> A.Compose:
     """Resize the shorter side to `resize`, center crop image_size, normalize (or not: uint8).
 
-    `interpolation` (VAL_INTERPOLATIONS): "area" is OpenCV's; "bilinear" and "bicubic" are
-    torchvision's `Resize(resize)` + `CenterCrop(image_size)` on a Pillow image, exactly (the
-    longer side truncated, the crop's offsets rounded, Pillow's antialiased filter)."""
+    `interpolation` (VAL_INTERPOLATIONS): "area" is OpenCV's (SMOOTH_RESIZE); "bilinear" and
+    "bicubic" are torchvision's `Resize(resize)` + `CenterCrop(image_size)` on a Pillow image,
+    exactly (the longer side truncated, the crop's offsets rounded, Pillow's antialiased
+    filter)."""
     if resize < image_size:
         raise ValueError(f"val resize {resize} must be >= image size {image_size}")
     check_val_interpolation(interpolation)
     if interpolation == "area":
-        geometry = [A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_AREA),
+        geometry = [A.SmallestMaxSize(max_size=resize, **SMOOTH_RESIZE),
                     A.CenterCrop(height=image_size, width=image_size)]
     else:
         # a partial, not a lambda: spawned loader workers receive the transform pickled

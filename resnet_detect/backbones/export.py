@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 TASK = "classification"
 # export.json's words for data.val_interpolation
 INTERPOLATION_NOTES = {
-    name: "area (OpenCV INTER_AREA, as the evaluation's transform)" if name == "area" else
+    name: "area (OpenCV INTER_AREA where the image shrinks, bilinear where it grows, as the "
+    "evaluation's transform)" if name == "area" else
     f"{name} (Pillow's, as torchvision's Resize: longer side int(shorter_side * long / "
     f"short), crop offsets rounded)" for name in VAL_INTERPOLATIONS}
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import random
 import os
 import subprocess
 import sys
@@ -214,6 +215,23 @@ def test_val_transform_resizes_crops_center_and_normalizes() -> None:
     normed = build_val_transform(image_size=10, resize=10)(image=flat)["image"]
     expected = [(200 - m) / s for m, s in zip(MEAN, STD)]
     np.testing.assert_allclose(normed[0, 0], expected, rtol=1e-5)
+
+
+def test_the_area_filter_shrinks_and_a_bilinear_one_enlarges() -> None:
+    """OpenCV's INTER_AREA enlarges as nearest neighbour does (2x: every pixel twice): the
+    transforms take it where the image shrinks only, bilinear where it grows."""
+    rng = np.random.default_rng(0)
+    small, large = (rng.integers(0, 256, (n, n, 3), dtype=np.uint8) for n in (24, 96))
+    for size, image, filter_ in [(48, small, cv2.INTER_LINEAR), (48, large, cv2.INTER_AREA)]:
+        expected = cv2.resize(image, (size, size), interpolation=filter_)
+        train = build_train_transform(image_size=size, scale=(1.0, 1.0), hflip=False,
+                                      normalize=False)
+        train.set_random_state(np.random.default_rng(0), random.Random(0))
+        np.testing.assert_array_equal(train(image=image)["image"], expected)
+        val = build_val_transform(image_size=size, resize=size, normalize=False)
+        np.testing.assert_array_equal(val(image=image)["image"], expected)
+    grown = build_val_transform(image_size=48, resize=48, normalize=False)(image=small)["image"]
+    assert not np.array_equal(grown[::2, ::2], grown[1::2, 1::2])  # not each pixel twice
 
 
 def test_val_interpolations_of_pillow_are_torchvisions_and_timms_evaluation() -> None:

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..data import ImageFolderDataset, scan_image_folder
+from ..data import SMOOTH_RESIZE, ImageFolderDataset, scan_image_folder
 
 logger = logging.getLogger(__name__)
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -134,7 +133,7 @@ def load_image_folder(split_dir: str | os.PathLike, image_size: int, *,
     if 0 < max_items < len(samples):
         keep = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))
         samples = [samples[i] for i in sorted(keep[:max_items].tolist())]
-    transform = A.Compose([A.SmallestMaxSize(max_size=image_size, interpolation=cv2.INTER_AREA),
+    transform = A.Compose([A.SmallestMaxSize(max_size=image_size, **SMOOTH_RESIZE),
                            A.CenterCrop(height=image_size, width=image_size)])
     dataset = ImageFolderDataset(samples=samples, class_names=names, transform=transform)
     items = [dataset[i] for i in range(len(dataset))]
