@@ -175,6 +175,8 @@ class ResNet(nn.Module):
         width: multiplier of the block width (wide ResNets).
         drop_path_rate: stochastic depth, rising linearly from 0 to this rate over the blocks.
         out_features: which of stem, res2..res5 forward returns.
+        zero_init_residual: each block's last norm starts at weight 0, so that every block
+            starts as its shortcut (Goyal et al. 2017; torchvision's option of this name).
     """
 
     def __init__(self, *, stage_blocks: Sequence[int], stage_planes: Sequence[int],
@@ -183,7 +185,8 @@ class ResNet(nn.Module):
                  multi_grid: Sequence[int] | None = None, norm: str = "bn", freeze_at: int = 0,
                  stride_in_1x1: bool = False, groups: int = 1, width_per_group: int = 64,
                  width: float = 1.0, drop_path_rate: float = 0.0,
-                 out_features: Sequence[str] | None = None) -> None:
+                 out_features: Sequence[str] | None = None,
+                 zero_init_residual: bool = False) -> None:
         super().__init__()
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"unknown block {block!r}; valid: basic, bottleneck")
@@ -240,16 +243,22 @@ class ResNet(nn.Module):
             raise ArgumentError(f"out_features {unknown} are not stages of this net; valid: "
                                 f"{', '.join(self._shapes)}")
         self.size_divisibility = stride_so_far
-        self._init_weights()
+        self._init_weights(zero_init_residual)
         self.freeze(freeze_at)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                last = getattr(m, "norm3", None) if isinstance(m, Bottleneck) else \
+                    getattr(m, "norm2", None) if isinstance(m, BasicBlock) else None
+                if last is not None and getattr(last, "weight", None) is not None:
+                    nn.init.zeros_(last.weight)
 
     def freeze(self, at: int) -> "ResNet":
         """Freeze the stem (at >= 1) and stages res2..res{at}: no gradients, frozen BN stats."""

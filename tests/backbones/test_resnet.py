@@ -118,6 +118,27 @@ def test_shortcut_options_a_b_c():
         assert model.eval()(x)["res5"].shape == (1, 2048, 2, 2)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_zero_init_residual_starts_every_block_as_its_shortcut(name):
+    model = backbones.build(name, zero_init_residual=True).eval()
+    reference = getattr(torchvision.models, name)(zero_init_residual=True)
+    def zero_scales(net: nn.Module) -> list[str]:
+        return [n for n, p in net.named_parameters()
+                if n.endswith("weight") and p.dim() == 1 and not p.any()]
+    zeros = zero_scales(model)
+    assert len(zeros) == len(zero_scales(reference)) == {"resnet18": 8, "resnet50": 16}[name]
+    assert all(n.endswith("norm3.weight" if name == "resnet50" else "norm2.weight")
+               for n in zeros)
+    blocks = [m for m in model.modules() if isinstance(m, backbones.resnet.ResidualBlock)]
+    x = torch.randn(1, 64, 16, 16)
+    with torch.no_grad():
+        for block in blocks:
+            x = x[:, :block.in_channels] if x.shape[1] >= block.in_channels else \
+                torch.randn(1, block.in_channels, 16, 16)
+            torch.testing.assert_close(block(x.clone()), F.relu(block.shortcut(x)))
+    assert zero_scales(backbones.build(name)) == []
+
+
 def test_plain_twin_has_same_layers_and_no_additions():
     residual = backbones.build("cifar_resnet20").eval()
     plain = backbones.build("plain_cifar_resnet20").eval()
