@@ -174,6 +174,27 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
         model, device_ids=[get_local_rank()] if device.type == "cuda" else None)
 
 
+# images per process under which BatchNorm's batch statistics are too noisy to train on alone
+# (torchvision's segmentation reference and mmsegmentation synchronise them at 2-4 per GPU)
+SMALL_NORM_BATCH = 8
+
+
+def unsynced_batch_norm_warning(model: nn.Module, images: int, world_size: int,
+                                device_type: str) -> str | None:
+    """The warning for BatchNorm layers that train on `images` images per forward in each of
+    `world_size` processes, each with its own statistics; None where that is not so small."""
+    own = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and not isinstance(m, nn.SyncBatchNorm) and m.track_running_stats]
+    if world_size == 1 or images >= SMALL_NORM_BATCH or not own:
+        return None
+    fix = ("norm: syncbn synchronises them over the GPUs, as torchvision's segmentation "
+           "reference and mmsegmentation do" if device_type == "cuda" else
+           "norm: gn needs no batch statistics (syncbn is for GPUs)")
+    return (f"{len(own)} BatchNorm layers train on {images} images per process, each of the "
+            f"{world_size} processes with its own statistics: {fix} (model.backbone.norm, "
+            f"model.head.norm; model.options.norm for pretraining)")
+
+
 def refuse_syncbn_on_cpus(where: str) -> None:
     """`where` (config keys) says norm: syncbn, and the processes run on CPUs (gloo)."""
     raise ConfigError(f"{where}: syncbn synchronises BatchNorm over GPUs only; "

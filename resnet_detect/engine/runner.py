@@ -37,7 +37,7 @@ from .config import (ConfigError, flat_keys, is_number, is_positive_int, save_co
 from .data import CountedLoader, build_test_loader, build_train_loader, collate
 from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
                           get_world_size, is_main_process, per_process_batch_size,
-                          refuse_syncbn_on_cpus, wrap_ddp)
+                          refuse_syncbn_on_cpus, unsynced_batch_norm_warning, wrap_ddp)
 from .ema import WeightAverage, check_ema_decay
 from .files import atomic_write_json, nan_to_none
 from .logging import ProgressLogger, ScalarWriter, setup_logging
@@ -556,6 +556,9 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                           .to(device), compile_backend, device)
     seed_everything(t.seed + get_rank())  # distinct dropout / sampling per process
     ddp_model = wrap_ddp(model, device)
+    norm_warning = unsynced_batch_norm_warning(model, batch_size, get_world_size(), device.type)
+    if norm_warning and is_main_process():
+        logger.warning(norm_warning)
     optimizer = build_optimizer_from_config(cfg, model)
     scheduler = build_scheduler_from_config(cfg, optimizer, lengths)
     average = WeightAverage(model, t.ema_decay) if t.ema_decay is not None else None

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch import nn
 
 from resnet_detect.engine import distributed as D
 from resnet_detect.engine import runner
@@ -192,3 +193,20 @@ def test_a_gpu_the_process_cannot_use_is_refused_before_anything_is_built(tmp_pa
         with pytest.raises(ValueError, match=r"device 'cuda:99': (torch .* sees no GPU .*use "
                                              r"device='cpu'|this machine has \d+ GPU)"):
             predictor(weights=missing, device="cuda:99")
+
+
+def test_batch_norm_on_few_images_per_process_is_warned_of() -> None:
+    from resnet_detect import backbones
+    from resnet_detect.engine.distributed import unsynced_batch_norm_warning
+    model = backbones.build("resnet18")  # 20 BatchNorm layers
+    warning = unsynced_batch_norm_warning(model, 2, 8, "cuda")
+    assert warning.startswith("20 BatchNorm layers train on 2 images per process, each of the "
+                              "8 processes with its own statistics: norm: syncbn synchronises")
+    assert "model.backbone.norm, model.head.norm" in warning
+    assert "norm: gn needs no batch statistics" in unsynced_batch_norm_warning(model, 2, 2, "cpu")
+    assert unsynced_batch_norm_warning(model, 2, 1, "cuda") is None      # one process
+    assert unsynced_batch_norm_warning(model, 8, 8, "cuda") is None      # enough images
+    assert unsynced_batch_norm_warning(backbones.build("resnet18", norm="frozen_bn"), 2, 8,
+                                       "cuda") is None
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(backbones.build("resnet18"))
+    assert unsynced_batch_norm_warning(synced, 2, 8, "cuda") is None
