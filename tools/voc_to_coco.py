@@ -12,9 +12,12 @@ Usage:
 
 A ROOT is a VOC devkit year folder (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt;
 without --split every XML of Annotations/) or any folder whose XML files lie beside their images.
-Categories are 1..K: VOC's 20 classes in their usual (alphabetical) order where every name is
-one of them, else the names found, sorted; --classes or --classes-from fix them, so that a
-training and a validation file agree (training refuses files whose categories differ).
+--images names the images' folder where the XMLs lie elsewhere (LabelImg's separate save
+folder). Categories are 1..K: VOC's 20 classes in their usual (alphabetical) order where the
+names are VOC's and more than half of them, else the names found, sorted; --classes or
+--classes-from fix them, so that a training and a validation file agree (training refuses
+files whose categories differ). Boxes are VOC's 1-based pixel indices (detectron2's reading);
+--zero-based takes them as pixel edges (CVAT's VOC export writes x and x + w).
 `difficult` objects are crowd regions (ignored in training and scoring) unless
 --keep-difficult. Image file names are relative to --img-dir (default: ROOT, or the folder
 that holds all ROOTs); the tool ends by printing the config keys to use. Nothing is written
@@ -57,6 +60,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                          help="take the categories (ids and names) of this COCO file")
     parser.add_argument("--keep-difficult", action="store_true",
                         help="difficult objects as ordinary ones (default: crowd regions)")
+    parser.add_argument("--images", default=None, metavar="DIR",
+                        help="the images' folder where it is not the devkit's JPEGImages/ or "
+                             "the XMLs' own (LabelImg's separate save folder)")
+    parser.add_argument("--zero-based", action="store_true",
+                        help="boxes written as pixel edges (CVAT's / Datumaro's VOC export), "
+                             "not VOC's 1-based pixel indices: no - 1")
     return parser.parse_args(argv)
 
 
@@ -76,9 +85,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                             key=lambda c: c["id"])
         class_names = [c["name"] for c in categories]
         category_ids = [c["id"] for c in categories]
-    pairs = [pair for root in roots for pair in annotation_files(root, args.split)]
-    coco = voc_to_coco(pairs, img_dir, class_names,
-                       keep_difficult=args.keep_difficult, category_ids=category_ids)
+    images = Path(args.images) if args.images is not None else None
+    if images is not None and not images.is_dir():
+        raise DatasetError(f"--images {images}: not a folder")
+    if images is not None and args.img_dir is None:
+        img_dir = images
+    entries = [e for root in roots for e in annotation_files(root, args.split, images)]
+    coco = voc_to_coco(entries, img_dir, class_names, keep_difficult=args.keep_difficult,
+                       category_ids=category_ids, zero_based=args.zero_based)
     try:
         atomic_write_json(coco, args.output)
     except OSError as err:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_detect.detection.data.voc import VOC_CLASSES
+from resnet_detect.detection.data.voc import VOC_CLASSES, default_classes
 from resnet_detect.engine.data import DatasetError, load_coco_json
 from tests.tools.test_train_eval_demo import ROOT, load_tool
 
@@ -59,28 +59,72 @@ def test_boxes_and_difficult_objects_are_converted_as_detectron2_and_mmdetection
     out = tmp_path / "trainval.json"
     coco = voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(out)])
     assert json.loads(out.read_text()) == coco
-    assert [c["name"] for c in coco["categories"]] == list(VOC_CLASSES)
-    assert [c["id"] for c in coco["categories"]] == list(range(1, 21))
+    # four of VOC's classes: the four, sorted (not VOC's 20)
+    assert [(c["id"], c["name"]) for c in coco["categories"]] == [
+        (1, "car"), (2, "chair"), (3, "dog"), (4, "person")]
     assert coco["images"] == [
         {"id": 1, "file_name": "JPEGImages/000005.jpg", "height": 40, "width": 50},
         {"id": 2, "file_name": "JPEGImages/000007.jpg", "height": 60, "width": 30}]
     # (id, image, category id, bbox, area, iscrowd), each bbox worked out by hand from the XML
     assert [(a["id"], a["image_id"], a["category_id"], a["bbox"], a["area"], a["iscrowd"])
             for a in coco["annotations"]] == [
-        (1, 1, 12, [0.0, 0.0, 50.0, 40.0], 2000.0, 0),   # dog over the whole 50x40 image
-        (2, 1, 15, [9.0, 19.0, 20.0, 10.0], 200.0, 0),   # person: pixels 10..29 x 20..29
-        (3, 1, 9, [2.0, 3.0, 5.0, 6.0], 30.0, 1),        # chair, difficult: a crowd region
-        (4, 2, 7, [1.0, 2.0, 11.0, 31.0], 341.0, 0)]     # car
+        (1, 1, 3, [0.0, 0.0, 50.0, 40.0], 2000.0, 0),    # dog over the whole 50x40 image
+        (2, 1, 4, [9.0, 19.0, 20.0, 10.0], 200.0, 0),    # person: pixels 10..29 x 20..29
+        (3, 1, 2, [2.0, 3.0, 5.0, 6.0], 30.0, 1),        # chair, difficult: a crowd region
+        (4, 2, 1, [1.0, 2.0, 11.0, 31.0], 341.0, 0)]     # car
 
     records, mapping, stats = load_coco_json(out, voc07)
-    assert mapping.names == VOC_CLASSES and stats.crowd == 1
+    assert mapping.names == ("car", "chair", "dog", "person") and stats.crowd == 1
     np.testing.assert_array_equal(records[0]["boxes"], [[0, 0, 50, 40], [9, 19, 29, 29]])
-    assert [VOC_CLASSES[c] for c in records[0]["classes"]] == ["dog", "person"]
+    assert [mapping.names[c] for c in records[0]["classes"]] == ["dog", "person"]
     assert Path(records[1]["file_name"]) == voc07 / "JPEGImages" / "000007.jpg"
 
     kept = voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(out),
                              "--keep-difficult"])
     assert [a["iscrowd"] for a in kept["annotations"]] == [0, 0, 0, 0]
+    # pixel edges as written (CVAT's export): no - 1
+    edges = voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(out),
+                              "--zero-based"])
+    assert [a["bbox"] for a in edges["annotations"]][1:] == [
+        [10.0, 20.0, 19.0, 9.0], [3.0, 4.0, 4.0, 5.0], [2.0, 3.0, 10.0, 30.0]]
+
+
+def test_voc_s_own_classes_are_its_20_only_for_a_voc_split() -> None:
+    assert default_classes(VOC_CLASSES[:11]) == list(VOC_CLASSES)
+    assert default_classes(["person", "car", "person"]) == ["car", "person"]
+    assert default_classes(["person", "lamp"]) == ["lamp", "person"]
+
+
+def test_a_cvat_export_s_sub_folders_split_ids_with_spaces_and_bom(tmp_path: Path) -> None:
+    root = _devkit(tmp_path / "cvat", {"frame 1": (20, 10, [("car", (1, 1, 5, 5), "false")])},
+                   {})
+    for folder in ("Annotations/seq", "JPEGImages/seq"):
+        (root / folder).mkdir(parents=True)
+    cv2.imwrite(str(root / "JPEGImages/seq/f2.png"), np.zeros((10, 20, 3), np.uint8))
+    (root / "Annotations/seq/f2.xml").write_text(
+        _xml("seq/f2.png", 20, 10, [("car", (2, 2, 6, 6), "true")]), encoding="utf-8")
+    (root / "ImageSets/Main/default.txt").write_bytes(
+        "\ufeffframe 1\nseq/f2\n".encode("utf-8"))
+    out = tmp_path / "out.json"
+    for split in (["--split", "default"], []):  # the split file, or every XML, nested too
+        coco = voc_to_coco.main([str(root), "--output", str(out), *split])
+        assert [i["file_name"] for i in coco["images"]] == ["JPEGImages/frame 1.jpg",
+                                                            "JPEGImages/seq/f2.png"]
+        assert [a["iscrowd"] for a in coco["annotations"]] == [0, 1]
+
+
+def test_xml_files_saved_apart_from_their_images(tmp_path: Path) -> None:
+    (tmp_path / "annotations").mkdir()
+    Image.new("RGB", (30, 20)).save(tmp_path / "a.jpg")  # images in the dataset's root
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (30, 20)).save(tmp_path / "images" / "a.jpg")
+    (tmp_path / "annotations" / "a.xml").write_text(
+        _xml("a.jpg", 30, 20, [("bolt", (1, 1, 10, 10), 0)]), encoding="utf-8")
+    with pytest.raises(DatasetError, match="its image is not in .*annotations"):
+        voc_to_coco.main([str(tmp_path / "annotations"), "--output", str(tmp_path / "o.json")])
+    coco = voc_to_coco.main([str(tmp_path / "annotations"), "--images",
+                             str(tmp_path / "images"), "--output", str(tmp_path / "o.json")])
+    assert coco["images"][0]["file_name"] == "a.jpg"  # under --images, the img_dir
 
 
 def test_two_years_share_one_image_folder_and_a_split_takes_the_training_files_categories(
@@ -138,6 +182,20 @@ def test_every_problem_is_named_and_nothing_is_written(voc07: Path, tmp_path: Pa
         _xml("000005.jpg", 50, 40, [("cat", (20, 1, 10, 40), 0)]), encoding="utf-8")
     with pytest.raises(DatasetError, match=r"object 0 \(cat\): xmax < xmin or ymax < ymin"):
         voc_to_coco.main([str(voc07), "--split", "all", "--output", str(out)])
+
+    (annotations / "000005.xml").write_text(
+        _xml("000005.jpg", 50, 40, [("cat", (1, 1, 10, 40), "maybe")]), encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"object 0 \(cat\): <difficult> is 'maybe', not 0"):
+        voc_to_coco.main([str(voc07), "--split", "all", "--output", str(out)])
+    (annotations / "000005.xml").write_bytes(
+        '<?xml version="1.0" encoding="gbk"?><annotation/>'.encode())
+    with pytest.raises(DatasetError, match="000005.xml: cannot be decoded .*save it as UTF-8"):
+        voc_to_coco.main([str(voc07), "--split", "all", "--output", str(out)])
+    (annotations / "000007.xml").write_text(_xml("000007.jpg", 30, 60, []), encoding="utf-8")
+    (voc07 / "ImageSets/Main/twice.txt").write_text("000007\n000007\n")
+    with pytest.raises(DatasetError, match="000007.xml: its image .*000007.jpg is also "
+                                           ".*000007.xml's"):
+        voc_to_coco.main([str(voc07), "--split", "twice", "--output", str(out)])
 
     with pytest.raises(DatasetError, match="no such split file"):
         voc_to_coco.main([str(voc07), "--split", "val", "--output", str(out)])

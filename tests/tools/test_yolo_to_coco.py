@@ -118,3 +118,49 @@ def test_every_problem_is_named_and_nothing_is_written(dataset: Path, tmp_path: 
     with pytest.raises(DatasetError, match="data.yaml: no 'names'"):
         yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(out)])
     assert not out.exists()
+
+
+def test_exports_as_they_are_written(tmp_path: Path) -> None:
+    """Label Studio's folder (classes.txt, no YAML), coordinates a little outside 0..1 (as its
+    and make-sense's exports write them), repeated lines, an image listed twice, a pose
+    dataset's lines, a split file's ./ paths beside it."""
+    export = tmp_path / "label_studio"
+    _image(export / "images/x.png", 100, 100)
+    _labels(export / "labels/x.txt", ["0 0.5 0.5 1.004 0.2", "0 0.5 0.5 1.004 0.2", "",
+                                      "1 -0.004 0.1 0.2 0.2"])
+    (export / "classes.txt").write_bytes("\ufeffbolt\nnut\n".encode())
+    coco = yolo_to_coco.main([str(export), "--output-dir", str(tmp_path / "o1")])["train"]
+    assert [c["name"] for c in coco["categories"]] == ["bolt", "nut"]
+    # clipped to the image; the repeated line once
+    assert [(a["category_id"], a["bbox"]) for a in coco["annotations"]] == [
+        (1, [0.0, 40.0, 100.0, 20.0]), (2, [0.0, 0.0, 10.0, 20.0])]
+    _labels(export / "labels/x.txt", ["0 0.5 0.5 1.02 0.2"])
+    with pytest.raises(DatasetError, match="x.txt line 1: coordinates must be fractions"):
+        yolo_to_coco.main([str(export), "--output-dir", str(tmp_path / "o1")])
+
+    pose = tmp_path / "pose"
+    _image(pose / "images/val/p.jpg", 100, 50)
+    # box (50, 25) 20 x 20, then two keypoints (x, y, visibility)
+    _labels(pose / "labels/val/p.txt", ["0 0.5 0.5 0.2 0.4 0.45 0.45 2 0.55 0.55 2"])
+    (pose / "lists").mkdir()
+    (pose / "lists/val.txt").write_text("./../images/val/p.jpg\n../images/val/p.jpg\n",
+                                        encoding="utf-8")
+    (pose / "data.yaml").write_text("val: lists/val.txt\nkpt_shape: [2, 3]\nnames: [person]\n",
+                                    encoding="utf-8")
+    val = yolo_to_coco.main([str(pose), "--output-dir", str(tmp_path / "o2")])["val"]
+    assert len(val["images"]) == 1  # listed twice, converted once
+    assert [a["bbox"] for a in val["annotations"]] == [[40.0, 15.0, 20.0, 20.0]]
+
+
+def test_a_split_without_any_label_file_and_a_class_that_is_no_number(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    _image(root / "images/a.jpg", 10, 10)
+    _labels(root / "Labels/a.txt", ["0 0.5 0.5 0.2 0.2"])  # not Ultralytics' folder name
+    (root / "data.yaml").write_text("train: images\nnames: [a]\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match="none of the 1 images has a label file: .*a.jpg's "
+                                           "would be .*labels/a.txt"):
+        yolo_to_coco.main([str(root / "data.yaml"), "--output-dir", str(tmp_path / "o")])
+    _labels(root / "labels/a.txt", ["nan 0.5 0.5 0.2 0.2"])
+    with pytest.raises(DatasetError, match="a.txt line 1: class nan is not one of 0..0"):
+        yolo_to_coco.main([str(root / "data.yaml"), "--output-dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()

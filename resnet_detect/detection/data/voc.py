@@ -4,23 +4,25 @@ one COCO-format dict, which every tool here reads.
 Boxes: VOC's `xmin..xmax` are 1-based pixel indices, both ends inclusive, so a box over the
 whole image is 1..W; as detectron2 reads them, (xmin - 1, ymin - 1, xmax, ymax) is the box in
 continuous coordinates (0..W), and COCO's bbox is [xmin - 1, ymin - 1, xmax - xmin + 1,
-ymax - ymin + 1]. `difficult` objects become crowd regions (iscrowd 1: left out of training,
+ymax - ymin + 1] (CVAT's and Datumaro's exports write edges already: `zero_based` takes
+them as they are). `difficult` objects become crowd regions (iscrowd 1: left out of training,
 detections on them neither right nor wrong), as mmdetection's converter writes them and VOC's
 evaluation ignores them; `keep_difficult` makes them ordinary objects (detectron2 trains on
 them).
 """
 from __future__ import annotations
 
+import glob
 import math
 import os
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, DatasetError, files_under, image_size,
-                                       listing)
+                                       listing, read_user_text)
 
 # VOC's 20 classes, in detectron2's and mmdetection's order (alphabetical)
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -50,6 +52,9 @@ def _number(element: ET.Element, path: str, where: str) -> float:
     return value
 
 
+DIFFICULT = {"0": False, "": False, "false": False, "1": True, "true": True}
+
+
 def _objects(root: ET.Element, where: str) -> list[tuple[str, list[float], bool]]:
     """(name, [xmin, ymin, xmax, ymax] as written, difficult) of each <object>."""
     objects = []
@@ -62,9 +67,10 @@ def _objects(root: ET.Element, where: str) -> list[tuple[str, list[float], bool]
         coords = [_number(box, key, f"{at} ({name})") for key in ("xmin", "ymin", "xmax", "ymax")]
         if coords[2] < coords[0] or coords[3] < coords[1]:
             raise _Problem(f"{at} ({name}): xmax < xmin or ymax < ymin: {coords}")
-        difficult = obj.find("difficult")
-        is_difficult = difficult is not None and (difficult.text or "0").strip() not in ("0", "")
-        objects.append((name, coords, is_difficult))
+        difficult = (obj.findtext("difficult") or "0").strip().lower()
+        if difficult not in DIFFICULT:
+            raise _Problem(f"{at} ({name}): <difficult> is {difficult!r:.20}, not 0 or 1")
+        objects.append((name, coords, DIFFICULT[difficult]))
     return objects
 
 
@@ -80,45 +86,68 @@ def _xml_size(root: ET.Element) -> tuple[int, int] | None:
     return (height, width) if width > 0 and height > 0 else None
 
 
-def _find_image(xml_file: Path, root: ET.Element, image_folder: Path) -> Path | None:
-    """The image of an XML file: <filename> in `image_folder`, else a file of the XML's name
-    with an image suffix there."""
-    file_name = (root.findtext("filename") or "").strip()
-    if file_name and (image_folder / Path(file_name).name).is_file():
-        return image_folder / Path(file_name).name
-    for suffix in (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG"):
-        if (image_folder / (xml_file.stem + suffix)).is_file():
-            return image_folder / (xml_file.stem + suffix)
-    candidates = [p for p in image_folder.glob(f"{xml_file.stem}.*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES]
-    return candidates[0] if candidates else None
+class VocEntry(NamedTuple):
+    """An XML file, its item name (its path under Annotations/ or the folder given, without
+    .xml) and the folders its image is looked for in, first to last."""
+
+    xml: Path
+    item: str
+    image_folders: tuple[Path, ...]
 
 
-def annotation_files(root: Path, split: str | None) -> list[tuple[Path, Path]]:
-    """(XML file, folder of its image) pairs under `root`: a VOC devkit year folder
-    (Annotations/ and JPEGImages/; `split` names ImageSets/Main/<split>.txt, else every XML),
-    or any folder of XML files beside their images (LabelImg's)."""
+def _find_image(entry: VocEntry, root: ET.Element) -> Path | None:
+    """The image of an entry: its <filename> (as written, else its base name) in one of the
+    folders, else a file named as the item with an image suffix there."""
+    file_name = (root.findtext("filename") or "").strip().replace("\\", "/")
+    for folder in entry.image_folders:
+        for candidate in (file_name, Path(file_name).name) if file_name else ():
+            if (folder / candidate).is_file():
+                return folder / candidate
+    stem = Path(entry.item).name
+    for folder in entry.image_folders:
+        found = sorted(p for p in folder.glob(f"{glob.escape(stem)}.*")
+                       if p.suffix.lower() in IMAGE_SUFFIXES)
+        if found:
+            return found[0]
+    return None
+
+
+def annotation_files(root: Path, split: str | None, images: Path | None = None
+                     ) -> list[VocEntry]:
+    """The XML files under `root`: a VOC devkit year folder (Annotations/ and JPEGImages/, sub
+    folders too; `split` names ImageSets/Main/<split>.txt, one item per line, else every XML),
+    or any folder of XML files beside their images (LabelImg's), or elsewhere: `images` is
+    then the folder of the images (the same sub folders, or all in one)."""
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
-    if (root / "Annotations").is_dir():
-        if split is None:
-            xmls = sorted((root / "Annotations").glob("*.xml"))
-        else:
-            split_file = root / "ImageSets" / "Main" / f"{split}.txt"
-            if not split_file.is_file():
-                raise DatasetError(f"{split_file}: no such split file (--split {split})")
-            names = [line.split()[0] for line in split_file.read_text(encoding="utf-8")
-                     .splitlines() if line.strip()]
-            xmls = [root / "Annotations" / f"{name}.xml" for name in names]
-            missing = [str(x) for x in xmls if not x.is_file()]
-            if missing:
-                raise DatasetError(f"{len(missing)} annotation files of {split_file} are "
-                                   f"missing:{listing(missing)}")
-        return [(x, root / "JPEGImages") for x in xmls]
-    if split is not None:
+    devkit = (root / "Annotations").is_dir()
+    if not devkit and split is not None:
         raise DatasetError(f"{root}: --split needs a VOC devkit folder (with Annotations/ and "
                            "ImageSets/Main/); this one has no Annotations/")
-    return [(x, x.parent) for x in files_under(root) if x.suffix.lower() == ".xml"]
+    xml_root = root / "Annotations" if devkit else root
+    if split is None:
+        items = [x.relative_to(xml_root).with_suffix("").as_posix()
+                 for x in files_under(xml_root) if x.suffix.lower() == ".xml"]
+    else:
+        split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+        if not split_file.is_file():
+            raise DatasetError(f"{split_file}: no such split file (--split {split})")
+        items = [line.strip() for line in read_user_text(split_file, "split file").splitlines()
+                 if line.strip()]
+        missing = [str(xml_root / f"{item}.xml") for item in items
+                   if not (xml_root / f"{item}.xml").is_file()]
+        if missing:
+            raise DatasetError(f"{len(missing)} annotation files of {split_file} are "
+                               f"missing:{listing(missing)}")
+    image_root = images if images is not None else root / "JPEGImages" if devkit else None
+    entries = []
+    for item in items:
+        xml = xml_root / f"{item}.xml"
+        parent = Path(item).parent
+        folders = ((image_root / parent, image_root) if image_root is not None
+                   else (xml.parent,))
+        entries.append(VocEntry(xml, item, tuple(dict.fromkeys(folders))))
+    return entries
 
 
 def _read(xml_file: Path) -> ET.Element:
@@ -126,41 +155,56 @@ def _read(xml_file: Path) -> ET.Element:
         return ET.parse(xml_file).getroot()
     except ET.ParseError as err:
         raise _Problem(f"{xml_file}: not valid XML ({err})") from None
+    except ValueError as err:  # an encoding expat does not know (gbk, ...)
+        raise _Problem(f"{xml_file}: cannot be decoded ({err}); save it as UTF-8") from None
     except OSError as err:
         raise _Problem(f"{xml_file}: cannot be read ({err})") from None
 
 
-def voc_to_coco(pairs: Sequence[tuple[Path, Path]], img_dir: Path,
+def default_classes(found: Sequence[str]) -> list[str]:
+    """VOC's 20 classes where the names found are VOC's and more than half of them (a VOC split),
+    else the names found, sorted (a dataset of person and car is two classes, not 20)."""
+    names = set(found)
+    if names <= set(VOC_CLASSES) and len(names) > len(VOC_CLASSES) // 2:
+        return list(VOC_CLASSES)
+    return sorted(names)
+
+
+def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
                 class_names: Sequence[str] | None = None, *, keep_difficult: bool = False,
-                category_ids: Sequence[int] | None = None) -> dict[str, Any]:
-    """The COCO dict of the XML files `pairs` (from `annotation_files`), with `file_name`s
-    relative to `img_dir` and categories `class_names` (default: VOC's 20 classes where every
-    name is one of them, else the names found, sorted) with ids `category_ids` (default 1..K).
+                category_ids: Sequence[int] | None = None,
+                zero_based: bool = False) -> dict[str, Any]:
+    """The COCO dict of `entries` (from `annotation_files`), with `file_name`s relative to
+    `img_dir` and categories `class_names` (default: `default_classes`) with ids
+    `category_ids` (default 1..K). `zero_based`: the coordinates are pixel-edge coordinates
+    already (CVAT's and Datumaro's exports write x and x + w), taken without the - 1.
 
     Raises:
         DatasetError: naming each file, object or image that cannot be converted (nothing is
             returned then): unreadable XML, a missing image or number, a reversed box, a name
-            not in `class_names`, an image whose size is not the XML's.
+            not in `class_names`, an image whose size is not the XML's, an image named twice.
     """
-    if not pairs:
+    if not entries:
         raise DatasetError("no XML annotation files found")
     problems: list[str] = []
     parsed = []
-    for xml_file, image_folder in pairs:
+    named_by: dict[str, Path] = {}
+    for entry in entries:
         try:
-            root = _read(xml_file)
-            objects = _objects(root, str(xml_file))
-            image = _find_image(xml_file, root, image_folder)
+            root = _read(entry.xml)
+            objects = _objects(root, str(entry.xml))
+            image = _find_image(entry, root)
             if image is None:
-                raise _Problem(f"{xml_file}: its image is not in {image_folder} (<filename> "
-                               f"{root.findtext('filename')!r}, nor {xml_file.stem}.*)")
+                folders = " or ".join(str(f) for f in entry.image_folders)
+                raise _Problem(f"{entry.xml}: its image is not in {folders} (<filename> "
+                               f"{root.findtext('filename')!r}, nor {Path(entry.item).name}.*)")
             size = image_size(image)
             if size is None:
                 raise _Problem(f"{image}: cannot be read as an image")
             declared = _xml_size(root)
             if declared is not None and declared != size:
                 turned = " (turned by its EXIF orientation?)" if declared == size[::-1] else ""
-                raise _Problem(f"{xml_file}: <size> says {declared[1]}x{declared[0]}, its "
+                raise _Problem(f"{entry.xml}: <size> says {declared[1]}x{declared[0]}, its "
                                f"image {image} reads as {size[1]}x{size[0]}{turned}")
             try:
                 relative = os.path.relpath(os.path.abspath(image), os.path.abspath(img_dir))
@@ -168,13 +212,16 @@ def voc_to_coco(pairs: Sequence[tuple[Path, Path]], img_dir: Path,
                 relative = ".."
             if relative == ".." or relative.startswith(".." + os.sep):
                 raise _Problem(f"{image}: not under the image folder {img_dir}")
-            parsed.append((Path(relative).as_posix(), size, objects))
+            relative = Path(relative).as_posix()
+            if relative in named_by:
+                raise _Problem(f"{entry.xml}: its image {image} is also {named_by[relative]}'s "
+                               f"(an item listed twice?)")
+            named_by[relative] = entry.xml
+            parsed.append((relative, size, objects))
         except _Problem as problem:
             problems.append(str(problem))
     found = Counter(name for _, _, objects in parsed for name, _, _ in objects)
-    if class_names is None:
-        class_names = VOC_CLASSES if set(found) <= set(VOC_CLASSES) else sorted(found)
-    class_names = list(class_names)
+    class_names = list(default_classes(list(found)) if class_names is None else class_names)
     if len(set(class_names)) != len(class_names):
         repeated = sorted(n for n, c in Counter(class_names).items() if c > 1)
         raise DatasetError(f"class names given twice: {repeated}")
@@ -185,17 +232,19 @@ def voc_to_coco(pairs: Sequence[tuple[Path, Path]], img_dir: Path,
     if problems:
         raise DatasetError(f"{len(problems)} problems in the VOC annotations:{listing(problems)}")
     ids = list(category_ids) if category_ids is not None else range(1, len(class_names) + 1)
-    return _coco_dict(parsed, dict(zip(class_names, ids)), keep_difficult)
+    return _coco_dict(parsed, dict(zip(class_names, ids)), keep_difficult,
+                      0.0 if zero_based else 1.0)
 
 
 def _coco_dict(parsed: list[tuple[str, tuple[int, int], list[tuple[str, list[float], bool]]]],
-               category_id: dict[str, int], keep_difficult: bool) -> dict[str, Any]:
+               category_id: dict[str, int], keep_difficult: bool,
+               shift: float) -> dict[str, Any]:
     images, annotations = [], []
     for image_id, (file_name, (height, width), objects) in enumerate(parsed, start=1):
         images.append({"id": image_id, "file_name": file_name, "height": height,
                        "width": width})
         for name, (xmin, ymin, xmax, ymax), difficult in objects:
-            x1, y1 = min(max(xmin - 1.0, 0.0), width), min(max(ymin - 1.0, 0.0), height)
+            x1, y1 = min(max(xmin - shift, 0.0), width), min(max(ymin - shift, 0.0), height)
             x2, y2 = min(max(xmax, 0.0), width), min(max(ymax, 0.0), height)
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id,

@@ -14,46 +14,58 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from pycocotools import mask as mask_utils
 
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, DatasetError, files_under, image_size,
-                                       listing)
+                                       listing, read_user_text)
 
 
 class _Problem(Exception):
     """A line or a file that cannot be converted; the message names it."""
 
 
-def read_data_yaml(data_yaml: Path) -> tuple[Path, dict[str, Any], list[str]]:
-    """(dataset root, the YAML's content, class names) of an Ultralytics data.yaml."""
+def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
+    """(dataset root, the YAML's content, class names) of an Ultralytics data.yaml, or of a
+    folder holding one (data.yaml, dataset.yaml), or of a folder with classes.txt and images/
+    (Label Studio's YOLO export: one split, "train")."""
+    if path.is_dir():
+        for name in ("data.yaml", "dataset.yaml"):
+            if (path / name).is_file():
+                return read_dataset(path / name)
+        if (path / "classes.txt").is_file() and (path / "images").is_dir():
+            names = [line.strip() for line in
+                     read_user_text(path / "classes.txt", "class file").splitlines()
+                     if line.strip()]
+            return path, {"train": "images", "names": names}, names
+        raise DatasetError(f"{path}: no data.yaml, dataset.yaml, nor classes.txt with images/")
     try:
-        data = yaml.safe_load(data_yaml.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_user_text(path, "dataset YAML"))
     except (OSError, yaml.YAMLError) as err:
-        raise DatasetError(f"{data_yaml}: cannot be read ({err})") from None
+        raise DatasetError(f"{path}: cannot be read ({err})") from None
     if not isinstance(data, dict) or "names" not in data:
-        raise DatasetError(f"{data_yaml}: no 'names' (the class names)")
+        raise DatasetError(f"{path}: no 'names' (the class names)")
     names = data["names"]
     if isinstance(names, dict):
         if sorted(names) != list(range(len(names))):
-            raise DatasetError(f"{data_yaml}: 'names' must number the classes 0..K-1, got "
+            raise DatasetError(f"{path}: 'names' must number the classes 0..K-1, got "
                                f"{sorted(names)}")
         names = [names[k] for k in range(len(names))]
     if not isinstance(names, list) or not names:
-        raise DatasetError(f"{data_yaml}: 'names' must be a list or a mapping of class names")
-    root = data_yaml.parent / str(data.get("path") or ".")
+        raise DatasetError(f"{path}: 'names' must be a list or a mapping of class names")
+    root = path.parent / str(data.get("path") or ".")
     return root, data, [str(n) for n in names]
 
 
-def split_images(root: Path, data: dict[str, Any], split: str, data_yaml: Path) -> list[Path]:
+def split_images(root: Path, data: dict[str, Any], split: str, source: Path) -> list[Path]:
     """The images of `split` (a key of the YAML: a folder, a text file of image paths, or a
-    list of them, relative to `root`)."""
+    list of them, relative to `root`), each once."""
     entries = data.get(split)
     if entries is None:
         splits = [k for k in data if k in ("train", "val", "test")]
-        raise DatasetError(f"{data_yaml}: no split {split!r} (it has {splits})")
+        raise DatasetError(f"{source}: no split {split!r} (it has {splits})")
     images: list[Path] = []
     for entry in entries if isinstance(entries, list) else [entries]:
         path = root / str(entry)
@@ -62,11 +74,23 @@ def split_images(root: Path, data: dict[str, Any], split: str, data_yaml: Path) 
         if path.is_dir():
             images += [p for p in files_under(path) if p.suffix.lower() in IMAGE_SUFFIXES]
         elif path.is_file():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            images += [root / line.strip() for line in lines if line.strip()]
+            images += [_listed_image(line.strip(), path.parent, root) for line in
+                       read_user_text(path, "image list").splitlines() if line.strip()]
         else:
-            raise DatasetError(f"{data_yaml}: {split}: {path} does not exist")
-    return images
+            raise DatasetError(f"{source}: {split}: {path} does not exist")
+    unique: dict[str, Path] = {}  # an image listed twice (two entries, two lines) once
+    for image in images:
+        unique.setdefault(os.path.normpath(os.path.abspath(image)), image)
+    return list(unique.values())
+
+
+def _listed_image(line: str, list_folder: Path, root: Path) -> Path:
+    """An image path of a split's text file: ./x beside the file (Ultralytics'), else under
+    the file's folder or the dataset's root, whichever holds it."""
+    if line.startswith("./"):
+        return list_folder / line[2:]
+    candidates = [Path(line)] if Path(line).is_absolute() else [list_folder / line, root / line]
+    return next((c for c in candidates if c.is_file()), candidates[-1])
 
 
 def label_file(image: Path) -> Path:
@@ -80,22 +104,31 @@ def label_file(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def _object(line: str, where: str, num_classes: int, height: int, width: int
-            ) -> tuple[int, list[float], list[float] | None]:
-    """(class, COCO bbox in pixels, polygon in pixels or None) of one label line."""
+# how far outside 0..1 a coordinate may be and be clipped (Ultralytics' tolerance; exports
+# write 1.0004 and -0.0011)
+TOLERANCE = 0.01
+
+
+def _object(line: str, where: str, num_classes: int, height: int, width: int,
+            keypoints: bool) -> tuple[int, list[float], list[float] | None]:
+    """(class, COCO bbox in pixels, polygon in pixels or None) of one label line; `keypoints`:
+    a pose dataset's line, whose first four numbers are the box."""
     values = line.split()
     try:
         cls, numbers = float(values[0]), [float(v) for v in values[1:]]
     except ValueError:
         raise _Problem(f"{where}: not numbers: {line!r:.60}") from None
-    if cls != int(cls) or not 0 <= cls < num_classes:
+    if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < num_classes:
         raise _Problem(f"{where}: class {values[0]} is not one of 0..{num_classes - 1}")
+    if keypoints:
+        numbers = numbers[:4]
     if not (len(numbers) == 4 or (len(numbers) >= 6 and len(numbers) % 2 == 0)):
         raise _Problem(f"{where}: {len(numbers)} numbers after the class: 4 (a box) or an even "
                        "number from 6 (a polygon) expected")
-    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in numbers):
+    if not all(math.isfinite(v) and -TOLERANCE <= v <= 1.0 + TOLERANCE for v in numbers):
         raise _Problem(f"{where}: coordinates must be fractions of the image (0..1): "
                        f"{line!r:.60}")
+    numbers = [min(max(v, 0.0), 1.0) for v in numbers]
     if len(numbers) == 4:
         cx, cy, w, h = numbers
         x1, y1 = max(cx - w / 2, 0.0) * width, max(cy - h / 2, 0.0) * height
@@ -107,19 +140,29 @@ def _object(line: str, where: str, num_classes: int, height: int, width: int
     return int(cls), box, polygon
 
 
-def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[str]
-                 ) -> dict[str, Any]:
-    """The COCO dict of `images` and their label files, `file_name`s relative to `img_dir`.
+class Conversion(NamedTuple):
+    """A split's COCO dict, and the label lines left out as repeats of an earlier one."""
+
+    coco: dict[str, Any]
+    repeated_lines: int
+
+
+def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[str], *,
+                 keypoints: bool = False) -> Conversion:
+    """The COCO dict of `images` and their label files, `file_name`s relative to `img_dir`;
+    a line repeated in a file counts once (as Ultralytics reads it). `keypoints`: a pose
+    dataset (its box only).
 
     Raises:
-        DatasetError: naming each image or label line that cannot be converted (nothing is
-            returned then).
+        DatasetError: naming each image or label line that cannot be converted, or the label
+            folder where no image has a label file (nothing is returned then).
     """
     if not images:
         raise DatasetError("the split has no images")
     problems: list[str] = []
     coco_images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
+    repeated = labelled = 0
     for image in images:
         try:
             size = image_size(image)
@@ -127,9 +170,17 @@ def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[st
                 raise _Problem(f"{image}: missing or not an image")
             height, width = size
             labels = label_file(image)
-            lines = labels.read_text(encoding="utf-8").splitlines() if labels.is_file() else []
-            objects = [_object(line, f"{labels} line {n}", len(class_names), height, width)
-                       for n, line in enumerate(lines, start=1) if line.strip()]
+            numbered: dict[str, int] = {}  # each line's text -> its first line number
+            if labels.is_file():
+                labelled += 1
+                lines = read_user_text(labels, "label file").splitlines()
+                texts = [line.strip() for line in lines if line.strip()]
+                for n, line in enumerate(lines, start=1):
+                    numbered.setdefault(line.strip(), n)
+                numbered.pop("", None)
+                repeated += len(texts) - len(numbered)
+            objects = [_object(line, f"{labels} line {n}", len(class_names), height, width,
+                               keypoints) for line, n in numbered.items()]
         except _Problem as problem:
             problems.append(str(problem))
             continue
@@ -148,6 +199,11 @@ def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[st
             annotations.append(annotation)
     if problems:
         raise DatasetError(f"{len(problems)} problems in the YOLO labels:{listing(problems)}")
+    if not labelled:
+        raise DatasetError(f"none of the {len(images)} images has a label file: {images[0]}'s "
+                           f"would be {label_file(images[0])} (a folder named labels beside "
+                           f"images)")
     categories = [{"id": k + 1, "name": name, "supercategory": "none"}
                   for k, name in enumerate(class_names)]
-    return {"images": coco_images, "annotations": annotations, "categories": categories}
+    return Conversion({"images": coco_images, "annotations": annotations,
+                       "categories": categories}, repeated)
