@@ -6,6 +6,7 @@ import torch
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import LevelMapper
 
 from resnet_detect.detection.box_coder import BoxCoder
 from resnet_detect.detection.convert import convert_torchvision_faster_rcnn
@@ -64,6 +65,10 @@ def test_pooler_equals_torchvision() -> None:
     pooler = MultiLevelRoIAlign(output_size=7, strides=STRIDES, sampling_ratio=2)
     levels = pooler.assign_levels(boxes)
     assert levels[-3:].tolist() == [1, 2, 3] and set(levels[:-3].tolist()) == {0}
+    # at a level's edge less rounding error: torchvision's epsilon decides (p4, not p3)
+    edge = [torch.tensor([[0.0, 0.0, 223.99994, 223.99994], [0.0, 0.0, 111.99997, 112.0]])]
+    assert pooler.assign_levels(edge).tolist() == LevelMapper(2, 5)(edge).tolist() \
+        == [2, 1]
     ref = MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], 7, 2)
     expected = ref(feats, boxes, [PADDED, PADDED])
     # the CPU pooler gathers whole channel vectors (detection.roi_align): float32 summation order
@@ -178,6 +183,12 @@ def test_equals_torchvision_roi_heads() -> None:
     assert losses["loss_box_reg"].item() > 0
     assert torch.allclose(losses["loss_cls"], ref_losses["loss_classifier"], rtol=1e-5)
     assert torch.allclose(losses["loss_box_reg"], ref_losses["loss_box_reg"], rtol=1e-5)
+    ours.box_predictor.loss_weight = 2.0  # both losses, twice torchvision's
+    torch.manual_seed(11)
+    _, weighted = ours(feats, proposals, IMAGE_SIZES,
+                       [{"gt_boxes": b, "gt_classes": c} for b, c in zip(gt, gt_classes)])
+    assert torch.allclose(weighted["loss_cls"], 2 * ref_losses["loss_classifier"], rtol=1e-5)
+    assert torch.allclose(weighted["loss_box_reg"], 2 * ref_losses["loss_box_reg"], rtol=1e-5)
 
 
 def test_a_score_at_the_threshold_is_dropped_as_torchvision_drops_it() -> None:

@@ -135,6 +135,10 @@ def test_equals_torchvision_rpn() -> None:
     assert losses["loss_rpn_loc"].item() > 0
     assert torch.allclose(losses["loss_rpn_cls"], ref_losses["loss_objectness"], rtol=1e-5)
     assert torch.allclose(losses["loss_rpn_loc"], ref_losses["loss_rpn_box_reg"], rtol=1e-5)
+    ours.loss_weight = 2.0  # model.rpn.loss_weight: both losses, twice torchvision's
+    _, weighted = ours(feats, IMAGE_SIZES, PADDED, gt)
+    assert torch.allclose(weighted["loss_rpn_cls"], 2 * ref_losses["loss_objectness"], rtol=1e-5)
+    assert torch.allclose(weighted["loss_rpn_loc"], 2 * ref_losses["loss_rpn_box_reg"], rtol=1e-5)
 
 
 def test_small_and_low_scoring_proposals_dropped_as_torchvision_does() -> None:

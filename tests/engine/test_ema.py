@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.ema import WeightAverage
 from resnet_detect.engine.runner import TaskData, run_training
 from tests.tools.test_runner_tasks import (_Points, _RegressionTask, _toy_config,
                                            assert_resume_from_step_2_is_bit_identical)
@@ -162,3 +163,25 @@ def test_an_ema_decay_outside_0_to_1_is_refused_before_anything_is_written(
     with pytest.raises(ConfigError, match=r"train.ema_decay must be a number between 0 and 1 "):
         run_training(_RegressionTask(), _config(tmp_path / "run", value), CPU)
     assert not (tmp_path / "run").exists()
+
+
+def test_normalisation_statistics_are_averaged_and_counters_copied() -> None:
+    """timm's ModelEmaV2 / mmdetection's update_buffers=True: BatchNorm's running mean and
+    variance follow the same recurrence as the weights; num_batches_tracked is the model's."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    average = WeightAverage(model, 0.75)
+    expected = {k: v.double().clone() for k, v in model.state_dict().items()}
+    for _ in range(3):
+        model(torch.randn(8, 3) * 5 + 2)  # moves the running statistics
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        average.update()
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                expected[key] = 0.75 * expected[key] + 0.25 * value.double()
+    state = average.state_dict()
+    for key in ("1.running_mean", "1.running_var", "0.weight", "1.weight"):
+        torch.testing.assert_close(state[key].double(), expected[key], rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(state["1.running_mean"], torch.zeros(4))
+    assert state["1.num_batches_tracked"].item() == 3

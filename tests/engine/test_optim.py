@@ -44,3 +44,23 @@ def test_the_zero_momentum_buffers_leave_the_fused_steps_bit_identical() -> None
             optimizer.step()
     for param, expected in zip(model.parameters(), reference):
         assert torch.equal(param, expected)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_only_conv_and_linear_weights_decay(name: str) -> None:
+    """A step with zero gradients moves only what weight decay moves: every conv and linear
+    weight by exactly w * (1 - lr * wd) (SGD's and AdamW's decay alike, the first step), no
+    bias and no norm weight."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(0.5, 1.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, name=name, lr=0.1, weight_decay=0.01)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for n, p in model.named_parameters():
+        expected = before[n] * (1 - 0.1 * 0.01) if p.ndim > 1 else before[n]
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=0, msg=n)  # 1e-3 apart
