@@ -234,6 +234,22 @@ def test_the_area_filter_shrinks_and_a_bilinear_one_enlarges() -> None:
     assert not np.array_equal(grown[::2, ::2], grown[1::2, 1::2])  # not each pixel twice
 
 
+def test_hflip_false_never_mirrors_and_true_mirrors_about_half() -> None:
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[:, :8] = 255  # bright on the left only
+    flips = []
+    for hflip in (False, True):
+        transform = build_train_transform(image_size=32, scale=(1.0, 1.0), hflip=hflip,
+                                          normalize=False)
+        mirrored = 0
+        for seed in range(40):
+            transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+            out = transform(image=image)["image"]
+            mirrored += int(out[:, -1].mean() > out[:, 0].mean())
+        flips.append(mirrored)
+    assert flips[0] == 0 and 10 <= flips[1] <= 30
+
+
 def test_val_interpolations_of_pillow_are_torchvisions_and_timms_evaluation() -> None:
     """Bilinear: torchvision's references' Resize(256) + CenterCrop(224) on a Pillow image;
     bicubic: timm's evaluation transform (crop_pct 0.875) of its bicubic weights. The

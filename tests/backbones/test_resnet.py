@@ -139,6 +139,16 @@ def test_zero_init_residual_starts_every_block_as_its_shortcut(name):
     assert zero_scales(backbones.build(name)) == []
 
 
+def test_convolutions_start_as_he_et_al_fan_out_as_torchvision():
+    """kaiming_normal_(mode="fan_out"): std sqrt(2 / (out_channels * k * k))."""
+    torch.manual_seed(0)
+    model = backbones.build("resnet50")
+    for conv in (model.res5[0].conv2, model.res4[0].conv1, model.res5[0].conv3):
+        out_channels, _, kh, kw = conv.weight.shape
+        expected = math.sqrt(2.0 / (out_channels * kh * kw))
+        assert conv.weight.std().item() == pytest.approx(expected, rel=0.05), conv
+
+
 def test_plain_twin_has_same_layers_and_no_additions():
     residual = backbones.build("cifar_resnet20").eval()
     plain = backbones.build("plain_cifar_resnet20").eval()

@@ -424,3 +424,36 @@ def test_a_summary_of_many_categories_logs_the_lowest_and_highest_aps() -> None:
             in format_summary([0.1] * 12, sparse, "bbox"))
     few = format_summary([0.1] * 12, {"a": 1.0, "b": math.nan}, "bbox")
     assert "a        |   1.00" in few and "b        |    nan" in few
+
+
+def test_an_area_left_out_is_the_masks_not_the_boxs(tmp_path: Path) -> None:
+    """Triangles in 40 x 40 boxes: medium by their box (1600 px), small by their mask (~800):
+    a file without `area` scores as the file whose areas pycocotools computes from the
+    masks."""
+    images, annotations = [], []
+    for image_id, (x, y) in enumerate([(10, 10), (100, 60), (200, 20)], start=1):
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "height": 200,
+                       "width": 300})
+        annotations.append({"id": image_id, "image_id": image_id, "category_id": 1,
+                            "bbox": [float(x), float(y), 40.0, 40.0], "iscrowd": 0,
+                            "segmentation": [[x, y, x + 40, y, x, y + 40]]})
+    categories = [{"id": c, "name": n} for c, n in zip(CATEGORY_IDS, NAMES)]
+    bare_file = tmp_path / "bare.json"
+    bare_file.write_text(json.dumps({"images": images, "annotations": annotations,
+                                     "categories": categories}))
+    for ann in annotations:
+        ann["area"] = float(mask_utils.area(mask_utils.merge(
+            mask_utils.frPyObjects(ann["segmentation"], 200, 300))))
+        assert ann["area"] < 32 ** 2 < 40 * 40
+    full_file = tmp_path / "full.json"
+    full_file.write_text(json.dumps({"images": images, "annotations": annotations,
+                                     "categories": categories}))
+    inputs = [{"image_id": img["id"]} for img in images]
+    outputs = [{"boxes": torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + 40,
+                                        a["bbox"][1] + 40]]),
+                "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}
+               for a in annotations]
+    metrics = _run(bare_file, tmp_path / "bare", (inputs, outputs))["bbox"]
+    expected = _direct_stats(full_file, tmp_path / "bare" / RESULTS_FILE)
+    np.testing.assert_allclose(metrics["stats"], expected, rtol=0, atol=1e-12)
+    assert expected[3] == 1.0 and expected[4] == -1.0  # APs of the small ones; none medium

@@ -59,6 +59,13 @@ def test_paste_equals_torchvision() -> None:
     assert got.dtype == torch.float32
     assert torch.allclose(got, expected, atol=1e-5, rtol=0)
     assert torch.equal(paste_masks(probs, boxes, (140, 190), threshold=0.3), got >= 0.3)
+    # pixels at exactly the threshold are in the mask (torchvision's and detectron2's >=):
+    # the edge of a mask of ones, pasted, is 0.5
+    edge = paste_masks_in_image(torch.ones(1, 1, 28, 28), torch.tensor([[4.0, 4, 17, 17]]),
+                                (80, 80))[0, 0]
+    assert int((edge == 0.5).sum()) > 0
+    assert torch.equal(paste_masks(torch.ones(1, 28, 28), torch.tensor([[4.0, 4, 17, 17]]),
+                                   (80, 80), threshold=0.5)[0], edge >= 0.5)
 
 
 @pytest.mark.parametrize("aligned", [False, True])

@@ -46,6 +46,19 @@ def test_forward_and_input_gradient_match_torchvision(
     torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=1e-5, atol=1e-5)
 
 
+def test_samples_exactly_at_the_bounds_count_as_torchvision_counts_them() -> None:
+    """A sample at x = width (the map's far edge) and one at x = -1 are still read (and
+    clamped), one past them not: RoIs whose single sample lands on each bound."""
+    features = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8)
+    rois = torch.tensor([[0.0, 7.0, 3.0, 9.0, 5.0],     # one sample at x 8 (= width), y 4
+                         [0.0, -2.0, 3.0, 0.0, 5.0],    # at x -1, y 4
+                         [0.0, 7.5, 3.0, 9.5, 5.0]])    # at x 8.5: outside, nothing
+    ours = roi_align(features, rois, (1, 1), 1.0, 1, False)
+    ref = tv_roi_align(features, rois, (1, 1), 1.0, 1, False)
+    assert ref.flatten().tolist() == [39.0, 32.0, 0.0]
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+
+
 def test_bf16_features_under_autocast_get_a_bf16_gradient_close_to_float32() -> None:
     g = torch.Generator().manual_seed(2)
     features = torch.randn(2, 8, 10, 12, generator=g)

@@ -35,6 +35,9 @@ def test_fraction_rounds_down_and_fewer_candidates_than_the_batch() -> None:
     assert (int(pos.sum()), int(neg.sum())) == (128, 384)
     odd = BalancedSampler(batch_size_per_image=10, positive_fraction=0.25)  # 2.5 positives
     assert [int(m.sum()) for m in odd(labels == 1, labels == 0)] == [2, 8]  # torchvision's floor
+    # int(10 * 0.15) = 1 (torchvision's int()), where rounding 1.5 would give 2
+    tenth = BalancedSampler(batch_size_per_image=10, positive_fraction=0.15)
+    assert [int(m.sum()) for m in tenth(labels == 1, labels == 0)] == [1, 9]
     few = _labels(3, 4, 2)  # 9 candidates, batch of 512
     pos, neg = sampler(few == 1, few == 0)
     assert torch.equal(pos, few == 1) and torch.equal(neg, few == 0)

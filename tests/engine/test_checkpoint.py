@@ -529,3 +529,18 @@ def test_a_file_rewritten_between_its_reads_is_read_again_not_called_damaged(
     monkeypatch.setattr(Path, "read_bytes", before_the_rename)
     monkeypatch.setattr("resnet_detect.engine.files.time.sleep", lambda seconds: None)
     assert read_checked_bytes(path) == real(path) and reads.count(path) == 2
+
+
+def test_model_best_keeps_the_first_of_equal_scores(tmp_path: Path) -> None:
+    """As detectron2's BestCheckpointer (a strictly greater score replaces the best): of two
+    evaluations scoring the same, the earlier's weights stay."""
+    from resnet_detect.engine.checkpoint import BestWeights
+    model = nn.Linear(2, 1)
+    best = BestWeights(tmp_path, "bbox/AP", model, {}, resume=False)
+    for iteration, ap in [(1, 40.0), (2, 50.0), (3, 50.0), (4, 45.0)]:
+        with torch.no_grad():
+            model.weight.fill_(iteration)
+        best.update({"bbox": {"AP": ap}}, iteration)
+    saved = torch.load(tmp_path / "model_best.pth", weights_only=True)
+    assert saved["iteration"] == 2 and saved["best"] == {"metric": "bbox/AP", "value": 50.0}
+    assert bool((saved["model"]["weight"] == 2).all())

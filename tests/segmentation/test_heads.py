@@ -58,6 +58,24 @@ def test_deeplabv3plus_reads_res2_and_res5(small_config):
     assert model.head.fuse[0].conv.in_channels == 16 + 8
 
 
+def test_deeplabv3plus_fuses_the_bilinearly_upsampled_aspp_with_the_projected_res2(
+        small_config):
+    """The paper's decoder: ASPP's map upsampled (bilinear) to res2's size, concatenated with
+    res2 projected to 48 (here 8) channels, then the 3x3 convs."""
+    model = build_model(small_config("deeplabv3plus", output_stride=16)).eval()
+    head, seen = model.head, {}
+    head.aspp.register_forward_hook(lambda m, i, out: seen.__setitem__("aspp", out))
+    head.low_level_project.register_forward_hook(lambda m, i, out: seen.__setitem__("low", out))
+    head.fuse[0].register_forward_hook(lambda m, i, out: seen.__setitem__("fused", i[0]))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 72, 88))
+    low = seen["low"]
+    expected = torch.cat([F.interpolate(seen["aspp"], size=low.shape[-2:], mode="bilinear",
+                                        align_corners=False), low], dim=1)
+    assert seen["aspp"].shape[-2:] != low.shape[-2:]
+    torch.testing.assert_close(seen["fused"], expected, rtol=0, atol=0)
+
+
 def test_loss_is_cross_entropy_over_non_ignored_pixels():
     head = FCNHead(in_feature="x", in_channels=4, channels=4, num_classes=3, loss_weight=0.5)
     torch.manual_seed(0)
