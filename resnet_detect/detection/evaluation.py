@@ -31,6 +31,7 @@ from resnet_detect.engine.logging import print_and_log
 
 from .federated import (IMAGE_LISTS, LVIS_MAX_DETS, Federation, frequency_group_aps,
                         is_federated, partly_listed)
+from .voc_eval import check_voc_metric, evaluate_voc
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 IOU_TYPES = ("bbox", "segm")
@@ -385,12 +386,13 @@ class COCOEvaluator:
         iou_types: ("bbox",) or ("bbox", "segm").
         score: False writes the results alone (a file without annotations, e.g. test-dev).
         max_dets: detections scored per image and category (see `evaluate_coco`).
+        voc_metric: also VOC's AP at IoU 0.5 ("11point" or "area": `voc_eval`), as "voc".
     """
 
     def __init__(self, ann_file: str | Path, *, category_ids: Sequence[int],
                  output_dir: str | Path | None = None, backend: str = "pycocotools",
                  iou_types: Sequence[str] = ("bbox",), score: bool = True,
-                 max_dets: int = COCO_MAX_DETS) -> None:
+                 max_dets: int = COCO_MAX_DETS, voc_metric: str | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         unknown = [t for t in iou_types if t not in IOU_TYPES]
@@ -403,6 +405,8 @@ class COCOEvaluator:
         self.iou_types = tuple(iou_types)
         self.score = score
         self.max_dets = max_dets
+        check_voc_metric(voc_metric)
+        self.voc_metric = voc_metric
         self._results: list[dict[str, Any]] = []
 
     def reset(self) -> None:
@@ -425,7 +429,8 @@ class COCOEvaluator:
         """Gather every rank's detections, write them, score them.
 
         Returns:
-            {iou_type: metrics as from `evaluate_coco`} on every rank ({} without `score`).
+            {iou_type: metrics as from `evaluate_coco`, and "voc": `evaluate_voc`'s with
+            `voc_metric`} on every rank ({} without `score`).
         """
         results = self._results
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -441,6 +446,8 @@ class COCOEvaluator:
             for iou_type in self.iou_types if self.score else ():
                 metrics[iou_type] = evaluate_coco(self.ann_file, results, iou_type=iou_type,
                                                   backend=self.backend, max_dets=self.max_dets)
+            if self.score and self.voc_metric is not None:
+                metrics["voc"] = evaluate_voc(self.ann_file, results, mode=self.voc_metric)
         if distributed:
             box = [metrics]
             dist.broadcast_object_list(box, src=0)

@@ -46,6 +46,7 @@ from .browse import browse_split
 from .predictor import LoadedDetector, build_renderer, load_detector
 from .rcnn import GeneralizedRCNN
 from .tta import DetectionTTA, describe, refuse_tta, tta_from_config
+from .voc_eval import check_voc_metric
 
 logger = logging.getLogger(__name__)
 # COCOeval scores every image of the annotation file
@@ -172,12 +173,15 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     types = iou_types(loaded.model)
     evaluator = COCOEvaluator(ann_file, category_ids=loaded.category_ids, output_dir=output,
                               backend=backend, iou_types=types, score=val.annotated,
-                              max_dets=scored_detections(loaded.cfg))
+                              max_dets=scored_detections(loaded.cfg),
+                              voc_metric=loaded.cfg.data.val.voc_metric)
     if tta is not None:
         logger.info("test-time augmentation: %s", describe(tta))
     metrics = evaluate_all(loaded.model, loader, evaluator, tta)
     result: dict[str, Any] = {t: nan_to_none(metrics[t]) if val.annotated else None
                               for t in types}
+    if "voc" in metrics:
+        result["voc"] = nan_to_none(metrics["voc"])
     result["images"] = loader.report(logger, "val", UNREADABLE_VAL)
     result["weights"] = str(weights)
     if is_main_process():
@@ -188,7 +192,9 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
                   f"({files})", flush=True)
         else:
             mask = f"  mask AP = {metrics['segm']['AP']:.1f}" if "segm" in metrics else ""
-            print(f"box AP = {metrics['bbox']['AP']:.1f}{mask}  ({files})", flush=True)
+            voc = (f"  VOC mAP = {metrics['voc']['mAP']:.1f} ({metrics['voc']['mode']})"
+                   if "voc" in metrics else "")
+            print(f"box AP = {metrics['bbox']['AP']:.1f}{mask}{voc}  ({files})", flush=True)
     return result
 
 
@@ -235,7 +241,8 @@ class DetectionTask:
         """What train.best_metric may name (APr, APc, APf: an LVIS val file's only)."""
         groups = ["bbox", "segm"] if cfg.model.mask_on else ["bbox"]
         return [f"{group}/{name}" for group in groups
-                for name in (*METRIC_NAMES, *(name for name, _ in FREQUENCY_GROUPS))]
+                for name in (*METRIC_NAMES, *(name for name, _ in FREQUENCY_GROUPS))] + (
+            ["voc/mAP"] if cfg.data.val.get("voc_metric") is not None else [])
 
     check_resumed_model = staticmethod(resumed_model_check(DETECTOR_WEIGHTS))
 
@@ -246,6 +253,7 @@ class DetectionTask:
     def prepare(self, cfg: DictConfig) -> TaskData:
         check_model_config(build_model, cfg, read_weights=read_checkpoint)
         backend = coco_backend(cfg)
+        check_voc_metric(cfg.data.val.voc_metric)
         data = build_datasets(cfg)
         resolve_num_classes(cfg, data.mapping)
         _refuse_lvis_metric_without_lvis(cfg)
@@ -256,7 +264,7 @@ class DetectionTask:
                 cfg.data.val.ann_file, category_ids=data.mapping.dataset_ids,
                 output_dir=Path(cfg.train.output_dir) / "inference", backend=backend,
                 iou_types=("bbox", "segm") if cfg.model.mask_on else ("bbox",),
-                max_dets=scored_detections(cfg))
+                max_dets=scored_detections(cfg), voc_metric=cfg.data.val.voc_metric)
         description = (f"{len(data.train)} train / {len(data.val) if data.val else 'no'} val "
                        f"images, {data.mapping.num_classes} classes "
                        f"{brief(data.mapping.names)}")
@@ -298,6 +306,8 @@ class DetectionTask:
                      f"AP75 = {format_metric(box.get('AP75'))}")
         if metrics.get("segm"):
             line += f"  mask AP = {format_metric(metrics['segm'].get('AP'))}"
+        if metrics.get("voc"):
+            line += f"  VOC mAP = {format_metric(metrics['voc'].get('mAP'))}"
         return line
 
     def provenance(self, cfg: DictConfig) -> dict[str, Any]:

@@ -713,3 +713,34 @@ def test_names_in_other_scripts_train_log_and_resume_on_any_default_encoding(
     assert "круг1" in (out / "log.txt").read_text(encoding="utf-8")
     assert OmegaConf.load(out / "config.yaml").train.output_dir == str(out)
     assert "круг1" in json.loads((out / "metrics.json").read_bytes())["bbox"]["per_category"]
+
+
+def test_voc_s_ap_scores_training_and_eval_when_asked(trained: Path, data: Path,
+                                                      tmp_path: Path) -> None:
+    """data.val.voc_metric: voc/mAP beside COCO's numbers, in the training's metrics (and as
+    train.best_metric) and in tools/eval.py's metrics.json, as detection.voc_eval scores the
+    written results; an unknown mode refused before anything runs."""
+    from resnet_detect.detection.voc_eval import evaluate_voc
+    result = load_tool("train").main(train_args(
+        data, tmp_path / "run", 1, "data.val.voc_metric=area", "train.best_metric=voc/mAP",
+        "model.roi_heads.score_thresh=0.0"))
+    assert set(result["all_metrics"]) == {"bbox", "voc"}
+    assert result["all_metrics"]["voc"]["mode"] == "area"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["voc"]["mode"] == "area"
+    assert (tmp_path / "run" / "model_best.pth").is_file()
+    out = tmp_path / "eval"
+    load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                            "--output", str(out), *data_overrides(data),
+                            "model.roi_heads.score_thresh=0.0", "data.val.voc_metric=11point"])
+    written = json.loads((out / "metrics.json").read_text())["voc"]
+    results = json.loads((out / "coco_instances_results.json").read_text())
+    expected = evaluate_voc(data / "coco/val.json", results, mode="11point", verbose=False)
+    assert written["mAP"] == pytest.approx(expected["mAP"]) and 0 < written["mAP"] <= 100
+    for tool in ("train", "eval"):
+        args = (train_args(data, tmp_path / "bad", 1, "data.val.voc_metric=voc07")
+                if tool == "train" else
+                [str(CONFIG), "--weights", str(trained / "model_final.pth"), "--output",
+                 str(tmp_path / "bad_eval"), *data_overrides(data), "data.val.voc_metric=voc07"])
+        with pytest.raises(ConfigError, match="data.val.voc_metric must be null or one of"):
+            load_tool(tool).main(args)
+    assert not (tmp_path / "bad_eval").exists() and not list(tmp_path.glob("bad/*.pth"))
