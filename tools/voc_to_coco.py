@@ -26,7 +26,6 @@ when an XML file, an object or an image has a problem: each is named.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -34,12 +33,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from resnet_detect.detection.data.conversion import (add_class_options,  # noqa: E402
+                                                     chosen_classes, write_coco)
 from resnet_detect.detection.data.voc import annotation_files, voc_to_coco  # noqa: E402
 from resnet_detect.engine.cli import run_tool  # noqa: E402
-from resnet_detect.engine.data import DatasetError, read_coco_json  # noqa: E402
-from resnet_detect.engine.files import atomic_write_json  # noqa: E402
-
-logger = logging.getLogger("voc_to_coco")
+from resnet_detect.engine.data import DatasetError  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -53,11 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--img-dir", default=None,
                         help="folder the file names are relative to (default: ROOT, or the "
                              "folder holding all ROOTs)")
-    classes = parser.add_mutually_exclusive_group()
-    classes.add_argument("--classes", nargs="+", default=None, metavar="NAME",
-                         help="the categories, in order (ids 1..K)")
-    classes.add_argument("--classes-from", default=None, metavar="JSON",
-                         help="take the categories (ids and names) of this COCO file")
+    add_class_options(parser)
     parser.add_argument("--keep-difficult", action="store_true",
                         help="difficult objects as ordinary ones (default: crowd regions)")
     parser.add_argument("--images", default=None, metavar="DIR",
@@ -79,12 +73,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         img_dir = roots[0]
     else:
         img_dir = Path(os.path.commonpath([os.path.abspath(r) for r in roots]))
-    class_names, category_ids = args.classes, None
-    if args.classes_from is not None:
-        categories = sorted(read_coco_json(args.classes_from)["categories"],
-                            key=lambda c: c["id"])
-        class_names = [c["name"] for c in categories]
-        category_ids = [c["id"] for c in categories]
+    class_names, category_ids = chosen_classes(args)
     images = Path(args.images) if args.images is not None else None
     if images is not None and not images.is_dir():
         raise DatasetError(f"--images {images}: not a folder")
@@ -93,10 +82,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     entries = [e for root in roots for e in annotation_files(root, args.split, images)]
     coco = voc_to_coco(entries, img_dir, class_names, keep_difficult=args.keep_difficult,
                        category_ids=category_ids, zero_based=args.zero_based)
-    try:
-        atomic_write_json(coco, args.output)
-    except OSError as err:
-        raise DatasetError(f"{args.output}: cannot be written ({err})") from None
+    write_coco(coco, args.output)
     crowd = sum(a["iscrowd"] for a in coco["annotations"])
     print(f"{args.output}: {len(coco['images'])} images, {len(coco['annotations'])} objects "
           f"({crowd} difficult as crowd regions), {len(coco['categories'])} categories: "

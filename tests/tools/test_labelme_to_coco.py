@@ -1,0 +1,136 @@
+"""tools/labelme_to_coco.py: LabelMe shapes to COCO objects with masks (polygons, rectangles,
+circles, bitmaps; groups as one object; __ignore__ as crowd regions), boxes worked out by hand,
+every problem named with nothing written."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_detect.engine.data import DatasetError, load_coco_json, segmentation_to_mask
+from tests.tools.test_train_eval_demo import load_tool
+
+labelme_to_coco = load_tool("labelme_to_coco")
+
+
+def _shape(label: str, points: list, kind: str = "polygon", group: int | None = None,
+           **extra: object) -> dict:
+    return {"label": label, "points": points, "group_id": group, "shape_type": kind,
+            "flags": {}, **extra}
+
+
+def _labelme(path: Path, image: str, height: int, width: int, shapes: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": "5.5.0", "flags": {}, "shapes": shapes,
+                                "imagePath": image, "imageData": None,
+                                "imageHeight": height, "imageWidth": width}), encoding="utf-8")
+
+
+def _png_b64(bitmap: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(bitmap.astype(np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture()
+def labelled(tmp_path: Path) -> Path:
+    root = tmp_path / "labelled"
+    root.mkdir()
+    Image.new("RGB", (100, 80)).save(root / "a.jpg")
+    _labelme(root / "a.json", "a.jpg", 80, 100, [
+        _shape("cat", [[10, 10], [30, 10], [30, 30], [10, 30]]),
+        _shape("dog", [[60, 50], [40, 40]], "rectangle"),           # corners in any order
+        _shape("cat", [[50, 5], [55, 5], [55, 9]], group=1),        # one cat of two parts
+        _shape("cat", [[60, 10], [66, 10], [66, 14]], group=1),
+        _shape("ball", [[80, 20], [80, 30]], "circle"),             # centre, a point on it
+        _shape("nose", [[5, 5]], "point"),
+        _shape("tail", [[1, 1], [9, 9]], "line"),
+        _shape("__ignore__", [[0, 60], [20, 80]], "rectangle"),
+    ])
+    bitmap = np.zeros((4, 5), np.uint8)
+    bitmap[1:3, 1:4] = 1                                            # 6 pixels
+    (root / "sub").mkdir()
+    Image.new("RGB", (20, 10)).save(root / "sub" / "b.png")
+    _labelme(root / "sub" / "b.json", "b.png", 10, 20, [
+        _shape("dog", [[2, 3], [6, 6]], "mask", mask=_png_b64(bitmap))])
+    return root
+
+
+def test_shapes_become_objects_with_masks(labelled: Path, tmp_path: Path) -> None:
+    out = tmp_path / "train.json"
+    coco = labelme_to_coco.main([str(labelled), "--output", str(out)])
+    assert json.loads(out.read_text()) == coco
+    assert [(c["id"], c["name"]) for c in coco["categories"]] == [
+        (1, "ball"), (2, "cat"), (3, "dog")]
+    assert [i["file_name"] for i in coco["images"]] == ["a.jpg", "sub/b.png"]
+    objects = [a for a in coco["annotations"] if not a["iscrowd"]]
+    assert [(a["image_id"], a["category_id"]) for a in objects] == [
+        (1, 2), (1, 3), (1, 2), (1, 1), (2, 3)]
+    cat, dog, two_part_cat, ball, bitmap_dog = objects
+    assert cat["bbox"] == [10.0, 10.0, 20.0, 20.0] and cat["area"] == 400.0
+    assert dog["segmentation"] == [[40.0, 40.0, 60.0, 40.0, 60.0, 50.0, 40.0, 50.0]]
+    assert dog["bbox"] == [40.0, 40.0, 20.0, 10.0]
+    assert len(two_part_cat["segmentation"]) == 2 and two_part_cat["bbox"] == [50, 5, 16, 9]
+    np.testing.assert_allclose(ball["bbox"], [70, 10, 20, 20], atol=1e-9)  # radius 10
+    assert ball["area"] == pytest.approx(np.pi * 100, rel=0.03)
+    # the bitmap's 6 pixels at (3, 4) + (1..3, 1..2) of the box from (2, 3)
+    mask = segmentation_to_mask(bitmap_dog["segmentation"], 10, 20)
+    assert mask.sum() == 6 and mask[4:6, 3:6].all()
+    assert bitmap_dog["bbox"] == [3.0, 4.0, 3.0, 2.0] and bitmap_dog["area"] == 6.0
+    # __ignore__: a crowd region of each category
+    crowd = [a for a in coco["annotations"] if a["iscrowd"]]
+    assert sorted(a["category_id"] for a in crowd) == [1, 2, 3]
+    assert {tuple(a["bbox"]) for a in crowd} == {(0.0, 60.0, 20.0, 20.0)}
+
+    records, mapping, stats = load_coco_json(out, labelled, keep_segmentation=True)
+    assert mapping.names == ("ball", "cat", "dog") and stats.crowd == 3
+    assert len(records[0]["segmentations"]) == 4 and len(records[1]["segmentations"]) == 1
+
+    val = labelme_to_coco.main([str(labelled / "sub"), "--output", str(tmp_path / "val.json"),
+                                "--classes-from", str(out)])
+    assert val["categories"] == coco["categories"] and val["annotations"][0]["category_id"] == 3
+
+
+def test_json_files_apart_from_their_images(tmp_path: Path) -> None:
+    Image.new("RGB", (30, 20)).save((tmp_path / "photos").mkdir() or tmp_path / "photos/p.jpg")
+    _labelme(tmp_path / "annotations/p.json", "..\\photos_old\\p.jpg", 20, 30,
+             [_shape("bolt", [[1, 1], [5, 1], [5, 5]])])
+    with pytest.raises(DatasetError, match="its image '../photos_old/p.jpg' is not in"):
+        labelme_to_coco.main([str(tmp_path / "annotations"), "--output", str(tmp_path / "o")])
+    coco = labelme_to_coco.main([str(tmp_path / "annotations"), "--images",
+                                 str(tmp_path / "photos"), "--output", str(tmp_path / "o")])
+    assert coco["images"][0]["file_name"] == "p.jpg"
+
+
+def test_every_problem_is_named_and_nothing_is_written(labelled: Path, tmp_path: Path) -> None:
+    _labelme(labelled / "a.json", "a.jpg", 80, 100, [
+        _shape("cat", [[10, 10], [30, 10]]), _shape("", [[1, 1], [2, 2], [3, 1]])])
+    (labelled / "sub" / "b.json").write_text("{not json", encoding="utf-8")
+    _labelme(labelled / "c.json", "c.jpg", 10, 10, [])
+    _labelme(labelled / "d.json", "a.jpg", 60, 100, [])
+    out = tmp_path / "out.json"
+    with pytest.raises(DatasetError) as refused:
+        labelme_to_coco.main([str(labelled), "--output", str(out)])
+    message = str(refused.value)
+    assert message.startswith("4 problems in the labelme files")
+    assert "a.json shape 0 (cat): a polygon of 2 points" in message
+    assert "b.json: not a readable JSON file" in message
+    assert "c.json: its image 'c.jpg' is not in" in message
+    assert "d.json: imageHeight x imageWidth 60x100, its image" in message
+    assert not out.exists()
+
+    for name in ("b", "c", "d"):
+        (labelled / ("sub" if name == "b" else "") / f"{name}.json").unlink()
+    _labelme(labelled / "a.json", "a.jpg", 80, 100, [_shape("cat", [[1, 1], [5, 1], [5, 5]])])
+    _labelme(labelled / "a2.json", "a.jpg", 80, 100, [])
+    with pytest.raises(DatasetError, match="a2.json: its image .*a.jpg is also .*a.json's"):
+        labelme_to_coco.main([str(labelled), "--output", str(out)])
+    (labelled / "a2.json").unlink()
+    with pytest.raises(DatasetError, match=r"labels not among the classes: 'cat' \(1 objects\)"):
+        labelme_to_coco.main([str(labelled), "--output", str(out), "--classes", "dog"])
+    assert not out.exists()

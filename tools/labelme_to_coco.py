@@ -1,0 +1,71 @@
+"""Convert LabelMe JSON annotations (one file per image) to one COCO-format JSON with instance
+masks, for tools/train.py (Mask R-CNN too) and the others (labelme's own labelme2coco example
+reads them the same way: resnet_detect/detection/data/labelme.py says how).
+
+Usage:
+  python tools/labelme_to_coco.py labelled/train --output train.json
+  python tools/labelme_to_coco.py labelled/val --output val.json --classes-from train.json
+  python tools/labelme_to_coco.py annotations/ --images photos/ --output train.json
+
+Every .json under ROOT is a labelme file; its image is its imagePath beside it, else a file of
+that name in --images. Categories are 1..K, the labels found, sorted (`__ignore__` marks crowd
+regions, no category); --classes or --classes-from fix them, so that a training and a
+validation file agree (training refuses files whose categories differ). Polygons, rectangles,
+circles and labelme's masks are objects (shapes of one group_id and label: one object);
+points and lines are left out and counted. File names are relative to --img-dir (default:
+--images, else ROOT); the tool ends by printing the config keys to use. Nothing is written
+when a file, a shape or an image has a problem: each is named.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resnet_detect.detection.data.conversion import (add_class_options,  # noqa: E402
+                                                     chosen_classes, write_coco)
+from resnet_detect.detection.data.labelme import labelme_files, labelme_to_coco  # noqa: E402
+from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect.engine.data import DatasetError  # noqa: E402
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", metavar="ROOT", help="folder of labelme .json files")
+    parser.add_argument("--output", required=True, help="the COCO JSON file to write")
+    parser.add_argument("--images", default=None, metavar="DIR",
+                        help="the images' folder where they are not beside the JSON files")
+    parser.add_argument("--img-dir", default=None,
+                        help="folder the file names are relative to (default: --images, "
+                             "else ROOT)")
+    add_class_options(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Convert; returns the COCO dict written."""
+    args = parse_args(argv)
+    images = Path(args.images) if args.images is not None else None
+    if images is not None and not images.is_dir():
+        raise DatasetError(f"--images {images}: not a folder")
+    img_dir = Path(args.img_dir or images or args.root)
+    class_names, category_ids = chosen_classes(args)
+    coco, left_out = labelme_to_coco(labelme_files(Path(args.root)), img_dir, class_names,
+                                     images=images, category_ids=category_ids)
+    write_coco(coco, args.output)
+    crowd = sum(a["iscrowd"] for a in coco["annotations"])
+    print(f"{args.output}: {len(coco['images'])} images, {len(coco['annotations']) - crowd} "
+          f"objects, {crowd} crowd regions (__ignore__, one per category), "
+          f"{len(coco['categories'])} categories: "
+          + ", ".join(c["name"] for c in coco["categories"])
+          + (f"; {left_out} points and lines left out" if left_out else ""))
+    print(f"use: data.train.ann_file={args.output} data.train.img_dir={img_dir}  (or data.val.*)")
+    return coco
+
+
+if __name__ == "__main__":
+    run_tool(main)
