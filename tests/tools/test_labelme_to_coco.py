@@ -131,6 +131,6 @@ def test_every_problem_is_named_and_nothing_is_written(labelled: Path, tmp_path:
     with pytest.raises(DatasetError, match="a2.json: its image .*a.jpg is also .*a.json's"):
         labelme_to_coco.main([str(labelled), "--output", str(out)])
     (labelled / "a2.json").unlink()
-    with pytest.raises(DatasetError, match=r"labels not among the classes: 'cat' \(1 objects\)"):
+    with pytest.raises(DatasetError, match=r"names not among the classes: 'cat' \(1 objects\)"):
         labelme_to_coco.main([str(labelled), "--output", str(out), "--classes", "dog"])
     assert not out.exists()

@@ -1,13 +1,60 @@
-"""What the converters to COCO (tools/voc_to_coco.py, tools/labelme_to_coco.py) share on their
-command lines: the categories to use, and writing the file."""
+"""What the converters to COCO (voc, yolo, labelme and their tools) share: problems named per
+entry, images named once under the image folder, the categories, writing the file."""
 from __future__ import annotations
 
 import argparse
+import os
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from resnet_detect.engine.data import DatasetError, read_coco_json
+from resnet_detect.engine.data import DatasetError, listing, read_coco_json
 from resnet_detect.engine.files import atomic_write_json
+
+
+class Problem(Exception):
+    """An entry (a file, a line, an object) that cannot be converted; the message names it."""
+
+
+def raise_problems(problems: list[str], what: str) -> None:
+    """DatasetError listing `problems` (of `what`: "the VOC annotations"), if any."""
+    if problems:
+        raise DatasetError(f"{len(problems)} problems in {what}:{listing(problems)}")
+
+
+def relative_image(image: Path, img_dir: Path, source: Path, named_by: dict[str, Path]) -> str:
+    """`image`'s file_name under `img_dir` (POSIX), recorded in `named_by` as `source`'s.
+
+    Raises:
+        Problem: the image is not under `img_dir`, or another source named it.
+    """
+    try:
+        relative = os.path.relpath(os.path.abspath(image), os.path.abspath(img_dir))
+    except ValueError:  # another drive (Windows)
+        relative = ".."
+    if relative == ".." or relative.startswith(".." + os.sep):
+        raise Problem(f"{image}: not under the image folder {img_dir}")
+    relative = Path(relative).as_posix()
+    if relative in named_by:
+        raise Problem(f"{source}: its image {image} is also {named_by[relative]}'s (an item "
+                      f"listed twice?)")
+    named_by[relative] = source
+    return relative
+
+
+def ids_of_classes(found: Counter[str], class_names: Sequence[str],
+                 ids: Sequence[int] | None, problems: list[str]) -> dict[str, int]:
+    """{name: category id} of `class_names` (ids `ids`, default 1..K); names `found` on
+    objects outside them are added to `problems`."""
+    repeated = sorted(n for n, c in Counter(class_names).items() if c > 1)
+    if repeated:
+        raise DatasetError(f"class names given twice: {repeated}")
+    unknown = sorted(set(found) - set(class_names))
+    if unknown:
+        problems.append("names not among the classes: "
+                        + ", ".join(f"{n!r} ({found[n]} objects)" for n in unknown))
+    return dict(zip(class_names, ids if ids is not None else range(1, len(class_names) + 1)))
 
 
 def add_class_options(parser: argparse.ArgumentParser) -> None:

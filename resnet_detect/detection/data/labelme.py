@@ -16,7 +16,6 @@ import base64
 import io
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,15 +25,13 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from resnet_detect.engine.data import DatasetError, files_under, image_size, listing
+from resnet_detect.engine.data import DatasetError, files_under, image_size
+
+from .conversion import Problem, ids_of_classes, raise_problems, relative_image
 
 IGNORE_LABEL = "__ignore__"
 REGION_SHAPES = ("polygon", "rectangle", "circle", "mask")
 CIRCLE_SIDES = 32
-
-
-class _Problem(Exception):
-    """A file or a shape that cannot be converted; the message names it."""
 
 
 class _Part(NamedTuple):
@@ -51,9 +48,9 @@ def _points(shape: dict[str, Any], where: str) -> np.ndarray:
     try:
         points = np.asarray(shape.get("points"), dtype=np.float64)
     except (TypeError, ValueError):
-        raise _Problem(f"{where}: 'points' is not a list of [x, y]") from None
+        raise Problem(f"{where}: 'points' is not a list of [x, y]") from None
     if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
-        raise _Problem(f"{where}: 'points' is not a list of [x, y] numbers")
+        raise Problem(f"{where}: 'points' is not a list of [x, y] numbers")
     return points
 
 
@@ -62,16 +59,16 @@ def _part(shape: dict[str, Any], where: str, height: int, width: int) -> _Part:
     points = _points(shape, where)
     if kind == "polygon":
         if len(points) < 3:
-            raise _Problem(f"{where}: a polygon of {len(points)} points")
+            raise Problem(f"{where}: a polygon of {len(points)} points")
         return _Part(points.ravel().tolist(), None)
     if kind == "rectangle":
         if len(points) != 2:
-            raise _Problem(f"{where}: a rectangle of {len(points)} points (2 expected)")
+            raise Problem(f"{where}: a rectangle of {len(points)} points (2 expected)")
         (x1, y1), (x2, y2) = points.min(axis=0), points.max(axis=0)
         return _Part([x1, y1, x2, y1, x2, y2, x1, y2], None)
     if kind == "circle":
         if len(points) != 2:
-            raise _Problem(f"{where}: a circle of {len(points)} points (centre and one on it)")
+            raise Problem(f"{where}: a circle of {len(points)} points (centre and one on it)")
         centre, radius = points[0], float(np.linalg.norm(points[1] - points[0]))
         angles = np.arange(CIRCLE_SIDES) * 2 * math.pi / CIRCLE_SIDES
         circle = centre + radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
@@ -80,7 +77,7 @@ def _part(shape: dict[str, Any], where: str, height: int, width: int) -> _Part:
     try:
         bitmap = np.asarray(Image.open(io.BytesIO(base64.b64decode(shape["mask"])))) > 0
     except Exception as err:  # a missing, cut or not-PNG mask
-        raise _Problem(f"{where}: its 'mask' cannot be read ({type(err).__name__})") from None
+        raise Problem(f"{where}: its 'mask' cannot be read ({type(err).__name__})") from None
     x1, y1 = np.floor(points.min(axis=0)).astype(int)
     full = np.zeros((height, width), np.uint8)
     h, w = bitmap.shape[:2]
@@ -98,9 +95,9 @@ def read_labelme(json_file: Path, images: Path | None) -> tuple[Path, tuple[int,
     try:
         data = json.loads(json_file.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _Problem(f"{json_file}: not a readable JSON file ({err})") from None
+        raise Problem(f"{json_file}: not a readable JSON file ({err})") from None
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
-        raise _Problem(f"{json_file}: no 'shapes' list (not a labelme file)")
+        raise Problem(f"{json_file}: no 'shapes' list (not a labelme file)")
     image_path = str(data.get("imagePath") or "").replace("\\", "/")
     folders = [images] if images is not None else []
     candidates = [json_file.parent / image_path] if image_path else []
@@ -108,22 +105,22 @@ def read_labelme(json_file: Path, images: Path | None) -> tuple[Path, tuple[int,
                    if image_path]
     image = next((c for c in candidates if c.is_file()), None)
     if image is None:
-        raise _Problem(f"{json_file}: its image {image_path!r} is not in "
-                       f"{' or '.join(str(f) for f in [json_file.parent, *folders])}")
+        raise Problem(f"{json_file}: its image {image_path!r} is not in "
+                      f"{' or '.join(str(f) for f in [json_file.parent, *folders])}")
     size = image_size(image)
     if size is None:
-        raise _Problem(f"{image}: cannot be read as an image")
+        raise Problem(f"{image}: cannot be read as an image")
     declared = (data.get("imageHeight"), data.get("imageWidth"))
     if all(isinstance(v, int) and v > 0 for v in declared) and tuple(declared) != size:
-        raise _Problem(f"{json_file}: imageHeight x imageWidth {declared[0]}x{declared[1]}, "
-                       f"its image {image} reads as {size[0]}x{size[1]}")
+        raise Problem(f"{json_file}: imageHeight x imageWidth {declared[0]}x{declared[1]}, "
+                      f"its image {image} reads as {size[0]}x{size[1]}")
     groups: dict[Any, LabelmeObject] = {}
     left_out = 0
     for i, shape in enumerate(data["shapes"]):
         where = f"{json_file} shape {i}"
         label = str(shape.get("label") or "").strip() if isinstance(shape, dict) else ""
         if not label:
-            raise _Problem(f"{where}: no label")
+            raise Problem(f"{where}: no label")
         if (shape.get("shape_type") or "polygon") not in REGION_SHAPES:
             left_out += 1
             continue
@@ -163,28 +160,17 @@ def labelme_to_coco(json_files: Sequence[Path], img_dir: Path,
     for json_file in json_files:
         try:
             image, size, objects, skipped = read_labelme(json_file, images)
-            relative = os.path.relpath(os.path.abspath(image), os.path.abspath(img_dir))
-            if relative == ".." or relative.startswith(".." + os.sep):
-                raise _Problem(f"{image}: not under the image folder {img_dir}")
-            relative = Path(relative).as_posix()
-            if relative in named_by:
-                raise _Problem(f"{json_file}: its image {image} is also {named_by[relative]}'s")
-            named_by[relative] = json_file
+            relative = relative_image(image, img_dir, json_file, named_by)
             parsed.append((relative, size, objects))
             left_out += skipped
-        except _Problem as problem:
+        except Problem as problem:
             problems.append(str(problem))
     found = Counter(o.label for _, _, objects in parsed for o in objects
                     if o.label != IGNORE_LABEL)
     names = sorted(found) if class_names is None else list(class_names)
-    unknown = sorted(set(found) - set(names))
-    if unknown:
-        problems.append("labels not among the classes: "
-                        + ", ".join(f"{n!r} ({found[n]} objects)" for n in unknown))
-    if problems:
-        raise DatasetError(f"{len(problems)} problems in the labelme files:{listing(problems)}")
-    ids = list(category_ids) if category_ids is not None else range(1, len(names) + 1)
-    return Conversion(_coco_dict(parsed, dict(zip(names, ids))), left_out)
+    ids = ids_of_classes(found, names, category_ids, problems)
+    raise_problems(problems, "the labelme files")
+    return Conversion(_coco_dict(parsed, ids), left_out)
 
 
 def _coco_dict(parsed: list[tuple[str, tuple[int, int], list[LabelmeObject]]],

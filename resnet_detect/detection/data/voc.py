@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import glob
 import math
-import os
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Sequence
@@ -24,20 +23,18 @@ from typing import Any, NamedTuple
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, DatasetError, files_under, image_size,
                                        listing, read_user_text)
 
+from .conversion import Problem, ids_of_classes, raise_problems, relative_image
+
 # VOC's 20 classes, in detectron2's and mmdetection's order (alphabetical)
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
                "sheep", "sofa", "train", "tvmonitor")
 
 
-class _Problem(Exception):
-    """An entry of one XML file that cannot be converted; the message names it."""
-
-
 def _text(element: ET.Element, path: str, where: str) -> str:
     found = element.find(path)
     if found is None or found.text is None or not found.text.strip():
-        raise _Problem(f"{where}: no <{path}>")
+        raise Problem(f"{where}: no <{path}>")
     return found.text.strip()
 
 
@@ -46,9 +43,9 @@ def _number(element: ET.Element, path: str, where: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise _Problem(f"{where}: <{path}> is not a number: {text!r:.40}") from None
+        raise Problem(f"{where}: <{path}> is not a number: {text!r:.40}") from None
     if not math.isfinite(value):
-        raise _Problem(f"{where}: <{path}> is not a finite number: {text!r:.40}")
+        raise Problem(f"{where}: <{path}> is not a finite number: {text!r:.40}")
     return value
 
 
@@ -63,13 +60,13 @@ def _objects(root: ET.Element, where: str) -> list[tuple[str, list[float], bool]
         name = _text(obj, "name", at)
         box = obj.find("bndbox")
         if box is None:
-            raise _Problem(f"{at} ({name}): no <bndbox>")
+            raise Problem(f"{at} ({name}): no <bndbox>")
         coords = [_number(box, key, f"{at} ({name})") for key in ("xmin", "ymin", "xmax", "ymax")]
         if coords[2] < coords[0] or coords[3] < coords[1]:
-            raise _Problem(f"{at} ({name}): xmax < xmin or ymax < ymin: {coords}")
+            raise Problem(f"{at} ({name}): xmax < xmin or ymax < ymin: {coords}")
         difficult = (obj.findtext("difficult") or "0").strip().lower()
         if difficult not in DIFFICULT:
-            raise _Problem(f"{at} ({name}): <difficult> is {difficult!r:.20}, not 0 or 1")
+            raise Problem(f"{at} ({name}): <difficult> is {difficult!r:.20}, not 0 or 1")
         objects.append((name, coords, DIFFICULT[difficult]))
     return objects
 
@@ -154,11 +151,11 @@ def _read(xml_file: Path) -> ET.Element:
     try:
         return ET.parse(xml_file).getroot()
     except ET.ParseError as err:
-        raise _Problem(f"{xml_file}: not valid XML ({err})") from None
+        raise Problem(f"{xml_file}: not valid XML ({err})") from None
     except ValueError as err:  # an encoding expat does not know (gbk, ...)
-        raise _Problem(f"{xml_file}: cannot be decoded ({err}); save it as UTF-8") from None
+        raise Problem(f"{xml_file}: cannot be decoded ({err}); save it as UTF-8") from None
     except OSError as err:
-        raise _Problem(f"{xml_file}: cannot be read ({err})") from None
+        raise Problem(f"{xml_file}: cannot be read ({err})") from None
 
 
 def default_classes(found: Sequence[str]) -> list[str]:
@@ -196,44 +193,25 @@ def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
             image = _find_image(entry, root)
             if image is None:
                 folders = " or ".join(str(f) for f in entry.image_folders)
-                raise _Problem(f"{entry.xml}: its image is not in {folders} (<filename> "
-                               f"{root.findtext('filename')!r}, nor {Path(entry.item).name}.*)")
+                raise Problem(f"{entry.xml}: its image is not in {folders} (<filename> "
+                              f"{root.findtext('filename')!r}, nor {Path(entry.item).name}.*)")
             size = image_size(image)
             if size is None:
-                raise _Problem(f"{image}: cannot be read as an image")
+                raise Problem(f"{image}: cannot be read as an image")
             declared = _xml_size(root)
             if declared is not None and declared != size:
                 turned = " (turned by its EXIF orientation?)" if declared == size[::-1] else ""
-                raise _Problem(f"{entry.xml}: <size> says {declared[1]}x{declared[0]}, its "
-                               f"image {image} reads as {size[1]}x{size[0]}{turned}")
-            try:
-                relative = os.path.relpath(os.path.abspath(image), os.path.abspath(img_dir))
-            except ValueError:  # another drive (Windows)
-                relative = ".."
-            if relative == ".." or relative.startswith(".." + os.sep):
-                raise _Problem(f"{image}: not under the image folder {img_dir}")
-            relative = Path(relative).as_posix()
-            if relative in named_by:
-                raise _Problem(f"{entry.xml}: its image {image} is also {named_by[relative]}'s "
-                               f"(an item listed twice?)")
-            named_by[relative] = entry.xml
+                raise Problem(f"{entry.xml}: <size> says {declared[1]}x{declared[0]}, its "
+                              f"image {image} reads as {size[1]}x{size[0]}{turned}")
+            relative = relative_image(image, img_dir, entry.xml, named_by)
             parsed.append((relative, size, objects))
-        except _Problem as problem:
+        except Problem as problem:
             problems.append(str(problem))
     found = Counter(name for _, _, objects in parsed for name, _, _ in objects)
     class_names = list(default_classes(list(found)) if class_names is None else class_names)
-    if len(set(class_names)) != len(class_names):
-        repeated = sorted(n for n, c in Counter(class_names).items() if c > 1)
-        raise DatasetError(f"class names given twice: {repeated}")
-    unknown = sorted(set(found) - set(class_names))
-    if unknown:
-        problems.append("object names not among the classes: "
-                        + ", ".join(f"{n!r} ({found[n]} objects)" for n in unknown))
-    if problems:
-        raise DatasetError(f"{len(problems)} problems in the VOC annotations:{listing(problems)}")
-    ids = list(category_ids) if category_ids is not None else range(1, len(class_names) + 1)
-    return _coco_dict(parsed, dict(zip(class_names, ids)), keep_difficult,
-                      0.0 if zero_based else 1.0)
+    ids = ids_of_classes(found, class_names, category_ids, problems)
+    raise_problems(problems, "the VOC annotations")
+    return _coco_dict(parsed, ids, keep_difficult, 0.0 if zero_based else 1.0)
 
 
 def _coco_dict(parsed: list[tuple[str, tuple[int, int], list[tuple[str, list[float], bool]]]],

@@ -20,11 +20,9 @@ import yaml
 from pycocotools import mask as mask_utils
 
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, DatasetError, files_under, image_size,
-                                       listing, read_user_text)
+                                       read_user_text)
 
-
-class _Problem(Exception):
-    """A line or a file that cannot be converted; the message names it."""
+from .conversion import Problem, raise_problems
 
 
 def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
@@ -117,17 +115,17 @@ def _object(line: str, where: str, num_classes: int, height: int, width: int,
     try:
         cls, numbers = float(values[0]), [float(v) for v in values[1:]]
     except ValueError:
-        raise _Problem(f"{where}: not numbers: {line!r:.60}") from None
+        raise Problem(f"{where}: not numbers: {line!r:.60}") from None
     if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < num_classes:
-        raise _Problem(f"{where}: class {values[0]} is not one of 0..{num_classes - 1}")
+        raise Problem(f"{where}: class {values[0]} is not one of 0..{num_classes - 1}")
     if keypoints:
         numbers = numbers[:4]
     if not (len(numbers) == 4 or (len(numbers) >= 6 and len(numbers) % 2 == 0)):
-        raise _Problem(f"{where}: {len(numbers)} numbers after the class: 4 (a box) or an even "
-                       "number from 6 (a polygon) expected")
+        raise Problem(f"{where}: {len(numbers)} numbers after the class: 4 (a box) or an even "
+                      "number from 6 (a polygon) expected")
     if not all(math.isfinite(v) and -TOLERANCE <= v <= 1.0 + TOLERANCE for v in numbers):
-        raise _Problem(f"{where}: coordinates must be fractions of the image (0..1): "
-                       f"{line!r:.60}")
+        raise Problem(f"{where}: coordinates must be fractions of the image (0..1): "
+                      f"{line!r:.60}")
     numbers = [min(max(v, 0.0), 1.0) for v in numbers]
     if len(numbers) == 4:
         cx, cy, w, h = numbers
@@ -167,7 +165,7 @@ def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[st
         try:
             size = image_size(image)
             if size is None:
-                raise _Problem(f"{image}: missing or not an image")
+                raise Problem(f"{image}: missing or not an image")
             height, width = size
             labels = label_file(image)
             numbered: dict[str, int] = {}  # each line's text -> its first line number
@@ -181,7 +179,7 @@ def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[st
                 repeated += len(texts) - len(numbered)
             objects = [_object(line, f"{labels} line {n}", len(class_names), height, width,
                                keypoints) for line, n in numbered.items()]
-        except _Problem as problem:
+        except Problem as problem:
             problems.append(str(problem))
             continue
         image_id = len(coco_images) + 1
@@ -197,8 +195,7 @@ def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[st
                 rle = mask_utils.frPyObjects([polygon], height, width)
                 annotation["area"] = float(mask_utils.area(mask_utils.merge(rle)))
             annotations.append(annotation)
-    if problems:
-        raise DatasetError(f"{len(problems)} problems in the YOLO labels:{listing(problems)}")
+    raise_problems(problems, "the YOLO labels")
     if not labelled:
         raise DatasetError(f"none of the {len(images)} images has a label file: {images[0]}'s "
                            f"would be {label_file(images[0])} (a folder named labels beside "
