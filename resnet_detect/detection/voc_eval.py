@@ -2,10 +2,13 @@
 and mmdetection's VOC mAP compute the same), on a COCO file made by tools/voc_to_coco.py: its
 crowd regions are VOC's difficult objects.
 
-Per category, the detections of every image are taken from the highest score down; one whose
-best overlap with a ground-truth box of its image and category is over 0.5 (strictly, as the
-devkit) is a true positive if that box is not yet taken, a false positive if it is, and
-neither if the box is difficult; any other detection is a false positive. AP is the area under
+Per category, the detections of every image are taken from the highest score down (equal
+scores in the order given, as the devkit's stable sort); one whose best overlap with a
+ground-truth box of its image and category is 0.5 or more (the devkit's and mmdetection's
+rule; detectron2 wants more than 0.5) is a true positive if that box is not yet taken, a false
+positive if it is, and neither if the box is difficult; any other detection is a false
+positive. A difficult box is an annotation's `difficult` flag (tools/voc_to_coco.py
+--keep-difficult writes it), else its `iscrowd` (any crowd region counts so). AP is the area under
 the precision/recall curve: `11point` (VOC2007's: the mean of the best precision at recall
 >= 0, 0.1, ..., 1) or `area` (VOC2010 on: every recall step, precision made monotone). Boxes are
 in continuous pixel coordinates, as the COCO file holds them: the devkit's "+ 1" on 1-based
@@ -65,7 +68,7 @@ def category_ap(detections: Sequence[dict[str, Any]],
     positives = sum(int((~difficult).sum()) for _, difficult in truths.values())
     if positives == 0:
         return math.nan
-    order = sorted(range(len(detections)), key=lambda i: -detections[i]["score"])
+    order = sorted(range(len(detections)), key=lambda i: -detections[i]["score"])  # stable
     taken = {image: np.zeros(len(boxes), bool) for image, (boxes, _) in truths.items()}
     tp, fp = np.zeros(len(order)), np.zeros(len(order))
     for rank, i in enumerate(order):
@@ -74,7 +77,7 @@ def category_ap(detections: Sequence[dict[str, Any]],
         boxes, difficult = truths.get(det["image_id"], (np.zeros((0, 4)), np.zeros(0, bool)))
         overlaps = _overlaps(np.array([x, y, x + w, y + h]), boxes)
         best = int(overlaps.argmax()) if len(overlaps) else -1
-        if best < 0 or not overlaps[best] > IOU_THRESHOLD:
+        if best < 0 or not overlaps[best] >= IOU_THRESHOLD:
             fp[rank] = 1
         elif difficult[best]:
             continue
@@ -102,8 +105,9 @@ def evaluate_voc(ann_file: str | Path, results: Sequence[dict[str, Any]], *, mod
         lambda: defaultdict(list))
     for ann in data["annotations"]:
         x, y, w, h = (float(v) for v in ann["bbox"])
+        difficult = ann.get("difficult", ann.get("iscrowd", 0))
         truths[ann["category_id"]][ann["image_id"]].append(([x, y, x + w, y + h],
-                                                            bool(ann.get("iscrowd", 0))))
+                                                            bool(difficult)))
     by_category: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for result in results:
         by_category[result["category_id"]].append(result)

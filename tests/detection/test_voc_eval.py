@@ -49,7 +49,7 @@ def gt_file(tmp_path: Path) -> Path:
 
 
 # by falling score: right; the same cat again (wrong); right; on the difficult cat (neither);
-# a box overlapping the last cat by exactly 0.5 (wrong: the devkit wants more than 0.5)
+# a box overlapping the last cat by exactly 0.5 (right: the devkit's ovmax >= 0.5)
 DETECTIONS = [
     (1, [0, 0, 10, 10], 0.9), (1, [1, 0, 10, 10], 0.8), (2, [20, 20, 10, 10], 0.7),
     (1, [50, 50, 10, 10], 0.6), (2, [70, 0, 10, 20], 0.5),
@@ -60,7 +60,9 @@ def _results() -> list[dict]:
     return [{"image_id": i, "category_id": 7, "bbox": b, "score": s} for i, b, s in DETECTIONS]
 
 
-@pytest.mark.parametrize("mode, expected", [("area", 5 / 9), ("11point", 6 / 11)])
+# recall 1/3, 1/3, 2/3, 1 at precision 1, 1/2, 2/3, 3/4: area 1/3 + 2 x 1/3 x 3/4 = 5/6;
+# 11 points: 4 x 1 + 7 x 3/4 over 11 = 37/44
+@pytest.mark.parametrize("mode, expected", [("area", 5 / 6), ("11point", 37 / 44)])
 def test_the_devkit_s_rules_on_a_file(gt_file: Path, mode: str, expected: float) -> None:
     metrics = evaluate_voc(gt_file, _results(), mode=mode, verbose=False)
     assert metrics["per_category"]["cat"] == pytest.approx(100 * expected)
@@ -69,6 +71,16 @@ def test_the_devkit_s_rules_on_a_file(gt_file: Path, mode: str, expected: float)
     # a detection of a category without objects changes nothing
     extra = _results() + [{"image_id": 1, "category_id": 9, "bbox": [0, 0, 5, 5], "score": 1.0}]
     assert evaluate_voc(gt_file, extra, mode=mode, verbose=False)["mAP"] == metrics["mAP"]
+
+
+def test_a_difficult_flag_counts_where_the_object_is_not_a_crowd_region(gt_file: Path) -> None:
+    """tools/voc_to_coco.py --keep-difficult: trained on (iscrowd 0), still VOC's difficult."""
+    data = json.loads(gt_file.read_text(encoding="utf-8"))
+    for ann in data["annotations"]:
+        ann["difficult"], ann["iscrowd"] = ann["iscrowd"], 0
+    gt_file.write_text(json.dumps(data), encoding="utf-8")
+    metrics = evaluate_voc(gt_file, _results(), mode="area", verbose=False)
+    assert metrics["mAP"] == pytest.approx(100 * 5 / 6)
 
 
 def test_the_evaluator_adds_voc_s_numbers_when_asked(gt_file: Path) -> None:
@@ -83,7 +95,7 @@ def test_the_evaluator_adds_voc_s_numbers_when_asked(gt_file: Path) -> None:
                        for i in (1, 2)])
     metrics = evaluator.evaluate()
     assert set(metrics) == {"bbox", "voc"}
-    assert metrics["voc"]["mAP"] == pytest.approx(100 * 6 / 11)
+    assert metrics["voc"]["mAP"] == pytest.approx(100 * 37 / 44)
     assert "voc" not in COCOEvaluator(gt_file, category_ids=(7, 9)).evaluate()
     with pytest.raises(ConfigError, match="data.val.voc_metric must be null or one of 11point, "
                                           "area .*got 'voc07'"):

@@ -82,6 +82,8 @@ def test_boxes_and_difficult_objects_are_converted_as_detectron2_and_mmdetection
     kept = voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(out),
                              "--keep-difficult"])
     assert [a["iscrowd"] for a in kept["annotations"]] == [0, 0, 0, 0]
+    # trained on, still VOC's difficult for data.val.voc_metric
+    assert [a.get("difficult") for a in kept["annotations"]] == [None, None, 1, None]
     # pixel edges as written (CVAT's export): no - 1
     edges = voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(out),
                               "--zero-based"])

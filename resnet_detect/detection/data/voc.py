@@ -228,6 +228,7 @@ def _coco_dict(parsed: list[tuple[str, tuple[int, int], list[tuple[str, list[flo
                 "id": len(annotations) + 1, "image_id": image_id,
                 "category_id": category_id[name], "bbox": [x1, y1, x2 - x1, y2 - y1],
                 "area": (x2 - x1) * (y2 - y1), "iscrowd": int(difficult and not keep_difficult),
+                **({"difficult": 1} if difficult and keep_difficult else {}),
             })
     categories = [{"id": i, "name": n, "supercategory": "none"} for n, i in category_id.items()]
     return {"images": images, "annotations": annotations, "categories": categories}
