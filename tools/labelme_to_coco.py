@@ -7,14 +7,16 @@ Usage:
   python tools/labelme_to_coco.py labelled/val --output val.json --classes-from train.json
   python tools/labelme_to_coco.py annotations/ --images photos/ --output train.json
 
-Every .json under ROOT is a labelme file; its image is its imagePath beside it, else a file of
-that name in --images. Categories are 1..K, the labels found, sorted (`__ignore__` marks crowd
-regions, no category); --classes or --classes-from fix them, so that a training and a
-validation file agree (training refuses files whose categories differ). Polygons, rectangles,
-circles and labelme's masks are objects (shapes of one group_id and label: one object);
-points and lines are left out and counted. File names are relative to --img-dir (default:
---images, else ROOT); the tool ends by printing the config keys to use. Nothing is written
-when a file, a shape or an image has a problem: each is named.
+Every .json under ROOT (but --output) is a labelme file; its image is the file its imagePath
+names, beside it or in --images, else at that path. Categories are 1..K, the labels found,
+sorted (`__ignore__` marks crowd regions, no category); --classes or --classes-from fix them,
+so that a training and a validation file agree (training refuses files whose categories
+differ). Polygons, rectangles, circles, labelme's masks and X-AnyLabeling's rotated boxes are
+objects (shapes of one group_id and label: one object); points, lines, shapes of no area and
+COCO files among them are left out and counted; images kept only inside their JSON file
+(imageData) are written beside it with --write-embedded. File names are relative to
+--img-dir (default: --images, else ROOT); the tool ends by printing the config keys to use.
+Nothing is written when a file, a shape or an image has a problem: each is named.
 """
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="folder the file names are relative to (default: --images, "
                              "else ROOT)")
     add_class_options(parser)
+    parser.add_argument("--write-embedded", action="store_true",
+                        help="write images found only inside their JSON file (imageData) "
+                             "beside it")
     return parser.parse_args(argv)
 
 
@@ -54,15 +59,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise DatasetError(f"--images {images}: not a folder")
     img_dir = Path(args.img_dir or images or args.root)
     class_names, category_ids = chosen_classes(args)
-    coco, left_out = labelme_to_coco(labelme_files(Path(args.root)), img_dir, class_names,
-                                     images=images, category_ids=category_ids)
+    coco, left_out, no_area, other = labelme_to_coco(
+        labelme_files(Path(args.root), Path(args.output)), img_dir, class_names, images=images,
+        category_ids=category_ids, write_embedded=args.write_embedded)
     write_coco(coco, args.output)
     crowd = sum(a["iscrowd"] for a in coco["annotations"])
+    aside = [f"{n} {what}" for n, what in [(left_out, "points and lines"),
+                                           (no_area, "shapes of no area"),
+                                           (other, "JSON files of another kind")] if n]
     print(f"{args.output}: {len(coco['images'])} images, {len(coco['annotations']) - crowd} "
-          f"objects, {crowd} crowd regions (__ignore__, one per category), "
+          f"objects, {crowd} crowd regions (__ignore__: one per category; difficult), "
           f"{len(coco['categories'])} categories: "
           + ", ".join(c["name"] for c in coco["categories"])
-          + (f"; {left_out} points and lines left out" if left_out else ""))
+          + (f"; left out: {', '.join(aside)}" if aside else ""))
     print(f"use: data.train.ann_file={args.output} data.train.img_dir={img_dir}  (or data.val.*)")
     return coco
 

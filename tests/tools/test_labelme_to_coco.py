@@ -134,3 +134,46 @@ def test_every_problem_is_named_and_nothing_is_written(labelled: Path, tmp_path:
     with pytest.raises(DatasetError, match=r"names not among the classes: 'cat' \(1 objects\)"):
         labelme_to_coco.main([str(labelled), "--output", str(out), "--classes", "dog"])
     assert not out.exists()
+
+
+def test_x_anylabeling_shapes_embedded_images_and_files_of_other_kinds(tmp_path: Path) -> None:
+    root = tmp_path / "xany"
+    root.mkdir()
+    elsewhere = tmp_path / "annotator_disk"
+    elsewhere.mkdir()
+    Image.new("RGB", (50, 40)).save(elsewhere / "e.jpg")   # on the annotator's disk too
+    Image.new("RGB", (50, 40)).save(root / "e.jpg")
+    rgb_mask = np.zeros((3, 3, 3), np.uint8)
+    rgb_mask[1, 1] = 255                                    # one pixel, written as RGB
+    _labelme(root / "e.json", str(elsewhere / "e.jpg"), 40, 50, [
+        _shape("box", [[10, 10], [40, 10], [40, 30], [10, 30]], "rectangle"),  # 4 corners
+        _shape("box", [[20, 0], [30, 10], [20, 20], [10, 10]], "rotation", difficult=True),
+        _shape("box", [[1, 1], [2, 2], [3, 3]]),            # collinear: no area
+        _shape("box", [[0, 0], [2, 2]], "mask", mask=_png_b64(rgb_mask)),
+    ])
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 10, 10)).save(buffer, format="PNG")
+    embedded = {"version": "5.5.0", "shapes": [_shape("box", [[1, 1], [6, 1], [6, 5]])],
+                "imagePath": "lost/emb.png", "imageData": base64.b64encode(buffer.getvalue())
+                .decode(), "imageHeight": 6, "imageWidth": 8}
+    (root / "emb.json").write_text(json.dumps(embedded), encoding="utf-8")
+    out = root / "train.json"
+    with pytest.raises(DatasetError, match="emb.json: its image 'lost/emb.png' is not in .*the "
+                                           "file embeds it \\(imageData\\): --write-embedded"):
+        labelme_to_coco.main([str(root), "--output", str(out)])
+    coco = labelme_to_coco.main([str(root), "--output", str(out), "--write-embedded"])
+    assert (root / "emb.png").is_file()
+    assert [i["file_name"] for i in coco["images"]] == ["e.jpg", "emb.png"]  # the copy beside
+    by_image = [[(a["bbox"], a["iscrowd"]) for a in coco["annotations"] if a["image_id"] == i]
+                for i in (1, 2)]
+    assert by_image[0] == [([10.0, 10.0, 30.0, 20.0], 0), ([10.0, 0.0, 20.0, 20.0], 1),
+                           ([1.0, 1.0, 1.0, 1.0], 0)]  # the collinear one left out
+    # run again with train.json inside ROOT: the output and other COCO files are not read
+    (root / "old_coco.json").write_text(json.dumps(coco), encoding="utf-8")
+    again = labelme_to_coco.main([str(root), "--output", str(out)])
+    assert again["annotations"] == coco["annotations"]
+
+    _labelme(root / "e.json", "e.jpg", 40, 50, [_shape("box", [[1, 1], [5, 5]], "cuboid")])
+    with pytest.raises(DatasetError, match="e.json shape 0 \\(box\\): shape_type 'cuboid' is "
+                                           "none of polygon, rectangle"):
+        labelme_to_coco.main([str(root), "--output", str(out)])

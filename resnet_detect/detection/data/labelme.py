@@ -3,12 +3,16 @@ which every tool here reads; masks for Mask R-CNN.
 
 Each shape of a label is an object, as labelme's own labelme2coco makes them: shapes that share
 a `group_id` and a label are one object of several parts. `polygon` shapes stay polygons,
-`rectangle` becomes its four corners, `circle` (centre, a point on it) a 32-sided polygon, and
-`mask` (labelme 5.3 on: a bitmap over its box) a run-length mask; the box is the parts' extent.
+`rectangle` becomes its four corners (X-AnyLabeling's four-point rectangles too) and
+X-AnyLabeling's `rotation` its turned box, `circle` (centre, a point on it) a 32-sided polygon,
+and `mask` (labelme 5.3 on: a bitmap over its box) a run-length mask; the box is the parts'
+extent; another shape type is refused, naming it.
 Points, lines and line strips mark no region and are counted and left out. A label named
 `__ignore__` (labelme's convention) marks crowd regions: left out of training, detections on
-them neither right nor wrong. Coordinates are pixels of the image as labelme shows it, after
-its EXIF orientation, as the tools here read images.
+them neither right nor wrong; X-AnyLabeling's `difficult` shapes become crowd regions of their
+category. Objects whose mask has no pixel (collinear points, zero size, off the image) are
+counted and left out. Coordinates are pixels of the image as labelme shows it, after its EXIF
+orientation, as the tools here read images.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import base64
 import io
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +35,13 @@ from resnet_detect.engine.data import DatasetError, files_under, image_size
 from .conversion import Problem, ids_of_classes, raise_problems, relative_image
 
 IGNORE_LABEL = "__ignore__"
-REGION_SHAPES = ("polygon", "rectangle", "circle", "mask")
+REGION_SHAPES = ("polygon", "rectangle", "rotation", "circle", "mask")
+MARK_SHAPES = ("point", "points", "line", "linestrip")  # no region: left out
 CIRCLE_SIDES = 32
+
+
+class NotLabelme(Exception):
+    """A JSON file of another kind (a COCO file left among the labelme files)."""
 
 
 class _Part(NamedTuple):
@@ -42,6 +52,7 @@ class _Part(NamedTuple):
 class LabelmeObject(NamedTuple):
     label: str
     parts: list[_Part]
+    difficult: bool = False  # X-AnyLabeling's flag: a crowd region of its category
 
 
 def _points(shape: dict[str, Any], where: str) -> np.ndarray:
@@ -57,13 +68,13 @@ def _points(shape: dict[str, Any], where: str) -> np.ndarray:
 def _part(shape: dict[str, Any], where: str, height: int, width: int) -> _Part:
     kind = shape.get("shape_type") or "polygon"
     points = _points(shape, where)
-    if kind == "polygon":
+    if kind in ("polygon", "rotation"):  # rotation: X-AnyLabeling's turned box, 4 corners
         if len(points) < 3:
-            raise Problem(f"{where}: a polygon of {len(points)} points")
+            raise Problem(f"{where}: a {kind} of {len(points)} points")
         return _Part(points.ravel().tolist(), None)
-    if kind == "rectangle":
-        if len(points) != 2:
-            raise Problem(f"{where}: a rectangle of {len(points)} points (2 expected)")
+    if kind == "rectangle":  # labelme: 2 corners; X-AnyLabeling: all 4
+        if len(points) < 2:
+            raise Problem(f"{where}: a rectangle of {len(points)} points")
         (x1, y1), (x2, y2) = points.min(axis=0), points.max(axis=0)
         return _Part([x1, y1, x2, y1, x2, y2, x1, y2], None)
     if kind == "circle":
@@ -75,7 +86,8 @@ def _part(shape: dict[str, Any], where: str, height: int, width: int) -> _Part:
         return _Part(circle.ravel().tolist(), None)
     # a bitmap over the box the two points give (labelme's "mask" shape)
     try:
-        bitmap = np.asarray(Image.open(io.BytesIO(base64.b64decode(shape["mask"])))) > 0
+        bitmap = np.asarray(Image.open(io.BytesIO(base64.b64decode(shape["mask"])))
+                            .convert("L")) > 0
     except Exception as err:  # a missing, cut or not-PNG mask
         raise Problem(f"{where}: its 'mask' cannot be read ({type(err).__name__})") from None
     x1, y1 = np.floor(points.min(axis=0)).astype(int)
@@ -88,25 +100,54 @@ def _part(shape: dict[str, Any], where: str, height: int, width: int) -> _Part:
     return _Part(None, rle)
 
 
-def read_labelme(json_file: Path, images: Path | None) -> tuple[Path, tuple[int, int],
-                                                                 list[LabelmeObject], int]:
-    """(image, (height, width), objects, shapes left out) of one labelme file; its image is
-    its `imagePath` beside the file, else a file of its name in `images` (or beside it)."""
+def _image_of(json_file: Path, data: dict[str, Any], images: Path | None,
+              write_embedded: bool) -> Path:
+    """The image a labelme file names: by its name beside the file or in `images`, else at its
+    `imagePath` as written; an image only embedded (`imageData`) is written beside the file
+    with `write_embedded`."""
+    image_path = str(data.get("imagePath") or "").replace("\\", "/")
+    name = Path(image_path).name
+    folders = [json_file.parent] + ([images] if images is not None else [])
+    candidates = [f / name for f in folders if name]
+    if image_path:
+        candidates += [json_file.parent / image_path]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is not None:
+        return found
+    where = " or ".join(str(f) for f in folders)
+    embedded = data.get("imageData")
+    if not embedded:
+        raise Problem(f"{json_file}: its image {image_path!r} is not in {where}")
+    if not write_embedded:
+        raise Problem(f"{json_file}: its image {image_path!r} is not in {where}; the file "
+                      f"embeds it (imageData): --write-embedded writes it beside the file")
+    try:
+        data_bytes = base64.b64decode(embedded)
+        suffix = "." + (Image.open(io.BytesIO(data_bytes)).format or "png").lower()
+    except Exception as err:  # not base64, not an image
+        raise Problem(f"{json_file}: its imageData cannot be read ({type(err).__name__})") \
+            from None
+    target = json_file.parent / (name or json_file.stem + suffix.replace(".jpeg", ".jpg"))
+    target.write_bytes(data_bytes)
+    return target
+
+
+def read_labelme(json_file: Path, images: Path | None, write_embedded: bool = False
+                 ) -> tuple[Path, tuple[int, int], list[LabelmeObject], int]:
+    """(image, (height, width), objects, shapes left out) of one labelme file (`_image_of`).
+
+    Raises:
+        Problem: naming what cannot be converted. NotLabelme: a COCO file.
+    """
     try:
         data = json.loads(json_file.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise Problem(f"{json_file}: not a readable JSON file ({err})") from None
+    if isinstance(data, dict) and "shapes" not in data and "annotations" in data:
+        raise NotLabelme(str(json_file))
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
         raise Problem(f"{json_file}: no 'shapes' list (not a labelme file)")
-    image_path = str(data.get("imagePath") or "").replace("\\", "/")
-    folders = [images] if images is not None else []
-    candidates = [json_file.parent / image_path] if image_path else []
-    candidates += [f / Path(image_path).name for f in folders + [json_file.parent]
-                   if image_path]
-    image = next((c for c in candidates if c.is_file()), None)
-    if image is None:
-        raise Problem(f"{json_file}: its image {image_path!r} is not in "
-                      f"{' or '.join(str(f) for f in [json_file.parent, *folders])}")
+    image = _image_of(json_file, data, images, write_embedded)
     size = image_size(image)
     if size is None:
         raise Problem(f"{image}: cannot be read as an image")
@@ -121,61 +162,75 @@ def read_labelme(json_file: Path, images: Path | None) -> tuple[Path, tuple[int,
         label = str(shape.get("label") or "").strip() if isinstance(shape, dict) else ""
         if not label:
             raise Problem(f"{where}: no label")
-        if (shape.get("shape_type") or "polygon") not in REGION_SHAPES:
+        kind = shape.get("shape_type") or "polygon"
+        if kind in MARK_SHAPES:
             left_out += 1
             continue
+        if kind not in REGION_SHAPES:
+            raise Problem(f"{where} ({label}): shape_type {kind!r} is none of "
+                          f"{', '.join(REGION_SHAPES + MARK_SHAPES)}")
         part = _part(shape, f"{where} ({label})", *size)
         group = shape.get("group_id")
         key = (label, group) if group is not None else ("", i)
-        groups.setdefault(key, LabelmeObject(label, [])).parts.append(part)
+        obj = groups.setdefault(key, LabelmeObject(label, [], bool(shape.get("difficult"))))
+        obj.parts.append(part)
     return image, size, list(groups.values()), left_out
 
 
-def labelme_files(root: Path) -> list[Path]:
-    """The labelme JSON files under `root` (every .json there)."""
+def labelme_files(root: Path, output: Path | None = None) -> list[Path]:
+    """The labelme JSON files under `root` (every .json there but `output`)."""
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
-    return [p for p in files_under(root) if p.suffix.lower() == ".json"]
+    skip = os.path.abspath(output) if output is not None else None
+    return [p for p in files_under(root)
+            if p.suffix.lower() == ".json" and os.path.abspath(p) != skip]
 
 
 class Conversion(NamedTuple):
     coco: dict[str, Any]
-    left_out: int  # shapes that mark no region (points, lines)
+    left_out: int     # shapes that mark no region (points, lines)
+    no_area: int      # objects whose mask has no pixel (collinear, zero-size, off the image)
+    other_files: int  # JSON files of another kind (COCO files) left aside
 
 
 def labelme_to_coco(json_files: Sequence[Path], img_dir: Path,
                     class_names: Sequence[str] | None = None, *, images: Path | None = None,
-                    category_ids: Sequence[int] | None = None) -> Conversion:
+                    category_ids: Sequence[int] | None = None,
+                    write_embedded: bool = False) -> Conversion:
     """The COCO dict of `json_files`, `file_name`s relative to `img_dir`, categories
     `class_names` (default: the labels found, sorted; `__ignore__` is never one) with ids
-    `category_ids` (default 1..K); `images`: a folder the images may be in.
+    `category_ids` (default 1..K); `images`: a folder the images may be in;
+    `write_embedded`: images only embedded in their file are written beside it.
 
     Raises:
         DatasetError: naming each file or shape that cannot be converted (nothing is returned
             then), an image named twice, a label outside `class_names`.
     """
-    if not json_files:
-        raise DatasetError("no labelme JSON files found")
-    problems, parsed, named_by, left_out = [], [], {}, 0
+    problems, parsed, named_by, left_out, other = [], [], {}, 0, 0
     for json_file in json_files:
         try:
-            image, size, objects, skipped = read_labelme(json_file, images)
+            image, size, objects, skipped = read_labelme(json_file, images, write_embedded)
             relative = relative_image(image, img_dir, json_file, named_by)
             parsed.append((relative, size, objects))
             left_out += skipped
+        except NotLabelme:
+            other += 1
         except Problem as problem:
             problems.append(str(problem))
+    if not parsed and not problems:
+        raise DatasetError("no labelme JSON files found")
     found = Counter(o.label for _, _, objects in parsed for o in objects
                     if o.label != IGNORE_LABEL)
     names = sorted(found) if class_names is None else list(class_names)
     ids = ids_of_classes(found, names, category_ids, problems)
     raise_problems(problems, "the labelme files")
-    return Conversion(_coco_dict(parsed, ids), left_out)
+    coco, no_area = _coco_dict(parsed, ids)
+    return Conversion(coco, left_out, no_area, other)
 
 
 def _coco_dict(parsed: list[tuple[str, tuple[int, int], list[LabelmeObject]]],
-               category_id: dict[str, int]) -> dict[str, Any]:
-    images, annotations = [], []
+               category_id: dict[str, int]) -> tuple[dict[str, Any], int]:
+    images, annotations, no_area = [], [], 0
     for image_id, (file_name, (height, width), objects) in enumerate(parsed, start=1):
         images.append({"id": image_id, "file_name": file_name, "height": height,
                        "width": width})
@@ -198,6 +253,10 @@ def _coco_dict(parsed: list[tuple[str, tuple[int, int], list[LabelmeObject]]],
                 x, y, w, h = x1, y1, max(x2 - x1, 0.0), max(y2 - y1, 0.0)
                 rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
                 segmentation = polygons
+            area = float(mask_utils.area(rle))
+            if area == 0:
+                no_area += 1
+                continue
             # an __ignore__ region hides objects of any class: a crowd region of each
             # category (COCO's crowd regions belong to one)
             ids = list(category_id.values()) if obj.label == IGNORE_LABEL else \
@@ -205,7 +264,8 @@ def _coco_dict(parsed: list[tuple[str, tuple[int, int], list[LabelmeObject]]],
             for cat in ids:
                 annotations.append({
                     "id": len(annotations) + 1, "image_id": image_id, "category_id": cat,
-                    "bbox": [x, y, w, h], "area": float(mask_utils.area(rle)),
-                    "iscrowd": int(obj.label == IGNORE_LABEL), "segmentation": segmentation})
+                    "bbox": [x, y, w, h], "area": area,
+                    "iscrowd": int(obj.label == IGNORE_LABEL or obj.difficult),
+                    "segmentation": segmentation})
     categories = [{"id": i, "name": n, "supercategory": "none"} for n, i in category_id.items()]
-    return {"images": images, "annotations": annotations, "categories": categories}
+    return {"images": images, "annotations": annotations, "categories": categories}, no_area
