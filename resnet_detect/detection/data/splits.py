@@ -108,6 +108,25 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
     return train, mapping, paths[0]
 
 
+def category_differences(train: CategoryMapping, val: CategoryMapping) -> str:
+    """What differs between the training and the val categories, by name: the classes one
+    file lacks, those under other ids, and ids that name other classes."""
+    train_ids, val_ids = (dict(zip(m.names, m.dataset_ids)) for m in (train, val))
+    parts = []
+    for lacking, has, which in ((val_ids, train_ids, "val"), (train_ids, val_ids, "training")):
+        missing = [(n, i) for n, i in has.items() if n not in lacking]
+        if missing:
+            parts.append(f"the {which} file lacks {brief([f'{n} (id {i})' for n, i in missing])}")
+    moved = [f"{n}: {i} in training, {val_ids[n]} in val" for n, i in train_ids.items()
+             if n in val_ids and val_ids[n] != i]
+    if moved:
+        parts.append(f"other ids {brief(moved)}")
+    if not parts:  # the same names and ids, given twice or in another order
+        parts.append(f"training {brief(list(zip(train.dataset_ids, train.names)))}, val "
+                     f"{brief(list(zip(val.dataset_ids, val.names)))}")
+    return "; ".join(parts)
+
+
 def build_datasets(cfg: DictConfig) -> Datasets:
     """Load and check both splits (errors name the file and entry) before any training.
 
@@ -117,21 +136,12 @@ def build_datasets(cfg: DictConfig) -> Datasets:
     """
     train, mapping, train_file = build_train_dataset(cfg)
     val = build_val_dataset(cfg)
-    if val is not None and val.mapping.dataset_ids != mapping.dataset_ids:
-        val_ids, train_ids = set(val.mapping.dataset_ids), set(mapping.dataset_ids)
-        raise DatasetError(
-            f"{val.ann_file}: categories {brief(val.mapping.dataset_ids)} differ from the "
-            f"training file's {brief(mapping.dataset_ids)} ({train_file}): only in val "
-            f"{brief(sorted(val_ids - train_ids))}, only in training "
-            f"{brief(sorted(train_ids - val_ids))}"
-            + ("" if val_ids != train_ids else ", in another order"))
-    if val is not None and val.mapping.names != mapping.names:
-        renamed = [(c, a, b) for c, a, b in zip(mapping.dataset_ids, mapping.names,
-                                                val.mapping.names) if a != b]
-        raise DatasetError(
-            f"{val.ann_file} names the categories {brief([(c, b) for c, _, b in renamed])}, "
-            f"the training file ({train_file}) {brief([(c, a) for c, a, _ in renamed])}: the "
-            f"labels would mean other classes; give both files the same categories")
+    if val is not None and (val.mapping.dataset_ids, val.mapping.names) != (
+            mapping.dataset_ids, mapping.names):
+        raise DatasetError(f"{val.ann_file}: its categories are not the training file's "
+                           f"({train_file}): {category_differences(mapping, val.mapping)}; "
+                           f"give both files the same categories (the converters' "
+                           f"--classes-from TRAIN.json does)")
     if val is not None and not val.annotated:
         raise DatasetError(f"{val.ann_file} has no annotations to score the training's "
                            "evaluations against: give an annotated val file, or leave data.val "
