@@ -5,6 +5,7 @@ file is told before minutes of reading the data, not after)."""
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,8 @@ from torch import nn
 from .config import ConfigError
 from .files import check_weights_file
 
+logger = logging.getLogger(__name__)
+
 
 def weights_keys(node: Any, prefix: str = "model.") -> dict[str, Any]:
     """Every `weights` key under a config node (model.weights, model.backbone.weights) with
@@ -26,6 +29,24 @@ def weights_keys(node: Any, prefix: str = "model.") -> dict[str, Any]:
     for key, value in node.items():
         found.update(weights_keys(value, f"{prefix}{key}."))
     return found
+
+
+def warn_of_frozen_random_layers(cfg: DictConfig, weights: dict[str, Any]) -> None:
+    """A backbone that starts from random weights (no weights key set) but keeps stages
+    frozen or frozen BatchNorm: those layers would stay as initialised."""
+    backbone = (cfg.get("model") or {}).get("backbone")
+    if not isinstance(backbone, DictConfig) or any(weights.values()):
+        return
+    at = backbone.get("freeze_at") or 0
+    stages = "the stem" + ("" if at < 2 else " and res2" if at == 2 else f" and res2..res{at}")
+    kept = [f"model.backbone.freeze_at={at} never trains {stages}"] if at else []
+    if backbone.get("norm") == "frozen_bn":
+        kept.append("model.backbone.norm=frozen_bn normalises with the initial statistics")
+    if kept:
+        logger.warning("no weights are given (%s null): the backbone starts from random "
+                       "weights, and %s; from scratch, set model.backbone.freeze_at=0 "
+                       "model.backbone.norm=gn (detectron2's scratch recipes: GN, nothing "
+                       "frozen)", ", ".join(weights), "; ".join(kept))
 
 
 def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig, *,
@@ -47,9 +68,13 @@ def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig
             try:
                 check_weights_file(value)
             except FileNotFoundError as e:
-                raise FileNotFoundError(f"{key}: {e}") from None
+                made_by = (" (tools/pretrain.py trains one: `make demo` writes the quickstarts'"
+                           ")" if key == "model.backbone.weights" else "")
+                raise FileNotFoundError(f"{key}: {e}{made_by}; {key}=null starts from random "
+                                        f"weights") from None
             if read_weights is not None:
                 read_weights(value)
+    warn_of_frozen_random_layers(cfg, weights)
     probe = copy.deepcopy(cfg)
     with open_dict(probe):
         for key in weights:

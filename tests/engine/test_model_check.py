@@ -115,3 +115,29 @@ def test_every_shipped_config_passes_the_check_and_goes_on_to_the_data(config, t
     name, cfg = load_task_config(config, [o.format(tmp_path) for o in NO_DATA[name]])
     with pytest.raises((DatasetError, FileNotFoundError), match=f"{tmp_path}/(no.json|none)"):
         task_module(name).TASK().prepare(cfg)
+
+
+def test_a_missing_backbone_file_says_how_to_make_one_or_start_without(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model.backbone.weights: weights file not "
+                                                r"found: .*gone.pth.*tools/pretrain.py trains "
+                                                r"one.*; model.backbone.weights=null starts "
+                                                r"from random weights"):
+        _prepare(DETECTOR, [*_no_data(DETECTOR, tmp_path),
+                            f"model.backbone.weights={tmp_path / 'gone.pth'}"])
+
+
+def test_a_random_backbone_with_frozen_parts_is_warned_of(tmp_path, caplog):
+    """From scratch (no weights), freeze_at and frozen_bn keep random layers as they start."""
+    with caplog.at_level("WARNING"), pytest.raises(   # no data: after the check, named by key
+            FileNotFoundError, match="data.train.ann_file: annotation file not found: .*no.json"):
+        _prepare(DETECTOR, [*_no_data(DETECTOR, tmp_path), "model.backbone.weights=null",
+                            "model.backbone.freeze_at=2", "model.backbone.norm=frozen_bn"])
+    assert ("no weights are given (model.weights, model.backbone.weights null): the backbone "
+            "starts from random weights, and model.backbone.freeze_at=2 never trains the stem "
+            "and res2; model.backbone.norm=frozen_bn normalises with the initial statistics; "
+            "from scratch, set model.backbone.freeze_at=0 model.backbone.norm=gn") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"), pytest.raises(FileNotFoundError):
+        _prepare(DETECTOR, [*_no_data(DETECTOR, tmp_path), "model.backbone.weights=null",
+                            "model.backbone.freeze_at=0", "model.backbone.norm=gn"])
+    assert "no weights are given" not in caplog.text

@@ -3,11 +3,13 @@ and checked (errors name the file and entry) into datasets, before any model is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig
 
 from resnet_detect.engine.config import ConfigError, check_probability, check_sizes, parse_bool
+from resnet_detect.engine.files import missing_path
 from resnet_detect.engine.data import (CategoryMapping, DatasetError, brief,
                                        check_image_sizes, load_coco_json, repeat_factors)
 
@@ -30,9 +32,18 @@ def _split_paths(cfg: DictConfig, split: str) -> tuple[str, str] | None:
     if not s.ann_file and not s.img_dir:
         return None
     if not s.ann_file or not s.img_dir:
+        unset = (" (both null: no evaluations during training)" if split == "val" else "")
         raise ConfigError(f"data.{split} needs both ann_file and img_dir, got ann_file="
-                          f"{s.ann_file!r}, img_dir={s.img_dir!r}")
+                          f"{s.ann_file!r}, img_dir={s.img_dir!r}{unset}")
     return str(s.ann_file), str(s.img_dir)
+
+
+def _load(paths: tuple[str, str], split: str, **options: Any) -> Any:
+    """load_coco_json of a split, a missing file named by its key."""
+    if not Path(paths[0]).is_file():
+        raise FileNotFoundError(f"data.{split}.ann_file: annotation file not found: "
+                                f"{missing_path(paths[0])}")
+    return load_coco_json(*paths, **options)
 
 
 class ValSplit(NamedTuple):
@@ -56,8 +67,8 @@ def build_val_dataset(cfg: DictConfig, with_masks: bool = False,
     paths = _split_paths(cfg, "val")
     if paths is None:
         return None
-    records, mapping, stats = load_coco_json(*paths, keep_segmentation=bool(cfg.model.mask_on),
-                                             evaluation=True)
+    records, mapping, stats = _load(paths, "val", keep_segmentation=bool(cfg.model.mask_on),
+                                    evaluation=True)
     check_image_sizes(records, paths[0])
     min_size, max_size = test_resize(cfg)
     transform = build_transforms(min_size=min_size if resize else None, max_size=max_size,
@@ -88,8 +99,8 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
                           f"(0, 1] (0.001 for LVIS) or null, got {threshold!r}")
     mask_on = bool(cfg.model.mask_on)
     check_mask_format(d.mask_format)  # before the file is read
-    records, mapping, stats = load_coco_json(*paths, filter_empty=d.filter_empty,
-                                             keep_segmentation=mask_on, training=True)
+    records, mapping, stats = _load(paths, "train", filter_empty=d.filter_empty,
+                                    keep_segmentation=mask_on, training=True)
     if not records or stats.boxes == 0:
         masks = (f", {stats.no_mask} without a usable polygon or RLE, which model.mask_on needs"
                  if stats.no_mask else "")
