@@ -80,13 +80,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if images is not None and args.img_dir is None:
         img_dir = images
     entries = [e for root in roots for e in annotation_files(root, args.split, images)]
-    coco = voc_to_coco(entries, img_dir, class_names, keep_difficult=args.keep_difficult,
-                       category_ids=category_ids, zero_based=args.zero_based)
+    coco, fractional = voc_to_coco(entries, img_dir, class_names,
+                                   keep_difficult=args.keep_difficult,
+                                   category_ids=category_ids, zero_based=args.zero_based)
     write_coco(coco, args.output)
     crowd = sum(a["iscrowd"] for a in coco["annotations"])
     print(f"{args.output}: {len(coco['images'])} images, {len(coco['annotations'])} objects "
           f"({crowd} difficult as crowd regions), {len(coco['categories'])} categories: "
           + ", ".join(c["name"] for c in coco["categories"]))
+    if fractional and not args.zero_based:
+        print(f"note: {fractional} boxes have coordinates that are not whole numbers, where "
+              f"VOC's are 1-based pixel indices: an export of pixel edges (CVAT's) is read "
+              f"with --zero-based")
     print(f"use: data.train.ann_file={args.output} data.train.img_dir={img_dir}  (or data.val.*)")
     return coco
 

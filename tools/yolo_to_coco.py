@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resnet_detect.detection.data.yolo import (read_dataset, split_images,  # noqa: E402
-                                               yolo_to_coco)
+from resnet_detect.detection.data.yolo import (read_dataset, split_exists,  # noqa: E402
+                                               split_images, yolo_to_coco)
 from resnet_detect.engine.cli import run_tool  # noqa: E402
 from resnet_detect.engine.data import DatasetError  # noqa: E402
 from resnet_detect.engine.files import atomic_write_json, writable_folder  # noqa: E402
@@ -54,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     splits = args.splits or [s for s in ("train", "val", "test") if data.get(s)]
     if not splits:
         raise DatasetError(f"{source}: names none of the splits train, val, test")
+    if not args.splits:  # a split the YAML names but the export left out (Roboflow's test)
+        absent = [s for s in splits if not split_exists(root, data, s)]
+        for split in absent:
+            print(f"{source}: its {split} split is not there: left out")
+        splits = [s for s in splits if s not in absent]
     images = {split: split_images(root, data, split, source) for split in splits}
     every = [os.path.abspath(p) for split in splits for p in images[split]]
     img_dir = Path(os.path.commonpath([os.path.abspath(root)] + [os.path.dirname(p)
@@ -72,8 +77,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     if keypoints:
         print("a pose dataset (kpt_shape): each object's box only, its keypoints left out")
     print(f"{len(class_names)} categories: " + ", ".join(class_names))
-    print(f"use: data.train.ann_file={out / f'{splits[0]}.json'} data.train.img_dir={img_dir}"
-          "  (and data.val.* with the other file)")
+    roles = {"train": "train", "val": "val"}
+    keys = [f"data.{roles[s]}.ann_file={out / f'{s}.json'} data.{roles[s]}.img_dir={img_dir}"
+            for s in splits if s in roles]
+    print("use: " + (" ".join(keys) if keys else
+                     f"data.val.ann_file={out / f'{splits[0]}.json'} data.val.img_dir={img_dir}"))
     return {split: conversion.coco for split, conversion in converted.items()}
 
 

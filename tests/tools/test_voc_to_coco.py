@@ -97,7 +97,8 @@ def test_voc_s_own_classes_are_its_20_only_for_a_voc_split() -> None:
     assert default_classes(["person", "lamp"]) == ["lamp", "person"]
 
 
-def test_a_cvat_export_s_sub_folders_split_ids_with_spaces_and_bom(tmp_path: Path) -> None:
+def test_a_cvat_export_s_sub_folders_split_ids_with_spaces_and_bom(tmp_path: Path,
+                                                                   capsys) -> None:
     root = _devkit(tmp_path / "cvat", {"frame 1": (20, 10, [("car", (1, 1, 5, 5), "false")])},
                    {})
     for folder in ("Annotations/seq", "JPEGImages/seq"):
@@ -113,6 +114,13 @@ def test_a_cvat_export_s_sub_folders_split_ids_with_spaces_and_bom(tmp_path: Pat
         assert [i["file_name"] for i in coco["images"]] == ["JPEGImages/frame 1.jpg",
                                                             "JPEGImages/seq/f2.png"]
         assert [a["iscrowd"] for a in coco["annotations"]] == [0, 1]
+    assert "boxes have coordinates that are not whole numbers" not in capsys.readouterr().out
+    (root / "Annotations/seq/f2.xml").write_text(
+        _xml("seq/f2.png", 20, 10, [("car", (2.5, 2, 6.25, 6), 0)]), encoding="utf-8")
+    voc_to_coco.main([str(root), "--output", str(out)])
+    assert ("note: 1 boxes have coordinates that are not whole numbers, where VOC's are "
+            "1-based pixel indices: an export of pixel edges (CVAT's) is read with "
+            "--zero-based") in capsys.readouterr().out
 
 
 def test_xml_files_saved_apart_from_their_images(tmp_path: Path) -> None:
@@ -199,7 +207,8 @@ def test_every_problem_is_named_and_nothing_is_written(voc07: Path, tmp_path: Pa
                                            ".*000007.xml's"):
         voc_to_coco.main([str(voc07), "--split", "twice", "--output", str(out)])
 
-    with pytest.raises(DatasetError, match="no such split file"):
+    with pytest.raises(DatasetError, match=r"no such split file \(--split val; .*Main has "
+                                           r"\['all', 'test', 'trainval', 'twice'\]\)"):
         voc_to_coco.main([str(voc07), "--split", "val", "--output", str(out)])
     assert not out.exists()
 

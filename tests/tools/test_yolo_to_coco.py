@@ -79,14 +79,27 @@ def test_boxes_and_polygons_in_pixels_of_the_image_as_read(dataset: Path,
         load_coco_json(out / "train.json", dataset, keep_segmentation=True)
 
 
-def test_a_roboflow_export_names_its_folders_from_one_level_up(tmp_path: Path) -> None:
+def test_a_roboflow_export_names_its_folders_from_one_level_up(tmp_path: Path,
+                                                               capsys) -> None:
+    """... and its data.yaml names a test split it did not export: left out, said."""
     root = tmp_path / "export"
-    _image(root / "train/images/x.jpg", 64, 64)
-    _labels(root / "train/labels/x.txt", ["0 0.5 0.5 0.5 0.5"])
-    (root / "data.yaml").write_text("train: ../train/images\nnc: 1\nnames: ['bolt']\n")
-    coco = yolo_to_coco.main([str(root / "data.yaml"), "--output-dir", str(tmp_path / "o")])
+    for split in ("train", "valid"):
+        _image(root / f"{split}/images/x.jpg", 64, 64)
+        _labels(root / f"{split}/labels/x.txt", ["0 0.5 0.5 0.5 0.5"])
+    (root / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\n"
+                                    "test: ../test/images\nnc: 1\nnames: ['bolt']\n")
+    out = tmp_path / "o"
+    coco = yolo_to_coco.main([str(root / "data.yaml"), "--output-dir", str(out)])
+    assert set(coco) == {"train", "val"}
     assert coco["train"]["images"][0]["file_name"] == "train/images/x.jpg"
     assert coco["train"]["annotations"][0]["bbox"] == [16.0, 16.0, 32.0, 32.0]
+    printed = capsys.readouterr().out
+    assert "data.yaml: its test split is not there: left out" in printed
+    assert (f"use: data.train.ann_file={out / 'train.json'} data.train.img_dir={root} "
+            f"data.val.ann_file={out / 'val.json'} data.val.img_dir={root}") in printed
+    with pytest.raises(DatasetError, match="test: .*test/images does not exist"):
+        yolo_to_coco.main([str(root / "data.yaml"), "--output-dir", str(out), "--splits",
+                           "test"])
 
 
 def test_every_problem_is_named_and_nothing_is_written(dataset: Path, tmp_path: Path) -> None:

@@ -128,7 +128,9 @@ def annotation_files(root: Path, split: str | None, images: Path | None = None
     else:
         split_file = root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
-            raise DatasetError(f"{split_file}: no such split file (--split {split})")
+            there = sorted(p.stem for p in split_file.parent.glob("*.txt") if "_" not in p.stem)
+            raise DatasetError(f"{split_file}: no such split file (--split {split}; "
+                               f"{split_file.parent} has {there or 'none'})")
         items = [line.strip() for line in read_user_text(split_file, "split file").splitlines()
                  if line.strip()]
         missing = [str(xml_root / f"{item}.xml") for item in items
@@ -167,10 +169,15 @@ def default_classes(found: Sequence[str]) -> list[str]:
     return sorted(names)
 
 
+class VocConversion(NamedTuple):
+    coco: dict[str, Any]
+    fractional: int  # boxes with a coordinate that is not a whole number (pixel edges?)
+
+
 def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
                 class_names: Sequence[str] | None = None, *, keep_difficult: bool = False,
                 category_ids: Sequence[int] | None = None,
-                zero_based: bool = False) -> dict[str, Any]:
+                zero_based: bool = False) -> VocConversion:
     """The COCO dict of `entries` (from `annotation_files`), with `file_name`s relative to
     `img_dir` and categories `class_names` (default: `default_classes`) with ids
     `category_ids` (default 1..K). `zero_based`: the coordinates are pixel-edge coordinates
@@ -211,7 +218,10 @@ def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
     class_names = list(default_classes(list(found)) if class_names is None else class_names)
     ids = ids_of_classes(found, class_names, category_ids, problems)
     raise_problems(problems, "the VOC annotations")
-    return _coco_dict(parsed, ids, keep_difficult, 0.0 if zero_based else 1.0)
+    fractional = sum(any(v != int(v) for v in box) for _, _, objects in parsed
+                     for _, box, _ in objects)
+    return VocConversion(_coco_dict(parsed, ids, keep_difficult, 0.0 if zero_based else 1.0),
+                         fractional)
 
 
 def _coco_dict(parsed: list[tuple[str, tuple[int, int], list[tuple[str, list[float], bool]]]],

@@ -57,6 +57,21 @@ def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
     return root, data, [str(n) for n in names]
 
 
+def _entry_path(root: Path, entry: Any) -> Path:
+    path = root / str(entry)
+    if not path.exists() and str(entry).startswith("../"):  # Roboflow's exports
+        path = root / str(entry)[3:]
+    return path
+
+
+def split_exists(root: Path, data: dict[str, Any], split: str) -> bool:
+    """Whether every folder or list file of `split` is there."""
+    entries = data.get(split)
+    return entries is not None and all(
+        _entry_path(root, e).exists() for e in (entries if isinstance(entries, list)
+                                                else [entries]))
+
+
 def split_images(root: Path, data: dict[str, Any], split: str, source: Path) -> list[Path]:
     """The images of `split` (a key of the YAML: a folder, a text file of image paths, or a
     list of them, relative to `root`), each once."""
@@ -66,16 +81,15 @@ def split_images(root: Path, data: dict[str, Any], split: str, source: Path) -> 
         raise DatasetError(f"{source}: no split {split!r} (it has {splits})")
     images: list[Path] = []
     for entry in entries if isinstance(entries, list) else [entries]:
-        path = root / str(entry)
-        if not path.exists() and str(entry).startswith("../"):  # Roboflow's exports
-            path = root / str(entry)[3:]
+        path = _entry_path(root, entry)
         if path.is_dir():
             images += [p for p in files_under(path) if p.suffix.lower() in IMAGE_SUFFIXES]
         elif path.is_file():
             images += [_listed_image(line.strip(), path.parent, root) for line in
                        read_user_text(path, "image list").splitlines() if line.strip()]
         else:
-            raise DatasetError(f"{source}: {split}: {path} does not exist")
+            raise DatasetError(f"{source}: {split}: {path} does not exist (--splits names "
+                               f"the splits to convert)")
     unique: dict[str, Path] = {}  # an image listed twice (two entries, two lines) once
     for image in images:
         unique.setdefault(os.path.normpath(os.path.abspath(image)), image)
