@@ -156,7 +156,8 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
                 segmentation, dropped = check_segmentation(ann["segmentation"], im["height"],
                                                            im["width"])
             except (TypeError, ValueError) as err:
-                problems.append(f"annotation id={ann['id']} (image id={im['id']}): {err}")
+                problems.append(f"annotation id={ann['id']} (image id={im['id']}, "
+                                f"{im['file_name']}): {err}")
                 continue
             short_polygons += dropped
             if not segmentation:

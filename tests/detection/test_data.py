@@ -587,7 +587,7 @@ def test_polygon_and_rle_masks_equal_pycocotools_and_survive_our_rle(tmp_path: P
 
 
 @pytest.mark.parametrize(("segmentation", "message"), [
-    (None, r"annotation id=1 \(image id=1\): no 'segmentation'"),
+    (None, r"annotation id=1 \(image id=1, a.png\): no 'segmentation'"),
     ({"size": [10, 10], "counts": "abc"}, r"RLE segmentation size \[10, 10\] is not the image's"),
     ({"size": [20, 30]}, "RLE segmentation needs 'counts'"),
     ([[1, 2, 3, 4, 5]], "a polygon must be a flat list of x, y numbers"),

@@ -290,8 +290,8 @@ def test_unusable_coco_segmentations_are_named_by_annotation(tmp_path):
     data["annotations"][0]["segmentation"] = [[1, 2, 3]]
     ann_file.write_text(json.dumps(data))
     with pytest.raises(DatasetError, match=r"(?s)instances.json: 2 unusable segmentations:.*"
-                                           r"annotation id=1 \(image id=1\): a polygon must.*"
-                                           r"annotation id=3 \(image id=1\): RLE segmentation "
+                                           r"annotation id=1 \(image id=1, .*\): a polygon must.*"
+                                           r"annotation id=3 \(image id=1, .*\): RLE segmentation "
                                            r"runs cover 200 pixels, not the image's 8x10 = 80"):
         load_coco_semantic(ann_file, tmp_path / "images")
 

@@ -523,7 +523,8 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
             try:
                 segmentation, dropped = check_segmentation(ann.get("segmentation"), height, width)
             except (TypeError, ValueError) as err:
-                problems.append(f"annotation id={ann['id']} (image id={img['id']}): {err}")
+                problems.append(f"annotation id={ann['id']} (image id={img['id']}, "
+                                f"{img['file_name']}): {err}")
                 continue
             stats.short_polygons += dropped
             if not segmentation:
