@@ -66,7 +66,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         except UnreadableImageError as err:  # the others are still drawn
             logger.warning("skipping unreadable input: %s", err)
             unreadable.append(str(path))
-    print(f"wrote {len(written)} file(s) to {output}", flush=True)
+    drawn = getattr(render, "drawn", None)  # detections drawn (detection models)
+    print(f"wrote {len(written)} file(s) to {output}"
+          + ("" if drawn is None else f": {drawn} detections of score {args.min_score} or more"
+             + (" (a lower --min-score shows weaker ones)" if drawn == 0 else "")), flush=True)
     if unreadable:
         raise UnreadableImageError(f"{len(unreadable)} of {len(inputs)} inputs could not be "
                                    f"read (the others were drawn):" + listing(unreadable))

@@ -301,4 +301,19 @@ def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
     predictor = Predictor(config, weights=weights, overrides=overrides)
     rgb = palette(len(predictor.category_ids))
     colours = {cid: tuple(int(v) for v in rgb[i]) for i, cid in enumerate(predictor.category_ids)}
-    return lambda image: draw_detections(image, predictor(image), colours, min_score)
+    return DetectionRenderer(predictor, colours, min_score)
+
+
+class DetectionRenderer:
+    """A Renderer that counts the detections it draws (`drawn`): tools/demo.py says when a
+    run drew none."""
+
+    def __init__(self, predictor: Predictor, colours: dict[int, tuple[int, int, int]],
+                 min_score: float) -> None:
+        self.predictor, self.colours, self.min_score = predictor, colours, min_score
+        self.drawn = 0
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        detections = self.predictor(image)
+        self.drawn += int((np.asarray(detections["scores"]) >= self.min_score).sum())
+        return draw_detections(image, detections, self.colours, self.min_score)

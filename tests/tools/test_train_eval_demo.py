@@ -334,7 +334,7 @@ def test_resume_continues_from_last_checkpoint(data: Path, tmp_path: Path) -> No
 
 
 def test_demo_writes_pictures_for_images_and_video(trained: Path, data: Path,
-                                                   tmp_path: Path) -> None:
+                                                   tmp_path: Path, capsys) -> None:
     import cv2
     import numpy as np
     video = tmp_path / "clip.avi"
@@ -355,6 +355,14 @@ def test_demo_writes_pictures_for_images_and_video(trained: Path, data: Path,
     assert np.abs(picture.astype(int) - original.astype(int)).max() > 100  # boxes drawn
     capture = cv2.VideoCapture(str(out / "clip.mp4"))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    drawn = int(capsys.readouterr().out.split(f"wrote 4 file(s) to {out}: ")[1].split()[0])
+    assert drawn > 0
+    # none scoring that high (the 2-step model's scores are low): said, with the way out
+    load_tool("demo").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                            "--input", str(data / "images/val"), "--output",
+                            str(tmp_path / "none"), "--min-score", "1.0"])
+    assert (f"wrote 3 file(s) to {tmp_path / 'none'}: 0 detections of score 1.0 or more (a "
+            "lower --min-score shows weaker ones)") in capsys.readouterr().out
 
 
 def test_demo_draws_the_readable_images_then_names_the_others(trained: Path, data: Path,
