@@ -7,9 +7,9 @@ Writes DIR/model.onnx and DIR/export.json. The graph takes one uint8 RGB image (
 any size, already resized by the test-time rule that export.json names, and does the rest:
 normalisation, padding, and the task's post-processing. Outputs:
   classifiers (tools/pretrain.py): "logits" (K,);
-  Faster / Mask R-CNN: "boxes" (D, 4) xyxy, "scores" (D,), "labels" (D,) dataset category
-    ids, "masks" (D, h, w) bool for Mask R-CNN, in the pixels of a second input
-    "original_size" ([h, w]: the image's size before resizing); with --mask-output box,
+  Faster / Mask R-CNN take a second input, "original_size" ([h, w]: the image's size before
+    resizing), and give "boxes" (D, 4) xyxy in its pixels, "scores" (D,), "labels" (D,)
+    dataset category ids, and for Mask R-CNN "masks" (D, h, w) bool; with --mask-output box,
     "mask_probs" (D, M, M) float32 instead, each box's mask to paste into its box (less
     memory on large images: the pasted masks take D x h x w floats at once);
   segmentation: "mask" (H, W) class ids.
