@@ -28,10 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_detect.detection.data.conversion import (add_class_options,  # noqa: E402
-                                                     chosen_classes, write_coco)
+                                                     chosen_classes, images_folder,
+                                                     write_coco)
 from resnet_detect.detection.data.labelme import labelme_files, labelme_to_coco  # noqa: E402
 from resnet_detect.engine.cli import run_tool  # noqa: E402
-from resnet_detect.engine.data import DatasetError  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -54,25 +54,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Convert; returns the COCO dict written."""
     args = parse_args(argv)
-    images = Path(args.images) if args.images is not None else None
-    if images is not None and not images.is_dir():
-        raise DatasetError(f"--images {images}: not a folder")
+    images = images_folder(args)
     img_dir = Path(args.img_dir or images or args.root)
     class_names, category_ids = chosen_classes(args)
     coco, left_out, no_area, other = labelme_to_coco(
         labelme_files(Path(args.root), Path(args.output)), img_dir, class_names, images=images,
         category_ids=category_ids, write_embedded=args.write_embedded)
-    write_coco(coco, args.output)
     crowd = sum(a["iscrowd"] for a in coco["annotations"])
     aside = [f"{n} {what}" for n, what in [(left_out, "points and lines"),
                                            (no_area, "shapes of no area"),
                                            (other, "JSON files of another kind")] if n]
-    print(f"{args.output}: {len(coco['images'])} images, {len(coco['annotations']) - crowd} "
-          f"objects, {crowd} crowd regions (__ignore__: one per category; difficult), "
-          f"{len(coco['categories'])} categories: "
-          + ", ".join(c["name"] for c in coco["categories"])
-          + (f"; left out: {', '.join(aside)}" if aside else ""))
-    print(f"use: data.train.ann_file={args.output} data.train.img_dir={img_dir}  (or data.val.*)")
+    write_coco(coco, args.output, img_dir,
+               f"{len(coco['images'])} images, {len(coco['annotations']) - crowd} objects, "
+               f"{crowd} crowd regions (__ignore__: one per category; difficult)"
+               + (f", left out: {', '.join(aside)}" if aside else ""))
     return coco
 
 

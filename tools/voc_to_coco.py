@@ -34,10 +34,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_detect.detection.data.conversion import (add_class_options,  # noqa: E402
-                                                     chosen_classes, write_coco)
+                                                     chosen_classes, images_folder,
+                                                     write_coco)
 from resnet_detect.detection.data.voc import annotation_files, voc_to_coco  # noqa: E402
 from resnet_detect.engine.cli import run_tool  # noqa: E402
-from resnet_detect.engine.data import DatasetError  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -74,25 +74,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     else:
         img_dir = Path(os.path.commonpath([os.path.abspath(r) for r in roots]))
     class_names, category_ids = chosen_classes(args)
-    images = Path(args.images) if args.images is not None else None
-    if images is not None and not images.is_dir():
-        raise DatasetError(f"--images {images}: not a folder")
+    images = images_folder(args)
     if images is not None and args.img_dir is None:
         img_dir = images
     entries = [e for root in roots for e in annotation_files(root, args.split, images)]
     coco, fractional = voc_to_coco(entries, img_dir, class_names,
                                    keep_difficult=args.keep_difficult,
                                    category_ids=category_ids, zero_based=args.zero_based)
-    write_coco(coco, args.output)
     crowd = sum(a["iscrowd"] for a in coco["annotations"])
-    print(f"{args.output}: {len(coco['images'])} images, {len(coco['annotations'])} objects "
-          f"({crowd} difficult as crowd regions), {len(coco['categories'])} categories: "
-          + ", ".join(c["name"] for c in coco["categories"]))
+    write_coco(coco, args.output, img_dir, f"{len(coco['images'])} images, "
+               f"{len(coco['annotations'])} objects ({crowd} difficult as crowd regions)")
     if fractional and not args.zero_based:
         print(f"note: {fractional} boxes have coordinates that are not whole numbers, where "
               f"VOC's are 1-based pixel indices: an export of pixel edges (CVAT's) is read "
               f"with --zero-based")
-    print(f"use: data.train.ann_file={args.output} data.train.img_dir={img_dir}  (or data.val.*)")
     return coco
 
 

@@ -74,8 +74,21 @@ def chosen_classes(args: argparse.Namespace) -> tuple[list[str] | None, list[int
     return [c["name"] for c in categories], [c["id"] for c in categories]
 
 
-def write_coco(coco: dict[str, Any], output: str | Path) -> None:
+def images_folder(args: argparse.Namespace) -> Path | None:
+    """--images, checked to be a folder; None where it is not given."""
+    if args.images is None:
+        return None
+    if not Path(args.images).is_dir():
+        raise DatasetError(f"--images {args.images}: not a folder")
+    return Path(args.images)
+
+
+def write_coco(coco: dict[str, Any], output: str | Path, img_dir: Path, summary: str) -> None:
+    """Write the file, then print `summary` and the config keys that read it."""
     try:
         atomic_write_json(coco, output)
     except OSError as err:
         raise DatasetError(f"{output}: cannot be written ({err})") from None
+    print(f"{output}: {summary}, {len(coco['categories'])} categories: "
+          + ", ".join(c["name"] for c in coco["categories"]))
+    print(f"use: data.train.ann_file={output} data.train.img_dir={img_dir}  (or data.val.*)")
