@@ -31,9 +31,10 @@ def weights_keys(node: Any, prefix: str = "model.") -> dict[str, Any]:
     return found
 
 
-def warn_of_frozen_random_layers(cfg: DictConfig, weights: dict[str, Any]) -> None:
-    """A backbone that starts from random weights (no weights key set) but keeps stages
-    frozen or frozen BatchNorm: those layers would stay as initialised."""
+def warn_of_random_backbone(cfg: DictConfig, weights: dict[str, Any]) -> None:
+    """A backbone that starts from random weights (no weights key set) is said, and where it
+    keeps stages frozen or frozen BatchNorm (those layers would stay as initialised), how to
+    train from scratch."""
     backbone = (cfg.get("model") or {}).get("backbone")
     if not isinstance(backbone, DictConfig) or any(weights.values()):
         return
@@ -47,6 +48,10 @@ def warn_of_frozen_random_layers(cfg: DictConfig, weights: dict[str, Any]) -> No
                        "weights, and %s; from scratch, set model.backbone.freeze_at=0 "
                        "model.backbone.norm=gn (detectron2's scratch recipes: GN, nothing "
                        "frozen)", ", ".join(weights), "; ".join(kept))
+    else:
+        logger.warning("no weights are given (%s null): the backbone starts from random "
+                       "weights (ImageNet weights: model.backbone.weights=PATH)",
+                       ", ".join(weights))
 
 
 def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig, *,
@@ -74,7 +79,7 @@ def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig
                                         f"weights") from None
             if read_weights is not None:
                 read_weights(value)
-    warn_of_frozen_random_layers(cfg, weights)
+    warn_of_random_backbone(cfg, weights)
     probe = copy.deepcopy(cfg)
     with open_dict(probe):
         for key in weights:

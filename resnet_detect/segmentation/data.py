@@ -230,13 +230,16 @@ class SemSegDataset(Dataset):
         absent = [f"{self.class_names[i]!r} ({i})" for i in range(self.num_classes)
                   if pixels[i] == 0]
         if absent:
-            # e.g. binary masks of 0 and 255: the objects are the ignore value, never scored
+            ignored = pixels[self.ignore_index] if 0 <= self.ignore_index < 256 else 0
+            # binary masks of 0 and 255: the objects are the ignore value, never scored
+            binary = (ignored and pixels[0] and pixels.sum() == pixels[0] + ignored
+                      and self.ignore_index == 255)
             logger.warning("data.%s: no mask holds %s; their IoU is n/a, or 0 where the model "
                            "predicts them. %d%% of the pixels are "
-                           "%d (model.ignore_index, not scored)", split, ", ".join(absent),
-                           round(100 * (pixels[self.ignore_index] if 0 <= self.ignore_index
-                                        < 256 else 0) / max(pixels.sum(), 1)),
-                           self.ignore_index)
+                           "%d (model.ignore_index, not scored)%s", split, ", ".join(absent),
+                           round(100 * ignored / max(pixels.sum(), 1)), self.ignore_index,
+                           ". The masks hold 0 and 255 only: if 255 marks the objects (a "
+                           "binary mask), write them as 1" if binary else "")
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
         """The sample of `key` (an index, augmented with the index as its seed, or (index,
@@ -374,6 +377,10 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
     if s["ann_file"]:
         records, coco_names = load_coco_semantic(s["ann_file"], s["img_dir"])
     else:
+        for key in ("img_suffix", "mask_suffix"):
+            if not isinstance(s[key], str) or not s[key]:
+                raise ConfigError(f"data.{split}.{key} must be one file-name ending (e.g. "
+                                  f"'.jpg', '_leftImg8bit.png'), got {s[key]!r}")
         if s["mask_suffix"].lower().endswith((".jpg", ".jpeg")):
             raise ConfigError(f"data.{split}.mask_suffix is {s['mask_suffix']!r}: JPEG's lossy "
                               "compression changes class ids along every edge; masks must be "

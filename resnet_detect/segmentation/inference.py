@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data import CountedLoader
 from resnet_detect.engine.trainer import eval_mode
 
@@ -80,6 +81,10 @@ class TTAInference:
                                         or min(*self.window, *self.stride) < 1):
             raise ValueError(f"window and stride must be two positive sizes, got {window} and "
                              f"{stride}")
+        if self.window is not None and any(s > w for s, w in zip(self.stride, self.window)):
+            # the pixels between two windows would be predicted by none
+            raise ValueError(f"a stride longer than the window leaves pixels out: window "
+                             f"{list(self.window)}, stride {list(self.stride)}")
         self.windows_per_batch = windows_per_batch
 
     @property
@@ -183,8 +188,8 @@ def tta_from_config(cfg: Mapping[str, Any]) -> TTAInference:
         return TTAInference(scales=list(t["scales"]), flip=t["flip"], window=t["window"],
                             stride=t["stride"], max_size=t["max_size"])
     except (TypeError, ValueError) as e:  # e.g. window: 512 for [512, 512]
-        raise ValueError(f"invalid test section: scales {t['scales']}, window {t['window']}, "
-                         f"stride {t['stride']}, max_size {t['max_size']}: {e}") from None
+        raise ConfigError(f"invalid test section: scales {t['scales']}, window {t['window']}, "
+                          f"stride {t['stride']}, max_size {t['max_size']}: {e}") from None
 
 
 @torch.no_grad()

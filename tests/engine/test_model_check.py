@@ -140,4 +140,6 @@ def test_a_random_backbone_with_frozen_parts_is_warned_of(tmp_path, caplog):
     with caplog.at_level("WARNING"), pytest.raises(FileNotFoundError):
         _prepare(DETECTOR, [*_no_data(DETECTOR, tmp_path), "model.backbone.weights=null",
                             "model.backbone.freeze_at=0", "model.backbone.norm=gn"])
-    assert "no weights are given" not in caplog.text
+    assert ("no weights are given (model.weights, model.backbone.weights null): the backbone "
+            "starts from random weights (ImageNet weights: model.backbone.weights=PATH)"
+            ) in caplog.text

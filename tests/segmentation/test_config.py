@@ -74,9 +74,18 @@ def test_a_bad_test_section_is_named_before_the_data_is_read(tmp_path):
                                                           "of pixels or null, got 512.5"),
                                 (["test.window=[512,0]"], "window and stride must be two "
                                                           "positive sizes"),
+                                (["test.window=[64,64]", "test.stride=[100,64]"],
+                                 r"a stride longer than the window leaves pixels out: window "
+                                 r"\[64, 64\], stride \[100, 64\]"),
+                                (["test.scales=[0]"], "scales must be positive"),
+                                (["test.scales=[]"], "scales must be positive"),
                                 (["model.head.name=deeplabv3plsu"], "unknown model.head.name "
                                  "'deeplabv3plsu'; valid: ")):
-        with pytest.raises(ValueError, match=expected):
+        with pytest.raises(ConfigError, match=expected):  # one line from the tools
             SemSegTask().prepare(load_config(config, overrides + no_data))
     with pytest.raises(ConfigError, match="test.scales must be a list of numbers, got 1.0"):
         load_config(config, ["test.scales=1.0"])
+    with pytest.raises(ConfigError, match=r"data.train.img_suffix must be one file-name ending "
+                                          r"\(e.g. '.jpg', '_leftImg8bit.png'\), got \['.jpg', "
+                                          r"'.png'\]"):
+        SemSegTask().prepare(load_config(config, [*no_data, "data.train.img_suffix=[.jpg,.png]"]))

@@ -389,7 +389,8 @@ def test_a_class_no_val_mask_holds_is_named(tmp_path, caplog):
         SemSegTask().prepare(cfg)
     assert ("data.val: no mask holds 'a' (1), 'b' (2); their IoU is n/a, or 0 where the model "
             "predicts them. 50% of the pixels are "
-            "255 (model.ignore_index, not scored)") in caplog.text
+            "255 (model.ignore_index, not scored). The masks hold 0 and 255 only: if 255 marks "
+            "the objects (a binary mask), write them as 1") in caplog.text
 
 
 def test_jpeg_masks_are_refused(tmp_path):
