@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from resnet_detect.engine.config import ConfigError, check_probability, check_sizes
 from resnet_detect.engine import data as engine_data
-from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableImageError,
+from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableImageError, brief,
                                        decoded_size, image_size, listing, read_image)
 from resnet_detect.engine.distributed import per_process_batch_size
 
@@ -308,6 +308,15 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
         if names is not None and len(names) != len(coco_names):
             raise ConfigError(f"data.class_names has {len(names)} names but the COCO file gives "
                               f"{len(coco_names)} classes (background + categories)")
+        if names is not None and list(names) != list(coco_names):
+            if sorted(map(str, names)) == sorted(map(str, coco_names)):
+                raise ConfigError(f"data.class_names {brief(list(names))} names the COCO "
+                                  f"file's classes in another order: class k is its k-th "
+                                  f"(background, then the categories by id: "
+                                  f"{brief(list(coco_names))}); leave data.class_names null")
+            logger.warning("data.class_names %s replaces the COCO file's names %s (class k: "
+                           "background, then the categories by id)", brief(list(names)),
+                           brief(list(coco_names)))
         names = list(names) if names is not None else list(coco_names)
     num_classes = cfg["model"]["num_classes"]
     if names is None:

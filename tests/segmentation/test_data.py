@@ -218,7 +218,7 @@ def test_coco_instances_become_semantic_masks(tmp_path, caplog):
     assert (coco_semantic_mask(records[1]) == 0).all()  # image without annotations
 
 
-def test_coco_split_from_config(tmp_path):
+def test_coco_split_from_config(tmp_path, caplog):
     ann_file = _coco(tmp_path)
     cfg = _config(img_dir=str(tmp_path / "images"), ann_file=str(ann_file))
     cfg["data"]["class_names"] = None
@@ -229,6 +229,18 @@ def test_coco_split_from_config(tmp_path):
     cfg["model"]["num_classes"] = 5
     with pytest.raises(ValueError, match="model.num_classes is 5 but the data has 3"):
         build_dataset(cfg, "val")
+    cfg["model"]["num_classes"] = None
+    # the file's classes in another order: class 1 would be called "seven" and score threes
+    cfg["data"]["class_names"] = ["background", "seven", "three"]
+    with pytest.raises(ConfigError, match=r"data.class_names \['background', 'seven', "
+                                          r"'three'\] names the COCO file's classes in another "
+                                          r"order: .*\['background', 'three', 'seven'\]"):
+        build_dataset(cfg, "val")
+    cfg["data"]["class_names"] = ["bg", "3", "7"]  # other words for them: taken, said
+    with caplog.at_level(logging.WARNING):
+        assert build_dataset(cfg, "val").class_names == ["bg", "3", "7"]
+    assert ("data.class_names ['bg', '3', '7'] replaces the COCO file's names ['background', "
+            "'three', 'seven']") in caplog.text
 
 
 def test_coco_file_names_with_windows_separators_find_their_images(tmp_path):
