@@ -165,6 +165,25 @@ def _is_bn_counter(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
+BN_STATISTICS = ("running_mean", "running_var")
+
+
+def _norm_hint(missing: list[str], unexpected: list[str]) -> str:
+    """What BatchNorm statistics present on one side only say: the weights were trained with
+    another norm than the config's (GroupNorm has none)."""
+    def statistics(keys: list[str]) -> bool:
+        return bool(keys) and all(k.endswith(BN_STATISTICS) for k in keys)
+    if statistics(missing) and not unexpected:
+        return ("\n  (BatchNorm statistics are missing: the weights were trained with another "
+                "norm, e.g. gn; set the same model.*.norm keys as their run, whose config.yaml "
+                "records them)")
+    if statistics(unexpected) and not missing:
+        return ("\n  (the weights hold BatchNorm statistics this model has no place for: they "
+                "were trained with bn / frozen_bn; set the same model.*.norm keys as their "
+                "run, whose config.yaml records them)")
+    return ""
+
+
 def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                    source: str, hint: str = "", class_layers: tuple[str, ...] = ()) -> None:
     """Load strictly; raise ValueError naming `source`, `hint` and every missing, unexpected
@@ -196,7 +215,7 @@ def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
             return f"\n  {title} ({len(keys)}): {', '.join(keys[:10])}{more}" if keys else ""
         raise ConfigError(f"weights from {source} do not match {type(model).__name__}{hint}:"
                           + listing("missing", missing) + listing("unexpected", unexpected)
-                          + listing("mis-shaped", mis_shaped))
+                          + listing("mis-shaped", mis_shaped) + _norm_hint(missing, unexpected))
     usable = {k: v for k, v in state_dict.items() if k in expected}
     model.load_state_dict(usable, strict=False)
 

@@ -12,6 +12,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from resnet_detect import backbones
 from resnet_detect.backbones import load_weights, make_provenance, save_checkpoint
 from resnet_detect.engine.checkpoint import UnreadableCheckpointError
+from resnet_detect.engine.config import ConfigError
 
 
 def _randomize_bn_stats(model):
@@ -240,3 +241,22 @@ def test_an_unknown_backbone_option_is_named_with_its_config_key():
                                          r"valid: block, depth, drop_path_rate, .*stride_in_1x1"):
         backbones.build_classifier("resnet18", 3, config_prefix="model.options.",
                                    stride_in1x1=True)
+
+
+def test_weights_of_another_norm_say_so() -> None:
+    """A checkpoint trained with norm=gn loaded into a bn config (or the reverse) listed 40
+    missing running statistics and no reason."""
+    from resnet_detect.backbones.weights import check_and_load
+    gn, bn = backbones.build("resnet18", norm="gn"), backbones.build("resnet18")
+    with pytest.raises(ConfigError, match=r"(?s)missing \(40\).*BatchNorm statistics are "
+                                          r"missing: the weights were trained with another "
+                                          r"norm, e.g. gn; set the same model.\*.norm keys"):
+        check_and_load(bn, gn.state_dict(), "gn.pth")
+    with pytest.raises(ConfigError, match=r"(?s)unexpected \(40\).*hold BatchNorm statistics "
+                                          r"this model has no place for: they were trained "
+                                          r"with bn / frozen_bn"):
+        check_and_load(gn, bn.state_dict(), "bn.pth")
+    with pytest.raises(ConfigError) as other:  # a missing layer: no norm hint
+        check_and_load(bn, {k: v for k, v in bn.state_dict().items() if k != "stem.conv.weight"},
+                       "cut.pth")
+    assert "BatchNorm statistics" not in str(other.value)
