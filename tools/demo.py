@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resnet_detect.engine import setup_logging  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
 from resnet_detect.engine.data import UnreadableImageError, listing  # noqa: E402
+from resnet_detect.engine.export import is_onnx  # noqa: E402
 from resnet_detect.engine.files import writable_folder  # noqa: E402
 from resnet_detect.engine.tasks import config_task, task_module  # noqa: E402
 from resnet_detect.engine.visualize import (VIDEO_SUFFIXES, expand_inputs, output_paths, run_image,  # noqa: E402
@@ -69,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     drawn = getattr(render, "drawn", None)  # detections drawn (detection models)
     print(f"wrote {len(written)} file(s) to {output}"
           + ("" if drawn is None else f": {drawn} detections of score {args.min_score} or more"
-             + (" (a lower --min-score shows weaker ones)" if drawn == 0 else "")), flush=True)
+             + ("" if drawn else " (an export keeps the score threshold it was exported with: "
+                "export again with a lower model.roi_heads.score_thresh)" if is_onnx(args.weights)
+                else " (a lower --min-score shows weaker ones)")), flush=True)
     if unreadable:
         raise UnreadableImageError(f"{len(unreadable)} of {len(inputs)} inputs could not be "
                                    f"read (the others were drawn):" + listing(unreadable))

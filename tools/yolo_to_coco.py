@@ -59,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
         for split in absent:
             print(f"{source}: its {split} split is not there: left out")
         splits = [s for s in splits if s not in absent]
+        if not splits:
+            raise DatasetError(f"{source}: none of its splits is there ({', '.join(absent)}): "
+                               f"its paths are taken from its 'path' ({root})")
     images = {split: split_images(root, data, split, source) for split in splits}
     every = [os.path.abspath(p) for split in splits for p in images[split]]
     img_dir = Path(os.path.commonpath([os.path.abspath(root)] + [os.path.dirname(p)

@@ -175,12 +175,13 @@ def _norm_hint(missing: list[str], unexpected: list[str]) -> str:
         return bool(keys) and all(k.endswith(BN_STATISTICS) for k in keys)
     if statistics(missing) and not unexpected:
         return ("\n  (BatchNorm statistics are missing: the weights were trained with another "
-                "norm, e.g. gn; set the same model.*.norm keys as their run, whose config.yaml "
-                "records them)")
+                "norm, e.g. gn; set the model.*.norm keys they were trained with, which their "
+                "run's config.yaml records)")
     if statistics(unexpected) and not missing:
         return ("\n  (the weights hold BatchNorm statistics this model has no place for: they "
-                "were trained with bn / frozen_bn; set the same model.*.norm keys as their "
-                "run, whose config.yaml records them)")
+                "were trained with bn or frozen_bn, as torchvision's and timm's ImageNet "
+                "weights are; set model.*.norm to bn or frozen_bn, or start gn from random "
+                "weights: weights=null)")
     return ""
 
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from .config import ConfigError
+from .distributed import is_main_process
 from .files import check_weights_file
 
 logger = logging.getLogger(__name__)
@@ -36,10 +37,13 @@ def warn_of_random_backbone(cfg: DictConfig, weights: dict[str, Any]) -> None:
     keeps stages frozen or frozen BatchNorm (those layers would stay as initialised), how to
     train from scratch."""
     backbone = (cfg.get("model") or {}).get("backbone")
-    if not isinstance(backbone, DictConfig) or any(weights.values()):
+    if not isinstance(backbone, DictConfig) or any(weights.values()) or not is_main_process():
         return
     at = backbone.get("freeze_at") or 0
-    stages = "the stem" + ("" if at < 2 else " and res2" if at == 2 else f" and res2..res{at}")
+    if isinstance(at, bool) or not isinstance(at, int) or not 0 <= at <= 5:
+        at = 0  # the build check names a bad value
+    stages = ["the stem", "the stem", "the stem and res2", "the stem, res2 and res3",
+              "the stem and res2..res4", "the stem and res2..res5"][at]
     kept = [f"model.backbone.freeze_at={at} never trains {stages}"] if at else []
     if backbone.get("norm") == "frozen_bn":
         kept.append("model.backbone.norm=frozen_bn normalises with the initial statistics")

@@ -313,7 +313,9 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
                 raise ConfigError(f"data.class_names {brief(list(names))} names the COCO "
                                   f"file's classes in another order: class k is its k-th "
                                   f"(background, then the categories by id: "
-                                  f"{brief(list(coco_names))}); leave data.class_names null")
+                                  f"{brief(list(coco_names))}); leave data.class_names null "
+                                  f"where every split is COCO, else write the file with the "
+                                  f"classes' order (the converters' --classes)")
             logger.warning("data.class_names %s replaces the COCO file's names %s (class k: "
                            "background, then the categories by id)", brief(list(names)),
                            brief(list(coco_names)))
@@ -386,11 +388,13 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
     if s["ann_file"]:
         records, coco_names = load_coco_semantic(s["ann_file"], s["img_dir"])
     else:
-        for key in ("img_suffix", "mask_suffix"):
+        examples = {"img_suffix": "'.jpg', '_leftImg8bit.png'",
+                    "mask_suffix": "'.png', '_gtFine_labelTrainIds.png'"}
+        for key in examples if s["mask_dir"] else ["img_suffix"]:
             if not isinstance(s[key], str) or not s[key]:
                 raise ConfigError(f"data.{split}.{key} must be one file-name ending (e.g. "
-                                  f"'.jpg', '_leftImg8bit.png'), got {s[key]!r}")
-        if s["mask_suffix"].lower().endswith((".jpg", ".jpeg")):
+                                  f"{examples[key]}), got {s[key]!r}")
+        if s["mask_dir"] and s["mask_suffix"].lower().endswith((".jpg", ".jpeg")):
             raise ConfigError(f"data.{split}.mask_suffix is {s['mask_suffix']!r}: JPEG's lossy "
                               "compression changes class ids along every edge; masks must be "
                               "PNGs (palette or grayscale)")

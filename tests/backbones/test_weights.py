@@ -250,11 +250,12 @@ def test_weights_of_another_norm_say_so() -> None:
     gn, bn = backbones.build("resnet18", norm="gn"), backbones.build("resnet18")
     with pytest.raises(ConfigError, match=r"(?s)missing \(40\).*BatchNorm statistics are "
                                           r"missing: the weights were trained with another "
-                                          r"norm, e.g. gn; set the same model.\*.norm keys"):
+                                          r"norm, e.g. gn; set the model.\*.norm keys they were "
+                                          r"trained with"):
         check_and_load(bn, gn.state_dict(), "gn.pth")
     with pytest.raises(ConfigError, match=r"(?s)unexpected \(40\).*hold BatchNorm statistics "
                                           r"this model has no place for: they were trained "
-                                          r"with bn / frozen_bn"):
+                                          r"with bn or frozen_bn, as torchvision's and timm's"):
         check_and_load(gn, bn.state_dict(), "bn.pth")
     with pytest.raises(ConfigError) as other:  # a missing layer: no norm hint
         check_and_load(bn, {k: v for k, v in bn.state_dict().items() if k != "stem.conv.weight"},

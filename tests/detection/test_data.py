@@ -802,3 +802,18 @@ def test_messages_about_many_categories_stay_short(tmp_path: Path) -> None:
                        ) as err:
         load_coco_json(ann_file, tmp_path)
     assert len(str(err.value)) < 3000
+
+
+def test_category_differences_are_told_by_name_and_id() -> None:
+    """A name given twice in one file, an id renamed, a class moved, one lacking."""
+    from resnet_detect.detection.data.splits import category_differences
+    train = CategoryMapping((1, 2, 3, 4), ("a", "b", "c", "d"))
+    assert category_differences(train, CategoryMapping((1, 2), ("a", "a"))) == (
+        "ids naming other classes ['2: b in training, a in val']; the val file lacks "
+        "['c (id 3)', 'd (id 4)']")
+    assert category_differences(train, CategoryMapping((1, 2, 3, 5), ("a", "b", "d", "e"))) == (
+        "other ids ['d: 4 in training, 3 in val']; the val file lacks ['c (id 3)']; the "
+        "training file lacks ['e (id 5)']")
+    assert category_differences(CategoryMapping((1, 2, 3), ("a", "a", "b")),
+                                CategoryMapping((1, 3), ("a", "b"))) == (
+        "the val file lacks ['a (id 2)']")

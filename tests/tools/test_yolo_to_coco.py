@@ -177,3 +177,11 @@ def test_a_split_without_any_label_file_and_a_class_that_is_no_number(tmp_path: 
     with pytest.raises(DatasetError, match="a.txt line 1: class nan is not one of 0..0"):
         yolo_to_coco.main([str(root / "data.yaml"), "--output-dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_a_yaml_none_of_whose_splits_is_there_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data.yaml").write_text("train: nope/images\nval: nope2/images\nnames: [a]\n",
+                                        encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"data.yaml: none of its splits is there \(train, "
+                                           r"val\): its paths are taken from its 'path'"):
+        yolo_to_coco.main([str(tmp_path / "data.yaml"), "--output-dir", str(tmp_path / "o")])

@@ -121,18 +121,30 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
 
 def category_differences(train: CategoryMapping, val: CategoryMapping) -> str:
     """What differs between the training and the val categories, by name: the classes one
-    file lacks, those under other ids, and ids that name other classes."""
-    train_ids, val_ids = (dict(zip(m.names, m.dataset_ids)) for m in (train, val))
+    file lacks, names under other ids, ids that name other classes."""
+    pairs = [set(zip(m.names, m.dataset_ids)) for m in (train, val)]
+    only = [pairs[0] - pairs[1], pairs[1] - pairs[0]]  # (name, id) in training / val alone
+    names = [{n for n, _ in o} for o in only]
+    ids = [{i for _, i in o} for o in only]
+    def one(values: list[Any]) -> str:  # a value alone, or the list of several
+        return str(values[0]) if len(values) == 1 else str(values)
+
     parts = []
-    for lacking, has, which in ((val_ids, train_ids, "val"), (train_ids, val_ids, "training")):
-        missing = [(n, i) for n, i in has.items() if n not in lacking]
-        if missing:
-            parts.append(f"the {which} file lacks {brief([f'{n} (id {i})' for n, i in missing])}")
-    moved = [f"{n}: {i} in training, {val_ids[n]} in val" for n, i in train_ids.items()
-             if n in val_ids and val_ids[n] != i]
+    moved = sorted(names[0] & names[1])
     if moved:
-        parts.append(f"other ids {brief(moved)}")
-    if not parts:  # the same names and ids, given twice or in another order
+        parts.append("other ids " + brief([
+            f"{n}: {one(sorted(i for m, i in only[0] if m == n))} in training, "
+            f"{one(sorted(i for m, i in only[1] if m == n))} in val" for n in moved]))
+    renamed = sorted((ids[0] & ids[1]) - {i for n, i in only[0] | only[1] if n in moved})
+    if renamed:
+        parts.append("ids naming other classes " + brief([
+            f"{i}: {one(sorted(n for n, j in only[0] if j == i))} in training, "
+            f"{one(sorted(n for n, j in only[1] if j == i))} in val" for i in renamed]))
+    for k, which in ((0, "val"), (1, "training")):
+        lacking = sorted((i, n) for n, i in only[k] if n not in moved and i not in renamed)
+        if lacking:
+            parts.append(f"the {which} file lacks {brief([f'{n} (id {i})' for i, n in lacking])}")
+    if not parts:  # the same (name, id) pairs, some given twice
         parts.append(f"training {brief(list(zip(train.dataset_ids, train.names)))}, val "
                      f"{brief(list(zip(val.dataset_ids, val.names)))}")
     return "; ".join(parts)
