@@ -27,11 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from resnet_detect.detection.data.conversion import save_coco  # noqa: E402
 from resnet_detect.detection.data.yolo import (read_dataset, split_exists,  # noqa: E402
                                                split_images, yolo_to_coco)
 from resnet_detect.engine.cli import run_tool  # noqa: E402
 from resnet_detect.engine.data import DatasetError  # noqa: E402
-from resnet_detect.engine.files import atomic_write_json, writable_folder  # noqa: E402
+from resnet_detect.engine.files import writable_folder  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     out.mkdir(parents=True, exist_ok=True)
     for split, (coco, repeated) in converted.items():
         path = out / f"{split}.json"
-        atomic_write_json(coco, path)
+        save_coco(coco, path)
         with_masks = sum("segmentation" in a for a in coco["annotations"])
         print(f"{path}: {len(coco['images'])} images, {len(coco['annotations'])} objects "
               f"({with_masks} with polygons" + (f"; {repeated} repeated label lines left out"
@@ -80,9 +81,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     if keypoints:
         print("a pose dataset (kpt_shape): each object's box only, its keypoints left out")
     print(f"{len(class_names)} categories: " + ", ".join(class_names))
-    roles = {"train": "train", "val": "val"}
-    keys = [f"data.{roles[s]}.ann_file={out / f'{s}.json'} data.{roles[s]}.img_dir={img_dir}"
-            for s in splits if s in roles]
+    keys = [f"data.{s}.ann_file={out / f'{s}.json'} data.{s}.img_dir={img_dir}"
+            for s in splits if s in ("train", "val")]
     print("use: " + (" ".join(keys) if keys else
                      f"data.val.ann_file={out / f'{splits[0]}.json'} data.val.img_dir={img_dir}"))
     return {split: conversion.coco for split, conversion in converted.items()}

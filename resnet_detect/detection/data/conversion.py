@@ -57,6 +57,11 @@ def ids_of_classes(found: Counter[str], class_names: Sequence[str],
     return dict(zip(class_names, ids if ids is not None else range(1, len(class_names) + 1)))
 
 
+def coco_categories(category_id: dict[str, int]) -> list[dict[str, Any]]:
+    """The `categories` a converter writes, from {name: id}."""
+    return [{"id": i, "name": n, "supercategory": "none"} for n, i in category_id.items()]
+
+
 def add_class_options(parser: argparse.ArgumentParser) -> None:
     classes = parser.add_mutually_exclusive_group()
     classes.add_argument("--classes", nargs="+", default=None, metavar="NAME",
@@ -83,12 +88,17 @@ def images_folder(args: argparse.Namespace) -> Path | None:
     return Path(args.images)
 
 
-def write_coco(coco: dict[str, Any], output: str | Path, img_dir: Path, summary: str) -> None:
-    """Write the file, then print `summary` and the config keys that read it."""
+def save_coco(coco: dict[str, Any], output: str | Path) -> None:
+    """Write a converted file; a DatasetError naming it where it cannot be written."""
     try:
         atomic_write_json(coco, output)
     except OSError as err:
         raise DatasetError(f"{output}: cannot be written ({err})") from None
+
+
+def write_coco(coco: dict[str, Any], output: str | Path, img_dir: Path, summary: str) -> None:
+    """Write the file, then print `summary` and the config keys that read it."""
+    save_coco(coco, output)
     print(f"{output}: {summary}, {len(coco['categories'])} categories: "
           + ", ".join(c["name"] for c in coco["categories"]))
     print(f"use: data.train.ann_file={output} data.train.img_dir={img_dir}  (or data.val.*)")

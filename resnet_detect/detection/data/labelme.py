@@ -32,7 +32,7 @@ from pycocotools import mask as mask_utils
 
 from resnet_detect.engine.data import DatasetError, files_under, image_size
 
-from .conversion import Problem, ids_of_classes, raise_problems, relative_image
+from .conversion import Problem, coco_categories, ids_of_classes, raise_problems, relative_image
 
 IGNORE_LABEL = "__ignore__"
 REGION_SHAPES = ("polygon", "rectangle", "rotation", "circle", "mask")
@@ -267,5 +267,5 @@ def _coco_dict(parsed: list[tuple[str, tuple[int, int], list[LabelmeObject]]],
                     "bbox": [x, y, w, h], "area": area,
                     "iscrowd": int(obj.label == IGNORE_LABEL or obj.difficult),
                     "segmentation": segmentation})
-    categories = [{"id": i, "name": n, "supercategory": "none"} for n, i in category_id.items()]
-    return {"images": images, "annotations": annotations, "categories": categories}, no_area
+    return {"images": images, "annotations": annotations,
+            "categories": coco_categories(category_id)}, no_area

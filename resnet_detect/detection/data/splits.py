@@ -3,13 +3,11 @@ and checked (errors name the file and entry) into datasets, before any model is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from omegaconf import DictConfig
 
 from resnet_detect.engine.config import ConfigError, check_probability, check_sizes, parse_bool
-from resnet_detect.engine.files import missing_path
 from resnet_detect.engine.data import (CategoryMapping, DatasetError, brief,
                                        check_image_sizes, load_coco_json, repeat_factors)
 
@@ -40,10 +38,10 @@ def _split_paths(cfg: DictConfig, split: str) -> tuple[str, str] | None:
 
 def _load(paths: tuple[str, str], split: str, **options: Any) -> Any:
     """load_coco_json of a split, a missing file named by its key."""
-    if not Path(paths[0]).is_file():
-        raise FileNotFoundError(f"data.{split}.ann_file: annotation file not found: "
-                                f"{missing_path(paths[0])}")
-    return load_coco_json(*paths, **options)
+    try:
+        return load_coco_json(*paths, **options)
+    except FileNotFoundError as err:  # load_coco_json's only one: the annotation file
+        raise FileNotFoundError(f"data.{split}.ann_file: {err}") from None
 
 
 class ValSplit(NamedTuple):

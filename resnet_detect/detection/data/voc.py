@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, DatasetError, files_under, image_size,
                                        listing, read_user_text)
 
-from .conversion import Problem, ids_of_classes, raise_problems, relative_image
+from .conversion import Problem, coco_categories, ids_of_classes, raise_problems, relative_image
 
 # VOC's 20 classes, in detectron2's and mmdetection's order (alphabetical)
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -240,5 +240,5 @@ def _coco_dict(parsed: list[tuple[str, tuple[int, int], list[tuple[str, list[flo
                 "area": (x2 - x1) * (y2 - y1), "iscrowd": int(difficult and not keep_difficult),
                 **({"difficult": 1} if difficult and keep_difficult else {}),
             })
-    categories = [{"id": i, "name": n, "supercategory": "none"} for n, i in category_id.items()]
-    return {"images": images, "annotations": annotations, "categories": categories}
+    return {"images": images, "annotations": annotations,
+            "categories": coco_categories(category_id)}

@@ -22,7 +22,8 @@ from pycocotools import mask as mask_utils
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, DatasetError, files_under, image_size,
                                        read_user_text)
 
-from .conversion import Problem, raise_problems
+from .conversion import (Problem, coco_categories, raise_problems,
+                         relative_image)
 
 
 def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
@@ -172,6 +173,7 @@ def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[st
     if not images:
         raise DatasetError("the split has no images")
     problems: list[str] = []
+    named_by: dict[str, Path] = {}
     coco_images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     repeated = labelled = 0
@@ -193,13 +195,13 @@ def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[st
                 repeated += len(texts) - len(numbered)
             objects = [_object(line, f"{labels} line {n}", len(class_names), height, width,
                                keypoints) for line, n in numbered.items()]
+            file_name = relative_image(image, img_dir, labels, named_by)
         except Problem as problem:
             problems.append(str(problem))
             continue
         image_id = len(coco_images) + 1
-        coco_images.append({"id": image_id,
-                            "file_name": Path(os.path.relpath(image, img_dir)).as_posix(),
-                            "height": height, "width": width})
+        coco_images.append({"id": image_id, "file_name": file_name, "height": height,
+                            "width": width})
         for cls, box, polygon in objects:
             annotation = {"id": len(annotations) + 1, "image_id": image_id,
                           "category_id": cls + 1, "bbox": box, "area": box[2] * box[3],
@@ -214,7 +216,6 @@ def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[st
         raise DatasetError(f"none of the {len(images)} images has a label file: {images[0]}'s "
                            f"would be {label_file(images[0])} (a folder named labels beside "
                            f"images)")
-    categories = [{"id": k + 1, "name": name, "supercategory": "none"}
-                  for k, name in enumerate(class_names)]
+    categories = coco_categories({name: k + 1 for k, name in enumerate(class_names)})
     return Conversion({"images": coco_images, "annotations": annotations,
                        "categories": categories}, repeated)
