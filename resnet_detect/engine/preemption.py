@@ -5,9 +5,10 @@ agrees to stop at the same iteration, the runner writes a checkpoint and raises
 `TrainingInterrupted`. A second signal stops at once (the usual Ctrl-C behaviour), except a
 SIGTERM repeated within `REPEAT_GRACE_S` of the first: schedulers signal every process of a
 job and launchers such as torchrun forward it once more, which must not cost the checkpoint.
-Loader workers leave both signals to the main process while it catches them, so a signal sent
-to every process of a job (Ctrl-C, a scheduler's SIGTERM to the process group) stops the run
-cleanly instead of killing the workers under the step in flight.
+Loader workers leave both signals to the main process while it catches them, and after it
+caught one, so a signal sent to every process of a job (Ctrl-C, a scheduler's SIGTERM to the
+process group) stops the run cleanly instead of killing the workers under the step in flight
+or under the checkpoint's save.
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# One byte of shared memory, 1 while the main process catches the stop signals: forked loader
-# workers inherit it, spawned ones (macOS's start method) receive it with their init function
+# One byte of shared memory, 1 while the main process catches the stop signals and after it
+# caught one (until its exit ends the workers): forked loader workers inherit it, spawned
+# ones (macOS's start method) receive it with their init function
 CATCHING = multiprocessing.RawValue("b", 0)
 WORKER_EXIT_GRACE_S = 5.0
 REPEAT_GRACE_S = 30.0  # a SIGTERM this soon after the first is the same request, forwarded
@@ -100,17 +102,21 @@ def stop_on_signals(request: StopRequest | None = None) -> Iterator[StopRequest]
     try:
         yield request
     finally:
-        CATCHING.value = 0
+        # After a caught stop the workers keep leaving SIGTERM to this process, which ends
+        # them: one busy in native code when the job was signalled runs its handler only now,
+        # and dying of it would fail the checkpoint's save (PyTorch's SIGCHLD handler raises)
+        CATCHING.value = 1 if request.requested else 0
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
 def leave_stop_signals_to_the_parent(catching: Any = CATCHING) -> None:
-    """In a loader worker: ignore SIGTERM while the main process catches it (it stops the run,
-    then ends its workers itself); otherwise, and when the parent is gone, SIGTERM ends the
-    worker as by default, which is how multiprocessing ends the workers left at exit. Ctrl-C
-    is always ignored: it reaches the whole foreground process group, and the main process
-    decides. `catching`: the main process's `CATCHING` (a spawned worker's own is not it)."""
+    """In a loader worker: ignore SIGTERM while the main process catches it or has caught one
+    (it stops the run, then ends its workers itself); otherwise, and when the parent is gone,
+    SIGTERM ends the worker as by default, which is how multiprocessing ends the workers left
+    at exit. Ctrl-C is always ignored: it reaches the whole foreground process group, and the
+    main process decides. `catching`: the main process's `CATCHING` (a spawned worker's own
+    is not it)."""
     parent = os.getppid()
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -172,6 +178,7 @@ def _end_leftover_workers() -> None:
     worker stuck in native code never runs its Python SIGTERM handler, so the ones still
     alive after `WORKER_EXIT_GRACE_S` are killed instead of hanging the exit."""
     workers = [p for p in multiprocessing.active_children() if p.daemon]
+    CATCHING.value = 0  # (still 1 after a caught stop) the workers' SIGTERM ends them now
     if (workers and threading.current_thread() is threading.main_thread()
             and hasattr(signal, "SIGCHLD")):  # Windows has none
         # PyTorch's loader raises from its SIGCHLD handler for a worker ended by a signal,
