@@ -17,7 +17,7 @@ from .data import DatasetError, UnreadableImageError
 from .export import ExportError
 from .files import UnwritableFolderError, missing_path
 from .host_memory import cache_host_memory
-from .logging import escape_what_the_console_lacks, print_and_log
+from .logging import escape_what_the_console_lacks, log_warning, print_and_log
 from .preemption import TrainingInterrupted
 from .run_lock import FolderInUseError
 from .runner import UnreadableDataError, run_training
@@ -37,6 +37,7 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     config key, a data file, a checkpoint, an export, an output folder in use) prints as its
     message, as argparse's usage errors do, instead of a traceback, and exits with 2."""
     escape_what_the_console_lacks(sys.stdout, sys.stderr)
+    warnings.showwarning = log_warning
     try:
         main(sys.argv[1:])
     except USER_ERRORS as e:

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,18 @@ def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -
         root.addHandler(handler)
 
 
+def log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                file: Any = None, line: str | None = None) -> None:
+    """The tools' `warnings.showwarning`: a warning (an AP of 0 for want of detections,
+    objects left out of the mask AP) is a line of the console and of the run's log.txt,
+    where its record is read, as the run's own warnings are, and not of stderr alone."""
+    if file is not None:  # asked for a stream by name: Python's own behaviour
+        file.write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
+    logging.getLogger("py.warnings").warning("%s:%d: %s: %s", filename, lineno,
+                                             category.__name__, message)
+
+
 def escape_what_the_console_lacks(*streams: Any) -> None:
     """A class name the console's encoding lacks (cp1252 on Windows, a redirect) prints
     escaped instead of stopping the run."""
@@ -92,6 +105,7 @@ def set_up_handlers(settings: tuple[int, list[tuple[str | None, str | None, str 
         handler.setFormatter(logging.Formatter(fmt, datefmt=datefmt))
         handler._engine_handler = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+    warnings.showwarning = log_warning
 
 
 def print_and_log(text: str) -> None:

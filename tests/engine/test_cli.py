@@ -131,3 +131,27 @@ def test_unreadable_inputs_and_a_full_disk_are_one_line_and_exit_code_2(
     with pytest.raises(SystemExit) as stopped:
         run_tool(main)
     assert stopped.value.code == 2 and capsys.readouterr().err == f"demo.py: error: {error}\n"
+
+
+def test_a_warning_is_a_line_of_the_runs_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """An evaluation's warning (an AP of 0 for want of detections) went to stderr alone: a
+    run's log.txt, read after a long run, did not say why its AP was 0."""
+    import warnings
+
+    from resnet_detect.engine.logging import setup_logging
+
+    def main(argv: list[str]) -> None:
+        setup_logging(argv[0])
+        warnings.warn("no detections to evaluate against val.json: bbox AP is 0", stacklevel=1)
+
+    monkeypatch.setattr(sys, "argv", ["tools/train.py", str(tmp_path / "run")])
+    try:
+        run_tool(main)
+    finally:
+        setup_logging(None)
+    (line,) = (tmp_path / "run/log.txt").read_text(encoding="utf-8").splitlines()
+    assert line[15:] == (f"{__file__}:{main.__code__.co_firstlineno + 2}: UserWarning: no "
+                         f"detections to evaluate against val.json: bbox AP is 0")
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [line] and err == ""
