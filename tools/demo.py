@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from resnet_detect.engine.visualize import (VIDEO_SUFFIXES, expand_inputs, outpu
                               run_video)
 
 DEFAULT_VIS_THRESH = 0.5
+OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=.*")  # a config key=value
 logger = logging.getLogger("demo")
 
 
@@ -41,7 +43,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="folder for the pictures")
     parser.add_argument("--min-score", type=float, default=DEFAULT_VIS_THRESH,
                         help="detections drawn from this score (default 0.5)")
-    return parser.parse_intermixed_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    # `--input a.jpg model.roi_heads.score_thresh=0.3`: --input takes every word after it
+    overrides = [i for i in args.input if OVERRIDE.fullmatch(i) and not Path(i).exists()]
+    args.input = [i for i in args.input if i not in overrides]
+    args.overrides += overrides
+    if not args.input:
+        parser.error("--input: no image, folder or video given, only key=value overrides")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:

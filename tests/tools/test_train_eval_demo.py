@@ -365,6 +365,22 @@ def test_demo_writes_pictures_for_images_and_video(trained: Path, data: Path,
             "lower --min-score shows weaker ones)") in capsys.readouterr().out
 
 
+def test_demo_reads_overrides_given_after_its_inputs(tmp_path: Path, monkeypatch) -> None:
+    """`--input a.jpg model.roi_heads.score_thresh=0.3`: --input took the override as a file
+    ("input not found"); a file whose name looks like one is still an input."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x=1.jpg").touch()
+    parse = load_tool("demo").parse_args
+    args = parse([str(CONFIG), "--weights", "w.pth", "--input", "a.jpg",
+                  "model.roi_heads.score_thresh=0.3", "x=1.jpg", "photos/", "--output", "out",
+                  "data.val.min_size=480"])
+    assert args.input == ["a.jpg", "x=1.jpg", "photos/"]
+    assert args.overrides == ["data.val.min_size=480", "model.roi_heads.score_thresh=0.3"]
+    with pytest.raises(SystemExit) as refused:
+        parse([str(CONFIG), "--weights", "w.pth", "--input", "model.x=1", "--output", "out"])
+    assert refused.value.code == 2
+
+
 def test_demo_draws_the_readable_images_then_names_the_others(trained: Path, data: Path,
                                                               tmp_path: Path) -> None:
     import shutil
