@@ -68,11 +68,16 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
         if not split_file.is_file():
             raise FileNotFoundError(f"split file not found: {missing_path(split_file)}")
         lines = read_user_text(split_file, "split file").splitlines()
-        names = [line.strip() for line in lines if line.strip()]
+        names = [_without_suffix(line.strip(), img_dir, img_suffix) for line in lines
+                 if line.strip()]
         missing = [str(img_dir / (n + img_suffix)) for n in names
                    if not (img_dir / (n + img_suffix)).is_file()]
         if missing:
-            raise DatasetError(f"{split_file}: {len(missing)} listed images not found:"
+            suffixed = [n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+            hint = (f" (names are listed without their suffix, img_suffix {img_suffix!r} "
+                    f"added: {suffixed[0]!r} looks for {suffixed[0] + img_suffix!r})"
+                    if suffixed else "")
+            raise DatasetError(f"{split_file}: {len(missing)} listed images not found{hint}:"
                                + listing(missing))
         files = {n: img_dir / (n + img_suffix) for n in names}
     else:
@@ -92,6 +97,14 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
                            f"in {mask_dir} (mask name = image name with {img_suffix!r} "
                            f"replaced by {mask_suffix!r}):" + listing(without))
     return records
+
+
+def _without_suffix(name: str, img_dir: Path, img_suffix: str) -> str:
+    """A split file's NAME, or a name written with its image suffix (`x.jpg` for `x`)."""
+    if (name.endswith(img_suffix) and not (img_dir / (name + img_suffix)).is_file()
+            and (img_dir / name).is_file()):
+        return name[:-len(img_suffix)]
+    return name
 
 
 def _images_named(img_dir: Path, img_suffix: str) -> dict[str, Path]:

@@ -107,6 +107,16 @@ def test_voc_tree_with_split_file_and_palette_masks(tmp_path):
     assert [Path(r["mask_file"]).stem for r in records] == ["2007_000032", "2007_000039"]
     mask = read_mask(records[0]["mask_file"])
     assert mask[0, 0] == 0 and mask[0, 4] == 1 and mask[4, 0] == 15 and mask[4, 4] == 255
+    # names written with their image suffix: the same images; a suffix not the images' is
+    # named with what was looked for
+    split.write_text("2007_000032.jpg\n2007_000039\n")
+    assert scan_folder(root / "JPEGImages", root / "SegmentationClass",
+                       split_file=split) == records
+    split.write_text("2007_000032.png\n")
+    with pytest.raises(DatasetError, match=r"(?s)train.txt: 1 listed images not found \(names "
+                       r"are listed without their suffix, img_suffix '.jpg' added: "
+                       r"'2007_000032.png' looks for '2007_000032.png.jpg'\).*"):
+        scan_folder(root / "JPEGImages", root / "SegmentationClass", split_file=split)
     # the third image has no mask: scanning the whole folder names it
     with pytest.raises(DatasetError, match="(?s)1 of 3 images .* no mask.*2007_000063.jpg"):
         scan_folder(root / "JPEGImages", root / "SegmentationClass")
