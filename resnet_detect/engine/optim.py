@@ -1,5 +1,8 @@
-"""Optimizers shared by the training tools: SGD or AdamW, no weight decay on 1-d parameters."""
+"""Optimizers shared by the training tools: SGD or AdamW, no weight decay on 1-d parameters,
+optional learning-rate factors per module."""
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -9,7 +12,9 @@ OPTIMIZERS = ("sgd", "adamw")
 
 def build_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: float,
                     momentum: float = 0.9, nesterov: bool = False,
-                    betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+                    betas: tuple[float, float] = (0.9, 0.999),
+                    lr_multipliers: Mapping[str, float] | None = None
+                    ) -> torch.optim.Optimizer:
     """The optimizer over the trainable parameters of `model`.
 
     Norm weights and biases (every parameter with ndim <= 1) get no weight decay, as in Goyal
@@ -26,25 +31,48 @@ def build_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: flo
         momentum: SGD momentum.
         nesterov: Nesterov momentum for SGD.
         betas: AdamW moment decay rates.
+        lr_multipliers: module name -> factor: the parameters of that module (`backbone`,
+            `roi_heads.box_head`) train at factor x the learning rate, the longest name that
+            contains a parameter winning (mmengine's paramwise lr_mult, detectron2's
+            per-parameter overrides); `unknown_modules` names those matching nothing.
+
+    The parameter groups: the other parameters with and without decay first (the logged lr is
+    the first group's), then each named module's two, in the names' sorted order, so that
+    the groups of a resumed run are those of its checkpoint whatever the factors.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
-    decay, no_decay = [], []
-    for param in model.parameters():
+    multipliers = dict(lr_multipliers or {})
+    longest_first = sorted(multipliers, key=len, reverse=True)
+    parts: dict[str | None, tuple[list[nn.Parameter], list[nn.Parameter]]] = {
+        key: ([], []) for key in [None, *sorted(multipliers)]}
+    for param_name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+            module = next((k for k in longest_first if _inside(param_name, k)), None)
+            parts[module][param.ndim <= 1].append(param)
+    groups = [{"params": params, "weight_decay": weight_decay if i == 0 else 0.0,
+               "lr": lr * (1.0 if module is None else multipliers[module])}
+              for module, both in parts.items() for i, params in enumerate(both)]
     # one fused kernel for all parameters instead of a loop of small ops per parameter
     # (measured in BENCHMARKS.md, "Where a quickstart step spends its time")
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
-                for p in decay + no_decay)
+                for group in groups for p in group["params"])
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov,
                                 fused=fused)
     fill_momentum_buffers(optimizer)
     return optimizer
+
+
+def _inside(param_name: str, module: str) -> bool:
+    return param_name.startswith(module + ".") or param_name == module
+
+
+def unknown_modules(model: nn.Module, modules: Iterable[str]) -> list[str]:
+    """The names among `modules` that hold none of `model`'s parameters."""
+    names = [name for name, _ in model.named_parameters()]
+    return [m for m in modules if not any(_inside(name, m) for name in names)]
 
 
 def fill_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:

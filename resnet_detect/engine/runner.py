@@ -46,7 +46,7 @@ from .rng import rng_kept, seed_everything
 from .run_lock import exclusive_output_dir
 from .same_everywhere import (check_same_config_everywhere, check_same_data_everywhere,
                               check_same_start_everywhere, done_everywhere)
-from .optim import OPTIMIZERS, build_optimizer
+from .optim import OPTIMIZERS, build_optimizer, unknown_modules
 from .preemption import (EvaluationInterrupted, StopRequest, TrainingInterrupted,
                          stop_on_signals)
 from .schedule import DECAYS, build_lr_scheduler
@@ -171,6 +171,7 @@ def check_train_choices(t: DictConfig) -> None:
     if t.epochs is not None and not (is_number(t.epochs) and t.epochs > 0):
         raise ConfigError(f"train.epochs must be a positive number (passes over the training "
                           f"images), or null with train.max_iter, got {t.epochs!r}")
+    lr_multipliers(t)
     if t.clip_grad_norm is not None and not (is_number(t.clip_grad_norm)
                                              and t.clip_grad_norm >= 0):
         # torch's clip_grad_norm_ takes a negative norm and turns every gradient around
@@ -187,12 +188,39 @@ def check_train_choices(t: DictConfig) -> None:
                               f"{' (0 = only at the end)' if least == 0 else ''}")
 
 
+def lr_multipliers(t: DictConfig) -> dict[str, float]:
+    """train.lr_multipliers as {module name: factor}; `{backbone: {bottom_up: 0.1}}` (what an
+    override `train.lr_multipliers.backbone.bottom_up=0.1` makes) is `backbone.bottom_up`."""
+    given = t.get("lr_multipliers")
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"train.lr_multipliers must map module names to factors (e.g. "
+                          f"{{backbone: 0.1}}), got {given!r}")
+    factors = flat_keys(to_plain(given) if isinstance(given, DictConfig) else given)
+    for name, factor in factors.items():
+        if not (is_number(factor) and 0 < factor < math.inf):
+            raise ConfigError(f"train.lr_multipliers.{name} must be a number > 0 (its "
+                              f"parameters' factor of the learning rate; frozen layers: the "
+                              f"model's freeze options), got {factor!r}")
+    return factors
+
+
 def build_optimizer_from_config(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """`train.optimizer` (SGD or AdamW) over the trainable parameters."""
+    """`train.optimizer` (SGD or AdamW) over the trainable parameters, with the learning-rate
+    factors of `train.lr_multipliers`."""
     t = cfg.train
     check_train_choices(t)
+    factors = lr_multipliers(t)
+    unknown = unknown_modules(model, factors)
+    if unknown:
+        modules = sorted({".".join(name.split(".")[:-1][:depth])
+                          for name, _ in model.named_parameters() for depth in (1, 2)} - {""})
+        raise ConfigError(f"train.lr_multipliers names {', '.join(unknown)}, which holds no "
+                          f"parameter of this model; its modules include: "
+                          f"{', '.join(modules[:40])}")
     return build_optimizer(model, name=t.optimizer, lr=t.base_lr, weight_decay=t.weight_decay,
-                           momentum=t.momentum, nesterov=t.nesterov)
+                           momentum=t.momentum, nesterov=t.nesterov, lr_multipliers=factors)
 
 
 def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimizer,
@@ -349,6 +377,14 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                           f"{changed['optimizer'][0]}, this run asks for "
                           f"{changed['optimizer'][1]}: its state cannot continue another "
                           f"optimizer; {new_run}")
+    grouped_by = [sorted(flat_keys(m or {})) for m in (recorded.get("lr_multipliers"),
+                                                       now.get("lr_multipliers"))]
+    if grouped_by[0] != grouped_by[1]:  # (their factors may change)
+        raise ConfigError(f"checkpoint {path} was trained with train.lr_multipliers for "
+                          f"{grouped_by[0] or 'no module'}, this run names "
+                          f"{grouped_by[1] or 'none'}: the optimizer's state is grouped by "
+                          f"them; name the same modules (their factors may change), or "
+                          f"{new_run}")
     if changed:
         logger.warning("resuming %s with train settings other than the run that wrote it "
                        "(they apply from iteration %d%s): %s", path, iteration,

@@ -82,7 +82,7 @@ def load_task_config(path: str | os.PathLike, overrides: Sequence[str] = (),
     name = config_task(path, overrides)
     module = task_module(name)
     cfg = load_config(path, overrides, defaults=load_defaults(module.BASE_CONFIG),
-                      open_keys=getattr(module, "OPEN_KEYS", ()),
+                      open_keys=("train.lr_multipliers", *getattr(module, "OPEN_KEYS", ())),
                       renamed=getattr(module, "RENAMED_KEYS", None))
     resolve = getattr(module, "resolve_overrides", None)
     if resolve is not None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_detect.engine.optim import build_optimizer
+from resnet_detect.engine.optim import build_optimizer, unknown_modules
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -64,3 +64,38 @@ def test_only_conv_and_linear_weights_decay(name: str) -> None:
     for n, p in model.named_parameters():
         expected = before[n] * (1 - 0.1 * 0.01) if p.ndim > 1 else before[n]
         torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=0, msg=n)  # 1e-3 apart
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_lr_multipliers_scale_the_named_modules_the_longest_name_winning(name: str) -> None:
+    """One step from a gradient of ones moves each parameter by lr x its module's factor
+    (SGD's first step: lr x grad; AdamW's: lr x sign, ~lr), `backbone.res` by 0.5 inside
+    `backbone`'s 0.1, `head` by 1, a name that only begins like a module's (`backbone.re`)
+    matching nothing; norms and biases keep no decay in their module's groups."""
+    model = nn.Module()
+    model.backbone = nn.Module()
+    model.backbone.stem = nn.Conv2d(1, 2, 3)
+    model.backbone.res = nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2))
+    model.head = nn.Linear(2, 1)
+    optimizer = build_optimizer(model, name=name, lr=0.01, weight_decay=0.0,
+                                lr_multipliers={"backbone.res": 0.5, "backbone": 0.1})
+    factors = {"backbone.stem": 0.1, "backbone.res": 0.5, "head": 1.0}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+        p.data.zero_()  # the step is the parameter afterwards, to float32 rounding
+    optimizer.step()
+    for n, p in model.named_parameters():
+        factor = next(f for module, f in factors.items() if n.startswith(module))
+        torch.testing.assert_close(p.detach(), torch.full_like(p, -0.01 * factor), rtol=1e-6,
+                                   atol=0, msg=n)
+    # the first group is the unnamed modules' (the logged lr); the others in sorted names
+    assert [(g["lr"], len(g["params"])) for g in optimizer.param_groups] == [
+        (0.01, 1), (0.01, 1), (0.001, 1), (0.001, 1), (0.005, 1), (0.005, 3)]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.0] * 6
+    decaying = build_optimizer(model, name=name, lr=0.01, weight_decay=0.1,
+                               lr_multipliers={"backbone": 0.1})
+    assert [(g["weight_decay"], [p.ndim for p in g["params"]])
+            for g in decaying.param_groups] == [(0.1, [2]), (0.0, [1]), (0.1, [4, 4]),
+                                                (0.0, [1, 1, 1, 1])]
+    assert unknown_modules(model, ["backbone.re", "backbone.res.1", "head.bias", "neck"]) == [
+        "backbone.re", "neck"]

@@ -521,3 +521,45 @@ def test_the_unreadable_window_counts_steps_not_accumulated_batches() -> None:
     with pytest.raises(UnreadableDataError, match="80 of the 80 training images read in "
                                                   "iterations 1-20 could not be read"):
         counter.add_batch(1, 0, UNREADABLE_WINDOW - 1)
+
+
+def test_lr_multipliers_train_a_module_faster_and_resume_with_other_factors(
+        tool: ModuleType, tmp_path: Path) -> None:
+    """train.lr_multipliers: the fc layer at 10x the lr of the rest through the schedule; a
+    resume may change the factor (this run's applies), not the modules named (the optimizer's
+    state is grouped by them), refused before anything is written, as a module the model
+    does not have."""
+    colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
+    out = tmp_path / "run"
+    extra = {"train.epochs": 2, "train.batch_size": 4, "train.checkpoint_period": 2,
+             "train.lr_decay": "cosine", "train.final_lr_factor": 0.1}
+
+    def groups(name: str) -> list[tuple[float, int]]:
+        state = torch.load(out / name, map_location="cpu", weights_only=True)
+        return [(g["lr"], len(g["params"])) for g in state["optimizer"]["param_groups"]]
+
+    tool.main(overrides(tmp_path / "data", out, **extra) + ["train.lr_multipliers.fc=10"])
+    (lr, _), _, (fc_lr, fc_weights), (_, fc_biases) = groups("model_0000002.pth")
+    assert 0 < lr < 0.002 and fc_lr == pytest.approx(10 * lr, rel=1e-12)
+    assert (fc_weights, fc_biases) == (1, 1)
+    tool.main(overrides(tmp_path / "data", out, **{**extra, "train.epochs": 3})
+              + ["train.lr_multipliers={fc: 5}", "--resume"])
+    (lr, _), _, (fc_lr, _), _ = groups("model_0000006.pth")
+    assert fc_lr == pytest.approx(5 * lr, rel=1e-12)
+    config = (out / "config.yaml").read_text()
+    with pytest.raises(ValueError, match=r"trained with train.lr_multipliers for \['fc'\], this "
+                                         r"run names \['backbone.res2', 'fc'\]: the optimizer's "
+                                         r"state is grouped by them"):
+        tool.main(overrides(tmp_path / "data", out, **{**extra, "train.epochs": 4})
+                  + ["train.lr_multipliers={fc: 5, backbone.res2: 0.1}", "--resume"])
+    assert (out / "config.yaml").read_text() == config
+    with pytest.raises(ValueError, match="train.lr_multipliers names head, which holds no "
+                                         "parameter of this model; its modules include: "
+                                         "backbone, backbone.res2, backbone.res3, "
+                                         "backbone.res4, backbone.stem, fc$"):
+        tool.main(overrides(tmp_path / "data", tmp_path / "other", **extra)
+                  + ["train.lr_multipliers.head=2"])
+    assert not list((tmp_path / "other").glob("*.pth"))
+    with pytest.raises(ValueError, match="train.lr_multipliers.fc must be a number > 0"):
+        tool.main(overrides(tmp_path / "data", tmp_path / "other", **extra)
+                  + ["train.lr_multipliers.fc=0"])
