@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from .distributed import barrier, cleanup, init_distributed, is_main_process
 from .checkpoint import CheckpointWriteError, UnreadableCheckpointError
 from .config import ConfigError, parse_bool
@@ -61,6 +63,10 @@ def config_argument_parser(description: str | None, *,
                             help="continue from this checkpoint (e.g. OUTPUT_DIR/model_N.pth "
                                  "from before a divergence); later ones of OUTPUT_DIR are "
                                  "replaced")
+        parser.add_argument("--print-config", action="store_true",
+                            help="print the config as the run would read it (defaults, _base_ "
+                                 "files, CONFIG, overrides) and exit without training; keys "
+                                 "the data fills (model.num_classes) stay null")
     return parser
 
 
@@ -113,6 +119,9 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
     except Exception as e:
         _stop_the_others(e, args.overrides)
         raise
+    if args.print_config:
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="", flush=True)
+        return {"task": name, "config": cfg}
     device = init_distributed(cfg.train.device)
     if cache_memory and device.type == "cpu" and not cache_host_memory():
         warnings.warn("train.cache_host_memory needs glibc's malloc (Linux); ignored here",

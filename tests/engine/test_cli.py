@@ -155,3 +155,22 @@ def test_a_warning_is_a_line_of_the_runs_log(tmp_path: Path, monkeypatch: pytest
                          f"detections to evaluate against val.json: bbox AP is 0")
     out, err = capsys.readouterr()
     assert out.splitlines() == [line] and err == ""
+
+
+@pytest.mark.parametrize("tool", ["train", "pretrain"])
+def test_print_config_shows_the_merged_config_and_trains_nothing(
+        tool: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """mmdetection's print_config: the defaults, _base_ files, CONFIG and overrides as the run
+    reads them; no output folder made, no data read (none is there)."""
+    from omegaconf import OmegaConf
+
+    from resnet_detect.engine.tasks import load_task_config
+    config = CONFIG if tool == "train" else ROOT / "configs/pretrain/synthetic_resnet18.yaml"
+    out = tmp_path / "run"
+    overrides = ["train.base_lr=0.123", f"train.output_dir={out}", "train.lr_multipliers.fc=10",
+                 f"data.{'train.img_dir' if tool == 'train' else 'root'}={tmp_path / 'none'}"]
+    tool_main(tool)([str(config), "--print-config", *overrides])
+    printed = OmegaConf.create(capsys.readouterr().out)
+    assert printed == load_task_config(config, overrides)[1]
+    assert printed.train.base_lr == 0.123 and printed.train.lr_multipliers == {"fc": 10}
+    assert not out.exists()
