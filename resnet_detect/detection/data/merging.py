@@ -1,0 +1,135 @@
+"""Several COCO files, each with its image folder, as one file (what detectron2's several
+DATASETS.TRAIN or mmdetection's ConcatDataset train on: VOC07+12, COCO with one's own images),
+which every tool then reads with one `img_dir`.
+
+Categories are matched by name: by default the first file's (ids kept), then the names only
+later files have, with the next ids; `class_names` (and `category_ids`) fix them instead, as
+the converters' --classes and --classes-from. Images and annotations get new ids (1..N in the
+files' order); an image file that several files name is one image with all their objects
+(annotations of the same photos split between files). File names become relative to
+`img_dir`, by default the folder holding every image folder. LVIS's per-image category lists
+follow the names too.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from resnet_detect.engine.data import DatasetError, listing, read_coco_json
+
+from .conversion import ids_of_classes, raise_problems
+
+CATEGORY_LISTS = ("neg_category_ids", "not_exhaustive_category_ids")  # LVIS's, on images
+
+
+def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
+               img_dir: str | os.PathLike | None = None,
+               class_names: Sequence[str] | None = None,
+               category_ids: Sequence[int] | None = None) -> tuple[dict[str, Any], Path]:
+    """Merge (COCO file, its image folder) pairs; returns the COCO dict and its img_dir.
+
+    Raises:
+        DatasetError: every problem found (an image folder or image missing, a name given to
+            two categories of one file, an image named with two sizes, a category outside
+            `class_names`, a file outside `img_dir`), named; nothing is merged then.
+    """
+    pairs = [(Path(a), Path(d)) for a, d in inputs]
+    if not pairs:
+        raise DatasetError("no COCO files to merge")
+    folders = [d for _, d in pairs if not d.is_dir()]
+    if folders:
+        raise DatasetError("image folders not found:" + listing([str(f) for f in folders]))
+    files = [read_coco_json(a) for a, _ in pairs]
+    root = Path(img_dir) if img_dir is not None else _common_folder([d for _, d in pairs])
+    problems: list[str] = []
+    names = [_names_of_ids(a, data, problems) for (a, _), data in zip(pairs, files)]
+    found: Counter[str] = Counter(names[i][o["category_id"]] for i, data in enumerate(files)
+                                  for o in data["annotations"])
+    if class_names is None:
+        category_id = _first_files_ids(names)
+    else:
+        category_id = ids_of_classes(found, class_names, category_ids, problems)
+    images: dict[Path, dict[str, Any]] = {}
+    image_id: list[dict[Any, int]] = []
+    for (ann_file, folder), data, name_of in zip(pairs, files, names):
+        ids: dict[Any, int] = {}
+        missing = []
+        for img in data["images"]:
+            path = (folder / img["file_name"]).resolve()
+            if path in images:
+                kept = images[path]
+                if (kept["width"], kept["height"]) != (img["width"], img["height"]):
+                    problems.append(f"{ann_file}: image {img['file_name']} is "
+                                    f"{img['width']}x{img['height']}, another file gives "
+                                    f"{kept['width']}x{kept['height']}")
+                ids[img["id"]] = kept["id"]
+                continue
+            if not path.is_file():
+                missing.append(img["file_name"])
+            relative = os.path.relpath(path, root.resolve())
+            if relative.startswith(".."):
+                problems.append(f"{ann_file}: image {path} is outside the img_dir {root}")
+            images[path] = {**img, "id": len(images) + 1,
+                            "file_name": Path(relative).as_posix(),
+                            **{k: [category_id[name_of[c]] for c in img[k]
+                                   if name_of.get(c) in category_id]
+                               for k in CATEGORY_LISTS if k in img}}
+            ids[img["id"]] = len(images)
+        if missing:
+            problems.append(f"{ann_file}: {len(missing)} of {len(data['images'])} images not "
+                            f"found under {folder} (is it this file's image folder?):"
+                            + listing(missing))
+        image_id.append(ids)
+    raise_problems(problems, "the COCO files")
+    annotations = [{**o, "id": 0, "image_id": image_id[i][o["image_id"]],
+                    "category_id": category_id[names[i][o["category_id"]]]}
+                   for i, data in enumerate(files) for o in data["annotations"]]
+    for number, annotation in enumerate(annotations, 1):
+        annotation["id"] = number
+    categories = _categories(category_id, files)
+    sources = ", ".join(str(a) for a, _ in pairs)
+    return ({"info": {"description": f"merged from {sources}"},
+             "images": sorted(images.values(), key=lambda img: img["id"]),
+             "annotations": annotations, "categories": categories}, root)
+
+
+def _common_folder(folders: Sequence[Path]) -> Path:
+    try:
+        return Path(os.path.commonpath([str(f.resolve()) for f in folders]))
+    except ValueError:  # other drives (Windows)
+        raise DatasetError("the image folders share no folder: give --img-dir") from None
+
+
+def _names_of_ids(ann_file: Path, data: dict[str, Any], problems: list[str]) -> dict[int, str]:
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    twice = sorted(n for n, k in Counter(names.values()).items() if k > 1)
+    if twice:
+        problems.append(f"{ann_file}: categories of the same name (matched by name here): "
+                        + ", ".join(f"{n!r} (ids {[i for i, m in names.items() if m == n]})"
+                                    for n in twice))
+    return names
+
+
+def _first_files_ids(names: Sequence[dict[int, str]]) -> dict[str, int]:
+    """The first file's {name: id}, then later files' new names with the next ids."""
+    category_id = {n: i for i, n in sorted(names[0].items())}
+    for of_file in names[1:]:
+        for _, name in sorted(of_file.items()):
+            if name not in category_id:
+                category_id[name] = max(category_id.values(), default=0) + 1
+    return category_id
+
+
+def _categories(category_id: dict[str, int], files: Sequence[dict[str, Any]]
+                ) -> list[dict[str, Any]]:
+    """Each category as the first file naming it writes it (its supercategory, LVIS's
+    frequency...), with its merged id."""
+    written: dict[str, dict[str, Any]] = {}
+    for data in files:
+        for category in data["categories"]:
+            written.setdefault(category["name"], category)
+    return sorted(({**written.get(n, {"supercategory": "none"}), "id": i, "name": n}
+                   for n, i in category_id.items()), key=lambda c: c["id"])

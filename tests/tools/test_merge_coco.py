@@ -1,0 +1,115 @@
+"""tools/merge_coco.py: COCO files with their image folders as one file (categories by name,
+new ids, one image per file named twice, file names under the common folder), worked out by
+hand; every problem named with nothing written."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_detect.engine.data import DatasetError, load_coco_json
+from tests.tools.test_train_eval_demo import load_tool
+
+merge_coco = load_tool("merge_coco")
+
+
+def _coco(path: Path, categories: dict[int, str], images: list[tuple[int, str, int, int]],
+          objects: list[tuple[int, int, list[float]]], **image_extra: object) -> Path:
+    """categories {id: name}; images (id, file_name, width, height); objects (image id,
+    category id, bbox)."""
+    path.write_text(json.dumps({
+        "images": [{"id": i, "file_name": f, "width": w, "height": h, **image_extra}
+                   for i, f, w, h in images],
+        "annotations": [{"id": 100 + k, "image_id": i, "category_id": c, "bbox": b,
+                         "area": b[2] * b[3], "iscrowd": 0}
+                        for k, (i, c, b) in enumerate(objects)],
+        "categories": [{"id": i, "name": n, "supercategory": "animal"}
+                       for i, n in categories.items()]}), encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def three_files(tmp_path: Path) -> list[str]:
+    """--input arguments: VOC07 and VOC12 in their folders, and a second file of VOC07's
+    images (labelled in parts)."""
+    for folder, names in (("voc07/JPEGImages", ["a.jpg", "b.jpg"]),
+                          ("voc12/JPEGImages", ["c.jpg"])):
+        (tmp_path / folder).mkdir(parents=True)
+        for name in names:
+            Image.new("RGB", (40, 30)).save(tmp_path / folder / name)
+    first = _coco(tmp_path / "07.json", {5: "dog", 2: "cat"},
+                  [(7, "a.jpg", 40, 30), (9, "b.jpg", 40, 30)],
+                  [(7, 5, [1, 2, 10, 10]), (9, 2, [0, 0, 5, 5])])
+    second = _coco(tmp_path / "12.json", {1: "cat", 2: "bird", 3: "dog"},
+                   [(1, "c.jpg", 40, 30)], [(1, 2, [3, 3, 4, 4]), (1, 3, [0, 1, 2, 3])],
+                   neg_category_ids=[2, 3])
+    third = _coco(tmp_path / "07more.json", {1: "cat"}, [(3, "a.jpg", 40, 30)],
+                  [(3, 1, [20, 10, 8, 8])])
+    return ["--input", str(first), str(tmp_path / "voc07/JPEGImages"),
+            "--input", str(second), str(tmp_path / "voc12/JPEGImages"),
+            "--input", str(third), str(tmp_path / "voc07/JPEGImages")]
+
+
+def test_three_files_become_one_by_category_name(three_files: list[str],
+                                                 tmp_path: Path) -> None:
+    out = tmp_path / "0712.json"
+    coco = merge_coco.main([*three_files, "--output", str(out)])
+    assert json.loads(out.read_text()) == coco
+    # the first file's ids (cat 2, dog 5), then the new name with the next id
+    assert coco["categories"] == [{"id": 2, "name": "cat", "supercategory": "animal"},
+                                  {"id": 5, "name": "dog", "supercategory": "animal"},
+                                  {"id": 6, "name": "bird", "supercategory": "animal"}]
+    # file names under the common folder; a.jpg, which two files name, once; LVIS's lists by
+    # name (the second file's 2 = bird, 3 = dog)
+    assert [(i["id"], i["file_name"]) for i in coco["images"]] == [
+        (1, "voc07/JPEGImages/a.jpg"), (2, "voc07/JPEGImages/b.jpg"),
+        (3, "voc12/JPEGImages/c.jpg")]
+    assert "neg_category_ids" not in coco["images"][0]
+    assert coco["images"][2]["neg_category_ids"] == [6, 5]
+    assert [(a["id"], a["image_id"], a["category_id"], a["bbox"])
+            for a in coco["annotations"]] == [
+        (1, 1, 5, [1, 2, 10, 10]), (2, 2, 2, [0, 0, 5, 5]),
+        (3, 3, 6, [3, 3, 4, 4]), (4, 3, 5, [0, 1, 2, 3]), (5, 1, 2, [20, 10, 8, 8])]
+    # as training reads it: image a with its dog from 07.json and its cat from 07more.json
+    records, mapping, _ = load_coco_json(out, tmp_path)
+    assert mapping.names == ("cat", "dog", "bird")
+    a = next(r for r in records if r["file_name"].endswith("voc07/JPEGImages/a.jpg"))
+    np.testing.assert_array_equal(a["boxes"], [[1, 2, 11, 12], [20, 10, 28, 18]])
+    np.testing.assert_array_equal(a["classes"], [1, 0])
+
+
+def test_classes_fixed_by_another_file_and_every_problem_named(three_files: list[str],
+                                                               tmp_path: Path) -> None:
+    classes = _coco(tmp_path / "classes.json", {1: "dog", 2: "cat", 3: "bird"}, [], [])
+    coco = merge_coco.main([*three_files, "--output", str(tmp_path / "m.json"),
+                            "--classes-from", str(classes), "--img-dir", str(tmp_path.parent)])
+    assert [(c["id"], c["name"]) for c in coco["categories"]] == [(1, "dog"), (2, "cat"),
+                                                                  (3, "bird")]
+    assert [a["category_id"] for a in coco["annotations"]] == [1, 2, 3, 1, 2]
+    assert coco["images"][2]["file_name"] == f"{tmp_path.name}/voc12/JPEGImages/c.jpg"
+    out = tmp_path / "bad.json"
+    # bird left out of the classes; c.jpg gone and outside --img-dir; a.jpg given another
+    # size; two "cat"s
+    (tmp_path / "voc12/JPEGImages/c.jpg").unlink()
+    bad = _coco(tmp_path / "parts.json", {1: "cat", 4: "cat"}, [(3, "a.jpg", 50, 30)], [])
+    with pytest.raises(DatasetError) as refused:
+        merge_coco.main([*three_files, "--input", str(bad), str(tmp_path / "voc07/JPEGImages"),
+                         "--output", str(out), "--classes", "dog", "cat",
+                         "--img-dir", str(tmp_path / "voc07")])
+    message = str(refused.value)
+    assert f"{bad}: categories of the same name (matched by name here): 'cat' (ids [1, 4])" \
+        in message
+    assert "names not among the classes: 'bird' (1 objects)" in message
+    assert f"{bad}: image a.jpg is 50x30, another file gives 40x30" in message
+    assert (f"{tmp_path / '12.json'}: 1 of 1 images not found under "
+            f"{tmp_path / 'voc12/JPEGImages'} (is it this file's image folder?):\n  c.jpg"
+            ) in message
+    assert (f"{tmp_path / '12.json'}: image {tmp_path / 'voc12/JPEGImages/c.jpg'} is outside "
+            f"the img_dir {tmp_path / 'voc07'}") in message
+    assert not out.exists()
+    with pytest.raises(DatasetError, match=f"image folders not found:\n  {tmp_path}/nowhere"):
+        merge_coco.main(["--input", str(tmp_path / "07.json"), str(tmp_path / "nowhere"),
+                         "--output", str(out)])

@@ -1,0 +1,60 @@
+"""Merge several COCO files, each with its image folder, into one that every tool reads (as
+detectron2 trains on several DATASETS.TRAIN and mmdetection on a ConcatDataset: VOC07+12,
+COCO with one's own images, a dataset labelled in parts).
+
+Usage:
+  python tools/merge_coco.py --input voc07/train.json datasets/VOC2007/JPEGImages \
+      --input voc12/train.json datasets/VOC2012/JPEGImages --output voc0712.json
+  python tools/merge_coco.py --input a.json photos/ --input b.json photos/ --output ab.json
+
+Categories are matched by name (the first file's ids, then new names with the next ids;
+--classes or --classes-from fix them); images and annotations are numbered anew; an image
+that several files name is one image with all their objects. File names become relative to
+--img-dir (default: the folder holding every image folder); the tool ends by printing the
+config keys to use. Nothing is written when a file has a problem: each is named
+(resnet_detect/detection/data/merging.py).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resnet_detect.detection.data.conversion import (add_class_options,  # noqa: E402
+                                                     chosen_classes, write_coco)
+from resnet_detect.detection.data.merging import merge_coco  # noqa: E402
+from resnet_detect.engine.cli import run_tool  # noqa: E402
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", nargs=2, action="append", required=True,
+                        metavar=("JSON", "IMG_DIR"),
+                        help="a COCO file and the folder its file names are relative to "
+                             "(repeat for each file)")
+    parser.add_argument("--output", required=True, help="the COCO JSON file to write")
+    parser.add_argument("--img-dir", default=None,
+                        help="folder the file names are relative to (default: the folder "
+                             "holding every IMG_DIR)")
+    add_class_options(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Merge; returns the COCO dict written."""
+    args = parse_args(argv)
+    class_names, category_ids = chosen_classes(args)
+    coco, img_dir = merge_coco(args.input, args.img_dir, class_names, category_ids)
+    crowd = sum(bool(a.get("iscrowd", 0)) for a in coco["annotations"])
+    write_coco(coco, args.output, img_dir,
+               f"{len(coco['images'])} images, {len(coco['annotations']) - crowd} objects, "
+               f"{crowd} crowd regions from {len(args.input)} files")
+    return coco
+
+
+if __name__ == "__main__":
+    run_tool(main)
