@@ -66,8 +66,8 @@ def log_warning(message: Warning | str, category: type[Warning], filename: str, 
     if file is not None:  # asked for a stream by name: Python's own behaviour
         file.write(warnings.formatwarning(message, category, filename, lineno, line))
         return
-    logging.getLogger("py.warnings").warning("%s:%d: %s: %s", filename, lineno,
-                                             category.__name__, message)
+    # (the line that warned: noise to a reader of the run's log, often a contextlib frame)
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, message)
 
 
 def escape_what_the_console_lacks(*streams: Any) -> None:
