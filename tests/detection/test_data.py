@@ -117,6 +117,20 @@ def test_crowd_excluded_boxes_clipped_degenerate_counted(small: tuple[Path, Path
     assert mapping.dataset_ids == (2, 7, 40)
 
 
+def test_a_box_with_an_infinite_or_nan_number_is_degenerate(tmp_path: Path) -> None:
+    """Python's JSON reads Infinity and NaN: a width of Infinity was clipped to the image's
+    edge and trained as a box."""
+    _write_png(tmp_path / "images" / "a.png", _pattern(30, 40))
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(_coco(
+        [{"id": 1, "file_name": "a.png", "height": 30, "width": 40}],
+        [_ann(1, 1, [2, 2, float("inf"), 5]), _ann(2, 1, [float("nan"), 2, 5, 5]),
+         _ann(3, 1, [1, 1, 4, 4])])))
+    records, _, stats = load_coco_json(ann_file, tmp_path / "images")
+    np.testing.assert_array_equal(records[0]["boxes"], [[1, 1, 5, 5]])
+    assert stats.degenerate == 2
+
+
 def test_a_category_without_usable_objects_is_named(tmp_path: Path, small: tuple[Path, Path],
                                                     caplog: pytest.LogCaptureFixture) -> None:
     """Roboflow's exports carry an unused category 0 named like the dataset: it silently
@@ -608,6 +622,15 @@ def test_polygon_and_rle_masks_equal_pycocotools_and_survive_our_rle(tmp_path: P
     ({"size": [20, 30], "counts": "1\u00e9"}, "characters outside the compressed format"),
     ({"size": [20, 30], "counts": "o" * 12 + "0"}, "a run too long for any image"),
     ({"size": [20, 30], "counts": [2**64]}, r"uncompressed RLE counts must be integers in 0..600"),
+    # pycocotools segfaulted on a NaN or Infinity and filled the memory on a far point
+    ([[1, 2, 3, 4, 5, float("nan")]], r"a polygon has a coordinate that is no finite number "
+                                      r"\(NaN or Infinity\): \[1, 2, 3, 4, 5, nan\]"),
+    ([[1, 2, 3, 4, 5, float("inf")]], "a polygon has a coordinate that is no finite number"),
+    ([[1, 2, 3, 4, 5, 1e12]], "a polygon has a point more than 10 image sizes outside the "
+                              "30x20 image"),
+    ([[1, 2, 3, 4, -301, 6]], "more than 10 image sizes outside"),
+    ([[0.1, 0.2, 0.5, 0.2, 0.5, 0.6]], r"a polygon lies within 0..1 \(normalised coordinates, "
+                                       r"as YOLO's\? COCO's are pixels of the 30x20 image\)"),
 ])
 def test_bad_segmentations_fail_naming_file_and_annotation(tmp_path: Path, segmentation: Any,
                                                            message: str) -> None:

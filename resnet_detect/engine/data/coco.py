@@ -19,6 +19,7 @@ import gc
 import io
 import json
 import logging
+import math
 import os
 import posixpath
 from collections.abc import Iterator, Sequence
@@ -443,6 +444,9 @@ def check_image_sizes(records: list[dict[str, Any]], ann_file: str | Path) -> No
                            + listing(problems))
 
 
+FAR_OUTSIDE = 10  # image sizes: a polygon's point further from the image is a data error
+
+
 def check_segmentation(segmentation: Any, height: int, width: int
                        ) -> tuple[list[list[float]] | dict[str, Any], int]:
     """Validate a COCO segmentation; polygons with fewer than 3 points are dropped.
@@ -490,11 +494,25 @@ def check_segmentation(segmentation: Any, height: int, width: int
         raise TypeError(f"segmentation is one flat list of numbers; COCO's polygons are a list "
                         f"of them: wrap it, [[x1, y1, x2, y2, ...]] (got {segmentation!r:.60})")
     kept = []
+    # pycocotools rasterises a polygon point by point along its edges: a NaN crashes it, a
+    # vertex at 1e12 fills the memory
+    far = FAR_OUTSIDE * max(height, width)
     for polygon in segmentation:
         if not isinstance(polygon, list) or len(polygon) % 2 or not _all_numbers(polygon):
             raise TypeError(f"a polygon must be a flat list of x, y numbers, got {polygon!r:.80}")
-        if len(polygon) >= 6:
-            kept.append(polygon)
+        if len(polygon) < 6:
+            continue
+        if not math.isfinite(sum(polygon)):
+            raise ValueError(f"a polygon has a coordinate that is no finite number (NaN or "
+                             f"Infinity): {polygon!r:.80}")
+        if min(polygon) < -far or max(polygon) > far:
+            raise ValueError(f"a polygon has a point more than {FAR_OUTSIDE} image sizes "
+                             f"outside the {width}x{height} image: {polygon!r:.80}")
+        if max(polygon) <= 1.0 < max(height, width):
+            raise ValueError(f"a polygon lies within 0..1 (normalised coordinates, as YOLO's? "
+                             f"COCO's are pixels of the {width}x{height} image): "
+                             f"{polygon!r:.80}")
+        kept.append(polygon)
     return kept, len(segmentation) - len(kept)
 
 
@@ -514,7 +532,8 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
         x, y, w, h = (float(v) for v in ann["bbox"])
         x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
         x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
-        if not (x2 - x1 >= 1.0 and y2 - y1 >= 1.0):  # also drops NaN
+        # (drops NaN; an infinite side is no box either, not one clipped to the edge)
+        if not (x2 - x1 >= 1.0 and y2 - y1 >= 1.0 and math.isfinite(x + y + w + h)):
             stats.degenerate += 1
             continue
         if keep_segmentation and optional_masks and ann.get("segmentation") is None:
