@@ -7,6 +7,7 @@ class-id maps; the model pads, normalises and returns `loss_sem_seg` (and `loss_
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,9 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     evaluator = SemSegEvaluator(predictor.model.num_classes, predictor.class_names,
                                 predictor.model.ignore_index)
     counted = CountedLoader(loader)
+    dataset = loader.dataset
     save = (prediction_writer(output / PREDICTIONS, Path(cfg.data.val.img_dir),
+                              [dataset.record(i)["file_name"] for i in range(len(dataset))],
                               offset=int(cfg.data.reduce_zero_label))
             if save_predictions else None)
     # metrics.json is written below, with the images and weights (not twice)
@@ -105,23 +108,28 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     return result
 
 
-def prediction_writer(folder: Path, img_dir: Path, offset: int = 0
+def prediction_writer(folder: Path, img_dir: Path, file_names: Sequence[str], offset: int = 0
                       ) -> Callable[[dict[str, Any], torch.Tensor], None]:
     """(sample, class map) -> writes the map plus `offset` as a uint8 PNG in `folder` under
     the image's path inside `img_dir` (mmsegmentation's format_only, for test servers and
     other tools; offset 1 under data.reduce_zero_label: the masks' own values 1..K); an
-    image outside it by its name, and a name already written (a.jpg and a.png) with its
-    suffix kept (a.jpg.png)."""
-    root, written = img_dir.resolve(), set()
+    image outside it by its name. Names that would meet (a.jpg and a.png) keep their suffix
+    (a.jpg.png, a.png.png). Decided from every image of the split (`file_names`), so that
+    each process of a distributed evaluation writes its images under the same names."""
+    root = img_dir.resolve()
+
+    def relative(file_name: str) -> Path:
+        image = Path(file_name).resolve()  # "../" in a COCO file_name stays inside
+        return image.relative_to(root) if image.is_relative_to(root) else Path(image.name)
+
+    plain = {f: (folder / relative(f)).with_suffix(".png") for f in file_names}
+    meeting = Counter(plain.values())
+    out_of = {f: out if meeting[out] == 1 else folder / relative(f).with_name(
+        relative(f).name + ".png") for f, out in plain.items()}
 
     def save(sample: dict[str, Any], pred: torch.Tensor) -> None:
-        image = Path(sample["file_name"]).resolve()  # "../" in a COCO file_name stays inside
-        name = image.relative_to(root) if image.is_relative_to(root) else Path(image.name)
-        out = (folder / name).with_suffix(".png")
-        if out in written:
-            out = folder / name.with_name(name.name + ".png")
-        written.add(out)
-        write_label_map((pred + offset).to(torch.uint8).cpu().numpy(), out)
+        write_label_map((pred + offset).to(torch.uint8).cpu().numpy(),
+                        out_of[sample["file_name"]])
     return save
 
 

@@ -343,12 +343,19 @@ def test_masks_whose_0_is_unlabelled_score_as_the_same_masks_without_it(
 
 def test_saved_predictions_stay_in_their_folder_and_never_overwrite_each_other(
         tmp_path: Path) -> None:
-    save = training.prediction_writer(tmp_path / "out", tmp_path / "img")
-    for i, name in enumerate(("a.jpg", "a.png", "sub/b.jpg", "sub/../../elsewhere/c.jpg")):
-        save({"file_name": str(tmp_path / "img" / name)}, torch.full((2, 3), i))
+    """Two processes of a distributed evaluation, each with its share of the images: each
+    named a.png the first it met of a.jpg and a.png (one overwrote the other), and a.jpg's
+    map was a.png."""
+    names = [str(tmp_path / "img" / n)
+             for n in ("a.jpg", "a.png", "sub/b.jpg", "sub/../../elsewhere/c.jpg")]
+    for share in (names[1::2], names[0::2]):
+        save = training.prediction_writer(tmp_path / "out", tmp_path / "img", names)
+        for name in share:
+            save({"file_name": name}, torch.full((2, 3), names.index(name)))
     written = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path).rglob("*.png"))
-    assert written == ["out/a.png", "out/a.png.png", "out/c.png", "out/sub/b.png"]
-    assert np.asarray(Image.open(tmp_path / "out/a.png.png")).tolist() == [[1, 1, 1]] * 2
+    assert written == ["out/a.jpg.png", "out/a.png.png", "out/c.png", "out/sub/b.png"]
+    for name, value in (("a.jpg.png", 0), ("a.png.png", 1), ("sub/b.png", 2), ("c.png", 3)):
+        assert np.asarray(Image.open(tmp_path / "out" / name)).tolist() == [[value] * 3] * 2
 
 
 def test_eval_says_what_it_could_not_score(trained: tuple[Path, dict], data: Path,
