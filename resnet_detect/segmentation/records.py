@@ -19,6 +19,7 @@ segmentation are left out and counted.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -158,23 +159,27 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
     by_image: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in data["images"]}
     for ann in data["annotations"]:
         by_image[ann["image_id"]].append(ann)
-    records, no_segmentation, short_polygons, problems = [], 0, 0, []
+    records, no_segmentation, boxed, short_polygons, problems = [], 0, 0, 0, []
     for im, path in zip(data["images"], paths):
         objects, crowd = [], []
         for ann in by_image[im["id"]]:
-            if ann.get("segmentation") is None:
-                no_segmentation += 1
-                continue
-            try:
-                segmentation, dropped = check_segmentation(ann["segmentation"], im["height"],
-                                                           im["width"])
-            except (TypeError, ValueError) as err:
-                problems.append(f"annotation id={ann['id']} (image id={im['id']}, "
-                                f"{im['file_name']}): {err}")
-                continue
-            short_polygons += dropped
-            if not segmentation:
-                no_segmentation += 1
+            segmentation = None
+            if ann.get("segmentation") is not None:
+                try:
+                    segmentation, dropped = check_segmentation(ann["segmentation"],
+                                                               im["height"], im["width"])
+                except (TypeError, ValueError) as err:
+                    problems.append(f"annotation id={ann['id']} (image id={im['id']}, "
+                                    f"{im['file_name']}): {err}")
+                    continue
+                short_polygons += dropped
+            if not segmentation:  # an object whose pixels are unknown: its box not scored
+                box = _box_polygon(ann.get("bbox"), im["width"], im["height"])
+                if box is None:
+                    no_segmentation += 1
+                else:
+                    boxed += 1
+                    crowd.append([box])
                 continue
             if ann.get("iscrowd", 0):
                 crowd.append(segmentation)
@@ -187,11 +192,30 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
     if problems:
         raise DatasetError(f"{ann_file}: {len(problems)} unusable segmentations:"
                            + listing(problems))
-    if no_segmentation or short_polygons:
-        logger.warning("%s: left out %d polygons with fewer than 3 points and %d annotations "
-                       "without a usable segmentation", ann_file, short_polygons,
-                       no_segmentation)
+    if no_segmentation or boxed or short_polygons:
+        logger.warning("%s: left out %d polygons with fewer than 3 points; %d annotations "
+                       "without a usable segmentation: their boxes are ignored (neither "
+                       "trained nor scored) where no other object lies, %d without a box "
+                       "either left out", ann_file, short_polygons, boxed, no_segmentation)
     return records, ["background", *mapping.names]
+
+
+def _box_polygon(bbox: Any, width: int, height: int) -> list[float] | None:
+    """A COCO [x, y, w, h] clipped to the image as a polygon; None where it is no box."""
+    if not (isinstance(bbox, list) and len(bbox) == 4 and _numbers(bbox)):
+        return None
+    x, y, w, h = bbox
+    if not math.isfinite(x + y + w + h):
+        return None
+    x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+    if not (x2 > x1 and y2 > y1):  # (NaN too)
+        return None
+    return [x1, y1, x2, y1, x2, y2, x1, y2]
+
+
+def _numbers(values: list[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
 def coco_semantic_mask(record: Mapping[str, Any], ignore_index: int = IGNORE_INDEX

@@ -196,7 +196,9 @@ def _coco(tmp_path: Path) -> Path:
          "segmentation": [_rect(4, 3, 8, 7), [1.0, 1.0, 2.0, 2.0]]},  # 2nd polygon: 2 points
         {"id": 3, "image_id": 1, "category_id": 7, "bbox": [6, 0, 4, 8], "iscrowd": 1,
          "segmentation": crowd},
-        {"id": 4, "image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1], "iscrowd": 0},
+        # no segmentation: its pixels are unknown (they were background), its box ignored
+        {"id": 4, "image_id": 1, "category_id": 3, "bbox": [0, 0, 2, 1], "iscrowd": 0},
+        {"id": 5, "image_id": 1, "category_id": 3, "bbox": [3, 3, 0, 4], "iscrowd": 0},
     ]
     data = {"images": [{"id": 1, "file_name": "a.jpg", "height": h, "width": w},
                        {"id": 2, "file_name": "empty.jpg", "height": 6, "width": 6}],
@@ -212,7 +214,9 @@ def test_coco_instances_become_semantic_masks(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         records, names = load_coco_semantic(ann_file, tmp_path / "images")
     assert names == ["background", "three", "seven"]  # categories by id: 3 -> 1, 7 -> 2
-    assert "left out 1 polygons with fewer than 3 points and 1 annotations" in caplog.text
+    assert ("left out 1 polygons with fewer than 3 points; 1 annotations without a usable "
+            "segmentation: their boxes are ignored (neither trained nor scored) where no other "
+            "object lies, 1 without a box either left out") in caplog.text
     mask = coco_semantic_mask(records[0])
     first = mask_utils.decode(mask_utils.frPyObjects([_rect(1, 1, 6, 6)], 8, 10)).any(-1)
     second = mask_utils.decode(mask_utils.frPyObjects([_rect(4, 3, 8, 7)], 8, 10)).any(-1)
@@ -222,6 +226,7 @@ def test_coco_instances_become_semantic_masks(tmp_path, caplog):
     expected[first] = 2
     expected[second] = 1  # later instance wins where they overlap
     expected[crowd & ~first & ~second] = 255
+    expected[0, 0:2] = 255  # the box of the object without a segmentation
     np.testing.assert_array_equal(mask, expected)
     assert mask[2, 2] == 2 and mask[4, 5] == 1 and mask[0, 8] == 255 and mask[5, 7] == 1
     assert mask[7, 0] == 0
