@@ -117,6 +117,19 @@ def test_crowd_excluded_boxes_clipped_degenerate_counted(small: tuple[Path, Path
     assert mapping.dataset_ids == (2, 7, 40)
 
 
+def test_a_val_files_degenerate_boxes_are_not_said_to_be_left_out(
+        small: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """The scoring reads the file as pycocotools does: its degenerate boxes are objects that
+    no detection matches, not "left out" as training leaves them."""
+    with caplog.at_level(logging.INFO):
+        load_coco_json(*small, evaluation=True)
+        load_coco_json(*small)
+    assert [r.getMessage().split("; ", 1)[1] for r in caplog.records] == [
+        "crowd regions: 2 (ignored by the scoring), degenerate boxes: 3 (objects that no "
+        "detection matches, as pycocotools scores them)",
+        "left out 2 crowd and 3 degenerate boxes"]
+
+
 def test_a_box_with_an_infinite_or_nan_number_is_degenerate(tmp_path: Path) -> None:
     """Python's JSON reads Infinity and NaN: a width of Infinity was clipped to the image's
     edge and trained as a box."""

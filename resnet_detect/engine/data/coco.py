@@ -398,10 +398,15 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     if problems:
         raise DatasetError(_format_problems(ann_file, problems))
     stats.kept_images = len(records)
-    logger.info("%s: %d of %d images (%d without objects%s), %d boxes; left out %d crowd and "
-                "%d degenerate boxes", ann_file, stats.kept_images, stats.images,
-                stats.empty_images, ", dropped" if filter_empty else ", kept", stats.boxes,
-                stats.crowd, stats.degenerate)
+    # the scoring reads the file itself, as pycocotools does: a degenerate box there is an
+    # object that no detection matches
+    aside = ("; crowd regions: %d (ignored by the scoring), degenerate boxes: %d (objects that "
+             "no detection matches, as pycocotools scores them)" if evaluation else
+             "; left out %d crowd and %d degenerate boxes")
+    logger.info("%s: %d of %d images (%d without objects%s), %d boxes" + aside, ann_file,
+                stats.kept_images, stats.images, stats.empty_images,
+                ", dropped" if filter_empty else ", kept", stats.boxes, stats.crowd,
+                stats.degenerate)
     if stats.short_polygons or stats.no_mask:
         logger.warning("%s: dropped %d polygons with fewer than 3 points; left out %d objects "
                        "without a usable polygon", ann_file, stats.short_polygons, stats.no_mask)
