@@ -9,6 +9,7 @@ import math
 import os
 import secrets
 import time
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -116,6 +117,18 @@ def missing_path(path: str | os.PathLike) -> str:
     looked for in (the configs' paths are relative to the repository, a tool may run
     elsewhere)."""
     return str(path) if Path(path).is_absolute() else f"{path} (in {Path.cwd()})"
+
+
+def unicode_twin_hint(path: str | os.PathLike) -> str:
+    """For a file not found: where the same name in another Unicode normalisation exists
+    (macOS writes names decomposed, é as e + an accent; a JSON written elsewhere composed),
+    a hint naming it; else ""."""
+    for form, written in (("NFC", "composed"), ("NFD", "decomposed")):
+        twin = Path(unicodedata.normalize(form, str(path)))
+        if str(twin) != str(path) and twin.exists():
+            return (f" (on disk as {twin}, its accents {written}: the same letters encoded "
+                    f"otherwise; write the names in one Unicode form, e.g. NFC)")
+    return ""
 
 
 def check_weights_file(path: str | os.PathLike) -> Path:

@@ -32,7 +32,7 @@ from resnet_detect.engine.data import (IMAGE_SUFFIXES, CategoryMapping, DatasetE
                                        check_segmentation, files_under, listing, read_coco_json,
                                        read_user_text, segmentation_to_mask)
 from resnet_detect.engine.data.coco import MAX_LISTED, image_path
-from resnet_detect.engine.files import missing_path
+from resnet_detect.engine.files import missing_path, unicode_twin_hint
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = 255
@@ -151,7 +151,7 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
     if not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {missing_path(img_dir)} (for {ann_file})")
     paths = [image_path(img_dir, im["file_name"]) for im in data["images"]]
-    missing = [str(path) for path in paths if not path.is_file()]
+    missing = [f"{path}{unicode_twin_hint(path)}" for path in paths if not path.is_file()]
     if missing:
         raise DatasetError(f"{ann_file}: {len(missing)} image files not found:"
                            + listing(missing))

@@ -154,6 +154,9 @@ def test_read_image_is_rgb_and_honours_exif_orientation(tmp_path: Path) -> None:
         read_image(tmp_path / "bad.jpg")
     with pytest.raises(UnreadableImageError, match="missing.png: file not found"):
         read_image(tmp_path / "missing.png")
+    (tmp_path / "empty.jpg").touch()  # a copy that was interrupted
+    with pytest.raises(UnreadableImageError, match=r"empty.jpg: an empty file \(0 bytes\)"):
+        read_image(tmp_path / "empty.jpg")
 
 
 def test_an_image_over_opencvs_pixel_limit_says_so(tmp_path: Path) -> None:

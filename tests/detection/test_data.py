@@ -130,6 +130,24 @@ def test_a_val_files_degenerate_boxes_are_not_said_to_be_left_out(
         "left out 2 crowd and 3 degenerate boxes"]
 
 
+def test_an_image_named_in_another_unicode_form_is_named_with_it(tmp_path: Path) -> None:
+    """A JSON written on Linux (é composed) for files copied from a Mac (é decomposed): the
+    missing path printed looks like the file on disk."""
+    import unicodedata
+    composed = unicodedata.normalize("NFC", "café.png")
+    decomposed = unicodedata.normalize("NFD", composed)
+    _write_png(tmp_path / "images" / decomposed, _pattern(30, 40))
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(_coco(
+        [{"id": 1, "file_name": composed, "height": 30, "width": 40}], [])))
+    with pytest.raises(DatasetError) as refused:
+        load_coco_json(ann_file, tmp_path / "images")
+    assert str(refused.value).endswith(
+        f"image file not found for images[0] (id=1): {tmp_path / 'images' / composed} (on "
+        f"disk as {tmp_path / 'images' / decomposed}, its accents decomposed: the same letters "
+        f"encoded otherwise; write the names in one Unicode form, e.g. NFC)")
+
+
 def test_a_box_with_an_infinite_or_nan_number_is_degenerate(tmp_path: Path) -> None:
     """Python's JSON reads Infinity and NaN: a width of Infinity was clipped to the image's
     edge and trained as a box."""

@@ -32,7 +32,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from ..files import missing_path
+from ..files import missing_path, unicode_twin_hint
 from .images import decoded_size, image_size
 
 logger = logging.getLogger(__name__)
@@ -373,9 +373,9 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     if not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {missing_path(img_dir)} (for {ann_file})")
     if check_files:
-        missing = [f"images[{i}] (id={img['id']}): {image_path(img_dir, img['file_name'])}"
+        missing = [f"images[{i}] (id={img['id']}): {path}{unicode_twin_hint(path)}"
                    for i, img in enumerate(data["images"])
-                   if not image_path(img_dir, img["file_name"]).is_file()]
+                   if not (path := image_path(img_dir, img["file_name"])).is_file()]
         if missing:
             raise DatasetError(_format_problems(
                 ann_file, [f"image file not found for {m}" for m in missing]))

@@ -112,7 +112,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             raise UnreadableImageError(
                 f"{path}: cannot be decoded: {size[1]}x{size[0]} pixels, over OpenCV's limit of "
                 f"{limit} (OPENCV_IO_MAX_IMAGE_PIXELS)")
-        raise UnreadableImageError(f"{path}: cannot be decoded")
+        raise UnreadableImageError(f"{path}: " + ("an empty file (0 bytes)" if not data
+                                                  else "cannot be decoded"))
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
