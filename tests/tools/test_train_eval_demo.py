@@ -778,3 +778,17 @@ def test_voc_s_ap_scores_training_and_eval_when_asked(trained: Path, data: Path,
         with pytest.raises(ConfigError, match="data.val.voc_metric must be null or one of"):
             load_tool(tool).main(args)
     assert not (tmp_path / "bad_eval").exists() and not list(tmp_path.glob("bad/*.pth"))
+
+
+def test_eval_refuses_a_val_file_without_images(trained: Path, data: Path,
+                                                tmp_path: Path) -> None:
+    """It said "has no annotations: detections written, nothing scored" and exited 0."""
+    from resnet_detect.engine.data import DatasetError
+    empty = tmp_path / "empty.json"
+    coco = json.loads((data / "coco/val.json").read_text())
+    empty.write_text(json.dumps({**coco, "images": [], "annotations": []}))
+    with pytest.raises(DatasetError, match=f"{empty} lists no images: nothing to evaluate"):
+        load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                                "--output", str(tmp_path / "e"), *data_overrides(data),
+                                f"data.val.ann_file={empty}"])
+    assert not (tmp_path / "e" / "metrics.json").exists()

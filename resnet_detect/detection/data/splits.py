@@ -67,6 +67,9 @@ def build_val_dataset(cfg: DictConfig, with_masks: bool = False,
         return None
     records, mapping, stats = _load(paths, "val", keep_segmentation=bool(cfg.model.mask_on),
                                     evaluation=True)
+    if not records:  # (scored, it gave AP 0 or "nothing scored", exit 0)
+        raise DatasetError(f"{paths[0]} lists no images: nothing to evaluate (a training "
+                           f"without evaluations: data.val.ann_file=null)")
     check_image_sizes(records, paths[0])
     min_size, max_size = test_resize(cfg)
     transform = build_transforms(min_size=min_size if resize else None, max_size=max_size,
