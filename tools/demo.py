@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_detect.engine import setup_logging  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
+from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.data import UnreadableImageError, listing  # noqa: E402
 from resnet_detect.engine.export import is_onnx  # noqa: E402
 from resnet_detect.engine.files import writable_folder  # noqa: E402
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     task = config_task(args.config, args.overrides)
     build_renderer = getattr(task_module(task), "build_renderer", None)
     if build_renderer is None:
-        raise ValueError(f"tools/demo.py draws detection and sem_seg models; {args.config} is "
+        raise ConfigError(f"tools/demo.py draws detection and sem_seg models; {args.config} is "
                          f"a {task!r} config")
     output = writable_folder(args.output, "--output")
     render = build_renderer(args.config, args.weights, args.overrides, args.min_score)

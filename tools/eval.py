@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     task = config_task(args.config, args.overrides)
     evaluate_checkpoint = getattr(task_module(task), "evaluate_checkpoint", None)
     if evaluate_checkpoint is None:
-        raise ValueError(f"tools/eval.py evaluates detection and sem_seg models; {args.config} "
+        raise ConfigError(f"tools/eval.py evaluates detection and sem_seg models; {args.config} "
                          f"is a {task!r} config (tools/pretrain.py prints its top-1 at the end)")
     options = {"backend": args.backend}
     if args.save_predictions:

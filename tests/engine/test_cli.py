@@ -173,3 +173,22 @@ def test_print_config_shows_the_merged_config_and_trains_nothing(
     assert printed == load_task_config(config, overrides)[1]
     assert printed.train.base_lr == 0.123 and printed.train.lr_multipliers == {"fc": 10}
     assert not out.exists()
+
+
+@pytest.mark.parametrize("tool", ["eval", "demo"])
+def test_a_classification_config_for_eval_or_demo_is_one_line_and_exit_code_2(
+        tool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """It was a ValueError's traceback and exit code 1."""
+    (tmp_path / "a.jpg").touch()
+    config = ROOT / "configs/pretrain/synthetic_resnet18.yaml"
+    extra = ["--input", str(tmp_path / "a.jpg")] if tool == "demo" else []
+    monkeypatch.setattr(sys, "argv", [f"tools/{tool}.py", str(config), "--weights", "w.pth",
+                                      "--output", str(tmp_path / "out"), *extra])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool_main(tool))
+    assert stopped.value.code == 2
+    verb = "evaluates" if tool == "eval" else "draws"
+    assert capsys.readouterr().err.startswith(
+        f"{tool}.py: error: tools/{tool}.py {verb} detection and sem_seg models; {config} is a "
+        f"'classification' config")
