@@ -40,8 +40,8 @@ class WholeModelFormat(NamedTuple):
 
 def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any],
                              fmt: WholeModelFormat, settings: Mapping[str, Any] | None = None,
-                             *, source: str | None = None,
-                             new_classes: bool = False) -> dict[str, Any] | None:
+                             *, source: str | None = None, new_classes: bool = False,
+                             unused_head: bool = False) -> dict[str, Any] | None:
     """Load a whole model's weights strictly.
 
     Args:
@@ -54,6 +54,8 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
         source: names the weights in messages (default: the path).
         new_classes: the layers of weights trained on another class count start from scratch
             (with a warning) instead of being refused: fine-tuning to other classes.
+        unused_head: the model leaves out the optional head on purpose (a segmenter's aux
+            head, for inference): the weights' copy is dropped without a warning.
 
     Returns:
         The checkpoint's provenance (None for torchvision's weights).
@@ -73,7 +75,7 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
     if settings is not None and implied is not None:
         refuse_mismatched_settings(source, implied, settings, model)
     state_dict = fit_optional_head(model, state_dict, fmt.optional_head, source,
-                                   start_afresh=new_classes)
+                                   start_afresh=new_classes, unused=unused_head)
     check_and_load(model, state_dict, source,
                    class_layers=fmt.class_layers if new_classes else ())
     return provenance

@@ -222,18 +222,20 @@ def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
 
 
 def fit_optional_head(model: nn.Module, state_dict: Mapping[str, torch.Tensor], prefix: str,
-                      source: str, *, start_afresh: bool) -> dict[str, torch.Tensor]:
+                      source: str, *, start_afresh: bool, unused: bool = False
+                      ) -> dict[str, torch.Tensor]:
     """`state_dict` fitted to `model` where one of the two lacks the head under `prefix` (a
     Mask R-CNN's mask head, a segmenter's aux head): the weights' copy is left out when the
     model has none; with `start_afresh` (fine-tuning) the model's own head keeps its
     initialisation when the weights have none, as detectron2's and mmdetection's loading do.
-    Either is logged."""
+    Either is logged, but for a model that leaves the head out on purpose (`unused`)."""
     own = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
     theirs = [k for k in state_dict if k.startswith(prefix)]
     head = prefix.rstrip(".")
     if theirs and not own:
-        logger.warning("%s: its %s (%d tensors) is left out: this model has none", source,
-                       head, len(theirs))
+        logger.log(logging.DEBUG if unused else logging.WARNING,
+                   "%s: its %s (%d tensors) is left out: this model has none", source, head,
+                   len(theirs))
         return {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
     if own and not theirs and start_afresh:
         logger.warning("%s has no %s: this model's starts from scratch", source, head)

@@ -139,8 +139,8 @@ SEGMENTER_WEIGHTS = WholeModelFormat(
 
 def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any],
                               settings: Mapping[str, Any] | None = None, *,
-                              source: str | None = None,
-                              new_classes: bool = False) -> dict[str, Any] | None:
+                              source: str | None = None, new_classes: bool = False,
+                              inference: bool = False) -> dict[str, Any] | None:
     """Load whole-segmenter weights (own checkpoint or torchvision state dict), strictly.
 
     An auxiliary head's weights are dropped (with a log line) when the model has none, so a
@@ -156,9 +156,11 @@ def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Map
         source: names the weights in messages (default: the path).
         new_classes: the classifiers of weights trained on another class count start from
             scratch (with a warning) instead of being refused: fine-tuning to new classes.
+        inference: `model` was built without its aux head, which only training uses: the
+            weights' copy, if any, is dropped without a word.
 
     Returns:
         The checkpoint's provenance (None for torchvision weights).
     """
     return load_whole_model_weights(model, weights, SEGMENTER_WEIGHTS, settings, source=source,
-                                    new_classes=new_classes)
+                                    new_classes=new_classes, unused_head=inference)

@@ -120,6 +120,9 @@ class Predictor:
             raise ConfigError("no segmenter weights: pass weights=PATH (or set model.weights)")
         cfg.model.weights = None
         cfg.model.backbone.weights = None  # replaced by the full weights anyway
+        # only training uses the aux head: weights with or without one (torchvision's
+        # aux_loss=False) predict alike
+        cfg.model.aux_head.enabled = False
         if cfg.model.num_classes is None:
             names = provenance.get("class_names") or []
             cfg.model.num_classes = len(names) or _num_classes_of(state_dict)
@@ -129,7 +132,7 @@ class Predictor:
         with torch.random.fork_rng(devices=[]):  # its random start, replaced, is not the user's
             self.model = build_model(cfg)
         load_segmentation_weights(self.model, checkpoint, weight_bound_settings(cfg.model),
-                                  source=source)
+                                  source=source, inference=True)
         self.model.to(device).eval()
         names = provenance.get("class_names") or []
         self.names_recorded = len(names) == self.model.num_classes

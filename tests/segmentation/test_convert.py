@@ -255,3 +255,29 @@ def test_torchvision_weights_without_aux_head_fine_tune_into_a_model_with_one(tm
     with pytest.raises(ValueError, match=r"missing \(\d+\): aux_head"):
         load_segmentation_weights(build_model(_torchvision_config("deeplabv3", num_classes=21)),
                                   str(path))
+
+
+@pytest.mark.parametrize("aux", [False, True])
+def test_a_predictor_takes_torchvision_weights_with_or_without_the_aux_classifier(
+        tmp_path, caplog, aux):
+    """torchvision's aux_loss=False weights (deeplabv3_resnet50's default) were refused by
+    eval, demo, export and Predictor ("missing: aux_head..."), whose configs train one: an aux
+    head only trains, so a Predictor builds none and takes either, without a word."""
+    import logging
+
+    from resnet_detect.segmentation import Predictor
+    reference = _reference("deeplabv3")
+    state = {k: v for k, v in reference.state_dict().items()
+             if aux or not k.startswith("aux_")}
+    torch.save(state, tmp_path / "tv.pth")
+    config = _torchvision_config("deeplabv3", pixel_mean=[0, 0, 0], pixel_std=[1, 1, 1])
+    with caplog.at_level(logging.DEBUG, logger="resnet_detect"):
+        predictor = Predictor(config, weights=tmp_path / "tv.pth")
+    assert predictor.model.aux_head is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    x = torch.randn(1, 3, 65, 81, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = reference(x)["out"]
+        got = predictor.model.logits(x)["sem_seg"]
+    assert expected.abs().max() > 1.0
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
