@@ -82,10 +82,11 @@ class StopRequest:
             raise SystemExit(128 + signum)
         self.signum = signum
         self._since = time.monotonic()
+        again = ("Ctrl-C again stops at once, without saving" if signum == signal.SIGINT else
+                 f"a SIGTERM again within {REPEAT_GRACE_S:.0f} s is the same request; later, "
+                 f"or Ctrl-C, stops at once, without saving")
         logger.warning("received %s: finishing the current step (or ending the evaluation), "
-                       "then saving a checkpoint (send it again to stop at once, without "
-                       "saving)",
-                       signal.Signals(signum).name)
+                       "then saving a checkpoint (%s)", signal.Signals(signum).name, again)
 
 
 @contextmanager

@@ -541,8 +541,10 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     names = task.metric_names(cfg) if hasattr(task, "metric_names") else None
     if t.best_metric is not None and names is not None and t.best_metric not in names:
         # found at the first evaluation otherwise, hours in, with no model_best.pth kept
+        voc = (" (voc/mAP comes with data.val.voc_metric=11point or area)"
+               if str(t.best_metric).startswith("voc/") else "")
         raise ConfigError(f"train.best_metric {t.best_metric!r} is not a metric of this task's "
-                          f"evaluations; valid: {', '.join(names)}")
+                          f"evaluations{voc}; valid: {', '.join(names)}")
     check_schedule(cfg)
     if get_world_size() > 1 and device.type != "cuda":
         synced = [k for k, v in flat_keys(to_plain(cfg.get("model") or {}), "model.").items()

@@ -22,12 +22,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_first_signal_is_a_request_the_second_stops_at_once(
-        signum: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        signum: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     before = signal.getsignal(signum)
     with stop_on_signals() as stop:
         assert not stop.requested
         os.kill(os.getpid(), signum)  # delivered before the next bytecode
         assert stop.requested and stop.signal_name == signal.Signals(signum).name
+        # what a second one does, as the handler does it (it said "send it again to stop at
+        # once" of a SIGTERM that the grace then ignored)
+        assert caplog.records[-1].getMessage().endswith(
+            "(Ctrl-C again stops at once, without saving)" if signum == signal.SIGINT else
+            "(a SIGTERM again within 30 s is the same request; later, or Ctrl-C, stops at "
+            "once, without saving)")
         if signum == signal.SIGTERM:
             # torchrun and schedulers forward the SIGTERM of a job to every process: the
             # same request, which must not cost the checkpoint (before: exit 143, nothing saved)

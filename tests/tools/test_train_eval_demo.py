@@ -778,6 +778,10 @@ def test_voc_s_ap_scores_training_and_eval_when_asked(trained: Path, data: Path,
         with pytest.raises(ConfigError, match="data.val.voc_metric must be null or one of"):
             load_tool(tool).main(args)
     assert not (tmp_path / "bad_eval").exists() and not list(tmp_path.glob("bad/*.pth"))
+    with pytest.raises(ConfigError, match=r"train.best_metric 'voc/mAP' is not a metric of this "
+                                          r"task's evaluations \(voc/mAP comes with "
+                                          r"data.val.voc_metric=11point or area\); valid: "):
+        load_tool("train").main(train_args(data, tmp_path / "bad", 1, "train.best_metric=voc/mAP"))
 
 
 def test_eval_refuses_a_val_file_without_images(trained: Path, data: Path,
