@@ -105,9 +105,13 @@ def expand_inputs(paths: Sequence[str], output: Path | None = None
     for p in map(Path, paths):
         if p.is_dir():
             inner = out is not None and out != p.resolve() and out.is_relative_to(p.resolve())
-            yield from ((f, f.relative_to(p)) for f in files_under(p)
-                        if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
-                        and not (inner and f.resolve().is_relative_to(out)))
+            found = [(f, f.relative_to(p)) for f in files_under(p)
+                     if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+                     and not (inner and f.resolve().is_relative_to(out))]
+            if not found:  # (alone, the tool stops: nothing to draw)
+                logger.warning("%s holds no images or videos (%s)", p,
+                               " ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES)))
+            yield from found
         elif p.is_file():
             yield p, Path(p.name)
         else:

@@ -35,6 +35,19 @@ def test_every_input_gets_its_own_picture(tmp_path: Path) -> None:
         list(expand_inputs([str(tmp_path / "missing.jpg")]))
 
 
+def test_a_folder_without_images_beside_other_inputs_is_said(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """It was left out without a word (alone, the tool stops: nothing to draw)."""
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "scans/page.pdf").write_bytes(b"")
+    (tmp_path / "a.jpg").write_bytes(b"")
+    with caplog.at_level("WARNING"):
+        inputs = list(expand_inputs([str(tmp_path / "scans"), str(tmp_path / "a.jpg")]))
+    assert [p.name for p, _ in inputs] == ["a.jpg"]
+    assert caplog.records[0].getMessage().startswith(
+        f"{tmp_path / 'scans'} holds no images or videos (.avi .bmp")
+
+
 def test_tags_stay_inside_the_picture_and_legends_have_a_dark_backing() -> None:
     """A tag of a box at the right edge was cut off; white legend names were unreadable on
     light images."""
