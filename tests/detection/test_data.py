@@ -759,6 +759,34 @@ def test_image_sizes_checked_against_the_entries(small: tuple[Path, Path], tmp_p
         f"  {img_dir / 'c.png'} (image id 3) is 40x30, its entry says 40x31")
 
 
+def test_mis_sized_training_images_are_listed_up_front_when_a_sample_finds_one(
+        small: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Training skipped them at every read, one warning each through the run: where the
+    sample of headers read at the start finds one, every image is checked and listed."""
+    from resnet_detect.detection.data import splits
+    ann_file, img_dir = small
+    data = json.loads(ann_file.read_text())
+    data["images"][0].update(height=40, width=30)  # a.png is 40x30 (W x H): swapped
+    data["images"][2].update(height=31)  # c.png is 40x30
+    ann_file.write_text(json.dumps(data))
+    records, _, _ = load_coco_json(ann_file, img_dir)
+    with caplog.at_level(logging.WARNING):
+        splits.warn_of_mis_sized_images(records, str(ann_file))
+    (warning,) = caplog.records
+    assert warning.getMessage().startswith(f"{ann_file}: 2 of 3 images differ in size")
+    assert warning.getMessage().endswith(
+        f"  {img_dir / 'c.png'} (image id 3) is 40x30, its entry says 40x31 (in training, "
+        "skipped at every read)")
+    caplog.clear()
+    monkeypatch.setattr(splits, "SIZE_SAMPLE", 1)  # a sample of b.png alone: nothing read more
+    records = [r for r in records if r["image_id"] != 1]
+    with caplog.at_level(logging.WARNING):
+        splits.warn_of_mis_sized_images(records, str(ann_file))
+    assert records[np.random.default_rng(0).permutation(2)[0]]["image_id"] == 2  # b.png
+    assert not caplog.records
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("hflip_prob", 2.0, r"data.train.hflip_prob must be a probability in \[0, 1\], got 2.0"),
     ("min_size", -5, r"data.train.min_size must be positive integers \(pixels\), got -5"),
