@@ -174,7 +174,7 @@ def test_unreadable_images_are_skipped_and_counted(
         result = tool.main(overrides(tmp_path / "data", tmp_path / "out",
                                      **{"train.epochs": 1, "train.batch_size": 4}))
     assert f"skipping unreadable image: {bad_train}: cannot be decoded" in caplog.text
-    assert f"skipping unreadable image: {bad_val}: cannot be decoded" in caplog.text
+    assert f"skipping unreadable image: {bad_val}: an empty file (0 bytes)" in caplog.text
     assert "train: skipped 1 unreadable image reads" in caplog.text
     assert ("val: 1 of 4 images could not be read (the warnings above name them): the "
             "metrics are those of the others") in caplog.text
