@@ -113,3 +113,29 @@ def test_classes_fixed_by_another_file_and_every_problem_named(three_files: list
     with pytest.raises(DatasetError, match=f"image folders not found:\n  {tmp_path}/nowhere"):
         merge_coco.main(["--input", str(tmp_path / "07.json"), str(tmp_path / "nowhere"),
                          "--output", str(out)])
+
+
+def test_symlinked_folders_and_files_keep_the_paths_given(tmp_path: Path) -> None:
+    """detectron2's datasets/coco -> /data/coco, DVC's files linked into a cache, a folder
+    named "..data": the file names were made under the links' targets (refused with --img-dir
+    as "outside the img_dir"); one file given twice doubled every object."""
+    store = tmp_path / "store"
+    store.mkdir()
+    Image.new("RGB", (40, 30)).save(store / "obj0", format="JPEG")
+    (tmp_path / "real/coco").mkdir(parents=True)
+    Image.new("RGB", (40, 30)).save(tmp_path / "real/coco/a.jpg")
+    datasets = tmp_path / "datasets"
+    (datasets / "..data").mkdir(parents=True)
+    (datasets / "coco").symlink_to(tmp_path / "real/coco")
+    (datasets / "..data/b.jpg").symlink_to(store / "obj0")
+    first = _coco(tmp_path / "a.json", {1: "cat"}, [(1, "a.jpg", 40, 30)], [(1, 1, [0, 0, 4, 4])])
+    second = _coco(tmp_path / "b.json", {1: "cat"}, [(1, "b.jpg", 40, 30)],
+                   [(1, 1, [1, 1, 4, 4])])
+    args = ["--input", str(first), str(datasets / "coco"),
+            "--input", str(second), str(datasets / "..data"), "--output", str(tmp_path / "m.json")]
+    coco = merge_coco.main([*args, "--img-dir", str(datasets)])
+    assert [i["file_name"] for i in coco["images"]] == ["coco/a.jpg", "..data/b.jpg"]
+    assert [i["file_name"] for i in merge_coco.main(args)["images"]] == [
+        "coco/a.jpg", "..data/b.jpg"]  # their common folder: datasets, not tmp_path
+    with pytest.raises(DatasetError, match=f"--input given twice:\n  {first} "):
+        merge_coco.main([*args, "--input", str(first), str(datasets / "coco/")])

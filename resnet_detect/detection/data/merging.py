@@ -7,7 +7,8 @@ later files have, with the next ids; `class_names` (and `category_ids`) fix them
 the converters' --classes and --classes-from. Images and annotations get new ids (1..N in the
 files' order); an image file that several files name is one image with all their objects
 (annotations of the same photos split between files). File names become relative to
-`img_dir`, by default the folder holding every image folder. LVIS's per-image category lists
+`img_dir`, by default the folder holding every image folder, through the paths as given
+(symlinked folders and files are not followed). LVIS's per-image category lists
 follow the names too.
 """
 from __future__ import annotations
@@ -39,11 +40,15 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
     pairs = [(Path(a), Path(d)) for a, d in inputs]
     if not pairs:
         raise DatasetError("no COCO files to merge")
+    twice = [f"{a} {d}" for (a, d), n in Counter((_absolute(a), _absolute(d))
+                                                  for a, d in pairs).items() if n > 1]
+    if twice:  # every object twice: a val set's recall halved
+        raise DatasetError("--input given twice:" + listing(twice))
     folders = [d for _, d in pairs if not d.is_dir()]
     if folders:
         raise DatasetError("image folders not found:" + listing([str(f) for f in folders]))
     files = [read_coco_json(a) for a, _ in pairs]
-    root = Path(img_dir) if img_dir is not None else _common_folder([d for _, d in pairs])
+    root = _absolute(img_dir) if img_dir is not None else _common_folder([d for _, d in pairs])
     problems: list[str] = []
     names = [_names_of_ids(a, data, problems) for (a, _), data in zip(pairs, files)]
     found: Counter[str] = Counter(names[i][o["category_id"]] for i, data in enumerate(files)
@@ -58,7 +63,9 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
         ids: dict[Any, int] = {}
         missing = []
         for img in data["images"]:
-            path = (folder / img["file_name"]).resolve()
+            # as given, symlinks kept (a datasets/coco link, DVC's linked files): the file
+            # names stay under the folders the user named
+            path = _absolute(folder / img["file_name"])
             if path in images:
                 kept = images[path]
                 if (kept["width"], kept["height"]) != (img["width"], img["height"]):
@@ -69,8 +76,8 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
                 continue
             if not path.is_file():
                 missing.append(img["file_name"])
-            relative = os.path.relpath(path, root.resolve())
-            if relative.startswith(".."):
+            relative = os.path.relpath(path, root)
+            if relative == os.pardir or relative.startswith(os.pardir + os.sep):
                 problems.append(f"{ann_file}: image {path} is outside the img_dir {root}")
             images[path] = {**img, "id": len(images) + 1,
                             "file_name": Path(relative).as_posix(),
@@ -96,9 +103,13 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
              "annotations": annotations, "categories": categories}, root)
 
 
+def _absolute(path: str | os.PathLike) -> Path:
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
 def _common_folder(folders: Sequence[Path]) -> Path:
     try:
-        return Path(os.path.commonpath([str(f.resolve()) for f in folders]))
+        return Path(os.path.commonpath([str(_absolute(f)) for f in folders]))
     except ValueError:  # other drives (Windows)
         raise DatasetError("the image folders share no folder: give --img-dir") from None
 
