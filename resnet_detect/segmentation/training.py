@@ -7,6 +7,7 @@ class-id maps; the model pads, normalises and returns `loss_sem_seg` (and `loss_
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -114,18 +115,30 @@ def prediction_writer(folder: Path, img_dir: Path, file_names: Sequence[str], of
     the image's path inside `img_dir` (mmsegmentation's format_only, for test servers and
     other tools; offset 1 under data.reduce_zero_label: the masks' own values 1..K); an
     image outside it by its name. Names that would meet (a.jpg and a.png) keep their suffix
-    (a.jpg.png, a.png.png). Decided from every image of the split (`file_names`), so that
-    each process of a distributed evaluation writes its images under the same names."""
-    root = img_dir.resolve()
+    (a.jpg.png, a.png.png), then take -2, -3 where they still meet. Decided from every image
+    of the split (`file_names`), so that each process of a distributed evaluation writes its
+    images under the same names."""
+    root = os.path.abspath(img_dir)
 
     def relative(file_name: str) -> Path:
-        image = Path(file_name).resolve()  # "../" in a COCO file_name stays inside
-        return image.relative_to(root) if image.is_relative_to(root) else Path(image.name)
+        # as given (a symlinked sub-folder stays inside); "../" in a COCO file_name resolved
+        image = os.path.normpath(os.path.abspath(file_name))
+        inside = os.path.commonpath([root, image]) == root
+        return Path(os.path.relpath(image, root) if inside else os.path.basename(image))
 
-    plain = {f: (folder / relative(f)).with_suffix(".png") for f in file_names}
-    meeting = Counter(plain.values())
-    out_of = {f: out if meeting[out] == 1 else folder / relative(f).with_name(
-        relative(f).name + ".png") for f, out in plain.items()}
+    paths = {f: relative(f) for f in file_names}
+    meeting = Counter(p.with_suffix(".png") for p in paths.values())
+    taken: set[Path] = set()
+    out_of = {}
+    for f, path in paths.items():
+        name = path.with_suffix(".png")
+        name = name if meeting[name] == 1 else path.with_name(path.name + ".png")
+        unique, n = name, 1
+        while unique in taken:
+            n += 1
+            unique = name.with_name(f"{name.stem}-{n}{name.suffix}")
+        taken.add(unique)
+        out_of[f] = folder / unique
 
     def save(sample: dict[str, Any], pred: torch.Tensor) -> None:
         write_label_map((pred + offset).to(torch.uint8).cpu().numpy(),

@@ -356,6 +356,20 @@ def test_saved_predictions_stay_in_their_folder_and_never_overwrite_each_other(
     assert written == ["out/a.jpg.png", "out/a.png.png", "out/c.png", "out/sub/b.png"]
     for name, value in (("a.jpg.png", 0), ("a.png.png", 1), ("sub/b.png", 2), ("c.png", 3)):
         assert np.asarray(Image.open(tmp_path / "out" / name)).tolist() == [[value] * 3] * 2
+    # symlinked sub-folders keep their names (followed, two f1.jpg outside img_dir met on
+    # f1.jpg.png); names still meeting after their suffix take -2
+    for cam in ("cam1", "cam2"):
+        (tmp_path / "store" / cam).mkdir(parents=True)
+        (tmp_path / "val").mkdir(exist_ok=True)
+        (tmp_path / "val" / cam).symlink_to(tmp_path / "store" / cam)
+    names = [str(tmp_path / n) for n in ("val/cam1/f1.jpg", "val/cam2/f1.jpg", "x/a.jpg",
+                                         "y/a.png", "z/a.jpg.png")]
+    save = training.prediction_writer(tmp_path / "pred", tmp_path / "val", names)
+    for name in names:
+        save({"file_name": name}, torch.full((2, 3), names.index(name)))
+    written = sorted(str(p.relative_to(tmp_path / "pred")) for p in (tmp_path / "pred").rglob("*"))
+    assert written == ["a.jpg-2.png", "a.jpg.png", "a.png.png", "cam1", "cam1/f1.png", "cam2",
+                       "cam2/f1.png"]
 
 
 def test_eval_says_what_it_could_not_score(trained: tuple[Path, dict], data: Path,
