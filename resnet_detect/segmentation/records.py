@@ -30,7 +30,8 @@ from PIL import Image
 
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, CategoryMapping, DatasetError,
                                        check_segmentation, files_under, listing, read_coco_json,
-                                       read_user_text, segmentation_to_mask)
+                                       read_user_text, refuse_normalised_polygons,
+                                       segmentation_to_mask)
 from resnet_detect.engine.data.coco import MAX_LISTED, image_path
 from resnet_detect.engine.files import missing_path, unicode_twin_hint
 
@@ -155,6 +156,7 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
     if missing:
         raise DatasetError(f"{ann_file}: {len(missing)} image files not found:"
                            + listing(missing))
+    refuse_normalised_polygons(data, ann_file)
     mapping = CategoryMapping.from_categories(data["categories"])
     by_image: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in data["images"]}
     for ann in data["annotations"]:

@@ -233,6 +233,17 @@ def test_coco_instances_become_semantic_masks(tmp_path, caplog):
     assert (coco_semantic_mask(records[1]) == 0).all()  # image without annotations
 
 
+def test_coco_instances_of_normalised_polygons_are_refused(tmp_path):
+    """YOLO's 0..1 coordinates: every class map all background."""
+    path = _coco(tmp_path)
+    data = json.loads(path.read_text())
+    data["annotations"] = [{**a, "segmentation": [[0.1, 0.1, 0.6, 0.1, 0.6, 0.6]]}
+                           for a in data["annotations"] if not a["iscrowd"]]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match="all its 3 polygons lie within 0..1"):
+        load_coco_semantic(path, tmp_path / "images")
+
+
 def test_coco_split_from_config(tmp_path, caplog):
     ann_file = _coco(tmp_path)
     cfg = _config(img_dir=str(tmp_path / "images"), ann_file=str(ann_file))

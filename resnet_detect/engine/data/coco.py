@@ -386,6 +386,8 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     mapping = CategoryMapping.from_categories(data["categories"])
     stats = LoadStats(images=len(data["images"]))
     records = []
+    if keep_segmentation:
+        refuse_normalised_polygons(data, ann_file)
     problems: list[str] | None = [] if keep_segmentation else None
     for img in data["images"]:
         record = _make_record(coco.imgToAnns.get(img["id"], []), img, img_dir, mapping, stats,
@@ -452,6 +454,24 @@ def check_image_sizes(records: list[dict[str, Any]], ann_file: str | Path) -> No
 FAR_OUTSIDE = 10  # image sizes: a polygon's point further from the image is a data error
 
 
+def refuse_normalised_polygons(data: dict[str, Any], ann_file: str | Path) -> None:
+    """A file whose every polygon lies within 0..1 holds normalised coordinates (YOLO's):
+    every mask would be empty, and Mask R-CNN trains on them without a word. One polygon of
+    pixels ends the check (a real file's first, as a rule)."""
+    polygons = 0
+    for ann in data["annotations"]:
+        segmentation = ann.get("segmentation")
+        for polygon in segmentation if isinstance(segmentation, list) else ():
+            if isinstance(polygon, list) and len(polygon) >= 6 and _all_numbers(polygon):
+                if not 0 <= min(polygon) <= max(polygon) <= 1:
+                    return
+                polygons += 1
+    if polygons and any(max(im["height"], im["width"]) > 2 for im in data["images"]):
+        raise DatasetError(f"{ann_file}: all its {polygons} polygons lie within 0..1: "
+                           f"normalised coordinates (YOLO's?); COCO's are pixels of the image "
+                           f"(tools/yolo_to_coco.py converts YOLO's labels)")
+
+
 def check_segmentation(segmentation: Any, height: int, width: int
                        ) -> tuple[list[list[float]] | dict[str, Any], int]:
     """Validate a COCO segmentation; polygons with fewer than 3 points are dropped.
@@ -513,10 +533,6 @@ def check_segmentation(segmentation: Any, height: int, width: int
         if min(polygon) < -far or max(polygon) > far:
             raise ValueError(f"a polygon has a point more than {FAR_OUTSIDE} image sizes "
                              f"outside the {width}x{height} image: {polygon!r:.80}")
-        if max(polygon) <= 1.0 < max(height, width):
-            raise ValueError(f"a polygon lies within 0..1 (normalised coordinates, as YOLO's? "
-                             f"COCO's are pixels of the {width}x{height} image): "
-                             f"{polygon!r:.80}")
         kept.append(polygon)
     return kept, len(segmentation) - len(kept)
 
