@@ -240,7 +240,7 @@ def test_coco_instances_of_normalised_polygons_are_refused(tmp_path):
     data["annotations"] = [{**a, "segmentation": [[0.1, 0.1, 0.6, 0.1, 0.6, 0.6]]}
                            for a in data["annotations"] if not a["iscrowd"]]
     path.write_text(json.dumps(data))
-    with pytest.raises(DatasetError, match="all its 3 polygons lie within 0..1"):
+    with pytest.raises(DatasetError, match="all its 4 polygons lie within 0..1"):
         load_coco_semantic(path, tmp_path / "images")
 
 
