@@ -25,8 +25,8 @@ import torch.distributed as dist
 from pycocotools import mask as mask_utils
 
 from resnet_detect.engine.config import ConfigError
-from resnet_detect.engine.data.coco import (check_segmentation, collector_paused, read_coco_json,
-                                            segmentation_to_rle)
+from resnet_detect.engine.data.coco import (box_polygon, check_segmentation, collector_paused,
+                                            read_coco_json, segmentation_to_rle)
 from resnet_detect.engine.logging import print_and_log
 
 from .federated import (IMAGE_LISTS, LVIS_MAX_DETS, Federation, frequency_group_aps,
@@ -106,7 +106,7 @@ def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
     # from 0 (Label Studio's, CVAT's) scored the detection of its first object as a false one
     for number, ann in enumerate(data["annotations"], start=1):
         ann = {**ann, "id": number, "iscrowd": 0 if federated else ann.get("iscrowd", 0)}
-        x, y, w, h = (float(v) for v in ann["bbox"])
+        w, h = (float(v) for v in ann["bbox"][2:])
         segmentation = None
         if iou_type == "segm" or "area" not in ann:  # bbox needs no mask but for the area
             try:
@@ -118,9 +118,11 @@ def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
             if segmentation:
                 ann["segmentation"] = segmentation
             else:
-                ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
                 ignored += not ann["iscrowd"]
-                ann["iscrowd"] = 1
+                box = box_polygon(ann["bbox"], *sizes[ann["image_id"]][::-1])
+                if box is None:  # no pixels to ignore (and an infinite box crashed pycocotools)
+                    continue
+                ann["segmentation"], ann["iscrowd"] = [box], 1
         if "area" not in ann:
             ann["area"] = (float(mask_utils.area(segmentation_to_rle(
                 segmentation, *sizes[ann["image_id"]]))) if segmentation else w * h)

@@ -19,7 +19,6 @@ segmentation are left out and counted.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,7 +29,7 @@ from PIL import Image
 
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, CategoryMapping, DatasetError,
                                        check_segmentation, files_under, listing, read_coco_json,
-                                       read_user_text, refuse_normalised_polygons,
+                                       box_polygon, read_user_text, refuse_normalised_polygons,
                                        segmentation_to_mask)
 from resnet_detect.engine.data.coco import MAX_LISTED, image_path
 from resnet_detect.engine.files import missing_path, unicode_twin_hint
@@ -176,7 +175,7 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
                     continue
                 short_polygons += dropped
             if not segmentation:  # an object whose pixels are unknown: its box not scored
-                box = _box_polygon(ann.get("bbox"), im["width"], im["height"])
+                box = box_polygon(ann.get("bbox"), im["width"], im["height"])
                 if box is None:
                     no_segmentation += 1
                 else:
@@ -200,24 +199,6 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
                        "trained nor scored) where no other object lies, %d without a box "
                        "either left out", ann_file, short_polygons, boxed, no_segmentation)
     return records, ["background", *mapping.names]
-
-
-def _box_polygon(bbox: Any, width: int, height: int) -> list[float] | None:
-    """A COCO [x, y, w, h] clipped to the image as a polygon; None where it is no box."""
-    if not (isinstance(bbox, list) and len(bbox) == 4 and _numbers(bbox)):
-        return None
-    x, y, w, h = bbox
-    if not math.isfinite(x + y + w + h):
-        return None
-    x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
-    x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
-    if not (x2 > x1 and y2 > y1):  # (NaN too)
-        return None
-    return [x1, y1, x2, y1, x2, y2, x1, y2]
-
-
-def _numbers(values: list[Any]) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
 def coco_semantic_mask(record: Mapping[str, Any], ignore_index: int = IGNORE_INDEX

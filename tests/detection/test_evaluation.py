@@ -16,7 +16,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from resnet_detect.detection.evaluation import (RESULTS_FILE, COCOEvaluator, evaluate_coco,
-                                                instances_to_coco_results, mask_to_rle)
+                                                ground_truth, instances_to_coco_results,
+                                                mask_to_rle)
 
 CATEGORY_IDS = (1, 3, 5)  # contiguous label i <-> CATEGORY_IDS[i]
 NAMES = ("ring", "box", "blob")
@@ -359,6 +360,33 @@ def test_objects_without_a_usable_mask_are_ignored_in_segm(tmp_path: Path,
                          verbose=False)["AP"] < 100  # elsewhere it is one
     box = evaluate_coco(gt_file, results[:1] + results[2:], backend=backend, verbose=False)
     assert box["AP"] < 100  # in bbox, object 2 is a real object that was missed
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_an_ignored_objects_box_is_clipped_to_its_image(tmp_path: Path, backend: str) -> None:
+    """The box of an object without a usable mask was rasterised as written: an infinite
+    side crashed pycocotools (segfault), a side of 2e7 px took 2 GB. Clipped to the image, or
+    left out where no box remains."""
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "height": 100, "width": 120}],
+          "annotations": [
+              {"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 20, 40, 40],
+               "segmentation": _square(20, 20, 40, 40)},
+              {"id": 2, "image_id": 1, "category_id": 1, "bbox": [10, 10, float("inf"), 20],
+               "segmentation": [[1, 1, 5, 5]]},
+              {"id": 3, "image_id": 1, "category_id": 1, "bbox": [70, 0, 2e7, 30]}],
+          "categories": [{"id": 1, "name": "ring"}]}
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps(gt))
+    masks = np.zeros((2, 100, 120), bool)
+    masks[0, 20:60, 20:60] = masks[1, 0:30, 70:120] = True
+    results = [{"image_id": 1, "category_id": 1, "bbox": b, "score": s,
+                "segmentation": mask_to_rle(m)}
+               for b, m, s in zip([[20, 20, 40, 40], [70, 0, 50, 30]], masks, (0.9, 0.95))]
+    with pytest.warns(RuntimeWarning, match="2 objects without a usable mask are ignored"):
+        segm = evaluate_coco(gt_file, results, iou_type="segm", backend=backend, verbose=False)
+    assert segm["AP"] == pytest.approx(100.0)  # the mask in object 3's box: no false positive
+    assert ground_truth(gt_file, "segm")[0]["annotations"][1]["segmentation"] == [
+        [70.0, 0.0, 120.0, 0.0, 120.0, 30.0, 70.0, 30.0]]
 
 
 def test_categories_sharing_a_name_each_keep_their_ap(gt_file: Path, tmp_path: Path) -> None:

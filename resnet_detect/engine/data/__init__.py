@@ -1,6 +1,7 @@
 """The data layer every task shares: COCO reading and category mapping, image reading with one
 policy for unreadable files, packed records, samplers, collate and loaders."""
-from .coco import (CategoryMapping, DatasetError, LoadStats, brief, check_image_sizes,
+from .coco import (CategoryMapping, DatasetError, LoadStats, box_polygon, brief,
+                   check_image_sizes,
                    check_segmentation, listing, load_coco_json, read_coco_json,
                    read_user_text, refuse_normalised_polygons, segmentation_to_mask)
 from .images import (IMAGE_SUFFIXES, NOT_DATA_FOLDERS, UnreadableImageError, check_rgb_image,
@@ -10,7 +11,8 @@ from .records import PackedRecords
 from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler, repeat_factors
 
 __all__ = ["IMAGE_SUFFIXES", "NOT_DATA_FOLDERS", "CategoryMapping", "CountedLoader", "DatasetError",
-           "GroupedBatchSampler", "InferenceSampler", "LoadStats", "PackedRecords", "brief",
+           "GroupedBatchSampler", "InferenceSampler", "LoadStats", "PackedRecords", "box_polygon",
+           "brief",
            "TrainingSampler", "UnreadableImageError", "build_test_loader", "build_train_loader",
            "check_image_sizes", "check_rgb_image", "check_rgb_images", "check_segmentation",
            "collate", "decoded_size", "files_under",

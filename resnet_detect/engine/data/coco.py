@@ -454,6 +454,22 @@ def check_image_sizes(records: list[dict[str, Any]], ann_file: str | Path) -> No
 FAR_OUTSIDE = 10  # image sizes: a polygon's point further from the image is a data error
 
 
+def box_polygon(bbox: Any, width: int, height: int) -> list[float] | None:
+    """A COCO [x, y, w, h] clipped to the image, as a polygon (for an object whose mask is
+    unknown); None where it is no box (degenerate, NaN, infinite: pycocotools would rasterise
+    an unclipped one point by point, or crash on a NaN)."""
+    if not (isinstance(bbox, list) and len(bbox) == 4 and _all_numbers(bbox)):
+        return None
+    x, y, w, h = bbox
+    if not math.isfinite(x + y + w + h):
+        return None
+    x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+    if not (x2 > x1 and y2 > y1):
+        return None
+    return [x1, y1, x2, y1, x2, y2, x1, y2]
+
+
 def refuse_normalised_polygons(data: dict[str, Any], ann_file: str | Path) -> None:
     """A file whose every polygon lies within 0..1 holds normalised coordinates (YOLO's):
     every mask would be empty, and Mask R-CNN trains on them without a word. One polygon of
