@@ -370,8 +370,10 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
     if not isinstance(recorded, Mapping):
         return  # written before checkpoints recorded their config
     now = to_plain(cfg.train)
+    # a key the checkpoint predates, empty here ({} of lr_multipliers), is no change
     changed = {k: (recorded.get(k), now.get(k)) for k in sorted(set(recorded) | set(now))
-               if recorded.get(k) != now.get(k) and k not in ("output_dir", "device")}
+               if recorded.get(k) != now.get(k) and k not in ("output_dir", "device")
+               and (k in recorded or now.get(k) not in ({}, []))}
     if "optimizer" in changed:
         raise ConfigError(f"checkpoint {path} was trained with train.optimizer="
                           f"{changed['optimizer'][0]}, this run asks for "

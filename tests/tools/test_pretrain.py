@@ -563,3 +563,23 @@ def test_lr_multipliers_train_a_module_faster_and_resume_with_other_factors(
     with pytest.raises(ValueError, match="train.lr_multipliers.fc must be a number > 0"):
         tool.main(overrides(tmp_path / "data", tmp_path / "other", **extra)
                   + ["train.lr_multipliers.fc=0"])
+
+
+def test_a_checkpoint_older_than_a_train_key_resumes_without_a_change_of_it(
+        tool: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint written before train.lr_multipliers existed logged "train.lr_multipliers:
+    None -> {}" among the settings changed at its resume."""
+    colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
+    out = tmp_path / "run"
+    extra = {"train.epochs": 2, "train.batch_size": 4, "train.checkpoint_period": 2}
+    tool.main(overrides(tmp_path / "data", out, **extra))
+    state = torch.load(out / "model_0000004.pth", map_location="cpu", weights_only=True)
+    del state["provenance"]["config"]["train"]["lr_multipliers"]
+    torch.save(state, out / "model_0000004.pth")
+    (out / "model_0000004.pth.sha256").unlink(missing_ok=True)
+    with caplog.at_level(logging.WARNING):
+        tool.main(overrides(tmp_path / "data", out, **{**extra, "train.epochs": 3})
+                  + ["--resume"])
+    (line,) = [r.getMessage() for r in caplog.records
+               if "train settings other than the run" in r.getMessage()]
+    assert line.endswith(": train.epochs: 2 -> 3")

@@ -791,7 +791,9 @@ def test_eval_refuses_a_val_file_without_images(trained: Path, data: Path,
     empty = tmp_path / "empty.json"
     coco = json.loads((data / "coco/val.json").read_text())
     empty.write_text(json.dumps({**coco, "images": [], "annotations": []}))
-    with pytest.raises(DatasetError, match=f"{empty} lists no images: nothing to evaluate"):
+    with pytest.raises(DatasetError, match=f"{empty} lists no images: nothing to evaluate "
+                                           r"\(a training without evaluations: "
+                                           r"data.val.ann_file=null data.val.img_dir=null\)"):
         load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
                                 "--output", str(tmp_path / "e"), *data_overrides(data),
                                 f"data.val.ann_file={empty}"])

@@ -73,7 +73,8 @@ def build_val_dataset(cfg: DictConfig, with_masks: bool = False,
                                     evaluation=True)
     if not records:  # (scored, it gave AP 0 or "nothing scored", exit 0)
         raise DatasetError(f"{paths[0]} lists no images: nothing to evaluate (a training "
-                           f"without evaluations: data.val.ann_file=null)")
+                           f"without evaluations: data.val.ann_file=null "
+                           f"data.val.img_dir=null)")
     check_image_sizes(records, paths[0])
     min_size, max_size = test_resize(cfg)
     transform = build_transforms(min_size=min_size if resize else None, max_size=max_size,
