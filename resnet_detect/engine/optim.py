@@ -69,9 +69,11 @@ def _inside(param_name: str, module: str) -> bool:
     return param_name.startswith(module + ".") or param_name == module
 
 
-def unknown_modules(model: nn.Module, modules: Iterable[str]) -> list[str]:
-    """The names among `modules` that hold none of `model`'s parameters."""
-    names = [name for name, _ in model.named_parameters()]
+def unknown_modules(model: nn.Module, modules: Iterable[str], trainable: bool = False
+                    ) -> list[str]:
+    """The names among `modules` that hold none of `model`'s parameters (`trainable`: none
+    that trains)."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad or not trainable]
     return [m for m in modules if not any(_inside(name, m) for name in names)]
 
 

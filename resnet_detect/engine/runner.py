@@ -219,6 +219,11 @@ def build_optimizer_from_config(cfg: DictConfig, model: nn.Module) -> torch.opti
         raise ConfigError(f"train.lr_multipliers names {', '.join(unknown)}, which holds no "
                           f"parameter of this model; its modules include: "
                           f"{', '.join(modules[:40])}")
+    frozen = unknown_modules(model, factors, trainable=True)
+    if frozen and is_main_process():  # (valid names: a freeze_at may change between runs)
+        logging.getLogger(__name__).warning(
+            "train.lr_multipliers names %s, whose parameters are all frozen (the model's "
+            "freeze options): its factor changes nothing", ", ".join(frozen))
     return build_optimizer(model, name=t.optimizer, lr=t.base_lr, weight_decay=t.weight_decay,
                            momentum=t.momentum, nesterov=t.nesterov, lr_multipliers=factors)
 

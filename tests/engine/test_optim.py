@@ -99,3 +99,7 @@ def test_lr_multipliers_scale_the_named_modules_the_longest_name_winning(name: s
                                                 (0.0, [1, 1, 1, 1])]
     assert unknown_modules(model, ["backbone.re", "backbone.res.1", "head.bias", "neck"]) == [
         "backbone.re", "neck"]
+    model.backbone.stem.requires_grad_(False)  # frozen: a factor there changes nothing
+    assert unknown_modules(model, ["backbone.stem", "backbone"]) == []
+    assert unknown_modules(model, ["backbone.stem", "backbone"], trainable=True) == [
+        "backbone.stem"]
