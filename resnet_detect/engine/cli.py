@@ -120,7 +120,8 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
         _stop_the_others(e, args.overrides)
         raise
     if args.print_config:
-        print(OmegaConf.to_yaml(cfg, resolve=True), end="", flush=True)
+        if os.environ.get("RANK", "0") == "0":  # (under torchrun: once)
+            print(OmegaConf.to_yaml(cfg, resolve=True), end="", flush=True)
         return {"task": name, "config": cfg}
     device = init_distributed(cfg.train.device)
     if cache_memory and device.type == "cpu" and not cache_host_memory():

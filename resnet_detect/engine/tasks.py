@@ -15,7 +15,8 @@ from types import ModuleType
 
 from omegaconf import DictConfig
 
-from .config import ConfigError, config_chain, load_config, load_defaults
+from .config import (ConfigError, config_chain, flat_keys, load_config, load_defaults,
+                     to_plain)
 
 TASK_MODULES = {
     "detection": "resnet_detect.detection.training",
@@ -84,7 +85,25 @@ def load_task_config(path: str | os.PathLike, overrides: Sequence[str] = (),
     cfg = load_config(path, overrides, defaults=load_defaults(module.BASE_CONFIG),
                       open_keys=("train.lr_multipliers", *getattr(module, "OPEN_KEYS", ())),
                       renamed=getattr(module, "RENAMED_KEYS", None))
+    _refuse_replaced_multipliers(cfg, overrides)
     resolve = getattr(module, "resolve_overrides", None)
     if resolve is not None:
         resolve(cfg, overrides)
     return name, cfg
+
+
+def _refuse_replaced_multipliers(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """`train.lr_multipliers.backbone=0.1 train.lr_multipliers.backbone.bottom_up=0.01`: the
+    second makes `backbone` a mapping, the first factor is gone (and in the other order the
+    second); said, with the form that keeps both."""
+    prefix = "train.lr_multipliers."
+    given = [o.split("=", 1)[0].strip()[len(prefix):] for o in overrides
+             if o.strip().startswith(prefix)]
+    kept = flat_keys(to_plain(cfg.train.lr_multipliers)) if cfg.train.get("lr_multipliers") \
+        else {}
+    lost = [g for g in given if g not in kept]
+    if lost:
+        raise ConfigError(f"train.lr_multipliers: the overrides of {', '.join(lost)} were "
+                          f"replaced by another naming a module inside or around it; give them "
+                          f"in one mapping: train.lr_multipliers='{{backbone: 0.1, "
+                          f"backbone.bottom_up: 0.01}}'")

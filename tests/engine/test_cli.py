@@ -192,3 +192,20 @@ def test_a_classification_config_for_eval_or_demo_is_one_line_and_exit_code_2(
     assert capsys.readouterr().err.startswith(
         f"{tool}.py: error: tools/{tool}.py {verb} detection and sem_seg models; {config} is a "
         f"'classification' config")
+
+
+def test_lr_multipliers_of_a_module_and_one_inside_it_as_two_overrides_are_refused() -> None:
+    """OmegaConf merges dotted keys: `backbone.bottom_up=0.01` made `backbone` a mapping and
+    its factor of 0.1 was gone without a word (and in the other order, the 0.01)."""
+    from resnet_detect.engine.config import ConfigError
+    from resnet_detect.engine.tasks import load_task_config
+    outer = "train.lr_multipliers.backbone=0.1"
+    inner = "train.lr_multipliers.backbone.bottom_up=0.01"
+    for overrides, lost in (([outer, inner], "backbone"), ([inner, outer], "backbone.bottom_up")):
+        with pytest.raises(ConfigError, match=f"the overrides of {lost} were replaced by another "
+                                              "naming a module inside or around it; give them "
+                                              "in one mapping"):
+            load_task_config(CONFIG, overrides)
+    _, cfg = load_task_config(CONFIG, ["train.lr_multipliers={backbone: 0.1, "
+                                       "backbone.bottom_up: 0.01}"])
+    assert dict(cfg.train.lr_multipliers) == {"backbone": 0.1, "backbone.bottom_up": 0.01}
