@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,32 +50,31 @@ def is_onnx(weights: str | os.PathLike | None) -> bool:
 def export_graph(graph: nn.Module, example: Sequence[torch.Tensor], path: Path, *,
                  input_names: Sequence[str], output_names: Sequence[str],
                  dynamic_axes: Mapping[str, Sequence[int]]) -> None:
-    """Trace `graph` on `example` inputs into the ONNX file `path` (opset `OPSET`)."""
+    """Trace `graph` on `example` inputs into `path` + ".partial" (opset `OPSET`);
+    `write_metadata` completes it and puts it in place, so that an earlier export in the
+    folder stays whole until then."""
     import torchvision.ops._register_onnx_ops  # noqa: F401  (NMS, RoIAlign as ONNX operators)
 
     graph.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with warnings.catch_warnings(), torch.no_grad():
+    partial = _partial(path)
+    with _written(partial), warnings.catch_warnings(), torch.no_grad():
+        path.parent.mkdir(parents=True, exist_ok=True)
         # tracer warnings about Python values are expected: the graph wrappers keep every
         # input-dependent size a tensor, and the tests run the graphs at other sizes
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, tuple(example), str(partial), dynamo=False, opset_version=OPSET,
                           input_names=list(input_names), output_names=list(output_names),
                           dynamic_axes={k: list(v) for k, v in dynamic_axes.items()})
-    # an earlier export's metadata must not describe this graph, should writing it fail
-    path.with_name(METADATA_FILE).unlink(missing_ok=True)
-    os.replace(partial, path)
 
 
 def write_metadata(folder: Path, task: str, *, inputs: Mapping[str, Any],
                    outputs: Mapping[str, str], pixel_mean: Sequence[float],
                    pixel_std: Sequence[float], class_names: Sequence[str],
                    **extra: Any) -> dict[str, Any]:
-    """Write `folder/export.json`, and the same JSON into the graph's metadata (key
-    `METADATA_KEY`: a service that ships `model.onnx` alone, or reads it through ONNX
-    Runtime's C, C++, C#, Java or JS API, keeps the class names and the resize rule); returns
-    it."""
+    """Put the graph `export_graph` traced in place as `folder/model.onnx` with this JSON in
+    its metadata (key `METADATA_KEY`: a service that ships `model.onnx` alone, or reads it
+    through ONNX Runtime's C, C++, C#, Java or JS API, keeps the class names and the resize
+    rule), and write it as `folder/export.json`; returns it."""
     import onnx
     metadata = {
         "task": task, "model": MODEL_FILE, "opset": OPSET,
@@ -85,14 +85,40 @@ def write_metadata(folder: Path, task: str, *, inputs: Mapping[str, Any],
                      "onnx": onnx.__version__},
     }
     graph_file = folder / metadata["model"]
-    graph = onnx.load(str(graph_file))
-    del graph.metadata_props[:]
-    graph.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
-    partial = graph_file.with_name(graph_file.name + ".partial")
-    onnx.save(graph, str(partial))
-    os.replace(partial, graph_file)
-    atomic_write_json(metadata, folder / METADATA_FILE)
+    partial = _partial(graph_file)
+    with _written(partial):
+        graph = onnx.load(str(partial))
+        partial.unlink()  # (in memory: the disk holds one copy at a time)
+        del graph.metadata_props[:]
+        graph.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
+        onnx.save(graph, str(partial))
+        os.replace(partial, graph_file)
+        try:
+            atomic_write_json(metadata, folder / METADATA_FILE)
+        except OSError:  # an earlier export's must not describe this graph (its own is inside)
+            (folder / METADATA_FILE).unlink(missing_ok=True)
+            raise
     return metadata
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+@contextmanager
+def _written(partial: Path) -> Iterator[None]:
+    """A write that fails (a full disk, a read-only model.onnx) leaves no `partial` behind and
+    is an ExportError of one line; the folder's earlier export stays as it was where the
+    failure comes before the new graph is in place (all but writing export.json after it)."""
+    try:
+        yield
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        raise ExportError(f"cannot write the export in {partial.parent} ({type(e).__name__}: "
+                          f"{e.strerror or e}): free space or choose another --output") from e
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def model_path(weights: str | os.PathLike) -> Path:

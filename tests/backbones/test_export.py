@@ -87,3 +87,35 @@ def test_an_export_at_other_sizes_than_the_training_evaluation_warns(
                  ["data.val_interpolation=bilinear"])
     assert "was evaluated with data.val_interpolation=area; the export resizes with this " \
            "config's bilinear" in caplog.text
+
+
+@pytest.mark.parametrize("failing", ["save", "replace"])
+def test_an_export_that_cannot_be_written_keeps_the_earlier_one_and_no_partial_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    """A full disk while the metadata went in (a second whole copy of the graph) left a
+    model.onnx without metadata, a model.onnx.partial filling the disk, no export.json (the
+    earlier export's deleted) and a traceback; a model.onnx that cannot be replaced likewise."""
+    import errno
+    import os
+
+    import onnx
+
+    from resnet_detect.engine.export import ExportError
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", len(NAMES)).eval()
+    save_checkpoint(tmp_path / "model_final.pth", model.state_dict(),
+                    make_provenance("resnet18", class_names=NAMES))
+    out = tmp_path / "export"
+    export_model(CONFIG, tmp_path / "model_final.pth", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    full = OSError(errno.ENOSPC, "No space left on device")
+    if failing == "save":
+        monkeypatch.setattr(onnx, "save", lambda *a, **k: (_ for _ in ()).throw(full))
+    else:
+        monkeypatch.setattr(os, "replace", lambda *a, **k: (_ for _ in ()).throw(full))
+    with pytest.raises(ExportError, match=f"cannot write the export in {out} \\(OSError: No "
+                                          "space left on device\\): free space or choose "
+                                          "another --output"):
+        export_model(CONFIG, tmp_path / "model_final.pth", out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(before) == ["export.json", "model.onnx"]
