@@ -59,12 +59,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     export_model = getattr(task_module(task), "export_model", None) \
         if task in TASK_MODULES else None
     if export_model is None:
-        raise ValueError(f"tools/export.py exports classification, detection and sem_seg "
+        raise ExportError(f"tools/export.py exports classification, detection and sem_seg "
                          f"models; {args.config} is a {task!r} config")
     options = {}
     if args.mask_output is not None:
         if task != "detection":
-            raise ValueError(f"--mask-output is for Mask R-CNN; {args.config} is a {task!r} "
+            raise ExportError(f"--mask-output is for Mask R-CNN; {args.config} is a {task!r} "
                              f"config")
         options["mask_output"] = args.mask_output
     output = writable_folder(args.output, "--output")

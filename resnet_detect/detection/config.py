@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from resnet_detect import CONFIGS
 from resnet_detect.engine.config import config_from_mapping as engine_config_from_mapping
 from resnet_detect.engine.config import load_config as engine_load_config
-from resnet_detect.engine.config import load_defaults
+from resnet_detect.engine.config import check_sizes, load_defaults
 from resnet_detect.engine.tasks import refuse_other_task_config
 
 BASE_CONFIG = CONFIGS / "detection" / "base_faster_rcnn.yaml"
@@ -43,6 +43,7 @@ def config_from_mapping(config: Mapping[str, Any] | DictConfig,
 def test_resize(cfg: Mapping[str, Any] | DictConfig) -> tuple[int, int | None]:
     """(short edge, max size) of test-time resizing, from `data.val`."""
     min_size = cfg["data"]["val"]["min_size"]
+    check_sizes(min_size, "data.val.min_size")  # (0: an export that resized to 1 pixel)
     if not isinstance(min_size, int):  # a list: test at its largest value
         min_size = max(int(v) for v in min_size)
     return int(min_size), cfg["data"]["val"]["max_size"] or None

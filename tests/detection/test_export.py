@@ -253,3 +253,14 @@ def test_readmes_box_paste_gives_paste_masks_corners_and_edges() -> None:
             assert (wrong == 0).all(), (np.flatnonzero(wrong)[:5], wrong.max())
         else:  # OpenCV's arithmetic may round a pixel at the threshold the other way
             assert (wrong == 0).mean() > 0.99 and (wrong <= 2).all(), (wrong.max(), wrong.sum())
+
+
+@pytest.mark.parametrize("min_size", [0, -5, [480, 0]])
+def test_a_test_size_of_no_pixels_is_refused_naming_the_key(min_size: object) -> None:
+    """data.val.min_size=0 exported a graph that said short_side 0: a deployer's resize
+    turned every image into one row of pixels."""
+    from resnet_detect.detection.config import test_resize
+    from resnet_detect.engine.config import ConfigError
+    with pytest.raises(ConfigError, match="data.val.min_size must be positive integers"):
+        test_resize({"data": {"val": {"min_size": min_size, "max_size": 1333}}})
+    assert test_resize({"data": {"val": {"min_size": [640, 800], "max_size": 0}}}) == (800, None)

@@ -209,3 +209,16 @@ def test_lr_multipliers_of_a_module_and_one_inside_it_as_two_overrides_are_refus
     _, cfg = load_task_config(CONFIG, ["train.lr_multipliers={backbone: 0.1, "
                                        "backbone.bottom_up: 0.01}"])
     assert dict(cfg.train.lr_multipliers) == {"backbone": 0.1, "backbone.bottom_up": 0.01}
+
+
+def test_export_option_mistakes_are_one_line_and_exit_code_2(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """--mask-output for a segmenter was a ValueError's traceback and exit code 1."""
+    config = ROOT / "configs/synthetic/deeplabv3plus_R_18_os16.yaml"
+    monkeypatch.setattr(sys, "argv", ["tools/export.py", str(config), "--weights", "w.pth",
+                                      "--output", str(tmp_path / "e"), "--mask-output", "box"])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool_main("export"))
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (f"export.py: error: --mask-output is for Mask R-CNN; "
+                                       f"{config} is a 'sem_seg' config\n")
