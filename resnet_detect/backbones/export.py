@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from resnet_detect.engine.config import to_plain
-from resnet_detect.engine.export import MODEL_FILE, export_graph, write_metadata
+from resnet_detect.engine.export import ExportError, MODEL_FILE, export_graph, write_metadata
 from resnet_detect.engine.tasks import load_task_config
 
 from . import build_classifier
@@ -60,7 +60,7 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
     provenance = provenance or {}
     fc = state_dict.get("fc.weight", state_dict.get("head.fc.weight"))
     if fc is None:
-        raise ValueError(f"{weights} holds no classifier (no fc.weight): export a "
+        raise ExportError(f"{weights} holds no classifier (no fc.weight): export a "
                          f"model_final.pth of tools/pretrain.py, not a backbone")
     num_classes = int(fc.shape[0])
     model = build_classifier(cfg.model.name, num_classes, weights=weights,

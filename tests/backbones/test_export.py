@@ -12,7 +12,7 @@ import torch
 from resnet_detect.backbones import build_classifier, make_provenance, save_checkpoint
 from resnet_detect.backbones.export import export_model
 from resnet_detect.engine.config import ConfigError
-from resnet_detect.engine.export import open_session
+from resnet_detect.engine.export import ExportError, open_session
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/pretrain/synthetic_resnet18.yaml"
@@ -58,7 +58,7 @@ def test_onnx_runtime_gives_the_pytorch_logits_at_any_size(tmp_path: Path) -> No
 def test_a_backbone_or_mismatched_checkpoint_is_refused_naming_it(tmp_path: Path) -> None:
     backbone = build_classifier("resnet18", 3).backbone
     save_checkpoint(tmp_path / "backbone.pth", backbone.state_dict(), make_provenance("resnet18"))
-    with pytest.raises(ValueError, match="backbone.pth holds no classifier"):
+    with pytest.raises(ExportError, match="backbone.pth holds no classifier"):
         export_model(CONFIG, tmp_path / "backbone.pth", tmp_path / "out")
     resnet34 = build_classifier("resnet34", 3)
     save_checkpoint(tmp_path / "r34.pth", resnet34.state_dict(), make_provenance("resnet34"))
