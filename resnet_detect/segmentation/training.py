@@ -118,13 +118,12 @@ def prediction_writer(folder: Path, img_dir: Path, file_names: Sequence[str], of
     (a.jpg.png, a.png.png), then take -2, -3 where they still meet. Decided from every image
     of the split (`file_names`), so that each process of a distributed evaluation writes its
     images under the same names."""
-    root = os.path.abspath(img_dir)
+    root = Path(os.path.abspath(img_dir))
 
     def relative(file_name: str) -> Path:
         # as given (a symlinked sub-folder stays inside); "../" in a COCO file_name resolved
-        image = os.path.normpath(os.path.abspath(file_name))
-        inside = os.path.commonpath([root, image]) == root
-        return Path(os.path.relpath(image, root) if inside else os.path.basename(image))
+        image = Path(os.path.abspath(file_name))
+        return image.relative_to(root) if image.is_relative_to(root) else Path(image.name)
 
     paths = {f: relative(f) for f in file_names}
     meeting = Counter(p.with_suffix(".png") for p in paths.values())

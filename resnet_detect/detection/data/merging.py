@@ -77,7 +77,7 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
             if not path.is_file():
                 missing.append(img["file_name"])
             relative = os.path.relpath(path, root)
-            if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+            if not path.is_relative_to(root):
                 problems.append(f"{ann_file}: image {path} is outside the img_dir {root}")
             images[path] = {**img, "id": len(images) + 1,
                             "file_name": Path(relative).as_posix(),
@@ -104,7 +104,7 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
 
 
 def _absolute(path: str | os.PathLike) -> Path:
-    return Path(os.path.normpath(os.path.abspath(path)))
+    return Path(os.path.abspath(path))  # (normalised, symlinks kept)
 
 
 def _common_folder(folders: Sequence[Path]) -> Path:
