@@ -454,19 +454,27 @@ def check_image_sizes(records: list[dict[str, Any]], ann_file: str | Path) -> No
 FAR_OUTSIDE = 10  # image sizes: a polygon's point further from the image is a data error
 
 
+def clipped_box(bbox: Sequence[float], width: int, height: int
+                ) -> tuple[float, float, float, float] | None:
+    """A COCO [x, y, w, h] as (x1, y1, x2, y2) clipped to the image; None where a number is
+    NaN or infinite (a side of Infinity is no box, not one that reaches the edge)."""
+    x, y, w, h = (float(v) for v in bbox)
+    if not math.isfinite(x + y + w + h):
+        return None
+    return (min(max(x, 0.0), width), min(max(y, 0.0), height),
+            min(max(x + w, 0.0), width), min(max(y + h, 0.0), height))
+
+
 def box_polygon(bbox: Any, width: int, height: int) -> list[float] | None:
     """A COCO [x, y, w, h] clipped to the image, as a polygon (for an object whose mask is
     unknown); None where it is no box (degenerate, NaN, infinite: pycocotools would rasterise
     an unclipped one point by point, or crash on a NaN)."""
     if not (isinstance(bbox, list) and len(bbox) == 4 and _all_numbers(bbox)):
         return None
-    x, y, w, h = bbox
-    if not math.isfinite(x + y + w + h):
+    box = clipped_box(bbox, width, height)
+    if box is None or not (box[2] > box[0] and box[3] > box[1]):
         return None
-    x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
-    x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
-    if not (x2 > x1 and y2 > y1):
-        return None
+    x1, y1, x2, y2 = box
     return [x1, y1, x2, y1, x2, y2, x1, y2]
 
 
@@ -566,11 +574,8 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
         if ann.get("iscrowd", 0):
             stats.crowd += 1
             continue
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
-        x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
-        # (drops NaN; an infinite side is no box either, not one clipped to the edge)
-        if not (x2 - x1 >= 1.0 and y2 - y1 >= 1.0 and math.isfinite(x + y + w + h)):
+        box = clipped_box(ann["bbox"], width, height)
+        if box is None or not (box[2] - box[0] >= 1.0 and box[3] - box[1] >= 1.0):
             stats.degenerate += 1
             continue
         if keep_segmentation and optional_masks and ann.get("segmentation") is None:
@@ -587,7 +592,7 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
                 stats.no_mask += 1
                 continue
             segmentations.append(segmentation)
-        boxes.append((x1, y1, x2, y2))
+        boxes.append(box)
         classes.append(mapping.to_contiguous(ann["category_id"]))
     stats.boxes += len(boxes)
     record: dict[str, Any] = {
