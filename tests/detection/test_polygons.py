@@ -15,12 +15,12 @@ from resnet_detect.detection.data.polygons import PolygonMasks
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data import DatasetError
 from resnet_detect.engine.tasks import load_task_config
-from tests.tools.test_train_eval_demo import (ROOT, _drop_log_handlers, data, data_overrides,
+from tests.tools.test_train_eval_demo import (ROOT, data, data_overrides,
                                               load_tool)
 
 CONFIG = ROOT / "configs/synthetic/mask_rcnn_R_18_FPN.yaml"
 # fixtures imported to apply here too: the autouse log clean-up and the tiny synthetic set
-__all__ = ["_drop_log_handlers", "data"]
+__all__ = ["data"]
 
 
 def test_a_rectangle_fills_its_own_box_and_half_of_a_box_twice_as_wide() -> None:

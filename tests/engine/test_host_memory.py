@@ -11,11 +11,11 @@ import pytest
 
 from resnet_detect.engine import cli
 from resnet_detect.engine.config import parse_bool
-from tests.tools.test_train_eval_demo import (ROOT, _drop_log_handlers, data, load_tool,
+from tests.tools.test_train_eval_demo import (ROOT, data, load_tool,
                                             train_args)
 
 # fixtures imported to apply here too: the autouse log clean-up and the tiny synthetic set
-__all__ = ["_drop_log_handlers", "data"]
+__all__ = ["data"]
 
 # in a fresh interpreter: page faults of allocating and filling a 64 MiB tensor, 10 times, whether
 # each tensor lies in the brk heap, and the heap's end (sbrk(0)) before and after each

@@ -11,9 +11,8 @@ import pytest
 
 from resnet_detect.engine.data import DatasetError
 from resnet_detect.engine.visualize import IGNORE_COLOUR, palette
-from tests.tools.test_train_eval_demo import ROOT, _drop_log_handlers, load_tool
+from tests.tools.test_train_eval_demo import ROOT, load_tool
 
-__all__ = ["_drop_log_handlers"]  # the autouse log clean-up applies here too
 
 GREY = 100
 BOX = (10, 30, 20, 24)  # x, y, w, h in the 96x64 image: drawn at x 10..30, y 30..54

@@ -17,9 +17,9 @@ from torch import nn
 
 from tests.tools.test_segmentation_tools import CONFIG as SEG_CONFIG
 from tests.tools.test_segmentation_tools import overrides as seg_overrides
-from tests.tools.test_train_eval_demo import _drop_log_handlers, data, load_tool, train_args
+from tests.tools.test_train_eval_demo import data, load_tool, train_args
 
-__all__ = ["_drop_log_handlers", "data"]
+__all__ = ["data"]
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6
 

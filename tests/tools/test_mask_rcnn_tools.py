@@ -20,13 +20,13 @@ from pycocotools.cocoeval import COCOeval
 from resnet_detect.detection import Predictor
 from tests.export_metadata import rewrite_export_metadata
 from resnet_detect.engine.visualize import draw_detections
-from tests.tools.test_train_eval_demo import (ROOT, _drop_log_handlers, data, data_overrides,
+from tests.tools.test_train_eval_demo import (ROOT, data, data_overrides,
                                               load_tool)
 
 CONFIG = ROOT / "configs/synthetic/mask_rcnn_R_18_FPN.yaml"
 SMALL_HEAD = ["model.roi_heads.mask_conv_dims=[32,32]"]
 # fixtures imported to apply here too: the autouse log clean-up and the tiny synthetic set
-__all__ = ["_drop_log_handlers", "data"]
+__all__ = ["data"]
 
 
 @pytest.fixture(scope="module")

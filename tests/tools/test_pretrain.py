@@ -9,7 +9,6 @@ import json
 import logging
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -42,13 +41,8 @@ def load_tool() -> ModuleType:
 
 
 @pytest.fixture
-def tool() -> Iterator[ModuleType]:
-    yield load_tool()
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_engine_handler", False):
-            root.removeHandler(handler)
-            handler.close()
+def tool() -> ModuleType:
+    return load_tool()
 
 
 def colour_tree(root: Path, train_per_class: int, val_per_class: int, size: int = 20) -> None:

@@ -30,9 +30,9 @@ from resnet_detect.engine.tasks import TASK_MODULES, config_task, load_task_conf
 from tests.tools.test_kill_resume import assert_killed_run_resumes_bit_identical, quickstart_args
 from tests.tools.test_segmentation_tools import CONFIG as SEG_CONFIG
 from tests.tools.test_segmentation_tools import overrides as seg_overrides
-from tests.tools.test_train_eval_demo import _drop_log_handlers, data, load_tool
+from tests.tools.test_train_eval_demo import data, load_tool
 
-__all__ = ["_drop_log_handlers", "data"]
+__all__ = ["data"]
 ROOT = Path(__file__).resolve().parents[2]
 BASE_CONFIGS = {"detection": "configs/detection/base_faster_rcnn.yaml",
                 "sem_seg": "configs/segmentation/base_deeplab.yaml",

@@ -22,12 +22,12 @@ from resnet_detect import segmentation
 from resnet_detect.segmentation import predictor, training
 from resnet_detect.engine.tasks import load_task_config
 from resnet_detect.segmentation.data import build_dataset
-from tests.tools.test_train_eval_demo import ROOT, _drop_log_handlers, data, load_tool
+from tests.tools.test_train_eval_demo import ROOT, data, load_tool
 
 CONFIG = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
 CLASSES = ["background", "circle", "square", "triangle", "star", "cross", "ellipse"]
 # fixtures imported to apply here too: the autouse log clean-up and the tiny synthetic set
-__all__ = ["_drop_log_handlers", "data"]
+__all__ = ["data"]
 
 
 def overrides(root: Path) -> list[str]:

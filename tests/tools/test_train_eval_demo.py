@@ -39,16 +39,6 @@ def load_tool(name: str) -> ModuleType:
     return module
 
 
-@pytest.fixture(autouse=True)
-def _drop_log_handlers() -> Iterator[None]:
-    yield
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_engine_handler", False):
-            root.removeHandler(handler)
-            handler.close()
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("syn")
