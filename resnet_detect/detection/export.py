@@ -71,24 +71,25 @@ def output_names(model: GeneralizedRCNN, mask_output: str = "pasted") -> list[st
 def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequence[str],
                     category_ids: Sequence[int], resize: tuple[int, int | None],
                     example_size: tuple[int, int] = (96, 128),
-                    mask_output: str = "pasted") -> dict[str, Any]:
+                    mask_output: str | None = None) -> dict[str, Any]:
     """Write `folder/model.onnx` and `folder/export.json`; returns the metadata.
 
     Args:
         resize: (short side, max size) of the test-time resizing the graph expects.
-        mask_output: Mask R-CNN: "pasted" (masks at original_size) or "box" (each box's
-            M x M mask probabilities, for the caller to paste).
+        mask_output: Mask R-CNN: "pasted" (masks at original_size; None: this) or "box"
+            (each box's M x M mask probabilities, for the caller to paste).
 
     Raises:
-        ExportError: `mask_output` is not one of `MASK_OUTPUTS`, or "box" for a model
+        ExportError: `mask_output` is not one of `MASK_OUTPUTS`, or given for a model
             without masks.
     """
-    if mask_output not in MASK_OUTPUTS:
+    if mask_output is not None and mask_output not in MASK_OUTPUTS:
         raise ExportError(f"mask output must be one of {', '.join(MASK_OUTPUTS)}, got "
                           f"{mask_output!r}")
-    if mask_output != "pasted" and not model.mask_on:
+    if mask_output is not None and not model.mask_on:
         raise ExportError(f"mask_output={mask_output!r} (tools/export.py --mask-output) is "
                           f"for Mask R-CNN (model.mask_on: true); this detector has no masks")
+    mask_output = mask_output or "pasted"
     model.eval()
     example = (torch.zeros((*example_size, 3), dtype=torch.uint8),
                torch.tensor(example_size, dtype=torch.int64))

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
@@ -168,15 +168,9 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
     exported (export.json), whatever the config says."""
     model = OnnxDetector(weights, device)
     meta = model.metadata
-    unused = [o.split("=", 1)[0] for o in overrides
-              if o.startswith(("model.", "data.val.min_size=", "data.val.max_size="))]
-    if unused:
-        logger.warning("%s not applied to the exported graph %s: it keeps what export.json says "
-                       "(score_thresh %s, nms_thresh %s, detections_per_image %s, resize %s); "
-                       "export again with them", ", ".join(unused), weights,
-                       meta.get("score_thresh"), meta.get("nms_thresh"),
-                       meta.get("detections_per_image"), meta["resize"])
     cfg = _config({} if config is None else config, overrides)
+    _warn_of_settings_the_graph_keeps(cfg, meta, weights, overrides,
+                                      whole_config=config is not None)
     refuse_tta(cfg, f"the exported graph {weights}")
     cfg.data.val.min_size = meta["resize"]["short_side"]
     cfg.data.val.max_size = meta["resize"]["max_size"]
@@ -185,6 +179,47 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
         cfg.model.roi_heads.detections_per_image = int(meta["detections_per_image"])
     return LoadedDetector(model=model, cfg=cfg, class_names=list(meta["class_names"]),
                           category_ids=[int(c) for c in meta["category_ids"]], provenance={})
+
+
+def _graph_settings(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The config's values that an exported detector (its export.json `meta`) fixed."""
+    fixed = {"data.val.min_size": meta["resize"]["short_side"],
+             "data.val.max_size": meta["resize"]["max_size"],
+             "model.mask_on": bool(meta["mask_on"]),
+             "model.roi_heads.score_thresh": meta.get("score_thresh"),
+             "model.roi_heads.nms_thresh": meta.get("nms_thresh"),
+             "model.roi_heads.detections_per_image": meta.get("detections_per_image")}
+    if meta["mask_on"]:
+        fixed["model.roi_heads.mask_threshold"] = meta.get("mask_threshold")
+    return {key: value for key, value in fixed.items() if value is not None}
+
+
+def _warn_of_settings_the_graph_keeps(cfg: DictConfig, meta: Mapping[str, Any],
+                                      weights: str | os.PathLike, overrides: Sequence[str],
+                                      whole_config: bool) -> None:
+    """One warning naming what the config (`whole_config`) or the overrides ask for that the
+    exported graph does otherwise: its resize, masks and thresholds are those of its export
+    (a Mask R-CNN config given a Faster R-CNN export scores no masks)."""
+    overridden = [o.split("=", 1)[0] for o in overrides]
+    fixed = _graph_settings(meta)
+    asked = {key: OmegaConf.select(cfg, key) for key in fixed}
+    asked["data.val.min_size"], asked["data.val.max_size"] = test_resize(cfg)
+    differing = [f"{key} {_yaml(value)} (config: {_yaml(asked[key])})"
+                 for key, value in fixed.items()
+                 if (whole_config or key in overridden) and asked[key] != value]
+    # (the weights keys: replaced by the whole detector's weights, as for a checkpoint)
+    ignored = [key for key in overridden if key.startswith("model.") and key not in fixed
+               and key not in ("model.weights", "model.backbone.weights")]
+    if differing or ignored:
+        logger.warning("the exported graph %s runs as it was exported, not as the config says: "
+                       "%s; export again with the settings wanted", weights, "; ".join(
+                           differing + ([f"{', '.join(ignored)} not applied"] if ignored
+                                        else [])))
+
+
+def _yaml(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) \
+        else str(value)
 
 
 class Predictor:

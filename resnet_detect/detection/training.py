@@ -199,7 +199,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
 
 
 def export_model(config: str, weights: str, folder: Path, overrides: Sequence[str] = (),
-                 mask_output: str = "pasted") -> dict[str, Any]:
+                 mask_output: str | None = None) -> dict[str, Any]:
     """Export `weights` built as `config` says to folder/model.onnx (tools/export.py);
     returns export.json. `mask_output`: see `export.export_detector`."""
     loaded = load_detector(config, weights=weights, overrides=overrides)

@@ -550,10 +550,11 @@ def test_export_and_onnx_runs_refuse_what_they_cannot_do_naming_it(
     with pytest.raises(ValueError, match=r"exports classification, detection and sem_seg "
                                          r"models; .*cifar_synthetic.yaml is a 'analyze' config"):
         export.main([study, "--weights", weights, "--output", str(tmp_path / "bad")])
-    with pytest.raises(ValueError, match=r"--mask-output\) is for Mask R-CNN \(model.mask_on: "
-                                         r"true\); this detector has no masks"):
-        export.main([*args, "--weights", weights, "--output", str(tmp_path / "bad"),
-                     "--mask-output", "box"])
+    for choice in ("box", "pasted"):
+        with pytest.raises(ValueError, match=r"--mask-output\) is for Mask R-CNN \(model."
+                                             r"mask_on: true\); this detector has no masks"):
+            export.main([*args, "--weights", weights, "--output", str(tmp_path / "bad"),
+                         "--mask-output", choice])
     segmenter = str(ROOT / "configs/synthetic/deeplabv3plus_R_18_os16.yaml")
     with pytest.raises(ValueError, match=r"--mask-output is for Mask R-CNN; .*"
                                          r"deeplabv3plus_R_18_os16.yaml is a 'sem_seg' config"):
@@ -598,10 +599,19 @@ def test_damaged_export_folders_are_refused_naming_the_file_and_key(
     assert out["boxes"].shape[1:] == (4,)  # an upper-case suffix: ONNX, not a checkpoint
     with caplog.at_level("WARNING", logger="resnet_detect.detection.predictor"):
         Predictor(None, weights=upper / "MODEL.ONNX", overrides=[
-            "model.roi_heads.score_thresh=0.5", "data.val.max_size=99", "data.num_workers=0"])
-    assert ("model.roi_heads.score_thresh, data.val.max_size not applied to the exported "
-            f"graph {upper / 'MODEL.ONNX'}: it keeps what export.json says (score_thresh 0.05"
-            ) in caplog.text
+            "model.roi_heads.score_thresh=0.5", "data.val.max_size=99", "data.num_workers=0",
+            "model.backbone.freeze_at=3"])
+        Predictor(str(CONFIG), weights=upper / "MODEL.ONNX", overrides=data_overrides(data))
+        assert caplog.text.count("WARNING") == 1  # the config it was exported with: no word
+        # a Mask R-CNN config, whose evaluation would score no masks, and its own test size
+        Predictor(str(ROOT / "configs/synthetic/mask_rcnn_R_18_FPN.yaml"),
+                  weights=upper / "MODEL.ONNX")
+    assert (f"the exported graph {upper / 'MODEL.ONNX'} runs as it was exported, not as the "
+            f"config says: data.val.max_size 160 (config: 99); model.roi_heads.score_thresh "
+            f"0.05 (config: 0.5); model.backbone.freeze_at not applied; export again with the "
+            f"settings wanted") in caplog.text
+    assert ("not as the config says: data.val.min_size 96 (config: 320); data.val.max_size 160 "
+            "(config: 533); model.mask_on false (config: true); export again") in caplog.text
     with pytest.raises(ValueError, match=r"onnx/model.onnx: no such ONNX file"):
         Predictor(None, weights=folder)  # export.json without its graph
     metadata = json.loads((upper / "export.json").read_text())
