@@ -31,7 +31,7 @@ TASK = "classification"
 INTERPOLATION_NOTES = {
     name: "area (OpenCV INTER_AREA where the image shrinks, bilinear where it grows, as the "
     "evaluation's transform)" if name == "area" else
-    f"{name} (Pillow's, as torchvision's Resize: longer side int(shorter_side * long / "
+    f"{name} (Pillow's, as torchvision's Resize: longer side int(short_side * long / "
     f"short), crop offsets rounded)" for name in VAL_INTERPOLATIONS}
 
 
@@ -87,5 +87,5 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
         folder, TASK, inputs={"image": "uint8 (H, W, 3) RGB, resized and cropped by `resize`"},
         outputs={"logits": "float32 (K,) class scores before softmax"},
         pixel_mean=mean, pixel_std=std, class_names=names, num_classes=num_classes,
-        resize={"shorter_side": int(cfg.data.val_resize), "center_crop": size,
+        resize={"short_side": int(cfg.data.val_resize), "center_crop": size,
                 "interpolation": INTERPOLATION_NOTES[cfg.data.val_interpolation]})

@@ -29,7 +29,7 @@ def test_onnx_runtime_gives_the_pytorch_logits_at_any_size(tmp_path: Path) -> No
     export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "export")
     metadata = json.loads((tmp_path / "export/export.json").read_text())
     assert metadata["class_names"] == NAMES and metadata["pixel_mean"] == list(MEAN)
-    assert metadata["resize"] == {"shorter_side": 54, "center_crop": 48, "interpolation":
+    assert metadata["resize"] == {"short_side": 54, "center_crop": 48, "interpolation":
                                   "area (OpenCV INTER_AREA where the image shrinks, bilinear "
                                   "where it grows, as the evaluation's transform)"}
     pillow = export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "bilinear",
