@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.config import ConfigError, as_override
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from resnet_detect.engine.data import check_rgb_image, check_rgb_images
 from resnet_detect.engine.distributed import usable_device
@@ -204,7 +204,7 @@ def _warn_of_settings_the_graph_keeps(cfg: DictConfig, meta: Mapping[str, Any],
     fixed = _graph_settings(meta)
     asked = {key: OmegaConf.select(cfg, key) for key in fixed}
     asked["data.val.min_size"], asked["data.val.max_size"] = test_resize(cfg)
-    differing = [f"{key} {_yaml(value)} (config: {_yaml(asked[key])})"
+    differing = [f"{key} {as_override(value)} (config: {as_override(asked[key])})"
                  for key, value in fixed.items()
                  if (whole_config or key in overridden) and asked[key] != value]
     # (the weights keys: replaced by the whole detector's weights, as for a checkpoint)
@@ -215,11 +215,6 @@ def _warn_of_settings_the_graph_keeps(cfg: DictConfig, meta: Mapping[str, Any],
                        "%s; export again with the settings wanted", weights, "; ".join(
                            differing + ([f"{', '.join(ignored)} not applied"] if ignored
                                         else [])))
-
-
-def _yaml(value: Any) -> str:
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) \
-        else str(value)
 
 
 class Predictor:

@@ -76,6 +76,13 @@ def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
     return chain
 
 
+def as_override(value: Any) -> str:
+    """`value` as a `key=value` override writes it (null, true / false)."""
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def is_number(value: Any) -> bool:
     """An int or float (YAML's true is not one)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.config import ConfigError, as_override
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from resnet_detect.engine.data import check_rgb_image, check_rgb_images
 from resnet_detect.engine.distributed import usable_device
@@ -149,7 +149,8 @@ class Predictor:
                    weights: str | os.PathLike, overrides: Sequence[str],
                    device: str | torch.device, tta: TTAInference | None) -> None:
         """An exported graph (tools/export.py) run by ONNX Runtime: the test scale and size
-        cap it was exported with, which a given config or `tta` must agree with."""
+        cap it was exported with; a config or `tta` asking for another is warned of, one
+        asking for several views (scales, flip, windows) refused."""
         self.model = OnnxSegmentor(weights, device)
         self.class_names = self.model.class_names
         self.names_recorded = True
@@ -157,14 +158,22 @@ class Predictor:
         asked = tta or (tta_from_config(_config(config, overrides)) if config is not None
                         else None)
         graph = (self.model.test_scale, self.model.test_max_size)
-        if asked is not None and (asked.single_scale, asked.max_size) != graph:
+        if asked is not None and asked.single_scale is None:
             raise ExportError(
                 f"{weights} runs one test scale, {graph[0]}, with test.max_size {graph[1]}, "
                 f"without flip or windows; the config asks for test.scales="
-                f"{list(asked.scales)} test.flip={asked.flip} test.window={asked.window} "
-                f"test.max_size={asked.max_size}: set test.scales=[{graph[0]}] test.flip=false "
-                f"test.window=null test.max_size={'null' if graph[1] is None else graph[1]}, "
-                f"or export again with the test keys wanted")
+                f"{list(asked.scales)} test.flip={asked.flip} test.window={asked.window}: set "
+                f"test.scales=[{graph[0]}] test.flip=false test.window=null, or export again "
+                f"with the test keys wanted")
+        differing = [f"{key} {as_override(exported)} (config: {as_override(config_value)})"
+                     for key, exported, config_value in (
+                         ("test.scales", [graph[0]], [asked.single_scale]),
+                         ("test.max_size", graph[1], asked.max_size))
+                     if exported != config_value] if asked is not None else []
+        if differing:
+            logger.warning("the exported graph %s runs as it was exported, not as the config "
+                           "says: %s; export again with the settings wanted", weights,
+                           "; ".join(differing))
         self.device = torch.device(device)
 
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:

@@ -174,7 +174,8 @@ def test_a_data_source_given_on_the_command_line_replaces_the_files(
 
 
 def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
-        trained: tuple[Path, dict], data: Path, tmp_path: Path) -> None:
+        trained: tuple[Path, dict], data: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     """tools/export.py -> tools/eval.py and tools/demo.py with --weights DIR/model.onnx, at the
     config's test scale (0.5), which the graph applies itself."""
     export = tmp_path / "export"
@@ -192,13 +193,18 @@ def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
     assert cv2.imread(str(tmp_path / "demo/000001.jpg")).shape == cv2.imread(str(image)).shape
     with pytest.raises(ValueError, match=r"runs one test scale, 0.5, with test.max_size None, "
                                          r"without flip or windows; the config asks for "
-                                         r"test.scales=\[1.0\]"):
+                                         r"test.scales=\[0.5\] test.flip=True"):
         load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
-                                str(tmp_path / "x"), *overrides(data), "test.scales=[1.0]"])
-    with pytest.raises(ValueError, match=r"asks for .* test.max_size=64: set .* "
-                                         r"test.max_size=null, or export again"):
-        load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
-                                str(tmp_path / "x"), *overrides(data), "test.max_size=64"])
+                                str(tmp_path / "x"), *overrides(data), "test.flip=true"])
+    # another single scale and cap: the graph's, named (as for a detector's resize)
+    with caplog.at_level("WARNING", logger="resnet_detect.segmentation.predictor"):
+        scaled = load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
+                                         str(tmp_path / "x"), *overrides(data),
+                                         "test.scales=[1.0]", "test.max_size=64"])
+    assert (f"the exported graph {export} runs as it was exported, not as the config says: "
+            f"test.scales [0.5] (config: [1.0]); test.max_size null (config: 64); export again "
+            f"with the settings wanted") in caplog.text
+    assert scaled["sem_seg"]["mIoU"] == metrics["onnx"]["mIoU"]
     with pytest.raises(ValueError, match=r"one test scale without flip or windows; .* asks for "
                                          r"test.scales=\[0.5, 1.0\]"):
         load_tool("export").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
