@@ -140,9 +140,9 @@ def test_an_exports_detections_per_image_sets_what_its_evaluation_scores(
 
     class ExportedGraph:
         mask_on = False
-        metadata = {"detections_per_image": 300, "score_thresh": 0.05, "nms_thresh": 0.5,
-                    "resize": {"short_side": 800, "max_size": 1333}, "class_names": ["cell"],
-                    "category_ids": [1]}
+        metadata = {"detections_per_image": 300, "mask_on": False, "score_thresh": 0.05,
+                    "nms_thresh": 0.5, "resize": {"short_side": 800, "max_size": 1333},
+                    "class_names": ["cell"], "category_ids": [1]}
 
         def __init__(self, path: object, device: object) -> None:
             pass
