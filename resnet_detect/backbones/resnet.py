@@ -237,6 +237,9 @@ class ResNet(nn.Module):
             self.stages.append(name)
             self._shapes[name] = ShapeSpec(in_channels, stride_so_far)
 
+        if isinstance(out_features, str):  # (not its characters)
+            raise ArgumentError(f"out_features is a list of stage names, got the string "
+                                f"{out_features!r}: write [{out_features!r}]")
         self.out_features = tuple(out_features or (self.stages[-1],))
         unknown = [f for f in self.out_features if f not in self._shapes]
         if unknown:

@@ -282,6 +282,9 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
         ConfigError: a malformed override, an unknown key, or a value of the wrong kind where
             `kinds` (dotted key -> kind of its default) says (named with the override).
     """
+    if isinstance(overrides, str):  # (its characters would be read as overrides)
+        raise ConfigError(f"overrides are a list of key=value strings, got the string "
+                          f"{overrides!r}: write [{overrides!r}]")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value")

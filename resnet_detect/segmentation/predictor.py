@@ -139,6 +139,11 @@ class Predictor:
         if not self.names_recorded:  # torchvision's weights: the config's names, if it has any
             names = (_configured_names(cfg, self.model.num_classes, source)
                      or placeholder_names(self.model.num_classes))
+        elif any(o.split("=", 1)[0] == "data.class_names" for o in overrides):
+            given = _configured_names(cfg, self.model.num_classes, source)
+            if given is not None and given != list(names):  # (tools/eval.py refuses their data)
+                logger.warning("data.class_names is not used: the weights %s name their "
+                               "classes %s", source, list(names)[:10])
         self.class_names = list(names)
         self.tta = tta or tta_from_config(cfg)
         if tta is None and isinstance(provenance.get("config"), Mapping):

@@ -229,6 +229,8 @@ def test_lesion_of_one_block_keeps_shape_and_changes_output():
     (dict(name="resnet50", out_features=("res6",)),
      r"out_features \['res6'\] are not stages of this net; valid: stem, res2, res3, res4, res5"),
     (dict(name="cifar_resnet20", depth=21), "6n\\+2"),
+    (dict(name="resnet50", out_features="res4"),  # (its characters were named as the stages)
+     r"out_features is a list of stage names, got the string 'res4': write \['res4'\]"),
 ])
 def test_bad_options_raise_value_error_listing_valid_values(bad, match):
     with pytest.raises(ValueError, match=match):

@@ -189,6 +189,11 @@ def test_unknown_override_key_names_the_override(tmp_path: Path) -> None:
         load_config(path, ["model.depth=18"], defaults=DEFAULTS, open_keys=["model.options"])
     with pytest.raises(ConfigError, match="must look like key=value"):
         load_config(path, ["model.name"], defaults=DEFAULTS)
+    # one string for the list (detectron2's merge_from_list takes a list too): was "override
+    # 'm' must look like key=value", from its first character
+    with pytest.raises(ConfigError, match=r"overrides are a list of key=value strings, got the "
+                                          r"string 'model.name=x': write \['model.name=x'\]"):
+        load_config(path, "model.name=x", defaults=DEFAULTS)
 
 
 def test_mandatory_missing_file_and_cycle_errors(tmp_path: Path) -> None:

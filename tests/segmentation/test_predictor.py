@@ -44,6 +44,16 @@ def test_predictor_uses_checkpoint_provenance(tmp_path, small_config, caplog):
     assert f"{path} records a config that tests with test.scales=[1.0] test.flip=False " \
            "test.window=None test.max_size=None (its evaluations in training); this asks for " \
            "[0.5] True None None" in caplog.text
+    # data.class_names beside weights that name their classes: were ignored without a word,
+    # whatever their number
+    with pytest.raises(ConfigError, match=r"the weights .*model_final.pth have 3 classes, "
+                                          r"data.class_names names 2"):
+        Predictor(weights=path, overrides=["data.class_names=[a,b]"])
+    with caplog.at_level(logging.WARNING):
+        renamed = Predictor(weights=path, overrides=["data.class_names=[a,b,c]"])
+    assert renamed.class_names == names
+    assert (f"data.class_names is not used: the weights {path} name their classes "
+            f"{names}") in caplog.text
 
 
 def test_predictor_without_config_needs_an_own_checkpoint(tmp_path, small_config):

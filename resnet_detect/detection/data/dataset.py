@@ -64,7 +64,12 @@ def object_masks(segmentations: Sequence[Any], height: int, width: int,
     mask) after the transforms applied to their image (its resize and flip; the others must
     change pixels alone), one object at a time: a dense image's masks stacked at full size
     took gigabytes and seconds."""
-    applied = [(n, p) for n, p in applied if n in MASK_MOVES]
+    # the flip first, then the resize (which commute), as torchvision's reference pipeline
+    # makes its masks: the nearest resize moves a mask about half a pixel right and down, which
+    # the unaligned RoIAlign of the targets takes back; a flip after it mirrored that half
+    # pixel, and the flipped images' targets were a pixel off
+    applied = sorted(((n, p) for n, p in applied if n in MASK_MOVES),
+                     key=lambda move: move[0] == "ResizeShortestEdge")
     shape = (height, width)
     for name, params in applied:
         if name == "ResizeShortestEdge":
@@ -74,7 +79,7 @@ def object_masks(segmentations: Sequence[Any], height: int, width: int,
         if segmentation is None:  # a val object without one
             continue
         full = segmentation_to_mask(segmentation, height, width)
-        for name, params in applied:  # as albumentations applies them to masks
+        for name, params in applied:
             if name == "ResizeShortestEdge":
                 new_h, new_w = params["new_shape"]
                 full = cv2.resize(full, (new_w, new_h), interpolation=cv2.INTER_NEAREST)

@@ -43,19 +43,15 @@ class PolygonMasks:
                 height, width = params["new_shape"]
         return PolygonMasks(objects)
 
-    def rasterize_within(self, boxes: np.ndarray, objects: np.ndarray, size: int,
-                         aligned: bool = True) -> np.ndarray:
+    def rasterize_within(self, boxes: np.ndarray, objects: np.ndarray, size: int) -> np.ndarray:
         """float32 (P, size, size) 0/1 targets: object objects[k]'s polygons, shifted to
         boxes[k]'s (x0, y0) and scaled by size over its width and height, rasterised (as
-        detectron2's rasterize_polygons_within_box, whose RoIAlign is aligned). `aligned`
-        False: the boxes are those of an unaligned RoIAlign (torchvision's), which samples
-        pixel i's value at i, not at its centre i + 0.5: the polygons move half a pixel up
-        and left, as that RoIAlign sees the objects' bitmaps."""
+        detectron2's rasterize_polygons_within_box): where the object lies in its box, for an
+        aligned RoIAlign or not (the bitmask targets, an unaligned RoIAlign of bitmaps that the
+        nearest resize moved half a pixel, lie there too)."""
         out = np.zeros((len(boxes), size, size), dtype=np.float32)
-        shift = 0.0 if aligned else 0.5
         for target, (x0, y0, x1, y1), k in zip(out, boxes.astype(np.float64), objects):
             scale_x, scale_y = size / max(x1 - x0, 0.1), size / max(y1 - y0, 0.1)
-            x0, y0 = x0 + shift, y0 + shift
             inside = []
             for polygon in self.objects[int(k)]:
                 shifted = polygon.copy()

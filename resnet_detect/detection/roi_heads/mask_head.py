@@ -103,7 +103,7 @@ class MaskRCNNHead(nn.Module):
         Bilinear RoIAlign (adaptive sampling) on the 0/1 gt bitmaps: targets are soft near
         the object's edges, as in torchvision's Mask R-CNN. Polygons are rasterised inside
         each RoI instead, 0/1, as detectron2 makes them, on the host (one read of every
-        image's RoIs), half a pixel off where the pooler is not aligned, as its bitmaps are.
+        image's RoIs).
 
         Args:
             gt_masks: per image (M_i, H_i, W_i) 0/1 masks (uint8, bool or float) at the
@@ -123,7 +123,7 @@ class MaskRCNNHead(nn.Module):
             if isinstance(masks, PolygonMasks):
                 host = next(on_host)
                 crops = masks.rasterize_within(host[:, :4], host[:, 4].astype(np.int64),
-                                               mask_size, aligned=self.aligned)
+                                               mask_size)
                 targets.append(torch.from_numpy(crops).to(rois.device))
                 continue
             # min(P_i, M_i) float maps (G, 1, H, W): one per RoI or one per gt mask (as
