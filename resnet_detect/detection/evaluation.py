@@ -70,12 +70,20 @@ def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: An
         image_id: the image's id in the ground-truth file.
         boxes: (R, 4) xyxy in original image pixels.
         scores: (R,) confidences.
-        labels: (R,) contiguous labels.
+        labels: (R,) contiguous labels 0..K-1, as the model gives them (a `Predictor`'s are
+            category ids already).
         category_ids: dataset category id of each contiguous label.
         masks: optional (R, H, W) boolean masks at the original image size.
+
+    Raises:
+        ValueError: a label outside 0..K-1.
     """
     boxes = _numpy(boxes).astype(np.float64).reshape(-1, 4)
     scores, labels = _numpy(scores).reshape(-1), _numpy(labels).astype(np.int64).reshape(-1)
+    if len(labels) and not 0 <= labels.min() <= labels.max() < len(category_ids):
+        raise ValueError(f"labels are the model's 0..{len(category_ids) - 1} (one per category "
+                         f"id), got {labels.min()}..{labels.max()}: a Predictor's labels are "
+                         f"category ids already")
     ids = np.asarray(category_ids, dtype=np.int64)[labels]
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
     results = [{"image_id": int(image_id), "category_id": int(ids[i]),
@@ -419,7 +427,8 @@ class COCOEvaluator:
 
         Args:
             inputs: samples with "image_id".
-            outputs: per sample {"boxes", "scores", "labels"[, "masks"]} in original pixels.
+            outputs: per sample {"boxes", "scores", "labels"[, "masks"]} in original pixels,
+                as the model gives them (labels 0..K-1, not a `Predictor`'s category ids).
         """
         for sample, out in zip(inputs, outputs, strict=True):
             self._results += instances_to_coco_results(

@@ -250,6 +250,13 @@ def test_rle_round_trip() -> None:
         category_ids=CATEGORY_IDS, masks=stacked)
     for result, mask in zip(results, masks):
         assert np.array_equal(mask_utils.decode(result["segmentation"]).astype(bool), mask)
+    # a Predictor's labels (category ids) were looked up again: an IndexError, or, below K,
+    # silently the next category's id
+    with pytest.raises(ValueError, match=rf"labels are the model's 0..{len(CATEGORY_IDS) - 1} "
+                                         rf"\(one per category id\), got 0..{len(CATEGORY_IDS)}: "
+                                         r"a Predictor's labels are category ids already"):
+        instances_to_coco_results(7, torch.zeros(2, 4), torch.ones(2),
+                                  torch.tensor([0, len(CATEGORY_IDS)]), category_ids=CATEGORY_IDS)
 
 
 @pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])

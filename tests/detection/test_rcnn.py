@@ -285,6 +285,11 @@ def test_bad_input_errors() -> None:
         model(image, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
         model([torch.zeros(64, 64)])
+    # one image not in a list: was "image 0 must be a (3, H, W) RGB tensor, got (64, 64)"
+    with pytest.raises(ValueError, match=r"takes a list of \(3, H, W\) images or an \(N, 3, H, "
+                                         r"W\) batch, got one \(3, 64, 64\) tensor: pass "
+                                         r"\[image\]"):
+        model(torch.zeros(3, 64, 64))
     with pytest.raises(ValueError, match="model.num_classes"):
         build_model(_config("faster_rcnn_R_50_FPN_1x.yaml", []))
     with pytest.raises(ValueError, match="model.roi_heads.name"):
@@ -298,6 +303,24 @@ def test_bad_input_errors() -> None:
             if not k.startswith("roi_heads.box_predictor.cls")
         }
         load_detector_weights(model, state)
+
+
+def test_float_images_within_0_1_are_warned_of(monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """torchvision's models take 0..1 floats, this one 0..255: a torchvision habit gave other
+    detections without a word."""
+    from resnet_detect.engine.data import batching
+    model = build_model(_config("faster_rcnn_R_50_FPN_1x.yaml", TINY)).eval()
+    message = "got float images within 0..1; it takes RGB values in 0..255"
+    for images, warned in (([torch.rand(3, 64, 64)], True), ([torch.rand(3, 64, 64) * 255], False),
+                           ([torch.zeros(3, 64, 64)], False)):
+        monkeypatch.setattr(batching, "_looked_at_float_images", False)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="resnet_detect.engine.data.batching"), \
+                torch.no_grad():
+            model(images)
+            model([torch.rand(3, 64, 64)])  # looked at once
+        assert caplog.text.count(message) == int(warned), images[0].max()
 
 
 @pytest.mark.parametrize("override, message", [

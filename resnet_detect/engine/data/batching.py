@@ -8,12 +8,16 @@ and benchmarks/segmentation_inference.py).
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+logger = logging.getLogger(__name__)
+_looked_at_float_images = False
 
 
 def pad_to_multiple(x: Tensor, divisibility: int) -> Tensor:
@@ -44,12 +48,16 @@ def batch_images(images: Sequence[Tensor] | Tensor, pixel_mean: Tensor, pixel_st
     Raises:
         ValueError: no images, or one that is not a (3, H, W) tensor.
     """
+    if isinstance(images, Tensor) and images.dim() == 3:
+        raise ValueError(f"{owner} takes a list of (3, H, W) images or an (N, 3, H, W) batch, "
+                         f"got one {tuple(images.shape)} tensor: pass [image]")
     if len(images) == 0:
         raise ValueError(f"{owner} got no images")
     for i, image in enumerate(images):
         if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
             shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
             raise ValueError(f"image {i} must be a (3, H, W) RGB tensor, got {shape}")
+    _warn_of_unit_range(images, owner)
     image_sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
     max_h = max(h for h, _ in image_sizes)
     max_w = max(w for _, w in image_sizes)
@@ -64,3 +72,18 @@ def batch_images(images: Sequence[Tensor] | Tensor, pixel_mean: Tensor, pixel_st
     if batch.device.type == "cpu":
         batch = batch.contiguous(memory_format=torch.channels_last)
     return batch, image_sizes
+
+
+def _warn_of_unit_range(images: Sequence[Tensor] | Tensor, owner: str) -> None:
+    """Float images within 0..1 (torchvision's models take those), which this model
+    normalises as 0..255 values: warned of, looked for in the first float batch only (one
+    wait for a GPU). uint8 images, as the loaders give, are not looked at."""
+    global _looked_at_float_images
+    floats = [image for image in images if image.is_floating_point()]
+    if _looked_at_float_images or not floats:
+        return
+    _looked_at_float_images = True
+    peak = float(torch.stack([image.amax() for image in floats]).amax())
+    if 0 < peak <= 1:
+        logger.warning("%s got float images within 0..1; it takes RGB values in 0..255 "
+                       "(torchvision's models take 0..1): multiply them by 255", owner)
