@@ -49,14 +49,19 @@ def _centre(targets: np.ndarray) -> np.ndarray:
     return np.stack([(weights * xs).sum((1, 2)), (weights * ys).sum((1, 2))], axis=1)
 
 
-def test_polygon_and_bitmask_targets_agree_and_a_flip_does_not_move_them(data: Path) -> None:
-    """Each object's polygon target in its own box against the unaligned RoIAlign (the
-    configs' default, torchvision's) of its resized bitmap: the same shape up to the
-    bitmap's soft edges, and flipped images' targets where the others' are. Before, the
-    flipped bitmaps were a pixel left (the resize's half pixel mirrored by a flip after it)."""
+@pytest.mark.parametrize("aligned", [False, True])
+def test_polygon_and_bitmask_targets_agree_and_a_flip_does_not_move_them(
+        data: Path, aligned: bool) -> None:
+    """Each object's polygon target in its own box against the RoIAlign of its resized
+    bitmap, unaligned (the configs' default, torchvision's) or aligned: the same shape up to
+    the bitmap's soft edges, and flipped images' targets where the others' are. Before, the
+    flipped bitmaps were a pixel left (the resize's half pixel mirrored by a flip after it),
+    and an aligned RoIAlign's half a pixel right and down (that half pixel, which only an
+    unaligned RoIAlign takes back)."""
     offsets, ious, sizes = {}, [], set()
     for flip in (0.0, 1.0):
-        bitmask, polygon = _datasets(data, f"data.train.hflip_prob={flip}")
+        bitmask, polygon = _datasets(data, f"data.train.hflip_prob={flip}",
+                                     f"model.roi_heads.pooler_aligned={aligned}")
         offsets[flip] = []
         for index in range(len(bitmask)):
             for seed in range(3):
@@ -68,7 +73,7 @@ def test_polygon_and_bitmask_targets_agree_and_a_flip_does_not_move_them(data: P
                 boxes = a["gt_boxes"]
                 rois = torch.cat([torch.arange(len(boxes))[:, None].float(), boxes], dim=1)
                 soft = roi_align(a["gt_masks"][:, None].float(), rois, (28, 28), 1.0, 0,
-                                 aligned=False)[:, 0].numpy()
+                                 aligned=aligned)[:, 0].numpy()
                 hard = b["gt_masks"].rasterize_within(boxes.numpy(), np.arange(len(boxes)), 28)
                 assert np.abs(soft - hard).mean() < 0.055
                 both = ((soft >= 0.5) & (hard >= 0.5)).sum((1, 2))
@@ -79,6 +84,8 @@ def test_polygon_and_bitmask_targets_agree_and_a_flip_does_not_move_them(data: P
     assert min(ious) > 0.88 and np.mean(ious) > 0.96
     moved = np.mean(offsets[1.0], axis=0) - np.mean(offsets[0.0], axis=0)
     assert np.abs(moved).max() < 0.1, moved
+    if aligned:  # (unaligned: torchvision's targets, off where a resize keeps the scale)
+        assert np.abs(np.mean(offsets[0.0] + offsets[1.0], axis=0)).max() < 0.05
     assert len(sizes) > 1  # resized to several training scales
 
 

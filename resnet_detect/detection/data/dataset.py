@@ -59,15 +59,16 @@ def aspect_groups(records: Sequence[dict[str, Any]]) -> np.ndarray:
 
 
 def object_masks(segmentations: Sequence[Any], height: int, width: int,
-                 applied: Sequence[tuple[str, dict[str, Any]]]) -> np.ndarray:
+                 applied: Sequence[tuple[str, dict[str, Any]]], centred: bool = False
+                 ) -> np.ndarray:
     """uint8 (M, H', W') masks of objects (COCO segmentations of an H x W image; None: no
     mask) after the transforms applied to their image (its resize and flip; the others must
     change pixels alone), one object at a time: a dense image's masks stacked at full size
-    took gigabytes and seconds."""
-    # the flip first, then the resize (which commute), as torchvision's reference pipeline
-    # makes its masks: the nearest resize moves a mask about half a pixel right and down, which
-    # the unaligned RoIAlign of the targets takes back; a flip after it mirrored that half
-    # pixel, and the flipped images' targets were a pixel off
+    took gigabytes and seconds. The resize is the nearest pixel's, from the corner as
+    torchvision's (about half a pixel right and down, which the unaligned RoIAlign of the
+    targets takes back), or `centred` for an aligned RoIAlign (as detectron2's PIL resize)."""
+    # the flip first, then the resize (they commute), as torchvision's reference pipeline:
+    # a flip after the resize mirrored its half pixel, and the flipped targets were a pixel off
     applied = sorted(((n, p) for n, p in applied if n in MASK_MOVES),
                      key=lambda move: move[0] == "ResizeShortestEdge")
     shape = (height, width)
@@ -82,7 +83,8 @@ def object_masks(segmentations: Sequence[Any], height: int, width: int,
         for name, params in applied:
             if name == "ResizeShortestEdge":
                 new_h, new_w = params["new_shape"]
-                full = cv2.resize(full, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+                full = cv2.resize(full, (new_w, new_h), interpolation=cv2.INTER_NEAREST_EXACT
+                                  if centred else cv2.INTER_NEAREST)
             else:
                 full = full[:, ::-1]
         mask[...] = full
@@ -120,6 +122,8 @@ class DetectionDataset(Dataset):
         mask_format: "bitmask" (gt_masks: uint8 (M, H, W) at the image's size) or "polygon"
             (gt_masks: the objects' polygons, `PolygonMasks`; every segmentation a polygon
             list: an RLE is refused here, naming it).
+        aligned_masks: the bitmask targets are cropped by an aligned RoIAlign
+            (`model.roi_heads.pooler_aligned`): their masks are resized centred.
         scale_per_batch: `batch_keys` gives every image of a batch one training scale
             (drawn as the transform's first top-level ResizeShortestEdge draws it per image),
             so a batch is padded only to its largest aspect ratio, not also to its largest
@@ -128,7 +132,7 @@ class DetectionDataset(Dataset):
 
     def __init__(self, records: Sequence[dict[str, Any]], *, transform: A.Compose,
                  with_masks: bool = False, scale_per_batch: bool = False,
-                 mask_format: str = "bitmask") -> None:
+                 mask_format: str = "bitmask", aligned_masks: bool = False) -> None:
         check_mask_format(mask_format)
         if with_masks:
             moves = [type(t).__name__ for t in transform.transforms
@@ -149,6 +153,7 @@ class DetectionDataset(Dataset):
         self.transform = transform
         self.with_masks = with_masks
         self.mask_format = mask_format
+        self.aligned_masks = aligned_masks
         self._resize = None
         if scale_per_batch:
             resizes = [t for t in transform.transforms if isinstance(t, ResizeShortestEdge)]
@@ -220,7 +225,7 @@ class DetectionDataset(Dataset):
         elif self.with_masks:
             sample["gt_masks"] = torch.from_numpy(object_masks(
                 [record["segmentations"][i] for i in keep], height, width,
-                out["applied_transforms"]))
+                out["applied_transforms"], centred=self.aligned_masks))
         return sample
 
     def _skip(self, reason: str) -> None:

@@ -118,6 +118,7 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
     min_size = d.min_size if isinstance(d.min_size, int) else list(d.min_size)
     train = DetectionDataset(records, with_masks=mask_on, scale_per_batch=scale_per_batch,
                              mask_format=d.mask_format,
+                             aligned_masks=bool(cfg.model.roi_heads.pooler_aligned),
                              transform=build_transforms(min_size=min_size, max_size=d.max_size,
                                                         flip_prob=flip_prob))
     if threshold is not None:
