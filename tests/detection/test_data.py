@@ -698,10 +698,14 @@ def test_a_file_of_normalised_polygons_is_refused_a_tiny_polygon_is_not(tmp_path
             assert len(records[0]["segmentations"]) == 3
 
 
-def test_object_masks_follow_their_image_as_albumentations_moves_masks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("centred", [False, True])
+def test_object_masks_are_flipped_then_resized_as_torchvisions_pipeline(
+        tmp_path: Path, centred: bool) -> None:
     """Each object's mask resized and flipped on its own (stacked at full size, a dense
-    image's masks took gigabytes): pixel for pixel what albumentations gives for masks passed
-    through the same transform, for polygons and RLE, flipped or not, up and down."""
+    image's masks took gigabytes), for polygons and RLE, up and down: pixel for pixel the
+    full-size mask flipped, then resized to the sample's size by the nearest pixel (from the
+    corner, torchvision's; `aligned_masks`: centred, detectron2's). albumentations flips
+    after the resize, which mirrors the resize's half pixel: its flipped masks differ."""
     from pycocotools import mask as mask_utils
     rng = np.random.default_rng(0)
     height, width = 45, 70
@@ -715,19 +719,26 @@ def test_object_masks_follow_their_image_as_albumentations_moves_masks(tmp_path:
         [{"id": 1, "file_name": "a.png", "height": height, "width": width}], anns)))
     records, _, _ = load_coco_json(ann_file, tmp_path / "images", keep_segmentation=True)
     transform = build_transforms(min_size=[23, 45, 61], max_size=None, flip_prob=0.5)
-    dataset = DetectionDataset(records, with_masks=True, transform=transform)
+    dataset = DetectionDataset(records, with_masks=True, transform=transform,
+                               aligned_masks=centred)
     full = [mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(s, height, width)))
             if isinstance(s, list) else mask_utils.decode(s) for s in records[0]["segmentations"]]
-    seen = set()
+    seen, albumentations_differs = set(), False
     for seed in range(30):
         sample = dataset[(0, seed)]
         transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
-        expected = transform(image=read_image(records[0]["file_name"]), bboxes=records[0]["boxes"],
-                             box_ids=np.arange(3), masks=full)
-        np.testing.assert_array_equal(sample["gt_masks"].numpy(), np.stack(expected["masks"]))
-        seen.add((sample["image"].shape[1],
-                  "HorizontalFlip" in dict(expected["applied_transforms"])))
+        moved = transform(image=read_image(records[0]["file_name"]), bboxes=records[0]["boxes"],
+                          box_ids=np.arange(3), masks=full)
+        flipped = "HorizontalFlip" in dict(moved["applied_transforms"])
+        size = sample["image"].shape[2], sample["image"].shape[1]
+        expected = np.stack([cv2.resize(np.ascontiguousarray(m[:, ::-1] if flipped else m),
+                                        size, interpolation=cv2.INTER_NEAREST_EXACT if centred
+                                        else cv2.INTER_NEAREST) for m in full])
+        np.testing.assert_array_equal(sample["gt_masks"].numpy(), expected)
+        albumentations_differs |= not np.array_equal(expected, np.stack(moved["masks"]))
+        seen.add((sample["image"].shape[1], flipped))
     assert len(seen) == 6  # every scale, flipped and not
+    assert albumentations_differs
 
 
 def test_compressed_rle_counts_read_as_pycocotools_writes_them() -> None:
