@@ -115,7 +115,7 @@ class Checkpointer:
         rng_states = all_gather_object(get_rng_state())
         if extra is None and self.extra_fn is not None:
             extra = self.extra_fn(iteration)
-        path = self.output_dir / f"model_{iteration:07d}.pth"
+        path = self.path_of(iteration)
         error = None
         if is_main_process():
             state = {"model": unwrap_model(self.model).state_dict(), "iteration": int(iteration),
@@ -157,6 +157,10 @@ class Checkpointer:
         barrier()
         return path
 
+    def path_of(self, iteration: int) -> Path:
+        """The checkpoint file of `iteration`."""
+        return self.output_dir / f"model_{iteration:07d}.pth"
+
     def _prune(self, keep: Path) -> None:
         if self.max_to_keep is None:
             return
@@ -176,7 +180,10 @@ class Checkpointer:
         pointer = self.output_dir / POINTER
         if not pointer.is_file():
             return None
-        name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        try:
+            name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError as e:  # (permissions): read as a pointer that names none
+            return self.output_dir / f"(unreadable: {e.strerror or e})"
         if not CHECKPOINT_NAME.fullmatch(name):
             name = f"{name!r} (not a checkpoint name)"
         return self.output_dir / name
@@ -304,31 +311,38 @@ class Checkpointer:
         return state
 
     def resume(self) -> dict[str, Any] | None:
-        """Load the checkpoint `last_checkpoint` names; None (and nothing loaded) if there is no
-        pointer. When that file is missing or unreadable, say so and load the newest older
-        checkpoint of the folder that reads.
+        """Load the checkpoint `last_checkpoint` names; None (and nothing loaded) if the folder
+        holds no checkpoint. When that file is missing or unreadable, say so and load the
+        newest older checkpoint of the folder that reads; without a pointer (a kill before the
+        run's first one was written, checkpoints copied without it), the newest that reads.
 
         Raises:
             UnreadableCheckpointError: no checkpoint of the folder could be read.
         """
         self.remove_partial_writes()
         newest = self._pointer_target()
-        if newest is None:
+        found = sorted(self._checkpoints(), key=_iteration_of, reverse=True)
+        if newest is None and not found:
             logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
             return None
-        bound = _iteration_of(newest) if CHECKPOINT_NAME.fullmatch(newest.name) else None
-        older = sorted((p for p in self._checkpoints()
-                        if bound is None or _iteration_of(p) < bound),
-                       key=_iteration_of, reverse=True)
+        if newest is None:
+            logger.warning("%s has no %s (a kill before it was written, or checkpoints copied "
+                           "without it): resuming from its newest checkpoint that reads",
+                           self.output_dir, POINTER)
+            candidates = found
+        else:
+            bound = _iteration_of(newest) if CHECKPOINT_NAME.fullmatch(newest.name) else None
+            candidates = [newest, *(p for p in found
+                                    if bound is None or _iteration_of(p) < bound)]
         failures = []
-        for path in (newest, *older):
+        for path in candidates:
             try:
                 state = self.load(path)
             except UnreadableCheckpointError as e:
                 failures.append(str(e))
                 logger.warning("%s; trying the next older checkpoint", e)
                 continue
-            if path != newest:
+            if newest is not None and path != newest:
                 logger.warning("resumed from the older checkpoint %s: %s named %s, which could "
                                "not be read", path, self.output_dir / POINTER, newest.name)
             return state
@@ -423,15 +437,22 @@ class BestWeights:
             return
         if self.best is not None and value <= self.best:
             return
-        self.best = float(value)
         if is_main_process():
-            atomic_save({"model": {k: v.detach().cpu() for k, v in
-                                   unwrap_model(self.model).state_dict().items()},
-                         "provenance": self.provenance, "iteration": int(iteration),
-                         "best": {"metric": self.metric, "value": self.best}}, self.path,
-                        checksum=True)
-            logger.info("best %s so far: %.4f at iteration %d, weights in %s", self.metric,
-                        self.best, iteration, self.path)
+            try:
+                atomic_save({"model": {k: v.detach().cpu() for k, v in
+                                       unwrap_model(self.model).state_dict().items()},
+                             "provenance": self.provenance, "iteration": int(iteration),
+                             "best": {"metric": self.metric, "value": float(value)}}, self.path,
+                            checksum=True)
+            except OSError as e:  # (a full disk: the next checkpoint's save says what to do)
+                logger.warning("cannot write %s (%s: %s): the best %s so far, %.4f at iteration "
+                               "%d, is not kept; the file keeps the earlier best, if any; "
+                               "training goes on", self.path, type(e).__name__,
+                               e.strerror or e, self.metric, value, iteration)
+            else:
+                logger.info("best %s so far: %.4f at iteration %d, weights in %s", self.metric,
+                            value, iteration, self.path)
+        self.best = float(value)
 
 
 def _iteration_of(checkpoint: Path) -> int:

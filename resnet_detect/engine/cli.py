@@ -138,7 +138,10 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
                                   resume=args.resume_from or args.resume)
         except TrainingInterrupted as stopped:
             if is_main_process():
-                print(stopped, file=sys.stderr, flush=True)
+                try:
+                    print(stopped, file=sys.stderr, flush=True)
+                except OSError:  # a console gone: log.txt says it
+                    pass
             raise SystemExit(stopped.exit_code) from None
         if is_main_process():
             print_and_log(runner_task.summary(result["all_metrics"]))

@@ -18,8 +18,9 @@ import torch
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *,
-                 binary: bool = False) -> None:
-    """Call `write(file)` on a temp file beside `path`, then rename it to `path`.
+                 binary: bool = False, before_replace: Callable[[], None] | None = None) -> None:
+    """Call `write(file)` on a temp file beside `path`, then rename it to `path`
+    (`before_replace()` between the two, once the temp file is complete).
 
     Creates the parent folder. If `write` raises, `path` is left as it was.
     """
@@ -34,6 +35,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *,
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -51,9 +54,10 @@ def atomic_save(obj: Any, path: str | os.PathLike, *, checksum: bool = False) ->
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     data = buffer.getbuffer()
-    if checksum:  # a stale one (an earlier file's) would call the new file damaged
-        checksum_file(path).unlink(missing_ok=True)
-    atomic_write(path, lambda f: f.write(data), binary=True)
+    # a stale checksum (the earlier file's) would call the new file damaged: removed once the
+    # new bytes are on disk, so that a failed write (a full disk) leaves the earlier file checked
+    atomic_write(path, lambda f: f.write(data), binary=True, before_replace=lambda: checksum_file(
+        path).unlink(missing_ok=True) if checksum else None)
     if checksum:
         atomic_write_text(hashlib.sha256(data).hexdigest() + "\n", checksum_file(path))
 
@@ -95,15 +99,19 @@ def read_checked_bytes(path: str | os.PathLike) -> bytes:
     """The bytes of `path`, checked against its `checksum_file` where it has one.
 
     Raises:
-        ValueError: they differ (the file was damaged after it was written).
+        ValueError: they differ (the file was damaged after it was written), or the checksum
+            file is there but cannot be read.
     """
     for attempt in range(2):
         data = Path(path).read_bytes()
         try:  # "<hex>" as written here, or "<hex>  NAME" as sha256sum writes it
             written = checksum_file(path).read_text(encoding="utf-8", errors="replace")
             recorded = (written.split() or [""])[0].lower()
-        except OSError:  # none written (files of other tools, or of older versions)
+        except FileNotFoundError:  # none written (files of other tools, or older versions)
             return data
+        except OSError as e:  # (not read as "none written": the file would go unchecked)
+            raise ValueError(f"its checksum file {checksum_file(path).name} cannot be read "
+                             f"({type(e).__name__}: {e.strerror or e})") from e
         if hashlib.sha256(data).hexdigest() == recorded:
             return data
         if attempt == 0:  # a run that rewrote the file (model_best.pth) between the reads

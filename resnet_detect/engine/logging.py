@@ -5,6 +5,7 @@ Only the main process writes tensorboard events and INFO lines; other ranks log 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -110,8 +111,12 @@ def set_up_handlers(settings: tuple[int, list[tuple[str | None, str | None, str 
 
 def print_and_log(text: str) -> None:
     """Print `text` (a results table, a summary line) as it is, and write it into the log.txt
-    that setup_logging opened, so that the file holds the whole run."""
-    print(text, flush=True)
+    that setup_logging opened, so that the file holds the whole run. A console that is gone
+    (a closed ssh terminal, `| head`) leaves log.txt to hold it: the run goes on."""
+    try:
+        print(text, flush=True)
+    except OSError:  # EIO, a broken pipe
+        pass
     record = logging.LogRecord("engine", logging.INFO, __file__, 0, text, None, None)
     for handler in logging.getLogger().handlers:
         if getattr(handler, "_engine_handler", False) and isinstance(handler,
@@ -143,16 +148,28 @@ class ScalarWriter:
             self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=start_iter + 1)
 
     def add_scalars(self, values: Mapping[str, float], step: int) -> None:
-        if self._writer is not None:
-            for key, value in values.items():
-                self._writer.add_scalar(key, value, step)
-        if self._jsonl is not None:  # appended: a resumed run goes on in the same file
-            with open(self._jsonl, "a", encoding="utf-8") as f:
-                # JSON has no NaN (an AP of a size without objects): null, as in metrics.json
-                numbers = {k: float(v) for k, v in values.items()}
-                f.write(json.dumps({"iteration": int(step), **{
-                    k: v if math.isfinite(v) else None for k, v in numbers.items()}},
-                    allow_nan=False) + "\n")
+        """Write them; one that fails (a full disk, a folder in the file's place) is warned of
+        and ends the writing, not the run (the checkpoints say what a full disk costs)."""
+        try:
+            if self._writer is not None:
+                for key, value in values.items():
+                    self._writer.add_scalar(key, value, step)
+            if self._jsonl is not None:  # appended: a resumed run goes on in the same file
+                with open(self._jsonl, "a", encoding="utf-8") as f:
+                    # JSON has no NaN (an AP of a size without objects): null, as metrics.json
+                    numbers = {k: float(v) for k, v in values.items()}
+                    f.write(json.dumps({"iteration": int(step), **{
+                        k: v if math.isfinite(v) else None for k, v in numbers.items()}},
+                        allow_nan=False) + "\n")
+        except OSError as e:
+            logging.getLogger(__name__).warning(
+                "cannot write the scalars of iteration %d (%s: %s): no more are written to "
+                "%s; training goes on", step, type(e).__name__, e.strerror or e,
+                self._jsonl or "tensorboard")
+            writer, self._writer, self._jsonl = self._writer, None, None
+            if writer is not None:
+                with contextlib.suppress(Exception):  # (its flush fails alike)
+                    writer.close()
 
     def close(self) -> None:
         if self._writer is not None:

@@ -446,7 +446,7 @@ def _save_steps_done(trainer: Trainer, checkpointer: Checkpointer, logger: loggi
     if checkpointer.saved_iteration == trainer.iter:
         logger.error("%s (below); the %d steps done are in %s already: %s, then run the same "
                      "command with --resume", failed, trainer.iter,
-                     checkpointer.output_dir / f"model_{trainer.iter:07d}.pth", fix)
+                     checkpointer.path_of(trainer.iter), fix)
         return
     try:
         path = checkpointer.save(trainer.iter)
@@ -736,17 +736,22 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     # which copies each page of this heap shared with the forked workers (copy-on-write).
     gc.freeze()
     in_evaluation = False
-    try:
-        with stop_on_signals(stop):
+    # the stop's checkpoint is saved with the signals still caught: a SIGTERM repeated within
+    # the grace period (a launcher forwarding it) is the same request, not a kill under the save
+    with stop_on_signals(stop):
+        try:
             finished = trainer.train(_saved_on_error(iter(train_loader), trainer, checkpointer,
                                                      logger), start_iter=start_iter, stop=stop)
-    except EvaluationInterrupted:
-        finished, in_evaluation = False, True
-    finally:
-        gc.unfreeze()  # (the training workers are gone with their iterator)
-    writer.close()
+        except EvaluationInterrupted:
+            finished, in_evaluation = False, True
+        finally:
+            gc.unfreeze()  # (the training workers are gone with their iterator)
+        writer.close()
+        if not finished:  # (a stop at a checkpoint's iteration: saved already)
+            path = (checkpointer.path_of(trainer.iter)
+                    if checkpointer.saved_iteration == trainer.iter
+                    else checkpointer.save(trainer.iter))
     if not finished:
-        path = checkpointer.save(trainer.iter)
         where = (f"the evaluation at iteration {trainer.iter}" if in_evaluation
                  else f"training after iteration {trainer.iter}")
         after = ("" if not in_evaluation else " (the evaluation after the last step runs "
@@ -776,7 +781,12 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                 f"and run the same command with --resume, which writes them without training "
                 f"again") from e
         if metrics:  # the last evaluation's, as tools/eval.py writes them
-            atomic_write_json({**nan_to_none(metrics), "images": val_images},
-                              output_dir / "metrics.json")
+            try:
+                atomic_write_json({**nan_to_none(metrics), "images": val_images},
+                                  output_dir / "metrics.json")
+            except OSError as e:  # the weights are written: not a reason to fail the run
+                logger.warning("cannot write %s (%s: %s): the final weights are written, the "
+                               "last evaluation's numbers are in log.txt",
+                               output_dir / "metrics.json", type(e).__name__, e.strerror or e)
     return {"model": model, "metrics": metrics.get(task.primary_metrics, {}),
             "all_metrics": metrics, "iteration": trainer.iter, "skipped": total_skipped}

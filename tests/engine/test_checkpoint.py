@@ -145,6 +145,65 @@ def test_a_pointer_naming_no_checkpoint_falls_back_and_partial_writes_go(
         "model_0000010.pth.sha256"]
 
 
+def test_checkpoints_without_a_pointer_resume_from_the_newest_that_reads(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A kill before a run's first `last_checkpoint` was written, or checkpoints copied
+    without it: --resume said "no checkpoint" and trained from scratch over them."""
+    model = nn.Linear(2, 2)
+    ckpt = Checkpointer(tmp_path, model=model)
+    _save_filled(ckpt, model, (5, 10, 15))
+    (tmp_path / "last_checkpoint").unlink()
+    newest = tmp_path / "model_0000015.pth"
+    newest.write_bytes(newest.read_bytes()[:100])  # cut short too: the next one
+    assert ckpt.resume()["iteration"] == 10
+    assert model.weight.unique().tolist() == [10.0]
+    assert (f"{tmp_path} has no last_checkpoint (a kill before it was written, or checkpoints "
+            f"copied without it): resuming from its newest checkpoint that reads") in caplog.text
+    (tmp_path / "last_checkpoint").mkdir()  # not a file: no pointer either
+    assert ckpt.resume()["iteration"] == 10
+
+
+def test_a_checksum_file_that_cannot_be_read_makes_its_checkpoint_unreadable(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """It was taken for "no checksum written": a damaged checkpoint then loaded unchecked
+    (and the run stopped on a NaN loss, blaming the learning rate)."""
+    model = nn.Linear(64, 64)
+    ckpt = Checkpointer(tmp_path, model=model)
+    _save_filled(ckpt, model, (5, 10))
+    newest = tmp_path / "model_0000010.pth"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    newest.write_bytes(bytes(data))
+    checksum = tmp_path / "model_0000010.pth.sha256"
+    checksum.unlink()
+    checksum.mkdir()  # unreadable (as root, a file's permissions would not stop the read)
+    assert ckpt.resume()["iteration"] == 5
+    assert "its checksum file model_0000010.pth.sha256 cannot be read (IsADirectoryError" \
+        in caplog.text
+
+
+def test_a_failed_atomic_save_keeps_the_earlier_file_and_its_checksum(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checksum was removed before the new bytes were written: a full disk left the
+    earlier model_best.pth unchecked."""
+    path = tmp_path / "model_best.pth"
+    atomic_save({"v": torch.ones(3)}, path, checksum=True)
+    before = (path.read_bytes(), (tmp_path / "model_best.pth.sha256").read_text())
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_save({"v": torch.zeros(3)}, path, checksum=True)
+    assert (path.read_bytes(), (tmp_path / "model_best.pth.sha256").read_text()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_best.pth",
+                                                          "model_best.pth.sha256"]
+    monkeypatch.undo()
+    atomic_save({"v": torch.zeros(3)}, path, checksum=True)
+    assert torch.load(io.BytesIO(read_checked_bytes(path)), weights_only=True)["v"].sum() == 0
+
+
 def test_resume_takes_this_runs_schedule_and_hyperparameters(tmp_path: Path) -> None:
     """Extending a run (a longer schedule, another learning rate or weight decay): only the
     position comes from the checkpoint. Before, the checkpoint's schedule came back with it,

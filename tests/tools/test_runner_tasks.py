@@ -3,6 +3,7 @@ gives detection hold for segmentation and pretraining too (bit-identical resume,
 unreadable images skipped and counted), and a new task needs only its task object."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from resnet_detect.engine import cli
+from resnet_detect.engine.checkpoint import Checkpointer
 from resnet_detect.engine.preemption import TrainingInterrupted
 from resnet_detect.engine.trainer import NonFiniteLossError
 from resnet_detect.engine.runner import TaskData, run_training
@@ -209,6 +211,92 @@ def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(
     assert resumed["iteration"] == 6
     for key, value in full["model"].state_dict().items():
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
+
+
+def test_a_sigterm_repeated_during_the_stops_save_is_the_same_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """The stop's checkpoint was saved after the signal handlers were given back: a launcher
+    forwarding the job's SIGTERM then killed the run under its save (no checkpoint, no
+    message). And a stop at a checkpoint's iteration wrote that checkpoint twice."""
+    cpu = torch.device("cpu")
+    outside: list[int] = []
+    real_save = Checkpointer.save
+
+    def forwarded_during_save(self: Checkpointer, iteration: int, extra: Any = None) -> Path:
+        if iteration == 3:  # the stop's save (the periodic ones are at 2, 4, 6)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(self, iteration, extra)
+
+    monkeypatch.setattr(Checkpointer, "save", forwarded_during_save)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: outside.append(signum))
+    try:
+        with pytest.raises(TrainingInterrupted, match="after iteration 3 of 6.*--resume"):
+            run_training(signal_at_step(_RegressionTask(), 3, signal.SIGTERM),
+                         _toy_config(tmp_path / "c"), cpu)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert outside == []  # the run's handler took it, not the one outside the run
+    assert "received SIGTERM again (a launcher forwarding it): still finishing" in caplog.text
+    assert (tmp_path / "c/last_checkpoint").read_text() == "model_0000003.pth\n"
+    caplog.clear()
+    with caplog.at_level(logging.INFO), pytest.raises(TrainingInterrupted,
+                                                      match="after iteration 4 of 6"):
+        run_training(signal_at_step(_RegressionTask(), 4, signal.SIGTERM),
+                     _toy_config(tmp_path / "d"), cpu)
+    assert caplog.text.count(f"saved checkpoint {tmp_path / 'd/model_0000004.pth'}") == 1
+
+
+def test_writes_that_fail_besides_the_checkpoints_are_warned_of_and_training_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """A full disk or a folder in a file's place stopped the run with a traceback at the
+    scalars (its steps since the last checkpoint lost) and at model_best.pth, and failed a
+    finished run at metrics.json; a console gone (a closed ssh terminal, `| head`) stopped
+    it at its first results table."""
+    from resnet_detect.engine import checkpoint
+    from resnet_detect.engine.logging import print_and_log
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "scalars.jsonl").mkdir()
+    (out / "metrics.json").mkdir()
+
+    real_save = checkpoint.atomic_save
+
+    def full_disk_for_the_best(obj: Any, path: Any, **kwargs: Any) -> None:
+        if Path(path).name == "model_best.pth":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, path, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "atomic_save", full_disk_for_the_best)
+
+    class GoneConsole:
+        def write(self, text: str) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+
+        def flush(self) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+    class Tabled(_RandomEvalTask):
+        def evaluate(self, model: nn.Module, loader: Any, device: torch.device) -> dict:
+            print_and_log("a results table")
+            return {"regression": {"score": 1.0}}
+
+    cfg = _toy_config(out)
+    cfg.train.update(eval_period=2, best_metric="regression/score", log_period=1)
+    monkeypatch.setattr("sys.stdout", GoneConsole())
+    with caplog.at_level(logging.WARNING):
+        result = run_training(Tabled(), cfg, torch.device("cpu"))
+    monkeypatch.undo()
+    assert result["iteration"] == 6 and (out / "model_final.pth").is_file()
+    assert (f"cannot write the scalars of iteration 1 (IsADirectoryError: Is a directory): no "
+            f"more are written to {out / 'scalars.jsonl'}; training goes on") in caplog.text
+    assert (f"cannot write {out / 'model_best.pth'} (OSError: No space left on device): the "
+            f"best regression/score so far, 1.0000 at iteration 2, is not kept") in caplog.text
+    assert (f"cannot write {out / 'metrics.json'} (IsADirectoryError: Is a directory): the "
+            f"final weights are written") in caplog.text
+    assert (out / "log.txt").read_text().count("a results table") == 3
 
 
 class _SomeUnreadable(_Points):
