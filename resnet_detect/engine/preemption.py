@@ -1,11 +1,12 @@
-"""Stopping a run cleanly on SIGTERM (a scheduler preempting the job) or SIGINT (Ctrl-C).
+"""Stopping a run cleanly on SIGTERM (a scheduler preempting the job), SIGINT (Ctrl-C) or
+SIGHUP (the terminal or ssh session the run was started in closing; where the platform has it).
 
 The first signal only sets a flag: the trainer finishes the step in flight, every process
 agrees to stop at the same iteration, the runner writes a checkpoint and raises
 `TrainingInterrupted`. A second signal stops at once (the usual Ctrl-C behaviour), except a
-SIGTERM repeated within `REPEAT_GRACE_S` of the first: schedulers signal every process of a
+SIGTERM or SIGHUP within `REPEAT_GRACE_S` of the first: schedulers signal every process of a
 job and launchers such as torchrun forward it once more, which must not cost the checkpoint.
-Loader workers leave both signals to the main process while it catches them, and after it
+Loader workers leave the signals to the main process while it catches them, and after it
 caught one, so a signal sent to every process of a job (Ctrl-C, a scheduler's SIGTERM to the
 process group) stops the run cleanly instead of killing the workers under the step in flight
 or under the checkpoint's save.
@@ -25,7 +26,9 @@ from types import FrameType
 from typing import Any
 
 logger = logging.getLogger(__name__)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# (SIGHUP: the terminal's process group gets it when the terminal goes; not on Windows)
+HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, *HANGUP)
 # One byte of shared memory, 1 while the main process catches the stop signals and after it
 # caught one (until its exit ends the workers): forked loader workers inherit it, spawned
 # ones (macOS's start method) receive it with their init function
@@ -38,7 +41,7 @@ class TrainingInterrupted(Exception):
     """A signal stopped training after a checkpoint was written.
 
     Attributes:
-        signal_name: "SIGTERM" or "SIGINT".
+        signal_name: "SIGTERM", "SIGINT" or "SIGHUP".
         iteration: the steps done (and saved).
         exit_code: 128 + the signal number, as a shell reports a process the signal ended.
     """
@@ -72,9 +75,9 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:  # the second signal: stop now, saving nothing
-            if signum == signal.SIGTERM and time.monotonic() - self._since < REPEAT_GRACE_S:
-                logger.warning("received SIGTERM again (a launcher forwarding it): still "
-                               "finishing the step and saving")
+            if signum != signal.SIGINT and time.monotonic() - self._since < REPEAT_GRACE_S:
+                logger.warning("received %s again (a launcher forwarding it): still "
+                               "finishing the step and saving", signal.Signals(signum).name)
                 return
             signal.signal(signum, signal.SIG_DFL)
             if signum == signal.SIGINT:
@@ -82,8 +85,9 @@ class StopRequest:
             raise SystemExit(128 + signum)
         self.signum = signum
         self._since = time.monotonic()
+        name = signal.Signals(signum).name
         again = ("Ctrl-C again stops at once, without saving" if signum == signal.SIGINT else
-                 f"a SIGTERM again within {REPEAT_GRACE_S:.0f} s is the same request; later, "
+                 f"a {name} again within {REPEAT_GRACE_S:.0f} s is the same request; later, "
                  f"or Ctrl-C, stops at once, without saving")
         logger.warning("received %s: finishing the current step (or ending the evaluation), "
                        "then saving a checkpoint (%s)", signal.Signals(signum).name, again)
@@ -112,12 +116,12 @@ def stop_on_signals(request: StopRequest | None = None) -> Iterator[StopRequest]
 
 
 def leave_stop_signals_to_the_parent(catching: Any = CATCHING) -> None:
-    """In a loader worker: ignore SIGTERM while the main process catches it or has caught one
-    (it stops the run, then ends its workers itself); otherwise, and when the parent is gone,
-    SIGTERM ends the worker as by default, which is how multiprocessing ends the workers left
-    at exit. Ctrl-C is always ignored: it reaches the whole foreground process group, and the
-    main process decides. `catching`: the main process's `CATCHING` (a spawned worker's own
-    is not it)."""
+    """In a loader worker: ignore SIGTERM (and SIGHUP) while the main process catches it or
+    has caught one (it stops the run, then ends its workers itself); otherwise, and when the
+    parent is gone, it ends the worker as by default, which is how multiprocessing ends the
+    workers left at exit. Ctrl-C is always ignored: it reaches the whole foreground process
+    group, and the main process decides. `catching`: the main process's `CATCHING` (a spawned
+    worker's own is not it)."""
     parent = os.getppid()
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -126,7 +130,8 @@ def leave_stop_signals_to_the_parent(catching: Any = CATCHING) -> None:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    for signum in (signal.SIGTERM, *HANGUP):
+        signal.signal(signum, on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C pending since the start: dropped
     if hasattr(signal, "pthread_sigmask"):  # blocked until now in a spawned worker
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

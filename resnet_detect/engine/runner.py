@@ -4,8 +4,8 @@ The runner owns everything that is the same for every task: seeding, DDP, the op
 learning-rate schedule from the shared `train` section (configs/base_train.yaml), AMP,
 checkpointing and resume (the data position is the number of steps done), the guard for a
 batch whose images were all unreadable, counting skipped images over every process, logging,
-periodic evaluation, the final checkpoint, and a checkpoint before stopping on SIGTERM or
-SIGINT (engine.preemption).
+periodic evaluation, the final checkpoint, and a checkpoint before stopping on SIGTERM,
+SIGINT or SIGHUP (engine.preemption).
 
 A task supplies the rest through a small object (see `Task`): detection.training,
 segmentation.training and backbones.pretraining each define one.
@@ -681,7 +681,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                     "evaluations, checkpoints' weights and the final weights are the average",
                     average.decay)
     eval_hook = None
-    stop = StopRequest()  # set by SIGTERM / SIGINT while training runs (stop_on_signals)
+    stop = StopRequest()  # set by a stop signal while training runs (stop_on_signals)
     if data.val is not None:
         val_loader = build_test_loader(data.val, batch_size=data.val_batch_size,
                                        num_workers=cfg.data.num_workers,

@@ -1,4 +1,5 @@
-"""SIGTERM / SIGINT: the first signal lets the step in flight finish, the second stops at once."""
+"""SIGTERM / SIGINT / SIGHUP: the first signal lets the step in flight finish, the second stops
+at once."""
 import multiprocessing
 import os
 import signal
@@ -20,7 +21,7 @@ from resnet_detect.segmentation.inference import evaluate_model
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_first_signal_is_a_request_the_second_stops_at_once(
         signum: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     before = signal.getsignal(signum)
@@ -32,9 +33,9 @@ def test_first_signal_is_a_request_the_second_stops_at_once(
         # once" of a SIGTERM that the grace then ignored)
         assert caplog.records[-1].getMessage().endswith(
             "(Ctrl-C again stops at once, without saving)" if signum == signal.SIGINT else
-            "(a SIGTERM again within 30 s is the same request; later, or Ctrl-C, stops at "
-            "once, without saving)")
-        if signum == signal.SIGTERM:
+            f"(a {signal.Signals(signum).name} again within 30 s is the same request; later, "
+            f"or Ctrl-C, stops at once, without saving)")
+        if signum != signal.SIGINT:  # (SIGHUP: a closed terminal, which was a kill)
             # torchrun and schedulers forward the SIGTERM of a job to every process: the
             # same request, which must not cost the checkpoint (before: exit 143, nothing saved)
             os.kill(os.getpid(), signum)
@@ -83,6 +84,7 @@ LINUX_FORK = pytest.mark.skipif(sys.platform != "linux", reason="loader workers 
 @pytest.mark.parametrize("signum,start_method", [
     pytest.param(signal.SIGTERM, "fork", marks=LINUX_FORK),
     pytest.param(signal.SIGINT, "fork", marks=LINUX_FORK),
+    pytest.param(signal.SIGHUP, "fork", marks=LINUX_FORK),
     pytest.param(signal.SIGTERM, "spawn", marks=pytest.mark.slow)])  # macOS's start method
 def test_loader_workers_leave_stop_signals_to_the_main_process_while_it_catches_them(
         signum: int, start_method: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -218,7 +218,8 @@ def test_a_sigterm_repeated_during_the_stops_save_is_the_same_request(
         ) -> None:
     """The stop's checkpoint was saved after the signal handlers were given back: a launcher
     forwarding the job's SIGTERM then killed the run under its save (no checkpoint, no
-    message). And a stop at a checkpoint's iteration wrote that checkpoint twice."""
+    message). And a stop at a checkpoint's iteration wrote that checkpoint twice. SIGHUP
+    stops as SIGTERM does."""
     cpu = torch.device("cpu")
     outside: list[int] = []
     real_save = Checkpointer.save
@@ -245,6 +246,13 @@ def test_a_sigterm_repeated_during_the_stops_save_is_the_same_request(
         run_training(signal_at_step(_RegressionTask(), 4, signal.SIGTERM),
                      _toy_config(tmp_path / "d"), cpu)
     assert caplog.text.count(f"saved checkpoint {tmp_path / 'd/model_0000004.pth'}") == 1
+    # the terminal the run was started in closing (an ssh session): was a kill, nothing saved
+    with pytest.raises(TrainingInterrupted, match="SIGHUP stopped training after iteration 3 "
+                                                  "of 6") as stopped:
+        run_training(signal_at_step(_RegressionTask(), 3, signal.SIGHUP),
+                     _toy_config(tmp_path / "e"), cpu)
+    assert stopped.value.exit_code == 129
+    assert (tmp_path / "e/last_checkpoint").read_text() == "model_0000003.pth\n"
 
 
 def test_writes_that_fail_besides_the_checkpoints_are_warned_of_and_training_goes_on(
