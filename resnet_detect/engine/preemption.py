@@ -95,14 +95,17 @@ class StopRequest:
 
 @contextmanager
 def stop_on_signals(request: StopRequest | None = None) -> Iterator[StopRequest]:
-    """Catch SIGTERM and SIGINT into `request` (a new `StopRequest` when None) while the block
-    runs, then restore the previous handlers. Outside the main thread (where Python cannot
-    catch signals) the request never fires."""
+    """Catch the stop signals into `request` (a new `StopRequest` when None) while the block
+    runs, then restore the previous handlers; one the process ignores (SIGHUP under nohup)
+    stays ignored. Outside the main thread (where Python cannot catch signals) the request
+    never fires."""
     request = request if request is not None else StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    previous = {s: signal.signal(s, request._handle) for s in STOP_SIGNALS}
+    # a signal the process was started ignoring stays ignored (SIGHUP under nohup)
+    previous = {s: signal.signal(s, request._handle) for s in STOP_SIGNALS
+                if signal.getsignal(s) is not signal.SIG_IGN}
     CATCHING.value = 1
     try:
         yield request
@@ -131,7 +134,8 @@ def leave_stop_signals_to_the_parent(catching: Any = CATCHING) -> None:
         os.kill(os.getpid(), signum)
 
     for signum in (signal.SIGTERM, *HANGUP):
-        signal.signal(signum, on_sigterm)
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # (SIGHUP under nohup)
+            signal.signal(signum, on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C pending since the start: dropped
     if hasattr(signal, "pthread_sigmask"):  # blocked until now in a spawned worker
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

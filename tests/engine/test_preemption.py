@@ -53,6 +53,21 @@ def test_first_signal_is_a_request_the_second_stops_at_once(
     assert signal.getsignal(signum) is before
 
 
+def test_a_signal_the_process_ignores_stays_ignored() -> None:
+    """nohup starts a run with SIGHUP ignored: the run must not stop when the terminal goes."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with stop_on_signals() as stop:
+            os.kill(os.getpid(), signal.SIGHUP)
+            for _ in range(1000):
+                pass
+            assert not stop.requested
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
 class _SignalsItself(torch.utils.data.Dataset):
     """Every item sends `signum` to the process loading it (a loader worker)."""
 
