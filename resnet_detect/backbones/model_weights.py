@@ -72,13 +72,24 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
         state_dict = fmt.convert_torchvision(state_dict)
     elif provenance and isinstance(provenance.get("config"), Mapping):
         implied = fmt.own_settings(provenance["config"]["model"])
-    if settings is not None and implied is not None:
+    # weights of another network (R-50's for an R-18) are named by their keys first: the
+    # settings would name a key whose fix only leads to the shapes
+    if settings is not None and implied is not None and not _mis_shaped(model, state_dict, fmt):
         refuse_mismatched_settings(source, implied, settings, model)
     state_dict = fit_optional_head(model, state_dict, fmt.optional_head, source,
                                    start_afresh=new_classes, unused=unused_head)
     check_and_load(model, state_dict, source,
                    class_layers=fmt.class_layers if new_classes else ())
     return provenance
+
+
+def _mis_shaped(model: nn.Module, state_dict: Mapping[str, Any], fmt: WholeModelFormat) -> bool:
+    """Whether a tensor the model and the weights both name differs in shape, outside the
+    class-dependent layers (another class count is the settings' and fine-tuning's matter)."""
+    expected = model.state_dict()
+    return any(key in expected and not key.startswith(fmt.class_layers)
+               and tuple(getattr(value, "shape", ())) != tuple(expected[key].shape)
+               for key, value in state_dict.items())
 
 
 ResumedModelCheck = Callable[[str, Mapping[str, Any], Mapping[str, Any], nn.Module], None]

@@ -153,3 +153,13 @@ def test_torchvision_weights_refused_by_detectron2_style_settings(tmp_path: Path
                        r"false.*set model.backbone.stride_in_1x1=false "
                        r"model.roi_heads.pooler_aligned=false$"):
         build_model(cfg)
+    # another network's (an R-18 config): its keys named first, not an anchor setting whose
+    # fix only led to the shapes
+    small = load_config(CONFIGS.parent / "synthetic/faster_rcnn_R_18_FPN.yaml",
+                        ["model.num_classes=90", f"model.weights={path}",
+                         "model.backbone.weights=null"], defaults=detection_defaults())
+    with pytest.raises(ValueError, match=r"do not match GeneralizedRCNN:\n  unexpected .*"
+                                         r"res2.0.conv3.weight.*\n  mis-shaped .*res2.0.conv1."
+                                         r"weight: checkpoint \(64, 64, 1, 1\) vs model "
+                                         r"\(64, 64, 3, 3\)"):
+        build_model(small)
