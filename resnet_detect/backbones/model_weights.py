@@ -10,6 +10,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from resnet_detect.engine.config import ConfigError
+
 from .weights import (StateDict, check_and_load, fit_optional_head, open_weights,
                       refuse_mismatched_settings, refuse_other_task)
 
@@ -72,14 +74,27 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
         state_dict = fmt.convert_torchvision(state_dict)
     elif provenance and isinstance(provenance.get("config"), Mapping):
         implied = fmt.own_settings(provenance["config"]["model"])
-    # weights of another network (R-50's for an R-18) are named by their keys first: the
-    # settings would name a key whose fix only leads to the shapes
-    if settings is not None and implied is not None and not _mis_shaped(model, state_dict, fmt):
-        refuse_mismatched_settings(source, implied, settings, model)
+    # weights of another network (R-50's for an R-18): their keys are named with the settings,
+    # whose fix alone would only lead to the shapes
+    settings_error = None
+    if settings is not None and implied is not None:
+        try:
+            refuse_mismatched_settings(source, implied, settings, model)
+        except ConfigError as e:
+            if not _mis_shaped(model, state_dict, fmt):
+                raise
+            settings_error = e
     state_dict = fit_optional_head(model, state_dict, fmt.optional_head, source,
                                    start_afresh=new_classes, unused=unused_head)
-    check_and_load(model, state_dict, source,
-                   class_layers=fmt.class_layers if new_classes else ())
+    try:
+        check_and_load(model, state_dict, source,
+                       class_layers=fmt.class_layers if new_classes else ())
+    except ConfigError as e:
+        if settings_error is None:
+            raise
+        raise ConfigError(f"{e}\n  and the settings: {settings_error}") from None
+    if settings_error is not None:
+        raise settings_error
     return provenance
 
 

@@ -191,7 +191,9 @@ def _graph_settings(meta: Mapping[str, Any]) -> dict[str, Any]:
              "model.roi_heads.detections_per_image": meta.get("detections_per_image")}
     if meta["mask_on"]:
         fixed["model.roi_heads.mask_threshold"] = meta.get("mask_threshold")
-    return {key: value for key, value in fixed.items() if value is not None}
+    # (None: a key exports before it did not record; a max_size of None is "no cap")
+    return {key: value for key, value in fixed.items()
+            if value is not None or key == "data.val.max_size"}
 
 
 def _warn_of_settings_the_graph_keeps(cfg: DictConfig, meta: Mapping[str, Any],

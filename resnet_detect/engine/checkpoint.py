@@ -437,6 +437,7 @@ class BestWeights:
             return
         if self.best is not None and value <= self.best:
             return
+        written = True  # (the other processes write nothing: their best is not used)
         if is_main_process():
             try:
                 atomic_save({"model": {k: v.detach().cpu() for k, v in
@@ -445,6 +446,7 @@ class BestWeights:
                              "best": {"metric": self.metric, "value": float(value)}}, self.path,
                             checksum=True)
             except OSError as e:  # (a full disk: the next checkpoint's save says what to do)
+                written = False  # a later result above the file's may still replace it
                 logger.warning("cannot write %s (%s: %s): the best %s so far, %.4f at iteration "
                                "%d, is not kept; the file keeps the earlier best, if any; "
                                "training goes on", self.path, type(e).__name__,
@@ -452,7 +454,8 @@ class BestWeights:
             else:
                 logger.info("best %s so far: %.4f at iteration %d, weights in %s", self.metric,
                             value, iteration, self.path)
-        self.best = float(value)
+        if written:
+            self.best = float(value)
 
 
 def _iteration_of(checkpoint: Path) -> int:

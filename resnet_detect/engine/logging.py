@@ -148,28 +148,36 @@ class ScalarWriter:
             self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=start_iter + 1)
 
     def add_scalars(self, values: Mapping[str, float], step: int) -> None:
-        """Write them; one that fails (a full disk, a folder in the file's place) is warned of
-        and ends the writing, not the run (the checkpoints say what a full disk costs)."""
-        try:
-            if self._writer is not None:
+        """Write them; a destination that fails (a full disk, a folder in the file's place)
+        is warned of and written no more, and the run goes on (the checkpoints say what a
+        full disk costs)."""
+        if self._writer is not None:
+            try:
                 for key, value in values.items():
                     self._writer.add_scalar(key, value, step)
-            if self._jsonl is not None:  # appended: a resumed run goes on in the same file
+            except OSError as e:
+                self._give_up("tensorboard", step, e)
+                writer, self._writer = self._writer, None
+                with contextlib.suppress(Exception):  # (its flush fails alike)
+                    writer.close()
+        if self._jsonl is not None:  # appended: a resumed run goes on in the same file
+            try:
                 with open(self._jsonl, "a", encoding="utf-8") as f:
                     # JSON has no NaN (an AP of a size without objects): null, as metrics.json
                     numbers = {k: float(v) for k, v in values.items()}
                     f.write(json.dumps({"iteration": int(step), **{
                         k: v if math.isfinite(v) else None for k, v in numbers.items()}},
                         allow_nan=False) + "\n")
-        except OSError as e:
-            logging.getLogger(__name__).warning(
-                "cannot write the scalars of iteration %d (%s: %s): no more are written to "
-                "%s; training goes on", step, type(e).__name__, e.strerror or e,
-                self._jsonl or "tensorboard")
-            writer, self._writer, self._jsonl = self._writer, None, None
-            if writer is not None:
-                with contextlib.suppress(Exception):  # (its flush fails alike)
-                    writer.close()
+            except OSError as e:
+                self._give_up(str(self._jsonl), step, e)
+                self._jsonl = None
+
+    @staticmethod
+    def _give_up(where: str, step: int, error: OSError) -> None:
+        logging.getLogger(__name__).warning(
+            "cannot write the scalars of iteration %d to %s (%s: %s): no more are written "
+            "there; training goes on", step, where, type(error).__name__,
+            error.strerror or error)
 
     def close(self) -> None:
         if self._writer is not None:

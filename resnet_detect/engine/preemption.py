@@ -93,19 +93,24 @@ class StopRequest:
                        "then saving a checkpoint (%s)", signal.Signals(signum).name, again)
 
 
+def _under_nohup(signum: int) -> bool:
+    """SIGHUP ignored since the start (nohup): it stays ignored, the run goes on when the
+    terminal goes. (A SIGINT or SIGTERM ignored, as a script's background job has SIGINT,
+    still stops a run cleanly when sent.)"""
+    return signum in HANGUP and signal.getsignal(signum) is signal.SIG_IGN
+
+
 @contextmanager
 def stop_on_signals(request: StopRequest | None = None) -> Iterator[StopRequest]:
     """Catch the stop signals into `request` (a new `StopRequest` when None) while the block
-    runs, then restore the previous handlers; one the process ignores (SIGHUP under nohup)
-    stays ignored. Outside the main thread (where Python cannot catch signals) the request
-    never fires."""
+    runs, then restore the previous handlers; SIGHUP under nohup stays ignored. Outside the
+    main thread (where Python cannot catch signals) the request never fires."""
     request = request if request is not None else StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    # a signal the process was started ignoring stays ignored (SIGHUP under nohup)
     previous = {s: signal.signal(s, request._handle) for s in STOP_SIGNALS
-                if signal.getsignal(s) is not signal.SIG_IGN}
+                if not _under_nohup(s)}
     CATCHING.value = 1
     try:
         yield request
@@ -134,7 +139,7 @@ def leave_stop_signals_to_the_parent(catching: Any = CATCHING) -> None:
         os.kill(os.getpid(), signum)
 
     for signum in (signal.SIGTERM, *HANGUP):
-        if signal.getsignal(signum) is not signal.SIG_IGN:  # (SIGHUP under nohup)
+        if not _under_nohup(signum):
             signal.signal(signum, on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C pending since the start: dropped
     if hasattr(signal, "pthread_sigmask"):  # blocked until now in a spawned worker

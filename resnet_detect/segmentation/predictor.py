@@ -154,16 +154,20 @@ class Predictor:
                    weights: str | os.PathLike, overrides: Sequence[str],
                    device: str | torch.device, tta: TTAInference | None) -> None:
         """An exported graph (tools/export.py) run by ONNX Runtime: the test scale and size
-        cap it was exported with; a config or `tta` asking for another is warned of, one
-        asking for several views (scales, flip, windows) refused."""
+        cap it was exported with; a config, override or `tta` asking for another is warned of,
+        one asking for several views (scales, flip, windows) refused, and `model.*` overrides
+        (the graph's own) are named as not applied."""
         self.model = OnnxSegmentor(weights, device)
         self.class_names = self.model.class_names
         self.names_recorded = True
         self.tta = TTAInference()  # the graph itself rescales by its test scale and cap
-        asked = tta or (tta_from_config(_config(config, overrides)) if config is not None
-                        else None)
+        overridden = [o.split("=", 1)[0] for o in overrides]
+        # without a config, the overrides alone are the user's (not the defaults under them)
+        compared = {key for key in ("test.scales", "test.flip", "test.window", "test.max_size")
+                    if tta is not None or config is not None or key in overridden}
+        asked = tta or tta_from_config(_config({} if config is None else config, overrides))
         graph = (self.model.test_scale, self.model.test_max_size)
-        if asked is not None and asked.single_scale is None:
+        if compared - {"test.max_size"} and asked.single_scale is None:
             raise ExportError(
                 f"{weights} runs one test scale, {graph[0]}, with test.max_size {graph[1]}, "
                 f"without flip or windows; the config asks for test.scales="
@@ -172,13 +176,16 @@ class Predictor:
                 f"with the test keys wanted")
         differing = [f"{key} {as_override(exported)} (config: {as_override(config_value)})"
                      for key, exported, config_value in (
-                         ("test.scales", [graph[0]], [asked.single_scale]),
+                         ("test.scales", [graph[0]], list(asked.scales)),
                          ("test.max_size", graph[1], asked.max_size))
-                     if exported != config_value] if asked is not None else []
-        if differing:
+                     if key in compared and exported != config_value]
+        ignored = [key for key in overridden if key.startswith("model.")
+                   and key not in ("model.weights", "model.backbone.weights")]
+        if differing or ignored:
             logger.warning("the exported graph %s runs as it was exported, not as the config "
                            "says: %s; export again with the settings wanted", weights,
-                           "; ".join(differing))
+                           "; ".join(differing + ([f"{', '.join(ignored)} not applied"]
+                                                  if ignored else [])))
         self.device = torch.device(device)
 
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:

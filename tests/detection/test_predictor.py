@@ -154,6 +154,28 @@ def test_an_exports_detections_per_image_sets_what_its_evaluation_scores(
     assert scored_detections(loaded.cfg) == 300
 
 
+def test_an_export_without_a_size_cap_names_the_configs_cap(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A max_size of None (no cap) was dropped from the comparison as a key not recorded."""
+    from resnet_detect.detection import predictor
+
+    class ExportedGraph:
+        mask_on = False
+        metadata = {"mask_on": False, "resize": {"short_side": 800, "max_size": None},
+                    "class_names": ["cell"], "category_ids": [1]}
+
+        def __init__(self, path: object, device: object) -> None:
+            pass
+
+    monkeypatch.setattr(predictor, "OnnxDetector", ExportedGraph)
+    with caplog.at_level("WARNING", logger="resnet_detect.detection.predictor"):
+        predictor.load_detector(
+            Path(__file__).resolve().parents[2] / "configs/detection/faster_rcnn_R_50_FPN_1x.yaml",
+            weights="export/model.onnx")
+    assert ("runs as it was exported, not as the config says: data.val.max_size null (config: "
+            "1333); export again") in caplog.text
+
+
 def test_building_a_predictor_leaves_the_random_stream_alone(checkpoint: Path) -> None:
     """The model's random start (replaced by the weights) drew from torch's generator: a
     user's seeded run drew other numbers after building one."""

@@ -158,8 +158,18 @@ def test_torchvision_weights_refused_by_detectron2_style_settings(tmp_path: Path
     small = load_config(CONFIGS.parent / "synthetic/faster_rcnn_R_18_FPN.yaml",
                         ["model.num_classes=90", f"model.weights={path}",
                          "model.backbone.weights=null"], defaults=detection_defaults())
-    with pytest.raises(ValueError, match=r"do not match GeneralizedRCNN:\n  unexpected .*"
+    with pytest.raises(ValueError, match=r"(?s)do not match GeneralizedRCNN:\n  unexpected .*"
                                          r"res2.0.conv3.weight.*\n  mis-shaped .*res2.0.conv1."
                                          r"weight: checkpoint \(64, 64, 1, 1\) vs model "
-                                         r"\(64, 64, 3, 3\)"):
+                                         r"\(64, 64, 3, 3\).*\n  and the settings: weights from "
+                                         r".* model.anchor_generator.sizes is"):
         build_model(small)
+    # a setting that decides a shape (the anchors per location): still named, with the keys
+    ratios = load_config(CONFIGS / "faster_rcnn_R_50_FPN_1x.yaml",
+                         ["model.num_classes=90", f"model.weights={path}",
+                          "model.anchor_generator.aspect_ratios=[[0.5,1.0,2.0,4.0]]"],
+                         defaults=detection_defaults())
+    with pytest.raises(ValueError, match=r"(?s)mis-shaped .*rpn.head.*and the settings: .*"
+                                         r"model.anchor_generator.aspect_ratios is "
+                                         r"\[\[0.5,1.0,2.0,4.0\]\], the weights need"):
+        build_model(ratios)

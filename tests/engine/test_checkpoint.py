@@ -603,3 +603,26 @@ def test_model_best_keeps_the_first_of_equal_scores(tmp_path: Path) -> None:
     saved = torch.load(tmp_path / "model_best.pth", weights_only=True)
     assert saved["iteration"] == 2 and saved["best"] == {"metric": "bbox/AP", "value": 50.0}
     assert bool((saved["model"]["weight"] == 2).all())
+
+
+def test_model_best_after_a_failed_write_takes_a_result_above_the_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that failed (a full disk, freed since) counted as the best: a later result
+    above the file's but below the lost one was never written."""
+    from resnet_detect.engine import checkpoint
+    from resnet_detect.engine.checkpoint import BestWeights
+    model = nn.Linear(2, 1)
+    best = BestWeights(tmp_path, "bbox/AP", model, {}, resume=False)
+    real = checkpoint.atomic_save
+    fail_at = {2}
+
+    def disk_full_at_2(obj: Any, path: Any, **kwargs: Any) -> None:
+        if obj["iteration"] in fail_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(obj, path, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "atomic_save", disk_full_at_2)
+    for iteration, ap in [(1, 30.0), (2, 50.0), (3, 45.0)]:
+        best.update({"bbox": {"AP": ap}}, iteration)
+    saved = torch.load(tmp_path / "model_best.pth", weights_only=True)
+    assert saved["iteration"] == 3 and saved["best"]["value"] == 45.0

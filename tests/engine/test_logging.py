@@ -52,3 +52,21 @@ def test_a_file_name_that_is_no_utf8_is_logged_escaped(tmp_path: Path) -> None:
     finally:
         setup_logging(None)
     assert "skipping unreadable image: caf\\udce9.png" in (tmp_path / "run/log.txt").read_text()
+
+
+def test_scalars_go_on_to_tensorboard_when_the_jsonl_cannot_be_written(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A folder in scalars.jsonl's place (or a full disk) stopped the run; then it stopped
+    tensorboard's scalars too."""
+    (tmp_path / "scalars.jsonl").mkdir()
+    writer = ScalarWriter(tmp_path / "tb", tmp_path / "scalars.jsonl")
+    for step in (1, 2):
+        writer.add_scalars({"loss": 1.0 / step}, step)
+    writer.close()
+    assert caplog.text.count("cannot write the scalars of iteration 1 to "
+                             f"{tmp_path / 'scalars.jsonl'} (IsADirectoryError") == 1
+    assert "iteration 2" not in caplog.text
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2]

@@ -290,3 +290,29 @@ def test_a_batch_gives_each_images_own_classes(tmp_path, small_config, monkeypat
     flipped = Predictor(cfg, weights=path, overrides=["test.flip=true"])
     for image, out in zip(same, flipped.predict_batch(same), strict=True):  # one by one
         np.testing.assert_array_equal(out["mask"], flipped(image)["mask"])
+
+
+def test_an_export_without_a_config_names_the_overrides_it_does_not_follow(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Without a config, the overrides were dropped without a word (with one, compared)."""
+    from resnet_detect.segmentation import predictor
+
+    class ExportedGraph:
+        class_names = ["background", "cat"]
+        test_scale, test_max_size = 0.5, None
+
+        def __init__(self, path: object, device: object) -> None:
+            pass
+
+    monkeypatch.setattr(predictor, "OnnxSegmentor", ExportedGraph)
+    with caplog.at_level(logging.WARNING):
+        Predictor(None, weights="x.onnx")  # the defaults (scale 1.0) are not the user's
+        assert not caplog.text
+        Predictor(None, weights="x.onnx", overrides=[
+            "test.scales=[1.0]", "test.max_size=64", "model.num_classes=3"])
+    assert ("the exported graph x.onnx runs as it was exported, not as the config says: "
+            "test.scales [0.5] (config: [1.0]); test.max_size null (config: 64); "
+            "model.num_classes not applied; export again") in caplog.text
+    with pytest.raises(ValueError, match=r"x.onnx runs one test scale, 0.5, .* the config asks "
+                                         r"for test.scales=\[0.5\] test.flip=True"):
+        Predictor(None, weights="x.onnx", overrides=["test.scales=[0.5]", "test.flip=true"])

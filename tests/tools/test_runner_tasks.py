@@ -218,8 +218,7 @@ def test_a_sigterm_repeated_during_the_stops_save_is_the_same_request(
         ) -> None:
     """The stop's checkpoint was saved after the signal handlers were given back: a launcher
     forwarding the job's SIGTERM then killed the run under its save (no checkpoint, no
-    message). And a stop at a checkpoint's iteration wrote that checkpoint twice. SIGHUP
-    stops as SIGTERM does."""
+    message). And a stop at a checkpoint's iteration wrote that checkpoint twice."""
     cpu = torch.device("cpu")
     outside: list[int] = []
     real_save = Checkpointer.save
@@ -246,11 +245,15 @@ def test_a_sigterm_repeated_during_the_stops_save_is_the_same_request(
         run_training(signal_at_step(_RegressionTask(), 4, signal.SIGTERM),
                      _toy_config(tmp_path / "d"), cpu)
     assert caplog.text.count(f"saved checkpoint {tmp_path / 'd/model_0000004.pth'}") == 1
-    # the terminal the run was started in closing (an ssh session): was a kill, nothing saved
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP (Windows)")
+def test_sighup_stops_a_run_as_sigterm_does(tmp_path: Path) -> None:
+    """The terminal or ssh session a run was started in closing: was a kill, nothing saved."""
     with pytest.raises(TrainingInterrupted, match="SIGHUP stopped training after iteration 3 "
                                                   "of 6") as stopped:
         run_training(signal_at_step(_RegressionTask(), 3, signal.SIGHUP),
-                     _toy_config(tmp_path / "e"), cpu)
+                     _toy_config(tmp_path / "e"), torch.device("cpu"))
     assert stopped.value.exit_code == 129
     assert (tmp_path / "e/last_checkpoint").read_text() == "model_0000003.pth\n"
 
@@ -298,8 +301,9 @@ def test_writes_that_fail_besides_the_checkpoints_are_warned_of_and_training_goe
         result = run_training(Tabled(), cfg, torch.device("cpu"))
     monkeypatch.undo()
     assert result["iteration"] == 6 and (out / "model_final.pth").is_file()
-    assert (f"cannot write the scalars of iteration 1 (IsADirectoryError: Is a directory): no "
-            f"more are written to {out / 'scalars.jsonl'}; training goes on") in caplog.text
+    assert (f"cannot write the scalars of iteration 1 to {out / 'scalars.jsonl'} "
+            f"(IsADirectoryError: Is a directory): no more are written there; training goes "
+            f"on") in caplog.text
     assert (f"cannot write {out / 'model_best.pth'} (OSError: No space left on device): the "
             f"best regression/score so far, 1.0000 at iteration 2, is not kept") in caplog.text
     assert (f"cannot write {out / 'metrics.json'} (IsADirectoryError: Is a directory): the "

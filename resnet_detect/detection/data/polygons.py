@@ -47,8 +47,10 @@ class PolygonMasks:
         """float32 (P, size, size) 0/1 targets: object objects[k]'s polygons, shifted to
         boxes[k]'s (x0, y0) and scaled by size over its width and height, rasterised (as
         detectron2's rasterize_polygons_within_box): where the object lies in its box, for an
-        aligned RoIAlign or not (the bitmask targets, an unaligned RoIAlign of bitmaps that the
-        nearest resize moved half a pixel, lie there too)."""
+        aligned RoIAlign or not. (The bitmask targets of an unaligned RoIAlign, torchvision's,
+        lie there too where the resize's factor is not a whole number, as COCO's, its half
+        pixel taking back the RoIAlign's; at a factor of 1 or 2 they lie half a pixel up and
+        left.)"""
         out = np.zeros((len(boxes), size, size), dtype=np.float32)
         for target, (x0, y0, x1, y1), k in zip(out, boxes.astype(np.float64), objects):
             scale_x, scale_y = size / max(x1 - x0, 0.1), size / max(y1 - y0, 0.1)

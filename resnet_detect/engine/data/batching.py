@@ -76,14 +76,14 @@ def batch_images(images: Sequence[Tensor] | Tensor, pixel_mean: Tensor, pixel_st
 
 def _warn_of_unit_range(images: Sequence[Tensor] | Tensor, owner: str) -> None:
     """Float images within 0..1 (torchvision's models take those), which this model
-    normalises as 0..255 values: warned of, looked for in the first float batch only (one
-    wait for a GPU). uint8 images, as the loaders give, are not looked at."""
+    normalises as 0..255 values: warned of, looked for in the first float batch that is not
+    all black only (one wait for a GPU). uint8 images, as the loaders give, are not looked at."""
     global _looked_at_float_images
     floats = [image for image in images if image.is_floating_point()]
     if _looked_at_float_images or not floats:
         return
-    _looked_at_float_images = True
     peak = float(torch.stack([image.amax() for image in floats]).amax())
+    _looked_at_float_images = peak > 0  # (a black warm-up image says nothing of the range)
     if 0 < peak <= 1:
         logger.warning("%s got float images within 0..1; it takes RGB values in 0..255 "
                        "(torchvision's models take 0..1): multiply them by 255", owner)
