@@ -202,8 +202,9 @@ def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
                                          str(tmp_path / "x"), *overrides(data),
                                          "test.scales=[1.0]", "test.max_size=64"])
     assert (f"the exported graph {export} runs as it was exported, not as the config says: "
-            f"test.scales [0.5] (config: [1.0]); test.max_size null (config: 64); export again "
-            f"with the settings wanted") in caplog.text
+            f"test.scales [0.5] (config: [1.0]); test.max_size null (config: 64); "
+            f"model.head.channels, model.aux_head.channels not applied; export again with the "
+            f"settings wanted") in caplog.text
     assert scaled["sem_seg"]["mIoU"] == metrics["onnx"]["mIoU"]
     with pytest.raises(ValueError, match=r"one test scale without flip or windows; .* asks for "
                                          r"test.scales=\[0.5, 1.0\]"):
