@@ -154,6 +154,16 @@ def any_process(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
+def sum_over_processes(*values: float) -> list[float]:
+    """Each of `values` summed over all processes, in one collective (every process passes
+    as many, in the same order; no names checked, unlike `all_reduce_sum`)."""
+    if get_world_size() == 1:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_reduce_device())
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def all_gather_object(obj: Any) -> list[Any]:
     """Every process's `obj`, indexed by rank."""
     if get_world_size() == 1:

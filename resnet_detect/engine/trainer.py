@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .amp import AMP_DTYPES, amp_for_device
-from .distributed import any_process, get_rank
+from .distributed import any_process, get_rank, get_world_size, sum_over_processes
 from .preemption import StopRequest
 
 logger = logging.getLogger(__name__)
@@ -166,8 +166,11 @@ class Trainer:
         self._call_hooks("after_train")
         return True
 
-    def _losses(self, batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """step_fn's losses of `batch` (under autocast) and their finite sum."""
+    def _losses(self, batch: Any, with_images: int = 1
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
+        """step_fn's losses of `batch` (under autocast), their finite sum, and `with_images`
+        (this process's batches with something to learn from) summed over the processes
+        (in the collective of the finiteness check: no other wait)."""
         autocast = (torch.autocast(self.device_type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else nullcontext())
         with autocast:
@@ -175,13 +178,16 @@ class Trainer:
         if not loss_dict:
             raise ValueError("step_fn returned no losses")
         total = sum(loss_dict.values())
-        self._check_finite(total, loss_dict)
-        return loss_dict, total
+        return loss_dict, total, self._check_finite(total, loss_dict, with_images)
+
+    def _has_images(self, batch: Any) -> int:
+        return int(self.batch_is_empty is None or not self.batch_is_empty(batch))
 
     def run_step(self, batch: Any) -> None:
-        loss_dict, total = self._losses(batch)
+        loss_dict, total, with_images = self._losses(batch, self._has_images(batch))
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        share = _share(with_images)
+        self.scaler.scale(total if share == 1.0 else total / share).backward()
         self._optimizer_step()
         self.loss_dict = {k: v.detach() for k, v in loss_dict.items()}
 
@@ -208,9 +214,8 @@ class Trainer:
         before = time.perf_counter()
         batches: list[Any] = [next(data) for _ in range(steps)]
         waited = time.perf_counter() - before
-        with_images = (steps if self.batch_is_empty is None
-                       else sum(not self.batch_is_empty(batch) for batch in batches))
-        share = max(1, with_images)
+        with_images = sum(self._has_images(batch) for batch in batches)
+        share = 1.0  # (set by the first batch's losses, before any backward)
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
         for i in range(steps):
@@ -218,20 +223,26 @@ class Trainer:
             # DDP averages the gradients over the processes at the last backward only
             no_sync = getattr(self.model, "no_sync", None)
             with (no_sync() if no_sync is not None and i < steps - 1 else nullcontext()):
-                loss_dict, total = self._losses(batch)
+                loss_dict, total, everywhere = self._losses(batch, with_images if i == 0 else 0)
+                if i == 0:
+                    share = _share(everywhere)
                 self.scaler.scale(total / share).backward()
             del batch
             for k, v in loss_dict.items():
                 sums[k] = sums[k] + v.detach() if k in sums else v.detach()
         self._optimizer_step()
-        self.loss_dict = {k: v / share for k, v in sums.items()}
+        self.loss_dict = {k: v / max(1, with_images) for k, v in sums.items()}
         if with_images:  # zeros stood in for the empty batches only: the average is true
             self.losses_count = True
         return waited
 
-    def _check_finite(self, total: torch.Tensor, loss_dict: Mapping[str, torch.Tensor]) -> None:
+    def _check_finite(self, total: torch.Tensor, loss_dict: Mapping[str, torch.Tensor],
+                      with_images: int) -> float:
+        """Raise on every process when a loss is not finite on one; else `with_images` summed
+        over the processes."""
         local_bad = not math.isfinite(total.item())
-        if any_process(local_bad):
+        bad, everywhere = sum_over_processes(local_bad, with_images)
+        if bad:
             if local_bad:
                 terms = ", ".join(f"{k}={v.item():.4g}" for k, v in loss_dict.items())
                 detail = f"on this process (rank {get_rank()}): {terms}"
@@ -241,6 +252,15 @@ class Trainer:
                 f"loss is not finite at iteration {self.iter} (0-based step index) {detail}; "
                 f"training stopped on every process. Lower the learning rate, enable gradient "
                 f"clipping or check the data.")
+        return everywhere
+
+
+def _share(with_images: float) -> float:
+    """What each process divides its losses by: the batches with images over all processes,
+    per process. DDP averages the gradients over every process, an empty batch's zeros
+    included: a process whose batches were all unreadable would otherwise shrink the step of
+    the others (by 1/2 for one of two processes). 1 where every batch has images."""
+    return max(with_images, 1.0) / get_world_size()
 
 
 class PeriodicEval:

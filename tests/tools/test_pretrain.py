@@ -473,6 +473,33 @@ def test_processes_started_otherwise_or_without_their_data_stop_together(tmp_pat
     assert not list((tmp_path / "out").glob("*.pth"))
 
 
+def test_a_process_without_readable_images_leaves_the_others_step_whole(
+        tool: ModuleType, tmp_path: Path) -> None:
+    """DDP averages the gradients over every process, an empty batch's zeros included: with
+    one of two processes' images unreadable, the step was half a single process's on the same
+    images (unseen in the logged loss). Two images, one of them garbage, one step."""
+    colour_tree(tmp_path / "data", train_per_class=1, val_per_class=1)
+    (tmp_path / "data/train/red/0.png").write_bytes(b"garbage")
+    one_step = {"train.epochs": "null", "train.max_iter": 1, "train.batch_size": 2,
+                "train.momentum": 0, "train.weight_decay": 0, "model.options.norm": "gn",
+                "train.checkpoint_period": 100}
+
+    def weights(out: str, lr: float, two_processes: bool = False) -> dict[str, torch.Tensor]:
+        args = overrides(tmp_path / "data", tmp_path / out, **one_step, **{"train.base_lr": lr})
+        if two_processes:
+            run_two_processes("pretrain", args, tmp_path, timeout=120)
+            return torch.load(tmp_path / out / "rank0.pth", weights_only=True)
+        return tool.main(args)["model"].state_dict()
+
+    start = weights("start", 1e-30)
+    one, two = weights("one", 0.1), weights("two", 0.1, two_processes=True)
+    step_one = torch.cat([(one[k] - start[k]).flatten() for k in start if "weight" in k])
+    step_two = torch.cat([(two[k] - start[k]).flatten() for k in start if "weight" in k])
+    assert step_one.norm() > 0
+    assert float(step_two.norm() / step_one.norm()) == pytest.approx(1.0, abs=0.01)  # was 0.5
+    assert float(F.cosine_similarity(step_one, step_two, dim=0)) > 0.999
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("steps", [1, 2])
 def test_two_process_torchrun_ranks_end_identical(tmp_path: Path, steps: int) -> None:
