@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 
 
 def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -> None:
-    """INFO to stdout on the main process (WARNING elsewhere), and to output_dir/log.txt.
+    """INFO to stdout on the main process (WARNING elsewhere), and to output_dir/log.txt;
+    another process's warnings and errors (an unreadable image it read, why it stopped: on
+    another machine its console is out of sight) to output_dir/log.txt.rank<N>, made at its
+    first one (detectron2's name).
 
     Raises:
         ValueError: output_dir is a file, or cannot be made or written to.
@@ -53,10 +56,23 @@ def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -
             raise UnwritableFolderError(f"cannot write to the output folder {folder}: "
                                         f"{e.strerror or e} ({e.filename or folder}); name a "
                                         f"folder you can write to") from e
+    elif output_dir is not None:
+        try:  # (a node without the shared folder: its console alone)
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(Path(output_dir) / rank_log_name(get_rank()),
+                                                encoding="utf-8", errors="backslashreplace",
+                                                delay=True))
+        except OSError:
+            pass
     for handler in handlers:
         handler.setFormatter(fmt)
         handler._engine_handler = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+
+
+def rank_log_name(rank: int | str) -> str:
+    """The file of process `rank`'s warnings and errors beside log.txt (rank 0's is log.txt)."""
+    return f"log.txt.rank{rank}"
 
 
 def log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -102,7 +118,8 @@ def set_up_handlers(settings: tuple[int, list[tuple[str | None, str | None, str 
     root.setLevel(level)
     for path, fmt, datefmt in handlers:
         handler = (logging.StreamHandler(sys.stdout) if path is None
-                   else logging.FileHandler(path, encoding="utf-8", errors="backslashreplace"))
+                   else logging.FileHandler(path, encoding="utf-8", errors="backslashreplace",
+                                            delay=True))  # (a rank's file: at its first line)
         handler.setFormatter(logging.Formatter(fmt, datefmt=datefmt))
         handler._engine_handler = True  # type: ignore[attr-defined]
         root.addHandler(handler)

@@ -40,7 +40,7 @@ from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
                           refuse_syncbn_on_cpus, unsynced_batch_norm_warning, wrap_ddp)
 from .ema import WeightAverage, check_ema_decay
 from .files import atomic_write_json, nan_to_none
-from .logging import ProgressLogger, ScalarWriter, setup_logging
+from .logging import ProgressLogger, ScalarWriter, rank_log_name, setup_logging
 from .model_check import weights_keys
 from .rng import rng_kept, seed_everything
 from .run_lock import exclusive_output_dir
@@ -568,7 +568,10 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         try:
             return _train(task, cfg, device, resume, logger, output_dir, compile_backend, amp)
         except Exception as e:  # why the run stopped, in log.txt too (traceback on stderr)
-            logger.error("training stopped: %s: %s", type(e).__name__, e)
+            others = (f" (the other processes' warnings and errors, where they had some: "
+                      f"{output_dir / rank_log_name('<N>')})"
+                      if get_world_size() > 1 and is_main_process() else "")
+            logger.error("training stopped: %s: %s%s", type(e).__name__, e, others)
             raise
 
 

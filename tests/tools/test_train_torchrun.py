@@ -48,7 +48,8 @@ def test_a_process_whose_batch_is_unreadable_keeps_step_with_the_other(
         data: Path, tmp_path: Path) -> None:  # noqa: F811
     """Two training images, one truncated, one per process and step: at every step, the first
     included, one process has no image. It still runs DDP's collective forward and backward
-    (it used to wait in them for the other until the 30-minute timeout); both end equal."""
+    (it used to wait in them for the other until the 30-minute timeout); both end equal. Each
+    process's warnings are in the run's folder."""
     coco = json.loads((data / "coco/train.json").read_text())
     coco["images"] = coco["images"][:2]
     kept = {image["id"] for image in coco["images"]}
@@ -65,6 +66,10 @@ def test_a_process_whose_batch_is_unreadable_keeps_step_with_the_other(
                       f"data.train.img_dir={images}", "train.seed=5")
     log = run_two_processes("train", args, tmp_path, timeout=90)
     assert "train: skipped 3 unreadable image reads" in log
+    # each skipped read named in the run's folder, rank 1's in its own file (its console was
+    # all that named them: another machine's, on a job of several nodes)
+    named = {f.name: f.read_text().count(f"{truncated.name}") for f in out.glob("log.txt*")}
+    assert sum(named.values()) == 3 and set(named) <= {"log.txt", "log.txt.rank1"}, named
     rank0 = torch.load(out / "rank0.pth", weights_only=True)
     rank1 = torch.load(out / "rank1.pth", weights_only=True)
     for key in rank0:
