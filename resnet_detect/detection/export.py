@@ -94,9 +94,10 @@ def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequen
     example = (torch.zeros((*example_size, 3), dtype=torch.uint8),
                torch.tensor(example_size, dtype=torch.int64))
     names = output_names(model, mask_output)
-    dynamic = {"image": (0, 1), **{name: (0,) for name in names}}
+    dynamic = {"image": {0: "height", 1: "width"}, **{name: {0: "detections"} for name in names}}
     if model.mask_on and mask_output == "pasted":
-        dynamic["masks"] = (0, 1, 2)
+        dynamic["masks"] = {0: "detections", 1: "original_height", 2: "original_width"}
+    side = 2 * model.roi_heads.mask_pooler.output_size[0] if model.mask_on else 0  # (deconv)
     export_graph(DetectionGraph(model, category_ids, mask_output), example,
                  folder / MODEL_FILE, input_names=["image", "original_size"],
                  output_names=names, dynamic_axes=dynamic)
@@ -104,7 +105,6 @@ def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequen
     outputs = {"boxes": "float32 (D, 4) xyxy in original-image pixels",
                "scores": "float32 (D,), decreasing", "labels": "int64 (D,) category ids"}
     if model.mask_on and mask_output == "box":
-        side = 2 * model.roi_heads.mask_pooler.output_size[0]  # the head's 2x deconvolution
         outputs["mask_probs"] = (f"float32 (D, {side}, {side}) each box's mask "
                                  f"probabilities, to paste into its box (README)")
     elif model.mask_on:
@@ -115,6 +115,7 @@ def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequen
                 "original_size": "int64 [h, w] of the image before resizing"},
         outputs=outputs, pixel_mean=model.pixel_mean.flatten().tolist(),
         pixel_std=model.pixel_std.flatten().tolist(), class_names=class_names,
+        fixed_dims={"boxes": {1: 4}, "mask_probs": {1: side, 2: side}},
         category_ids=[int(c) for c in category_ids],
         resize={"short_side": int(resize[0]),
                 "max_size": int(resize[1]) if resize[1] else None,

@@ -49,10 +49,11 @@ def is_onnx(weights: str | os.PathLike | None) -> bool:
 
 def export_graph(graph: nn.Module, example: Sequence[torch.Tensor], path: Path, *,
                  input_names: Sequence[str], output_names: Sequence[str],
-                 dynamic_axes: Mapping[str, Sequence[int]]) -> None:
+                 dynamic_axes: Mapping[str, Sequence[int] | Mapping[int, str]]) -> None:
     """Trace `graph` on `example` inputs into `path` + ".partial" (opset `OPSET`);
     `write_metadata` completes it and puts it in place, so that an earlier export in the
-    folder stays whole until then."""
+    folder stays whole until then. `dynamic_axes`: each input's and output's free axes, or
+    {axis: name} (one name for one size in several: "detections")."""
     import torchvision.ops._register_onnx_ops  # noqa: F401  (NMS, RoIAlign as ONNX operators)
 
     graph.eval()
@@ -64,17 +65,20 @@ def export_graph(graph: nn.Module, example: Sequence[torch.Tensor], path: Path, 
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, tuple(example), str(partial), dynamo=False, opset_version=OPSET,
                           input_names=list(input_names), output_names=list(output_names),
-                          dynamic_axes={k: list(v) for k, v in dynamic_axes.items()})
+                          dynamic_axes={k: dict(v) if isinstance(v, Mapping) else list(v)
+                                        for k, v in dynamic_axes.items()})
 
 
 def write_metadata(folder: Path, task: str, *, inputs: Mapping[str, Any],
                    outputs: Mapping[str, str], pixel_mean: Sequence[float],
                    pixel_std: Sequence[float], class_names: Sequence[str],
+                   fixed_dims: Mapping[str, Mapping[int, int]] | None = None,
                    **extra: Any) -> dict[str, Any]:
     """Put the graph `export_graph` traced in place as `folder/model.onnx` with this JSON in
     its metadata (key `METADATA_KEY`: a service that ships `model.onnx` alone, or reads it
     through ONNX Runtime's C, C++, C#, Java or JS API, keeps the class names and the resize
-    rule), and write it as `folder/export.json`; returns it."""
+    rule), and write it as `folder/export.json`; returns it. `fixed_dims`: {output: {axis:
+    size}} that the exporter's shape inference left as names (a box's 4 coordinates)."""
     import onnx
     metadata = {
         "task": task, "model": MODEL_FILE, "opset": OPSET,
@@ -91,6 +95,9 @@ def write_metadata(folder: Path, task: str, *, inputs: Mapping[str, Any],
         partial.unlink()  # (in memory: the disk holds one copy at a time)
         del graph.metadata_props[:]
         graph.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
+        for output in graph.graph.output:
+            for axis, size in (fixed_dims or {}).get(output.name, {}).items():
+                output.type.tensor_type.shape.dim[axis].dim_value = size  # (clears the name)
         onnx.save(graph, str(partial))
         os.replace(partial, graph_file)
         try:

@@ -204,6 +204,25 @@ def test_box_masks_are_pasted_as_pytorch_pastes_them(tmp_path: Path) -> None:
     assert got["masks"].shape == (0, 140, 180) and got["masks"].dtype == torch.bool
 
 
+def test_the_graphs_outputs_say_their_sizes(tmp_path: Path) -> None:
+    """What a deployment reads from the graph (Netron, TensorRT, ONNX Runtime's
+    get_outputs()): a box's 4 coordinates and a mask's 28 x 28 (were names the exporter made
+    up, "Mulboxes_dim_1"), and one name for the detections' number in every output."""
+    import onnx
+    mask = build("configs/synthetic/mask_rcnn_R_18_FPN.yaml", "model.roi_heads.mask_conv_dims=[16]")
+    shapes = {}
+    for mask_output in ("box", "pasted"):
+        export(mask, tmp_path / mask_output, mask_output=mask_output)
+        graph = onnx.load(str(tmp_path / mask_output / "model.onnx")).graph
+        shapes[mask_output] = {o.name: [d.dim_param or d.dim_value for d in
+                                        o.type.tensor_type.shape.dim] for o in graph.output}
+        assert [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim
+                ] == ["height", "width", 3]
+    assert shapes["box"] == {"boxes": ["detections", 4], "scores": ["detections"],
+                             "labels": ["detections"], "mask_probs": ["detections", 28, 28]}
+    assert shapes["pasted"]["masks"] == ["detections", "original_height", "original_width"]
+
+
 def test_mask_output_is_checked(tmp_path: Path) -> None:
     """Either choice on a Faster R-CNN is refused ("pasted" was taken without a word)."""
     faster = build("configs/detection/faster_rcnn_R_50_FPN_1x.yaml")
