@@ -25,7 +25,7 @@ from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, 
 from resnet_detect.engine.data import check_rgb_image, check_rgb_images
 from resnet_detect.engine.distributed import usable_device
 from resnet_detect.engine.host_memory import release_free_memory
-from resnet_detect.engine.export import is_onnx
+from resnet_detect.engine.export import is_onnx, warn_of_settings_the_graph_keeps
 from resnet_detect.engine.visualize import Renderer, draw_detections, palette
 
 from .build import build_model
@@ -169,8 +169,10 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
     model = OnnxDetector(weights, device)
     meta = model.metadata
     cfg = _config({} if config is None else config, overrides)
-    _warn_of_settings_the_graph_keeps(cfg, meta, weights, overrides,
-                                      whole_config=config is not None)
+    fixed = _graph_settings(meta)
+    warn_of_settings_the_graph_keeps(
+        weights, _differing(cfg, fixed, overrides, whole_config=config is not None), overrides,
+        list(fixed))
     refuse_tta(cfg, f"the exported graph {weights}")
     cfg.data.val.min_size = meta["resize"]["short_side"]
     cfg.data.val.max_size = meta["resize"]["max_size"]
@@ -196,27 +198,18 @@ def _graph_settings(meta: Mapping[str, Any]) -> dict[str, Any]:
             if value is not None or key == "data.val.max_size"}
 
 
-def _warn_of_settings_the_graph_keeps(cfg: DictConfig, meta: Mapping[str, Any],
-                                      weights: str | os.PathLike, overrides: Sequence[str],
-                                      whole_config: bool) -> None:
-    """One warning naming what the config (`whole_config`) or the overrides ask for that the
-    exported graph does otherwise: its resize, masks and thresholds are those of its export
-    (a Mask R-CNN config given a Faster R-CNN export scores no masks)."""
+def _differing(cfg: DictConfig, fixed: Mapping[str, Any], overrides: Sequence[str],
+               whole_config: bool) -> list[str]:
+    """What the config (`whole_config`) or the overrides ask for that the exported graph
+    (its `_graph_settings`) does otherwise, "key graph's (config: asked)": its resize, masks
+    and thresholds are those of its export (a Mask R-CNN config given a Faster R-CNN export
+    scores no masks)."""
     overridden = [o.split("=", 1)[0] for o in overrides]
-    fixed = _graph_settings(meta)
     asked = {key: OmegaConf.select(cfg, key) for key in fixed}
     asked["data.val.min_size"], asked["data.val.max_size"] = test_resize(cfg)
-    differing = [f"{key} {as_override(value)} (config: {as_override(asked[key])})"
-                 for key, value in fixed.items()
-                 if (whole_config or key in overridden) and asked[key] != value]
-    # (the weights keys: replaced by the whole detector's weights, as for a checkpoint)
-    ignored = [key for key in overridden if key.startswith("model.") and key not in fixed
-               and key not in ("model.weights", "model.backbone.weights")]
-    if differing or ignored:
-        logger.warning("the exported graph %s runs as it was exported, not as the config says: "
-                       "%s; export again with the settings wanted", weights, "; ".join(
-                           differing + ([f"{', '.join(ignored)} not applied"] if ignored
-                                        else [])))
+    return [f"{key} {as_override(value)} (config: {as_override(asked[key])})"
+            for key, value in fixed.items()
+            if (whole_config or key in overridden) and asked[key] != value]
 
 
 class Predictor:

@@ -302,7 +302,7 @@ class Checkpointer:
                     os.replace(checksum_file(p), aside / checksum_file(p).name)
             if chosen.parent != self.output_dir.resolve() \
                     or not CHECKPOINT_NAME.fullmatch(chosen.name):
-                copy = self.output_dir / f"model_{state['iteration']:07d}.pth"
+                copy = self.path_of(state["iteration"])
                 shutil.copyfile(chosen, copy)
                 atomic_write_text(sha256_of(copy) + "\n", checksum_file(copy))
                 chosen = copy

@@ -236,6 +236,22 @@ class OnnxModel(nn.Module):
         return np.ascontiguousarray(image.cpu().permute(1, 2, 0).numpy())
 
 
+def warn_of_settings_the_graph_keeps(weights: str | os.PathLike, differing: Sequence[str],
+                                     overrides: Sequence[str], fixed: Sequence[str] = ()) -> None:
+    """One warning naming what a config asks for that an exported graph runs otherwise:
+    `differing` ("key graph's (config: asked)"), and the `model.*` overrides that the graph
+    cannot take (its own; `fixed`: those compared in `differing`; the weights keys, replaced
+    by the graph's weights as by a checkpoint's, go unnamed)."""
+    ignored = [key for key in (o.split("=", 1)[0] for o in overrides)
+               if key.startswith("model.") and key not in fixed
+               and key not in ("model.weights", "model.backbone.weights")]
+    if differing or ignored:
+        logger.warning("the exported graph %s runs as it was exported, not as the config says: "
+                       "%s; export again with the settings wanted", weights, "; ".join(
+                           [*differing, *([f"{', '.join(ignored)} not applied"] if ignored
+                                          else [])]))
+
+
 def check_class_names(model: OnnxModel, names: Sequence[str], source: str) -> None:
     """Refuse an export whose classes are not `names` (of the data in `source`)."""
     exported = list(model.metadata.get("class_names") or [])

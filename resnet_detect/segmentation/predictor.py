@@ -20,7 +20,7 @@ from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, 
 from resnet_detect.engine.data import check_rgb_image, check_rgb_images
 from resnet_detect.engine.distributed import usable_device
 from resnet_detect.engine.host_memory import release_free_memory
-from resnet_detect.engine.export import ExportError, is_onnx
+from resnet_detect.engine.export import ExportError, is_onnx, warn_of_settings_the_graph_keeps
 from resnet_detect.engine.visualize import Renderer, draw_segmentation, palette
 
 from .build import build_model, config_from_mapping, load_config
@@ -179,13 +179,7 @@ class Predictor:
                          ("test.scales", [graph[0]], list(asked.scales)),
                          ("test.max_size", graph[1], asked.max_size))
                      if key in compared and exported != config_value]
-        ignored = [key for key in overridden if key.startswith("model.")
-                   and key not in ("model.weights", "model.backbone.weights")]
-        if differing or ignored:
-            logger.warning("the exported graph %s runs as it was exported, not as the config "
-                           "says: %s; export again with the settings wanted", weights,
-                           "; ".join(differing + ([f"{', '.join(ignored)} not applied"]
-                                                  if ignored else [])))
+        warn_of_settings_the_graph_keeps(weights, differing, overrides)
         self.device = torch.device(device)
 
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
