@@ -38,6 +38,9 @@ from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_se
                       mask_size, read_mask, scan_folder)
 
 logger = logging.getLogger(__name__)
+# a first class name that says "0 is unlabelled", not the files' 1 ("background" can be
+# the files' 1, as in LoveDA)
+UNLABELLED_NAMES = {"other", "others", "unlabelled", "unlabeled", "void", "ignore", "__ignore__"}
 DATA_SOURCES = ("ann_file", "mask_dir")  # one per split: COCO instances JSON or class-id PNGs
 __all__ = ["SemSegDataset", "build_dataset", "build_test_loader", "build_train_loader",
            "build_transform", "coco_semantic_mask", "load_coco_semantic",
@@ -169,8 +172,15 @@ class SemSegDataset(Dataset):
                 hint = ("; binary masks (0 = background, 1 = the object) are 2 classes: name "
                         "both, e.g. data.class_names=[background,object]")
             elif bad.tolist() == [self.num_classes] and from_file:
-                hint = ("; masks whose classes are 1..K with 0 unlabelled (ADE20K) need "
-                        "data.reduce_zero_label: true")
+                k = self.num_classes
+                hint = (f"; masks of the values 0..{k} are either {k + 1} classes (VOC's: 0 "
+                        f"is background: name it first, then the {k} others) or {k} classes "
+                        f"with 0 unlabelled, neither trained on nor scored (ADE20K's: "
+                        f"data.reduce_zero_label: true)")
+            elif "labelIds" in Path(record["mask_file"] if from_file else "").name:
+                hint = ("; Cityscapes' *_gtFine_labelIds.png hold its 34 label ids: train on "
+                        "*_gtFine_labelTrainIds.png (data.<split>.mask_suffix; "
+                        "cityscapesscripts' createTrainIdLabelImgs writes them)")
             raise DatasetError(f"{source} has class ids {bad[:MAX_LISTED].tolist()} "
                                f"outside the {self.num_classes} declared classes "
                                f"(0..{self.num_classes - 1}, {self.ignore_index} = ignore: "
@@ -229,17 +239,30 @@ class SemSegDataset(Dataset):
                                + listing(problems))
         absent = [f"{self.class_names[i]!r} ({i})" for i in range(self.num_classes)
                   if pixels[i] == 0]
+        ignored = pixels[self.ignore_index]
+        share = round(100 * ignored / max(pixels.sum(), 1))
+        # binary masks of 0 and 255: the objects are the ignore value, never trained or scored
+        if (absent and ignored and pixels[0] and pixels.sum() == pixels[0] + ignored
+                and self.ignore_index == IGNORE_INDEX):
+            raise DatasetError(f"data.{split}: every mask holds 0 and 255 only, and none "
+                               f"holds {', '.join(absent)}: 255 is model.ignore_index, never "
+                               f"trained on or scored, so {share}% of the pixels would be "
+                               "left out: if 255 marks the objects (a binary mask), write "
+                               "them as 1")
         if absent:
-            ignored = pixels[self.ignore_index] if 0 <= self.ignore_index < 256 else 0
-            # binary masks of 0 and 255: the objects are the ignore value, never scored
-            binary = (ignored and pixels[0] and pixels.sum() == pixels[0] + ignored
-                      and self.ignore_index == 255)
             logger.warning("data.%s: no mask holds %s; their IoU is n/a, or 0 where the model "
                            "predicts them. %d%% of the pixels are "
-                           "%d (model.ignore_index, not scored)%s", split, ", ".join(absent),
-                           round(100 * ignored / max(pixels.sum(), 1)), self.ignore_index,
-                           ". The masks hold 0 and 255 only: if 255 marks the objects (a "
-                           "binary mask), write them as 1" if binary else "")
+                           "%d (model.ignore_index, not scored)", split, ", ".join(absent),
+                           share, self.ignore_index)
+        if share > 50:  # VOC's masks under reduce_zero_label: its background left out
+            logger.warning("data.%s: %d%% of the pixels are %d (model.ignore_index%s): the "
+                           "model is neither trained on nor scored there%s", split, share,
+                           self.ignore_index,
+                           ", and the files' 0 under data.reduce_zero_label" if
+                           self.reduce_zero_label else "",
+                           ": if 0 is a class in your masks (VOC's background), set "
+                           "data.reduce_zero_label: false and name it first" if
+                           self.reduce_zero_label else "")
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
         """The sample of `key` (an index, augmented with the index as its seed, or (index,
@@ -419,6 +442,12 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
                             class_names=resolve_class_names(cfg, coco_names),
                             reduce_zero_label=reduce_zero_label)
     dataset.coco_names = coco_names  # (data.class_names may rename them)
+    first = dataset.class_names[0]
+    if reduce_zero_label and split == "train" and first.strip().lower() in UNLABELLED_NAMES:
+        logger.warning("data.class_names[0] is %r, but under data.reduce_zero_label the files' "
+                       "0 is unlabelled and class 0 is the files' 1: name the classes of the "
+                       "values 1..K only (ADE20K: without 'other'), or every name is one "
+                       "class off", first)
     return dataset
 
 

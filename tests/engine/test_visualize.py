@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from resnet_detect.engine.visualize import (draw_detections, draw_segmentation, drawable_name,
-                                            expand_inputs, output_paths)
+                                            expand_inputs, output_paths, palette)
 
 
 def test_every_input_gets_its_own_picture(tmp_path: Path) -> None:
@@ -87,3 +87,16 @@ def test_names_the_font_cannot_draw_become_their_ids() -> None:
     assert (draw_detections(image, det, {7: (255, 0, 0)}, 0.5)
             == draw_detections(image, as_id, {7: (255, 0, 0)}, 0.5)).all()
 
+
+
+def test_neighbouring_classes_get_other_colours() -> None:
+    """Evenly spaced hues drew ADE20K's classes 0-5 (wall, building, sky, floor, tree,
+    ceiling) in one red: neighbours 7 apart in RGB at 150 classes."""
+    for n in (2, 19, 150, 255):
+        colours = palette(n).astype(float)
+        assert colours.shape == (n, 3)
+        assert np.linalg.norm(colours[1:] - colours[:-1], axis=1).min() > 150
+        assert len({tuple(c) for c in colours}) == n
+    few = palette(19).astype(float)  # Cityscapes: any two far apart
+    distances = np.linalg.norm(few[:, None] - few[None], axis=2)
+    assert distances[~np.eye(19, dtype=bool)].min() > 50

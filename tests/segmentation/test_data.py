@@ -408,10 +408,11 @@ def test_val_masks_are_checked_before_training(tmp_path):
     assert len(SemSegTask().prepare(cfg).val) == 3
 
 
-def test_a_class_no_val_mask_holds_is_named(tmp_path, caplog):
+def test_binary_masks_of_0_and_255_are_refused(tmp_path, caplog):
     """Binary masks of 0 and 255 (a common export) made the objects the ignore value: mIoU
-    100 for a model that found none. A class no val mask holds is now named, with the share
-    of ignored pixels."""
+    100 for a model that found none, and later a warning only, after which the run trained
+    on background alone (pixel accuracy 99.99). Refused now; a class no val mask holds is
+    named, with the share of ignored pixels."""
     from resnet_detect.segmentation.training import SemSegTask
 
     img_dir, mask_dir = _folder(tmp_path)
@@ -423,12 +424,79 @@ def test_a_class_no_val_mask_holds_is_named(tmp_path, caplog):
     cfg = OmegaConf.create(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)))
     cfg.data.val.img_dir = str(tmp_path / "val_img")
     cfg.data.val.mask_dir = str(tmp_path / "val_ann")
+    with pytest.raises(DatasetError, match=r"data.val: every mask holds 0 and 255 only, and "
+                                           r"none holds 'a' \(1\), 'b' \(2\): 255 is "
+                                           r"model.ignore_index, never trained on or scored, so "
+                                           r"50% of the pixels would be left out: if 255 marks "
+                                           r"the objects \(a binary mask\), write them as 1"):
+        SemSegTask().prepare(cfg)
+    binary[0, 0] = 1  # one pixel of 'a': the masks are not binary
+    _mask(tmp_path / "val_ann/001.png", binary)
     with caplog.at_level(logging.WARNING):
         SemSegTask().prepare(cfg)
-    assert ("data.val: no mask holds 'a' (1), 'b' (2); their IoU is n/a, or 0 where the model "
-            "predicts them. 50% of the pixels are "
-            "255 (model.ignore_index, not scored). The masks hold 0 and 255 only: if 255 marks "
-            "the objects (a binary mask), write them as 1") in caplog.text
+    assert ("data.val: no mask holds 'b' (2); their IoU is n/a, or 0 where the model "
+            "predicts them. 50% of the pixels are 255 (model.ignore_index, not scored)"
+            ) in caplog.text
+
+
+def test_voc_masks_named_without_background_get_both_causes_named(tmp_path, caplog):
+    """VOC masks (0 background, 1..2 objects) with the objects named only: the hint said
+    0 was unlabelled (ADE20K's reduce_zero_label), and following it trained a model that
+    never saw background (85% of the pixels) and scored mIoU 79 without a word."""
+    from resnet_detect.segmentation.training import SemSegTask
+
+    img_dir, mask_dir = _folder(tmp_path)  # 0 background around a 1 or 2 object
+    cfg = OmegaConf.create(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)))
+    cfg.data.class_names = ["a", "b"]
+    with pytest.raises(DatasetError, match=r"masks of the values 0..2 are either 3 classes "
+                                           r"\(VOC's: 0 is background: name it first, then "
+                                           r"the 2 others\) or 2 classes with 0 unlabelled, "
+                                           r"neither trained on nor scored \(ADE20K's: "
+                                           r"data.reduce_zero_label: true\)"):
+        SemSegTask().prepare(cfg)
+    cfg.data.reduce_zero_label = True
+    with caplog.at_level(logging.WARNING):
+        SemSegTask().prepare(cfg)
+    assert ("data.val: 75% of the pixels are 255 (model.ignore_index, and the files' 0 under "
+            "data.reduce_zero_label): the model is neither trained on nor scored there: if 0 "
+            "is a class in your masks (VOC's background), set data.reduce_zero_label: false "
+            "and name it first") in caplog.text
+    caplog.clear()
+    cfg.data.reduce_zero_label = False
+    cfg.data.class_names = ["background", "a", "b"]
+    cfg.model.num_classes = None  # (the first run's 2)
+    with caplog.at_level(logging.WARNING):
+        SemSegTask().prepare(cfg)
+    assert "% of the pixels" not in caplog.text
+
+
+def test_ade20k_other_named_under_reduce_zero_label_is_warned_of(tmp_path, caplog):
+    """ADE20K's 'other' (the files' 0) named as class 0 under reduce_zero_label shifted every
+    name by one."""
+    img_dir, mask_dir = _folder(tmp_path)
+    cfg = _config(img_dir=str(img_dir), mask_dir=str(mask_dir))
+    cfg["data"]["reduce_zero_label"] = True
+    cfg["data"]["class_names"] = ["other", "a", "b"]
+    with caplog.at_level(logging.WARNING):
+        build_dataset(cfg, "train")
+    assert ("data.class_names[0] is 'other', but under data.reduce_zero_label the files' 0 is "
+            "unlabelled and class 0 is the files' 1") in caplog.text
+    caplog.clear()
+    cfg["data"]["class_names"] = ["background", "a", "b"]  # LoveDA's 1 is background
+    with caplog.at_level(logging.WARNING):
+        build_dataset(cfg, "train")
+    assert "data.class_names[0]" not in caplog.text
+
+
+def test_cityscapes_label_ids_are_named(tmp_path):
+    _image(tmp_path / "img/a_leftImg8bit.png", 4, 4)
+    _mask(tmp_path / "ann/a_gtFine_labelIds.png", np.full((4, 4), 26))
+    cfg = _config(img_dir=str(tmp_path / "img"), mask_dir=str(tmp_path / "ann"),
+                  img_suffix="_leftImg8bit.png", mask_suffix="_gtFine_labelIds.png")
+    with pytest.raises(DatasetError, match=r"class ids \[26\] outside .*; Cityscapes' "
+                                           r"\*_gtFine_labelIds.png hold its 34 label ids: "
+                                           r"train on \*_gtFine_labelTrainIds.png"):
+        build_dataset(cfg, "val").load(0)
 
 
 def test_jpeg_masks_are_refused(tmp_path):
