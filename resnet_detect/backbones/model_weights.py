@@ -3,8 +3,9 @@ state dict, recognised, converted, checked against the model's settings and load
 the same way for every task. Each task describes its format once (`WholeModelFormat`)."""
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -14,6 +15,8 @@ from resnet_detect.engine.config import ConfigError
 
 from .weights import (StateDict, check_and_load, fit_optional_head, open_weights,
                       refuse_mismatched_settings, refuse_other_task)
+
+logger = logging.getLogger(__name__)
 
 
 class WholeModelFormat(NamedTuple):
@@ -43,7 +46,8 @@ class WholeModelFormat(NamedTuple):
 def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any],
                              fmt: WholeModelFormat, settings: Mapping[str, Any] | None = None,
                              *, source: str | None = None, new_classes: bool = False,
-                             unused_head: bool = False) -> dict[str, Any] | None:
+                             unused_head: bool = False,
+                             class_names: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Load a whole model's weights strictly.
 
     Args:
@@ -58,6 +62,8 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
             (with a warning) instead of being refused: fine-tuning to other classes.
         unused_head: the model leaves out the optional head on purpose (a segmenter's aux
             head, for inference): the weights' copy is dropped without a warning.
+        class_names: the classes the model is trained on (fine-tuning): weights trained on as
+            many others, or the same in another order, are loaded with a warning naming both.
 
     Returns:
         The checkpoint's provenance (None for torchvision's weights).
@@ -95,7 +101,31 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
         raise ConfigError(f"{e}\n  and the settings: {settings_error}") from None
     if settings_error is not None:
         raise settings_error
+    if class_names is not None and provenance:
+        warn_of_renamed_classes(source, provenance.get("class_names"), class_names)
     return provenance
+
+
+def warn_of_renamed_classes(source: str, recorded: Sequence[str] | None,
+                            class_names: Sequence[str]) -> None:
+    """Weights trained on as many classes as `class_names`, under other names, keep each
+    classifier row's training under its new name: said, not refused (fine-tuning to new
+    classes of the same number is legitimate; detectron2 and mmdetection say nothing)."""
+    recorded = [str(n) for n in recorded or ()]
+    names = [str(n) for n in class_names]
+    placeholders = [f"class_{i}" for i in range(len(names))]  # classes nothing named
+    if len(recorded) != len(names) or recorded == names or placeholders in (recorded, names):
+        return
+    renamed = [f"{i} {a!r} -> {b!r}" for i, (a, b) in enumerate(zip(recorded, names)) if a != b]
+    if sorted(recorded) == sorted(names):
+        logger.warning("%s was trained on the same %d classes in another order: class %s keeps "
+                       "what it learnt as the other class (reorder data.class_names or the "
+                       "categories to the weights' order to keep it)", source, len(names),
+                       ", ".join(renamed[:5]) + (", ..." if len(renamed) > 5 else ""))
+    else:
+        logger.warning("%s was trained on %d other classes: the classifiers start from theirs, "
+                       "each under a new name (%s)", source, len(names),
+                       ", ".join(renamed[:5]) + (", ..." if len(renamed) > 5 else ""))
 
 
 def _mis_shaped(model: nn.Module, state_dict: Mapping[str, Any], fmt: WholeModelFormat) -> bool:

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -300,7 +300,8 @@ def _check_roi_heads_name(name: str) -> None:
         raise ConfigError(f"unknown model.roi_heads.name {name!r}; valid: {', '.join(ROI_HEADS)}")
 
 
-def build_model(cfg: Mapping[str, Any] | DictConfig) -> GeneralizedRCNN:
+def build_model(cfg: Mapping[str, Any] | DictConfig,
+                class_names: Sequence[str] | None = None) -> GeneralizedRCNN:
     """Faster R-CNN (Mask R-CNN with ``model.mask_on``) from a full config (its ``model`` subtree).
 
     ``model.backbone.weights`` loads backbone weights while building the backbone;
@@ -310,6 +311,8 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> GeneralizedRCNN:
 
     Args:
         cfg: config with a ``model`` subtree as in ``configs/detection/base_faster_rcnn.yaml``.
+        class_names: the classes trained on (fine-tuning `model.weights`): see
+            `backbones.model_weights.load_whole_model_weights`.
     """
     mcfg = _plain(cfg["model"])
     if mcfg.get("arch", "faster_rcnn") != "faster_rcnn":
@@ -347,5 +350,5 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> GeneralizedRCNN:
         )
     if mcfg.get("weights"):
         load_detector_weights(model, mcfg["weights"], weight_bound_settings(mcfg),
-                              new_classes=True)
+                              new_classes=True, class_names=class_names)
     return model

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -172,7 +172,7 @@ DETECTOR_WEIGHTS = WholeModelFormat(
 def load_detector_weights(
     model: nn.Module, weights: str | os.PathLike | Mapping[str, Any],
     settings: Mapping[str, Any] | None = None, *, source: str | None = None,
-    new_classes: bool = False,
+    new_classes: bool = False, class_names: Sequence[str] | None = None,
 ) -> dict | None:
     """Strictly loads detector weights: an own checkpoint or a torchvision state dict
     (`load_whole_model_weights` with `DETECTOR_WEIGHTS`).
@@ -186,9 +186,10 @@ def load_detector_weights(
         source: names the weights in messages (default: the path).
         new_classes: the predictors of weights trained on another class count start from
             scratch (with a warning) instead of being refused: fine-tuning, e.g. from COCO.
+        class_names: the classes trained on; see `load_whole_model_weights`.
 
     Returns:
         The checkpoint's provenance (None for foreign weights).
     """
     return load_whole_model_weights(model, weights, DETECTOR_WEIGHTS, settings, source=source,
-                                    new_classes=new_classes)
+                                    new_classes=new_classes, class_names=class_names)

@@ -162,7 +162,8 @@ def _check_head_name(name: str) -> None:
         raise ConfigError(f"unknown model.head.name {name!r}; valid: {', '.join(HEADS)}")
 
 
-def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:
+def build_model(cfg: Mapping[str, Any] | DictConfig,
+                class_names: Sequence[str] | None = None) -> SemanticSegmentor:
     """Segmenter from a full config (its `model` subtree).
 
     `model.backbone.weights` loads backbone weights while building the backbone;
@@ -172,6 +173,8 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:
 
     Args:
         cfg: config with a `model` subtree as in the base file.
+        class_names: the classes trained on (fine-tuning `model.weights`): see
+            `backbones.model_weights.load_whole_model_weights`.
     """
     mcfg = _plain(cfg["model"])
     if mcfg.get("arch", "semantic_segmentor") != "semantic_segmentor":
@@ -207,5 +210,5 @@ def build_model(cfg: Mapping[str, Any] | DictConfig) -> SemanticSegmentor:
         )
     if mcfg.get("weights"):
         load_segmentation_weights(model, mcfg["weights"], weight_bound_settings(mcfg),
-                                  new_classes=True)
+                                  new_classes=True, class_names=class_names)
     return model

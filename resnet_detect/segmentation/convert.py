@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -140,7 +140,8 @@ SEGMENTER_WEIGHTS = WholeModelFormat(
 def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any],
                               settings: Mapping[str, Any] | None = None, *,
                               source: str | None = None, new_classes: bool = False,
-                              inference: bool = False) -> dict[str, Any] | None:
+                              inference: bool = False, class_names: Sequence[str] | None = None
+                              ) -> dict[str, Any] | None:
     """Load whole-segmenter weights (own checkpoint or torchvision state dict), strictly.
 
     An auxiliary head's weights are dropped (with a log line) when the model has none, so a
@@ -158,9 +159,11 @@ def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Map
             scratch (with a warning) instead of being refused: fine-tuning to new classes.
         inference: `model` was built without its aux head, which only training uses: the
             weights' copy, if any, is dropped without a word.
+        class_names: the classes trained on; see `load_whole_model_weights`.
 
     Returns:
         The checkpoint's provenance (None for torchvision weights).
     """
     return load_whole_model_weights(model, weights, SEGMENTER_WEIGHTS, settings, source=source,
-                                    new_classes=new_classes, unused_head=inference)
+                                    new_classes=new_classes, unused_head=inference,
+                                    class_names=class_names)

@@ -208,7 +208,7 @@ class SemSegTask:
         return TaskData(train=train, val=val, description=description)
 
     def build_model(self, cfg: DictConfig) -> nn.Module:
-        return build_model(cfg)
+        return build_model(cfg, class_names=self.class_names)
 
     def losses(self, model: nn.Module, batch: list[dict[str, Any]],
                device: torch.device) -> Mapping[str, torch.Tensor]:

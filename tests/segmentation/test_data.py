@@ -655,3 +655,36 @@ def test_reduce_zero_label_is_refused_where_it_cannot_mean_mmsegmentations(tmp_p
     with pytest.raises(ConfigError, match=r"data.reduce_zero_label must be true or false, got "
                                           r"'maybe'"):
         load_config(config, ["data.reduce_zero_label=maybe"])
+
+
+def test_fine_tuning_weights_of_renamed_classes_is_warned_of(tmp_path, small_config, caplog):
+    """A segmenter's weights trained on [background, b, a] fine-tuned on [background, a, b]
+    loaded without a word (tools/eval.py refuses them): each class kept the other's training."""
+    from resnet_detect.backbones.weights import save_checkpoint
+    from resnet_detect.segmentation.build import build_model, provenance_from_config
+    from resnet_detect.segmentation.training import SemSegTask
+
+    img_dir, mask_dir = _folder(tmp_path)
+    cfg = small_config(num_classes=3)
+    cfg["data"] = _config(img_dir=str(img_dir), mask_dir=str(mask_dir))["data"]
+    weights = tmp_path / "w.pth"
+    for recorded, expected in (
+            (["background", "b", "a"], "w.pth was trained on the same 3 classes in another "
+                                       "order: class 1 'b' -> 'a', 2 'a' -> 'b' keeps what it "
+                                       "learnt as the other class"),
+            (["background", "cat", "b"], "w.pth was trained on 3 other classes: the "
+                                         "classifiers start from theirs, each under a new name "
+                                         "(1 'cat' -> 'a')"),
+            (["background", "a", "b"], None), (["class_0", "class_1", "class_2"], None)):
+        save_checkpoint(weights, build_model(small_config(num_classes=3)).state_dict(),
+                        provenance_from_config(cfg, recorded))
+        task, run = SemSegTask(), OmegaConf.create(cfg)
+        task.prepare(run)
+        run.model.weights = str(weights)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            task.build_model(run)
+        if expected is None:
+            assert "was trained on" not in caplog.text
+        else:
+            assert expected in caplog.text

@@ -675,3 +675,26 @@ def test_train_cudnn_benchmark_sets_cudnn_autotuning(tmp_path: Path, benchmark: 
     cfg.train.update(max_iter=1, warmup_iters=0, cudnn_benchmark=benchmark)
     run_training(_RegressionTask(), cfg, torch.device("cpu"))
     assert torch.backends.cudnn.benchmark is benchmark
+
+
+def test_a_detector_fine_tuned_from_weights_of_reordered_classes_is_warned_of(
+        data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Weights of the same categories in another order loaded without a word: each class's
+    box predictor row trained as another's."""
+    from resnet_detect.backbones.weights import save_checkpoint
+    from resnet_detect.detection.training import DetectionTask, make_provenance
+    from tests.tools.test_train_eval_demo import CONFIG, data_overrides
+
+    _, cfg = load_task_config(str(CONFIG), [*data_overrides(data), "model.fpn.out_channels=16"])
+    task = DetectionTask()
+    task.prepare(cfg)
+    provenance = make_provenance(cfg, task.mapping)
+    names = list(task.mapping.names)
+    provenance["class_names"] = names[::-1]
+    weights = tmp_path / "w.pth"
+    save_checkpoint(weights, task.build_model(cfg).state_dict(), provenance)
+    cfg.model.weights = str(weights)
+    with caplog.at_level(logging.WARNING):
+        task.build_model(cfg)
+    assert (f"w.pth was trained on the same {len(names)} classes in another order: class 0 "
+            f"{names[-1]!r} -> {names[0]!r}") in caplog.text
