@@ -339,7 +339,7 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                      check_model: Callable[[str, Mapping[str, Any], Mapping[str, Any]], None]
                      | None = None) -> None:
     """Refuse a checkpoint this run cannot continue from, before anything is restored; say
-    which `model`, `train` and `data.train` keys differ from the run that wrote it (the new
+    which `model`, `train` and `data` keys differ from the run that wrote it (the new
     values apply), and whether the training set changed size. `now`: what this run's
     checkpoints record (its classes, its number of training images). `check_model(source,
     recorded config, this one)`: the task's refusal of a change the weights cannot follow
@@ -392,25 +392,32 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                           f"{grouped_by[1] or 'none'}: the optimizer's state is grouped by "
                           f"them; name the same modules (their factors may change), or "
                           f"{new_run}")
+    if "batch_size" in changed and cfg.train.get("epochs") is not None:
+        before, after = changed["batch_size"]
+        raise ConfigError(f"checkpoint {path} was trained with train.batch_size {before}, this "
+                          f"run asks for {after}: with train.epochs its iteration {iteration} "
+                          f"would be another epoch ({iteration} steps of {before} images), so "
+                          f"the schedule and the images drawn would jump; resume with "
+                          f"train.batch_size={before}, or {new_run}")
     if changed:
         logger.warning("resuming %s with train settings other than the run that wrote it "
                        "(they apply from iteration %d%s): %s", path, iteration,
                        "; another batch size also draws other images"
                        if "batch_size" in changed else "",
                        ", ".join(f"train.{k}: {a} -> {b}" for k, (a, b) in changed.items()))
-    # the data's own paths may move (another disk); other keys change what is drawn or how
-    # it is augmented from here on
-    data_before = ((provenance.get("config") or {}).get("data") or {}).get("train")
-    data_now = to_plain(cfg.data.train) if "train" in (cfg.get("data") or {}) else None
-    if isinstance(data_before, Mapping) and isinstance(data_now, Mapping):
-        moved = {k: (data_before.get(k), data_now.get(k))
-                 for k in sorted(set(data_before) | set(data_now))
-                 if data_before.get(k) != data_now.get(k) and not k.endswith(("_file", "_dir"))}
+    # the data's own paths may move (another disk), its loader workers change nothing; other
+    # keys change what is drawn, how it is augmented or how it is evaluated from here on
+    data_before = (provenance.get("config") or {}).get("data")
+    if isinstance(data_before, Mapping) and isinstance(cfg.get("data"), Mapping):
+        was, is_now = flat_keys(data_before, "data."), flat_keys(to_plain(cfg.data), "data.")
+        moved = {k: (was.get(k), is_now.get(k)) for k in sorted(set(was) | set(is_now))
+                 if was.get(k) != is_now.get(k)
+                 and not k.endswith(("_file", "_dir", ".root", ".num_workers"))}
         if moved:
-            logger.warning("resuming %s with data.train settings other than the run that wrote "
-                           "it: the images are drawn or augmented otherwise from iteration "
-                           "%d: %s", path, iteration,
-                           ", ".join(f"data.train.{k}: {a} -> {b}" for k, (a, b) in moved.items()))
+            logger.warning("resuming %s with data settings other than the run that wrote it: "
+                           "the images are drawn, augmented or evaluated otherwise from "
+                           "iteration %d: %s", path, iteration,
+                           ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in moved.items()))
 
 
 def _check_model_settings(path: Path, provenance: Mapping[str, Any], cfg: DictConfig,

@@ -557,11 +557,11 @@ def test_resuming_with_other_data_train_settings_names_them(
     with caplog.at_level("WARNING"):
         _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
                          logging.getLogger("t"), {})
-    assert ("resuming model_0000004.pth with data.train settings other than the run that wrote "
-            "it: the images are drawn or augmented otherwise from iteration 4: "
+    assert ("resuming model_0000004.pth with data settings other than the run that wrote "
+            "it: the images are drawn, augmented or evaluated otherwise from iteration 4: "
             "data.train.repeat_threshold: None -> 0.01") in caplog.text
     assert "ann_file" not in caplog.text and "train settings other than" not in \
-        caplog.text.replace("data.train settings other than", "")
+        caplog.text.replace("data settings other than", "")
     caplog.clear()
     cfg.data.train.repeat_threshold = None
     with caplog.at_level("WARNING"):
@@ -626,3 +626,39 @@ def test_model_best_after_a_failed_write_takes_a_result_above_the_files(
         best.update({"bbox": {"AP": ap}}, iteration)
     saved = torch.load(tmp_path / "model_best.pth", weights_only=True)
     assert saved["iteration"] == 3 and saved["best"]["value"] == 45.0
+
+
+def test_resuming_a_classifier_with_other_data_settings_names_them(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A classifier's data keys are not under data.train: its crop size, augmentation and
+    evaluation resize changed at a resume without a word."""
+    recorded = {"config": {"task": "classification", "train": {"batch_size": 4, "epochs": 2},
+                           "data": {"root": "/a", "num_workers": 4, "image_size": 32,
+                                    "hflip": True, "val_interpolation": "area"}}}
+    cfg = OmegaConf.create({"task": "classification", "train": {"batch_size": 4, "epochs": 2},
+                            "data": {"root": "/b", "num_workers": 0, "image_size": 24,
+                                     "hflip": True, "val_interpolation": "bicubic"}})
+    with caplog.at_level("WARNING"):
+        _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
+                         logging.getLogger("t"), {})
+    assert caplog.text.rstrip().endswith(
+        "resuming model_0000004.pth with data settings other than the run that wrote it: the "
+        "images are drawn, augmented or evaluated otherwise from iteration 4: "
+        "data.image_size: 32 -> 24, data.val_interpolation: area -> bicubic")
+
+
+def test_an_epoch_recipe_resumed_with_another_batch_size_is_refused() -> None:
+    """Iteration 6 of 8-image steps is epoch 1.2 of 40 images; resumed at 4 images a step it
+    was read as epoch 0.6: back into the warmup, images drawn twice, more images trained."""
+    recorded = {"config": {"task": "classification", "train": {"batch_size": 8, "epochs": 4}}}
+    cfg = OmegaConf.create({"task": "classification", "train": {"batch_size": 4, "epochs": 4}})
+    with pytest.raises(ConfigError, match=r"model_0000006.pth was trained with train.batch_size "
+                                          r"8, this run asks for 4: with train.epochs its "
+                                          r"iteration 6 would be another epoch .*resume with "
+                                          r"train.batch_size=8"):
+        _check_resumable(Path("model_0000006.pth"), recorded, 6, cfg, 40,
+                         logging.getLogger("t"), {})
+    cfg = OmegaConf.create({"task": "detection", "train": {"batch_size": 4, "epochs": None}})
+    _check_resumable(Path("model_0000006.pth"), recorded | {"config": {
+        "task": "detection", "train": {"batch_size": 8, "epochs": None}}}, 6, cfg, 40,
+        logging.getLogger("t"), {})  # iterations: the schedule stays where it was
