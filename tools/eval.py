@@ -23,6 +23,11 @@ written to DIR/metrics.json as {"sem_seg": {...}, "images": {...}, "weights": CK
 --save-predictions also each image's predicted class map as DIR/predictions/<its path under
 data.val.img_dir>.png (uint8 class ids, mmsegmentation's format_only), also for a val split
 without labels (data.val.mask_dir=null, or a COCO file without annotations), then unscored.
+Classifiers (`task: classification`, tools/pretrain.py's configs): top-1 and top-5 in percent
+on data.root/data.val_split, written to DIR/metrics.json as {"classification": {"top1",
+"top5"}, "images": {...}, "weights": CKPT}; weights are tools/pretrain.py's checkpoints (labels:
+their recorded class names) or torchvision / timm classifier weights (labels: the val folder's
+classes, sorted, as ImageNet's 1000 synsets are).
 """
 from __future__ import annotations
 
@@ -71,8 +76,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     task = config_task(args.config, args.overrides)
     evaluate_checkpoint = getattr(task_module(task), "evaluate_checkpoint", None)
     if evaluate_checkpoint is None:
-        raise ConfigError(f"tools/eval.py evaluates detection and sem_seg models; {args.config} "
-                         f"is a {task!r} config (tools/pretrain.py prints its top-1 at the end)")
+        raise ConfigError(f"tools/eval.py has no evaluation of {task!r} models ({args.config})")
     options = {"backend": args.backend}
     if args.save_predictions:
         if task != "sem_seg":

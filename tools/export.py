@@ -13,8 +13,9 @@ normalisation, padding, and the task's post-processing. Outputs:
     "mask_probs" (D, M, M) float32 instead, each box's mask to paste into its box (less
     memory on large images: the pasted masks take D x h x w floats at once);
   segmentation: "mask" (H, W) class ids.
-tools/eval.py and tools/demo.py take DIR (or DIR/model.onnx) as --weights and run it with ONNX
-Runtime. Needs `pip install 'resnet-detect[export]'`.
+For detectors and segmenters, tools/eval.py and tools/demo.py take DIR (or DIR/model.onnx) as
+--weights and run it with ONNX Runtime (a classifier's is scored from its .pth). Needs
+`pip install 'resnet-detect[export]'`.
 """
 from __future__ import annotations
 

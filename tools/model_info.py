@@ -15,6 +15,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from resnet_detect import backbones  # noqa: E402
 from resnet_detect.backbones.complexity import count_macs, count_parameters  # noqa: E402
+from resnet_detect.engine.cli import run_tool  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     cifar = "cifar" in args.name
     size = tuple(args.size or ((32, 32) if cifar else (224, 224)))
     num_classes = args.num_classes or (10 if cifar else 1000)
-    model = backbones.build_classifier(args.name, num_classes, **options)
+    try:
+        model = backbones.build_classifier(args.name, num_classes, **options)
+    except ValueError as e:  # an unknown name or option, or a value it refuses
+        parser.error(str(e))
     macs = count_macs(model, size)
     print(f"{args.name} {options or ''} input {size[0]}x{size[1]}, {num_classes} classes")
     print(f"{'stage':<8}{'params':>14}{'GMACs':>10}")
@@ -47,4 +51,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -22,7 +22,7 @@ from resnet_detect.engine.tasks import load_task_config
 from . import build_classifier
 from .classifier import Classifier
 from .data import VAL_INTERPOLATIONS, check_val_interpolation
-from .weights import read_checkpoint, unwrap_state_dict
+from .weights import classifier_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,7 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
     timm classifier weights) built as `config` says; returns export.json."""
     # no data is read: data.root (mandatory for training) need not be given
     _, cfg = load_task_config(config, ["data.root=.", *overrides], TASK)
-    state_dict, provenance = unwrap_state_dict(read_checkpoint(weights))
-    provenance = provenance or {}
-    fc = state_dict.get("fc.weight", state_dict.get("head.fc.weight"))
-    if fc is None:
-        raise ExportError(f"{weights} holds no classifier (no fc.weight): export a "
-                         f"model_final.pth of tools/pretrain.py, not a backbone")
-    num_classes = int(fc.shape[0])
+    num_classes, provenance = classifier_checkpoint(weights, "export", ExportError)
     model = build_classifier(cfg.model.name, num_classes, weights=weights,
                              config_prefix="model.options.", **to_plain(cfg.model.options))
     names = [str(n) for n in provenance.get("class_names") or []]

@@ -13,19 +13,22 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
 from resnet_detect import CONFIGS
 from resnet_detect.engine import (AMP_DTYPES, all_reduce_sum, amp_for_device, parse_amp,
                                   per_process_batch_size, to_plain)
-from resnet_detect.engine.config import config_section
+from resnet_detect.engine.config import (ConfigError, config_section, is_number,
+                                         is_positive_int)
+from resnet_detect.engine.data import DatasetError
 from resnet_detect.engine.model_check import check_model_config
 from resnet_detect.engine.runner import TaskData
 
 from . import build_classifier
 from .classifier import Classifier
+from .classifier_eval import evaluate_checkpoint
 from .export import export_model
 from .data import (ImageBatch, ImageFolderDataset, build_train_transform, build_val_transform,
                    check_val_interpolation, collate_images, normalize_images, scan_image_folder)
@@ -54,8 +57,12 @@ def build_datasets(cfg: DictConfig) -> tuple[ImageFolderDataset, ImageFolderData
     Samples are uint8: `ClassificationTask` normalizes whole batches on the training device.
     """
     d = cfg.data
-    check_val_interpolation(d.val_interpolation)  # before the folders are scanned
+    check_data_settings(cfg)  # before the folders are scanned
     train_samples, class_names = scan_image_folder(f"{d.root}/{d.train_split}")
+    if len(class_names) < 2:  # one logit's cross-entropy is 0: nothing would be learnt
+        raise DatasetError(f"{d.root}/{d.train_split} has {len(class_names)} class folder "
+                           f"({', '.join(class_names)}): a classifier needs at least 2 (the "
+                           f"loss of one class is 0, the backbone would stay random)")
     val_samples, _ = scan_image_folder(f"{d.root}/{d.val_split}", class_names)
     train = ImageFolderDataset(samples=train_samples, class_names=class_names,
                                transform=build_train_transform(image_size=d.image_size,
@@ -66,6 +73,37 @@ def build_datasets(cfg: DictConfig) -> tuple[ImageFolderDataset, ImageFolderData
                                                            resize=d.val_resize, normalize=False,
                                                            interpolation=d.val_interpolation))
     return train, val
+
+
+def check_data_settings(cfg: DictConfig) -> None:
+    """The crop, augmentation and normalisation keys, named by their keys (albumentations'
+    own checks raised tracebacks after the scan; a std of 0 gave a NaN loss at step 0)."""
+    d = cfg.data
+    check_val_interpolation(d.val_interpolation)
+    for key in ("image_size", "val_resize"):
+        if not is_positive_int(d[key]):
+            raise ConfigError(f"data.{key} must be a positive integer (pixels), got {d[key]!r}")
+    if d.val_resize < d.image_size:
+        raise ConfigError(f"data.val_resize ({d.val_resize}, the shorter side the val images are "
+                          f"resized to) must be >= data.image_size ({d.image_size}, the centre "
+                          f"crop taken from it)")
+    scale = list(d.scale) if isinstance(d.scale, (list, tuple, ListConfig)) else None
+    if (scale is None or len(scale) != 2 or not all(is_number(v) for v in scale)
+            or not 0 < scale[0] <= scale[1] <= 1):
+        raise ConfigError(f"data.scale must be two numbers 0 < min <= max <= 1 (the random "
+                          f"crop's share of the image's area), got {d.scale!r}")
+    if not isinstance(d.hflip, bool):
+        raise ConfigError(f"data.hflip must be true or false, got {d.hflip!r}")
+    for key, least in (("pixel_mean", -math.inf), ("pixel_std", 0)):
+        values = d[key]
+        if (not isinstance(values, (list, tuple, ListConfig)) or len(values) != 3
+                or not all(is_number(v) and least < v < math.inf for v in values)):
+            raise ConfigError(f"data.{key} must be 3 numbers (RGB, 0..255 scale"
+                              f"{'; each > 0' if key == 'pixel_std' else ''}), got {values!r}")
+    smoothing = cfg.model.label_smoothing
+    if isinstance(smoothing, bool) or not (is_number(smoothing) and 0 <= smoothing < 1):
+        raise ConfigError(f"model.label_smoothing must be in [0, 1) (the share of the target "
+                          f"spread over the other classes), got {smoothing!r}")
 
 
 class ClassificationTask:
@@ -189,4 +227,5 @@ class ClassificationTask:
 
 
 TASK = ClassificationTask
-__all__ = ["BASE_CONFIG", "OPEN_KEYS", "RENAMED_KEYS", "TASK", "export_model"]
+__all__ = ["BASE_CONFIG", "OPEN_KEYS", "RENAMED_KEYS", "TASK", "evaluate_checkpoint",
+           "export_model"]

@@ -119,6 +119,19 @@ def _unwrapped_keys(state_dict: StateDict) -> StateDict:
     return state_dict
 
 
+def classifier_checkpoint(weights: str | os.PathLike, use: str,
+                          error: type[ValueError] = ConfigError) -> tuple[int, dict[str, Any]]:
+    """(number of classes, provenance or {}) of whole-classifier weights (tools/pretrain.py's
+    model_final.pth, torchvision's or timm's); `error` naming them, and saying what to `use`
+    instead, for a backbone without its fc."""
+    state_dict, provenance = unwrap_state_dict(read_checkpoint(weights))
+    fc = state_dict.get("fc.weight", state_dict.get("head.fc.weight"))
+    if fc is None:
+        raise error(f"{weights} holds no classifier (no fc.weight): {use} a model_final.pth of "
+                    f"tools/pretrain.py, not a backbone")
+    return int(fc.shape[0]), provenance or {}
+
+
 def open_weights(weights: str | os.PathLike | Mapping[str, Any], source: str | None = None
                  ) -> tuple[StateDict, dict[str, Any] | None, str]:
     """(state dict, provenance or None, source) of a weights file or an already loaded

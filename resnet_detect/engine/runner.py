@@ -243,6 +243,15 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
         hint = (f"; a shorter run needs shorter steps: train.lr_steps=[{round(max_iter * 2 / 3)}, "
                 f"{round(max_iter * 8 / 9)}] (the 1x recipe's proportions) or train.lr_steps=[]"
                 if any(s > max_iter for s in steps) and "per_epoch" not in lengths else "")
+        if "per_epoch" in lengths:  # the keys the user gave: epochs
+            t = cfg.train
+            raise ConfigError(f"invalid train config (train.epochs={t.epochs}, "
+                              f"train.lr_step_epochs={list(t.lr_step_epochs)}, "
+                              f"train.warmup_epochs={t.warmup_epochs}; {lengths['per_epoch']} "
+                              f"iterations per epoch): {e}"
+                              + ("; train.lr_step_epochs must lie within train.epochs"
+                                 if any(e > t.epochs for e in t.lr_step_epochs) else "")
+                              ) from None
         raise ConfigError(f"invalid train config (max_iter={max_iter}, lr_steps={steps} in "
                           f"iterations): {e}{hint}") from None
 

@@ -179,7 +179,8 @@ def test_print_config_shows_the_merged_config_and_trains_nothing(
 def test_a_classification_config_for_eval_or_demo_is_one_line_and_exit_code_2(
         tool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:
-    """It was a ValueError's traceback and exit code 1."""
+    """It was a ValueError's traceback and exit code 1 (tools/eval.py scores classifiers now:
+    its first error is the missing weights)."""
     (tmp_path / "a.jpg").touch()
     config = ROOT / "configs/pretrain/synthetic_resnet18.yaml"
     extra = ["--input", str(tmp_path / "a.jpg")] if tool == "demo" else []
@@ -188,10 +189,10 @@ def test_a_classification_config_for_eval_or_demo_is_one_line_and_exit_code_2(
     with pytest.raises(SystemExit) as stopped:
         run_tool(tool_main(tool))
     assert stopped.value.code == 2
-    verb = "evaluates" if tool == "eval" else "draws"
-    assert capsys.readouterr().err.startswith(
-        f"{tool}.py: error: tools/{tool}.py {verb} detection and sem_seg models; {config} is a "
-        f"'classification' config")
+    expected = ("eval.py: error: weights file not found: w.pth" if tool == "eval" else
+                f"demo.py: error: tools/demo.py draws detection and sem_seg models; {config} is "
+                f"a 'classification' config")
+    assert capsys.readouterr().err.startswith(expected)
 
 
 def test_lr_multipliers_of_a_module_and_one_inside_it_as_two_overrides_are_refused() -> None:

@@ -19,3 +19,14 @@ def test_prints_torchvisions_parameter_count_and_refuses_a_bare_option(capsys) -
     with pytest.raises(SystemExit):  # was read as output_stride=None: the default, silently
         model_info.main(["resnet18", "output_stride"])
     assert "options must be key=value, got output_stride" in capsys.readouterr().err
+
+
+def test_an_unknown_name_or_option_is_a_usage_error(capsys) -> None:
+    """They were tracebacks (exit 1)."""
+    for argv, message in ((["resnet51"], "unknown backbone 'resnet51'; valid: "),
+                          (["resnet50", "foo=1"], "unknown backbone option foo; valid: "),
+                          (["resnet50", "output_stride=7"],
+                           "output_stride 7 is not valid for this net; valid: 8, 16, 32")):
+        with pytest.raises(SystemExit) as exit_info:
+            model_info.main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -23,6 +23,7 @@ from resnet_detect import backbones
 from resnet_detect.backbones.data import normalize_images
 from resnet_detect.backbones.pretraining import ClassificationTask, build_datasets
 from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.data import DatasetError
 from resnet_detect.engine.runner import UnreadableDataError
 from resnet_detect.engine.tasks import load_task_config
 from tests.torchrun import run_two_processes
@@ -604,3 +605,97 @@ def test_a_checkpoint_older_than_a_train_key_resumes_without_a_change_of_it(
     (line,) = [r.getMessage() for r in caplog.records
                if "train settings other than the run" in r.getMessage()]
     assert line.endswith(": train.epochs: 2 -> 3")
+
+
+def test_bad_crop_and_normalisation_settings_are_named_before_the_scan(
+        tool: ModuleType, tmp_path: Path) -> None:
+    """Albumentations' own checks raised tracebacks after both splits were scanned (minutes
+    on ImageNet); a std of 0 stopped at step 0 on a NaN loss, a smoothing of 1.5 at the first
+    step, one of -0.1 trained."""
+    missing = tmp_path / "not_scanned"  # each refusal comes before the folders are read
+    for key, value, message in (
+            ("data.scale", "[1.0,0.08]", r"data.scale must be two numbers 0 < min <= max <= 1 "
+                                         r"\(the random crop's share of the image's area\), "
+                                         r"got \[1.0, 0.08\]"),
+            ("data.scale", "[0,1.5]", r"data.scale must be two numbers"),
+            ("data.image_size", 0, r"data.image_size must be a positive integer \(pixels\), "
+                                   r"got 0"),
+            ("data.val_resize", 12, r"data.val_resize \(12, the shorter side the val images are "
+                                    r"resized to\) must be >= data.image_size \(16"),
+            ("data.pixel_mean", "[1,2]", r"data.pixel_mean must be 3 numbers \(RGB, 0..255 "
+                                         r"scale\), got \[1, 2\]"),
+            ("data.pixel_std", "[0,1,1]", r"data.pixel_std must be 3 numbers \(RGB, 0..255 "
+                                          r"scale; each > 0\), got \[0, 1, 1\]"),
+            ("model.label_smoothing", 1.5, r"model.label_smoothing must be in \[0, 1\) .* got "
+                                           r"1.5"),
+            ("model.label_smoothing", -0.1, r"model.label_smoothing must be in \[0, 1\)")):
+        with pytest.raises(ConfigError, match=message):
+            tool.main(overrides(missing, tmp_path / "out", **{key: value}))
+    assert not list((tmp_path / "out").glob("*.pth"))
+
+
+def test_one_class_is_refused(tool: ModuleType, tmp_path: Path) -> None:
+    """One class trained at loss 0 (one logit's cross-entropy) and wrote a random backbone,
+    top-1 100."""
+    colour_tree(tmp_path / "data", train_per_class=2, val_per_class=1)
+    shutil.rmtree(tmp_path / "data/train/red")
+    shutil.rmtree(tmp_path / "data/val/red")
+    with pytest.raises(DatasetError, match=r"data/train has 1 class folder \(blue\): a "
+                                           r"classifier needs at least 2"):
+        tool.main(overrides(tmp_path / "data", tmp_path / "out"))
+
+
+def test_eval_scores_a_classifier_as_its_training_did_and_torchvision_weights(
+        tool: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """tools/eval.py refused classifiers (timm's validate.py, torchvision's --test-only):
+    a run's weights score what its last evaluation printed; torchvision's weights take the val
+    folder's sorted classes as their labels."""
+    from tests.tools.test_train_eval_demo import load_tool as load_named_tool
+
+    evaluate = load_named_tool("eval").main
+    colour_tree(tmp_path / "data", train_per_class=8, val_per_class=3)
+    for i in range(2):  # 3 blue, 1 red: a mapping turned around scores otherwise
+        (tmp_path / f"data/val/red/{i + 1}.png").unlink()
+    out = tmp_path / "run"
+    args = overrides(tmp_path / "data", out, **{"train.epochs": 3, "train.base_lr": 0.05})
+    tool.main(args)
+    trained = json.loads((out / "metrics.json").read_text())["classification"]
+    result = evaluate([*args, "--weights", str(out / "model_final.pth"),
+                       "--output", str(tmp_path / "eval")])
+    assert result["classification"] == trained
+    assert result["images"] == {"images": 4, "unreadable": 0}
+    assert json.loads((tmp_path / "eval/metrics.json").read_text())["classification"] == trained
+    assert f"top1={trained['top1']:.2f}" in capsys.readouterr().out
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=2).eval()
+    weights = tmp_path / "tv_resnet18.pth"
+    torch.save(reference.state_dict(), weights)
+    tv_args = overrides(tmp_path / "data", out, **{"model.name": "resnet18"})
+    cfg = load_task_config(CONFIG, tv_args[1:])[1]
+    _, val = build_datasets(cfg)
+    images = normalize_images(torch.stack([val[i]["image"] for i in range(len(val))]),
+                              cfg.data.pixel_mean, cfg.data.pixel_std)
+    labels = torch.tensor([val[i]["label"] for i in range(len(val))])  # blue 0, red 1
+    with torch.no_grad():
+        expected = 100.0 * (reference(images).argmax(1) == labels).float().mean().item()
+    result = evaluate([*tv_args, "--weights", str(weights), "--output", str(tmp_path / "tv")])
+    assert expected in (25.0, 75.0)  # one class for all: a mapping turned around would differ
+    assert result["classification"]["top1"] == pytest.approx(expected)
+    assert result["classification"]["top5"] == 100.0
+    with pytest.raises(DatasetError, match=r"tv_resnet18.pth predicts 2 classes and names none; "
+                                           r".*data/val has 1 class folders"):
+        shutil.rmtree(tmp_path / "data/val/red")
+        evaluate([*tv_args, "--weights", str(weights), "--output", str(tmp_path / "tv1")])
+
+
+def test_lr_step_epochs_past_the_run_are_named_by_their_key(tool: ModuleType,
+                                                             tmp_path: Path) -> None:
+    """The error named the runner's iterations (lr_steps=[90, 180, 240] in iterations)."""
+    colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
+    with pytest.raises(ConfigError, match=r"invalid train config \(train.epochs=2, "
+                                          r"train.lr_step_epochs=\[1, 3\], "
+                                          r"train.warmup_epochs=0; 1 iterations per epoch\): .*; "
+                                          r"train.lr_step_epochs must lie within train.epochs$"):
+        tool.main(overrides(tmp_path / "data", tmp_path / "out",
+                            **{"train.lr_step_epochs": "[1,3]", "train.lr_decay": "step"}))

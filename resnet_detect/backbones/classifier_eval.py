@@ -1,0 +1,89 @@
+"""tools/eval.py for classifiers: top-1/top-5 of trained weights on a config's val split, as
+timm's validate.py and torchvision's `train.py --test-only` give them."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnet_detect.engine import (atomic_write_json, get_world_size, is_main_process, parse_amp,
+                                  to_plain)
+from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.data import CountedLoader, DatasetError, build_test_loader
+from resnet_detect.engine.export import ExportError, is_onnx
+from resnet_detect.engine.files import nan_to_none
+from resnet_detect.engine.runner import LEFT_OUT
+from resnet_detect.engine.tasks import load_task_config
+
+from . import build_classifier
+from .data import ImageFolderDataset, build_val_transform, collate_images, scan_image_folder
+from .weights import classifier_checkpoint
+
+logger = logging.getLogger(__name__)
+TASK = "classification"
+
+
+def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, output: Path,
+                        overrides: list[str] | tuple[str, ...], device: torch.device, *,
+                        backend: str | None = None) -> dict[str, Any]:
+    """Top-1/top-5 (percent) of classifier `weights` on `data.root/data.val_split`; writes
+    OUTPUT/metrics.json ({"classification": {"top1", "top5"}, "images", "weights"}).
+
+    `weights`: a checkpoint of tools/pretrain.py (model_final.pth, model_best.pth, a mid-run
+    one), whose labels are its recorded class names, or torchvision / timm classifier weights,
+    whose labels are the val folder's classes in sorted order (ImageFolder's, as they were
+    trained on ImageNet). `backend` is for COCO evaluation, not used.
+    """
+    from .pretraining import ClassificationTask, check_data_settings  # (it imports this file)
+
+    if is_onnx(weights):
+        raise ExportError(f"{weights}: tools/eval.py scores a classifier's .pth weights; its "
+                          f"export's logits are those of the weights it was made from")
+    _, cfg = load_task_config(config, overrides, TASK)
+    check_data_settings(cfg)
+    num_classes, provenance = classifier_checkpoint(weights, "evaluate")
+    recorded = [str(n) for n in provenance.get("class_names") or []] or None
+    val_dir = Path(str(cfg.data.root)) / str(cfg.data.val_split)
+    samples, class_names = scan_image_folder(val_dir, recorded)
+    if recorded is None and len(class_names) != num_classes:
+        raise DatasetError(f"{weights} predicts {num_classes} classes and names none; {val_dir} "
+                           f"has {len(class_names)} class folders: its sorted folder names are "
+                           f"the labels, so they must be as many (ImageNet's val split: the "
+                           f"1000 synsets)")
+    if recorded is not None and len(recorded) != num_classes:
+        raise ConfigError(f"{weights} records {len(recorded)} class names for {num_classes} "
+                          f"outputs")
+    model = build_classifier(cfg.model.name, num_classes, weights=weights,
+                             config_prefix="model.options.", **to_plain(cfg.model.options))
+    task = ClassificationTask()
+    task.class_names = class_names
+    task.channels_last = bool(cfg.model.channels_last)
+    task.amp = parse_amp(cfg.train.amp)
+    # the normalisation the weights learnt with; foreign weights: the config's
+    mean = provenance.get("pixel_mean") or cfg.data.pixel_mean
+    std = provenance.get("pixel_std") or cfg.data.pixel_std
+    task.pixel_mean = torch.tensor(list(mean), dtype=torch.float32)
+    task.pixel_std = torch.tensor(list(std), dtype=torch.float32)
+    model.to(device).eval()
+    if task.channels_last:
+        model.to(memory_format=torch.channels_last)
+    dataset = ImageFolderDataset(
+        samples=samples, class_names=class_names,
+        transform=build_val_transform(image_size=cfg.data.image_size, resize=cfg.data.val_resize,
+                                      normalize=False, interpolation=cfg.data.val_interpolation))
+    loader = CountedLoader(build_test_loader(
+        dataset, batch_size=max(1, int(cfg.train.batch_size) // get_world_size()),
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda", collate_fn=collate_images))
+    with torch.no_grad():
+        metrics = task.evaluate(model, loader, device)
+    result = nan_to_none(metrics)
+    result["images"] = loader.report(logger, "val", LEFT_OUT)
+    result["weights"] = str(weights)
+    if is_main_process():
+        atomic_write_json(result, output / "metrics.json")
+        print(task.summary(metrics), flush=True)
+    return result
