@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 TASK = "classification"
 # export.json's words for data.val_interpolation
 INTERPOLATION_NOTES = {
-    name: "area (OpenCV INTER_AREA where the image shrinks, bilinear where it grows, as the "
-    "evaluation's transform)" if name == "area" else
+    name: "area (OpenCV INTER_AREA where the image shrinks, INTER_LINEAR where it grows; "
+    "longer side round(short_side * long / short), crop offsets floored: (side - crop) // 2, "
+    "as the evaluation's transform)" if name == "area" else
     f"{name} (Pillow's, as torchvision's Resize: longer side int(short_side * long / "
     f"short), crop offsets rounded)" for name in VAL_INTERPOLATIONS}
 

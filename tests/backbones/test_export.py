@@ -119,3 +119,30 @@ def test_an_export_that_cannot_be_written_keeps_the_earlier_one_and_no_partial_f
         export_model(CONFIG, tmp_path / "model_final.pth", out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(before) == ["export.json", "model.onnx"]
+
+
+def test_export_json_says_the_area_resize_arithmetic_the_evaluation_uses() -> None:
+    """It said "INTER_AREA where the image shrinks" only; torchvision's arithmetic (the longer
+    side truncated, offsets rounded) shifted 19 of 35 crops a pixel."""
+    import cv2
+
+    from resnet_detect.backbones.data import build_val_transform
+    from resnet_detect.backbones.export import INTERPOLATION_NOTES
+
+    note = INTERPOLATION_NOTES["area"]
+    assert "round(short_side * long / short)" in note and "(side - crop) // 2" in note
+    rng = np.random.default_rng(0)
+    short_side, crop = 36, 32
+    for h, w in ((37, 53), (53, 37), (61, 100), (20, 29), (45, 45), (131, 70)):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        scale = short_side / min(h, w)
+        size = (short_side, round(w * scale)) if h <= w else (round(h * scale), short_side)
+        shrink = size[0] < h
+        resized = cv2.resize(image, (size[1], size[0]),
+                             interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        top, left = (size[0] - crop) // 2, (size[1] - crop) // 2
+        expected = resized[top:top + crop, left:left + crop]
+        got = build_val_transform(image_size=crop, resize=short_side, normalize=False,
+                                  interpolation="area")(image=image)["image"]
+        got = got.permute(1, 2, 0).numpy() if isinstance(got, torch.Tensor) else got
+        np.testing.assert_array_equal(got, expected)
