@@ -30,8 +30,10 @@ def test_onnx_runtime_gives_the_pytorch_logits_at_any_size(tmp_path: Path) -> No
     metadata = json.loads((tmp_path / "export/export.json").read_text())
     assert metadata["class_names"] == NAMES and metadata["pixel_mean"] == list(MEAN)
     assert metadata["resize"] == {"short_side": 54, "center_crop": 48, "interpolation":
-                                  "area (OpenCV INTER_AREA where the image shrinks, bilinear "
-                                  "where it grows, as the evaluation's transform)"}
+                                  "area (OpenCV INTER_AREA where the image shrinks, "
+                                  "INTER_LINEAR where it grows; longer side round(short_side * "
+                                  "long / short), crop offsets floored: (side - crop) // 2, as "
+                                  "the evaluation's transform)"}
     pillow = export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "bilinear",
                           ["data.val_interpolation=bilinear"])
     assert pillow["resize"]["interpolation"].startswith("bilinear (Pillow's, as torchvision's")

@@ -337,8 +337,10 @@ def test_masks_whose_0_is_unlabelled_score_as_the_same_masks_without_it(
                                       "data.reduce_zero_label=true"])["sem_seg"]
     assert reduced == plain
     with pytest.raises(ValueError, match=r"has class ids \[7\] outside the 7 declared classes "
-                                         r".*; masks whose classes are 1..K with 0 unlabelled "
-                                         r"\(ADE20K\) need data.reduce_zero_label: true"):
+                                         r".*; masks of the values 0..7 are either 8 classes "
+                                         r".* or 7 classes with 0 unlabelled, neither trained "
+                                         r"on nor scored \(ADE20K's: data.reduce_zero_label: "
+                                         r"true\)"):
         load_tool("eval").main([*args, "--output", str(tmp_path / "x"),
                                 f"data.val.mask_dir={shifted}"])
     saved = sorted((tmp_path / "plain/predictions").iterdir())
