@@ -42,7 +42,10 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
                          npy["has_gauss"], npy["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # a machine with fewer GPUs than the one that saved them (same world size) has fewer
+        # generators: set_rng_state_all raised an IndexError
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 @contextlib.contextmanager

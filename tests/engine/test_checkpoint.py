@@ -662,3 +662,24 @@ def test_an_epoch_recipe_resumed_with_another_batch_size_is_refused() -> None:
     _check_resumable(Path("model_0000006.pth"), recorded | {"config": {
         "task": "detection", "train": {"batch_size": 8, "epochs": None}}}, 6, cfg, 40,
         logging.getLogger("t"), {})  # iterations: the schedule stays where it was
+
+
+def test_cuda_generators_of_a_machine_with_more_gpus_restore_those_there_are(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """set_rng_state_all raised an IndexError resuming 2 GPUs' states where 1 is visible
+    (same world size, another machine)."""
+    state = get_rng_state()
+    state["cuda"] = [torch.zeros(4, dtype=torch.uint8), torch.ones(4, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+    def set_all(states: list[torch.Tensor]) -> None:  # torch's, with one GPU
+        if len(states) > 1:
+            raise IndexError("tuple index out of range")
+        restored.extend(enumerate(states))
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_all)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((i, s)))
+    set_rng_state(state)
+    assert [(i, s.tolist()) for i, s in restored] == [(0, [0, 0, 0, 0])]
