@@ -75,7 +75,11 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
                    if not (img_dir / (n + img_suffix)).is_file()]
         if missing:
             suffixed = [n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
-            hint = (f" (names are listed without their suffix, img_suffix {img_suffix!r} "
+            paired = [n for n in names if len(n.split()) == 2]  # DeepLab's "image mask" lists
+            hint = (f" (one image name per line, as VOC's ImageSets/Segmentation/train.txt: "
+                    f"{paired[0]!r} holds two paths, DeepLab's list format; list each image's "
+                    f"path under img_dir without its suffix)" if paired else
+                    f" (names are listed without their suffix, img_suffix {img_suffix!r} "
                     f"added: {suffixed[0]!r} looks for {suffixed[0] + img_suffix!r})"
                     if suffixed else "")
             raise DatasetError(f"{split_file}: {len(missing)} listed images not found{hint}:"

@@ -117,6 +117,13 @@ def test_voc_tree_with_split_file_and_palette_masks(tmp_path):
                        r"are listed without their suffix, img_suffix '.jpg' added: "
                        r"'2007_000032.png' looks for '2007_000032.png.jpg'\).*"):
         scan_folder(root / "JPEGImages", root / "SegmentationClass", split_file=split)
+    # DeepLab's list files pair each image with its mask: named as such
+    split.write_text("/JPEGImages/2007_000032.jpg /SegmentationClass/2007_000032.png\n")
+    with pytest.raises(DatasetError, match=r"train.txt: 1 listed images not found \(one image "
+                       r"name per line, as VOC's ImageSets/Segmentation/train.txt: "
+                       r"'/JPEGImages/2007_000032.jpg /SegmentationClass/2007_000032.png' holds "
+                       r"two paths, DeepLab's list format"):
+        scan_folder(root / "JPEGImages", root / "SegmentationClass", split_file=split)
     # the third image has no mask: scanning the whole folder names it
     with pytest.raises(DatasetError, match="(?s)1 of 3 images .* no mask.*2007_000063.jpg"):
         scan_folder(root / "JPEGImages", root / "SegmentationClass")
