@@ -6,6 +6,7 @@ backbone alone, loadable with `backbones.build(name, weights=PATH)`), both with 
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,8 +34,10 @@ from .export import export_model
 from .data import (ImageBatch, ImageFolderDataset, build_train_transform, build_val_transform,
                    check_val_interpolation, collate_images, normalize_images, scan_image_folder)
 from .weights import (load_weights, make_provenance, read_checkpoint,
-                      refuse_mismatched_settings, refuse_other_normalisation, save_checkpoint)
+                      refuse_mismatched_settings, refuse_other_normalisation, save_checkpoint,
+                      unwrap_state_dict)
 
+logger = logging.getLogger(__name__)
 BASE_CONFIG = CONFIGS / "pretrain" / "base_classifier.yaml"
 OPEN_KEYS = ("model.options",)
 # the `solver` section of older pretraining configs
@@ -158,9 +161,17 @@ class ClassificationTask:
             model = build_classifier(cfg.model.name, num_classes,
                                      config_prefix="model.options.", **to_plain(cfg.model.options))
         if cfg.model.weights:  # fine-tuning: the backbone's weights, a new fc for these classes
-            load_weights(model.backbone, cfg.model.weights, config_prefix="model.options.")
-            refuse_other_normalisation(model.backbone, str(cfg.model.weights), cfg.data,
-                                       prefix="data.")
+            source = str(cfg.model.weights)
+            checkpoint = read_checkpoint(source)
+            provenance = load_weights(model.backbone, checkpoint, source=source,
+                                      config_prefix="model.options.")
+            refuse_other_normalisation(model.backbone, source, cfg.data, prefix="data.")
+            if ((provenance or {}).get("class_names") == self.class_names
+                    and "fc.weight" in unwrap_state_dict(checkpoint)[0]):
+                # this project's classifier of these classes (a FixRes-style fine-tuning at
+                # another size): its fc too, as timm's --initial-checkpoint keeps a fitting head
+                load_weights(model, checkpoint, source=source, config_prefix="model.options.")
+                logger.info("%s: the fc too (trained on these classes)", source)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         return model

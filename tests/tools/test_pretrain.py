@@ -699,3 +699,30 @@ def test_lr_step_epochs_past_the_run_are_named_by_their_key(tool: ModuleType,
                                           r"train.lr_step_epochs must lie within train.epochs$"):
         tool.main(overrides(tmp_path / "data", tmp_path / "out",
                             **{"train.lr_step_epochs": "[1,3]", "train.lr_decay": "step"}))
+
+
+def test_own_classifier_weights_of_the_same_classes_keep_their_fc(
+        tool: ModuleType, tmp_path: Path) -> None:
+    """model.weights always started a new fc, also from this project's classifier of the same
+    classes (a fine-tuning at another crop size lost its head); timm keeps a fitting one."""
+    colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
+    out = tmp_path / "run"
+    tool.main(overrides(tmp_path / "data", out))
+    final = backbones.read_checkpoint(out / "model_final.pth")["model"]
+
+    def built_from(weights: Path) -> torch.nn.Module:
+        cfg = load_task_config(CONFIG, overrides(tmp_path / "data", tmp_path / "ft", **{
+            "model.weights": weights, "data.image_size": 24, "data.val_resize": 24})[1:])[1]
+        task = ClassificationTask()
+        task.prepare(cfg)
+        torch.manual_seed(1)
+        return task.build_model(cfg)
+
+    model = built_from(out / "model_final.pth")
+    assert torch.equal(model.fc.weight, final["fc.weight"])
+    assert torch.equal(model.backbone.state_dict()["stem.conv.weight"],
+                       final["backbone.stem.conv.weight"])
+    assert not torch.equal(built_from(out / "backbone_final.pth").fc.weight, final["fc.weight"])
+    (tmp_path / "data/train/red").rename(tmp_path / "data/train/rose")  # other classes
+    (tmp_path / "data/val/red").rename(tmp_path / "data/val/rose")
+    assert not torch.equal(built_from(out / "model_final.pth").fc.weight, final["fc.weight"])
