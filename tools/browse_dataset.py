@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_detect.engine import setup_logging  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
+from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.data import DatasetError, UnreadableImageError, listing  # noqa: E402
 from resnet_detect.engine.files import writable_folder  # noqa: E402
 from resnet_detect.engine.tasks import load_task_config, task_module  # noqa: E402
@@ -56,12 +57,14 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     """Draw the split's first images; returns the written files."""
     args = parse_args(argv)
     if args.num < 0:
-        raise ValueError(f"--num must be >= 0 (0 = all images), got {args.num}")
+        raise ConfigError(f"--num must be >= 0 (0 = all images), got {args.num}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     setup_logging(None)
     task, cfg = load_task_config(args.config, args.overrides)
     browse_split = getattr(task_module(task), "browse_split", None)
     if browse_split is None:
-        raise ValueError(f"tools/browse_dataset.py draws detection and sem_seg data; "
+        raise ConfigError(f"tools/browse_dataset.py draws detection and sem_seg data; "
                          f"{args.config} is a {task!r} config")
     output = writable_folder(args.output, "--output")  # before the data is read
     dataset, draw = browse_split(cfg, args.split)

@@ -43,6 +43,7 @@ from resnet_detect.engine import cleanup, init_distributed, is_main_process, set
 from resnet_detect.engine.files import writable_folder  # noqa: E402
 from resnet_detect.engine.checkpoint import POINTER  # noqa: E402
 from resnet_detect.engine.config import ConfigError  # noqa: E402
+from resnet_detect.engine.runner import check_num_workers  # noqa: E402
 from resnet_detect.engine.same_everywhere import done_everywhere  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
 from resnet_detect.engine.tasks import config_task, load_task_config, task_module  # noqa: E402
@@ -84,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                              f"a {task!r} config (its detections are in the results file)")
         options["save_predictions"] = True
     # the config's train.device (auto: a GPU when there is one; train.device=cpu forces the CPU)
-    device = init_distributed(load_task_config(args.config, args.overrides)[1].train.device)
+    cfg = load_task_config(args.config, args.overrides)[1]
+    check_num_workers(cfg)
+    device = init_distributed(cfg.train.device)
     setup_logging(None)
     try:
         # the main process writes the results: checked before the inference, on every process

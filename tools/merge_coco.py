@@ -41,7 +41,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="folder the file names are relative to (default: the folder "
                              "holding every IMG_DIR)")
     add_class_options(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for json_file, _ in args.input:  # the merge would replace an input it read
+        if Path(json_file).resolve() == Path(args.output).resolve():
+            parser.error(f"--output {args.output} is one of the --input files: write the merge "
+                         f"to another file")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

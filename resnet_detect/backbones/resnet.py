@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import stochastic_depth
 
-from resnet_detect.engine.config import ArgumentError
+from resnet_detect.engine.config import ArgumentError, is_positive_int as _positive_int
 
 from .conv import Conv2d
 from .layers import (ConvNorm, FrozenBatchNorm2d, ShapeSpec, ZeroPadShortcut, build_norm,
@@ -79,7 +79,7 @@ class BasicBlock(ResidualBlock):
                  groups: int = 1, width_per_group: int = 64, width: float = 1.0,
                  stride_in_1x1: bool = False, drop_path_rate: float = 0.0) -> None:
         if groups != 1 or width_per_group != 64:
-            raise ValueError("BasicBlock supports only groups=1 and width_per_group=64")
+            raise ArgumentError("BasicBlock supports only groups=1 and width_per_group=64")
         out_channels = int(planes * width)
         super().__init__(in_channels=in_channels, out_channels=out_channels, stride=stride,
                          shortcut=shortcut, residual=residual, norm=norm,
@@ -140,7 +140,7 @@ class Stem(nn.Module):
             self.maxpool = nn.Identity()
             self.stride = 1
         else:
-            raise ValueError(f"unknown stem {kind!r}; valid: imagenet, cifar")
+            raise ArgumentError(f"unknown stem {kind!r}; valid: imagenet, cifar")
         self.norm = build_norm(norm, out_channels)
         self.out_channels = out_channels
 
@@ -189,22 +189,32 @@ class ResNet(nn.Module):
                  zero_init_residual: bool = False) -> None:
         super().__init__()
         if block not in ("basic", "bottleneck"):
-            raise ValueError(f"unknown block {block!r}; valid: basic, bottleneck")
+            raise ArgumentError(f"unknown block {block!r}; valid: basic, bottleneck")
         if shortcut not in SHORTCUTS:
-            raise ValueError(f"unknown shortcut {shortcut!r}; valid: {', '.join(SHORTCUTS)}")
+            raise ArgumentError(f"unknown shortcut {shortcut!r}; valid: {', '.join(SHORTCUTS)}")
         if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+            raise ArgumentError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        for key, value in (("groups", groups), ("width_per_group", width_per_group),
+                           ("stem_channels", stem_channels)):
+            if not _positive_int(value):
+                raise ArgumentError(f"{key} must be a positive integer, got {value!r}")
+        if not (isinstance(width, (int, float)) and not isinstance(width, bool) and width > 0):
+            raise ArgumentError(f"width must be a number > 0 (a factor of the channels), got "
+                                f"{width!r}")
         block_cls = BasicBlock if block == "basic" else Bottleneck
         self.stem = Stem(kind=stem, out_channels=stem_channels, norm=norm)
         natural_stride = self.stem.stride * 2 ** (len(stage_blocks) - 1)
         valid_strides = (natural_stride // 4, natural_stride // 2, natural_stride)
         output_stride = output_stride or natural_stride
         if output_stride not in valid_strides:
-            raise ValueError(f"output_stride {output_stride} is not valid for this net; "
-                             f"valid: {', '.join(map(str, valid_strides))}")
+            raise ArgumentError(f"output_stride {output_stride} is not valid for this net; "
+                                f"valid: {', '.join(map(str, valid_strides))}")
         if multi_grid is not None and len(multi_grid) != stage_blocks[-1]:
-            raise ValueError(f"multi_grid {list(multi_grid)} must have one entry per block of "
-                             f"the last stage ({stage_blocks[-1]})")
+            raise ArgumentError(f"multi_grid {list(multi_grid)} must have one entry per block of "
+                                f"the last stage ({stage_blocks[-1]})")
+        if multi_grid is not None and not all(_positive_int(m) for m in multi_grid):
+            raise ArgumentError(f"multi_grid {list(multi_grid)} must be positive integers "
+                                f"(dilation multipliers)")
 
         self.stages: list[str] = []
         self._shapes = {"stem": ShapeSpec(stem_channels, self.stem.stride)}

@@ -14,8 +14,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resnet_detect.engine.config import (ConfigError, check_counts, check_probability,
-                                         config_section)
+from resnet_detect.engine.config import (ConfigError, check_counts, check_non_negative,
+                                         check_probability, config_section)
 from resnet_detect import backbones
 from resnet_detect.backbones.layers import ShapeSpec
 
@@ -132,7 +132,11 @@ def build_rpn(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec]) -> RPN:
         aspect_ratios=_plain(acfg["aspect_ratios"]),
         offset=acfg["offset"],
     )
-    low, high = rcfg["iou_thresholds"]
+    thresholds = _plain(rcfg["iou_thresholds"])
+    if not isinstance(thresholds, list) or len(thresholds) != 2:
+        raise ConfigError(f"model.rpn.iou_thresholds must be [low, high] (below low: background, "
+                          f"from high: foreground), got {thresholds!r}")
+    low, high = thresholds
     return RPN(
         in_features=in_features,
         head=RPNHead(
@@ -327,6 +331,9 @@ def build_model(cfg: Mapping[str, Any] | DictConfig,
     check_counts(mcfg["rpn"], ("pre_nms_topk_train", "pre_nms_topk_test", "post_nms_topk_train",
                                "post_nms_topk_test"), "model.rpn.")
     check_counts(mcfg["roi_heads"], ("detections_per_image",), "model.roi_heads.")
+    check_non_negative(mcfg["rpn"], ("loss_weight", "smooth_l1_beta"), "model.rpn.")
+    check_non_negative(mcfg["roi_heads"], ("loss_weight", "smooth_l1_beta", "mask_loss_weight"),
+                       "model.roi_heads.")
     # an NMS overlap above 1 suppresses nothing, a score threshold above 1 keeps nothing
     for section in ("rpn", "roi_heads"):
         for key, kind in (("nms_thresh", "an overlap (IoU)"), ("score_thresh", "a score")):

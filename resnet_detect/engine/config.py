@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -376,6 +377,15 @@ def check_sizes(values: Any, key: str, count: int | None = None) -> list[int]:
         what = f"{count} positive integers" if count else "positive integers"
         raise ConfigError(f"{key} must be {what} (pixels), got {sizes if listed else values!r}")
     return sizes
+
+
+def check_non_negative(section: Mapping[str, Any], keys: Sequence[str], prefix: str) -> None:
+    """Each of `keys` in `section` a finite number >= 0 (loss weights, a smooth L1 beta: a
+    negative loss weight trained on by gradient ascent), else a ConfigError naming it."""
+    for key in keys:
+        value = section[key]
+        if not (is_number(value) and 0 <= value < math.inf):
+            raise ConfigError(f"{prefix}{key} must be a number >= 0, got {value!r}")
 
 
 def check_counts(section: Mapping[str, Any], keys: Sequence[str], prefix: str) -> None:

@@ -145,6 +145,14 @@ def _lengths(cfg: DictConfig, train_size: int) -> dict[str, Any]:
             "warmup_iters": round(t.warmup_epochs * per_epoch), "per_epoch": per_epoch}
 
 
+def check_num_workers(cfg: DictConfig) -> None:
+    """data.num_workers, named (a DataLoader's traceback after the data was read)."""
+    workers = cfg.get("data", {}).get("num_workers", 0)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ConfigError(f"data.num_workers must be an integer >= 0 (0: load in the main "
+                          f"process), got {workers!r}")
+
+
 def check_train_choices(t: DictConfig) -> None:
     """train.optimizer, train.lr_decay and the periods, named by their keys (run_training
     checks them before the data is read, the model built or config.yaml written)."""
@@ -182,6 +190,17 @@ def check_train_choices(t: DictConfig) -> None:
         raise ConfigError(f"train.final_lr_factor must be in 0..1 (the lr at the end of a cosine "
                           f"or poly decay, as a fraction of train.base_lr), got "
                           f"{t.final_lr_factor!r}")
+    # torch checks these only as its optimizers' defaults, not per parameter group: a negative
+    # decay or a gamma below 0 trained on, climbing the loss
+    if not (is_number(t.gamma) and 0 < t.gamma <= 1):
+        raise ConfigError(f"train.gamma must be in (0, 1] (the factor of the lr at each of "
+                          f"train.lr_steps), got {t.gamma!r}")
+    if not (is_number(t.weight_decay) and 0 <= t.weight_decay < math.inf):
+        raise ConfigError(f"train.weight_decay must be a number >= 0, got {t.weight_decay!r}")
+    if not (is_number(t.momentum) and 0 <= t.momentum < 1):
+        raise ConfigError(f"train.momentum must be in [0, 1) (SGD's), got {t.momentum!r}")
+    if t.nesterov and t.optimizer == "sgd" and t.momentum == 0:
+        raise ConfigError("train.nesterov needs train.momentum > 0")
     for key, least in (("log_period", 1), ("checkpoint_period", 0), ("eval_period", 0)):
         if t[key] < least:
             raise ConfigError(f"train.{key} must be >= {least}, got {t[key]}"
@@ -574,10 +593,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
                   if k.endswith("norm") and v == "syncbn"]
         if synced:  # before the data is read and the model built
             refuse_syncbn_on_cpus(", ".join(f"{k}=syncbn" for k in synced))
-    workers = cfg.get("data", {}).get("num_workers", 0)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-        raise ConfigError(f"data.num_workers must be an integer >= 0 (0: load in the training "
-                          f"process), got {workers!r}")
+    check_num_workers(cfg)
     output_dir = Path(t.output_dir)
     with exclusive_output_dir(output_dir):
         setup_logging(output_dir)

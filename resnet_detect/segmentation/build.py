@@ -17,8 +17,8 @@ from resnet_detect import CONFIGS, backbones
 from resnet_detect.backbones.layers import ShapeSpec
 from resnet_detect.engine.config import config_from_mapping as engine_config_from_mapping
 from resnet_detect.engine.config import load_config as engine_load_config
-from resnet_detect.engine.config import (ConfigError, config_section, load_defaults,
-                                         parse_bool)
+from resnet_detect.engine.config import (ConfigError, check_non_negative, config_section,
+                                         is_number, is_positive_int, load_defaults, parse_bool)
 from resnet_detect.engine.tasks import refuse_other_task_config
 
 from .convert import load_segmentation_weights, weight_bound_settings
@@ -117,6 +117,8 @@ def build_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
     hcfg = cfg["head"]
     name = hcfg["name"]
     _check_head_name(name)
+    _check_head_numbers(hcfg, "model.head.", ("dropout", "aspp_dropout"),
+                        ("channels", "low_level_channels"))
     deep = _shape(shapes, hcfg["in_feature"], "model.head.in_feature")
     common = {"num_classes": num_classes, "loss_name": "loss_sem_seg",
               "loss_weight": hcfg["loss_weight"], "ignore_index": cfg["ignore_index"]}
@@ -150,11 +152,29 @@ def build_aux_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
     acfg = cfg["aux_head"]
     if not acfg["enabled"]:
         return None
+    _check_head_numbers(acfg, "model.aux_head.", ("dropout",), ("channels",))
     shape = _shape(shapes, acfg["in_feature"], "model.aux_head.in_feature")
     return FCNHead(in_feature=acfg["in_feature"], in_channels=shape.channels,
                    channels=acfg["channels"], norm=cfg["head"]["norm"],
                    dropout=acfg["dropout"], num_classes=num_classes, loss_name="loss_aux",
                    loss_weight=acfg["loss_weight"], ignore_index=cfg["ignore_index"])
+
+
+def _check_head_numbers(section: Mapping[str, Any], prefix: str, dropouts: Sequence[str],
+                        widths: Sequence[str]) -> None:
+    """A negative loss weight (gradient ascent on it), a dropout of 1 or more, and channel
+    counts below 1 (null: the head's default) named before anything is built."""
+    check_non_negative(section, ("loss_weight",), prefix)
+    for key in dropouts:
+        value = section[key]
+        if not (is_number(value) and 0 <= value < 1):
+            raise ConfigError(f"{prefix}{key} must be a probability in [0, 1) (1 zeroes every "
+                              f"feature), got {value!r}")
+    for key in widths:
+        if section[key] is not None and not is_positive_int(section[key]):
+            raise ConfigError(f"{prefix}{key} must be a positive integer (channels)"
+                              f"{' or null' if key == 'channels' else ''}, got "
+                              f"{section[key]!r}")
 
 
 def _check_head_name(name: str) -> None:

@@ -103,8 +103,8 @@ class SemSegDataset(Dataset):
                  class_names: Sequence[str], ignore_index: int = IGNORE_INDEX,
                  reduce_zero_label: bool = False) -> None:
         if not 1 <= len(class_names) <= IGNORE_INDEX:
-            raise ValueError(f"the number of classes must be in 1..{IGNORE_INDEX}, got "
-                             f"{len(class_names)}")
+            raise ConfigError(f"the number of classes (data.class_names, background included) "
+                              f"must be in 1..{IGNORE_INDEX}, got {len(class_names)}")
         if not (isinstance(ignore_index, int) and 0 <= ignore_index <= 255):
             raise ConfigError(f"model.ignore_index must be a mask value 0..255, got "
                               f"{ignore_index!r}")

@@ -333,7 +333,18 @@ def test_float_images_within_0_1_are_warned_of(monkeypatch: pytest.MonkeyPatch,
     ("model.roi_heads.fc_dims=[]", "model.roi_heads: "),
     ("model.rpn.post_nms_topk_train=0", "model.rpn.post_nms_topk_train must be a positive "
                                         "integer, got 0"),
-    ("model.roi_heads.detections_per_image=0", "model.roi_heads.detections_per_image must be")])
+    ("model.roi_heads.detections_per_image=0", "model.roi_heads.detections_per_image must be"),
+    # a negative loss weight trained by gradient ascent; a negative beta or one threshold
+    # were tracebacks at the first step or after the data scan
+    ("model.rpn.loss_weight=-1", "model.rpn.loss_weight must be a number >= 0, got -1"),
+    ("model.roi_heads.mask_loss_weight=-1", "model.roi_heads.mask_loss_weight must be a number "
+                                            ">= 0, got -1"),
+    ("model.roi_heads.smooth_l1_beta=-0.1", "model.roi_heads.smooth_l1_beta must be a number >= "
+                                            "0, got -0.1"),
+    ("model.rpn.iou_thresholds=[0.3]", "model.rpn.iou_thresholds must be [low, high] (below "
+                                       "low: background, from high: foreground), got [0.3]"),
+    ("model.backbone.multi_grid=[0,1,1]", "model.backbone.multi_grid [0, 1, 1] must be "
+                                          "positive integers (dilation multipliers)")])
 def test_a_part_built_from_a_bad_value_names_its_config_section(override: str,
                                                                 message: str) -> None:
     """The parts' own checks name their arguments ("batch_size_per_image must be positive"),

@@ -695,3 +695,15 @@ def test_fine_tuning_weights_of_renamed_classes_is_warned_of(tmp_path, small_con
             assert "was trained on" not in caplog.text
         else:
             assert expected in caplog.text
+
+
+def test_no_class_names_is_a_config_error(tmp_path):
+    """A ValueError's traceback (exit 1) for data.class_names=[] or an empty names file."""
+    img_dir, mask_dir = _folder(tmp_path)
+    (tmp_path / "names.txt").write_text("")
+    for names in ([], str(tmp_path / "names.txt")):
+        cfg = _config(img_dir=str(img_dir), mask_dir=str(mask_dir))
+        cfg["data"]["class_names"] = names
+        with pytest.raises(ConfigError, match=r"the number of classes \(data.class_names, "
+                                              r"background included\) must be in 1..255, got 0"):
+            build_dataset(cfg, "train")

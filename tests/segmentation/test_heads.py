@@ -1,4 +1,6 @@
 """Heads: ASPP rates per output stride, parameter counts, output sizes, the loss."""
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -98,6 +100,29 @@ def test_bad_head_name_and_feature(small_config):
     cfg["model"]["head"]["in_feature"] = "res6"
     with pytest.raises(ValueError, match=r"model.head.in_feature=res6, model.aux_head.in_feature"
                                          r"=res4: features \['res6'\] are not stages"):
+        build_model(cfg)
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("head", "loss_weight", -1, "model.head.loss_weight must be a number >= 0, got -1"),
+    ("aux_head", "loss_weight", -0.4, "model.aux_head.loss_weight must be a number >= 0"),
+    ("head", "aspp_dropout", 1.5, "model.head.aspp_dropout must be a probability in [0, 1)"),
+    ("head", "dropout", 1, "model.head.dropout must be a probability in [0, 1) (1 zeroes every "
+                           "feature), got 1"),
+    ("aux_head", "dropout", -0.1, "model.aux_head.dropout must be a probability in [0, 1)"),
+    ("head", "channels", 0, "model.head.channels must be a positive integer (channels) or null, "
+                            "got 0"),
+    ("head", "low_level_channels", 0, "model.head.low_level_channels must be a positive "
+                                      "integer (channels), got 0"),
+    ("aux_head", "channels", -1, "model.aux_head.channels must be a positive integer")])
+def test_bad_head_numbers_are_named(small_config, section, key, value, message):
+    """A negative loss weight trained by gradient ascent, a dropout of 1 zeroed every feature
+    and 0 channels trained on: silently; other values were tracebacks after the data scan."""
+    from resnet_detect.engine.config import ConfigError
+
+    cfg = small_config("deeplabv3plus")
+    cfg["model"][section][key] = value
+    with pytest.raises(ConfigError, match=re.escape(message)):
         build_model(cfg)
 
 

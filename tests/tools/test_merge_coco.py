@@ -139,3 +139,15 @@ def test_symlinked_folders_and_files_keep_the_paths_given(tmp_path: Path) -> Non
         "coco/a.jpg", "..data/b.jpg"]  # their common folder: datasets, not tmp_path
     with pytest.raises(DatasetError, match=f"--input given twice:\n  {first} "):
         merge_coco.main([*args, "--input", str(first), str(datasets / "coco/")])
+
+
+def test_an_output_that_is_an_input_is_refused(three_files: list[str], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """It replaced the input file with the merge (its licenses gone), exit 0."""
+    before = (tmp_path / "12.json").read_bytes()
+    with pytest.raises(SystemExit) as stopped:
+        merge_coco.main([*three_files, "--output", str(tmp_path / "sub/../12.json")])
+    assert stopped.value.code == 2
+    assert "is one of the --input files: write the merge to another file" in \
+        capsys.readouterr().err
+    assert (tmp_path / "12.json").read_bytes() == before

@@ -26,7 +26,10 @@ def test_an_unknown_name_or_option_is_a_usage_error(capsys) -> None:
     for argv, message in ((["resnet51"], "unknown backbone 'resnet51'; valid: "),
                           (["resnet50", "foo=1"], "unknown backbone option foo; valid: "),
                           (["resnet50", "output_stride=7"],
-                           "output_stride 7 is not valid for this net; valid: 8, 16, 32")):
+                           "output_stride 7 is not valid for this net; valid: 8, 16, 32"),
+                          (["resnet50", "groups=0"], "groups must be a positive integer, got 0"),
+                          (["resnet50", "width=0"], "width must be a number > 0"),
+                          (["resnet50", "shortcut=D"], "unknown shortcut 'D'; valid: A, B, C")):
         with pytest.raises(SystemExit) as exit_info:
             model_info.main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -389,7 +389,13 @@ def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
             ("train.clip_grad_norm", -1.0, "train.clip_grad_norm must be > 0, or 0 or null"),
             # the lr turned negative (SGD climbs the loss) or rose
             ("train.final_lr_factor", -0.5, r"train.final_lr_factor must be in 0..1"),
-            ("train.final_lr_factor", 2.0, r"train.final_lr_factor must be in 0..1")):
+            ("train.final_lr_factor", 2.0, r"train.final_lr_factor must be in 0..1"),
+            # torch checks its optimizers' defaults, not each group's: these trained on
+            ("train.gamma", -0.5, r"train.gamma must be in \(0, 1\]"),
+            ("train.gamma", 10, r"train.gamma must be in \(0, 1\]"),
+            ("train.weight_decay", -1, r"train.weight_decay must be a number >= 0"),
+            ("train.momentum", 1.5, r"train.momentum must be in \[0, 1\)"),
+            ("train.momentum", -0.5, r"train.momentum must be in \[0, 1\)")):
         with pytest.raises(ConfigError, match=f"{message}.* got {value}$"):
             tool.main(overrides(tmp_path / "data", tmp_path / key, **{key: value}))
         assert not (tmp_path / key).exists()
@@ -726,3 +732,15 @@ def test_own_classifier_weights_of_the_same_classes_keep_their_fc(
     (tmp_path / "data/train/red").rename(tmp_path / "data/train/rose")  # other classes
     (tmp_path / "data/val/red").rename(tmp_path / "data/val/rose")
     assert not torch.equal(built_from(out / "model_final.pth").fc.weight, final["fc.weight"])
+
+
+def test_nesterov_without_momentum_is_named(tmp_path: Path) -> None:
+    """torch's traceback, after the data scan and the model build."""
+    from resnet_detect.engine.runner import check_train_choices
+
+    cfg = load_task_config(CONFIG, overrides(tmp_path, tmp_path / "out", **{
+        "train.optimizer": "sgd", "train.nesterov": True, "train.momentum": 0})[1:])[1]
+    with pytest.raises(ConfigError, match=r"^train.nesterov needs train.momentum > 0$"):
+        check_train_choices(cfg.train)
+    cfg.train.momentum = 0.9
+    check_train_choices(cfg.train)

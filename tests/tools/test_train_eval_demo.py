@@ -798,3 +798,20 @@ def test_eval_refuses_a_val_file_without_images(trained: Path, data: Path,
                                 "--output", str(tmp_path / "e"), *data_overrides(data),
                                 f"data.val.ann_file={empty}"])
     assert not (tmp_path / "e" / "metrics.json").exists()
+
+
+def test_a_negative_max_size_and_loader_workers_are_named_before_the_data_is_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """max_size=-1 ("no cap" elsewhere) resized every image to 1 pixel: trained, scored and
+    exported so; eval.py's data.num_workers=-1 was a DataLoader traceback."""
+    missing = tmp_path / "no_data"  # nothing is read before the refusals
+    for key in ("data.train.max_size", "data.val.max_size"):
+        with pytest.raises(ConfigError, match=rf"{key} must be a positive integer \(pixels\), "
+                                              rf"or 0 or null for no cap, got -1"):
+            load_tool("train").main(train_args(missing, tmp_path / "out", 1, f"{key}=-1"))
+    with pytest.raises(ConfigError, match=r"data.num_workers must be an integer >= 0"):
+        load_tool("eval").main([*train_args(missing, tmp_path / "out", 1), "--weights", "w.pth",
+                                "--output", str(tmp_path / "eval"), "data.num_workers=-1"])
+    with pytest.raises(ConfigError, match=r"--seed must be >= 0, got -1"):
+        load_tool("browse_dataset").main([str(CONFIG), "--output", str(tmp_path / "b"),
+                                          "--seed", "-1"])

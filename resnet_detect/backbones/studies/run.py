@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from resnet_detect.engine.config import ConfigError
+
 from .config import StudyContext
 from .lesion import is_downsampling, random_lesions, single_block_lesions
 from .models import StudyModel, load_study_model, train_study_model
@@ -62,10 +64,10 @@ def run_degradation(ctx: StudyContext, weights: Sequence[str], *,
                     depths: Sequence[int]) -> dict[str, Path]:
     """Train plain and residual twins at each depth with one recipe; plot their errors."""
     if weights:
-        raise ValueError("degradation trains its own plain/residual twins; --weights is not "
+        raise ConfigError("degradation trains its own plain/residual twins; --weights is not "
                          "used (run responses or lesion on the models it saves)")
     if not depths:
-        raise ValueError("degradation.depths is empty")
+        raise ConfigError("degradation.depths is empty")
     started = time.perf_counter()
     runs = []
     for depth in depths:
@@ -116,7 +118,7 @@ def run_lesion(ctx: StudyContext, weights: Sequence[str], *, draws: int,
                max_k: int) -> dict[str, Path]:
     """Accuracy with single blocks deleted, and with k random blocks deleted."""
     if draws < 1:
-        raise ValueError(f"lesion.draws must be >= 1, got {draws}")
+        raise ConfigError(f"lesion.draws must be >= 1, got {draws}")
     started = time.perf_counter()
     models = _models(ctx, weights, twins=True)
     results, rows = [], []
@@ -156,7 +158,7 @@ def run_paths(ctx: StudyContext, weights: Sequence[str], *, samples_per_k: int, 
               batch_size: int) -> dict[str, Path]:
     """Path-length distribution, gradient magnitude per path length, effective paths."""
     if samples_per_k < 1 or batches < 1 or batch_size < 1:
-        raise ValueError("paths.samples_per_k, paths.batches and paths.batch_size must be >= 1")
+        raise ConfigError("paths.samples_per_k, paths.batches and paths.batch_size must be >= 1")
     started = time.perf_counter()
     models = _models(ctx, weights, twins=False)
     order = torch.randperm(len(ctx.train), generator=torch.Generator().manual_seed(
@@ -164,7 +166,7 @@ def run_paths(ctx: StudyContext, weights: Sequence[str], *, samples_per_k: int, 
     results, rows = [], []
     for m in models:
         if not m.residual:
-            raise ValueError(f"paths needs a residual net; {m.label} is plain")
+            raise ConfigError(f"paths needs a residual net; {m.label} is plain")
         images, labels = m.inputs(ctx.train), ctx.train.labels
         chunks = [(images[idx], labels[idx]) for idx in order.split(batch_size)]
         generator = torch.Generator().manual_seed(ctx.recipe.seed)
@@ -211,4 +213,4 @@ def run_study(study: str, ctx: StudyContext, cfg: Any, weights: Sequence[str]) -
         p = cfg.paths
         return run_paths(ctx, weights, samples_per_k=p.samples_per_k, batches=p.batches,
                          batch_size=p.batch_size)
-    raise ValueError(f"unknown study {study!r}; valid: {', '.join(STUDIES)}")
+    raise ConfigError(f"unknown study {study!r}; valid: {', '.join(STUDIES)}")

@@ -22,7 +22,7 @@ from torch import nn
 
 from resnet_detect import CONFIGS
 from resnet_detect.engine import all_reduce_sum
-from resnet_detect.engine.config import load_defaults
+from resnet_detect.engine.config import ConfigError, load_defaults
 from resnet_detect.engine.runner import TaskData, run_training
 from resnet_detect.engine.trainer import eval_mode
 
@@ -201,7 +201,7 @@ def train_classifier(model: nn.Module, train: ClassificationSplit, val: Classifi
         The error curves.
     """
     if not 0 < recipe.batch_size <= len(train):
-        raise ValueError(f"solver.batch_size {recipe.batch_size} must be in 1..{len(train)} "
+        raise ConfigError(f"solver.batch_size {recipe.batch_size} must be in 1..{len(train)} "
                          f"(the training images of {train.source})")
     task = StudyTask(model, train, val, recipe=recipe, pixel_mean=pixel_mean,
                      pixel_std=pixel_std, label=name, eval_batch_size=eval_batch_size,

@@ -13,7 +13,7 @@ from resnet_detect.engine.config import ConfigError, check_probability, check_si
 from resnet_detect.engine.data import (CategoryMapping, DatasetError, brief,
                                        check_image_sizes, load_coco_json, repeat_factors)
 
-from ..config import test_resize
+from ..config import check_max_size, test_resize
 from .dataset import DetectionDataset, check_mask_format
 from .transforms import build_transforms
 
@@ -98,6 +98,7 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
     scale_per_batch = parse_bool(d.scale_per_batch, "data.train.scale_per_batch")
     flip_prob = check_probability(d.hflip_prob, "data.train.hflip_prob")
     check_sizes(d.min_size, "data.train.min_size")
+    check_max_size(d.max_size, "data.train.max_size")
     threshold = d.repeat_threshold
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(
             threshold, (int, float)) or not 0 < threshold <= 1):
