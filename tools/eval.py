@@ -81,8 +81,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     options = {"backend": args.backend}
     if args.save_predictions:
         if task != "sem_seg":
-            raise ValueError(f"--save-predictions writes sem_seg class maps; {args.config} is "
-                             f"a {task!r} config (its detections are in the results file)")
+            raise ConfigError(f"--save-predictions writes sem_seg class maps; {args.config} is "
+                              f"a {task!r} config" + (" (its detections are in the results file)"
+                                                      if task == "detection" else ""))
         options["save_predictions"] = True
     # the config's train.device (auto: a GPU when there is one; train.device=cpu forces the CPU)
     cfg = load_task_config(args.config, args.overrides)[1]

@@ -160,7 +160,7 @@ class ClassificationTask:
         with config_section("model"):
             model = build_classifier(cfg.model.name, num_classes,
                                      config_prefix="model.options.", **to_plain(cfg.model.options))
-        if cfg.model.weights:  # fine-tuning: the backbone's weights, a new fc for these classes
+        if cfg.model.weights:  # fine-tuning: the backbone's weights, a new fc (see below)
             source = str(cfg.model.weights)
             checkpoint = read_checkpoint(source)
             provenance = load_weights(model.backbone, checkpoint, source=source,

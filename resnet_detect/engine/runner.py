@@ -269,7 +269,8 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
                               f"train.warmup_epochs={t.warmup_epochs}; {lengths['per_epoch']} "
                               f"iterations per epoch): {e}"
                               + ("; train.lr_step_epochs must lie within train.epochs"
-                                 if any(e > t.epochs for e in t.lr_step_epochs) else "")
+                                 if t.lr_decay == "step"
+                                 and any(e > t.epochs for e in t.lr_step_epochs) else "")
                               ) from None
         raise ConfigError(f"invalid train config (max_iter={max_iter}, lr_steps={steps} in "
                           f"iterations): {e}{hint}") from None

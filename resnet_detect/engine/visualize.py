@@ -22,9 +22,9 @@ GOLDEN_TURN = (5 ** 0.5 - 1) / 2
 
 
 def palette(n: int) -> np.ndarray:
-    """n distinct RGB uint8 colours whatever n: hues a golden-ratio turn apart (evenly spaced
-    hues made neighbouring ids, ADE20K's wall, building and sky among its 150, one red), in
-    three brightnesses by turns."""
+    """n RGB uint8 colours, distinct up to 256 and neighbours far apart at any n: hues a
+    golden-ratio turn apart (evenly spaced hues made neighbouring ids, ADE20K's wall, building
+    and sky among its 150, one red), in three brightnesses by turns."""
     shades = ((0.8, 0.95), (0.55, 0.8), (0.95, 0.65))  # (saturation, value)
     return np.asarray([[int(255 * c) for c in colorsys.hsv_to_rgb((i * GOLDEN_TURN) % 1,
                                                                    *shades[i % 3])]

@@ -242,18 +242,16 @@ class SemSegDataset(Dataset):
         ignored = pixels[self.ignore_index]
         share = round(100 * ignored / max(pixels.sum(), 1))
         # binary masks of 0 and 255: the objects are the ignore value, never trained or scored
-        if (absent and ignored and pixels[0] and pixels.sum() == pixels[0] + ignored
-                and self.ignore_index == IGNORE_INDEX):
-            raise DatasetError(f"data.{split}: every mask holds 0 and 255 only, and none "
-                               f"holds {', '.join(absent)}: 255 is model.ignore_index, never "
-                               f"trained on or scored, so {share}% of the pixels would be "
-                               "left out: if 255 marks the objects (a binary mask), write "
-                               "them as 1")
+        # (warned of, not refused: a val split without objects and a 255 border looks alike)
+        binary = (ignored and pixels[0] and pixels.sum() == pixels[0] + ignored
+                  and self.ignore_index == IGNORE_INDEX and not self.reduce_zero_label)
         if absent:
             logger.warning("data.%s: no mask holds %s; their IoU is n/a, or 0 where the model "
                            "predicts them. %d%% of the pixels are "
-                           "%d (model.ignore_index, not scored)", split, ", ".join(absent),
-                           share, self.ignore_index)
+                           "%d (model.ignore_index, not scored)%s", split, ", ".join(absent),
+                           share, self.ignore_index,
+                           ". The masks hold 0 and 255 only: if 255 marks the objects (a "
+                           "binary mask), write them as 1" if binary else "")
         if share > 50:  # VOC's masks under reduce_zero_label: its background left out
             logger.warning("data.%s: %d%% of the pixels are %d (model.ignore_index%s): the "
                            "model is neither trained on nor scored there%s", split, share,

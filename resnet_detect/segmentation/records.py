@@ -75,7 +75,9 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
                    if not (img_dir / (n + img_suffix)).is_file()]
         if missing:
             suffixed = [n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
-            paired = [n for n in names if len(n.split()) == 2]  # DeepLab's "image mask" lists
+            paired = [n for n in names  # DeepLab's "image mask" lists
+                      if len(n.split()) == 2 and all(Path(t).suffix.lower() in IMAGE_SUFFIXES
+                                                     for t in n.split())]
             hint = (f" (one image name per line, as VOC's ImageSets/Segmentation/train.txt: "
                     f"{paired[0]!r} holds two paths, DeepLab's list format; list each image's "
                     f"path under img_dir without its suffix)" if paired else

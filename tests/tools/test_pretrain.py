@@ -672,6 +672,10 @@ def test_eval_scores_a_classifier_as_its_training_did_and_torchvision_weights(
     assert result["images"] == {"images": 4, "unreadable": 0}
     assert json.loads((tmp_path / "eval/metrics.json").read_text())["classification"] == trained
     assert f"top1={trained['top1']:.2f}" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"--save-predictions writes sem_seg class maps; "
+                                          r".* is a 'classification' config$"):
+        evaluate([*args, "--weights", str(out / "model_final.pth"), "--save-predictions",
+                  "--output", str(tmp_path / "eval2")])
 
     torch.manual_seed(0)
     reference = torchvision.models.resnet18(num_classes=2).eval()
