@@ -36,11 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset written there with other arguments or code")
     args = parser.parse_args(argv)
-    for name in ("num_train", "num_val", "cls_train_per_class", "cls_val_per_class"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0")
+    # (an empty split was written, exit 0, and refused by training later)
+    for name, least in (("num_train", 1), ("num_val", 1), ("cls_train_per_class", 0),
+                        ("cls_val_per_class", 0), ("seed", 0)):
+        if getattr(args, name) < least:
+            parser.error(f"--{name.replace('_', '-')} must be >= {least}")
     if args.size is not None and min(args.size) < 32:
         parser.error("--size: both sides must be at least 32 pixels")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file, not a folder")
     start = time.perf_counter()
     try:
         summary = generate(args.out, seed=args.seed, num_train=args.num_train,
@@ -49,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                            cls_val_per_class=args.cls_val_per_class, overwrite=args.overwrite)
     except FileExistsError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a folder that cannot be made or written (a full disk)
+        print(f"error: cannot write the dataset to --out {args.out}: {err}", file=sys.stderr)
         return 2
     if summary["skipped"]:
         print(f"{args.out}: dataset with these arguments already complete, nothing to do")

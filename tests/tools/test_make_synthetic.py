@@ -158,3 +158,20 @@ def test_scenes_are_cluttered_varied_and_occluded() -> None:
     assert np.mean(counts) >= 3.5 and max(counts) >= 7
     assert min(sides) <= 16 and max(sides) >= 150
     assert occluded >= 10
+
+
+def test_bad_arguments_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An empty split was written (exit 0) and refused by training later; a negative seed, a
+    file as --out and an unwritable folder were tracebacks or errno lines."""
+    (tmp_path / "a_file").write_text("mine")
+    for args, message in ((["--num-train", "0"], "--num-train must be >= 1"),
+                          (["--num-val", "0"], "--num-val must be >= 1"),
+                          (["--seed", "-1"], "--seed must be >= 0"),
+                          (["--out", str(tmp_path / "a_file")], "is a file, not a folder")):
+        with pytest.raises(SystemExit) as stopped:
+            _tool().main(["--out", str(tmp_path / "ds"), *args])
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists() and (tmp_path / "a_file").read_text() == "mine"
+    blocked = tmp_path / "a_file" / "ds"  # a folder inside a file cannot be made
+    assert _tool().main(["--out", str(blocked), *SMALL]) == 2
+    assert f"error: cannot write the dataset to --out {blocked}" in capsys.readouterr().err
