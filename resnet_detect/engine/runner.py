@@ -192,6 +192,9 @@ def check_train_choices(t: DictConfig) -> None:
                           f"{t.final_lr_factor!r}")
     # torch checks these only as its optimizers' defaults, not per parameter group: a negative
     # decay or a gamma below 0 trained on, climbing the loss
+    if t.max_to_keep is not None and not is_positive_int(t.max_to_keep):
+        raise ConfigError(f"train.max_to_keep must be a positive integer (at least 2 are kept) "
+                          f"or null to keep every checkpoint, got {t.max_to_keep!r}")
     if not (is_number(t.gamma) and 0 < t.gamma <= 1):
         raise ConfigError(f"train.gamma must be in (0, 1] (the factor of the lr at each of "
                           f"train.lr_steps), got {t.gamma!r}")

@@ -395,7 +395,8 @@ def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
             ("train.gamma", 10, r"train.gamma must be in \(0, 1\]"),
             ("train.weight_decay", -1, r"train.weight_decay must be a number >= 0"),
             ("train.momentum", 1.5, r"train.momentum must be in \[0, 1\)"),
-            ("train.momentum", -0.5, r"train.momentum must be in \[0, 1\)")):
+            ("train.momentum", -0.5, r"train.momentum must be in \[0, 1\)"),
+            ("train.max_to_keep", -1, r"train.max_to_keep must be a positive integer")):
         with pytest.raises(ConfigError, match=f"{message}.* got {value}$"):
             tool.main(overrides(tmp_path / "data", tmp_path / key, **{key: value}))
         assert not (tmp_path / key).exists()
