@@ -418,11 +418,20 @@ def test_val_masks_are_checked_before_training(tmp_path):
     assert len(SemSegTask().prepare(cfg).val) == 3
 
 
+def _prepare_warnings(cfg, caplog) -> str:
+    """The warnings a training's data preparation logs."""
+    from resnet_detect.segmentation.training import SemSegTask
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        SemSegTask().prepare(cfg)
+    return caplog.text
+
+
 def test_a_class_no_val_mask_holds_is_named(tmp_path, caplog):
     """Binary masks of 0 and 255 (a common export) made the objects the ignore value: mIoU
     100 for a model that found none. A class no val mask holds is now named, with the share
     of ignored pixels (a warning: a val split without objects and a 255 border looks alike)."""
-    from resnet_detect.segmentation.training import SemSegTask
 
     img_dir, mask_dir = _folder(tmp_path)
     for i in range(2):
@@ -433,20 +442,15 @@ def test_a_class_no_val_mask_holds_is_named(tmp_path, caplog):
     cfg = OmegaConf.create(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)))
     cfg.data.val.img_dir = str(tmp_path / "val_img")
     cfg.data.val.mask_dir = str(tmp_path / "val_ann")
-    with caplog.at_level(logging.WARNING):
-        SemSegTask().prepare(cfg)
     assert ("data.val: no mask holds 'a' (1), 'b' (2); their IoU is n/a, or 0 where the model "
             "predicts them. 50% of the pixels are "
             "255 (model.ignore_index, not scored). The masks hold 0 and 255 only: if 255 marks "
-            "the objects (a binary mask), write them as 1") in caplog.text
-    caplog.clear()
+            "the objects (a binary mask), write them as 1") in _prepare_warnings(cfg, caplog)
     binary[0, 0] = 1  # one pixel of 'a': the masks are not binary
     _mask(tmp_path / "val_ann/001.png", binary)
-    with caplog.at_level(logging.WARNING):
-        SemSegTask().prepare(cfg)
     assert ("data.val: no mask holds 'b' (2); their IoU is n/a, or 0 where the model "
             "predicts them. 50% of the pixels are 255 (model.ignore_index, not scored)\n"
-            ) in caplog.text
+            ) in _prepare_warnings(cfg, caplog)
 
 
 def test_voc_masks_named_without_background_get_both_causes_named(tmp_path, caplog):
@@ -465,19 +469,14 @@ def test_voc_masks_named_without_background_get_both_causes_named(tmp_path, capl
                                            r"data.reduce_zero_label: true\)"):
         SemSegTask().prepare(cfg)
     cfg.data.reduce_zero_label = True
-    with caplog.at_level(logging.WARNING):
-        SemSegTask().prepare(cfg)
     assert ("data.val: 75% of the pixels are 255 (model.ignore_index, and the files' 0 under "
             "data.reduce_zero_label): the model is neither trained on nor scored there: if 0 "
             "is a class in your masks (VOC's background), set data.reduce_zero_label: false "
-            "and name it first") in caplog.text
-    caplog.clear()
+            "and name it first") in _prepare_warnings(cfg, caplog)
     cfg.data.reduce_zero_label = False
     cfg.data.class_names = ["background", "a", "b"]
     cfg.model.num_classes = None  # (the first run's 2)
-    with caplog.at_level(logging.WARNING):
-        SemSegTask().prepare(cfg)
-    assert "% of the pixels" not in caplog.text
+    assert "% of the pixels" not in _prepare_warnings(cfg, caplog)
 
 
 def test_ade20k_other_named_under_reduce_zero_label_is_warned_of(tmp_path, caplog):
