@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     browse_split = getattr(task_module(task), "browse_split", None)
     if browse_split is None:
         raise ConfigError(f"tools/browse_dataset.py draws detection and sem_seg data; "
-                         f"{args.config} is a {task!r} config")
+                          f"{args.config} is a {task!r} config")
     output = writable_folder(args.output, "--output")  # before the data is read
     dataset, draw = browse_split(cfg, args.split)
     count = len(dataset) if args.num == 0 else min(args.num, len(dataset))

@@ -9,8 +9,7 @@ from typing import Any
 
 import torch
 
-from resnet_detect.engine import (atomic_write_json, get_world_size, is_main_process, parse_amp,
-                                  to_plain)
+from resnet_detect.engine import atomic_write_json, get_world_size, is_main_process, to_plain
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data import CountedLoader, DatasetError, build_test_loader
 from resnet_detect.engine.export import ExportError, is_onnx
@@ -59,14 +58,9 @@ def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, o
     model = build_classifier(cfg.model.name, num_classes, weights=weights,
                              config_prefix="model.options.", **to_plain(cfg.model.options))
     task = ClassificationTask()
-    task.class_names = class_names
-    task.channels_last = bool(cfg.model.channels_last)
-    task.amp = parse_amp(cfg.train.amp)
     # the normalisation the weights learnt with; foreign weights: the config's
-    mean = provenance.get("pixel_mean") or cfg.data.pixel_mean
-    std = provenance.get("pixel_std") or cfg.data.pixel_std
-    task.pixel_mean = torch.tensor(list(mean), dtype=torch.float32)
-    task.pixel_std = torch.tensor(list(std), dtype=torch.float32)
+    task.configure(cfg, class_names, provenance.get("pixel_mean") or cfg.data.pixel_mean,
+                   provenance.get("pixel_std") or cfg.data.pixel_std)
     model.to(device).eval()
     if task.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,17 +141,23 @@ class ClassificationTask:
         check_model_config(lambda probe: self._build(probe, num_classes=2), cfg,
                            read_weights=read_checkpoint)
         train, val = build_datasets(cfg)
-        self.class_names = train.class_names
-        self.channels_last = bool(cfg.model.channels_last)
-        self.label_smoothing = float(cfg.model.label_smoothing)
-        self.amp = parse_amp(cfg.train.amp)
-        self.pixel_mean = torch.tensor(list(cfg.data.pixel_mean), dtype=torch.float32)
-        self.pixel_std = torch.tensor(list(cfg.data.pixel_std), dtype=torch.float32)
+        self.configure(cfg, train.class_names, cfg.data.pixel_mean, cfg.data.pixel_std)
         per_process = per_process_batch_size(cfg.train.batch_size, "train.batch_size")
         description = (f"{len(train)} train / {len(val)} val images, "
                        f"{len(self.class_names)} classes")
         return TaskData(train=train, val=val, description=description,
                         val_batch_size=per_process, collate=collate_images)
+
+    def configure(self, cfg: DictConfig, class_names: list[str], pixel_mean: Sequence[float],
+                  pixel_std: Sequence[float]) -> None:
+        """The classes, the input layout and normalisation, the loss and AMP settings the
+        steps and evaluations use (a training's, or tools/eval.py's of given weights)."""
+        self.class_names = class_names
+        self.channels_last = bool(cfg.model.channels_last)
+        self.label_smoothing = float(cfg.model.label_smoothing)
+        self.amp = parse_amp(cfg.train.amp)
+        self.pixel_mean = torch.tensor(list(pixel_mean), dtype=torch.float32)
+        self.pixel_std = torch.tensor(list(pixel_std), dtype=torch.float32)
 
     def build_model(self, cfg: DictConfig) -> nn.Module:
         return self._build(cfg, len(self.class_names))
@@ -160,17 +166,18 @@ class ClassificationTask:
         with config_section("model"):
             model = build_classifier(cfg.model.name, num_classes,
                                      config_prefix="model.options.", **to_plain(cfg.model.options))
-        if cfg.model.weights:  # fine-tuning: the backbone's weights, a new fc (see below)
+        if cfg.model.weights:  # fine-tuning: the backbone's weights and a new fc, except
+            # from this project's classifier of these classes (a FixRes-style fine-tuning at
+            # another size): its fc too, as timm's --initial-checkpoint keeps a fitting head
             source = str(cfg.model.weights)
             checkpoint = read_checkpoint(source)
-            provenance = load_weights(model.backbone, checkpoint, source=source,
-                                      config_prefix="model.options.")
-            refuse_other_normalisation(model.backbone, source, cfg.data, prefix="data.")
-            if ((provenance or {}).get("class_names") == self.class_names
-                    and "fc.weight" in unwrap_state_dict(checkpoint)[0]):
-                # this project's classifier of these classes (a FixRes-style fine-tuning at
-                # another size): its fc too, as timm's --initial-checkpoint keeps a fitting head
-                load_weights(model, checkpoint, source=source, config_prefix="model.options.")
+            state_dict, provenance = unwrap_state_dict(checkpoint)
+            same_classes = ((provenance or {}).get("class_names") == self.class_names
+                            and "fc.weight" in state_dict)
+            loaded = model if same_classes else model.backbone
+            load_weights(loaded, checkpoint, source=source, config_prefix="model.options.")
+            refuse_other_normalisation(loaded, source, cfg.data, prefix="data.")
+            if same_classes:
                 logger.info("%s: the fc too (trained on these classes)", source)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from resnet_detect.engine.config import ConfigError, check_sizes
+from resnet_detect.engine.config import ConfigError
 from resnet_detect import backbones
 from resnet_detect.backbones.model_weights import resumed_model_check
 from resnet_detect.backbones.weights import read_checkpoint
@@ -36,7 +36,7 @@ from resnet_detect.engine.trainer import eval_mode
 
 from .build import build_model
 from .convert import DETECTOR_WEIGHTS
-from .config import BASE_CONFIG, check_max_size, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
+from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
 from .data import build_datasets, build_val_dataset
 from .evaluation import (COCO_MAX_DETS, METRIC_NAMES, RESULTS_FILE, COCOEvaluator,
                          coco_backend)
@@ -254,10 +254,9 @@ class DetectionTask:
         check_model_config(build_model, cfg, read_weights=read_checkpoint)
         backend = coco_backend(cfg)
         check_voc_metric(cfg.data.val.voc_metric)
-        # the resize keys before the annotation files are read (minutes at COCO's size)
+        # the val split's resize keys before the training file is read (minutes at COCO's
+        # size); the training split's are checked before it is read
         test_resize(cfg)
-        check_sizes(cfg.data.train.min_size, "data.train.min_size")
-        check_max_size(cfg.data.train.max_size, "data.train.max_size")
         data = build_datasets(cfg)
         resolve_num_classes(cfg, data.mapping)
         _refuse_lvis_metric_without_lvis(cfg)

@@ -90,10 +90,10 @@ def recipe_from_config(cfg: DictConfig, study: str | None = None) -> Recipe:
         iterations = cfg[study].iterations
     if iterations < 1 or t.evaluations < 1:
         raise ConfigError(f"solver.iterations ({iterations}) and train.evaluations "
-                         f"({t.evaluations}) must be >= 1")
+                          f"({t.evaluations}) must be >= 1")
     if not s.base_lr > 0:  # the runner would name its own key, train.base_lr
         raise ConfigError(f"solver.base_lr is {s.base_lr}: the weights would never change; set "
-                         f"a positive learning rate")
+                          f"a positive learning rate")
     return Recipe(batch_size=s.batch_size, iterations=iterations, base_lr=s.base_lr,
                   momentum=s.momentum, weight_decay=s.weight_decay,
                   lr_steps=tuple(s.lr_steps), gamma=s.gamma, warmup_iters=s.warmup_iters,

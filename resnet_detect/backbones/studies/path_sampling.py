@@ -70,7 +70,7 @@ def drop_path_rates(n: int, rate: float, schedule: str) -> list[float]:
     """Per-block drop probabilities p_0..p_{n-1} of a schedule."""
     if schedule not in SCHEDULES:
         raise ConfigError(f"unknown stochastic depth schedule {schedule!r}; valid: "
-                         f"{', '.join(SCHEDULES)}")
+                          f"{', '.join(SCHEDULES)}")
     if not 0.0 <= rate < 1.0:
         raise ConfigError(f"drop path rate must be in [0, 1), got {rate}")
     if schedule == "uniform":
@@ -158,7 +158,7 @@ def apply_path_sampling(backbone: ResNet, *, mode: str = "none", rate: float = 0
     blocks = backbone.blocks()
     if not all(b.residual for b in blocks):
         raise ConfigError(f"path_sampling.mode={mode} needs residual blocks; this backbone is "
-                         f"plain (residual=False), where a dropped branch breaks the network")
+                          f"plain (residual=False), where a dropped branch breaks the network")
     if mode == "drop_path":
         for block, p in zip(blocks, drop_path_rates(len(blocks), rate, schedule)):
             block.drop_path_rate = p

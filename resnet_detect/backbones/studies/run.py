@@ -65,7 +65,7 @@ def run_degradation(ctx: StudyContext, weights: Sequence[str], *,
     """Train plain and residual twins at each depth with one recipe; plot their errors."""
     if weights:
         raise ConfigError("degradation trains its own plain/residual twins; --weights is not "
-                         "used (run responses or lesion on the models it saves)")
+                          "used (run responses or lesion on the models it saves)")
     if not depths:
         raise ConfigError("degradation.depths is empty")
     started = time.perf_counter()

@@ -202,7 +202,7 @@ def train_classifier(model: nn.Module, train: ClassificationSplit, val: Classifi
     """
     if not 0 < recipe.batch_size <= len(train):
         raise ConfigError(f"solver.batch_size {recipe.batch_size} must be in 1..{len(train)} "
-                         f"(the training images of {train.source})")
+                          f"(the training images of {train.source})")
     task = StudyTask(model, train, val, recipe=recipe, pixel_mean=pixel_mean,
                      pixel_std=pixel_std, label=name, eval_batch_size=eval_batch_size,
                      provenance=provenance)
