@@ -38,6 +38,9 @@ class BoxCoder:
             raise ArgumentError(
                 f"box coder weights need 4 values (wx, wy, ww, wh), got {list(weights)}"
             )
+        if not all(isinstance(w, (int, float)) and 0 < w < math.inf for w in weights):
+            raise ArgumentError(f"box coder weights (bbox_reg_weights) must be positive numbers "
+                                f"(decoding divides the deltas by them), got {list(weights)}")
         self.weights = tuple(float(w) for w in weights)
         self.scale_clamp = float(scale_clamp)
 

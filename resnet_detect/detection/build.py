@@ -331,9 +331,11 @@ def build_model(cfg: Mapping[str, Any] | DictConfig,
     check_counts(mcfg["rpn"], ("pre_nms_topk_train", "pre_nms_topk_test", "post_nms_topk_train",
                                "post_nms_topk_test"), "model.rpn.")
     check_counts(mcfg["roi_heads"], ("detections_per_image",), "model.roi_heads.")
-    check_non_negative(mcfg["rpn"], ("loss_weight", "smooth_l1_beta"), "model.rpn.")
-    check_non_negative(mcfg["roi_heads"], ("loss_weight", "smooth_l1_beta", "mask_loss_weight"),
-                       "model.roi_heads.")
+    check_counts(mcfg["roi_heads"], ("canonical_box_size", "canonical_level"), "model.roi_heads.")
+    check_non_negative(mcfg["rpn"], ("loss_weight", "smooth_l1_beta", "min_box_size"),
+                       "model.rpn.")
+    check_non_negative(mcfg["roi_heads"], ("loss_weight", "smooth_l1_beta", "mask_loss_weight",
+                                           "min_box_size"), "model.roi_heads.")
     # an NMS overlap above 1 suppresses nothing, a score threshold above 1 keeps nothing
     for section in ("rpn", "roi_heads"):
         for key, kind in (("nms_thresh", "an overlap (IoU)"), ("score_thresh", "a score")):

@@ -254,13 +254,13 @@ class DetectionTask:
         check_model_config(build_model, cfg, read_weights=read_checkpoint)
         backend = coco_backend(cfg)
         check_voc_metric(cfg.data.val.voc_metric)
-        # the val split's resize keys before the training file is read (minutes at COCO's
-        # size); the training split's are checked before it is read
-        test_resize(cfg)
+        # the val split's resize and test keys before the training file is read (minutes at
+        # COCO's size), not at tools/eval.py after the training; the training split's are
+        # checked before it is read
+        tta_from_config(cfg)
         data = build_datasets(cfg)
         resolve_num_classes(cfg, data.mapping)
         _refuse_lvis_metric_without_lvis(cfg)
-        tta_from_config(cfg)  # its errors now, not at tools/eval.py after the training
         self.mapping = data.mapping
         if data.val is not None:
             self.evaluator = COCOEvaluator(

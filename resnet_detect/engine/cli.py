@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,9 +94,17 @@ def _raise(error: Exception) -> None:
 
 
 def _check_resume_from(path: str | None) -> None:
-    if path is not None and not Path(path).is_file():
+    if path is None:
+        return
+    if not Path(path).is_file():
         raise UnreadableCheckpointError(f"--resume-from: checkpoint not found: "
                                         f"{missing_path(path)}")
+    # what torch.save writes is a zip archive, its directory at the end: a cheap look that
+    # names a truncated or foreign file before the data is read (minutes at COCO scale)
+    if not zipfile.is_zipfile(path):
+        raise UnreadableCheckpointError(f"--resume-from: {path} is not a checkpoint (not the "
+                                        f"zip archive torch.save writes: truncated, or "
+                                        f"another kind of file)")
 
 
 def train_main(description: str | None, argv: Sequence[str] | None, *,

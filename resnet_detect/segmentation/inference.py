@@ -74,6 +74,9 @@ class TTAInference:
         self.scales = tuple(float(s) for s in scales)
         self.flip = flip
         self.window = tuple(int(v) for v in window) if window else None
+        if stride and self.window is None:  # it would be ignored: one pass over the whole image
+            raise ValueError(f"a stride {stride} needs a window (test.window: [height, width] "
+                             f"of the sliding windows)")
         if self.window is not None:
             stride = stride or tuple(max(2 * v // 3, 1) for v in self.window)
         self.stride = tuple(int(v) for v in stride) if stride else None

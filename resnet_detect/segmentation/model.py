@@ -41,6 +41,10 @@ class SemanticSegmentor(nn.Module):
         if len(pixel_mean) != 3 or len(pixel_std) != 3 or min(pixel_std) <= 0:
             raise ArgumentError(f"pixel_mean/pixel_std need 3 values (std > 0), got {pixel_mean} / "
                                 f"{pixel_std}")
+        if (isinstance(size_divisibility, bool) or not isinstance(size_divisibility, int)
+                or size_divisibility < 0):
+            raise ArgumentError(f"size_divisibility must be an integer >= 0 (0 or 1: no "
+                                f"padding) or null (the backbone's), got {size_divisibility!r}")
         if aux_head is not None and aux_head.num_classes != head.num_classes:
             raise ArgumentError(f"aux_head predicts {aux_head.num_classes} classes, head "
                                 f"{head.num_classes}")

@@ -344,7 +344,20 @@ def test_float_images_within_0_1_are_warned_of(monkeypatch: pytest.MonkeyPatch,
     ("model.rpn.iou_thresholds=[0.3]", "model.rpn.iou_thresholds must be [low, high] (below "
                                        "low: background, from high: foreground), got [0.3]"),
     ("model.backbone.multi_grid=[0,1,1]", "model.backbone.multi_grid [0, 1, 1] must be "
-                                          "positive integers (dilation multipliers)")])
+                                          "positive integers (dilation multipliers)"),
+    # a weight of 0 decoded every box to inf; a canonical size of 0 sent every RoI to the
+    # coarsest level; a negative min_box_size was taken as 0
+    ("model.rpn.bbox_reg_weights=[1,1,0,1]", "model.rpn / model.anchor_generator: box coder "
+                                             "weights (bbox_reg_weights) must be positive"),
+    ("model.roi_heads.bbox_reg_weights=[10,10,5,-5]", "model.roi_heads: box coder weights "
+                                                      "(bbox_reg_weights) must be positive"),
+    ("model.roi_heads.canonical_box_size=0", "model.roi_heads.canonical_box_size must be a "
+                                             "positive integer, got 0"),
+    ("model.roi_heads.canonical_level=0", "model.roi_heads.canonical_level must be a positive "
+                                          "integer, got 0"),
+    ("model.rpn.min_box_size=-1", "model.rpn.min_box_size must be a number >= 0, got -1"),
+    ("model.roi_heads.min_box_size=-0.5", "model.roi_heads.min_box_size must be a number >= 0, "
+                                          "got -0.5")])
 def test_a_part_built_from_a_bad_value_names_its_config_section(override: str,
                                                                 message: str) -> None:
     """The parts' own checks name their arguments ("batch_size_per_image must be positive"),

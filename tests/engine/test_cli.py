@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from resnet_detect.engine.checkpoint import CheckpointWriteError
 from resnet_detect.engine.cli import run_tool
@@ -80,6 +81,18 @@ def test_a_missing_resume_from_checkpoint_is_refused_before_the_data_is_read(
         f"train.py: error: --resume-from: checkpoint not found: out/model_0000500.pth "
         f"(in {tmp_path})\n")
     assert list(tmp_path.iterdir()) == []
+    # a truncated checkpoint (a copy cut short), or another file, the same
+    torch.save({"model": {"w": torch.zeros(1000)}, "iteration": 500}, tmp_path / "whole.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:-100])
+    (tmp_path / "whole.pth").unlink()
+    monkeypatch.setattr(sys, "argv", ["tools/train.py", str(CONFIG), "--resume-from", "cut.pth",
+                                      "data.train.ann_file=nowhere.json"])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool_main("train"))
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        "train.py: error: --resume-from: cut.pth is not a checkpoint (not the zip archive "
+        "torch.save writes: truncated, or another kind of file)\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["cut.pth"]
 
 
 def test_other_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -61,6 +61,17 @@ def test_num_classes_is_required():
         build_model(cfg)
 
 
+def test_a_negative_size_divisibility_is_named():
+    """It padded nothing, as 0 does, without a word."""
+    cfg = load_config(CONFIGS / "synthetic" / "deeplabv3_R_18_os16.yaml",
+                      ["model.num_classes=3", "model.backbone.weights=null",
+                       "model.size_divisibility=-32"])
+    with pytest.raises(ConfigError, match=r"model: size_divisibility must be an integer >= 0 "
+                                          r"\(0 or 1: no padding\) or null \(the backbone's\), "
+                                          r"got -32"):
+        build_model(cfg)
+
+
 def test_a_bad_test_section_is_named_before_the_data_is_read(tmp_path):
     """`test.window: 512` (for [512, 512]) failed with int()'s message at the evaluation after
     the whole training; `test.scales: 1.0` now fails as the config loads; a head's name is
@@ -77,6 +88,8 @@ def test_a_bad_test_section_is_named_before_the_data_is_read(tmp_path):
                                 (["test.window=[64,64]", "test.stride=[100,64]"],
                                  r"a stride longer than the window leaves pixels out: window "
                                  r"\[64, 64\], stride \[100, 64\]"),
+                                (["test.stride=[64,64]"], r"a stride \[64, 64\] needs a "
+                                 r"window \(test.window: \[height, width\]"),
                                 (["test.scales=[0]"], "scales must be positive"),
                                 (["test.scales=[]"], "scales must be positive"),
                                 (["model.head.name=deeplabv3plsu"], "unknown model.head.name "

@@ -8,6 +8,7 @@ import errno
 import importlib.util
 import json
 import logging
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -666,6 +667,11 @@ def test_a_bad_test_section_is_refused_before_training(data: Path, tmp_path: Pat
     with pytest.raises(ConfigError, match=r"test.max_size must be a positive integer"):
         load_tool("train").main(train_args(data, tmp_path / "out", 2, "test.max_size=[1]"))
     assert not list((tmp_path / "out").glob("*.pth"))
+    # and before the training file is read (minutes at COCO's size)
+    with pytest.raises(ConfigError, match=re.escape("test.min_sizes must be positive integers "
+                                                    "(pixels), got [0, 64]")):
+        load_tool("train").main(train_args(data, tmp_path / "out", 2, "test.min_sizes=[0,64]",
+                                           f"data.train.ann_file={tmp_path / 'nowhere.json'}"))
 
 
 def test_a_best_metric_the_val_split_leaves_undefined_is_warned_of(
