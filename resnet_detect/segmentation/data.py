@@ -262,6 +262,32 @@ class SemSegDataset(Dataset):
                            "data.reduce_zero_label: false and name it first" if
                            self.reduce_zero_label else "")
 
+    def warn_of_objects_as_ignore(self, split: str, looked_at: int = 32) -> None:
+        """Binary masks written 0 and 255 (the object as 255, the ignore value) train on the
+        background alone, without an error: a look at up to `looked_at` mask files spread
+        over the split (the val split's are all checked by `check_masks`)."""
+        if self.ignore_index != IGNORE_INDEX or self.reduce_zero_label:
+            return
+        files = [r for r in self._records if "mask_file" in r]
+        picked = sorted({round(i) for i in np.linspace(0, len(files) - 1,
+                                                       min(looked_at, len(files)))})
+        values: set[int] = set()
+        for i in picked:
+            size = image_size(files[i]["file_name"])
+            try:
+                mask = self._checked_mask(files[i], size) if size is not None else None
+            except DatasetError:
+                mask = None  # named when its batch is drawn
+            if mask is not None:
+                values.update(np.flatnonzero(np.bincount(mask.ravel(), minlength=256)).tolist())
+            if values - {0, IGNORE_INDEX}:
+                return
+        if values == {0, IGNORE_INDEX}:
+            logger.warning("data.%s: the %d masks looked at hold 0 and %d only, and %d is "
+                           "model.ignore_index: the model would learn the background alone. "
+                           "If %d marks the objects (a binary mask), write them as 1", split,
+                           len(picked), IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX)
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
         """The sample of `key` (an index, augmented with the index as its seed, or (index,
         augmentation seed)); None if unreadable."""

@@ -197,6 +197,7 @@ class SemSegTask:
                                "or leave data.val unset (tools/eval.py --save-predictions "
                                "predicts such a file)")
         train.check_mask_sizes("train")
+        train.warn_of_objects_as_ignore("train")
         if val is not None:
             check_same_classes(train, val, cfg)
             val.check_masks("val")  # before training, not at the evaluation after it

@@ -453,6 +453,23 @@ def test_a_class_no_val_mask_holds_is_named(tmp_path, caplog):
             ) in _prepare_warnings(cfg, caplog)
 
 
+def test_training_masks_of_0_and_255_are_warned_of(tmp_path, caplog):
+    """Without a val split nothing said it: the run trained on the background alone."""
+    img_dir, mask_dir = _folder(tmp_path, n=40)
+    cfg = OmegaConf.create(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)))
+    assert "masks looked at" not in _prepare_warnings(cfg, caplog)  # 0, 1, 2 and a 255 border
+    for i in range(40):
+        binary = np.zeros((20, 30))
+        binary[:, 15:] = 255  # the object, as a mask editor wrote it
+        _mask(mask_dir / f"{i:03d}.png", binary)
+    assert ("data.train: the 32 masks looked at hold 0 and 255 only, and 255 is "
+            "model.ignore_index: the model would learn the background alone. If 255 marks the "
+            "objects (a binary mask), write them as 1") in _prepare_warnings(cfg, caplog)
+    binary[0, 0] = 2  # the last mask, looked at too, holds a class: trained on
+    _mask(mask_dir / "039.png", binary)
+    assert "masks looked at" not in _prepare_warnings(cfg, caplog)
+
+
 def test_voc_masks_named_without_background_get_both_causes_named(tmp_path, caplog):
     """VOC masks (0 background, 1..2 objects) with the objects named only: the hint said
     0 was unlabelled (ADE20K's reduce_zero_label), and following it trained a model that
