@@ -19,6 +19,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -51,6 +52,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.overrides += overrides
     if not args.input:
         parser.error("--input: no image, folder or video given, only key=value overrides")
+    if not 0 <= args.min_score <= 1:  # (NaN too)
+        parser.error(f"--min-score must be a score in [0, 1], got {args.min_score}")
     return args
 
 
@@ -69,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     output = writable_folder(args.output, "--output")
     render = build_renderer(args.config, args.weights, args.overrides, args.min_score)
     output.mkdir(parents=True, exist_ok=True)
-    written, unreadable = [], []
+    written, unreadable, too_large = [], [], []
     for (path, _), out in zip(inputs, output_paths(inputs, output)):
         is_video = path.suffix.lower() in VIDEO_SUFFIXES
         try:
@@ -77,16 +80,28 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         except UnreadableImageError as err:  # the others are still drawn
             logger.warning("skipping unreadable input: %s", err)
             unreadable.append(str(path))
+        except MemoryError as err:  # an exported graph on a large photo
+            logger.warning("skipping %s: %s", path, err)
+            too_large.append(f"{path}: {err}")
     drawn = getattr(render, "drawn", None)  # detections drawn (detection models)
     print(f"wrote {len(written)} file(s) to {output}"
           + ("" if drawn is None else f": {drawn} detections of score {args.min_score} or more"
-             + ("" if drawn else " (an export keeps the score threshold it was exported with: "
-                "export again with a lower model.roi_heads.score_thresh)" if is_onnx(args.weights)
-                else " (a lower --min-score shows weaker ones)")), flush=True)
-    if unreadable:
-        raise UnreadableImageError(f"{len(unreadable)} of {len(inputs)} inputs could not be "
-                                   f"read (the others were drawn):" + listing(unreadable))
+             + ("" if drawn else _none_drawn_hint(render, args))), flush=True)
+    if unreadable or too_large:
+        raise UnreadableImageError(
+            f"{len(unreadable) + len(too_large)} of {len(inputs)} inputs could not be "
+            f"{'read' if not too_large else 'drawn'} (the others were drawn):"
+            + listing(unreadable + too_large))
     return written
+
+
+def _none_drawn_hint(render: Any, args: argparse.Namespace) -> str:
+    """Why a run drew no detection: --min-score, or the threshold an export was made with."""
+    floor = render.predictor.cfg.model.roi_heads.score_thresh
+    if is_onnx(args.weights) and floor >= args.min_score:
+        return (f" (an export keeps the score threshold it was exported with, {floor}: export "
+                f"again with a lower model.roi_heads.score_thresh)")
+    return " (a lower --min-score shows weaker ones)"
 
 
 if __name__ == "__main__":

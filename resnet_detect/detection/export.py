@@ -127,6 +127,11 @@ def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequen
         detections_per_image=box_predictor.detections_per_image)
 
 
+PASTED_MASKS_MEMORY = ("; this graph pastes every mask at the image's size (detections x "
+                       "height x width floats): an export with --mask-output box pastes one "
+                       "box at a time, as the .pth checkpoint does")
+
+
 class OnnxDetector(OnnxModel):
     """An exported detector run by ONNX Runtime, called like `GeneralizedRCNN` in evaluation:
     `model(images, output_sizes)` -> per image {"boxes", "scores", "labels" (0..K-1), and
@@ -168,8 +173,10 @@ class OnnxDetector(OnnxModel):
         device = self.device
         results = []
         for image, size in zip(images, sizes):
-            out = self.session.run(None, {"image": self.hwc_uint8(image),
-                                          "original_size": np.asarray(size, dtype=np.int64)})
+            out = self.run_graph({"image": self.hwc_uint8(image),
+                                  "original_size": np.asarray(size, dtype=np.int64)},
+                                 PASTED_MASKS_MEMORY if self.mask_output == "pasted"
+                                 and self.mask_on else "")
             result = {"boxes": torch.from_numpy(out[0]).to(device),
                       "scores": torch.from_numpy(out[1]).to(device),
                       "labels": torch.from_numpy(self._label_of_id[out[2]]).to(device)}

@@ -179,6 +179,8 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
     cfg.model.mask_on = model.mask_on
     if meta.get("detections_per_image") is not None:  # what the evaluation scores follows it
         cfg.model.roi_heads.detections_per_image = int(meta["detections_per_image"])
+    if meta.get("score_thresh") is not None:  # (tools/demo.py's hint when nothing is drawn)
+        cfg.model.roi_heads.score_thresh = float(meta["score_thresh"])
     return LoadedDetector(model=model, cfg=cfg, class_names=list(meta["class_names"]),
                           category_ids=[int(c) for c in meta["category_ids"]], provenance={})
 

@@ -228,6 +228,23 @@ class OnnxModel(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    def run_graph(self, inputs: Mapping[str, np.ndarray], memory_hint: str = "") -> list[Any]:
+        """The graph's outputs for `inputs` (its "image" an (H, W, 3) array; a detector's
+        "original_size" the photo's (H, W) when the image was resized for it).
+
+        Raises:
+            MemoryError: ONNX Runtime could not allocate a buffer (a large photo), naming the
+                photo's size and `memory_hint`.
+        """
+        try:
+            return self.session.run(None, dict(inputs))
+        except Exception as e:  # onnxruntime raises its own exception types
+            if "allocate" not in str(e):
+                raise
+            height, width = inputs.get("original_size", inputs["image"].shape)[:2]
+            raise MemoryError(f"ONNX Runtime ran out of memory on a {width}x{height} image "
+                              f"({str(e).strip()[-120:]}){memory_hint}") from e
+
     def hwc_uint8(self, image: Tensor) -> np.ndarray:
         """A (3, H, W) uint8 image as the graph's (H, W, 3) input."""
         if image.dtype != torch.uint8:

@@ -129,17 +129,21 @@ def output_paths(inputs: Sequence[tuple[Path, Path]], output: Path) -> list[Path
     """Where each input's picture goes: its name under `output` as .mp4 (videos), .png (PNG
     images) or .jpg, and "-2", "-3", ... added to names that would repeat (img.jpg and
     img.jpeg, or files of the same name named from different folders) or be an input (an
-    output folder that holds the inputs)."""
-    taken = {path.resolve() for path, _ in inputs}
+    output folder that holds the inputs). Names are compared without case: on macOS's and
+    Windows' file systems IMG_1.jpg is the input IMG_1.JPG."""
+    def key(path: Path) -> str:
+        return str(path.resolve()).casefold()
+
+    taken = {key(path) for path, _ in inputs}
     outs = []
     for path, name in inputs:
         suffix = path.suffix.lower()
         ext = ".mp4" if suffix in VIDEO_SUFFIXES else ".png" if suffix == ".png" else ".jpg"
         out, n = output / name.with_suffix(ext), 1
-        while out.resolve() in taken:
+        while key(out) in taken:
             n += 1
             out = output / name.with_name(f"{name.stem}-{n}{ext}")
-        taken.add(out.resolve())
+        taken.add(key(out))
         outs.append(out)
     return outs
 

@@ -123,6 +123,7 @@ class OnnxSegmentor(OnnxModel):
             raise ExportError("an exported segmenter gives class maps at the input size only")
         results = []
         for image in images:
-            (mask,) = self.session.run(None, {"image": self.hwc_uint8(image)})
+            (mask,) = self.run_graph({"image": self.hwc_uint8(image)},
+                                     "; test.max_size=N at the export caps the image's size")
             results.append({"mask": torch.from_numpy(mask).to(self.device)})
         return results

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from resnet_detect.engine.data import check_rgb_image
 
@@ -20,8 +20,9 @@ RGB = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
 
 
 @pytest.mark.parametrize("given, advice, fixed", [
-    (Image.fromarray(RGB).convert("RGBA"), "np.asarray(image.convert('RGB'))",
-     lambda image: np.asarray(image.convert("RGB"))),
+    (Image.fromarray(RGB).convert("RGBA"),
+     "np.asarray(ImageOps.exif_transpose(image).convert('RGB'))",
+     lambda image: np.asarray(ImageOps.exif_transpose(image).convert("RGB"))),
     (torch.from_numpy(RGB).permute(2, 0, 1), "image.permute(1, 2, 0).cpu().numpy()",
      lambda image: image.permute(1, 2, 0).cpu().numpy()),
     (RGB[..., 0], "cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)",
@@ -39,6 +40,23 @@ def test_a_refused_image_names_the_conversion_that_fixes_it(given, advice, fixed
     assert advice in str(refused.value)
     expected = np.dstack([RGB[..., 0]] * 3) if advice.startswith("cv2") else RGB  # gray
     np.testing.assert_array_equal(check_rgb_image(fixed(given)), expected)
+
+
+def test_a_phone_photo_converted_as_advised_is_the_photo_as_shown(tmp_path: Path) -> None:
+    """The advice for a PIL image dropped its EXIF orientation: a photo taken upright came
+    out lying down, and its boxes were found on that picture."""
+    from resnet_detect.engine.data import read_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees clockwise to show it
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
+    photo = Image.open(tmp_path / "phone.jpg")
+    with pytest.raises(ValueError, match=r"exif_transpose turns a phone photo as it is shown, "
+                                         r"as read_image does\), or read the file with "
+                                         r"read_image"):
+        check_rgb_image(photo)
+    fixed = np.asarray(ImageOps.exif_transpose(photo).convert("RGB"))
+    assert fixed.shape == read_image(tmp_path / "phone.jpg").shape == (8, 6, 3)
 
 
 @pytest.mark.parametrize("given", [[RGB, RGB], (RGB,), np.stack([RGB, RGB])])

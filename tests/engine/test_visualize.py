@@ -29,8 +29,15 @@ def test_every_input_gets_its_own_picture(tmp_path: Path) -> None:
     assert len(set(names)) == len(names) == 6
     cam2 = list(expand_inputs([str(tmp_path / "cam2")]))
     in_place = output_paths(cam2, tmp_path / "cam2")  # the inputs are never written over
+    # (img.png was img.PNG on macOS's and Windows' file systems: the photo drawn over)
     assert [p.relative_to(tmp_path).as_posix() for p in in_place] == [
-        "cam2/img.png", "cam2/img-2.jpg", "cam2/img-3.jpg"]
+        "cam2/img-2.png", "cam2/img-2.jpg", "cam2/img-3.jpg"]
+    # X.JPG and x.jpeg: one file there
+    (tmp_path / "cam3").mkdir()
+    (tmp_path / "cam3/X.JPG").write_bytes(b"")
+    (tmp_path / "cam3/x.jpeg").write_bytes(b"")
+    assert [p.name for p in output_paths(list(expand_inputs([str(tmp_path / "cam3")])),
+                                         out)] == ["X.jpg", "x-2.jpg"]
     with pytest.raises(FileNotFoundError, match="input not found: .*missing.jpg"):
         list(expand_inputs([str(tmp_path / "missing.jpg")]))
 

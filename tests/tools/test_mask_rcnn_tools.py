@@ -7,6 +7,7 @@ pycocotools on the written RLE results, masks at input size, masks drawn), not a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from resnet_detect.detection import Predictor
+from resnet_detect.engine.data import UnreadableImageError
 from tests.export_metadata import rewrite_export_metadata
 from resnet_detect.engine.visualize import draw_detections
 from tests.tools.test_train_eval_demo import (ROOT, data, data_overrides,
@@ -152,9 +154,42 @@ def test_mask_on_without_segmentation_fails_naming_file(data: Path, tmp_path: Pa
     assert not list((tmp_path / "run").glob("*.pth"))
 
 
+def _demo_on_an_export_says_why_nothing_was_drawn_and_goes_on_past_a_large_photo(
+        args: list[str], export: Path, data: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    """The export's threshold is 0: --min-score is what drew nothing (the hint said to export
+    again). ONNX Runtime failing to allocate the pasted masks of a large photo was a
+    traceback naming no file, and the inputs after it were not drawn."""
+    import onnxruntime
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    demo = [*args, "--weights", str(export), "--input", str(data / "images/val/000000.jpg")]
+    load_tool("demo").main([*demo, "--output", str(tmp_path / "none"), "--min-score", "1.0"])
+    assert "0 detections of score 1.0 or more (a lower --min-score shows weaker ones)" in \
+        capsys.readouterr().out
+    large = tmp_path / "large.jpg"
+    cv2.imwrite(str(large), np.full((200, 300, 3), 128, np.uint8))
+    real_run = onnxruntime.InferenceSession.run
+
+    def run(session, names, feeds, *rest):  # as ONNX Runtime fails on a 8000x6000 photo
+        if feeds["original_size"][0] > 100:
+            raise RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to "
+                                   "allocate memory for requested buffer of size 19200000000")
+        return real_run(session, names, feeds, *rest)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnxruntime.InferenceSession, "run", run)
+        with pytest.raises(UnreadableImageError, match=re.escape(
+                f"1 of 2 inputs could not be drawn (the others were drawn):\n  {large}: ONNX "
+                f"Runtime ran out of memory on a 300x200 image (")) as raised:
+            load_tool("demo").main([*demo, str(large), "--output", str(tmp_path / "large")])
+    assert "an export with --mask-output box pastes one box at a time" in str(raised.value)
+    assert [p.name for p in (tmp_path / "large").iterdir()] == ["000000.jpg"]
+
+
 def test_exported_onnx_scores_the_same_box_and_mask_ap_and_refuses_other_classes(
         trained: tuple[Path, dict], data: Path, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture) -> None:
     """tools/export.py -> tools/eval.py --weights DIR (ONNX Runtime) and tools/demo.py."""
     args = [str(CONFIG), *data_overrides(data), *SMALL_HEAD, "model.roi_heads.score_thresh=0.0"]
     export = tmp_path / "export"
@@ -186,6 +221,8 @@ def test_exported_onnx_scores_the_same_box_and_mask_ap_and_refuses_other_classes
                                       str(data / "images/val/000000.jpg"), "--output",
                                       str(tmp_path / "demo")])
     assert cv2.imread(str(written[0])).shape == (96, 128, 3)
+    _demo_on_an_export_says_why_nothing_was_drawn_and_goes_on_past_a_large_photo(
+        args, export, data, tmp_path, capsys)
     # an export whose categories are not the evaluation data's: refused, never mislabelled
     meta = json.loads((export / "export.json").read_text())
     assert meta["mask_threshold"] == 0.5  # fixed inside the graph: said beside it

@@ -372,6 +372,17 @@ def test_demo_reads_overrides_given_after_its_inputs(tmp_path: Path, monkeypatch
     assert refused.value.code == 2
 
 
+@pytest.mark.parametrize("score", ["1.5", "nan", "-0.1"])
+def test_demo_refuses_a_min_score_that_is_no_score(score: str, capsys) -> None:
+    """An export's run took 1.5 or nan and drew nothing; a checkpoint's named the config key
+    it was turned into, not the option typed."""
+    with pytest.raises(SystemExit) as refused:
+        load_tool("demo").parse_args([str(CONFIG), "--weights", "w.pth", "--input", "a.jpg",
+                                      "--output", "out", "--min-score", score])
+    assert refused.value.code == 2
+    assert f"--min-score must be a score in [0, 1], got {float(score)}" in capsys.readouterr().err
+
+
 def test_demo_draws_the_readable_images_then_names_the_others(trained: Path, data: Path,
                                                               tmp_path: Path) -> None:
     import shutil

@@ -157,7 +157,9 @@ def decoded_size(path: str | os.PathLike) -> tuple[int, int] | None:
 def _conversion_hint(image: object) -> str:
     """How to make the (H, W, 3) uint8 RGB array a Predictor takes from `image`."""
     if isinstance(image, Image.Image):
-        return "; convert with np.asarray(image.convert('RGB'))"
+        return ("; convert with np.asarray(ImageOps.exif_transpose(image).convert('RGB')) "
+                "(exif_transpose turns a phone photo as it is shown, as read_image does), or "
+                "read the file with read_image")
     if type(image).__name__ == "Tensor":
         return ("; a (3, H, W) uint8 tensor converts with image.permute(1, 2, 0).cpu().numpy()"
                 ", a (H, W, 3) one with image.cpu().numpy()")
