@@ -276,6 +276,21 @@ def test_bad_usage_gives_clear_errors(image_folder, tmp_path):
                               ("solver.base_lr=-1", "solver.base_lr is -1")):
         with pytest.raises(ValueError, match=message):
             run("lesion", tmp_path / "bad", image_folder, override)
+    # named by their solver.* keys before the data is read (a fraction past 1 or a negative
+    # subset trained on without a word; gamma or momentum were named as train.* keys, after it)
+    for override, message in (
+            ("solver.lr_steps=[1.5]", r"solver.lr_steps must be increasing fractions of the "
+                                      r"iterations, each in \(0, 1\), got \[1.5\]"),
+            ("solver.lr_steps=[0.8,0.5]", r"solver.lr_steps must be increasing"),
+            ("solver.gamma=0", r"solver.gamma must be in \(0, 1\], got 0"),
+            ("solver.momentum=1.5", r"solver.momentum must be in \[0, 1\), got 1.5"),
+            ("solver.weight_decay=-1", "solver.weight_decay must be a number >= 0, got -1"),
+            ("solver.warmup_iters=-1", "solver.warmup_iters must be an integer >= 0, got -1"),
+            ("solver.batch_size=0", "solver.batch_size must be a positive integer, got 0"),
+            ("data.max_train=-1", r"data.max_train must be a number of images >= 0 \(0: all\)"),
+            ("lesion.max_train=-2", r"lesion.max_train must be a number of images >= 0")):
+        with pytest.raises(ConfigError, match=message):
+            run("lesion", tmp_path / "bad", tmp_path / "missing", override)
     with pytest.raises(FileNotFoundError, match="make_synthetic"):
         run("lesion", tmp_path / "l", tmp_path / "missing")
     # degradation.depths' defaults (20, 56) are no resnet depths: checked for degradation only

@@ -7,6 +7,7 @@ and flip); configs/analyze/cifar_synthetic.yaml shortens it to minutes on a CPU.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.config import ConfigError, is_number, is_positive_int
 from resnet_detect import CONFIGS
 from resnet_detect.engine import init_distributed, to_plain
 
@@ -94,11 +95,31 @@ def recipe_from_config(cfg: DictConfig, study: str | None = None) -> Recipe:
     if not s.base_lr > 0:  # the runner would name its own key, train.base_lr
         raise ConfigError(f"solver.base_lr is {s.base_lr}: the weights would never change; set "
                           f"a positive learning rate")
+    _check_solver(s)
     return Recipe(batch_size=s.batch_size, iterations=iterations, base_lr=s.base_lr,
                   momentum=s.momentum, weight_decay=s.weight_decay,
                   lr_steps=tuple(s.lr_steps), gamma=s.gamma, warmup_iters=s.warmup_iters,
                   eval_period=max(iterations // t.evaluations, 1),
                   log_period=t.log_period, augment=cfg.data.augment, seed=t.seed)
+
+
+def _check_solver(s: DictConfig) -> None:
+    """The solver's values named by their own keys, before the data is read (the runner,
+    given them after, names its train.* keys)."""
+    steps = list(s.lr_steps)
+    rules = (
+        ("batch_size", is_positive_int(s.batch_size), "a positive integer"),
+        ("lr_steps", all(is_number(f) and 0 < f < 1 for f in steps) and steps == sorted(steps),
+         "increasing fractions of the iterations, each in (0, 1)"),
+        ("gamma", is_number(s.gamma) and 0 < s.gamma <= 1, "in (0, 1]"),
+        ("momentum", is_number(s.momentum) and 0 <= s.momentum < 1, "in [0, 1)"),
+        ("weight_decay", is_number(s.weight_decay) and 0 <= s.weight_decay < math.inf,
+         "a number >= 0"),
+        ("warmup_iters", isinstance(s.warmup_iters, int) and not isinstance(s.warmup_iters, bool)
+         and s.warmup_iters >= 0, "an integer >= 0"))
+    for key, valid, what in rules:
+        if not valid:
+            raise ConfigError(f"solver.{key} must be {what}, got {s[key]!r}")
 
 
 def data_name(root: str) -> str:
@@ -131,6 +152,13 @@ def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
                 arch_name(cfg.model.family, depth, True)
             except ValueError as e:
                 raise ConfigError(f"{key}: {e}") from None
+    subsets = {f"data.{key}": d[key] for key in ("max_train", "max_val")}
+    if study is not None:
+        subsets[f"{study}.max_train"] = cfg[study].get("max_train", 0)
+    for key, value in subsets.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{key} must be a number of images >= 0 (0: all), got {value!r}")
+    recipe = recipe_from_config(cfg, study)  # its errors before the data is read
     device = init_distributed(cfg.train.device)
     train, val = load_splits(d.root, train_split=d.train_split, val_split=d.val_split,
                              image_size=d.image_size, max_train=d.max_train,
@@ -142,7 +170,7 @@ def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
         depth=cfg.model.depth,
         options=OmegaConf.to_container(cfg.model.options, resolve=True),  # type: ignore[arg-type]
         path_sampling=dict(OmegaConf.to_container(cfg.model.path_sampling, resolve=True)),
-        recipe=recipe_from_config(cfg, study), pixel_mean=list(d.pixel_mean),
+        recipe=recipe, pixel_mean=list(d.pixel_mean),
         pixel_std=list(d.pixel_std), device=device,
         eval_batch_size=cfg.train.eval_batch_size, output_dir=Path(output_dir),
         config=to_plain(cfg))
