@@ -263,10 +263,14 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
         cfg = _merge(cfg, _rename(part, renamed, str(file)), str(file), kinds)
     cfg = apply_overrides(cfg, overrides, renamed=renamed, kinds=kinds)
     try:
-        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
         missing = sorted(OmegaConf.missing_keys(cfg))
     except OmegaConfBaseException as e:  # a ${...} naming no key
         raise ConfigError(f"config {path}: {' '.join(str(e).split())}") from None
+    if kinds:  # the ${...} values, known now: ${oc.env:V} with V=false is the text 'false'
+        _check_values(OmegaConf.create(resolved), kinds,
+                      f"config {path} once its ${{...}} values are resolved (an environment "
+                      f"variable is text: ${{oc.decode:${{oc.env:NAME}}}} reads it as YAML)")
     if missing:
         raise ConfigError(f"config {path} leaves mandatory keys unset: {', '.join(missing)} "
                           f"(set them in the file or as key=value overrides)")

@@ -156,6 +156,28 @@ def test_a_switch_takes_true_or_false_only_unless_it_also_takes_a_name(tmp_path:
     assert load_config(yaml11, ["model.mask_on=false"], defaults=defaults).model.mask_on is False
 
 
+def test_a_value_from_the_environment_is_checked_once_resolved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """${oc.env:V} with V=false is the text 'false', which trained a Mask R-CNN; oc.decode
+    reads the variable as YAML."""
+    defaults = {"model": {"mask_on": False}, "train": {"max_iter": 10}}
+    monkeypatch.setenv("MASKS", "false")
+    monkeypatch.setenv("STEPS", "5")
+    text = write(tmp_path / "env.yaml", "model: {mask_on: '${oc.env:MASKS}'}\n")
+    with pytest.raises(ConfigError, match=re.escape(
+            f"model.mask_on must be true or false, got 'false' in config {text} once its ${{...}} "
+            f"values are resolved (an environment variable is text: "
+            f"${{oc.decode:${{oc.env:NAME}}}} reads it as YAML)")):
+        load_config(text, defaults=defaults)
+    with pytest.raises(ConfigError, match=r"train.max_iter must be a number, got '5' in config"):
+        load_config(text, ["model.mask_on=true", "train.max_iter=${oc.env:STEPS}"],
+                    defaults=defaults)
+    decoded = write(tmp_path / "decoded.yaml", "model: {mask_on: '${oc.decode:${oc.env:MASKS}}'}"
+                    "\ntrain: {max_iter: '${oc.decode:${oc.env:STEPS}}'}\n")
+    cfg = load_config(decoded, defaults=defaults)
+    assert cfg.model.mask_on is False and cfg.train.max_iter == 5
+
+
 def test_the_detector_sizes_take_a_number_or_a_list() -> None:
     """data.train.min_size (drawn per image) and data.val.min_size (the largest tests) take
     either; `true` was taken as 1 and resized every image to 1 pixel."""
