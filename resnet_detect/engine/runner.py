@@ -195,12 +195,12 @@ def check_train_choices(t: DictConfig) -> None:
     if t.max_to_keep is not None and not is_positive_int(t.max_to_keep):
         raise ConfigError(f"train.max_to_keep must be a positive integer (at least 2 are kept) "
                           f"or null to keep every checkpoint, got {t.max_to_keep!r}")
-    if not (is_number(t.gamma) and 0 < t.gamma <= 1):
+    if t.lr_decay == "step" and not (is_number(t.gamma) and 0 < t.gamma <= 1):
         raise ConfigError(f"train.gamma must be in (0, 1] (the factor of the lr at each of "
                           f"train.lr_steps), got {t.gamma!r}")
     if not (is_number(t.weight_decay) and 0 <= t.weight_decay < math.inf):
         raise ConfigError(f"train.weight_decay must be a number >= 0, got {t.weight_decay!r}")
-    if not (is_number(t.momentum) and 0 <= t.momentum < 1):
+    if t.optimizer == "sgd" and not (is_number(t.momentum) and 0 <= t.momentum < 1):
         raise ConfigError(f"train.momentum must be in [0, 1) (SGD's), got {t.momentum!r}")
     if t.nesterov and t.optimizer == "sgd" and t.momentum == 0:
         raise ConfigError("train.nesterov needs train.momentum > 0")
@@ -256,7 +256,8 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
     steps = lengths["steps"] if t.lr_decay == "step" else []
     try:
         return build_lr_scheduler(optimizer, max_iter=lengths["max_iter"], decay=t.lr_decay,
-                                  steps=steps, gamma=t.gamma, final_factor=t.final_lr_factor,
+                                  steps=steps, gamma=t.gamma if steps else 1.0,
+                                  final_factor=t.final_lr_factor,
                                   power=t.lr_power,
                                   warmup_iters=lengths["warmup_iters"],
                                   warmup_factor=t.warmup_factor)
@@ -444,7 +445,10 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
         was, is_now = flat_keys(data_before, "data."), flat_keys(to_plain(cfg.data), "data.")
         moved = {k: (was.get(k), is_now.get(k)) for k in sorted(set(was) | set(is_now))
                  if was.get(k) != is_now.get(k)
-                 and not k.endswith(("_file", "_dir", ".root", ".num_workers"))}
+                 and not k.endswith(("_file", "_dir", ".root", ".num_workers"))
+                 # a classes.json moved with the data (the names are compared above)
+                 and not (k == "data.class_names" and isinstance(was.get(k), str)
+                          and isinstance(is_now.get(k), str))}
         if moved:
             logger.warning("resuming %s with data settings other than the run that wrote it: "
                            "the images are drawn, augmented or evaluated otherwise from "

@@ -550,17 +550,21 @@ def test_resuming_with_other_data_train_settings_names_them(
     drawn from there on; the paths of the data may move without a word."""
     recorded = {"config": {"task": "detection", "train": {"batch_size": 4},
                            "data": {"train": {"ann_file": "/a/train.json", "img_dir": "/a/img",
-                                              "repeat_threshold": None, "hflip_prob": 0.5}}}}
+                                              "repeat_threshold": None, "hflip_prob": 0.5},
+                                    "class_names": "/a/classes.json"}}}
+    # (a segmentation's classes.json moves with its data: the names are compared apart)
     cfg = OmegaConf.create({"task": "detection", "train": {"batch_size": 4},
                             "data": {"train": {"ann_file": "/b/train.json", "img_dir": "/b/img",
-                                               "repeat_threshold": 0.01, "hflip_prob": 0.5}}})
+                                               "repeat_threshold": 0.01, "hflip_prob": 0.5},
+                                     "class_names": "/b/classes.json"}})
     with caplog.at_level("WARNING"):
         _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
                          logging.getLogger("t"), {})
     assert ("resuming model_0000004.pth with data settings other than the run that wrote "
             "it: the images are drawn, augmented or evaluated otherwise from iteration 4: "
             "data.train.repeat_threshold: None -> 0.01") in caplog.text
-    assert "ann_file" not in caplog.text and "train settings other than" not in \
+    assert "ann_file" not in caplog.text and "classes.json" not in caplog.text
+    assert "train settings other than" not in \
         caplog.text.replace("data settings other than", "")
     caplog.clear()
     cfg.data.train.repeat_threshold = None

@@ -397,9 +397,16 @@ def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
             ("train.momentum", 1.5, r"train.momentum must be in \[0, 1\)"),
             ("train.momentum", -0.5, r"train.momentum must be in \[0, 1\)"),
             ("train.max_to_keep", -1, r"train.max_to_keep must be a positive integer")):
+        step = {"train.lr_decay": "step", "train.lr_step_epochs": "[1]"} \
+            if key == "train.gamma" else {}  # (a cosine decay has no gamma)
         with pytest.raises(ConfigError, match=f"{message}.* got {value}$"):
-            tool.main(overrides(tmp_path / "data", tmp_path / key, **{key: value}))
+            tool.main(overrides(tmp_path / "data", tmp_path / key, **step, **{key: value}))
         assert not (tmp_path / key).exists()
+    # what the recipe does not use is not refused: an AdamW config's momentum: null (the
+    # helper's mmdetection-style config), a cosine decay's gamma
+    tool.main(overrides(tmp_path / "data", tmp_path / "unused", **{
+        "train.optimizer": "adamw", "train.momentum": None, "train.gamma": None,
+        "train.epochs": 1, "train.batch_size": 2}))
     # keys whose default is null took any kind of value: a traceback deep in the runner
     # (and 0 epochs trained one step)
     for key, value, message in (
