@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
                         ("cls_val_per_class", 0), ("seed", 0)):
         if getattr(args, name) < least:
             parser.error(f"--{name.replace('_', '-')} must be >= {least}")
+    if (args.cls_train_per_class == 0) != (args.cls_val_per_class == 0):
+        # one empty split: pretraining on the folder stops at it ("no images under .../val")
+        parser.error("--cls-train-per-class and --cls-val-per-class: both 0 (no classification "
+                     "set) or both at least 1")
     if args.size is not None and min(args.size) < 32:
         parser.error("--size: both sides must be at least 32 pixels")
     if Path(args.out).exists() and not Path(args.out).is_dir():

@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     options = OmegaConf.to_container(OmegaConf.from_dotlist(args.options))
     cifar = "cifar" in args.name
     size = tuple(args.size or ((32, 32) if cifar else (224, 224)))
+    if args.num_classes is not None and args.num_classes < 1:
+        parser.error(f"--num-classes must be a positive number of classes, got "
+                     f"{args.num_classes}")
     num_classes = args.num_classes or (10 if cifar else 1000)
     try:
         model = backbones.build_classifier(args.name, num_classes, **options)

@@ -128,6 +128,22 @@ def warn_of_renamed_classes(source: str, recorded: Sequence[str] | None,
                        ", ".join(renamed[:5]) + (", ..." if len(renamed) > 5 else ""))
 
 
+def use_recorded_normalisation(model_cfg: Any, provenance: Mapping[str, Any],
+                               source: str) -> None:
+    """Set model.pixel_mean / pixel_std to those the weights `source` were trained with (its
+    provenance), saying so where the config asked for others (they were dropped silently)."""
+    for key in ("pixel_mean", "pixel_std"):
+        recorded = provenance.get(key)
+        if not recorded:
+            continue
+        asked = model_cfg[key]
+        if asked is not None and [float(v) for v in asked] != [float(v) for v in recorded]:
+            logger.warning("model.%s %s is not applied: %s was trained on images normalised "
+                           "with %s, which it keeps", key, [float(v) for v in asked], source,
+                           [float(v) for v in recorded])
+        model_cfg[key] = list(recorded)
+
+
 def _mis_shaped(model: nn.Module, state_dict: Mapping[str, Any], fmt: WholeModelFormat) -> bool:
     """Whether a tensor the model and the weights both name differs in shape, outside the
     class-dependent layers (another class count is the settings' and fine-tuning's matter)."""

@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from resnet_detect.engine.config import ConfigError, as_override
+from resnet_detect.backbones.model_weights import use_recorded_normalisation
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from resnet_detect.engine.data import check_rgb_image, check_rgb_images
 from resnet_detect.engine.distributed import usable_device
@@ -123,9 +124,7 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
             f"the weights {source} have {'a' if masks else 'no'} mask head but model.mask_on "
             f"is {bool(cfg.model.mask_on)}; use a {'Mask' if masks else 'Faster'} R-CNN config "
             f"(or set model.mask_on={str(masks).lower()})")
-    for key in ("pixel_mean", "pixel_std"):
-        if provenance.get(key):
-            cfg.model[key] = list(provenance[key])
+    use_recorded_normalisation(cfg.model, provenance, str(source))
     with torch.random.fork_rng(devices=[]):  # its random start, replaced, is not the user's
         model = build_model(cfg)
     load_detector_weights(model, {"model": state_dict, "provenance": provenance},

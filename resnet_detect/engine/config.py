@@ -30,6 +30,13 @@ NAMED_SWITCHES = ("train.amp", "train.compile")
 # sizes that take one number or a list (detection: drawn per image in training, the largest
 # in testing)
 NUMBER_OR_LIST = ("data.train.min_size", "data.val.min_size")
+# keys whose default is a number or a list of numbers that take null too (its meaning is in
+# the defaults' comments; momentum and gamma: unused by AdamW or by a cosine decay, checked
+# where used); null anywhere else was a TypeError deep in training
+NULLABLE = ("train.max_iter", "train.epochs", "train.max_to_keep", "train.momentum",
+            "train.gamma", "model.backbone.output_stride", "model.backbone.multi_grid",
+            "model.size_divisibility", "data.train.max_size", "data.val.max_size",
+            "data.train.crop_size")
 logger = logging.getLogger(__name__)
 
 
@@ -135,16 +142,18 @@ def _check_values(part: DictConfig, kinds: Mapping[str, str], source: str) -> No
             raise ConfigError(f"{key} is a section of keys, got {v!r} in {source}{empty}")
         if kind == "bool" and not isinstance(v, bool) and not _deferred(v):
             raise ConfigError(f"{key} must be true or false, got {v!r} in {source}")
-        if kind not in ("int", "float", "ints", "floats") or v is None or _deferred(v):
+        if kind not in ("int", "float", "ints", "floats") or _deferred(v):
+            return
+        listed = kind in ("ints", "floats")
+        either = key in NUMBER_OR_LIST
+        wanted = ("a number or a list of numbers" if either
+                  else "a list of numbers" if listed else "a number")
+        if v is None:  # (a base file's null may be set below it: see _refuse_nulls)
             return
         values = v if isinstance(v, list) else [v]
         numbers = [x for x in values if not _deferred(x)]
-        listed = kind in ("ints", "floats")
-        either = key in NUMBER_OR_LIST
         if (isinstance(v, list) != listed and not either) or not all(
                 is_number(x) for x in numbers) or (not values and (either or not listed)):
-            wanted = ("a number or a list of numbers" if either
-                      else "a list of numbers" if listed else "a number")
             raise ConfigError(f"{key} must be {wanted}, got {v!r} in {source}")
         if kind in ("int", "ints") and not key.endswith("epochs"):  # 2.5 epochs exist
             if not all(float(x).is_integer() for x in numbers):
@@ -164,6 +173,34 @@ def _check_values(part: DictConfig, kinds: Mapping[str, str], source: str) -> No
                 OmegaConf.update(part, key, str(v))
 
     walk(OmegaConf.to_container(part), "")
+
+
+def _refuse_nulls(resolved: Mapping[str, Any], kinds: Mapping[str, str], path: Any,
+                  overrides: Sequence[str]) -> None:
+    """A null left where the default is a number or a list of numbers (`train.base_lr=`: a
+    script's unset variable), named with the override or file that left it, unless the key
+    is NULLABLE; it was a TypeError deep in training."""
+    for key, kind in kinds.items():
+        if kind not in ("int", "float", "ints", "floats") or key in NULLABLE:
+            continue
+        node: Any = resolved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is not None or not _has_key(resolved, key):
+            continue
+        wanted = ("a number or a list of numbers" if key in NUMBER_OR_LIST
+                  else "a list of numbers" if kind in ("ints", "floats") else "a number")
+        given = [o for o in overrides if o.split("=", 1)[0].strip() == key]
+        source = f"override '{given[-1]}'" if given else f"config {path}"
+        raise ConfigError(f"{key} must be {wanted}, got null in {source}")
+
+
+def _has_key(node: Mapping[str, Any], key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _suggestion(key: str, valid: Sequence[str]) -> str:
@@ -271,6 +308,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
         _check_values(OmegaConf.create(resolved), kinds,
                       f"config {path} once its ${{...}} values are resolved (an environment "
                       f"variable is text: ${{oc.decode:${{oc.env:NAME}}}} reads it as YAML)")
+        _refuse_nulls(resolved, kinds, path, overrides)
     if missing:
         raise ConfigError(f"config {path} leaves mandatory keys unset: {', '.join(missing)} "
                           f"(set them in the file or as key=value overrides)")

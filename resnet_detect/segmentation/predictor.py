@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from resnet_detect.engine.config import ConfigError, as_override
+from resnet_detect.backbones.model_weights import use_recorded_normalisation
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from resnet_detect.engine.data import check_rgb_image, check_rgb_images
 from resnet_detect.engine.distributed import usable_device
@@ -126,9 +127,7 @@ class Predictor:
         if cfg.model.num_classes is None:
             names = provenance.get("class_names") or []
             cfg.model.num_classes = len(names) or _num_classes_of(state_dict)
-        for key in ("pixel_mean", "pixel_std"):
-            if provenance.get(key):
-                cfg.model[key] = list(provenance[key])
+        use_recorded_normalisation(cfg.model, provenance, str(source))
         with torch.random.fork_rng(devices=[]):  # its random start, replaced, is not the user's
             self.model = build_model(cfg)
         load_segmentation_weights(self.model, checkpoint, weight_bound_settings(cfg.model),

@@ -67,6 +67,20 @@ def test_test_time_overrides(checkpoint: Path) -> None:
     assert strip["boxes"].shape[1] == 4 and (strip["boxes"][:, 3] <= 2 + 1e-3).all()
 
 
+def test_a_normalisation_the_weights_were_not_trained_with_is_named(
+        checkpoint: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The weights keep theirs; an override asking for another was dropped without a word."""
+    image = np.random.default_rng(1).integers(0, 256, (80, 120, 3), dtype=np.uint8)
+    plain = Predictor(None, weights=checkpoint, overrides=["model.roi_heads.score_thresh=0.0"])
+    with caplog.at_level(logging.WARNING):
+        other = Predictor(None, weights=checkpoint, overrides=[
+            "model.roi_heads.score_thresh=0.0", "model.pixel_mean=[0,0,0]"])
+    assert (f"model.pixel_mean [0.0, 0.0, 0.0] is not applied: {checkpoint} was trained on "
+            f"images normalised with [") in caplog.text
+    assert "pixel_std" not in caplog.text
+    np.testing.assert_array_equal(other(image)["boxes"], plain(image)["boxes"])
+
+
 def test_bad_input_is_rejected(checkpoint: Path) -> None:
     predictor = Predictor(None, weights=checkpoint)
     with pytest.raises(ValueError, match="uint8"):

@@ -70,7 +70,9 @@ def test_a_value_that_is_not_a_number_where_the_default_is_one_is_named(
     cfg = load_config(path, ["solver.base_lr=1", "solver.epochs=2.5", "solver.base_lr=1e-4"],
                       defaults=DEFAULTS)
     assert cfg.solver.base_lr == 1e-4 and cfg.solver.epochs == 2.5  # fractional epochs exist
-    assert load_config(path, ["data.size=null"], defaults=DEFAULTS).data.size is None
+    with pytest.raises(ConfigError, match=r"data.size must be a number, got null in override "
+                                          r"'data.size=null'"):  # (TypeErrors in training)
+        load_config(path, ["data.size=null"], defaults=DEFAULTS)
     assert_refused(path, [("solver.epochs=two", "solver.epochs must be a number, got 'two' in "
                            "override 'solver.epochs=two'"),
                           ("solver.base_lr=abc", "solver.base_lr must be a number, got 'abc'"),
@@ -124,7 +126,7 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match=r"data.size must be a number, got '100 #x' in "
                                           r"override 'data.size=100 #x'"):
         load_config(path, ["data.size=100 #x"], defaults=DEFAULTS)
-    assert load_config(path, ["data.size=None"], defaults=DEFAULTS).data.size is None
+    assert load_config(path, ["model.name=None"], defaults=DEFAULTS).model.name is None
     steps = load_config(path, ["solver.steps=[1e3]"], defaults=DEFAULTS).solver.steps
     assert list(steps) == [1000] and isinstance(steps[0], int)
     derived = write(tmp_path / "derived.yaml", "data:\n  root: /x\n  size: 96\nsolver:\n"
@@ -154,6 +156,31 @@ def test_a_switch_takes_true_or_false_only_unless_it_also_takes_a_name(tmp_path:
     cfg = load_config(yaml11, ["train.amp=bf16", "train.compile=inductor"], defaults=defaults)
     assert cfg.model.mask_on is True and cfg.train.amp == "bf16" and cfg.data.root == "bf16"
     assert load_config(yaml11, ["model.mask_on=false"], defaults=defaults).model.mask_on is False
+
+
+def test_null_is_refused_where_a_number_is_due_unless_it_means_something(tmp_path: Path) -> None:
+    """train.base_lr= (a script's unset variable) was a TypeError deep in training, as null
+    was for 65 keys of the three tasks (a helper's sweep); the keys whose null means
+    something (no cap, keep every checkpoint, the backbone's stride...) keep taking it."""
+    from resnet_detect.detection.config import load_config as load_detection
+
+    config = Path(__file__).resolve().parents[2] / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
+    for override, wanted in (("train.base_lr=", "a number"),
+                             ("train.log_period=null", "a number"),
+                             ("train.lr_steps=null", "a list of numbers"),
+                             ("model.pixel_mean=null", "a list of numbers"),
+                             ("model.roi_heads.pooler_resolution=None", "a number")):
+        key = override.split("=")[0]
+        with pytest.raises(ConfigError, match=re.escape(
+                f"{key} must be {wanted}, got null in override '{override}'")):
+            load_detection(config, [override])
+    file = write(tmp_path / "nulls.yaml", f"_base_: {config}\ntrain: {{base_lr: null}}\n")
+    with pytest.raises(ConfigError, match=r"train.base_lr must be a number, got null in "
+                                          r".*nulls.yaml$"):
+        load_detection(file)
+    cfg = load_detection(config, ["train.max_to_keep=null", "data.val.max_size=null",
+                                  "train.max_iter=null", "train.epochs=1"])
+    assert (cfg.train.max_to_keep, cfg.data.val.max_size, cfg.train.max_iter) == (None,) * 3
 
 
 def test_a_value_from_the_environment_is_checked_once_resolved(

@@ -167,6 +167,9 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFi
     for args, message in ((["--num-train", "0"], "--num-train must be >= 1"),
                           (["--num-val", "0"], "--num-val must be >= 1"),
                           (["--seed", "-1"], "--seed must be >= 0"),
+                          (["--cls-val-per-class", "0"], "--cls-train-per-class and "
+                           "--cls-val-per-class: both 0 (no classification set) or both at "
+                           "least 1"),
                           (["--out", str(tmp_path / "a_file")], "is a file, not a folder")):
         with pytest.raises(SystemExit) as stopped:
             _tool().main(["--out", str(tmp_path / "ds"), *args])

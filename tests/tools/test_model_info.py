@@ -29,7 +29,12 @@ def test_an_unknown_name_or_option_is_a_usage_error(capsys) -> None:
                            "output_stride 7 is not valid for this net; valid: 8, 16, 32"),
                           (["resnet50", "groups=0"], "groups must be a positive integer, got 0"),
                           (["resnet50", "width=0"], "width must be a number > 0"),
-                          (["resnet50", "shortcut=D"], "unknown shortcut 'D'; valid: A, B, C")):
+                          (["resnet50", "shortcut=D"], "unknown shortcut 'D'; valid: A, B, C"),
+                          # a traceback, and 0 became 1000 classes
+                          (["resnet50", "--num-classes", "-3"], "--num-classes must be a "
+                           "positive number of classes, got -3"),
+                          (["resnet50", "--num-classes", "0"], "--num-classes must be a "
+                           "positive number of classes, got 0")):
         with pytest.raises(SystemExit) as exit_info:
             model_info.main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
