@@ -102,9 +102,9 @@ def _deferred(value: Any) -> bool:
 
 
 def _kinds(defaults: Mapping[str, Any] | DictConfig) -> dict[str, str]:
-    """Dotted key -> "int", "float", "ints", "floats" (a list of numbers), "str", "bool" or
-    "section", from its default (null defaults, lists of lists and the NAMED_SWITCHES take
-    anything: `train.amp: false` also takes bf16)."""
+    """Dotted key -> "int", "float", "ints", "floats" (a list of numbers), "names" (a list of
+    strings), "str", "bool" or "section", from its default (null defaults, lists of lists and
+    the NAMED_SWITCHES take anything: `train.amp: false` also takes bf16)."""
     kinds: dict[str, str] = {}
 
     def walk(node: Mapping[str, Any], prefix: str) -> None:
@@ -121,6 +121,8 @@ def _kinds(defaults: Mapping[str, Any] | DictConfig) -> dict[str, str]:
                 kinds[key] = "bool"
             elif isinstance(v, list) and all(is_number(x) for x in v):
                 kinds[key] = "ints" if v and all(isinstance(x, int) for x in v) else "floats"
+            elif isinstance(v, list) and all(isinstance(x, str) for x in v):
+                kinds[key] = "names"  # feature maps: out_features, in_features
 
     walk(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig) else defaults, "")
     return kinds
@@ -142,6 +144,11 @@ def _check_values(part: DictConfig, kinds: Mapping[str, str], source: str) -> No
             raise ConfigError(f"{key} is a section of keys, got {v!r} in {source}{empty}")
         if kind == "bool" and not isinstance(v, bool) and not _deferred(v):
             raise ConfigError(f"{key} must be true or false, got {v!r} in {source}")
+        if kind == "names" and v is not None and not _deferred(v) and (
+                not isinstance(v, list) or not all(isinstance(x, str) for x in v)):
+            # a string was read letter by letter: ['r', 'e', 's', '3', ',', ...]
+            raise ConfigError(f"{key} must be a list of names, e.g. [res3, res4], got {v!r} in "
+                              f"{source}")
         if kind not in ("int", "float", "ints", "floats") or _deferred(v):
             return
         listed = kind in ("ints", "floats")
@@ -181,7 +188,7 @@ def _refuse_nulls(resolved: Mapping[str, Any], kinds: Mapping[str, str], path: A
     script's unset variable), named with the override or file that left it, unless the key
     is NULLABLE; it was a TypeError deep in training."""
     for key, kind in kinds.items():
-        if kind not in ("int", "float", "ints", "floats") or key in NULLABLE:
+        if kind not in ("int", "float", "ints", "floats", "names") or key in NULLABLE:
             continue
         node: Any = resolved
         for part in key.split("."):
@@ -189,7 +196,8 @@ def _refuse_nulls(resolved: Mapping[str, Any], kinds: Mapping[str, str], path: A
         if node is not None or not _has_key(resolved, key):
             continue
         wanted = ("a number or a list of numbers" if key in NUMBER_OR_LIST
-                  else "a list of numbers" if kind in ("ints", "floats") else "a number")
+                  else "a list of numbers" if kind in ("ints", "floats")
+                  else "a list of names" if kind == "names" else "a number")
         given = [o for o in overrides if o.split("=", 1)[0].strip() == key]
         source = f"override '{given[-1]}'" if given else f"config {path}"
         raise ConfigError(f"{key} must be {wanted}, got null in {source}")

@@ -174,6 +174,17 @@ def test_null_is_refused_where_a_number_is_due_unless_it_means_something(tmp_pat
         with pytest.raises(ConfigError, match=re.escape(
                 f"{key} must be {wanted}, got null in override '{override}'")):
             load_detection(config, [override])
+    # a list of feature names: a string was read letter by letter (['r', 'e', 's', '3', ...])
+    for override, message in (
+            ("model.backbone.out_features=res3,res4", "model.backbone.out_features must be a "
+             "list of names, e.g. [res3, res4], got 'res3,res4' in override "
+             "'model.backbone.out_features=res3,res4'"),
+            ("model.rpn.in_features=null", "model.rpn.in_features must be a list of names, "
+             "got null in override 'model.rpn.in_features=null'")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_detection(config, [override])
+    assert list(load_detection(config, ["model.backbone.out_features=[res4,res5]"])
+                .model.backbone.out_features) == ["res4", "res5"]
     file = write(tmp_path / "nulls.yaml", f"_base_: {config}\ntrain: {{base_lr: null}}\n")
     with pytest.raises(ConfigError, match=r"train.base_lr must be a number, got null in "
                                           r".*nulls.yaml$"):
