@@ -82,6 +82,11 @@ def check_data_settings(cfg: DictConfig) -> None:
     """The crop, augmentation and normalisation keys, named by their keys (albumentations'
     own checks raised tracebacks after the scan; a std of 0 gave a NaN loss at step 0)."""
     d = cfg.data
+    for key in ("root", "train_split", "val_split"):  # (null passes the mandatory ??? check)
+        if not isinstance(d.get(key), str) or not d[key]:
+            raise ConfigError(f"data.{key} must be a folder name, got {d.get(key)!r}"
+                              + (" (the dataset's root: root/train/<class>/*.jpg)"
+                                 if key == "root" else ""))
     check_val_interpolation(d.val_interpolation)
     for key in ("image_size", "val_resize"):
         if not is_positive_int(d[key]):

@@ -73,6 +73,10 @@ def test_missing_dataset_folder_fails_before_training(tool: ModuleType, tmp_path
                        match=f"dataset folder not found: {tmp_path}/nowhere/train"):
         tool.main(overrides(tmp_path / "nowhere", tmp_path / "out"))
     assert not list((tmp_path / "out").glob("*.pth"))
+    # null passed the mandatory ??? check: "dataset folder not found: None/train"
+    with pytest.raises(ConfigError, match=r"data.root must be a folder name, got None \(the "
+                                          r"dataset's root: root/train/<class>/\*.jpg\)"):
+        tool.main(overrides(None, tmp_path / "out"))
 
 
 def test_short_pretrain_lowers_loss_and_writes_loadable_outputs(
