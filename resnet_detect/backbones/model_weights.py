@@ -133,15 +133,14 @@ def use_recorded_normalisation(model_cfg: Any, provenance: Mapping[str, Any],
     """Set model.pixel_mean / pixel_std to those the weights `source` were trained with (its
     provenance), saying so where the config asked for others (they were dropped silently)."""
     for key in ("pixel_mean", "pixel_std"):
-        recorded = provenance.get(key)
-        if not recorded:
+        if not provenance.get(key):
             continue
-        asked = model_cfg[key]
-        if asked is not None and [float(v) for v in asked] != [float(v) for v in recorded]:
+        recorded = [float(v) for v in provenance[key]]
+        asked = None if model_cfg[key] is None else [float(v) for v in model_cfg[key]]
+        if asked not in (None, recorded):
             logger.warning("model.%s %s is not applied: %s was trained on images normalised "
-                           "with %s, which it keeps", key, [float(v) for v in asked], source,
-                           [float(v) for v in recorded])
-        model_cfg[key] = list(recorded)
+                           "with %s, which it keeps", key, asked, source, recorded)
+        model_cfg[key] = list(provenance[key])
 
 
 def _mis_shaped(model: nn.Module, state_dict: Mapping[str, Any], fmt: WholeModelFormat) -> bool:

@@ -149,19 +149,16 @@ def _check_values(part: DictConfig, kinds: Mapping[str, str], source: str) -> No
             # a string was read letter by letter: ['r', 'e', 's', '3', ',', ...]
             raise ConfigError(f"{key} must be a list of names, e.g. [res3, res4], got {v!r} in "
                               f"{source}")
-        if kind not in ("int", "float", "ints", "floats") or _deferred(v):
-            return
-        listed = kind in ("ints", "floats")
-        either = key in NUMBER_OR_LIST
-        wanted = ("a number or a list of numbers" if either
-                  else "a list of numbers" if listed else "a number")
-        if v is None:  # (a base file's null may be set below it: see _refuse_nulls)
+        # (a base file's null may be set below it: see _refuse_nulls)
+        if kind not in ("int", "float", "ints", "floats") or v is None or _deferred(v):
             return
         values = v if isinstance(v, list) else [v]
         numbers = [x for x in values if not _deferred(x)]
+        listed = kind in ("ints", "floats")
+        either = key in NUMBER_OR_LIST
         if (isinstance(v, list) != listed and not either) or not all(
                 is_number(x) for x in numbers) or (not values and (either or not listed)):
-            raise ConfigError(f"{key} must be {wanted}, got {v!r} in {source}")
+            raise ConfigError(f"{key} must be {_wanted(key, kind)}, got {v!r} in {source}")
         if kind in ("int", "ints") and not key.endswith("epochs"):  # 2.5 epochs exist
             if not all(float(x).is_integer() for x in numbers):
                 raise ConfigError(f"{key} must be a whole number, got {v!r} in {source}")
@@ -192,23 +189,22 @@ def _refuse_nulls(resolved: Mapping[str, Any], kinds: Mapping[str, str], path: A
             continue
         node: Any = resolved
         for part in key.split("."):
-            node = node.get(part) if isinstance(node, Mapping) else None
-        if node is not None or not _has_key(resolved, key):
-            continue
-        wanted = ("a number or a list of numbers" if key in NUMBER_OR_LIST
-                  else "a list of numbers" if kind in ("ints", "floats")
-                  else "a list of names" if kind == "names" else "a number")
-        given = [o for o in overrides if o.split("=", 1)[0].strip() == key]
-        source = f"override '{given[-1]}'" if given else f"config {path}"
-        raise ConfigError(f"{key} must be {wanted}, got null in {source}")
+            if not isinstance(node, Mapping) or part not in node:
+                break
+            node = node[part]
+        else:
+            if node is None:
+                given = [o for o in overrides if o.split("=", 1)[0].strip() == key]
+                source = f"override '{given[-1]}'" if given else f"config {path}"
+                raise ConfigError(f"{key} must be {_wanted(key, kind)}, got null in {source}")
 
 
-def _has_key(node: Mapping[str, Any], key: str) -> bool:
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False
-        node = node[part]
-    return True
+def _wanted(key: str, kind: str) -> str:
+    """What a value of `key` (its default of `kind`) must be, as a message says it."""
+    if key in NUMBER_OR_LIST:
+        return "a number or a list of numbers"
+    return {"ints": "a list of numbers", "floats": "a list of numbers",
+            "names": "a list of names"}.get(kind, "a number")
 
 
 def _suggestion(key: str, valid: Sequence[str]) -> str:

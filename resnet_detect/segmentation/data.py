@@ -274,12 +274,13 @@ class SemSegDataset(Dataset):
         values: set[int] = set()
         for i in picked:
             size = image_size(files[i]["file_name"])
+            if size is None:
+                continue
             try:
-                mask = self._checked_mask(files[i], size) if size is not None else None
+                mask = self._checked_mask(files[i], size)
             except DatasetError:
-                mask = None  # named when its batch is drawn
-            if mask is not None:
-                values.update(np.flatnonzero(np.bincount(mask.ravel(), minlength=256)).tolist())
+                continue  # named when its batch is drawn
+            values.update(np.flatnonzero(np.bincount(mask.ravel(), minlength=256)).tolist())
             if values - {0, IGNORE_INDEX}:
                 return
         if values == {0, IGNORE_INDEX}:
