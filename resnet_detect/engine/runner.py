@@ -190,24 +190,32 @@ def check_train_choices(t: DictConfig) -> None:
         raise ConfigError(f"train.final_lr_factor must be in 0..1 (the lr at the end of a cosine "
                           f"or poly decay, as a fraction of train.base_lr), got "
                           f"{t.final_lr_factor!r}")
-    # torch checks these only as its optimizers' defaults, not per parameter group: a negative
-    # decay or a gamma below 0 trained on, climbing the loss
     if t.max_to_keep is not None and not is_positive_int(t.max_to_keep):
         raise ConfigError(f"train.max_to_keep must be a positive integer (at least 2 are kept) "
                           f"or null to keep every checkpoint, got {t.max_to_keep!r}")
-    if t.lr_decay == "step" and not (is_number(t.gamma) and 0 < t.gamma <= 1):
-        raise ConfigError(f"train.gamma must be in (0, 1] (the factor of the lr at each of "
-                          f"train.lr_steps), got {t.gamma!r}")
-    if not (is_number(t.weight_decay) and 0 <= t.weight_decay < math.inf):
-        raise ConfigError(f"train.weight_decay must be a number >= 0, got {t.weight_decay!r}")
-    if t.optimizer == "sgd" and not (is_number(t.momentum) and 0 <= t.momentum < 1):
-        raise ConfigError(f"train.momentum must be in [0, 1) (SGD's), got {t.momentum!r}")
+    check_solver_values(t, "train.", step_decay=t.lr_decay == "step", sgd=t.optimizer == "sgd")
     if t.nesterov and t.optimizer == "sgd" and t.momentum == 0:
         raise ConfigError("train.nesterov needs train.momentum > 0")
     for key, least in (("log_period", 1), ("checkpoint_period", 0), ("eval_period", 0)):
         if t[key] < least:
             raise ConfigError(f"train.{key} must be >= {least}, got {t[key]}"
                               f"{' (0 = only at the end)' if least == 0 else ''}")
+
+
+def check_solver_values(section: Mapping[str, Any], prefix: str, *, step_decay: bool = True,
+                        sgd: bool = True) -> None:
+    """gamma (of a step decay), weight_decay and momentum (of SGD), named as `prefix` + key
+    (train., or solver. for the studies): torch checks them only as its optimizers' defaults,
+    not per parameter group, so a negative decay or a gamma below 0 trained on, climbing the
+    loss."""
+    gamma, decay, momentum = section["gamma"], section["weight_decay"], section["momentum"]
+    if step_decay and not (is_number(gamma) and 0 < gamma <= 1):
+        raise ConfigError(f"{prefix}gamma must be in (0, 1] (the factor of the lr at each of "
+                          f"{prefix}lr_steps), got {gamma!r}")
+    if not (is_number(decay) and 0 <= decay < math.inf):
+        raise ConfigError(f"{prefix}weight_decay must be a number >= 0, got {decay!r}")
+    if sgd and not (is_number(momentum) and 0 <= momentum < 1):
+        raise ConfigError(f"{prefix}momentum must be in [0, 1) (SGD's), got {momentum!r}")
 
 
 def lr_multipliers(t: DictConfig) -> dict[str, float]:

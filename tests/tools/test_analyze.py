@@ -282,8 +282,9 @@ def test_bad_usage_gives_clear_errors(image_folder, tmp_path):
             ("solver.lr_steps=[1.5]", r"solver.lr_steps must be increasing fractions of the "
                                       r"iterations, each in \(0, 1\), got \[1.5\]"),
             ("solver.lr_steps=[0.8,0.5]", r"solver.lr_steps must be increasing"),
-            ("solver.gamma=0", r"solver.gamma must be in \(0, 1\], got 0"),
-            ("solver.momentum=1.5", r"solver.momentum must be in \[0, 1\), got 1.5"),
+            ("solver.gamma=0", r"solver.gamma must be in \(0, 1\] \(the factor of the lr at "
+                               r"each of solver.lr_steps\), got 0"),
+            ("solver.momentum=1.5", r"solver.momentum must be in \[0, 1\) \(SGD's\), got 1.5"),
             ("solver.weight_decay=-1", "solver.weight_decay must be a number >= 0, got -1"),
             ("solver.warmup_iters=-1", "solver.warmup_iters must be an integer >= 0, got -1"),
             ("solver.batch_size=0", "solver.batch_size must be a positive integer, got 0"),

@@ -7,7 +7,6 @@ and flip); configs/analyze/cifar_synthetic.yaml shortens it to minutes on a CPU.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from resnet_detect.engine.config import ConfigError, is_number, is_positive_int
 from resnet_detect import CONFIGS
 from resnet_detect.engine import init_distributed, to_plain
+from resnet_detect.engine.runner import check_solver_values
 
 from ..registry import list_models
 from .data import ClassificationSplit, load_splits
@@ -111,15 +111,12 @@ def _check_solver(s: DictConfig) -> None:
         ("batch_size", is_positive_int(s.batch_size), "a positive integer"),
         ("lr_steps", all(is_number(f) and 0 < f < 1 for f in steps) and steps == sorted(steps),
          "increasing fractions of the iterations, each in (0, 1)"),
-        ("gamma", is_number(s.gamma) and 0 < s.gamma <= 1, "in (0, 1]"),
-        ("momentum", is_number(s.momentum) and 0 <= s.momentum < 1, "in [0, 1)"),
-        ("weight_decay", is_number(s.weight_decay) and 0 <= s.weight_decay < math.inf,
-         "a number >= 0"),
         ("warmup_iters", isinstance(s.warmup_iters, int) and not isinstance(s.warmup_iters, bool)
          and s.warmup_iters >= 0, "an integer >= 0"))
     for key, valid, what in rules:
         if not valid:
             raise ConfigError(f"solver.{key} must be {what}, got {s[key]!r}")
+    check_solver_values(s, "solver.")  # (SGD with a step decay)
 
 
 def data_name(root: str) -> str:
