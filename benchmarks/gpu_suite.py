@@ -33,10 +33,15 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
   det_compile     a lever: ours in bf16 with the backbone + FPN under torch.compile, then with
                   the RPN and box heads compiled too, vs eager, and the seconds of the
                   first (compiling) step.
-  det_infer_compile  the same for det_infer (batch 1): inductor, and inductor with CUDA
-                  graphs ("reduce-overhead"), vs eager, and the seconds of the first call.
-On a GPU, det_train, det_infer and seg_train also measure the channels_last lever (bf16, both
-models).
+  det_infer_compile  the same for det_infer (batch 1) as test.compile does it: inductor,
+                  and inductor with CUDA graphs (test.compile_mode=reduce-overhead), vs eager,
+                  and the seconds of the first call.
+  seg_compile     a lever: DeepLabV3 training as seg_train's first setting (on a GPU: bf16,
+                  channels_last, the segmentation configs' default), with train.compile (the
+                  backbone under torch.compile), then with the heads compiled too, vs eager
+                  and vs torchvision's eager step.
+On a GPU, det_train, det_infer, mask_train and seg_train also measure the channels_last lever
+(model.channels_last, engine.memory_format.place_model) in bf16 and fp32, both models.
 det_train, mask_train, seg_train and det_infer add *_launches rows: operators dispatched and
 host syncs per step or image and, on a GPU, kernels and the GPU's busy time against the wall
 time (is the host the bound?).
@@ -75,12 +80,13 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone  # n
 from resnet_detect.backbones import build_classifier  # noqa: E402
 from resnet_detect.detection import build_model, load_detector_weights  # noqa: E402
 from resnet_detect.engine.compilation import compile_model  # noqa: E402
+from resnet_detect.engine.memory_format import place_model  # noqa: E402
 from resnet_detect.engine.data.synthetic import CATEGORY_IDS, generate  # noqa: E402
 from resnet_detect.engine.data.synthetic_shapes import compose_scene  # noqa: E402
 from resnet_detect.engine.tasks import load_task_config  # noqa: E402
 
 PHASES = ("data", "det_train", "det_infer", "syncs", "mask_train", "seg_train", "pretrain",
-          "torchrun", "det_compile", "det_infer_compile")
+          "torchrun", "det_compile", "det_infer_compile", "seg_compile")
 NUM_CLASSES = len(CATEGORY_IDS)
 TORCHRUN_TIMEOUT_S = 240  # each torchrun run of the phase: start-up, 2 steps and 2 checkpoints
 
@@ -373,7 +379,7 @@ def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
     ours, reference = detectors(suite, mask_on)
     ours.train(), reference.train()
     for precision, layout in _settings(device):
-        ours.to(memory_format=layout), reference.to(memory_format=layout)
+        set_layout((ours, reference), device, layout)
         ours_step = _train_step(ours, _sgd(ours), device, precision,
                                 lambda: ours(images, ours_targets))
         tv_step = _train_step(reference, _sgd(reference), device, precision,
@@ -384,19 +390,32 @@ def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
         if (precision, layout) == _settings(device)[0]:
             add_launch_rows(suite, phase, setting, len(images),
                             [("ours", ours_step, ours_m), ("torchvision", tv_step, tv_m)])
-    ours.to(memory_format=torch.contiguous_format)
+    set_layout((ours,), device, torch.contiguous_format)
 
 
 _LAYOUT_NAMES = {torch.contiguous_format: "", torch.channels_last: ", channels_last"}
 
 
 def _settings(device: torch.device) -> list[tuple[str, torch.memory_format]]:
-    """Each precision with the default layout; on a GPU also bf16 with channels_last weights
-    (every convolution then runs NHWC: a lever measured on both models)."""
+    """Each precision with the default layout; on a GPU each also with channels_last weights
+    (every convolution then runs NHWC: the model.channels_last lever, measured on both
+    models)."""
     settings = [(precision, torch.contiguous_format) for precision in precisions(device)]
     if device.type == "cuda":
-        settings.append(("bf16", torch.channels_last))
+        settings += [(precision, torch.channels_last) for precision in precisions(device)]
     return settings
+
+
+def set_layout(models: tuple[nn.Module, ...], device: torch.device,
+               layout: torch.memory_format) -> None:
+    """Every model's weights NCHW, or channels_last as model.channels_last makes them."""
+    for model in models:
+        model.to(memory_format=torch.contiguous_format)
+        if layout == torch.channels_last:
+            place_model(model, device, channels_last=True)
+            assert device.type != "cuda" or all(
+                m.weight.is_contiguous(memory_format=torch.channels_last)
+                for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
 def phase_detection_compile(suite: Suite) -> None:
@@ -412,25 +431,34 @@ def phase_detection_compile(suite: Suite) -> None:
     eager = measure(suite, _train_step(ours, _sgd(ours), device, precision,
                                        lambda: ours(images, targets)), len(images))
     backend = "inductor" if device.type == "cuda" else "eager"
-
-    def add_compiled(name: str) -> None:
-        step = _train_step(ours, _sgd(ours), device, precision, lambda: ours(images, targets))
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        first_step = time.perf_counter() - start
-        compiled = measure(suite, step, len(images))
-        suite.add("det_compile", name, setting, **compiled, first_step_s=first_step,
-                  vs_reference=f"{compiled['images_per_s'] / eager['images_per_s']:.2f}x "
-                               f"eager, first step {first_step:.0f} s")
-
     compile_model(ours, backend, device)  # as train.compile does
-    add_compiled("ours, backbone+FPN compiled")
+    add_compiled(suite, "det_compile", "ours, backbone+FPN compiled", setting,
+                 _train_step(ours, _sgd(ours), device, precision, lambda: ours(images, targets)),
+                 len(images), eager)
     # the heads too: the RPN head (one graph per level's shape) and the box head's MLP
     for head in (ours.rpn.head, ours.roi_heads.box_head, ours.roi_heads.box_predictor):
         head.compile(backend=backend)
-    add_compiled("ours, backbone+FPN and heads compiled")
+    add_compiled(suite, "det_compile", "ours, backbone+FPN and heads compiled", setting,
+                 _train_step(ours, _sgd(ours), device, precision, lambda: ours(images, targets)),
+                 len(images), eager)
     suite.add("det_compile", "ours, eager", setting, **eager)
+
+
+def add_compiled(suite: Suite, phase: str, name: str, setting: str, step: Callable[[], None],
+                 images_per_step: int, eager: dict[str, float],
+                 reference: dict[str, float] | None = None) -> None:
+    """A row for a compiled training step: its first (compiling) step timed apart, then
+    measured against the eager model's `eager` (and torchvision's `reference`)."""
+    start = time.perf_counter()
+    step()
+    _sync(suite.device)
+    first_step = time.perf_counter() - start
+    compiled = measure(suite, step, images_per_step)
+    versus = f"{compiled['images_per_s'] / eager['images_per_s']:.2f}x eager"
+    if reference is not None:
+        versus += f", {compiled['images_per_s'] / reference['images_per_s']:.2f}x torchvision"
+    suite.add(phase, name, setting, **compiled, first_step_s=first_step,
+              vs_reference=f"{versus}, first step {first_step:.0f} s")
 
 
 class SyncCounter(TorchFunctionMode):
@@ -509,7 +537,7 @@ def phase_detection_inference(suite: Suite) -> None:
     ours.eval()
     image = _inference_image(suite)
     for precision, layout in _settings(device):
-        ours.to(memory_format=layout), reference.to(memory_format=layout)
+        set_layout((ours, reference), device, layout)
         with torch.inference_mode(), autocast(device, precision):
             got, expected = ours([image])[0], reference([image.float() / 255])[0]
             same = (len(got["boxes"]) == len(expected["boxes"])
@@ -533,29 +561,28 @@ def phase_detection_inference(suite: Suite) -> None:
 
 
 def phase_detection_inference_compile(suite: Suite) -> None:
-    """Ours at batch 1 with the backbone + FPN under torch.compile against the same model
-    eager: inductor, then inductor with CUDA graphs (mode "reduce-overhead": the backbone's
-    hundreds of kernels replayed from one launch, the lever if the host's launches bound
-    inference). --smoke: the eager backend. Same weights and image as det_infer."""
+    """Ours at batch 1 with the backbone + FPN under torch.compile (test.compile) against the
+    same model eager: inductor, then inductor with CUDA graphs (test.compile_mode
+    reduce-overhead: the backbone's hundreds of kernels replayed from one launch, the lever if
+    the host's launches bound inference). --smoke: the eager backend. Same weights and image
+    as det_infer."""
     device = suite.device
     precision = precisions(device)[0]
     image = _inference_image(suite)
-    variants = [("eager", None, {})]
+    variants: list[tuple[str, str | None, str | None]] = [("eager", None, None)]
     if device.type == "cuda":
-        variants += [("backbone+FPN compiled", "inductor", {}),
-                     ("backbone+FPN compiled, CUDA graphs", "inductor",
-                      {"mode": "reduce-overhead"})]
+        variants += [("backbone+FPN compiled", "inductor", None),
+                     ("backbone+FPN compiled, CUDA graphs", "inductor", "reduce-overhead")]
     else:
-        variants += [("backbone+FPN compiled", "eager", {})]
+        variants += [("backbone+FPN compiled", "eager", None)]
     rows = []
-    for name, backend, options in variants:
+    for name, backend, mode in variants:
         torch._dynamo.reset()
         ours, reference = detectors(suite, mask_on=False)
         load_detector_weights(ours, reference.state_dict())
         del reference
         ours.eval()
-        if backend:
-            ours.backbone.compile(backend=backend, **options)
+        compile_model(ours, backend, device, key="test.compile", mode=mode)  # as Predictor
         with torch.inference_mode(), autocast(device, precision):
             start = time.perf_counter()
             count = len(ours([image])[0]["boxes"])
@@ -572,7 +599,19 @@ def phase_detection_inference_compile(suite: Suite) -> None:
 
 # ---- segmentation ----
 
-def phase_segmentation_train(suite: Suite) -> None:
+@dataclass
+class SegmentationRun:
+    """DeepLabV3-R50 OS8 (ours, from its config) and torchvision's, with their losses on one
+    batch of crops."""
+
+    ours: nn.Module
+    reference: nn.Module
+    ours_losses: Callable[[], dict[str, Tensor]]
+    reference_losses: Callable[[], dict[str, Tensor]]
+    batch: int
+
+
+def segmentation_run(suite: Suite) -> SegmentationRun:
     from torchvision.models.segmentation import deeplabv3_resnet50
 
     from resnet_detect.segmentation.build import build_model as build_segmentor
@@ -604,18 +643,51 @@ def phase_segmentation_train(suite: Suite) -> None:
         return {"main": F.cross_entropy(out["out"], gt, ignore_index=255),
                 "aux": 0.4 * F.cross_entropy(out["aux"], gt, ignore_index=255)}
 
+    return SegmentationRun(ours, reference, lambda: ours(images, targets), reference_losses,
+                           len(images))
+
+
+def phase_segmentation_train(suite: Suite) -> None:
+    device, s = suite.device, suite.sizes
+    run = segmentation_run(suite)
     for precision, layout in _settings(device):
-        ours.to(memory_format=layout), reference.to(memory_format=layout)
-        ours_step = _train_step(ours, _sgd(ours), device, precision,
-                                lambda: ours(images, targets))
-        ref_step = _train_step(reference, _sgd(reference), device, precision, reference_losses)
-        setting = f"{precision}{_LAYOUT_NAMES[layout]}, batch {len(images)}, {s.seg_crop}px"
-        ours_m = measure(suite, ours_step, len(images))
-        ref_m = measure(suite, ref_step, len(images))
+        set_layout((run.ours, run.reference), device, layout)
+        ours_step = _train_step(run.ours, _sgd(run.ours), device, precision, run.ours_losses)
+        ref_step = _train_step(run.reference, _sgd(run.reference), device, precision,
+                               run.reference_losses)
+        setting = f"{precision}{_LAYOUT_NAMES[layout]}, batch {run.batch}, {s.seg_crop}px"
+        ours_m = measure(suite, ours_step, run.batch)
+        ref_m = measure(suite, ref_step, run.batch)
         compare(suite, "seg_train", setting, ours_m, ref_m, "torchvision")
         if (precision, layout) == _settings(device)[0]:
-            add_launch_rows(suite, "seg_train", setting, len(images),
+            add_launch_rows(suite, "seg_train", setting, run.batch,
                             [("ours", ours_step, ours_m), ("torchvision", ref_step, ref_m)])
+
+
+def phase_segmentation_compile(suite: Suite) -> None:
+    """Ours with train.compile (the backbone), then with the heads compiled too, against the
+    same model eager and torchvision's eager step: bf16 and channels_last on a GPU (the
+    segmentation configs' model.channels_last), the eager backend in --smoke."""
+    device, s = suite.device, suite.sizes
+    run = segmentation_run(suite)
+    precision = precisions(device)[0]
+    set_layout((run.ours, run.reference), device, torch.channels_last)
+    setting = f"{precision}, channels_last, batch {run.batch}, {s.seg_crop}px"
+    reference = measure(suite, _train_step(run.reference, _sgd(run.reference), device,
+                                           precision, run.reference_losses), run.batch)
+    eager = measure(suite, _train_step(run.ours, _sgd(run.ours), device, precision,
+                                       run.ours_losses), run.batch)
+    backend = "inductor" if device.type == "cuda" else "eager"
+    compile_model(run.ours, backend, device)  # as train.compile does
+    add_compiled(suite, "seg_compile", "ours, backbone compiled (train.compile)", setting,
+                 _train_step(run.ours, _sgd(run.ours), device, precision, run.ours_losses),
+                 run.batch, eager, reference)
+    for head in (run.ours.head, run.ours.aux_head):
+        head.compile(backend=backend)
+    add_compiled(suite, "seg_compile", "ours, backbone and heads compiled", setting,
+                 _train_step(run.ours, _sgd(run.ours), device, precision, run.ours_losses),
+                 run.batch, eager, reference)
+    compare(suite, "seg_compile", setting, eager, reference, "torchvision")
 
 
 # ---- pretraining ----
@@ -730,7 +802,8 @@ RUNNERS: dict[str, Callable[[Suite], None]] = {
     "det_infer": phase_detection_inference, "syncs": phase_syncs,
     "mask_train": lambda suite: phase_detection_train(suite, mask_on=True),
     "seg_train": phase_segmentation_train, "pretrain": phase_pretrain, "torchrun": phase_torchrun,
-    "det_compile": phase_detection_compile, "det_infer_compile": phase_detection_inference_compile}
+    "det_compile": phase_detection_compile, "det_infer_compile": phase_detection_inference_compile,
+    "seg_compile": phase_segmentation_compile}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

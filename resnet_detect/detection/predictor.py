@@ -20,12 +20,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from resnet_detect.engine.compilation import compile_for_inference
 from resnet_detect.engine.config import ConfigError, as_override
 from resnet_detect.backbones.model_weights import use_recorded_normalisation
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from resnet_detect.engine.data import check_rgb_image, check_rgb_images
 from resnet_detect.engine.distributed import usable_device
 from resnet_detect.engine.host_memory import release_free_memory
+from resnet_detect.engine.memory_format import place_model
 from resnet_detect.engine.export import is_onnx, warn_of_settings_the_graph_keeps
 from resnet_detect.engine.visualize import Renderer, draw_detections, palette
 
@@ -129,7 +131,7 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
         model = build_model(cfg)
     load_detector_weights(model, {"model": state_dict, "provenance": provenance},
                           weight_bound_settings(cfg.model), source=str(source))
-    model.to(device).eval()
+    place_model(model, device, cfg.model.channels_last).eval()
     if foreign or not provenance.get("category_ids"):
         category_ids = list(range(1, num_classes + 1))  # torchvision: class k is id k + 1
     else:
@@ -253,6 +255,7 @@ class Predictor:
         self.transform = build_transforms(min_size=min_size, max_size=max_size, with_boxes=False)
         self.tta = None if is_onnx(weights) else tta_from_config(self.cfg)
         self.device = torch.device(device)
+        compile_for_inference(self.model, self.cfg, self.device, weights)
 
     def name_of(self, category_id: int) -> str:
         """Class name of a dataset category id."""

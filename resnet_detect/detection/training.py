@@ -26,6 +26,7 @@ from resnet_detect import backbones
 from resnet_detect.backbones.model_weights import resumed_model_check
 from resnet_detect.backbones.weights import read_checkpoint
 from resnet_detect.engine import atomic_write_json, is_main_process, to_plain
+from resnet_detect.engine.compilation import compile_for_inference
 from resnet_detect.engine.data import (CategoryMapping, CountedLoader, DatasetError, brief,
                                        build_test_loader, read_coco_json)
 from resnet_detect.engine.export import ExportError, is_onnx
@@ -155,6 +156,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     loaded = load_detector(config, weights=weights, overrides=overrides, device=device)
     backend = backend or coco_backend(loaded.cfg)
     tta = None if is_onnx(weights) else tta_from_config(loaded.cfg)
+    compile_for_inference(loaded.model, loaded.cfg, device, weights)
     val = build_val_dataset(loaded.cfg, resize=tta is None)
     if val is None:
         raise ConfigError("data.val.ann_file and data.val.img_dir must be set to evaluate")

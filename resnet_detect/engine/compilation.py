@@ -1,10 +1,17 @@
-"""`train.compile`: torch.compile the part of the model that dominates the step.
+"""`train.compile` and `test.compile`: torch.compile the part of the model that dominates the
+step (training) or the forward pass (tools/eval.py, Predictor, tools/demo.py).
 
 What is compiled: the model's `backbone` (ResNet + FPN for the detectors, the ResNet for the
 segmentation heads), or the whole model when it has none (the classifiers of pretraining).
 Compiling in place (`nn.Module.compile`) keeps the state_dict keys, so checkpoints are the same
 files with or without it. The first steps are slower (compilation); a detector trained with
 several image sizes compiles a few shape-generic graphs, not one per size.
+
+`test.compile_mode: reduce-overhead` (inductor only) also replays the compiled part as CUDA
+graphs on a GPU: one launch instead of hundreds of kernels per image, the lever where the
+host's launches bound inference at batch 1. A graph is recorded for each new input size, so
+it pays on a stream of one size (a camera, a video, images resized to one shape), and less on
+COCO's many sizes.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError
+from .export import is_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +52,46 @@ def _backends() -> list[str]:
     return sorted(torch._dynamo.list_backends(exclude_tags=()))
 
 
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def parse_compile_mode(value: Any, backend: str | None, key: str = "test.compile_mode",
+                       backend_key: str = "test.compile") -> str | None:
+    """torch.compile's `mode` for `backend`: None for "default".
+
+    Raises:
+        ConfigError: a mode not in MODES, or one given without the inductor backend (the
+            other backends take none, and without compilation it would be ignored).
+    """
+    if value in (None, "default"):
+        return None
+    if value not in MODES:
+        raise ConfigError(f"{key} must be one of {', '.join(MODES)}, got {value!r}")
+    if backend != "inductor":
+        raise ConfigError(f"{key}={value} needs {backend_key}: true (inductor), got "
+                          f"{backend_key}: {'false' if backend is None else backend}")
+    return str(value)
+
+
+def compile_for_inference(model: Any, cfg: Any, device: torch.device,
+                          weights: Any = None) -> Any:
+    """`model` compiled as the config's `test.compile` and `test.compile_mode` say (in place;
+    eager with a warning where the compiler is missing). An exported ONNX graph as `weights`
+    is run by ONNX Runtime: a compilation asked for is named as not applied. Returns `model`.
+
+    Raises:
+        ConfigError: a bad `test.compile` or `test.compile_mode`, named.
+    """
+    backend = parse_compile(cfg.test.compile, "test.compile")
+    mode = parse_compile_mode(cfg.test.compile_mode, backend)
+    if is_onnx(weights):
+        if backend is not None:
+            logger.warning("test.compile=%s is not applied: %s is run by ONNX Runtime",
+                           backend, weights)
+        return model
+    return compile_model(model, backend, device, key="test.compile", mode=mode)
+
+
 def compiler_missing(backend: str, device: torch.device) -> str | None:
     """Why `backend` cannot compile for `device` here, or None when it can."""
     if backend != "inductor":
@@ -57,17 +105,19 @@ def compiler_missing(backend: str, device: torch.device) -> str | None:
 
 
 def compile_model(model: nn.Module, backend: str | None, device: torch.device,
-                  key: str = "train.compile") -> nn.Module:
-    """Compile `model`'s backbone (or the whole model) in place with `backend`; eager, with a
-    warning naming `key`, where the compiler is unavailable. Returns `model`."""
+                  key: str = "train.compile", mode: str | None = None) -> nn.Module:
+    """Compile `model`'s backbone (or the whole model) in place with `backend` (and
+    torch.compile's `mode`); eager, with a warning naming `key`, where the compiler is
+    unavailable. Returns `model`."""
     if backend is None:
         return model
     missing = compiler_missing(backend, device)
     if missing:
-        logger.warning("%s=%s: %s; training eager", key, backend, missing)
+        logger.warning("%s=%s: %s; running eager", key, backend, missing)
         return model
     target = model.backbone if isinstance(getattr(model, "backbone", None), nn.Module) else model
-    target.compile(backend=backend)
-    logger.info("%s: %s compiled with torch.compile(backend=%r)", key,
-                "the backbone" if target is not model else "the model", backend)
+    target.compile(backend=backend, mode=mode)
+    logger.info("%s: %s compiled with torch.compile(backend=%r%s)", key,
+                "the backbone" if target is not model else "the model", backend,
+                f", mode={mode!r}" if mode else "")
     return model

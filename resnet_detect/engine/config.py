@@ -26,7 +26,7 @@ from .files import atomic_write_text
 
 BASE_KEY = "_base_"
 # switches that also take a name (checked where they are used: amp.py, compilation.py)
-NAMED_SWITCHES = ("train.amp", "train.compile")
+NAMED_SWITCHES = ("train.amp", "train.compile", "test.compile")
 # sizes that take one number or a list (detection: drawn per image in training, the largest
 # in testing)
 NUMBER_OR_LIST = ("data.train.min_size", "data.val.min_size")

@@ -41,6 +41,7 @@ from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
 from .ema import WeightAverage, check_ema_decay
 from .files import atomic_write_json, nan_to_none
 from .logging import ProgressLogger, ScalarWriter, rank_log_name, setup_logging
+from .memory_format import place_model
 from .model_check import weights_keys
 from .rng import rng_kept, seed_everything
 from .run_lock import exclusive_output_dir
@@ -648,8 +649,9 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
 
     torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
     seed_everything(t.seed)  # the same initial weights on every process
-    model = compile_model(done_everywhere(lambda: task.build_model(cfg), "build its model")
-                          .to(device), compile_backend, device)
+    model = place_model(done_everywhere(lambda: task.build_model(cfg), "build its model"),
+                        device, bool((cfg.get("model") or {}).get("channels_last", False)))
+    model = compile_model(model, compile_backend, device)
     seed_everything(t.seed + get_rank())  # distinct dropout / sampling per process
     ddp_model = wrap_ddp(model, device)
     norm_warning = unsynced_batch_norm_warning(model, batch_size, get_world_size(), device.type)

@@ -15,12 +15,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from resnet_detect.engine.compilation import compile_for_inference
 from resnet_detect.engine.config import ConfigError, as_override
 from resnet_detect.backbones.model_weights import use_recorded_normalisation
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from resnet_detect.engine.data import check_rgb_image, check_rgb_images
 from resnet_detect.engine.distributed import usable_device
 from resnet_detect.engine.host_memory import release_free_memory
+from resnet_detect.engine.memory_format import place_model
 from resnet_detect.engine.export import ExportError, is_onnx, warn_of_settings_the_graph_keeps
 from resnet_detect.engine.visualize import Renderer, draw_segmentation, palette
 
@@ -82,6 +84,8 @@ class Predictor:
             service fed images of many sizes keeps its size; False keeps that memory for the
             next call, which then page-faults less (BENCHMARKS.md, "A Predictor in a
             long-running process").
+        compiled: compile the model as `test.compile` says; False keeps it eager (an
+            export traces the eager model).
 
     Attributes:
         class_names: name of every class id (checkpoint provenance, else class_0..).
@@ -93,7 +97,7 @@ class Predictor:
     def __init__(self, config: str | os.PathLike | DictConfig | Mapping[str, Any] | None = None,
                  *, weights: str | os.PathLike | None = None, overrides: Sequence[str] = (),
                  device: str | torch.device = "cpu", tta: TTAInference | None = None,
-                 release_memory: bool = True) -> None:
+                 release_memory: bool = True, compiled: bool = True) -> None:
         device = usable_device(device)
         self._warned = False  # of a large image run whole
         self.release_memory = release_memory
@@ -132,7 +136,9 @@ class Predictor:
             self.model = build_model(cfg)
         load_segmentation_weights(self.model, checkpoint, weight_bound_settings(cfg.model),
                                   source=source, inference=True)
-        self.model.to(device).eval()
+        place_model(self.model, device, cfg.model.channels_last).eval()
+        if compiled:
+            compile_for_inference(self.model, cfg, torch.device(device))
         names = provenance.get("class_names") or []
         self.names_recorded = len(names) == self.model.num_classes
         if not self.names_recorded:  # torchvision's weights: the config's names, if it has any
@@ -164,7 +170,8 @@ class Predictor:
         # without a config, the overrides alone are the user's (not the defaults under them)
         compared = {key for key in ("test.scales", "test.flip", "test.window", "test.max_size")
                     if tta is not None or config is not None or key in overridden}
-        asked = tta or tta_from_config(_config({} if config is None else config, overrides))
+        cfg = _config({} if config is None else config, overrides)
+        asked = tta or tta_from_config(cfg)
         graph = (self.model.test_scale, self.model.test_max_size)
         if compared - {"test.max_size"} and asked.single_scale is None:
             raise ExportError(
@@ -179,6 +186,7 @@ class Predictor:
                          ("test.max_size", graph[1], asked.max_size))
                      if key in compared and exported != config_value]
         warn_of_settings_the_graph_keeps(weights, differing, overrides)
+        compile_for_inference(self.model, cfg, torch.device(device), weights)
         self.device = torch.device(device)
 
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:

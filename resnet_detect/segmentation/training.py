@@ -149,7 +149,7 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
                  ) -> dict[str, Any]:
     """Export `weights` built as `config` says to folder/model.onnx (tools/export.py);
     returns export.json."""
-    predictor = Predictor(config, weights=weights, overrides=overrides)
+    predictor = Predictor(config, weights=weights, overrides=overrides, compiled=False)
     tta = predictor.tta
     if tta.single_scale is None:
         raise ExportError(f"an exported segmenter runs one test scale without flip or windows; "

@@ -298,8 +298,11 @@ def test_mask_configs_only_add_the_mask_branch() -> None:
         faster = OmegaConf.to_container(load_detection_config(root / faster_file))
         mask = OmegaConf.to_container(load_detection_config(root / mask_file))
         assert not faster["model"]["mask_on"] and mask["model"]["mask_on"]
+        # and, for GPUs, NHWC weights (faster for Mask R-CNN, not for Faster R-CNN)
+        assert not faster["model"]["channels_last"]
+        assert mask["model"]["channels_last"] == mask_file.startswith("detection/")
         for cfg in (faster, mask):
-            del cfg["model"]["mask_on"], cfg["train"]["output_dir"]
+            del cfg["model"]["mask_on"], cfg["train"]["output_dir"], cfg["model"]["channels_last"]
             for key in [k for k in cfg["model"]["roi_heads"] if k.startswith("mask_")]:
                 del cfg["model"]["roi_heads"][key]
         assert faster == mask, mask_file

@@ -252,3 +252,63 @@ def test_a_batch_gives_each_images_own_detections(checkpoint: Path,
     with pytest.raises(ValueError, match=r"images\[1\]: Predictor expects a non-empty \(H, W, 3\) "
                                          r"uint8 RGB array, got float32"):
         predictor.predict_batch([same[0], same[1].astype(np.float32)])
+
+
+def test_test_compile_compiles_the_backbone_and_detects_the_same(checkpoint: Path) -> None:
+    """test.compile as train.compile: the backbone + FPN under torch.compile (aot_eager here,
+    as inductor compiles for minutes on these CPUs), the same detections at two sizes."""
+    overrides = ["model.roi_heads.score_thresh=0.0"]
+    eager = Predictor(None, weights=checkpoint, overrides=overrides)
+    compiled = Predictor(None, weights=checkpoint, overrides=[*overrides,
+                                                             "test.compile=aot_eager"])
+    assert compiled.model.backbone._compiled_call_impl is not None
+    assert eager.model.backbone._compiled_call_impl is None
+    for shape in ((80, 120, 3), (96, 72, 3)):
+        image = np.random.default_rng(shape[0]).integers(0, 256, shape, dtype=np.uint8)
+        expected, got = eager(image), compiled(image)
+        assert len(got["boxes"]) == len(expected["boxes"]) > 0
+        np.testing.assert_array_equal(got["labels"], expected["labels"])
+        np.testing.assert_allclose(got["boxes"], expected["boxes"], atol=1e-4)
+
+
+def test_bad_test_compile_values_are_named(checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match=r"test.compile must be false, true or a torch.compile "
+                                         r"backend \(.*\), got 'fastest'"):
+        Predictor(None, weights=checkpoint, overrides=["test.compile=fastest"])
+    with pytest.raises(ValueError, match=r"test.compile_mode=reduce-overhead needs "
+                                         r"test.compile: true"):
+        Predictor(None, weights=checkpoint, overrides=["test.compile_mode=reduce-overhead"])
+
+
+def test_an_export_named_with_test_compile_runs_uncompiled_and_says_so(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from resnet_detect.detection import predictor
+
+    class ExportedGraph:
+        mask_on = False
+        metadata = {"mask_on": False, "resize": {"short_side": 800, "max_size": 1333},
+                    "class_names": ["cell"], "category_ids": [1]}
+
+        def __init__(self, path: object, device: object) -> None:
+            pass
+
+    monkeypatch.setattr(predictor, "OnnxDetector", ExportedGraph)
+    with caplog.at_level("WARNING", logger="resnet_detect.engine.compilation"):
+        Predictor(None, weights="export/model.onnx")
+        assert not caplog.text
+        Predictor(None, weights="export/model.onnx", overrides=["test.compile=true"])
+    assert ("test.compile=inductor is not applied: export/model.onnx is run by ONNX Runtime"
+            in caplog.text)
+
+
+def test_an_export_traces_the_eager_model_whatever_test_compile_says(
+        checkpoint: Path, tmp_path: Path) -> None:
+    from resnet_detect.detection.training import export_model
+    export_model(str(CONFIG), str(checkpoint), tmp_path,
+                 [*TINY, "model.roi_heads.score_thresh=0.0", "test.compile=aot_eager"])
+    image = np.random.default_rng(5).integers(0, 256, (80, 120, 3), dtype=np.uint8)
+    expected = Predictor(None, weights=checkpoint,
+                         overrides=["model.roi_heads.score_thresh=0.0"])(image)
+    got = Predictor(None, weights=tmp_path / "model.onnx")(image)
+    assert len(got["boxes"]) == len(expected["boxes"]) > 0
+    np.testing.assert_allclose(got["boxes"], expected["boxes"], atol=1e-2)

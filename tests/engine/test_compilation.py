@@ -1,4 +1,5 @@
-"""engine.compilation: `train.compile` values, what gets compiled, the eager fallback."""
+"""engine.compilation: `train.compile` / `test.compile` values, what gets compiled, the eager
+fallback."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +10,8 @@ import torch
 from torch import nn
 
 from resnet_detect.engine import compilation
-from resnet_detect.engine.compilation import compile_model, parse_compile
+from resnet_detect.engine.compilation import compile_model, parse_compile, parse_compile_mode
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.runner import run_training
 from tests.tools.test_runner_tasks import _RegressionTask, _toy_config
 
@@ -72,3 +74,27 @@ def test_a_bad_compile_value_fails_before_anything_is_written(tmp_path: Path) ->
     with pytest.raises(ValueError, match="train.compile must be"):
         run_training(_RegressionTask(), cfg, CPU)
     assert not (tmp_path / "out").exists()
+
+
+def test_compile_modes_and_bad_ones_name_the_key() -> None:
+    assert parse_compile_mode("default", None) is None and parse_compile_mode(None, "eager") is None
+    assert parse_compile_mode("reduce-overhead", "inductor") == "reduce-overhead"
+    with pytest.raises(ConfigError, match=r"test.compile_mode must be one of default, "
+                                          r"reduce-overhead, .*, got 'cudagraphs'"):
+        parse_compile_mode("cudagraphs", "inductor")
+    # without compilation the mode was ignored; the other backends take no mode
+    with pytest.raises(ConfigError, match=r"test.compile_mode=reduce-overhead needs "
+                                          r"test.compile: true \(inductor\), got test.compile: "
+                                          r"false"):
+        parse_compile_mode("reduce-overhead", None)
+    with pytest.raises(ConfigError, match="got test.compile: aot_eager"):
+        parse_compile_mode("max-autotune", "aot_eager")
+
+
+def test_the_mode_reaches_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = {}
+    model = _Detector()
+    monkeypatch.setattr(model.backbone, "compile", lambda **kwargs: asked.update(kwargs))
+    compile_model(model, "inductor", CPU, key="test.compile", mode="reduce-overhead")
+    assert asked == {"backend": "inductor", "mode": "reduce-overhead"}
+

@@ -317,3 +317,28 @@ def test_an_export_without_a_config_names_the_overrides_it_does_not_follow(
     with pytest.raises(ValueError, match=r"x.onnx runs one test scale, 0.5, .* the config asks "
                                          r"for test.scales=\[0.5\] test.flip=True"):
         Predictor(None, weights="x.onnx", overrides=["test.scales=[0.5]", "test.flip=true"])
+
+
+def test_test_compile_compiles_the_backbone_but_not_for_an_export(tmp_path, small_config):
+    """test.compile: the same class maps; an export traces the eager model (its graph gives
+    the PyTorch maps) whatever the config says."""
+    from omegaconf import OmegaConf
+
+    from resnet_detect.segmentation.export import OnnxSegmentor
+    from resnet_detect.segmentation.training import export_model
+    cfg = small_config("deeplabv3", num_classes=4)
+    path = _random_weights(cfg, tmp_path / "w.pth")
+    eager = Predictor(cfg, weights=path)
+    compiled = Predictor(cfg, weights=path, overrides=["test.compile=aot_eager"])
+    assert compiled.model.backbone._compiled_call_impl is not None
+    images = [np.random.default_rng(i).integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8)
+              for i in range(2)]
+    for image in images:
+        np.testing.assert_array_equal(compiled(image)["mask"], eager(image)["mask"])
+    config = tmp_path / "config.yaml"
+    OmegaConf.save(OmegaConf.create(cfg), config)
+    export_model(str(config), str(path), tmp_path / "export", ["test.compile=aot_eager"])
+    graph = OnnxSegmentor(tmp_path / "export")
+    for image in images:
+        got = graph([torch.from_numpy(image.transpose(2, 0, 1).copy())])[0]["mask"]
+        assert (got.numpy() != eager(image)["mask"]).mean() <= 1e-3

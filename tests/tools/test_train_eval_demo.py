@@ -187,6 +187,23 @@ def test_eval_with_test_time_augmentation_scores_what_the_predictor_gives(
     assert not np.allclose(plain(image)["scores"], expected["scores"])  # the views did something
 
 
+def test_eval_with_test_compile_scores_as_eager(trained: Path, data: Path,
+                                               tmp_path: Path) -> None:
+    """test.compile (aot_eager here: inductor compiles for minutes on these CPUs) gives
+    tools/eval.py the eager model's detections; a bad value is named before any output."""
+    args = [str(CONFIG), "--weights", str(trained / "model_final.pth"), *data_overrides(data),
+            "model.roi_heads.score_thresh=0.0"]
+    eager = load_tool("eval").main([*args, "--output", str(tmp_path / "eager")])
+    compiled = load_tool("eval").main([*args, "--output", str(tmp_path / "compiled"),
+                                       "test.compile=aot_eager"])
+    assert compiled["bbox"]["stats"] == pytest.approx(eager["bbox"]["stats"], abs=1e-9)
+    assert eager["bbox"]["AP"] > 0
+    with pytest.raises(ConfigError, match=r"test.compile must be false, true or a "
+                                          r"torch.compile backend .*got 'fast'"):
+        load_tool("eval").main([*args, "--output", str(tmp_path / "bad"), "test.compile=fast"])
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_file_without_annotations_gets_its_detections_written_and_nothing_scored(
         trained: Path, data: Path, tmp_path: Path) -> None:
     """COCO's test-dev image info: images and categories, no annotations key."""
