@@ -21,7 +21,9 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
   syncs           host syncs in one detection training step, ours vs torchvision's: the
                   Python-visible ones (.item, nonzero, bool masks, ...) everywhere, and on a
                   GPU every one (torch.cuda.set_sync_debug_mode).
-  mask_train      Mask R-CNN R50-FPN, the same way, vs torchvision's MaskRCNN.
+  mask_train      Mask R-CNN R50-FPN, the same way, vs torchvision's MaskRCNN; on a GPU also
+                  bf16 with cudnn.benchmark off (the suite turns it on; the mask head's
+                  convolutions see a new RoI count at every step).
   seg_train       DeepLabV3-R50 OS8 at 512x512 crops, batch 16, vs torchvision's
                   deeplabv3_resnet50 (aux head on both).
   pretrain        ResNet-50 at 224x224, batch 256, bf16: tools/pretrain.py's JPEG loader (one
@@ -378,18 +380,33 @@ def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
                    **({"masks": t["gt_masks"]} if mask_on else {})} for t in ours_targets]
     ours, reference = detectors(suite, mask_on)
     ours.train(), reference.train()
-    for precision, layout in _settings(device):
-        set_layout((ours, reference), device, layout)
-        ours_step = _train_step(ours, _sgd(ours), device, precision,
-                                lambda: ours(images, ours_targets))
-        tv_step = _train_step(reference, _sgd(reference), device, precision,
-                              lambda: reference([i.float() / 255 for i in images], tv_targets))
-        setting = f"{precision}{_LAYOUT_NAMES[layout]}, batch {len(images)}"
-        ours_m, tv_m = measure(suite, ours_step, len(images)), measure(suite, tv_step, len(images))
-        compare(suite, phase, setting, ours_m, tv_m, "torchvision")
-        if (precision, layout) == _settings(device)[0]:
-            add_launch_rows(suite, phase, setting, len(images),
-                            [("ours", ours_step, ours_m), ("torchvision", tv_step, tv_m)])
+    settings = [(precision, layout, True) for precision, layout in _settings(device)]
+    if mask_on and device.type == "cuda":
+        # the mask head's convolutions get another RoI count at every step, so cudnn.benchmark
+        # (the suite's, and runs 1-4's, setting) may time its algorithms anew at every step;
+        # without it (train.cudnn_benchmark's default) the step may be another
+        settings += [("bf16", layout, False)
+                     for layout in (torch.contiguous_format, torch.channels_last)]
+    benchmark_before = torch.backends.cudnn.benchmark
+    try:
+        for index, (precision, layout, benchmark) in enumerate(settings):
+            torch.backends.cudnn.benchmark = benchmark_before and benchmark
+            set_layout((ours, reference), device, layout)
+            ours_step = _train_step(ours, _sgd(ours), device, precision,
+                                    lambda: ours(images, ours_targets))
+            tv_step = _train_step(reference, _sgd(reference), device, precision,
+                                  lambda: reference([i.float() / 255 for i in images],
+                                                    tv_targets))
+            setting = (f"{precision}{_LAYOUT_NAMES[layout]}"
+                       f"{'' if benchmark else ', cudnn.benchmark off'}, batch {len(images)}")
+            ours_m = measure(suite, ours_step, len(images))
+            tv_m = measure(suite, tv_step, len(images))
+            compare(suite, phase, setting, ours_m, tv_m, "torchvision")
+            if index == 0 or (not benchmark and layout == torch.contiguous_format):
+                add_launch_rows(suite, phase, setting, len(images),
+                                [("ours", ours_step, ours_m), ("torchvision", tv_step, tv_m)])
+    finally:
+        torch.backends.cudnn.benchmark = benchmark_before
     set_layout((ours,), device, torch.contiguous_format)
 
 
