@@ -35,9 +35,10 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
   det_compile     a lever: ours in bf16 with the backbone + FPN under torch.compile, then with
                   the RPN and box heads compiled too, vs eager, and the seconds of the
                   first (compiling) step.
-  det_infer_compile  the same for det_infer (batch 1) as test.compile does it: inductor,
-                  and inductor with CUDA graphs (test.compile_mode=reduce-overhead), vs eager,
-                  and the seconds of the first call.
+  det_infer_compile  the same for det_infer (batch 1, float32 as Predictor runs) as
+                  test.compile does it: inductor, and inductor with CUDA graphs
+                  (test.compile_mode=reduce-overhead), vs eager, and the seconds of the first
+                  call.
   seg_compile     a lever: DeepLabV3 training as seg_train's first setting (on a GPU: bf16,
                   channels_last, the segmentation configs' default), with train.compile (the
                   backbone under torch.compile), then with the heads compiled too, vs eager
@@ -582,9 +583,9 @@ def phase_detection_inference_compile(suite: Suite) -> None:
     same model eager: inductor, then inductor with CUDA graphs (test.compile_mode
     reduce-overhead: the backbone's hundreds of kernels replayed from one launch, the lever if
     the host's launches bound inference). --smoke: the eager backend. Same weights and image
-    as det_infer."""
+    as det_infer, in float32 as Predictor and tools/eval.py run (run 4 measured bf16)."""
     device = suite.device
-    precision = precisions(device)[0]
+    precision = "fp32"
     image = _inference_image(suite)
     variants: list[tuple[str, str | None, str | None]] = [("eager", None, None)]
     if device.type == "cuda":

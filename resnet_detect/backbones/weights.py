@@ -45,8 +45,9 @@ def make_provenance(arch: str, options: Mapping[str, Any] | None = None, *,
 def save_checkpoint(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
                     provenance: Mapping[str, Any], **extra: Any) -> None:
     """Write `{"model", "provenance", **extra}` atomically (temp file, then rename), with
-    its SHA-256 beside it (`read_checkpoint` refuses the file once damaged)."""
-    payload = {"model": {k: v.detach().cpu() for k, v in state_dict.items()},
+    its SHA-256 beside it (`read_checkpoint` refuses the file once damaged); NCHW tensors
+    whatever the model's layout (model.channels_last)."""
+    payload = {"model": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
                "provenance": dict(provenance), **extra}
     atomic_save(payload, path, checksum=True)
 

@@ -26,7 +26,7 @@ from resnet_detect import backbones
 from resnet_detect.backbones.model_weights import resumed_model_check
 from resnet_detect.backbones.weights import read_checkpoint
 from resnet_detect.engine import atomic_write_json, is_main_process, to_plain
-from resnet_detect.engine.compilation import compile_for_inference
+from resnet_detect.engine.compilation import compile_for_inference, inference_compile_settings
 from resnet_detect.engine.data import (CategoryMapping, CountedLoader, DatasetError, brief,
                                        build_test_loader, read_coco_json)
 from resnet_detect.engine.export import ExportError, is_onnx
@@ -260,6 +260,7 @@ class DetectionTask:
         # COCO's size), not at tools/eval.py after the training; the training split's are
         # checked before it is read
         tta_from_config(cfg)
+        inference_compile_settings(cfg)
         data = build_datasets(cfg)
         resolve_num_classes(cfg, data.mapping)
         _refuse_lvis_metric_without_lvis(cfg)

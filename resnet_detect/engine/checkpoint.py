@@ -40,7 +40,8 @@ from .distributed import (all_gather_object, any_process, barrier, get_rank, get
 from .distributed import unwrap_model
 from .ema import WeightAverage
 from .files import atomic_save, atomic_write_text, checksum_file, read_checked_bytes, sha256_of
-from .optim import fill_momentum_buffers
+from .memory_format import contiguous
+from .optim import fill_momentum_buffers, match_state_layouts
 from .rng import get_rng_state, set_rng_state
 from .schedule import restore_position
 
@@ -118,12 +119,13 @@ class Checkpointer:
         path = self.path_of(iteration)
         error = None
         if is_main_process():
-            state = {"model": unwrap_model(self.model).state_dict(), "iteration": int(iteration),
+            state = {"model": contiguous(unwrap_model(self.model).state_dict()),
+                     "iteration": int(iteration),
                      "world_size": get_world_size(), "rng": rng_states,
                      "extra": dict(extra or {})}
             if self.average is not None:
                 state["training_weights"] = state["model"]
-                state["model"] = self.average.state_dict()
+                state["model"] = contiguous(self.average.state_dict())
             if self.provenance is not None:
                 state["provenance"] = self.provenance
             for name, component in self.components.items():
@@ -254,6 +256,7 @@ class Checkpointer:
             group.update(values)
         if optimizer is not None:  # a checkpoint of older code may lack some buffers
             fill_momentum_buffers(optimizer)
+            match_state_layouts(optimizer)
         if scheduler is not None:
             restore_position(scheduler, state["scheduler"])  # and the lr at that position
         if self.average is not None and training is None:
@@ -440,7 +443,7 @@ class BestWeights:
         written = True  # (the other processes write nothing: their best is not used)
         if is_main_process():
             try:
-                atomic_save({"model": {k: v.detach().cpu() for k, v in
+                atomic_save({"model": {k: v.detach().cpu().contiguous() for k, v in
                                        unwrap_model(self.model).state_dict().items()},
                              "provenance": self.provenance, "iteration": int(iteration),
                              "best": {"metric": self.metric, "value": float(value)}}, self.path,

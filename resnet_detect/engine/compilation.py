@@ -73,6 +73,17 @@ def parse_compile_mode(value: Any, backend: str | None, key: str = "test.compile
     return str(value)
 
 
+def inference_compile_settings(cfg: Any) -> tuple[str | None, str | None]:
+    """(backend, mode) from the config's `test.compile` and `test.compile_mode`; training
+    checks them before its first step (its evaluations do not use them, tools/eval.py does).
+
+    Raises:
+        ConfigError: a bad value, naming its key.
+    """
+    backend = parse_compile(cfg.test.compile, "test.compile")
+    return backend, parse_compile_mode(cfg.test.compile_mode, backend)
+
+
 def compile_for_inference(model: Any, cfg: Any, device: torch.device,
                           weights: Any = None) -> Any:
     """`model` compiled as the config's `test.compile` and `test.compile_mode` say (in place;
@@ -82,8 +93,7 @@ def compile_for_inference(model: Any, cfg: Any, device: torch.device,
     Raises:
         ConfigError: a bad `test.compile` or `test.compile_mode`, named.
     """
-    backend = parse_compile(cfg.test.compile, "test.compile")
-    mode = parse_compile_mode(cfg.test.compile_mode, backend)
+    backend, mode = inference_compile_settings(cfg)
     if is_onnx(weights):
         if backend is not None:
             logger.warning("test.compile=%s is not applied: %s is run by ONNX Runtime",

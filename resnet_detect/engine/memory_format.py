@@ -14,8 +14,10 @@ device (backbones/pretraining.py).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 def place_model(model: nn.Module, device: torch.device | str, channels_last: bool) -> nn.Module:
@@ -26,3 +28,10 @@ def place_model(model: nn.Module, device: torch.device | str, channels_last: boo
     if channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def contiguous(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The state_dict with NCHW (contiguous) tensors, as checkpoints are written whatever the
+    model's layout: a file reads the same on any device, for any reader (a `.view`, a
+    safetensors conversion)."""
+    return {key: value.contiguous() for key, value in state_dict.items()}

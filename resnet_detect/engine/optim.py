@@ -93,3 +93,16 @@ def fill_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
                 if state.get("momentum_buffer") is None:
                     state["momentum_buffer"] = torch.zeros_like(
                         param, memory_format=torch.preserve_format)
+
+
+def match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (momentum, Adam's moments) its parameter's memory
+    layout. A checkpoint keeps its tensors' strides: a GPU run with model.channels_last saved
+    NHWC buffers; resumed beside NCHW parameters (on a CPU, or with channels_last changed),
+    the fused step, which walks the tensors as flat arrays, updated the weights with the wrong
+    buffer elements on a CPU (and refuses mixed strides on a GPU)."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if (isinstance(value, torch.Tensor) and value.shape == param.shape
+                    and value.stride() != param.stride()):
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)

@@ -22,6 +22,7 @@ from resnet_detect import backbones
 from resnet_detect.backbones.model_weights import resumed_model_check
 from resnet_detect.backbones.weights import read_checkpoint
 from resnet_detect.engine import atomic_write_json, is_main_process
+from resnet_detect.engine.compilation import inference_compile_settings
 from resnet_detect.engine.export import ExportError, check_class_names, is_onnx
 from resnet_detect.engine.files import nan_to_none
 from resnet_detect.engine.data import CountedLoader, DatasetError
@@ -186,6 +187,7 @@ class SemSegTask:
     def prepare(self, cfg: DictConfig) -> TaskData:
         check_model_config(build_model, cfg, read_weights=read_checkpoint)
         self.tta = tta_from_config(cfg)  # its errors before training, not at the evaluation
+        inference_compile_settings(cfg)
         train = build_dataset(cfg, "train")  # checks the data first
         if not train.labelled:
             raise DatasetError(f"{cfg.data.train.ann_file} has no annotations: nothing to "

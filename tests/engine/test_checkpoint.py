@@ -234,6 +234,50 @@ def test_resume_takes_this_runs_schedule_and_hyperparameters(tmp_path: Path) -> 
     assert same.param_groups[0]["lr"] == opt.param_groups[0]["lr"]  # bit for bit
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_checkpoint_of_nhwc_weights_resumes_bit_identically_on_nchw_ones(
+        tmp_path: Path, optimizer: str) -> None:
+    """A GPU run with model.channels_last saves NHWC momentum buffers (and Adam moments);
+    resumed beside NCHW weights (on a CPU, or with channels_last changed), the fused step read
+    them as flat arrays: other elements' momentum in every update (max weight difference 0.28
+    after one step in a reviewer's run). Written weights are NCHW whatever the layout."""
+    def build(layout: torch.memory_format) -> tuple[nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+        model.to(memory_format=layout)  # what place_model does on a GPU
+        params = model.parameters()
+        return model, (torch.optim.SGD(params, lr=0.1, momentum=0.9, fused=True)
+                       if optimizer == "sgd" else torch.optim.AdamW(params, lr=0.1, fused=True))
+
+    def steps(model: nn.Module, opt: torch.optim.Optimizer, seeds: range) -> None:
+        for seed in seeds:
+            x = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(seed))
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+
+    nhwc, opt = build(torch.channels_last)
+    steps(nhwc, opt, range(3))
+    state = next(v for v in opt.state[nhwc[0].weight].values() if v.dim() == 4)
+    assert state.is_contiguous(memory_format=torch.channels_last)
+    Checkpointer(tmp_path / "nhwc", model=nhwc, optimizer=opt).save(3)
+    assert all(v.is_contiguous() for v in torch.load(
+        tmp_path / "nhwc/model_0000003.pth", weights_only=True)["model"].values())
+    # the same values with NCHW optimizer state: the checkpoint of an NCHW run
+    for per_param in opt.state.values():
+        for key, value in per_param.items():
+            per_param[key] = value.contiguous()
+    Checkpointer(tmp_path / "nchw", model=nhwc, optimizer=opt).save(3)
+    resumed = {}
+    for name in ("nhwc", "nchw"):
+        model, opt = build(torch.contiguous_format)
+        Checkpointer(tmp_path / name, model=model, optimizer=opt).resume()
+        steps(model, opt, range(3, 5))
+        resumed[name] = model.state_dict()
+    for key, value in resumed["nchw"].items():
+        assert torch.equal(resumed["nhwc"][key], value), key
+
+
 def test_the_fp16_loss_scale_resumes_where_it_was(tmp_path: Path) -> None:
     """fp16's GradScaler state (its scale, its count of steps since the last overflow) comes
     back: at the default scale of 65536 a resumed run would repeat its first overflows, each a

@@ -93,7 +93,11 @@ def test_a_bad_test_section_is_named_before_the_data_is_read(tmp_path):
                                 (["test.scales=[0]"], "scales must be positive"),
                                 (["test.scales=[]"], "scales must be positive"),
                                 (["model.head.name=deeplabv3plsu"], "unknown model.head.name "
-                                 "'deeplabv3plsu'; valid: ")):
+                                 "'deeplabv3plsu'; valid: "),
+                                (["test.compile=inductr"], r"test.compile must be false, true "
+                                 r"or a torch.compile backend \(.*\), got 'inductr'"),
+                                (["test.compile_mode=reduce-overhead"], "test.compile_mode="
+                                 "reduce-overhead needs test.compile: true")):
         with pytest.raises(ConfigError, match=expected):  # one line from the tools
             SemSegTask().prepare(load_config(config, overrides + no_data))
     with pytest.raises(ConfigError, match="test.scales must be a list of numbers, got 1.0"):

@@ -700,6 +700,11 @@ def test_a_bad_test_section_is_refused_before_training(data: Path, tmp_path: Pat
                                                     "(pixels), got [0, 64]")):
         load_tool("train").main(train_args(data, tmp_path / "out", 2, "test.min_sizes=[0,64]",
                                            f"data.train.ann_file={tmp_path / 'nowhere.json'}"))
+    with pytest.raises(ConfigError, match=r"test.compile_mode must be one of default, "
+                                          r"reduce-overhead, .*got 'reduce_overhead'"):
+        load_tool("train").main(train_args(data, tmp_path / "out", 2, "test.compile=true",
+                                           "test.compile_mode=reduce_overhead",
+                                           f"data.train.ann_file={tmp_path / 'nowhere.json'}"))
 
 
 def test_a_best_metric_the_val_split_leaves_undefined_is_warned_of(
