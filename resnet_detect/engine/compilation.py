@@ -4,8 +4,11 @@ step (training) or the forward pass (tools/eval.py, Predictor, tools/demo.py).
 What is compiled: the model's `backbone` (ResNet + FPN for the detectors, the ResNet for the
 segmentation heads), or the whole model when it has none (the classifiers of pretraining).
 Compiling in place (`nn.Module.compile`) keeps the state_dict keys, so checkpoints are the same
-files with or without it. The first steps are slower (compilation); a detector trained with
-several image sizes compiles a few shape-generic graphs, not one per size.
+files with or without it. The first steps are slower (compilation). Inference at new image
+sizes reuses a few shape-generic graphs; training may not: on a CPU inductor fixes the sizes
+of each convolution's backward, so a detector trained at many sizes compiles again at each new
+one, up to dynamo's recompile limit (8), and runs eager at sizes met after it (warned by
+torch). Training compiles pay at fixed sizes (crops; the GPU suite's batches).
 
 `test.compile_mode: reduce-overhead` (inductor only) also replays the compiled part as CUDA
 graphs on a GPU: one launch instead of hundreds of kernels per image, the lever where the
@@ -48,8 +51,14 @@ def parse_compile(value: Any, key: str = "train.compile") -> str | None:
 
 
 def _backends() -> list[str]:
+    """torch.compile's backends for users, and its two debugging ones (eager, aot_eager:
+    tracing without code generation)."""
     import torch._dynamo
-    return sorted(torch._dynamo.list_backends(exclude_tags=()))
+    return sorted({*torch._dynamo.list_backends(), "eager", "aot_eager"})
+
+
+# backends whose compiler is a package of its own, imported at the first call
+_PACKAGES = {"tvm": "tvm", "openxla": "torch_xla"}
 
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -104,6 +113,11 @@ def compile_for_inference(model: Any, cfg: Any, device: torch.device,
 
 def compiler_missing(backend: str, device: torch.device) -> str | None:
     """Why `backend` cannot compile for `device` here, or None when it can."""
+    package = _PACKAGES.get(backend)
+    if package is not None and importlib.util.find_spec(package) is None:
+        return f"{backend} needs the {package} package and it is not installed"
+    if backend == "cudagraphs" and device.type != "cuda":
+        return "cudagraphs needs a GPU"
     if backend != "inductor":
         return None
     if device.type == "cuda" and importlib.util.find_spec("triton") is None:
@@ -125,6 +139,9 @@ def compile_model(model: nn.Module, backend: str | None, device: torch.device,
     if missing:
         logger.warning("%s=%s: %s; running eager", key, backend, missing)
         return model
+    if mode in ("reduce-overhead", "max-autotune") and device.type != "cuda":
+        logger.warning("%s_mode=%s: its CUDA graphs need a GPU; compiled without them", key,
+                       mode)
     target = model.backbone if isinstance(getattr(model, "backbone", None), nn.Module) else model
     target.compile(backend=backend, mode=mode)
     logger.info("%s: %s compiled with torch.compile(backend=%r%s)", key,

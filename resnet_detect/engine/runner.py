@@ -664,18 +664,19 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     evaluated = average.applied if average is not None else nullcontext
     skipped = _SkipCounter(steps)
 
-    stand_in: list[Any] = []  # under DDP: this process's last batch with images
+    # under DDP: the first readable training image, read when a batch had none; the same
+    # in a resumed run (this process's last batch, as it was, was not in the checkpoint: a
+    # resume ahead of an unreadable batch ended with other weights)
+    stand_in: list[Any] = []
 
     def step_fn(net: nn.Module, batch: list[dict[str, Any]]) -> Mapping[str, torch.Tensor]:
         skipped.add_batch(batch_size, len(batch), trainer.iter)
         if batch:
-            if get_world_size() > 1:
-                stand_in[:] = [batch]
             return task.losses(net, batch, device)
         # every image of the batch unreadable
         if get_world_size() > 1:
             # DDP's forward and backward are collective: run the model as the other processes
-            # do, on a batch read before, with the same losses times zero (no gradient of its
+            # do, on a readable image, with the same losses times zero (no gradient of its
             # own to average in)
             if not stand_in:
                 stand_in.append(_first_readable_batch(data))

@@ -98,3 +98,31 @@ def test_the_mode_reaches_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None
     compile_model(model, "inductor", CPU, key="test.compile", mode="reduce-overhead")
     assert asked == {"backend": "inductor", "mode": "reduce-overhead"}
 
+
+
+def test_testing_backends_are_refused_and_missing_compilers_leave_the_model_eager(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """tvm and openxla passed the check and failed at the first call with a traceback (their
+    packages are imported then); dynamo's testing backends were listed as choices."""
+    with pytest.raises(ConfigError, match=r"got 'relu_compile_error_TESTING_ONLY'") as error:
+        parse_compile("relu_compile_error_TESTING_ONLY", "test.compile")
+    assert "TESTING_ONLY" not in str(error.value).split("(")[1].split(")")[0]
+    assert parse_compile("tvm", "test.compile") == "tvm"  # a real backend, if installed
+    monkeypatch.setattr(compilation.importlib.util, "find_spec", lambda name: None)
+    model = _Detector()
+    with caplog.at_level(logging.WARNING):
+        compile_model(model, "tvm", CPU, key="test.compile")
+        compile_model(model, "cudagraphs", CPU, key="test.compile")
+    assert model.backbone._compiled_call_impl is None
+    assert "test.compile=tvm: tvm needs the tvm package and it is not installed" in caplog.text
+    assert "test.compile=cudagraphs: cudagraphs needs a GPU; running eager" in caplog.text
+
+
+def test_cuda_graph_modes_on_a_cpu_say_they_compile_without_them(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    model = _Detector()
+    monkeypatch.setattr(model.backbone, "compile", lambda **kwargs: None)
+    with caplog.at_level(logging.WARNING):
+        compile_model(model, "inductor", CPU, key="test.compile", mode="reduce-overhead")
+    assert ("test.compile_mode=reduce-overhead: its CUDA graphs need a GPU; compiled without "
+            "them") in caplog.text

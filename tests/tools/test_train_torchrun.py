@@ -50,20 +50,11 @@ def test_a_process_whose_batch_is_unreadable_keeps_step_with_the_other(
     included, one process has no image. It still runs DDP's collective forward and backward
     (it used to wait in them for the other until the 30-minute timeout); both end equal. Each
     process's warnings are in the run's folder."""
-    coco = json.loads((data / "coco/train.json").read_text())
-    coco["images"] = coco["images"][:2]
-    kept = {image["id"] for image in coco["images"]}
-    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in kept]
-    (tmp_path / "train.json").write_text(json.dumps(coco))
-    images = tmp_path / "images"
-    images.mkdir()
-    for image in coco["images"]:
-        shutil.copy(data / "images/train" / image["file_name"], images)
-    truncated = images / coco["images"][1]["file_name"]
-    truncated.write_bytes(truncated.read_bytes()[:300])
+    overrides = _last_image_unreadable(data, tmp_path, 2)
+    truncated = Path(overrides[1].split("=", 1)[1]) / json.loads(
+        (tmp_path / "train.json").read_text())["images"][1]["file_name"]
     out = tmp_path / "out"
-    args = train_args(data, out, 3, f"data.train.ann_file={tmp_path / 'train.json'}",
-                      f"data.train.img_dir={images}", "train.seed=5")
+    args = train_args(data, out, 3, *overrides, "train.seed=5")
     log = run_two_processes("train", args, tmp_path, timeout=90)
     assert "train: skipped 3 unreadable image reads" in log
     # each skipped read named in the run's folder, rank 1's in its own file (its console was
@@ -74,6 +65,43 @@ def test_a_process_whose_batch_is_unreadable_keeps_step_with_the_other(
     rank1 = torch.load(out / "rank1.pth", weights_only=True)
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
+
+
+def _last_image_unreadable(data: Path, tmp_path: Path, count: int) -> list[str]:  # noqa: F811
+    """Overrides training on the first `count` images, the last truncated."""
+    coco = json.loads((data / "coco/train.json").read_text())
+    coco["images"] = coco["images"][:count]
+    kept = {image["id"] for image in coco["images"]}
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in kept]
+    (tmp_path / "train.json").write_text(json.dumps(coco))
+    images = tmp_path / "images"
+    images.mkdir()
+    for image in coco["images"]:
+        shutil.copy(data / "images/train" / image["file_name"], images)
+    truncated = images / coco["images"][-1]["file_name"]
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    return [f"data.train.ann_file={tmp_path / 'train.json'}", f"data.train.img_dir={images}"]
+
+
+@pytest.mark.slow
+def test_a_resume_ahead_of_an_unreadable_batch_ends_as_the_run_that_never_stopped(
+        data: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The process without an image runs the model on a stand-in batch (losses times zero):
+    it was its last readable batch, which a resumed run had not read, so it took another
+    image: other random draws, other weights after it. Three images, the third unreadable;
+    with seed 0 process 0 gets images 0, 2, 1, 2, 1, 2 at steps 1-6: at step 4, the first
+    after the resume, it has none, and its last readable image was image 1."""
+    args = [*_last_image_unreadable(data, tmp_path, 3), "train.seed=0", "train.lr_decay=step",
+            "train.checkpoint_period=3"]
+    run_two_processes("train", train_args(data, tmp_path / "whole", 6, *args), tmp_path,
+                      timeout=120)
+    run_two_processes("train", [*train_args(data, tmp_path / "resumed", 6, *args),
+                                f"--resume-from={tmp_path / 'whole/model_0000003.pth'}"],
+                      tmp_path, timeout=120)
+    whole = torch.load(tmp_path / "whole/model_final.pth", weights_only=True)["model"]
+    resumed = torch.load(tmp_path / "resumed/model_final.pth", weights_only=True)["model"]
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
 
 
 @pytest.mark.slow
