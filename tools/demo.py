@@ -29,7 +29,8 @@ from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.data import UnreadableImageError, listing  # noqa: E402
 from resnet_detect.engine.export import is_onnx  # noqa: E402
 from resnet_detect.engine.files import writable_folder  # noqa: E402
-from resnet_detect.engine.tasks import config_task, task_module  # noqa: E402
+from resnet_detect.engine.distributed import init_distributed  # noqa: E402
+from resnet_detect.engine.tasks import config_task, load_task_config, task_module  # noqa: E402
 from resnet_detect.engine.visualize import (VIDEO_SUFFIXES, expand_inputs, output_paths, run_image,  # noqa: E402
                               run_video)
 
@@ -52,6 +53,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.overrides += overrides
     if not args.input:
         parser.error("--input: no image, folder or video given, only key=value overrides")
+    if not all(i.strip() for i in args.input):  # "" is the current folder, read whole
+        parser.error("--input: an empty path; name images, folders or videos")
     if not 0 <= args.min_score <= 1:  # (NaN too)
         parser.error(f"--min-score must be a score in [0, 1], got {args.min_score}")
     return args
@@ -70,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         raise ConfigError(f"tools/demo.py draws detection and sem_seg models; {args.config} is "
                          f"a {task!r} config")
     output = writable_folder(args.output, "--output")
-    render = build_renderer(args.config, args.weights, args.overrides, args.min_score)
+    # the config's train.device, as tools/eval.py (auto: a GPU when there is one)
+    device = init_distributed(load_task_config(args.config, args.overrides)[1].train.device)
+    render = build_renderer(args.config, args.weights, args.overrides, args.min_score,
+                            device=device)
     output.mkdir(parents=True, exist_ok=True)
     written, unreadable, too_large = [], [], []
     for (path, _), out in zip(inputs, output_paths(inputs, output)):

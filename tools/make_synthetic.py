@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                      "set) or both at least 1")
     if args.size is not None and min(args.size) < 32:
         parser.error("--size: both sides must be at least 32 pixels")
+    if not args.out.strip():  # the current folder, whose images/ --overwrite would delete
+        parser.error("--out is empty: name a folder")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f"--out {args.out} is a file, not a folder")
     start = time.perf_counter()

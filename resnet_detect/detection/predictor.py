@@ -319,7 +319,8 @@ class Predictor:
 
 
 def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
-                   overrides: Sequence[str] = (), min_score: float = 0.5) -> Renderer:
+                   overrides: Sequence[str] = (), min_score: float = 0.5, *,
+                   device: str | torch.device = "cpu") -> Renderer:
     """RGB image -> RGB picture of its detections scoring at least `min_score` (tools/demo.py).
 
     The model's own score threshold becomes `min_score` (detectron2's demo does the same): a
@@ -327,7 +328,8 @@ def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
     pasting masks that are not drawn. An exported graph keeps its threshold."""
     if not is_onnx(weights):
         overrides = [f"model.roi_heads.score_thresh={min_score}", *overrides]
-    predictor = Predictor(config, weights=weights, overrides=overrides)
+    predictor = Predictor(config, weights=weights, overrides=overrides,
+                          device=device)
     rgb = palette(len(predictor.category_ids))
     colours = {cid: tuple(int(v) for v in rgb[i]) for i, cid in enumerate(predictor.category_ids)}
     return DetectionRenderer(predictor, colours, min_score)

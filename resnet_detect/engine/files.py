@@ -159,6 +159,8 @@ def writable_folder(folder: str | os.PathLike, what: str = "the output folder") 
     """`folder` as a Path once it is known that it can be made and written to, checked before
     any work whose results would go there (nothing is made here). `what` names it in
     messages ("--output")."""
+    if not str(folder).strip():  # Path("") is the current folder: results written among its files
+        raise UnwritableFolderError(f"{what} is empty: name a folder (a new one is made)")
     folder = Path(folder)
     if folder.is_symlink() and not folder.exists():
         raise UnwritableFolderError(f"{what} {folder} is a link to {os.readlink(folder)}, "

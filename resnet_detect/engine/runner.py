@@ -611,6 +611,9 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         if synced:  # before the data is read and the model built
             refuse_syncbn_on_cpus(", ".join(f"{k}=syncbn" for k in synced))
     check_num_workers(cfg)
+    if not isinstance(t.output_dir, str) or not t.output_dir.strip():
+        # (Path("") is the current folder: the run's files were written among its files)
+        raise ConfigError(f"train.output_dir must name a folder, got {t.output_dir!r}")
     output_dir = Path(t.output_dir)
     with exclusive_output_dir(output_dir):
         setup_logging(output_dir)

@@ -264,10 +264,12 @@ def _warn_of_other_test_settings(tta: TTAInference, recorded: Mapping[str, Any],
 
 
 def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
-                   overrides: Sequence[str] = (), min_score: float = 0.5) -> Renderer:
+                   overrides: Sequence[str] = (), min_score: float = 0.5, *,
+                   device: str | torch.device = "cpu") -> Renderer:
     """RGB image -> RGB colour overlay of its class-id map with a legend (tools/demo.py);
     `min_score` is not used (every pixel gets a class)."""
-    predictor = Predictor(config, weights=weights, overrides=overrides)
+    predictor = Predictor(config, weights=weights, overrides=overrides,
+                          device=device)
     colours = palette(len(predictor.class_names))
 
     def render(image: np.ndarray) -> np.ndarray:

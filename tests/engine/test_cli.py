@@ -125,6 +125,43 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(
     assert (tmp_path / "afile").read_text() == "mine"
 
 
+@pytest.mark.parametrize("tool, args, expected", [
+    ("eval", ["--weights", "nope.pth", "--output", ""], "--output is empty: name a folder"),
+    ("export", ["--weights", "nope.pth", "--output", " "], "--output is empty: name a folder"),
+    ("demo", ["--weights", "nope.pth", "--input", "", "--output", "out"],
+     "--input: an empty path"),
+    ("train", ["train.output_dir=''"], "train.output_dir must name a folder, got ''"),
+    ("train", ["train.output_dir=null"], "train.output_dir must name a folder, got None")])
+def test_an_empty_path_is_not_the_current_folder(
+        tool: str, args: list[str], expected: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Path("") is ".": the results went among the current folder's files (a training's
+    checkpoints into the repository), and demo drew every picture under it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [f"tools/{tool}.py", str(CONFIG), *args])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool_main(tool))
+    assert stopped.value.code == 2 and expected in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_demo_takes_the_configs_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture) -> None:
+    """It ran on the CPU whatever train.device said (a GPU machine's demo too), unlike
+    tools/eval.py."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    cv2.imwrite(str(tmp_path / "x.jpg"), np.zeros((8, 8, 3), np.uint8))
+    monkeypatch.setattr(sys, "argv", ["tools/demo.py", str(CONFIG), "--weights", "nope.pth",
+                                      "--input", "x.jpg", "--output", "out",
+                                      "train.device=cuda"])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool_main("demo"))
+    assert stopped.value.code == 2
+    assert "train.device=cuda but torch" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("error", [
     UnreadableImageError("2 of 4 inputs could not be read (the others were drawn):\n  b.jpg"),
     CheckpointWriteError("cannot write the final weights in out (OSError: [Errno 28] No space "
