@@ -64,9 +64,9 @@ _PACKAGES = {"tvm": "tvm", "openxla": "torch_xla"}
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def parse_compile_mode(value: Any, backend: str | None, key: str = "test.compile_mode",
-                       backend_key: str = "test.compile") -> str | None:
-    """torch.compile's `mode` for `backend`: None for "default".
+def parse_compile_mode(value: Any, backend: str | None) -> str | None:
+    """`test.compile_mode` as torch.compile's `mode` for the `test.compile` backend `backend`:
+    None for "default".
 
     Raises:
         ConfigError: a mode not in MODES, or one given without the inductor backend (the
@@ -75,10 +75,10 @@ def parse_compile_mode(value: Any, backend: str | None, key: str = "test.compile
     if value in (None, "default"):
         return None
     if value not in MODES:
-        raise ConfigError(f"{key} must be one of {', '.join(MODES)}, got {value!r}")
+        raise ConfigError(f"test.compile_mode must be one of {', '.join(MODES)}, got {value!r}")
     if backend != "inductor":
-        raise ConfigError(f"{key}={value} needs {backend_key}: true (inductor), got "
-                          f"{backend_key}: {'false' if backend is None else backend}")
+        raise ConfigError(f"test.compile_mode={value} needs test.compile: true (inductor), got "
+                          f"test.compile: {'false' if backend is None else backend}")
     return str(value)
 
 

@@ -138,7 +138,7 @@ class Predictor:
                                   source=source, inference=True)
         place_model(self.model, device, cfg.model.channels_last).eval()
         if compiled:
-            compile_for_inference(self.model, cfg, torch.device(device))
+            compile_for_inference(self.model, cfg, device)
         names = provenance.get("class_names") or []
         self.names_recorded = len(names) == self.model.num_classes
         if not self.names_recorded:  # torchvision's weights: the config's names, if it has any
@@ -186,7 +186,7 @@ class Predictor:
                          ("test.max_size", graph[1], asked.max_size))
                      if key in compared and exported != config_value]
         warn_of_settings_the_graph_keeps(weights, differing, overrides)
-        compile_for_inference(self.model, cfg, torch.device(device), weights)
+        compile_for_inference(self.model, cfg, device, weights)
         self.device = torch.device(device)
 
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
