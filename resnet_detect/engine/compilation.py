@@ -1,8 +1,10 @@
 """`train.compile` and `test.compile`: torch.compile the part of the model that dominates the
 step (training) or the forward pass (tools/eval.py, Predictor, tools/demo.py).
 
-What is compiled: the model's `backbone` (ResNet + FPN for the detectors, the ResNet for the
-segmentation heads), or the whole model when it has none (the classifiers of pretraining).
+What is compiled: the parts a model names in `compiled_parts` (default: its `backbone`, the
+ResNet + FPN of the detectors, whose heads see a new box count at every step and ran slower
+compiled; the segmentors name their heads too), or the whole model when it has none of them
+(the classifiers of pretraining).
 Compiling in place (`nn.Module.compile`) keeps the state_dict keys, so checkpoints are the same
 files with or without it. The first steps are slower (compilation). Inference at new image
 sizes reuses a few shape-generic graphs; training may not: on a CPU inductor fixes the sizes
@@ -130,7 +132,7 @@ def compiler_missing(backend: str, device: torch.device) -> str | None:
 
 def compile_model(model: nn.Module, backend: str | None, device: torch.device,
                   key: str = "train.compile", mode: str | None = None) -> nn.Module:
-    """Compile `model`'s backbone (or the whole model) in place with `backend` (and
+    """Compile `model`'s `compiled_parts` (or the whole model) in place with `backend` (and
     torch.compile's `mode`); eager, with a warning naming `key`, where the compiler is
     unavailable. Returns `model`."""
     if backend is None:
@@ -142,9 +144,11 @@ def compile_model(model: nn.Module, backend: str | None, device: torch.device,
     if mode in ("reduce-overhead", "max-autotune") and device.type != "cuda":
         logger.warning("%s_mode=%s: its CUDA graphs need a GPU; compiled without them", key,
                        mode)
-    target = model.backbone if isinstance(getattr(model, "backbone", None), nn.Module) else model
-    target.compile(backend=backend, mode=mode)
+    names = [name for name in getattr(model, "compiled_parts", ("backbone",))
+             if isinstance(getattr(model, name, None), nn.Module)]
+    for target in [getattr(model, name) for name in names] or [model]:
+        target.compile(backend=backend, mode=mode)
     logger.info("%s: %s compiled with torch.compile(backend=%r%s)", key,
-                "the backbone" if target is not model else "the model", backend,
+                " and ".join(f"the {name}" for name in names) or "the model", backend,
                 f", mode={mode!r}" if mode else "")
     return model

@@ -308,6 +308,18 @@ def warn_of_long_warmup(lengths: Mapping[str, Any], logger: logging.Logger) -> N
                        key, warmup, max_iter, key)
 
 
+def cudnn_benchmark_warning(cfg: DictConfig, device: torch.device) -> str | None:
+    """train.cudnn_benchmark with a mask head on a GPU: cuDNN times its algorithms for every
+    new input shape, and the mask head's convolutions get a new RoI count at every step."""
+    if not (cfg.train.cudnn_benchmark and device.type == "cuda"
+            and (cfg.get("model") or {}).get("mask_on")):
+        return None
+    return ("train.cudnn_benchmark=true with model.mask_on: the mask head's convolutions see a "
+            "new RoI count at every step and cuDNN times its algorithms again for each, so "
+            "training runs several times slower (BENCHMARKS.md, GPU run 5); set "
+            "train.cudnn_benchmark=false")
+
+
 LEFT_OUT = "the metrics are those of the others"
 # what a finished run leaves besides checkpoints (every task's final weights and metrics)
 EARLIER_RESULTS = ("model_final.pth", "backbone_final.pth", "model_best.pth", "metrics.json")
@@ -651,6 +663,9 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                 per_process, f" in {steps} batches of {batch_size}" if steps > 1 else "")
 
     torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
+    benchmark_warning = cudnn_benchmark_warning(cfg, device)
+    if benchmark_warning and is_main_process():
+        logger.warning(benchmark_warning)
     seed_everything(t.seed)  # the same initial weights on every process
     model = place_model(done_everywhere(lambda: task.build_model(cfg), "build its model"),
                         device, bool((cfg.get("model") or {}).get("channels_last", False)))

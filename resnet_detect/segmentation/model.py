@@ -34,6 +34,9 @@ class SemanticSegmentor(nn.Module):
         ignore_index: ground-truth value of pixels that are not scored (also the padding).
     """
 
+    # train.compile / test.compile: the heads too (fixed crops; BENCHMARKS.md, seg_compile)
+    compiled_parts = ("backbone", "head", "aux_head")
+
     def __init__(self, *, backbone: nn.Module, head: SemSegHead, aux_head: SemSegHead | None = None,
                  pixel_mean: Sequence[float], pixel_std: Sequence[float],
                  size_divisibility: int = 0, ignore_index: int = 255) -> None:

@@ -298,14 +298,28 @@ def test_mask_configs_only_add_the_mask_branch() -> None:
         faster = OmegaConf.to_container(load_detection_config(root / faster_file))
         mask = OmegaConf.to_container(load_detection_config(root / mask_file))
         assert not faster["model"]["mask_on"] and mask["model"]["mask_on"]
-        # and, for GPUs, NHWC weights (faster for Mask R-CNN, not for Faster R-CNN)
-        assert not faster["model"]["channels_last"]
-        assert mask["model"]["channels_last"] == mask_file.startswith("detection/")
+        # GPU: cuDNN's timing at every new RoI count made Mask R-CNN steps ~4x slower
+        assert not mask["train"]["cudnn_benchmark"]
         for cfg in (faster, mask):
-            del cfg["model"]["mask_on"], cfg["train"]["output_dir"], cfg["model"]["channels_last"]
+            del cfg["model"]["mask_on"], cfg["train"]["output_dir"]
             for key in [k for k in cfg["model"]["roi_heads"] if k.startswith("mask_")]:
                 del cfg["model"]["roi_heads"][key]
         assert faster == mask, mask_file
+
+
+def test_cudnn_benchmark_with_a_mask_head_on_a_gpu_is_warned_of() -> None:
+    from resnet_detect.detection.config import load_config as load_detection_config
+    from resnet_detect.engine.runner import cudnn_benchmark_warning
+
+    path = CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml"
+    on = ["train.cudnn_benchmark=true"]
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert "train.cudnn_benchmark=true with model.mask_on" in cudnn_benchmark_warning(
+        load_detection_config(path, on), cuda)
+    assert cudnn_benchmark_warning(load_detection_config(path, on), cpu) is None
+    assert cudnn_benchmark_warning(load_detection_config(path), cuda) is None
+    faster = CONFIGS / "faster_rcnn_R_50_FPN_1x.yaml"
+    assert cudnn_benchmark_warning(load_detection_config(faster, on), cuda) is None
 
 
 def test_the_lvis_config_is_the_coco_recipe_with_lvis_settings() -> None:

@@ -13,6 +13,7 @@ from resnet_detect.engine import compilation
 from resnet_detect.engine.compilation import compile_model, parse_compile, parse_compile_mode
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.runner import run_training
+from resnet_detect.segmentation.model import SemanticSegmentor
 from tests.tools.test_runner_tasks import _RegressionTask, _toy_config
 
 CPU = torch.device("cpu")
@@ -43,6 +44,20 @@ def test_the_backbone_alone_is_compiled_and_the_state_dict_keys_stay() -> None:
     assert list(model.state_dict()) == keys
     whole = compile_model(nn.Linear(2, 2), "eager", CPU)  # no backbone: the whole model
     assert whole._compiled_call_impl is not None
+
+
+def test_a_segmentor_compiles_its_heads_too_and_skips_a_missing_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class Segmentor(_Detector):
+        compiled_parts = SemanticSegmentor.compiled_parts
+        aux_head = None
+
+    model = Segmentor()
+    with caplog.at_level(logging.INFO):
+        compile_model(model, "eager", CPU)
+    assert model.backbone._compiled_call_impl is not None
+    assert model.head._compiled_call_impl is not None and model._compiled_call_impl is None
+    assert "train.compile: the backbone and the head compiled" in caplog.text
 
 
 def test_without_a_compiler_training_goes_on_eager_with_a_warning(

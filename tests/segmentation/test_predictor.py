@@ -319,9 +319,9 @@ def test_an_export_without_a_config_names_the_overrides_it_does_not_follow(
         Predictor(None, weights="x.onnx", overrides=["test.scales=[0.5]", "test.flip=true"])
 
 
-def test_test_compile_compiles_the_backbone_but_not_for_an_export(tmp_path, small_config):
-    """test.compile: the same class maps; an export traces the eager model (its graph gives
-    the PyTorch maps) whatever the config says."""
+def test_test_compile_compiles_backbone_and_head_but_not_for_an_export(tmp_path, small_config):
+    """test.compile: the backbone and the head compiled, the same class maps; an export
+    traces the eager model (its graph gives the PyTorch maps) whatever the config says."""
     from omegaconf import OmegaConf
 
     from resnet_detect.segmentation.export import OnnxSegmentor
@@ -331,6 +331,7 @@ def test_test_compile_compiles_the_backbone_but_not_for_an_export(tmp_path, smal
     eager = Predictor(cfg, weights=path)
     compiled = Predictor(cfg, weights=path, overrides=["test.compile=aot_eager"])
     assert compiled.model.backbone._compiled_call_impl is not None
+    assert compiled.model.head._compiled_call_impl is not None
     images = [np.random.default_rng(i).integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8)
               for i in range(2)]
     for image in images:
