@@ -3,6 +3,8 @@ reference measured in the same run.
 
 Usage:
   python benchmarks/gpu_suite.py --output DIR [--phases PHASE ...] [--steps N]
+  (a device session: --output $OUT/suite, then --output $OUT/levers --phases det_compile
+  det_infer_compile seg_compile)
   python benchmarks/gpu_suite.py --output DIR --smoke      (CPU, toy sizes: make test runs it)
 
 Writes DIR/suite.json (every row, the machine, the versions) and DIR/suite.md (the table for
@@ -21,9 +23,9 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
   syncs           host syncs in one detection training step, ours vs torchvision's: the
                   Python-visible ones (.item, nonzero, bool masks, ...) everywhere, and on a
                   GPU every one (torch.cuda.set_sync_debug_mode).
-  mask_train      Mask R-CNN R50-FPN, the same way, vs torchvision's MaskRCNN; on a GPU also
-                  bf16 with cudnn.benchmark off (the suite turns it on; the mask head's
-                  convolutions see a new RoI count at every step).
+  mask_train      Mask R-CNN R50-FPN, the same way, vs torchvision's MaskRCNN, with
+                  cudnn.benchmark off (train.cudnn_benchmark's default; the suite turns it on
+                  elsewhere): the mask head's convolutions see a new RoI count at every step.
   seg_train       DeepLabV3-R50 OS8 at 512x512 crops, batch 16, vs torchvision's
                   deeplabv3_resnet50 (aux head on both).
   pretrain        ResNet-50 at 224x224, batch 256, bf16: tools/pretrain.py's JPEG loader (one
@@ -32,17 +34,17 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
                   already on the GPU vs torchvision's resnet50.
   torchrun        `torchrun --nproc_per_node=1` of tools/train.py and tools/pretrain.py for a
                   few iterations (NCCL on a GPU): exit code and checkpoints.
-  det_compile     a lever: ours in bf16 with the backbone + FPN under torch.compile, then with
-                  the RPN and box heads compiled too, vs eager, and the seconds of the
-                  first (compiling) step.
+  det_compile     ours in bf16 with train.compile (the backbone + FPN under torch.compile) vs
+                  eager and vs torchvision's eager step, and the seconds of the first
+                  (compiling) step.
   det_infer_compile  the same for det_infer (batch 1, float32 as Predictor runs) as
                   test.compile does it: inductor, and inductor with CUDA graphs
                   (test.compile_mode=reduce-overhead), vs eager, and the seconds of the first
                   call.
-  seg_compile     a lever: DeepLabV3 training as seg_train's first setting (on a GPU: bf16,
-                  channels_last, the segmentation configs' default), with train.compile (the
-                  backbone under torch.compile), then with the heads compiled too, vs eager
-                  and vs torchvision's eager step.
+  seg_compile     DeepLabV3 training as seg_train's first setting (on a GPU: bf16,
+                  channels_last, the segmentation configs' default) with train.compile (the
+                  backbone and heads under torch.compile) vs eager and vs torchvision's eager
+                  step.
 On a GPU, det_train, det_infer, mask_train and seg_train also measure the channels_last lever
 (model.channels_last, engine.memory_format.place_model) in bf16 and fp32, both models.
 det_train, mask_train, seg_train and det_infer add *_launches rows: operators dispatched and
@@ -88,8 +90,11 @@ from resnet_detect.engine.data.synthetic import CATEGORY_IDS, generate  # noqa: 
 from resnet_detect.engine.data.synthetic_shapes import compose_scene  # noqa: E402
 from resnet_detect.engine.tasks import load_task_config  # noqa: E402
 
-PHASES = ("data", "det_train", "det_infer", "syncs", "mask_train", "seg_train", "pretrain",
-          "torchrun", "det_compile", "det_infer_compile", "seg_compile")
+# without --phases: what issue 14 measures (run 5: over 400 s with the lever phases left out)
+DEFAULT_PHASES = ("data", "det_train", "det_infer", "syncs", "mask_train", "seg_train",
+                  "pretrain", "torchrun")
+LEVER_PHASES = ("det_compile", "det_infer_compile", "seg_compile")  # a second command
+PHASES = DEFAULT_PHASES + LEVER_PHASES
 NUM_CLASSES = len(CATEGORY_IDS)
 TORCHRUN_TIMEOUT_S = 240  # each torchrun run of the phase: start-up, 2 steps and 2 checkpoints
 
@@ -191,9 +196,11 @@ def measure(suite: Suite, step: Callable[[], object], images_per_step: int,
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
     for _ in range(sizes.warmup):  # also compiles (cudnn.benchmark) and fills the allocator
         step()
     _sync(device)
+    warmup_s = time.perf_counter() - start
     warmup_peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -206,7 +213,7 @@ def measure(suite: Suite, step: Callable[[], object], images_per_step: int,
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
     return {"images_per_s": images_per_step / seconds,
             "ms_per_image": 1000 * seconds / images_per_step, "peak_gib": peak,
-            "warmup_peak_gib": warmup_peak}
+            "warmup_peak_gib": warmup_peak, "warmup_s": warmup_s}
 
 
 class OpCounter(TorchDispatchMode):
@@ -381,17 +388,13 @@ def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
                    **({"masks": t["gt_masks"]} if mask_on else {})} for t in ours_targets]
     ours, reference = detectors(suite, mask_on)
     ours.train(), reference.train()
-    settings = [(precision, layout, True) for precision, layout in _settings(device)]
-    if mask_on and device.type == "cuda":
-        # the mask head's convolutions get another RoI count at every step, so cudnn.benchmark
-        # (the suite's, and runs 1-4's, setting) may time its algorithms anew at every step;
-        # without it (train.cudnn_benchmark's default) the step may be another
-        settings += [("bf16", layout, False)
-                     for layout in (torch.contiguous_format, torch.channels_last)]
     benchmark_before = torch.backends.cudnn.benchmark
     try:
-        for index, (precision, layout, benchmark) in enumerate(settings):
-            torch.backends.cudnn.benchmark = benchmark_before and benchmark
+        # the mask head's convolutions get another RoI count at every step: with
+        # cudnn.benchmark cuDNN times its algorithms anew at each (run 5: Mask R-CNN steps
+        # 3.8x slower), so Mask R-CNN runs without it, as train.cudnn_benchmark's default
+        torch.backends.cudnn.benchmark = benchmark_before and not mask_on
+        for index, (precision, layout) in enumerate(_settings(device)):
             set_layout((ours, reference), device, layout)
             ours_step = _train_step(ours, _sgd(ours), device, precision,
                                     lambda: ours(images, ours_targets))
@@ -399,11 +402,12 @@ def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
                                   lambda: reference([i.float() / 255 for i in images],
                                                     tv_targets))
             setting = (f"{precision}{_LAYOUT_NAMES[layout]}"
-                       f"{'' if benchmark else ', cudnn.benchmark off'}, batch {len(images)}")
+                       f"{', cudnn.benchmark off' if mask_on and device.type == 'cuda' else ''}"
+                       f", batch {len(images)}")
             ours_m = measure(suite, ours_step, len(images))
             tv_m = measure(suite, tv_step, len(images))
             compare(suite, phase, setting, ours_m, tv_m, "torchvision")
-            if index == 0 or (not benchmark and layout == torch.contiguous_format):
+            if index == 0:
                 add_launch_rows(suite, phase, setting, len(images),
                                 [("ours", ours_step, ours_m), ("torchvision", tv_step, tv_m)])
     finally:
@@ -437,29 +441,27 @@ def set_layout(models: tuple[nn.Module, ...], device: torch.device,
 
 
 def phase_detection_compile(suite: Suite) -> None:
-    """Ours in bf16 with the backbone + FPN under torch.compile (inductor on a GPU; the eager
-    backend in --smoke), then with the heads compiled too, vs the same model eager, and the
-    seconds of each first compiled step."""
+    """Ours in bf16 with train.compile (the backbone + FPN under inductor on a GPU; the eager
+    backend in --smoke) vs the same model eager and torchvision's eager step, and the seconds
+    of the first (compiling) step. Runs 4 and 5 also compiled the RPN and box heads: slower
+    (1.09x and 1.13x eager against 1.20x and 1.22x), not measured since."""
     device = suite.device
     images, targets = detection_batch(suite, mask_on=False)
-    ours, _ = detectors(suite, mask_on=False)
-    ours.train()
+    tv_targets = [{"boxes": t["gt_boxes"], "labels": t["gt_classes"] + 1} for t in targets]
+    ours, reference = detectors(suite, mask_on=False)
+    ours.train(), reference.train()
     precision = precisions(device)[0]
     setting = f"{precision}, batch {len(images)}"
+    tv = measure(suite, _train_step(reference, _sgd(reference), device, precision,
+                                    lambda: reference([i.float() / 255 for i in images],
+                                                      tv_targets)), len(images))
     eager = measure(suite, _train_step(ours, _sgd(ours), device, precision,
                                        lambda: ours(images, targets)), len(images))
-    backend = "inductor" if device.type == "cuda" else "eager"
-    compile_model(ours, backend, device)  # as train.compile does
-    add_compiled(suite, "det_compile", "ours, backbone+FPN compiled", setting,
+    compile_model(ours, "inductor" if device.type == "cuda" else "eager", device)  # train.compile
+    add_compiled(suite, "det_compile", "ours, backbone+FPN compiled (train.compile)", setting,
                  _train_step(ours, _sgd(ours), device, precision, lambda: ours(images, targets)),
-                 len(images), eager)
-    # the heads too: the RPN head (one graph per level's shape) and the box head's MLP
-    for head in (ours.rpn.head, ours.roi_heads.box_head, ours.roi_heads.box_predictor):
-        head.compile(backend=backend)
-    add_compiled(suite, "det_compile", "ours, backbone+FPN and heads compiled", setting,
-                 _train_step(ours, _sgd(ours), device, precision, lambda: ours(images, targets)),
-                 len(images), eager)
-    suite.add("det_compile", "ours, eager", setting, **eager)
+                 len(images), eager, tv)
+    compare(suite, "det_compile", setting, eager, tv, "torchvision")
 
 
 def add_compiled(suite: Suite, phase: str, name: str, setting: str, step: Callable[[], None],
@@ -683,9 +685,10 @@ def phase_segmentation_train(suite: Suite) -> None:
 
 
 def phase_segmentation_compile(suite: Suite) -> None:
-    """Ours with train.compile (the backbone), then with the heads compiled too, against the
-    same model eager and torchvision's eager step: bf16 and channels_last on a GPU (the
-    segmentation configs' model.channels_last), the eager backend in --smoke."""
+    """Ours with train.compile (the backbone and the heads; run 5: 1.37x eager, the backbone
+    alone 1.19x) against the same model eager and torchvision's eager step: bf16 and
+    channels_last on a GPU (the segmentation configs' model.channels_last), the eager backend
+    in --smoke."""
     device, s = suite.device, suite.sizes
     run = segmentation_run(suite)
     precision = precisions(device)[0]
@@ -697,14 +700,9 @@ def phase_segmentation_compile(suite: Suite) -> None:
                                        run.ours_losses), run.batch)
     backend = "inductor" if device.type == "cuda" else "eager"
     compile_model(run.ours, backend, device)  # as train.compile does
-    add_compiled(suite, "seg_compile", "ours, backbone compiled (train.compile)", setting,
-                 _train_step(run.ours, _sgd(run.ours), device, precision, run.ours_losses),
-                 run.batch, eager, reference)
-    for head in (run.ours.head, run.ours.aux_head):
-        head.compile(backend=backend)
-    add_compiled(suite, "seg_compile", "ours, backbone and heads compiled", setting,
-                 _train_step(run.ours, _sgd(run.ours), device, precision, run.ours_losses),
-                 run.batch, eager, reference)
+    add_compiled(suite, "seg_compile", "ours, backbone and heads compiled (train.compile)",
+                 setting, _train_step(run.ours, _sgd(run.ours), device, precision,
+                                      run.ours_losses), run.batch, eager, reference)
     compare(suite, "seg_compile", setting, eager, reference, "torchvision")
 
 
@@ -829,7 +827,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, help="folder for suite.json and suite.md")
     parser.add_argument("--smoke", action="store_true", help="CPU, toy sizes, seconds")
-    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(DEFAULT_PHASES),
+                        help=f"default: {' '.join(DEFAULT_PHASES)}; the levers: "
+                             f"{' '.join(LEVER_PHASES)}")
     parser.add_argument("--steps", type=int, help="timed steps per measurement")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
