@@ -3,8 +3,8 @@ step (training) or the forward pass (tools/eval.py, Predictor, tools/demo.py).
 
 What is compiled: the parts a model names in `compiled_parts` (default: its `backbone`, the
 ResNet + FPN of the detectors, whose heads see a new box count at every step and ran slower
-compiled; the segmentors name their heads too), or the whole model when it has none of them
-(the classifiers of pretraining).
+compiled; the segmentors name their heads too; a pretraining classifier's fc layer is left
+out), or the whole model when it has none of them.
 Compiling in place (`nn.Module.compile`) keeps the state_dict keys, so checkpoints are the same
 files with or without it. The first steps are slower (compilation). Inference at new image
 sizes reuses a few shape-generic graphs; training may not: on a CPU inductor fixes the sizes
