@@ -46,6 +46,12 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     except USER_ERRORS as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C: what was done is written already; no traceback
+        print(f"\n{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except BrokenPipeError:  # `| head` closed stdout: stop quietly, as coreutils do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        raise SystemExit(141) from None
 
 
 def config_argument_parser(description: str | None, *,

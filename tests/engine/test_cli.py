@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -102,6 +103,32 @@ def test_other_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(sys, "argv", ["tool.py"])
     with pytest.raises(ValueError, match="a bug"):
         run_tool(main)
+
+
+def test_ctrl_c_is_one_line_and_exit_code_130(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    def main(argv: list[str]) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "argv", ["eval.py"])
+    with pytest.raises(SystemExit) as stop:
+        run_tool(main)
+    assert stop.value.code == 130 and stop.value.__suppress_context__
+    assert capsys.readouterr().err == "\neval.py: interrupted\n"
+
+
+def test_output_piped_into_head_stops_quietly() -> None:
+    """`tool | head -1`: no BrokenPipeError traceback, no flush error at exit; 141 as a
+    command killed by SIGPIPE."""
+    program = ("import sys; from resnet_detect.engine.cli import run_tool; "
+               "sys.argv = ['tool.py']; "
+               "run_tool(lambda argv: [print('a line of output') for _ in range(10**6)])")
+    process = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline() == b"a line of output\n"
+    process.stdout.close()
+    assert process.wait(timeout=120) == 141
+    assert process.stderr.read() == b""
 
 
 
