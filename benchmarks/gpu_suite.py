@@ -4,7 +4,7 @@ reference measured in the same run.
 Usage:
   python benchmarks/gpu_suite.py --output DIR [--phases PHASE ...] [--steps N]
   (a device session: --output $OUT/suite, then --output $OUT/levers --phases det_compile
-  det_infer_compile seg_compile)
+  det_infer_compile seg_compile det_nms_streams)
   python benchmarks/gpu_suite.py --output DIR --smoke      (CPU, toy sizes: make test runs it)
 
 Writes DIR/suite.json (every row, the machine, the versions) and DIR/suite.md (the table for
@@ -45,6 +45,11 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
                   channels_last, the segmentation configs' default) with train.compile (the
                   backbone and heads under torch.compile) vs eager and vs torchvision's eager
                   step.
+  det_nms_streams  ours in bf16 at det_train's batch, the RPN's per-image NMS one after
+                  another (as now) vs on 4 CUDA side streams fed by 4 host threads
+                  (RPN.nms_streams, detection.nms.per_image_batched_nms): torchvision's NMS
+                  is a one-block kernel the host waits for, image by image. --smoke: fp32,
+                  where the CPU ignores the streams.
 On a GPU, det_train, det_infer, mask_train and seg_train also measure the channels_last lever
 (model.channels_last, engine.memory_format.place_model) in bf16 and fp32, both models.
 det_train, mask_train, seg_train and det_infer add *_launches rows: operators dispatched and
@@ -93,7 +98,8 @@ from resnet_detect.engine.tasks import load_task_config  # noqa: E402
 # without --phases: what issue 14 measures (run 5: over 400 s with the lever phases left out)
 DEFAULT_PHASES = ("data", "det_train", "det_infer", "syncs", "mask_train", "seg_train",
                   "pretrain", "torchrun")
-LEVER_PHASES = ("det_compile", "det_infer_compile", "seg_compile")  # a second command
+LEVER_PHASES = ("det_compile", "det_infer_compile", "seg_compile",  # a second command
+                "det_nms_streams")
 PHASES = DEFAULT_PHASES + LEVER_PHASES
 NUM_CLASSES = len(CATEGORY_IDS)
 TORCHRUN_TIMEOUT_S = 240  # each torchrun run of the phase: start-up, 2 steps and 2 checkpoints
@@ -464,6 +470,37 @@ def phase_detection_compile(suite: Suite) -> None:
     compare(suite, "det_compile", setting, eager, tv, "torchvision")
 
 
+NMS_STREAMS = 4  # det_nms_streams: the side streams (and host threads) of the lever
+
+
+def phase_detection_nms_streams(suite: Suite) -> None:
+    """Ours in bf16 at det_train's batch with the RPN's per-image NMS on one stream (the
+    default) vs on NMS_STREAMS side streams (RPN.nms_streams): a profile of this step on an
+    H200 (torch 2.11) had torchvision's gather_keep_from_mask, one block walking the sorted
+    boxes, as its top kernel, 16 calls of ~2.2 ms per step, the host waiting for each. The
+    same proposals either way (tests/detection/test_rpn.py); --smoke: fp32 on the CPU, which
+    ignores the streams."""
+    device = suite.device
+    images, targets = detection_batch(suite, mask_on=False)
+    ours, _ = detectors(suite, mask_on=False)
+    ours.train()
+    precision = precisions(device)[0]
+    setting = f"{precision}, batch {len(images)}"
+    step = _train_step(ours, _sgd(ours), device, precision, lambda: ours(images, targets))
+    ours.rpn.nms_streams = 0
+    one = measure(suite, step, len(images))
+    ours.rpn.nms_streams = NMS_STREAMS
+    streams = measure(suite, step, len(images))
+    name = f"ours, RPN NMS on {NMS_STREAMS} streams"
+    suite.add("det_nms_streams", name, setting, **streams, nms_streams=NMS_STREAMS,
+              vs_reference=f"{streams['images_per_s'] / one['images_per_s']:.2f}x one stream")
+    suite.add("det_nms_streams", "ours, RPN NMS on one stream", setting, **one, nms_streams=0)
+    # the kernels and GPU busy time with the lever on (det_train_launches has them without);
+    # the ops the NMS threads dispatch are not counted (dispatch modes are per thread)
+    add_launch_rows(suite, "det_nms_streams", setting, len(images), [(name, step, streams)])
+    ours.rpn.nms_streams = 0
+
+
 def add_compiled(suite: Suite, phase: str, name: str, setting: str, step: Callable[[], None],
                  images_per_step: int, eager: dict[str, float],
                  reference: dict[str, float] | None = None) -> None:
@@ -819,7 +856,7 @@ RUNNERS: dict[str, Callable[[Suite], None]] = {
     "mask_train": lambda suite: phase_detection_train(suite, mask_on=True),
     "seg_train": phase_segmentation_train, "pretrain": phase_pretrain, "torchrun": phase_torchrun,
     "det_compile": phase_detection_compile, "det_infer_compile": phase_detection_inference_compile,
-    "seg_compile": phase_segmentation_compile}
+    "seg_compile": phase_segmentation_compile, "det_nms_streams": phase_detection_nms_streams}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""batched_nms_top gives torchvision's batched_nms(...)[:k] while running NMS on fewer boxes."""
+"""batched_nms_top gives torchvision's batched_nms(...)[:k] while running NMS on fewer boxes;
+per_image_batched_nms gives the per-image batched_nms loop's keep indices, streams or not."""
 import warnings
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 from torchvision.ops import batched_nms
 from torchvision.ops import boxes as box_ops
 
-from resnet_detect.detection.nms import batched_nms_top
+from resnet_detect.detection.nms import batched_nms_top, per_image_batched_nms
 
 
 def _candidates(count: int, classes: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -111,3 +112,37 @@ def test_empty_and_zero() -> None:
     assert batched_nms_top(*empty, 0.5, 100).shape == (0,)
     boxes, scores, labels = _candidates(1_000, 4, seed=1)
     assert batched_nms_top(boxes, scores, labels, 0.5, 0).shape == (0,)
+
+
+def _images(device: str = "cpu") -> list[tuple[torch.Tensor, ...]]:
+    """Per image (boxes, scores, levels) as the RPN has them: 5 levels, some images empty or
+    of one box, and one above the CPU's 4000 coordinates (torchvision's per-level path)."""
+    sizes = [300, 0, 1, 1200, 57, 0, 2_000, 5, 800]
+    images = [_candidates(n, 5, seed) for seed, n in enumerate(sizes)]
+    return [tuple(t.to(device) for t in image) for image in images]
+
+
+@pytest.mark.parametrize("streams", [0, 1, 4, 16])
+def test_per_image_nms_keeps_what_the_per_image_loop_keeps(streams: int) -> None:
+    images = _images()
+    expected = [batched_nms(b, s, i, 0.7) for b, s, i in images]
+    got = per_image_batched_nms(*zip(*images), 0.7, streams=streams)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.dtype == e.dtype == torch.int64 and torch.equal(g, e)
+    assert [len(k) for k in got][1:3] == [0, 1]  # the empty image, the one of one box
+    assert per_image_batched_nms([], [], [], 0.7, streams=streams) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side streams need a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_image_nms_on_side_streams_keeps_what_the_loop_keeps(dtype: torch.dtype) -> None:
+    # bf16 boxes: torchvision's CUDA NMS takes them only under autocast (which casts them to
+    # float32), and autocast is set per thread: the side streams' threads take the caller's
+    images = [(b.to(dtype), s.to(dtype), i) for b, s, i in _images("cuda")]
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        expected = [batched_nms(b, s, i, 0.7) for b, s, i in images]
+        for _ in range(3):  # the streams and threads are made once, then reused
+            got = per_image_batched_nms(*zip(*images), 0.7, streams=4)
+            # read on the caller's stream after it: no torch.cuda.synchronize() in between
+            assert [k.tolist() for k in got] == [k.tolist() for k in expected]

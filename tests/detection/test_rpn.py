@@ -196,3 +196,21 @@ def test_empty_gt_image_beside_one_with_gt_keeps_finite_gradients() -> None:
     sum(losses.values()).backward()
     grads = [p.grad for p in rpn.head.parameters()]
     assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+
+
+def test_nms_streams_give_the_same_proposals() -> None:
+    """RPN.nms_streams (the per-image NMS on CUDA side streams) changes nothing but where the
+    NMS runs: a CPU ignores it; on a GPU the same proposals come back."""
+    for device in ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]:
+        rpn = _rpn(pre=200, post=100).to(device)
+        _randomize(rpn)
+        rpn.eval()
+        features = {k: v.to(device) for k, v in _features().items()}
+        proposals = []
+        for streams in (0, 4):
+            rpn.nms_streams = streams
+            proposals.append(rpn(features, IMAGE_SIZES, PADDED)[0])
+        assert len(proposals[1]) == len(IMAGE_SIZES)
+        for a, b in zip(*proposals):
+            assert len(a["boxes"]) > 0
+            assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
