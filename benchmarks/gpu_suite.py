@@ -477,8 +477,9 @@ def phase_detection_nms_streams(suite: Suite) -> None:
     """Ours in bf16 at det_train's batch with the RPN's per-image NMS on one stream (the
     default) vs on NMS_STREAMS side streams (RPN.nms_streams): a profile of this step on an
     H200 (torch 2.11) had torchvision's gather_keep_from_mask, one block walking the sorted
-    boxes, as its top kernel, 16 calls of ~2.2 ms per step, the host waiting for each. The
-    same proposals either way (tests/detection/test_rpn.py); --smoke: fp32 on the CPU, which
+    boxes, as its top kernel, 16 calls of ~2.2 ms per step, the host waiting for each. Whether
+    the detections are the same either way is checked here, on the device
+    (tests/detection/test_rpn.py checks it on the CPU); --smoke: fp32 on the CPU, which
     ignores the streams."""
     device = suite.device
     images, targets = detection_batch(suite, mask_on=False)
@@ -492,7 +493,16 @@ def phase_detection_nms_streams(suite: Suite) -> None:
     ours.rpn.nms_streams = NMS_STREAMS
     streams = measure(suite, step, len(images))
     name = f"ours, RPN NMS on {NMS_STREAMS} streams"
+    ours.eval()  # the streams' keep indices on this device: the same detections?
+    detections = []
+    for count in (0, NMS_STREAMS):
+        ours.rpn.nms_streams = count
+        with torch.no_grad(), autocast(device, precision):
+            detections.append([d["boxes"] for d in ours(images)])
+    ours.train()
+    same = all(torch.equal(a, b) for a, b in zip(*detections))
     suite.add("det_nms_streams", name, setting, **streams, nms_streams=NMS_STREAMS,
+              same_detections=same,
               vs_reference=f"{streams['images_per_s'] / one['images_per_s']:.2f}x one stream")
     suite.add("det_nms_streams", "ours, RPN NMS on one stream", setting, **one, nms_streams=0)
     # the kernels and GPU busy time with the lever on (det_train_launches has them without);

@@ -80,6 +80,7 @@ def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
         ("ours, RPN NMS on 4 streams", 4), ("ours, RPN NMS on one stream", 0),
         ("ours, RPN NMS on 4 streams", None)]
     assert nms_streams[0]["vs_reference"].endswith("x one stream")
+    assert nms_streams[0]["same_detections"] is True
     streams_launches = nms_streams[2]
     assert streams_launches["dispatched_ops"] > 0
     assert "ops dispatched" in streams_launches["vs_reference"]
