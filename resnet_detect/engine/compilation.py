@@ -113,6 +113,11 @@ def compile_for_inference(model: Any, cfg: Any, device: torch.device,
     return compile_model(model, backend, device, key="test.compile", mode=mode)
 
 
+def _listed(items: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 2 else items)
+
+
 def compiler_missing(backend: str, device: torch.device) -> str | None:
     """Why `backend` cannot compile for `device` here, or None when it can."""
     package = _PACKAGES.get(backend)
@@ -149,6 +154,6 @@ def compile_model(model: nn.Module, backend: str | None, device: torch.device,
     for target in [getattr(model, name) for name in names] or [model]:
         target.compile(backend=backend, mode=mode)
     logger.info("%s: %s compiled with torch.compile(backend=%r%s)", key,
-                " and ".join(f"the {name}" for name in names) or "the model", backend,
+                _listed([f"the {name}" for name in names]) or "the model", backend,
                 f", mode={mode!r}" if mode else "")
     return model

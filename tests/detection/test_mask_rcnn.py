@@ -322,6 +322,16 @@ def test_cudnn_benchmark_with_a_mask_head_on_a_gpu_is_warned_of() -> None:
     assert cudnn_benchmark_warning(load_detection_config(faster, on), cuda) is None
 
 
+def test_the_cudnn_benchmark_warning_reaches_the_log_once(tmp_path, monkeypatch) -> None:
+    from resnet_detect.engine import runner
+    from tests.tools.test_runner_tasks import _RegressionTask, _toy_config
+
+    monkeypatch.setattr(runner, "cudnn_benchmark_warning", lambda cfg, device: "slow mask head")
+    cfg = _toy_config(tmp_path / "out")
+    runner.run_training(_RegressionTask(), cfg, torch.device("cpu"))
+    assert (tmp_path / "out/log.txt").read_text().count("slow mask head") == 1
+
+
 def test_the_lvis_config_is_the_coco_recipe_with_lvis_settings() -> None:
     """detectron2's LVISv1 mask_rcnn_R_50_FPN_1x: repeat factor sampling at 0.001, 300
     detections per image from score 0.0001, polygon mask targets, 180k steps with drops at

@@ -46,18 +46,21 @@ def test_the_backbone_alone_is_compiled_and_the_state_dict_keys_stay() -> None:
     assert whole._compiled_call_impl is not None
 
 
+@pytest.mark.parametrize("aux", [False, True])
 def test_a_segmentor_compiles_its_heads_too_and_skips_a_missing_one(
-        caplog: pytest.LogCaptureFixture) -> None:
+        aux: bool, caplog: pytest.LogCaptureFixture) -> None:
     class Segmentor(_Detector):
         compiled_parts = SemanticSegmentor.compiled_parts
-        aux_head = None
 
     model = Segmentor()
+    model.aux_head = nn.Linear(4, 2) if aux else None
     with caplog.at_level(logging.INFO):
         compile_model(model, "eager", CPU)
     assert model.backbone._compiled_call_impl is not None
     assert model.head._compiled_call_impl is not None and model._compiled_call_impl is None
-    assert "train.compile: the backbone and the head compiled" in caplog.text
+    assert not aux or model.aux_head._compiled_call_impl is not None
+    assert ("train.compile: the backbone, the head and the aux_head compiled" if aux
+            else "train.compile: the backbone and the head compiled") in caplog.text
 
 
 def test_without_a_compiler_training_goes_on_eager_with_a_warning(
