@@ -121,8 +121,9 @@ def refuse_other_classes(loaded: LoadedDetector, mapping: CategoryMapping, ann_f
                          weights: str) -> None:
     """The weights' classes must be the evaluation file's: a shared id named otherwise, or a
     class (named once on both sides) under an id of the file the weights lack (a re-export
-    renumbered it: its detections would be dropped, its objects missed), is refused. A bare
-    id as the name (torchvision weights) names no class."""
+    renumbered it: its detections would be dropped, its objects missed), is refused, as are
+    weights none of whose ids the file has. A bare id as the name (torchvision weights) names
+    no class."""
     name_of = dict(zip(mapping.dataset_ids, mapping.names))
     ids_of: dict[str, list[int]] = {}
     for c, n in name_of.items():
@@ -144,6 +145,11 @@ def refuse_other_classes(loaded: LoadedDetector, mapping: CategoryMapping, ann_f
             f"the same names under other ids {[(d, n) for _, n, d in moved][:10]}: their "
             f"detections would be dropped and those objects scored as missed; give the file "
             f"the weights' ids")
+    if not set(loaded.category_ids) & set(name_of):  # another dataset's weights or file
+        raise refused(
+            f"none of the category ids of {source} {brief(loaded.category_ids)} occur in "
+            f"{ann_file} (ids {brief(list(mapping.dataset_ids))}): every detection would be "
+            f"dropped; evaluate weights trained on this file's categories")
 
 
 def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequence[str],
@@ -164,9 +170,6 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     refuse_other_classes(loaded, mapping, ann_file, weights)
     known = set(mapping.dataset_ids)
     unknown = [c for c in loaded.category_ids if c not in known]
-    if len(unknown) == len(loaded.category_ids):
-        raise ValueError(f"none of the weights' category ids {loaded.category_ids[:10]} occur "
-                         f"in {ann_file} (ids {list(mapping.dataset_ids)[:10]}...)")
     if unknown:
         logger.warning("%d of the model's category ids are not in %s: %s", len(unknown),
                        ann_file, unknown[:10])

@@ -70,6 +70,30 @@ def test_a_data_error_is_its_message_alone_and_exit_code_2(
         f"eval.py: error: weights file not found: nope.pth (in {tmp_path})\n")
 
 
+def test_an_area_that_is_no_number_is_a_data_error_before_the_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """pycocotools compared it with its area ranges: a TypeError traceback at the first
+    evaluation, after the training (or after tools/eval.py's whole inference)."""
+    (tmp_path / "img").mkdir()
+    cv2.imwrite(str(tmp_path / "img/x.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "a.json").write_text(
+        '{"images": [{"id": 1, "file_name": "x.png", "height": 8, "width": 8}], '
+        '"annotations": [{"id": 3, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], '
+        '"area": "big"}], "categories": [{"id": 1, "name": "a"}]}')
+    monkeypatch.setattr(sys, "argv", ["tools/train.py", str(CONFIG),
+                                      f"data.train.ann_file={tmp_path / 'a.json'}",
+                                      f"data.train.img_dir={tmp_path / 'img'}",
+                                      "model.backbone.weights=null",
+                                      f"train.output_dir={tmp_path / 'out'}"])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool_main("train"))
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train.py: error: ") and "Traceback" not in err
+    assert (f"{tmp_path / 'a.json'}: 1 problem(s):\n  annotations[0] (id=3): area must be a "
+            f"number (or left out: the mask's or the box's is used), got 'big'") in err
+
+
 def test_a_missing_resume_from_checkpoint_is_refused_before_the_data_is_read(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)

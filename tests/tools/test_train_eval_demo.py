@@ -252,6 +252,20 @@ def test_eval_refuses_weights_whose_classes_the_file_names_otherwise(
         load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
                                 "--output", str(tmp_path / "eval"), *data_overrides(data),
                                 f"data.val.ann_file={tmp_path / 'renumbered.json'}"])
+    # another dataset's file (no id, no name in common): a ValueError traceback, no message
+    content = json.loads((data / "coco/val.json").read_text())
+    for category in content["categories"]:
+        category["id"], category["name"] = category["id"] + 100, f"other_{category['name']}"
+    for ann in content["annotations"]:
+        ann["category_id"] += 100
+    (tmp_path / "other.json").write_text(json.dumps(content))
+    with pytest.raises(DatasetError, match=r"none of the category ids of .*model_final.pth "
+                                           r"\[1, 3, 5, 7, 9, 11\] occur in .*other.json \(ids "
+                                           r"\[101, 103, 105, 107, 109, 111\]\)"):
+        load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                                "--output", str(tmp_path / "eval"), *data_overrides(data),
+                                f"data.val.ann_file={tmp_path / 'other.json'}"])
+    assert not (tmp_path / "eval/metrics.json").exists()
 
 
 def test_eval_zero_detections_gives_ap_zero(trained: Path, data: Path, tmp_path: Path) -> None:
