@@ -5,8 +5,10 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import torch
 from resnet_detect.backbones.studies import training
 from resnet_detect.backbones import weights
 from resnet_detect.engine import ConfigError
+from resnet_detect.engine.cli import run_tool
+from resnet_detect.engine.data import DatasetError
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("analyze_tool", ROOT / "tools" / "analyze.py")
@@ -303,5 +307,42 @@ def test_bad_usage_gives_clear_errors(image_folder, tmp_path):
         for name in ("x", "y", "z"):
             (other / split / name).mkdir(parents=True)
             cv2.imwrite(str(other / split / name / "0.png"), np.zeros((8, 8, 3), np.uint8))
-    with pytest.raises(ValueError, match=r"trained on classes \['a', 'b', 'c'\]"):
+    # ValueErrors before: tracebacks at the command line
+    with pytest.raises(ConfigError, match=r"trained on classes \['a', 'b', 'c'\]"):
         run("lesion", tmp_path / "o", other, "solver.batch_size=1", weights=[plain])
+    torch.save({"model": {"backbone.stem.conv1.weight": torch.zeros(1)}},
+               tmp_path / "detector.pth")
+    with pytest.raises(ConfigError, match=r"detector.pth has no classifier \(fc.weight\)"):
+        run("lesion", tmp_path / "o", image_folder, weights=[tmp_path / "detector.pth"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("responses.layers=3x4", "responses.layers must be one of 3x3, blocks, got '3x4'"),
+    ("train.eval_batch_size=0", r"train.eval_batch_size must be a positive integer \(images per "
+                                r"evaluation forward pass\), got 0")])
+def test_a_study_setting_out_of_range_is_one_line_before_the_data_is_read(
+        override, message, tmp_path, monkeypatch, capsys):
+    """Both were ValueError tracebacks, and responses.layers only after the nets trained."""
+    monkeypatch.setattr(sys, "argv", ["tools/analyze.py", "responses", "--output",
+                                      str(tmp_path / "out"), f"data.root={tmp_path / 'missing'}",
+                                      *TINY, override])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(analyze.main)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(f"analyze.py: error: {message}\n", err), err
+
+
+def test_unusable_data_is_a_data_error(tmp_path):
+    """ValueError tracebacks before."""
+    cifar = tmp_path / "cifar-10-batches-py"
+    cifar.mkdir()
+    for name in ("batches.meta", "test_batch"):
+        (cifar / name).write_bytes(b"not a pickle")
+    with pytest.raises(DatasetError, match=r"cannot read CIFAR batch file .*batches.meta"):
+        run("lesion", tmp_path / "c", cifar)
+    for split in ("train", "val"):
+        (tmp_path / "broken" / split / "a").mkdir(parents=True)
+        (tmp_path / "broken" / split / "a" / "0.png").write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match=r"no readable images under .*broken.train"):
+        run("lesion", tmp_path / "b", tmp_path / "broken")

@@ -21,6 +21,7 @@ from resnet_detect.engine.runner import check_solver_values
 
 from ..registry import list_models
 from .data import ClassificationSplit, load_splits
+from .responses import LAYERS
 from .training import Recipe
 
 logger = logging.getLogger(__name__)
@@ -155,6 +156,12 @@ def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
     for key, value in subsets.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{key} must be a number of images >= 0 (0: all), got {value!r}")
+    if not is_positive_int(cfg.train.eval_batch_size):
+        raise ConfigError(f"train.eval_batch_size must be a positive integer (images per "
+                          f"evaluation forward pass), got {cfg.train.eval_batch_size!r}")
+    if study == "responses" and cfg.responses.layers not in LAYERS:  # not after the trainings
+        raise ConfigError(f"responses.layers must be one of {', '.join(LAYERS)}, got "
+                          f"{cfg.responses.layers!r}")
     recipe = recipe_from_config(cfg, study)  # its errors before the data is read
     device = init_distributed(cfg.train.device)
     train, val = load_splits(d.root, train_split=d.train_split, val_split=d.val_split,

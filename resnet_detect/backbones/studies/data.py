@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from resnet_detect.engine.data import DatasetError
+
 from ..data import SMOOTH_RESIZE, ImageFolderDataset, scan_image_folder
 
 logger = logging.getLogger(__name__)
@@ -68,9 +70,9 @@ def _unpickle(path: Path) -> dict[Any, Any]:
         with open(path, "rb") as f:
             obj = pickle.load(f, encoding="bytes")
     except Exception as e:
-        raise ValueError(f"cannot read CIFAR batch file {path}: {type(e).__name__}: {e}") from e
+        raise DatasetError(f"cannot read CIFAR batch file {path}: {type(e).__name__}: {e}") from e
     if not isinstance(obj, dict):
-        raise ValueError(f"CIFAR batch file {path} holds a {type(obj).__name__}, not a dict")
+        raise DatasetError(f"CIFAR batch file {path} holds a {type(obj).__name__}, not a dict")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
@@ -85,12 +87,12 @@ def load_cifar_batches(root: str | os.PathLike, split: str, image_size: int = 32
 
     Raises:
         FileNotFoundError: a batch file is missing.
-        ValueError: a batch file is not a CIFAR batch (missing data/labels, wrong sizes).
+        DatasetError: a batch file is not a CIFAR batch (missing data/labels, wrong sizes).
     """
     root = Path(root)
     meta = _unpickle(root / CIFAR_META_FILE)
     if "label_names" not in meta:
-        raise ValueError(f"{root / CIFAR_META_FILE} has no label_names")
+        raise DatasetError(f"{root / CIFAR_META_FILE} has no label_names")
     class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
     files = CIFAR_TRAIN_FILES if split == "train" else (CIFAR_TEST_FILE,)
     images, labels = [], []
@@ -98,18 +100,18 @@ def load_cifar_batches(root: str | os.PathLike, split: str, image_size: int = 32
         batch = _unpickle(root / name)
         data, batch_labels = batch.get("data"), batch.get("labels")
         if data is None or batch_labels is None:
-            raise ValueError(f"{root / name} is not a CIFAR batch (needs 'data' and 'labels')")
+            raise DatasetError(f"{root / name} is not a CIFAR batch (needs 'data' and 'labels')")
         data = np.asarray(data, dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch_labels) != len(data):
-            raise ValueError(f"{root / name}: data must be (N, 3072) with N labels, got "
-                             f"{data.shape} and {len(batch_labels)} labels")
+            raise DatasetError(f"{root / name}: data must be (N, 3072) with N labels, got "
+                               f"{data.shape} and {len(batch_labels)} labels")
         # each row is RRR..GGG..BBB
         images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
         labels.append(torch.as_tensor(list(batch_labels), dtype=torch.int64))
     image_tensor, label_tensor = torch.cat(images), torch.cat(labels)
     if label_tensor.numel() and not 0 <= int(label_tensor.min()) <= int(label_tensor.max()) < len(
             class_names):
-        raise ValueError(f"labels in {root} must lie in 0..{len(class_names) - 1}")
+        raise DatasetError(f"labels in {root} must lie in 0..{len(class_names) - 1}")
     if image_size != 32:
         resized = F.interpolate(image_tensor.float(), size=(image_size, image_size),
                                 mode="bilinear", antialias=True, align_corners=False)
@@ -139,7 +141,7 @@ def load_image_folder(split_dir: str | os.PathLike, image_size: int, *,
     items = [dataset[i] for i in range(len(dataset))]
     items = [item for item in items if item is not None]  # unreadable images (warned)
     if not items:
-        raise ValueError(f"no readable images under {split_dir}")
+        raise DatasetError(f"no readable images under {split_dir}")
     return ClassificationSplit(torch.stack([item["image"] for item in items]),
                                torch.tensor([item["label"] for item in items]), names,
                                str(split_dir))

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from resnet_detect.engine import setup_logging
+from resnet_detect.engine.config import ConfigError
 
 from .. import build_classifier
 from ..classifier import Classifier
@@ -160,22 +161,22 @@ def load_study_model(path: str | os.PathLike, ctx: StudyContext) -> StudyModel:
     and classes from its provenance) or a bare state dict of `ctx.arch(ctx.depth, True)`.
 
     Raises:
-        ValueError: the checkpoint has no classifier head, or its classes differ from the data's.
+        ConfigError: the checkpoint has no classifier head, or its classes differ from the data's.
     """
     checkpoint = read_checkpoint(path)
     state_dict, provenance = unwrap_state_dict(checkpoint)
     fc = state_dict.get("fc.weight")
     if fc is None:
-        raise ValueError(f"weights file {path} has no classifier (fc.weight); the studies need "
-                         f"a classifier checkpoint such as pretraining's model_final.pth")
+        raise ConfigError(f"weights file {path} has no classifier (fc.weight); the studies need "
+                          f"a classifier checkpoint such as pretraining's model_final.pth")
     class_names = ctx.train.class_names
     if provenance:
         arch, options = provenance["arch"], dict(provenance.get("options", {}))
         mean, std = list(provenance["pixel_mean"]), list(provenance["pixel_std"])
         trained_on = list(provenance.get("class_names") or [])
         if trained_on and trained_on != class_names:
-            raise ValueError(f"weights file {path} was trained on classes {trained_on}, but "
-                             f"data.root has {class_names}")
+            raise ConfigError(f"weights file {path} was trained on classes {trained_on}, but "
+                              f"data.root has {class_names}")
     else:
         arch, options = ctx.arch(ctx.depth, True), dict(ctx.options)
         mean, std = ctx.pixel_mean, ctx.pixel_std
@@ -183,8 +184,8 @@ def load_study_model(path: str | os.PathLike, ctx: StudyContext) -> StudyModel:
         logger.warning("weights file %s records no architecture: analyzed as %s (residual, "
                        "model.family and model.depth)", path, arch)
     if fc.shape[0] != len(class_names):
-        raise ValueError(f"weights file {path} predicts {fc.shape[0]} classes, the data has "
-                         f"{len(class_names)}")
+        raise ConfigError(f"weights file {path} predicts {fc.shape[0]} classes, the data has "
+                          f"{len(class_names)}")
     model = build_classifier(arch, len(class_names), config_prefix="model.options.", **options)
     load_weights(model, checkpoint, config_prefix="model.options.")
     model.to(ctx.device).eval()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from resnet_detect.engine.config import ConfigError
+
 from ..resnet import ResNet
 from .lesion import is_downsampling
 from .path_sampling import branch_output_module
@@ -52,7 +54,7 @@ def response_layers(backbone: ResNet, layers: str = "3x3") -> list[Layer]:
     """The outputs `layer_response_std` measures, in network order: every 3x3 layer's norm
     (the CIFAR stem's included; bottlenecks have one per block), or each block's last norm."""
     if layers not in LAYERS:
-        raise ValueError(f"responses.layers must be one of {', '.join(LAYERS)}, got {layers!r}")
+        raise ConfigError(f"responses.layers must be one of {', '.join(LAYERS)}, got {layers!r}")
     blocks = list(zip(block_names(backbone), backbone.blocks()))
     if layers == "blocks":
         return [Layer(name, branch_output_module(block), is_downsampling(block))
