@@ -99,8 +99,8 @@ def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: An
 def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
     """The file's content (checked as for training) as COCOeval reads it.
 
-    Fields many converters leave out get COCO's meaning: `iscrowd` 0, and `area` the mask's
-    area (the box's where there is no usable mask). For segm, an object without a usable
+    Fields many converters leave out get COCO's meaning: `iscrowd` 0, and `area` (or a null one) the
+    mask's area (the box's where there is no usable mask). For segm, an object without a usable
     mask (no polygon of 3 points, or a malformed or mis-sized segmentation) becomes a crowd
     region over its box: ignored, as training leaves it out. An LVIS file (federated.py) has
     no crowd regions besides those, and no objects of area 0, as lvis-api reads it. Returns
@@ -116,7 +116,7 @@ def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
         ann = {**ann, "id": number, "iscrowd": 0 if federated else ann.get("iscrowd", 0)}
         w, h = (float(v) for v in ann["bbox"][2:])
         segmentation = None
-        if iou_type == "segm" or "area" not in ann:  # bbox needs no mask but for the area
+        if iou_type == "segm" or ann.get("area") is None:  # bbox needs no mask but for the area
             try:
                 segmentation, _ = check_segmentation(ann.get("segmentation"),
                                                      *sizes[ann["image_id"]])
@@ -131,7 +131,7 @@ def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
                 if box is None:  # no pixels to ignore (and an infinite box crashed pycocotools)
                     continue
                 ann["segmentation"], ann["iscrowd"] = [box], 1
-        if "area" not in ann:
+        if ann.get("area") is None:
             ann["area"] = (float(mask_utils.area(segmentation_to_rle(
                 segmentation, *sizes[ann["image_id"]]))) if segmentation else w * h)
         if federated and not ann["area"] > 0:

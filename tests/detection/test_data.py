@@ -250,9 +250,9 @@ def test_file_name_with_inner_dotdot_that_stays_inside_is_fine(tmp_path: Path) -
     # pycocotools compared them with the area ranges: a TypeError after the whole inference
     (json.dumps(_coco([{"id": 1, "file_name": "a.png", "height": 30, "width": 40}],
                       [{**_ann(17, 1, [0, 0, 5, 5]), "area": "25"},
-                       {**_ann(18, 1, [0, 0, 5, 5]), "area": None}])),
-     ["annotations[0] (id=17)", "area must be a number (or left out", "got '25'",
-      "annotations[1] (id=18)", "got None"]),
+                       {**_ann(18, 1, [0, 0, 5, 5]), "area": [25]}])),
+     ["annotations[0] (id=17)", "area must be a number (or null or left out", "got '25'",
+      "annotations[1] (id=18)", "got [25]"]),
 ])
 def test_bad_json_errors_name_file_and_entry(tmp_path: Path, content: str,
                                              expected: list[str]) -> None:

@@ -262,12 +262,15 @@ def test_rle_round_trip() -> None:
 @pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
 def test_area_and_iscrowd_left_out_take_cocos_meaning(gt_file: Path, tmp_path: Path,
                                                       backend: str) -> None:
-    """Many converters write neither `area` nor `iscrowd` (pycocotools' own evaluation then
-    fails with a KeyError, after a whole training run): scored as if they held the mask's
-    area and 0, the numbers of the complete file."""
+    """Many converters write neither `area` nor `iscrowd`, or a null area (pycocotools' own
+    evaluation then fails with a KeyError or a TypeError, after a whole training run): scored
+    as if they held the mask's area and 0, the numbers of the complete file."""
     bare = _gt(gt_file)
-    for ann in bare["annotations"]:
-        del ann["area"]
+    for i, ann in enumerate(bare["annotations"]):
+        if i % 2:
+            del ann["area"]
+        else:
+            ann["area"] = None
         if not ann["iscrowd"]:
             del ann["iscrowd"]
     bare_file = tmp_path / "bare.json"

@@ -91,7 +91,7 @@ def test_an_area_that_is_no_number_is_a_data_error_before_the_training(
     err = capsys.readouterr().err
     assert err.startswith("train.py: error: ") and "Traceback" not in err
     assert (f"{tmp_path / 'a.json'}: 1 problem(s):\n  annotations[0] (id=3): area must be a "
-            f"number (or left out: the mask's or the box's is used), got 'big'") in err
+            f"number (or null or left out: the mask's or the box's is used), got 'big'") in err
 
 
 def test_a_missing_resume_from_checkpoint_is_refused_before_the_data_is_read(

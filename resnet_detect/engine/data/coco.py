@@ -197,9 +197,10 @@ def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
         if isinstance(bbox, list) and (len(bbox) != 4 or not _all_numbers(bbox)):
             problems.append(f"{_where('annotations', i, ann)}: bbox must be 4 numbers [x, y, w, "
                             f"h], got {bbox!r}")
-        if "area" in ann and not _all_numbers([ann["area"]]):  # pycocotools compared it
-            problems.append(f"{_where('annotations', i, ann)}: area must be a number (or left "
-                            f"out: the mask's or the box's is used), got {ann['area']!r}")
+        if ann.get("area") is not None and not _all_numbers([ann["area"]]):  # compared
+            problems.append(f"{_where('annotations', i, ann)}: area must be a number (or null "
+                            f"or left out: the mask's or the box's is used), got "
+                            f"{ann['area']!r}")
         if ann.get("iscrowd", 0) not in (0, 1):  # "0" as text counted as a crowd
             problems.append(f"{_where('annotations', i, ann)}: iscrowd must be 0 or 1, got "
                             f"{ann['iscrowd']!r}")
