@@ -1,12 +1,13 @@
 """Where one training step of a quickstart spends its time (CPU), by part of the model.
 
-Usage: python benchmarks/step_profile.py {detection,segmentation,pretrain} [--steps 5]
+Usage: python benchmarks/step_profile.py {detection,mask,segmentation,pretrain} [--steps 5]
            [--threads 2] [--workers W] [key=value ...]
 
 Builds the quickstart's task, model, optimizer and loader exactly as tools/train.py /
 tools/pretrain.py do (configs/synthetic/faster_rcnn_R_18_FPN.yaml,
-configs/synthetic/deeplabv3plus_R_18_os16.yaml, configs/pretrain/synthetic_resnet18.yaml, on
-datasets/synthetic), runs one warm-up step, then times `--steps` steps:
+configs/synthetic/mask_rcnn_R_18_FPN.yaml, configs/synthetic/deeplabv3plus_R_18_os16.yaml,
+configs/pretrain/synthetic_resnet18.yaml, on datasets/synthetic), runs one warm-up step, then
+times `--steps` steps:
   - data: waiting for the next batch (loader workers as configured, or --workers);
   - forward, by part: the wall time inside each listed submodule's forward (exclusive of the
     listed parts inside it), and the rest of the forward (losses, glue);
@@ -41,11 +42,15 @@ from resnet_detect.engine.runner import build_optimizer_from_config  # noqa: E40
 from resnet_detect.engine.tasks import load_task_config, task_module  # noqa: E402
 
 CONFIGS = {"detection": "configs/synthetic/faster_rcnn_R_18_FPN.yaml",
+           "mask": "configs/synthetic/mask_rcnn_R_18_FPN.yaml",
            "segmentation": "configs/synthetic/deeplabv3plus_R_18_os16.yaml",
            "pretrain": "configs/pretrain/synthetic_resnet18.yaml"}
 # the parts timed, by submodule path (outer parts first; times are exclusive of listed inner parts)
 PARTS = {"detection": ["backbone", "backbone.bottom_up", "rpn", "rpn.head", "roi_heads",
                        "roi_heads.box_pooler", "roi_heads.box_head", "roi_heads.box_predictor"],
+         "mask": ["backbone", "backbone.bottom_up", "rpn", "rpn.head", "roi_heads",
+                  "roi_heads.box_pooler", "roi_heads.box_head", "roi_heads.box_predictor",
+                  "roi_heads.mask_pooler", "roi_heads.mask_head"],
          "segmentation": ["backbone", "head", "aux_head"],
          "pretrain": ["backbone", "fc"]}
 
