@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from resnet_detect.engine import atomic_write_json, get_world_size, is_main_process, to_plain
-from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.config import ConfigError, config_section
 from resnet_detect.engine.data import CountedLoader, DatasetError, build_test_loader
 from resnet_detect.engine.export import ExportError, is_onnx
 from resnet_detect.engine.files import nan_to_none
@@ -55,8 +55,9 @@ def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, o
     if recorded is not None and len(recorded) != num_classes:
         raise ConfigError(f"{weights} records {len(recorded)} class names for {num_classes} "
                           f"outputs")
-    model = build_classifier(cfg.model.name, num_classes, weights=weights,
-                             config_prefix="model.options.", **to_plain(cfg.model.options))
+    with config_section("model"):
+        model = build_classifier(cfg.model.name, num_classes, weights=weights,
+                                 config_prefix="model.options.", **to_plain(cfg.model.options))
     task = ClassificationTask()
     # the normalisation the weights learnt with; foreign weights: the config's
     task.configure(cfg, class_names, provenance.get("pixel_mean") or cfg.data.pixel_mean,

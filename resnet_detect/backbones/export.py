@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from resnet_detect.engine.config import to_plain
+from resnet_detect.engine.config import config_section, to_plain
 from resnet_detect.engine.export import ExportError, MODEL_FILE, export_graph, write_metadata
 from resnet_detect.engine.tasks import load_task_config
 
 from . import build_classifier
 from .classifier import Classifier
-from .data import VAL_INTERPOLATIONS, check_val_interpolation
+from .data import VAL_INTERPOLATIONS
 from .weights import classifier_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -55,11 +55,15 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
                  overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Export the classifier `weights` (model_final.pth of tools/pretrain.py, or torchvision /
     timm classifier weights) built as `config` says; returns export.json."""
+    from .pretraining import check_data_settings  # (it imports this file)
+
     # no data is read: data.root (mandatory for training) need not be given
     _, cfg = load_task_config(config, ["data.root=.", *overrides], TASK)
+    check_data_settings(cfg)  # the crop and resize written into export.json, among others
     num_classes, provenance = classifier_checkpoint(weights, "export", ExportError)
-    model = build_classifier(cfg.model.name, num_classes, weights=weights,
-                             config_prefix="model.options.", **to_plain(cfg.model.options))
+    with config_section("model"):
+        model = build_classifier(cfg.model.name, num_classes, weights=weights,
+                                 config_prefix="model.options.", **to_plain(cfg.model.options))
     names = [str(n) for n in provenance.get("class_names") or []]
     if len(names) != num_classes:
         names = [f"class_{i}" for i in range(num_classes)]
@@ -70,7 +74,6 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
         if key in trained and trained[key] != cfg.data[key]:
             logger.warning("%s was evaluated with data.%s=%s; the export resizes with this "
                            "config's %s", weights, key, trained[key], cfg.data[key])
-    check_val_interpolation(cfg.data.val_interpolation)
     mean = list(provenance.get("pixel_mean") or cfg.data.pixel_mean)
     std = list(provenance.get("pixel_std") or cfg.data.pixel_std)
     size = int(cfg.data.image_size)

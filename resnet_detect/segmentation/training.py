@@ -80,6 +80,8 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
                            f"{predictor.class_names[:10]}, {source} has "
                            f"{loader.dataset.class_names[:10]}: the labels would mean other "
                            "classes")
+    if labelled:  # as a training does: before the inference, not in a loader worker during it
+        loader.dataset.check_masks("val")
     evaluator = SemSegEvaluator(predictor.model.num_classes, predictor.class_names,
                                 predictor.model.ignore_index)
     counted = CountedLoader(loader)

@@ -148,3 +148,23 @@ def test_export_json_says_the_area_resize_arithmetic_the_evaluation_uses() -> No
                                   interpolation="area")(image=image)["image"]
         got = got.permute(1, 2, 0).numpy() if isinstance(got, torch.Tensor) else got
         np.testing.assert_array_equal(got, expected)
+
+
+def test_bad_model_or_resize_settings_are_config_errors_before_anything_is_written(
+        tmp_path: Path) -> None:
+    """An unknown model name was ArgumentError's traceback; a centre crop larger than the
+    resize's short side was written into export.json as if it could be cut (exit 0)."""
+    model = build_classifier("resnet18", len(NAMES)).eval()
+    save_checkpoint(tmp_path / "model_final.pth", model.state_dict(),
+                    make_provenance("resnet18", class_names=NAMES))
+    weights = tmp_path / "model_final.pth"
+    with pytest.raises(ConfigError, match="^model: unknown backbone 'resnet-18'; valid: "):
+        export_model(CONFIG, weights, tmp_path / "a", ["model.name=resnet-18"])
+    with pytest.raises(ConfigError, match=r"data.val_resize \(54, .*\) must be >= "
+                                          r"data.image_size \(64, "):
+        export_model(CONFIG, weights, tmp_path / "b", ["data.image_size=64"])
+    with pytest.raises(ConfigError, match="data.image_size must be a positive integer"):
+        export_model(CONFIG, weights, tmp_path / "c", ["data.image_size=0"])
+    with pytest.raises(ConfigError, match="data.pixel_std must be 3 numbers"):
+        export_model(CONFIG, weights, tmp_path / "d", ["data.pixel_std=[1,0,1]"])
+    assert not [p for p in tmp_path.iterdir() if p.name in "abcd"]

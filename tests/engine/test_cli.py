@@ -13,7 +13,7 @@ import torch
 
 from resnet_detect.engine.checkpoint import CheckpointWriteError
 from resnet_detect.engine.cli import run_tool
-from resnet_detect.engine.data import UnreadableImageError
+from resnet_detect.engine.data import DatasetError, UnreadableImageError
 from resnet_detect.engine.runner import UnreadableDataError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,6 +116,28 @@ def test_a_missing_resume_from_checkpoint_is_refused_before_the_data_is_read(
         "train.py: error: --resume-from: cut.pth is not a checkpoint (not the zip archive "
         "torch.save writes: truncated, or another kind of file)\n")
     assert [p.name for p in tmp_path.iterdir()] == ["cut.pth"]
+
+
+class _WrongMask(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> None:
+        raise DatasetError("data.val: 000.png has class ids [9]:\nonly 0..6 are classes")
+
+
+def test_a_data_error_in_a_loader_worker_is_its_message_alone(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """PyTorch re-raises a worker's error as "Caught DatasetError in DataLoader worker process
+    0. Original Traceback ...": the tools printed the worker's traceback after "error:"."""
+    def main(argv: list[str]) -> None:
+        next(iter(torch.utils.data.DataLoader(_WrongMask(), num_workers=1)))
+
+    monkeypatch.setattr(sys, "argv", ["eval.py"])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(main)
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        "eval.py: error: data.val: 000.png has class ids [9]:\nonly 0..6 are classes\n")
 
 
 def test_other_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ from PIL import Image
 from tests.export_metadata import rewrite_export_metadata
 from resnet_detect import segmentation
 from resnet_detect.segmentation import predictor, training
+from resnet_detect.engine.data import DatasetError
 from resnet_detect.engine.tasks import load_task_config
 from resnet_detect.segmentation.data import build_dataset
 from tests.tools.test_train_eval_demo import ROOT, data, load_tool
@@ -110,6 +111,26 @@ def test_coco_val_classes_other_than_the_trainings_or_the_weights_are_refused(
     scored = load_tool("eval").main([*args, f"data.val.ann_file={data}/coco/val.json",
                                      "--output", str(tmp_path / "same")])
     assert list(scored["sem_seg"]["per_class_iou"]) == CLASSES
+
+
+def test_eval_checks_every_val_mask_before_the_inference(
+        trained: tuple[Path, dict], data: Path, tmp_path: Path) -> None:
+    """A wrong val mask was first read by a loader worker partway through the inference: a
+    DatasetError whose message was the worker's whole traceback."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for path in sorted((data / "semantic/val").glob("*.png")):
+        (masks / path.name).write_bytes(path.read_bytes())
+    first, second = sorted(masks.glob("*.png"))[:2]
+    cv2.imwrite(str(first), np.full(cv2.imread(str(first), 0).shape, 9, np.uint8))
+    cv2.imwrite(str(second), np.zeros((7, 5), np.uint8))
+    with pytest.raises(DatasetError,
+                       match=rf"(?s)^data.val: 2 of {len(list(masks.glob('*.png')))} masks are "
+                             rf"wrong:.*{first.name} has class ids \[9\].*{second.name} is 5x7"):
+        load_tool("eval").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
+                                "--output", str(tmp_path / "eval"), *overrides(data),
+                                f"data.val.mask_dir={masks}", "data.num_workers=1"])
+    assert not (tmp_path / "eval/metrics.json").exists()
 
 
 def test_demo_draws_the_overlay_at_image_size(trained: tuple[Path, dict], data: Path,
