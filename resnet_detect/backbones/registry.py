@@ -13,7 +13,7 @@ CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 def imagenet_resnet(*, depth: int = 50, block: str | None = None, **options: Any) -> ResNet:
     """ResNet-18/34/50/101/152 of He et al. (v1.5 unless stride_in_1x1)."""
     if depth not in IMAGENET_DEPTHS:
-        raise ValueError(f"ImageNet ResNet depth {depth} is not valid; "
+        raise ValueError(f"depth {depth} is not an ImageNet ResNet's; "
                          f"valid: {', '.join(map(str, IMAGENET_DEPTHS))}")
     block = block or ("basic" if depth < 50 else "bottleneck")
     return ResNet(stage_blocks=IMAGENET_DEPTHS[depth], stage_planes=(64, 128, 256, 512),
@@ -23,8 +23,8 @@ def imagenet_resnet(*, depth: int = 50, block: str | None = None, **options: Any
 def cifar_resnet(*, depth: int = 20, shortcut: str = "A", **options: Any) -> ResNet:
     """The 6n+2-layer CIFAR nets of He et al. section 4.2: widths 16-32-64, option A."""
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, 1202), "
-                         f"got {depth}")
+        raise ValueError(f"depth {depth} is not a CIFAR ResNet's: 6n+2 (20, 32, 44, 56, 110, "
+                         f"1202)")
     n = (depth - 2) // 6
     return ResNet(stage_blocks=(n, n, n), stage_planes=(16, 32, 64), block="basic",
                   stem="cifar", stem_channels=16, shortcut=shortcut, **options)

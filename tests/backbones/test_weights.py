@@ -243,6 +243,17 @@ def test_an_unknown_backbone_option_is_named_with_its_config_key():
                                    stride_in1x1=True)
 
 
+def test_a_depth_option_of_no_resnet_is_named_with_its_config_key():
+    """model.options.depth=19 was the builder's ValueError traceback."""
+    from resnet_detect.engine.config import ConfigError
+    with pytest.raises(ConfigError, match=r"^model.options.depth 19 is not an ImageNet ResNet's; "
+                                          r"valid: 18, 34, 50, 101, 152 \(backbone resnet18\)$"):
+        backbones.build_classifier("resnet18", 3, config_prefix="model.options.", depth=19)
+    with pytest.raises(ConfigError, match=r"^model.options.depth 21 is not a CIFAR ResNet's: "
+                                          r"6n\+2 .*\(backbone cifar_resnet20\)$"):
+        backbones.build_classifier("cifar_resnet20", 3, config_prefix="model.options.", depth=21)
+
+
 def test_weights_of_another_norm_say_so() -> None:
     """A checkpoint trained with norm=gn loaded into a bn config (or the reverse) listed 40
     missing running statistics and no reason."""
