@@ -8,6 +8,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import time
 import unicodedata
 from collections.abc import Callable
@@ -64,6 +65,17 @@ def atomic_save(obj: Any, path: str | os.PathLike, *, checksum: bool = False) ->
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: f.write(text))
+
+
+def replace_folder(new: Path, folder: Path) -> None:
+    """Puts the complete folder `new` in the place of `folder` (which may not exist): the
+    earlier one is only deleted once the new one is in place."""
+    old = folder.with_name(f"{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(new, folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def nan_to_none(value: Any) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,10 +22,10 @@ from torch.utils.data import DataLoader
 from resnet_detect import backbones
 from resnet_detect.backbones.model_weights import resumed_model_check
 from resnet_detect.backbones.weights import read_checkpoint
-from resnet_detect.engine import atomic_write_json, is_main_process
+from resnet_detect.engine import atomic_write_json, barrier, is_main_process
 from resnet_detect.engine.compilation import inference_compile_settings
 from resnet_detect.engine.export import ExportError, check_class_names, is_onnx
-from resnet_detect.engine.files import nan_to_none
+from resnet_detect.engine.files import nan_to_none, replace_folder
 from resnet_detect.engine.data import CountedLoader, DatasetError
 from resnet_detect.engine.runner import LEFT_OUT, TaskData, format_metric
 from resnet_detect.engine.model_check import check_model_config
@@ -86,13 +87,24 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
                                 predictor.model.ignore_index)
     counted = CountedLoader(loader)
     dataset = loader.dataset
-    save = (prediction_writer(output / PREDICTIONS, Path(cfg.data.val.img_dir),
+    # written aside and swapped in whole at the end: an earlier run's maps are neither mixed
+    # with these (another split, other weights) nor half replaced by a run that fails
+    partial = output / f"{PREDICTIONS}.partial"
+    if save_predictions and is_main_process():
+        shutil.rmtree(partial, ignore_errors=True)  # a killed run's
+        partial.mkdir(parents=True)
+    barrier()
+    save = (prediction_writer(partial, Path(cfg.data.val.img_dir),
                               [dataset.record(i)["file_name"] for i in range(len(dataset))],
                               offset=int(cfg.data.reduce_zero_label))
             if save_predictions else None)
     # metrics.json is written below, with the images and weights (not twice)
     result = evaluate_model(predictor.model, counted, evaluator, tta=predictor.tta,
                             on_prediction=save)
+    if save_predictions:
+        barrier()  # every process's maps are written
+        if is_main_process():
+            replace_folder(partial, output / PREDICTIONS)
     result = nan_to_none(result) if labelled else {"sem_seg": None}
     result["images"] = counted.report(logger, "val", LEFT_OUT)
     result["weights"] = str(weights)

@@ -7,6 +7,7 @@ so both must run the config's test-time scales.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from pathlib import Path
@@ -278,8 +279,9 @@ def test_weights_without_class_names_export_with_the_configs_and_score_the_same(
                                 str(tmp_path / "x"), *overrides(data)])
 
 
-def test_eval_saves_each_images_class_map_that_it_scored(trained: tuple[Path, dict],
-                                                         data: Path, tmp_path: Path) -> None:
+def test_eval_saves_each_images_class_map_that_it_scored(
+        trained: tuple[Path, dict], data: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """--save-predictions (mmsegmentation's format_only): one uint8 PNG per val image, from
     which the printed mIoU follows (recomputed here from the files and the val masks)."""
     out, _ = trained
@@ -331,6 +333,33 @@ def test_eval_saves_each_images_class_map_that_it_scored(trained: tuple[Path, di
         load_tool("eval").main([str(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"),
                                 "--weights", "w.pth", "--output", str(tmp_path / "det"),
                                 "--save-predictions"])
+    # again into the same folder on a smaller split: its maps alone (the earlier run's stayed,
+    # mixed with these), and a run that fails partway leaves the complete earlier set
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in images[:2]:
+        (few / path.name).write_bytes(path.read_bytes())
+    again = [str(CONFIG), "--weights", str(out / "model_final.pth"), "--output", str(tmp_path),
+             "--save-predictions", *overrides(data), f"data.val.img_dir={few}"]
+    load_tool("eval").main(again)
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == [
+        f"{p.stem}.png" for p in images[:2]]
+    assert not list(tmp_path.glob("predictions.*"))
+    written = {p.name: p.read_bytes() for p in (tmp_path / "predictions").iterdir()}
+    calls = []
+
+    def disk_full_after_one_file(label_map: np.ndarray, path: Path) -> None:
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"a map of other weights")
+
+    with monkeypatch.context() as patch, pytest.raises(OSError, match="No space left"):
+        patch.setattr(training, "write_label_map", disk_full_after_one_file)
+        load_tool("eval").main(again[:-1])
+    assert len(calls) == 2
+    assert {p.name: p.read_bytes() for p in (tmp_path / "predictions").iterdir()} == written
 
 
 def test_masks_whose_0_is_unlabelled_score_as_the_same_masks_without_it(
