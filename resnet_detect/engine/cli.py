@@ -47,6 +47,13 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     except USER_ERRORS as e:
         print(f"{Path(sys.argv[0]).name}: error: {_message(e)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except MemoryError as e:
+        if not str(e):  # Python's own, which says nothing more than its traceback
+            raise
+        # ours ("ONNX Runtime ran out of memory on a WxH image ..." and test.max_size) or
+        # NumPy's ("Unable to allocate 1.2 GiB for an array with shape ...")
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:  # Ctrl-C: what was done is written already; no traceback
         print(f"\n{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None

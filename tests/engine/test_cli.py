@@ -149,6 +149,29 @@ def test_other_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> N
         run_tool(main)
 
 
+def test_running_out_of_memory_with_a_message_is_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """An exported graph's MemoryError names the image and test.max_size (tools/demo.py
+    skipped that image; tools/eval.py printed it under a traceback); Python's bare one keeps
+    its traceback."""
+    said = "ONNX Runtime ran out of memory on a 8000x6000 image: set test.max_size=2048"
+
+    def main(argv: list[str]) -> None:
+        raise MemoryError(said)
+
+    monkeypatch.setattr(sys, "argv", ["eval.py"])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(main)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == f"eval.py: error: {said}\n"
+
+    def bare(argv: list[str]) -> None:
+        raise MemoryError
+
+    with pytest.raises(MemoryError):
+        run_tool(bare)
+
+
 def test_ctrl_c_is_one_line_and_exit_code_130(monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture) -> None:
     def main(argv: list[str]) -> None:
