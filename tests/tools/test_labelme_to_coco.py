@@ -177,3 +177,13 @@ def test_x_anylabeling_shapes_embedded_images_and_files_of_other_kinds(tmp_path:
     with pytest.raises(DatasetError, match="e.json shape 0 \\(box\\): shape_type 'cuboid' is "
                                            "none of polygon, rectangle"):
         labelme_to_coco.main([str(root), "--output", str(out)])
+
+
+def test_an_output_that_is_a_labelme_file_is_refused(labelled: Path) -> None:
+    """--output ROOT/a.json left a.json out of the inputs, then replaced its shapes with the
+    COCO file of the others (its image and its categories gone), exit 0."""
+    before = (labelled / "a.json").read_bytes()
+    with pytest.raises(DatasetError, match="--output .*a.json is a labelme file: the COCO file "
+                                           "would replace its shapes"):
+        labelme_to_coco.main([str(labelled), "--output", str(labelled / "a.json")])
+    assert (labelled / "a.json").read_bytes() == before

@@ -178,12 +178,30 @@ def read_labelme(json_file: Path, images: Path | None, write_embedded: bool = Fa
 
 
 def labelme_files(root: Path, output: Path | None = None) -> list[Path]:
-    """The labelme JSON files under `root` (every .json there but `output`)."""
+    """The labelme JSON files under `root` (every .json there but `output`, an earlier run's
+    COCO file).
+
+    Raises:
+        DatasetError: `root` is not a folder, or `output` is a labelme file (writing the COCO
+            file there would replace its shapes).
+    """
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
+    if output is not None and output.is_file() and _has_shapes(output):
+        raise DatasetError(f"--output {output} is a labelme file: the COCO file would replace "
+                           f"its shapes; write it to another file")
     skip = os.path.abspath(output) if output is not None else None
     return [p for p in files_under(root)
             if p.suffix.lower() == ".json" and os.path.abspath(p) != skip]
+
+
+def _has_shapes(json_file: Path) -> bool:
+    """Whether `json_file` reads as a labelme file (a JSON object with 'shapes')."""
+    try:
+        data = json.loads(json_file.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and "shapes" in data
 
 
 class Conversion(NamedTuple):
