@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_detect.detection.data.conversion import (add_class_options,  # noqa: E402
                                                      chosen_classes, images_folder,
-                                                     write_coco)
+                                                     refuse_output_among, write_coco)
 from resnet_detect.detection.data.voc import annotation_files, voc_to_coco  # noqa: E402
 from resnet_detect.engine.cli import run_tool  # noqa: E402
 
@@ -78,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if images is not None and args.img_dir is None:
         img_dir = images
     entries = [e for root in roots for e in annotation_files(root, args.split, images)]
+    refuse_output_among(args.output, [e.xml for e in entries], "one of the XML files read")
     coco, fractional = voc_to_coco(entries, img_dir, class_names,
                                    keep_difficult=args.keep_difficult,
                                    category_ids=category_ids, zero_based=args.zero_based)

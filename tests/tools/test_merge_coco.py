@@ -151,3 +151,16 @@ def test_an_output_that_is_an_input_is_refused(three_files: list[str], tmp_path:
     assert "is one of the --input files: write the merge to another file" in \
         capsys.readouterr().err
     assert (tmp_path / "12.json").read_bytes() == before
+
+
+def test_an_output_that_is_the_classes_from_file_is_refused(three_files: list[str],
+                                                            tmp_path: Path) -> None:
+    """It replaced the file whose categories it took (a training file) with the merge, exit
+    0 (voc_to_coco and labelme_to_coco read --classes-from the same way)."""
+    classes = _coco(tmp_path / "classes.json", {1: "dog", 2: "cat", 3: "bird"}, [], [])
+    before = classes.read_bytes()
+    with pytest.raises(DatasetError, match="--output .*classes.json is the --classes-from "
+                                           "file: the COCO file would replace it"):
+        merge_coco.main([*three_files, "--output", str(tmp_path / "sub/../classes.json"),
+                         "--classes-from", str(classes)])
+    assert classes.read_bytes() == before

@@ -229,6 +229,25 @@ def test_names_outside_the_classes_and_sizes_other_than_the_images_are_refused(
     assert not out.exists()
 
 
+def test_an_output_that_is_a_file_read_is_refused(voc07: Path, tmp_path: Path) -> None:
+    """--output of an XML file (or of the --classes-from file) replaced it with the COCO file,
+    exit 0."""
+    xml = voc07 / "Annotations" / "000007.xml"
+    before = xml.read_bytes()
+    with pytest.raises(DatasetError, match="--output .*000007.xml is one of the XML files read: "
+                                           "the COCO file would replace it"):
+        voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(xml)])
+    assert xml.read_bytes() == before
+    train = tmp_path / "trainval.json"
+    voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(train)])
+    before = train.read_bytes()
+    with pytest.raises(DatasetError, match="--output .*trainval.json is the --classes-from "
+                                           "file: the COCO file would replace it"):
+        voc_to_coco.main([str(voc07), "--split", "test", "--output", str(train),
+                          "--classes-from", str(train)])
+    assert train.read_bytes() == before
+
+
 def test_the_command_line_prints_the_problem_and_exits_2(voc07: Path, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "tools/voc_to_coco.py"), str(voc07),
                            "--split", "val", "--output", str(tmp_path / "out.json")],

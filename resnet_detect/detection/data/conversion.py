@@ -75,8 +75,19 @@ def chosen_classes(args: argparse.Namespace) -> tuple[list[str] | None, list[int
     """(class names, category ids) the options give; None where the data decides."""
     if args.classes_from is None:
         return args.classes, None
+    refuse_output_among(args.output, [args.classes_from], "the --classes-from file")
     categories = sorted(read_coco_json(args.classes_from)["categories"], key=lambda c: c["id"])
     return [c["name"] for c in categories], [c["id"] for c in categories]
+
+
+def refuse_output_among(output: str | Path, read: Sequence[str | Path], what: str) -> None:
+    """A DatasetError where `output` is one of the files `read` (`what` names them: "the
+    --classes-from file"): writing it would replace a file the conversion reads."""
+    target = Path(output).resolve()
+    for path in read:
+        if Path(path).resolve() == target:
+            raise DatasetError(f"--output {output} is {what}: the COCO file would replace "
+                               f"it; write it to another file")
 
 
 def images_folder(args: argparse.Namespace) -> Path | None:
