@@ -185,3 +185,15 @@ def test_a_yaml_none_of_whose_splits_is_there_is_refused(tmp_path: Path) -> None
     with pytest.raises(DatasetError, match=r"data.yaml: none of its splits is there \(train, "
                                            r"val\): its paths are taken from its 'path'"):
         yolo_to_coco.main([str(tmp_path / "data.yaml"), "--output-dir", str(tmp_path / "o")])
+
+
+def test_a_split_without_images_is_named(dataset: Path, tmp_path: Path) -> None:
+    """An empty test folder (a Roboflow export's) was "the split has no images": no split, no
+    folder named."""
+    (dataset / "images/test").mkdir()
+    (dataset / "data.yaml").write_text("train: images/train\ntest: images/test\n"
+                                       "names: [cat, dog]\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"data.yaml: its test split has no images \(.*"
+                                           r"images/test; --splits names the splits"):
+        yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()

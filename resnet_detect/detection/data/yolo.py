@@ -81,8 +81,8 @@ def split_images(root: Path, data: dict[str, Any], split: str, source: Path) -> 
         splits = [k for k in data if k in ("train", "val", "test")]
         raise DatasetError(f"{source}: no split {split!r} (it has {splits})")
     images: list[Path] = []
-    for entry in entries if isinstance(entries, list) else [entries]:
-        path = _entry_path(root, entry)
+    paths = [_entry_path(root, e) for e in (entries if isinstance(entries, list) else [entries])]
+    for path in paths:
         if path.is_dir():
             images += [p for p in files_under(path) if p.suffix.lower() in IMAGE_SUFFIXES]
         elif path.is_file():
@@ -91,6 +91,10 @@ def split_images(root: Path, data: dict[str, Any], split: str, source: Path) -> 
         else:
             raise DatasetError(f"{source}: {split}: {path} does not exist (--splits names "
                                f"the splits to convert)")
+    if not images:
+        raise DatasetError(f"{source}: its {split} split has no images ("
+                           f"{', '.join(str(p) for p in paths)}; --splits names the splits to "
+                           f"convert)")
     unique: dict[str, Path] = {}  # an image listed twice (two entries, two lines) once
     for image in images:
         unique.setdefault(os.path.normpath(os.path.abspath(image)), image)
