@@ -229,6 +229,25 @@ def test_names_outside_the_classes_and_sizes_other_than_the_images_are_refused(
     assert not out.exists()
 
 
+def test_a_box_with_no_area_inside_its_image_is_refused(voc07: Path, tmp_path: Path) -> None:
+    """A box wholly outside its image (or of no width, read as pixel edges) was clipped to a
+    box of no area and written, exit 0: an object no detection can match."""
+    (voc07 / "Annotations" / "000007.xml").write_text(
+        _xml("000007.jpg", 30, 60, [("car", (2, 3, 12, 33), 0), ("car", (31, 3, 40, 33), 0)]),
+        encoding="utf-8")
+    out = tmp_path / "out.json"
+    with pytest.raises(DatasetError, match=r"000007.xml object 1 \(car\): <bndbox> \[31.0, 3.0, "
+                                           r"40.0, 33.0\] has no area inside its 30x60 image"):
+        voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(out)])
+    (voc07 / "Annotations" / "000007.xml").write_text(
+        _xml("000007.jpg", 30, 60, [("car", (2, 3, 2, 33), 0)]), encoding="utf-8")
+    assert voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(out)])[
+        "annotations"][-1]["bbox"] == [1.0, 2.0, 1.0, 31.0]  # one pixel wide, 1-based
+    with pytest.raises(DatasetError, match=r"object 0 \(car\): <bndbox> .* has no area"):
+        voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(out),
+                          "--zero-based"])
+
+
 def test_an_output_that_is_a_file_read_is_refused(voc07: Path, tmp_path: Path) -> None:
     """--output of an XML file (or of the --classes-from file) replaced it with the COCO file,
     exit 0."""

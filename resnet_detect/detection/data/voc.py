@@ -185,14 +185,16 @@ def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
 
     Raises:
         DatasetError: naming each file, object or image that cannot be converted (nothing is
-            returned then): unreadable XML, a missing image or number, a reversed box, a name
-            not in `class_names`, an image whose size is not the XML's, an image named twice.
+            returned then): unreadable XML, a missing image or number, a reversed box, a box
+            with no area inside its image, a name not in `class_names`, an image whose size
+            is not the XML's, an image named twice.
     """
     if not entries:
         raise DatasetError("no XML annotation files found")
     problems: list[str] = []
     parsed = []
     named_by: dict[str, Path] = {}
+    shift = 0.0 if zero_based else 1.0
     for entry in entries:
         try:
             root = _read(entry.xml)
@@ -210,6 +212,11 @@ def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
                 turned = " (turned by its EXIF orientation?)" if declared == size[::-1] else ""
                 raise Problem(f"{entry.xml}: <size> says {declared[1]}x{declared[0]}, its "
                               f"image {image} reads as {size[1]}x{size[0]}{turned}")
+            for i, (name, box, _) in enumerate(objects):
+                x1, y1, x2, y2 = _clipped(box, size, shift)
+                if x2 <= x1 or y2 <= y1:
+                    raise Problem(f"{entry.xml} object {i} ({name}): <bndbox> {box} has no "
+                                  f"area inside its {size[1]}x{size[0]} image")
             relative = relative_image(image, img_dir, entry.xml, named_by)
             parsed.append((relative, size, objects))
         except Problem as problem:
@@ -220,8 +227,16 @@ def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
     raise_problems(problems, "the VOC annotations")
     fractional = sum(any(v != int(v) for v in box) for _, _, objects in parsed
                      for _, box, _ in objects)
-    return VocConversion(_coco_dict(parsed, ids, keep_difficult, 0.0 if zero_based else 1.0),
-                         fractional)
+    return VocConversion(_coco_dict(parsed, ids, keep_difficult, shift), fractional)
+
+
+def _clipped(box: list[float], size: tuple[int, int], shift: float
+             ) -> tuple[float, float, float, float]:
+    """(x1, y1, x2, y2) in pixel edges, inside the image, of [xmin, ymin, xmax, ymax] as
+    written (`shift`: 1 for VOC's 1-based indices, 0 for edges)."""
+    (xmin, ymin, xmax, ymax), (height, width) = box, size
+    return (min(max(xmin - shift, 0.0), width), min(max(ymin - shift, 0.0), height),
+            min(max(xmax, 0.0), width), min(max(ymax, 0.0), height))
 
 
 def _coco_dict(parsed: list[tuple[str, tuple[int, int], list[tuple[str, list[float], bool]]]],
@@ -231,9 +246,8 @@ def _coco_dict(parsed: list[tuple[str, tuple[int, int], list[tuple[str, list[flo
     for image_id, (file_name, (height, width), objects) in enumerate(parsed, start=1):
         images.append({"id": image_id, "file_name": file_name, "height": height,
                        "width": width})
-        for name, (xmin, ymin, xmax, ymax), difficult in objects:
-            x1, y1 = min(max(xmin - shift, 0.0), width), min(max(ymin - shift, 0.0), height)
-            x2, y2 = min(max(xmax, 0.0), width), min(max(ymax, 0.0), height)
+        for name, box, difficult in objects:
+            x1, y1, x2, y2 = _clipped(box, (height, width), shift)
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id,
                 "category_id": category_id[name], "bbox": [x1, y1, x2 - x1, y2 - y1],
