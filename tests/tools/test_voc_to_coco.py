@@ -229,6 +229,17 @@ def test_names_outside_the_classes_and_sizes_other_than_the_images_are_refused(
     assert not out.exists()
 
 
+def test_a_size_that_is_no_finite_number_is_read_from_the_image(voc07: Path,
+                                                                tmp_path: Path) -> None:
+    """<width>inf</width> was an OverflowError traceback; like a missing or zero size (some
+    tools write 0), the image's own size is taken."""
+    (voc07 / "Annotations" / "000007.xml").write_text(
+        _xml("000007.jpg", "inf", 60, [("car", (2, 3, 12, 33), 0)]), encoding="utf-8")
+    coco = voc_to_coco.main([str(voc07), "--split", "trainval", "--output",
+                             str(tmp_path / "out.json")])
+    assert [(i["width"], i["height"]) for i in coco["images"]] == [(50, 40), (30, 60)]
+
+
 def test_a_box_with_no_area_inside_its_image_is_refused(voc07: Path, tmp_path: Path) -> None:
     """A box wholly outside its image (or of no width, read as pixel edges) was clipped to a
     box of no area and written, exit 0: an object no detection can match."""

@@ -127,6 +127,10 @@ def test_every_problem_is_named_and_nothing_is_written(dataset: Path, tmp_path: 
     with pytest.raises(DatasetError, match="no split 'test'"):
         yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(out),
                            "--splits", "test"])
+    (dataset / "data.yaml").write_text("train: images/train\nnames: {0: cat, x: dog}\n")
+    with pytest.raises(DatasetError, match=r"data.yaml: 'names' must number the classes 0..K-1, "
+                                           r"got \[0, 'x'\]"):  # was sorted()'s TypeError
+        yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(out)])
     (dataset / "data.yaml").write_text("train: images/train\n")
     with pytest.raises(DatasetError, match="data.yaml: no 'names'"):
         yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(out)])

@@ -78,7 +78,7 @@ def _xml_size(root: ET.Element) -> tuple[int, int] | None:
         return None
     try:
         width, height = (int(float((size.findtext(k) or "0").strip())) for k in ("width", "height"))
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or inf
         return None
     return (height, width) if width > 0 and height > 0 else None
 

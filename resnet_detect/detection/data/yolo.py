@@ -48,9 +48,9 @@ def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
         raise DatasetError(f"{path}: no 'names' (the class names)")
     names = data["names"]
     if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
+        if sorted(names, key=str) != list(range(len(names))):  # (keys of any types)
             raise DatasetError(f"{path}: 'names' must number the classes 0..K-1, got "
-                               f"{sorted(names)}")
+                               f"{sorted(names, key=str)}")
         names = [names[k] for k in range(len(names))]
     if not isinstance(names, list) or not names:
         raise DatasetError(f"{path}: 'names' must be a list or a mapping of class names")
