@@ -119,7 +119,10 @@ def test_every_problem_is_named_and_nothing_is_written(dataset: Path, tmp_path: 
     for line, expected in [("0 0.5 0.5 0.2", "3 numbers after the class: 4 \\(a box\\)"),
                            ("0 0.5 1.5 0.2 0.4", "coordinates must be fractions of the image"),
                            ("0 x 0.5 0.2 0.4", "not numbers"),
-                           ("0.5 0.5 0.5 0.2 0.4", "class 0.5 is not one of 0..1")]:
+                           ("0.5 0.5 0.5 0.2 0.4", "class 0.5 is not one of 0..1"),
+                           ("0 0.5 0.5 0 0.4", "an object of no width or height \\(0x"),
+                           ("1 0.1 0.5 0.2 0.5 0.3 0.5", "an object of no width or height "
+                                                         "\\([0-9.]+x0 px\\)")]:
         _labels(dataset / "labels/train/a.txt", [line])
         with pytest.raises(DatasetError, match="a.txt line 1: " + expected):
             yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(out),

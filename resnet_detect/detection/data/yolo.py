@@ -150,10 +150,14 @@ def _object(line: str, where: str, num_classes: int, height: int, width: int,
         cx, cy, w, h = numbers
         x1, y1 = max(cx - w / 2, 0.0) * width, max(cy - h / 2, 0.0) * height
         x2, y2 = min(cx + w / 2, 1.0) * width, min(cy + h / 2, 1.0) * height
-        return int(cls), [x1, y1, x2 - x1, y2 - y1], None
-    polygon = [v * (width if i % 2 == 0 else height) for i, v in enumerate(numbers)]
-    xs, ys = polygon[0::2], polygon[1::2]
-    box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+        box, polygon = [x1, y1, x2 - x1, y2 - y1], None
+    else:
+        polygon = [v * (width if i % 2 == 0 else height) for i, v in enumerate(numbers)]
+        xs, ys = polygon[0::2], polygon[1::2]
+        box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+    if box[2] <= 0 or box[3] <= 0:  # an object no detection can match (as VOC's are refused)
+        raise Problem(f"{where}: an object of no width or height ({box[2]:g}x{box[3]:g} px): "
+                      f"{line!r:.60}")
     return int(cls), box, polygon
 
 
