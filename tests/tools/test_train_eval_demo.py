@@ -11,7 +11,7 @@ import logging
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -229,42 +229,47 @@ def test_a_file_without_annotations_gets_its_detections_written_and_nothing_scor
 
 def test_eval_refuses_weights_whose_classes_the_file_names_otherwise(
         trained: Path, data: Path, tmp_path: Path) -> None:
-    content = json.loads((data / "coco/val.json").read_text())
-    names = [c["name"] for c in content["categories"]]
-    for category, name in zip(content["categories"], names[1:] + names[:1]):
-        category["name"] = name  # the same ids, each named as the next
-    (tmp_path / "renamed.json").write_text(json.dumps(content))
-    with pytest.raises(ValueError, match=r"model_final.pth names the categories \[\(1, 'circle'\)"
-                                         r".*renamed.json \[\(1, 'square'\)"):
+    def evaluate_on_a_copy(name: str, edit: Callable[[dict], None]) -> None:
+        """tools/eval.py of the trained weights on the val file as `edit` changes it."""
+        content = json.loads((data / "coco/val.json").read_text())
+        edit(content)
+        (tmp_path / name).write_text(json.dumps(content))
         load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
                                 "--output", str(tmp_path / "eval"), *data_overrides(data),
-                                f"data.val.ann_file={tmp_path / 'renamed.json'}"])
+                                f"data.val.ann_file={tmp_path / name}"])
+
+    def renamed(content: dict) -> None:
+        names = [c["name"] for c in content["categories"]]
+        for category, name in zip(content["categories"], names[1:] + names[:1]):
+            category["name"] = name  # the same ids, each named as the next
+
+    with pytest.raises(ValueError, match=r"model_final.pth names the categories \[\(1, 'circle'\)"
+                                         r".*renamed.json \[\(1, 'square'\)"):
+        evaluate_on_a_copy("renamed.json", renamed)
     assert not (tmp_path / "eval/metrics.json").exists()
+
+    def renumbered(content: dict) -> None:
+        content["categories"][-1]["id"] = 13  # ellipse: 11 in training
+        for ann in content["annotations"]:
+            ann["category_id"] = 13 if ann["category_id"] == 11 else ann["category_id"]
+
     # a re-export that renumbered a class: its detections were scored as missing (AP 0)
-    content = json.loads((data / "coco/val.json").read_text())
-    content["categories"][-1]["id"] = 13  # ellipse: 11 in training
-    for ann in content["annotations"]:
-        ann["category_id"] = 13 if ann["category_id"] == 11 else ann["category_id"]
-    (tmp_path / "renumbered.json").write_text(json.dumps(content))
     with pytest.raises(ValueError, match=r"has the categories \[\(11, 'ellipse'\)\], .*"
                                          r"renumbered.json the same names under other ids "
                                          r"\[\(13, 'ellipse'\)\]"):
-        load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
-                                "--output", str(tmp_path / "eval"), *data_overrides(data),
-                                f"data.val.ann_file={tmp_path / 'renumbered.json'}"])
+        evaluate_on_a_copy("renumbered.json", renumbered)
+
+    def other_dataset(content: dict) -> None:
+        for category in content["categories"]:
+            category["id"], category["name"] = category["id"] + 100, f"other_{category['name']}"
+        for ann in content["annotations"]:
+            ann["category_id"] += 100
+
     # another dataset's file (no id, no name in common): a ValueError traceback, no message
-    content = json.loads((data / "coco/val.json").read_text())
-    for category in content["categories"]:
-        category["id"], category["name"] = category["id"] + 100, f"other_{category['name']}"
-    for ann in content["annotations"]:
-        ann["category_id"] += 100
-    (tmp_path / "other.json").write_text(json.dumps(content))
     with pytest.raises(DatasetError, match=r"none of the category ids of .*model_final.pth "
                                            r"\[1, 3, 5, 7, 9, 11\] occur in .*other.json \(ids "
                                            r"\[101, 103, 105, 107, 109, 111\]\)"):
-        load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
-                                "--output", str(tmp_path / "eval"), *data_overrides(data),
-                                f"data.val.ann_file={tmp_path / 'other.json'}"])
+        evaluate_on_a_copy("other.json", other_dataset)
     assert not (tmp_path / "eval/metrics.json").exists()
 
 
