@@ -94,6 +94,7 @@ from resnet_detect.engine.memory_format import place_model  # noqa: E402
 from resnet_detect.engine.data.synthetic import CATEGORY_IDS, generate  # noqa: E402
 from resnet_detect.engine.data.synthetic_shapes import compose_scene  # noqa: E402
 from resnet_detect.engine.tasks import load_task_config  # noqa: E402
+from resnet_detect.segmentation import upsample  # noqa: E402
 
 # without --phases: what issue 14 measures (run 5: over 400 s with the lever phases left out)
 DEFAULT_PHASES = ("data", "det_train", "det_infer", "syncs", "mask_train", "seg_train",
@@ -726,9 +727,25 @@ def phase_segmentation_train(suite: Suite) -> None:
         ours_m = measure(suite, ours_step, run.batch)
         ref_m = measure(suite, ref_step, run.batch)
         compare(suite, "seg_train", setting, ours_m, ref_m, "torchvision")
+        if precision == precisions(device)[0]:
+            add_native_upsample_row(suite, setting, ours_step, ours_m, run.batch)
         if (precision, layout) == _settings(device)[0]:
             add_launch_rows(suite, "seg_train", setting, run.batch,
                             [("ours", ours_step, ours_m), ("torchvision", ref_step, ref_m)])
+
+
+def add_native_upsample_row(suite: Suite, setting: str, step: Callable[[], None],
+                            ours: dict[str, float], images_per_step: int) -> None:
+    """Ours with PyTorch's own backward of the bilinear upsampling (atomic adds on a GPU)
+    instead of segmentation/upsample.py's matrix products; on a CPU both are PyTorch's."""
+    upsample.MATMUL_BACKWARD_ON_CUDA = False
+    try:
+        native = measure(suite, step, images_per_step)
+    finally:
+        upsample.MATMUL_BACKWARD_ON_CUDA = True
+    suite.add("seg_train", "ours, PyTorch's upsample backward", setting, **native,
+              vs_reference=f"{native['images_per_s'] / ours['images_per_s']:.2f}x ours "
+                           f"(upsample backward as matrix products)")
 
 
 def phase_segmentation_compile(suite: Suite) -> None:

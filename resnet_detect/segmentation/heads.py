@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from resnet_detect.engine.config import ArgumentError
 from resnet_detect.backbones.conv import Conv2d
 from resnet_detect.backbones.layers import build_norm
+from resnet_detect.segmentation.upsample import upsample_bilinear
 
 # ASPP dilation rates per backbone output stride (DeepLabV3, Chen et al. 2017, section 4.1):
 # the rates double when the features are twice as dense, and halve at output stride 32.
@@ -101,7 +102,7 @@ class ImagePooling(nn.Module):
             pooled = norm(pooled)
         pooled = F.relu(pooled)
         # bilinear from 1x1 is a broadcast; written as interpolate to match torchvision exactly
-        return F.interpolate(pooled, size=size, mode="bilinear", align_corners=False)
+        return upsample_bilinear(pooled, size)
 
 
 class ASPP(nn.Module):
@@ -179,8 +180,7 @@ class SemSegHead(nn.Module):
         Returns:
             (logits (N, K, H, W), {loss_name: scalar} or {} without ground truth).
         """
-        logits = F.interpolate(self.layers(features), size=tuple(output_size), mode="bilinear",
-                               align_corners=False)
+        logits = upsample_bilinear(self.layers(features), output_size)
         if gt_sem_seg is None:
             return logits, {}
         return logits, {self.loss_name: self.loss_weight * self.loss(logits, gt_sem_seg)}
@@ -296,6 +296,5 @@ class DeepLabV3PlusHead(SemSegHead):
     def layers(self, features: Mapping[str, Tensor]) -> Tensor:
         deep, shallow = (features[name] for name in self.in_features)
         shallow = self.low_level_project(shallow)
-        deep = F.interpolate(self.aspp(deep), size=shallow.shape[-2:], mode="bilinear",
-                             align_corners=False)
+        deep = upsample_bilinear(self.aspp(deep), shallow.shape[-2:])
         return self.predictor(self.dropout(self.fuse(torch.cat([deep, shallow], dim=1))))

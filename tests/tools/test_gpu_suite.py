@@ -32,7 +32,7 @@ def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
         "data", "det_train", "det_train", "det_train_launches", "det_train_launches",
         "det_infer", "det_infer", "det_infer_launches", "det_infer_launches", "syncs", "syncs",
         "mask_train", "mask_train", "mask_train_launches", "mask_train_launches",
-        "seg_train", "seg_train", "seg_train_launches", "seg_train_launches",
+        "seg_train", "seg_train", "seg_train", "seg_train_launches", "seg_train_launches",
         "pretrain", "pretrain", "pretrain", "pretrain",
         "det_compile", "det_compile", "det_compile", "det_infer_compile", "det_infer_compile",
         "seg_compile", "seg_compile", "seg_compile",
@@ -53,10 +53,13 @@ def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
     assert "__setitem__ with a bool mask" not in syncs["ours"]["by_call"]
     assert syncs["ours"]["by_call"].get("__bool__", 0) <= 1
     for phase in ("det_train", "mask_train", "seg_train"):
-        ours, reference = [r for r in rows if r["phase"] == phase]
+        ours, reference = [r for r in rows if r["phase"] == phase][:2]
         assert ours["model"] == "ours" and reference["model"] == "torchvision"
         assert ours["images_per_s"] > 0 and reference["images_per_s"] > 0
         assert ours["vs_reference"].endswith("x torchvision's images/s")
+    native = [r for r in rows if r["phase"] == "seg_train"][2]
+    assert native["model"] == "ours, PyTorch's upsample backward"
+    assert native["images_per_s"] > 0 and native["vs_reference"].endswith("matrix products)")
     infer = next(r for r in rows if r["phase"] == "det_infer" and r["model"] == "ours")
     assert infer["ms_per_image"] > 0 and "same_detections" in infer
     pretrain = [r["model"] for r in rows if r["phase"] == "pretrain"]
