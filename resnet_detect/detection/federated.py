@@ -40,13 +40,15 @@ def partly_listed(dataset: Mapping[str, Any]) -> int:
     return sum(any(key in img for key in IMAGE_LISTS) for img in dataset["images"])
 
 
-def _category_ids(img: Mapping[str, Any], key: str, ann_file: Path) -> set[int]:
+def listed_category_ids(img: Mapping[str, Any], key: str, ann_file: Path) -> list[int]:
+    """An image's `key` list (one of IMAGE_LISTS; [] without it), checked to be category
+    ids."""
     ids = img.get(key, [])
     if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool)
                                             for i in ids):
         raise DatasetError(f"{ann_file}: image id {img['id']}: {key} must be a list of "
                            f"category ids, got {str(ids)[:80]}")
-    return set(ids)
+    return ids
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,9 @@ class Federation:
 
     @classmethod
     def of(cls, dataset: Mapping[str, Any], ann_file: Path) -> Federation:
-        checked = {img["id"]: _category_ids(img, IMAGE_LISTS[0], ann_file)
+        checked = {img["id"]: set(listed_category_ids(img, IMAGE_LISTS[0], ann_file))
                    for img in dataset["images"]}
-        not_exhaustive = {img["id"]: _category_ids(img, IMAGE_LISTS[1], ann_file)
+        not_exhaustive = {img["id"]: set(listed_category_ids(img, IMAGE_LISTS[1], ann_file))
                           for img in dataset["images"]}
         for ann in dataset["annotations"]:
             checked.setdefault(ann["image_id"], set()).add(ann["category_id"])

@@ -115,6 +115,23 @@ def test_classes_fixed_by_another_file_and_every_problem_named(three_files: list
                          "--output", str(out)])
 
 
+def test_lvis_lists_that_are_not_lists_of_ids_are_named(three_files: list[str],
+                                                       tmp_path: Path) -> None:
+    out = tmp_path / "m.json"
+    Image.new("RGB", (40, 30)).save(tmp_path / "voc07/JPEGImages/d.jpg")
+    bad = _coco(tmp_path / "lvis.json", {1: "cat"}, [(4, "d.jpg", 40, 30)], [],
+                neg_category_ids=1, not_exhaustive_category_ids=["cat"])
+    with pytest.raises(DatasetError) as refused:
+        merge_coco.main([*three_files, "--input", str(bad), str(tmp_path / "voc07/JPEGImages"),
+                         "--output", str(out)])
+    message = str(refused.value)
+    assert f"{bad}: image id 4: neg_category_ids must be a list of category ids, got 1" \
+        in message
+    assert (f"{bad}: image id 4: not_exhaustive_category_ids must be a list of category ids, "
+            f"got ['cat']") in message
+    assert not out.exists()
+
+
 def test_symlinked_folders_and_files_keep_the_paths_given(tmp_path: Path) -> None:
     """detectron2's datasets/coco -> /data/coco, DVC's files linked into a cache, a folder
     named "..data": the file names were made under the links' targets (refused with --img-dir

@@ -19,11 +19,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from resnet_detect.detection.federated import IMAGE_LISTS, listed_category_ids
 from resnet_detect.engine.data import DatasetError, listing, read_coco_json
 
 from .conversion import ids_of_classes, raise_problems
 
-CATEGORY_LISTS = ("neg_category_ids", "not_exhaustive_category_ids")  # LVIS's, on images
+
+def _category_lists(img: dict[str, Any], ann_file: Path, problems: list[str],
+                    ) -> list[tuple[str, list[int]]]:
+    """LVIS's per-image category lists the image has, each checked to be a list of ids."""
+    lists = []
+    for key in IMAGE_LISTS:
+        if key in img:
+            try:
+                lists.append((key, listed_category_ids(img, key, ann_file)))
+            except DatasetError as err:
+                problems.append(str(err))
+    return lists
 
 
 def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
@@ -81,9 +93,9 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
                 problems.append(f"{ann_file}: image {path} is outside the img_dir {root}")
             images[path] = {**img, "id": len(images) + 1,
                             "file_name": Path(relative).as_posix(),
-                            **{k: [category_id[name_of[c]] for c in img[k]
+                            **{k: [category_id[name_of[c]] for c in listed
                                    if name_of.get(c) in category_id]
-                               for k in CATEGORY_LISTS if k in img}}
+                               for k, listed in _category_lists(img, ann_file, problems)}}
             ids[img["id"]] = len(images)
         if missing:
             problems.append(f"{ann_file}: {len(missing)} of {len(data['images'])} images not "
