@@ -134,6 +134,10 @@ def test_every_problem_is_named_and_nothing_is_written(dataset: Path, tmp_path: 
     with pytest.raises(DatasetError, match=r"data.yaml: 'names' must number the classes 0..K-1, "
                                            r"got \[0, 'x'\]"):  # was sorted()'s TypeError
         yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(out)])
+    (dataset / "data.yaml").write_text("train: images/train\nnames: [cat, dog, cat, cat]\n")
+    with pytest.raises(DatasetError, match=r"data.yaml: classes of the same name: 'cat' "
+                                           r"\(classes 0, 2, 3\)"):  # were two categories 'cat'
+        yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(out)])
     (dataset / "data.yaml").write_text("train: images/train\n")
     with pytest.raises(DatasetError, match="data.yaml: no 'names'"):
         yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(out)])
@@ -154,6 +158,11 @@ def test_exports_as_they_are_written(tmp_path: Path) -> None:
     # clipped to the image; the repeated line once
     assert [(a["category_id"], a["bbox"]) for a in coco["annotations"]] == [
         (1, [0.0, 40.0, 100.0, 20.0]), (2, [0.0, 0.0, 10.0, 20.0])]
+    (export / "classes.txt").write_text("bolt\nbolt\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"classes.txt: classes of the same name: 'bolt' "
+                                           r"\(classes 0, 1\)"):
+        yolo_to_coco.main([str(export), "--output-dir", str(tmp_path / "o1")])
+    (export / "classes.txt").write_text("bolt\nnut\n", encoding="utf-8")
     _labels(export / "labels/x.txt", ["0 0.5 0.5 1.02 0.2"])
     with pytest.raises(DatasetError, match="x.txt line 1: coordinates must be fractions"):
         yolo_to_coco.main([str(export), "--output-dir", str(tmp_path / "o1")])

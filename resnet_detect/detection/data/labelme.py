@@ -172,7 +172,8 @@ def read_labelme(json_file: Path, images: Path | None, write_embedded: bool = Fa
         part = _part(shape, f"{where} ({label})", *size)
         group = shape.get("group_id")
         if group is not None and (isinstance(group, bool) or not isinstance(group, (int, str))):
-            raise Problem(f"{where} ({label}): group_id must be a number, got {group!r}")
+            raise Problem(f"{where} ({label}): group_id must be a number or a string, "
+                          f"got {group!r}")
         key = (label, group) if group is not None else ("", i)
         obj = groups.setdefault(key, LabelmeObject(label, [], bool(shape.get("difficult"))))
         obj.parts.append(part)

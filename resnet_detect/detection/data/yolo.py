@@ -38,7 +38,8 @@ def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
             names = [line.strip() for line in
                      read_user_text(path / "classes.txt", "class file").splitlines()
                      if line.strip()]
-            return path, {"train": "images", "names": names}, names
+            return path, {"train": "images", "names": names}, _distinct(path / "classes.txt",
+                                                                        names)
         raise DatasetError(f"{path}: no data.yaml, dataset.yaml, nor classes.txt with images/")
     try:
         data = yaml.safe_load(read_user_text(path, "dataset YAML"))
@@ -55,7 +56,19 @@ def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
     if not isinstance(names, list) or not names:
         raise DatasetError(f"{path}: 'names' must be a list or a mapping of class names")
     root = path.parent / str(data.get("path") or ".")
-    return root, data, [str(n) for n in names]
+    return root, data, _distinct(path, [str(n) for n in names])
+
+
+def _distinct(path: Path, names: list[str]) -> list[str]:
+    """The class names, refused where two classes share one (the COCO files, merge_coco and
+    --classes-from match categories by name)."""
+    shared = {name: [k for k, n in enumerate(names) if n == name]
+              for name in names if names.count(name) > 1}
+    if shared:
+        raise DatasetError(f"{path}: classes of the same name: " + "; ".join(
+            f"{name!r} (classes {', '.join(map(str, ks))})" for name, ks in shared.items())
+            + "; give each class its own name, or relabel them as one class")
+    return names
 
 
 def _entry_path(root: Path, entry: Any) -> Path:
