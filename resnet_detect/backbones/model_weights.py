@@ -77,7 +77,10 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
     implied = None
     if fmt.is_torchvision(state_dict):
         implied = fmt.torchvision_settings(state_dict)  # before its keys change
-        state_dict = fmt.convert_torchvision(state_dict)
+        try:
+            state_dict = fmt.convert_torchvision(state_dict)
+        except ValueError as e:  # torchvision's keys with others no layout has
+            raise ConfigError(f"{source}: {e}") from None
     elif provenance and isinstance(provenance.get("config"), Mapping):
         implied = fmt.own_settings(provenance["config"]["model"])
     # weights of another network (R-50's for an R-18): their keys are named with the settings,

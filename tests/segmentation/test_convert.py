@@ -9,6 +9,7 @@ from torchvision.models.segmentation import deeplabv3_resnet50, fcn_resnet50
 from omegaconf import OmegaConf
 
 from resnet_detect.backbones.weights import save_checkpoint
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.segmentation import (build_model, convert_torchvision_segmentation,
                                         load_segmentation_weights)
 from resnet_detect.segmentation.build import defaults, load_config, provenance_from_config
@@ -107,6 +108,10 @@ def test_mismatched_weights_are_reported():
     state["classifier.9.weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match="classifier.9.weight"):
         convert_torchvision_segmentation(state)
+    # as the tools load it: a ConfigError (one line, exit 2) naming the file
+    with pytest.raises(ConfigError, match=r"^fcn.pth: not a torchvision DeepLabV3/FCN state "
+                                          r"dict: unknown keys \['classifier.9.weight'\]"):
+        load_segmentation_weights(model, state, source="fcn.pth")
 
 
 def test_deeplab_key_mapping():
