@@ -26,14 +26,17 @@ from .preemption import TrainingInterrupted
 from .run_lock import FolderInUseError
 from .runner import UnreadableDataError, run_training
 from .same_everywhere import OtherProcessFailed, done_everywhere
+from .trainer import NonFiniteLossError
 from .tasks import load_task_config, task_module
 
 
 # Raised only for what a user gave (their messages name the key, file, entry or folder):
 # printed as the message alone; a traceback would bury it and say nothing more
+# NonFiniteLossError: a learning rate too high for the run (its message says what to change)
 USER_ERRORS = (CheckpointWriteError, ConfigError, DatasetError, ExportError, FileNotFoundError,
-               FolderInUseError, OtherProcessFailed, UnreadableCheckpointError,
-               UnreadableDataError, UnreadableImageError, UnwritableFolderError)
+               FolderInUseError, NonFiniteLossError, OtherProcessFailed,
+               UnreadableCheckpointError, UnreadableDataError, UnreadableImageError,
+               UnwritableFolderError)
 
 
 def run_tool(main: Callable[[Sequence[str]], Any]) -> None:

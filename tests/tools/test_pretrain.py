@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import shutil
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -22,6 +23,7 @@ import torchvision
 from resnet_detect import backbones
 from resnet_detect.backbones.data import normalize_images
 from resnet_detect.backbones.pretraining import ClassificationTask, build_datasets
+from resnet_detect.engine.cli import run_tool
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data import DatasetError
 from resnet_detect.engine.runner import UnreadableDataError
@@ -66,6 +68,23 @@ def overrides(data: Path, out: Path, **extra: object) -> list[str]:
               "train.warmup_epochs": 0, "train.optimizer": "sgd", "train.weight_decay": 5e-5,
               "train.log_period": 1, **extra}
     return [str(CONFIG)] + [f"{k}={v}" for k, v in values.items()]
+
+
+def test_a_diverging_run_is_one_line_and_exit_code_2(tool: ModuleType, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """base_lr 1e9: the loss is not finite after a few steps (was a 40-line traceback)."""
+    colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
+    argv = overrides(tmp_path / "data", tmp_path / "out",
+                     **{"train.base_lr": 1e9, "train.epochs": 4, "train.batch_size": 4})
+    monkeypatch.setattr(sys, "argv", ["tools/pretrain.py", *argv])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool.main)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("pretrain.py: error: loss is not finite at iteration ")
+    assert "Lower the learning rate" in err[0]
 
 
 def test_missing_dataset_folder_fails_before_training(tool: ModuleType, tmp_path: Path) -> None:
