@@ -15,8 +15,9 @@ Studies:
                product: the effective paths (Veit et al. 2016).
 
 Without --weights a study trains what it needs (the residual net at model.depth and, for
-responses and lesion, its plain twin), saves it to DIR/models/ARCH.pth and analyzes it; run
-again into the same DIR, it reuses the nets there trained with the same recipe and data. With
+responses and lesion, its plain twin), saves it to DIR/models/ARCH-<recipe>.pth and analyzes
+it; run again into the same DIR, it reuses the nets there trained with the same recipe and
+data (a net of another recipe gets its own file). With
 --weights (repeatable), it analyzes those classifier checkpoints instead (e.g.
 DIR/models/*.pth of an earlier run, or pretraining's model_final.pth). Each study writes
 DIR/STUDY.png, DIR/STUDY.csv and DIR/STUDY.json and prints where the picture is.

@@ -66,6 +66,12 @@ def run(study, output, root, *extra, weights=()):
     return analyze.main(argv)
 
 
+def saved(output, arch):
+    """The one net of `arch` a study saved under output/models (ARCH-<record>.pth)."""
+    (path,) = (output / "models").glob(f"{arch}-*.pth")
+    return path
+
+
 def read_csv(path):
     with open(path, encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -94,10 +100,11 @@ def test_degradation_trains_four_twins_and_writes_curves(image_folder, tmp_path,
     assert len(rows) == 4 * 2  # 2 evaluations (iterations 1 and 2) per model
     assert [int(r["iteration"]) for r in rows[:2]] == [1, 2]
     assert all(0.0 <= float(r["val_error"]) <= 100.0 for r in rows)
+    names = sorted(saved(tmp_path, a).stem for a in archs)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted(
-        name for a in archs for name in (f"{a}.pth", f"{a}.pth.sha256"))
+        name for n in names for name in (f"{n}.pth", f"{n}.pth.sha256"))
     assert trained == archs
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(archs)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == names
 
 
 def test_a_rerun_reuses_the_nets_trained_with_the_same_recipe(image_folder, tmp_path,
@@ -114,24 +121,27 @@ def test_a_rerun_reuses_the_nets_trained_with_the_same_recipe(image_folder, tmp_
     first = run("degradation", output, data, "degradation.depths=[20]")
     rows = read_csv(first["csv"])
     assert trained == ["plain_cifar_resnet20", "cifar_resnet20"]
-    weights = (output / "models" / "cifar_resnet20.pth").read_bytes()
+    weights = saved(output, "cifar_resnet20").read_bytes()
 
     trained.clear()
-    (output / "models" / "plain_cifar_resnet20.pth").write_bytes(b"damaged")
+    saved(output, "plain_cifar_resnet20").write_bytes(b"damaged")
     again = run("degradation", output, data, "degradation.depths=[20]")
     assert trained == ["plain_cifar_resnet20"]  # the damaged one only
     assert "cannot be reused" in caplog.text and "cifar_resnet20: reusing" in caplog.text
     assert read_csv(again["csv"]) == rows  # the same curves: the same seed, and reused
-    assert (output / "models" / "cifar_resnet20.pth").read_bytes() == weights
+    assert saved(output, "cifar_resnet20").read_bytes() == weights
     reused = run("responses", output, data, "degradation.depths=[20]")
     assert trained == ["plain_cifar_resnet20"]  # responses needs the same two nets
     assert json.loads(reused["json"].read_text())["models"][0]["source"].startswith(
         "trained by an earlier run")
 
-    trained.clear()  # another recipe: both again, and the files replaced
+    trained.clear()  # another recipe: both again, into files of their own
+    first_net = saved(output, "cifar_resnet20")
     run("degradation", output, data, "degradation.depths=[20]", "solver.base_lr=0.05")
     assert trained == ["plain_cifar_resnet20", "cifar_resnet20"]
-    assert (output / "models" / "cifar_resnet20.pth").read_bytes() != weights
+    assert len(list((output / "models").glob("*.pth"))) == 4
+    # the first recipe's net kept (a lesion, then a degradation into one folder replaced it)
+    assert first_net.read_bytes() == weights
     trained.clear()  # how often it logs changes nothing trained
     run("degradation", output, data, "degradation.depths=[20]", "solver.base_lr=0.05",
         "train.log_period=2")
@@ -169,13 +179,12 @@ def test_lesion_rows_and_reuse_of_saved_weights(image_folder, tmp_path):
     assert len(model["single"]) == BLOCKS and model["downsampling"][3] and model["downsampling"][6]
     assert [len(model["random"][str(k)]) for k in (1, BLOCKS)] == [2, 1]
 
-    saved = [tmp_path / "trained" / "models" / f"{a}.pth"
-             for a in ("cifar_resnet20", "plain_cifar_resnet20")]
-    again = run("lesion", tmp_path / "reused", image_folder, "lesion.draws=2", weights=saved)
+    nets = [saved(tmp_path / "trained", a) for a in ("cifar_resnet20", "plain_cifar_resnet20")]
+    again = run("lesion", tmp_path / "reused", image_folder, "lesion.draws=2", weights=nets)
     reused_rows, reused = check_files(again, "lesion")
     assert not (tmp_path / "reused" / "models").exists()  # nothing trained
     assert [m["label"] for m in reused["models"]] == [
-        "cifar_resnet20 (cifar_resnet20.pth)", "plain_cifar_resnet20 (plain_cifar_resnet20.pth)"]
+        f"cifar_resnet20 ({nets[0].name})", f"plain_cifar_resnet20 ({nets[1].name})"]
     # same weights, same data, same draws: the same accuracies
     assert [r["accuracy"] for r in reused_rows] == [r["accuracy"] for r in rows]
 
@@ -264,9 +273,9 @@ def test_bad_usage_gives_clear_errors(image_folder, tmp_path):
                                           r"with depth 21"):
         run("degradation", tmp_path / "d", image_folder, "degradation.depths=[20,21]")
     run("responses", tmp_path / "r", image_folder)
-    plain = tmp_path / "r" / "models" / "plain_cifar_resnet20.pth"
+    plain = saved(tmp_path / "r", "plain_cifar_resnet20")
     # an interrupted run's checkpoint: the plain net's own architecture, not its residual twin
-    run_checkpoint = tmp_path / "r" / "runs" / "plain_cifar_resnet20" / "model_0000002.pth"
+    run_checkpoint = tmp_path / "r" / "runs" / plain.stem / "model_0000002.pth"
     for path in (plain, run_checkpoint):
         with pytest.raises(ValueError, match="plain"):
             run("paths", tmp_path / "p", image_folder, weights=[path])

@@ -97,6 +97,13 @@ def _fingerprint(*splits: ClassificationSplit) -> str:
     return digest.hexdigest()
 
 
+def saved_name(arch: str, record: dict[str, Any]) -> str:
+    """ARCH-<8 hex digits of the training record>: one file per recipe, options and data, so
+    that a study with another recipe into the same folder keeps the nets it did not train."""
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    return f"{arch}-{digest[:8]}"
+
+
 def _reuse(path: Path, record: dict[str, Any], model: Classifier) -> TrainHistory | None:
     """Load the net saved at `path` into `model` and return its curves, when it was trained
     with `record`; None (train it) otherwise."""
@@ -104,9 +111,9 @@ def _reuse(path: Path, record: dict[str, Any], model: Classifier) -> TrainHistor
         return None
     try:
         checkpoint = read_checkpoint(path)
-        if checkpoint.get("study_training") != record:
-            logger.info("%s was trained with another recipe, options or data: training it "
-                        "again (the file is replaced)", path)
+        if checkpoint.get("study_training") != record:  # edited by hand, or a collision
+            logger.warning("%s was trained with another recipe, options or data: training it "
+                           "again (the file is replaced)", path)
             return None
         model.load_state_dict(checkpoint["model"])
         return TrainHistory(**checkpoint["history"])
@@ -117,9 +124,9 @@ def _reuse(path: Path, record: dict[str, Any], model: Classifier) -> TrainHistor
 
 def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> StudyModel:
     """Train `ctx.arch(depth, residual)` with the context's recipe and save it to
-    OUTPUT_DIR/models/ARCH.pth (with provenance, reusable as --weights), or reuse the net
-    saved there by an earlier run with the same recipe, options and data (a stopped study
-    run again trains only what it lacks).
+    OUTPUT_DIR/models/ARCH-<record>.pth (`saved_name`; with provenance, reusable as
+    --weights), or reuse the net saved there by an earlier run with the same recipe, options
+    and data (a stopped study run again trains only what it lacks).
 
     The path sampling option applies to residual nets only.
     """
@@ -127,8 +134,9 @@ def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> Study
     torch.manual_seed(ctx.recipe.seed)
     model = build_classifier(arch, len(ctx.train.class_names), config_prefix="model.options.",
                              **ctx.options)
-    path = ctx.output_dir / "models" / f"{arch}.pth"
     record = training_record(ctx, arch, residual)
+    name = saved_name(arch, record)
+    path = ctx.output_dir / "models" / f"{name}.pth"
     history = _reuse(path, record, model)
     if history is not None:
         logger.info("%s: reusing %s, trained by an earlier run with the same recipe, options "
@@ -143,7 +151,7 @@ def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> Study
     logger.info("training %s for %d iterations", arch, ctx.recipe.iterations)
     history = train_classifier(model, ctx.train, ctx.val, recipe=ctx.recipe,
                                pixel_mean=ctx.pixel_mean, pixel_std=ctx.pixel_std,
-                               device=ctx.device, output_dir=ctx.output_dir / "runs" / arch,
+                               device=ctx.device, output_dir=ctx.output_dir / "runs" / name,
                                name=arch, eval_batch_size=ctx.eval_batch_size,
                                provenance=provenance)
     setup_logging(ctx.output_dir)  # the runner logged to the run's folder
