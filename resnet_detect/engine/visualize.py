@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import colorsys
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import cv2
 import numpy as np
 
 from .data import IMAGE_SUFFIXES, UnreadableImageError, files_under, read_image
+from .files import UnwritableFolderError
 
 logger = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -172,6 +174,9 @@ def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path)
         raise UnreadableImageError(f"cannot open video {path}")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     out.parent.mkdir(parents=True, exist_ok=True)
+    # drawn into a file beside `out`, which it replaces once complete: a run stopped partway
+    # (Ctrl-C, an error) leaves an earlier run's complete video as it was
+    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
     writer = None
     frames = 0
     try:
@@ -182,13 +187,22 @@ def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path)
             picture = render(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
             if writer is None:
                 h, w = picture.shape[:2]
-                writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                         (w, h))
+                if not writer.isOpened():
+                    raise UnwritableFolderError(f"OpenCV cannot write an .mp4 video to "
+                                                f"{partial} (no mp4v encoder in this OpenCV?)")
             writer.write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
             frames += 1
+        if writer is not None:
+            writer.release()
+            writer = None
+            os.replace(partial, out)
     finally:
         capture.release()
         if writer is not None:
             writer.release()
+        partial.unlink(missing_ok=True)
     if frames == 0:
         raise UnreadableImageError(f"no frames could be read from {path}")
     logger.info("%s: %d frames", path, frames)

@@ -1,11 +1,12 @@
 """tools/demo.py's inputs and output names (engine.visualize)."""
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from resnet_detect.engine.visualize import (draw_detections, draw_segmentation, drawable_name,
-                                            expand_inputs, output_paths, palette)
+                                            expand_inputs, output_paths, palette, run_video)
 
 
 def test_every_input_gets_its_own_picture(tmp_path: Path) -> None:
@@ -107,3 +108,35 @@ def test_neighbouring_classes_get_other_colours() -> None:
     few = palette(19).astype(float)  # Cityscapes: any two far apart
     distances = np.linalg.norm(few[:, None] - few[None], axis=2)
     assert distances[~np.eye(19, dtype=bool)].min() > 50
+
+
+def test_a_video_stopped_partway_leaves_the_earlier_video_whole(tmp_path: Path) -> None:
+    """Ctrl-C during a demo's video replaced the complete video of an earlier run with the
+    frames drawn so far."""
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    for i in range(6):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    out = tmp_path / "drawn" / "clip.mp4"
+    assert run_video(clip, lambda frame: frame, out) == out
+    complete = out.read_bytes()
+    drawn = []
+
+    def stopped_at_the_third(frame: np.ndarray) -> np.ndarray:
+        drawn.append(frame)
+        if len(drawn) == 3:
+            raise KeyboardInterrupt
+        return 255 - frame
+
+    with pytest.raises(KeyboardInterrupt):
+        run_video(clip, stopped_at_the_third, out)
+    assert out.read_bytes() == complete
+    assert [p.name for p in out.parent.iterdir()] == ["clip.mp4"]  # no partial file left
+    run_video(clip, lambda frame: 255 - frame, out)  # a complete run replaces it
+    capture = cv2.VideoCapture(str(out))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    assert frames == 6 and out.read_bytes() != complete
