@@ -78,6 +78,19 @@ def build_datasets(cfg: DictConfig) -> tuple[ImageFolderDataset, ImageFolderData
     return train, val
 
 
+def refuse_output_in_a_split(cfg: DictConfig, output_dir: Path) -> None:
+    """train.output_dir inside root/train or root/val: its checkpoints, logs and tensorboard
+    folder would be written among the class folders (the next run then refused the split)."""
+    d, out = cfg.data, output_dir.resolve()
+    for split in (d.train_split, d.val_split):
+        folder = Path(d.root, split).resolve()
+        if out == folder or folder in out.parents:
+            raise ConfigError(f"train.output_dir {cfg.train.output_dir} is inside the "
+                              f"dataset's {split} folder {Path(d.root, split)}: the run's "
+                              f"files would be read as a class there; give a folder outside "
+                              f"it")
+
+
 def check_data_settings(cfg: DictConfig) -> None:
     """The crop, augmentation and normalisation keys, named by their keys (albumentations'
     own checks raised tracebacks after the scan; a std of 0 gave a NaN loss at step 0)."""
@@ -141,6 +154,11 @@ class ClassificationTask:
         self.amp: str | None = None
         self.pixel_mean = torch.zeros(3)  # float32, moved to the training device once
         self.pixel_std = torch.ones(3)
+
+    def check_output_dir(self, cfg: DictConfig, output_dir: Path) -> None:
+        """Before the run writes anything there (its lock and log)."""
+        check_data_settings(cfg)
+        refuse_output_in_a_split(cfg, output_dir)
 
     def prepare(self, cfg: DictConfig) -> TaskData:
         check_model_config(lambda probe: self._build(probe, num_classes=2), cfg,

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import yaml
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset
@@ -553,6 +554,24 @@ def _warn_of_earlier_results(output_dir: Path, keep: Sequence[str],
                        "at its end", output_dir, ", ".join(earlier))
 
 
+def _refuse_another_tasks_results(output_dir: Path, cfg: DictConfig) -> None:
+    """A fresh run in a folder holding another task's results (a pretraining given a
+    detector's run folder) would replace them at its end: refused, naming them. A run of the
+    same task replacing its predecessor's is what a rerun does (warned of)."""
+    try:
+        recorded = yaml.safe_load((output_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # no earlier run's config (or none that can be read): nothing to tell
+    earlier_task = recorded.get("task") if isinstance(recorded, dict) else None
+    results = [name for name in (*EARLIER_RESULTS, "last_checkpoint")
+               if (output_dir / name).is_file()]
+    if earlier_task is None or earlier_task == cfg.get("task") or not results:
+        return
+    raise ConfigError(f"train.output_dir {output_dir} holds the results of a {earlier_task} "
+                      f"run ({', '.join(results)}); this {cfg.get('task')} run would replace "
+                      f"them: give another train.output_dir")
+
+
 def _model_check(task: Task, model: nn.Module
                  ) -> Callable[[str, Mapping[str, Any], Mapping[str, Any]], None] | None:
     """The task's `check_resumed_model(source, recorded config, this config, model)`, if it
@@ -627,6 +646,9 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         # (Path("") is the current folder: the run's files were written among its files)
         raise ConfigError(f"train.output_dir must name a folder, got {t.output_dir!r}")
     output_dir = Path(t.output_dir)
+    check_output_dir = getattr(task, "check_output_dir", None)  # (classification's)
+    if check_output_dir is not None:
+        check_output_dir(cfg, output_dir)
     with exclusive_output_dir(output_dir):
         setup_logging(output_dir)
         try:
@@ -730,6 +752,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             _refuse_to_restart_a_finished_run(output_dir)
     else:
         state = None
+        done_everywhere(lambda: _refuse_another_tasks_results(output_dir, cfg),
+                        "start in its train.output_dir")
         checkpointer.remove_partial_writes()
         if is_main_process():  # not the weights this run starts from (model.weights=its file)
             keep = [v for v in weights_keys(cfg.get("model")).values() if isinstance(v, str)]

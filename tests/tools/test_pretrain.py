@@ -87,6 +87,41 @@ def test_a_diverging_run_is_one_line_and_exit_code_2(tool: ModuleType, tmp_path:
     assert "Lower the learning rate" in err[0]
 
 
+def test_a_run_folder_of_another_task_is_refused_and_kept(tool: ModuleType,
+                                                         tmp_path: Path) -> None:
+    """A pretraining into a detector's run folder replaced its model_final.pth (a warning in
+    the log only); a folder of the same task is a rerun, and one with no results is free."""
+    colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
+    run = tmp_path / "detector"
+    run.mkdir()
+    (run / "config.yaml").write_text("task: detection\nmodel: {}\n", encoding="utf-8")
+    (run / "model_final.pth").write_bytes(b"the detector")
+    (run / "metrics.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"train.output_dir {run} holds the results of a "
+                                          r"detection run \(model_final.pth, metrics.json\); "
+                                          r"this classification run would replace them"):
+        tool.main(overrides(tmp_path / "data", run, **{"train.epochs": 1}))
+    assert (run / "model_final.pth").read_bytes() == b"the detector"
+    assert "classification" not in (run / "config.yaml").read_text(encoding="utf-8")
+    (run / "model_final.pth").unlink(), (run / "metrics.json").unlink()
+    tool.main(overrides(tmp_path / "data", run, **{"train.epochs": 1}))  # nothing to lose
+    tool.main(overrides(tmp_path / "data", run, **{"train.epochs": 1}))  # a rerun
+
+
+def test_an_output_folder_inside_a_split_is_refused(tool: ModuleType, tmp_path: Path) -> None:
+    """Its checkpoints and tensorboard folder were written among the class folders (exit 0);
+    the next run refused the split ("class folders without images: tensorboard")."""
+    colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
+    for inside in ("train", "val/runs/r1"):
+        with pytest.raises(ConfigError, match=rf"train.output_dir {tmp_path}/data/{inside} is "
+                                              rf"inside the dataset's {inside.split('/')[0]} "
+                                              r"folder .*: the run's files would be read as a "
+                                              r"class there"):
+            tool.main(overrides(tmp_path / "data", tmp_path / "data" / inside))
+    assert sorted(p.name for p in (tmp_path / "data/train").iterdir()) == ["blue", "red"]
+    assert sorted(p.name for p in (tmp_path / "data/val").iterdir()) == ["blue", "red"]
+
+
 def test_missing_dataset_folder_fails_before_training(tool: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError,
                        match=f"dataset folder not found: {tmp_path}/nowhere/train"):
