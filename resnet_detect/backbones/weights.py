@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from resnet_detect.engine.checkpoint import UnreadableCheckpointError
+from resnet_detect.engine.checkpoint import UnreadableCheckpointError, key_listing
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.files import atomic_save, check_weights_file, read_checked_bytes
 
@@ -225,12 +225,10 @@ def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                   for k, v in expected.items()
                   if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
     if missing or unexpected or mis_shaped:
-        def listing(title: str, keys: list[str]) -> str:
-            more = f" ... and {len(keys) - 10} more" if len(keys) > 10 else ""
-            return f"\n  {title} ({len(keys)}): {', '.join(keys[:10])}{more}" if keys else ""
         raise ConfigError(f"weights from {source} do not match {type(model).__name__}{hint}:"
-                          + listing("missing", missing) + listing("unexpected", unexpected)
-                          + listing("mis-shaped", mis_shaped) + _norm_hint(missing, unexpected))
+                          + key_listing("missing", missing)
+                          + key_listing("unexpected", unexpected)
+                          + key_listing("mis-shaped", mis_shaped) + _norm_hint(missing, unexpected))
     usable = {k: v for k, v in state_dict.items() if k in expected}
     model.load_state_dict(usable, strict=False)
 

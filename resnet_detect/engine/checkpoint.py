@@ -232,11 +232,13 @@ class Checkpointer:
                                                      else training)
             if self.average is not None and training is not None:
                 self.average.load_state_dict(state["model"])
-        except RuntimeError as e:
+        except RuntimeError:
             raise ConfigError(f"checkpoint {path} does not fit this model (a model key changed "
                               f"since it was written, or {self.output_dir} holds another "
-                              f"model's run: set the key back, or another train.output_dir): "
-                              f"{e}") from None
+                              f"model's run: set the key back, or another train.output_dir):"
+                              + key_differences(unwrap_model(self.model).state_dict(),
+                                                state["model"] if training is None
+                                                else training)) from None
         optimizer, scheduler = self.components["optimizer"], self.components["scheduler"]
         # this run's hyperparameters (its config) win over the checkpoint's; the learning
         # rate is the scheduler's at the resumed position
@@ -463,6 +465,25 @@ class BestWeights:
 
 def _iteration_of(checkpoint: Path) -> int:
     return int(CHECKPOINT_NAME.fullmatch(checkpoint.name).group(1))  # type: ignore[union-attr]
+
+
+def key_listing(title: str, keys: Sequence[str], shown: int = 10) -> str:
+    """'\n  TITLE (N): the first `shown` keys ... and M more', or '' for no keys (a
+    state dict's hundreds of keys in one message)."""
+    if not keys:
+        return ""
+    more = f" ... and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"\n  {title} ({len(keys)}): {', '.join(keys[:shown])}{more}"
+
+
+def key_differences(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str:
+    """The keys `given` lacks, those it has in excess, and those of another shape."""
+    shape = lambda v: tuple(getattr(v, "shape", ()))  # noqa: E731
+    return (key_listing("missing", [k for k in expected if k not in given])
+            + key_listing("unexpected", [k for k in given if k not in expected])
+            + key_listing("mis-shaped", [f"{k}: checkpoint {shape(given[k])} vs model "
+                                         f"{shape(v)}" for k, v in expected.items()
+                                         if k in given and shape(given[k]) != shape(v)]))
 
 
 class UnreadableCheckpointError(ValueError):

@@ -122,6 +122,22 @@ def test_an_output_folder_inside_a_split_is_refused(tool: ModuleType, tmp_path: 
     assert sorted(p.name for p in (tmp_path / "data/val").iterdir()) == ["blue", "red"]
 
 
+def test_a_resume_into_another_network_names_a_few_keys(tool: ModuleType,
+                                                        tmp_path: Path) -> None:
+    """--resume with model.name changed: PyTorch's list of every missing key (20 KB) was the
+    message; now the first ten of each kind and their counts."""
+    colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
+    tool.main(overrides(tmp_path / "data", tmp_path / "out", **{"train.epochs": 1}))
+    with pytest.raises(ConfigError) as refused:
+        tool.main([*overrides(tmp_path / "data", tmp_path / "out",
+                              **{"train.epochs": 2, "model.name": "cifar_resnet32"}), "--resume"])
+    message = str(refused.value)
+    assert "does not fit this model" in message and len(message) < 2000
+    # 2 more blocks in each of 3 stages, 12 tensors each (2 convs, 2 BNs of 5)
+    assert re.search(r"\n  missing \(72\): (\S+, ){9}\S+ \.\.\. and 62 more", message), message
+    assert "unexpected" not in message and "mis-shaped" not in message
+
+
 def test_missing_dataset_folder_fails_before_training(tool: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError,
                        match=f"dataset folder not found: {tmp_path}/nowhere/train"):
