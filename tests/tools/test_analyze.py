@@ -305,6 +305,14 @@ def test_bad_usage_gives_clear_errors(image_folder, tmp_path):
             ("lesion.max_train=-2", r"lesion.max_train must be a number of images >= 0")):
         with pytest.raises(ConfigError, match=message):
             run("lesion", tmp_path / "bad", tmp_path / "missing", override)
+    for study, override, message in (  # (were taken as "all")
+            ("responses", "responses.max_images=-5",
+             r"responses.max_images must be a number of images >= 0 \(0: all\), got -5"),
+            ("lesion", "lesion.max_k=-3",
+             r"lesion.max_k must be a number of blocks >= 0 \(0: all\), got -3")):
+        with pytest.raises(ConfigError, match=message):
+            run(study, tmp_path / "counts", image_folder, override)
+    assert not (tmp_path / "counts" / "models").exists()  # refused before any training
     with pytest.raises(FileNotFoundError, match="make_synthetic"):
         run("lesion", tmp_path / "l", tmp_path / "missing")
     # degradation.depths' defaults (20, 56) are no resnet depths: checked for degradation only
