@@ -44,8 +44,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights", required=True, help="checkpoint")
     parser.add_argument("--input", nargs="+", required=True, help="images, folders or videos")
     parser.add_argument("--output", required=True, help="folder for the pictures")
-    parser.add_argument("--min-score", type=float, default=DEFAULT_VIS_THRESH,
-                        help="detections drawn from this score (default 0.5)")
+    parser.add_argument("--min-score", type=float, default=None,
+                        help=f"detections drawn from this score (default {DEFAULT_VIS_THRESH}; "
+                             f"detection models only)")
     args = parser.parse_intermixed_args(argv)
     # `--input a.jpg model.roi_heads.score_thresh=0.3`: --input takes every word after it
     overrides = [i for i in args.input if OVERRIDE.fullmatch(i) and not Path(i).exists()]
@@ -55,7 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--input: no image, folder or video given, only key=value overrides")
     if not all(i.strip() for i in args.input):  # "" is the current folder, read whole
         parser.error("--input: an empty path; name images, folders or videos")
-    if not 0 <= args.min_score <= 1:  # (NaN too)
+    if args.min_score is not None and not 0 <= args.min_score <= 1:  # (NaN too)
         parser.error(f"--min-score must be a score in [0, 1], got {args.min_score}")
     return args
 
@@ -72,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if build_renderer is None:
         raise ConfigError(f"tools/demo.py draws detection and sem_seg models; {args.config} is "
                          f"a {task!r} config")
+    if args.min_score is None:
+        args.min_score = DEFAULT_VIS_THRESH
+    elif task != "detection":
+        logger.warning("--min-score %g has no effect: a %s model draws every pixel's class, "
+                       "not scored detections", args.min_score, task)
     output = writable_folder(args.output, "--output")
     # the config's train.device, as tools/eval.py (auto: a GPU when there is one)
     device = init_distributed(load_task_config(args.config, args.overrides)[1].train.device)

@@ -151,8 +151,11 @@ def test_demo_draws_the_overlay_at_image_size(trained: tuple[Path, dict], data: 
     with caplog.at_level(logging.WARNING):
         load_tool("demo").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
                                 "--input", str(image), "--output", str(tmp_path / "windows"),
-                                *overrides(data), "test.window=[48,48]"])
+                                *overrides(data), "test.window=[48,48]", "--min-score", "0.9"])
     assert "runs whole" not in caplog.text
+    # (was ignored without a word)
+    assert ("--min-score 0.9 has no effect: a sem_seg model draws every pixel's class"
+            in caplog.text)
 
 
 def test_training_evaluates_with_the_configs_test_scales(data: Path, tmp_path: Path,
