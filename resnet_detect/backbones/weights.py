@@ -66,9 +66,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 f"cannot read weights file {path} as safetensors: {type(e).__name__}: {e}"
             ) from e
     try:
+        data = read_checked_bytes(path)
+    except ValueError as e:  # damaged since it was written (its .sha256)
+        raise UnreadableCheckpointError(f"cannot read weights file {path}: {e}") from e
+    try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(io.BytesIO(read_checked_bytes(path)), map_location="cpu",
-                             weights_only=True)
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # not torch's advice to load with weights_only=False: for a file of unknown origin
         # that runs its code; the reason is the part after the unpickler's name
@@ -77,13 +80,27 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"cannot read weights file {path}: it holds more than tensors, or is no PyTorch "
             f"file ({reason}): a damaged or partial download, another format, or a whole "
             f"pickled model (save its state_dict() instead)") from e
-    except Exception as e:  # truncated zip, a damaged file's checksum, ...
+    except Exception as e:  # truncated zip, text, ...
         raise UnreadableCheckpointError(
-            f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
+            f"cannot read weights file {path}: {_why_unreadable(data, e)}") from e
     if not isinstance(obj, dict):
         raise UnreadableCheckpointError(
             f"weights file {path} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def _why_unreadable(data: bytes, error: Exception) -> str:
+    """What a file torch.load failed on is, by its first bytes, with the error's first line."""
+    said = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0].split('. ')[0]}"
+    if not data:
+        return "the file is empty (0 bytes): a failed download or copy"
+    if data.startswith(b"PK\x03\x04"):  # the zip archive torch.save writes
+        return (f"a PyTorch file cut short or damaged (a partial download, or copied while a "
+                f"run wrote it): {said}")
+    if data[:1] == b"\x80":  # a pickle: torch.save's legacy format
+        return f"a damaged PyTorch file of the legacy format: {said}"
+    return (f"no PyTorch file (it starts with {data[:16]!r}: text, or another format; "
+            f"weights are a .pth/.pt of torch.save or a .safetensors file)")
 
 
 # where checkpoints keep their weights: an average of them first (timm's train.py,

@@ -11,6 +11,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from resnet_detect import backbones
 from resnet_detect.backbones import load_weights, make_provenance, save_checkpoint
+from resnet_detect.backbones.weights import read_checkpoint
 from resnet_detect.engine.checkpoint import UnreadableCheckpointError
 from resnet_detect.engine.config import ConfigError
 
@@ -272,3 +273,24 @@ def test_weights_of_another_norm_say_so() -> None:
         check_and_load(bn, {k: v for k, v in bn.state_dict().items() if k != "stem.conv.weight"},
                        "cut.pth")
     assert "BatchNorm statistics" not in str(other.value)
+
+
+def test_a_file_that_is_no_checkpoint_says_what_it_is(tmp_path) -> None:
+    """A text file was "KeyError: 101", an empty one "EOFError: ", a cut one PyTorch's four
+    lines about miniz."""
+    torch.save({"w": torch.zeros(10000)}, tmp_path / "whole.pth")
+    whole = (tmp_path / "whole.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(whole[:len(whole) // 2])
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "notes.pth").write_text("epoch 12: loss 0.3\n", encoding="utf-8")
+    for name, said in (
+            ("empty.pth", r"the file is empty \(0 bytes\): a failed download or copy$"),
+            ("notes.pth", r"no PyTorch file \(it starts with b'epoch 12: loss 0': text, or "
+                          r"another format;"),
+            # then torch's error, whose wording depends on where the file ends
+            ("cut.pth", r"a PyTorch file cut short or damaged \(a partial download, or copied "
+                        r"while a run wrote it\): \w+Error: ")):
+        with pytest.raises(UnreadableCheckpointError,
+                           match=rf"^cannot read weights file {tmp_path / name}: {said}") as e:
+            read_checkpoint(tmp_path / name)
+        assert "\n" not in str(e.value) and len(str(e.value)) < 300
