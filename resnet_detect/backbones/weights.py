@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -69,6 +70,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         data = read_checked_bytes(path)
     except ValueError as e:  # damaged since it was written (its .sha256)
         raise UnreadableCheckpointError(f"cannot read weights file {path}: {e}") from e
+    except OSError as e:  # no permission, a folder, a disk error
+        raise UnreadableCheckpointError(
+            f"cannot read weights file {path}: {type(e).__name__}: {e.strerror or e}") from e
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -94,7 +98,14 @@ def _why_unreadable(data: bytes, error: Exception) -> str:
     said = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0].split('. ')[0]}"
     if not data:
         return "the file is empty (0 bytes): a failed download or copy"
-    if data.startswith(b"PK\x03\x04"):  # the zip archive torch.save writes
+    if data.startswith(b"PK\x03\x04"):  # the zip archive torch.save writes, or another's
+        try:
+            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        except (zipfile.BadZipFile, ValueError):  # its end (the central directory) missing
+            names = None
+        if names is not None and not any(n.endswith("data.pkl") for n in names):
+            return (f"a zip archive that is no PyTorch file ({', '.join(names[:3])}"
+                    f"{' ...' if len(names) > 3 else ''}: NumPy's .npz, Keras' .keras, ...)")
         return (f"a PyTorch file cut short or damaged (a partial download, or copied while a "
                 f"run wrote it): {said}")
     if data[:1] == b"\x80":  # a pickle: torch.save's legacy format

@@ -232,13 +232,13 @@ class Checkpointer:
                                                      else training)
             if self.average is not None and training is not None:
                 self.average.load_state_dict(state["model"])
-        except RuntimeError:
+        except RuntimeError as e:
+            differences = key_differences(unwrap_model(self.model).state_dict(),
+                                          state["model"] if training is None else training)
             raise ConfigError(f"checkpoint {path} does not fit this model (a model key changed "
                               f"since it was written, or {self.output_dir} holds another "
                               f"model's run: set the key back, or another train.output_dir):"
-                              + key_differences(unwrap_model(self.model).state_dict(),
-                                                state["model"] if training is None
-                                                else training)) from None
+                              + (differences or f" {e}")) from None
         optimizer, scheduler = self.components["optimizer"], self.components["scheduler"]
         # this run's hyperparameters (its config) win over the checkpoint's; the learning
         # rate is the scheduler's at the resumed position

@@ -563,8 +563,10 @@ def _refuse_another_tasks_results(output_dir: Path, cfg: DictConfig) -> None:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return  # no earlier run's config (or none that can be read): nothing to tell
     earlier_task = recorded.get("task") if isinstance(recorded, dict) else None
+    # (backbone_final.pth: pretraining's alone, which another task's run leaves in place)
     results = [name for name in (*EARLIER_RESULTS, "last_checkpoint")
-               if (output_dir / name).is_file()]
+               if (output_dir / name).is_file()
+               and (name != "backbone_final.pth" or cfg.get("task") == "classification")]
     if earlier_task is None or earlier_task == cfg.get("task") or not results:
         return
     raise ConfigError(f"train.output_dir {output_dir} holds the results of a {earlier_task} "
@@ -647,8 +649,14 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         raise ConfigError(f"train.output_dir must name a folder, got {t.output_dir!r}")
     output_dir = Path(t.output_dir)
     check_output_dir = getattr(task, "check_output_dir", None)  # (classification's)
-    if check_output_dir is not None:
-        check_output_dir(cfg, output_dir)
+
+    def check_the_folder() -> None:  # before anything is written there (lock, log)
+        if check_output_dir is not None:
+            check_output_dir(cfg, output_dir)
+        if not resume:
+            _refuse_another_tasks_results(output_dir, cfg)
+
+    done_everywhere(check_the_folder, "start in its train.output_dir")
     with exclusive_output_dir(output_dir):
         setup_logging(output_dir)
         try:
@@ -752,8 +760,6 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             _refuse_to_restart_a_finished_run(output_dir)
     else:
         state = None
-        done_everywhere(lambda: _refuse_another_tasks_results(output_dir, cfg),
-                        "start in its train.output_dir")
         checkpointer.remove_partial_writes()
         if is_main_process():  # not the weights this run starts from (model.weights=its file)
             keep = [v for v in weights_keys(cfg.get("model")).values() if isinstance(v, str)]

@@ -190,14 +190,20 @@ def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path)
                 writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps,
                                          (w, h))
                 if not writer.isOpened():
-                    raise UnwritableFolderError(f"OpenCV cannot write an .mp4 video to "
-                                                f"{partial} (no mp4v encoder in this OpenCV?)")
+                    raise UnwritableFolderError(f"OpenCV cannot write the .mp4 video {out} "
+                                                f"(no mp4v encoder in this OpenCV?)")
             writer.write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
             frames += 1
         if writer is not None:
             writer.release()
             writer = None
-            os.replace(partial, out)
+            try:
+                os.replace(partial, out)
+            except OSError as e:  # Windows: the earlier video open in a player
+                kept = partial.with_name(f"{out.stem}.new{out.suffix}")
+                os.replace(partial, kept)
+                raise UnwritableFolderError(f"cannot replace {out} ({e.strerror or e}); the "
+                                            f"video drawn now is {kept}") from None
     finally:
         capture.release()
         if writer is not None:

@@ -43,16 +43,23 @@ class _BilinearMatmulBackward(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, size: tuple[int, int]) -> Tensor:
         ctx.in_size = tuple(x.shape[-2:])
         ctx.dtype = x.dtype
+        ctx.channels_last = (x.is_contiguous(memory_format=torch.channels_last)
+                             and not x.is_contiguous())
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (h, w), (big_h, big_w) = ctx.in_size, grad.shape[-2:]
-        rows = interpolation_matrix(big_h, h, grad.device)
-        cols = interpolation_matrix(big_w, w, grad.device)
-        # float32 products whatever the grad's dtype: each input pixel sums up to 64 terms
-        grad_x = rows.t() @ (grad.float() @ cols)
-        return grad_x.to(ctx.dtype), None
+        # float32 products whatever the grad's dtype (each input pixel sums up to 64 terms),
+        # also where torch.compile traces this backward inside the forward's autocast; under
+        # TF32 (allow_tf32) they round as the convolutions' products do
+        with torch.autocast(grad.device.type, enabled=False):
+            rows = interpolation_matrix(big_h, h, grad.device)
+            cols = interpolation_matrix(big_w, w, grad.device)
+            grad_x = (rows.t() @ (grad.float() @ cols)).to(ctx.dtype)
+        if ctx.channels_last:  # the layout the convolution before it gave (and takes back)
+            grad_x = grad_x.contiguous(memory_format=torch.channels_last)
+        return grad_x, None
 
 
 def upsample_bilinear(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:

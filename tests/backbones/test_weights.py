@@ -2,6 +2,7 @@
 import argparse
 import logging
 
+import numpy as np
 import pytest
 import safetensors.torch
 import timm
@@ -283,7 +284,10 @@ def test_a_file_that_is_no_checkpoint_says_what_it_is(tmp_path) -> None:
     (tmp_path / "cut.pth").write_bytes(whole[:len(whole) // 2])
     (tmp_path / "empty.pth").write_bytes(b"")
     (tmp_path / "notes.pth").write_text("epoch 12: loss 0.3\n", encoding="utf-8")
+    with open(tmp_path / "arrays.pth", "wb") as f:  # NumPy's .npz: a zip too
+        np.savez(f, weight=np.zeros(3))
     for name, said in (
+            ("arrays.pth", r"a zip archive that is no PyTorch file \(weight.npy: NumPy's .npz, "),
             ("empty.pth", r"the file is empty \(0 bytes\): a failed download or copy$"),
             ("notes.pth", r"no PyTorch file \(it starts with b'epoch 12: loss 0': text, or "
                           r"another format;"),

@@ -1,10 +1,13 @@
 """tools/demo.py's inputs and output names (engine.visualize)."""
+import os
+import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from resnet_detect.engine.files import UnwritableFolderError
 from resnet_detect.engine.visualize import (draw_detections, draw_segmentation, drawable_name,
                                             expand_inputs, output_paths, palette, run_video)
 
@@ -140,3 +143,32 @@ def test_a_video_stopped_partway_leaves_the_earlier_video_whole(tmp_path: Path) 
         frames += 1
     capture.release()
     assert frames == 6 and out.read_bytes() != complete
+
+
+def test_a_video_that_cannot_be_replaced_keeps_the_new_one_beside_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows: the earlier video open in a player. The new one was deleted with the partial
+    file, after the whole video had been drawn."""
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), 60 * i, np.uint8))
+    writer.release()
+    out = tmp_path / "drawn" / "clip.mp4"
+    out.parent.mkdir()
+    out.write_bytes(b"the earlier video")
+    real = os.replace
+
+    def held_open(src: object, dst: object) -> None:
+        if Path(dst) == out:
+            raise PermissionError(13, "The process cannot access the file")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", held_open)
+    with pytest.raises(UnwritableFolderError, match=rf"cannot replace {re.escape(str(out))} "
+                                                    r"\(The process cannot access the file\); "
+                                                    r"the video drawn now is .*clip.new.mp4"):
+        run_video(clip, lambda frame: frame, out)
+    assert out.read_bytes() == b"the earlier video"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["clip.mp4", "clip.new.mp4"]
+    assert (out.parent / "clip.new.mp4").stat().st_size > 0

@@ -54,17 +54,29 @@ def test_bf16_gradient_is_summed_in_float32() -> None:
     torch.testing.assert_close(got.double(), expected, rtol=2**-8, atol=1e-6)
 
 
-def test_traces_whole_under_torch_compile() -> None:
+@pytest.mark.parametrize("amp", [False, True])
+def test_traces_whole_under_torch_compile(amp: bool) -> None:
     """train.compile compiles the segmentation heads: the function and its backward trace
-    into one graph (aot_eager: the tracing inductor does, without its code generation)."""
+    into one graph (aot_eager: the tracing inductor does, without its code generation); under
+    bf16 autocast the backward, traced inside it, still sums in float32."""
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     compiled = torch.compile(lambda t: _BilinearMatmulBackward.apply(t, (64, 64)),
                              backend="aot_eager", fullgraph=True)
     grad = torch.randn(2, 3, 64, 64)
-    (got,) = torch.autograd.grad(compiled(x), x, grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        out = compiled(x)
+    (got,) = torch.autograd.grad(out, x, grad)
     expected = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
     torch.testing.assert_close(got, torch.autograd.grad(expected, x, grad)[0],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_a_channels_last_input_gets_a_channels_last_gradient() -> None:
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    (got,) = torch.autograd.grad(_BilinearMatmulBackward.apply(x, (32, 32)), x,
+                                 torch.randn(2, 3, 32, 32))
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
 
 
 def test_the_cpu_keeps_pytorchs_backward() -> None:

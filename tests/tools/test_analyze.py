@@ -122,6 +122,15 @@ def test_a_rerun_reuses_the_nets_trained_with_the_same_recipe(image_folder, tmp_
     rows = read_csv(first["csv"])
     assert trained == ["plain_cifar_resnet20", "cifar_resnet20"]
     weights = saved(output, "cifar_resnet20").read_bytes()
+    # a folder of the earlier naming (models/ARCH.pth): its net is reused, under the new name
+    named = saved(output, "cifar_resnet20")
+    for suffix in (".pth", ".pth.sha256"):
+        named.with_suffix(suffix).rename(output / "models" / f"cifar_resnet20{suffix}")
+    trained.clear()
+    run("degradation", output, data, "degradation.depths=[20]")
+    assert trained == []
+    assert named.read_bytes() == weights and named.with_suffix(".pth.sha256").is_file()
+    assert not (output / "models" / "cifar_resnet20.pth").exists()
 
     trained.clear()
     saved(output, "plain_cifar_resnet20").write_bytes(b"damaged")

@@ -97,11 +97,13 @@ def test_a_run_folder_of_another_task_is_refused_and_kept(tool: ModuleType,
     (run / "config.yaml").write_text("task: detection\nmodel: {}\n", encoding="utf-8")
     (run / "model_final.pth").write_bytes(b"the detector")
     (run / "metrics.json").write_text("{}", encoding="utf-8")
-    with pytest.raises(ConfigError, match=rf"train.output_dir {run} holds the results of a "
-                                          r"detection run \(model_final.pth, metrics.json\); "
-                                          r"this classification run would replace them"):
+    with pytest.raises(ConfigError, match=rf"train.output_dir {re.escape(str(run))} holds the "
+                                          r"results of a detection run \(model_final.pth, "
+                                          r"metrics.json\); this classification run would "
+                                          r"replace them"):
         tool.main(overrides(tmp_path / "data", run, **{"train.epochs": 1}))
     assert (run / "model_final.pth").read_bytes() == b"the detector"
+    assert not (run / "log.txt").exists()  # refused before its log was opened there
     assert "classification" not in (run / "config.yaml").read_text(encoding="utf-8")
     (run / "model_final.pth").unlink(), (run / "metrics.json").unlink()
     tool.main(overrides(tmp_path / "data", run, **{"train.epochs": 1}))  # nothing to lose
@@ -113,7 +115,8 @@ def test_an_output_folder_inside_a_split_is_refused(tool: ModuleType, tmp_path: 
     the next run refused the split ("class folders without images: tensorboard")."""
     colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
     for inside in ("train", "val/runs/r1"):
-        with pytest.raises(ConfigError, match=rf"train.output_dir {tmp_path}/data/{inside} is "
+        with pytest.raises(ConfigError, match=rf"train.output_dir "
+                                              rf"{re.escape(str(tmp_path / 'data' / inside))} is "
                                               rf"inside the dataset's {inside.split('/')[0]} "
                                               r"folder .*: the run's files would be read as a "
                                               r"class there"):

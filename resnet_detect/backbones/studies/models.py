@@ -18,6 +18,7 @@ import torch
 
 from resnet_detect.engine import setup_logging
 from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.files import checksum_file
 
 from .. import build_classifier
 from ..classifier import Classifier
@@ -122,6 +123,23 @@ def _reuse(path: Path, record: dict[str, Any], model: Classifier) -> TrainHistor
         return None
 
 
+def _adopt_unhashed(old: Path, path: Path, record: dict[str, Any]) -> None:
+    """A net saved as models/ARCH.pth (before the names carried the record) and trained with
+    `record` is renamed to `path`, with its checksum, and so reused; another is left as it
+    is."""
+    if path.exists() or not old.is_file():
+        return
+    try:
+        trained_with = read_checkpoint(old).get("study_training")
+    except (ValueError, OSError):
+        return
+    if trained_with == record:
+        if checksum_file(old).is_file():
+            os.replace(checksum_file(old), checksum_file(path))
+        os.replace(old, path)
+        logger.info("%s renamed %s (the name of the recipe it was trained with)", old, path.name)
+
+
 def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> StudyModel:
     """Train `ctx.arch(depth, residual)` with the context's recipe and save it to
     OUTPUT_DIR/models/ARCH-<record>.pth (`saved_name`; with provenance, reusable as
@@ -137,6 +155,7 @@ def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> Study
     record = training_record(ctx, arch, residual)
     name = saved_name(arch, record)
     path = ctx.output_dir / "models" / f"{name}.pth"
+    _adopt_unhashed(ctx.output_dir / "models" / f"{arch}.pth", path, record)
     history = _reuse(path, record, model)
     if history is not None:
         logger.info("%s: reusing %s, trained by an earlier run with the same recipe, options "
