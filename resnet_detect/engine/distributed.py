@@ -137,7 +137,10 @@ def all_reduce_mean(values: Mapping[str, float | torch.Tensor]) -> dict[str, flo
 def usable_device(device: str | torch.device) -> torch.device:
     """`device` as a torch.device, refused with what is there when it is a GPU this process
     cannot use (before a model is built and its weights read for it)."""
-    target = torch.device(device)
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's own message lists some twenty device types
+        raise ValueError(f"device {device!r} is none of 'cpu', 'cuda', 'cuda:N'") from None
     if target.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

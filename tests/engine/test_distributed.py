@@ -193,6 +193,10 @@ def test_a_gpu_the_process_cannot_use_is_refused_before_anything_is_built(tmp_pa
         with pytest.raises(ValueError, match=r"device 'cuda:99': (torch .* sees no GPU .*use "
                                              r"device='cpu'|this machine has \d+ GPU)"):
             predictor(weights=missing, device="cuda:99")
+        # (was torch's RuntimeError listing some twenty device types)
+        with pytest.raises(ValueError, match=r"^device 'gpu' is none of 'cpu', 'cuda', "
+                                             r"'cuda:N'$"):
+            predictor(weights=missing, device="gpu")
 
 
 def test_batch_norm_on_few_images_per_process_is_warned_of() -> None:
