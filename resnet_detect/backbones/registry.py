@@ -56,6 +56,9 @@ for _name in list(_REGISTRY):
 _OPTIONS = {"depth", "block", "shortcut"} | set(inspect.signature(ResNet).parameters) - {
     "stage_blocks", "stage_planes", "stem"}
 
+_TRUE_OR_FALSE = {n for n, p in inspect.signature(ResNet).parameters.items()
+                  if p.annotation in (bool, "bool")}
+
 
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
@@ -71,6 +74,11 @@ def build_resnet(name: str, config_prefix: str = "", **options: Any) -> ResNet:
         raise (ConfigError if config_prefix else ArgumentError)(
             f"unknown backbone option {', '.join(config_prefix + k for k in unknown)}; valid: "
             f"{', '.join(sorted(_OPTIONS))}")
+    not_bool = [k for k in sorted(set(options) & _TRUE_OR_FALSE)
+                if options[k] is not None and not isinstance(options[k], bool)]
+    if not_bool:  # a string "flase" (model_info's key=value) would be true
+        raise (ConfigError if config_prefix else ArgumentError)(", ".join(
+            f"{config_prefix}{k} must be true or false, got {options[k]!r}" for k in not_bool))
     try:
         return _REGISTRY[name](**options)
     except ValueError as e:  # "multi_grid [1, 1, 1] must ...": named as the config's key

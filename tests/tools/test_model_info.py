@@ -30,6 +30,9 @@ def test_an_unknown_name_or_option_is_a_usage_error(capsys) -> None:
                           (["resnet50", "groups=0"], "groups must be a positive integer, got 0"),
                           (["resnet50", "width=0"], "width must be a number > 0"),
                           (["resnet50", "shortcut=D"], "unknown shortcut 'D'; valid: A, B, C"),
+                          # a string, taken as true (v1's counts under a typo)
+                          (["resnet50", "stride_in_1x1=flase"],
+                           "stride_in_1x1 must be true or false, got 'flase'"),
                           # a traceback, and 0 became 1000 classes
                           (["resnet50", "--num-classes", "-3"], "--num-classes must be a "
                            "positive number of classes, got -3"),
