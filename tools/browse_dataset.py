@@ -21,6 +21,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,17 @@ def sample_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0] >> 1)
 
 
+def refuse_output_in_the_data(output: str, split_cfg: Any, split: str) -> None:
+    """Pictures written into the split's image or mask folder become part of the dataset (a
+    segmentation eval then found images without masks)."""
+    out = Path(output).resolve()
+    for key in ("img_dir", "mask_dir"):
+        folder = split_cfg.get(key)
+        if folder and (out == Path(folder).resolve() or Path(folder).resolve() in out.parents):
+            raise ConfigError(f"--output {output} is inside data.{split}.{key} {folder}: the "
+                              f"pictures would join the dataset; give a folder outside it")
+
+
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """Draw the split's first images; returns the written files."""
     args = parse_args(argv)
@@ -66,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if browse_split is None:
         raise ConfigError(f"tools/browse_dataset.py draws detection and sem_seg data; "
                           f"{args.config} is a {task!r} config")
+    refuse_output_in_the_data(args.output, cfg.data.get(args.split) or {}, args.split)
     output = writable_folder(args.output, "--output")  # before the data is read
     dataset, draw = browse_split(cfg, args.split)
     count = len(dataset) if args.num == 0 else min(args.num, len(dataset))

@@ -3,6 +3,7 @@ pixel on hand-made data (a grey image, one object of known place and class)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -112,6 +113,14 @@ def test_bad_requests_are_refused_naming_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'classification' config"):
         tool.main([str(ROOT / "configs/pretrain/synthetic_resnet18.yaml"), "--output",
                    str(tmp_path)])
+    images = tmp_path / "images"  # (pictures of the val split were written among its images)
+    for output in (images, images / "drawn"):
+        with pytest.raises(ValueError, match=rf"--output {re.escape(str(output))} is inside "
+                                             rf"data.val.img_dir {re.escape(str(images))}: the "
+                                             r"pictures would join the dataset"):
+            tool.main([str(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"), "--output",
+                       str(output), "--split", "val", f"data.val.img_dir={images}"])
+    assert not (images / "drawn").exists()
     with pytest.raises(ValueError, match="data.val.ann_file and data.val.img_dir are not set"):
         tool.main([str(ROOT / "configs/detection/faster_rcnn_R_50_FPN_1x.yaml"), "--output",
                    str(tmp_path), "--split", "val", "data.val.ann_file=", "data.val.img_dir="])
