@@ -120,12 +120,7 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
         raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but the weights {source} "
                           f"have {num_classes} classes")
     cfg.model.num_classes = num_classes
-    masks = has_mask_head(state_dict)
-    if masks != bool(cfg.model.mask_on):
-        raise ConfigError(
-            f"the weights {source} have {'a' if masks else 'no'} mask head but model.mask_on "
-            f"is {bool(cfg.model.mask_on)}; use a {'Mask' if masks else 'Faster'} R-CNN config "
-            f"(or set model.mask_on={str(masks).lower()})")
+    _refuse_another_mask_head(has_mask_head(state_dict), cfg, source)
     use_recorded_normalisation(cfg.model, provenance, str(source))
     with torch.random.fork_rng(devices=[]):  # its random start, replaced, is not the user's
         model = build_model(cfg)
@@ -162,6 +157,15 @@ def _warn_of_another_test_size(cfg: DictConfig, recorded: Mapping[str, Any],
                        "set those keys", source, trained[0], trained[1], *test_resize(cfg))
 
 
+def _refuse_another_mask_head(masks: bool, cfg: DictConfig, source: object) -> None:
+    """Weights with a mask head under a Faster R-CNN config, or none under a Mask R-CNN one."""
+    if masks != bool(cfg.model.mask_on):
+        raise ConfigError(
+            f"the weights {source} have {'a' if masks else 'no'} mask head but model.mask_on "
+            f"is {bool(cfg.model.mask_on)}; use a {'Mask' if masks else 'Faster'} R-CNN config "
+            f"(or set model.mask_on={str(masks).lower()})")
+
+
 def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | None,
                         weights: str | os.PathLike, overrides: Sequence[str],
                         device: str | torch.device) -> LoadedDetector:
@@ -171,6 +175,9 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
     meta = model.metadata
     cfg = _config({} if config is None else config, overrides)
     fixed = _graph_settings(meta)
+    if config is not None or any(o.startswith("model.mask_on=") for o in overrides):
+        # as for a .pth (a Mask R-CNN graph under a Faster R-CNN config scored masks)
+        _refuse_another_mask_head(model.mask_on, cfg, weights)
     warn_of_settings_the_graph_keeps(
         weights, _differing(cfg, fixed, overrides, whole_config=config is not None), overrides,
         list(fixed))

@@ -221,6 +221,14 @@ def test_exported_onnx_scores_the_same_box_and_mask_ap_and_refuses_other_classes
                                       str(data / "images/val/000000.jpg"), "--output",
                                       str(tmp_path / "demo")])
     assert cv2.imread(str(written[0])).shape == (96, 128, 3)
+    # the graph's masks under a Faster R-CNN config: refused as for the .pth (was a warning,
+    # then mask AP scored)
+    with pytest.raises(ValueError, match=rf"the weights {re.escape(str(export))} have a mask "
+                                         r"head but model.mask_on is False; use a Mask R-CNN "
+                                         r"config"):
+        load_tool("eval").main([*args, "--weights", str(export), "--output",
+                                str(tmp_path / "faster"), "model.mask_on=false"])
+    assert not (tmp_path / "faster" / "metrics.json").exists()
     _demo_on_an_export_says_why_nothing_was_drawn_and_goes_on_past_a_large_photo(
         args, export, data, tmp_path, capsys)
     # an export whose categories are not the evaluation data's: refused, never mislabelled

@@ -651,15 +651,20 @@ def test_damaged_export_folders_are_refused_naming_the_file_and_key(
             "model.backbone.freeze_at=3"])
         Predictor(str(CONFIG), weights=upper / "MODEL.ONNX", overrides=data_overrides(data))
         assert caplog.text.count("WARNING") == 1  # the config it was exported with: no word
-        # a Mask R-CNN config, whose evaluation would score no masks, and its own test size
+        # a Mask R-CNN config (masks off) and its own test size
         Predictor(str(ROOT / "configs/synthetic/mask_rcnn_R_18_FPN.yaml"),
-                  weights=upper / "MODEL.ONNX")
+                  weights=upper / "MODEL.ONNX", overrides=["model.mask_on=false"])
     assert (f"the exported graph {upper / 'MODEL.ONNX'} runs as it was exported, not as the "
             f"config says: data.val.max_size 160 (config: 99); model.roi_heads.score_thresh "
             f"0.05 (config: 0.5); model.backbone.freeze_at not applied; export again with the "
             f"settings wanted") in caplog.text
     assert ("not as the config says: data.val.min_size 96 (config: 320); data.val.max_size 160 "
-            "(config: 533); model.mask_on false (config: true); export again") in caplog.text
+            "(config: 533); export again") in caplog.text
+    # with its masks on, whose evaluation would score no masks: refused, as for a .pth
+    with pytest.raises(ValueError, match=r"have no mask head but model.mask_on is True; use a "
+                                         r"Faster R-CNN config"):
+        Predictor(str(ROOT / "configs/synthetic/mask_rcnn_R_18_FPN.yaml"),
+                  weights=upper / "MODEL.ONNX")
     with pytest.raises(ValueError, match=r"onnx/model.onnx: no such ONNX file"):
         Predictor(None, weights=folder)  # export.json without its graph
     metadata = json.loads((upper / "export.json").read_text())
