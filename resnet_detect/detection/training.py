@@ -152,6 +152,21 @@ def refuse_other_classes(loaded: LoadedDetector, mapping: CategoryMapping, ann_f
             f"dropped; evaluate weights trained on this file's categories")
 
 
+def _warn_of_undetectable_objects(model_ids: Sequence[int], dataset: Any, mapping: Any,
+                                  ann_file: Path, weights: str) -> None:
+    """Objects of the file's categories the weights were never trained on: each such category
+    scores AP 0 and lowers the mean, without a word otherwise."""
+    known = set(model_ids)
+    counts = Counter(int(label) for i in range(len(dataset))
+                     for label in dataset.record(i)["classes"])
+    other = [f"{mapping.names[k]} (id {mapping.dataset_ids[k]}): {n}"
+             for k, n in sorted(counts.items()) if mapping.dataset_ids[k] not in known]
+    if other:
+        logger.warning("%s has objects of %d categories the weights %s were not trained on "
+                       "(%s objects): each scores AP 0 and lowers the mean AP", ann_file,
+                       len(other), weights, ", ".join(other))
+
+
 def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequence[str],
                         device: torch.device, *, backend: str | None = None) -> dict[str, Any]:
     """COCO box (and mask) AP of `weights` on data.val (tools/eval.py): writes
@@ -173,6 +188,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     if unknown:
         logger.warning("%d of the model's category ids are not in %s: %s", len(unknown),
                        ann_file, unknown[:10])
+    _warn_of_undetectable_objects(loaded.category_ids, dataset, mapping, ann_file, weights)
     loader = CountedLoader(build_test_loader(dataset,
                                              num_workers=min(loaded.cfg.data.num_workers, 1)))
     types = iou_types(loaded.model)

@@ -227,6 +227,25 @@ def test_a_file_without_annotations_gets_its_detections_written_and_nothing_scor
     assert not list((tmp_path / "run").glob("*.pth"))
 
 
+def test_eval_names_objects_of_classes_the_weights_never_learnt(
+        trained: Path, data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A category added to the val file, with objects: scored AP 0 without a word."""
+    content = json.loads((data / "coco/val.json").read_text())
+    content["categories"].append({"id": 13, "name": "hexagon", "supercategory": "shape"})
+    moved = [a for a in content["annotations"] if a["category_id"] == 11][:5]
+    for annotation in moved:
+        annotation["category_id"] = 13
+    (tmp_path / "extra.json").write_text(json.dumps(content))
+    with caplog.at_level("WARNING"):
+        load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                                "--output", str(tmp_path / "eval"), *data_overrides(data),
+                                f"data.val.ann_file={tmp_path / 'extra.json'}"])
+    assert moved and not any(a.get("iscrowd") for a in moved)
+    assert (f"{tmp_path / 'extra.json'} has objects of 1 categories the weights "
+            f"{trained / 'model_final.pth'} were not trained on (hexagon (id 13): {len(moved)} "
+            f"objects): each scores AP 0") in caplog.text
+
+
 def test_eval_refuses_weights_whose_classes_the_file_names_otherwise(
         trained: Path, data: Path, tmp_path: Path) -> None:
     def evaluate_on_a_copy(name: str, edit: Callable[[dict], None]) -> None:
