@@ -113,14 +113,19 @@ def test_neighbouring_classes_get_other_colours() -> None:
     assert distances[~np.eye(19, dtype=bool)].min() > 50
 
 
+def _clip(path: Path, frames: int) -> Path:
+    """A small MJPG video of `frames` grey frames, each lighter than the last."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    for i in range(frames):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    return path
+
+
 def test_a_video_stopped_partway_leaves_the_earlier_video_whole(tmp_path: Path) -> None:
     """Ctrl-C during a demo's video replaced the complete video of an earlier run with the
     frames drawn so far."""
-    clip = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
-    for i in range(6):
-        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
-    writer.release()
+    clip = _clip(tmp_path / "clip.avi", 6)
     out = tmp_path / "drawn" / "clip.mp4"
     assert run_video(clip, lambda frame: frame, out) == out
     complete = out.read_bytes()
@@ -149,11 +154,7 @@ def test_a_video_that_cannot_be_replaced_keeps_the_new_one_beside_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Windows: the earlier video open in a player. The new one was deleted with the partial
     file, after the whole video had been drawn."""
-    clip = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
-    for i in range(3):
-        writer.write(np.full((48, 64, 3), 60 * i, np.uint8))
-    writer.release()
+    clip = _clip(tmp_path / "clip.avi", 3)
     out = tmp_path / "drawn" / "clip.mp4"
     out.parent.mkdir()
     out.write_bytes(b"the earlier video")
