@@ -213,3 +213,17 @@ def test_a_split_without_images_is_named(dataset: Path, tmp_path: Path) -> None:
                                            r"images/test; --splits names the splits"):
         yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_names_numbered_past_nine_keep_their_order(tmp_path: Path) -> None:
+    """COCO's own data.yaml numbers 80 names: 10 sorted as text came before 2, and every
+    mapping of more than ten classes was refused as not numbering 0..K-1."""
+    _image(tmp_path / "images/a.jpg", 40, 30)
+    _labels(tmp_path / "labels/a.txt", ["11 0.5 0.5 0.5 0.5"])
+    numbered = "".join(f"  {k}: class{k}\n" for k in (11, 2, 10, 0, 1, 3, 4, 5, 6, 7, 8, 9))
+    (tmp_path / "data.yaml").write_text(f"train: images\nnames:\n{numbered}", encoding="utf-8")
+    coco = yolo_to_coco.main([str(tmp_path / "data.yaml"), "--output-dir",
+                              str(tmp_path / "out")])["train"]
+    assert [(c["id"], c["name"]) for c in coco["categories"]] == [
+        (k + 1, f"class{k}") for k in range(12)]
+    assert [a["category_id"] for a in coco["annotations"]] == [12]

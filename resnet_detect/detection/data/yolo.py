@@ -49,7 +49,7 @@ def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
         raise DatasetError(f"{path}: no 'names' (the class names)")
     names = data["names"]
     if isinstance(names, dict):
-        if sorted(names, key=str) != list(range(len(names))):  # (keys of any types)
+        if set(names) != set(range(len(names))):  # (keys of any types; 10 after 9)
             raise DatasetError(f"{path}: 'names' must number the classes 0..K-1, got "
                                f"{sorted(names, key=str)}")
         names = [names[k] for k in range(len(names))]
