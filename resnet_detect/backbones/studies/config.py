@@ -150,12 +150,17 @@ def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
                 arch_name(cfg.model.family, depth, True)
             except ValueError as e:
                 raise ConfigError(f"{key}: {e}") from None
-    subsets = {f"data.{key}": d[key] for key in ("max_train", "max_val")}
+    # limits of 0 meaning all (a negative one was taken as all too): key -> (value, what)
+    limits = {f"data.{key}": (d[key], "images") for key in ("max_train", "max_val")}
     if study is not None:
-        subsets[f"{study}.max_train"] = cfg[study].get("max_train", 0)
-    for key, value in subsets.items():
+        limits[f"{study}.max_train"] = (cfg[study].get("max_train", 0), "images")
+    if study == "responses":
+        limits["responses.max_images"] = (cfg.responses.max_images, "images")
+    if study == "lesion":
+        limits["lesion.max_k"] = (cfg.lesion.max_k, "blocks")
+    for key, (value, what) in limits.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{key} must be a number of images >= 0 (0: all), got {value!r}")
+            raise ConfigError(f"{key} must be a number of {what} >= 0 (0: all), got {value!r}")
     if not is_positive_int(cfg.train.eval_batch_size):
         raise ConfigError(f"train.eval_batch_size must be a positive integer (images per "
                           f"evaluation forward pass), got {cfg.train.eval_batch_size!r}")

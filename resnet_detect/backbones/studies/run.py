@@ -88,17 +88,10 @@ def run_degradation(ctx: StudyContext, weights: Sequence[str], *,
                   {"runs": runs}, lambda path, t: plot_degradation(runs, path, t), title, started)
 
 
-def _count(value: object, key: str, what: str) -> None:
-    """A limit that must be a whole number >= 0, 0 meaning all (-5 was taken as all)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{key} must be a number of {what} >= 0 (0: all), got {value!r}")
-
-
 def run_responses(ctx: StudyContext, weights: Sequence[str], *, max_images: int,
                   layers: str = "3x3") -> dict[str, Path]:
     """Std of every 3x3 layer's output after its norm (or of every block's residual branch
     output: layers="blocks"), per model, in network order."""
-    _count(max_images, "responses.max_images", "images")
     started = time.perf_counter()
     models = _models(ctx, weights, twins=True)
     images = ctx.val.subset(max_images, seed=0)
@@ -126,7 +119,6 @@ def run_lesion(ctx: StudyContext, weights: Sequence[str], *, draws: int,
     """Accuracy with single blocks deleted, and with k random blocks deleted."""
     if draws < 1:
         raise ConfigError(f"lesion.draws must be >= 1, got {draws}")
-    _count(max_k, "lesion.max_k", "blocks")
     started = time.perf_counter()
     models = _models(ctx, weights, twins=True)
     results, rows = [], []
