@@ -60,7 +60,7 @@ def refuse_output_in_the_data(output: str, split_cfg: Any, split: str) -> None:
     out = Path(output).resolve()
     for key in ("img_dir", "mask_dir"):
         folder = split_cfg.get(key)
-        if folder and (out == Path(folder).resolve() or Path(folder).resolve() in out.parents):
+        if folder and out.is_relative_to(Path(folder).resolve()):
             raise ConfigError(f"--output {output} is inside data.{split}.{key} {folder}: the "
                               f"pictures would join the dataset; give a folder outside it")
 

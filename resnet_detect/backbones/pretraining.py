@@ -83,8 +83,7 @@ def refuse_output_in_a_split(cfg: DictConfig, output_dir: Path) -> None:
     folder would be written among the class folders (the next run then refused the split)."""
     d, out = cfg.data, output_dir.resolve()
     for split in (d.train_split, d.val_split):
-        folder = Path(d.root, split).resolve()
-        if out == folder or folder in out.parents:
+        if out.is_relative_to(Path(d.root, split).resolve()):
             raise ConfigError(f"train.output_dir {cfg.train.output_dir} is inside the "
                               f"dataset's {split} folder {Path(d.root, split)}: the run's "
                               f"files would be read as a class there; give a folder outside "
