@@ -17,6 +17,8 @@ file without annotations (COCO's test-dev image info) gets its results file writ
 nothing scored ("bbox": null). Weights are this project's checkpoints or a torchvision
 fasterrcnn_resnet50_fpn / maskrcnn_resnet50_fpn state dict (labels = COCO ids); weights whose
 classes are named differently from the file's categories of the same ids are refused.
+An --output holding the evaluation of other weights is refused (the same weights again replace
+theirs).
 
 Segmentation (`task: sem_seg` configs): mIoU, pixel accuracy and per-class IoU in percent,
 written to DIR/metrics.json as {"sem_seg": {...}, "images": {...}, "weights": CKPT}; with
@@ -32,6 +34,7 @@ classes, sorted, as ImageNet's 1000 synsets are).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,10 +73,33 @@ def refuse_a_training_runs_folder(output: Path) -> None:
                           f"{output / 'eval'}")
 
 
+def same_weights(a: str, b: str) -> bool:
+    """Two --weights naming one file: an export folder and its model.onnx are one."""
+    def resolved(path: str) -> Path:
+        p = Path(path).resolve()
+        return p / "model.onnx" if p.is_dir() else p
+    return a == b or resolved(a) == resolved(b)
+
+
+def refuse_another_evaluations_folder(output: Path, weights: str) -> None:
+    """--output holding the evaluation of other weights: its metrics.json would be replaced
+    and its results files (coco_instances_results.json, predictions/) could be left beside
+    this one's. Evaluating the same weights again replaces their evaluation."""
+    try:
+        earlier = json.loads((output / "metrics.json").read_text(encoding="utf-8"))["weights"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no evaluation's metrics.json there
+    if isinstance(earlier, str) and not same_weights(earlier, weights):
+        raise ConfigError(f"--output {output} holds the evaluation of other weights ({earlier}): "
+                          f"its metrics.json would be replaced and its results mixed with "
+                          f"these; give another folder, or remove {output / 'metrics.json'}")
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Evaluate; returns what metrics.json holds."""
     args = parse_args(argv)
     refuse_a_training_runs_folder(Path(args.output))
+    refuse_another_evaluations_folder(Path(args.output), args.weights)
     task = config_task(args.config, args.overrides)
     evaluate_checkpoint = getattr(task_module(task), "evaluate_checkpoint", None)
     if evaluate_checkpoint is None:

@@ -162,6 +162,28 @@ def test_eval_keeps_out_of_a_training_runs_folder(trained: Path, data: Path) -> 
     assert (trained / "metrics.json").read_bytes() == before
 
 
+def test_eval_keeps_out_of_another_evaluations_folder(trained: Path, data: Path,
+                                                     tmp_path: Path) -> None:
+    """An evaluation of other weights into one --output replaced its metrics.json and left
+    the results files of both; the same weights again (an export folder or its model.onnx
+    alike) replace their evaluation."""
+    out = tmp_path / "eval"
+    run = [str(CONFIG), "--output", str(out), *data_overrides(data)]
+    load_tool("eval").main([*run, "--weights", str(trained / "model_final.pth")])
+    before = (out / "metrics.json").read_bytes()
+    other = trained / "model_0000000.pth"
+    with pytest.raises(ConfigError, match=rf"--output {out} holds the evaluation of other "
+                                          rf"weights \({trained / 'model_final.pth'}\): .*remove "
+                                          rf"{out / 'metrics.json'}"):
+        load_tool("eval").main([*run, "--weights", str(other)])
+    assert (out / "metrics.json").read_bytes() == before
+    again = load_tool("eval").main([*run, "--weights", str(trained / "model_final.pth")])
+    assert again["weights"] == str(trained / "model_final.pth")
+    eval_tool = load_tool("eval")
+    assert eval_tool.same_weights(str(tmp_path), str(tmp_path / "model.onnx"))
+    assert not eval_tool.same_weights(str(other), str(trained / "model_final.pth"))
+
+
 def test_eval_with_test_time_augmentation_scores_what_the_predictor_gives(
         trained: Path, data: Path, tmp_path: Path) -> None:
     """The views are made from each image at its own size, not from the test-size image."""
