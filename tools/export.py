@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_detect.engine import setup_logging  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
-from resnet_detect.engine.export import INSTALL_HINT, ExportError, is_onnx  # noqa: E402
+from resnet_detect.engine.export import INSTALL_HINT, METADATA_FILE, ExportError, is_onnx  # noqa: E402
 from resnet_detect.engine.files import writable_folder  # noqa: E402
 from resnet_detect.engine.tasks import TASK_MODULES, config_task, task_module  # noqa: E402
 
@@ -69,8 +69,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                              f"config")
         options["mask_output"] = args.mask_output
     output = writable_folder(args.output, "--output")
+    replaced = (output / METADATA_FILE).is_file()
     metadata = export_model(args.config, args.weights, output, args.overrides, **options)
-    print(f"wrote {Path(args.output) / metadata['model']} and export.json: "
+    print(f"wrote {Path(args.output) / metadata['model']} and export.json"
+          f"{' in place of the export that was there' if replaced else ''}: "
           f"{json.dumps(metadata['outputs'])}", flush=True)
     return metadata
 

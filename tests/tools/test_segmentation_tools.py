@@ -247,14 +247,19 @@ def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
 
 def test_weights_without_class_names_export_with_the_configs_and_score_the_same(
         trained: tuple[Path, dict], data: Path, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture) -> None:
     """A bare state dict (torchvision's DeepLabV3 / FCN weights, a hand-saved one) names no
     classes: the export takes data.class_names, and tools/eval.py scores it."""
     bare = tmp_path / "bare.pth"
     torch.save(torch.load(trained[0] / "model_final.pth", weights_only=True)["model"], bare)
     export = tmp_path / "export"
+    load_tool("export").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
+                              "--output", str(export), *overrides(data)])
+    assert "in place of" not in capsys.readouterr().out
     load_tool("export").main([str(CONFIG), "--weights", str(bare), "--output", str(export),
-                              *overrides(data)])
+                              *overrides(data)])  # the export there is replaced, and said so
+    assert f"wrote {export / 'model.onnx'} and export.json in place of the export that was " \
+        f"there: " in capsys.readouterr().out
     metadata = json.loads((export / "export.json").read_text())
     assert metadata["class_names"] == CLASSES
     unnamed = [o for o in overrides(data) if not o.startswith("data.class_names=")]
