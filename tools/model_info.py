@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(e))
     macs = count_macs(model, size)
     print(f"{args.name} {options or ''} input {size[0]}x{size[1]}, {num_classes} classes")
-    print(f"{'stage':<8}{'params':>14}{'GMACs':>10}")
+    print(f"{'stage':<8}{'params':>14} {'GMACs':>10}")
     parts = dict(model.backbone.named_children()) | {"fc": model.fc}
     for name, module in parts.items():
-        print(f"{name:<8}{count_parameters(module):>14,}{macs.get(name, 0) / 1e9:>10.3f}")
-    print(f"{'total':<8}{count_parameters(model):>14,}{macs['total'] / 1e9:>10.3f}")
+        print(f"{name:<8}{count_parameters(module):>14,} {macs.get(name, 0) / 1e9:>10.3f}")
+    print(f"{'total':<8}{count_parameters(model):>14,} {macs['total'] / 1e9:>10.3f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Parameter and multiply-add counts of a model, per top-level stage."""
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 
 import torch
@@ -19,7 +20,9 @@ def count_macs(model: nn.Module, image_size: tuple[int, int] = (224, 224)) -> di
 
     Keys are the model's top-level child names (for a Classifier: backbone stages and fc)
     plus "total". Normalisation, activations and pooling are not counted, as in He et al.
+    Counted on a copy on the meta device: shapes only, nothing allocated at any image size.
     """
+    model = copy.deepcopy(model).to("meta")
     stage_of: dict[nn.Module, str] = {}
     roots = model.backbone.named_children() if hasattr(model, "backbone") else []
     for name, child in list(roots) + list(model.named_children()):
@@ -42,7 +45,7 @@ def count_macs(model: nn.Module, image_size: tuple[int, int] = (224, 224)) -> di
                if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with eval_mode(model):
-            model(torch.zeros(1, 3, *image_size))
+            model(torch.zeros(1, 3, *image_size, device="meta"))
     finally:
         for h in handles:
             h.remove()

@@ -41,3 +41,20 @@ def test_an_unknown_name_or_option_is_a_usage_error(capsys) -> None:
         with pytest.raises(SystemExit) as exit_info:
             model_info.main(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+
+def test_any_input_size_is_counted_without_allocating_it(capsys) -> None:
+    """--size 89600 89600 was the allocator's traceback (a 96 GB input). Each stage's MACs
+    scale with the input's area where every stride divides the size: 400**2 times 224x224's."""
+    from resnet_detect import backbones
+    from resnet_detect.backbones.complexity import count_macs
+    model = backbones.build_classifier("resnet50", 1000)
+    small, large = count_macs(model, (224, 224)), count_macs(model, (89600, 89600))
+    assert small["total"] == 4_089_184_256  # He et al.'s 4.1 GFLOPs (multiply-adds)
+    for stage in ("stem", "res2", "res3", "res4", "res5"):
+        assert large[stage] == small[stage] * 400 ** 2
+    assert large["fc"] == small["fc"] == 2048 * 1000
+    model_info.main(["resnet50", "--size", "89600", "89600"])
+    total = capsys.readouterr().out.splitlines()[-1].split()
+    assert total == ["total", "25,557,032", f"{large['total'] / 1e9:.3f}"]
