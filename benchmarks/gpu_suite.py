@@ -3,8 +3,8 @@ reference measured in the same run.
 
 Usage:
   python benchmarks/gpu_suite.py --output DIR [--phases PHASE ...] [--steps N]
-  (a device session: --output $OUT/suite, then --output $OUT/levers --phases det_compile
-  det_infer_compile seg_compile det_nms_streams)
+  (a device session: --output $OUT/suite, then --output $OUT/levers --phases det_nms
+  det_compile seg_compile det_infer_compile)
   python benchmarks/gpu_suite.py --output DIR --smoke      (CPU, toy sizes: make test runs it)
 
 Writes DIR/suite.json (every row, the machine, the versions) and DIR/suite.md (the table for
@@ -45,11 +45,12 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
                   channels_last, the segmentation configs' default) with train.compile (the
                   backbone and heads under torch.compile) vs eager and vs torchvision's eager
                   step.
-  det_nms_streams  ours in bf16 at det_train's batch, the RPN's per-image NMS one after
-                  another (as now) vs on 4 CUDA side streams fed by 4 host threads
-                  (RPN.nms_streams, detection.nms.per_image_batched_nms): torchvision's NMS
-                  is a one-block kernel the host waits for, image by image. --smoke: fp32,
-                  where the CPU ignores the streams.
+  det_nms         ours in bf16 at det_train's batch, the RPN's per-image NMS one after
+                  another (as now) vs two levers: on 4 CUDA side streams fed by 4 host
+                  threads (RPN.nms_streams, detection.nms.per_image_batched_nms), and every
+                  image and level at once as matrix products (RPN.padded_nms,
+                  detection.padded_nms): torchvision's NMS is a one-block kernel the host
+                  waits for, image by image. --smoke: fp32, where the CPU ignores the streams.
 On a GPU, det_train, det_infer, mask_train and seg_train also measure the channels_last lever
 (model.channels_last, engine.memory_format.place_model) in bf16 and fp32, both models.
 det_train, mask_train, seg_train and det_infer add *_launches rows: operators dispatched and
@@ -99,8 +100,8 @@ from resnet_detect.segmentation import upsample  # noqa: E402
 # without --phases: what issue 14 measures (run 5: over 400 s with the lever phases left out)
 DEFAULT_PHASES = ("data", "det_train", "det_infer", "syncs", "mask_train", "seg_train",
                   "pretrain", "torchrun")
-LEVER_PHASES = ("det_compile", "det_infer_compile", "seg_compile",  # a second command
-                "det_nms_streams")
+LEVER_PHASES = ("det_nms", "det_compile", "seg_compile",  # a second command
+                "det_infer_compile")
 PHASES = DEFAULT_PHASES + LEVER_PHASES
 NUM_CLASSES = len(CATEGORY_IDS)
 TORCHRUN_TIMEOUT_S = 240  # each torchrun run of the phase: start-up, 2 steps and 2 checkpoints
@@ -471,45 +472,56 @@ def phase_detection_compile(suite: Suite) -> None:
     compare(suite, "det_compile", setting, eager, tv, "torchvision")
 
 
-NMS_STREAMS = 4  # det_nms_streams: the side streams (and host threads) of the lever
+NMS_STREAMS = 4  # det_nms: the side streams (and host threads) of the streams lever
 
 
-def phase_detection_nms_streams(suite: Suite) -> None:
+def phase_detection_nms(suite: Suite) -> None:
     """Ours in bf16 at det_train's batch with the RPN's per-image NMS on one stream (the
-    default) vs on NMS_STREAMS side streams (RPN.nms_streams): a profile of this step on an
-    H200 (torch 2.11) had torchvision's gather_keep_from_mask, one block walking the sorted
-    boxes, as its top kernel, 16 calls of ~2.2 ms per step, the host waiting for each. Whether
-    the detections are the same either way is checked here, on the device
+    default) vs two levers: on NMS_STREAMS side streams (RPN.nms_streams), and every image
+    and level at once as padded matrix products (RPN.padded_nms). A profile of this step on
+    an H200 (torch 2.11) had torchvision's gather_keep_from_mask, one block walking the
+    sorted boxes, as its top kernel, 16 calls of ~2.2 ms per step, the host waiting for each.
+    Whether the detections are the same is checked here, on the device
     (tests/detection/test_rpn.py checks it on the CPU); --smoke: fp32 on the CPU, which
     ignores the streams."""
     device = suite.device
     images, targets = detection_batch(suite, mask_on=False)
     ours, _ = detectors(suite, mask_on=False)
-    ours.train()
     precision = precisions(device)[0]
     setting = f"{precision}, batch {len(images)}"
     step = _train_step(ours, _sgd(ours), device, precision, lambda: ours(images, targets))
-    ours.rpn.nms_streams = 0
-    one = measure(suite, step, len(images))
-    ours.rpn.nms_streams = NMS_STREAMS
-    streams = measure(suite, step, len(images))
-    name = f"ours, RPN NMS on {NMS_STREAMS} streams"
-    ours.eval()  # the streams' keep indices on this device: the same detections?
-    detections = []
-    for count in (0, NMS_STREAMS):
-        ours.rpn.nms_streams = count
-        with torch.no_grad(), autocast(device, precision):
-            detections.append([d["boxes"] for d in ours(images)])
+    levers = {"ours, RPN NMS per image on one stream": {},
+              f"ours, RPN NMS on {NMS_STREAMS} streams": {"nms_streams": NMS_STREAMS},
+              "ours, RPN NMS as padded matrix products": {"padded_nms": True}}
+
+    def use(lever: dict[str, Any]) -> None:
+        ours.rpn.nms_streams = lever.get("nms_streams", 0)
+        ours.rpn.padded_nms = lever.get("padded_nms", False)
+
+    timed, detections = {}, {}
     ours.train()
-    same = all(torch.equal(a, b) for a, b in zip(*detections))
-    suite.add("det_nms_streams", name, setting, **streams, nms_streams=NMS_STREAMS,
-              same_detections=same,
-              vs_reference=f"{streams['images_per_s'] / one['images_per_s']:.2f}x one stream")
-    suite.add("det_nms_streams", "ours, RPN NMS on one stream", setting, **one, nms_streams=0)
-    # the kernels and GPU busy time with the lever on (det_train_launches has them without);
+    for name, lever in levers.items():
+        use(lever)
+        timed[name] = measure(suite, step, len(images))
+    ours.eval()  # each lever's detections on this device, of the same weights: the same?
+    for name, lever in levers.items():
+        use(lever)
+        with torch.no_grad(), autocast(device, precision):
+            detections[name] = [d["boxes"] for d in ours(images)]
+    one, *lever_names = levers
+    for name in lever_names:
+        same = all(torch.equal(a, b) for a, b in zip(detections[one], detections[name]))
+        suite.add("det_nms", name, setting, **timed[name], same_detections=same,
+                  vs_reference=f"{timed[name]['images_per_s'] / timed[one]['images_per_s']:.2f}"
+                               f"x one stream")
+    suite.add("det_nms", one, setting, **timed[one])
+    # the kernels and GPU busy time with each lever on (det_train_launches has them without);
     # the ops the NMS threads dispatch are not counted (dispatch modes are per thread)
-    add_launch_rows(suite, "det_nms_streams", setting, len(images), [(name, step, streams)])
-    ours.rpn.nms_streams = 0
+    ours.train()
+    for name in lever_names:
+        use(levers[name])
+        add_launch_rows(suite, "det_nms", setting, len(images), [(name, step, timed[name])])
+    use({})
 
 
 def add_compiled(suite: Suite, phase: str, name: str, setting: str, step: Callable[[], None],
@@ -883,7 +895,7 @@ RUNNERS: dict[str, Callable[[Suite], None]] = {
     "mask_train": lambda suite: phase_detection_train(suite, mask_on=True),
     "seg_train": phase_segmentation_train, "pretrain": phase_pretrain, "torchrun": phase_torchrun,
     "det_compile": phase_detection_compile, "det_infer_compile": phase_detection_inference_compile,
-    "seg_compile": phase_segmentation_compile, "det_nms_streams": phase_detection_nms_streams}
+    "seg_compile": phase_segmentation_compile, "det_nms": phase_detection_nms}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def _per_class(boxes: Tensor) -> bool:
     return boxes.numel() > (4000 if boxes.device.type == "cpu" else 100_000)
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
     return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
             or torch.compiler.is_compiling())
 
@@ -50,7 +50,7 @@ def batched_nms_top(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: 
     """
     count = scores.shape[0]
     prefix = PREFIX_GROWTH * k
-    if _tracing() or k <= 0 or count <= prefix:
+    if tracing() or k <= 0 or count <= prefix:
         return batched_nms(boxes, scores, idxs, iou_threshold)[:k]
     nms = (box_ops._batched_nms_vanilla if _per_class(boxes)
            else box_ops._batched_nms_coordinate_trick)
@@ -95,7 +95,7 @@ def per_image_batched_nms(boxes: Sequence[Tensor], scores: Sequence[Tensor],
     CPU, tracing, torch.compile) it is that loop itself. No host synchronisation is added: the
     caller's stream waits for the side streams on the GPU."""
     count = min(streams, len(boxes))
-    if count <= 1 or boxes[0].device.type != "cuda" or _tracing():
+    if count <= 1 or boxes[0].device.type != "cuda" or tracing():
         return [batched_nms(b, s, i, iou_threshold) for b, s, i in zip(boxes, scores, idxs)]
     device = boxes[0].device
     current = torch.cuda.current_stream(device)

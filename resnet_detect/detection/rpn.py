@@ -23,7 +23,8 @@ from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
 from .tracing import clamped_count, clip_to_image, large_enough, true_indices
 from .matcher import BACKGROUND, FOREGROUND, Matcher
-from .nms import per_image_batched_nms
+from .nms import per_image_batched_nms, tracing
+from .padded_nms import padded_greedy_nms
 from .sampler import BalancedSampler
 
 
@@ -91,6 +92,10 @@ class RPN(nn.Module):
             (``nms.per_image_batched_nms``; 0 or 1: one after another on the current stream,
             as on a CPU). The same proposals either way. A lever to measure, not yet a config
             key.
+        padded_nms: run the per-level NMS of every image and level at once as matrix
+            products (``padded_nms.padded_greedy_nms``) instead of one torchvision NMS call
+            per image; the same proposals up to the order of equal scores. A lever to
+            measure on a GPU, not yet a config key; not while tracing.
     """
 
     def __init__(
@@ -110,6 +115,7 @@ class RPN(nn.Module):
         smooth_l1_beta: float = 1.0 / 9,
         loss_weight: float = 1.0,
         nms_streams: int = 0,
+        padded_nms: bool = False,
     ) -> None:
         super().__init__()
         if len(in_features) != anchor_generator.num_levels:
@@ -136,6 +142,7 @@ class RPN(nn.Module):
         self.smooth_l1_beta = float(smooth_l1_beta)
         self.loss_weight = float(loss_weight)
         self.nms_streams = int(nms_streams)
+        self.padded_nms = bool(padded_nms)
 
     def forward(
         self,
@@ -225,6 +232,9 @@ class RPN(nn.Module):
         valid = large_enough(boxes, self.min_box_size)
         if self.score_thresh > 0:
             valid = valid & (scores >= self.score_thresh)  # not &=: ONNX has no in-place and
+        if self.padded_nms and not tracing():
+            return self._padded_nms_proposals(boxes, scores, valid,
+                                              [t.shape[1] for t in topk_logits], post_topk)
         rows = true_indices(valid)
         img_boxes = [boxes[i][r] for i, r in enumerate(rows)]
         img_scores = [scores[i][r] for i, r in enumerate(rows)]
@@ -235,6 +245,28 @@ class RPN(nn.Module):
             keep = keep[:post_topk]
             proposals.append({"boxes": img_b[keep], "scores": img_s[keep]})
         return proposals
+
+    def _padded_nms_proposals(self, boxes: Tensor, scores: Tensor, valid: Tensor,
+                              level_sizes: Sequence[int], post_topk: int
+                              ) -> list[dict[str, Tensor]]:
+        """select_proposals' NMS and top-k with every image and level in one padded batch:
+        `boxes` (N, T, 4), `scores` and `valid` (N, T), the levels' top-k one after another
+        (`level_sizes`), each sorted by decreasing score. One read back: the counts kept."""
+        num_images, longest = boxes.shape[0], max(level_sizes)
+        padded_boxes = boxes.new_zeros(len(level_sizes), num_images, longest, 4)
+        padded_valid = valid.new_zeros(len(level_sizes), num_images, longest)
+        for level, (b, v) in enumerate(zip(boxes.split(level_sizes, dim=1),
+                                           valid.split(level_sizes, dim=1))):
+            padded_boxes[level, :, :b.shape[1]] = b
+            padded_valid[level, :, :v.shape[1]] = v
+        keep = padded_greedy_nms(padded_boxes.flatten(0, 1), padded_valid.flatten(0, 1),
+                                 self.nms_thresh).view(len(level_sizes), num_images, longest)
+        keep = torch.cat([keep[level, :, :k] for level, k in enumerate(level_sizes)], dim=1)
+        # by decreasing score over the levels, as batched_nms returns them
+        ranked = scores.masked_fill(~keep, -1.0).sort(dim=1, descending=True, stable=True)[1]
+        counts = keep.sum(dim=1).clamp_(max=post_topk).tolist()
+        return [{"boxes": boxes[i][ranked[i, :count]], "scores": scores[i][ranked[i, :count]]}
+                for i, count in enumerate(counts)]
 
     @torch.no_grad()
     def label_and_sample_anchors(

@@ -214,3 +214,24 @@ def test_nms_streams_give_the_same_proposals() -> None:
         for a, b in zip(*proposals):
             assert len(a["boxes"]) > 0
             assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+
+
+def test_padded_nms_gives_the_same_proposals() -> None:
+    """RPN.padded_nms (every image's and level's NMS as one padded batch of matrix products)
+    gives the proposals of the per-image NMS, in training and at test time, with a score
+    threshold and a minimum size dropping boxes of some levels, and a post-NMS top-k that cuts
+    some images."""
+    rpn = _rpn(pre=150, post=120)
+    _randomize(rpn)
+    rpn.score_thresh, rpn.min_box_size = 0.3, 6.0
+    for training in (True, False):
+        rpn.train(training)
+        gt = [torch.tensor([[4.0, 4.0, 40.0, 30.0]]), torch.zeros(0, 4)] if training else None
+        proposals = []
+        for padded in (False, True):
+            rpn.padded_nms = padded
+            proposals.append(rpn(_features(), IMAGE_SIZES, PADDED, gt)[0])
+        counts = [len(p["boxes"]) for p in proposals[0]]
+        assert 0 < min(counts) and max(counts) == 120  # one image cut by the top-k
+        for a, b in zip(*proposals):
+            assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])

@@ -34,9 +34,9 @@ def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
         "mask_train", "mask_train", "mask_train_launches", "mask_train_launches",
         "seg_train", "seg_train", "seg_train", "seg_train_launches", "seg_train_launches",
         "pretrain", "pretrain", "pretrain", "pretrain",
-        "det_compile", "det_compile", "det_compile", "det_infer_compile", "det_infer_compile",
-        "seg_compile", "seg_compile", "seg_compile",
-        "det_nms_streams", "det_nms_streams", "det_nms_streams_launches"]
+        "det_nms", "det_nms", "det_nms", "det_nms_launches", "det_nms_launches",
+        "det_compile", "det_compile", "det_compile",
+        "seg_compile", "seg_compile", "seg_compile", "det_infer_compile", "det_infer_compile"]
     # the host's work per image at batch 1: the frozen BatchNorm folding kept between calls,
     # the anchors kept per size and the box coder on (x, y) pairs took ours from 982
     # dispatched operators to about 600 (torchvision: 740)
@@ -78,15 +78,19 @@ def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
     for row in (det_compiled[0], seg_compiled[0]):
         assert row["first_step_s"] > 0 and row["images_per_s"] > 0
         assert "x eager, " in row["vs_reference"] and "x torchvision, " in row["vs_reference"]
-    nms_streams = [r for r in rows if r["phase"].startswith("det_nms_streams")]
-    assert [(r["model"], r.get("nms_streams")) for r in nms_streams] == [
-        ("ours, RPN NMS on 4 streams", 4), ("ours, RPN NMS on one stream", 0),
-        ("ours, RPN NMS on 4 streams", None)]
-    assert nms_streams[0]["vs_reference"].endswith("x one stream")
-    assert nms_streams[0]["same_detections"] is True
-    streams_launches = nms_streams[2]
-    assert streams_launches["dispatched_ops"] > 0
-    assert "ops dispatched" in streams_launches["vs_reference"]
+    nms = [r for r in rows if r["phase"].startswith("det_nms")]
+    assert [(r["phase"], r["model"]) for r in nms] == [
+        ("det_nms", "ours, RPN NMS on 4 streams"),
+        ("det_nms", "ours, RPN NMS as padded matrix products"),
+        ("det_nms", "ours, RPN NMS per image on one stream"),
+        ("det_nms_launches", "ours, RPN NMS on 4 streams"),
+        ("det_nms_launches", "ours, RPN NMS as padded matrix products")]
+    for lever in nms[:2]:
+        assert lever["vs_reference"].endswith("x one stream")
+        assert lever["same_detections"] is True
+    for launches_row in nms[3:]:
+        assert launches_row["dispatched_ops"] > 0
+        assert "ops dispatched" in launches_row["vs_reference"]
     # every measured row says how long its warmup took (where a phase's time goes)
     assert all(r["warmup_s"] > 0 for r in rows if "images_per_s" in r and "warmup_peak_gib" in r)
     written = json.loads((tmp_path / "suite.json").read_text())

@@ -1,0 +1,65 @@
+"""padded_nms: greedy NMS of a padded batch as matrix products keeps what torchvision's NMS
+keeps."""
+import pytest
+import torch
+from torchvision.ops import nms
+
+from resnet_detect.detection import padded_nms
+from resnet_detect.detection.padded_nms import padded_greedy_nms
+
+
+def clustered_boxes(images: int, count: int, clusters: int, seed: int = 0
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, count, 4) boxes around a few centres, as an RPN's top-k are, sorted by
+    decreasing score per image, and their scores."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.rand(images, clusters, 2, generator=gen) * 800
+    sizes = torch.rand(images, clusters, 2, generator=gen) * 200 + 10
+    pick = torch.randint(0, clusters, (images, count, 1), generator=gen).expand(-1, -1, 2)
+    centre = centres.gather(1, pick) + torch.randn(images, count, 2, generator=gen) * 15
+    size = sizes.gather(1, pick) * (1 + 0.2 * torch.randn(images, count, 2, generator=gen)
+                                    ).clamp(min=0.3)
+    scores, order = torch.rand(images, count, generator=gen).sort(dim=1, descending=True)
+    boxes = torch.cat([centre - size / 2, centre + size / 2], dim=-1)
+    return boxes.gather(1, order[..., None].expand(-1, -1, 4)), scores
+
+
+@pytest.mark.parametrize("count,clusters", [(1, 1), (40, 3), (500, 20), (1200, 200)])
+def test_keeps_what_torchvisions_nms_keeps(count: int, clusters: int) -> None:
+    boxes, scores = clustered_boxes(3, count, clusters)
+    # invalid boxes (padding, filtered out) neither stay nor suppress: the best one of each
+    # image among them
+    valid = torch.rand(3, count, generator=torch.Generator().manual_seed(1)) > 0.2
+    valid[:, 0] = False
+    for threshold in (0.5, 0.7):
+        keep = padded_greedy_nms(boxes, valid, threshold)
+        for image in range(3):
+            rows = valid[image].nonzero()[:, 0]
+            expected = rows[nms(boxes[image, rows], scores[image, rows], threshold)]
+            assert torch.equal(keep[image].nonzero()[:, 0], expected.sort().values)
+        assert keep[:, 0].sum() == 0
+
+
+def test_a_long_chain_of_suppressions_is_followed_to_its_end(monkeypatch) -> None:
+    """Box i overlaps i + 1 by 0.79 and i + 2 by 0.61: greedy NMS keeps every other box, and
+    the products need as many steps as boxes to settle (several checks of "changed?")."""
+    count = 3 * padded_nms.STEPS_PER_CHECK + 3
+    x = torch.arange(count, dtype=torch.float32) * 1.2
+    boxes = torch.stack([x, torch.zeros(count), x + 10, torch.full((count,), 10.0)], dim=1)
+    keep = padded_greedy_nms(boxes[None], torch.ones(1, count, dtype=torch.bool), 0.7)[0]
+    assert keep.tolist() == [i % 2 == 0 for i in range(count)]
+    assert torch.equal(keep.nonzero()[:, 0],
+                       nms(boxes, torch.linspace(1, 0, count), 0.7).sort().values)
+    monkeypatch.setattr(padded_nms, "IOU_CHUNK", 1)  # the IoUs one image at a time
+    boxes, scores = clustered_boxes(4, 300, 10)
+    valid = torch.ones(4, 300, dtype=torch.bool)
+    assert torch.equal(padded_greedy_nms(boxes, valid, 0.7),
+                       torch.stack([torch.zeros(300, dtype=torch.bool).index_fill_(
+                           0, nms(b, s, 0.7), True) for b, s in zip(boxes, scores)]))
+
+
+def test_an_iou_at_the_threshold_is_not_suppressed() -> None:
+    """torchvision drops a box whose IoU is above the threshold, not at it: IoU 0.5 exactly."""
+    boxes = torch.tensor([[[0.0, 0.0, 3.0, 1.0], [1.0, 0.0, 4.0, 1.0], [0.0, 0.0, 4.0, 1.0]]])
+    keep = padded_greedy_nms(boxes, torch.ones(1, 3, dtype=torch.bool), 0.5)
+    assert keep.tolist() == [[True, True, False]]  # 1 and 0: 2/4; 2 and 0: 3/4
