@@ -7,7 +7,10 @@ the one `keep` with keep[j] = not any_i (keep[i] and S[i, j]): box 0 is decided 
 each later box by the boxes before it. Starting from every box kept, the update
 keep <- not (keep @ S > 0) decides after step t every box whose chains of suppressors are
 shorter than t, so it reaches that set and then stays there; a step that changes nothing
-means it was reached. Each step is one batched matrix-vector product. The IoU is torchvision's
+means it was reached. Each step is one batched matrix-vector product. Chains are short where
+boxes crowd around objects (each suppressed by the best box there); a row whose chains outlast
+MAX_CHECKS x STEPS_PER_CHECK steps (boxes in a line, each overlapping the next) is finished
+by torchvision's NMS. The IoU is torchvision's
 (`inter / (area_i + area_j - inter) > threshold`, float32, areas as (x2 - x1) * (y2 - y1)),
 so the boxes kept are the ones its NMS keeps, up to the order of boxes of equal score.
 
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torchvision.ops import nms
 
 # steps run between two reads of "changed?" (each read makes the host wait for the GPU once)
 STEPS_PER_CHECK = 8
+MAX_CHECKS = 4  # then the rows not settled yet go to torchvision's NMS
 IOU_CHUNK = 1 << 26  # IoUs computed at once (the float32 temporaries' elements)
 
 
@@ -65,10 +70,18 @@ def padded_greedy_nms(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Ten
     for start in range(0, boxes.shape[0], rows):
         matrix[start:start + rows] = suppression_matrix(boxes[start:start + rows], iou_threshold)
     keep = valid  # (a box not kept suppresses nothing: invalid ones never are)
-    while True:
+    for _ in range(MAX_CHECKS):
         for _ in range(STEPS_PER_CHECK):
             before = keep
             suppressed = torch.bmm(keep.to(dtype)[:, None, :], matrix)[:, 0] > 0
             keep = valid & ~suppressed
         if torch.equal(keep, before):
             return keep
+    # rows with chains longer than the steps taken: torchvision's NMS, in the rows' order
+    keep = keep.clone()
+    order = torch.arange(count, 0, -1, dtype=torch.float32, device=boxes.device)
+    for row in (keep != before).any(dim=1).nonzero()[:, 0].tolist():
+        rows = valid[row].nonzero()[:, 0]
+        keep[row] = False
+        keep[row, rows[nms(boxes[row, rows].float(), order[rows], iou_threshold)]] = True
+    return keep

@@ -40,16 +40,30 @@ def test_keeps_what_torchvisions_nms_keeps(count: int, clusters: int) -> None:
         assert keep[:, 0].sum() == 0
 
 
+def chain(count: int, step: float = 1.2) -> torch.Tensor:
+    """Boxes 10 x 10 in a line, `step` apart: box i overlapping i + 1 by 0.79 and i + 2 by
+    0.61 at 1.2."""
+    x = torch.arange(count, dtype=torch.float32) * step
+    return torch.stack([x, torch.zeros(count), x + 10, torch.full((count,), 10.0)], dim=1)
+
+
 def test_a_long_chain_of_suppressions_is_followed_to_its_end(monkeypatch) -> None:
-    """Box i overlaps i + 1 by 0.79 and i + 2 by 0.61: greedy NMS keeps every other box, and
-    the products need as many steps as boxes to settle (several checks of "changed?")."""
-    count = 3 * padded_nms.STEPS_PER_CHECK + 3
-    x = torch.arange(count, dtype=torch.float32) * 1.2
-    boxes = torch.stack([x, torch.zeros(count), x + 10, torch.full((count,), 10.0)], dim=1)
-    keep = padded_greedy_nms(boxes[None], torch.ones(1, count, dtype=torch.bool), 0.7)[0]
-    assert keep.tolist() == [i % 2 == 0 for i in range(count)]
-    assert torch.equal(keep.nonzero()[:, 0],
-                       nms(boxes, torch.linspace(1, 0, count), 0.7).sort().values)
+    """Greedy NMS keeps every other box of a chain, and the products need as many steps as
+    boxes to settle: several checks of "changed?" below the limit, torchvision's NMS for the
+    rows past it (only those: the others keep their products' answer)."""
+    steps = padded_nms.MAX_CHECKS * padded_nms.STEPS_PER_CHECK
+    for count in (3 * padded_nms.STEPS_PER_CHECK + 3, steps + 11):
+        boxes = torch.stack([chain(count), chain(count, step=20.0)])  # the second row: no
+        # overlaps, settled at once
+        valid = torch.ones(2, count, dtype=torch.bool)
+        valid[1, 1] = False
+        keep = padded_greedy_nms(boxes, valid, 0.7)
+        assert keep[0].tolist() == [i % 2 == 0 for i in range(count)]
+        assert keep[1].tolist() == [i != 1 for i in range(count)]
+        for row in range(2):
+            rows = valid[row].nonzero()[:, 0]
+            expected = rows[nms(boxes[row, rows], torch.linspace(1, 0, count)[rows], 0.7)]
+            assert torch.equal(keep[row].nonzero()[:, 0], expected.sort().values)
     monkeypatch.setattr(padded_nms, "IOU_CHUNK", 1)  # the IoUs one image at a time
     boxes, scores = clustered_boxes(4, 300, 10)
     valid = torch.ones(4, 300, dtype=torch.bool)
