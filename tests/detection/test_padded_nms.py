@@ -77,3 +77,16 @@ def test_an_iou_at_the_threshold_is_not_suppressed() -> None:
     boxes = torch.tensor([[[0.0, 0.0, 3.0, 1.0], [1.0, 0.0, 4.0, 1.0], [0.0, 0.0, 4.0, 1.0]]])
     keep = padded_greedy_nms(boxes, torch.ones(1, 3, dtype=torch.bool), 0.5)
     assert keep.tolist() == [[True, True, False]]  # 1 and 0: 2/4; 2 and 0: 3/4
+
+
+def test_the_steps_benchmark_counts_the_products_a_row_needs() -> None:
+    """benchmarks/padded_nms_steps.py: a chain of n boxes changes at every step up to n - 1
+    (box j is decided at step j), so its n-th product is the first that shows it settled;
+    boxes apart are settled by the first."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from padded_nms_steps import settle_steps
+    boxes = torch.stack([chain(10), chain(10, step=20.0), torch.cat([chain(3), chain(7, 20.0)
+                                                                     + 100])])
+    assert settle_steps(boxes, torch.ones(3, 10, dtype=torch.bool), 0.7) == [10, 1, 3]
