@@ -30,11 +30,11 @@ def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
     rows = result["rows"]
     assert [r["phase"] for r in rows] == [
         "data", "det_train", "det_train", "det_train_launches", "det_train_launches",
+        "det_nms", "det_nms", "det_nms", "det_nms_launches", "det_nms_launches",
         "det_infer", "det_infer", "det_infer_launches", "det_infer_launches", "syncs", "syncs",
         "mask_train", "mask_train", "mask_train_launches", "mask_train_launches",
         "seg_train", "seg_train", "seg_train", "seg_train_launches", "seg_train_launches",
         "pretrain", "pretrain", "pretrain", "pretrain",
-        "det_nms", "det_nms", "det_nms", "det_nms_launches", "det_nms_launches",
         "det_compile", "det_compile", "det_compile",
         "seg_compile", "seg_compile", "seg_compile", "det_infer_compile", "det_infer_compile"]
     # the host's work per image at batch 1: the frozen BatchNorm folding kept between calls,
