@@ -98,10 +98,10 @@ from resnet_detect.engine.data.synthetic_shapes import compose_scene  # noqa: E4
 from resnet_detect.engine.tasks import load_task_config  # noqa: E402
 from resnet_detect.segmentation import upsample  # noqa: E402
 
-# without --phases: what issue 14 measures, and the lever for its detection goal (run 5: over
+# without --phases: what issue 14 measures, and the levers for its detection goal (run 5: over
 # 400 s with the lever phases left out, then with the detectors' channels_last rows)
-DEFAULT_PHASES = ("data", "det_train", "det_nms", "det_infer", "syncs", "mask_train",
-                  "seg_train", "pretrain", "torchrun")
+DEFAULT_PHASES = ("data", "det_train", "det_infer", "syncs", "mask_train", "seg_train",
+                  "pretrain", "torchrun", "det_nms")  # (last: its streams never ran on a GPU)
 LEVER_PHASES = ("det_compile", "seg_compile", "det_infer_compile")  # a second command
 PHASES = DEFAULT_PHASES + LEVER_PHASES
 NUM_CLASSES = len(CATEGORY_IDS)
@@ -484,47 +484,77 @@ def phase_detection_nms(suite: Suite) -> None:
     and level at once as padded matrix products (RPN.padded_nms). A profile of this step on
     an H200 (torch 2.11) had torchvision's gather_keep_from_mask, one block walking the
     sorted boxes, as its top kernel, 16 calls of ~2.2 ms per step, the host waiting for each.
-    Whether the detections are the same is checked here, on the device
-    (tests/detection/test_rpn.py checks it on the CPU); --smoke: fp32 on the CPU, which
-    ignores the streams."""
+    Each setting is timed from the same weights, and its RPN proposals of a training step
+    (the training top-k, the timed one) and its detections are compared with the per-image
+    NMS's, image by image (the per-image NMS run twice: is the device itself repeatable?); a
+    lever that fails is recorded and the other still measured. --smoke: fp32 on the CPU,
+    which ignores the streams."""
     device = suite.device
     images, targets = detection_batch(suite, mask_on=False)
     ours, _ = detectors(suite, mask_on=False)
     precision = precisions(device)[0]
     setting = f"{precision}, batch {len(images)}"
-    step = _train_step(ours, _sgd(ours), device, precision, lambda: ours(images, targets))
-    levers = {"ours, RPN NMS per image on one stream": {},
-              f"ours, RPN NMS on {NMS_STREAMS} streams": {"nms_streams": NMS_STREAMS},
+    start = {k: v.clone() for k, v in ours.state_dict().items()}
+    one = "ours, RPN NMS per image on one stream"
+    levers = {f"ours, RPN NMS on {NMS_STREAMS} streams": {"nms_streams": NMS_STREAMS},
               "ours, RPN NMS as padded matrix products": {"padded_nms": True}}
 
     def use(lever: dict[str, Any]) -> None:
         ours.rpn.nms_streams = lever.get("nms_streams", 0)
         ours.rpn.padded_nms = lever.get("padded_nms", False)
 
-    timed, detections = {}, {}
-    ours.train()
-    for name, lever in levers.items():
-        use(lever)
-        timed[name] = measure(suite, step, len(images))
-    ours.eval()  # each lever's detections on this device, of the same weights: the same?
-    for name, lever in levers.items():
-        use(lever)
-        with torch.no_grad(), autocast(device, precision):
-            detections[name] = [d["boxes"] for d in ours(images)]
-    one, *lever_names = levers
-    for name in lever_names:
-        same = all(torch.equal(a, b) for a, b in zip(detections[one], detections[name]))
-        suite.add("det_nms", name, setting, **timed[name], same_detections=same,
-                  vs_reference=f"{timed[name]['images_per_s'] / timed[one]['images_per_s']:.2f}"
-                               f"x one stream")
-    suite.add("det_nms", one, setting, **timed[one])
-    # the kernels and GPU busy time with each lever on (det_train_launches has them without);
-    # the ops the NMS threads dispatch are not counted (dispatch modes are per thread)
-    ours.train()
-    for name in lever_names:
-        use(levers[name])
-        add_launch_rows(suite, "det_nms", setting, len(images), [(name, step, timed[name])])
+    def outputs() -> tuple[list[Tensor], list[Tensor]]:
+        """(proposals of a training step, detections), from the start weights."""
+        ours.load_state_dict(start)
+        proposals: list[list[Tensor]] = []
+        hook = ours.rpn.register_forward_hook(
+            lambda module, args, out: proposals.append([p["boxes"] for p in out[0]]))
+        try:
+            with torch.no_grad(), autocast(device, precision):
+                ours.train()
+                ours(images, targets)
+                ours.eval()
+                detections = [d["boxes"] for d in ours(images)]
+        finally:
+            hook.remove()
+        return proposals[0], detections
+
+    def timed() -> tuple[dict[str, float], Callable[[], None]]:
+        ours.load_state_dict(start)
+        ours.train()
+        step = _train_step(ours, _sgd(ours), device, precision, lambda: ours(images, targets))
+        return measure(suite, step, len(images)), step
+
+    def differing(a: list[Tensor], b: list[Tensor]) -> int:
+        return sum(not torch.equal(x, y) for x, y in zip(a, b))
+
     use({})
+    baseline, again = outputs(), outputs()
+    base_m, _ = timed()
+    suite.add("det_nms", one, setting, **base_m,
+              proposals=sum(len(p) for p in baseline[0]),
+              detections=sum(len(d) for d in baseline[1]),
+              images_differing_when_repeated=differing(baseline[0], again[0])
+              + differing(baseline[1], again[1]))
+    for name, lever in levers.items():
+        try:
+            use(lever)
+            proposals, detections = outputs()
+            lever_m, step = timed()
+            suite.add("det_nms", name, setting, **lever_m,
+                      images_with_other_proposals=differing(baseline[0], proposals),
+                      images_with_other_detections=differing(baseline[1], detections),
+                      vs_reference=f"{lever_m['images_per_s'] / base_m['images_per_s']:.2f}x "
+                                   f"one stream")
+            # the kernels and GPU busy time with the lever on (det_train_launches has them
+            # without); the ops the NMS threads dispatch are not counted (per-thread modes)
+            add_launch_rows(suite, "det_nms", setting, len(images), [(name, step, lever_m)])
+        except Exception:  # recorded; the other lever is still measured
+            suite.errors[f"det_nms: {name}"] = traceback.format_exc()
+            print(f"det_nms: {name} failed:\n{suite.errors[f'det_nms: {name}']}",
+                  file=sys.stderr, flush=True)
+        finally:
+            use({})
 
 
 def add_compiled(suite: Suite, phase: str, name: str, setting: str, step: Callable[[], None],

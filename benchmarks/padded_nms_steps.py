@@ -71,6 +71,8 @@ def main() -> None:
     images = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
     for path in images[:args.images]:
         predictor(read_image(path))
+    if not recorded:
+        raise SystemExit(f"no proposals: no images under {root}, or none with a box")
     steps = torch.tensor(recorded, dtype=torch.float32)
     limit = padded_nms.MAX_CHECKS * padded_nms.STEPS_PER_CHECK
     print(f"{len(recorded)} (image, level) rows of {min(args.images, len(images))} images, "

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_detect.engine import setup_logging  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
-from resnet_detect.engine.export import INSTALL_HINT, METADATA_FILE, ExportError, is_onnx  # noqa: E402
+from resnet_detect.engine.export import (INSTALL_HINT, METADATA_FILE, ExportError,  # noqa: E402
+                                         is_onnx)
 from resnet_detect.engine.files import writable_folder  # noqa: E402
 from resnet_detect.engine.tasks import TASK_MODULES, config_task, task_module  # noqa: E402
 

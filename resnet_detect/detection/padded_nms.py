@@ -10,9 +10,12 @@ shorter than t, so it reaches that set and then stays there; a step that changes
 means it was reached. Each step is one batched matrix-vector product. Chains are short where
 boxes crowd around objects (each suppressed by the best box there); a row whose chains outlast
 MAX_CHECKS x STEPS_PER_CHECK steps (boxes in a line, each overlapping the next) is finished
-by torchvision's NMS. The IoU is torchvision's
-(`inter / (area_i + area_j - inter) > threshold`, float32, areas as (x2 - x1) * (y2 - y1)),
-so the boxes kept are the ones its NMS keeps, up to the order of boxes of equal score.
+by torchvision's NMS. The IoU is torchvision's (`inter / (area_i + area_j - inter) >
+threshold`, float32, areas as (x2 - x1) * (y2 - y1)), so on the same coordinates the boxes
+kept are the ones its NMS keeps. Against `batched_nms` over levels they can differ where an
+IoU lies within float32 rounding of the threshold: it shifts each level's boxes by an offset
+(thousands of pixels) whose rounding moves such IoUs, and its CUDA kernel may fuse a
+multiply-add (about one pair in 2000 clustered boxes flips; rarely a box kept otherwise).
 
 torchvision's CUDA NMS, by contrast, walks the sorted boxes one after another in a kernel of
 one thread block and reads its count back, image after image: in a bf16 Faster R-CNN step at
@@ -63,20 +66,22 @@ def padded_greedy_nms(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Ten
     count = boxes.shape[1]
     if count == 0:
         return valid.clone()
-    # counts of kept suppressors: > 0 is exact in bf16 too (a sum of ones is never 0)
-    dtype = torch.bfloat16 if boxes.device.type == "cuda" else torch.float32
+    # counts of kept suppressors: > 0 is exact in float16 too (a sum of ones is never 0, and
+    # an overflow is inf); autocast off, or it would cast the matrix again at every step
+    dtype = torch.float16 if boxes.device.type == "cuda" else torch.float32
     rows = max(1, IOU_CHUNK // (count * count))  # float32 temporaries of IOU_CHUNK at most
     matrix = torch.empty(boxes.shape[0], count, count, dtype=dtype, device=boxes.device)
     for start in range(0, boxes.shape[0], rows):
         matrix[start:start + rows] = suppression_matrix(boxes[start:start + rows], iou_threshold)
     keep = valid  # (a box not kept suppresses nothing: invalid ones never are)
-    for _ in range(MAX_CHECKS):
-        for _ in range(STEPS_PER_CHECK):
-            before = keep
-            suppressed = torch.bmm(keep.to(dtype)[:, None, :], matrix)[:, 0] > 0
-            keep = valid & ~suppressed
-        if torch.equal(keep, before):
-            return keep
+    with torch.autocast(boxes.device.type, enabled=False):
+        for _ in range(MAX_CHECKS):
+            for _ in range(STEPS_PER_CHECK):
+                before = keep
+                suppressed = torch.bmm(keep.to(dtype)[:, None, :], matrix)[:, 0] > 0
+                keep = valid & ~suppressed
+            if torch.equal(keep, before):
+                return keep
     # rows with chains longer than the steps taken: torchvision's NMS, in the rows' order
     keep = keep.clone()
     order = torch.arange(count, 0, -1, dtype=torch.float32, device=boxes.device)

@@ -94,8 +94,9 @@ class RPN(nn.Module):
             key.
         padded_nms: run the per-level NMS of every image and level at once as matrix
             products (``padded_nms.padded_greedy_nms``) instead of one torchvision NMS call
-            per image; the same proposals up to the order of equal scores. A lever to
-            measure on a GPU, not yet a config key; not while tracing.
+            per image; the same proposals but where an IoU lies within float32 rounding of
+            nms_thresh (``padded_nms``). A lever to measure on a GPU, not yet a config key;
+            not while tracing.
     """
 
     def __init__(
@@ -251,7 +252,8 @@ class RPN(nn.Module):
                               ) -> list[dict[str, Tensor]]:
         """select_proposals' NMS and top-k with every image and level in one padded batch:
         `boxes` (N, T, 4), `scores` and `valid` (N, T), the levels' top-k one after another
-        (`level_sizes`), each sorted by decreasing score. One read back: the counts kept."""
+        (`level_sizes`), each sorted by decreasing score. Host reads: one per check of the
+        products (usually one) and the counts kept."""
         num_images, longest = boxes.shape[0], max(level_sizes)
         padded_boxes = boxes.new_zeros(len(level_sizes), num_images, longest, 4)
         padded_valid = valid.new_zeros(len(level_sizes), num_images, longest)

@@ -26,13 +26,15 @@ def clustered_boxes(images: int, count: int, clusters: int, seed: int = 0
 
 @pytest.mark.parametrize("count,clusters", [(1, 1), (40, 3), (500, 20), (1200, 200)])
 def test_keeps_what_torchvisions_nms_keeps(count: int, clusters: int) -> None:
+    """Also under autocast, as in an RPN of a bf16 training step."""
     boxes, scores = clustered_boxes(3, count, clusters)
     # invalid boxes (padding, filtered out) neither stay nor suppress: the best one of each
     # image among them
     valid = torch.rand(3, count, generator=torch.Generator().manual_seed(1)) > 0.2
     valid[:, 0] = False
-    for threshold in (0.5, 0.7):
-        keep = padded_greedy_nms(boxes, valid, threshold)
+    for threshold, amp in ((0.5, False), (0.7, False), (0.7, True)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            keep = padded_greedy_nms(boxes, valid, threshold)
         for image in range(3):
             rows = valid[image].nonzero()[:, 0]
             expected = rows[nms(boxes[image, rows], scores[image, rows], threshold)]
@@ -52,12 +54,16 @@ def test_a_long_chain_of_suppressions_is_followed_to_its_end(monkeypatch) -> Non
     boxes to settle: several checks of "changed?" below the limit, torchvision's NMS for the
     rows past it (only those: the others keep their products' answer)."""
     steps = padded_nms.MAX_CHECKS * padded_nms.STEPS_PER_CHECK
-    for count in (3 * padded_nms.STEPS_PER_CHECK + 3, steps + 11):
+    finished = []
+    monkeypatch.setattr(padded_nms, "nms", lambda *args: finished.append(args) or nms(*args))
+    for count, finished_rows in ((3 * padded_nms.STEPS_PER_CHECK + 3, 0), (steps + 11, 1)):
         boxes = torch.stack([chain(count), chain(count, step=20.0)])  # the second row: no
         # overlaps, settled at once
         valid = torch.ones(2, count, dtype=torch.bool)
         valid[1, 1] = False
+        finished.clear()
         keep = padded_greedy_nms(boxes, valid, 0.7)
+        assert len(finished) == finished_rows
         assert keep[0].tolist() == [i % 2 == 0 for i in range(count)]
         assert keep[1].tolist() == [i != 1 for i in range(count)]
         for row in range(2):
