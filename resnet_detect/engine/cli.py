@@ -10,7 +10,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import OmegaConf
 
@@ -20,6 +20,7 @@ from .config import ConfigError, parse_bool
 from .data import DatasetError, UnreadableImageError
 from .export import ExportError
 from .files import UnwritableFolderError, missing_path
+from .foreign_options import flag_hints
 from .host_memory import cache_host_memory
 from .logging import escape_what_the_console_lacks, log_warning, print_and_log
 from .preemption import TrainingInterrupted
@@ -77,13 +78,30 @@ def _message(error: Exception) -> str:
     return message[lines[-1].end():].strip() if lines else message
 
 
+class ToolArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose "unrecognized arguments" error names what detectron2's,
+    mmdetection's and torchvision's references' flags are here (--config-file, --num-gpus,
+    --cfg-options, --work-dir...)."""
+
+    def __init__(self, *args: Any, training: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.training = training
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            hints = flag_hints(message[len(prefix):].split(), self.training)
+            message += "".join(f"\n  {hint.replace('TOOL.py', self.prog)}" for hint in hints)
+        super().error(message)
+
+
 def config_argument_parser(description: str | None, *,
                            resume: bool = False) -> argparse.ArgumentParser:
     """A parser with the positional CONFIG and `key=value` overrides (and `--resume` for the
     training tools); tools add their options and call `parse_intermixed_args`, so options may
     come before or after the overrides."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToolArgumentParser(description=description, training=resume,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config (may inherit with _base_)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     if resume:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from .files import atomic_write_text
+from .foreign_options import key_hint
 
 BASE_KEY = "_base_"
 # switches that also take a name (checked where they are used: amp.py, compilation.py)
@@ -334,8 +335,10 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
                           f"{overrides!r}: write [{overrides!r}]")
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value")
+            raise ConfigError(f"override '{item}' must look like key=value{key_hint(item)}")
         key, value = item.split("=", 1)
+        if key_hint(key):  # this project's keys are lower-case
+            raise ConfigError(f"unknown config key '{key}' in override '{item}'{key_hint(key)}")
         try:
             dotlist = OmegaConf.from_dotlist([f"{key}=null" if value == "None" else item])
         except Exception as e:  # OmegaConf's, and yaml's for a malformed list

@@ -367,3 +367,36 @@ def test_export_option_mistakes_are_one_line_and_exit_code_2(
     assert stopped.value.code == 2
     assert capsys.readouterr().err == (f"export.py: error: --mask-output is for Mask R-CNN; "
                                        f"{config} is a 'sem_seg' config\n")
+
+
+@pytest.mark.parametrize("tool,argv,said", [
+    ("train", ["--config-file", str(CONFIG)],
+     ["unrecognized arguments: --config-file",
+      "  --config-file: the config is the first argument: tools/train.py CONFIG ..."]),
+    ("train", [str(CONFIG), "--num-gpus", "8", "--eval-only", "--work-dir=w", "--opts"],
+     ["  --num-gpus: one process per GPU: torchrun --nproc_per_node=N tools/train.py ...",
+      "  --eval-only: evaluate with tools/eval.py CONFIG --weights CKPT --output DIR",
+      "  --work-dir: train.output_dir=DIR",
+      "  --opts: overrides are key=value words after the config, e.g. train.max_iter=100"]),
+    ("eval", [str(CONFIG), "--weights", "w.pth", "--output", "o", "--output-dir", "o"],
+     ["  --output-dir: --output DIR"]),
+    ("train", [str(CONFIG), "MODEL.WEIGHTS", "w.pth"],
+     ["error: override 'MODEL.WEIGHTS' must look like key=value; detectron2's MODEL.WEIGHTS is "
+      "model.weights=VALUE here, one word key=value (README, 'Coming from detectron2 or "
+      "mmdetection')"]),
+    ("train", [str(CONFIG), "SOLVER.IMS_PER_BATCH=16"],
+     ["error: unknown config key 'SOLVER.IMS_PER_BATCH' in override 'SOLVER.IMS_PER_BATCH=16'; "
+      "detectron2's SOLVER.IMS_PER_BATCH is train.batch_size=VALUE here"]),
+    ("train", [str(CONFIG), "MODEL.RPN.NMS_THRESH=0.6"],
+     ["the keys here are lower-case (detectron2's SOLVER.BASE_LR is train.base_lr=VALUE)"]),
+])
+def test_detectron2_and_mmdetection_spellings_are_named_with_ours(
+        tool: str, argv: list[str], said: list[str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """Their flags were argparse's bare "unrecognized arguments", their KEY VALUE pairs "must
+    look like key=value" or an unknown key 'SOLVER' listing ours."""
+    monkeypatch.setattr(sys, "argv", [f"tools/{tool}.py", *argv])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool_main(tool))
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and all(line in err for line in said), err

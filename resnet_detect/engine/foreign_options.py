@@ -1,0 +1,67 @@
+"""detectron2's, mmdetection's and torchvision's references' spellings of options and config
+keys, named with this project's in the tools' errors (README, "Coming from detectron2 or
+mmdetection", has the whole table)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+README = "README, 'Coming from detectron2 or mmdetection'"
+
+DETECTRON2_KEYS = {
+    "MODEL.WEIGHTS": "model.weights", "MODEL.DEVICE": "train.device",
+    "MODEL.MASK_ON": "model.mask_on", "MODEL.ROI_HEADS.NUM_CLASSES": "model.num_classes",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST": "model.roi_heads.score_thresh",
+    "MODEL.BACKBONE.FREEZE_AT": "model.backbone.freeze_at",
+    "SOLVER.IMS_PER_BATCH": "train.batch_size", "SOLVER.BASE_LR": "train.base_lr",
+    "SOLVER.MAX_ITER": "train.max_iter", "SOLVER.STEPS": "train.lr_steps",
+    "SOLVER.GAMMA": "train.gamma", "SOLVER.WARMUP_ITERS": "train.warmup_iters",
+    "SOLVER.CHECKPOINT_PERIOD": "train.checkpoint_period", "SOLVER.AMP.ENABLED": "train.amp",
+    "TEST.EVAL_PERIOD": "train.eval_period", "OUTPUT_DIR": "train.output_dir",
+    "SEED": "train.seed", "DATALOADER.NUM_WORKERS": "data.num_workers",
+    "INPUT.MIN_SIZE_TRAIN": "data.train.min_size", "INPUT.MAX_SIZE_TRAIN": "data.train.max_size",
+    "INPUT.MIN_SIZE_TEST": "data.val.min_size", "INPUT.MAX_SIZE_TEST": "data.val.max_size",
+}
+
+
+def key_hint(key: str) -> str:
+    """For a key in detectron2's upper case, what it is here (else "")."""
+    if not key or key != key.upper() or not any(c.isalpha() for c in key):
+        return ""
+    ours = DETECTRON2_KEYS.get(key)
+    return (f"; detectron2's {key} is {ours}=VALUE here" if ours else
+            "; the keys here are lower-case (detectron2's SOLVER.BASE_LR is train.base_lr=VALUE)"
+            ) + f", one word key=value ({README})"
+
+
+def _flag_advice(training: bool) -> dict[str, str]:
+    output = "train.output_dir=DIR" if training else "--output DIR"
+    several_gpus = "one process per GPU: torchrun --nproc_per_node=N tools/TOOL.py ..."
+    several_machines = ("several machines: torchrun --nnodes=M --node_rank=R "
+                        "--rdzv_endpoint=HOST:PORT tools/TOOL.py ... (README)")
+    overrides = "overrides are key=value words after the config, e.g. train.max_iter=100"
+    return {
+        "--config-file": "the config is the first argument: tools/TOOL.py CONFIG ...",
+        "--config": "the config is the first argument: tools/TOOL.py CONFIG ...",
+        "--num-gpus": several_gpus, "--gpus": several_gpus, "--launcher": several_gpus,
+        "--num-machines": several_machines, "--machine-rank": several_machines,
+        "--dist-url": several_machines,
+        "--eval-only": "evaluate with tools/eval.py CONFIG --weights CKPT --output DIR",
+        "--opts": overrides, "--cfg-options": overrides,
+        "--work-dir": output, "--output-dir": output,
+        "--amp": "train.amp=bf16 (or fp16 on a GPU)",
+        "--batch-size": "train.batch_size=N (images per step over all processes)",
+        "--epochs": "train.epochs=N", "--lr": "train.base_lr=X", "--seed": "train.seed=N",
+        "--device": "train.device=cpu or cuda", "--workers": "data.num_workers=N",
+    }
+
+
+def flag_hints(words: Sequence[str], training: bool) -> list[str]:
+    """`--flag: what it is here` for the flags of other projects among `words` (argparse's
+    unrecognized arguments; `--flag=value` too)."""
+    advice = _flag_advice(training)
+    hints = []
+    for word in words:
+        flag = word.split("=", 1)[0]
+        if flag in advice and not any(h.startswith(f"{flag}:") for h in hints):
+            hints.append(f"{flag}: {advice[flag]}")
+    return hints
