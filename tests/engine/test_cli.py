@@ -400,3 +400,14 @@ def test_detectron2_and_mmdetection_spellings_are_named_with_ours(
         run_tool(tool_main(tool))
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and all(line in err for line in said), err
+
+
+def test_every_detectron2_key_named_is_a_key_of_the_detection_configs() -> None:
+    from omegaconf import OmegaConf
+
+    from resnet_detect.engine.foreign_options import DETECTRON2_KEYS
+    from resnet_detect.engine.tasks import load_task_config
+    cfg = load_task_config(ROOT / "configs/detection/faster_rcnn_R_50_FPN_1x.yaml")[1]
+    for theirs, ours in DETECTRON2_KEYS.items():
+        parent, leaf = ours.rsplit(".", 1)
+        assert leaf in OmegaConf.select(cfg, parent), (theirs, ours)
