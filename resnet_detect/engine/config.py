@@ -335,15 +335,18 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
                           f"{overrides!r}: write [{overrides!r}]")
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value{key_hint(item)}")
+            raise ConfigError(f"override '{item}' must look like key=value{key_hint(item)}" + (
+                "; it is a file, and each option takes one (a shell pattern that matched "
+                "several files?)" if Path(item).exists() else ""))
         key, value = item.split("=", 1)
         if key_hint(key):  # this project's keys are lower-case
             raise ConfigError(f"unknown config key '{key}' in override '{item}'{key_hint(key)}")
         try:
             dotlist = OmegaConf.from_dotlist([f"{key}=null" if value == "None" else item])
         except Exception as e:  # OmegaConf's, and yaml's for a malformed list
-            raise ConfigError(f"cannot parse override '{item}' (a list with spaces needs quotes:"
-                              f" '{key}=[1, 2]'): {' '.join(str(e).split())}") from None
+            raise ConfigError(f"cannot parse override '{item}' (a list or mapping with spaces "
+                              f"needs quotes: '{key}=[1, 2]'): {' '.join(str(e).split())}"
+                              ) from None
         parsed = OmegaConf.select(dotlist, key, throw_on_resolution_failure=False)
         kind = kinds.get(key) if kinds else None
         if value[:1] not in ("'", '"', "[", "{") and (

@@ -389,6 +389,10 @@ def test_export_option_mistakes_are_one_line_and_exit_code_2(
       "detectron2's SOLVER.IMS_PER_BATCH is train.batch_size=VALUE here"]),
     ("train", [str(CONFIG), "MODEL.RPN.NMS_THRESH=0.6"],
      ["the keys here are lower-case (detectron2's SOLVER.BASE_LR is train.base_lr=VALUE)"]),
+    # a pattern --weights run/models/net-*.pth that matched two files
+    ("eval", [str(CONFIG), "--output", "o", "--weights", str(CONFIG), str(ROOT / "README.md")],
+     [f"error: override '{ROOT / 'README.md'}' must look like key=value; it is a file, and each "
+      f"option takes one (a shell pattern that matched several files?)"]),
 ])
 def test_detectron2_and_mmdetection_spellings_are_named_with_ours(
         tool: str, argv: list[str], said: list[str], monkeypatch: pytest.MonkeyPatch,

@@ -97,8 +97,8 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
         ("solver.steps=5", r"solver.steps must be a list of numbers, got 5 in override"),
         ("solver.steps=[true]", r"solver.steps must be a list of numbers, got \[True\]"),
         ("solver.steps=[10,20.5]", "solver.steps must be a whole number"),
-        ("solver.steps=[1, 2", r"cannot parse override 'solver.steps=\[1, 2' \(a list "
-                               r"with spaces needs quotes: 'solver.steps=\[1, 2\]'\): "
+        ("solver.steps=[1, 2", r"cannot parse override 'solver.steps=\[1, 2' \(a list or "
+                               r"mapping with spaces needs quotes: 'solver.steps=\[1, 2\]'\): "
                                r"while parsing"),
         ("data.root=/x/${nothing}", r"c.yaml: Interpolation key 'nothing' not found "
                                     r"full_key: data.root"),
