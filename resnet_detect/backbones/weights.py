@@ -20,7 +20,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from resnet_detect.engine.checkpoint import UnreadableCheckpointError, key_listing
+from resnet_detect.engine.checkpoint import (UnreadableCheckpointError, key_listing,
+                                              key_mismatches)
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.files import atomic_save, check_weights_file, read_checked_bytes
 
@@ -247,11 +248,7 @@ def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                                  for k in renewed))
         state_dict = {k: v for k, v in state_dict.items() if k not in renewed}
         expected = {k: v for k, v in expected.items() if k not in renewed}
-    missing = [k for k in expected if k not in state_dict and not _is_bn_counter(k)]
-    unexpected = [k for k in state_dict if k not in expected and not _is_bn_counter(k)]
-    mis_shaped = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items()
-                  if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    missing, unexpected, mis_shaped = key_mismatches(expected, state_dict, _is_bn_counter)
     if missing or unexpected or mis_shaped:
         raise ConfigError(f"weights from {source} do not match {type(model).__name__}{hint}:"
                           + key_listing("missing", missing)

@@ -83,10 +83,10 @@ def padded_greedy_nms(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Ten
             if torch.equal(keep, before):
                 return keep
     # rows with chains longer than the steps taken: torchvision's NMS, in the rows' order
-    keep = keep.clone()
     order = torch.arange(count, 0, -1, dtype=torch.float32, device=boxes.device)
     for row in (keep != before).any(dim=1).nonzero()[:, 0].tolist():
-        rows = valid[row].nonzero()[:, 0]
-        keep[row] = False
-        keep[row, rows[nms(boxes[row, rows].float(), order[rows], iou_threshold)]] = True
+        boxes_of_row = valid[row].nonzero()[:, 0]
+        keep[row] = False  # (keep is the last step's own tensor)
+        kept = nms(boxes[row, boxes_of_row].float(), order[boxes_of_row], iou_threshold)
+        keep[row, boxes_of_row[kept]] = True
     return keep

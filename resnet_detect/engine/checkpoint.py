@@ -476,14 +476,23 @@ def key_listing(title: str, keys: Sequence[str], shown: int = 10) -> str:
     return f"\n  {title} ({len(keys)}): {', '.join(keys[:shown])}{more}"
 
 
+def key_mismatches(expected: Mapping[str, Any], given: Mapping[str, Any],
+                   ignored: Callable[[str], bool] = lambda key: False
+                   ) -> tuple[list[str], list[str], list[str]]:
+    """(the keys `given` lacks, those it has in excess, "KEY: checkpoint SHAPE vs model SHAPE"
+    for those of another shape); `ignored` keys are neither missing nor in excess."""
+    shape = lambda v: tuple(getattr(v, "shape", ()))  # noqa: E731
+    return ([k for k in expected if k not in given and not ignored(k)],
+            [k for k in given if k not in expected and not ignored(k)],
+            [f"{k}: checkpoint {shape(given[k])} vs model {shape(v)}"
+             for k, v in expected.items() if k in given and shape(given[k]) != shape(v)])
+
+
 def key_differences(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str:
     """The keys `given` lacks, those it has in excess, and those of another shape."""
-    shape = lambda v: tuple(getattr(v, "shape", ()))  # noqa: E731
-    return (key_listing("missing", [k for k in expected if k not in given])
-            + key_listing("unexpected", [k for k in given if k not in expected])
-            + key_listing("mis-shaped", [f"{k}: checkpoint {shape(given[k])} vs model "
-                                         f"{shape(v)}" for k, v in expected.items()
-                                         if k in given and shape(given[k]) != shape(v)]))
+    missing, unexpected, mis_shaped = key_mismatches(expected, given)
+    return (key_listing("missing", missing) + key_listing("unexpected", unexpected)
+            + key_listing("mis-shaped", mis_shaped))
 
 
 class UnreadableCheckpointError(ValueError):
