@@ -3,8 +3,8 @@ reference measured in the same run.
 
 Usage:
   python benchmarks/gpu_suite.py --output DIR [--phases PHASE ...] [--steps N]
-  (a device session: --output $OUT/suite, then --output $OUT/levers --phases det_compile
-  seg_compile det_infer_compile)
+  (a device session: --output $OUT/suite, and --output $OUT/levers --phases det_fusion det_nms
+  det_compile seg_compile det_infer_compile)
   python benchmarks/gpu_suite.py --output DIR --smoke      (CPU, toy sizes: make test runs it)
 
 Writes DIR/suite.json (every row, the machine, the versions) and DIR/suite.md (the table for
@@ -45,6 +45,10 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
                   channels_last, the segmentation configs' default) with train.compile (the
                   backbone and heads under torch.compile) vs eager and vs torchvision's eager
                   step.
+  det_fusion      ours with each convolution's bias, ReLU and residual addition fused into one
+                  cuDNN call (backbones.fused_conv) vs the plain convolutions, same weights:
+                  training in bf16 (vs torchvision's step too) and inference at batch 1 (the
+                  same detections?). --smoke: no fused kernels on a CPU, both plain.
   det_nms         ours in bf16 at det_train's batch, the RPN's per-image NMS one after
                   another (as now) vs two levers: on 4 CUDA side streams fed by 4 host
                   threads (RPN.nms_streams, detection.nms.per_image_batched_nms), and every
@@ -70,7 +74,8 @@ import time
 import traceback
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,11 +103,13 @@ from resnet_detect.engine.data.synthetic_shapes import compose_scene  # noqa: E4
 from resnet_detect.engine.tasks import load_task_config  # noqa: E402
 from resnet_detect.segmentation import upsample  # noqa: E402
 
-# without --phases: what issue 14 measures, and the levers for its detection goal (run 5: over
-# 400 s with the lever phases left out, then with the detectors' channels_last rows)
+# without --phases: the rows issue 14 asks for (run 5: over 400 s, then with the detectors'
+# channels_last rows, since left out)
 DEFAULT_PHASES = ("data", "det_train", "det_infer", "syncs", "mask_train", "seg_train",
-                  "pretrain", "torchrun", "det_nms")  # (last: its streams never ran on a GPU)
-LEVER_PHASES = ("det_compile", "seg_compile", "det_infer_compile")  # a second command
+                  "pretrain", "torchrun")
+# a second command: levers, each against the plain path in the same process (det_nms after
+# det_fusion: its streams never ran on a GPU)
+LEVER_PHASES = ("det_fusion", "det_nms", "det_compile", "seg_compile", "det_infer_compile")
 PHASES = DEFAULT_PHASES + LEVER_PHASES
 NUM_CLASSES = len(CATEGORY_IDS)
 TORCHRUN_TIMEOUT_S = 240  # each torchrun run of the phase: start-up, 2 steps and 2 checkpoints
@@ -557,6 +564,97 @@ def phase_detection_nms(suite: Suite) -> None:
             use({})
 
 
+@contextmanager
+def fused_convolutions(on: bool) -> Iterator[dict[str, int]]:
+    """fused_conv.FUSE_ON_CUDA set to `on`, and the fused calls counted (a fallback to the
+    plain path is then seen: fewer calls, and fused_conv.failure)."""
+    from resnet_detect.backbones import fused_conv
+    counts = {"calls": 0}
+    kernels = (fused_conv.cudnn_convolution_relu, fused_conv.cudnn_convolution_add_relu)
+
+    def counted(kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        def call(*args: Any) -> Tensor:
+            counts["calls"] += 1
+            return kernel(*args)
+        return call
+    before = fused_conv.FUSE_ON_CUDA
+    fused_conv.FUSE_ON_CUDA = on
+    fused_conv.cudnn_convolution_relu, fused_conv.cudnn_convolution_add_relu = map(counted,
+                                                                                    kernels)
+    try:
+        yield counts
+    finally:
+        fused_conv.FUSE_ON_CUDA = before
+        fused_conv.cudnn_convolution_relu, fused_conv.cudnn_convolution_add_relu = kernels
+
+
+def phase_detection_fusion(suite: Suite) -> None:
+    """Ours with each convolution's bias (the folded frozen BatchNorm), ReLU and residual
+    addition fused into one cuDNN call (backbones.fused_conv) vs the plain convolutions, from
+    the same weights, and torchvision's step in the same process: training in bf16 at
+    det_train's batch (images/s, the first step's losses side by side, fused calls per
+    forward), and inference at batch 1 in bf16 and fp32 (ms/image, the same detections?). Run
+    5's bf16 training step spent 15 of 148 ms of GPU time in the 76 bias additions alone.
+    --smoke: the CPU has no fused kernels, both of ours are the plain path (0 fused calls)."""
+    from resnet_detect.backbones import fused_conv
+    device = suite.device
+    images, targets = detection_batch(suite, mask_on=False)
+    tv_targets = [{"boxes": t["gt_boxes"], "labels": t["gt_classes"] + 1} for t in targets]
+    ours, reference = detectors(suite, mask_on=False)
+    reference.train()
+    start = {k: v.clone() for k, v in ours.state_dict().items()}
+    precision = precisions(device)[0]
+    setting = f"{precision}, batch {len(images)}"
+    names = {False: "ours, plain convolutions", True: "ours, conv+bias+ReLU fused (cuDNN)"}
+    tv = measure(suite, _train_step(reference, _sgd(reference), device, precision,
+                                    lambda: reference([i.float() / 255 for i in images],
+                                                      tv_targets)), len(images))
+    timed: dict[bool, dict[str, float]] = {}
+    for on in (False, True):
+        ours.load_state_dict(start)
+        ours.train()
+        with fused_convolutions(on) as counts:
+            torch.manual_seed(0)  # the samplers' draws
+            with torch.no_grad(), autocast(device, precision):
+                losses = {k: float(v) for k, v in ours(images, targets).items()}
+            calls = counts["calls"]
+            step = _train_step(ours, _sgd(ours), device, precision,
+                               lambda: ours(images, targets))
+            timed[on] = measure(suite, step, len(images))
+            versus = f"{timed[on]['images_per_s'] / tv['images_per_s']:.2f}x torchvision"
+            if on:
+                ratio = timed[True]["images_per_s"] / timed[False]["images_per_s"]
+                versus = f"{ratio:.2f}x plain, {versus}, {calls} fused calls per forward"
+            suite.add("det_fusion", names[on], setting, **timed[on], vs_reference=versus,
+                      losses=losses, fused_calls=calls, fused_failure=fused_conv.failure)
+            if on:
+                add_launch_rows(suite, "det_fusion", setting, len(images),
+                                [(names[on], step, timed[on])])
+    suite.add("det_fusion", "torchvision", setting, **tv)
+    ours.load_state_dict(start)
+    ours.eval()
+    image = _inference_image(suite)
+    for precision in precisions(device):
+        setting = f"{precision}, batch 1"
+        results = {}
+        for on in (False, True):
+            with fused_convolutions(on), torch.inference_mode(), autocast(device, precision):
+                got = ours([image])[0]
+                results[on] = (got, measure(suite, lambda: ours([image]), 1))
+        (plain, plain_m), (fused, fused_m) = results[False], results[True]
+        same = (len(plain["boxes"]) == len(fused["boxes"])
+                and bool(torch.equal(plain["labels"], fused["labels"])))
+        box_gap = (float((plain["boxes"] - fused["boxes"]).abs().max())
+                   if same and len(plain["boxes"]) else None)
+        suite.add("det_fusion", names[False], setting, **plain_m,
+                  detections=len(plain["boxes"]))
+        suite.add("det_fusion", names[True], setting, **fused_m, detections=len(fused["boxes"]),
+                  same_detections=same, largest_box_difference_px=box_gap,
+                  fused_failure=fused_conv.failure,
+                  vs_reference=f"{plain_m['ms_per_image'] / fused_m['ms_per_image']:.2f}x "
+                               f"plain's speed, same detections: {same}")
+
+
 def add_compiled(suite: Suite, phase: str, name: str, setting: str, step: Callable[[], None],
                  images_per_step: int, eager: dict[str, float],
                  reference: dict[str, float] | None = None) -> None:
@@ -928,7 +1026,8 @@ RUNNERS: dict[str, Callable[[Suite], None]] = {
     "mask_train": lambda suite: phase_detection_train(suite, mask_on=True),
     "seg_train": phase_segmentation_train, "pretrain": phase_pretrain, "torchrun": phase_torchrun,
     "det_compile": phase_detection_compile, "det_infer_compile": phase_detection_inference_compile,
-    "seg_compile": phase_segmentation_compile, "det_nms": phase_detection_nms}
+    "seg_compile": phase_segmentation_compile, "det_nms": phase_detection_nms,
+    "det_fusion": phase_detection_fusion}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

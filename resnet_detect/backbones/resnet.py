@@ -16,6 +16,7 @@ from torchvision.ops import stochastic_depth
 from resnet_detect.engine.config import ArgumentError, is_positive_int as _positive_int
 
 from .conv import Conv2d
+from .fused_conv import conv_norm_relu
 from .layers import (ConvNorm, FrozenBatchNorm2d, ShapeSpec, ZeroPadShortcut, build_norm,
                      conv1x1, conv3x3, conv_norm)
 
@@ -54,19 +55,29 @@ class ResidualBlock(nn.Module):
         else:
             self.shortcut = nn.Identity()
 
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
+    def branch_inner(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch up to its last convolution and norm (`last_conv_norm`)."""
         raise NotImplementedError
+
+    def last_conv_norm(self) -> tuple[nn.Conv2d, nn.Module]:
+        raise NotImplementedError
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_norm(*self.last_conv_norm(), self.branch_inner(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.skip_branch:
             return F.relu(self.shortcut(x))
-        out = self.branch(x)
         if not self.residual:
+            return conv_norm_relu(*self.last_conv_norm(), self.branch_inner(x))
+        if self.drop_path_rate > 0 and self.training:
+            out = stochastic_depth(self.branch(x), self.drop_path_rate, "row", self.training)
+            out += self.shortcut(x)  # in place, as torchvision: one allocation less per block
             return F.relu(out, inplace=True)
-        if self.drop_path_rate > 0:
-            out = stochastic_depth(out, self.drop_path_rate, "row", self.training)
-        out += self.shortcut(x)  # in place, as torchvision: one allocation less per block
-        return F.relu(out, inplace=True)
+        # the shortcut added in place (one allocation less per block, as torchvision), or in
+        # the last convolution's fused call (fused_conv)
+        return conv_norm_relu(*self.last_conv_norm(), self.branch_inner(x),
+                              addend=self.shortcut(x))
 
 
 class BasicBlock(ResidualBlock):
@@ -89,9 +100,11 @@ class BasicBlock(ResidualBlock):
         self.conv2 = conv3x3(out_channels, out_channels, dilation=dilation)
         self.norm2 = build_norm(norm, out_channels)
 
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(conv_norm(self.conv1, self.norm1, x), inplace=True)
-        return conv_norm(self.conv2, self.norm2, out)
+    def branch_inner(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_norm_relu(self.conv1, self.norm1, x)
+
+    def last_conv_norm(self) -> tuple[nn.Conv2d, nn.Module]:
+        return self.conv2, self.norm2
 
 
 class Bottleneck(ResidualBlock):
@@ -120,10 +133,12 @@ class Bottleneck(ResidualBlock):
         self.conv3 = conv1x1(mid, out_channels)
         self.norm3 = build_norm(norm, out_channels)
 
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(conv_norm(self.conv1, self.norm1, x), inplace=True)
-        out = F.relu(conv_norm(self.conv2, self.norm2, out), inplace=True)
-        return conv_norm(self.conv3, self.norm3, out)
+    def branch_inner(self, x: torch.Tensor) -> torch.Tensor:
+        out = conv_norm_relu(self.conv1, self.norm1, x)
+        return conv_norm_relu(self.conv2, self.norm2, out)
+
+    def last_conv_norm(self) -> tuple[nn.Conv2d, nn.Module]:
+        return self.conv3, self.norm3
 
 
 class Stem(nn.Module):
@@ -145,7 +160,7 @@ class Stem(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(conv_norm(self.conv, self.norm, x), inplace=True)
+        x = conv_norm_relu(self.conv, self.norm, x)
         if (x.device.type == "cpu" and isinstance(self.maxpool, nn.MaxPool2d)
                 and not x.is_contiguous(memory_format=torch.channels_last)
                 and not torch.jit.is_tracing()):

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from resnet_detect.engine.config import ArgumentError
 from resnet_detect.backbones.conv import Conv2d
+from resnet_detect.backbones.fused_conv import conv_norm_relu
 
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
@@ -54,7 +55,7 @@ class RPNHead(nn.Module):
         """
         logits, deltas = [], []
         for x in features:
-            t = F.relu(self.conv(x), inplace=True)
+            t = conv_norm_relu(self.conv, None, x)
             logits.append(self.objectness_logits(t))
             deltas.append(self.anchor_deltas(t))
         return logits, deltas

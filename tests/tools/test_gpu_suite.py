@@ -34,6 +34,8 @@ def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
         "mask_train", "mask_train", "mask_train_launches", "mask_train_launches",
         "seg_train", "seg_train", "seg_train", "seg_train_launches", "seg_train_launches",
         "pretrain", "pretrain", "pretrain", "pretrain",
+        "det_fusion", "det_fusion", "det_fusion_launches", "det_fusion", "det_fusion",
+        "det_fusion",
         "det_nms", "det_nms", "det_nms_launches", "det_nms", "det_nms_launches",
         "det_compile", "det_compile", "det_compile",
         "seg_compile", "seg_compile", "seg_compile", "det_infer_compile", "det_infer_compile"]
@@ -93,6 +95,16 @@ def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
     for launches_row in (nms[2], nms[4]):
         assert launches_row["dispatched_ops"] > 0
         assert "ops dispatched" in launches_row["vs_reference"]
+    fusion = [r for r in rows if r["phase"] == "det_fusion"]
+    assert [(r["model"], r["setting"]) for r in fusion] == [
+        ("ours, plain convolutions", "fp32, batch 2"),
+        ("ours, conv+bias+ReLU fused (cuDNN)", "fp32, batch 2"), ("torchvision", "fp32, batch 2"),
+        ("ours, plain convolutions", "fp32, batch 1"),
+        ("ours, conv+bias+ReLU fused (cuDNN)", "fp32, batch 1")]
+    # a CPU has no fused kernels: the same losses and detections, no fused call
+    assert fusion[0]["losses"] == fusion[1]["losses"] and fusion[1]["fused_calls"] == 0
+    assert fusion[1]["fused_failure"] is None and fusion[4]["same_detections"] is True
+    assert "x plain, " in fusion[1]["vs_reference"] and fusion[3]["detections"] > 0
     # every measured row says how long its warmup took (where a phase's time goes)
     assert all(r["warmup_s"] > 0 for r in rows if "images_per_s" in r and "warmup_peak_gib" in r)
     written = json.loads((tmp_path / "suite.json").read_text())
