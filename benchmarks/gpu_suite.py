@@ -592,10 +592,11 @@ def phase_detection_fusion(suite: Suite) -> None:
     """Ours with each convolution's bias (the folded frozen BatchNorm), ReLU and residual
     addition fused into one cuDNN call (backbones.fused_conv) vs the plain convolutions, from
     the same weights, and torchvision's step in the same process: training in bf16 at
-    det_train's batch (images/s, the first step's losses side by side, fused calls per
-    forward), and inference at batch 1 in bf16 and fp32 (ms/image, the same detections?). Run
-    5's bf16 training step spent 15 of 148 ms of GPU time in the 76 bias additions alone.
-    --smoke: the CPU has no fused kernels, both of ours are the plain path (0 fused calls)."""
+    det_train's batch, NCHW and (on a GPU) channels_last (images/s, the first step's losses
+    side by side, fused calls per forward), and inference at batch 1 in bf16 and fp32
+    (ms/image, the same detections?). Run 5's bf16 training step spent 15 of 148 ms of GPU
+    time in the 76 bias additions alone. --smoke: the CPU has no fused kernels, both of ours
+    are the plain path (0 fused calls)."""
     from resnet_detect.backbones import fused_conv
     device = suite.device
     images, targets = detection_batch(suite, mask_on=False)
@@ -609,27 +610,35 @@ def phase_detection_fusion(suite: Suite) -> None:
     tv = measure(suite, _train_step(reference, _sgd(reference), device, precision,
                                     lambda: reference([i.float() / 255 for i in images],
                                                       tv_targets)), len(images))
-    timed: dict[bool, dict[str, float]] = {}
-    for on in (False, True):
-        ours.load_state_dict(start)
-        ours.train()
-        with fused_convolutions(on) as counts:
-            torch.manual_seed(0)  # the samplers' draws
-            with torch.no_grad(), autocast(device, precision):
-                losses = {k: float(v) for k, v in ours(images, targets).items()}
-            calls = counts["calls"]
-            step = _train_step(ours, _sgd(ours), device, precision,
-                               lambda: ours(images, targets))
-            timed[on] = measure(suite, step, len(images))
-            versus = f"{timed[on]['images_per_s'] / tv['images_per_s']:.2f}x torchvision"
-            if on:
-                ratio = timed[True]["images_per_s"] / timed[False]["images_per_s"]
-                versus = f"{ratio:.2f}x plain, {versus}, {calls} fused calls per forward"
-            suite.add("det_fusion", names[on], setting, **timed[on], vs_reference=versus,
-                      losses=losses, fused_calls=calls, fused_failure=fused_conv.failure)
-            if on:
-                add_launch_rows(suite, "det_fusion", setting, len(images),
-                                [(names[on], step, timed[on])])
+    # on a GPU also with channels_last weights: cuDNN's fused engines are NHWC ones, and run 5
+    # spent 17.8 ms of the NCHW step in cuDNN's NCHW <-> NHWC transposes
+    layouts = [torch.contiguous_format, *([torch.channels_last] if device.type == "cuda" else [])]
+    for layout in layouts:
+        set_layout((ours,), device, layout)
+        layout_setting = f"{precision}{_LAYOUT_NAMES[layout]}, batch {len(images)}"
+        timed: dict[bool, dict[str, float]] = {}
+        for on in (False, True):
+            ours.load_state_dict(start)
+            ours.train()
+            with fused_convolutions(on) as counts:
+                torch.manual_seed(0)  # the samplers' draws
+                with torch.no_grad(), autocast(device, precision):
+                    losses = {k: float(v) for k, v in ours(images, targets).items()}
+                calls = counts["calls"]
+                step = _train_step(ours, _sgd(ours), device, precision,
+                                   lambda: ours(images, targets))
+                timed[on] = measure(suite, step, len(images))
+                versus = f"{timed[on]['images_per_s'] / tv['images_per_s']:.2f}x torchvision"
+                if on:
+                    ratio = timed[True]["images_per_s"] / timed[False]["images_per_s"]
+                    versus = f"{ratio:.2f}x plain, {versus}, {calls} fused calls per forward"
+                suite.add("det_fusion", names[on], layout_setting, **timed[on],
+                          vs_reference=versus, losses=losses, fused_calls=calls,
+                          fused_failure=fused_conv.failure)
+                if on or layout == torch.channels_last:
+                    add_launch_rows(suite, "det_fusion", layout_setting, len(images),
+                                    [(names[on], step, timed[on])])
+    set_layout((ours,), device, torch.contiguous_format)
     suite.add("det_fusion", "torchvision", setting, **tv)
     ours.load_state_dict(start)
     ours.eval()
