@@ -3,8 +3,8 @@ reference measured in the same run.
 
 Usage:
   python benchmarks/gpu_suite.py --output DIR [--phases PHASE ...] [--steps N]
-  (a device session: --output $OUT/suite, and --output $OUT/levers --phases det_fusion det_nms
-  det_compile seg_compile det_infer_compile)
+  (a device session: --output $OUT/suite, and --output $OUT/levers --phases det_fusion
+  mask_bucket det_nms det_compile seg_compile det_infer_compile)
   python benchmarks/gpu_suite.py --output DIR --smoke      (CPU, toy sizes: make test runs it)
 
 Writes DIR/suite.json (every row, the machine, the versions) and DIR/suite.md (the table for
@@ -49,6 +49,9 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
                   cuDNN call (backbones.fused_conv) vs the plain convolutions, same weights:
                   training in bf16 (vs torchvision's step too) and inference at batch 1 (the
                   same detections?). --smoke: no fused kernels on a CPU, both plain.
+  mask_bucket     Mask R-CNN in bf16 with the mask head's RoIs padded to a multiple of 128
+                  (MaskRCNNHead.roi_bucket: shapes that repeat, for cuDNN's plans) vs as they
+                  come, cudnn.benchmark off and (padded) on, vs torchvision's step.
   det_nms         ours in bf16 at det_train's batch, the RPN's per-image NMS one after
                   another (as now) vs two levers: on 4 CUDA side streams fed by 4 host
                   threads (RPN.nms_streams, detection.nms.per_image_batched_nms), and every
@@ -65,6 +68,7 @@ time (is the host the bound?).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -109,7 +113,8 @@ DEFAULT_PHASES = ("data", "det_train", "det_infer", "syncs", "mask_train", "seg_
                   "pretrain", "torchrun")
 # a second command: levers, each against the plain path in the same process (det_nms after
 # det_fusion: its streams never ran on a GPU)
-LEVER_PHASES = ("det_fusion", "det_nms", "det_compile", "seg_compile", "det_infer_compile")
+LEVER_PHASES = ("det_fusion", "mask_bucket", "det_nms", "det_compile", "seg_compile",
+                "det_infer_compile")
 PHASES = DEFAULT_PHASES + LEVER_PHASES
 NUM_CLASSES = len(CATEGORY_IDS)
 TORCHRUN_TIMEOUT_S = 240  # each torchrun run of the phase: start-up, 2 steps and 2 checkpoints
@@ -130,12 +135,15 @@ class Sizes:
     cls_images: int
     steps: int
     warmup: int
+    mask_bucket: int  # mask_bucket: the multiple the mask head's RoIs are padded to
 
 
 FULL = Sizes(scene=(800, 1333), scenes=32, det_batch=16, backbone="resnet50", seg_crop=512,
-             seg_batch=16, cls_size=224, cls_batch=256, cls_images=2048, steps=10, warmup=3)
+             seg_batch=16, cls_size=224, cls_batch=256, cls_images=2048, steps=10, warmup=3,
+             mask_bucket=128)
 SMOKE = Sizes(scene=(96, 128), scenes=4, det_batch=2, backbone="resnet18", seg_crop=64,
-              seg_batch=2, cls_size=32, cls_batch=4, cls_images=8, steps=1, warmup=0)
+              seg_batch=2, cls_size=32, cls_batch=4, cls_images=8, steps=1, warmup=0,
+              mask_bucket=16)
 # --smoke: fewer proposals and RoIs on both sides (the code paths are the point, not speed)
 SMOKE_DETECTOR = {"rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
                   "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50,
@@ -613,6 +621,7 @@ def phase_detection_fusion(suite: Suite) -> None:
     # on a GPU also with channels_last weights: cuDNN's fused engines are NHWC ones, and run 5
     # spent 17.8 ms of the NCHW step in cuDNN's NCHW <-> NHWC transposes
     layouts = [torch.contiguous_format, *([torch.channels_last] if device.type == "cuda" else [])]
+    new_sizes = itertools.count(1)
     for layout in layouts:
         set_layout((ours,), device, layout)
         layout_setting = f"{precision}{_LAYOUT_NAMES[layout]}, batch {len(images)}"
@@ -628,10 +637,18 @@ def phase_detection_fusion(suite: Suite) -> None:
                 step = _train_step(ours, _sgd(ours), device, precision,
                                    lambda: ours(images, targets))
                 timed[on] = measure(suite, step, len(images))
+                # cuDNN builds its plans per shape (the fused ones may compile kernels): one
+                # step at a size no run has seen yet, as a new training size gives
+                pad = 32 * next(new_sizes)
+                larger = [F.pad(i, (0, pad, 0, pad)) for i in images]
+                timed[on]["new_size_step_s"] = _seconds(_train_step(
+                    ours, _sgd(ours), device, precision, lambda: ours(larger, targets)), device)
                 versus = f"{timed[on]['images_per_s'] / tv['images_per_s']:.2f}x torchvision"
                 if on:
                     ratio = timed[True]["images_per_s"] / timed[False]["images_per_s"]
-                    versus = f"{ratio:.2f}x plain, {versus}, {calls} fused calls per forward"
+                    versus = (f"{ratio:.2f}x plain, {versus}, {calls} fused calls per forward, "
+                              f"a step at a new size {timed[True]['new_size_step_s']:.2f} s "
+                              f"(plain {timed[False]['new_size_step_s']:.2f} s)")
                 suite.add("det_fusion", names[on], layout_setting, **timed[on],
                           vs_reference=versus, losses=losses, fused_calls=calls,
                           fused_failure=fused_conv.failure)
@@ -662,6 +679,76 @@ def phase_detection_fusion(suite: Suite) -> None:
                   fused_failure=fused_conv.failure,
                   vs_reference=f"{plain_m['ms_per_image'] / fused_m['ms_per_image']:.2f}x "
                                f"plain's speed, same detections: {same}")
+
+
+def phase_mask_bucket(suite: Suite) -> None:
+    """Mask R-CNN in bf16 at det_train's batch with the mask head's RoIs padded to a multiple
+    of sizes.mask_bucket (MaskRCNNHead.roi_bucket) vs as they come, from the same weights, with
+    cudnn.benchmark off (the product's default) and, padded, on; torchvision's step in the
+    same process. Run 5: the mask head's convolutions see a new RoI count at every step, and
+    the step's GPU was busy 158 of 218 ms (Faster R-CNN: 148 of 176), cudnn.benchmark on made
+    it 3.8x slower. Each row: the first step's mask loss, and the distinct RoI counts the
+    head's first convolution saw over the timed steps."""
+    device = suite.device
+    images, targets = detection_batch(suite, mask_on=True)
+    tv_targets = [{"boxes": t["gt_boxes"], "labels": t["gt_classes"] + 1,
+                   "masks": t["gt_masks"]} for t in targets]
+    ours, reference = detectors(suite, mask_on=True)
+    ours.train(), reference.train()
+    head = ours.roi_heads.mask_head
+    start = {k: v.clone() for k, v in ours.state_dict().items()}
+    precision = precisions(device)[0]
+    benchmark_before = torch.backends.cudnn.benchmark
+    counts: list[int] = []
+    hook = head.mask_fcn1.register_forward_pre_hook(
+        lambda module, args: counts.append(int(args[0].shape[0])))
+    try:
+        torch.backends.cudnn.benchmark = False
+        tv = measure(suite, _train_step(reference, _sgd(reference), device, precision,
+                                        lambda: reference([i.float() / 255 for i in images],
+                                                          tv_targets)), len(images))
+        plain: dict[str, float] = {}
+        bucket_size = suite.sizes.mask_bucket
+        for bucket, benchmark in ((0, False), (bucket_size, False), (bucket_size, True)):
+            torch.backends.cudnn.benchmark = benchmark
+            head.roi_bucket = bucket
+            ours.load_state_dict(start)
+            torch.manual_seed(0)  # the samplers' draws
+            with torch.no_grad(), autocast(device, precision):
+                mask_loss = float(ours(images, targets)["loss_mask"])
+            step = _train_step(ours, _sgd(ours), device, precision,
+                               lambda: ours(images, targets))
+            counts.clear()
+            timed = measure(suite, step, len(images))
+            shapes = sorted(set(counts[-suite.sizes.steps:]))
+            name = (f"ours, RoIs padded to a multiple of {bucket}" if bucket
+                    else "ours, RoIs as they come")
+            setting = (f"{precision}, cudnn.benchmark {'on' if benchmark else 'off'}, "
+                       f"batch {len(images)}")
+            versus = f"{timed['images_per_s'] / tv['images_per_s']:.2f}x torchvision"
+            if bucket:
+                ratio = timed["images_per_s"] / plain["images_per_s"]
+                versus = f"{ratio:.2f}x as they come, {versus}"
+            else:
+                plain = timed
+            suite.add("mask_bucket", name, setting, **timed, vs_reference=versus,
+                      loss_mask=mask_loss, convolved_roi_counts=shapes)
+            add_launch_rows(suite, "mask_bucket", setting, len(images), [(name, step, timed)])
+        suite.add("mask_bucket", "torchvision",
+                  f"{precision}, cudnn.benchmark off, batch {len(images)}", **tv)
+    finally:
+        hook.remove()
+        head.roi_bucket = 0
+        torch.backends.cudnn.benchmark = benchmark_before
+
+
+def _seconds(run: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of `run`, the device's queue drained before and after."""
+    _sync(device)
+    start = time.perf_counter()
+    run()
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def add_compiled(suite: Suite, phase: str, name: str, setting: str, step: Callable[[], None],
@@ -1036,7 +1123,7 @@ RUNNERS: dict[str, Callable[[Suite], None]] = {
     "seg_train": phase_segmentation_train, "pretrain": phase_pretrain, "torchrun": phase_torchrun,
     "det_compile": phase_detection_compile, "det_infer_compile": phase_detection_inference_compile,
     "seg_compile": phase_segmentation_compile, "det_nms": phase_detection_nms,
-    "det_fusion": phase_detection_fusion}
+    "det_fusion": phase_detection_fusion, "mask_bucket": phase_mask_bucket}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -432,3 +432,36 @@ def test_coco_weights_fine_tune_to_other_classes(models: tuple, tmp_path, caplog
     fresh_mask = {k: v for k, v in fresh.state_dict().items() if ".mask_head." in k}
     assert fresh_mask and all(torch.equal(masks.state_dict()[k], v)
                               for k, v in fresh_mask.items())
+
+
+@pytest.mark.parametrize("rois,convolved", [(37, 48), (32, 32), (0, 0)])
+def test_rois_padded_to_a_bucket_give_the_same_logits_and_gradients(rois: int,
+                                                                    convolved: int) -> None:
+    """MaskRCNNHead.roi_bucket (a GPU lever: repeated shapes for cuDNN's plans): the
+    convolutions see the RoIs padded to a multiple of the bucket, the logits and every
+    gradient are those of the RoIs alone."""
+    from resnet_detect.detection.roi_heads.mask_head import MaskRCNNHead
+    torch.manual_seed(0)
+    head = MaskRCNNHead(in_channels=8, num_classes=5, conv_dims=(6, 6))
+    with torch.no_grad():
+        head.predictor.weight.normal_()
+    x = torch.randn(rois, 8, 7, 7)
+    classes = torch.randint(0, 5, (rois,))
+    seen = []
+    head.mask_fcn1.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+
+    def logits_and_grads(bucket: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        head.roi_bucket = bucket
+        head.zero_grad(set_to_none=False)
+        inputs = x.clone().requires_grad_()
+        logits = head(inputs, classes)
+        (logits * torch.linspace(-1, 1, logits.numel()).view_as(logits)).sum().backward()
+        return logits.detach(), [inputs.grad, *(p.grad.clone() for p in head.parameters())]
+
+    plain, plain_grads = logits_and_grads(0)
+    padded, padded_grads = logits_and_grads(16)
+    assert seen == [rois, convolved]
+    assert padded.shape == plain.shape == (rois, 14, 14)
+    torch.testing.assert_close(padded, plain)
+    for got, expected in zip(padded_grads, plain_grads):
+        torch.testing.assert_close(got, expected)

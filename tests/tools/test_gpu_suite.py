@@ -36,6 +36,8 @@ def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
         "pretrain", "pretrain", "pretrain", "pretrain",
         "det_fusion", "det_fusion", "det_fusion_launches", "det_fusion", "det_fusion",
         "det_fusion",
+        "mask_bucket", "mask_bucket_launches", "mask_bucket", "mask_bucket_launches",
+        "mask_bucket", "mask_bucket_launches", "mask_bucket",
         "det_nms", "det_nms", "det_nms_launches", "det_nms", "det_nms_launches",
         "det_compile", "det_compile", "det_compile",
         "seg_compile", "seg_compile", "seg_compile", "det_infer_compile", "det_infer_compile"]
@@ -105,6 +107,20 @@ def test_smoke_runs_every_phase_and_writes_the_table(tmp_path: Path) -> None:
     assert fusion[0]["losses"] == fusion[1]["losses"] and fusion[1]["fused_calls"] == 0
     assert fusion[1]["fused_failure"] is None and fusion[4]["same_detections"] is True
     assert "x plain, " in fusion[1]["vs_reference"] and fusion[3]["detections"] > 0
+    assert fusion[0]["new_size_step_s"] > 0 and fusion[1]["new_size_step_s"] > 0
+    bucket = [r for r in rows if r["phase"] == "mask_bucket"]
+    assert [r["model"] for r in bucket] == [
+        "ours, RoIs as they come", "ours, RoIs padded to a multiple of 16",
+        "ours, RoIs padded to a multiple of 16", "torchvision"]
+    assert [r["setting"].split(", ")[1] for r in bucket] == [
+        "cudnn.benchmark off", "cudnn.benchmark off", "cudnn.benchmark on", "cudnn.benchmark off"]
+    # the same first step's mask loss; the padded heads convolved whole buckets only
+    assert bucket[0]["loss_mask"] > 0
+    assert bucket[0]["loss_mask"] == pytest.approx(bucket[1]["loss_mask"], rel=1e-5)
+    assert bucket[1]["loss_mask"] == bucket[2]["loss_mask"]
+    assert any(count % 16 for count in bucket[0]["convolved_roi_counts"])
+    assert all(count % 16 == 0 for r in bucket[1:3] for count in r["convolved_roi_counts"])
+    assert "x as they come, " in bucket[1]["vs_reference"]
     # every measured row says how long its warmup took (where a phase's time goes)
     assert all(r["warmup_s"] > 0 for r in rows if "images_per_s" in r and "warmup_peak_gib" in r)
     written = json.loads((tmp_path / "suite.json").read_text())

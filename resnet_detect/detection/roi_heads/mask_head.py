@@ -24,6 +24,7 @@ from torchvision.ops import roi_align
 
 from resnet_detect.engine.config import ArgumentError
 from ..data.polygons import PolygonMasks
+from ..nms import tracing
 from ..tracing import split_per_image
 
 
@@ -71,6 +72,12 @@ class MaskRCNNHead(nn.Module):
             nn.init.zeros_(module.bias)
         self.loss_weight = float(loss_weight)
         self.aligned = bool(aligned)
+        # the RoIs padded to a multiple of this (0: not padded), a lever for GPUs that the GPU
+        # suite's mask_bucket phase measures: the convolutions see a new RoI count at every
+        # step, and cuDNN builds its plans (or with cudnn.benchmark times its algorithms) for
+        # each new shape; padded, the shapes repeat. The padding's rows are sliced off before
+        # the predictor: the same logits, no gradient through them.
+        self.roi_bucket = 0
 
     def forward(self, x: Tensor, classes: Tensor) -> Tensor:
         """Args:
@@ -81,9 +88,12 @@ class MaskRCNNHead(nn.Module):
             (R, 2S, 2S) mask logits of each RoI's class: channel `classes[r]` of the 1x1
             conv over all K, up to rounding.
         """
+        count = x.shape[0]
+        if self.roi_bucket and count % self.roi_bucket and not tracing():
+            x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, self.roi_bucket - count % self.roi_bucket))
         for i in range(1, self.num_conv + 1):
             x = F.relu(getattr(self, f"mask_fcn{i}")(x), inplace=True)
-        x = F.relu(self.deconv(x), inplace=True)  # (R, D, S, S) -> (R, D, 2S, 2S)
+        x = F.relu(self.deconv(x), inplace=True)[:count]  # (R, D, S, S) -> (R, D, 2S, 2S)
         # an einsum, not (x * weight).sum(1) (an (R, D, 2S, 2S) product) nor a reshape to a
         # batched matmul (ONNX Runtime cannot reshape 0 RoIs to (0, D, -1))
         weight = self.predictor.weight[classes, :, 0, 0]  # (R, D)
