@@ -11,9 +11,13 @@ for inference); `_ConvAddReLU` gives them a backward: the ReLU's mask from the o
 PyTorch's convolution backward (as the plain path's).
 
 Off unless `FUSE_ON_CUDA` (benchmarks/gpu_suite.py's det_fusion phase measures it); never on a
-CPU, under tracing (export) or torch.compile (inductor fuses these itself). Should cuDNN refuse
-a call (no engine for a shape or dtype), the call runs the plain way and the lever turns itself
-off for the process, with one warning.
+CPU, under tracing (export) or torch.compile (inductor fuses these itself), with cuDNN's
+deterministic mode (the fused ops have none), with hooks to honour, or for a convolution of
+fewer than 8 input channels or a multiple of them (the stem's 3: cuDNN's fused engines want
+tensor-core alignment, and a 7x7 fused convolution was reported many times slower, PyTorch
+issue 68506). Should cuDNN refuse a call (no engine or plan for it), that call runs the plain
+way, and so does every later call of the same kind (dtype, layout, weight shape, geometry,
+addend or not), with one warning each.
 """
 from __future__ import annotations
 
@@ -27,7 +31,10 @@ from .layers import FrozenBatchNorm2d, _has_hooks, conv_norm
 
 FUSE_ON_CUDA = False
 DEVICE_TYPES = ("cuda",)  # where the fused ops exist
-failure: str | None = None  # cuDNN's refusal, once it refused: the lever is then off
+refusals: dict[tuple, str] = {}  # the calls cuDNN refused, by kind: its message
+# what a refusal says: cuDNN's errors and PyTorch's search for an engine; anything else
+# (a CUDA fault, a wrong shape) is raised as it is
+REFUSAL_WORDS = ("cudnn", "engine", "execution plan")
 
 
 def conv_norm_relu(conv: nn.Conv2d, norm: nn.Module | None, x: Tensor,
@@ -35,16 +42,18 @@ def conv_norm_relu(conv: nn.Conv2d, norm: nn.Module | None, x: Tensor,
     """relu(norm(conv(x)) + addend), norm None for a convolution with its own bias (or none);
     one fused cuDNN call where `fusable`, else the plain ops (in place where they were)."""
     if fusable(conv, norm, x):
-        if norm is None:
-            weight, bias = conv.weight, conv.bias
-        else:
-            weight, bias = norm.fold_into(conv.weight)
-        try:
-            return fused(x, weight, bias, addend, conv)
-        except torch.OutOfMemoryError:
-            raise
-        except RuntimeError as error:
-            _turn_off(error)
+        kind = _kind(conv, x, addend)
+        if kind not in refusals:
+            if norm is None:
+                weight, bias = conv.weight, conv.bias
+            else:
+                weight, bias = norm.fold_into(conv.weight)
+            try:
+                return fused(x, weight, bias, addend, conv)
+            except RuntimeError as error:
+                if not _refusal(error):
+                    raise
+                _refuse(kind, error)
     out = conv(x) if norm is None else conv_norm(conv, norm, x)
     if addend is not None:
         out += addend
@@ -52,14 +61,17 @@ def conv_norm_relu(conv: nn.Conv2d, norm: nn.Module | None, x: Tensor,
 
 
 def fusable(conv: nn.Conv2d, norm: nn.Module | None, x: Tensor) -> bool:
-    """The lever on, a 2-d zero-padded convolution on a GPU, a frozen BatchNorm (foldable: no
-    bias of the convolution's own) or none, no hooks to honour, not traced or compiled."""
-    if not (FUSE_ON_CUDA and failure is None and x.device.type in DEVICE_TYPES
-            and torch.backends.cudnn.enabled and x.dim() == 4):
+    """The lever on, a 2-d zero-padded convolution of a multiple of 8 input channels on a GPU,
+    a frozen BatchNorm (foldable: no bias of the convolution's own) or none, no hooks to
+    honour, not deterministic, traced or compiled."""
+    if not (FUSE_ON_CUDA and x.device.type in DEVICE_TYPES and x.dim() == 4
+            and torch.backends.cudnn.enabled and not torch.backends.cudnn.deterministic
+            and not torch.are_deterministic_algorithms_enabled()):
         return False
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
-    if conv.padding_mode != "zeros" or isinstance(conv.padding, str) or _has_hooks(conv):
+    if (conv.in_channels % 8 or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
+            or _has_hooks(conv)):
         return False
     if norm is None:
         return True
@@ -121,9 +133,25 @@ class _ConvAddReLU(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, (grad if needs_addend else None), None
 
 
-def _turn_off(error: RuntimeError) -> None:
-    global failure
-    failure = f"{type(error).__name__}: {error}".splitlines()[0]
-    warnings.warn(f"the fused convolution (backbones.fused_conv) is off for this process: "
-                  f"cuDNN refused it ({failure}); the plain convolution runs instead",
+def _kind(conv: nn.Conv2d, x: Tensor, addend: Tensor | None) -> tuple:
+    """What cuDNN's choice of an engine depends on: dtypes, layout, weight shape, geometry,
+    an addend or not."""
+    device_type = x.device.type
+    autocast = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
+                else None)
+    return (x.dtype, autocast, x.is_contiguous(), tuple(conv.weight.shape), conv.stride,
+            conv.padding, conv.dilation, conv.groups, addend is not None)
+
+
+def _refusal(error: RuntimeError) -> bool:
+    if isinstance(error, (torch.OutOfMemoryError, getattr(torch, "AcceleratorError", ()))):
+        return False
+    message = str(error).lower()
+    return any(word in message for word in REFUSAL_WORDS)
+
+
+def _refuse(kind: tuple, error: RuntimeError) -> None:
+    refusals[kind] = f"{type(error).__name__}: {error}".splitlines()[0]
+    warnings.warn(f"cuDNN refused a fused convolution (backbones.fused_conv: {kind}): "
+                  f"{refusals[kind]}; the plain convolution runs for this kind of call",
                   stacklevel=3)

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 from resnet_detect.engine.config import ArgumentError
 
@@ -131,7 +132,13 @@ class FrozenBatchNorm2d(nn.Module):
 
 
 def _has_hooks(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+    """Hooks a call other than module(x) would skip: the module's own, forward or backward,
+    and the global ones (nn.modules.module.register_module_forward_hook and its kin)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or module._backward_hooks or module._backward_pre_hooks
+                or any(getattr(module_hooks, name, None)
+                       for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
+                                    "_global_backward_hooks", "_global_backward_pre_hooks")))
 
 
 def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
