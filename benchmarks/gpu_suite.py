@@ -17,7 +17,9 @@ Phases (full sizes; --smoke: a few 96x128 scenes, batch 2, ResNet-18 detectors, 
   det_train       Faster R-CNN R50-FPN (the 1x recipe's model: frozen BN, freeze_at 2), batch
                   16 of those scenes: images/s and peak memory, ours vs torchvision's
                   FasterRCNN (resnet_fpn_backbone, trainable_layers=3), bf16 autocast and
-                  fp32 (TF32 allowed).
+                  fp32 (TF32 allowed), with cudnn.benchmark (cuDNN's best for the one
+                  shape), and bf16 without it as the detection configs train (their
+                  multi-scale sizes are many shapes).
   det_infer       the same architecture at 800x1333, batch 1, torchvision's weights imported
                   into ours: ms/image, peak memory, and whether the detections are the same.
   syncs           host syncs in one detection training step, ours vs torchvision's: the
@@ -417,16 +419,22 @@ def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
         # the mask head's convolutions get another RoI count at every step: with
         # cudnn.benchmark cuDNN times its algorithms anew at each (run 5: Mask R-CNN steps
         # 3.8x slower), so Mask R-CNN runs without it, as train.cudnn_benchmark's default
-        torch.backends.cudnn.benchmark = benchmark_before and not mask_on
-        for index, (precision, layout) in enumerate(_settings(device)):
+        settings = [(precision, layout, benchmark_before and not mask_on)
+                    for precision, layout in _settings(device)]
+        if device.type == "cuda" and not mask_on:
+            # the detection configs' default (train.cudnn_benchmark: off, for multi-scale
+            # training's many shapes); the rows above are cuDNN's best for this one shape
+            settings.append(("bf16", torch.contiguous_format, False))
+        for index, (precision, layout, benchmark) in enumerate(settings):
+            torch.backends.cudnn.benchmark = benchmark
             set_layout((ours, reference), device, layout)
             ours_step = _train_step(ours, _sgd(ours), device, precision,
                                     lambda: ours(images, ours_targets))
             tv_step = _train_step(reference, _sgd(reference), device, precision,
                                   lambda: reference([i.float() / 255 for i in images],
                                                     tv_targets))
-            setting = (f"{precision}{_LAYOUT_NAMES[layout]}"
-                       f"{', cudnn.benchmark off' if mask_on and device.type == 'cuda' else ''}"
+            off = device.type == "cuda" and not benchmark
+            setting = (f"{precision}{_LAYOUT_NAMES[layout]}{', cudnn.benchmark off' if off else ''}"
                        f", batch {len(images)}")
             ours_m = measure(suite, ours_step, len(images))
             tv_m = measure(suite, tv_step, len(images))
@@ -689,11 +697,18 @@ def phase_detection_fusion(suite: Suite) -> None:
                 torch.manual_seed(0)  # the samplers' draws
                 measured = measure(suite, step, len(images))
                 after = losses()
-                # one step at a size no run has seen yet, as a new training size gives
+                # one step at a size no run has seen yet, as a new training size gives with
+                # train.cudnn_benchmark's default (off: cuDNN's heuristics build the plans)
                 pad = 32 * next(new_sizes)
                 larger = [F.pad(i, (0, pad, 0, pad)) for i in images]
-                measured["new_size_step_s"] = _seconds(_train_step(
-                    ours, _sgd(ours), device, precision, lambda: ours(larger, targets)), device)
+                benchmark_before = torch.backends.cudnn.benchmark
+                torch.backends.cudnn.benchmark = False
+                try:
+                    measured["new_size_step_s"] = _seconds(_train_step(
+                        ours, _sgd(ours), device, precision, lambda: ours(larger, targets)),
+                        device)
+                finally:
+                    torch.backends.cudnn.benchmark = benchmark_before
                 timed.append(measured)
                 versus = f"{measured['images_per_s'] / tv['images_per_s']:.2f}x torchvision"
                 if on:
