@@ -828,10 +828,7 @@ def add_compiled(suite: Suite, phase: str, name: str, setting: str, step: Callab
                  reference: dict[str, float] | None = None) -> None:
     """A row for a compiled training step: its first (compiling) step timed apart, then
     measured against the eager model's `eager` (and torchvision's `reference`)."""
-    start = time.perf_counter()
-    step()
-    _sync(suite.device)
-    first_step = time.perf_counter() - start
+    first_step = _seconds(step, suite.device)
     compiled = measure(suite, step, images_per_step)
     versus = f"{compiled['images_per_s'] / eager['images_per_s']:.2f}x eager"
     if reference is not None:

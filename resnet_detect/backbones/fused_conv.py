@@ -12,8 +12,8 @@ PyTorch's convolution backward (as the plain path's).
 
 Off unless `FUSE_ON_CUDA` (benchmarks/gpu_suite.py's det_fusion phase measures it); never on a
 CPU, under tracing (export) or torch.compile (inductor fuses these itself), with cuDNN's
-deterministic mode (the fused ops have none), with hooks to honour, or for a convolution of
-fewer than 8 input channels or a multiple of them (the stem's 3: cuDNN's fused engines want
+deterministic mode (the fused ops have none), with hooks to honour, or for a convolution
+whose input channels are not a multiple of 8 (the stem's 3: cuDNN's fused engines want
 tensor-core alignment, and a 7x7 fused convolution was reported many times slower, PyTorch
 issue 68506). Should cuDNN refuse a call (no engine or plan for it), that call runs the plain
 way, and so does every later call of the same kind (dtype, layout, weight shape, geometry,
@@ -82,9 +82,7 @@ def fused(x: Tensor, weight: Tensor, bias: Tensor | None, addend: Tensor | None,
           conv: nn.Conv2d) -> Tensor:
     """relu(conv(x, weight) + bias + addend) in one call, in autocast's dtype where autocast
     is on (these ops are not on its lists), with a gradient where one is needed."""
-    device_type = x.device.type
-    dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
-             else x.dtype)
+    dtype = _compute_dtype(x)
     x, weight = x.to(dtype), weight.to(dtype)
     bias = None if bias is None else bias.to(dtype)
     addend = None if addend is None else addend.to(dtype)
@@ -94,6 +92,13 @@ def fused(x: Tensor, weight: Tensor, bias: Tensor | None, addend: Tensor | None,
     if not needs_grad:
         return _forward(x, weight, bias, addend, geometry)
     return _ConvAddReLU.apply(x, weight, bias, addend, geometry)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """autocast's dtype where it is on for x's device, else x's."""
+    device_type = x.device.type
+    return (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
+            else x.dtype)
 
 
 def _forward(x: Tensor, weight: Tensor, bias: Tensor | None, addend: Tensor | None,
@@ -136,10 +141,7 @@ class _ConvAddReLU(torch.autograd.Function):
 def _kind(conv: nn.Conv2d, x: Tensor, addend: Tensor | None) -> tuple:
     """What cuDNN's choice of an engine depends on: dtypes, layout, weight shape, geometry,
     an addend or not."""
-    device_type = x.device.type
-    autocast = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
-                else None)
-    return (x.dtype, autocast, x.is_contiguous(), tuple(conv.weight.shape), conv.stride,
+    return (x.dtype, _compute_dtype(x), x.is_contiguous(), tuple(conv.weight.shape), conv.stride,
             conv.padding, conv.dilation, conv.groups, addend is not None)
 
 
