@@ -9,7 +9,10 @@ naming the key and the file (or the override) it came from. Subtrees listed in `
 """
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
+import io
 import logging
 import math
 import os
@@ -45,16 +48,23 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and its source."""
 
 
+@functools.lru_cache(maxsize=64)
+def _parse_yaml(text: str) -> DictConfig | ListConfig:
+    return OmegaConf.load(io.StringIO(text))
+
+
 def _read_yaml(path: Path) -> DictConfig:
+    """`path` parsed; a copy of the parse of the same text before (a tool reads each file of
+    its config's chain several times, and OmegaConf's parse is the slow part)."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        cfg = OmegaConf.load(path)
+        cfg = _parse_yaml(path.read_text(encoding="utf-8"))
     except Exception as e:  # yaml.YAMLError and friends
         raise ConfigError(f"cannot parse config file {path}: {e}") from e
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return cfg
+    return copy.deepcopy(cfg)
 
 
 def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
@@ -215,10 +225,13 @@ def _suggestion(key: str, valid: Sequence[str]) -> str:
 
 def _merge(cfg: DictConfig, other: DictConfig, source: str,
            kinds: Mapping[str, str] | None = None) -> DictConfig:
+    """`other` merged into `cfg` in place (OmegaConf.merge copies the whole tree at each of a
+    config's files and overrides); after a ConfigError `cfg` is half merged."""
     if kinds:
         _check_values(other, kinds, source)
     try:
-        return OmegaConf.merge(cfg, other)  # type: ignore[return-value]
+        cfg.merge_with(other)
+        return cfg
     except (ConfigKeyError, ConfigAttributeError) as e:
         key = getattr(e, "full_key", None) or str(e)
         parent = key.rsplit(".", 1)[0] if "." in key else ""
@@ -235,8 +248,8 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str,
 def make_schema(defaults: Mapping[str, Any] | DictConfig, *,
                 open_keys: Sequence[str] = ()) -> DictConfig:
     """A struct-mode copy of `defaults` where only the `open_keys` subtrees accept new keys."""
-    schema = OmegaConf.create(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig)
-                              else dict(defaults))
+    schema = (copy.deepcopy(defaults) if isinstance(defaults, DictConfig)
+              else OmegaConf.create(dict(defaults)))
     OmegaConf.set_struct(schema, True)
     for key in open_keys:
         node = OmegaConf.select(schema, key)
@@ -251,8 +264,8 @@ def load_defaults(path: str | os.PathLike) -> DictConfig:
     every valid key of that task's configs with its default value."""
     cfg = OmegaConf.create({})
     for _, part in config_chain(path):
-        cfg = OmegaConf.merge(cfg, part)
-    return cfg  # type: ignore[return-value]
+        cfg.merge_with(part)
+    return cfg
 
 
 _ABSENT = object()
@@ -323,8 +336,8 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
                     renamed: Mapping[str, str] | None = None,
                     kinds: Mapping[str, str] | None = None) -> DictConfig:
-    """`cfg` with `key=value` overrides merged in order (the one override parser). `None` is
-    null, as in detectron2's overrides.
+    """`cfg` with `key=value` overrides merged into it in order, in place (the one override
+    parser). `None` is null, as in detectron2's overrides.
 
     Raises:
         ConfigError: a malformed override, an unknown key, or a value of the wrong kind where
