@@ -46,6 +46,22 @@ def test_base_inheritance_relative_to_including_file_and_list_order(tmp_path: Pa
     assert "_base_" not in cfg
 
 
+def test_each_load_reads_its_files_anew_and_returns_its_own_config(tmp_path: Path) -> None:
+    """A file's parse is kept by its text: a later load of the same files gets its own copy
+    (its _base_ still there, the first load's changes not), and a file rewritten between
+    loads, even to the same length, is read again."""
+    base = write(tmp_path / "base.yaml", "solver: {epochs: 10}\ndata: {root: /a}\n")
+    child = write(tmp_path / "child.yaml", "_base_: base.yaml\nsolver: {base_lr: 0.2}\n")
+    first = load_config(child, ["solver.steps=[1]"], defaults=DEFAULTS)
+    first.solver.epochs = 99
+    second = load_config(child, defaults=DEFAULTS)
+    assert (second.solver.epochs, second.solver.base_lr, list(second.solver.steps),
+            second.data.root) == (10, 0.2, [30, 60], "/a")
+    write(base, "solver: {epochs: 20}\ndata: {root: /a}\n")
+    assert load_config(child, defaults=DEFAULTS).solver.epochs == 20
+    assert DEFAULTS["solver"] == {"base_lr": 0.1, "steps": [30, 60], "epochs": 90}
+
+
 def test_overrides_apply_last_and_open_keys_accept_new_keys(tmp_path: Path) -> None:
     path = write(tmp_path / "c.yaml", "data: {root: /x}\nsolver: {base_lr: 0.2}\n")
     cfg = load_config(path, ["solver.base_lr=0.05", "solver.steps=[1,2,3]",
