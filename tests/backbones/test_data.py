@@ -12,7 +12,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import timm
 import torch
 import torchvision
 from PIL import Image
@@ -258,6 +257,7 @@ def test_val_interpolations_of_pillow_are_torchvisions_and_timms_evaluation() ->
     bicubic: timm's evaluation transform (crop_pct 0.875) of its bicubic weights. The
     same pixels, for sizes whose longer side and crop offsets round differently (odd,
     portrait, landscape, square)."""
+    import timm  # (1.5 s to import: only in the tests that compare with it)
     rng = np.random.default_rng(0)
     bilinear = torchvision.transforms.Compose([
         torchvision.transforms.Resize(256), torchvision.transforms.CenterCrop(224)])

@@ -5,7 +5,6 @@ import logging
 import numpy as np
 import pytest
 import safetensors.torch
-import timm
 import torch
 import torchvision
 from torchvision.models._utils import IntermediateLayerGetter
@@ -39,6 +38,7 @@ def test_torchvision_file_gives_same_logits(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_timm_file_gives_same_logits(tmp_path, name):
+    import timm  # (1.5 s to import: only in the tests that compare with it)
     torch.manual_seed(0)
     reference = timm.create_model(name, pretrained=False, num_classes=10).eval()
     _randomize_bn_stats(reference)
@@ -51,6 +51,7 @@ def test_timm_file_gives_same_logits(tmp_path, name):
 
 
 def _timm_model_and_logits():
+    import timm  # (1.5 s to import: only in the tests that compare with it)
     torch.manual_seed(0)
     reference = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
     _randomize_bn_stats(reference)
