@@ -1,6 +1,9 @@
 """Suite-wide settings: one intra-op thread keeps timings predictable on small shared machines;
-the log handlers a test's in-process run adds (setup_logging) leave with the test."""
+the log handlers a test's in-process run adds (setup_logging) leave with the test; temporary
+files go to pytest's own folder."""
 import logging
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -20,3 +23,20 @@ def _drop_log_handlers() -> Iterator[None]:
         if getattr(handler, "_engine_handler", False):
             root.removeHandler(handler)
             handler.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _temporary_files_in_pytests_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The temporary folders of the tests' processes (torchrun's log folders, the folders of
+    multiprocessing in a process a test kills) were left in /tmp, dozens per `make test`; in
+    pytest's folder they go when pytest prunes its old runs."""
+    folder = tmp_path_factory.mktemp("tmpdir", numbered=False)
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = None  # (tempfile reads TMPDIR once, then keeps it)
+    yield
+    if before is None:
+        del os.environ["TMPDIR"]
+    else:
+        os.environ["TMPDIR"] = before
+    tempfile.tempdir = None
