@@ -49,8 +49,12 @@ class ConfigError(ValueError):
 
 
 @functools.lru_cache(maxsize=64)
-def _parse_yaml(text: str) -> DictConfig | ListConfig:
-    return OmegaConf.load(io.StringIO(text))
+def _parse_yaml(text: str, name: str, max_nodes: str | None) -> DictConfig | ListConfig:
+    """`max_nodes`: OmegaConf's alias-expansion limit from the environment, in the cache key
+    only (a lowered limit refuses what a higher one let through)."""
+    stream = io.StringIO(text)
+    stream.name = name  # (what YAML's messages call the file)
+    return OmegaConf.load(stream)
 
 
 def _read_yaml(path: Path) -> DictConfig:
@@ -59,7 +63,8 @@ def _read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        cfg = _parse_yaml(path.read_text(encoding="utf-8"))
+        cfg = _parse_yaml(path.read_text(encoding="utf-8"), str(path),
+                          os.environ.get("OMEGACONF_MAX_YAML_EXPANDED_NODES"))
     except Exception as e:  # yaml.YAMLError and friends
         raise ConfigError(f"cannot parse config file {path}: {e}") from e
     if not isinstance(cfg, DictConfig):
@@ -248,8 +253,8 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str,
 def make_schema(defaults: Mapping[str, Any] | DictConfig, *,
                 open_keys: Sequence[str] = ()) -> DictConfig:
     """A struct-mode copy of `defaults` where only the `open_keys` subtrees accept new keys."""
-    schema = (copy.deepcopy(defaults) if isinstance(defaults, DictConfig)
-              else OmegaConf.create(dict(defaults)))
+    schema = OmegaConf.create(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig)
+                              else dict(defaults))
     OmegaConf.set_struct(schema, True)
     for key in open_keys:
         node = OmegaConf.select(schema, key)
@@ -336,8 +341,8 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
                     renamed: Mapping[str, str] | None = None,
                     kinds: Mapping[str, str] | None = None) -> DictConfig:
-    """`cfg` with `key=value` overrides merged into it in order, in place (the one override
-    parser). `None` is null, as in detectron2's overrides.
+    """`cfg` (not a read-only one) with `key=value` overrides merged into it in order, in
+    place (the one override parser). `None` is null, as in detectron2's overrides.
 
     Raises:
         ConfigError: a malformed override, an unknown key, or a value of the wrong kind where

@@ -282,6 +282,11 @@ def test_mandatory_missing_file_and_cycle_errors(tmp_path: Path) -> None:
     write(tmp_path / "y.yaml", "_base_: x.yaml\n")
     with pytest.raises(ConfigError, match="_base_ cycle"):
         load_config(tmp_path / "x.yaml")
+    broken = write(tmp_path / "broken.yaml", "data: {root: /x}\nsolver: [1, 2\nmodel: {}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(broken, defaults=DEFAULTS)
+    assert str(refused.value).startswith(f"cannot parse config file {broken}: ")
+    assert f'in "{broken}", line 2' in str(refused.value)  # YAML's own words name it too
 
 
 def test_without_defaults_any_key_is_accepted(tmp_path: Path) -> None:
