@@ -1,8 +1,9 @@
 """Suite-wide settings: one intra-op thread keeps timings predictable on small shared machines;
 the log handlers a test's in-process run adds (setup_logging) leave with the test; temporary
-files go to pytest's own folder."""
+files go with the session."""
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 
@@ -26,13 +27,14 @@ def _drop_log_handlers() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _temporary_files_in_pytests_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def _temporary_files_in_one_folder() -> Iterator[None]:
     """The temporary folders of the tests' processes (torchrun's log folders, the folders of
-    multiprocessing in a process a test kills) were left in /tmp, dozens per `make test`; in
-    pytest's folder they go when pytest prunes its old runs."""
-    folder = tmp_path_factory.mktemp("tmpdir", numbered=False)
+    multiprocessing in a process a test kills) were left in /tmp, dozens per `make test`: they
+    go now with one folder of the session's (short: Unix socket paths inside it have a limit
+    of 104-108 characters)."""
+    folder = tempfile.mkdtemp(prefix="resnet_detect_tests_")
     before = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(folder)
+    os.environ["TMPDIR"] = folder
     tempfile.tempdir = None  # (tempfile reads TMPDIR once, then keeps it)
     yield
     if before is None:
@@ -40,3 +42,4 @@ def _temporary_files_in_pytests_folder(tmp_path_factory: pytest.TempPathFactory)
     else:
         os.environ["TMPDIR"] = before
     tempfile.tempdir = None
+    shutil.rmtree(folder, ignore_errors=True)
