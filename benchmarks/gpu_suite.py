@@ -414,19 +414,17 @@ def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
                    **({"masks": t["gt_masks"]} if mask_on else {})} for t in ours_targets]
     ours, reference = detectors(suite, mask_on)
     ours.train(), reference.train()
-    benchmark_before = torch.backends.cudnn.benchmark
-    try:
-        # the mask head's convolutions get another RoI count at every step: with
-        # cudnn.benchmark cuDNN times its algorithms anew at each (run 5: Mask R-CNN steps
-        # 3.8x slower), so Mask R-CNN runs without it, as train.cudnn_benchmark's default
-        settings = [(precision, layout, benchmark_before and not mask_on)
-                    for precision, layout in _settings(device)]
-        if device.type == "cuda" and not mask_on:
-            # the detection configs' default (train.cudnn_benchmark: off, for multi-scale
-            # training's many shapes); the rows above are cuDNN's best for this one shape
-            settings.append(("bf16", torch.contiguous_format, False))
-        for index, (precision, layout, benchmark) in enumerate(settings):
-            torch.backends.cudnn.benchmark = benchmark
+    # the mask head's convolutions get another RoI count at every step: with
+    # cudnn.benchmark cuDNN times its algorithms anew at each (run 5: Mask R-CNN steps
+    # 3.8x slower), so Mask R-CNN runs without it, as train.cudnn_benchmark's default
+    settings = [(precision, layout, torch.backends.cudnn.benchmark and not mask_on)
+                for precision, layout in _settings(device)]
+    if device.type == "cuda" and not mask_on:
+        # the detection configs' default (train.cudnn_benchmark: off, for multi-scale
+        # training's many shapes); the rows above are cuDNN's best for this one shape
+        settings.append(("bf16", torch.contiguous_format, False))
+    for index, (precision, layout, benchmark) in enumerate(settings):
+        with cudnn_benchmark(benchmark):
             set_layout((ours, reference), device, layout)
             ours_step = _train_step(ours, _sgd(ours), device, precision,
                                     lambda: ours(images, ours_targets))
@@ -442,9 +440,18 @@ def phase_detection_train(suite: Suite, mask_on: bool = False) -> None:
             if index == 0:
                 add_launch_rows(suite, phase, setting, len(images),
                                 [("ours", ours_step, ours_m), ("torchvision", tv_step, tv_m)])
-    finally:
-        torch.backends.cudnn.benchmark = benchmark_before
     set_layout((ours,), device, torch.contiguous_format)
+
+
+@contextmanager
+def cudnn_benchmark(on: bool) -> Iterator[None]:
+    """torch.backends.cudnn.benchmark set to `on` inside, as it was after."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 _LAYOUT_NAMES = {torch.contiguous_format: "", torch.channels_last: ", channels_last"}
@@ -701,14 +708,10 @@ def phase_detection_fusion(suite: Suite) -> None:
                 # train.cudnn_benchmark's default (off: cuDNN's heuristics build the plans)
                 pad = 32 * next(new_sizes)
                 larger = [F.pad(i, (0, pad, 0, pad)) for i in images]
-                benchmark_before = torch.backends.cudnn.benchmark
-                torch.backends.cudnn.benchmark = False
-                try:
+                with cudnn_benchmark(False):
                     measured["new_size_step_s"] = _seconds(_train_step(
                         ours, _sgd(ours), device, precision, lambda: ours(larger, targets)),
                         device)
-                finally:
-                    torch.backends.cudnn.benchmark = benchmark_before
                 timed.append(measured)
                 versus = f"{measured['images_per_s'] / tv['images_per_s']:.2f}x torchvision"
                 if on:
@@ -770,48 +773,46 @@ def phase_mask_bucket(suite: Suite) -> None:
     head = ours.roi_heads.mask_head
     start = {k: v.clone() for k, v in ours.state_dict().items()}
     precision = precisions(device)[0]
-    benchmark_before = torch.backends.cudnn.benchmark
     counts: list[int] = []
     hook = head.mask_fcn1.register_forward_pre_hook(
         lambda module, args: counts.append(int(args[0].shape[0])))
     try:
-        torch.backends.cudnn.benchmark = False
-        tv = measure(suite, _train_step(reference, _sgd(reference), device, precision,
-                                        lambda: reference([i.float() / 255 for i in images],
-                                                          tv_targets)), len(images))
+        with cudnn_benchmark(False):
+            tv = measure(suite, _train_step(reference, _sgd(reference), device, precision,
+                                            lambda: reference([i.float() / 255 for i in images],
+                                                              tv_targets)), len(images))
         plain: dict[str, float] = {}
         bucket_size = suite.sizes.mask_bucket
         for bucket, benchmark in ((0, False), (bucket_size, False), (bucket_size, True)):
-            torch.backends.cudnn.benchmark = benchmark
-            head.roi_bucket = bucket
-            ours.load_state_dict(start)
-            torch.manual_seed(0)  # the samplers' draws
-            with torch.no_grad(), autocast(device, precision):
-                mask_loss = float(ours(images, targets)["loss_mask"])
-            step = _train_step(ours, _sgd(ours), device, precision,
-                               lambda: ours(images, targets))
-            counts.clear()
-            timed = measure(suite, step, len(images))
-            shapes = sorted(set(counts[-suite.sizes.steps:]))
-            name = (f"ours, RoIs padded to a multiple of {bucket}" if bucket
-                    else "ours, RoIs as they come")
-            setting = (f"{precision}, cudnn.benchmark {'on' if benchmark else 'off'}, "
-                       f"batch {len(images)}")
-            versus = f"{timed['images_per_s'] / tv['images_per_s']:.2f}x torchvision"
-            if bucket:
-                ratio = timed["images_per_s"] / plain["images_per_s"]
-                versus = f"{ratio:.2f}x as they come, {versus}"
-            else:
-                plain = timed
-            suite.add("mask_bucket", name, setting, **timed, vs_reference=versus,
-                      loss_mask=mask_loss, convolved_roi_counts=shapes)
-            add_launch_rows(suite, "mask_bucket", setting, len(images), [(name, step, timed)])
+            with cudnn_benchmark(benchmark):
+                head.roi_bucket = bucket
+                ours.load_state_dict(start)
+                torch.manual_seed(0)  # the samplers' draws
+                with torch.no_grad(), autocast(device, precision):
+                    mask_loss = float(ours(images, targets)["loss_mask"])
+                step = _train_step(ours, _sgd(ours), device, precision,
+                                   lambda: ours(images, targets))
+                counts.clear()
+                timed = measure(suite, step, len(images))
+                shapes = sorted(set(counts[-suite.sizes.steps:]))
+                name = (f"ours, RoIs padded to a multiple of {bucket}" if bucket
+                        else "ours, RoIs as they come")
+                setting = (f"{precision}, cudnn.benchmark {'on' if benchmark else 'off'}, "
+                           f"batch {len(images)}")
+                versus = f"{timed['images_per_s'] / tv['images_per_s']:.2f}x torchvision"
+                if bucket:
+                    ratio = timed["images_per_s"] / plain["images_per_s"]
+                    versus = f"{ratio:.2f}x as they come, {versus}"
+                else:
+                    plain = timed
+                suite.add("mask_bucket", name, setting, **timed, vs_reference=versus,
+                          loss_mask=mask_loss, convolved_roi_counts=shapes)
+                add_launch_rows(suite, "mask_bucket", setting, len(images), [(name, step, timed)])
         suite.add("mask_bucket", "torchvision",
                   f"{precision}, cudnn.benchmark off, batch {len(images)}", **tv)
     finally:
         hook.remove()
         head.roi_bucket = 0
-        torch.backends.cudnn.benchmark = benchmark_before
 
 
 def _seconds(run: Callable[[], object], device: torch.device) -> float:
