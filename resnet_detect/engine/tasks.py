@@ -63,6 +63,10 @@ def refuse_other_task_config(path: str | os.PathLike, overrides: Sequence[str],
         name = config_task(path, overrides)
     except ConfigError:
         return  # no task key: checked key by key against `task`'s defaults
+    _refuse_other_task(path, name, task)
+
+
+def _refuse_other_task(path: str | os.PathLike, name: str, task: str) -> None:
     if name != task:
         raise ConfigError(f"config {path} is for task {name!r}, not {task!r}"
                           + (f": {READERS[name]} read it" if name in READERS else ""))
@@ -78,9 +82,9 @@ def load_task_config(path: str | os.PathLike, overrides: Sequence[str] = (),
         task: expected task (e.g. "classification" for tools/pretrain.py); a config that
             names another is refused.
     """
-    if task is not None:
-        refuse_other_task_config(path, overrides, task)
     name = config_task(path, overrides)
+    if task is not None:
+        _refuse_other_task(path, name, task)
     module = task_module(name)
     cfg = load_config(path, overrides, defaults=load_defaults(module.BASE_CONFIG),
                       open_keys=("train.lr_multipliers", *getattr(module, "OPEN_KEYS", ())),

@@ -58,6 +58,14 @@ def test_every_shipped_config_names_its_task_and_shares_the_train_keys() -> None
         assert config_task(path) == "analyze"  # studies, not a training task
     with pytest.raises(ConfigError, match="unknown task 'analyze'; valid: detection, sem_seg"):
         load_task_config(ROOT / "configs/analyze/cifar10.yaml")
+    # a tool of one task (tools/pretrain.py: classification) given another task's config
+    with pytest.raises(ConfigError, match=r"faster_rcnn_R_18_FPN.yaml is for task 'detection', "
+                                          r"not 'classification': tools/train.py, tools/eval.py"):
+        load_task_config(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml",
+                         task="classification")
+    name, _ = load_task_config(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml",
+                               task="detection")
+    assert name == "detection"
 
 
 @pytest.fixture
