@@ -11,7 +11,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import stochastic_depth
 
 from resnet_detect.engine.config import ArgumentError, is_positive_int as _positive_int
 
@@ -71,6 +70,9 @@ class ResidualBlock(nn.Module):
         if not self.residual:
             return conv_norm_relu(*self.last_conv_norm(), self.branch_inner(x))
         if self.drop_path_rate > 0 and self.training:
+            # imported here: torchvision.ops imports torch._dynamo (1.6 s), which a tool that
+            # builds no detector (pretraining, segmentation, --help, an early refusal) skips
+            from torchvision.ops import stochastic_depth
             out = stochastic_depth(self.branch(x), self.drop_path_rate, "row", self.training)
             out += self.shortcut(x)  # in place, as torchvision: one allocation less per block
             return F.relu(out, inplace=True)

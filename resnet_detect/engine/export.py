@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from .files import atomic_write_json
@@ -80,6 +79,7 @@ def write_metadata(folder: Path, task: str, *, inputs: Mapping[str, Any],
     rule), and write it as `folder/export.json`; returns it. `fixed_dims`: {output: {axis:
     size}} that the exporter's shape inference left as names (a box's 4 coordinates)."""
     import onnx
+    import torchvision
     metadata = {
         "task": task, "model": MODEL_FILE, "opset": OPSET,
         "inputs": dict(inputs), "outputs": dict(outputs),

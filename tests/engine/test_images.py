@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import cv2
@@ -85,3 +86,23 @@ def test_importing_the_library_leaves_the_processs_settings_to_the_user() -> Non
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.stdout.split() == ["True", "1"]
+
+
+def test_the_tools_and_the_other_tasks_start_without_torchvisions_ops() -> None:
+    """torchvision.ops imports torch._dynamo (1.6 s of a 4.5 s start on a Zen 3): every tool
+    paid it before its first line, also for a classifier, a segmentor, --help or a refused
+    config. Only the detectors (NMS, RoIAlign) and drop-path's training step need it."""
+    script = textwrap.dedent("""
+        import importlib.util, sys, torch
+        for tool in ("train", "eval", "demo", "export", "pretrain"):
+            spec = importlib.util.spec_from_file_location(tool, f"tools/{tool}.py")
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        import resnet_detect.segmentation, resnet_detect.backbones as backbones
+        net = backbones.build_classifier("resnet18", 3, drop_path_rate=0.1).eval()
+        net(torch.zeros(1, 3, 32, 32))
+        print(sorted(m for m in sys.modules
+                     if m.split(".")[0] == "torchvision" or m == "torch._dynamo"))
+        """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.split() == ["[]"]
