@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 POINTER = "last_checkpoint"
 ABANDONED = "abandoned"  # checkpoints after the one --resume-from took
+# an earlier run's checkpoints and pointer while a fresh run writes its first checkpoint: a
+# kill leaves one run in the folder, the earlier (put back) or the new one
+REPLACED = ".replaced_run"
+_SAVING = "saving"  # in REPLACED: names the new checkpoint once the earlier files are moved
 CHECKPOINT_NAME = re.compile(r"model_(\d{7,})\.pth")  # 8 digits from iteration 10^7
 
 
@@ -132,15 +136,16 @@ class Checkpointer:
                 if component is not None:
                     state[name] = component.state_dict()
             try:
+                if self._earlier:
+                    self._set_earlier_run_aside(path)
                 atomic_save(state, path, checksum=True)
                 atomic_write_text(path.name + "\n", self.output_dir / POINTER)
             except OSError as e:
                 error = e
+                self._finish_replacing()  # the earlier run's files back in place
             else:
-                for earlier in self._earlier:
-                    if earlier != path:
-                        earlier.unlink(missing_ok=True)
-                        checksum_file(earlier).unlink(missing_ok=True)
+                if self._earlier:
+                    _remove_aside(self.output_dir / REPLACED)
                 self._earlier = []
                 self._prune(keep=path)
                 logger.info("saved checkpoint %s", path)
@@ -190,13 +195,54 @@ class Checkpointer:
             name = f"{name!r} (not a checkpoint name)"
         return self.output_dir / name
 
+    def _set_earlier_run_aside(self, first: Path) -> None:
+        """Move the earlier run's pointer and checkpoints into OUTPUT_DIR/REPLACED, then name
+        this run's `first` checkpoint there: `last_checkpoint` reappears in the folder only
+        when it names `first`, which commits the replacement (`_finish_replacing`)."""
+        aside = self.output_dir / REPLACED
+        aside.mkdir(exist_ok=True)
+        for p in [self.output_dir / POINTER, *self._earlier]:
+            for f in (p, checksum_file(p)):
+                if f.is_file():
+                    os.replace(f, aside / f.name)
+        atomic_write_text(first.name + "\n", aside / _SAVING)
+
+    def _finish_replacing(self) -> bool:
+        """Complete or undo a replacement of an earlier run that a kill (or a failed write)
+        interrupted: with the new run's pointer in the folder, the earlier files go; without
+        it, the new run's first checkpoint goes and the earlier files come back (True)."""
+        aside = self.output_dir / REPLACED
+        if not aside.is_dir():
+            return False
+        saving = aside / _SAVING
+        if saving.is_file() and (self.output_dir / POINTER).is_file():
+            _remove_aside(aside)
+            return False
+        if saving.is_file():  # every earlier file is aside: the name in the folder is this run's
+            first = self.output_dir / saving.read_text(encoding="utf-8").strip()
+            first.unlink(missing_ok=True)
+            checksum_file(first).unlink(missing_ok=True)
+            saving.unlink()
+        back = [f for f in aside.iterdir() if f.name == POINTER
+                or CHECKPOINT_NAME.fullmatch(f.name.removesuffix(".sha256"))]
+        for f in back:
+            os.replace(f, self.output_dir / f.name)
+        _remove_aside(aside)  # (a temporary file of the name's write)
+        return bool(back)
+
     def remove_partial_writes(self) -> None:
-        """Delete the temporary files of checkpoint writes that a kill interrupted."""
+        """Delete the temporary files of checkpoint writes that a kill interrupted, and complete
+        or undo a replacement of an earlier run's checkpoints that it interrupted."""
         if is_main_process():
+            if self._finish_replacing():
+                logger.warning("%s: a run was stopped while its first checkpoint replaced an "
+                               "earlier run's; the earlier run's checkpoints are back",
+                               self.output_dir)
             for tmp in self.output_dir.glob(".*.pth.*.tmp"):
                 tmp.unlink(missing_ok=True)
             for tmp in self.output_dir.glob(f".{POINTER}.*.tmp"):
                 tmp.unlink(missing_ok=True)
+        barrier()  # the other processes read the folder as the main process left it
 
     def load(self, path: str | os.PathLike) -> dict[str, Any]:
         """Restore model, optimizer, scheduler, scaler, the weights' average and this rank's
@@ -461,6 +507,16 @@ class BestWeights:
                             value, iteration, self.path)
         if written:
             self.best = float(value)
+
+
+def _remove_aside(aside: Path) -> None:
+    """Delete OUTPUT_DIR/REPLACED, the new checkpoint's name last: a kill on the way leaves
+    it naming the checkpoint that the folder's pointer names, or an empty folder."""
+    for f in aside.iterdir():
+        if f.name != _SAVING:
+            f.unlink()
+    (aside / _SAVING).unlink(missing_ok=True)
+    aside.rmdir()
 
 
 def _iteration_of(checkpoint: Path) -> int:

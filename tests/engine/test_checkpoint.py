@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -567,6 +568,87 @@ def test_a_fresh_run_replaces_an_earlier_runs_checkpoints_at_its_first_save(
     _save_filled(third, model, (1, 2, 3))
     assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
         "model_0000002.pth", "model_0000003.pth", "model_0000004.pth"]
+
+
+class _Killed(BaseException):
+    """A kill -9 in the middle of a save: nothing of the save runs after it."""
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    assert not [p for p in folder.iterdir() if p.is_dir()]  # (REPLACED gone)
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("first", [1, 2])  # a name of the earlier run's, a name of its own
+def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: int) -> None:
+    """A kill between a fresh run's first checkpoint and the removal of the earlier run's left
+    both: pruning by iteration then deleted the new run's files and kept the earlier run's
+    later ones, and a pointer still on the earlier run had --resume continue it under the new
+    config. Killed before each file operation of that save in turn, the folder, once the next
+    run has looked at it, holds the earlier run as it was, or the new run alone."""
+    model = nn.Linear(4, 4)
+    earlier = tmp_path / "earlier"
+    _save_filled(Checkpointer(earlier, model=model, max_to_keep=3), model, (1, 3, 6))
+    earlier_files = _files(earlier)
+
+    def killed_at(n: int, operation: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            calls.append(operation)
+            if len(calls) == n:
+                raise _Killed
+            return operation(*args, **kwargs)
+        return run
+
+    outcomes = []
+    for n in range(1, 100):
+        folder = tmp_path / f"killed_at_{n}"
+        shutil.copytree(earlier, folder)
+        fresh = Checkpointer(folder, model=model, max_to_keep=2)
+        fresh.replace_earlier_run()
+        with torch.no_grad():
+            model.weight.fill_(-1)
+        calls: list[Any] = []
+        try:
+            with monkeypatch.context() as patch:
+                for name in ("replace", "unlink", "rmdir", "mkdir"):
+                    patch.setattr(os, name, killed_at(n, getattr(os, name)))
+                fresh.save(first)
+        except _Killed:
+            pass
+        Checkpointer(folder, model=model).remove_partial_writes()
+        if _files(folder) == earlier_files:
+            outcomes.append("earlier")
+        else:
+            name = f"model_{first:07d}.pth"
+            assert sorted(_files(folder)) == ["last_checkpoint", name, f"{name}.sha256"], n
+            assert (folder / "last_checkpoint").read_text() == f"{name}\n"
+            assert torch.equal(read_checkpoint(folder / name)["model"]["weight"],
+                               torch.full((4, 4), -1.0))
+            outcomes.append("new")
+        if len(calls) < n:  # the save ran to its end
+            break
+    # (each kill before the new pointer put the earlier run back; each after it, the new one)
+    assert outcomes == ["earlier"] * outcomes.index("new") + ["new"] * (
+        len(outcomes) - outcomes.index("new"))
+    assert outcomes.count("earlier") >= 8 and outcomes.count("new") >= 4
+
+
+def test_a_failed_first_save_of_a_fresh_run_leaves_the_earlier_run_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = nn.Linear(4, 4)
+    _save_filled(Checkpointer(tmp_path, model=model, max_to_keep=3), model, (1, 3, 6))
+    earlier_files = _files(tmp_path)
+    fresh = Checkpointer(tmp_path, model=model, max_to_keep=2)
+    fresh.replace_earlier_run()
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr("resnet_detect.engine.checkpoint.atomic_save", full_disk)
+    with pytest.raises(CheckpointWriteError, match="cannot write checkpoint model_0000001.pth"
+                                                   ".* the previous checkpoint .*model_0000006"):
+        fresh.save(1)
+    assert _files(tmp_path) == earlier_files
 
 
 def test_weights_alone_or_another_tasks_checkpoint_are_refused_as_such(tmp_path: Path) -> None:
