@@ -35,7 +35,7 @@ from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableIm
 from resnet_detect.engine.distributed import per_process_batch_size
 
 from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_semantic,
-                      mask_size, read_mask, scan_folder)
+                      mask_header, read_mask, scan_folder)
 
 logger = logging.getLogger(__name__)
 # a first class name that says "0 is unlabelled", not the files' 1 ("background" can be
@@ -187,15 +187,19 @@ class SemSegDataset(Dataset):
                                f"model.ignore_index){hint}")
         return self._reduced[mask] if reduce else mask
 
-    def check_mask_sizes(self, split: str) -> None:
-        """Every mask file's size (a COCO entry's height and width) against its image's, from
-        their headers (seconds for tens of thousands of pairs), all wrong ones listed: for the
-        training split, whose masks are otherwise checked as their batches are drawn, one
-        stopped run per mask. (Class ids are checked when a mask is read.)"""
+    def check_mask_headers(self, split: str) -> None:
+        """Every mask file's format and size (a COCO entry's height and width) against its
+        image's, from their headers (seconds for tens of thousands of pairs), all wrong ones
+        listed: for the training split, whose masks are otherwise checked as their batches are
+        drawn, one stopped run per mask. (Class ids are checked when a mask is read.)"""
         problems = []
         for record in self._records:
             if "mask_file" in record:
-                found, source = mask_size(record["mask_file"]), f"mask {record['mask_file']}"
+                source = f"mask {record['mask_file']}"
+                found, problem = mask_header(record["mask_file"])
+                if problem:
+                    problems.append(problem)
+                    continue
             elif "objects" in record:  # a COCO entry: its masks are drawn at its height/width
                 found, source = (record["height"], record["width"]), "the COCO height/width"
             else:
@@ -207,8 +211,8 @@ class SemSegDataset(Dataset):
             if exact not in (None, found):
                 problems.append(_size_problem(source, found, record["file_name"], exact))
         if problems:
-            raise DatasetError(f"data.{split}: {len(problems)} of {len(self)} masks are not "
-                               f"their image's size:" + listing(problems))
+            raise DatasetError(f"data.{split}: {len(problems)} of {len(self)} masks are wrong:"
+                               + listing(problems))
 
     def check_masks(self, split: str) -> None:
         """Check every mask now (its size against its image's header, its class ids), all

@@ -230,15 +230,26 @@ def coco_semantic_mask(record: Mapping[str, Any], ignore_index: int = IGNORE_IND
     return mask
 
 
-def mask_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(height, width) of a mask as `read_mask` returns it, from its header alone; None when
-    the header cannot be read (`read_mask` then says why)."""
+def mask_header(path: str | os.PathLike) -> tuple[tuple[int, int] | None, str | None]:
+    """(height, width) of a mask as `read_mask` returns it and what `read_mask` would refuse
+    in its format (a JPEG, colours), from its header alone; (None, None) when the header
+    cannot be read (`read_mask` then says why)."""
     try:
         with Image.open(path) as im:
-            width, height = im.size
+            (width, height), problem = im.size, _format_problem(path, im.mode, im.format)
     except (OSError, ValueError, SyntaxError):
-        return None
-    return height, width
+        return None, None
+    return (height, width), problem
+
+
+def _format_problem(path: str | os.PathLike, mode: str, kind: str | None) -> str | None:
+    if kind == "JPEG":
+        return (f"mask {path} is a JPEG: its lossy compression changes class ids along every "
+                "edge; masks must be PNGs (palette or grayscale)")
+    if Image.getmodebands(mode) > 1:
+        return (f"mask {path} is a {mode} image; masks must hold one class id per pixel "
+                "(palette or grayscale PNG), not colours")
+    return None
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -249,16 +260,12 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     """
     try:
         with Image.open(path) as im:
-            mode, kind = im.mode, im.format
-            mask = np.asarray(im)
+            problem = _format_problem(path, im.mode, im.format)
+            mode, mask = im.mode, None if problem else np.asarray(im)
     except (OSError, ValueError) as err:
         raise DatasetError(f"cannot read mask {path}: {err}") from None
-    if kind == "JPEG":
-        raise DatasetError(f"mask {path} is a JPEG: its lossy compression changes class ids "
-                           "along every edge; masks must be PNGs (palette or grayscale)")
-    if mask.ndim != 2:
-        raise DatasetError(f"mask {path} is a {mode} image; masks must hold one class id per "
-                           f"pixel (palette or grayscale PNG), not colours")
+    if problem:
+        raise DatasetError(problem)
     if mask.dtype != np.uint8:
         if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
             raise DatasetError(f"mask {path} ({mode}) holds {mask.dtype} values; class ids "

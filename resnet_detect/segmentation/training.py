@@ -212,7 +212,7 @@ class SemSegTask:
                                "training's evaluations against: give an annotated val file, "
                                "or leave data.val unset (tools/eval.py --save-predictions "
                                "predicts such a file)")
-        train.check_mask_sizes("train")
+        train.check_mask_headers("train")
         train.warn_of_objects_as_ignore("train")
         if val is not None:
             check_same_classes(train, val, cfg)

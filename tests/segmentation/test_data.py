@@ -324,10 +324,10 @@ def test_coco_size_differing_from_the_image_names_the_file(tmp_path):
                        match=r"COCO height/width is 6x7 but image .*empty.jpg is 6x6"):
         dataset[1]
     # found before a training's first step (it stopped the run when first drawn, hours in)
-    with pytest.raises(DatasetError, match=r"data.train: 1 of 2 masks are not their image's "
-                                           r"size:\n  the COCO height/width is 6x7 but image "
+    with pytest.raises(DatasetError, match=r"data.train: 1 of 2 masks are wrong:"
+                                           r"\n  the COCO height/width is 6x7 but image "
                                            r".*empty.jpg is 6x6"):
-        dataset.check_mask_sizes("train")
+        dataset.check_mask_headers("train")
 
 
 def test_unusable_coco_segmentations_are_named_by_annotation(tmp_path):
@@ -628,15 +628,43 @@ def test_training_masks_of_another_size_are_all_named_before_training(tmp_path):
     cfg = _config(img_dir=str(tmp_path / "img"), mask_dir=str(tmp_path / "ann"))
     train = build_dataset(cfg, "train")
     with pytest.raises(DatasetError) as raised:
-        train.check_mask_sizes("train")
+        train.check_mask_headers("train")
     message = str(raised.value)
-    assert message.startswith("data.train: 2 of 3 masks are not their image's size:")
+    assert message.startswith("data.train: 2 of 3 masks are wrong:")
     for i in (0, 2):
         assert (f"mask {tmp_path}/ann/{i}.png is 10x12 but image {tmp_path}/img/{i}.jpg is "
                 f"12x10 (WxH") in message
     _mask(tmp_path / "ann/0.png", np.full((10, 12), 1))
     _mask(tmp_path / "ann/2.png", np.full((10, 12), 1))
-    build_dataset(cfg, "train").check_mask_sizes("train")  # all fit: nothing raised
+    build_dataset(cfg, "train").check_mask_headers("train")  # all fit: nothing raised
+
+
+def test_training_masks_in_colour_or_jpeg_are_all_named_before_training(tmp_path):
+    """An RGB or gray+alpha mask, or a JPEG named .png, in the training split stopped the run
+    when its batch was drawn, hours in: their headers say so before the first step."""
+    for i in range(5):
+        _image(tmp_path / f"img/{i}.jpg", 10, 12)
+        _mask(tmp_path / f"ann/{i}.png", np.ones((10, 12)))
+    Image.fromarray(np.ones((10, 12, 3), np.uint8)).save(tmp_path / "ann/1.png")
+    Image.fromarray(np.ones((10, 12), np.uint8)).convert("LA").save(tmp_path / "ann/2.png")
+    Image.fromarray(np.ones((10, 12), np.uint8)).save(tmp_path / "ann/3.png", format="JPEG")
+    Image.fromarray(np.ones((10, 12), np.uint8)).convert("P").save(tmp_path / "ann/4.png")
+    train = build_dataset(_config(img_dir=str(tmp_path / "img"),
+                                  mask_dir=str(tmp_path / "ann")), "train")
+    with pytest.raises(DatasetError) as raised:
+        train.check_mask_headers("train")
+    assert str(raised.value).splitlines() == [
+        "data.train: 3 of 5 masks are wrong:",
+        f"  mask {tmp_path}/ann/1.png is a RGB image; masks must hold one class id per pixel "
+        "(palette or grayscale PNG), not colours",
+        f"  mask {tmp_path}/ann/2.png is a LA image; masks must hold one class id per pixel "
+        "(palette or grayscale PNG), not colours",
+        f"  mask {tmp_path}/ann/3.png is a JPEG: its lossy compression changes class ids along "
+        "every edge; masks must be PNGs (palette or grayscale)"]
+    for i in (1, 2, 3):  # the same words when the mask is read
+        with pytest.raises(DatasetError, match=f"mask {tmp_path}/ann/{i}.png is a "):
+            train[i]
+    assert train.load(4)[1].tolist() == [[1] * 12] * 10  # a palette mask: its indices
 
 
 def test_reduce_zero_label_makes_0_ignore_and_shifts_the_classes(tmp_path):
