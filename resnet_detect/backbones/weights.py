@@ -10,9 +10,7 @@ import io
 import json
 import logging
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,7 +21,8 @@ from torch import nn
 from resnet_detect.engine.checkpoint import (UnreadableCheckpointError, key_listing,
                                               key_mismatches)
 from resnet_detect.engine.config import ConfigError
-from resnet_detect.engine.files import atomic_save, check_weights_file, read_checked_bytes
+from resnet_detect.engine.files import (atomic_save, check_weights_file, read_checked_bytes,
+                                        why_unloadable)
 
 logger = logging.getLogger(__name__)
 
@@ -77,42 +76,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # not torch's advice to load with weights_only=False: for a file of unknown origin
-        # that runs its code; the reason is the part after the unpickler's name
-        reason = str(e).split("WeightsUnpickler error:")[-1].split("\n\nCheck the")[0].strip()
+    except Exception as e:  # truncated zip, text, a pickled object ...
         raise UnreadableCheckpointError(
-            f"cannot read weights file {path}: it holds more than tensors, or is no PyTorch "
-            f"file ({reason}): a damaged or partial download, another format, or a whole "
-            f"pickled model (save its state_dict() instead)") from e
-    except Exception as e:  # truncated zip, text, ...
-        raise UnreadableCheckpointError(
-            f"cannot read weights file {path}: {_why_unreadable(data, e)}") from e
+            f"cannot read weights file {path}: {why_unloadable(data, e)}") from e
     if not isinstance(obj, dict):
         raise UnreadableCheckpointError(
             f"weights file {path} holds a {type(obj).__name__}, not a state dict")
     return obj
-
-
-def _why_unreadable(data: bytes, error: Exception) -> str:
-    """What a file torch.load failed on is, by its first bytes, with the error's first line."""
-    said = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0].split('. ')[0]}"
-    if not data:
-        return "the file is empty (0 bytes): a failed download or copy"
-    if data.startswith(b"PK\x03\x04"):  # the zip archive torch.save writes, or another's
-        try:
-            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-        except (zipfile.BadZipFile, ValueError):  # its end (the central directory) missing
-            names = None
-        if names is not None and not any(n.endswith("data.pkl") for n in names):
-            return (f"a zip archive that is no PyTorch file ({', '.join(names[:3])}"
-                    f"{' ...' if len(names) > 3 else ''}: NumPy's .npz, Keras' .keras, ...)")
-        return (f"a PyTorch file cut short or damaged (a partial download, or copied while a "
-                f"run wrote it): {said}")
-    if data[:1] == b"\x80":  # a pickle: torch.save's legacy format
-        return f"a damaged PyTorch file of the legacy format: {said}"
-    return (f"no PyTorch file (it starts with {data[:16]!r}: text, or another format; "
-            f"weights are a .pth/.pt of torch.save or a .safetensors file)")
 
 
 # where checkpoints keep their weights: an average of them first (timm's train.py,

@@ -39,7 +39,8 @@ from .distributed import (all_gather_object, any_process, barrier, get_rank, get
                           is_main_process)
 from .distributed import unwrap_model
 from .ema import WeightAverage
-from .files import atomic_save, atomic_write_text, checksum_file, read_checked_bytes, sha256_of
+from .files import (atomic_save, atomic_write_text, checksum_file, read_checked_bytes,
+                    sha256_of, why_unloadable)
 from .memory_format import contiguous
 from .optim import fill_momentum_buffers, match_state_layouts
 from .rng import get_rng_state, set_rng_state
@@ -181,18 +182,18 @@ class Checkpointer:
         return [p for p in self.output_dir.glob("model_*.pth")
                 if CHECKPOINT_NAME.fullmatch(p.name)]
 
-    def _pointer_target(self) -> Path | None:
-        """The checkpoint `last_checkpoint` names; a pointer that names none (empty, garbled)
-        gives a path that does not exist, so that resuming falls back to the files."""
+    def _pointer_target(self) -> Path | str | None:
+        """The checkpoint `last_checkpoint` names; for a pointer that names none (empty,
+        garbled, unreadable), what it holds instead, so that resuming falls back to the files."""
         pointer = self.output_dir / POINTER
         if not pointer.is_file():
             return None
         try:
             name = pointer.read_text(encoding="utf-8", errors="replace").strip()
-        except OSError as e:  # (permissions): read as a pointer that names none
-            return self.output_dir / f"(unreadable: {e.strerror or e})"
-        if not CHECKPOINT_NAME.fullmatch(name):
-            name = f"{name!r} (not a checkpoint name)"
+        except OSError as e:  # (permissions)
+            return f"(unreadable: {e.strerror or e})"
+        if not CHECKPOINT_NAME.fullmatch(name):  # (garbage: a few of its characters)
+            return f"{name[:24]!r}{'...' if len(name) > 24 else ''} (not a checkpoint name)"
         return self.output_dir / name
 
     def _set_earlier_run_aside(self, first: Path) -> None:
@@ -259,11 +260,15 @@ class Checkpointer:
         """
         path = Path(path)
         try:
-            state = torch.load(io.BytesIO(read_checked_bytes(path)), map_location="cpu",
-                               weights_only=True)
-        except Exception as e:
+            data = read_checked_bytes(path)
+        except (OSError, ValueError) as e:  # missing, a folder, its .sha256 differs
             raise UnreadableCheckpointError(
                 f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UnreadableCheckpointError(
+                f"cannot read checkpoint {path}: {why_unloadable(data, e)}") from e
         if not isinstance(state, dict) or not {"model", "iteration"} <= state.keys():
             raise UnreadableCheckpointError(
                 f"{path} is no training checkpoint (it records no iteration: weights alone, as "
@@ -373,18 +378,18 @@ class Checkpointer:
         self.remove_partial_writes()
         newest = self._pointer_target()
         found = sorted(self._checkpoints(), key=_iteration_of, reverse=True)
-        if newest is None and not found:
+        if not isinstance(newest, Path) and not found:
             logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
             return None
-        if newest is None:
-            logger.warning("%s has no %s (a kill before it was written, or checkpoints copied "
-                           "without it): resuming from its newest checkpoint that reads",
-                           self.output_dir, POINTER)
-            candidates = found
+        if not isinstance(newest, Path):
+            why = (f"has no {POINTER} (a kill before it was written, or checkpoints copied "
+                   "without it)" if newest is None
+                   else f"has a {POINTER} that names no checkpoint: {newest}")
+            logger.warning("%s %s: resuming from its newest checkpoint that reads",
+                           self.output_dir, why)
+            newest, candidates = None, found
         else:
-            bound = _iteration_of(newest) if CHECKPOINT_NAME.fullmatch(newest.name) else None
-            candidates = [newest, *(p for p in found
-                                    if bound is None or _iteration_of(p) < bound)]
+            candidates = [newest, *(p for p in found if _iteration_of(p) < _iteration_of(newest))]
         failures = []
         for path in candidates:
             try:

@@ -7,10 +7,12 @@ import io
 import json
 import math
 import os
+import pickle
 import secrets
 import shutil
 import time
 import unicodedata
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -149,6 +151,34 @@ def unicode_twin_hint(path: str | os.PathLike) -> str:
             return (f" (on disk as {twin}, its accents {written}: the same letters encoded "
                     f"otherwise; write the names in one Unicode form, e.g. NFC)")
     return ""
+
+
+def why_unloadable(data: bytes, error: Exception) -> str:
+    """Why torch.load(weights_only=True) failed on a file's `data`, by its first bytes, with
+    the error's first line; never torch's advice to load with weights_only=False (for a file
+    of unknown origin, that runs its code)."""
+    said = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0].split('. ')[0]}"
+    if isinstance(error, pickle.UnpicklingError):
+        reason = str(error).split("WeightsUnpickler error:")[-1].split("\n\nCheck the")[0].strip()
+        return (f"it holds more than tensors, or is no PyTorch file ({reason}): a damaged or "
+                f"partial download, another format, or a whole pickled model (save its "
+                f"state_dict() instead)")
+    if not data:
+        return "the file is empty (0 bytes): a failed download or copy"
+    if data.startswith(b"PK\x03\x04"):  # the zip archive torch.save writes, or another's
+        try:
+            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        except (zipfile.BadZipFile, ValueError):  # its end (the central directory) missing
+            names = None
+        if names is not None and not any(n.endswith("data.pkl") for n in names):
+            return (f"a zip archive that is no PyTorch file ({', '.join(names[:3])}"
+                    f"{' ...' if len(names) > 3 else ''}: NumPy's .npz, Keras' .keras, ...)")
+        return (f"a PyTorch file cut short or damaged (a partial download, or copied while a "
+                f"run wrote it): {said}")
+    if data[:1] == b"\x80":  # a pickle: torch.save's legacy format
+        return f"a damaged PyTorch file of the legacy format: {said}"
+    return (f"no PyTorch file (it starts with {data[:16]!r}: text, or another format; "
+            f"weights are a .pth/.pt of torch.save or a .safetensors file)")
 
 
 def check_weights_file(path: str | os.PathLike) -> Path:

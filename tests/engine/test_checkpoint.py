@@ -129,21 +129,41 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_an_older_one(
 
 
 def test_a_pointer_naming_no_checkpoint_falls_back_and_partial_writes_go(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """An empty or garbled `last_checkpoint` (it used to stop --resume although good
-    checkpoints were there), and the temporary files a kill left behind."""
+    checkpoints were there; 500 bytes of garbage were printed twice, with "File name too
+    long"), and the temporary files a kill left behind."""
     model = nn.Linear(2, 2)
     ckpt = Checkpointer(tmp_path, model=model)
     for it in (5, 10):
         ckpt.save(it)
     (tmp_path / ".model_0000015.pth.0123456789abcdef.tmp").write_bytes(b"half")
     (tmp_path / ".last_checkpoint.0123456789abcdef.tmp").write_text("model_0000015.pth")
-    for garbled in ("", "  \n", "\x00\x00", "../elsewhere.pth"):
+    for garbled in ("", "  \n", "\x00\x00", "../elsewhere.pth", "%s" + "x" * 500):
         (tmp_path / "last_checkpoint").write_text(garbled)
+        caplog.clear()
         assert ckpt.resume()["iteration"] == 10
+        assert [r.getMessage() for r in caplog.records] == [
+            f"{tmp_path} has a last_checkpoint that names no checkpoint: "
+            f"{garbled.strip()[:24]!r}{'...' if len(garbled) > 24 else ''} (not a checkpoint "
+            "name): resuming from its newest checkpoint that reads"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "last_checkpoint", "model_0000005.pth", "model_0000005.pth.sha256", "model_0000010.pth",
         "model_0000010.pth.sha256"]
+
+
+def test_a_checkpoint_of_garbage_is_said_in_one_line_without_torchs_advice(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each unreadable checkpoint repeated torch.load's five lines advising weights_only=False
+    (which runs a file's code) where eval and export said what the file is."""
+    model = nn.Linear(2, 2)
+    _save_filled(Checkpointer(tmp_path, model=model), model, (5, 10))
+    (tmp_path / "model_0000010.pth").write_bytes(b"garbage" * 40)
+    (tmp_path / "model_0000010.pth.sha256").unlink()
+    assert Checkpointer(tmp_path, model=model).resume()["iteration"] == 5
+    assert f"cannot read checkpoint {tmp_path}/model_0000010.pth: it holds more than tensors, " \
+           "or is no PyTorch file (Unsupported operand 103): a damaged" in caplog.text
+    assert "weights_only" not in caplog.text and len(caplog.text.splitlines()) == 2
 
 
 def test_checkpoints_without_a_pointer_resume_from_the_newest_that_reads(
