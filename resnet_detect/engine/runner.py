@@ -121,23 +121,35 @@ def format_metric(value: Any) -> str:
         else f"{value:.1f}"
 
 
+def _check_length_keys(t: DictConfig) -> None:
+    """A schedule in iterations (max_iter, lr_steps, warmup_iters) or in epochs (epochs,
+    lr_step_epochs, warmup_epochs), not both; the keys of the other kind that are set named
+    with their values (a config file's warmup_iters under an epochs override, say)."""
+    if t.epochs is None and t.max_iter is None:
+        raise ConfigError("set train.max_iter (iterations) or train.epochs")
+    if t.epochs is not None and t.max_iter is not None:
+        raise ConfigError(f"train.epochs ({t.epochs}) and train.max_iter ({t.max_iter}) are "
+                          "both set; set one (train.max_iter=null for an epoch-based recipe)")
+    by_epochs = t.epochs is not None
+    other = (("lr_steps", "[]"), ("warmup_iters", "0")) if by_epochs else (
+        ("lr_step_epochs", "[]"), ("warmup_epochs", "0"))
+    found = [f"train.{key} is {t[key]} (train.{key}={unset} clears it)"
+             for key, unset in other if t[key]]
+    if found:
+        raise ConfigError(
+            ("with train.epochs give train.lr_step_epochs and train.warmup_epochs, not "
+             "train.lr_steps / train.warmup_iters" if by_epochs else
+             "train.lr_step_epochs and train.warmup_epochs need train.epochs; with "
+             "train.max_iter use train.lr_steps and train.warmup_iters") + ": " + "; ".join(found))
+
+
 def _lengths(cfg: DictConfig, train_size: int) -> dict[str, Any]:
     """max_iter, lr steps and warmup in iterations, from iteration or epoch keys."""
     t = cfg.train
+    _check_length_keys(t)
     if t.epochs is None:
-        if t.max_iter is None:
-            raise ConfigError("set train.max_iter (iterations) or train.epochs")
-        if list(t.lr_step_epochs) or t.warmup_epochs:
-            raise ConfigError("train.lr_step_epochs and train.warmup_epochs need train.epochs; "
-                              "with train.max_iter use train.lr_steps and train.warmup_iters")
         return {"max_iter": int(t.max_iter), "steps": [int(s) for s in t.lr_steps],
                 "warmup_iters": int(t.warmup_iters)}
-    if t.max_iter is not None:
-        raise ConfigError(f"train.epochs ({t.epochs}) and train.max_iter ({t.max_iter}) are "
-                          "both set; set one (train.max_iter=null for an epoch-based recipe)")
-    if list(t.lr_steps) or t.warmup_iters:
-        raise ConfigError("with train.epochs give train.lr_step_epochs and train.warmup_epochs, "
-                          "not train.lr_steps / train.warmup_iters")
     per_epoch = train_size // t.batch_size
     if per_epoch == 0:
         raise ConfigError(f"train.batch_size {t.batch_size} exceeds the {train_size} training "
@@ -292,7 +304,9 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
 
 def check_schedule(cfg: DictConfig) -> None:
     """The lr schedule of an iteration-based config, refused as build_scheduler_from_config
-    would refuse it, before the data is read (epoch-based lengths need the data's size)."""
+    would refuse it, before the data is read (epoch-based lengths need the data's size; their
+    keys are checked now)."""
+    _check_length_keys(cfg.train)
     if cfg.train.epochs is None:
         probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.train.base_lr)
         build_scheduler_from_config(cfg, probe, _lengths(cfg, train_size=0))

@@ -43,6 +43,31 @@ def test_a_config_error_is_one_line_and_exit_code_2(argv: list[str], tmp_path: P
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_a_schedule_in_epochs_under_iteration_keys_names_them_before_the_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """train.epochs=1 on the quickstart config, whose file sets warmup_iters: 50, was refused
+    without the key's value or where it came from, after minutes of reading COCO's
+    annotations."""
+    monkeypatch.chdir(tmp_path)
+    for overrides, said in (
+            (["train.max_iter=null", "train.epochs=1"],
+             "with train.epochs give train.lr_step_epochs and train.warmup_epochs, not "
+             "train.lr_steps / train.warmup_iters: train.warmup_iters is 50 "
+             "(train.warmup_iters=0 clears it)"),
+            (["train.warmup_epochs=0.5", "train.lr_step_epochs=[1]"],
+             "train.lr_step_epochs and train.warmup_epochs need train.epochs; with "
+             "train.max_iter use train.lr_steps and train.warmup_iters: train.lr_step_epochs "
+             "is [1] (train.lr_step_epochs=[] clears it); train.warmup_epochs is 0.5 "
+             "(train.warmup_epochs=0 clears it)")):
+        monkeypatch.setattr(sys, "argv", ["tools/train.py", str(CONFIG), *overrides,
+                                          "data.train.ann_file=nowhere.json"])  # not reached
+        with pytest.raises(SystemExit) as stopped:
+            run_tool(tool_main("train"))
+        assert stopped.value.code == 2
+        assert capsys.readouterr().err == f"train.py: error: {said}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def _train_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                    capsys: pytest.CaptureFixture) -> str:
     """tools/train.py on tmp_path/a.json and tmp_path/img: exit 2, one message, no traceback."""
