@@ -905,6 +905,36 @@ def test_an_lvis_file_names_its_images_by_their_coco_url(tmp_path: Path) -> None
     assert "is empty" not in str(err.value)
 
 
+def test_whole_number_floats_are_ids_and_sizes_as_pycocotools_takes_them(
+        small: tuple[Path, Path], tmp_path: Path) -> None:
+    """"width": 160.0 and "id": 1.0 (pandas' exports write them) were refused; other numbers
+    still are."""
+    ann_file, img_dir = small
+    data = json.loads(ann_file.read_text())
+    for section, keys in (("images", ("id", "height", "width")), ("categories", ("id",)),
+                          ("annotations", ("id", "image_id", "category_id"))):
+        for entry in data[section]:
+            entry.update({k: float(entry[k]) for k in keys})
+    floats = tmp_path / "floats.json"
+    floats.write_text(json.dumps(data))
+    assert '"width": 40.0' in floats.read_text()
+    def plain(loaded: tuple[Any, ...]) -> tuple[Any, ...]:
+        records, mapping = loaded[:2]
+        return [{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in r.items()}
+                for r in records], mapping.dataset_ids
+
+    for training in (True, False):
+        records, ids = plain(load_coco_json(floats, img_dir, training=training))
+        assert (records, ids) == plain(load_coco_json(ann_file, img_dir, training=training))
+        assert len(records) >= 2 and {type(r["image_id"]) for r in records} == {int}
+        assert {type(i) for i in ids} == {int}
+    data["images"][1]["width"] = 30.5
+    floats.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"images\[1\] \(id=2\): missing or invalid "
+                                           r"'width' \(expected int, got 30.5\)"):
+        load_coco_json(floats, img_dir)
+
+
 def test_messages_about_many_categories_stay_short(tmp_path: Path) -> None:
     """LVIS: 1203 category ids in every "known ids" made a 62 kB error for 20 bad ids."""
     from resnet_detect.engine.data import brief

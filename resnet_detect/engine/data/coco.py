@@ -246,6 +246,9 @@ def _check_entries(entries: list[Any], section: str, fields: dict[str, type],
         for key, kind in fields.items():
             value = entry.get(key)
             if not isinstance(value, kind) or isinstance(value, bool):
+                if kind is int and isinstance(value, float) and value.is_integer():
+                    entry[key] = int(value)  # 160.0: pandas' exports, as pycocotools takes it
+                    continue
                 problems.append(f"{_where(section, i, entry)}: missing or invalid {key!r} "
                                 f"(expected {kind.__name__}, got {value!r})")
         if isinstance(entry.get("id"), int):
