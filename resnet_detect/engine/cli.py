@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import warnings
 import zipfile
@@ -17,7 +16,7 @@ from omegaconf import OmegaConf
 from .distributed import barrier, cleanup, init_distributed, is_main_process
 from .checkpoint import CheckpointWriteError, UnreadableCheckpointError
 from .config import ConfigError, parse_bool
-from .data import DatasetError, UnreadableImageError
+from .data import DatasetError, UnreadableImageError, worker_error_message
 from .export import ExportError
 from .files import UnwritableFolderError, missing_path
 from .foreign_options import flag_hints
@@ -49,7 +48,7 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     try:
         main(sys.argv[1:])
     except USER_ERRORS as e:
-        print(f"{Path(sys.argv[0]).name}: error: {_message(e)}", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: error: {worker_error_message(e)}", file=sys.stderr)
         raise SystemExit(2) from None
     except MemoryError as e:
         if not str(e):  # Python's own, which says nothing more than its traceback
@@ -64,18 +63,6 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     except BrokenPipeError:  # `| head` closed stdout: stop quietly, as coreutils do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         raise SystemExit(141) from None
-
-
-def _message(error: Exception) -> str:
-    """The error's message; for one raised in a DataLoader worker (which PyTorch re-raises as
-    "Caught X in DataLoader worker process N. Original Traceback ..."), the worker's own
-    message without its traceback."""
-    message = str(error)
-    if not (message.startswith("Caught ") and "\nOriginal Traceback" in message):
-        return message
-    # the traceback's last "<module.>Name: message" line starts the worker's message
-    lines = list(re.finditer(rf"^(?:[\w.]+\.)?{type(error).__name__}: ", message, re.M))
-    return message[lines[-1].end():].strip() if lines else message
 
 
 class ToolArgumentParser(argparse.ArgumentParser):

@@ -35,7 +35,8 @@ from .checkpoint import (BestWeights, Checkpointer, CheckpointWriteError, Period
 from .compilation import compile_model, parse_compile
 from .config import (ConfigError, flat_keys, is_number, is_positive_int, save_config,
                      to_plain)
-from .data import CountedLoader, build_test_loader, build_train_loader, collate
+from .data import (CountedLoader, build_test_loader, build_train_loader, collate,
+                   worker_error_message)
 from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
                           get_world_size, is_main_process, per_process_batch_size,
                           refuse_syncbn_on_cpus, unsynced_batch_norm_warning, wrap_ddp)
@@ -679,7 +680,8 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
             others = (f" (the other processes' warnings and errors, where they had some: "
                       f"{output_dir / rank_log_name('<N>')})"
                       if get_world_size() > 1 and is_main_process() else "")
-            logger.error("training stopped: %s: %s%s", type(e).__name__, e, others)
+            logger.error("training stopped: %s: %s%s", type(e).__name__,
+                         worker_error_message(e), others)
             raise
 
 

@@ -134,6 +134,27 @@ def test_eval_checks_every_val_mask_before_the_inference(
     assert not (tmp_path / "eval/metrics.json").exists()
 
 
+def test_a_training_mask_a_loader_worker_refuses_is_one_line_in_the_log(
+        data: Path, tmp_path: Path) -> None:
+    """log.txt's "training stopped" line held the worker's whole traceback ("Caught
+    DatasetError in DataLoader worker process 0. Original Traceback ...") where the console
+    had the message alone."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for path in sorted((data / "semantic/train").glob("*.png")):
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(masks / path.name), np.full_like(mask, 9))  # no class 9: every one
+    with pytest.raises(DatasetError, match="has class ids \\[9\\] outside the 7 declared"):
+        load_tool("train").main([str(CONFIG), *overrides(data), f"data.train.mask_dir={masks}",
+                                 "data.num_workers=1", "train.max_iter=2",
+                                 f"train.output_dir={tmp_path / 'run'}"])
+    stopped = [line for line in (tmp_path / "run/log.txt").read_text().splitlines()
+               if "training stopped: " in line]
+    assert len(stopped) == 1 and stopped[0].split("training stopped: ")[1].startswith(
+        f"DatasetError: mask {masks}/"), stopped
+    assert "has class ids [9] outside the 7 declared classes" in stopped[0]
+
+
 def test_demo_draws_the_overlay_at_image_size(trained: tuple[Path, dict], data: Path,
                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              caplog: pytest.LogCaptureFixture) -> None:

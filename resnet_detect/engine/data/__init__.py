@@ -6,7 +6,8 @@ from .coco import (CategoryMapping, DatasetError, LoadStats, box_polygon, brief,
                    read_user_text, refuse_normalised_polygons, segmentation_to_mask)
 from .images import (IMAGE_SUFFIXES, NOT_DATA_FOLDERS, UnreadableImageError, check_rgb_image,
                      check_rgb_images, decoded_size, files_under, image_size, read_image)
-from .loaders import CountedLoader, build_test_loader, build_train_loader, collate
+from .loaders import (CountedLoader, build_test_loader, build_train_loader, collate,
+                      worker_error_message)
 from .records import PackedRecords
 from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler, repeat_factors
 
@@ -18,4 +19,4 @@ __all__ = ["IMAGE_SUFFIXES", "NOT_DATA_FOLDERS", "CategoryMapping", "CountedLoad
            "collate", "decoded_size", "files_under",
            "image_size", "listing", "load_coco_json", "read_coco_json", "read_image",
            "read_user_text", "refuse_normalised_polygons", "repeat_factors",
-           "segmentation_to_mask"]
+           "segmentation_to_mask", "worker_error_message"]

@@ -6,6 +6,7 @@ the process boundary, not one per image); its batch still has `len` = the images
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -181,3 +182,15 @@ class CountedLoader:
             logger.warning("%s: %d of %d images could not be read (the warnings above name "
                            "them): %s", split, unreadable, images, consequence)
         return {"images": images, "unreadable": unreadable}
+
+
+def worker_error_message(error: Exception) -> str:
+    """The error's message; for one raised in a DataLoader worker (which PyTorch re-raises as
+    "Caught X in DataLoader worker process N. Original Traceback ..."), the worker's own
+    message without its traceback."""
+    message = str(error)
+    if not (message.startswith("Caught ") and "\nOriginal Traceback" in message):
+        return message
+    # the traceback's last "<module.>Name: message" line starts the worker's message
+    lines = list(re.finditer(rf"^(?:[\w.]+\.)?{type(error).__name__}: ", message, re.M))
+    return message[lines[-1].end():].strip() if lines else message
