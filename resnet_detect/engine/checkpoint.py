@@ -57,6 +57,7 @@ ABANDONED = "abandoned"  # checkpoints after the one --resume-from took
 REPLACED = ".replaced_run"
 _SAVING = "saving"  # in REPLACED: names the new checkpoint once the earlier files are moved
 CHECKPOINT_NAME = re.compile(r"model_(\d{7,})\.pth")  # 8 digits from iteration 10^7
+PARTIAL_WRITE = re.compile(r"\..+\.[0-9a-f]{16}\.tmp")  # engine.files.atomic_write's
 
 
 class Checkpointer:
@@ -232,17 +233,17 @@ class Checkpointer:
         return bool(back)
 
     def remove_partial_writes(self) -> None:
-        """Delete the temporary files of checkpoint writes that a kill interrupted, and complete
-        or undo a replacement of an earlier run's checkpoints that it interrupted."""
+        """Delete the temporary files of writes that a kill interrupted (checkpoints,
+        config.yaml, metrics.json...), and complete or undo a replacement of an earlier run's
+        checkpoints that it interrupted."""
         if is_main_process():
             if self._finish_replacing():
                 logger.warning("%s: a run was stopped while its first checkpoint replaced an "
                                "earlier run's; the earlier run's checkpoints are back",
                                self.output_dir)
-            for tmp in self.output_dir.glob(".*.pth.*.tmp"):
-                tmp.unlink(missing_ok=True)
-            for tmp in self.output_dir.glob(f".{POINTER}.*.tmp"):
-                tmp.unlink(missing_ok=True)
+            for tmp in self.output_dir.glob(".*.tmp"):  # (checkpoints, config.yaml, logs...)
+                if PARTIAL_WRITE.fullmatch(tmp.name) and tmp.is_file():
+                    tmp.unlink(missing_ok=True)
         barrier()  # the other processes read the folder as the main process left it
 
     def load(self, path: str | os.PathLike) -> dict[str, Any]:

@@ -139,6 +139,9 @@ def test_a_pointer_naming_no_checkpoint_falls_back_and_partial_writes_go(
         ckpt.save(it)
     (tmp_path / ".model_0000015.pth.0123456789abcdef.tmp").write_bytes(b"half")
     (tmp_path / ".last_checkpoint.0123456789abcdef.tmp").write_text("model_0000015.pth")
+    for name in ("config.yaml", "metrics.json", "scalars.jsonl"):
+        (tmp_path / f".{name}.0123456789abcdef.tmp").write_text("half")
+    (tmp_path / ".mine.tmp").write_text("not ours")  # (no write of ours names files so)
     for garbled in ("", "  \n", "\x00\x00", "../elsewhere.pth", "%s" + "x" * 500):
         (tmp_path / "last_checkpoint").write_text(garbled)
         caplog.clear()
@@ -148,8 +151,8 @@ def test_a_pointer_naming_no_checkpoint_falls_back_and_partial_writes_go(
             f"{garbled.strip()[:24]!r}{'...' if len(garbled) > 24 else ''} (not a checkpoint "
             "name): resuming from its newest checkpoint that reads"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "last_checkpoint", "model_0000005.pth", "model_0000005.pth.sha256", "model_0000010.pth",
-        "model_0000010.pth.sha256"]
+        ".mine.tmp", "last_checkpoint", "model_0000005.pth", "model_0000005.pth.sha256",
+        "model_0000010.pth", "model_0000010.pth.sha256"]
 
 
 def test_a_checkpoint_of_garbage_is_said_in_one_line_without_torchs_advice(
