@@ -227,14 +227,14 @@ class SemSegDataset(Dataset):
                 continue  # unreadable: skipped when read, like any such image
             try:
                 mask = self._checked_mask(record, size)
-            except DatasetError as err:
+            except (DatasetError, UnreadableImageError) as err:
                 exact = decoded_size(record["file_name"])  # the header can mislead
                 if exact in (None, size):
                     problems.append(str(err))
                     continue
                 try:
                     mask = self._checked_mask(record, exact)
-                except DatasetError as err:
+                except (DatasetError, UnreadableImageError) as err:
                     problems.append(str(err))
                     continue
             pixels += np.bincount(mask.ravel(), minlength=256)
@@ -282,7 +282,7 @@ class SemSegDataset(Dataset):
                 continue
             try:
                 mask = self._checked_mask(files[i], size)
-            except DatasetError:
+            except (DatasetError, UnreadableImageError):
                 continue  # named when its batch is drawn
             values.update(np.flatnonzero(np.bincount(mask.ravel(), minlength=256)).tolist())
             if values - {0, IGNORE_INDEX}:

@@ -28,9 +28,9 @@ import numpy as np
 from PIL import Image
 
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, CategoryMapping, DatasetError,
-                                       check_segmentation, files_under, listing, read_coco_json,
-                                       box_polygon, read_user_text, refuse_normalised_polygons,
-                                       segmentation_to_mask)
+                                       UnreadableImageError, check_segmentation, files_under,
+                                       listing, read_coco_json, box_polygon, read_user_text,
+                                       refuse_normalised_polygons, segmentation_to_mask)
 from resnet_detect.engine.data.coco import MAX_LISTED, image_path
 from resnet_detect.engine.files import missing_path, unicode_twin_hint
 
@@ -256,14 +256,17 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     """A class-id PNG as uint8 (H, W): palette indices or gray values, not colours.
 
     Raises:
-        DatasetError: unreadable, or a colour image (masks must be single-channel ids).
+        UnreadableImageError: missing, cut short, no image (its sample is skipped, as for an
+            unreadable image).
+        DatasetError: a colour image or a JPEG (masks must be single-channel ids), values
+            that are no class ids.
     """
     try:
         with Image.open(path) as im:
             problem = _format_problem(path, im.mode, im.format)
             mode, mask = im.mode, None if problem else np.asarray(im)
     except (OSError, ValueError) as err:
-        raise DatasetError(f"cannot read mask {path}: {err}") from None
+        raise UnreadableImageError(f"cannot read mask {path}: {err}") from None
     if problem:
         raise DatasetError(problem)
     if mask.dtype != np.uint8:

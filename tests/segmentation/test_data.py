@@ -190,6 +190,22 @@ def test_unreadable_image_is_skipped_and_counted(tmp_path):
     assert dataset[0] is not None
 
 
+def test_a_mask_cut_short_is_skipped_in_training_and_named_in_val(tmp_path):
+    """A training image cut short was skipped and counted, its mask cut short stopped the run
+    (after hours, on a copy interrupted mid-file)."""
+    img_dir, mask_dir = _folder(tmp_path, n=3)
+    mask = mask_dir / "001.png"
+    mask.write_bytes(mask.read_bytes()[:60])
+    train = build_dataset(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)), "train")
+    train.check_mask_headers("train")  # its header is whole
+    assert train[1] is None and train.num_skipped == 1
+    assert train[0] is not None and train[2] is not None
+    val = build_dataset(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)), "val")
+    with pytest.raises(DatasetError, match=rf"data.val: 1 of 3 masks are wrong:\n  cannot read "
+                                           rf"mask {mask}: "):
+        val.check_masks("val")
+
+
 def _rect(x0, y0, x1, y1):
     return [float(v) for v in (x0, y0, x1, y0, x1, y1, x0, y1)]
 
