@@ -594,7 +594,10 @@ def test_an_image_too_small_to_augment_is_named(tmp_path):
     _mask(tmp_path / "ann/0.png", np.zeros((1, 1)))
     cfg = _config(img_dir=str(tmp_path / "img"), mask_dir=str(tmp_path / "ann"))
     cfg["data"]["train"]["scale_range"] = [0.4, 0.6]
-    with pytest.raises(DatasetError, match=r"0.jpg \(1x1\) cannot be augmented"):
+    with pytest.raises(DatasetError, match=r"0.jpg \(1x1\) cannot be augmented \(OpenCV's "
+                                           r"resize: .+\): an image this small "
+                                           r"scales to 0 pixels at the low end of "
+                                           r"data.train.scale_range$"):
         build_dataset(cfg, "train")[(0, 0)]
 
 
