@@ -114,9 +114,15 @@ def expand_inputs(paths: Sequence[str], output: Path | None = None
     for p in map(Path, paths):
         if p.is_dir():
             inner = out is not None and out != p.resolve() and out.is_relative_to(p.resolve())
-            found = [(f, f.relative_to(p)) for f in files_under(p)
-                     if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
-                     and not (inner and f.resolve().is_relative_to(out))]
+            files = [f for f in files_under(p)
+                     if not (inner and f.resolve().is_relative_to(out))]
+            found = [(f, f.relative_to(p)) for f in files
+                     if f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+            if len(found) < len(files):
+                suffixes = sorted({f.suffix.lower() or "(none)" for f in files} - (
+                    IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+                logger.info("%s: left out %d files that are no images or videos by their "
+                            "suffix (%s)", p, len(files) - len(found), " ".join(suffixes))
             if not found:  # (alone, the tool stops: nothing to draw)
                 logger.warning("%s holds no images or videos (%s)", p,
                                " ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES)))

@@ -57,6 +57,16 @@ def test_a_folder_without_images_beside_other_inputs_is_said(
     assert [p.name for p, _ in inputs] == ["a.jpg"]
     assert caplog.records[0].getMessage().startswith(
         f"{tmp_path / 'scans'} holds no images or videos (.avi .bmp")
+    # files left out of a folder are counted (they were left out silently)
+    for name in ("b.jpg", "anim.gif", "notes.txt", "LICENSE", "c.GIF"):
+        (tmp_path / "mixed" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "mixed" / name).write_bytes(b"")
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert [p.name for p, _ in expand_inputs([str(tmp_path / "mixed")])] == ["b.jpg"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'mixed'}: left out 4 files that are no images or videos by their suffix "
+        "((none) .gif .txt)"]
 
 
 def test_tags_stay_inside_the_picture_and_legends_have_a_dark_backing() -> None:
