@@ -95,8 +95,12 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
     if mask_dir is None:
         return [{"file_name": str(files[n])} for n in sorted(files)]
     mask_dir = Path(mask_dir)
-    records = [{"file_name": str(files[n]), "mask_file": str(mask_dir / (n + mask_suffix))}
-               for n in sorted(files)]
+    masks = {n: mask_dir / (n + mask_suffix) for n in files}
+    if mask_dir.is_dir() and not all(m.is_file() for m in masks.values()):
+        # the suffix in another case (x.PNG for .png), as an image's is taken
+        other_case = _images_named(mask_dir, mask_suffix, warn=False)
+        masks = {n: m if m.is_file() else other_case.get(n, m) for n, m in masks.items()}
+    records = [{"file_name": str(files[n]), "mask_file": str(masks[n])} for n in sorted(files)]
     without = [f"{r['file_name']} (expected {r['mask_file']})" for r in records
                if not Path(r["mask_file"]).is_file()]
     if without:
@@ -114,9 +118,9 @@ def _without_suffix(name: str, img_dir: Path, img_suffix: str) -> str:
     return name
 
 
-def _images_named(img_dir: Path, img_suffix: str) -> dict[str, Path]:
+def _images_named(img_dir: Path, img_suffix: str, *, warn: bool = True) -> dict[str, Path]:
     """{NAME: file} of the files under `img_dir` named NAME + `img_suffix`, the suffix in any
-    case (.jpg and .JPG); the other image files there are left out with a warning."""
+    case (.jpg and .JPG); the other image files there are left out (with a warning)."""
     suffix = img_suffix.lower()
     files, others = {}, []
     for p in files_under(img_dir):
@@ -127,7 +131,7 @@ def _images_named(img_dir: Path, img_suffix: str) -> dict[str, Path]:
             files[relative[: len(relative) - len(suffix)]] = p
         elif p.suffix.lower() in IMAGE_SUFFIXES:
             others.append(relative)
-    if others:
+    if others and warn:
         logger.warning("%s: %d image files do not end with %r and are left out (set "
                        "data.<split>.img_suffix to use them): %s", img_dir, len(others),
                        img_suffix, ", ".join(others[:MAX_LISTED]))

@@ -68,6 +68,26 @@ def test_folder_pairs_and_samples(tmp_path):
     assert len(build_test_loader(cfg)) == 3
 
 
+def test_a_mask_suffix_in_another_case_pairs_as_an_images_does(tmp_path, caplog):
+    """000.PNG beside data.train.mask_suffix .png: "1 of 3 images have no mask" (an image's
+    suffix was taken in any case)."""
+    img_dir, mask_dir = _folder(tmp_path)
+    (mask_dir / "001.png").rename(mask_dir / "001.PNG")
+    (mask_dir / "002.png").rename(mask_dir / "002.Png")
+    (mask_dir / "x.jpg").write_bytes(b"")  # not a mask: no warning about it either
+    cfg = _config(img_dir=str(img_dir), mask_dir=str(mask_dir))
+    with caplog.at_level(logging.WARNING):
+        dataset = build_dataset(cfg, "val")
+    assert [Path(dataset.record(i)["mask_file"]).name for i in range(3)] == [
+        "000.png", "001.PNG", "002.Png"]
+    assert dataset[1]["gt_sem_seg"][10, 10] == 2 and caplog.text == ""
+    (mask_dir / "002.Png").unlink()
+    with pytest.raises(DatasetError, match=rf"1 of 3 images in {img_dir} have no mask in "
+                                           rf"{mask_dir} .*\n  {img_dir}/002.jpg \(expected "
+                                           rf"{mask_dir}/002.png\)"):
+        build_dataset(cfg, "val")
+
+
 def test_pad_fills_mask_with_ignore_and_crop_keeps_alignment():
     image = np.zeros((10, 12, 3), dtype=np.uint8)
     image[:, :, 0] = np.arange(12, dtype=np.uint8)[None] * 10  # red encodes the column
