@@ -144,7 +144,12 @@ class Checkpointer:
                 atomic_write_text(path.name + "\n", self.output_dir / POINTER)
             except OSError as e:
                 error = e
-                self._finish_replacing()  # the earlier run's files back in place
+                try:
+                    self._finish_replacing()  # the earlier run's files back in place
+                except OSError as undo:
+                    logger.error("cannot put the earlier run's checkpoints back from %s (%s): "
+                                 "the next start in the folder tries again",
+                                 self.output_dir / REPLACED, undo)
             else:
                 if self._earlier:
                     _remove_aside(self.output_dir / REPLACED)
@@ -156,7 +161,7 @@ class Checkpointer:
         if any_process(error is not None):  # every process stops, none waits forever
             previous = self._pointer_target()
             kept = (f"the previous checkpoint {previous} and {self.output_dir / POINTER} are "
-                    "intact" if previous is not None else "no earlier checkpoint exists")
+                    "intact" if isinstance(previous, Path) else "no earlier checkpoint exists")
             reason = f"{type(error).__name__}: {error}" if error is not None else "see rank 0"
             fix = ("Make it writable" if isinstance(error, PermissionError)
                    else "Free space there")
@@ -198,12 +203,13 @@ class Checkpointer:
         return self.output_dir / name
 
     def _set_earlier_run_aside(self, first: Path) -> None:
-        """Move the earlier run's pointer and checkpoints into OUTPUT_DIR/REPLACED, then name
-        this run's `first` checkpoint there: `last_checkpoint` reappears in the folder only
-        when it names `first`, which commits the replacement (`_finish_replacing`)."""
+        """Move the earlier run's pointer and checkpoints into OUTPUT_DIR/REPLACED (and a kept
+        file of `first`'s name: the weights this run started from), then name this run's
+        `first` checkpoint there: `last_checkpoint` reappears in the folder only when it
+        names `first`, which commits the replacement (`_finish_replacing`)."""
         aside = self.output_dir / REPLACED
         aside.mkdir(exist_ok=True)
-        for p in [self.output_dir / POINTER, *self._earlier]:
+        for p in [self.output_dir / POINTER, *self._earlier, first]:
             for f in (p, checksum_file(p)):
                 if f.is_file():
                     os.replace(f, aside / f.name)
@@ -221,9 +227,10 @@ class Checkpointer:
             _remove_aside(aside)
             return False
         if saving.is_file():  # every earlier file is aside: the name in the folder is this run's
-            first = self.output_dir / saving.read_text(encoding="utf-8").strip()
-            first.unlink(missing_ok=True)
-            checksum_file(first).unlink(missing_ok=True)
+            name = saving.read_text(encoding="utf-8", errors="replace").strip()
+            if CHECKPOINT_NAME.fullmatch(name):
+                (self.output_dir / name).unlink(missing_ok=True)
+                checksum_file(self.output_dir / name).unlink(missing_ok=True)
             saving.unlink()
         back = [f for f in aside.iterdir() if f.name == POINTER
                 or CHECKPOINT_NAME.fullmatch(f.name.removesuffix(".sha256"))]
@@ -236,15 +243,23 @@ class Checkpointer:
         """Delete the temporary files of writes that a kill interrupted (checkpoints,
         config.yaml, metrics.json...), and complete or undo a replacement of an earlier run's
         checkpoints that it interrupted."""
+        error = None
         if is_main_process():
-            if self._finish_replacing():
-                logger.warning("%s: a run was stopped while its first checkpoint replaced an "
-                               "earlier run's; the earlier run's checkpoints are back",
-                               self.output_dir)
-            for tmp in self.output_dir.glob(".*.tmp"):  # (checkpoints, config.yaml, logs...)
-                if PARTIAL_WRITE.fullmatch(tmp.name) and tmp.is_file():
-                    tmp.unlink(missing_ok=True)
-        barrier()  # the other processes read the folder as the main process left it
+            try:
+                if self._finish_replacing():
+                    logger.warning("%s: a run was stopped while its first checkpoint replaced "
+                                   "an earlier run's; the earlier run's checkpoints are back",
+                                   self.output_dir)
+                for tmp in self.output_dir.glob(".*.tmp"):  # (checkpoints, config.yaml, ...)
+                    if PARTIAL_WRITE.fullmatch(tmp.name) and tmp.is_file():
+                        tmp.unlink(missing_ok=True)
+            except OSError as e:
+                error = e
+        if any_process(error is not None):  # every process stops, none waits forever
+            raise CheckpointWriteError(
+                f"cannot put {self.output_dir} in order after an interrupted run ("
+                + (f"{type(error).__name__}: {error}" if error is not None else "see rank 0")
+                + f"; the earlier run's checkpoints may be in {self.output_dir / REPLACED})")
 
     def load(self, path: str | os.PathLike) -> dict[str, Any]:
         """Restore model, optimizer, scheduler, scaler, the weights' average and this rank's
@@ -517,12 +532,18 @@ class BestWeights:
 
 def _remove_aside(aside: Path) -> None:
     """Delete OUTPUT_DIR/REPLACED, the new checkpoint's name last: a kill on the way leaves
-    it naming the checkpoint that the folder's pointer names, or an empty folder."""
-    for f in aside.iterdir():
-        if f.name != _SAVING:
-            f.unlink()
-    (aside / _SAVING).unlink(missing_ok=True)
-    aside.rmdir()
+    it naming the checkpoint that the folder's pointer names, or an empty folder. Best effort
+    once the replacement is decided (a file held open on NFS stays as .nfs*): what is left,
+    the next start removes."""
+    try:
+        for f in aside.iterdir():
+            if f.name != _SAVING:
+                f.unlink(missing_ok=True)
+        (aside / _SAVING).unlink(missing_ok=True)
+        aside.rmdir()
+    except OSError as e:
+        logger.warning("cannot remove %s (%s): the next start in the folder tries again",
+                       aside, e)
 
 
 def _iteration_of(checkpoint: Path) -> int:

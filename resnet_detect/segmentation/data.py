@@ -309,10 +309,12 @@ class SemSegDataset(Dataset):
         try:
             out = self.transform(image=image, mask=mask)
         except cv2.error as err:  # e.g. a 1-pixel image scaled below one pixel
+            why = (": an image this small scales to 0 pixels at the low end of "
+                   "data.train.scale_range" if err.func == "resize" and min(image.shape[:2]) < 8
+                   else "")
             raise DatasetError(f"{record['file_name']} ({image.shape[1]}x{image.shape[0]}) "
-                               f"cannot be augmented (OpenCV's {err.func}: {err.err}): an "
-                               "image this small scales to 0 pixels at the low end of "
-                               "data.train.scale_range") from None
+                               f"cannot be augmented (OpenCV's {err.func}: {err.err}){why}"
+                               ) from None
         return {"image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
                 "gt_sem_seg": torch.from_numpy(out["mask"].astype(np.int64)),
                 "file_name": record["file_name"],

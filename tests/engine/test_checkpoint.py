@@ -164,8 +164,8 @@ def test_a_checkpoint_of_garbage_is_said_in_one_line_without_torchs_advice(
     (tmp_path / "model_0000010.pth").write_bytes(b"garbage" * 40)
     (tmp_path / "model_0000010.pth.sha256").unlink()
     assert Checkpointer(tmp_path, model=model).resume()["iteration"] == 5
-    assert f"cannot read checkpoint {tmp_path}/model_0000010.pth: it holds more than tensors, " \
-           "or is no PyTorch file (Unsupported operand 103): a damaged" in caplog.text
+    assert (f"cannot read checkpoint {tmp_path / 'model_0000010.pth'}: it holds more than "
+            "tensors, or is no PyTorch file (Unsupported operand 103): a damaged") in caplog.text
     assert "weights_only" not in caplog.text and len(caplog.text.splitlines()) == 2
 
 
@@ -602,9 +602,11 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
-@pytest.mark.parametrize("first", [1, 2])  # a name of the earlier run's, a name of its own
+# the first checkpoint with a name of the earlier run's, a name of its own, the name of the
+# checkpoint the run started from (model.weights=OUTPUT_DIR/model_0000003.pth: kept)
+@pytest.mark.parametrize("first, kept", [(1, None), (2, None), (3, 3)])
 def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: int) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: int, kept: int | None) -> None:
     """A kill between a fresh run's first checkpoint and the removal of the earlier run's left
     both: pruning by iteration then deleted the new run's files and kept the earlier run's
     later ones, and a pointer still on the earlier run had --resume continue it under the new
@@ -628,7 +630,7 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
         folder = tmp_path / f"killed_at_{n}"
         shutil.copytree(earlier, folder)
         fresh = Checkpointer(folder, model=model, max_to_keep=2)
-        fresh.replace_earlier_run()
+        fresh.replace_earlier_run(keep=[folder / f"model_{kept:07d}.pth"] if kept else [])
         with torch.no_grad():
             model.weight.fill_(-1)
         calls: list[Any] = []
@@ -657,20 +659,47 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
     assert outcomes.count("earlier") >= 8 and outcomes.count("new") >= 4
 
 
+def test_an_earlier_file_that_cannot_be_deleted_after_the_first_save_waits_for_the_next_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file held open on NFS (renamed .nfs*, busy): the saved run went on, the earlier files
+    stayed hidden until a later start removed them."""
+    model = nn.Linear(4, 4)
+    _save_filled(Checkpointer(tmp_path, model=model, max_to_keep=3), model, (1, 3, 6))
+    fresh = Checkpointer(tmp_path, model=model, max_to_keep=2)
+    fresh.replace_earlier_run()
+    real_unlink = os.unlink
+
+    def busy(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).name == "model_0000003.pth":
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        real_unlink(path, *args, **kwargs)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "unlink", busy)
+        _save_filled(fresh, model, (2, 4))
+    assert "cannot remove" in caplog.text and (tmp_path / ".replaced_run").is_dir()
+    assert fresh.resume()["iteration"] == 4  # its start removed what was left
+    assert sorted(_files(tmp_path)) == ["last_checkpoint", "model_0000002.pth",
+                                        "model_0000002.pth.sha256", "model_0000004.pth",
+                                        "model_0000004.pth.sha256"]
+
+
+@pytest.mark.parametrize("kept", [None, 3])
 def test_a_failed_first_save_of_a_fresh_run_leaves_the_earlier_run_as_it_was(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: int | None) -> None:
+    """(With the checkpoint the run started from at the name of its first: deleted.)"""
     model = nn.Linear(4, 4)
     _save_filled(Checkpointer(tmp_path, model=model, max_to_keep=3), model, (1, 3, 6))
     earlier_files = _files(tmp_path)
     fresh = Checkpointer(tmp_path, model=model, max_to_keep=2)
-    fresh.replace_earlier_run()
+    fresh.replace_earlier_run(keep=[tmp_path / "model_0000003.pth"] if kept else [])
 
     def full_disk(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr("resnet_detect.engine.checkpoint.atomic_save", full_disk)
-    with pytest.raises(CheckpointWriteError, match="cannot write checkpoint model_0000001.pth"
+    with pytest.raises(CheckpointWriteError, match="cannot write checkpoint model_0000003.pth"
                                                    ".* the previous checkpoint .*model_0000006"):
-        fresh.save(1)
+        fresh.save(3)
     assert _files(tmp_path) == earlier_files
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 from pathlib import Path
 
 import cv2
@@ -151,7 +152,7 @@ def test_a_training_mask_a_loader_worker_refuses_is_one_line_in_the_log(
     stopped = [line for line in (tmp_path / "run/log.txt").read_text().splitlines()
                if "training stopped: " in line]
     assert len(stopped) == 1 and stopped[0].split("training stopped: ")[1].startswith(
-        f"DatasetError: mask {masks}/"), stopped
+        f"DatasetError: mask {masks}{os.sep}"), stopped
     assert "has class ids [9] outside the 7 declared classes" in stopped[0]
 
 
