@@ -146,7 +146,7 @@ def test_a_pointer_naming_no_checkpoint_falls_back_and_partial_writes_go(
         (tmp_path / "last_checkpoint").write_text(garbled)
         caplog.clear()
         assert ckpt.resume()["iteration"] == 10
-        assert [r.getMessage() for r in caplog.records] == [
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
             f"{tmp_path} has a last_checkpoint that names no checkpoint: "
             f"{garbled.strip()[:24]!r}{'...' if len(garbled) > 24 else ''} (not a checkpoint "
             "name): resuming from its newest checkpoint that reads"]
@@ -166,7 +166,9 @@ def test_a_checkpoint_of_garbage_is_said_in_one_line_without_torchs_advice(
     assert Checkpointer(tmp_path, model=model).resume()["iteration"] == 5
     assert (f"cannot read checkpoint {tmp_path / 'model_0000010.pth'}: it holds more than "
             "tensors, or is no PyTorch file (Unsupported operand 103): a damaged") in caplog.text
-    assert "weights_only" not in caplog.text and len(caplog.text.splitlines()) == 2
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "weights_only" not in caplog.text and len(warned) == 2  # the file; the fall back
+    assert all("\n" not in w for w in warned)
 
 
 def test_checkpoints_without_a_pointer_resume_from_the_newest_that_reads(
