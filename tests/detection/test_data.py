@@ -22,7 +22,8 @@ from resnet_detect.detection.config import load_config
 from resnet_detect.detection.data.splits import build_train_dataset
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data import (CategoryMapping, DatasetError, build_train_loader,
-                                       check_image_sizes, collate, load_coco_json, read_image)
+                                       check_image_sizes, collate, image_size, load_coco_json,
+                                       read_image)
 from resnet_detect.engine.data.coco import rle_string_counts
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -766,7 +767,8 @@ def test_image_sizes_checked_against_the_entries(small: tuple[Path, Path], tmp_p
     """A val image whose entry has another size was first met by the evaluation after
     training, which skipped it and scored its objects as missed. Sizes are as read_image
     gives them: an EXIF-rotated JPEG turned, one whose orientation is only in XMP (which
-    Pillow's header reading sees and OpenCV does not) as stored."""
+    Pillow's getexif() takes and OpenCV does not apply) as stored: the header's size too (the
+    converters took XMP's, and training then skipped every such image as mis-sized)."""
     ann_file, img_dir = small
     records, _, _ = load_coco_json(ann_file, img_dir)
     check_image_sizes(records, ann_file)
@@ -777,7 +779,8 @@ def test_image_sizes_checked_against_the_entries(small: tuple[Path, Path], tmp_p
            b'02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
            b'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
     Image.fromarray(_pattern(24, 40)).save(img_dir / "xmp.jpg", xmp=xmp)
-    assert read_image(img_dir / "xmp.jpg").shape[:2] == (24, 40)
+    assert read_image(img_dir / "xmp.jpg").shape[:2] == image_size(img_dir / "xmp.jpg") \
+        == (24, 40)
     data = json.loads(ann_file.read_text())
     data["images"][0].update(height=40, width=30)  # a.png is 40x30 (W x H): swapped
     data["images"][2].update(height=31)  # c.png is 40x30

@@ -121,18 +121,19 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
     """(height, width) of an image as `read_image` returns it (after the EXIF orientation),
     from its header alone; None when the header cannot be read.
 
-    A header can tell an orientation that OpenCV does not apply (Pillow also reads one from
-    XMP), and a PNG's EXIF after the pixels is not read here (Pillow would decode the whole
-    image for it): where the size matters, confirm a difference with `decoded_size`.
+    A PNG's EXIF after the pixels is not read here (Pillow would decode the whole image for
+    it): where the size matters, confirm a difference with `decoded_size`.
     """
     try:
         with Image.open(path) as im:
             width, height = im.size
-            exif = im.getexif() if im.format != "PNG" else Image.Exif()
-            if im.format == "PNG" and "exif" in im.info:  # an eXIf chunk before the pixels
+            stored_size = im.format in ("JPEG", "MPO", "PNG", "WEBP")  # others: displayed
+            # these formats' EXIF block alone (a PNG's eXIf chunk before the pixels): Pillow's
+            # getexif() also takes an orientation from XMP, which OpenCV does not apply
+            exif = Image.Exif() if stored_size else im.getexif()
+            if stored_size and "exif" in im.info:
                 exif.load(im.info["exif"])
             rotated = exif.get(0x0112) in (5, 6, 7, 8)  # by 90 or 270 degrees
-            stored_size = im.format in ("JPEG", "MPO", "PNG", "WEBP")  # others: displayed
     except Image.DecompressionBombError:  # a huge image: its header is still just a header
         limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
