@@ -185,6 +185,32 @@ def test_x_anylabeling_shapes_embedded_images_and_files_of_other_kinds(tmp_path:
         labelme_to_coco.main([str(root), "--output", str(out)])
 
 
+def test_embedded_images_go_to_the_images_folder_and_a_failed_run_leaves_none(
+        tmp_path: Path) -> None:
+    """With --images, an embedded image was written beside its JSON file, outside the folder
+    the file names count from: always refused, and the written image stayed (as one did when
+    another file's problem stopped the run)."""
+    annotations, photos = tmp_path / "json", tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (8, 6)).save(photos / "a.png")
+    _labelme(annotations / "a.json", "a.png", 6, 8, [_shape("box", [[1, 1], [6, 1], [6, 5]])])
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 10, 10)).save(buffer, format="PNG")
+    (annotations / "b.json").write_text(json.dumps({
+        "shapes": [_shape("box", [[1, 1], [6, 1], [6, 5]])], "imagePath": "b.png",
+        "imageData": base64.b64encode(buffer.getvalue()).decode()}), encoding="utf-8")
+    _labelme(annotations / "c.json", "c.png", 6, 8, [])  # its image nowhere
+    args = [str(annotations), "--images", str(photos), "--output", str(tmp_path / "out.json"),
+            "--write-embedded"]
+    with pytest.raises(DatasetError, match="c.json: its image 'c.png' is not in "):
+        labelme_to_coco.main(args)
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == ["a.png"]  # nothing written
+    (annotations / "c.json").unlink()
+    coco = labelme_to_coco.main(args)
+    assert [i["file_name"] for i in coco["images"]] == ["a.png", "b.png"]
+    assert (photos / "b.png").read_bytes() == buffer.getvalue()
+
+
 def test_an_output_that_is_a_labelme_file_is_refused(labelled: Path) -> None:
     """--output ROOT/a.json left a.json out of the inputs, then replaced its shapes with the
     COCO file of the others (its image and its categories gone), exit 0."""

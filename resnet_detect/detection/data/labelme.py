@@ -101,10 +101,10 @@ def _part(shape: dict[str, Any], where: str, height: int, width: int) -> _Part:
 
 
 def _image_of(json_file: Path, data: dict[str, Any], images: Path | None,
-              write_embedded: bool) -> Path:
+              written: list[Path] | None) -> Path:
     """The image a labelme file names: by its name beside the file or in `images`, else at its
-    `imagePath` as written; an image only embedded (`imageData`) is written beside the file
-    with `write_embedded`."""
+    `imagePath` as written; an image only embedded (`imageData`) is written into `images`
+    (else beside the file) when `written` is a list, which gets its path."""
     image_path = str(data.get("imagePath") or "").replace("\\", "/")
     name = Path(image_path).name
     folders = [json_file.parent] + ([images] if images is not None else [])
@@ -118,7 +118,7 @@ def _image_of(json_file: Path, data: dict[str, Any], images: Path | None,
     embedded = data.get("imageData")
     if not embedded:
         raise Problem(f"{json_file}: its image {image_path!r} is not in {where}")
-    if not write_embedded:
+    if written is None:
         raise Problem(f"{json_file}: its image {image_path!r} is not in {where}; the file "
                       f"embeds it (imageData): --write-embedded writes it beside the file")
     try:
@@ -127,14 +127,20 @@ def _image_of(json_file: Path, data: dict[str, Any], images: Path | None,
     except Exception as err:  # not base64, not an image
         raise Problem(f"{json_file}: its imageData cannot be read ({type(err).__name__})") \
             from None
-    target = json_file.parent / (name or json_file.stem + suffix.replace(".jpeg", ".jpg"))
+    target = (images or json_file.parent) / (name or json_file.stem
+                                             + suffix.replace(".jpeg", ".jpg"))
+    if target.exists():
+        raise Problem(f"{json_file}: its embedded image would replace {target}, which is not "
+                      f"its image {image_path!r}")
     target.write_bytes(data_bytes)
+    written.append(target)
     return target
 
 
-def read_labelme(json_file: Path, images: Path | None, write_embedded: bool = False
+def read_labelme(json_file: Path, images: Path | None, written: list[Path] | None = None
                  ) -> tuple[Path, tuple[int, int], list[LabelmeObject], int]:
-    """(image, (height, width), objects, shapes left out) of one labelme file (`_image_of`).
+    """(image, (height, width), objects, shapes left out) of one labelme file (`_image_of`:
+    `written` a list, an embedded image is written and listed there).
 
     Raises:
         Problem: naming what cannot be converted. NotLabelme: a COCO file.
@@ -147,7 +153,7 @@ def read_labelme(json_file: Path, images: Path | None, write_embedded: bool = Fa
         raise NotLabelme(str(json_file))
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
         raise Problem(f"{json_file}: no 'shapes' list (not a labelme file)")
-    image = _image_of(json_file, data, images, write_embedded)
+    image = _image_of(json_file, data, images, written)
     size = image_size(image)
     if size is None:
         raise Problem(f"{image}: cannot be read as an image")
@@ -221,16 +227,30 @@ def labelme_to_coco(json_files: Sequence[Path], img_dir: Path,
     """The COCO dict of `json_files`, `file_name`s relative to `img_dir`, categories
     `class_names` (default: the labels found, sorted; `__ignore__` is never one) with ids
     `category_ids` (default 1..K); `images`: a folder the images may be in;
-    `write_embedded`: images only embedded in their file are written beside it.
+    `write_embedded`: images only embedded in their file are written into `images` (else
+    beside it), and removed again if the conversion fails.
 
     Raises:
         DatasetError: naming each file or shape that cannot be converted (nothing is returned
-            then), an image named twice, a label outside `class_names`.
+            or left written then), an image named twice, a label outside `class_names`.
     """
+    written: list[Path] = []
+    try:
+        return _converted(json_files, img_dir, class_names, images, category_ids,
+                          written if write_embedded else None)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _converted(json_files: Sequence[Path], img_dir: Path, class_names: Sequence[str] | None,
+               images: Path | None, category_ids: Sequence[int] | None,
+               written: list[Path] | None) -> Conversion:
     problems, parsed, named_by, left_out, other = [], [], {}, 0, 0
     for json_file in json_files:
         try:
-            image, size, objects, skipped = read_labelme(json_file, images, write_embedded)
+            image, size, objects, skipped = read_labelme(json_file, images, written)
             relative = relative_image(image, img_dir, json_file, named_by)
             parsed.append((relative, size, objects))
             left_out += skipped
