@@ -211,6 +211,31 @@ def test_embedded_images_go_to_the_images_folder_and_a_failed_run_leaves_none(
     assert (photos / "b.png").read_bytes() == buffer.getvalue()
 
 
+def test_labelmes_folders_side_by_side_and_files_of_no_class_are_said(tmp_path: Path) -> None:
+    """labelme saving to annotations/ beside images/ writes "..\\images\\a.png": refused
+    without naming the way out; a folder whose only shapes are __ignore__ was written as a
+    COCO file of 0 categories, which training refuses."""
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 6)).save(tmp_path / "images/a.png")
+    _labelme(tmp_path / "annotations/a.json", "..\\images\\a.png", 6, 8,
+             [_shape("__ignore__", [[1, 1], [6, 1], [6, 5]])])
+    out = tmp_path / "out.json"
+    with pytest.raises(DatasetError, match=rf"a.png: not under the image folder "
+                                           rf"{tmp_path / 'annotations'} \(--img-dir "
+                                           rf"{tmp_path}: a folder above both\)"):
+        labelme_to_coco.main([str(tmp_path / "annotations"), "--output", str(out)])
+    with pytest.raises(DatasetError, match=r"no object with a class was found \(1 images, 0 "
+                                           r"objects, 0 crowd regions.*\): a file of 0 "
+                                           r"categories would be refused by training; "):
+        labelme_to_coco.main([str(tmp_path / "annotations"), "--output", str(out),
+                              "--img-dir", str(tmp_path)])
+    assert not out.exists()
+    coco = labelme_to_coco.main([str(tmp_path / "annotations"), "--output", str(out),
+                                 "--img-dir", str(tmp_path), "--classes", "box"])
+    assert [i["file_name"] for i in coco["images"]] == ["images/a.png"]
+    assert [(a["category_id"], a["iscrowd"]) for a in coco["annotations"]] == [(1, 1)]
+
+
 def test_an_output_that_is_a_labelme_file_is_refused(labelled: Path) -> None:
     """--output ROOT/a.json left a.json out of the inputs, then replaced its shapes with the
     COCO file of the others (its image and its categories gone), exit 0."""

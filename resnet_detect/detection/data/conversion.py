@@ -34,7 +34,12 @@ def relative_image(image: Path, img_dir: Path, source: Path, named_by: dict[str,
     except ValueError:  # another drive (Windows)
         relative = ".."
     if relative == ".." or relative.startswith(".." + os.sep):
-        raise Problem(f"{image}: not under the image folder {img_dir}")
+        try:  # (labelme's layout of annotations/ beside images/: "..\\images\\a.jpg")
+            both = os.path.commonpath([os.path.abspath(image), os.path.abspath(img_dir)])
+            above = f" (--img-dir {both}: a folder above both)"
+        except ValueError:  # another drive (Windows)
+            above = ""
+        raise Problem(f"{image}: not under the image folder {img_dir}{above}")
     relative = Path(relative).as_posix()
     if relative in named_by:
         raise Problem(f"{source}: its image {image} is also {named_by[relative]}'s (an item "
@@ -108,7 +113,15 @@ def save_coco(coco: dict[str, Any], output: str | Path) -> None:
 
 
 def write_coco(coco: dict[str, Any], output: str | Path, img_dir: Path, summary: str) -> None:
-    """Write the file, then print `summary` and the config keys that read it."""
+    """Write the file, then print `summary` and the config keys that read it.
+
+    Raises:
+        DatasetError: no category (training refuses such a file; nothing written).
+    """
+    if not coco["categories"]:
+        raise DatasetError(f"no object with a class was found ({summary}): a file of 0 "
+                           f"categories would be refused by training; {output} not written "
+                           f"(--classes names the classes of files without objects)")
     save_coco(coco, output)
     print(f"{output}: {summary}, {len(coco['categories'])} categories: "
           + ", ".join(c["name"] for c in coco["categories"]))
