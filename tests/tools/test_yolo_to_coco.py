@@ -227,3 +227,19 @@ def test_names_numbered_past_nine_keep_their_order(tmp_path: Path) -> None:
     assert [(c["id"], c["name"]) for c in coco["categories"]] == [
         (k + 1, f"class{k}") for k in range(12)]
     assert [a["category_id"] for a in coco["annotations"]] == [12]
+
+
+def test_names_and_nc_that_disagree_are_refused(tmp_path: Path) -> None:
+    """nc: 3 with two names was taken as two classes without a word (Ultralytics refuses it:
+    a name left out of the list shifts every later class)."""
+    _image(tmp_path / "images/a.jpg", 40, 30)
+    _labels(tmp_path / "labels/a.txt", ["1 0.5 0.5 0.5 0.5"])
+    (tmp_path / "data.yaml").write_text("train: images\nnc: 3\nnames: [a, b]\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"data.yaml: 'names' has 2 classes but 'nc' is 3; "
+                                           r"they must agree"):
+        yolo_to_coco.main([str(tmp_path / "data.yaml"), "--output-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "data.yaml").write_text("train: images\nnc: 2\nnames: [a, b]\n", encoding="utf-8")
+    coco = yolo_to_coco.main([str(tmp_path / "data.yaml"), "--output-dir",
+                              str(tmp_path / "out")])["train"]
+    assert [a["category_id"] for a in coco["annotations"]] == [2]

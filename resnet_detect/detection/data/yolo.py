@@ -55,6 +55,9 @@ def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
         names = [names[k] for k in range(len(names))]
     if not isinstance(names, list) or not names:
         raise DatasetError(f"{path}: 'names' must be a list or a mapping of class names")
+    if "nc" in data and data["nc"] != len(names):  # as Ultralytics refuses it
+        raise DatasetError(f"{path}: 'names' has {len(names)} classes but 'nc' is "
+                           f"{data['nc']!r}; they must agree")
     root = path.parent / str(data.get("path") or ".")
     return root, data, _distinct(path, [str(n) for n in names])
 
