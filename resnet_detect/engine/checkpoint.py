@@ -39,8 +39,8 @@ from .distributed import (all_gather_object, any_process, barrier, get_rank, get
                           is_main_process)
 from .distributed import unwrap_model
 from .ema import WeightAverage
-from .files import (atomic_save, atomic_write_text, checksum_file, read_checked_bytes,
-                    sha256_of, why_unloadable)
+from .files import (PARTIAL_WRITE, atomic_save, atomic_write_text, checksum_file,
+                    read_checked_bytes, sha256_of, why_unloadable)
 from .memory_format import contiguous
 from .optim import fill_momentum_buffers, match_state_layouts
 from .rng import get_rng_state, set_rng_state
@@ -57,7 +57,6 @@ ABANDONED = "abandoned"  # checkpoints after the one --resume-from took
 REPLACED = ".replaced_run"
 _SAVING = "saving"  # in REPLACED: names the new checkpoint once the earlier files are moved
 CHECKPOINT_NAME = re.compile(r"model_(\d{7,})\.pth")  # 8 digits from iteration 10^7
-PARTIAL_WRITE = re.compile(r"\..+\.[0-9a-f]{16}\.tmp")  # engine.files.atomic_write's
 
 
 class Checkpointer:
@@ -405,7 +404,8 @@ class Checkpointer:
                            self.output_dir, why)
             newest, candidates = None, found
         else:
-            candidates = [newest, *(p for p in found if _iteration_of(p) < _iteration_of(newest))]
+            bound = _iteration_of(newest)
+            candidates = [newest, *(p for p in found if _iteration_of(p) < bound)]
         failures = []
         for path in candidates:
             try:

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import re
 import secrets
 import shutil
 import time
@@ -18,6 +19,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+
+# the temporary files atomic_write makes beside their targets: ".NAME.<16 hex digits>.tmp"
+PARTIAL_WRITE = re.compile(r"\..+\.[0-9a-f]{16}\.tmp")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *,

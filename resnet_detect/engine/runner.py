@@ -307,10 +307,11 @@ def check_schedule(cfg: DictConfig) -> None:
     """The lr schedule of an iteration-based config, refused as build_scheduler_from_config
     would refuse it, before the data is read (epoch-based lengths need the data's size; their
     keys are checked now)."""
-    _check_length_keys(cfg.train)
-    if cfg.train.epochs is None:
+    if cfg.train.epochs is None:  # (_lengths checks the keys)
         probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.train.base_lr)
         build_scheduler_from_config(cfg, probe, _lengths(cfg, train_size=0))
+    else:
+        _check_length_keys(cfg.train)
 
 
 def warn_of_long_warmup(lengths: Mapping[str, Any], logger: logging.Logger) -> None:

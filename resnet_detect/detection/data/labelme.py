@@ -120,7 +120,8 @@ def _image_of(json_file: Path, data: dict[str, Any], images: Path | None,
         raise Problem(f"{json_file}: its image {image_path!r} is not in {where}")
     if written is None:
         raise Problem(f"{json_file}: its image {image_path!r} is not in {where}; the file "
-                      f"embeds it (imageData): --write-embedded writes it beside the file")
+                      f"embeds it (imageData): --write-embedded writes it into "
+                      f"{images or json_file.parent}")
     try:
         data_bytes = base64.b64decode(embedded)
         suffix = "." + (Image.open(io.BytesIO(data_bytes)).format or "png").lower()
