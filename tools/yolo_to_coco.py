@@ -7,15 +7,14 @@ Usage:
       [--splits train val]
   python tools/yolo_to_coco.py label_studio_export/ --output-dir coco   # one split, train
 
-Writes OUTPUT_DIR/<split>.json for each split the YAML names (train, val and test where
-present; --splits picks). Boxes (`class cx cy w h`) become COCO boxes in pixels; polygons
+Writes OUTPUT_DIR/<split>.json for each split the YAML names (train, val and test where present
+and not empty; --splits picks). Boxes (`class cx cy w h`) become COCO boxes in pixels; polygons
 (YOLO's segmentation labels) become each object's `segmentation` too, so Mask R-CNN trains on
-them; a pose dataset's (kpt_shape) lines give their boxes. Coordinates up to 0.01 outside
-0..1 are clipped (Ultralytics' tolerance), a repeated label line counts once. Class k of
-`names` is category id k + 1, the same in every file. File names are relative to the
-dataset's folder (its `path`), which the tool prints as the `img_dir` to use. Nothing is
-written when an image or a label line has a problem: each image's, and the first bad line of
-each label file, are named.
+them; a pose dataset's (kpt_shape) lines give their boxes. Coordinates up to 0.01 outside 0..1
+are clipped (Ultralytics' tolerance), a repeated label line counts once. Class k of `names` is
+category id k + 1, the same in every file. File names are relative to the dataset's folder (its
+`path`), which the tool prints as the `img_dir` to use. Nothing is written when an image or a
+label line has a problem: each image's, and the first bad line of each label file, are named.
 """
 from __future__ import annotations
 
@@ -63,7 +62,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
         if not splits:
             raise DatasetError(f"{source}: none of its splits is there ({', '.join(absent)}): "
                                f"its paths are taken from its 'path' ({root})")
-    images = {split: split_images(root, data, split, source) for split in splits}
+    images = {split: split_images(root, data, split, source, empty_ok=not args.splits)
+              for split in splits}
+    for split in [s for s in splits if not images[s]]:  # an export's empty test folder
+        print(f"{source}: its {split} split has no images: left out")
+    splits = [s for s in splits if images[s]]
+    if not splits:
+        raise DatasetError(f"{source}: none of its splits has images ({', '.join(images)})")
     every = [os.path.abspath(p) for split in splits for p in images[split]]
     img_dir = Path(os.path.commonpath([os.path.abspath(root)] + [os.path.dirname(p)
                                                                  for p in every]))

@@ -203,16 +203,28 @@ def test_a_yaml_none_of_whose_splits_is_there_is_refused(tmp_path: Path) -> None
         yolo_to_coco.main([str(tmp_path / "data.yaml"), "--output-dir", str(tmp_path / "o")])
 
 
-def test_a_split_without_images_is_named(dataset: Path, tmp_path: Path) -> None:
-    """An empty test folder (a Roboflow export's) was "the split has no images": no split, no
-    folder named."""
+def test_an_empty_split_is_left_out_by_default_and_named_when_asked_for(
+        dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty test folder (a Roboflow export's) stopped the conversion of the other splits
+    by default; it is left out, as a split whose folder is not there, and refused, named, when
+    --splits asks for it."""
     (dataset / "images/test").mkdir()
     (dataset / "data.yaml").write_text("train: images/train\ntest: images/test\n"
                                        "names: [cat, dog]\n", encoding="utf-8")
+    coco = yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(tmp_path / "o")])
+    assert list(coco) == ["train"] and len(coco["train"]["images"]) == 2
+    assert "data.yaml: its test split has no images: left out" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["train.json"]
     with pytest.raises(DatasetError, match=r"data.yaml: its test split has no images \(.*"
                                            r"images/test; --splits names the splits"):
-        yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(tmp_path / "o")])
-    assert not (tmp_path / "o").exists()
+        yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(tmp_path / "o2"),
+                           "--splits", "train", "test"])
+    assert not (tmp_path / "o2").exists()
+    (dataset / "data.yaml").write_text("train: images/test\nnames: [cat, dog]\n",
+                                       encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"data.yaml: none of its splits has images \(train\)"):
+        yolo_to_coco.main([str(dataset / "data.yaml"), "--output-dir", str(tmp_path / "o3")])
+    assert not (tmp_path / "o3").exists()
 
 
 def test_names_numbered_past_nine_keep_their_order(tmp_path: Path) -> None:
@@ -243,3 +255,23 @@ def test_names_and_nc_that_disagree_are_refused(tmp_path: Path) -> None:
     coco = yolo_to_coco.main([str(tmp_path / "data.yaml"), "--output-dir",
                               str(tmp_path / "out")])["train"]
     assert [a["category_id"] for a in coco["annotations"]] == [2]
+
+
+def test_a_yaml_with_nc_and_no_names_names_the_classes_as_ultralytics_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`nc: 3` without `names` was refused; Ultralytics names the classes class_0..class_2."""
+    _image(tmp_path / "images/a.jpg", 40, 30)
+    _labels(tmp_path / "labels/a.txt", ["2 0.5 0.5 0.5 0.5"])
+    (tmp_path / "data.yaml").write_text("train: images\nnc: 3\n", encoding="utf-8")
+    coco = yolo_to_coco.main([str(tmp_path / "data.yaml"), "--output-dir",
+                              str(tmp_path / "out")])["train"]
+    assert [(c["id"], c["name"]) for c in coco["categories"]] == [
+        (1, "class_0"), (2, "class_1"), (3, "class_2")]
+    assert [a["category_id"] for a in coco["annotations"]] == [3]
+    assert "data.yaml: no 'names': classes named class_0..class_2" in capsys.readouterr().out
+    for nc in ("0", "two", "true", "2.5"):
+        (tmp_path / "data.yaml").write_text(f"train: images\nnc: {nc}\n", encoding="utf-8")
+        with pytest.raises(DatasetError, match=r"data.yaml: 'nc' must be the number of "
+                                               r"classes, got "):
+            yolo_to_coco.main([str(tmp_path / "data.yaml"), "--output-dir",
+                               str(tmp_path / f"out{nc}")])

@@ -45,8 +45,13 @@ def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
         data = yaml.safe_load(read_user_text(path, "dataset YAML"))
     except (OSError, yaml.YAMLError) as err:
         raise DatasetError(f"{path}: cannot be read ({err})") from None
-    if not isinstance(data, dict) or "names" not in data:
+    if not isinstance(data, dict) or "names" not in data and "nc" not in data:
         raise DatasetError(f"{path}: no 'names' (the class names)")
+    if "names" not in data:  # as Ultralytics names them
+        if isinstance(data["nc"], bool) or not isinstance(data["nc"], int) or data["nc"] < 1:
+            raise DatasetError(f"{path}: 'nc' must be the number of classes, got {data['nc']!r}")
+        print(f"{path}: no 'names': classes named class_0..class_{data['nc'] - 1}")
+        data = {**data, "names": [f"class_{k}" for k in range(data["nc"])]}
     names = data["names"]
     if isinstance(names, dict):
         if set(names) != set(range(len(names))):  # (keys of any types; 10 after 9)
@@ -89,9 +94,10 @@ def split_exists(root: Path, data: dict[str, Any], split: str) -> bool:
                                                 else [entries]))
 
 
-def split_images(root: Path, data: dict[str, Any], split: str, source: Path) -> list[Path]:
+def split_images(root: Path, data: dict[str, Any], split: str, source: Path,
+                 empty_ok: bool = False) -> list[Path]:
     """The images of `split` (a key of the YAML: a folder, a text file of image paths, or a
-    list of them, relative to `root`), each once."""
+    list of them, relative to `root`), each once; none refused unless `empty_ok`."""
     entries = data.get(split)
     if entries is None:
         splits = [k for k in data if k in ("train", "val", "test")]
@@ -107,7 +113,7 @@ def split_images(root: Path, data: dict[str, Any], split: str, source: Path) -> 
         else:
             raise DatasetError(f"{source}: {split}: {path} does not exist (--splits names "
                                f"the splits to convert)")
-    if not images:
+    if not images and not empty_ok:
         raise DatasetError(f"{source}: its {split} split has no images ("
                            f"{', '.join(str(p) for p in paths)}; --splits names the splits to "
                            f"convert)")
