@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         img_dir = images
     entries = [e for root in roots for e in annotation_files(root, args.split, images)]
     refuse_output_among(args.output, [e.xml for e in entries], "one of the XML files read")
-    coco, fractional = voc_to_coco(entries, img_dir, class_names,
+    coco, fractional, at_zero = voc_to_coco(entries, img_dir, class_names,
                                    keep_difficult=args.keep_difficult,
                                    category_ids=category_ids, zero_based=args.zero_based)
     crowd = sum(a["iscrowd"] for a in coco["annotations"])
@@ -89,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"note: {fractional} boxes have coordinates that are not whole numbers, where "
               f"VOC's are 1-based pixel indices: an export of pixel edges (CVAT's) is read "
               f"with --zero-based")
+    elif at_zero and not args.zero_based:
+        print(f"note: {at_zero} boxes start at 0, where VOC's 1-based pixel indices start at "
+              f"1 (each was clipped there): a 0-based export is read with --zero-based")
     return coco
 
 

@@ -121,6 +121,16 @@ def test_a_cvat_export_s_sub_folders_split_ids_with_spaces_and_bom(tmp_path: Pat
     assert ("note: 1 boxes have coordinates that are not whole numbers, where VOC's are "
             "1-based pixel indices: an export of pixel edges (CVAT's) is read with "
             "--zero-based") in capsys.readouterr().out
+    # whole numbers from 0: a 0-based export, read as 1-based without a word
+    (root / "Annotations/seq/f2.xml").write_text(
+        _xml("seq/f2.png", 20, 10, [("car", (0, 2, 6, 6), 0), ("car", (3, 0, 9, 6), 0)]),
+        encoding="utf-8")
+    voc_to_coco.main([str(root), "--output", str(out)])
+    assert ("note: 2 boxes start at 0, where VOC's 1-based pixel indices start at 1 (each was "
+            "clipped there): a 0-based export is read with --zero-based"
+            ) in capsys.readouterr().out
+    voc_to_coco.main([str(root), "--output", str(out), "--zero-based"])
+    assert "note:" not in capsys.readouterr().out
 
 
 def test_xml_files_saved_apart_from_their_images(tmp_path: Path) -> None:

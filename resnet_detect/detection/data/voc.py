@@ -172,6 +172,7 @@ def default_classes(found: Sequence[str]) -> list[str]:
 class VocConversion(NamedTuple):
     coco: dict[str, Any]
     fractional: int  # boxes with a coordinate that is not a whole number (pixel edges?)
+    at_zero: int  # boxes with xmin or ymin 0, which no 1-based index is (a 0-based export?)
 
 
 def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
@@ -227,7 +228,9 @@ def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
     raise_problems(problems, "the VOC annotations")
     fractional = sum(any(v != int(v) for v in box) for _, _, objects in parsed
                      for _, box, _ in objects)
-    return VocConversion(_coco_dict(parsed, ids, keep_difficult, shift), fractional)
+    at_zero = sum(box[0] == 0 or box[1] == 0 for _, _, objects in parsed
+                  for _, box, _ in objects)
+    return VocConversion(_coco_dict(parsed, ids, keep_difficult, shift), fractional, at_zero)
 
 
 def _clipped(box: list[float], size: tuple[int, int], shift: float
