@@ -9,7 +9,8 @@ Usage:
 
 Categories are matched by name (the first file's ids, then new names with the next ids;
 --classes or --classes-from fix them); images and annotations are numbered anew; an image
-that several files name is one image with all their objects. File names become relative to
+that several files name is one image with all their objects (an object an earlier file gives
+already, the same class, box and mask, once). File names become relative to
 --img-dir (default: the folder holding every image folder); the tool ends by printing the
 config keys to use. Nothing is written when a file has a problem: each is named
 (resnet_detect/detection/data/merging.py).
@@ -53,11 +54,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Merge; returns the COCO dict written."""
     args = parse_args(argv)
     class_names, category_ids = chosen_classes(args)
-    coco, img_dir = merge_coco(args.input, args.img_dir, class_names, category_ids)
+    coco, img_dir, repeated = merge_coco(args.input, args.img_dir, class_names, category_ids)
     crowd = sum(bool(a.get("iscrowd", 0)) for a in coco["annotations"])
     write_coco(coco, args.output, img_dir,
                f"{len(coco['images'])} images, {len(coco['annotations']) - crowd} objects, "
-               f"{crowd} crowd regions from {len(args.input)} files")
+               f"{crowd} crowd regions from {len(args.input)} files"
+               + (f" ({repeated} objects an earlier file gives too left out)" if repeated
+                  else ""))
     return coco
 
 

@@ -181,3 +181,37 @@ def test_an_output_that_is_the_classes_from_file_is_refused(three_files: list[st
         merge_coco.main([*three_files, "--output", str(tmp_path / "sub/../classes.json"),
                          "--classes-from", str(classes)])
     assert classes.read_bytes() == before
+
+
+def test_an_object_an_earlier_file_gives_is_kept_once(tmp_path: Path, capsys) -> None:
+    """Two exports of the same photos (a relabelled copy, an overlapping split) doubled every
+    object they share without a word: in a val file each copy is a missed object."""
+    (tmp_path / "img").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        Image.new("RGB", (40, 30)).save(tmp_path / "img" / name)
+    polygon = [[1.0, 1.0, 9.0, 1.0, 9.0, 9.0]]
+    first = _coco(tmp_path / "1.json", {1: "cat", 2: "dog"},
+                  [(1, "a.jpg", 40, 30), (2, "b.jpg", 40, 30)],
+                  [(1, 1, [1, 1, 8, 8]), (1, 1, [1, 1, 8, 8]), (1, 2, [5, 5, 4, 4]),
+                   (2, 1, [0, 0, 3, 3])])
+    data = json.loads(first.read_text())
+    data["annotations"][2]["segmentation"] = polygon
+    first.write_text(json.dumps(data), encoding="utf-8")
+    # the same photo a.jpg under other ids; its cat (same box) and dog (same box and mask)
+    # again, a dog with another mask, a cat with another box
+    second = _coco(tmp_path / "2.json", {3: "dog", 4: "cat"}, [(10, "a.jpg", 40, 30)],
+                   [(10, 4, [1, 1, 8, 8]), (10, 3, [5, 5, 4, 4]), (10, 3, [5, 5, 4, 4]),
+                    (10, 4, [1, 1, 8, 9])])
+    data = json.loads(second.read_text())
+    data["annotations"][1]["segmentation"] = polygon
+    data["annotations"][2]["segmentation"] = [[1.0, 1.0, 9.0, 1.0, 9.0, 8.0]]
+    second.write_text(json.dumps(data), encoding="utf-8")
+    coco = merge_coco.main(["--input", str(first), str(tmp_path / "img"), "--input",
+                            str(second), str(tmp_path / "img"), "--output",
+                            str(tmp_path / "out.json")])
+    assert [(a["id"], a["image_id"], a["category_id"], a["bbox"]) for a in coco["annotations"]
+            ] == [(1, 1, 1, [1, 1, 8, 8]), (2, 1, 1, [1, 1, 8, 8]), (3, 1, 2, [5, 5, 4, 4]),
+                  (4, 2, 1, [0, 0, 3, 3]), (5, 1, 2, [5, 5, 4, 4]), (6, 1, 1, [1, 1, 8, 9])]
+    assert coco["annotations"][4]["segmentation"] == [[1.0, 1.0, 9.0, 1.0, 9.0, 8.0]]
+    assert ("2 images, 6 objects, 0 crowd regions from 2 files (2 objects an earlier file "
+            "gives too left out)") in capsys.readouterr().out

@@ -6,18 +6,19 @@ Categories are matched by name: by default the first file's (ids kept), then the
 later files have, with the next ids; `class_names` (and `category_ids`) fix them instead, as
 the converters' --classes and --classes-from. Images and annotations get new ids (1..N in the
 files' order); an image file that several files name is one image with all their objects
-(annotations of the same photos split between files). File names become relative to
-`img_dir`, by default the folder holding every image folder, through the paths as given
-(symlinked folders and files are not followed). LVIS's per-image category lists
-follow the names too.
+(annotations of the same photos split between files; an object an earlier file gives already,
+the same box, mask and class, once). File names become relative to `img_dir`, by default the
+folder holding every image folder, through the paths as given (symlinked folders and files are
+not followed). LVIS's per-image category lists follow the names too.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from resnet_detect.detection.federated import IMAGE_LISTS, listed_category_ids
 from resnet_detect.engine.data import DatasetError, listing, read_coco_json
@@ -38,11 +39,17 @@ def _category_lists(img: dict[str, Any], ann_file: Path, problems: list[str],
     return lists
 
 
+class Merged(NamedTuple):
+    coco: dict[str, Any]
+    img_dir: Path
+    repeated: int  # objects an earlier file gave already, left out
+
+
 def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
                img_dir: str | os.PathLike | None = None,
                class_names: Sequence[str] | None = None,
-               category_ids: Sequence[int] | None = None) -> tuple[dict[str, Any], Path]:
-    """Merge (COCO file, its image folder) pairs; returns the COCO dict and its img_dir.
+               category_ids: Sequence[int] | None = None) -> Merged:
+    """Merge (COCO file, its image folder) pairs.
 
     Raises:
         DatasetError: every problem found (an image folder or image missing, a name given to
@@ -103,16 +110,39 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
                             + listing(missing))
         image_id.append(ids)
     raise_problems(problems, "the COCO files")
-    annotations = [{**o, "id": 0, "image_id": image_id[i][o["image_id"]],
-                    "category_id": category_id[names[i][o["category_id"]]]}
-                   for i, data in enumerate(files) for o in data["annotations"]]
+    annotations, repeated = _once_across_files([
+        [{**o, "id": 0, "image_id": image_id[i][o["image_id"]],
+          "category_id": category_id[names[i][o["category_id"]]]} for o in data["annotations"]]
+        for i, data in enumerate(files)])
     for number, annotation in enumerate(annotations, 1):
         annotation["id"] = number
     categories = _categories(category_id, files)
     sources = ", ".join(str(a) for a, _ in pairs)
-    return ({"info": {"description": f"merged from {sources}"},
-             "images": sorted(images.values(), key=lambda img: img["id"]),
-             "annotations": annotations, "categories": categories}, root)
+    return Merged({"info": {"description": f"merged from {sources}"},
+                   "images": sorted(images.values(), key=lambda img: img["id"]),
+                   "annotations": annotations, "categories": categories}, root, repeated)
+
+
+def _once_across_files(per_file: list[list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], int]:
+    """The files' annotations, leaving out each that an earlier file gives already (the same
+    image, category, box, mask and crowd flag: two exports of the same photos), and how many
+    were left out; one file's own repeats are its own and kept."""
+    files_of_image: dict[int, set[int]] = {}
+    for i, objects in enumerate(per_file):
+        for o in objects:
+            files_of_image.setdefault(o["image_id"], set()).add(i)
+    first_file: dict[str, int] = {}
+    kept, repeated = [], 0
+    for i, objects in enumerate(per_file):
+        for o in objects:
+            if len(files_of_image[o["image_id"]]) > 1:
+                key = json.dumps([o["image_id"], o["category_id"], o.get("bbox"),
+                                  o.get("segmentation"), o.get("iscrowd", 0)])
+                if first_file.setdefault(key, i) != i:
+                    repeated += 1
+                    continue
+            kept.append(o)
+    return kept, repeated
 
 
 def _absolute(path: str | os.PathLike) -> Path:
