@@ -144,20 +144,23 @@ def test_every_problem_is_named_and_nothing_is_written(dataset: Path, tmp_path: 
     assert not out.exists()
 
 
-def test_exports_as_they_are_written(tmp_path: Path) -> None:
+def test_exports_as_they_are_written(tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
     """Label Studio's folder (classes.txt, no YAML), coordinates a little outside 0..1 (as its
     and make-sense's exports write them), repeated lines, an image listed twice, a pose
     dataset's lines, a split file's ./ paths beside it."""
     export = tmp_path / "label_studio"
     _image(export / "images/x.png", 100, 100)
-    _labels(export / "labels/x.txt", ["0 0.5 0.5 1.004 0.2", "0 0.5 0.5 1.004 0.2", "",
+    # the same object twice, written apart (0.50 for 0.5, a tab, a trailing space)
+    _labels(export / "labels/x.txt", ["0 0.5 0.5 1.004 0.2", "0 0.50\t0.5 1.0040 .2 ", "",
                                       "1 -0.004 0.1 0.2 0.2"])
     (export / "classes.txt").write_bytes("\ufeffbolt\nnut\n".encode())
     coco = yolo_to_coco.main([str(export), "--output-dir", str(tmp_path / "o1")])["train"]
     assert [c["name"] for c in coco["categories"]] == ["bolt", "nut"]
-    # clipped to the image; the repeated line once
+    # clipped to the image; the repeated object once
     assert [(a["category_id"], a["bbox"]) for a in coco["annotations"]] == [
         (1, [0.0, 40.0, 100.0, 20.0]), (2, [0.0, 0.0, 10.0, 20.0])]
+    assert "(0 with polygons; 1 repeated label lines left out)" in capsys.readouterr().out
     (export / "classes.txt").write_text("bolt\nbolt\n", encoding="utf-8")
     with pytest.raises(DatasetError, match=r"classes.txt: classes of the same name: 'bolt' "
                                            r"\(classes 0, 1\)"):

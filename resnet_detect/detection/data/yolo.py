@@ -183,6 +183,15 @@ def _object(line: str, where: str, num_classes: int, height: int, width: int,
     return int(cls), box, polygon
 
 
+def _line_key(line: str) -> Any:
+    """What makes two label lines the same object: their numbers (0.5 is 0.50, as Ultralytics
+    compares them), or the text of a line that is not numbers."""
+    try:
+        return tuple(float(v) for v in line.split())
+    except ValueError:
+        return line.strip()
+
+
 class Conversion(NamedTuple):
     """A split's COCO dict, and the label lines left out as repeats of an earlier one."""
 
@@ -193,8 +202,8 @@ class Conversion(NamedTuple):
 def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[str], *,
                  keypoints: bool = False) -> Conversion:
     """The COCO dict of `images` and their label files, `file_name`s relative to `img_dir`;
-    a line repeated in a file counts once (as Ultralytics reads it). `keypoints`: a pose
-    dataset (its box only).
+    a line repeating an earlier one's numbers counts once (as Ultralytics reads it).
+    `keypoints`: a pose dataset (its box only).
 
     Raises:
         DatasetError: naming each image or label line that cannot be converted, or the label
@@ -214,17 +223,17 @@ def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[st
                 raise Problem(f"{image}: missing or not an image")
             height, width = size
             labels = label_file(image)
-            numbered: dict[str, int] = {}  # each line's text -> its first line number
+            numbered: dict[Any, tuple[str, int]] = {}  # a line's numbers -> its first, line n
             if labels.is_file():
                 labelled += 1
                 lines = read_user_text(labels, "label file").splitlines()
                 texts = [line.strip() for line in lines if line.strip()]
                 for n, line in enumerate(lines, start=1):
-                    numbered.setdefault(line.strip(), n)
-                numbered.pop("", None)
+                    if line.strip():
+                        numbered.setdefault(_line_key(line), (line.strip(), n))
                 repeated += len(texts) - len(numbered)
             objects = [_object(line, f"{labels} line {n}", len(class_names), height, width,
-                               keypoints) for line, n in numbered.items()]
+                               keypoints) for line, n in numbered.values()]
             file_name = relative_image(image, img_dir, labels, named_by)
         except Problem as problem:
             problems.append(str(problem))
