@@ -19,6 +19,16 @@ from .weights import (StateDict, check_and_load, fit_optional_head, open_weights
 logger = logging.getLogger(__name__)
 
 
+def dilation_layout(backbone: Mapping[str, Any]) -> list[int] | None:
+    """A `model.backbone` config's multi_grid as it changes the network: None where it
+    changes nothing (unset, configs from before the key, or all ones at output stride 32;
+    in a dilated last stage all ones dilate its first block too, which null does not)."""
+    grid = backbone.get("multi_grid")
+    if not grid or (backbone["output_stride"] == 32 and all(m == 1 for m in grid)):
+        return None
+    return list(grid)
+
+
 class WholeModelFormat(NamedTuple):
     """How one task's whole-model weights are recognised, converted and checked.
 

@@ -18,7 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from resnet_detect.backbones.model_weights import WholeModelFormat, load_whole_model_weights
+from resnet_detect.backbones.model_weights import (WholeModelFormat, dilation_layout,
+                                                   load_whole_model_weights)
 from resnet_detect.backbones.weights import convert_torchvision_resnet
 
 _FPN = re.compile(r"^backbone\.fpn\.(inner_blocks|layer_blocks)\.(\d+)\.(?:0\.)?(weight|bias)$")
@@ -114,7 +115,7 @@ def convert_torchvision_faster_rcnn(state_dict: Mapping[str, Tensor]) -> dict[st
 TORCHVISION_SETTINGS: dict[str, Any] = {
     "model.backbone.output_stride": 32,
     "model.backbone.stride_in_1x1": False,
-    "model.backbone.multi_grid": None,  # torchvision's dilation layout (see _dilation_layout)
+    "model.backbone.multi_grid": None,  # torchvision's dilation layout (see dilation_layout)
     "model.fpn.top_block": "maxpool",
     "model.anchor_generator.sizes": [[32], [64], [128], [256], [512]],
     "model.anchor_generator.aspect_ratios": [[0.5, 1.0, 2.0]],
@@ -135,21 +136,12 @@ CLASS_LAYERS = ("roi_heads.box_predictor.cls_score.", "roi_heads.box_predictor.b
                 "roi_heads.mask_head.predictor.")
 
 
-def _dilation_layout(backbone: Mapping[str, Any]) -> list[int] | None:
-    """model.backbone.multi_grid as it changes the network: None where it changes nothing
-    (unset, configs from before the key, or all ones without dilation)."""
-    grid = backbone.get("multi_grid")
-    if not grid or (backbone["output_stride"] == 32 and all(m == 1 for m in grid)):
-        return None
-    return list(grid)
-
-
 def weight_bound_settings(mcfg: Mapping[str, Any]) -> dict[str, Any]:
     """The values of `TORCHVISION_SETTINGS`' keys in a `model` config (config key -> value);
     the FPN's top block only when there is an FPN."""
     if isinstance(mcfg, DictConfig):
         mcfg = OmegaConf.to_container(mcfg, resolve=True)  # type: ignore[assignment]
-    settings = {"model.backbone.multi_grid": _dilation_layout(mcfg["backbone"])}
+    settings = {"model.backbone.multi_grid": dilation_layout(mcfg["backbone"])}
     for key in TORCHVISION_SETTINGS.keys() - settings.keys():
         node: Any = mcfg
         for part in key.split(".")[1:]:

@@ -16,7 +16,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from resnet_detect.backbones.model_weights import WholeModelFormat, load_whole_model_weights
+from resnet_detect.backbones.model_weights import (WholeModelFormat, dilation_layout,
+                                                   load_whole_model_weights)
 from resnet_detect.backbones.weights import convert_torchvision_resnet
 
 from .heads import ASPP_RATES
@@ -99,11 +100,9 @@ def weight_bound_settings(mcfg: Mapping[str, Any]) -> dict[str, Any]:
     """The `model` keys that change what a segmenter's weights compute without changing any
     tensor shape, with derived values filled in (config key -> value)."""
     b, h = mcfg["backbone"], mcfg["head"]
-    multi_grid = b.get("multi_grid")
     settings = {
         "model.backbone.output_stride": b["output_stride"],
-        "model.backbone.multi_grid": (None if not multi_grid or all(m == 1 for m in multi_grid)
-                                      else list(multi_grid)),
+        "model.backbone.multi_grid": dilation_layout(b),
         "model.backbone.stride_in_1x1": bool(b.get("stride_in_1x1", False)),
         "model.head.name": h["name"], "model.head.in_feature": h["in_feature"]}
     if h["name"] in ("deeplabv3", "deeplabv3plus"):

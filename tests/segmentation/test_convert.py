@@ -153,6 +153,18 @@ def test_torchvision_weights_refused_by_the_multi_grid_config_they_do_not_fit(tm
     fixed = build_model(load_config(shipped, [f"model.weights={path}", "model.num_classes=21",
                                               "model.backbone.multi_grid=null"]))
     assert torch.equal(fixed.head.predictor.weight, reference.classifier[4].weight)
+    # all ones is not null in a dilated stage (its first block dilated 4, not 2): it was
+    # taken as null and the weights loaded into the other network without a word
+    ones = load_config(shipped, [f"model.weights={path}", "model.num_classes=21",
+                                 "model.backbone.multi_grid=[1,1,1]"])
+    with pytest.raises(ValueError, match=r"model.backbone.multi_grid is \[1,1,1\], the weights "
+                                         r"need null"):
+        build_model(ones)
+    ones.model.weights = None
+    wrong = build_model(ones).eval()
+    load_segmentation_weights(wrong, reference.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(wrong.logits(x)["sem_seg"], expected, atol=1e-3)
 
 
 def test_own_checkpoint_refused_by_a_config_with_another_output_stride(tmp_path, small_config):
@@ -166,6 +178,30 @@ def test_own_checkpoint_refused_by_a_config_with_another_output_stride(tmp_path,
         build_model(other)
     same = small_config("deeplabv3plus", output_stride=16, weights=str(path))
     assert torch.equal(build_model(same).head.predictor.weight, trained.head.predictor.weight)
+
+
+def test_own_checkpoint_of_all_ones_multi_grid_refused_by_a_null_config(tmp_path,
+                                                                         small_config):
+    """A run trained with multi_grid [1, 1] at output stride 16 (res5's first block dilated 2)
+    loaded into multi_grid null (that block not dilated) without a word: all ones was read
+    as null."""
+    cfg = small_config("deeplabv3")
+    cfg["model"]["backbone"]["multi_grid"] = [1, 1]
+    trained = build_model(cfg)
+    path = tmp_path / "model_final.pth"
+    save_checkpoint(path, trained.state_dict(), provenance_from_config(cfg, ["c"] * 5))
+    other = small_config("deeplabv3", weights=str(path))
+    other["model"]["backbone"]["multi_grid"] = None
+    with pytest.raises(ValueError, match=r"model.backbone.multi_grid is null, the weights need "
+                                         r"\[1,1\]"):
+        build_model(other)
+    at_32 = small_config("fcn", output_stride=32)  # no stage dilated: all ones is null
+    at_32["model"]["backbone"]["multi_grid"] = [1, 1]
+    save_checkpoint(path, build_model(at_32).state_dict(),
+                    provenance_from_config(at_32, ["c"] * 5))
+    null_32 = small_config("fcn", output_stride=32, weights=str(path))
+    null_32["model"]["backbone"]["multi_grid"] = None
+    build_model(null_32)
 
 
 def test_a_checkpoint_of_another_task_is_named(tmp_path, small_config):
