@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from resnet_detect.engine.config import ArgumentError
+from resnet_detect.engine.config import ArgumentError, is_number
 
 # padded batch sizes whose anchors are kept (a test size, the training scales' sizes)
 RECENT_SIZES = 8
@@ -45,6 +45,25 @@ def make_cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) ->
     return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
 
 
+def _levels(values: Sequence[Sequence[float]], name: str, example: str) -> list[list[float]]:
+    """`values` as lists, one per feature level, refused where they are not lists of numbers
+    (a flat list, a null or a name in one)."""
+    if not isinstance(values, Sequence) or not all(
+            isinstance(level, Sequence) and not isinstance(level, str)
+            and all(is_number(v) for v in level) for level in values):
+        raise ArgumentError(f"anchor {name} must be a list of lists of numbers, one list per "
+                            f"feature level (or one for all), e.g. {example}; got "
+                            f"{_plain(values)}")
+    return [list(level) for level in values]
+
+
+def _plain(values: object) -> object:
+    """A config's lists as Python lists, to name them in a message."""
+    if isinstance(values, Sequence) and not isinstance(values, str):
+        return [_plain(v) for v in values]
+    return values
+
+
 class AnchorGenerator(nn.Module):
     """Generates anchors for L feature maps.
 
@@ -63,8 +82,8 @@ class AnchorGenerator(nn.Module):
         offset: float = 0.0,
     ) -> None:
         super().__init__()
-        sizes = [list(s) for s in sizes]
-        aspect_ratios = [list(a) for a in aspect_ratios]
+        sizes = _levels(sizes, "sizes", "[[32], [64], [128], [256], [512]]")
+        aspect_ratios = _levels(aspect_ratios, "aspect_ratios", "[[0.5, 1.0, 2.0]]")
         if len(aspect_ratios) == 1 and len(sizes) > 1:
             aspect_ratios = aspect_ratios * len(sizes)
         if len(sizes) == 1 and len(aspect_ratios) > 1:

@@ -72,6 +72,17 @@ def test_bad_configuration() -> None:
         AnchorGenerator(sizes=[[32], [64]], aspect_ratios=[[1.0], [1.0], [2.0]])
     with pytest.raises(ValueError, match="positive"):
         AnchorGenerator(sizes=[[0]], aspect_ratios=[[1.0]])
+    # a flat list (detectron2 spreads it over every level), a null or a name in a level were
+    # TypeErrors; torchvision's tuples are lists of numbers too
+    for sizes, ratios, named in (
+            ([32, 64], [[1.0]], "sizes"), ([[None], [64]], [[1.0]], "sizes"),
+            ([[32]], [["a"]], "aspect_ratios"), ([[32]], None, "aspect_ratios"),
+            ([[32]], [[True]], "aspect_ratios")):
+        with pytest.raises(ValueError, match=rf"anchor {named} must be a list of lists of "
+                                             rf"numbers, one list per feature level"):
+            AnchorGenerator(sizes=sizes, aspect_ratios=ratios)
+    assert AnchorGenerator(sizes=((32,), (64,)), aspect_ratios=((0.5, 1.0),)).sizes == [
+        [32], [64]]
     with pytest.raises(ValueError, match="2 levels"):
         AnchorGenerator(sizes=[[32], [64]], aspect_ratios=[[1.0]])(
             [torch.zeros(1, 1, 2, 2)], (8, 8)
