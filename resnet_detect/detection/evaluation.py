@@ -235,6 +235,16 @@ def _crowded_images(coco_gt: Any, max_dets: int) -> list[tuple[int, str, int]]:
                    if n > max_dets), key=lambda t: -t[2])
 
 
+def _images_of_more_objects(coco_gt: Any, kept: int) -> list[tuple[int, int]]:
+    """(image id, objects) where an image holds more non-crowd objects, of all categories
+    together, than the model keeps detections of an image."""
+    counts: dict[int, int] = {}
+    for ann in coco_gt.dataset["annotations"]:
+        if not ann.get("iscrowd", 0):
+            counts[ann["image_id"]] = counts.get(ann["image_id"], 0) + 1
+    return sorted(((i, n) for i, n in counts.items() if n > kept), key=lambda t: -t[1])
+
+
 def _warn_of_capped_results(results: Sequence[dict[str, Any]], max_dets: int,
                             ann_file: str | Path) -> None:
     """LVIS scores 300 detections per image: say so where the model kept fewer."""
@@ -256,7 +266,8 @@ def _percent(value: float) -> float:
 @collector_paused()
 def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_type: str = "bbox",
                   backend: str = "pycocotools", verbose: bool = True,
-                  max_dets: int = COCO_MAX_DETS) -> dict[str, Any]:
+                  max_dets: int = COCO_MAX_DETS,
+                  kept_per_image: int | None = None) -> dict[str, Any]:
     """Score COCO results against a ground-truth file.
 
     Args:
@@ -268,6 +279,8 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
         max_dets: detections scored per image and category (COCOeval's maxDets [1, 10, this];
             COCO's standard 100; more for scenes denser than that). An LVIS file is scored
             by LVIS's rules instead: 300 per image, all categories together.
+        kept_per_image: the detections the model keeps of an image, all categories together
+            (model.roi_heads.detections_per_image), to warn of images holding more objects.
 
     Returns:
         {"AP", "AP50", "AP75", "APs", "APm", "APl" (percent; NaN where the ground truth has no
@@ -315,7 +328,16 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
         dataset, results, original_ids = _positive_image_ids(dataset, results)
     coco_gt = _load_gt(dataset, backend, federation is not None)
     crowded = _crowded_images(coco_gt, max_dets) if federation is None else []
-    if crowded:
+    dense = (_images_of_more_objects(coco_gt, kept_per_image)
+             if federation is None and kept_per_image is not None else [])
+    if dense:  # (the images of the warning below among them, with the same remedy)
+        image_id, count = dense[0]
+        warnings.warn(f"{ann_file}: {len(dense)} images hold more objects than the "
+                      f"{kept_per_image} detections the model keeps of an image (image id "
+                      f"{original_ids.get(image_id, image_id)}: {count} objects): their recall "
+                      f"and AP are capped; raise model.roi_heads.detections_per_image",
+                      RuntimeWarning, stacklevel=2)
+    elif crowded:
         image_id, name, count = crowded[0]
         image_id = original_ids.get(image_id, image_id)
         warnings.warn(f"{ann_file}: {len(crowded)} images hold more objects of a category than "
@@ -396,13 +418,15 @@ class COCOEvaluator:
         iou_types: ("bbox",) or ("bbox", "segm").
         score: False writes the results alone (a file without annotations, e.g. test-dev).
         max_dets: detections scored per image and category (see `evaluate_coco`).
+        kept_per_image: the detections the model keeps of an image (see `evaluate_coco`).
         voc_metric: also VOC's AP at IoU 0.5 ("11point" or "area": `voc_eval`), as "voc".
     """
 
     def __init__(self, ann_file: str | Path, *, category_ids: Sequence[int],
                  output_dir: str | Path | None = None, backend: str = "pycocotools",
                  iou_types: Sequence[str] = ("bbox",), score: bool = True,
-                 max_dets: int = COCO_MAX_DETS, voc_metric: str | None = None) -> None:
+                 max_dets: int = COCO_MAX_DETS, kept_per_image: int | None = None,
+                 voc_metric: str | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         unknown = [t for t in iou_types if t not in IOU_TYPES]
@@ -415,6 +439,7 @@ class COCOEvaluator:
         self.iou_types = tuple(iou_types)
         self.score = score
         self.max_dets = max_dets
+        self.kept_per_image = kept_per_image
         check_voc_metric(voc_metric)
         self.voc_metric = voc_metric
         self._results: list[dict[str, Any]] = []
@@ -456,7 +481,8 @@ class COCOEvaluator:
                 (self.output_dir / RESULTS_FILE).write_text(json.dumps(results), encoding="utf-8")
             for iou_type in self.iou_types if self.score else ():
                 metrics[iou_type] = evaluate_coco(self.ann_file, results, iou_type=iou_type,
-                                                  backend=self.backend, max_dets=self.max_dets)
+                                                  backend=self.backend, max_dets=self.max_dets,
+                                                  kept_per_image=self.kept_per_image)
             if self.score and self.voc_metric is not None:
                 metrics["voc"] = evaluate_voc(self.ann_file, results, mode=self.voc_metric)
         if distributed:

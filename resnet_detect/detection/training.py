@@ -195,6 +195,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     evaluator = COCOEvaluator(ann_file, category_ids=loaded.category_ids, output_dir=output,
                               backend=backend, iou_types=types, score=val.annotated,
                               max_dets=scored_detections(loaded.cfg),
+                              kept_per_image=loaded.cfg.model.roi_heads.detections_per_image,
                               voc_metric=loaded.cfg.data.val.voc_metric)
     if tta is not None:
         logger.info("test-time augmentation: %s", describe(tta))
@@ -289,7 +290,9 @@ class DetectionTask:
                 cfg.data.val.ann_file, category_ids=data.mapping.dataset_ids,
                 output_dir=Path(cfg.train.output_dir) / "inference", backend=backend,
                 iou_types=("bbox", "segm") if cfg.model.mask_on else ("bbox",),
-                max_dets=scored_detections(cfg), voc_metric=cfg.data.val.voc_metric)
+                max_dets=scored_detections(cfg),
+                kept_per_image=cfg.model.roi_heads.detections_per_image,
+                voc_metric=cfg.data.val.voc_metric)
         description = (f"{len(data.train)} train / {len(data.val) if data.val else 'no'} val "
                        f"images, {data.mapping.num_classes} classes "
                        f"{brief(data.mapping.names)}")

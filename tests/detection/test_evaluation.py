@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,40 @@ def test_dense_scenes_are_scored_at_the_detections_the_model_keeps(
     assert full["AP"] == full["AP50"] == full["APs"] == pytest.approx(100.0)
     assert full["stats"][6:9] == pytest.approx([1 / 150, 10 / 150, 1.0])  # AR@1, @10, @200
     assert "maxDets=200 ] = 1.000" in capsys.readouterr().out
+
+
+def test_images_of_more_objects_than_the_model_keeps_are_warned_of(tmp_path: Path) -> None:
+    """60 objects of 3 classes in an image (20 of each, under COCO's 100 per class), a model
+    keeping 50 detections of an image: its best 50, all right, find 50 of 60, and nothing
+    said so (a crowd scene of many classes lost half its recall without a word)."""
+    annotations = [{"id": k + 1, "image_id": 7, "category_id": 1 + k % 3, "iscrowd": 0,
+                    "area": 100.0, "bbox": [float(20 * (k % 12)), float(20 * (k // 12)),
+                                            10.0, 10.0]} for k in range(60)]
+    annotations.append({"id": 61, "image_id": 7, "category_id": 1, "iscrowd": 1, "area": 1.0,
+                        "bbox": [290.0, 190.0, 5.0, 5.0]})  # a crowd region is no object
+    gt_file = tmp_path / "crowd.json"
+    gt_file.write_text(json.dumps({
+        "images": [{"id": 7, "file_name": "7.jpg", "height": 200, "width": 300}],
+        "annotations": annotations,
+        "categories": [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)]}))
+    results = [{"image_id": 7, "category_id": a["category_id"], "bbox": a["bbox"],
+                "score": 1.0 - k / 1000} for k, a in enumerate(annotations[:50])]
+    with pytest.warns(RuntimeWarning, match=r"crowd.json: 1 images hold more objects than the "
+                                            r"50 detections the model keeps of an image \(image "
+                                            r"id 7: 60 objects\).*raise "
+                                            r"model.roi_heads.detections_per_image"):
+        metrics = evaluate_coco(gt_file, results, verbose=False, kept_per_image=50)
+    assert metrics["stats"][8] == pytest.approx(50 / 60)  # AR@100
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate_coco(gt_file, results, verbose=False, kept_per_image=60)
+        evaluate_coco(gt_file, results, verbose=False)  # the model's count not known
+    evaluator = COCOEvaluator(gt_file, category_ids=[1, 2, 3], kept_per_image=59)
+    with pytest.warns(RuntimeWarning, match=r"than the 59 detections the model keeps"):
+        evaluator.process([{"image_id": 7}], [{
+            "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "scores": torch.tensor([0.9]),
+            "labels": torch.tensor([0])}])
+        evaluator.evaluate()
 
 
 @pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
