@@ -73,7 +73,8 @@ def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: An
         labels: (R,) contiguous labels 0..K-1, as the model gives them (a `Predictor`'s are
             category ids already).
         category_ids: dataset category id of each contiguous label.
-        masks: optional (R, H, W) boolean masks at the original image size.
+        masks: optional (R, H, W) boolean masks at the original image size, or R such masks
+            as they come (`pasted_few_at_a_time`).
 
     Raises:
         ValueError: a label outside 0..K-1.
@@ -90,7 +91,8 @@ def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: An
                 "bbox": [round(float(v), 3) for v in xywh[i]], "score": float(scores[i])}
                for i in range(len(boxes))]
     if masks is not None:
-        masks = _numpy(masks).astype(np.uint8)
+        if isinstance(masks, torch.Tensor):
+            masks = _numpy(masks)  # each made uint8 in turn: no copy of them all
         for result, mask in zip(results, masks, strict=True):
             result["segmentation"] = mask_to_rle(mask)
     return results

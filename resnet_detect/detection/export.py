@@ -162,11 +162,19 @@ class OnnxDetector(OnnxModel):
                               f"mask_threshold {self.metadata.get('mask_threshold')!r} is not "
                               f"an export of this project's; export again with "
                               f"tools/export.py")
+        self.mask_threshold = self.metadata.get("mask_threshold", 0.5)
         self._label_of_id = np.zeros(max(ids) + 1, dtype=np.int64)
         self._label_of_id[ids] = np.arange(len(ids))
 
     def forward(self, images: Sequence[Tensor],
                 output_sizes: Sequence[tuple[int, int]] | None = None) -> list[dict[str, Tensor]]:
+        return self.inference(images, output_sizes)
+
+    def inference(self, images: Sequence[Tensor],
+                  output_sizes: Sequence[tuple[int, int]] | None = None, *,
+                  pasted: bool = True) -> list[dict[str, Tensor]]:
+        """As `GeneralizedRCNN.inference`: without `pasted`, a graph of box masks gives its
+        ``"mask_probs"`` unpasted (a graph that pastes gives ``"masks"`` still)."""
         sizes = output_sizes or [tuple(image.shape[-2:]) for image in images]
         if len(sizes) != len(images):
             raise ValueError(f"got {len(images)} images but {len(sizes)} output_sizes")
@@ -180,7 +188,9 @@ class OnnxDetector(OnnxModel):
             result = {"boxes": torch.from_numpy(out[0]).to(device),
                       "scores": torch.from_numpy(out[1]).to(device),
                       "labels": torch.from_numpy(self._label_of_id[out[2]]).to(device)}
-            if self.mask_output == "box":
+            if self.mask_output == "box" and not pasted:
+                result["mask_probs"] = torch.from_numpy(out[3]).to(device)
+            elif self.mask_output == "box":
                 # as GeneralizedRCNN pastes: one box region at a time, not D x h x w floats
                 result["masks"] = paste_masks(torch.from_numpy(out[3]),
                                               torch.from_numpy(out[0]), size,

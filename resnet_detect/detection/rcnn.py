@@ -192,7 +192,7 @@ class GeneralizedRCNN(nn.Module):
             box-relative probabilities they come from.
         """
         if not self.training:
-            return self._inference(images, output_sizes)
+            return self.inference(images, output_sizes)
         batch, image_sizes = self.preprocess(images)
         if targets is None:
             raise ValueError("GeneralizedRCNN needs targets in training mode")
@@ -220,8 +220,12 @@ class GeneralizedRCNN(nn.Module):
                                                  image_sizes)
         return detections, features, image_sizes
 
-    def _inference(self, images: Sequence[Tensor],
-                   output_sizes: Sequence[tuple[int, int]] | None) -> list[dict[str, Tensor]]:
+    def inference(self, images: Sequence[Tensor],
+                  output_sizes: Sequence[tuple[int, int]] | None = None, *,
+                  pasted: bool = True) -> list[dict[str, Tensor]]:
+        """The evaluation's detections (see `forward`); without `pasted`, Mask R-CNN's
+        ``"mask_probs"`` alone, for a caller that pastes them a few at a time
+        (`pasted_few_at_a_time`)."""
         detections, features, image_sizes = self.detect_boxes(images)
         detections = self.roi_heads.predict_masks(features, detections)
         if output_sizes is not None:
@@ -230,7 +234,7 @@ class GeneralizedRCNN(nn.Module):
             for det, (h, w), (out_h, out_w) in zip(detections, image_sizes, output_sizes):
                 scale = det["boxes"].new_tensor([out_w / w, out_h / h, out_w / w, out_h / h])
                 det["boxes"] = det["boxes"] * scale
-        if self.mask_on:
+        if self.mask_on and pasted:
             for det, size in zip(detections, output_sizes or image_sizes):
                 det["masks"] = paste_masks(
                     det["mask_probs"], det["boxes"], size, threshold=self.mask_threshold

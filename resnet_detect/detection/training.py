@@ -46,6 +46,7 @@ from .federated import FREQUENCY_GROUPS, IMAGE_LISTS, is_federated
 from .browse import browse_split
 from .predictor import LoadedDetector, build_renderer, load_detector
 from .rcnn import GeneralizedRCNN
+from .roi_heads.mask_paste import pasted_few_at_a_time
 from .tta import DetectionTTA, describe, refuse_tta, tta_from_config
 from .voc_eval import check_voc_metric
 
@@ -91,8 +92,13 @@ def evaluate_all(model: GeneralizedRCNN, loader: DataLoader, evaluator: COCOEval
             if not batch:
                 continue
             if tta is None:
-                outputs = model([s["image"].to(device) for s in batch],
-                                output_sizes=[(s["height"], s["width"]) for s in batch])
+                sizes = [(s["height"], s["width"]) for s in batch]
+                outputs = model.inference([s["image"].to(device) for s in batch],
+                                          output_sizes=sizes, pasted=False)
+                for out, size in zip(outputs, sizes):
+                    if "mask_probs" in out and "masks" not in out:
+                        out["masks"] = pasted_few_at_a_time(out["mask_probs"], out["boxes"],
+                                                            size, threshold=model.mask_threshold)
             else:
                 outputs = [tta(model, s["image"].numpy().transpose(1, 2, 0)) for s in batch]
             evaluator.process(batch, outputs)

@@ -7,6 +7,7 @@ Mask R-CNN built from configs/detection/mask_rcnn_R_50_FPN_1x.yaml. Images are 3
 and torchvision's transform is set to min_size 320 so that it does not resize them.
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,55 @@ def test_masks_are_pasted_at_the_output_size() -> None:
         pad_x, pad_y = (x2 - x1) / 28 + 1, (y2 - y1) / 28 + 1
         inside = (xs >= x1 - pad_x) & (xs <= x2 + pad_x) & (ys >= y1 - pad_y) & (ys <= y2 + pad_y)
         assert not (mask & ~inside).any()
+
+
+def test_evaluation_pastes_a_few_masks_at_a_time(tmp_path, monkeypatch) -> None:
+    """The evaluation's results equal those of the masks pasted all at once, and no more than
+    8 full-size masks exist at a time: a 12-megapixel photo's 300 detections pasted at once,
+    and copied as uint8, took over 5 GB in tools/eval.py."""
+    from resnet_detect.detection import rcnn
+    from resnet_detect.detection.evaluation import COCOEvaluator, instances_to_coco_results
+    from resnet_detect.detection.roi_heads import mask_paste
+    from resnet_detect.detection.training import evaluate_all
+
+    torch.manual_seed(0)
+    model = build_model(_config([*MASK_TINY, "model.roi_heads.score_thresh=0.0"])).eval()
+    torch.nn.init.normal_(model.roi_heads.mask_head.predictor.weight, std=1.0)
+    images, _ = tiny_scene(0)
+    sizes = [(480, 640), (300, 400)]
+    batch = [{"image": image, "image_id": k + 1, "height": h, "width": w}
+             for k, (image, (h, w)) in enumerate(zip(images, sizes))]
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps({
+        "images": [{"id": k + 1, "file_name": f"{k}.jpg", "height": h, "width": w}
+                   for k, (h, w) in enumerate(sizes)],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50],
+                         "area": 2500.0, "iscrowd": 0,
+                         "segmentation": [[10, 10, 60, 10, 60, 60, 10, 60]]}],
+        "categories": [{"id": c + 1, "name": f"c{c}"} for c in range(model_classes(model))]}))
+    with torch.no_grad():
+        whole = model(images, output_sizes=sizes)
+    assert all(len(d["boxes"]) > 8 for d in whole)
+    expected = [r for sample, d in zip(batch, whole) for r in instances_to_coco_results(
+        sample["image_id"], d["boxes"], d["scores"], d["labels"],
+        category_ids=list(range(1, model_classes(model) + 1)), masks=d["masks"])]
+    pasted_at_once = []
+    paste = mask_paste.paste_masks
+    for module in (mask_paste, rcnn):
+        monkeypatch.setattr(module, "paste_masks",
+                            lambda masks, *a, **k: pasted_at_once.append(len(masks)) or paste(
+                                masks, *a, **k))
+    evaluator = COCOEvaluator(gt_file, category_ids=list(range(1, model_classes(model) + 1)),
+                              iou_types=("bbox", "segm"), output_dir=tmp_path / "out")
+    evaluate_all(model, [batch], evaluator)
+    written = json.loads((tmp_path / "out" / "coco_instances_results.json").read_text())
+    assert written == json.loads(json.dumps(expected))
+    assert pasted_at_once and max(pasted_at_once) == 8
+    assert sum(pasted_at_once) == sum(len(d["boxes"]) for d in whole)
+
+
+def model_classes(model: torch.nn.Module) -> int:
+    return model.roi_heads.box_predictor.cls_score.out_features - 1
 
 
 def test_empty_gt_gives_zero_mask_loss_with_a_graph() -> None:

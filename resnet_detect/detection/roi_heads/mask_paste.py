@@ -11,6 +11,9 @@ bilinearly (half-pixel centres) onto the (x1 - x0 + 1) x (y1 - y0 + 1) pixels fr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -95,6 +98,16 @@ def paste_masks(
         region = rows @ padded[i] @ cols.T  # (h_i, w_i)
         out[i, top:bottom, left:right] = region >= threshold if threshold is not None else region
     return out
+
+
+def pasted_few_at_a_time(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], *,
+                         threshold: float = 0.5, few: int = 8) -> Iterator[np.ndarray]:
+    """The (h, w) bool masks of `paste_masks`, pasted `few` at a time as they are taken: the
+    memory of a few full-size masks, not of all D (a 12-megapixel photo's 300 detections
+    pasted at once hold 3.6 GB)."""
+    for start in range(0, len(masks), few):
+        yield from paste_masks(masks[start:start + few], boxes[start:start + few], image_size,
+                               threshold=threshold).cpu().numpy()
 
 
 def _dense_weights(start: Tensor, length: Tensor, out_len: int | Tensor, in_len: int) -> Tensor:
