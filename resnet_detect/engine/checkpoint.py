@@ -394,7 +394,9 @@ class Checkpointer:
         newest = self._pointer_target()
         found = sorted(self._checkpoints(), key=_iteration_of, reverse=True)
         if not isinstance(newest, Path) and not found:
-            logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
+            # absolute: a relative train.output_dir is taken from the current folder
+            logger.warning("nothing to resume: no checkpoint in %s; starting from scratch",
+                           os.path.abspath(self.output_dir))
             return None
         if not isinstance(newest, Path):
             why = (f"has no {POINTER} (a kill before it was written, or checkpoints copied "

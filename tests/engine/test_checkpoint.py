@@ -189,6 +189,18 @@ def test_checkpoints_without_a_pointer_resume_from_the_newest_that_reads(
     assert ckpt.resume()["iteration"] == 10
 
 
+def test_nothing_to_resume_is_a_warning_naming_the_folder_whole(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """--resume from another folder than the run's, with a relative train.output_dir, said
+    "no checkpoint in out: starting from scratch" as an info line, and trained anew."""
+    monkeypatch.chdir(tmp_path)
+    assert Checkpointer("out", model=nn.Linear(2, 2)).resume() is None
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == [f"nothing to resume: no checkpoint in {tmp_path / 'out'}; starting from "
+                      f"scratch"]
+
+
 def test_a_checksum_file_that_cannot_be_read_makes_its_checkpoint_unreadable(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """It was taken for "no checksum written": a damaged checkpoint then loaded unchecked
