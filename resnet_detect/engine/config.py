@@ -25,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from .files import atomic_write_text
+from .files import atomic_write_text, missing_path
 from .foreign_options import key_hint
 
 BASE_KEY = "_base_"
@@ -61,7 +61,7 @@ def _read_yaml(path: Path) -> DictConfig:
     """`path` parsed; a copy of the parse of the same text before (a tool reads each file of
     its config's chain several times, and OmegaConf's parse is the slow part)."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {missing_path(path)}")
     try:
         cfg = _parse_yaml(path.read_text(encoding="utf-8"), str(path),
                           os.environ.get("OMEGACONF_MAX_YAML_EXPANDED_NODES"))

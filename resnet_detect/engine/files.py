@@ -142,8 +142,12 @@ def read_checked_bytes(path: str | os.PathLike) -> bytes:
 def missing_path(path: str | os.PathLike) -> str:
     """`path` for a "not found" message: a relative one with the working directory it was
     looked for in (the configs' paths are relative to the repository, a tool may run
-    elsewhere)."""
-    return str(path) if Path(path).is_absolute() else f"{path} (in {Path.cwd()})"
+    elsewhere); one that is there but a folder where a file was looked for, or the reverse,
+    said so."""
+    named = str(path) if Path(path).is_absolute() else f"{path} (in {Path.cwd()})"
+    if Path(path).is_dir():
+        return f"{named}: that is a folder"
+    return f"{named}: that is a file" if Path(path).exists() else named
 
 
 def unicode_twin_hint(path: str | os.PathLike) -> str:

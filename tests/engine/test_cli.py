@@ -102,6 +102,28 @@ def test_a_data_error_is_its_message_alone_and_exit_code_2(
         f"eval.py: error: weights file not found: nope.pth (in {tmp_path})\n")
 
 
+def test_a_folder_given_for_a_file_and_a_file_for_a_folder_are_said_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Each was "not found" (the config's folder, a checkpoint's folder, an annotation file as
+    the image folder), though the path was there."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "a.json").write_text('{"images": [], "annotations": [], '
+                                     '"categories": [{"id": 1, "name": "a"}]}')
+    for argv, said in (
+            (["configs"], f"config file not found: {tmp_path / 'configs'}: that is a folder"),
+            ([str(CONFIG), "--resume-from", "configs"],
+             f"--resume-from: checkpoint not found: configs (in {tmp_path}): that is a folder"),
+            ([str(CONFIG), "data.train.ann_file=a.json", "data.train.img_dir=a.json"],
+             f"image folder not found: a.json (in {tmp_path}): that is a file (for a.json)")):
+        monkeypatch.setattr(sys, "argv", ["tools/train.py", *argv, "model.backbone.weights=null",
+                                          f"train.output_dir={tmp_path / 'out'}"])
+        with pytest.raises(SystemExit) as stopped:
+            run_tool(tool_main("train"))
+        assert stopped.value.code == 2 and capsys.readouterr().err == (
+            f"train.py: error: {said}\n")
+
+
 def test_an_area_that_is_no_number_is_a_data_error_before_the_training(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """pycocotools compared it with its area ranges: a TypeError traceback at the first
