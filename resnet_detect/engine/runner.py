@@ -53,6 +53,7 @@ from .optim import OPTIMIZERS, build_optimizer, unknown_modules
 from .preemption import (EvaluationInterrupted, StopRequest, TrainingInterrupted,
                          stop_on_signals)
 from .schedule import DECAYS, build_lr_scheduler
+from .tasks import config_of_run
 from .trainer import PeriodicEval, Trainer, eval_mode
 
 Metrics = dict[str, dict[str, Any]]  # {group ("bbox", "segm", "sem_seg", ...): {name: value}}
@@ -422,6 +423,10 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
     if recorded_task is not None and recorded_task != cfg.get("task"):
         raise ConfigError(f"checkpoint {path} was written by a {recorded_task} run, this one "
                           f"trains {cfg.get('task')}: resume from a checkpoint of this task")
+    recorded_config, note = config_of_run(path, provenance.get("config"), cfg)
+    if note is not None:
+        logger.warning(note)
+    provenance = {**provenance, "config": recorded_config}
     images_before, images_now = provenance.get("train_images"), now.get("train_images")
     other_data = (f"; the run that wrote it had {images_before} training images, this one has "
                   f"{images_now}" if None not in (images_before, images_now)
@@ -444,7 +449,7 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
     _check_model_settings(path, provenance, cfg, logger, check_model)
     recorded = (provenance.get("config") or {}).get("train")
     if not isinstance(recorded, Mapping):
-        return  # written before checkpoints recorded their config
+        return  # no config of the run to compare with (said above)
     now = to_plain(cfg.train)
     # a key the checkpoint predates, empty here ({} of lr_multipliers), is no change
     changed = {k: (recorded.get(k), now.get(k)) for k in sorted(set(recorded) | set(now))

@@ -9,14 +9,19 @@ one line here and its module.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from omegaconf import DictConfig
 
 from .config import (ConfigError, config_chain, flat_keys, load_config, load_defaults,
                      to_plain)
+
+logger = logging.getLogger(__name__)
 
 TASK_MODULES = {
     "detection": "resnet_detect.detection.training",
@@ -41,18 +46,33 @@ def task_module(name: str) -> ModuleType:
     return importlib.import_module(TASK_MODULES[name])
 
 
-def config_task(path: str | os.PathLike, overrides: Sequence[str] = ()) -> str:
-    """The `task` a config file (with its `_base_` files, or a `task=` override) names."""
-    task = None
+# keys of the model section that only one task's configs have
+TASK_OF_MODEL_KEY = {"roi_heads": "detection", "rpn": "detection", "aux_head": "sem_seg"}
+
+
+def config_task(path: str | os.PathLike, overrides: Sequence[str] = (),
+                expected: str | None = None) -> str:
+    """The `task` a config file (with its `_base_` files, or a `task=` override) names; one
+    without the key (a run's config.yaml from before it) is `expected` (the tool's own task),
+    else the task its model keys belong to, said in a warning."""
+    task, model_keys = None, set()
     for _, part in config_chain(path):
         task = part.get("task", task)
+        model_keys |= set(part.get("model") or {})
     for item in overrides:
         if item.startswith("task="):
             task = item.split("=", 1)[1]
-    if task is None:
+    if task is not None:
+        return str(task)
+    guessed = {TASK_OF_MODEL_KEY[k] for k in model_keys if k in TASK_OF_MODEL_KEY}
+    if expected is None and len(guessed) == 1:
+        (expected,) = guessed
+        logger.warning("config %s has no `task` key (a run's config.yaml written before it "
+                       "was one): read as a %s config, by its model keys", path, expected)
+    if expected is None:
         raise ConfigError(f"config {path} has no `task` key; inherit a base config or set "
                           f"task: {' | '.join(TASK_MODULES)}")
-    return str(task)
+    return expected
 
 
 def refuse_other_task_config(path: str | os.PathLike, overrides: Sequence[str],
@@ -82,7 +102,7 @@ def load_task_config(path: str | os.PathLike, overrides: Sequence[str] = (),
         task: expected task (e.g. "classification" for tools/pretrain.py); a config that
             names another is refused.
     """
-    name = config_task(path, overrides)
+    name = config_task(path, overrides, expected=task)
     if task is not None:
         _refuse_other_task(path, name, task)
     module = task_module(name)
@@ -111,3 +131,46 @@ def _refuse_replaced_multipliers(cfg: DictConfig, overrides: Sequence[str]) -> N
                           f"replaced by another naming a module inside or around it; give them "
                           f"in one mapping: train.lr_multipliers='{{backbone: 0.1, "
                           f"backbone.bottom_up: 0.01}}'")
+
+
+def config_of_run(checkpoint: Path, recorded: Any, cfg: Mapping[str, Any]
+                  ) -> tuple[dict | None, str | None]:
+    """(the config of the run that wrote `checkpoint`, with each key of this run's `cfg` it
+    lacks at the task's default: the behaviour before the key; a note for the log or None).
+
+    `recorded`: the checkpoint's own record; where it has none (checkpoints written before
+    they recorded it), the run folder's config.yaml read as `task`'s config (old key names
+    renamed); None where neither can be read."""
+    task = cfg.get("task")
+    if isinstance(recorded, Mapping) and task not in TASK_MODULES:
+        return dict(recorded), None
+    if isinstance(recorded, Mapping):
+        defaults = to_plain(load_defaults(task_module(task).BASE_CONFIG))
+        now = to_plain(cfg) if isinstance(cfg, DictConfig) else cfg
+        return _with_defaults(recorded, defaults, now), None
+    saved = checkpoint.parent / "config.yaml"
+    try:
+        _, cfg = load_task_config(saved, task=task)
+    except (ConfigError, OSError, ValueError) as err:
+        return None, (f"checkpoint {checkpoint} records no config (written before checkpoints "
+                      f"recorded it) and {saved} cannot be read as one ({err}): the settings "
+                      f"it was trained with cannot be compared with this run's")
+    return to_plain(cfg), (f"checkpoint {checkpoint} records no config (written before "
+                           f"checkpoints recorded it): this run's settings are compared with "
+                           f"{saved}, and its continuation may differ slightly from what the "
+                           f"version that wrote it would compute")
+
+
+def _with_defaults(recorded: Mapping[str, Any], defaults: Mapping[str, Any],
+                   now: Mapping[str, Any]) -> dict:
+    """`recorded` with each key of `now` it lacks at its value in `defaults`, at every
+    depth."""
+    merged = dict(recorded)
+    for key, default in defaults.items():
+        if key not in now:
+            continue
+        if key not in recorded:
+            merged[key] = default
+        elif all(isinstance(m[key], Mapping) for m in (defaults, recorded, now)):
+            merged[key] = _with_defaults(recorded[key], default, now[key])
+    return merged

@@ -766,6 +766,62 @@ def test_resuming_with_other_data_train_settings_names_them(
     assert caplog.text == ""
 
 
+QUICKSTART = Path(__file__).resolve().parents[2] / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
+
+
+def test_a_key_the_checkpoint_predates_is_compared_at_its_default(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint of a version before train.accumulation_steps and data.train.mask_format
+    were keys had its resume warned of as "train.accumulation_steps: None -> 1" and
+    "data.train.mask_format: None -> bitmask": the behaviour it had, under a new name. A key
+    set otherwise than its default is still a change."""
+    from resnet_detect.engine.config import to_plain
+    from resnet_detect.engine.tasks import load_task_config
+    _, cfg = load_task_config(QUICKSTART, ["model.backbone.weights=null"])
+    recorded = to_plain(cfg)
+    del recorded["train"]["accumulation_steps"], recorded["data"]["train"]["mask_format"]
+    with caplog.at_level("WARNING"):
+        _check_resumable(Path("model_0000004.pth"), {"config": recorded}, 4, cfg, 300,
+                         logging.getLogger("t"), {})
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    cfg.train.accumulation_steps = 2
+    with caplog.at_level("WARNING"):
+        _check_resumable(Path("model_0000004.pth"), {"config": recorded}, 4, cfg, 300,
+                         logging.getLogger("t"), {})
+    assert "train.accumulation_steps: 1 -> 2" in caplog.text
+
+
+def test_a_checkpoint_without_its_config_is_compared_with_its_folder_s_config_yaml(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Checkpoints written before they recorded their config resumed under another learning
+    rate (the quickstart's, changed since) without a word: the run's config.yaml beside them
+    was there to compare with."""
+    from resnet_detect.engine.config import save_config
+    from resnet_detect.engine.tasks import load_task_config
+    _, cfg = load_task_config(QUICKSTART, ["model.backbone.weights=null"])
+    _, before = load_task_config(QUICKSTART, ["model.backbone.weights=null",
+                                              "train.base_lr=0.0004"])
+    save_config(before, tmp_path / "config.yaml")
+    path = tmp_path / "model_0000003.pth"
+    with caplog.at_level("WARNING"):
+        _check_resumable(path, {}, 3, cfg, 300, logging.getLogger("t"), {})
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned[0] == (f"checkpoint {path} records no config (written before checkpoints "
+                         f"recorded it): this run's settings are compared with "
+                         f"{tmp_path / 'config.yaml'}, and its continuation may differ "
+                         f"slightly from what the version that wrote it would compute")
+    assert "train.base_lr: 0.0004 -> 0.001" in warned[1] and len(warned) == 2
+    caplog.clear()
+    (tmp_path / "config.yaml").unlink()
+    with caplog.at_level("WARNING"):
+        _check_resumable(path, {}, 3, cfg, 300, logging.getLogger("t"), {})
+    (warned,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned.startswith(f"checkpoint {path} records no config (written before "
+                             f"checkpoints recorded it) and {tmp_path / 'config.yaml'} cannot "
+                             f"be read as one (") and warned.endswith(
+        "): the settings it was trained with cannot be compared with this run's")
+
+
 def test_a_file_rewritten_between_its_reads_is_read_again_not_called_damaged(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """model_best.pth read (tools/eval.py) while the run writes a better one: the earlier

@@ -706,3 +706,32 @@ def test_a_detector_fine_tuned_from_weights_of_reordered_classes_is_warned_of(
         task.build_model(cfg)
     assert (f"w.pth was trained on the same {len(names)} classes in another order: class 0 "
             f"{names[-1]!r} -> {names[0]!r}") in caplog.text
+
+
+def test_a_run_config_from_before_the_task_key_is_read_as_its_task(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every tool refused a run's config.yaml written before configs named their task
+    ("inherit a base config", the wrong advice for a saved run config): tools/pretrain.py's
+    is a classification config, a detector's or segmenter's is known by its model keys."""
+    from resnet_detect.engine.config import save_config
+    for base, overrides, expected in (
+            (BASE_CONFIGS["detection"], [], "detection"),
+            (BASE_CONFIGS["sem_seg"], [], "sem_seg"),
+            (BASE_CONFIGS["classification"], ["data.root=x"], "classification")):
+        _, cfg = load_task_config(ROOT / base, overrides)
+        plain = OmegaConf.to_container(cfg)
+        del plain["task"]
+        old = tmp_path / f"{expected}.yaml"
+        save_config(OmegaConf.create(plain), old)
+        caplog.clear()
+        if expected == "classification":  # no model key of its own: the tool's task
+            with pytest.raises(ConfigError, match=r"has no `task` key; inherit a base config"):
+                config_task(old)
+            name, loaded = load_task_config(old, task="classification")
+        else:
+            with caplog.at_level(logging.WARNING):
+                name, loaded = load_task_config(old)
+            assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+                f"config {old} has no `task` key (a run's config.yaml written before it was "
+                f"one): read as a {expected} config, by its model keys"]
+        assert name == expected and loaded.task == expected
