@@ -51,15 +51,18 @@ def build(name: str, *, weights: str | os.PathLike | Mapping[str, Any] | None = 
 
 def build_from_config(model_cfg: Mapping[str, Any], out_features: Sequence[str]) -> ResNet:
     """The ResNet of a detector's or segmenter's `model` config: its `backbone` section (with
-    its weights), returning `out_features`; weights that record another pixel normalisation
-    than model.pixel_mean / pixel_std are refused."""
+    its weights, unless model.weights gives the whole model's), returning `out_features`;
+    weights that record another pixel normalisation than model.pixel_mean / pixel_std are
+    refused."""
     bcfg = model_cfg["backbone"]
-    resnet = build(bcfg["name"], weights=bcfg["weights"], config_prefix="model.backbone.",
+    # whole-model weights replace every backbone tensor: its own file is neither needed nor read
+    weights = None if model_cfg.get("weights") else bcfg["weights"]
+    resnet = build(bcfg["name"], weights=weights, config_prefix="model.backbone.",
                    norm=bcfg["norm"], freeze_at=bcfg["freeze_at"],
                    output_stride=bcfg["output_stride"],
                    multi_grid=tuple(bcfg["multi_grid"]) if bcfg["multi_grid"] else None,
                    stride_in_1x1=bcfg["stride_in_1x1"], out_features=tuple(out_features))
-    refuse_other_normalisation(resnet, str(bcfg["weights"]), model_cfg)
+    refuse_other_normalisation(resnet, str(weights), model_cfg)
     return resnet
 
 

@@ -72,7 +72,12 @@ def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig
             cut file, another format); each is read so, before the data, when given.
     """
     weights = weights_keys(cfg.get("model"))
+    whole = weights.get("model.weights")
     for key, value in weights.items():
+        if key == "model.backbone.weights" and whole and value:
+            logger.info("model.backbone.weights (%s) is not read: model.weights (%s) gives "
+                        "the whole model's, the backbone's included", value, whole)
+            continue
         if isinstance(value, str) and value:
             try:
                 check_weights_file(value)

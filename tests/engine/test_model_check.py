@@ -126,6 +126,31 @@ def test_a_missing_backbone_file_says_how_to_make_one_or_start_without(tmp_path)
                             f"model.backbone.weights={tmp_path / 'gone.pth'}"])
 
 
+def test_whole_model_weights_need_no_backbone_file(tmp_path, caplog):
+    """Fine-tuning a detector (model.weights) in a fresh clone was refused for the quickstart's
+    backbone file, whose tensors the detector's replace all: now it is neither needed nor read,
+    and said so."""
+    from resnet_detect import backbones
+    from resnet_detect.detection import build_model
+    from resnet_detect.detection.training import make_provenance
+    from resnet_detect.engine.data import CategoryMapping
+    _, cfg = load_task_config(DETECTOR, ["model.backbone.weights=null", "model.num_classes=3"])
+    trained = build_model(cfg)
+    path = tmp_path / "detector.pth"
+    backbones.save_checkpoint(path, trained.state_dict(), make_provenance(
+        cfg, CategoryMapping((1, 2, 3), ("a", "b", "c"))))
+    gone = tmp_path / "gone.pth"
+    overrides = [*_no_data(DETECTOR, tmp_path), f"model.weights={path}",
+                 f"model.backbone.weights={gone}"]
+    with caplog.at_level("INFO"), pytest.raises(FileNotFoundError, match="no.json"):
+        _prepare(DETECTOR, overrides)  # on to the data
+    assert (f"model.backbone.weights ({gone}) is not read: model.weights ({path}) gives the "
+            f"whole model's, the backbone's included") in caplog.text
+    _, cfg = load_task_config(DETECTOR, [*overrides, "model.num_classes=3"])
+    built = build_model(cfg)
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in built.state_dict().items())
+
+
 def test_a_random_backbone_with_frozen_parts_is_warned_of(tmp_path, caplog):
     """From scratch (no weights), freeze_at and frozen_bn keep random layers as they start."""
     with caplog.at_level("WARNING"), pytest.raises(   # no data: after the check, named by key
