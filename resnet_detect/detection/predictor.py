@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from resnet_detect.engine.compilation import compile_for_inference
-from resnet_detect.engine.config import ConfigError, as_override
+from resnet_detect.engine.config import ConfigError, as_override, config_needed
 from resnet_detect.backbones.model_weights import use_recorded_normalisation
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from resnet_detect.engine.data import check_rgb_image, check_rgb_images
@@ -105,8 +105,7 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
     refuse_other_task(str(source), provenance, "detection", state_dict)
     if cfg is None:
         if not isinstance(provenance.get("config"), Mapping):
-            raise ConfigError(f"a config is needed: the weights {source} record none (only this "
-                              "project's checkpoints do)")
+            raise config_needed(source)
         cfg = config_from_mapping(provenance["config"], overrides)
     elif isinstance(provenance.get("config"), Mapping):
         _warn_of_another_test_size(cfg, provenance["config"], source)

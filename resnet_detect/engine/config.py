@@ -392,6 +392,17 @@ def config_from_mapping(config: Mapping[str, Any] | DictConfig, overrides: Seque
     return apply_overrides(cfg, overrides, renamed=renamed, kinds=_kinds(defaults))
 
 
+def config_needed(weights: str | os.PathLike) -> ConfigError:
+    """The refusal of `weights` that record no config, given none: the run's config.yaml
+    beside them named where it is there."""
+    beside = Path(weights).parent / "config.yaml"
+    give = (f"give {beside} (its run's)" if beside.is_file() else
+            "give the config they were trained with")
+    return ConfigError(f"a config is needed: the weights {weights} record none (other "
+                       f"projects' weights do not, nor this project's checkpoints before "
+                       f"2026-12-02): {give}")
+
+
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically (temp file in the same folder + rename)."""
     atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), path)

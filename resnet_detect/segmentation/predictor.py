@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from resnet_detect.engine.compilation import compile_for_inference
-from resnet_detect.engine.config import ConfigError, as_override
+from resnet_detect.engine.config import ConfigError, as_override, config_needed
 from resnet_detect.backbones.model_weights import use_recorded_normalisation
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from resnet_detect.engine.data import check_rgb_image, check_rgb_images
@@ -111,8 +111,7 @@ class Predictor:
         refuse_other_task(str(source), provenance, "sem_seg", state_dict)
         if config is None:
             if not isinstance(provenance.get("config"), Mapping):
-                raise ConfigError(f"Predictor needs a config: the weights {weights} record none "
-                                  f"(only this project's checkpoints do)")
+                raise config_needed(weights)
             config = provenance["config"]
         cfg = _config(config, overrides)
         if checkpoint is None and cfg.model.weights:  # same handling as weights=...

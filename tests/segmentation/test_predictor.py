@@ -57,9 +57,18 @@ def test_predictor_uses_checkpoint_provenance(tmp_path, small_config, caplog):
 
 
 def test_predictor_without_config_needs_an_own_checkpoint(tmp_path, small_config):
+    """Weights that record no config, given none: the run's config.yaml beside them is named
+    (a checkpoint written before checkpoints recorded their config was told "only this
+    project's checkpoints do", which it is)."""
     path = tmp_path / "bare.pth"
     torch.save(build_model(small_config("fcn")).state_dict(), path)
-    with pytest.raises(ValueError, match="Predictor needs a config"):
+    with pytest.raises(ValueError, match=rf"a config is needed: the weights {path} record none "
+                                         r"\(other projects' weights do not, nor this "
+                                         r"project's checkpoints before 2026-12-02\): give the "
+                                         r"config they were trained with$"):
+        Predictor(None, weights=path)
+    (tmp_path / "config.yaml").write_text("task: sem_seg\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"\): give {tmp_path / 'config.yaml'} \(its run's\)$"):
         Predictor(None, weights=path)
 
 
