@@ -33,6 +33,7 @@ from resnet_detect.detection.data.conversion import (add_class_options,  # noqa:
                                                      write_coco)
 from resnet_detect.detection.data.labelme import labelme_files, labelme_to_coco  # noqa: E402
 from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect.engine.files import writable_file  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -55,6 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Convert; returns the COCO dict written."""
     args = parse_args(argv)
+    writable_file(args.output, "--output")  # before the inputs are read
     images = images_folder(args)
     img_dir = Path(args.img_dir or images or args.root)
     class_names, category_ids = chosen_classes(args)

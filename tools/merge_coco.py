@@ -28,6 +28,7 @@ from resnet_detect.detection.data.conversion import (add_class_options,  # noqa:
                                                      chosen_classes, write_coco)
 from resnet_detect.detection.data.merging import merge_coco  # noqa: E402
 from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect.engine.files import writable_file  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -53,6 +54,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Merge; returns the COCO dict written."""
     args = parse_args(argv)
+    writable_file(args.output, "--output")  # before the inputs are read
     class_names, category_ids = chosen_classes(args)
     coco, img_dir, repeated = merge_coco(args.input, args.img_dir, class_names, category_ids)
     crowd = sum(bool(a.get("iscrowd", 0)) for a in coco["annotations"])

@@ -38,6 +38,7 @@ from resnet_detect.detection.data.conversion import (add_class_options,  # noqa:
                                                      refuse_output_among, write_coco)
 from resnet_detect.detection.data.voc import annotation_files, voc_to_coco  # noqa: E402
 from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect.engine.files import writable_file  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -66,6 +67,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Convert; returns the COCO dict written."""
     args = parse_args(argv)
+    writable_file(args.output, "--output")  # before the inputs are read
     roots = [Path(r) for r in args.roots]
     if args.img_dir is not None:
         img_dir = Path(args.img_dir)

@@ -37,9 +37,9 @@ def cpu_supports_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def amp_for_device(amp: str | None, device_type: str) -> str | None:
+def amp_for_device(amp: str | None, device_type: str, warn: bool = True) -> str | None:
     """`amp` where `device_type` runs it; bf16 on a CPU without bf16 kernels: None with a
-    warning (training goes on in float32, as the CPU quickstarts expect).
+    warning unless not `warn` (training goes on in float32, as the CPU quickstarts expect).
 
     Raises:
         ValueError: fp16 off a GPU (no CPU kernels to speak of, and its GradScaler is for GPUs).
@@ -53,5 +53,7 @@ def amp_for_device(amp: str | None, device_type: str) -> str | None:
                           f" or train.amp=false")
     if device_type == "cpu" and amp == "bf16" and cpu_supports_bf16():
         return amp
-    logger.warning("AMP %s is not supported on this %s: training in float32", amp, device_type)
+    if warn:
+        logger.warning("AMP %s is not supported on this %s: training in float32", amp,
+                       device_type)
     return None

@@ -206,6 +206,18 @@ class UnwritableFolderError(ValueError):
     """An output folder that cannot be made or written to; the message names it."""
 
 
+def writable_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a Path once it is known that a file can be written there (its folder made),
+    checked before the work whose result it holds. `what` names it in messages."""
+    if not str(path).strip():
+        raise UnwritableFolderError(f"{what} is empty: name the file to write")
+    if Path(path).is_dir():
+        raise UnwritableFolderError(f"{what} {path} is a folder: name the file to write "
+                                    f"(e.g. {Path(path) / 'coco.json'})")
+    writable_folder(Path(path).parent, f"the folder of {what} {path}")
+    return Path(path)
+
+
 def writable_folder(folder: str | os.PathLike, what: str = "the output folder") -> Path:
     """`folder` as a Path once it is known that it can be made and written to, checked before
     any work whose results would go there (nothing is made here). `what` names it in

@@ -215,3 +215,22 @@ def test_an_object_an_earlier_file_gives_is_kept_once(tmp_path: Path, capsys) ->
     assert coco["annotations"][4]["segmentation"] == [[1.0, 1.0, 9.0, 1.0, 9.0, 8.0]]
     assert ("2 images, 6 objects, 0 crowd regions from 2 files (2 objects an earlier file "
             "gives too left out)") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tool", ["merge_coco", "voc_to_coco", "labelme_to_coco"])
+def test_an_output_that_is_a_folder_or_empty_is_named_before_the_inputs_are_read(
+        tool: str, tmp_path: Path) -> None:
+    """`--output DIR` said "DIR: cannot be written ([Errno 21] Is a directory:
+    '.DIR.<hex>.tmp' -> ...)" after the conversion, `--output ""` "Device or resource busy"."""
+    from resnet_detect.engine.files import UnwritableFolderError
+    main = load_tool(tool).main
+    inputs = (["--input", str(tmp_path / "none.json"), str(tmp_path)] if tool == "merge_coco"
+              else [str(tmp_path / "none")])  # never read
+    with pytest.raises(UnwritableFolderError, match=rf"^--output {tmp_path} is a folder: name "
+                                                    rf"the file to write \(e\.g\. "):
+        main([*inputs, "--output", str(tmp_path)])
+    with pytest.raises(UnwritableFolderError, match=r"^--output is empty: name the file"):
+        main([*inputs, "--output", ""])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UnwritableFolderError, match=r"the folder of --output .*file/out.json"):
+        main([*inputs, "--output", str(tmp_path / "file/out.json")])

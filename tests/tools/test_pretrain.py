@@ -265,6 +265,21 @@ def test_an_evaluation_without_a_readable_image_scores_nothing() -> None:
         "top1=50.00  top5=100.00"
 
 
+def test_an_evaluation_under_bf16_without_kernels_says_nothing(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A pretraining with train.amp=bf16 on a CPU without bf16 kernels repeated "training in
+    float32" at every evaluation (the training says it once)."""
+    from resnet_detect.engine import amp
+    monkeypatch.setattr(amp, "cpu_supports_bf16", lambda: False)
+    task = ClassificationTask()
+    task.amp = "bf16"
+    with caplog.at_level(logging.WARNING):
+        task.evaluate(torch.nn.Linear(2, 2), [[], []], torch.device("cpu"))
+        assert amp.amp_for_device("bf16", "cpu") is None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "AMP bf16 is not supported on this cpu: training in float32"]
+
+
 def test_training_stops_when_most_images_of_a_window_are_unreadable(
         tool: ModuleType, tmp_path: Path) -> None:
     """All or most images unreadable (a wrong folder, a lost mount): stopped after one
