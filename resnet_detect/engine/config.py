@@ -338,6 +338,10 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
     return cfg
 
 
+# the endings of keys that name files or folders, whatever their default
+PATH_KEY_ENDINGS = ("_dir", "_file", ".root", "weights", "class_names")
+
+
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
                     renamed: Mapping[str, str] | None = None,
                     kinds: Mapping[str, str] | None = None) -> DictConfig:
@@ -357,6 +361,8 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
                 "; it is a file, and each option takes one (a shell pattern that matched "
                 "several files?)" if Path(item).exists() else ""))
         key, value = item.split("=", 1)
+        if not key.strip():
+            raise ConfigError(f"override '{item}' has no key before its '=': write key=value")
         if key_hint(key):  # this project's keys are lower-case
             raise ConfigError(f"unknown config key '{key}' in override '{item}'{key_hint(key)}")
         try:
@@ -371,7 +377,8 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
                 # YAML reads "runs #2" as "runs" and a comment, "run: 2" as a mapping: a path
                 re.search(r"(^|\s)#", value)
                 or (isinstance(parsed, Mapping) and kind != "section")
-                or (kind == "str" and is_number(parsed))):  # 0755 is not 493, 1e3 not 1000.0
+                # 0755 is not 493, 1e3 not 1000.0 (a path's default may be null)
+                or ((kind == "str" or key.endswith(PATH_KEY_ENDINGS)) and is_number(parsed))):
             OmegaConf.update(dotlist, key, value)  # the text as typed
         source = f"override '{item}'"
         cfg = _merge(cfg, _rename(dotlist, renamed or {}, source), source, kinds)

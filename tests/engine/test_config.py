@@ -138,6 +138,13 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
                               "base_faster_rcnn.yaml", ["data.val.ann_file=/data/v: 1/a.json",
                                                         "model.weights=/runs/e #3/m.pth"])
     assert (det.data.val.ann_file, det.model.weights) == ("/data/v: 1/a.json", "/runs/e #3/m.pth")
+    _, det = load_task_config(Path(__file__).resolve().parents[2] / "configs/detection/"
+                              "base_faster_rcnn.yaml", ["data.val.img_dir=0755",
+                                                        "data.val.ann_file=1e3"])
+    assert (det.data.val.img_dir, det.data.val.ann_file) == ("0755", "1e3")  # not 493, 1000.0
+    with pytest.raises(ConfigError, match=r"^override '=3' has no key before its '=': write "
+                                          r"key=value$"):
+        load_config(path, ["=3"], defaults=DEFAULTS)
     assert load_config(path, ["data.root='/a #b'"], defaults=DEFAULTS).data.root == "/a #b"
     with pytest.raises(ConfigError, match=r"data.size must be a number, got '100 #x' in "
                                           r"override 'data.size=100 #x'"):
