@@ -86,6 +86,10 @@ def _size_problem(source: str, found: Sequence[int], image: str,
             f"(WxH, after EXIF rotation of the image, if it has an orientation tag)")
 
 
+# training masks whose class ids are read before the first step
+MASK_SAMPLE = 32
+
+
 class SemSegDataset(Dataset):
     """Decode, check and augment (image, mask) pairs from folder or COCO records.
 
@@ -213,6 +217,23 @@ class SemSegDataset(Dataset):
         if problems:
             raise DatasetError(f"data.{split}: {len(problems)} of {len(self)} masks are wrong:"
                                + listing(problems))
+
+    def check_mask_sample(self, split: str) -> None:
+        """The class ids of a sample of `MASK_SAMPLE` masks: where one is wrong, every mask
+        is checked and all wrong ones listed (`check_masks`), before the first step rather
+        than one stopped run per mask (ids are otherwise checked as batches draw them)."""
+        for index in np.random.default_rng(0).permutation(len(self))[:MASK_SAMPLE]:
+            record = self._records[index]
+            size = image_size(record["file_name"])
+            if size is None:
+                continue  # unreadable: skipped when read
+            try:
+                self._checked_mask(record, size)
+            except UnreadableImageError:
+                continue
+            except DatasetError:
+                self.check_masks(split)
+                return
 
     def check_masks(self, split: str) -> None:
         """Check every mask now (its size against its image's header, its class ids), all

@@ -213,6 +213,7 @@ class SemSegTask:
                                "or leave data.val unset (tools/eval.py --save-predictions "
                                "predicts such a file)")
         train.check_mask_headers("train")
+        train.check_mask_sample("train")
         train.warn_of_objects_as_ignore("train")
         if val is not None:
             check_same_classes(train, val, cfg)

@@ -678,6 +678,32 @@ def test_training_masks_of_another_size_are_all_named_before_training(tmp_path):
     build_dataset(cfg, "train").check_mask_headers("train")  # all fit: nothing raised
 
 
+def test_training_masks_of_undeclared_classes_are_all_named_before_training(tmp_path,
+                                                                           monkeypatch):
+    """A training mask holding a class id past the declared classes stopped the run when its
+    batch was drawn, one mask per run: where a sample read at the start finds one, every mask
+    is checked and all listed."""
+    from resnet_detect.segmentation import data
+    for i in range(6):
+        _image(tmp_path / f"img/{i}.jpg", 10, 12)
+        _mask(tmp_path / f"ann/{i}.png", np.full((10, 12), 9 if i in (2, 5) else 1))
+    cfg = _config(img_dir=str(tmp_path / "img"), mask_dir=str(tmp_path / "ann"))
+    cfg["data"]["class_names"] = ["a", "b", "c"]
+    train = build_dataset(cfg, "train")
+    monkeypatch.setattr(data, "MASK_SAMPLE", 2)
+    sample = np.random.default_rng(0).permutation(6)[:2].tolist()
+    assert 2 in sample and 5 not in sample  # the sample finds one of the two
+    with pytest.raises(DatasetError) as raised:
+        train.check_mask_sample("train")
+    lines = str(raised.value).splitlines()
+    assert lines[0] == "data.train: 2 of 6 masks are wrong:"
+    assert [line.split(" has ")[0] for line in lines[1:]] == [
+        f"  mask {tmp_path}/ann/{i}.png" for i in (2, 5)]
+    for i in (2, 5):
+        _mask(tmp_path / f"ann/{i}.png", np.full((10, 12), 2))
+    build_dataset(cfg, "train").check_mask_sample("train")  # all declared: nothing raised
+
+
 def test_training_masks_in_colour_or_jpeg_are_all_named_before_training(tmp_path):
     """An RGB or gray+alpha mask, or a JPEG named .png, in the training split stopped the run
     when its batch was drawn, hours in: their headers say so before the first step."""
