@@ -659,6 +659,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         raise ConfigError(f"train.best_metric {t.best_metric!r} is not a metric of this task's "
                           f"evaluations{voc}; valid: {', '.join(names)}")
     check_schedule(cfg)
+    per_process_batch_size(t.batch_size, "train.batch_size")  # before the folder's log files
     if get_world_size() > 1 and device.type != "cuda":
         synced = [k for k, v in flat_keys(to_plain(cfg.get("model") or {}), "model.").items()
                   if k.endswith("norm") and v == "syncbn"]

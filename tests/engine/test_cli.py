@@ -43,6 +43,22 @@ def test_a_config_error_is_one_line_and_exit_code_2(argv: list[str], tmp_path: P
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_a_batch_that_the_processes_cannot_share_is_refused_before_the_folder_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """It was refused after log.txt and log.txt.rank1 were written in train.output_dir."""
+    from resnet_detect.engine import distributed
+    monkeypatch.setattr(distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(sys, "argv", ["tools/train.py", str(CONFIG), "train.batch_size=3",
+                                      "model.backbone.weights=null",
+                                      f"train.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool_main("train"))
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        "train.py: error: train.batch_size 3 is not divisible by the 2 processes\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_schedule_in_epochs_under_iteration_keys_names_them_before_the_data(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """train.epochs=1 on the quickstart config, whose file sets warmup_iters: 50, was refused
