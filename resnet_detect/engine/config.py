@@ -282,6 +282,11 @@ def _rename(part: DictConfig, renamed: Mapping[str, str], source: str) -> DictCo
         value = OmegaConf.select(part, old, default=_ABSENT)
         if value is _ABSENT:
             continue
+        given = OmegaConf.select(part, new, default=_ABSENT)
+        if given is not _ABSENT and given != value:  # one of the two would win without a word
+            raise ConfigError(f"{source} sets both '{old}' ({as_override(value)}, the "
+                              f"deprecated name) and '{new}' ({as_override(given)}): keep "
+                              f"'{new}' alone")
         parent, _, leaf = old.rpartition(".")
         node = OmegaConf.select(part, parent) if parent else part
         node.pop(leaf)

@@ -312,3 +312,19 @@ def test_save_config_writes_resolved_yaml(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["config.yaml"]
     # The saved file is itself a valid config for the same schema.
     assert load_config(tmp_path / "out/config.yaml", defaults=DEFAULTS) == saved
+
+
+def test_a_deprecated_key_beside_its_new_name_is_refused(tmp_path: Path) -> None:
+    """A file with solver.base_lr (an old pretraining key) and train.base_lr trained at the
+    deprecated one's value without a word."""
+    defaults = {"train": {"base_lr": 0.1, "epochs": 90}}
+    renamed = {"solver.base_lr": "train.base_lr", "solver.epochs": "train.epochs"}
+    both = write(tmp_path / "both.yaml", "solver: {base_lr: 0.5}\ntrain: {base_lr: 0.2}\n")
+    with pytest.raises(ConfigError, match=r"both.yaml sets both 'solver.base_lr' \(0.5, the "
+                                          r"deprecated name\) and 'train.base_lr' \(0.2\): keep "
+                                          r"'train.base_lr' alone"):
+        load_config(both, defaults=defaults, renamed=renamed)
+    same = write(tmp_path / "same.yaml", "solver: {base_lr: 0.2, epochs: 5}\n"
+                                         "train: {base_lr: 0.2}\n")
+    cfg = load_config(same, ["solver.epochs=7"], defaults=defaults, renamed=renamed)
+    assert (cfg.train.base_lr, cfg.train.epochs) == (0.2, 7)
