@@ -7,14 +7,15 @@ Usage:
       [--splits train val]
   python tools/yolo_to_coco.py label_studio_export/ --output-dir coco   # one split, train
 
-Writes OUTPUT_DIR/<split>.json for each split the YAML names (train, val and test where present
-and not empty; --splits picks). Boxes (`class cx cy w h`) become COCO boxes in pixels; polygons
-(YOLO's segmentation labels) become each object's `segmentation` too, so Mask R-CNN trains on
-them; a pose dataset's (kpt_shape) lines give their boxes. Coordinates up to 0.01 outside 0..1
-are clipped (Ultralytics' tolerance), a repeated label line counts once. Class k of `names` is
-category id k + 1, the same in every file. File names are relative to the dataset's folder (its
-`path`), which the tool prints as the `img_dir` to use. Nothing is written when an image or a
-label line has a problem: each image's, and the first bad line of each label file, are named.
+Writes OUTPUT_DIR/<split>.json for each split the YAML names (train, val and test where
+present, an empty val or test folder left out; --splits picks). Boxes (`class cx cy w h`)
+become COCO boxes in pixels; polygons (YOLO's segmentation labels) become each object's
+`segmentation` too, so Mask R-CNN trains on them; a pose dataset's (kpt_shape) lines give their
+boxes. Coordinates up to 0.01 outside 0..1 are clipped (Ultralytics' tolerance), a repeated
+label line counts once. Class k of `names` is category id k + 1, the same in every file. File
+names are relative to the dataset's folder (its `path`), which the tool prints as the `img_dir`
+to use. Nothing is written when an image or a label line has a problem: each image's, and the
+first bad line of each label file, are named.
 """
 from __future__ import annotations
 
@@ -62,10 +63,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
         if not splits:
             raise DatasetError(f"{source}: none of its splits is there ({', '.join(absent)}): "
                                f"its paths are taken from its 'path' ({root})")
-    images = {split: split_images(root, data, split, source, empty_ok=not args.splits)
+    # an export's empty val or test folder is left out by default; an empty train one is
+    # more likely a wrong path, and named
+    images = {split: split_images(root, data, split, source,
+                                  empty_ok=not args.splits and split != "train")
               for split in splits}
-    for split in [s for s in splits if not images[s]]:  # an export's empty test folder
-        print(f"{source}: its {split} split has no images: left out")
+    for split in [s for s in splits if not images[s]]:
+        print(f"{source}: its {split} split ({data[split]}) has no images: left out")
     splits = [s for s in splits if images[s]]
     if not splits:
         raise DatasetError(f"{source}: none of its splits has images ({', '.join(images)})")

@@ -51,12 +51,16 @@ def build(name: str, *, weights: str | os.PathLike | Mapping[str, Any] | None = 
 
 def build_from_config(model_cfg: Mapping[str, Any], out_features: Sequence[str]) -> ResNet:
     """The ResNet of a detector's or segmenter's `model` config: its `backbone` section (with
-    its weights, unless model.weights gives the whole model's), returning `out_features`;
+    its weights, which a model.weights giving the whole model's need not have), returning
+    `out_features`;
     weights that record another pixel normalisation than model.pixel_mean / pixel_std are
     refused."""
     bcfg = model_cfg["backbone"]
-    # whole-model weights replace every backbone tensor: its own file is neither needed nor read
-    weights = None if model_cfg.get("weights") else bcfg["weights"]
+    # whole-model weights replace every backbone tensor: its own file is not needed (where it
+    # is there, it is read still: its provenance may set the architecture, width and groups)
+    weights = bcfg["weights"]
+    if model_cfg.get("weights") and weights and not os.path.isfile(weights):
+        weights = None
     resnet = build(bcfg["name"], weights=weights, config_prefix="model.backbone.",
                    norm=bcfg["norm"], freeze_at=bcfg["freeze_at"],
                    output_stride=bcfg["output_stride"],

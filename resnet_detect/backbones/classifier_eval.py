@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from resnet_detect.engine import atomic_write_json, get_world_size, is_main_process, to_plain
+from resnet_detect.engine.amp import amp_for_device
 from resnet_detect.engine.config import ConfigError, config_section
 from resnet_detect.engine.data import CountedLoader, DatasetError, build_test_loader
 from resnet_detect.engine.export import ExportError, is_onnx
@@ -73,6 +74,7 @@ def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, o
         dataset, batch_size=max(1, int(cfg.train.batch_size) // get_world_size()),
         num_workers=cfg.data.num_workers,
         pin_memory=device.type == "cuda", collate_fn=collate_images))
+    amp_for_device(task.amp, device.type, doing="evaluating")  # (said here: evaluate is quiet)
     with torch.no_grad():
         metrics = task.evaluate(model, loader, device)
     result = nan_to_none(metrics)

@@ -224,7 +224,8 @@ class ClassificationTask:
     def evaluate(self, model: nn.Module, loader: DataLoader,
                  device: torch.device) -> dict[str, dict[str, Any]]:
         """Top-1/top-5 accuracy over every process's shard; unreadable images not scored."""
-        amp = amp_for_device(self.amp, device.type, warn=False)  # (the training said it)
+        # (said by the training, or tools/eval.py, before: not again at every evaluation)
+        amp = amp_for_device(self.amp, device.type, warn=False)
         dtype = AMP_DTYPES[amp] if amp else None
         sums = {"top1": 0.0, "top5": 0.0, "count": 0.0}
         for batch in loader:

@@ -14,13 +14,14 @@ torchvision weights see the very same anchors.
 
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from resnet_detect.engine.config import ArgumentError, is_number
+from resnet_detect.engine.config import ArgumentError
 
 # padded batch sizes whose anchors are kept (a test size, the training scales' sizes)
 RECENT_SIZES = 8
@@ -49,8 +50,9 @@ def _levels(values: Sequence[Sequence[float]], name: str, example: str) -> list[
     """`values` as lists, one per feature level, refused where they are not lists of numbers
     (a flat list, a null or a name in one)."""
     if not isinstance(values, Sequence) or not all(
-            isinstance(level, Sequence) and not isinstance(level, str)
-            and all(is_number(v) for v in level) for level in values):
+            hasattr(level, "__len__") and not isinstance(level, (str, bytes))
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in level)
+            for level in values):
         raise ArgumentError(f"anchor {name} must be a list of lists of numbers, one list per "
                             f"feature level (or one for all), e.g. {example}; got "
                             f"{_plain(values)}")

@@ -37,9 +37,10 @@ def cpu_supports_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def amp_for_device(amp: str | None, device_type: str, warn: bool = True) -> str | None:
+def amp_for_device(amp: str | None, device_type: str, warn: bool = True,
+                   doing: str = "training") -> str | None:
     """`amp` where `device_type` runs it; bf16 on a CPU without bf16 kernels: None with a
-    warning unless not `warn` (training goes on in float32, as the CPU quickstarts expect).
+    warning unless not `warn` (`doing` goes on in float32, as the CPU quickstarts expect).
 
     Raises:
         ValueError: fp16 off a GPU (no CPU kernels to speak of, and its GradScaler is for GPUs).
@@ -54,6 +55,6 @@ def amp_for_device(amp: str | None, device_type: str, warn: bool = True) -> str 
     if device_type == "cpu" and amp == "bf16" and cpu_supports_bf16():
         return amp
     if warn:
-        logger.warning("AMP %s is not supported on this %s: training in float32", amp,
-                       device_type)
+        logger.warning("AMP %s is not supported on this %s: %s in float32", amp,
+                       device_type, doing)
     return None

@@ -207,13 +207,18 @@ class UnwritableFolderError(ValueError):
 
 
 def writable_file(path: str | os.PathLike, what: str) -> Path:
-    """`path` as a Path once it is known that a file can be written there (its folder made),
-    checked before the work whose result it holds. `what` names it in messages."""
+    """`path` as a Path once it is known that a file can be written there (its folder can be
+    made), checked before the work whose result it holds. `what` names it in messages."""
     if not str(path).strip():
         raise UnwritableFolderError(f"{what} is empty: name the file to write")
     if Path(path).is_dir():
         raise UnwritableFolderError(f"{what} {path} is a folder: name the file to write "
                                     f"(e.g. {Path(path) / 'coco.json'})")
+    above = Path(path).parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if above.exists() and not above.is_dir():
+        raise UnwritableFolderError(f"{what} {path}: {above} is a file, not a folder")
     writable_folder(Path(path).parent, f"the folder of {what} {path}")
     return Path(path)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -74,9 +75,10 @@ def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig
     weights = weights_keys(cfg.get("model"))
     whole = weights.get("model.weights")
     for key, value in weights.items():
-        if key == "model.backbone.weights" and whole and value:
-            logger.info("model.backbone.weights (%s) is not read: model.weights (%s) gives "
-                        "the whole model's, the backbone's included", value, whole)
+        if key == "model.backbone.weights" and whole and value and not os.path.isfile(value):
+            logger.info("model.backbone.weights (%s) is not there and not needed: "
+                        "model.weights (%s) gives the whole model's, the backbone's included",
+                        value, whole)
             continue
         if isinstance(value, str) and value:
             try:

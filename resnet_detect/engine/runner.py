@@ -446,6 +446,22 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                               f", this run's data gives {list(after)[:20]}: its labels would "
                               f"mean other classes; resume on the data it was trained on, or "
                               f"{new_run}")
+    if note is None:
+        _compare_settings(path, provenance, iteration, cfg, logger, check_model, new_run)
+        return
+    try:  # a config.yaml beside the checkpoint, which may be another run's: not refused on it
+        _compare_settings(path, provenance, iteration, cfg, logger, check_model, new_run)
+    except ConfigError as err:
+        logger.warning("%s (not refused: the checkpoint records no config of its own)", err)
+
+
+def _compare_settings(path: Path, provenance: Mapping[str, Any], iteration: int,
+                      cfg: DictConfig, logger: logging.Logger,
+                      check_model: Callable[[str, Mapping[str, Any], Mapping[str, Any]], None]
+                      | None, new_run: str) -> None:
+    """The `model`, `train` and `data` keys of the run that wrote checkpoint `path` (its
+    provenance's config) against this run's: changes its state cannot follow refused, the
+    others named in warnings."""
     _check_model_settings(path, provenance, cfg, logger, check_model)
     recorded = (provenance.get("config") or {}).get("train")
     if not isinstance(recorded, Mapping):

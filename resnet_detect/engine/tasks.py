@@ -53,26 +53,34 @@ TASK_OF_MODEL_KEY = {"roi_heads": "detection", "rpn": "detection", "aux_head": "
 def config_task(path: str | os.PathLike, overrides: Sequence[str] = (),
                 expected: str | None = None) -> str:
     """The `task` a config file (with its `_base_` files, or a `task=` override) names; one
-    without the key (a run's config.yaml from before it) is `expected` (the tool's own task),
-    else the task its model keys belong to, said in a warning."""
-    task, model_keys = None, set()
-    for _, part in config_chain(path):
+    without the key (a run's config.yaml from before it) is the task its model keys belong
+    to, said once in a warning, else `expected` (the tool's own task)."""
+    task = None
+    parts = [part for _, part in config_chain(path)]
+    for part in parts:
         task = part.get("task", task)
-        model_keys |= set(part.get("model") or {})
     for item in overrides:
         if item.startswith("task="):
             task = item.split("=", 1)[1]
     if task is not None:
         return str(task)
+    model_keys = {k for part in parts if isinstance(part.get("model"), Mapping)
+                  for k in part.get("model")}
     guessed = {TASK_OF_MODEL_KEY[k] for k in model_keys if k in TASK_OF_MODEL_KEY}
-    if expected is None and len(guessed) == 1:
-        (expected,) = guessed
-        logger.warning("config %s has no `task` key (a run's config.yaml written before it "
-                       "was one): read as a %s config, by its model keys", path, expected)
+    if len(guessed) == 1:
+        (task,) = guessed
+        if str(path) not in _SAID_GUESSED:  # (a tool asks, then its config loader)
+            _SAID_GUESSED.add(str(path))
+            logger.warning("config %s has no `task` key (a run's config.yaml written before "
+                           "it was one): read as a %s config, by its model keys", path, task)
+        return task
     if expected is None:
         raise ConfigError(f"config {path} has no `task` key; inherit a base config or set "
                           f"task: {' | '.join(TASK_MODULES)}")
     return expected
+
+
+_SAID_GUESSED: set[str] = set()
 
 
 def refuse_other_task_config(path: str | os.PathLike, overrides: Sequence[str],

@@ -1,5 +1,6 @@
 """Anchors: cell anchors and grids against hand values and torchvision's generator."""
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
@@ -83,6 +84,8 @@ def test_bad_configuration() -> None:
             AnchorGenerator(sizes=sizes, aspect_ratios=ratios)
     assert AnchorGenerator(sizes=((32,), (64,)), aspect_ratios=((0.5, 1.0),)).sizes == [
         [32], [64]]
+    assert AnchorGenerator(sizes=[np.array([32.0])], aspect_ratios=[[np.float32(1.0)]]).sizes \
+        == [[32.0]]  # numpy's numbers too
     with pytest.raises(ValueError, match="2 levels"):
         AnchorGenerator(sizes=[[32], [64]], aspect_ratios=[[1.0]])(
             [torch.zeros(1, 1, 2, 2)], (8, 8)

@@ -811,6 +811,16 @@ def test_a_checkpoint_without_its_config_is_compared_with_its_folder_s_config_ya
                          f"{tmp_path / 'config.yaml'}, and its continuation may differ "
                          f"slightly from what the version that wrote it would compute")
     assert "train.base_lr: 0.0004 -> 0.001" in warned[1] and len(warned) == 2
+    # a change the checkpoint's state cannot follow: said, not refused on a file that may be
+    # another run's (a checkpoint copied into another folder for --resume-from)
+    caplog.clear()
+    _, sgd = load_task_config(QUICKSTART, ["model.backbone.weights=null", "train.optimizer=sgd"])
+    with caplog.at_level("WARNING"):
+        _check_resumable(path, {}, 3, sgd, 300, logging.getLogger("t"), {})
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned[1].startswith(f"checkpoint {path} was trained with train.optimizer=adamw, "
+                                f"this run asks for sgd") and warned[1].endswith(
+        "(not refused: the checkpoint records no config of its own)")
     caplog.clear()
     (tmp_path / "config.yaml").unlink()
     with caplog.at_level("WARNING"):

@@ -128,8 +128,8 @@ def test_a_missing_backbone_file_says_how_to_make_one_or_start_without(tmp_path)
 
 def test_whole_model_weights_need_no_backbone_file(tmp_path, caplog):
     """Fine-tuning a detector (model.weights) in a fresh clone was refused for the quickstart's
-    backbone file, whose tensors the detector's replace all: now it is neither needed nor read,
-    and said so."""
+    backbone file, whose tensors the detector's replace all: it is not needed, and said so
+    (where it is there it is read still: its provenance may set the architecture)."""
     from resnet_detect import backbones
     from resnet_detect.detection import build_model
     from resnet_detect.detection.training import make_provenance
@@ -144,8 +144,8 @@ def test_whole_model_weights_need_no_backbone_file(tmp_path, caplog):
                  f"model.backbone.weights={gone}"]
     with caplog.at_level("INFO"), pytest.raises(FileNotFoundError, match="no.json"):
         _prepare(DETECTOR, overrides)  # on to the data
-    assert (f"model.backbone.weights ({gone}) is not read: model.weights ({path}) gives the "
-            f"whole model's, the backbone's included") in caplog.text
+    assert (f"model.backbone.weights ({gone}) is not there and not needed: model.weights "
+            f"({path}) gives the whole model's, the backbone's included") in caplog.text
     _, cfg = load_task_config(DETECTOR, [*overrides, "model.num_classes=3"])
     built = build_model(cfg)
     assert all(torch.equal(v, trained.state_dict()[k]) for k, v in built.state_dict().items())

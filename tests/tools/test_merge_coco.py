@@ -200,8 +200,8 @@ def test_an_object_an_earlier_file_gives_is_kept_once(tmp_path: Path, capsys) ->
     # the same photo a.jpg under other ids; its cat (same box) and dog (same box and mask)
     # again, a dog with another mask, a cat with another box
     second = _coco(tmp_path / "2.json", {3: "dog", 4: "cat"}, [(10, "a.jpg", 40, 30)],
-                   [(10, 4, [1, 1, 8, 8]), (10, 3, [5, 5, 4, 4]), (10, 3, [5, 5, 4, 4]),
-                    (10, 4, [1, 1, 8, 9])])
+                   [(10, 4, [1.0, 1.0, 8.0, 8.0]), (10, 3, [5, 5, 4, 4]), (10, 3, [5, 5, 4, 4]),
+                    (10, 4, [1, 1, 8, 9])])  # (the cat's box written in floats: the same)
     data = json.loads(second.read_text())
     data["annotations"][1]["segmentation"] = polygon
     data["annotations"][2]["segmentation"] = [[1.0, 1.0, 9.0, 1.0, 9.0, 8.0]]
@@ -232,5 +232,6 @@ def test_an_output_that_is_a_folder_or_empty_is_named_before_the_inputs_are_read
     with pytest.raises(UnwritableFolderError, match=r"^--output is empty: name the file"):
         main([*inputs, "--output", ""])
     (tmp_path / "file").write_text("")
-    with pytest.raises(UnwritableFolderError, match=r"the folder of --output .*file/out.json"):
-        main([*inputs, "--output", str(tmp_path / "file/out.json")])
+    with pytest.raises(UnwritableFolderError, match=rf"^--output {tmp_path}/file/sub/out.json: "
+                                                    rf"{tmp_path}/file is a file, not a folder$"):
+        main([*inputs, "--output", str(tmp_path / "file/sub/out.json")])

@@ -735,3 +735,14 @@ def test_a_run_config_from_before_the_task_key_is_read_as_its_task(
                 f"config {old} has no `task` key (a run's config.yaml written before it was "
                 f"one): read as a {expected} config, by its model keys"]
         assert name == expected and loaded.task == expected
+        if expected == "detection":  # given to tools/pretrain.py: named as another task's
+            with pytest.raises(ConfigError, match=r"detection.yaml is for task 'detection', "
+                                                  r"not 'classification'"):
+                load_task_config(old, task="classification")
+    # a model section that is no section: named by the config check, not a TypeError here
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(f"_base_: {ROOT / 'configs/synthetic/faster_rcnn_R_18_FPN.yaml'}\n"
+                      f"model: 3\n", encoding="utf-8")
+    assert config_task(broken) == "detection"
+    with pytest.raises(ConfigError, match=r"model is a section of keys, got 3"):
+        load_task_config(broken)

@@ -136,8 +136,9 @@ def _once_across_files(per_file: list[list[dict[str, Any]]]) -> tuple[list[dict[
     for i, objects in enumerate(per_file):
         for o in objects:
             if len(files_of_image[o["image_id"]]) > 1:
-                key = json.dumps([o["image_id"], o["category_id"], o.get("bbox"),
-                                  o.get("segmentation"), o.get("iscrowd", 0)])
+                key = json.dumps(_as_floats([o["image_id"], o["category_id"], o.get("bbox"),
+                                             o.get("segmentation"), o.get("iscrowd", 0)]),
+                                 sort_keys=True)
                 if first_file.setdefault(key, i) != i:
                     repeated += 1
                     continue
@@ -186,3 +187,13 @@ def _categories(category_id: dict[str, int], files: Sequence[dict[str, Any]]
             written.setdefault(category["name"], category)
     return sorted(({**written.get(n, {"supercategory": "none"}), "id": i, "name": n}
                    for n, i in category_id.items()), key=lambda c: c["id"])
+
+
+def _as_floats(value: Any) -> Any:
+    """`value` with every number a float: 10 and 10.0 are one coordinate."""
+    if isinstance(value, (list, tuple)):
+        return [_as_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_floats(v) for k, v in value.items()}
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else value
