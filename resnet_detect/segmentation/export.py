@@ -75,12 +75,15 @@ class SegmentationGraph(nn.Module):
 
 def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Sequence[str],
                      scale: float = 1.0, max_size: int | None = None,
-                     example_size: tuple[int, int] = (96, 128)) -> dict[str, Any]:
+                     example_size: tuple[int, int] = (96, 128),
+                     reduce_zero_label: bool | None = None) -> dict[str, Any]:
     """Write `folder/model.onnx` and `folder/export.json`; returns the metadata.
 
     Args:
         scale: the test scale the graph rescales images by (the config's `test.scales`).
         max_size: the longer side images are first scaled down to (`test.max_size`).
+        reduce_zero_label: the data.reduce_zero_label the weights were trained with (None:
+            not known), for tools/eval.py to compare its data's with.
     """
     model.eval()
     example = torch.zeros((*example_size, 3), dtype=torch.uint8)
@@ -93,7 +96,7 @@ def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Seq
         pixel_mean=model.pixel_mean.flatten().tolist(),
         pixel_std=model.pixel_std.flatten().tolist(), class_names=class_names,
         num_classes=model.num_classes, ignore_index=model.ignore_index, resize=None,
-        test_scale=float(scale), test_max_size=max_size)
+        test_scale=float(scale), test_max_size=max_size, reduce_zero_label=reduce_zero_label)
 
 
 class OnnxSegmentor(OnnxModel):

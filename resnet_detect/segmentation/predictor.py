@@ -92,6 +92,8 @@ class Predictor:
         names_recorded: whether the weights named the classes (an export, or a checkpoint of
             this project's).
         model: the `SemanticSegmentor`, in eval mode.
+        trained_reduce_zero_label: the data.reduce_zero_label the weights were trained with
+            (None where they do not record it).
     """
 
     def __init__(self, config: str | os.PathLike | DictConfig | Mapping[str, Any] | None = None,
@@ -149,6 +151,8 @@ class Predictor:
                 logger.warning("data.class_names is not used: the weights %s name their "
                                "classes %s", source, list(names)[:10])
         self.class_names = list(names)
+        self.trained_reduce_zero_label = ((provenance.get("config") or {}).get("data")
+                                          or {}).get("reduce_zero_label")
         self.tta = tta or tta_from_config(cfg)
         if tta is None and isinstance(provenance.get("config"), Mapping):
             _warn_of_other_test_settings(self.tta, provenance["config"], source)
@@ -164,6 +168,7 @@ class Predictor:
         self.model = OnnxSegmentor(weights, device)
         self.class_names = self.model.class_names
         self.names_recorded = True
+        self.trained_reduce_zero_label = self.model.metadata.get("reduce_zero_label")
         self.tta = TTAInference()  # the graph itself rescales by its test scale and cap
         overridden = [o.split("=", 1)[0] for o in overrides]
         # without a config, the overrides alone are the user's (not the defaults under them)
@@ -174,9 +179,10 @@ class Predictor:
         graph = (self.model.test_scale, self.model.test_max_size)
         if compared - {"test.max_size"} and asked.single_scale is None:
             raise ExportError(
-                f"{weights} runs one test scale, {graph[0]}, with test.max_size {graph[1]}, "
-                f"without flip or windows; the config asks for test.scales="
-                f"{list(asked.scales)} test.flip={asked.flip} test.window={asked.window}: set "
+                f"{weights} runs one test scale, {graph[0]}, with test.max_size "
+                f"{as_override(graph[1])}, without flip or windows; the config asks for "
+                f"test.scales={list(asked.scales)} test.flip={as_override(asked.flip)} "
+                f"test.window={as_override(asked.window)}: set "
                 f"test.scales=[{graph[0]}] test.flip=false test.window=null, or export again "
                 f"with the test keys wanted")
         differing = [f"{key} {as_override(exported)} (config: {as_override(config_value)})"

@@ -57,6 +57,14 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     predictor = Predictor(config, weights=weights, overrides=overrides, device=device)
     cfg = load_config(config, overrides)
     cfg.model.num_classes = predictor.model.num_classes
+    trained = predictor.trained_reduce_zero_label
+    if trained is not None and bool(trained) != bool(cfg.data.reduce_zero_label):
+        logger.warning("%s was trained on masks read with data.reduce_zero_label=%s, these are "
+                       "read with %s: where they are labelled as its training masks were, "
+                       "every class id is one off (and the mIoU wrong); then set "
+                       "data.reduce_zero_label=%s", weights, str(bool(trained)).lower(),
+                       str(bool(cfg.data.reduce_zero_label)).lower(),
+                       str(bool(trained)).lower())
     if not cfg.data.class_names and not cfg.data.val.ann_file:
         # folder masks name no classes (a COCO file's are compared with the weights' below)
         cfg.data.class_names = list(predictor.class_names)
@@ -177,7 +185,8 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
                        "calls them %s...; tools/eval.py will refuse data with other names",
                        weights, ", ".join(names[:3]))
     return export_segmentor(predictor.model, folder, class_names=names, scale=tta.single_scale,
-                            max_size=tta.max_size)
+                            max_size=tta.max_size,
+                            reduce_zero_label=predictor.trained_reduce_zero_label)
 
 
 class SemSegTask:

@@ -235,6 +235,8 @@ def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
     export = tmp_path / "export"
     load_tool("export").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
                               "--output", str(export), *overrides(data)])
+    # what the weights were trained with, for an evaluation of the graph to compare
+    assert json.loads((export / "export.json").read_text())["reduce_zero_label"] is False
     metrics = {name: load_tool("eval").main([str(CONFIG), "--weights", str(weights), "--output",
                                              str(tmp_path / name), *overrides(data)])["sem_seg"]
                for name, weights in (("pth", trained[0] / "model_final.pth"),
@@ -245,9 +247,9 @@ def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
     load_tool("demo").main([str(CONFIG), "--weights", str(export), "--input", str(image),
                             "--output", str(tmp_path / "demo"), *overrides(data)])
     assert cv2.imread(str(tmp_path / "demo/000001.jpg")).shape == cv2.imread(str(image)).shape
-    with pytest.raises(ValueError, match=r"runs one test scale, 0.5, with test.max_size None, "
+    with pytest.raises(ValueError, match=r"runs one test scale, 0.5, with test.max_size null, "
                                          r"without flip or windows; the config asks for "
-                                         r"test.scales=\[0.5\] test.flip=True"):
+                                         r"test.scales=\[0.5\] test.flip=true test.window=null"):
         load_tool("eval").main([str(CONFIG), "--weights", str(export), "--output",
                                 str(tmp_path / "x"), *overrides(data), "test.flip=true"])
     # another single scale and cap: the graph's, named (as for a detector's resize)
@@ -400,7 +402,8 @@ def test_eval_saves_each_images_class_map_that_it_scored(
 
 
 def test_masks_whose_0_is_unlabelled_score_as_the_same_masks_without_it(
-        trained: tuple[Path, dict], data: Path, tmp_path: Path) -> None:
+        trained: tuple[Path, dict], data: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     """data.reduce_zero_label (ADE20K's masks): the val masks with every class id raised by one
     and their ignored pixels 0 or 255 give the run's own mIoU, and the saved predictions are
     the plain run's plus one (mmsegmentation's format_only under reduce_zero_label)."""
@@ -419,10 +422,17 @@ def test_masks_whose_0_is_unlabelled_score_as_the_same_masks_without_it(
             *overrides(data)]
     plain = load_tool("eval").main([*args, "--output", str(tmp_path / "plain"),
                                     f"data.val.mask_dir={plain_masks}"])["sem_seg"]
-    reduced = load_tool("eval").main([*args, "--output", str(tmp_path / "reduced"),
-                                      f"data.val.mask_dir={shifted}",
-                                      "data.reduce_zero_label=true"])["sem_seg"]
+    with caplog.at_level(logging.WARNING):
+        reduced = load_tool("eval").main([*args, "--output", str(tmp_path / "reduced"),
+                                          f"data.val.mask_dir={shifted}",
+                                          "data.reduce_zero_label=true"])["sem_seg"]
     assert reduced == plain
+    # masks read otherwise than the training's (right here: these are shifted), said: where
+    # they are labelled as the training's, every id is one off and nothing else says so
+    assert (f"{out / 'model_final.pth'} was trained on masks read with "
+            f"data.reduce_zero_label=false, these are read with true: where they are labelled "
+            f"as its training masks were, every class id is one off (and the mIoU wrong); then "
+            f"set data.reduce_zero_label=false") in caplog.text
     with pytest.raises(ValueError, match=r"has class ids \[7\] outside the 7 declared classes "
                                          r".*; masks of the values 0..7 are either 8 classes "
                                          r".* or 7 classes with 0 unlabelled, neither trained "
