@@ -71,8 +71,12 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
         lines = read_user_text(split_file, "split file").splitlines()
         names = [_without_suffix(line.strip(), img_dir, img_suffix) for line in lines
                  if line.strip()]
-        missing = [str(img_dir / (n + img_suffix)) for n in names
-                   if not (img_dir / (n + img_suffix)).is_file()]
+        files = {n: img_dir / (n + img_suffix) for n in names}
+        if not all(f.is_file() for f in files.values()):
+            # the suffix in another case (x.JPG for .jpg), as a folder scan takes it
+            other_case = _images_named(img_dir, img_suffix, warn=False)
+            files = {n: f if f.is_file() else other_case.get(n, f) for n, f in files.items()}
+        missing = [str(f) for f in files.values() if not f.is_file()]
         if missing:
             suffixed = [n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
             paired = [n for n in names  # DeepLab's "image mask" lists
@@ -86,7 +90,6 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
                     if suffixed else "")
             raise DatasetError(f"{split_file}: {len(missing)} listed images not found{hint}:"
                                + listing(missing))
-        files = {n: img_dir / (n + img_suffix) for n in names}
     else:
         files = _images_named(img_dir, img_suffix)
     if not files:

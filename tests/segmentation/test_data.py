@@ -132,6 +132,11 @@ def test_voc_tree_with_split_file_and_palette_masks(tmp_path):
     split.write_text("2007_000032.jpg\n2007_000039\n")
     assert scan_folder(root / "JPEGImages", root / "SegmentationClass",
                        split_file=split) == records
+    # an image whose suffix is in another case (.JPG): found, as a folder scan finds it
+    (root / "JPEGImages/2007_000039.jpg").rename(root / "JPEGImages/2007_000039.JPG")
+    found = scan_folder(root / "JPEGImages", root / "SegmentationClass", split_file=split)
+    assert [Path(r["file_name"]).name for r in found] == ["2007_000032.jpg", "2007_000039.JPG"]
+    (root / "JPEGImages/2007_000039.JPG").rename(root / "JPEGImages/2007_000039.jpg")
     split.write_text("2007_000032.png\n")
     with pytest.raises(DatasetError, match=r"(?s)train.txt: 1 listed images not found \(names "
                        r"are listed without their suffix, img_suffix '.jpg' added: "
