@@ -92,6 +92,11 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
                                + listing(missing))
     else:
         files = _images_named(img_dir, img_suffix)
+        if (mask_dir is not None and Path(mask_dir).resolve() == img_dir.resolve()
+                and mask_suffix.lower() != img_suffix.lower()):
+            # images and masks in one folder (x.png beside x_mask.png): the masks are no images
+            files = {n: f for n, f in files.items()
+                     if not f.name.lower().endswith(mask_suffix.lower())}
     if not files:
         raise DatasetError(f"no images named *{img_suffix} in {img_dir}"
                            + (f" (split file {split_file})" if split_file else ""))

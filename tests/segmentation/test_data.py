@@ -157,6 +157,17 @@ def test_voc_tree_with_split_file_and_palette_masks(tmp_path):
         scan_folder(root / "JPEGImages", root / "SegmentationClass")
 
 
+def test_images_and_masks_in_one_folder(tmp_path):
+    """x.png beside x_mask.png: the masks were taken as images too ("4 of 8 images have no
+    mask (expected .../v00_mask_mask.png)")."""
+    for name in ("v00", "v01"):
+        _image(tmp_path / f"{name}.png", 4, 8)
+        _mask(tmp_path / f"{name}_mask.png", np.ones((4, 8), dtype=np.uint8))
+    records = scan_folder(tmp_path, tmp_path, img_suffix=".png", mask_suffix="_mask.png")
+    assert [(Path(r["file_name"]).name, Path(r["mask_file"]).name) for r in records] == [
+        ("v00.png", "v00_mask.png"), ("v01.png", "v01_mask.png")]
+
+
 def test_cityscapes_tree_with_suffixes(tmp_path):
     for city, name in (("aachen", "aachen_000000_000019"), ("bonn", "bonn_000001_000019")):
         _image(tmp_path / "leftImg8bit/train" / city / f"{name}_leftImg8bit.png", 4, 8)
