@@ -1,4 +1,5 @@
-"""Semantic segmentation metrics from a confusion matrix: mIoU, per-class IoU, pixel accuracy.
+"""Semantic segmentation metrics from a confusion matrix: mIoU, per-class IoU, pixel accuracy,
+mean class accuracy (mmsegmentation's aAcc, mIoU, mAcc).
 
 Shapes: K classes; a (K, K) int64 confusion matrix M with M[g, p] = number of pixels of
 ground-truth class g predicted as p, over pixels whose ground truth is not `ignore_index`.
@@ -9,8 +10,10 @@ ground-truth class g predicted as p, over pixels whose ground truth is not `igno
   reported as null in `per_class_iou`. (A class that is predicted but never in the ground
   truth has IoU 0 and does count.)
 - pixel_acc = trace(M) / sum(M).
+- Acc_k = M[k, k] / sum_p M[k, p] (TP / (TP + FN)); mAcc = its mean over the classes that
+  occur in the ground truth (null in `per_class_acc` for the others).
 
-All three are reported in percent.
+All are reported in percent.
 """
 from __future__ import annotations
 
@@ -60,21 +63,29 @@ def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int,
 
 
 def metrics_from_confusion(matrix: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
-    """{"mIoU", "pixel_acc", "per_class_iou": {name: IoU or None}}, in percent (see module doc).
+    """{"mIoU", "pixel_acc", "mAcc", "per_class_iou": {name: IoU or None}, "per_class_acc":
+    {name: Acc or None}}, in percent (see module doc).
 
-    mIoU and pixel_acc are None when no pixel was scored.
+    mIoU, pixel_acc and mAcc are None when no pixel was scored.
     """
     matrix = matrix.astype(np.float64)
     tp = np.diag(matrix)
     union = matrix.sum(axis=0) + matrix.sum(axis=1) - tp
     present = union > 0
     iou = np.divide(tp, union, out=np.zeros_like(tp), where=present)
+    labelled = matrix.sum(axis=1)
+    in_truth = labelled > 0
+    acc = np.divide(tp, labelled, out=np.zeros_like(tp), where=in_truth)
     total = matrix.sum()
+    keys = class_keys(class_names)
     return {
         "mIoU": 100.0 * float(iou[present].mean()) if present.any() else None,
         "pixel_acc": 100.0 * float(tp.sum() / total) if total else None,
+        "mAcc": 100.0 * float(acc[in_truth].mean()) if in_truth.any() else None,
         "per_class_iou": {key: (100.0 * float(v) if ok else None)
-                          for key, v, ok in zip(class_keys(class_names), iou, present)},
+                          for key, v, ok in zip(keys, iou, present)},
+        "per_class_acc": {key: (100.0 * float(v) if ok else None)
+                          for key, v, ok in zip(keys, acc, in_truth)},
     }
 
 
@@ -125,7 +136,7 @@ class SemSegEvaluator:
         Must be called on every process (the matrices are gathered).
 
         Returns:
-            {"sem_seg": {"mIoU", "pixel_acc", "per_class_iou": {name: IoU}}}, percent.
+            {"sem_seg": `metrics_from_confusion`'s}, percent.
         """
         gathered = all_gather_object((self.matrix, self.num_images))
         matrix = sum(m for m, _ in gathered)

@@ -127,8 +127,8 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
             logger.warning("no pixel of %s was scored: every val pixel is %d (model.ignore_index)"
                            " or no val image could be read", cfg.data.val.mask_dir
                            or cfg.data.val.ann_file, predictor.model.ignore_index)
-        print(f"mIoU = {format_metric(m['mIoU'])}  pixel_acc = {format_metric(m['pixel_acc'])}",
-              flush=True)
+        print(f"mIoU = {format_metric(m['mIoU'])}  pixel_acc = {format_metric(m['pixel_acc'])}"
+              f"  mAcc = {format_metric(m['mAcc'])}", flush=True)
     return result
 
 
@@ -198,7 +198,7 @@ class SemSegTask:
     @staticmethod
     def metric_names(cfg: DictConfig) -> list[str]:
         """What train.best_metric may name."""
-        return ["sem_seg/mIoU", "sem_seg/pixel_acc"]
+        return ["sem_seg/mIoU", "sem_seg/pixel_acc", "sem_seg/mAcc"]
 
     check_resumed_model = staticmethod(resumed_model_check(SEGMENTER_WEIGHTS))
 

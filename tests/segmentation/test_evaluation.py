@@ -13,6 +13,7 @@ PRED = np.array([[0, 1, 1], [1, 2, 2]])
 # scored pixels (gt != 255): 5. Confusion M[gt, pred] = [[1, 1, 0], [0, 2, 0], [0, 0, 1]]
 # IoU0 = 1 / (2 + 1 - 1) = 1/2, IoU1 = 2 / (2 + 3 - 2) = 2/3, IoU2 = 1 / (1 + 1 - 1) = 1
 # mIoU = (1/2 + 2/3 + 1) / 3 = 13/18; pixel accuracy = 4/5
+# class accuracy (TP / ground-truth pixels): Acc0 = 1/2, Acc1 = 2/2, Acc2 = 1/1; mAcc = 5/6
 
 
 def test_confusion_matrix_by_hand():
@@ -27,8 +28,11 @@ def test_metrics_by_hand(tmp_path):
     assert m["mIoU"] == pytest.approx(100 * 13 / 18)
     assert m["pixel_acc"] == pytest.approx(80.0)
     assert m["per_class_iou"] == pytest.approx({"bg": 50.0, "a": 100 * 2 / 3, "b": 100.0})
+    assert m["mAcc"] == pytest.approx(100 * 5 / 6)  # mmsegmentation's mAcc
+    assert m["per_class_acc"] == pytest.approx({"bg": 50.0, "a": 100.0, "b": 100.0})
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert written == result and set(written["sem_seg"]) == {"mIoU", "pixel_acc", "per_class_iou"}
+    assert written == result and set(written["sem_seg"]) == {
+        "mIoU", "pixel_acc", "mAcc", "per_class_iou", "per_class_acc"}
 
 
 def test_class_absent_from_gt_and_prediction_is_left_out():
@@ -50,6 +54,10 @@ def test_class_predicted_but_not_in_gt_counts_as_zero():
                                   "class_3": 0.0}
     assert m["mIoU"] == pytest.approx(37.5)
     assert m["pixel_acc"] == pytest.approx(75.0)
+    # a class only predicted has no accuracy (no ground-truth pixel): left out of mAcc
+    assert m["per_class_acc"] == {"class_0": 75.0, "class_1": None, "class_2": None,
+                                  "class_3": None}
+    assert m["mAcc"] == pytest.approx(75.0)
 
 
 def test_accumulates_over_images():
