@@ -91,12 +91,14 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
             raise DatasetError(f"{split_file}: {len(missing)} listed images not found{hint}:"
                                + listing(missing))
     else:
-        files = _images_named(img_dir, img_suffix)
-        if (mask_dir is not None and Path(mask_dir).resolve() == img_dir.resolve()
-                and mask_suffix.lower() != img_suffix.lower()):
-            # images and masks in one folder (x.png beside x_mask.png): the masks are no images
+        one_folder = mask_dir is not None and Path(mask_dir).resolve() == img_dir.resolve()
+        files = _images_named(img_dir, img_suffix, masks=mask_suffix if one_folder else None)
+        stem = mask_suffix[:len(mask_suffix) - len(img_suffix)]
+        if one_folder and stem and mask_suffix.lower().endswith(img_suffix.lower()):
+            # images and masks in one folder (x.png beside x_mask.png): an image's mask is
+            # no image (gas_mask.png without a gas.png is one)
             files = {n: f for n, f in files.items()
-                     if not f.name.lower().endswith(mask_suffix.lower())}
+                     if not (n.lower().endswith(stem.lower()) and n[:len(n) - len(stem)] in files)}
     if not files:
         raise DatasetError(f"no images named *{img_suffix} in {img_dir}"
                            + (f" (split file {split_file})" if split_file else ""))
@@ -119,16 +121,19 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
 
 
 def _without_suffix(name: str, img_dir: Path, img_suffix: str) -> str:
-    """A split file's NAME, or a name written with its image suffix (`x.jpg` for `x`)."""
-    if (name.endswith(img_suffix) and not (img_dir / (name + img_suffix)).is_file()
-            and (img_dir / name).is_file()):
-        return name[:-len(img_suffix)]
+    """A split file's NAME, or a name written with its image suffix (`x.jpg` or `x.JPG` for
+    `x`)."""
+    if (name.lower().endswith(img_suffix.lower())
+            and not (img_dir / (name + img_suffix)).is_file()):
+        return name[:len(name) - len(img_suffix)]
     return name
 
 
-def _images_named(img_dir: Path, img_suffix: str, *, warn: bool = True) -> dict[str, Path]:
+def _images_named(img_dir: Path, img_suffix: str, *, warn: bool = True,
+                  masks: str | None = None) -> dict[str, Path]:
     """{NAME: file} of the files under `img_dir` named NAME + `img_suffix`, the suffix in any
-    case (.jpg and .JPG); the other image files there are left out (with a warning)."""
+    case (.jpg and .JPG); the other image files there are left out (with a warning, but for
+    those ending with `masks`: the masks of a folder of both)."""
     suffix = img_suffix.lower()
     files, others = {}, []
     for p in files_under(img_dir):
@@ -137,7 +142,8 @@ def _images_named(img_dir: Path, img_suffix: str, *, warn: bool = True) -> dict[
         relative = str(p.relative_to(img_dir))
         if relative.lower().endswith(suffix):
             files[relative[: len(relative) - len(suffix)]] = p
-        elif p.suffix.lower() in IMAGE_SUFFIXES:
+        elif p.suffix.lower() in IMAGE_SUFFIXES and not (
+                masks and relative.lower().endswith(masks.lower())):
             others.append(relative)
     if others and warn:
         logger.warning("%s: %d image files do not end with %r and are left out (set "

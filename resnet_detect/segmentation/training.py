@@ -24,6 +24,7 @@ from resnet_detect.backbones.model_weights import resumed_model_check
 from resnet_detect.backbones.weights import read_checkpoint
 from resnet_detect.engine import atomic_write_json, barrier, is_main_process
 from resnet_detect.engine.compilation import inference_compile_settings
+from resnet_detect.engine.config import as_override
 from resnet_detect.engine.export import ExportError, check_class_names, is_onnx
 from resnet_detect.engine.files import nan_to_none, replace_folder
 from resnet_detect.engine.data import CountedLoader, DatasetError
@@ -58,13 +59,14 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     cfg = load_config(config, overrides)
     cfg.model.num_classes = predictor.model.num_classes
     trained = predictor.trained_reduce_zero_label
-    if trained is not None and bool(trained) != bool(cfg.data.reduce_zero_label):
+    # (a COCO file's masks are drawn with background 0, whatever the weights' own data was)
+    if (isinstance(trained, bool) and trained != bool(cfg.data.reduce_zero_label)
+            and not cfg.data.val.ann_file and is_main_process()):
         logger.warning("%s was trained on masks read with data.reduce_zero_label=%s, these are "
                        "read with %s: where they are labelled as its training masks were, "
                        "every class id is one off (and the mIoU wrong); then set "
-                       "data.reduce_zero_label=%s", weights, str(bool(trained)).lower(),
-                       str(bool(cfg.data.reduce_zero_label)).lower(),
-                       str(bool(trained)).lower())
+                       "data.reduce_zero_label=%s", weights, as_override(trained),
+                       as_override(bool(cfg.data.reduce_zero_label)), as_override(trained))
     if not cfg.data.class_names and not cfg.data.val.ann_file:
         # folder masks name no classes (a COCO file's are compared with the weights' below)
         cfg.data.class_names = list(predictor.class_names)
@@ -177,7 +179,8 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
     if tta.single_scale is None:
         raise ExportError(f"an exported segmenter runs one test scale without flip or windows; "
                           f"{config} asks for test.scales={list(tta.scales)} "
-                          f"test.flip={tta.flip} test.window={tta.window}: add e.g. "
+                          f"test.flip={as_override(tta.flip)} "
+                          f"test.window={as_override(tta.window)}: add e.g. "
                           f"test.scales=[{tta.scales[0]}] test.flip=false test.window=null")
     names = predictor.class_names  # weights without names (torchvision's): the config's
     if names == placeholder_names(predictor.model.num_classes):

@@ -136,6 +136,10 @@ def test_voc_tree_with_split_file_and_palette_masks(tmp_path):
     (root / "JPEGImages/2007_000039.jpg").rename(root / "JPEGImages/2007_000039.JPG")
     found = scan_folder(root / "JPEGImages", root / "SegmentationClass", split_file=split)
     assert [Path(r["file_name"]).name for r in found] == ["2007_000032.jpg", "2007_000039.JPG"]
+    split.write_text("2007_000032\n2007_000039.jpg\n")  # listed with its suffix too
+    assert scan_folder(root / "JPEGImages", root / "SegmentationClass",
+                       split_file=split) == found
+    split.write_text("2007_000032.jpg\n2007_000039\n")
     (root / "JPEGImages/2007_000039.JPG").rename(root / "JPEGImages/2007_000039.jpg")
     split.write_text("2007_000032.png\n")
     with pytest.raises(DatasetError, match=r"(?s)train.txt: 1 listed images not found \(names "
@@ -157,15 +161,35 @@ def test_voc_tree_with_split_file_and_palette_masks(tmp_path):
         scan_folder(root / "JPEGImages", root / "SegmentationClass")
 
 
-def test_images_and_masks_in_one_folder(tmp_path):
+def test_images_and_masks_in_one_folder(tmp_path, caplog):
     """x.png beside x_mask.png: the masks were taken as images too ("4 of 8 images have no
     mask (expected .../v00_mask_mask.png)")."""
     for name in ("v00", "v01"):
         _image(tmp_path / f"{name}.png", 4, 8)
         _mask(tmp_path / f"{name}_mask.png", np.ones((4, 8), dtype=np.uint8))
+    _image(tmp_path / "gas_mask.png", 4, 8)  # an image named so, without a gas.png
+    _mask(tmp_path / "gas_mask_mask.png", np.ones((4, 8), dtype=np.uint8))
     records = scan_folder(tmp_path, tmp_path, img_suffix=".png", mask_suffix="_mask.png")
     assert [(Path(r["file_name"]).name, Path(r["mask_file"]).name) for r in records] == [
-        ("v00.png", "v00_mask.png"), ("v01.png", "v01_mask.png")]
+        ("gas_mask.png", "gas_mask_mask.png"), ("v00.png", "v00_mask.png"),
+        ("v01.png", "v01_mask.png")]
+    # images named x_image.png beside their masks x.png; x.jpg beside x.png: no mask is
+    # taken for an image, nor named as an image left out
+    other = tmp_path / "other"
+    for name in ("v00", "v01"):
+        _image(other / f"{name}_image.png", 4, 8)
+        _mask(other / f"{name}.png", np.ones((4, 8), dtype=np.uint8))
+        _image(other / f"{name}.jpg", 4, 8)
+    with caplog.at_level(logging.WARNING):
+        records = scan_folder(other, other, img_suffix="_image.png", mask_suffix=".png")
+    assert [Path(r["mask_file"]).name for r in records] == ["v00.png", "v01.png"]
+    assert caplog.text.endswith("left out (set data.<split>.img_suffix to use them): v00.jpg, "
+                                "v01.jpg\n")  # the jpgs, not the masks
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        records = scan_folder(other, other, img_suffix=".jpg", mask_suffix=".png")
+    assert [Path(r["mask_file"]).name for r in records] == ["v00.png", "v01.png"]
+    assert not caplog.text  # the masks were named as images left out
 
 
 def test_cityscapes_tree_with_suffixes(tmp_path):

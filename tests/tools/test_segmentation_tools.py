@@ -237,6 +237,13 @@ def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
                               "--output", str(export), *overrides(data)])
     # what the weights were trained with, for an evaluation of the graph to compare
     assert json.loads((export / "export.json").read_text())["reduce_zero_label"] is False
+    with caplog.at_level(logging.WARNING):
+        load_tool("eval").main([str(CONFIG), "--weights", str(export / "model.onnx"), "--output",
+                                str(tmp_path / "reduced"), *overrides(data),
+                                "data.reduce_zero_label=true"])
+    assert (f"{export / 'model.onnx'} was trained on masks read with data.reduce_zero_label="
+            f"false, these are read with true") in caplog.text
+    caplog.clear()
     metrics = {name: load_tool("eval").main([str(CONFIG), "--weights", str(weights), "--output",
                                              str(tmp_path / name), *overrides(data)])["sem_seg"]
                for name, weights in (("pth", trained[0] / "model_final.pth"),
@@ -263,7 +270,8 @@ def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
             f"settings wanted") in caplog.text
     assert scaled["sem_seg"]["mIoU"] == metrics["onnx"]["mIoU"]
     with pytest.raises(ValueError, match=r"one test scale without flip or windows; .* asks for "
-                                         r"test.scales=\[0.5, 1.0\]"):
+                                         r"test.scales=\[0.5, 1.0\] test.flip=false "
+                                         r"test.window=null"):
         load_tool("export").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
                                   "--output", str(tmp_path / "x"), *overrides(data),
                                   "test.scales=[0.5,1.0]"])
@@ -420,8 +428,10 @@ def test_masks_whose_0_is_unlabelled_score_as_the_same_masks_without_it(
         Image.fromarray(raised.astype(np.uint8), mode="L").save(shifted / path.name)
     args = [str(CONFIG), "--weights", str(out / "model_final.pth"), "--save-predictions",
             *overrides(data)]
-    plain = load_tool("eval").main([*args, "--output", str(tmp_path / "plain"),
-                                    f"data.val.mask_dir={plain_masks}"])["sem_seg"]
+    with caplog.at_level(logging.WARNING):
+        plain = load_tool("eval").main([*args, "--output", str(tmp_path / "plain"),
+                                        f"data.val.mask_dir={plain_masks}"])["sem_seg"]
+    assert "reduce_zero_label" not in caplog.text  # read as trained: nothing said
     with caplog.at_level(logging.WARNING):
         reduced = load_tool("eval").main([*args, "--output", str(tmp_path / "reduced"),
                                           f"data.val.mask_dir={shifted}",
