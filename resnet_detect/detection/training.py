@@ -265,6 +265,15 @@ class DetectionTask:
     unreadable_val = UNREADABLE_VAL
 
     @staticmethod
+    def slow_data_hint(cfg: DictConfig) -> str | None:
+        """What makes this config's batches slow to make, for a run that waits for them."""
+        if cfg.model.mask_on and cfg.data.train.mask_format == "bitmask":
+            return ("Mask R-CNN's bitmask targets of many objects on large images are slow to "
+                    "make: data.train.mask_format=polygon (detectron2's default) draws them "
+                    "from the polygons")
+        return None
+
+    @staticmethod
     def metric_names(cfg: DictConfig) -> list[str]:
         """What train.best_metric may name (APr, APc, APf: an LVIS val file's only)."""
         groups = ["bbox", "segm"] if cfg.model.mask_on else ["bbox"]

@@ -223,10 +223,14 @@ class ProgressLogger:
         period: iterations between lines (the last iteration is always logged).
         writer: where scalars go.
         logger: the python logger of the progress line.
+        slow_data_hint: what to try where the steps wait for their batches more than half
+            of their time (said once, from the second line on: the first waits for the
+            loader's start).
     """
 
     def __init__(self, period: int, writer: ScalarWriter | None = None,
-                 logger: logging.Logger | None = None, per_epoch: int | None = None) -> None:
+                 logger: logging.Logger | None = None, per_epoch: int | None = None,
+                 slow_data_hint: str | None = None) -> None:
         if period <= 0:
             raise ValueError(f"log period must be positive, got {period}")
         self.period = period
@@ -236,6 +240,8 @@ class ProgressLogger:
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
         self._steps = self._seconds = self._data_seconds = 0.0
+        self.slow_data_hint = slow_data_hint
+        self._lines = 0
 
     def before_train(self, trainer: Trainer) -> None:
         self._start_time = time.perf_counter()
@@ -258,6 +264,13 @@ class ProgressLogger:
         losses["total_loss"] = sum(losses.values())
         its = self._steps / max(self._seconds, 1e-9)
         data_time = self._data_seconds / self._steps
+        waiting = self._data_seconds / max(self._seconds, 1e-9)
+        self._lines += 1
+        if self.slow_data_hint and self._lines >= 2 and waiting > 0.5:
+            self.logger.warning("the steps before iteration %d waited for their batches %d%% "
+                                "of their time: the data loading is the bottleneck; %s",
+                                trainer.iter, round(100 * waiting), self.slow_data_hint)
+            self.slow_data_hint = None  # once
         self._sums, self._counts = {}, {}
         self._steps = self._seconds = self._data_seconds = 0.0
         lr = trainer.step_lr

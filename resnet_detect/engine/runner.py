@@ -814,7 +814,12 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
 
     writer = ScalarWriter(output_dir / "tensorboard", jsonl=output_dir / "scalars.jsonl",
                           start_iter=start_iter)
-    hooks: list[Any] = [ProgressLogger(t.log_period, writer, logger, lengths.get("per_epoch")),
+    task_hint = getattr(task, "slow_data_hint", None)
+    slow_data_hint = "; ".join(filter(None, [
+        f"more loader processes may help (data.num_workers, now {cfg.data.num_workers})",
+        task_hint(cfg) if task_hint is not None else None]))
+    hooks: list[Any] = [ProgressLogger(t.log_period, writer, logger, lengths.get("per_epoch"),
+                                       slow_data_hint),
                         PeriodicCheckpointer(checkpointer, t.checkpoint_period)]
     if average is not None:  # first: a checkpoint holds the average of the step it follows
         hooks.insert(0, average)
