@@ -223,23 +223,29 @@ class SemSegDataset(Dataset):
         is checked and all wrong ones listed (`check_masks`), before the first step rather
         than one stopped run per mask (ids are otherwise checked as batches draw them)."""
         for index in np.random.default_rng(0).permutation(len(self))[:MASK_SAMPLE]:
-            record = self._records[index]
-            size = image_size(record["file_name"])
-            if size is None:
-                continue  # unreadable: skipped when read
             try:
-                self._checked_mask(record, size)
+                self._mask_against_image(index)
             except UnreadableImageError:
-                continue
+                continue  # skipped when read
             except DatasetError:
-                exact = decoded_size(record["file_name"])  # the header can mislead
-                try:
-                    if exact in (None, size):
-                        raise
-                    self._checked_mask(record, exact)
-                except (DatasetError, UnreadableImageError):
-                    self.check_masks(split)
-                    return
+                self.check_masks(split)
+                return
+
+    def _mask_against_image(self, index: int) -> np.ndarray | None:
+        """Sample `index`'s mask, checked against its image's size (the header's, confirmed
+        by decoding where they differ) and the classes; None where the image's header cannot
+        be read (skipped when read, like any such image)."""
+        record = self._records[index]
+        size = image_size(record["file_name"])
+        if size is None:
+            return None
+        try:
+            return self._checked_mask(record, size)
+        except (DatasetError, UnreadableImageError):
+            exact = decoded_size(record["file_name"])  # the header can mislead
+            if exact in (None, size):
+                raise
+            return self._checked_mask(record, exact)
 
     def check_masks(self, split: str) -> None:
         """Check every mask now (its size against its image's header, its class ids), all
@@ -248,23 +254,13 @@ class SemSegDataset(Dataset):
         problems = []
         pixels = np.zeros(256, dtype=np.int64)  # per value, over every mask
         for index in range(len(self)):
-            record = self._records[index]
-            size = image_size(record["file_name"])
-            if size is None:
-                continue  # unreadable: skipped when read, like any such image
             try:
-                mask = self._checked_mask(record, size)
+                mask = self._mask_against_image(index)
             except (DatasetError, UnreadableImageError) as err:
-                exact = decoded_size(record["file_name"])  # the header can mislead
-                if exact in (None, size):
-                    problems.append(str(err))
-                    continue
-                try:
-                    mask = self._checked_mask(record, exact)
-                except (DatasetError, UnreadableImageError) as err:
-                    problems.append(str(err))
-                    continue
-            pixels += np.bincount(mask.ravel(), minlength=256)
+                problems.append(str(err))
+                continue
+            if mask is not None:
+                pixels += np.bincount(mask.ravel(), minlength=256)
         if problems:
             raise DatasetError(f"data.{split}: {len(problems)} of {len(self)} masks are wrong:"
                                + listing(problems))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +71,7 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
         lines = read_user_text(split_file, "split file").splitlines()
         names = [_without_suffix(line.strip(), img_dir, img_suffix) for line in lines
                  if line.strip()]
-        files = {n: img_dir / (n + img_suffix) for n in names}
-        if not all(f.is_file() for f in files.values()):
-            # the suffix in another case (x.JPG for .jpg), as a folder scan takes it
-            other_case = _images_named(img_dir, img_suffix, warn=False)
-            files = {n: f if f.is_file() else other_case.get(n, f) for n, f in files.items()}
+        files = _named_in_any_case(img_dir, names, img_suffix)
         missing = [str(f) for f in files.values() if not f.is_file()]
         if missing:
             suffixed = [n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
@@ -105,11 +101,7 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
     if mask_dir is None:
         return [{"file_name": str(files[n])} for n in sorted(files)]
     mask_dir = Path(mask_dir)
-    masks = {n: mask_dir / (n + mask_suffix) for n in files}
-    if mask_dir.is_dir() and not all(m.is_file() for m in masks.values()):
-        # the suffix in another case (x.PNG for .png), as an image's is taken
-        other_case = _images_named(mask_dir, mask_suffix, warn=False)
-        masks = {n: m if m.is_file() else other_case.get(n, m) for n, m in masks.items()}
+    masks = _named_in_any_case(mask_dir, files, mask_suffix)
     records = [{"file_name": str(files[n]), "mask_file": str(masks[n])} for n in sorted(files)]
     without = [f"{r['file_name']} (expected {r['mask_file']})" for r in records
                if not Path(r["mask_file"]).is_file()]
@@ -118,6 +110,16 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
                            f"in {mask_dir} (mask name = image name with {img_suffix!r} "
                            f"replaced by {mask_suffix!r}):" + listing(without))
     return records
+
+
+def _named_in_any_case(folder: Path, names: Iterable[str], suffix: str) -> dict[str, Path]:
+    """{NAME: folder/NAME + suffix}, or the file of that name whose suffix is in another case
+    (x.JPG for .jpg, as a folder scan takes it) where that one is not there."""
+    files = {n: folder / (n + suffix) for n in names}
+    if folder.is_dir() and not all(f.is_file() for f in files.values()):
+        other_case = _images_named(folder, suffix, warn=False)
+        files = {n: f if f.is_file() else other_case.get(n, f) for n, f in files.items()}
+    return files
 
 
 def _without_suffix(name: str, img_dir: Path, img_suffix: str) -> str:
