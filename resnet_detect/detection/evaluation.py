@@ -225,26 +225,32 @@ def _positive_image_ids(dataset: dict[str, Any], results: list[dict[str, Any]]
     return dataset, results, {i: old for old, i in new.items()}
 
 
-def _crowded_images(coco_gt: Any, max_dets: int) -> list[tuple[int, str, int]]:
-    """(image id, category name, objects) where an image holds more non-crowd objects of one
-    category than COCOeval scores detections of it."""
+def _object_counts(coco_gt: Any) -> dict[tuple[int, int], int]:
+    """{(image id, category id): non-crowd objects}."""
     counts: dict[tuple[int, int], int] = {}
     for ann in coco_gt.dataset["annotations"]:
         if not ann.get("iscrowd", 0):
             key = (ann["image_id"], ann["category_id"])
             counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _crowded_images(coco_gt: Any, counts: dict[tuple[int, int], int],
+                    max_dets: int) -> list[tuple[int, str, int]]:
+    """(image id, category name, objects) where an image holds more non-crowd objects of one
+    category than COCOeval scores detections of it."""
     return sorted(((i, coco_gt.cats[c]["name"], n) for (i, c), n in counts.items()
                    if n > max_dets), key=lambda t: -t[2])
 
 
-def _images_of_more_objects(coco_gt: Any, kept: int) -> list[tuple[int, int]]:
+def _images_of_more_objects(counts: dict[tuple[int, int], int],
+                            kept: int) -> list[tuple[int, int]]:
     """(image id, objects) where an image holds more non-crowd objects, of all categories
     together, than the model keeps detections of an image."""
-    counts: dict[int, int] = {}
-    for ann in coco_gt.dataset["annotations"]:
-        if not ann.get("iscrowd", 0):
-            counts[ann["image_id"]] = counts.get(ann["image_id"], 0) + 1
-    return sorted(((i, n) for i, n in counts.items() if n > kept), key=lambda t: -t[1])
+    per_image: dict[int, int] = {}
+    for (image_id, _), n in counts.items():
+        per_image[image_id] = per_image.get(image_id, 0) + n
+    return sorted(((i, n) for i, n in per_image.items() if n > kept), key=lambda t: -t[1])
 
 
 def _warn_of_capped_results(results: Sequence[dict[str, Any]], max_dets: int,
@@ -329,9 +335,10 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
     if backend == "faster_coco_eval" and any(img["id"] < 0 for img in dataset["images"]):
         dataset, results, original_ids = _positive_image_ids(dataset, results)
     coco_gt = _load_gt(dataset, backend, federation is not None)
-    crowded = _crowded_images(coco_gt, max_dets) if federation is None else []
-    dense = (_images_of_more_objects(coco_gt, kept_per_image)
-             if federation is None and kept_per_image is not None else [])
+    counts = _object_counts(coco_gt) if federation is None else {}
+    crowded = _crowded_images(coco_gt, counts, max_dets)
+    dense = (_images_of_more_objects(counts, kept_per_image)
+             if kept_per_image is not None else [])
     if dense:  # (the images of the warning below among them, with the same remedy)
         image_id, count = dense[0]
         warnings.warn(f"{ann_file}: {len(dense)} images hold more objects than the "
