@@ -214,13 +214,18 @@ def writable_file(path: str | os.PathLike, what: str) -> Path:
     if Path(path).is_dir():
         raise UnwritableFolderError(f"{what} {path} is a folder: name the file to write "
                                     f"(e.g. {Path(path) / 'coco.json'})")
-    above = Path(path).parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
+    above = _nearest_existing(Path(path).parent)
     if above.exists() and not above.is_dir():
         raise UnwritableFolderError(f"{what} {path}: {above} is a file, not a folder")
     writable_folder(Path(path).parent, f"the folder of {what} {path}")
     return Path(path)
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path`, or the nearest folder above it that exists (the root at the end)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def writable_folder(folder: str | os.PathLike, what: str = "the output folder") -> Path:
@@ -233,9 +238,7 @@ def writable_folder(folder: str | os.PathLike, what: str = "the output folder") 
     if folder.is_symlink() and not folder.exists():
         raise UnwritableFolderError(f"{what} {folder} is a link to {os.readlink(folder)}, "
                                     f"which does not exist: name a folder")
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing(folder)
     if existing == folder and not folder.is_dir():
         raise UnwritableFolderError(f"{what} {folder} is a file: name a folder (a new one is "
                                     f"made)")

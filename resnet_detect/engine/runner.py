@@ -446,12 +446,12 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                               f", this run's data gives {list(after)[:20]}: its labels would "
                               f"mean other classes; resume on the data it was trained on, or "
                               f"{new_run}")
-    if note is None:
-        _compare_settings(path, provenance, iteration, cfg, logger, check_model, new_run)
-        return
-    try:  # a config.yaml beside the checkpoint, which may be another run's: not refused on it
+    try:
         _compare_settings(path, provenance, iteration, cfg, logger, check_model, new_run)
     except ConfigError as err:
+        if note is None:
+            raise
+        # compared with a config.yaml beside the checkpoint, which may be another run's
         logger.warning("%s (not refused: the checkpoint records no config of its own)", err)
 
 

@@ -158,12 +158,12 @@ def config_of_run(checkpoint: Path, recorded: Any, cfg: Mapping[str, Any]
         return _with_defaults(recorded, defaults, now), None
     saved = checkpoint.parent / "config.yaml"
     try:
-        _, cfg = load_task_config(saved, task=task)
+        _, saved_cfg = load_task_config(saved, task=task)
     except (ConfigError, OSError, ValueError) as err:
         return None, (f"checkpoint {checkpoint} records no config (written before checkpoints "
                       f"recorded it) and {saved} cannot be read as one ({err}): the settings "
                       f"it was trained with cannot be compared with this run's")
-    return to_plain(cfg), (f"checkpoint {checkpoint} records no config (written before "
+    return to_plain(saved_cfg), (f"checkpoint {checkpoint} records no config (written before "
                            f"checkpoints recorded it): this run's settings are compared with "
                            f"{saved}, and its continuation may differ slightly from what the "
                            f"version that wrote it would compute")
