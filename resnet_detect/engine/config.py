@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -144,7 +144,8 @@ def _kinds(defaults: Mapping[str, Any] | DictConfig) -> dict[str, str]:
     return kinds
 
 
-def _check_values(part: DictConfig, kinds: Mapping[str, str], source: str) -> None:
+def _check_values(part: DictConfig, kinds: Mapping[str, str],
+                  source_of: str | Callable[[str], str]) -> None:
     """Refuse, naming the key and its file or override, rather than fail deep in training: a
     section replaced by a value (an empty one in a file wiped its defaults), a value that is not
     a number where the default is a number, not a list of numbers where it is such a list (the
@@ -154,6 +155,7 @@ def _check_values(part: DictConfig, kinds: Mapping[str, str], source: str) -> No
     (`train.output_dir=2024`)."""
     def check(key: str, v: Any) -> None:
         kind = kinds.get(key)
+        source = source_of(key) if callable(source_of) else source_of
         if kind == "section" and not isinstance(v, Mapping):
             empty = " (a section left empty in a file: give it keys or remove it)" \
                 if v is None and not source.startswith("override") else ""
@@ -210,9 +212,8 @@ def _refuse_nulls(resolved: Mapping[str, Any], kinds: Mapping[str, str], path: A
             node = node[part]
         else:
             if node is None:
-                given = [o for o in overrides if o.split("=", 1)[0].strip() == key]
-                source = f"override '{given[-1]}'" if given else f"config {path}"
-                raise ConfigError(f"{key} must be {_wanted(key, kind)}, got null in {source}")
+                raise ConfigError(f"{key} must be {_wanted(key, kind)}, got null in "
+                                  f"{_source_of(key, path, overrides)}")
 
 
 def _wanted(key: str, kind: str) -> str:
@@ -331,16 +332,25 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
         missing = sorted(OmegaConf.missing_keys(cfg))
     except OmegaConfBaseException as e:  # a ${...} naming no key
-        raise ConfigError(f"config {path}: {' '.join(str(e).split())}") from None
+        raise ConfigError(f"{_source_of(getattr(e, 'full_key', None), path, overrides)}: "
+                          f"{' '.join(str(e).split())}") from None
     if kinds:  # the ${...} values, known now: ${oc.env:V} with V=false is the text 'false'
-        _check_values(OmegaConf.create(resolved), kinds,
-                      f"config {path} once its ${{...}} values are resolved (an environment "
-                      f"variable is text: ${{oc.decode:${{oc.env:NAME}}}} reads it as YAML)")
+        _check_values(OmegaConf.create(resolved), kinds, lambda key: (
+            f"{_source_of(key, path, overrides)} once its ${{...}} values are resolved (an "
+            f"environment variable is text: ${{oc.decode:${{oc.env:NAME}}}} reads it as YAML)"))
         _refuse_nulls(resolved, kinds, path, overrides)
     if missing:
         raise ConfigError(f"config {path} leaves mandatory keys unset: {', '.join(missing)} "
                           f"(set them in the file or as key=value overrides)")
     return cfg
+
+
+def _source_of(key: str | None, path: str | os.PathLike, overrides: Sequence[str]) -> str:
+    """The last override that set `key`, else the config file `path`."""
+    for item in reversed(overrides):
+        if key and item.split("=", 1)[0].strip() == key:
+            return f"override '{item}'"
+    return f"config {path}"
 
 
 # the endings of keys that name files or folders, whatever their default

@@ -116,8 +116,8 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
         ("solver.steps=[1, 2", r"cannot parse override 'solver.steps=\[1, 2' \(a list or "
                                r"mapping with spaces needs quotes: 'solver.steps=\[1, 2\]'\): "
                                r"while parsing"),
-        ("data.root=/x/${nothing}", r"c.yaml: Interpolation key 'nothing' not found "
-                                    r"full_key: data.root"),
+        ("data.root=/x/${nothing}", r"override 'data.root=/x/\$\{nothing\}': Interpolation "
+                                    r"key 'nothing' not found full_key: data.root"),
         ("solver.epoch=3", r"unknown config key 'solver.epoch' in override 'solver.epoch=3' "
                            r"\(did you mean 'epochs'\?\)")])
     emptied = write(tmp_path / "emptied.yaml", "data: {root: /x}\nsolver:\n  # base_lr: 1\n")
@@ -230,9 +230,18 @@ def test_a_value_from_the_environment_is_checked_once_resolved(
             f"values are resolved (an environment variable is text: "
             f"${{oc.decode:${{oc.env:NAME}}}} reads it as YAML)")):
         load_config(text, defaults=defaults)
-    with pytest.raises(ConfigError, match=r"train.max_iter must be a number, got '5' in config"):
+    with pytest.raises(ConfigError, match=re.escape(
+            "train.max_iter must be a number, got '5' in override 'train.max_iter=${oc.env:STEPS}'"
+            " once")):
         load_config(text, ["model.mask_on=true", "train.max_iter=${oc.env:STEPS}"],
                     defaults=defaults)
+    # an unset variable in an override is the override's, not the file's
+    with pytest.raises(ConfigError, match=re.escape(
+            "override 'train.max_iter=${oc.env:UNSET_STEPS}': ")):
+        load_config(text, ["train.max_iter=${oc.env:UNSET_STEPS}"], defaults=defaults)
+    unset = write(tmp_path / "unset.yaml", "train: {max_iter: '${oc.env:UNSET_STEPS}'}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"config {unset}: ")):
+        load_config(unset, defaults=defaults)
     decoded = write(tmp_path / "decoded.yaml", "model: {mask_on: '${oc.decode:${oc.env:MASKS}}'}"
                     "\ntrain: {max_iter: '${oc.decode:${oc.env:STEPS}}'}\n")
     cfg = load_config(decoded, defaults=defaults)
