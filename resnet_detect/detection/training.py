@@ -288,14 +288,14 @@ class DetectionTask:
         self.evaluator: COCOEvaluator | None = None
 
     def prepare(self, cfg: DictConfig) -> TaskData:
-        check_model_config(build_model, cfg, read_weights=read_checkpoint)
         backend = coco_backend(cfg)
         check_voc_metric(cfg.data.val.voc_metric)
-        # the val split's resize and test keys before the training file is read (minutes at
-        # COCO's size), not at tools/eval.py after the training; the training split's are
-        # checked before it is read
+        # the val split's resize and test keys before the model and its weights are read and
+        # the training file (minutes at COCO's size), not at tools/eval.py after the
+        # training; the training split's are checked before it is read
         tta_from_config(cfg)
         inference_compile_settings(cfg)
+        check_model_config(build_model, cfg, read_weights=read_checkpoint)
         data = build_datasets(cfg)
         resolve_num_classes(cfg, data.mapping)
         _refuse_lvis_metric_without_lvis(cfg)

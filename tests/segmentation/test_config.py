@@ -100,6 +100,10 @@ def test_a_bad_test_section_is_named_before_the_data_is_read(tmp_path):
                                  "reduce-overhead needs test.compile: true")):
         with pytest.raises(ConfigError, match=expected):  # one line from the tools
             SemSegTask().prepare(load_config(config, overrides + no_data))
+    # the config's own values before the weights are read (seconds at ImageNet's size)
+    with pytest.raises(ConfigError, match="test.compile must be false, true"):
+        SemSegTask().prepare(load_config(config, [no_data[0], "test.compile=inductr",
+                                                  f"model.backbone.weights={tmp_path}/no.pth"]))
     with pytest.raises(ConfigError, match="test.scales must be a list of numbers, got 1.0"):
         load_config(config, ["test.scales=1.0"])
     with pytest.raises(ConfigError, match=r"data.train.img_suffix must be one file-name ending "

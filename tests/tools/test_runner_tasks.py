@@ -746,3 +746,16 @@ def test_a_run_config_from_before_the_task_key_is_read_as_its_task(
     assert config_task(broken) == "detection"
     with pytest.raises(ConfigError, match=r"model is a section of keys, got 3"):
         load_task_config(broken)
+
+
+def test_a_detector_config_value_is_refused_before_the_weights_are_read(
+        data: Path, tmp_path: Path) -> None:
+    """A bad test.compile was named only after the weights and model were checked: seconds
+    of ImageNet weights, or a missing-weights error that hid it."""
+    from resnet_detect.detection.training import DetectionTask
+    from tests.tools.test_train_eval_demo import CONFIG, data_overrides
+
+    _, cfg = load_task_config(str(CONFIG), [*data_overrides(data), "test.compile=inductr",
+                                            f"model.backbone.weights={tmp_path}/no.pth"])
+    with pytest.raises(ConfigError, match="test.compile must be false, true"):
+        DetectionTask().prepare(cfg)
