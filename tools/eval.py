@@ -3,6 +3,9 @@
 Usage:
   python tools/eval.py CONFIG --weights CKPT --output DIR [key=value ...]
       [--backend pycocotools|faster_coco_eval] [--save-predictions]
+  python tools/eval.py CONFIG --results RESULTS.json --output DIR   (detection: scores a
+      results file already written, this project's, detectron2's or mmdetection's, without
+      a model; DIR/metrics.json has "results" in place of "weights")
   torchrun --nproc_per_node=N tools/eval.py ...   (each process scores its share)
 
 Detection (COCO box AP on data.val.ann_file / data.val.img_dir): prints the 12 standard
@@ -54,7 +57,10 @@ from resnet_detect.engine.tasks import config_task, load_task_config, task_modul
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = config_argument_parser(__doc__)
-    parser.add_argument("--weights", required=True, help="checkpoint to evaluate")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help="checkpoint (or exported model.onnx) to evaluate")
+    source.add_argument("--results", help="detection: a COCO results JSON to score instead "
+                                          "of running a model")
     parser.add_argument("--output", required=True, help="folder for results and metrics.json")
     parser.add_argument("--backend", default=None, choices=("pycocotools", "faster_coco_eval"),
                         help="COCO evaluator (default: the config's data.val.coco_backend)")
@@ -81,16 +87,18 @@ def same_weights(a: str, b: str) -> bool:
     return a == b or resolved(a) == resolved(b)
 
 
-def refuse_another_evaluations_folder(output: Path, weights: str) -> None:
-    """--output holding the evaluation of other weights: its metrics.json would be replaced
-    and its results files (coco_instances_results.json, predictions/) could be left beside
-    this one's. Evaluating the same weights again replaces their evaluation."""
+def refuse_another_evaluations_folder(output: Path, weights: str, key: str = "weights") -> None:
+    """--output holding the evaluation of other weights (or results file, `key`): its
+    metrics.json would be replaced and its results files (coco_instances_results.json,
+    predictions/) could be left beside this one's. Evaluating the same weights again
+    replaces their evaluation."""
     try:
-        earlier = json.loads((output / "metrics.json").read_text(encoding="utf-8"))["weights"]
-    except (OSError, ValueError, KeyError, TypeError):
+        metrics = json.loads((output / "metrics.json").read_text(encoding="utf-8"))
+        earlier = metrics.get("weights", metrics.get("results"))
+    except (OSError, ValueError, AttributeError):
         return  # no evaluation's metrics.json there
-    if isinstance(earlier, str) and not same_weights(earlier, weights):
-        raise ConfigError(f"--output {output} holds the evaluation of other weights ({earlier}): "
+    if isinstance(earlier, str) and (key not in metrics or not same_weights(earlier, weights)):
+        raise ConfigError(f"--output {output} holds the evaluation of other {key} ({earlier}): "
                           f"its metrics.json would be replaced and its results mixed with "
                           f"these; give another folder, or remove {output / 'metrics.json'}")
 
@@ -99,8 +107,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Evaluate; returns what metrics.json holds."""
     args = parse_args(argv)
     refuse_a_training_runs_folder(Path(args.output))
-    refuse_another_evaluations_folder(Path(args.output), args.weights)
+    key = "results" if args.results else "weights"
+    refuse_another_evaluations_folder(Path(args.output), getattr(args, key), key)
     task = config_task(args.config, args.overrides)
+    if args.results:
+        return score_results(args, task)
     evaluate_checkpoint = getattr(task_module(task), "evaluate_checkpoint", None)
     if evaluate_checkpoint is None:
         raise ConfigError(f"tools/eval.py has no evaluation of {task!r} models ({args.config})")
@@ -124,6 +135,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                    device, **options)
     finally:
         cleanup()
+
+
+def score_results(args: argparse.Namespace, task: str) -> dict[str, Any]:
+    """--results: a detection results file scored against the config's val file."""
+    if task != "detection":
+        raise ConfigError(f"--results scores COCO detection results; {args.config} is a "
+                          f"{task!r} config: give --weights")
+    if args.save_predictions:
+        raise ConfigError("--save-predictions writes a model's predictions: give --weights")
+    from resnet_detect.detection.score_results import score_results_file
+    setup_logging(None)
+    writable_folder(args.output, "--output")
+    return score_results_file(args.config, args.results, Path(args.output), args.overrides,
+                              backend=args.backend)
 
 
 if __name__ == "__main__":

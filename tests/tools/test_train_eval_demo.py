@@ -184,6 +184,68 @@ def test_eval_keeps_out_of_another_evaluations_folder(trained: Path, data: Path,
     assert not eval_tool.same_weights(str(other), str(trained / "model_final.pth"))
 
 
+def test_eval_scores_a_results_file_as_it_scored_the_weights(trained: Path, data: Path,
+                                                             tmp_path: Path) -> None:
+    """--results scores a written results file without a model: the evaluation's own file
+    gives its numbers; into a folder of another evaluation it is refused."""
+    run = [str(CONFIG), *data_overrides(data), "model.roi_heads.score_thresh=0.0"]
+    by_weights = load_tool("eval").main([*run, "--weights", str(trained / "model_final.pth"),
+                                         "--output", str(tmp_path / "weights")])
+    results = tmp_path / "weights" / "coco_instances_results.json"
+    scored = load_tool("eval").main([*run, "--results", str(results),
+                                     "--output", str(tmp_path / "results")])
+    assert scored["bbox"] == by_weights["bbox"] and by_weights["bbox"]["AP50"] is not None
+    assert json.loads((tmp_path / "results/metrics.json").read_text()) == {
+        "bbox": by_weights["bbox"], "results": str(results)}
+    with pytest.raises(ConfigError, match="holds the evaluation of other results"):
+        load_tool("eval").main([*run, "--results", str(results),
+                                "--output", str(tmp_path / "weights")])
+
+
+def test_eval_scores_perfect_results_100_and_names_bad_results_files(
+        data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The val file's own objects as results (boxes and RLE masks, as detectron2 writes
+    them) score 100 box and mask AP; results of a category the file lacks are named and
+    not scored; a malformed file is named before anything is scored."""
+    gt = COCO(str(data / "coco/val.json"))
+    perfect = []
+    for ann in gt.dataset["annotations"]:
+        rle = gt.annToRLE(ann)
+        perfect.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
+                        "bbox": ann["bbox"], "score": 0.9,
+                        "segmentation": {"size": rle["size"],
+                                         "counts": rle["counts"].decode("ascii")}})
+    stray = {**perfect[0], "category_id": 99, "score": 0.99}
+    path = tmp_path / "perfect.json"
+    path.write_text(json.dumps([*perfect, stray]))
+    run = [str(CONFIG), *data_overrides(data), "--output"]
+    with caplog.at_level(logging.WARNING):
+        scored = load_tool("eval").main([*run, str(tmp_path / "out"), "--results", str(path)])
+    assert scored["bbox"]["AP"] == pytest.approx(100.0) and scored["bbox"]["AP50"] == 100.0
+    assert scored["segm"]["AP"] == pytest.approx(100.0)
+    assert "1 results have category ids [99]" in caplog.text
+    for content, expected in (
+            ({"images": [], "annotations": []}, "is a COCO annotation file; a results file is "
+                                                "a list of detections"),
+            ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}], "result 0 has no score"),
+            ([perfect[0], {**perfect[0], "bbox": [1, 2, 3]}],
+             r"result 1: bbox must be \[x, y, width, height\], got \[1, 2, 3\]"),
+            ([{**perfect[0], "image_id": 12345}], r"1 image ids of the results are not in "),
+            ([{"image_id": 1, "category_id": 1, "score": 0.5}], "result 0 has neither")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(content))
+        with pytest.raises(DatasetError, match=rf"{bad}.*{expected}"):
+            load_tool("eval").main([*run, str(tmp_path / "bad"), "--results", str(bad)])
+        assert not (tmp_path / "bad/metrics.json").exists()
+    with pytest.raises(FileNotFoundError, match="results file not found"):
+        load_tool("eval").main([*run, str(tmp_path / "bad"), "--results", str(tmp_path / "no")])
+    seg = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
+    with pytest.raises(ConfigError, match="--results scores COCO detection results; .* is a "
+                                          "'sem_seg' config: give --weights"):
+        load_tool("eval").main([str(seg), "--output", str(tmp_path / "s"), "--results",
+                                str(path)])
+
+
 def test_eval_with_test_time_augmentation_scores_what_the_predictor_gives(
         trained: Path, data: Path, tmp_path: Path) -> None:
     """The views are made from each image at its own size, not from the test-size image."""

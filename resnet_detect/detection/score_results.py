@@ -1,0 +1,121 @@
+"""Score a COCO results file that is already written (tools/eval.py --results): this
+project's coco_instances_results.json, detectron2's or mmdetection's, against a config's
+data.val.ann_file, without a model."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from resnet_detect.engine import atomic_write_json
+from resnet_detect.engine.data import DatasetError, read_coco_json
+from resnet_detect.engine.files import missing_path, nan_to_none
+
+from .config import load_config
+from .evaluation import COCO_MAX_DETS, coco_backend, evaluate_coco
+
+logger = logging.getLogger(__name__)
+REQUIRED = ("image_id", "category_id", "score")
+
+
+def read_results(path: Path) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """The entries of a COCO results file and what they can be scored as: ("bbox",) and,
+    where every entry has a mask, "segm" too ("segm" alone for masks without boxes).
+
+    Raises:
+        FileNotFoundError: no such file.
+        DatasetError: not JSON, not a list of results, or an entry without the fields COCO's
+            evaluation reads (named with its index).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"results file not found: {missing_path(path)}")
+    try:
+        results = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: not valid JSON ({err})") from None
+    if isinstance(results, dict):
+        what = ("a COCO annotation file" if "annotations" in results else "a JSON object")
+        raise DatasetError(f"{path} is {what}; a results file is a list of detections "
+                           f"({{image_id, category_id, bbox, score}}, e.g. tools/eval.py's "
+                           f"coco_instances_results.json)")
+    if not isinstance(results, list):
+        raise DatasetError(f"{path}: a results file is a JSON list of detections, got "
+                           f"{type(results).__name__}")
+    boxes = masks = True
+    for i, r in enumerate(results):
+        if not isinstance(r, dict):
+            raise DatasetError(f"{path}: result {i} is not an object: {str(r)[:80]}")
+        absent = [k for k in REQUIRED if k not in r]
+        if absent:
+            raise DatasetError(f"{path}: result {i} has no {', '.join(absent)}")
+        if not all(_is_number(r[k]) for k in REQUIRED) or not math.isfinite(r["score"]):
+            raise DatasetError(f"{path}: result {i}: image_id, category_id and score must be "
+                               f"numbers, got {({k: r[k] for k in REQUIRED})}")
+        box = r.get("bbox")
+        if box is not None and (not isinstance(box, list) or len(box) != 4
+                                or not all(_is_number(v) for v in box)):
+            raise DatasetError(f"{path}: result {i}: bbox must be [x, y, width, height], got "
+                               f"{box!r}")
+        boxes &= box is not None
+        masks &= r.get("segmentation") is not None
+    if results and not (boxes or masks):
+        raise DatasetError(f"{path}: results need a bbox (or every one a segmentation) to be "
+                           f"scored; result {_first_without(results)} has neither")
+    return results, ("bbox",) * boxes + ("segm",) * (masks and bool(results))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _first_without(results: list[dict[str, Any]]) -> int:
+    return next(i for i, r in enumerate(results)
+                if r.get("bbox") is None and r.get("segmentation") is None)
+
+
+def score_results_file(config: str, results_file: str, output: Path,
+                       overrides: list[str] | tuple[str, ...] = (), *,
+                       backend: str | None = None) -> dict[str, Any]:
+    """COCO AP of `results_file` against the config's data.val.ann_file (box AP, and mask
+    AP where every result has a segmentation); writes OUTPUT/metrics.json as
+    tools/eval.py does, with "results" in place of "weights".
+
+    Raises:
+        ConfigError / DatasetError / FileNotFoundError: no val file, a val file without
+            annotations, a malformed results file, or results of images the val file lacks.
+    """
+    cfg = load_config(config, overrides)
+    backend = backend or coco_backend(cfg)
+    ann_file = cfg.data.val.ann_file
+    if not ann_file:
+        raise DatasetError("data.val.ann_file must be set to score results against it")
+    path = Path(results_file)
+    results, types = read_results(path)
+    gt = read_coco_json(ann_file, annotations_optional=True)
+    if not gt["annotations"]:
+        raise DatasetError(f"{ann_file} has no annotations: there is nothing to score "
+                           f"{path} against")
+    known = {c["id"] for c in gt["categories"]}
+    foreign = sorted({r["category_id"] for r in results} - known)
+    if foreign:  # COCOeval scores the file's categories only: these results count for nothing
+        logger.warning("%s: %d results have category ids %s that %s lacks; they are not "
+                       "scored (results of another dataset's ids, or 0-based labels?)", path,
+                       sum(r["category_id"] in foreign for r in results), foreign[:10],
+                       ann_file)
+    max_dets = max(COCO_MAX_DETS, int(cfg.model.roi_heads.detections_per_image))
+    metrics: dict[str, Any] = {}
+    for iou_type in types:
+        try:
+            scored = evaluate_coco(ann_file, results, iou_type=iou_type, backend=backend,
+                                   max_dets=max_dets)
+        except ValueError as err:  # results of images the file lacks
+            raise DatasetError(f"{path}: {err}") from None
+        metrics[iou_type] = nan_to_none(scored)
+    metrics["results"] = str(results_file)
+    atomic_write_json(metrics, output / "metrics.json")
+    mask = f"  mask AP = {metrics['segm']['AP']:.1f}" if "segm" in metrics else ""
+    box = f"box AP = {metrics['bbox']['AP']:.1f}" if "bbox" in metrics else ""
+    print(f"{box}{mask}".strip() + f"  (metrics: {output / 'metrics.json'})", flush=True)
+    return metrics
