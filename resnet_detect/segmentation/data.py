@@ -88,6 +88,18 @@ def _size_problem(source: str, found: Sequence[int], image: str,
 
 # training masks whose class ids are read before the first step
 MASK_SAMPLE = 32
+# the share of padding in the training crops that is warned of
+PADDED_SHARE = 0.5
+
+
+def padded_share(size: Sequence[int], crop_size: Sequence[int],
+                 scale_range: Sequence[float], steps: int = 33) -> float:
+    """The expected share of padded pixels in a `crop_size` (H, W) crop of an image of `size`
+    (H, W) rescaled by a factor drawn uniformly from `scale_range` (`build_transform`)."""
+    scales = np.linspace(float(scale_range[0]), float(scale_range[1]), steps)
+    covered = (np.minimum(1.0, np.round(size[0] * scales) / crop_size[0])
+               * np.minimum(1.0, np.round(size[1] * scales) / crop_size[1]))
+    return float(1.0 - covered.mean())
 
 
 class SemSegDataset(Dataset):
@@ -230,6 +242,31 @@ class SemSegDataset(Dataset):
             except DatasetError:
                 self.check_masks(split)
                 return
+
+    def warn_of_padded_crops(self, crop_size: Sequence[int] | None,
+                             scale_range: Sequence[float]) -> None:
+        """One warning where most of the training crops would be padding: images smaller
+        than `crop_size` once scaled by `scale_range` (the base config's 512 crops of
+        256-pixel images are more than half padding, ignored pixels that cost as much as
+        the image's), from the headers of a sample of `MASK_SAMPLE` images."""
+        if crop_size is None:
+            return
+        sample = np.random.default_rng(0).permutation(len(self))[:MASK_SAMPLE]
+        sizes = [(size, self._records[i]["file_name"]) for i in sample
+                 if (size := image_size(self._records[i]["file_name"])) is not None]
+        if not sizes:
+            return
+        share = float(np.mean([padded_share(size, crop_size, scale_range)
+                               for size, _ in sizes]))
+        if share > PADDED_SHARE:
+            (h, w), name = sizes[0]
+            logger.warning(
+                "data.train: on average %.0f%% of each %dx%d crop (data.train.crop_size, HxW) "
+                "is padding: the training images are smaller than it once scaled by "
+                "data.train.scale_range %s (e.g. %s: %dx%d, WxH); padded pixels cost as much "
+                "as the image's and teach nothing: a crop_size near the images' scaled size, "
+                "or a larger scale_range", 100 * share, *crop_size, list(scale_range), name,
+                w, h)
 
     def _mask_against_image(self, index: int) -> np.ndarray | None:
         """Sample `index`'s mask, checked against its image's size (the header's, confirmed

@@ -226,6 +226,7 @@ class SemSegTask:
                                "predicts such a file)")
         train.check_mask_headers("train")
         train.check_mask_sample("train")
+        train.warn_of_padded_crops(cfg.data.train.crop_size, cfg.data.train.scale_range)
         train.warn_of_objects_as_ignore("train")
         if val is not None:
             check_same_classes(train, val, cfg)

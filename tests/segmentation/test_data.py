@@ -859,3 +859,24 @@ def test_no_class_names_is_a_config_error(tmp_path):
         with pytest.raises(ConfigError, match=r"the number of classes \(data.class_names, "
                                               r"background included\) must be in 1..255, got 0"):
             build_dataset(cfg, "train")
+
+
+def test_crops_that_would_be_mostly_padding_are_warned_of(tmp_path, caplog):
+    """Images smaller than the training crop once scaled trained on crops mostly of padding
+    without a word (the base config's 512 crops of 256-pixel images)."""
+    from resnet_detect.segmentation.data import padded_share
+    assert padded_share((100, 100), (200, 200), (1.0, 1.0)) == 0.75
+    # heights cover s/2 of the crop, widths all of it, for s uniform in [1, 2]: 1 - 0.75
+    assert padded_share((100, 200), (200, 200), (1.0, 2.0)) == pytest.approx(0.25, abs=1e-3)
+    assert padded_share((300, 300), (200, 200), (1.0, 2.0)) == 0.0
+    img_dir, mask_dir = _folder(tmp_path, h=20, w=30)
+    train = build_dataset(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)), "train")
+    for crop, scale, warned in (([16, 16], [1.0, 1.0], False), ([40, 40], [1.0, 1.0], True),
+                                ([40, 40], [2.0, 3.0], False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            train.warn_of_padded_crops(crop, scale)
+        assert ("on average 62% of each 40x40 crop (data.train.crop_size, HxW) is padding"
+                in caplog.text) is warned, (crop, scale, caplog.text)
+        if warned:
+            assert f"{img_dir}/00" in caplog.text and ": 30x20, WxH" in caplog.text
