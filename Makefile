@@ -31,7 +31,7 @@ test: install
 	$(VENV)/bin/pytest -n 2 --dist loadfile
 
 $(DATA)/.done: tools/make_synthetic.py resnet_detect/engine/data/synthetic.py resnet_detect/engine/data/synthetic_shapes.py | install
-	$(PY) tools/make_synthetic.py --out $(DATA) --seed 0 --overwrite
+	$(PY) tools/make_synthetic.py --output $(DATA) --seed 0 --overwrite
 	touch $@
 
 # the quickstart backbone: ResNet-18 pretrained on the synthetic crops (prints top-1/top-5);

@@ -6,7 +6,7 @@ Usage: python benchmarks/cpu_amp_training.py [--config configs/synthetic/faster_
 One step = forward of a batch of the config's training scenes (its augmentation, its batch
 size) with the losses, and backward, as `train.amp` runs it (the optimizer step is the same
 float32 update either way and is left out). The synthetic dataset must exist
-(`python tools/make_synthetic.py --out datasets/synthetic`); the model starts from random
+(`python tools/make_synthetic.py --output datasets/synthetic`); the model starts from random
 weights (`model.backbone.weights` is ignored). fp32 and bf16 take turns on the same batches,
 repeat after repeat. Prints median seconds per step, the speed ratio, and the largest
 relative difference between the two modes' losses on the first batch.

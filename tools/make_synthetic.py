@@ -1,6 +1,6 @@
 """Generate the built-in synthetic shapes dataset: detection, segmentation, classification.
 
-Usage: python tools/make_synthetic.py [--out datasets/synthetic] [--seed 0] [--num-train 600]
+Usage: python tools/make_synthetic.py [--output datasets/synthetic] [--seed 0] [--num-train 600]
            [--num-val 150] [--size H W] [--cls-train-per-class 400] [--cls-val-per-class 100]
            [--overwrite]
 
@@ -23,7 +23,8 @@ from resnet_detect.engine.data.synthetic import generate  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="datasets/synthetic", help="output folder")
+    parser.add_argument("--output", "--out", dest="out", default="datasets/synthetic",
+                        help="output folder (--out: its older name)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-train", type=int, default=600, help="detection training images")
     parser.add_argument("--num-val", type=int, default=150, help="detection validation images")
@@ -48,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.size is not None and min(args.size) < 32:
         parser.error("--size: both sides must be at least 32 pixels")
     if not args.out.strip():  # the current folder, whose images/ --overwrite would delete
-        parser.error("--out is empty: name a folder")
+        parser.error("--output is empty: name a folder")
     if Path(args.out).exists() and not Path(args.out).is_dir():
-        parser.error(f"--out {args.out} is a file, not a folder")
+        parser.error(f"--output {args.out} is a file, not a folder")
     start = time.perf_counter()
     try:
         summary = generate(args.out, seed=args.seed, num_train=args.num_train,
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a folder that cannot be made or written (a full disk)
-        print(f"error: cannot write the dataset to --out {args.out}: {err}", file=sys.stderr)
+        print(f"error: cannot write the dataset to --output {args.out}: {err}", file=sys.stderr)
         return 2
     if summary["skipped"]:
         print(f"{args.out}: dataset with these arguments already complete, nothing to do")

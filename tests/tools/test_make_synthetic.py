@@ -31,7 +31,7 @@ def _tool() -> ModuleType:
 
 def _run(out: Path, *args: str) -> int:
     with contextlib.redirect_stdout(io.StringIO()):
-        return _tool().main(["--out", str(out), *args])
+        return _tool().main(["--output", str(out), *args])
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -177,4 +177,4 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert not (tmp_path / "ds").exists() and (tmp_path / "a_file").read_text() == "mine"
     blocked = tmp_path / "a_file" / "ds"  # a folder inside a file cannot be made
     assert _tool().main(["--out", str(blocked), *SMALL]) == 2
-    assert f"error: cannot write the dataset to --out {blocked}" in capsys.readouterr().err
+    assert f"error: cannot write the dataset to --output {blocked}" in capsys.readouterr().err
