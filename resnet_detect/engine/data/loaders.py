@@ -6,8 +6,10 @@ the process boundary, not one per image); its batch still has `len` = the images
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -16,11 +18,15 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from ..distributed import all_reduce_sum, any_process, get_world_size
-from ..logging import handler_settings, set_up_handlers
+from ..distributed import all_reduce_sum, any_process, get_world_size, is_main_process
+from ..logging import format_eta, handler_settings, set_up_handlers
 from .. import preemption
 from ..preemption import EvaluationInterrupted, StopRequest
 from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
+
+logger = logging.getLogger(__name__)
+# seconds between an evaluation's progress lines (a COCO val split takes hours on a CPU)
+PROGRESS_SECONDS = 60.0
 
 
 def collate(batch: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
@@ -157,7 +163,15 @@ class CountedLoader:
 
     def __iter__(self) -> Iterator[list[Any]]:
         self.read, self.stopped = 0, False
-        for batch in self.loader:
+        start = last_line = time.perf_counter()
+        waited = 0.0  # for batches: the loader's share of the time
+        batches = iter(self.loader)
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            waited += time.perf_counter() - asked
             if self.stop is not None and self.stop.requested:
                 self.stopped = True
                 if get_world_size() == 1:
@@ -165,6 +179,20 @@ class CountedLoader:
                 return
             self.read += len(batch)
             yield batch
+            now = time.perf_counter()
+            if now - last_line >= PROGRESS_SECONDS and self.read and is_main_process():
+                last_line = now
+                per_image = (now - start) / self.read
+                logger.info("inference: %d/%d images, %.3f s/image (waiting for data %.3f), "
+                            "eta %s", self.read, self.asked, per_image, waited / self.read,
+                            format_eta(per_image * (self.asked - self.read)))
+        if self.read and is_main_process():
+            seconds = time.perf_counter() - start
+            processes = get_world_size()
+            logger.info("inference: %d images in %s, %.3f s/image (waiting for data %.3f)%s",
+                        self.read, format_eta(seconds), seconds / self.read,
+                        waited / self.read,
+                        f", in each of {processes} processes" if processes > 1 else "")
 
     def raise_if_stopped(self) -> None:
         """EvaluationInterrupted on every process when a stop signal ended this evaluation on
