@@ -180,6 +180,24 @@ def test_a_category_without_usable_objects_is_named(tmp_path: Path, small: tuple
         in caplog.text
 
 
+def test_categories_named_alike_but_for_case_are_warned_of(
+        tmp_path: Path, small: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """'Dog' and 'dog ' (two exports merged) trained as two classes without a word."""
+    data = json.loads(small[0].read_text())
+    first = data["categories"][0]
+    data["categories"].append({"id": 77, "name": f" {first['name'].upper()} "})
+    data["annotations"].append({**data["annotations"][0], "id": 999, "category_id": 77})
+    ann_file = tmp_path / "twins.json"
+    ann_file.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        load_coco_json(small[0], small[1], training=True)
+        assert "categories of one name" not in caplog.text
+        load_coco_json(ann_file, small[1], training=True)
+    assert (f"{ann_file}: categories of one name, but for case or spaces: {first['name']!r} "
+            f"(id {first['id']}), ' {first['name'].upper()} ' (id 77): each is a class"
+            in caplog.text)
+
+
 def test_empty_images_kept_by_default_dropped_on_request(small: tuple[Path, Path]) -> None:
     records, _, stats = load_coco_json(*small, filter_empty=True)
     assert [r["image_id"] for r in records] == [1, 2]

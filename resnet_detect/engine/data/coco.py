@@ -426,7 +426,23 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
         logger.warning("%s: no usable object of %s: a class all the same (the model predicts "
                        "it, its AP is n/a); drop it from 'categories' if it is none",
                        ann_file, ", ".join(unused))
+    if training:
+        _warn_of_twin_names(mapping, ann_file)
     return records, mapping, stats
+
+
+def _warn_of_twin_names(mapping: CategoryMapping, ann_file: Path) -> None:
+    """Categories whose names differ only in case or spaces ('Dog', 'dog '): two labelling
+    tools' exports merged, or a typo, trained as two classes, each the other's background."""
+    twins: dict[str, list[str]] = {}
+    for cid, name in zip(mapping.dataset_ids, mapping.names):
+        twins.setdefault(" ".join(name.split()).casefold(), []).append(f"{name!r} (id {cid})")
+    groups = [", ".join(g) for g in twins.values() if len(g) > 1]
+    if groups:
+        logger.warning("%s: categories of one name, but for case or spaces: %s: each is a "
+                       "class, trained as the other's background; give their objects one "
+                       "category id if they are one class", ann_file,
+                       "; ".join(groups[:MAX_LISTED]))
 
 
 def check_image_sizes(records: list[dict[str, Any]], ann_file: str | Path) -> None:
