@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import gc
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -188,6 +189,12 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type != "cuda" and any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
         refuse_syncbn_on_cpus("a norm: syncbn in the config (model.backbone.norm, "
                               "model.head.norm or model.options.norm)")
+    if device.type != "cuda":
+        # bf16 autocast on a CPU gives the 1x1 convolutions' weight gradients channels_last
+        # strides: the weights' own memory layout (only size-1 dimensions differ), which
+        # autograd keeps and DDP's stride check warns of, on every rank, for a copy of a few kB
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view "
+                                                  "strides", category=UserWarning)
     return nn.parallel.DistributedDataParallel(
         model, device_ids=[get_local_rank()] if device.type == "cuda" else None)
 

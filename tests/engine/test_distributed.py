@@ -214,3 +214,43 @@ def test_batch_norm_on_few_images_per_process_is_warned_of() -> None:
                                        "cuda") is None
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(backbones.build("resnet18"))
     assert unsynced_batch_norm_warning(synced, 2, 8, "cuda") is None
+
+
+_STRIDES_SCRIPT = """
+import os, sys, warnings
+import torch, torch.distributed as dist
+from torch import nn
+from resnet_detect.engine import distributed as D
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1])
+dist.init_process_group("gloo", rank=0, world_size=1)
+D.get_world_size = lambda: 2  # wrap as under torchrun; one process is enough for the reducer
+model = nn.Sequential(nn.Conv2d(8, 16, 1), nn.Conv2d(16, 4, 3))
+warnings.simplefilter("always")
+ddp = D.wrap_ddp(model, torch.device("cpu")) if sys.argv[2] == "wrap" else \\
+    nn.parallel.DistributedDataParallel(model)
+x = torch.randn(2, 8, 10, 10).contiguous(memory_format=torch.channels_last)  # as batches are
+with warnings.catch_warnings(record=True) as caught:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = ddp(x).float().sum()
+    loss.backward()
+warned = sum("Grad strides" in str(w.message) for w in caught)
+print("strides", model[0].weight.grad.stride(), warned)
+"""
+
+
+@pytest.mark.parametrize("wrapped", ["wrap", "plain"])
+def test_cpu_processes_under_bf16_do_not_print_ddps_grad_strides_warning(wrapped: str) -> None:
+    """Every 2-process CPU run under bf16 printed torch's "Grad strides do not match bucket
+    view strides" on each rank: the 1x1 convolutions' gradients differ from their weights in
+    the strides of size-1 dimensions only (the same memory). In a process of its own: torch
+    warns once per process."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _STRIDES_SCRIPT, str(_free_port()), wrapped],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    # the gradient that DDP compares strictly: channels_last strides, contiguous memory
+    assert "strides (8, 1, 8, 8) " in done.stdout
+    assert done.stdout.strip().endswith(" 0" if wrapped == "wrap" else " 1"), done.stdout
