@@ -80,10 +80,10 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
     export_graph(ClassifierGraph(model, mean, std),
                  [torch.zeros((size, size, 3), dtype=torch.uint8)], folder / MODEL_FILE,
                  input_names=["image"], output_names=["logits"],
-                 dynamic_axes={"image": (0, 1)})
+                 dynamic_axes={"image": {0: "height", 1: "width"}})
     return write_metadata(
         folder, TASK, inputs={"image": "uint8 (H, W, 3) RGB, resized and cropped by `resize`"},
         outputs={"logits": "float32 (K,) class scores before softmax"},
-        pixel_mean=mean, pixel_std=std, class_names=names, num_classes=num_classes,
+        pixel_mean=mean, pixel_std=std, class_names=names,
         resize={"short_side": int(cfg.data.val_resize), "center_crop": size,
                 "interpolation": INTERPOLATION_NOTES[cfg.data.val_interpolation]})

@@ -68,6 +68,12 @@ def export_graph(graph: nn.Module, example: Sequence[torch.Tensor], path: Path, 
                                         for k, v in dynamic_axes.items()})
 
 
+def _as_written(values: Sequence[float]) -> list[float]:
+    """A model's float32 mean or std as the config wrote it: 123.675, not 123.67500305175781
+    (the shortest decimal that is the same float32)."""
+    return [float(np.format_float_positional(np.float32(v))) for v in values]
+
+
 def write_metadata(folder: Path, task: str, *, inputs: Mapping[str, Any],
                    outputs: Mapping[str, str], pixel_mean: Sequence[float],
                    pixel_std: Sequence[float], class_names: Sequence[str],
@@ -83,8 +89,9 @@ def write_metadata(folder: Path, task: str, *, inputs: Mapping[str, Any],
     metadata = {
         "task": task, "model": MODEL_FILE, "opset": OPSET,
         "inputs": dict(inputs), "outputs": dict(outputs),
-        "channel_order": "RGB", "pixel_mean": list(pixel_mean), "pixel_std": list(pixel_std),
-        "class_names": list(class_names), **extra,
+        "channel_order": "RGB", "pixel_mean": _as_written(pixel_mean),
+        "pixel_std": _as_written(pixel_std), "class_names": list(class_names),
+        "num_classes": len(class_names), **extra,
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                      "onnx": onnx.__version__},
     }

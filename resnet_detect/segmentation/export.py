@@ -89,13 +89,14 @@ def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Seq
     example = torch.zeros((*example_size, 3), dtype=torch.uint8)
     export_graph(SegmentationGraph(model, scale, max_size), [example], folder / MODEL_FILE,
                  input_names=["image"], output_names=["mask"],
-                 dynamic_axes={"image": (0, 1), "mask": (0, 1)})
+                 dynamic_axes={"image": {0: "height", 1: "width"},
+                               "mask": {0: "height", 1: "width"}})
     return write_metadata(
         folder, TASK, inputs={"image": "uint8 (H, W, 3) RGB, any size (no resizing needed)"},
         outputs={"mask": "int64 (H, W) class ids"},
         pixel_mean=model.pixel_mean.flatten().tolist(),
         pixel_std=model.pixel_std.flatten().tolist(), class_names=class_names,
-        num_classes=model.num_classes, ignore_index=model.ignore_index, resize=None,
+        ignore_index=model.ignore_index, resize=None,
         test_scale=float(scale), test_max_size=max_size, reduce_zero_label=reduce_zero_label)
 
 

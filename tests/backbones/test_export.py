@@ -41,7 +41,10 @@ def test_onnx_runtime_gives_the_pytorch_logits_at_any_size(tmp_path: Path) -> No
                                           "bilinear, bicubic, got 'linear'"):
         export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "x",
                      ["data.val_interpolation=linear"])
+    assert metadata["num_classes"] == 3  # every task's export.json says it
     session = open_session(tmp_path / "export")
+    # named axes, as the detectors' (exporter-made names: 'image_dynamic_axes_1')
+    assert [d.shape for d in session.get_inputs()] == [["height", "width", 3]]
     # the same JSON inside the graph, for a service that ships model.onnx alone
     inside = session.get_modelmeta().custom_metadata_map
     assert json.loads(inside["export_json"]) == metadata

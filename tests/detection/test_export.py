@@ -170,6 +170,9 @@ def test_box_masks_are_pasted_as_pytorch_pastes_them(tmp_path: Path) -> None:
     onnx_model = export(model, tmp_path, mask_output="box")
     assert onnx_model.metadata["mask_output"] == "box"
     assert "mask_probs" in onnx_model.metadata["outputs"]
+    meta = onnx_model.metadata  # as the classifiers' and segmenters' export.json
+    assert meta["num_classes"] == len(meta["class_names"]) == model.roi_heads.num_classes
+    assert meta["pixel_std"] == [58.395, 57.12, 57.375]  # not float32's 58.39500045776367
     assert [o.name for o in onnx_model.session.get_outputs()][3] == "mask_probs"
     generator = torch.Generator().manual_seed(0)
     for h, w in SIZES:

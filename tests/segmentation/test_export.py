@@ -41,6 +41,11 @@ def test_onnx_runtime_gives_the_pytorch_class_maps_at_any_size(
                      max_size=max_size)
     tta = TTAInference(scales=(scale,), max_size=max_size)
     onnx_model = OnnxSegmentor(tmp_path)
+    # the class map is the image's size, and its axes say so
+    assert [i.shape for i in onnx_model.session.get_inputs()] == [["height", "width", 3]]
+    assert [o.shape for o in onnx_model.session.get_outputs()] == [["height", "width"]]
+    # the model's float32 mean as the config wrote it, not 123.67500305175781
+    assert onnx_model.metadata["pixel_mean"] == [123.675, 116.28, 103.53]
     assert onnx_model.class_names == list("abcde") and onnx_model.test_max_size == max_size
     generator = torch.Generator().manual_seed(0)
     for h, w in SIZES:
