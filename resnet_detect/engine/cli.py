@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import warnings
 import zipfile
@@ -39,12 +40,29 @@ USER_ERRORS = (CheckpointWriteError, ConfigError, DatasetError, ExportError, Fil
                UnwritableFolderError)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, `docker stop`, a CI's cancel) as Ctrl-C is: an exception, so that
+    what a tool leaves half written (an export's model.onnx.partial, a converter's temporary
+    file) is removed as for Ctrl-C; by default the signal ended the process at once."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     """A tool's command line: `main(sys.argv[1:])`, where an error in what the user gave (a
     config key, a data file, a checkpoint, an export, an output folder in use) prints as its
-    message, as argparse's usage errors do, instead of a traceback, and exits with 2."""
+    message, as argparse's usage errors do, instead of a traceback, and exits with 2. A
+    SIGTERM stops it as Ctrl-C does, with 143 (a training catches it itself, to save a
+    checkpoint); under torchrun, whose SIGTERM must end a process waiting in a collective,
+    it keeps its default."""
     escape_what_the_console_lacks(sys.stdout, sys.stderr)
     warnings.showwarning = log_warning
+    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    previous = signal.getsignal(signal.SIGTERM)
+    if alone:
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         main(sys.argv[1:])
     except USER_ERRORS as e:
@@ -57,12 +75,17 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
         # NumPy's ("Unable to allocate 1.2 GiB for an array with shape ...")
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:  # Ctrl-C: what was done is written already; no traceback
-        print(f"\n{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as e:  # Ctrl-C: what was done is written already; no traceback
+        terminated = isinstance(e, Terminated)
+        print(f"\n{Path(sys.argv[0]).name}: {'terminated' if terminated else 'interrupted'}",
+              file=sys.stderr)
+        raise SystemExit(143 if terminated else 130) from None
     except BrokenPipeError:  # `| head` closed stdout: stop quietly, as coreutils do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         raise SystemExit(141) from None
+    finally:
+        if alone:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 class ToolArgumentParser(argparse.ArgumentParser):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -478,3 +480,38 @@ def test_every_detectron2_key_named_is_a_key_of_the_detection_configs() -> None:
     for theirs, ours in DETECTRON2_KEYS.items():
         parent, leaf = ours.rsplit(".", 1)
         assert leaf in OmegaConf.select(cfg, parent), (theirs, ours)
+
+
+_TERMINATED_SCRIPT = """
+import os, signal, sys, time
+from pathlib import Path
+from resnet_detect.engine.cli import run_tool
+from resnet_detect.engine.export import _written
+
+def main(argv):
+    partial = Path(argv[0])
+    with _written(partial):  # an export writing model.onnx.partial
+        partial.write_text("half a graph")
+        os.kill(os.getpid(), signal.SIGTERM)  # timeout, docker stop, a CI's cancel
+        time.sleep(30)
+
+sys.argv = ["tools/export.py", sys.argv[1]]
+run_tool(main)
+"""
+
+
+def test_a_sigterm_stops_a_tool_as_ctrl_c_does_leaving_no_partial_file(tmp_path: Path) -> None:
+    """SIGTERM ended an export at once (exit -15), leaving model.onnx.partial (2-20 MB)
+    beside the folder's export; it now runs the clean-ups Ctrl-C runs and exits 143."""
+    partial = tmp_path / "model.onnx.partial"
+    done = subprocess.run([sys.executable, "-c", _TERMINATED_SCRIPT, str(partial)],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert (done.returncode, done.stderr.strip()) == (143, "export.py: terminated")
+    assert not partial.exists()
+    # under torchrun the signal keeps its default: it must end a process in a collective
+    done = subprocess.run([sys.executable, "-c", _TERMINATED_SCRIPT, str(partial)],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2],
+                          env={**os.environ, "WORLD_SIZE": "2"})
+    assert done.returncode == -signal.SIGTERM and partial.exists()
