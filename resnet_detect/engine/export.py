@@ -9,6 +9,7 @@ RoIAlign as the ONNX operators.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -128,8 +129,10 @@ def _written(partial: Path) -> Iterator[None]:
         yield
     except OSError as e:
         partial.unlink(missing_ok=True)
+        full = e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
         raise ExportError(f"cannot write the export in {partial.parent} ({type(e).__name__}: "
-                          f"{e.strerror or e}): free space or choose another --output") from e
+                          f"{e.strerror or e}): {'free space or ' if full else ''}choose "
+                          f"another --output") from e
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
