@@ -126,7 +126,7 @@ def test_an_export_that_cannot_be_written_keeps_the_earlier_one_and_no_partial_f
     denied = OSError(errno.EACCES, "Permission denied")  # not a full disk: no such advice
     monkeypatch.setattr(*((onnx, "save") if failing == "save" else (os, "replace")),
                         lambda *a, **k: (_ for _ in ()).throw(denied))
-    with pytest.raises(ExportError, match=f"cannot write the export in {out} \\(OSError: "
+    with pytest.raises(ExportError, match=f"cannot write the export in {out} \\(PermissionError: "
                                           "Permission denied\\): choose another --output$"):
         export_model(CONFIG, tmp_path / "model_final.pth", out)
     assert sorted(before) == ["export.json", "model.onnx"]
