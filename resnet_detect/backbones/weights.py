@@ -127,6 +127,10 @@ def classifier_checkpoint(weights: str | os.PathLike, use: str,
     state_dict, provenance = unwrap_state_dict(read_checkpoint(weights))
     fc = state_dict.get("fc.weight", state_dict.get("head.fc.weight"))
     if fc is None:
+        try:  # a detector's or segmenter's: said so, not "a backbone"
+            refuse_other_task(str(weights), provenance, "classification", state_dict)
+        except ConfigError as e:
+            raise error(f"{e}: {use} a model_final.pth of tools/pretrain.py") from None
         raise error(f"{weights} holds no classifier (no fc.weight): {use} a model_final.pth of "
                     f"tools/pretrain.py, not a backbone")
     return int(fc.shape[0]), provenance or {}

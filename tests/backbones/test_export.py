@@ -65,6 +65,15 @@ def test_a_backbone_or_mismatched_checkpoint_is_refused_naming_it(tmp_path: Path
     save_checkpoint(tmp_path / "backbone.pth", backbone.state_dict(), make_provenance("resnet18"))
     with pytest.raises(ExportError, match="backbone.pth holds no classifier"):
         export_model(CONFIG, tmp_path / "backbone.pth", tmp_path / "out")
+    # a detector's weights are said to be a detector's, not "a backbone"
+    detector = {"backbone.body.conv1.weight": torch.zeros(1), "rpn.head.conv.weight":
+                torch.zeros(1), "roi_heads.box_predictor.cls_score.weight": torch.zeros(1)}
+    torch.save(detector, tmp_path / "detector.pth")
+    with pytest.raises(ExportError, match=r"detector.pth holds a detection model's weights "
+                                          r"\(keys \['rpn.head.conv.weight', .*\), not a "
+                                          r"classification one: export a model_final.pth of "
+                                          r"tools/pretrain.py$"):
+        export_model(CONFIG, tmp_path / "detector.pth", tmp_path / "out")
     resnet34 = build_classifier("resnet34", 3)
     save_checkpoint(tmp_path / "r34.pth", resnet34.state_dict(), make_provenance("resnet34"))
     with pytest.raises(ValueError, match="r34.pth"):
