@@ -130,8 +130,13 @@ def _check_length_keys(t: DictConfig) -> None:
     if t.epochs is None and t.max_iter is None:
         raise ConfigError("set train.max_iter (iterations) or train.epochs")
     if t.epochs is not None and t.max_iter is not None:
+        by_steps = " ".join(["train.epochs=null"] + [
+            f"train.{key}={unset}" for key, unset in (("lr_step_epochs", "[]"),
+                                                       ("warmup_epochs", "0")) if t[key]])
         raise ConfigError(f"train.epochs ({t.epochs}) and train.max_iter ({t.max_iter}) are "
-                          "both set; set one (train.max_iter=null for an epoch-based recipe)")
+                          f"both set; set one: train.max_iter=null for the epoch-based "
+                          f"recipe, or `{by_steps}` to train {t.max_iter} iterations (its "
+                          f"warmup and lr drops then in train.warmup_iters, train.lr_steps)")
     by_epochs = t.epochs is not None
     other = (("lr_steps", "[]"), ("warmup_iters", "0")) if by_epochs else (
         ("lr_step_epochs", "[]"), ("warmup_epochs", "0"))

@@ -76,7 +76,13 @@ def test_a_schedule_in_epochs_under_iteration_keys_names_them_before_the_data(
              "train.lr_step_epochs and train.warmup_epochs need train.epochs; with "
              "train.max_iter use train.lr_steps and train.warmup_iters: train.lr_step_epochs "
              "is [1] (train.lr_step_epochs=[] clears it); train.warmup_epochs is 0.5 "
-             "(train.warmup_epochs=0 clears it)")):
+             "(train.warmup_epochs=0 clears it)"),
+            # shortening an epoch recipe: both ways, each whole (three tries before)
+            (["train.epochs=2", "train.warmup_epochs=0.5"],
+             "train.epochs (2) and train.max_iter (300) are both set; set one: "
+             "train.max_iter=null for the epoch-based recipe, or `train.epochs=null "
+             "train.warmup_epochs=0` to train 300 iterations (its warmup and lr drops then "
+             "in train.warmup_iters, train.lr_steps)")):
         monkeypatch.setattr(sys, "argv", ["tools/train.py", str(CONFIG), *overrides,
                                           "data.train.ann_file=nowhere.json"])  # not reached
         with pytest.raises(SystemExit) as stopped:
