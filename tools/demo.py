@@ -102,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if unreadable or too_large:
         raise UnreadableImageError(
             f"{len(unreadable) + len(too_large)} of {len(inputs)} inputs could not be "
-            f"{'read' if not too_large else 'drawn'} (the others were drawn):"
+            f"{'read' if not too_large else 'drawn'}"
+            + (" (the others were drawn)" if written else "") + ":"
             + listing(unreadable + too_large))
     return written
 

@@ -326,9 +326,9 @@ def warn_of_long_warmup(lengths: Mapping[str, Any], logger: logging.Logger) -> N
     warmup, max_iter = lengths["warmup_iters"], lengths["max_iter"]
     if warmup >= max_iter:
         key = "train.warmup_epochs" if "per_epoch" in lengths else "train.warmup_iters"
-        logger.warning("%s is %d iterations, the whole run is %d: the lr climbs all the way and "
-                       "never reaches train.base_lr; shorten it (e.g. %s of a tenth of the run)",
-                       key, warmup, max_iter, key)
+        logger.warning("%s is %d iterations, the whole run is %d: the lr climbs for the "
+                       "whole run and never reaches train.base_lr; shorten it (e.g. %s of a "
+                       "tenth of the run)", key, warmup, max_iter, key)
 
 
 def cudnn_benchmark_warning(cfg: DictConfig, device: torch.device) -> str | None:

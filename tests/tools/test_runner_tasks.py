@@ -664,8 +664,8 @@ def test_training_that_cannot_succeed_stops_before_the_first_step_or_at_the_bad_
     cfg.train.warmup_iters = 1000
     with caplog.at_level(logging.WARNING):
         run_training(_RegressionTask(), cfg, cpu)
-    assert "train.warmup_iters is 1000 iterations, the whole run is 6: the lr climbs all the " \
-           "way and never reaches train.base_lr" in caplog.text
+    assert "train.warmup_iters is 1000 iterations, the whole run is 6: the lr climbs for the " \
+           "whole run and never reaches train.base_lr" in caplog.text
     with pytest.raises(ValueError, match=r"the training set is empty \(0 points\)"):
         run_training(_EmptyRegressionTask(), _toy_config(tmp_path / "empty"), cpu)
     with pytest.raises(NonFiniteLossError, match=r"at iteration 2 .*loss_nan=nan"):

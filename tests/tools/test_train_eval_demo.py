@@ -541,6 +541,10 @@ def test_demo_draws_the_readable_images_then_names_the_others(trained: Path, dat
             load_tool("demo").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
                                     "--input", str(folder), "--output", str(out)])
         assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "c.jpg"]
+    # nothing drawn: no "others" said to be
+    with pytest.raises(UnreadableImageError, match=r"1 of 1 inputs could not be read:\n"):
+        load_tool("demo").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                                "--input", str(folder / "b.jpg"), "--output", str(out)])
 
 
 def test_missing_annotations_key_fails_naming_file(data: Path, tmp_path: Path) -> None:
