@@ -320,6 +320,21 @@ def check_schedule(cfg: DictConfig) -> None:
         _check_length_keys(cfg.train)
 
 
+def drawn_batch_size(t: DictConfig) -> int:
+    """The batches this process draws: its share of train.batch_size over
+    train.accumulation_steps.
+
+    Raises:
+        ConfigError: a batch the processes, or the accumulation steps, cannot share.
+    """
+    per_process = per_process_batch_size(t.batch_size, "train.batch_size")
+    if per_process % t.accumulation_steps:
+        raise ConfigError(f"train.accumulation_steps {t.accumulation_steps} does not divide "
+                          f"the {per_process} images per step of each of the "
+                          f"{get_world_size()} processes (train.batch_size {t.batch_size})")
+    return per_process // t.accumulation_steps
+
+
 def warn_of_long_warmup(lengths: Mapping[str, Any], logger: logging.Logger) -> None:
     """A warmup as long as the run (a 1x recipe's 1000 steps kept in a 300-step fine-tuning)
     never reaches train.base_lr."""
@@ -680,7 +695,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         raise ConfigError(f"train.best_metric {t.best_metric!r} is not a metric of this task's "
                           f"evaluations{voc}; valid: {', '.join(names)}")
     check_schedule(cfg)
-    per_process_batch_size(t.batch_size, "train.batch_size")  # before the folder's log files
+    drawn_batch_size(t)  # before the folder's log files
     if get_world_size() > 1 and device.type != "cuda":
         synced = [k for k, v in flat_keys(to_plain(cfg.get("model") or {}), "model.").items()
                   if k.endswith("norm") and v == "syncbn"]
@@ -718,13 +733,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
            amp: str | None) -> dict[str, Any]:
     """run_training after its checks, with the logging set up."""
     t = cfg.train
-    per_process = per_process_batch_size(t.batch_size, "train.batch_size")
     steps = t.accumulation_steps
-    if per_process % steps:
-        raise ConfigError(f"train.accumulation_steps {steps} does not divide the "
-                          f"{per_process} images per step of each of the {get_world_size()} "
-                          f"processes (train.batch_size {t.batch_size})")
-    batch_size = per_process // steps  # the batches drawn
+    batch_size = drawn_batch_size(t)
     data = done_everywhere(lambda: task.prepare(cfg), "find its weights or read its data")
     check_same_data_everywhere(data.description, (len(data.train), None if data.val is None
                                                   else len(data.val)),
@@ -734,7 +744,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     lengths = _lengths(cfg, len(data.train))
     warn_of_long_warmup(lengths, logger)
     logger.info("%s, %d processes x %d images per step%s", data.description, get_world_size(),
-                per_process, f" in {steps} batches of {batch_size}" if steps > 1 else "")
+                batch_size * steps, f" in {steps} batches of {batch_size}" if steps > 1 else "")
 
     torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
     benchmark_warning = cudnn_benchmark_warning(cfg, device)

@@ -877,6 +877,7 @@ def test_accumulation_draws_smaller_batches_of_the_same_stream(
                                          r"images per step of each of the 1 processes"):
         load_tool("train").main(train_args(data, tmp_path / "bad", 1, "train.batch_size=4",
                                            "train.accumulation_steps=3"))
+    assert not (tmp_path / "bad").exists()  # refused before the run's folder and its log
     with pytest.raises(ValueError, match=r"train.accumulation_steps must be a positive integer"):
         load_tool("train").main(train_args(data, tmp_path / "bad", 1,
                                            "train.accumulation_steps=0"))
