@@ -41,6 +41,9 @@ READERS = {
 
 def task_module(name: str) -> ModuleType:
     """The module that defines task `name`."""
+    if name == "analyze":  # configs/analyze/: a study trains many nets, by its own tool
+        raise ConfigError("a study config (task: analyze) is run by tools/analyze.py STUDY "
+                          "--config CONFIG")
     if name not in TASK_MODULES:
         raise ConfigError(f"unknown task {name!r}; valid: {', '.join(TASK_MODULES)}")
     return importlib.import_module(TASK_MODULES[name])

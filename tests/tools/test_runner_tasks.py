@@ -56,8 +56,11 @@ def test_every_shipped_config_names_its_task_and_shares_the_train_keys() -> None
         assert cfg.task == name and name in TASK_MODULES, path
     for path in sorted((ROOT / "configs/analyze").glob("*.yaml")):
         assert config_task(path) == "analyze"  # studies, not a training task
-    with pytest.raises(ConfigError, match="unknown task 'analyze'; valid: detection, sem_seg"):
+    with pytest.raises(ConfigError, match=r"a study config \(task: analyze\) is run by "
+                                          r"tools/analyze.py STUDY --config CONFIG"):
         load_task_config(ROOT / "configs/analyze/cifar10.yaml")
+    with pytest.raises(ConfigError, match="unknown task 'analyse'; valid: detection, sem_seg"):
+        load_task_config(ROOT / "configs/analyze/cifar10.yaml", ["task=analyse"])
     # a tool of one task (tools/pretrain.py: classification) given another task's config
     with pytest.raises(ConfigError, match=r"faster_rcnn_R_18_FPN.yaml is for task 'detection', "
                                           r"not 'classification': tools/train.py, tools/eval.py"):
