@@ -515,7 +515,7 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
                               "compression changes class ids along every edge; masks must be "
                               "PNGs (palette or grayscale)")
         records = scan_folder(s["img_dir"], s["mask_dir"] or None, img_suffix=s["img_suffix"],
-                              mask_suffix=s["mask_suffix"], split_file=s["split_file"])
+                              mask_suffix=s["mask_suffix"], split_file=s["split_file"], split=split)
     ignore_index = cfg["model"]["ignore_index"]
     reduce_zero_label = cfg["data"]["reduce_zero_label"]
     if reduce_zero_label and s["ann_file"]:

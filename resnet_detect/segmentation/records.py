@@ -42,7 +42,8 @@ __all__ = ["IGNORE_INDEX", "MAX_LISTED", "coco_semantic_mask", "load_coco_semant
 
 def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, *,
                 img_suffix: str = ".jpg", mask_suffix: str = ".png",
-                split_file: str | os.PathLike | None = None) -> list[dict[str, str]]:
+                split_file: str | os.PathLike | None = None,
+                split: str | None = None) -> list[dict[str, str]]:
     """Pair each image `img_dir/NAME + img_suffix` with its mask `mask_dir/NAME + mask_suffix`.
 
     Args:
@@ -52,6 +53,7 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
         img_suffix: end of image file names (".jpg", "_leftImg8bit.png").
         mask_suffix: end of mask file names (".png", "_gtFine_labelTrainIds.png").
         split_file: text file with one NAME per line (VOC ImageSets); None takes all images.
+        split: the config's split ("train", "val") the folders are of, for the messages.
 
     Returns:
         Records {"file_name", "mask_file"} sorted by NAME.
@@ -61,13 +63,14 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
         DatasetError: no images, listed images missing, or images without a mask (listed).
     """
     img_dir = Path(img_dir)
-    for folder in (img_dir, mask_dir):
+    split = f" (data.{split})" if split else ""
+    for folder, what in ((img_dir, "image"), (mask_dir, "mask")):
         if folder is not None and not Path(folder).is_dir():
-            raise FileNotFoundError(f"folder not found: {missing_path(folder)}")
+            raise FileNotFoundError(f"{what} folder not found: {missing_path(folder)}{split}")
     if split_file is not None:
         split_file = Path(split_file)
         if not split_file.is_file():
-            raise FileNotFoundError(f"split file not found: {missing_path(split_file)}")
+            raise FileNotFoundError(f"split file not found: {missing_path(split_file)}{split}")
         lines = read_user_text(split_file, "split file").splitlines()
         names = [_without_suffix(line.strip(), img_dir, img_suffix) for line in lines
                  if line.strip()]

@@ -880,3 +880,15 @@ def test_crops_that_would_be_mostly_padding_are_warned_of(tmp_path, caplog):
                 in caplog.text) is warned, (crop, scale, caplog.text)
         if warned:
             assert f"{img_dir}/00" in caplog.text and ": 30x20, WxH" in caplog.text
+
+
+def test_a_missing_folder_is_named_with_what_it_is_and_its_split(tmp_path):
+    """'folder not found: /x' said neither which folder (images, masks) nor of which split."""
+    img_dir, mask_dir = _folder(tmp_path)
+    for split in ("train", "val"):
+        for key, expected in (("img_dir", "image"), ("mask_dir", "mask")):
+            cfg = _config(img_dir=str(img_dir), mask_dir=str(mask_dir))
+            cfg["data"][split][key] = str(tmp_path / "nope")
+            with pytest.raises(FileNotFoundError, match=f"^{expected} folder not found: "
+                                                        f"{tmp_path}/nope \\(data.{split}\\)$"):
+                build_dataset(cfg, split)
