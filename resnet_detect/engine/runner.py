@@ -949,5 +949,9 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                 logger.warning("cannot write %s (%s: %s): the final weights are written, the "
                                "last evaluation's numbers are in log.txt",
                                output_dir / "metrics.json", type(e).__name__, e.strerror or e)
+        elif (output_dir / "metrics.json").is_file():  # a resumed run without a val split
+            logger.warning("%s is an earlier evaluation's, of other weights: this run did not "
+                           "evaluate its final weights (no val split); tools/eval.py scores "
+                           "them", output_dir / "metrics.json")
     return {"model": model, "metrics": metrics.get(task.primary_metrics, {}),
             "all_metrics": metrics, "iteration": trainer.iter, "skipped": total_skipped}

@@ -427,6 +427,20 @@ def test_resume_without_checkpoints_keeps_a_finished_runs_results(
     assert (out / "model_final.pth").read_bytes() == final
 
 
+def test_a_resumed_run_without_a_val_split_says_its_metrics_json_is_of_other_weights(
+        trained: Path, data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Resumed for more steps with the evaluation off, a run kept the metrics.json of its
+    earlier weights beside new final weights, without a word."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    before = (out / "metrics.json").read_bytes()
+    with caplog.at_level(logging.WARNING):
+        load_tool("train").main(train_args(data, out, 3, "data.val.ann_file=null",
+                                           "data.val.img_dir=null", "--resume"))
+    assert (out / "metrics.json").read_bytes() == before
+    assert f"{out / 'metrics.json'} is an earlier evaluation's, of other weights" in caplog.text
+
+
 def test_a_full_disk_at_the_final_weights_says_so_and_resume_writes_them(
         data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
