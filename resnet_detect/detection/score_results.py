@@ -14,7 +14,8 @@ from resnet_detect.engine.data import DatasetError, read_coco_json
 from resnet_detect.engine.files import missing_path, nan_to_none
 
 from .config import load_config
-from .evaluation import COCO_MAX_DETS, coco_backend, evaluate_coco
+from .evaluation import coco_backend, evaluate_coco
+from .training import scored_detections
 
 logger = logging.getLogger(__name__)
 REQUIRED = ("image_id", "category_id", "score")
@@ -43,7 +44,7 @@ def read_results(path: Path) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
     if not isinstance(results, list):
         raise DatasetError(f"{path}: a results file is a JSON list of detections, got "
                            f"{type(results).__name__}")
-    boxes = masks = True
+    boxes, masks = True, 0
     for i, r in enumerate(results):
         if not isinstance(r, dict):
             raise DatasetError(f"{path}: result {i} is not an object: {str(r)[:80]}")
@@ -54,25 +55,59 @@ def read_results(path: Path) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
             raise DatasetError(f"{path}: result {i}: image_id, category_id and score must be "
                                f"numbers, got {({k: r[k] for k in REQUIRED})}")
         box = r.get("bbox")
+        # (NaN passes pycocotools' IoU test: a NaN box matched every object)
         if box is not None and (not isinstance(box, list) or len(box) != 4
-                                or not all(_is_number(v) for v in box)):
-            raise DatasetError(f"{path}: result {i}: bbox must be [x, y, width, height], got "
-                               f"{box!r}")
+                                or not all(_is_number(v) and math.isfinite(v) for v in box)
+                                or min(box[2:]) < 0):
+            raise DatasetError(f"{path}: result {i}: bbox must be [x, y, width, height], "
+                               f"finite, width and height >= 0, got {box!r}")
         boxes &= box is not None
-        masks &= r.get("segmentation") is not None
-    if results and not (boxes or masks):
-        raise DatasetError(f"{path}: results need a bbox (or every one a segmentation) to be "
-                           f"scored; result {_first_without(results)} has neither")
-    return results, ("bbox",) * boxes + ("segm",) * (masks and bool(results))
+        masks += r.get("segmentation") is not None
+    if results and not boxes and masks < len(results):
+        raise DatasetError(f"{path}: results need a bbox each (result "
+                           f"{_first_without(results, 'bbox')} has none) or a segmentation "
+                           f"each (result {_first_without(results, 'segmentation')} has none)")
+    if 0 < masks < len(results):
+        logger.warning("%s: %d of %d results have no segmentation: mask AP is not scored, "
+                       "box AP is", path, len(results) - masks, len(results))
+    every_mask = masks == len(results) > 0
+    return results, ("bbox",) * boxes + ("segm",) * every_mask
+
+
+def rle_masks(results: list[dict[str, Any]], sizes: dict[int, tuple[int, int]],
+              path: Path) -> list[dict[str, Any]]:
+    """`results` with every segmentation as a compressed RLE of string counts, what
+    pycocotools scores: polygons and uncompressed RLEs (counts a list) are encoded at their
+    image's size (`sizes`: image id -> (height, width)); results of unknown images are left
+    for the evaluation to name."""
+    from pycocotools import mask as mask_utils
+    encoded = []
+    for i, r in enumerate(results):
+        seg, size = r["segmentation"], sizes.get(r["image_id"])
+        if isinstance(seg, dict) and isinstance(seg.get("counts"), str) or size is None:
+            encoded.append(r)
+            continue
+        try:
+            if isinstance(seg, list):  # polygons, [[x1, y1, x2, y2, ...], ...]
+                rle = mask_utils.merge(mask_utils.frPyObjects(seg, *size))
+            elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+                rle = mask_utils.frPyObjects(seg, *size)
+            else:
+                raise TypeError(type(seg).__name__)
+        except (TypeError, ValueError, IndexError) as err:
+            raise DatasetError(f"{path}: result {i}: segmentation must be polygons or an RLE "
+                               f"({{size, counts}}), got {str(seg)[:80]} ({err})") from None
+        encoded.append({**r, "segmentation": {"size": rle["size"],
+                                              "counts": rle["counts"].decode("ascii")}})
+    return encoded
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _first_without(results: list[dict[str, Any]]) -> int:
-    return next(i for i, r in enumerate(results)
-                if r.get("bbox") is None and r.get("segmentation") is None)
+def _first_without(results: list[dict[str, Any]], key: str) -> int:
+    return next(i for i, r in enumerate(results) if r.get(key) is None)
 
 
 def score_results_file(config: str, results_file: str, output: Path,
@@ -98,13 +133,16 @@ def score_results_file(config: str, results_file: str, output: Path,
         raise DatasetError(f"{ann_file} has no annotations: there is nothing to score "
                            f"{path} against")
     known = {c["id"] for c in gt["categories"]}
-    foreign = sorted({r["category_id"] for r in results} - known)
+    foreign = {r["category_id"] for r in results} - known
     if foreign:  # COCOeval scores the file's categories only: these results count for nothing
         logger.warning("%s: %d results have category ids %s that %s lacks; they are not "
                        "scored (results of another dataset's ids, or 0-based labels?)", path,
-                       sum(r["category_id"] in foreign for r in results), foreign[:10],
+                       sum(r["category_id"] in foreign for r in results), sorted(foreign)[:10],
                        ann_file)
-    max_dets = max(COCO_MAX_DETS, int(cfg.model.roi_heads.detections_per_image))
+    if "segm" in types:
+        results = rle_masks(results, {img["id"]: (img["height"], img["width"])
+                                      for img in gt["images"]}, path)
+    max_dets = scored_detections(cfg)
     metrics: dict[str, Any] = {}
     for iou_type in types:
         try:

@@ -224,14 +224,42 @@ def test_eval_scores_perfect_results_100_and_names_bad_results_files(
     assert scored["bbox"]["AP"] == pytest.approx(100.0) and scored["bbox"]["AP50"] == 100.0
     assert scored["segm"]["AP"] == pytest.approx(100.0)
     assert "1 results have category ids [99]" in caplog.text
+    # the val file's polygons as written (other exporters'), and uncompressed RLEs
+    uncompressed = []
+    for ann in gt.dataset["annotations"]:
+        mask = gt.annToMask(ann).flatten(order="F").astype(np.int64)  # COCO's column order
+        bounds = np.r_[0, np.flatnonzero(np.diff(mask)) + 1, mask.size]
+        counts = ([0] if mask[0] else []) + np.diff(bounds).tolist()  # runs from a 0-run
+        uncompressed.append({"size": [gt.imgs[ann["image_id"]]["height"],
+                                      gt.imgs[ann["image_id"]]["width"]], "counts": counts})
+    for masks in ([a["segmentation"] for a in gt.dataset["annotations"]], uncompressed):
+        path.write_text(json.dumps([{**r, "segmentation": m} for r, m in zip(perfect, masks)]))
+        scored = load_tool("eval").main([*run, str(tmp_path / "out"), "--results", str(path)])
+        assert scored["segm"]["AP"] == pytest.approx(100.0)
+    # one result without its mask: box AP alone, said
+    path.write_text(json.dumps([*perfect[:-1], {k: v for k, v in perfect[-1].items()
+                                                if k != "segmentation"}]))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        scored = load_tool("eval").main([*run, str(tmp_path / "out"), "--results", str(path)])
+    assert "segm" not in scored and scored["bbox"]["AP"] == pytest.approx(100.0)
+    assert f"1 of {len(perfect)} results have no segmentation: mask AP is not scored" \
+        in caplog.text
     for content, expected in (
             ({"images": [], "annotations": []}, "is a COCO annotation file; a results file is "
                                                 "a list of detections"),
             ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}], "result 0 has no score"),
             ([perfect[0], {**perfect[0], "bbox": [1, 2, 3]}],
-             r"result 1: bbox must be \[x, y, width, height\], got \[1, 2, 3\]"),
+             r"result 1: bbox must be \[x, y, width, height\], .* got \[1, 2, 3\]"),
             ([{**perfect[0], "image_id": 12345}], r"1 image ids of the results are not in "),
-            ([{"image_id": 1, "category_id": 1, "score": 0.5}], "result 0 has neither")):
+            # NaN passes pycocotools' IoU test: one NaN box scored AP 100
+            ([{**perfect[0], "bbox": [float("nan"), 2, 3, 4]}], r"result 0: bbox must be "
+                                                                r"\[x, y, width, height\], finite"),
+            ([{**perfect[0], "segmentation": "a mask"}], "result 0: segmentation must be "
+                                                         "polygons or an RLE"),
+            ([{"image_id": 1, "category_id": 1, "score": 0.5, "bbox": [0, 0, 5, 5]},
+              {"image_id": 1, "category_id": 1, "score": 0.5, "segmentation": []}],
+             r"a bbox each \(result 1 has none\) or a segmentation each \(result 0 has none\)")):
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps(content))
         with pytest.raises(DatasetError, match=rf"{bad}.*{expected}"):
