@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from .files import UnwritableFolderError, missing_path
 from .foreign_options import flag_hints
 from .host_memory import cache_host_memory
 from .logging import escape_what_the_console_lacks, log_warning, print_and_log
-from .preemption import TrainingInterrupted
+from .preemption import CATCHING, TrainingInterrupted
 from .run_lock import FolderInUseError
 from .runner import UnreadableDataError, run_training
 from .same_everywhere import OtherProcessFailed, done_everywhere
@@ -59,10 +60,14 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     it keeps its default."""
     escape_what_the_console_lacks(sys.stdout, sys.stderr)
     warnings.showwarning = log_warning
-    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
-    previous = signal.getsignal(signal.SIGTERM)
-    if alone:
+    catch = (int(os.environ.get("WORLD_SIZE", "1")) == 1
+             and threading.current_thread() is threading.main_thread())
+    previous, catching = signal.getsignal(signal.SIGTERM), CATCHING.value
+    if catch:
         signal.signal(signal.SIGTERM, _raise_terminated)
+        # loader workers leave it to this process (`kill -- -PGID`, Slurm's scancel), which
+        # ends them as it stops; they died of it, with a traceback at exit
+        CATCHING.value = 1
     try:
         main(sys.argv[1:])
     except USER_ERRORS as e:
@@ -84,8 +89,9 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         raise SystemExit(141) from None
     finally:
-        if alone:
+        if catch:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+            CATCHING.value = catching
 
 
 class ToolArgumentParser(argparse.ArgumentParser):

@@ -111,6 +111,7 @@ def stop_on_signals(request: StopRequest | None = None) -> Iterator[StopRequest]
         return
     previous = {s: signal.signal(s, request._handle) for s in STOP_SIGNALS
                 if not _under_nohup(s)}
+    catching = CATCHING.value  # (1 under engine.cli.run_tool, which catches SIGTERM too)
     CATCHING.value = 1
     try:
         yield request
@@ -118,7 +119,7 @@ def stop_on_signals(request: StopRequest | None = None) -> Iterator[StopRequest]
         # After a caught stop the workers keep leaving SIGTERM to this process, which ends
         # them: one busy in native code when the job was signalled runs its handler only now,
         # and dying of it would fail the checkpoint's save (PyTorch's SIGCHLD handler raises)
-        CATCHING.value = 1 if request.requested else 0
+        CATCHING.value = 1 if request.requested else catching
         for s, handler in previous.items():
             signal.signal(s, handler)
 
