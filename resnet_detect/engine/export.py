@@ -9,7 +9,6 @@ RoIAlign as the ONNX operators.
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .files import atomic_write_json
+from .files import atomic_write_json, is_disk_full
 
 logger = logging.getLogger(__name__)
 OPSET = 17
@@ -129,10 +128,9 @@ def _written(partial: Path) -> Iterator[None]:
         yield
     except OSError as e:
         partial.unlink(missing_ok=True)
-        full = e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+        free = "free space or " if is_disk_full(e) else ""
         raise ExportError(f"cannot write the export in {partial.parent} ({type(e).__name__}: "
-                          f"{e.strerror or e}): {'free space or ' if full else ''}choose "
-                          f"another --output") from e
+                          f"{e.strerror or e}): {free}choose another --output") from e
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

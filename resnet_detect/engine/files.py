@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import math
+import errno
 import os
 import pickle
 import re
@@ -200,6 +201,11 @@ def check_weights_file(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {missing_path(path)}")
     return path
+
+
+def is_disk_full(error: OSError) -> bool:
+    """A write that failed for want of space (a full disk or a quota), not of permission."""
+    return error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 class UnwritableFolderError(ValueError):

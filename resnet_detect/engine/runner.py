@@ -41,7 +41,7 @@ from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
                           get_world_size, is_main_process, per_process_batch_size,
                           refuse_syncbn_on_cpus, unsynced_batch_norm_warning, wrap_ddp)
 from .ema import WeightAverage, check_ema_decay
-from .files import atomic_write_json, nan_to_none
+from .files import atomic_write_json, is_disk_full, nan_to_none
 from .logging import ProgressLogger, ScalarWriter, rank_log_name, setup_logging
 from .memory_format import place_model
 from .model_check import weights_keys
@@ -935,7 +935,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             for path in task.save_final(cfg, model, lengths["max_iter"]):
                 logger.info("wrote %s", path)
         except OSError as e:  # a full disk: the last checkpoint holds the trained weights
-            fix = "make it writable" if isinstance(e, PermissionError) else "free space there"
+            fix = "free space there" if is_disk_full(e) else "make it writable"
             raise CheckpointWriteError(
                 f"cannot write the final weights in {output_dir} ({type(e).__name__}: {e}); "
                 f"the checkpoint of iteration {checkpointer.saved_iteration} is intact: {fix} "

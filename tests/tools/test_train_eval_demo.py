@@ -482,8 +482,14 @@ def test_a_full_disk_at_the_final_weights_says_so_and_resume_writes_them(
         with pytest.raises(CheckpointWriteError, match=rf"cannot write the final weights in "
                                                        rf"{out} \(OSError: .*No space left on "
                                                        rf"device\); the checkpoint of iteration "
-                                                       rf"2 is intact: .*--resume"):
+                                                       rf"2 is intact: free space there and "
+                                                       rf".*--resume"):
             tool.main(train_args(data, out, 2))
+    with monkeypatch.context() as m:  # a read-only file system: no space to free
+        m.setattr("resnet_detect.backbones.save_checkpoint", lambda *a, **k: (_ for _ in ()).throw(
+            OSError(errno.EROFS, "Read-only file system")))
+        with pytest.raises(CheckpointWriteError, match="is intact: make it writable and"):
+            tool.main(train_args(data, out, 2, "--resume"))
     assert not (out / "model_final.pth").exists() and (out / "model_0000002.pth").is_file()
     assert tool.main(train_args(data, out, 2, "--resume"))["iteration"] == 2
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 2
