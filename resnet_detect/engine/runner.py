@@ -755,7 +755,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                         device, bool((cfg.get("model") or {}).get("channels_last", False)))
     model = compile_model(model, compile_backend, device)
     seed_everything(t.seed + get_rank())  # distinct dropout / sampling per process
-    ddp_model = wrap_ddp(model, device)
+    ddp_model = wrap_ddp(model, device, amp)
     norm_warning = unsynced_batch_norm_warning(model, batch_size, get_world_size(), device.type)
     if norm_warning and is_main_process():
         logger.warning(norm_warning)

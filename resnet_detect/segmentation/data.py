@@ -256,10 +256,10 @@ class SemSegDataset(Dataset):
                  if (size := image_size(self._records[i]["file_name"])) is not None]
         if not sizes:
             return
-        share = float(np.mean([padded_share(size, crop_size, scale_range)
-                               for size, _ in sizes]))
+        shares = [padded_share(size, crop_size, scale_range) for size, _ in sizes]
+        share = float(np.mean(shares))
         if share > PADDED_SHARE:
-            (h, w), name = sizes[0]
+            (h, w), name = sizes[int(np.argmax(shares))]  # the most padded one
             logger.warning(
                 "data.train: on average %.0f%% of each %dx%d crop (data.train.crop_size, HxW) "
                 "is padding: the training images are smaller than it once scaled by "

@@ -191,9 +191,10 @@ def test_categories_named_alike_but_for_case_are_warned_of(
     ann_file.write_text(json.dumps(data))
     with caplog.at_level(logging.WARNING):
         load_coco_json(small[0], small[1], training=True)
-        assert "categories of one name" not in caplog.text
+        assert "categories of the same name" not in caplog.text
         load_coco_json(ann_file, small[1], training=True)
-    assert (f"{ann_file}: categories of one name, but for case or spaces: {first['name']!r} "
+    assert (f"{ann_file}: categories of the same name, or of names differing only in case or "
+            f"spaces: {first['name']!r} "
             f"(id {first['id']}), ' {first['name'].upper()} ' (id 77): each is a class"
             in caplog.text)
 

@@ -226,7 +226,7 @@ dist.init_process_group("gloo", rank=0, world_size=1)
 D.get_world_size = lambda: 2  # wrap as under torchrun; one process is enough for the reducer
 model = nn.Sequential(nn.Conv2d(8, 16, 1), nn.Conv2d(16, 4, 3))
 warnings.simplefilter("always")
-ddp = D.wrap_ddp(model, torch.device("cpu")) if sys.argv[2] == "wrap" else \\
+ddp = D.wrap_ddp(model, torch.device("cpu"), "bf16") if sys.argv[2] == "wrap" else \\
     nn.parallel.DistributedDataParallel(model)
 x = torch.randn(2, 8, 10, 10).contiguous(memory_format=torch.channels_last)  # as batches are
 with warnings.catch_warnings(record=True) as caught:

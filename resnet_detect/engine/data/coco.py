@@ -439,9 +439,9 @@ def _warn_of_twin_names(mapping: CategoryMapping, ann_file: Path) -> None:
         twins.setdefault(" ".join(name.split()).casefold(), []).append(f"{name!r} (id {cid})")
     groups = [", ".join(g) for g in twins.values() if len(g) > 1]
     if groups:
-        logger.warning("%s: categories of one name, but for case or spaces: %s: each is a "
-                       "class, trained as the other's background; give their objects one "
-                       "category id if they are one class", ann_file,
+        logger.warning("%s: categories of the same name, or of names differing only in case "
+                       "or spaces: %s: each is a class, trained as the other's background; "
+                       "give their objects one category id if they are one class", ann_file,
                        "; ".join(groups[:MAX_LISTED]))
 
 
