@@ -84,6 +84,6 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
     return write_metadata(
         folder, TASK, inputs={"image": "uint8 (H, W, 3) RGB, resized and cropped by `resize`"},
         outputs={"logits": "float32 (K,) class scores before softmax"},
-        pixel_mean=mean, pixel_std=std, class_names=names,
+        pixel_mean=mean, pixel_std=std, class_names=names, num_classes=num_classes,
         resize={"short_side": int(cfg.data.val_resize), "center_crop": size,
                 "interpolation": INTERPOLATION_NOTES[cfg.data.val_interpolation]})

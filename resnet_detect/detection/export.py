@@ -115,6 +115,7 @@ def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequen
                 "original_size": "int64 [h, w] of the image before resizing"},
         outputs=outputs, pixel_mean=model.pixel_mean.flatten().tolist(),
         pixel_std=model.pixel_std.flatten().tolist(), class_names=class_names,
+        num_classes=model.roi_heads.num_classes,
         fixed_dims={"boxes": {1: 4}, "mask_probs": {1: side, 2: side}},
         category_ids=[int(c) for c in category_ids],
         resize={"short_side": int(resize[0]),

@@ -77,7 +77,7 @@ def _as_written(values: Sequence[float]) -> list[float]:
 def write_metadata(folder: Path, task: str, *, inputs: Mapping[str, Any],
                    outputs: Mapping[str, str], pixel_mean: Sequence[float],
                    pixel_std: Sequence[float], class_names: Sequence[str],
-                   fixed_dims: Mapping[str, Mapping[int, int]] | None = None,
+                   num_classes: int, fixed_dims: Mapping[str, Mapping[int, int]] | None = None,
                    **extra: Any) -> dict[str, Any]:
     """Put the graph `export_graph` traced in place as `folder/model.onnx` with this JSON in
     its metadata (key `METADATA_KEY`: a service that ships `model.onnx` alone, or reads it
@@ -91,13 +91,16 @@ def write_metadata(folder: Path, task: str, *, inputs: Mapping[str, Any],
         "inputs": dict(inputs), "outputs": dict(outputs),
         "channel_order": "RGB", "pixel_mean": _as_written(pixel_mean),
         "pixel_std": _as_written(pixel_std), "class_names": list(class_names),
-        "num_classes": len(class_names), **extra,
+        "num_classes": num_classes, **extra,
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                      "onnx": onnx.__version__},
     }
     graph_file = folder / metadata["model"]
     partial = _partial(graph_file)
     with _written(partial):
+        if len(class_names) != num_classes:
+            raise ExportError(f"{len(class_names)} class names for a model of {num_classes} "
+                              f"classes: the labels would be misnamed")
         graph = onnx.load(str(partial))
         partial.unlink()  # (in memory: the disk holds one copy at a time)
         del graph.metadata_props[:]

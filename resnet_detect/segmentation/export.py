@@ -96,7 +96,7 @@ def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Seq
         outputs={"mask": "int64 (H, W) class ids"},
         pixel_mean=model.pixel_mean.flatten().tolist(),
         pixel_std=model.pixel_std.flatten().tolist(), class_names=class_names,
-        ignore_index=model.ignore_index, resize=None,
+        num_classes=model.num_classes, ignore_index=model.ignore_index, resize=None,
         test_scale=float(scale), test_max_size=max_size, reduce_zero_label=reduce_zero_label)
 
 

@@ -55,3 +55,16 @@ def test_onnx_runtime_gives_the_pytorch_class_maps_at_any_size(
         got = onnx_model([image])[0]["mask"]
         assert got.shape == expected.shape == (h, w) and len(expected.unique()) >= 2
         assert (got != expected).float().mean() <= 1e-3
+
+
+def test_class_names_of_another_count_than_the_models_are_refused(tmp_path: Path) -> None:
+    """export.json's num_classes was the names' count, so its check against the names could
+    not fail: a model of 5 classes exported with 4 names is refused, nothing written."""
+    from resnet_detect.engine.export import ExportError
+    cfg = load_config(ROOT / "configs/segmentation/deeplabv3_R_50_os16.yaml",
+                      ["model.num_classes=5", "model.backbone.weights=null",
+                       "model.backbone.name=resnet18", "model.backbone.multi_grid=[1,2]",
+                       "model.head.channels=16"])
+    with pytest.raises(ExportError, match="4 class names for a model of 5 classes"):
+        export_segmentor(build_model(cfg).eval(), tmp_path, class_names=list("abcd"))
+    assert list(tmp_path.iterdir()) == []  # no model.onnx.partial either
