@@ -165,13 +165,15 @@ class CountedLoader:
         self.read, self.stopped = 0, False
         start = last_line = time.perf_counter()
         waited = 0.0  # for batches: the loader's share of the time
-        batches = iter(self.loader)
+        batches, done, total = iter(self.loader), 0, len(self.loader)
+        share = " (this process's share)" if get_world_size() > 1 else ""
         while True:
             asked = time.perf_counter()
             batch = next(batches, None)
             if batch is None:
                 break
             waited += time.perf_counter() - asked
+            done += 1
             if self.stop is not None and self.stop.requested:
                 self.stopped = True
                 if get_world_size() == 1:
@@ -181,11 +183,11 @@ class CountedLoader:
             yield batch
             now = time.perf_counter()
             if now - last_line >= PROGRESS_SECONDS and self.read and is_main_process():
-                last_line = now
-                per_image = (now - start) / self.read
-                logger.info("inference: %d/%d images, %.3f s/image (waiting for data %.3f), "
-                            "eta %s", self.read, self.asked, per_image, waited / self.read,
-                            format_eta(per_image * (self.asked - self.read)))
+                last_line = now  # (the ETA by batches: unreadable images are not read)
+                logger.info("inference: %d/%d images%s, %.3f s/image (waiting for data "
+                            "%.3f), eta %s", self.read, self.asked, share,
+                            (now - start) / self.read, waited / self.read,
+                            format_eta((now - start) / done * (total - done)))
         if self.read and is_main_process():
             seconds = time.perf_counter() - start
             processes = get_world_size()
