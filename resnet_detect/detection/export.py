@@ -11,7 +11,7 @@ Normalisation, padding and NMS are inside.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,8 @@ def output_names(model: GeneralizedRCNN, mask_output: str = "pasted") -> list[st
 def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequence[str],
                     category_ids: Sequence[int], resize: tuple[int, int | None],
                     example_size: tuple[int, int] = (96, 128),
-                    mask_output: str | None = None) -> dict[str, Any]:
+                    mask_output: str | None = None,
+                    model_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write `folder/model.onnx` and `folder/export.json`; returns the metadata.
 
     Args:
@@ -121,6 +122,7 @@ def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequen
         resize={"short_side": int(resize[0]),
                 "max_size": int(resize[1]) if resize[1] else None,
                 "interpolation": "bilinear (OpenCV, as detection.data.build_transforms)"},
+        model_config=dict(model_config or {}),
         mask_on=model.mask_on, **({"mask_threshold": model.mask_threshold,
                                    "mask_output": mask_output} if model.mask_on else {}),
         score_thresh=box_predictor.score_thresh,

@@ -179,7 +179,7 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
         _refuse_another_mask_head(model.mask_on, cfg, weights)
     warn_of_settings_the_graph_keeps(
         weights, _differing(cfg, fixed, overrides, whole_config=config is not None), overrides,
-        list(fixed))
+        list(fixed), meta.get("model_config"))
     refuse_tta(cfg, f"the exported graph {weights}")
     cfg.data.val.min_size = meta["resize"]["short_side"]
     cfg.data.val.max_size = meta["resize"]["max_size"]

@@ -234,7 +234,7 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
     refuse_tta(loaded.cfg, "an exported graph")
     return export_detector(loaded.model, folder, class_names=loaded.class_names,
                            category_ids=loaded.category_ids, resize=test_resize(loaded.cfg),
-                           mask_output=mask_output)
+                           mask_output=mask_output, model_config=to_plain(loaded.cfg.model))
 
 
 def _refuse_lvis_metric_without_lvis(cfg: DictConfig) -> None:

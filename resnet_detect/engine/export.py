@@ -265,19 +265,41 @@ class OnnxModel(nn.Module):
 
 
 def warn_of_settings_the_graph_keeps(weights: str | os.PathLike, differing: Sequence[str],
-                                     overrides: Sequence[str], fixed: Sequence[str] = ()) -> None:
+                                     overrides: Sequence[str], fixed: Sequence[str] = (),
+                                     recorded: Mapping[str, Any] | None = None) -> None:
     """One warning naming what a config asks for that an exported graph runs otherwise:
     `differing` ("key graph's (config: asked)"), and the `model.*` overrides that the graph
     cannot take (its own; `fixed`: those compared in `differing`; the weights keys, replaced
-    by the graph's weights as by a checkpoint's, go unnamed)."""
-    ignored = [key for key in (o.split("=", 1)[0] for o in overrides)
+    by the graph's weights as by a checkpoint's, go unnamed), but for those asking for what
+    the graph runs: the value of its `recorded` model config (export.json's "model_config";
+    graphs exported before it was recorded: every such override named)."""
+    ignored = [key for key, item in ((o.split("=", 1)[0], o) for o in overrides)
                if key.startswith("model.") and key not in fixed
-               and key not in ("model.weights", "model.backbone.weights")]
+               and key not in ("model.weights", "model.backbone.weights")
+               and not _as_recorded(item, recorded)]
     if differing or ignored:
         logger.warning("the exported graph %s runs as it was exported, not as the config says: "
                        "%s; export again with the settings wanted", weights, "; ".join(
                            [*differing, *([f"{', '.join(ignored)} not applied"] if ignored
                                           else [])]))
+
+
+def _as_recorded(item: str, recorded: Mapping[str, Any] | None) -> bool:
+    """Whether the override `item` ("model.head.name=fcn") asks for the value `recorded` (a
+    model config) holds."""
+    from omegaconf import OmegaConf
+    key = item.split("=", 1)[0]
+    node: Any = recorded
+    for part in key.split(".")[1:]:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    try:
+        asked = OmegaConf.select(OmegaConf.from_dotlist([item]), key)
+    except Exception:  # (the config loader names a malformed override)
+        return False
+    asked = OmegaConf.to_container(asked) if OmegaConf.is_config(asked) else asked
+    return bool(asked == node)
 
 
 def check_class_names(model: OnnxModel, names: Sequence[str], source: str) -> None:

@@ -9,7 +9,7 @@ to `size_divisibility`, upsampling and argmax inside.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,8 @@ class SegmentationGraph(nn.Module):
 def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Sequence[str],
                      scale: float = 1.0, max_size: int | None = None,
                      example_size: tuple[int, int] = (96, 128),
-                     reduce_zero_label: bool | None = None) -> dict[str, Any]:
+                     reduce_zero_label: bool | None = None,
+                     model_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write `folder/model.onnx` and `folder/export.json`; returns the metadata.
 
     Args:
@@ -97,7 +98,8 @@ def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Seq
         pixel_mean=model.pixel_mean.flatten().tolist(),
         pixel_std=model.pixel_std.flatten().tolist(), class_names=class_names,
         num_classes=model.num_classes, ignore_index=model.ignore_index, resize=None,
-        test_scale=float(scale), test_max_size=max_size, reduce_zero_label=reduce_zero_label)
+        test_scale=float(scale), test_max_size=max_size, reduce_zero_label=reduce_zero_label,
+        model_config=dict(model_config or {}))
 
 
 class OnnxSegmentor(OnnxModel):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from resnet_detect.engine import to_plain
 from resnet_detect.engine.compilation import compile_for_inference
 from resnet_detect.engine.config import ConfigError, as_override, config_needed
 from resnet_detect.backbones.model_weights import use_recorded_normalisation
@@ -133,6 +134,7 @@ class Predictor:
             names = provenance.get("class_names") or []
             cfg.model.num_classes = len(names) or _num_classes_of(state_dict)
         use_recorded_normalisation(cfg.model, provenance, str(source))
+        self.model_config = to_plain(cfg.model)  # what an export records
         with torch.random.fork_rng(devices=[]):  # its random start, replaced, is not the user's
             self.model = build_model(cfg)
         load_segmentation_weights(self.model, checkpoint, weight_bound_settings(cfg.model),
@@ -166,6 +168,7 @@ class Predictor:
         one asking for several views (scales, flip, windows) refused, and `model.*` overrides
         (the graph's own) are named as not applied."""
         self.model = OnnxSegmentor(weights, device)
+        self.model_config = self.model.metadata.get("model_config")
         self.class_names = self.model.class_names
         self.names_recorded = True
         self.trained_reduce_zero_label = self.model.metadata.get("reduce_zero_label")
@@ -190,7 +193,8 @@ class Predictor:
                          ("test.scales", [graph[0]], list(asked.scales)),
                          ("test.max_size", graph[1], asked.max_size))
                      if key in compared and exported != config_value]
-        warn_of_settings_the_graph_keeps(weights, differing, overrides)
+        warn_of_settings_the_graph_keeps(weights, differing, overrides,
+                                         recorded=self.model.metadata.get("model_config"))
         compile_for_inference(self.model, cfg, device, weights)
         self.device = torch.device(device)
 

@@ -189,7 +189,8 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
                        weights, ", ".join(names[:3]))
     return export_segmentor(predictor.model, folder, class_names=names, scale=tta.single_scale,
                             max_size=tta.max_size,
-                            reduce_zero_label=predictor.trained_reduce_zero_label)
+                            reduce_zero_label=predictor.trained_reduce_zero_label,
+                            model_config=predictor.model_config)
 
 
 class SemSegTask:
