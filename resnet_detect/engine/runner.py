@@ -692,8 +692,10 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         # found at the first evaluation otherwise, hours in, with no model_best.pth kept
         voc = (" (voc/mAP comes with data.val.voc_metric=11point or area)"
                if str(t.best_metric).startswith("voc/") else "")
+        lvis = (" (APr, APc, APf: an LVIS val file's only)"
+                if any(n.endswith("/APr") for n in names) else "")
         raise ConfigError(f"train.best_metric {t.best_metric!r} is not a metric of this task's "
-                          f"evaluations{voc}; valid: {', '.join(names)}")
+                          f"evaluations{voc}; valid: {', '.join(names)}{lvis}")
     check_schedule(cfg)
     drawn_batch_size(t)  # before the folder's log files
     if get_world_size() > 1 and device.type != "cuda":
