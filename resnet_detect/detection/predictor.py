@@ -242,7 +242,8 @@ class Predictor:
             long-running process").
 
     Attributes:
-        model: the `GeneralizedRCNN`, in eval mode.
+        model: the `GeneralizedRCNN`, in eval mode; for `.onnx` weights the `OnnxDetector`
+            that runs the graph (called alike, without the module's parts).
         class_names: name of each contiguous label.
         category_ids: dataset category id of each contiguous label.
     """

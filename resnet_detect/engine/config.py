@@ -57,11 +57,19 @@ def _parse_yaml(text: str, name: str, max_nodes: str | None) -> DictConfig | Lis
     return OmegaConf.load(stream)
 
 
+# files that hold weights, given where a config is wanted
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".pkl", ".onnx", ".safetensors", ".bin", ".ckpt")
+
+
 def _read_yaml(path: Path) -> DictConfig:
     """`path` parsed; a copy of the parse of the same text before (a tool reads each file of
     its config's chain several times, and OmegaConf's parse is the slow part)."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {missing_path(path)}")
+    if path.suffix.lower() in WEIGHTS_SUFFIXES:  # Predictor("model_final.pth"): a decode error
+        raise ConfigError(f"{path} is a weights file, not a config: pass it as the weights "
+                          f"(Predictor(config, weights=...), --weights), with the config its "
+                          f"run wrote (config.yaml), or None where the weights record theirs")
     try:
         cfg = _parse_yaml(path.read_text(encoding="utf-8"), str(path),
                           os.environ.get("OMEGACONF_MAX_YAML_EXPANDED_NODES"))

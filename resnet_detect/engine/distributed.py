@@ -141,7 +141,7 @@ def usable_device(device: str | torch.device) -> torch.device:
     try:
         target = torch.device(device)
     except (RuntimeError, TypeError):  # torch's own message lists some twenty device types
-        raise ValueError(f"device {device!r} is none of 'cpu', 'cuda', 'cuda:N'") from None
+        raise ValueError(f"device {device!r} is none of 'cpu', 'cuda', 'cuda:N', 'mps'") from None
     if target.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -151,6 +151,12 @@ def usable_device(device: str | torch.device) -> torch.device:
         if target.index is not None and target.index >= count:
             raise ValueError(f"device {str(device)!r}: this machine has {count} GPU"
                              f"{'s' if count > 1 else ''} (cuda:0..cuda:{count - 1})")
+    elif target.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {str(device)!r}: this torch has no Apple GPU (MPS) to "
+                             f"use; use device='cpu'")
+    elif target.type != "cpu":  # 'meta' builds, then fails in the first call's autocast
+        raise ValueError(f"device {str(device)!r} is none of 'cpu', 'cuda', 'cuda:N', 'mps'")
     return target
 
 

@@ -92,7 +92,8 @@ class Predictor:
         class_names: name of every class id (checkpoint provenance, else class_0..).
         names_recorded: whether the weights named the classes (an export, or a checkpoint of
             this project's).
-        model: the `SemanticSegmentor`, in eval mode.
+        model: the `SemanticSegmentor`, in eval mode; for `.onnx` weights the
+            `OnnxSegmentor` that runs the graph (called alike, without the module's parts).
         trained_reduce_zero_label: the data.reduce_zero_label the weights were trained with
             (None where they do not record it).
     """
@@ -113,6 +114,9 @@ class Predictor:
         provenance = provenance or {}
         refuse_other_task(str(source), provenance, "sem_seg", state_dict)
         if config is None:
+            if weights is None:  # (nothing to read a config from)
+                raise ConfigError("no segmenter weights: pass weights=PATH (and a config, "
+                                  "unless the weights record theirs)")
             if not isinstance(provenance.get("config"), Mapping):
                 raise config_needed(weights)
             config = provenance["config"]

@@ -337,3 +337,14 @@ def test_a_deprecated_key_beside_its_new_name_is_refused(tmp_path: Path) -> None
                                          "train: {base_lr: 0.2}\n")
     cfg = load_config(same, ["solver.epochs=7"], defaults=defaults, renamed=renamed)
     assert (cfg.train.base_lr, cfg.train.epochs) == (0.2, 7)
+
+
+def test_a_weights_file_given_for_a_config_is_said_to_be_one(tmp_path: Path) -> None:
+    """Predictor("model_final.pth") (weights as the first argument, where the config goes)
+    failed with "'utf-8' codec can't decode byte 0x80"."""
+    for name in ("model_final.pth", "model.ONNX"):
+        weights = tmp_path / name
+        weights.write_bytes(b"PK\x03\x04\x80 not text")
+        with pytest.raises(ConfigError, match=f"{weights} is a weights file, not a config: pass "
+                                              f"it as the weights"):
+            load_config(weights)

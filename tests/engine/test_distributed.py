@@ -195,8 +195,15 @@ def test_a_gpu_the_process_cannot_use_is_refused_before_anything_is_built(tmp_pa
             predictor(weights=missing, device="cuda:99")
         # (was torch's RuntimeError listing some twenty device types)
         with pytest.raises(ValueError, match=r"^device 'gpu' is none of 'cpu', 'cuda', "
-                                             r"'cuda:N'$"):
+                                             r"'cuda:N', 'mps'$"):
             predictor(weights=missing, device="gpu")
+        # a device type torch knows that cannot run a model ('meta': an autocast error at
+        # the first call)
+        with pytest.raises(ValueError, match=r"^device 'meta' is none of 'cpu', 'cuda'"):
+            predictor(weights=missing, device="meta")
+        if not torch.backends.mps.is_available():
+            with pytest.raises(ValueError, match=r"device 'mps': this torch has no Apple GPU"):
+                predictor(weights=missing, device="mps")
 
 
 def test_batch_norm_on_few_images_per_process_is_warned_of() -> None:

@@ -353,3 +353,10 @@ def test_test_compile_compiles_backbone_and_head_but_not_for_an_export(tmp_path,
     for image in images:
         got = graph([torch.from_numpy(image.transpose(2, 0, 1).copy())])[0]["mask"]
         assert (got.numpy() != eager(image)["mask"]).mean() <= 1e-3
+
+
+def test_a_predictor_without_config_or_weights_says_what_it_needs() -> None:
+    """Predictor(None) was "TypeError: expected str, bytes or os.PathLike object, not
+    NoneType" (the detector's says what is missing)."""
+    with pytest.raises(ConfigError, match=r"no segmenter weights: pass weights=PATH"):
+        Predictor(None)
