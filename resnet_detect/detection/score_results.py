@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_detect.engine import atomic_write_json
+from resnet_detect.engine.config import is_number
 from resnet_detect.engine.data import DatasetError, read_coco_json
 from resnet_detect.engine.files import missing_path, nan_to_none
 
@@ -51,13 +52,13 @@ def read_results(path: Path) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
         absent = [k for k in REQUIRED if k not in r]
         if absent:
             raise DatasetError(f"{path}: result {i} has no {', '.join(absent)}")
-        if not all(_is_number(r[k]) for k in REQUIRED) or not math.isfinite(r["score"]):
+        if not all(is_number(r[k]) for k in REQUIRED) or not math.isfinite(r["score"]):
             raise DatasetError(f"{path}: result {i}: image_id, category_id and score must be "
                                f"numbers, got {({k: r[k] for k in REQUIRED})}")
         box = r.get("bbox")
         # (NaN passes pycocotools' IoU test: a NaN box matched every object)
         if box is not None and (not isinstance(box, list) or len(box) != 4
-                                or not all(_is_number(v) and math.isfinite(v) for v in box)
+                                or not all(is_number(v) and math.isfinite(v) for v in box)
                                 or min(box[2:]) < 0):
             raise DatasetError(f"{path}: result {i}: bbox must be [x, y, width, height], "
                                f"finite, width and height >= 0, got {box!r}")
@@ -100,10 +101,6 @@ def rle_masks(results: list[dict[str, Any]], sizes: dict[int, tuple[int, int]],
         encoded.append({**r, "segmentation": {"size": rle["size"],
                                               "counts": rle["counts"].decode("ascii")}})
     return encoded
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _first_without(results: list[dict[str, Any]], key: str) -> int:

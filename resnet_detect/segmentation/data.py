@@ -234,7 +234,7 @@ class SemSegDataset(Dataset):
         """The class ids of a sample of `MASK_SAMPLE` masks: where one is wrong, every mask
         is checked and all wrong ones listed (`check_masks`), before the first step rather
         than one stopped run per mask (ids are otherwise checked as batches draw them)."""
-        for index in np.random.default_rng(0).permutation(len(self))[:MASK_SAMPLE]:
+        for index in self._sample():
             try:
                 self._mask_against_image(index)
             except UnreadableImageError:
@@ -251,8 +251,7 @@ class SemSegDataset(Dataset):
         the image's), from the headers of a sample of `MASK_SAMPLE` images."""
         if crop_size is None:
             return
-        sample = np.random.default_rng(0).permutation(len(self))[:MASK_SAMPLE]
-        sizes = [(size, self._records[i]["file_name"]) for i in sample
+        sizes = [(size, self._records[i]["file_name"]) for i in self._sample()
                  if (size := image_size(self._records[i]["file_name"])) is not None]
         if not sizes:
             return
@@ -267,6 +266,11 @@ class SemSegDataset(Dataset):
                 "as the image's and teach nothing: a crop_size near the images' scaled size, "
                 "or a larger scale_range", 100 * share, *crop_size, list(scale_range), name,
                 w, h)
+
+    def _sample(self) -> np.ndarray:
+        """The indices of the `MASK_SAMPLE` samples read before the first step (the same
+        ones on every call and every process)."""
+        return np.random.default_rng(0).permutation(len(self))[:MASK_SAMPLE]
 
     def _mask_against_image(self, index: int) -> np.ndarray | None:
         """Sample `index`'s mask, checked against its image's size (the header's, confirmed
