@@ -1,7 +1,16 @@
-"""Print parameters and GMACs (multiply-adds) per stage of a registered backbone.
+"""Print the parameters and GMACs (multiply-adds) of a model, per part.
 
-Usage: python tools/model_info.py resnet50 [--size 224 224] [--num-classes 1000] [key=value ...]
-Options after the name are backbone options, e.g. stride_in_1x1=true output_stride=16.
+Usage:
+  python tools/model_info.py BACKBONE [--size H W] [--num-classes K] [key=value ...]
+  python tools/model_info.py CONFIG.yaml [--size H W] [--num-classes K] [key=value ...]
+
+A backbone name (resnet50, ...) counts its classifier per stage; options after it are
+backbone options, e.g. stride_in_1x1=true output_stride=16. A config of tools/train.py or
+tools/pretrain.py counts that model (random weights: none is read); options after it are
+config overrides. The input defaults to 224x224 (32x32 for CIFAR nets), a detection config's
+largest test image (data.val.min_size x data.val.max_size), a segmentation config's training
+crop or a pretraining config's data.image_size. A detector's RoI heads are counted on as many
+RoIs as it keeps at most (model.rpn.post_nms_topk_test proposals, detections_per_image masks).
 """
 from __future__ import annotations
 
@@ -16,41 +25,107 @@ from omegaconf import OmegaConf  # noqa: E402
 from resnet_detect import backbones  # noqa: E402
 from resnet_detect.backbones.complexity import count_macs, count_parameters  # noqa: E402
 from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect.detection.complexity import padded  # noqa: E402
+
+# a config's model.num_classes left to the data: counted with the benchmark's
+DEFAULT_CLASSES = {"detection": 80, "sem_seg": 21, "classification": 1000}
+CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", help=f"one of: {', '.join(backbones.list_models())}")
+    parser.add_argument("name", help=f"a config file, or one of: "
+                                     f"{', '.join(backbones.list_models())}")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="input size (default 224x224, 32x32 for CIFAR nets)")
+                        help="input size (default: see above)")
     parser.add_argument("--num-classes", type=int, default=None,
-                        help="classifier outputs (default 1000, 10 for CIFAR nets)")
-    parser.add_argument("options", nargs="*", help="backbone options as key=value")
-    args = parser.parse_args(argv)
+                        help="classes (default: the config's, else 1000; 10 for CIFAR nets)")
+    parser.add_argument("options", nargs="*",
+                        help="backbone options, or a config's overrides, as key=value")
+    args = parser.parse_intermixed_args(argv)
     bare = [o for o in args.options if "=" not in o]
     if bare:  # from_dotlist makes `output_stride` a None, which means the default
         parser.error(f"options must be key=value, got {', '.join(bare)}")
     if args.size and min(args.size) < 1:
         parser.error(f"--size must be two positive numbers of pixels, got {args.size}")
-    options = OmegaConf.to_container(OmegaConf.from_dotlist(args.options))
-    cifar = "cifar" in args.name
-    size = tuple(args.size or ((32, 32) if cifar else (224, 224)))
     if args.num_classes is not None and args.num_classes < 1:
         parser.error(f"--num-classes must be a positive number of classes, got "
                      f"{args.num_classes}")
-    num_classes = args.num_classes or (10 if cifar else 1000)
+    if args.name.endswith(CONFIG_SUFFIXES) or Path(args.name).is_file():
+        config_info(args)
+    else:
+        backbone_info(args, parser)
+
+
+def backbone_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    options = OmegaConf.to_container(OmegaConf.from_dotlist(args.options))
+    cifar = "cifar" in args.name
     try:
-        model = backbones.build_classifier(args.name, num_classes, **options)
+        model = backbones.build_classifier(args.name, args.num_classes or (10 if cifar else 1000),
+                                           **options)
     except ValueError as e:  # an unknown name or option, or a value it refuses
         parser.error(str(e))
+    size = tuple(args.size or ((32, 32) if cifar else (224, 224)))
+    print(f"{args.name} {options or ''} input {size[0]}x{size[1]}, {model.fc.out_features} "
+          f"classes")
+    print_rows(classifier_rows(model, size), count_parameters(model))
+
+
+def config_info(args: argparse.Namespace) -> None:
+    from resnet_detect.engine.tasks import config_task, load_task_config
+    overrides = list(args.options)
+    task = config_task(args.name, overrides)
+    if task == "classification" and not any(o.startswith("data.root=") for o in overrides):
+        overrides.append("data.root=unused")  # mandatory, and not read here
+    task, cfg = load_task_config(args.name, overrides)
+    num_classes = args.num_classes or cfg.model.get("num_classes")
+    said = ""
+    if num_classes is None:  # the data's, at training
+        num_classes = DEFAULT_CLASSES[task]
+        said = " (the data's at training: --num-classes K for yours)"
+    cfg.model.weights = None  # shapes are all that is counted: no file is read
+    if task == "classification":
+        model = backbones.build_classifier(cfg.model.name, num_classes,
+                                           **OmegaConf.to_container(cfg.model.options))
+        size = tuple(args.size or (cfg.data.image_size,) * 2)
+        rows = classifier_rows(model, size)
+        batch = size
+    else:
+        cfg.model.num_classes = num_classes
+        cfg.model.backbone.weights = None
+        if task == "detection":
+            from resnet_detect.detection.build import build_model
+            from resnet_detect.detection.complexity import count_detector as count
+            size = tuple(args.size or (cfg.data.val.min_size, cfg.data.val.max_size))
+        else:
+            from resnet_detect.segmentation.build import build_model
+            from resnet_detect.segmentation.complexity import count_segmenter as count
+            size = tuple(args.size or cfg.data.train.crop_size)
+        model = build_model(cfg)
+        rows = count(model, size)
+        batch = padded(size, model.size_divisibility)
+    print(f"{args.name}: {task}, {num_classes} classes{said}, input {size[0]}x{size[1]}"
+          + (f" (padded to {batch[0]}x{batch[1]})" if batch != size else ""))
+    print_rows(rows, count_parameters(model))
+
+
+def classifier_rows(model, size: tuple[int, int]) -> list[tuple[str, int, int]]:
     macs = count_macs(model, size)
-    print(f"{args.name} {options or ''} input {size[0]}x{size[1]}, {num_classes} classes")
-    print(f"{'stage':<8}{'params':>14} {'GMACs':>10}")
     parts = dict(model.backbone.named_children()) | {"fc": model.fc}
-    for name, module in parts.items():
-        print(f"{name:<8}{count_parameters(module):>14,} {macs.get(name, 0) / 1e9:>10.3f}")
-    print(f"{'total':<8}{count_parameters(model):>14,} {macs['total'] / 1e9:>10.3f}")
+    return [(name, count_parameters(module), macs.get(name, 0))
+            for name, module in parts.items()]
+
+
+def print_rows(rows: list[tuple[str, int, int]], parameters: int) -> None:
+    """The parts, then the total: every parameter, and the multiply-adds of inference."""
+    from resnet_detect.segmentation.complexity import AUX_ROW
+    width = max(8, max(len(name) for name, _, _ in rows) + 2)
+    print(f"{'part':<{width}}{'params':>14} {'GMACs':>10}")
+    for name, params, macs in rows:
+        print(f"{name:<{width}}{params:>14,} {macs / 1e9:>10.3f}")
+    inference = sum(macs for name, _, macs in rows if name != AUX_ROW)
+    print(f"{'total':<{width}}{parameters:>14,} {inference / 1e9:>10.3f}")
 
 
 if __name__ == "__main__":

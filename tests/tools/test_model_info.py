@@ -58,3 +58,86 @@ def test_any_input_size_is_counted_without_allocating_it(capsys) -> None:
     model_info.main(["resnet50", "--size", "89600", "89600"])
     total = capsys.readouterr().out.splitlines()[-1].split()
     assert total == ["total", "25,557,032", f"{large['total'] / 1e9:.3f}"]
+
+
+def _torchvision_macs(*calls) -> int:
+    """Multiply-adds of torchvision modules called on meta tensors, counted by torch's
+    FlopCounterMode (torchvision's own convention for its published `_ops`)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        for module, *args in calls:
+            module(*args)
+    return counter.get_total_flops() // 2
+
+
+def _rows(capsys) -> dict[str, tuple[int, float]]:
+    lines = capsys.readouterr().out.splitlines()[2:]
+    return {line.rsplit(None, 2)[0]: (int(line.split()[-2].replace(",", "")),
+                                      float(line.split()[-1])) for line in lines}
+
+
+def test_a_mask_rcnn_config_counts_torchvisions_model_part_by_part(capsys) -> None:
+    """Our R50-FPN Mask R-CNN of 90 classes is torchvision's maskrcnn_resnet50_fpn (91 with
+    the background) but for two things torchvision computes for the background too: a box
+    regression (4 outputs of 1024 inputs per RoI) and a mask (a 1x1 conv over 28x28 per RoI);
+    our mask head also computes each RoI's own class only. Counted on 1000 RoIs and 100 masks."""
+    import torch
+    from torchvision.models.detection import (FasterRCNN_ResNet50_FPN_Weights,
+                                              MaskRCNN_ResNet50_FPN_Weights,
+                                              maskrcnn_resnet50_fpn)
+    reference = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval().to("meta")
+    features = reference.backbone(torch.zeros(1, 3, 800, 800, device="meta"))
+    dense = _torchvision_macs((reference.backbone, torch.zeros(1, 3, 800, 800, device="meta")),
+                              (reference.rpn.head, list(features.values())))
+    pooled = torch.zeros(1000, 256, 7, 7, device="meta")
+    box = _torchvision_macs((reference.roi_heads.box_head, pooled),
+                            (reference.roi_heads.box_predictor, torch.zeros(1000, 1024,
+                                                                            device="meta")))
+    mask_features = torch.zeros(100, 256, 14, 14, device="meta")
+    mask_logits = reference.roi_heads.mask_head(mask_features)
+    mask = _torchvision_macs((reference.roi_heads.mask_head, mask_features),
+                             (reference.roi_heads.mask_predictor, mask_logits))
+
+    model_info.main([str(ROOT / "configs/detection/mask_rcnn_R_50_FPN_1x.yaml"),
+                     "--size", "800", "800", "model.num_classes=90"])
+    rows = _rows(capsys)
+    ours_dense = sum(round(rows[part][1] * 1e9) for part in ("backbone", "fpn", "rpn"))
+    assert abs(ours_dense - dense) < 1e6  # printed to 1e6
+    assert abs(rows["roi_heads (1000 RoIs)"][1] * 1e9 - (box - 1000 * 1024 * 4)) < 1e6
+    assert abs(rows["mask_head (100 RoIs)"][1] * 1e9 - (mask - 100 * 28 * 28 * 256 * 90)) < 1e6
+    # torchvision's published parameter counts, less the background's box regression
+    # (4 x 1025) and mask channel (257)
+    params = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["num_params"]
+    assert rows["total"][0] == params - 4 * 1025 - 257 == 44_397_036
+    # torchvision's published GFLOPs of Faster R-CNN (an image without detections for Mask
+    # R-CNN's, its mask head uncounted) to its two decimals
+    box_total = ours_dense + rows["roi_heads (1000 RoIs)"][1] * 1e9
+    assert round(box_total / 1e9, 2) == FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["_ops"]
+
+
+@pytest.mark.parametrize("head", ["deeplabv3", "fcn"])
+def test_a_segmentation_config_counts_torchvisions_model(head, capsys) -> None:
+    """DeepLabV3 / FCN R50 OS8 of 21 classes at 520x520 with the aux head: torchvision's
+    published parameter count and GFLOPs (torchvision's counted the aux head: its model runs
+    it in evaluation too); ours leaves the aux head out of the inference total."""
+    from torchvision.models.segmentation import (DeepLabV3_ResNet50_Weights,
+                                                 FCN_ResNet50_Weights)
+    published = {"deeplabv3": DeepLabV3_ResNet50_Weights, "fcn": FCN_ResNet50_Weights}[head]
+    published = published.COCO_WITH_VOC_LABELS_V1.meta
+    config = {"deeplabv3": "deeplabv3_R_50_os8.yaml", "fcn": "fcn_R_50_os8.yaml"}[head]
+    model_info.main([str(ROOT / "configs/segmentation" / config), "--size", "520", "520",
+                     "model.num_classes=21", "model.backbone.multi_grid=null"])
+    rows = _rows(capsys)
+    assert rows["total"][0] == published["num_params"]
+    with_aux = sum(macs for name, (_, macs) in rows.items() if name != "total")
+    assert round(with_aux, 3) == published["_ops"]
+    assert rows["total"][1] == round(with_aux - rows["aux_head (training only)"][1], 3)
+
+
+def test_a_pretraining_config_needs_no_data_folder(capsys) -> None:
+    """data.root is mandatory for training; counting does not read it."""
+    model_info.main([str(ROOT / "configs/pretrain/resnet50_imagenet.yaml")])
+    out = capsys.readouterr().out
+    assert "classification, 1000 classes" in out and "input 224x224" in out
+    assert "\ntotal       25,557,032      4.089" in out
