@@ -70,6 +70,11 @@ def _read_yaml(path: Path) -> DictConfig:
         raise ConfigError(f"{path} is a weights file, not a config: pass it as the weights "
                           f"(Predictor(config, weights=...), --weights), with the config its "
                           f"run wrote (config.yaml), or None where the weights record theirs")
+    if path.suffix.lower() == ".py":  # YAML reads mmdetection's `_base_ = [...]` as a key
+        raise ConfigError(f"{path} is a Python config (mmdetection's, MMEngine's or "
+                          f"detectron2's LazyConfig): the configs here are YAML files; start "
+                          f"from one of configs/ (README, 'Coming from detectron2 or "
+                          f"mmdetection': their keys and ours)")
     try:
         cfg = _parse_yaml(path.read_text(encoding="utf-8"), str(path),
                           os.environ.get("OMEGACONF_MAX_YAML_EXPANDED_NODES"))

@@ -348,3 +348,16 @@ def test_a_weights_file_given_for_a_config_is_said_to_be_one(tmp_path: Path) -> 
         with pytest.raises(ConfigError, match=f"{weights} is a weights file, not a config: pass "
                                               f"it as the weights"):
             load_config(weights)
+
+
+def test_a_python_config_is_said_to_be_one(tmp_path: Path) -> None:
+    """mmdetection's `_base_ = [...]` file was read as YAML: one key, the whole text, and then
+    "has no `task` key; inherit a base config" (a detectron2 LazyConfig, "must hold a mapping"
+    or a parse error): the tools here read YAML configs."""
+    for text in ("_base_ = ['../_base_/models/faster-rcnn_r50_fpn.py']\n"
+                 "model = dict(roi_head=dict(bbox_head=dict(num_classes=3)))\n",
+                 "from detectron2.config import LazyCall as L\nmodel = L(GeneralizedRCNN)()\n"):
+        config = write(tmp_path / "faster_rcnn.py", text)
+        with pytest.raises(ConfigError, match="faster_rcnn.py is a Python config .mmdetection's"
+                                              ".*the configs here are YAML files"):
+            load_config(config)
