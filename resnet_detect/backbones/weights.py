@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -74,7 +75,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise UnreadableCheckpointError(
             f"cannot read weights file {path}: {type(e).__name__}: {e.strerror or e}") from e
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            # torch doubts a plain pickle's protocol in a warning: a file it then reads is
+            # fine, one it cannot is refused below, saying why (detectron2's .pkl)
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, text, a pickled object ...
         raise UnreadableCheckpointError(

@@ -9,6 +9,7 @@ import math
 import errno
 import os
 import pickle
+import pickletools
 import re
 import secrets
 import shutil
@@ -168,6 +169,10 @@ def why_unloadable(data: bytes, error: Exception) -> str:
     the error's first line; never torch's advice to load with weights_only=False (for a file
     of unknown origin, that runs its code)."""
     said = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0].split('. ')[0]}"
+    if _pickles_numpy(data):
+        return ("a pickle of NumPy arrays, not a PyTorch file: detectron2's model-zoo .pkl "
+                "files and the Caffe2 (MSRA) ImageNet weights it starts from are not read here; "
+                "torchvision's and timm's weights are (README, 'Backbones')")
     if isinstance(error, pickle.UnpicklingError):
         reason = str(error).split("WeightsUnpickler error:")[-1].split("\n\nCheck the")[0].strip()
         return (f"it holds more than tensors, or is no PyTorch file ({reason}): a damaged or "
@@ -189,6 +194,21 @@ def why_unloadable(data: bytes, error: Exception) -> str:
         return f"a damaged PyTorch file of the legacy format: {said}"
     return (f"no PyTorch file (it starts with {data[:16]!r}: text, or another format; "
             f"weights are a .pth/.pt of torch.save or a .safetensors file)")
+
+
+def _pickles_numpy(data: bytes, opcodes: int = 200) -> bool:
+    """Whether a plain pickle names NumPy among its first `opcodes` (read, never run)."""
+    if data[:1] != b"\x80":
+        return False
+    try:
+        for i, (_, arg, _) in enumerate(pickletools.genops(io.BytesIO(data))):
+            if i >= opcodes:
+                break
+            if isinstance(arg, str) and arg.split(" ")[0].split(".")[0] == "numpy":
+                return True
+    except Exception:  # cut short, or no pickle after all
+        return False
+    return False
 
 
 def check_weights_file(path: str | os.PathLike) -> Path:

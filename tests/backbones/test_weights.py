@@ -299,3 +299,26 @@ def test_a_file_that_is_no_checkpoint_says_what_it_is(tmp_path) -> None:
                            match=rf"^cannot read weights file {tmp_path / name}: {said}") as e:
             read_checkpoint(tmp_path / name)
         assert "\n" not in str(e.value) and len(str(e.value)) < 300
+
+
+def test_detectron2_pickles_are_named_as_such(tmp_path) -> None:
+    """detectron2's model-zoo files ({"model": {name: ndarray}, "__author__": ...}, pickled by
+    Python 2 or 3) and the MSRA ImageNet weights ({"blobs": ...}) were "a damaged or partial
+    download" or "a damaged PyTorch file of the legacy format"; a plain pickle of no arrays
+    and torch.save's legacy format keep their own message and reading."""
+    import pickle
+    files = {"model_final_f10217.pkl": ({"model": {"backbone.bottom_up.stem.conv1.weight":
+                                                   np.zeros((64, 3, 7, 7), np.float32)},
+                                         "__author__": "Detectron2 Model Zoo"}, 2),
+             "R-50.pkl": ({"blobs": {"conv1_w": np.zeros((64, 3, 7, 7), np.float32)}}, 4)}
+    for name, (content, protocol) in files.items():
+        (tmp_path / name).write_bytes(pickle.dumps(content, protocol=protocol))
+        with pytest.raises(UnreadableCheckpointError, match=rf"{name}: a pickle of NumPy arrays, "
+                                                            r"not a PyTorch file: detectron2's"):
+            read_checkpoint(tmp_path / name)
+    (tmp_path / "words.pkl").write_bytes(pickle.dumps({"a": "b" * 10}, protocol=2))
+    with pytest.raises(UnreadableCheckpointError) as plain:
+        read_checkpoint(tmp_path / "words.pkl")
+    assert "NumPy" not in str(plain.value)
+    torch.save({"w": torch.ones(2)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert torch.equal(read_checkpoint(tmp_path / "legacy.pth")["w"], torch.ones(2))
