@@ -89,8 +89,12 @@ class StopRequest:
         again = ("Ctrl-C again stops at once, without saving" if signum == signal.SIGINT else
                  f"a {name} again within {REPEAT_GRACE_S:.0f} s is the same request; later, "
                  f"or Ctrl-C, stops at once, without saving")
+        # torchrun signals every process when one of them died: the step's collectives
+        # then fail and nothing is saved
+        peers = (", if every process is still there" if signum == signal.SIGTERM
+                 and int(os.environ.get("WORLD_SIZE", "1")) > 1 else "")
         logger.warning("received %s: finishing the current step (or ending the evaluation), "
-                       "then saving a checkpoint (%s)", signal.Signals(signum).name, again)
+                       "then saving a checkpoint%s (%s)", name, peers, again)
 
 
 def _under_nohup(signum: int) -> bool:

@@ -1,5 +1,6 @@
 """SIGTERM / SIGINT / SIGHUP: the first signal lets the step in flight finish, the second stops
 at once."""
+import logging
 import multiprocessing
 import os
 import signal
@@ -390,3 +391,20 @@ def test_a_worker_that_handles_the_jobs_sigterm_after_the_stop_still_leaves_it_t
                             timeout=120, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.split() == ["saved"], result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def test_a_sigterm_among_several_processes_says_the_save_needs_them_all(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """torchrun sends SIGTERM to every process when one died (kill -9, out of memory): the
+    survivors said "then saving a checkpoint" and failed on the dead one, saving nothing."""
+    said = {}
+    for world_size, signum in (("2", signal.SIGTERM), ("1", signal.SIGTERM),
+                               ("2", signal.SIGINT)):
+        monkeypatch.setenv("WORLD_SIZE", world_size)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            preemption.StopRequest()._handle(signum, None)
+        said[world_size, signum] = "if every process is still there" in caplog.text
+        assert "then saving a checkpoint" in caplog.text
+    assert said == {("2", signal.SIGTERM): True, ("1", signal.SIGTERM): False,
+                    ("2", signal.SIGINT): False}
