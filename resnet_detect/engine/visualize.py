@@ -3,6 +3,7 @@ segmentation overlays with a legend, over images, folders of images and videos."
 from __future__ import annotations
 
 import colorsys
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -33,10 +34,77 @@ def palette(n: int) -> np.ndarray:
                        for i in range(n)], dtype=np.uint8).reshape(-1, 3)
 
 
-def drawable_name(name: str, ident: int) -> str:
-    """`name` if OpenCV's Hershey font draws it, else "id N": it draws each character past
-    Latin-1 (Chinese, Japanese, Cyrillic names) as "?", so every such class read "???"."""
-    return name if all(ord(c) < 256 for c in name) else f"id {ident}"
+def drawable_name(name: str, ident: int) -> tuple[str, str | None]:
+    """(text, font) of a class's tag: `name` in OpenCV's Hershey font (font None) where it
+    has every character (Latin-1), else in a TrueType font that has them (`font_for`), else
+    "id N" (Hershey drew each other character as "?": Chinese names all read "???")."""
+    if all(ord(c) < 256 for c in name):
+        return name, None
+    font = font_for(name)
+    if font is not None:
+        return name, font
+    if name not in _SAID_UNDRAWABLE:
+        _SAID_UNDRAWABLE.add(name)
+        logger.warning("class %r is drawn as 'id %d': no font here has its characters "
+                       "(install one that has, e.g. Noto Sans CJK: fonts-noto-cjk)", name, ident)
+    return f"id {ident}", None
+
+
+_SAID_UNDRAWABLE: set[str] = set()
+TAG_PIXELS = 12  # a TrueType tag's size, about the Hershey tags' (scale 0.4)
+
+
+@functools.lru_cache(maxsize=None)
+def font_for(text: str) -> str | None:
+    """A TrueType font file with every character of `text`: matplotlib's DejaVu Sans (Greek,
+    Cyrillic, Arabic, Hebrew ...) first, then the system's fonts in turn (a CJK font where
+    one is installed); None where none has them all."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+    needed = {ord(c) for c in text}
+    bundled = font_manager.findfont("DejaVu Sans", fallback_to_default=True)
+    for path in [bundled, *sorted(font_manager.findSystemFonts())]:
+        try:
+            if needed <= FT2Font(path).get_charmap().keys():
+                return path
+        except (OSError, RuntimeError):  # a font FreeType cannot open
+            continue
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _truetype(path: str) -> Any:
+    from PIL import ImageFont
+    return ImageFont.truetype(path, TAG_PIXELS)
+
+
+def text_size(text: str, font: str | None) -> tuple[int, int, int]:
+    """(width, height above the baseline, depth below it) of `text` as `put_text` draws it."""
+    if font is None:
+        (width, height), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+        return width, height, base
+    left, top, right, bottom = _truetype(font).getbbox(text, anchor="ls")
+    return right - min(left, 0), -top, bottom
+
+
+def put_text(image: np.ndarray, text: str, origin: tuple[int, int], colour: tuple[int, ...],
+             font: str | None) -> None:
+    """Draws `text` on `image` in place, `origin` the left end of its baseline: in OpenCV's
+    Hershey font where `font` is None, else in that TrueType font."""
+    if font is None:
+        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+        return
+    from PIL import Image, ImageDraw
+    width, height, depth = text_size(text, font)
+    x0, y0 = max(0, origin[0]), max(0, origin[1] - height)
+    x1 = min(image.shape[1], origin[0] + width)
+    y1 = min(image.shape[0], origin[1] + depth)
+    if x1 <= x0 or y1 <= y0:
+        return
+    region = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
+    ImageDraw.Draw(region).text((origin[0] - x0, origin[1] - y0), text, anchor="ls",
+                                font=_truetype(font), fill=tuple(int(c) for c in colour))
+    image[y0:y1, x0:x1] = np.asarray(region)
 
 
 def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, tuple[int, ...]],
@@ -59,14 +127,13 @@ def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, t
         colour = colours.get(int(label), (0, 255, 0))
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
-        name = drawable_name(name, int(label))
+        name, font = drawable_name(name, int(label))
         text = name if scores is None else f"{name} {scores[i]:.2f}"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+        tw, th, base = text_size(text, font)
         ty = max(y1, th + base)
         tx = max(0, min(x1, image.shape[1] - tw))  # a tag at the right edge stays readable
         cv2.rectangle(out, (tx, ty - th - base), (tx + tw, ty), colour, -1)
-        cv2.putText(out, text, (tx, ty - base), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        put_text(out, text, (tx, ty - base), (0, 0, 0), font)
     return out
 
 
@@ -85,23 +152,21 @@ def draw_segmentation(image: np.ndarray, mask: np.ndarray, class_names: Sequence
     overlay = image.copy()
     values = [int(c) for c in np.unique(mask)]
     first = 1 if class_names and class_names[0].strip().lower() in BACKGROUND_NAMES else 0
-    present = [(c, drawable_name(class_names[c], c), colours[c]) for c in values
+    present = [(c, *drawable_name(class_names[c], c), colours[c]) for c in values
                if first <= c < len(colours)]
     if ignore_index is not None and ignore_index in values:
-        present.append((ignore_index, "ignore", IGNORE_COLOUR))
-    for c, _, colour in present:
+        present.append((ignore_index, "ignore", None, IGNORE_COLOUR))
+    for c, _, _, colour in present:
         region = mask == c
         overlay[region] = (alpha * colour + (1 - alpha) * image[region]).astype(np.uint8)
     if present:  # on a dark backing, so that white names read on any image
-        width = max(cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0]
-                    for _, name, _ in present)
+        width = max(text_size(name, font)[0] for _, name, font, _ in present)
         corner = overlay[2:8 + 16 * len(present), 2:24 + width]
         corner[...] = corner // 3
-    for row, (_, name, colour) in enumerate(present):
+    for row, (_, name, font, colour) in enumerate(present):
         y = 6 + 16 * row
         cv2.rectangle(overlay, (4, y), (16, y + 12), tuple(int(v) for v in colour), -1)
-        cv2.putText(overlay, name, (20, y + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                    (255, 255, 255), 1, cv2.LINE_AA)
+        put_text(overlay, name, (20, y + 11), (255, 255, 255), font)
     return overlay
 
 

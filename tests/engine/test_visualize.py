@@ -1,4 +1,5 @@
 """tools/demo.py's inputs and output names (engine.visualize)."""
+import logging
 import os
 import re
 from pathlib import Path
@@ -7,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from resnet_detect.engine import visualize
 from resnet_detect.engine.files import UnwritableFolderError
 from resnet_detect.engine.visualize import (draw_detections, draw_segmentation, drawable_name,
                                             expand_inputs, output_paths, palette, run_video)
@@ -97,9 +99,14 @@ def test_tags_stay_inside_the_picture_and_legends_have_a_dark_backing() -> None:
     assert (unnamed[55, 10] == 200).all() and (unnamed[30, 3] == 200).all()
 
 
-def test_names_the_font_cannot_draw_become_their_ids() -> None:
-    """OpenCV's Hershey font drew each Chinese character as "?": every class read "???"."""
-    assert drawable_name("正方形", 7) == "id 7" and drawable_name("Möwe", 3) == "Möwe"
+def test_names_no_font_here_draws_become_their_ids(monkeypatch, caplog) -> None:
+    """OpenCV's Hershey font drew each Chinese character as "?": every class read "???".
+    Where no font of the machine has a name's characters, its tag says its id (once warned)."""
+    monkeypatch.setattr(visualize, "font_for", lambda text: None)
+    visualize._SAID_UNDRAWABLE.discard("正方形")
+    caplog.set_level(logging.WARNING)
+    assert drawable_name("正方形", 7) == ("id 7", None)
+    assert drawable_name("Möwe", 3) == ("Möwe", None)  # Latin-1: Hershey's
     image = np.full((40, 120, 3), 200, dtype=np.uint8)
     det = {"boxes": np.array([[10.0, 20.0, 50.0, 35.0]]), "scores": np.array([0.9]),
            "labels": np.array([7]), "class_names": ["正方形"]}
@@ -107,7 +114,34 @@ def test_names_the_font_cannot_draw_become_their_ids() -> None:
              "class_names": ["id 7"]}
     assert (draw_detections(image, det, {7: (255, 0, 0)}, 0.5)
             == draw_detections(image, as_id, {7: (255, 0, 0)}, 0.5)).all()
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and "class '正方形' is drawn as 'id 7': no font here" in said[0]
 
+
+def test_names_beyond_latin1_are_drawn_in_a_font_that_has_them() -> None:
+    """Cyrillic, Greek (and Chinese where a CJK font is installed) names were "id N": they
+    are drawn with a TrueType font that has their characters, matplotlib's DejaVu Sans here,
+    in tags as wide as that font writes them, and in the segmentation legend."""
+    from PIL import ImageFont
+    name, font = drawable_name("собака", 3)
+    assert name == "собака" and Path(font).name == "DejaVuSans.ttf"
+    image = np.full((60, 200, 3), 200, dtype=np.uint8)
+    det = {"boxes": np.array([[10.0, 30.0, 150.0, 55.0]]), "scores": np.array([0.9]),
+           "labels": np.array([3]), "class_names": ["собака"]}
+    picture = draw_detections(image, det, {3: (255, 0, 0)}, 0.5)
+    tag_row = (picture[20] == (255, 0, 0)).all(axis=-1) | (picture[20] < 100).all(axis=-1)
+    left, _, right, _ = ImageFont.truetype(font, visualize.TAG_PIXELS).getbbox(
+        "собака 0.90", anchor="ls")
+    assert np.flatnonzero(tag_row).max() - 10 == right - min(left, 0)
+    dark = (picture[:30] < 100).all(axis=-1)  # the name's black strokes in the tag
+    assert dark.sum() > 40
+    as_id = dict(det, class_names=["id 3"])
+    assert (picture != draw_detections(image, as_id, {3: (255, 0, 0)}, 0.5)).any()
+    mask = np.zeros((60, 200), dtype=np.uint8)
+    mask[40:, 100:] = 1
+    legend = draw_segmentation(image, mask, ["background", "κύκλος"],
+                               np.array([[0, 0, 0], [0, 255, 0]], dtype=np.uint8))
+    assert (legend[5:20, 20:70] > 200).all(axis=-1).sum() > 20  # white strokes of the name
 
 
 def test_neighbouring_classes_get_other_colours() -> None:
