@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -88,7 +89,7 @@ def config_info(args: argparse.Namespace) -> None:
     if task == "classification":
         model = backbones.build_classifier(cfg.model.name, num_classes,
                                            **OmegaConf.to_container(cfg.model.options))
-        size = tuple(args.size or (cfg.data.image_size,) * 2)
+        size = tuple(args.size or config_size(cfg, ["data.image_size", "data.image_size"]))
         rows = classifier_rows(model, size)
         batch = size
     else:
@@ -97,17 +98,34 @@ def config_info(args: argparse.Namespace) -> None:
         if task == "detection":
             from resnet_detect.detection.build import build_model
             from resnet_detect.detection.complexity import count_detector as count
-            size = tuple(args.size or (cfg.data.val.min_size, cfg.data.val.max_size))
+            size = tuple(args.size or config_size(cfg, ["data.val.min_size",
+                                                         "data.val.max_size"]))
         else:
             from resnet_detect.segmentation.build import build_model
             from resnet_detect.segmentation.complexity import count_segmenter as count
-            size = tuple(args.size or cfg.data.train.crop_size)
+            size = tuple(args.size or config_size(cfg, ["data.train.crop_size"]))
         model = build_model(cfg)
         rows = count(model, size)
         batch = padded(size, model.size_divisibility)
     print(f"{args.name}: {task}, {num_classes} classes{said}, input {size[0]}x{size[1]}"
           + (f" (padded to {batch[0]}x{batch[1]})" if batch != size else ""))
     print_rows(rows, count_parameters(model))
+
+
+def config_size(cfg, keys: list[str]) -> tuple[int, int]:
+    """The input size the config's `keys` give: two numbers (of lists of them, the largest),
+    or one key's list of two."""
+    from resnet_detect.engine.config import ConfigError
+    values = [OmegaConf.select(cfg, key) for key in keys]
+    if len(values) == 1 and isinstance(values[0], Sequence):
+        values = list(values[0])
+    else:
+        values = [max(v) if isinstance(v, Sequence) and v else v for v in values]
+    if len(values) != 2 or not all(isinstance(v, int) and v > 0 for v in values):
+        keys = list(dict.fromkeys(keys))
+        raise ConfigError(f"{' and '.join(keys)} {'give' if len(keys) > 1 else 'gives'} no "
+                          f"input size to count at: pass --size H W")
+    return values[0], values[1]
 
 
 def classifier_rows(model, size: tuple[int, int]) -> list[tuple[str, int, int]]:

@@ -141,3 +141,18 @@ def test_a_pretraining_config_needs_no_data_folder(capsys) -> None:
     out = capsys.readouterr().out
     assert "classification, 1000 classes" in out and "input 224x224" in out
     assert "\ntotal       25,557,032      4.089" in out
+
+
+def test_a_config_without_an_input_size_asks_for_one(capsys) -> None:
+    """data.train.crop_size=null (whole images) was a TypeError; a list of test sizes counts
+    the largest."""
+    from resnet_detect.engine.config import ConfigError
+    config = str(ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml")
+    with pytest.raises(ConfigError, match="data.train.crop_size gives no input size to count "
+                                          "at: pass --size H W"):
+        model_info.main([config, "data.train.crop_size=null"])
+    model_info.main([config, "data.train.crop_size=null", "--size", "64", "96"])
+    assert "input 64x96\n" in capsys.readouterr().out
+    model_info.main([str(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"),
+                     "data.val.min_size=[200,320]", "data.val.max_size=400"])
+    assert "input 320x400 (padded to 320x416)\n" in capsys.readouterr().out
