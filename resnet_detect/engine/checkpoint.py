@@ -59,6 +59,11 @@ _SAVING = "saving"  # in REPLACED: names the new checkpoint once the earlier fil
 CHECKPOINT_NAME = re.compile(r"model_(\d{7,})\.pth")  # 8 digits from iteration 10^7
 
 
+def checkpoints_in(folder: Path) -> list[Path]:
+    """The training checkpoints (model_NNNNNNN.pth) of a run's folder, in no order."""
+    return [p for p in Path(folder).glob("model_*.pth") if CHECKPOINT_NAME.fullmatch(p.name)]
+
+
 class Checkpointer:
     """Saves and restores everything a training run needs to continue exactly.
 
@@ -184,8 +189,7 @@ class Checkpointer:
             checksum_file(path).unlink(missing_ok=True)
 
     def _checkpoints(self) -> list[Path]:
-        return [p for p in self.output_dir.glob("model_*.pth")
-                if CHECKPOINT_NAME.fullmatch(p.name)]
+        return checkpoints_in(self.output_dir)
 
     def _pointer_target(self) -> Path | str | None:
         """The checkpoint `last_checkpoint` names; for a pointer that names none (empty,

@@ -33,10 +33,11 @@ def weights_keys(node: Any, prefix: str = "model.") -> dict[str, Any]:
     return found
 
 
-def warn_of_random_backbone(cfg: DictConfig, weights: dict[str, Any]) -> None:
+def warn_of_random_backbone(cfg: DictConfig) -> None:
     """A backbone that starts from random weights (no weights key set) is said, and where it
     keeps stages frozen or frozen BatchNorm (those layers would stay as initialised), how to
     train from scratch."""
+    weights = weights_keys(cfg.get("model"))
     backbone = (cfg.get("model") or {}).get("backbone")
     if not isinstance(backbone, DictConfig) or any(weights.values()) or not is_main_process():
         return
@@ -90,7 +91,6 @@ def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig
                                         f"weights") from None
             if read_weights is not None:
                 read_weights(value)
-    warn_of_random_backbone(cfg, weights)
     probe = copy.deepcopy(cfg)
     with open_dict(probe):
         for key in weights:

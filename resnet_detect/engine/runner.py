@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from .amp import parse_amp
 from .checkpoint import (BestWeights, Checkpointer, CheckpointWriteError, PeriodicCheckpointer,
-                         best_metric_parts)
+                         best_metric_parts, checkpoints_in)
 from .compilation import compile_model, parse_compile
 from .config import (ConfigError, flat_keys, is_number, is_positive_int, save_config,
                      to_plain)
@@ -44,7 +44,7 @@ from .ema import WeightAverage, check_ema_decay
 from .files import atomic_write_json, is_disk_full, nan_to_none
 from .logging import ProgressLogger, ScalarWriter, rank_log_name, setup_logging
 from .memory_format import place_model
-from .model_check import weights_keys
+from .model_check import warn_of_random_backbone, weights_keys
 from .rng import rng_kept, seed_everything
 from .run_lock import exclusive_output_dir
 from .same_everywhere import (check_same_config_everywhere, check_same_data_everywhere,
@@ -737,6 +737,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     t = cfg.train
     steps = t.accumulation_steps
     batch_size = drawn_batch_size(t)
+    if not (resume and (resume is not True or checkpoints_in(output_dir))):
+        warn_of_random_backbone(cfg)  # (a resumed run's weights are its checkpoint's)
     data = done_everywhere(lambda: task.prepare(cfg), "find its weights or read its data")
     check_same_data_everywhere(data.description, (len(data.train), None if data.val is None
                                                   else len(data.val)),

@@ -224,6 +224,33 @@ def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
 
 
+def test_a_resumed_run_is_not_said_to_start_from_random_weights(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """--resume said "no weights are given: the backbone starts from random weights" and then
+    loaded the checkpoint's; a fresh run, or a --resume with nothing to resume, says it."""
+    cpu = torch.device("cpu")
+
+    def config(out: Path) -> Any:
+        cfg = _toy_config(out)
+        cfg.model = {"weights": None, "backbone": {"weights": None, "freeze_at": 0}}
+        return cfg
+
+    said = "no weights are given (model.weights, model.backbone.weights null)"
+    runs = (("fresh", False, True), ("fresh", True, False), ("empty", True, True))
+    for folder, resume, expected in runs:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            run_training(_RegressionTask(), config(tmp_path / folder), cpu, resume=resume)
+        assert (said in caplog.text) == expected, (folder, resume)
+    (tmp_path / "copy").mkdir()
+    shutil.copy(tmp_path / "fresh/model_0000002.pth", tmp_path / "copy")  # no last_checkpoint
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        run_training(_RegressionTask(), config(tmp_path / "other"), cpu,
+                     resume=tmp_path / "copy/model_0000002.pth")
+    assert said not in caplog.text
+
+
 def test_a_sigterm_repeated_during_the_stops_save_is_the_same_request(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
         ) -> None:
