@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -53,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.num_classes is not None and args.num_classes < 1:
         parser.error(f"--num-classes must be a positive number of classes, got "
                      f"{args.num_classes}")
+    if Path(args.name).is_dir():
+        parser.error(f"{args.name} is a folder: give a config file (a run's config.yaml) or a "
+                     f"backbone name")
     if args.name.endswith(CONFIG_SUFFIXES) or Path(args.name).is_file():
         config_info(args)
     else:
@@ -83,13 +85,13 @@ def config_info(args: argparse.Namespace) -> None:
     num_classes = args.num_classes or cfg.model.get("num_classes")
     said = ""
     if num_classes is None:  # the data's, at training
-        num_classes = DEFAULT_CLASSES[task]
+        num_classes = 10 if "cifar" in str(cfg.model.get("name")) else DEFAULT_CLASSES[task]
         said = " (the data's at training: --num-classes K for yours)"
     cfg.model.weights = None  # shapes are all that is counted: no file is read
     if task == "classification":
         model = backbones.build_classifier(cfg.model.name, num_classes,
                                            **OmegaConf.to_container(cfg.model.options))
-        size = tuple(args.size or config_size(cfg, ["data.image_size", "data.image_size"]))
+        size = tuple(args.size or default_size(task, cfg))
         rows = classifier_rows(model, size)
         batch = size
     else:
@@ -98,12 +100,10 @@ def config_info(args: argparse.Namespace) -> None:
         if task == "detection":
             from resnet_detect.detection.build import build_model
             from resnet_detect.detection.complexity import count_detector as count
-            size = tuple(args.size or config_size(cfg, ["data.val.min_size",
-                                                         "data.val.max_size"]))
         else:
             from resnet_detect.segmentation.build import build_model
             from resnet_detect.segmentation.complexity import count_segmenter as count
-            size = tuple(args.size or config_size(cfg, ["data.train.crop_size"]))
+        size = tuple(args.size or default_size(task, cfg))
         model = build_model(cfg)
         rows = count(model, size)
         batch = padded(size, model.size_divisibility)
@@ -112,20 +112,24 @@ def config_info(args: argparse.Namespace) -> None:
     print_rows(rows, count_parameters(model))
 
 
-def config_size(cfg, keys: list[str]) -> tuple[int, int]:
-    """The input size the config's `keys` give: two numbers (of lists of them, the largest),
-    or one key's list of two."""
+def default_size(task: str, cfg) -> tuple[int, int]:
+    """The input a config's model is counted at: a detector's largest test image, a
+    segmenter's training crop, a classifier's crop."""
     from resnet_detect.engine.config import ConfigError
-    values = [OmegaConf.select(cfg, key) for key in keys]
-    if len(values) == 1 and isinstance(values[0], Sequence):
-        values = list(values[0])
-    else:
-        values = [max(v) if isinstance(v, Sequence) and v else v for v in values]
-    if len(values) != 2 or not all(isinstance(v, int) and v > 0 for v in values):
-        keys = list(dict.fromkeys(keys))
-        raise ConfigError(f"{' and '.join(keys)} {'give' if len(keys) > 1 else 'gives'} no "
-                          f"input size to count at: pass --size H W")
-    return values[0], values[1]
+    if task == "classification":
+        return cfg.data.image_size, cfg.data.image_size
+    if task == "detection":
+        from resnet_detect.detection.config import test_resize
+        short, cap = test_resize(cfg)
+        if cap is None:
+            raise ConfigError("data.val.max_size is null (no cap): test images have no "
+                              "largest size to count at: pass --size H W")
+        return min(short, cap), cap  # the resize scales the short side to `short` or less
+    crop = cfg.data.train.crop_size
+    if crop is None:
+        raise ConfigError("data.train.crop_size is null (whole images): no input size to "
+                          "count at: pass --size H W")
+    return tuple(crop)
 
 
 def classifier_rows(model, size: tuple[int, int]) -> list[tuple[str, int, int]]:

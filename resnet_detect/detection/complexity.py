@@ -2,9 +2,9 @@
 
 Counted on a copy on the meta device (shapes only, nothing computed or allocated at any
 size). The RoI heads cost the same per RoI at any image size and are counted on as many RoIs
-as the model lets through at most: the RPN's test-time post-NMS proposals for the box head,
-the detections kept per image for the mask head (detectron2's analyze_model counts what some
-real images happen to give).
+as the model lets through at most: the RPN's test-time post-NMS proposals (fewer where the
+input has fewer anchors) for the box head, the detections kept per image for the mask head
+(detectron2's analyze_model counts what some real images happen to give).
 """
 from __future__ import annotations
 
@@ -31,14 +31,18 @@ def count_detector(model: GeneralizedRCNN, size: tuple[int, int]) -> list[tuple[
     with eval_mode(meta):
         batch = torch.zeros(1, 3, *padded(size, meta.size_divisibility), device="meta")
         features, backbone = run_counting(meta.backbone, batch)
-        _, rpn = run_counting(meta.rpn.head, [features[f] for f in meta.rpn.in_features])
-        proposals = meta.rpn.post_nms_topk[1]
+        (logits, _), rpn = run_counting(meta.rpn.head,
+                                        [features[f] for f in meta.rpn.in_features])
+        # no more than the anchors kept before the NMS (a small input has few)
+        proposals = min(meta.rpn.post_nms_topk[1],
+                        sum(min(meta.rpn.pre_nms_topk[1], level.numel()) for level in logits))
         boxes = torch.zeros(proposals, 4, device="meta")
         box_features, box_head = run_counting(heads.box_features, features, [boxes])
         _, predictor = run_counting(heads.box_predictor, box_features)
         mask_head = getattr(heads, "mask_head", None)
         if mask_head is not None:
-            detections = heads.box_predictor.detections_per_image
+            detections = min(heads.box_predictor.detections_per_image,
+                             proposals * heads.num_classes)
             classes = torch.zeros(detections, dtype=torch.int64, device="meta")
             _, mask = run_counting(heads.mask_logits, features, [boxes[:detections]], classes)
 

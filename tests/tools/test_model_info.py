@@ -144,15 +144,38 @@ def test_a_pretraining_config_needs_no_data_folder(capsys) -> None:
 
 
 def test_a_config_without_an_input_size_asks_for_one(capsys) -> None:
-    """data.train.crop_size=null (whole images) was a TypeError; a list of test sizes counts
-    the largest."""
+    """data.train.crop_size=null (whole images) and data.val.max_size=null (no cap) were
+    TypeErrors; a list of test sizes counts the largest; a short side above the cap counts
+    the largest image the resize makes (the cap's square)."""
     from resnet_detect.engine.config import ConfigError
     config = str(ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml")
-    with pytest.raises(ConfigError, match="data.train.crop_size gives no input size to count "
-                                          "at: pass --size H W"):
+    with pytest.raises(ConfigError, match=r"data.train.crop_size is null \(whole images\): no "
+                                          r"input size to count at: pass --size H W"):
         model_info.main([config, "data.train.crop_size=null"])
     model_info.main([config, "data.train.crop_size=null", "--size", "64", "96"])
     assert "input 64x96\n" in capsys.readouterr().out
-    model_info.main([str(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"),
-                     "data.val.min_size=[200,320]", "data.val.max_size=400"])
+    detector = str(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml")
+    with pytest.raises(ConfigError, match=r"data.val.max_size is null \(no cap\).*pass --size"):
+        model_info.main([detector, "data.val.max_size=null"])
+    model_info.main([detector, "data.val.min_size=[200,320]", "data.val.max_size=400"])
     assert "input 320x400 (padded to 320x416)\n" in capsys.readouterr().out
+    model_info.main([detector, "data.val.min_size=1000", "data.val.max_size=600"])
+    assert "input 600x600 (padded to 608x608)\n" in capsys.readouterr().out
+
+
+def test_a_small_input_counts_the_rois_its_anchors_allow(capsys) -> None:
+    """A 32x32 input has 3 anchors at each of 16 x 16 + 8 x 8 + ... places: 258 at most
+    survive, not the config's 1000 (300 in the quickstart)."""
+    model_info.main([str(ROOT / "configs/detection/mask_rcnn_R_50_FPN_1x.yaml"),
+                     "--size", "1", "1", "model.num_classes=80"])
+    rows = _rows(capsys)
+    anchors = 3 * sum((32 // stride) ** 2 for stride in (4, 8, 16, 32)) + 3  # p6: 1 x 1
+    assert anchors == 258 and "roi_heads (258 RoIs)" in rows
+    assert "mask_head (100 RoIs)" in rows
+
+
+def test_a_folder_is_said_to_be_one(capsys) -> None:
+    with pytest.raises(SystemExit):
+        model_info.main([str(ROOT / "configs")])
+    assert "configs is a folder: give a config file (a run's config.yaml)" in \
+        capsys.readouterr().err
