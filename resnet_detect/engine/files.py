@@ -173,6 +173,11 @@ def why_unloadable(data: bytes, error: Exception) -> str:
         return ("a pickle of NumPy arrays, not a PyTorch file: detectron2's model-zoo .pkl "
                 "files and the Caffe2 (MSRA) ImageNet weights it starts from are not read here; "
                 "torchvision's and timm's weights are (README, 'Backbones')")
+    protocol = _pickle_protocol(data)
+    if protocol is not None and protocol >= 4:
+        return (f"it was saved with pickle protocol {protocol} (torch.save(..., "
+                f"pickle_protocol={protocol})), which torch's safe reader (weights_only) cannot "
+                f"read: save it again without pickle_protocol, from the program that wrote it")
     if isinstance(error, pickle.UnpicklingError):
         reason = str(error).split("WeightsUnpickler error:")[-1].split("\n\nCheck the")[0].strip()
         return (f"it holds more than tensors, or is no PyTorch file ({reason}): a damaged or "
@@ -196,15 +201,36 @@ def why_unloadable(data: bytes, error: Exception) -> str:
             f"weights are a .pth/.pt of torch.save or a .safetensors file)")
 
 
+def _pickle_protocol(data: bytes) -> int | None:
+    """The pickle protocol of a PyTorch file (its data.pkl in the zip format), else None."""
+    if data.startswith(b"PK\x03\x04"):
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(data))
+            name = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+            data = archive.open(name).read(2) if name is not None else b""
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+            return None
+    return data[1] if len(data) > 1 and data[0] == 0x80 else None
+
+
 def _pickles_numpy(data: bytes, opcodes: int = 200) -> bool:
-    """Whether a plain pickle names NumPy among its first `opcodes` (read, never run)."""
+    """Whether a plain pickle loads a NumPy class among its first `opcodes` (read, never
+    run): a GLOBAL naming a numpy module, or the module string a STACK_GLOBAL takes."""
     if data[:1] != b"\x80":
         return False
+    strings: list[str] = []
     try:
-        for i, (_, arg, _) in enumerate(pickletools.genops(io.BytesIO(data))):
+        for i, (op, arg, _) in enumerate(pickletools.genops(io.BytesIO(data))):
             if i >= opcodes:
                 break
-            if isinstance(arg, str) and arg.split(" ")[0].split(".")[0] == "numpy":
+            if op.name == "GLOBAL":
+                strings = [str(arg).split(" ")[0], ""]
+            elif isinstance(arg, str):
+                strings = [*strings[-1:], arg]
+                continue
+            elif op.name != "STACK_GLOBAL":
+                continue
+            if len(strings) == 2 and strings[0].split(".")[0] == "numpy":
                 return True
     except Exception:  # cut short, or no pickle after all
         return False

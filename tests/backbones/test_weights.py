@@ -316,9 +316,29 @@ def test_detectron2_pickles_are_named_as_such(tmp_path) -> None:
         with pytest.raises(UnreadableCheckpointError, match=rf"{name}: a pickle of NumPy arrays, "
                                                             r"not a PyTorch file: detectron2's"):
             read_checkpoint(tmp_path / name)
-    (tmp_path / "words.pkl").write_bytes(pickle.dumps({"a": "b" * 10}, protocol=2))
-    with pytest.raises(UnreadableCheckpointError) as plain:
-        read_checkpoint(tmp_path / "words.pkl")
-    assert "NumPy" not in str(plain.value)
+    for protocol in (2, 4):  # a dict key or a string "numpy" is no NumPy class
+        (tmp_path / "words.pkl").write_bytes(pickle.dumps({"numpy": "numpy.core"},
+                                                          protocol=protocol))
+        with pytest.raises(UnreadableCheckpointError) as plain:
+            read_checkpoint(tmp_path / "words.pkl")
+        assert "NumPy" not in str(plain.value)
     torch.save({"w": torch.ones(2)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
     assert torch.equal(read_checkpoint(tmp_path / "legacy.pth")["w"], torch.ones(2))
+
+
+def test_a_torch_file_of_pickle_protocol_4_or_5_says_how_to_save_it_again(tmp_path) -> None:
+    """torch.save(..., pickle_protocol=4) files (either format) fail torch's weights-only
+    reader at their first frame: they were "a damaged or partial download"."""
+    for protocol in (2, 3, 4, 5):
+        for zipped in (True, False):
+            path = tmp_path / f"p{protocol}{zipped}.pth"
+            torch.save({"w": torch.ones(2)}, path, pickle_protocol=protocol,
+                       _use_new_zipfile_serialization=zipped)
+            if protocol < 4:
+                assert torch.equal(read_checkpoint(path)["w"], torch.ones(2))
+                continue
+            with pytest.raises(UnreadableCheckpointError,
+                               match=rf"{path.name}: it was saved with pickle protocol "
+                                     rf"{protocol} \(torch.save\(..., pickle_protocol="
+                                     rf"{protocol}\)\), which torch's safe reader"):
+                read_checkpoint(path)
