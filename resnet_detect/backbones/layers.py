@@ -164,13 +164,14 @@ class ConvNorm(nn.Sequential):
 
 
 def build_norm(norm: str, channels: int) -> nn.Module:
-    """Build a normalization layer by name: bn, frozen_bn, gn (32 groups) or syncbn."""
+    """Build a normalization layer by name: bn, frozen_bn, gn (32 groups; where 32 does not
+    divide the channels, as DeepLabV3+'s 48, the most groups below that do) or syncbn."""
     if norm == "bn":
         return nn.BatchNorm2d(channels)
     if norm == "frozen_bn":
         return FrozenBatchNorm2d(channels)
     if norm == "gn":
-        return nn.GroupNorm(min(32, channels), channels)
+        return nn.GroupNorm(max(g for g in range(1, 33) if channels % g == 0), channels)
     if norm == "syncbn":
         return nn.SyncBatchNorm(channels)
     raise ArgumentError(f"norm {norm!r} is not valid; valid: {', '.join(NORMS)}")

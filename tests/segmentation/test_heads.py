@@ -202,3 +202,19 @@ def test_image_pooling_trains_on_a_batch_of_one():
     assert pooling.conv.weight.grad is not None and pooling.norm.weight.grad is not None
     pooling.train()(torch.randn(2, 8, 5, 6))
     assert not torch.equal(pooling.norm.running_mean, before)
+
+
+def test_group_norm_fits_any_channel_count(small_config):
+    """DeepLabV3+'s 48-channel projection with model.head.norm=gn was torch's "num_channels
+    (48) must be divisible by num_groups (32)" traceback: it takes the most groups up to 32
+    that divide the channels (24 of 2), as 32 of each multiple of 32 and one per channel
+    below 32."""
+    from resnet_detect.backbones.layers import build_norm
+    assert [build_norm("gn", c).num_groups for c in (48, 256, 16, 7, 96, 33)] == \
+        [24, 32, 16, 7, 32, 11]
+    cfg = small_config("deeplabv3plus")
+    cfg["model"]["head"].update(norm="gn", channels=64, low_level_channels=48)
+    model = build_model(cfg).eval()
+    assert model.head.low_level_project.norm.num_groups == 24
+    with torch.no_grad():
+        assert model([torch.zeros(3, 64, 64)])[0]["sem_seg"].shape[-2:] == (64, 64)
