@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from resnet_detect import backbones  # noqa: E402
@@ -89,8 +90,9 @@ def config_info(args: argparse.Namespace) -> None:
         said = " (the data's at training: --num-classes K for yours)"
     cfg.model.weights = None  # shapes are all that is counted: no file is read
     if task == "classification":
-        model = backbones.build_classifier(cfg.model.name, num_classes,
-                                           **OmegaConf.to_container(cfg.model.options))
+        with torch.device("meta"):  # shapes only: no weights allocated
+            model = backbones.build_classifier(cfg.model.name, num_classes,
+                                               **OmegaConf.to_container(cfg.model.options))
         size = tuple(args.size or default_size(task, cfg))
         rows = classifier_rows(model, size)
         batch = size
@@ -104,7 +106,8 @@ def config_info(args: argparse.Namespace) -> None:
             from resnet_detect.segmentation.build import build_model
             from resnet_detect.segmentation.complexity import count_segmenter as count
         size = tuple(args.size or default_size(task, cfg))
-        model = build_model(cfg)
+        with torch.device("meta"):
+            model = build_model(cfg)
         rows = count(model, size)
         batch = padded(size, model.size_divisibility)
     print(f"{args.name}: {task}, {num_classes} classes{said}, input {size[0]}x{size[1]}"
