@@ -66,8 +66,9 @@ def font_for(text: str) -> str | None:
     for path in [bundled, *sorted(font_manager.findSystemFonts())]:
         try:
             if needed <= FT2Font(path).get_charmap().keys():
+                _truetype(path)  # (a Pillow built without FreeType cannot draw it)
                 return path
-        except (OSError, RuntimeError):  # a font FreeType cannot open
+        except (OSError, RuntimeError, ImportError):  # a font FreeType cannot open
             continue
     return None
 
