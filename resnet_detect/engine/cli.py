@@ -100,8 +100,20 @@ class ToolArgumentParser(argparse.ArgumentParser):
     --cfg-options, --work-dir...)."""
 
     def __init__(self, *args: Any, training: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        # no abbreviations: mmdetection's --out (a results file) was taken as --output
+        super().__init__(*args, allow_abbrev=False, **kwargs)
         self.training = training
+
+    def parse_intermixed_args(self, args: Sequence[str] | None = None,
+                              namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        """As argparse's, naming other projects' flags first (a missing --output was said
+        before the --out that meant it)."""
+        words = list(sys.argv[1:] if args is None else args)
+        foreign = [w for w in words if w.startswith("--") and flag_hints([w], self.training)
+                   and w.split("=", 1)[0] not in self._option_string_actions]
+        if foreign:
+            self.error(f"unrecognized arguments: {' '.join(foreign)}")
+        return super().parse_intermixed_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         prefix = "unrecognized arguments: "

@@ -52,6 +52,18 @@ def _flag_advice(training: bool) -> dict[str, str]:
         "--batch-size": "train.batch_size=N (images per step over all processes)",
         "--epochs": "train.epochs=N", "--lr": "train.base_lr=X", "--seed": "train.seed=N",
         "--device": "train.device=cpu or cuda", "--workers": "data.num_workers=N",
+        "--auto-scale-lr": "train.base_lr=X for your train.batch_size (the linear rule: "
+                           "twice the batch, twice the rate)",
+        # mmdetection's test.py
+        "--checkpoint": "--weights CKPT",
+        "--out": "tools/eval.py writes the detections to --output DIR "
+                 "(coco_instances_results.json) with metrics.json",
+        "--show-dir": "pictures of the predictions: tools/demo.py CONFIG --weights CKPT "
+                      "--input IMAGES --output DIR; of the annotations: tools/browse_dataset.py",
+        "--show": "pictures of the predictions: tools/demo.py CONFIG --weights CKPT --input "
+                  "IMAGES --output DIR",
+        "--eval": "tools/eval.py scores COCO's box (and mask) AP; VOC's AP too with "
+                  "data.val.voc_metric=area or 11point",
     }
 
 

@@ -451,6 +451,17 @@ def test_export_option_mistakes_are_one_line_and_exit_code_2(
       "  --opts: overrides are key=value words after the config, e.g. train.max_iter=100"]),
     ("eval", [str(CONFIG), "--weights", "w.pth", "--output", "o", "--output-dir", "o"],
      ["  --output-dir: --output DIR"]),
+    # mmdetection's test.py: --out was taken for --output (an abbreviation) and wrote the
+    # results into a folder named results.pkl; --show-dir came after "--output is required"
+    ("eval", [str(CONFIG), "--checkpoint", "w.pth", "--out", "results.pkl", "--show-dir", "s",
+              "--eval", "bbox"],
+     ["unrecognized arguments: --checkpoint --out --show-dir --eval",
+      "  --checkpoint: --weights CKPT",
+      "  --out: tools/eval.py writes the detections to --output DIR",
+      "  --show-dir: pictures of the predictions: tools/demo.py CONFIG --weights CKPT",
+      "  --eval: tools/eval.py scores COCO's box (and mask) AP"]),
+    ("eval", [str(CONFIG), "--weights", "w.pth", "--out", "results.pkl"],
+     ["  --out: tools/eval.py writes the detections to --output DIR"]),
     ("train", [str(CONFIG), "MODEL.WEIGHTS", "w.pth"],
      ["error: override 'MODEL.WEIGHTS' must look like key=value; detectron2's MODEL.WEIGHTS is "
       "model.weights=VALUE here, one word key=value (README, 'Coming from detectron2 or "
