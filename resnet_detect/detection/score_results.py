@@ -17,6 +17,7 @@ from resnet_detect.engine.files import missing_path, nan_to_none
 from .config import load_config
 from .evaluation import coco_backend, evaluate_coco
 from .training import scored_detections
+from .voc_eval import check_voc_metric, evaluate_voc
 
 logger = logging.getLogger(__name__)
 REQUIRED = ("image_id", "category_id", "score")
@@ -120,6 +121,8 @@ def score_results_file(config: str, results_file: str, output: Path,
     """
     cfg = load_config(config, overrides)
     backend = backend or coco_backend(cfg)
+    voc_metric = cfg.data.val.get("voc_metric")
+    check_voc_metric(voc_metric)
     ann_file = cfg.data.val.ann_file
     if not ann_file:
         raise DatasetError("data.val.ann_file must be set to score results against it")
@@ -148,9 +151,13 @@ def score_results_file(config: str, results_file: str, output: Path,
         except ValueError as err:  # results of images the file lacks
             raise DatasetError(f"{path}: {err}") from None
         metrics[iou_type] = nan_to_none(scored)
+    if voc_metric is not None and "bbox" in types:
+        metrics["voc"] = nan_to_none(evaluate_voc(ann_file, results, mode=voc_metric))
     metrics["results"] = str(results_file)
     atomic_write_json(metrics, output / "metrics.json")
     mask = f"  mask AP = {metrics['segm']['AP']:.1f}" if "segm" in metrics else ""
     box = f"box AP = {metrics['bbox']['AP']:.1f}" if "bbox" in metrics else ""
-    print(f"{box}{mask}".strip() + f"  (metrics: {output / 'metrics.json'})", flush=True)
+    voc = (f"  VOC mAP = {metrics['voc']['mAP']:.1f} ({voc_metric})" if "voc" in metrics
+           else "")
+    print(f"{box}{mask}{voc}".strip() + f"  (metrics: {output / 'metrics.json'})", flush=True)
     return metrics

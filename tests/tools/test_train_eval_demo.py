@@ -187,16 +187,19 @@ def test_eval_keeps_out_of_another_evaluations_folder(trained: Path, data: Path,
 def test_eval_scores_a_results_file_as_it_scored_the_weights(trained: Path, data: Path,
                                                              tmp_path: Path) -> None:
     """--results scores a written results file without a model: the evaluation's own file
-    gives its numbers; into a folder of another evaluation it is refused."""
-    run = [str(CONFIG), *data_overrides(data), "model.roi_heads.score_thresh=0.0"]
+    gives its numbers, VOC's AP too where data.val.voc_metric asks (it was left out without a
+    word); into a folder of another evaluation it is refused."""
+    run = [str(CONFIG), *data_overrides(data), "model.roi_heads.score_thresh=0.0",
+           "data.val.voc_metric=area"]
     by_weights = load_tool("eval").main([*run, "--weights", str(trained / "model_final.pth"),
                                          "--output", str(tmp_path / "weights")])
     results = tmp_path / "weights" / "coco_instances_results.json"
     scored = load_tool("eval").main([*run, "--results", str(results),
                                      "--output", str(tmp_path / "results")])
     assert scored["bbox"] == by_weights["bbox"] and by_weights["bbox"]["AP50"] is not None
+    assert scored["voc"] == by_weights["voc"] and by_weights["voc"]["mode"] == "area"
     assert json.loads((tmp_path / "results/metrics.json").read_text()) == {
-        "bbox": by_weights["bbox"], "results": str(results)}
+        "bbox": by_weights["bbox"], "voc": by_weights["voc"], "results": str(results)}
     with pytest.raises(ConfigError, match="holds the evaluation of other results"):
         load_tool("eval").main([*run, "--results", str(results),
                                 "--output", str(tmp_path / "weights")])
