@@ -26,7 +26,7 @@ from .host_memory import cache_host_memory
 from .logging import escape_what_the_console_lacks, log_warning, print_and_log
 from .preemption import CATCHING, TrainingInterrupted
 from .run_lock import FolderInUseError
-from .runner import UnreadableDataError, run_training
+from .runner import UnreadableDataError, check_training_config, run_training
 from .same_everywhere import OtherProcessFailed, done_everywhere
 from .trainer import NonFiniteLossError
 from .tasks import load_task_config, task_module
@@ -204,6 +204,7 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
         _stop_the_others(e, args.overrides)
         raise
     if args.print_config:
+        check_training_config(runner_task, cfg)  # as the run would refuse it
         if os.environ.get("RANK", "0") == "0":  # (under torchrun: once)
             print(OmegaConf.to_yaml(cfg, resolve=True), end="", flush=True)
         return {"task": name, "config": cfg}

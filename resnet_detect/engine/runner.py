@@ -662,24 +662,9 @@ def _log_metrics(logger: logging.Logger, writer: ScalarWriter, metrics: Metrics,
         writer.add_scalars({f"{group}/{k}": v for k, v in scalars.items()}, iteration)
 
 
-def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
-                 resume: bool | str | os.PathLike = False) -> dict[str, Any]:
-    """Build everything from `cfg`, train (resuming if asked), evaluate, save model_final.pth.
-
-    Args:
-        task: what is trained (its data, model, losses, metrics and final files).
-        cfg: the task's config (the shared `train` section included).
-        device: this process's device (from `engine.init_distributed`).
-        resume: continue from OUTPUT_DIR/last_checkpoint when there is one (True), or from
-            the checkpoint at this path (`Checkpointer.resume_from`).
-
-    Returns:
-        {"model": the trained model (unwrapped), "metrics": the task's primary metric group
-        of the last evaluation ({} without a val split), "all_metrics": every group,
-        "iteration": steps done, "skipped": unreadable images skipped in training}.
-    """
-    logger = logging.getLogger(f"{__name__}.{task.name}")
-    check_same_config_everywhere(cfg, resume)
+def check_training_config(task: Task, cfg: DictConfig) -> tuple[str | None, str | None]:
+    """The train settings' checks that need no data, model or folder (run_training's first,
+    and tools/train.py --print-config's); returns (compile backend, amp)."""
     t = cfg.train
     if not t.base_lr > 0:
         raise ConfigError(f"train.base_lr is {t.base_lr}: the weights would never change; set a "
@@ -698,15 +683,38 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
                           f"evaluations{voc}; valid: {', '.join(names)}{lvis}")
     check_schedule(cfg)
     drawn_batch_size(t)  # before the folder's log files
+    check_num_workers(cfg)
+    if not isinstance(t.output_dir, str) or not t.output_dir.strip():
+        # (Path("") is the current folder: the run's files were written among its files)
+        raise ConfigError(f"train.output_dir must name a folder, got {t.output_dir!r}")
+    return compile_backend, amp
+
+
+def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
+                 resume: bool | str | os.PathLike = False) -> dict[str, Any]:
+    """Build everything from `cfg`, train (resuming if asked), evaluate, save model_final.pth.
+
+    Args:
+        task: what is trained (its data, model, losses, metrics and final files).
+        cfg: the task's config (the shared `train` section included).
+        device: this process's device (from `engine.init_distributed`).
+        resume: continue from OUTPUT_DIR/last_checkpoint when there is one (True), or from
+            the checkpoint at this path (`Checkpointer.resume_from`).
+
+    Returns:
+        {"model": the trained model (unwrapped), "metrics": the task's primary metric group
+        of the last evaluation ({} without a val split), "all_metrics": every group,
+        "iteration": steps done, "skipped": unreadable images skipped in training}.
+    """
+    logger = logging.getLogger(f"{__name__}.{task.name}")
+    check_same_config_everywhere(cfg, resume)
+    compile_backend, amp = check_training_config(task, cfg)
+    t = cfg.train
     if get_world_size() > 1 and device.type != "cuda":
         synced = [k for k, v in flat_keys(to_plain(cfg.get("model") or {}), "model.").items()
                   if k.endswith("norm") and v == "syncbn"]
         if synced:  # before the data is read and the model built
             refuse_syncbn_on_cpus(", ".join(f"{k}=syncbn" for k in synced))
-    check_num_workers(cfg)
-    if not isinstance(t.output_dir, str) or not t.output_dir.strip():
-        # (Path("") is the current folder: the run's files were written among its files)
-        raise ConfigError(f"train.output_dir must name a folder, got {t.output_dir!r}")
     output_dir = Path(t.output_dir)
     check_output_dir = getattr(task, "check_output_dir", None)  # (classification's)
 

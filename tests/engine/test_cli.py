@@ -378,6 +378,7 @@ def test_print_config_shows_the_merged_config_and_trains_nothing(
     reads them; no output folder made, no data read (none is there)."""
     from omegaconf import OmegaConf
 
+    from resnet_detect.engine.config import ConfigError
     from resnet_detect.engine.tasks import load_task_config
     config = CONFIG if tool == "train" else ROOT / "configs/pretrain/synthetic_resnet18.yaml"
     out = tmp_path / "run"
@@ -388,6 +389,10 @@ def test_print_config_shows_the_merged_config_and_trains_nothing(
     assert printed == load_task_config(config, overrides)[1]
     assert printed.train.base_lr == 0.123 and printed.train.lr_multipliers == {"fc": 10}
     assert not out.exists()
+    # a value the run refuses is refused here too (it was printed, exit 0)
+    with pytest.raises(ConfigError, match="unknown train.lr_decay 'multistep'; valid: cosine"):
+        tool_main(tool)([str(config), "--print-config", *overrides, "train.lr_decay=multistep"])
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize("tool", ["eval", "demo"])
