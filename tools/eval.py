@@ -6,6 +6,8 @@ Usage:
   python tools/eval.py CONFIG --results RESULTS.json --output DIR   (detection: scores a
       results file already written, this project's, detectron2's or mmdetection's, without
       a model; DIR/metrics.json has "results" in place of "weights")
+  ... --confusion-matrix [--score-thr 0.3]   (detection: also DIR/confusion_matrix.csv and
+      .png, mmdetection's confusion_matrix.py; resnet_detect/detection/confusion.py)
   torchrun --nproc_per_node=N tools/eval.py ...   (each process scores its share)
 
 Detection (COCO box AP on data.val.ann_file / data.val.img_dir): prints the 12 standard
@@ -66,6 +68,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="COCO evaluator (default: the config's data.val.coco_backend)")
     parser.add_argument("--save-predictions", action="store_true",
                         help="sem_seg: write each image's class map to DIR/predictions/")
+    parser.add_argument("--confusion-matrix", action="store_true",
+                        help="detection: also DIR/confusion_matrix.csv and .png (mmdetection's "
+                             "confusion_matrix.py: detections scoring --score-thr or more, "
+                             "matched at IoU 0.5)")
+    parser.add_argument("--score-thr", type=float, default=0.3,
+                        help="--confusion-matrix: the detections counted (default 0.3)")
     return parser.parse_intermixed_args(argv)
 
 
@@ -110,8 +118,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     key = "results" if args.results else "weights"
     refuse_another_evaluations_folder(Path(args.output), getattr(args, key), key)
     task = config_task(args.config, args.overrides)
+    if args.confusion_matrix and task != "detection":
+        raise ConfigError(f"--confusion-matrix is for detection; {args.config} is a {task!r} "
+                          f"config" + (" (its per-class IoU is in metrics.json)"
+                                       if task == "sem_seg" else ""))
+    if not 0 <= args.score_thr <= 1:
+        raise ConfigError(f"--score-thr is a score, 0..1, got {args.score_thr}")
     if args.results:
-        return score_results(args, task)
+        metrics = score_results(args, task)
+        if args.confusion_matrix:
+            write_confusion(args, Path(args.results))
+        return metrics
     evaluate_checkpoint = getattr(task_module(task), "evaluate_checkpoint", None)
     if evaluate_checkpoint is None:
         raise ConfigError(f"tools/eval.py has no evaluation of {task!r} models ({args.config})")
@@ -131,8 +148,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # the main process writes the results: checked before the inference, on every process
         done_everywhere(lambda: writable_folder(args.output, "--output")
                         if is_main_process() else None, "write to --output")
-        return evaluate_checkpoint(args.config, args.weights, Path(args.output), args.overrides,
-                                   device, **options)
+        metrics = evaluate_checkpoint(args.config, args.weights, Path(args.output),
+                                      args.overrides, device, **options)
+        if args.confusion_matrix and is_main_process():
+            from resnet_detect.detection.evaluation import RESULTS_FILE
+            write_confusion(args, Path(args.output) / RESULTS_FILE)
+        return metrics
     finally:
         cleanup()
 
@@ -149,6 +170,25 @@ def score_results(args: argparse.Namespace, task: str) -> dict[str, Any]:
     writable_folder(args.output, "--output")
     return score_results_file(args.config, args.results, Path(args.output), args.overrides,
                               backend=args.backend)
+
+
+def write_confusion(args: argparse.Namespace, results_file: Path) -> None:
+    """--confusion-matrix: the matrix of `results_file` against the config's val file."""
+    from resnet_detect.detection.config import load_config
+    from resnet_detect.detection.confusion import (confusion_matrix, most_confused,
+                                                   write_confusion_matrix)
+    from resnet_detect.engine.data import read_coco_json
+    ann_file = load_config(args.config, args.overrides).data.val.ann_file
+    gt = read_coco_json(ann_file, annotations_optional=True)
+    if not gt["annotations"]:
+        print(f"--confusion-matrix: {ann_file} has no annotations: no matrix", flush=True)
+        return
+    results = json.loads(results_file.read_text(encoding="utf-8"))
+    matrix, names = confusion_matrix(gt, results, score_thr=args.score_thr)
+    written = write_confusion_matrix(matrix, names, Path(args.output))
+    print(f"confusion matrix (detections scoring {args.score_thr} or more, IoU 0.5): "
+          f"{', '.join(map(str, written))}" + "".join(f"\n  {line}" for line in
+                                                    most_confused(matrix, names)), flush=True)
 
 
 if __name__ == "__main__":

@@ -277,6 +277,46 @@ def test_eval_scores_perfect_results_100_and_names_bad_results_files(
                                 str(path)])
 
 
+def test_eval_writes_a_confusion_matrix_of_results_or_weights(
+        trained: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--confusion-matrix (mmdetection's confusion_matrix.py): the val file's own objects as
+    results leave nothing missed and nothing in the background, every object in its own
+    class's column; an evaluation of weights writes the matrix of its results file."""
+    import csv
+
+    from resnet_detect.engine.data import read_coco_json
+    gt = read_coco_json(data / "coco/val.json")
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                "score": 0.9} for a in gt["annotations"] if not a.get("iscrowd", 0)]
+    path = tmp_path / "perfect.json"
+    path.write_text(json.dumps(perfect))
+    run = [str(CONFIG), *data_overrides(data)]
+    load_tool("eval").main([*run, "--output", str(tmp_path / "out"), "--results", str(path),
+                            "--confusion-matrix"])
+    rows = list(csv.reader((tmp_path / "out/confusion_matrix.csv").open()))
+    names = [c["name"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
+    assert rows[0][1:] == [*names, "background"] and rows[-1][0] == "background"
+    counts = np.array([[int(v) for v in r[1:]] for r in rows[1:]])
+    per_class = [sum(a["category_id"] == c["id"] and not a.get("iscrowd", 0)
+                     for a in gt["annotations"])
+                 for c in sorted(gt["categories"], key=lambda c: c["id"])]
+    assert counts[-1].sum() == 0 and counts[:, -1].sum() == 0  # nothing missed nor extra
+    assert (np.diag(counts)[:-1] >= per_class).all()  # (touching objects add to a cell)
+    assert "confusion matrix (detections scoring 0.3 or more, IoU 0.5)" in capsys.readouterr().out
+    load_tool("eval").main([*run, "--output", str(tmp_path / "w"), "--weights",
+                            str(trained / "model_final.pth"), "--confusion-matrix",
+                            "--score-thr", "0.5"])
+    assert (tmp_path / "w/confusion_matrix.png").is_file()
+    seg = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
+    with pytest.raises(ConfigError, match="--confusion-matrix is for detection; .* is a "
+                                          "'sem_seg' config .its per-class IoU"):
+        load_tool("eval").main([str(seg), "--output", str(tmp_path / "s"), "--weights", "w.pth",
+                                "--confusion-matrix"])
+    with pytest.raises(ConfigError, match="--score-thr is a score, 0..1, got 30"):
+        load_tool("eval").main([*run, "--output", str(tmp_path / "s"), "--results", str(path),
+                                "--confusion-matrix", "--score-thr", "30"])
+
+
 def test_eval_with_test_time_augmentation_scores_what_the_predictor_gives(
         trained: Path, data: Path, tmp_path: Path) -> None:
     """The views are made from each image at its own size, not from the test-size image."""

@@ -1,0 +1,137 @@
+"""A detection confusion matrix (mmdetection's analysis_tools/confusion_matrix.py): which
+classes the detector takes for which, what it misses and what it finds in the background.
+
+Rows are the objects' classes then "background", columns the detected classes then
+"background". In each image, every detection scoring at least `score_thr` is set against
+every object it overlaps by an IoU of at least `iou_thr`: one count in (object's class,
+detection's class) per such pair, the diagonal being right; a detection overlapping no object
+counts in (background, its class), unless it lies on a crowd region (by intersection over its
+own area, as COCOeval ignores it there); an object that no detection of its class overlaps
+counts in (its class, background).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet_detect.engine.files import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+BACKGROUND = "background"
+CSV_FILE, PNG_FILE = "confusion_matrix.csv", "confusion_matrix.png"
+
+
+def _xyxy(boxes: Sequence[Sequence[float]]) -> np.ndarray:
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+
+
+def _overlaps(a: np.ndarray, b: np.ndarray, *, over_a: bool = False) -> np.ndarray:
+    """(len(a), len(b)) IoU of xyxy boxes, or intersection over a's area."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)[:, None]
+    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)[None, :]
+    union = area_a if over_a else area_a + area_b - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def confusion_matrix(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], *,
+                     score_thr: float = 0.3, iou_thr: float = 0.5
+                     ) -> tuple[np.ndarray, list[str]]:
+    """(K+1, K+1) int64 counts and the K class names then "background", the classes in
+    the order of their category ids.
+
+    Args:
+        gt: a COCO dataset dict (images, annotations, categories).
+        results: COCO results ({"image_id", "category_id", "bbox" xywh, "score"}).
+    """
+    categories = sorted(gt["categories"], key=lambda c: c["id"])
+    index = {c["id"]: i for i, c in enumerate(categories)}
+    k = len(categories)
+    matrix = np.zeros((k + 1, k + 1), dtype=np.int64)
+    objects: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
+    for ann in gt["annotations"]:
+        objects[ann["image_id"]].append(ann)
+    found: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in results:
+        if r["score"] >= score_thr and r["category_id"] in index:
+            found[r["image_id"]].append(r)
+    for image in gt["images"]:
+        anns = objects.get(image["id"], [])
+        dets = found.get(image["id"], [])
+        regular = [a for a in anns if not a.get("iscrowd", 0)]
+        crowd = [a for a in anns if a.get("iscrowd", 0)]
+        gt_classes = np.asarray([index[a["category_id"]] for a in regular], dtype=np.int64)
+        det_classes = np.asarray([index[d["category_id"]] for d in dets], dtype=np.int64)
+        det_boxes = _xyxy([d["bbox"] for d in dets])
+        hits = _overlaps(det_boxes, _xyxy([a["bbox"] for a in regular])) >= iou_thr
+        on_crowd = (_overlaps(det_boxes, _xyxy([a["bbox"] for a in crowd]), over_a=True)
+                    >= iou_thr).any(axis=1)
+        for d, j in zip(*np.nonzero(hits)):
+            matrix[gt_classes[j], det_classes[d]] += 1
+        background = ~hits.any(axis=1) & ~on_crowd
+        np.add.at(matrix[k], det_classes[background], 1)
+        found_right = (hits & (det_classes[:, None] == gt_classes[None, :])).any(axis=0)
+        np.add.at(matrix[:, k], gt_classes[~found_right], 1)
+    return matrix, [c["name"] for c in categories] + [BACKGROUND]
+
+
+def write_confusion_matrix(matrix: np.ndarray, names: Sequence[str], folder: Path) -> list[Path]:
+    """FOLDER/confusion_matrix.csv (counts, a header row of the detected classes) and
+    FOLDER/confusion_matrix.png (each row in percent of its objects)."""
+    import io
+
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["ground truth \\ detected", *names])
+    for name, row in zip(names, matrix):
+        writer.writerow([name, *row.tolist()])
+    atomic_write_text(rows.getvalue(), folder / CSV_FILE)
+    _plot(matrix, names, folder / PNG_FILE)
+    return [folder / CSV_FILE, folder / PNG_FILE]
+
+
+def _plot(matrix: np.ndarray, names: Sequence[str], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    totals = matrix.sum(axis=1, keepdims=True)
+    percent = np.divide(100.0 * matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+    side = max(5.0, 0.35 * len(names) + 2)
+    figure, axes = plt.subplots(figsize=(side, side))
+    axes.imshow(percent, cmap="Blues", vmin=0, vmax=100)
+    axes.set_xticks(range(len(names)), names, rotation=90)
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel("detected")
+    axes.set_ylabel("ground truth")
+    if len(names) <= 30:  # the numbers, where they fit
+        for (i, j), value in np.ndenumerate(percent):
+            if matrix[i, j]:
+                axes.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7,
+                          color="white" if value > 50 else "black")
+    axes.set_title("detections per object class (% of the row)")
+    figure.tight_layout()
+    partial = path.with_name(path.name + ".partial.png")
+    figure.savefig(partial, dpi=100)
+    plt.close(figure)
+    partial.replace(path)
+
+
+def most_confused(matrix: np.ndarray, names: Sequence[str], count: int = 5) -> list[str]:
+    """The `count` largest counts off the diagonal: "dog detected as cat: 12", "dog missed:
+    7", "background detected as cat: 5"."""
+    k = len(names) - 1
+    cells = [(int(matrix[i, j]), i, j) for i in range(k + 1) for j in range(k + 1)
+             if i != j and matrix[i, j]]
+    return [f"{names[i]} {'missed' if j == k else f'detected as {names[j]}'}: {value}"
+            for value, i, j in sorted(cells, key=lambda c: -c[0])[:count]]

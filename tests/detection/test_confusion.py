@@ -1,0 +1,65 @@
+"""The detection confusion matrix (mmdetection's confusion_matrix.py), on hand-made cases."""
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from resnet_detect.detection.confusion import (confusion_matrix, most_confused,
+                                               write_confusion_matrix)
+
+
+def _ann(image: int, category: int, box: list[float], crowd: int = 0) -> dict:
+    return {"image_id": image, "category_id": category, "bbox": box, "iscrowd": crowd}
+
+
+def _det(image: int, category: int, box: list[float], score: float) -> dict:
+    return {"image_id": image, "category_id": category, "bbox": box, "score": score}
+
+
+GT = {
+    "images": [{"id": i} for i in (1, 2, 3, 4)],
+    # ids not in order, nor contiguous: the classes go by id (cat 3, dog 7)
+    "categories": [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}],
+    "annotations": [
+        _ann(1, 3, [0, 0, 10, 10]), _ann(1, 7, [20, 20, 10, 10]),
+        _ann(1, 7, [50, 50, 40, 40], crowd=1),
+        _ann(3, 7, [0, 0, 10, 10]),
+        _ann(4, 3, [0, 0, 10, 10]), _ann(4, 3, [0, 1, 10, 10]),  # IoU 90 / 110
+    ],
+}
+RESULTS = [
+    _det(1, 3, [0, 0, 10, 10], 0.9),    # right
+    _det(1, 7, [1, 0, 10, 10], 0.8),    # the cat taken for a dog too (IoU 90 / 110)
+    _det(1, 3, [100, 100, 5, 5], 0.7),  # nothing there: background
+    _det(1, 7, [20, 20, 10, 10], 0.2),  # below the score: the dog is missed
+    _det(1, 3, [60, 60, 10, 10], 0.9),  # on the crowd region: neither right nor wrong
+    _det(1, 99, [0, 0, 10, 10], 0.9),   # a category the file lacks: left out
+    _det(2, 7, [0, 0, 10, 10], 0.5),    # an image without objects: background
+    _det(4, 3, [0, 0, 10, 10], 0.95),   # overlaps both cats: one count for each
+]
+
+
+def test_every_cell_counts_as_mmdetection_counts() -> None:
+    matrix, names = confusion_matrix(GT, RESULTS, score_thr=0.3, iou_thr=0.5)
+    assert names == ["cat", "dog", "background"]
+    assert matrix.tolist() == [[3, 1, 0],   # cat: 3 right (one detection, two cats in
+                               [0, 0, 2],   # image 4), 1 as dog; dog: both missed
+                               [1, 1, 0]]   # background: a cat and a dog detected
+    # a lower score threshold lets image 1's dog be found
+    low, _ = confusion_matrix(GT, RESULTS, score_thr=0.1)
+    assert low[1].tolist() == [0, 1, 1]
+    assert most_confused(matrix, names, 3) == ["dog missed: 2", "cat detected as dog: 1",
+                                               "background detected as cat: 1"]
+
+
+def test_the_files_hold_the_counts(tmp_path: Path) -> None:
+    matrix, names = confusion_matrix(GT, RESULTS)
+    written = write_confusion_matrix(matrix, names, tmp_path)
+    assert [p.name for p in written] == ["confusion_matrix.csv", "confusion_matrix.png"]
+    rows = list(csv.reader((tmp_path / "confusion_matrix.csv").open()))
+    assert rows[0] == ["ground truth \\ detected", "cat", "dog", "background"]
+    assert [r[0] for r in rows[1:]] == names
+    assert np.array([[int(v) for v in r[1:]] for r in rows[1:]]).tolist() == matrix.tolist()
+    assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion_matrix.csv",
+                                                          "confusion_matrix.png"]
