@@ -6,6 +6,7 @@ import itertools
 import json
 import random
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -990,3 +991,27 @@ def test_category_differences_are_told_by_name_and_id() -> None:
     assert category_differences(CategoryMapping((1, 2, 3), ("a", "a", "b")),
                                 CategoryMapping((1, 3), ("a", "b"))) == (
         "the val file lacks ['a (id 2)']")
+
+
+def test_the_training_file_s_objects_per_category_are_logged(
+        small: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """detectron2's "distribution of instances among all categories": the log gave the total
+    of boxes alone; beyond 90 categories (LVIS) the most and the fewest."""
+    from resnet_detect.engine.data.coco import category_table
+    with caplog.at_level(logging.INFO):
+        records, mapping, _ = load_coco_json(small[0], small[1], training=True)
+    table = caplog.text.split("objects per category (the boxes trained on):\n")[1]
+    trained = np.concatenate([r["classes"] for r in records])
+    for k, name in enumerate(mapping.names):  # (the file's degenerate boxes left out)
+        assert re.search(rf"\b{re.escape(name)} +{int((trained == k).sum())}\b", table), name
+    assert f"total: {len(trained)} objects" in table
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        load_coco_json(small[0], small[1])  # a val file: no table
+    assert "objects per category" not in caplog.text
+    many = category_table([f"c{i}" for i in range(100)], range(100)).splitlines()
+    assert many[0] == ("  100 categories; the 45 with the most objects, then the 45 with the "
+                       "fewest (1 with none):")
+    assert many[1].split() == ["c99", "99", "c98", "98", "c97", "97"]
+    assert many[-2].split() == ["c2", "2", "c1", "1", "c0", "0"]
+    assert many[-1] == "  total: 4,950 objects"

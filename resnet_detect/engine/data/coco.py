@@ -428,7 +428,36 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
                        ann_file, ", ".join(unused))
     if training:
         _warn_of_twin_names(mapping, ann_file)
+        counts = np.bincount(np.concatenate([r["classes"] for r in records]
+                                            or [np.zeros(0, np.int64)]),
+                             minlength=len(mapping.names))
+        logger.info("%s: objects per category (the boxes trained on):\n%s", ann_file,
+                    category_table(mapping.names, counts))
     return records, mapping, stats
+
+
+TABLE_ROWS = 30  # more categories (LVIS's 1203): the most and the fewest only
+
+
+def category_table(names: Sequence[str], counts: Sequence[int], columns: int = 3) -> str:
+    """detectron2's "distribution of instances among all categories": "name  count" cells,
+    `columns` to a line, in the categories' order; beyond TABLE_ROWS lines, the categories
+    with the most and the fewest objects."""
+    cells = list(zip(names, (int(c) for c in counts)))
+    lines = []
+    if len(cells) > TABLE_ROWS * columns:
+        ranked = sorted(cells, key=lambda c: -c[1])
+        half = TABLE_ROWS * columns // 2
+        lines.append(f"{len(cells)} categories; the {half} with the most objects, then the "
+                     f"{half} with the fewest ({sum(c == 0 for _, c in cells)} with none):")
+        cells = ranked[:half] + ranked[-half:]
+    width = max(len(name) for name, _ in cells) if cells else 0
+    digits = max(len(f"{count:,}") for _, count in cells) if cells else 0
+    for start in range(0, len(cells), columns):
+        lines.append("   ".join(f"{name:<{width}} {count:>{digits},}"
+                                for name, count in cells[start:start + columns]).rstrip())
+    lines.append(f"total: {sum(int(c) for c in counts):,} objects")
+    return "\n".join("  " + line for line in lines)
 
 
 def _warn_of_twin_names(mapping: CategoryMapping, ann_file: Path) -> None:
