@@ -1,0 +1,48 @@
+"""A run's logged scalars as curves (tools/plot_curves.py; mmdetection's analyze_logs.py
+plot_curve): OUTPUT_DIR/scalars.jsonl, one JSON object per progress line or evaluation."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+SCALARS_FILE = "scalars.jsonl"
+# what a run's evaluations log first, by task: the default curve beside the loss
+METRICS = ("bbox/AP", "segm/AP", "sem_seg/mIoU", "classification/top1")
+LOSS = "train/total_loss"
+
+
+def read_curves(run: str | Path) -> dict[str, tuple[list[int], list[float]]]:
+    """{key: (iterations, values)} of a run folder's scalars.jsonl (or that file); a line cut
+    short (a killed run) is skipped with a warning."""
+    path = Path(run)
+    path = path / SCALARS_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: a run folder of tools/train.py or "
+                          f"tools/pretrain.py holds its {SCALARS_FILE}")
+    curves: dict[str, tuple[list[int], list[float]]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            iteration = int(entry.pop("iteration"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            logger.warning("%s line %d is not a logged step: skipped", path, number)
+            continue
+        for key, value in entry.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                iterations, values = curves.setdefault(key, ([], []))
+                iterations.append(iteration)
+                values.append(float(value))
+    return curves
+
+
+def default_keys(curves: dict[str, tuple[list[int], list[float]]]) -> list[str]:
+    """The loss, and the first metric of METRICS the run logged."""
+    return [key for key in (LOSS, next((m for m in METRICS if m in curves), None))
+            if key in curves]

@@ -1,0 +1,58 @@
+"""tools/plot_curves.py: a run's scalars.jsonl as curves (mmdetection's plot_curve)."""
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.curves import default_keys, read_curves
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("plot_curves_tool", ROOT / "tools/plot_curves.py")
+plot_curves = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(plot_curves)
+
+
+def _run(folder: Path, lines: list[dict], tail: str = "") -> Path:
+    folder.mkdir()
+    (folder / "scalars.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + tail)
+    return folder
+
+
+def test_curves_are_read_as_logged_and_a_cut_line_is_skipped(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run = _run(tmp_path / "a", [
+        {"iteration": 20, "train/total_loss": 2.5, "train/lr": 0.01},
+        {"iteration": 40, "train/total_loss": 1.5, "train/lr": 0.02},
+        {"iteration": 40, "segm/AP": 0.1, "bbox/AP": 0.2},
+        {"iteration": 60, "train/total_loss": 1.0, "train/lr": 0.02}],
+        tail='{"iteration": 80, "train/total_lo')  # killed while writing
+    with caplog.at_level(logging.WARNING):
+        curves = read_curves(run)
+    assert curves["train/total_loss"] == ([20, 40, 60], [2.5, 1.5, 1.0])
+    assert curves["bbox/AP"] == ([40], [0.2]) and set(curves) == {
+        "train/total_loss", "train/lr", "segm/AP", "bbox/AP"}
+    assert "scalars.jsonl line 5 is not a logged step: skipped" in caplog.text
+    assert default_keys(curves) == ["train/total_loss", "bbox/AP"]  # box AP before mask AP
+
+
+def test_the_tool_draws_each_key_of_each_run_and_names_unknown_keys(tmp_path: Path) -> None:
+    a = _run(tmp_path / "a", [{"iteration": 10, "train/total_loss": 1.0},
+                              {"iteration": 10, "sem_seg/mIoU": 0.3}])
+    b = _run(tmp_path / "b", [{"iteration": 10, "train/total_loss": 0.8}])
+    written = plot_curves.main([str(a), str(b / "scalars.jsonl")])
+    assert written == a / "curves.png" and written.read_bytes()[:4] == b"\x89PNG"
+    other = plot_curves.main([str(a), "--keys", "sem_seg/mIoU", "--output",
+                              str(tmp_path / "out/miou.png")])
+    assert other.is_file() and not (tmp_path / "out/miou.png.partial.png").exists()
+    with pytest.raises(ConfigError, match=r"no run logged bbox/AP; logged: sem_seg/mIoU, "
+                                          r"train/total_loss"):
+        plot_curves.main([str(a), str(b), "--keys", "bbox/AP"])
+    with pytest.raises(ConfigError, match=r"none not found: a run folder of tools/train.py or "
+                                          r"tools/pretrain.py holds its scalars.jsonl"):
+        plot_curves.main([str(tmp_path / "none")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"empty/scalars.jsonl not found"):
+        plot_curves.main([str(tmp_path / "empty")])

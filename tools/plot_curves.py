@@ -1,0 +1,69 @@
+"""Plot training curves of one or more runs (mmdetection's analyze_logs.py plot_curve).
+
+Usage:
+  python tools/plot_curves.py RUN_DIR [RUN_DIR ...] [--keys KEY ...] [--output FILE.png]
+
+Reads each RUN_DIR/scalars.jsonl (written by tools/train.py and tools/pretrain.py) and draws
+one panel per key, one line per run: by default the total loss and the run's first metric
+(bbox/AP, segm/AP, sem_seg/mIoU or classification/top1, as fractions). Any logged key works:
+train/loss_cls, train/lr, bbox/AP50 ...; an unknown one is refused with the keys logged.
+Writes FILE.png (default: the first run's curves.png).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect.engine.config import ConfigError  # noqa: E402
+from resnet_detect.engine.curves import default_keys, read_curves  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run folders (or their scalars.jsonl)")
+    parser.add_argument("--keys", nargs="+", default=None, help="logged keys to plot")
+    parser.add_argument("--output", default=None, help="PNG file (default RUN_DIR/curves.png)")
+    args = parser.parse_args(argv)
+    curves = {run: read_curves(run) for run in args.runs}
+    keys = args.keys or list(dict.fromkeys(k for c in curves.values() for k in default_keys(c)))
+    logged = sorted({k for c in curves.values() for k in c})
+    unknown = [k for k in keys if k not in logged]
+    if unknown or not keys:
+        what = f"no run logged {', '.join(unknown)}" if unknown else "nothing to plot"
+        raise ConfigError(f"{what}; logged: {', '.join(logged) or 'nothing'}")
+    first = Path(args.runs[0])
+    output = Path(args.output) if args.output else (
+        first if first.is_dir() else first.parent) / "curves.png"
+
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    figure, axes = plt.subplots(len(keys), 1, figsize=(8, 3 * len(keys)), squeeze=False)
+    for axis, key in zip(axes[:, 0], keys):
+        for run, run_curves in curves.items():
+            if key in run_curves:
+                iterations, values = run_curves[key]
+                axis.plot(iterations, values, marker="o" if len(values) < 30 else None,
+                          label=run)
+        axis.set_title(key)
+        axis.set_xlabel("iteration")
+        axis.grid(alpha=0.3)
+        if len(curves) > 1:
+            axis.legend(fontsize=8)
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial.png")
+    figure.savefig(partial, dpi=100)
+    plt.close(figure)
+    partial.replace(output)
+    print(f"wrote {output}: {', '.join(keys)}", flush=True)
+    return output
+
+
+if __name__ == "__main__":
+    run_tool(main)
