@@ -240,6 +240,7 @@ class ProgressLogger:
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
         self._steps = self._seconds = self._data_seconds = 0.0
+        self._grad: list[Any] = [0.0, 0.0]  # sum and count of the finite gradient norms
         self.slow_data_hint = slow_data_hint
         self._lines = 0
 
@@ -251,6 +252,11 @@ class ProgressLogger:
         for key, value in trainer.loss_dict.items():  # a skipped batch gives other keys
             self._sums[key] = self._sums.get(key, 0.0) + value.detach().float() * counted
             self._counts[key] = self._counts.get(key, 0) + counted
+        norm = getattr(trainer, "grad_norm", None)
+        if norm is not None:  # the mean of the finite ones (fp16 overflows skip their step)
+            finite = torch.isfinite(norm)
+            self._grad[0] = self._grad[0] + torch.where(finite, norm.detach().float(), 0.0)
+            self._grad[1] = self._grad[1] + finite.float()
         self._steps += 1
         self._seconds += trainer.step_seconds
         self._data_seconds += trainer.data_seconds
@@ -258,10 +264,14 @@ class ProgressLogger:
             return
         # over the steps of every process that gave each loss
         totals = all_reduce_sum({**self._sums, **{f"{k}/count": n
-                                                  for k, n in self._counts.items()}})
+                                                  for k, n in self._counts.items()},
+                                 "grad_norm": self._grad[0], "grad_norm/count": self._grad[1]})
         losses = {k: totals[k] / totals[f"{k}/count"] for k in self._sums
                   if totals[f"{k}/count"] > 0}
         losses["total_loss"] = sum(losses.values())
+        grad_norm = (float(totals["grad_norm"]) / float(totals["grad_norm/count"])
+                     if float(totals["grad_norm/count"]) > 0 else None)
+        self._grad = [0.0, 0.0]
         its = self._steps / max(self._seconds, 1e-9)
         data_time = self._data_seconds / self._steps
         waiting = self._data_seconds / max(self._seconds, 1e-9)
@@ -278,6 +288,9 @@ class ProgressLogger:
         terms = "  ".join(f"{k}={v:.4f}" for k, v in sorted(losses.items()))
         memory = ""
         scalars = {"train/lr": lr, "train/it_per_s": its, "train/data_time": data_time}
+        if grad_norm is not None:  # (train.clip_grad_norm: the norm before clipping)
+            terms += f"  grad_norm={grad_norm:.4g}"
+            scalars["train/grad_norm"] = grad_norm
         if trainer.device_type == "cuda":
             gib = torch.cuda.max_memory_allocated() / 2 ** 30
             memory = f"  max_mem {gib:.1f} GiB"

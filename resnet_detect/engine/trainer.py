@@ -114,6 +114,7 @@ class Trainer:
         self.iter = self.start_iter = 0
         self.loss_dict: dict[str, torch.Tensor] = {}
         self.step_lr = 0.0
+        self.grad_norm: torch.Tensor | None = None  # the last step's, where clipped
         self.step_seconds = self.data_seconds = 0.0
         self.losses_count = True
 
@@ -195,7 +196,8 @@ class Trainer:
         if self.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+            # (on the device: read at the logged steps only)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
         self.step_lr = float(self.optimizer.param_groups[0]["lr"])
         self.scaler.step(self.optimizer)
         self.scaler.update()

@@ -165,6 +165,37 @@ def test_progress_line(caplog: pytest.LogCaptureFixture) -> None:
     assert lines[-1].startswith("trained 5 iterations in")
 
 
+def test_progress_line_gives_the_gradient_norm_where_it_is_clipped(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """mmdetection logs grad_norm with clipping on: the mean over the steps since the last
+    line of the norms clip_grad_norm_ measured (before clipping), the infinite ones of fp16
+    overflows (their steps skipped) left out; no grad_norm without clipping."""
+    for clip in (0.01, None):
+        log = logging.getLogger(f"test_grad_norm_{clip}")
+        model = nn.Linear(3, 1)
+        norms: list[float] = []
+
+        class Record:
+            def after_step(self, trainer: Trainer) -> None:
+                norms.append(trainer.grad_norm.item() if trainer.grad_norm is not None else 0)
+                if trainer.iter == 3:  # as an fp16 overflow's
+                    trainer.grad_norm = torch.tensor(float("inf"))
+                    norms[-1] = None
+
+        trainer = Trainer(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+                          scheduler=None, step_fn=mse_step, max_iter=4, clip_grad_norm=clip,
+                          hooks=[Record(), ProgressLogger(2, logger=log)])
+        with caplog.at_level(logging.INFO, logger=log.name):
+            trainer.train(regression_data())
+        lines = [r.getMessage() for r in caplog.records if r.name == log.name][:2]
+        if clip is None:
+            assert not any("grad_norm" in line for line in lines)
+            continue
+        assert norms[0] > clip  # (clipped: the norm logged is the one before)
+        assert f"grad_norm={(norms[0] + norms[1]) / 2:.4g}" in lines[0]
+        assert f"grad_norm={norms[3]:.4g}" in lines[1]  # step 3's infinite norm left out
+
+
 def test_a_training_that_waits_for_its_batches_is_told_what_may_help(
         caplog: pytest.LogCaptureFixture) -> None:
     """Mask R-CNN's bitmask targets on large images of many objects made the loader take 6 s
