@@ -659,7 +659,17 @@ def _log_metrics(logger: logging.Logger, writer: ScalarWriter, metrics: Metrics,
         scalars = {k: v for k, v in values.items() if isinstance(v, float)}
         logger.info("eval @ iter %d, %s: %s", iteration, group,
                     "  ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
+        # each class's too, as detectron2 logs them ("bbox/AP-person"), not in the line
+        for key, name in PER_CLASS_SCALARS.items():
+            per_class = values.get(key)
+            if isinstance(per_class, Mapping):
+                scalars.update({f"{name}-{c}": v for c, v in per_class.items()
+                                if isinstance(v, float) and math.isfinite(v)})
         writer.add_scalars({f"{group}/{k}": v for k, v in scalars.items()}, iteration)
+
+
+# the metrics' per-class tables and the scalar name each class's value is logged under
+PER_CLASS_SCALARS = {"per_category": "AP", "per_class_iou": "IoU"}
 
 
 def check_training_config(task: Task, cfg: DictConfig) -> tuple[str | None, str | None]:

@@ -70,3 +70,21 @@ def test_scalars_go_on_to_tensorboard_when_the_jsonl_cannot_be_written(
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert [e.step for e in events.Scalars("loss")] == [1, 2]
+
+
+def test_each_class_s_ap_and_iou_are_logged_as_scalars(tmp_path: Path) -> None:
+    """detectron2 logs "bbox/AP-person": per-class AP (and a segmenter's per-class IoU) went
+    to log.txt's tables only; not to the progress line, and not where undefined."""
+    import logging
+
+    from resnet_detect.engine.runner import _log_metrics
+    writer = ScalarWriter(None, tmp_path / "scalars.jsonl")
+    metrics = {"bbox": {"AP": 40.0, "per_category": {"person": 50.0, "hair drier": math.nan,
+                                                     "dog": 30.0}},
+               "sem_seg": {"mIoU": 60.0, "per_class_iou": {"road": 90.0, "sky": None}}}
+    _log_metrics(logging.getLogger("test_per_class"), writer, metrics, 100)
+    logged = {}
+    for line in (tmp_path / "scalars.jsonl").read_text().splitlines():
+        logged.update(json.loads(line))
+    assert logged == {"iteration": 100, "bbox/AP": 40.0, "bbox/AP-person": 50.0,
+                      "bbox/AP-dog": 30.0, "sem_seg/mIoU": 60.0, "sem_seg/IoU-road": 90.0}
