@@ -184,6 +184,11 @@ def write_confusion(args: argparse.Namespace, results_file: Path) -> None:
         print(f"--confusion-matrix: {ann_file} has no annotations: no matrix", flush=True)
         return
     results = json.loads(results_file.read_text(encoding="utf-8"))
+    boxless = sum("bbox" not in r for r in results)
+    if boxless:
+        print(f"--confusion-matrix: {boxless} of {len(results)} results have no bbox (it sets "
+              f"boxes against the objects'): no matrix", flush=True)
+        return
     matrix, names = confusion_matrix(gt, results, score_thr=args.score_thr)
     written = write_confusion_matrix(matrix, names, Path(args.output))
     print(f"confusion matrix (detections scoring {args.score_thr} or more, IoU 0.5): "

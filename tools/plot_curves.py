@@ -7,7 +7,7 @@ Reads each RUN_DIR/scalars.jsonl (written by tools/train.py and tools/pretrain.p
 one panel per key, one line per run: by default the total loss and the run's first metric
 (bbox/AP, segm/AP, sem_seg/mIoU or classification/top1, as fractions). Any logged key works:
 train/loss_cls, train/lr, bbox/AP50 ...; an unknown one is refused with the keys logged.
-Writes FILE.png (default: the first run's curves.png).
+Writes FILE (.png, .pdf, .svg or .jpg; default: the first run's curves.png).
 """
 from __future__ import annotations
 
@@ -21,14 +21,20 @@ from resnet_detect.engine.cli import run_tool  # noqa: E402
 from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.curves import default_keys, read_curves  # noqa: E402
 
+FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders (or their scalars.jsonl)")
     parser.add_argument("--keys", nargs="+", default=None, help="logged keys to plot")
-    parser.add_argument("--output", default=None, help="PNG file (default RUN_DIR/curves.png)")
+    parser.add_argument("--output", default=None,
+                        help="a .png, .pdf, .svg or .jpg file (default RUN_DIR/curves.png)")
     args = parser.parse_args(argv)
+    if args.output is not None and Path(args.output).suffix.lower() not in FORMATS:
+        parser.error(f"--output {args.output}: the picture's format is its suffix, one of "
+                     f"{', '.join(FORMATS)}")
     curves = {run: read_curves(run) for run in args.runs}
     keys = args.keys or list(dict.fromkeys(k for c in curves.values() for k in default_keys(c)))
     logged = sorted({k for c in curves.values() for k in c})
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> Path:
             axis.legend(fontsize=8)
     figure.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial.png")
+    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
     figure.savefig(partial, dpi=100)
     plt.close(figure)
     partial.replace(output)

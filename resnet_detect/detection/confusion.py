@@ -85,9 +85,13 @@ def confusion_matrix(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
     return matrix, [c["name"] for c in categories] + [BACKGROUND]
 
 
+PLOTTED_CLASSES = 100  # more (LVIS's 1203): the CSV alone, a picture would take gigabytes
+
+
 def write_confusion_matrix(matrix: np.ndarray, names: Sequence[str], folder: Path) -> list[Path]:
-    """FOLDER/confusion_matrix.csv (counts, a header row of the detected classes) and
-    FOLDER/confusion_matrix.png (each row in percent of its objects)."""
+    """FOLDER/confusion_matrix.csv (counts, a header row of the detected classes) and, up to
+    PLOTTED_CLASSES classes, FOLDER/confusion_matrix.png (each row in percent of its
+    objects)."""
     import io
 
     rows = io.StringIO()
@@ -96,6 +100,10 @@ def write_confusion_matrix(matrix: np.ndarray, names: Sequence[str], folder: Pat
     for name, row in zip(names, matrix):
         writer.writerow([name, *row.tolist()])
     atomic_write_text(rows.getvalue(), folder / CSV_FILE)
+    if len(names) - 1 > PLOTTED_CLASSES:
+        logger.info("%d classes: %s not drawn (up to %d), the counts are in %s", len(names) - 1,
+                    PNG_FILE, PLOTTED_CLASSES, CSV_FILE)
+        return [folder / CSV_FILE]
     _plot(matrix, names, folder / PNG_FILE)
     return [folder / CSV_FILE, folder / PNG_FILE]
 

@@ -153,6 +153,9 @@ def score_results_file(config: str, results_file: str, output: Path,
         metrics[iou_type] = nan_to_none(scored)
     if voc_metric is not None and "bbox" in types:
         metrics["voc"] = nan_to_none(evaluate_voc(ann_file, results, mode=voc_metric))
+    elif voc_metric is not None:
+        logger.warning("%s has masks without boxes: data.val.voc_metric (VOC's box AP) is not "
+                       "scored", path)
     metrics["results"] = str(results_file)
     atomic_write_json(metrics, output / "metrics.json")
     mask = f"  mask AP = {metrics['segm']['AP']:.1f}" if "segm" in metrics else ""

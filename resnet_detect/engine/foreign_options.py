@@ -55,9 +55,10 @@ def _flag_advice(training: bool) -> dict[str, str]:
         "--auto-scale-lr": "train.base_lr=X for your train.batch_size (the linear rule: "
                            "twice the batch, twice the rate)",
         # mmdetection's test.py
-        "--checkpoint": "--weights CKPT",
-        "--out": "tools/eval.py writes the detections to --output DIR "
-                 "(coco_instances_results.json) with metrics.json",
+        "--checkpoint": ("model.weights=CKPT (fine-tuning), or --resume-from CKPT" if training
+                         else "--weights CKPT"),
+        "--out": (output if training else "--output DIR (tools/eval.py writes the detections "
+                                          "there: coco_instances_results.json, metrics.json)"),
         "--show-dir": "pictures of the predictions: tools/demo.py CONFIG --weights CKPT "
                       "--input IMAGES --output DIR; of the annotations: tools/browse_dataset.py",
         "--show": "pictures of the predictions: tools/demo.py CONFIG --weights CKPT --input "

@@ -63,3 +63,11 @@ def test_the_files_hold_the_counts(tmp_path: Path) -> None:
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion_matrix.csv",
                                                           "confusion_matrix.png"]
+
+
+def test_more_than_100_classes_get_the_csv_alone(tmp_path: Path) -> None:
+    """LVIS's 1203 classes made a 42,000-pixel square picture (gigabytes, a MemoryError)."""
+    names = [f"c{i}" for i in range(101)] + ["background"]
+    written = write_confusion_matrix(np.zeros((102, 102), dtype=np.int64), names, tmp_path)
+    assert [p.name for p in written] == ["confusion_matrix.csv"]
+    assert not (tmp_path / "confusion_matrix.png").exists()

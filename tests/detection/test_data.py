@@ -1015,3 +1015,6 @@ def test_the_training_file_s_objects_per_category_are_logged(
     assert many[1].split() == ["c99", "99", "c98", "98", "c97", "97"]
     assert many[-2].split() == ["c2", "2", "c1", "1", "c0", "0"]
     assert many[-1] == "  total: 4,950 objects"
+    assert many[16].split() == ["...", "...", "..."]  # between the most and the fewest
+    long = category_table(["x" * 50, "dog"], [1, 2]).splitlines()[0]
+    assert long.split() == ["x" * 27 + "...", "1", "dog", "2"]  # (a name cut at 30)

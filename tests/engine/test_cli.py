@@ -462,11 +462,14 @@ def test_export_option_mistakes_are_one_line_and_exit_code_2(
               "--eval", "bbox"],
      ["unrecognized arguments: --checkpoint --out --show-dir --eval",
       "  --checkpoint: --weights CKPT",
-      "  --out: tools/eval.py writes the detections to --output DIR",
+      "  --out: --output DIR (tools/eval.py writes the detections there",
       "  --show-dir: pictures of the predictions: tools/demo.py CONFIG --weights CKPT",
       "  --eval: tools/eval.py scores COCO's box (and mask) AP"]),
     ("eval", [str(CONFIG), "--weights", "w.pth", "--out", "results.pkl"],
-     ["  --out: tools/eval.py writes the detections to --output DIR"]),
+     ["  --out: --output DIR (tools/eval.py writes the detections there"]),
+    ("train", [str(CONFIG), "--checkpoint", "w.pth", "--out", "o"],
+     ["  --checkpoint: model.weights=CKPT (fine-tuning), or --resume-from CKPT",
+      "  --out: train.output_dir=DIR"]),
     ("train", [str(CONFIG), "MODEL.WEIGHTS", "w.pth"],
      ["error: override 'MODEL.WEIGHTS' must look like key=value; detectron2's MODEL.WEIGHTS is "
       "model.weights=VALUE here, one word key=value (README, 'Coming from detectron2 or "

@@ -46,7 +46,14 @@ def test_the_tool_draws_each_key_of_each_run_and_names_unknown_keys(tmp_path: Pa
     assert written == a / "curves.png" and written.read_bytes()[:4] == b"\x89PNG"
     other = plot_curves.main([str(a), "--keys", "sem_seg/mIoU", "--output",
                               str(tmp_path / "out/miou.png")])
-    assert other.is_file() and not (tmp_path / "out/miou.png.partial.png").exists()
+    assert other.is_file() and sorted(p.name for p in other.parent.iterdir()) == ["miou.png"]
+    # mmdetection's analyze_logs.py --out losses.pdf: --out was taken for --output and the
+    # PDF held PNG bytes
+    pdf = plot_curves.main([str(a), "--output", str(tmp_path / "out/losses.pdf")])
+    assert pdf.read_bytes()[:4] == b"%PDF"
+    for argv in (["--out", str(tmp_path / "x.pdf")], ["--output", str(tmp_path / "x")]):
+        with pytest.raises(SystemExit):
+            plot_curves.main([str(a), *argv])
     with pytest.raises(ConfigError, match=r"no run logged bbox/AP; logged: sem_seg/mIoU, "
                                           r"train/total_loss"):
         plot_curves.main([str(a), str(b), "--keys", "bbox/AP"])

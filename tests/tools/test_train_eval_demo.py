@@ -312,6 +312,18 @@ def test_eval_writes_a_confusion_matrix_of_results_or_weights(
                                           "'sem_seg' config .its per-class IoU"):
         load_tool("eval").main([str(seg), "--output", str(tmp_path / "s"), "--weights", "w.pth",
                                 "--confusion-matrix"])
+    masks_only = tmp_path / "masks.json"  # results without boxes: no matrix, said
+    gt_coco = COCO(str(data / "coco/val.json"))
+    masks_only.write_text(json.dumps([
+        {"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9,
+         "segmentation": {"size": (r := gt_coco.annToRLE(a))["size"],
+                          "counts": r["counts"].decode("ascii")}}
+        for a in gt_coco.dataset["annotations"]]))
+    capsys.readouterr()
+    load_tool("eval").main([*run, "--output", str(tmp_path / "m"), "--results",
+                            str(masks_only), "--confusion-matrix"])
+    assert "results have no bbox (it sets boxes against the objects'): no matrix" in \
+        capsys.readouterr().out and not (tmp_path / "m/confusion_matrix.csv").exists()
     with pytest.raises(ConfigError, match="--score-thr is a score, 0..1, got 30"):
         load_tool("eval").main([*run, "--output", str(tmp_path / "s"), "--results", str(path),
                                 "--confusion-matrix", "--score-thr", "30"])

@@ -437,6 +437,7 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
 
 
 TABLE_ROWS = 30  # more categories (LVIS's 1203): the most and the fewest only
+NAME_WIDTH = 30  # longer names are cut in the table
 
 
 def category_table(names: Sequence[str], counts: Sequence[int], columns: int = 3) -> str:
@@ -450,11 +451,14 @@ def category_table(names: Sequence[str], counts: Sequence[int], columns: int = 3
         half = TABLE_ROWS * columns // 2
         lines.append(f"{len(cells)} categories; the {half} with the most objects, then the "
                      f"{half} with the fewest ({sum(c == 0 for _, c in cells)} with none):")
-        cells = ranked[:half] + ranked[-half:]
+        cells = ranked[:half] + [("...", None)] * columns + ranked[-half:]
+    cells = [(name if len(name) <= NAME_WIDTH else name[:NAME_WIDTH - 3] + "...", count)
+             for name, count in cells]
     width = max(len(name) for name, _ in cells) if cells else 0
-    digits = max(len(f"{count:,}") for _, count in cells) if cells else 0
+    digits = max((len(f"{count:,}") for _, count in cells if count is not None), default=0)
     for start in range(0, len(cells), columns):
-        lines.append("   ".join(f"{name:<{width}} {count:>{digits},}"
+        lines.append("   ".join(f"{name:<{width}} " + (f"{count:>{digits},}" if count is not None
+                                                       else " " * digits)
                                 for name, count in cells[start:start + columns]).rstrip())
     lines.append(f"total: {sum(int(c) for c in counts):,} objects")
     return "\n".join("  " + line for line in lines)
