@@ -3,6 +3,7 @@ the training tools' whole main (parse, pick the task, run it)."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import signal
 import sys
@@ -106,19 +107,27 @@ class ToolArgumentParser(argparse.ArgumentParser):
 
     def parse_intermixed_args(self, args: Sequence[str] | None = None,
                               namespace: argparse.Namespace | None = None) -> argparse.Namespace:
-        """As argparse's, naming other projects' flags first (a missing --output was said
-        before the --out that meant it)."""
+        """As argparse's, naming unknown options first (a missing --output was said before
+        the --out that meant it, a missing --weights before the --weigh typed for it)."""
         words = list(sys.argv[1:] if args is None else args)
-        foreign = [w for w in words if w.startswith("--") and flag_hints([w], self.training)
+        unknown = [w for w in words if w.startswith("--") and w != "--"
                    and w.split("=", 1)[0] not in self._option_string_actions]
-        if foreign:
-            self.error(f"unrecognized arguments: {' '.join(foreign)}")
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
         return super().parse_intermixed_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         prefix = "unrecognized arguments: "
         if message.startswith(prefix):
-            hints = flag_hints(message[len(prefix):].split(), self.training)
+            words = message[len(prefix):].split()
+            hints = flag_hints(words, self.training)
+            hinted = {hint.split(":", 1)[0] for hint in hints}
+            for word in words:  # a typo of one of ours (abbreviations are not taken)
+                flag = word.split("=", 1)[0]
+                close = difflib.get_close_matches(flag, [o for o in self._option_string_actions
+                                                         if o.startswith("--")], n=1)
+                if flag.startswith("--") and flag not in hinted and close:
+                    hints.append(f"{flag}: did you mean {close[0]}?")
             message += "".join(f"\n  {hint.replace('TOOL.py', self.prog)}" for hint in hints)
         super().error(message)
 

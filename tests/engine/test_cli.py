@@ -467,6 +467,10 @@ def test_export_option_mistakes_are_one_line_and_exit_code_2(
       "  --eval: tools/eval.py scores COCO's box (and mask) AP"]),
     ("eval", [str(CONFIG), "--weights", "w.pth", "--out", "results.pkl"],
      ["  --out: --output DIR (tools/eval.py writes the detections there"]),
+    # a typo of one of ours was hidden behind "--weights or --results is required"
+    ("eval", [str(CONFIG), "--weigh", "w.pth", "--outpt", "o"],
+     ["unrecognized arguments: --weigh --outpt", "  --weigh: did you mean --weights?",
+      "  --outpt: did you mean --output?"]),
     ("train", [str(CONFIG), "--checkpoint", "w.pth", "--out", "o"],
      ["  --checkpoint: model.weights=CKPT (fine-tuning), or --resume-from CKPT",
       "  --out: train.output_dir=DIR"]),
