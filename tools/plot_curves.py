@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resnet_detect.engine.cli import run_tool  # noqa: E402
 from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.curves import default_keys, read_curves  # noqa: E402
+from resnet_detect.engine.files import atomic_write_figure  # noqa: E402
 
 FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
@@ -62,11 +63,8 @@ def main(argv: list[str] | None = None) -> Path:
         if len(curves) > 1:
             axis.legend(fontsize=8)
     figure.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
-    figure.savefig(partial, dpi=100)
+    atomic_write_figure(figure, output)
     plt.close(figure)
-    partial.replace(output)
     print(f"wrote {output}: {', '.join(keys)}", flush=True)
     return output
 

@@ -12,6 +12,7 @@ counts in (its class, background).
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from resnet_detect.engine.files import atomic_write_text
+from resnet_detect.engine.files import atomic_write_figure, atomic_write_text
+
+from .overlaps import box_overlaps
 
 logger = logging.getLogger(__name__)
 
@@ -31,17 +34,6 @@ CSV_FILE, PNG_FILE = "confusion_matrix.csv", "confusion_matrix.png"
 def _xyxy(boxes: Sequence[Sequence[float]]) -> np.ndarray:
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
-
-
-def _overlaps(a: np.ndarray, b: np.ndarray, *, over_a: bool = False) -> np.ndarray:
-    """(len(a), len(b)) IoU of xyxy boxes, or intersection over a's area."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)[:, None]
-    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)[None, :]
-    union = area_a if over_a else area_a + area_b - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def confusion_matrix(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], *,
@@ -73,8 +65,8 @@ def confusion_matrix(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
         gt_classes = np.asarray([index[a["category_id"]] for a in regular], dtype=np.int64)
         det_classes = np.asarray([index[d["category_id"]] for d in dets], dtype=np.int64)
         det_boxes = _xyxy([d["bbox"] for d in dets])
-        hits = _overlaps(det_boxes, _xyxy([a["bbox"] for a in regular])) >= iou_thr
-        on_crowd = (_overlaps(det_boxes, _xyxy([a["bbox"] for a in crowd]), over_a=True)
+        hits = box_overlaps(det_boxes, _xyxy([a["bbox"] for a in regular])) >= iou_thr
+        on_crowd = (box_overlaps(det_boxes, _xyxy([a["bbox"] for a in crowd]), over_a=True)
                     >= iou_thr).any(axis=1)
         for d, j in zip(*np.nonzero(hits)):
             matrix[gt_classes[j], det_classes[d]] += 1
@@ -92,8 +84,6 @@ def write_confusion_matrix(matrix: np.ndarray, names: Sequence[str], folder: Pat
     """FOLDER/confusion_matrix.csv (counts, a header row of the detected classes) and, up to
     PLOTTED_CLASSES classes, FOLDER/confusion_matrix.png (each row in percent of its
     objects)."""
-    import io
-
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
     writer.writerow(["ground truth \\ detected", *names])
@@ -129,10 +119,8 @@ def _plot(matrix: np.ndarray, names: Sequence[str], path: Path) -> None:
                           color="white" if value > 50 else "black")
     axes.set_title("detections per object class (% of the row)")
     figure.tight_layout()
-    partial = path.with_name(path.name + ".partial.png")
-    figure.savefig(partial, dpi=100)
+    atomic_write_figure(figure, path)
     plt.close(figure)
-    partial.replace(path)
 
 
 def most_confused(matrix: np.ndarray, names: Sequence[str], count: int = 5) -> list[str]:

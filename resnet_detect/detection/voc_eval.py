@@ -28,6 +28,8 @@ from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data import read_coco_json
 from resnet_detect.engine.logging import print_and_log
 
+from .overlaps import box_overlaps
+
 VOC_MODES = ("11point", "area")
 IOU_THRESHOLD = 0.5
 
@@ -51,16 +53,6 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, mode: str) -> f
     return float(np.sum((r[steps + 1] - r[steps]) * p[steps + 1]))
 
 
-def _overlaps(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box with each of (N, 4) boxes."""
-    w = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    h = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
-    inter = w * h
-    union = ((box[2] - box[0]) * (box[3] - box[1])
-             + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter)
-    return inter / np.maximum(union, np.finfo(np.float64).eps)
-
-
 def category_ap(detections: Sequence[dict[str, Any]],
                 truths: dict[int, tuple[np.ndarray, np.ndarray]], mode: str) -> float:
     """AP of one category: `detections` COCO results entries, `truths` {image id: (boxes
@@ -75,7 +67,7 @@ def category_ap(detections: Sequence[dict[str, Any]],
         det = detections[i]
         x, y, w, h = det["bbox"]
         boxes, difficult = truths.get(det["image_id"], (np.zeros((0, 4)), np.zeros(0, bool)))
-        overlaps = _overlaps(np.array([x, y, x + w, y + h]), boxes)
+        overlaps = box_overlaps(np.array([[x, y, x + w, y + h]]), boxes)[0]
         best = int(overlaps.argmax()) if len(overlaps) else -1
         if best < 0 or not overlaps[best] >= IOU_THRESHOLD:
             fp[rank] = 1

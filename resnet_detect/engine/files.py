@@ -76,6 +76,13 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: f.write(text))
 
 
+def atomic_write_figure(figure: Any, path: str | os.PathLike, dpi: int = 100) -> None:
+    """A matplotlib figure saved atomically, in the format its suffix names (.png, .pdf,
+    .svg, .jpg)."""
+    suffix = Path(path).suffix[1:].lower()
+    atomic_write(path, lambda f: figure.savefig(f, format=suffix, dpi=dpi), binary=True)
+
+
 def replace_folder(new: Path, folder: Path) -> None:
     """Puts the complete folder `new` in the place of `folder` (which may not exist): the
     earlier one is only deleted once the new one is in place."""

@@ -10,12 +10,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from resnet_detect.engine.files import atomic_write_figure  # noqa: E402
+
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
 def _save(fig: Any, path: str | os.PathLike) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
