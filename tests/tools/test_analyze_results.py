@@ -1,0 +1,121 @@
+"""tools/analyze_results.py on a tiny synthetic COCO set: the CSV ranks the images by their
+own AP, the best and worst are drawn, bad input is named."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import cv2
+import pytest
+from pycocotools.coco import COCO
+
+from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.data import DatasetError, UnreadableImageError
+from resnet_detect.engine.data.synthetic import generate
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
+HEIGHT, WIDTH = 96, 128
+
+
+def load_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("analyze_results_tool",
+                                                  ROOT / "tools/analyze_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("syn")
+    generate(root, num_train=1, num_val=5, size=(HEIGHT, WIDTH), cls_train_per_class=1,
+             cls_val_per_class=1)
+    return root
+
+
+def args(data: Path, results: Path, out: Path, *extra: str) -> list[str]:
+    return [str(CONFIG), f"data.val.ann_file={data}/coco/val.json",
+            f"data.val.img_dir={data}/images/val", "--results", str(results), "--output",
+            str(out), *extra]
+
+
+def results_file(data: Path, path: Path, *, found: int, masks: bool = False) -> list[int]:
+    """The val file's own objects as detections in the first `found` images with objects,
+    none in the others; returns the ids of those images, in order."""
+    coco = COCO(str(data / "coco/val.json"))
+    ids = [i for i in sorted(coco.imgs) if coco.getAnnIds(imgIds=i, iscrowd=False)]
+    results = []
+    for ann in coco.loadAnns(coco.getAnnIds(imgIds=ids[:found], iscrowd=False)):
+        r = {"image_id": ann["image_id"], "category_id": ann["category_id"],
+             "bbox": ann["bbox"], "score": 0.9}
+        if masks:
+            rle = coco.annToRLE(ann)
+            r["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+        results.append(r)
+    path.write_text(json.dumps(results), encoding="utf-8")
+    return ids
+
+
+def test_images_ranked_by_their_own_ap_and_the_best_and_worst_drawn(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ids = results_file(data, tmp_path / "r.json", found=2)
+    scores = load_tool().main(args(data, tmp_path / "r.json", tmp_path / "out", "--topk", "2"))
+    assert {s.image_id: s.ap for s in scores} == {i: 1.0 if i in ids[:2] else 0.0 for i in ids}
+    rows = list(csv.DictReader((tmp_path / "out/per_image_ap.csv").open()))
+    assert [r["ap"] for r in rows] == ["0.00"] * (len(ids) - 2) + ["100.00"] * 2
+    coco = COCO(str(data / "coco/val.json"))
+    worst = sorted(ids[2:], key=lambda i: (-len(coco.getAnnIds(imgIds=i, iscrowd=False)), i))
+    assert [int(r["image_id"]) for r in rows[:len(worst)]] == worst  # more objects first
+    for folder, first in (("best", "100.0"), ("worst", "0.0")):
+        names = sorted(p.name for p in (tmp_path / "out" / folder).iterdir())
+        assert len(names) == 2 and names[0].startswith(f"001-AP{first}-")
+        picture = cv2.imread(str(tmp_path / "out" / folder / names[0]))
+        assert picture.shape == (HEIGHT + 24, 2 * WIDTH + 6, 3)
+    out = capsys.readouterr().out
+    assert f"{len(ids)} images ranked by bbox AP" in out and "worst: " in out
+    load_tool().main(args(data, tmp_path / "r.json", tmp_path / "out", "--topk", "1"))
+    assert len(list((tmp_path / "out/best").iterdir())) == 1  # the earlier pictures replaced
+
+
+def test_mask_ap_and_bad_input(data: Path, tmp_path: Path) -> None:
+    ids = results_file(data, tmp_path / "m.json", found=1, masks=True)
+    scores = load_tool().main(args(data, tmp_path / "m.json", tmp_path / "m", "--iou-type",
+                                   "segm", "--topk", "1"))
+    assert [s.ap for s in scores if s.image_id in ids] == [1.0] + [0.0] * (len(ids) - 1)
+    boxes_only = tmp_path / "b.json"
+    results_file(data, boxes_only, found=1)
+    with pytest.raises(DatasetError, match="--iou-type segm needs a segmentation in every"):
+        load_tool().main(args(data, boxes_only, tmp_path / "b", "--iou-type", "segm"))
+    foreign = tmp_path / "f.json"
+    foreign.write_text(json.dumps([{"image_id": 4242, "category_id": 1, "bbox": [0, 0, 5, 5],
+                                    "score": 0.5}]), encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"results of images that .*val.json lacks "
+                                           r"\(ids \[4242\]\)"):
+        load_tool().main(args(data, foreign, tmp_path / "f"))
+    seg = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
+    with pytest.raises(ConfigError, match="analyzes detection results; .* is a 'sem_seg'"):
+        load_tool().main([str(seg), "--results", str(boxes_only), "--output", str(tmp_path)])
+    with pytest.raises(ConfigError, match="--topk is a number of images, 0 or more, got -1"):
+        load_tool().main(args(data, boxes_only, tmp_path / "b", "--topk", "-1"))
+
+
+def test_an_unreadable_image_is_named_and_the_others_drawn(data: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    val = json.loads((data / "coco/val.json").read_text(encoding="utf-8"))
+    for img in val["images"]:
+        (images / img["file_name"]).write_bytes((data / "images/val" / img["file_name"])
+                                                .read_bytes())
+    broken = images / val["images"][0]["file_name"]
+    broken.write_bytes(b"")
+    results_file(data, tmp_path / "r.json", found=len(val["images"]))
+    with pytest.raises(UnreadableImageError, match=f"{broken}: an empty file"):
+        load_tool().main(args(data, tmp_path / "r.json", tmp_path / "out", "--topk", "10",
+                              f"data.val.img_dir={images}"))
+    assert len(list((tmp_path / "out/best").iterdir())) == len(val["images"]) - 1
+    assert (tmp_path / "out/per_image_ap.csv").is_file()
+    assert not list((tmp_path / "out").glob(".*"))  # no partial folder left
