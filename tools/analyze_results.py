@@ -15,7 +15,8 @@ detections scored per image and category), as are its AP50 and AP75. Writes:
   DIR/best/, DIR/worst/  the --topk best and worst images as RANK-APxx.x-NAME.jpg: the ground
                          truth (left) beside the detections scoring --score-thr or more
                          (right); masks too where the results have them
-(--topk 0: the CSV alone.) Among equal APs, images of more objects come first.
+(--topk 0: the CSV alone.) Among equal APs, images of more objects come first. An LVIS file
+is scored by COCOeval's rules here, not LVIS's federated ones.
 """
 from __future__ import annotations
 

@@ -11,19 +11,19 @@ Usage:
   torchrun --nproc_per_node=N tools/eval.py ...   (each process scores its share)
 
 Detection (COCO box AP on data.val.ann_file / data.val.img_dir): prints the 12 standard
-numbers and a per-category AP table; writes DIR/coco_instances_results.json (COCO results,
-dataset category ids, RLE masks for Mask R-CNN) and DIR/metrics.json as {"bbox": {"AP",
-"AP50", "AP75", "APs", "APm", "APl" and "per_category": {name: AP}, in percent (null where
-undefined), and "stats": the 12 COCOeval numbers as fractions (-1 where undefined)},
-"images": {...}, "weights": CKPT}, as a training's metrics.json, with the same for the masks
-under "segm" when the model has a mask head (model.mask_on); an LVIS file (images with
-neg_category_ids) is scored with LVIS's federated AP and adds "APr", "APc", "APf". A val
-file without annotations (COCO's test-dev image info) gets its results file written and
-nothing scored ("bbox": null). Weights are this project's checkpoints or a torchvision
-fasterrcnn_resnet50_fpn / maskrcnn_resnet50_fpn state dict (labels = COCO ids); weights whose
-classes are named differently from the file's categories of the same ids are refused.
-An --output holding the evaluation of other weights is refused (the same weights again replace
-theirs).
+numbers and a per-category AP, AP50, AP75 table; writes DIR/coco_instances_results.json (COCO
+results, dataset category ids, RLE masks for Mask R-CNN) and DIR/metrics.json as {"bbox":
+{"AP", "AP50", "AP75", "APs", "APm", "APl", "per_category": {name: AP}, "per_category_AP50",
+"per_category_AP75", in percent (null where undefined), and "stats": the 12 COCOeval numbers
+as fractions (-1 where undefined)}, "images": {...}, "weights": CKPT}, as a training's
+metrics.json, with the same for the masks under "segm" when the model has a mask head
+(model.mask_on); an LVIS file (images with neg_category_ids) is scored with LVIS's federated
+AP and adds "APr", "APc", "APf". A val file without annotations (COCO's test-dev image info)
+gets its results file written and nothing scored ("bbox": null). Weights are this project's
+checkpoints or a torchvision fasterrcnn_resnet50_fpn / maskrcnn_resnet50_fpn state dict
+(labels = COCO ids); weights whose classes are named differently from the file's categories of
+the same ids are refused. An --output holding the evaluation of other weights is refused (the
+same weights again replace theirs).
 
 Segmentation (`task: sem_seg` configs): mIoU, pixel accuracy and per-class IoU in percent,
 written to DIR/metrics.json as {"sem_seg": {...}, "images": {...}, "weights": CKPT}; with

@@ -294,7 +294,8 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
         {"AP", "AP50", "AP75", "APs", "APm", "APl" (percent; NaN where the ground truth has no
         object of that size), "stats": the 12 COCOeval numbers (fractions, -1 = undefined),
         "per_category": {name: AP in percent, NaN for categories without ground truth};
-        "name (id N)" where categories share a name}; for an LVIS file also "APr", "APc",
+        "name (id N)" where categories share a name}, and the same at IoU 0.5 and 0.75 as
+        "per_category_AP50" and "per_category_AP75"; for an LVIS file also "APr", "APc",
         "APf" (percent; NaN where no category of the group has ground truth).
     """
     if iou_type not in IOU_TYPES:
@@ -361,27 +362,36 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
     metrics["stats"] = stats
     # precision: (IoU thresholds, recall points, categories, areas, max dets); -1 = undefined
     precision = np.asarray(evaluator.eval["precision"])
-    per_category = {}
+    ious = np.asarray(evaluator.params.iouThrs)
+    columns: dict[str, dict[str, float]] = {"AP": {}, "AP50": {}, "AP75": {}}
     names = [coco_gt.cats[cat_id]["name"] for cat_id in evaluator.params.catIds]
     for k, (cat_id, name) in enumerate(zip(evaluator.params.catIds, names)):
-        p = precision[:, :, k, 0, -1]
-        p = p[p > -1]
         key = f"{name} (id {cat_id})" if names.count(name) > 1 else name
-        per_category[key] = float(p.mean()) * 100 if p.size else math.nan
+        for column, at in (("AP", None), ("AP50", 0.5), ("AP75", 0.75)):
+            p = precision[:, :, k, 0, -1]
+            p = p if at is None else p[np.isclose(ious, at)]
+            p = p[p > -1]
+            columns[column][key] = float(p.mean()) * 100 if p.size else math.nan
+    per_category = columns["AP"]
     metrics["per_category"] = per_category
+    metrics["per_category_AP50"], metrics["per_category_AP75"] = columns["AP50"], columns["AP75"]
     groups = (frequency_group_aps(precision, evaluator.params.catIds, frequencies)
               if federation is not None else {})
     metrics.update(groups)
     if verbose:
-        print_and_log(format_summary(stats, per_category, iou_type, max_dets, groups))
+        print_and_log(format_summary(stats, per_category, iou_type, max_dets, groups,
+                                     {k: v for k, v in columns.items() if k != "AP"}))
     return metrics
 
 
 def format_summary(stats: Sequence[float], per_category: dict[str, float], iou_type: str,
                    max_dets: int = COCO_MAX_DETS,
-                   frequency_aps: dict[str, float] | None = None) -> str:
+                   frequency_aps: dict[str, float] | None = None,
+                   more_columns: dict[str, dict[str, float]] | None = None) -> str:
     """pycocotools' 12-line summary (with LVIS's APr, APc, APf where given: an LVIS file's
-    federated AP) followed by a per-category AP table."""
+    federated AP) followed by a per-category AP table, with `more_columns` ({"AP50":
+    {category: AP50}, ...}) beside the AP."""
+    more_columns = more_columns or {}
     lines = [f"Evaluation results for {iou_type}"
              f"{' (LVIS federated AP, 300 detections per image)' if frequency_aps else ''}:"]
     for (is_precision, iou, area, dets), value in zip(_STAT_ROWS, stats):
@@ -402,9 +412,12 @@ def format_summary(stats: Sequence[float], per_category: dict[str, float], iou_t
                      f"without ground truth): all in metrics.json; {shown}:")
         rows = kept
     width = max([len(name) for name, _ in rows] + [8])
-    lines.append(f"{'category':<{width}} | AP")
-    lines.append(f"{'-' * width}-|-------")
-    lines += [f"{name:<{width}} | {ap:6.2f}" for name, ap in rows]
+    heads = ["AP", *more_columns]
+    lines.append(f"{'category':<{width}} | " + " | ".join(f"{h:<6}" for h in heads).rstrip())
+    lines.append(f"{'-' * width}-" + "|--------" * len(heads))
+    lines += [f"{name:<{width}} | " + " | ".join(
+        f"{value:6.2f}" for value in [ap, *(c[name] for c in more_columns.values())])
+              for name, ap in rows]
     return "\n".join(lines)
 
 

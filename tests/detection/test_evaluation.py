@@ -134,7 +134,14 @@ def test_numbers_equal_pycocotools_on_the_written_file(gt_file: Path, tmp_path: 
     for cat_id, name in zip(CATEGORY_IDS, NAMES):
         alone = _direct_stats(gt_file, results_file, cat_ids=[cat_id])
         assert metrics["per_category"][name] == pytest.approx(alone[0] * 100, abs=1e-9)
+        assert metrics["per_category_AP50"][name] == pytest.approx(alone[1] * 100, abs=1e-9)
+        assert metrics["per_category_AP75"][name] == pytest.approx(alone[2] * 100, abs=1e-9)
+    assert metrics["per_category_AP50"] != metrics["per_category_AP75"]
     printed = capsys.readouterr().out
+    assert "category | AP     | AP50   | AP75" in printed
+    assert (f"{NAMES[0]:<8} | {metrics['per_category'][NAMES[0]]:6.2f} | "
+            f"{metrics['per_category_AP50'][NAMES[0]]:6.2f} | "
+            f"{metrics['per_category_AP75'][NAMES[0]]:6.2f}") in printed
     assert printed.count("Average Precision") == 6 and printed.count("Average Recall") == 6
     assert f"= {stats[0]:0.3f}" in printed
     assert all(name in printed for name in NAMES)
@@ -147,8 +154,8 @@ def test_faster_coco_eval_gives_the_same_numbers(gt_file: Path, tmp_path: Path) 
     # identical up to floating-point summation order
     np.testing.assert_allclose(fast["stats"], reference["stats"], rtol=0, atol=1e-12)
     for name in NAMES:
-        assert fast["per_category"][name] == pytest.approx(reference["per_category"][name],
-                                                           abs=1e-10)
+        for key in ("per_category", "per_category_AP50", "per_category_AP75"):
+            assert fast[key][name] == pytest.approx(reference[key][name], abs=1e-10)
 
 
 @pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
