@@ -81,17 +81,17 @@ def per_image_ap(gt: dict[str, Any], results: list[dict[str, Any]], *, iou_type:
     from pycocotools.cocoeval import COCOeval
     coco_gt = _load_gt(gt, "pycocotools", federated=False)
     evaluator = COCOeval(coco_gt, _load_results(coco_gt, results, "pycocotools"), iou_type)
-    evaluator.params.maxDets = [1, 10, max_dets]
+    p = evaluator.params
+    p.maxDets = [1, 10, max_dets]
+    p.areaRng, p.areaRngLbl = p.areaRng[:1], p.areaRngLbl[:1]  # "all" alone: a quarter the time
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
-    p = evaluator.params
     ious = np.asarray(p.iouThrs)
-    images, areas = len(p.imgIds), len(p.areaRng)
+    images = len(p.imgIds)
     curves: dict[int, list[np.ndarray]] = defaultdict(list)
     for k in range(len(p.catIds)):
-        start = k * areas * images  # evalImgs: categories, then areas ("all" first), then images
-        for i, image_id in enumerate(p.imgIds):
-            entry = evaluator.evalImgs[start + i]
+        for i, image_id in enumerate(p.imgIds):  # evalImgs: by category, then image
+            entry = evaluator.evalImgs[k * images + i]
             curve = None if entry is None else _precision_at_recalls(entry, np.asarray(p.recThrs))
             if curve is not None:
                 curves[image_id].append(curve)
