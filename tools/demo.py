@@ -2,18 +2,35 @@
 
 Usage:
   python tools/demo.py CONFIG --weights CKPT --input PATH [PATH ...] --output DIR
-      [--min-score 0.5] [key=value ...]   (e.g. model.roi_heads.nms_thresh=0.6)
+      [--min-score 0.5] [--save-json] [key=value ...]   (e.g. model.roi_heads.nms_thresh=0.6)
 
 Detection configs: boxes with class names and scores (and, for Mask R-CNN, each instance's
 mask as a translucent fill in its box's colour). Segmentation configs (`task: sem_seg`):
 a colour overlay with a legend. Images are written to DIR under their own names (as .jpg
 unless PNG; from a folder, with their paths inside it), a video to DIR/<name>.mp4, frame by
-frame; a name that would repeat gets "-2", "-3", ... An unreadable image is skipped with a
-warning, the others drawn, and the run then fails naming the skipped ones.
+frame; a name that would repeat, also without its suffix, gets "-2", "-3", ... An unreadable
+image is skipped with a warning, the others drawn, and the run then fails naming the
+skipped ones.
+
+--save-json also writes the predictions, each file atomically:
+  detection: beside each picture DIR/<name>.json, {"image": the input's path, "height",
+    "width", "boxes": [[x1, y1, x2, y2], ...] in the input's pixels, "scores", "labels":
+    class names, "category_ids": the dataset's category ids (as in tools/eval.py's results;
+    1..K for weights that record none), and for Mask R-CNN "masks": COCO RLEs {"size": [H,
+    W], "counts": str} (pycocotools.mask.decode)}. The detections are those drawn, scoring
+    --min-score or more (the model's own threshold is --min-score already; mmdetection's
+    demo saves all it returns); a lower --min-score keeps more. A video gets
+    DIR/<name>.jsonl, one line per frame: {"video", "frame" (0, 1, ...), "height", ...}.
+  sem_seg: each image's class map as a uint8 PNG of class ids, DIR/predictions/<name>.png
+    (as tools/eval.py --save-predictions writes them, without its data.reduce_zero_label
+    offset), a video's as DIR/predictions/<name>/<frame, 6 digits>.png, and the class
+    names, index = class id, once as DIR/classes.json.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import logging
 import re
 import sys
@@ -28,9 +45,10 @@ from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E
 from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.data import UnreadableImageError, listing  # noqa: E402
 from resnet_detect.engine.export import is_onnx  # noqa: E402
-from resnet_detect.engine.files import writable_folder  # noqa: E402
+from resnet_detect.engine.files import atomic_write, atomic_write_json, writable_folder  # noqa: E402
 from resnet_detect.engine.distributed import init_distributed  # noqa: E402
 from resnet_detect.engine.tasks import config_task, load_task_config, task_module  # noqa: E402
+from resnet_detect.segmentation.records import write_label_map  # noqa: E402
 from resnet_detect.engine.visualize import (VIDEO_SUFFIXES, expand_inputs, output_paths, run_image,  # noqa: E402
                               run_video)
 
@@ -47,6 +65,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-score", type=float, default=None,
                         help=f"detections drawn from this score (default {DEFAULT_VIS_THRESH}; "
                              f"detection models only)")
+    parser.add_argument("--save-json", action="store_true",
+                        help="also write the predictions: JSON beside each picture (sem_seg: "
+                             "class-map PNGs in DIR/predictions and DIR/classes.json)")
     args = parser.parse_intermixed_args(argv)
     # `--input a.jpg model.roi_heads.score_thresh=0.3`: --input takes every word after it
     overrides = [i for i in args.input if OVERRIDE.fullmatch(i) and not Path(i).exists()]
@@ -84,11 +105,16 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     render = build_renderer(args.config, args.weights, args.overrides, args.min_score,
                             device=device)
     output.mkdir(parents=True, exist_ok=True)
+    if args.save_json and task == "sem_seg":
+        atomic_write_json(list(render.class_names), output / "classes.json")
     written, unreadable, too_large = [], [], []
-    for (path, _), out in zip(inputs, output_paths(inputs, output)):
+    for (path, _), out in zip(inputs, output_paths(inputs, output, unique_stems=True)):
         is_video = path.suffix.lower() in VIDEO_SUFFIXES
         try:
-            written.append((run_video if is_video else run_image)(path, render, out))
+            if args.save_json:
+                written.append(run_saving(path, render, out, output, task, is_video))
+            else:
+                written.append((run_video if is_video else run_image)(path, render, out))
         except UnreadableImageError as err:  # the others are still drawn
             logger.warning("skipping unreadable input: %s", err)
             unreadable.append(str(path))
@@ -106,6 +132,43 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             + (" (the others were drawn)" if written else "") + ":"
             + listing(unreadable + too_large))
     return written
+
+
+def run_saving(path: Path, render: Any, out: Path, output: Path, task: str,
+               is_video: bool) -> Path:
+    """Draw `path` into `out` as `run_image` / `run_video` do, and write its predictions
+    (--save-json); returns `out`."""
+    def rendering(keep: Any) -> Any:  # render, handing keep() each image and prediction
+        def render_and_keep(image: Any) -> Any:
+            prediction = render.predict(image)
+            keep(image, prediction)
+            return render.draw(image, prediction)
+        return render_and_keep
+
+    if task == "sem_seg":  # class-map PNGs
+        png = output / "predictions" / out.relative_to(output).with_suffix(".png")
+        if not is_video:
+            return run_image(path, rendering(lambda _, mask: write_label_map(
+                mask, png, atomic=True)), out)
+        frames = itertools.count()
+        return run_video(path, rendering(lambda _, mask: write_label_map(
+            mask, png.with_suffix("") / f"{next(frames):06d}.png", atomic=True)), out)
+
+    def record(image: Any, detections: dict[str, Any]) -> dict[str, Any]:
+        return {"height": image.shape[0], "width": image.shape[1],
+                **render.as_json(detections)}
+
+    if not is_video:
+        return run_image(path, rendering(lambda image, detections: atomic_write_json(
+            {"image": str(path), **record(image, detections)}, out.with_suffix(".json"))), out)
+    frames = itertools.count()
+
+    def write_lines(f: Any) -> None:  # the .jsonl replaced once the video is complete
+        run_video(path, rendering(lambda image, detections: f.write(json.dumps(
+            {"video": str(path), "frame": next(frames), **record(image, detections)}) + "\n")),
+            out)
+    atomic_write(out.with_suffix(".jsonl"), write_lines)
+    return out
 
 
 def _none_drawn_hint(render: Any, args: argparse.Namespace) -> str:

@@ -36,6 +36,7 @@ from .config import config_from_mapping, load_config, test_resize
 from .convert import (has_mask_head, is_torchvision_faster_rcnn, load_detector_weights,
                       weight_bound_settings)
 from .data import build_transforms
+from .evaluation import mask_to_rle
 from .export import OnnxDetector
 from .rcnn import GeneralizedRCNN
 from .tta import refuse_tta, tta_from_config
@@ -344,7 +345,8 @@ def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
 
 class DetectionRenderer:
     """A Renderer that counts the detections it draws (`drawn`): tools/demo.py says when a
-    run drew none."""
+    run drew none. `predict` and `draw` are its two halves, `as_json` what it draws as JSON
+    (tools/demo.py --save-json)."""
 
     def __init__(self, predictor: Predictor, colours: dict[int, tuple[int, int, int]],
                  min_score: float) -> None:
@@ -352,6 +354,24 @@ class DetectionRenderer:
         self.drawn = 0
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        detections = self.predictor(image)
+        return self.draw(image, self.predict(image))
+
+    def predict(self, image: np.ndarray) -> dict[str, Any]:
+        return self.predictor(image)
+
+    def draw(self, image: np.ndarray, detections: dict[str, Any]) -> np.ndarray:
         self.drawn += int((np.asarray(detections["scores"]) >= self.min_score).sum())
         return draw_detections(image, detections, self.colours, self.min_score)
+
+    def as_json(self, detections: dict[str, Any]) -> dict[str, Any]:
+        """The detections scoring `min_score` or more (those drawn): "boxes" [[x1, y1, x2,
+        y2], ...] in the image's pixels, "scores", "labels" (class names), "category_ids"
+        and, for Mask R-CNN, "masks" as COCO RLEs ({"size": [H, W], "counts": str})."""
+        shown = np.flatnonzero(np.asarray(detections["scores"]) >= self.min_score)
+        record = {"boxes": [[float(v) for v in detections["boxes"][i]] for i in shown],
+                  "scores": [float(detections["scores"][i]) for i in shown],
+                  "labels": [detections["class_names"][i] for i in shown],
+                  "category_ids": [int(detections["labels"][i]) for i in shown]}
+        if "masks" in detections:
+            record["masks"] = [mask_to_rle(detections["masks"][i]) for i in shown]
+        return record

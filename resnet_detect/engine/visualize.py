@@ -199,14 +199,17 @@ def expand_inputs(paths: Sequence[str], output: Path | None = None
             raise FileNotFoundError(f"input not found: {p}")
 
 
-def output_paths(inputs: Sequence[tuple[Path, Path]], output: Path) -> list[Path]:
+def output_paths(inputs: Sequence[tuple[Path, Path]], output: Path, *,
+                 unique_stems: bool = False) -> list[Path]:
     """Where each input's picture goes: its name under `output` as .mp4 (videos), .png (PNG
     images) or .jpg, and "-2", "-3", ... added to names that would repeat (img.jpg and
     img.jpeg, or files of the same name named from different folders) or be an input (an
     output folder that holds the inputs). Names are compared without case: on macOS's and
-    Windows' file systems IMG_1.jpg is the input IMG_1.JPG."""
+    Windows' file systems IMG_1.jpg is the input IMG_1.JPG. `unique_stems`: also without
+    their suffixes (img.jpg, img-2.png), so that files named after the pictures with another
+    suffix (tools/demo.py's img.json) do not meet either."""
     def key(path: Path) -> str:
-        return str(path.resolve()).casefold()
+        return str(path.resolve().with_suffix("") if unique_stems else path.resolve()).casefold()
 
     taken = {key(path) for path, _ in inputs}
     outs = []

@@ -281,11 +281,24 @@ def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
                    device: str | torch.device = "cpu") -> Renderer:
     """RGB image -> RGB colour overlay of its class-id map with a legend (tools/demo.py);
     `min_score` is not used (every pixel gets a class)."""
-    predictor = Predictor(config, weights=weights, overrides=overrides,
-                          device=device)
-    colours = palette(len(predictor.class_names))
+    return SegmentationRenderer(Predictor(config, weights=weights, overrides=overrides,
+                                          device=device))
 
-    def render(image: np.ndarray) -> np.ndarray:
-        return draw_segmentation(image, predictor(image)["mask"], predictor.class_names,
-                                 colours)
-    return render
+
+class SegmentationRenderer:
+    """A Renderer whose two halves, `predict` (the (H, W) class-id map) and `draw`, tools/demo.py
+    --save-json also calls apart."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.class_names = predictor.class_names
+        self.colours = palette(len(predictor.class_names))
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.draw(image, self.predict(image))
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        return self.predictor(image)["mask"]
+
+    def draw(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return draw_segmentation(image, mask, self.class_names, self.colours)

@@ -32,7 +32,7 @@ from resnet_detect.engine.data import (IMAGE_SUFFIXES, CategoryMapping, DatasetE
                                        listing, read_coco_json, box_polygon, read_user_text,
                                        refuse_normalised_polygons, segmentation_to_mask)
 from resnet_detect.engine.data.coco import MAX_LISTED, image_path
-from resnet_detect.engine.files import missing_path, unicode_twin_hint
+from resnet_detect.engine.files import atomic_write, missing_path, unicode_twin_hint
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = 255
@@ -303,9 +303,14 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return mask
 
 
-def write_label_map(mask: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write a uint8 (H, W) class-id map as a grayscale PNG that `read_mask` reads back."""
+def write_label_map(mask: np.ndarray, path: str | os.PathLike, *, atomic: bool = False) -> Path:
+    """Write a uint8 (H, W) class-id map as a grayscale PNG that `read_mask` reads back;
+    `atomic`: through a temporary file, never a truncated PNG (`atomic_write`)."""
     path = Path(path)
+    image = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="L")
+    if atomic:
+        atomic_write(path, lambda f: image.save(f, format="PNG"), binary=True)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="L").save(path)
+    image.save(path)
     return path

@@ -29,6 +29,9 @@ def test_every_input_gets_its_own_picture(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert [p.relative_to(out).as_posix() for p in output_paths(inputs, out)] == [
         "img.jpg", "img.png", "img-2.jpg", "img-3.jpg", "img-4.jpg", "a.mp4"]
+    # tools/demo.py's: img.json beside img.jpg and img.png would be one file
+    assert [p.relative_to(out).as_posix() for p in output_paths(inputs, out, unique_stems=True)
+            ] == ["img.jpg", "img-2.png", "img-3.jpg", "img-4.jpg", "img-5.jpg", "a.mp4"]
     nested = list(expand_inputs([str(tmp_path)]))
     names = [p.relative_to(out).as_posix() for p in output_paths(nested, out)]
     assert "cam1/img.jpg" in names and "cam2/img.jpg" in names and "cam2/img-2.jpg" in names

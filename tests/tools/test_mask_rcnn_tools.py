@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -22,8 +23,8 @@ from resnet_detect.detection import Predictor
 from resnet_detect.engine.data import UnreadableImageError
 from tests.export_metadata import rewrite_export_metadata
 from resnet_detect.engine.visualize import draw_detections
-from tests.tools.test_train_eval_demo import (ROOT, data, data_overrides,
-                                              load_tool)
+from tests.tools.test_train_eval_demo import (ROOT, assert_json_holds, data, data_overrides,
+                                              load_tool, read_rgb)
 
 CONFIG = ROOT / "configs/synthetic/mask_rcnn_R_18_FPN.yaml"
 SMALL_HEAD = ["model.roi_heads.mask_conv_dims=[32,32]"]
@@ -127,6 +128,26 @@ def test_demo_draws_masks(trained: tuple[Path, dict], data: Path, tmp_path: Path
                          "--input", str(data / "images/val"), "--output", str(out),
                          "--min-score", "0", "model.roi_heads.score_thresh=0.0", *SMALL_HEAD])
     assert sorted(p.name for p in written) == ["000000.jpg", "000001.jpg", "000002.jpg"]
+
+
+def test_demo_saves_masks_as_rle(trained: tuple[Path, dict], data: Path,
+                                tmp_path: Path) -> None:
+    """--save-json's "masks": COCO RLEs that decode to the Predictor's masks."""
+    image = data / "images/val/000001.jpg"
+    weights = str(trained[0] / "model_final.pth")
+    load_tool("demo").main([str(CONFIG), "--weights", weights, "--input", str(image),
+                            "--output", str(tmp_path), "--min-score", "0", "--save-json",
+                            "model.roi_heads.score_thresh=0.0", *SMALL_HEAD])
+    record = json.loads((tmp_path / "000001.json").read_text())
+    expected = Predictor(str(CONFIG), weights=weights,
+                         overrides=["model.roi_heads.score_thresh=0.0", *SMALL_HEAD])(
+        read_rgb(image))
+    assert_json_holds(record, expected)
+    assert all(isinstance(rle["counts"], str) and rle["size"] == [96, 128]
+               for rle in record["masks"])
+    decoded = np.stack([mask_utils.decode(rle) for rle in record["masks"]]).astype(bool)
+    assert expected["masks"].any()
+    np.testing.assert_array_equal(decoded, expected["masks"])
 
 
 def test_mask_on_without_segmentation_fails_naming_file(data: Path, tmp_path: Path) -> None:

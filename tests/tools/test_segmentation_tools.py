@@ -25,7 +25,7 @@ from resnet_detect.segmentation import predictor, training
 from resnet_detect.engine.data import DatasetError
 from resnet_detect.engine.tasks import load_task_config
 from resnet_detect.segmentation.data import build_dataset
-from tests.tools.test_train_eval_demo import ROOT, data, load_tool
+from tests.tools.test_train_eval_demo import ROOT, data, load_tool, read_rgb, write_video
 
 CONFIG = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
 CLASSES = ["background", "circle", "square", "triangle", "star", "cross", "ellipse"]
@@ -185,6 +185,29 @@ def test_demo_draws_the_overlay_at_image_size(trained: tuple[Path, dict], data: 
     # (was ignored without a word)
     assert ("--min-score 0.9 has no effect: a sem_seg model draws every pixel's class"
             in caplog.text)
+
+
+def test_demo_saves_each_class_map_as_a_png(trained: tuple[Path, dict], data: Path,
+                                           tmp_path: Path) -> None:
+    """--save-json: DIR/predictions/<name>.png (a video's frame by frame) hold the
+    Predictor's class maps, DIR/classes.json the names of their ids."""
+    images = sorted((data / "images/val").iterdir())[:2]
+    frames = write_video(images, tmp_path / "clip.avi")
+    weights = str(trained[0] / "model_final.pth")
+    out = tmp_path / "demo"
+    load_tool("demo").main([str(CONFIG), "--weights", weights, "--input", str(images[0]),
+                            str(tmp_path / "clip.avi"), "--output", str(out), "--save-json",
+                            *overrides(data)])
+    assert json.loads((out / "classes.json").read_text()) == CLASSES
+    predict = segmentation.Predictor(str(CONFIG), weights=weights, overrides=overrides(data))
+    saved = [(out / "predictions/000000.png", read_rgb(images[0]))] + [
+        (out / f"predictions/clip/{i:06d}.png", frame) for i, frame in enumerate(frames)]
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "predictions").rglob("*.*")) \
+        == [p.relative_to(out).as_posix() for p, _ in saved]
+    for path, image in saved:
+        written = np.asarray(Image.open(path))
+        assert written.dtype == np.uint8
+        np.testing.assert_array_equal(written, predict(image)["mask"])
 
 
 def test_training_evaluates_with_the_configs_test_scales(data: Path, tmp_path: Path,

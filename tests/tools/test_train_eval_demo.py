@@ -598,6 +598,78 @@ def test_demo_writes_pictures_for_images_and_video(trained: Path, data: Path,
             "lower --min-score shows weaker ones)") in capsys.readouterr().out
 
 
+def write_video(frames: list[Path], video: Path) -> list[np.ndarray]:
+    """An MJPG .avi of the images; returns its frames as read back (RGB)."""
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (128, 96))
+    for f in frames:
+        writer.write(cv2.imread(str(f)))
+    writer.release()
+    capture, read = cv2.VideoCapture(str(video)), []
+    while (frame := capture.read())[0]:
+        read.append(np.ascontiguousarray(frame[1][..., ::-1]))
+    capture.release()
+    return read
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return np.ascontiguousarray(cv2.imread(str(path))[..., ::-1])
+
+
+def assert_json_holds(record: dict, expected: dict, min_score: float = 0.0) -> None:
+    """The demo's JSON `record` holds the Predictor's detections `expected` of `min_score`
+    or more."""
+    kept = expected["scores"] >= min_score
+    assert 0 < kept.sum() and record["scores"], "no detections to compare"
+    np.testing.assert_allclose(record["boxes"], expected["boxes"][kept], rtol=1e-6)
+    np.testing.assert_allclose(record["scores"], expected["scores"][kept], rtol=1e-6)
+    assert record["category_ids"] == expected["labels"][kept].tolist()
+    assert record["labels"] == [n for n, k in zip(expected["class_names"], kept) if k]
+
+
+def test_demo_saves_the_detections_it_draws_as_json(trained: Path, data: Path,
+                                                    tmp_path: Path) -> None:
+    """--save-json: DIR/<name>.json per image, DIR/<name>.jsonl per video, holding what the
+    Predictor returns for the image (the detections of --min-score or more)."""
+    images = sorted((data / "images/val").iterdir())
+    frames = write_video(images, tmp_path / "clip.avi")
+    weights = str(trained / "model_final.pth")
+    out = tmp_path / "demo"
+    load_tool("demo").main([str(CONFIG), "--weights", weights, "--input", str(data / "images/val"),
+                            str(tmp_path / "clip.avi"), "--output", str(out), "--min-score", "0",
+                            "--save-json", "model.roi_heads.score_thresh=0.0"])
+    predictor = Predictor(str(CONFIG), weights=weights,
+                          overrides=["model.roi_heads.score_thresh=0.0"])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "000000.jpg", "000000.json", "000001.jpg", "000001.json", "000002.jpg", "000002.json",
+        "clip.jsonl", "clip.mp4"]
+    for image in images:
+        record = json.loads((out / f"{image.stem}.json").read_text())
+        assert {k: record[k] for k in ("image", "height", "width")} == {
+            "image": str(image), "height": 96, "width": 128}
+        assert_json_holds(record, predictor(read_rgb(image)))
+    lines = [json.loads(line) for line in (out / "clip.jsonl").read_text().splitlines()]
+    assert [(r["video"], r["frame"]) for r in lines] == [(str(tmp_path / "clip.avi"), i)
+                                                         for i in range(3)]
+    for record, frame in zip(lines, frames, strict=True):
+        assert_json_holds(record, predictor(frame))
+    # what is drawn, of --min-score or more; an image.png beside image.jpg gets image-2.json
+    expected = predictor(read_rgb(images[0]))
+    min_score = float(np.median(expected["scores"]))
+    both = tmp_path / "both"
+    both.mkdir()
+    shutil.copy(images[0], both / "a.jpg")
+    shutil.copy(images[0], both / "a.png")
+    load_tool("demo").main([str(CONFIG), "--weights", weights, "--input", str(both),
+                            "--output", str(tmp_path / "few"), "--min-score", str(min_score),
+                            "--save-json", "model.roi_heads.score_thresh=0.0"])
+    for name, source in (("a.json", "a.jpg"), ("a-2.json", "a.png")):
+        record = json.loads((tmp_path / "few" / name).read_text())
+        assert record["image"] == str(both / source)
+        assert len(record["scores"]) == (expected["scores"] >= min_score).sum() < len(
+            expected["scores"])
+        assert_json_holds(record, expected, min_score)
+
+
 def test_demo_reads_overrides_given_after_its_inputs(tmp_path: Path, monkeypatch) -> None:
     """`--input a.jpg model.roi_heads.score_thresh=0.3`: --input took the override as a file
     ("input not found"); a file whose name looks like one is still an input."""
