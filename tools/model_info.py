@@ -11,10 +11,16 @@ config overrides. The input defaults to 224x224 (32x32 for CIFAR nets), a detect
 largest test image (data.val.min_size x data.val.max_size), a segmentation config's training
 crop or a pretraining config's data.image_size. A detector's RoI heads are counted on as many
 RoIs as it keeps at most (model.rpn.post_nms_topk_test proposals, detections_per_image masks).
+
+Classes: --num-classes, else the config's model.num_classes, else (detection and sem_seg)
+the categories of data.train.ann_file where it is a readable COCO file (sem_seg: and the
+background), as training counts them; else a default (COCO's 80, VOC's 21, ImageNet's 1000),
+with a note where data.train.ann_file is set but cannot be read.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -41,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="input size (default: see above)")
     parser.add_argument("--num-classes", type=int, default=None,
-                        help="classes (default: the config's, else 1000; 10 for CIFAR nets)")
+                        help="classes (default: the config's model.num_classes, else its "
+                             "data.train.ann_file's categories, else 80, 21 or 1000; 10 for "
+                             "CIFAR nets)")
     parser.add_argument("options", nargs="*",
                         help="backbone options, or a config's overrides, as key=value")
     args = parser.parse_intermixed_args(argv)
@@ -86,6 +94,8 @@ def config_info(args: argparse.Namespace) -> None:
     num_classes = args.num_classes or cfg.model.get("num_classes")
     said = ""
     if num_classes is None:  # the data's, at training
+        num_classes, said = classes_of_ann_file(task, cfg)
+    if num_classes is None:
         num_classes = 10 if "cifar" in str(cfg.model.get("name")) else DEFAULT_CLASSES[task]
         said = " (the data's at training: --num-classes K for yours)"
     cfg.model.weights = None  # shapes are all that is counted: no file is read
@@ -113,6 +123,28 @@ def config_info(args: argparse.Namespace) -> None:
     print(f"{args.name}: {task}, {num_classes} classes{said}, input {size[0]}x{size[1]}"
           + (f" (padded to {batch[0]}x{batch[1]})" if batch != size else ""))
     print_rows(rows, count_parameters(model))
+
+
+def classes_of_ann_file(task: str, cfg) -> tuple[int | None, str]:
+    """(the classes a detector or segmenter trained on data.train.ann_file has, what to say
+    of them); (None, "") where the config names no such file or it cannot be read (said)."""
+    ann_file = OmegaConf.select(cfg, "data.train.ann_file")
+    if task not in ("detection", "sem_seg") or not ann_file:
+        return None, ""
+    try:
+        ids = {int(c["id"]) for c in json.loads(Path(ann_file).read_bytes())["categories"]}
+        if not ids:
+            raise ValueError("no categories")
+    except FileNotFoundError:
+        reason = "not found"
+    except (OSError, ValueError, KeyError, TypeError) as err:  # (JSONDecodeError: ValueError)
+        reason = f"not a COCO file with categories ({type(err).__name__}: {err})"
+    else:
+        background = " and the background" if task == "sem_seg" else ""
+        return (len(ids) + (task == "sem_seg"),
+                f" (the categories of data.train.ann_file {ann_file}{background})")
+    print(f"note: data.train.ann_file {ann_file}: {reason}; counting the default classes")
+    return None, ""
 
 
 def default_size(task: str, cfg) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,48 @@ def test_a_folder_is_said_to_be_one(capsys) -> None:
         model_info.main([str(ROOT / "configs")])
     assert "configs is a folder: give a config file (a run's config.yaml)" in \
         capsys.readouterr().err
+
+
+def test_a_configs_training_file_gives_the_classes(tmp_path, capsys) -> None:
+    """model.num_classes null: the categories of data.train.ann_file (COCO's 80 were counted
+    whatever the data); a file that is missing or no COCO file: the default, said in a line."""
+    ann_file = tmp_path / "three.json"
+    ann_file.write_text(json.dumps({"images": [], "annotations": [], "categories": [
+        {"id": 2, "name": "a"}, {"id": 5, "name": "b"}, {"id": 9, "name": "c"}]}))
+    detector = str(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml")
+    args = [detector, "--size", "64", "64", f"data.train.ann_file={ann_file}"]
+    model_info.main(args)
+    out = capsys.readouterr().out
+    assert out.startswith(f"{detector}: detection, 3 classes (the categories of "
+                          f"data.train.ann_file {ann_file}), input 64x64\n")
+    three = _roi_heads_parameters(out)
+    model_info.main([*args, "--num-classes", "1"])  # given: the file is not read
+    one = _roi_heads_parameters(capsys.readouterr().out)
+
+    def box_predictor(k: int, features: int = 512) -> int:  # after fc_dims [512, 512]
+        cls_score = features * (k + 1) + (k + 1)  # K classes and the background
+        bbox_pred = features * 4 * k + 4 * k  # a box per class
+        return cls_score + bbox_pred
+    assert three - one == box_predictor(3) - box_predictor(1)
+    segmenter = str(ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml")
+    model_info.main([segmenter, f"data.train.ann_file={ann_file}", "data.train.mask_dir=null"])
+    assert ", 4 classes (the categories of data.train.ann_file " in capsys.readouterr().out
+    for content, reason in ((None, "not found"),
+                            ('{"categories": [', "not a COCO file with categories "
+                                                 "(JSONDecodeError: "),
+                            ('{"images": []}', "not a COCO file with categories (KeyError: ")):
+        if content is not None:
+            ann_file.write_text(content)
+        else:
+            ann_file.unlink()
+        model_info.main(args)
+        note, header = capsys.readouterr().out.splitlines()[:2]
+        assert note.startswith(f"note: data.train.ann_file {ann_file}: {reason}")
+        assert note.endswith("; counting the default classes")
+        assert header.startswith(f"{detector}: detection, 80 classes (the data's at training")
+
+
+def _roi_heads_parameters(out: str) -> int:
+    """The parameters of the "roi_heads (N RoIs)" row: the box head's and box predictor's."""
+    row = next(line for line in out.splitlines() if line.startswith("roi_heads ("))
+    return int(row.split()[-2].replace(",", ""))
