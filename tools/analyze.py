@@ -47,7 +47,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs/analyze/cifar_sy
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", choices=STUDIES)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),

@@ -21,7 +21,7 @@ from resnet_detect.engine.data.synthetic import generate  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", "--out", dest="out", default="datasets/synthetic",
                         help="output folder (--out: its older name)")

@@ -40,7 +40,7 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help=f"a config file, or one of: "
                                      f"{', '.join(backbones.list_models())}")

@@ -36,7 +36,7 @@ from resnet_detect.engine.files import writable_folder  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_yaml", metavar="DATASET",
                         help="the dataset's YAML (path, train, val, names), or its folder")

@@ -555,3 +555,27 @@ def test_a_sigterm_stops_a_tool_as_ctrl_c_does_leaving_no_partial_file(tmp_path:
                           cwd=Path(__file__).resolve().parents[2],
                           env={**os.environ, "WORLD_SIZE": "2"})
     assert done.returncode == -signal.SIGTERM and partial.exists()
+
+
+@pytest.mark.parametrize("tool,argv,abbreviation", [
+    ("analyze", ["paths", "--conf", "missing.yaml", "--output", "out"], "--conf"),
+    ("labelme_to_coco", [".", "--output", "o.json", "--write-emb"], "--write-emb"),
+    ("make_synthetic", ["--output", "syn", "--num-tr", "1", "--num-val", "1"], "--num-tr"),
+    ("merge_coco", ["--input", "a.json", "images", "--output", "o.json", "--img", "images"],
+     "--img"),
+    ("model_info", ["resnet18", "--num-c", "3"], "--num-c"),
+    ("voc_to_coco", [".", "--output", "o.json", "--keep"], "--keep"),
+    ("yolo_to_coco", ["data.yaml", "--output-dir", "out", "--spl", "train"], "--spl"),
+])
+def test_an_abbreviated_option_is_refused_not_taken(tool: str, argv: list[str],
+                                                    abbreviation: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """argparse took `--out` for `--output` (here `--num-c 3` for --num-classes ...) unsaid;
+    the config tools and plot_curves.py already refused it."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        tool_main(tool)(argv)
+    assert stopped.value.code == 2
+    assert f"unrecognized arguments: {abbreviation}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
