@@ -8,6 +8,9 @@ Usage:
       a model; DIR/metrics.json has "results" in place of "weights")
   ... --confusion-matrix [--score-thr 0.3]   (detection: also DIR/confusion_matrix.csv and
       .png, mmdetection's confusion_matrix.py; resnet_detect/detection/confusion.py)
+  ... --error-analysis   (detection: also DIR/error_analysis/, mmdetection's
+      coco_error_analysis.py: box PR curves C75, C50, Loc, Sim, Oth, BG, FN, overall and per
+      category, and their APs in error_analysis.json; resnet_detect/detection/error_analysis.py)
   torchrun --nproc_per_node=N tools/eval.py ...   (each process scores its share)
 
 Detection (COCO box AP on data.val.ann_file / data.val.img_dir): prints the 12 standard
@@ -72,6 +75,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="detection: also DIR/confusion_matrix.csv and .png (mmdetection's "
                              "confusion_matrix.py: detections scoring --score-thr or more, "
                              "matched at IoU 0.5)")
+    parser.add_argument("--error-analysis", action="store_true",
+                        help="detection: also DIR/error_analysis/ (mmdetection's "
+                             "coco_error_analysis.py: PR curves of the box errors)")
     parser.add_argument("--score-thr", type=float, default=0.3,
                         help="--confusion-matrix: the detections counted (default 0.3)")
     return parser.parse_intermixed_args(argv)
@@ -118,16 +124,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     key = "results" if args.results else "weights"
     refuse_another_evaluations_folder(Path(args.output), getattr(args, key), key)
     task = config_task(args.config, args.overrides)
-    if args.confusion_matrix and task != "detection":
-        raise ConfigError(f"--confusion-matrix is for detection; {args.config} is a {task!r} "
-                          f"config" + (" (its per-class IoU is in metrics.json)"
-                                       if task == "sem_seg" else ""))
+    for flag, asked in (("--confusion-matrix", args.confusion_matrix),
+                        ("--error-analysis", args.error_analysis)):
+        if asked and task != "detection":
+            raise ConfigError(f"{flag} is for detection; {args.config} is a {task!r} config"
+                              + (" (its per-class IoU is in metrics.json)"
+                                 if task == "sem_seg" else ""))
     if not 0 <= args.score_thr <= 1:
         raise ConfigError(f"--score-thr is a score, 0..1, got {args.score_thr}")
     if args.results:
         metrics = score_results(args, task)
-        if args.confusion_matrix:
-            write_confusion(args, Path(args.results))
+        write_analyses(args, Path(args.results))
         return metrics
     evaluate_checkpoint = getattr(task_module(task), "evaluate_checkpoint", None)
     if evaluate_checkpoint is None:
@@ -150,9 +157,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         if is_main_process() else None, "write to --output")
         metrics = evaluate_checkpoint(args.config, args.weights, Path(args.output),
                                       args.overrides, device, **options)
-        if args.confusion_matrix and is_main_process():
+        if (args.confusion_matrix or args.error_analysis) and is_main_process():
             from resnet_detect.detection.evaluation import RESULTS_FILE
-            write_confusion(args, Path(args.output) / RESULTS_FILE)
+            write_analyses(args, Path(args.output) / RESULTS_FILE)
         return metrics
     finally:
         cleanup()
@@ -172,28 +179,52 @@ def score_results(args: argparse.Namespace, task: str) -> dict[str, Any]:
                               backend=args.backend)
 
 
-def write_confusion(args: argparse.Namespace, results_file: Path) -> None:
-    """--confusion-matrix: the matrix of `results_file` against the config's val file."""
+def write_analyses(args: argparse.Namespace, results_file: Path) -> None:
+    """--confusion-matrix and --error-analysis of `results_file` against the config's val
+    file, where it has annotations and every result a box."""
     from resnet_detect.detection.config import load_config
-    from resnet_detect.detection.confusion import (confusion_matrix, most_confused,
-                                                   write_confusion_matrix)
     from resnet_detect.engine.data import read_coco_json
+    if not (args.confusion_matrix or args.error_analysis):
+        return
     ann_file = load_config(args.config, args.overrides).data.val.ann_file
     gt = read_coco_json(ann_file, annotations_optional=True)
-    if not gt["annotations"]:
-        print(f"--confusion-matrix: {ann_file} has no annotations: no matrix", flush=True)
-        return
     results = json.loads(results_file.read_text(encoding="utf-8"))
     boxless = sum("bbox" not in r for r in results)
-    if boxless:
-        print(f"--confusion-matrix: {boxless} of {len(results)} results have no bbox (it sets "
-              f"boxes against the objects'): no matrix", flush=True)
-        return
+    for flag, asked, why, nothing, write in (
+            ("--confusion-matrix", args.confusion_matrix, "it sets boxes against the objects'",
+             "no matrix", write_confusion),
+            ("--error-analysis", args.error_analysis, "it analyses the boxes", "no analysis",
+             write_errors)):
+        if not asked:
+            continue
+        if not gt["annotations"]:
+            print(f"{flag}: {ann_file} has no annotations: {nothing}", flush=True)
+        elif boxless:
+            print(f"{flag}: {boxless} of {len(results)} results have no bbox ({why}): "
+                  f"{nothing}", flush=True)
+        else:
+            write(args, gt, results)
+
+
+def write_confusion(args: argparse.Namespace, gt: dict[str, Any], results: list[dict]) -> None:
+    """--confusion-matrix: the matrix of `results` against `gt`."""
+    from resnet_detect.detection.confusion import (confusion_matrix, most_confused,
+                                                   write_confusion_matrix)
     matrix, names = confusion_matrix(gt, results, score_thr=args.score_thr)
     written = write_confusion_matrix(matrix, names, Path(args.output))
     print(f"confusion matrix (detections scoring {args.score_thr} or more, IoU 0.5): "
           f"{', '.join(map(str, written))}" + "".join(f"\n  {line}" for line in
                                                     most_confused(matrix, names)), flush=True)
+
+
+def write_errors(args: argparse.Namespace, gt: dict[str, Any], results: list[dict]) -> None:
+    """--error-analysis: the box error analysis of `results` against `gt`."""
+    from resnet_detect.detection.error_analysis import (FOLDER, analyze, overall_table,
+                                                        write_error_analysis)
+    analysis = analyze(gt, results, iou_type="bbox")
+    written = write_error_analysis(analysis, Path(args.output))
+    print(f"box error analysis (AP of each curve, overall; {len(written)} files in "
+          f"{Path(args.output) / FOLDER}):\n{overall_table(analysis)}", flush=True)
 
 
 if __name__ == "__main__":

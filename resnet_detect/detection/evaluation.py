@@ -108,7 +108,11 @@ def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
     no crowd regions besides those, and no objects of area 0, as lvis-api reads it. Returns
     (dataset, number of objects so ignored).
     """
-    data = read_coco_json(ann_file)
+    return cocoeval_ground_truth(read_coco_json(ann_file), iou_type)
+
+
+def cocoeval_ground_truth(data: dict[str, Any], iou_type: str) -> tuple[dict[str, Any], int]:
+    """`ground_truth` of a file's content (as `read_coco_json` returns it)."""
     federated = is_federated(data)
     sizes = {img["id"]: (img["height"], img["width"]) for img in data["images"]}
     annotations, ignored = [], 0

@@ -329,6 +329,57 @@ def test_eval_writes_a_confusion_matrix_of_results_or_weights(
                                 "--confusion-matrix", "--score-thr", "30"])
 
 
+def test_eval_writes_an_error_analysis_of_results_or_weights(
+        trained: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--error-analysis (mmdetection's coco_error_analysis.py): the val file's own objects as
+    results score 1 on every curve; an evaluation of weights analyses its results file."""
+    from resnet_detect.engine.data import read_coco_json
+    gt = read_coco_json(data / "coco/val.json")
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                "score": 0.9} for a in gt["annotations"] if not a.get("iscrowd", 0)]
+    path = tmp_path / "perfect.json"
+    path.write_text(json.dumps(perfect))
+    run = [str(CONFIG), *data_overrides(data)]
+    load_tool("eval").main([*run, "--output", str(tmp_path / "out"), "--results", str(path),
+                            "--error-analysis"])
+    folder = tmp_path / "out/error_analysis"
+    numbers = json.loads((folder / "error_analysis.json").read_text())
+    assert numbers["overall"]["all"] == pytest.approx(dict.fromkeys(
+        ["C75", "C50", "Loc", "Sim", "Oth", "BG", "FN"], 1.0))
+    assert (folder / "overall-all.png").is_file() and (folder / "categories/1-circle-all.png"
+                                                       ).is_file()
+    out = capsys.readouterr().out
+    assert "box error analysis" in out and re.search(r"\nall +1\.000 +1\.000", out)
+    load_tool("eval").main([*run, "--output", str(tmp_path / "w"), "--weights",
+                            str(trained / "model_final.pth"), "--error-analysis"])
+    numbers = json.loads((tmp_path / "w/error_analysis/error_analysis.json").read_text())
+    assert numbers["overall"]["all"]["FN"] == 1.0
+    seg = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
+    with pytest.raises(ConfigError, match="--error-analysis is for detection; .* is a "
+                                          "'sem_seg' config"):
+        load_tool("eval").main([str(seg), "--output", str(tmp_path / "s"), "--weights", "w.pth",
+                                "--error-analysis"])
+    masks_only = tmp_path / "masks.json"  # results without boxes: no analysis, said
+    gt_coco = COCO(str(data / "coco/val.json"))
+    masks_only.write_text(json.dumps([
+        {"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9,
+         "segmentation": {"size": (r := gt_coco.annToRLE(a))["size"],
+                          "counts": r["counts"].decode("ascii")}}
+        for a in gt_coco.dataset["annotations"]]))
+    capsys.readouterr()
+    load_tool("eval").main([*run, "--output", str(tmp_path / "m"), "--results",
+                            str(masks_only), "--error-analysis"])
+    assert "results have no bbox (it analyses the boxes): no analysis" in \
+        capsys.readouterr().out and not (tmp_path / "m/error_analysis").exists()
+    unlabelled = tmp_path / "test-dev.json"  # a val file without annotations: said
+    unlabelled.write_text(json.dumps({k: v for k, v in gt.items() if k != "annotations"}))
+    load_tool("eval").main([*run, f"data.val.ann_file={unlabelled}", "--output",
+                            str(tmp_path / "u"), "--weights", str(trained / "model_final.pth"),
+                            "--error-analysis"])
+    assert f"--error-analysis: {unlabelled} has no annotations: no analysis" in \
+        capsys.readouterr().out and not (tmp_path / "u/error_analysis").exists()
+
+
 def test_eval_with_test_time_augmentation_scores_what_the_predictor_gives(
         trained: Path, data: Path, tmp_path: Path) -> None:
     """The views are made from each image at its own size, not from the test-size image."""
