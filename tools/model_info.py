@@ -127,7 +127,16 @@ def config_info(args: argparse.Namespace) -> None:
 
 def classes_of_ann_file(task: str, cfg) -> tuple[int | None, str]:
     """(the classes a detector or segmenter trained on data.train.ann_file has, what to say
-    of them); (None, "") where the config names no such file or it cannot be read (said)."""
+    of them; a segmenter's data.class_names first, as training reads them); (None, "") where
+    the config names neither or they cannot be read (said)."""
+    if task == "sem_seg" and OmegaConf.select(cfg, "data.class_names") is not None:
+        from resnet_detect.segmentation.data import resolve_class_names
+        try:
+            return (len(resolve_class_names(cfg)),
+                    f" (data.class_names {OmegaConf.select(cfg, 'data.class_names')})")
+        except (OSError, ValueError) as err:  # (DatasetError: ValueError)
+            print(f"note: data.class_names: {err}; counting the default classes")
+            return None, ""
     ann_file = OmegaConf.select(cfg, "data.train.ann_file")
     if task not in ("detection", "sem_seg") or not ann_file:
         return None, ""

@@ -204,8 +204,17 @@ def test_a_configs_training_file_gives_the_classes(tmp_path, capsys) -> None:
         return cls_score + bbox_pred
     assert three - one == box_predictor(3) - box_predictor(1)
     segmenter = str(ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml")
-    model_info.main([segmenter, f"data.train.ann_file={ann_file}", "data.train.mask_dir=null"])
+    model_info.main([segmenter, f"data.train.ann_file={ann_file}", "data.train.mask_dir=null",
+                     "data.class_names=null"])
     assert ", 4 classes (the categories of data.train.ann_file " in capsys.readouterr().out
+    # a segmenter's data.class_names first, as its training reads them
+    names = tmp_path / "classes.json"
+    names.write_text(json.dumps(["bg", "a", "b", "c", "d", "e"]))
+    model_info.main([segmenter, f"data.train.ann_file={ann_file}", "data.train.mask_dir=null",
+                     f"data.class_names={names}"])
+    assert f", 6 classes (data.class_names {names})" in capsys.readouterr().out
+    model_info.main([segmenter, "data.class_names=[bg,a,b,c,d]"])
+    assert ", 5 classes (data.class_names " in capsys.readouterr().out
     for content, reason in ((None, "not found"),
                             ('{"categories": [', "not a COCO file with categories "
                                                  "(JSONDecodeError: "),
