@@ -14,9 +14,12 @@ detections scored per image and category), as are its AP50 and AP75. Writes:
                          images without objects (no AP)
   DIR/best/, DIR/worst/  the --topk best and worst images as RANK-APxx.x-NAME.jpg: the ground
                          truth (left) beside the detections scoring --score-thr or more
-                         (right); masks too where the results have them
-(--topk 0: the CSV alone.) Among equal APs, images of more objects come first. An LVIS file
-is scored by COCOeval's rules here, not LVIS's federated ones.
+                         (right; one above the other for images too wide for that); masks
+                         too where the results have them
+(--topk 0: the CSV alone, an earlier run's pictures removed.) Among equal APs, images of more
+objects come first. An LVIS file is scored by COCOeval's rules here, not LVIS's federated
+ones. With --iou-type segm, objects without a usable mask are ignored, as tools/eval.py
+ignores them (said in a warning).
 """
 from __future__ import annotations
 
@@ -77,7 +80,14 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
         raise DatasetError(f"{path}: --iou-type {args.iou_type} needs " + (
             "a segmentation in every result" if args.iou_type == "segm"
             else "a bbox in every result (try --iou-type segm)"))
-    gt, _ = ground_truth(Path(cfg.data.val.ann_file), args.iou_type)
+    gt, maskless = ground_truth(Path(cfg.data.val.ann_file), args.iou_type)
+    if maskless and not any(not a["iscrowd"] for a in gt["annotations"]):
+        raise DatasetError(f"{cfg.data.val.ann_file} has no object with a usable mask: "
+                           f"--iou-type segm has nothing to score (--iou-type bbox has)")
+    if maskless:
+        logger.warning("%s: %d objects without a usable mask are ignored (scored as crowd "
+                       "regions over their boxes, drawn as such)", cfg.data.val.ann_file,
+                       maskless)
     sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
     foreign = sorted({r["image_id"] for r in results} - sizes.keys())
     if foreign:
@@ -95,21 +105,25 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
     for title, chosen in (("worst", ranked(scores, best=False)[:5]), ("best", best[:5])):
         print(f"  {title}: " + ", ".join(f"{s.file_name} {100 * s.ap:.1f}" for s in chosen),
               flush=True)
-    if args.topk:
-        unreadable = draw_folders(gt, results, scores, args, Path(cfg.data.val.img_dir),
-                                  output, masks="segm" in types)
-        print(f"drew the {args.topk} best and worst images: {output / 'best'}, "
-              f"{output / 'worst'}", flush=True)
-        if unreadable:
-            raise UnreadableImageError("these images could not be read, the others are drawn:"
-                                       + "".join(f"\n  {e}" for e in unreadable))
+    if not args.topk:  # an earlier run's pictures would be taken for these results'
+        for folder in ("best", "worst"):
+            shutil.rmtree(output / folder, ignore_errors=True)
+        return scores
+    drawn, failed = draw_folders(gt, results, scores, args, Path(cfg.data.val.img_dir),
+                                 output, masks="segm" in types)
+    print(f"drew the {drawn} best and worst images: {output / 'best'}, {output / 'worst'}",
+          flush=True)
+    if failed:
+        raise UnreadableImageError("these images could not be read or drawn, the others are:"
+                                   + "".join(f"\n  {e}" for e in failed))
     return scores
 
 
 def draw_folders(gt: dict[str, Any], results: list[dict[str, Any]], scores: list[Any],
-                 args: Any, img_dir: Path, output: Path, *, masks: bool) -> list[str]:
+                 args: Any, img_dir: Path, output: Path, *, masks: bool
+                 ) -> tuple[int, list[str]]:
     """DIR/best/ and DIR/worst/, each drawn beside them and then put in place of an earlier
-    one; returns the images that could not be read."""
+    one; returns (the images drawn in each, why those not drawn were not)."""
     from resnet_detect.detection.analyze_results import draw_side_by_side, ranked
     from resnet_detect.engine.data.images import read_image
     from resnet_detect.engine.visualize import palette, write_picture
@@ -120,7 +134,7 @@ def draw_folders(gt: dict[str, Any], results: list[dict[str, Any]], scores: list
         anns[ann["image_id"]].append(ann)
     for r in results:
         dets[r["image_id"]].append(r)
-    unreadable = []
+    failed, drawn = [], 0
     for folder in ("best", "worst"):
         chosen = ranked(scores, best=folder == "best")[:args.topk]
         partial = output / f".{folder}.partial"
@@ -128,23 +142,24 @@ def draw_folders(gt: dict[str, Any], results: list[dict[str, Any]], scores: list
         partial.mkdir()
         try:
             for rank, score in enumerate(chosen, start=1):
-                try:
-                    image = read_image(image_path(img_dir, score.file_name))
-                except UnreadableImageError as err:
-                    logger.warning("%s", err)
-                    unreadable.append(str(err))
-                    continue
-                picture = draw_side_by_side(image, anns[score.image_id], dets[score.image_id],
-                                            score, categories, colours,
-                                            score_thr=args.score_thr, masks=masks)
                 name = Path(score.file_name)
                 ext = ".png" if name.suffix.lower() == ".png" else ".jpg"
-                write_picture(picture,
-                              partial / f"{rank:03d}-AP{100 * score.ap:.1f}-{name.stem}{ext}")
+                try:
+                    image = read_image(image_path(img_dir, score.file_name))
+                    picture = draw_side_by_side(image, anns[score.image_id],
+                                                dets[score.image_id], score, categories,
+                                                colours, score_thr=args.score_thr, masks=masks)
+                    write_picture(picture, partial /
+                                  f"{rank:03d}-AP{100 * score.ap:.1f}-{name.stem}{ext}")
+                except OSError as err:  # unreadable, or too large for its format
+                    logger.warning("%s", err)
+                    failed.append(str(err))
+                    continue
+                drawn += folder == "best"
             replace_folder(partial, output / folder)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
-    return list(dict.fromkeys(unreadable))
+    return drawn, list(dict.fromkeys(failed))
 
 
 if __name__ == "__main__":

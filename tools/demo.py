@@ -8,9 +8,9 @@ Detection configs: boxes with class names and scores (and, for Mask R-CNN, each 
 mask as a translucent fill in its box's colour). Segmentation configs (`task: sem_seg`):
 a colour overlay with a legend. Images are written to DIR under their own names (as .jpg
 unless PNG; from a folder, with their paths inside it), a video to DIR/<name>.mp4, frame by
-frame; a name that would repeat, also without its suffix, gets "-2", "-3", ... An unreadable
-image is skipped with a warning, the others drawn, and the run then fails naming the
-skipped ones.
+frame; a name that would repeat (with --save-json: also without its suffix) gets "-2",
+"-3", ... An unreadable image is skipped with a warning, the others drawn, and the run then
+fails naming the skipped ones.
 
 --save-json also writes the predictions, each file atomically:
   detection: beside each picture DIR/<name>.json, {"image": the input's path, "height",
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if args.save_json and task == "sem_seg":
         atomic_write_json(list(render.class_names), output / "classes.json")
     written, unreadable, too_large = [], [], []
-    for (path, _), out in zip(inputs, output_paths(inputs, output, unique_stems=True)):
+    for (path, _), out in zip(inputs, output_paths(inputs, output, unique_stems=args.save_json)):
         is_video = path.suffix.lower() in VIDEO_SUFFIXES
         try:
             if args.save_json:

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 CSV_FILE = "per_image_ap.csv"
 CAPTION_HEIGHT, GAP = 24, 6
+JPEG_MAX_SIDE = 65500  # wider side by side: one above the other
 
 
 @dataclass
@@ -50,7 +51,7 @@ def _precision_at_recalls(entry: Mapping[str, Any], recall_thresholds: np.ndarra
     objects = int(np.count_nonzero(np.asarray(entry["gtIgnore"]) == 0))
     if objects == 0:
         return None
-    matched = np.asarray(entry["dtMatches"]) > 0
+    matched = np.asarray(entry["dtMatches"]) != 0  # the matched object's id
     ignored = np.asarray(entry["dtIgnore"]).astype(bool)
     thresholds = len(matched)
     if matched.size == 0:
@@ -174,8 +175,9 @@ def draw_side_by_side(image: np.ndarray, anns: Sequence[Mapping[str, Any]],
                       dets: Sequence[Mapping[str, Any]], score: ImageScore,
                       categories: Sequence[Mapping[str, Any]], colours: np.ndarray, *,
                       score_thr: float, masks: bool) -> np.ndarray:
-    """The image's ground truth (left) and its detections scoring `score_thr` or more
-    (right), each under a caption; `categories` sorted by id, one colour each."""
+    """The image's ground truth (left; above for very wide images) and its detections
+    scoring `score_thr` or more (right; below), each under a caption; `categories` sorted by
+    id, one colour each."""
     names = {c["id"]: c["name"] for c in categories}
     index = {c["id"]: i for i, c in enumerate(categories)}
     palette = {i: tuple(int(v) for v in rgb) for i, rgb in enumerate(colours)}
@@ -189,5 +191,8 @@ def draw_side_by_side(image: np.ndarray, anns: Sequence[Mapping[str, Any]],
           f"AP {100 * score.ap:.1f}, AP50 {100 * score.ap50:.1f}")
     left = _captioned(truth, f"ground truth: {score.objects} objects")
     right = _captioned(found, f"{len(shown)} detections >= {score_thr:g} ({ap})")
+    if 2 * left.shape[1] + GAP > JPEG_MAX_SIDE:
+        gap = np.full((GAP, left.shape[1], 3), 255, dtype=np.uint8)
+        return np.concatenate([left, gap, right], axis=0)
     gap = np.full((left.shape[0], GAP, 3), 255, dtype=np.uint8)
     return np.concatenate([left, gap, right], axis=1)

@@ -87,6 +87,10 @@ def rle_masks(results: list[dict[str, Any]], sizes: dict[int, tuple[int, int]],
     for i, r in enumerate(results):
         seg, size = r["segmentation"], sizes.get(r["image_id"])
         if isinstance(seg, dict) and isinstance(seg.get("counts"), str) or size is None:
+            if size is not None and list(seg.get("size") or ()) != list(size):
+                raise DatasetError(f"{path}: result {i}: a mask of size {seg.get('size')} on "
+                                   f"image {r['image_id']} of size {list(size)} (height, "
+                                   f"width)")
             encoded.append(r)
             continue
         try:

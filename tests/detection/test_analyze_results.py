@@ -142,3 +142,10 @@ def test_the_picture_holds_truth_left_and_detections_over_the_threshold_right() 
     assert (right[40:50, 5:15] == 40).all()  # the bird at 0.1 is not drawn
     assert (right[5:35, 5:35] == 40).all()  # nor the ground truth
     assert bird != cat
+
+
+def test_an_image_too_wide_for_a_jpeg_side_by_side_is_drawn_above_its_detections() -> None:
+    image = np.zeros((20, 33000, 3), dtype=np.uint8)
+    picture = draw_side_by_side(image, [], [], ImageScore(1, "w.jpg", 0, 0, None, None, None),
+                                CATEGORIES, palette(3), score_thr=0.3, masks=False)
+    assert picture.shape == (2 * (20 + 24) + 6, 33000, 3)

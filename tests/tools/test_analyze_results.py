@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import logging
 from pathlib import Path
-from types import ModuleType
 
 import cv2
 import pytest
@@ -21,12 +21,10 @@ CONFIG = ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
 HEIGHT, WIDTH = 96, 128
 
 
-def load_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("analyze_results_tool",
-                                                  ROOT / "tools/analyze_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_spec = importlib.util.spec_from_file_location("analyze_results_tool",
+                                               ROOT / "tools/analyze_results.py")
+analyze_results = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(analyze_results)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +61,7 @@ def results_file(data: Path, path: Path, *, found: int, masks: bool = False) -> 
 def test_images_ranked_by_their_own_ap_and_the_best_and_worst_drawn(
         data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ids = results_file(data, tmp_path / "r.json", found=2)
-    scores = load_tool().main(args(data, tmp_path / "r.json", tmp_path / "out", "--topk", "2"))
+    scores = analyze_results.main(args(data, tmp_path / "r.json", tmp_path / "out", "--topk", "2"))
     assert {s.image_id: s.ap for s in scores} == {i: 1.0 if i in ids[:2] else 0.0 for i in ids}
     rows = list(csv.DictReader((tmp_path / "out/per_image_ap.csv").open()))
     assert [r["ap"] for r in rows] == ["0.00"] * (len(ids) - 2) + ["100.00"] * 2
@@ -77,30 +75,57 @@ def test_images_ranked_by_their_own_ap_and_the_best_and_worst_drawn(
         assert picture.shape == (HEIGHT + 24, 2 * WIDTH + 6, 3)
     out = capsys.readouterr().out
     assert f"{len(ids)} images ranked by bbox AP" in out and "worst: " in out
-    load_tool().main(args(data, tmp_path / "r.json", tmp_path / "out", "--topk", "1"))
+    analyze_results.main(args(data, tmp_path / "r.json", tmp_path / "out", "--topk", "1"))
     assert len(list((tmp_path / "out/best").iterdir())) == 1  # the earlier pictures replaced
+    analyze_results.main(args(data, tmp_path / "r.json", tmp_path / "out", "--topk", "0"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["per_image_ap.csv"]
 
 
-def test_mask_ap_and_bad_input(data: Path, tmp_path: Path) -> None:
+def test_mask_ap_and_bad_input(data: Path, tmp_path: Path,
+                               caplog: pytest.LogCaptureFixture) -> None:
     ids = results_file(data, tmp_path / "m.json", found=1, masks=True)
-    scores = load_tool().main(args(data, tmp_path / "m.json", tmp_path / "m", "--iou-type",
+    scores = analyze_results.main(args(data, tmp_path / "m.json", tmp_path / "m", "--iou-type",
                                    "segm", "--topk", "1"))
     assert [s.ap for s in scores if s.image_id in ids] == [1.0] + [0.0] * (len(ids) - 1)
+    # a mask of another size than its image's: named (it was scored, then drawing crashed)
+    missized = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
+    missized[1]["segmentation"]["size"] = [HEIGHT + 1, WIDTH]
+    (tmp_path / "x.json").write_text(json.dumps(missized), encoding="utf-8")
+    with pytest.raises(DatasetError, match=rf"x.json: result 1: a mask of size \[{HEIGHT + 1}, "
+                                           rf"{WIDTH}\] on image \d+ of size \[{HEIGHT}, "):
+        analyze_results.main(args(data, tmp_path / "x.json", tmp_path / "x", "--iou-type", "segm"))
+    # objects without masks: ignored in segm, said; none with a mask: refused
+    val = json.loads((data / "coco/val.json").read_text(encoding="utf-8"))
+    for ann in val["annotations"][:2]:
+        del ann["segmentation"]
+    (tmp_path / "some.json").write_text(json.dumps(val), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        analyze_results.main([*args(data, tmp_path / "m.json", tmp_path / "m", "--iou-type", "segm",
+                                "--topk", "0"), f"data.val.ann_file={tmp_path / 'some.json'}"])
+    assert any("2 objects without a usable mask are ignored" in r.getMessage()
+               for r in caplog.records if r.levelno >= logging.WARNING)
+    for ann in val["annotations"]:
+        ann.pop("segmentation", None)
+    (tmp_path / "none.json").write_text(json.dumps(val), encoding="utf-8")
+    with pytest.raises(DatasetError, match="has no object with a usable mask: --iou-type segm "
+                                           "has nothing to score"):
+        analyze_results.main([*args(data, tmp_path / "m.json", tmp_path / "m", "--iou-type",
+                                    "segm"), f"data.val.ann_file={tmp_path / 'none.json'}"])
     boxes_only = tmp_path / "b.json"
     results_file(data, boxes_only, found=1)
     with pytest.raises(DatasetError, match="--iou-type segm needs a segmentation in every"):
-        load_tool().main(args(data, boxes_only, tmp_path / "b", "--iou-type", "segm"))
+        analyze_results.main(args(data, boxes_only, tmp_path / "b", "--iou-type", "segm"))
     foreign = tmp_path / "f.json"
     foreign.write_text(json.dumps([{"image_id": 4242, "category_id": 1, "bbox": [0, 0, 5, 5],
                                     "score": 0.5}]), encoding="utf-8")
     with pytest.raises(DatasetError, match=r"results of images that .*val.json lacks "
                                            r"\(ids \[4242\]\)"):
-        load_tool().main(args(data, foreign, tmp_path / "f"))
+        analyze_results.main(args(data, foreign, tmp_path / "f"))
     seg = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
     with pytest.raises(ConfigError, match="analyzes detection results; .* is a 'sem_seg'"):
-        load_tool().main([str(seg), "--results", str(boxes_only), "--output", str(tmp_path)])
+        analyze_results.main([str(seg), "--results", str(boxes_only), "--output", str(tmp_path)])
     with pytest.raises(ConfigError, match="--topk is a number of images, 0 or more, got -1"):
-        load_tool().main(args(data, boxes_only, tmp_path / "b", "--topk", "-1"))
+        analyze_results.main(args(data, boxes_only, tmp_path / "b", "--topk", "-1"))
 
 
 def test_an_unreadable_image_is_named_and_the_others_drawn(data: Path, tmp_path: Path) -> None:
@@ -113,8 +138,9 @@ def test_an_unreadable_image_is_named_and_the_others_drawn(data: Path, tmp_path:
     broken = images / val["images"][0]["file_name"]
     broken.write_bytes(b"")
     results_file(data, tmp_path / "r.json", found=len(val["images"]))
-    with pytest.raises(UnreadableImageError, match=f"{broken}: an empty file"):
-        load_tool().main(args(data, tmp_path / "r.json", tmp_path / "out", "--topk", "10",
+    with pytest.raises(UnreadableImageError, match=f"could not be read or drawn, the others "
+                                                   f"are:\n  {broken}: an empty file"):
+        analyze_results.main(args(data, tmp_path / "r.json", tmp_path / "out", "--topk", "10",
                               f"data.val.img_dir={images}"))
     assert len(list((tmp_path / "out/best").iterdir())) == len(val["images"]) - 1
     assert (tmp_path / "out/per_image_ap.csv").is_file()
