@@ -277,6 +277,25 @@ def test_eval_scores_perfect_results_100_and_names_bad_results_files(
                                 str(path)])
 
 
+def perfect_results(gt: dict, path: Path) -> Path:
+    """The file's own objects (crowd regions left out) as a results file."""
+    path.write_text(json.dumps([
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+         "score": 0.9} for a in gt["annotations"] if not a.get("iscrowd", 0)]), encoding="utf-8")
+    return path
+
+
+def masks_only_results(data: Path, path: Path) -> Path:
+    """The val file's objects as results of masks without boxes."""
+    gt_coco = COCO(str(data / "coco/val.json"))
+    path.write_text(json.dumps([
+        {"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9,
+         "segmentation": {"size": (r := gt_coco.annToRLE(a))["size"],
+                          "counts": r["counts"].decode("ascii")}}
+        for a in gt_coco.dataset["annotations"]]), encoding="utf-8")
+    return path
+
+
 def test_eval_writes_a_confusion_matrix_of_results_or_weights(
         trained: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--confusion-matrix (mmdetection's confusion_matrix.py): the val file's own objects as
@@ -286,10 +305,7 @@ def test_eval_writes_a_confusion_matrix_of_results_or_weights(
 
     from resnet_detect.engine.data import read_coco_json
     gt = read_coco_json(data / "coco/val.json")
-    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
-                "score": 0.9} for a in gt["annotations"] if not a.get("iscrowd", 0)]
-    path = tmp_path / "perfect.json"
-    path.write_text(json.dumps(perfect))
+    path = perfect_results(gt, tmp_path / "perfect.json")
     run = [str(CONFIG), *data_overrides(data)]
     load_tool("eval").main([*run, "--output", str(tmp_path / "out"), "--results", str(path),
                             "--confusion-matrix"])
@@ -312,13 +328,7 @@ def test_eval_writes_a_confusion_matrix_of_results_or_weights(
                                           "'sem_seg' config .its per-class IoU"):
         load_tool("eval").main([str(seg), "--output", str(tmp_path / "s"), "--weights", "w.pth",
                                 "--confusion-matrix"])
-    masks_only = tmp_path / "masks.json"  # results without boxes: no matrix, said
-    gt_coco = COCO(str(data / "coco/val.json"))
-    masks_only.write_text(json.dumps([
-        {"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9,
-         "segmentation": {"size": (r := gt_coco.annToRLE(a))["size"],
-                          "counts": r["counts"].decode("ascii")}}
-        for a in gt_coco.dataset["annotations"]]))
+    masks_only = masks_only_results(data, tmp_path / "masks.json")  # no matrix, said
     capsys.readouterr()
     load_tool("eval").main([*run, "--output", str(tmp_path / "m"), "--results",
                             str(masks_only), "--confusion-matrix"])
@@ -335,10 +345,7 @@ def test_eval_writes_an_error_analysis_of_results_or_weights(
     results score 1 on every curve; an evaluation of weights analyses its results file."""
     from resnet_detect.engine.data import read_coco_json
     gt = read_coco_json(data / "coco/val.json")
-    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
-                "score": 0.9} for a in gt["annotations"] if not a.get("iscrowd", 0)]
-    path = tmp_path / "perfect.json"
-    path.write_text(json.dumps(perfect))
+    path = perfect_results(gt, tmp_path / "perfect.json")
     run = [str(CONFIG), *data_overrides(data)]
     load_tool("eval").main([*run, "--output", str(tmp_path / "out"), "--results", str(path),
                             "--error-analysis"])
@@ -359,13 +366,7 @@ def test_eval_writes_an_error_analysis_of_results_or_weights(
                                           "'sem_seg' config"):
         load_tool("eval").main([str(seg), "--output", str(tmp_path / "s"), "--weights", "w.pth",
                                 "--error-analysis"])
-    masks_only = tmp_path / "masks.json"  # results without boxes: no analysis, said
-    gt_coco = COCO(str(data / "coco/val.json"))
-    masks_only.write_text(json.dumps([
-        {"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9,
-         "segmentation": {"size": (r := gt_coco.annToRLE(a))["size"],
-                          "counts": r["counts"].decode("ascii")}}
-        for a in gt_coco.dataset["annotations"]]))
+    masks_only = masks_only_results(data, tmp_path / "masks.json")  # no analysis, said
     capsys.readouterr()
     load_tool("eval").main([*run, "--output", str(tmp_path / "m"), "--results",
                             str(masks_only), "--error-analysis"])
