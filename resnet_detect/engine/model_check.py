@@ -1,7 +1,8 @@
 """A model config's mistakes found before the training data is read (minutes at COCO scale)
-rather than after: the model built on the meta device (no memory, no weights loaded) with a
-stand-in class count, and every weights file the config names looked for and read (a damaged
-file is told before minutes of reading the data, not after)."""
+rather than after: the model built on the meta device (no memory) with a stand-in class count,
+every weights file the config names looked for and read (a damaged file is told before
+minutes of reading the data, not after), and the backbone's weights loaded into that model as
+the real build loads them (weights of another architecture or normalisation)."""
 from __future__ import annotations
 
 import copy
@@ -98,10 +99,31 @@ def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig
         if "num_classes" in probe.model and probe.model.num_classes is None:
             probe.model.num_classes = num_classes
     try:
-        with warnings.catch_warnings(), torch.device("meta"):
-            warnings.simplefilter("ignore")
-            build(probe)
+        _build_on_meta(build, probe)
     except ConfigError:
         raise
     except Exception:  # a part the meta device cannot build: the real build says what is wrong
-        pass
+        return
+    # the backbone's weights loaded as the real build loads them (their checks: architecture,
+    # normalisation, keys and shapes), into the meta model: nothing is copied. (Whole-model
+    # weights are left to the real build: what they must match depends on the data's classes.)
+    backbone_weights = weights.get("model.backbone.weights")
+    if isinstance(backbone_weights, str) and backbone_weights and os.path.isfile(
+            backbone_weights):
+        OmegaConf.update(probe, "model.backbone.weights", backbone_weights)
+        quiet = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # what loading them warns of, the real build says
+        try:
+            _build_on_meta(build, probe)
+        except (ConfigError, ValueError):
+            raise
+        except Exception:
+            pass
+        finally:
+            logging.disable(quiet)
+
+
+def _build_on_meta(build: Callable[[DictConfig], nn.Module], cfg: DictConfig) -> None:
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        build(cfg)
