@@ -3,9 +3,11 @@
 Usage:
   python tools/export.py CONFIG --weights CKPT --output DIR [key=value ...]
 
-Writes DIR/model.onnx and DIR/export.json. The graph takes one uint8 RGB image (H, W, 3) of
-any size, already resized by the test-time rule that export.json names, and does the rest:
-normalisation, padding, and the task's post-processing. Outputs:
+Writes DIR/model.onnx and DIR/export.json. The graph takes one uint8 RGB image (H, W, 3) and
+does the rest: normalisation, padding, and the task's post-processing. Detectors and
+classifiers take it already resized by the test-time rule that export.json names;
+segmenters take it as it is, at any size (they apply test_scale and test.max_size themselves
+and give the class map at the input's size). Outputs:
   classifiers (tools/pretrain.py): "logits" (K,);
   Faster / Mask R-CNN take a second input, "original_size" ([h, w]: the image's size before
     resizing), and give "boxes" (D, 4) xyxy in its pixels, "scores" (D,), "labels" (D,)

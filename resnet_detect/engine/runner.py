@@ -912,8 +912,11 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                       collate_fn=data.collate, batch_keys=data.batch_keys,
                                       repeat_factors=data.repeat_factors)
     per_epoch = f" ({lengths['per_epoch']} per epoch)" if "per_epoch" in lengths else ""
-    logger.info("training for %d iterations%s from iteration %d", lengths["max_iter"], per_epoch,
-                start_iter)
+    if start_iter:  # (resumed: "for 400 iterations from 120" read as 400 more)
+        logger.info("training to iteration %d%s from iteration %d (%d iterations)",
+                    lengths["max_iter"], per_epoch, start_iter, lengths["max_iter"] - start_iter)
+    else:
+        logger.info("training for %d iterations%s", lengths["max_iter"], per_epoch)
     # The objects that exist now stay out of garbage collection while loader workers live:
     # a collector pass (in a worker, or in this process) writes to every object it visits,
     # which copies each page of this heap shared with the forked workers (copy-on-write).

@@ -190,8 +190,9 @@ class Predictor:
                 f"{as_override(graph[1])}, without flip or windows; the config asks for "
                 f"test.scales={list(asked.scales)} test.flip={as_override(asked.flip)} "
                 f"test.window={as_override(asked.window)}: set "
-                f"test.scales=[{graph[0]}] test.flip=false test.window=null, or export again "
-                f"with the test keys wanted")
+                f"test.scales=[{graph[0]}] test.flip=false test.window=null (an export runs "
+                f"one scale without flip or windows; give the .pth for test-time "
+                f"augmentation)")
         differing = [f"{key} {as_override(exported)} (config: {as_override(config_value)})"
                      for key, exported, config_value in (
                          ("test.scales", [graph[0]], list(asked.scales)),

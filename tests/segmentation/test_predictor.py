@@ -325,7 +325,9 @@ def test_an_export_without_a_config_names_the_overrides_it_does_not_follow(
             "test.scales [0.5] (config: [1.0]); test.max_size null (config: 64); "
             "model.num_classes not applied; export again") in caplog.text
     with pytest.raises(ValueError, match=r"x.onnx runs one test scale, 0.5, .* the config asks "
-                                         r"for test.scales=\[0.5\] test.flip=true"):
+                                         r"for test.scales=\[0.5\] test.flip=true.* \(an export "
+                                         r"runs one scale without flip or windows; give the "
+                                         r"\.pth for test-time augmentation\)$"):
         Predictor(None, weights="x.onnx", overrides=["test.scales=[0.5]", "test.flip=true"])
 
 

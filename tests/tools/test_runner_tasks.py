@@ -218,8 +218,12 @@ def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(
     assert (stop.value.iteration, stop.value.exit_code) == (3, 143)
     assert (tmp_path / "c/last_checkpoint").read_text() == "model_0000003.pth\n"
     assert not (tmp_path / "c/model_final.pth").exists()
-    resumed = run_training(_RegressionTask(), _toy_config(tmp_path / "c"), cpu, resume=True)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        resumed = run_training(_RegressionTask(), _toy_config(tmp_path / "c"), cpu, resume=True)
     assert resumed["iteration"] == 6
+    # (it said "training for 6 iterations from iteration 3", read as 6 more)
+    assert "training to iteration 6 from iteration 3 (3 iterations)" in caplog.text
     for key, value in full["model"].state_dict().items():
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
 
