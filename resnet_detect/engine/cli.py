@@ -95,6 +95,9 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
             CATCHING.value = catching
 
 
+CHECKPOINT_SUFFIXES = {".pth", ".pt", ".pkl", ".onnx", ".safetensors", ".ckpt", ".bin"}
+
+
 class ToolArgumentParser(argparse.ArgumentParser):
     """An argparse parser whose "unrecognized arguments" error names what detectron2's,
     mmdetection's and torchvision's references' flags are here (--config-file, --num-gpus,
@@ -110,6 +113,7 @@ class ToolArgumentParser(argparse.ArgumentParser):
         """As argparse's, naming unknown options first (a missing --output was said before
         the --out that meant it, a missing --weights before the --weigh typed for it)."""
         words = list(sys.argv[1:] if args is None else args)
+        self._words = words
         unknown = [w for w in words if w.startswith("--") and w != "--"
                    and w.split("=", 1)[0] not in self._option_string_actions]
         if unknown:
@@ -129,6 +133,11 @@ class ToolArgumentParser(argparse.ArgumentParser):
                 if flag.startswith("--") and flag not in hinted and close:
                     hints.append(f"{flag}: did you mean {close[0]}?")
             message += "".join(f"\n  {hint.replace('TOOL.py', self.prog)}" for hint in hints)
+        elif "required" in message and "--weights" in self._option_string_actions:
+            # mmdetection's and mmsegmentation's `test.py CONFIG CHECKPOINT`
+            message += "".join(f"\n  {w}: a checkpoint is given as --weights {w}"
+                               for w in getattr(self, "_words", ())
+                               if Path(w).suffix.lower() in CHECKPOINT_SUFFIXES)
         super().error(message)
 
 

@@ -467,6 +467,12 @@ def test_export_option_mistakes_are_one_line_and_exit_code_2(
       "  --eval: tools/eval.py scores COCO's box (and mask) AP"]),
     ("eval", [str(CONFIG), "--weights", "w.pth", "--out", "results.pkl"],
      ["  --out: --output DIR (tools/eval.py writes the detections there"]),
+    # mmdetection's / mmsegmentation's test.py CONFIG CHECKPOINT: a checkpoint positional
+    ("eval", [str(CONFIG), "work/latest.pth", "--output", "o"],
+     ["error: one of the arguments --weights --results is required",
+      "  work/latest.pth: a checkpoint is given as --weights work/latest.pth"]),
+    ("export", [str(CONFIG), "work/epoch_12.pth", "--output", "o"],
+     ["  work/epoch_12.pth: a checkpoint is given as --weights work/epoch_12.pth"]),
     # a typo of one of ours was hidden behind "--weights or --results is required"
     ("eval", [str(CONFIG), "--weigh", "w.pth", "--outpt", "o"],
      ["unrecognized arguments: --weigh --outpt", "  --weigh: did you mean --weights?",
