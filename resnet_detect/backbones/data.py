@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, NOT_DATA_FOLDERS, DatasetError,
                                        PackedRecords, UnreadableImageError, collate, files_under,
-                                       read_image)
+                                       read_image, warn_of_unreadable)
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.files import missing_path
 
@@ -231,7 +231,7 @@ class ImageFolderDataset(Dataset):
         try:
             image = read_image(path)
         except UnreadableImageError as err:
-            logger.warning("skipping unreadable image: %s", err)
+            warn_of_unreadable(logger, str(err))
             return None
         if seed is not None:
             self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))

@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 from resnet_detect.engine.config import ConfigError, check_probability, check_sizes
 from resnet_detect.engine import data as engine_data
 from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableImageError, brief,
-                                       decoded_size, image_size, listing, read_image)
+                                       decoded_size, image_size, listing, read_image,
+                                       warn_of_unreadable)
 from resnet_detect.engine.distributed import per_process_batch_size
 
 from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_semantic,
@@ -365,7 +366,7 @@ class SemSegDataset(Dataset):
             image, mask, record = self.load(index)
         except UnreadableImageError as err:
             self.num_skipped += 1
-            logger.warning("skipping unreadable image: %s", err)
+            warn_of_unreadable(logger, str(err))
             return None
         if seed is None:  # drawing one would move the training's torch generator
             seed = index

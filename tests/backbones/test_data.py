@@ -306,6 +306,9 @@ def test_unreadable_image_is_skipped_and_dropped_from_the_batch(
     images, labels = stack(collate([ds[0], ds[1], ds[2]]))
     assert images.shape == (2, 3, 16, 16)
     assert labels.tolist() == [0, 1]
+    # said once, not at every epoch (the run's end counts every skip)
+    assert ds[1] is None and ds[(1, 7)] is None
+    assert caplog.text.count(f"skipping unreadable image: {bad}") == 1
 
 
 def test_uint8_samples_normalized_on_the_device_equal_the_float_samples(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableImageError,
-                                       read_image, segmentation_to_mask)
+                                       read_image, segmentation_to_mask, warn_of_unreadable)
 
 from .polygons import PolygonMasks
 from .transforms import ResizeShortestEdge
@@ -230,4 +230,4 @@ class DetectionDataset(Dataset):
 
     def _skip(self, reason: str) -> None:
         self.num_skipped += 1
-        logger.warning("skipping unreadable image: %s", reason)
+        warn_of_unreadable(logger, reason)

@@ -6,6 +6,7 @@ grayscale to three channels, drops alpha and converts 16-bit to 8-bit.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -51,6 +52,17 @@ def files_under(folder: str | os.PathLike,
 
 class UnreadableImageError(OSError):
     """The file is missing, truncated or not an image OpenCV can decode."""
+
+
+_SAID_UNREADABLE: set[str] = set()
+
+
+def warn_of_unreadable(logger: logging.Logger, reason: str) -> None:
+    """"skipping unreadable image: REASON", once per reason in this process (a loader worker
+    lives as long as its loader: every epoch repeated it; the run's end counts them all)."""
+    if reason not in _SAID_UNREADABLE:
+        _SAID_UNREADABLE.add(reason)
+        logger.warning("skipping unreadable image: %s", reason)
 
 
 # inside a scan, 0xFF starts a marker unless 0x00 (a stuffed byte), a restart marker or fill
