@@ -12,10 +12,11 @@ largest test image (data.val.min_size x data.val.max_size), a segmentation confi
 crop or a pretraining config's data.image_size. A detector's RoI heads are counted on as many
 RoIs as it keeps at most (model.rpn.post_nms_topk_test proposals, detections_per_image masks).
 
-Classes: --num-classes, else the config's model.num_classes, else (detection and sem_seg)
-the categories of data.train.ann_file where it is a readable COCO file (sem_seg: and the
-background), as training counts them; else a default (COCO's 80, VOC's 21, ImageNet's 1000),
-with a note where data.train.ann_file is set but cannot be read.
+Classes: --num-classes, else the config's model.num_classes, else as training counts them:
+a segmenter's data.class_names, the categories of data.train.ann_file where it is a readable
+COCO file (sem_seg: and the background), a classifier's class folders in data.root's train
+split; else a default (COCO's 80, VOC's 21, ImageNet's 1000), with a note where
+data.class_names or data.train.ann_file is set but cannot be read.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from resnet_detect import backbones  # noqa: E402
 from resnet_detect.backbones.complexity import count_macs, count_parameters  # noqa: E402
 from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.detection.complexity import padded  # noqa: E402
 
 # a config's model.num_classes left to the data: counted with the benchmark's
@@ -48,8 +50,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="input size (default: see above)")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="classes (default: the config's model.num_classes, else its "
-                             "data.train.ann_file's categories, else 80, 21 or 1000; 10 for "
-                             "CIFAR nets)")
+                             "data's classes, else 80, 21 or 1000; 10 for CIFAR nets)")
     parser.add_argument("options", nargs="*",
                         help="backbone options, or a config's overrides, as key=value")
     args = parser.parse_intermixed_args(argv)
@@ -88,9 +89,13 @@ def config_info(args: argparse.Namespace) -> None:
     from resnet_detect.engine.tasks import config_task, load_task_config
     overrides = list(args.options)
     task = config_task(args.name, overrides)
-    if task == "classification" and not any(o.startswith("data.root=") for o in overrides):
-        overrides.append("data.root=unused")  # mandatory, and not read here
-    task, cfg = load_task_config(args.name, overrides)
+    try:
+        task, cfg = load_task_config(args.name, overrides)
+    except ConfigError:
+        if task != "classification" or any(o.startswith("data.root=") for o in overrides):
+            raise
+        # data.root is mandatory, and only its class folders are looked at here
+        task, cfg = load_task_config(args.name, [*overrides, "data.root=unused"])
     num_classes = args.num_classes or cfg.model.get("num_classes")
     said = ""
     if num_classes is None:  # the data's, at training
@@ -129,6 +134,8 @@ def classes_of_ann_file(task: str, cfg) -> tuple[int | None, str]:
     """(the classes a detector or segmenter trained on data.train.ann_file has, what to say
     of them; a segmenter's data.class_names first, as training reads them); (None, "") where
     the config names neither or they cannot be read (said)."""
+    if task == "classification":
+        return classes_of_image_folder(cfg)
     if task == "sem_seg" and OmegaConf.select(cfg, "data.class_names") is not None:
         from resnet_detect.segmentation.data import resolve_class_names
         try:
@@ -156,10 +163,21 @@ def classes_of_ann_file(task: str, cfg) -> tuple[int | None, str]:
     return None, ""
 
 
+def classes_of_image_folder(cfg) -> tuple[int | None, str]:
+    """(the class folders of a classifier's data.root/<train split>, what to say of them);
+    (None, "") where there is no such folder."""
+    from resnet_detect.engine.data import NOT_DATA_FOLDERS
+    split = Path(str(cfg.data.root)) / str(cfg.data.get("train_split") or "train")
+    if not split.is_dir():
+        return None, ""
+    found = [d for d in split.iterdir() if d.is_dir() and not d.name.startswith(".")
+             and d.name not in NOT_DATA_FOLDERS]
+    return (len(found), f" (the class folders of {split})") if found else (None, "")
+
+
 def default_size(task: str, cfg) -> tuple[int, int]:
     """The input a config's model is counted at: a detector's largest test image, a
     segmenter's training crop, a classifier's crop."""
-    from resnet_detect.engine.config import ConfigError
     if task == "classification":
         return cfg.data.image_size, cfg.data.image_size
     if task == "detection":

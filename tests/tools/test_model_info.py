@@ -144,6 +144,19 @@ def test_a_pretraining_config_needs_no_data_folder(capsys) -> None:
     assert "\ntotal       25,557,032      4.089" in out
 
 
+def test_a_pretraining_config_counts_the_class_folders_of_its_data(tmp_path, capsys) -> None:
+    """It counted 1000 classes (ImageNet's) for the 6 of the synthetic set."""
+    for name in ("cat", "dog", "bird", ".cache", "__MACOSX"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+    (tmp_path / "train/readme.txt").write_text("not a class")
+    config = str(ROOT / "configs/pretrain/resnet50_imagenet.yaml")
+    model_info.main([config, f"data.root={tmp_path}"])
+    out = capsys.readouterr().out
+    assert f"classification, 3 classes (the class folders of {tmp_path / 'train'})" in out
+    # ResNet-50's 25,557,032 with an fc of 3 outputs in place of 1000: 2048 * 997 + 997 fewer
+    assert f"\ntotal {25_557_032 - 2048 * 997 - 997:>16,}" in out
+
+
 def test_a_config_without_an_input_size_asks_for_one(capsys) -> None:
     """data.train.crop_size=null (whole images) and data.val.max_size=null (no cap) were
     TypeErrors; a list of test sizes counts the largest; a short side above the cap counts
