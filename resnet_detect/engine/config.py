@@ -26,7 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from .files import atomic_write_text, missing_path
-from .foreign_options import key_hint
+from .foreign_options import key_hint, other_key_hint
 
 BASE_KEY = "_base_"
 # switches that also take a name (checked where they are used: amp.py, compilation.py)
@@ -259,7 +259,7 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str,
         valid = ", ".join(keys) if keys else "?"
         where = f"under '{parent}'" if parent else "at the top level"
         raise ConfigError(f"unknown config key '{key}' in {source}{_suggestion(key, keys)}; "
-                          f"valid keys {where}: {valid}") from None
+                          f"valid keys {where}: {valid}{other_key_hint(key)}") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid value in {source}: {e}") from None
 

@@ -23,6 +23,19 @@ DETECTRON2_KEYS = {
 }
 
 
+# lower-case keys of other projects' configs that users carry over, and what they are here
+OTHER_KEYS = {
+    "test.mode": "mmsegmentation's test_cfg mode='slide' is test.window=[h, w] with "
+                 "test.stride=[h, w] here (mode='whole': test.window=null)",
+    "test.crop_size": "mmsegmentation's test_cfg crop_size is test.window=[h, w] here",
+}
+
+
+def other_key_hint(key: str) -> str:
+    """For another project's lower-case key, what it is here (else "")."""
+    return f"; {OTHER_KEYS[key]}" if key in OTHER_KEYS else ""
+
+
 def key_hint(key: str) -> str:
     """For a key in detectron2's upper case, what it is here (else "")."""
     if not key or key != key.upper() or not any(c.isalpha() for c in key):

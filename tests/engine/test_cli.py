@@ -487,6 +487,9 @@ def test_export_option_mistakes_are_one_line_and_exit_code_2(
     ("train", [str(CONFIG), "SOLVER.IMS_PER_BATCH=16"],
      ["error: unknown config key 'SOLVER.IMS_PER_BATCH' in override 'SOLVER.IMS_PER_BATCH=16'; "
       "detectron2's SOLVER.IMS_PER_BATCH is train.batch_size=VALUE here"]),
+    ("train", [str(ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"), "test.mode=slide"],
+     ["unknown config key 'test.mode' in override 'test.mode=slide'", "; mmsegmentation's "
+      "test_cfg mode='slide' is test.window=[h, w] with test.stride=[h, w] here"]),
     ("train", [str(CONFIG), "MODEL.RPN.NMS_THRESH=0.6"],
      ["the keys here are lower-case (detectron2's SOLVER.BASE_LR is train.base_lr=VALUE)"]),
     # a pattern --weights run/models/net-*.pth that matched two files
