@@ -161,7 +161,7 @@ class ClassificationTask:
 
     def prepare(self, cfg: DictConfig) -> TaskData:
         check_model_config(lambda probe: self._build(probe, num_classes=2), cfg,
-                           read_weights=read_checkpoint)
+                           read_weights=read_checkpoint, loaded_early="model.weights")
         train, val = build_datasets(cfg)
         self.configure(cfg, train.class_names, cfg.data.pixel_mean, cfg.data.pixel_std)
         per_process = per_process_batch_size(cfg.train.batch_size, "train.batch_size")

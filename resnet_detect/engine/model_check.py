@@ -2,7 +2,8 @@
 rather than after: the model built on the meta device (no memory) with a stand-in class count,
 every weights file the config names looked for and read (a damaged file is told before
 minutes of reading the data, not after), and the backbone's weights loaded into that model as
-the real build loads them (weights of another architecture or normalisation)."""
+the real build loads them (weights of another architecture or normalisation; a classifier's
+model.weights, which fill its backbone)."""
 from __future__ import annotations
 
 import copy
@@ -63,7 +64,8 @@ def warn_of_random_backbone(cfg: DictConfig) -> None:
 
 def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig, *,
                        num_classes: int = 2,
-                       read_weights: Callable[[str], Any] | None = None) -> None:
+                       read_weights: Callable[[str], Any] | None = None,
+                       loaded_early: str = "model.backbone.weights") -> None:
     """Raise what `build(cfg)` would raise for the config's `model` section (ConfigError),
     and a FileNotFoundError naming a `weights` key whose file is not there.
 
@@ -73,6 +75,8 @@ def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig
         num_classes: the stand-in class count while it is.
         read_weights: reads a weights file, raising what makes it unreadable (a damaged or
             cut file, another format); each is read so, before the data, when given.
+        loaded_early: the weights key whose file is also loaded into the probe, as `build`
+            loads it: one whose fit does not depend on the data's classes.
     """
     weights = weights_keys(cfg.get("model"))
     whole = weights.get("model.weights")
@@ -105,12 +109,12 @@ def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig
     except Exception:  # a part the meta device cannot build: the real build says what is wrong
         return
     # the backbone's weights loaded as the real build loads them (their checks: architecture,
-    # normalisation, keys and shapes), into the meta model: nothing is copied. (Whole-model
-    # weights are left to the real build: what they must match depends on the data's classes.)
-    backbone_weights = weights.get("model.backbone.weights")
-    if isinstance(backbone_weights, str) and backbone_weights and os.path.isfile(
-            backbone_weights):
-        OmegaConf.update(probe, "model.backbone.weights", backbone_weights)
+    # normalisation, keys and shapes), into the meta model: nothing is copied. (A detector's
+    # or segmenter's whole-model weights are left to the real build: what they must match
+    # depends on the data's classes.)
+    early = weights.get(loaded_early)
+    if isinstance(early, str) and early and os.path.isfile(early):
+        OmegaConf.update(probe, loaded_early, early)
         quiet = logging.root.manager.disable
         logging.disable(logging.WARNING)  # what loading them warns of, the real build says
         try:

@@ -101,20 +101,20 @@ def test_a_damaged_weights_file_is_named_before_the_data_is_read(config, key, tm
         _prepare(config, [*_no_data(config, tmp_path), f"{key}={tmp_path / 'cut.pth'}"])
 
 
-@pytest.mark.parametrize("config", [DETECTOR, SEGMENTER])
+@pytest.mark.parametrize("config,key", [(DETECTOR, "model.backbone.weights"),
+                                        (SEGMENTER, "model.backbone.weights"),
+                                        (CLASSIFIER, "model.weights")])
 def test_backbone_weights_of_another_architecture_are_named_before_the_data_is_read(
-        config, tmp_path):
+        config, key, tmp_path):
     """A ResNet-34 file for the config's ResNet-18 backbone: the data was read first (minutes
     at COCO scale), then the build said it; torchvision's own ResNet-18 file loads."""
     import torchvision
     for name in ("resnet18", "resnet34"):
         torch.save(getattr(torchvision.models, name)().state_dict(), tmp_path / f"{name}.pth")
     with pytest.raises(ConfigError, match=r"weights from .*resnet34.pth do not match ResNet"):
-        _prepare(config, [*_no_data(config, tmp_path),
-                          f"model.backbone.weights={tmp_path / 'resnet34.pth'}"])
+        _prepare(config, [*_no_data(config, tmp_path), f"{key}={tmp_path / 'resnet34.pth'}"])
     with pytest.raises((DatasetError, FileNotFoundError), match=f"{tmp_path}/(no.json|none)"):
-        _prepare(config, [*_no_data(config, tmp_path),
-                          f"model.backbone.weights={tmp_path / 'resnet18.pth'}"])
+        _prepare(config, [*_no_data(config, tmp_path), f"{key}={tmp_path / 'resnet18.pth'}"])
 
 
 SHIPPED = sorted(p for p in glob.glob(str(REPO / "configs/*/*.yaml"))
