@@ -25,15 +25,17 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from torch.utils.data import DataLoader, Dataset
 
-from resnet_detect.engine.config import ConfigError, check_probability, check_sizes
+from resnet_detect.engine.config import (ConfigError, check_probability, check_sizes, is_number,
+                                         to_plain)
 from resnet_detect.engine import data as engine_data
 from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableImageError, brief,
                                        decoded_size, image_size, listing, read_image,
                                        warn_of_unreadable)
 from resnet_detect.engine.distributed import per_process_batch_size
+from resnet_detect.engine.files import missing_path
 
 from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_semantic,
                       mask_header, read_mask, scan_folder)
@@ -384,6 +386,40 @@ class SemSegDataset(Dataset):
                 "gt_sem_seg": torch.from_numpy(out["mask"].astype(np.int64)),
                 "file_name": record["file_name"],
                 "height": int(image.shape[0]), "width": int(image.shape[1])}
+
+
+def resolve_palette(value: Any, num_classes: int) -> np.ndarray | None:
+    """data.palette as (K, 3) uint8 RGB colours, index = class id (None: automatic colours).
+
+    Args:
+        value: a list of [r, g, b] (0..255), one per class, or a .json file of that list.
+
+    Raises:
+        FileNotFoundError / DatasetError / ConfigError: a missing or malformed file, a
+            colour that is not three numbers 0..255, or not one colour per class.
+    """
+    if value is None:
+        return None
+    where = "data.palette"
+    if isinstance(value, str):
+        path = Path(value)
+        if not path.is_file():
+            raise FileNotFoundError(f"data.palette file not found: {missing_path(path)}")
+        where = f"data.palette file {path}"
+        try:
+            value = json.loads(engine_data.read_user_text(path, "data.palette file"))
+        except json.JSONDecodeError as err:
+            raise DatasetError(f"{where}: not valid JSON ({err})") from None
+    value = to_plain(value) if isinstance(value, ListConfig) else value
+    if not isinstance(value, list) or not all(
+            isinstance(c, list) and len(c) == 3 and all(is_number(v) and 0 <= v <= 255
+                                                        for v in c) for c in value):
+        raise ConfigError(f"{where} must be a list of [r, g, b] colours, 0..255, one per class, "
+                          f"got {str(value)[:80]}")
+    if len(value) != num_classes:
+        raise ConfigError(f"{where} has {len(value)} colours for the {num_classes} classes "
+                          f"(one per class, index = class id)")
+    return np.asarray(value, dtype=np.uint8).reshape(-1, 3)
 
 
 def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None = None

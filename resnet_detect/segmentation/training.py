@@ -34,7 +34,7 @@ from resnet_detect.engine.model_check import check_model_config
 from .browse import browse_split
 from .convert import SEGMENTER_WEIGHTS
 from .build import BASE_CONFIG, build_model, load_config, provenance_from_config
-from .data import build_dataset, build_test_loader, check_same_classes
+from .data import build_dataset, build_test_loader, check_same_classes, resolve_palette
 from .data import prefer_command_line_sources as resolve_overrides
 from .evaluation import SemSegEvaluator
 from .export import export_segmentor
@@ -234,6 +234,9 @@ class SemSegTask:
             val.check_masks("val")  # before training, not at the evaluation after it
         self.class_names = train.class_names
         cfg.model.num_classes = len(self.class_names)
+        colours = resolve_palette(cfg.data.palette, len(self.class_names))
+        if colours is not None:  # the run's config.yaml and weights hold the colours, not a path
+            cfg.data.palette = colours.tolist()
         self.cfg = cfg
         description = (f"{len(train)} train / {len(val) if val else 'no'} val images, "
                        f"{len(self.class_names)} classes {self.class_names}")

@@ -546,3 +546,49 @@ def test_eval_says_what_it_could_not_score(trained: tuple[Path, dict], data: Pat
     assert "mIoU = n/a  pixel_acc = n/a" in capsys.readouterr().out
     assert f"no pixel of {tmp_path / 'all_ignored/mask'} was scored: every val pixel is 255" \
         in caplog.text
+
+
+PALETTE = [[0, 0, 0], [220, 20, 60], [0, 0, 142], [250, 170, 30], [107, 142, 35],
+           [70, 130, 180], [255, 255, 255]]
+
+
+def test_the_configs_palette_colours_demo_and_browse(trained: tuple[Path, dict], data: Path,
+                                                     tmp_path: Path) -> None:
+    """data.palette (mmsegmentation's METAINFO palette) colours the overlays (they took
+    automatic colours only); a training writes the colours into its config, not the file's
+    path; a palette of another length is refused before training."""
+    from resnet_detect.engine.visualize import draw_segmentation
+    from resnet_detect.engine.visualize import palette as auto_colours
+    from resnet_detect.segmentation.browse import browse_split
+    from resnet_detect.segmentation.data import resolve_palette
+    palette_file = tmp_path / "palette.json"
+    palette_file.write_text(json.dumps(PALETTE))
+    render = predictor.build_renderer(CONFIG, trained[0] / "model_final.pth",
+                                      [*overrides(data), f"data.palette={palette_file}"])
+    image = np.full((80, 200, 3), 100, dtype=np.uint8)
+    mask = np.zeros((80, 200), dtype=np.int64)
+    mask[:, 100:] = 2  # "square"
+    drawn = render.draw(image, mask)
+    expected = (0.5 * np.asarray(PALETTE[2]) + 0.5 * 100).astype(np.uint8)
+    assert (drawn[60:, 100:] == expected).all()  # (the legend is in the top-left corner)
+    _, cfg = load_task_config(CONFIG, [*overrides(data), f"data.palette={palette_file}"])
+    dataset, draw = browse_split(cfg, "val")
+    sample = dataset[0]
+    image, classes = sample["image"].permute(1, 2, 0).numpy(), sample["gt_sem_seg"].numpy()
+    # (the overlay itself: draw_segmentation's tests; here, that it gets these colours)
+    assert (draw(sample) == draw_segmentation(image, classes, CLASSES, np.uint8(PALETTE),
+                                              ignore_index=255)).all()
+    assert (draw(sample) != draw_segmentation(image, classes, CLASSES, auto_colours(7),
+                                              ignore_index=255)).any()
+    task = training.SemSegTask()
+    task.prepare(cfg)
+    assert cfg.data.palette == PALETTE  # the colours, not the path
+    with pytest.raises(segmentation.data.ConfigError,
+                       match="data.palette has 6 colours for the 7 classes"):
+        _, short = load_task_config(CONFIG, [*overrides(data),
+                                             f"data.palette={json.dumps(PALETTE[:6])}"])
+        training.SemSegTask().prepare(short)
+    with pytest.raises(segmentation.data.ConfigError, match=r"data.palette must be a list of "
+                                                            r"\[r, g, b\] colours, 0..255"):
+        resolve_palette([[0, 0, 300]], 1)
+    assert resolve_palette(None, 7) is None
