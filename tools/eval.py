@@ -221,7 +221,11 @@ def write_errors(args: argparse.Namespace, gt: dict[str, Any], results: list[dic
     """--error-analysis: the box error analysis of `results` against `gt`."""
     from resnet_detect.detection.error_analysis import (FOLDER, analyze, overall_table,
                                                         write_error_analysis)
-    analysis = analyze(gt, results, iou_type="bbox")
+    from resnet_detect.detection.config import load_config
+    from resnet_detect.detection.training import scored_detections
+    # the detections per image and category the scoring counts: C50 and C75 are its AP50, AP75
+    max_dets = scored_detections(load_config(args.config, args.overrides))
+    analysis = analyze(gt, results, iou_type="bbox", max_dets=max_dets)
     written = write_error_analysis(analysis, Path(args.output))
     print(f"box error analysis (AP of each curve, overall; {len(written)} files in "
           f"{Path(args.output) / FOLDER}):\n{overall_table(analysis)}", flush=True)

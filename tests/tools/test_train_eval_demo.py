@@ -339,6 +339,28 @@ def test_eval_writes_a_confusion_matrix_of_results_or_weights(
                                 "--confusion-matrix", "--score-thr", "30"])
 
 
+def test_the_error_analysis_counts_the_detections_the_scoring_counts(tmp_path: Path) -> None:
+    """A scene of 120 objects of one class, each found: with detections_per_image 150 the
+    scoring counts 150 per image and class (AP50 100), and so does the error analysis (its
+    C50 was COCO's 100 detections' 100/120 recall)."""
+    boxes = [[10.0 + 20 * (i % 12), 10.0 + 20 * (i // 12), 12.0, 12.0] for i in range(120)]
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "height": 300, "width": 300}],
+          "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b,
+                           "area": 144.0, "iscrowd": 0} for i, b in enumerate(boxes)],
+          "categories": [{"id": 1, "name": "dot"}]}
+    (tmp_path / "val.json").write_text(json.dumps(gt), encoding="utf-8")
+    results = [{"image_id": 1, "category_id": 1, "bbox": b, "score": 0.9 - i / 1000}
+               for i, b in enumerate(boxes)]
+    (tmp_path / "r.json").write_text(json.dumps(results), encoding="utf-8")
+    metrics = load_tool("eval").main([
+        str(CONFIG), f"data.val.ann_file={tmp_path / 'val.json'}", f"data.val.img_dir={tmp_path}",
+        "model.roi_heads.detections_per_image=150", "--results", str(tmp_path / "r.json"),
+        "--output", str(tmp_path / "out"), "--error-analysis"])
+    numbers = json.loads((tmp_path / "out/error_analysis/error_analysis.json").read_text())
+    assert metrics["bbox"]["AP50"] == pytest.approx(100.0)
+    assert numbers["overall"]["all"]["C50"] == pytest.approx(1.0)
+
+
 def test_eval_writes_an_error_analysis_of_results_or_weights(
         trained: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--error-analysis (mmdetection's coco_error_analysis.py): the val file's own objects as
