@@ -169,6 +169,8 @@ def classes_of_image_folder(cfg) -> tuple[int | None, str]:
     from resnet_detect.engine.data import NOT_DATA_FOLDERS
     split = Path(str(cfg.data.root)) / str(cfg.data.get("train_split") or "train")
     if not split.is_dir():
+        if str(cfg.data.root) != "unused":  # (the stand-in of a config without data.root)
+            print(f"note: data.root's {split} is not a folder; counting the default classes")
         return None, ""
     found = [d for d in split.iterdir() if d.is_dir() and not d.name.startswith(".")
              and d.name not in NOT_DATA_FOLDERS]

@@ -220,6 +220,7 @@ class ImageFolderDataset(Dataset):
         self.samples = PackedRecords(samples)
         self.class_names = list(class_names)
         self.transform = transform
+        self.said_unreadable: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -231,7 +232,7 @@ class ImageFolderDataset(Dataset):
         try:
             image = read_image(path)
         except UnreadableImageError as err:
-            warn_of_unreadable(logger, str(err))
+            warn_of_unreadable(logger, str(err), self.said_unreadable)
             return None
         if seed is not None:
             self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))

@@ -194,8 +194,8 @@ class ClassificationTask:
             source = str(cfg.model.weights)
             checkpoint = read_checkpoint(source)
             state_dict, provenance = unwrap_state_dict(checkpoint)
-            same_classes = ((provenance or {}).get("class_names") == self.class_names
-                            and "fc.weight" in state_dict)
+            same_classes = (bool(self.class_names) and "fc.weight" in state_dict
+                            and (provenance or {}).get("class_names") == self.class_names)
             loaded = model if same_classes else model.backbone
             load_weights(loaded, checkpoint, source=source, config_prefix="model.options.")
             refuse_other_normalisation(loaded, source, cfg.data, prefix="data.")

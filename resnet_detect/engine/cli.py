@@ -134,11 +134,25 @@ class ToolArgumentParser(argparse.ArgumentParser):
                     hints.append(f"{flag}: did you mean {close[0]}?")
             message += "".join(f"\n  {hint.replace('TOOL.py', self.prog)}" for hint in hints)
         elif "required" in message and "--weights" in self._option_string_actions:
-            # mmdetection's and mmsegmentation's `test.py CONFIG CHECKPOINT`
-            message += "".join(f"\n  {w}: a checkpoint is given as --weights {w}"
-                               for w in getattr(self, "_words", ())
-                               if Path(w).suffix.lower() in CHECKPOINT_SUFFIXES)
+            message += "".join(f"\n  {word}: a checkpoint is given as --weights {path}"
+                               for word, path in self._checkpoints_given())
         super().error(message)
+
+    def _checkpoints_given(self) -> list[tuple[str, str]]:
+        """(word, path) of the positional words that name a checkpoint: mmdetection's and
+        mmsegmentation's `test.py CONFIG CHECKPOINT`, or a `model.weights=CKPT` override."""
+        words = getattr(self, "_words", [])
+        found = []
+        for i, word in enumerate(words):
+            previous = words[i - 1] if i else ""
+            takes_value = (previous.startswith("--") and "=" not in previous
+                           and getattr(self._option_string_actions.get(previous), "nargs",
+                                       None) != 0)
+            path = word.split("=", 1)[-1]
+            if (not word.startswith("-") and not takes_value
+                    and Path(path).suffix.lower() in CHECKPOINT_SUFFIXES):
+                found.append((word, path))
+        return found
 
 
 def config_argument_parser(description: str | None, *,

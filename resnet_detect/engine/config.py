@@ -258,8 +258,10 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str,
         keys = sorted(node.keys()) if isinstance(node, DictConfig) else []
         valid = ", ".join(keys) if keys else "?"
         where = f"under '{parent}'" if parent else "at the top level"
-        raise ConfigError(f"unknown config key '{key}' in {source}{_suggestion(key, keys)}; "
-                          f"valid keys {where}: {valid}{other_key_hint(key)}") from None
+        hint = other_key_hint(key, keys)
+        raise ConfigError(f"unknown config key '{key}' in {source}"
+                          f"{'' if hint else _suggestion(key, keys)}; valid keys {where}: "
+                          f"{valid}{hint}") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid value in {source}: {e}") from None
 

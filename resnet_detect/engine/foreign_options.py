@@ -23,17 +23,21 @@ DETECTRON2_KEYS = {
 }
 
 
-# lower-case keys of other projects' configs that users carry over, and what they are here
+# lower-case keys of other projects' configs that users carry over: (what they are here, a
+# key beside them that this task's configs have where the hint applies)
 OTHER_KEYS = {
-    "test.mode": "mmsegmentation's test_cfg mode='slide' is test.window=[h, w] with "
-                 "test.stride=[h, w] here (mode='whole': test.window=null)",
-    "test.crop_size": "mmsegmentation's test_cfg crop_size is test.window=[h, w] here",
+    "test.mode": ("mmsegmentation's test_cfg mode='slide' is test.window=[h, w] with "
+                  "test.stride=[h, w] here (mode='whole': test.window=null)", "window"),
+    "test.crop_size": ("mmsegmentation's test_cfg crop_size is test.window=[h, w] here",
+                       "window"),
 }
 
 
-def other_key_hint(key: str) -> str:
-    """For another project's lower-case key, what it is here (else "")."""
-    return f"; {OTHER_KEYS[key]}" if key in OTHER_KEYS else ""
+def other_key_hint(key: str, siblings: Sequence[str]) -> str:
+    """For another project's lower-case key, what it is here (else ""); `siblings`: the
+    valid keys beside it."""
+    hint, needed = OTHER_KEYS.get(key, ("", ""))
+    return f"; {hint}" if hint and needed in siblings else ""
 
 
 def key_hint(key: str) -> str:

@@ -525,6 +525,7 @@ def _compare_settings(path: Path, provenance: Mapping[str, Any], iteration: int,
         moved = {k: (was.get(k), is_now.get(k)) for k in sorted(set(was) | set(is_now))
                  if was.get(k) != is_now.get(k)
                  and not k.endswith(("_file", "_dir", ".root", ".num_workers"))
+                 and k != "data.palette"  # the overlays' colours: nothing trained or scored
                  # a classes.json moved with the data (the names are compared above)
                  and not (k == "data.class_names" and isinstance(was.get(k), str)
                           and isinstance(is_now.get(k), str))}
@@ -913,8 +914,9 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                       repeat_factors=data.repeat_factors)
     per_epoch = f" ({lengths['per_epoch']} per epoch)" if "per_epoch" in lengths else ""
     if start_iter:  # (resumed: "for 400 iterations from 120" read as 400 more)
-        logger.info("training to iteration %d%s from iteration %d (%d iterations)",
-                    lengths["max_iter"], per_epoch, start_iter, lengths["max_iter"] - start_iter)
+        left = lengths["max_iter"] - start_iter
+        logger.info("training to iteration %d%s from iteration %d (%d iteration%s)",
+                    lengths["max_iter"], per_epoch, start_iter, left, "s" * (left != 1))
     else:
         logger.info("training for %d iterations%s", lengths["max_iter"], per_epoch)
     # The objects that exist now stay out of garbage collection while loader workers live:

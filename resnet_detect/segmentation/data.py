@@ -136,6 +136,7 @@ class SemSegDataset(Dataset):
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.num_skipped = 0
+        self.said_unreadable: set[str] = set()
         self.coco_names: list[str] | None = None  # a COCO file's own classes (build_dataset)
         self.reduce_zero_label = bool(reduce_zero_label)
         if self.reduce_zero_label and self.num_classes >= IGNORE_INDEX:
@@ -368,7 +369,7 @@ class SemSegDataset(Dataset):
             image, mask, record = self.load(index)
         except UnreadableImageError as err:
             self.num_skipped += 1
-            warn_of_unreadable(logger, str(err))
+            warn_of_unreadable(logger, str(err), self.said_unreadable)
             return None
         if seed is None:  # drawing one would move the training's torch generator
             seed = index
@@ -388,11 +389,13 @@ class SemSegDataset(Dataset):
                 "height": int(image.shape[0]), "width": int(image.shape[1])}
 
 
-def resolve_palette(value: Any, num_classes: int) -> np.ndarray | None:
+def resolve_palette(value: Any, num_classes: int | None) -> np.ndarray | None:
     """data.palette as (K, 3) uint8 RGB colours, index = class id (None: automatic colours).
 
     Args:
-        value: a list of [r, g, b] (0..255), one per class, or a .json file of that list.
+        value: a list of [r, g, b] (whole numbers 0..255), one per class, or a .json file of
+            that list.
+        num_classes: K (None: the count is not checked, e.g. before the data is read).
 
     Raises:
         FileNotFoundError / DatasetError / ConfigError: a missing or malformed file, a
@@ -411,12 +414,16 @@ def resolve_palette(value: Any, num_classes: int) -> np.ndarray | None:
         except json.JSONDecodeError as err:
             raise DatasetError(f"{where}: not valid JSON ({err})") from None
     value = to_plain(value) if isinstance(value, ListConfig) else value
-    if not isinstance(value, list) or not all(
-            isinstance(c, list) and len(c) == 3 and all(is_number(v) and 0 <= v <= 255
-                                                        for v in c) for c in value):
-        raise ConfigError(f"{where} must be a list of [r, g, b] colours, 0..255, one per class, "
-                          f"got {str(value)[:80]}")
-    if len(value) != num_classes:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(c, list) and len(c) == 3 and all(
+                is_number(v) and 0 <= v <= 255 and float(v).is_integer() for v in c)
+            for c in value):
+        fractions = isinstance(value, list) and all(
+            isinstance(c, list) and all(is_number(v) and 0 <= v <= 1 for v in c) for c in value)
+        raise ConfigError(f"{where} must be a list of [r, g, b] colours, whole numbers 0..255, "
+                          f"one per class, got {str(value)[:80]}"
+                          + (" (colours as fractions 0..1: times 255)" if fractions else ""))
+    if num_classes is not None and len(value) != num_classes:
         raise ConfigError(f"{where} has {len(value)} colours for the {num_classes} classes "
                           f"(one per class, index = class id)")
     return np.asarray(value, dtype=np.uint8).reshape(-1, 3)

@@ -157,7 +157,7 @@ class Predictor:
                 logger.warning("data.class_names is not used: the weights %s name their "
                                "classes %s", source, list(names)[:10])
         self.class_names = list(names)
-        self.palette = resolve_palette(cfg.data.get("palette"), len(self.class_names))
+        self.palette = cfg.data.get("palette")  # (checked where drawn: eval and export ignore it)
         self.trained_reduce_zero_label = ((provenance.get("config") or {}).get("data")
                                           or {}).get("reduce_zero_label")
         self.tta = tta or tta_from_config(cfg)
@@ -183,7 +183,7 @@ class Predictor:
         compared = {key for key in ("test.scales", "test.flip", "test.window", "test.max_size")
                     if tta is not None or config is not None or key in overridden}
         cfg = _config({} if config is None else config, overrides)
-        self.palette = resolve_palette(cfg.data.get("palette"), len(self.class_names))
+        self.palette = cfg.data.get("palette")
         asked = tta or tta_from_config(cfg)
         graph = (self.model.test_scale, self.model.test_max_size)
         if compared - {"test.max_size"} and asked.single_scale is None:
@@ -295,8 +295,8 @@ class SegmentationRenderer:
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
         self.class_names = predictor.class_names
-        self.colours = (predictor.palette if predictor.palette is not None
-                        else palette(len(predictor.class_names)))
+        colours = resolve_palette(predictor.palette, len(predictor.class_names))
+        self.colours = colours if colours is not None else palette(len(predictor.class_names))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return self.draw(image, self.predict(image))

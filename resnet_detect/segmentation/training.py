@@ -215,6 +215,7 @@ class SemSegTask:
         self.tta = tta_from_config(cfg)  # its errors before training, not at the evaluation
         inference_compile_settings(cfg)
         check_model_config(build_model, cfg, read_weights=read_checkpoint)
+        resolve_palette(cfg.data.palette, None)  # its file and colours before the data
         train = build_dataset(cfg, "train")  # checks the data first
         if not train.labelled:
             raise DatasetError(f"{cfg.data.train.ann_file} has no annotations: nothing to "

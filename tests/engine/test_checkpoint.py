@@ -760,6 +760,7 @@ def test_resuming_with_other_data_train_settings_names_them(
         caplog.text.replace("data settings other than", "")
     caplog.clear()
     cfg.data.train.repeat_threshold = None
+    cfg.data.palette = [[0, 0, 0], [255, 0, 0]]  # the overlays' colours: nothing drawn otherwise
     with caplog.at_level("WARNING"):
         _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
                          logging.getLogger("t"), {})

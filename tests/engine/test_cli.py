@@ -445,6 +445,15 @@ def test_export_option_mistakes_are_one_line_and_exit_code_2(
                                        f"{config} is a 'sem_seg' config\n")
 
 
+def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(sys, "argv", ["tools/train.py", str(CONFIG), "test.mode=slide"])
+    with pytest.raises(SystemExit):
+        run_tool(tool_main("train"))
+    err = capsys.readouterr().err
+    assert "unknown config key 'test.mode'" in err and "mmsegmentation" not in err
+
+
 @pytest.mark.parametrize("tool,argv,said", [
     ("train", ["--config-file", str(CONFIG)],
      ["unrecognized arguments: --config-file",
@@ -473,6 +482,9 @@ def test_export_option_mistakes_are_one_line_and_exit_code_2(
       "  work/latest.pth: a checkpoint is given as --weights work/latest.pth"]),
     ("export", [str(CONFIG), "work/epoch_12.pth", "--output", "o"],
      ["  work/epoch_12.pth: a checkpoint is given as --weights work/epoch_12.pth"]),
+    ("eval", [str(CONFIG), "--output", "o.pth", "model.weights=run/x.pth"],  # (o.pth: a value)
+     ["error: one of the arguments --weights --results is required\n  model.weights=run/x.pth: "
+      "a checkpoint is given as --weights run/x.pth\n"]),
     # a typo of one of ours was hidden behind "--weights or --results is required"
     ("eval", [str(CONFIG), "--weigh", "w.pth", "--outpt", "o"],
      ["unrecognized arguments: --weigh --outpt", "  --weigh: did you mean --weights?",
@@ -488,8 +500,9 @@ def test_export_option_mistakes_are_one_line_and_exit_code_2(
      ["error: unknown config key 'SOLVER.IMS_PER_BATCH' in override 'SOLVER.IMS_PER_BATCH=16'; "
       "detectron2's SOLVER.IMS_PER_BATCH is train.batch_size=VALUE here"]),
     ("train", [str(ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"), "test.mode=slide"],
-     ["unknown config key 'test.mode' in override 'test.mode=slide'", "; mmsegmentation's "
-      "test_cfg mode='slide' is test.window=[h, w] with test.stride=[h, w] here"]),
+     ["unknown config key 'test.mode' in override 'test.mode=slide'; valid keys", "; "
+      "mmsegmentation's test_cfg mode='slide' is test.window=[h, w] with test.stride=[h, w] "
+      "here"]),
     ("train", [str(CONFIG), "MODEL.RPN.NMS_THRESH=0.6"],
      ["the keys here are lower-case (detectron2's SOLVER.BASE_LR is train.base_lr=VALUE)"]),
     # a pattern --weights run/models/net-*.pth that matched two files

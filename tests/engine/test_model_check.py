@@ -117,6 +117,17 @@ def test_backbone_weights_of_another_architecture_are_named_before_the_data_is_r
         _prepare(config, [*_no_data(config, tmp_path), f"{key}={tmp_path / 'resnet18.pth'}"])
 
 
+def test_a_classifier_of_other_classes_recording_none_is_no_refusal(tmp_path):
+    """A 1000-class classifier whose provenance names no classes counted as "these classes"
+    against the check's stand-in (none yet) and its fc was refused; training loads its
+    backbone and a new fc."""
+    from resnet_detect.backbones import build_classifier, make_provenance, save_checkpoint
+    save_checkpoint(tmp_path / "c.pth", build_classifier("resnet18", 1000).state_dict(),
+                    make_provenance("resnet18"))
+    with pytest.raises((DatasetError, FileNotFoundError), match=f"{tmp_path}/none"):
+        _prepare(CLASSIFIER, [*_no_data(CLASSIFIER, tmp_path), f"model.weights={tmp_path}/c.pth"])
+
+
 SHIPPED = sorted(p for p in glob.glob(str(REPO / "configs/*/*.yaml"))
                  if "base" not in Path(p).name and "/analyze/" not in p)
 NO_DATA = {"detection": ["data.train.ann_file={}/no.json", "data.train.img_dir={}",

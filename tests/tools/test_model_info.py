@@ -155,6 +155,10 @@ def test_a_pretraining_config_counts_the_class_folders_of_its_data(tmp_path, cap
     assert f"classification, 3 classes (the class folders of {tmp_path / 'train'})" in out
     # ResNet-50's 25,557,032 with an fc of 3 outputs in place of 1000: 2048 * 997 + 997 fewer
     assert f"\ntotal {25_557_032 - 2048 * 997 - 997:>16,}" in out
+    model_info.main([config, f"data.root={tmp_path / 'gone'}"])
+    assert capsys.readouterr().out.startswith(
+        f"note: data.root's {tmp_path / 'gone/train'} is not a folder; counting the default "
+        f"classes\n{config}: classification, 1000 classes")
 
 
 def test_a_config_without_an_input_size_asks_for_one(capsys) -> None:

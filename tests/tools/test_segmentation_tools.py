@@ -589,6 +589,19 @@ def test_the_configs_palette_colours_demo_and_browse(trained: tuple[Path, dict],
                                              f"data.palette={json.dumps(PALETTE[:6])}"])
         training.SemSegTask().prepare(short)
     with pytest.raises(segmentation.data.ConfigError, match=r"data.palette must be a list of "
-                                                            r"\[r, g, b\] colours, 0..255"):
+                                                            r"\[r, g, b\] colours, whole numbers "
+                                                            r"0..255, one per class, got"):
         resolve_palette([[0, 0, 300]], 1)
+    with pytest.raises(segmentation.data.ConfigError, match=r"got \[\[0.86, 0.08, 0.24\]\] "
+                                                            r"\(colours as fractions 0..1: "
+                                                            r"times 255\)"):
+        resolve_palette([[0.86, 0.08, 0.24]], 1)  # (matplotlib's: they were all black)
     assert resolve_palette(None, 7) is None
+    # a missing palette file: before the data is read; not a reason to refuse an evaluation
+    _, missing = load_task_config(CONFIG, [*overrides(data), f"data.train.img_dir={tmp_path}/no",
+                                           f"data.palette={tmp_path / 'no.json'}"])
+    with pytest.raises(FileNotFoundError, match="data.palette file not found"):
+        training.SemSegTask().prepare(missing)
+    load_tool("eval").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
+                            "--output", str(tmp_path / "eval"), *overrides(data),
+                            f"data.palette={tmp_path / 'no.json'}"])

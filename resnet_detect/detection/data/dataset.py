@@ -161,6 +161,7 @@ class DetectionDataset(Dataset):
                 raise ValueError("scale_per_batch needs a ResizeShortestEdge in the transform")
             self._resize = resizes[0]
         self.num_skipped = 0  # unreadable images seen by this process
+        self.said_unreadable: set[str] = set()
         self.repeat_factors: np.ndarray | None = None  # set for repeat factor sampling
 
     def __len__(self) -> int:
@@ -230,4 +231,4 @@ class DetectionDataset(Dataset):
 
     def _skip(self, reason: str) -> None:
         self.num_skipped += 1
-        warn_of_unreadable(logger, reason)
+        warn_of_unreadable(logger, reason, self.said_unreadable)

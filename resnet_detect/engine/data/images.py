@@ -54,14 +54,12 @@ class UnreadableImageError(OSError):
     """The file is missing, truncated or not an image OpenCV can decode."""
 
 
-_SAID_UNREADABLE: set[str] = set()
-
-
-def warn_of_unreadable(logger: logging.Logger, reason: str) -> None:
-    """"skipping unreadable image: REASON", once per reason in this process (a loader worker
-    lives as long as its loader: every epoch repeated it; the run's end counts them all)."""
-    if reason not in _SAID_UNREADABLE:
-        _SAID_UNREADABLE.add(reason)
+def warn_of_unreadable(logger: logging.Logger, reason: str, said: set[str]) -> None:
+    """"skipping unreadable image: REASON", once per reason in `said` (a dataset's: in each
+    loader worker, which lives as long as its loader, every epoch repeated it; the run's end
+    counts every skip)."""
+    if reason not in said:
+        said.add(reason)
         logger.warning("skipping unreadable image: %s", reason)
 
 
