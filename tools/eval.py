@@ -8,9 +8,10 @@ Usage:
       a model; DIR/metrics.json has "results" in place of "weights")
   ... --confusion-matrix [--score-thr 0.3]   (detection: also DIR/confusion_matrix.csv and
       .png, mmdetection's confusion_matrix.py; resnet_detect/detection/confusion.py)
-  ... --error-analysis   (detection: also DIR/error_analysis/, mmdetection's
-      coco_error_analysis.py: box PR curves C75, C50, Loc, Sim, Oth, BG, FN, overall and per
-      category, and their APs in error_analysis.json; resnet_detect/detection/error_analysis.py)
+  ... --error-analysis   (detection: also DIR/error_analysis/bbox/ and, for masks, segm/,
+      mmdetection's coco_error_analysis.py: PR curves C75, C50, Loc, Sim, Oth, BG, FN, overall
+      and per category, and their APs in error_analysis.json;
+      resnet_detect/detection/error_analysis.py)
   torchrun --nproc_per_node=N tools/eval.py ...   (each process scores its share)
 
 Detection (COCO box AP on data.val.ann_file / data.val.img_dir): prints the 12 standard
@@ -77,7 +78,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "matched at IoU 0.5)")
     parser.add_argument("--error-analysis", action="store_true",
                         help="detection: also DIR/error_analysis/ (mmdetection's "
-                             "coco_error_analysis.py: PR curves of the box errors)")
+                             "coco_error_analysis.py: PR curves of the box and mask errors)")
     parser.add_argument("--score-thr", type=float, default=0.3,
                         help="--confusion-matrix: the detections counted (default 0.3)")
     return parser.parse_intermixed_args(argv)
@@ -193,20 +194,22 @@ def write_analyses(args: argparse.Namespace, results_file: Path) -> None:
     for flag, asked, why, nothing, write in (
             ("--confusion-matrix", args.confusion_matrix, "it sets boxes against the objects'",
              "no matrix", write_confusion),
-            ("--error-analysis", args.error_analysis, "it analyses the boxes", "no analysis",
-             write_errors)):
+            ("--error-analysis", args.error_analysis, "it analyses the boxes, or every "
+             "result's mask", "no analysis", write_errors)):
         if not asked:
             continue
         if not gt["annotations"]:
             print(f"{flag}: {ann_file} has no annotations: {nothing}", flush=True)
-        elif boxless:
+        elif boxless and not (write is write_errors and all("segmentation" in r
+                                                             for r in results)):
             print(f"{flag}: {boxless} of {len(results)} results have no bbox ({why}): "
                   f"{nothing}", flush=True)
         else:
-            write(args, gt, results)
+            write(args, gt, results, results_file)
 
 
-def write_confusion(args: argparse.Namespace, gt: dict[str, Any], results: list[dict]) -> None:
+def write_confusion(args: argparse.Namespace, gt: dict[str, Any], results: list[dict],
+                    results_file: Path) -> None:
     """--confusion-matrix: the matrix of `results` against `gt`."""
     from resnet_detect.detection.confusion import (confusion_matrix, most_confused,
                                                    write_confusion_matrix)
@@ -217,18 +220,29 @@ def write_confusion(args: argparse.Namespace, gt: dict[str, Any], results: list[
                                                     most_confused(matrix, names)), flush=True)
 
 
-def write_errors(args: argparse.Namespace, gt: dict[str, Any], results: list[dict]) -> None:
-    """--error-analysis: the box error analysis of `results` against `gt`."""
+def write_errors(args: argparse.Namespace, gt: dict[str, Any], results: list[dict],
+                 results_file: Path) -> None:
+    """--error-analysis: the error analysis of `results`' boxes and, where every result has
+    one, masks against `gt`."""
+    from resnet_detect.detection.config import load_config
     from resnet_detect.detection.error_analysis import (FOLDER, analyze, overall_table,
                                                         write_error_analysis)
-    from resnet_detect.detection.config import load_config
+    from resnet_detect.detection.score_results import rle_masks
     from resnet_detect.detection.training import scored_detections
     # the detections per image and category the scoring counts: C50 and C75 are its AP50, AP75
     max_dets = scored_detections(load_config(args.config, args.overrides))
-    analysis = analyze(gt, results, iou_type="bbox", max_dets=max_dets)
-    written = write_error_analysis(analysis, Path(args.output))
-    print(f"box error analysis (AP of each curve, overall; {len(written)} files in "
-          f"{Path(args.output) / FOLDER}):\n{overall_table(analysis)}", flush=True)
+    for iou_type, what in (("bbox", "box"), ("segm", "mask")):
+        key = "bbox" if iou_type == "bbox" else "segmentation"
+        if not all(key in r for r in results):
+            continue
+        scored = results if iou_type == "bbox" else rle_masks(
+            results, {img["id"]: (img["height"], img["width"]) for img in gt["images"]},
+            results_file)
+        analysis = analyze(gt, scored, iou_type=iou_type, max_dets=max_dets)
+        written = write_error_analysis(analysis, Path(args.output))
+        print(f"{what} error analysis (AP of each curve, overall; {len(written)} files in "
+              f"{Path(args.output) / FOLDER / iou_type}):\n{overall_table(analysis)}",
+              flush=True)
 
 
 if __name__ == "__main__":

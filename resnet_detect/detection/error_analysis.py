@@ -176,10 +176,11 @@ def overall_table(analysis: ErrorAnalysis) -> str:
 
 def write_error_analysis(analysis: ErrorAnalysis, output: Path, *,
                          per_category: bool = True) -> list[Path]:
-    """OUTPUT/error_analysis/: error_analysis.json (`aps()`, null where undefined),
-    overall-<area>.png for each size that has objects, and with `per_category`, up to
-    PLOTTED_CATEGORIES categories, categories/<id>-<name>-<area>.png."""
-    folder = Path(output) / FOLDER
+    """OUTPUT/error_analysis/<iou type>/ (bbox, segm: mmdetection's layout):
+    error_analysis.json (`aps()`, null where undefined), overall-<area>.png for each size that
+    has objects, and with `per_category`, up to PLOTTED_CATEGORIES categories,
+    categories/<id>-<name>-<area>.png."""
+    folder = Path(output) / FOLDER / analysis.iou_type
     folder.mkdir(parents=True, exist_ok=True)
     numbers = {"iou_type": analysis.iou_type, "curves": list(CURVES), **analysis.aps()}
     atomic_write_text(json.dumps(nan_to_none(numbers), indent=2) + "\n", folder / JSON_FILE)

@@ -184,7 +184,7 @@ def test_a_hand_made_case_has_the_curves_worked_out_by_hand() -> None:
 def test_the_files_hold_the_numbers(tmp_path: Path) -> None:
     analysis = analyze(HAND_GT, HAND_RESULTS)
     written = write_error_analysis(analysis, tmp_path)
-    folder = tmp_path / "error_analysis"
+    folder = tmp_path / "error_analysis/bbox"
     # figures only for the sizes with objects: all 10x10
     assert sorted(p.relative_to(folder).as_posix() for p in written) == sorted(
         ["error_analysis.json", "overall-all.png", "overall-small.png",
@@ -209,4 +209,4 @@ def test_more_than_80_categories_get_the_overall_figures_alone(tmp_path: Path) -
     assert sorted(p.name for p in written) == ["error_analysis.json", "overall-all.png",
                                                "overall-large.png", "overall-medium.png",
                                                "overall-small.png"]
-    assert not (tmp_path / "error_analysis/categories").exists()
+    assert not (tmp_path / "error_analysis/bbox/categories").exists()

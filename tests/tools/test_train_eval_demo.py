@@ -356,7 +356,7 @@ def test_the_error_analysis_counts_the_detections_the_scoring_counts(tmp_path: P
         str(CONFIG), f"data.val.ann_file={tmp_path / 'val.json'}", f"data.val.img_dir={tmp_path}",
         "model.roi_heads.detections_per_image=150", "--results", str(tmp_path / "r.json"),
         "--output", str(tmp_path / "out"), "--error-analysis"])
-    numbers = json.loads((tmp_path / "out/error_analysis/error_analysis.json").read_text())
+    numbers = json.loads((tmp_path / "out/error_analysis/bbox/error_analysis.json").read_text())
     assert metrics["bbox"]["AP50"] == pytest.approx(100.0)
     assert numbers["overall"]["all"]["C50"] == pytest.approx(1.0)
 
@@ -371,7 +371,7 @@ def test_eval_writes_an_error_analysis_of_results_or_weights(
     run = [str(CONFIG), *data_overrides(data)]
     load_tool("eval").main([*run, "--output", str(tmp_path / "out"), "--results", str(path),
                             "--error-analysis"])
-    folder = tmp_path / "out/error_analysis"
+    folder = tmp_path / "out/error_analysis/bbox"
     numbers = json.loads((folder / "error_analysis.json").read_text())
     assert numbers["overall"]["all"] == pytest.approx(dict.fromkeys(
         ["C75", "C50", "Loc", "Sim", "Oth", "BG", "FN"], 1.0))
@@ -381,19 +381,23 @@ def test_eval_writes_an_error_analysis_of_results_or_weights(
     assert "box error analysis" in out and re.search(r"\nall +1\.000 +1\.000", out)
     load_tool("eval").main([*run, "--output", str(tmp_path / "w"), "--weights",
                             str(trained / "model_final.pth"), "--error-analysis"])
-    numbers = json.loads((tmp_path / "w/error_analysis/error_analysis.json").read_text())
+    numbers = json.loads((tmp_path / "w/error_analysis/bbox/error_analysis.json").read_text())
     assert numbers["overall"]["all"]["FN"] == 1.0
     seg = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
     with pytest.raises(ConfigError, match="--error-analysis is for detection; .* is a "
                                           "'sem_seg' config"):
         load_tool("eval").main([str(seg), "--output", str(tmp_path / "s"), "--weights", "w.pth",
                                 "--error-analysis"])
-    masks_only = masks_only_results(data, tmp_path / "masks.json")  # no analysis, said
+    # results of masks (the val file's own): their masks analysed (mmdetection's --types segm)
+    masks_only = masks_only_results(data, tmp_path / "masks.json")
     capsys.readouterr()
     load_tool("eval").main([*run, "--output", str(tmp_path / "m"), "--results",
                             str(masks_only), "--error-analysis"])
-    assert "results have no bbox (it analyses the boxes): no analysis" in \
-        capsys.readouterr().out and not (tmp_path / "m/error_analysis").exists()
+    assert "mask error analysis" in capsys.readouterr().out
+    numbers = json.loads((tmp_path / "m/error_analysis/segm/error_analysis.json").read_text())
+    assert numbers["iou_type"] == "segm" and numbers["overall"]["all"] == pytest.approx(
+        dict.fromkeys(["C75", "C50", "Loc", "Sim", "Oth", "BG", "FN"], 1.0))
+    assert not (tmp_path / "m/error_analysis/bbox").exists()
     unlabelled = tmp_path / "test-dev.json"  # a val file without annotations: said
     unlabelled.write_text(json.dumps({k: v for k, v in gt.items() if k != "annotations"}))
     load_tool("eval").main([*run, f"data.val.ann_file={unlabelled}", "--output",
