@@ -68,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
     from resnet_detect.detection.analyze_results import CSV_FILE, per_image_ap, ranked, write_csv
     from resnet_detect.detection.config import load_config
     from resnet_detect.detection.evaluation import ground_truth
-    from resnet_detect.detection.score_results import read_results, rle_masks
+    from resnet_detect.detection.score_results import (read_results, rle_masks,
+                                                       warn_of_boxes_beyond_images)
     from resnet_detect.detection.training import scored_detections
     setup_logging(None)
     cfg = load_config(args.config, args.overrides)
@@ -93,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
     if foreign:
         raise DatasetError(f"{path}: results of images that {cfg.data.val.ann_file} lacks "
                            f"(ids {brief(foreign, 10)}): results of another split?")
+    warn_of_boxes_beyond_images(results, sizes, path)
     if "segm" in types:
         results = rle_masks(results, sizes, path)
     output = writable_folder(args.output, "--output")

@@ -14,8 +14,8 @@ fails naming the skipped ones.
 
 --save-json also writes the predictions, each file atomically:
   detection: beside each picture DIR/<name>.json, {"image": the input's path, "height",
-    "width", "boxes": [[x1, y1, x2, y2], ...] in the input's pixels, "scores", "labels":
-    class names, "category_ids": the dataset's category ids (as in tools/eval.py's results;
+    "width", "boxes": [[x1, y1, x2, y2], ...] in the input's pixels, "scores",
+    "class_names", "category_ids": the dataset's category ids (as in tools/eval.py's results;
     1..K for weights that record none), and for Mask R-CNN "masks": COCO RLEs {"size": [H,
     W], "counts": str} (pycocotools.mask.decode)}. The detections are those drawn, scoring
     --min-score or more (the model's own threshold is --min-score already; mmdetection's

@@ -109,11 +109,13 @@ def refuse_another_evaluations_folder(output: Path, weights: str, key: str = "we
     replaces their evaluation."""
     try:
         metrics = json.loads((output / "metrics.json").read_text(encoding="utf-8"))
-        earlier = metrics.get("weights", metrics.get("results"))
+        earlier_key = "weights" if "weights" in metrics else "results"
+        earlier = metrics.get(earlier_key)
     except (OSError, ValueError, AttributeError):
         return  # no evaluation's metrics.json there
-    if isinstance(earlier, str) and (key not in metrics or not same_weights(earlier, weights)):
-        raise ConfigError(f"--output {output} holds the evaluation of other {key} ({earlier}): "
+    if isinstance(earlier, str) and (key != earlier_key or not same_weights(earlier, weights)):
+        what = f"other {key}" if key == earlier_key else earlier_key
+        raise ConfigError(f"--output {output} holds the evaluation of {what} ({earlier}): "
                           f"its metrics.json would be replaced and its results mixed with "
                           f"these; give another folder, or remove {output / 'metrics.json'}")
 
@@ -216,7 +218,7 @@ def write_confusion(args: argparse.Namespace, gt: dict[str, Any], results: list[
     matrix, names = confusion_matrix(gt, results, score_thr=args.score_thr)
     written = write_confusion_matrix(matrix, names, Path(args.output))
     print(f"confusion matrix (detections scoring {args.score_thr} or more, IoU 0.5): "
-          f"{', '.join(map(str, written))}" + "".join(f"\n  {line}" for line in
+          f"{', '.join(map(str, written))}" + "".join(f"\n{line}" for line in
                                                     most_confused(matrix, names)), flush=True)
 
 

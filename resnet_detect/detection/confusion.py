@@ -124,10 +124,12 @@ def _plot(matrix: np.ndarray, names: Sequence[str], path: Path) -> None:
 
 
 def most_confused(matrix: np.ndarray, names: Sequence[str], count: int = 5) -> list[str]:
-    """The `count` largest counts off the diagonal: "dog detected as cat: 12", "dog missed:
-    7", "background detected as cat: 5"."""
+    """A title line and the `count` largest counts off the diagonal: "dog detected as cat:
+    12", "dog missed: 7", "background detected as cat: 5"."""
     k = len(names) - 1
     cells = [(int(matrix[i, j]), i, j) for i in range(k + 1) for j in range(k + 1)
              if i != j and matrix[i, j]]
-    return [f"{names[i]} {'missed' if j == k else f'detected as {names[j]}'}: {value}"
-            for value, i, j in sorted(cells, key=lambda c: -c[0])[:count]]
+    title = (f"the {count} largest of {len(cells)} confusions (all in the CSV):"
+             if len(cells) > count else f"the {len(cells)} confusions:")
+    return [title] + [f"  {names[i]} {'missed' if j == k else f'detected as {names[j]}'}: "
+                      f"{value}" for value, i, j in sorted(cells, key=lambda c: -c[0])[:count]]

@@ -365,12 +365,12 @@ class DetectionRenderer:
 
     def as_json(self, detections: dict[str, Any]) -> dict[str, Any]:
         """The detections scoring `min_score` or more (those drawn): "boxes" [[x1, y1, x2,
-        y2], ...] in the image's pixels, "scores", "labels" (class names), "category_ids"
+        y2], ...] in the image's pixels, "scores", "class_names", "category_ids"
         and, for Mask R-CNN, "masks" as COCO RLEs ({"size": [H, W], "counts": str})."""
         shown = np.flatnonzero(np.asarray(detections["scores"]) >= self.min_score)
         record = {"boxes": [[float(v) for v in detections["boxes"][i]] for i in shown],
                   "scores": [float(detections["scores"][i]) for i in shown],
-                  "labels": [detections["class_names"][i] for i in shown],
+                  "class_names": [detections["class_names"][i] for i in shown],
                   "category_ids": [int(detections["labels"][i]) for i in shown]}
         if "masks" in detections:
             record["masks"] = [mask_to_rle(detections["masks"][i]) for i in shown]

@@ -108,6 +108,23 @@ def rle_masks(results: list[dict[str, Any]], sizes: dict[int, tuple[int, int]],
     return encoded
 
 
+def warn_of_boxes_beyond_images(results: list[dict[str, Any]],
+                                sizes: dict[int, tuple[int, int]], path: Path) -> None:
+    """A warning where a tenth or more of the boxes reach over a pixel past their image's
+    right or bottom edge (`sizes`: image id -> (height, width)), which a detector's clipped
+    boxes never do: [x1, y1, x2, y2] boxes read as COCO's [x, y, width, height] (scored near
+    0, without a word), or boxes of resized images. They are scored as they are."""
+    boxed = [(r["bbox"], sizes[r["image_id"]]) for r in results
+             if r.get("bbox") is not None and r["image_id"] in sizes]
+    beyond = sum(x + w > width + 1 or y + h > height + 1
+                 for (x, y, w, h), (height, width) in boxed)
+    if boxed and beyond >= 0.1 * len(boxed):
+        logger.warning("%s: %d of %d boxes reach beyond their image (x + width past its width, "
+                       "or y + height past its height): are they [x1, y1, x2, y2]? COCO "
+                       "results are [x, y, width, height] (or boxes of resized images?)", path,
+                       beyond, len(boxed))
+
+
 def _first_without(results: list[dict[str, Any]], key: str) -> int:
     return next(i for i, r in enumerate(results) if r.get(key) is None)
 
@@ -143,9 +160,10 @@ def score_results_file(config: str, results_file: str, output: Path,
                        "scored (results of another dataset's ids, or 0-based labels?)", path,
                        sum(r["category_id"] in foreign for r in results), sorted(foreign)[:10],
                        ann_file)
+    sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
+    warn_of_boxes_beyond_images(results, sizes, path)
     if "segm" in types:
-        results = rle_masks(results, {img["id"]: (img["height"], img["width"])
-                                      for img in gt["images"]}, path)
+        results = rle_masks(results, sizes, path)
     max_dets = scored_detections(cfg)
     metrics: dict[str, Any] = {}
     for iou_type in types:

@@ -843,6 +843,10 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             checkpointer.replace_earlier_run(keep=keep)
             _warn_of_earlier_results(output_dir, keep, logger)
     start_iter = state["iteration"] if state is not None else 0
+    given = [f"{k} ({v})" for k, v in weights_keys(cfg.get("model")).items() if v]
+    if state is not None and given:  # (a fine-tuning's "start from scratch" warnings, above)
+        logger.info("the weights %s gave the model are replaced by the checkpoint's: what "
+                    "their loading said above is not this run's state", ", ".join(given))
     if state is not None:  # (older checkpoints did not count them)
         skipped.before = int(state["extra"].get("skipped_images", 0))
     if resume:

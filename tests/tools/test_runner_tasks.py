@@ -253,6 +253,15 @@ def test_a_resumed_run_is_not_said_to_start_from_random_weights(
         run_training(_RegressionTask(), config(tmp_path / "other"), cpu,
                      resume=tmp_path / "copy/model_0000002.pth")
     assert said not in caplog.text
+    # a fine-tuning resumed: its model.weights' "start from scratch" warnings are not its state
+    replaced = "the weights model.weights (w.pth) gave the model are replaced by the checkpoint's"
+    for resume in (False, True):
+        cfg = config(tmp_path / "tuned")
+        cfg.model.weights = "w.pth"  # (the toy task reads none)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            run_training(_RegressionTask(), cfg, cpu, resume=resume)
+        assert (replaced in caplog.text) == resume
 
 
 def test_a_sigterm_repeated_during_the_stops_save_is_the_same_request(

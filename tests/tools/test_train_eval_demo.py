@@ -200,7 +200,9 @@ def test_eval_scores_a_results_file_as_it_scored_the_weights(trained: Path, data
     assert scored["voc"] == by_weights["voc"] and by_weights["voc"]["mode"] == "area"
     assert json.loads((tmp_path / "results/metrics.json").read_text()) == {
         "bbox": by_weights["bbox"], "voc": by_weights["voc"], "results": str(results)}
-    with pytest.raises(ConfigError, match="holds the evaluation of other results"):
+    # (it said "of other results (.../model_final.pth)")
+    with pytest.raises(ConfigError, match=rf"holds the evaluation of weights "
+                                          rf"\({trained / 'model_final.pth'}\)"):
         load_tool("eval").main([*run, "--results", str(results),
                                 "--output", str(tmp_path / "weights")])
 
@@ -227,6 +229,18 @@ def test_eval_scores_perfect_results_100_and_names_bad_results_files(
     assert scored["bbox"]["AP"] == pytest.approx(100.0) and scored["bbox"]["AP50"] == 100.0
     assert scored["segm"]["AP"] == pytest.approx(100.0)
     assert "1 results have category ids [99]" in caplog.text
+    assert "reach beyond their image" not in caplog.text
+    # boxes as [x1, y1, x2, y2]: scored near 0 without a word, before
+    xyxy = [{**r, "bbox": [*r["bbox"][:2], r["bbox"][0] + r["bbox"][2],
+                           r["bbox"][1] + r["bbox"][3]]} for r in perfect]
+    path.write_text(json.dumps(xyxy))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_tool("eval").main([*run, str(tmp_path / "out"), "--results", str(path)])
+    beyond = sum(x1 + x2 > 129 or y1 + y2 > 97 for x1, y1, x2, y2 in (r["bbox"] for r in xyxy))
+    assert (f"{path}: {beyond} of {len(xyxy)} boxes reach beyond their image (x + width past "
+            f"its width, or y + height past its height): are they [x1, y1, x2, y2]?"
+            ) in caplog.text
     # the val file's polygons as written (other exporters'), and uncompressed RLEs
     uncompressed = []
     for ann in gt.dataset["annotations"]:
@@ -701,7 +715,9 @@ def assert_json_holds(record: dict, expected: dict, min_score: float = 0.0) -> N
     np.testing.assert_allclose(record["boxes"], expected["boxes"][kept], rtol=1e-6)
     np.testing.assert_allclose(record["scores"], expected["scores"][kept], rtol=1e-6)
     assert record["category_ids"] == expected["labels"][kept].tolist()
-    assert record["labels"] == [n for n, k in zip(expected["class_names"], kept) if k]
+    # ("labels" held the names, the Predictor's "labels" the ids)
+    assert "labels" not in record
+    assert record["class_names"] == [n for n, k in zip(expected["class_names"], kept) if k]
 
 
 def test_demo_saves_the_detections_it_draws_as_json(trained: Path, data: Path,
