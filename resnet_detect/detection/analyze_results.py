@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from resnet_detect.engine.data.coco import segmentation_to_mask
 from resnet_detect.engine.files import atomic_write_text
@@ -155,9 +154,6 @@ def _objects(anns: Sequence[Mapping[str, Any]], names: Mapping[int, str],
 
 
 def _mask(segmentation: Any, size: tuple[int, int]) -> np.ndarray:
-    if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), str):
-        return mask_utils.decode({**segmentation, "counts": segmentation["counts"].encode()}
-                                 ).astype(bool)
     try:
         return segmentation_to_mask(segmentation, *size).astype(bool)
     except (TypeError, ValueError, IndexError, AttributeError):  # no usable mask: box only
