@@ -99,7 +99,7 @@ def config_info(args: argparse.Namespace) -> None:
     num_classes = args.num_classes or cfg.model.get("num_classes")
     said = ""
     if num_classes is None:  # the data's, at training
-        num_classes, said = classes_of_ann_file(task, cfg)
+        num_classes, said = classes_of_data(task, cfg)
     if num_classes is None:
         num_classes = 10 if "cifar" in str(cfg.model.get("name")) else DEFAULT_CLASSES[task]
         said = " (the data's at training: --num-classes K for yours)"
@@ -130,10 +130,11 @@ def config_info(args: argparse.Namespace) -> None:
     print_rows(rows, count_parameters(model))
 
 
-def classes_of_ann_file(task: str, cfg) -> tuple[int | None, str]:
-    """(the classes a detector or segmenter trained on data.train.ann_file has, what to say
-    of them; a segmenter's data.class_names first, as training reads them); (None, "") where
-    the config names neither or they cannot be read (said)."""
+def classes_of_data(task: str, cfg) -> tuple[int | None, str]:
+    """(the classes the config's data gives, as training counts them, what to say of them): a
+    classifier's class folders, a segmenter's data.class_names, else the categories of
+    data.train.ann_file (sem_seg: and the background); (None, "") where the config names
+    none or they cannot be read (said)."""
     if task == "classification":
         return classes_of_image_folder(cfg)
     if task == "sem_seg" and OmegaConf.select(cfg, "data.class_names") is not None:
@@ -166,14 +167,13 @@ def classes_of_ann_file(task: str, cfg) -> tuple[int | None, str]:
 def classes_of_image_folder(cfg) -> tuple[int | None, str]:
     """(the class folders of a classifier's data.root/<train split>, what to say of them);
     (None, "") where there is no such folder."""
-    from resnet_detect.engine.data import NOT_DATA_FOLDERS
+    from resnet_detect.backbones.data import class_folders
     split = Path(str(cfg.data.root)) / str(cfg.data.get("train_split") or "train")
     if not split.is_dir():
         if str(cfg.data.root) != "unused":  # (the stand-in of a config without data.root)
             print(f"note: data.root's {split} is not a folder; counting the default classes")
         return None, ""
-    found = [d for d in split.iterdir() if d.is_dir() and not d.name.startswith(".")
-             and d.name not in NOT_DATA_FOLDERS]
+    found = class_folders(split)
     return (len(found), f" (the class folders of {split})") if found else (None, "")
 
 

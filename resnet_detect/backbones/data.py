@@ -42,6 +42,13 @@ def _nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+def class_folders(split_dir: Path) -> list[str]:
+    """The class folder names of an ImageFolder split (hidden ones and NAS/macOS metadata
+    left out), in one order however the disk spells the names."""
+    return sorted((d.name for d in split_dir.iterdir() if d.is_dir()
+                   and not d.name.startswith(".") and d.name not in NOT_DATA_FOLDERS), key=_nfc)
+
+
 def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] | None = None
                       ) -> tuple[list[tuple[str, int]], list[str]]:
     """List (path, label) of `split_dir/<class>/*` images, sorted. Hidden folders are not
@@ -68,8 +75,7 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
             f"image must be in {split_dir}/<class>/, as torchvision's ImageFolder reads them "
             f"(ImageNet's val images: move each into its class's folder as "
             f"LOC_val_solution.csv lists them, or with the common valprep.sh)")
-    found = sorted((d.name for d in entries if d.is_dir() and d.name not in NOT_DATA_FOLDERS),
-                   key=_nfc)  # one order however the disk spells the names
+    found = class_folders(split_dir)
     if not found:
         raise DatasetError(f"no class folders in {split_dir} (expected "
                            f"{split_dir}/<class>/<image>)")
