@@ -31,7 +31,7 @@ IMAGE_SIZE = (1000, 1000)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--classes", type=int, default=1203)
     parser.add_argument("--rois", type=int, default=1000)
     parser.add_argument("--score-thresh", type=float, default=0.0001)

@@ -135,7 +135,7 @@ print(f"| {phase} | {seconds:.1f} | {peak:.0f} | {what} |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder for the fake dataset")
     parser.add_argument("--code", type=Path, default=ROOT, help="repository to import")
     parser.add_argument("--train-images", type=int, default=118287)

@@ -63,7 +63,7 @@ def step_fn(model: torch.nn.Module, batches: list[list[dict[str, Any]]],
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/synthetic/faster_rcnn_R_18_FPN.yaml")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, default=3, help="distinct batches cycled")

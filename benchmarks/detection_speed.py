@@ -261,7 +261,7 @@ def bench_eval(num_images: int, repeats: int) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed inference rounds")
     parser.add_argument("--train-repeats", type=int, default=3, help="timed training steps")

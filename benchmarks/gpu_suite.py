@@ -1197,7 +1197,7 @@ RUNNERS: dict[str, Callable[[Suite], None]] = {
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, help="folder for suite.json and suite.md")
     parser.add_argument("--smoke", action="store_true", help="CPU, toy sizes, seconds")

@@ -50,7 +50,7 @@ def measure(way: str, size: int, max_size: int, classes: int, out: Path) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=6000)
     parser.add_argument("--max-size", type=int, default=2048)
     parser.add_argument("--classes", type=int, default=21)

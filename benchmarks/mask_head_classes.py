@@ -38,7 +38,7 @@ def all_classes(head: MaskRCNNHead, x: torch.Tensor, classes: torch.Tensor) -> t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--classes", type=int, nargs="+", default=[80, 1203])
     parser.add_argument("--detections", type=int, default=300)
     parser.add_argument("--positives", type=int, default=256)

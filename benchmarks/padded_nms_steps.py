@@ -39,7 +39,7 @@ def settle_steps(boxes: torch.Tensor, valid: torch.Tensor, threshold: float) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
     parser.add_argument("--weights", required=True)

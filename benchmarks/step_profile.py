@@ -101,7 +101,7 @@ def timed(totals: dict[str, float], key: str) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=sorted(CONFIGS))
     parser.add_argument("--steps", type=int, default=5)

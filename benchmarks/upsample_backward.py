@@ -23,7 +23,7 @@ CASES = {"quickstart (8, 7, 36, 36) to 144x144": ((8, 7, 36, 36), (144, 144)),
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)

@@ -189,7 +189,8 @@ def write_analyses(args: argparse.Namespace, results_file: Path) -> None:
     from resnet_detect.engine.data import read_coco_json
     if not (args.confusion_matrix or args.error_analysis):
         return
-    ann_file = load_config(args.config, args.overrides).data.val.ann_file
+    cfg = load_config(args.config, args.overrides)
+    ann_file = cfg.data.val.ann_file
     gt = read_coco_json(ann_file, annotations_optional=True)
     results = json.loads(results_file.read_text(encoding="utf-8"))
     boxless = sum("bbox" not in r for r in results)
@@ -207,11 +208,11 @@ def write_analyses(args: argparse.Namespace, results_file: Path) -> None:
             print(f"{flag}: {boxless} of {len(results)} results have no bbox ({why}): "
                   f"{nothing}", flush=True)
         else:
-            write(args, gt, results, results_file)
+            write(args, cfg, gt, results, results_file)
 
 
-def write_confusion(args: argparse.Namespace, gt: dict[str, Any], results: list[dict],
-                    results_file: Path) -> None:
+def write_confusion(args: argparse.Namespace, cfg: Any, gt: dict[str, Any],
+                    results: list[dict], results_file: Path) -> None:
     """--confusion-matrix: the matrix of `results` against `gt`."""
     from resnet_detect.detection.confusion import (confusion_matrix, most_confused,
                                                    write_confusion_matrix)
@@ -222,24 +223,23 @@ def write_confusion(args: argparse.Namespace, gt: dict[str, Any], results: list[
                                                     most_confused(matrix, names)), flush=True)
 
 
-def write_errors(args: argparse.Namespace, gt: dict[str, Any], results: list[dict],
+def write_errors(args: argparse.Namespace, cfg: Any, gt: dict[str, Any], results: list[dict],
                  results_file: Path) -> None:
     """--error-analysis: the error analysis of `results`' boxes and, where every result has
     one, masks against `gt`."""
-    from resnet_detect.detection.config import load_config
     from resnet_detect.detection.error_analysis import (FOLDER, analyze, overall_table,
                                                         write_error_analysis)
     from resnet_detect.detection.score_results import rle_masks
     from resnet_detect.detection.training import scored_detections
+    from resnet_detect.engine.data import image_sizes
     # the detections per image and category the scoring counts: C50 and C75 are its AP50, AP75
-    max_dets = scored_detections(load_config(args.config, args.overrides))
+    max_dets = scored_detections(cfg)
     for iou_type, what in (("bbox", "box"), ("segm", "mask")):
         key = "bbox" if iou_type == "bbox" else "segmentation"
         if not all(key in r for r in results):
             continue
         scored = results if iou_type == "bbox" else rle_masks(
-            results, {img["id"]: (img["height"], img["width"]) for img in gt["images"]},
-            results_file)
+            results, image_sizes(gt), results_file)
         analysis = analyze(gt, scored, iou_type=iou_type, max_dets=max_dets)
         written = write_error_analysis(analysis, Path(args.output))
         print(f"{what} error analysis (AP of each curve, overall; {len(written)} files in "

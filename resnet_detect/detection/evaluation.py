@@ -26,7 +26,7 @@ from pycocotools import mask as mask_utils
 
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data.coco import (box_polygon, check_segmentation, collector_paused,
-                                            read_coco_json, segmentation_to_rle)
+                                            image_sizes, read_coco_json, segmentation_to_rle)
 from resnet_detect.engine.logging import print_and_log
 
 from .federated import (IMAGE_LISTS, LVIS_MAX_DETS, Federation, frequency_group_aps,
@@ -114,7 +114,7 @@ def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
 def cocoeval_ground_truth(data: dict[str, Any], iou_type: str) -> tuple[dict[str, Any], int]:
     """`ground_truth` of a file's content (as `read_coco_json` returns it)."""
     federated = is_federated(data)
-    sizes = {img["id"]: (img["height"], img["width"]) for img in data["images"]}
+    sizes = image_sizes(data)
     annotations, ignored = [], 0
     # numbered from 1: COCOeval takes a matched object's id 0 for no match, so a file numbered
     # from 0 (Label Studio's, CVAT's) scored the detection of its first object as a false one

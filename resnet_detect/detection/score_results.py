@@ -11,7 +11,7 @@ from typing import Any
 
 from resnet_detect.engine import atomic_write_json
 from resnet_detect.engine.config import is_number
-from resnet_detect.engine.data import DatasetError, read_coco_json
+from resnet_detect.engine.data import DatasetError, image_sizes, read_coco_json
 from resnet_detect.engine.files import missing_path, nan_to_none
 
 from .config import load_config
@@ -160,7 +160,7 @@ def score_results_file(config: str, results_file: str, output: Path,
                        "scored (results of another dataset's ids, or 0-based labels?)", path,
                        sum(r["category_id"] in foreign for r in results), sorted(foreign)[:10],
                        ann_file)
-    sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
+    sizes = image_sizes(gt)
     warn_of_boxes_beyond_images(results, sizes, path)
     if "segm" in types:
         results = rle_masks(results, sizes, path)

@@ -215,7 +215,9 @@ class SemSegTask:
         self.tta = tta_from_config(cfg)  # its errors before training, not at the evaluation
         inference_compile_settings(cfg)
         check_model_config(build_model, cfg, read_weights=read_checkpoint)
-        resolve_palette(cfg.data.palette, None)  # its file and colours before the data
+        colours = resolve_palette(cfg.data.palette, None)  # its file and colours before the data
+        if colours is not None:  # the run's config.yaml and weights hold the colours, not a path
+            cfg.data.palette = colours.tolist()
         train = build_dataset(cfg, "train")  # checks the data first
         if not train.labelled:
             raise DatasetError(f"{cfg.data.train.ann_file} has no annotations: nothing to "
@@ -235,9 +237,7 @@ class SemSegTask:
             val.check_masks("val")  # before training, not at the evaluation after it
         self.class_names = train.class_names
         cfg.model.num_classes = len(self.class_names)
-        colours = resolve_palette(cfg.data.palette, len(self.class_names))
-        if colours is not None:  # the run's config.yaml and weights hold the colours, not a path
-            cfg.data.palette = colours.tolist()
+        resolve_palette(cfg.data.palette, len(self.class_names))  # one colour per class
         self.cfg = cfg
         description = (f"{len(train)} train / {len(val) if val else 'no'} val images, "
                        f"{len(self.class_names)} classes {self.class_names}")

@@ -601,3 +601,19 @@ def test_an_abbreviated_option_is_refused_not_taken(tool: str, argv: list[str],
     assert stopped.value.code == 2
     assert f"unrecognized arguments: {abbreviation}" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_every_scripts_parser_refuses_abbreviations() -> None:
+    """The benchmarks took `--out` for `--output` too: every ArgumentParser a script under
+    tools/ or benchmarks/ builds says allow_abbrev=False (the config tools' ToolArgumentParser
+    does it itself)."""
+    import ast
+    lenient = []
+    for script in sorted([*ROOT.glob("tools/*.py"), *ROOT.glob("benchmarks/*.py")]):
+        for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "ArgumentParser" and not any(
+                        k.arg == "allow_abbrev" and isinstance(k.value, ast.Constant)
+                        and k.value.value is False for k in node.keywords)):
+                lenient.append(f"{script.relative_to(ROOT)}:{node.lineno}")
+    assert not lenient

@@ -276,6 +276,11 @@ def image_path(img_dir: Path, file_name: str) -> Path:
     return img_dir / os.path.normpath(file_name.replace("\\", "/"))
 
 
+def image_sizes(data: dict[str, Any]) -> dict[Any, tuple[int, int]]:
+    """{image id: (height, width)} of a COCO file's content (as `read_coco_json` returns it)."""
+    return {img["id"]: (img["height"], img["width"]) for img in data["images"]}
+
+
 def brief(values: Sequence[Any], shown: int = 20) -> str:
     """`values` as a list in a message, the first `shown` of them when there are more (LVIS
     has 1203 categories)."""
