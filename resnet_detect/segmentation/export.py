@@ -77,7 +77,8 @@ def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Seq
                      scale: float = 1.0, max_size: int | None = None,
                      example_size: tuple[int, int] = (96, 128),
                      reduce_zero_label: bool | None = None,
-                     model_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     model_config: Mapping[str, Any] | None = None,
+                     palette: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
     """Write `folder/model.onnx` and `folder/export.json`; returns the metadata.
 
     Args:
@@ -85,6 +86,8 @@ def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Seq
         max_size: the longer side images are first scaled down to (`test.max_size`).
         reduce_zero_label: the data.reduce_zero_label the weights were trained with (None:
             not known), for tools/eval.py to compare its data's with.
+        palette: the overlays' [r, g, b] colours, one per class (data.palette), for
+            tools/demo.py given the graph without a config (None: automatic colours).
     """
     model.eval()
     example = torch.zeros((*example_size, 3), dtype=torch.uint8)
@@ -99,7 +102,8 @@ def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Seq
         pixel_std=model.pixel_std.flatten().tolist(), class_names=class_names,
         num_classes=model.num_classes, ignore_index=model.ignore_index, resize=None,
         test_scale=float(scale), test_max_size=max_size, reduce_zero_label=reduce_zero_label,
-        model_config=dict(model_config or {}))
+        model_config=dict(model_config or {}),
+        **({"palette": [list(c) for c in palette]} if palette is not None else {}))
 
 
 class OnnxSegmentor(OnnxModel):

@@ -183,7 +183,8 @@ class Predictor:
         compared = {key for key in ("test.scales", "test.flip", "test.window", "test.max_size")
                     if tta is not None or config is not None or key in overridden}
         cfg = _config({} if config is None else config, overrides)
-        self.palette = cfg.data.get("palette")
+        # the config's colours, else those recorded at export
+        self.palette = cfg.data.get("palette") or self.model.metadata.get("palette")
         asked = tta or tta_from_config(cfg)
         graph = (self.model.test_scale, self.model.test_max_size)
         if compared - {"test.max_size"} and asked.single_scale is None:

@@ -24,7 +24,7 @@ from resnet_detect.backbones.model_weights import resumed_model_check
 from resnet_detect.backbones.weights import read_checkpoint
 from resnet_detect.engine import atomic_write_json, barrier, is_main_process
 from resnet_detect.engine.compilation import inference_compile_settings
-from resnet_detect.engine.config import as_override
+from resnet_detect.engine.config import ConfigError, as_override
 from resnet_detect.engine.export import ExportError, check_class_names, is_onnx
 from resnet_detect.engine.files import nan_to_none, replace_folder
 from resnet_detect.engine.data import CountedLoader, DatasetError
@@ -187,10 +187,16 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
         logger.warning("%s names no classes and data.class_names is not set: the export "
                        "calls them %s...; tools/eval.py will refuse data with other names",
                        weights, ", ".join(names[:3]))
+    try:  # the overlays' colours travel with the graph; drawing is no reason to refuse
+        colours = resolve_palette(predictor.palette, len(names))
+    except (ConfigError, DatasetError, FileNotFoundError) as err:
+        logger.warning("%s; the export records no palette", err)
+        colours = None
     return export_segmentor(predictor.model, folder, class_names=names, scale=tta.single_scale,
                             max_size=tta.max_size,
                             reduce_zero_label=predictor.trained_reduce_zero_label,
-                            model_config=predictor.model_config)
+                            model_config=predictor.model_config,
+                            palette=None if colours is None else colours.tolist())
 
 
 class SemSegTask:

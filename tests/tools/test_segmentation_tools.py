@@ -605,3 +605,35 @@ def test_the_configs_palette_colours_demo_and_browse(trained: tuple[Path, dict],
     load_tool("eval").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
                             "--output", str(tmp_path / "eval"), *overrides(data),
                             f"data.palette={tmp_path / 'no.json'}"])
+
+
+def test_an_export_records_the_palette_for_the_demo(trained: tuple[Path, dict], data: Path,
+                                                     tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """data.palette goes into export.json: a demo of the graph with a config that has none
+    draws the trained colours (they were automatic); a config's own palette still wins, and a
+    palette that does not fit the classes is warned of and not recorded, not refused."""
+    export = tmp_path / "export"
+    load_tool("export").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
+                              "--output", str(export), *overrides(data),
+                              f"data.palette={json.dumps(PALETTE)}"])
+    assert json.loads((export / "export.json").read_text())["palette"] == PALETTE
+    image = np.full((80, 200, 3), 100, dtype=np.uint8)
+    mask = np.zeros((80, 200), dtype=np.int64)
+    mask[:, 100:] = 2  # "square"
+    drawn = predictor.build_renderer(CONFIG, export, overrides(data)).draw(image, mask)
+    assert (drawn[60:, 100:] == (0.5 * np.asarray(PALETTE[2]) + 50).astype(np.uint8)).all()
+    own = [[c, 255 - c, 7] for c in range(0, 70, 10)]
+    drawn = predictor.build_renderer(CONFIG, export, [*overrides(data),
+                                                      f"data.palette={json.dumps(own)}"]
+                                     ).draw(image, mask)
+    assert (drawn[60:, 100:] == (0.5 * np.asarray(own[2]) + 50).astype(np.uint8)).all()
+    short = tmp_path / "short"
+    with caplog.at_level(logging.WARNING):
+        load_tool("export").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
+                                  "--output", str(short), *overrides(data),
+                                  f"data.palette={json.dumps(PALETTE[:6])}"])
+    assert ("data.palette has 6 colours for the 7 classes (one per class, index = class id); "
+            "the export records no palette") in [r.getMessage() for r in caplog.records
+                                                 if r.levelno >= logging.WARNING]
+    assert "palette" not in json.loads((short / "export.json").read_text())
