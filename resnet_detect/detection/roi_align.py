@@ -247,6 +247,14 @@ def multilevel_roi_align(features: Sequence[Tensor], rois: Tensor, level_rows: S
             and (sampling_ratio > 0 or not needs_grad)):
         return _MultiLevelRoIAlign.apply(rois, list(level_rows), output_size, list(scales),
                                          sampling_ratio, aligned, *features)
+    if torch.jit.is_tracing():
+        # the levels' pools in level order, then back in the RoIs' order: a graph that writes
+        # each level into its rows (index_put) kept the example's count where one RoI was
+        # pooled (a Reshape to (C, S, S)), and failed on any other count
+        pooled = torch.cat([roi_align(feature, rois[rows], output_size, scale, sampling_ratio,
+                                      aligned) for feature, rows, scale
+                            in zip(features, level_rows, scales)])
+        return pooled[torch.argsort(torch.cat(list(level_rows)))]
     # rois.shape[0], not len(rois): a traced graph keeps the RoI count dynamic
     out = features[0].new_zeros((rois.shape[0], features[0].shape[1]) + tuple(output_size))
     for feature, rows, scale in zip(features, level_rows, scales):

@@ -128,6 +128,32 @@ def test_the_graph_follows_the_number_of_proposals_and_detections(config: str, e
     assert all(p != exported[0] and d != exported[1] for p, d in counts), (exported, counts)
 
 
+@pytest.mark.parametrize("mask_output", MASK_OUTPUTS)
+def test_one_detection_at_export_leaves_the_count_free(mask_output: str, tmp_path: Path) -> None:
+    """A trial's Mask R-CNN found exactly one detection on the export's blank example: the
+    mask pooler's graph kept one RoI (a Reshape to (C, S, S)) and every image with another
+    count failed in ONNX Runtime, though the export had said it was written."""
+    model = build("configs/synthetic/mask_rcnn_R_18_FPN.yaml", "model.roi_heads.score_thresh=0.0",
+                  "model.roi_heads.mask_conv_dims=[16]")
+    example = torch.zeros((3, *EXPORT_SIZE), dtype=torch.uint8)
+    with torch.no_grad():
+        scores = model([example])[0]["scores"]
+    predictor = model.roi_heads.box_predictor  # between the best two: one detection there
+    predictor.score_thresh = float(scores[:2].mean())
+    with torch.no_grad():
+        assert len(model([example])[0]["boxes"]) == 1
+    onnx_model = export(model, tmp_path, mask_output)
+    # (random weights: near-blank images are the ones scoring as high as the example)
+    for h, w, grey in [(150, 90, 0), (120, 160, 0), (120, 160, 2)]:
+        image = torch.full((3, h, w), grey, dtype=torch.uint8)
+        with torch.no_grad():
+            expected = model([image])[0]
+        got = onnx_model([image])[0]
+        assert len(expected["boxes"]) >= 2 and len(got["boxes"]) == len(expected["boxes"])
+        torch.testing.assert_close(got["scores"], expected["scores"], atol=1e-4, rtol=0)
+        assert_same_masks(got["masks"], expected["masks"][same_detections(got, expected)])
+
+
 def test_an_image_without_proposals_gives_empty_outputs(tmp_path: Path) -> None:
     """Every proposal of a 2 x 2 image is under the RPN's 3 px minimum: nothing reaches the
     box head, in PyTorch as in the graph (exported from an image with proposals)."""
