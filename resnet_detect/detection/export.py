@@ -166,8 +166,13 @@ class OnnxDetector(OnnxModel):
                               f"an export of this project's; export again with "
                               f"tools/export.py")
         self.mask_threshold = self.metadata.get("mask_threshold", 0.5)
-        self._label_of_id = np.zeros(max(ids) + 1, dtype=np.int64)
-        self._label_of_id[ids] = np.arange(len(ids))
+        # by search, not a table indexed by id: ids may be as large as 2**40
+        self._id_order = np.argsort(np.asarray(ids, dtype=np.int64), kind="stable")
+        self._sorted_ids = np.asarray(ids, dtype=np.int64)[self._id_order]
+
+    def _labels_of(self, category_ids: np.ndarray) -> np.ndarray:
+        """The model's class index (0..K-1) of each of the graph's category ids."""
+        return self._id_order[np.searchsorted(self._sorted_ids, category_ids)]
 
     def forward(self, images: Sequence[Tensor],
                 output_sizes: Sequence[tuple[int, int]] | None = None) -> list[dict[str, Tensor]]:
@@ -190,7 +195,7 @@ class OnnxDetector(OnnxModel):
                                  and self.mask_on else "")
             result = {"boxes": torch.from_numpy(out[0]).to(device),
                       "scores": torch.from_numpy(out[1]).to(device),
-                      "labels": torch.from_numpy(self._label_of_id[out[2]]).to(device)}
+                      "labels": torch.from_numpy(self._labels_of(out[2])).to(device)}
             if self.mask_output == "box" and not pasted:
                 result["mask_probs"] = torch.from_numpy(out[3]).to(device)
             elif self.mask_output == "box":

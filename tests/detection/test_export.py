@@ -29,8 +29,9 @@ def build(config: str, *overrides: str) -> GeneralizedRCNN:
     return build_model(cfg).eval()
 
 
-def export(model: GeneralizedRCNN, folder: Path, mask_output: str | None = None) -> OnnxDetector:
-    export_detector(model, folder, class_names=["a", "b", "c"], category_ids=CATEGORY_IDS,
+def export(model: GeneralizedRCNN, folder: Path, mask_output: str | None = None,
+           category_ids: list[int] = CATEGORY_IDS) -> OnnxDetector:
+    export_detector(model, folder, class_names=["a", "b", "c"], category_ids=category_ids,
                     resize=(96, 160), example_size=EXPORT_SIZE, mask_output=mask_output)
     return OnnxDetector(folder)
 
@@ -152,6 +153,24 @@ def test_one_detection_at_export_leaves_the_count_free(mask_output: str, tmp_pat
         assert len(expected["boxes"]) >= 2 and len(got["boxes"]) == len(expected["boxes"])
         torch.testing.assert_close(got["scores"], expected["scores"], atol=1e-4, rtol=0)
         assert_same_masks(got["masks"], expected["masks"][same_detections(got, expected)])
+
+
+def test_category_ids_of_any_size_map_back_to_the_models_labels(tmp_path: Path) -> None:
+    """A trial's dataset numbered its categories from 2**33: loading the export asked for a
+    table of 2**33 labels (64 GB) and every tool using it stopped."""
+    model = build("configs/detection/faster_rcnn_R_50_FPN_1x.yaml",
+                  "model.roi_heads.score_thresh=0.0")
+    onnx_model = export(model, tmp_path, category_ids=[2**40, 7, 2**33 + 5])
+    image = torch.randint(0, 256, (3, 77, 141), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model([image])[0]
+    got = onnx_model([image])[0]
+    assert set(expected["labels"].tolist()) == {0, 1, 2}
+    assert torch.equal(got["labels"], expected["labels"])
+    _, _, ids = onnx_model.session.run(None, {"image": np.full((70, 90, 3), 128, np.uint8),
+                                              "original_size": np.array([70, 90])})[:3]
+    assert len(ids) and set(ids.tolist()) <= {2**40, 7, 2**33 + 5}
 
 
 def test_an_image_without_proposals_gives_empty_outputs(tmp_path: Path) -> None:
