@@ -2,6 +2,7 @@
 
 Usage:
   python tools/export.py CONFIG --weights CKPT --output DIR [key=value ...]
+      [--quantize int8 [--calibration-images N]]
 
 Writes DIR/model.onnx and DIR/export.json. The graph takes one uint8 RGB image (H, W, 3) and
 does the rest: normalisation, padding, and the task's post-processing. Detectors and
@@ -15,6 +16,11 @@ and give the class map at the input's size). Outputs:
     "mask_probs" (D, M, M) float32 instead, each box's mask to paste into its box (less
     memory on large images: the pasted masks take D x h x w floats at once);
   segmentation: "mask" (H, W) class ids.
+--quantize int8: DIR/model.onnx is the graph quantized to int8 for CPUs (ONNX Runtime's static
+quantization, QDQ, per-channel weights; the network only, post-processing float32),
+calibrated on N images of the config's validation split (default 32); export.json's
+"quantization" says how (resnet_detect/engine/quantize.py). Faster R-CNN, classifiers and
+segmenters; not Mask R-CNN.
 For detectors and segmenters, tools/eval.py and tools/demo.py take DIR (or DIR/model.onnx) as
 --weights and run it with ONNX Runtime (a classifier's is scored from its .pth). Needs
 `pip install 'resnet-detect[export]'`.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,8 @@ from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E
 from resnet_detect.engine.export import (INSTALL_HINT, METADATA_FILE, ExportError,  # noqa: E402
                                          is_onnx)
 from resnet_detect.engine.files import writable_folder  # noqa: E402
+from resnet_detect.engine.quantize import (DEFAULT_CALIBRATION_IMAGES,  # noqa: E402
+                                           QUANTIZE_CHOICES)
 from resnet_detect.engine.tasks import TASK_MODULES, config_task, task_module  # noqa: E402
 
 
@@ -45,6 +54,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--mask-output", choices=("pasted", "box"), default=None,
                         help="Mask R-CNN: masks pasted at original_size (default) or each "
                              "box's M x M mask probabilities")
+    parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
+                        help="int8: quantize the graph for CPUs (static, QDQ, per-channel "
+                             "weights), calibrated on the config's validation images")
+    parser.add_argument("--calibration-images", type=int, default=None, metavar="N",
+                        help=f"--quantize: how many validation images calibrate it "
+                             f"(default {DEFAULT_CALIBRATION_IMAGES})")
     return parser.parse_intermixed_args(argv)
 
 
@@ -71,10 +86,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise ExportError(f"--mask-output is for Mask R-CNN; {args.config} is a {task!r} "
                              f"config")
         options["mask_output"] = args.mask_output
+    if args.calibration_images is not None and args.quantize is None:
+        raise ExportError("--calibration-images is for --quantize int8")
+    calibration = None
+    if args.quantize is not None:  # refused, and its images read, before anything is exported
+        from resnet_detect.engine.quantize import prepare_calibration
+        calibration = prepare_calibration(
+            task, args.config, args.overrides, DEFAULT_CALIBRATION_IMAGES
+            if args.calibration_images is None else args.calibration_images)
     output = writable_folder(args.output, "--output")
     replaced = (output / METADATA_FILE).is_file()
-    metadata = export_model(args.config, args.weights, output, args.overrides, **options)
-    print(f"wrote {Path(args.output) / metadata['model']} and export.json"
+    if calibration is None:
+        metadata = export_model(args.config, args.weights, output, args.overrides, **options)
+    else:
+        from resnet_detect.engine.quantize import quantize_export
+        # the float32 export apart, so that the folder's earlier export stays whole until
+        # the int8 graph replaces it
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=output, prefix=".float32-") as fp32:
+            fp32_metadata = export_model(args.config, args.weights, Path(fp32),
+                                         args.overrides, **options)
+            metadata = quantize_export(Path(fp32), output, fp32_metadata, *calibration)
+    print(f"wrote {Path(args.output) / metadata['model']}"
+          f"{' (int8)' if calibration is not None else ''} and export.json"
           f"{' in place of the export that was there' if replaced else ''}: "
           f"{json.dumps(metadata['outputs'])}", flush=True)
     return metadata

@@ -1257,3 +1257,56 @@ def test_a_negative_max_size_and_loader_workers_are_named_before_the_data_is_rea
     with pytest.raises(ConfigError, match=r"--seed must be >= 0, got -1"):
         load_tool("browse_dataset").main([str(CONFIG), "--output", str(tmp_path / "b"),
                                           "--seed", "-1"])
+
+
+def test_an_int8_export_runs_in_eval_demo_and_predictor_as_a_float32_one(
+        trained: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """tools/export.py --quantize int8: DIR/model.onnx is the int8 graph (QDQ), calibrated on
+    the validation images; the tools and Predictor run it as any export."""
+    import onnx
+
+    args = [str(CONFIG), *data_overrides(data), "model.roi_heads.score_thresh=0.0"]
+    weights = str(trained / "model_final.pth")
+    export = tmp_path / "int8"
+    metadata = load_tool("export").main([*args, "--weights", weights, "--output", str(export),
+                                         "--quantize", "int8", "--calibration-images", "2"])
+    assert "model.onnx (int8) and export.json" in capsys.readouterr().out
+    assert sorted(p.name for p in export.iterdir()) == ["export.json", "model.onnx"]
+    quantization = metadata["quantization"]
+    assert quantization["format"] == "QDQ" and quantization["dtype"] == "int8"
+    assert quantization["calibration"]["images"] == 2  # of the 3 val images: 0 and 1
+    assert str(data / "coco/val.json") in quantization["calibration"]["source"]
+    assert json.loads((export / "export.json").read_text()) == metadata
+    graph = onnx.load(str(export / "model.onnx"))
+    assert json.loads({p.key: p.value for p in graph.metadata_props}["export_json"]) == metadata
+    assert sum(node.op_type == "QuantizeLinear" for node in graph.graph.node) > 20
+    float32 = tmp_path / "fp32"
+    load_tool("export").main([*args, "--weights", weights, "--output", str(float32)])
+    assert "quantization" not in json.loads((float32 / "export.json").read_text())
+    metrics = {name: load_tool("eval").main([*args, "--weights", str(folder), "--output",
+                                             str(tmp_path / f"eval_{name}")])
+               for name, folder in (("int8", export), ("fp32", float32))}
+    assert metrics["int8"]["images"] == metrics["fp32"]["images"]
+    results = json.loads((tmp_path / "eval_int8/coco_instances_results.json").read_text())
+    assert len(results) > 0
+    out = Predictor(str(CONFIG), weights=export, overrides=data_overrides(data))(
+        cv2.imread(str(data / "images/val/000000.jpg"))[:, :, ::-1].copy())
+    assert out["boxes"].shape[1:] == (4,) and len(out["boxes"]) > 0
+    written = load_tool("demo").main([*args, "--weights", str(export / "model.onnx"),
+                                      "--input", str(data / "images/val/000000.jpg"),
+                                      "--output", str(tmp_path / "demo"), "--min-score", "0"])
+    assert cv2.imread(str(written[0])).shape == (96, 128, 3)
+    # refused before anything is written, naming the option
+    for extra, message in (
+            (["--quantize", "int8", "--calibration-images", "0"],
+             r"--calibration-images must be 1 or more, got 0"),
+            (["--calibration-images", "4"], r"--calibration-images is for --quantize int8"),
+            (["--quantize", "int8", "data.val.ann_file=null", "data.val.img_dir=null"],
+             r"--quantize int8 calibrates on the config's validation images; data.val")):
+        with pytest.raises(ValueError, match=message):
+            load_tool("export").main([*args, "--weights", weights, "--output",
+                                      str(tmp_path / "bad"), *extra])
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit):  # argparse: int8 is the one choice
+        load_tool("export").main([*args, "--weights", weights, "--output",
+                                  str(tmp_path / "bad"), "--quantize", "int4"])
