@@ -39,7 +39,7 @@ NETWORK_SCOPES = {
     "detection": ("/backbone/", "/rpn/head/", "/roi_heads/box_head/"),
     "sem_seg": ("/backbone/", "/head/"),
 }
-CALIBRATION_NOTE = ("images of data.val spread evenly over it (image k*M//N of its M, "
+CALIBRATION_NOTE = ("validation images spread evenly over the split (image k*M//N of its M, "
                     "k = 0..N-1, in the order the split lists them)")
 
 
@@ -89,7 +89,9 @@ def prepare_calibration(task: str, config: str | os.PathLike, overrides: Sequenc
                 raise
             raise ExportError(f"--quantize int8 calibrates on the config's validation images, "
                               f"data.root/data.val_split: {e}") from e
-    return calibration_inputs(task, cfg, images)
+    inputs, source = calibration_inputs(task, cfg, images)
+    logger.info("int8 calibration on %d image(s) of %s", len(inputs), source)
+    return inputs, source
 
 
 def spread(count: int, n: int) -> list[int]:
@@ -208,6 +210,17 @@ def quantize_graph(source: Path, target: Path, task: str,
                         nodes_to_quantize=nodes, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
+    # (the calibrator holds the quantized tensors of all the images at once: its option to
+    # merge ranges in chunks, CalibMaxIntermediateOutputs, drops the chunks' data unused in
+    # onnxruntime 1.32, so fewer images are the way to less memory)
+    # ONNX Runtime's optimizer declared its own operator sets, which no node uses: the graph
+    # keeps the standard one alone, as exported (other runtimes need not know the others)
+    graph = onnx.load(str(target))
+    used = {"", *(node.domain for node in graph.graph.node)}
+    kept = [opset for opset in graph.opset_import if opset.domain in used]
+    del graph.opset_import[:]
+    graph.opset_import.extend(kept)
+    onnx.save(graph, str(target))
     return {"dtype": "int8", "format": "QDQ", "weights": "int8, per output channel, symmetric",
             "activations": "uint8, per tensor, asymmetric", "calibration_method": "MinMax",
             "quantized_nodes": len(nodes), "onnxruntime": onnxruntime.__version__}

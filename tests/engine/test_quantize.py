@@ -99,6 +99,7 @@ def assert_quantized_network(path: Path, quantized_ops: set[str],
     counts = Counter(node.op_type for node in graph.graph.node)
     assert counts["QuantizeLinear"] > 0 and counts["DequantizeLinear"] > 0
     assert {node.domain for node in graph.graph.node} <= {"", "ai.onnx"}  # no contrib ops
+    assert [(o.domain, o.version) for o in graph.opset_import] == [("", 17)]
     for node in graph.graph.node:
         if node.op_type not in quantized_ops:
             continue
