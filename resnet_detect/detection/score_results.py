@@ -12,6 +12,7 @@ from typing import Any
 from resnet_detect.engine import atomic_write_json
 from resnet_detect.engine.config import is_number
 from resnet_detect.engine.data import DatasetError, image_sizes, read_coco_json
+from resnet_detect.engine.data.coco import warn_of_boxes_beyond_images as warn_of_boxes
 from resnet_detect.engine.files import missing_path, nan_to_none
 
 from .config import load_config
@@ -109,20 +110,13 @@ def rle_masks(results: list[dict[str, Any]], sizes: dict[int, tuple[int, int]],
 
 
 def warn_of_boxes_beyond_images(results: list[dict[str, Any]],
-                                sizes: dict[int, tuple[int, int]], path: Path) -> None:
-    """A warning where a tenth or more of the boxes reach over a pixel past their image's
-    right or bottom edge (`sizes`: image id -> (height, width)), which a detector's clipped
-    boxes never do: [x1, y1, x2, y2] boxes read as COCO's [x, y, width, height] (scored near
-    0, without a word), or boxes of resized images. They are scored as they are."""
-    boxed = [(r["bbox"], sizes[r["image_id"]]) for r in results
-             if r.get("bbox") is not None and r["image_id"] in sizes]
-    beyond = sum(x + w > width + 1 or y + h > height + 1
-                 for (x, y, w, h), (height, width) in boxed)
-    if boxed and beyond >= 0.1 * len(boxed):
-        logger.warning("%s: %d of %d boxes reach beyond their image (x + width past its width, "
-                       "or y + height past its height): are they [x1, y1, x2, y2]? COCO "
-                       "results are [x, y, width, height] (or boxes of resized images?)", path,
-                       beyond, len(boxed))
+                                sizes: dict[Any, tuple[int, int]], path: Path) -> None:
+    """`engine.data.coco.warn_of_boxes_beyond_images` of the results' boxes (`sizes`: image
+    id -> (height, width)), which a detector's clipped boxes never set off. They are scored as
+    they are."""
+    warn_of_boxes([(r["bbox"], sizes[r["image_id"]]) for r in results
+                   if r.get("bbox") is not None and r["image_id"] in sizes], path,
+                  "COCO results are [x, y, width, height]")
 
 
 def _first_without(results: list[dict[str, Any]], key: str) -> int:

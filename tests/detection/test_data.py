@@ -126,10 +126,60 @@ def test_a_val_files_degenerate_boxes_are_not_said_to_be_left_out(
     with caplog.at_level(logging.INFO):
         load_coco_json(*small, evaluation=True)
         load_coco_json(*small)
-    assert [r.getMessage().split("; ", 1)[1] for r in caplog.records] == [
+    assert [r.getMessage().split("; ", 1)[1] for r in caplog.records
+            if r.levelno == logging.INFO] == [
         "crowd regions: 2 (ignored by the scoring), degenerate boxes: 3 (objects that no "
         "detection matches, as pycocotools scores them)",
         "left out 2 crowd and 3 degenerate boxes"]
+
+
+def test_boxes_written_as_corners_are_warned_of(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A trial's converter wrote [x1, y1, x2, y2]: the boxes, clipped, trained and scored
+    without a word (box AP 0.3 against a mask AP of 35.7). A tenth of the boxes reaching past
+    their images is warned of; boxes within them, or a few past, are not."""
+    _write_png(tmp_path / "images" / "a.png", _pattern(30, 40))
+    images = [{"id": 1, "file_name": "a.png", "height": 30, "width": 40}]
+    corners = [[2, 3, 12, 10], [20, 5, 38, 29], [25, 1, 35, 8]]  # x1, y1, x2, y2
+    as_coco = tmp_path / "corners.json"
+    seven = [{"id": 7, "name": "seven"}]
+    as_coco.write_text(json.dumps(_coco(images, [_ann(i, 1, b) for i, b in enumerate(corners)],
+                                        seven)))
+    inside = tmp_path / "inside.json"
+    inside.write_text(json.dumps(_coco(images, [
+        *(_ann(i, 1, [x1, y1, x2 - x1, y2 - y1]) for i, (x1, y1, x2, y2) in enumerate(corners)),
+        *(_ann(10 + i, 1, [30, 20, 11, 11]) for i in range(2)),  # one pixel past: within
+        *(_ann(20 + i, 1, [5, 5, 3, 3]) for i in range(18)),
+        _ann(40, 1, [30, 20, 12, 10])], seven)))  # one box past in 24: under a tenth
+    with caplog.at_level(logging.WARNING):
+        load_coco_json(inside, tmp_path / "images", training=True)
+        assert not caplog.records
+        load_coco_json(as_coco, tmp_path / "images", evaluation=True)
+    # (the second box: 20 + 38 > 41; the third: 25 + 35 > 41; the first, 2 + 12, is inside)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{as_coco}: 2 of 3 boxes reach beyond their image (x + width past its width, or y + "
+        f"height past its height): are they [x1, y1, x2, y2]? COCO boxes are [x, y, width, "
+        f"height]; they are clipped to their images (or boxes of resized images?)"]
+
+
+def test_a_file_listed_under_two_image_ids_is_warned_of(tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A bad merge listed one file under two ids, its objects split between them: each entry
+    trained with the other's objects as background, without a word."""
+    _write_png(tmp_path / "images" / "a.png", _pattern(30, 40))
+    _write_png(tmp_path / "images" / "b.png", _pattern(30, 40))
+    images = [{"id": 1, "file_name": "a.png", "height": 30, "width": 40},
+              {"id": 5, "file_name": "b.png", "height": 30, "width": 40},
+              {"id": 9, "file_name": "./a.png", "height": 30, "width": 40}]
+    ann_file = tmp_path / "merged.json"
+    ann_file.write_text(json.dumps(_coco(images, [_ann(1, 1, [2, 2, 5, 5]),
+                                                  _ann(2, 9, [20, 10, 5, 5])])))
+    with caplog.at_level(logging.WARNING):
+        load_coco_json(ann_file, tmp_path / "images")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{ann_file}: 1 image files are listed under more than one image id, e.g. 'a.png' "
+        f"(ids [1, 9]): each entry is trained and scored as its own image, the other entries' "
+        f"objects as background; give each file one entry with all its objects"]
 
 
 def test_an_image_named_in_another_unicode_form_is_named_with_it(tmp_path: Path) -> None:
@@ -832,6 +882,7 @@ def test_mis_sized_training_images_are_listed_up_front_when_a_sample_finds_one(
     data["images"][2].update(height=31)  # c.png is 40x30
     ann_file.write_text(json.dumps(data))
     records, _, _ = load_coco_json(ann_file, img_dir)
+    caplog.clear()  # (the fixture's boxes reaching past their images are warned of)
     with caplog.at_level(logging.WARNING):
         splits.warn_of_mis_sized_images(records, str(ann_file))
     # (an earlier test in the process may leave the package's logger at INFO)

@@ -281,6 +281,38 @@ def image_sizes(data: dict[str, Any]) -> dict[Any, tuple[int, int]]:
     return {img["id"]: (img["height"], img["width"]) for img in data["images"]}
 
 
+def warn_of_boxes_beyond_images(boxes: Sequence[tuple[Sequence[float], tuple[int, int]]],
+                                source: Path, consequence: str) -> None:
+    """A warning where a tenth or more of the [x, y, width, height] boxes (each with its
+    image's (height, width)) reach over a pixel past their image's right or bottom edge,
+    which no box of the image does: [x1, y1, x2, y2] boxes read as COCO's (a converter's
+    mistake, which nothing else shows), or boxes of resized images."""
+    beyond = sum(x + w > width + 1 or y + h > height + 1
+                 for (x, y, w, h), (height, width) in boxes)
+    if boxes and beyond >= 0.1 * len(boxes):
+        logger.warning("%s: %d of %d boxes reach beyond their image (x + width past its width, "
+                       "or y + height past its height): are they [x1, y1, x2, y2]? %s (or "
+                       "boxes of resized images?)", source, beyond, len(boxes), consequence)
+
+
+def _warn_of_repeated_files(data: dict[str, Any], ann_file: Path) -> None:
+    """A warning where one image file is listed under several image ids (as a bad merge
+    leaves it): each entry is trained and scored as an image of its own, with the objects of
+    the others as background."""
+    ids_of: dict[str, list[Any]] = {}
+    for img in data["images"]:
+        ids_of.setdefault(posixpath.normpath(img["file_name"].replace("\\", "/")),
+                          []).append(img["id"])
+    repeated = {name: ids for name, ids in ids_of.items() if len(ids) > 1}
+    if repeated:
+        examples = ", ".join(f"{name!r} (ids {brief(ids, 5)})"
+                             for name, ids in list(repeated.items())[:3])
+        logger.warning("%s: %d image files are listed under more than one image id, e.g. %s: "
+                       "each entry is trained and scored as its own image, the other entries' "
+                       "objects as background; give each file one entry with all its objects",
+                       ann_file, len(repeated), examples)
+
+
 def brief(values: Sequence[Any], shown: int = 20) -> str:
     """`values` as a list in a message, the first `shown` of them when there are more (LVIS
     has 1203 categories)."""
@@ -391,6 +423,12 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
         if missing:
             raise DatasetError(_format_problems(
                 ann_file, [f"image file not found for {m}" for m in missing]))
+    _warn_of_repeated_files(data, ann_file)
+    sizes = image_sizes(data)
+    warn_of_boxes_beyond_images(
+        [(a["bbox"], sizes[a["image_id"]]) for a in data["annotations"]
+         if not a.get("iscrowd", 0)], ann_file,
+        "COCO boxes are [x, y, width, height]; they are clipped to their images")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
