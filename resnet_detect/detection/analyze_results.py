@@ -143,6 +143,7 @@ def _objects(anns: Sequence[Mapping[str, Any]], names: Mapping[int, str],
     boxes[:, 2:] += boxes[:, :2]
     out: dict[str, Any] = {
         "boxes": boxes, "labels": np.asarray([index[a["category_id"]] for a in anns], dtype=int),
+        "category_ids": [a["category_id"] for a in anns],
         "class_names": [names[a["category_id"]] + (" (crowd)" if a.get("iscrowd") else "")
                         for a in anns]}
     if scores:

@@ -37,7 +37,8 @@ def browse_split(cfg: DictConfig, split: str
     def draw(sample: dict[str, Any]) -> np.ndarray:
         labels = sample["gt_classes"].numpy()
         objects = {"boxes": sample["gt_boxes"].numpy(), "labels": labels,
-                   "class_names": [mapping.names[k] for k in labels]}
+                   "class_names": [mapping.names[k] for k in labels],
+                   "category_ids": [mapping.dataset_ids[k] for k in labels]}
         if "gt_masks" in sample:
             masks = sample["gt_masks"]
             objects["masks"] = (masks.bitmasks(*sample["image"].shape[1:]) if isinstance(

@@ -112,7 +112,9 @@ def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, t
                     min_score: float, alpha: float = 0.5) -> np.ndarray:
     """Boxes with "name score" tags on a copy of an RGB image; with "masks" (D, H, W) in
     `det`, each instance's mask filled in its box's colour at opacity `alpha` first. Without
-    "scores" (annotations) every box is drawn, tagged with its name alone."""
+    "scores" (annotations) every box is drawn, tagged with its name alone. A name no font
+    here can draw is tagged "id N", N from "category_ids" (the dataset's) where `det` has
+    them, else its label."""
     out = image.copy()
     thickness = max(1, round(min(image.shape[:2]) / 300))
     scores = det.get("scores")
@@ -128,7 +130,7 @@ def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, t
         colour = colours.get(int(label), (0, 255, 0))
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
-        name, font = drawable_name(name, int(label))
+        name, font = drawable_name(name, int(det.get("category_ids", det["labels"])[i]))
         text = name if scores is None else f"{name} {scores[i]:.2f}"
         tw, th, base = text_size(text, font)
         ty = max(y1, th + base)

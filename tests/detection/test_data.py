@@ -231,6 +231,22 @@ def test_a_category_without_usable_objects_is_named(tmp_path: Path, small: tuple
         in caplog.text
 
 
+def test_many_categories_without_objects_are_named_in_a_line_of_reasonable_length(
+        tmp_path: Path, small: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """An LVIS-like file with 1123 empty categories logged a 39 KB line: ten are named, and
+    how many there are."""
+    data = json.loads(small[0].read_text())
+    data["categories"] += [{"id": 1000 + k, "name": f"empty{k}"} for k in range(25)]
+    ann_file = tmp_path / "sparse.json"
+    ann_file.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        load_coco_json(ann_file, small[1], training=True)
+    (said,) = [r.getMessage() for r in caplog.records if "no usable object of" in r.getMessage()]
+    assert (f"{ann_file}: no usable object of "
+            + ", ".join(f"'empty{k}' (id {1000 + k})" for k in range(10))
+            + ", ... (25 in all): a class all the same") in said
+
+
 def test_categories_named_alike_but_for_case_are_warned_of(
         tmp_path: Path, small: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
     """'Dog' and 'dog ' (two exports merged) trained as two classes without a word."""

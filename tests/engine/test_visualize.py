@@ -119,6 +119,15 @@ def test_names_no_font_here_draws_become_their_ids(monkeypatch, caplog) -> None:
             == draw_detections(image, as_id, {7: (255, 0, 0)}, 0.5)).all()
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(said) == 1 and "class '正方形' is drawn as 'id 7': no font here" in said[0]
+    # browse and analyze_results draw labels 0..K-1: their tags said "id 0" where the demo's
+    # said the dataset's category id; "category_ids" gives it
+    indexed = {**det, "labels": np.array([0]), "category_ids": [42]}
+    as_42 = {**indexed, "class_names": ["id 42"]}
+    assert (draw_detections(image, indexed, {0: (255, 0, 0)}, 0.5)
+            == draw_detections(image, as_42, {0: (255, 0, 0)}, 0.5)).all()
+    assert (draw_detections(image, indexed, {0: (255, 0, 0)}, 0.5)
+            != draw_detections(image, {**as_42, "class_names": ["id 0"]}, {0: (255, 0, 0)},
+                               0.5)).any()
 
 
 def test_names_beyond_latin1_are_drawn_in_a_font_that_has_them() -> None:

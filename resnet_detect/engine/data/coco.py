@@ -466,9 +466,11 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     unused = [f"{name!r} (id {cid})" for k, (cid, name) in
               enumerate(zip(mapping.dataset_ids, mapping.names)) if k not in used]
     if unused and training:  # e.g. Roboflow's unused category 0, named like the dataset
+        shown = ", ".join(unused[:MAX_LISTED]) + (f", ... ({len(unused)} in all)"
+                                                  if len(unused) > MAX_LISTED else "")
         logger.warning("%s: no usable object of %s: a class all the same (the model predicts "
                        "it, its AP is n/a); drop it from 'categories' if it is none",
-                       ann_file, ", ".join(unused))
+                       ann_file, shown)
     if training:
         _warn_of_twin_names(mapping, ann_file)
         counts = np.bincount(np.concatenate([r["classes"] for r in records]
