@@ -81,20 +81,25 @@ PLOTTED_CLASSES = 100  # more (LVIS's 1203): the CSV alone, a picture would take
 
 
 def write_confusion_matrix(matrix: np.ndarray, names: Sequence[str], folder: Path) -> list[Path]:
-    """FOLDER/confusion_matrix.csv (counts, a header row of the detected classes) and, up to
-    PLOTTED_CLASSES classes, FOLDER/confusion_matrix.png (each row in percent of its
-    objects)."""
+    """FOLDER/confusion_matrix.csv (counts, a header row of the detected classes) and, where
+    up to PLOTTED_CLASSES classes have objects or detections, FOLDER/confusion_matrix.png of
+    those (each row in percent of its objects)."""
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
     writer.writerow(["ground truth \\ detected", *names])
     for name, row in zip(names, matrix):
         writer.writerow([name, *row.tolist()])
     atomic_write_text(rows.getvalue(), folder / CSV_FILE)
-    if len(names) - 1 > PLOTTED_CLASSES:
-        logger.info("%d classes: %s not drawn (up to %d), the counts are in %s", len(names) - 1,
-                    PNG_FILE, PLOTTED_CLASSES, CSV_FILE)
+    # the picture leaves out classes without objects or detections (the file's 300 categories
+    # of which 6 are in the val images drew nothing), never the background
+    used = (matrix.sum(axis=0) + matrix.sum(axis=1)) > 0
+    used[-1] = True
+    if used.sum() - 1 > PLOTTED_CLASSES:
+        logger.info("%d classes with objects or detections: %s not drawn (up to %d), the "
+                    "counts are in %s", used.sum() - 1, PNG_FILE, PLOTTED_CLASSES, CSV_FILE)
         return [folder / CSV_FILE]
-    _plot(matrix, names, folder / PNG_FILE)
+    kept = np.flatnonzero(used)
+    _plot(matrix[np.ix_(kept, kept)], [names[i] for i in kept], folder / PNG_FILE)
     return [folder / CSV_FILE, folder / PNG_FILE]
 
 

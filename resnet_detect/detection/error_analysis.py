@@ -178,20 +178,26 @@ def write_error_analysis(analysis: ErrorAnalysis, output: Path, *,
                          per_category: bool = True) -> list[Path]:
     """OUTPUT/error_analysis/<iou type>/ (bbox, segm: mmdetection's layout):
     error_analysis.json (`aps()`, null where undefined), overall-<area>.png for each size that
-    has objects, and with `per_category`, up to PLOTTED_CATEGORIES categories,
-    categories/<id>-<name>-<area>.png."""
+    has objects, and with `per_category`, where up to PLOTTED_CATEGORIES categories have
+    objects, categories/<id>-<name>-<area>.png of each of those."""
     folder = Path(output) / FOLDER / analysis.iou_type
     folder.mkdir(parents=True, exist_ok=True)
     numbers = {"iou_type": analysis.iou_type, "curves": list(CURVES), **analysis.aps()}
     atomic_write_text(json.dumps(nan_to_none(numbers), indent=2) + "\n", folder / JSON_FILE)
     written = [folder / JSON_FILE]
     written += _plot(analysis, analysis.overall(), "overall", folder / "overall")
-    if per_category and len(analysis.categories) > PLOTTED_CATEGORIES:
-        logger.info("%d categories: their figures are not drawn (up to %d), their numbers are "
-                    "in %s", len(analysis.categories), PLOTTED_CATEGORIES, JSON_FILE)
+    # a category without objects has no curves: a file of LVIS's 1203 categories evaluated
+    # on a few of them draws those few
+    drawn = [k for k in range(len(analysis.categories))
+             if not np.isnan(analysis.precision[0, 0, k]).all()]
+    if per_category and len(drawn) > PLOTTED_CATEGORIES:
+        logger.info("%d categories with objects: their figures are not drawn (up to %d), their "
+                    "numbers are in %s", len(drawn), PLOTTED_CATEGORIES, JSON_FILE)
     elif per_category:
         (folder / "categories").mkdir(exist_ok=True)
-        for k, (category, name) in enumerate(zip(analysis.categories, analysis.names())):
+        names = analysis.names()
+        for k in drawn:
+            category, name = analysis.categories[k], names[k]
             stem = f"{category['id']}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', category['name'])}"
             written += _plot(analysis, analysis.precision[:, :, k], name,
                              folder / "categories" / stem)

@@ -71,6 +71,24 @@ def test_the_files_hold_the_counts(tmp_path: Path) -> None:
 def test_more_than_100_classes_get_the_csv_alone(tmp_path: Path) -> None:
     """LVIS's 1203 classes made a 42,000-pixel square picture (gigabytes, a MemoryError)."""
     names = [f"c{i}" for i in range(101)] + ["background"]
-    written = write_confusion_matrix(np.zeros((102, 102), dtype=np.int64), names, tmp_path)
+    written = write_confusion_matrix(np.eye(102, dtype=np.int64), names, tmp_path)
     assert [p.name for p in written] == ["confusion_matrix.csv"]
     assert not (tmp_path / "confusion_matrix.png").exists()
+
+
+def test_the_picture_leaves_out_classes_without_objects_or_detections(
+        tmp_path: Path, monkeypatch) -> None:
+    """A trial's file had 300 categories, 6 of them in its val images: no picture was drawn
+    (over 100 classes); it is drawn of the classes that have objects or detections."""
+    from resnet_detect.detection import confusion
+    drawn = []
+    monkeypatch.setattr(confusion, "_plot", lambda m, n, path: drawn.append((m, n)))
+    names = [f"c{i}" for i in range(300)] + ["background"]
+    matrix = np.zeros((301, 301), dtype=np.int64)
+    matrix[5, 5], matrix[5, 17], matrix[250, 300], matrix[300, 42] = 3, 1, 2, 4
+    written = write_confusion_matrix(matrix, names, tmp_path)
+    assert [p.name for p in written] == ["confusion_matrix.csv", "confusion_matrix.png"]
+    ((shown, labels),) = drawn
+    assert labels == ["c5", "c17", "c42", "c250", "background"]
+    assert shown.tolist() == [[3, 1, 0, 0, 0], [0] * 5, [0] * 5, [0, 0, 0, 0, 2],
+                              [0, 0, 4, 0, 0]]

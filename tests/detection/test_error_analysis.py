@@ -210,3 +210,15 @@ def test_more_than_80_categories_get_the_overall_figures_alone(tmp_path: Path) -
                                                "overall-large.png", "overall-medium.png",
                                                "overall-small.png"]
     assert not (tmp_path / "error_analysis/bbox/categories").exists()
+
+
+def test_only_categories_with_objects_count_toward_the_figures_limit(tmp_path: Path) -> None:
+    """300 categories, 2 with objects (a trial's file): no category figure was drawn; the two
+    are."""
+    categories = [{"id": i, "name": f"c{i}"} for i in range(300)]
+    precision = np.full((7, 101, 300, 4), np.nan)
+    precision[:, :, [4, 210], 0] = 1.0  # objects of the "all" size range only
+    written = write_error_analysis(
+        ErrorAnalysis("bbox", categories, np.linspace(0, 1, 101), precision), tmp_path)
+    assert sorted(p.name for p in written) == ["210-c210-all.png", "4-c4-all.png",
+                                               "error_analysis.json", "overall-all.png"]
