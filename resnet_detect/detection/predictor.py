@@ -39,6 +39,7 @@ from .data import build_transforms
 from .evaluation import mask_to_rle
 from .export import OnnxDetector
 from .rcnn import GeneralizedRCNN
+from .tiles import refuse_tiles, tiles_from_config
 from .tta import refuse_tta, tta_from_config
 
 logger = logging.getLogger(__name__)
@@ -182,6 +183,7 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
         weights, _differing(cfg, fixed, overrides, whole_config=config is not None), overrides,
         list(fixed), meta.get("model_config"))
     refuse_tta(cfg, f"the exported graph {weights}")
+    refuse_tiles(cfg, f"the exported graph {weights}")
     cfg.data.val.min_size = meta["resize"]["short_side"]
     cfg.data.val.max_size = meta["resize"]["max_size"]
     cfg.model.mask_on = model.mask_on
@@ -227,7 +229,8 @@ class Predictor:
     `.predict_batch([rgb, ...])` -> one per image, the images in one forward pass.
 
     Test-time resizing follows `data.val.min_size` / `data.val.max_size`, test-time
-    augmentation the `test` section (`detection.tta`); score threshold, NMS threshold and
+    augmentation the `test` section (`detection.tta`), tiles of large images `test.tiles`
+    (`detection.tiles`); score threshold, NMS threshold and
     detections per image follow `model.roi_heads.*`.
 
     Args:
@@ -262,6 +265,7 @@ class Predictor:
         min_size, max_size = test_resize(self.cfg)
         self.transform = build_transforms(min_size=min_size, max_size=max_size, with_boxes=False)
         self.tta = None if is_onnx(weights) else tta_from_config(self.cfg)
+        self.tiles = None if is_onnx(weights) else tiles_from_config(self.cfg)
         self.device = torch.device(device)
         compile_for_inference(self.model, self.cfg, self.device, weights)
 
@@ -290,7 +294,8 @@ class Predictor:
         batch, as detectron2's and torchvision's batches are: images of one size get their
         own calls' detections; of several sizes, the padding changes the features near each
         image's edges, and through the proposals and NMS the detections can change anywhere.
-        With test-time augmentation (the `test` section) the images run one by one.
+        With test-time augmentation (the `test` section) the images run one by one; with
+        tiles (`test.tiles`) the images run one by one, each one's tiles in batches.
 
         Args:
             images: (H_i, W_i, 3) uint8 RGB images (a sequence, or an (N, H, W, 3) array).
@@ -301,7 +306,9 @@ class Predictor:
         images = check_rgb_images(images)
         if not images:
             return []
-        if self.tta is not None:  # views of several sizes per image: one image at a time
+        if self.tiles is not None:
+            outs = [self.tiles(self.model, image) for image in images]
+        elif self.tta is not None:  # views of several sizes per image: one image at a time
             outs = [self.tta(self.model, image) for image in images]
         else:
             tensors = [torch.from_numpy(np.ascontiguousarray(

@@ -47,6 +47,8 @@ from .browse import browse_split
 from .predictor import LoadedDetector, build_renderer, load_detector
 from .rcnn import GeneralizedRCNN
 from .roi_heads.mask_paste import pasted_few_at_a_time
+from .tiles import Tiles, refuse_tiles, tiles_from_config
+from .tiles import describe as describe_tiles
 from .tta import DetectionTTA, describe, refuse_tta, tta_from_config
 from .voc_eval import check_voc_metric
 
@@ -81,10 +83,10 @@ def iou_types(model: GeneralizedRCNN) -> tuple[str, ...]:
 
 @torch.no_grad()
 def evaluate_all(model: GeneralizedRCNN, loader: DataLoader, evaluator: COCOEvaluator,
-                 tta: DetectionTTA | None = None) -> dict[str, dict[str, Any]]:
+                 tta: DetectionTTA | Tiles | None = None) -> dict[str, dict[str, Any]]:
     """{iou_type: metrics} of `model` over `loader` for the evaluator's iou_types ("bbox",
-    "segm"); every process scores its share, values in percent. With `tta` the loader's
-    images are at their own size (`build_val_dataset(resize=False)`)."""
+    "segm"); every process scores its share, values in percent. With `tta` (views, or
+    tiles) the loader's images are at their own size (`build_val_dataset(resize=False)`)."""
     evaluator.reset()
     device = model.pixel_mean.device
     with eval_mode(model):
@@ -183,8 +185,9 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     loaded = load_detector(config, weights=weights, overrides=overrides, device=device)
     backend = backend or coco_backend(loaded.cfg)
     tta = None if is_onnx(weights) else tta_from_config(loaded.cfg)
+    tiles = None if is_onnx(weights) else tiles_from_config(loaded.cfg)
     compile_for_inference(loaded.model, loaded.cfg, device, weights)
-    val = build_val_dataset(loaded.cfg, resize=tta is None)
+    val = build_val_dataset(loaded.cfg, resize=tta is None and tiles is None)
     if val is None:
         raise ConfigError("data.val.ann_file and data.val.img_dir must be set to evaluate")
     dataset, mapping, ann_file = val.dataset, val.mapping, val.ann_file
@@ -205,7 +208,9 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
                               voc_metric=loaded.cfg.data.val.voc_metric)
     if tta is not None:
         logger.info("test-time augmentation: %s", describe(tta))
-    metrics = evaluate_all(loaded.model, loader, evaluator, tta)
+    if tiles is not None:
+        logger.info("sliced inference: %s", describe_tiles(tiles))
+    metrics = evaluate_all(loaded.model, loader, evaluator, tiles or tta)
     result: dict[str, Any] = {t: nan_to_none(metrics[t]) if val.annotated else None
                               for t in types}
     if "voc" in metrics:
@@ -232,6 +237,7 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
     returns export.json. `mask_output`: see `export.export_detector`."""
     loaded = load_detector(config, weights=weights, overrides=overrides)
     refuse_tta(loaded.cfg, "an exported graph")
+    refuse_tiles(loaded.cfg, "an exported graph")
     return export_detector(loaded.model, folder, class_names=loaded.class_names,
                            category_ids=loaded.category_ids, resize=test_resize(loaded.cfg),
                            mask_output=mask_output, model_config=to_plain(loaded.cfg.model))
@@ -294,6 +300,7 @@ class DetectionTask:
         # the training file (minutes at COCO's size), not at tools/eval.py after the
         # training; the training split's are checked before it is read
         tta_from_config(cfg)
+        tiles_from_config(cfg)
         inference_compile_settings(cfg)
         check_model_config(build_model, cfg, read_weights=read_checkpoint)
         data = build_datasets(cfg)

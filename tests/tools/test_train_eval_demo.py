@@ -446,6 +446,31 @@ def test_eval_with_test_time_augmentation_scores_what_the_predictor_gives(
     assert not np.allclose(plain(image)["scores"], expected["scores"])  # the views did something
 
 
+def test_eval_with_tiles_scores_what_the_predictor_gives(trained: Path, data: Path,
+                                                        tmp_path: Path) -> None:
+    """The tiles are cut from each image at its own size, not from the test-size image."""
+    tiles = ["model.roi_heads.score_thresh=0.0", "test.tiles.size=[64,80]",
+             "test.tiles.overlap=0.2"]  # the scenes are 96 x 128: 2 x 2 tiles and the whole
+    weights = trained / "model_final.pth"
+    load_tool("eval").main([str(CONFIG), "--weights", str(weights), "--output",
+                            str(tmp_path / "eval"), *data_overrides(data), *tiles])
+    results = json.loads((tmp_path / "eval/coco_instances_results.json").read_text())
+    predictor = Predictor(CONFIG, weights=weights, overrides=[*data_overrides(data), *tiles])
+    for info in json.loads((data / "coco/val.json").read_text())["images"]:
+        image = np.ascontiguousarray(cv2.imread(str(data / "images/val" / info["file_name"]))
+                                     [..., ::-1])
+        expected = predictor(image)
+        written = [r for r in results if r["image_id"] == info["id"]]
+        assert len(written) == len(expected["boxes"]) > 0
+        boxes = np.array([r["bbox"] for r in written])
+        boxes[:, 2:] += boxes[:, :2]
+        np.testing.assert_allclose(boxes, expected["boxes"], atol=1e-2)
+        np.testing.assert_allclose([r["score"] for r in written], expected["scores"], atol=1e-5)
+        assert [r["category_id"] for r in written] == expected["labels"].tolist()
+    plain = Predictor(CONFIG, weights=weights, overrides=[*data_overrides(data), tiles[0]])
+    assert not np.allclose(plain(image)["scores"], expected["scores"])  # the tiles did something
+
+
 def test_eval_with_test_compile_scores_as_eager(trained: Path, data: Path,
                                                tmp_path: Path) -> None:
     """test.compile (aot_eager here: inductor compiles for minutes on these CPUs) gives
@@ -992,12 +1017,21 @@ def test_export_and_onnx_runs_refuse_what_they_cannot_do_naming_it(
     with pytest.raises(ValueError, match=r"an exported graph runs one view .*test\.flip=true"):
         export.main([*args, "--weights", weights, "--output", str(tmp_path / "bad"),
                      "test.flip=true"])
+    with pytest.raises(ValueError, match=r"an exported graph runs the whole image once; .*"
+                                         r"test\.tiles\.size=\[64, 64\]\): add "
+                                         r"test\.tiles\.size=null"):
+        export.main([*args, "--weights", weights, "--output", str(tmp_path / "bad"),
+                     "test.tiles.size=[64,64]"])
     assert not (tmp_path / "bad").exists()
     export.main([*args, "--weights", weights, "--output", str(tmp_path / "onnx")])
     with pytest.raises(ValueError, match=r"the exported graph .*model.onnx runs one view "
                                          r".*test\.min_sizes=\[80, 96\]"):
         load_tool("eval").main([*args, "--weights", str(tmp_path / "onnx/model.onnx"),
                                 "--output", str(tmp_path / "eval"), "test.min_sizes=[80,96]"])
+    with pytest.raises(ValueError, match=r"the exported graph .*model.onnx runs the whole "
+                                         r"image once; .*test\.tiles\.size=\[64, 64\]"):
+        load_tool("eval").main([*args, "--weights", str(tmp_path / "onnx/model.onnx"),
+                                "--output", str(tmp_path / "eval"), "test.tiles.size=[64,64]"])
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ValueError, match=r"onnx/model.onnx needs onnxruntime: pip install"):
         load_tool("eval").main([*args, "--weights", str(tmp_path / "onnx/model.onnx"),

@@ -1,0 +1,175 @@
+"""Sliced ("tiled") detection of large images (the config's `test.tiles`; SAHI's sliced
+prediction, mmdetection's demo/large_image_demo.py).
+
+The image is cut into overlapping tiles of `size` [height, width] image pixels, the last tile
+of a row or column flush with the image's edge (never padded beyond it). Each tile gets the
+model's normal test resize (`data.val.min_size` / `max_size`), so that small objects reach the
+network larger than in the whole image resized. With `full_image` the whole image runs too
+(SAHI's standard prediction: objects larger than a tile). Every pass's detections, shifted
+into the image, go through one per-class NMS and the best `detections_per_image` are kept.
+Mask R-CNN's box-relative masks move with their boxes and are pasted into the image at the
+end. An image that fits in one tile runs once, as without tiles.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from resnet_detect.engine.config import (ConfigError, as_override, check_sizes, is_number,
+                                         parse_bool)
+
+from .config import test_resize
+from .data import build_transforms
+from .nms import batched_nms_top
+from .rcnn import GeneralizedRCNN
+from .roi_heads import paste_masks
+from .tta import tta_from_config
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Offsets of the tiles along one side: `tile` pixels apart less int(overlap * tile)
+    (SAHI's rounding), the last one at length - tile; [0] where the side fits in one tile."""
+    if length <= tile:
+        return [0]
+    step = tile - int(overlap * tile)
+    return [*range(0, length - tile, step), length - tile]
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Overlapping tiles of each image, their detections and the whole image's merged.
+
+    Attributes:
+        size: (height, width) of a tile in image pixels (an image side shorter than it is
+            one tile of that side).
+        overlap: fraction of a tile's side shared with the next tile, in [0, 1).
+        full_image: also run the whole image.
+        nms_thresh: IoU of the merging NMS; None: the model's `nms_thresh`.
+        min_size, max_size: the test resize of every tile (and of the whole image).
+        tiles_per_batch: tiles run through the model together.
+    """
+
+    size: tuple[int, int]
+    overlap: float
+    full_image: bool
+    nms_thresh: float | None
+    min_size: int
+    max_size: int | None
+    tiles_per_batch: int = 4
+
+    def grid(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
+        """(y, x, h, w) of every tile of a height x width image, row by row."""
+        th, tw = min(self.size[0], height), min(self.size[1], width)
+        return [(y, x, th, tw) for y in tile_starts(height, th, self.overlap)
+                for x in tile_starts(width, tw, self.overlap)]
+
+    @torch.no_grad()
+    def __call__(self, model: GeneralizedRCNN, image: np.ndarray) -> dict[str, Tensor]:
+        """Detections of one image, as `model([resized], output_sizes=[(H, W)])[0]` gives
+        them: {"boxes" (D, 4) xyxy in `image` pixels, "scores", "labels"} by decreasing
+        score, and for Mask R-CNN "mask_probs" (D, M, M) and "masks" (D, H, W).
+
+        Args:
+            model: the detector, in evaluation mode.
+            image: (H, W, 3) uint8 RGB.
+        """
+        size = image.shape[:2]
+        grid = self.grid(*size)
+        resize = build_transforms(min_size=self.min_size, max_size=self.max_size,
+                                  with_boxes=False)
+        if len(grid) == 1:  # the tile is the image: one pass, as without tiles
+            found = _detect(model, [image], resize)
+        else:
+            found = _detect(model, [image], resize) if self.full_image else []
+            for start in range(0, len(grid), self.tiles_per_batch):
+                chunk = grid[start:start + self.tiles_per_batch]
+                crops = [image[y:y + h, x:x + w] for y, x, h, w in chunk]
+                for (y, x, _, _), detections in zip(chunk, _detect(model, crops, resize)):
+                    detections["boxes"] = detections["boxes"] + detections["boxes"].new_tensor(
+                        [x, y, x, y])
+                    found.append(detections)
+        merged = {key: torch.cat([d[key] for d in found]) for key in found[0]}
+        if len(found) > 1:
+            head = model.roi_heads.box_predictor
+            threshold = head.nms_thresh if self.nms_thresh is None else self.nms_thresh
+            keep = batched_nms_top(merged["boxes"], merged["scores"], merged["labels"],
+                                   threshold, head.detections_per_image)
+            merged = {key: value[keep] for key, value in merged.items()}
+        if model.mask_on:
+            merged["masks"] = paste_masks(merged["mask_probs"], merged["boxes"], size,
+                                          threshold=model.mask_threshold)
+        return merged
+
+
+def _detect(model: GeneralizedRCNN, images: list[np.ndarray], resize: Callable[..., Any]
+            ) -> list[dict[str, Tensor]]:
+    """Each image's detections in its own pixels (masks not pasted), the images given the
+    test `resize` and run as one batch (tiles of one size: each gets its own call's)."""
+    device = model.pixel_mean.device
+    tensors = [torch.from_numpy(np.ascontiguousarray(
+        resize(image=image)["image"].transpose(2, 0, 1))).to(device) for image in images]
+    return model.inference(tensors, output_sizes=[image.shape[:2] for image in images],
+                           pasted=False)
+
+
+def tiles_from_config(cfg: Mapping[str, Any]) -> Tiles | None:
+    """The `test.tiles` section; None where `test.tiles.size` is null (no tiles).
+
+    Raises:
+        ConfigError: a bad `test.tiles.*` value, or tiles with test-time augmentation, named.
+    """
+    tiles = cfg["test"]["tiles"]
+    size = tiles["size"]
+    if size is not None:
+        try:
+            size = tuple(check_sizes(size, "test.tiles.size", count=2))
+        except ConfigError:
+            raise ConfigError(f"test.tiles.size must be [height, width], two positive integers "
+                              f"(image pixels), or null (no tiles), got "
+                              f"{as_override(size)}") from None
+    overlap = tiles["overlap"]
+    if not is_number(overlap) or not 0 <= overlap < 1:
+        raise ConfigError(f"test.tiles.overlap must be a fraction of a tile in [0, 1) (SAHI's "
+                          f"overlap ratio, e.g. 0.2), got {overlap!r}")
+    full_image = parse_bool(tiles["full_image"], "test.tiles.full_image")
+    nms_thresh = tiles["nms_thresh"]
+    if nms_thresh is not None and (not is_number(nms_thresh) or not 0 < nms_thresh <= 1):
+        raise ConfigError(f"test.tiles.nms_thresh must be an IoU in (0, 1], or null "
+                          f"(model.roi_heads.nms_thresh), got {nms_thresh!r}")
+    if size is None:
+        return None
+    tta = tta_from_config(cfg)
+    if tta is not None:
+        raise ConfigError(
+            f"test.tiles.size={list(size)} does not combine with test-time augmentation "
+            f"(test.min_sizes={list(tta.min_sizes)} "
+            f"test.max_size={tta.max_size} test.flip={str(tta.flip).lower()}): add "
+            f"test.min_sizes=null test.max_size=null test.flip=false, or test.tiles.size=null")
+    min_size, max_size = test_resize(cfg)
+    return Tiles(size=size, overlap=float(overlap), full_image=full_image,
+                 nms_thresh=None if nms_thresh is None else float(nms_thresh),
+                 min_size=min_size, max_size=max_size)
+
+
+def describe(tiles: Tiles) -> str:
+    """One line for logs: the tiles and what they merge with."""
+    iou = "model.roi_heads.nms_thresh" if tiles.nms_thresh is None else tiles.nms_thresh
+    return (f"tiles of {tiles.size[0]}x{tiles.size[1]} px, overlap {tiles.overlap}, each "
+            f"resized to a short edge of {tiles.min_size} (max {tiles.max_size})"
+            f"{', and the whole image' if tiles.full_image else ''}; merged by per-class NMS "
+            f"at IoU {iou}")
+
+
+def refuse_tiles(cfg: Mapping[str, Any], what: str) -> None:
+    """Refuses a config with tiles where `what` runs the whole image once (an exported
+    graph), naming the key to change."""
+    tiles = tiles_from_config(cfg)
+    if tiles is not None:
+        raise ConfigError(f"{what} runs the whole image once; the config asks for tiles "
+                          f"(test.tiles.size={list(tiles.size)}): add test.tiles.size=null "
+                          f"(tiles run with the .pth weights)")
