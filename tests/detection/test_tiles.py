@@ -175,6 +175,14 @@ def test_pieces_cut_by_tile_edges_merge_at_the_iou_of_test_tiles_nms_thresh() ->
     np.testing.assert_array_equal(merged["boxes"].numpy(), [[220, 114, 245, 134]])
 
 
+def test_an_image_that_fits_in_a_tile_runs_once_at_the_test_resize() -> None:
+    image = _scene(60, 90, (10, 20, 40, 50, 0))
+    stub = StubDetector()
+    got = _tiles((64, 96), full_image=True)(stub, image)
+    assert stub.calls == [[(64, 96)]]  # 60 x 90 resized to a short edge of 64
+    assert len(got["boxes"]) == 1
+
+
 def test_the_best_detections_per_image_are_kept() -> None:
     # 2 x 3 squares of 10 + 2k px in separate exclusive tile regions; keep the 4 largest
     objects = [(x, y, x + 10 + 2 * k, y + 10 + 2 * k, 0)
