@@ -12,21 +12,13 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from resnet_detect import backbones
-from resnet_detect.detection import Predictor, build_model, paste_masks
+from resnet_detect.detection import Predictor, paste_masks
 from resnet_detect.detection.config import load_config
 from resnet_detect.detection.tiles import Tiles, tile_starts, tiles_from_config
-from resnet_detect.detection.training import export_model, make_provenance
+from resnet_detect.detection.training import export_model
 from resnet_detect.engine.config import ConfigError
-from resnet_detect.engine.data import CategoryMapping
+from tests.detection.test_tta import CONFIG, EVERY, TINY, _image, tiny_mask_rcnn
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs/synthetic/mask_rcnn_R_18_FPN.yaml"
-TINY = ["model.backbone.weights=null", "model.fpn.out_channels=32",
-        "model.roi_heads.fc_dims=[64,64]", "model.roi_heads.mask_conv_dims=[16,16]",
-        "data.val.min_size=64", "data.val.max_size=200"]
-MAPPING = CategoryMapping((2, 7, 40), ("cat", "dog", "emu"))
-EVERY = ["model.roi_heads.score_thresh=0.0"]
 
 
 @pytest.mark.parametrize("length, tile, overlap, starts", [
@@ -198,18 +190,8 @@ def test_the_best_detections_per_image_are_kept() -> None:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = load_config(CONFIG, TINY + ["model.num_classes=3"])
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    torch.nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=0.5)
-    torch.nn.init.normal_(model.roi_heads.mask_head.predictor.weight, std=0.3)
-    path = tmp_path_factory.mktemp("ckpt") / "model_final.pth"
-    backbones.save_checkpoint(path, model.state_dict(), make_provenance(cfg, MAPPING))
-    return path
+    return tiny_mask_rcnn(tmp_path_factory.mktemp("ckpt"))
 
-
-def _image(seed: int, size: tuple[int, int]) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
 
 
 @pytest.mark.parametrize("tile", [[96, 128], [200, 128], [300, 300]])

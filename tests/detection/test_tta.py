@@ -26,16 +26,22 @@ MAPPING = CategoryMapping((2, 7, 40), ("cat", "dog", "emu"))
 EVERY = ["model.roi_heads.score_thresh=0.0"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_mask_rcnn(folder: Path) -> Path:
+    """FOLDER/model_final.pth: a seeded random-weight TINY Mask R-CNN of MAPPING's classes,
+    its heads' weights spread so that its scores and masks vary."""
     cfg = load_config(CONFIG, TINY + ["model.num_classes=3"])
     torch.manual_seed(0)
     model = build_model(cfg)
     torch.nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=0.5)
     torch.nn.init.normal_(model.roi_heads.mask_head.predictor.weight, std=0.3)
-    path = tmp_path_factory.mktemp("ckpt") / "model_final.pth"
+    path = folder / "model_final.pth"
     backbones.save_checkpoint(path, model.state_dict(), make_provenance(cfg, MAPPING))
     return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_mask_rcnn(tmp_path_factory.mktemp("ckpt"))
 
 
 def _image(seed: int, size: tuple[int, int]) -> np.ndarray:
