@@ -184,6 +184,13 @@ def network_nodes(graph: Any, task: str) -> list[str]:
             if node.op_type in OP_TYPES and node.name.startswith(scopes)]
 
 
+class _QuietOnnxRuntime(logging.Filter):
+    """Drops ONNX Runtime's info messages (its quantizer's are a line per copied bias)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "onnxruntime" not in record.pathname
+
+
 def quantize_graph(source: Path, target: Path, task: str,
                    inputs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Any]:
     """Write the int8 graph of the float32 graph `source` to `target`, calibrated on
@@ -199,17 +206,23 @@ def quantize_graph(source: Path, target: Path, task: str,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quantize-") as work:
-        prepared = Path(work) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        nodes = network_nodes(onnx.load(str(prepared)), task)
-        if not nodes:
-            raise ExportError(f"{source}: no node of the network found to quantize")
-        quantize_static(str(prepared), str(target), _Inputs(inputs),
-                        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(OP_TYPES),
-                        nodes_to_quantize=nodes, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+    root = logging.getLogger()
+    quiet = _QuietOnnxRuntime()  # its quantizer logs each bias it copies on the root logger
+    root.addFilter(quiet)
+    try:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quantize-") as work:
+            prepared = Path(work) / "prepared.onnx"
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            nodes = network_nodes(onnx.load(str(prepared)), task)
+            if not nodes:
+                raise ExportError(f"{source}: no node of the network found to quantize")
+            quantize_static(str(prepared), str(target), _Inputs(inputs),
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(OP_TYPES),
+                            nodes_to_quantize=nodes, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        root.removeFilter(quiet)
     # (the calibrator holds the quantized tensors of all the images at once: its option to
     # merge ranges in chunks, CalibMaxIntermediateOutputs, drops the chunks' data unused in
     # onnxruntime 1.32, so fewer images are the way to less memory)
