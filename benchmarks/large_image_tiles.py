@@ -70,7 +70,7 @@ def build_mosaics(out: Path, grid: int, scene: int, images: int, seed: int) -> P
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--weights", required=True)
     parser.add_argument("--config", help="default: config.yaml beside the weights")
     parser.add_argument("--grid", type=int, default=4)

@@ -43,3 +43,20 @@ def _temporary_files_in_one_folder() -> Iterator[None]:
         os.environ["TMPDIR"] = before
     tempfile.tempdir = None
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture()
+def hangup_not_ignored() -> Iterator[None]:
+    """A test of what SIGHUP does, in a suite run under `nohup` (SIGHUP ignored from the
+    start, which the runs leave ignored: they went on and the tests failed): the default
+    disposition while it runs."""
+    import signal
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is None or signal.getsignal(hangup) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(hangup, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(hangup, signal.SIG_IGN)

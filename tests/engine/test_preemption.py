@@ -29,7 +29,8 @@ SIGHUP = getattr(signal, "SIGHUP", 1)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT,
                                     pytest.param(SIGHUP, marks=NO_SIGHUP)])
 def test_first_signal_is_a_request_the_second_stops_at_once(
-        signum: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        signum: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        hangup_not_ignored: None) -> None:
     before = signal.getsignal(signum)
     with stop_on_signals() as stop:
         assert not stop.requested

@@ -299,7 +299,7 @@ def test_a_sigterm_repeated_during_the_stops_save_is_the_same_request(
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP (Windows)")
-def test_sighup_stops_a_run_as_sigterm_does(tmp_path: Path) -> None:
+def test_sighup_stops_a_run_as_sigterm_does(tmp_path: Path, hangup_not_ignored: None) -> None:
     """The terminal or ssh session a run was started in closing: was a kill, nothing saved."""
     with pytest.raises(TrainingInterrupted, match="SIGHUP stopped training after iteration 3 "
                                                   "of 6") as stopped:
