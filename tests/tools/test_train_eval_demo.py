@@ -1309,6 +1309,15 @@ def test_an_int8_export_runs_in_eval_demo_and_predictor_as_a_float32_one(
                                       "--input", str(data / "images/val/000000.jpg"),
                                       "--output", str(tmp_path / "demo"), "--min-score", "0"])
     assert cv2.imread(str(written[0])).shape == (96, 128, 3)
+    # benchmarks/onnx_int8.py, whose figures README gives, times the two on the val images
+    spec = importlib.util.spec_from_file_location("onnx_int8", ROOT / "benchmarks/onnx_int8.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    times = bench.main([*args, "--exports", str(float32), str(export), "--images", "2",
+                        "--repeats", "1"])
+    assert list(times) == [f"{float32} (float32)", f"{export} (int8)"]
+    assert all(ms > 0 for ms in times.values())
+    assert "ratio first / second:" in capsys.readouterr().out
     # refused before anything is written, naming the option
     for extra, message in (
             (["--quantize", "int8", "--calibration-images", "0"],
