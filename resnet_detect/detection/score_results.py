@@ -12,6 +12,7 @@ from typing import Any
 from resnet_detect.engine import atomic_write_json
 from resnet_detect.engine.config import is_number
 from resnet_detect.engine.data import DatasetError, image_sizes, read_coco_json
+from resnet_detect.engine.data.coco import reaches_past
 from resnet_detect.engine.data.coco import warn_of_boxes_beyond_images as warn_of_boxes
 from resnet_detect.engine.files import missing_path, nan_to_none
 
@@ -114,8 +115,9 @@ def warn_of_boxes_beyond_images(results: list[dict[str, Any]],
     """`engine.data.coco.warn_of_boxes_beyond_images` of the results' boxes (`sizes`: image
     id -> (height, width)), which a detector's clipped boxes never set off. They are scored as
     they are."""
-    warn_of_boxes([(r["bbox"], sizes[r["image_id"]]) for r in results
-                   if r.get("bbox") is not None and r["image_id"] in sizes], path,
+    boxed = [(r["bbox"], sizes[r["image_id"]]) for r in results
+             if r.get("bbox") is not None and r["image_id"] in sizes]
+    warn_of_boxes(sum(reaches_past(bbox, *size) for bbox, size in boxed), len(boxed), path,
                   "COCO results are [x, y, width, height]")
 
 

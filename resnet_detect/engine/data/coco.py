@@ -102,6 +102,7 @@ class LoadStats:
     degenerate: int = 0
     short_polygons: int = 0  # polygons of < 3 points dropped (keep_segmentation only)
     no_mask: int = 0  # objects left out for want of a usable polygon (keep_segmentation only)
+    beyond_image: int = 0  # boxes, crowd aside, reaching past their image (`reaches_past`)
 
 
 @contextlib.contextmanager
@@ -281,18 +282,22 @@ def image_sizes(data: dict[str, Any]) -> dict[Any, tuple[int, int]]:
     return {img["id"]: (img["height"], img["width"]) for img in data["images"]}
 
 
-def warn_of_boxes_beyond_images(boxes: Sequence[tuple[Sequence[float], tuple[int, int]]],
-                                source: Path, consequence: str) -> None:
-    """A warning where a tenth or more of the [x, y, width, height] boxes (each with its
-    image's (height, width)) reach over a pixel past their image's right or bottom edge,
-    which no box of the image does: [x1, y1, x2, y2] boxes read as COCO's (a converter's
-    mistake, which nothing else shows), or boxes of resized images."""
-    beyond = sum(x + w > width + 1 or y + h > height + 1
-                 for (x, y, w, h), (height, width) in boxes)
-    if boxes and beyond >= 0.1 * len(boxes):
+def reaches_past(bbox: Sequence[float], height: int, width: int) -> bool:
+    """Whether an [x, y, width, height] box reaches over a pixel past the right or bottom
+    edge of its height x width image, which no box of the image does."""
+    x, y, w, h = bbox
+    return x + w > width + 1 or y + h > height + 1
+
+
+def warn_of_boxes_beyond_images(beyond: int, boxes: int, source: Path,
+                                consequence: str) -> None:
+    """A warning where `beyond` of `boxes` boxes, a tenth or more, reach past their images
+    (`reaches_past`): [x1, y1, x2, y2] boxes read as COCO's (a converter's mistake, which
+    nothing else shows), or boxes of resized images."""
+    if boxes and beyond >= 0.1 * boxes:
         logger.warning("%s: %d of %d boxes reach beyond their image (x + width past its width, "
                        "or y + height past its height): are they [x1, y1, x2, y2]? %s (or "
-                       "boxes of resized images?)", source, beyond, len(boxes), consequence)
+                       "boxes of resized images?)", source, beyond, boxes, consequence)
 
 
 def _warn_of_repeated_files(data: dict[str, Any], ann_file: Path) -> None:
@@ -424,11 +429,6 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
             raise DatasetError(_format_problems(
                 ann_file, [f"image file not found for {m}" for m in missing]))
     _warn_of_repeated_files(data, ann_file)
-    sizes = image_sizes(data)
-    warn_of_boxes_beyond_images(
-        [(a["bbox"], sizes[a["image_id"]]) for a in data["annotations"]
-         if not a.get("iscrowd", 0)], ann_file,
-        "COCO boxes are [x, y, width, height]; they are clipped to their images")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
@@ -449,6 +449,9 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
         records.append(record)
     if problems:
         raise DatasetError(_format_problems(ann_file, problems))
+    warn_of_boxes_beyond_images(stats.beyond_image, stats.annotations - stats.crowd, ann_file,
+                                "COCO boxes are [x, y, width, height]; they are clipped to "
+                                "their images")
     stats.kept_images = len(records)
     # the scoring reads the file itself, as pycocotools does: a degenerate box there is an
     # object that no detection matches
@@ -675,6 +678,7 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
         if ann.get("iscrowd", 0):
             stats.crowd += 1
             continue
+        stats.beyond_image += reaches_past(ann["bbox"], height, width)
         box = clipped_box(ann["bbox"], width, height)
         if box is None or not (box[2] - box[0] >= 1.0 and box[3] - box[1] >= 1.0):
             stats.degenerate += 1
