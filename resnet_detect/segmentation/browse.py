@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from resnet_detect.engine.visualize import draw_segmentation, palette
+from resnet_detect.engine.visualize import draw_segmentation
 
-from .data import SemSegDataset, build_dataset, resolve_palette
+from .data import SemSegDataset, build_dataset, overlay_colours
 
 
 def browse_split(cfg: DictConfig, split: str
@@ -24,9 +24,7 @@ def browse_split(cfg: DictConfig, split: str
     if split not in ("train", "val"):
         raise ValueError(f"a sem_seg config has the splits train and val, not {split!r}")
     dataset = build_dataset(cfg, split)
-    colours = resolve_palette(cfg.data.palette, dataset.num_classes)
-    if colours is None:
-        colours = palette(dataset.num_classes)
+    colours = overlay_colours(cfg.data.palette, dataset.num_classes)
 
     def draw(sample: dict[str, Any]) -> np.ndarray:
         return draw_segmentation(sample["image"].permute(1, 2, 0).numpy(),

@@ -35,6 +35,7 @@ from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableIm
                                        decoded_size, image_size, listing, read_image,
                                        warn_of_unreadable)
 from resnet_detect.engine.distributed import per_process_batch_size
+from resnet_detect.engine.visualize import palette
 from resnet_detect.engine.files import missing_path
 
 from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_semantic,
@@ -427,6 +428,13 @@ def resolve_palette(value: Any, num_classes: int | None) -> np.ndarray | None:
         raise ConfigError(f"{where} has {len(value)} colours for the {num_classes} classes "
                           f"(one per class, index = class id)")
     return np.asarray(value, dtype=np.uint8).reshape(-1, 3)
+
+
+def overlay_colours(value: Any, num_classes: int) -> np.ndarray:
+    """The overlays' (K, 3) uint8 colours: data.palette's (`resolve_palette`), else
+    automatic ones (engine.visualize.palette)."""
+    colours = resolve_palette(value, num_classes)
+    return palette(num_classes) if colours is None else colours
 
 
 def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None = None

@@ -25,11 +25,11 @@ from resnet_detect.engine.distributed import usable_device
 from resnet_detect.engine.host_memory import release_free_memory
 from resnet_detect.engine.memory_format import place_model
 from resnet_detect.engine.export import ExportError, is_onnx, warn_of_settings_the_graph_keeps
-from resnet_detect.engine.visualize import Renderer, draw_segmentation, palette
+from resnet_detect.engine.visualize import Renderer, draw_segmentation
 
 from .build import build_model, config_from_mapping, load_config
 from .convert import load_segmentation_weights, weight_bound_settings
-from .data import resolve_class_names, resolve_palette
+from .data import overlay_colours, resolve_class_names
 from .export import OnnxSegmentor
 from .inference import TTAInference, tta_from_config
 
@@ -296,8 +296,7 @@ class SegmentationRenderer:
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
         self.class_names = predictor.class_names
-        colours = resolve_palette(predictor.palette, len(predictor.class_names))
-        self.colours = colours if colours is not None else palette(len(predictor.class_names))
+        self.colours = overlay_colours(predictor.palette, len(predictor.class_names))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return self.draw(image, self.predict(image))
