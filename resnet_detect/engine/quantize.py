@@ -43,22 +43,19 @@ CALIBRATION_NOTE = ("validation images spread evenly over the split (image k*M//
                     "k = 0..N-1, in the order the split lists them)")
 
 
-def check_quantization(task: str, images: int, mask_on: bool = False) -> None:
-    """Refuse what `--quantize int8` cannot do, before anything is exported.
+def check_quantization(task: str, images: int) -> None:
+    """Refuse what `--quantize int8` cannot do, before anything is exported (a Mask R-CNN
+    config: `prepare_calibration`, which reads the config).
 
     Raises:
-        ExportError: onnxruntime's quantization module missing, `images` < 1, a task or model
-            whose quantization is not supported (Mask R-CNN).
+        ExportError: onnxruntime's quantization module missing, `images` < 1, a task whose
+            quantization is not supported.
     """
     if isinstance(images, bool) or not isinstance(images, int) or images < 1:
         raise ExportError(f"--calibration-images must be 1 or more, got {images!r}")
     if task not in NETWORK_SCOPES:
         raise ExportError(f"--quantize int8 quantizes classification, detection and sem_seg "
                           f"exports, not {task!r}")
-    if mask_on:
-        raise ExportError("--quantize int8 is for Faster R-CNN, classifier and segmentation "
-                          "exports; a Mask R-CNN graph (model.mask_on: true) is not quantized "
-                          "(its int8 masks were not measured): export it without --quantize")
     try:
         import onnxruntime.quantization  # noqa: F401
     except ImportError as e:
@@ -75,7 +72,11 @@ def prepare_calibration(task: str, config: str | os.PathLike, overrides: Sequenc
     if task == "detection":
         from resnet_detect.detection.config import load_config
         cfg = load_config(config, overrides)
-        check_quantization(task, images, mask_on=bool(cfg.model.mask_on))
+        if cfg.model.mask_on:
+            raise ExportError("--quantize int8 is for Faster R-CNN, classifier and segmentation "
+                              "exports; a Mask R-CNN graph (model.mask_on: true) is not "
+                              "quantized (its int8 masks were not measured): export it "
+                              "without --quantize")
     elif task == "sem_seg":
         from resnet_detect.segmentation.build import load_config
         cfg = load_config(config, overrides)
