@@ -7,6 +7,7 @@ import json
 import random
 import logging
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -466,6 +467,20 @@ def test_resize_scales_image_and_boxes() -> None:
     assert out["image"].shape == (800, 1067, 3)
     # x scales by 1067 / 640 and y by 800 / 480; albumentations computes in float32
     np.testing.assert_allclose(out["bboxes"], [[106.7, 80, 1067, 800]], rtol=0, atol=1e-4)
+
+
+def test_no_resize_passes_image_and_boxes_through_without_a_warning() -> None:
+    """Test-time augmentation and tiles resize each view themselves: the dataset's transform
+    then has no resize, and albumentations warned of box parameters without a transform."""
+    image = _pattern(48, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        transform = build_transforms(min_size=None, max_size=None)
+        out = transform(image=image, bboxes=np.array([[3, 4, 50, 40]], np.float32),
+                        box_ids=np.arange(1))
+    np.testing.assert_array_equal(out["image"], image)
+    np.testing.assert_allclose(out["bboxes"], [[3, 4, 50, 40]], rtol=0, atol=1e-4)
+    assert list(out["box_ids"]) == [0]
 
 
 def test_multiscale_training_sizes_come_from_the_list() -> None:

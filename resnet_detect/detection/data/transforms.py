@@ -133,6 +133,8 @@ def build_transforms(*, min_size: int | Sequence[int] | None, max_size: int | No
         transforms.append(A.HorizontalFlip(p=flip_prob))
     if not with_boxes:
         return A.Compose(transforms)
+    if not transforms:  # albumentations warns of box parameters that no transform uses
+        transforms.append(A.NoOp())
     # the applied transforms (resize, flip) tell how each object's mask follows its image
     return A.Compose(transforms, bbox_params=A.BboxParams(format="pascal_voc",
                                                           label_fields=["box_ids"]),
