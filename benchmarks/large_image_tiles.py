@@ -105,6 +105,8 @@ def main() -> None:
                                                f"data.val.max_size={side}"],
         f"tiles {args.tile}, overlap 0.2, + whole image": tiles,
         f"tiles {args.tile}, overlap 0.2, tiles only": [*tiles, "test.tiles.full_image=false"],
+        f"tiles {args.tile}, overlap 0.2, + whole image, merged by intersection over the "
+        "smaller box 0.5": [*tiles, "test.tiles.match_metric=ios", "test.tiles.nms_thresh=0.5"],
     }
     rows = {}
     for k, (name, overrides) in enumerate(settings.items()):

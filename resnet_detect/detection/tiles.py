@@ -6,7 +6,8 @@ of a row or column flush with the image's edge (never padded beyond it). Each ti
 model's normal test resize (`data.val.min_size` / `max_size`), so that small objects reach the
 network larger than in the whole image resized. With `full_image` the whole image runs too
 (SAHI's standard prediction: objects larger than a tile). Every pass's detections, shifted
-into the image, go through one per-class NMS and the best `detections_per_image` are kept.
+into the image, go through one per-class NMS, by IoU or (`match_metric: ios`, SAHI's) by the
+intersection over the smaller box, and the best `detections_per_image` are kept.
 Mask R-CNN's box-relative masks move with their boxes and are pasted into the image at the
 end. An image that fits in one tile runs once, as without tiles.
 """
@@ -49,7 +50,10 @@ class Tiles:
             one tile of that side).
         overlap: fraction of a tile's side shared with the next tile, in [0, 1).
         full_image: also run the whole image.
-        nms_thresh: IoU of the merging NMS; None: the model's `nms_thresh`.
+        nms_thresh: overlap above which the merging NMS drops a box; None: the model's
+            `nms_thresh`.
+        match_metric: "iou", or "ios": the intersection over the smaller box's area, which
+            also drops the piece of an object cut by a tile's edge beside its whole box.
         min_size, max_size: the test resize of every tile (and of the whole image).
         tiles_per_batch: tiles run through the model together.
     """
@@ -58,6 +62,7 @@ class Tiles:
     overlap: float
     full_image: bool
     nms_thresh: float | None
+    match_metric: str
     min_size: int
     max_size: int | None
     tiles_per_batch: int = 4
@@ -97,13 +102,36 @@ class Tiles:
         if len(found) > 1:
             head = model.roi_heads.box_predictor
             threshold = head.nms_thresh if self.nms_thresh is None else self.nms_thresh
-            keep = batched_nms_top(merged["boxes"], merged["scores"], merged["labels"],
-                                   threshold, head.detections_per_image)
+            merge = batched_nms_top if self.match_metric == "iou" else nms_over_smaller
+            keep = merge(merged["boxes"], merged["scores"], merged["labels"], threshold,
+                         head.detections_per_image)
             merged = {key: value[keep] for key, value in merged.items()}
         if model.mask_on:
             merged["masks"] = paste_masks(merged["mask_probs"], merged["boxes"], size,
                                           threshold=model.mask_threshold)
         return merged
+
+
+def nms_over_smaller(boxes: Tensor, scores: Tensor, labels: Tensor, threshold: float,
+                     k: int) -> Tensor:
+    """Greedy per-class NMS by the intersection over the smaller box (SAHI's "IOS"): indices
+    of the first `k` kept boxes by decreasing score. A box is dropped where its intersection
+    with a higher-scoring kept box of its class exceeds `threshold` times the smaller of the
+    two areas."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    keep = []
+    while order.numel() and len(keep) < k:
+        best, rest = order[0], order[1:]
+        keep.append(best)
+        lo = torch.maximum(boxes[best, :2], boxes[rest, :2])
+        hi = torch.minimum(boxes[best, 2:], boxes[rest, 2:])
+        inter = (hi - lo).clamp(min=0).prod(dim=1)
+        smaller = torch.minimum(area[best], area[rest])
+        # an empty box overlaps nothing; only boxes of the kept one's class are dropped
+        drop = (inter > threshold * smaller) & (smaller > 0) & (labels[rest] == labels[best])
+        order = rest[~drop]
+    return torch.stack(keep) if keep else order
 
 
 def _detect(model: GeneralizedRCNN, images: list[np.ndarray], resize: Callable[..., Any]
@@ -139,8 +167,12 @@ def tiles_from_config(cfg: Mapping[str, Any]) -> Tiles | None:
     full_image = parse_bool(tiles["full_image"], "test.tiles.full_image")
     nms_thresh = tiles["nms_thresh"]
     if nms_thresh is not None and (not is_number(nms_thresh) or not 0 < nms_thresh <= 1):
-        raise ConfigError(f"test.tiles.nms_thresh must be an IoU in (0, 1], or null "
+        raise ConfigError(f"test.tiles.nms_thresh must be an overlap in (0, 1], or null "
                           f"(model.roi_heads.nms_thresh), got {nms_thresh!r}")
+    match_metric = tiles["match_metric"]
+    if match_metric not in ("iou", "ios"):
+        raise ConfigError(f"test.tiles.match_metric must be iou or ios (the intersection over "
+                          f"the smaller box, SAHI's), got {as_override(match_metric)}")
     if size is None:
         return None
     tta = tta_from_config(cfg)
@@ -153,16 +185,17 @@ def tiles_from_config(cfg: Mapping[str, Any]) -> Tiles | None:
     min_size, max_size = test_resize(cfg)
     return Tiles(size=size, overlap=float(overlap), full_image=full_image,
                  nms_thresh=None if nms_thresh is None else float(nms_thresh),
-                 min_size=min_size, max_size=max_size)
+                 match_metric=match_metric, min_size=min_size, max_size=max_size)
 
 
 def describe(tiles: Tiles) -> str:
     """One line for logs: the tiles and what they merge with."""
-    iou = "model.roi_heads.nms_thresh" if tiles.nms_thresh is None else tiles.nms_thresh
+    threshold = "model.roi_heads.nms_thresh" if tiles.nms_thresh is None else tiles.nms_thresh
+    metric = "IoU" if tiles.match_metric == "iou" else "intersection over the smaller box"
     return (f"tiles of {tiles.size[0]}x{tiles.size[1]} px, overlap {tiles.overlap}, each "
             f"resized to a short edge of {tiles.min_size} (max {tiles.max_size})"
             f"{', and the whole image' if tiles.full_image else ''}; merged by per-class NMS "
-            f"at IoU {iou}")
+            f"at {metric} {threshold}")
 
 
 def refuse_tiles(cfg: Mapping[str, Any], what: str) -> None:

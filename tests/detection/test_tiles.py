@@ -14,7 +14,8 @@ from torchvision.ops import batched_nms
 
 from resnet_detect.detection import Predictor, paste_masks
 from resnet_detect.detection.config import load_config
-from resnet_detect.detection.tiles import Tiles, tile_starts, tiles_from_config
+from resnet_detect.detection.tiles import (Tiles, nms_over_smaller, tile_starts,
+                                           tiles_from_config)
 from resnet_detect.detection.training import export_model
 from resnet_detect.engine.config import ConfigError
 from tests.detection.test_tta import CONFIG, EVERY, TINY, _image, tiny_mask_rcnn
@@ -36,10 +37,10 @@ def test_tile_starts(length: int, tile: int, overlap: float, starts: list[int]) 
 
 
 def _tiles(size: tuple[int, int], overlap: float = 0.25, full_image: bool = False,
-           nms_thresh: float | None = None, min_size: int = 64,
+           nms_thresh: float | None = None, match_metric: str = "iou", min_size: int = 64,
            max_size: int | None = None) -> Tiles:
     return Tiles(size=size, overlap=overlap, full_image=full_image, nms_thresh=nms_thresh,
-                 min_size=min_size, max_size=max_size)
+                 match_metric=match_metric, min_size=min_size, max_size=max_size)
 
 
 def test_the_grid_covers_the_image_row_by_row_and_stays_inside_it() -> None:
@@ -167,6 +168,37 @@ def test_pieces_cut_by_tile_edges_merge_at_the_iou_of_test_tiles_nms_thresh() ->
     np.testing.assert_array_equal(merged["boxes"].numpy(), [[220, 114, 245, 134]])
 
 
+def test_a_piece_inside_its_whole_box_is_dropped_by_the_intersection_over_the_smaller() -> None:
+    # as above: the piece [236, 114, 245, 134] lies inside the whole box, IoU 0.36 but
+    # intersection over the smaller (the piece) 1; an object elsewhere stays
+    image = _scene(200, 300, (220, 114, 245, 134, 0), (20, 120, 40, 130, 1))
+    merged = _tiles((64, 64), match_metric="ios")(StubDetector(nms_thresh=0.5), image)
+    np.testing.assert_array_equal(merged["boxes"].numpy(), [[220, 114, 245, 134],
+                                                            [20, 120, 40, 130]])
+
+
+@pytest.mark.parametrize("threshold, expected", [(0.5, [0, 2, 3, 5, 6]),
+                                                 (0.35, [0, 3, 4, 5, 6]),
+                                                 (0.25, [0, 3, 5, 6])])
+def test_nms_over_smaller_against_hand_computed_overlaps(threshold: float,
+                                                          expected: list[int]) -> None:
+    boxes = torch.tensor([
+        [0, 0, 100, 100],   # 0: the best
+        [10, 10, 30, 30],   # 1: inside 0 (intersection over the smaller 1; IoU 0.04)
+        [90, 0, 110, 10],   # 2: half of it inside 0 (0.5)
+        [0, 0, 100, 100],   # 3: as 0, of the other class
+        [70, 0, 170, 100],  # 4: 0.3 of it inside 0, and 2 wholly inside it
+        [200, 0, 210, 5],   # 5: overlaps nothing
+        [0, 0, 0, 50],      # 6: empty, overlaps nothing
+    ], dtype=torch.float32)
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+    labels = torch.tensor([0, 0, 0, 1, 0, 0, 0])
+    # at 0.5: 2 stays (0.5 is not above) and drops 4; at 0.35 0 drops 2, and 4 stays
+    assert nms_over_smaller(boxes, scores, labels, threshold, k=100).tolist() == expected
+    assert nms_over_smaller(boxes, scores, labels, threshold, k=2).tolist() == expected[:2]
+    assert nms_over_smaller(boxes[:0], scores[:0], labels[:0], threshold, k=5).tolist() == []
+
+
 def test_an_image_that_fits_in_a_tile_runs_once_at_the_test_resize() -> None:
     image = _scene(60, 90, (10, 20, 40, 50, 0))
     stub = StubDetector()
@@ -264,7 +296,9 @@ def test_tiles_are_each_tiles_prediction_shifted_and_merged_with_the_whole_image
     ("test.tiles.overlap=-0.1", r"test\.tiles\.overlap must be .*got -0\.1"),
     ("test.tiles.overlap=true", r"test\.tiles\.overlap must be .*got True"),
     ("test.tiles.full_image=1", r"test\.tiles\.full_image must be true or false"),
-    ("test.tiles.nms_thresh=0", r"test\.tiles\.nms_thresh must be an IoU in \(0, 1\]"),
+    ("test.tiles.nms_thresh=0", r"test\.tiles\.nms_thresh must be an overlap in \(0, 1\]"),
+    ("test.tiles.match_metric=iomin", r"test\.tiles\.match_metric must be iou or ios .*got "
+                                      r"iomin"),
     ("test.tiles.nms_thresh=1.2", r"test\.tiles\.nms_thresh must be"),
     ("test.flip=true", r"test\.tiles\.size=\[64, 64\] does not combine with test-time "
                        r"augmentation .*test\.flip=true"),
@@ -283,11 +317,12 @@ def test_no_tiles_by_default_and_the_keys_are_read() -> None:
     assert tiles_from_config(load_config(CONFIG, TINY)) is None
     tiles = tiles_from_config(load_config(CONFIG, TINY + [
         "test.tiles.size=[512,640]", "test.tiles.overlap=0", "test.tiles.full_image=false",
-        "test.tiles.nms_thresh=0.25"]))
+        "test.tiles.nms_thresh=0.25", "test.tiles.match_metric=ios"]))
     assert tiles == Tiles(size=(512, 640), overlap=0.0, full_image=False, nms_thresh=0.25,
-                          min_size=64, max_size=200)
+                          match_metric="ios", min_size=64, max_size=200)
     assert tiles_from_config(load_config(CONFIG, TINY + ["test.tiles.size=[8,8]"])) == Tiles(
-        size=(8, 8), overlap=0.2, full_image=True, nms_thresh=None, min_size=64, max_size=200)
+        size=(8, 8), overlap=0.2, full_image=True, nms_thresh=None, match_metric="iou",
+        min_size=64, max_size=200)
 
 
 def test_an_export_with_tiles_is_refused(checkpoint: Path, tmp_path: Path) -> None:
