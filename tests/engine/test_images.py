@@ -2,6 +2,7 @@
 (the advice is run here: what it gives is taken)."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -106,3 +107,44 @@ def test_the_tools_and_the_other_tasks_start_without_torchvisions_ops() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.stdout.split() == ["[]"]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_12_bit_image_in_a_16_bit_file_is_read_as_opencv_does_and_warned_of_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        suffix: str, channels: int) -> None:
+    from resnet_detect.engine.data import images
+    monkeypatch.setattr(images, "_said_dark", [])
+    values = (np.arange(40 * 50).reshape(40, 50) * 2).astype(np.uint16) % 4096  # 12 bits
+    pixels = values if channels == 1 else np.dstack([values, values // 2, values // 3])
+    deep = tmp_path / f"deep{suffix}"
+    cv2.imwrite(str(deep), pixels)
+    caplog.set_level("WARNING")
+    read = images.read_image(deep)
+    np.testing.assert_array_equal(read, cv2.cvtColor(cv2.imread(str(deep)), cv2.COLOR_BGR2RGB))
+    assert read.max() in (15, 16)  # OpenCV's high byte (PNG) or rounding (TIFF)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1
+    assert warned[0].startswith(f"{deep}: 16 bits per sample, read as 8 bits")
+    assert f"brightest pixel is {read.max()} of 255" in warned[0]
+    cv2.imwrite(str(tmp_path / "other.png"), pixels)
+    images.read_image(deep)
+    images.read_image(tmp_path / "other.png")
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+
+
+def test_bright_deep_images_and_dark_8_bit_images_are_not_warned_of(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from resnet_detect.engine.data import images
+    monkeypatch.setattr(images, "_said_dark", [])
+    values = (np.arange(40 * 50).reshape(40, 50) * 2).astype(np.uint16) % 4096
+    cv2.imwrite(str(tmp_path / "bright.png"), values * 16)
+    cv2.imwrite(str(tmp_path / "bright.tif"), values * 16)
+    cv2.imwrite(str(tmp_path / "dark.png"), (values // 256).astype(np.uint8))
+    cv2.imwrite(str(tmp_path / "dark.jpg"), np.zeros((40, 50, 3), np.uint8))
+    caplog.set_level("WARNING")
+    for name in ("bright.png", "bright.tif", "dark.png", "dark.jpg"):
+        images.read_image(tmp_path / name)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -124,7 +124,42 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 f"{limit} (OPENCV_IO_MAX_IMAGE_PIXELS)")
         raise UnreadableImageError(f"{path}: " + ("an empty file (0 bytes)" if not data
                                                   else "cannot be decoded"))
+    if image.max() < DARK and not _said_dark:
+        bits = _bits_per_sample(data, path)
+        if bits > 8:
+            _warn_of_dark_deep_image(path, bits, int(image.max()))
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+# an image of more than 8 bits per sample whose 8-bit pixels all stay under this is taken for
+# 10 to 13 significant bits in a 16-bit file (a microscope's, a thermal or X-ray camera's):
+# OpenCV keeps each value's high byte, which leaves the image nearly black
+DARK = 32
+_said_dark: list[str] = []
+
+
+def _bits_per_sample(data: bytes, path: str | os.PathLike) -> int:
+    """The file's bits per sample: a PNG's from its header, others' from Pillow's reading."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 24:
+        return data[24]
+    try:
+        with Image.open(path) as im:
+            bits = getattr(im, "tag_v2", {}).get(258)  # a TIFF's BitsPerSample
+            if bits:
+                return max(bits) if isinstance(bits, tuple) else int(bits)
+            return 16 if im.mode.startswith("I") else 8
+    except (OSError, ValueError, SyntaxError):
+        return 8
+
+
+def _warn_of_dark_deep_image(path: str | os.PathLike, bits: int, brightest: int) -> None:
+    """Said once per process, of the first such image."""
+    _said_dark.append(str(path))
+    logging.getLogger(__name__).warning(
+        "%s: %d bits per sample, read as 8 bits (OpenCV keeps the high byte of each value): "
+        "its brightest pixel is %d of 255, nearly black; values of 10 or 12 bits stored in "
+        "16-bit files need scaling to 8 bits before training or prediction (e.g. by 255 / "
+        "their maximum). Later such images are not named", path, bits, brightest)
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
