@@ -39,7 +39,7 @@ from .data import build_transforms
 from .evaluation import mask_to_rle
 from .export import OnnxDetector
 from .rcnn import GeneralizedRCNN
-from .tiles import refuse_tiles, tiles_from_config
+from .tiles import tiles_from_config
 from .tta import refuse_tta, tta_from_config
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
         weights, _differing(cfg, fixed, overrides, whole_config=config is not None), overrides,
         list(fixed), meta.get("model_config"))
     refuse_tta(cfg, f"the exported graph {weights}")
-    refuse_tiles(cfg, f"the exported graph {weights}")
+    _refuse_tiles_the_graph_cannot_take(cfg, model, weights)
     cfg.data.val.min_size = meta["resize"]["short_side"]
     cfg.data.val.max_size = meta["resize"]["max_size"]
     cfg.model.mask_on = model.mask_on
@@ -193,6 +193,25 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
         cfg.model.roi_heads.score_thresh = float(meta["score_thresh"])
     return LoadedDetector(model=model, cfg=cfg, class_names=list(meta["class_names"]),
                           category_ids=[int(c) for c in meta["category_ids"]], provenance={})
+
+
+def _refuse_tiles_the_graph_cannot_take(cfg: DictConfig, model: OnnxDetector,
+                                        weights: str | os.PathLike) -> None:
+    """Tiles move each box's mask into the image: a graph that pastes masks at its input's
+    size cannot take them; and they merge at the graph's NMS threshold (or the config's)."""
+    tiles = tiles_from_config(cfg)
+    if tiles is None:
+        return
+    if model.mask_on and model.mask_output == "pasted":
+        raise ConfigError(f"test.tiles.size={list(tiles.size)}: the exported graph {weights} "
+                          f"pastes its masks into its input; tiles need each box's own mask: "
+                          f"export with tools/export.py --mask-output box (or add "
+                          f"test.tiles.size=null)")
+    for key in ("nms_thresh", "detections_per_image"):
+        if not isinstance(model.metadata.get(key), (int, float)):
+            raise ConfigError(f"test.tiles.size={list(tiles.size)}: {model.metadata_source} "
+                              f"does not record the graph's {key}, which merging the tiles "
+                              f"takes: export again with tools/export.py")
 
 
 def _graph_settings(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -265,7 +284,7 @@ class Predictor:
         min_size, max_size = test_resize(self.cfg)
         self.transform = build_transforms(min_size=min_size, max_size=max_size, with_boxes=False)
         self.tta = None if is_onnx(weights) else tta_from_config(self.cfg)
-        self.tiles = None if is_onnx(weights) else tiles_from_config(self.cfg)
+        self.tiles = tiles_from_config(self.cfg)
         self.device = torch.device(device)
         compile_for_inference(self.model, self.cfg, self.device, weights)
 

@@ -26,6 +26,7 @@ from resnet_detect.engine.config import (ConfigError, as_override, check_sizes, 
 
 from .config import test_resize
 from .data import build_transforms
+from .export import OnnxDetector
 from .nms import batched_nms_top
 from .rcnn import GeneralizedRCNN
 from .roi_heads import paste_masks
@@ -74,13 +75,14 @@ class Tiles:
                 for x in tile_starts(width, tw, self.overlap)]
 
     @torch.no_grad()
-    def __call__(self, model: GeneralizedRCNN, image: np.ndarray) -> dict[str, Tensor]:
+    def __call__(self, model: GeneralizedRCNN | OnnxDetector,
+                 image: np.ndarray) -> dict[str, Tensor]:
         """Detections of one image, as `model([resized], output_sizes=[(H, W)])[0]` gives
         them: {"boxes" (D, 4) xyxy in `image` pixels, "scores", "labels"} by decreasing
         score, and for Mask R-CNN "mask_probs" (D, M, M) and "masks" (D, H, W).
 
         Args:
-            model: the detector, in evaluation mode.
+            model: the detector, in evaluation mode, or an exported graph of box masks.
             image: (H, W, 3) uint8 RGB.
         """
         size = image.shape[:2]
@@ -100,11 +102,11 @@ class Tiles:
                     found.append(detections)
         merged = {key: torch.cat([d[key] for d in found]) for key in found[0]}
         if len(found) > 1:
-            head = model.roi_heads.box_predictor
-            threshold = head.nms_thresh if self.nms_thresh is None else self.nms_thresh
+            nms_thresh, detections_per_image = _merging(model)
+            threshold = nms_thresh if self.nms_thresh is None else self.nms_thresh
             merge = batched_nms_top if self.match_metric == "iou" else nms_over_smaller
             keep = merge(merged["boxes"], merged["scores"], merged["labels"], threshold,
-                         head.detections_per_image)
+                         detections_per_image)
             merged = {key: value[keep] for key, value in merged.items()}
         if model.mask_on:
             merged["masks"] = paste_masks(merged["mask_probs"], merged["boxes"], size,
@@ -134,8 +136,17 @@ def nms_over_smaller(boxes: Tensor, scores: Tensor, labels: Tensor, threshold: f
     return torch.stack(keep) if keep else order
 
 
-def _detect(model: GeneralizedRCNN, images: list[np.ndarray], resize: Callable[..., Any]
-            ) -> list[dict[str, Tensor]]:
+def _merging(model: GeneralizedRCNN | OnnxDetector) -> tuple[float, int]:
+    """The model's NMS threshold and detections per image: its box head's, or what an
+    exported graph's export.json records."""
+    if isinstance(model, OnnxDetector):
+        return model.metadata["nms_thresh"], model.metadata["detections_per_image"]
+    head = model.roi_heads.box_predictor
+    return head.nms_thresh, head.detections_per_image
+
+
+def _detect(model: GeneralizedRCNN | OnnxDetector, images: list[np.ndarray],
+            resize: Callable[..., Any]) -> list[dict[str, Tensor]]:
     """Each image's detections in its own pixels (masks not pasted), the images given the
     test `resize` and run as one batch (tiles of one size: each gets its own call's)."""
     device = model.pixel_mean.device

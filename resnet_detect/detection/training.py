@@ -185,7 +185,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     loaded = load_detector(config, weights=weights, overrides=overrides, device=device)
     backend = backend or coco_backend(loaded.cfg)
     tta = None if is_onnx(weights) else tta_from_config(loaded.cfg)
-    tiles = None if is_onnx(weights) else tiles_from_config(loaded.cfg)
+    tiles = tiles_from_config(loaded.cfg)
     compile_for_inference(loaded.model, loaded.cfg, device, weights)
     val = build_val_dataset(loaded.cfg, resize=tta is None and tiles is None)
     if val is None:

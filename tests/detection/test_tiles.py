@@ -2,11 +2,13 @@
 shifted into the image, passes merged by one per-class NMS, and what refuses tiles."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import Tensor, nn
@@ -332,3 +334,41 @@ def test_an_export_with_tiles_is_refused(checkpoint: Path, tmp_path: Path) -> No
         export_model(None, str(checkpoint), tmp_path / "onnx",
                      overrides=["test.tiles.size=[64,64]"])
     assert not (tmp_path / "onnx").exists()
+
+
+def test_an_exported_graph_of_box_masks_takes_tiles_as_the_weights_do(
+        checkpoint: Path, tmp_path: Path) -> None:
+    export_model(None, str(checkpoint), tmp_path / "box", overrides=EVERY, mask_output="box")
+    tiles = ["test.tiles.size=[64,64]", "test.tiles.overlap=0.25"]
+    image = _image(1, (100, 150))
+    graph = Predictor(None, weights=tmp_path / "box/model.onnx", overrides=EVERY + tiles)(image)
+    weights = Predictor(None, weights=checkpoint, overrides=EVERY + tiles)(image)
+    assert len(graph["boxes"]) == len(weights["boxes"]) == 100
+    # ONNX Runtime's float rounding is not PyTorch's: the same boxes, in score order
+    np.testing.assert_allclose(graph["boxes"], weights["boxes"], atol=1e-3)
+    np.testing.assert_allclose(graph["scores"], weights["scores"], atol=1e-5)
+    np.testing.assert_array_equal(graph["labels"], weights["labels"])
+    assert (graph["masks"] != weights["masks"]).mean() < 1e-3
+    untiled = Predictor(None, weights=tmp_path / "box/model.onnx", overrides=EVERY)(image)
+    assert not np.array_equal(untiled["boxes"], graph["boxes"])
+    # an older export, without the NMS threshold the merging takes
+    graph_file = tmp_path / "box/model.onnx"
+    proto = onnx.load(str(graph_file))
+    meta = json.loads(proto.metadata_props[0].value)
+    del meta["nms_thresh"]
+    proto.metadata_props[0].value = json.dumps(meta)
+    onnx.save(proto, str(graph_file))
+    (tmp_path / "box/export.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"test\.tiles\.size=\[64, 64\]: .*model\.onnx's own "
+                                          r"metadata does not record the graph's nms_thresh"):
+        Predictor(None, weights=tmp_path / "box/model.onnx", overrides=tiles)
+
+
+def test_tiles_with_a_graph_that_pastes_its_masks_are_refused(checkpoint: Path,
+                                                              tmp_path: Path) -> None:
+    export_model(None, str(checkpoint), tmp_path / "pasted", mask_output="pasted")
+    with pytest.raises(ConfigError, match=r"test\.tiles\.size=\[64, 64\]: the exported graph "
+                                          r".*pastes its masks into its input; .* export with "
+                                          r"tools/export\.py --mask-output box"):
+        Predictor(None, weights=tmp_path / "pasted/model.onnx",
+                  overrides=["test.tiles.size=[64,64]"])

@@ -448,6 +448,17 @@ def test_eval_with_views_or_tiles_scores_what_the_predictor_gives(
         assert [r["category_id"] for r in written] == expected["labels"].tolist()
     plain = Predictor(CONFIG, weights=weights, overrides=[*data_overrides(data), aug[0]])
     assert not np.allclose(plain(image)["scores"], expected["scores"])  # they did something
+    if what == "tiles":  # an exported graph takes them: the same detections
+        load_tool("export").main([str(CONFIG), "--weights", str(weights), "--output",
+                                  str(tmp_path / "onnx"), *data_overrides(data), aug[0]])
+        load_tool("eval").main([str(CONFIG), "--weights", str(tmp_path / "onnx/model.onnx"),
+                                "--output", str(tmp_path / "graph"), *data_overrides(data),
+                                *aug])
+        graph = json.loads((tmp_path / "graph/coco_instances_results.json").read_text())
+        assert len(graph) == len(results)
+        np.testing.assert_allclose([r["bbox"] for r in graph], [r["bbox"] for r in results],
+                                   atol=1e-2)
+        assert [r["category_id"] for r in graph] == [r["category_id"] for r in results]
 
 
 def test_eval_with_test_compile_scores_as_eager(trained: Path, data: Path,
@@ -1007,10 +1018,6 @@ def test_export_and_onnx_runs_refuse_what_they_cannot_do_naming_it(
                                          r".*test\.min_sizes=\[80, 96\]"):
         load_tool("eval").main([*args, "--weights", str(tmp_path / "onnx/model.onnx"),
                                 "--output", str(tmp_path / "eval"), "test.min_sizes=[80,96]"])
-    with pytest.raises(ValueError, match=r"the exported graph .*model.onnx runs the whole "
-                                         r"image once; .*test\.tiles\.size=\[64, 64\]"):
-        load_tool("eval").main([*args, "--weights", str(tmp_path / "onnx/model.onnx"),
-                                "--output", str(tmp_path / "eval"), "test.tiles.size=[64,64]"])
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ValueError, match=r"onnx/model.onnx needs onnxruntime: pip install"):
         load_tool("eval").main([*args, "--weights", str(tmp_path / "onnx/model.onnx"),
