@@ -56,9 +56,59 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     """COCO compressed RLE of an (H, W) 0/1 mask, JSON-ready ({"size": [H, W], "counts": str}).
 
     ``pycocotools.mask.decode`` of it (counts as str or bytes) gives the mask back.
+
+    The string is ``pycocotools.mask.encode``'s of the mask as a Fortran-ordered uint8 array,
+    but that array is never made: the runs are read from the mask's smallest box holding its
+    pixels, and pycocotools compresses them. A C-ordered 24-megapixel mask copied into
+    column order took 0.2 s (100 detections of a photo: 20 s), its encoding of all the zero
+    pixels 0.02 s more; a detection's box is a small part of such a photo.
     """
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_:
+        mask = np.asarray(mask, dtype=np.uint8)
+    if mask.ndim == 2:
+        counts = _run_lengths(mask)
+        if counts is not None:
+            rle = mask_utils.frPyObjects({"size": list(mask.shape), "counts": counts},
+                                         *mask.shape)
+            return {"size": [int(v) for v in rle["size"]],
+                    "counts": rle["counts"].decode("ascii")}
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _run_lengths(mask: np.ndarray) -> np.ndarray | None:
+    """The uncompressed COCO run lengths of an (H, W) bool or uint8 0/1 mask, read down its
+    columns from the top-left pixel, starting with a run of zeros (0 where the first pixel is
+    set), as pycocotools' rleEncode counts them; None where a value is above 1 (a run of 2s
+    is a run of its own there)."""
+    height, width = mask.shape
+    columns = np.flatnonzero(mask.any(axis=0))
+    if len(columns) == 0:
+        return np.array([height * width], dtype=np.int64)
+    left, right = int(columns[0]), int(columns[-1]) + 1
+    rows = np.flatnonzero(mask[:, left:right].any(axis=1))
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
+    region = mask[top:bottom, left:right]
+    if region.dtype != np.bool_:
+        if region.max() > 1:
+            return None
+        region = region.astype(np.bool_)
+    # each column of the region between two zeros: a run starts where 0 turns 1, ends where
+    # 1 turns 0, at positions counted in the whole image's column order
+    framed = np.zeros((right - left, bottom - top + 2), dtype=np.int8)
+    framed[:, 1:-1] = region.T
+    column, row = np.nonzero(np.diff(framed, axis=1))
+    edges = (left + column.astype(np.int64)) * height + top + row
+    # a run reaching the last row goes on at the top of the next column when it starts there
+    joined = edges[1:] == edges[:-1]
+    if joined.any():
+        keep = np.ones(len(edges), dtype=bool)
+        keep[1:] &= ~joined
+        keep[:-1] &= ~joined
+        edges = edges[keep]
+    counts = np.diff(edges, prepend=0, append=height * width)
+    return counts[:-1] if counts[-1] == 0 else counts
 
 
 def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: Any, *,

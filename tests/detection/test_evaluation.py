@@ -272,6 +272,56 @@ def test_invalid_arguments_are_rejected(gt_file: Path) -> None:
         COCOEvaluator(gt_file, category_ids=CATEGORY_IDS, iou_types=("keypoints",))
 
 
+def _pycocotools_rle(mask: np.ndarray) -> dict[str, Any]:
+    """The straightforward encoding: the whole mask as a Fortran-ordered uint8 array."""
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def test_rle_is_pycocotools_encoding_of_the_whole_mask() -> None:
+    """mask_to_rle reads the runs from the box around the mask's pixels: the same string as
+    pycocotools' encoding of the whole mask, bit for bit, whatever the mask touches (runs
+    going on from the last row of a column to the first of the next, the first and last
+    pixels), and for 0/1 integers, values above 1 and masks of no pixels."""
+    rng = np.random.default_rng(0)
+    masks = []
+    for _ in range(400):
+        h, w = (int(v) for v in rng.integers(0, 9, size=2))
+        masks.append(rng.random((h, w)) < rng.random())
+        box = np.zeros((h, w), bool)
+        if h and w:
+            y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+            box[y0:int(rng.integers(y0, h + 1)), x0:int(rng.integers(x0, w + 1))] = True
+        masks.append(box)
+    full_height = np.zeros((6, 9), bool)
+    full_height[:, 2:5] = True
+    full_height[5, 8] = True
+    masks += [full_height, np.ones((6, 9), bool), np.asfortranarray(full_height),
+              full_height[::2, 1:], rng.integers(0, 2, (7, 5)).astype(np.int64),
+              np.array([[0, 2, 2], [1, 1, 0]], np.uint8), np.zeros((0, 4), bool)]
+    for mask in masks:
+        assert mask_to_rle(mask) == _pycocotools_rle(mask), mask
+
+
+def test_rle_of_a_large_mask_copies_none_of_it() -> None:
+    """Encoding a photo-sized mask makes no full-size copy of it: a C-ordered mask copied into
+    column order for pycocotools took 0.2 s per 24-megapixel mask, 20 s for the 100
+    detections of a photo in tools/eval.py."""
+    import tracemalloc
+
+    mask = np.zeros((2000, 3000), bool)
+    yy, xx = np.mgrid[:300, :200]
+    mask[1000:1300, 400:600] = ((xx - 100) / 90.0) ** 2 + ((yy - 150) / 140.0) ** 2 <= 1
+    tracemalloc.start()
+    try:
+        rle = mask_to_rle(mask)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rle == _pycocotools_rle(mask)
+    assert peak < mask.nbytes // 10, peak
+
+
 def test_rle_round_trip() -> None:
     """Our RLE of a predicted mask, through JSON, decodes back identically with pycocotools."""
     rng = np.random.default_rng(0)
