@@ -15,7 +15,7 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from resnet_detect.engine.data.coco import (box_polygon, check_segmentation, col
                                             image_sizes, read_coco_json, segmentation_to_rle)
 from resnet_detect.engine.logging import print_and_log
 
+from .roi_heads.mask_paste import pasted_regions
 from .federated import (IMAGE_LISTS, LVIS_MAX_DETS, Federation, frequency_group_aps,
                         is_federated, partly_listed)
 from .voc_eval import check_voc_metric, evaluate_voc
@@ -69,23 +70,18 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     if mask.ndim == 2:
         counts = _run_lengths(mask)
         if counts is not None:
-            rle = mask_utils.frPyObjects({"size": list(mask.shape), "counts": counts},
-                                         *mask.shape)
-            return {"size": [int(v) for v in rle["size"]],
-                    "counts": rle["counts"].decode("ascii")}
+            return _compressed(counts, mask.shape)
     rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def _run_lengths(mask: np.ndarray) -> np.ndarray | None:
-    """The uncompressed COCO run lengths of an (H, W) bool or uint8 0/1 mask, read down its
-    columns from the top-left pixel, starting with a run of zeros (0 where the first pixel is
-    set), as pycocotools' rleEncode counts them; None where a value is above 1 (a run of 2s
-    is a run of its own there)."""
-    height, width = mask.shape
+    """The uncompressed COCO run lengths of an (H, W) bool or uint8 0/1 mask (see
+    `_region_run_lengths`); None where a value is above 1 (a run of 2s is a run of its own
+    for pycocotools)."""
     columns = np.flatnonzero(mask.any(axis=0))
     if len(columns) == 0:
-        return np.array([height * width], dtype=np.int64)
+        return _region_run_lengths(mask[:0, :0], 0, 0, mask.shape)
     left, right = int(columns[0]), int(columns[-1]) + 1
     rows = np.flatnonzero(mask[:, left:right].any(axis=1))
     top, bottom = int(rows[0]), int(rows[-1]) + 1
@@ -94,9 +90,19 @@ def _run_lengths(mask: np.ndarray) -> np.ndarray | None:
         if region.max() > 1:
             return None
         region = region.astype(np.bool_)
+    return _region_run_lengths(region, top, left, mask.shape)
+
+
+def _region_run_lengths(region: np.ndarray, top: int, left: int,
+                        image_size: tuple[int, int]) -> np.ndarray:
+    """The uncompressed COCO run lengths of the (H, W) mask that is the bool `region` at
+    rows top.., columns left.. and empty elsewhere: read down its columns from the top-left
+    pixel, starting with a run of zeros (0 where the first pixel is set), as pycocotools'
+    rleEncode counts them."""
+    height, width = (int(v) for v in image_size)
     # each column of the region between two zeros: a run starts where 0 turns 1, ends where
     # 1 turns 0, at positions counted in the whole image's column order
-    framed = np.zeros((right - left, bottom - top + 2), dtype=np.int8)
+    framed = np.zeros((region.shape[1], region.shape[0] + 2), dtype=np.int8)
     framed[:, 1:-1] = region.T
     column, row = np.nonzero(np.diff(framed, axis=1))
     edges = (left + column.astype(np.int64)) * height + top + row
@@ -108,7 +114,25 @@ def _run_lengths(mask: np.ndarray) -> np.ndarray | None:
         keep[:-1] &= ~joined
         edges = edges[keep]
     counts = np.diff(edges, prepend=0, append=height * width)
-    return counts[:-1] if counts[-1] == 0 else counts
+    return counts[:-1] if len(counts) > 1 and counts[-1] == 0 else counts
+
+
+def _compressed(counts: np.ndarray, image_size: tuple[int, int]) -> dict[str, Any]:
+    """`mask_to_rle`'s dict of uncompressed run lengths, compressed by pycocotools."""
+    height, width = (int(v) for v in image_size)
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def pasted_mask_rles(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], *,
+                     threshold: float = 0.5) -> Iterator[dict[str, Any]]:
+    """`mask_to_rle` of each mask `paste_masks` pastes (same arguments), as they are taken,
+    without pasting them: each is encoded from its box region (`pasted_regions`). The
+    evaluation of a 24-megapixel photo's 100 detections otherwise allocated and zeroed 2.4 GB
+    of full-size masks, eight at a time (1.2 s of the image's 1.9 s)."""
+    for top, left, region in pasted_regions(masks, boxes, image_size, threshold=threshold):
+        yield _compressed(_region_run_lengths(region.cpu().numpy(), top, left, image_size),
+                          image_size)
 
 
 def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: Any, *,
@@ -124,7 +148,7 @@ def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: An
             category ids already).
         category_ids: dataset category id of each contiguous label.
         masks: optional (R, H, W) boolean masks at the original image size, or R such masks
-            as they come (`pasted_few_at_a_time`).
+            as they come, or R of their RLEs as `mask_to_rle` gives them (`pasted_mask_rles`).
 
     Raises:
         ValueError: a label outside 0..K-1.
@@ -144,7 +168,7 @@ def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: An
         if isinstance(masks, torch.Tensor):
             masks = _numpy(masks)  # each made uint8 in turn: no copy of them all
         for result, mask in zip(results, masks, strict=True):
-            result["segmentation"] = mask_to_rle(mask)
+            result["segmentation"] = mask if isinstance(mask, dict) else mask_to_rle(mask)
     return results
 
 

@@ -224,8 +224,8 @@ class GeneralizedRCNN(nn.Module):
                   output_sizes: Sequence[tuple[int, int]] | None = None, *,
                   pasted: bool = True) -> list[dict[str, Tensor]]:
         """The evaluation's detections (see `forward`); without `pasted`, Mask R-CNN's
-        ``"mask_probs"`` alone, for a caller that pastes them a few at a time
-        (`pasted_few_at_a_time`)."""
+        ``"mask_probs"`` alone, for a caller that pastes them otherwise (the evaluation encodes
+        each from its box region: `evaluation.pasted_mask_rles`)."""
         detections, features, image_sizes = self.detect_boxes(images)
         detections = self.roi_heads.predict_masks(features, detections)
         if output_sizes is not None:

@@ -40,13 +40,12 @@ from .convert import DETECTOR_WEIGHTS
 from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
 from .data import build_datasets, build_val_dataset
 from .evaluation import (COCO_MAX_DETS, METRIC_NAMES, RESULTS_FILE, COCOEvaluator,
-                         coco_backend)
+                         coco_backend, pasted_mask_rles)
 from .export import export_detector
 from .federated import FREQUENCY_GROUPS, IMAGE_LISTS, is_federated
 from .browse import browse_split
 from .predictor import LoadedDetector, build_renderer, load_detector
 from .rcnn import GeneralizedRCNN
-from .roi_heads.mask_paste import pasted_few_at_a_time
 from .tiles import Tiles, refuse_tiles, tiles_from_config
 from .tiles import describe as describe_tiles
 from .tta import DetectionTTA, describe, refuse_tta, tta_from_config
@@ -99,8 +98,8 @@ def evaluate_all(model: GeneralizedRCNN, loader: DataLoader, evaluator: COCOEval
                                           output_sizes=sizes, pasted=False)
                 for out, size in zip(outputs, sizes):
                     if "mask_probs" in out and "masks" not in out:
-                        out["masks"] = pasted_few_at_a_time(out["mask_probs"], out["boxes"],
-                                                            size, threshold=model.mask_threshold)
+                        out["masks"] = pasted_mask_rles(out["mask_probs"], out["boxes"], size,
+                                                        threshold=model.mask_threshold)
             else:
                 outputs = [tta(model, s["image"].numpy().transpose(1, 2, 0)) for s in batch]
             evaluator.process(batch, outputs)

@@ -322,6 +322,28 @@ def test_rle_of_a_large_mask_copies_none_of_it() -> None:
     assert peak < mask.nbytes // 10, peak
 
 
+def test_pasted_mask_rles_are_the_pasted_masks_encoded() -> None:
+    """pasted_mask_rles encodes each mask from its box region: the strings of the masks
+    paste_masks gives, encoded whole, for boxes inside the image, across its edges, over all
+    of it (runs going on from a column's last row to the next's first) and outside it."""
+    from resnet_detect.detection.evaluation import pasted_mask_rles
+    from resnet_detect.detection.roi_heads import paste_masks
+
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.rand(7, 28, 28, generator=generator)
+    probs[3] = 1.0
+    boxes = torch.tensor([[5.0, 4.0, 30.0, 20.0], [-6.0, 10.0, 12.5, 45.0],
+                          [40.0, -3.0, 70.0, 8.0], [-4.0, -4.0, 64.0, 44.0],
+                          [-3.0, -5.0, 64.5, 41.0], [70.0, 50.0, 90.0, 60.0],
+                          [10.0, 10.0, 10.2, 10.3]])
+    for threshold in (0.5, 0.2):
+        pasted = paste_masks(probs, boxes, (40, 60), threshold=threshold).numpy()
+        assert pasted[3].all() and not pasted[5].any()
+        rles = list(pasted_mask_rles(probs, boxes, (40, 60), threshold=threshold))
+        assert rles == [_pycocotools_rle(mask) for mask in pasted]
+    assert list(pasted_mask_rles(probs[:0], boxes[:0], (40, 60))) == []
+
+
 def test_rle_round_trip() -> None:
     """Our RLE of a predicted mask, through JSON, decodes back identically with pycocotools."""
     rng = np.random.default_rng(0)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -76,38 +75,46 @@ def paste_masks(
     Returns:
         (D, h, w) bool masks (float probabilities when ``threshold`` is None).
     """
+    height, width = int(image_size[0]), int(image_size[1])
+    dtype = torch.bool if threshold is not None else masks.dtype
+    out = torch.zeros((len(masks), height, width), dtype=dtype, device=masks.device)
+    for i, (top, left, region) in enumerate(pasted_regions(masks, boxes, image_size,
+                                                           threshold=threshold,
+                                                           padding=padding)):
+        out[i, top:top + region.shape[0], left:left + region.shape[1]] = region
+    return out
+
+
+def pasted_regions(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], *,
+                   threshold: float | None = 0.5, padding: int = 1
+                   ) -> Iterator[tuple[int, int, Tensor]]:
+    """Each mask of `paste_masks` (same arguments) as it is taken, as the part of it that
+    can have pixels: ``(top, left, region)``, the (h_i, w_i) region (bool; probabilities when
+    ``threshold`` is None) being the pasted mask's rows top..top+h_i-1 and columns
+    left..left+w_i-1, its box clipped to the image ((0, 0) where none of the box is in it);
+    the mask is empty elsewhere. One box region in memory, not a full-size mask: what an
+    evaluation encoding each mask (`evaluation.pasted_mask_rles`) needs of a photo."""
     if masks.dim() != 3 or masks.shape[1] != masks.shape[2] or boxes.shape != (len(masks), 4):
         raise ValueError(
             f"paste_masks needs (D, M, M) masks and (D, 4) boxes, got {tuple(masks.shape)} "
             f"and {tuple(boxes.shape)}"
         )
-    height, width = int(image_size[0]), int(image_size[1])
-    dtype = torch.bool if threshold is not None else masks.dtype
-    out = torch.zeros((len(masks), height, width), dtype=dtype, device=masks.device)
     if len(masks) == 0:
-        return out
+        return
+    height, width = int(image_size[0]), int(image_size[1])
     padded, in_len, corners = _padded_masks_and_corners(masks, boxes, padding)
     for i, (x0, y0, x1, y1) in enumerate(corners.tolist()):
         box_w, box_h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
         left, right = max(x0, 0), min(x0 + box_w, width)
         top, bottom = max(y0, 0), min(y0 + box_h, height)
         if right <= left or bottom <= top:
+            dtype = torch.bool if threshold is not None else masks.dtype
+            yield 0, 0, torch.zeros((0, 0), dtype=dtype, device=masks.device)
             continue
         rows = _bilinear_weights(box_h, in_len, top - y0, bottom - y0, padded)  # (h_i, M+2p)
         cols = _bilinear_weights(box_w, in_len, left - x0, right - x0, padded)  # (w_i, M+2p)
         region = rows @ padded[i] @ cols.T  # (h_i, w_i)
-        out[i, top:bottom, left:right] = region >= threshold if threshold is not None else region
-    return out
-
-
-def pasted_few_at_a_time(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], *,
-                         threshold: float = 0.5, few: int = 8) -> Iterator[np.ndarray]:
-    """The (h, w) bool masks of `paste_masks`, pasted `few` at a time as they are taken: the
-    memory of a few full-size masks, not of all D (a 12-megapixel photo's 300 detections
-    pasted at once hold 3.6 GB)."""
-    for start in range(0, len(masks), few):
-        yield from paste_masks(masks[start:start + few], boxes[start:start + few], image_size,
-                               threshold=threshold).cpu().numpy()
+        yield top, left, region >= threshold if threshold is not None else region
 
 
 def _dense_weights(start: Tensor, length: Tensor, out_len: int | Tensor, in_len: int) -> Tensor:
