@@ -207,11 +207,17 @@ def _refuse_tiles_the_graph_cannot_take(cfg: DictConfig, model: OnnxDetector,
                           f"pastes its masks into its input; tiles need each box's own mask: "
                           f"export with tools/export.py --mask-output box (or add "
                           f"test.tiles.size=null)")
-    for key in ("nms_thresh", "detections_per_image"):
-        if not isinstance(model.metadata.get(key), (int, float)):
-            raise ConfigError(f"test.tiles.size={list(tiles.size)}: {model.metadata_source} "
-                              f"does not record the graph's {key}, which merging the tiles "
-                              f"takes: export again with tools/export.py")
+    meta, source = model.metadata, model.metadata_source
+    if tiles.nms_thresh is None and not isinstance(meta.get("nms_thresh"), (int, float)):
+        raise ConfigError(f"test.tiles.size={list(tiles.size)}: {source} does not record the "
+                          f"graph's nms_thresh, at which the tiles' detections merge: set "
+                          f"test.tiles.nms_thresh (e.g. 0.5), or export again with "
+                          f"tools/export.py")
+    top = meta.get("detections_per_image")
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        raise ConfigError(f"test.tiles.size={list(tiles.size)}: {source} does not record the "
+                          f"graph's detections_per_image (got {top!r}), how many of the tiles' "
+                          f"detections are kept: export again with tools/export.py")
 
 
 def _graph_settings(meta: Mapping[str, Any]) -> dict[str, Any]:

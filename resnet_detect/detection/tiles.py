@@ -118,8 +118,8 @@ def nms_over_smaller(boxes: Tensor, scores: Tensor, labels: Tensor, threshold: f
                      k: int) -> Tensor:
     """Greedy per-class NMS by the intersection over the smaller box (SAHI's "IOS"): indices
     of the first `k` kept boxes by decreasing score. A box is dropped where its intersection
-    with a higher-scoring kept box of its class exceeds `threshold` times the smaller of the
-    two areas."""
+    with a higher-scoring kept box of its class is `threshold` times the smaller of the two
+    areas or more (SAHI's comparison; an IoU NMS drops above its threshold)."""
     order = torch.argsort(scores, descending=True, stable=True)
     area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
     keep = []
@@ -131,16 +131,16 @@ def nms_over_smaller(boxes: Tensor, scores: Tensor, labels: Tensor, threshold: f
         inter = (hi - lo).clamp(min=0).prod(dim=1)
         smaller = torch.minimum(area[best], area[rest])
         # an empty box overlaps nothing; only boxes of the kept one's class are dropped
-        drop = (inter > threshold * smaller) & (smaller > 0) & (labels[rest] == labels[best])
+        drop = (inter >= threshold * smaller) & (smaller > 0) & (labels[rest] == labels[best])
         order = rest[~drop]
-    return torch.stack(keep) if keep else order
+    return torch.stack(keep) if keep else order[:0]
 
 
-def _merging(model: GeneralizedRCNN | OnnxDetector) -> tuple[float, int]:
+def _merging(model: GeneralizedRCNN | OnnxDetector) -> tuple[float | None, int]:
     """The model's NMS threshold and detections per image: its box head's, or what an
     exported graph's export.json records."""
-    if isinstance(model, OnnxDetector):
-        return model.metadata["nms_thresh"], model.metadata["detections_per_image"]
+    if isinstance(model, OnnxDetector):  # (an export without nms_thresh needs the tiles')
+        return model.metadata.get("nms_thresh"), model.metadata["detections_per_image"]
     head = model.roi_heads.box_predictor
     return head.nms_thresh, head.detections_per_image
 
@@ -199,9 +199,9 @@ def tiles_from_config(cfg: Mapping[str, Any]) -> Tiles | None:
                  match_metric=match_metric, min_size=min_size, max_size=max_size)
 
 
-def describe(tiles: Tiles) -> str:
+def describe(tiles: Tiles, model: GeneralizedRCNN | OnnxDetector) -> str:
     """One line for logs: the tiles and what they merge with."""
-    threshold = "model.roi_heads.nms_thresh" if tiles.nms_thresh is None else tiles.nms_thresh
+    threshold = _merging(model)[0] if tiles.nms_thresh is None else tiles.nms_thresh
     metric = "IoU" if tiles.match_metric == "iou" else "intersection over the smaller box"
     return (f"tiles of {tiles.size[0]}x{tiles.size[1]} px, overlap {tiles.overlap}, each "
             f"resized to a short edge of {tiles.min_size} (max {tiles.max_size})"

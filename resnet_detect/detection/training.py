@@ -208,7 +208,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     if tta is not None:
         logger.info("test-time augmentation: %s", describe(tta))
     if tiles is not None:
-        logger.info("sliced inference: %s", describe_tiles(tiles))
+        logger.info("sliced inference: %s", describe_tiles(tiles, loaded.model))
     metrics = evaluate_all(loaded.model, loader, evaluator, tiles or tta)
     result: dict[str, Any] = {t: nan_to_none(metrics[t]) if val.annotated else None
                               for t in types}

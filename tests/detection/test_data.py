@@ -613,6 +613,10 @@ def test_masks_follow_the_flip(tmp_path: Path) -> None:
     expected[4:12, 30 - 8:30 - 2] = 1
     assert sample["gt_masks"].dtype == torch.uint8
     np.testing.assert_array_equal(sample["gt_masks"].numpy(), expected[None])
+    # no resize (test-time augmentation and tiles resize each view): the masks as they are
+    still = DetectionDataset(records, with_masks=True,
+                             transform=build_transforms(min_size=None, max_size=None))[(0, 0)]
+    np.testing.assert_array_equal(still["gt_masks"].numpy(), expected[None, :, ::-1])
     with pytest.raises(ValueError, match=r"with_masks takes a transform that records what it "
                                          r"applied .*got \['Rotate'\]"):  # masks would not turn
         DetectionDataset(records, with_masks=True, transform=A.Compose(

@@ -179,9 +179,9 @@ def test_a_piece_inside_its_whole_box_is_dropped_by_the_intersection_over_the_sm
                                                             [20, 120, 40, 130]])
 
 
-@pytest.mark.parametrize("threshold, expected", [(0.5, [0, 2, 3, 5, 6]),
-                                                 (0.35, [0, 3, 4, 5, 6]),
-                                                 (0.25, [0, 3, 5, 6])])
+@pytest.mark.parametrize("threshold, expected", [(0.55, [0, 2, 3, 5, 6]),
+                                                 (0.5, [0, 3, 4, 5, 6]),
+                                                 (0.3, [0, 3, 5, 6])])
 def test_nms_over_smaller_against_hand_computed_overlaps(threshold: float,
                                                           expected: list[int]) -> None:
     boxes = torch.tensor([
@@ -195,10 +195,12 @@ def test_nms_over_smaller_against_hand_computed_overlaps(threshold: float,
     ], dtype=torch.float32)
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
     labels = torch.tensor([0, 0, 0, 1, 0, 0, 0])
-    # at 0.5: 2 stays (0.5 is not above) and drops 4; at 0.35 0 drops 2, and 4 stays
+    # at 0.55: 2 stays and drops 4; at 0.5 (SAHI's: at the threshold too) 0 drops 2, and 4
+    # stays (0.3); at 0.3 0 drops 4 too
     assert nms_over_smaller(boxes, scores, labels, threshold, k=100).tolist() == expected
     assert nms_over_smaller(boxes, scores, labels, threshold, k=2).tolist() == expected[:2]
     assert nms_over_smaller(boxes[:0], scores[:0], labels[:0], threshold, k=5).tolist() == []
+    assert nms_over_smaller(boxes, scores, labels, threshold, k=0).tolist() == []
 
 
 def test_an_image_that_fits_in_a_tile_runs_once_at_the_test_resize() -> None:
@@ -360,8 +362,12 @@ def test_an_exported_graph_of_box_masks_takes_tiles_as_the_weights_do(
     onnx.save(proto, str(graph_file))
     (tmp_path / "box/export.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match=r"test\.tiles\.size=\[64, 64\]: .*model\.onnx's own "
-                                          r"metadata does not record the graph's nms_thresh"):
+                                          r"metadata does not record the graph's nms_thresh, "
+                                          r".*set test\.tiles\.nms_thresh"):
         Predictor(None, weights=tmp_path / "box/model.onnx", overrides=tiles)
+    named = Predictor(None, weights=tmp_path / "box/model.onnx",
+                      overrides=EVERY + tiles + ["test.tiles.nms_thresh=0.5"])(image)
+    np.testing.assert_array_equal(named["boxes"], graph["boxes"])
 
 
 def test_tiles_with_a_graph_that_pastes_its_masks_are_refused(checkpoint: Path,

@@ -148,3 +148,27 @@ def test_bright_deep_images_and_dark_8_bit_images_are_not_warned_of(
     for name in ("bright.png", "bright.tif", "dark.png", "dark.jpg"):
         images.read_image(tmp_path / name)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_dark_deep_image_past_pillows_decompression_bomb_limit_is_read_and_warned_of(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Pillow refuses to open an image over twice Image.MAX_IMAGE_PIXELS (179 MP by default:
+    a large aerial TIFF), and warns over once; its header is read all the same (the limit is
+    lowered here to make a small image such a one)."""
+    import warnings
+
+    from resnet_detect.engine.data import images
+    monkeypatch.setattr(images, "_said_dark", [])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    path = tmp_path / "aerial.tif"
+    cv2.imwrite(str(path), (np.arange(40 * 50).reshape(40, 50) % 4096).astype(np.uint16))
+    caplog.set_level("WARNING")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read = images.read_image(path)
+        assert images.image_size(path) == (40, 50)
+    assert read.shape == (40, 50, 3)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and warned[0].startswith(f"{path}: 16 bits per sample")
+    assert Image.MAX_IMAGE_PIXELS == 500

@@ -136,7 +136,7 @@ class DetectionDataset(Dataset):
         check_mask_format(mask_format)
         if with_masks:
             moves = [type(t).__name__ for t in transform.transforms
-                     if not isinstance(t, A.ImageOnlyTransform)]
+                     if not isinstance(t, (A.ImageOnlyTransform, A.NoOp))]
             if not transform.save_applied_params or set(moves) - set(MASK_MOVES):
                 raise ValueError(f"with_masks takes a transform that records what it applied "
                                  f"(save_applied_params=True, as build_transforms makes) and "

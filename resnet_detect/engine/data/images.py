@@ -6,9 +6,12 @@ grayscale to three channels, drops alpha and converts 16-bit to 8-bit.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +127,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 f"{limit} (OPENCV_IO_MAX_IMAGE_PIXELS)")
         raise UnreadableImageError(f"{path}: " + ("an empty file (0 bytes)" if not data
                                                   else "cannot be decoded"))
-    if image.max() < DARK and not _said_dark:
+    if not _said_dark and image.max() < DARK:
         bits = _bits_per_sample(data, path)
         if bits > 8:
             _warn_of_dark_deep_image(path, bits, int(image.max()))
@@ -133,17 +136,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 # an image of more than 8 bits per sample whose 8-bit pixels all stay under this is taken for
 # 10 to 13 significant bits in a 16-bit file (a microscope's, a thermal or X-ray camera's):
-# OpenCV keeps each value's high byte, which leaves the image nearly black
+# OpenCV divides each value by 256, which leaves the image nearly black
 DARK = 32
 _said_dark: list[str] = []
 
 
 def _bits_per_sample(data: bytes, path: str | os.PathLike) -> int:
-    """The file's bits per sample: a PNG's from its header, others' from Pillow's reading."""
+    """The file's bits per sample: a PNG's from its header, others' from Pillow's reading of
+    theirs."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 24:
         return data[24]
     try:
-        with Image.open(path) as im:
+        with opened_header(path) as im:
             bits = getattr(im, "tag_v2", {}).get(258)  # a TIFF's BitsPerSample
             if bits:
                 return max(bits) if isinstance(bits, tuple) else int(bits)
@@ -156,10 +160,32 @@ def _warn_of_dark_deep_image(path: str | os.PathLike, bits: int, brightest: int)
     """Said once per process, of the first such image."""
     _said_dark.append(str(path))
     logging.getLogger(__name__).warning(
-        "%s: %d bits per sample, read as 8 bits (OpenCV keeps the high byte of each value): "
+        "%s: %d bits per sample, read as 8 bits (OpenCV divides each value by 256): "
         "its brightest pixel is %d of 255, nearly black; values of 10 or 12 bits stored in "
         "16-bit files need scaling to 8 bits before training or prediction (e.g. by 255 / "
         "their maximum). Later such images are not named", path, bits, brightest)
+
+
+@contextlib.contextmanager
+def opened_header(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """Pillow's image of `path`, opened for its header (size, mode, tags) whatever its size:
+    Pillow's decompression-bomb limit guards decoding, which a header's reader never does.
+
+    Raises:
+        OSError, ValueError, SyntaxError: what Pillow raises for a file it cannot read.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError:
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+    with image:
+        yield image
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -170,7 +196,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
     it): where the size matters, confirm a difference with `decoded_size`.
     """
     try:
-        with Image.open(path) as im:
+        with opened_header(path) as im:
             width, height = im.size
             stored_size = im.format in ("JPEG", "MPO", "PNG", "WEBP")  # others: displayed
             # these formats' EXIF block alone (a PNG's eXIf chunk before the pixels): Pillow's
@@ -179,12 +205,6 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
             if stored_size and "exif" in im.info:
                 exif.load(im.info["exif"])
             rotated = exif.get(0x0112) in (5, 6, 7, 8)  # by 90 or 270 degrees
-    except Image.DecompressionBombError:  # a huge image: its header is still just a header
-        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            return image_size(path)
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
     except (OSError, ValueError, SyntaxError):
         return None
     if rotated and not stored_size:  # what OpenCV makes of it: ask it
