@@ -322,7 +322,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
 
     Args:
         path: the YAML file.
-        overrides: dotlist strings such as `solver.base_lr=0.05` or `data.root=/data`.
+        overrides: dotlist strings such as `train.base_lr=0.05` or `data.root=/data`.
         defaults: every valid key with its default value; None accepts any key.
         open_keys: dotted paths of subtrees of `defaults` that accept any key.
         renamed: deprecated dotted key -> its new name; old files and overrides keep loading,
