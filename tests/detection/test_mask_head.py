@@ -100,6 +100,9 @@ def test_paste_nothing() -> None:
     assert out.shape == (0, 20, 30) and out.dtype == torch.bool
     with pytest.raises(ValueError, match=r"\(D, M, M\) masks and \(D, 4\) boxes"):
         paste_masks(torch.zeros(2, 28, 28), torch.zeros(3, 4), (20, 30))
+    # refused before the (D, h, w) output is made (here a terabyte each)
+    with pytest.raises(ValueError, match=r"\(D, M, M\) masks and \(D, 4\) boxes"):
+        paste_masks(torch.zeros(2, 28, 28), torch.zeros(3, 4), (1_000_000, 1_000_000))
 
 
 def test_targets_of_a_rectangle() -> None:

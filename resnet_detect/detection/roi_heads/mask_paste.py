@@ -75,12 +75,11 @@ def paste_masks(
     Returns:
         (D, h, w) bool masks (float probabilities when ``threshold`` is None).
     """
+    regions = pasted_regions(masks, boxes, image_size, threshold=threshold, padding=padding)
     height, width = int(image_size[0]), int(image_size[1])
     dtype = torch.bool if threshold is not None else masks.dtype
     out = torch.zeros((len(masks), height, width), dtype=dtype, device=masks.device)
-    for i, (top, left, region) in enumerate(pasted_regions(masks, boxes, image_size,
-                                                           threshold=threshold,
-                                                           padding=padding)):
+    for i, (top, left, region) in enumerate(regions):
         out[i, top:top + region.shape[0], left:left + region.shape[1]] = region
     return out
 
@@ -99,6 +98,12 @@ def pasted_regions(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], *,
             f"paste_masks needs (D, M, M) masks and (D, 4) boxes, got {tuple(masks.shape)} "
             f"and {tuple(boxes.shape)}"
         )
+    return _regions(masks, boxes, image_size, threshold, padding)
+
+
+def _regions(masks: Tensor, boxes: Tensor, image_size: tuple[int, int],
+             threshold: float | None, padding: int) -> Iterator[tuple[int, int, Tensor]]:
+    """`pasted_regions` of checked arguments, computed as they are taken."""
     if len(masks) == 0:
         return
     height, width = int(image_size[0]), int(image_size[1])
