@@ -75,11 +75,12 @@ class Tiles:
                 for x in tile_starts(width, tw, self.overlap)]
 
     @torch.no_grad()
-    def __call__(self, model: GeneralizedRCNN | OnnxDetector,
-                 image: np.ndarray) -> dict[str, Tensor]:
+    def __call__(self, model: GeneralizedRCNN | OnnxDetector, image: np.ndarray, *,
+                 pasted: bool = True) -> dict[str, Tensor]:
         """Detections of one image, as `model([resized], output_sizes=[(H, W)])[0]` gives
         them: {"boxes" (D, 4) xyxy in `image` pixels, "scores", "labels"} by decreasing
-        score, and for Mask R-CNN "mask_probs" (D, M, M) and "masks" (D, H, W).
+        score, and for Mask R-CNN "mask_probs" (D, M, M) and, unless not `pasted`, "masks"
+        (D, H, W) (the evaluation encodes each mask from its box instead).
 
         Args:
             model: the detector, in evaluation mode, or an exported graph of box masks.
@@ -108,7 +109,7 @@ class Tiles:
             keep = merge(merged["boxes"], merged["scores"], merged["labels"], threshold,
                          detections_per_image)
             merged = {key: value[keep] for key, value in merged.items()}
-        if model.mask_on:
+        if model.mask_on and pasted:
             merged["masks"] = paste_masks(merged["mask_probs"], merged["boxes"], size,
                                           threshold=model.mask_threshold)
         return merged

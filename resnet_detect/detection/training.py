@@ -92,16 +92,17 @@ def evaluate_all(model: GeneralizedRCNN, loader: DataLoader, evaluator: COCOEval
         for batch in loader:
             if not batch:
                 continue
+            sizes = [(s["height"], s["width"]) for s in batch]
             if tta is None:
-                sizes = [(s["height"], s["width"]) for s in batch]
                 outputs = model.inference([s["image"].to(device) for s in batch],
                                           output_sizes=sizes, pasted=False)
-                for out, size in zip(outputs, sizes):
-                    if "mask_probs" in out and "masks" not in out:
-                        out["masks"] = pasted_mask_rles(out["mask_probs"], out["boxes"], size,
-                                                        threshold=model.mask_threshold)
             else:
-                outputs = [tta(model, s["image"].numpy().transpose(1, 2, 0)) for s in batch]
+                outputs = [tta(model, s["image"].numpy().transpose(1, 2, 0), pasted=False)
+                           for s in batch]
+            for out, size in zip(outputs, sizes):
+                if "mask_probs" in out and "masks" not in out:
+                    out["masks"] = pasted_mask_rles(out["mask_probs"], out["boxes"], size,
+                                                    threshold=model.mask_threshold)
             evaluator.process(batch, outputs)
     if isinstance(loader, CountedLoader):
         loader.raise_if_stopped()

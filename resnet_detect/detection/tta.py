@@ -48,10 +48,12 @@ class DetectionTTA:
                 for flipped in ((False, True) if self.flip else (False,))]
 
     @torch.no_grad()
-    def __call__(self, model: GeneralizedRCNN, image: np.ndarray) -> dict[str, Tensor]:
+    def __call__(self, model: GeneralizedRCNN, image: np.ndarray, *,
+                 pasted: bool = True) -> dict[str, Tensor]:
         """Detections of one image, as `model([view], output_sizes=[(H, W)])[0]` gives them
         for a single view: {"boxes" (D, 4) xyxy in `image` pixels, "scores", "labels"} by
-        decreasing score, and for Mask R-CNN "mask_probs" (D, M, M) and "masks" (D, H, W).
+        decreasing score, and for Mask R-CNN "mask_probs" (D, M, M) and, unless not
+        `pasted`, "masks" (D, H, W) (the evaluation encodes each mask from its box instead).
 
         Args:
             model: the detector, in evaluation mode.
@@ -79,8 +81,9 @@ class DetectionTTA:
             probs = torch.stack([_mask_probs(model, view, flipped, result, size)
                                  for view, flipped in views]).mean(dim=0)
             result["mask_probs"] = probs
-            result["masks"] = paste_masks(probs, result["boxes"], size,
-                                          threshold=model.mask_threshold)
+            if pasted:
+                result["masks"] = paste_masks(probs, result["boxes"], size,
+                                              threshold=model.mask_threshold)
         return result
 
 

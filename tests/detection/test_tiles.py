@@ -378,3 +378,42 @@ def test_tiles_with_a_graph_that_pastes_its_masks_are_refused(checkpoint: Path,
                                           r"tools/export\.py --mask-output box"):
         Predictor(None, weights=tmp_path / "pasted/model.onnx",
                   overrides=["test.tiles.size=[64,64]"])
+
+
+@pytest.mark.parametrize("what", ["tiles", "views"])
+def test_the_evaluation_encodes_tiled_or_viewed_masks_from_their_boxes(
+        checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str) -> None:
+    """tools/eval.py's loop: the Predictor's masks (pasted whole) encoded by pycocotools, bit
+    for bit, without a full-size mask (a large photo's tiles are why tiles exist)."""
+    from pycocotools import mask as mask_utils
+
+    from resnet_detect.detection import tiles as tiles_module
+    from resnet_detect.detection import tta as tta_module
+    from resnet_detect.detection.evaluation import COCOEvaluator
+    from resnet_detect.detection.training import evaluate_all
+
+    settings = {"tiles": ["test.tiles.size=[64,64]", "test.tiles.overlap=0.25"],
+                "views": ["test.min_sizes=[48,64]", "test.flip=true"]}[what]
+    predictor = Predictor(None, weights=checkpoint, overrides=EVERY + settings)
+    image = _image(1, (100, 150))
+    expected = predictor(image)
+    assert len(expected["masks"]) == 100 and expected["masks"].any(axis=(1, 2)).mean() > 0.5
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 100, "width": 150}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [10, 10, 50, 50],
+                         "area": 2500.0, "iscrowd": 0,
+                         "segmentation": [[10, 10, 60, 10, 60, 60, 10, 60]]}],
+        "categories": [{"id": c, "name": f"c{c}"} for c in predictor.category_ids]}))
+    for module in (tiles_module, tta_module):
+        monkeypatch.setattr(module, "paste_masks", None)  # called, it fails
+    evaluator = COCOEvaluator(gt_file, category_ids=predictor.category_ids,
+                              iou_types=("bbox", "segm"), output_dir=tmp_path / "out")
+    batch = [{"image": torch.from_numpy(image.transpose(2, 0, 1).copy()), "image_id": 1,
+              "height": 100, "width": 150}]
+    evaluate_all(predictor.model, [batch], evaluator, predictor.tiles or predictor.tta)
+    written = json.loads((tmp_path / "out/coco_instances_results.json").read_text())
+    assert len(written) == 100
+    for result, mask in zip(written, expected["masks"], strict=True):
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert result["segmentation"]["counts"] == rle["counts"].decode("ascii")
