@@ -60,9 +60,9 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
 
     The string is ``pycocotools.mask.encode``'s of the mask as a Fortran-ordered uint8 array,
     but that array is never made: the runs are read from the mask's smallest box holding its
-    pixels, and pycocotools compresses them. A C-ordered 24-megapixel mask copied into
-    column order took 0.2 s (100 detections of a photo: 20 s), its encoding of all the zero
-    pixels 0.02 s more; a detection's box is a small part of such a photo.
+    pixels, and pycocotools compresses them (a photo's column-ordered copy, made for each of
+    its detections, was most of a large photo's evaluation time: BENCHMARKS.md, "Mask R-CNN
+    evaluation of 24-megapixel photos").
     """
     mask = np.asarray(mask)
     if mask.dtype != np.bool_:
@@ -71,8 +71,7 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
         counts = _run_lengths(mask)
         if counts is not None:
             return _compressed(counts, mask.shape)
-    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    return _as_json(mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8)))
 
 
 def _run_lengths(mask: np.ndarray) -> np.ndarray | None:
@@ -120,16 +119,20 @@ def _region_run_lengths(region: np.ndarray, top: int, left: int,
 def _compressed(counts: np.ndarray, image_size: tuple[int, int]) -> dict[str, Any]:
     """`mask_to_rle`'s dict of uncompressed run lengths, compressed by pycocotools."""
     height, width = (int(v) for v in image_size)
-    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return _as_json(mask_utils.frPyObjects({"size": [height, width], "counts": counts},
+                                           height, width))
+
+
+def _as_json(rle: dict[str, Any]) -> dict[str, Any]:
+    """pycocotools' compressed RLE with its counts as text and its size as ints."""
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def pasted_mask_rles(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], *,
                      threshold: float = 0.5) -> Iterator[dict[str, Any]]:
     """`mask_to_rle` of each mask `paste_masks` pastes (same arguments), as they are taken,
-    without pasting them: each is encoded from its box region (`pasted_regions`). The
-    evaluation of a 24-megapixel photo's 100 detections otherwise allocated and zeroed 2.4 GB
-    of full-size masks, eight at a time (1.2 s of the image's 1.9 s)."""
+    without pasting them: each is encoded from its box region (`pasted_regions`), so that a
+    large photo's detections need no full-size masks."""
     for top, left, region in pasted_regions(masks, boxes, image_size, threshold=threshold):
         yield _compressed(_region_run_lengths(region.cpu().numpy(), top, left, image_size),
                           image_size)

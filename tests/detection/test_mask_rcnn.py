@@ -245,9 +245,8 @@ def test_masks_are_pasted_at_the_output_size() -> None:
 
 def test_evaluation_encodes_masks_from_their_box_regions(tmp_path, monkeypatch) -> None:
     """The evaluation's results equal those of the masks pasted all at once and encoded by
-    pycocotools whole, bit for bit, and no full-size mask is made: a 12-megapixel photo's 300
-    detections pasted at once, and copied as uint8, took over 5 GB in tools/eval.py, and
-    pasted eight at a time, a 24-megapixel photo's 100 took 1.2 s to allocate."""
+    pycocotools whole, bit for bit, and no full-size mask is made (a large photo's masks
+    pasted at once took gigabytes, and pasted a few at a time, most of its evaluation)."""
     from pycocotools import mask as mask_utils
 
     from resnet_detect.detection import rcnn
