@@ -13,6 +13,7 @@ end. An image that fits in one tile runs once, as without tiles.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,12 @@ from .nms import batched_nms_top
 from .rcnn import GeneralizedRCNN
 from .roi_heads import paste_masks
 from .tta import tta_from_config
+
+
+# more tiles than this for one image are warned of (overlap 0.99 cut a photo into 261,051)
+MANY_TILES = 1000
+_said_many: set[tuple[int, tuple[int, int]]] = set()
+logger = logging.getLogger(__name__)
 
 
 def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
@@ -88,6 +95,12 @@ class Tiles:
         """
         size = image.shape[:2]
         grid = self.grid(*size)
+        if len(grid) > MANY_TILES and (len(grid), size) not in _said_many:
+            _said_many.add((len(grid), size))
+            logger.warning("%d tiles of %dx%d px at overlap %s for a %dx%d image: a pass of "
+                           "the model each (800 px tiles at 0.2 cut a 4000x6000 photo into "
+                           "60); test.tiles.size and test.tiles.overlap set it", len(grid),
+                           *self.size, self.overlap, *size)
         resize = build_transforms(min_size=self.min_size, max_size=self.max_size,
                                   with_boxes=False)
         if len(grid) == 1:  # the tile is the image: one pass, as without tiles
@@ -217,4 +230,5 @@ def refuse_tiles(cfg: Mapping[str, Any], what: str) -> None:
     if tiles is not None:
         raise ConfigError(f"{what} runs the whole image once; the config asks for tiles "
                           f"(test.tiles.size={list(tiles.size)}): add test.tiles.size=null "
-                          f"(tiles run with the .pth weights)")
+                          f"(an exported graph takes tiles where it runs: tools/eval.py, "
+                          f"tools/demo.py, Predictor)")

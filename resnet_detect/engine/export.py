@@ -210,7 +210,9 @@ def open_session(weights: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         return onnxruntime.InferenceSession(str(model_path(weights)), providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types
-        raise ExportError(f"ONNX Runtime cannot load {model_path(weights)}: {e}") from e
+        raise ExportError(f"ONNX Runtime cannot load {model_path(weights)}: {e} (a damaged or "
+                          f"cut file: export it again with tools/export.py; an ONNX Runtime "
+                          f"older than the graph: pip install -U onnxruntime)") from e
 
 
 class OnnxModel(nn.Module):

@@ -121,9 +121,11 @@ def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, t
     shown = (np.ones(len(det["boxes"]), dtype=bool) if scores is None
              else np.asarray(scores) >= min_score)
     masks = det.get("masks")
-    if masks is not None:
-        for mask, label in zip(masks[shown], np.asarray(det["labels"])[shown]):
-            colour = np.asarray(colours.get(int(label), (0, 255, 0)), dtype=np.float32)
+    if masks is not None:  # one at a time: masks[shown] copied a photo's 100 masks (GBs)
+        for i in np.flatnonzero(shown):
+            mask = masks[i]
+            colour = np.asarray(colours.get(int(det["labels"][i]), (0, 255, 0)),
+                                dtype=np.float32)
             out[mask] = (alpha * colour + (1 - alpha) * out[mask]).astype(np.uint8)
     for i in np.flatnonzero(shown):
         box, label, name = det["boxes"][i], det["labels"][i], det["class_names"][i]

@@ -3,6 +3,7 @@ shifted into the image, passes merged by one per-class NMS, and what refuses til
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -127,6 +128,22 @@ def test_an_object_inside_one_tile_is_found_at_its_image_coordinates() -> None:
     # every tile at the test size, four per call (24 tiles); no whole-image pass
     assert [len(call) for call in stub.calls] == [4] * 6
     assert {shape for call in stub.calls for shape in call} == {(64, 64)}
+
+
+def test_many_tiles_for_an_image_are_warned_of_once_per_grid(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from resnet_detect.detection import tiles as tiles_module
+    monkeypatch.setattr(tiles_module, "MANY_TILES", 20)
+    monkeypatch.setattr(tiles_module, "_said_many", set())
+    caplog.set_level(logging.WARNING)
+    image = _scene(200, 300, (70, 114, 90, 134, 1))
+    for _ in range(2):
+        _tiles((64, 64))(StubDetector(), image)  # 24 tiles
+    _tiles((64, 64))(StubDetector(), image[:100])  # 12: not warned of
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == ["24 tiles of 64x64 px at overlap 0.25 for a 200x300 image: a pass of the "
+                      "model each (800 px tiles at 0.2 cut a 4000x6000 photo into 60); "
+                      "test.tiles.size and test.tiles.overlap set it"]
 
 
 def test_an_object_in_the_overlap_of_two_tiles_is_kept_once() -> None:
@@ -368,6 +385,12 @@ def test_an_exported_graph_of_box_masks_takes_tiles_as_the_weights_do(
     named = Predictor(None, weights=tmp_path / "box/model.onnx",
                       overrides=EVERY + tiles + ["test.tiles.nms_thresh=0.5"])(image)
     np.testing.assert_array_equal(named["boxes"], graph["boxes"])
+    # a graph cut short (a copy that stopped): named, and what to do
+    data = graph_file.read_bytes()
+    graph_file.write_bytes(data[:len(data) * 2 // 3])
+    with pytest.raises(ValueError, match=r"ONNX Runtime cannot load .*box/model\.onnx: .*a "
+                                         r"damaged or cut file: export it again"):
+        Predictor(None, weights=graph_file, overrides=EVERY)
 
 
 def test_tiles_with_a_graph_that_pastes_its_masks_are_refused(checkpoint: Path,

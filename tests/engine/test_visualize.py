@@ -102,6 +102,34 @@ def test_tags_stay_inside_the_picture_and_legends_have_a_dark_backing() -> None:
     assert (unnamed[55, 10] == 200).all() and (unnamed[30, 3] == 200).all()
 
 
+def test_masks_are_filled_one_at_a_time_as_shown() -> None:
+    """Each shown mask in its class's colour at half opacity, the others not; the masks are
+    not copied (masks[shown] copied a large photo's 100 masks: gigabytes)."""
+    import tracemalloc
+
+    image = np.full((200, 300, 3), 100, np.uint8)
+    masks = np.zeros((40, 200, 300), bool)
+    for k in range(40):
+        masks[k, 5 * k:5 * k + 4, 10:20] = True
+    scores = np.where(np.arange(40) % 2 == 0, 0.9, 0.1)
+    det = {"boxes": np.tile([250.0, 150, 290, 190], (40, 1)),  # boxes and tags apart
+           "scores": scores, "labels": np.arange(40) % 3, "class_names": ["a"] * 40,
+           "masks": masks}
+    colours = {0: (255, 0, 0), 1: (0, 255, 0), 2: (0, 0, 255)}
+    tracemalloc.start()
+    try:
+        picture = draw_detections(image, det, colours, min_score=0.5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < masks.nbytes // 4, peak
+    for k in range(40):
+        pixel = picture[5 * k + 2, 15]
+        expected = (np.float32(0.5) * np.asarray(colours[k % 3], np.float32)
+                    + np.float32(0.5) * 100).astype(np.uint8) if k % 2 == 0 else [100] * 3
+        np.testing.assert_array_equal(pixel, expected)
+
+
 def test_names_no_font_here_draws_become_their_ids(monkeypatch, caplog) -> None:
     """OpenCV's Hershey font drew each Chinese character as "?": every class read "???".
     Where no font of the machine has a name's characters, its tag says its id (once warned)."""
