@@ -5,6 +5,7 @@ from __future__ import annotations
 import colorsys
 import functools
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -52,6 +53,7 @@ def drawable_name(name: str, ident: int) -> tuple[str, str | None]:
 
 _SAID_UNDRAWABLE: set[str] = set()
 TAG_PIXELS = 12  # a TrueType tag's size, about the Hershey tags' (scale 0.4)
+TAG_REFERENCE = math.sqrt(800 * 1333)  # pictures up to this many pixels' tags: the usual size
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,7 +68,7 @@ def font_for(text: str) -> str | None:
     for path in [bundled, *sorted(font_manager.findSystemFonts())]:
         try:
             if needed <= FT2Font(path).get_charmap().keys():
-                _truetype(path)  # (a Pillow built without FreeType cannot draw it)
+                _truetype(path, TAG_PIXELS)  # (a Pillow built without FreeType cannot)
                 return path
         except (OSError, RuntimeError, ImportError):  # a font FreeType cannot open
             continue
@@ -74,29 +76,40 @@ def font_for(text: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _truetype(path: str) -> Any:
+def _truetype(path: str, pixels: int) -> Any:
     from PIL import ImageFont
-    return ImageFont.truetype(path, TAG_PIXELS)
+    return ImageFont.truetype(path, pixels)
 
 
-def text_size(text: str, font: str | None) -> tuple[int, int, int]:
+def tag_scale(image_shape: tuple[int, ...]) -> float:
+    """How much larger than on an 800 x 1333 image the tags of a picture are drawn: as the
+    square root of its pixels (detectron2's Visualizer's rule), never smaller: a 4000 x 6000
+    photo's tags at the usual size could not be read on the whole picture."""
+    return max(1.0, math.sqrt(image_shape[0] * image_shape[1]) / TAG_REFERENCE)
+
+
+def text_size(text: str, font: str | None, scale: float = 1.0) -> tuple[int, int, int]:
     """(width, height above the baseline, depth below it) of `text` as `put_text` draws it."""
     if font is None:
-        (width, height), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+        (width, height), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * scale,
+                                                max(1, round(scale)))
         return width, height, base
-    left, top, right, bottom = _truetype(font).getbbox(text, anchor="ls")
+    left, top, right, bottom = _truetype(font, round(TAG_PIXELS * scale)).getbbox(
+        text, anchor="ls")
     return right - min(left, 0), -top, bottom
 
 
 def put_text(image: np.ndarray, text: str, origin: tuple[int, int], colour: tuple[int, ...],
-             font: str | None) -> None:
+             font: str | None, scale: float = 1.0) -> None:
     """Draws `text` on `image` in place, `origin` the left end of its baseline: in OpenCV's
-    Hershey font where `font` is None, else in that TrueType font."""
+    Hershey font where `font` is None, else in that TrueType font; `scale` times the usual
+    size."""
     if font is None:
-        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * scale, colour,
+                    max(1, round(scale)), cv2.LINE_AA)
         return
     from PIL import Image, ImageDraw
-    width, height, depth = text_size(text, font)
+    width, height, depth = text_size(text, font, scale)
     x0, y0 = max(0, origin[0]), max(0, origin[1] - height)
     x1 = min(image.shape[1], origin[0] + width)
     y1 = min(image.shape[0], origin[1] + depth)
@@ -104,7 +117,8 @@ def put_text(image: np.ndarray, text: str, origin: tuple[int, int], colour: tupl
         return
     region = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
     ImageDraw.Draw(region).text((origin[0] - x0, origin[1] - y0), text, anchor="ls",
-                                font=_truetype(font), fill=tuple(int(c) for c in colour))
+                                font=_truetype(font, round(TAG_PIXELS * scale)),
+                                fill=tuple(int(c) for c in colour))
     image[y0:y1, x0:x1] = np.asarray(region)
 
 
@@ -117,6 +131,7 @@ def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, t
     them, else its label."""
     out = image.copy()
     thickness = max(1, round(min(image.shape[:2]) / 300))
+    scale = tag_scale(image.shape)
     scores = det.get("scores")
     shown = (np.ones(len(det["boxes"]), dtype=bool) if scores is None
              else np.asarray(scores) >= min_score)
@@ -134,11 +149,11 @@ def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, t
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
         name, font = drawable_name(name, int(det.get("category_ids", det["labels"])[i]))
         text = name if scores is None else f"{name} {scores[i]:.2f}"
-        tw, th, base = text_size(text, font)
+        tw, th, base = text_size(text, font, scale)
         ty = max(y1, th + base)
         tx = max(0, min(x1, image.shape[1] - tw))  # a tag at the right edge stays readable
         cv2.rectangle(out, (tx, ty - th - base), (tx + tw, ty), colour, -1)
-        put_text(out, text, (tx, ty - base), (0, 0, 0), font)
+        put_text(out, text, (tx, ty - base), (0, 0, 0), font, scale)
     return out
 
 

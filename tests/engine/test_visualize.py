@@ -130,6 +130,25 @@ def test_masks_are_filled_one_at_a_time_as_shown() -> None:
         np.testing.assert_array_equal(pixel, expected)
 
 
+def test_tags_grow_with_large_pictures_as_detectron2s_do() -> None:
+    """Up to 800 x 1333 pixels the usual tags; a 4000 x 6000 photo's as the square root of
+    its pixels (4.7 times): the usual ones could not be read on the whole picture."""
+    assert visualize.tag_scale((480, 640, 3)) == visualize.tag_scale((800, 1333, 3)) == 1.0
+    assert visualize.tag_scale((4000, 6000, 3)) == pytest.approx(4.744, abs=0.001)
+
+    def tag_height(shape: tuple[int, int]) -> int:
+        image = np.zeros((*shape, 3), np.uint8)
+        det = {"boxes": np.array([[100.0, 200, 300, 400]]), "scores": np.array([0.9]),
+               "labels": np.array([1]), "class_names": ["cat"]}
+        picture = draw_detections(image, det, {1: (255, 0, 0)}, min_score=0.5)
+        # the rows of the tag's filled backing, above the box
+        return int((picture[:200, 100:, 0] == 255).any(axis=1).sum())
+
+    small, large = tag_height((600, 800)), tag_height((4000, 6000))
+    assert 8 <= small <= 16
+    assert 4 * small <= large <= 5 * small
+
+
 def test_names_no_font_here_draws_become_their_ids(monkeypatch, caplog) -> None:
     """OpenCV's Hershey font drew each Chinese character as "?": every class read "???".
     Where no font of the machine has a name's characters, its tag says its id (once warned)."""
