@@ -21,7 +21,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from resnet_detect.engine.compilation import compile_for_inference
-from resnet_detect.engine.config import ConfigError, as_override, config_needed
+from resnet_detect.engine.config import (ConfigError, as_override, config_needed,
+                                         is_positive_int)
 from resnet_detect.backbones.model_weights import use_recorded_normalisation
 from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
 from resnet_detect.engine.data import check_rgb_image, check_rgb_images
@@ -214,7 +215,7 @@ def _refuse_tiles_the_graph_cannot_take(cfg: DictConfig, model: OnnxDetector,
                           f"test.tiles.nms_thresh (e.g. 0.5), or export again with "
                           f"tools/export.py")
     top = meta.get("detections_per_image")
-    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+    if not is_positive_int(top):
         raise ConfigError(f"test.tiles.size={list(tiles.size)}: {source} does not record the "
                           f"graph's detections_per_image (got {top!r}), how many of the tiles' "
                           f"detections are kept: export again with tools/export.py")

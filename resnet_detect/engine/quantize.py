@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import ConfigError, is_positive_int
 from .export import MODEL_FILE, ExportError, _written, write_metadata
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def check_quantization(task: str, images: int) -> None:
         ExportError: onnxruntime's quantization module missing, `images` < 1, a task whose
             quantization is not supported.
     """
-    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+    if not is_positive_int(images):
         raise ExportError(f"--calibration-images must be 1 or more, got {images!r}")
     if task not in NETWORK_SCOPES:
         raise ExportError(f"--quantize int8 quantizes classification, detection and sem_seg "
@@ -81,7 +82,6 @@ def prepare_calibration(task: str, config: str | os.PathLike, overrides: Sequenc
         from resnet_detect.segmentation.build import load_config
         cfg = load_config(config, overrides)
     else:
-        from .config import ConfigError
         from .tasks import load_task_config
         try:
             _, cfg = load_task_config(config, overrides, task)

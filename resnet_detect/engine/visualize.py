@@ -68,7 +68,7 @@ def font_for(text: str) -> str | None:
     for path in [bundled, *sorted(font_manager.findSystemFonts())]:
         try:
             if needed <= FT2Font(path).get_charmap().keys():
-                _truetype(path, TAG_PIXELS)  # (a Pillow built without FreeType cannot)
+                _tag_font(path, 1.0)  # (a Pillow built without FreeType cannot draw it)
                 return path
         except (OSError, RuntimeError, ImportError):  # a font FreeType cannot open
             continue
@@ -88,14 +88,22 @@ def tag_scale(image_shape: tuple[int, ...]) -> float:
     return max(1.0, math.sqrt(image_shape[0] * image_shape[1]) / TAG_REFERENCE)
 
 
+def _hershey(scale: float) -> tuple[float, int]:
+    """OpenCV's font scale and stroke thickness of tags `scale` times the usual size."""
+    return 0.4 * scale, max(1, round(scale))
+
+
+def _tag_font(path: str, scale: float) -> Any:
+    """The TrueType font at `path` for tags `scale` times the usual size."""
+    return _truetype(path, round(TAG_PIXELS * scale))
+
+
 def text_size(text: str, font: str | None, scale: float = 1.0) -> tuple[int, int, int]:
     """(width, height above the baseline, depth below it) of `text` as `put_text` draws it."""
     if font is None:
-        (width, height), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * scale,
-                                                max(1, round(scale)))
+        (width, height), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, *_hershey(scale))
         return width, height, base
-    left, top, right, bottom = _truetype(font, round(TAG_PIXELS * scale)).getbbox(
-        text, anchor="ls")
+    left, top, right, bottom = _tag_font(font, scale).getbbox(text, anchor="ls")
     return right - min(left, 0), -top, bottom
 
 
@@ -105,8 +113,9 @@ def put_text(image: np.ndarray, text: str, origin: tuple[int, int], colour: tupl
     Hershey font where `font` is None, else in that TrueType font; `scale` times the usual
     size."""
     if font is None:
-        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * scale, colour,
-                    max(1, round(scale)), cv2.LINE_AA)
+        font_scale, thickness = _hershey(scale)
+        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font_scale, colour, thickness,
+                    cv2.LINE_AA)
         return
     from PIL import Image, ImageDraw
     width, height, depth = text_size(text, font, scale)
@@ -117,8 +126,7 @@ def put_text(image: np.ndarray, text: str, origin: tuple[int, int], colour: tupl
         return
     region = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
     ImageDraw.Draw(region).text((origin[0] - x0, origin[1] - y0), text, anchor="ls",
-                                font=_truetype(font, round(TAG_PIXELS * scale)),
-                                fill=tuple(int(c) for c in colour))
+                                font=_tag_font(font, scale), fill=tuple(int(c) for c in colour))
     image[y0:y1, x0:x1] = np.asarray(region)
 
 

@@ -201,7 +201,7 @@ def build_model(cfg: Mapping[str, Any] | DictConfig,
         raise ConfigError(f"segmentation.build_model builds model.arch 'semantic_segmentor', "
                          f"got {mcfg.get('arch')!r}")
     num_classes = mcfg.get("num_classes")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+    if not is_positive_int(num_classes):
         raise ConfigError(f"model.num_classes must be a positive integer (classes including "
                           f"background; set it, or let the training script read it from the "
                           f"data), got {num_classes!r}")

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import yaml
 from pycocotools import mask as mask_utils
 
+from resnet_detect.engine.config import is_positive_int
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, DatasetError, files_under, image_size,
                                        read_user_text)
 
@@ -48,7 +49,7 @@ def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
     if not isinstance(data, dict) or "names" not in data and "nc" not in data:
         raise DatasetError(f"{path}: no 'names' (the class names)")
     if "names" not in data:  # as Ultralytics names them
-        if isinstance(data["nc"], bool) or not isinstance(data["nc"], int) or data["nc"] < 1:
+        if not is_positive_int(data["nc"]):
             raise DatasetError(f"{path}: 'nc' must be the number of classes, got {data['nc']!r}")
         print(f"{path}: no 'names': classes named class_0..class_{data['nc'] - 1}")
         data = {**data, "names": [f"class_{k}" for k in range(data["nc"])]}
