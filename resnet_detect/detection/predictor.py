@@ -203,20 +203,21 @@ def _refuse_tiles_the_graph_cannot_take(cfg: DictConfig, model: OnnxDetector,
     tiles = tiles_from_config(cfg)
     if tiles is None:
         return
+    asked = f"test.tiles.size={as_override(tiles.size)}"
     if model.mask_on and model.mask_output == "pasted":
-        raise ConfigError(f"test.tiles.size={list(tiles.size)}: the exported graph {weights} "
+        raise ConfigError(f"{asked}: the exported graph {weights} "
                           f"pastes its masks into its input; tiles need each box's own mask: "
                           f"export with tools/export.py --mask-output box (or add "
                           f"test.tiles.size=null)")
     meta, source = model.metadata, model.metadata_source
     if tiles.nms_thresh is None and not isinstance(meta.get("nms_thresh"), (int, float)):
-        raise ConfigError(f"test.tiles.size={list(tiles.size)}: {source} does not record the "
+        raise ConfigError(f"{asked}: {source} does not record the "
                           f"graph's nms_thresh, at which the tiles' detections merge: set "
                           f"test.tiles.nms_thresh (e.g. 0.5), or export again with "
                           f"tools/export.py")
     top = meta.get("detections_per_image")
     if not is_positive_int(top):
-        raise ConfigError(f"test.tiles.size={list(tiles.size)}: {source} does not record the "
+        raise ConfigError(f"{asked}: {source} does not record the "
                           f"graph's detections_per_image (got {top!r}), how many of the tiles' "
                           f"detections are kept: export again with tools/export.py")
 

@@ -31,7 +31,7 @@ from .export import OnnxDetector
 from .nms import batched_nms_top
 from .rcnn import GeneralizedRCNN
 from .roi_heads import paste_masks
-from .tta import tta_from_config
+from .tta import tta_from_config, tta_settings
 
 
 # more tiles than this for one image are warned of (overlap 0.99 cut a photo into 261,051)
@@ -200,13 +200,11 @@ def tiles_from_config(cfg: Mapping[str, Any]) -> Tiles | None:
                           f"the smaller box, SAHI's), got {as_override(match_metric)}")
     if size is None:
         return None
-    tta = tta_from_config(cfg)
-    if tta is not None:
-        raise ConfigError(
-            f"test.tiles.size={list(size)} does not combine with test-time augmentation "
-            f"(test.min_sizes={list(tta.min_sizes)} "
-            f"test.max_size={tta.max_size} test.flip={str(tta.flip).lower()}): add "
-            f"test.min_sizes=null test.max_size=null test.flip=false, or test.tiles.size=null")
+    if tta_from_config(cfg) is not None:
+        asked, off = tta_settings(cfg)
+        raise ConfigError(f"test.tiles.size={as_override(size)} does not combine with "
+                          f"test-time augmentation ({asked}): add {off}, or "
+                          f"test.tiles.size=null")
     min_size, max_size = test_resize(cfg)
     return Tiles(size=size, overlap=float(overlap), full_image=full_image,
                  nms_thresh=None if nms_thresh is None else float(nms_thresh),
@@ -229,6 +227,6 @@ def refuse_tiles(cfg: Mapping[str, Any], what: str) -> None:
     tiles = tiles_from_config(cfg)
     if tiles is not None:
         raise ConfigError(f"{what} runs the whole image once; the config asks for tiles "
-                          f"(test.tiles.size={list(tiles.size)}): add test.tiles.size=null "
+                          f"(test.tiles.size={as_override(tiles.size)}): add test.tiles.size=null "
                           f"(an exported graph takes tiles where it runs: tools/eval.py, "
                           f"tools/demo.py, Predictor)")

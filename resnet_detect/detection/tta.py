@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from resnet_detect.engine.config import ConfigError, check_sizes, is_positive_int, parse_bool
+from resnet_detect.engine.config import (ConfigError, as_override, check_sizes, is_positive_int,
+                                         parse_bool)
 
 from .config import test_resize
 from .data import build_transforms
@@ -148,13 +149,21 @@ def describe(tta: DetectionTTA | None) -> str:
             f"{tta.max_size}{', flipped too' if tta.flip else ''}")
 
 
+def tta_settings(cfg: Mapping[str, Any]) -> tuple[str, str]:
+    """The test-time augmentation keys `cfg` sets, as `key=value` overrides, and the
+    overrides that turn them off."""
+    test = cfg["test"]
+    keys = [key for key in ("min_sizes", "max_size") if test[key] is not None]
+    if parse_bool(test["flip"], "test.flip"):
+        keys.append("flip")
+    return (" ".join(f"test.{key}={as_override(test[key])}" for key in keys),
+            " ".join(f"test.{key}={'false' if key == 'flip' else 'null'}" for key in keys))
+
+
 def refuse_tta(cfg: Mapping[str, Any], what: str) -> None:
     """Refuses a config with test-time augmentation where `what` runs one view (an
     exported graph), naming the keys to change."""
-    tta = tta_from_config(cfg)
-    if tta is not None:
-        raise ConfigError(
-            f"{what} runs one view (data.val.min_size, data.val.max_size, no flip); the config "
-            f"asks for test.min_sizes={list(tta.min_sizes)} test.max_size={tta.max_size} "
-            f"test.flip={str(tta.flip).lower()}: add test.min_sizes=null test.max_size=null "
-            f"test.flip=false")
+    if tta_from_config(cfg) is not None:
+        asked, off = tta_settings(cfg)
+        raise ConfigError(f"{what} runs one view (data.val.min_size, data.val.max_size, no "
+                          f"flip); the config asks for {asked}: add {off}")

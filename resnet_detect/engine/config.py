@@ -114,9 +114,12 @@ def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
 
 
 def as_override(value: Any) -> str:
-    """`value` as a `key=value` override writes it (null, true / false)."""
+    """`value` as a `key=value` override writes it (null, true / false, lists without spaces:
+    one shell word)."""
     if value is None:
         return "null"
+    if isinstance(value, (list, tuple, ListConfig)):
+        return "[" + ",".join(as_override(item) for item in value) + "]"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

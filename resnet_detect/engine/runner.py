@@ -33,8 +33,8 @@ from .amp import parse_amp
 from .checkpoint import (BestWeights, Checkpointer, CheckpointWriteError, PeriodicCheckpointer,
                          best_metric_parts, checkpoints_in)
 from .compilation import compile_model, parse_compile
-from .config import (ConfigError, flat_keys, is_number, is_positive_int, save_config,
-                     to_plain)
+from .config import (ConfigError, as_override, flat_keys, is_number, is_positive_int,
+                     save_config, to_plain)
 from .data import (CountedLoader, build_test_loader, build_train_loader, collate,
                    worker_error_message)
 from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
@@ -298,7 +298,7 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
         if "per_epoch" in lengths:  # the keys the user gave: epochs
             t = cfg.train
             raise ConfigError(f"invalid train config (train.epochs={t.epochs}, "
-                              f"train.lr_step_epochs={list(t.lr_step_epochs)}, "
+                              f"train.lr_step_epochs={as_override(t.lr_step_epochs)}, "
                               f"train.warmup_epochs={t.warmup_epochs}; {lengths['per_epoch']} "
                               f"iterations per epoch): {e}"
                               + ("; train.lr_step_epochs must lie within train.epochs"

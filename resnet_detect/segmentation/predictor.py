@@ -191,7 +191,7 @@ class Predictor:
             raise ExportError(
                 f"{weights} runs one test scale, {graph[0]}, with test.max_size "
                 f"{as_override(graph[1])}, without flip or windows; the config asks for "
-                f"test.scales={list(asked.scales)} test.flip={as_override(asked.flip)} "
+                f"test.scales={as_override(asked.scales)} test.flip={as_override(asked.flip)} "
                 f"test.window={as_override(asked.window)}: set "
                 f"test.scales=[{graph[0]}] test.flip=false test.window=null (an export runs "
                 f"one scale without flip or windows; give the .pth for test-time "

@@ -178,7 +178,7 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
     tta = predictor.tta
     if tta.single_scale is None:
         raise ExportError(f"an exported segmenter runs one test scale without flip or windows; "
-                          f"{config} asks for test.scales={list(tta.scales)} "
+                          f"{config} asks for test.scales={as_override(tta.scales)} "
                           f"test.flip={as_override(tta.flip)} "
                           f"test.window={as_override(tta.window)}: add e.g. "
                           f"test.scales=[{tta.scales[0]}] test.flip=false test.window=null")

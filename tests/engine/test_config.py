@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from resnet_detect.detection import config as detection_config
-from resnet_detect.engine.config import ConfigError, load_config, save_config
+from resnet_detect.engine.config import ConfigError, as_override, load_config, save_config
 
 DEFAULTS = {
     "model": {"name": "resnet50", "options": {}},
@@ -361,3 +361,12 @@ def test_a_python_config_is_said_to_be_one(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="faster_rcnn.py is a Python config .mmdetection's"
                                               ".*the configs here are YAML files"):
             load_config(config)
+
+
+def test_an_override_in_a_message_is_one_shell_word_that_loads_back(tmp_path: Path) -> None:
+    assert as_override([100, 100]) == "[100,100]"
+    assert as_override((0.5, [1, 2])) == "[0.5,[1,2]]"
+    assert as_override(OmegaConf.create({"a": [640, 800]}).a) == "[640,800]"
+    assert as_override([True, None]) == "[true,null]" and as_override(None) == "null"
+    assert as_override(False) == "false" and as_override(3) == "3" and as_override([]) == "[]"
+    assert OmegaConf.from_dotlist([f"a={as_override([[1, 2], 3.5])}"]).a == [[1, 2], 3.5]

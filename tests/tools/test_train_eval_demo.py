@@ -1008,14 +1008,14 @@ def test_export_and_onnx_runs_refuse_what_they_cannot_do_naming_it(
         export.main([*args, "--weights", weights, "--output", str(tmp_path / "bad"),
                      "test.flip=true"])
     with pytest.raises(ValueError, match=r"an exported graph runs the whole image once; .*"
-                                         r"test\.tiles\.size=\[64, 64\]\): add "
+                                         r"test\.tiles\.size=\[64,64\]\): add "
                                          r"test\.tiles\.size=null"):
         export.main([*args, "--weights", weights, "--output", str(tmp_path / "bad"),
                      "test.tiles.size=[64,64]"])
     assert not (tmp_path / "bad").exists()
     export.main([*args, "--weights", weights, "--output", str(tmp_path / "onnx")])
     with pytest.raises(ValueError, match=r"the exported graph .*model.onnx runs one view "
-                                         r".*test\.min_sizes=\[80, 96\]"):
+                                         r".*test\.min_sizes=\[80,96\]"):
         load_tool("eval").main([*args, "--weights", str(tmp_path / "onnx/model.onnx"),
                                 "--output", str(tmp_path / "eval"), "test.min_sizes=[80,96]"])
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
