@@ -15,7 +15,7 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,17 @@ def pasted_mask_rles(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple
     for top, left, region in pasted_regions(masks, boxes, image_size, threshold=threshold):
         yield _compressed(_region_run_lengths(region.cpu().numpy(), top, left, image_size),
                           image_size)
+
+
+def mask_rles(detections: Mapping[str, Any], image_size: tuple[int, int], *,
+              threshold: float) -> Iterator[dict[str, Any]]:
+    """The `mask_to_rle` of each of a detector's masks: its "masks" (D, H, W) where it pasted
+    them, else its box-relative "mask_probs" pasted at `threshold` one box region at a time
+    (`pasted_mask_rles`)."""
+    if "masks" in detections:
+        return (mask_to_rle(mask) for mask in detections["masks"])
+    return pasted_mask_rles(detections["mask_probs"], detections["boxes"], image_size,
+                            threshold=threshold)
 
 
 def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: Any, *,

@@ -1,6 +1,6 @@
 """Predictor: one RGB uint8 (H, W, 3) image in, D detections out (boxes (D, 4) xyxy in
 input-image pixels, scores (D,), labels (D,) dataset category ids, and for Mask R-CNN
-masks (D, H, W) bool).
+masks (D, H, W) bool, or D COCO RLEs with `mask_format="rle"`).
 
 The model is built from a config (a YAML path, a loaded config, or None for the config an
 own checkpoint records) and whole-detector weights: an own checkpoint, whose provenance
@@ -37,7 +37,7 @@ from .config import config_from_mapping, load_config, test_resize
 from .convert import (has_mask_head, is_torchvision_faster_rcnn, load_detector_weights,
                       weight_bound_settings)
 from .data import build_transforms
-from .evaluation import mask_to_rle
+from .evaluation import mask_rles, mask_to_rle
 from .export import OnnxDetector
 from .rcnn import GeneralizedRCNN
 from .tiles import tiles_from_config
@@ -45,6 +45,7 @@ from .tta import refuse_tta, tta_from_config
 
 logger = logging.getLogger(__name__)
 
+MASK_FORMATS = ("bitmask", "rle")
 _CLS_KEYS = ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias")
 
 
@@ -271,6 +272,11 @@ class Predictor:
             service fed images of many sizes keeps its size; False keeps that memory for the
             next call, which then page-faults less (BENCHMARKS.md, "A Predictor in a
             long-running process").
+        mask_format: Mask R-CNN's masks: "bitmask", (D, H, W) bool arrays (detectron2's
+            `pred_masks`), or "rle", D COCO RLEs ({"size": [H, W], "counts": str}, as
+            pycocotools encodes them: `pycocotools.mask.decode` reads one back), each
+            encoded from its box region, so that a large photo's masks never stand at full
+            size at once (100 masks of a 6000 x 4000 photo: 2.4 GB as bitmasks).
 
     Attributes:
         model: the `GeneralizedRCNN`, in eval mode; for `.onnx` weights the `OnnxDetector`
@@ -281,9 +287,14 @@ class Predictor:
 
     def __init__(self, config: str | os.PathLike | Mapping[str, Any] | DictConfig | None = None,
                  *, weights: str | os.PathLike | None = None, overrides: Sequence[str] = (),
-                 device: str | torch.device = "cpu", release_memory: bool = True) -> None:
+                 device: str | torch.device = "cpu", release_memory: bool = True,
+                 mask_format: str = "bitmask") -> None:
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}, got "
+                             f"{mask_format!r}")
         loaded = load_detector(config, weights=weights, overrides=overrides, device=device)
         self.release_memory = release_memory
+        self.mask_format = mask_format
         self.model = loaded.model
         self.cfg = loaded.cfg
         self.class_names = loaded.class_names
@@ -309,7 +320,8 @@ class Predictor:
         Returns:
             {"boxes": float32 (D, 4) xyxy in `image` pixels, "scores": float32 (D,),
             "labels": int64 (D,) dataset category ids, "class_names": D names}, and for
-            Mask R-CNN "masks": bool (D, H, W) in `image` pixels.
+            Mask R-CNN "masks": bool (D, H, W) in `image` pixels (a list of D COCO RLEs
+            with `mask_format="rle"`).
         """
         return self.predict_batch([check_rgb_image(image)])[0]
 
@@ -333,29 +345,36 @@ class Predictor:
         images = check_rgb_images(images)
         if not images:
             return []
+        pasted = self.mask_format == "bitmask"
         if self.tiles is not None:
-            outs = [self.tiles(self.model, image) for image in images]
+            outs = [self.tiles(self.model, image, pasted=pasted) for image in images]
         elif self.tta is not None:  # views of several sizes per image: one image at a time
-            outs = [self.tta(self.model, image) for image in images]
+            outs = [self.tta(self.model, image, pasted=pasted) for image in images]
         else:
             tensors = [torch.from_numpy(np.ascontiguousarray(
                 self.transform(image=image)["image"].transpose(2, 0, 1))).to(self.device)
                 for image in images]
-            outs = self.model(tensors, output_sizes=[image.shape[:2] for image in images])
+            outs = self.model.inference(tensors, output_sizes=[image.shape[:2]
+                                                               for image in images],
+                                        pasted=pasted)
             del tensors
-        results = [self._result(out) for out in outs]
+        results = [self._result(out, image.shape[:2]) for out, image in zip(outs, images)]
         del outs
         if self.release_memory and self.device.type == "cpu":
             release_free_memory()
         return results
 
-    def _result(self, out: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def _result(self, out: dict[str, torch.Tensor], image_size: tuple[int, int]
+                ) -> dict[str, Any]:
         labels = np.asarray(self.category_ids, dtype=np.int64)[out["labels"].cpu().numpy()]
         result = {"boxes": out["boxes"].float().cpu().numpy(),
                   "scores": out["scores"].float().cpu().numpy(),
                   "labels": labels,
                   "class_names": [self.name_of(c) for c in labels]}
-        if "masks" in out:
+        if self.mask_format == "rle" and self.model.mask_on:
+            result["masks"] = list(mask_rles(out, image_size,
+                                             threshold=self.model.mask_threshold))
+        elif "masks" in out:
             result["masks"] = out["masks"].cpu().numpy()
         return result
 
@@ -370,8 +389,8 @@ def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
     pasting masks that are not drawn. An exported graph keeps its threshold."""
     if not is_onnx(weights):
         overrides = [f"model.roi_heads.score_thresh={min_score}", *overrides]
-    predictor = Predictor(config, weights=weights, overrides=overrides,
-                          device=device)
+    predictor = Predictor(config, weights=weights, overrides=overrides, device=device,
+                          mask_format="rle")
     rgb = palette(len(predictor.category_ids))
     colours = {cid: tuple(int(v) for v in rgb[i]) for i, cid in enumerate(predictor.category_ids)}
     return DetectionRenderer(predictor, colours, min_score)
@@ -407,5 +426,7 @@ class DetectionRenderer:
                   "class_names": [detections["class_names"][i] for i in shown],
                   "category_ids": [int(detections["labels"][i]) for i in shown]}
         if "masks" in detections:
-            record["masks"] = [mask_to_rle(detections["masks"][i]) for i in shown]
+            masks = detections["masks"]
+            record["masks"] = [masks[i] if isinstance(masks[i], dict) else mask_to_rle(masks[i])
+                               for i in shown]
         return record

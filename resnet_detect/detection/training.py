@@ -40,7 +40,7 @@ from .convert import DETECTOR_WEIGHTS
 from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
 from .data import build_datasets, build_val_dataset
 from .evaluation import (COCO_MAX_DETS, METRIC_NAMES, RESULTS_FILE, COCOEvaluator,
-                         coco_backend, pasted_mask_rles)
+                         coco_backend, mask_rles)
 from .export import export_detector
 from .federated import FREQUENCY_GROUPS, IMAGE_LISTS, is_federated
 from .browse import browse_split
@@ -100,9 +100,8 @@ def evaluate_all(model: GeneralizedRCNN, loader: DataLoader, evaluator: COCOEval
                 outputs = [tta(model, s["image"].numpy().transpose(1, 2, 0), pasted=False)
                            for s in batch]
             for out, size in zip(outputs, sizes):
-                if "mask_probs" in out and "masks" not in out:
-                    out["masks"] = pasted_mask_rles(out["mask_probs"], out["boxes"], size,
-                                                    threshold=model.mask_threshold)
+                if "mask_probs" in out:
+                    out["masks"] = mask_rles(out, size, threshold=model.mask_threshold)
             evaluator.process(batch, outputs)
     if isinstance(loader, CountedLoader):
         loader.raise_if_stopped()

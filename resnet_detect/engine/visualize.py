@@ -13,6 +13,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from .data import IMAGE_SUFFIXES, UnreadableImageError, files_under, read_image
 from .files import UnwritableFolderError
@@ -130,10 +131,21 @@ def put_text(image: np.ndarray, text: str, origin: tuple[int, int], colour: tupl
     image[y0:y1, x0:x1] = np.asarray(region)
 
 
+def _mask_region(mask: np.ndarray | dict[str, Any]) -> tuple[int, int, np.ndarray]:
+    """(top, left, bool region) of an (H, W) mask or a COCO RLE of one: a RLE's region is its
+    box's (pycocotools decodes it column by column: the whole mask indexed row by row took a
+    large photo's drawing seconds a mask)."""
+    if not isinstance(mask, dict):
+        return 0, 0, mask
+    x, y, w, h = (int(v) for v in mask_utils.toBbox(mask))
+    return y, x, np.ascontiguousarray(mask_utils.decode(mask)[y:y + h, x:x + w]).view(bool)
+
+
 def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, tuple[int, ...]],
                     min_score: float, alpha: float = 0.5) -> np.ndarray:
     """Boxes with "name score" tags on a copy of an RGB image; with "masks" (D, H, W) in
-    `det`, each instance's mask filled in its box's colour at opacity `alpha` first. Without
+    `det` (or D COCO RLEs, decoded one at a time), each instance's mask filled in its box's
+    colour at opacity `alpha` first. Without
     "scores" (annotations) every box is drawn, tagged with its name alone. A name no font
     here can draw is tagged "id N", N from "category_ids" (the dataset's) where `det` has
     them, else its label."""
@@ -146,10 +158,11 @@ def draw_detections(image: np.ndarray, det: dict[str, Any], colours: dict[int, t
     masks = det.get("masks")
     if masks is not None:  # one at a time: masks[shown] copied a photo's 100 masks (GBs)
         for i in np.flatnonzero(shown):
-            mask = masks[i]
+            top, left, mask = _mask_region(masks[i])
+            region = out[top:top + mask.shape[0], left:left + mask.shape[1]]
             colour = np.asarray(colours.get(int(det["labels"][i]), (0, 255, 0)),
                                 dtype=np.float32)
-            out[mask] = (alpha * colour + (1 - alpha) * out[mask]).astype(np.uint8)
+            region[mask] = (alpha * colour + (1 - alpha) * region[mask]).astype(np.uint8)
     for i in np.flatnonzero(shown):
         box, label, name = det["boxes"][i], det["labels"][i], det["class_names"][i]
         colour = colours.get(int(label), (0, 255, 0))

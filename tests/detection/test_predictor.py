@@ -312,3 +312,46 @@ def test_an_export_traces_the_eager_model_whatever_test_compile_says(
     got = Predictor(None, weights=tmp_path / "model.onnx")(image)
     assert len(got["boxes"]) == len(expected["boxes"]) > 0
     np.testing.assert_allclose(got["boxes"], expected["boxes"], atol=1e-2)
+
+
+@pytest.mark.parametrize("what", ["whole", "tiles", "views", "box graph", "pasted graph"])
+def test_rle_masks_are_the_bitmasks_encoded_without_pasting_them_whole(
+        tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+        what: str) -> None:
+    """mask_format="rle": pycocotools' encoding of each bitmask, bit for bit, with the
+    boxes, scores and labels unchanged; paste_masks (a photo's D full-size masks at once)
+    is never called, except inside a graph that pastes its masks itself."""
+    from pycocotools import mask as mask_utils
+
+    from resnet_detect.detection import export, rcnn, tiles, tta
+    from resnet_detect.detection.training import export_model
+    from tests.detection.test_tta import EVERY, tiny_mask_rcnn
+
+    weights = tiny_mask_rcnn(tmp_path_factory.mktemp("mask_rcnn"))
+    settings = {"tiles": ["test.tiles.size=[64,64]", "test.tiles.overlap=0.25"],
+                "views": ["test.min_sizes=[48,64]", "test.flip=true"]}.get(what, [])
+    if what.endswith("graph"):
+        export_model(None, str(weights), weights.parent / "onnx", overrides=EVERY,
+                     mask_output=what.split()[0])
+        weights = weights.parent / "onnx/model.onnx"
+    image = np.random.default_rng(1).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    bitmasks = Predictor(None, weights=weights, overrides=EVERY + settings)(image)
+    assert len(bitmasks["masks"]) == 100 and bitmasks["masks"].any(axis=(1, 2)).mean() > 0.5
+    for module in (rcnn, tiles, tta, export):
+        monkeypatch.setattr(module, "paste_masks", None)  # called, it fails
+    rles = Predictor(None, weights=weights, overrides=EVERY + settings, mask_format="rle")(image)
+    for key in ("boxes", "scores", "labels"):
+        np.testing.assert_array_equal(rles[key], bitmasks[key])
+    assert rles["class_names"] == bitmasks["class_names"]
+    assert len(rles["masks"]) == 100
+    for rle, mask in zip(rles["masks"], bitmasks["masks"], strict=True):
+        expected = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert rle == {"size": [100, 150], "counts": expected["counts"].decode("ascii")}
+
+
+def test_a_mask_format_that_is_not_one_is_named(checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match=r"mask_format must be one of bitmask, rle, got 'RLE'"):
+        Predictor(None, weights=checkpoint, mask_format="RLE")
+    # a Faster R-CNN has no masks in either format
+    assert "masks" not in Predictor(None, weights=checkpoint, mask_format="rle")(
+        np.zeros((60, 80, 3), np.uint8))

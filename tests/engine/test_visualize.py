@@ -130,6 +130,27 @@ def test_masks_are_filled_one_at_a_time_as_shown() -> None:
         np.testing.assert_array_equal(pixel, expected)
 
 
+def test_masks_given_as_coco_rles_are_drawn_as_their_bitmasks() -> None:
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    masks = rng.random((5, 70, 90)) > 0.6
+    masks[3] = False
+    masks[3, 60:, 80:] = True  # at the corner
+    masks[4] = False  # empty
+    det = {"boxes": np.tile([5.0, 5, 40, 30], (5, 1)), "scores": np.full(5, 0.9),
+           "labels": np.arange(5) % 2, "class_names": ["a", "b"] * 2 + ["a"], "masks": masks}
+    rles = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
+    rles = [{"size": r["size"], "counts": r["counts"].decode("ascii")} for r in rles]
+    colours = {0: (255, 0, 0), 1: (0, 255, 0)}
+    expected = draw_detections(image, det, colours, min_score=0.5)
+    without = {key: value for key, value in det.items() if key != "masks"}
+    assert (expected != draw_detections(image, without, colours, 0.5)).any()  # masks show
+    np.testing.assert_array_equal(draw_detections(image, {**det, "masks": rles}, colours, 0.5),
+                                  expected)
+
+
 def test_tags_grow_with_large_pictures_as_detectron2s_do() -> None:
     """Up to 800 x 1333 pixels the usual tags; a 4000 x 6000 photo's as the square root of
     its pixels (4.7 times): the usual ones could not be read on the whole picture."""
