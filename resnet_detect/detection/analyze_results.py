@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
-from resnet_detect.engine.data.coco import segmentation_to_mask
+from resnet_detect.engine.data.coco import segmentation_to_rle
 from resnet_detect.engine.files import atomic_write_text
 from resnet_detect.engine.visualize import draw_detections, put_text, text_size
 
@@ -148,17 +149,23 @@ def _objects(anns: Sequence[Mapping[str, Any]], names: Mapping[int, str],
                         for a in anns]}
     if scores:
         out["scores"] = np.asarray([a["score"] for a in anns], dtype=np.float64)
-    if masks:
-        out["masks"] = np.stack([_mask(a.get("segmentation"), size) for a in anns]) if anns \
-            else np.zeros((0, *size), dtype=bool)
+    if masks:  # RLEs: a large photo's objects as full-size bitmasks took gigabytes
+        out["masks"] = [_mask(a.get("segmentation"), size) for a in anns]
     return out
 
 
-def _mask(segmentation: Any, size: tuple[int, int]) -> np.ndarray:
+def _mask(segmentation: Any, size: tuple[int, int]) -> dict[str, Any]:
+    """The object's RLE; an empty one where it has no usable mask of the image's size (its
+    box is drawn alone)."""
+    height, width = size
     try:
-        return segmentation_to_mask(segmentation, *size).astype(bool)
-    except (TypeError, ValueError, IndexError, AttributeError):  # no usable mask: box only
-        return np.zeros(size, dtype=bool)
+        rle = segmentation_to_rle(segmentation, height, width)
+        if [int(v) for v in rle["size"]] == [height, width]:
+            return rle
+    except Exception:  # noqa: BLE001 (pycocotools raises a bare Exception for a bad polygon)
+        pass
+    return mask_utils.frPyObjects({"size": [height, width], "counts": [height * width]},
+                                  height, width)
 
 
 def _captioned(picture: np.ndarray, caption: str) -> np.ndarray:

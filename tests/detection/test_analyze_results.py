@@ -149,3 +149,26 @@ def test_an_image_too_wide_for_a_jpeg_side_by_side_is_drawn_above_its_detections
     picture = draw_side_by_side(image, [], [], ImageScore(1, "w.jpg", 0, 0, None, None, None),
                                 CATEGORIES, palette(3), score_thr=0.3, masks=False)
     assert picture.shape == (2 * (20 + 24) + 6, 33000, 3)
+
+
+def test_masks_reach_the_picture_as_rles_and_unusable_ones_as_empty() -> None:
+    from pycocotools import mask as mask_utils
+
+    from resnet_detect.detection.analyze_results import _objects
+    from resnet_detect.engine.data.coco import segmentation_to_mask
+
+    polygon = [[10, 10, 30, 10, 30, 30, 10, 30], [40, 5, 50, 5, 45, 20]]
+    counts = mask_utils.encode(np.asfortranarray((np.arange(60 * 80).reshape(60, 80) % 7 == 0)
+                                                 .astype(np.uint8)))
+    good = [polygon, {"size": [60, 80], "counts": counts["counts"].decode("ascii")},
+            {"size": [60, 80], "counts": [100, 20, 4680]}]
+    bad = [None, [[1, 2, 3]], {"size": [30, 80], "counts": [2400]}, {"counts": "x"}]
+    anns = [{"bbox": [0, 0, 5, 5], "category_id": 5, "segmentation": s} for s in good + bad]
+    objects = _objects(anns, {5: "dog"}, {5: 1}, (60, 80), masks=True, scores=False)
+    assert all(isinstance(m, dict) for m in objects["masks"])
+    for rle, segmentation in zip(objects["masks"], good):
+        expected = segmentation_to_mask(segmentation, 60, 80)
+        assert expected.any()
+        np.testing.assert_array_equal(mask_utils.decode(rle), expected)
+    for rle in objects["masks"][len(good):]:
+        assert not mask_utils.decode(rle).any() and list(rle["size"]) == [60, 80]
