@@ -109,12 +109,16 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
                               offset=int(cfg.data.reduce_zero_label))
             if save_predictions else None)
     # metrics.json is written below, with the images and weights (not twice)
-    result = evaluate_model(predictor.model, counted, evaluator, tta=predictor.tta,
-                            on_prediction=save)
-    if save_predictions:
-        barrier()  # every process's maps are written
-        if is_main_process():
-            replace_folder(partial, output / PREDICTIONS)
+    try:
+        result = evaluate_model(predictor.model, counted, evaluator, tta=predictor.tta,
+                                on_prediction=save)
+        if save_predictions:
+            barrier()  # every process's maps are written
+            if is_main_process():
+                replace_folder(partial, output / PREDICTIONS)
+    finally:  # stopped (Ctrl-C, SIGTERM) or failed: no half-written maps left behind
+        if save_predictions and is_main_process():
+            shutil.rmtree(partial, ignore_errors=True)
     result = nan_to_none(result) if labelled else {"sem_seg": None}
     result["images"] = counted.report(logger, "val", LEFT_OUT)
     result["weights"] = str(weights)

@@ -432,6 +432,21 @@ def test_eval_saves_each_images_class_map_that_it_scored(
         load_tool("eval").main(again[:-1])
     assert len(calls) == 2
     assert {p.name: p.read_bytes() for p in (tmp_path / "predictions").iterdir()} == written
+    assert not list(tmp_path.glob("predictions.*"))  # the failed run's maps are gone too
+
+    def stopped_after_one_file(label_map: np.ndarray, path: Path) -> None:  # Ctrl-C, SIGTERM
+        calls.append(path)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"a map of other weights")
+
+    calls.clear()
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(training, "write_label_map", stopped_after_one_file)
+        load_tool("eval").main(again[:-1])
+    assert len(calls) == 2 and not list(tmp_path.glob("predictions.*"))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "predictions").iterdir()} == written
 
 
 def test_masks_whose_0_is_unlabelled_score_as_the_same_masks_without_it(
