@@ -154,10 +154,14 @@ class Predictor:
         elif any(o.split("=", 1)[0] == "data.class_names" for o in overrides):
             given = _configured_names(cfg, self.model.num_classes, source)
             if given is not None and given != list(names):  # (tools/eval.py refuses their data)
-                logger.warning("data.class_names is not used: the weights %s name their "
-                               "classes %s", source, list(names)[:10])
+                logger.warning("the weights %s name their classes %s: predictions carry "
+                               "those names, not data.class_names' (tools/eval.py refuses "
+                               "data named otherwise)", source, list(names)[:10])
         self.class_names = list(names)
-        self.palette = cfg.data.get("palette")  # (checked where drawn: eval and export ignore it)
+        # the config's colours, else those the training recorded for the weights' classes
+        # (as an export's are); checked where drawn: eval and export ignore them
+        recorded = ((provenance.get("config") or {}).get("data") or {}).get("palette")
+        self.palette = cfg.data.get("palette") or (recorded if self.names_recorded else None)
         self.trained_reduce_zero_label = ((provenance.get("config") or {}).get("data")
                                           or {}).get("reduce_zero_label")
         self.tta = tta or tta_from_config(cfg)

@@ -52,8 +52,16 @@ def test_predictor_uses_checkpoint_provenance(tmp_path, small_config, caplog):
     with caplog.at_level(logging.WARNING):
         renamed = Predictor(weights=path, overrides=["data.class_names=[a,b,c]"])
     assert renamed.class_names == names
-    assert (f"data.class_names is not used: the weights {path} name their classes "
-            f"{names}") in caplog.text
+    assert (f"the weights {path} name their classes {names}: predictions carry those names, "
+            f"not data.class_names'") in caplog.text
+    # the colours a training records: drawn under a config without its own (a repository
+    # config drew automatic colours for the .pth, the recorded ones for its export)
+    colours = [[0, 0, 0], [200, 10, 10], [10, 200, 10]]
+    cfg["data"]["palette"] = colours
+    save_checkpoint(path, model.state_dict(), provenance_from_config(cfg, names))
+    assert Predictor(plain, weights=path).palette == colours
+    assert Predictor(plain, weights=path, overrides=["data.palette=[[1,2,3],[4,5,6],[7,8,9]]"]
+                     ).palette == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
 
 
 def test_predictor_without_config_needs_an_own_checkpoint(tmp_path, small_config):
