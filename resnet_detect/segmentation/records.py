@@ -140,20 +140,29 @@ def _images_named(img_dir: Path, img_suffix: str, *, warn: bool = True,
     case (.jpg and .JPG); the other image files there are left out (with a warning, but for
     those ending with `masks`: the masks of a folder of both)."""
     suffix = img_suffix.lower()
-    files, others = {}, []
+    files, others, twins = {}, [], []
     for p in files_under(img_dir):
         if not p.is_file():  # a broken link
             continue
         relative = str(p.relative_to(img_dir))
         if relative.lower().endswith(suffix):
-            files[relative[: len(relative) - len(suffix)]] = p
+            name = relative[: len(relative) - len(suffix)]
+            if name in files:  # x.jpg beside x.JPG: one would be dropped without a word
+                twins.append(f"{files[name].name} and {p.name} in {p.parent}")
+            files[name] = p
         elif p.suffix.lower() in IMAGE_SUFFIXES and not (
                 masks and relative.lower().endswith(masks.lower())):
             others.append(relative)
+    if twins:
+        raise DatasetError(f"{img_dir}: {len(twins)} names are given twice, their endings "
+                           f"{img_suffix!r} differing in case alone (one image, mask or "
+                           f"prediction name each): rename or remove one of each:"
+                           + listing(twins))
     if others and warn:
-        logger.warning("%s: %d image files do not end with %r and are left out (set "
-                       "data.<split>.img_suffix to use them): %s", img_dir, len(others),
-                       img_suffix, ", ".join(others[:MAX_LISTED]))
+        logger.warning("%s: %d image files do not end with %r and are left out (a split "
+                       "reads the images of one ending, data.<split>.img_suffix: convert "
+                       "these to it to use them): %s", img_dir, len(others), img_suffix,
+                       ", ".join(others[:MAX_LISTED]))
     return files
 
 

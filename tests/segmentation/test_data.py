@@ -183,8 +183,9 @@ def test_images_and_masks_in_one_folder(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         records = scan_folder(other, other, img_suffix="_image.png", mask_suffix=".png")
     assert [Path(r["mask_file"]).name for r in records] == ["v00.png", "v01.png"]
-    assert caplog.text.endswith("left out (set data.<split>.img_suffix to use them): v00.jpg, "
-                                "v01.jpg\n")  # the jpgs, not the masks
+    assert caplog.text.endswith("left out (a split reads the images of one ending, "
+                                "data.<split>.img_suffix: convert these to it to use them): "
+                                "v00.jpg, v01.jpg\n")  # the jpgs, not the masks
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         records = scan_folder(other, other, img_suffix=".jpg", mask_suffix=".png")
@@ -623,8 +624,18 @@ def test_image_suffix_in_any_case_and_other_images_named(tmp_path, caplog):
         records = scan_folder(tmp_path / "img", tmp_path / "ann")
     assert [(Path(r["file_name"]).name, Path(r["mask_file"]).name) for r in records] == [
         ("000.jpg", "000.png"), ("001.JPG", "001.png")]
-    assert "1 image files do not end with '.jpg' and are left out (set " \
-           "data.<split>.img_suffix to use them): 002.jpeg" in caplog.text
+    assert "1 image files do not end with '.jpg' and are left out (a split reads the images " \
+           "of one ending, data.<split>.img_suffix: convert these to it to use them): " \
+           "002.jpeg" in caplog.text
+    # 001.jpg beside 001.JPG: one was dropped without a word (both would take 001.png)
+    _image(tmp_path / "img" / "001.jpg", 8, 8)
+    with pytest.raises(DatasetError, match=r"img: 1 names are given twice, their endings "
+                                           r"'\.jpg' differing in case alone .*rename or "
+                                           r"remove one of each:\n  001\.(JPG and 001\.jpg|jpg "
+                                           r"and 001\.JPG) in .*img$"):
+        scan_folder(tmp_path / "img", tmp_path / "ann")
+    with pytest.raises(DatasetError, match=r"names are given twice"):
+        scan_folder(tmp_path / "img", None)  # a test set's predictions would meet too
 
 
 def test_ignore_index_other_than_255_pads_and_checks_with_it(tmp_path):
