@@ -188,25 +188,34 @@ class SemSegDataset(Dataset):
                                f"0 = unlabelled, 1..{self.num_classes} = classes 0.."
                                f"{self.num_classes - 1}, {self.ignore_index} = ignore)")
         if bad.size:
-            hint = ""
-            if self.num_classes == 1:
-                hint = ("; binary masks (0 = background, 1 = the object) are 2 classes: name "
-                        "both, e.g. data.class_names=[background,object]")
-            elif bad.tolist() == [self.num_classes] and from_file:
-                k = self.num_classes
-                hint = (f"; masks of the values 0..{k} are either {k + 1} classes (VOC's: 0 "
-                        f"is background: name it first, then the {k} others) or {k} classes "
-                        f"with 0 unlabelled, neither trained on nor scored (ADE20K's: "
-                        f"data.reduce_zero_label: true)")
-            elif "labelIds" in Path(record["mask_file"] if from_file else "").name:
-                hint = ("; Cityscapes' *_gtFine_labelIds.png hold its 34 label ids: train on "
-                        "*_gtFine_labelTrainIds.png (data.<split>.mask_suffix; "
-                        "cityscapesscripts' createTrainIdLabelImgs writes them)")
-            raise DatasetError(f"{source} has class ids {bad[:MAX_LISTED].tolist()} "
-                               f"outside the {self.num_classes} declared classes "
-                               f"(0..{self.num_classes - 1}, {self.ignore_index} = ignore: "
-                               f"model.ignore_index){hint}")
+            problem = (f"{source} has class ids {bad[:MAX_LISTED].tolist()} outside the "
+                       f"{self.num_classes} declared classes (0..{self.num_classes - 1}, "
+                       f"{self.ignore_index} = ignore: model.ignore_index)")
+            outside = {int(i) for i in bad}
+            err = DatasetError(problem + self._class_id_hint(
+                outside, record["mask_file"] if from_file else None))
+            err.problem, err.outside = problem, outside  # check_masks explains them once
+            raise err
         return self._reduced[mask] if reduce else mask
+
+    def _class_id_hint(self, outside: set[int], mask_file: str | None) -> str:
+        """What masks holding the class ids `outside` beyond the declared ones may mean (""
+        where nothing is known): `mask_file` is one of them, None for masks drawn from COCO
+        polygons."""
+        highest = max(outside)
+        if self.num_classes == 1:
+            return ("; binary masks (0 = background, 1 = the object) are 2 classes: name "
+                    "both, e.g. data.class_names=[background,object]")
+        if mask_file is not None and "labelIds" in Path(mask_file).name:
+            return ("; Cityscapes' *_gtFine_labelIds.png hold its 34 label ids: train on "
+                    "*_gtFine_labelTrainIds.png (data.<split>.mask_suffix; "
+                    "cityscapesscripts' createTrainIdLabelImgs writes them)")
+        if mask_file is not None and outside == set(range(self.num_classes, highest + 1)):
+            return (f"; masks of the values 0..{highest} are either {highest + 1} classes "
+                    f"(VOC's: 0 is background: name it first, then the {highest} others) or "
+                    f"{highest} classes with 0 unlabelled, neither trained on nor scored "
+                    f"(ADE20K's: data.reduce_zero_label: true)")
+        return ""
 
     def check_mask_headers(self, split: str) -> None:
         """Every mask file's format and size (a COCO entry's height and width) against its
@@ -297,19 +306,26 @@ class SemSegDataset(Dataset):
         """Check every mask now (its size against its image's header, its class ids), all
         problems listed: for the val split, whose masks would otherwise first be read by the
         evaluation after training."""
-        problems = []
+        problems, outside, mask_file = [], set(), None
         pixels = np.zeros(256, dtype=np.int64)  # per value, over every mask
         for index in range(len(self)):
             try:
                 mask = self._mask_against_image(index)
-            except (DatasetError, UnreadableImageError) as err:
+            except DatasetError as err:
+                problems.append(getattr(err, "problem", str(err)))
+                if hasattr(err, "outside"):  # what the ids may mean: once, from all masks
+                    outside |= err.outside
+                    mask_file = self._records[index].get("mask_file")
+                continue
+            except UnreadableImageError as err:
                 problems.append(str(err))
                 continue
             if mask is not None:
                 pixels += np.bincount(mask.ravel(), minlength=256)
         if problems:
+            hint = self._class_id_hint(outside, mask_file) if outside else ""
             raise DatasetError(f"data.{split}: {len(problems)} of {len(self)} masks are wrong:"
-                               + listing(problems))
+                               + listing(problems) + (f"\n{hint[2:]}" if hint else ""))
         absent = [f"{self.class_names[i]!r} ({i})" for i in range(self.num_classes)
                   if pixels[i] == 0]
         ignored = pixels[self.ignore_index]

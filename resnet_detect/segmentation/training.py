@@ -239,12 +239,15 @@ class SemSegTask:
                                "or leave data.val unset (tools/eval.py --save-predictions "
                                "predicts such a file)")
         train.check_mask_headers("train")
+        if val is not None:
+            check_same_classes(train, val, cfg)
+            # before training, not at the evaluation after it; and before the training masks'
+            # sample: every val mask's class ids are read, so a wrong class count is named
+            # from all of them (val masks holding a class the sample lacks: two tries)
+            val.check_masks("val")
         train.check_mask_sample("train")
         train.warn_of_padded_crops(cfg.data.train.crop_size, cfg.data.train.scale_range)
         train.warn_of_objects_as_ignore("train")
-        if val is not None:
-            check_same_classes(train, val, cfg)
-            val.check_masks("val")  # before training, not at the evaluation after it
         self.class_names = train.class_names
         cfg.model.num_classes = len(self.class_names)
         resolve_palette(cfg.data.palette, len(self.class_names))  # one colour per class

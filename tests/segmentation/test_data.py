@@ -573,6 +573,38 @@ def test_voc_masks_named_without_background_get_both_causes_named(tmp_path, capl
     assert "% of the pixels" not in _prepare_warnings(cfg, caplog)
 
 
+def test_too_few_names_are_counted_from_every_val_mask_and_explained_once(tmp_path):
+    """Training masks of 0..2 and val masks of 0..3 (a class seen in val alone) under two
+    names: the hint came from the training masks' sample, once per mask, and told to name
+    3 classes; following it, the val masks asked for 4."""
+    from resnet_detect.segmentation.training import SemSegTask
+
+    train_img, train_ann = _folder(tmp_path / "train", n=6)
+    val_img, val_ann = _folder(tmp_path / "val", n=4)
+    mask = np.zeros((20, 30), dtype=np.uint8)
+    mask[2:8, 2:8] = 3
+    _mask(val_ann / "001.png", mask)
+    cfg = OmegaConf.create(_config(img_dir=str(train_img), mask_dir=str(train_ann)))
+    cfg.data.val.img_dir, cfg.data.val.mask_dir = str(val_img), str(val_ann)
+    cfg.data.class_names = ["background", "a"]
+    with pytest.raises(DatasetError) as raised:
+        SemSegTask().prepare(cfg)
+    message = str(raised.value)
+    assert message.startswith("data.val: 2 of 4 masks are wrong:")
+    assert message.endswith("\nmasks of the values 0..3 are either 4 classes (VOC's: 0 is "
+                            "background: name it first, then the 3 others) or 3 classes with "
+                            "0 unlabelled, neither trained on nor scored (ADE20K's: "
+                            "data.reduce_zero_label: true)")
+    assert message.count("are either") == 1 and message.count("has class ids") == 2
+    # ids that do not run on from the declared ones (grey levels 0 and 128): no such hint
+    mask[:] = 128
+    for i in range(4):
+        _mask(val_ann / f"{i:03d}.png", mask)
+    with pytest.raises(DatasetError, match=r"has class ids \[128\] outside") as raised:
+        SemSegTask().prepare(cfg)
+    assert "are either" not in str(raised.value)
+
+
 def test_ade20k_other_named_under_reduce_zero_label_is_warned_of(tmp_path, caplog):
     """ADE20K's 'other' (the files' 0) named as class 0 under reduce_zero_label shifted every
     name by one."""

@@ -295,7 +295,7 @@ def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
             f"settings wanted") in caplog.text
     assert scaled["sem_seg"]["mIoU"] == metrics["onnx"]["mIoU"]
     with pytest.raises(ValueError, match=r"one test scale without flip or windows; .* asks for "
-                                         r"test.scales=\[0.5, 1.0\] test.flip=false "
+                                         r"test.scales=\[0.5,1.0\] test.flip=false "
                                          r"test.window=null"):
         load_tool("export").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
                                   "--output", str(tmp_path / "x"), *overrides(data),
@@ -484,7 +484,7 @@ def test_masks_whose_0_is_unlabelled_score_as_the_same_masks_without_it(
             f"as its training masks were, every class id is one off (and the mIoU wrong); then "
             f"set data.reduce_zero_label=false") in caplog.text
     with pytest.raises(ValueError, match=r"has class ids \[7\] outside the 7 declared classes "
-                                         r".*; masks of the values 0..7 are either 8 classes "
+                                         r".*\nmasks of the values 0..7 are either 8 classes "
                                          r".* or 7 classes with 0 unlabelled, neither trained "
                                          r"on nor scored \(ADE20K's: data.reduce_zero_label: "
                                          r"true\)"):
