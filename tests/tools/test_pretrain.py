@@ -807,7 +807,7 @@ def test_lr_step_epochs_past_the_run_are_named_by_their_key(tool: ModuleType,
     """The error named the runner's iterations (lr_steps=[90, 180, 240] in iterations)."""
     colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
     with pytest.raises(ConfigError, match=r"invalid train config \(train.epochs=2, "
-                                          r"train.lr_step_epochs=\[1, 3\], "
+                                          r"train.lr_step_epochs=\[1,3\], "
                                           r"train.warmup_epochs=0; 1 iterations per epoch\): .*; "
                                           r"train.lr_step_epochs must lie within train.epochs$"):
         tool.main(overrides(tmp_path / "data", tmp_path / "out",
