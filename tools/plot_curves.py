@@ -5,7 +5,7 @@ Usage:
 
 Reads each RUN_DIR/scalars.jsonl (written by tools/train.py and tools/pretrain.py) and draws
 one panel per key, one line per run: by default the total loss and the run's first metric
-(bbox/AP, segm/AP, sem_seg/mIoU or classification/top1, as fractions). Any logged key works:
+(bbox/AP, segm/AP, sem_seg/mIoU or classification/top1, in percent). Any logged key works:
 train/loss_cls, train/lr, bbox/AP50 ...; an unknown one is refused with the keys logged.
 Writes FILE (.png, .pdf, .svg or .jpg; default: the first run's curves.png).
 """
