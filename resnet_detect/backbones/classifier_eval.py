@@ -78,7 +78,7 @@ def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, o
     with torch.no_grad():
         metrics = task.evaluate(model, loader, device)
     result = nan_to_none(metrics)
-    result["images"] = loader.report(logger, "val", LEFT_OUT)
+    result["images"] = loader.report(logger, "val", LEFT_OUT, scoring=True)
     result["weights"] = str(weights)
     if is_main_process():
         atomic_write_json(result, output / "metrics.json")

@@ -214,7 +214,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
                               for t in types}
     if "voc" in metrics:
         result["voc"] = nan_to_none(metrics["voc"])
-    result["images"] = loader.report(logger, "val", UNREADABLE_VAL)
+    result["images"] = loader.report(logger, "val", UNREADABLE_VAL, scoring=True)
     result["weights"] = str(weights)
     if is_main_process():
         atomic_write_json(result, output / "metrics.json")

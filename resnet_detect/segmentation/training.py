@@ -112,6 +112,8 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     try:
         result = evaluate_model(predictor.model, counted, evaluator, tta=predictor.tta,
                                 on_prediction=save)
+        # (an earlier run's maps stay where this one read no image)
+        images = counted.report(logger, "val", LEFT_OUT, scoring=True)
         if save_predictions:
             barrier()  # every process's maps are written
             if is_main_process():
@@ -120,7 +122,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
         if save_predictions and is_main_process():
             shutil.rmtree(partial, ignore_errors=True)
     result = nan_to_none(result) if labelled else {"sem_seg": None}
-    result["images"] = counted.report(logger, "val", LEFT_OUT)
+    result["images"] = images
     result["weights"] = str(weights)
     if is_main_process():
         atomic_write_json(result, output / "metrics.json")

@@ -772,6 +772,17 @@ def test_eval_scores_a_classifier_as_its_training_did_and_torchvision_weights(
     assert result["images"] == {"images": 4, "unreadable": 0}
     assert json.loads((tmp_path / "eval/metrics.json").read_text())["classification"] == trained
     assert f"top1={trained['top1']:.2f}" in capsys.readouterr().out
+    # no val image readable: exit code 2, no metrics.json (it printed top1=n/a, exit 0, and
+    # warned "the metrics are those of the others")
+    unreadable = tmp_path / "unreadable"
+    shutil.copytree(tmp_path / "data", unreadable)
+    for image in (unreadable / "val").rglob("*.png"):
+        image.write_bytes(b"garbage")
+    with pytest.raises(DatasetError, match=r"^val: none of the 4 images could be read \(the "
+                                           r"warnings above name them\): nothing was scored$"):
+        evaluate([*args, f"data.root={unreadable}", "--weights",
+                  str(out / "model_final.pth"), "--output", str(tmp_path / "eval_none")])
+    assert not (tmp_path / "eval_none/metrics.json").exists()
     with pytest.raises(ConfigError, match=r"--save-predictions writes sem_seg class maps; "
                                           r".* is a 'classification' config$"):
         evaluate([*args, "--weights", str(out / "model_final.pth"), "--save-predictions",

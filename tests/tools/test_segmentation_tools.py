@@ -561,6 +561,22 @@ def test_eval_says_what_it_could_not_score(trained: tuple[Path, dict], data: Pat
     assert "mIoU = n/a  pixel_acc = n/a" in capsys.readouterr().out
     assert f"no pixel of {tmp_path / 'all_ignored/mask'} was scored: every val pixel is 255" \
         in caplog.text
+    # no image readable: exit code 2, and the earlier predictions and metrics stay (it wrote
+    # an empty predictions/ over them, and exit 0)
+    run = ["--output", str(tmp_path / "one_unreadable/eval"), *overrides(data),
+           f"data.val.img_dir={tmp_path / 'one_unreadable/img'}",
+           f"data.val.mask_dir={tmp_path / 'one_unreadable/mask'}", "--save-predictions"]
+    load_tool("eval").main([str(CONFIG), "--weights", str(out / "model_final.pth"), *run])
+    predictions = sorted((tmp_path / "one_unreadable/eval/predictions").iterdir())
+    assert len(predictions) == 2
+    for image in (tmp_path / "one_unreadable/img").iterdir():
+        image.write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"^val: none of the 3 images could be read \(the "
+                                           r"warnings above name them\): nothing was scored$"):
+        load_tool("eval").main([str(CONFIG), "--weights", str(out / "model_final.pth"), *run])
+    assert sorted((tmp_path / "one_unreadable/eval/predictions").iterdir()) == predictions
+    assert json.loads((tmp_path / "one_unreadable/eval/metrics.json").read_text()) == first
+    assert not list((tmp_path / "one_unreadable/eval").glob("predictions.*"))
 
 
 PALETTE = [[0, 0, 0], [220, 20, 60], [0, 0, 142], [250, 170, 30], [107, 142, 35],

@@ -162,6 +162,20 @@ def test_eval_keeps_out_of_a_training_runs_folder(trained: Path, data: Path) -> 
     assert (trained / "metrics.json").read_bytes() == before
 
 
+def test_eval_of_a_val_split_without_a_readable_image_fails(trained: Path, data: Path,
+                                                            tmp_path: Path) -> None:
+    """Every val image unreadable: every object counted as missed, AP 0 and exit 0."""
+    shutil.copytree(data / "images/val", tmp_path / "val")
+    for image in (tmp_path / "val").iterdir():
+        image.write_bytes(image.read_bytes()[:200])
+    with pytest.raises(DatasetError, match=r"^val: none of the 3 images could be read \(the "
+                                           r"warnings above name them\): nothing was scored$"):
+        load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                                "--output", str(tmp_path / "eval"), *data_overrides(data),
+                                f"data.val.img_dir={tmp_path / 'val'}"])
+    assert not (tmp_path / "eval/metrics.json").exists()
+
+
 def test_eval_keeps_out_of_another_evaluations_folder(trained: Path, data: Path,
                                                      tmp_path: Path) -> None:
     """An evaluation of other weights into one --output replaced its metrics.json and left

@@ -22,6 +22,7 @@ from ..distributed import all_reduce_sum, any_process, get_world_size, is_main_p
 from ..logging import format_eta, handler_settings, set_up_handlers
 from .. import preemption
 from ..preemption import EvaluationInterrupted, StopRequest
+from .coco import DatasetError
 from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 
 logger = logging.getLogger(__name__)
@@ -203,12 +204,24 @@ class CountedLoader:
         if self.stop is not None and any_process(self.stopped):
             raise EvaluationInterrupted
 
-    def report(self, logger: Any, split: str, consequence: str) -> dict[str, int]:
+    def report(self, logger: Any, split: str, consequence: str, *, scoring: bool = False
+               ) -> dict[str, int]:
         """{"images": asked, "unreadable": not read}, over all processes (collective); a
-        warning when some were not read, saying what that does to the metrics."""
+        warning when some were not read, saying what that does to the metrics.
+
+        Raises:
+            DatasetError: with `scoring` (an evaluation tool), where no image was read:
+                there is nothing to score (a training's evaluation goes on with a warning).
+        """
         totals = all_reduce_sum({"asked": self.asked, "read": self.read})
         images, unreadable = int(totals["asked"]), int(totals["asked"] - totals["read"])
-        if unreadable:
+        if unreadable and unreadable == images:
+            message = (f"{split}: none of the {images} images could be read (the warnings "
+                       f"above name them): nothing was scored")
+            if scoring:
+                raise DatasetError(message)
+            logger.warning("%s", message)
+        elif unreadable:
             logger.warning("%s: %d of %d images could not be read (the warnings above name "
                            "them): %s", split, unreadable, images, consequence)
         return {"images": images, "unreadable": unreadable}
