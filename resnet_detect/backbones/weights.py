@@ -182,6 +182,30 @@ def is_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> bool:
     return "conv1.weight" in state_dict and any(k.startswith("layer1.") for k in state_dict)
 
 
+_DEPTHS = {("basic", (2, 2, 2, 2)): 18, ("basic", (3, 4, 6, 3)): 34,
+           ("bottleneck", (3, 4, 6, 3)): 50, ("bottleneck", (3, 4, 23, 3)): 101,
+           ("bottleneck", (3, 8, 36, 3)): 152}
+
+
+def torchvision_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """The torchvision name of the ImageNet ResNet a torchvision / timm state dict holds
+    ("resnet50", "resnext101_32x8d", "wide_resnet50_2"), from its blocks and first 3x3 conv;
+    None for another layout."""
+    blocks = tuple(len({k.split(".")[1] for k in state_dict
+                        if k.startswith(f"layer{i}.") and k.endswith(".conv1.weight")})
+                   for i in range(1, 5))
+    block = "bottleneck" if "layer1.0.conv3.weight" in state_dict else "basic"
+    depth, conv = _DEPTHS.get((block, blocks)), state_dict.get("layer1.0.conv2.weight")
+    if depth is None or conv is None or conv.ndim != 4:
+        return None
+    width, groups = conv.shape[0], conv.shape[0] // max(conv.shape[1], 1)
+    if block == "basic" or (width, groups) == (64, 1):
+        return f"resnet{depth}" if width == 64 else None
+    if groups == 1:
+        return f"wide_resnet{depth}_{width // 64}" if width % 64 == 0 else None
+    return f"resnext{depth}_{groups}x{width // groups}d"
+
+
 def _is_bn_counter(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
@@ -383,7 +407,9 @@ def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any
     """
     state_dict, provenance, source = open_weights(weights, source)
     foreign = is_torchvision_resnet(state_dict)  # torchvision and timm: stride on the 3x3
+    arch = (provenance or {}).get("arch")
     if foreign:
+        arch = arch or torchvision_arch(state_dict)
         state_dict = convert_torchvision_resnet(state_dict)
     configured = stride_in_1x1(model)
     implied = provenance.get("stride_in_1x1") if provenance else False if foreign else None
@@ -402,7 +428,7 @@ def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
     if convert is not None:
         state_dict = convert(state_dict)
-    arch, ours = (provenance or {}).get("arch"), getattr(model, "arch", None)
+    ours = getattr(model, "arch", None)
     hint = f" ({source} holds a {arch}, this model is a {ours})" if (
         arch and ours and arch != ours) else ""
     check_and_load(model, state_dict, source, hint)

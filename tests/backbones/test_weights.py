@@ -239,6 +239,24 @@ def test_weights_of_another_architecture_name_both(tmp_path):
         backbones.build("resnet50", weights=str(path))
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                                  "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+                                  "wide_resnet50_2", "wide_resnet101_2"])
+def test_torchvision_weights_of_another_architecture_are_named(name):
+    """torchvision's resnet50 into a resnet18 listed 165 keys without saying what it was."""
+    from resnet_detect.backbones.weights import torchvision_arch
+
+    state_dict = getattr(torchvision.models, name)().state_dict()
+    assert torchvision_arch(state_dict) == name
+    other = "resnet34" if name == "resnet18" else "resnet18"
+    with pytest.raises(ValueError, match=rf"do not match .*\(the given state dict holds a "
+                                         rf"{name}, this model is a {other}\):\n"):
+        backbones.build(other, weights=state_dict)
+    classifier = backbones.build_classifier(other, 10)
+    with pytest.raises(ValueError, match=rf"holds a {name}, this model is a {other}\)"):
+        load_weights(classifier, state_dict)
+
+
 def test_an_unknown_backbone_option_is_named_with_its_config_key():
     with pytest.raises(ValueError, match=r"unknown backbone option model.options.stride_in1x1; "
                                          r"valid: block, depth, drop_path_rate, .*stride_in_1x1"):
