@@ -375,7 +375,8 @@ class _SkipCounter:
     """Counts the images the loader dropped (unreadable) on this process, drawn
     `batches_per_step` batches a step."""
 
-    def __init__(self, batches_per_step: int = 1) -> None:
+    def __init__(self, batches_per_step: int = 1, data_keys: str = "data.train") -> None:
+        self.data_keys = data_keys  # where the training images are set, for the message
         self.count = 0
         self.before = 0  # over all processes, in the steps before the checkpoint resumed from
         self.batches_per_step = batches_per_step
@@ -398,9 +399,9 @@ class _SkipCounter:
             raise UnreadableDataError(
                 f"{totals['unreadable']:.0f} of the {totals['read']:.0f} training images read "
                 f"in iterations {iteration + 2 - UNREADABLE_WINDOW}-{iteration + 1} could not "
-                "be read (the warnings above name them and why): training stopped. Check the "
-                "data.train paths and the images against their annotations; the last "
-                "checkpoint is from before, continue from it with --resume")
+                f"be read (the warnings above name them and why): training stopped. Check "
+                f"{self.data_keys} and the images; then --resume continues from the last "
+                f"checkpoint, where one was written")
 
     def total(self) -> int:
         """The count over all processes and the whole run (collective)."""
@@ -409,7 +410,7 @@ class _SkipCounter:
     def report(self, logger: logging.Logger, split: str) -> int:
         """Log `total()` (collective); returns it."""
         total = self.total()
-        if total:
+        if total and is_main_process():  # (the sum over all processes: said once)
             logger.warning("%s: skipped %d unreadable image reads", split, total)
         return total
 
@@ -787,7 +788,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     average = WeightAverage(model, t.ema_decay) if t.ema_decay is not None else None
     # the weights evaluated, kept as the best and written at the end
     evaluated = average.applied if average is not None else nullcontext
-    skipped = _SkipCounter(steps)
+    skipped = _SkipCounter(steps, "data.root" if "root" in cfg.data else
+                           "the data.train paths (the images against their annotations)")
 
     # under DDP: the first readable training image, read when a batch had none; the same
     # in a resumed run (this process's last batch, as it was, was not in the checkpoint: a

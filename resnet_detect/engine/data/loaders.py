@@ -220,8 +220,9 @@ class CountedLoader:
                        f"above name them): nothing was scored")
             if scoring:
                 raise DatasetError(message)
-            logger.warning("%s", message)
-        elif unreadable:
+            if is_main_process():  # (totals over all processes: said once)
+                logger.warning("%s", message)
+        elif unreadable and is_main_process():
             logger.warning("%s: %d of %d images could not be read (the warnings above name "
                            "them): %s", split, unreadable, images, consequence)
         return {"images": images, "unreadable": unreadable}
