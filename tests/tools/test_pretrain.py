@@ -740,6 +740,13 @@ def test_bad_crop_and_normalisation_settings_are_named_before_the_scan(
             ("model.label_smoothing", -0.1, r"model.label_smoothing must be in \[0, 1\)")):
         with pytest.raises(ConfigError, match=message):
             tool.main(overrides(missing, tmp_path / "out", **{key: value}))
+    # torchvision's Normalize values, on a 0..1 scale: inputs of about +-1000 trained silently
+    with pytest.raises(ConfigError, match=r"^data.pixel_mean \[0.485,0.456,0.406\] and "
+                                          r"data.pixel_std \[0.229,0.224,0.225\] are on a 0..1 "
+                                          r"scale .*data.pixel_mean=\[123.675,116.28,103.53\] "
+                                          r"data.pixel_std=\[58.395,57.12,57.375\]$"):
+        tool.main(overrides(missing, tmp_path / "out", **{
+            "data.pixel_mean": "[0.485,0.456,0.406]", "data.pixel_std": "[0.229,0.224,0.225]"}))
     assert not list((tmp_path / "out").glob("*.pth"))
 
 
