@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset
 
-from .amp import parse_amp
+from .amp import amp_for_device, parse_amp
 from .checkpoint import (BestWeights, Checkpointer, CheckpointWriteError, PeriodicCheckpointer,
                          best_metric_parts, checkpoints_in)
 from .compilation import compile_model, parse_compile
@@ -721,6 +721,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
     logger = logging.getLogger(f"{__name__}.{task.name}")
     check_same_config_everywhere(cfg, resume)
     compile_backend, amp = check_training_config(task, cfg)
+    amp_for_device(amp, device.type, warn=False)  # fp16 off a GPU: before the data is read
     t = cfg.train
     if get_world_size() > 1 and device.type != "cuda":
         synced = [k for k, v in flat_keys(to_plain(cfg.get("model") or {}), "model.").items()

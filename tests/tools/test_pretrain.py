@@ -740,6 +740,9 @@ def test_bad_crop_and_normalisation_settings_are_named_before_the_scan(
             ("model.label_smoothing", -0.1, r"model.label_smoothing must be in \[0, 1\)")):
         with pytest.raises(ConfigError, match=message):
             tool.main(overrides(missing, tmp_path / "out", **{key: value}))
+    # fp16 on a CPU: refused before the folders are scanned (minutes on ImageNet)
+    with pytest.raises(ConfigError, match=r"^train.amp=fp16 runs on a GPU only"):
+        tool.main(overrides(missing, tmp_path / "out", **{"train.amp": "fp16"}))
     # torchvision's Normalize values, on a 0..1 scale: inputs of about +-1000 trained silently
     with pytest.raises(ConfigError, match=r"^data.pixel_mean \[0.485,0.456,0.406\] and "
                                           r"data.pixel_std \[0.229,0.224,0.225\] are on a 0..1 "
