@@ -93,8 +93,8 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
     label_of = {_nfc(name): i for i, name in enumerate(class_names)}
     unknown = [c for c in found if _nfc(c) not in label_of]
     if unknown:
-        raise DatasetError(f"{split_dir} has classes the training split does not: "
-                           f"{', '.join(unknown)}")
+        raise DatasetError(f"{split_dir} has classes the model was not trained on (the "
+                           f"training split's, or the evaluated weights'): {', '.join(unknown)}")
     samples, empty = [], []
     class_of_folder: dict[str, str] = {}  # real folder -> the class that holds it
     for name in found:

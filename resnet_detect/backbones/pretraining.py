@@ -202,6 +202,11 @@ class ClassificationTask:
             refuse_other_normalisation(loaded, source, cfg.data, prefix="data.")
             if same_classes:
                 logger.info("%s: the fc too (trained on these classes)", source)
+            else:
+                why = ("the weights have no fc" if "fc.weight" not in state_dict else
+                       "the weights name no classes" if not (provenance or {}).get(
+                           "class_names") else "the weights were trained on other classes")
+                logger.info("%s: the backbone; the fc is new (%s)", source, why)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         return model

@@ -65,7 +65,9 @@ def test_scan_errors_name_the_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no images .* under .*empty"):
         scan_image_folder(tmp_path / "empty")
     make_tree(tmp_path / "val", {"bird": 1})
-    with pytest.raises(ValueError, match="classes the training split does not: bird"):
+    with pytest.raises(ValueError, match=r"has classes the model was not trained on \(the "
+                                         r"training split.s, or the evaluated weights.\): "
+                                         r"bird$"):
         scan_image_folder(tmp_path / "val", ["cat", "dog"])
 
 

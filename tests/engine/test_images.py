@@ -172,3 +172,20 @@ def test_a_dark_deep_image_past_pillows_decompression_bomb_limit_is_read_and_war
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warned) == 1 and warned[0].startswith(f"{path}: 16 bits per sample")
     assert Image.MAX_IMAGE_PIXELS == 500
+
+
+def test_a_float_tiff_is_named_as_such_and_a_damaged_png_is_not(tmp_path) -> None:
+    from PIL import Image
+
+    from resnet_detect.engine.data.images import UnreadableImageError, read_image
+
+    Image.fromarray(np.random.default_rng(0).random((20, 30), dtype=np.float32), mode="F").save(
+        tmp_path / "float.tif")
+    with pytest.raises(UnreadableImageError, match=r"float.tif: cannot be decoded \(a TIFF of "
+                                                   r"32-bit float samples, which OpenCV does not "
+                                                   r"read: convert it to 8 bits, e.g. a PNG\)$"):
+        read_image(tmp_path / "float.tif")
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "cut.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "cut.png").read_bytes()[:60])
+    with pytest.raises(UnreadableImageError, match=r"cut.png: cannot be decoded$"):
+        read_image(tmp_path / "cut.png")

@@ -839,7 +839,7 @@ def test_lr_step_epochs_past_the_run_are_named_by_their_key(tool: ModuleType,
 
 
 def test_own_classifier_weights_of_the_same_classes_keep_their_fc(
-        tool: ModuleType, tmp_path: Path) -> None:
+        tool: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """model.weights always started a new fc, also from this project's classifier of the same
     classes (a fine-tuning at another crop size lost its head); timm keeps a fitting one."""
     colour_tree(tmp_path / "data", train_per_class=4, val_per_class=1)
@@ -855,14 +855,23 @@ def test_own_classifier_weights_of_the_same_classes_keep_their_fc(
         torch.manual_seed(1)
         return task.build_model(cfg)
 
-    model = built_from(out / "model_final.pth")
+    with caplog.at_level(logging.INFO):
+        model = built_from(out / "model_final.pth")
     assert torch.equal(model.fc.weight, final["fc.weight"])
     assert torch.equal(model.backbone.state_dict()["stem.conv.weight"],
                        final["backbone.stem.conv.weight"])
-    assert not torch.equal(built_from(out / "backbone_final.pth").fc.weight, final["fc.weight"])
+    assert "model_final.pth: the fc too (trained on these classes)" in caplog.text
+    with caplog.at_level(logging.INFO):
+        assert not torch.equal(built_from(out / "backbone_final.pth").fc.weight,
+                               final["fc.weight"])
+    assert "backbone_final.pth: the backbone; the fc is new (the weights have no fc)" \
+        in caplog.text  # (a new fc went without a word)
     (tmp_path / "data/train/red").rename(tmp_path / "data/train/rose")  # other classes
     (tmp_path / "data/val/red").rename(tmp_path / "data/val/rose")
-    assert not torch.equal(built_from(out / "model_final.pth").fc.weight, final["fc.weight"])
+    with caplog.at_level(logging.INFO):
+        assert not torch.equal(built_from(out / "model_final.pth").fc.weight, final["fc.weight"])
+    assert ("model_final.pth: the backbone; the fc is new (the weights were trained on other "
+            "classes)") in caplog.text
 
 
 def test_nesterov_without_momentum_is_named(tmp_path: Path) -> None:

@@ -126,12 +126,26 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 f"{path}: cannot be decoded: {size[1]}x{size[0]} pixels, over OpenCV's limit of "
                 f"{limit} (OPENCV_IO_MAX_IMAGE_PIXELS)")
         raise UnreadableImageError(f"{path}: " + ("an empty file (0 bytes)" if not data
-                                                  else "cannot be decoded"))
+                                                  else "cannot be decoded" + _what_it_is(path)))
     if not _said_dark and image.max() < DARK:
         bits = _bits_per_sample(data, path)
         if bits > 8:
             _warn_of_dark_deep_image(path, bits, int(image.max()))
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _what_it_is(path: str | os.PathLike) -> str:
+    """For a file OpenCV cannot decode: where its header says it holds 32-bit samples
+    (float or integer: a scientific TIFF's), that; else "" (truncated or damaged)."""
+    try:
+        with opened_header(path) as im:
+            mode, kind = im.mode, im.format
+    except (OSError, ValueError, SyntaxError):
+        return ""
+    if mode not in ("F", "I") and not mode.startswith(("F;32", "I;32")):
+        return ""
+    return (f" (a {kind} of 32-bit {'float' if mode.startswith('F') else 'integer'} samples, "
+            f"which OpenCV does not read: convert it to 8 bits, e.g. a PNG)")
 
 
 # an image of more than 8 bits per sample whose 8-bit pixels all stay under this is taken for
