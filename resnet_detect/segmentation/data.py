@@ -581,7 +581,9 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
         for key in examples if s["mask_dir"] else ["img_suffix"]:
             if not isinstance(s[key], str) or not s[key]:
                 raise ConfigError(f"data.{split}.{key} must be one file-name ending (e.g. "
-                                  f"{examples[key]}), got {s[key]!r}")
+                                  f"{examples[key]}), got "
+                                  + ("null (an empty value is null)" if s[key] is None
+                                     else repr(s[key])))
         if s["mask_dir"] and s["mask_suffix"].lower().endswith((".jpg", ".jpeg")):
             raise ConfigError(f"data.{split}.mask_suffix is {s['mask_suffix']!r}: JPEG's lossy "
                               "compression changes class ids along every edge; masks must be "

@@ -110,3 +110,6 @@ def test_a_bad_test_section_is_named_before_the_data_is_read(tmp_path):
                                           r"\(e.g. '.jpg', '_leftImg8bit.png'\), got \['.jpg', "
                                           r"'.png'\]"):
         SemSegTask().prepare(load_config(config, [*no_data, "data.train.img_suffix=[.jpg,.png]"]))
+    with pytest.raises(ConfigError, match=r"data.train.img_suffix must be one file-name ending "
+                                          r".*, got null \(an empty value is null\)$"):
+        SemSegTask().prepare(load_config(config, [*no_data, "data.train.img_suffix="]))

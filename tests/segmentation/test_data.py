@@ -803,10 +803,14 @@ def test_training_masks_in_colour_or_jpeg_are_all_named_before_training(tmp_path
         train.check_mask_headers("train")
     assert str(raised.value).splitlines() == [
         "data.train: 3 of 5 masks are wrong:",
-        f"  mask {tmp_path}/ann/1.png is a RGB image; masks must hold one class id per pixel "
-        "(palette or grayscale PNG), not colours",
-        f"  mask {tmp_path}/ann/2.png is a LA image; masks must hold one class id per pixel "
-        "(palette or grayscale PNG), not colours",
+        f"  mask {tmp_path}/ann/1.png is a RGB image (colour, 3 channels); masks must hold "
+        "one class id per pixel (palette or grayscale PNG): save one channel where every "
+        "channel holds the ids (e.g. Image.open(f).getchannel(0).save(f)); colour-coded masks "
+        "need each colour mapped to its class id",
+        f"  mask {tmp_path}/ann/2.png is a LA image (grey with transparency, 2 channels); masks "
+        "must hold one class id per pixel (palette or grayscale PNG): save one channel where "
+        "every channel holds the ids (e.g. Image.open(f).getchannel(0).save(f)); colour-coded "
+        "masks need each colour mapped to its class id",
         f"  mask {tmp_path}/ann/3.png is a JPEG: its lossy compression changes class ids along "
         "every edge; masks must be PNGs (palette or grayscale)"]
     for i in (1, 2, 3):  # the same words when the mask is read
