@@ -22,7 +22,7 @@ from resnet_detect import CONFIGS
 from resnet_detect.engine import (AMP_DTYPES, all_reduce_sum, amp_for_device, parse_amp,
                                   per_process_batch_size, to_plain)
 from resnet_detect.engine.config import (ConfigError, config_section, is_number,
-                                         is_positive_int, refuse_unit_scale_normalisation)
+                                         is_positive_int)
 from resnet_detect.engine.data import DatasetError
 from resnet_detect.engine.model_check import check_model_config
 from resnet_detect.engine.runner import TaskData
@@ -120,7 +120,6 @@ def check_data_settings(cfg: DictConfig) -> None:
                 or not all(is_number(v) and least < v < math.inf for v in values)):
             raise ConfigError(f"data.{key} must be 3 numbers (RGB, 0..255 scale"
                               f"{'; each > 0' if key == 'pixel_std' else ''}), got {values!r}")
-    refuse_unit_scale_normalisation(d.pixel_mean, d.pixel_std, "data.")
     smoothing = cfg.model.label_smoothing
     if isinstance(smoothing, bool) or not (is_number(smoothing) and 0 <= smoothing < 1):
         raise ConfigError(f"model.label_smoothing must be in [0, 1) (the share of the target "

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from resnet_detect.engine.data.coco import segmentation_to_rle
+from resnet_detect.engine.data.coco import check_segmentation, segmentation_to_rle
 from resnet_detect.engine.files import atomic_write_text
 from resnet_detect.engine.visualize import draw_detections, put_text, text_size
 
@@ -158,10 +158,9 @@ def _mask(segmentation: Any, size: tuple[int, int]) -> dict[str, Any]:
     """The object's RLE; an empty one where it has no usable mask of the image's size (its
     box is drawn alone)."""
     height, width = size
-    try:
-        rle = segmentation_to_rle(segmentation, height, width)
-        if [int(v) for v in rle["size"]] == [height, width]:
-            return rle
+    try:  # (runs past or short of the image: pycocotools would read memory around the mask)
+        segmentation = check_segmentation(segmentation, height, width)[0]
+        return segmentation_to_rle(segmentation, height, width)
     except Exception:  # noqa: BLE001 (pycocotools raises a bare Exception for a bad polygon)
         pass
     return mask_utils.frPyObjects({"size": [height, width], "counts": [height * width]},

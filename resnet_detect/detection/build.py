@@ -15,8 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from resnet_detect.engine.config import (ConfigError, check_counts, check_non_negative,
-                                         check_probability, config_section,
-                                         refuse_unit_scale_normalisation)
+                                         check_probability, config_section)
 from resnet_detect import backbones
 from resnet_detect.backbones.layers import ShapeSpec
 
@@ -358,7 +357,6 @@ def build_model(cfg: Mapping[str, Any] | DictConfig,
             size_divisibility=int(getattr(backbone, "size_divisibility", 32)),
             mask_threshold=mcfg["roi_heads"]["mask_threshold"],
         )
-    refuse_unit_scale_normalisation(mcfg["pixel_mean"], mcfg["pixel_std"], "model.")
     if mcfg.get("weights"):
         load_detector_weights(model, mcfg["weights"], weight_bound_settings(mcfg),
                               new_classes=True, class_names=class_names)

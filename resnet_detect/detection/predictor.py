@@ -276,7 +276,8 @@ class Predictor:
             `pred_masks`), or "rle", D COCO RLEs ({"size": [H, W], "counts": str}, as
             pycocotools encodes them: `pycocotools.mask.decode` reads one back), each
             encoded from its box region, so that a large photo's masks never stand at full
-            size at once (100 masks of a 6000 x 4000 photo: 2.4 GB as bitmasks).
+            size at once (100 masks of a 6000 x 4000 photo: 2.4 GB as bitmasks); except from
+            a graph exported with pasted masks, which gives them all at full size.
 
     Attributes:
         model: the `GeneralizedRCNN`, in eval mode; for `.onnx` weights the `OnnxDetector`

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +82,15 @@ def iou_types(model: GeneralizedRCNN) -> tuple[str, ...]:
 
 @torch.no_grad()
 def evaluate_all(model: GeneralizedRCNN, loader: DataLoader, evaluator: COCOEvaluator,
-                 tta: DetectionTTA | Tiles | None = None) -> dict[str, dict[str, Any]]:
+                 tta: DetectionTTA | Tiles | None = None, *,
+                 before_scoring: Callable[[], None] | None = None
+                 ) -> dict[str, dict[str, Any]]:
     """{iou_type: metrics} of `model` over `loader` for the evaluator's iou_types ("bbox",
     "segm"); every process scores its share, values in percent. With `tta` (views, or
-    tiles) the loader's images are at their own size (`build_val_dataset(resize=False)`)."""
+    tiles) the loader's images are at their own size (`build_val_dataset(resize=False)`).
+    `before_scoring` runs once every image was predicted, before the evaluator writes its
+    results file (tools/eval.py refuses there to score a split of which no image was
+    read)."""
     evaluator.reset()
     device = model.pixel_mean.device
     with eval_mode(model):
@@ -105,6 +110,8 @@ def evaluate_all(model: GeneralizedRCNN, loader: DataLoader, evaluator: COCOEval
             evaluator.process(batch, outputs)
     if isinstance(loader, CountedLoader):
         loader.raise_if_stopped()
+    if before_scoring is not None:
+        before_scoring()
     return evaluator.evaluate()
 
 
@@ -209,12 +216,15 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
         logger.info("test-time augmentation: %s", describe(tta))
     if tiles is not None:
         logger.info("sliced inference: %s", describe_tiles(tiles, loaded.model))
-    metrics = evaluate_all(loaded.model, loader, evaluator, tiles or tta)
+    images: dict[str, int] = {}
+    metrics = evaluate_all(loaded.model, loader, evaluator, tiles or tta,
+                           before_scoring=lambda: images.update(
+                               loader.report(logger, "val", UNREADABLE_VAL, scoring=True)))
     result: dict[str, Any] = {t: nan_to_none(metrics[t]) if val.annotated else None
                               for t in types}
     if "voc" in metrics:
         result["voc"] = nan_to_none(metrics["voc"])
-    result["images"] = loader.report(logger, "val", UNREADABLE_VAL, scoring=True)
+    result["images"] = images
     result["weights"] = str(weights)
     if is_main_process():
         atomic_write_json(result, output / "metrics.json")

@@ -123,19 +123,6 @@ def as_override(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def refuse_unit_scale_normalisation(mean: Sequence[float], std: Sequence[float],
-                                    prefix: str) -> None:
-    """Refuse `prefix`pixel_mean / pixel_std given on a 0..1 scale (torchvision's
-    `transforms.Normalize` values): the images here are 0..255, and such values would feed
-    the network inputs of about +-1000."""
-    if max(std) < 1 and max(mean) <= 1:
-        raise ConfigError(
-            f"{prefix}pixel_mean {as_override(list(mean))} and {prefix}pixel_std "
-            f"{as_override(list(std))} are on a 0..1 scale (torchvision's Normalize); images "
-            f"here are 0..255: ImageNet's are {prefix}pixel_mean=[123.675,116.28,103.53] "
-            f"{prefix}pixel_std=[58.395,57.12,57.375]")
-
-
 def is_number(value: Any) -> bool:
     """An int or float (YAML's true is not one)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -292,8 +292,9 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
                                   warmup_factor=t.warmup_factor)
     except ValueError as e:
         max_iter = lengths["max_iter"]
-        hint = (f"; a shorter run needs shorter steps: train.lr_steps=[{round(max_iter * 2 / 3)}, "
-                f"{round(max_iter * 8 / 9)}] (the 1x recipe's proportions) or train.lr_steps=[]"
+        shorter = [round(max_iter * 2 / 3), round(max_iter * 8 / 9)]
+        hint = (f"; a shorter run needs shorter steps: train.lr_steps={as_override(shorter)} "
+                f"(the 1x recipe's proportions) or train.lr_steps=[]"
                 if any(s > max_iter for s in steps) and "per_epoch" not in lengths else "")
         if "per_epoch" in lengths:  # the keys the user gave: epochs
             t = cfg.train
@@ -375,7 +376,8 @@ class _SkipCounter:
     """Counts the images the loader dropped (unreadable) on this process, drawn
     `batches_per_step` batches a step."""
 
-    def __init__(self, batches_per_step: int = 1, data_keys: str = "data.train") -> None:
+    def __init__(self, batches_per_step: int = 1, data_keys: str = "data.train and the "
+                 "images") -> None:
         self.data_keys = data_keys  # where the training images are set, for the message
         self.count = 0
         self.before = 0  # over all processes, in the steps before the checkpoint resumed from
@@ -400,8 +402,8 @@ class _SkipCounter:
                 f"{totals['unreadable']:.0f} of the {totals['read']:.0f} training images read "
                 f"in iterations {iteration + 2 - UNREADABLE_WINDOW}-{iteration + 1} could not "
                 f"be read (the warnings above name them and why): training stopped. Check "
-                f"{self.data_keys} and the images; then --resume continues from the last "
-                f"checkpoint, where one was written")
+                f"{self.data_keys}; then --resume continues from the last checkpoint, where "
+                f"one was written")
 
     def total(self) -> int:
         """The count over all processes and the whole run (collective)."""
@@ -674,6 +676,28 @@ def _log_metrics(logger: logging.Logger, writer: ScalarWriter, metrics: Metrics,
 PER_CLASS_SCALARS = {"per_category": "AP", "per_class_iou": "IoU"}
 
 
+def _refuse_unit_scale_normalisation(cfg: DictConfig) -> None:
+    """A training from scratch whose pixel_mean / pixel_std are on a 0..1 scale
+    (torchvision's `Normalize` values; the images here are 0..255): refused, as such values
+    feed the network inputs of about +-1000. (Weights carry their own values, checked where
+    they load; weights trained so keep working.)"""
+    model = cfg.get("model") or {}
+    if model.get("weights") or (model.get("backbone") or {}).get("weights"):
+        return
+    for section in ("data", "model"):
+        values = [(cfg.get(section) or {}).get(key) for key in ("pixel_mean", "pixel_std")]
+        if not all(isinstance(v, (list, tuple, ListConfig)) and len(v) == 3
+                   and all(is_number(x) for x in v) for v in values):
+            continue  # (checked where they are read)
+        mean, std = values
+        if max(std) < 1 and max(mean) <= 1:
+            raise ConfigError(
+                f"{section}.pixel_mean {as_override(mean)} and {section}.pixel_std "
+                f"{as_override(std)} are on a 0..1 scale (torchvision's Normalize); images "
+                f"here are 0..255: ImageNet's are {section}.pixel_mean=[123.675,116.28,103.53] "
+                f"{section}.pixel_std=[58.395,57.12,57.375]")
+
+
 def check_training_config(task: Task, cfg: DictConfig) -> tuple[str | None, str | None]:
     """The train settings' checks that need no data, model or folder (run_training's first,
     and tools/train.py --print-config's); returns (compile backend, amp)."""
@@ -694,6 +718,7 @@ def check_training_config(task: Task, cfg: DictConfig) -> tuple[str | None, str 
         raise ConfigError(f"train.best_metric {t.best_metric!r} is not a metric of this task's "
                           f"evaluations{voc}; valid: {', '.join(names)}{lvis}")
     check_schedule(cfg)
+    _refuse_unit_scale_normalisation(cfg)
     drawn_batch_size(t)  # before the folder's log files
     check_num_workers(cfg)
     if not isinstance(t.output_dir, str) or not t.output_dir.strip():
@@ -789,8 +814,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     average = WeightAverage(model, t.ema_decay) if t.ema_decay is not None else None
     # the weights evaluated, kept as the best and written at the end
     evaluated = average.applied if average is not None else nullcontext
-    skipped = _SkipCounter(steps, "data.root" if "root" in cfg.data else
-                           "the data.train paths (the images against their annotations)")
+    skipped = _SkipCounter(steps, "data.root and the images" if "root" in cfg.data else
+                           "the data.train paths (and the images against the annotations)")
 
     # under DDP: the first readable training image, read when a batch had none; the same
     # in a resumed run (this process's last batch, as it was, was not in the checkpoint: a

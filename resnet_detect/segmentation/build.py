@@ -18,8 +18,7 @@ from resnet_detect.backbones.layers import ShapeSpec
 from resnet_detect.engine.config import config_from_mapping as engine_config_from_mapping
 from resnet_detect.engine.config import load_config as engine_load_config
 from resnet_detect.engine.config import (ConfigError, check_non_negative, config_section,
-                                         is_number, is_positive_int, load_defaults, parse_bool,
-                                         refuse_unit_scale_normalisation)
+                                         is_number, is_positive_int, load_defaults, parse_bool)
 from resnet_detect.engine.tasks import refuse_other_task_config
 
 from .convert import load_segmentation_weights, weight_bound_settings
@@ -229,7 +228,6 @@ def build_model(cfg: Mapping[str, Any] | DictConfig,
                                else size_divisibility),
             ignore_index=mcfg["ignore_index"],
         )
-    refuse_unit_scale_normalisation(mcfg["pixel_mean"], mcfg["pixel_std"], "model.")
     if mcfg.get("weights"):
         load_segmentation_weights(model, mcfg["weights"], weight_bound_settings(mcfg),
                                   new_classes=True, class_names=class_names)

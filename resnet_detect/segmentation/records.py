@@ -279,7 +279,8 @@ def _format_problem(path: str | os.PathLike, mode: str, kind: str | None) -> str
         return (f"mask {path} is a JPEG: its lossy compression changes class ids along every "
                 "edge; masks must be PNGs (palette or grayscale)")
     if Image.getmodebands(mode) > 1:
-        what = "grey with transparency" if mode in ("LA", "La", "PA") else "colour"
+        what = {"LA": "grey with transparency", "La": "grey with transparency",
+                "PA": "palette with transparency"}.get(mode, "colour")
         return (f"mask {path} is a {mode} image ({what}, {Image.getmodebands(mode)} "
                 f"channels); masks must hold one class id per pixel (palette or grayscale "
                 f"PNG): save one channel where every channel holds the ids (e.g. "

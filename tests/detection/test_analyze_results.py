@@ -162,7 +162,9 @@ def test_masks_reach_the_picture_as_rles_and_unusable_ones_as_empty() -> None:
                                                  .astype(np.uint8)))
     good = [polygon, {"size": [60, 80], "counts": counts["counts"].decode("ascii")},
             {"size": [60, 80], "counts": [100, 20, 4680]}]
-    bad = [None, [[1, 2, 3]], {"size": [30, 80], "counts": [2400]}, {"counts": "x"}]
+    bad = [None, [[1, 2, 3]], {"size": [30, 80], "counts": [2400]}, {"counts": "x"},
+           {"size": [60, 80], "counts": [4000, 2000]}, {"size": [60, 80], "counts": ""},
+           {"size": [60, 80], "counts": [100, 20]}]  # runs past, short of the image
     anns = [{"bbox": [0, 0, 5, 5], "category_id": 5, "segmentation": s} for s in good + bad]
     objects = _objects(anns, {5: "dog"}, {5: 1}, (60, 80), masks=True, scores=False)
     assert all(isinstance(m, dict) for m in objects["masks"])

@@ -372,20 +372,28 @@ def test_an_override_in_a_message_is_one_shell_word_that_loads_back(tmp_path: Pa
     assert OmegaConf.from_dotlist([f"a={as_override([[1, 2], 3.5])}"]).a == [[1, 2], 3.5]
 
 
-def test_a_detector_or_segmenter_normalised_on_a_0_to_1_scale_is_refused() -> None:
+
+def test_a_training_from_scratch_normalised_on_a_0_to_1_scale_is_refused(tmp_path) -> None:
+    """torchvision's Normalize values trained from scratch without a word (inputs of about
+    +-1000); weights trained with them keep loading (their values are recorded)."""
     from resnet_detect import detection, segmentation
-    from resnet_detect.engine.tasks import load_task_config
+    from resnet_detect.engine.runner import check_training_config
+    from resnet_detect.engine.tasks import load_task_config, task_module
 
     root = Path(__file__).resolve().parents[2] / "configs/synthetic"
     unit = ["model.pixel_mean=[0.5,0.5,0.5]", "model.pixel_std=[0.5,0.5,0.5]",
-            "model.backbone.weights=null", "model.num_classes=3"]
+            "model.backbone.weights=null", "model.num_classes=3",
+            f"train.output_dir={tmp_path}/out"]
     for config, package in (("faster_rcnn_R_18_FPN.yaml", detection),
                             ("deeplabv3_R_18_os16.yaml", segmentation)):
-        cfg = load_task_config(root / config, unit)[1]
+        name, cfg = load_task_config(root / config, unit)
         with pytest.raises(ConfigError, match=r"^model.pixel_mean \[0.5,0.5,0.5\] and "
                                               r"model.pixel_std \[0.5,0.5,0.5\] are on a 0..1 "
                                               r"scale"):
-            package.build_model(cfg)
-        # raw pixels (mean 0, std 1) are no such mistake
-        package.build_model(load_task_config(root / config, [
-            *unit[2:], "model.pixel_mean=[0,0,0]", "model.pixel_std=[1,1,1]"])[1])
+            check_training_config(task_module(name).TASK(), cfg)
+        package.build_model(cfg)  # (what loads weights trained so)
+        # raw pixels (mean 0, std 1) are no such mistake, nor values weights bring
+        for other in (["model.pixel_mean=[0,0,0]", "model.pixel_std=[1,1,1]"],
+                      ["model.backbone.weights=w.pth"]):
+            name, cfg = load_task_config(root / config, [*unit, *other])
+            check_training_config(task_module(name).TASK(), cfg)

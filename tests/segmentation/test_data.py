@@ -596,7 +596,7 @@ def test_too_few_names_are_counted_from_every_val_mask_and_explained_once(tmp_pa
                             "0 unlabelled, neither trained on nor scored (ADE20K's: "
                             "data.reduce_zero_label: true)")
     assert message.count("are either") == 1 and message.count("has class ids") == 2
-    # ids that do not run on from the declared ones (grey levels 0 and 128): no such hint
+    # ids that do not run on from the declared ones (a grey level of 128): no such hint
     mask[:] = 128
     for i in range(4):
         _mask(val_ann / f"{i:03d}.png", mask)

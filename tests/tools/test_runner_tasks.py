@@ -693,7 +693,7 @@ def test_training_that_cannot_succeed_stops_before_the_first_step_or_at_the_bad_
     cfg.train.update(lr_decay="step", lr_steps=[60000, 80000])
     with pytest.raises(ValueError, match=r"lr steps must be increasing iterations in 1..6, got "
                                          r"\[60000, 80000\]; a shorter run needs shorter steps: "
-                                         r"train.lr_steps=\[4, 5\] .* or train.lr_steps=\[\]"):
+                                         r"train.lr_steps=\[4,5\] .* or train.lr_steps=\[\]"):
         run_training(_EmptyRegressionTask(), cfg, cpu)  # before the data: not "empty"
     assert not (tmp_path / "steps").exists()
     for seed in (-1, None, 2**31):  # detectron2's -1 and mmdetection's None draw one there

@@ -164,16 +164,22 @@ def test_eval_keeps_out_of_a_training_runs_folder(trained: Path, data: Path) -> 
 
 def test_eval_of_a_val_split_without_a_readable_image_fails(trained: Path, data: Path,
                                                             tmp_path: Path) -> None:
-    """Every val image unreadable: every object counted as missed, AP 0 and exit 0."""
+    """Every val image unreadable gave AP 0 with exit 0 (every object counted as missed):
+    now exit 2, and an earlier evaluation's files in the folder stay as they were."""
+    args = [str(CONFIG), "--weights", str(trained / "model_final.pth"), "--output",
+            str(tmp_path / "eval"), *data_overrides(data), "model.roi_heads.score_thresh=0.0"]
+    load_tool("eval").main(args)
+    earlier = {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir() if p.is_file()}
+    assert {"metrics.json", "coco_instances_results.json"} <= set(earlier)
+    assert json.loads(earlier["coco_instances_results.json"])  # detections, to be kept
     shutil.copytree(data / "images/val", tmp_path / "val")
     for image in (tmp_path / "val").iterdir():
         image.write_bytes(image.read_bytes()[:200])
     with pytest.raises(DatasetError, match=r"^val: none of the 3 images could be read \(the "
                                            r"warnings above name them\): nothing was scored$"):
-        load_tool("eval").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
-                                "--output", str(tmp_path / "eval"), *data_overrides(data),
-                                f"data.val.img_dir={tmp_path / 'val'}"])
-    assert not (tmp_path / "eval/metrics.json").exists()
+        load_tool("eval").main([*args, f"data.val.img_dir={tmp_path / 'val'}"])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir()
+            if p.is_file()} == earlier
 
 
 def test_eval_keeps_out_of_another_evaluations_folder(trained: Path, data: Path,
