@@ -148,6 +148,8 @@ def assert_resume_from_step_2_is_bit_identical(tmp_path: Path, train: Any) -> No
     resumed = train(tmp_path / "b", True)
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+    # the same config: no key is named as changed (model, train or data settings)
+    assert "settings other than the run" not in (tmp_path / "b/log.txt").read_text()
     return full
 
 
