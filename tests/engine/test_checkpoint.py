@@ -759,6 +759,13 @@ def test_resuming_with_other_data_train_settings_names_them(
     assert "train settings other than" not in \
         caplog.text.replace("data settings other than", "")
     assert "model settings" not in caplog.text
+    caplog.clear()
+    cfg.data.train.repeat_threshold = None
+    cfg.data.palette = [[0, 0, 0], [255, 0, 0]]  # the overlays' colours: nothing drawn otherwise
+    with caplog.at_level("WARNING"):
+        _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
+                         logging.getLogger("t"), {})
+    assert caplog.text == ""
     # a model key changed: named (the weights' refusal, if they do not fit, lists tensors)
     recorded["config"]["model"] = {"name": "resnet18", "weights": "/a/r18.pth"}
     cfg.model = {"name": "resnet34", "weights": "/b/r18.pth"}
@@ -768,13 +775,6 @@ def test_resuming_with_other_data_train_settings_names_them(
                          logging.getLogger("t"), {})
     assert ("resuming model_0000004.pth with model settings other than the run that wrote it "
             "(they apply from here on): model.name: resnet18 -> resnet34\n") in caplog.text
-    caplog.clear()
-    cfg.data.train.repeat_threshold = None
-    cfg.data.palette = [[0, 0, 0], [255, 0, 0]]  # the overlays' colours: nothing drawn otherwise
-    with caplog.at_level("WARNING"):
-        _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
-                         logging.getLogger("t"), {})
-    assert caplog.text == ""
 
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
