@@ -241,8 +241,12 @@ def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     and mmdetection's weight loading do.
     """
     expected = model.state_dict()
+    # another class count: another first dimension (a predictor of another width is refused
+    # with the rest, not taken for new classes)
     renewed = [k for k, v in expected.items() if k.startswith(class_layers) and k in state_dict
-               and tuple(state_dict[k].shape) != tuple(v.shape)]
+               and state_dict[k].ndim == v.ndim and v.ndim > 0
+               and state_dict[k].shape[0] != v.shape[0]
+               and tuple(state_dict[k].shape[1:]) == tuple(v.shape[1:])]
     if renewed:
         logger.warning("%s: %s trained for another class count (%s): they start from scratch "
                        "for this model's classes", source, ", ".join(renewed),

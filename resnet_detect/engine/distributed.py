@@ -188,18 +188,18 @@ def all_gather_object(obj: Any) -> list[Any]:
     return gathered
 
 
-def wrap_ddp(model: nn.Module, device: torch.device, amp: str | None = None) -> nn.Module:
-    """`model` in DistributedDataParallel when there are several processes, else itself;
-    `amp`: the training's autocast ("bf16", "fp16" or None)."""
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` in DistributedDataParallel when there are several processes, else itself."""
     if get_world_size() == 1:
         return model
     if device.type != "cuda" and any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
         refuse_syncbn_on_cpus("a norm: syncbn in the config (model.backbone.norm, "
                               "model.head.norm or model.options.norm)")
-    if device.type != "cuda" and amp == "bf16":
-        # bf16 autocast on a CPU gives the 1x1 convolutions' weight gradients channels_last
-        # strides: the weights' own memory layout (only size-1 dimensions differ), which
-        # autograd keeps and DDP's stride check warns of, on every rank, for a copy of a few kB
+    if device.type != "cuda":
+        # oneDNN on a CPU (bf16 autocast, and float32's strided 1x1 convolutions) gives weight
+        # gradients channels_last strides: the weights' own memory layout (only size-1
+        # dimensions differ), which autograd keeps and DDP's stride check warns of, on every
+        # rank, for a copy of a few kB
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view "
                                                   "strides", category=UserWarning)
     return nn.parallel.DistributedDataParallel(

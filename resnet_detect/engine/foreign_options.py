@@ -20,6 +20,20 @@ DETECTRON2_KEYS = {
     "SEED": "train.seed", "DATALOADER.NUM_WORKERS": "data.num_workers",
     "INPUT.MIN_SIZE_TRAIN": "data.train.min_size", "INPUT.MAX_SIZE_TRAIN": "data.train.max_size",
     "INPUT.MIN_SIZE_TEST": "data.val.min_size", "INPUT.MAX_SIZE_TEST": "data.val.max_size",
+    "SOLVER.WARMUP_FACTOR": "train.warmup_factor",
+    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": "train.clip_grad_norm",
+    "SOLVER.CLIP_GRADIENTS.ENABLED": "train.clip_grad_norm",
+    "MODEL.ROI_HEADS.NMS_THRESH_TEST": "model.roi_heads.nms_thresh",
+    "TEST.DETECTIONS_PER_IMAGE": "model.roi_heads.detections_per_image",
+    "MODEL.RESNETS.NORM": "model.backbone.norm",
+    "MODEL.RESNETS.STRIDE_IN_1X1": "model.backbone.stride_in_1x1",
+    "MODEL.RESNETS.DEPTH": "model.backbone.name", "MODEL.PIXEL_MEAN": "model.pixel_mean",
+    "MODEL.PIXEL_STD": "model.pixel_std", "DATASETS.TRAIN": "data.train.ann_file",
+    "DATASETS.TEST": "data.val.ann_file",
+    "DATALOADER.SAMPLER_TRAIN": "data.train.repeat_threshold",
+    "DATALOADER.REPEAT_THRESHOLD": "data.train.repeat_threshold",
+    "TEST.AUG.MIN_SIZES": "test.min_sizes", "TEST.AUG.MAX_SIZE": "test.max_size",
+    "TEST.AUG.FLIP": "test.flip", "INPUT.MASK_FORMAT": "data.train.mask_format",
 }
 
 
@@ -82,6 +96,10 @@ def _flag_advice(training: bool) -> dict[str, str]:
                   "IMAGES --output DIR",
         "--eval": "tools/eval.py scores COCO's box (and mask) AP; VOC's AP too with "
                   "data.val.voc_metric=area or 11point",
+        # detectron2's demo/demo.py
+        "--confidence-threshold": "--min-score X (tools/demo.py)",
+        "--video-input": "--input VIDEO (tools/demo.py takes images, folders and videos)",
+        "--webcam": "tools/demo.py reads files: --input IMAGES_OR_VIDEO",
     }
 
 

@@ -336,6 +336,17 @@ def drawn_batch_size(t: DictConfig) -> int:
     return per_process // t.accumulation_steps
 
 
+def warn_of_unused_steps(t: DictConfig, logger: logging.Logger) -> None:
+    """Step milestones under another decay than train.lr_decay=step do nothing (a recipe's
+    steps given with the cosine quickstart: the lr followed its cosine without a word)."""
+    if t.lr_decay == "step":
+        return
+    for key in ("lr_steps", "lr_step_epochs"):
+        if t.get(key):
+            logger.warning("train.%s=%s is not used: train.lr_decay is %s (steps apply with "
+                           "train.lr_decay=step)", key, as_override(list(t[key])), t.lr_decay)
+
+
 def warn_of_long_warmup(lengths: Mapping[str, Any], logger: logging.Logger) -> None:
     """A warmup as long as the run (a 1x recipe's 1000 steps kept in a 300-step fine-tuning)
     never reaches train.base_lr."""
@@ -791,8 +802,13 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                getattr(data.train, "class_names", None))
     if len(data.train) == 0:
         raise ValueError(f"the training set is empty ({data.description}): nothing to train on")
+    if data.val is None and t.best_metric is not None:
+        raise ConfigError(f"train.best_metric={t.best_metric} keeps the weights of the best "
+                          f"evaluation, and this run has no val split to evaluate on: set a "
+                          f"val split, or train.best_metric=null")
     lengths = _lengths(cfg, len(data.train))
     warn_of_long_warmup(lengths, logger)
+    warn_of_unused_steps(t, logger)
     logger.info("%s, %d processes x %d images per step%s", data.description, get_world_size(),
                 batch_size * steps, f" in {steps} batches of {batch_size}" if steps > 1 else "")
 
@@ -805,7 +821,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                         device, bool((cfg.get("model") or {}).get("channels_last", False)))
     model = compile_model(model, compile_backend, device)
     seed_everything(t.seed + get_rank())  # distinct dropout / sampling per process
-    ddp_model = wrap_ddp(model, device, amp)
+    ddp_model = wrap_ddp(model, device)
     norm_warning = unsynced_batch_norm_warning(model, batch_size, get_world_size(), device.type)
     if norm_warning and is_main_process():
         logger.warning(norm_warning)

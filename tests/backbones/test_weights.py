@@ -360,3 +360,23 @@ def test_a_torch_file_of_pickle_protocol_4_or_5_says_how_to_save_it_again(tmp_pa
                                      rf"{protocol} \(torch.save\(..., pickle_protocol="
                                      rf"{protocol}\)\), which torch's safe reader"):
                 read_checkpoint(path)
+
+
+def test_class_layers_of_another_width_are_refused_not_taken_for_new_classes(caplog):
+    """A detector's predictor (3, 1024) into one of (3, 512) was said "trained for another
+    class count" (the class count is the same; the box head's width differs)."""
+    from resnet_detect.backbones.weights import check_and_load
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    other_classes = {"0.weight": torch.zeros(8, 4), "0.bias": torch.zeros(8),
+                     "1.weight": torch.ones(5, 8), "1.bias": torch.ones(5)}
+    with caplog.at_level(logging.WARNING):
+        check_and_load(model, other_classes, "w.pth", class_layers=("1.",))
+    assert "w.pth: 1.weight, 1.bias trained for another class count ((5, 8) -> (3, 8), (5,) " \
+           "-> (3,))" in caplog.text
+    assert not model[1].weight.eq(1).any()  # left at the model's initialisation
+    other_width = {**other_classes, "1.weight": torch.ones(3, 16), "1.bias": torch.ones(3)}
+    caplog.clear()
+    with pytest.raises(ValueError, match=r"mis-shaped \(1\): 1.weight: checkpoint \(3, 16\)"):
+        check_and_load(model, other_width, "w.pth", class_layers=("1.",))
+    assert "class count" not in caplog.text

@@ -505,6 +505,14 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
       "here"]),
     ("train", [str(CONFIG), "MODEL.RPN.NMS_THRESH=0.6"],
      ["the keys here are lower-case (detectron2's SOLVER.BASE_LR is train.base_lr=VALUE)"]),
+    # the README table's rows, each named (a trial found half of them given the generic line)
+    ("train", [str(CONFIG), "MODEL.ROI_HEADS.NMS_THRESH_TEST=0.3"],
+     ["detectron2's MODEL.ROI_HEADS.NMS_THRESH_TEST is model.roi_heads.nms_thresh=VALUE"]),
+    ("train", [str(CONFIG), "TEST.AUG.FLIP=True"],
+     ["detectron2's TEST.AUG.FLIP is test.flip=VALUE here"]),
+    ("demo", [str(CONFIG), "--weights", "w.pth", "--input", "a.jpg", "--output", "o",
+              "--confidence-threshold", "0.3"],
+     ["  --confidence-threshold: --min-score X (tools/demo.py)"]),
     # a pattern --weights run/models/net-*.pth that matched two files
     ("eval", [str(CONFIG), "--output", "o", "--weights", str(CONFIG), str(ROOT / "README.md")],
      [f"error: override '{ROOT / 'README.md'}' must look like key=value; it is a file, and each "

@@ -683,6 +683,31 @@ def test_a_file_system_without_flock_trains_unlocked(
            f"{tmp_path / 'windows'}" in caplog.text
 
 
+def test_steps_under_another_decay_and_a_best_metric_without_val_are_named(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The cosine quickstart took detectron2's SOLVER.STEPS (train.lr_steps) and ignored them
+    without a word; train.best_metric without a val split trained to the end and kept no
+    model_best.pth without a word."""
+    cfg = _toy_config(tmp_path / "cosine")
+    cfg.train.lr_steps = [3]
+    with caplog.at_level(logging.WARNING):
+        run_training(_RegressionTask(), cfg, torch.device("cpu"))
+    assert ("train.lr_steps=[3] is not used: train.lr_decay is cosine (steps apply with "
+            "train.lr_decay=step)") in caplog.text
+    caplog.clear()
+    cfg = _toy_config(tmp_path / "best")
+    cfg.train.best_metric = "loss/mse"
+    with pytest.raises(ConfigError, match=r"^train.best_metric=loss/mse keeps the weights of "
+                                          r"the best evaluation, and this run has no val split "
+                                          r"to evaluate on: set a val split, or "
+                                          r"train.best_metric=null$"):
+        run_training(_RegressionTask(), cfg, torch.device("cpu"))
+    assert not list((tmp_path / "best").glob("*.pth"))
+    with caplog.at_level(logging.WARNING):  # the quickstart's own steps: none, nothing said
+        run_training(_RegressionTask(), _toy_config(tmp_path / "plain"), torch.device("cpu"))
+    assert "is not used" not in caplog.text
+
+
 def test_training_that_cannot_succeed_stops_before_the_first_step_or_at_the_bad_one(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cpu = torch.device("cpu")
