@@ -122,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             logger.warning("skipping %s: %s", path, err)
             too_large.append(f"{path}: {err}")
     drawn = getattr(render, "drawn", None)  # detections drawn (detection models)
-    print(f"wrote {len(written)} file(s) to {output}"
+    print(f"wrote {len(written)} "
+          + ("picture(s) and their JSON" if args.save_json else "file(s)") + f" to {output}"
           + ("" if drawn is None else f": {drawn} detections of score {args.min_score} or more"
              + ("" if drawn else _none_drawn_hint(render, args))), flush=True)
     if unreadable or too_large:

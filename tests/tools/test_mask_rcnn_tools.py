@@ -131,13 +131,15 @@ def test_demo_draws_masks(trained: tuple[Path, dict], data: Path, tmp_path: Path
 
 
 def test_demo_saves_masks_as_rle(trained: tuple[Path, dict], data: Path,
-                                tmp_path: Path) -> None:
+                                tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--save-json's "masks": COCO RLEs that decode to the Predictor's masks."""
     image = data / "images/val/000001.jpg"
     weights = str(trained[0] / "model_final.pth")
     load_tool("demo").main([str(CONFIG), "--weights", weights, "--input", str(image),
                             "--output", str(tmp_path), "--min-score", "0", "--save-json",
                             "model.roi_heads.score_thresh=0.0", *SMALL_HEAD])
+    # (it said "wrote 1 file(s)" of its two)
+    assert f"wrote 1 picture(s) and their JSON to {tmp_path}: " in capsys.readouterr().out
     record = json.loads((tmp_path / "000001.json").read_text())
     expected = Predictor(str(CONFIG), weights=weights,
                          overrides=["model.roi_heads.score_thresh=0.0", *SMALL_HEAD])(
