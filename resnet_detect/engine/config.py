@@ -192,7 +192,12 @@ def _check_values(part: DictConfig, kinds: Mapping[str, str],
         either = key in NUMBER_OR_LIST
         if (isinstance(v, list) != listed and not either) or not all(
                 is_number(x) for x in numbers) or (not values and (either or not listed)):
-            raise ConfigError(f"{key} must be {_wanted(key, kind)}, got {v!r} in {source}")
+            # yacs' and Python's tuples, (640, 800): YAML reads them as text
+            tuple_hint = (f" (a list is written [{v.strip()[1:-1].replace(' ', '')}] here)"
+                          if isinstance(v, str) and v.strip().startswith("(")
+                          and v.strip().endswith(")") and (listed or either) else "")
+            raise ConfigError(f"{key} must be {_wanted(key, kind)}, got {v!r} in "
+                              f"{source}{tuple_hint}")
         if kind in ("int", "ints") and not key.endswith("epochs"):  # 2.5 epochs exist
             if not all(float(x).is_integer() for x in numbers):
                 raise ConfigError(f"{key} must be a whole number, got {v!r} in {source}")

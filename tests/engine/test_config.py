@@ -262,7 +262,13 @@ def test_the_detector_sizes_take_a_number_or_a_list() -> None:
                                ("data.train.min_size=[]", rf"{either} \[\]"),
                                ("data.val.max_size=[1333]", r"a number, got \[1333\]"),
                                ("train.max_iter=[100]", r"a number, got \[100\]"),
-                               ("train.lr_steps=5", "a list of numbers, got 5")):
+                               ("train.lr_steps=5", "a list of numbers, got 5"),
+                               # yacs' tuple, as detectron2 users write it
+                               ("data.train.min_size=(160, 192)", r"a number or a list of "
+                                r"numbers, got '\(160, 192\)' in override .* \(a list is "
+                                r"written \[160,192\] here\)$"),
+                               ("train.lr_steps=(60,80)", r"a list of numbers, got '\(60,80\)' "
+                                r".*\(a list is written \[60,80\] here\)$")):
         with pytest.raises(ConfigError, match=f"{override.split('=')[0]} must be {expected}"):
             detection_config.load_config(config, [override])
 
