@@ -120,9 +120,9 @@ def test_rle_objects_and_unknown_formats_are_refused_before_training(data: Path,
                              "counts": [10, 5, image["height"] * image["width"] - 15]}
     (tmp_path / "rle.json").write_text(json.dumps(content))
     with pytest.raises(DatasetError, match=r"data.train.mask_format=polygon: 1 objects have an "
-                                           rf"RLE segmentation, not polygons \(image id "
-                                           rf"{image['id']}, object \d+\).*mask_format="
-                                           r"bitmask"):
+                                           rf"RLE segmentation, not polygons \(annotation "
+                                           rf"id={first['id']} \(image id={image['id']}\)\)"
+                                           r".*mask_format=bitmask"):
         _datasets(data, f"data.train.ann_file={tmp_path / 'rle.json'}")
     with pytest.raises(ConfigError, match="data.train.mask_format must be one of bitmask, "
                                           "polygon, got 'rle'"):

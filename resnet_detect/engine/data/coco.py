@@ -4,7 +4,8 @@ A record (one per kept image, M objects):
     {"file_name": absolute path, "image_id": int, "height": int, "width": int,
      "boxes": float32 (M, 4) xyxy in original image pixels, clipped to the image,
      "classes": int64 (M,) contiguous labels 0..K-1,
-     "segmentations": list of M COCO segmentations (only with keep_segmentation=True)}
+     "segmentations": list of M COCO segmentations and "annotation_ids": their M
+     annotations' ids (only with keep_segmentation=True)}
 
 Everything that can be checked before training is checked here and reported with the file
 and the offending entry; crowd regions and degenerate boxes are left out and counted. With
@@ -672,7 +673,7 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
     `optional_masks` keeps objects without one (segmentation None)."""
     keep_segmentation = problems is not None
     height, width = img["height"], img["width"]
-    boxes, classes, segmentations = [], [], []
+    boxes, classes, segmentations, annotation_ids = [], [], [], []
     stats.annotations += len(anns)
     for ann in anns:
         if ann.get("iscrowd", 0):
@@ -699,6 +700,7 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
             segmentations.append(segmentation)
         boxes.append(box)
         classes.append(mapping.to_contiguous(ann["category_id"]))
+        annotation_ids.append(ann["id"])
     stats.boxes += len(boxes)
     record: dict[str, Any] = {
         "file_name": str(image_path(img_dir, img["file_name"])), "image_id": img["id"],
@@ -706,6 +708,6 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
         "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         "classes": np.asarray(classes, dtype=np.int64),
     }
-    if keep_segmentation:
-        record["segmentations"] = segmentations
+    if keep_segmentation:  # (the ids: a mask's problem found later names its annotation)
+        record["segmentations"], record["annotation_ids"] = segmentations, annotation_ids
     return record
