@@ -311,14 +311,11 @@ class SemSegDataset(Dataset):
         for index in range(len(self)):
             try:
                 mask = self._mask_against_image(index)
-            except DatasetError as err:
+            except (DatasetError, UnreadableImageError) as err:
                 problems.append(getattr(err, "problem", str(err)))
                 if hasattr(err, "outside"):  # what the ids may mean: once, from all masks
                     outside |= err.outside
                     mask_file = self._records[index].get("mask_file")
-                continue
-            except UnreadableImageError as err:
-                problems.append(str(err))
                 continue
             if mask is not None:
                 pixels += np.bincount(mask.ravel(), minlength=256)

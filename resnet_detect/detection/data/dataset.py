@@ -103,10 +103,8 @@ def check_mask_format(value: Any) -> None:
 
 def _refuse_rle(records: Sequence[dict[str, Any]]) -> None:
     """Polygon targets need polygons (detectron2 refuses an RLE there too)."""
-    rle = [f"annotation id={ids[k]} (image id={r['image_id']})"
-           if len(ids := r.get("annotation_ids", ())) == len(r["segmentations"])
-           else f"image id {r['image_id']}, object {k}" for r in records
-           for k, s in enumerate(r["segmentations"]) if isinstance(s, dict)]
+    rle = [f"annotation id={r['annotation_ids'][k]} (image id={r['image_id']})"
+           for r in records for k, s in enumerate(r["segmentations"]) if isinstance(s, dict)]
     if rle:
         raise DatasetError(f"data.train.mask_format=polygon: {len(rle)} objects have an RLE "
                            f"segmentation, not polygons ({', '.join(rle[:3])}"
