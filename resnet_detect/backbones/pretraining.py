@@ -159,9 +159,12 @@ class ClassificationTask:
         check_data_settings(cfg)
         refuse_output_in_a_split(cfg, output_dir)
 
-    def prepare(self, cfg: DictConfig) -> TaskData:
+    def check_config(self, cfg: DictConfig) -> None:
         check_model_config(lambda probe: self._build(probe, num_classes=2), cfg,
                            read_weights=read_checkpoint, loaded_early="model.weights")
+
+    def prepare(self, cfg: DictConfig) -> TaskData:
+        self.check_config(cfg)
         train, val = build_datasets(cfg)
         self.configure(cfg, train.class_names, cfg.data.pixel_mean, cfg.data.pixel_std)
         per_process = per_process_batch_size(cfg.train.batch_size, "train.batch_size")

@@ -302,8 +302,9 @@ class DetectionTask:
         self.mapping: CategoryMapping | None = None
         self.evaluator: COCOEvaluator | None = None
 
-    def prepare(self, cfg: DictConfig) -> TaskData:
-        backend = coco_backend(cfg)
+    @staticmethod
+    def check_config(cfg: DictConfig) -> None:
+        coco_backend(cfg)
         check_voc_metric(cfg.data.val.voc_metric)
         # the val split's resize and test keys before the model and its weights are read and
         # the training file (minutes at COCO's size), not at tools/eval.py after the
@@ -312,6 +313,10 @@ class DetectionTask:
         tiles_from_config(cfg)
         inference_compile_settings(cfg)
         check_model_config(build_model, cfg, read_weights=read_checkpoint)
+
+    def prepare(self, cfg: DictConfig) -> TaskData:
+        self.check_config(cfg)
+        backend = coco_backend(cfg)
         data = build_datasets(cfg)
         resolve_num_classes(cfg, data.mapping)
         _refuse_lvis_metric_without_lvis(cfg)

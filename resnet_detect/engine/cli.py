@@ -174,7 +174,8 @@ def config_argument_parser(description: str | None, *,
         parser.add_argument("--print-config", action="store_true",
                             help="print the config as the run would read it (defaults, _base_ "
                                  "files, CONFIG, overrides) and exit without training; keys "
-                                 "the data fills (model.num_classes) stay null")
+                                 "the data fills (model.num_classes) stay null, and "
+                                 "mandatory ones not given yet (data.root) are ???")
     return parser
 
 
@@ -229,7 +230,8 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
     """
     args = config_argument_parser(description, resume=True).parse_intermixed_args(argv)
     try:
-        name, cfg = load_task_config(args.config, args.overrides, task=task)
+        name, cfg = load_task_config(args.config, args.overrides, task=task,
+                                     allow_missing=args.print_config)
         runner_task = task_module(name).TASK()
         cache_memory = parse_bool(cfg.train.cache_host_memory, "train.cache_host_memory")
     except Exception as e:
@@ -237,8 +239,14 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
         raise
     if args.print_config:
         check_training_config(runner_task, cfg)  # as the run would refuse it
+        if hasattr(runner_task, "check_config"):
+            runner_task.check_config(cfg)
         if os.environ.get("RANK", "0") == "0":  # (under torchrun: once)
             print(OmegaConf.to_yaml(cfg, resolve=True), end="", flush=True)
+            missing = sorted(OmegaConf.missing_keys(cfg))
+            if missing:
+                print(f"{', '.join(missing)}: ??? is a value to give before the run (in the "
+                      f"file or as key=value)", file=sys.stderr, flush=True)
         return {"task": name, "config": cfg}
     device = init_distributed(cfg.train.device)
     if cache_memory and device.type == "cpu" and not cache_host_memory():

@@ -325,7 +325,8 @@ def _rename(part: DictConfig, renamed: Mapping[str, str], source: str) -> DictCo
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
                 defaults: Mapping[str, Any] | DictConfig | None = None,
                 open_keys: Sequence[str] = (),
-                renamed: Mapping[str, str] | None = None) -> DictConfig:
+                renamed: Mapping[str, str] | None = None,
+                allow_missing: bool = False) -> DictConfig:
     """Load a YAML config with its `_base_` files, then apply `key=value` overrides.
 
     Args:
@@ -335,6 +336,8 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
         open_keys: dotted paths of subtrees of `defaults` that accept any key.
         renamed: deprecated dotted key -> its new name; old files and overrides keep loading,
             with a warning naming the new key.
+        allow_missing: leave mandatory values (`???`) unset instead of refusing them (for
+            printing a config; `mandatory_keys` names them).
 
     Returns:
         The merged config, read-only keys-wise (struct mode) when `defaults` is given.
@@ -362,7 +365,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
             f"{_source_of(key, path, overrides)} once its ${{...}} values are resolved (an "
             f"environment variable is text: ${{oc.decode:${{oc.env:NAME}}}} reads it as YAML)"))
         _refuse_nulls(resolved, kinds, path, overrides)
-    if missing:
+    if missing and not allow_missing:
         raise ConfigError(f"config {path} leaves mandatory keys unset: {', '.join(missing)} "
                           f"(set them in the file or as key=value overrides)")
     return cfg

@@ -91,6 +91,11 @@ class Task(Protocol):
     primary_metrics: str  # the metric group tools print and `metrics` returns
     # optional `unreadable_val`: what an unreadable val image does to the metrics (LEFT_OUT)
 
+    def check_config(self, cfg: DictConfig) -> None:
+        """The task's checks that need no data: its keys' values, the model built on the meta
+        device, the weights' files (`prepare`'s first; tools/train.py --print-config's).
+        Optional."""
+
     def prepare(self, cfg: DictConfig) -> TaskData:
         """Load and check the data (errors name the file) and complete `cfg` (e.g.
         model.num_classes from the data), before any model is built."""

@@ -104,7 +104,8 @@ def _refuse_other_task(path: str | os.PathLike, name: str, task: str) -> None:
 
 
 def load_task_config(path: str | os.PathLike, overrides: Sequence[str] = (),
-                     task: str | None = None) -> tuple[str, DictConfig]:
+                     task: str | None = None, *,
+                     allow_missing: bool = False) -> tuple[str, DictConfig]:
     """(task name, config checked against that task's defaults file).
 
     Args:
@@ -112,6 +113,7 @@ def load_task_config(path: str | os.PathLike, overrides: Sequence[str] = (),
         overrides: `key=value` strings.
         task: expected task (e.g. "classification" for tools/pretrain.py); a config that
             names another is refused.
+        allow_missing: leave mandatory values (`???`) unset (`engine.config.load_config`).
     """
     name = config_task(path, overrides, expected=task)
     if task is not None:
@@ -119,7 +121,8 @@ def load_task_config(path: str | os.PathLike, overrides: Sequence[str] = (),
     module = task_module(name)
     cfg = load_config(path, overrides, defaults=load_defaults(module.BASE_CONFIG),
                       open_keys=("train.lr_multipliers", *getattr(module, "OPEN_KEYS", ())),
-                      renamed=getattr(module, "RENAMED_KEYS", None))
+                      renamed=getattr(module, "RENAMED_KEYS", None),
+                      allow_missing=allow_missing)
     _refuse_replaced_multipliers(cfg, overrides)
     resolve = getattr(module, "resolve_overrides", None)
     if resolve is not None:

@@ -223,11 +223,17 @@ class SemSegTask:
         self.cfg: DictConfig | None = None
         self.tta: TTAInference | None = None
 
-    def prepare(self, cfg: DictConfig) -> TaskData:
-        self.tta = tta_from_config(cfg)  # its errors before training, not at the evaluation
+    @staticmethod
+    def check_config(cfg: DictConfig) -> None:
+        tta_from_config(cfg)  # its errors before training, not at the evaluation
         inference_compile_settings(cfg)
         check_model_config(build_model, cfg, read_weights=read_checkpoint)
-        colours = resolve_palette(cfg.data.palette, None)  # its file and colours before the data
+        resolve_palette(cfg.data.palette, None)  # its file and colours before the data
+
+    def prepare(self, cfg: DictConfig) -> TaskData:
+        self.check_config(cfg)
+        self.tta = tta_from_config(cfg)
+        colours = resolve_palette(cfg.data.palette, None)
         if colours is not None:  # the run's config.yaml and weights hold the colours, not a path
             cfg.data.palette = colours.tolist()
         train = build_dataset(cfg, "train")  # checks the data first

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import os
 import signal
 import subprocess
@@ -383,7 +384,8 @@ def test_print_config_shows_the_merged_config_and_trains_nothing(
     config = CONFIG if tool == "train" else ROOT / "configs/pretrain/synthetic_resnet18.yaml"
     out = tmp_path / "run"
     overrides = ["train.base_lr=0.123", f"train.output_dir={out}", "train.lr_multipliers.fc=10",
-                 f"data.{'train.img_dir' if tool == 'train' else 'root'}={tmp_path / 'none'}"]
+                 f"data.{'train.img_dir' if tool == 'train' else 'root'}={tmp_path / 'none'}",
+                 "model.backbone.weights=null" if tool == "train" else "model.weights=null"]
     tool_main(tool)([str(config), "--print-config", *overrides])
     printed = OmegaConf.create(capsys.readouterr().out)
     assert printed == load_task_config(config, overrides)[1]
@@ -392,6 +394,49 @@ def test_print_config_shows_the_merged_config_and_trains_nothing(
     # a value the run refuses is refused here too (it was printed, exit 0)
     with pytest.raises(ConfigError, match="unknown train.lr_decay 'multistep'; valid: cosine"):
         tool_main(tool)([str(config), "--print-config", *overrides, "train.lr_decay=multistep"])
+    assert capsys.readouterr().out == ""
+
+
+def test_print_config_shows_mandatory_keys_not_given_yet(capsys: pytest.CaptureFixture) -> None:
+    """The ImageNet recipe's data.root is mandatory: --print-config refused the config for it
+    (the config a user prints to learn what to set); it prints ??? there and names the key."""
+    from omegaconf import OmegaConf
+    config = ROOT / "configs/pretrain/resnet50_imagenet.yaml"
+    tool_main("pretrain")([str(config), "--print-config", "train.base_lr=0.2"])
+    out, err = capsys.readouterr()
+    printed = OmegaConf.create(out)
+    assert OmegaConf.missing_keys(printed) == {"data.root"}
+    assert printed.train.base_lr == 0.2 and printed.model.name == "resnet50"
+    assert err == ("data.root: ??? is a value to give before the run (in the file or as "
+                   "key=value)\n")
+    tool_main("pretrain")([str(config), "--print-config", "data.root=/imagenet"])
+    out, err = capsys.readouterr()
+    assert OmegaConf.create(out).data.root == "/imagenet" and err == ""
+
+
+@pytest.mark.parametrize("config, override, error", [
+    ("synthetic/faster_rcnn_R_18_FPN.yaml", "model.roi_heads.score_thresh=1.5",
+     "model.roi_heads.score_thresh must be a score in [0, 1], got 1.5"),
+    ("synthetic/deeplabv3_R_18_os16.yaml", "model.backbone.output_stride=12",
+     "output_stride"),
+    ("pretrain/synthetic_resnet18.yaml", "model.zero_init_residual=maybe",
+     "zero_init_residual")])
+def test_print_config_refuses_what_the_model_build_refuses(
+        config: str, override: str, error: str, capsys: pytest.CaptureFixture) -> None:
+    """A model key the run refuses in its first seconds (built on the meta device before
+    the data) was printed by --print-config, exit 0; so was a weights file not there."""
+    from resnet_detect.engine.config import ConfigError
+    tool = "pretrain" if config.startswith("pretrain") else "train"
+    argv = [str(ROOT / "configs" / config), "--print-config", "model.backbone.weights=null"
+            if tool == "train" else "model.weights=null"]
+    tool_main(tool)(argv)
+    assert capsys.readouterr().out
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        tool_main(tool)([*argv, override])
+    assert capsys.readouterr().out == ""
+    key = "model.backbone.weights" if tool == "train" else "model.weights"
+    with pytest.raises(FileNotFoundError, match=f"^{key}: weights file not found: "):
+        tool_main(tool)([*argv, f"{key}=/nowhere/w.pth"])
     assert capsys.readouterr().out == ""
 
 
