@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import safetensors.torch
@@ -230,6 +230,27 @@ def _norm_hint(missing: list[str], unexpected: list[str]) -> str:
     return ""
 
 
+# key parts only another project's detectors and segmenters have, with the project's name
+FOREIGN_KEY_PARTS = (("proposal_generator.", "detectron2's"), ("fpn_lateral", "detectron2's"),
+                     ("neck.lateral_convs.", "mmdetection's"),
+                     ("rpn_head.rpn_conv.", "mmdetection's"),
+                     ("roi_head.bbox_head.", "mmdetection's"),
+                     ("decode_head.", "mmsegmentation's"))
+
+
+def foreign_checkpoint_hint(keys: Iterable[str]) -> str:
+    """Where `keys` (a checkpoint's unexpected ones) are another project's model's: a line
+    saying its checkpoints are not read here (a key listing alone reads as a broken file of
+    ours); else ""."""
+    for key in keys:
+        for part, project in FOREIGN_KEY_PARTS:
+            if part in key:
+                return (f"\n  (keys such as {key} are {project}: its checkpoints are not read "
+                        f"here; start from torchvision's or timm's ImageNet weights "
+                        f"(model.backbone.weights) or a checkpoint written by this project)")
+    return ""
+
+
 def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                    source: str, hint: str = "", class_layers: tuple[str, ...] = ()) -> None:
     """Load strictly; raise ValueError naming `source`, `hint` and every missing, unexpected
@@ -259,7 +280,8 @@ def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
         raise ConfigError(f"weights from {source} do not match {type(model).__name__}{hint}:"
                           + key_listing("missing", missing)
                           + key_listing("unexpected", unexpected)
-                          + key_listing("mis-shaped", mis_shaped) + _norm_hint(missing, unexpected))
+                          + key_listing("mis-shaped", mis_shaped) + _norm_hint(missing, unexpected)
+                          + foreign_checkpoint_hint(unexpected))
     usable = {k: v for k, v in state_dict.items() if k in expected}
     model.load_state_dict(usable, strict=False)
 

@@ -24,7 +24,8 @@ from resnet_detect.engine.compilation import compile_for_inference
 from resnet_detect.engine.config import (ConfigError, as_override, config_needed,
                                          is_positive_int)
 from resnet_detect.backbones.model_weights import use_recorded_normalisation
-from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
+from resnet_detect.backbones.weights import (foreign_checkpoint_hint, read_checkpoint,
+                                            refuse_other_task, unwrap_state_dict)
 from resnet_detect.engine.data import check_rgb_image, check_rgb_images
 from resnet_detect.engine.distributed import usable_device
 from resnet_detect.engine.host_memory import release_free_memory
@@ -118,7 +119,8 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
     foreign = is_torchvision_faster_rcnn(state_dict)
     num_classes = _num_classes_of(state_dict)
     if num_classes is None:
-        raise ConfigError(f"{source}: no box classifier ({_CLS_KEYS[0]}) in the weights")
+        raise ConfigError(f"{source}: no box classifier ({_CLS_KEYS[0]}) in the weights"
+                          + foreign_checkpoint_hint(state_dict))
     if cfg.model.num_classes not in (None, num_classes):
         raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but the weights {source} "
                           f"have {num_classes} classes")

@@ -19,7 +19,8 @@ from resnet_detect.engine import to_plain
 from resnet_detect.engine.compilation import compile_for_inference
 from resnet_detect.engine.config import ConfigError, as_override, config_needed
 from resnet_detect.backbones.model_weights import use_recorded_normalisation
-from resnet_detect.backbones.weights import read_checkpoint, refuse_other_task, unwrap_state_dict
+from resnet_detect.backbones.weights import (foreign_checkpoint_hint, read_checkpoint,
+                                            refuse_other_task, unwrap_state_dict)
 from resnet_detect.engine.data import check_rgb_image, check_rgb_images
 from resnet_detect.engine.distributed import usable_device
 from resnet_detect.engine.host_memory import release_free_memory
@@ -137,6 +138,9 @@ class Predictor:
         if cfg.model.num_classes is None:
             names = provenance.get("class_names") or []
             cfg.model.num_classes = len(names) or _num_classes_of(state_dict)
+        if cfg.model.num_classes is None:
+            raise ConfigError(f"{source}: no segmentation predictor ({_PREDICTOR_KEYS[0]}) in "
+                              f"the weights" + foreign_checkpoint_hint(state_dict))
         use_recorded_normalisation(cfg.model, provenance, str(source))
         self.model_config = to_plain(cfg.model)  # what an export records
         with torch.random.fork_rng(devices=[]):  # its random start, replaced, is not the user's

@@ -1,5 +1,6 @@
 """Weight import: torchvision/timm logit parity, own checkpoints with provenance, strict errors."""
 import argparse
+from pathlib import Path
 import logging
 
 import numpy as np
@@ -342,6 +343,49 @@ def test_detectron2_pickles_are_named_as_such(tmp_path) -> None:
         assert "NumPy" not in str(plain.value)
     torch.save({"w": torch.ones(2)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
     assert torch.equal(read_checkpoint(tmp_path / "legacy.pth")["w"], torch.ones(2))
+
+
+def test_detectron2_and_mmdetection_checkpoints_are_named_as_such(tmp_path) -> None:
+    """Their .pth files (detectron2's {"model": ...}, mmdetection's and mmsegmentation's
+    {"state_dict": ...}) gave only our key listing, or "no box classifier in the weights", or
+    "model.num_classes must be a positive integer": read as a broken file of ours."""
+    from resnet_detect.detection import Predictor as Detector
+    from resnet_detect.segmentation import Predictor as Segmenter
+    root = Path(__file__).resolve().parents[2] / "configs/synthetic"
+    zeros = torch.zeros(4, 4)
+    detectron2 = {"model": {"backbone.bottom_up.stem.conv1.weight": zeros,
+                            "backbone.fpn_lateral2.weight": zeros,
+                            "proposal_generator.rpn_head.conv.weight": zeros,
+                            "roi_heads.box_predictor.cls_score.weight": torch.zeros(81, 1024)},
+                  "iteration": 89999}
+    mmdetection = {"meta": {"epoch": 12}, "state_dict": {
+        "backbone.conv1.weight": zeros, "neck.lateral_convs.0.conv.weight": zeros,
+        "roi_head.bbox_head.fc_cls.weight": zeros}}
+    mmsegmentation = {"meta": {}, "state_dict": {"backbone.stem.0.weight": zeros,
+                                                 "decode_head.conv_seg.weight": zeros}}
+    for name, content in (("d2.pth", detectron2), ("mmdet.pth", mmdetection),
+                          ("mmseg.pth", mmsegmentation)):
+        torch.save(content, tmp_path / name)
+    said = r"\n  \(keys such as {} are {}: its checkpoints are not read here; start from"
+    with pytest.raises(ValueError, match=said.format(r"backbone\.fpn_lateral2\.weight",
+                                                     "detectron2's")):
+        Detector(root / "faster_rcnn_R_18_FPN.yaml", weights=tmp_path / "d2.pth")
+    with pytest.raises(ValueError, match=r"no box classifier .*\n  \(keys such as neck\."
+                                         r"lateral_convs\.0\.conv\.weight are mmdetection's"):
+        Detector(root / "faster_rcnn_R_18_FPN.yaml", weights=tmp_path / "mmdet.pth")
+    with pytest.raises(ValueError, match=r"mmseg.pth: no segmentation predictor .*\n  \(keys such "
+                                         r"as decode_head\.conv_seg\.weight are mmsegmentation's"):
+        Segmenter(root / "deeplabv3_R_18_os16.yaml", weights=tmp_path / "mmseg.pth")
+    with pytest.raises(ValueError, match=said.format(r"backbone\.fpn_lateral2\.weight",
+                                                     "detectron2's")):
+        load_weights(backbones.build_classifier("resnet18", 10),
+                     {k[len("backbone."):]: v for k, v in detectron2["model"].items()
+                      if k.startswith("backbone.")})
+    # ours, mis-fitting, keep the listing alone
+    with pytest.raises(ValueError) as ours:
+        load_weights(backbones.build_classifier("resnet18", 10),
+                     torchvision.models.resnet34().state_dict())
+    assert "checkpoints are not read here" not in str(ours.value)
 
 
 def test_a_torch_file_of_pickle_protocol_4_or_5_says_how_to_save_it_again(tmp_path) -> None:
