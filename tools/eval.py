@@ -229,6 +229,7 @@ def write_errors(args: argparse.Namespace, cfg: Any, gt: dict[str, Any], results
     one, masks against `gt`."""
     from resnet_detect.detection.error_analysis import (FOLDER, analyze, overall_table,
                                                         write_error_analysis)
+    from resnet_detect.detection.federated import is_federated
     from resnet_detect.detection.score_results import rle_masks
     from resnet_detect.detection.training import scored_detections
     from resnet_detect.engine.data import image_sizes
@@ -242,8 +243,10 @@ def write_errors(args: argparse.Namespace, cfg: Any, gt: dict[str, Any], results
             results, image_sizes(gt), results_file)
         analysis = analyze(gt, scored, iou_type=iou_type, max_dets=max_dets)
         written = write_error_analysis(analysis, Path(args.output))
-        print(f"{what} error analysis (AP of each curve, overall; {len(written)} files in "
-              f"{Path(args.output) / FOLDER / iou_type}):\n{overall_table(analysis)}",
+        rules = (" by COCO's rules, not LVIS's: C75 and C50 are not the LVIS AP75 and AP50"
+                 if is_federated(gt) else "")
+        print(f"{what} error analysis (AP of each curve, overall{rules}; {len(written)} files "
+              f"in {Path(args.output) / FOLDER / iou_type}):\n{overall_table(analysis)}",
               flush=True)
 
 

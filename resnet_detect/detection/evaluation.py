@@ -196,7 +196,14 @@ def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
     no crowd regions besides those, and no objects of area 0, as lvis-api reads it. Returns
     (dataset, number of objects so ignored).
     """
-    return cocoeval_ground_truth(read_coco_json(ann_file), iou_type)
+    data = read_coco_json(ann_file)
+    if iou_type == "bbox" and any(ann.get("id") == 0 for ann in data["annotations"]):
+        warnings.warn(f"{ann_file}: an object has annotation id 0, which pycocotools takes "
+                      f"for no match: detectron2 and mmdetection (through pycocotools) count "
+                      f"its detection as a false one, here it is scored as any other (their AP "
+                      f"on this file is lower; number the ids from 1 to compare)",
+                      RuntimeWarning, stacklevel=3)
+    return cocoeval_ground_truth(data, iou_type)
 
 
 def cocoeval_ground_truth(data: dict[str, Any], iou_type: str) -> tuple[dict[str, Any], int]:

@@ -373,7 +373,8 @@ def test_eval_writes_a_confusion_matrix_of_results_or_weights(
                                 "--confusion-matrix", "--score-thr", "30"])
 
 
-def test_the_error_analysis_counts_the_detections_the_scoring_counts(tmp_path: Path) -> None:
+def test_the_error_analysis_counts_the_detections_the_scoring_counts(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A scene of 120 objects of one class, each found: with detections_per_image 150 the
     scoring counts 150 per image and class (AP50 100), and so does the error analysis (its
     C50 was COCO's 100 detections' 100/120 recall)."""
@@ -393,6 +394,17 @@ def test_the_error_analysis_counts_the_detections_the_scoring_counts(tmp_path: P
     numbers = json.loads((tmp_path / "out/error_analysis/bbox/error_analysis.json").read_text())
     assert metrics["bbox"]["AP50"] == pytest.approx(100.0)
     assert numbers["overall"]["all"]["C50"] == pytest.approx(1.0)
+    assert "box error analysis (AP of each curve, overall; " in capsys.readouterr().out
+    # an LVIS file is analysed by COCO's rules: said (its C50 would not be the AP50 printed)
+    gt["images"][0].update(neg_category_ids=[], not_exhaustive_category_ids=[])
+    gt["categories"][0]["frequency"] = "f"
+    (tmp_path / "val.json").write_text(json.dumps(gt), encoding="utf-8")
+    load_tool("eval").main([
+        str(CONFIG), f"data.val.ann_file={tmp_path / 'val.json'}", f"data.val.img_dir={tmp_path}",
+        "model.roi_heads.detections_per_image=150", "--results", str(tmp_path / "r.json"),
+        "--output", str(tmp_path / "lvis"), "--error-analysis"])
+    assert ("box error analysis (AP of each curve, overall by COCO's rules, not LVIS's: C75 and "
+            "C50 are not the LVIS AP75 and AP50; ") in capsys.readouterr().out
 
 
 def test_eval_writes_an_error_analysis_of_results_or_weights(
