@@ -29,9 +29,11 @@ CIFAR-10 python batches (data.root=.../cifar-10-batches-py), or any ImageFolder 
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -70,6 +72,18 @@ def _terminate(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+def _warn_of_an_unused_length(cfg: Any, study: str, overrides: Sequence[str]) -> None:
+    """solver.iterations given while the config sets the study's own length (the default
+    config's degradation.iterations: 250), which wins."""
+    given = {o.split("=", 1)[0].strip() for o in overrides}
+    own = cfg[study].get("iterations", 0)
+    if "solver.iterations" in given and own > 0 and f"{study}.iterations" not in given:
+        logging.getLogger("analyze").warning(
+            "solver.iterations=%s is not used: %s.iterations=%s (the config's) sets the length "
+            "of this study's nets; set %s.iterations=%s", cfg.solver.iterations, study, own,
+            study, cfg.solver.iterations)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run one study; returns the paths it wrote ({"png", "csv", "json"})."""
     args = parse_args(argv)
@@ -78,14 +92,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     cfg = load_config(args.config, args.overrides, defaults=load_defaults(BASE_CONFIG),
                       open_keys=OPEN_KEYS)
     setup_logging(output)
+    _warn_of_an_unused_length(cfg, args.study, args.overrides)
     ctx = build_context_from_config(cfg, output, args.study)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         written = run_study(args.study, ctx, cfg, args.weights)
-    except TrainingInterrupted as stopped:  # the stopped net starts over: not "--resume"
+    except TrainingInterrupted as stopped:
         print(f"{args.study}: {stopped.signal_name} stopped a training; run the command again: "
-              f"it reuses the nets finished in {output / 'models'} and trains the others anew",
-              file=sys.stderr, flush=True)
+              f"it reuses the nets finished in {output / 'models'}, continues the stopped one "
+              f"from its checkpoint and trains the others", file=sys.stderr, flush=True)
         raise SystemExit(stopped.exit_code) from None
     except (KeyboardInterrupt, _Terminated) as e:  # in the analysis after the trainings
         name, code = ("Ctrl-C", 130) if isinstance(e, KeyboardInterrupt) else ("SIGTERM", 143)

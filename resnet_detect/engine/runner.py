@@ -90,6 +90,7 @@ class Task(Protocol):
     name: str            # the config's `task` value, also its logger's last name
     primary_metrics: str  # the metric group tools print and `metrics` returns
     # optional `unreadable_val`: what an unreadable val image does to the metrics (LEFT_OUT)
+    # optional `resume_hint`: how a stopped run continues (RESUME_HINT)
 
     def check_config(self, cfg: DictConfig) -> None:
         """The task's checks that need no data: its keys' values, the model built on the meta
@@ -110,6 +111,10 @@ class Task(Protocol):
     def evaluate(self, model: nn.Module, loader: Any, device: torch.device) -> Metrics:
         """Metrics over this process's share of the val loader (collective)."""
 
+    def resumed(self, iteration: int, output_dir: Path) -> None:
+        """Told that the run continues from its checkpoint at `iteration` in `output_dir`
+        (before the first step). Optional."""
+
     def provenance(self, cfg: DictConfig) -> dict[str, Any]:
         """What the weights record (architecture, classes, normalisation, the config): in
         model_final.pth and in every training checkpoint, so each loads for eval and export.
@@ -120,6 +125,9 @@ class Task(Protocol):
 
     def summary(self, metrics: Metrics) -> str:
         """The line the training tool prints at the end (e.g. "box AP = 50.4")."""
+
+
+RESUME_HINT = "run the same command with --resume to continue"  # a task's resume_hint may differ
 
 
 def format_metric(value: Any) -> str:
@@ -898,6 +906,9 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                     "their loading said above is not this run's state", ", ".join(given))
     if state is not None:  # (older checkpoints did not count them)
         skipped.before = int(state["extra"].get("skipped_images", 0))
+        resumed = getattr(task, "resumed", None)
+        if resumed is not None:
+            resumed(start_iter, output_dir)
     if resume:
         check_same_start_everywhere(start_iter, output_dir)
     if is_main_process():  # once resuming is known to work: a refused resume keeps the old one
@@ -1002,7 +1013,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                  f"{min(trainer.iter + t.eval_period, lengths['max_iter'])})")
         raise TrainingInterrupted(
             f"{stop.signal_name or 'a stop signal'} stopped {where} of {lengths['max_iter']}; "
-            f"checkpoint {path}: run the same command with --resume to continue{after}",
+            f"checkpoint {path}: {getattr(task, 'resume_hint', RESUME_HINT)}{after}",
             signal_name=stop.signal_name, iteration=trainer.iter,
             exit_code=128 + (stop.signum or 15))
     total_skipped = skipped.report(logger, "train")

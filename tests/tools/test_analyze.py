@@ -372,3 +372,132 @@ def test_unusable_data_is_a_data_error(tmp_path):
         (tmp_path / "broken" / split / "a" / "0.png").write_bytes(b"not an image")
     with pytest.raises(DatasetError, match=r"no readable images under .*broken.train"):
         run("lesion", tmp_path / "b", tmp_path / "broken")
+
+
+def test_path_sampling_values_are_refused_before_any_net_trains(image_folder, tmp_path,
+                                                                 monkeypatch):
+    """They were refused only when the residual net's training began: after its plain twin's
+    (hours with configs/analyze/cifar10.yaml)."""
+    monkeypatch.setattr(training, "run_training", lambda *a, **k: pytest.fail("trained"))
+    for overrides, message in (
+            (["model.path_sampling.mode=k_of_n", "model.path_sampling.k=20"],
+             r"model.path_sampling.k must be in 1..9 \(the number of blocks\), got 20 "
+             r"\(cifar_resnet20\)"),
+            (["model.path_sampling.mode=drop_path", "model.path_sampling.rate=1.5"],
+             r"model.path_sampling.rate \(drop probability\) must be in \[0, 1\), got 1.5"),
+            (["model.path_sampling.mode=drop_path", "model.path_sampling.schedule=cosine"],
+             "unknown model.path_sampling.schedule 'cosine'"),
+            (["model.path_sampling.mode=bogus"], "unknown model.path_sampling.mode 'bogus'")):
+        with pytest.raises(ConfigError, match=message):
+            run("degradation", tmp_path / "out", tmp_path / "missing",
+                "degradation.depths=[20,56]", *overrides)
+    # k=20 fits ResNet-56's 27 blocks, not ResNet-20's 9: each depth is checked
+    with pytest.raises(FileNotFoundError, match="make_synthetic"):
+        run("degradation", tmp_path / "out", tmp_path / "missing", "degradation.depths=[56]",
+            "model.path_sampling.mode=k_of_n", "model.path_sampling.k=20")
+
+
+def test_a_stopped_training_continues_from_its_checkpoint(image_folder, tmp_path, capsys):
+    """Run again, a study resumes the net a stop interrupted (the runner's hint said
+    --resume, which tools/analyze.py refuses, and the rerun started that net over): its
+    weights end bit-identical to an uninterrupted run's, and so do its curves but the
+    training error of the first evaluation after the stop (the batches since the resume)."""
+    longer = ["solver.iterations=6", "train.evaluations=3"]
+    whole = run("lesion", tmp_path / "whole", image_folder, *longer)
+    real = training.StudyTask.losses
+
+    def stopped_at_step_3(self, *args):
+        if self.steps == 2 and not hasattr(self, "signalled"):
+            self.signalled = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *args)
+
+    training.StudyTask.losses = stopped_at_step_3
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run("lesion", tmp_path / "stopped", image_folder, *longer)
+    finally:
+        training.StudyTask.losses = real
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert "continues the stopped one from its checkpoint" in err and "--resume" not in err
+    again = run("lesion", tmp_path / "stopped", image_folder, *longer)
+    assert read_csv(again["csv"]) == read_csv(whole["csv"])
+    for arch in ("cifar_resnet20", "plain_cifar_resnet20"):
+        a = torch.load(saved(tmp_path / "whole", arch), weights_only=True)
+        b = torch.load(saved(tmp_path / "stopped", arch), weights_only=True)
+        assert a["model"].keys() == b["model"].keys()
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        assert a["history"]["iterations"] == b["history"]["iterations"] == [2, 4, 6]
+        assert a["history"]["val_error"] == b["history"]["val_error"]
+        differs = 1 if arch == "cifar_resnet20" else None  # (the evaluation at 4)
+        assert [x for i, x in enumerate(a["history"]["train_error"]) if i != differs] == \
+            [x for i, x in enumerate(b["history"]["train_error"]) if i != differs]
+
+
+def test_weights_trained_at_another_image_size_are_refused(image_folder, tmp_path, caplog):
+    """A net trained at 8 px analysed at 12 scored near chance without a word."""
+    run("responses", tmp_path / "r", image_folder)
+    plain = saved(tmp_path / "r", "plain_cifar_resnet20")
+    with pytest.raises(ConfigError, match=r"plain_cifar_resnet20-\w+.pth was trained on 8x8 px "
+                                          r"images, this run's are 12x12 \(data.image_size\): "
+                                          r"set data.image_size=8"):
+        run("lesion", tmp_path / "l", image_folder, "data.image_size=12", weights=[plain])
+    # a bare state dict (no record) of a plain net: the warning says how to analyse it as one
+    torch.save(torch.load(plain, weights_only=True)["model"], tmp_path / "bare.pth")
+    run("lesion", tmp_path / "b", image_folder, weights=[tmp_path / "bare.pth"])
+    assert any(r.getMessage().endswith("a plain net's weights load into a residual one too: "
+                                       "for one, set model.family=plain_cifar_resnet")
+               for r in caplog.records if r.levelno >= 30)
+
+
+def test_two_weights_files_of_one_name_are_told_apart(image_folder, tmp_path):
+    """Two runs' model_final.pth were both 'cifar_resnet20 (model_final.pth)' in every row."""
+    run("responses", tmp_path / "r", image_folder)
+    net = saved(tmp_path / "r", "cifar_resnet20")
+    for run_dir in ("run_a", "run_b"):
+        (tmp_path / run_dir).mkdir()
+        shutil.copy(net, tmp_path / run_dir / "model_final.pth")
+    written = run("responses", tmp_path / "two", image_folder,
+                  weights=[tmp_path / "run_a/model_final.pth", tmp_path / "run_b/model_final.pth"])
+    assert sorted({r["model"] for r in read_csv(written["csv"])}) == [
+        "cifar_resnet20 (run_a/model_final.pth)", "cifar_resnet20 (run_b/model_final.pth)"]
+
+
+def test_solver_iterations_under_a_study_length_is_warned_of(image_folder, tmp_path, caplog):
+    """The default config's degradation.iterations (250) won over solver.iterations=10
+    without a word."""
+    config = tmp_path / "study.yaml"
+    config.write_text(f"_base_: {ROOT / 'configs/analyze/cifar_synthetic.yaml'}\n"
+                      f"degradation:\n  iterations: 2\n", encoding="utf-8")
+    tiny = [o for o in TINY if not o.startswith("degradation.iterations=")]
+    analyze.main(["degradation", "--config", str(config), "--output", str(tmp_path / "d"),
+                  f"data.root={image_folder}", *tiny, "degradation.depths=[20]",
+                  "solver.iterations=3"])
+    assert ("solver.iterations=3 is not used: degradation.iterations=2 (the config's) sets the "
+            "length of this study's nets; set degradation.iterations=3") in [
+        r.getMessage() for r in caplog.records if r.levelno >= 30]
+
+
+def test_cifar_batches_of_floats_or_unknown_labels_are_named(tmp_path):
+    """Floats were cast to uint8 (300.7 became 44, 0..1 black); a label past the classes
+    was 'labels in ROOT must lie in 0..9', naming neither the file nor the label."""
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [b"x", b"y"]}, f)
+    rng = np.random.default_rng(0)
+
+    def write(data, labels):
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            with open(root / name, "wb") as f:
+                pickle.dump({b"data": data, b"labels": labels}, f)
+
+    write(rng.random((4, 3072)), [0, 1, 0, 1])
+    with pytest.raises(DatasetError, match=r"data_batch_1: data must be uint8 pixel values "
+                                           r"0..255, as CIFAR's batches hold them, got float64"):
+        run("lesion", tmp_path / "c", root)
+    write(rng.integers(0, 256, (4, 3072), dtype=np.uint8), [0, 1, 12, 1])
+    with pytest.raises(DatasetError, match=r"data_batch_1: label 12 is not a class of .*"
+                                           r"batches.meta \(labels lie in 0..1: 2 label_names\)"):
+        run("lesion", tmp_path / "c", root)

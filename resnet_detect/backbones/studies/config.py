@@ -19,8 +19,10 @@ from resnet_detect import CONFIGS
 from resnet_detect.engine import init_distributed, to_plain
 from resnet_detect.engine.runner import check_solver_values
 
+from .. import build_classifier
 from ..registry import list_models
 from .data import ClassificationSplit, load_splits
+from .path_sampling import apply_path_sampling
 from .responses import LAYERS
 from .training import Recipe
 
@@ -126,6 +128,23 @@ def data_name(root: str) -> str:
     return parts[-1] if parts[-1].startswith("cifar") else "/".join(parts[-2:])
 
 
+def _check_path_sampling(cfg: DictConfig, depths: list[int]) -> None:
+    """model.path_sampling's values, k against each residual net's blocks (built on the meta
+    device): before the data is read and the plain twins are trained, not after."""
+    settings = OmegaConf.to_container(cfg.model.path_sampling, resolve=True)
+    options = OmegaConf.to_container(cfg.model.options, resolve=True)
+    for depth in depths:
+        arch = arch_name(cfg.model.family, depth, True)
+        with torch.device("meta"):
+            model = build_classifier(arch, 2, config_prefix="model.options.", **options)
+        try:
+            sampler = apply_path_sampling(model.backbone, **settings)
+        except ConfigError as e:
+            raise ConfigError(f"{e} ({arch})" if len(depths) > 1 else str(e)) from None
+        if sampler is not None:
+            sampler.remove()
+
+
 def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
                               study: str | None = None) -> StudyContext:
     """Load the data, pick the device and thread count, and gather the settings of `study`."""
@@ -150,6 +169,7 @@ def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
                 arch_name(cfg.model.family, depth, True)
             except ValueError as e:
                 raise ConfigError(f"{key}: {e}") from None
+    _check_path_sampling(cfg, depths.get("degradation.depths", depths["model.depth"]))
     # limits of 0 meaning all (a negative one was taken as all too): key -> (value, what)
     limits = {f"data.{key}": (d[key], "images") for key in ("max_train", "max_val")}
     if study is not None:

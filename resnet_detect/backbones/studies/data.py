@@ -101,17 +101,23 @@ def load_cifar_batches(root: str | os.PathLike, split: str, image_size: int = 32
         data, batch_labels = batch.get("data"), batch.get("labels")
         if data is None or batch_labels is None:
             raise DatasetError(f"{root / name} is not a CIFAR batch (needs 'data' and 'labels')")
-        data = np.asarray(data, dtype=np.uint8)
+        data = np.asarray(data)
+        if data.dtype != np.uint8:  # (a cast made 300.7 44 and 0..1 floats black)
+            raise DatasetError(f"{root / name}: data must be uint8 pixel values 0..255, as "
+                               f"CIFAR's batches hold them, got {data.dtype}")
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch_labels) != len(data):
             raise DatasetError(f"{root / name}: data must be (N, 3072) with N labels, got "
                                f"{data.shape} and {len(batch_labels)} labels")
+        batch_tensor = torch.as_tensor(list(batch_labels), dtype=torch.int64)
+        outside = batch_tensor[(batch_tensor < 0) | (batch_tensor >= len(class_names))]
+        if outside.numel():
+            raise DatasetError(f"{root / name}: label {int(outside[0])} is not a class of "
+                               f"{root / CIFAR_META_FILE} (labels lie in "
+                               f"0..{len(class_names) - 1}: {len(class_names)} label_names)")
         # each row is RRR..GGG..BBB
         images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
-        labels.append(torch.as_tensor(list(batch_labels), dtype=torch.int64))
+        labels.append(batch_tensor)
     image_tensor, label_tensor = torch.cat(images), torch.cat(labels)
-    if label_tensor.numel() and not 0 <= int(label_tensor.min()) <= int(label_tensor.max()) < len(
-            class_names):
-        raise DatasetError(f"labels in {root} must lie in 0..{len(class_names) - 1}")
     if image_size != 32:
         resized = F.interpolate(image_tensor.float(), size=(image_size, image_size),
                                 mode="bilinear", antialias=True, align_corners=False)

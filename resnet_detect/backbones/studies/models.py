@@ -183,6 +183,23 @@ def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> Study
                       history=history)
 
 
+def _check_image_size(path: str | os.PathLike, config: Any, size: int) -> None:
+    """A study's net analysed at another image size than it was trained at gives numbers of
+    another network (a net trained at 16 px scored near chance at 48): refused. Pretraining's
+    size is its training crop; other sizes are warned of."""
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
+        return
+    trained = config["data"].get("image_size")
+    if not isinstance(trained, int) or trained == size:
+        return
+    if config.get("task") == "analyze":
+        raise ConfigError(f"weights file {path} was trained on {trained}x{trained} px images, "
+                          f"this run's are {size}x{size} (data.image_size): set "
+                          f"data.image_size={trained}")
+    logger.warning("weights file %s was trained on %d px crops; analysed at %d px "
+                   "(data.image_size)", path, trained, size)
+
+
 def load_study_model(path: str | os.PathLike, ctx: StudyContext) -> StudyModel:
     """A classifier from a checkpoint: this project's (architecture, options, normalization
     and classes from its provenance) or a bare state dict of `ctx.arch(ctx.depth, True)`.
@@ -204,12 +221,16 @@ def load_study_model(path: str | os.PathLike, ctx: StudyContext) -> StudyModel:
         if trained_on and trained_on != class_names:
             raise ConfigError(f"weights file {path} was trained on classes {trained_on}, but "
                               f"data.root has {class_names}")
+        _check_image_size(path, provenance.get("config"), ctx.train.images.shape[-1])
     else:
         arch, options = ctx.arch(ctx.depth, True), dict(ctx.options)
         mean, std = ctx.pixel_mean, ctx.pixel_std
         # a plain net's weights load into its residual twin too (option-A shortcuts have none)
-        logger.warning("weights file %s records no architecture: analyzed as %s (residual, "
-                       "model.family and model.depth)", path, arch)
+        plain = arch.startswith("plain_")
+        logger.warning("weights file %s records no architecture: analyzed as %s (model.family "
+                       "and model.depth)%s", path, arch, "" if plain else
+                       f"; a plain net's weights load into a residual one too: for one, set "
+                       f"model.family=plain_{ctx.family}")
     if fc.shape[0] != len(class_names):
         raise ConfigError(f"weights file {path} predicts {fc.shape[0]} classes, the data has "
                           f"{len(class_names)}")

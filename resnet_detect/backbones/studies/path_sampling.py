@@ -69,10 +69,11 @@ def sample_subsets(n: int, k: int, count: int,
 def drop_path_rates(n: int, rate: float, schedule: str) -> list[float]:
     """Per-block drop probabilities p_0..p_{n-1} of a schedule."""
     if schedule not in SCHEDULES:
-        raise ConfigError(f"unknown stochastic depth schedule {schedule!r}; valid: "
+        raise ConfigError(f"unknown model.path_sampling.schedule {schedule!r}; valid: "
                           f"{', '.join(SCHEDULES)}")
     if not 0.0 <= rate < 1.0:
-        raise ConfigError(f"drop path rate must be in [0, 1), got {rate}")
+        raise ConfigError(f"model.path_sampling.rate (drop probability) must be in [0, 1), got "
+                          f"{rate}")
     if schedule == "uniform":
         return [rate] * n
     return [rate * i / max(n - 1, 1) for i in range(n)]
@@ -96,7 +97,8 @@ class KOfNPathSampler:
         self.blocks = backbone.blocks()
         n = len(self.blocks)
         if not 1 <= k <= n:
-            raise ConfigError(f"path_sampling.k must be in 1..{n} (the number of blocks), got {k}")
+            raise ConfigError(f"model.path_sampling.k must be in 1..{n} (the number of blocks), "
+                              f"got {k}")
         self.k = k
         self.scale = n / k if rescale else 1.0
         self.generator = generator
@@ -152,13 +154,14 @@ def apply_path_sampling(backbone: ResNet, *, mode: str = "none", rate: float = 0
         The KOfNPathSampler for "k_of_n" (call `.remove()` to undo), else None.
     """
     if mode not in MODES:
-        raise ConfigError(f"unknown path_sampling.mode {mode!r}; valid: {', '.join(MODES)}")
+        raise ConfigError(f"unknown model.path_sampling.mode {mode!r}; valid: "
+                          f"{', '.join(MODES)}")
     if mode == "none":
         return None
     blocks = backbone.blocks()
     if not all(b.residual for b in blocks):
-        raise ConfigError(f"path_sampling.mode={mode} needs residual blocks; this backbone is "
-                          f"plain (residual=False), where a dropped branch breaks the network")
+        raise ConfigError(f"model.path_sampling.mode={mode} needs residual blocks; this backbone "
+                          f"is plain (residual=False), where a dropped branch breaks the network")
     if mode == "drop_path":
         for block, p in zip(blocks, drop_path_rates(len(blocks), rate, schedule)):
             block.drop_path_rate = p

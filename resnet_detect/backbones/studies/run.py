@@ -6,6 +6,7 @@ named after the study (degradation.png, degradation.csv, degradation.json, ...).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import time
@@ -49,7 +50,11 @@ def _write(ctx: StudyContext, study: str, header: Sequence[str], rows: Sequence[
 def _models(ctx: StudyContext, weights: Sequence[str], *, twins: bool) -> list[StudyModel]:
     """The checkpoints given, or (without) the residual net at ctx.depth and its plain twin."""
     if weights:
-        return [load_study_model(w, ctx) for w in weights]
+        models = [load_study_model(w, ctx) for w in weights]
+        labels = [m.label for m in models]
+        # two runs' model_final.pth: told apart by their folders in the plots and tables
+        return [dataclasses.replace(m, label=f"{m.arch} ({Path(w).parent.name}/{Path(w).name})")
+                if labels.count(m.label) > 1 else m for m, w in zip(models, weights)]
     models = [train_study_model(ctx, ctx.depth, residual=True)]
     if twins:
         models.append(train_study_model(ctx, ctx.depth, residual=False))

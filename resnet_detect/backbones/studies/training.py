@@ -9,6 +9,7 @@ evaluation period, in training mode, on the augmented batches, as the curves of 
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from resnet_detect import CONFIGS
-from resnet_detect.engine import all_reduce_sum
+from resnet_detect.engine import all_reduce_sum, to_plain
 from resnet_detect.engine.config import ConfigError, load_defaults
 from resnet_detect.engine.runner import TaskData, run_training
 from resnet_detect.engine.trainer import eval_mode
@@ -101,6 +102,7 @@ class StudyTask:
 
     name = "analyze"
     primary_metrics = "errors"
+    resume_hint = "the same command continues from it"  # (tools/analyze.py has no --resume)
 
     def __init__(self, model: nn.Module, train: ClassificationSplit, val: ClassificationSplit, *,
                  recipe: Recipe, pixel_mean: Sequence[float], pixel_std: Sequence[float],
@@ -125,9 +127,25 @@ class StudyTask:
     def build_model(self, cfg: DictConfig) -> nn.Module:
         return self.model
 
+    def resumed(self, iteration: int, output_dir: Path) -> None:
+        """The curves of the evaluations before the checkpoint, from the run's scalars.jsonl
+        (the training error of the first evaluation after it averages the batches since)."""
+        self.steps = iteration
+        path = output_dir / "scalars.jsonl"
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip()] if path.is_file() else []
+        for row in rows:
+            if "errors/train_error" in row and row["iteration"] <= iteration:
+                self.history.iterations.append(row["iteration"])
+                self.history.train_error.append(row["errors/train_error"])
+                self.history.val_error.append(row["errors/val_error"])
+
     def provenance(self, cfg: DictConfig) -> dict[str, Any] | None:
-        """What the run's checkpoints record (an interrupted run's are --weights too)."""
-        return self._provenance
+        """What the run's checkpoints record (an interrupted run's are --weights too), with
+        the runner's config of the recipe: what a resume compares."""
+        if self._provenance is None:
+            return None
+        return {**self._provenance, "config": to_plain(cfg)}
 
     def losses(self, model: nn.Module, batch: list[dict[str, Any]],
                device: torch.device) -> Mapping[str, torch.Tensor]:
@@ -206,6 +224,10 @@ def train_classifier(model: nn.Module, train: ClassificationSplit, val: Classifi
     task = StudyTask(model, train, val, recipe=recipe, pixel_mean=pixel_mean,
                      pixel_std=pixel_std, label=name, eval_batch_size=eval_batch_size,
                      provenance=provenance)
-    run_training(task, recipe_config(recipe, output_dir, device), device)
+    # a stopped run of this recipe (its folder's name) continues; a finished one (its
+    # metrics.json written) trains again: its net was deleted to be retrained
+    folder = Path(output_dir)
+    resume = (folder / "last_checkpoint").is_file() and not (folder / "metrics.json").is_file()
+    run_training(task, recipe_config(recipe, output_dir, device), device, resume=resume)
     model.eval()
     return task.history
