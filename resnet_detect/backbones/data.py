@@ -28,8 +28,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, NOT_DATA_FOLDERS, DatasetError,
-                                       PackedRecords, UnreadableImageError, collate, files_under,
-                                       read_image, warn_of_unreadable)
+                                       PackedRecords, UnreadableImageError, collate,
+                                       file_paths_under, read_image,
+                                       warn_of_unreadable)
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.files import missing_path
 
@@ -99,8 +100,8 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
     class_of_folder: dict[str, str] = {}  # real folder -> the class that holds it
     for name in found:
         walked: dict[str, Path] = {}
-        files = [f for f in files_under(split_dir / name, walked)
-                 if f.suffix.lower() in IMAGE_SUFFIXES]
+        files = [f for f in file_paths_under(split_dir / name, walked)
+                 if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
         if not files:
             empty.append(name)
         for real, folder in sorted(walked.items()):
@@ -109,7 +110,8 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
                 raise DatasetError(f"{split_dir}: the folder {folder} is in class {name} and "
                                    f"in class {other} (a symbolic link?): each image may be "
                                    f"in one class only")
-        samples.extend((str(p), label_of[_nfc(name)]) for p in files)
+        label = label_of[_nfc(name)]
+        samples.extend((p, label) for p in files)
     if not samples:
         raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {split_dir}")
     if training and empty:

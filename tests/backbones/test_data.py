@@ -430,3 +430,21 @@ def test_packed_records_index_like_a_list() -> None:
     with pytest.raises(IndexError):
         packed[5]
     assert len(PackedRecords([])) == 0
+
+
+def test_the_folder_scan_keeps_the_order_of_sorted_paths(tmp_path: Path) -> None:
+    """The scan lists strings (a million Path objects and their comparisons took seconds at
+    every start of an ImageNet training); their order must stay Path's, part by part (as
+    strings "a-c/x" sorts before "a/b": the images, and a resumed run's batches, would move)."""
+    from resnet_detect.engine.data import file_paths_under, files_under
+    names = ["a/b.jpg", "a-c/x.jpg", "a.b/y.png", "A/z.jpg", "a/b/c.jpg", "a/b-c.jpg",
+             "a/b0/d.jpg", "é/1.jpg", "a/B.JPG", "10/2.jpg", "9/3.jpg"]
+    for name in names:
+        (tmp_path / "train/cls" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "train/cls" / name).write_bytes(b"")
+    expected = sorted(tmp_path / "train/cls" / name for name in names)
+    assert [str(p) for p in expected] != sorted(str(p) for p in expected)  # (a test of order)
+    assert file_paths_under(tmp_path / "train/cls") == [str(p) for p in expected]
+    assert files_under(tmp_path / "train/cls") == expected
+    samples, classes = scan_image_folder(tmp_path / "train")
+    assert samples == [(str(p), 0) for p in expected] and classes == ["cls"]

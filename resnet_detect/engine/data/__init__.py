@@ -5,7 +5,8 @@ from .coco import (CategoryMapping, DatasetError, LoadStats, box_polygon, brief,
                    check_segmentation, image_sizes, listing, load_coco_json, read_coco_json,
                    read_user_text, refuse_normalised_polygons, segmentation_to_mask)
 from .images import (IMAGE_SUFFIXES, NOT_DATA_FOLDERS, UnreadableImageError, check_rgb_image,
-                     check_rgb_images, decoded_size, files_under, image_size, read_image,
+                     check_rgb_images, decoded_size, file_paths_under, files_under, image_size,
+                     read_image,
                      warn_of_unreadable)
 from .loaders import (CountedLoader, build_test_loader, build_train_loader, collate,
                       worker_error_message)
@@ -17,7 +18,7 @@ __all__ = ["IMAGE_SUFFIXES", "NOT_DATA_FOLDERS", "CategoryMapping", "CountedLoad
            "brief",
            "TrainingSampler", "UnreadableImageError", "build_test_loader", "build_train_loader",
            "check_image_sizes", "check_rgb_image", "check_rgb_images", "check_segmentation",
-           "collate", "decoded_size", "files_under",
+           "collate", "decoded_size", "file_paths_under", "files_under",
            "image_size", "image_sizes", "listing", "load_coco_json", "read_coco_json", "read_image",
            "warn_of_unreadable",
            "read_user_text", "refuse_normalised_polygons", "repeat_factors",
