@@ -372,6 +372,14 @@ def test_unusable_data_is_a_data_error(tmp_path):
         (tmp_path / "broken" / split / "a" / "0.png").write_bytes(b"not an image")
     with pytest.raises(DatasetError, match=r"no readable images under .*broken.train"):
         run("lesion", tmp_path / "b", tmp_path / "broken")
+    # a class whose only image is unreadable trained as a class of no images
+    for split in ("train", "val"):
+        (tmp_path / "broken" / split / "b").mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "broken" / split / "b" / "0.png"), np.zeros((8, 8, 3),
+                                                                                np.uint8))
+    with pytest.raises(DatasetError, match=r"broken.train: no readable image of class a \(the "
+                                           r"warnings above name its unreadable files\)"):
+        run("lesion", tmp_path / "b", tmp_path / "broken")
 
 
 def test_path_sampling_values_are_refused_before_any_net_trains(image_folder, tmp_path,

@@ -148,6 +148,12 @@ def load_image_folder(split_dir: str | os.PathLike, image_size: int, *,
     items = [item for item in items if item is not None]  # unreadable images (warned)
     if not items:
         raise DatasetError(f"no readable images under {split_dir}")
+    unlearnt = sorted(set(range(len(names))) - {item["label"] for item in items})
+    if class_names is None and not 0 < max_items < len(samples) and unlearnt:
+        # as a training class folder without images is refused: it could never be learnt
+        raise DatasetError(f"{split_dir}: no readable image of class "
+                           f"{', '.join(names[i] for i in unlearnt)} (the warnings above name "
+                           f"its unreadable files)")
     return ClassificationSplit(torch.stack([item["image"] for item in items]),
                                torch.tensor([item["label"] for item in items]), names,
                                str(split_dir))
