@@ -383,7 +383,7 @@ def test_unusable_data_is_a_data_error(tmp_path):
 
 
 def test_path_sampling_values_are_refused_before_any_net_trains(image_folder, tmp_path,
-                                                                 monkeypatch):
+                                                                 monkeypatch, caplog):
     """They were refused only when the residual net's training began: after its plain twin's
     (hours with configs/analyze/cifar10.yaml)."""
     monkeypatch.setattr(training, "run_training", lambda *a, **k: pytest.fail("trained"))
@@ -399,6 +399,12 @@ def test_path_sampling_values_are_refused_before_any_net_trains(image_folder, tm
         with pytest.raises(ConfigError, match=message):
             run("degradation", tmp_path / "out", tmp_path / "missing",
                 "degradation.depths=[20,56]", *overrides)
+    with pytest.raises(FileNotFoundError, match="make_synthetic"):
+        run("degradation", tmp_path / "out", tmp_path / "missing",
+            "model.path_sampling.mode=drop_path")
+    assert ("model.path_sampling.mode=drop_path with rate 0 drops no block: the nets train as "
+            "with mode=none (set model.path_sampling.rate)") in [
+        r.getMessage() for r in caplog.records if r.levelno >= 30]
     # k=20 fits ResNet-56's 27 blocks, not ResNet-20's 9: each depth is checked
     with pytest.raises(FileNotFoundError, match="make_synthetic"):
         run("degradation", tmp_path / "out", tmp_path / "missing", "degradation.depths=[56]",
@@ -509,3 +515,19 @@ def test_cifar_batches_of_floats_or_unknown_labels_are_named(tmp_path):
     with pytest.raises(DatasetError, match=r"data_batch_1: label 12 is not a class of .*"
                                            r"batches.meta \(labels lie in 0..1: 2 label_names\)"):
         run("lesion", tmp_path / "c", root)
+
+
+def test_the_degradation_title_says_how_the_residual_nets_were_sampled(image_folder, tmp_path):
+    """Only the JSON's config said the residual twins trained with stochastic depth or k of n."""
+    for overrides, said in ((["model.path_sampling.mode=k_of_n", "model.path_sampling.k=5"],
+                             "(residual: 5 of n branches)"),
+                            (["model.path_sampling.mode=drop_path",
+                              "model.path_sampling.rate=0.5"],
+                             "(residual: drop_path 0.5 linear)"),
+                            ([], "")):
+        written = run("degradation", tmp_path / str(len(said)), image_folder,
+                      "degradation.depths=[20]", *overrides)
+        title = json.loads(written["json"].read_text())["title"]
+        assert title.split("\n")[0] == ("Degradation: plain (dashed) vs residual (solid) "
+                                        f"cifar_resnet depths 20, 2 iterations{' ' * bool(said)}"
+                                        f"{said}")

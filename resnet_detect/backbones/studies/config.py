@@ -132,6 +132,9 @@ def _check_path_sampling(cfg: DictConfig, depths: list[int]) -> None:
     """model.path_sampling's values, k against each residual net's blocks (built on the meta
     device): before the data is read and the plain twins are trained, not after."""
     settings = OmegaConf.to_container(cfg.model.path_sampling, resolve=True)
+    if settings["mode"] == "drop_path" and settings["rate"] == 0:
+        logger.warning("model.path_sampling.mode=drop_path with rate 0 drops no block: the "
+                       "nets train as with mode=none (set model.path_sampling.rate)")
     options = OmegaConf.to_container(cfg.model.options, resolve=True)
     for depth in depths:
         arch = arch_name(cfg.model.family, depth, True)

@@ -85,9 +85,14 @@ def run_degradation(ctx: StudyContext, weights: Sequence[str], *,
             for r in runs for it, tr, va in zip(r["history"]["iterations"],
                                                 r["history"]["train_error"],
                                                 r["history"]["val_error"])]
+    sampling = ctx.path_sampling
+    trained_with = ("" if sampling["mode"] == "none" else
+                    f" (residual: drop_path {sampling['rate']:g} {sampling['schedule']})"
+                    if sampling["mode"] == "drop_path" else
+                    f" (residual: {sampling['k']} of n branches)")
     title = (f"Degradation: plain (dashed) vs residual (solid) {ctx.family} depths "
-             f"{', '.join(map(str, depths))}, {ctx.recipe.iterations} iterations\n"
-             f"on {ctx.describe_data()}")
+             f"{', '.join(map(str, depths))}, {ctx.recipe.iterations} iterations"
+             f"{trained_with}\non {ctx.describe_data()}")
     return _write(ctx, "degradation",
                   ("arch", "depth", "residual", "iteration", "train_error", "val_error"), rows,
                   {"runs": runs}, lambda path, t: plot_degradation(runs, path, t), title, started)
