@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
                       open_keys=OPEN_KEYS)
     setup_logging(output)
     _warn_of_an_unused_length(cfg, args.study, args.overrides)
-    ctx = build_context_from_config(cfg, output, args.study)
+    ctx = build_context_from_config(cfg, output, args.study, trains=not args.weights)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         written = run_study(args.study, ctx, cfg, args.weights)

@@ -246,15 +246,17 @@ def foreign_checkpoint_hint(keys: Iterable[str]) -> str:
         for part, project in FOREIGN_KEY_PARTS:
             if part in key:
                 return (f"\n  (keys such as {key} are {project}: its checkpoints are not read "
-                        f"here; start from torchvision's or timm's ImageNet weights "
-                        f"(model.backbone.weights) or a checkpoint written by this project)")
+                        f"here; start from torchvision's or timm's ImageNet weights or a "
+                        f"checkpoint written by this project)")
     return ""
 
 
 def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                   source: str, hint: str = "", class_layers: tuple[str, ...] = ()) -> None:
+                   source: str, hint: str = "", class_layers: tuple[str, ...] = (),
+                   file_keys: Iterable[str] = ()) -> None:
     """Load strictly; raise ValueError naming `source`, `hint` and every missing, unexpected
-    or mis-shaped key.
+    or mis-shaped key. `file_keys`: the file's keys where `state_dict` is a part of them (a
+    backbone's), for the hint that they are another project's.
 
     `class_layers`: prefixes of the class-dependent layers (a detector's or segmenter's
     predictors). Their mis-shaped tensors (weights trained on another class count) are left
@@ -281,7 +283,7 @@ def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                           + key_listing("missing", missing)
                           + key_listing("unexpected", unexpected)
                           + key_listing("mis-shaped", mis_shaped) + _norm_hint(missing, unexpected)
-                          + foreign_checkpoint_hint(unexpected))
+                          + foreign_checkpoint_hint([*unexpected, *file_keys]))
     usable = {k: v for k, v in state_dict.items() if k in expected}
     model.load_state_dict(usable, strict=False)
 
@@ -432,6 +434,7 @@ def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any
             elsewhere than the model's (stride_in_1x1).
     """
     state_dict, provenance, source = open_weights(weights, source)
+    file_keys = list(state_dict)
     foreign = is_torchvision_resnet(state_dict)  # torchvision and timm: stride on the 3x3
     arch = (provenance or {}).get("arch")
     if foreign:
@@ -457,7 +460,7 @@ def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any
     ours = getattr(model, "arch", None)
     hint = f" ({source} holds a {arch}, this model is a {ours})" if (
         arch and ours and arch != ours) else ""
-    check_and_load(model, state_dict, source, hint)
+    check_and_load(model, state_dict, source, hint, file_keys=file_keys)
     model.provenance = provenance
     model.imagenet_weights = foreign and provenance is None
     return provenance

@@ -3,6 +3,7 @@ the training tools' whole main (parse, pick the task, run it)."""
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import os
 import signal
@@ -25,6 +26,7 @@ from .files import UnwritableFolderError, missing_path
 from .foreign_options import flag_hints
 from .host_memory import cache_host_memory
 from .logging import escape_what_the_console_lacks, log_warning, print_and_log
+from .model_check import weights_keys
 from .preemption import CATCHING, TrainingInterrupted
 from .run_lock import FolderInUseError
 from .runner import UnreadableDataError, check_training_config, run_training
@@ -215,6 +217,30 @@ def _check_resume_from(path: str | None) -> None:
                                         f"another kind of file)")
 
 
+def _print_config(task: Any, cfg: Any) -> None:
+    """--print-config: the checks the run makes before reading data (as it would refuse the
+    config), then the config; mandatory keys not given yet (???) and weights files not there
+    yet (a quickstart's, before `make demo`) are named on stderr, not refused: printing a
+    config needs none of the files it names."""
+    check_training_config(task, cfg)
+    probe, absent = copy.deepcopy(cfg), []
+    for key, value in weights_keys(cfg.get("model")).items():
+        if isinstance(value, str) and value and not os.path.isfile(value):
+            absent.append(f"{key}: {value}")
+            OmegaConf.update(probe, key, None)
+    if hasattr(task, "check_config"):
+        task.check_config(probe)
+    if os.environ.get("RANK", "0") != "0":  # (under torchrun: once)
+        return
+    print(OmegaConf.to_yaml(cfg, resolve=True), end="", flush=True)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        print(f"{', '.join(missing)}: ??? is a value to give before the run (in the file or "
+              f"as key=value)", file=sys.stderr, flush=True)
+    for line in absent:
+        print(f"{line} is not there (yet): the run needs it", file=sys.stderr, flush=True)
+
+
 def train_main(description: str | None, argv: Sequence[str] | None, *,
                task: str | None = None) -> dict[str, Any]:
     """What tools/train.py and tools/pretrain.py do: parse CONFIG, overrides and --resume,
@@ -238,15 +264,7 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
         _stop_the_others(e, args.overrides)
         raise
     if args.print_config:
-        check_training_config(runner_task, cfg)  # as the run would refuse it
-        if hasattr(runner_task, "check_config"):
-            runner_task.check_config(cfg)
-        if os.environ.get("RANK", "0") == "0":  # (under torchrun: once)
-            print(OmegaConf.to_yaml(cfg, resolve=True), end="", flush=True)
-            missing = sorted(OmegaConf.missing_keys(cfg))
-            if missing:
-                print(f"{', '.join(missing)}: ??? is a value to give before the run (in the "
-                      f"file or as key=value)", file=sys.stderr, flush=True)
+        _print_config(runner_task, cfg)
         return {"task": name, "config": cfg}
     device = init_distributed(cfg.train.device)
     if cache_memory and device.type == "cpu" and not cache_host_memory():

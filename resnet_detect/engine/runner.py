@@ -111,9 +111,13 @@ class Task(Protocol):
     def evaluate(self, model: nn.Module, loader: Any, device: torch.device) -> Metrics:
         """Metrics over this process's share of the val loader (collective)."""
 
-    def resumed(self, iteration: int, output_dir: Path) -> None:
-        """Told that the run continues from its checkpoint at `iteration` in `output_dir`
-        (before the first step). Optional."""
+    def checkpoint_state(self) -> Any:
+        """What the task keeps across a stop (tensors, numbers, lists, dicts: saved in every
+        checkpoint, given back to `resumed`). Optional."""
+
+    def resumed(self, iteration: int, state: Any) -> None:
+        """Told that the run continues from its checkpoint at `iteration`, with the
+        `checkpoint_state` saved there (None: none was), before the first step. Optional."""
 
     def provenance(self, cfg: DictConfig) -> dict[str, Any]:
         """What the weights record (architecture, classes, normalisation, the config): in
@@ -882,7 +886,9 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                 scheduler=scheduler, scaler=trainer.scaler,
                                 max_to_keep=t.max_to_keep, provenance=recorded,
                                 average=average,
-                                extra_fn=lambda _: {"skipped_images": skipped.total()},
+                                extra_fn=lambda _: {"skipped_images": skipped.total(), **(
+                                    {"task": task.checkpoint_state()}
+                                    if hasattr(task, "checkpoint_state") else {})},
                                 check=lambda path, saved, iteration: _check_resumable(
                                     path, saved, iteration, cfg, lengths["max_iter"],
                                     logger, recorded or {}, _model_check(task, model)))
@@ -908,7 +914,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         skipped.before = int(state["extra"].get("skipped_images", 0))
         resumed = getattr(task, "resumed", None)
         if resumed is not None:
-            resumed(start_iter, output_dir)
+            resumed(start_iter, state["extra"].get("task"))
     if resume:
         check_same_start_everywhere(start_iter, output_dir)
     if is_main_process():  # once resuming is known to work: a refused resume keeps the old one

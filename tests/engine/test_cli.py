@@ -384,8 +384,7 @@ def test_print_config_shows_the_merged_config_and_trains_nothing(
     config = CONFIG if tool == "train" else ROOT / "configs/pretrain/synthetic_resnet18.yaml"
     out = tmp_path / "run"
     overrides = ["train.base_lr=0.123", f"train.output_dir={out}", "train.lr_multipliers.fc=10",
-                 f"data.{'train.img_dir' if tool == 'train' else 'root'}={tmp_path / 'none'}",
-                 "model.backbone.weights=null" if tool == "train" else "model.weights=null"]
+                 f"data.{'train.img_dir' if tool == 'train' else 'root'}={tmp_path / 'none'}"]
     tool_main(tool)([str(config), "--print-config", *overrides])
     printed = OmegaConf.create(capsys.readouterr().out)
     assert printed == load_task_config(config, overrides)[1]
@@ -419,12 +418,16 @@ def test_print_config_shows_mandatory_keys_not_given_yet(capsys: pytest.CaptureF
      "model.roi_heads.score_thresh must be a score in [0, 1], got 1.5"),
     ("synthetic/deeplabv3_R_18_os16.yaml", "model.backbone.output_stride=12",
      "output_stride"),
-    ("pretrain/synthetic_resnet18.yaml", "model.zero_init_residual=maybe",
-     "zero_init_residual")])
+    ("pretrain/synthetic_resnet18.yaml", "model.options.zero_init_residual=maybe",
+     "zero_init_residual must be true or false")])
 def test_print_config_refuses_what_the_model_build_refuses(
-        config: str, override: str, error: str, capsys: pytest.CaptureFixture) -> None:
+        config: str, override: str, error: str, capsys: pytest.CaptureFixture,
+        tmp_path: Path) -> None:
     """A model key the run refuses in its first seconds (built on the meta device before
-    the data) was printed by --print-config, exit 0; so was a weights file not there."""
+    the data) was printed by --print-config, exit 0."""
+    from omegaconf import OmegaConf
+
+    from resnet_detect.engine.checkpoint import UnreadableCheckpointError
     from resnet_detect.engine.config import ConfigError
     tool = "pretrain" if config.startswith("pretrain") else "train"
     argv = [str(ROOT / "configs" / config), "--print-config", "model.backbone.weights=null"
@@ -434,9 +437,16 @@ def test_print_config_refuses_what_the_model_build_refuses(
     with pytest.raises(ConfigError, match=re.escape(error)):
         tool_main(tool)([*argv, override])
     assert capsys.readouterr().out == ""
+    # a weights file not there yet (a quickstart's before `make demo`) is named, not refused
     key = "model.backbone.weights" if tool == "train" else "model.weights"
-    with pytest.raises(FileNotFoundError, match=f"^{key}: weights file not found: "):
-        tool_main(tool)([*argv, f"{key}=/nowhere/w.pth"])
+    tool_main(tool)([*argv, f"{key}=/nowhere/w.pth"])
+    out, err = capsys.readouterr()
+    assert OmegaConf.select(OmegaConf.create(out), key) == "/nowhere/w.pth"
+    assert err == f"{key}: /nowhere/w.pth is not there (yet): the run needs it\n"
+    # one that is there is read, as the run reads it
+    (tmp_path / "w.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(UnreadableCheckpointError, match="w.pth"):
+        tool_main(tool)([*argv, f"{key}={tmp_path / 'w.pth'}"])
     assert capsys.readouterr().out == ""
 
 

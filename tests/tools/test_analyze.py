@@ -22,6 +22,7 @@ from resnet_detect.backbones import weights
 from resnet_detect.engine import ConfigError
 from resnet_detect.engine.cli import run_tool
 from resnet_detect.engine.data import DatasetError
+from resnet_detect.engine.files import atomic_save
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("analyze_tool", ROOT / "tools" / "analyze.py")
@@ -380,6 +381,14 @@ def test_unusable_data_is_a_data_error(tmp_path):
     with pytest.raises(DatasetError, match=r"broken.train: no readable image of class a \(the "
                                            r"warnings above name its unreadable files\)"):
         run("lesion", tmp_path / "b", tmp_path / "broken")
+    # a seeded subset may leave a class out: not refused (every subset was, at first)
+    (tmp_path / "broken" / "train" / "a" / "0.png").unlink()
+    cv2.imwrite(str(tmp_path / "broken" / "train" / "a" / "0.png"), np.zeros((8, 8, 3), np.uint8))
+    for i in range(1, 4):
+        cv2.imwrite(str(tmp_path / "broken" / "train" / "b" / f"{i}.png"),
+                    np.zeros((8, 8, 3), np.uint8))
+    run("lesion", tmp_path / "s", tmp_path / "broken", "data.max_train=1", "solver.batch_size=1",
+        "lesion.draws=1")
 
 
 def test_path_sampling_values_are_refused_before_any_net_trains(image_folder, tmp_path,
@@ -405,48 +414,74 @@ def test_path_sampling_values_are_refused_before_any_net_trains(image_folder, tm
     assert ("model.path_sampling.mode=drop_path with rate 0 drops no block: the nets train as "
             "with mode=none (set model.path_sampling.rate)") in [
         r.getMessage() for r in caplog.records if r.levelno >= 30]
+    # analysing given weights trains nothing: the values go unused, as before
+    with pytest.raises(FileNotFoundError, match="make_synthetic"):
+        run("lesion", tmp_path / "out", tmp_path / "missing", "model.path_sampling.mode=k_of_n",
+            "model.path_sampling.k=20", weights=[tmp_path / "net.pth"])
     # k=20 fits ResNet-56's 27 blocks, not ResNet-20's 9: each depth is checked
     with pytest.raises(FileNotFoundError, match="make_synthetic"):
         run("degradation", tmp_path / "out", tmp_path / "missing", "degradation.depths=[56]",
             "model.path_sampling.mode=k_of_n", "model.path_sampling.k=20")
 
 
-def test_a_stopped_training_continues_from_its_checkpoint(image_folder, tmp_path, capsys):
+def test_a_stopped_training_continues_from_its_checkpoint(image_folder, tmp_path, capsys,
+                                                          monkeypatch):
     """Run again, a study resumes the net a stop interrupted (the runner's hint said
     --resume, which tools/analyze.py refuses, and the rerun started that net over): its
-    weights end bit-identical to an uninterrupted run's, and so do its curves but the
-    training error of the first evaluation after the stop (the batches since the resume)."""
+    weights and curves end as an uninterrupted run's, for a stop between steps and one in the
+    final evaluation (whose rerun had scored no training batch: 0 %)."""
     longer = ["solver.iterations=6", "train.evaluations=3"]
     whole = run("lesion", tmp_path / "whole", image_folder, *longer)
-    real = training.StudyTask.losses
+    losses, evaluate = training.StudyTask.losses, training.StudyTask.evaluate
 
-    def stopped_at_step_3(self, *args):
-        if self.steps == 2 and not hasattr(self, "signalled"):
-            self.signalled = True
+    def signal_once(task):
+        if not hasattr(task, "signalled"):
+            task.signalled = True
             os.kill(os.getpid(), signal.SIGINT)
-        return real(self, *args)
 
-    training.StudyTask.losses = stopped_at_step_3
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            run("lesion", tmp_path / "stopped", image_folder, *longer)
-    finally:
-        training.StudyTask.losses = real
-    assert exit_info.value.code == 130
-    err = capsys.readouterr().err
-    assert "continues the stopped one from its checkpoint" in err and "--resume" not in err
-    again = run("lesion", tmp_path / "stopped", image_folder, *longer)
+    stops = {"step 3": ("losses", lambda self, *a: (self.steps == 2 and signal_once(self))
+                        or losses(self, *a)),
+             "final evaluation": ("evaluate", lambda self, *a: (self.steps == 6 and
+                                                                signal_once(self))
+                                  or evaluate(self, *a))}
+    for name, (method, stopping) in stops.items():
+        output = tmp_path / name.replace(" ", "_")
+        with monkeypatch.context() as patch:
+            patch.setattr(training.StudyTask, method, stopping)
+            with pytest.raises(SystemExit) as exit_info:
+                run("lesion", output, image_folder, *longer)
+        assert exit_info.value.code == 130
+        err = capsys.readouterr().err
+        assert "continues the stopped one from its checkpoint" in err and "--resume" not in err
+        (stopped_at,) = (output / "runs").glob("cifar_resnet20-*/model_*.pth")
+        # its checkpoint as --weights keeps the study's record: its image size is checked
+        with pytest.raises(ConfigError, match=r"was trained on 8x8 px images, this run's are "
+                                              r"12x12"):
+            run("lesion", tmp_path / "w", image_folder, "data.image_size=12",
+                weights=[stopped_at])
+        again = run("lesion", output, image_folder, *longer)
+        assert read_csv(again["csv"]) == read_csv(whole["csv"])
+        for arch in ("cifar_resnet20", "plain_cifar_resnet20"):
+            a = torch.load(saved(tmp_path / "whole", arch), weights_only=True)
+            b = torch.load(saved(output, arch), weights_only=True)
+            assert a["model"].keys() == b["model"].keys()
+            assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+            assert a["history"] == b["history"] and a["history"]["iterations"] == [2, 4, 6]
+    (log,) = (tmp_path / "final_evaluation/runs").glob("cifar_resnet20-*/log.txt")
+    assert "resumed from" in log.read_text()  # (not trained anew: it was at its end)
+    # a run stopped before its checkpoints recorded the study's state (an earlier version's)
+    # trains anew; it was refused ("trained with train.optimizer=None")
+    with monkeypatch.context() as patch:
+        patch.setattr(training.StudyTask, "losses", stops["step 3"][1])
+        with pytest.raises(SystemExit):
+            run("lesion", tmp_path / "old", image_folder, *longer)
+    (stopped_at,) = (tmp_path / "old/runs").glob("cifar_resnet20-*/model_*.pth")
+    checkpoint = torch.load(stopped_at, weights_only=True)
+    checkpoint["provenance"]["config"] = checkpoint["provenance"].pop("study_config")
+    del checkpoint["extra"]["task"]
+    atomic_save(checkpoint, stopped_at, checksum=True)
+    again = run("lesion", tmp_path / "old", image_folder, *longer)
     assert read_csv(again["csv"]) == read_csv(whole["csv"])
-    for arch in ("cifar_resnet20", "plain_cifar_resnet20"):
-        a = torch.load(saved(tmp_path / "whole", arch), weights_only=True)
-        b = torch.load(saved(tmp_path / "stopped", arch), weights_only=True)
-        assert a["model"].keys() == b["model"].keys()
-        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-        assert a["history"]["iterations"] == b["history"]["iterations"] == [2, 4, 6]
-        assert a["history"]["val_error"] == b["history"]["val_error"]
-        differs = 1 if arch == "cifar_resnet20" else None  # (the evaluation at 4)
-        assert [x for i, x in enumerate(a["history"]["train_error"]) if i != differs] == \
-            [x for i, x in enumerate(b["history"]["train_error"]) if i != differs]
 
 
 def test_weights_trained_at_another_image_size_are_refused(image_folder, tmp_path, caplog):
@@ -476,6 +511,13 @@ def test_two_weights_files_of_one_name_are_told_apart(image_folder, tmp_path):
                   weights=[tmp_path / "run_a/model_final.pth", tmp_path / "run_b/model_final.pth"])
     assert sorted({r["model"] for r in read_csv(written["csv"])}) == [
         "cifar_resnet20 (run_a/model_final.pth)", "cifar_resnet20 (run_b/model_final.pth)"]
+    for parent in ("x", "y"):  # folders of one name too: the paths as given
+        (tmp_path / parent / "run").mkdir(parents=True)
+        shutil.copy(net, tmp_path / parent / "run/model_final.pth")
+    given = [tmp_path / "x/run/model_final.pth", tmp_path / "y/run/model_final.pth"]
+    written = run("responses", tmp_path / "three", image_folder, weights=given)
+    assert sorted({r["model"] for r in read_csv(written["csv"])}) == [
+        f"cifar_resnet20 ({path})" for path in given]
 
 
 def test_solver_iterations_under_a_study_length_is_warned_of(image_folder, tmp_path, caplog):
@@ -508,9 +550,15 @@ def test_cifar_batches_of_floats_or_unknown_labels_are_named(tmp_path):
                 pickle.dump({b"data": data, b"labels": labels}, f)
 
     write(rng.random((4, 3072)), [0, 1, 0, 1])
-    with pytest.raises(DatasetError, match=r"data_batch_1: data must be uint8 pixel values "
-                                           r"0..255, as CIFAR's batches hold them, got float64"):
+    with pytest.raises(DatasetError, match=r"data_batch_1: data must be pixel values 0..255 "
+                                           r"\(uint8, as CIFAR's batches hold them\), got "
+                                           r"float64 0\.0"):
         run("lesion", tmp_path / "c", root)
+    write(np.full((4, 3072), 300), [0, 1, 0, 1])
+    with pytest.raises(DatasetError, match=r"got int64 300..300"):
+        run("lesion", tmp_path / "c", root)
+    write(rng.integers(0, 256, (4, 3072)).tolist(), [0, 1, 0, 1])  # lists of ints: read
+    run("lesion", tmp_path / "c", root, "lesion.draws=1")
     write(rng.integers(0, 256, (4, 3072), dtype=np.uint8), [0, 1, 12, 1])
     with pytest.raises(DatasetError, match=r"data_batch_1: label 12 is not a class of .*"
                                            r"batches.meta \(labels lie in 0..1: 2 label_names\)"):

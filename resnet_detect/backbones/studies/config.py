@@ -149,8 +149,10 @@ def _check_path_sampling(cfg: DictConfig, depths: list[int]) -> None:
 
 
 def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
-                              study: str | None = None) -> StudyContext:
-    """Load the data, pick the device and thread count, and gather the settings of `study`."""
+                              study: str | None = None, *, trains: bool = True
+                              ) -> StudyContext:
+    """Load the data, pick the device and thread count, and gather the settings of `study`
+    (`trains`: False where the study analyses given weights: the training keys go unused)."""
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     d = cfg.data
@@ -172,7 +174,8 @@ def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
                 arch_name(cfg.model.family, depth, True)
             except ValueError as e:
                 raise ConfigError(f"{key}: {e}") from None
-    _check_path_sampling(cfg, depths.get("degradation.depths", depths["model.depth"]))
+    if trains:
+        _check_path_sampling(cfg, depths.get("degradation.depths", depths["model.depth"]))
     # limits of 0 meaning all (a negative one was taken as all too): key -> (value, what)
     limits = {f"data.{key}": (d[key], "images") for key in ("max_train", "max_val")}
     if study is not None:

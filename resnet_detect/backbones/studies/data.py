@@ -102,9 +102,14 @@ def load_cifar_batches(root: str | os.PathLike, split: str, image_size: int = 32
         if data is None or batch_labels is None:
             raise DatasetError(f"{root / name} is not a CIFAR batch (needs 'data' and 'labels')")
         data = np.asarray(data)
-        if data.dtype != np.uint8:  # (a cast made 300.7 44 and 0..1 floats black)
-            raise DatasetError(f"{root / name}: data must be uint8 pixel values 0..255, as "
-                               f"CIFAR's batches hold them, got {data.dtype}")
+        # (a cast made 300.7 44 and 0..1 floats black; lists of ints are read)
+        if not np.issubdtype(data.dtype, np.integer) or (
+                data.size and not 0 <= int(data.min()) <= int(data.max()) <= 255):
+            raise DatasetError(f"{root / name}: data must be pixel values 0..255 (uint8, as "
+                               f"CIFAR's batches hold them), got {data.dtype}"
+                               + (f" {data.min()}..{data.max()}" if data.size
+                                  and np.issubdtype(data.dtype, np.number) else ""))
+        data = data.astype(np.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch_labels) != len(data):
             raise DatasetError(f"{root / name}: data must be (N, 3072) with N labels, got "
                                f"{data.shape} and {len(batch_labels)} labels")
@@ -138,7 +143,8 @@ def load_image_folder(split_dir: str | os.PathLike, image_size: int, *,
         seed: of that subset.
     """
     samples, names = scan_image_folder(split_dir, class_names)
-    if 0 < max_items < len(samples):
+    subset = 0 < max_items < len(samples)
+    if subset:
         keep = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))
         samples = [samples[i] for i in sorted(keep[:max_items].tolist())]
     transform = A.Compose([A.SmallestMaxSize(max_size=image_size, **SMOOTH_RESIZE),
@@ -149,7 +155,7 @@ def load_image_folder(split_dir: str | os.PathLike, image_size: int, *,
     if not items:
         raise DatasetError(f"no readable images under {split_dir}")
     unlearnt = sorted(set(range(len(names))) - {item["label"] for item in items})
-    if class_names is None and not 0 < max_items < len(samples) and unlearnt:
+    if class_names is None and not subset and unlearnt:
         # as a training class folder without images is refused: it could never be learnt
         raise DatasetError(f"{split_dir}: no readable image of class "
                            f"{', '.join(names[i] for i in unlearnt)} (the warnings above name "

@@ -221,7 +221,8 @@ def load_study_model(path: str | os.PathLike, ctx: StudyContext) -> StudyModel:
         if trained_on and trained_on != class_names:
             raise ConfigError(f"weights file {path} was trained on classes {trained_on}, but "
                               f"data.root has {class_names}")
-        _check_image_size(path, provenance.get("config"), ctx.train.images.shape[-1])
+        _check_image_size(path, provenance.get("study_config", provenance.get("config")),
+                          ctx.train.images.shape[-1])
     else:
         arch, options = ctx.arch(ctx.depth, True), dict(ctx.options)
         mean, std = ctx.pixel_mean, ctx.pixel_std

@@ -51,10 +51,13 @@ def _models(ctx: StudyContext, weights: Sequence[str], *, twins: bool) -> list[S
     """The checkpoints given, or (without) the residual net at ctx.depth and its plain twin."""
     if weights:
         models = [load_study_model(w, ctx) for w in weights]
-        labels = [m.label for m in models]
-        # two runs' model_final.pth: told apart by their folders in the plots and tables
-        return [dataclasses.replace(m, label=f"{m.arch} ({Path(w).parent.name}/{Path(w).name})")
-                if labels.count(m.label) > 1 else m for m, w in zip(models, weights)]
+        # two runs' model_final.pth: told apart by their folders in the plots and tables (by
+        # their paths as given where the folders share a name too)
+        for name in (lambda w: f"{Path(w).parent.name}/{Path(w).name}", str):
+            labels = [m.label for m in models]
+            models = [dataclasses.replace(m, label=f"{m.arch} ({name(w)})")
+                      if labels.count(m.label) > 1 else m for m, w in zip(models, weights)]
+        return models
     models = [train_study_model(ctx, ctx.depth, residual=True)]
     if twins:
         models.append(train_study_model(ctx, ctx.depth, residual=False))

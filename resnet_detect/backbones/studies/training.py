@@ -9,7 +9,6 @@ evaluation period, in training mode, on the augmented batches, as the curves of 
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from resnet_detect import CONFIGS
 from resnet_detect.engine import all_reduce_sum, to_plain
 from resnet_detect.engine.config import ConfigError, load_defaults
 from resnet_detect.engine.runner import TaskData, run_training
+from resnet_detect.backbones.weights import read_checkpoint
 from resnet_detect.engine.trainer import eval_mode
 
 from ..data import stack
@@ -127,25 +127,25 @@ class StudyTask:
     def build_model(self, cfg: DictConfig) -> nn.Module:
         return self.model
 
-    def resumed(self, iteration: int, output_dir: Path) -> None:
-        """The curves of the evaluations before the checkpoint, from the run's scalars.jsonl
-        (the training error of the first evaluation after it averages the batches since)."""
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The curves so far and the training errors since the last evaluation: a resumed
+        run's curves are those of a run never stopped."""
+        return {"history": self.history.as_dict(), "batch_errors": list(self.batch_errors)}
+
+    def resumed(self, iteration: int, state: dict[str, Any] | None) -> None:
         self.steps = iteration
-        path = output_dir / "scalars.jsonl"
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip()] if path.is_file() else []
-        for row in rows:
-            if "errors/train_error" in row and row["iteration"] <= iteration:
-                self.history.iterations.append(row["iteration"])
-                self.history.train_error.append(row["errors/train_error"])
-                self.history.val_error.append(row["errors/val_error"])
+        if state is not None:
+            self.history = TrainHistory(**state["history"])
+            self.batch_errors = list(state["batch_errors"])
 
     def provenance(self, cfg: DictConfig) -> dict[str, Any] | None:
-        """What the run's checkpoints record (an interrupted run's are --weights too), with
-        the runner's config of the recipe: what a resume compares."""
+        """What the run's checkpoints record (an interrupted run's are --weights too): the
+        study's config as `study_config`, and the runner's config of the recipe, what a resume
+        compares, as `config`."""
         if self._provenance is None:
             return None
-        return {**self._provenance, "config": to_plain(cfg)}
+        return {**self._provenance, "config": to_plain(cfg),
+                "study_config": self._provenance.get("config")}
 
     def losses(self, model: nn.Module, batch: list[dict[str, Any]],
                device: torch.device) -> Mapping[str, torch.Tensor]:
@@ -196,6 +196,24 @@ def recipe_config(recipe: Recipe, output_dir: str | os.PathLike, device: torch.d
                            {"task": "analyze", "train": train, "data": {"num_workers": 0}})
 
 
+def _stopped_run_in(folder: Path, iterations: int) -> bool:
+    """Whether `folder` (the run folder of one recipe: its name) holds a stopped run to
+    continue: its last checkpoint records the study's state, without the final evaluation
+    (a stop in that evaluation runs it again). A finished run (its net deleted to be trained
+    again), or one stopped before the checkpoints recorded the study's state, trains anew."""
+    pointer = folder / "last_checkpoint"
+    if not pointer.is_file():
+        return False
+    try:
+        checkpoint = read_checkpoint(folder / pointer.read_text(encoding="utf-8").strip())
+        state = checkpoint["extra"]["task"]
+        evaluated = state["history"]["iterations"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # (the runner names what is wrong with a damaged one as it starts anew)
+    return (not evaluated or evaluated[-1] < iterations) and "study_config" in (
+        checkpoint.get("provenance") or {})
+
+
 def train_classifier(model: nn.Module, train: ClassificationSplit, val: ClassificationSplit, *,
                      recipe: Recipe, pixel_mean: Sequence[float], pixel_std: Sequence[float],
                      device: torch.device, output_dir: str | os.PathLike, name: str = "model",
@@ -224,10 +242,7 @@ def train_classifier(model: nn.Module, train: ClassificationSplit, val: Classifi
     task = StudyTask(model, train, val, recipe=recipe, pixel_mean=pixel_mean,
                      pixel_std=pixel_std, label=name, eval_batch_size=eval_batch_size,
                      provenance=provenance)
-    # a stopped run of this recipe (its folder's name) continues; a finished one (its
-    # metrics.json written) trains again: its net was deleted to be retrained
-    folder = Path(output_dir)
-    resume = (folder / "last_checkpoint").is_file() and not (folder / "metrics.json").is_file()
-    run_training(task, recipe_config(recipe, output_dir, device), device, resume=resume)
+    run_training(task, recipe_config(recipe, output_dir, device), device,
+                 resume=_stopped_run_in(Path(output_dir), recipe.iterations))
     model.eval()
     return task.history
