@@ -80,7 +80,7 @@ def per_image_ap(gt: dict[str, Any], results: list[dict[str, Any]], *, iou_type:
         max_dets: detections scored per image and category.
     """
     from pycocotools.cocoeval import COCOeval
-    coco_gt = _load_gt(gt, "pycocotools", federated=False)
+    coco_gt = _load_gt(gt, "pycocotools")
     evaluator = COCOeval(coco_gt, _load_results(coco_gt, results, "pycocotools"), iou_type)
     p = evaluator.params
     p.maxDets = [1, 10, max_dets]

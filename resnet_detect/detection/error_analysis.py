@@ -108,7 +108,7 @@ def analyze(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], *,
     if unknown:
         raise ValueError(f"{len(unknown)} image ids of the results are not in the ground "
                          f"truth (e.g. {sorted(unknown)[:5]})")
-    coco_gt = _load_gt(dataset, "pycocotools", False)
+    coco_gt = _load_gt(dataset, "pycocotools")
     drop = "segmentation" if iou_type == "bbox" else "bbox"
     coco_dt = _load_results(coco_gt, [{k: v for k, v in r.items() if k != drop}
                                       for r in results], "pycocotools")
@@ -160,7 +160,7 @@ def _forgiving(dataset: Mapping[str, Any], coco_dt: Any, iou_type: str, max_dets
     annotations = [a if a["category_id"] == cat_id else {**a, "category_id": cat_id, "iscrowd": 1}
                    for a in dataset["annotations"] if a["category_id"] == cat_id or (
                        a["category_id"] in forgiven_ids and a["image_id"] in detected)]
-    coco_gt = _load_gt({**dataset, "annotations": annotations}, "pycocotools", False)
+    coco_gt = _load_gt({**dataset, "annotations": annotations}, "pycocotools")
     return _precision(coco_gt, coco_dt, iou_type, [0.1], max_dets, [cat_id])[0, :, 0]
 
 

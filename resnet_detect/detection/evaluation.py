@@ -31,7 +31,7 @@ from resnet_detect.engine.logging import print_and_log
 
 from .roi_heads.mask_paste import pasted_regions
 from .federated import (IMAGE_LISTS, LVIS_MAX_DETS, Federation, frequency_group_aps,
-                        is_federated, partly_listed)
+                        check_lvis_file, is_federated, partly_listed)
 from .voc_eval import check_voc_metric, evaluate_voc
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
@@ -241,7 +241,7 @@ def cocoeval_ground_truth(data: dict[str, Any], iou_type: str) -> tuple[dict[str
     return {**data, "annotations": annotations}, ignored
 
 
-def _load_gt(dataset: dict[str, Any], backend: str, federated: bool) -> Any:
+def _load_gt(dataset: dict[str, Any], backend: str) -> Any:
     if backend == "pycocotools":
         from pycocotools.coco import COCO
         coco = COCO()
@@ -250,11 +250,7 @@ def _load_gt(dataset: dict[str, Any], backend: str, federated: bool) -> Any:
             coco.createIndex()
         return coco
     from faster_coco_eval import COCO as FasterCOCO
-    if federated:  # its LVIS mode groups every category by frequency, or fails
-        dataset = {**dataset, "categories": [
-            {**c, "frequency": c.get("frequency") if c.get("frequency") in ("r", "c", "f")
-             else "f"} for c in dataset["categories"]]}
-    return FasterCOCO(dataset)
+    return FasterCOCO(dataset)  # (an LVIS file's frequencies are checked: check_lvis_file)
 
 
 def _load_results(coco_gt: Any, results: list[dict[str, Any]], backend: str) -> Any:
@@ -421,12 +417,14 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
     if unknown:
         raise ValueError(f"{len(unknown)} image ids of the results are not in {ann_file} "
                          f"(e.g. {unknown[:5]}): results of another split or file?")
+    check_lvis_file(dataset, Path(ann_file), warn=iou_type == "bbox")
     federation = Federation.of(dataset, Path(ann_file)) if is_federated(dataset) else None
-    listed = partly_listed(dataset) if federation is None else 0
-    if listed:
-        warnings.warn(f"{ann_file}: {listed} of {len(dataset['images'])} images "
-                      f"have {' / '.join(IMAGE_LISTS)}; LVIS's federated AP needs both on every "
-                      f"image, so the file is scored with COCO's AP", RuntimeWarning, stacklevel=2)
+    both, lacking = partly_listed(dataset)
+    if lacking:
+        warnings.warn(f"{ann_file}: {both} of {len(dataset['images'])} images have both "
+                      f"{' and '.join(IMAGE_LISTS)} ({lacking}); LVIS's federated AP needs "
+                      f"both on every image, so the file is scored with COCO's AP",
+                      RuntimeWarning, stacklevel=2)
     frequencies = {c["id"]: c.get("frequency") for c in dataset["categories"]}
     if federation is not None:
         _warn_of_capped_results(results, max_dets, ann_file)
@@ -434,7 +432,7 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
     original_ids: dict[int, int] = {}
     if backend == "faster_coco_eval" and any(img["id"] < 0 for img in dataset["images"]):
         dataset, results, original_ids = _positive_image_ids(dataset, results)
-    coco_gt = _load_gt(dataset, backend, federation is not None)
+    coco_gt = _load_gt(dataset, backend)
     counts = _object_counts(coco_gt) if federation is None else {}
     crowded = _crowded_images(coco_gt, counts, max_dets)
     dense = (_images_of_more_objects(counts, kept_per_image)

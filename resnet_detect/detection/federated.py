@@ -14,6 +14,7 @@ A file is scored so when every image has both lists, as LVIS's files have them.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +36,58 @@ def is_federated(dataset: Mapping[str, Any]) -> bool:
     return bool(images) and all(key in img for img in images for key in IMAGE_LISTS)
 
 
-def partly_listed(dataset: Mapping[str, Any]) -> int:
-    """How many images have a list of LVIS's (a file not federated: not all of them)."""
-    return sum(any(key in img for key in IMAGE_LISTS) for img in dataset["images"])
+def partly_listed(dataset: Mapping[str, Any]) -> tuple[int, str]:
+    """(how many images have both of LVIS's lists, an image lacking one as "image id N
+    lacks KEY") of a file where some images have a list but not all have both ((0, "")
+    otherwise: a COCO file, or LVIS's)."""
+    images = dataset["images"]
+    if not any(key in img for img in images for key in IMAGE_LISTS):
+        return 0, ""
+    lacking = [(img, key) for img in images for key in IMAGE_LISTS if key not in img]
+    if not lacking:
+        return 0, ""
+    both = sum(all(key in img for key in IMAGE_LISTS) for img in images)
+    img, key = lacking[0]
+    return both, f"image id {img['id']} lacks {key}"
+
+
+def check_lvis_file(dataset: Mapping[str, Any], ann_file: Path, *, warn: bool = True) -> None:
+    """An LVIS file's categories' frequencies and images' lists, where lvis-api would fail
+    (a missing frequency, a list of other than ids: refused, naming the entry; a missing or
+    unknown frequency had moved a category out of APr/APc/APf without a word); ids the lists
+    name that are no category of the file, and categories listed absent from an image that
+    has objects of them, are warned of (lvis-api takes both as they are; `warn`: False where
+    an evaluation's first scoring said it). A file that is not LVIS's: nothing."""
+    if not is_federated(dataset):
+        return
+    for category in dataset["categories"]:
+        if category.get("frequency") not in ("r", "c", "f"):
+            raise DatasetError(
+                f"{ann_file}: category id {category['id']} ({category.get('name')!r}): "
+                f"frequency must be 'r', 'c' or 'f' (rare, common, frequent: APr, APc and "
+                f"APf group the categories by it), got {category.get('frequency')!r}")
+    known = {c["id"] for c in dataset["categories"]}
+    annotated: dict[int, set[int]] = {}
+    for ann in dataset["annotations"]:
+        annotated.setdefault(ann["image_id"], set()).add(ann["category_id"])
+    unknown, absent_yet_annotated = [], []
+    for img in dataset["images"]:
+        negative = listed_category_ids(img, IMAGE_LISTS[0], ann_file)
+        listed = [*negative, *listed_category_ids(img, IMAGE_LISTS[1], ann_file)]
+        unknown += [(img["id"], i) for i in listed if i not in known]
+        absent_yet_annotated += [(img["id"], i) for i in negative
+                                 if i in annotated.get(img["id"], ())]
+    if unknown and warn:
+        warnings.warn(f"{ann_file}: {len(unknown)} ids in the images' "
+                      f"{' / '.join(IMAGE_LISTS)} are no category of the file (image id "
+                      f"{unknown[0][0]}: {unknown[0][1]}); they change no score",
+                      RuntimeWarning, stacklevel=2)
+    if absent_yet_annotated and warn:
+        image_id, category = absent_yet_annotated[0]
+        warnings.warn(f"{ann_file}: {len(absent_yet_annotated)} times an image lists a "
+                      f"category as absent ({IMAGE_LISTS[0]}) that it has objects of (image id "
+                      f"{image_id}: category {category}); scored as annotated, as lvis-api "
+                      f"does", RuntimeWarning, stacklevel=2)
 
 
 def listed_category_ids(img: Mapping[str, Any], key: str, ann_file: Path) -> list[int]:
@@ -47,7 +97,7 @@ def listed_category_ids(img: Mapping[str, Any], key: str, ann_file: Path) -> lis
     if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool)
                                             for i in ids):
         raise DatasetError(f"{ann_file}: image id {img['id']}: {key} must be a list of "
-                           f"category ids, got {str(ids)[:80]}")
+                           f"category ids, got {ids!r:.80}")
     return ids
 
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-import math
+import warnings
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -121,27 +122,56 @@ def test_both_backends_give_the_same_federated_numbers(tmp_path: Path, iou_type:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_categories_without_a_frequency_are_in_no_group(tmp_path: Path, backend: str) -> None:
+@pytest.mark.parametrize("frequency", [None, "frequent", "rare "])
+def test_a_category_without_a_frequency_is_refused(tmp_path: Path, backend: str,
+                                                   frequency: str | None) -> None:
+    """It was left out of APr/APc/APf without a word (APf of the file then another number);
+    lvis-api, which detectron2 and mmdetection call, stops at it (KeyError)."""
     data = json.loads(_rules_file(tmp_path).read_text())
-    for category in data["categories"]:
-        if category["id"] != B:
-            del category["frequency"]
+    category = next(c for c in data["categories"] if c["id"] == C)
+    if frequency is None:
+        del category["frequency"]
+    else:
+        category["frequency"] = frequency
     gt_file = tmp_path / "no_frequency.json"
     gt_file.write_text(json.dumps(data))
-    metrics = evaluate_coco(gt_file, _rules_results(299), backend=backend, verbose=False)
-    assert metrics["AP"] == pytest.approx(90.0)
-    assert metrics["APc"] == pytest.approx(50.0)
-    assert math.isnan(metrics["APr"]) and math.isnan(metrics["APf"])
+    with pytest.raises(DatasetError, match=re.escape(
+            f"no_frequency.json: category id {C} ('cat{C}'): frequency must be 'r', 'c' or 'f' "
+            f"(rare, common, frequent: APr, APc and APf group the categories by it), got "
+            f"{frequency!r}")):
+        evaluate_coco(gt_file, _rules_results(299), backend=backend, verbose=False)
 
 
-@pytest.mark.parametrize("bad", [3, [1, "2"], [True], None])
+def test_lists_naming_no_category_or_an_annotated_one_are_warned_of(tmp_path: Path) -> None:
+    """Scored as lvis-api scores them (an unknown id changes nothing; a category listed absent
+    that the image has objects of counts as annotated), and said: both hide annotation
+    mistakes."""
+    clean = evaluate_coco(_rules_file(tmp_path), _rules_results(0), verbose=False)
+    data = json.loads(_rules_file(tmp_path).read_text())
+    data["images"][1]["neg_category_ids"] = [9999, B]  # image 2 has B annotated
+    data["images"][2]["not_exhaustive_category_ids"] = [5555]
+    gt_file = tmp_path / "odd_lists.json"
+    gt_file.write_text(json.dumps(data))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        odd = evaluate_coco(gt_file, _rules_results(0), verbose=False)
+    assert [str(w.message) for w in caught if "odd_lists.json" in str(w.message)] == [
+        f"{gt_file}: 2 ids in the images' neg_category_ids / not_exhaustive_category_ids are "
+        f"no category of the file (image id 2: 9999); they change no score",
+        f"{gt_file}: 1 times an image lists a category as absent (neg_category_ids) that it "
+        f"has objects of (image id 2: category {B}); scored as annotated, as lvis-api does"]
+    assert odd["stats"] == clean["stats"]
+
+
+@pytest.mark.parametrize("bad", [3, "3", [1, "2"], [True], None])
 def test_an_image_list_that_is_not_category_ids_is_refused(tmp_path: Path, bad: Any) -> None:
     data = json.loads(_rules_file(tmp_path).read_text())
     data["images"][1]["not_exhaustive_category_ids"] = bad
     gt_file = tmp_path / "bad.json"
     gt_file.write_text(json.dumps(data))
-    with pytest.raises(DatasetError, match=r"bad.json: image id 2: not_exhaustive_category_ids "
-                                           r"must be a list of category ids"):
+    with pytest.raises(DatasetError, match=re.escape(
+            f"bad.json: image id 2: not_exhaustive_category_ids must be a list of category "
+            f"ids, got {bad!r}")):
         evaluate_coco(gt_file, _rules_results(0), verbose=False)
 
 
@@ -217,8 +247,12 @@ def test_a_file_with_the_lists_on_some_images_only_is_scored_as_coco(tmp_path: P
         del img["neg_category_ids"], img["not_exhaustive_category_ids"]
     gt_file = tmp_path / "partial.json"
     gt_file.write_text(json.dumps(data))
-    with pytest.warns(RuntimeWarning, match=r"partial.json: 1 of 3 images have "
-                                            r"neg_category_ids / not_exhaustive_category_ids; "
+    del data["images"][0]["not_exhaustive_category_ids"]
+    data["images"][1]["neg_category_ids"] = []  # images with one list: not counted as both
+    gt_file.write_text(json.dumps(data))
+    with pytest.warns(RuntimeWarning, match=r"partial.json: 0 of 3 images have both "
+                                            r"neg_category_ids and not_exhaustive_category_ids "
+                                            r"\(image id 1 lacks not_exhaustive_category_ids\); "
                                             r"LVIS's federated AP needs both on every image"):
         metrics = evaluate_coco(gt_file, _rules_results(0), verbose=False)
     assert metrics["per_category"]["cat3"] == pytest.approx(50.0)

@@ -1144,6 +1144,33 @@ def test_a_best_metric_of_lvis_frequency_groups_needs_an_lvis_val_file(
     assert best["best"] == {"metric": "bbox/APr", "value": metrics["bbox"]["APr"]}
 
 
+def test_an_lvis_val_file_s_lists_and_frequencies_are_checked_before_training(
+        data: Path, tmp_path: Path) -> None:
+    """A malformed image list was found at the first evaluation (after training and the
+    val inference: hours at LVIS's size), a missing frequency never (APr/APc/APf changed)."""
+    lvis = json.loads((data / "coco/val.json").read_text())
+    for image in lvis["images"]:
+        image["neg_category_ids"], image["not_exhaustive_category_ids"] = [], []
+    for category in lvis["categories"]:
+        category["frequency"] = "c"
+    lvis["images"][1]["not_exhaustive_category_ids"] = "3"
+    (tmp_path / "lvis_val.json").write_text(json.dumps(lvis))
+    image_id = lvis["images"][1]["id"]
+    with pytest.raises(DatasetError, match=f"lvis_val.json: image id {image_id}: "
+                                           f"not_exhaustive_category_ids must be a list of "
+                                           f"category ids, got '3'"):
+        load_tool("train").main(train_args(data, tmp_path / "out", 2,
+                                           f"data.val.ann_file={tmp_path / 'lvis_val.json'}"))
+    lvis["images"][1]["not_exhaustive_category_ids"] = []
+    del lvis["categories"][0]["frequency"]
+    (tmp_path / "lvis_val.json").write_text(json.dumps(lvis))
+    with pytest.raises(DatasetError, match=r"lvis_val.json: category id \d+ \('\w+'\): frequency "
+                                           r"must be 'r', 'c' or 'f'"):
+        load_tool("train").main(train_args(data, tmp_path / "out", 2,
+                                           f"data.val.ann_file={tmp_path / 'lvis_val.json'}"))
+    assert not list((tmp_path / "out").glob("*.pth"))
+
+
 def test_a_bad_test_section_is_refused_before_training(data: Path, tmp_path: Path) -> None:
     """Unused by the training's own evaluations, it failed at tools/eval.py afterwards."""
     with pytest.raises(ConfigError, match=r"test.max_size must be a positive integer"):

@@ -14,6 +14,7 @@ from resnet_detect.engine.data import (CategoryMapping, DatasetError, brief,
                                        check_image_sizes, load_coco_json, repeat_factors)
 
 from ..config import check_max_size, test_resize
+from ..federated import check_lvis_file
 from .dataset import DetectionDataset, check_mask_format
 from .transforms import build_transforms
 
@@ -70,7 +71,7 @@ def build_val_dataset(cfg: DictConfig, with_masks: bool = False,
     if paths is None:
         return None
     records, mapping, stats = _load(paths, "val", keep_segmentation=bool(cfg.model.mask_on),
-                                    evaluation=True)
+                                    evaluation=True, check=check_lvis_file)
     if not records:  # (scored, it gave AP 0 or "nothing scored", exit 0)
         raise DatasetError(f"{paths[0]} lists no images: nothing to evaluate (a training "
                            f"without evaluations: data.val.ann_file=null "

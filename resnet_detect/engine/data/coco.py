@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -395,6 +395,7 @@ def _format_problems(ann_file: Path, problems: list[str]) -> str:
 def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: bool = False,
                    keep_segmentation: bool = False, check_files: bool = True,
                    training: bool = False, evaluation: bool = False,
+                   check: Callable[[dict[str, Any], Path], None] | None = None,
                    ) -> tuple[list[dict[str, Any]], CategoryMapping, LoadStats]:
     """Load a COCO instances file into training records.
 
@@ -411,6 +412,8 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
         evaluation: a file to evaluate on: it may leave out `annotations` (test-dev: images to
             predict), and an object without a `segmentation` keeps its box with None there
             (the segm evaluation ignores it); a malformed segmentation is still an error.
+        check: called with the file's content and path once it is read (a task's own
+            checks, e.g. an LVIS val file's lists and frequencies).
 
     Returns:
         (records in the file's image order, category mapping, statistics).
@@ -420,6 +423,8 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     """
     ann_file, img_dir = Path(ann_file), Path(img_dir)
     data = read_coco_json(ann_file, annotations_optional=evaluation)
+    if check is not None:
+        check(data, ann_file)
     if not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {missing_path(img_dir)} (for {ann_file})")
     if check_files:
