@@ -1010,9 +1010,43 @@ def test_an_lvis_file_names_its_images_by_their_coco_url(tmp_path: Path) -> None
     # an empty URL is no name: the image's missing file_name is what is reported
     images[0]["coco_url"] = ""
     ann_file.write_text(json.dumps(_coco(images, annotations, categories)))
-    with pytest.raises(DatasetError, match=r"images\[0\] \(id=1\).*file_name") as err:
+    with pytest.raises(DatasetError, match=r"images\[0\] \(id=1\): missing or invalid "
+                                           r"'file_name' \(expected str, got None\), and its "
+                                           r"coco_url '' names no image file") as err:
         load_coco_json(ann_file, img_dir, training=True)
     assert "is empty" not in str(err.value)
+
+
+def test_lvis_v05_names_of_coco_2014_are_read_from_their_coco_url(tmp_path: Path,
+                                                                  caplog) -> None:
+    """LVIS v0.5 names its images COCO_train2014_<id>.jpg beside a coco_url of COCO 2017's
+    folders: all were "image file not found" in a COCO 2017 tree (detectron2 reads by
+    coco_url). A file_name found where it says keeps winning."""
+    img_dir = tmp_path / "coco"
+    _write_png(img_dir / "train2017" / "000000000001.png", _pattern(30, 40))
+    _write_png(img_dir / "COCO_train2014_000000000002.png", _pattern(30, 40))
+    _write_png(img_dir / "train2017" / "000000000002.png", _pattern(30, 40))
+    images = [{"id": i, "height": 30, "width": 40, "neg_category_ids": [],
+               "file_name": f"COCO_train2014_{i:012d}.png",
+               "coco_url": f"http://images.cocodataset.org/train2017/{i:012d}.png"}
+              for i in (1, 2)]
+    annotations = [{"id": i, "image_id": i, "category_id": 7, "bbox": [1, 1, 9, 9], "area": 81}
+                   for i in (1, 2)]
+    ann_file = tmp_path / "lvis_v0.5_train.json"
+    ann_file.write_text(json.dumps(_coco(images, annotations,
+                                         [{"id": 7, "name": "seven", "frequency": "f"}])))
+    with caplog.at_level(logging.INFO):
+        records, _, _ = load_coco_json(ann_file, img_dir, training=True)
+    assert [r["file_name"] for r in records] == [
+        str(img_dir / "train2017/000000000001.png"),
+        str(img_dir / "COCO_train2014_000000000002.png")]
+    assert f"{ann_file}: 1 images not found by their file_name are read from the files their " \
+           f"coco_url names (LVIS v0.5's COCO 2014 names of COCO 2017's images)" in caplog.text
+    # where neither is there, the file_name is what is named
+    (img_dir / "train2017" / "000000000001.png").unlink()
+    with pytest.raises(DatasetError, match=r"image file not found for images\[0\] \(id=1\): "
+                                           r".*COCO_train2014_000000000001.png"):
+        load_coco_json(ann_file, img_dir, training=True)
 
 
 def test_whole_number_floats_are_ids_and_sizes_as_pycocotools_takes_them(

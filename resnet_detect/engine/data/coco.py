@@ -231,6 +231,18 @@ def _file_name_from_url(url: Any) -> str:
     return "/".join([p for p in path.split("/") if p][-2:])
 
 
+def _found_by_url(img: dict[str, Any], img_dir: Path) -> bool:
+    """LVIS v0.5 names its images as COCO 2014 did (COCO_train2014_000000001000.jpg) beside a
+    coco_url of COCO 2017's (train2017/000000001000.jpg): an image not found by its file_name
+    whose coco_url names a file under `img_dir` is read from that file (its file_name set), as
+    detectron2 reads LVIS (by coco_url)."""
+    name = _file_name_from_url(img.get("coco_url"))
+    if name and not _unsafe_path_reason(name) and image_path(img_dir, name).is_file():
+        img["file_name"] = name
+        return True
+    return False
+
+
 def _where(section: str, i: int, entry: dict[str, Any]) -> str:
     """An entry named in a problem ("annotations[7] (id=12)"); made only when there is one
     (an f-string per entry was a second of a COCO-scale file's loading)."""
@@ -251,8 +263,11 @@ def _check_entries(entries: list[Any], section: str, fields: dict[str, type],
                 if kind is int and isinstance(value, float) and value.is_integer():
                     entry[key] = int(value)  # 160.0: pandas' exports, as pycocotools takes it
                     continue
+                # an LVIS image is named by its coco_url: said where that names nothing
+                url = (f", and its coco_url {entry['coco_url']!r} names no image file"
+                       if key == "file_name" and "coco_url" in entry else "")
                 problems.append(f"{_where(section, i, entry)}: missing or invalid {key!r} "
-                                f"(expected {kind.__name__}, got {value!r})")
+                                f"(expected {kind.__name__}, got {value!r}){url}")
         if isinstance(entry.get("id"), int):
             if entry["id"] in ids:
                 problems.append(f"{_where(section, i, entry)}: duplicate id {entry['id']} in "
@@ -428,9 +443,18 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     if not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {missing_path(img_dir)} (for {ann_file})")
     if check_files:
-        missing = [f"images[{i}] (id={img['id']}): {path}{unicode_twin_hint(path)}"
-                   for i, img in enumerate(data["images"])
-                   if not (path := image_path(img_dir, img["file_name"])).is_file()]
+        missing, renamed = [], 0
+        for i, img in enumerate(data["images"]):
+            if (path := image_path(img_dir, img["file_name"])).is_file():
+                continue
+            if _found_by_url(img, img_dir):
+                renamed += 1
+                continue
+            missing.append(f"images[{i}] (id={img['id']}): {path}{unicode_twin_hint(path)}")
+        if renamed:
+            logger.info("%s: %d images not found by their file_name are read from the files "
+                        "their coco_url names (LVIS v0.5's COCO 2014 names of COCO 2017's "
+                        "images)", ann_file, renamed)
         if missing:
             raise DatasetError(_format_problems(
                 ann_file, [f"image file not found for {m}" for m in missing]))
