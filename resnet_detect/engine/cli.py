@@ -217,6 +217,22 @@ def _check_resume_from(path: str | None) -> None:
                                         f"another kind of file)")
 
 
+def _refuse_a_run_config_resumed_elsewhere(config: Path, output_dir: Any) -> None:
+    """`tools/train.py RUN/config.yaml --resume` from another folder than the run was
+    started from (a scheduler's requeue, a moved folder): the recorded train.output_dir is
+    relative to that one, so the run started anew elsewhere with a warning; refused, naming
+    the override that continues it."""
+    run = config.resolve().parent
+    if not ((run / "last_checkpoint").is_file() and isinstance(output_dir, str)):
+        return
+    here = Path(output_dir).resolve()
+    if here != run and not (here / "last_checkpoint").is_file():
+        raise ConfigError(f"--resume: {config} is the config of the run in {run}, whose "
+                          f"train.output_dir {output_dir} is relative to the folder that run was "
+                          f"started from; from here it is {here}, which holds no checkpoint: "
+                          f"add train.output_dir={run} to continue that run")
+
+
 def _print_config(task: Any, cfg: Any) -> None:
     """--print-config: the checks the run makes before reading data (as it would refuse the
     config), then the config; mandatory keys not given yet (???) and weights files not there
@@ -266,6 +282,8 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
     if args.print_config:
         _print_config(runner_task, cfg)
         return {"task": name, "config": cfg}
+    if args.resume:
+        _refuse_a_run_config_resumed_elsewhere(Path(args.config), cfg.train.output_dir)
     device = init_distributed(cfg.train.device)
     if cache_memory and device.type == "cpu" and not cache_host_memory():
         warnings.warn("train.cache_host_memory needs glibc's malloc (Linux); ignored here",

@@ -86,9 +86,11 @@ def _read_yaml(path: Path) -> DictConfig:
 
 
 def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
-    """The files `path` inherits from, bases first, each without its `_base_` key.
+    """The files `path` inherits from, bases first, each without its `_base_` key, each once.
 
-    `_base_` is a path (or a list of paths) relative to the file that names it.
+    `_base_` is a path (or a list of paths, the later ones winning) relative to the file that
+    names it. A file reached again (two bases that inherit one file) is merged at its first
+    place only: merged again, it would undo what the bases between set.
     """
     chain: list[tuple[Path, DictConfig]] = []
 
@@ -97,6 +99,11 @@ def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
         if file in stack:
             cycle = " -> ".join(str(p) for p in (*stack, file))
             raise ConfigError(f"_base_ cycle: {cycle}")
+        if any(file == done for done, _ in chain):
+            return
+        if stack and not file.is_file():
+            raise ConfigError(f"config file not found: {missing_path(file)} (a {BASE_KEY} of "
+                              f"{stack[-1]})")
         cfg = _read_yaml(file)
         bases = cfg.pop(BASE_KEY, None)
         if bases is not None:
@@ -250,6 +257,17 @@ def _suggestion(key: str, valid: Sequence[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _empty_mappings(node: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted paths of the empty mappings in `node` (`{}`: a merge takes them for nothing to
+    merge; written, they say "none")."""
+    found = []
+    for key, value in node.items_ex(resolve=False):
+        if isinstance(value, DictConfig):
+            found += ([f"{prefix}{key}"] if len(value) == 0
+                      else _empty_mappings(value, f"{prefix}{key}."))
+    return found
+
+
 def _merge(cfg: DictConfig, other: DictConfig, source: str,
            kinds: Mapping[str, str] | None = None) -> DictConfig:
     """`other` merged into `cfg` in place (OmegaConf.merge copies the whole tree at each of a
@@ -257,7 +275,14 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str,
     if kinds:
         _check_values(other, kinds, source)
     try:
+        cleared = [path for path in _empty_mappings(other)
+                   if isinstance(node := OmegaConf.select(cfg, path, default=None), DictConfig)
+                   and not OmegaConf.is_struct(node)]
         cfg.merge_with(other)
+        for path in cleared:  # `{}` given for an open section (lr_multipliers): none left
+            node = OmegaConf.select(cfg, path)
+            for key in list(node.keys()):
+                del node[key]
         return cfg
     except (ConfigKeyError, ConfigAttributeError) as e:
         key = getattr(e, "full_key", None) or str(e)

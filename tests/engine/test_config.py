@@ -46,6 +46,41 @@ def test_base_inheritance_relative_to_including_file_and_list_order(tmp_path: Pa
     assert "_base_" not in cfg
 
 
+def test_a_file_two_bases_inherit_is_merged_once(tmp_path: Path) -> None:
+    """exp: [sched, data], both inheriting common: common was merged again after sched,
+    undoing sched's values without a word (mmdetection refuses such bases; detectron2 has
+    one base a file)."""
+    write(tmp_path / "common.yaml", "solver: {base_lr: 0.5, epochs: 10}\ndata: {root: /c}\n")
+    write(tmp_path / "sched.yaml", "_base_: common.yaml\nsolver: {base_lr: 0.01}\n")
+    write(tmp_path / "data.yaml", "_base_: common.yaml\ndata: {size: 64}\n")
+    exp = write(tmp_path / "exp.yaml", "_base_: [sched.yaml, data.yaml]\n")
+    cfg = load_config(exp, defaults=DEFAULTS)
+    assert (cfg.solver.base_lr, cfg.solver.epochs, cfg.data.size, cfg.data.root) == (
+        0.01, 10, 64, "/c")
+    # a base that is not there names the file whose _base_ names it
+    write(tmp_path / "m.yaml", "_base_: gone.yaml\n")
+    with pytest.raises(ConfigError, match=re.escape(
+            f"config file not found: {tmp_path / 'gone.yaml'} (a _base_ of "
+            f"{(tmp_path / 'm.yaml').resolve()})")):
+        load_config(write(tmp_path / "top.yaml", "_base_: m.yaml\n"), defaults=DEFAULTS)
+
+
+def test_an_empty_mapping_clears_an_open_section(tmp_path: Path) -> None:
+    """`{}` (in a file or an override) left a base's lr multipliers in place without a word:
+    a merge of nothing. In a section of free keys it now says "none"; in a section of fixed
+    keys it changes nothing, as before."""
+    base = write(tmp_path / "base.yaml", "model: {options: {a: 1, b: 2}}\ndata: {root: /r}\n")
+    child = write(tmp_path / "child.yaml", "_base_: base.yaml\nmodel: {options: {}}\n")
+    load = lambda path, *o: load_config(path, o, defaults=DEFAULTS,  # noqa: E731
+                                        open_keys=("model.options",))
+    assert load(base).model.options == {"a": 1, "b": 2}
+    assert load(child).model.options == {}
+    assert load(base, "model.options={}").model.options == {}
+    assert load(base, "model.options={c: 3}").model.options == {"a": 1, "b": 2, "c": 3}
+    assert load(child, "model.options.c=3").model.options == {"c": 3}
+    assert load(base, "solver={}").solver == DEFAULTS["solver"]  # fixed keys: kept
+
+
 def test_each_load_reads_its_files_anew_and_returns_its_own_config(tmp_path: Path) -> None:
     """A file's parse is kept by its text: a later load of the same files gets its own copy
     (its _base_ still there, the first load's changes not), and a file rewritten between

@@ -333,6 +333,32 @@ def test_resumed_run_ends_with_the_same_weights(tool: ModuleType, tmp_path: Path
         "model_0000002.pth", "model_0000004.pth", "model_0000006.pth"]
 
 
+def test_a_run_s_config_resumed_from_another_folder_names_its_run(
+        tool: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`RUN/config.yaml --resume` from another working folder than the run's (a requeue):
+    its relative train.output_dir named a folder of no checkpoint, and a new run started
+    there with a warning; refused, naming the override that continues the run."""
+    colour_tree(tmp_path / "data", train_per_class=2, val_per_class=1)
+    monkeypatch.chdir(tmp_path)
+    argv = overrides(tmp_path / "data", Path("runs/r"), **{"train.epochs": 1,
+                                                          "train.batch_size": 2})
+    tool.main(argv)
+    run = tmp_path / "runs/r"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ConfigError, match=re.escape(
+            f"--resume: {run / 'config.yaml'} is the config of the run in {run}, whose "
+            f"train.output_dir runs/r is relative to the folder that run was started from; "
+            f"from here it is {elsewhere / 'runs/r'}, which holds no checkpoint: add "
+            f"train.output_dir={run} to continue that run")):
+        tool.main([str(run / "config.yaml"), "--resume"])
+    assert not (elsewhere / "runs").exists()
+    # from the run's own folder, or with the override, it resumes (nothing left: finished)
+    monkeypatch.chdir(tmp_path)
+    tool.main([str(run / "config.yaml"), "--resume"])
+
+
 def test_resume_with_other_train_settings(tool: ModuleType, tmp_path: Path,
                                           caplog: pytest.LogCaptureFixture) -> None:
     """A longer run continues under its new settings and says which changed; a run shorter
