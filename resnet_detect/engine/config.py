@@ -65,7 +65,9 @@ def _read_yaml(path: Path) -> DictConfig:
     """`path` parsed; a copy of the parse of the same text before (a tool reads each file of
     its config's chain several times, and OmegaConf's parse is the slow part)."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {missing_path(path)}")
+        override = (" (a key=value override? the config file comes first, then the overrides)"
+                    if "=" in path.name else "")
+        raise ConfigError(f"config file not found: {missing_path(path)}{override}")
     if path.suffix.lower() in WEIGHTS_SUFFIXES:  # Predictor("model_final.pth"): a decode error
         raise ConfigError(f"{path} is a weights file, not a config: pass it as the weights "
                           f"(Predictor(config, weights=...), --weights), with the config its "

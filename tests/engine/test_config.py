@@ -57,6 +57,11 @@ def test_a_file_two_bases_inherit_is_merged_once(tmp_path: Path) -> None:
     cfg = load_config(exp, defaults=DEFAULTS)
     assert (cfg.solver.base_lr, cfg.solver.epochs, cfg.data.size, cfg.data.root) == (
         0.01, 10, 64, "/c")
+    # an override given where the config belongs: said
+    with pytest.raises(ConfigError, match=r"config file not found: .*train.seed=4 \(a key=value "
+                                          r"override\? the config file comes first, then the "
+                                          r"overrides\)"):
+        load_config(tmp_path / "train.seed=4", defaults=DEFAULTS)
     # a base that is not there names the file whose _base_ names it
     write(tmp_path / "m.yaml", "_base_: gone.yaml\n")
     with pytest.raises(ConfigError, match=re.escape(
