@@ -270,6 +270,18 @@ def _empty_mappings(node: DictConfig, prefix: str = "") -> list[str]:
     return found
 
 
+def _mandatory(node: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted paths of the ??? values in `node`, its ${...} values left unresolved (they may
+    name keys of the whole config)."""
+    found = []
+    for key in node.keys():
+        if OmegaConf.is_missing(node, key):
+            found.append(f"{prefix}{key}")
+        elif isinstance(value := node._get_node(key), DictConfig):
+            found += _mandatory(value, f"{prefix}{key}.")
+    return found
+
+
 def _merge(cfg: DictConfig, other: DictConfig, source: str,
            kinds: Mapping[str, str] | None = None) -> DictConfig:
     """`other` merged into `cfg` in place (OmegaConf.merge copies the whole tree at each of a
@@ -285,6 +297,8 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str,
             node = OmegaConf.select(cfg, path)
             for key in list(node.keys()):
                 del node[key]
+        for path in _mandatory(other):  # a merge keeps the value ??? was given for: a
+            OmegaConf.update(cfg, path, "???")  # template's "set this" would be lost
         return cfg
     except (ConfigKeyError, ConfigAttributeError) as e:
         key = getattr(e, "full_key", None) or str(e)

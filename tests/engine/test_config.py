@@ -57,6 +57,12 @@ def test_a_file_two_bases_inherit_is_merged_once(tmp_path: Path) -> None:
     cfg = load_config(exp, defaults=DEFAULTS)
     assert (cfg.solver.base_lr, cfg.solver.epochs, cfg.data.size, cfg.data.root) == (
         0.01, 10, 64, "/c")
+    # ??? in a file or an override makes a key mandatory again (a merge kept the base's)
+    template = write(tmp_path / "template.yaml", "_base_: common.yaml\ndata:\n  root: ???\n")
+    for path, extra in ((template, []), (exp, ["data.root=???"])):
+        with pytest.raises(ConfigError, match="leaves mandatory keys unset: data.root"):
+            load_config(path, extra, defaults=DEFAULTS)
+    assert load_config(template, ["data.root=/mine"], defaults=DEFAULTS).data.root == "/mine"
     # an override given where the config belongs: said
     with pytest.raises(ConfigError, match=r"config file not found: .*train.seed=4 \(a key=value "
                                           r"override\? the config file comes first, then the "
@@ -196,7 +202,9 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
                     "  steps: ['${data.size}', 200]\n  base_lr: ???\n")
     cfg = load_config(derived, ["solver.base_lr=0.1"], defaults=DEFAULTS)
     assert list(cfg.solver.steps) == [96, 200]  # an interpolated element resolves later
-    assert load_config(derived, defaults=DEFAULTS).solver.base_lr == 0.1  # ??? merges nothing
+    # ??? makes the key mandatory (a merge kept the default: a template's "set this" lost)
+    with pytest.raises(ConfigError, match="leaves mandatory keys unset: solver.base_lr"):
+        load_config(derived, defaults=DEFAULTS)
     named = write(tmp_path / "named.yaml", "data: {root: 2024}\n")
     assert load_config(named, defaults=DEFAULTS).data.root == "2024"
 
