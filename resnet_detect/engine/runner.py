@@ -197,7 +197,10 @@ def check_train_choices(t: DictConfig) -> None:
     for key, value, valid in (("optimizer", t.optimizer, OPTIMIZERS),
                               ("lr_decay", t.lr_decay, DECAYS)):
         if value not in valid:
-            raise ConfigError(f"unknown train.{key} {value!r}; valid: {', '.join(valid)}")
+            yaml_bool = (" (YAML reads on, off, yes and no as true and false)"
+                         if isinstance(value, bool) else "")
+            raise ConfigError(f"unknown train.{key} {value!r}{yaml_bool}; valid: "
+                              f"{', '.join(valid)}")
     if t.best_metric is not None:
         best_metric_parts(t.best_metric)
     check_ema_decay(t.ema_decay)

@@ -394,6 +394,10 @@ def test_print_config_shows_the_merged_config_and_trains_nothing(
     with pytest.raises(ConfigError, match="unknown train.lr_decay 'multistep'; valid: cosine"):
         tool_main(tool)([str(config), "--print-config", *overrides, "train.lr_decay=multistep"])
     assert capsys.readouterr().out == ""
+    with pytest.raises(ConfigError, match=re.escape(
+            "unknown train.lr_decay False (YAML reads on, off, yes and no as true and false); "
+            "valid: cosine")):
+        tool_main(tool)([str(config), "--print-config", *overrides, "train.lr_decay=off"])
 
 
 def test_print_config_shows_mandatory_keys_not_given_yet(capsys: pytest.CaptureFixture) -> None:
