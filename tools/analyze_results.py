@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
 from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.data import DatasetError, UnreadableImageError  # noqa: E402
-from resnet_detect.engine.data.coco import brief, image_path, image_sizes  # noqa: E402
+from resnet_detect.engine.data.coco import (brief, image_path, image_sizes,  # noqa: E402
+                                             name_by_coco_url)
 from resnet_detect.engine.files import replace_folder, writable_folder  # noqa: E402
 from resnet_detect.engine.logging import setup_logging  # noqa: E402
 from resnet_detect.engine.tasks import config_task  # noqa: E402
@@ -89,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
         logger.warning("%s: %d objects without a usable mask are ignored (scored as crowd "
                        "regions over their boxes, drawn as such)", cfg.data.val.ann_file,
                        maskless)
+    if cfg.data.val.img_dir:  # LVIS v0.5's COCO 2014 names: drawn from their coco_url's file
+        for img in gt["images"]:
+            name_by_coco_url(img, Path(cfg.data.val.img_dir))
     sizes = image_sizes(gt)
     foreign = sorted({r["image_id"] for r in results} - sizes.keys())
     if foreign:

@@ -241,7 +241,7 @@ def _print_config(task: Any, cfg: Any) -> None:
     check_training_config(task, cfg)
     probe, absent = copy.deepcopy(cfg), []
     for key, value in weights_keys(cfg.get("model")).items():
-        if isinstance(value, str) and value and not os.path.isfile(value):
+        if isinstance(value, str) and value and not os.path.exists(value):
             absent.append(f"{key}: {value}")
             OmegaConf.update(probe, key, None)
     if hasattr(task, "check_config"):
@@ -282,7 +282,8 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
     if args.print_config:
         _print_config(runner_task, cfg)
         return {"task": name, "config": cfg}
-    if args.resume:
+    if args.resume and not any(o.strip().startswith("train.output_dir=")
+                               for o in args.overrides):  # (a new folder given: a new run)
         _refuse_a_run_config_resumed_elsewhere(Path(args.config), cfg.train.output_dir)
     device = init_distributed(cfg.train.device)
     if cache_memory and device.type == "cpu" and not cache_host_memory():

@@ -101,7 +101,9 @@ def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
         if file in stack:
             cycle = " -> ".join(str(p) for p in (*stack, file))
             raise ConfigError(f"_base_ cycle: {cycle}")
-        if any(file == done for done, _ in chain):
+        first = next((i for i, (done, _) in enumerate(chain) if done == file), None)
+        if first is not None:
+            _warn_of_a_skipped_repeat(file, stack[-1], chain[first], chain[first + 1:])
             return
         if stack and not file.is_file():
             raise ConfigError(f"config file not found: {missing_path(file)} (a {BASE_KEY} of "
@@ -120,6 +122,26 @@ def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
 
     visit(Path(path), ())
     return chain
+
+
+_SKIPS_SAID: set[tuple[Path, Path]] = set()
+
+
+def _warn_of_a_skipped_repeat(file: Path, parent: Path, merged: tuple[Path, DictConfig],
+                              since: list[tuple[Path, DictConfig]]) -> None:
+    """A file reached again is not merged again; where merging it again would have set keys
+    the files merged since its first place set (what an earlier version did), said."""
+    own = set(flat_keys(OmegaConf.to_container(merged[1], resolve=False)))
+    later = {key: path for path, part in since
+             for key in flat_keys(OmegaConf.to_container(part, resolve=False))}
+    kept = sorted(own & later.keys())
+    if kept and (file, parent) not in _SKIPS_SAID:  # (a tool reads its config several times)
+        _SKIPS_SAID.add((file, parent))
+        logger.warning("%s is a %s of %s and was merged before it (its first place): not "
+                       "merged again, so %s keep the values %s set since (list it first, or set "
+                       "them in %s, to have its values)", file, BASE_KEY, parent,
+                       ", ".join(kept[:5]) + (" ..." if len(kept) > 5 else ""),
+                       ", ".join(sorted({later[k].name for k in kept})), parent.name)
 
 
 def as_override(value: Any) -> str:
@@ -315,12 +337,18 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str,
         raise ConfigError(f"invalid value in {source}: {e}") from None
 
 
+ALWAYS_OPEN = "train.lr_multipliers"  # module names: a run's config.yaml, a checkpoint's record
+
+
 def make_schema(defaults: Mapping[str, Any] | DictConfig, *,
                 open_keys: Sequence[str] = ()) -> DictConfig:
-    """A struct-mode copy of `defaults` where only the `open_keys` subtrees accept new keys."""
+    """A struct-mode copy of `defaults` where only the `open_keys` subtrees (and the shared
+    train section's `train.lr_multipliers`, wherever a config is read) accept new keys."""
     schema = OmegaConf.create(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig)
                               else dict(defaults))
     OmegaConf.set_struct(schema, True)
+    if isinstance(OmegaConf.select(schema, ALWAYS_OPEN, default=None), DictConfig):
+        open_keys = (*open_keys, ALWAYS_OPEN)
     for key in open_keys:
         node = OmegaConf.select(schema, key)
         if not isinstance(node, DictConfig):

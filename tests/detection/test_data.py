@@ -1007,6 +1007,12 @@ def test_an_lvis_file_names_its_images_by_their_coco_url(tmp_path: Path) -> None
     from resnet_detect.engine.data.coco import _file_name_from_url
     assert _file_name_from_url("train2017/img#2.jpg") == "train2017/img#2.jpg"  # no URL
     assert _file_name_from_url("//train2017/100%25.jpg") == "train2017/100%25.jpg"
+    # a file_name of null is as none: the URL names the file
+    images[1]["file_name"] = None
+    ann_file.write_text(json.dumps(_coco(images, annotations, categories)))
+    records, _, _ = load_coco_json(ann_file, img_dir, training=True)
+    assert records[1]["file_name"] == str(img_dir / "val2017/000000000001.png")
+    del images[1]["file_name"]
     # an empty URL is no name: the image's missing file_name is what is reported
     images[0]["coco_url"] = ""
     ann_file.write_text(json.dumps(_coco(images, annotations, categories)))
@@ -1023,12 +1029,12 @@ def test_lvis_v05_names_of_coco_2014_are_read_from_their_coco_url(tmp_path: Path
     folders: all were "image file not found" in a COCO 2017 tree (detectron2 reads by
     coco_url). A file_name found where it says keeps winning."""
     img_dir = tmp_path / "coco"
-    _write_png(img_dir / "train2017" / "000000000001.png", _pattern(30, 40))
-    _write_png(img_dir / "COCO_train2014_000000000002.png", _pattern(30, 40))
-    _write_png(img_dir / "train2017" / "000000000002.png", _pattern(30, 40))
+    _write_png(img_dir / "train2017" / "000000000001.jpg", _pattern(30, 40))
+    _write_png(img_dir / "COCO_train2014_000000000002.jpg", _pattern(30, 40))
+    _write_png(img_dir / "train2017" / "000000000002.jpg", _pattern(30, 40))
     images = [{"id": i, "height": 30, "width": 40, "neg_category_ids": [],
-               "file_name": f"COCO_train2014_{i:012d}.png",
-               "coco_url": f"http://images.cocodataset.org/train2017/{i:012d}.png"}
+               "file_name": f"COCO_train2014_{i:012d}.jpg",
+               "coco_url": f"http://images.cocodataset.org/train2017/{i:012d}.jpg"}
               for i in (1, 2)]
     annotations = [{"id": i, "image_id": i, "category_id": 7, "bbox": [1, 1, 9, 9], "area": 81}
                    for i in (1, 2)]
@@ -1038,14 +1044,23 @@ def test_lvis_v05_names_of_coco_2014_are_read_from_their_coco_url(tmp_path: Path
     with caplog.at_level(logging.INFO):
         records, _, _ = load_coco_json(ann_file, img_dir, training=True)
     assert [r["file_name"] for r in records] == [
-        str(img_dir / "train2017/000000000001.png"),
-        str(img_dir / "COCO_train2014_000000000002.png")]
+        str(img_dir / "train2017/000000000001.jpg"),
+        str(img_dir / "COCO_train2014_000000000002.jpg")]
     assert f"{ann_file}: 1 images not found by their file_name are read from the files their " \
            f"coco_url names (LVIS v0.5's COCO 2014 names of COCO 2017's images)" in caplog.text
+    # a COCO 2017 name not found (an img_dir one folder too high) is not read by its URL
+    images[0]["file_name"] = "000000000001.jpg"
+    ann_file.write_text(json.dumps(_coco(images, annotations,
+                                         [{"id": 7, "name": "seven", "frequency": "f"}])))
+    with pytest.raises(DatasetError, match=r"image file not found for images\[0\]"):
+        load_coco_json(ann_file, img_dir, training=True)
+    images[0]["file_name"] = "COCO_train2014_000000000001.jpg"
+    ann_file.write_text(json.dumps(_coco(images, annotations,
+                                         [{"id": 7, "name": "seven", "frequency": "f"}])))
     # where neither is there, the file_name is what is named
-    (img_dir / "train2017" / "000000000001.png").unlink()
+    (img_dir / "train2017" / "000000000001.jpg").unlink()
     with pytest.raises(DatasetError, match=r"image file not found for images\[0\] \(id=1\): "
-                                           r".*COCO_train2014_000000000001.png"):
+                                           r".*COCO_train2014_000000000001.jpg"):
         load_coco_json(ann_file, img_dir, training=True)
 
 

@@ -447,6 +447,10 @@ def test_print_config_refuses_what_the_model_build_refuses(
     out, err = capsys.readouterr()
     assert OmegaConf.select(OmegaConf.create(out), key) == "/nowhere/w.pth"
     assert err == f"{key}: /nowhere/w.pth is not there (yet): the run needs it\n"
+    # a folder is not taken for a file not there yet
+    with pytest.raises(Exception, match="is a folder, not a weights file"):
+        tool_main(tool)([*argv, f"{key}={tmp_path}"])
+    assert capsys.readouterr().out == ""
     # one that is there is read, as the run reads it
     (tmp_path / "w.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(UnreadableCheckpointError, match="w.pth"):

@@ -1,6 +1,7 @@
 """engine.config: _base_ inheritance, dotlist overrides, strict keys, saving."""
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def test_base_inheritance_relative_to_including_file_and_list_order(tmp_path: Pa
     assert "_base_" not in cfg
 
 
-def test_a_file_two_bases_inherit_is_merged_once(tmp_path: Path) -> None:
+def test_a_file_two_bases_inherit_is_merged_once(tmp_path: Path, caplog) -> None:
     """exp: [sched, data], both inheriting common: common was merged again after sched,
     undoing sched's values without a word (mmdetection refuses such bases; detectron2 has
     one base a file)."""
@@ -57,6 +58,17 @@ def test_a_file_two_bases_inherit_is_merged_once(tmp_path: Path) -> None:
     cfg = load_config(exp, defaults=DEFAULTS)
     assert (cfg.solver.base_lr, cfg.solver.epochs, cfg.data.size, cfg.data.root) == (
         0.01, 10, 64, "/c")
+    # listed again after a base that inherits it: not merged again, and said where that
+    # keeps values an earlier version replaced by its own
+    again = write(tmp_path / "again.yaml", "_base_: [sched.yaml, common.yaml]\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert load_config(again, defaults=DEFAULTS).solver.base_lr == 0.01
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path.resolve() / 'common.yaml'} is a _base_ of {tmp_path.resolve() / 'again.yaml'} "
+        f"and was merged before it (its first place): not merged again, so solver.base_lr keep "
+        f"the values sched.yaml set since (list it first, or set them in again.yaml, to have "
+        f"its values)"]
     # ??? in a file or an override makes a key mandatory again (a merge kept the base's)
     template = write(tmp_path / "template.yaml", "_base_: common.yaml\ndata:\n  root: ???\n")
     for path, extra in ((template, []), (exp, ["data.root=???"])):
@@ -451,3 +463,17 @@ def test_a_training_from_scratch_normalised_on_a_0_to_1_scale_is_refused(tmp_pat
                       ["model.backbone.weights=w.pth"]):
             name, cfg = load_task_config(root / config, [*unit, *other])
             check_training_config(task_module(name).TASK(), cfg)
+
+
+def test_a_run_config_with_lr_multipliers_loads_for_inference(tmp_path: Path) -> None:
+    """The detection Predictor's reader (and tools/eval.py's analyses, score_results) refused
+    the config.yaml of a run trained with train.lr_multipliers ("unknown config key
+    'train.lr_multipliers.backbone'"), and a checkpoint's recorded config with them."""
+    from resnet_detect.engine.tasks import load_task_config
+    config = Path(__file__).resolve().parents[2] / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
+    _, cfg = load_task_config(config, ["train.lr_multipliers.backbone=0.1"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert detection_config.load_config(tmp_path / "config.yaml").train.lr_multipliers == {
+        "backbone": 0.1}
+    assert detection_config.config_from_mapping(
+        OmegaConf.to_container(cfg)).train.lr_multipliers == {"backbone": 0.1}

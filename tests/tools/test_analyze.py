@@ -469,6 +469,13 @@ def test_a_stopped_training_continues_from_its_checkpoint(image_folder, tmp_path
             assert a["history"] == b["history"] and a["history"]["iterations"] == [2, 4, 6]
     (log,) = (tmp_path / "final_evaluation/runs").glob("cifar_resnet20-*/log.txt")
     assert "resumed from" in log.read_text()  # (not trained anew: it was at its end)
+    # a finished net deleted is trained again (its final checkpoint precedes the final
+    # evaluation: it was taken for a stopped one and written back untrained)
+    saved(tmp_path / "whole", "cifar_resnet20").unlink()
+    run("lesion", tmp_path / "whole", image_folder, *longer)
+    (log,) = (tmp_path / "whole/runs").glob("cifar_resnet20-*/log.txt")
+    assert "resumed from" not in log.read_text()
+    assert log.read_text().count("training for 6 iterations") == 2  # (the log is appended to)
     # a run stopped before its checkpoints recorded the study's state (an earlier version's)
     # trains anew; it was refused ("trained with train.optimizer=None")
     with monkeypatch.context() as patch:

@@ -235,3 +235,20 @@ def test_an_output_that_is_a_folder_or_empty_is_named_before_the_inputs_are_read
     with pytest.raises(UnwritableFolderError, match=rf"^--output {tmp_path}/file/sub/out.json: "
                                                     rf"{tmp_path}/file is a file, not a folder$"):
         main([*inputs, "--output", str(tmp_path / "file/sub/out.json")])
+
+
+def test_lvis_v05_names_of_coco_2014_are_merged_by_their_coco_url(tmp_path: Path) -> None:
+    """LVIS v0.5's file_names are COCO 2014's beside COCO 2017 coco_urls: training reads them
+    by the URL, the merge refused them ("1 of 1 images not found")."""
+    (tmp_path / "coco/val2017").mkdir(parents=True)
+    Image.new("RGB", (40, 30)).save(tmp_path / "coco/val2017/000000000139.jpg")
+    Image.new("RGB", (40, 30)).save(tmp_path / "coco/a.jpg")
+    lvis = _coco(tmp_path / "lvis05.json", {1: "cat"},
+                 [(139, "COCO_val2014_000000000139.jpg", 40, 30)], [(139, 1, [1, 2, 10, 10])],
+                 coco_url="http://images.cocodataset.org/val2017/000000000139.jpg")
+    other = _coco(tmp_path / "a.json", {1: "cat"}, [(1, "a.jpg", 40, 30)],
+                  [(1, 1, [1, 1, 5, 5])])
+    coco = merge_coco.main(["--input", str(lvis), str(tmp_path / "coco"),
+                            "--input", str(other), str(tmp_path / "coco"),
+                            "--output", str(tmp_path / "merged.json")])
+    assert [img["file_name"] for img in coco["images"]] == ["val2017/000000000139.jpg", "a.jpg"]

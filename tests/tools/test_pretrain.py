@@ -354,6 +354,10 @@ def test_a_run_s_config_resumed_from_another_folder_names_its_run(
             f"train.output_dir={run} to continue that run")):
         tool.main([str(run / "config.yaml"), "--resume"])
     assert not (elsewhere / "runs").exists()
+    # a train.output_dir given is a run of its own: --resume starts it (detectron2's habit of
+    # --resume on every launch)
+    tool.main([str(run / "config.yaml"), "--resume", "train.output_dir=variant"])
+    assert (elsewhere / "variant/model_final.pth").is_file()
     # from the run's own folder, or with the override, it resumes (nothing left: finished)
     monkeypatch.chdir(tmp_path)
     tool.main([str(run / "config.yaml"), "--resume"])

@@ -196,7 +196,7 @@ def recipe_config(recipe: Recipe, output_dir: str | os.PathLike, device: torch.d
                            {"task": "analyze", "train": train, "data": {"num_workers": 0}})
 
 
-def _stopped_run_in(folder: Path, iterations: int) -> bool:
+def _stopped_run_in(folder: Path) -> bool:
     """Whether `folder` (the run folder of one recipe: its name) holds a stopped run to
     continue: its last checkpoint records the study's state, without the final evaluation
     (a stop in that evaluation runs it again). A finished run (its net deleted to be trained
@@ -205,13 +205,17 @@ def _stopped_run_in(folder: Path, iterations: int) -> bool:
     if not pointer.is_file():
         return False
     try:
-        checkpoint = read_checkpoint(folder / pointer.read_text(encoding="utf-8").strip())
-        state = checkpoint["extra"]["task"]
-        evaluated = state["history"]["iterations"]
+        path = folder / pointer.read_text(encoding="utf-8").strip()
+        checkpoint = read_checkpoint(path)
+        checkpoint["extra"]["task"]["history"]["iterations"]  # noqa: B018 (recorded)
+        # the final checkpoint precedes the final evaluation: a run is finished where the
+        # metrics.json that evaluation writes is newer (a stop in it leaves none, or an
+        # earlier run's)
+        metrics = folder / "metrics.json"
+        finished = metrics.is_file() and metrics.stat().st_mtime >= path.stat().st_mtime
     except (OSError, ValueError, KeyError, TypeError):
         return False  # (the runner names what is wrong with a damaged one as it starts anew)
-    return (not evaluated or evaluated[-1] < iterations) and "study_config" in (
-        checkpoint.get("provenance") or {})
+    return not finished and "study_config" in (checkpoint.get("provenance") or {})
 
 
 def train_classifier(model: nn.Module, train: ClassificationSplit, val: ClassificationSplit, *,
@@ -243,6 +247,6 @@ def train_classifier(model: nn.Module, train: ClassificationSplit, val: Classifi
                      pixel_std=pixel_std, label=name, eval_batch_size=eval_batch_size,
                      provenance=provenance)
     run_training(task, recipe_config(recipe, output_dir, device), device,
-                 resume=_stopped_run_in(Path(output_dir), recipe.iterations))
+                 resume=_stopped_run_in(Path(output_dir)))
     model.eval()
     return task.history

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from resnet_detect.detection.federated import IMAGE_LISTS, listed_category_ids
 from resnet_detect.engine.data import DatasetError, listing, read_coco_json
+from resnet_detect.engine.data.coco import name_by_coco_url
 
 from .conversion import ids_of_classes, raise_problems
 
@@ -82,6 +83,7 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
         ids: dict[Any, int] = {}
         missing = []
         for img in data["images"]:
+            name_by_coco_url(img, folder)  # (LVIS v0.5's COCO 2014 names)
             # as given, symlinks kept (a datasets/coco link, DVC's linked files): the file
             # names stay under the folders the user named
             path = _absolute(folder / img["file_name"])

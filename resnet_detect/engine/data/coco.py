@@ -19,6 +19,7 @@ import contextlib
 import gc
 import io
 import json
+import re
 import logging
 import math
 import os
@@ -161,7 +162,7 @@ def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
         raise DatasetError(f"{ann_file}: missing or not a list: {', '.join(missing)} "
                            "(a COCO instances file needs images, annotations and categories)")
     for img in data["images"]:
-        if isinstance(img, dict) and "file_name" not in img \
+        if isinstance(img, dict) and img.get("file_name") is None \
                 and (name := _file_name_from_url(img.get("coco_url"))):
             # LVIS: a COCO image, in the folder its URL names (train2017/ or val2017/) under
             # the image folder, as detectron2 reads it
@@ -231,11 +232,18 @@ def _file_name_from_url(url: Any) -> str:
     return "/".join([p for p in path.split("/") if p][-2:])
 
 
-def _found_by_url(img: dict[str, Any], img_dir: Path) -> bool:
-    """LVIS v0.5 names its images as COCO 2014 did (COCO_train2014_000000001000.jpg) beside a
-    coco_url of COCO 2017's (train2017/000000001000.jpg): an image not found by its file_name
-    whose coco_url names a file under `img_dir` is read from that file (its file_name set), as
-    detectron2 reads LVIS (by coco_url)."""
+# LVIS v0.5's names of COCO's images: COCO 2014's (COCO_train2014_000000001000.jpg)
+_COCO_2014_NAME = re.compile(r"(.*/)?COCO_(train|val)2014_\d+\.jpg")
+
+
+def name_by_coco_url(img: dict[str, Any], img_dir: Path) -> bool:
+    """LVIS v0.5 names its images as COCO 2014 did beside a coco_url of COCO 2017's
+    (train2017/000000001000.jpg): such an image not found by its file_name, whose coco_url
+    names a file under `img_dir`, takes that file's name (as detectron2 reads LVIS: by
+    coco_url); whether it did. Other names are left as they are (a COCO 2017 file under
+    another folder stays "not found")."""
+    if not _COCO_2014_NAME.fullmatch(str(img.get("file_name"))):
+        return False
     name = _file_name_from_url(img.get("coco_url"))
     if name and not _unsafe_path_reason(name) and image_path(img_dir, name).is_file():
         img["file_name"] = name
@@ -265,7 +273,8 @@ def _check_entries(entries: list[Any], section: str, fields: dict[str, type],
                     continue
                 # an LVIS image is named by its coco_url: said where that names nothing
                 url = (f", and its coco_url {entry['coco_url']!r} names no image file"
-                       if key == "file_name" and "coco_url" in entry else "")
+                       if key == "file_name" and "coco_url" in entry
+                       and not _file_name_from_url(entry["coco_url"]) else "")
                 problems.append(f"{_where(section, i, entry)}: missing or invalid {key!r} "
                                 f"(expected {kind.__name__}, got {value!r}){url}")
         if isinstance(entry.get("id"), int):
@@ -447,7 +456,7 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
         for i, img in enumerate(data["images"]):
             if (path := image_path(img_dir, img["file_name"])).is_file():
                 continue
-            if _found_by_url(img, img_dir):
+            if name_by_coco_url(img, img_dir):
                 renamed += 1
                 continue
             missing.append(f"images[{i}] (id={img['id']}): {path}{unicode_twin_hint(path)}")
