@@ -595,15 +595,14 @@ def _check_model_settings(path: Path, provenance: Mapping[str, Any], cfg: DictCo
 
 
 def _save_steps_done(trainer: Trainer, checkpointer: Checkpointer, logger: logging.Logger,
-                     failed: str, fix: str) -> None:
+                     failed: str, fix: str, resume_hint: str = RESUME_HINT) -> None:
     """Before an error stops the run: save the steps done since the last checkpoint (one
     process only: saving is collective, and under DDP the others wait inside a step)."""
     if get_world_size() > 1 or trainer.iter <= trainer.start_iter:
         return
     if checkpointer.saved_iteration == trainer.iter:
-        logger.error("%s (below); the %d steps done are in %s already: %s, then run the same "
-                     "command with --resume", failed, trainer.iter,
-                     checkpointer.path_of(trainer.iter), fix)
+        logger.error("%s (below); the %d steps done are in %s already: %s, then %s", failed,
+                     trainer.iter, checkpointer.path_of(trainer.iter), fix, resume_hint)
         return
     try:
         path = checkpointer.save(trainer.iter)
@@ -611,12 +610,12 @@ def _save_steps_done(trainer: Trainer, checkpointer: Checkpointer, logger: loggi
         logger.error("%s (below); saving the %d steps done failed too: %s", failed,
                      trainer.iter, e)
         return
-    logger.error("%s (below); saved the %d steps done in %s: %s, then run the same command "
-                 "with --resume", failed, trainer.iter, path, fix)
+    logger.error("%s (below); saved the %d steps done in %s: %s, then %s", failed,
+                 trainer.iter, path, fix, resume_hint)
 
 
 def _saved_on_error(batches: Iterator[Any], trainer: Trainer, checkpointer: Checkpointer,
-                    logger: logging.Logger) -> Iterator[Any]:
+                    logger: logging.Logger, resume_hint: str = RESUME_HINT) -> Iterator[Any]:
     """`batches`, but when one cannot be made (a mask with an undeclared class, a file gone)
     the steps done since the last checkpoint are saved first: fix the data, then --resume.
     (Batches are drawn between steps, all of an accumulated step's before its first
@@ -630,7 +629,7 @@ def _saved_on_error(batches: Iterator[Any], trainer: Trainer, checkpointer: Chec
         except Exception:
             _save_steps_done(trainer, checkpointer, logger,
                              f"the batch of iteration {trainer.iter + 1} could not be made",
-                             "fix the data")
+                             "fix the data", resume_hint)
             raise
         yield batch
 
@@ -812,6 +811,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
            amp: str | None) -> dict[str, Any]:
     """run_training after its checks, with the logging set up."""
     t = cfg.train
+    resume_hint = getattr(task, "resume_hint", RESUME_HINT)
     steps = t.accumulation_steps
     batch_size = drawn_batch_size(t)
     if not (resume and (resume is not True or checkpoints_in(output_dir))):
@@ -959,7 +959,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             except Exception:
                 _save_steps_done(trainer, checkpointer, logger,
                                  f"the evaluation at iteration {trainer.iter} failed",
-                                 "fix what stopped it")
+                                 "fix what stopped it", resume_hint)
                 raise
             counted.raise_if_stopped()  # (a task that scored a part of the split)
             val_images.update(counted.report(logger, "val",
@@ -1002,7 +1002,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     with stop_on_signals(stop):
         try:
             finished = trainer.train(_saved_on_error(iter(train_loader), trainer, checkpointer,
-                                                     logger), start_iter=start_iter, stop=stop)
+                                                     logger, resume_hint),
+                                     start_iter=start_iter, stop=stop)
         except EvaluationInterrupted:
             finished, in_evaluation = False, True
         finally:
@@ -1022,7 +1023,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                  f"{min(trainer.iter + t.eval_period, lengths['max_iter'])})")
         raise TrainingInterrupted(
             f"{stop.signal_name or 'a stop signal'} stopped {where} of {lengths['max_iter']}; "
-            f"checkpoint {path}: {getattr(task, 'resume_hint', RESUME_HINT)}{after}",
+            f"checkpoint {path}: {resume_hint}{after}",
             signal_name=stop.signal_name, iteration=trainer.iter,
             exit_code=128 + (stop.signum or 15))
     total_skipped = skipped.report(logger, "train")

@@ -586,3 +586,22 @@ def test_the_degradation_title_says_how_the_residual_nets_were_sampled(image_fol
         assert title.split("\n")[0] == ("Degradation: plain (dashed) vs residual (solid) "
                                         f"cifar_resnet depths 20, 2 iterations{' ' * bool(said)}"
                                         f"{said}")
+
+
+def test_a_failed_evaluation_says_how_a_study_continues(image_folder, tmp_path, monkeypatch,
+                                                        caplog):
+    """The runner's save before the error said "run the same command with --resume", which
+    tools/analyze.py refuses."""
+    evaluate = training.StudyTask.evaluate
+
+    def failing(self, *args):
+        if self.steps == 4:
+            raise RuntimeError("a broken evaluation")
+        return evaluate(self, *args)
+
+    monkeypatch.setattr(training.StudyTask, "evaluate", failing)
+    with pytest.raises(RuntimeError, match="a broken evaluation"):
+        run("lesion", tmp_path, image_folder, "solver.iterations=6", "train.evaluations=3")
+    said = [r.getMessage() for r in caplog.records if "steps done" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith(
+        "model_0000004.pth: fix what stopped it, then the same command continues from it")
