@@ -281,27 +281,23 @@ def _suggestion(key: str, valid: Sequence[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _empty_mappings(node: DictConfig, prefix: str = "") -> list[str]:
-    """Dotted paths of the empty mappings in `node` (`{}`: a merge takes them for nothing to
-    merge; written, they say "none")."""
-    found = []
-    for key, value in node.items_ex(resolve=False):
-        if isinstance(value, DictConfig):
-            found += ([f"{prefix}{key}"] if len(value) == 0
-                      else _empty_mappings(value, f"{prefix}{key}."))
-    return found
-
-
-def _mandatory(node: DictConfig, prefix: str = "") -> list[str]:
-    """Dotted paths of the ??? values in `node`, its ${...} values left unresolved (they may
-    name keys of the whole config)."""
-    found = []
+def _marked_paths(node: DictConfig, prefix: str = "") -> tuple[list[str], list[str]]:
+    """Dotted paths of the empty mappings (`{}`: a merge takes them for nothing to merge;
+    written, they say "none") and of the ??? values in `node` (a merge keeps the value they
+    were given for), its ${...} values left unresolved (they may name keys of the whole
+    config)."""
+    empty, mandatory = [], []
     for key in node.keys():
+        value = node._get_node(key)
         if OmegaConf.is_missing(node, key):
-            found.append(f"{prefix}{key}")
-        elif isinstance(value := node._get_node(key), DictConfig):
-            found += _mandatory(value, f"{prefix}{key}.")
-    return found
+            mandatory.append(f"{prefix}{key}")
+        elif isinstance(value, DictConfig):
+            if len(value) == 0:
+                empty.append(f"{prefix}{key}")
+            else:
+                inner = _marked_paths(value, f"{prefix}{key}.")
+                empty, mandatory = empty + inner[0], mandatory + inner[1]
+    return empty, mandatory
 
 
 def _merge(cfg: DictConfig, other: DictConfig, source: str,
@@ -311,7 +307,8 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str,
     if kinds:
         _check_values(other, kinds, source)
     try:
-        cleared = [path for path in _empty_mappings(other)
+        empty, mandatory = _marked_paths(other)
+        cleared = [path for path in empty
                    if isinstance(node := OmegaConf.select(cfg, path, default=None), DictConfig)
                    and not OmegaConf.is_struct(node)]
         cfg.merge_with(other)
@@ -319,8 +316,8 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str,
             node = OmegaConf.select(cfg, path)
             for key in list(node.keys()):
                 del node[key]
-        for path in _mandatory(other):  # a merge keeps the value ??? was given for: a
-            OmegaConf.update(cfg, path, "???")  # template's "set this" would be lost
+        for path in mandatory:  # ??? given: a template's "set this" would be lost
+            OmegaConf.update(cfg, path, "???")
         return cfg
     except (ConfigKeyError, ConfigAttributeError) as e:
         key = getattr(e, "full_key", None) or str(e)
@@ -406,7 +403,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
         renamed: deprecated dotted key -> its new name; old files and overrides keep loading,
             with a warning naming the new key.
         allow_missing: leave mandatory values (`???`) unset instead of refusing them (for
-            printing a config; `mandatory_keys` names them).
+            printing a config; OmegaConf.missing_keys names them).
 
     Returns:
         The merged config, read-only keys-wise (struct mode) when `defaults` is given.

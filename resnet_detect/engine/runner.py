@@ -711,8 +711,7 @@ def _refuse_unit_scale_normalisation(cfg: DictConfig) -> None:
     (torchvision's `Normalize` values; the images here are 0..255): refused, as such values
     feed the network inputs of about +-1000. (Weights carry their own values, checked where
     they load; weights trained so keep working.)"""
-    model = cfg.get("model") or {}
-    if model.get("weights") or (model.get("backbone") or {}).get("weights"):
+    if any(weights_keys(cfg.get("model")).values()):
         return
     for section in ("data", "model"):
         values = [(cfg.get(section) or {}).get(key) for key in ("pixel_mean", "pixel_std")]

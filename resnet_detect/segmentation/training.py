@@ -224,16 +224,18 @@ class SemSegTask:
         self.tta: TTAInference | None = None
 
     @staticmethod
-    def check_config(cfg: DictConfig) -> None:
-        tta_from_config(cfg)  # its errors before training, not at the evaluation
+    def _checked(cfg: DictConfig) -> tuple[TTAInference | None, Any]:
+        """`check_config`'s checks; (the test-time views, the palette's colours or None)."""
+        tta = tta_from_config(cfg)  # its errors before training, not at the evaluation
         inference_compile_settings(cfg)
         check_model_config(build_model, cfg, read_weights=read_checkpoint)
-        resolve_palette(cfg.data.palette, None)  # its file and colours before the data
+        return tta, resolve_palette(cfg.data.palette, None)  # its file before the data
+
+    def check_config(self, cfg: DictConfig) -> None:
+        self._checked(cfg)
 
     def prepare(self, cfg: DictConfig) -> TaskData:
-        self.check_config(cfg)
-        self.tta = tta_from_config(cfg)
-        colours = resolve_palette(cfg.data.palette, None)
+        self.tta, colours = self._checked(cfg)
         if colours is not None:  # the run's config.yaml and weights hold the colours, not a path
             cfg.data.palette = colours.tolist()
         train = build_dataset(cfg, "train")  # checks the data first
