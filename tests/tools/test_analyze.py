@@ -180,7 +180,7 @@ def test_responses_measure_every_3x3_layer_or_block_of_both_twins(image_folder, 
     assert [r["downsampling"] for r in rows[:BLOCKS]].count("True") == 2
 
 
-def test_lesion_rows_and_reuse_of_saved_weights(image_folder, tmp_path):
+def test_lesion_rows_and_reuse_of_saved_weights(image_folder, tmp_path, caplog):
     first = run("lesion", tmp_path / "trained", image_folder, "lesion.draws=2")
     rows, payload = check_files(first, "lesion")
     random_rows = sum(min(2, math.comb(BLOCKS, k)) for k in range(1, BLOCKS + 1))
@@ -197,6 +197,14 @@ def test_lesion_rows_and_reuse_of_saved_weights(image_folder, tmp_path):
         f"cifar_resnet20 ({nets[0].name})", f"plain_cifar_resnet20 ({nets[1].name})"]
     # same weights, same data, same draws: the same accuracies
     assert [r["accuracy"] for r in reused_rows] == [r["accuracy"] for r in rows]
+    # a max_k past the blocks was clamped without a word
+    past = run("lesion", tmp_path / "past", image_folder, "lesion.draws=2",
+               f"lesion.max_k={BLOCKS + 5}", weights=nets[:1])
+    assert f"lesion.max_k={BLOCKS + 5} is above the {BLOCKS} blocks of cifar_resnet20: k runs " \
+           f"from 1 to {BLOCKS} (as with lesion.max_k=0)" in [
+               r.getMessage() for r in caplog.records if r.levelno >= 30]
+    assert [r["accuracy"] for r in read_csv(past["csv"])] == [
+        r["accuracy"] for r in reused_rows[:len(reused_rows) // 2]]
 
 
 def test_paths_writes_binomial_and_gradients(image_folder, tmp_path):

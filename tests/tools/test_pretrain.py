@@ -361,6 +361,14 @@ def test_a_run_s_config_resumed_from_another_folder_names_its_run(
     # from the run's own folder, or with the override, it resumes (nothing left: finished)
     monkeypatch.chdir(tmp_path)
     tool.main([str(run / "config.yaml"), "--resume"])
+    # a run of an absolute train.output_dir moved: not said to be relative
+    tool.main(overrides(tmp_path / "data", tmp_path / "abs", **{"train.epochs": 1,
+                                                                "train.batch_size": 2}))
+    (tmp_path / "abs").rename(tmp_path / "moved")
+    with pytest.raises(ConfigError, match=re.escape(
+            f"whose train.output_dir {tmp_path / 'abs'} names {tmp_path / 'abs'} (the run was "
+            f"moved?), which holds no checkpoint: add train.output_dir={tmp_path / 'moved'}")):
+        tool.main([str(tmp_path / "moved/config.yaml"), "--resume"])
 
 
 def test_resume_with_other_train_settings(tool: ModuleType, tmp_path: Path,

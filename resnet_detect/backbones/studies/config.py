@@ -148,6 +148,19 @@ def _check_path_sampling(cfg: DictConfig, depths: list[int]) -> None:
             sampler.remove()
 
 
+def _warn_of_max_k_past_the_blocks(cfg: DictConfig) -> None:
+    """lesion.max_k above the net's blocks deletes them all at most (as 0 does): said, not
+    silently clamped."""
+    arch = arch_name(cfg.model.family, cfg.model.depth, True)
+    options = OmegaConf.to_container(cfg.model.options, resolve=True)
+    with torch.device("meta"):
+        blocks = len(build_classifier(arch, 2, config_prefix="model.options.",
+                                      **options).backbone.blocks())
+    if cfg.lesion.max_k > blocks:
+        logger.warning("lesion.max_k=%d is above the %d blocks of %s: k runs from 1 to %d "
+                       "(as with lesion.max_k=0)", cfg.lesion.max_k, blocks, arch, blocks)
+
+
 def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
                               study: str | None = None, *, trains: bool = True
                               ) -> StudyContext:
@@ -187,6 +200,8 @@ def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
     for key, (value, what) in limits.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{key} must be a number of {what} >= 0 (0: all), got {value!r}")
+    if study == "lesion" and cfg.lesion.max_k > 0:
+        _warn_of_max_k_past_the_blocks(cfg)
     if not is_positive_int(cfg.train.eval_batch_size):
         raise ConfigError(f"train.eval_batch_size must be a positive integer (images per "
                           f"evaluation forward pass), got {cfg.train.eval_batch_size!r}")
