@@ -41,6 +41,10 @@ NULLABLE = ("train.max_iter", "train.epochs", "train.max_to_keep", "train.moment
             "train.gamma", "model.backbone.output_stride", "model.backbone.multi_grid",
             "model.size_divisibility", "data.train.max_size", "data.val.max_size",
             "data.train.crop_size")
+# the kinds of NULLABLE keys some task's defaults leave null (pretraining's train.max_iter):
+# train.max_iter=2e4 is 20000 there as where the default is a number
+KINDS_OF_NULL_DEFAULTS = {"train.max_iter": "int", "train.max_to_keep": "int",
+                          "model.backbone.output_stride": "int"}
 logger = logging.getLogger(__name__)
 
 
@@ -186,6 +190,8 @@ def _kinds(defaults: Mapping[str, Any] | DictConfig) -> dict[str, str]:
                 kinds[key] = "ints" if v and all(isinstance(x, int) for x in v) else "floats"
             elif isinstance(v, list) and all(isinstance(x, str) for x in v):
                 kinds[key] = "names"  # feature maps: out_features, in_features
+            elif v is None and key in KINDS_OF_NULL_DEFAULTS:
+                kinds[key] = KINDS_OF_NULL_DEFAULTS[key]
 
     walk(OmegaConf.to_container(defaults) if isinstance(defaults, DictConfig) else defaults, "")
     return kinds

@@ -200,6 +200,15 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
                               "base_faster_rcnn.yaml", ["data.val.img_dir=0755",
                                                         "data.val.ann_file=1e3"])
     assert (det.data.val.img_dir, det.data.val.ann_file) == ("0755", "1e3")  # not 493, 1000.0
+    # pretraining's train.max_iter, null by default, took no 2e4 ("got 20000.0")
+    _, pre = load_task_config(Path(__file__).resolve().parents[2] / "configs/pretrain/"
+                              "synthetic_resnet18.yaml",
+                              ["train.max_iter=2e4", "train.epochs=null"])
+    assert pre.train.max_iter == 20000 and isinstance(pre.train.max_iter, int)
+    with pytest.raises(ConfigError, match=r"train.max_iter must be a whole number, got 2.5 in "
+                                          r"override 'train.max_iter=2.5'"):
+        load_task_config(Path(__file__).resolve().parents[2] / "configs/pretrain/"
+                         "synthetic_resnet18.yaml", ["train.max_iter=2.5"])
     with pytest.raises(ConfigError, match=r"^override '=3' has no key before its '=': write "
                                           r"key=value$"):
         load_config(path, ["=3"], defaults=DEFAULTS)
