@@ -238,16 +238,35 @@ FOREIGN_KEY_PARTS = (("proposal_generator.", "detectron2's"), ("fpn_lateral", "d
                      ("decode_head.", "mmsegmentation's"))
 
 
-def foreign_checkpoint_hint(keys: Iterable[str]) -> str:
-    """Where `keys` (a checkpoint's unexpected ones) are another project's model's: a line
-    saying its checkpoints are not read here (a key listing alone reads as a broken file of
-    ours); else ""."""
+# key parts of torchvision's models that are not built here
+OTHER_TORCHVISION_MODELS = (("head.classification_head.", "RetinaNet"),
+                            ("roi_heads.keypoint_", "Keypoint R-CNN"),
+                            ("roi_heads.box_head.0.0.", "fasterrcnn_resnet50_fpn_v2 / "
+                                                        "maskrcnn_resnet50_fpn_v2"),
+                            ("backbone.body.features.", "MobileNet detectors"))
+
+
+def foreign_checkpoint_hint(keys: Iterable[str], whole: Iterable[str] | None = None) -> str:
+    """Where `keys` (a checkpoint's unexpected ones) are another project's model's, another
+    torchvision model's or an ImageNet classifier's: a line saying so (a key listing alone
+    reads as a broken file of ours); else "". `whole`: the keys a classifier's are looked
+    for in (default `keys`; none where a backbone reads a classifier's file)."""
+    keys = list(keys)
+    whole = keys if whole is None else list(whole)
     for key in keys:
         for part, project in FOREIGN_KEY_PARTS:
             if part in key:
                 return (f"\n  (keys such as {key} are {project}: its checkpoints are not read "
                         f"here; start from torchvision's or timm's ImageNet weights or a "
                         f"checkpoint written by this project)")
+        for part, name in OTHER_TORCHVISION_MODELS:
+            if key.startswith(part):
+                return (f"\n  (keys such as {key} are torchvision's {name}'s: that model is not "
+                        f"built here; torchvision's fasterrcnn_resnet50_fpn, "
+                        f"maskrcnn_resnet50_fpn and deeplabv3/fcn_resnet50/101 weights are read)")
+    if "fc.weight" in whole and any(k.startswith("layer1.") for k in whole):
+        return ("\n  (these are an ImageNet classifier's weights, torchvision's or timm's "
+                "ResNet: give them as model.backbone.weights=PATH, the backbone's start)")
     return ""
 
 
@@ -283,7 +302,8 @@ def check_and_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                           + key_listing("missing", missing)
                           + key_listing("unexpected", unexpected)
                           + key_listing("mis-shaped", mis_shaped) + _norm_hint(missing, unexpected)
-                          + foreign_checkpoint_hint([*unexpected, *file_keys]))
+                          + foreign_checkpoint_hint([*unexpected, *file_keys],
+                                                    whole=() if file_keys else unexpected))
     usable = {k: v for k, v in state_dict.items() if k in expected}
     model.load_state_dict(usable, strict=False)
 

@@ -22,6 +22,7 @@ learning rate), only the schedule's position comes from the checkpoint.
 """
 from __future__ import annotations
 
+import argparse
 import io
 import logging
 import os
@@ -283,11 +284,18 @@ class Checkpointer:
         except (OSError, ValueError) as e:  # missing, a folder, its .sha256 differs
             raise UnreadableCheckpointError(
                 f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-        try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        try:  # (torchvision's and timm's training checkpoints keep their args: refused below)
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:
             raise UnreadableCheckpointError(
                 f"cannot read checkpoint {path}: {why_unloadable(data, e)}") from e
+        if isinstance(state, dict) and "epoch" in state and "iteration" not in state:
+            raise UnreadableCheckpointError(
+                f"{path} is another program's training checkpoint (torchvision's references' "
+                f"or timm's: it counts epochs): its optimizer and position are not resumed "
+                f"here; start a run from its weights with model.weights={path} (or "
+                f"model.backbone.weights for a classifier)")
         if not isinstance(state, dict) or not {"model", "iteration"} <= state.keys():
             raise UnreadableCheckpointError(
                 f"{path} is no training checkpoint (it records no iteration: weights alone, as "

@@ -120,7 +120,19 @@ class ToolArgumentParser(argparse.ArgumentParser):
                    and w.split("=", 1)[0] not in self._option_string_actions]
         if unknown:
             self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        self._refuse_a_path_after_resume(words)
         return super().parse_intermixed_args(args, namespace)
+
+    def _refuse_a_path_after_resume(self, words: Sequence[str]) -> None:
+        """`--resume CKPT` (torchvision's references' and mmdetection's spelling) made CKPT an
+        override, refused as "must look like key=value"."""
+        if "--resume-from" not in self._option_string_actions:
+            return
+        for before, word in zip(words, words[1:]):
+            if (before == "--resume" and "=" not in word and not word.startswith("-")
+                    and Path(word).suffix.lower() in CHECKPOINT_SUFFIXES):
+                self.error(f"--resume takes no checkpoint here: it continues the last one of "
+                           f"train.output_dir; to continue from {word}: --resume-from {word}")
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         prefix = "unrecognized arguments: "

@@ -96,6 +96,34 @@ def _flag_advice(training: bool) -> dict[str, str]:
                   "IMAGES --output DIR",
         "--eval": "tools/eval.py scores COCO's box (and mask) AP; VOC's AP too with "
                   "data.val.voc_metric=area or 11point",
+        # torchvision's references/detection and references/segmentation train.py
+        "--model": "the config names the model: configs/detection/faster_rcnn_R_50_FPN_1x.yaml "
+                   "(fasterrcnn_resnet50_fpn), mask_rcnn_R_50_FPN_1x.yaml, "
+                   "configs/segmentation/deeplabv3_R_50_os8.yaml (deeplabv3_resnet50) ...",
+        "--data-path": "data.train.img_dir=DIR data.train.ann_file=JSON (and data.val.*; "
+                       "segmentation folders: data.root=DIR)",
+        "--dataset": "data.train.ann_file=JSON (COCO format) and data.val.*",
+        "--test-only": "tools/eval.py CONFIG --weights CKPT --output DIR",
+        "--weights": "model.weights=CKPT" if training else "--weights CKPT",
+        "--weights-backbone": "model.backbone.weights=PATH (a torchvision, timm or own ResNet)",
+        "--lr-steps": "train.lr_step_epochs=[16,22] with train.epochs (or train.lr_steps in "
+                      "iterations)",
+        "--lr-gamma": "train.gamma=X", "--momentum": "train.momentum=X",
+        "--wd": "train.weight_decay=X", "--weight-decay": "train.weight_decay=X",
+        "--lr-scheduler": "train.lr_decay=step, cosine or poly",
+        "--lr-warmup-epochs": "train.warmup_epochs=X (or train.warmup_iters=N)",
+        "--lr-warmup-method": "train.warmup_factor=X (linear warmup from X * base_lr)",
+        "--trainable-backbone-layers": "model.backbone.freeze_at=5-N (3 layers: freeze_at=2, "
+                                       "the stem and res2 frozen)",
+        "--sync-bn": "model.backbone.norm=syncbn (segmentation: model.head.norm=syncbn too; "
+                     "the detectors' frozen_bn has no statistics to sync)",
+        "--aux-loss": "model.aux_head.enabled=true (segmentation; on by default)",
+        "--aspect-ratio-group-factor": "training batches are always grouped by aspect ratio "
+                                       "(landscape, portrait, near-square): no key",
+        "--data-augmentation": "the augmentation is data.train's keys (detection: min_size, "
+                               "max_size, hflip_prob; --print-config lists them)",
+        "--print-freq": "train.log_period=N (iterations)",
+        "--rpn-score-thresh": "model.rpn.score_thresh=X",
         # detectron2's demo/demo.py
         "--confidence-threshold": "--min-score X (tools/demo.py)",
         "--video-input": "--input VIDEO (tools/demo.py takes images, folders and videos)",

@@ -386,6 +386,30 @@ def test_detectron2_and_mmdetection_checkpoints_are_named_as_such(tmp_path) -> N
     with pytest.raises(ValueError, match=said.format(r"decode_head\.conv_seg\.weight",
                                                      "mmsegmentation's")):
         backbones.build("resnet18", weights=tmp_path / "mmseg.pth")
+    # torchvision's other models and its ImageNet classifiers: "no box classifier" or a key
+    # listing alone
+    torch.save({"backbone.body.conv1.weight": zeros,
+                "head.classification_head.conv.0.0.weight": zeros}, tmp_path / "retina.pth")
+    with pytest.raises(ValueError, match=r"\n  \(keys such as head\.classification_head\.conv"
+                                         r"\.0\.0\.weight are torchvision's RetinaNet's: that "
+                                         r"model is not built here"):
+        Detector(root / "faster_rcnn_R_18_FPN.yaml", weights=tmp_path / "retina.pth")
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    classifier = (r"\n  \(these are an ImageNet classifier's weights, torchvision's or timm's "
+                  r"ResNet: give them as model.backbone.weights=PATH")
+    for predictor, config in ((Detector, "faster_rcnn_R_18_FPN.yaml"),
+                              (Segmenter, "deeplabv3_R_18_os16.yaml")):
+        with pytest.raises(ValueError, match=classifier):
+            predictor(root / config, weights=tmp_path / "r18.pth")
+    from resnet_detect.detection.build import build_model
+    from resnet_detect.engine.tasks import load_task_config
+    cfg = load_task_config(root / "faster_rcnn_R_18_FPN.yaml",
+                           [f"model.weights={tmp_path / 'r18.pth'}", "model.num_classes=3"])[1]
+    with pytest.raises(ValueError, match=classifier):  # training's model.weights
+        build_model(cfg)
+    with pytest.raises(ValueError) as deeper:  # as a backbone's: said of other depths alone
+        backbones.build("resnet34", weights=tmp_path / "r18.pth")
+    assert "classifier's weights" not in str(deeper.value)
     # ours, mis-fitting, keep the listing alone
     with pytest.raises(ValueError) as ours:
         load_weights(backbones.build_classifier("resnet18", 10),

@@ -1,12 +1,14 @@
 """engine.checkpoint: atomic writes, pointer, RNG states, bit-identical resume."""
 from __future__ import annotations
 
+import argparse
 import errno
 import io
 import logging
 import math
 import os
 import random
+import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -726,6 +728,16 @@ def test_weights_alone_or_another_tasks_checkpoint_are_refused_as_such(tmp_path:
     with pytest.raises(UnreadableCheckpointError, match="backbone_final.pth is no training "
                                                         "checkpoint .*model.weights=PATH"):
         Checkpointer(tmp_path / "run", model=model).resume_from(tmp_path / "backbone_final.pth")
+    # torchvision's references' checkpoint: "it holds more than tensors, or is no PyTorch file
+    # (Unsupported global: argparse.Namespace)", a damaged download as it read
+    torch.save({"model": model.state_dict(), "optimizer": {}, "lr_scheduler": {}, "epoch": 25,
+                "args": argparse.Namespace(lr=0.02)}, tmp_path / "checkpoint.pth")
+    with pytest.raises(UnreadableCheckpointError, match=re.escape(
+            f"{tmp_path / 'checkpoint.pth'} is another program's training checkpoint "
+            f"(torchvision's references' or timm's: it counts epochs): its optimizer and "
+            f"position are not resumed here; start a run from its weights with "
+            f"model.weights={tmp_path / 'checkpoint.pth'}")):
+        Checkpointer(tmp_path / "run", model=model).resume_from(tmp_path / "checkpoint.pth")
     Checkpointer(tmp_path / "pre", model=model, provenance={
         "class_names": ["cat", "dog"], "config": {"task": "classification"}}).save(4)
     cfg = OmegaConf.create({"task": "detection", "train": {}})

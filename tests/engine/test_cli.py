@@ -576,6 +576,22 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
     ("demo", [str(CONFIG), "--weights", "w.pth", "--input", "a.jpg", "--output", "o",
               "--confidence-threshold", "0.3"],
      ["  --confidence-threshold: --min-score X (tools/demo.py)"]),
+    # torchvision's references' train.py: bare "unrecognized arguments" (--model: "did you
+    # mean --help?"); --resume CKPT: "'CKPT' must look like key=value"
+    ("train", [str(CONFIG), "--model", "fasterrcnn_resnet50_fpn", "--lr-steps", "16", "22",
+               "--aspect-ratio-group-factor", "3", "--weights-backbone", "r50.pth",
+               "--trainable-backbone-layers", "3", "--test-only"],
+     ["  --model: the config names the model: configs/detection/faster_rcnn_R_50_FPN_1x.yaml "
+      "(fasterrcnn_resnet50_fpn)",
+      "  --lr-steps: train.lr_step_epochs=[16,22] with train.epochs",
+      "  --aspect-ratio-group-factor: training batches are always grouped by aspect ratio",
+      "  --weights-backbone: model.backbone.weights=PATH",
+      "  --trainable-backbone-layers: model.backbone.freeze_at=5-N",
+      "  --test-only: tools/eval.py CONFIG --weights CKPT --output DIR"]),
+    ("train", [str(CONFIG), "--resume", "output/checkpoint.pth"],
+     ["error: --resume takes no checkpoint here: it continues the last one of "
+      "train.output_dir; to continue from output/checkpoint.pth: --resume-from "
+      "output/checkpoint.pth\n"]),
     # a pattern --weights run/models/net-*.pth that matched two files
     ("eval", [str(CONFIG), "--output", "o", "--weights", str(CONFIG), str(ROOT / "README.md")],
      [f"error: override '{ROOT / 'README.md'}' must look like key=value; it is a file, and each "
@@ -602,6 +618,23 @@ def test_every_detectron2_key_named_is_a_key_of_the_detection_configs() -> None:
     for theirs, ours in DETECTRON2_KEYS.items():
         parent, leaf = ours.rsplit(".", 1)
         assert leaf in OmegaConf.select(cfg, parent), (theirs, ours)
+
+
+def test_every_key_a_flag_hint_names_is_a_key_of_a_config() -> None:
+    from omegaconf import OmegaConf
+
+    from resnet_detect.engine.foreign_options import _flag_advice
+    from resnet_detect.engine.tasks import load_task_config
+    cfgs = [load_task_config(ROOT / f"configs/{name}.yaml")[1] for name in
+            ("detection/mask_rcnn_R_50_FPN_1x", "segmentation/deeplabv3_R_50_os8",
+             "pretrain/synthetic_resnet18")]
+    named = {key for advice in _flag_advice(True).values()
+             for key in re.findall(r"\b(?:model|train|data)\.[a-z_.]*[a-z_]", advice)}
+    assert len(named) > 20
+    for key in named:
+        if not key.endswith("."):
+            assert any(OmegaConf.select(cfg, key, default="absent") != "absent"
+                       for cfg in cfgs), key
 
 
 _TERMINATED_SCRIPT = """
