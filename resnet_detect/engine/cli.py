@@ -25,7 +25,8 @@ from .export import ExportError
 from .files import UnwritableFolderError, missing_path
 from .foreign_options import flag_hints
 from .host_memory import cache_host_memory
-from .logging import escape_what_the_console_lacks, log_warning, print_and_log
+from .logging import (escape_what_the_console_lacks, log_warning, logging_kept, print_and_log,
+                      setup_logging)
 from .model_check import weights_keys
 from .preemption import CATCHING, TrainingInterrupted
 from .run_lock import FolderInUseError
@@ -318,8 +319,10 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
                 except OSError:  # a console gone: log.txt says it
                     pass
             raise SystemExit(stopped.exit_code) from None
-        if is_main_process():
-            print_and_log(runner_task.summary(result["all_metrics"]))
+        if is_main_process():  # (run_training closed its log.txt: reopened for the line)
+            with logging_kept():
+                setup_logging(cfg.train.output_dir)
+                print_and_log(runner_task.summary(result["all_metrics"]))
         barrier()  # the processes leave together, once the main one has written its files
         return {**result, "task": name}
     finally:

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +68,26 @@ def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -
         handler.setFormatter(fmt)
         handler._engine_handler = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+
+
+@contextlib.contextmanager
+def logging_kept(name: str = "") -> Iterator[None]:
+    """Within the context setup_logging may change the logger; after it, its level and
+    handlers are as before and the handlers added within are closed (a Python caller's own
+    lines after a run no longer go to the run's log.txt, which is closed)."""
+    logger = logging.getLogger(name)
+    level, handlers = logger.level, list(logger.handlers)
+    try:
+        yield
+    finally:
+        for handler in list(logger.handlers):
+            if handler not in handlers:
+                logger.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+        logger.setLevel(level)
 
 
 def rank_log_name(rank: int | str) -> str:

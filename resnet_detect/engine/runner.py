@@ -12,6 +12,7 @@ segmentation.training and backbones.pretraining each define one.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -42,7 +43,8 @@ from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
                           refuse_syncbn_on_cpus, unsynced_batch_norm_warning, wrap_ddp)
 from .ema import WeightAverage, check_ema_decay
 from .files import atomic_write_json, is_disk_full, nan_to_none
-from .logging import ProgressLogger, ScalarWriter, rank_log_name, setup_logging
+from .logging import (ProgressLogger, ScalarWriter, logging_kept, rank_log_name,
+                      setup_logging)
 from .memory_format import place_model
 from .model_check import warn_of_random_backbone, weights_keys
 from .rng import rng_kept, seed_everything
@@ -756,7 +758,17 @@ def check_training_config(task: Task, cfg: DictConfig) -> tuple[str | None, str 
     return compile_backend, amp
 
 
-def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
+@contextlib.contextmanager
+def cudnn_benchmark_kept() -> Iterator[None]:
+    """train.cudnn_benchmark sets torch's global switch for the run only."""
+    before = torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
                  resume: bool | str | os.PathLike = False) -> dict[str, Any]:
     """Build everything from `cfg`, train (resuming if asked), evaluate, save model_final.pth.
 
@@ -772,6 +784,10 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
         of the last evaluation ({} without a val split), "all_metrics": every group,
         "iteration": steps done, "skipped": unreadable images skipped in training}.
     """
+    if not isinstance(cfg, DictConfig):
+        raise TypeError(f"cfg must be the DictConfig of engine.tasks.load_task_config (or "
+                        f"OmegaConf.create of a mapping), got a {type(cfg).__name__}")
+    device = torch.device(device)  # ("cpu", "cuda:0" too)
     logger = logging.getLogger(f"{__name__}.{task.name}")
     check_same_config_everywhere(cfg, resume)
     compile_backend, amp = check_training_config(task, cfg)
@@ -792,7 +808,10 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device, *,
             _refuse_another_tasks_results(output_dir, cfg)
 
     done_everywhere(check_the_folder, "start in its train.output_dir")
-    with exclusive_output_dir(output_dir):
+    # a Python caller's random streams, logging and cuDNN setting are as they were after the
+    # run, and training works under its torch.no_grad()
+    with (exclusive_output_dir(output_dir), rng_kept(), logging_kept(), cudnn_benchmark_kept(),
+          torch.enable_grad()):
         setup_logging(output_dir)
         try:
             return _train(task, cfg, device, resume, logger, output_dir, compile_backend, amp)

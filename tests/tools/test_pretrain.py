@@ -543,9 +543,10 @@ def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
     for key, value, message in (
             ("train.clip_grad_norm", "[1]", r"train.clip_grad_norm must be > 0, or 0 or null "
                                             r"for no clipping, got \[1\]"),
-            ("train.max_iter", "[1,2]", r"train.max_iter must be a positive integer "
-                                        r"\(iterations\), or null with train.epochs, got "
-                                        r"\[1, 2\]"),
+            ("train.max_iter", "[1,2]", r"train.max_iter must be a number, got \[1, 2\] in "
+                                        r"override 'train.max_iter=\[1,2\]'"),
+            ("train.max_iter", "0", r"train.max_iter must be a positive integer "
+                                    r"\(iterations\), or null with train.epochs, got 0"),
             ("train.epochs", 0, r"train.epochs must be a positive number .* got 0")):
         extra = {"train.epochs": None, "train.lr_step_epochs": "[]"} \
             if key == "train.max_iter" else {}

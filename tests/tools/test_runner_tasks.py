@@ -751,8 +751,45 @@ def test_train_cudnn_benchmark_sets_cudnn_autotuning(tmp_path: Path, benchmark: 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", not benchmark)
     cfg = _toy_config(tmp_path)
     cfg.train.update(max_iter=1, warmup_iters=0, cudnn_benchmark=benchmark)
-    run_training(_RegressionTask(), cfg, torch.device("cpu"))
-    assert torch.backends.cudnn.benchmark is benchmark
+    seen = []
+
+    class Task(_RegressionTask):
+        def losses(self, *args: Any) -> Mapping[str, torch.Tensor]:
+            seen.append(torch.backends.cudnn.benchmark)
+            return super().losses(*args)
+    run_training(Task(), cfg, torch.device("cpu"))
+    assert seen == [benchmark]
+    assert torch.backends.cudnn.benchmark is not benchmark  # the caller's, after the run
+
+
+def test_a_python_caller_s_random_streams_logging_and_grad_mode_are_its_own_after_a_run(
+        tmp_path: Path) -> None:
+    """A training left the global generators seeded (a random search in a notebook drew the
+    same values after every run), the root logger at INFO with handlers on the finished
+    run's log.txt (the caller's lines went there), and failed under torch.no_grad()."""
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    ours = logging.FileHandler(tmp_path / "app.log")
+    root.addHandler(ours)
+    try:
+        with torch.no_grad():
+            result = run_training(_RegressionTask(), _toy_config(tmp_path / "run"), "cpu")
+            assert not torch.is_grad_enabled()  # (inside the run only)
+        assert result["iteration"] == 6
+        assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+        assert root.level == level and root.handlers == [*handlers, ours]
+        logging.getLogger("app").warning("after the run")
+        assert "after the run" not in (tmp_path / "run/log.txt").read_text()
+    finally:
+        root.removeHandler(ours)
+        ours.close()
+    with pytest.raises(TypeError, match="cfg must be the DictConfig of engine.tasks."
+                                        "load_task_config .*got a dict"):
+        run_training(_RegressionTask(), OmegaConf.to_container(_toy_config(tmp_path / "d")),
+                     "cpu")
 
 
 def test_a_detector_fine_tuned_from_weights_of_reordered_classes_is_warned_of(

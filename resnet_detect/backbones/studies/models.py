@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from resnet_detect.engine import setup_logging
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.files import checksum_file
 
@@ -173,7 +172,6 @@ def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> Study
                                device=ctx.device, output_dir=ctx.output_dir / "runs" / name,
                                name=arch, eval_batch_size=ctx.eval_batch_size,
                                provenance=provenance)
-    setup_logging(ctx.output_dir)  # the runner logged to the run's folder
     if sampler is not None:
         sampler.remove()
     save_checkpoint(path, model.state_dict(), provenance, iteration=ctx.recipe.iterations,
