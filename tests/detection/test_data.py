@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import os
 import random
 import logging
 import re
@@ -132,6 +133,30 @@ def test_a_val_files_degenerate_boxes_are_not_said_to_be_left_out(
         "crowd regions: 2 (ignored by the scoring), degenerate boxes: 3 (objects that no "
         "detection matches, as pycocotools scores them)",
         "left out 2 crowd and 3 degenerate boxes"]
+
+
+def test_objects_marked_ignore_are_left_out_of_training_and_said_to_be_scored(
+        small: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """mmdetection leaves out objects marked "ignore": 1; they were trained on here without
+    a word. The scoring (pycocotools) reads iscrowd alone: they stay objects there."""
+    ann_file, img_dir = small
+    data = json.loads(ann_file.read_text())
+    data["annotations"][6]["ignore"] = 1  # image 2's only object
+    data["annotations"][1]["ignore"] = 1
+    data["annotations"][5]["ignore"] = 1  # a crowd region: counted as one
+    ann_file.write_text(json.dumps(data))
+    records, _, stats = load_coco_json(ann_file, img_dir)
+    np.testing.assert_array_equal(records[0]["boxes"], [[0, 10, 15, 20]])
+    assert records[1]["boxes"].shape == (0, 4)
+    assert (stats.crowd, stats.ignored, stats.boxes) == (2, 2, 1)
+    assert ("ann.json: 2 objects marked \"ignore\": 1 are left out of training, as mmdetection "
+            "leaves them out") in [r.getMessage().split(os.sep)[-1] for r in caplog.records
+                                   if r.levelno >= logging.WARNING]
+    caplog.clear()
+    records, _, stats = load_coco_json(ann_file, img_dir, evaluation=True)
+    assert [len(r["boxes"]) for r in records] == [2, 1, 0] and stats.ignored == 2
+    assert any("2 objects marked \"ignore\": 1 are scored as objects (pycocotools reads "
+               "iscrowd alone" in r.getMessage() for r in caplog.records)
 
 
 def test_boxes_written_as_corners_are_warned_of(tmp_path: Path,

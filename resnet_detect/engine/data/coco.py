@@ -101,6 +101,7 @@ class LoadStats:
     empty_images: int = 0
     boxes: int = 0
     crowd: int = 0
+    ignored: int = 0  # objects marked "ignore": 1 (mmdetection's; crowd ones counted as crowd)
     degenerate: int = 0
     short_polygons: int = 0  # polygons of < 3 points dropped (keep_segmentation only)
     no_mask: int = 0  # objects left out for want of a usable polygon (keep_segmentation only)
@@ -480,7 +481,7 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     problems: list[str] | None = [] if keep_segmentation else None
     for img in data["images"]:
         record = _make_record(coco.imgToAnns.get(img["id"], []), img, img_dir, mapping, stats,
-                              problems, optional_masks=evaluation)
+                              problems, optional_masks=evaluation, keep_ignored=evaluation)
         if len(record["classes"]) == 0:
             stats.empty_images += 1
             if filter_empty:
@@ -501,6 +502,11 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
                 stats.kept_images, stats.images, stats.empty_images,
                 ", dropped" if filter_empty else ", kept", stats.boxes, stats.crowd,
                 stats.degenerate)
+    if stats.ignored:
+        logger.warning("%s: %d objects marked \"ignore\": 1 %s", ann_file, stats.ignored,
+                       "are scored as objects (pycocotools reads iscrowd alone; mark them "
+                       "\"iscrowd\": 1 to leave them out of the scoring)" if evaluation else
+                       "are left out of training, as mmdetection leaves them out")
     if stats.short_polygons or stats.no_mask:
         logger.warning("%s: dropped %d polygons with fewer than 3 points; left out %d objects "
                        "without a usable polygon", ann_file, stats.short_polygons, stats.no_mask)
@@ -706,9 +712,11 @@ def check_segmentation(segmentation: Any, height: int, width: int
 
 def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
                  mapping: CategoryMapping, stats: LoadStats,
-                 problems: list[str] | None, optional_masks: bool = False) -> dict[str, Any]:
+                 problems: list[str] | None, optional_masks: bool = False,
+                 keep_ignored: bool = False) -> dict[str, Any]:
     """The record of one image; `problems` (a list) asks for checked segmentations,
-    `optional_masks` keeps objects without one (segmentation None)."""
+    `optional_masks` keeps objects without one (segmentation None), `keep_ignored` those
+    marked "ignore" (counted either way)."""
     keep_segmentation = problems is not None
     height, width = img["height"], img["width"]
     boxes, classes, segmentations, annotation_ids = [], [], [], []
@@ -717,6 +725,10 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
         if ann.get("iscrowd", 0):
             stats.crowd += 1
             continue
+        if ann.get("ignore", 0):  # left out of training, as mmdetection does; the scoring
+            stats.ignored += 1    # reads iscrowd alone (pycocotools overwrites "ignore")
+            if not keep_ignored:
+                continue
         stats.beyond_image += reaches_past(ann["bbox"], height, width)
         box = clipped_box(ann["bbox"], width, height)
         if box is None or not (box[2] - box[0] >= 1.0 and box[3] - box[1] >= 1.0):
