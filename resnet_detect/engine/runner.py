@@ -369,6 +369,29 @@ def warn_of_unused_steps(t: DictConfig, logger: logging.Logger) -> None:
                            "train.lr_decay=step)", key, as_override(list(t[key])), t.lr_decay)
 
 
+def warn_of_epoch_rounding(t: DictConfig, lengths: Mapping[str, Any], train_size: int,
+                           logger: logging.Logger) -> None:
+    """An epoch is train_size // batch_size steps (the sampler is endless: no short last
+    batch); on a small set that is well under a pass (mmdetection's and torchvision's epochs
+    end with the short batch), and a warmup of a fraction of an epoch can round to none."""
+    if "per_epoch" not in lengths:
+        return
+    per_epoch = lengths["per_epoch"]
+    drawn = per_epoch * t.batch_size
+    if drawn < 0.9 * train_size:
+        logger.warning("an epoch is %d // %d = %d iterations (train.batch_size %d): %d of the "
+                       "%d training images a pass, so train.epochs=%s draws %.1f passes "
+                       "(mmdetection's and torchvision's epochs, which end with a short batch, "
+                       "would take %d iterations each); raise train.epochs, or give a batch "
+                       "size that divides the set", train_size, t.batch_size, per_epoch,
+                       t.batch_size, drawn, train_size, t.epochs,
+                       lengths["max_iter"] * t.batch_size / train_size,
+                       -(-train_size // t.batch_size))
+    if t.warmup_epochs > 0 and lengths["warmup_iters"] == 0:
+        logger.warning("train.warmup_epochs=%s is 0 iterations at %d per epoch: the run has no "
+                       "warmup", t.warmup_epochs, per_epoch)
+
+
 def warn_of_long_warmup(lengths: Mapping[str, Any], logger: logging.Logger) -> None:
     """A warmup as long as the run (a 1x recipe's 1000 steps kept in a 300-step fine-tuning)
     never reaches train.base_lr."""
@@ -845,6 +868,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                           f"evaluation, and this run has no val split to evaluate on: set a "
                           f"val split, or train.best_metric=null")
     lengths = _lengths(cfg, len(data.train))
+    warn_of_epoch_rounding(t, lengths, len(data.train), logger)
     warn_of_long_warmup(lengths, logger)
     warn_of_unused_steps(t, logger)
     logger.info("%s, %d processes x %d images per step%s", data.description, get_world_size(),

@@ -7,6 +7,8 @@ Expected numbers are worked out by hand: cos(9 deg) = 0.98768834, cos(18 deg) = 
 from __future__ import annotations
 
 import io
+import logging
+from typing import Any
 
 import pytest
 import torch
@@ -93,3 +95,29 @@ def test_invalid_arguments_are_named() -> None:
     with pytest.raises(ValueError, match=r"lr steps must be whole iterations, got \[4.5\]"):
         WarmupDecay(max_iter=10, decay="step", steps=[4.5])  # was cut to 4
     assert WarmupDecay(max_iter=10, decay="step", steps=[4.0]).steps == [4]
+
+
+def test_epochs_well_under_a_pass_and_a_warmup_rounded_to_none_are_warned_of(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """15 images at batch 8 trained 1 iteration per epoch (6.4 passes for 12 epochs, where
+    mmdetection runs 24 iterations) and warmup_epochs=0.5 rounded to no warmup, silently."""
+    from omegaconf import OmegaConf
+
+    from resnet_detect.engine.runner import _lengths, warn_of_epoch_rounding
+    logger = logging.getLogger("t")
+
+    def warnings_for(images: int, **train: Any) -> list[str]:
+        caplog.clear()
+        cfg = OmegaConf.create({"train": {"max_iter": None, "lr_steps": [], "warmup_iters": 0,
+                                          "lr_step_epochs": [], **train}})
+        warn_of_epoch_rounding(cfg.train, _lengths(cfg, images), images, logger)
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings_for(15, epochs=12, batch_size=8, warmup_epochs=0.5) == [
+        "an epoch is 15 // 8 = 1 iterations (train.batch_size 8): 8 of the 15 training images "
+        "a pass, so train.epochs=12 draws 6.4 passes (mmdetection's and torchvision's epochs, "
+        "which end with a short batch, would take 2 iterations each); raise train.epochs, or "
+        "give a batch size that divides the set",
+        "train.warmup_epochs=0.5 is 0 iterations at 1 per epoch: the run has no warmup"]
+    assert warnings_for(1000, epochs=12, batch_size=16, warmup_epochs=0.5) == []  # 992 a pass
+    assert warnings_for(15, epochs=12, batch_size=8, warmup_epochs=2) == warnings_for(
+        15, epochs=12, batch_size=8, warmup_epochs=0.5)[:1]
