@@ -357,12 +357,14 @@ class Checkpointer:
         logger.info("resumed from %s at iteration %d", path, state["iteration"])
         return {"iteration": int(state["iteration"]), "extra": dict(state.get("extra", {}))}
 
-    def resume_from(self, path: str | os.PathLike) -> dict[str, Any]:
+    def resume_from(self, path: str | os.PathLike,
+                    results: Sequence[str] = ()) -> dict[str, Any]:
         """Load the checkpoint `path` (an earlier one of this run, say, from before its loss
         diverged, or another folder's) and make it the folder's newest: its checkpoints from
         that iteration on, the abandoned course, move to OUTPUT_DIR/abandoned/ (kept, out of
-        pruning and of a later --resume); a checkpoint from elsewhere is copied in; and
-        `last_checkpoint` names it.
+        pruning and of a later --resume), with the files named in `results` (a finished
+        course's final weights, written after its checkpoints); a checkpoint from elsewhere is
+        copied in; and `last_checkpoint` names it.
 
         Raises:
             UnreadableCheckpointError: `path` is missing or cannot be read (nothing changed).
@@ -372,6 +374,10 @@ class Checkpointer:
         chosen = Path(path).resolve()
         later = sorted((p for p in self._checkpoints() if p.resolve() != chosen
                         and _iteration_of(p) >= state["iteration"]), key=_iteration_of)
+        if later:
+            later += [self.output_dir / name for name in results
+                      if (self.output_dir / name).is_file()
+                      and (self.output_dir / name).resolve() != chosen]
         if is_main_process():
             aside = self.output_dir / ABANDONED
             if later:

@@ -940,7 +940,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     if resume:
         # restores every process's RNG state
         state = (checkpointer.resume() if resume is True
-                 else checkpointer.resume_from(resume))
+                 else checkpointer.resume_from(resume, results=[
+                     name for name in EARLIER_RESULTS if name != "model_best.pth"]))
         if state is None:
             _refuse_to_restart_a_finished_run(output_dir)
     else:

@@ -632,6 +632,14 @@ def test_resume_from_an_earlier_checkpoint_abandons_the_later_ones(
                                                .splitlines())]
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
+    # a finished course's final weights go with its later checkpoints (model_final.pth of
+    # iteration 6 stayed beside the new course's checkpoints, as if it were theirs)
+    final = (tmp_path / "b/model_final.pth").read_bytes()
+    with pytest.raises(TrainingInterrupted):
+        run_training(signal_at_step(_RegressionTask(), 1, signal.SIGTERM), config(tmp_path / "b"),
+                     cpu, resume=tmp_path / "b/model_0000004.pth")
+    assert not (tmp_path / "b/model_final.pth").exists()
+    assert (tmp_path / "b/abandoned/model_final.pth").read_bytes() == final
     args = cli.config_argument_parser(None, resume=True).parse_intermixed_args(
         ["c.yaml", "--resume-from", "out/model_0000002.pth", "train.base_lr=0.01"])
     assert (args.resume_from, args.overrides) == ("out/model_0000002.pth", ["train.base_lr=0.01"])
