@@ -116,6 +116,8 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
         raise settings_error
     if class_names is not None and provenance:
         warn_of_renamed_classes(source, provenance.get("class_names"), class_names)
+    if not any(p.is_meta for p in model.parameters()):  # (not the check before the data)
+        logger.info("loaded the weights of %s", source)
     return provenance
 
 

@@ -139,7 +139,7 @@ class ToolArgumentParser(argparse.ArgumentParser):
         prefix = "unrecognized arguments: "
         if message.startswith(prefix):
             words = message[len(prefix):].split()
-            hints = flag_hints(words, self.training)
+            hints = flag_hints(words, self.training, self.prog)
             hinted = {hint.split(":", 1)[0] for hint in hints}
             for word in words:  # a typo of one of ours (abbreviations are not taken)
                 flag = word.split("=", 1)[0]

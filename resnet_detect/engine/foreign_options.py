@@ -44,6 +44,14 @@ OTHER_KEYS = {
                   "test.stride=[h, w] here (mode='whole': test.window=null)", "window"),
     "test.crop_size": ("mmsegmentation's test_cfg crop_size is test.window=[h, w] here",
                        "window"),
+    # mmdetection's top-level keys
+    "load_from": ("mmdetection's load_from is model.weights=PATH here", "train"),
+    "resume": ("mmdetection's resume=True is tools/train.py's --resume flag here", "train"),
+    "work_dir": ("mmdetection's work_dir is train.output_dir here", "train"),
+    "metainfo": ("the classes are the COCO file's categories here (data.train.ann_file): "
+                 "mmdetection's metainfo classes have no key", "train"),
+    "train.val_interval": ("mmdetection's val_interval is train.eval_period (iterations) here",
+                           "eval_period"),
 }
 
 
@@ -124,6 +132,12 @@ def _flag_advice(training: bool) -> dict[str, str]:
                                "max_size, hflip_prob; --print-config lists them)",
         "--print-freq": "train.log_period=N (iterations)",
         "--rpn-score-thresh": "model.rpn.score_thresh=X",
+        # mmdetection's test.py and demo/image_demo.py
+        "--tta": "test-time augmentation is test.min_sizes=[...] test.max_size=N test.flip=true",
+        "--format-only": "tools/eval.py writes the detections alone for a file without "
+                         "annotations (test-dev)",
+        "--pred-score-thr": "--min-score X (tools/demo.py)",
+        "--out-dir": output,
         # detectron2's demo/demo.py
         "--confidence-threshold": "--min-score X (tools/demo.py)",
         "--video-input": "--input VIDEO (tools/demo.py takes images, folders and videos)",
@@ -131,10 +145,13 @@ def _flag_advice(training: bool) -> dict[str, str]:
     }
 
 
-def flag_hints(words: Sequence[str], training: bool) -> list[str]:
+def flag_hints(words: Sequence[str], training: bool, tool: str = "") -> list[str]:
     """`--flag: what it is here` for the flags of other projects among `words` (argparse's
-    unrecognized arguments; `--flag=value` too)."""
+    unrecognized arguments; `--flag=value` too); `tool`: the tool's file name."""
     advice = _flag_advice(training)
+    if tool == "demo.py":  # (not "use tools/demo.py" there)
+        advice["--show"] = advice["--show-dir"] = ("the pictures go into --output DIR (no "
+                                                   "window opens)")
     hints = []
     for word in words:
         flag = word.split("=", 1)[0]

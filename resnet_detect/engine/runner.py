@@ -392,6 +392,23 @@ def warn_of_epoch_rounding(t: DictConfig, lengths: Mapping[str, Any], train_size
                        "warmup", t.warmup_epochs, per_epoch)
 
 
+def warn_of_periods_read_as_epochs(t: DictConfig, lengths: Mapping[str, Any],
+                                   logger: logging.Logger) -> None:
+    """Periods count iterations under train.epochs too: mmdetection's `interval=1` (an epoch
+    there) written as train.checkpoint_period=1 saved a checkpoint every step; and
+    train.max_to_keep=1 keeps 2."""
+    per_epoch = lengths.get("per_epoch")
+    for key in ("checkpoint_period", "eval_period"):
+        period = t[key]
+        if per_epoch and 0 < period < per_epoch and period <= t.epochs:
+            logger.warning("train.%s=%d counts iterations, also with train.epochs (an epoch is "
+                           "%d iterations here): every %d iterations; for every epoch set "
+                           "train.%s=%d", key, period, per_epoch, period, key, per_epoch * period)
+    if t.max_to_keep == 1:
+        logger.warning("train.max_to_keep=1 keeps 2 checkpoints: the one before the newest "
+                       "stays, for a newest that a kill or a full disk damaged")
+
+
 def warn_of_long_warmup(lengths: Mapping[str, Any], logger: logging.Logger) -> None:
     """A warmup as long as the run (a 1x recipe's 1000 steps kept in a 300-step fine-tuning)
     never reaches train.base_lr."""
@@ -869,6 +886,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                           f"val split, or train.best_metric=null")
     lengths = _lengths(cfg, len(data.train))
     warn_of_epoch_rounding(t, lengths, len(data.train), logger)
+    warn_of_periods_read_as_epochs(t, lengths, logger)
     warn_of_long_warmup(lengths, logger)
     warn_of_unused_steps(t, logger)
     logger.info("%s, %d processes x %d images per step%s", data.description, get_world_size(),

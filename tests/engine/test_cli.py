@@ -588,6 +588,21 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
       "  --weights-backbone: model.backbone.weights=PATH",
       "  --trainable-backbone-layers: model.backbone.freeze_at=5-N",
       "  --test-only: tools/eval.py CONFIG --weights CKPT --output DIR"]),
+    # mmdetection's
+    ("train", [str(CONFIG), "load_from=w.pth", "train.val_interval=1"],
+     ["unknown config key 'load_from' in override 'load_from=w.pth'; valid keys at the top "
+      "level: ", "; mmdetection's load_from is model.weights=PATH here"]),
+    ("train", [str(CONFIG), "train.val_interval=1"],
+     ["; mmdetection's val_interval is train.eval_period (iterations) here"]),
+    ("train", [str(CONFIG), "metainfo.classes=[a]"],
+     ["; the classes are the COCO file's categories here (data.train.ann_file)"]),
+    ("demo", [str(CONFIG), "--weights", "w.pth", "--input", "a.jpg", "--output", "o",
+              "--show", "--pred-score-thr", "0.3", "--out-dir", "x"],
+     ["  --show: the pictures go into --output DIR (no window opens)",
+      "  --pred-score-thr: --min-score X (tools/demo.py)", "  --out-dir: --output DIR"]),
+    ("eval", [str(CONFIG), "--weights", "w.pth", "--output", "o", "--tta", "--format-only"],
+     ["  --tta: test-time augmentation is test.min_sizes=[...] test.max_size=N test.flip=true",
+      "  --format-only: tools/eval.py writes the detections alone for a file without"]),
     ("train", [str(CONFIG), "--resume", "output/checkpoint.pth"],
      ["error: --resume takes no checkpoint here: it continues the last one of "
       "train.output_dir; to continue from output/checkpoint.pth: --resume-from "

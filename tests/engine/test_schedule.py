@@ -121,3 +121,29 @@ def test_epochs_well_under_a_pass_and_a_warmup_rounded_to_none_are_warned_of(
     assert warnings_for(1000, epochs=12, batch_size=16, warmup_epochs=0.5) == []  # 992 a pass
     assert warnings_for(15, epochs=12, batch_size=8, warmup_epochs=2) == warnings_for(
         15, epochs=12, batch_size=8, warmup_epochs=0.5)[:1]
+
+
+def test_periods_that_read_as_epochs_and_max_to_keep_1_are_warned_of(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """mmdetection's checkpoint interval=1 (an epoch) written as train.checkpoint_period=1
+    saved a 123 MB checkpoint every iteration; train.max_to_keep=1 kept 2 without a word."""
+    from omegaconf import OmegaConf
+
+    from resnet_detect.engine.runner import warn_of_periods_read_as_epochs
+
+    def warnings_for(per_epoch: int | None, **train: Any) -> list[str]:
+        caplog.clear()
+        cfg = OmegaConf.create({"train": {"epochs": 12, "checkpoint_period": 5000,
+                                          "eval_period": 0, "max_to_keep": 2, **train}})
+        lengths = {"per_epoch": per_epoch} if per_epoch else {}
+        warn_of_periods_read_as_epochs(cfg.train, lengths, logging.getLogger("t"))
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings_for(4, checkpoint_period=1, eval_period=2, max_to_keep=1) == [
+        "train.checkpoint_period=1 counts iterations, also with train.epochs (an epoch is 4 "
+        "iterations here): every 1 iterations; for every epoch set train.checkpoint_period=4",
+        "train.eval_period=2 counts iterations, also with train.epochs (an epoch is 4 "
+        "iterations here): every 2 iterations; for every epoch set train.eval_period=8",
+        "train.max_to_keep=1 keeps 2 checkpoints: the one before the newest stays, for a "
+        "newest that a kill or a full disk damaged"]
+    assert warnings_for(5000, checkpoint_period=2500) == []  # half an ImageNet epoch
+    assert warnings_for(None, checkpoint_period=1, epochs=None) == []  # iterations given
