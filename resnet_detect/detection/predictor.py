@@ -27,6 +27,7 @@ from resnet_detect.backbones.model_weights import use_recorded_normalisation
 from resnet_detect.backbones.weights import (foreign_checkpoint_hint, read_checkpoint,
                                             refuse_other_task, unwrap_state_dict)
 from resnet_detect.engine.data import check_rgb_image, check_rgb_images
+from resnet_detect.engine.data.coco import CategoryMapping, read_coco_json
 from resnet_detect.engine.distributed import usable_device
 from resnet_detect.engine.host_memory import release_free_memory
 from resnet_detect.engine.memory_format import place_model
@@ -84,6 +85,30 @@ def _config(config: str | os.PathLike | Mapping[str, Any] | DictConfig,
     return config_from_mapping(config, overrides)
 
 
+def _categories_of_the_config(cfg: DictConfig, num_classes: int, source: str,
+                              names: list[str]) -> tuple[list[int], list[str]]:
+    """(ids, names) of weights that record no category ids (this project's checkpoints of
+    before 2026-12-02, mid-run ones too): the categories of the config's val file where it
+    has as many (it scored ids 1..K, another dataset's numbering, as every class's), else
+    1..K; said either way."""
+    ann_file = (cfg.get("data") or {}).get("val", {}).get("ann_file")
+    try:
+        categories = read_coco_json(ann_file, annotations_optional=True)["categories"] \
+            if ann_file else []
+    except (OSError, ValueError):
+        categories = []
+    if len(categories) == num_classes:
+        mapping = CategoryMapping.from_categories(categories)
+        logger.warning("%s records no category ids (an older checkpoint): its classes are "
+                       "taken to be the categories of data.val.ann_file %s, ids %s",
+                       source, ann_file, list(mapping.dataset_ids))
+        return list(mapping.dataset_ids), list(mapping.names)
+    logger.warning("%s records no category ids (an older checkpoint) and data.val.ann_file "
+                   "has not its %d classes: its classes are taken to be ids 1..%d", source,
+                   num_classes, num_classes)
+    return list(range(1, num_classes + 1)), names
+
+
 def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | None, *,
                   weights: str | os.PathLike | None, overrides: Sequence[str] = (),
                   device: str | torch.device = "cpu") -> LoadedDetector:
@@ -132,11 +157,13 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
     load_detector_weights(model, {"model": state_dict, "provenance": provenance},
                           weight_bound_settings(cfg.model), source=str(source))
     place_model(model, device, cfg.model.channels_last).eval()
-    if foreign or not provenance.get("category_ids"):
+    names = [str(n) for n in provenance.get("class_names") or []]
+    if foreign:
         category_ids = list(range(1, num_classes + 1))  # torchvision: class k is id k + 1
+    elif not provenance.get("category_ids"):
+        category_ids, names = _categories_of_the_config(cfg, num_classes, str(source), names)
     else:
         category_ids = [int(c) for c in provenance["category_ids"]]
-    names = [str(n) for n in provenance.get("class_names") or []]
     if len(names) != num_classes:
         names = [str(c) for c in category_ids]
     if len(category_ids) != num_classes:

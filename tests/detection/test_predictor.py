@@ -355,3 +355,32 @@ def test_a_mask_format_that_is_not_one_is_named(checkpoint: Path) -> None:
     # a Faster R-CNN has no masks in either format
     assert "masks" not in Predictor(None, weights=checkpoint, mask_format="rle")(
         np.zeros((60, 80, 3), np.uint8))
+
+
+def test_weights_that_record_no_category_ids_take_the_config_val_files(
+        checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Checkpoints of before 2026-12-02 (mid-run ones) record no category ids: their classes
+    were scored as ids 1..K, another numbering than the data's 2, 7, 40 (AP per class
+    swapped, a class at 0), and exported as names '1'..'3'."""
+    import json
+    state = torch.load(checkpoint, weights_only=True)
+    state["provenance"] = {k: v for k, v in state["provenance"].items()
+                           if k not in ("category_ids", "class_names", "config")}
+    torch.save(state, tmp_path / "model_0000200.pth")
+    val = tmp_path / "val.json"
+    val.write_text(json.dumps({"images": [], "annotations": [], "categories": [
+        {"id": 40, "name": "emu"}, {"id": 2, "name": "cat"}, {"id": 7, "name": "dog"}]}))
+    predictor = Predictor(CONFIG, weights=tmp_path / "model_0000200.pth",
+                          overrides=[*TINY, f"data.val.ann_file={val}"])
+    assert (predictor.category_ids, predictor.class_names) == ([2, 7, 40], ["cat", "dog", "emu"])
+    assert any("model_0000200.pth records no category ids (an older checkpoint): its classes "
+               f"are taken to be the categories of data.val.ann_file {val}, ids [2, 7, 40]"
+               in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    caplog.clear()  # a val file of other classes: 1..K, said
+    val.write_text(json.dumps({"images": [], "annotations": [], "categories": [
+        {"id": 1, "name": "a"}]}))
+    predictor = Predictor(CONFIG, weights=tmp_path / "model_0000200.pth",
+                          overrides=[*TINY, f"data.val.ann_file={val}"])
+    assert predictor.category_ids == [1, 2, 3]
+    assert any("has not its 3 classes: its classes are taken to be ids 1..3" in r.getMessage()
+               for r in caplog.records if r.levelno >= logging.WARNING)
