@@ -199,6 +199,14 @@ def test_eval_keeps_out_of_another_evaluations_folder(trained: Path, data: Path,
     assert (out / "metrics.json").read_bytes() == before
     again = load_tool("eval").main([*run, "--weights", str(trained / "model_final.pth")])
     assert again["weights"] == str(trained / "model_final.pth")
+    # an older version's evaluation recorded no weights: it was replaced without a word
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old/metrics.json").write_text('{"bbox": {"AP": 12.5}, "images": 3}')
+    with pytest.raises(ConfigError, match=rf"--output {tmp_path / 'old'} holds an evaluation "
+                                          rf"whose metrics.json names no weights \(an older "
+                                          rf"version's\)"):
+        load_tool("eval").main([str(CONFIG), "--output", str(tmp_path / "old"),
+                                *data_overrides(data), "--weights", str(other)])
     eval_tool = load_tool("eval")
     assert eval_tool.same_weights(str(tmp_path), str(tmp_path / "model.onnx"))
     assert not eval_tool.same_weights(str(other), str(trained / "model_final.pth"))
