@@ -19,7 +19,8 @@ from resnet_detect.engine.runner import LEFT_OUT
 from resnet_detect.engine.tasks import load_task_config
 
 from . import build_classifier
-from .data import ImageFolderDataset, build_val_transform, collate_images, scan_image_folder
+from .data import (ImageFolderDataset, build_val_transform, collate_images, scan_image_folder,
+                   warn_of_another_val_transform)
 from .weights import classifier_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, o
     _, cfg = load_task_config(config, overrides, TASK)
     check_data_settings(cfg)
     num_classes, provenance = classifier_checkpoint(weights, "evaluate")
+    warn_of_another_val_transform(weights, provenance, cfg.data, "this evaluation resizes")
     recorded = [str(n) for n in provenance.get("class_names") or []] or None
     val_dir = Path(str(cfg.data.root)) / str(cfg.data.val_split)
     samples, class_names = scan_image_folder(val_dir, recorded)

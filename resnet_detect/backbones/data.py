@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,20 @@ def build_train_transform(*, image_size: int, scale: Sequence[float] = (0.08, 1.
 # say so)
 VAL_INTERPOLATIONS = {"area": None, "bilinear": Image.Resampling.BILINEAR,
                       "bicubic": Image.Resampling.BICUBIC}
+
+
+def warn_of_another_val_transform(weights: Any, provenance: Mapping[str, Any],
+                                  data: Mapping[str, Any], uses: str) -> None:
+    """A classifier's weights evaluated in their run at other val sizes (or interpolation)
+    than `data` (the config's) gives: said, as other sizes give another top-1. `uses`: what
+    this config's values are used for ("the export resizes", "this evaluation resizes")."""
+    trained = (provenance.get("config") or {}).get("data") or {}
+    if trained:  # runs from before data.val_interpolation evaluated with OpenCV's area filter
+        trained = {"val_interpolation": "area", **trained}
+    for key in ("image_size", "val_resize", "val_interpolation"):
+        if key in trained and trained[key] != data[key]:
+            logger.warning("%s was evaluated with data.%s=%s; %s with this config's %s",
+                           weights, key, trained[key], uses, data[key])
 
 
 def build_val_transform(*, image_size: int, resize: int, pixel_mean: Sequence[float] = PIXEL_MEAN,

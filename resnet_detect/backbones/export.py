@@ -21,7 +21,7 @@ from resnet_detect.engine.tasks import load_task_config
 
 from . import build_classifier
 from .classifier import Classifier
-from .data import VAL_INTERPOLATIONS
+from .data import VAL_INTERPOLATIONS, warn_of_another_val_transform
 from .weights import classifier_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -67,13 +67,7 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
     names = [str(n) for n in provenance.get("class_names") or []]
     if len(names) != num_classes:
         names = [f"class_{i}" for i in range(num_classes)]
-    trained = ((provenance.get("config") or {}).get("data") or {})
-    if trained:  # runs from before data.val_interpolation evaluated with OpenCV's area filter
-        trained = {"val_interpolation": "area", **trained}
-    for key in ("image_size", "val_resize", "val_interpolation"):
-        if key in trained and trained[key] != cfg.data[key]:
-            logger.warning("%s was evaluated with data.%s=%s; the export resizes with this "
-                           "config's %s", weights, key, trained[key], cfg.data[key])
+    warn_of_another_val_transform(weights, provenance, cfg.data, "the export resizes")
     mean = list(provenance.get("pixel_mean") or cfg.data.pixel_mean)
     std = list(provenance.get("pixel_std") or cfg.data.pixel_std)
     size = int(cfg.data.image_size)

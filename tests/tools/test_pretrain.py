@@ -804,7 +804,8 @@ def test_one_class_is_refused(tool: ModuleType, tmp_path: Path) -> None:
 
 
 def test_eval_scores_a_classifier_as_its_training_did_and_torchvision_weights(
-        tool: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        tool: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture,
+        caplog: pytest.LogCaptureFixture) -> None:
     """tools/eval.py refused classifiers (timm's validate.py, torchvision's --test-only):
     a run's weights score what its last evaluation printed; torchvision's weights take the val
     folder's sorted classes as their labels."""
@@ -824,6 +825,12 @@ def test_eval_scores_a_classifier_as_its_training_did_and_torchvision_weights(
     assert result["images"] == {"images": 4, "unreadable": 0}
     assert json.loads((tmp_path / "eval/metrics.json").read_text())["classification"] == trained
     assert f"top1={trained['top1']:.2f}" in capsys.readouterr().out
+    # at another image size than its run's: another top-1 without a word (the export warned)
+    with caplog.at_level(logging.WARNING):
+        evaluate([*args, "data.image_size=12", "--weights", str(out / "model_final.pth"),
+                  "--output", str(tmp_path / "eval12")])
+    assert (f"{out / 'model_final.pth'} was evaluated with data.image_size=16; this evaluation "
+            f"resizes with this config's 12") in caplog.text
     # no val image readable: exit code 2, no metrics.json (it printed top1=n/a, exit 0, and
     # warned "the metrics are those of the others")
     unreadable = tmp_path / "unreadable"
