@@ -49,8 +49,9 @@ def task_module(name: str) -> ModuleType:
     return importlib.import_module(TASK_MODULES[name])
 
 
-# keys of the model section that only one task's configs have
+# keys of the model (and data) sections that only one task's configs have
 TASK_OF_MODEL_KEY = {"roi_heads": "detection", "rpn": "detection", "aux_head": "sem_seg"}
+TASK_OF_DATA_KEY = {"val_resize": "classification"}
 
 
 def config_task(path: str | os.PathLike, overrides: Sequence[str] = (),
@@ -67,15 +68,18 @@ def config_task(path: str | os.PathLike, overrides: Sequence[str] = (),
             task = item.split("=", 1)[1]
     if task is not None:
         return str(task)
-    model_keys = {k for part in parts if isinstance(part.get("model"), Mapping)
-                  for k in part.get("model")}
-    guessed = {TASK_OF_MODEL_KEY[k] for k in model_keys if k in TASK_OF_MODEL_KEY}
+    def keys_of(section: str) -> set[str]:
+        return {k for part in parts if isinstance(part.get(section), Mapping)
+                for k in part.get(section)}
+    guessed = ({TASK_OF_MODEL_KEY[k] for k in keys_of("model") if k in TASK_OF_MODEL_KEY}
+               | {TASK_OF_DATA_KEY[k] for k in keys_of("data") if k in TASK_OF_DATA_KEY})
     if len(guessed) == 1:
         (task,) = guessed
         if str(path) not in _SAID_GUESSED:  # (a tool asks, then its config loader)
             _SAID_GUESSED.add(str(path))
             logger.warning("config %s has no `task` key (a run's config.yaml written before "
-                           "it was one): read as a %s config, by its model keys", path, task)
+                           "it was one): read as a %s config, by its model and data keys", path,
+                           task)
         return task
     if expected is None:
         raise ConfigError(f"config {path} has no `task` key; inherit a base config or set "

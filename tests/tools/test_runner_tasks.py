@@ -827,7 +827,8 @@ def test_a_run_config_from_before_the_task_key_is_read_as_its_task(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Every tool refused a run's config.yaml written before configs named their task
     ("inherit a base config", the wrong advice for a saved run config): tools/pretrain.py's
-    is a classification config, a detector's or segmenter's is known by its model keys."""
+    is a classification config (its data.val_resize), a detector's or segmenter's is known by
+    its model keys."""
     from resnet_detect.engine.config import save_config
     for base, overrides, expected in (
             (BASE_CONFIGS["detection"], [], "detection"),
@@ -839,21 +840,22 @@ def test_a_run_config_from_before_the_task_key_is_read_as_its_task(
         old = tmp_path / f"{expected}.yaml"
         save_config(OmegaConf.create(plain), old)
         caplog.clear()
-        if expected == "classification":  # no model key of its own: the tool's task
-            with pytest.raises(ConfigError, match=r"has no `task` key; inherit a base config"):
-                config_task(old)
-            name, loaded = load_task_config(old, task="classification")
-        else:
-            with caplog.at_level(logging.WARNING):
-                name, loaded = load_task_config(old)
-            assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
-                f"config {old} has no `task` key (a run's config.yaml written before it was "
-                f"one): read as a {expected} config, by its model keys"]
+        # (a pretraining's, known by its data.val_resize: tools/eval.py and tools/export.py
+        # refused it, "inherit a base config")
+        with caplog.at_level(logging.WARNING):
+            name, loaded = load_task_config(old)
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+            f"config {old} has no `task` key (a run's config.yaml written before it was "
+            f"one): read as a {expected} config, by its model and data keys"]
         assert name == expected and loaded.task == expected
         if expected == "detection":  # given to tools/pretrain.py: named as another task's
             with pytest.raises(ConfigError, match=r"detection.yaml is for task 'detection', "
                                                   r"not 'classification'"):
                 load_task_config(old, task="classification")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("model: {name: resnet18}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"has no `task` key; inherit a base config"):
+        config_task(unknown)
     # a model section that is no section: named by the config check, not a TypeError here
     broken = tmp_path / "broken.yaml"
     broken.write_text(f"_base_: {ROOT / 'configs/synthetic/faster_rcnn_R_18_FPN.yaml'}\n"
