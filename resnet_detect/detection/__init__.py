@@ -3,6 +3,7 @@
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
 from .build import build_model
+from .config import load_config
 from .convert import convert_torchvision_faster_rcnn, load_detector_weights
 from .fpn import FPN, LastLevelMaxPool
 from .matcher import Matcher
@@ -34,6 +35,7 @@ __all__ = [
     "Matcher",
     "MultiLevelRoIAlign",
     "Predictor",
+    "load_config",
     "RPN",
     "RPNHead",
     "ROIHeads",

@@ -115,6 +115,9 @@ class ToolArgumentParser(argparse.ArgumentParser):
                               namespace: argparse.Namespace | None = None) -> argparse.Namespace:
         """As argparse's, naming unknown options first (a missing --output was said before
         the --out that meant it, a missing --weights before the --weigh typed for it)."""
+        if isinstance(args, str):  # main("c.yaml") read its letters as the words
+            raise TypeError(f"the arguments are a list of words, e.g. {args.split()!r}, got "
+                            f"the string {args!r}")
         words = list(sys.argv[1:] if args is None else args)
         self._words = words
         unknown = [w for w in words if w.startswith("--") and w != "--"

@@ -624,6 +624,14 @@ def test_detectron2_and_mmdetection_spellings_are_named_with_ours(
     assert stopped.value.code == 2 and all(line in err for line in said), err
 
 
+def test_a_tool_main_given_one_string_says_it_takes_a_list() -> None:
+    """train.main("configs/x.yaml") from Python: "config file not found: .../c" (its
+    letters read as the words)."""
+    with pytest.raises(TypeError, match=r"the arguments are a list of words, e.g. \['c.yaml', "
+                                        r"'train.max_iter=5'\], got the string"):
+        tool_main("train")("c.yaml train.max_iter=5")
+
+
 def test_every_detectron2_key_named_is_a_key_of_the_detection_configs() -> None:
     from omegaconf import OmegaConf
 
