@@ -373,7 +373,9 @@ _ABSENT = object()
 
 
 def _rename(part: DictConfig, renamed: Mapping[str, str], source: str) -> DictConfig:
-    """Move deprecated keys of `part` to their new names, with a warning naming both."""
+    """Move deprecated keys of `part` to their new names, with one warning naming them (once
+    per file: a resumed run reads its config twice)."""
+    moved = []
     for old, new in renamed.items():
         value = OmegaConf.select(part, old, default=_ABSENT)
         if value is _ABSENT:
@@ -389,9 +391,16 @@ def _rename(part: DictConfig, renamed: Mapping[str, str], source: str) -> DictCo
         if parent and not node:
             grand, _, name = parent.rpartition(".")
             (OmegaConf.select(part, grand) if grand else part).pop(name)
-        logger.warning("%s: config key '%s' is deprecated; it is now '%s'", source, old, new)
+        moved.append(f"{old} -> {new}")
         OmegaConf.update(part, new, value, force_add=True)
+    if moved and (source, tuple(moved)) not in _SAID_RENAMED:
+        _SAID_RENAMED.add((source, tuple(moved)))
+        logger.warning("%s: deprecated config keys, read under their new names: %s", source,
+                       ", ".join(moved))
     return part
+
+
+_SAID_RENAMED: set[tuple[str, tuple[str, ...]]] = set()
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,

@@ -414,6 +414,20 @@ def test_a_deprecated_key_beside_its_new_name_is_refused(tmp_path: Path) -> None
     assert (cfg.train.base_lr, cfg.train.epochs) == (0.2, 7)
 
 
+def test_deprecated_keys_are_one_warning_once_per_file(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A pre-refactor run's config.yaml printed a line per key, and again at each read (30
+    lines for one --resume)."""
+    defaults = {"train": {"base_lr": 0.1, "epochs": 90}}
+    renamed = {"solver.base_lr": "train.base_lr", "solver.epochs": "train.epochs"}
+    old = write(tmp_path / "old.yaml", "solver: {base_lr: 0.5, epochs: 5}\n")
+    for _ in range(2):
+        assert load_config(old, defaults=defaults, renamed=renamed).train.epochs == 5
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"{old}: deprecated config keys, read under their new names: solver.base_lr -> "
+        f"train.base_lr, solver.epochs -> train.epochs"]
+
+
 def test_a_weights_file_given_for_a_config_is_said_to_be_one(tmp_path: Path) -> None:
     """Predictor("model_final.pth") (weights as the first argument, where the config goes)
     failed with "'utf-8' codec can't decode byte 0x80"."""
