@@ -22,8 +22,12 @@ def read_curves(run: str | Path) -> dict[str, tuple[list[int], list[float]]]:
     path = Path(run)
     path = path / SCALARS_FILE if path.is_dir() else path
     if not path.is_file():
-        raise ConfigError(f"{path} not found: a run folder of tools/train.py or "
-                          f"tools/pretrain.py holds its {SCALARS_FILE}")
+        older = (path.parent / "log.txt").is_file() or (path.parent / "tensorboard").is_dir()
+        raise ConfigError(f"{path} not found: " + (
+            f"{path.parent} is a run of a version from before {SCALARS_FILE} (2026-12-02): "
+            f"its curves are in its tensorboard/ (tensorboard --logdir {path.parent}) and "
+            f"log.txt" if older else f"a run folder of tools/train.py or tools/pretrain.py "
+                                     f"holds its {SCALARS_FILE}"))
     curves: dict[str, tuple[list[int], list[float]]] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

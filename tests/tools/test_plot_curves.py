@@ -63,3 +63,8 @@ def test_the_tool_draws_each_key_of_each_run_and_names_unknown_keys(tmp_path: Pa
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"empty/scalars.jsonl not found"):
         plot_curves.main([str(tmp_path / "empty")])
+    (tmp_path / "old/tensorboard").mkdir(parents=True)  # an older version's run
+    with pytest.raises(ConfigError, match=r"old/scalars.jsonl not found: .*old is a run of a "
+                                          r"version from before scalars.jsonl \(2026-12-02\): "
+                                          r"its curves are in its tensorboard/"):
+        plot_curves.main([str(tmp_path / "old")])
