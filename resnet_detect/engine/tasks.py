@@ -175,8 +175,9 @@ def config_of_run(checkpoint: Path, recorded: Any, cfg: Mapping[str, Any]
                       f"it was trained with cannot be compared with this run's")
     return to_plain(saved_cfg), (f"checkpoint {checkpoint} records no config (written before "
                            f"checkpoints recorded it): this run's settings are compared with "
-                           f"{saved}, and its continuation may differ slightly from what the "
-                           f"version that wrote it would compute")
+                           f"{saved}, and its continuation differs from what the version "
+                           f"that wrote it would compute (other images may be drawn: a "
+                           f"segmentation's mIoU may move by a point or more)")
 
 
 def _with_defaults(recorded: Mapping[str, Any], defaults: Mapping[str, Any],
