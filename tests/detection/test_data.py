@@ -1178,3 +1178,29 @@ def test_the_training_file_s_objects_per_category_are_logged(
     assert many[16].split() == ["...", "...", "..."]  # between the most and the fewest
     long = category_table(["x" * 50, "dog"], [1, 2]).splitlines()[0]
     assert long.split() == ["x" * 27 + "...", "1", "dog", "2"]  # (a name cut at 30)
+
+
+def test_a_training_scale_far_from_the_tested_one_is_warned_of(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """data.train.min_size=32, taken for mmdetection's filter of small images ("did you mean
+    'min_size'?" answered data.train.min_size_filter), trained at a 32 px short edge and
+    tested at 320 without a word."""
+    from resnet_detect.detection.data.splits import _warn_of_a_training_scale_far_from_the_tests
+    from resnet_detect.engine.tasks import load_task_config
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for overrides, warned in ((["data.train.min_size=32"], True),
+                              (["data.train.min_size=[256,2000]"], False),
+                              (["data.train.min_size=[640,800]"], True),
+                              (["data.val.min_size=[200,1700]"], True), ([], False)):
+        caplog.clear()
+        cfg = load_task_config(root / "synthetic/faster_rcnn_R_18_FPN.yaml", overrides)[1]
+        _warn_of_a_training_scale_far_from_the_tests(cfg)
+        messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert bool(messages) is warned, overrides
+    cfg = load_task_config(root / "synthetic/faster_rcnn_R_18_FPN.yaml",
+                           ["data.train.min_size=32"])[1]
+    _warn_of_a_training_scale_far_from_the_tests(cfg)
+    assert caplog.records[-1].getMessage() == (
+        "data.train.min_size=32 (the short edge training images are resized to; not a filter "
+        "of small images: there is none) is far from data.val.min_size=320: the model trains "
+        "at another scale than it is tested at")

@@ -9,7 +9,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from omegaconf import DictConfig
 
-from resnet_detect.engine.config import ConfigError, check_probability, check_sizes, parse_bool
+from resnet_detect.engine.config import (ConfigError, as_override, check_probability, check_sizes,
+                                         parse_bool)
 from resnet_detect.engine.data import (CategoryMapping, DatasetError, brief,
                                        check_image_sizes, load_coco_json, repeat_factors)
 
@@ -85,6 +86,19 @@ def build_val_dataset(cfg: DictConfig, with_masks: bool = False,
     return ValSplit(dataset, mapping, paths[0], annotated=stats.annotations > 0)
 
 
+def _warn_of_a_training_scale_far_from_the_tests(cfg: DictConfig) -> None:
+    """data.train.min_size=32 (taken for mmdetection's filter of small images, which has no
+    key here) trained at a 32 px short edge, tested at 320, without a word."""
+    sizes = cfg.data.train.min_size
+    sizes = [sizes] if isinstance(sizes, int) else list(sizes)
+    tested = test_resize(cfg)[0]
+    if max(sizes) * 2 <= tested or min(sizes) >= tested * 2:
+        logger.warning("data.train.min_size=%s (the short edge training images are resized to; "
+                       "not a filter of small images: there is none) is far from "
+                       "data.val.min_size=%d: the model trains at another scale than it is "
+                       "tested at", as_override(cfg.data.train.min_size), tested)
+
+
 def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapping, str]:
     """The training set with its augmentation, its category mapping and its JSON path (the
     images the training will see: those without objects dropped with data.train.filter_empty).
@@ -100,6 +114,7 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
     flip_prob = check_probability(d.hflip_prob, "data.train.hflip_prob")
     check_sizes(d.min_size, "data.train.min_size")
     check_max_size(d.max_size, "data.train.max_size")
+    _warn_of_a_training_scale_far_from_the_tests(cfg)
     threshold = d.repeat_threshold
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(
             threshold, (int, float)) or not 0 < threshold <= 1):
