@@ -26,7 +26,8 @@ from pycocotools import mask as mask_utils
 
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data.coco import (box_polygon, check_segmentation, collector_paused,
-                                            image_sizes, read_coco_json, segmentation_to_rle)
+                                            image_sizes, only_categories, read_coco_json,
+                                            segmentation_to_rle)
 from resnet_detect.engine.logging import print_and_log
 
 from .roi_heads.mask_paste import pasted_regions
@@ -370,7 +371,8 @@ def _percent(value: float) -> float:
 def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_type: str = "bbox",
                   backend: str = "pycocotools", verbose: bool = True,
                   max_dets: int = COCO_MAX_DETS,
-                  kept_per_image: int | None = None) -> dict[str, Any]:
+                  kept_per_image: int | None = None,
+                  categories: Sequence[int] | None = None) -> dict[str, Any]:
     """Score COCO results against a ground-truth file.
 
     Args:
@@ -384,6 +386,8 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
             by LVIS's rules instead: 300 per image, all categories together.
         kept_per_image: the detections the model keeps of an image, all categories together
             (model.roi_heads.detections_per_image), to warn of images holding more objects.
+        categories: score these category ids alone (data.classes; COCOeval's params.catIds,
+            as mmdetection's CocoMetric sets them); None: every category of the file.
 
     Returns:
         {"AP", "AP50", "AP75", "APs", "APm", "APl" (percent; NaN where the ground truth has no
@@ -405,6 +409,8 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
     if iou_type == "segm" and any("segmentation" not in r for r in results):
         raise ValueError("segm evaluation needs a 'segmentation' in every result")
     dataset, ignored = ground_truth(Path(ann_file), iou_type)
+    if categories is not None:
+        dataset = only_categories(dataset, categories)
     if ignored:
         warnings.warn(f"{ann_file}: {ignored} objects without a usable mask are ignored in the "
                       "segm evaluation (scored as crowd regions over their boxes)",
@@ -545,7 +551,8 @@ class COCOEvaluator:
                  output_dir: str | Path | None = None, backend: str = "pycocotools",
                  iou_types: Sequence[str] = ("bbox",), score: bool = True,
                  max_dets: int = COCO_MAX_DETS, kept_per_image: int | None = None,
-                 voc_metric: str | None = None) -> None:
+                 voc_metric: str | None = None,
+                 scored_categories: Sequence[int] | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         unknown = [t for t in iou_types if t not in IOU_TYPES]
@@ -561,6 +568,7 @@ class COCOEvaluator:
         self.kept_per_image = kept_per_image
         check_voc_metric(voc_metric)
         self.voc_metric = voc_metric
+        self.scored_categories = scored_categories
         self._results: list[dict[str, Any]] = []
 
     def reset(self) -> None:
@@ -601,9 +609,11 @@ class COCOEvaluator:
             for iou_type in self.iou_types if self.score else ():
                 metrics[iou_type] = evaluate_coco(self.ann_file, results, iou_type=iou_type,
                                                   backend=self.backend, max_dets=self.max_dets,
-                                                  kept_per_image=self.kept_per_image)
+                                                  kept_per_image=self.kept_per_image,
+                                                  categories=self.scored_categories)
             if self.score and self.voc_metric is not None:
-                metrics["voc"] = evaluate_voc(self.ann_file, results, mode=self.voc_metric)
+                metrics["voc"] = evaluate_voc(self.ann_file, results, mode=self.voc_metric,
+                                              categories=self.scored_categories)
         if distributed:
             box = [metrics]
             dist.broadcast_object_list(box, src=0)

@@ -12,11 +12,12 @@ from typing import Any
 from resnet_detect.engine import atomic_write_json
 from resnet_detect.engine.config import is_number
 from resnet_detect.engine.data import DatasetError, image_sizes, read_coco_json
-from resnet_detect.engine.data.coco import reaches_past
+from resnet_detect.engine.data.coco import chosen_categories, reaches_past
 from resnet_detect.engine.data.coco import warn_of_boxes_beyond_images as warn_of_boxes
 from resnet_detect.engine.files import missing_path, nan_to_none
 
 from .config import load_config
+from .data.splits import chosen_classes
 from .evaluation import coco_backend, evaluate_coco
 from .training import scored_detections
 from .voc_eval import check_voc_metric, evaluate_voc
@@ -149,6 +150,9 @@ def score_results_file(config: str, results_file: str, output: Path,
     if not gt["annotations"]:
         raise DatasetError(f"{ann_file} has no annotations: there is nothing to score "
                            f"{path} against")
+    classes = chosen_classes(cfg)
+    scored = None if classes is None else [
+        c["id"] for c in chosen_categories(gt["categories"], classes, ann_file)]
     known = {c["id"] for c in gt["categories"]}
     foreign = {r["category_id"] for r in results} - known
     if foreign:  # COCOeval scores the file's categories only: these results count for nothing
@@ -164,13 +168,14 @@ def score_results_file(config: str, results_file: str, output: Path,
     metrics: dict[str, Any] = {}
     for iou_type in types:
         try:
-            scored = evaluate_coco(ann_file, results, iou_type=iou_type, backend=backend,
-                                   max_dets=max_dets)
+            scores = evaluate_coco(ann_file, results, iou_type=iou_type, backend=backend,
+                                   max_dets=max_dets, categories=scored)
         except ValueError as err:  # results of images the file lacks
             raise DatasetError(f"{path}: {err}") from None
-        metrics[iou_type] = nan_to_none(scored)
+        metrics[iou_type] = nan_to_none(scores)
     if voc_metric is not None and "bbox" in types:
-        metrics["voc"] = nan_to_none(evaluate_voc(ann_file, results, mode=voc_metric))
+        metrics["voc"] = nan_to_none(evaluate_voc(ann_file, results, mode=voc_metric,
+                                                  categories=scored))
     elif voc_metric is not None:
         logger.warning("%s has masks without boxes: data.val.voc_metric (VOC's box AP) is not "
                        "scored", path)

@@ -211,7 +211,9 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
                               backend=backend, iou_types=types, score=val.annotated,
                               max_dets=scored_detections(loaded.cfg),
                               kept_per_image=loaded.cfg.model.roi_heads.detections_per_image,
-                              voc_metric=loaded.cfg.data.val.voc_metric)
+                              voc_metric=loaded.cfg.data.val.voc_metric,
+                              scored_categories=mapping.dataset_ids
+                              if loaded.cfg.data.get("classes") else None)
     if tta is not None:
         logger.info("test-time augmentation: %s", describe(tta))
     if tiles is not None:
@@ -328,7 +330,8 @@ class DetectionTask:
                 iou_types=("bbox", "segm") if cfg.model.mask_on else ("bbox",),
                 max_dets=scored_detections(cfg),
                 kept_per_image=cfg.model.roi_heads.detections_per_image,
-                voc_metric=cfg.data.val.voc_metric)
+                voc_metric=cfg.data.val.voc_metric,
+                scored_categories=data.mapping.dataset_ids if cfg.data.classes else None)
         description = (f"{len(data.train)} train / {len(data.val) if data.val else 'no'} val "
                        f"images, {data.mapping.num_classes} classes "
                        f"{brief(data.mapping.names)}")

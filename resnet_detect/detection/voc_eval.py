@@ -26,6 +26,7 @@ import numpy as np
 
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data import read_coco_json
+from resnet_detect.engine.data.coco import only_categories
 from resnet_detect.engine.logging import print_and_log
 
 from .overlaps import box_overlaps
@@ -84,7 +85,8 @@ def category_ap(detections: Sequence[dict[str, Any]],
 
 
 def evaluate_voc(ann_file: str | Path, results: Sequence[dict[str, Any]], *, mode: str,
-                 verbose: bool = True) -> dict[str, Any]:
+                 verbose: bool = True, categories: Sequence[int] | None = None
+                 ) -> dict[str, Any]:
     """VOC's AP at IoU 0.5 of COCO results against a COCO file (crowd = difficult).
 
     Returns:
@@ -93,6 +95,8 @@ def evaluate_voc(ann_file: str | Path, results: Sequence[dict[str, Any]], *, mod
     """
     check_voc_metric(mode)
     data = read_coco_json(ann_file)
+    if categories is not None:  # (data.classes: these alone)
+        data = only_categories(data, categories)
     truths: dict[int, dict[int, list[tuple[list[float], bool]]]] = defaultdict(
         lambda: defaultdict(list))
     for ann in data["annotations"]:

@@ -48,8 +48,8 @@ OTHER_KEYS = {
     "load_from": ("mmdetection's load_from is model.weights=PATH here", "train"),
     "resume": ("mmdetection's resume=True is tools/train.py's --resume flag here", "train"),
     "work_dir": ("mmdetection's work_dir is train.output_dir here", "train"),
-    "metainfo": ("the classes are the COCO file's categories here (data.train.ann_file): "
-                 "mmdetection's metainfo classes have no key", "train"),
+    "metainfo": ("mmdetection's metainfo classes are data.classes=[name, ...] here (the COCO "
+                 "files' other categories left out)", "train"),
     "train.val_interval": ("mmdetection's val_interval is train.eval_period (iterations) here",
                            "eval_period"),
 }

@@ -1204,3 +1204,20 @@ def test_a_training_scale_far_from_the_tested_one_is_warned_of(
         "data.train.min_size=32 (the short edge training images are resized to; not a filter "
         "of small images: there is none) is far from data.val.min_size=320: the model trains "
         "at another scale than it is tested at")
+
+
+def test_data_classes_keep_those_categories_and_their_objects(
+        small: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """mmdetection's metainfo classes: a file's other categories and their objects left out
+    (a subset of COCO's categories trained without cutting the file); unknown names named."""
+    records, mapping, stats = load_coco_json(*small, classes=["forty", "two"])
+    assert (mapping.dataset_ids, mapping.names) == ((2, 40), ("two", "forty"))
+    np.testing.assert_array_equal(records[0]["boxes"], [[0, 10, 15, 20], [35, 0, 40, 5]])
+    assert records[0]["classes"].tolist() == [1, 0]
+    assert [len(r["classes"]) for r in records] == [2, 0, 0] and stats.boxes == 2
+    records, _, _ = load_coco_json(*small, classes=["forty"], filter_empty=True)
+    assert len(records) == 1
+    with pytest.raises(DatasetError, match=r"data.classes names \['Forty'\], not categories "
+                                           r"of .*ann.json \(its categories: \['forty', "
+                                           r"'seven', 'two'\]\)"):
+        load_coco_json(*small, classes=["Forty", "two"])

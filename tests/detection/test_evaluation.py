@@ -19,6 +19,7 @@ from pycocotools.cocoeval import COCOeval
 from resnet_detect.detection.evaluation import (RESULTS_FILE, COCOEvaluator, evaluate_coco,
                                                 ground_truth, instances_to_coco_results,
                                                 mask_to_rle)
+from resnet_detect.detection.voc_eval import evaluate_voc
 
 CATEGORY_IDS = (1, 3, 5)  # contiguous label i <-> CATEGORY_IDS[i]
 NAMES = ("ring", "box", "blob")
@@ -619,3 +620,29 @@ def test_an_area_left_out_is_the_masks_not_the_boxs(tmp_path: Path) -> None:
     expected = _direct_stats(full_file, tmp_path / "bare" / RESULTS_FILE)
     np.testing.assert_allclose(metrics["stats"], expected, rtol=0, atol=1e-12)
     assert expected[3] == 1.0 and expected[4] == -1.0  # APs of the small ones; none medium
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_scored_categories_are_cocoevals_cat_ids(gt_file: Path, tmp_path: Path,
+                                                backend: str) -> None:
+    """data.classes scores its categories alone, as mmdetection's CocoMetric sets
+    params.catIds; VOC's AP too."""
+    inputs, outputs = _noisy(gt_file)
+    for out in outputs:  # a model of the first two classes
+        keep = np.asarray(out["labels"]) < 2
+        out.update(boxes=np.asarray(out["boxes"])[keep], labels=np.asarray(out["labels"])[keep],
+                   scores=np.asarray(out["scores"])[keep])
+    evaluator = COCOEvaluator(gt_file, category_ids=CATEGORY_IDS[:2], output_dir=tmp_path,
+                              backend=backend, scored_categories=CATEGORY_IDS[:2],
+                              voc_metric="area")
+    evaluator.process(inputs, outputs)
+    metrics = evaluator.evaluate()
+    stats = _direct_stats(gt_file, tmp_path / RESULTS_FILE, cat_ids=list(CATEGORY_IDS[:2]))
+    assert metrics["bbox"]["stats"] == pytest.approx([float(v) for v in stats], abs=1e-12)
+    assert list(metrics["bbox"]["per_category"]) == list(NAMES[:2])
+    assert list(metrics["voc"]["per_category"]) == list(NAMES[:2])
+    everything = evaluate_voc(gt_file, json.loads((tmp_path / RESULTS_FILE).read_text()),
+                              mode="area")
+    assert [metrics["voc"]["per_category"][n] for n in NAMES[:2]] == [
+        everything["per_category"][n] for n in NAMES[:2]]
+    assert 10 < metrics["bbox"]["AP"] < 90

@@ -595,7 +595,7 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
     ("train", [str(CONFIG), "train.val_interval=1"],
      ["; mmdetection's val_interval is train.eval_period (iterations) here"]),
     ("train", [str(CONFIG), "metainfo.classes=[a]"],
-     ["; the classes are the COCO file's categories here (data.train.ann_file)"]),
+     ["; mmdetection's metainfo classes are data.classes=[name, ...] here"]),
     ("demo", [str(CONFIG), "--weights", "w.pth", "--input", "a.jpg", "--output", "o",
               "--show", "--pred-score-thr", "0.3", "--out-dir", "x"],
      ["  --show: the pictures go into --output DIR (no window opens)",

@@ -182,6 +182,34 @@ def test_eval_of_a_val_split_without_a_readable_image_fails(trained: Path, data:
             if p.is_file()} == earlier
 
 
+def test_data_classes_train_and_score_those_categories_alone(data: Path,
+                                                              tmp_path: Path) -> None:
+    """mmdetection's metainfo classes: a subset of a file's categories trained and scored
+    without cutting the files (it was refused: 'no key')."""
+    out = tmp_path / "run"
+    result = load_tool("train").main(train_args(data, out, 1, "data.classes=[square,circle]"))
+    assert list(result["metrics"]["per_category"]) == ["circle", "square"]
+    ckpt = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert (ckpt["provenance"]["class_names"], ckpt["provenance"]["category_ids"]) == (
+        ["circle", "square"], [1, 3])
+    assert ckpt["model"]["roi_heads.box_predictor.cls_score.weight"].shape[0] == 3
+    scored = load_tool("eval").main([str(out / "config.yaml"), "--weights",
+                                     str(out / "model_final.pth"), "--output",
+                                     str(tmp_path / "eval")])
+    assert list(scored["bbox"]["per_category"]) == ["circle", "square"]
+    assert scored["bbox"]["stats"] == result["metrics"]["stats"]
+    again = load_tool("eval").main([str(out / "config.yaml"), "--results",
+                                    str(tmp_path / "eval/coco_instances_results.json"), "--output",
+                                    str(tmp_path / "results")])
+    assert again["bbox"] == scored["bbox"]
+    with pytest.raises(DatasetError, match=r"data.classes names \['sqare'\], not categories"):
+        load_tool("train").main(train_args(data, tmp_path / "typo", 1, "data.classes=[sqare]"))
+    with pytest.raises(ConfigError, match=r"data.classes must be null or a list of category "
+                                          r"names \(each once\)"):
+        load_tool("train").main(train_args(data, tmp_path / "twice", 1,
+                                           "data.classes=[square,square]"))
+
+
 def test_eval_keeps_out_of_another_evaluations_folder(trained: Path, data: Path,
                                                      tmp_path: Path) -> None:
     """An evaluation of other weights into one --output replaced its metrics.json and left

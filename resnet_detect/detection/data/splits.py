@@ -3,11 +3,12 @@ and checked (errors name the file and entry) into datasets, before any model is 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from resnet_detect.engine.config import (ConfigError, as_override, check_probability, check_sizes,
                                          parse_bool)
@@ -15,7 +16,7 @@ from resnet_detect.engine.data import (CategoryMapping, DatasetError, brief,
                                        check_image_sizes, load_coco_json, repeat_factors)
 
 from ..config import check_max_size, test_resize
-from ..federated import check_lvis_file
+from ..federated import check_lvis_file, is_federated
 from .dataset import DetectionDataset, check_mask_format
 from .transforms import build_transforms
 
@@ -40,6 +41,31 @@ def _split_paths(cfg: DictConfig, split: str) -> tuple[str, str] | None:
         raise ConfigError(f"data.{split} needs both ann_file and img_dir, got ann_file="
                           f"{s.ann_file!r}, img_dir={s.img_dir!r}{unset}")
     return str(s.ann_file), str(s.img_dir)
+
+
+def chosen_classes(cfg: DictConfig) -> list[str] | None:
+    """data.classes, checked: null, or category names to train and score on."""
+    classes = cfg.data.get("classes")
+    if classes is None:
+        return None
+    names = list(classes) if isinstance(classes, (list, ListConfig)) else None
+    if not names or not all(isinstance(n, str) and n for n in names) \
+            or len(set(names)) != len(names):
+        raise ConfigError(f"data.classes must be null or a list of category names (each "
+                          f"once), e.g. [person, car], got {classes!r}")
+    return names
+
+
+def _refuse_classes_with_lvis(classes: list[str] | None
+                              ) -> Callable[[dict[str, Any], Any], None]:
+    """The val file's check: an LVIS file's (check_lvis_file), and data.classes refused
+    there."""
+    def check(data: dict[str, Any], ann_file: Any) -> None:
+        check_lvis_file(data, ann_file)
+        if classes is not None and is_federated(data):
+            raise ConfigError(f"data.classes is not for LVIS files ({ann_file}): their "
+                              f"federated AP needs every category's image lists")
+    return check
 
 
 def _load(paths: tuple[str, str], split: str, **options: Any) -> Any:
@@ -71,8 +97,10 @@ def build_val_dataset(cfg: DictConfig, with_masks: bool = False,
     paths = _split_paths(cfg, "val")
     if paths is None:
         return None
+    classes = chosen_classes(cfg)
     records, mapping, stats = _load(paths, "val", keep_segmentation=bool(cfg.model.mask_on),
-                                    evaluation=True, check=check_lvis_file)
+                                    evaluation=True, check=_refuse_classes_with_lvis(classes),
+                                    classes=classes)
     if not records:  # (scored, it gave AP 0 or "nothing scored", exit 0)
         raise DatasetError(f"{paths[0]} lists no images: nothing to evaluate (a training "
                            f"without evaluations: data.val.ann_file=null "
@@ -123,7 +151,8 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
     mask_on = bool(cfg.model.mask_on)
     check_mask_format(d.mask_format)  # before the file is read
     records, mapping, stats = _load(paths, "train", filter_empty=d.filter_empty,
-                                    keep_segmentation=mask_on, training=True)
+                                    keep_segmentation=mask_on, training=True,
+                                    classes=chosen_classes(cfg))
     if not records or stats.boxes == 0:
         masks = (f", {stats.no_mask} without a usable polygon or RLE, which model.mask_on needs"
                  if stats.no_mask else "")

@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import posixpath
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -417,10 +417,31 @@ def _format_problems(ann_file: Path, problems: list[str]) -> str:
 
 
 @collector_paused()
+def chosen_categories(categories: list[dict[str, Any]], classes: Sequence[str],
+                      ann_file: str | Path) -> list[dict[str, Any]]:
+    """The categories of a file that `classes` (data.classes: names) chooses, every name
+    found (a name several categories share chooses each)."""
+    names = {str(c["name"]) for c in categories}
+    unknown = [name for name in classes if name not in names]
+    if unknown:
+        raise DatasetError(f"data.classes names {unknown}, not categories of {ann_file} (its "
+                           f"categories: {brief(sorted(names))})")
+    return [c for c in categories if str(c["name"]) in set(classes)]
+
+
+def only_categories(data: dict[str, Any], category_ids: Iterable[int]) -> dict[str, Any]:
+    """A COCO file's content with the categories `category_ids` alone and their objects
+    (its images all kept): a subset trained and scored as mmdetection's metainfo classes."""
+    keep = set(category_ids)
+    return {**data, "categories": [c for c in data["categories"] if c["id"] in keep],
+            "annotations": [a for a in data["annotations"] if a["category_id"] in keep]}
+
+
 def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: bool = False,
                    keep_segmentation: bool = False, check_files: bool = True,
                    training: bool = False, evaluation: bool = False,
                    check: Callable[[dict[str, Any], Path], None] | None = None,
+                   classes: Sequence[str] | None = None,
                    ) -> tuple[list[dict[str, Any]], CategoryMapping, LoadStats]:
     """Load a COCO instances file into training records.
 
@@ -439,6 +460,8 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
             (the segm evaluation ignores it); a malformed segmentation is still an error.
         check: called with the file's content and path once it is read (a task's own
             checks, e.g. an LVIS val file's lists and frequencies).
+        classes: category names (data.classes): the file's other categories and their
+            objects are left out (mmdetection's metainfo classes).
 
     Returns:
         (records in the file's image order, category mapping, statistics).
@@ -469,6 +492,13 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
             raise DatasetError(_format_problems(
                 ann_file, [f"image file not found for {m}" for m in missing]))
     _warn_of_repeated_files(data, ann_file)
+    if classes is not None:
+        objects = len(data["annotations"])
+        data = only_categories(data, [c["id"] for c in chosen_categories(
+            data["categories"], classes, ann_file)])
+        logger.info("%s: data.classes keeps %d of its categories; %d objects of the others "
+                    "left out", ann_file, len(data["categories"]),
+                    objects - len(data["annotations"]))
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
