@@ -88,24 +88,36 @@ def _config(config: str | os.PathLike | Mapping[str, Any] | DictConfig,
 def _categories_of_the_config(cfg: DictConfig, num_classes: int, source: str,
                               names: list[str]) -> tuple[list[int], list[str]]:
     """(ids, names) of weights that record no category ids (this project's checkpoints of
-    before 2026-12-02, mid-run ones too): the categories of the config's val file where it
-    has as many (it scored ids 1..K, another dataset's numbering, as every class's), else
-    1..K; said either way."""
+    before 2026-12-02, mid-run ones too), from the categories of the config's val file: by
+    name where the weights name their classes, else in id order where the file has as many;
+    else ids 1..K (which scored another dataset's numbering as every class's); said either
+    way."""
     ann_file = (cfg.get("data") or {}).get("val", {}).get("ann_file")
-    try:
-        categories = read_coco_json(ann_file, annotations_optional=True)["categories"] \
-            if ann_file else []
-    except (OSError, ValueError):
-        categories = []
-    if len(categories) == num_classes:
-        mapping = CategoryMapping.from_categories(categories)
-        logger.warning("%s records no category ids (an older checkpoint): its classes are "
-                       "taken to be the categories of data.val.ann_file %s, ids %s",
-                       source, ann_file, list(mapping.dataset_ids))
-        return list(mapping.dataset_ids), list(mapping.names)
-    logger.warning("%s records no category ids (an older checkpoint) and data.val.ann_file "
-                   "has not its %d classes: its classes are taken to be ids 1..%d", source,
-                   num_classes, num_classes)
+    categories, problem = [], "data.val.ann_file is not set"
+    if ann_file:
+        try:
+            categories = read_coco_json(ann_file, annotations_optional=True)["categories"]
+        except (OSError, ValueError) as err:
+            problem = f"data.val.ann_file cannot be read ({err})"
+    found = CategoryMapping.from_categories(categories) if categories else None
+    if found is not None:
+        by_name = dict(zip(found.names, found.dataset_ids))
+        if names and len(set(names)) == len(names) and set(names) <= by_name.keys():
+            ids = [by_name[name] for name in names]
+            logger.warning("%s records no category ids (an older checkpoint): its classes %s "
+                           "are taken to be the categories of those names in %s, ids %s",
+                           source, names, ann_file, ids)
+            return ids, names
+        if not names and found.num_classes == num_classes:
+            logger.warning("%s records no category ids (an older checkpoint): its classes are "
+                           "taken to be the categories of data.val.ann_file %s, ids %s, in "
+                           "that order", source, ann_file, list(found.dataset_ids))
+            return list(found.dataset_ids), list(found.names)
+        problem = (f"data.val.ann_file {ann_file} lacks its classes {names}" if names else
+                   f"data.val.ann_file {ann_file} has {found.num_classes} categories, not "
+                   f"its {num_classes} classes")
+    logger.warning("%s records no category ids (an older checkpoint) and %s: its classes are "
+                   "taken to be ids 1..%d", source, problem, num_classes)
     return list(range(1, num_classes + 1)), names
 
 

@@ -374,13 +374,27 @@ def test_weights_that_record_no_category_ids_take_the_config_val_files(
                           overrides=[*TINY, f"data.val.ann_file={val}"])
     assert (predictor.category_ids, predictor.class_names) == ([2, 7, 40], ["cat", "dog", "emu"])
     assert any("model_0000200.pth records no category ids (an older checkpoint): its classes "
-               f"are taken to be the categories of data.val.ann_file {val}, ids [2, 7, 40]"
+               f"are taken to be the categories of data.val.ann_file {val}, ids [2, 7, 40], "
+               f"in that order"
                in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    # weights that name their classes: matched by name, not by position (a file numbering
+    # them otherwise drew class 0 under another's name)
+    state["provenance"]["class_names"] = ["dog", "emu", "cat"]
+    torch.save(state, tmp_path / "named.pth")
+    predictor = Predictor(CONFIG, weights=tmp_path / "named.pth",
+                          overrides=[*TINY, f"data.val.ann_file={val}"])
+    assert (predictor.category_ids, predictor.class_names) == ([7, 40, 2], ["dog", "emu", "cat"])
+    caplog.clear()  # a file that cannot be read is said to be so
+    Predictor(CONFIG, weights=tmp_path / "named.pth",
+              overrides=[*TINY, f"data.val.ann_file={tmp_path / 'none.json'}"])
+    assert any("and data.val.ann_file cannot be read (annotation file not found" in
+               r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
     caplog.clear()  # a val file of other classes: 1..K, said
     val.write_text(json.dumps({"images": [], "annotations": [], "categories": [
         {"id": 1, "name": "a"}]}))
     predictor = Predictor(CONFIG, weights=tmp_path / "model_0000200.pth",
                           overrides=[*TINY, f"data.val.ann_file={val}"])
     assert predictor.category_ids == [1, 2, 3]
-    assert any("has not its 3 classes: its classes are taken to be ids 1..3" in r.getMessage()
+    assert any(f"and data.val.ann_file {val} has 1 categories, not its 3 classes: its classes "
+               f"are taken to be ids 1..3" in r.getMessage()
                for r in caplog.records if r.levelno >= logging.WARNING)
