@@ -372,8 +372,9 @@ def warn_of_unused_steps(t: DictConfig, logger: logging.Logger) -> None:
 def warn_of_epoch_rounding(t: DictConfig, lengths: Mapping[str, Any], train_size: int,
                            logger: logging.Logger) -> None:
     """An epoch is train_size // batch_size steps (the sampler is endless: no short last
-    batch); on a small set that is well under a pass (mmdetection's and torchvision's epochs
-    end with the short batch), and a warmup of a fraction of an epoch can round to none."""
+    batch, as torchvision's references drop it); on a small set at a large batch that is well
+    under a pass (mmdetection's epochs end with the short batch), and a warmup of a fraction
+    of an epoch can round to none."""
     if "per_epoch" not in lengths:
         return
     per_epoch = lengths["per_epoch"]
@@ -381,10 +382,10 @@ def warn_of_epoch_rounding(t: DictConfig, lengths: Mapping[str, Any], train_size
     if drawn < 0.9 * train_size:
         logger.warning("an epoch is %d // %d = %d iterations (train.batch_size %d): %d of the "
                        "%d training images a pass, so train.epochs=%s draws %.1f passes "
-                       "(mmdetection's and torchvision's epochs, which end with a short batch, "
-                       "would take %d iterations each); raise train.epochs, or give a batch "
-                       "size that divides the set", train_size, t.batch_size, per_epoch,
-                       t.batch_size, drawn, train_size, t.epochs,
+                       "(as torchvision's references, which drop the short last batch; "
+                       "mmdetection's epochs end with it: %d iterations each); raise "
+                       "train.epochs, or give a batch size that divides the set", train_size,
+                       t.batch_size, per_epoch, t.batch_size, drawn, train_size, t.epochs,
                        lengths["max_iter"] * t.batch_size / train_size,
                        -(-train_size // t.batch_size))
     if t.warmup_epochs > 0 and lengths["warmup_iters"] == 0:
@@ -402,8 +403,9 @@ def warn_of_periods_read_as_epochs(t: DictConfig, lengths: Mapping[str, Any],
         period = t[key]
         if per_epoch and 0 < period < per_epoch and period <= t.epochs:
             logger.warning("train.%s=%d counts iterations, also with train.epochs (an epoch is "
-                           "%d iterations here): every %d iterations; for every epoch set "
-                           "train.%s=%d", key, period, per_epoch, period, key, per_epoch * period)
+                           "%d iterations here); for every %s set train.%s=%d", key, period,
+                           per_epoch, "epoch" if period == 1 else f"{period} epochs", key,
+                           per_epoch * period)
     if t.max_to_keep == 1:
         logger.warning("train.max_to_keep=1 keeps 2 checkpoints: the one before the newest "
                        "stays, for a newest that a kill or a full disk damaged")

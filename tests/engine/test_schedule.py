@@ -114,9 +114,9 @@ def test_epochs_well_under_a_pass_and_a_warmup_rounded_to_none_are_warned_of(
         return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings_for(15, epochs=12, batch_size=8, warmup_epochs=0.5) == [
         "an epoch is 15 // 8 = 1 iterations (train.batch_size 8): 8 of the 15 training images "
-        "a pass, so train.epochs=12 draws 6.4 passes (mmdetection's and torchvision's epochs, "
-        "which end with a short batch, would take 2 iterations each); raise train.epochs, or "
-        "give a batch size that divides the set",
+        "a pass, so train.epochs=12 draws 6.4 passes (as torchvision's references, which drop "
+        "the short last batch; mmdetection's epochs end with it: 2 iterations each); raise "
+        "train.epochs, or give a batch size that divides the set",
         "train.warmup_epochs=0.5 is 0 iterations at 1 per epoch: the run has no warmup"]
     assert warnings_for(1000, epochs=12, batch_size=16, warmup_epochs=0.5) == []  # 992 a pass
     assert warnings_for(15, epochs=12, batch_size=8, warmup_epochs=2) == warnings_for(
@@ -140,9 +140,9 @@ def test_periods_that_read_as_epochs_and_max_to_keep_1_are_warned_of(
         return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings_for(4, checkpoint_period=1, eval_period=2, max_to_keep=1) == [
         "train.checkpoint_period=1 counts iterations, also with train.epochs (an epoch is 4 "
-        "iterations here): every 1 iterations; for every epoch set train.checkpoint_period=4",
+        "iterations here); for every epoch set train.checkpoint_period=4",
         "train.eval_period=2 counts iterations, also with train.epochs (an epoch is 4 "
-        "iterations here): every 2 iterations; for every epoch set train.eval_period=8",
+        "iterations here); for every 2 epochs set train.eval_period=8",
         "train.max_to_keep=1 keeps 2 checkpoints: the one before the newest stays, for a "
         "newest that a kill or a full disk damaged"]
     assert warnings_for(5000, checkpoint_period=2500) == []  # half an ImageNet epoch
