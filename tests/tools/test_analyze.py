@@ -200,9 +200,12 @@ def test_lesion_rows_and_reuse_of_saved_weights(image_folder, tmp_path, caplog):
     # a max_k past the blocks was clamped without a word
     past = run("lesion", tmp_path / "past", image_folder, "lesion.draws=2",
                f"lesion.max_k={BLOCKS + 5}", weights=nets[:1])
-    assert f"lesion.max_k={BLOCKS + 5} is above the {BLOCKS} blocks of cifar_resnet20: k runs " \
-           f"from 1 to {BLOCKS} (as with lesion.max_k=0)" in [
-               r.getMessage() for r in caplog.records if r.levelno >= 30]
+    # (given nets: theirs, not the config's depth; a 56-layer net's 27 blocks were said 9)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 30
+            and "lesion.max_k" in r.getMessage()] == [
+        f"lesion.max_k={BLOCKS + 5} is above the {BLOCKS} blocks of cifar_resnet20 "
+        f"({nets[0].name}): k runs from 1 to {BLOCKS} (as with lesion.max_k=0)"]
+
     assert [r["accuracy"] for r in read_csv(past["csv"])] == [
         r["accuracy"] for r in reused_rows[:len(reused_rows) // 2]]
 

@@ -200,7 +200,7 @@ def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
     for key, (value, what) in limits.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{key} must be a number of {what} >= 0 (0: all), got {value!r}")
-    if study == "lesion" and cfg.lesion.max_k > 0:
+    if study == "lesion" and cfg.lesion.max_k > 0 and trains:  # (given nets: run_lesion's)
         _warn_of_max_k_past_the_blocks(cfg)
     if not is_positive_int(cfg.train.eval_batch_size):
         raise ConfigError(f"train.eval_batch_size must be a positive integer (images per "

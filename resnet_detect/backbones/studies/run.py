@@ -136,6 +136,10 @@ def run_lesion(ctx: StudyContext, weights: Sequence[str], *, draws: int,
     models = _models(ctx, weights, twins=True)
     results, rows = [], []
     for m in models:
+        blocks = len(m.backbone.blocks())
+        if weights and max_k > blocks:  # (nets the config trains: said before training)
+            logger.warning("lesion.max_k=%d is above the %d blocks of %s: k runs from 1 to %d "
+                           "(as with lesion.max_k=0)", max_k, blocks, m.label, blocks)
         images, labels = m.inputs(ctx.val), ctx.val.labels
         generator = torch.Generator().manual_seed(ctx.recipe.seed)
         baseline = accuracy(m.model, images, labels, batch_size=ctx.eval_batch_size)
