@@ -294,8 +294,7 @@ class Checkpointer:
             raise UnreadableCheckpointError(
                 f"{path} is another program's training checkpoint (torchvision's references' "
                 f"or timm's: it counts epochs): its optimizer and position are not resumed "
-                f"here; start a run from its weights with model.weights={path} (or "
-                f"model.backbone.weights for a classifier)")
+                f"here; start a run from its weights with model.weights={path}")
         if not isinstance(state, dict) or not {"model", "iteration"} <= state.keys():
             raise UnreadableCheckpointError(
                 f"{path} is no training checkpoint (it records no iteration: weights alone, as "
@@ -374,21 +373,23 @@ class Checkpointer:
         chosen = Path(path).resolve()
         later = sorted((p for p in self._checkpoints() if p.resolve() != chosen
                         and _iteration_of(p) >= state["iteration"]), key=_iteration_of)
-        if later:
-            later += [self.output_dir / name for name in results
-                      if (self.output_dir / name).is_file()
-                      and (self.output_dir / name).resolve() != chosen]
+        finals = [self.output_dir / name for name in results
+                  if later and (self.output_dir / name).is_file()
+                  and (self.output_dir / name).resolve() != chosen]
         if is_main_process():
             aside = self.output_dir / ABANDONED
             if later:
                 aside.mkdir(exist_ok=True)
-                logger.warning("%s holds checkpoints from iteration %d on (%s): this run "
-                               "continues from %s instead; they move to %s", self.output_dir,
-                               state["iteration"], ", ".join(p.name for p in later), path, aside)
-            for p in later:
-                os.replace(p, aside / p.name)
+                logger.warning("%s holds %s from iteration %d on (%s): this run continues from "
+                               "%s instead; they move to %s", self.output_dir,
+                               "checkpoints and results" if finals else "checkpoints",
+                               state["iteration"], ", ".join(p.name for p in later + finals),
+                               path, aside)
+            for p in later + finals:  # (an earlier abandoned course's files kept too)
+                target = _free_name(aside / p.name)
+                os.replace(p, target)
                 if checksum_file(p).is_file():
-                    os.replace(checksum_file(p), aside / checksum_file(p).name)
+                    os.replace(checksum_file(p), checksum_file(target))
             if chosen.parent != self.output_dir.resolve() \
                     or not CHECKPOINT_NAME.fullmatch(chosen.name):
                 copy = self.path_of(state["iteration"])
@@ -564,6 +565,15 @@ def _remove_aside(aside: Path) -> None:
     except OSError as e:
         logger.warning("cannot remove %s (%s): the next start in the folder tries again",
                        aside, e)
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or NAME.N.SUFFIX beside it where it is taken (a second abandoned course)."""
+    number = 1
+    while path.exists():
+        path = path.with_name(f"{path.name.split('.')[0]}.{number}{''.join(path.suffixes[-1:])}")
+        number += 1
+    return path
 
 
 def _iteration_of(checkpoint: Path) -> int:

@@ -640,6 +640,16 @@ def test_resume_from_an_earlier_checkpoint_abandons_the_later_ones(
                      cpu, resume=tmp_path / "b/model_0000004.pth")
     assert not (tmp_path / "b/model_final.pth").exists()
     assert (tmp_path / "b/abandoned/model_final.pth").read_bytes() == final
+    # a second course abandoned keeps the first's files (they were replaced)
+    run_training(_RegressionTask(), config(tmp_path / "b"), cpu, resume=True)
+    second = (tmp_path / "b/model_final.pth").read_bytes()
+    with caplog.at_level(logging.WARNING):
+        run_training(_RegressionTask(), config(tmp_path / "b"), cpu,
+                     resume=tmp_path / "b/model_0000004.pth")
+    assert "holds checkpoints and results from iteration 4 on (model_0000005.pth, " \
+           "model_0000006.pth, model_final.pth" in caplog.text
+    assert (tmp_path / "b/abandoned/model_final.pth").read_bytes() == final
+    assert (tmp_path / "b/abandoned/model_final.1.pth").read_bytes() == second
     args = cli.config_argument_parser(None, resume=True).parse_intermixed_args(
         ["c.yaml", "--resume-from", "out/model_0000002.pth", "train.base_lr=0.01"])
     assert (args.resume_from, args.overrides) == ("out/model_0000002.pth", ["train.base_lr=0.01"])
