@@ -114,10 +114,10 @@ def refuse_another_evaluations_folder(output: Path, weights: str, key: str = "we
     except (OSError, ValueError, AttributeError):
         return  # no evaluation's metrics.json there
     if earlier is None:  # an older version's evaluation: its weights unrecorded
-        raise ConfigError(f"--output {output} holds an evaluation whose metrics.json names no "
-                          f"weights (an older version's): it would be replaced and its results "
-                          f"mixed with these; give another folder, or remove "
-                          f"{output / 'metrics.json'}")
+        raise ConfigError(f"--output {output} holds a metrics.json that names no weights (a "
+                          f"training run's, or an older version's evaluation): it would be "
+                          f"replaced and its results mixed with these; give another folder, or "
+                          f"remove {output / 'metrics.json'}")
     if isinstance(earlier, str) and (key != earlier_key or not same_weights(earlier, weights)):
         what = f"other {key}" if key == earlier_key else earlier_key
         raise ConfigError(f"--output {output} holds the evaluation of {what} ({earlier}): "

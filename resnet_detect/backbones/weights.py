@@ -261,8 +261,8 @@ def foreign_checkpoint_hint(keys: Iterable[str], whole: Iterable[str] | None = N
                         f"checkpoint written by this project)")
         for part, name in OTHER_TORCHVISION_MODELS:
             if key.startswith(part):
-                return (f"\n  (keys such as {key} are torchvision's {name}'s: that model is not "
-                        f"built here; torchvision's fasterrcnn_resnet50_fpn, "
+                return (f"\n  (keys such as {key} are of torchvision's {name}: that model is "
+                        f"not built here; torchvision's fasterrcnn_resnet50_fpn, "
                         f"maskrcnn_resnet50_fpn and deeplabv3/fcn_resnet50/101 weights are read)")
     if "fc.weight" in whole and any(k.startswith("layer1.") for k in whole):
         return ("\n  (these are an ImageNet classifier's weights, torchvision's or timm's "

@@ -243,10 +243,12 @@ def _refuse_a_run_config_resumed_elsewhere(config: Path, output_dir: Any) -> Non
         return
     here = Path(output_dir).resolve()
     if here != run and not (here / "last_checkpoint").is_file():
-        where = (f"names {here} (the run was moved?)" if Path(output_dir).is_absolute() else
-                 f"is relative to the folder that run was started from; from here it is {here}")
+        where = ("" if Path(output_dir).is_absolute() else
+                 f" is relative to the folder that run was started from; from here it is "
+                 f"{here}, which")
+        moved = " (the run was moved?)" if not where else ""
         raise ConfigError(f"--resume: {config} is the config of the run in {run}, whose "
-                          f"train.output_dir {output_dir} {where}, which holds no checkpoint: "
+                          f"train.output_dir {output_dir}{where} holds no checkpoint{moved}: "
                           f"add train.output_dir={run} to continue that run")
 
 

@@ -38,9 +38,10 @@ from .config import (ConfigError, as_override, flat_keys, is_number, is_positive
                      save_config, to_plain)
 from .data import (CountedLoader, build_test_loader, build_train_loader, collate,
                    worker_error_message)
-from .distributed import (all_reduce_sum, broadcast_buffers, get_rank,
-                          get_world_size, is_main_process, per_process_batch_size,
-                          refuse_syncbn_on_cpus, unsynced_batch_norm_warning, wrap_ddp)
+from .distributed import (all_reduce_sum, broadcast_buffers, get_rank, get_world_size,
+                          init_distributed, is_main_process, per_process_batch_size,
+                          refuse_syncbn_on_cpus, unsynced_batch_norm_warning, usable_device,
+                          wrap_ddp)
 from .ema import WeightAverage, check_ema_decay
 from .files import atomic_write_json, is_disk_full, nan_to_none
 from .logging import (ProgressLogger, ScalarWriter, logging_kept, rank_log_name,
@@ -829,7 +830,9 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
     if not isinstance(cfg, DictConfig):
         raise TypeError(f"cfg must be the DictConfig of engine.tasks.load_task_config (or "
                         f"OmegaConf.create of a mapping), got a {type(cfg).__name__}")
-    device = torch.device(device)  # ("cpu", "cuda:0" too)
+    if isinstance(device, str):  # a Python caller's "auto" (a config's), "cpu", "cuda:0"
+        device = (init_distributed(device) if device in ("auto", "cpu", "cuda")
+                  else usable_device(device))
     logger = logging.getLogger(f"{__name__}.{task.name}")
     check_same_config_everywhere(cfg, resume)
     compile_backend, amp = check_training_config(task, cfg)
@@ -851,9 +854,9 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
 
     done_everywhere(check_the_folder, "start in its train.output_dir")
     # a Python caller's random streams, logging and cuDNN setting are as they were after the
-    # run, and training works under its torch.no_grad()
+    # run, and training works under its torch.no_grad() or torch.inference_mode()
     with (exclusive_output_dir(output_dir), rng_kept(), logging_kept(), cudnn_benchmark_kept(),
-          torch.enable_grad()):
+          torch.inference_mode(False), torch.enable_grad()):
         setup_logging(output_dir)
         try:
             return _train(task, cfg, device, resume, logger, output_dir, compile_backend, amp)

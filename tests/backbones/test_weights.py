@@ -391,7 +391,7 @@ def test_detectron2_and_mmdetection_checkpoints_are_named_as_such(tmp_path) -> N
     torch.save({"backbone.body.conv1.weight": zeros,
                 "head.classification_head.conv.0.0.weight": zeros}, tmp_path / "retina.pth")
     with pytest.raises(ValueError, match=r"\n  \(keys such as head\.classification_head\.conv"
-                                         r"\.0\.0\.weight are torchvision's RetinaNet's: that "
+                                         r"\.0\.0\.weight are of torchvision's RetinaNet: that "
                                          r"model is not built here"):
         Detector(root / "faster_rcnn_R_18_FPN.yaml", weights=tmp_path / "retina.pth")
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")

@@ -366,8 +366,8 @@ def test_a_run_s_config_resumed_from_another_folder_names_its_run(
                                                                 "train.batch_size": 2}))
     (tmp_path / "abs").rename(tmp_path / "moved")
     with pytest.raises(ConfigError, match=re.escape(
-            f"whose train.output_dir {tmp_path / 'abs'} names {tmp_path / 'abs'} (the run was "
-            f"moved?), which holds no checkpoint: add train.output_dir={tmp_path / 'moved'}")):
+            f"whose train.output_dir {tmp_path / 'abs'} holds no checkpoint (the run was "
+            f"moved?): add train.output_dir={tmp_path / 'moved'}")):
         tool.main([str(tmp_path / "moved/config.yaml"), "--resume"])
 
 

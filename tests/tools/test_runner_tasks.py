@@ -804,6 +804,9 @@ def test_a_python_caller_s_random_streams_logging_and_grad_mode_are_its_own_afte
     finally:
         root.removeHandler(ours)
         ours.close()
+    with torch.inference_mode():  # a config's own device value too
+        assert run_training(_RegressionTask(), _toy_config(tmp_path / "inference"),
+                            "auto")["iteration"] == 6
     with pytest.raises(TypeError, match="cfg must be the DictConfig of engine.tasks."
                                         "load_task_config .*got a dict"):
         run_training(_RegressionTask(), OmegaConf.to_container(_toy_config(tmp_path / "d")),

@@ -230,9 +230,9 @@ def test_eval_keeps_out_of_another_evaluations_folder(trained: Path, data: Path,
     # an older version's evaluation recorded no weights: it was replaced without a word
     (tmp_path / "old").mkdir()
     (tmp_path / "old/metrics.json").write_text('{"bbox": {"AP": 12.5}, "images": 3}')
-    with pytest.raises(ConfigError, match=rf"--output {tmp_path / 'old'} holds an evaluation "
-                                          rf"whose metrics.json names no weights \(an older "
-                                          rf"version's\)"):
+    with pytest.raises(ConfigError, match=rf"--output {tmp_path / 'old'} holds a metrics.json "
+                                          rf"that names no weights \(a training run's, or an "
+                                          rf"older version's evaluation\)"):
         load_tool("eval").main([str(CONFIG), "--output", str(tmp_path / "old"),
                                 *data_overrides(data), "--weights", str(other)])
     eval_tool = load_tool("eval")
