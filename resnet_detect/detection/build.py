@@ -21,7 +21,8 @@ from resnet_detect.backbones.layers import ShapeSpec
 
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
-from .convert import load_detector_weights, weight_bound_settings
+from .convert import (coco_rows_of_torchvision_weights, load_detector_weights,
+                      weight_bound_settings)
 from .fpn import FPN, LastLevelMaxPool
 from .matcher import Matcher
 from .poolers import MultiLevelRoIAlign
@@ -305,7 +306,8 @@ def _check_roi_heads_name(name: str) -> None:
 
 
 def build_model(cfg: Mapping[str, Any] | DictConfig,
-                class_names: Sequence[str] | None = None) -> GeneralizedRCNN:
+                class_names: Sequence[str] | None = None,
+                category_ids: Sequence[int] | None = None) -> GeneralizedRCNN:
     """Faster R-CNN (Mask R-CNN with ``model.mask_on``) from a full config (its ``model`` subtree).
 
     ``model.backbone.weights`` loads backbone weights while building the backbone;
@@ -317,6 +319,8 @@ def build_model(cfg: Mapping[str, Any] | DictConfig,
         cfg: config with a ``model`` subtree as in ``configs/detection/base_faster_rcnn.yaml``.
         class_names: the classes trained on (fine-tuning `model.weights`): see
             `backbones.model_weights.load_whole_model_weights`.
+        category_ids: their COCO category ids: torchvision's COCO weights keep the class rows
+            of those ids (`convert.coco_rows_of_torchvision_weights`).
     """
     mcfg = _plain(cfg["model"])
     if mcfg.get("arch", "faster_rcnn") != "faster_rcnn":
@@ -358,6 +362,9 @@ def build_model(cfg: Mapping[str, Any] | DictConfig,
             mask_threshold=mcfg["roi_heads"]["mask_threshold"],
         )
     if mcfg.get("weights"):
-        load_detector_weights(model, mcfg["weights"], weight_bound_settings(mcfg),
-                              new_classes=True, class_names=class_names)
+        weights = mcfg["weights"]
+        if category_ids is not None and class_names is not None:
+            weights = coco_rows_of_torchvision_weights(weights, category_ids, class_names)
+        load_detector_weights(model, weights, weight_bound_settings(mcfg), new_classes=True,
+                              class_names=class_names, source=str(mcfg["weights"]))
     return model

@@ -9,6 +9,7 @@ dropped; for ``maskrcnn_resnet50_fpn`` the background mask channel is dropped to
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,9 @@ from torch import Tensor, nn
 
 from resnet_detect.backbones.model_weights import (WholeModelFormat, dilation_layout,
                                                    load_whole_model_weights)
-from resnet_detect.backbones.weights import convert_torchvision_resnet
+from resnet_detect.backbones.weights import (convert_torchvision_resnet, read_checkpoint,
+                                             unwrap_state_dict)
+from resnet_detect.engine.data import brief
 
 _FPN = re.compile(r"^backbone\.fpn\.(inner_blocks|layer_blocks)\.(\d+)\.(?:0\.)?(weight|bias)$")
 _RPN_HEAD = {
@@ -40,12 +43,50 @@ _MASK_PREDICTOR = {
     "roi_heads.mask_predictor.mask_fcn_logits.": "roi_heads.mask_head.predictor.",
 }
 
+logger = logging.getLogger(__name__)
+
 
 def is_torchvision_faster_rcnn(state_dict: Mapping[str, Any]) -> bool:
     """True for a torchvision ``FasterRCNN`` (or ``MaskRCNN``) state dict."""
     return "rpn.head.cls_logits.weight" in state_dict and any(
         k.startswith("backbone.body.") for k in state_dict
     )
+
+
+def coco_rows_of_torchvision_weights(weights: str | os.PathLike | Mapping[str, Any],
+                                     category_ids: Sequence[int], class_names: Sequence[str]
+                                     ) -> Mapping[str, Any]:
+    """torchvision's COCO detectors' class rows are COCO's 91 category-id slots (0 the
+    background): weights fine-tuned on COCO categories (all 80, or some by data.classes)
+    keep the rows of those ids where the data names them as COCO does, instead of the whole
+    classifier starting afresh for "another class count" (said). Other weights come back
+    as read."""
+    source = weights if not isinstance(weights, Mapping) else "the weights"
+    if not isinstance(weights, Mapping):
+        weights = read_checkpoint(weights)
+    state_dict, _ = unwrap_state_dict(weights)
+    key = "roi_heads.box_predictor.cls_score.weight"
+    if not is_torchvision_faster_rcnn(state_dict) or key not in state_dict:
+        return weights
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+    coco = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+    rows = state_dict[key].shape[0]
+    if rows != len(coco) or rows == len(category_ids) + 1 or not all(
+            0 < int(c) < rows and coco[int(c)] == name
+            for c, name in zip(category_ids, class_names, strict=True)):
+        return weights
+    keep = torch.tensor([0, *(int(c) for c in category_ids)])
+    box_rows = (keep[:, None] * 4 + torch.arange(4)).reshape(-1)
+    picked = dict(state_dict)
+    for name, value in state_dict.items():
+        if name.startswith(("roi_heads.box_predictor.cls_score.",
+                            "roi_heads.mask_predictor.mask_fcn_logits.")):
+            picked[name] = value[keep]
+        elif name.startswith("roi_heads.box_predictor.bbox_pred."):
+            picked[name] = value[box_rows]
+    logger.info("%s: torchvision's COCO classifier rows of the category ids %s are kept (the "
+                "data names them as COCO does)", source, brief(list(category_ids)))
+    return picked
 
 
 def has_mask_head(state_dict: Mapping[str, Any]) -> bool:

@@ -346,7 +346,8 @@ class DetectionTask:
                         repeat_factors=factors)
 
     def build_model(self, cfg: DictConfig) -> nn.Module:
-        return build_model(cfg, class_names=self.mapping.names if self.mapping else None)
+        return build_model(cfg, class_names=self.mapping.names if self.mapping else None,
+                           category_ids=self.mapping.dataset_ids if self.mapping else None)
 
     def losses(self, model: nn.Module, batch: list[dict[str, Any]],
                device: torch.device) -> Mapping[str, torch.Tensor]:

@@ -173,3 +173,30 @@ def test_torchvision_weights_refused_by_detectron2_style_settings(tmp_path: Path
                                          r"model.anchor_generator.aspect_ratios is "
                                          r"\[\[0.5,1.0,2.0,4.0\]\], the weights need"):
         build_model(ratios)
+
+
+def test_torchvision_coco_weights_fine_tuned_on_coco_categories_keep_their_rows(
+        tmp_path: Path) -> None:
+    """torchvision's COCO detector fine-tuned on COCO's categories (all 80, or a few by
+    data.classes) restarted its whole classifier ("another class count": 91 slots against
+    81): the rows of the data's ids are kept where the data names them as COCO does."""
+    torch.manual_seed(0)
+    tv = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=91)
+    path = tmp_path / "maskrcnn_resnet50_fpn.pth"
+    torch.save(tv.state_dict(), path)
+    cfg = load_config(CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml",
+                      ["model.num_classes=2", f"model.weights={path}",
+                       "model.backbone.weights=null"], defaults=detection_defaults())
+    ours = build_model(cfg, class_names=["bicycle", "dog"], category_ids=[2, 18])
+    tv_state, state = tv.state_dict(), ours.state_dict()
+    cls = tv_state["roi_heads.box_predictor.cls_score.weight"]
+    assert torch.equal(state["roi_heads.box_predictor.cls_score.weight"], cls[[2, 18, 0]])
+    deltas = tv_state["roi_heads.box_predictor.bbox_pred.weight"].view(91, 4, -1)
+    assert torch.equal(state["roi_heads.box_predictor.bbox_pred.weight"].view(2, 4, -1),
+                       deltas[[2, 18]])
+    masks = tv_state["roi_heads.mask_predictor.mask_fcn_logits.weight"]
+    assert torch.equal(state["roi_heads.mask_head.predictor.weight"], masks[[2, 18]])
+    # other names at those ids (a dataset of its own): the predictors start afresh
+    other = build_model(cfg, class_names=["cat", "dog"], category_ids=[2, 18]).state_dict()
+    assert not torch.equal(other["roi_heads.box_predictor.cls_score.weight"], cls[[2, 18, 0]])
