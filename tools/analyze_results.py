@@ -68,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
 
     from resnet_detect.detection.analyze_results import CSV_FILE, per_image_ap, ranked, write_csv
     from resnet_detect.detection.config import load_config
+    from resnet_detect.detection.data.splits import classes_subset
     from resnet_detect.detection.evaluation import ground_truth
     from resnet_detect.detection.score_results import (read_results, rle_masks,
                                                        warn_of_boxes_beyond_images)
@@ -83,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
             "a segmentation in every result" if args.iou_type == "segm"
             else "a bbox in every result (try --iou-type segm)"))
     gt, maskless = ground_truth(Path(cfg.data.val.ann_file), args.iou_type)
+    gt, results = classes_subset(cfg, gt, cfg.data.val.ann_file, results)  # data.classes'
+
     if maskless and not any(not a["iscrowd"] for a in gt["annotations"]):
         raise DatasetError(f"{cfg.data.val.ann_file} has no object with a usable mask: "
                            f"--iou-type segm has nothing to score (--iou-type bbox has)")

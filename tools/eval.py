@@ -191,6 +191,7 @@ def write_analyses(args: argparse.Namespace, results_file: Path) -> None:
     """--confusion-matrix and --error-analysis of `results_file` against the config's val
     file, where it has annotations and every result a box."""
     from resnet_detect.detection.config import load_config
+    from resnet_detect.detection.data.splits import classes_subset
     from resnet_detect.engine.data import read_coco_json
     if not (args.confusion_matrix or args.error_analysis):
         return
@@ -198,6 +199,7 @@ def write_analyses(args: argparse.Namespace, results_file: Path) -> None:
     ann_file = cfg.data.val.ann_file
     gt = read_coco_json(ann_file, annotations_optional=True)
     results = json.loads(results_file.read_text(encoding="utf-8"))
+    gt, results = classes_subset(cfg, gt, ann_file, results)  # data.classes' alone
     boxless = sum("bbox" not in r for r in results)
     for flag, asked, why, nothing, write in (
             ("--confusion-matrix", args.confusion_matrix, "it sets boxes against the objects'",

@@ -12,12 +12,12 @@ from typing import Any
 from resnet_detect.engine import atomic_write_json
 from resnet_detect.engine.config import is_number
 from resnet_detect.engine.data import DatasetError, image_sizes, read_coco_json
-from resnet_detect.engine.data.coco import chosen_categories, reaches_past
+from resnet_detect.engine.data.coco import reaches_past
 from resnet_detect.engine.data.coco import warn_of_boxes_beyond_images as warn_of_boxes
 from resnet_detect.engine.files import missing_path, nan_to_none
 
 from .config import load_config
-from .data.splits import chosen_classes
+from .data.splits import classes_subset
 from .evaluation import coco_backend, evaluate_coco
 from .training import scored_detections
 from .voc_eval import check_voc_metric, evaluate_voc
@@ -150,9 +150,8 @@ def score_results_file(config: str, results_file: str, output: Path,
     if not gt["annotations"]:
         raise DatasetError(f"{ann_file} has no annotations: there is nothing to score "
                            f"{path} against")
-    classes = chosen_classes(cfg)
-    scored = None if classes is None else [
-        c["id"] for c in chosen_categories(gt["categories"], classes, ann_file)]
+    chosen, _ = classes_subset(cfg, gt, ann_file)
+    scored = None if chosen is gt else [c["id"] for c in chosen["categories"]]
     known = {c["id"] for c in gt["categories"]}
     foreign = {r["category_id"] for r in results} - known
     if foreign:  # COCOeval scores the file's categories only: these results count for nothing
@@ -181,9 +180,11 @@ def score_results_file(config: str, results_file: str, output: Path,
                        "scored", path)
     metrics["results"] = str(results_file)
     atomic_write_json(metrics, output / "metrics.json")
-    mask = f"  mask AP = {metrics['segm']['AP']:.1f}" if "segm" in metrics else ""
-    box = f"box AP = {metrics['bbox']['AP']:.1f}" if "bbox" in metrics else ""
-    voc = (f"  VOC mAP = {metrics['voc']['mAP']:.1f} ({voc_metric})" if "voc" in metrics
+    def ap(value: float | None) -> str:  # (null: no object of the scored categories)
+        return "n/a" if value is None else f"{value:.1f}"
+    mask = f"  mask AP = {ap(metrics['segm']['AP'])}" if "segm" in metrics else ""
+    box = f"box AP = {ap(metrics['bbox']['AP'])}" if "bbox" in metrics else ""
+    voc = (f"  VOC mAP = {ap(metrics['voc']['mAP'])} ({voc_metric})" if "voc" in metrics
            else "")
     print(f"{box}{mask}{voc}".strip() + f"  (metrics: {output / 'metrics.json'})", flush=True)
     return metrics

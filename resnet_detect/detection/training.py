@@ -39,6 +39,7 @@ from .build import build_model
 from .convert import DETECTOR_WEIGHTS
 from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
 from .data import build_datasets, build_val_dataset
+from .data.splits import chosen_classes
 from .evaluation import (COCO_MAX_DETS, METRIC_NAMES, RESULTS_FILE, COCOEvaluator,
                          coco_backend, mask_rles)
 from .export import export_detector
@@ -307,6 +308,7 @@ class DetectionTask:
     @staticmethod
     def check_config(cfg: DictConfig) -> None:
         coco_backend(cfg)
+        chosen_classes(cfg)
         check_voc_metric(cfg.data.val.voc_metric)
         # the val split's resize and test keys before the model and its weights are read and
         # the training file (minutes at COCO's size), not at tools/eval.py after the

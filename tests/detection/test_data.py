@@ -1221,3 +1221,26 @@ def test_data_classes_keep_those_categories_and_their_objects(
                                            r"of .*ann.json \(its categories: \['forty', "
                                            r"'seven', 'two'\]\)"):
         load_coco_json(*small, classes=["Forty", "two"])
+
+
+def test_data_classes_of_the_tools_reading_a_val_file_themselves() -> None:
+    """--results, --confusion-matrix, --error-analysis and tools/analyze_results.py read the
+    val file themselves: the chosen categories' objects and results alone; LVIS refused."""
+    from omegaconf import OmegaConf
+
+    from resnet_detect.detection.data.splits import classes_subset
+    data = _coco([{"id": 1, "file_name": "a.png", "height": 30, "width": 40}],
+                 [_ann(1, 1, [1, 1, 5, 5], category_id=7), _ann(2, 1, [2, 2, 5, 5],
+                                                                category_id=40)])
+    results = [{"image_id": 1, "category_id": c, "bbox": [1, 1, 5, 5], "score": 0.5}
+               for c in (7, 40, 2)]
+    cfg = OmegaConf.create({"data": {"classes": ["seven"]}})
+    subset, kept = classes_subset(cfg, data, "val.json", results)
+    assert [c["id"] for c in subset["categories"]] == [7]
+    assert [a["id"] for a in subset["annotations"]] == [1]
+    assert [r["category_id"] for r in kept] == [7] and len(data["annotations"]) == 2
+    assert classes_subset(OmegaConf.create({"data": {"classes": None}}), data, "v",
+                          results) == (data, results)
+    data["categories"][0]["frequency"] = "f"  # an LVIS file
+    with pytest.raises(ConfigError, match=r"data.classes is not for LVIS files \(val.json\)"):
+        classes_subset(cfg, data, "val.json", results)

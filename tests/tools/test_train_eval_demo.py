@@ -182,6 +182,9 @@ def test_eval_of_a_val_split_without_a_readable_image_fails(trained: Path, data:
             if p.is_file()} == earlier
 
 
+RESULTS = "coco_instances_results.json"
+
+
 def test_data_classes_train_and_score_those_categories_alone(data: Path,
                                                               tmp_path: Path) -> None:
     """mmdetection's metainfo classes: a subset of a file's categories trained and scored
@@ -199,9 +202,27 @@ def test_data_classes_train_and_score_those_categories_alone(data: Path,
     assert list(scored["bbox"]["per_category"]) == ["circle", "square"]
     assert scored["bbox"]["stats"] == result["metrics"]["stats"]
     again = load_tool("eval").main([str(out / "config.yaml"), "--results",
-                                    str(tmp_path / "eval/coco_instances_results.json"), "--output",
+                                    str(tmp_path / "eval" / RESULTS), "--output",
                                     str(tmp_path / "results")])
     assert again["bbox"] == scored["bbox"]
+    # the confusion matrix over the chosen categories (the others' objects were "missed")
+    load_tool("eval").main([str(out / "config.yaml"), "--results",
+                            str(tmp_path / "eval" / RESULTS), "--output",
+                            str(tmp_path / "confusion"), "--confusion-matrix"])
+    table = "".join(p.read_text() for p in (tmp_path / "confusion").rglob("*.csv"))
+    assert "circle" in table and "triangle" not in table
+    # a chosen category without val objects: n/a, not "no annotations" (nor --results' crash)
+    alone = load_tool("eval").main([str(out / "config.yaml"), "data.classes=[square]",
+                                    "--weights", str(out / "model_final.pth"), "--output",
+                                    str(tmp_path / "square")])
+    assert alone["bbox"]["AP"] is None and list(alone["bbox"]["per_category"]) == ["square"]
+    again = load_tool("eval").main([str(out / "config.yaml"), "data.classes=[square]",
+                                    "--results", str(tmp_path / "square" / RESULTS),
+                                    "--output", str(tmp_path / "square_results")])
+    assert again["bbox"]["AP"] is None
+    with pytest.raises(ConfigError, match=r"data.classes must be null or a list"):
+        load_tool("train").main(train_args(data, tmp_path / "p", 1, "data.classes=circle",
+                                           "--print-config"))
     with pytest.raises(DatasetError, match=r"data.classes names \['sqare'\], not categories"):
         load_tool("train").main(train_args(data, tmp_path / "typo", 1, "data.classes=[sqare]"))
     with pytest.raises(ConfigError, match=r"data.classes must be null or a list of category "

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, ListConfig
 
 from resnet_detect.engine.config import (ConfigError, as_override, check_probability, check_sizes,
                                          parse_bool)
+from resnet_detect.engine.data.coco import chosen_categories, only_categories
 from resnet_detect.engine.data import (CategoryMapping, DatasetError, brief,
                                        check_image_sizes, load_coco_json, repeat_factors)
 
@@ -56,13 +57,31 @@ def chosen_classes(cfg: DictConfig) -> list[str] | None:
     return names
 
 
-def _refuse_classes_with_lvis(classes: list[str] | None
+def classes_subset(cfg: DictConfig, data: dict[str, Any], ann_file: Any,
+                   results: list[dict[str, Any]] | None = None
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """A val file's content (and results) with data.classes' categories alone, for the
+    tools that read the file themselves (--results, --confusion-matrix, --error-analysis,
+    tools/analyze_results.py); unchanged without data.classes."""
+    classes = chosen_classes(cfg)
+    if classes is None:
+        return data, results
+    _refuse_classes_with_lvis(classes, lists=False)(data, ann_file)
+    ids = {c["id"] for c in chosen_categories(data["categories"], classes, ann_file)}
+    return only_categories(data, ids), (None if results is None else
+                                        [r for r in results if r["category_id"] in ids])
+
+
+def _refuse_classes_with_lvis(classes: list[str] | None, *, lists: bool = True
                               ) -> Callable[[dict[str, Any], Any], None]:
-    """The val file's check: an LVIS file's (check_lvis_file), and data.classes refused
-    there."""
+    """A file's check: data.classes refused in an LVIS file (an LVIS training file has no
+    image lists: its categories' frequencies tell it), and with `lists`, a val file's LVIS
+    lists and frequencies (check_lvis_file)."""
     def check(data: dict[str, Any], ann_file: Any) -> None:
-        check_lvis_file(data, ann_file)
-        if classes is not None and is_federated(data):
+        if lists:
+            check_lvis_file(data, ann_file)
+        lvis = is_federated(data) or any("frequency" in c for c in data["categories"])
+        if classes is not None and lvis:
             raise ConfigError(f"data.classes is not for LVIS files ({ann_file}): their "
                               f"federated AP needs every category's image lists")
     return check
@@ -111,7 +130,9 @@ def build_val_dataset(cfg: DictConfig, with_masks: bool = False,
                                  flip_prob=0.0)
     dataset = DetectionDataset(records, transform=transform,
                                with_masks=with_masks and bool(cfg.model.mask_on))
-    return ValSplit(dataset, mapping, paths[0], annotated=stats.annotations > 0)
+    # (objects of other categories than data.classes' make it a file to score: AP n/a)
+    return ValSplit(dataset, mapping, paths[0],
+                    annotated=stats.annotations + stats.other_classes > 0)
 
 
 def _warn_of_a_training_scale_far_from_the_tests(cfg: DictConfig) -> None:
@@ -150,16 +171,19 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
                           f"(0, 1] (0.001 for LVIS) or null, got {threshold!r}")
     mask_on = bool(cfg.model.mask_on)
     check_mask_format(d.mask_format)  # before the file is read
+    classes = chosen_classes(cfg)
     records, mapping, stats = _load(paths, "train", filter_empty=d.filter_empty,
-                                    keep_segmentation=mask_on, training=True,
-                                    classes=chosen_classes(cfg))
+                                    keep_segmentation=mask_on, training=True, classes=classes,
+                                    check=_refuse_classes_with_lvis(classes, lists=False))
     if not records or stats.boxes == 0:
         masks = (f", {stats.no_mask} without a usable polygon or RLE, which model.mask_on needs"
                  if stats.no_mask else "")
+        others = (f", {stats.other_classes} objects of the categories data.classes leaves out"
+                  if stats.other_classes else "")
         raise DatasetError(f"{paths[0]}: no usable object in its {stats.images} images (left "
                            f"out {stats.crowd} crowd and {stats.degenerate} degenerate boxes"
-                           f"{masks}; filter_empty={d.filter_empty}): a detector cannot learn "
-                           f"from it")
+                           f"{masks}{others}; filter_empty={d.filter_empty}): a detector "
+                           f"cannot learn from it")
     warn_of_mis_sized_images(records, paths[0])
     min_size = d.min_size if isinstance(d.min_size, int) else list(d.min_size)
     train = DetectionDataset(records, with_masks=mask_on, scale_per_batch=scale_per_batch,

@@ -102,6 +102,7 @@ class LoadStats:
     boxes: int = 0
     crowd: int = 0
     ignored: int = 0  # objects marked "ignore": 1 (mmdetection's; crowd ones counted as crowd)
+    other_classes: int = 0  # objects of the categories data.classes leaves out
     degenerate: int = 0
     short_polygons: int = 0  # polygons of < 3 points dropped (keep_segmentation only)
     no_mask: int = 0  # objects left out for want of a usable polygon (keep_segmentation only)
@@ -492,19 +493,20 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
             raise DatasetError(_format_problems(
                 ann_file, [f"image file not found for {m}" for m in missing]))
     _warn_of_repeated_files(data, ann_file)
+    other_classes = 0
     if classes is not None:
         objects = len(data["annotations"])
         data = only_categories(data, [c["id"] for c in chosen_categories(
             data["categories"], classes, ann_file)])
+        other_classes = objects - len(data["annotations"])
         logger.info("%s: data.classes keeps %d of its categories; %d objects of the others "
-                    "left out", ann_file, len(data["categories"]),
-                    objects - len(data["annotations"]))
+                    "left out", ann_file, len(data["categories"]), other_classes)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
         coco.createIndex()
     mapping = CategoryMapping.from_categories(data["categories"])
-    stats = LoadStats(images=len(data["images"]))
+    stats = LoadStats(images=len(data["images"]), other_classes=other_classes)
     records = []
     if keep_segmentation:
         refuse_normalised_polygons(data, ann_file)
@@ -547,8 +549,8 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
         shown = ", ".join(unused[:MAX_LISTED]) + (f", ... ({len(unused)} in all)"
                                                   if len(unused) > MAX_LISTED else "")
         logger.warning("%s: no usable object of %s: a class all the same (the model predicts "
-                       "it, its AP is n/a); drop it from 'categories' if it is none",
-                       ann_file, shown)
+                       "it, its AP is n/a); drop it from %s if it is none", ann_file, shown,
+                       "data.classes" if classes is not None else "'categories'")
     if training:
         _warn_of_twin_names(mapping, ann_file)
         counts = np.bincount(np.concatenate([r["classes"] for r in records]
