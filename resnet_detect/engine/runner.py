@@ -538,13 +538,18 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
         logger.warning("resuming %s on another training set%s: the images are drawn in "
                        "another order (and train.epochs counts passes over this one)",
                        path, other_data)
+    chosen = [((recorded_config or {}).get("data") or {}).get("classes"),
+               (cfg.get("data") or {}).get("classes")]
+    chosen = [list(c) if c is not None else None for c in chosen]
+    changed = (f" (data.classes: {as_override(chosen[0])} -> {as_override(chosen[1])})"
+               if chosen[0] != chosen[1] else "")
     for key in ("class_names", "category_ids"):  # label i must keep meaning the same class
         before, after = provenance.get(key), now.get(key)
         if before and after and list(before) != list(after):
             raise ConfigError(f"checkpoint {path} was trained with the {key} {list(before)[:20]}"
-                              f", this run's data gives {list(after)[:20]}: its labels would "
-                              f"mean other classes; resume on the data it was trained on, or "
-                              f"{new_run}")
+                              f", this run's data gives {list(after)[:20]}{changed}: its labels "
+                              f"would mean other classes; resume on the data it was trained on, "
+                              f"or {new_run}")
     try:
         _compare_settings(path, provenance, iteration, cfg, logger, check_model, new_run)
     except ConfigError as err:

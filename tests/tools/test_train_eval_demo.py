@@ -220,6 +220,12 @@ def test_data_classes_train_and_score_those_categories_alone(data: Path,
                                     "--results", str(tmp_path / "square" / RESULTS),
                                     "--output", str(tmp_path / "square_results")])
     assert again["bbox"]["AP"] is None
+    # a resume on other classes: refused naming data.classes (the class names alone before)
+    with pytest.raises(ConfigError, match=r"this run's data gives \['circle', 'cross'\] "
+                                          r"\(data.classes: \[square,circle\] -> "
+                                          r"\[circle,cross\]\): its labels would mean"):
+        load_tool("train").main(train_args(data, out, 2, "data.classes=[circle,cross]",
+                                           "--resume"))
     with pytest.raises(ConfigError, match=r"data.classes must be null or a list"):
         load_tool("train").main(train_args(data, tmp_path / "p", 1, "data.classes=circle",
                                            "--print-config"))
