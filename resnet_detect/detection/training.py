@@ -198,12 +198,15 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     if val is None:
         raise ConfigError("data.val.ann_file and data.val.img_dir must be set to evaluate")
     dataset, mapping, ann_file = val.dataset, val.mapping, val.ann_file
-    refuse_other_classes(loaded, mapping, ann_file, weights)
+    # (ids data.classes leaves out are in the file: said of its chosen categories)
+    chosen = (f"the categories data.classes keeps of {ann_file}"
+              if loaded.cfg.data.get("classes") else ann_file)
+    refuse_other_classes(loaded, mapping, chosen, weights)
     known = set(mapping.dataset_ids)
     unknown = [c for c in loaded.category_ids if c not in known]
     if unknown:
         logger.warning("%d of the model's category ids are not in %s: %s", len(unknown),
-                       ann_file, unknown[:10])
+                       chosen, unknown[:10])
     _warn_of_undetectable_objects(loaded.category_ids, dataset, mapping, ann_file, weights)
     loader = CountedLoader(build_test_loader(dataset,
                                              num_workers=min(loaded.cfg.data.num_workers, 1)))

@@ -185,8 +185,8 @@ def test_eval_of_a_val_split_without_a_readable_image_fails(trained: Path, data:
 RESULTS = "coco_instances_results.json"
 
 
-def test_data_classes_train_and_score_those_categories_alone(data: Path,
-                                                              tmp_path: Path) -> None:
+def test_data_classes_train_and_score_those_categories_alone(
+        data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """mmdetection's metainfo classes: a subset of a file's categories trained and scored
     without cutting the files (it was refused: 'no key')."""
     out = tmp_path / "run"
@@ -216,6 +216,10 @@ def test_data_classes_train_and_score_those_categories_alone(data: Path,
                                     "--weights", str(out / "model_final.pth"), "--output",
                                     str(tmp_path / "square")])
     assert alone["bbox"]["AP"] is None and list(alone["bbox"]["per_category"]) == ["square"]
+    # (id 1 is in val.json: data.classes left it out)
+    assert any(r.getMessage().startswith("1 of the model's category ids are not in the "
+                                         "categories data.classes keeps of ") and
+               r.getMessage().endswith("val.json: [1]") for r in caplog.records)
     again = load_tool("eval").main([str(out / "config.yaml"), "data.classes=[square]",
                                     "--results", str(tmp_path / "square" / RESULTS),
                                     "--output", str(tmp_path / "square_results")])
