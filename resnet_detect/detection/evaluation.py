@@ -187,7 +187,8 @@ def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: An
     return results
 
 
-def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
+def ground_truth(ann_file: Path, iou_type: str, categories: Sequence[int] | None = None
+                 ) -> tuple[dict[str, Any], int]:
     """The file's content (checked as for training) as COCOeval reads it.
 
     Fields many converters leave out get COCO's meaning: `iscrowd` 0, and `area` (or a null one) the
@@ -195,9 +196,11 @@ def ground_truth(ann_file: Path, iou_type: str) -> tuple[dict[str, Any], int]:
     mask (no polygon of 3 points, or a malformed or mis-sized segmentation) becomes a crowd
     region over its box: ignored, as training leaves it out. An LVIS file (federated.py) has
     no crowd regions besides those, and no objects of area 0, as lvis-api reads it. Returns
-    (dataset, number of objects so ignored).
+    (dataset, number of objects so ignored). `categories`: those alone (data.classes).
     """
     data = read_coco_json(ann_file)
+    if categories is not None:
+        data = only_categories(data, categories)
     if iou_type == "bbox" and any(ann.get("id") == 0 for ann in data["annotations"]):
         warnings.warn(f"{ann_file}: an object has annotation id 0, which pycocotools takes "
                       f"for no match: detectron2 and mmdetection (through pycocotools) count "
@@ -408,9 +411,7 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
     results = [{k: v for k, v in r.items() if k != drop} for r in results]
     if iou_type == "segm" and any("segmentation" not in r for r in results):
         raise ValueError("segm evaluation needs a 'segmentation' in every result")
-    dataset, ignored = ground_truth(Path(ann_file), iou_type)
-    if categories is not None:
-        dataset = only_categories(dataset, categories)
+    dataset, ignored = ground_truth(Path(ann_file), iou_type, categories)
     if ignored:
         warnings.warn(f"{ann_file}: {ignored} objects without a usable mask are ignored in the "
                       "segm evaluation (scored as crowd regions over their boxes)",

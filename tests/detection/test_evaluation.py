@@ -646,3 +646,18 @@ def test_scored_categories_are_cocoevals_cat_ids(gt_file: Path, tmp_path: Path,
     assert [metrics["voc"]["per_category"][n] for n in NAMES[:2]] == [
         everything["per_category"][n] for n in NAMES[:2]]
     assert 10 < metrics["bbox"]["AP"] < 90
+
+
+def test_objects_without_masks_of_categories_left_out_are_not_counted(
+        gt_file: Path, tmp_path: Path) -> None:
+    """data.classes: the segm warning counted the objects without a usable mask of the
+    categories left out too (none of the scored objects lacked one)."""
+    gt = _gt(gt_file)
+    for ann in gt["annotations"]:
+        if ann["category_id"] == 5:
+            ann["segmentation"] = []
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    lacking = sum(a["category_id"] == 5 for a in gt["annotations"])
+    assert lacking > 0 and ground_truth(path, "segm")[1] == lacking
+    assert ground_truth(path, "segm", categories=[1, 3])[1] == 0
