@@ -19,11 +19,11 @@ import contextlib
 import gc
 import io
 import json
-import re
 import logging
 import math
 import os
 import posixpath
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -417,7 +417,6 @@ def _format_problems(ann_file: Path, problems: list[str]) -> str:
     return f"{ann_file}: {len(problems)} problem(s):" + listing(problems)
 
 
-@collector_paused()
 def chosen_categories(categories: list[dict[str, Any]], classes: Sequence[str],
                       ann_file: str | Path) -> list[dict[str, Any]]:
     """The categories of a file that `classes` (data.classes: names) chooses, every name
@@ -438,6 +437,7 @@ def only_categories(data: dict[str, Any], category_ids: Iterable[int]) -> dict[s
             "annotations": [a for a in data["annotations"] if a["category_id"] in keep]}
 
 
+@collector_paused()
 def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: bool = False,
                    keep_segmentation: bool = False, check_files: bool = True,
                    training: bool = False, evaluation: bool = False,
