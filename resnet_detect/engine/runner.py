@@ -438,6 +438,8 @@ def cudnn_benchmark_warning(cfg: DictConfig, device: torch.device) -> str | None
 LEFT_OUT = "the metrics are those of the others"
 # what a finished run leaves besides checkpoints (every task's final weights and metrics)
 EARLIER_RESULTS = ("model_final.pth", "backbone_final.pth", "model_best.pth", "metrics.json")
+# those the end of a run writes (model_best.pth: each best evaluation, BestWeights' own)
+FINAL_RESULTS = tuple(name for name in EARLIER_RESULTS if name != "model_best.pth")
 
 # steps between checks of the share of unreadable training images
 UNREADABLE_WINDOW = 20
@@ -538,11 +540,12 @@ def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
         logger.warning("resuming %s on another training set%s: the images are drawn in "
                        "another order (and train.epochs counts passes over this one)",
                        path, other_data)
-    chosen = [((recorded_config or {}).get("data") or {}).get("classes"),
-               (cfg.get("data") or {}).get("classes")]
-    chosen = [list(c) if c is not None else None for c in chosen]
-    changed = (f" (data.classes: {as_override(chosen[0])} -> {as_override(chosen[1])})"
-               if chosen[0] != chosen[1] else "")
+    def classes(config: Any) -> list[str] | None:  # data.classes (detection's)
+        value = ((config or {}).get("data") or {}).get("classes")
+        return None if value is None else list(value)
+    was, chosen = classes(recorded_config), classes(cfg)
+    changed = (f" (data.classes: {as_override(was)} -> {as_override(chosen)})"
+               if was != chosen else "")
     for key in ("class_names", "category_ids"):  # label i must keep meaning the same class
         before, after = provenance.get(key), now.get(key)
         if before and after and list(before) != list(after):
@@ -728,8 +731,7 @@ def _model_check(task: Task, model: nn.Module
 def _refuse_to_restart_a_finished_run(output_dir: Path) -> None:
     """--resume in a folder with a finished run's results but no checkpoint (removed to save
     space, say) would train from scratch and replace them."""
-    finished = [name for name in EARLIER_RESULTS if name != "model_best.pth"
-                and (output_dir / name).is_file()]
+    finished = [name for name in FINAL_RESULTS if (output_dir / name).is_file()]
     if finished:
         raise ConfigError(f"--resume: {output_dir} holds {', '.join(finished)} of a finished run "
                           f"but no checkpoint to resume from: nothing to resume. To train "
@@ -968,8 +970,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     if resume:
         # restores every process's RNG state
         state = (checkpointer.resume() if resume is True
-                 else checkpointer.resume_from(resume, results=[
-                     name for name in EARLIER_RESULTS if name != "model_best.pth"]))
+                 else checkpointer.resume_from(resume, results=FINAL_RESULTS))
         if state is None:
             _refuse_to_restart_a_finished_run(output_dir)
     else:

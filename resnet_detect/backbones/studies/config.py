@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from resnet_detect.engine.config import ConfigError, is_number, is_positive_int
 from resnet_detect import CONFIGS
@@ -22,6 +23,7 @@ from resnet_detect.engine.runner import check_solver_values
 from .. import build_classifier
 from ..registry import list_models
 from .data import ClassificationSplit, load_splits
+from .lesion import warn_of_max_k_past_the_blocks
 from .path_sampling import apply_path_sampling
 from .responses import LAYERS
 from .training import Recipe
@@ -135,11 +137,8 @@ def _check_path_sampling(cfg: DictConfig, depths: list[int]) -> None:
     if settings["mode"] == "drop_path" and settings["rate"] == 0:
         logger.warning("model.path_sampling.mode=drop_path with rate 0 drops no block: the "
                        "nets train as with mode=none (set model.path_sampling.rate)")
-    options = OmegaConf.to_container(cfg.model.options, resolve=True)
     for depth in depths:
-        arch = arch_name(cfg.model.family, depth, True)
-        with torch.device("meta"):
-            model = build_classifier(arch, 2, config_prefix="model.options.", **options)
+        arch, model = _meta_residual_net(cfg, depth)
         try:
             sampler = apply_path_sampling(model.backbone, **settings)
         except ConfigError as e:
@@ -148,17 +147,13 @@ def _check_path_sampling(cfg: DictConfig, depths: list[int]) -> None:
             sampler.remove()
 
 
-def _warn_of_max_k_past_the_blocks(cfg: DictConfig) -> None:
-    """lesion.max_k above the net's blocks deletes them all at most (as 0 does): said, not
-    silently clamped."""
-    arch = arch_name(cfg.model.family, cfg.model.depth, True)
+def _meta_residual_net(cfg: DictConfig, depth: int) -> tuple[str, nn.Module]:
+    """(arch, the residual net of `depth` the config trains, built on the meta device: its
+    blocks, without memory or time)."""
+    arch = arch_name(cfg.model.family, depth, True)
     options = OmegaConf.to_container(cfg.model.options, resolve=True)
     with torch.device("meta"):
-        blocks = len(build_classifier(arch, 2, config_prefix="model.options.",
-                                      **options).backbone.blocks())
-    if cfg.lesion.max_k > blocks:
-        logger.warning("lesion.max_k=%d is above the %d blocks of %s: k runs from 1 to %d "
-                       "(as with lesion.max_k=0)", cfg.lesion.max_k, blocks, arch, blocks)
+        return arch, build_classifier(arch, 2, config_prefix="model.options.", **options)
 
 
 def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
@@ -201,7 +196,8 @@ def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{key} must be a number of {what} >= 0 (0: all), got {value!r}")
     if study == "lesion" and cfg.lesion.max_k > 0 and trains:  # (given nets: run_lesion's)
-        _warn_of_max_k_past_the_blocks(cfg)
+        arch, net = _meta_residual_net(cfg, cfg.model.depth)
+        warn_of_max_k_past_the_blocks(cfg.lesion.max_k, len(net.backbone.blocks()), arch)
     if not is_positive_int(cfg.train.eval_batch_size):
         raise ConfigError(f"train.eval_batch_size must be a positive integer (images per "
                           f"evaluation forward pass), got {cfg.train.eval_batch_size!r}")

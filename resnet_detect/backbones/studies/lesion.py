@@ -8,6 +8,7 @@ Shapes: (N, 3, S, S) normalized images, (N,) labels; n blocks.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -17,6 +18,8 @@ from torch import nn
 from ..resnet import ResidualBlock, ResNet
 from .path_sampling import sample_subsets
 from .training import accuracy
+
+logger = logging.getLogger(__name__)
 
 
 def is_downsampling(block: ResidualBlock) -> bool:
@@ -54,6 +57,14 @@ def single_block_lesions(model: nn.Module, backbone: ResNet, images: torch.Tenso
         with deleted_blocks(blocks, [i]):
             results.append(accuracy(model, images, labels, batch_size=batch_size))
     return results
+
+
+def warn_of_max_k_past_the_blocks(max_k: int, blocks: int, net: str) -> None:
+    """lesion.max_k above a net's blocks deletes them all at most (as 0 does): said, not
+    silently clamped."""
+    if max_k > blocks:
+        logger.warning("lesion.max_k=%d is above the %d blocks of %s: k runs from 1 to %d "
+                       "(as with lesion.max_k=0)", max_k, blocks, net, blocks)
 
 
 def random_lesions(model: nn.Module, backbone: ResNet, images: torch.Tensor,

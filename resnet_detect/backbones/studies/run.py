@@ -19,7 +19,8 @@ import torch
 from resnet_detect.engine.config import ConfigError
 
 from .config import StudyContext
-from .lesion import is_downsampling, random_lesions, single_block_lesions
+from .lesion import (is_downsampling, random_lesions, single_block_lesions,
+                     warn_of_max_k_past_the_blocks)
 from .models import StudyModel, load_study_model, train_study_model
 from .paths import effective_paths, path_gradient_magnitudes, path_length_distribution
 from .plots import plot_degradation, plot_lesion, plot_paths, plot_responses
@@ -136,10 +137,8 @@ def run_lesion(ctx: StudyContext, weights: Sequence[str], *, draws: int,
     models = _models(ctx, weights, twins=True)
     results, rows = [], []
     for m in models:
-        blocks = len(m.backbone.blocks())
-        if weights and max_k > blocks:  # (nets the config trains: said before training)
-            logger.warning("lesion.max_k=%d is above the %d blocks of %s: k runs from 1 to %d "
-                           "(as with lesion.max_k=0)", max_k, blocks, m.label, blocks)
+        if weights:  # (nets the config trains: said before training)
+            warn_of_max_k_past_the_blocks(max_k, len(m.backbone.blocks()), m.label)
         images, labels = m.inputs(ctx.val), ctx.val.labels
         generator = torch.Generator().manual_seed(ctx.recipe.seed)
         baseline = accuracy(m.model, images, labels, batch_size=ctx.eval_batch_size)
