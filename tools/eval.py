@@ -15,10 +15,11 @@ Usage:
   torchrun --nproc_per_node=N tools/eval.py ...   (each process scores its share)
 
 Detection (COCO box AP on data.val.ann_file / data.val.img_dir): prints the 12 standard
-numbers and a per-category AP, AP50, AP75 table; writes DIR/coco_instances_results.json (COCO
-results, dataset category ids, RLE masks for Mask R-CNN) and DIR/metrics.json as {"bbox":
-{"AP", "AP50", "AP75", "APs", "APm", "APl", "per_category": {name: AP}, "per_category_AP50",
-"per_category_AP75", in percent (null where undefined), and "stats": the 12 COCOeval numbers
+numbers and a per-category AP, AP50, AP75, APs, APm, APl table; writes
+DIR/coco_instances_results.json (COCO results, dataset category ids, RLE masks for Mask R-CNN)
+and DIR/metrics.json as {"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_category":
+{name: AP}, "per_category_AP50", "per_category_AP75", "per_category_APs", "_APm", "_APl", in
+percent (null where undefined), and "stats": the 12 COCOeval numbers
 as fractions (-1 where undefined)}, "images": {...}, "weights": CKPT}, as a training's
 metrics.json, with the same for the masks under "segm" when the model has a mask head
 (model.mask_on); an LVIS file (images with neg_category_ids) is scored with LVIS's federated

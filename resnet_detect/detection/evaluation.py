@@ -370,6 +370,12 @@ def _percent(value: float) -> float:
     return float(value) * 100.0 if value >= 0 else math.nan  # COCOeval's -1: no ground truth
 
 
+# the per-category columns: (name, IoU threshold or None for 0.50:0.95, COCOeval's area index
+# of all, small, medium, large)
+CATEGORY_COLUMNS = (("AP", None, 0), ("AP50", 0.5, 0), ("AP75", 0.75, 0), ("APs", None, 1),
+                    ("APm", None, 2), ("APl", None, 3))
+
+
 @collector_paused()
 def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_type: str = "bbox",
                   backend: str = "pycocotools", verbose: bool = True,
@@ -396,9 +402,11 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
         {"AP", "AP50", "AP75", "APs", "APm", "APl" (percent; NaN where the ground truth has no
         object of that size), "stats": the 12 COCOeval numbers (fractions, -1 = undefined),
         "per_category": {name: AP in percent, NaN for categories without ground truth};
-        "name (id N)" where categories share a name}, and the same at IoU 0.5 and 0.75 as
-        "per_category_AP50" and "per_category_AP75"; for an LVIS file also "APr", "APc",
-        "APf" (percent; NaN where no category of the group has ground truth).
+        "name (id N)" where categories share a name}, and the same at IoU 0.5 and 0.75 and
+        over small, medium and large objects as "per_category_AP50", "per_category_AP75",
+        "per_category_APs", "per_category_APm" and "per_category_APl" (mmdetection's
+        classwise table); for an LVIS file also "APr", "APc", "APf" (percent; NaN where no
+        category of the group has ground truth).
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
@@ -467,18 +475,19 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
     # precision: (IoU thresholds, recall points, categories, areas, max dets); -1 = undefined
     precision = np.asarray(evaluator.eval["precision"])
     ious = np.asarray(evaluator.params.iouThrs)
-    columns: dict[str, dict[str, float]] = {"AP": {}, "AP50": {}, "AP75": {}}
+    columns: dict[str, dict[str, float]] = {column: {} for column, _, _ in CATEGORY_COLUMNS}
     names = [coco_gt.cats[cat_id]["name"] for cat_id in evaluator.params.catIds]
     for k, (cat_id, name) in enumerate(zip(evaluator.params.catIds, names)):
         key = f"{name} (id {cat_id})" if names.count(name) > 1 else name
-        for column, at in (("AP", None), ("AP50", 0.5), ("AP75", 0.75)):
-            p = precision[:, :, k, 0, -1]
+        for column, at, area in CATEGORY_COLUMNS:
+            p = precision[:, :, k, area, -1]
             p = p if at is None else p[np.isclose(ious, at)]
             p = p[p > -1]
             columns[column][key] = float(p.mean()) * 100 if p.size else math.nan
     per_category = columns["AP"]
     metrics["per_category"] = per_category
-    metrics["per_category_AP50"], metrics["per_category_AP75"] = columns["AP50"], columns["AP75"]
+    metrics.update({f"per_category_{column}": columns[column]
+                    for column, _, _ in CATEGORY_COLUMNS[1:]})
     groups = (frequency_group_aps(precision, evaluator.params.catIds, frequencies)
               if federation is not None else {})
     metrics.update(groups)
@@ -520,8 +529,8 @@ def format_summary(stats: Sequence[float], per_category: dict[str, float], iou_t
     lines.append(f"{'category':<{width}} | " + " | ".join(f"{h:<6}" for h in heads).rstrip())
     lines.append(f"{'-' * width}-" + "|--------" * len(heads))
     lines += [f"{name:<{width}} | " + " | ".join(
-        f"{value:6.2f}" for value in [ap, *(c[name] for c in more_columns.values())])
-              for name, ap in rows]
+        "   n/a" if math.isnan(value) else f"{value:6.2f}"
+        for value in [ap, *(c[name] for c in more_columns.values())]) for name, ap in rows]
     return "\n".join(lines)
 
 

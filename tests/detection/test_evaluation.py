@@ -132,17 +132,26 @@ def test_numbers_equal_pycocotools_on_the_written_file(gt_file: Path, tmp_path: 
     for i, name in enumerate(("AP", "AP50", "AP75", "APs", "APm", "APl")):
         assert metrics[name] == stats[i] * 100
     assert 10 < metrics["AP"] < 90  # a meaningful, non-trivial case
+    sizes_seen = set()
     for cat_id, name in zip(CATEGORY_IDS, NAMES):
         alone = _direct_stats(gt_file, results_file, cat_ids=[cat_id])
-        assert metrics["per_category"][name] == pytest.approx(alone[0] * 100, abs=1e-9)
-        assert metrics["per_category_AP50"][name] == pytest.approx(alone[1] * 100, abs=1e-9)
-        assert metrics["per_category_AP75"][name] == pytest.approx(alone[2] * 100, abs=1e-9)
+        for i, key in enumerate(("per_category", "per_category_AP50", "per_category_AP75",
+                                 "per_category_APs", "per_category_APm", "per_category_APl")):
+            if alone[i] < 0:  # COCOeval's -1: no object of that size
+                assert math.isnan(metrics[key][name])
+            else:
+                sizes_seen.add(key)
+                assert metrics[key][name] == pytest.approx(alone[i] * 100, abs=1e-9)
+    assert {"per_category_APs", "per_category_APm", "per_category_APl"} <= sizes_seen
     assert metrics["per_category_AP50"] != metrics["per_category_AP75"]
+    assert metrics["per_category_APs"] != metrics["per_category_APl"]
     printed = capsys.readouterr().out
-    assert "category | AP     | AP50   | AP75" in printed
-    assert (f"{NAMES[0]:<8} | {metrics['per_category'][NAMES[0]]:6.2f} | "
-            f"{metrics['per_category_AP50'][NAMES[0]]:6.2f} | "
-            f"{metrics['per_category_AP75'][NAMES[0]]:6.2f}") in printed
+    assert "category | AP     | AP50   | AP75   | APs    | APm    | APl" in printed
+    first = [metrics[key][NAMES[0]] for key in (
+        "per_category", "per_category_AP50", "per_category_AP75", "per_category_APs",
+        "per_category_APm", "per_category_APl")]
+    assert f"{NAMES[0]:<8} | " + " | ".join(
+        "   n/a" if math.isnan(v) else f"{v:6.2f}" for v in first) in printed
     assert printed.count("Average Precision") == 6 and printed.count("Average Recall") == 6
     assert f"= {stats[0]:0.3f}" in printed
     assert all(name in printed for name in NAMES)
@@ -155,8 +164,10 @@ def test_faster_coco_eval_gives_the_same_numbers(gt_file: Path, tmp_path: Path) 
     # identical up to floating-point summation order
     np.testing.assert_allclose(fast["stats"], reference["stats"], rtol=0, atol=1e-12)
     for name in NAMES:
-        for key in ("per_category", "per_category_AP50", "per_category_AP75"):
-            assert fast[key][name] == pytest.approx(reference[key][name], abs=1e-10)
+        for key in ("per_category", "per_category_AP50", "per_category_AP75",
+                    "per_category_APs", "per_category_APm", "per_category_APl"):
+            assert fast[key][name] == pytest.approx(reference[key][name], abs=1e-10,
+                                                    nan_ok=True)
 
 
 @pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
@@ -586,7 +597,7 @@ def test_a_summary_of_many_categories_logs_the_lowest_and_highest_aps() -> None:
     assert ("(147 without ground truth): all in metrics.json; those scored:"
             in format_summary([0.1] * 12, sparse, "bbox"))
     few = format_summary([0.1] * 12, {"a": 1.0, "b": math.nan}, "bbox")
-    assert "a        |   1.00" in few and "b        |    nan" in few
+    assert "a        |   1.00" in few and "b        |    n/a" in few
 
 
 def test_an_area_left_out_is_the_masks_not_the_boxs(tmp_path: Path) -> None:
