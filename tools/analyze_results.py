@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
 from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.data import DatasetError, UnreadableImageError  # noqa: E402
-from resnet_detect.engine.data.coco import (brief, image_path, image_sizes,  # noqa: E402
+from resnet_detect.engine.data.coco import (brief, image_path, image_sizes, read_coco_json,  # noqa: E402
                                              name_by_coco_url)
 from resnet_detect.engine.files import replace_folder, writable_folder  # noqa: E402
 from resnet_detect.engine.logging import setup_logging  # noqa: E402
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
 
     from resnet_detect.detection.analyze_results import CSV_FILE, per_image_ap, ranked, write_csv
     from resnet_detect.detection.config import load_config
-    from resnet_detect.detection.data.splits import classes_subset
+    from resnet_detect.detection.data.splits import chosen_category_ids
     from resnet_detect.detection.evaluation import ground_truth
     from resnet_detect.detection.score_results import (read_results, rle_masks,
                                                        warn_of_boxes_beyond_images)
@@ -83,9 +83,12 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
         raise DatasetError(f"{path}: --iou-type {args.iou_type} needs " + (
             "a segmentation in every result" if args.iou_type == "segm"
             else "a bbox in every result (try --iou-type segm)"))
-    gt, maskless = ground_truth(Path(cfg.data.val.ann_file), args.iou_type)
-    gt, results = classes_subset(cfg, gt, cfg.data.val.ann_file, results)  # data.classes'
-
+    ann_file = Path(cfg.data.val.ann_file)
+    ids = (chosen_category_ids(cfg, read_coco_json(ann_file), ann_file)  # data.classes'
+           if cfg.data.classes else None)
+    gt, maskless = ground_truth(ann_file, args.iou_type, ids)
+    if ids is not None:
+        results = [r for r in results if r["category_id"] in ids]
     if maskless and not any(not a["iscrowd"] for a in gt["annotations"]):
         raise DatasetError(f"{cfg.data.val.ann_file} has no object with a usable mask: "
                            f"--iou-type segm has nothing to score (--iou-type bbox has)")

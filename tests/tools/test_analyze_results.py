@@ -165,3 +165,32 @@ def test_lvis_v05_names_of_coco_2014_are_drawn_from_their_coco_url(data: Path,
                           f"data.val.ann_file={tmp_path / 'lvis05.json'}",
                           f"data.val.img_dir={tmp_path / 'coco'}"])
     assert len(list((tmp_path / "out/best").iterdir())) == len(val["images"])
+
+
+def test_with_data_classes_the_maskless_count_is_of_the_chosen_categories(
+        data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The warning counted the objects without masks of every category, the left-out too."""
+    results_file(data, tmp_path / "m.json", found=1, masks=True)
+    val = json.loads((data / "coco/val.json").read_text(encoding="utf-8"))
+    first = val["annotations"][0]["category_id"]
+    maskless = [a for a in val["annotations"] if a["category_id"] == first][:2]
+    for ann in maskless:
+        del ann["segmentation"]
+    (tmp_path / "some.json").write_text(json.dumps(val), encoding="utf-8")
+    names = {c["id"]: c["name"] for c in val["categories"]}
+    others = [n for i, n in names.items() if i != first]
+    for classes, said in (([names[first]], f"{len(maskless)} objects without a usable mask"),
+                          (others, None)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            scores = analyze_results.main([
+                *args(data, tmp_path / "m.json", tmp_path / "m", "--iou-type", "segm",
+                      "--topk", "0"), f"data.val.ann_file={tmp_path / 'some.json'}",
+                "data.classes=[" + ",".join(classes) + "]"])
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+                  and "without a usable mask" in r.getMessage()]
+        if said is None:
+            assert warned == []
+        else:
+            assert len(warned) == 1 and said in warned[0]
+        assert scores

@@ -63,13 +63,21 @@ def classes_subset(cfg: DictConfig, data: dict[str, Any], ann_file: Any,
     """A val file's content (and results) with data.classes' categories alone, for the
     tools that read the file themselves (--results, --confusion-matrix, --error-analysis,
     tools/analyze_results.py); unchanged without data.classes."""
-    classes = chosen_classes(cfg)
-    if classes is None:
+    ids = chosen_category_ids(cfg, data, ann_file)
+    if ids is None:
         return data, results
-    _refuse_classes_with_lvis(classes, lists=False)(data, ann_file)
-    ids = {c["id"] for c in chosen_categories(data["categories"], classes, ann_file)}
     return only_categories(data, ids), (None if results is None else
                                         [r for r in results if r["category_id"] in ids])
+
+
+def chosen_category_ids(cfg: DictConfig, data: dict[str, Any], ann_file: Any
+                        ) -> set[int] | None:
+    """The ids of the file's categories that data.classes keeps; None without it."""
+    classes = chosen_classes(cfg)
+    if classes is None:
+        return None
+    _refuse_classes_with_lvis(classes, lists=False)(data, ann_file)
+    return {c["id"] for c in chosen_categories(data["categories"], classes, ann_file)}
 
 
 def _refuse_classes_with_lvis(classes: list[str] | None, *, lists: bool = True
