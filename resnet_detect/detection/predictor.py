@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from resnet_detect.engine.amp import float32_default
 from resnet_detect.engine.compilation import compile_for_inference
 from resnet_detect.engine.config import (ConfigError, as_override, config_needed,
                                          is_positive_int)
@@ -164,7 +165,8 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
     cfg.model.num_classes = num_classes
     _refuse_another_mask_head(has_mask_head(state_dict), cfg, source)
     use_recorded_normalisation(cfg.model, provenance, str(source))
-    with torch.random.fork_rng(devices=[]):  # its random start, replaced, is not the user's
+    # its random start, replaced, is not the user's; float32 whatever the default dtype
+    with torch.random.fork_rng(devices=[]), float32_default():
         model = build_model(cfg)
     load_detector_weights(model, {"model": state_dict, "provenance": provenance},
                           weight_bound_settings(cfg.model), source=str(source))

@@ -6,7 +6,9 @@ fp16 is for GPUs only.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -15,6 +17,18 @@ from .config import ConfigError
 
 logger = logging.getLogger(__name__)
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def float32_default() -> Iterator[None]:
+    """torch's default dtype float32 inside (a caller's torch.set_default_dtype(float64)
+    built float64 weights that float32 images then failed against), the caller's after."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 def parse_amp(value: Any, key: str = "train.amp") -> str | None:

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, ListConfig
 from torch import nn
 from torch.utils.data import Dataset
 
-from .amp import amp_for_device, parse_amp
+from .amp import amp_for_device, float32_default, parse_amp
 from .checkpoint import (BestWeights, Checkpointer, CheckpointWriteError, PeriodicCheckpointer,
                          best_metric_parts, checkpoints_in)
 from .compilation import compile_model, parse_compile
@@ -861,9 +861,10 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
 
     done_everywhere(check_the_folder, "start in its train.output_dir")
     # a Python caller's random streams, logging and cuDNN setting are as they were after the
-    # run, and training works under its torch.no_grad() or torch.inference_mode()
+    # run, and training works under its torch.no_grad() or torch.inference_mode() and its
+    # default dtype
     with (exclusive_output_dir(output_dir), rng_kept(), logging_kept(), cudnn_benchmark_kept(),
-          torch.inference_mode(False), torch.enable_grad()):
+          torch.inference_mode(False), torch.enable_grad(), float32_default()):
         setup_logging(output_dir)
         try:
             return _train(task, cfg, device, resume, logger, output_dir, compile_backend, amp)

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from resnet_detect.engine import to_plain
+from resnet_detect.engine.amp import float32_default
 from resnet_detect.engine.compilation import compile_for_inference
 from resnet_detect.engine.config import ConfigError, as_override, config_needed
 from resnet_detect.backbones.model_weights import use_recorded_normalisation
@@ -143,7 +144,8 @@ class Predictor:
                               f"the weights" + foreign_checkpoint_hint(state_dict))
         use_recorded_normalisation(cfg.model, provenance, str(source))
         self.model_config = to_plain(cfg.model)  # what an export records
-        with torch.random.fork_rng(devices=[]):  # its random start, replaced, is not the user's
+        # its random start, replaced, is not the user's; float32 whatever the default dtype
+        with torch.random.fork_rng(devices=[]), float32_default():
             self.model = build_model(cfg)
         load_segmentation_weights(self.model, checkpoint, weight_bound_settings(cfg.model),
                                   source=source, inference=True)

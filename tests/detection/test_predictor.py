@@ -200,6 +200,23 @@ def test_building_a_predictor_leaves_the_random_stream_alone(checkpoint: Path) -
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_a_predictor_works_under_a_float64_default_dtype(checkpoint: Path) -> None:
+    """torch.set_default_dtype(torch.float64) (a scientific caller's) built float64 weights:
+    'Input type (float) and bias type (double) should be the same'."""
+    expected = Predictor(None, weights=checkpoint)(np.full((60, 80, 3), 90, np.uint8))
+    torch.set_default_dtype(torch.float64)
+    try:
+        predictor = Predictor(None, weights=checkpoint)
+        got = predictor(np.full((60, 80, 3), 90, np.uint8))
+        assert torch.get_default_dtype() == torch.float64  # the caller's, after
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert {p.dtype for p in predictor.model.parameters()} == {torch.float32}
+    assert len(expected["boxes"]) > 0
+    for key in ("boxes", "scores", "labels"):
+        np.testing.assert_array_equal(got[key], expected[key])
+
+
 def test_each_cpu_prediction_hands_its_freed_memory_back_unless_told_not_to(
         checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []

@@ -99,6 +99,15 @@ def test_predictor_needs_weights_and_leaves_the_random_stream_alone(tmp_path, sm
     torch.manual_seed(123)
     Predictor(small_config("fcn", num_classes=4), weights=path)
     assert torch.equal(torch.rand(3), expected)  # building it drew its random start
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    expected = Predictor(small_config("fcn", num_classes=4), weights=path)(image)["mask"]
+    torch.set_default_dtype(torch.float64)  # a scientific caller's: it built float64 weights
+    try:
+        got = Predictor(small_config("fcn", num_classes=4), weights=path)(image)["mask"]
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(torch.float32)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_predictor_rejects_bad_images(tmp_path, small_config):

@@ -807,6 +807,19 @@ def test_a_python_caller_s_random_streams_logging_and_grad_mode_are_its_own_afte
     with torch.inference_mode():  # a config's own device value too
         assert run_training(_RegressionTask(), _toy_config(tmp_path / "inference"),
                             "auto")["iteration"] == 6
+    seen = []
+
+    class Task(_RegressionTask):  # a scientific caller's float64 default: float32 weights
+        def losses(self, model: torch.nn.Module, *args: Any) -> Mapping[str, torch.Tensor]:
+            seen.append((torch.get_default_dtype(), next(model.parameters()).dtype))
+            return super().losses(model, *args)
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert run_training(Task(), _toy_config(tmp_path / "float64"), "cpu")["iteration"] == 6
+        assert torch.get_default_dtype() == torch.float64  # the caller's, after
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert set(seen) == {(torch.float32, torch.float32)}
     with pytest.raises(TypeError, match="cfg must be the DictConfig of engine.tasks."
                                         "load_task_config .*got a dict"):
         run_training(_RegressionTask(), OmegaConf.to_container(_toy_config(tmp_path / "d")),
