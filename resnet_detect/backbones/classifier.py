@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -15,6 +17,11 @@ class Classifier(nn.Module):
 
     def __init__(self, *, backbone: ResNet, num_classes: int) -> None:
         super().__init__()
+        if (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
+                or num_classes < 1):
+            raise ValueError(f"num_classes must be a positive integer (the classes of the "
+                             f"fc layer), got {num_classes!r}")
+        num_classes = int(num_classes)
         self.backbone = backbone
         self.feature_name = backbone.stages[-1]
         if backbone.out_features != (self.feature_name,):

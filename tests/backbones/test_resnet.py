@@ -1,6 +1,8 @@
 """ResNet family: parameter counts, shapes per output stride, shortcuts, plain twins, freezing."""
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -235,6 +237,15 @@ def test_lesion_of_one_block_keeps_shape_and_changes_output():
 def test_bad_options_raise_value_error_listing_valid_values(bad, match):
     with pytest.raises(ValueError, match=match):
         backbones.build(**bad)
+
+
+@pytest.mark.parametrize("count", [0, -3, 2.0, "10", True])
+def test_a_classifier_of_no_classes_is_refused(count):
+    """build_classifier("resnet50", 0) built an fc of no outputs, without a word."""
+    with pytest.raises(ValueError, match=r"num_classes must be a positive integer \(the classes "
+                                         rf"of the fc layer\), got {re.escape(repr(count))}"):
+        backbones.build_classifier("resnet18", count)
+    assert backbones.build_classifier("resnet18", np.int64(7)).fc.out_features == 7
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
