@@ -134,7 +134,9 @@ class Task(Protocol):
         """The line the training tool prints at the end (e.g. "box AP = 50.4")."""
 
 
-RESUME_HINT = "run the same command with --resume to continue"  # a task's resume_hint may differ
+# a task's resume_hint may differ
+RESUME_HINT = ("run the same command with --resume to continue (from Python: run_training(..., "
+               "resume=True))")
 
 
 def format_metric(value: Any) -> str:
@@ -1089,11 +1091,11 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     if not finished:
         where = (f"the evaluation at iteration {trainer.iter}" if in_evaluation
                  else f"training after iteration {trainer.iter}")
-        after = ("" if not in_evaluation else " (the evaluation after the last step runs "
-                 "again, then the final weights are written)" if trainer.iter ==
-                 lengths["max_iter"] else f" (the evaluation at iteration {trainer.iter} is not "
+        after = ("" if not in_evaluation else "; the evaluation after the last step runs "
+                 "again, then the final weights are written" if trainer.iter ==
+                 lengths["max_iter"] else f"; the evaluation at iteration {trainer.iter} is not "
                  f"run again: the next is at iteration "
-                 f"{min(trainer.iter + t.eval_period, lengths['max_iter'])})")
+                 f"{min(trainer.iter + t.eval_period, lengths['max_iter'])}")
         raise TrainingInterrupted(
             f"{stop.signal_name or 'a stop signal'} stopped {where} of {lengths['max_iter']}; "
             f"checkpoint {path}: {resume_hint}{after}",

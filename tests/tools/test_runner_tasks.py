@@ -214,7 +214,8 @@ def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(
         _RegressionTask(), _toy_config(out), cpu, resume=resume)["model"])
     # SIGTERM during step 3 (no periodic checkpoint there): that step ends, a checkpoint is
     # written, and --resume continues to the uninterrupted run's weights
-    with pytest.raises(TrainingInterrupted, match="after iteration 3 of 6.*--resume") as stop:
+    with pytest.raises(TrainingInterrupted, match=r"after iteration 3 of 6.*--resume to "
+                       r"continue \(from Python: run_training\(\.\.\., resume=True\)\)") as stop:
         run_training(signal_at_step(_RegressionTask(), 3, signal.SIGTERM),
                      _toy_config(tmp_path / "c"), cpu)
     assert (stop.value.iteration, stop.value.exit_code) == (3, 143)
@@ -459,7 +460,8 @@ def test_a_stop_signal_during_an_evaluation_ends_it_and_saves(
     task = _SignalInEvalTask(at=at)
     with pytest.raises(TrainingInterrupted, match=f"SIGTERM stopped the evaluation at "
                                                   f"iteration {iteration} of 6.*--resume "
-                                                  f"to continue \\({then}"):
+                                                  f"to continue \\(from Python: run_training"
+                                                  f"\\(\\.\\.\\., resume=True\\)\\); {then}"):
         run_training(task, config(tmp_path / "run"), cpu)
     assert task.batches == 16 * (at - 1) + 1
     assert (tmp_path / "run/last_checkpoint").read_text() == f"model_{iteration:07d}.pth\n"
