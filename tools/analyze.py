@@ -36,7 +36,8 @@ from collections.abc import Sequence
 from typing import Any
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file: the repository's package (not an installed one)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_detect.backbones.studies.config import BASE_CONFIG, OPEN_KEYS, build_context_from_config  # noqa: E402
 from resnet_detect.backbones.studies.run import STUDIES, run_study  # noqa: E402
@@ -44,8 +45,9 @@ from resnet_detect.engine import TrainingInterrupted, load_config, save_config, 
 from resnet_detect.engine.config import load_defaults  # noqa: E402
 from resnet_detect.engine.tasks import refuse_other_task_config  # noqa: E402
 from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect import CONFIGS  # noqa: E402
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs/analyze/cifar_synthetic.yaml"
+DEFAULT_CONFIG = CONFIGS / "analyze/cifar_synthetic.yaml"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -50,7 +50,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file: the repository's package (not an installed one)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_detect.engine import cleanup, init_distributed, is_main_process, setup_logging  # noqa: E402
 from resnet_detect.engine.files import writable_folder  # noqa: E402

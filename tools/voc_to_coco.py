@@ -31,7 +31,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file: the repository's package (not an installed one)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_detect.detection.data.conversion import (add_class_options,  # noqa: E402
                                                      chosen_classes, images_folder,

@@ -25,6 +25,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from resnet_detect import CONFIGS
+
 from .files import atomic_write_text, missing_path
 from .foreign_options import key_hint, other_key_hint
 
@@ -61,6 +63,18 @@ def _parse_yaml(text: str, name: str, max_nodes: str | None) -> DictConfig | Lis
     return OmegaConf.load(stream)
 
 
+def packaged_config_hint(path: Path) -> str:
+    """For a config not found under a configs/ folder (the repository's paths, used where the
+    project is installed with pip): the installed package's config of that name, if it has
+    one; else ""."""
+    parts = Path(path).parts
+    if "configs" not in parts:
+        return ""
+    inner = parts[len(parts) - parts[::-1].index("configs"):]
+    twin = CONFIGS.joinpath(*inner)
+    return f"; the installed package has it: {twin}" if inner and twin.is_file() else ""
+
+
 # files that hold weights, given where a config is wanted
 WEIGHTS_SUFFIXES = (".pth", ".pt", ".pkl", ".onnx", ".safetensors", ".bin", ".ckpt")
 
@@ -71,7 +85,8 @@ def _read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
         override = (" (a key=value override? the config file comes first, then the overrides)"
                     if "=" in path.name else "")
-        raise ConfigError(f"config file not found: {missing_path(path)}{override}")
+        raise ConfigError(f"config file not found: {missing_path(path)}{override}"
+                          f"{packaged_config_hint(path)}")
     if path.suffix.lower() in WEIGHTS_SUFFIXES:  # Predictor("model_final.pth"): a decode error
         raise ConfigError(f"{path} is a weights file, not a config: pass it as the weights "
                           f"(Predictor(config, weights=...), --weights), with the config its "
@@ -111,7 +126,7 @@ def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
             return
         if stack and not file.is_file():
             raise ConfigError(f"config file not found: {missing_path(file)} (a {BASE_KEY} of "
-                              f"{stack[-1]})")
+                              f"{stack[-1]}){packaged_config_hint(file)}")
         cfg = _read_yaml(file)
         bases = cfg.pop(BASE_KEY, None)
         if bases is not None:

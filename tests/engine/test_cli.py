@@ -744,3 +744,32 @@ def test_every_scripts_parser_refuses_abbreviations() -> None:
                         and k.value.value is False for k in node.keywords)):
                 lenient.append(f"{script.relative_to(ROOT)}:{node.lineno}")
     assert not lenient
+
+
+def test_python_m_resnet_detect_runs_the_tools(monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """A pip install carried no tools/ folder: none of the README's `python tools/X.py`
+    commands could run. `python -m resnet_detect X` (resnet-detect X) runs them."""
+    from resnet_detect import CONFIGS
+    from resnet_detect.__main__ import TOOLS, main
+
+    assert set(TOOLS) == {p.stem for p in (ROOT / "tools").glob("*.py")} - {"__init__",
+                                                                               "install"}
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "tools: train, pretrain, eval" in out and str(CONFIGS) in out
+    for argv, said in (([], "usage: python -m resnet_detect TOOL"),
+                       (["trian"], "resnet_detect: error: no tool 'trian'")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2 and said in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["resnet-detect"])
+    path = list(sys.path)
+    main(["model-info", "resnet18"])
+    assert "total       11,689,512" in capsys.readouterr().out  # torchvision's resnet18
+    assert sys.path == path  # imported as a package: no repository folder put first
+    with pytest.raises(SystemExit) as stop:
+        main(["train", str(ROOT / "nope.yaml")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("train.py: error: config file not found: ")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from resnet_detect import CONFIGS
 from resnet_detect.detection import config as detection_config
 from resnet_detect.engine.config import ConfigError, as_override, load_config, save_config
 
@@ -86,6 +87,18 @@ def test_a_file_two_bases_inherit_is_merged_once(tmp_path: Path, caplog) -> None
             f"config file not found: {tmp_path / 'gone.yaml'} (a _base_ of "
             f"{(tmp_path / 'm.yaml').resolve()})")):
         load_config(write(tmp_path / "top.yaml", "_base_: m.yaml\n"), defaults=DEFAULTS)
+    # the README's repository paths, where the project is installed with pip: the installed
+    # package's config named (its defaults travel in the wheel as resnet_detect/configs)
+    packaged = CONFIGS / "synthetic/faster_rcnn_R_18_FPN.yaml"
+    assert packaged.is_file()
+    write(tmp_path / "mine.yaml", "_base_: ../configs/synthetic/faster_rcnn_R_18_FPN.yaml\n")
+    for path in (tmp_path / "configs/synthetic/faster_rcnn_R_18_FPN.yaml", tmp_path / "mine.yaml"):
+        with pytest.raises(ConfigError, match=r"config file not found: .*faster_rcnn_R_18_FPN"
+                           r"\.yaml.*" + re.escape(f"; the installed package has it: {packaged}")
+                           + "$"):
+            load_config(path, defaults=DEFAULTS)
+    with pytest.raises(ConfigError, match=r"config file not found: \S*configs.nope\.yaml$"):
+        load_config(tmp_path / "configs/nope.yaml", defaults=DEFAULTS)  # none of that name
 
 
 def test_an_empty_mapping_clears_an_open_section(tmp_path: Path) -> None:

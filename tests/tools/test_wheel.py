@@ -1,7 +1,8 @@
 """A wheel of the project (`pip install .`, a Docker image) works without the repository: the
 library reads its defaults from configs/*/base_*.yaml, so the wheel must carry them (as
-resnet_detect/configs). It installs one top-level package, resnet_detect, with every module
-of it. Checkpoints made here give the same predictions when read from the wheel alone."""
+resnet_detect/configs), and the tools (as resnet_detect/tools: `python -m resnet_detect TOOL`).
+It installs one top-level package, resnet_detect, with every module of it. Checkpoints made
+here give the same predictions when read from the wheel alone."""
 from __future__ import annotations
 
 import os
@@ -20,7 +21,8 @@ from resnet_detect.detection.training import make_provenance
 from resnet_detect.engine.data import CategoryMapping
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "resnet_detect", "configs")
+SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "LICENSE", "resnet_detect", "configs",
+           "tools")
 TINY_DET = ["model.backbone.weights=null", "model.fpn.out_channels=32",
             "model.roi_heads.fc_dims=[64,64]", "model.num_classes=3",
             "model.roi_heads.score_thresh=0.0"]
@@ -42,6 +44,19 @@ for defaults in (pretrain_defaults, study_defaults):
 image = np.load(work / "image.npy")
 np.save(work / "boxes.npy", detection.Predictor(None, weights=work / "det.pth")(image)["boxes"])
 np.save(work / "mask.npy", segmentation.Predictor(None, weights=work / "seg.pth")(image)["mask"])
+import resnet_detect, subprocess
+assert resnet_detect.__version__ == "0.1.0", resnet_detect.__version__
+# the tools, without the repository's tools/ folder: python -m resnet_detect TOOL
+info = subprocess.run([sys.executable, "-m", "resnet_detect", "model_info", "resnet18"],
+                      capture_output=True, text=True, check=True).stdout
+assert "11,689,512" in info, info  # torchvision's resnet18 parameters
+# the README's repository paths: the installed package's config is named
+train = subprocess.run([sys.executable, "-m", "resnet_detect", "train",
+                        "configs/synthetic/faster_rcnn_R_18_FPN.yaml"], capture_output=True,
+                       text=True)
+packaged = site / "resnet_detect/configs/synthetic/faster_rcnn_R_18_FPN.yaml"
+assert train.returncode == 2 and train.stderr.strip().endswith(
+    f"the installed package has it: {packaged}"), train.stderr
 """
 
 
@@ -65,9 +80,14 @@ def test_a_wheel_alone_reads_its_defaults_and_predicts_as_the_repository(tmp_pat
     assert (site / "resnet_detect/configs/detection/base_faster_rcnn.yaml").is_file()
     modules = {p.relative_to(site) for p in (site / "resnet_detect").rglob("*.py")}
     modules.remove(Path("resnet_detect/configs/__init__.py"))
-    assert modules == {p.relative_to(ROOT) for p in (ROOT / "resnet_detect").rglob("*.py")}
+    tools = {p for p in modules if p.parts[1] == "tools"}
+    assert modules - tools == {p.relative_to(ROOT) for p in (ROOT / "resnet_detect").rglob("*.py")}
+    assert {p.name for p in tools} == {p.name for p in (ROOT / "tools").glob("*.py")}
     (top_level,) = site.glob("*.dist-info/top_level.txt")
     assert top_level.read_text().split() == ["resnet_detect"]
+    (entry_points,) = site.glob("*.dist-info/entry_points.txt")
+    assert "resnet-detect = resnet_detect.__main__:main" in entry_points.read_text()
+    assert list(site.glob("*.dist-info/**/LICENSE"))
 
     torch.manual_seed(0)
     det_cfg = detection.config.load_config(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml",
