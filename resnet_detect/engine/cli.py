@@ -33,7 +33,7 @@ from .run_lock import FolderInUseError
 from .runner import UnreadableDataError, check_training_config, run_training
 from .same_everywhere import OtherProcessFailed, done_everywhere
 from .trainer import NonFiniteLossError
-from .tasks import load_task_config, task_module
+from .tasks import config_task, load_task_config, task_module
 
 
 # Raised only for what a user gave (their messages name the key, file, entry or folder):
@@ -142,7 +142,7 @@ class ToolArgumentParser(argparse.ArgumentParser):
         prefix = "unrecognized arguments: "
         if message.startswith(prefix):
             words = message[len(prefix):].split()
-            hints = flag_hints(words, self.training, self.prog)
+            hints = flag_hints(words, self.training, self.prog, self._task_of_the_config())
             hinted = {hint.split(":", 1)[0] for hint in hints}
             for word in words:  # a typo of one of ours (abbreviations are not taken)
                 flag = word.split("=", 1)[0]
@@ -155,6 +155,17 @@ class ToolArgumentParser(argparse.ArgumentParser):
             message += "".join(f"\n  {word}: a checkpoint is given as --weights {path}"
                                for word, path in self._checkpoints_given())
         super().error(message)
+
+    def _task_of_the_config(self) -> str:
+        """The task of the config among the words (the first YAML file), for the hints of
+        the flags; "" where none is readable."""
+        for word in getattr(self, "_words", []):
+            if Path(word).suffix.lower() in (".yaml", ".yml") and Path(word).is_file():
+                try:
+                    return config_task(word)
+                except (ValueError, OSError):  # (ConfigError is a ValueError)
+                    return ""
+        return ""
 
     def _checkpoints_given(self) -> list[tuple[str, str]]:
         """(word, path) of the positional words that name a checkpoint: mmdetection's and

@@ -46,7 +46,8 @@ NULLABLE = ("train.max_iter", "train.epochs", "train.max_to_keep", "train.moment
 # the kinds of NULLABLE keys some task's defaults leave null (pretraining's train.max_iter):
 # train.max_iter=2e4 is 20000 there as where the default is a number
 KINDS_OF_NULL_DEFAULTS = {"train.max_iter": "int", "train.max_to_keep": "int",
-                          "model.backbone.output_stride": "int"}
+                          "model.backbone.output_stride": "int", "model.weights": "path",
+                          "model.backbone.weights": "path"}
 logger = logging.getLogger(__name__)
 
 
@@ -185,8 +186,9 @@ def _deferred(value: Any) -> bool:
 
 def _kinds(defaults: Mapping[str, Any] | DictConfig) -> dict[str, str]:
     """Dotted key -> "int", "float", "ints", "floats" (a list of numbers), "names" (a list of
-    strings), "str", "bool" or "section", from its default (null defaults, lists of lists and
-    the NAMED_SWITCHES take anything: `train.amp: false` also takes bf16)."""
+    strings), "str", "bool", "section" or "path" (KINDS_OF_NULL_DEFAULTS), from its default
+    (null defaults, lists of lists and the NAMED_SWITCHES take anything: `train.amp: false`
+    also takes bf16)."""
     kinds: dict[str, str] = {}
 
     def walk(node: Mapping[str, Any], prefix: str) -> None:
@@ -235,6 +237,11 @@ def _check_values(part: DictConfig, kinds: Mapping[str, str],
             # a string was read letter by letter: ['r', 'e', 's', '3', ',', ...]
             raise ConfigError(f"{key} must be a list of names, e.g. [res3, res4], got {v!r} in "
                               f"{source}")
+        if kind == "path" and v is not None and not _deferred(v) and not isinstance(v, str):
+            loss = (" (per-class weights of a segmenter's loss are model.class_weight)"
+                    if isinstance(v, list) and key == "model.weights" else "")
+            raise ConfigError(f"{key} is a weights file's path (or null), got {v!r} in "
+                              f"{source}{loss}")
         # (a base file's null may be set below it: see _refuse_nulls)
         if kind not in ("int", "float", "ints", "floats") or v is None or _deferred(v):
             return

@@ -37,6 +37,9 @@ DETECTRON2_KEYS = {
 }
 
 
+LOSS_OPTIONS = ("the loss is the cross-entropy summed over the scored pixels over their count "
+                "(mmsegmentation's avg_non_ignore=True); model.class_weight=[w_0, ...] weighs "
+                "the classes in both heads; no other loss (focal, dice, OHEM) here")
 # lower-case keys of other projects' configs that users carry over: (what they are here, a
 # key beside them that this task's configs have where the hint applies)
 OTHER_KEYS = {
@@ -44,6 +47,30 @@ OTHER_KEYS = {
                   "test.stride=[h, w] here (mode='whole': test.window=null)", "window"),
     "test.crop_size": ("mmsegmentation's test_cfg crop_size is test.window=[h, w] here",
                        "window"),
+    # mmsegmentation's (their keys at the top level of its configs)
+    "crop_size": ("mmsegmentation's crop_size is data.train.crop_size=[h, w] here "
+                  "(segmentation configs)", "data"),
+    "reduce_zero_label": ("mmsegmentation's reduce_zero_label is data.reduce_zero_label here "
+                          "(segmentation configs)", "data"),
+    "test_cfg": ("mmsegmentation's test_cfg mode='slide' crop_size stride is test.window=[h, w] "
+                 "test.stride=[h, w] here", "test"),
+    "model.test_cfg": ("mmsegmentation's test_cfg mode='slide' crop_size stride is "
+                       "test.window=[h, w] test.stride=[h, w] here", "head"),
+    "model.decode_head": ("mmsegmentation's decode_head is model.head here (name: deeplabv3, "
+                          "deeplabv3plus or fcn), its num_classes model.num_classes, its "
+                          "loss_decode class_weight model.class_weight", "head"),
+    "optim_wrapper": ("mmsegmentation's and mmdetection's optim_wrapper optimizer is "
+                      "train.base_lr, train.momentum, train.weight_decay here", "train"),
+    "param_scheduler": ("mmsegmentation's and mmdetection's param_scheduler is train.lr_decay "
+                        "(poly, step, cosine), train.lr_power, train.warmup_iters here", "train"),
+    "train_cfg": ("mmsegmentation's and mmdetection's train_cfg max_iters is train.max_iter "
+                  "(max_epochs: train.epochs), val_interval train.eval_period here", "train"),
+    # mmsegmentation's loss options under a head
+    **{f"model.{head}.{key}": (LOSS_OPTIONS, "loss_weight")
+       for head in ("head", "aux_head")
+       for key in ("class_weight", "loss_decode", "loss", "avg_non_ignore", "sampler")},
+    "model.class_weights": ("per-class weights of the loss are model.class_weight=[w_0, ...] "
+                            "here (one per class)", "ignore_index"),
     # mmdetection's top-level keys
     "load_from": ("mmdetection's load_from is model.weights=PATH here", "train"),
     "resume": ("mmdetection's resume=True is tools/train.py's --resume flag here", "train"),
@@ -109,7 +136,7 @@ def _flag_advice(training: bool) -> dict[str, str]:
                    "(fasterrcnn_resnet50_fpn), mask_rcnn_R_50_FPN_1x.yaml, "
                    "configs/segmentation/deeplabv3_R_50_os8.yaml (deeplabv3_resnet50) ...",
         "--data-path": "data.train.img_dir=DIR data.train.ann_file=JSON (and data.val.*; "
-                       "segmentation folders: data.root=DIR)",
+                       "segmentation folders: data.train.mask_dir=DIR for the ann_file)",
         "--dataset": "data.train.ann_file=JSON (COCO format) and data.val.*",
         "--test-only": "tools/eval.py CONFIG --weights CKPT --output DIR",
         "--weights": "model.weights=CKPT" if training else "--weights CKPT",
@@ -134,6 +161,13 @@ def _flag_advice(training: bool) -> dict[str, str]:
         "--rpn-score-thresh": "model.rpn.score_thresh=X",
         # mmdetection's test.py and demo/image_demo.py
         "--tta": "test-time augmentation is test.min_sizes=[...] test.max_size=N test.flip=true",
+        "--aug-test": "test-time augmentation is test.min_sizes=[...] test.max_size=N "
+                      "test.flip=true",
+        # mmsegmentation's demo/image_demo.py
+        "--palette": "data.palette=[[r, g, b], ...] (one per class) or a .json file of that "
+                     "list (segmentation)",
+        "--opacity": "the overlay's opacity is 0.5, no key",
+        "--out-file": output,
         "--format-only": "tools/eval.py writes the detections alone for a file without "
                          "annotations (test-dev)",
         "--pred-score-thr": "--min-score X (tools/demo.py)",
@@ -145,10 +179,27 @@ def _flag_advice(training: bool) -> dict[str, str]:
     }
 
 
-def flag_hints(words: Sequence[str], training: bool, tool: str = "") -> list[str]:
+# where a segmentation config is given: mmsegmentation's spellings, and what differs
+SEGMENTATION_FLAGS = {
+    "--tta": "test-time augmentation is test.scales=[0.5,0.75,1.0,1.25,1.5,1.75] test.flip=true",
+    "--aug-test": "test-time augmentation is test.scales=[0.5,0.75,1.0,1.25,1.5,1.75] "
+                  "test.flip=true",
+    "--out": "--save-predictions (each image's class map as a PNG under --output DIR)",
+    "--format-only": "--save-predictions (each image's class map as a PNG under --output DIR)",
+    "--eval": "tools/eval.py scores mIoU, mAcc and aAcc (pixel_acc) with the per-class IoU",
+    "--data-path": "data.train.img_dir=DIR data.train.mask_dir=DIR (and data.val.*), or "
+                   "data.train.ann_file=JSON for COCO data",
+}
+
+
+def flag_hints(words: Sequence[str], training: bool, tool: str = "",
+               task: str = "") -> list[str]:
     """`--flag: what it is here` for the flags of other projects among `words` (argparse's
-    unrecognized arguments; `--flag=value` too); `tool`: the tool's file name."""
+    unrecognized arguments; `--flag=value` too); `tool`: the tool's file name; `task`: the
+    given config's (sem_seg: SEGMENTATION_FLAGS)."""
     advice = _flag_advice(training)
+    if task == "sem_seg":
+        advice.update(SEGMENTATION_FLAGS)
     if tool == "demo.py":  # (not "use tools/demo.py" there)
         advice["--show"] = advice["--show-dir"] = ("the pictures go into --output DIR (no "
                                                    "window opens)")

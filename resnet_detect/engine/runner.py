@@ -798,8 +798,10 @@ def check_training_config(task: Task, cfg: DictConfig) -> tuple[str | None, str 
                if str(t.best_metric).startswith("voc/") else "")
         lvis = (" (APr, APc, APf: an LVIS val file's only)"
                 if any(n.endswith("/APr") for n in names) else "")
+        a_acc = (" (mmsegmentation's aAcc is pixel_acc here)"
+                 if str(t.best_metric).endswith("/aAcc") else "")
         raise ConfigError(f"train.best_metric {t.best_metric!r} is not a metric of this task's "
-                          f"evaluations{voc}; valid: {', '.join(names)}{lvis}")
+                          f"evaluations{voc}; valid: {', '.join(names)}{lvis}{a_acc}")
     check_schedule(cfg)
     _refuse_unit_scale_normalisation(cfg)
     drawn_batch_size(t)  # before the folder's log files

@@ -121,7 +121,8 @@ def build_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
                         ("channels", "low_level_channels"))
     deep = _shape(shapes, hcfg["in_feature"], "model.head.in_feature")
     common = {"num_classes": num_classes, "loss_name": "loss_sem_seg",
-              "loss_weight": hcfg["loss_weight"], "ignore_index": cfg["ignore_index"]}
+              "loss_weight": hcfg["loss_weight"], "ignore_index": cfg["ignore_index"],
+              "class_weight": class_weight(cfg, num_classes)}
     separable = parse_bool(hcfg["separable"], "model.head.separable")
     if name == "fcn":
         if separable:
@@ -157,7 +158,23 @@ def build_aux_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
     return FCNHead(in_feature=acfg["in_feature"], in_channels=shape.channels,
                    channels=acfg["channels"], norm=cfg["head"]["norm"],
                    dropout=acfg["dropout"], num_classes=num_classes, loss_name="loss_aux",
-                   loss_weight=acfg["loss_weight"], ignore_index=cfg["ignore_index"])
+                   loss_weight=acfg["loss_weight"], ignore_index=cfg["ignore_index"],
+                   class_weight=class_weight(cfg, num_classes))
+
+
+def class_weight(cfg: Mapping[str, Any], num_classes: int) -> list[float] | None:
+    """`model.class_weight`, checked: one non-negative number per class, not all 0."""
+    weights = cfg.get("class_weight")
+    if weights is None:
+        return None
+    if (not isinstance(weights, Sequence) or isinstance(weights, str)
+            or not all(is_number(w) and w >= 0 for w in weights) or not any(weights)):
+        raise ConfigError(f"model.class_weight must be a list of non-negative numbers, one per "
+                          f"class, not all 0 (or null), got {weights!r}")
+    if len(weights) != num_classes:
+        raise ConfigError(f"model.class_weight has {len(weights)} weights for {num_classes} "
+                          f"classes (model.num_classes, background included): one per class")
+    return [float(w) for w in weights]
 
 
 def _check_head_numbers(section: Mapping[str, Any], prefix: str, dropouts: Sequence[str],

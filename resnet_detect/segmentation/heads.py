@@ -148,12 +148,14 @@ class SemSegHead(nn.Module):
         loss_name: key of the loss in the returned dict (e.g. "loss_sem_seg", "loss_aux").
         loss_weight: factor on the cross-entropy.
         ignore_index: ground-truth value that does not count in the loss.
+        class_weight: each class's weight in the cross-entropy (K numbers), or None.
     """
 
     in_features: tuple[str, ...]
 
     def __init__(self, *, num_classes: int, loss_name: str = "loss_sem_seg",
-                 loss_weight: float = 1.0, ignore_index: int = 255) -> None:
+                 loss_weight: float = 1.0, ignore_index: int = 255,
+                 class_weight: Sequence[float] | None = None) -> None:
         super().__init__()
         if num_classes < 1:
             raise ArgumentError(f"num_classes must be >= 1, got {num_classes}")
@@ -163,6 +165,12 @@ class SemSegHead(nn.Module):
         self.loss_name = loss_name
         self.loss_weight = float(loss_weight)
         self.ignore_index = ignore_index
+        if class_weight is not None and len(class_weight) != num_classes:
+            raise ArgumentError(f"class_weight has {len(class_weight)} weights for "
+                                f"{num_classes} classes")
+        # not in the state dict: weights trained with or without it load alike
+        self.register_buffer("class_weight", None if class_weight is None else
+                             torch.tensor(class_weight, dtype=torch.float32), persistent=False)
 
     def layers(self, features: Mapping[str, Tensor]) -> Tensor:
         """Logits (N, K, h, w) at the resolution of the features read."""
@@ -186,13 +194,15 @@ class SemSegHead(nn.Module):
         return logits, {self.loss_name: self.loss_weight * self.loss(logits, gt_sem_seg)}
 
     def loss(self, logits: Tensor, gt_sem_seg: Tensor) -> Tensor:
-        """Mean cross-entropy over the pixels that are not `ignore_index` (0 if there are none)."""
+        """Cross-entropy summed over the pixels that are not `ignore_index`, each weighted by
+        its class's `class_weight` where given, divided by their count (mmsegmentation's
+        avg_non_ignore=True; torchvision's mean without weights); 0 if there are none."""
         if gt_sem_seg.shape != (logits.shape[0], *logits.shape[2:]):
             raise ValueError(f"ground truth {tuple(gt_sem_seg.shape)} does not match logits "
                              f"{tuple(logits.shape)} (expected (N, H, W))")
         # reduction="sum" / count keeps an all-ignored batch at 0 instead of NaN
-        total = F.cross_entropy(logits.float(), gt_sem_seg, ignore_index=self.ignore_index,
-                                reduction="sum")
+        total = F.cross_entropy(logits.float(), gt_sem_seg, weight=self.class_weight,
+                                ignore_index=self.ignore_index, reduction="sum")
         count = (gt_sem_seg != self.ignore_index).sum().clamp(min=1)
         return total / count
 

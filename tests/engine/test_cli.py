@@ -20,6 +20,7 @@ from resnet_detect.engine.data import DatasetError, UnreadableImageError
 from resnet_detect.engine.runner import UnreadableDataError
 
 ROOT = Path(__file__).resolve().parents[2]
+SEG_CONFIG = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
 CONFIG = ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
 
 
@@ -603,6 +604,37 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
     ("eval", [str(CONFIG), "--weights", "w.pth", "--output", "o", "--tta", "--format-only"],
      ["  --tta: test-time augmentation is test.min_sizes=[...] test.max_size=N test.flip=true",
       "  --format-only: tools/eval.py writes the detections alone for a file without"]),
+    # mmsegmentation's, with a segmentation config (detection's hints sent them to
+    # test.min_sizes, COCO's AP, data.root and loss_weight; model.weights=[..] crashed)
+    ("eval", [str(SEG_CONFIG), "--weights", "w.pth", "--output", "o", "--tta", "--aug-test",
+              "--out", "x.pkl", "--eval", "mIoU", "--format-only"],
+     ["  --tta: test-time augmentation is test.scales=[0.5,0.75,1.0,1.25,1.5,1.75] "
+      "test.flip=true", "  --aug-test: test-time augmentation is test.scales=",
+      "  --out: --save-predictions (each image's class map as a PNG under --output DIR)",
+      "  --eval: tools/eval.py scores mIoU, mAcc and aAcc (pixel_acc)",
+      "  --format-only: --save-predictions"]),
+    ("demo", [str(SEG_CONFIG), "--weights", "w.pth", "--input", "a.jpg", "--output", "o",
+              "--palette", "p.json", "--opacity", "0.3", "--out-file", "f.png"],
+     ["  --palette: data.palette=[[r, g, b], ...]", "  --opacity: the overlay's opacity is 0.5",
+      "  --out-file: --output DIR"]),
+    ("train", [str(SEG_CONFIG), "--data-path", "/data"],
+     ["  --data-path: data.train.img_dir=DIR data.train.mask_dir=DIR"]),
+    ("train", [str(SEG_CONFIG), "model.head.class_weight=[1,2]"],
+     ["; the loss is the cross-entropy summed over the scored pixels over their count "
+      "(mmsegmentation's avg_non_ignore=True); model.class_weight=[w_0, ...] weighs the classes "
+      "in both heads"]),
+    ("train", [str(SEG_CONFIG), "model.weights=[1,2]"],
+     ["error: model.weights is a weights file's path (or null), got [1, 2] in override "
+      "'model.weights=[1,2]' (per-class weights of a segmenter's loss are model.class_weight)"]),
+    ("train", [str(SEG_CONFIG), "model.decode_head.num_classes=3"],
+     ["; mmsegmentation's decode_head is model.head here"]),
+    ("train", [str(SEG_CONFIG), "crop_size=[64,64]"],
+     ["; mmsegmentation's crop_size is data.train.crop_size=[h, w] here"]),
+    ("train", [str(SEG_CONFIG), "train_cfg.max_iters=10"],
+     ["; mmsegmentation's and mmdetection's train_cfg max_iters is train.max_iter"]),
+    ("train", [str(SEG_CONFIG), "model.backbone.weights=null", "train.best_metric=sem_seg/aAcc"],
+     ["valid: sem_seg/mIoU, sem_seg/pixel_acc, sem_seg/mAcc (mmsegmentation's aAcc is "
+      "pixel_acc here)"]),
     ("train", [str(CONFIG), "--resume", "output/checkpoint.pth"],
      ["error: --resume takes no checkpoint here: it continues the last one of "
       "train.output_dir; to continue from output/checkpoint.pth: --resume-from "

@@ -92,6 +92,37 @@ def test_loss_is_cross_entropy_over_non_ignored_pixels():
     assert set(losses) == {"loss_sem_seg"}
 
 
+def test_class_weights_weigh_each_pixel_s_loss_by_its_class(small_config):
+    """mmsegmentation's CrossEntropyLoss(class_weight=...) had no equivalent: an imbalanced
+    user was sent to loss_weight (one factor on the whole loss)."""
+    cfg = small_config("deeplabv3", num_classes=3)
+    cfg["model"]["class_weight"] = [2, 0.5, 0]
+    model = build_model(cfg)
+    for head in (model.head, model.aux_head):
+        assert head.class_weight.tolist() == [2.0, 0.5, 0.0]
+    assert not any("class_weight" in k for k in model.state_dict())  # weights load alike
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, 7)
+    gt = torch.randint(0, 3, (2, 5, 7))
+    gt[0, :2] = 255
+    scored = gt != 255
+    picked = -F.log_softmax(logits, dim=1).permute(0, 2, 3, 1)[scored].gather(
+        1, gt[scored][:, None])[:, 0]
+    weight = torch.tensor([2.0, 0.5, 0.0])[gt[scored]]
+    # summed over the scored pixels, over their count (mmsegmentation's avg_non_ignore=True)
+    torch.testing.assert_close(model.head.loss(logits, gt), (weight * picked).sum() / scored.sum())
+    cfg["model"]["class_weight"] = [1, 1, 1]
+    torch.testing.assert_close(build_model(cfg).head.loss(logits, gt),
+                               F.cross_entropy(logits, gt, ignore_index=255))
+    for bad, message in (([1, 2], r"model.class_weight has 2 weights for 3 classes"),
+                         ([1, -1, 2], r"must be a list of non-negative numbers, one per class, "
+                                      r"not all 0 \(or null\), got \[1, -1, 2\]"),
+                         ([0, 0, 0], "not all 0"), ("abc", "got 'abc'")):
+        cfg["model"]["class_weight"] = bad
+        with pytest.raises(ValueError, match=message):
+            build_model(cfg)
+
+
 def test_bad_head_name_and_feature(small_config):
     cfg = small_config("pspnet")
     with pytest.raises(ValueError, match="unknown model.head.name 'pspnet'"):
