@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.config import ConfigError, is_number
 from resnet_detect.engine.data import CountedLoader
 from resnet_detect.engine.trainer import eval_mode
 
@@ -187,6 +187,10 @@ def resized_argmax(logits: Tensor, size: tuple[int | Tensor, int | Tensor]) -> T
 def tta_from_config(cfg: Mapping[str, Any]) -> TTAInference:
     """`TTAInference` from the config's `test` section."""
     t = cfg["test"]
+    for key in ("window", "stride"):
+        if is_number(t[key]):  # (TTAInference's "'int' object is not iterable")
+            raise ConfigError(f"test.{key} is [h, w], got {t[key]!r}: write "
+                              f"test.{key}=[{t[key]},{t[key]}]")
     try:
         return TTAInference(scales=list(t["scales"]), flip=t["flip"], window=t["window"],
                             stride=t["stride"], max_size=t["max_size"])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -159,10 +160,14 @@ def _images_named(img_dir: Path, img_suffix: str, *, warn: bool = True,
                            f"prediction name each): rename or remove one of each:"
                            + listing(twins))
     if others and warn:
+        endings = Counter(Path(name).suffix for name in others)
+        (common, _), = endings.most_common(1)
         logger.warning("%s: %d image files do not end with %r and are left out (a split "
                        "reads the images of one ending, data.<split>.img_suffix: convert "
-                       "these to it to use them): %s", img_dir, len(others), img_suffix,
-                       ", ".join(others[:MAX_LISTED]))
+                       "these to it to use them%s): %s", img_dir, len(others), img_suffix,
+                       f", or read them: data.<split>.img_suffix={common}, the ending of "
+                       f"{endings[common]} files against {len(files)}"
+                       if endings[common] > len(files) else "", ", ".join(others[:MAX_LISTED]))
     return files
 
 

@@ -78,9 +78,10 @@ def test_a_bad_test_section_is_named_before_the_data_is_read(tmp_path):
     checked before the data is read too."""
     config = CONFIGS / "synthetic" / "deeplabv3plus_R_18_os16.yaml"
     no_data = [f"data.train.img_dir={tmp_path / 'no_such_folder'}", "model.backbone.weights=null"]
-    for overrides, expected in ((["test.window=512"], r"invalid test section: scales \[0.5, "
-                                 r"0.625\], window 512, stride None, max_size None: 'int' "
-                                 r"object is not iterable"),
+    for overrides, expected in ((["test.window=512"], r"test.window is \[h, w\], got 512: "
+                                 r"write test.window=\[512,512\]"),
+                                (["test.window=[64,64]", "test.stride=32"],
+                                 r"test.stride is \[h, w\], got 32: write test.stride=\[32,32\]"),
                                 (["test.max_size=512.5"], "max_size must be a positive number "
                                                           "of pixels or null, got 512.5"),
                                 (["test.window=[512,0]"], "window and stride must be two "

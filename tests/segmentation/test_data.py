@@ -659,6 +659,17 @@ def test_image_suffix_in_any_case_and_other_images_named(tmp_path, caplog):
     assert "1 image files do not end with '.jpg' and are left out (a split reads the images " \
            "of one ending, data.<split>.img_suffix: convert these to it to use them): " \
            "002.jpeg" in caplog.text
+    # a folder of PNG images under the default .jpg: the key that reads them named
+    for name in ("003.png", "004.png", "005.png"):
+        _image(tmp_path / "img" / name, 8, 8)
+        _mask(tmp_path / "ann" / (name.split(".")[0] + ".png"), np.zeros((8, 8)))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        scan_folder(tmp_path / "img", tmp_path / "ann")
+    assert ("to use them, or read them: data.<split>.img_suffix=.png, the ending of 3 files "
+            "against 2): ") in caplog.text
+    for name in ("003.png", "004.png", "005.png"):
+        (tmp_path / "img" / name).unlink()
     # 001.jpg beside 001.JPG: one was dropped without a word (both would take 001.png)
     _image(tmp_path / "img" / "001.jpg", 8, 8)
     with pytest.raises(DatasetError, match=r"img: 1 names are given twice, their endings "
