@@ -47,6 +47,7 @@ from .files import atomic_write_json, is_disk_full, nan_to_none
 from .logging import (ProgressLogger, ScalarWriter, logging_kept, rank_log_name,
                       setup_logging)
 from .memory_format import place_model
+from .data.overlap import warn_of_val_in_training
 from .model_check import warn_of_random_backbone, weights_keys
 from .rng import rng_kept, seed_everything
 from .run_lock import exclusive_output_dir
@@ -891,6 +892,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     batch_size = drawn_batch_size(t)
     if not (resume and (resume is not True or checkpoints_in(output_dir))):
         warn_of_random_backbone(cfg)  # (a resumed run's weights are its checkpoint's)
+    warn_of_val_in_training(cfg.get("data") or {})
     data = done_everywhere(lambda: task.prepare(cfg), "find its weights or read its data")
     check_same_data_everywhere(data.description, (len(data.train), None if data.val is None
                                                   else len(data.val)),

@@ -612,6 +612,12 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
                        "0 is unlabelled and class 0 is the files' 1: name the classes of the "
                        "values 1..K only (ADE20K: without 'other'), or every name is one "
                        "class off", first)
+    elif (not reduce_zero_label and split == "train" and not s["ann_file"]
+          and first.strip().lower() in UNLABELLED_NAMES):
+        logger.warning("data.class_names[0] is %r: the files' 0 is trained on and scored as a "
+                       "class (in the mIoU); if 0 marks unlabelled pixels (ADE20K's 'other'), "
+                       "set data.reduce_zero_label: true (0 is then neither trained on nor "
+                       "scored) and name the classes of the values 1..K alone", first)
     return dataset
 
 

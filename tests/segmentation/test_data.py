@@ -621,6 +621,19 @@ def test_ade20k_other_named_under_reduce_zero_label_is_warned_of(tmp_path, caplo
     with caplog.at_level(logging.WARNING):
         build_dataset(cfg, "train")
     assert "data.class_names[0]" not in caplog.text
+    # without reduce_zero_label: 'unlabeled' trained and scored as a class, without a word
+    cfg["data"]["reduce_zero_label"] = False
+    cfg["data"]["class_names"] = ["unlabeled", "a", "b"]
+    with caplog.at_level(logging.WARNING):
+        build_dataset(cfg, "train")
+    assert ("data.class_names[0] is 'unlabeled': the files' 0 is trained on and scored as a "
+            "class (in the mIoU); if 0 marks unlabelled pixels (ADE20K's 'other'), set "
+            "data.reduce_zero_label: true") in caplog.text
+    caplog.clear()
+    cfg["data"]["class_names"] = ["background", "a", "b"]
+    with caplog.at_level(logging.WARNING):
+        build_dataset(cfg, "train")
+    assert "data.class_names[0]" not in caplog.text
 
 
 def test_cityscapes_label_ids_are_named(tmp_path):

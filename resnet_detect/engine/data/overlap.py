@@ -1,0 +1,41 @@
+"""The val split read from the training data: its scores are of images trained on."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+# the keys that say which images (and annotations) a split reads
+SOURCE_KEYS = ("ann_file", "img_dir", "mask_dir", "split_file")
+
+
+def _resolved(value: Any) -> Any:
+    return None if value in (None, "") else Path(str(value)).expanduser().resolve()
+
+
+def warn_of_val_in_training(data: Mapping[str, Any]) -> None:
+    """A warning where data.val reads what data.train reads (the same files and folders),
+    or where the training split reads a whole folder whose data.val.split_file picks the
+    val images (VOC's layout without data.train.split_file)."""
+    train, val = data.get("train"), data.get("val")
+    if not isinstance(train, Mapping) or not isinstance(val, Mapping):
+        return
+    keys = [k for k in SOURCE_KEYS if k in train and k in val]
+    given = {k: (_resolved(train[k]), _resolved(val[k])) for k in keys}
+    if not any(t for t, _ in given.values()):
+        return
+    if all(t == v for t, v in given.values()):
+        logger.warning("data.val reads the training data (data.train's %s): its scores are of "
+                       "images the model was trained on; give the val split its own files",
+                       ", ".join(k for k, (t, _) in given.items() if t))
+        return
+    split = given.get("split_file")
+    folders = [k for k in ("img_dir", "mask_dir") if k in given and given[k][0]]
+    if (split and split[0] is None and split[1] is not None and folders
+            and all(given[k][0] == given[k][1] for k in folders)):
+        logger.warning("data.train reads every image of %s, the images data.val.split_file "
+                       "(%s) picks among them: its scores are of images trained on; set "
+                       "data.train.split_file (VOC: ImageSets/Segmentation/train.txt)",
+                       train["img_dir"], val["split_file"])
