@@ -5,21 +5,29 @@ them as resnet_detect.tools). `python -m resnet_detect train CONFIG ...` is
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
 
 from resnet_detect import CONFIGS
 
 TOOLS = ("train", "pretrain", "eval", "demo", "export", "make_synthetic", "model_info",
          "analyze", "analyze_results", "browse_dataset", "plot_curves", "merge_coco",
          "labelme_to_coco", "voc_to_coco", "yolo_to_coco")
-USAGE = (f"usage: python -m resnet_detect TOOL [args ...]  (TOOL --help: its options)\n"
+USAGE = (f"usage: python -m resnet_detect TOOL [args ...]  (TOOL --help: its options; "
+         f"--version)\n"
          f"tools: {', '.join(TOOLS)}\n"
          f"configs (the repository's configs/ folder): {CONFIGS}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        from resnet_detect import __version__
+        print(f"resnet-detect {__version__}")
+        return
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         raise SystemExit(0 if argv else 2)
@@ -27,10 +35,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     if name not in TOOLS:
         print(f"resnet_detect: error: no tool {argv[0]!r}\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
-    tool = importlib.import_module(f"resnet_detect.tools.{name}")
+    try:
+        tool = importlib.import_module(f"resnet_detect.tools.{name}")
+    except ModuleNotFoundError as e:  # a clone on PYTHONPATH, not installed: its tools/ folder
+        if e.name not in ("resnet_detect.tools", f"resnet_detect.tools.{name}"):
+            raise
+        tool = _repository_tool(name)
     from resnet_detect.engine.cli import run_tool
     sys.argv = [tool.__file__, *argv[1:]]  # (its messages and usage name it: "train.py")
     run_tool(tool.main)
+
+
+def _repository_tool(name: str) -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    if not path.is_file():
+        print(f"resnet_detect: error: {path} not found: this resnet_detect is neither installed "
+              f"(pip install) nor in its repository", file=sys.stderr)
+        raise SystemExit(2)
+    spec = importlib.util.spec_from_file_location(f"resnet_detect_tool_{name}", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
             else "a bbox in every result (try --iou-type segm)"))
     ann_file = Path(cfg.data.val.ann_file)
     ids = (chosen_category_ids(cfg, read_coco_json(ann_file), ann_file)  # data.classes'
-           if cfg.data.classes else None)
+           if cfg.data.classes is not None else None)
     gt, maskless = ground_truth(ann_file, args.iou_type, ids)
     if ids is not None:
         results = [r for r in results if r["category_id"] in ids]

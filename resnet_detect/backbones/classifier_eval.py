@@ -22,11 +22,13 @@ from . import build_classifier
 from .data import (ImageFolderDataset, build_val_transform, collate_images, scan_image_folder,
                    warn_of_another_val_transform)
 from .weights import classifier_checkpoint
+from resnet_detect.engine.amp import float32_default
 
 logger = logging.getLogger(__name__)
 TASK = "classification"
 
 
+@float32_default()  # whatever torch's default dtype: float32 weights
 def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, output: Path,
                         overrides: list[str] | tuple[str, ...], device: torch.device, *,
                         backend: str | None = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from . import build_classifier
 from .classifier import Classifier
 from .data import VAL_INTERPOLATIONS, warn_of_another_val_transform
 from .weights import classifier_checkpoint
+from resnet_detect.engine.amp import float32_default
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class ClassifierGraph(nn.Module):
         return self.model(x[None])[0]
 
 
+@float32_default()  # whatever torch's default dtype: float32 weights
 def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: Path,
                  overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Export the classifier `weights` (model_final.pth of tools/pretrain.py, or torchvision /

@@ -51,6 +51,7 @@ from .tiles import Tiles, refuse_tiles, tiles_from_config
 from .tiles import describe as describe_tiles
 from .tta import DetectionTTA, describe, refuse_tta, tta_from_config
 from .voc_eval import check_voc_metric
+from resnet_detect.engine.amp import float32_default
 
 logger = logging.getLogger(__name__)
 # COCOeval scores every image of the annotation file
@@ -182,6 +183,7 @@ def _warn_of_undetectable_objects(model_ids: Sequence[int], dataset: Any, mappin
                        len(other), weights, ", ".join(other))
 
 
+@float32_default()  # whatever torch's default dtype: float32 weights
 def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequence[str],
                         device: torch.device, *, backend: str | None = None) -> dict[str, Any]:
     """COCO box (and mask) AP of `weights` on data.val (tools/eval.py): writes
@@ -246,6 +248,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     return result
 
 
+@float32_default()  # whatever torch's default dtype: float32 weights
 def export_model(config: str, weights: str, folder: Path, overrides: Sequence[str] = (),
                  mask_output: str | None = None) -> dict[str, Any]:
     """Export `weights` built as `config` says to folder/model.onnx (tools/export.py);

@@ -41,6 +41,7 @@ from .export import export_segmentor
 from .inference import TTAInference, evaluate_model, tta_from_config
 from .predictor import Predictor, build_renderer, placeholder_names
 from .records import write_label_map
+from resnet_detect.engine.amp import float32_default
 
 logger = logging.getLogger(__name__)
 PREDICTIONS = "predictions"  # tools/eval.py --save-predictions: OUTPUT/predictions/<image>.png
@@ -49,6 +50,7 @@ __all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "SemSegTask", "browse_split", 
            "evaluate_checkpoint", "export_model", "resolve_overrides"]
 
 
+@float32_default()  # whatever torch's default dtype: float32 weights
 def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequence[str],
                         device: torch.device, *, backend: str | None = None,
                         save_predictions: bool = False) -> dict[str, Any]:
@@ -176,6 +178,7 @@ def prediction_writer(folder: Path, img_dir: Path, file_names: Sequence[str], of
     return save
 
 
+@float32_default()  # whatever torch's default dtype: float32 weights
 def export_model(config: str, weights: str, folder: Path, overrides: Sequence[str] = ()
                  ) -> dict[str, Any]:
     """Export `weights` built as `config` says to folder/model.onnx (tools/export.py);

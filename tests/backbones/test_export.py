@@ -58,6 +58,18 @@ def test_onnx_runtime_gives_the_pytorch_logits_at_any_size(tmp_path: Path) -> No
         (got,) = session.run(None, {"image": image.numpy()})
         assert got.shape == (len(NAMES),)
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    # a caller's float64 default dtype wrote float64 weights ONNX Runtime cannot run
+    # ("Could not find an implementation for Conv(11)") under an export.json saying float32
+    torch.set_default_dtype(torch.float64)
+    try:
+        export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "float64")
+        assert torch.get_default_dtype() == torch.float64  # the caller's, after
+    finally:
+        torch.set_default_dtype(torch.float32)
+    (got,) = open_session(tmp_path / "float64").run(None, {"image": image.numpy()})
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert ((tmp_path / "float64/model.onnx").stat().st_size
+            == (tmp_path / "export/model.onnx").stat().st_size)
 
 
 def test_a_backbone_or_mismatched_checkpoint_is_refused_naming_it(tmp_path: Path) -> None:

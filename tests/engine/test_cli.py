@@ -1,6 +1,7 @@
 """engine.cli.run_tool: a config error prints as one line naming the key and exits 2."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 import os
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -695,6 +697,7 @@ def test_every_key_a_flag_hint_names_is_a_key_of_a_config() -> None:
 _TERMINATED_SCRIPT = """
 import os, signal, sys, time
 from pathlib import Path
+from typing import Any
 from resnet_detect.engine.cli import run_tool
 from resnet_detect.engine.export import _written
 
@@ -791,6 +794,8 @@ def test_python_m_resnet_detect_runs_the_tools(monkeypatch: pytest.MonkeyPatch,
         main(["--help"])
     out = capsys.readouterr().out
     assert stop.value.code == 0 and "tools: train, pretrain, eval" in out and str(CONFIGS) in out
+    main(["--version"])
+    assert capsys.readouterr().out == "resnet-detect 0.1.0\n"
     for argv, said in (([], "usage: python -m resnet_detect TOOL"),
                        (["trian"], "resnet_detect: error: no tool 'trian'")):
         with pytest.raises(SystemExit) as stop:
@@ -801,6 +806,17 @@ def test_python_m_resnet_detect_runs_the_tools(monkeypatch: pytest.MonkeyPatch,
     main(["model-info", "resnet18"])
     assert "total       11,689,512" in capsys.readouterr().out  # torchvision's resnet18
     assert sys.path == path  # imported as a package: no repository folder put first
+    # a clone on PYTHONPATH, not installed (no resnet_detect.tools): the tools/ folder's file
+    real_import = importlib.import_module
+
+    def uninstalled(module: str, *args: Any) -> Any:
+        if module.startswith("resnet_detect.tools"):
+            raise ModuleNotFoundError(f"No module named {module!r}", name="resnet_detect.tools")
+        return real_import(module, *args)
+    monkeypatch.setattr(importlib, "import_module", uninstalled)
+    main(["model_info", "resnet18"])
+    assert "total       11,689,512" in capsys.readouterr().out
+    monkeypatch.setattr(importlib, "import_module", real_import)
     with pytest.raises(SystemExit) as stop:
         main(["train", str(ROOT / "nope.yaml")])
     assert stop.value.code == 2

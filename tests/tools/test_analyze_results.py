@@ -193,4 +193,7 @@ def test_with_data_classes_the_maskless_count_is_of_the_chosen_categories(
             assert warned == []
         else:
             assert len(warned) == 1 and said in warned[0]
+    with pytest.raises(ConfigError, match=r"data.classes must be null or a list of category "
+                                          r"names .*got \[\]"):  # (an empty list read all)
+        analyze_results.main([*args(data, tmp_path / "m.json", tmp_path / "m"), "data.classes=[]"])
         assert scores

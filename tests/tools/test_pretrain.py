@@ -825,6 +825,12 @@ def test_eval_scores_a_classifier_as_its_training_did_and_torchvision_weights(
     assert result["images"] == {"images": 4, "unreadable": 0}
     assert json.loads((tmp_path / "eval/metrics.json").read_text())["classification"] == trained
     assert f"top1={trained['top1']:.2f}" in capsys.readouterr().out
+    torch.set_default_dtype(torch.float64)  # a caller's: it built float64 weights, then failed
+    try:
+        assert evaluate([*args, "--weights", str(out / "model_final.pth"), "--output",
+                         str(tmp_path / "eval64")])["classification"] == trained
+    finally:
+        torch.set_default_dtype(torch.float32)
     # at another image size than its run's: another top-1 without a word (the export warned)
     with caplog.at_level(logging.WARNING):
         evaluate([*args, "data.image_size=12", "--weights", str(out / "model_final.pth"),

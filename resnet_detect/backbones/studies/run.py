@@ -26,6 +26,7 @@ from .paths import effective_paths, path_gradient_magnitudes, path_length_distri
 from .plots import plot_degradation, plot_lesion, plot_paths, plot_responses
 from .responses import block_names, layer_response_std, response_layers
 from .training import accuracy
+from resnet_detect.engine.amp import float32_default
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +217,7 @@ def run_paths(ctx: StudyContext, weights: Sequence[str], *, samples_per_k: int, 
 STUDIES = ("degradation", "responses", "lesion", "paths")
 
 
+@float32_default()  # whatever torch's default dtype: float32 weights
 def run_study(study: str, ctx: StudyContext, cfg: Any, weights: Sequence[str]) -> dict[str, Path]:
     """Dispatch to the study's runner with its section of the config as plain values."""
     if study == "degradation":
