@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-import numbers
+import operator
 
 import torch
 from torch import nn
@@ -17,11 +17,14 @@ class Classifier(nn.Module):
 
     def __init__(self, *, backbone: ResNet, num_classes: int) -> None:
         super().__init__()
-        if (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
-                or num_classes < 1):
+        try:  # (NumPy's and torch's integer scalars too, as nn.Linear takes them)
+            count = None if isinstance(num_classes, bool) else operator.index(num_classes)
+        except TypeError:
+            count = None
+        if count is None or count < 1:
             raise ValueError(f"num_classes must be a positive integer (the classes of the "
                              f"fc layer), got {num_classes!r}")
-        num_classes = int(num_classes)
+        num_classes = count
         self.backbone = backbone
         self.feature_name = backbone.stages[-1]
         if backbone.out_features != (self.feature_name,):

@@ -246,6 +246,7 @@ def test_a_classifier_of_no_classes_is_refused(count):
                                          rf"of the fc layer\), got {re.escape(repr(count))}"):
         backbones.build_classifier("resnet18", count)
     assert backbones.build_classifier("resnet18", np.int64(7)).fc.out_features == 7
+    assert backbones.build_classifier("resnet18", torch.tensor(5)).fc.out_features == 5
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
