@@ -6,6 +6,7 @@ import argparse
 import copy
 import difflib
 import os
+import re
 import signal
 import sys
 import threading
@@ -55,6 +56,17 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated
 
 
+def as_installed(text: str) -> str:
+    """A message's `tools/X.py` commands as a pip install runs them (`python -m resnet_detect
+    X`; `torchrun ... -m resnet_detect X`) where the running tool is the installed package's
+    (resnet_detect/tools/X.py); unchanged in the repository."""
+    if Path(sys.argv[0]).resolve().parent.parent.name != "resnet_detect":
+        return text
+    text = re.sub(r"(torchrun [^;()]*?)tools/(\w+)\.py", r"\1-m resnet_detect \2", text)
+    return re.sub(r"(?<![\w/.])(?:python3? )?tools/(\w+)\.py", r"python -m resnet_detect \1",
+                  text)
+
+
 def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     """A tool's command line: `main(sys.argv[1:])`, where an error in what the user gave (a
     config key, a data file, a checkpoint, an export, an output folder in use) prints as its
@@ -75,7 +87,8 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     try:
         main(sys.argv[1:])
     except USER_ERRORS as e:
-        print(f"{Path(sys.argv[0]).name}: error: {worker_error_message(e)}", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: error: {as_installed(worker_error_message(e))}",
+              file=sys.stderr)
         raise SystemExit(2) from None
     except MemoryError as e:
         if not str(e):  # Python's own, which says nothing more than its traceback
@@ -150,7 +163,8 @@ class ToolArgumentParser(argparse.ArgumentParser):
                                                          if o.startswith("--")], n=1)
                 if flag.startswith("--") and flag not in hinted and close:
                     hints.append(f"{flag}: did you mean {close[0]}?")
-            message += "".join(f"\n  {hint.replace('TOOL.py', self.prog)}" for hint in hints)
+            message += "".join(f"\n  {as_installed(hint.replace('TOOL.py', self.prog))}"
+                               for hint in hints)
         elif "required" in message and "--weights" in self._option_string_actions:
             message += "".join(f"\n  {word}: a checkpoint is given as --weights {path}"
                                for word, path in self._checkpoints_given())

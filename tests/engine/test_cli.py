@@ -821,3 +821,19 @@ def test_python_m_resnet_detect_runs_the_tools(monkeypatch: pytest.MonkeyPatch,
         main(["train", str(ROOT / "nope.yaml")])
     assert stop.value.code == 2
     assert capsys.readouterr().err.startswith("train.py: error: config file not found: ")
+
+
+def test_a_pip_installed_tool_names_the_tools_as_it_runs_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a pip install the hints said tools/train.py, a file the user does not have."""
+    from resnet_detect.engine.cli import as_installed
+    text = ("one process per GPU: torchrun --nproc_per_node=N tools/train.py ...; evaluate "
+            "with tools/eval.py CONFIG (`python tools/make_synthetic.py` makes it); "
+            "datasets/tools/x.py")
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "tools/train.py")])
+    assert as_installed(text) == text  # the repository's tools
+    monkeypatch.setattr(sys, "argv", ["/venv/site-packages/resnet_detect/tools/train.py"])
+    assert as_installed(text) == (
+        "one process per GPU: torchrun --nproc_per_node=N -m resnet_detect train ...; evaluate "
+        "with python -m resnet_detect eval CONFIG (`python -m resnet_detect make_synthetic` "
+        "makes it); datasets/tools/x.py")
