@@ -52,8 +52,10 @@ OTHER_KEYS = {
                   "(segmentation configs)", "data"),
     "reduce_zero_label": ("mmsegmentation's reduce_zero_label is data.reduce_zero_label here "
                           "(segmentation configs)", "data"),
-    "test_cfg": ("mmsegmentation's test_cfg mode='slide' crop_size stride is test.window=[h, w] "
-                 "test.stride=[h, w] here", "test"),
+    "test_cfg": ("mmsegmentation's and mmdetection's test_cfg (the test loop) is no key here; "
+                 "their model.test_cfg is the test section (segmentation's sliding window: "
+                 "test.window, test.stride) and detection's model.roi_heads.score_thresh, "
+                 "nms_thresh", "test"),
     "model.test_cfg": ("mmsegmentation's test_cfg mode='slide' crop_size stride is "
                        "test.window=[h, w] test.stride=[h, w] here", "head"),
     "model.decode_head": ("mmsegmentation's decode_head is model.head here (name: deeplabv3, "
@@ -192,6 +194,16 @@ SEGMENTATION_FLAGS = {
 }
 
 
+EVALUATION_FLAGS = ("--out", "--format-only")  # (what they are in tools/eval.py alone)
+# a pretraining config's (torchvision's classification reference)
+CLASSIFICATION_FLAGS = {
+    "--data-path": "data.root=DIR (its train/ and val/ class folders)",
+    "--tta": "a classifier is evaluated on one center crop here (no test-time augmentation)",
+    "--aug-test": "a classifier is evaluated on one center crop here (no test-time "
+                  "augmentation)",
+}
+
+
 def flag_hints(words: Sequence[str], training: bool, tool: str = "",
                task: str = "") -> list[str]:
     """`--flag: what it is here` for the flags of other projects among `words` (argparse's
@@ -199,7 +211,10 @@ def flag_hints(words: Sequence[str], training: bool, tool: str = "",
     given config's (sem_seg: SEGMENTATION_FLAGS)."""
     advice = _flag_advice(training)
     if task == "sem_seg":
-        advice.update(SEGMENTATION_FLAGS)
+        advice.update({flag: hint for flag, hint in SEGMENTATION_FLAGS.items()
+                       if flag not in EVALUATION_FLAGS or tool == "eval.py"})
+    elif task == "classification":
+        advice.update(CLASSIFICATION_FLAGS)
     if tool == "demo.py":  # (not "use tools/demo.py" there)
         advice["--show"] = advice["--show-dir"] = ("the pictures go into --output DIR (no "
                                                    "window opens)")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from torch import nn
 
 from .config import ConfigError
@@ -101,7 +101,11 @@ def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig
         for key in weights:
             OmegaConf.update(probe, key, None)
         if "num_classes" in probe.model and probe.model.num_classes is None:
-            probe.model.num_classes = num_classes
+            # (model.class_weight gives one weight per class of the data: as many)
+            weights_of_classes = probe.model.get("class_weight")
+            probe.model.num_classes = (len(weights_of_classes) if isinstance(
+                weights_of_classes, ListConfig) and len(weights_of_classes) >= 2
+                else num_classes)
     try:
         _build_on_meta(build, probe)
     except ConfigError:

@@ -6,6 +6,7 @@ FCN, DeepLabV3 or DeepLabV3+ on any registered ResNet, optional auxiliary FCN he
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -168,9 +169,11 @@ def class_weight(cfg: Mapping[str, Any], num_classes: int) -> list[float] | None
     if weights is None:
         return None
     if (not isinstance(weights, Sequence) or isinstance(weights, str)
-            or not all(is_number(w) and w >= 0 for w in weights) or not any(weights)):
-        raise ConfigError(f"model.class_weight must be a list of non-negative numbers, one per "
-                          f"class, not all 0 (or null), got {weights!r}")
+            or not all(is_number(w) and 0 <= w < math.inf for w in weights) or not any(weights)):
+        listed = (" (mmsegmentation's file of them: write the list here)"
+                  if isinstance(weights, str) else "")
+        raise ConfigError(f"model.class_weight must be a list of finite non-negative numbers, "
+                          f"one per class, not all 0 (or null), got {weights!r}{listed}")
     if len(weights) != num_classes:
         raise ConfigError(f"model.class_weight has {len(weights)} weights for {num_classes} "
                           f"classes (model.num_classes, background included): one per class")

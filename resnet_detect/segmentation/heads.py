@@ -201,7 +201,8 @@ class SemSegHead(nn.Module):
             raise ValueError(f"ground truth {tuple(gt_sem_seg.shape)} does not match logits "
                              f"{tuple(logits.shape)} (expected (N, H, W))")
         # reduction="sum" / count keeps an all-ignored batch at 0 instead of NaN
-        total = F.cross_entropy(logits.float(), gt_sem_seg, weight=self.class_weight,
+        weight = None if self.class_weight is None else self.class_weight.float()
+        total = F.cross_entropy(logits.float(), gt_sem_seg, weight=weight,
                                 ignore_index=self.ignore_index, reduction="sum")
         count = (gt_sem_seg != self.ignore_index).sum().clamp(min=1)
         return total / count

@@ -189,8 +189,8 @@ def tta_from_config(cfg: Mapping[str, Any]) -> TTAInference:
     t = cfg["test"]
     for key in ("window", "stride"):
         if is_number(t[key]):  # (TTAInference's "'int' object is not iterable")
-            raise ConfigError(f"test.{key} is [h, w], got {t[key]!r}: write "
-                              f"test.{key}=[{t[key]},{t[key]}]")
+            raise ConfigError(f"test.{key} is [h, w], got {t[key]!r}" + (
+                f": write test.{key}=[{t[key]},{t[key]}]" if isinstance(t[key], int) else ""))
     try:
         return TTAInference(scales=list(t["scales"]), flip=t["flip"], window=t["window"],
                             stride=t["stride"], max_size=t["max_size"])

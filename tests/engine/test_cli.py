@@ -619,8 +619,13 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
               "--palette", "p.json", "--opacity", "0.3", "--out-file", "f.png"],
      ["  --palette: data.palette=[[r, g, b], ...]", "  --opacity: the overlay's opacity is 0.5",
       "  --out-file: --output DIR"]),
-    ("train", [str(SEG_CONFIG), "--data-path", "/data"],
-     ["  --data-path: data.train.img_dir=DIR data.train.mask_dir=DIR"]),
+    ("train", [str(SEG_CONFIG), "--data-path", "/data", "--out", "o"],
+     ["  --data-path: data.train.img_dir=DIR data.train.mask_dir=DIR",
+      "  --out: train.output_dir=DIR"]),  # (--save-predictions is tools/eval.py's)
+    ("pretrain", [str(ROOT / "configs/pretrain/synthetic_resnet18.yaml"), "--data-path", "/d",
+                  "--aug-test"],
+     ["  --data-path: data.root=DIR (its train/ and val/ class folders)",
+      "  --aug-test: a classifier is evaluated on one center crop here"]),
     ("train", [str(SEG_CONFIG), "model.head.class_weight=[1,2]"],
      ["; the loss is the cross-entropy summed over the scored pixels over their count "
       "(mmsegmentation's avg_non_ignore=True); model.class_weight=[w_0, ...] weighs the classes "

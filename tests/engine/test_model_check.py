@@ -198,3 +198,13 @@ def test_a_random_backbone_with_frozen_parts_is_warned_of(caplog):
     assert ("no weights are given (model.weights, model.backbone.weights null): the backbone "
             "starts from random weights (ImageNet weights: model.backbone.weights=PATH)"
             ) in caplog.text
+
+
+def test_class_weights_with_the_class_count_read_from_the_data(tmp_path):
+    """model.class_weight of the data's 7 classes was refused against the check's stand-in
+    count of 2 ("7 weights for 2 classes"): no list passed where model.num_classes is null."""
+    with pytest.raises((DatasetError, FileNotFoundError), match=f"{tmp_path}/none"):
+        _prepare(SEGMENTER, [*_no_data(SEGMENTER, tmp_path), "model.class_weight=[1,2,3,4,5,6,7]"])
+    with pytest.raises(ConfigError, match=r"model.class_weight must be a list of finite "
+                                          r"non-negative numbers"):
+        _prepare(SEGMENTER, [*_no_data(SEGMENTER, tmp_path), "model.class_weight=[1,.inf,1]"])

@@ -30,6 +30,8 @@ def test_a_val_split_of_the_training_files_is_warned_of(tmp_path: Path,
     folders = {"img_dir": "JPEGImages", "mask_dir": "SegmentationClass", "ann_file": None,
                "split_file": None}
     assert _warnings(caplog, {"train": folders, "val": dict(folders)}).startswith(SAID)
+    assert _warnings(caplog, {"train": {**folders, "img_suffix": ".jpg"},  # other files
+                              "val": {**folders, "img_suffix": ".png"}}) == ""
     voc = _warnings(caplog, {"train": folders, "val": {**folders, "split_file": "val.txt"}})
     assert voc.startswith("data.train reads every image of JPEGImages, the images "
                           "data.val.split_file (val.txt) picks among them")

@@ -111,12 +111,17 @@ def test_class_weights_weigh_each_pixel_s_loss_by_its_class(small_config):
     weight = torch.tensor([2.0, 0.5, 0.0])[gt[scored]]
     # summed over the scored pixels, over their count (mmsegmentation's avg_non_ignore=True)
     torch.testing.assert_close(model.head.loss(logits, gt), (weight * picked).sum() / scored.sum())
+    bf16 = build_model(cfg).head.to(torch.bfloat16)  # (its buffer cast with it)
+    torch.testing.assert_close(bf16.loss(logits, gt), (weight * picked).sum() / scored.sum(),
+                               rtol=1e-2, atol=0)
     cfg["model"]["class_weight"] = [1, 1, 1]
     torch.testing.assert_close(build_model(cfg).head.loss(logits, gt),
                                F.cross_entropy(logits, gt, ignore_index=255))
     for bad, message in (([1, 2], r"model.class_weight has 2 weights for 3 classes"),
-                         ([1, -1, 2], r"must be a list of non-negative numbers, one per class, "
-                                      r"not all 0 \(or null\), got \[1, -1, 2\]"),
+                         ([1, -1, 2], r"must be a list of finite non-negative numbers, one per "
+                                      r"class, not all 0 \(or null\), got \[1, -1, 2\]"),
+                         ([1, float("inf"), 2], "finite"),
+                         ("w.npy", "mmsegmentation's file of them: write the list here"),
                          ([0, 0, 0], "not all 0"), ("abc", "got 'abc'")):
         cfg["model"]["class_weight"] = bad
         with pytest.raises(ValueError, match=message):

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..distributed import is_main_process
+
 logger = logging.getLogger(__name__)
 # the keys that say which images (and annotations) a split reads
 SOURCE_KEYS = ("ann_file", "img_dir", "mask_dir", "split_file")
@@ -20,7 +22,9 @@ def warn_of_val_in_training(data: Mapping[str, Any]) -> None:
     or where the training split reads a whole folder whose data.val.split_file picks the
     val images (VOC's layout without data.train.split_file)."""
     train, val = data.get("train"), data.get("val")
-    if not isinstance(train, Mapping) or not isinstance(val, Mapping):
+    if not isinstance(train, Mapping) or not isinstance(val, Mapping) or not is_main_process():
+        return
+    if train.get("img_suffix") != val.get("img_suffix"):  # other files of the same folders
         return
     keys = [k for k in SOURCE_KEYS if k in train and k in val]
     given = {k: (_resolved(train[k]), _resolved(val[k])) for k in keys}
