@@ -37,5 +37,9 @@ def test_a_val_split_of_the_training_files_is_warned_of(tmp_path: Path,
                           "data.val.split_file (val.txt) picks among them")
     assert _warnings(caplog, {"train": {**folders, "split_file": "train.txt"},
                               "val": {**folders, "split_file": "val.txt"}}) == ""
+    assert _warnings(caplog, {"train": {**folders, "split_file": "train.txt"},
+                              "val": folders}).startswith(
+        "data.val reads every image of JPEGImages, the images data.train.split_file "
+        "(train.txt) picks among them")
     assert _warnings(caplog, {"train": folders, "val": None}) == ""  # no val split
     assert _warnings(caplog, {"root": "imagenet"}) == ""  # pretraining's folders

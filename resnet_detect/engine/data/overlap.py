@@ -19,8 +19,8 @@ def _resolved(value: Any) -> Any:
 
 def warn_of_val_in_training(data: Mapping[str, Any]) -> None:
     """A warning where data.val reads what data.train reads (the same files and folders),
-    or where the training split reads a whole folder whose data.val.split_file picks the
-    val images (VOC's layout without data.train.split_file)."""
+    or where one split reads a whole folder of which the other's split file picks some
+    (VOC's layout with one of the two split files)."""
     train, val = data.get("train"), data.get("val")
     if not isinstance(train, Mapping) or not isinstance(val, Mapping) or not is_main_process():
         return
@@ -37,9 +37,15 @@ def warn_of_val_in_training(data: Mapping[str, Any]) -> None:
         return
     split = given.get("split_file")
     folders = [k for k in ("img_dir", "mask_dir") if k in given and given[k][0]]
-    if (split and split[0] is None and split[1] is not None and folders
-            and all(given[k][0] == given[k][1] for k in folders)):
+    if not (split and folders and all(given[k][0] == given[k][1] for k in folders)):
+        return
+    if split[0] is None and split[1] is not None:
         logger.warning("data.train reads every image of %s, the images data.val.split_file "
                        "(%s) picks among them: its scores are of images trained on; set "
                        "data.train.split_file (VOC: ImageSets/Segmentation/train.txt)",
                        train["img_dir"], val["split_file"])
+    elif split[0] is not None and split[1] is None:
+        logger.warning("data.val reads every image of %s, the images data.train.split_file "
+                       "(%s) picks among them: its scores are partly of images trained on; set "
+                       "data.val.split_file (VOC: ImageSets/Segmentation/val.txt)",
+                       val["img_dir"], train["split_file"])
