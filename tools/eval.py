@@ -7,7 +7,8 @@ Usage:
       results file already written, this project's, detectron2's or mmdetection's, without
       a model; DIR/metrics.json has "results" in place of "weights")
   ... --confusion-matrix [--score-thr 0.3]   (detection: also DIR/confusion_matrix.csv and
-      .png, mmdetection's confusion_matrix.py; resnet_detect/detection/confusion.py)
+      .png, mmdetection's confusion_matrix.py; resnet_detect/detection/confusion.py; sem_seg:
+      DIR/confusion_matrix.csv of pixel counts, ground truth by prediction)
   ... --error-analysis   (detection: also DIR/error_analysis/bbox/ and, for masks, segm/,
       mmdetection's coco_error_analysis.py: PR curves C75, C50, Loc, Sim, Oth, BG, FN, overall
       and per category, and their APs in error_analysis.json;
@@ -77,7 +78,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--confusion-matrix", action="store_true",
                         help="detection: also DIR/confusion_matrix.csv and .png (mmdetection's "
                              "confusion_matrix.py: detections scoring --score-thr or more, "
-                             "matched at IoU 0.5)")
+                             "matched at IoU 0.5); sem_seg: DIR/confusion_matrix.csv of pixels")
     parser.add_argument("--error-analysis", action="store_true",
                         help="detection: also DIR/error_analysis/ (mmdetection's "
                              "coco_error_analysis.py: PR curves of the box and mask errors)")
@@ -134,12 +135,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     key = "results" if args.results else "weights"
     refuse_another_evaluations_folder(Path(args.output), getattr(args, key), key)
     task = config_task(args.config, args.overrides)
-    for flag, asked in (("--confusion-matrix", args.confusion_matrix),
-                        ("--error-analysis", args.error_analysis)):
-        if asked and task != "detection":
-            raise ConfigError(f"{flag} is for detection; {args.config} is a {task!r} config"
-                              + (" (its per-class IoU is in metrics.json)"
-                                 if task == "sem_seg" else ""))
+    for flag, asked, tasks in (("--confusion-matrix", args.confusion_matrix,
+                                ("detection", "sem_seg")),
+                               ("--error-analysis", args.error_analysis, ("detection",))):
+        if asked and task not in tasks:
+            raise ConfigError(f"{flag} is for {' and '.join(tasks)}; {args.config} is a "
+                              f"{task!r} config" + (" (its per-class IoU is in metrics.json)"
+                                                    if task == "sem_seg" else ""))
     if not 0 <= args.score_thr <= 1:
         raise ConfigError(f"--score-thr is a score, 0..1, got {args.score_thr}")
     if args.results:
@@ -156,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                               f"a {task!r} config" + (" (its detections are in the results file)"
                                                       if task == "detection" else ""))
         options["save_predictions"] = True
+    if task == "sem_seg" and args.confusion_matrix:
+        options["confusion"] = True
     # the config's train.device (auto: a GPU when there is one; train.device=cpu forces the CPU)
     cfg = load_task_config(args.config, args.overrides)[1]
     check_num_workers(cfg)
@@ -167,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         if is_main_process() else None, "write to --output")
         metrics = evaluate_checkpoint(args.config, args.weights, Path(args.output),
                                       args.overrides, device, **options)
-        if (args.confusion_matrix or args.error_analysis) and is_main_process():
+        if (args.confusion_matrix or args.error_analysis) and task == "detection" \
+                and is_main_process():
             from resnet_detect.detection.evaluation import RESULTS_FILE
             write_analyses(args, Path(args.output) / RESULTS_FILE)
         return metrics

@@ -17,6 +17,8 @@ All are reported in percent.
 """
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 from resnet_detect.engine.distributed import all_gather_object, is_main_process
-from resnet_detect.engine.files import atomic_write_json
+from resnet_detect.engine.files import atomic_write_json, atomic_write_text
 from resnet_detect.engine.logging import print_and_log
 
 logger = logging.getLogger(__name__)
@@ -140,6 +142,7 @@ class SemSegEvaluator:
         """
         gathered = all_gather_object((self.matrix, self.num_images))
         matrix = sum(m for m, _ in gathered)
+        self.total = matrix  # every process's pixels (write_confusion_matrix)
         num_images = sum(n for _, n in gathered)
         if num_images == 0:
             logger.warning("SemSegEvaluator: no images were processed")
@@ -159,3 +162,25 @@ def format_per_class(per_class_iou: Mapping[str, float | None]) -> str:
     return "\n".join(["per-class IoU:"] + [
         f"  {name:<20} {'n/a' if iou is None else f'{iou:6.2f}'}"
         for name, iou in per_class_iou.items()])
+
+
+def write_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path
+                           ) -> list[str]:
+    """PATH (a CSV of pixel counts: rows the ground truth's classes, columns the predicted
+    ones; mmsegmentation's analysis_tools/confusion_matrix.py, as counts) and the lines that
+    name the five largest confusions, each in percent of its class's pixels."""
+    names = class_keys(class_names)
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["ground truth \\ predicted", *names])
+    for name, row in zip(names, matrix):
+        writer.writerow([name, *row.tolist()])
+    atomic_write_text(rows.getvalue(), path)
+    totals = matrix.sum(axis=1)
+    cells = sorted(((int(matrix[i, j]), i, j) for i in range(len(names))
+                    for j in range(len(names)) if i != j and matrix[i, j]), reverse=True)
+    lines = [f"confusion matrix (pixels): {path}; the {min(len(cells), 5)} largest of "
+             f"{len(cells)} confusions:"]
+    return lines + [f"  {names[i]} predicted as {names[j]}: {count} pixels "
+                    f"({100 * count / totals[i]:.1f}% of {names[i]}'s)"
+                    for count, i, j in cells[:5]]

@@ -36,7 +36,7 @@ from .convert import SEGMENTER_WEIGHTS
 from .build import BASE_CONFIG, build_model, load_config, provenance_from_config
 from .data import build_dataset, build_test_loader, check_same_classes, resolve_palette
 from .data import prefer_command_line_sources as resolve_overrides
-from .evaluation import SemSegEvaluator
+from .evaluation import SemSegEvaluator, write_confusion_matrix
 from .export import export_segmentor
 from .inference import TTAInference, evaluate_model, tta_from_config
 from .predictor import Predictor, build_renderer, placeholder_names
@@ -45,6 +45,7 @@ from resnet_detect.engine.amp import float32_default
 
 logger = logging.getLogger(__name__)
 PREDICTIONS = "predictions"  # tools/eval.py --save-predictions: OUTPUT/predictions/<image>.png
+CONFUSION_FILE = "confusion_matrix.csv"  # tools/eval.py --confusion-matrix: pixel counts
 
 __all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "SemSegTask", "browse_split", "build_renderer",
            "evaluate_checkpoint", "export_model", "resolve_overrides"]
@@ -53,10 +54,12 @@ __all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "SemSegTask", "browse_split", 
 @float32_default()  # whatever torch's default dtype: float32 weights
 def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequence[str],
                         device: torch.device, *, backend: str | None = None,
-                        save_predictions: bool = False) -> dict[str, Any]:
-    """mIoU of `weights` on data.val (tools/eval.py); writes OUTPUT/metrics.json, and with
+                        save_predictions: bool = False,
+                        confusion: bool = False) -> dict[str, Any]:
+    """mIoU of `weights` on data.val (tools/eval.py); writes OUTPUT/metrics.json, with
     `save_predictions` each image's class map as OUTPUT/predictions/<its path under
-    data.val.img_dir>.png (uint8 class ids). `backend` is for COCO evaluation, not used."""
+    data.val.img_dir>.png (uint8 class ids), with `confusion` OUTPUT/confusion_matrix.csv
+    (pixels). `backend` is for COCO evaluation, not used."""
     predictor = Predictor(config, weights=weights, overrides=overrides, device=device)
     cfg = load_config(config, overrides)
     cfg.model.num_classes = predictor.model.num_classes
@@ -139,6 +142,10 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
                            or cfg.data.val.ann_file, predictor.model.ignore_index)
         print(f"mIoU = {format_metric(m['mIoU'])}  pixel_acc = {format_metric(m['pixel_acc'])}"
               f"  mAcc = {format_metric(m['mAcc'])}", flush=True)
+        if confusion:
+            for line in write_confusion_matrix(evaluator.total, predictor.class_names,
+                                               output / CONFUSION_FILE):
+                print(line, flush=True)
     return result
 
 

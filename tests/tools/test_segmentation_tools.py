@@ -7,6 +7,7 @@ so both must run the config's test-time scales.
 """
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import logging
@@ -353,13 +354,13 @@ def test_weights_without_class_names_export_with_the_configs_and_score_the_same(
 
 def test_eval_saves_each_images_class_map_that_it_scored(
         trained: tuple[Path, dict], data: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """--save-predictions (mmsegmentation's format_only): one uint8 PNG per val image, from
     which the printed mIoU follows (recomputed here from the files and the val masks)."""
     out, _ = trained
     metrics = load_tool("eval").main([str(CONFIG), "--weights", str(out / "model_final.pth"),
                                       "--output", str(tmp_path), "--save-predictions",
-                                      *overrides(data)])["sem_seg"]
+                                      "--confusion-matrix", *overrides(data)])["sem_seg"]
     images = sorted((data / "images/val").glob("*.jpg"))
     saved = sorted((tmp_path / "predictions").iterdir())
     assert [p.name for p in saved] == [f"{p.stem}.png" for p in images]
@@ -373,6 +374,18 @@ def test_eval_saves_each_images_class_map_that_it_scored(
     tp = np.diag(confusion)
     union = confusion.sum(0) + confusion.sum(1) - tp
     assert metrics["mIoU"] == pytest.approx(100 * np.mean(tp[union > 0] / union[union > 0]))
+    # --confusion-matrix (mmsegmentation's confusion_matrix.py): these pixel counts
+    with (tmp_path / "confusion_matrix.csv").open(newline="") as f:
+        written = list(csv.reader(f))
+    assert written[0] == ["ground truth \\ predicted", *CLASSES]
+    assert [row[0] for row in written[1:]] == list(CLASSES)
+    np.testing.assert_array_equal(np.array([row[1:] for row in written[1:]], dtype=np.int64),
+                                  confusion)
+    off = confusion - np.diag(np.diag(confusion))
+    i, j = np.unravel_index(off.argmax(), off.shape)
+    assert (f"  {CLASSES[i]} predicted as {CLASSES[j]}: {off[i, j]} pixels "
+            f"({100 * off[i, j] / confusion[i].sum():.1f}% of {CLASSES[i]}'s)"
+            in capsys.readouterr().out)  # the largest confusion named
     # images without labels (a test set): predicted and written, nothing scored; a folder
     # (no mask_dir) or a COCO file without annotations, which scored all-background before
     info = {"images": [{"id": i, "file_name": p.name, "height": 96, "width": 128}

@@ -424,11 +424,11 @@ def test_eval_writes_a_confusion_matrix_of_results_or_weights(
                             str(trained / "model_final.pth"), "--confusion-matrix",
                             "--score-thr", "0.5"])
     assert (tmp_path / "w/confusion_matrix.png").is_file()
-    seg = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
-    with pytest.raises(ConfigError, match="--confusion-matrix is for detection; .* is a "
-                                          "'sem_seg' config .its per-class IoU"):
-        load_tool("eval").main([str(seg), "--output", str(tmp_path / "s"), "--weights", "w.pth",
-                                "--confusion-matrix"])
+    classifier = ROOT / "configs/pretrain/synthetic_resnet18.yaml"
+    with pytest.raises(ConfigError, match="--confusion-matrix is for detection and sem_seg; "
+                                          ".* is a 'classification' config"):
+        load_tool("eval").main([str(classifier), "--output", str(tmp_path / "s"), "--weights",
+                                "w.pth", "--confusion-matrix"])
     masks_only = masks_only_results(data, tmp_path / "masks.json")  # no matrix, said
     capsys.readouterr()
     load_tool("eval").main([*run, "--output", str(tmp_path / "m"), "--results",
