@@ -613,7 +613,8 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
                        "values 1..K only (ADE20K: without 'other'), or every name is one "
                        "class off", first)
     elif (not reduce_zero_label and split == "train" and not s["ann_file"]
-          and first.strip().lower() in UNLABELLED_NAMES):
+          and first.strip().lower() in UNLABELLED_NAMES
+          and (cfg["model"].get("class_weight") or [1])[0] != 0):  # (weight 0: not trained)
         logger.warning("data.class_names[0] is %r: the files' 0 is trained on and scored as a "
                        "class (in the mIoU); if 0 marks unlabelled pixels (ADE20K's 'other'), "
                        "set data.reduce_zero_label: true (0 is then neither trained on nor "

@@ -630,6 +630,11 @@ def test_ade20k_other_named_under_reduce_zero_label_is_warned_of(tmp_path, caplo
             "class (in the mIoU); if 0 marks unlabelled pixels (ADE20K's 'other'), set "
             "data.reduce_zero_label: true") in caplog.text
     caplog.clear()
+    cfg["model"]["class_weight"] = [0, 1, 1]  # not trained on: no warning
+    with caplog.at_level(logging.WARNING):
+        build_dataset(cfg, "train")
+    assert "data.class_names[0]" not in caplog.text
+    cfg["model"]["class_weight"] = None
     cfg["data"]["class_names"] = ["background", "a", "b"]
     with caplog.at_level(logging.WARNING):
         build_dataset(cfg, "train")
