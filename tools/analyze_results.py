@@ -85,9 +85,9 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
             "a segmentation in every result" if args.iou_type == "segm"
             else "a bbox in every result (try --iou-type segm)"))
     ann_file = Path(cfg.data.val.ann_file)
-    ids = (chosen_category_ids(cfg, read_coco_json(ann_file), ann_file)  # data.classes'
-           if cfg.data.classes is not None else None)
-    gt, maskless = ground_truth(ann_file, args.iou_type, ids)
+    content = read_coco_json(ann_file)
+    ids = chosen_category_ids(cfg, content, ann_file)  # data.classes' (None without it)
+    gt, maskless = ground_truth(ann_file, args.iou_type, ids, data=content)
     if ids is not None:
         results = [r for r in results if r["category_id"] in ids]
     if maskless and not any(not a["iscrowd"] for a in gt["annotations"]):

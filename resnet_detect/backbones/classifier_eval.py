@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from resnet_detect.engine import atomic_write_json, get_world_size, is_main_process, to_plain
-from resnet_detect.engine.amp import amp_for_device
+from resnet_detect.engine.amp import amp_for_device, float32_default
 from resnet_detect.engine.config import ConfigError, config_section
 from resnet_detect.engine.data import CountedLoader, DatasetError, build_test_loader
 from resnet_detect.engine.export import ExportError, is_onnx
@@ -22,7 +22,6 @@ from . import build_classifier
 from .data import (ImageFolderDataset, build_val_transform, collate_images, scan_image_folder,
                    warn_of_another_val_transform)
 from .weights import classifier_checkpoint
-from resnet_detect.engine.amp import float32_default
 
 logger = logging.getLogger(__name__)
 TASK = "classification"

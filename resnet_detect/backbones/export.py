@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from resnet_detect.engine.amp import float32_default
 from resnet_detect.engine.config import config_section, to_plain
 from resnet_detect.engine.export import ExportError, MODEL_FILE, export_graph, write_metadata
 from resnet_detect.engine.tasks import load_task_config
@@ -23,7 +24,6 @@ from . import build_classifier
 from .classifier import Classifier
 from .data import VAL_INTERPOLATIONS, warn_of_another_val_transform
 from .weights import classifier_checkpoint
-from resnet_detect.engine.amp import float32_default
 
 logger = logging.getLogger(__name__)
 

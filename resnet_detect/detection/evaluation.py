@@ -15,7 +15,7 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +187,8 @@ def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: An
     return results
 
 
-def ground_truth(ann_file: Path, iou_type: str, categories: Sequence[int] | None = None
-                 ) -> tuple[dict[str, Any], int]:
+def ground_truth(ann_file: Path, iou_type: str, categories: Iterable[int] | None = None, *,
+                 data: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
     """The file's content (checked as for training) as COCOeval reads it.
 
     Fields many converters leave out get COCO's meaning: `iscrowd` 0, and `area` (or a null one) the
@@ -196,9 +196,10 @@ def ground_truth(ann_file: Path, iou_type: str, categories: Sequence[int] | None
     mask (no polygon of 3 points, or a malformed or mis-sized segmentation) becomes a crowd
     region over its box: ignored, as training leaves it out. An LVIS file (federated.py) has
     no crowd regions besides those, and no objects of area 0, as lvis-api reads it. Returns
-    (dataset, number of objects so ignored). `categories`: those alone (data.classes).
+    (dataset, number of objects so ignored). `categories`: those alone (data.classes);
+    `data`: the file's content where the caller has read it (read_coco_json's).
     """
-    data = read_coco_json(ann_file)
+    data = read_coco_json(ann_file) if data is None else data
     if categories is not None:
         data = only_categories(data, categories)
     if iou_type == "bbox" and any(ann.get("id") == 0 for ann in data["annotations"]):

@@ -17,7 +17,7 @@ from resnet_detect.engine.data.coco import warn_of_boxes_beyond_images as warn_o
 from resnet_detect.engine.files import missing_path, nan_to_none
 
 from .config import load_config
-from .data.splits import classes_subset
+from .data.splits import chosen_category_ids
 from .evaluation import coco_backend, evaluate_coco
 from .training import scored_detections
 from .voc_eval import check_voc_metric, evaluate_voc
@@ -150,8 +150,7 @@ def score_results_file(config: str, results_file: str, output: Path,
     if not gt["annotations"]:
         raise DatasetError(f"{ann_file} has no annotations: there is nothing to score "
                            f"{path} against")
-    chosen, _ = classes_subset(cfg, gt, ann_file)
-    scored = None if chosen is gt else [c["id"] for c in chosen["categories"]]
+    scored = chosen_category_ids(cfg, gt, ann_file)  # (data.classes': None without it)
     known = {c["id"] for c in gt["categories"]}
     foreign = {r["category_id"] for r in results} - known
     if foreign:  # COCOeval scores the file's categories only: these results count for nothing

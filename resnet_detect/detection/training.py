@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
+from resnet_detect.engine.amp import float32_default
 from resnet_detect.engine.config import ConfigError
 from resnet_detect import backbones
 from resnet_detect.backbones.model_weights import resumed_model_check
@@ -51,7 +52,6 @@ from .tiles import Tiles, refuse_tiles, tiles_from_config
 from .tiles import describe as describe_tiles
 from .tta import DetectionTTA, describe, refuse_tta, tta_from_config
 from .voc_eval import check_voc_metric
-from resnet_detect.engine.amp import float32_default
 
 logger = logging.getLogger(__name__)
 # COCOeval scores every image of the annotation file

@@ -38,6 +38,7 @@ from .config import (ConfigError, as_override, flat_keys, is_number, is_positive
                      save_config, to_plain)
 from .data import (CountedLoader, build_test_loader, build_train_loader, collate,
                    worker_error_message)
+from .data.overlap import warn_of_val_in_training
 from .distributed import (all_reduce_sum, broadcast_buffers, get_rank, get_world_size,
                           init_distributed, is_main_process, per_process_batch_size,
                           refuse_syncbn_on_cpus, unsynced_batch_norm_warning, usable_device,
@@ -47,7 +48,6 @@ from .files import atomic_write_json, is_disk_full, nan_to_none
 from .logging import (ProgressLogger, ScalarWriter, logging_kept, rank_log_name,
                       setup_logging)
 from .memory_format import place_model
-from .data.overlap import warn_of_val_in_training
 from .model_check import warn_of_random_backbone, weights_keys
 from .rng import rng_kept, seed_everything
 from .run_lock import exclusive_output_dir

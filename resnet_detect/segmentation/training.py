@@ -23,6 +23,7 @@ from resnet_detect import backbones
 from resnet_detect.backbones.model_weights import resumed_model_check
 from resnet_detect.backbones.weights import read_checkpoint
 from resnet_detect.engine import atomic_write_json, barrier, is_main_process
+from resnet_detect.engine.amp import float32_default
 from resnet_detect.engine.compilation import inference_compile_settings
 from resnet_detect.engine.config import ConfigError, as_override
 from resnet_detect.engine.export import ExportError, check_class_names, is_onnx
@@ -41,7 +42,6 @@ from .export import export_segmentor
 from .inference import TTAInference, evaluate_model, tta_from_config
 from .predictor import Predictor, build_renderer, placeholder_names
 from .records import write_label_map
-from resnet_detect.engine.amp import float32_default
 
 logger = logging.getLogger(__name__)
 PREDICTIONS = "predictions"  # tools/eval.py --save-predictions: OUTPUT/predictions/<image>.png

@@ -610,35 +610,29 @@ def test_ade20k_other_named_under_reduce_zero_label_is_warned_of(tmp_path, caplo
     name by one."""
     img_dir, mask_dir = _folder(tmp_path)
     cfg = _config(img_dir=str(img_dir), mask_dir=str(mask_dir))
+
+    def warned() -> str:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            build_dataset(cfg, "train")
+        return caplog.text
     cfg["data"]["reduce_zero_label"] = True
     cfg["data"]["class_names"] = ["other", "a", "b"]
-    with caplog.at_level(logging.WARNING):
-        build_dataset(cfg, "train")
     assert ("data.class_names[0] is 'other', but under data.reduce_zero_label the files' 0 is "
-            "unlabelled and class 0 is the files' 1") in caplog.text
-    caplog.clear()
+            "unlabelled and class 0 is the files' 1") in warned()
     cfg["data"]["class_names"] = ["background", "a", "b"]  # LoveDA's 1 is background
-    with caplog.at_level(logging.WARNING):
-        build_dataset(cfg, "train")
-    assert "data.class_names[0]" not in caplog.text
+    assert "data.class_names[0]" not in warned()
     # without reduce_zero_label: 'unlabeled' trained and scored as a class, without a word
     cfg["data"]["reduce_zero_label"] = False
     cfg["data"]["class_names"] = ["unlabeled", "a", "b"]
-    with caplog.at_level(logging.WARNING):
-        build_dataset(cfg, "train")
     assert ("data.class_names[0] is 'unlabeled': the files' 0 is trained on and scored as a "
             "class (in the mIoU); if 0 marks unlabelled pixels (ADE20K's 'other'), set "
-            "data.reduce_zero_label: true") in caplog.text
-    caplog.clear()
+            "data.reduce_zero_label: true") in warned()
     cfg["model"]["class_weight"] = [0, 1, 1]  # not trained on: no warning
-    with caplog.at_level(logging.WARNING):
-        build_dataset(cfg, "train")
-    assert "data.class_names[0]" not in caplog.text
+    assert "data.class_names[0]" not in warned()
     cfg["model"]["class_weight"] = None
     cfg["data"]["class_names"] = ["background", "a", "b"]
-    with caplog.at_level(logging.WARNING):
-        build_dataset(cfg, "train")
-    assert "data.class_names[0]" not in caplog.text
+    assert "data.class_names[0]" not in warned()
 
 
 def test_cityscapes_label_ids_are_named(tmp_path):

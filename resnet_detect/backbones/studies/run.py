@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from resnet_detect.engine.amp import float32_default
 from resnet_detect.engine.config import ConfigError
 
 from .config import StudyContext
@@ -26,7 +27,6 @@ from .paths import effective_paths, path_gradient_magnitudes, path_length_distri
 from .plots import plot_degradation, plot_lesion, plot_paths, plot_responses
 from .responses import block_names, layer_response_std, response_layers
 from .training import accuracy
-from resnet_detect.engine.amp import float32_default
 
 logger = logging.getLogger(__name__)
 
