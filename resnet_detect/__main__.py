@@ -41,9 +41,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         if e.name not in ("resnet_detect.tools", f"resnet_detect.tools.{name}"):
             raise
         tool = _repository_tool(name)
-    from resnet_detect.engine.cli import run_tool
-    sys.argv = [tool.__file__, *argv[1:]]  # (its messages and usage name it: "train.py")
-    run_tool(tool.main)
+    from resnet_detect.engine import cli
+    launcher = ("resnet-detect" if Path(sys.argv[0]).stem == "resnet-detect"
+                else "python -m resnet_detect")
+    sys.argv = [tool.__file__, *argv[1:]]
+    cli.PROGRAM = f"{launcher} {name}"  # its usage line and messages: not "train.py"
+    try:
+        cli.run_tool(tool.main)
+    finally:
+        cli.PROGRAM = None
 
 
 def _repository_tool(name: str) -> ModuleType:

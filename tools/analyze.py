@@ -44,15 +44,16 @@ from resnet_detect.backbones.studies.run import STUDIES, run_study  # noqa: E402
 from resnet_detect.engine import TrainingInterrupted, load_config, save_config, setup_logging  # noqa: E402
 from resnet_detect.engine.config import load_defaults  # noqa: E402
 from resnet_detect.engine.tasks import refuse_other_task_config  # noqa: E402
-from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect.engine.cli import program_name, run_tool  # noqa: E402
 from resnet_detect import CONFIGS  # noqa: E402
 
 DEFAULT_CONFIG = CONFIGS / "analyze/cifar_synthetic.yaml"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=program_name(), description=__doc__, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", choices=STUDIES)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="YAML config (default: configs/analyze/cifar_synthetic.yaml)")

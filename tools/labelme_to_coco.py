@@ -33,13 +33,14 @@ from resnet_detect.detection.data.conversion import (add_class_options,  # noqa:
                                                      chosen_classes, images_folder,
                                                      write_coco)
 from resnet_detect.detection.data.labelme import labelme_files, labelme_to_coco  # noqa: E402
-from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect.engine.cli import program_name, run_tool  # noqa: E402
 from resnet_detect.engine.files import writable_file  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=program_name(), description=__doc__, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", metavar="ROOT", help="folder of labelme .json files")
     parser.add_argument("--output", required=True, help="the COCO JSON file to write")
     parser.add_argument("--images", default=None, metavar="DIR",

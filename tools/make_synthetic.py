@@ -18,12 +18,14 @@ from pathlib import Path
 if not __package__:  # run as a file: the repository's package (not an installed one)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from resnet_detect.engine.cli import program_name  # noqa: E402
 from resnet_detect.engine.data.synthetic import generate  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=program_name(), description=__doc__, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", "--out", dest="out", default="datasets/synthetic",
                         help="output folder (--out: its older name)")
     parser.add_argument("--seed", type=int, default=0)

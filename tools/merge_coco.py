@@ -28,13 +28,14 @@ if not __package__:  # run as a file: the repository's package (not an installed
 from resnet_detect.detection.data.conversion import (add_class_options,  # noqa: E402
                                                      chosen_classes, write_coco)
 from resnet_detect.detection.data.merging import merge_coco  # noqa: E402
-from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect.engine.cli import program_name, run_tool  # noqa: E402
 from resnet_detect.engine.files import writable_file  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=program_name(), description=__doc__, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs=2, action="append", required=True,
                         metavar=("JSON", "IMG_DIR"),
                         help="a COCO file and the folder its file names are relative to "

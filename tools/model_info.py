@@ -33,7 +33,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from resnet_detect import backbones  # noqa: E402
 from resnet_detect.backbones.complexity import count_macs, count_parameters  # noqa: E402
-from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect.engine.cli import program_name, run_tool  # noqa: E402
 from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.detection.complexity import padded  # noqa: E402
 
@@ -43,8 +43,9 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=program_name(), description=__doc__, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help=f"a config file, or one of: "
                                      f"{', '.join(backbones.list_models())}")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),

@@ -18,7 +18,7 @@ from pathlib import Path
 if not __package__:  # run as a file: the repository's package (not an installed one)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect.engine.cli import program_name, run_tool  # noqa: E402
 from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.curves import default_keys, read_curves  # noqa: E402
 from resnet_detect.engine.files import atomic_write_figure  # noqa: E402
@@ -27,8 +27,9 @@ FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=program_name(), description=__doc__, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders (or their scalars.jsonl)")
     parser.add_argument("--keys", nargs="+", default=None, help="logged keys to plot")
     parser.add_argument("--output", default=None,

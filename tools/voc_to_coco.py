@@ -38,13 +38,14 @@ from resnet_detect.detection.data.conversion import (add_class_options,  # noqa:
                                                      chosen_classes, images_folder,
                                                      refuse_output_among, write_coco)
 from resnet_detect.detection.data.voc import annotation_files, voc_to_coco  # noqa: E402
-from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect.engine.cli import program_name, run_tool  # noqa: E402
 from resnet_detect.engine.files import writable_file  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=program_name(), description=__doc__, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", metavar="ROOT",
                         help="VOC devkit year folders, or folders of XML files beside images")
     parser.add_argument("--output", required=True, help="the COCO JSON file to write")

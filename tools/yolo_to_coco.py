@@ -31,14 +31,15 @@ if not __package__:  # run as a file: the repository's package (not an installed
 from resnet_detect.detection.data.conversion import save_coco  # noqa: E402
 from resnet_detect.detection.data.yolo import (read_dataset, split_exists,  # noqa: E402
                                                split_images, yolo_to_coco)
-from resnet_detect.engine.cli import run_tool  # noqa: E402
+from resnet_detect.engine.cli import program_name, run_tool  # noqa: E402
 from resnet_detect.engine.data import DatasetError  # noqa: E402
 from resnet_detect.engine.files import writable_folder  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=program_name(), description=__doc__, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_yaml", metavar="DATASET",
                         help="the dataset's YAML (path, train, val, names), or its folder")
     parser.add_argument("--output-dir", required=True, help="folder for <split>.json")

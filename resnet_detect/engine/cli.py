@@ -56,11 +56,21 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated
 
 
+# `python -m resnet_detect train` (or `resnet-detect train`) where resnet_detect's __main__
+# runs the tool: its usage line and messages name it so, not by its file (train.py)
+PROGRAM: str | None = None
+
+
+def program_name() -> str:
+    """The running tool as the user ran it, for argparse's prog and the error messages."""
+    return PROGRAM or Path(sys.argv[0]).name
+
+
 def as_installed(text: str) -> str:
     """A message's `tools/X.py` commands as a pip install runs them (`python -m resnet_detect
-    X`; `torchrun ... -m resnet_detect X`) where the running tool is the installed package's
-    (resnet_detect/tools/X.py); unchanged in the repository."""
-    if Path(sys.argv[0]).resolve().parent.parent.name != "resnet_detect":
+    X`; `torchrun ... -m resnet_detect X`) where the tool runs so, or is the installed
+    package's (resnet_detect/tools/X.py); unchanged for `python tools/X.py`."""
+    if PROGRAM is None and Path(sys.argv[0]).resolve().parent.parent.name != "resnet_detect":
         return text
     text = re.sub(r"(torchrun [^;()]*?)tools/(\w+)\.py", r"\1-m resnet_detect \2", text)
     return re.sub(r"(?<![\w/.])(?:python3? )?tools/(\w+)\.py", r"python -m resnet_detect \1",
@@ -87,7 +97,7 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     try:
         main(sys.argv[1:])
     except USER_ERRORS as e:
-        print(f"{Path(sys.argv[0]).name}: error: {as_installed(worker_error_message(e))}",
+        print(f"{program_name()}: error: {as_installed(worker_error_message(e))}",
               file=sys.stderr)
         raise SystemExit(2) from None
     except MemoryError as e:
@@ -95,11 +105,11 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
             raise
         # ours ("ONNX Runtime ran out of memory on a WxH image ..." and test.max_size) or
         # NumPy's ("Unable to allocate 1.2 GiB for an array with shape ...")
-        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        print(f"{program_name()}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt as e:  # Ctrl-C: what was done is written already; no traceback
         terminated = isinstance(e, Terminated)
-        print(f"\n{Path(sys.argv[0]).name}: {'terminated' if terminated else 'interrupted'}",
+        print(f"\n{program_name()}: {'terminated' if terminated else 'interrupted'}",
               file=sys.stderr)
         raise SystemExit(143 if terminated else 130) from None
     except BrokenPipeError:  # `| head` closed stdout: stop quietly, as coreutils do
@@ -121,6 +131,7 @@ class ToolArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, training: bool = False, **kwargs: Any) -> None:
         # no abbreviations: mmdetection's --out (a results file) was taken as --output
+        kwargs.setdefault("prog", program_name())
         super().__init__(*args, allow_abbrev=False, **kwargs)
         self.training = training
 
@@ -163,7 +174,8 @@ class ToolArgumentParser(argparse.ArgumentParser):
                                                          if o.startswith("--")], n=1)
                 if flag.startswith("--") and flag not in hinted and close:
                     hints.append(f"{flag}: did you mean {close[0]}?")
-            message += "".join(f"\n  {as_installed(hint.replace('TOOL.py', self.prog))}"
+            tool = Path(sys.argv[0]).name
+            message += "".join(f"\n  {as_installed(hint.replace('TOOL.py', tool))}"
                                for hint in hints)
         elif "required" in message and "--weights" in self._option_string_actions:
             message += "".join(f"\n  {word}: a checkpoint is given as --weights {path}"

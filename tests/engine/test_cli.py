@@ -822,10 +822,27 @@ def test_python_m_resnet_detect_runs_the_tools(monkeypatch: pytest.MonkeyPatch,
     main(["model_info", "resnet18"])
     assert "total       11,689,512" in capsys.readouterr().out
     monkeypatch.setattr(importlib, "import_module", real_import)
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/resnet-detect"])
     with pytest.raises(SystemExit) as stop:
         main(["train", str(ROOT / "nope.yaml")])
     assert stop.value.code == 2
-    assert capsys.readouterr().err.startswith("train.py: error: config file not found: ")
+    assert capsys.readouterr().err.startswith(
+        "resnet-detect train: error: config file not found: ")
+    # their usage lines said train.py, demo.py...: the command the user typed
+    monkeypatch.setattr(sys, "argv", ["/venv/site-packages/resnet_detect/__main__.py"])
+    for tool in TOOLS:
+        with pytest.raises(SystemExit) as stop:
+            main([tool, "--help"])
+        assert stop.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: python -m resnet_detect {tool} ")
+    with pytest.raises(SystemExit):
+        main(["eval", "--config-file", "c.yaml"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m resnet_detect eval ")
+    assert "python -m resnet_detect eval: error: unrecognized arguments: --config-file" in err
+    assert "the config is the first argument: python -m resnet_detect eval CONFIG" in err
+    from resnet_detect.engine import cli
+    assert cli.PROGRAM is None  # the next tool run in this process names its own file
 
 
 def test_a_pip_installed_tool_names_the_tools_as_it_runs_them(
