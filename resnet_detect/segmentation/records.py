@@ -64,6 +64,7 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
         DatasetError: no images, listed images missing, or images without a mask (listed).
     """
     img_dir = Path(img_dir)
+    suffix_key = f"data.{split or '<split>'}.img_suffix"
     split = f" (data.{split})" if split else ""
     for folder, what in ((img_dir, "image"), (mask_dir, "mask")):
         if folder is not None and not Path(folder).is_dir():
@@ -92,7 +93,8 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
                                + listing(missing))
     else:
         one_folder = mask_dir is not None and Path(mask_dir).resolve() == img_dir.resolve()
-        files = _images_named(img_dir, img_suffix, masks=mask_suffix if one_folder else None)
+        files = _images_named(img_dir, img_suffix, masks=mask_suffix if one_folder else None,
+                              suffix_key=suffix_key)
         stem = mask_suffix[:len(mask_suffix) - len(img_suffix)]
         if one_folder and stem and mask_suffix.lower().endswith(img_suffix.lower()):
             # images and masks in one folder (x.png beside x_mask.png): an image's mask is
@@ -136,10 +138,11 @@ def _without_suffix(name: str, img_dir: Path, img_suffix: str) -> str:
 
 
 def _images_named(img_dir: Path, img_suffix: str, *, warn: bool = True,
-                  masks: str | None = None) -> dict[str, Path]:
+                  masks: str | None = None,
+                  suffix_key: str = "data.<split>.img_suffix") -> dict[str, Path]:
     """{NAME: file} of the files under `img_dir` named NAME + `img_suffix`, the suffix in any
-    case (.jpg and .JPG); the other image files there are left out (with a warning, but for
-    those ending with `masks`: the masks of a folder of both)."""
+    case (.jpg and .JPG); the other image files there are left out (with a warning naming
+    `suffix_key`, but for those ending with `masks`: the masks of a folder of both)."""
     suffix = img_suffix.lower()
     files, others, twins = {}, [], []
     for p in files_under(img_dir):
@@ -163,9 +166,9 @@ def _images_named(img_dir: Path, img_suffix: str, *, warn: bool = True,
         endings = Counter(Path(name).suffix for name in others)
         (common, _), = endings.most_common(1)
         logger.warning("%s: %d image files do not end with %r and are left out (a split "
-                       "reads the images of one ending, data.<split>.img_suffix: convert "
-                       "these to it to use them%s): %s", img_dir, len(others), img_suffix,
-                       f", or read them: data.<split>.img_suffix={common}, the ending of "
+                       "reads the images of one ending, %s: convert these to it to use "
+                       "them%s): %s", img_dir, len(others), img_suffix, suffix_key,
+                       f", or read them: {suffix_key}={common}, the ending of "
                        f"{endings[common]} files against {len(files)}"
                        if endings[common] > len(files) else "", ", ".join(others[:MAX_LISTED]))
     return files

@@ -677,9 +677,10 @@ def test_image_suffix_in_any_case_and_other_images_named(tmp_path, caplog):
         _mask(tmp_path / "ann" / (name.split(".")[0] + ".png"), np.zeros((8, 8)))
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        scan_folder(tmp_path / "img", tmp_path / "ann")
-    assert ("to use them, or read them: data.<split>.img_suffix=.png, the ending of 3 files "
-            "against 2): ") in caplog.text
+        scan_folder(tmp_path / "img", tmp_path / "ann", split="val")
+    assert ("a split reads the images of one ending, data.val.img_suffix: convert these to "
+            "it to use them, or read them: data.val.img_suffix=.png, the ending of 3 files "
+            "against 2): ") in caplog.text  # the split named (it said data.<split>)
     for name in ("003.png", "004.png", "005.png"):
         (tmp_path / "img" / name).unlink()
     # 001.jpg beside 001.JPG: one was dropped without a word (both would take 001.png)
