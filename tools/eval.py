@@ -8,7 +8,7 @@ Usage:
       a model; DIR/metrics.json has "results" in place of "weights")
   ... --confusion-matrix [--score-thr 0.3]   (detection: also DIR/confusion_matrix.csv and
       .png, mmdetection's confusion_matrix.py; resnet_detect/detection/confusion.py; sem_seg:
-      DIR/confusion_matrix.csv of pixel counts, ground truth by prediction)
+      DIR/confusion_matrix.csv of pixel counts, ground truth by prediction, and .png)
   ... --error-analysis   (detection: also DIR/error_analysis/bbox/ and, for masks, segm/,
       mmdetection's coco_error_analysis.py: PR curves C75, C50, Loc, Sim, Oth, BG, FN, overall
       and per category, and their APs in error_analysis.json;
@@ -76,9 +76,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--save-predictions", action="store_true",
                         help="sem_seg: write each image's class map to DIR/predictions/")
     parser.add_argument("--confusion-matrix", action="store_true",
-                        help="detection: also DIR/confusion_matrix.csv and .png (mmdetection's "
-                             "confusion_matrix.py: detections scoring --score-thr or more, "
-                             "matched at IoU 0.5); sem_seg: DIR/confusion_matrix.csv of pixels")
+                        help="also DIR/confusion_matrix.csv and .png; detection: "
+                             "mmdetection's confusion_matrix.py (detections scoring "
+                             "--score-thr or more, matched at IoU 0.5); sem_seg: of pixels")
     parser.add_argument("--error-analysis", action="store_true",
                         help="detection: also DIR/error_analysis/ (mmdetection's "
                              "coco_error_analysis.py: PR curves of the box and mask errors)")

@@ -11,9 +11,6 @@ counts in (its class, background).
 """
 from __future__ import annotations
 
-import csv
-import io
-import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,14 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from resnet_detect.engine.files import atomic_write_figure, atomic_write_text
+from resnet_detect.engine.confusion_files import write_confusion_files
 
 from .overlaps import box_overlaps
 
-logger = logging.getLogger(__name__)
-
 BACKGROUND = "background"
-CSV_FILE, PNG_FILE = "confusion_matrix.csv", "confusion_matrix.png"
 
 
 def _xyxy(boxes: Sequence[Sequence[float]]) -> np.ndarray:
@@ -77,55 +71,13 @@ def confusion_matrix(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
     return matrix, [c["name"] for c in categories] + [BACKGROUND]
 
 
-PLOTTED_CLASSES = 100  # more (LVIS's 1203): the CSV alone, a picture would take gigabytes
-
-
 def write_confusion_matrix(matrix: np.ndarray, names: Sequence[str], folder: Path) -> list[Path]:
-    """FOLDER/confusion_matrix.csv (counts, a header row of the detected classes) and, where
-    up to PLOTTED_CLASSES classes have objects or detections, FOLDER/confusion_matrix.png of
-    those (each row in percent of its objects)."""
-    rows = io.StringIO()
-    writer = csv.writer(rows, lineterminator="\n")
-    writer.writerow(["ground truth \\ detected", *names])
-    for name, row in zip(names, matrix):
-        writer.writerow([name, *row.tolist()])
-    atomic_write_text(rows.getvalue(), folder / CSV_FILE)
-    # the picture leaves out classes without objects or detections (the file's 300 categories
-    # of which 6 are in the val images drew nothing), never the background
-    used = (matrix.sum(axis=0) + matrix.sum(axis=1)) > 0
-    used[-1] = True
-    if used.sum() - 1 > PLOTTED_CLASSES:
-        logger.info("%d classes with objects or detections: %s not drawn (up to %d), the "
-                    "counts are in %s", used.sum() - 1, PNG_FILE, PLOTTED_CLASSES, CSV_FILE)
-        return [folder / CSV_FILE]
-    kept = np.flatnonzero(used)
-    _plot(matrix[np.ix_(kept, kept)], [names[i] for i in kept], folder / PNG_FILE)
-    return [folder / CSV_FILE, folder / PNG_FILE]
-
-
-def _plot(matrix: np.ndarray, names: Sequence[str], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    totals = matrix.sum(axis=1, keepdims=True)
-    percent = np.divide(100.0 * matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
-    side = max(5.0, 0.35 * len(names) + 2)
-    figure, axes = plt.subplots(figsize=(side, side))
-    axes.imshow(percent, cmap="Blues", vmin=0, vmax=100)
-    axes.set_xticks(range(len(names)), names, rotation=90)
-    axes.set_yticks(range(len(names)), names)
-    axes.set_xlabel("detected")
-    axes.set_ylabel("ground truth")
-    if len(names) <= 30:  # the numbers, where they fit
-        for (i, j), value in np.ndenumerate(percent):
-            if matrix[i, j]:
-                axes.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7,
-                          color="white" if value > 50 else "black")
-    axes.set_title("detections per object class (% of the row)")
-    figure.tight_layout()
-    atomic_write_figure(figure, path)
-    plt.close(figure)
+    """FOLDER/confusion_matrix.csv (counts) and, where up to PLOTTED_CLASSES classes have
+    objects or detections, FOLDER/confusion_matrix.png of those and the background (each row
+    in percent of its objects)."""
+    return write_confusion_files(matrix, names, folder, predicted="detected",
+                                 title="detections per object class (% of the row)",
+                                 always_drawn=[len(names) - 1])
 
 
 def most_confused(matrix: np.ndarray, names: Sequence[str], count: int = 5) -> list[str]:

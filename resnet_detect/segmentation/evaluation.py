@@ -17,8 +17,6 @@ All are reported in percent.
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,8 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from resnet_detect.engine.confusion_files import write_confusion_files
 from resnet_detect.engine.distributed import all_gather_object, is_main_process
-from resnet_detect.engine.files import atomic_write_json, atomic_write_text
+from resnet_detect.engine.files import atomic_write_json
 from resnet_detect.engine.logging import print_and_log
 
 logger = logging.getLogger(__name__)
@@ -164,23 +163,21 @@ def format_per_class(per_class_iou: Mapping[str, float | None]) -> str:
         for name, iou in per_class_iou.items()])
 
 
-def write_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path
+def write_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], folder: Path
                            ) -> list[str]:
-    """PATH (a CSV of pixel counts: rows the ground truth's classes, columns the predicted
-    ones; mmsegmentation's analysis_tools/confusion_matrix.py, as counts) and the lines that
-    name the five largest confusions, each in percent of its class's pixels."""
+    """FOLDER/confusion_matrix.csv (pixel counts: rows the ground truth's classes, columns
+    the predicted ones; mmsegmentation's analysis_tools/confusion_matrix.py, as counts) and,
+    where up to PLOTTED_CLASSES classes have pixels, FOLDER/confusion_matrix.png of those
+    (each row in percent of its pixels); the lines that name the files and the five largest
+    confusions, each in percent of its class's pixels."""
     names = class_keys(class_names)
-    rows = io.StringIO()
-    writer = csv.writer(rows, lineterminator="\n")
-    writer.writerow(["ground truth \\ predicted", *names])
-    for name, row in zip(names, matrix):
-        writer.writerow([name, *row.tolist()])
-    atomic_write_text(rows.getvalue(), path)
+    written = write_confusion_files(matrix, names, folder, predicted="predicted",
+                                    title="pixels of each class (% of the row)")
     totals = matrix.sum(axis=1)
     cells = sorted(((int(matrix[i, j]), i, j) for i in range(len(names))
                     for j in range(len(names)) if i != j and matrix[i, j]), reverse=True)
-    lines = [f"confusion matrix (pixels): {path}; the {min(len(cells), 5)} largest of "
-             f"{len(cells)} confusions:"]
+    lines = [f"confusion matrix (pixels): {', '.join(map(str, written))}; the "
+             f"{min(len(cells), 5)} largest of {len(cells)} confusions:"]
     return lines + [f"  {names[i]} predicted as {names[j]}: {count} pixels "
                     f"({100 * count / totals[i]:.1f}% of {names[i]}'s)"
                     for count, i, j in cells[:5]]

@@ -45,7 +45,6 @@ from .records import write_label_map
 
 logger = logging.getLogger(__name__)
 PREDICTIONS = "predictions"  # tools/eval.py --save-predictions: OUTPUT/predictions/<image>.png
-CONFUSION_FILE = "confusion_matrix.csv"  # tools/eval.py --confusion-matrix: pixel counts
 
 __all__ = ["BASE_CONFIG", "RENAMED_KEYS", "TASK", "SemSegTask", "browse_split", "build_renderer",
            "evaluate_checkpoint", "export_model", "resolve_overrides"]
@@ -59,7 +58,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     """mIoU of `weights` on data.val (tools/eval.py); writes OUTPUT/metrics.json, with
     `save_predictions` each image's class map as OUTPUT/predictions/<its path under
     data.val.img_dir>.png (uint8 class ids), with `confusion` OUTPUT/confusion_matrix.csv
-    (pixels). `backend` is for COCO evaluation, not used."""
+    (pixels) and .png. `backend` is for COCO evaluation, not used."""
     predictor = Predictor(config, weights=weights, overrides=overrides, device=device)
     cfg = load_config(config, overrides)
     cfg.model.num_classes = predictor.model.num_classes
@@ -143,8 +142,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
         print(f"mIoU = {format_metric(m['mIoU'])}  pixel_acc = {format_metric(m['pixel_acc'])}"
               f"  mAcc = {format_metric(m['mAcc'])}", flush=True)
         if confusion:
-            for line in write_confusion_matrix(evaluator.total, predictor.class_names,
-                                               output / CONFUSION_FILE):
+            for line in write_confusion_matrix(evaluator.total, predictor.class_names, output):
                 print(line, flush=True)
     return result
 

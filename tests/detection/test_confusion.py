@@ -80,9 +80,9 @@ def test_the_picture_leaves_out_classes_without_objects_or_detections(
         tmp_path: Path, monkeypatch) -> None:
     """A trial's file had 300 categories, 6 of them in its val images: no picture was drawn
     (over 100 classes); it is drawn of the classes that have objects or detections."""
-    from resnet_detect.detection import confusion
+    from resnet_detect.engine import confusion_files
     drawn = []
-    monkeypatch.setattr(confusion, "_plot", lambda m, n, path: drawn.append((m, n)))
+    monkeypatch.setattr(confusion_files, "_plot", lambda m, n, path, **_: drawn.append((m, n)))
     names = [f"c{i}" for i in range(300)] + ["background"]
     matrix = np.zeros((301, 301), dtype=np.int64)
     matrix[5, 5], matrix[5, 17], matrix[250, 300], matrix[300, 42] = 3, 1, 2, 4

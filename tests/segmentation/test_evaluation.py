@@ -91,3 +91,28 @@ def test_classes_sharing_a_name_each_keep_their_iou():
     ev.process([gt], [gt])
     assert ev.evaluate()["sem_seg"]["per_class_iou"] == {
         "background (class 0)": 100.0, "background (class 1)": None, "car": 100.0}
+
+
+def test_the_confusion_picture_draws_the_classes_with_pixels(tmp_path, monkeypatch):
+    """--confusion-matrix wrote a CSV alone for segmentation (detection's has a picture too);
+    ADE20K's 150 classes are drawn where up to 100 have pixels, the CSV alone beyond."""
+    from resnet_detect.engine import confusion_files
+    from resnet_detect.segmentation.evaluation import write_confusion_matrix
+    drawn = []
+    monkeypatch.setattr(confusion_files, "_plot",
+                        lambda m, n, path, **kw: drawn.append((m.tolist(), n, kw)))
+    names = [f"c{i}" for i in range(150)]
+    matrix = np.zeros((150, 150), dtype=np.int64)
+    matrix[3, 3], matrix[3, 140], matrix[7, 7] = 90, 10, 5
+    lines = write_confusion_matrix(matrix, names, tmp_path)
+    assert lines == [f"confusion matrix (pixels): {tmp_path / 'confusion_matrix.csv'}, "
+                     f"{tmp_path / 'confusion_matrix.png'}; the 1 largest of 1 confusions:",
+                     "  c3 predicted as c140: 10 pixels (10.0% of c3's)"]
+    ((shown, labels, options),) = drawn
+    assert labels == ["c3", "c7", "c140"] and shown == [[90, 0, 10], [0, 5, 0], [0, 0, 0]]
+    assert options["predicted"] == "predicted"
+    np.fill_diagonal(matrix, 1)  # every class has pixels: no picture
+    assert write_confusion_matrix(matrix, names, tmp_path)[0] == (
+        f"confusion matrix (pixels): {tmp_path / 'confusion_matrix.csv'}; the 1 largest of 1 "
+        f"confusions:")
+    assert len(drawn) == 1

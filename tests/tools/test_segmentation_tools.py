@@ -381,6 +381,7 @@ def test_eval_saves_each_images_class_map_that_it_scored(
     assert [row[0] for row in written[1:]] == list(CLASSES)
     np.testing.assert_array_equal(np.array([row[1:] for row in written[1:]], dtype=np.int64),
                                   confusion)
+    assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     off = confusion - np.diag(np.diag(confusion))
     i, j = np.unravel_index(off.argmax(), off.shape)
     assert (f"  {CLASSES[i]} predicted as {CLASSES[j]}: {off[i, j]} pixels "
