@@ -158,7 +158,9 @@ def _flag_advice(training: bool) -> dict[str, str]:
         "--aspect-ratio-group-factor": "training batches are always grouped by aspect ratio "
                                        "(landscape, portrait, near-square): no key",
         "--data-augmentation": "the augmentation is data.train's keys (detection: min_size, "
-                               "max_size, hflip_prob; --print-config lists them)",
+                               "max_size, hflip_prob; lsj: data.train.jitter_size=1024; "
+                               "multiscale: data.train.min_size=[480,512,...,800]; "
+                               "--print-config lists them)",
         "--print-freq": "train.log_period=N (iterations)",
         "--rpn-score-thresh": "model.rpn.score_thresh=X",
         # mmdetection's test.py and demo/image_demo.py

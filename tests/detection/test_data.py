@@ -518,6 +518,38 @@ def test_multiscale_training_sizes_come_from_the_list() -> None:
     assert seen == {(200, 300), (300, 450)}
 
 
+def test_large_scale_jitter_resizes_by_a_drawn_factor_then_crops_to_the_square() -> None:
+    """data.train.jitter_size (detectron2's LSJ: ResizeScale, the flip, FixedSizeCrop): the
+    image fits the square times a factor in jitter_scale, a window of at most the square is
+    cut from it at random, and the boxes are cut at its edges (those outside dropped)."""
+    image = _pattern(100, 50)
+    boxes = np.array([[0, 0, 10, 10], [5, 60, 30, 90], [0, 45, 50, 55], [10, 0, 20, 100]],
+                     np.float32)
+    transform = build_transforms(min_size=800, max_size=1333, jitter=(64, (0.5, 2.0)))
+    factors, cropped = [], 0
+    for seed in range(40):
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        out = transform(image=image, bboxes=boxes, box_ids=np.arange(4))
+        (resize, resized), (crop, cut) = out["applied_transforms"]
+        assert (resize, crop) == ("ResizeScale", "RandomCropAtMost")
+        new_h, new_w = resized["new_shape"]
+        factor = new_h / 100 * 100 / 64  # of the square: the long side is new_h
+        assert 0.5 - 0.01 <= factor <= 2.0 + 0.01 and abs(new_w - new_h / 2) <= 0.5  # aspect
+        factors.append(factor)
+        x0, y0, x1, y1 = cut["crop_coords"]
+        assert (y1 - y0, x1 - x0) == (min(new_h, 64), min(new_w, 64))
+        assert 0 <= x0 and x1 <= new_w and 0 <= y0 and y1 <= new_h
+        cropped += new_h > 64
+        expected = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)[y0:y1, x0:x1]
+        np.testing.assert_array_equal(out["image"], expected)
+        moved = boxes * np.array([new_w / 50, new_h / 100] * 2, np.float32)
+        moved = np.clip(moved - np.array([x0, y0] * 2), 0, [x1 - x0, y1 - y0] * 2)
+        kept = np.flatnonzero((moved[:, 2] > moved[:, 0]) & (moved[:, 3] > moved[:, 1]))
+        assert list(out["box_ids"]) == kept.tolist()
+        np.testing.assert_allclose(np.reshape(out["bboxes"], (-1, 4)), moved[kept], atol=1e-3)
+    assert min(factors) < 0.7 and max(factors) > 1.8 and 5 < cropped < 40
+
+
 # ---- dataset --------------------------------------------------------------------------------
 
 def _dataset(small: tuple[Path, Path], **kwargs: Any) -> DetectionDataset:

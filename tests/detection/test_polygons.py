@@ -3,6 +3,7 @@ inside its RoI (detectron2's), moved with the image's resize and flip."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,81 @@ def test_polygon_and_bitmask_targets_agree_and_a_flip_does_not_move_them(
     assert len(sizes) > 1  # resized to several training scales
 
 
+def test_large_scale_jitter_moves_both_mask_formats_with_the_image(data: Path) -> None:
+    """data.train.jitter_size: the masks follow the drawn resize, the flip and the crop; an
+    object the crop cut takes the tight box of what is left of its mask (detectron2's
+    recompute_boxes), one of which nothing is left is dropped; the polygon targets (moved by
+    the crop too) are the bitmaps' shapes."""
+    # 96 x 128 images resized to 77..128 wide (at most their size: each bitmap's pixels stay
+    # within a pixel of the polygon's), then cut to 64 x 64
+    bitmask, polygon = _datasets(data, "data.train.jitter_size=64",
+                                 "data.train.jitter_scale=[1.2,2.0]")
+    ious, cropped, refitted = [], 0, 0
+    for index in range(len(bitmask)):
+        record = bitmask.record(index)
+        for seed in range(3):
+            a, b = bitmask[(index, seed)], polygon[(index, seed)]
+            assert torch.equal(a["image"], b["image"])
+            height, width = a["image"].shape[1:]
+            assert height <= 64 and width <= 64 and a["gt_masks"].shape[1:] == (height, width)
+            cropped += max(record["height"], record["width"]) * 1.2 * 64 / 128 > 64
+            for sample in (a, b):
+                masks = sample["gt_masks"]
+                pixels = (masks.numpy() if isinstance(masks, torch.Tensor)
+                          else masks.bitmasks(height, width))
+                assert len(pixels) == len(sample["gt_boxes"]) == len(sample["gt_classes"])
+                for mask, box in zip(pixels, sample["gt_boxes"].numpy()):
+                    ys, xs = np.nonzero(mask)  # every object keeps some of its mask, in its box
+                    tight = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+                    assert (tight[:2] >= np.floor(box[:2]) - 1).all()
+                    assert (tight[2:] <= np.ceil(box[2:]) + 1).all()
+                    if sample is a and ((box[0] == 0) | (box[1] == 0) | (box[2] == width)
+                                        | (box[3] == height)):
+                        refitted += np.array_equal(tight, box)
+            if len(a["gt_boxes"]) != len(b["gt_boxes"]):  # a sliver in one rasterisation alone
+                continue
+            edge = ((a["gt_boxes"][:, :2] == 0).any(1) | (a["gt_boxes"][:, 2] == width)
+                    | (a["gt_boxes"][:, 3] == height))
+            assert torch.equal(a["gt_boxes"][~edge], b["gt_boxes"][~edge])  # the file's boxes
+            # refitted to two rasterisations of the object, a pixel apart at each side
+            assert ((a["gt_boxes"][edge] - b["gt_boxes"][edge]).abs() <= 2).all()
+            boxes = a["gt_boxes"]
+            rois = torch.cat([torch.arange(len(boxes))[:, None].float(), boxes], dim=1)
+            soft = roi_align(a["gt_masks"][:, None].float(), rois, (28, 28), 1.0, 0)[:, 0].numpy()
+            hard = b["gt_masks"].rasterize_within(boxes.numpy(), np.arange(len(boxes)), 28)
+            both = ((soft >= 0.5) & (hard >= 0.5)).sum((1, 2))
+            ious.extend(both / np.maximum(((soft >= 0.5) | (hard >= 0.5)).sum((1, 2)), 1))
+    assert cropped > 0 and refitted > 0  # the crop did cut objects, whose boxes were refitted
+    assert len(ious) > 50 and np.mean(ious) > 0.9
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.train.jitter_size=0", r"data.train.jitter_size must be 1 positive integers \(pixels\), "
+                                 r"got 0"),
+    ("data.train.jitter_scale=[2.0,0.1]", r"data.train.jitter_scale must be \[lowest, highest\].*"
+                                          r"got \[2.0,0.1\]"),
+    ("data.train.jitter_scale=0.5", r"data.train.jitter_scale must be .*got 0.5"),
+])
+def test_large_scale_jitter_keys_are_checked(data: Path, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _datasets(data, "data.train.jitter_size=64", override)
+
+
+def test_scale_per_batch_is_not_used_with_large_scale_jitter(data: Path, caplog) -> None:
+    """The quickstart configs set scale_per_batch (a min_size per batch), which jitter has not:
+    said, and each image draws its own factor."""
+    with caplog.at_level(logging.WARNING):
+        datasets = _datasets(data, "data.train.jitter_size=64",
+                             "data.train.scale_per_batch=true")
+    assert ("data.train.scale_per_batch (one min_size drawn per batch) is not used with "
+            "data.train.jitter_size" in caplog.text)
+    assert datasets[0].batch_keys([(0, 1), (1, 2)]) == [(0, 1), (1, 2)]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _datasets(data, "data.train.jitter_size=64", "data.train.scale_per_batch=false")
+    assert "scale_per_batch" not in caplog.text
+
+
 def test_polygon_targets_lie_where_the_polygon_does_for_either_pooler() -> None:
     """An unaligned mask head's polygon targets were moved half a pixel up and left, where
     its bitmask targets (the resize's half pixel taken back by the RoIAlign) are not."""
@@ -105,6 +181,7 @@ def test_a_mask_rcnn_trains_on_polygon_targets(data: Path, tmp_path: Path) -> No
     result = load_tool("train").main([str(CONFIG), *data_overrides(data),
                                       "model.roi_heads.mask_conv_dims=[32,32]",
                                       "data.train.mask_format=polygon", "train.max_iter=2",
+                                      "data.train.jitter_size=160",  # and cropped ones
                                       "train.log_period=1", f"train.output_dir={tmp_path}"])
     assert result["iteration"] == 2
     logged = [json.loads(line) for line in (tmp_path / "scalars.jsonl").read_text().splitlines()]

@@ -583,14 +583,16 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
     # mean --help?"); --resume CKPT: "'CKPT' must look like key=value"
     ("train", [str(CONFIG), "--model", "fasterrcnn_resnet50_fpn", "--lr-steps", "16", "22",
                "--aspect-ratio-group-factor", "3", "--weights-backbone", "r50.pth",
-               "--trainable-backbone-layers", "3", "--test-only"],
+               "--trainable-backbone-layers", "3", "--test-only", "--data-augmentation",
+               "lsj"],
      ["  --model: the config names the model: configs/detection/faster_rcnn_R_50_FPN_1x.yaml "
       "(fasterrcnn_resnet50_fpn)",
       "  --lr-steps: train.lr_step_epochs=[16,22] with train.epochs",
       "  --aspect-ratio-group-factor: training batches are always grouped by aspect ratio",
       "  --weights-backbone: model.backbone.weights=PATH",
       "  --trainable-backbone-layers: model.backbone.freeze_at=5-N",
-      "  --test-only: tools/eval.py CONFIG --weights CKPT --output DIR"]),
+      "  --test-only: tools/eval.py CONFIG --weights CKPT --output DIR",
+      "lsj: data.train.jitter_size=1024; multiscale: data.train.min_size=[480,512,...,800]"]),
     # mmdetection's
     ("train", [str(CONFIG), "load_from=w.pth", "train.val_interval=1"],
      ["unknown config key 'load_from' in override 'load_from=w.pth'; valid keys at the top "

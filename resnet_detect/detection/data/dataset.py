@@ -26,7 +26,7 @@ from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableIm
                                        read_image, segmentation_to_mask, warn_of_unreadable)
 
 from .polygons import PolygonMasks
-from .transforms import ResizeShortestEdge
+from .transforms import CROP, RESIZES, ResizeShortestEdge
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 # `batch_keys` when every image of a batch takes the same training scale
 SampleKey = int | tuple[int, int] | tuple[int, int, int]
 
-# the transforms that move pixels which `object_masks` follows
-MASK_MOVES = ("ResizeShortestEdge", "HorizontalFlip")
+# the transforms that move pixels which `object_masks` follows: resizes (params["new_shape"]),
+# the flip, the crop (params["crop_coords"])
+MASK_MOVES = (*RESIZES, "HorizontalFlip", CROP)
 # images whose sides differ by at most this factor batch together as near-square
 SQUARE_ASPECT = 1.2
 
@@ -62,33 +63,68 @@ def object_masks(segmentations: Sequence[Any], height: int, width: int,
                  applied: Sequence[tuple[str, dict[str, Any]]], centred: bool = False
                  ) -> np.ndarray:
     """uint8 (M, H', W') masks of objects (COCO segmentations of an H x W image; None: no
-    mask) after the transforms applied to their image (its resize and flip; the others must
-    change pixels alone), one object at a time: a dense image's masks stacked at full size
+    mask) after the transforms applied to their image (its resize, flip and crop; the others
+    must change pixels alone), one object at a time: a dense image's masks stacked at full size
     took gigabytes and seconds. The resize is the nearest pixel's, from the corner as
     torchvision's (about half a pixel right and down, which the unaligned RoIAlign of the
     targets takes back), or `centred` for an aligned RoIAlign (as detectron2's PIL resize)."""
     # the flip first, then the resize (they commute), as torchvision's reference pipeline:
-    # a flip after the resize mirrored its half pixel, and the flipped targets were a pixel off
-    applied = sorted(((n, p) for n, p in applied if n in MASK_MOVES),
-                     key=lambda move: move[0] == "ResizeShortestEdge")
+    # a flip after the resize mirrored its half pixel, and the flipped targets were a pixel off;
+    # the crop (after both) last
+    order = {"HorizontalFlip": 0, **dict.fromkeys(RESIZES, 1), CROP: 2}
+    applied = sorted(((n, p) for n, p in applied if n in MASK_MOVES), key=lambda m: order[m[0]])
     shape = (height, width)
     for name, params in applied:
-        if name == "ResizeShortestEdge":
+        if name in RESIZES:
             shape = tuple(params["new_shape"])
+        elif name == CROP:
+            x0, y0, x1, y1 = params["crop_coords"]
+            shape = (y1 - y0, x1 - x0)
     out = np.zeros((len(segmentations), *shape), dtype=np.uint8)
     for mask, segmentation in zip(out, segmentations):
         if segmentation is None:  # a val object without one
             continue
         full = segmentation_to_mask(segmentation, height, width)
         for name, params in applied:
-            if name == "ResizeShortestEdge":
+            if name in RESIZES:
                 new_h, new_w = params["new_shape"]
                 full = cv2.resize(full, (new_w, new_h), interpolation=cv2.INTER_NEAREST_EXACT
                                   if centred else cv2.INTER_NEAREST)
+            elif name == CROP:
+                x0, y0, x1, y1 = params["crop_coords"]
+                full = full[y0:y1, x0:x1]
             else:
                 full = full[:, ::-1]
         mask[...] = full
     return out
+
+
+def _fit_boxes_to_cut_masks(sample: dict[str, Any], crop_coords: Sequence[int],
+                            resized: Sequence[int]) -> None:
+    """The objects a crop cut (large scale jitter's): a box cut at the window's edge can be
+    larger than what is left of its object; it becomes the tight box of the object's mask in
+    the window (detectron2's recompute_boxes, mmdetection's recompute_bbox), and an object of
+    which nothing is left is dropped."""
+    x0, y0, x1, y1 = crop_coords
+    height, width = y1 - y0, x1 - x0
+    boxes = sample["gt_boxes"].numpy().copy()
+    cut = (((x0 > 0) & (boxes[:, 0] <= 1e-3)) | ((y0 > 0) & (boxes[:, 1] <= 1e-3))
+           | ((x1 < resized[1]) & (boxes[:, 2] >= width - 1e-3))
+           | ((y1 < resized[0]) & (boxes[:, 3] >= height - 1e-3)))
+    masks = sample["gt_masks"]
+    keep = np.ones(len(boxes), dtype=bool)
+    for k in np.flatnonzero(cut):
+        pixels = (masks[k].numpy() if isinstance(masks, torch.Tensor)
+                  else PolygonMasks([masks.objects[k]]).bitmasks(height, width)[0])
+        ys, xs = np.nonzero(pixels)
+        if len(xs):
+            boxes[k] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        else:
+            keep[k] = False
+    sample["gt_boxes"] = torch.from_numpy(boxes[keep])
+    sample["gt_classes"] = sample["gt_classes"][torch.from_numpy(keep)]
+    sample["gt_masks"] = (masks[torch.from_numpy(keep)] if isinstance(masks, torch.Tensor)
+                          else PolygonMasks([masks.objects[k] for k in np.flatnonzero(keep)]))
 
 
 MASK_FORMATS = ("bitmask", "polygon")
@@ -227,6 +263,10 @@ class DetectionDataset(Dataset):
             sample["gt_masks"] = torch.from_numpy(object_masks(
                 [record["segmentations"][i] for i in keep], height, width,
                 out["applied_transforms"], centred=self.aligned_masks))
+        applied = dict(out["applied_transforms"])
+        if self.with_masks and CROP in applied:
+            resized = next(applied[n]["new_shape"] for n in RESIZES if n in applied)
+            _fit_boxes_to_cut_masks(sample, applied[CROP]["crop_coords"], resized)
         return sample
 
     def _skip(self, reason: str) -> None:

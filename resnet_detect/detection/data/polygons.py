@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .transforms import CROP, RESIZES
+
 
 class PolygonMasks:
     """The polygons of M objects: per object a list of flat (x0, y0, x1, y1, ...) float64
@@ -28,19 +30,28 @@ class PolygonMasks:
 
     def moved(self, applied: Sequence[tuple[str, dict[str, Any]]], height: int,
               width: int) -> PolygonMasks:
-        """The polygons after the resizes ("ResizeShortestEdge", params["new_shape"]) and
-        horizontal flips ("HorizontalFlip") applied to their H x W image, in that order."""
+        """The polygons after the resizes ("ResizeShortestEdge", "ResizeScale":
+        params["new_shape"]), horizontal flips ("HorizontalFlip") and crops
+        ("RandomCropAtMost": params["crop_coords"]) applied to their H x W image, in that
+        order (parts cut off by a crop lie outside the image: each RoI's target is
+        rasterised within its box, which the crop cut)."""
         objects = [[p.copy() for p in polygons] for polygons in self.objects]
         for name, params in applied:
             for polygon in (p for polygons in objects for p in polygons):
-                if name == "ResizeShortestEdge":
+                if name in RESIZES:
                     new_h, new_w = params["new_shape"]
                     polygon[0::2] *= new_w / width
                     polygon[1::2] *= new_h / height
+                elif name == CROP:
+                    polygon[0::2] -= params["crop_coords"][0]
+                    polygon[1::2] -= params["crop_coords"][1]
                 else:  # mirrored: pixel column i becomes width - 1 - i, coordinate x width - x
                     polygon[0::2] = width - polygon[0::2]
-            if name == "ResizeShortestEdge":
+            if name in RESIZES:
                 height, width = params["new_shape"]
+            elif name == CROP:
+                x0, y0, x1, y1 = params["crop_coords"]
+                height, width = y1 - y0, x1 - x0
         return PolygonMasks(objects)
 
     def rasterize_within(self, boxes: np.ndarray, objects: np.ndarray, size: int) -> np.ndarray:

@@ -3,6 +3,7 @@ and checked (errors name the file and entry) into datasets, before any model is 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -11,7 +12,7 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig
 
 from resnet_detect.engine.config import (ConfigError, as_override, check_probability, check_sizes,
-                                         parse_bool)
+                                         is_number, parse_bool)
 from resnet_detect.engine.data.coco import chosen_categories, only_categories
 from resnet_detect.engine.data import (CategoryMapping, DatasetError, brief,
                                        check_image_sizes, load_coco_json, repeat_factors)
@@ -171,7 +172,14 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
     flip_prob = check_probability(d.hflip_prob, "data.train.hflip_prob")
     check_sizes(d.min_size, "data.train.min_size")
     check_max_size(d.max_size, "data.train.max_size")
-    _warn_of_a_training_scale_far_from_the_tests(cfg)
+    jitter = large_scale_jitter(d)
+    if jitter and scale_per_batch:
+        logger.warning("data.train.scale_per_batch (one min_size drawn per batch) is not used "
+                       "with data.train.jitter_size: each image draws its own factor; set "
+                       "data.train.scale_per_batch=false to say so")
+        scale_per_batch = False
+    if not jitter:
+        _warn_of_a_training_scale_far_from_the_tests(cfg)
     threshold = d.repeat_threshold
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(
             threshold, (int, float)) or not 0 < threshold <= 1):
@@ -198,11 +206,25 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
                              mask_format=d.mask_format,
                              aligned_masks=bool(cfg.model.roi_heads.pooler_aligned),
                              transform=build_transforms(min_size=min_size, max_size=d.max_size,
-                                                        flip_prob=flip_prob))
+                                                        flip_prob=flip_prob, jitter=jitter))
     if threshold is not None:
         train.repeat_factors = repeat_factors([r["classes"] for r in records], threshold)
     del records  # packed in `train`; its Python objects (GBs for COCO's polygons) go now
     return train, mapping, paths[0]
+
+
+def large_scale_jitter(train: DictConfig) -> tuple[int, list[float]] | None:
+    """(data.train.jitter_size, jitter_scale), checked; None where jitter_size is null."""
+    if train.jitter_size is None:
+        return None
+    (size,) = check_sizes(train.jitter_size, "data.train.jitter_size", 1)
+    scale = train.jitter_scale
+    if not (isinstance(scale, (list, tuple, ListConfig)) and len(scale) == 2
+            and all(is_number(v) for v in scale) and 0 < scale[0] <= scale[1] < math.inf):
+        raise ConfigError(f"data.train.jitter_scale must be [lowest, highest], two factors with "
+                          f"0 < lowest <= highest (detectron2's LSJ: [0.1, 2.0]), got "
+                          f"{as_override(scale)}")
+    return size, [float(v) for v in scale]
 
 
 SIZE_SAMPLE = 200  # training images whose headers are read at the start
