@@ -65,6 +65,40 @@ def checkpoints_in(folder: Path) -> list[Path]:
     return [p for p in Path(folder).glob("model_*.pth") if CHECKPOINT_NAME.fullmatch(p.name)]
 
 
+def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The state of the training checkpoint `path` (a run's model_NNNNNNN.pth), read and
+    checked to be one; `Checkpointer.load` restores it.
+
+    Raises:
+        UnreadableCheckpointError: `path` is missing, cannot be read, or is no training
+            checkpoint of this project (weights alone, another program's), naming what to do.
+    """
+    path = Path(path)
+    try:
+        data = read_checked_bytes(path)
+    except (OSError, ValueError) as e:  # missing, a folder, its .sha256 differs
+        raise UnreadableCheckpointError(
+            f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    try:  # (torchvision's and timm's training checkpoints keep their args: refused below)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UnreadableCheckpointError(
+            f"cannot read checkpoint {path}: {why_unloadable(data, e)}") from e
+    if isinstance(state, dict) and "epoch" in state and "iteration" not in state:
+        raise UnreadableCheckpointError(
+            f"{path} is another program's training checkpoint (torchvision's references' "
+            f"or timm's: it counts epochs): its optimizer and position are not resumed "
+            f"here; start a run from its weights with model.weights={path}")
+    if not isinstance(state, dict) or not {"model", "iteration"} <= state.keys():
+        raise UnreadableCheckpointError(
+            f"{path} is no training checkpoint (it records no iteration: weights alone, as "
+            f"in backbone_final.pth): resume from a model_NNNNNNN.pth of a run, or start "
+            f"a new run from these weights (model.weights=PATH, or "
+            f"model.backbone.weights=PATH for a backbone)")
+    return state
+
+
 class Checkpointer:
     """Saves and restores everything a training run needs to continue exactly.
 
@@ -279,28 +313,7 @@ class Checkpointer:
             ValueError: it lacks a state this run needs.
         """
         path = Path(path)
-        try:
-            data = read_checked_bytes(path)
-        except (OSError, ValueError) as e:  # missing, a folder, its .sha256 differs
-            raise UnreadableCheckpointError(
-                f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-        try:  # (torchvision's and timm's training checkpoints keep their args: refused below)
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise UnreadableCheckpointError(
-                f"cannot read checkpoint {path}: {why_unloadable(data, e)}") from e
-        if isinstance(state, dict) and "epoch" in state and "iteration" not in state:
-            raise UnreadableCheckpointError(
-                f"{path} is another program's training checkpoint (torchvision's references' "
-                f"or timm's: it counts epochs): its optimizer and position are not resumed "
-                f"here; start a run from its weights with model.weights={path}")
-        if not isinstance(state, dict) or not {"model", "iteration"} <= state.keys():
-            raise UnreadableCheckpointError(
-                f"{path} is no training checkpoint (it records no iteration: weights alone, as "
-                f"in backbone_final.pth): resume from a model_NNNNNNN.pth of a run, or start "
-                f"a new run from these weights (model.weights=PATH, or "
-                f"model.backbone.weights=PATH for a backbone)")
+        state = read_training_checkpoint(path)
         if self.check is not None:
             self.check(path, state.get("provenance") or {}, int(state["iteration"]))
         training = state.get("training_weights")

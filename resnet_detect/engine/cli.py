@@ -19,7 +19,8 @@ from typing import Any, NoReturn
 from omegaconf import OmegaConf
 
 from .distributed import barrier, cleanup, init_distributed, is_main_process
-from .checkpoint import CheckpointWriteError, UnreadableCheckpointError
+from .checkpoint import (CheckpointWriteError, UnreadableCheckpointError,
+                         read_training_checkpoint)
 from .config import ConfigError, parse_bool
 from .data import DatasetError, UnreadableImageError, worker_error_message
 from .export import ExportError
@@ -268,6 +269,7 @@ def _check_resume_from(path: str | None) -> None:
         raise UnreadableCheckpointError(f"--resume-from: {path} is not a checkpoint (not the "
                                         f"zip archive torch.save writes: truncated, or "
                                         f"another kind of file)")
+    read_training_checkpoint(path)  # weights alone, another program's: said now too
 
 
 def _refuse_a_run_config_resumed_elsewhere(config: Path, output_dir: Any) -> None:

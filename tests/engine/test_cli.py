@@ -191,6 +191,17 @@ def test_a_missing_resume_from_checkpoint_is_refused_before_the_data_is_read(
         "train.py: error: --resume-from: cut.pth is not a checkpoint (not the zip archive "
         "torch.save writes: truncated, or another kind of file)\n")
     assert [p.name for p in tmp_path.iterdir()] == ["cut.pth"]
+    # weights alone (a run's model_final.pth), or torchvision's references' checkpoint: said
+    # only after the data was read
+    torch.save({"model": {"w": torch.zeros(3)}, "provenance": {}}, tmp_path / "final.pth")
+    monkeypatch.setattr(sys, "argv", ["tools/train.py", str(CONFIG), "--resume-from",
+                                      "final.pth", "data.train.ann_file=nowhere.json"])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool_main("train"))
+    assert stopped.value.code == 2 and capsys.readouterr().err.startswith(
+        "train.py: error: final.pth is no training checkpoint (it records no iteration: "
+        "weights alone")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.pth", "final.pth"]
 
 
 class _WrongMask(torch.utils.data.Dataset):
