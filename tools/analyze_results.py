@@ -71,8 +71,8 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
     from resnet_detect.detection.config import load_config
     from resnet_detect.detection.data.splits import chosen_category_ids
     from resnet_detect.detection.evaluation import ground_truth
-    from resnet_detect.detection.score_results import (read_results, rle_masks,
-                                                       warn_of_boxes_beyond_images)
+    from resnet_detect.detection.score_results import (check_result_categories, read_results,
+                                                       rle_masks, warn_of_boxes_beyond_images)
     from resnet_detect.detection.training import scored_detections
     setup_logging(None)
     cfg = load_config(args.config, args.overrides)
@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
     content = read_coco_json(ann_file)
     ids = chosen_category_ids(cfg, content, ann_file)  # data.classes' (None without it)
     gt, maskless = ground_truth(ann_file, args.iou_type, ids, data=content)
+    check_result_categories(results, content, ids, path, ann_file)
     if ids is not None:
         results = [r for r in results if r["category_id"] in ids]
     if maskless and not any(not a["iscrowd"] for a in gt["annotations"]):

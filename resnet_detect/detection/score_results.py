@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from resnet_detect.engine import atomic_write_json
 from resnet_detect.engine.config import is_number
-from resnet_detect.engine.data import DatasetError, image_sizes, read_coco_json
+from resnet_detect.engine.data import DatasetError, brief, image_sizes, read_coco_json
 from resnet_detect.engine.data.coco import reaches_past
 from resnet_detect.engine.data.coco import warn_of_boxes_beyond_images as warn_of_boxes
 from resnet_detect.engine.files import missing_path, nan_to_none
@@ -126,6 +128,44 @@ def _first_without(results: list[dict[str, Any]], key: str) -> int:
     return next(i for i, r in enumerate(results) if r.get(key) is None)
 
 
+def check_result_categories(results: list[dict[str, Any]], gt: dict[str, Any],
+                            scored: Sequence[int] | None, path: Path, ann_file: Any) -> None:
+    """Results that COCOeval would not score, for their category ids: those the val file
+    lacks, and those of the categories data.classes leaves out (`scored`: the ids it keeps;
+    None: all the file's), warned of; none left to score refused (an AP of 0 said nothing of
+    results of another dataset's ids, 0-based labels or another subset).
+
+    Raises:
+        DatasetError: not one result is of a scored category.
+    """
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    kept = set(names if scored is None else scored)
+    counts = Counter(r["category_id"] for r in results)
+    foreign = sorted(set(counts) - names.keys())
+    left_out = sorted(set(counts) & names.keys() - kept)
+    def named(ids: Sequence[int]) -> str:
+        return brief([f"{names[i]}: {i}" for i in ids], 10)
+
+    subset = f", the categories data.classes keeps ({named(sorted(kept))})"
+    why = []
+    if foreign:
+        why.append(f"{sum(counts[i] for i in foreign)} have category ids {brief(foreign, 10)} "
+                   f"that {ann_file} lacks")
+    if left_out:
+        why.append(f"{sum(counts[i] for i in left_out)} are of categories data.classes leaves "
+                   f"out ({named(left_out)})")
+    if not why:
+        return
+    hint = ("results of another dataset's ids, of 0-based labels, or of another data.classes "
+            "subset?")
+    if not kept & counts.keys():
+        raise DatasetError(f"{path}: none of its {len(results)} results is of a category "
+                           f"scored here{'' if scored is None else subset}: "
+                           f"{'; '.join(why)} ({hint})")
+    logger.warning("%s: of its %d results, %s; they are not scored (%s)", path, len(results),
+                   "; ".join(why), hint)
+
+
 def score_results_file(config: str, results_file: str, output: Path,
                        overrides: list[str] | tuple[str, ...] = (), *,
                        backend: str | None = None) -> dict[str, Any]:
@@ -151,13 +191,7 @@ def score_results_file(config: str, results_file: str, output: Path,
         raise DatasetError(f"{ann_file} has no annotations: there is nothing to score "
                            f"{path} against")
     scored = chosen_category_ids(cfg, gt, ann_file)  # (data.classes': None without it)
-    known = {c["id"] for c in gt["categories"]}
-    foreign = {r["category_id"] for r in results} - known
-    if foreign:  # COCOeval scores the file's categories only: these results count for nothing
-        logger.warning("%s: %d results have category ids %s that %s lacks; they are not "
-                       "scored (results of another dataset's ids, or 0-based labels?)", path,
-                       sum(r["category_id"] in foreign for r in results), sorted(foreign)[:10],
-                       ann_file)
+    check_result_categories(results, gt, scored, path, ann_file)
     sizes = image_sizes(gt)
     warn_of_boxes_beyond_images(results, sizes, path)
     if "segm" in types:

@@ -121,6 +121,40 @@ def test_mask_ap_and_bad_input(data: Path, tmp_path: Path,
     with pytest.raises(DatasetError, match=r"results of images that .*val.json lacks "
                                            r"\(ids \[4242\]\)"):
         analyze_results.main(args(data, foreign, tmp_path / "f"))
+    # results no category of which is scored: AP 0 everywhere, without a word (0-based labels,
+    # another dataset's ids, or another data.classes subset)
+    own = json.loads(boxes_only.read_text())
+    (tmp_path / "zero.json").write_text(json.dumps([{**r, "category_id": 0} for r in own]))
+    with pytest.raises(DatasetError, match=rf"zero.json: none of its {len(own)} results is of a "
+                                           rf"category scored here: {len(own)} have category "
+                                           rf"ids \[0\] that .*val.json lacks \(results of "
+                                           rf"another dataset's ids, of 0-based labels"):
+        analyze_results.main(args(data, tmp_path / "zero.json", tmp_path / "z"))
+    names = {c["id"]: c["name"] for c in json.loads((data / "coco/val.json").read_text())[
+        "categories"]}
+    found = sorted({r["category_id"] for r in own})
+    other = next(i for i in names if i not in found)
+    with pytest.raises(DatasetError, match=rf"none of its {len(own)} results is of a category "
+                                           rf"scored here, the categories data.classes keeps "
+                                           rf"\(\['{names[other]}: {other}'\]\): {len(own)} are "
+                                           rf"of categories data.classes leaves out"):
+        analyze_results.main([*args(data, boxes_only, tmp_path / "o"),
+                              f"data.classes=[{names[other]}]"])
+    (tmp_path / "some.json").write_text(json.dumps(own + [{**own[0], "category_id": 4242}]))
+    with caplog.at_level(logging.WARNING):
+        analyze_results.main([*args(data, tmp_path / "some.json", tmp_path / "s", "--topk",
+                                    "0"), f"data.classes=[{names[other]},{names[found[0]]}]"])
+    left_out = sum(r["category_id"] != found[0] for r in own)
+    assert any(f"some.json: of its {len(own) + 1} results, 1 have category ids [4242] that "
+               in r.getMessage() and (f"; {left_out} are of categories data.classes leaves out"
+                                      in r.getMessage()) == bool(left_out)
+               for r in caplog.records if r.levelno >= logging.WARNING)
+    # tools/eval.py --results the same
+    from resnet_detect.detection.score_results import score_results_file
+    with pytest.raises(DatasetError, match=r"zero.json: none of its .* results is of a category "
+                                           r"scored here"):
+        score_results_file(str(CONFIG), str(tmp_path / "zero.json"), tmp_path / "e",
+                           [f"data.val.ann_file={data}/coco/val.json"])
     seg = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
     with pytest.raises(ConfigError, match="analyzes detection results; .* is a 'sem_seg'"):
         analyze_results.main([str(seg), "--results", str(boxes_only), "--output", str(tmp_path)])

@@ -315,7 +315,7 @@ def test_eval_scores_perfect_results_100_and_names_bad_results_files(
         scored = load_tool("eval").main([*run, str(tmp_path / "out"), "--results", str(path)])
     assert scored["bbox"]["AP"] == pytest.approx(100.0) and scored["bbox"]["AP50"] == 100.0
     assert scored["segm"]["AP"] == pytest.approx(100.0)
-    assert "1 results have category ids [99]" in caplog.text
+    assert "results, 1 have category ids [99] that " in caplog.text
     assert "reach beyond their image" not in caplog.text
     # boxes as [x1, y1, x2, y2]: scored near 0 without a word, before
     xyxy = [{**r, "bbox": [*r["bbox"][:2], r["bbox"][0] + r["bbox"][2],
