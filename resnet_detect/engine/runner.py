@@ -618,7 +618,11 @@ def _compare_settings(path: Path, provenance: Mapping[str, Any], iteration: int,
                  and k != "data.palette"  # the overlays' colours: nothing trained or scored
                  # a classes.json moved with the data (the names are compared above)
                  and not (k == "data.class_names" and isinstance(was.get(k), str)
-                          and isinstance(is_now.get(k), str))}
+                          and isinstance(is_now.get(k), str))
+                 # the same categories in another order: the labels follow the file's ids
+                 and not (k == "data.classes" and isinstance(was.get(k), list)
+                          and isinstance(is_now.get(k), list)
+                          and sorted(map(str, was[k])) == sorted(map(str, is_now[k])))}
         if moved:
             logger.warning("resuming %s with data settings other than the run that wrote it: "
                            "the images are drawn, augmented or evaluated otherwise from "

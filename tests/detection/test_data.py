@@ -1251,7 +1251,8 @@ def test_data_classes_keep_those_categories_and_their_objects(
     assert len(records) == 1
     with pytest.raises(DatasetError, match=r"data.classes names \['Forty'\], not categories "
                                            r"of .*ann.json \(its categories: \['forty', "
-                                           r"'seven', 'two'\]\)"):
+                                           r"'seven', 'two'\]\); names are matched as "
+                                           r"written, in case too: 'Forty' -> 'forty'\?$"):
         load_coco_json(*small, classes=["Forty", "two"])
 
 

@@ -774,10 +774,20 @@ def test_resuming_with_other_data_train_settings_names_them(
     caplog.clear()
     cfg.data.train.repeat_threshold = None
     cfg.data.palette = [[0, 0, 0], [255, 0, 0]]  # the overlays' colours: nothing drawn otherwise
+    # data.classes in another order: the same labels (they follow the file's ids)
+    recorded["config"]["data"]["classes"] = ["car", "Traffic Light"]
+    cfg.data.classes = ["Traffic Light", "car"]
     with caplog.at_level("WARNING"):
         _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
                          logging.getLogger("t"), {})
     assert caplog.text == ""
+    cfg.data.classes = ["Traffic Light", "bus"]
+    with caplog.at_level("WARNING"):
+        _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
+                         logging.getLogger("t"), {})
+    assert "data.classes: ['car', 'Traffic Light'] -> ['Traffic Light', 'bus']" in caplog.text
+    caplog.clear()
+    cfg.data.classes = ["car", "Traffic Light"]
     # a model key changed: named (the weights' refusal, if they do not fit, lists tensors)
     recorded["config"]["model"] = {"name": "resnet18", "weights": "/a/r18.pth"}
     cfg.model = {"name": "resnet34", "weights": "/b/r18.pth"}

@@ -424,8 +424,13 @@ def chosen_categories(categories: list[dict[str, Any]], classes: Sequence[str],
     names = {str(c["name"]) for c in categories}
     unknown = [name for name in classes if name not in names]
     if unknown:
+        by_case = {name.casefold(): name for name in sorted(names)}
+        close = [f"{name!r} -> {by_case[name.casefold()]!r}" for name in unknown
+                 if name.casefold() in by_case]
         raise DatasetError(f"data.classes names {unknown}, not categories of {ann_file} (its "
-                           f"categories: {brief(sorted(names))})")
+                           f"categories: {brief(sorted(names))})"
+                           + (f"; names are matched as written, in case too: "
+                              f"{', '.join(close)}?" if close else ""))
     return [c for c in categories if str(c["name"]) in set(classes)]
 
 
