@@ -124,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             too_large.append(f"{path}: {err}")
     drawn = getattr(render, "drawn", None)  # detections drawn (detection models)
     print(f"wrote {len(written)} "
-          + ("picture(s) and their JSON" if args.save_json else "file(s)") + f" to {output}"
+          + ("file(s)" if not args.save_json else "picture(s) and their JSON"
+             if task == "detection" else "picture(s) and their class maps (predictions/, "
+             "classes.json)") + f" to {output}"
           + ("" if drawn is None else f": {drawn} detections of score {args.min_score} or more"
              + ("" if drawn else _none_drawn_hint(render, args))), flush=True)
     if unreadable or too_large:

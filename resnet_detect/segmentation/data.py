@@ -38,6 +38,7 @@ from resnet_detect.engine.distributed import per_process_batch_size
 from resnet_detect.engine.visualize import palette
 from resnet_detect.engine.files import missing_path
 
+from .known_datasets import CLASS_NAMES, known_class_names, known_palette
 from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_semantic,
                       mask_header, read_mask, scan_folder)
 
@@ -331,13 +332,21 @@ class SemSegDataset(Dataset):
         # (warned of, not refused: a val split without objects and a 255 border looks alike)
         binary = (ignored and pixels[0] and pixels.sum() == pixels[0] + ignored
                   and self.ignore_index == IGNORE_INDEX and not self.reduce_zero_label)
+        # Cityscapes' labelTrainIds (0..K-1) under reduce_zero_label: its first class not
+        # scored, the others one off, and the value K of the last never there
+        last = self.num_classes - 1
+        shifted = self.reduce_zero_label and pixels[last] == 0
         if absent:
             logger.warning("data.%s: no mask holds %s; their IoU is n/a, or 0 where the model "
                            "predicts them. %d%% of the pixels are "
                            "%d (model.ignore_index, not scored)%s", split, ", ".join(absent),
                            share, self.ignore_index,
                            ". The masks hold 0 and 255 only: if 255 marks the objects (a "
-                           "binary mask), write them as 1" if binary else "")
+                           "binary mask), write them as 1" if binary else
+                           f". No mask holds the value {last + 1} (class {last} under "
+                           f"data.reduce_zero_label): if the masks' classes are 0..{last} "
+                           f"(Cityscapes' labelTrainIds, VOC's), set data.reduce_zero_label: "
+                           f"false" if shifted else "")
         if share > 50:  # VOC's masks under reduce_zero_label: its background left out
             logger.warning("data.%s: %d%% of the pixels are %d (model.ignore_index%s): the "
                            "model is neither trained on nor scored there%s", split, share,
@@ -407,8 +416,8 @@ def resolve_palette(value: Any, num_classes: int | None) -> np.ndarray | None:
     """data.palette as (K, 3) uint8 RGB colours, index = class id (None: automatic colours).
 
     Args:
-        value: a list of [r, g, b] (whole numbers 0..255), one per class, or a .json file of
-            that list.
+        value: a list of [r, g, b] (whole numbers 0..255), one per class, a .json file of
+            that list, or a dataset's name (cityscapes, voc; ade20k: the automatic colours).
         num_classes: K (None: the count is not checked, e.g. before the data is read).
 
     Raises:
@@ -418,10 +427,14 @@ def resolve_palette(value: Any, num_classes: int | None) -> np.ndarray | None:
     if value is None:
         return None
     where = "data.palette"
+    if isinstance(value, str) and not Path(value).is_file() and known_class_names(value):
+        where, named = f"data.palette={value}", known_palette(value)
+        value = (palette(len(known_class_names(value))) if named is None else named).tolist()
     if isinstance(value, str):
         path = Path(value)
         if not path.is_file():
-            raise FileNotFoundError(f"data.palette file not found: {missing_path(path)}")
+            raise FileNotFoundError(f"data.palette file not found: {missing_path(path)} (or a "
+                                    f"dataset's name: {', '.join(CLASS_NAMES)})")
         where = f"data.palette file {path}"
         try:
             value = json.loads(engine_data.read_user_text(path, "data.palette file"))
@@ -454,7 +467,8 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
                         ) -> list[str]:
     """The K class names (index = class id, background included) of a config's data.
 
-    `data.class_names` (a list, or a JSON list / text file with one name per line) wins;
+    `data.class_names` (a list, a JSON list / text file with one name per line, or a
+    dataset's name: cityscapes, ade20k, voc) wins;
     otherwise COCO data gives "background" + its category names, and folder data
     `class_0..` from `model.num_classes`.
 
@@ -466,10 +480,13 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
         ValueError: nothing says how many classes there are, or two sources disagree.
     """
     names = cfg["data"]["class_names"]
+    if isinstance(names, str) and not Path(names).is_file() and known_class_names(names):
+        names = known_class_names(names)
     if isinstance(names, str):
         path = Path(names)
         if not path.is_file():
-            raise FileNotFoundError(f"data.class_names file not found: {path}")
+            raise FileNotFoundError(f"data.class_names file not found: {path} (or a "
+                                    f"dataset's name: {', '.join(CLASS_NAMES)})")
         text = engine_data.read_user_text(path, "data.class_names file")
         if path.suffix == ".json":
             try:

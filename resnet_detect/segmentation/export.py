@@ -97,7 +97,9 @@ def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Seq
                                "mask": {0: "height", 1: "width"}})
     return write_metadata(
         folder, TASK, inputs={"image": "uint8 (H, W, 3) RGB, any size (no resizing needed)"},
-        outputs={"mask": "int64 (H, W) class ids"},
+        outputs={"mask": "int64 (H, W) class ids" + (
+            " 0..K-1 (the masks' values minus 1: data.reduce_zero_label; add 1 for files "
+            "numbered as the masks)" if reduce_zero_label else "")},
         pixel_mean=model.pixel_mean.flatten().tolist(),
         pixel_std=model.pixel_std.flatten().tolist(), class_names=class_names,
         num_classes=model.num_classes, ignore_index=model.ignore_index, resize=None,

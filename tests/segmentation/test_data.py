@@ -567,9 +567,17 @@ def test_voc_masks_named_without_background_get_both_causes_named(tmp_path, capl
             "data.reduce_zero_label): the model is neither trained on nor scored there: if 0 "
             "is a class in your masks (VOC's background), set data.reduce_zero_label: false "
             "and name it first") in _prepare_warnings(cfg, caplog)
-    cfg.data.reduce_zero_label = False
     cfg.data.class_names = ["background", "a", "b"]
     cfg.model.num_classes = None  # (the first run's 2)
+    # masks of 0..K-1 (Cityscapes' labelTrainIds) under an ADE config's reduce_zero_label: the
+    # first class not scored, the others one off, the last never there (mIoU 0.5, the trial's)
+    assert ("data.val: no mask holds 'b' (2); their IoU is n/a, or 0 where the model predicts "
+            "them. 75% of the pixels are 255 (model.ignore_index, not scored). No mask holds "
+            "the value 3 (class 2 under data.reduce_zero_label): if the masks' classes are "
+            "0..2 (Cityscapes' labelTrainIds, VOC's), set data.reduce_zero_label: false"
+            ) in _prepare_warnings(cfg, caplog)
+    cfg.data.reduce_zero_label = False
+    cfg.model.num_classes = None
     assert "% of the pixels" not in _prepare_warnings(cfg, caplog)
 
 
@@ -963,3 +971,38 @@ def test_a_missing_folder_is_named_with_what_it_is_and_its_split(tmp_path):
             with pytest.raises(FileNotFoundError, match=f"^{expected} folder not found: "
                                                         f"{tmp_path}/nope \\(data.{split}\\)$"):
                 build_dataset(cfg, split)
+
+
+def test_the_public_datasets_classes_and_colours_are_named(tmp_path, monkeypatch):
+    """Cityscapes' 19 or ADE20K's 150 names were typed by hand, in order (a wrong order trains
+    silently and mislabels every per-class IoU): data.class_names=cityscapes (ade20k, voc)
+    and data.palette=cityscapes (voc) name them, as mmsegmentation's datasets carry them."""
+    from resnet_detect.segmentation.data import resolve_class_names, resolve_palette
+
+    def names(value):
+        return resolve_class_names({"data": {"class_names": value},
+                                    "model": {"num_classes": None}})
+    city = names("cityscapes")
+    assert len(city) == 19 and city[:3] == ["road", "sidewalk", "building"]
+    assert city[11:13] == ["person", "rider"] and city[-1] == "bicycle"
+    ade = names("ADE20K")
+    assert len(ade) == len(set(ade)) == 150 and ade[:3] == ["wall", "building", "sky"]
+    assert ade[7] == "bed" and ade[141] == "crt screen" and ade[-1] == "flag"
+    voc = names("voc")
+    assert len(voc) == 21 and voc[0] == "background" and voc[15] == "person"
+    colours = resolve_palette("cityscapes", 19)
+    assert colours.shape == (19, 3) and colours[0].tolist() == [128, 64, 128]  # road
+    assert colours[13].tolist() == [0, 0, 142] and colours[18].tolist() == [119, 11, 32]
+    voc_colours = resolve_palette("voc", 21)  # the colours of VOC's SegmentationClass PNGs
+    assert voc_colours[:3].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0]]
+    assert voc_colours[15].tolist() == [192, 128, 128] and voc_colours[20].tolist() == [0, 64, 128]
+    assert resolve_palette("ade20k", 150).shape == (150, 3)  # the automatic colours
+    with pytest.raises(ConfigError, match=r"data.palette=cityscapes has 19 colours for the 21 "):
+        resolve_palette("cityscapes", 21)
+    with pytest.raises(FileNotFoundError, match=r"data.class_names file not found: citiscapes "
+                                                r"\(or a dataset's name: cityscapes, ade20k, "
+                                                r"voc\)"):
+        names("citiscapes")
+    monkeypatch.chdir(tmp_path)  # a file of that name is read, as before
+    (tmp_path / "voc").write_text("background\nboat\n")
+    assert names("voc") == ["background", "boat"]

@@ -2,6 +2,7 @@
 other than the one exported with, gives the PyTorch class maps."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,22 @@ def test_class_names_of_another_count_than_the_models_are_refused(tmp_path: Path
     with pytest.raises(ExportError, match="4 class names for a model of 5 classes"):
         export_segmentor(build_model(cfg).eval(), tmp_path, class_names=list("abcd"))
     assert list(tmp_path.iterdir()) == []  # no model.onnx.partial either
+
+
+def test_export_json_says_how_the_masks_are_numbered_under_reduce_zero_label(
+        tmp_path: Path) -> None:
+    """ADE20K weights (reduce_zero_label): the graph's class ids are the masks' values minus 1
+    (eval --save-predictions writes 1..150), and export.json said "class ids" alone."""
+    cfg = load_config(ROOT / "configs/segmentation/deeplabv3_R_50_os16.yaml",
+                      ["model.num_classes=3", "model.backbone.weights=null",
+                       "model.backbone.name=resnet18", "model.backbone.multi_grid=[1,2]",
+                       "model.head.channels=8"])
+    model = build_model(cfg).eval()
+    for reduced in (True, False):
+        export_segmentor(model, tmp_path / str(reduced), class_names=list("abc"),
+                         reduce_zero_label=reduced)
+        written = json.loads((tmp_path / str(reduced) / "export.json").read_text())
+        assert written["reduce_zero_label"] is reduced
+        assert written["outputs"]["mask"] == "int64 (H, W) class ids" + (
+            " 0..K-1 (the masks' values minus 1: data.reduce_zero_label; add 1 for files "
+            "numbered as the masks)" if reduced else "")

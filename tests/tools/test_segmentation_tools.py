@@ -189,9 +189,10 @@ def test_demo_draws_the_overlay_at_image_size(trained: tuple[Path, dict], data: 
 
 
 def test_demo_saves_each_class_map_as_a_png(trained: tuple[Path, dict], data: Path,
-                                           tmp_path: Path) -> None:
+                                           tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--save-json: DIR/predictions/<name>.png (a video's frame by frame) hold the
-    Predictor's class maps, DIR/classes.json the names of their ids."""
+    Predictor's class maps, DIR/classes.json the names of their ids (it said "and their
+    JSON", which segmentation does not write)."""
     images = sorted((data / "images/val").iterdir())[:2]
     frames = write_video(images, tmp_path / "clip.avi")
     weights = str(trained[0] / "model_final.pth")
@@ -200,6 +201,8 @@ def test_demo_saves_each_class_map_as_a_png(trained: tuple[Path, dict], data: Pa
                             str(tmp_path / "clip.avi"), "--output", str(out), "--save-json",
                             *overrides(data)])
     assert json.loads((out / "classes.json").read_text()) == CLASSES
+    assert (f"wrote 2 picture(s) and their class maps (predictions/, classes.json) to {out}\n"
+            in capsys.readouterr().out)
     predict = segmentation.Predictor(str(CONFIG), weights=weights, overrides=overrides(data))
     saved = [(out / "predictions/000000.png", read_rgb(images[0]))] + [
         (out / f"predictions/clip/{i:06d}.png", frame) for i, frame in enumerate(frames)]
