@@ -46,10 +46,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 else "python -m resnet_detect")
     sys.argv = [tool.__file__, *argv[1:]]
     cli.PROGRAM = f"{launcher} {name}"  # its usage line and messages: not "train.py"
+    doc = tool.__doc__
+    tool.__doc__ = cli.as_installed(doc or "")  # its --help's commands likewise
     try:
         cli.run_tool(tool.main)
     finally:
-        cli.PROGRAM = None
+        cli.PROGRAM, tool.__doc__ = None, doc
 
 
 def _repository_tool(name: str) -> ModuleType:

@@ -90,12 +90,25 @@ def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} is another program's training checkpoint (torchvision's references' "
             f"or timm's: it counts epochs): its optimizer and position are not resumed "
             f"here; start a run from its weights with model.weights={path}")
-    if not isinstance(state, dict) or not {"model", "iteration"} <= state.keys():
+    if isinstance(state, dict) and {"state_dict", "meta"} <= state.keys():
         raise UnreadableCheckpointError(
-            f"{path} is no training checkpoint (it records no iteration: weights alone, as "
-            f"in backbone_final.pth): resume from a model_NNNNNNN.pth of a run, or start "
-            f"a new run from these weights (model.weights=PATH, or "
-            f"model.backbone.weights=PATH for a backbone)")
+            f"{path} is another program's checkpoint (mmdetection's or mmengine's: state_dict "
+            f"and meta): its optimizer and position are not resumed here; start a run from "
+            f"its weights with model.weights={path}")
+    if isinstance(state, dict) and {"model", "optimizer", "iteration"} <= state.keys() \
+            and "rng" not in state:
+        raise UnreadableCheckpointError(
+            f"{path} is another program's training checkpoint (detectron2's: model, "
+            f"optimizer, iteration, without this project's random states): its optimizer and "
+            f"position are not resumed here; start a run from its weights with "
+            f"model.weights={path}")
+    # a run's final weights (model_final.pth) record their iteration, and no random states
+    if not isinstance(state, dict) or not {"model", "iteration", "rng"} <= state.keys():
+        raise UnreadableCheckpointError(
+            f"{path} is no training checkpoint (weights alone, as in model_final.pth and "
+            f"backbone_final.pth: no optimizer or random states): resume from a "
+            f"model_NNNNNNN.pth of a run, or start a new run from these weights "
+            f"(model.weights=PATH, or model.backbone.weights=PATH for a backbone)")
     return state
 
 

@@ -69,13 +69,14 @@ def program_name() -> str:
 
 def as_installed(text: str) -> str:
     """A message's `tools/X.py` commands as a pip install runs them (`python -m resnet_detect
-    X`; `torchrun ... -m resnet_detect X`) where the tool runs so, or is the installed
-    package's (resnet_detect/tools/X.py); unchanged for `python tools/X.py`."""
+    X`, or `resnet-detect X` where the tool runs so; `torchrun ... -m resnet_detect X`) where
+    the tool runs through resnet_detect's __main__ or is the installed package's
+    (resnet_detect/tools/X.py); unchanged for `python tools/X.py`."""
     if PROGRAM is None and Path(sys.argv[0]).resolve().parent.parent.name != "resnet_detect":
         return text
+    launcher = PROGRAM.rsplit(" ", 1)[0] if PROGRAM else "python -m resnet_detect"
     text = re.sub(r"(torchrun [^;()]*?)tools/(\w+)\.py", r"\1-m resnet_detect \2", text)
-    return re.sub(r"(?<![\w/.])(?:python3? )?tools/(\w+)\.py", r"python -m resnet_detect \1",
-                  text)
+    return re.sub(r"(?<![\w/.])(?:python3? )?tools/(\w+)\.py", launcher + r" \1", text)
 
 
 def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
@@ -135,6 +136,9 @@ class ToolArgumentParser(argparse.ArgumentParser):
         kwargs.setdefault("prog", program_name())
         super().__init__(*args, allow_abbrev=False, **kwargs)
         self.training = training
+
+    def format_help(self) -> str:  # the options' help names tools/X.py too
+        return as_installed(super().format_help())
 
     def parse_intermixed_args(self, args: Sequence[str] | None = None,
                               namespace: argparse.Namespace | None = None) -> argparse.Namespace:

@@ -550,6 +550,28 @@ def test_large_scale_jitter_resizes_by_a_drawn_factor_then_crops_to_the_square()
     assert min(factors) < 0.7 and max(factors) > 1.8 and 5 < cropped < 40
 
 
+@pytest.mark.parametrize("mask_format", ["bitmask", "polygon"])
+def test_large_scale_jitter_drops_objects_shrunk_to_no_pixel(tmp_path: Path,
+                                                             mask_format: str) -> None:
+    """A 4-pixel object at a tenth of the square kept its sub-pixel box and an empty mask
+    (detectron2 and mmdetection drop empty instances); a large one stays."""
+    _write_png(tmp_path / "a.png", _pattern(200, 300))
+    square = lambda x, y, s: [[x, y, x + s, y, x + s, y + s, x, y + s]]  # noqa: E731
+    annotations = [_ann(1, 1, [10, 10, 4, 4], segmentation=square(10, 10, 4)),
+                   _ann(2, 1, [100, 50, 120, 120], segmentation=square(100, 50, 120))]
+    (tmp_path / "a.json").write_text(json.dumps(_coco(
+        [{"id": 1, "file_name": "a.png", "height": 200, "width": 300}], annotations)))
+    records, _, _ = load_coco_json(tmp_path / "a.json", tmp_path, keep_segmentation=True)
+    dataset = DetectionDataset(records, with_masks=True, mask_format=mask_format,
+                               transform=build_transforms(min_size=None, max_size=None,
+                                                          jitter=(64, (0.1, 0.1))))
+    sample = dataset[(0, 0)]
+    assert sample["image"].shape[1:] == (4, 6)  # 200 x 300 at 6.4 / 300
+    assert sample["gt_classes"].tolist() == [1] and len(sample["gt_masks"]) == 1  # "seven"
+    # the large square's box, scaled as the image's sides were: 6 / 300, 4 / 200
+    np.testing.assert_allclose(sample["gt_boxes"].numpy(), [[2.0, 1.0, 4.4, 3.4]], atol=1e-4)
+
+
 # ---- dataset --------------------------------------------------------------------------------
 
 def _dataset(small: tuple[Path, Path], **kwargs: Any) -> DetectionDataset:

@@ -139,8 +139,10 @@ def test_large_scale_jitter_moves_both_mask_formats_with_the_image(data: Path) -
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.train.jitter_size=0", r"data.train.jitter_size must be 1 positive integers \(pixels\), "
-                                 r"got 0"),
+    ("data.train.jitter_size=0", r"data.train.jitter_size must be a positive integer \(pixels: "
+                                 r"the square's side; detectron2's LSJ: 1024\), got 0"),
+    ("data.train.jitter_size=[512]", r"data.train.jitter_size must be a positive integer .*got "
+                                     r"\[512\]"),
     ("data.train.jitter_scale=[2.0,0.1]", r"data.train.jitter_scale must be \[lowest, highest\].*"
                                           r"got \[2.0,0.1\]"),
     ("data.train.jitter_scale=0.5", r"data.train.jitter_scale must be .*got 0.5"),

@@ -191,17 +191,26 @@ def test_a_missing_resume_from_checkpoint_is_refused_before_the_data_is_read(
         "train.py: error: --resume-from: cut.pth is not a checkpoint (not the zip archive "
         "torch.save writes: truncated, or another kind of file)\n")
     assert [p.name for p in tmp_path.iterdir()] == ["cut.pth"]
-    # weights alone (a run's model_final.pth), or torchvision's references' checkpoint: said
-    # only after the data was read
-    torch.save({"model": {"w": torch.zeros(3)}, "provenance": {}}, tmp_path / "final.pth")
-    monkeypatch.setattr(sys, "argv", ["tools/train.py", str(CONFIG), "--resume-from",
-                                      "final.pth", "data.train.ann_file=nowhere.json"])
-    with pytest.raises(SystemExit) as stopped:
-        run_tool(tool_main("train"))
-    assert stopped.value.code == 2 and capsys.readouterr().err.startswith(
-        "train.py: error: final.pth is no training checkpoint (it records no iteration: "
-        "weights alone")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.pth", "final.pth"]
+    # weights alone (a run's model_final.pth, as the runner writes it), detectron2's,
+    # mmdetection's or torchvision's references' checkpoint: said only after the data was read
+    for name, state, said in (
+            ("final.pth", {"model": {"w": torch.zeros(3)}, "provenance": {}, "iteration": 9},
+             "final.pth is no training checkpoint (weights alone, as in model_final.pth"),
+            ("d2.pth", {"model": {}, "optimizer": {}, "scheduler": {}, "iteration": 89999},
+             "d2.pth is another program's training checkpoint (detectron2's"),
+            ("mmdet.pth", {"state_dict": {}, "meta": {}, "optimizer": {}},
+             "mmdet.pth is another program's checkpoint (mmdetection's or mmengine's"),
+            ("tv.pth", {"model": {}, "optimizer": {}, "epoch": 25},
+             "tv.pth is another program's training checkpoint (torchvision's references'")):
+        torch.save(state, tmp_path / name)
+        monkeypatch.setattr(sys, "argv", ["tools/train.py", str(CONFIG), "--resume-from", name,
+                                          "data.train.ann_file=nowhere.json"])
+        with pytest.raises(SystemExit) as stopped:
+            run_tool(tool_main("train"))
+        assert stopped.value.code == 2
+        assert capsys.readouterr().err.startswith(f"train.py: error: {said}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cut.pth", "d2.pth", "final.pth", "mmdet.pth", "tv.pth"]
 
 
 class _WrongMask(torch.utils.data.Dataset):
@@ -841,13 +850,22 @@ def test_python_m_resnet_detect_runs_the_tools(monkeypatch: pytest.MonkeyPatch,
     assert stop.value.code == 2
     assert capsys.readouterr().err.startswith(
         "resnet-detect train: error: config file not found: ")
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/resnet-detect"])
+    with pytest.raises(SystemExit):
+        main(["train", str(ROOT / "c.yaml"), "--config-file", "c.yaml", "--test-only"])
+    err = capsys.readouterr().err  # the hints as typed too
+    assert "the config is the first argument: resnet-detect train CONFIG" in err
+    assert "--test-only: resnet-detect eval CONFIG" in err
     # their usage lines said train.py, demo.py...: the command the user typed
     monkeypatch.setattr(sys, "argv", ["/venv/site-packages/resnet_detect/__main__.py"])
     for tool in TOOLS:
         with pytest.raises(SystemExit) as stop:
             main([tool, "--help"])
         assert stop.value.code == 0
-        assert capsys.readouterr().out.startswith(f"usage: python -m resnet_detect {tool} ")
+        shown = capsys.readouterr().out
+        assert shown.startswith(f"usage: python -m resnet_detect {tool} ")
+        # (a pip install has no tools/ folder; mmdetection's tools/dataset_converters/ named)
+        assert not re.search(r"(?<![\w/.])tools/\w+\.py", shown), tool
     with pytest.raises(SystemExit):
         main(["eval", "--config-file", "c.yaml"])
     err = capsys.readouterr().err

@@ -116,3 +116,6 @@ def test_the_confusion_picture_draws_the_classes_with_pixels(tmp_path, monkeypat
         f"confusion matrix (pixels): {tmp_path / 'confusion_matrix.csv'}; the 1 largest of 1 "
         f"confusions:")
     assert len(drawn) == 1
+    lines = write_confusion_matrix(np.zeros((3, 3), dtype=np.int64), names[:3], tmp_path)
+    assert lines[0].startswith(f"confusion matrix (pixels): {tmp_path / 'confusion_matrix.csv'}; ")
+    assert len(drawn) == 1  # nothing counted: no empty picture

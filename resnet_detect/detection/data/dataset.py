@@ -103,24 +103,26 @@ def _fit_boxes_to_cut_masks(sample: dict[str, Any], crop_coords: Sequence[int],
                             resized: Sequence[int]) -> None:
     """The objects a crop cut (large scale jitter's): a box cut at the window's edge can be
     larger than what is left of its object; it becomes the tight box of the object's mask in
-    the window (detectron2's recompute_boxes, mmdetection's recompute_bbox), and an object of
-    which nothing is left is dropped."""
+    the window (detectron2's recompute_boxes, mmdetection's recompute_bbox). An object of
+    which no pixel is left, cut or shrunk below a pixel by a small factor, is dropped (their
+    filter of empty instances)."""
     x0, y0, x1, y1 = crop_coords
     height, width = y1 - y0, x1 - x0
     boxes = sample["gt_boxes"].numpy().copy()
     cut = (((x0 > 0) & (boxes[:, 0] <= 1e-3)) | ((y0 > 0) & (boxes[:, 1] <= 1e-3))
            | ((x1 < resized[1]) & (boxes[:, 2] >= width - 1e-3))
            | ((y1 < resized[0]) & (boxes[:, 3] >= height - 1e-3)))
+    tiny = ((boxes[:, 2:] - boxes[:, :2]) < 2).any(axis=1)
     masks = sample["gt_masks"]
     keep = np.ones(len(boxes), dtype=bool)
-    for k in np.flatnonzero(cut):
+    for k in np.flatnonzero(cut | tiny):
         pixels = (masks[k].numpy() if isinstance(masks, torch.Tensor)
                   else PolygonMasks([masks.objects[k]]).bitmasks(height, width)[0])
         ys, xs = np.nonzero(pixels)
-        if len(xs):
-            boxes[k] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-        else:
+        if not len(xs):
             keep[k] = False
+        elif cut[k]:
+            boxes[k] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
     sample["gt_boxes"] = torch.from_numpy(boxes[keep])
     sample["gt_classes"] = sample["gt_classes"][torch.from_numpy(keep)]
     sample["gt_masks"] = (masks[torch.from_numpy(keep)] if isinstance(masks, torch.Tensor)

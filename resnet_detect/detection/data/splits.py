@@ -12,7 +12,7 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig
 
 from resnet_detect.engine.config import (ConfigError, as_override, check_probability, check_sizes,
-                                         is_number, parse_bool)
+                                         is_number, is_positive_int, parse_bool)
 from resnet_detect.engine.data.coco import chosen_categories, only_categories
 from resnet_detect.engine.data import (CategoryMapping, DatasetError, brief,
                                        check_image_sizes, load_coco_json, repeat_factors)
@@ -217,7 +217,10 @@ def large_scale_jitter(train: DictConfig) -> tuple[int, list[float]] | None:
     """(data.train.jitter_size, jitter_scale), checked; None where jitter_size is null."""
     if train.jitter_size is None:
         return None
-    (size,) = check_sizes(train.jitter_size, "data.train.jitter_size", 1)
+    size = train.jitter_size
+    if not is_positive_int(size):
+        raise ConfigError(f"data.train.jitter_size must be a positive integer (pixels: the "
+                          f"square's side; detectron2's LSJ: 1024), got {as_override(size)}")
     scale = train.jitter_scale
     if not (isinstance(scale, (list, tuple, ListConfig)) and len(scale) == 2
             and all(is_number(v) for v in scale) and 0 < scale[0] <= scale[1] < math.inf):
