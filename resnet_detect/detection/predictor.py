@@ -28,7 +28,7 @@ from resnet_detect.backbones.model_weights import use_recorded_normalisation
 from resnet_detect.backbones.weights import (foreign_checkpoint_hint, read_checkpoint,
                                             refuse_other_task, unwrap_state_dict)
 from resnet_detect.engine.data import check_rgb_image, check_rgb_images
-from resnet_detect.engine.data.coco import CategoryMapping, read_coco_json
+from resnet_detect.engine.data.coco import CategoryMapping, brief, read_coco_json
 from resnet_detect.engine.distributed import usable_device
 from resnet_detect.engine.host_memory import release_free_memory
 from resnet_detect.engine.memory_format import place_model
@@ -423,6 +423,19 @@ class Predictor:
         return result
 
 
+def warn_of_classes_not_chosen(cfg: Mapping[str, Any], class_names: Sequence[str],
+                               what: str) -> None:
+    """data.classes other than the weights' classes, given to a tool that `what` (draws,
+    exports) what the weights predict: not used, said (it chooses what a training learns and
+    tools/eval.py scores)."""
+    chosen = (cfg.get("data") or {}).get("classes")
+    if chosen and sorted(map(str, chosen)) != sorted(map(str, class_names)):
+        logger.warning("data.classes %s is not used here: this tool %s the weights' %d "
+                       "classes %s (data.classes chooses what a training learns and "
+                       "tools/eval.py scores)", as_override(chosen), what, len(class_names),
+                       brief(list(class_names), 10))
+
+
 def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
                    overrides: Sequence[str] = (), min_score: float = 0.5, *,
                    device: str | torch.device = "cpu") -> Renderer:
@@ -435,6 +448,7 @@ def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
         overrides = [f"model.roi_heads.score_thresh={min_score}", *overrides]
     predictor = Predictor(config, weights=weights, overrides=overrides, device=device,
                           mask_format="rle")
+    warn_of_classes_not_chosen(predictor.cfg, predictor.class_names, "draws")
     rgb = palette(len(predictor.category_ids))
     colours = {cid: tuple(int(v) for v in rgb[i]) for i, cid in enumerate(predictor.category_ids)}
     return DetectionRenderer(predictor, colours, min_score)

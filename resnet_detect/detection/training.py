@@ -46,7 +46,8 @@ from .evaluation import (COCO_MAX_DETS, METRIC_NAMES, RESULTS_FILE, COCOEvaluato
 from .export import export_detector
 from .federated import FREQUENCY_GROUPS, IMAGE_LISTS, is_federated
 from .browse import browse_split
-from .predictor import LoadedDetector, build_renderer, load_detector
+from .predictor import (LoadedDetector, build_renderer, load_detector,
+                        warn_of_classes_not_chosen)
 from .rcnn import GeneralizedRCNN
 from .tiles import Tiles, refuse_tiles, tiles_from_config
 from .tiles import describe as describe_tiles
@@ -254,6 +255,7 @@ def export_model(config: str, weights: str, folder: Path, overrides: Sequence[st
     """Export `weights` built as `config` says to folder/model.onnx (tools/export.py);
     returns export.json. `mask_output`: see `export.export_detector`."""
     loaded = load_detector(config, weights=weights, overrides=overrides)
+    warn_of_classes_not_chosen(loaded.cfg, loaded.class_names, "exports")
     refuse_tta(loaded.cfg, "an exported graph")
     refuse_tiles(loaded.cfg, "an exported graph")
     return export_detector(loaded.model, folder, class_names=loaded.class_names,

@@ -224,6 +224,25 @@ def test_data_classes_train_and_score_those_categories_alone(
                                     "--results", str(tmp_path / "square" / RESULTS),
                                     "--output", str(tmp_path / "square_results")])
     assert again["bbox"]["AP"] is None
+    # tools/demo.py and tools/export.py draw / export the weights' classes: another
+    # data.classes given to them is said to be unused (they ignored it without a word)
+    image = next((data / "images/val").iterdir())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_tool("demo").main([str(out / "config.yaml"), "--weights",
+                                str(out / "model_final.pth"), "--input", str(image),
+                                "--output", str(tmp_path / "demo")])
+    assert "data.classes" not in caplog.text  # the run's own: nothing to say
+    for tool, what, extra in (("demo", "draws", ["--input", str(image)]),
+                              ("export", "exports", [])):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            load_tool(tool).main([str(out / "config.yaml"), "data.classes=[square]",
+                                  "--weights", str(out / "model_final.pth"), *extra,
+                                  "--output", str(tmp_path / f"{tool}_square")])
+        assert (f"data.classes [square] is not used here: this tool {what} the weights' 2 "
+                f"classes ['circle', 'square'] (data.classes chooses what a training learns "
+                f"and tools/eval.py scores)") in caplog.text
     # a resume on other classes: refused naming data.classes (the class names alone before)
     with pytest.raises(ConfigError, match=r"this run's data gives \['circle', 'cross'\] "
                                           r"\(data.classes: \[square,circle\] -> "
