@@ -163,7 +163,7 @@ class RandomCropAtMost(A.RandomCrop):
             "pad_params": None}
 
 
-# the names what a transform applied goes by (its "applied_transforms"), for the masks
+# the names in a sample's out["applied_transforms"] that the masks follow
 RESIZES = (ResizeShortestEdge.__name__, ResizeScale.__name__)
 CROP = RandomCropAtMost.__name__
 
