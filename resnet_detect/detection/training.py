@@ -67,9 +67,14 @@ def resolve_num_classes(cfg: DictConfig, mapping: CategoryMapping) -> None:
     if configured is None:
         cfg.model.num_classes = mapping.num_classes
     elif configured != mapping.num_classes:
+        background = (f" (model.num_classes counts the objects' classes, as detectron2's "
+                      f"NUM_CLASSES and mmdetection's num_classes: {mapping.num_classes} here; "
+                      f"torchvision's num_classes counts the background too)"
+                      if configured == mapping.num_classes + 1 else "")
         raise ConfigError(f"model.num_classes is {configured} but {cfg.data.train.ann_file} has "
-                          f"{mapping.num_classes} categories; leave it null to read it from there "
-                          "(model.num_classes=null: a run's config.yaml records its own)")
+                          f"{mapping.num_classes} categories{background}; leave it null to read "
+                          "it from there (model.num_classes=null: a run's config.yaml records "
+                          "its own)")
 
 
 def scored_detections(cfg: DictConfig) -> int:

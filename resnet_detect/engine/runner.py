@@ -35,7 +35,7 @@ from .checkpoint import (BestWeights, Checkpointer, CheckpointWriteError, Period
                          best_metric_parts, checkpoints_in)
 from .compilation import compile_model, parse_compile
 from .config import (ConfigError, as_override, flat_keys, is_number, is_positive_int,
-                     save_config, to_plain)
+                     load_defaults, save_config, to_plain)
 from .data import (CountedLoader, build_test_loader, build_train_loader, collate,
                    worker_error_message)
 from .data.overlap import warn_of_val_in_training
@@ -57,7 +57,7 @@ from .optim import OPTIMIZERS, build_optimizer, unknown_modules
 from .preemption import (EvaluationInterrupted, StopRequest, TrainingInterrupted,
                          stop_on_signals)
 from .schedule import DECAYS, build_lr_scheduler
-from .tasks import config_of_run
+from .tasks import TASK_MODULES, config_of_run, task_module
 from .trainer import PeriodicEval, Trainer, eval_mode
 
 Metrics = dict[str, dict[str, Any]]  # {group ("bbox", "segm", "sem_seg", ...): {name: value}}
@@ -424,6 +424,44 @@ def warn_of_long_warmup(lengths: Mapping[str, Any], logger: logging.Logger) -> N
         logger.warning("%s is %d iterations, the whole run is %d: the lr climbs for the "
                        "whole run and never reaches train.base_lr; shorten it (e.g. %s of a "
                        "tenth of the run)", key, warmup, max_iter, key)
+
+
+def warn_of_a_rate_far_above_the_recipes(task_name: str, t: DictConfig,
+                                         logger: logging.Logger) -> None:
+    """train.base_lr kept from a recipe while train.batch_size shrank (0.02 for 16 images, at
+    2): the loss turned NaN some steps in; the linear scaling rule (Goyal et al., which the
+    recipes and the README follow) names the rate to use."""
+    if task_name not in TASK_MODULES:
+        return
+    recipe = load_defaults(task_module(task_name).BASE_CONFIG).train
+    per_image, recipes = t.base_lr / t.batch_size, recipe.base_lr / recipe.batch_size
+    if (t.batch_size < recipe.batch_size and per_image >= 4 * recipes
+            and t.optimizer == recipe.optimizer):  # (AdamW's rates are not SGD's)
+        logger.warning("train.base_lr %g at train.batch_size %d is %.0fx the recipes' rate per "
+                       "image (%g for %d images); the linear scaling rule gives %.3g here: a "
+                       "loss that turns NaN in the first steps is the usual sign of a rate too "
+                       "high", t.base_lr, t.batch_size, per_image / recipes, recipe.base_lr,
+                       recipe.batch_size, recipes * t.batch_size)
+
+
+def describe_schedule(t: DictConfig, lengths: Mapping[str, Any], evaluated: bool) -> str:
+    """The schedule in iterations, as the run applies it: warmup, lr steps, evaluations (an
+    epoch-based run's are computed from its epochs; they were left to guess from the lr)."""
+    parts = []
+    if lengths["warmup_iters"]:
+        parts.append(f"warmup {lengths['warmup_iters']} iterations")
+    if t.lr_decay == "step" and lengths["steps"]:
+        parts.append(f"lr x{t.gamma:g} at iteration{'s' * (len(lengths['steps']) > 1)} "
+                     f"{', '.join(map(str, lengths['steps']))}")
+    elif t.lr_decay != "step":
+        parts.append(f"{t.lr_decay} decay")
+    if evaluated and t.eval_period:
+        parts.append(f"evaluated every {t.eval_period} iterations and at the end")
+    elif evaluated:
+        parts.append("evaluated at the end" + (
+            f" (every epoch: train.eval_period={lengths['per_epoch']})"
+            if "per_epoch" in lengths else ""))
+    return "; ".join(parts)
 
 
 def cudnn_benchmark_warning(cfg: DictConfig, device: torch.device) -> str | None:
@@ -911,6 +949,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     warn_of_epoch_rounding(t, lengths, len(data.train), logger)
     warn_of_periods_read_as_epochs(t, lengths, logger)
     warn_of_long_warmup(lengths, logger)
+    if is_main_process():
+        warn_of_a_rate_far_above_the_recipes(task.name, t, logger)
     warn_of_unused_steps(t, logger)
     logger.info("%s, %d processes x %d images per step%s", data.description, get_world_size(),
                 batch_size * steps, f" in {steps} batches of {batch_size}" if steps > 1 else "")
@@ -1069,12 +1109,15 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                       collate_fn=data.collate, batch_keys=data.batch_keys,
                                       repeat_factors=data.repeat_factors)
     per_epoch = f" ({lengths['per_epoch']} per epoch)" if "per_epoch" in lengths else ""
+    schedule = describe_schedule(t, lengths, data.val is not None)
+    schedule = f": {schedule}" if schedule else ""
     if start_iter:  # (resumed: "for 400 iterations from 120" read as 400 more)
         left = lengths["max_iter"] - start_iter
-        logger.info("training to iteration %d%s from iteration %d (%d iteration%s)",
-                    lengths["max_iter"], per_epoch, start_iter, left, "s" * (left != 1))
+        logger.info("training to iteration %d%s from iteration %d (%d iteration%s)%s",
+                    lengths["max_iter"], per_epoch, start_iter, left, "s" * (left != 1),
+                    schedule)
     else:
-        logger.info("training for %d iterations%s", lengths["max_iter"], per_epoch)
+        logger.info("training for %d iterations%s%s", lengths["max_iter"], per_epoch, schedule)
     # The objects that exist now stay out of garbage collection while loader workers live:
     # a collector pass (in a worker, or in this process) writes to every object it visits,
     # which copies each page of this heap shared with the forked workers (copy-on-write).

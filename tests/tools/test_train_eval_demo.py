@@ -260,6 +260,38 @@ def test_data_classes_train_and_score_those_categories_alone(
                                            "data.classes=[square,square]"))
 
 
+def test_a_small_dataset_fine_tuning_is_told_its_rate_schedule_and_class_count(
+        data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A fine-tuning trial: the recipe's lr 0.02 (16 images) kept at batch 2 turned the loss
+    NaN 13 steps in, without a word at the start; an epoch-based run's lr drop, warmup and
+    evaluations were left to guess; torchvision's num_classes (background counted) was
+    refused without saying why."""
+    sgd = ["train.optimizer=sgd", "train.weight_decay=0.0001", "train.batch_size=2",
+           "train.epochs=2", "train.max_iter=null", "train.warmup_iters=0",
+           "train.lr_decay=step", "train.lr_steps=[]", "train.lr_step_epochs=[1]",
+           "train.warmup_epochs=0.5",
+           "train.amp=false"]
+    with caplog.at_level(logging.INFO):
+        load_tool("train").main(train_args(data, tmp_path / "high", 1, *sgd,
+                                           "train.base_lr=0.02"))
+    assert ("train.base_lr 0.02 at train.batch_size 2 is 8x the recipes' rate per image "
+            "(0.02 for 16 images); the linear scaling rule gives 0.0025 here") in caplog.text
+    assert ("training for 6 iterations (3 per epoch): warmup 2 iterations; lr x0.1 at "
+            "iteration 3; evaluated at the end (every epoch: train.eval_period=3)"
+            ) in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        load_tool("train").main(train_args(data, tmp_path / "scaled", 1, *sgd,
+                                           "train.base_lr=0.0025", "train.eval_period=3"))
+    assert "linear scaling rule" not in caplog.text
+    assert "lr x0.1 at iteration 3; evaluated every 3 iterations and at the end" in caplog.text
+    with pytest.raises(ConfigError, match=r"model.num_classes is 7 but .*train.json has 6 "
+                                          r"categories \(model.num_classes counts the objects' "
+                                          r"classes, .*: 6 here; torchvision's num_classes "
+                                          r"counts the background too\)"):
+        load_tool("train").main(train_args(data, tmp_path / "seven", 1, "model.num_classes=7"))
+
+
 def test_eval_keeps_out_of_another_evaluations_folder(trained: Path, data: Path,
                                                      tmp_path: Path) -> None:
     """An evaluation of other weights into one --output replaced its metrics.json and left
