@@ -273,9 +273,12 @@ def test_a_small_dataset_fine_tuning_is_told_its_rate_schedule_and_class_count(
            "train.amp=false"]
     with caplog.at_level(logging.INFO):
         load_tool("train").main(train_args(data, tmp_path / "high", 1, *sgd,
-                                           "train.base_lr=0.02"))
+                                           "train.base_lr=0.02", "data.train.min_size=[192]"))
     assert ("train.base_lr 0.02 at train.batch_size 2 is 8x the recipes' rate per image "
             "(0.02 for 16 images); the linear scaling rule gives 0.0025 here") in caplog.text
+    # COCO's 640..800 kept for small pictures: each enlarged, its compute with the square
+    assert ("data.train.min_size=[192] enlarges the training images (a median short side of "
+            "96 pixels) 2.0x or more") in caplog.text
     assert ("training for 6 iterations (3 per epoch): warmup 2 iterations; lr x0.1 at "
             "iteration 3; evaluated at the end (every epoch: train.eval_period=3)"
             ) in caplog.text
@@ -283,7 +286,7 @@ def test_a_small_dataset_fine_tuning_is_told_its_rate_schedule_and_class_count(
     with caplog.at_level(logging.INFO):
         load_tool("train").main(train_args(data, tmp_path / "scaled", 1, *sgd,
                                            "train.base_lr=0.0025", "train.eval_period=3"))
-    assert "linear scaling rule" not in caplog.text
+    assert "linear scaling rule" not in caplog.text and "enlarges" not in caplog.text
     assert "lr x0.1 at iteration 3; evaluated every 3 iterations and at the end" in caplog.text
     with pytest.raises(ConfigError, match=r"model.num_classes is 7 but .*train.json has 6 "
                                           r"categories \(model.num_classes counts the objects' "

@@ -201,6 +201,7 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
                            f"{masks}{others}; filter_empty={d.filter_empty}): a detector "
                            f"cannot learn from it")
     warn_of_mis_sized_images(records, paths[0])
+    warn_of_upscaled_images(records, d)
     min_size = d.min_size if isinstance(d.min_size, int) else list(d.min_size)
     train = DetectionDataset(records, with_masks=mask_on, scale_per_batch=scale_per_batch,
                              mask_format=d.mask_format,
@@ -247,6 +248,21 @@ def warn_of_mis_sized_images(records: list[dict[str, Any]], ann_file: str) -> No
             check_image_sizes(records, ann_file)
         except DatasetError as found:
             logger.warning("%s (in training, skipped at every read)", found)
+
+
+def warn_of_upscaled_images(records: list[dict[str, Any]], train: DictConfig) -> None:
+    """data.train.min_size far above the images' own size (COCO's 640..800 kept for 256-pixel
+    pictures): each is enlarged 3x, its compute 9x, without a word."""
+    if not records or train.jitter_size is not None:
+        return
+    shortest = min([train.min_size] if isinstance(train.min_size, int) else train.min_size)
+    own = float(np.median([min(r["height"], r["width"]) for r in records]))
+    if shortest >= 2 * own:
+        logger.warning("data.train.min_size=%s enlarges the training images (a median short "
+                       "side of %d pixels) %.1fx or more, and the compute with its square; for "
+                       "images of that size set data.train.min_size near it (and "
+                       "data.val.min_size alike)", as_override(train.min_size), own,
+                       shortest / own)
 
 
 def category_differences(train: CategoryMapping, val: CategoryMapping) -> str:
