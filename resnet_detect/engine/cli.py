@@ -18,10 +18,12 @@ from typing import Any, NoReturn
 
 from omegaconf import OmegaConf
 
-from .distributed import barrier, cleanup, init_distributed, is_main_process
+from .amp import amp_for_device
+from .distributed import (barrier, cleanup, init_distributed, is_main_process,
+                          training_device_type)
 from .checkpoint import (CheckpointWriteError, UnreadableCheckpointError,
                          read_training_checkpoint)
-from .config import ConfigError, parse_bool
+from .config import ConfigError, load_defaults, parse_bool
 from .data import DatasetError, UnreadableImageError, worker_error_message
 from .export import ExportError
 from .files import UnwritableFolderError, missing_path
@@ -35,7 +37,7 @@ from .run_lock import FolderInUseError
 from .runner import UnreadableDataError, check_training_config, run_training
 from .same_everywhere import OtherProcessFailed, done_everywhere
 from .trainer import NonFiniteLossError
-from .tasks import config_task, load_task_config, task_module
+from .tasks import TASK_MODULES, config_task, load_task_config, task_module
 
 
 # Raised only for what a user gave (their messages name the key, file, entry or folder):
@@ -300,9 +302,17 @@ def _print_config(task: Any, cfg: Any) -> None:
     config), then the config; mandatory keys not given yet (???) and weights files not there
     yet (a quickstart's, before `make demo`) are named on stderr, not refused: printing a
     config needs none of the files it names."""
-    check_training_config(task, cfg)
     probe, absent = copy.deepcopy(cfg), []
-    for key, value in weights_keys(cfg.get("model")).items():
+    # a mandatory key not given yet (???) is checked at its default (the task's base config)
+    defaults = (load_defaults(task_module(task.name).BASE_CONFIG)
+                if getattr(task, "name", None) in TASK_MODULES else None)
+    for key in OmegaConf.missing_keys(cfg):
+        default = (None if defaults is None else
+                   OmegaConf.select(defaults, key, default=None, throw_on_missing=False))
+        OmegaConf.update(probe, key, default, force_add=True)
+    _, amp = check_training_config(task, probe)
+    amp_for_device(amp, training_device_type(probe.train.device), warn=False)
+    for key, value in weights_keys(probe.get("model")).items():
         if isinstance(value, str) and value and not os.path.exists(value):
             absent.append(f"{key}: {value}")
             OmegaConf.update(probe, key, None)

@@ -47,6 +47,21 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+def training_device_type(device: str) -> str:
+    """"cuda" or "cpu": train.device ("auto": a GPU where there is one) checked, named."""
+    if device not in ("auto", "cpu", "cuda"):
+        unsupported = (" (Apple's GPUs, mps, are not supported: training there is untested; "
+                       "use cpu)" if str(device).startswith("mps") else "")
+        raise ConfigError(f"train.device must be auto, cpu or cuda, got {device!r}"
+                          f"{unsupported}")
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError(f"train.device=cuda but torch {torch.__version__} sees no GPU "
+                          f"(CUDA build: {torch.version.cuda or 'none, a CPU-only torch'}); "
+                          f"set train.device=cpu (or auto)")
+    return "cuda" if use_cuda else "cpu"
+
+
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> torch.device:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*).
 
@@ -60,16 +75,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> torch.d
     Returns:
         The device this process should use.
     """
-    if device not in ("auto", "cpu", "cuda"):
-        unsupported = (" (Apple's GPUs, mps, are not supported: training there is untested; "
-                       "use cpu)" if str(device).startswith("mps") else "")
-        raise ConfigError(f"train.device must be auto, cpu or cuda, got {device!r}"
-                          f"{unsupported}")
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError(f"train.device=cuda but torch {torch.__version__} sees no GPU "
-                           f"(CUDA build: {torch.version.cuda or 'none, a CPU-only torch'}); "
-                           f"set train.device=cpu (or auto)")
+    use_cuda = training_device_type(device) == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda and local_rank >= torch.cuda.device_count():
         raise ConfigError(f"process LOCAL_RANK={local_rank} has no GPU: this machine has "

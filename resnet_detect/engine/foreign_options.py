@@ -62,7 +62,19 @@ OTHER_KEYS = {
                           "deeplabv3plus or fcn), its num_classes model.num_classes, its "
                           "loss_decode class_weight model.class_weight", "head"),
     "optim_wrapper": ("mmsegmentation's and mmdetection's optim_wrapper optimizer is "
-                      "train.base_lr, train.momentum, train.weight_decay here", "train"),
+                      "train.base_lr, train.momentum, train.weight_decay here (its "
+                      "accumulative_counts train.accumulation_steps, clip_grad "
+                      "train.clip_grad_norm)", "train"),
+    "train_dataloader": ("mmdetection's train_dataloader batch_size (per GPU) is "
+                         "train.batch_size (all processes) here, num_workers data.num_workers, "
+                         "dataset ann_file and data_prefix data.train.ann_file and img_dir",
+                         "train"),
+    "val_dataloader": ("mmdetection's val_dataloader dataset is data.val.ann_file and img_dir "
+                       "here", "train"),
+    "randomness": ("mmdetection's randomness seed is train.seed here", "train"),
+    "default_hooks": ("mmdetection's default_hooks checkpoint interval is "
+                      "train.checkpoint_period here, logger interval train.log_period",
+                      "train"),
     "param_scheduler": ("mmsegmentation's and mmdetection's param_scheduler is train.lr_decay "
                         "(poly, step, cosine), train.lr_power, train.warmup_iters here", "train"),
     "train_cfg": ("mmsegmentation's and mmdetection's train_cfg max_iters is train.max_iter "
@@ -122,6 +134,8 @@ def _flag_advice(training: bool) -> dict[str, str]:
         "--device": "train.device=cpu or cuda", "--workers": "data.num_workers=N",
         "--auto-scale-lr": "train.base_lr=X for your train.batch_size (the linear rule: "
                            "twice the batch, twice the rate)",
+        # timm's train.py
+        "--model-ema": "train.ema_decay=0.9998", "--model-ema-decay": "train.ema_decay=X",
         # mmdetection's test.py
         "--checkpoint": ("model.weights=CKPT (fine-tuning), or --resume-from CKPT" if training
                          else "--weights CKPT"),

@@ -20,6 +20,7 @@ from torch import nn
 from .config import ConfigError
 from .distributed import is_main_process
 from .files import check_weights_file
+from .optim import refuse_unknown_modules
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +108,15 @@ def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig
                 weights_of_classes, ListConfig) and len(weights_of_classes) >= 2
                 else num_classes)
     try:
-        _build_on_meta(build, probe)
+        model = _build_on_meta(build, probe)
     except ConfigError:
         raise
     except Exception:  # a part the meta device cannot build: the real build says what is wrong
         return
+    multipliers = (cfg.get("train") or {}).get("lr_multipliers")
+    if isinstance(multipliers, (DictConfig, dict)) and multipliers:
+        # a module name mistyped: said before the data is read (minutes at COCO's size)
+        refuse_unknown_modules(model, list(multipliers))
     # the backbone's weights loaded as the real build loads them (their checks: architecture,
     # normalisation, keys and shapes), into the meta model: nothing is copied. (A detector's
     # or segmenter's whole-model weights are left to the real build: what they must match
@@ -131,7 +136,7 @@ def check_model_config(build: Callable[[DictConfig], nn.Module], cfg: DictConfig
             logging.disable(quiet)
 
 
-def _build_on_meta(build: Callable[[DictConfig], nn.Module], cfg: DictConfig) -> None:
+def _build_on_meta(build: Callable[[DictConfig], nn.Module], cfg: DictConfig) -> nn.Module:
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
-        build(cfg)
+        return build(cfg)

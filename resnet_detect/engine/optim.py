@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from .config import ConfigError
+
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -75,6 +77,18 @@ def unknown_modules(model: nn.Module, modules: Iterable[str], trainable: bool = 
     that trains)."""
     names = [name for name, p in model.named_parameters() if p.requires_grad or not trainable]
     return [m for m in modules if not any(_inside(name, m) for name in names)]
+
+
+def refuse_unknown_modules(model: nn.Module, modules: Iterable[str]) -> None:
+    """train.lr_multipliers' module names: each holds parameters of `model`, else a
+    ConfigError listing its modules."""
+    unknown = unknown_modules(model, modules)
+    if unknown:
+        names = sorted({".".join(name.split(".")[:-1][:depth])
+                        for name, _ in model.named_parameters() for depth in (1, 2)} - {""})
+        raise ConfigError(f"train.lr_multipliers names {', '.join(unknown)}, which holds no "
+                          f"parameter of this model; its modules include: "
+                          f"{', '.join(names[:40])}")
 
 
 def fill_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:

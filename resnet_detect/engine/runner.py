@@ -53,7 +53,7 @@ from .rng import rng_kept, seed_everything
 from .run_lock import exclusive_output_dir
 from .same_everywhere import (check_same_config_everywhere, check_same_data_everywhere,
                               check_same_start_everywhere, done_everywhere)
-from .optim import OPTIMIZERS, build_optimizer, unknown_modules
+from .optim import OPTIMIZERS, build_optimizer, refuse_unknown_modules, unknown_modules
 from .preemption import (EvaluationInterrupted, StopRequest, TrainingInterrupted,
                          stop_on_signals)
 from .schedule import DECAYS, build_lr_scheduler
@@ -289,13 +289,7 @@ def build_optimizer_from_config(cfg: DictConfig, model: nn.Module) -> torch.opti
     t = cfg.train
     check_train_choices(t)
     factors = lr_multipliers(t)
-    unknown = unknown_modules(model, factors)
-    if unknown:
-        modules = sorted({".".join(name.split(".")[:-1][:depth])
-                          for name, _ in model.named_parameters() for depth in (1, 2)} - {""})
-        raise ConfigError(f"train.lr_multipliers names {', '.join(unknown)}, which holds no "
-                          f"parameter of this model; its modules include: "
-                          f"{', '.join(modules[:40])}")
+    refuse_unknown_modules(model, factors)
     frozen = unknown_modules(model, factors, trainable=True)
     if frozen and is_main_process():  # (valid names: a freeze_at may change between runs)
         logging.getLogger(__name__).warning(

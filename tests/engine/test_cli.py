@@ -406,12 +406,14 @@ def test_print_config_shows_the_merged_config_and_trains_nothing(
     from resnet_detect.engine.tasks import load_task_config
     config = CONFIG if tool == "train" else ROOT / "configs/pretrain/synthetic_resnet18.yaml"
     out = tmp_path / "run"
-    overrides = ["train.base_lr=0.123", f"train.output_dir={out}", "train.lr_multipliers.fc=10",
+    module = "backbone" if tool == "train" else "fc"  # (a module of the model: checked)
+    overrides = ["train.base_lr=0.123", f"train.output_dir={out}",
+                 f"train.lr_multipliers.{module}=10",
                  f"data.{'train.img_dir' if tool == 'train' else 'root'}={tmp_path / 'none'}"]
     tool_main(tool)([str(config), "--print-config", *overrides])
     printed = OmegaConf.create(capsys.readouterr().out)
     assert printed == load_task_config(config, overrides)[1]
-    assert printed.train.base_lr == 0.123 and printed.train.lr_multipliers == {"fc": 10}
+    assert printed.train.base_lr == 0.123 and printed.train.lr_multipliers == {module: 10}
     assert not out.exists()
     # a value the run refuses is refused here too (it was printed, exit 0)
     with pytest.raises(ConfigError, match="unknown train.lr_decay 'multistep'; valid: cosine"):
@@ -423,7 +425,8 @@ def test_print_config_shows_the_merged_config_and_trains_nothing(
         tool_main(tool)([str(config), "--print-config", *overrides, "train.lr_decay=off"])
 
 
-def test_print_config_shows_mandatory_keys_not_given_yet(capsys: pytest.CaptureFixture) -> None:
+def test_print_config_shows_mandatory_keys_not_given_yet(
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """The ImageNet recipe's data.root is mandatory: --print-config refused the config for it
     (the config a user prints to learn what to set); it prints ??? there and names the key."""
     from omegaconf import OmegaConf
@@ -438,6 +441,25 @@ def test_print_config_shows_mandatory_keys_not_given_yet(capsys: pytest.CaptureF
     tool_main("pretrain")([str(config), "--print-config", "data.root=/imagenet"])
     out, err = capsys.readouterr()
     assert OmegaConf.create(out).data.root == "/imagenet" and err == ""
+    # a train or model key made mandatory: a MissingMandatoryValue traceback, exit 1 (the
+    # checks read it); checked at the task's default, printed as ???
+    for tool, config, keys in (
+            ("train", CONFIG, ["train.max_iter", "train.seed", "model.num_classes",
+                               "model.roi_heads.score_thresh", "data.val.min_size"]),
+            ("pretrain", ROOT / "configs/pretrain/synthetic_resnet18.yaml",
+             ["train.base_lr", "model.weights"])):
+        tool_main(tool)([str(config), "--print-config", *(f"{k}=???" for k in keys)])
+        out, err = capsys.readouterr()
+        assert OmegaConf.missing_keys(OmegaConf.create(out)) == set(keys)
+        assert err.startswith(f"{', '.join(sorted(keys))}: ??? is a value to give before the "
+                              f"run (in the file or as key=value)\n")
+    # what the run refuses before its data, refused here too (printed, exit 0, before)
+    from resnet_detect.engine.config import ConfigError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # (auto: the CPU)
+    for override, said in (("train.amp=fp16", "train.amp=fp16 runs on a GPU only"),
+                           ("train.device=mps", "train.device must be auto, cpu or cuda")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            tool_main("train")([str(CONFIG), "--print-config", override])
 
 
 @pytest.mark.parametrize("config, override, error", [
@@ -446,7 +468,13 @@ def test_print_config_shows_mandatory_keys_not_given_yet(capsys: pytest.CaptureF
     ("synthetic/deeplabv3_R_18_os16.yaml", "model.backbone.output_stride=12",
      "output_stride"),
     ("pretrain/synthetic_resnet18.yaml", "model.options.zero_init_residual=maybe",
-     "zero_init_residual must be true or false")])
+     "zero_init_residual must be true or false"),
+    # a module name mistyped: refused by the run after reading the data (minutes at COCO's)
+    ("synthetic/faster_rcnn_R_18_FPN.yaml", "train.lr_multipliers.nosuch=0.1",
+     "train.lr_multipliers names nosuch, which holds no parameter of this model; its modules "
+     "include: backbone, backbone.bottom_up"),
+    ("pretrain/synthetic_resnet18.yaml", "train.lr_multipliers.head=2",
+     "train.lr_multipliers names head, which holds no parameter of this model")])
 def test_print_config_refuses_what_the_model_build_refuses(
         config: str, override: str, error: str, capsys: pytest.CaptureFixture,
         tmp_path: Path) -> None:
@@ -619,6 +647,15 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
       "level: ", "; mmdetection's load_from is model.weights=PATH here"]),
     ("train", [str(CONFIG), "train.val_interval=1"],
      ["; mmdetection's val_interval is train.eval_period (iterations) here"]),
+    ("train", [str(CONFIG), "train_dataloader.batch_size=2"],
+     ["; mmdetection's train_dataloader batch_size (per GPU) is train.batch_size (all "
+      "processes) here"]),
+    ("train", [str(CONFIG), "randomness.seed=3"], ["; mmdetection's randomness seed is "
+                                                    "train.seed here"]),
+    ("train", [str(CONFIG), "optim_wrapper.accumulative_counts=2"],
+     ["its accumulative_counts train.accumulation_steps, clip_grad train.clip_grad_norm"]),
+    ("pretrain", [str(ROOT / "configs/pretrain/synthetic_resnet18.yaml"), "--model-ema-decay",
+                  "0.999"], ["  --model-ema-decay: train.ema_decay=X"]),
     ("train", [str(CONFIG), "metainfo.classes=[a]"],
      ["; mmdetection's metainfo classes are data.classes=[name, ...] here"]),
     ("demo", [str(CONFIG), "--weights", "w.pth", "--input", "a.jpg", "--output", "o",
