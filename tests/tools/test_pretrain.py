@@ -606,7 +606,8 @@ def test_processes_started_otherwise_or_without_their_data_stop_together(tmp_pat
             f"{tmp_path}/w_1.pth") in log
     # before the processes join: a config file or a --resume-from checkpoint on one node only
     (tmp_path / "config_0.yaml").write_text(f"_base_: {CONFIG}\n")
-    torch.save({}, tmp_path / "ckpt_0.pth")  # (what torch.save writes: rank 0 goes on)
+    # (what reads as a training checkpoint before the data: rank 0 goes on)
+    torch.save({"model": {}, "iteration": 1, "rng": []}, tmp_path / "ckpt_0.pth")
     for argv, what, why in (
             ([str(tmp_path / "config_{RANK}.yaml"), *args[1:]], "read its config",
              f"ConfigError: config file not found: {tmp_path}/config_1.yaml"),
