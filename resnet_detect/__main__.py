@@ -45,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     launcher = ("resnet-detect" if Path(sys.argv[0]).stem == "resnet-detect"
                 else "python -m resnet_detect")
     sys.argv = [tool.__file__, *argv[1:]]
-    cli.PROGRAM = f"{launcher} {name}"  # its usage line and messages: not "train.py"
+    # its usage line and messages, as typed (browse-dataset too): not "train.py"
+    cli.PROGRAM = f"{launcher} {argv[0].removesuffix('.py')}"
     doc = tool.__doc__
     tool.__doc__ = cli.as_installed(doc or "")  # its --help's commands likewise
     try:

@@ -909,6 +909,9 @@ def test_python_m_resnet_detect_runs_the_tools(monkeypatch: pytest.MonkeyPatch,
     assert err.startswith("usage: python -m resnet_detect eval ")
     assert "python -m resnet_detect eval: error: unrecognized arguments: --config-file" in err
     assert "the config is the first argument: python -m resnet_detect eval CONFIG" in err
+    with pytest.raises(SystemExit):
+        main(["browse-dataset", "--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m resnet_detect browse-dataset ")
     from resnet_detect.engine import cli
     assert cli.PROGRAM is None  # the next tool run in this process names its own file
 
