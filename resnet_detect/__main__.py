@@ -63,6 +63,8 @@ def _repository_tool(name: str) -> ModuleType:
         raise SystemExit(2)
     spec = importlib.util.spec_from_file_location(f"resnet_detect_tool_{name}", path)
     tool = importlib.util.module_from_spec(spec)
+    # resnet_detect is imported already: the tool's guard puts no folder first on sys.path
+    tool.__package__ = "resnet_detect"
     spec.loader.exec_module(tool)
     return tool
 
