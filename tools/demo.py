@@ -123,10 +123,9 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             logger.warning("skipping %s: %s", path, err)
             too_large.append(f"{path}: {err}")
     drawn = getattr(render, "drawn", None)  # detections drawn (detection models)
-    print(f"wrote {len(written)} "
-          + ("file(s)" if not args.save_json else "picture(s) and their JSON"
-             if task == "detection" else "picture(s) and their class maps (predictions/, "
-             "classes.json)") + f" to {output}"
+    saved = {"detection": "picture(s) and their JSON",
+             "sem_seg": "picture(s) and their class maps (predictions/, classes.json)"}
+    print(f"wrote {len(written)} {saved[task] if args.save_json else 'file(s)'} to {output}"
           + ("" if drawn is None else f": {drawn} detections of score {args.min_score} or more"
              + ("" if drawn else _none_drawn_hint(render, args))), flush=True)
     if unreadable or too_large:

@@ -146,7 +146,6 @@ def check_result_categories(results: list[dict[str, Any]], gt: dict[str, Any],
     def named(ids: Sequence[int]) -> str:
         return brief([f"{names[i]}: {i}" for i in ids], 10)
 
-    subset = f", the categories data.classes keeps ({named(sorted(kept))})"
     why = []
     if foreign:
         why.append(f"{sum(counts[i] for i in foreign)} have category ids {brief(foreign, 10)} "
@@ -159,9 +158,10 @@ def check_result_categories(results: list[dict[str, Any]], gt: dict[str, Any],
     hint = ("results of another dataset's ids, of 0-based labels, or of another data.classes "
             "subset?")
     if not kept & counts.keys():
+        subset = ("" if scored is None else
+                  f", the categories data.classes keeps ({named(sorted(kept))})")
         raise DatasetError(f"{path}: none of its {len(results)} results is of a category "
-                           f"scored here{'' if scored is None else subset}: "
-                           f"{'; '.join(why)} ({hint})")
+                           f"scored here{subset}: {'; '.join(why)} ({hint})")
     logger.warning("%s: of its %d results, %s; they are not scored (%s)", path, len(results),
                    "; ".join(why), hint)
 

@@ -39,12 +39,12 @@ def write_confusion_files(matrix: np.ndarray, names: Sequence[str], folder: Path
     for name, row in zip(names, matrix):
         writer.writerow([name, *row.tolist()])
     atomic_write_text(rows.getvalue(), folder / CSV_FILE)
+    if not matrix.any():  # nothing counted (no object or pixel scored): nothing to draw
+        return [folder / CSV_FILE]
     # the picture leaves out the classes without counts (a file's 300 categories of which 6
     # are in the val images drew nothing)
     used = (matrix.sum(axis=0) + matrix.sum(axis=1)) > 0
     used[list(always_drawn)] = True
-    if not matrix.any():  # nothing counted (no object or pixel scored): nothing to draw
-        return [folder / CSV_FILE]
     if used.sum() > PLOTTED_CLASSES + len(always_drawn):
         logger.info("%d classes in the ground truth or the predictions: %s not drawn (up to "
                     "%d), the counts are in %s", used.sum() - len(always_drawn), PNG_FILE,

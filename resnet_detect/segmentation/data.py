@@ -38,7 +38,7 @@ from resnet_detect.engine.distributed import per_process_batch_size
 from resnet_detect.engine.visualize import palette
 from resnet_detect.engine.files import missing_path
 
-from .known_datasets import CLASS_NAMES, known_class_names, known_palette
+from .known_datasets import CLASS_NAMES, known_palette, named_dataset
 from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_semantic,
                       mask_header, read_mask, scan_folder)
 
@@ -427,9 +427,10 @@ def resolve_palette(value: Any, num_classes: int | None) -> np.ndarray | None:
     if value is None:
         return None
     where = "data.palette"
-    if isinstance(value, str) and not Path(value).is_file() and known_class_names(value):
-        where, named = f"data.palette={value}", known_palette(value)
-        value = (palette(len(known_class_names(value))) if named is None else named).tolist()
+    dataset = named_dataset(value)
+    if dataset is not None:
+        where, named = f"data.palette={value}", known_palette(dataset)
+        value = (palette(len(CLASS_NAMES[dataset])) if named is None else named).tolist()
     if isinstance(value, str):
         path = Path(value)
         if not path.is_file():
@@ -480,8 +481,9 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
         ValueError: nothing says how many classes there are, or two sources disagree.
     """
     names = cfg["data"]["class_names"]
-    if isinstance(names, str) and not Path(names).is_file() and known_class_names(names):
-        names = known_class_names(names)
+    dataset = named_dataset(names)
+    if dataset is not None:
+        names = list(CLASS_NAMES[dataset])
     if isinstance(names, str):
         path = Path(names)
         if not path.is_file():

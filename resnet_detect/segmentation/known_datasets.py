@@ -8,6 +8,9 @@ Class k is the mask value k as each dataset's usual masks hold it: Cityscapes' l
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 CITYSCAPES = {  # name: colour, cityscapesscripts' labels.py (trainId order)
@@ -60,16 +63,18 @@ def voc_colours(count: int) -> np.ndarray:
 CLASS_NAMES = {"cityscapes": tuple(CITYSCAPES), "ade20k": ADE20K, "voc": VOC}
 
 
-def known_class_names(name: str) -> list[str] | None:
-    """The classes of the dataset `name` (cityscapes, ade20k, voc; any case), else None."""
-    names = CLASS_NAMES.get(name.strip().lower())
-    return None if names is None else list(names)
+def named_dataset(value: Any) -> str | None:
+    """The dataset (a key of CLASS_NAMES) that data.class_names or data.palette `value` names
+    (cityscapes, ade20k, voc; any case); None for anything else, and where a file of that
+    name is there (it is read, as before)."""
+    if not isinstance(value, str) or value.strip().lower() not in CLASS_NAMES:
+        return None
+    return None if Path(value).is_file() else value.strip().lower()
 
 
 def known_palette(name: str) -> np.ndarray | None:
-    """(K, 3) uint8 colours of the dataset `name`: Cityscapes' own, VOC's colour map; None
-    for the others (ADE20K's overlays take the automatic colours)."""
-    name = name.strip().lower()
+    """(K, 3) uint8 colours of the dataset `name` (named_dataset's): Cityscapes' own, VOC's
+    colour map; None for the others (ADE20K's overlays take the automatic colours)."""
     if name == "cityscapes":
         return np.asarray(list(CITYSCAPES.values()), dtype=np.uint8)
     if name == "voc":

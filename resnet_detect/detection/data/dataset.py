@@ -265,8 +265,8 @@ class DetectionDataset(Dataset):
             sample["gt_masks"] = torch.from_numpy(object_masks(
                 [record["segmentations"][i] for i in keep], height, width,
                 out["applied_transforms"], centred=self.aligned_masks))
-        applied = dict(out["applied_transforms"])
-        if self.with_masks and CROP in applied:
+        applied = dict(out["applied_transforms"]) if self.with_masks else {}
+        if CROP in applied:
             resized = next(applied[n]["new_shape"] for n in RESIZES if n in applied)
             _fit_boxes_to_cut_masks(sample, applied[CROP]["crop_coords"], resized)
         return sample
