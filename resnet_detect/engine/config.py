@@ -42,7 +42,8 @@ NUMBER_OR_LIST = ("data.train.min_size", "data.val.min_size")
 NULLABLE = ("train.max_iter", "train.epochs", "train.max_to_keep", "train.momentum",
             "train.gamma", "model.backbone.output_stride", "model.backbone.multi_grid",
             "model.size_divisibility", "data.train.max_size", "data.val.max_size",
-            "data.train.crop_size")
+            "data.train.crop_size", "train.checkpoint_period_epochs",
+            "train.eval_period_epochs")
 # the kinds of NULLABLE keys some task's defaults leave null (pretraining's train.max_iter):
 # train.max_iter=2e4 is 20000 there as where the default is a number
 KINDS_OF_NULL_DEFAULTS = {"train.max_iter": "int", "train.max_to_keep": "int",

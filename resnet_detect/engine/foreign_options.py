@@ -73,12 +73,13 @@ OTHER_KEYS = {
                        "here", "train"),
     "randomness": ("mmdetection's randomness seed is train.seed here", "train"),
     "default_hooks": ("mmdetection's default_hooks checkpoint interval is "
-                      "train.checkpoint_period here, logger interval train.log_period",
-                      "train"),
+                      "train.checkpoint_period_epochs here (train.checkpoint_period in "
+                      "iterations), logger interval train.log_period", "train"),
     "param_scheduler": ("mmsegmentation's and mmdetection's param_scheduler is train.lr_decay "
                         "(poly, step, cosine), train.lr_power, train.warmup_iters here", "train"),
     "train_cfg": ("mmsegmentation's and mmdetection's train_cfg max_iters is train.max_iter "
-                  "(max_epochs: train.epochs), val_interval train.eval_period here", "train"),
+                  "(max_epochs: train.epochs), val_interval train.eval_period here "
+                  "(train.eval_period_epochs in epochs)", "train"),
     # mmsegmentation's loss options under a head
     **{f"model.{head}.{key}": (LOSS_OPTIONS, "loss_weight")
        for head in ("head", "aux_head")
@@ -91,8 +92,8 @@ OTHER_KEYS = {
     "work_dir": ("mmdetection's work_dir is train.output_dir here", "train"),
     "metainfo": ("mmdetection's metainfo classes are data.classes=[name, ...] here (the COCO "
                  "files' other categories left out)", "train"),
-    "train.val_interval": ("mmdetection's val_interval is train.eval_period (iterations) here",
-                           "eval_period"),
+    "train.val_interval": ("mmdetection's val_interval is train.eval_period_epochs here "
+                           "(train.eval_period in iterations)", "eval_period"),
 }
 
 

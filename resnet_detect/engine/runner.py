@@ -13,6 +13,7 @@ segmentation.training and backbones.pretraining each define one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -29,6 +30,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig
 from torch import nn
 from torch.utils.data import Dataset
+
+from resnet_detect import CONFIGS
 
 from .amp import amp_for_device, float32_default, parse_amp
 from .checkpoint import (BestWeights, Checkpointer, CheckpointWriteError, PeriodicCheckpointer,
@@ -136,6 +139,8 @@ class Task(Protocol):
 
 
 # a task's resume_hint may differ
+# the periods given in iterations, or in epochs as train.<period>_epochs
+PERIODS = ("checkpoint_period", "eval_period")
 RESUME_HINT = ("run the same command with --resume to continue (from Python: run_training(..., "
                "resume=True))")
 
@@ -180,13 +185,26 @@ def _lengths(cfg: DictConfig, train_size: int) -> dict[str, Any]:
     if t.epochs is None:
         return {"max_iter": int(t.max_iter), "steps": [int(s) for s in t.lr_steps],
                 "warmup_iters": int(t.warmup_iters)}
+    per_epoch = _iterations_per_epoch(t, train_size)
+    return {"max_iter": max(round(t.epochs * per_epoch), 1),
+            "steps": [round(e * per_epoch) for e in t.lr_step_epochs],
+            "warmup_iters": round(t.warmup_epochs * per_epoch), "per_epoch": per_epoch}
+
+
+def _iterations_per_epoch(t: DictConfig, train_size: int) -> int:
     per_epoch = train_size // t.batch_size
     if per_epoch == 0:
         raise ConfigError(f"train.batch_size {t.batch_size} exceeds the {train_size} training "
                           "images")
-    return {"max_iter": max(round(t.epochs * per_epoch), 1),
-            "steps": [round(e * per_epoch) for e in t.lr_step_epochs],
-            "warmup_iters": round(t.warmup_epochs * per_epoch), "per_epoch": per_epoch}
+    return per_epoch
+
+
+def _periods(t: DictConfig, train_size: int) -> dict[str, int]:
+    """The checkpoint and evaluation periods in iterations, from train.<period> or
+    train.<period>_epochs (in a run of either kind of length)."""
+    return {period: t[period] if t[f"{period}_epochs"] is None else max(
+        round(t[f"{period}_epochs"] * _iterations_per_epoch(t, train_size)), 1)
+        for period in PERIODS}
 
 
 def check_num_workers(cfg: DictConfig) -> None:
@@ -226,6 +244,16 @@ def check_train_choices(t: DictConfig) -> None:
     if t.epochs is not None and not (is_number(t.epochs) and t.epochs > 0):
         raise ConfigError(f"train.epochs must be a positive number (passes over the training "
                           f"images), or null with train.max_iter, got {t.epochs!r}")
+    for period in PERIODS:
+        epochs, iterations = t[f"{period}_epochs"], t[period]
+        if epochs is not None and not (is_number(epochs) and epochs > 0):
+            raise ConfigError(f"train.{period}_epochs must be a positive number of epochs, or "
+                              f"null for train.{period} in iterations, got {epochs!r}")
+        # (a config's period in iterations under a base file's in epochs was not used)
+        if epochs is not None and iterations not in (0, _train_defaults()[period]):
+            raise ConfigError(f"train.{period} ({iterations} iterations) and train.{period}"
+                              f"_epochs ({epochs}) are both set; give one: train.{period}"
+                              f"_epochs=null, or train.{period}=0")
     lr_multipliers(t)
     if t.clip_grad_norm is not None and not (is_number(t.clip_grad_norm)
                                              and t.clip_grad_norm >= 0):
@@ -247,6 +275,11 @@ def check_train_choices(t: DictConfig) -> None:
         if t[key] < least:
             raise ConfigError(f"train.{key} must be >= {least}, got {t[key]}"
                               f"{' (0 = only at the end)' if least == 0 else ''}")
+
+
+@functools.cache
+def _train_defaults() -> DictConfig:
+    return load_defaults(CONFIGS / "base_train.yaml").train
 
 
 def check_solver_values(section: Mapping[str, Any], prefix: str, *, step_decay: bool = True,
@@ -397,13 +430,14 @@ def warn_of_periods_read_as_epochs(t: DictConfig, lengths: Mapping[str, Any],
     there) written as train.checkpoint_period=1 saved a checkpoint every step; and
     train.max_to_keep=1 keeps 2."""
     per_epoch = lengths.get("per_epoch")
-    for key in ("checkpoint_period", "eval_period"):
+    for key in PERIODS:
         period = t[key]
-        if per_epoch and 0 < period < per_epoch and period <= t.epochs:
+        if (per_epoch and 0 < period < per_epoch and period <= t.epochs
+                and t[f"{key}_epochs"] is None):
             logger.warning("train.%s=%d counts iterations, also with train.epochs (an epoch is "
-                           "%d iterations here); for every %s set train.%s=%d", key, period,
-                           per_epoch, "epoch" if period == 1 else f"{period} epochs", key,
-                           per_epoch * period)
+                           "%d iterations here); for every %s set train.%s_epochs=%d", key,
+                           period, per_epoch, "epoch" if period == 1 else f"{period} epochs",
+                           key, period)
     if t.max_to_keep == 1:
         logger.warning("train.max_to_keep=1 keeps 2 checkpoints: the one before the newest "
                        "stays, for a newest that a kill or a full disk damaged")
@@ -449,12 +483,11 @@ def describe_schedule(t: DictConfig, lengths: Mapping[str, Any], evaluated: bool
                      f"{', '.join(map(str, lengths['steps']))}")
     elif t.lr_decay != "step":
         parts.append(f"{t.lr_decay} decay")
-    if evaluated and t.eval_period:
-        parts.append(f"evaluated every {t.eval_period} iterations and at the end")
+    if evaluated and lengths["eval_period"]:
+        parts.append(f"evaluated every {lengths['eval_period']} iterations and at the end")
     elif evaluated:
         parts.append("evaluated at the end" + (
-            f" (every epoch: train.eval_period={lengths['per_epoch']})"
-            if "per_epoch" in lengths else ""))
+            " (every epoch: train.eval_period_epochs=1)" if "per_epoch" in lengths else ""))
     return "; ".join(parts)
 
 
@@ -939,7 +972,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         raise ConfigError(f"train.best_metric={t.best_metric} keeps the weights of the best "
                           f"evaluation, and this run has no val split to evaluate on: set a "
                           f"val split, or train.best_metric=null")
-    lengths = _lengths(cfg, len(data.train))
+    lengths = {**_lengths(cfg, len(data.train)), **_periods(t, len(data.train))}
     warn_of_epoch_rounding(t, lengths, len(data.train), logger)
     warn_of_periods_read_as_epochs(t, lengths, logger)
     warn_of_long_warmup(lengths, logger)
@@ -1048,7 +1081,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         task_hint(cfg) if task_hint is not None else None]))
     hooks: list[Any] = [ProgressLogger(t.log_period, writer, logger, lengths.get("per_epoch"),
                                        slow_data_hint),
-                        PeriodicCheckpointer(checkpointer, t.checkpoint_period)]
+                        PeriodicCheckpointer(checkpointer, lengths["checkpoint_period"])]
     if average is not None:  # first: a checkpoint holds the average of the step it follows
         hooks.insert(0, average)
         logger.info("keeping a moving average of the weights (train.ema_decay %g): "
@@ -1092,7 +1125,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                 with evaluated():
                     best.update(metrics, iteration)
 
-        eval_hook = PeriodicEval(t.eval_period, evaluate, on_result=on_result)
+        eval_hook = PeriodicEval(lengths["eval_period"], evaluate, on_result=on_result)
         hooks.append(eval_hook)
     trainer.register_hooks(*hooks)
     train_loader = build_train_loader(data.train, batch_size=batch_size, seed=t.seed,
@@ -1140,7 +1173,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                  "again, then the final weights are written" if trainer.iter ==
                  lengths["max_iter"] else f"; the evaluation at iteration {trainer.iter} is not "
                  f"run again: the next is at iteration "
-                 f"{min(trainer.iter + t.eval_period, lengths['max_iter'])}")
+                 f"{min(trainer.iter + lengths['eval_period'], lengths['max_iter'])}")
         raise TrainingInterrupted(
             f"{stop.signal_name or 'a stop signal'} stopped {where} of {lengths['max_iter']}; "
             f"checkpoint {path}: {resume_hint}{after}",

@@ -646,7 +646,8 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
      ["unknown config key 'load_from' in override 'load_from=w.pth'; valid keys at the top "
       "level: ", "; mmdetection's load_from is model.weights=PATH here"]),
     ("train", [str(CONFIG), "train.val_interval=1"],
-     ["; mmdetection's val_interval is train.eval_period (iterations) here"]),
+     ["; mmdetection's val_interval is train.eval_period_epochs here (train.eval_period in "
+      "iterations)"]),
     ("train", [str(CONFIG), "train_dataloader.batch_size=2"],
      ["; mmdetection's train_dataloader batch_size (per GPU) is train.batch_size (all "
       "processes) here"]),

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.schedule import WarmupDecay, build_lr_scheduler
 
 
@@ -134,16 +136,52 @@ def test_periods_that_read_as_epochs_and_max_to_keep_1_are_warned_of(
     def warnings_for(per_epoch: int | None, **train: Any) -> list[str]:
         caplog.clear()
         cfg = OmegaConf.create({"train": {"epochs": 12, "checkpoint_period": 5000,
-                                          "eval_period": 0, "max_to_keep": 2, **train}})
+                                          "eval_period": 0, "max_to_keep": 2,
+                                          "checkpoint_period_epochs": None,
+                                          "eval_period_epochs": None, **train}})
         lengths = {"per_epoch": per_epoch} if per_epoch else {}
         warn_of_periods_read_as_epochs(cfg.train, lengths, logging.getLogger("t"))
         return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings_for(4, checkpoint_period=1, eval_period=2, max_to_keep=1) == [
         "train.checkpoint_period=1 counts iterations, also with train.epochs (an epoch is 4 "
-        "iterations here); for every epoch set train.checkpoint_period=4",
+        "iterations here); for every epoch set train.checkpoint_period_epochs=1",
         "train.eval_period=2 counts iterations, also with train.epochs (an epoch is 4 "
-        "iterations here); for every 2 epochs set train.eval_period=8",
+        "iterations here); for every 2 epochs set train.eval_period_epochs=2",
         "train.max_to_keep=1 keeps 2 checkpoints: the one before the newest stays, for a "
         "newest that a kill or a full disk damaged"]
     assert warnings_for(5000, checkpoint_period=2500) == []  # half an ImageNet epoch
+    # the period in epochs replaces the one in iterations
+    assert warnings_for(4, checkpoint_period=1, checkpoint_period_epochs=1) == []
     assert warnings_for(None, checkpoint_period=1, epochs=None) == []  # iterations given
+
+
+def test_the_imagenet_recipe_evaluates_every_5_epochs_at_any_batch_size() -> None:
+    """Its periods were 25020 and 5004 iterations, 5 epochs and 1 at batch 256 only: at 1024
+    over 8 GPUs they evaluated every 20 epochs."""
+    from resnet_detect.engine.runner import _lengths, _periods
+    from resnet_detect.engine.tasks import load_task_config
+    config = str(Path(__file__).resolve().parents[2] / "configs/pretrain/resnet50_imagenet.yaml")
+    for batch, per_epoch in ((256, 5004), (1024, 1251)):
+        _, cfg = load_task_config(config, ["data.root=/imagenet", f"train.batch_size={batch}"])
+        lengths = _lengths(cfg, train_size=1281167)
+        assert (lengths["per_epoch"], lengths["max_iter"]) == (per_epoch, 90 * per_epoch)
+        assert _periods(cfg.train, train_size=1281167) == {
+            "eval_period": 5 * per_epoch, "checkpoint_period": per_epoch}
+
+
+def test_a_period_in_iterations_under_a_base_files_period_in_epochs_is_refused() -> None:
+    """A config on the ImageNet recipe (checkpoints every epoch) that set
+    train.checkpoint_period=400 had it ignored: both set is refused, naming how to give one;
+    the shared default (5000) or 0 under a period in epochs is not a conflict."""
+    from resnet_detect.engine.runner import check_train_choices
+    from resnet_detect.engine.tasks import load_task_config
+    config = str(Path(__file__).resolve().parents[2] / "configs/pretrain/resnet50_imagenet.yaml")
+    _, cfg = load_task_config(config, ["data.root=/imagenet", "train.checkpoint_period=400"])
+    with pytest.raises(ConfigError, match=r"^train.checkpoint_period \(400 iterations\) and "
+                                          r"train.checkpoint_period_epochs \(1\) are both set; "
+                                          r"give one: train.checkpoint_period_epochs=null, or "
+                                          r"train.checkpoint_period=0$"):
+        check_train_choices(cfg.train)
+    for given in (["train.checkpoint_period=0"], ["train.checkpoint_period_epochs=null"], []):
+        _, cfg = load_task_config(config, ["data.root=/imagenet", "train.eval_period=0", *given])
+        check_train_choices(cfg.train)

@@ -665,7 +665,7 @@ def test_two_process_torchrun_ranks_end_identical(tmp_path: Path, steps: int) ->
     assert ("12 train / 6 val images, 2 classes, 2 processes x 2 images per step"
             + (" in 2 batches of 1" if steps == 2 else "\n")) in log
     assert ("training for 6 iterations (3 per epoch): cosine decay; evaluated at the end "
-            "(every epoch: train.eval_period=3)\n") in log
+            "(every epoch: train.eval_period_epochs=1)\n") in log
     images = 2 // steps
     assert (f"BatchNorm layers train on {images} images per process, each of the 2 processes "
             "with its own statistics: norm: gn needs no batch statistics") in log

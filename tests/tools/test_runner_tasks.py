@@ -473,6 +473,37 @@ def test_a_stop_signal_during_an_evaluation_ends_it_and_saves(
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
 
 
+def test_periods_in_epochs_evaluate_and_save_at_each_epochs_end(tmp_path: Path) -> None:
+    """mmdetection's epoch-based val_interval=1 and checkpoint interval=1:
+    train.eval_period_epochs and train.checkpoint_period_epochs count epochs (16 points at
+    batch 4: 4 iterations each); they replace the periods in iterations."""
+    cfg = _toy_config(tmp_path / "run")
+    cfg.train.update(max_iter=None, warmup_iters=0, epochs=3, eval_period=5,
+                     eval_period_epochs=1, checkpoint_period_epochs=2)
+    task = _SignalInEvalTask(at=0)
+    result = run_training(task, cfg, torch.device("cpu"))
+    assert result["iteration"] == 12
+    assert task.evaluations == 3  # at iterations 4, 8 and 12
+    assert sorted(p.name for p in (tmp_path / "run").glob("model_0*.pth")) == [
+        "model_0000008.pth", "model_0000012.pth"]  # (and the last iteration's)
+    assert ("training for 12 iterations (4 per epoch): cosine decay; evaluated every 4 "
+            "iterations and at the end") in (tmp_path / "run/log.txt").read_text()
+    # in a run of iterations too (detectron2's max_iter, evaluated every epoch)
+    cfg = _toy_config(tmp_path / "iterations")
+    cfg.train.update(eval_period_epochs=0.5, checkpoint_period=0)
+    task = _SignalInEvalTask(at=0)
+    run_training(task, cfg, torch.device("cpu"))
+    assert task.evaluations == 3  # at iterations 2, 4 and 6 of 6
+    cfg.train.update(batch_size=32)  # more than the 16 points: no epoch
+    with pytest.raises(ConfigError, match="train.batch_size 32 exceeds the 16 training images"):
+        run_training(task, cfg, torch.device("cpu"))
+    cfg.train.update(max_iter=None, warmup_iters=0, epochs=3, eval_period_epochs=0)
+    with pytest.raises(ConfigError, match=r"train.eval_period_epochs must be a positive number "
+                                          r"of epochs, or null for train.eval_period in "
+                                          r"iterations, got 0"):
+        run_training(task, cfg, torch.device("cpu"))
+
+
 class _FailingEvalTask(_SignalInEvalTask):
     def evaluate(self, model: nn.Module, loader: Any, device: torch.device) -> dict:
         self.evaluations += 1

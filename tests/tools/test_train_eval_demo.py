@@ -280,12 +280,13 @@ def test_a_small_dataset_fine_tuning_is_told_its_rate_schedule_and_class_count(
     assert ("data.train.min_size=[192] enlarges the training images (a median short side of "
             "96 pixels) 2.0x or more") in caplog.text
     assert ("training for 6 iterations (3 per epoch): warmup 2 iterations; lr x0.1 at "
-            "iteration 3; evaluated at the end (every epoch: train.eval_period=3)"
+            "iteration 3; evaluated at the end (every epoch: train.eval_period_epochs=1)"
             ) in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO):
         load_tool("train").main(train_args(data, tmp_path / "scaled", 1, *sgd,
-                                           "train.base_lr=0.0025", "train.eval_period=3"))
+                                           "train.base_lr=0.0025",
+                                           "train.eval_period_epochs=1"))
     assert "linear scaling rule" not in caplog.text and "enlarges" not in caplog.text
     assert "lr x0.1 at iteration 3; evaluated every 3 iterations and at the end" in caplog.text
     with pytest.raises(ConfigError, match=r"model.num_classes is 7 but .*train.json has 6 "
