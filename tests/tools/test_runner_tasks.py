@@ -476,9 +476,9 @@ def test_a_stop_signal_during_an_evaluation_ends_it_and_saves(
 def test_periods_in_epochs_evaluate_and_save_at_each_epochs_end(tmp_path: Path) -> None:
     """mmdetection's epoch-based val_interval=1 and checkpoint interval=1:
     train.eval_period_epochs and train.checkpoint_period_epochs count epochs (16 points at
-    batch 4: 4 iterations each); they replace the periods in iterations."""
+    batch 4: 4 iterations each)."""
     cfg = _toy_config(tmp_path / "run")
-    cfg.train.update(max_iter=None, warmup_iters=0, epochs=3, eval_period=5,
+    cfg.train.update(max_iter=None, warmup_iters=0, epochs=3, checkpoint_period=0,
                      eval_period_epochs=1, checkpoint_period_epochs=2)
     task = _SignalInEvalTask(at=0)
     result = run_training(task, cfg, torch.device("cpu"))
