@@ -40,7 +40,7 @@ from .distributed import (all_gather_object, any_process, barrier, get_rank, get
                           is_main_process)
 from .distributed import unwrap_model
 from .ema import WeightAverage
-from .files import (PARTIAL_WRITE, atomic_save, atomic_write_text, checksum_file,
+from .files import (PARTIAL_WRITE, atomic_save, atomic_write, atomic_write_text, checksum_file,
                     read_checked_bytes, sha256_of, why_unloadable)
 from .memory_format import contiguous
 from .optim import fill_momentum_buffers, match_state_layouts
@@ -56,6 +56,9 @@ ABANDONED = "abandoned"  # checkpoints after the one --resume-from took
 # an earlier run's checkpoints and pointer while a fresh run writes its first checkpoint: a
 # kill leaves one run in the folder, the earlier (put back) or the new one
 REPLACED = ".replaced_run"
+# the files of a run folder that describe its checkpoints (`tools/train.py RUN/config.yaml
+# --resume` continues the run)
+RUN_FILES = ("config.yaml",)
 _SAVING = "saving"  # in REPLACED: names the new checkpoint once the earlier files are moved
 CHECKPOINT_NAME = re.compile(r"model_(\d{7,})\.pth")  # 8 digits from iteration 10^7
 
@@ -153,9 +156,16 @@ class Checkpointer:
         """This run starts afresh in a folder holding another run's checkpoints: they are
         removed once this run's first checkpoint is written (kept if it fails before), so
         that neither pruning (by iteration) nor a later --resume mixes the two runs. `keep`:
-        files not to remove (the weights this run started from)."""
+        files not to remove (the weights this run started from). The earlier run's
+        RUN_FILES, which this run rewrites before its first checkpoint, are copied aside now
+        and come back with its checkpoints."""
         self._kept = {Path(p).resolve() for p in keep}
         self._earlier = [p for p in self._checkpoints() if p.resolve() not in self._kept]
+        for name in RUN_FILES if self._earlier else ():
+            earlier = self.output_dir / name
+            if earlier.is_file():
+                atomic_write(self.output_dir / REPLACED / name,
+                             lambda f, data=earlier.read_bytes(): f.write(data), binary=True)
         if self._earlier:
             logger.warning("%s holds the checkpoints of an earlier run (%s): starting from "
                            "scratch (without --resume), this run's first checkpoint replaces "
@@ -283,7 +293,7 @@ class Checkpointer:
                 (self.output_dir / name).unlink(missing_ok=True)
                 checksum_file(self.output_dir / name).unlink(missing_ok=True)
             saving.unlink()
-        back = [f for f in aside.iterdir() if f.name == POINTER
+        back = [f for f in aside.iterdir() if f.name in (POINTER, *RUN_FILES)
                 or CHECKPOINT_NAME.fullmatch(f.name.removesuffix(".sha256"))]
         for f in back:
             os.replace(f, self.output_dir / f.name)
@@ -298,9 +308,9 @@ class Checkpointer:
         if is_main_process():
             try:
                 if self._finish_replacing():
-                    logger.warning("%s: a run was stopped while its first checkpoint replaced "
-                                   "an earlier run's; the earlier run's checkpoints are back",
-                                   self.output_dir)
+                    logger.warning("%s: a run was stopped before its first checkpoint "
+                                   "replaced an earlier run's; the earlier run's checkpoints "
+                                   "and %s are back", self.output_dir, ", ".join(RUN_FILES))
                 for tmp in self.output_dir.glob(".*.tmp"):  # (checkpoints, config.yaml, ...)
                     if PARTIAL_WRITE.fullmatch(tmp.name) and tmp.is_file():
                         tmp.unlink(missing_ok=True)

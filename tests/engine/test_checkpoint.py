@@ -627,10 +627,13 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
     both: pruning by iteration then deleted the new run's files and kept the earlier run's
     later ones, and a pointer still on the earlier run had --resume continue it under the new
     config. Killed before each file operation of that save in turn, the folder, once the next
-    run has looked at it, holds the earlier run as it was, or the new run alone."""
+    run has looked at it, holds the earlier run as it was, or the new run alone; its
+    config.yaml (which the new run rewrites at its start) too: `RUN/config.yaml --resume`
+    took the new run's length to the earlier run's checkpoints."""
     model = nn.Linear(4, 4)
     earlier = tmp_path / "earlier"
     _save_filled(Checkpointer(earlier, model=model, max_to_keep=3), model, (1, 3, 6))
+    (earlier / "config.yaml").write_text("train: {max_iter: 6}\n")
     earlier_files = _files(earlier)
 
     def killed_at(n: int, operation: Any) -> Any:
@@ -642,11 +645,16 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
         return run
 
     outcomes = []
-    for n in range(1, 100):
+    for n in range(0, 100):  # (0: killed before its first save)
         folder = tmp_path / f"killed_at_{n}"
         shutil.copytree(earlier, folder)
         fresh = Checkpointer(folder, model=model, max_to_keep=2)
         fresh.replace_earlier_run(keep=[folder / f"model_{kept:07d}.pth"] if kept else [])
+        (folder / "config.yaml").write_text("train: {max_iter: 2}\n")  # (the runner's)
+        if n == 0:
+            Checkpointer(folder, model=model).remove_partial_writes()
+            assert _files(folder) == earlier_files
+            continue
         with torch.no_grad():
             model.weight.fill_(-1)
         calls: list[Any] = []
@@ -662,8 +670,10 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
             outcomes.append("earlier")
         else:
             name = f"model_{first:07d}.pth"
-            assert sorted(_files(folder)) == ["last_checkpoint", name, f"{name}.sha256"], n
+            assert sorted(_files(folder)) == ["config.yaml", "last_checkpoint", name,
+                                              f"{name}.sha256"], n
             assert (folder / "last_checkpoint").read_text() == f"{name}\n"
+            assert (folder / "config.yaml").read_text() == "train: {max_iter: 2}\n"
             assert torch.equal(read_checkpoint(folder / name)["model"]["weight"],
                                torch.full((4, 4), -1.0))
             outcomes.append("new")
