@@ -226,18 +226,24 @@ def test_an_image_named_in_another_unicode_form_is_named_with_it(tmp_path: Path)
         f"encoded otherwise; write the names in one Unicode form, e.g. NFC)")
 
 
-def test_a_box_with_an_infinite_or_nan_number_is_degenerate(tmp_path: Path) -> None:
+def test_a_box_with_an_infinite_or_nan_number_is_degenerate_and_named(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Python's JSON reads Infinity and NaN: a width of Infinity was clipped to the image's
-    edge and trained as a box."""
+    edge and trained as a box; then counted with the boxes under a pixel, no entry named."""
     _write_png(tmp_path / "images" / "a.png", _pattern(30, 40))
     ann_file = tmp_path / "ann.json"
     ann_file.write_text(json.dumps(_coco(
         [{"id": 1, "file_name": "a.png", "height": 30, "width": 40}],
         [_ann(1, 1, [2, 2, float("inf"), 5]), _ann(2, 1, [float("nan"), 2, 5, 5]),
-         _ann(3, 1, [1, 1, 4, 4])])))
-    records, _, stats = load_coco_json(ann_file, tmp_path / "images")
+         _ann(3, 1, [1, 1, 4, 4]), _ann(4, 1, [1, 1, 0.5, 4])])))
+    with caplog.at_level(logging.WARNING):
+        records, _, stats = load_coco_json(ann_file, tmp_path / "images", training=True)
     np.testing.assert_array_equal(records[0]["boxes"], [[1, 1, 5, 5]])
-    assert stats.degenerate == 2
+    assert stats.degenerate == 3
+    assert [r.getMessage() for r in caplog.records if "NaN" in r.getMessage()] == [
+        f"{ann_file}: 2 boxes hold NaN or infinite numbers, left out (a broken export?): "
+        "annotation id=1 (image id=1, a.png): bbox [2, 2, inf, 5]; annotation id=2 (image "
+        "id=1, a.png): bbox [nan, 2, 5, 5]"]
 
 
 def test_a_category_without_usable_objects_is_named(tmp_path: Path, small: tuple[Path, Path],

@@ -107,6 +107,9 @@ class LoadStats:
     short_polygons: int = 0  # polygons of < 3 points dropped (keep_segmentation only)
     no_mask: int = 0  # objects left out for want of a usable polygon (keep_segmentation only)
     beyond_image: int = 0  # boxes, crowd aside, reaching past their image (`reaches_past`)
+    # the first MAX_LISTED boxes (of the degenerate ones) with a NaN or infinite number
+    non_finite: list[str] = field(default_factory=list)
+    non_finite_count: int = 0
 
 
 @contextlib.contextmanager
@@ -539,6 +542,12 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
                 stats.kept_images, stats.images, stats.empty_images,
                 ", dropped" if filter_empty else ", kept", stats.boxes, stats.crowd,
                 stats.degenerate)
+    if stats.non_finite_count:  # (counted as degenerate above: a broken export, not a tiny box)
+        logger.warning("%s: %d boxes hold NaN or infinite numbers, %s (a broken export?): %s%s",
+                       ann_file, stats.non_finite_count,
+                       "objects that no detection matches" if evaluation else "left out",
+                       "; ".join(stats.non_finite),
+                       "; ..." if stats.non_finite_count > len(stats.non_finite) else "")
     if stats.ignored:
         logger.warning("%s: %d objects marked \"ignore\": 1 %s", ann_file, stats.ignored,
                        "are scored as objects (pycocotools reads iscrowd alone; mark them "
@@ -770,6 +779,11 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
         box = clipped_box(ann["bbox"], width, height)
         if box is None or not (box[2] - box[0] >= 1.0 and box[3] - box[1] >= 1.0):
             stats.degenerate += 1
+            if box is None:
+                stats.non_finite_count += 1
+                if len(stats.non_finite) < MAX_LISTED:
+                    stats.non_finite.append(f"annotation id={ann['id']} (image id={img['id']}, "
+                                            f"{img['file_name']}): bbox {ann['bbox']}")
             continue
         if keep_segmentation and optional_masks and ann.get("segmentation") is None:
             segmentations.append(None)
