@@ -131,7 +131,8 @@ def test_every_problem_is_named_and_nothing_is_written(labelled: Path, tmp_path:
     with pytest.raises(DatasetError, match="a2.json: its image .*a.jpg is also .*a.json's"):
         labelme_to_coco.main([str(labelled), "--output", str(out)])
     (labelled / "a2.json").unlink()
-    with pytest.raises(DatasetError, match=r"names not among the classes: 'cat' \(1 objects\)"):
+    with pytest.raises(DatasetError, match=r"names not among the classes: 'cat' \(1 objects, "
+                                           r"first in .*/labelled/a.json\)"):
         labelme_to_coco.main([str(labelled), "--output", str(out), "--classes", "dog"])
     listed = _shape("cat", [[1, 1], [5, 1], [5, 5]])
     listed["group_id"] = [1]  # was a TypeError (unhashable) traceback

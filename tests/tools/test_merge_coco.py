@@ -102,7 +102,9 @@ def test_classes_fixed_by_another_file_and_every_problem_named(three_files: list
     message = str(refused.value)
     assert f"{bad}: categories of the same name (matched by name here): 'cat' (ids [1, 4])" \
         in message
-    assert "names not among the classes: 'bird' (1 objects)" in message
+    # (the file too: a typo in one of many files)
+    assert (f"names not among the classes: 'bird' (1 objects, first in "
+            f"{tmp_path / '12.json'})") in message
     assert f"{bad}: image a.jpg is 50x30, another file gives 40x30" in message
     assert (f"{tmp_path / '12.json'}: 1 of 1 images not found under "
             f"{tmp_path / 'voc12/JPEGImages'} (is it this file's image folder?):\n  c.jpg"

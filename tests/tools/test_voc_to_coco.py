@@ -226,8 +226,9 @@ def test_every_problem_is_named_and_nothing_is_written(voc07: Path, tmp_path: Pa
 def test_names_outside_the_classes_and_sizes_other_than_the_images_are_refused(
         voc07: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    with pytest.raises(DatasetError, match=r"not among the classes: 'chair' \(1 objects\), "
-                                           r"'person' \(1 objects\)"):
+    with pytest.raises(DatasetError, match=r"not among the classes: 'chair' \(1 objects, first "
+                                           r"in \S+/Annotations/000005.xml\), 'person' \(1 "
+                                           r"objects, first in \S+/Annotations/\d+.xml\)"):
         voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(out),
                           "--classes", "dog", "car"])
     # an XML written for the image as stored, the image turned by its EXIF orientation

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +49,19 @@ def relative_image(image: Path, img_dir: Path, source: Path, named_by: dict[str,
 
 
 def ids_of_classes(found: Counter[str], class_names: Sequence[str],
-                 ids: Sequence[int] | None, problems: list[str]) -> dict[str, int]:
+                 ids: Sequence[int] | None, problems: list[str],
+                 first_in: Mapping[str, str] | None = None) -> dict[str, int]:
     """{name: category id} of `class_names` (ids `ids`, default 1..K); names `found` on
-    objects outside them are added to `problems`."""
+    objects outside them are added to `problems`, each with `first_in[name]` (the file an
+    object of it is first found in: a typo in one of thousands of files)."""
     repeated = sorted(n for n, c in Counter(class_names).items() if c > 1)
     if repeated:
         raise DatasetError(f"class names given twice: {repeated}")
     unknown = sorted(set(found) - set(class_names))
     if unknown:
-        problems.append("names not among the classes: "
-                        + ", ".join(f"{n!r} ({found[n]} objects)" for n in unknown))
+        problems.append("names not among the classes: " + ", ".join(
+            f"{n!r} ({found[n]} objects" + (f", first in {first_in[n]}" if first_in else "")
+            + ")" for n in unknown))
     return dict(zip(class_names, ids if ids is not None else range(1, len(class_names) + 1)))
 
 

@@ -249,11 +249,14 @@ def _converted(json_files: Sequence[Path], img_dir: Path, class_names: Sequence[
                images: Path | None, category_ids: Sequence[int] | None,
                written: list[Path] | None) -> Conversion:
     problems, parsed, named_by, left_out, other = [], [], {}, 0, 0
+    first_in: dict[str, str] = {}  # a label -> the file of its first object
     for json_file in json_files:
         try:
             image, size, objects, skipped = read_labelme(json_file, images, written)
             relative = relative_image(image, img_dir, json_file, named_by)
             parsed.append((relative, size, objects))
+            for o in objects:
+                first_in.setdefault(o.label, str(json_file))
             left_out += skipped
         except NotLabelme:
             other += 1
@@ -264,7 +267,7 @@ def _converted(json_files: Sequence[Path], img_dir: Path, class_names: Sequence[
     found = Counter(o.label for _, _, objects in parsed for o in objects
                     if o.label != IGNORE_LABEL)
     names = sorted(found) if class_names is None else list(class_names)
-    ids = ids_of_classes(found, names, category_ids, problems)
+    ids = ids_of_classes(found, names, category_ids, problems, first_in)
     raise_problems(problems, "the labelme files")
     coco, no_area = _coco_dict(parsed, ids)
     return Conversion(coco, left_out, no_area, other)

@@ -76,7 +76,11 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
     if class_names is None:
         category_id = _first_files_ids(names)
     else:
-        category_id = ids_of_classes(found, class_names, category_ids, problems)
+        first_in = {}  # a class name -> the first file with an object of it
+        for (ann_file, _), data, name_of in zip(pairs, files, names):
+            for o in data["annotations"]:
+                first_in.setdefault(name_of[o["category_id"]], str(ann_file))
+        category_id = ids_of_classes(found, class_names, category_ids, problems, first_in)
     images: dict[Path, dict[str, Any]] = {}
     image_id: list[dict[Any, int]] = []
     for (ann_file, folder), data, name_of in zip(pairs, files, names):

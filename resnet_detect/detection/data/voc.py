@@ -195,6 +195,7 @@ def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
     problems: list[str] = []
     parsed = []
     named_by: dict[str, Path] = {}
+    first_in: dict[str, str] = {}  # a class name -> the file of its first object
     shift = 0.0 if zero_based else 1.0
     for entry in entries:
         try:
@@ -220,11 +221,13 @@ def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
                                   f"area inside its {size[1]}x{size[0]} image")
             relative = relative_image(image, img_dir, entry.xml, named_by)
             parsed.append((relative, size, objects))
+            for name, _, _ in objects:
+                first_in.setdefault(name, str(entry.xml))
         except Problem as problem:
             problems.append(str(problem))
     found = Counter(name for _, _, objects in parsed for name, _, _ in objects)
     class_names = list(default_classes(list(found)) if class_names is None else class_names)
-    ids = ids_of_classes(found, class_names, category_ids, problems)
+    ids = ids_of_classes(found, class_names, category_ids, problems, first_in)
     raise_problems(problems, "the VOC annotations")
     fractional = sum(any(v != int(v) for v in box) for _, _, objects in parsed
                      for _, box, _ in objects)
