@@ -12,7 +12,9 @@ present, an empty val or test folder left out; --splits picks). Boxes (`class cx
 become COCO boxes in pixels; polygons (YOLO's segmentation labels) become each object's
 `segmentation` too, so Mask R-CNN trains on them; a pose dataset's (kpt_shape) lines give their
 boxes. Coordinates up to 0.01 outside 0..1 are clipped (Ultralytics' tolerance), a repeated
-label line counts once. Class k of `names` is category id k + 1, the same in every file. File
+label line counts once, a polygon of no area is left out; the images without a label file
+(no objects) are counted, and the label files that are no image's named. Class k of `names`
+is category id k + 1, the same in every file. File
 names are relative to the dataset's folder (its `path`), which the tool prints as the `img_dir`
 to use. Nothing is written when an image or a label line has a problem: each image's, and the
 first bad line of each label file, are named.
@@ -29,8 +31,9 @@ if not __package__:  # run as a file: the repository's package (not an installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_detect.detection.data.conversion import save_coco  # noqa: E402
-from resnet_detect.detection.data.yolo import (read_dataset, split_exists,  # noqa: E402
-                                               split_images, yolo_to_coco)
+from resnet_detect.detection.data.yolo import (label_file, read_dataset,  # noqa: E402
+                                               split_exists, split_images, unmatched_labels,
+                                               yolo_to_coco)
 from resnet_detect.engine.cli import program_name, run_tool  # noqa: E402
 from resnet_detect.engine.data import DatasetError  # noqa: E402
 from resnet_detect.engine.files import writable_folder  # noqa: E402
@@ -46,6 +49,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--splits", nargs="+", default=None,
                         help="the YAML's splits to convert (default: train, val, test present)")
     return parser.parse_args(argv)
+
+
+def _report_unmatched_labels(source: Path, root: Path, data: dict, images: dict[str, list[Path]],
+                             converted: dict) -> None:
+    """Label files that no image of the dataset's splits has: Ultralytics leaves them out
+    without a word, their images (B.JPG for b.txt, a renamed or a .heic one) trained as
+    images without objects."""
+    every = [p for split in ("train", "val", "test") if split_exists(root, data, split)
+             for p in (images.get(split) or split_images(root, data, split, source,
+                                                          empty_ok=True))]
+    unmatched = unmatched_labels(every)
+    if not unmatched:
+        return
+    unlabelled = {str(label_file(p)).casefold(): p for c in converted.values()
+                  for p in c.unlabelled}
+    shown = [f"{p}" + (f" (the label file of {unlabelled[str(p).casefold()]} is "
+                       f"{label_file(unlabelled[str(p).casefold()]).name}: the case differs)"
+                       if str(p).casefold() in unlabelled else "") for p in unmatched[:5]]
+    print(f"{source}: {len(unmatched)} label files are no image's, left out: "
+          + "; ".join(shown) + ("; ..." if len(unmatched) > 5 else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
@@ -82,13 +105,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     converted = {split: yolo_to_coco(images[split], img_dir, class_names, keypoints=keypoints)
                  for split in splits}
     out.mkdir(parents=True, exist_ok=True)
-    for split, (coco, repeated) in converted.items():
+    for split, (coco, repeated, no_area, unlabelled) in converted.items():
         path = out / f"{split}.json"
         save_coco(coco, path)
         with_masks = sum("segmentation" in a for a in coco["annotations"])
-        print(f"{path}: {len(coco['images'])} images, {len(coco['annotations'])} objects "
-              f"({with_masks} with polygons" + (f"; {repeated} repeated label lines left out"
-                                                 if repeated else "") + ")")
+        left_out = [f"{n} {what} left out" for n, what in (
+            (repeated, "repeated label lines"), (no_area, "polygons of no area")) if n]
+        print(f"{path}: {len(coco['images'])} images ({len(unlabelled)} without a label file: "
+              f"no objects, as Ultralytics counts them), {len(coco['annotations'])} objects "
+              f"({'; '.join([f'{with_masks} with polygons', *left_out])})")
+    _report_unmatched_labels(source, root, data, images, converted)
     if keypoints:
         print("a pose dataset (kpt_shape): each object's box only, its keypoints left out")
     print(f"{len(class_names)} categories: " + ", ".join(class_names))

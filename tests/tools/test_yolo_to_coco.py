@@ -280,3 +280,33 @@ def test_a_yaml_with_nc_and_no_names_names_the_classes_as_ultralytics_does(
                                                r"classes, got "):
             yolo_to_coco.main([str(tmp_path / "data.yaml"), "--output-dir",
                                str(tmp_path / f"out{nc}")])
+
+
+def test_images_without_labels_and_labels_of_no_image_are_counted_and_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """B.JPG's label file written b.txt (its case changed), a label file left by an image
+    renamed or deleted: their objects were left out, their images trained as images without
+    objects, and nothing said (Ultralytics counts the backgrounds). A polygon of points on a
+    line (no area) was kept: an empty mask for Mask R-CNN to learn; the labelme converter
+    leaves such shapes out. Quoted class numbers ({"0": cat}) were refused; Ultralytics reads
+    them."""
+    for name in ("a.jpg", "B.JPG", "c.jpg"):
+        _image(tmp_path / "images/train" / name, 200, 100)
+    for stem in ("a", "b", "ghost"):
+        _labels(tmp_path / f"labels/train/{stem}.txt", ["0 0.5 0.5 0.2 0.4"])
+    _labels(tmp_path / "labels/train/a.txt", ["0 0.5 0.5 0.2 0.4",
+                                              "0 0.1 0.1 0.5 0.5 0.9 0.9"])  # on a line
+    (tmp_path / "data.yaml").write_text('path: .\ntrain: images/train\nnames: {"0": cat}\n')
+    coco = yolo_to_coco.main([str(tmp_path / "data.yaml"), "--output-dir",
+                              str(tmp_path / "out")])["train"]
+    assert [coco["images"][a["image_id"] - 1]["file_name"] for a in coco["annotations"]] == [
+        "images/train/a.jpg"]
+    assert coco["categories"] == [{"id": 1, "name": "cat", "supercategory": "none"}]
+    out = capsys.readouterr().out
+    assert (f"{tmp_path / 'out/train.json'}: 3 images (2 without a label file: no objects, as "
+            f"Ultralytics counts them), 1 objects (0 with polygons; 1 polygons of no area "
+            f"left out)") in out
+    labels = tmp_path / "labels/train"
+    assert (f"{tmp_path / 'data.yaml'}: 2 label files are no image's, left out: "
+            f"{labels / 'b.txt'} (the label file of {tmp_path / 'images/train/B.JPG'} is B.txt: "
+            f"the case differs); {labels / 'ghost.txt'}\n") in out

@@ -54,7 +54,9 @@ def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
         print(f"{path}: no 'names': classes named class_0..class_{data['nc'] - 1}")
         data = {**data, "names": [f"class_{k}" for k in range(data["nc"])]}
     names = data["names"]
-    if isinstance(names, dict):
+    if isinstance(names, dict):  # {"0": cat}: Ultralytics reads its keys as numbers
+        names = {int(k) if isinstance(k, str) and k.strip().isdigit() else k: v
+                 for k, v in names.items()}
         if set(names) != set(range(len(names))):  # (keys of any types; 10 after 9)
             raise DatasetError(f"{path}: 'names' must number the classes 0..K-1, got "
                                f"{sorted(names, key=str)}")
@@ -194,10 +196,14 @@ def _line_key(line: str) -> Any:
 
 
 class Conversion(NamedTuple):
-    """A split's COCO dict, and the label lines left out as repeats of an earlier one."""
+    """A split's COCO dict; the label lines left out as repeats of an earlier one, the
+    polygons of no area left out; the images without a label file (backgrounds, or a label
+    file of another name)."""
 
     coco: dict[str, Any]
     repeated_lines: int
+    no_area: int
+    unlabelled: list[Path]
 
 
 def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[str], *,
@@ -216,7 +222,8 @@ def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[st
     named_by: dict[str, Path] = {}
     coco_images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    repeated = labelled = 0
+    repeated = labelled = no_area = 0
+    unlabelled: list[Path] = []
     for image in images:
         try:
             size = image_size(image)
@@ -225,7 +232,9 @@ def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[st
             height, width = size
             labels = label_file(image)
             numbered: dict[Any, tuple[str, int]] = {}  # a line's numbers -> its first, line n
-            if labels.is_file():
+            if not labels.is_file():
+                unlabelled.append(image)
+            else:
                 labelled += 1
                 lines = read_user_text(labels, "label file").splitlines()
                 texts = [line.strip() for line in lines if line.strip()]
@@ -250,6 +259,9 @@ def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[st
                 annotation["segmentation"] = [polygon]
                 rle = mask_utils.frPyObjects([polygon], height, width)
                 annotation["area"] = float(mask_utils.area(mask_utils.merge(rle)))
+                if annotation["area"] == 0:  # (points on a line: an empty mask to learn)
+                    no_area += 1
+                    continue
             annotations.append(annotation)
     raise_problems(problems, "the YOLO labels")
     if not labelled:
@@ -258,4 +270,14 @@ def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[st
                            f"images)")
     categories = coco_categories({name: k + 1 for k, name in enumerate(class_names)})
     return Conversion({"images": coco_images, "annotations": annotations,
-                       "categories": categories}, repeated)
+                       "categories": categories}, repeated, no_area, unlabelled)
+
+
+def unmatched_labels(images: Sequence[Path]) -> list[Path]:
+    """The label files in the label folders of `images` (every split's: splits listed in text
+    files share one) that are none of theirs: an image renamed, of another case, or of a
+    suffix that is no image's."""
+    theirs = {label_file(image) for image in images}
+    folders = {path.parent for path in theirs if path.parent.is_dir()}
+    return sorted(path for folder in folders for path in folder.glob("*.txt")
+                  if path not in theirs and path.name != "classes.txt")
