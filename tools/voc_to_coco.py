@@ -1,6 +1,7 @@
 """Convert Pascal VOC XML annotations to one COCO-format JSON for tools/train.py and the others
-(mmdetection's tools/dataset_converters/pascal_voc.py; detectron2 reads VOC's boxes the same
-way: resnet_detect/detection/data/voc.py says how).
+(what mmdetection's tools/dataset_converters/pascal_voc.py does, with the boxes read as
+detectron2 reads VOC's: mmdetection's converter makes each a pixel narrower and shorter;
+resnet_detect/detection/data/voc.py says how).
 
 Usage:
   python tools/voc_to_coco.py VOCdevkit/VOC2007 --split trainval --output voc07_trainval.json
