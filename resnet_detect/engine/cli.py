@@ -81,6 +81,13 @@ def as_installed(text: str) -> str:
     return re.sub(r"(?<![\w/.])(?:python3? )?tools/(\w+)\.py", launcher + r" \1", text)
 
 
+def _say(line: str) -> None:
+    """`line` on stderr in one write: under torchrun every process says its error, and
+    print's two writes (the text, then the newline) ran two processes' lines into one."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     """A tool's command line: `main(sys.argv[1:])`, where an error in what the user gave (a
     config key, a data file, a checkpoint, an export, an output folder in use) prints as its
@@ -101,15 +108,14 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     try:
         main(sys.argv[1:])
     except USER_ERRORS as e:
-        print(f"{program_name()}: error: {as_installed(worker_error_message(e))}",
-              file=sys.stderr)
+        _say(f"{program_name()}: error: {as_installed(worker_error_message(e))}")
         raise SystemExit(2) from None
     except MemoryError as e:
         if not str(e):  # Python's own, which says nothing more than its traceback
             raise
         # ours ("ONNX Runtime ran out of memory on a WxH image ..." and test.max_size) or
         # NumPy's ("Unable to allocate 1.2 GiB for an array with shape ...")
-        print(f"{program_name()}: error: {e}", file=sys.stderr)
+        _say(f"{program_name()}: error: {e}")
         raise SystemExit(2) from None
     except KeyboardInterrupt as e:  # Ctrl-C: what was done is written already; no traceback
         terminated = isinstance(e, Terminated)

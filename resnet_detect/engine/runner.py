@@ -979,8 +979,10 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     if is_main_process():
         warn_of_a_rate_far_above_the_recipes(task.name, t, logger)
     warn_of_unused_steps(t, logger)
-    logger.info("%s, %d processes x %d images per step%s", data.description, get_world_size(),
-                batch_size * steps, f" in {steps} batches of {batch_size}" if steps > 1 else "")
+    processes = get_world_size()
+    logger.info("%s, %d process%s x %d images per step%s", data.description, processes,
+                "es" * (processes > 1), batch_size * steps,
+                f" in {steps} batches of {batch_size}" if steps > 1 else "")
 
     torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
     benchmark_warning = cudnn_benchmark_warning(cfg, device)

@@ -49,6 +49,27 @@ def test_a_config_error_is_one_line_and_exit_code_2(argv: list[str], tmp_path: P
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_an_error_is_written_in_one_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun every process says its error on one stderr: print wrote the text and
+    its newline apart, and two processes' lines ran into one."""
+    writes: list[str] = []
+
+    class Recorded:
+        def write(self, text: str) -> None:
+            writes.append(text)
+
+        def flush(self) -> None:
+            pass
+    monkeypatch.setattr(sys, "stderr", Recorded())
+    monkeypatch.setattr(sys, "argv", ["tools/train.py"])
+
+    def main(_: Any) -> None:
+        raise DatasetError("train.json: broken")
+    with pytest.raises(SystemExit):
+        run_tool(main)
+    assert writes == ["train.py: error: train.json: broken\n"]
+
+
 def test_a_batch_that_the_processes_cannot_share_is_refused_before_the_folder_is_written(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:

@@ -28,3 +28,14 @@ def test_an_evaluation_logs_its_progress_and_time_per_image(
     with caplog.at_level(logging.INFO, logger=loaders.__name__):
         assert sum(len(b) for b in counted) == 5
     assert len(caplog.records) == 1  # the final line only
+
+
+def test_under_several_processes_the_count_is_said_to_be_this_processs_share(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """7 val images over 2 processes: "4 images ..., in each of 2 processes" read as 8."""
+    monkeypatch.setattr(loaders, "get_world_size", lambda: 2)
+    counted = loaders.CountedLoader(loaders.build_test_loader(list(range(4)), batch_size=2))
+    with caplog.at_level(logging.INFO, logger=loaders.__name__):
+        assert sum(len(b) for b in counted) == 4
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == [
+        "inference: 4 images (this process's share) in 0:00:00"]

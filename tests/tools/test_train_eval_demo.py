@@ -1340,7 +1340,7 @@ def test_accumulation_draws_smaller_batches_of_the_same_stream(
                                            "train.accumulation_steps=2",
                                            "train.checkpoint_period=1"))
     assert asked == [(2, 0)]
-    assert "1 processes x 4 images per step in 2 batches of 2" in caplog.text
+    assert "1 process x 4 images per step in 2 batches of 2" in caplog.text
     assert (tmp_path / "run" / "model_final.pth").exists()
     load_tool("train").main(train_args(data, tmp_path / "run", 3, "train.batch_size=4",
                                        "train.accumulation_steps=2", "--resume"))

@@ -189,13 +189,11 @@ class CountedLoader:
                             "%.3f), eta %s", self.read, self.asked, share,
                             (now - start) / self.read, waited / self.read,
                             format_eta((now - start) / done * (total - done)))
-        if self.read and is_main_process():
+        if self.read and is_main_process():  # (the shares differ: 7 images are 4 and 3)
             seconds = time.perf_counter() - start
-            processes = get_world_size()
-            logger.info("inference: %d images in %s, %.3f s/image (waiting for data %.3f)%s",
-                        self.read, format_eta(seconds), seconds / self.read,
-                        waited / self.read,
-                        f", in each of {processes} processes" if processes > 1 else "")
+            logger.info("inference: %d images%s in %s, %.3f s/image (waiting for data %.3f)",
+                        self.read, share, format_eta(seconds), seconds / self.read,
+                        waited / self.read)
 
     def raise_if_stopped(self) -> None:
         """EvaluationInterrupted on every process when a stop signal ended this evaluation on
