@@ -8,7 +8,8 @@ Usage:
   python tools/labelme_to_coco.py annotations/ --images photos/ --output train.json
 
 Every .json under ROOT (but --output) is a labelme file; its image is the file its imagePath
-names, beside it or in --images, else at that path. Categories are 1..K, the labels found,
+names, beside it or in --images, else at that path (without an imagePath, the image of the
+file's name: pic.jpg for pic.json). Categories are 1..K, the labels found,
 sorted (`__ignore__` marks crowd regions, no category); --classes or --classes-from fix them,
 so that a training and a validation file agree (training refuses files whose categories
 differ). Polygons, rectangles, circles, labelme's masks and X-AnyLabeling's rotated boxes are

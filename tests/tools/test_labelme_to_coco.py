@@ -245,3 +245,18 @@ def test_an_output_that_is_a_labelme_file_is_refused(labelled: Path) -> None:
                                            "would replace its shapes"):
         labelme_to_coco.main([str(labelled), "--output", str(labelled / "a.json")])
     assert (labelled / "a.json").read_bytes() == before
+
+
+def test_a_file_without_an_image_path_takes_the_image_of_its_name(tmp_path: Path) -> None:
+    """An empty or missing imagePath (a script's output) was refused as "its image '' is not
+    in ..." with pic.jpg beside pic.json; the VOC converter finds an XML's image so."""
+    labelled = tmp_path / "labelled"
+    labelled.mkdir()
+    Image.new("RGB", (100, 80)).save(labelled / "pic.jpg")
+    Image.new("RGB", (100, 80)).save(labelled / "pic2.jpg")  # (another stem: not taken)
+    _labelme(labelled / "pic.json", "", 80, 100, [_shape("cat", [[1, 1], [5, 1], [5, 5]])])
+    coco = labelme_to_coco.main([str(labelled), "--output", str(tmp_path / "out.json")])
+    assert [i["file_name"] for i in coco["images"]] == ["pic.jpg"]
+    (labelled / "pic.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"pic.json: its image '' is not in "):
+        labelme_to_coco.main([str(labelled), "--output", str(tmp_path / "o.json")])

@@ -17,6 +17,7 @@ orientation, as the tools here read images.
 from __future__ import annotations
 
 import base64
+import glob
 import io
 import json
 import math
@@ -30,7 +31,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from resnet_detect.engine.data import DatasetError, files_under, image_size
+from resnet_detect.engine.data import IMAGE_SUFFIXES, DatasetError, files_under, image_size
 
 from .conversion import Problem, coco_categories, ids_of_classes, raise_problems, relative_image
 
@@ -103,14 +104,18 @@ def _part(shape: dict[str, Any], where: str, height: int, width: int) -> _Part:
 def _image_of(json_file: Path, data: dict[str, Any], images: Path | None,
               written: list[Path] | None) -> Path:
     """The image a labelme file names: by its name beside the file or in `images`, else at its
-    `imagePath` as written; an image only embedded (`imageData`) is written into `images`
-    (else beside the file) when `written` is a list, which gets its path."""
+    `imagePath` as written (without one, the image of the file's stem, as the VOC converter
+    finds an XML's); an image only embedded (`imageData`) is written into `images` (else
+    beside the file) when `written` is a list, which gets its path."""
     image_path = str(data.get("imagePath") or "").replace("\\", "/")
     name = Path(image_path).name
     folders = [json_file.parent] + ([images] if images is not None else [])
     candidates = [f / name for f in folders if name]
     if image_path:
         candidates += [json_file.parent / image_path]
+    else:
+        candidates += sorted(p for f in folders for p in f.glob(f"{glob.escape(json_file.stem)}.*")
+                             if p.suffix.lower() in IMAGE_SUFFIXES)
     found = next((c for c in candidates if c.is_file()), None)
     if found is not None:
         return found
