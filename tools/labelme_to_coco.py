@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     images = images_folder(args)
     img_dir = Path(args.img_dir or images or args.root)
     class_names, category_ids = chosen_classes(args)
-    coco, left_out, no_area, other = labelme_to_coco(
+    coco, left_out, no_area, other, beyond = labelme_to_coco(
         labelme_files(Path(args.root), Path(args.output)), img_dir, class_names, images=images,
         category_ids=category_ids, write_embedded=args.write_embedded)
     crowd = sum(a["iscrowd"] for a in coco["annotations"])
@@ -74,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                f"{len(coco['images'])} images, {len(coco['annotations']) - crowd} objects, "
                f"{crowd} crowd regions (__ignore__: one per category; difficult)"
                + (f", left out: {', '.join(aside)}" if aside else ""))
+    if beyond:
+        print(f"note: {beyond} objects reach past their image: their boxes clipped to it")
     return coco
 
 

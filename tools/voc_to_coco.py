@@ -84,9 +84,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         img_dir = images
     entries = [e for root in roots for e in annotation_files(root, args.split, images)]
     refuse_output_among(args.output, [e.xml for e in entries], "one of the XML files read")
-    coco, fractional, at_zero = voc_to_coco(entries, img_dir, class_names,
-                                   keep_difficult=args.keep_difficult,
-                                   category_ids=category_ids, zero_based=args.zero_based)
+    coco, fractional, at_zero, beyond = voc_to_coco(
+        entries, img_dir, class_names, keep_difficult=args.keep_difficult,
+        category_ids=category_ids, zero_based=args.zero_based)
     crowd = sum(a["iscrowd"] for a in coco["annotations"])
     write_coco(coco, args.output, img_dir, f"{len(coco['images'])} images, "
                f"{len(coco['annotations'])} objects ({crowd} difficult as crowd regions)")
@@ -97,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     elif at_zero and not args.zero_based:
         print(f"note: {at_zero} boxes start at 0, where VOC's 1-based pixel indices start at "
               f"1 (each was clipped there): a 0-based export is read with --zero-based")
+    if beyond:
+        print(f"note: {beyond} boxes reach past their image: clipped to it")
     return coco
 
 

@@ -260,3 +260,17 @@ def test_a_file_without_an_image_path_takes_the_image_of_its_name(tmp_path: Path
     (labelled / "pic.jpg").unlink()
     with pytest.raises(DatasetError, match=r"pic.json: its image '' is not in "):
         labelme_to_coco.main([str(labelled), "--output", str(tmp_path / "o.json")])
+
+
+def test_objects_reaching_past_their_image_are_counted(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A polygon dragged past the picture's edge had its box clipped without a word."""
+    Image.new("RGB", (100, 80)).save(tmp_path / "a.jpg")
+    _labelme(tmp_path / "a.json", "a.jpg", 80, 100, [
+        _shape("cat", [[90, 70], [130, 70], [130, 100], [90, 100]]),
+        _shape("cat", [[10, 10], [20, 10], [20, 20]])])
+    coco = labelme_to_coco.main([str(tmp_path), "--output", str(tmp_path / "out.json")])
+    assert [a["bbox"] for a in coco["annotations"]] == [[90.0, 70.0, 10.0, 10.0],
+                                                        [10.0, 10.0, 10.0, 10.0]]
+    assert ("note: 1 objects reach past their image: their boxes clipped to it\n"
+            in capsys.readouterr().out)

@@ -296,3 +296,18 @@ def test_the_command_line_prints_the_problem_and_exits_2(voc07: Path, tmp_path: 
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("voc_to_coco.py: error: ") and "val.txt: no such split" \
         in done.stderr
+
+
+def test_boxes_reaching_past_their_image_are_counted(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A LabelImg box dragged past the picture's edge was clipped without a word (the
+    fractional and at-zero notes were said)."""
+    root = _devkit(tmp_path / "VOC", {"a": (120, 90, [("cat", (100, 70, 140, 110), 0),
+                                                      ("cat", (1, 1, 120, 90), 0)]),
+                                      "b": (30, 60, [("cat", (-3, 2, 12, 33), 0)])},
+                   {"all": ["a", "b"]})
+    coco = voc_to_coco.main([str(root), "--split", "all", "--output", str(tmp_path / "o.json")])
+    assert [a["bbox"] for a in coco["annotations"]] == [[99.0, 69.0, 21.0, 21.0],
+                                                        [0.0, 0.0, 120.0, 90.0],
+                                                        [0.0, 1.0, 12.0, 32.0]]
+    assert "note: 2 boxes reach past their image: clipped to it\n" in capsys.readouterr().out

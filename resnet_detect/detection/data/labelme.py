@@ -224,6 +224,7 @@ class Conversion(NamedTuple):
     left_out: int     # shapes that mark no region (points, lines)
     no_area: int      # objects whose mask has no pixel (collinear, zero-size, off the image)
     other_files: int  # JSON files of another kind (COCO files) left aside
+    beyond: int       # objects whose polygons reach past their image (their boxes clipped)
 
 
 def labelme_to_coco(json_files: Sequence[Path], img_dir: Path,
@@ -274,13 +275,13 @@ def _converted(json_files: Sequence[Path], img_dir: Path, class_names: Sequence[
     names = sorted(found) if class_names is None else list(class_names)
     ids = ids_of_classes(found, names, category_ids, problems, first_in)
     raise_problems(problems, "the labelme files")
-    coco, no_area = _coco_dict(parsed, ids)
-    return Conversion(coco, left_out, no_area, other)
+    coco, no_area, beyond = _coco_dict(parsed, ids)
+    return Conversion(coco, left_out, no_area, other, beyond)
 
 
 def _coco_dict(parsed: list[tuple[str, tuple[int, int], list[LabelmeObject]]],
-               category_id: dict[str, int]) -> tuple[dict[str, Any], int]:
-    images, annotations, no_area = [], [], 0
+               category_id: dict[str, int]) -> tuple[dict[str, Any], int, int]:
+    images, annotations, no_area, beyond = [], [], 0, 0
     for image_id, (file_name, (height, width), objects) in enumerate(parsed, start=1):
         images.append({"id": image_id, "file_name": file_name, "height": height,
                        "width": width})
@@ -307,6 +308,8 @@ def _coco_dict(parsed: list[tuple[str, tuple[int, int], list[LabelmeObject]]],
             if area == 0:
                 no_area += 1
                 continue
+            beyond += not rles and (min(xs) < 0 or min(ys) < 0 or max(xs) > width
+                                    or max(ys) > height)
             # an __ignore__ region hides objects of any class: a crowd region of each
             # category (COCO's crowd regions belong to one)
             ids = list(category_id.values()) if obj.label == IGNORE_LABEL else \
@@ -318,4 +321,4 @@ def _coco_dict(parsed: list[tuple[str, tuple[int, int], list[LabelmeObject]]],
                     "iscrowd": int(obj.label == IGNORE_LABEL or obj.difficult),
                     "segmentation": segmentation})
     return {"images": images, "annotations": annotations,
-            "categories": coco_categories(category_id)}, no_area
+            "categories": coco_categories(category_id)}, no_area, beyond

@@ -173,6 +173,7 @@ class VocConversion(NamedTuple):
     coco: dict[str, Any]
     fractional: int  # boxes with a coordinate that is not a whole number (pixel edges?)
     at_zero: int  # boxes with xmin or ymin 0, which no 1-based index is (a 0-based export?)
+    beyond: int  # boxes reaching past their image, clipped to it
 
 
 def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
@@ -233,7 +234,10 @@ def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
                      for _, box, _ in objects)
     at_zero = sum(box[0] == 0 or box[1] == 0 for _, _, objects in parsed
                   for _, box, _ in objects)
-    return VocConversion(_coco_dict(parsed, ids, keep_difficult, shift), fractional, at_zero)
+    beyond = sum(min(box[0], box[1]) < 0 or box[2] > width or box[3] > height
+                 for _, (height, width), objects in parsed for _, box, _ in objects)
+    return VocConversion(_coco_dict(parsed, ids, keep_difficult, shift), fractional, at_zero,
+                         beyond)
 
 
 def _clipped(box: list[float], size: tuple[int, int], shift: float
