@@ -336,6 +336,7 @@ class Predictor:
         if mask_format not in MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}, got "
                              f"{mask_format!r}")
+        device = usable_device(device)
         loaded = load_detector(config, weights=weights, overrides=overrides, device=device)
         self.release_memory = release_memory
         self.mask_format = mask_format

@@ -142,12 +142,16 @@ def all_reduce_mean(values: Mapping[str, float | torch.Tensor]) -> dict[str, flo
 
 
 def usable_device(device: str | torch.device) -> torch.device:
-    """`device` as a torch.device, refused with what is there when it is a GPU this process
-    cannot use (before a model is built and its weights read for it)."""
+    """`device` as a torch.device ("auto": a GPU where there is one, as the tools' device
+    keys read it), refused with what is there when it is a GPU this process cannot use
+    (before a model is built and its weights read for it)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         target = torch.device(device)
     except (RuntimeError, TypeError):  # torch's own message lists some twenty device types
-        raise ValueError(f"device {device!r} is none of 'cpu', 'cuda', 'cuda:N', 'mps'") from None
+        raise ValueError(f"device {device!r} is none of 'auto', 'cpu', 'cuda', 'cuda:N', "
+                         f"'mps'") from None
     if target.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -162,7 +166,8 @@ def usable_device(device: str | torch.device) -> torch.device:
             raise ValueError(f"device {str(device)!r}: this torch has no Apple GPU (MPS) to "
                              f"use; use device='cpu'")
     elif target.type != "cpu":  # 'meta' builds, then fails in the first call's autocast
-        raise ValueError(f"device {str(device)!r} is none of 'cpu', 'cuda', 'cuda:N', 'mps'")
+        raise ValueError(f"device {str(device)!r} is none of 'auto', 'cpu', 'cuda', 'cuda:N', "
+                         f"'mps'")
     return target
 
 

@@ -35,7 +35,10 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_boxes_in_input_pixels_and_dataset_ids(checkpoint: Path) -> None:
-    predictor = Predictor(None, weights=checkpoint, overrides=["model.roi_heads.score_thresh=0.0"])
+    # device="auto", as the tools take it (it was refused as no device)
+    predictor = Predictor(None, weights=checkpoint, overrides=["model.roi_heads.score_thresh=0.0"],
+                          device="auto")
+    assert predictor.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (80, 120, 3), dtype=np.uint8)
     out = predictor(image)

@@ -188,18 +188,20 @@ def test_a_gpu_the_process_cannot_use_is_refused_before_anything_is_built(tmp_pa
     from resnet_detect.engine.distributed import usable_device
 
     assert usable_device("cpu") == torch.device("cpu")
+    # as the tools' train.device=auto ("auto" was refused as no device)
+    assert usable_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     missing = tmp_path / "not_read.pth"  # the device is refused before the weights are read
     for predictor in (Detector, Segmentor):
         with pytest.raises(ValueError, match=r"device 'cuda:99': (torch .* sees no GPU .*use "
                                              r"device='cpu'|this machine has \d+ GPU)"):
             predictor(weights=missing, device="cuda:99")
         # (was torch's RuntimeError listing some twenty device types)
-        with pytest.raises(ValueError, match=r"^device 'gpu' is none of 'cpu', 'cuda', "
-                                             r"'cuda:N', 'mps'$"):
+        with pytest.raises(ValueError, match=r"^device 'gpu' is none of 'auto', 'cpu', "
+                                             r"'cuda', 'cuda:N', 'mps'$"):
             predictor(weights=missing, device="gpu")
         # a device type torch knows that cannot run a model ('meta': an autocast error at
         # the first call)
-        with pytest.raises(ValueError, match=r"^device 'meta' is none of 'cpu', 'cuda'"):
+        with pytest.raises(ValueError, match=r"^device 'meta' is none of 'auto', 'cpu'"):
             predictor(weights=missing, device="meta")
         if not torch.backends.mps.is_available():
             with pytest.raises(ValueError, match=r"device 'mps': this torch has no Apple GPU"):

@@ -36,7 +36,8 @@ def test_predictor_uses_checkpoint_provenance(tmp_path, small_config, caplog):
         expected = model([torch.from_numpy(image.transpose(2, 0, 1).copy())])[0]["mask"]
     assert result["mask"].shape == (45, 67) and result["mask"].dtype == np.int64
     np.testing.assert_array_equal(result["mask"], expected.numpy())
-    from_checkpoint_alone = Predictor(weights=path)  # the config the checkpoint records
+    # the config the checkpoint records; device="auto" as the tools take it
+    from_checkpoint_alone = Predictor(weights=path, device="auto")
     np.testing.assert_array_equal(from_checkpoint_alone(image)["mask"], expected.numpy())
     assert "records a config that tests" not in caplog.text  # the same test section: quiet
     with caplog.at_level(logging.WARNING):
