@@ -92,12 +92,22 @@ class TaskData:
 
 
 class Task(Protocol):
-    """What a task supplies. One instance per run; it may keep what `prepare` found."""
+    """What a task supplies. One instance per run; it may keep what `prepare` found.
+
+    The config `run_training` takes has every key of configs/base_train.yaml's `train`
+    section and a `data` section with `num_workers` (load them with
+    `engine.config.load_config(path, overrides, defaults=load_defaults(BASE))`, which refuses
+    a misspelt key); `TaskData.train` is indexed by (index, seed) pairs (the seed draws the
+    sample's augmentation)."""
 
     name: str            # the config's `task` value, also its logger's last name
     primary_metrics: str  # the metric group tools print and `metrics` returns
     # optional `unreadable_val`: what an unreadable val image does to the metrics (LEFT_OUT)
     # optional `resume_hint`: how a stopped run continues (RESUME_HINT)
+    # optional `metric_names(cfg)`: the "group/key" names evaluations give, so that a
+    #   train.best_metric of none is refused before training
+    # optional `check_output_dir(cfg, folder)`, `check_resumed_model(source, recorded config,
+    #   this config, model)`, `slow_data_hint(cfg)`: a task's own refusals and hint
 
     def check_config(self, cfg: DictConfig) -> None:
         """The task's checks that need no data: its keys' values, the model built on the meta
