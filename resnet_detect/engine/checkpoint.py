@@ -40,7 +40,7 @@ from .distributed import (all_gather_object, any_process, barrier, get_rank, get
                           is_main_process)
 from .distributed import unwrap_model
 from .ema import WeightAverage
-from .files import (PARTIAL_WRITE, atomic_save, atomic_write, atomic_write_text, checksum_file,
+from .files import (PARTIAL_WRITE, atomic_save, atomic_write_text, checksum_file,
                     read_checked_bytes, sha256_of, why_unloadable)
 from .memory_format import contiguous
 from .optim import fill_momentum_buffers, match_state_layouts
@@ -57,7 +57,9 @@ ABANDONED = "abandoned"  # checkpoints after the one --resume-from took
 # kill leaves one run in the folder, the earlier (put back) or the new one
 REPLACED = ".replaced_run"
 # the files of a run folder that describe its checkpoints (`tools/train.py RUN/config.yaml
-# --resume` continues the run)
+# --resume` continues the run): a run that replaces an earlier one writes its own with its
+# first checkpoint (`write_with_first_checkpoint`), the earlier run's set aside with its
+# checkpoints
 RUN_FILES = ("config.yaml",)
 _SAVING = "saving"  # in REPLACED: names the new checkpoint once the earlier files are moved
 CHECKPOINT_NAME = re.compile(r"model_(\d{7,})\.pth")  # 8 digits from iteration 10^7
@@ -149,6 +151,7 @@ class Checkpointer:
         self.provenance = dict(provenance) if provenance is not None else None
         self.check = check
         self._earlier: list[Path] = []  # another run's checkpoints, replaced at the first save
+        self._run_files: dict[str, str] = {}  # RUN_FILES' texts written with the first save
         self._kept: set[Path] = set()  # neither replaced nor pruned
         self.saved_iteration: int | None = None  # of this object's last save
 
@@ -156,21 +159,24 @@ class Checkpointer:
         """This run starts afresh in a folder holding another run's checkpoints: they are
         removed once this run's first checkpoint is written (kept if it fails before), so
         that neither pruning (by iteration) nor a later --resume mixes the two runs. `keep`:
-        files not to remove (the weights this run started from). The earlier run's
-        RUN_FILES, which this run rewrites before its first checkpoint, are copied aside now
-        and come back with its checkpoints."""
+        files not to remove (the weights this run started from)."""
         self._kept = {Path(p).resolve() for p in keep}
         self._earlier = [p for p in self._checkpoints() if p.resolve() not in self._kept]
-        for name in RUN_FILES if self._earlier else ():
-            earlier = self.output_dir / name
-            if earlier.is_file():
-                atomic_write(self.output_dir / REPLACED / name,
-                             lambda f, data=earlier.read_bytes(): f.write(data), binary=True)
         if self._earlier:
             logger.warning("%s holds the checkpoints of an earlier run (%s): starting from "
                            "scratch (without --resume), this run's first checkpoint replaces "
                            "them", self.output_dir, ", ".join(p.name for p in sorted(
                                self._earlier, key=_iteration_of)))
+
+    def write_run_file(self, name: str, text: str) -> None:
+        """Write the run file `name` (one of RUN_FILES) now, or, in a folder whose earlier
+        run this run replaces, with its first checkpoint: until then the folder's files are
+        the earlier run's (a kill or an error before that checkpoint leaves that run whole,
+        and `RUN/config.yaml --resume` continues it)."""
+        if self._earlier:
+            self._run_files[name] = text
+        else:
+            atomic_write_text(text, self.output_dir / name)
 
     def save(self, iteration: int, extra: Mapping[str, Any] | None = None) -> Path:
         """Write `model_{iteration:07d}.pth` and point `last_checkpoint` at it.
@@ -215,7 +221,7 @@ class Checkpointer:
             else:
                 if self._earlier:
                     _remove_aside(self.output_dir / REPLACED)
-                self._earlier = []
+                self._earlier, self._run_files = [], {}
                 self._prune(keep=path)
                 logger.info("saved checkpoint %s", path)
         if error is None:
@@ -274,7 +280,12 @@ class Checkpointer:
             for f in (p, checksum_file(p)):
                 if f.is_file():
                     os.replace(f, aside / f.name)
+        for name in self._run_files:
+            if (self.output_dir / name).is_file():
+                os.replace(self.output_dir / name, aside / name)
         atomic_write_text(first.name + "\n", aside / _SAVING)
+        for name, text in self._run_files.items():  # (put back over them by an undo)
+            atomic_write_text(text, self.output_dir / name)
 
     def _finish_replacing(self) -> bool:
         """Complete or undo a replacement of an earlier run that a kill (or a failed write)
@@ -308,9 +319,9 @@ class Checkpointer:
         if is_main_process():
             try:
                 if self._finish_replacing():
-                    logger.warning("%s: a run was stopped before its first checkpoint "
-                                   "replaced an earlier run's; the earlier run's checkpoints "
-                                   "and %s are back", self.output_dir, ", ".join(RUN_FILES))
+                    logger.warning("%s: a run was stopped while its first checkpoint replaced "
+                                   "an earlier run's; the earlier run's checkpoints are back",
+                                   self.output_dir)
                 for tmp in self.output_dir.glob(".*.tmp"):  # (checkpoints, config.yaml, ...)
                     if PARTIAL_WRITE.fullmatch(tmp.name) and tmp.is_file():
                         tmp.unlink(missing_ok=True)

@@ -555,9 +555,14 @@ def config_needed(weights: str | os.PathLike) -> ConfigError:
                        f"2026-12-02): {give}")
 
 
+def config_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML, as a run's config.yaml holds it."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically (temp file in the same folder + rename)."""
-    atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), path)
+    atomic_write_text(config_yaml(cfg), path)
 
 
 def parse_bool(value: Any, key: str) -> bool:

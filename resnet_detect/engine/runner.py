@@ -38,7 +38,7 @@ from .checkpoint import (BestWeights, Checkpointer, CheckpointWriteError, Period
                          best_metric_parts, checkpoints_in)
 from .compilation import compile_model, parse_compile
 from .config import (ConfigError, as_override, flat_keys, is_number, is_positive_int,
-                     load_defaults, save_config, to_plain)
+                     config_yaml, load_defaults, to_plain)
 from .data import (CountedLoader, build_test_loader, build_train_loader, collate,
                    worker_error_message)
 from .data.overlap import warn_of_val_in_training
@@ -1083,7 +1083,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     if resume:
         check_same_start_everywhere(start_iter, output_dir)
     if is_main_process():  # once resuming is known to work: a refused resume keeps the old one
-        save_config(cfg, output_dir / "config.yaml")
+        checkpointer.write_run_file("config.yaml", config_yaml(cfg))
 
     writer = ScalarWriter(output_dir / "tensorboard", jsonl=output_dir / "scalars.jsonl",
                           start_iter=start_iter)

@@ -627,9 +627,10 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
     both: pruning by iteration then deleted the new run's files and kept the earlier run's
     later ones, and a pointer still on the earlier run had --resume continue it under the new
     config. Killed before each file operation of that save in turn, the folder, once the next
-    run has looked at it, holds the earlier run as it was, or the new run alone; its
-    config.yaml (which the new run rewrites at its start) too: `RUN/config.yaml --resume`
-    took the new run's length to the earlier run's checkpoints."""
+    run has looked at it, holds the earlier run as it was, or the new run alone; with its
+    config.yaml (the new run's was written at its start: `RUN/config.yaml --resume` after a
+    kill, or an error, before its first checkpoint took the new run's settings to the
+    earlier run's checkpoints)."""
     model = nn.Linear(4, 4)
     earlier = tmp_path / "earlier"
     _save_filled(Checkpointer(earlier, model=model, max_to_keep=3), model, (1, 3, 6))
@@ -650,9 +651,8 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
         shutil.copytree(earlier, folder)
         fresh = Checkpointer(folder, model=model, max_to_keep=2)
         fresh.replace_earlier_run(keep=[folder / f"model_{kept:07d}.pth"] if kept else [])
-        (folder / "config.yaml").write_text("train: {max_iter: 2}\n")  # (the runner's)
-        if n == 0:
-            Checkpointer(folder, model=model).remove_partial_writes()
+        fresh.write_run_file("config.yaml", "train: {max_iter: 2}\n")  # (the runner's)
+        if n == 0:  # killed, or an error, before the first save: nothing to put back
             assert _files(folder) == earlier_files
             continue
         with torch.no_grad():

@@ -504,6 +504,38 @@ def test_periods_in_epochs_evaluate_and_save_at_each_epochs_end(tmp_path: Path) 
         run_training(task, cfg, torch.device("cpu"))
 
 
+class _FailingAtStep3(_RegressionTask):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def losses(self, model: nn.Module, batch: list[dict[str, Any]],
+               device: torch.device) -> Mapping[str, torch.Tensor]:
+        self.steps += 1
+        if self.steps == 3:
+            raise RuntimeError("out of memory")
+        return super().losses(model, batch, device)
+
+
+def test_a_fresh_run_that_fails_before_its_first_checkpoint_leaves_the_earlier_run_whole(
+        tmp_path: Path) -> None:
+    """A fresh run into a finished run's folder wrote its config.yaml at its start; an error
+    (or a kill) before its first checkpoint left that beside the earlier run's checkpoints,
+    and `RUN/config.yaml --resume` trained the earlier run on with the new run's settings."""
+    cpu = torch.device("cpu")
+    earlier = run_training(_RegressionTask(), _toy_config(tmp_path), cpu)
+    config_text = (tmp_path / "config.yaml").read_text()
+    cfg = _toy_config(tmp_path)
+    cfg.train.update(max_iter=40, checkpoint_period=10)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_training(_FailingAtStep3(), cfg, cpu)
+    assert (tmp_path / "config.yaml").read_text() == config_text
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000006.pth\n"
+    # its first checkpoint writes the new run's config.yaml with it
+    run_training(_RegressionTask(), cfg, cpu)
+    assert "max_iter: 40" in (tmp_path / "config.yaml").read_text()
+    assert earlier["iteration"] == 6
+
+
 class _FailingEvalTask(_SignalInEvalTask):
     def evaluate(self, model: nn.Module, loader: Any, device: torch.device) -> dict:
         self.evaluations += 1
