@@ -1153,8 +1153,7 @@ def torchrun_runs(suite: Suite) -> dict[str, list[str]]:
         runs["pretrain"] = [str(ROOT / "configs/pretrain/resnet50_imagenet.yaml"),
                             f"data.root={suite.data / 'imagefolder'}", "train.epochs=null",
                             "train.warmup_epochs=0", "train.lr_step_epochs=[]",
-                            "train.batch_size=32", "train.checkpoint_period_epochs=null",
-                            "train.eval_period_epochs=null", *common]
+                            "train.batch_size=32", *common]
     return runs
 
 

@@ -527,7 +527,24 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
             OmegaConf.update(dotlist, key, value)  # the text as typed
         source = f"override '{item}'"
         cfg = _merge(cfg, _rename(dotlist, renamed or {}, source), source, kinds)
+    _clear_twins_of_overrides(cfg, [item.split("=", 1)[0].strip() for item in overrides])
     return cfg
+
+
+# one setting in two units, (key, its unset value): an override of one unsets the other that
+# the config files set (train.checkpoint_period_epochs=1 on a config of checkpoint_period: 100,
+# train.eval_period=0 on a recipe evaluating every 5 epochs); both set in the files, or both
+# overridden, are refused where they are read (runner.check_train_choices)
+UNIT_TWINS = ((("train.checkpoint_period", 0), ("train.checkpoint_period_epochs", None)),
+              (("train.eval_period", 0), ("train.eval_period_epochs", None)))
+
+
+def _clear_twins_of_overrides(cfg: DictConfig, overridden: Sequence[str]) -> None:
+    for pair in UNIT_TWINS:
+        for (key, _), (twin, unset) in (pair, pair[::-1]):
+            if (key in overridden and twin not in overridden
+                    and OmegaConf.select(cfg, twin, default=_ABSENT) is not _ABSENT):
+                OmegaConf.update(cfg, twin, unset)
 
 
 def config_from_mapping(config: Mapping[str, Any] | DictConfig, overrides: Sequence[str] = (),

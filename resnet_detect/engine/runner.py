@@ -201,19 +201,20 @@ def _lengths(cfg: DictConfig, train_size: int) -> dict[str, Any]:
             "warmup_iters": round(t.warmup_epochs * per_epoch), "per_epoch": per_epoch}
 
 
-def _iterations_per_epoch(t: DictConfig, train_size: int) -> int:
+def _iterations_per_epoch(t: DictConfig, train_size: int, counted_by: str = "") -> int:
     per_epoch = train_size // t.batch_size
     if per_epoch == 0:
         raise ConfigError(f"train.batch_size {t.batch_size} exceeds the {train_size} training "
-                          "images")
+                          f"images{counted_by}")
     return per_epoch
 
 
 def _periods(t: DictConfig, train_size: int) -> dict[str, int]:
     """The checkpoint and evaluation periods in iterations, from train.<period> or
     train.<period>_epochs (in a run of either kind of length)."""
-    return {period: t[period] if t[f"{period}_epochs"] is None else max(
-        round(t[f"{period}_epochs"] * _iterations_per_epoch(t, train_size)), 1)
+    return {period: t[period] if t[f"{period}_epochs"] is None else max(round(
+        t[f"{period}_epochs"] * _iterations_per_epoch(
+            t, train_size, f": no epoch for train.{period}_epochs to count")), 1)
         for period in PERIODS}
 
 

@@ -169,19 +169,45 @@ def test_the_imagenet_recipe_evaluates_every_5_epochs_at_any_batch_size() -> Non
             "eval_period": 5 * per_epoch, "checkpoint_period": per_epoch}
 
 
-def test_a_period_in_iterations_under_a_base_files_period_in_epochs_is_refused() -> None:
-    """A config on the ImageNet recipe (checkpoints every epoch) that set
-    train.checkpoint_period=400 had it ignored: both set is refused, naming how to give one;
-    the shared default (5000) or 0 under a period in epochs is not a conflict."""
+def test_a_period_in_iterations_under_a_base_files_period_in_epochs_is_refused(
+        tmp_path: Path) -> None:
+    """A config file on the ImageNet recipe (checkpoints every epoch) that set
+    checkpoint_period: 400 had it ignored: both set in the files is refused, naming how to
+    give one; the shared default (5000) or 0 under a period in epochs is not a conflict."""
     from resnet_detect.engine.runner import check_train_choices
     from resnet_detect.engine.tasks import load_task_config
-    config = str(Path(__file__).resolve().parents[2] / "configs/pretrain/resnet50_imagenet.yaml")
-    _, cfg = load_task_config(config, ["data.root=/imagenet", "train.checkpoint_period=400"])
+    recipe = Path(__file__).resolve().parents[2] / "configs/pretrain/resnet50_imagenet.yaml"
+    derived = tmp_path / "mine.yaml"
+    derived.write_text(f"_base_: {recipe}\ntrain:\n  checkpoint_period: 400\n")
+    _, cfg = load_task_config(str(derived), ["data.root=/imagenet"])
     with pytest.raises(ConfigError, match=r"^train.checkpoint_period \(400 iterations\) and "
                                           r"train.checkpoint_period_epochs \(1\) are both set; "
                                           r"give one: train.checkpoint_period_epochs=null, or "
                                           r"train.checkpoint_period=0$"):
         check_train_choices(cfg.train)
     for given in (["train.checkpoint_period=0"], ["train.checkpoint_period_epochs=null"], []):
-        _, cfg = load_task_config(config, ["data.root=/imagenet", "train.eval_period=0", *given])
+        _, cfg = load_task_config(str(recipe), ["data.root=/imagenet", *given])
+        check_train_choices(cfg.train)
+
+
+def test_an_override_of_a_period_in_one_unit_unsets_the_files_other(tmp_path: Path) -> None:
+    """train.checkpoint_period_epochs=1 on a config of checkpoint_period: 100 was refused as
+    both set; train.eval_period=0 (only at the end) on the ImageNet recipe's evaluation every 5
+    epochs was ignored. The override's unit wins; both overridden are refused as above."""
+    from resnet_detect.engine.runner import _periods, check_train_choices
+    from resnet_detect.engine.tasks import load_task_config
+    root = Path(__file__).resolve().parents[2]
+    recipe = str(root / "configs/pretrain/resnet50_imagenet.yaml")
+    _, cfg = load_task_config(recipe, ["data.root=/imagenet", "train.eval_period=0",
+                                       "train.checkpoint_period=400"])
+    check_train_choices(cfg.train)
+    assert _periods(cfg.train, train_size=1281167) == {"eval_period": 0,
+                                                       "checkpoint_period": 400}
+    quickstart = str(root / "configs/synthetic/faster_rcnn_R_18_FPN.yaml")
+    _, cfg = load_task_config(quickstart, ["train.checkpoint_period_epochs=1"])
+    check_train_choices(cfg.train)
+    assert _periods(cfg.train, train_size=64) == {"eval_period": 0, "checkpoint_period": 16}
+    _, cfg = load_task_config(quickstart, ["train.checkpoint_period_epochs=1",
+                                           "train.checkpoint_period=7"])
+    with pytest.raises(ConfigError, match=r"train.checkpoint_period \(7 iterations\) and "):
         check_train_choices(cfg.train)

@@ -495,7 +495,8 @@ def test_periods_in_epochs_evaluate_and_save_at_each_epochs_end(tmp_path: Path) 
     run_training(task, cfg, torch.device("cpu"))
     assert task.evaluations == 3  # at iterations 2, 4 and 6 of 6
     cfg.train.update(batch_size=32)  # more than the 16 points: no epoch
-    with pytest.raises(ConfigError, match="train.batch_size 32 exceeds the 16 training images"):
+    with pytest.raises(ConfigError, match="train.batch_size 32 exceeds the 16 training images: "
+                                          "no epoch for train.eval_period_epochs to count"):
         run_training(task, cfg, torch.device("cpu"))
     cfg.train.update(max_iter=None, warmup_iters=0, epochs=3, eval_period_epochs=0)
     with pytest.raises(ConfigError, match=r"train.eval_period_epochs must be a positive number "
