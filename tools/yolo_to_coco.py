@@ -62,7 +62,7 @@ def _report_unmatched_labels(source: Path, root: Path, data: dict, images: dict[
     unmatched = unmatched_labels(every)
     if not unmatched:
         return
-    unlabelled = {str(label_file(p)).casefold(): p for c in converted.values()
+    unlabelled = {os.path.abspath(label_file(p)).casefold(): p for c in converted.values()
                   for p in c.unlabelled}
     shown = [f"{p}" + (f" (the label file of {unlabelled[str(p).casefold()]} is "
                        f"{label_file(unlabelled[str(p).casefold()]).name}: the case differs)"

@@ -310,3 +310,21 @@ def test_images_without_labels_and_labels_of_no_image_are_counted_and_named(
     assert (f"{tmp_path / 'data.yaml'}: 2 label files are no image's, left out: "
             f"{labels / 'b.txt'} (the label file of {tmp_path / 'images/train/B.JPG'} is B.txt: "
             f"the case differs); {labels / 'ghost.txt'}\n") in out
+
+
+def test_splits_listing_one_folder_in_two_spellings_have_no_labels_left_over(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.txt with ./images/0.jpg, val.txt with the absolute path of images/1.jpg, the
+    YAML named by a relative path: their shared labels/ folder's files were all reported as
+    no image's."""
+    monkeypatch.chdir(tmp_path)
+    for k in range(2):
+        _image(tmp_path / f"images/{k}.jpg", 40, 30)
+        _labels(tmp_path / f"labels/{k}.txt", ["0 0.5 0.5 0.5 0.5"])
+    (tmp_path / "train.txt").write_text("./images/0.jpg\n")
+    (tmp_path / "val.txt").write_text(f"{tmp_path / 'images/1.jpg'}\n")
+    (tmp_path / "data.yaml").write_text("train: train.txt\nval: val.txt\nnames: [cat]\n")
+    coco = yolo_to_coco.main(["data.yaml", "--output-dir", "o"])
+    assert [len(coco[split]["annotations"]) for split in ("train", "val")] == [1, 1]
+    assert "no image's" not in capsys.readouterr().out

@@ -121,6 +121,8 @@ def _image_of(json_file: Path, data: dict[str, Any], images: Path | None,
         return found
     where = " or ".join(str(f) for f in folders)
     embedded = data.get("imageData")
+    if not embedded and not image_path:
+        raise Problem(f"{json_file}: no imagePath, and no {json_file.stem}.* image in {where}")
     if not embedded:
         raise Problem(f"{json_file}: its image {image_path!r} is not in {where}")
     if written is None:

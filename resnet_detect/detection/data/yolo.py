@@ -277,7 +277,11 @@ def unmatched_labels(images: Sequence[Path]) -> list[Path]:
     """The label files in the label folders of `images` (every split's: splits listed in text
     files share one) that are none of theirs: an image renamed, of another case, or of a
     suffix that is no image's."""
-    theirs = {label_file(image) for image in images}
+    theirs = {_absolute(label_file(image)) for image in images}  # (./images/a.jpg, /d/images/a.jpg)
     folders = {path.parent for path in theirs if path.parent.is_dir()}
     return sorted(path for folder in folders for path in folder.glob("*.txt")
                   if path not in theirs and path.name != "classes.txt")
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.normpath(os.path.abspath(path)))
