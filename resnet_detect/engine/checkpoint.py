@@ -58,7 +58,7 @@ ABANDONED = "abandoned"  # checkpoints after the one --resume-from took
 REPLACED = ".replaced_run"
 # the files of a run folder that describe its checkpoints (`tools/train.py RUN/config.yaml
 # --resume` continues the run): a run that replaces an earlier one writes its own with its
-# first checkpoint (`write_with_first_checkpoint`), the earlier run's set aside with its
+# first checkpoint (`Checkpointer.write_run_file`), the earlier run's set aside with its
 # checkpoints
 RUN_FILES = ("config.yaml",)
 _SAVING = "saving"  # in REPLACED: names the new checkpoint once the earlier files are moved

@@ -494,7 +494,7 @@ def describe_schedule(t: DictConfig, lengths: Mapping[str, Any], evaluated: bool
                      f"{', '.join(map(str, lengths['steps']))}")
     elif t.lr_decay != "step":
         parts.append(f"{t.lr_decay} decay")
-    if evaluated and lengths["eval_period"]:
+    if evaluated and 0 < lengths["eval_period"] < lengths["max_iter"]:
         parts.append(f"evaluated every {lengths['eval_period']} iterations and at the end")
     elif evaluated:
         parts.append("evaluated at the end" + (

@@ -211,3 +211,17 @@ def test_an_override_of_a_period_in_one_unit_unsets_the_files_other(tmp_path: Pa
                                            "train.checkpoint_period=7"])
     with pytest.raises(ConfigError, match=r"train.checkpoint_period \(7 iterations\) and "):
         check_train_choices(cfg.train)
+
+
+def test_an_evaluation_period_past_the_run_is_described_as_the_end_only() -> None:
+    """The ImageNet recipe's every 5 epochs in a 2-epoch trial: "evaluated every 15
+    iterations and at the end" of a 6-iteration run."""
+    from omegaconf import OmegaConf
+
+    from resnet_detect.engine.runner import describe_schedule
+    t = OmegaConf.create({"lr_decay": "cosine", "gamma": 0.1})
+    for period, said in ((15, "evaluated at the end (every epoch: train.eval_period_epochs=1)"),
+                         (3, "evaluated every 3 iterations and at the end")):
+        lengths = {"max_iter": 6, "warmup_iters": 0, "steps": [], "per_epoch": 3,
+                   "eval_period": period}
+        assert describe_schedule(t, lengths, evaluated=True) == f"cosine decay; {said}"
