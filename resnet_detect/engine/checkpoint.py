@@ -209,6 +209,8 @@ class Checkpointer:
                 if self._earlier:
                     self._set_earlier_run_aside(path)
                 atomic_save(state, path, checksum=True)
+                for name, text in self._run_files.items():  # (an undo puts the earlier back)
+                    atomic_write_text(text, self.output_dir / name)
                 atomic_write_text(path.name + "\n", self.output_dir / POINTER)
             except OSError as e:
                 error = e
@@ -271,21 +273,22 @@ class Checkpointer:
 
     def _set_earlier_run_aside(self, first: Path) -> None:
         """Move the earlier run's pointer and checkpoints into OUTPUT_DIR/REPLACED (and a kept
-        file of `first`'s name: the weights this run started from), then name this run's
-        `first` checkpoint there: `last_checkpoint` reappears in the folder only when it
-        names `first`, which commits the replacement (`_finish_replacing`)."""
+        file of `first`'s name: the weights this run started from), copy its RUN_FILES there
+        (the folder's stay the earlier run's until this run's replace them, just before its
+        pointer), then name this run's `first` checkpoint there: `last_checkpoint` reappears
+        in the folder only when it names `first`, which commits the replacement
+        (`_finish_replacing`)."""
         aside = self.output_dir / REPLACED
         aside.mkdir(exist_ok=True)
         for p in [self.output_dir / POINTER, *self._earlier, first]:
             for f in (p, checksum_file(p)):
                 if f.is_file():
                     os.replace(f, aside / f.name)
-        for name in self._run_files:
+        for name in RUN_FILES:
             if (self.output_dir / name).is_file():
-                os.replace(self.output_dir / name, aside / name)
+                atomic_write_text((self.output_dir / name).read_text(encoding="utf-8"),
+                                  aside / name)
         atomic_write_text(first.name + "\n", aside / _SAVING)
-        for name, text in self._run_files.items():  # (put back over them by an undo)
-            atomic_write_text(text, self.output_dir / name)
 
     def _finish_replacing(self) -> bool:
         """Complete or undo a replacement of an earlier run that a kill (or a failed write)
@@ -303,6 +306,9 @@ class Checkpointer:
             if CHECKPOINT_NAME.fullmatch(name):
                 (self.output_dir / name).unlink(missing_ok=True)
                 checksum_file(self.output_dir / name).unlink(missing_ok=True)
+            for run_file in RUN_FILES:  # this run's, where the earlier run had none
+                if not (aside / run_file).is_file():
+                    (self.output_dir / run_file).unlink(missing_ok=True)
             saving.unlink()
         back = [f for f in aside.iterdir() if f.name in (POINTER, *RUN_FILES)
                 or CHECKPOINT_NAME.fullmatch(f.name.removesuffix(".sha256"))]

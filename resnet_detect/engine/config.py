@@ -531,20 +531,25 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
     return cfg
 
 
-# one setting in two units, (key, its unset value): an override of one unsets the other that
-# the config files set (train.checkpoint_period_epochs=1 on a config of checkpoint_period: 100,
-# train.eval_period=0 on a recipe evaluating every 5 epochs); both set in the files, or both
-# overridden, are refused where they are read (runner.check_train_choices)
-UNIT_TWINS = ((("train.checkpoint_period", 0), ("train.checkpoint_period_epochs", None)),
-              (("train.eval_period", 0), ("train.eval_period_epochs", None)))
+# one setting in two units, (in iterations, in epochs): an override of the period in
+# iterations (0: only at the end) unsets the files' in epochs, and one of the period in epochs
+# (a number) the files' in iterations (train.checkpoint_period_epochs=1 on a config of
+# checkpoint_period: 100; train.eval_period=0 on a recipe evaluating every 5 epochs); the
+# period in epochs overridden with null leaves the one in iterations; both set in the files,
+# or both overridden, are refused where they are read (runner.check_train_choices)
+UNIT_TWINS = (("train.checkpoint_period", "train.checkpoint_period_epochs"),
+              ("train.eval_period", "train.eval_period_epochs"))
 
 
 def _clear_twins_of_overrides(cfg: DictConfig, overridden: Sequence[str]) -> None:
-    for pair in UNIT_TWINS:
-        for (key, _), (twin, unset) in (pair, pair[::-1]):
-            if (key in overridden and twin not in overridden
-                    and OmegaConf.select(cfg, twin, default=_ABSENT) is not _ABSENT):
-                OmegaConf.update(cfg, twin, unset)
+    for iterations, epochs in UNIT_TWINS:
+        if OmegaConf.select(cfg, epochs, default=_ABSENT) is _ABSENT:
+            continue  # (not a training config)
+        if iterations in overridden and epochs not in overridden:
+            OmegaConf.update(cfg, epochs, None)
+        elif (epochs in overridden and iterations not in overridden
+              and OmegaConf.select(cfg, epochs) is not None):
+            OmegaConf.update(cfg, iterations, 0)
 
 
 def config_from_mapping(config: Mapping[str, Any] | DictConfig, overrides: Sequence[str] = (),

@@ -263,8 +263,9 @@ def check_train_choices(t: DictConfig) -> None:
         # (a config's period in iterations under a base file's in epochs was not used)
         if epochs is not None and iterations not in (0, _train_defaults()[period]):
             raise ConfigError(f"train.{period} ({iterations} iterations) and train.{period}"
-                              f"_epochs ({epochs}) are both set; give one: train.{period}"
-                              f"_epochs=null, or train.{period}=0")
+                              f"_epochs ({epochs}) are both set; give one as an override (it "
+                              f"unsets the other): train.{period}={iterations} or train."
+                              f"{period}_epochs={epochs}")
     lr_multipliers(t)
     if t.clip_grad_norm is not None and not (is_number(t.clip_grad_norm)
                                              and t.clip_grad_norm >= 0):

@@ -639,7 +639,7 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
 
     def killed_at(n: int, operation: Any) -> Any:
         def run(*args: Any, **kwargs: Any) -> Any:
-            calls.append(operation)
+            calls.append((operation, args))
             if len(calls) == n:
                 raise _Killed
             return operation(*args, **kwargs)
@@ -665,6 +665,19 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
                 fresh.save(first)
         except _Killed:
             pass
+        # before anything is put back (RUN/config.yaml --resume reads it first): the earlier
+        # run's while the new checkpoint is written (seconds), the new run's once its pointer
+        # commits it (between the two: the two small writes of config.yaml and the pointer)
+        committed = (folder / "last_checkpoint").is_file() and (
+            folder / "last_checkpoint").read_text() == f"model_{first:07d}.pth\n"
+        new_checkpoint = folder / f"model_{first:07d}.pth"
+        checkpoint_written = any(op is os.replace and Path(a[1]) == new_checkpoint
+                                 for op, a in calls[:n - 1])
+        config = (folder / "config.yaml").read_text()
+        if committed:
+            assert config == "train: {max_iter: 2}\n", n
+        if not checkpoint_written:
+            assert config == "train: {max_iter: 6}\n", n
         Checkpointer(folder, model=model).remove_partial_writes()
         if _files(folder) == earlier_files:
             outcomes.append("earlier")
@@ -725,6 +738,21 @@ def test_a_failed_first_save_of_a_fresh_run_leaves_the_earlier_run_as_it_was(
     monkeypatch.setattr("resnet_detect.engine.checkpoint.atomic_save", full_disk)
     with pytest.raises(CheckpointWriteError, match="cannot write checkpoint model_0000003.pth"
                                                    ".* the previous checkpoint .*model_0000006"):
+        fresh.save(3)
+    assert _files(tmp_path) == earlier_files
+    # an earlier run without a config.yaml: the new run's is not left beside its checkpoints
+    fresh = Checkpointer(tmp_path, model=model, max_to_keep=2)
+    fresh.replace_earlier_run(keep=[tmp_path / "model_0000003.pth"] if kept else [])
+    fresh.write_run_file("config.yaml", "train: {max_iter: 3}\n")
+    from resnet_detect.engine import checkpoint, files
+
+    def pointer_fails(text: str, path: Any) -> None:
+        if Path(path).name == "last_checkpoint":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        files.atomic_write_text(text, path)
+    monkeypatch.setattr(checkpoint, "atomic_save", files.atomic_save)
+    monkeypatch.setattr(checkpoint, "atomic_write_text", pointer_fails)
+    with pytest.raises(CheckpointWriteError):
         fresh.save(3)
     assert _files(tmp_path) == earlier_files
 

@@ -174,7 +174,7 @@ def test_a_period_in_iterations_under_a_base_files_period_in_epochs_is_refused(
     """A config file on the ImageNet recipe (checkpoints every epoch) that set
     checkpoint_period: 400 had it ignored: both set in the files is refused, naming how to
     give one; the shared default (5000) or 0 under a period in epochs is not a conflict."""
-    from resnet_detect.engine.runner import check_train_choices
+    from resnet_detect.engine.runner import _periods, check_train_choices
     from resnet_detect.engine.tasks import load_task_config
     recipe = Path(__file__).resolve().parents[2] / "configs/pretrain/resnet50_imagenet.yaml"
     derived = tmp_path / "mine.yaml"
@@ -182,12 +182,18 @@ def test_a_period_in_iterations_under_a_base_files_period_in_epochs_is_refused(
     _, cfg = load_task_config(str(derived), ["data.root=/imagenet"])
     with pytest.raises(ConfigError, match=r"^train.checkpoint_period \(400 iterations\) and "
                                           r"train.checkpoint_period_epochs \(1\) are both set; "
-                                          r"give one: train.checkpoint_period_epochs=null, or "
-                                          r"train.checkpoint_period=0$"):
+                                          r"give one as an override \(it unsets the other\): "
+                                          r"train.checkpoint_period=400 or "
+                                          r"train.checkpoint_period_epochs=1$"):
         check_train_choices(cfg.train)
-    for given in (["train.checkpoint_period=0"], ["train.checkpoint_period_epochs=null"], []):
-        _, cfg = load_task_config(str(recipe), ["data.root=/imagenet", *given])
+    # each as the message gives it
+    for given, period in (("train.checkpoint_period=400", 400),
+                          ("train.checkpoint_period_epochs=1", 5004)):
+        _, cfg = load_task_config(str(derived), ["data.root=/imagenet", given])
         check_train_choices(cfg.train)
+        assert _periods(cfg.train, train_size=1281167)["checkpoint_period"] == period
+    _, cfg = load_task_config(str(recipe), ["data.root=/imagenet"])
+    check_train_choices(cfg.train)
 
 
 def test_an_override_of_a_period_in_one_unit_unsets_the_files_other(tmp_path: Path) -> None:
@@ -211,6 +217,11 @@ def test_an_override_of_a_period_in_one_unit_unsets_the_files_other(tmp_path: Pa
                                            "train.checkpoint_period=7"])
     with pytest.raises(ConfigError, match=r"train.checkpoint_period \(7 iterations\) and "):
         check_train_choices(cfg.train)
+    # the period in epochs unset: the files' in iterations stays (it was turned to 0, no
+    # checkpoint for a 90-epoch run until its end)
+    _, cfg = load_task_config(recipe, ["data.root=/imagenet",
+                                       "train.checkpoint_period_epochs=null"])
+    assert _periods(cfg.train, train_size=1281167)["checkpoint_period"] == 5000
 
 
 def test_an_evaluation_period_past_the_run_is_described_as_the_end_only() -> None:
