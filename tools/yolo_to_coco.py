@@ -30,7 +30,7 @@ from pathlib import Path
 if not __package__:  # run as a file: the repository's package (not an installed one)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resnet_detect.detection.data.conversion import save_coco  # noqa: E402
+from resnet_detect.detection.data.conversion import absolute, save_coco  # noqa: E402
 from resnet_detect.detection.data.yolo import (label_file, read_dataset,  # noqa: E402
                                                split_exists, split_images, unmatched_labels,
                                                yolo_to_coco)
@@ -62,11 +62,13 @@ def _report_unmatched_labels(source: Path, root: Path, data: dict, images: dict[
     unmatched = unmatched_labels(every)
     if not unmatched:
         return
-    unlabelled = {os.path.abspath(label_file(p)).casefold(): p for c in converted.values()
+    unlabelled = {str(absolute(label_file(p))).casefold(): p for c in converted.values()
                   for p in c.unlabelled}
-    shown = [f"{p}" + (f" (the label file of {unlabelled[str(p).casefold()]} is "
-                       f"{label_file(unlabelled[str(p).casefold()]).name}: the case differs)"
-                       if str(p).casefold() in unlabelled else "") for p in unmatched[:5]]
+    shown = []
+    for path in unmatched[:5]:
+        image = unlabelled.get(str(path).casefold())  # (B.JPG's label file is B.txt)
+        shown.append(f"{path}" if image is None else f"{path} (the label file of {image} is "
+                     f"{label_file(image).name}: the case differs)")
     print(f"{source}: {len(unmatched)} label files are no image's, left out: "
           + "; ".join(shown) + ("; ..." if len(unmatched) > 5 else ""))
 

@@ -23,6 +23,12 @@ def raise_problems(problems: list[str], what: str) -> None:
         raise DatasetError(f"{len(problems)} problems in {what}:{listing(problems)}")
 
 
+def absolute(path: str | os.PathLike) -> Path:
+    """`path` made absolute and normalised, its symlinks kept (one file named as ./a.jpg and
+    /d/a.jpg compares equal)."""
+    return Path(os.path.abspath(path))
+
+
 def relative_image(image: Path, img_dir: Path, source: Path, named_by: dict[str, Path]) -> str:
     """`image`'s file_name under `img_dir` (POSIX), recorded in `named_by` as `source`'s.
 

@@ -24,7 +24,7 @@ from resnet_detect.detection.federated import IMAGE_LISTS, listed_category_ids
 from resnet_detect.engine.data import DatasetError, listing, read_coco_json
 from resnet_detect.engine.data.coco import name_by_coco_url
 
-from .conversion import ids_of_classes, raise_problems
+from .conversion import absolute, ids_of_classes, raise_problems
 
 
 def _category_lists(img: dict[str, Any], ann_file: Path, problems: list[str],
@@ -60,7 +60,7 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
     pairs = [(Path(a), Path(d)) for a, d in inputs]
     if not pairs:
         raise DatasetError("no COCO files to merge")
-    twice = [f"{a} {d}" for (a, d), n in Counter((_absolute(a), _absolute(d))
+    twice = [f"{a} {d}" for (a, d), n in Counter((absolute(a), absolute(d))
                                                   for a, d in pairs).items() if n > 1]
     if twice:  # every object twice: a val set's recall halved
         raise DatasetError("--input given twice:" + listing(twice))
@@ -68,7 +68,7 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
     if folders:
         raise DatasetError("image folders not found:" + listing([str(f) for f in folders]))
     files = [read_coco_json(a) for a, _ in pairs]
-    root = _absolute(img_dir) if img_dir is not None else _common_folder([d for _, d in pairs])
+    root = absolute(img_dir) if img_dir is not None else _common_folder([d for _, d in pairs])
     problems: list[str] = []
     names = [_names_of_ids(a, data, problems) for (a, _), data in zip(pairs, files)]
     found: Counter[str] = Counter(names[i][o["category_id"]] for i, data in enumerate(files)
@@ -90,7 +90,7 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
             name_by_coco_url(img, folder)  # (LVIS v0.5's COCO 2014 names)
             # as given, symlinks kept (a datasets/coco link, DVC's linked files): the file
             # names stay under the folders the user named
-            path = _absolute(folder / img["file_name"])
+            path = absolute(folder / img["file_name"])
             if path in images:
                 kept = images[path]
                 if (kept["width"], kept["height"]) != (img["width"], img["height"]):
@@ -152,13 +152,9 @@ def _once_across_files(per_file: list[list[dict[str, Any]]]) -> tuple[list[dict[
     return kept, repeated
 
 
-def _absolute(path: str | os.PathLike) -> Path:
-    return Path(os.path.abspath(path))  # (normalised, symlinks kept)
-
-
 def _common_folder(folders: Sequence[Path]) -> Path:
     try:
-        return Path(os.path.commonpath([str(_absolute(f)) for f in folders]))
+        return Path(os.path.commonpath([str(absolute(f)) for f in folders]))
     except ValueError:  # other drives (Windows)
         raise DatasetError("the image folders share no folder: give --img-dir") from None
 

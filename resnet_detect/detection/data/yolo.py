@@ -11,7 +11,6 @@ a label file, or with an empty one, is an image without objects.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,8 +22,7 @@ from resnet_detect.engine.config import is_positive_int
 from resnet_detect.engine.data import (IMAGE_SUFFIXES, DatasetError, files_under, image_size,
                                        read_user_text)
 
-from .conversion import (Problem, coco_categories, raise_problems,
-                         relative_image)
+from .conversion import Problem, absolute, coco_categories, raise_problems, relative_image
 
 
 def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
@@ -120,9 +118,9 @@ def split_images(root: Path, data: dict[str, Any], split: str, source: Path,
         raise DatasetError(f"{source}: its {split} split has no images ("
                            f"{', '.join(str(p) for p in paths)}; --splits names the splits to "
                            f"convert)")
-    unique: dict[str, Path] = {}  # an image listed twice (two entries, two lines) once
+    unique: dict[Path, Path] = {}  # an image listed twice (two entries, two lines) once
     for image in images:
-        unique.setdefault(os.path.normpath(os.path.abspath(image)), image)
+        unique.setdefault(absolute(image), image)
     return list(unique.values())
 
 
@@ -277,11 +275,7 @@ def unmatched_labels(images: Sequence[Path]) -> list[Path]:
     """The label files in the label folders of `images` (every split's: splits listed in text
     files share one) that are none of theirs: an image renamed, of another case, or of a
     suffix that is no image's."""
-    theirs = {_absolute(label_file(image)) for image in images}  # (./images/a.jpg, /d/images/a.jpg)
+    theirs = {absolute(label_file(image)) for image in images}
     folders = {path.parent for path in theirs if path.parent.is_dir()}
     return sorted(path for folder in folders for path in folder.glob("*.txt")
                   if path not in theirs and path.name != "classes.txt")
-
-
-def _absolute(path: Path) -> Path:
-    return Path(os.path.normpath(os.path.abspath(path)))
