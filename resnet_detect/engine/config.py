@@ -537,8 +537,8 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
 # checkpoint_period: 100; train.eval_period=0 on a recipe evaluating every 5 epochs); the
 # period in epochs overridden with null leaves the one in iterations; both set in the files,
 # or both overridden, are refused where they are read (runner.check_train_choices)
-UNIT_TWINS = (("train.checkpoint_period", "train.checkpoint_period_epochs"),
-              ("train.eval_period", "train.eval_period_epochs"))
+PERIODS = ("checkpoint_period", "eval_period")  # train.<period> and train.<period>_epochs
+UNIT_TWINS = tuple((f"train.{period}", f"train.{period}_epochs") for period in PERIODS)
 
 
 def _clear_twins_of_overrides(cfg: DictConfig, overridden: Sequence[str]) -> None:

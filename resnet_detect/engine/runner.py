@@ -37,8 +37,8 @@ from .amp import amp_for_device, float32_default, parse_amp
 from .checkpoint import (BestWeights, Checkpointer, CheckpointWriteError, PeriodicCheckpointer,
                          best_metric_parts, checkpoints_in)
 from .compilation import compile_model, parse_compile
-from .config import (ConfigError, as_override, flat_keys, is_number, is_positive_int,
-                     config_yaml, load_defaults, to_plain)
+from .config import (PERIODS, ConfigError, as_override, config_yaml, flat_keys, is_number,
+                     is_positive_int, load_defaults, to_plain)
 from .data import (CountedLoader, build_test_loader, build_train_loader, collate,
                    worker_error_message)
 from .data.overlap import warn_of_val_in_training
@@ -149,8 +149,6 @@ class Task(Protocol):
 
 
 # a task's resume_hint may differ
-# the periods given in iterations, or in epochs as train.<period>_epochs
-PERIODS = ("checkpoint_period", "eval_period")
 RESUME_HINT = ("run the same command with --resume to continue (from Python: run_training(..., "
                "resume=True))")
 
