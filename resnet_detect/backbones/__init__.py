@@ -1,4 +1,5 @@
-"""ResNet backbones: `build(name, **options)`, `build_classifier`, `load_weights`."""
+"""ResNet backbones: `build(name, **options)`, `build_classifier`, `load_weights`,
+`register_backbone` (a ResNet variant of your own, by name)."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,7 @@ from typing import Any
 
 from .classifier import Classifier
 from .layers import FrozenBatchNorm2d, ShapeSpec, build_norm
-from .registry import build_resnet, list_models
+from .registry import build_resnet, list_models, register_backbone
 from .resnet import BasicBlock, Bottleneck, ResidualBlock, ResNet
 from .weights import (PIXEL_MEAN, PIXEL_STD, convert_torchvision_resnet, load_weights,
                       make_provenance, read_checkpoint, refuse_other_normalisation,
@@ -87,4 +88,5 @@ def build_classifier(name: str, num_classes: int, *, weights: str | os.PathLike 
 __all__ = ["BasicBlock", "Bottleneck", "Classifier", "FrozenBatchNorm2d", "PIXEL_MEAN",
            "PIXEL_STD", "ResNet", "ResidualBlock", "ShapeSpec", "build", "build_classifier",
            "build_from_config", "build_norm", "convert_torchvision_resnet", "list_models",
-           "load_weights", "make_provenance", "read_checkpoint", "save_checkpoint"]
+           "load_weights", "make_provenance", "read_checkpoint", "register_backbone",
+           "save_checkpoint"]

@@ -50,6 +50,7 @@ _REGISTRY.update({
 })
 for _name in list(_REGISTRY):
     _REGISTRY[f"plain_{_name}"] = _preset(_REGISTRY[_name], residual=False)
+_BUILT_IN = frozenset(_REGISTRY)
 
 
 # what `build` takes: the builders' own arguments and ResNet's that neither builder fixes
@@ -62,6 +63,24 @@ _TRUE_OR_FALSE = {n for n, p in inspect.signature(ResNet).parameters.items()
 
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., ResNet]], Callable[..., ResNet]]:
+    """`@register_backbone("resnet26")` on a function taking ResNet's options (`**options`:
+    norm, freeze_at, out_features, output_stride, ...) and returning a `ResNet` (or a
+    subclass): `name` is then a `model.backbone.name` of every task and tool, once the
+    module is imported (a config's `custom_imports` names it; docs/extending.md)."""
+    if not isinstance(name, str) or not name:
+        raise ArgumentError(f"a backbone's name is a non-empty string, got {name!r}")
+
+    def register(builder: Callable[..., ResNet]) -> Callable[..., ResNet]:
+        if name in _REGISTRY and _REGISTRY[name] is not builder:
+            raise ArgumentError(f"backbone {name!r} is registered already"
+                                + (" (one of this project's)" if name in _BUILT_IN else "")
+                                + ": give yours another name")
+        _REGISTRY[name] = builder
+        return builder
+    return register
 
 
 def build_resnet(name: str, config_prefix: str = "", **options: Any) -> ResNet:

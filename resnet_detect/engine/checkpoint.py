@@ -505,15 +505,19 @@ def best_metric_parts(metric: Any) -> tuple[str, str]:
     return group, key
 
 
+BEST_MODES = ("max", "min")
+
+
 class BestWeights:
     """`model_best.pth` in the output folder: the weights of the evaluation that scored
-    highest so far on `metric` ("group/key" as the evaluations log it, e.g. "bbox/AP"),
+    best so far on `metric` ("group/key" as the evaluations log it, e.g. "bbox/AP"),
     written like model_final.pth ({"model", "provenance", "iteration"}) plus
-    {"best": {"metric", "value"}}, so eval, demo and export take it alike.
+    {"best": {"metric", "value", "mode"}}, so eval, demo and export take it alike.
 
     Args:
         output_dir: the run's folder.
-        metric: "group/key"; higher is better.
+        metric: "group/key".
+        mode: "max" (higher is better: AP, mIoU, accuracy) or "min" (an error, a loss).
         model: the trained model (a DDP wrapper is unwrapped).
         provenance: what the weights record.
         resume: a resumed run competes with the best its folder already holds, unless that
@@ -527,9 +531,12 @@ class BestWeights:
 
     def __init__(self, output_dir: str | os.PathLike, metric: str, model: nn.Module,
                  provenance: Mapping[str, Any] | None, *, resume: bool,
-                 start_iter: int = 0) -> None:
+                 start_iter: int = 0, mode: str = "max") -> None:
         self.group, self.key = best_metric_parts(metric)
-        self.metric = metric
+        if mode not in BEST_MODES:
+            raise ConfigError(f"unknown train.best_metric_mode {mode!r}; valid: "
+                              f"{', '.join(BEST_MODES)}")
+        self.metric, self.mode = metric, mode
         self.path = Path(output_dir) / self.FILE
         self.model = model
         self.provenance = dict(provenance or {})
@@ -547,7 +554,7 @@ class BestWeights:
             else:
                 if iteration > start_iter:
                     self._move_aside(iteration, start_iter)
-                elif recorded.get("metric") == metric:
+                elif (recorded.get("metric"), recorded.get("mode", "max")) == (metric, mode):
                     self.best = float(recorded["value"])
 
     def _move_aside(self, iteration: int, start_iter: int) -> None:
@@ -581,7 +588,8 @@ class BestWeights:
                                "the val split has nothing it measures: not compared", self.metric,
                                iteration)
             return
-        if self.best is not None and value <= self.best:
+        if self.best is not None and (value <= self.best if self.mode == "max"
+                                      else value >= self.best):
             return
         written = True  # (the other processes write nothing: their best is not used)
         if is_main_process():
@@ -589,7 +597,8 @@ class BestWeights:
                 atomic_save({"model": {k: v.detach().cpu().contiguous() for k, v in
                                        unwrap_model(self.model).state_dict().items()},
                              "provenance": self.provenance, "iteration": int(iteration),
-                             "best": {"metric": self.metric, "value": float(value)}}, self.path,
+                             "best": {"metric": self.metric, "value": float(value),
+                                      "mode": self.mode}}, self.path,
                             checksum=True)
             except OSError as e:  # (a full disk: the next checkpoint's save says what to do)
                 written = False  # a later result above the file's may still replace it

@@ -23,7 +23,7 @@ from .distributed import (barrier, cleanup, init_distributed, is_main_process,
                           training_device_type)
 from .checkpoint import (CheckpointWriteError, UnreadableCheckpointError,
                          read_training_checkpoint)
-from .config import ConfigError, load_defaults, parse_bool
+from .config import ConfigError, parse_bool
 from .data import DatasetError, UnreadableImageError, worker_error_message
 from .export import ExportError
 from .files import UnwritableFolderError, missing_path
@@ -37,7 +37,8 @@ from .run_lock import FolderInUseError
 from .runner import UnreadableDataError, check_training_config, run_training
 from .same_everywhere import OtherProcessFailed, done_everywhere
 from .trainer import NonFiniteLossError
-from .tasks import TASK_MODULES, config_task, load_task_config, task_module
+from .tasks import (TASK_MODULES, config_task, load_task_config, task_defaults,
+                    task_module)
 
 
 # Raised only for what a user gave (their messages name the key, file, entry or folder):
@@ -310,8 +311,8 @@ def _print_config(task: Any, cfg: Any) -> None:
     config needs none of the files it names."""
     probe, absent = copy.deepcopy(cfg), []
     # a mandatory key not given yet (???) is checked at its default (the task's base config)
-    defaults = (load_defaults(task_module(task.name).BASE_CONFIG)
-                if getattr(task, "name", None) in TASK_MODULES else None)
+    defaults = (task_defaults(task.name) if getattr(task, "name", None) in TASK_MODULES
+                else None)
     for key in OmegaConf.missing_keys(cfg):
         default = (None if defaults is None else
                    OmegaConf.select(defaults, key, default=None, throw_on_missing=False))

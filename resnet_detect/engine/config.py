@@ -563,7 +563,10 @@ def config_from_mapping(config: Mapping[str, Any] | DictConfig, overrides: Seque
     # what a checkpoint recorded is not checked again: it trained, and must load for inference
     cfg = _merge(cfg, _rename(part, renamed or {}, "the checkpoint's config"),
                  "the checkpoint's config")
-    return apply_overrides(cfg, overrides, renamed=renamed, kinds=_kinds(defaults))
+    cfg = apply_overrides(cfg, overrides, renamed=renamed, kinds=_kinds(defaults))
+    from .custom_imports import KEY, import_custom_modules  # (it imports this module)
+    import_custom_modules(cfg.get(KEY), "the checkpoint's config")
+    return cfg
 
 
 def config_needed(weights: str | os.PathLike) -> ConfigError:

@@ -31,11 +31,9 @@ from omegaconf import DictConfig, ListConfig
 from torch import nn
 from torch.utils.data import Dataset
 
-from resnet_detect import CONFIGS
-
 from .amp import amp_for_device, float32_default, parse_amp
-from .checkpoint import (BestWeights, Checkpointer, CheckpointWriteError, PeriodicCheckpointer,
-                         best_metric_parts, checkpoints_in)
+from .checkpoint import (BEST_MODES, BestWeights, Checkpointer, CheckpointWriteError,
+                         PeriodicCheckpointer, best_metric_parts, checkpoints_in)
 from .compilation import compile_model, parse_compile
 from .config import (PERIODS, ConfigError, as_override, config_yaml, flat_keys, is_number,
                      is_positive_int, load_defaults, to_plain)
@@ -60,7 +58,7 @@ from .optim import OPTIMIZERS, build_optimizer, refuse_unknown_modules, unknown_
 from .preemption import (EvaluationInterrupted, StopRequest, TrainingInterrupted,
                          stop_on_signals)
 from .schedule import DECAYS, build_lr_scheduler
-from .tasks import TASK_MODULES, config_of_run, task_module
+from .tasks import TASK_MODULES, TRAIN_DEFAULTS, config_of_run, task_defaults
 from .trainer import PeriodicEval, Trainer, eval_mode
 
 Metrics = dict[str, dict[str, Any]]  # {group ("bbox", "segm", "sem_seg", ...): {name: value}}
@@ -228,7 +226,8 @@ def check_train_choices(t: DictConfig) -> None:
     """train.optimizer, train.lr_decay and the periods, named by their keys (run_training
     checks them before the data is read, the model built or config.yaml written)."""
     for key, value, valid in (("optimizer", t.optimizer, OPTIMIZERS),
-                              ("lr_decay", t.lr_decay, DECAYS)):
+                              ("lr_decay", t.lr_decay, DECAYS),
+                              ("best_metric_mode", t.best_metric_mode, BEST_MODES)):
         if value not in valid:
             yaml_bool = (" (YAML reads on, off, yes and no as true and false)"
                          if isinstance(value, bool) else "")
@@ -289,7 +288,7 @@ def check_train_choices(t: DictConfig) -> None:
 
 @functools.cache
 def _train_defaults() -> DictConfig:
-    return load_defaults(CONFIGS / "base_train.yaml").train
+    return load_defaults(TRAIN_DEFAULTS).train
 
 
 def check_solver_values(section: Mapping[str, Any], prefix: str, *, step_decay: bool = True,
@@ -471,7 +470,7 @@ def warn_of_a_rate_far_above_the_recipes(task_name: str, t: DictConfig,
     recipes and the README follow) names the rate to use."""
     if task_name not in TASK_MODULES:
         return
-    recipe = load_defaults(task_module(task_name).BASE_CONFIG).train
+    recipe = task_defaults(task_name).train
     per_image, recipes = t.base_lr / t.batch_size, recipe.base_lr / recipe.batch_size
     if (t.batch_size < recipe.batch_size and per_image >= 4 * recipes
             and t.optimizer == recipe.optimizer):  # (AdamW's rates are not SGD's)
@@ -1129,7 +1128,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             return metrics
 
         best = (BestWeights(output_dir, t.best_metric, model, provenance, resume=bool(resume),
-                            start_iter=start_iter) if t.best_metric is not None else None)
+                            start_iter=start_iter, mode=t.best_metric_mode)
+                if t.best_metric is not None else None)
 
         def on_result(metrics: Metrics, iteration: int) -> None:
             _log_metrics(logger, writer, metrics, iteration)

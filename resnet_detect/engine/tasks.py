@@ -16,13 +16,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from resnet_detect import CONFIGS
 from .config import (ConfigError, config_chain, flat_keys, load_config, load_defaults,
                      to_plain)
+from .custom_imports import KEY as CUSTOM_IMPORTS, import_custom_modules
 
 logger = logging.getLogger(__name__)
 
+TRAIN_DEFAULTS = CONFIGS / "base_train.yaml"
 TASK_MODULES = {
     "detection": "resnet_detect.detection.training",
     "sem_seg": "resnet_detect.segmentation.training",
@@ -39,14 +42,44 @@ READERS = {
 }
 
 
+def register_task(name: str, module: str) -> None:
+    """Make `task: NAME` a config's task: tools/train.py trains it with `module`'s `TASK`
+    (an `engine.runner.Task` class), its config checked against `module`'s `BASE_CONFIG` (a
+    YAML file of every key with its default; configs/base_train.yaml's `train` section is
+    added where its `_base_` chain does not inherit it). tools/eval.py, demo.py and export.py
+    take it where the module defines `evaluate_checkpoint`, `build_renderer`, `export_model`
+    as the built-in tasks' modules do. A config's `custom_imports` names the module that calls
+    this (docs/extending.md)."""
+    if not isinstance(name, str) or not name or name == "analyze":
+        raise ConfigError(f"a task's name is a non-empty string other than 'analyze', got "
+                          f"{name!r}")
+    if TASK_MODULES.get(name, module) != module:
+        raise ConfigError(f"task {name!r} is registered already, by {TASK_MODULES[name]}: give "
+                          f"yours another name")
+    TASK_MODULES[name] = module
+    READERS.setdefault(name, "tools/train.py")
+
+
 def task_module(name: str) -> ModuleType:
     """The module that defines task `name`."""
     if name == "analyze":  # configs/analyze/: a study trains many nets, by its own tool
         raise ConfigError("a study config (task: analyze) is run by tools/analyze.py STUDY "
                           "--config CONFIG")
     if name not in TASK_MODULES:
-        raise ConfigError(f"unknown task {name!r}; valid: {', '.join(TASK_MODULES)}")
+        raise ConfigError(f"unknown task {name!r}; valid: {', '.join(TASK_MODULES)} (a task "
+                          f"of your own: its module in the config's custom_imports)")
     return importlib.import_module(TASK_MODULES[name])
+
+
+def task_defaults(name: str) -> DictConfig:
+    """Every valid key of task `name`'s configs with its default: its module's BASE_CONFIG
+    with its `_base_` files, over configs/base_train.yaml where those do not inherit it, and
+    `task: NAME` where they do not say it."""
+    base = task_module(name).BASE_CONFIG
+    defaults = load_defaults(base)
+    if TRAIN_DEFAULTS.resolve() not in {file for file, _ in config_chain(base)}:
+        defaults = OmegaConf.merge(load_defaults(TRAIN_DEFAULTS), defaults)
+    return OmegaConf.merge({"task": name}, defaults)
 
 
 # keys of the model (and data) sections that only one task's configs have
@@ -59,13 +92,18 @@ def config_task(path: str | os.PathLike, overrides: Sequence[str] = (),
     """The `task` a config file (with its `_base_` files, or a `task=` override) names; one
     without the key (a run's config.yaml from before it) is the task its model keys belong
     to, said once in a warning, else `expected` (the tool's own task)."""
-    task = None
+    task, custom_imports = None, None
     parts = [part for _, part in config_chain(path)]
     for part in parts:
         task = part.get("task", task)
+        custom_imports = part.get(CUSTOM_IMPORTS, custom_imports)
     for item in overrides:
         if item.startswith("task="):
             task = item.split("=", 1)[1]
+        if item.startswith(f"{CUSTOM_IMPORTS}="):
+            custom_imports = OmegaConf.from_dotlist([item]).get(CUSTOM_IMPORTS)
+    # before the task's name is looked up, and before any tool checks a backbone's name
+    import_custom_modules(custom_imports, str(path))
     if task is not None:
         return str(task)
     def keys_of(section: str) -> set[str]:
@@ -123,7 +161,7 @@ def load_task_config(path: str | os.PathLike, overrides: Sequence[str] = (),
     if task is not None:
         _refuse_other_task(path, name, task)
     module = task_module(name)
-    cfg = load_config(path, overrides, defaults=load_defaults(module.BASE_CONFIG),
+    cfg = load_config(path, overrides, defaults=task_defaults(name),
                       open_keys=("train.lr_multipliers", *getattr(module, "OPEN_KEYS", ())),
                       renamed=getattr(module, "RENAMED_KEYS", None),
                       allow_missing=allow_missing)
@@ -163,7 +201,7 @@ def config_of_run(checkpoint: Path, recorded: Any, cfg: Mapping[str, Any]
     if isinstance(recorded, Mapping) and task not in TASK_MODULES:
         return dict(recorded), None
     if isinstance(recorded, Mapping):
-        defaults = to_plain(load_defaults(task_module(task).BASE_CONFIG))
+        defaults = to_plain(task_defaults(task))
         now = to_plain(cfg) if isinstance(cfg, DictConfig) else cfg
         return _with_defaults(recorded, defaults, now), None
     saved = checkpoint.parent / "config.yaml"

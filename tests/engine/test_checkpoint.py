@@ -924,19 +924,29 @@ def test_a_file_rewritten_between_its_reads_is_read_again_not_called_damaged(
     assert read_checked_bytes(path) == real(path) and reads.count(path) == 2
 
 
-def test_model_best_keeps_the_first_of_equal_scores(tmp_path: Path) -> None:
-    """As detectron2's BestCheckpointer (a strictly greater score replaces the best): of two
-    evaluations scoring the same, the earlier's weights stay."""
+@pytest.mark.parametrize("mode,scores", [("max", [40.0, 50.0, 50.0, 45.0]),
+                                         ("min", [40.0, 30.0, 30.0, 35.0])])
+def test_model_best_keeps_the_first_of_equal_scores(tmp_path: Path, mode: str,
+                                                    scores: list[float]) -> None:
+    """As detectron2's BestCheckpointer (a strictly better score replaces the best; its mode
+    max or min): of two evaluations scoring the same, the earlier's weights stay."""
     from resnet_detect.engine.checkpoint import BestWeights
     model = nn.Linear(2, 1)
-    best = BestWeights(tmp_path, "bbox/AP", model, {}, resume=False)
-    for iteration, ap in [(1, 40.0), (2, 50.0), (3, 50.0), (4, 45.0)]:
+    best = BestWeights(tmp_path, "bbox/AP", model, {}, resume=False, mode=mode)
+    for iteration, ap in enumerate(scores, start=1):
         with torch.no_grad():
             model.weight.fill_(iteration)
         best.update({"bbox": {"AP": ap}}, iteration)
     saved = torch.load(tmp_path / "model_best.pth", weights_only=True)
-    assert saved["iteration"] == 2 and saved["best"] == {"metric": "bbox/AP", "value": 50.0}
+    assert saved["iteration"] == 2 and saved["best"] == {"metric": "bbox/AP",
+                                                         "value": scores[1], "mode": mode}
     assert bool((saved["model"]["weight"] == 2).all())
+    # resumed in the other mode, the file's best is no bar: the next result replaces it,
+    # though worse than the file's in the new mode
+    again = BestWeights(tmp_path, "bbox/AP", model, {}, resume=True, start_iter=4,
+                        mode="min" if mode == "max" else "max")
+    again.update({"bbox": {"AP": scores[1] + (10 if mode == "max" else -10)}}, 5)
+    assert torch.load(tmp_path / "model_best.pth", weights_only=True)["iteration"] == 5
 
 
 def test_model_best_after_a_failed_write_takes_a_result_above_the_files(

@@ -1,0 +1,59 @@
+"""`custom_imports: [my_project.backbones]`: modules a config names, imported when the config
+is read, so that what they register (`backbones.register_backbone`,
+`engine.tasks.register_task`) is known to every tool that reads it (mmdetection's key of
+this name). A checkpoint's recorded config imports them again where the weights are used."""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+
+KEY = "custom_imports"
+
+logger = logging.getLogger(__name__)
+
+
+def import_custom_modules(names: Any, source: str) -> None:
+    """Import each module of `names` (a config's `custom_imports`) not imported yet.
+
+    Args:
+        names: module names (dotted, as `import` takes them); None or [] imports nothing.
+        source: where the names were given (a config file, a checkpoint), for messages.
+
+    Raises:
+        ConfigError: not a list of names, or a module that cannot be found (how to make it
+            importable said); an error inside a module is raised as it is, with its traceback.
+    """
+    if names is None:
+        return
+    if isinstance(names, str) or not isinstance(names, Sequence) or not all(
+            isinstance(name, str) and name.strip() for name in names):
+        raise ConfigError(f"{KEY} of {source} must be a list of module names, e.g. "
+                          f"[my_project.backbones], got {names!r}")
+    for name in names:
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name is None or not (name == err.name or name.startswith(err.name + ".")):
+                raise  # the module is there; something it imports is not
+            raise ConfigError(f"{KEY} of {source}: no module {name!r} can be imported "
+                              f"({err}){_how_to_make_importable(name)}") from None
+        logger.info("imported %s (%s of %s)", name, KEY, source)
+
+
+def _how_to_make_importable(name: str) -> str:
+    here = Path(*name.split("."))
+    found = next((p for p in (here.with_suffix(".py"), here / "__init__.py") if p.is_file()),
+                 None)
+    if found is not None:  # `python tools/x.py` puts tools/ on the path, not this folder
+        return (f"; ./{found.as_posix()} is in this folder, which Python does not search for "
+                f"a tool run as a file: run with PYTHONPATH=. (or install your project)")
+    return "; install the project that has it (pip install -e PATH), or add its folder to " \
+           "PYTHONPATH"

@@ -1,0 +1,165 @@
+"""docs/extending.md, run as written: a registered ResNet variant through the tools and the
+Predictor, and a task of one's own through tools/train.py, each named by a config's
+custom_imports."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from resnet_detect import backbones
+from resnet_detect.backbones import registry
+from resnet_detect.detection import Predictor
+from resnet_detect.engine import tasks
+from resnet_detect.engine.config import ArgumentError, ConfigError
+from resnet_detect.engine.custom_imports import import_custom_modules
+from tests.tools.test_train_eval_demo import data, data_overrides, load_tool
+
+__all__ = ["data"]
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs/extending.md"
+MODULES = ("my_backbones", "my_tasks")
+
+
+def _doc_blocks() -> tuple[dict[str, str], list[list[str]]]:
+    """({file name: text} of the page's named blocks, the tools/train.py arguments of its
+    commands)."""
+    text = DOC.read_text()
+    files = {name: body for name, body in re.findall(r"```(?:python|yaml) (\S+)\n(.*?)```", text,
+                                                     flags=re.S)}
+    commands = [shlex.split(line) for body in re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+                for line in body.splitlines()]
+    return files, commands
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The page's files in a folder of their own, the working directory, with the
+    repository's configs/ beside them; the registries and modules put back afterwards."""
+    files, _ = _doc_blocks()
+    for name, body in files.items():
+        (tmp_path / name).write_text(body)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(tasks, "TASK_MODULES", dict(tasks.TASK_MODULES))
+    monkeypatch.setattr(tasks, "READERS", dict(tasks.READERS))
+    yield tmp_path
+    for name in MODULES:
+        sys.modules.pop(name, None)
+
+
+def _forget_the_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a new process: the modules not imported, their names not registered."""
+    for name in MODULES:
+        sys.modules.pop(name, None)
+    monkeypatch.setattr(registry, "_REGISTRY", {k: v for k, v in registry._REGISTRY.items()
+                                                if k in registry._BUILT_IN})
+    monkeypatch.setattr(tasks, "TASK_MODULES", {k: v for k, v in tasks.TASK_MODULES.items()
+                                                if k != "line_fit"})
+
+
+def test_the_pages_files_and_commands() -> None:
+    files, commands = _doc_blocks()
+    assert set(files) == {"my_backbones.py", "faster_rcnn_R_26_FPN.yaml", "my_tasks.py",
+                          "line_fit_base.yaml", "line_fit.yaml"}
+    assert commands == [
+        ["PYTHONPATH=.", "python", "tools/train.py", "faster_rcnn_R_26_FPN.yaml",
+         "train.output_dir=output/r26"],
+        ["PYTHONPATH=.", "python", "tools/train.py", "line_fit.yaml"]]
+
+
+@pytest.mark.slow
+def test_a_registered_backbone_trains_a_detector_and_its_weights_load_in_a_new_process(
+        project: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["faster_rcnn_R_26_FPN.yaml", "train.output_dir=output/r26", *data_overrides(data),
+            "train.max_iter=2"]
+    # the module beside the config is not on Python's path (a tool run as a file): said how
+    with pytest.raises(ConfigError, match=r"custom_imports of faster_rcnn_R_26_FPN.yaml: no "
+                       r"module 'my_backbones' can be imported .*\./my_backbones.py is in this "
+                       r"folder.*PYTHONPATH=\."):
+        load_tool("train").main(args)
+    monkeypatch.syspath_prepend(str(project))  # PYTHONPATH=.
+    result = load_tool("train").main(args)
+    assert "resnet26" in backbones.list_models()
+    # timm's resnet26 is the same network: its parameter count, and its features from its
+    # weights
+    ours = backbones.build("resnet26", out_features=["res5"])
+    reference = timm.create_model("resnet26", pretrained=False, num_classes=0).eval()
+    assert sum(p.numel() for p in ours.parameters()) == sum(
+        p.numel() for p in reference.parameters()) == 13_946_176
+    ours = backbones.build("resnet26", weights=reference.state_dict(),
+                           out_features=["res5"]).eval()
+    image = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(image)["res5"], reference.forward_features(image),
+                                   rtol=0, atol=1e-5)
+    trained = project / "output/r26/model_final.pth"
+    assert torch.load(trained, weights_only=True)["provenance"]["config"]["custom_imports"] \
+        == ["my_backbones"]
+    # a new process given the weights alone imports the module their config names
+    _forget_the_modules(monkeypatch)
+    assert "resnet26" not in backbones.list_models()
+    predictor = Predictor(weights=trained)
+    assert "resnet26" in backbones.list_models()
+    state = result["model"].state_dict()
+    for key, value in predictor.model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    # where it cannot be imported, the weights' config is named
+    _forget_the_modules(monkeypatch)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(project)])
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ConfigError, match=r"custom_imports of the checkpoint's config: no module "
+                                          r"'my_backbones'.*add its folder to PYTHONPATH"):
+        Predictor(weights=trained)
+
+
+@pytest.mark.slow
+def test_a_registered_task_trains_through_the_tool_and_keeps_its_lowest_error(
+        project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.syspath_prepend(str(project))
+    result = load_tool("train").main(["line_fit.yaml"])
+    assert result["task"] == "line_fit"
+    out = project / "output/line_fit"
+    errors = [line["line_fit/mse"] for line in map(json.loads, (out / "scalars.jsonl")
+                                                   .read_text().splitlines())
+              if "line_fit/mse" in line]
+    assert len(errors) == 4 and min(errors) < errors[0] / 4  # it learns the line
+    # the lowest error is kept, that of an evaluation before the last (not the first's)
+    lowest = errors.index(min(errors))
+    assert 0 < lowest < 3
+    best = torch.load(out / "model_best.pth", weights_only=True)
+    assert best["best"] == {"metric": "line_fit/mse", "value": pytest.approx(min(errors)),
+                            "mode": "min"}
+    assert best["iteration"] == 10 * (1 + lowest)
+    assert capsys.readouterr().out.strip().endswith(f"val mse = {errors[-1]:.4f}")
+    # the keys of the shared train section are checked as for every task; its own too
+    with pytest.raises(ConfigError, match=r"unknown train.best_metric_mode 'lowest'; valid: "
+                                          r"max, min"):
+        load_tool("train").main(["line_fit.yaml", "train.best_metric_mode=lowest"])
+    with pytest.raises(ConfigError, match=r"data.val_point"):
+        load_tool("train").main(["line_fit.yaml", "data.val_point=3"])
+
+
+def test_names_of_this_projects_backbones_and_tasks_are_not_taken(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(tasks, "TASK_MODULES", dict(tasks.TASK_MODULES))
+    with pytest.raises(ArgumentError, match=r"backbone 'resnet50' is registered already \(one "
+                                            r"of this project's\): give yours another name"):
+        backbones.register_backbone("resnet50")(lambda **options: None)
+    with pytest.raises(ConfigError, match=r"task 'detection' is registered already, by "
+                                          r"resnet_detect.detection.training"):
+        tasks.register_task("detection", "my_tasks")
+    tasks.register_task("mine", "my_tasks")
+    tasks.register_task("mine", "my_tasks")  # (a module imported again: the same)
+    with pytest.raises(ConfigError, match=r"custom_imports of x.yaml must be a list of module "
+                                          r"names"):
+        import_custom_modules("my_tasks", "x.yaml")
