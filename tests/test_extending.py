@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import runpy
 import shlex
 import sys
 from collections.abc import Iterator
@@ -69,11 +70,12 @@ def _forget_the_modules(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_pages_files_and_commands() -> None:
     files, commands = _doc_blocks()
     assert set(files) == {"my_backbones.py", "faster_rcnn_R_26_FPN.yaml", "my_tasks.py",
-                          "line_fit_base.yaml", "line_fit.yaml"}
+                          "line_fit_base.yaml", "line_fit.yaml", "train_with_a_hook.py"}
     assert commands == [
         ["PYTHONPATH=.", "python", "tools/train.py", "faster_rcnn_R_26_FPN.yaml",
          "train.output_dir=output/r26"],
-        ["PYTHONPATH=.", "python", "tools/train.py", "line_fit.yaml"]]
+        ["PYTHONPATH=.", "python", "tools/train.py", "line_fit.yaml"],
+        ["python", "train_with_a_hook.py"]]
 
 
 @pytest.mark.slow
@@ -146,6 +148,13 @@ def test_a_registered_task_trains_through_the_tool_and_keeps_its_lowest_error(
         load_tool("train").main(["line_fit.yaml", "train.best_metric_mode=lowest"])
     with pytest.raises(ConfigError, match=r"data.val_point"):
         load_tool("train").main(["line_fit.yaml", "data.val_point=3"])
+    # the hook of the page's script prints every 10 steps' loss
+    capsys.readouterr()
+    runpy.run_path("train_with_a_hook.py", run_name="__main__")
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
+    assert [re.fullmatch(r"step (\d+): loss \d+\.\d{4}", line)[1] for line in printed] == [
+        "10", "20", "30", "40"]
+    assert (project / "output/hooked/model_final.pth").is_file()
 
 
 def test_names_of_this_projects_backbones_and_tasks_are_not_taken(

@@ -59,7 +59,7 @@ from .preemption import (EvaluationInterrupted, StopRequest, TrainingInterrupted
                          stop_on_signals)
 from .schedule import DECAYS, build_lr_scheduler
 from .tasks import TASK_MODULES, TRAIN_DEFAULTS, config_of_run, task_defaults
-from .trainer import PeriodicEval, Trainer, eval_mode
+from .trainer import Hook, PeriodicEval, Trainer, eval_mode
 
 Metrics = dict[str, dict[str, Any]]  # {group ("bbox", "segm", "sem_seg", ...): {name: value}}
 
@@ -902,7 +902,8 @@ def cudnn_benchmark_kept() -> Iterator[None]:
 
 
 def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
-                 resume: bool | str | os.PathLike = False) -> dict[str, Any]:
+                 resume: bool | str | os.PathLike = False,
+                 hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     """Build everything from `cfg`, train (resuming if asked), evaluate, save model_final.pth.
 
     Args:
@@ -911,6 +912,10 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
         device: this process's device (from `engine.init_distributed`).
         resume: continue from OUTPUT_DIR/last_checkpoint when there is one (True), or from
             the checkpoint at this path (`Checkpointer.resume_from`).
+        hooks: your own (`engine.trainer.Hook`: any of before_train, after_step,
+            after_train, given the `Trainer`), on every process, after the runner's: a
+            step's `after_step` follows its checkpoint and evaluation. What they keep is
+            not in the checkpoints: a resumed run's `before_train` sees `trainer.start_iter`.
 
     Returns:
         {"model": the trained model (unwrapped), "metrics": the task's primary metric group
@@ -950,7 +955,8 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
           torch.inference_mode(False), torch.enable_grad(), float32_default()):
         setup_logging(output_dir)
         try:
-            return _train(task, cfg, device, resume, logger, output_dir, compile_backend, amp)
+            return _train(task, cfg, device, resume, logger, output_dir, compile_backend, amp,
+                          hooks)
         except Exception as e:  # why the run stopped, in log.txt too (traceback on stderr)
             others = (f" (the other processes' warnings and errors, where they had some: "
                       f"{output_dir / rank_log_name('<N>')})"
@@ -962,7 +968,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
 
 def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str | os.PathLike,
            logger: logging.Logger, output_dir: Path, compile_backend: str | None,
-           amp: str | None) -> dict[str, Any]:
+           amp: str | None, hooks: Sequence[Hook]) -> dict[str, Any]:
     """run_training after its checks, with the logging set up."""
     t = cfg.train
     resume_hint = getattr(task, "resume_hint", RESUME_HINT)
@@ -1090,11 +1096,11 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     slow_data_hint = "; ".join(filter(None, [
         f"more loader processes may help (data.num_workers, now {cfg.data.num_workers})",
         task_hint(cfg) if task_hint is not None else None]))
-    hooks: list[Any] = [ProgressLogger(t.log_period, writer, logger, lengths.get("per_epoch"),
-                                       slow_data_hint),
-                        PeriodicCheckpointer(checkpointer, lengths["checkpoint_period"])]
+    runner_hooks: list[Any] = [ProgressLogger(t.log_period, writer, logger,
+                                              lengths.get("per_epoch"), slow_data_hint),
+                               PeriodicCheckpointer(checkpointer, lengths["checkpoint_period"])]
     if average is not None:  # first: a checkpoint holds the average of the step it follows
-        hooks.insert(0, average)
+        runner_hooks.insert(0, average)
         logger.info("keeping a moving average of the weights (train.ema_decay %g): "
                     "evaluations, checkpoints' weights and the final weights are the average",
                     average.decay)
@@ -1138,8 +1144,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                     best.update(metrics, iteration)
 
         eval_hook = PeriodicEval(lengths["eval_period"], evaluate, on_result=on_result)
-        hooks.append(eval_hook)
-    trainer.register_hooks(*hooks)
+        runner_hooks.append(eval_hook)
+    trainer.register_hooks(*runner_hooks, *hooks)
     train_loader = build_train_loader(data.train, batch_size=batch_size, seed=t.seed,
                                       num_workers=cfg.data.num_workers,
                                       start_iter=start_iter * steps,

@@ -231,6 +231,35 @@ def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
 
 
+def test_a_callers_hooks_run_after_the_runners_and_see_a_resumed_start(tmp_path: Path) -> None:
+    """run_training(..., hooks=[...]): detectron2's register_hooks, for a Python caller."""
+    seen: list[tuple[str, int, bool, float]] = []
+
+    class Recording:
+        def before_train(self, trainer: Any) -> None:
+            seen.append(("before", trainer.start_iter, False, 0.0))
+
+        def after_step(self, trainer: Any) -> None:
+            # the step's checkpoint (every 2 steps) is written before this hook runs
+            written = (tmp_path / f"toy/model_{trainer.iter:07d}.pth").is_file()
+            seen.append(("step", trainer.iter, written, float(trainer.loss_dict["loss_mse"])))
+
+        def after_train(self, trainer: Any) -> None:
+            seen.append(("after", trainer.iter, False, 0.0))
+
+    cpu = torch.device("cpu")
+    run_training(_RegressionTask(), _toy_config(tmp_path / "toy"), cpu, hooks=[Recording()])
+    assert [(stage, i, written) for stage, i, written, _ in seen] == [
+        ("before", 0, False), *[("step", i, i % 2 == 0) for i in range(1, 7)], ("after", 6, False)]
+    assert all(loss > 0 for stage, _, _, loss in seen if stage == "step")
+    (tmp_path / "toy/last_checkpoint").write_text("model_0000004.pth\n")
+    seen.clear()
+    run_training(_RegressionTask(), _toy_config(tmp_path / "toy"), cpu, resume=True,
+                 hooks=[Recording()])
+    assert [(stage, i) for stage, i, _, _ in seen] == [("before", 4), ("step", 5), ("step", 6),
+                                                       ("after", 6)]
+
+
 def test_a_resumed_run_is_not_said_to_start_from_random_weights(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """--resume said "no weights are given: the backbone starts from random weights" and then
