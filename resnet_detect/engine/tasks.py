@@ -3,8 +3,9 @@
 Each entry names the module that defines the task: its `TASK` (a `engine.runner.Task`
 class), `BASE_CONFIG` (configs/<task>/base_*.yaml: every valid key with its default) and,
 where old key names still load, `RENAMED_KEYS`; where a key given on the command line must
-replace conflicting keys of the file, `resolve_overrides(cfg, overrides)`. A new task needs
-one line here and its module.
+replace conflicting keys of the file, `resolve_overrides(cfg, overrides)`. A new task of
+this project needs one line here and its module; a user's, `register_task` in a module its
+configs name in `custom_imports`.
 """
 from __future__ import annotations
 
