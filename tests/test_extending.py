@@ -3,7 +3,11 @@ Predictor, and a task of one's own through tools/train.py, each named by a confi
 custom_imports."""
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
+import logging
+import os
 import re
 import runpy
 import shlex
@@ -21,6 +25,7 @@ from resnet_detect.detection import Predictor
 from resnet_detect.engine import tasks
 from resnet_detect.engine.config import ArgumentError, ConfigError
 from resnet_detect.engine.custom_imports import import_custom_modules
+from tests.torchrun import run_two_processes
 from tests.tools.test_train_eval_demo import data, data_overrides, load_tool
 
 __all__ = ["data"]
@@ -49,22 +54,34 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         (tmp_path / name).write_text(body)
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(tasks, "TASK_MODULES", dict(tasks.TASK_MODULES))
-    monkeypatch.setattr(tasks, "READERS", dict(tasks.READERS))
-    yield tmp_path
+    with registries_kept():
+        yield tmp_path
     for name in MODULES:
         sys.modules.pop(name, None)
 
 
-def _forget_the_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+REGISTRIES = (registry._REGISTRY, tasks.TASK_MODULES, tasks.READERS)
+
+
+@contextlib.contextmanager
+def registries_kept() -> Iterator[None]:
+    """The registries as they were afterwards (changed in place: the tools' modules hold
+    them by name)."""
+    saved = [dict(names) for names in REGISTRIES]
+    try:
+        yield
+    finally:
+        for names, kept in zip(REGISTRIES, saved):
+            names.clear()
+            names.update(kept)
+
+
+def _forget_the_modules() -> None:
     """As a new process: the modules not imported, their names not registered."""
     for name in MODULES:
         sys.modules.pop(name, None)
-    monkeypatch.setattr(registry, "_REGISTRY", {k: v for k, v in registry._REGISTRY.items()
-                                                if k in registry._BUILT_IN})
-    monkeypatch.setattr(tasks, "TASK_MODULES", {k: v for k, v in tasks.TASK_MODULES.items()
-                                                if k != "line_fit"})
+    registry._REGISTRY.pop("resnet26", None)
+    tasks.TASK_MODULES.pop("line_fit", None)
 
 
 def test_the_pages_files_and_commands() -> None:
@@ -84,7 +101,7 @@ def test_a_registered_backbone_trains_a_detector_and_its_weights_load_in_a_new_p
     args = ["faster_rcnn_R_26_FPN.yaml", "train.output_dir=output/r26", *data_overrides(data),
             "train.max_iter=2"]
     # the module beside the config is not on Python's path (a tool run as a file): said how
-    with pytest.raises(ConfigError, match=r"custom_imports of faster_rcnn_R_26_FPN.yaml: no "
+    with pytest.raises(ConfigError, match=r"custom_imports of /\S+/faster_rcnn_R_26_FPN.yaml: no "
                        r"module 'my_backbones' can be imported .*\./my_backbones.py is in this "
                        r"folder.*PYTHONPATH=\."):
         load_tool("train").main(args)
@@ -107,27 +124,43 @@ def test_a_registered_backbone_trains_a_detector_and_its_weights_load_in_a_new_p
     assert torch.load(trained, weights_only=True)["provenance"]["config"]["custom_imports"] \
         == ["my_backbones"]
     # a new process given the weights alone imports the module their config names
-    _forget_the_modules(monkeypatch)
+    _forget_the_modules()
     assert "resnet26" not in backbones.list_models()
     predictor = Predictor(weights=trained)
     assert "resnet26" in backbones.list_models()
     state = result["model"].state_dict()
     for key, value in predictor.model.state_dict().items():
         assert torch.equal(value, state[key]), key
-    # where it cannot be imported, the weights' config is named
-    _forget_the_modules(monkeypatch)
+    importlib.reload(sys.modules["my_backbones"])  # (a notebook's) registers it again
+    # where it cannot be imported, the weights' config is named, and a config given too
+    _forget_the_modules()
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(project)])
     monkeypatch.chdir(ROOT)
     with pytest.raises(ConfigError, match=r"custom_imports of the checkpoint's config: no module "
                                           r"'my_backbones'.*add its folder to PYTHONPATH"):
         Predictor(weights=trained)
+    with pytest.raises(ConfigError, match=r"custom_imports of .*faster_rcnn_R_26_FPN.yaml: no "
+                                          r"module 'my_backbones'"):
+        Predictor(config=project / "faster_rcnn_R_26_FPN.yaml", weights=trained)
+    # a config that names the backbone without its module
+    with pytest.raises(ConfigError, match=r"unknown backbone 'resnet26'; valid: .* \(one of your "
+                                          r"own: its module, which calls register_backbone, in "
+                                          r"the config's custom_imports\)"):
+        Predictor(config=ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml", weights=trained,
+                  overrides=["model.backbone.name=resnet26"])
 
 
 @pytest.mark.slow
 def test_a_registered_task_trains_through_the_tool_and_keeps_its_lowest_error(
-        project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+        project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.syspath_prepend(str(project))
-    result = load_tool("train").main(["line_fit.yaml"])
+    with caplog.at_level(logging.WARNING):
+        load_tool("train").main(["line_fit.yaml", "train.optimizer=sgd", "train.max_iter=2",
+                                 "train.output_dir=output/sgd"])
+        result = load_tool("train").main(["line_fit.yaml"])
+    # (base_train.yaml's rate, 0.02 for 16 images with SGD, is no recipe of this task's)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     assert result["task"] == "line_fit"
     out = project / "output/line_fit"
     errors = [line["line_fit/mse"] for line in map(json.loads, (out / "scalars.jsonl")
@@ -148,6 +181,28 @@ def test_a_registered_task_trains_through_the_tool_and_keeps_its_lowest_error(
         load_tool("train").main(["line_fit.yaml", "train.best_metric_mode=lowest"])
     with pytest.raises(ConfigError, match=r"data.val_point"):
         load_tool("train").main(["line_fit.yaml", "data.val_point=3"])
+    # its checkpoints record its config: a resume with another length names it
+    load_tool("train").main(["line_fit.yaml", "train.max_iter=50", "--resume"])
+    log = (out / "log.txt").read_text()
+    assert "with train settings other than the run that wrote it (they apply from iteration " \
+           "40): train.max_iter: 40 -> 50" in log and "records no config" not in log
+    # custom_imports as an override, and what cannot be read of it
+    with pytest.raises(ConfigError, match=r"unknown task 'line_fit'; valid: detection, sem_seg, "
+                                          r"classification \(a task of your own: its module in "
+                                          r"the config's custom_imports\)"):
+        _forget_the_modules()
+        load_tool("train").main(["line_fit.yaml", "custom_imports=None"])
+    with pytest.raises(ConfigError, match=r"cannot parse override 'custom_imports=\[my_tasks'"):
+        load_tool("train").main(["line_fit.yaml", "custom_imports=[my_tasks"])
+    monkeypatch.delenv("RD_UNSET_MODULE", raising=False)
+    (project / "env.yaml").write_text("_base_: line_fit.yaml\n"
+                                      "custom_imports: ['${oc.env:RD_UNSET_MODULE}']\n")
+    with pytest.raises(ConfigError, match=r"custom_imports of .*env.yaml: .*RD_UNSET_MODULE"):
+        load_tool("train").main(["env.yaml"])
+    with pytest.raises(ConfigError, match=r"tools/model_info.py counts classification, "
+                                          r"detection, sem_seg models; line_fit.yaml is a "
+                                          r"'line_fit' config"):
+        load_tool("model_info").main(["line_fit.yaml"])
     # the hook of the page's script prints every 10 steps' loss
     capsys.readouterr()
     runpy.run_path("train_with_a_hook.py", run_name="__main__")
@@ -157,10 +212,26 @@ def test_a_registered_task_trains_through_the_tool_and_keeps_its_lowest_error(
     assert (project / "output/hooked/model_final.pth").is_file()
 
 
-def test_names_of_this_projects_backbones_and_tasks_are_not_taken(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(tasks, "TASK_MODULES", dict(tasks.TASK_MODULES))
+@pytest.mark.slow
+def test_the_task_in_two_processes_scores_the_whole_val_split(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(project), str(ROOT)]))
+    log = run_two_processes("train", [str(project / "line_fit.yaml"), "train.device=cpu",
+                                      f"train.output_dir={project / 'ddp'}"], project)
+    weights = [torch.load(project / f"ddp/rank{rank}.pth", weights_only=True) for rank in (0, 1)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # its summed error is the final weights' over the 16 val points in one process
+    monkeypatch.syspath_prepend(str(project))
+    val = importlib.import_module("my_tasks").NoisyLine(16, seed=1)
+    model = torch.nn.Linear(1, 1)
+    model.load_state_dict(weights[0])
+    with torch.no_grad():
+        error = float(((model(val.x) - val.y) ** 2).mean())
+    assert f"val mse = {error:.4f}" in log
+
+
+@registries_kept()
+def test_names_of_this_projects_backbones_and_tasks_are_not_taken() -> None:
     with pytest.raises(ArgumentError, match=r"backbone 'resnet50' is registered already \(one "
                                             r"of this project's\): give yours another name"):
         backbones.register_backbone("resnet50")(lambda **options: None)

@@ -88,9 +88,12 @@ def backbone_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 
 def config_info(args: argparse.Namespace) -> None:
-    from resnet_detect.engine.tasks import config_task, load_task_config
+    from resnet_detect.engine.tasks import BUILT_IN_TASKS, config_task, load_task_config
     overrides = list(args.options)
     task = config_task(args.name, overrides)
+    if task not in BUILT_IN_TASKS:  # (a task of one's own: its model is its own)
+        raise ConfigError(f"tools/model_info.py counts {', '.join(sorted(BUILT_IN_TASKS))} "
+                          f"models; {args.name} is a {task!r} config")
     try:
         task, cfg = load_task_config(args.name, overrides)
     except ConfigError:

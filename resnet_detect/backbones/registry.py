@@ -74,7 +74,9 @@ def register_backbone(name: str) -> Callable[[Callable[..., ResNet]], Callable[.
         raise ArgumentError(f"a backbone's name is a non-empty string, got {name!r}")
 
     def register(builder: Callable[..., ResNet]) -> Callable[..., ResNet]:
-        if name in _REGISTRY and _REGISTRY[name] is not builder:
+        known = _REGISTRY.get(name)
+        if known is not None and known is not builder and (
+                name in _BUILT_IN or _same_function(known) != _same_function(builder)):
             raise ArgumentError(f"backbone {name!r} is registered already"
                                 + (" (one of this project's)" if name in _BUILT_IN else "")
                                 + ": give yours another name")
@@ -83,11 +85,18 @@ def register_backbone(name: str) -> Callable[[Callable[..., ResNet]], Callable[.
     return register
 
 
+def _same_function(builder: Callable[..., Any]) -> tuple[str, str]:
+    """What a function's module, imported again (importlib.reload, a notebook), keeps."""
+    return (getattr(builder, "__module__", ""), getattr(builder, "__qualname__", repr(builder)))
+
+
 def build_resnet(name: str, config_prefix: str = "", **options: Any) -> ResNet:
     """Build a registered backbone by name; options override the preset. `config_prefix`:
     where the options sit in the caller's config, for messages."""
     if name not in _REGISTRY:
-        raise ArgumentError(f"unknown backbone {name!r}; valid: {', '.join(list_models())}")
+        raise ArgumentError(f"unknown backbone {name!r}; valid: {', '.join(list_models())} (one "
+                            f"of your own: its module, which calls register_backbone, in the "
+                            f"config's custom_imports)")
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:  # a ConfigError when the keys are the config's
         raise (ConfigError if config_prefix else ArgumentError)(

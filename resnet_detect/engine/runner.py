@@ -58,7 +58,7 @@ from .optim import OPTIMIZERS, build_optimizer, refuse_unknown_modules, unknown_
 from .preemption import (EvaluationInterrupted, StopRequest, TrainingInterrupted,
                          stop_on_signals)
 from .schedule import DECAYS, build_lr_scheduler
-from .tasks import TASK_MODULES, TRAIN_DEFAULTS, config_of_run, task_defaults
+from .tasks import BUILT_IN_TASKS, TRAIN_DEFAULTS, config_of_run, task_defaults
 from .trainer import Hook, PeriodicEval, Trainer, eval_mode
 
 Metrics = dict[str, dict[str, Any]]  # {group ("bbox", "segm", "sem_seg", ...): {name: value}}
@@ -137,7 +137,7 @@ class Task(Protocol):
     def provenance(self, cfg: DictConfig) -> dict[str, Any]:
         """What the weights record (architecture, classes, normalisation, the config): in
         model_final.pth and in every training checkpoint, so each loads for eval and export.
-        Optional: a task without it writes checkpoints without a record."""
+        Optional: a task without it records its config alone."""
 
     def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
         """Write model_final.pth (and any other final files) with provenance (main process)."""
@@ -468,7 +468,7 @@ def warn_of_a_rate_far_above_the_recipes(task_name: str, t: DictConfig,
     """train.base_lr kept from a recipe while train.batch_size shrank (0.02 for 16 images, at
     2): the loss turned NaN some steps in; the linear scaling rule (Goyal et al., which the
     recipes and the README follow) names the rate to use."""
-    if task_name not in TASK_MODULES:
+    if task_name not in BUILT_IN_TASKS:  # (another's defaults are base_train.yaml's)
         return
     recipe = task_defaults(task_name).train
     per_image, recipes = t.base_lr / t.batch_size, recipe.base_lr / recipe.batch_size
@@ -934,7 +934,9 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
     amp_for_device(amp, device.type, warn=False)  # fp16 off a GPU: before the data is read
     t = cfg.train
     if get_world_size() > 1 and device.type != "cuda":
-        synced = [k for k, v in flat_keys(to_plain(cfg.get("model") or {}), "model.").items()
+        model_cfg = cfg.get("model")  # (a task of one's own may have none)
+        synced = [k for k, v in flat_keys(to_plain(model_cfg) if isinstance(model_cfg, DictConfig)
+                                          else {}, "model.").items()
                   if k.endswith("norm") and v == "syncbn"]
         if synced:  # before the data is read and the model built
             refuse_syncbn_on_cpus(", ".join(f"{k}=syncbn" for k in synced))
@@ -1048,7 +1050,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                       max_iter=lengths["max_iter"], amp=amp,
                       clip_grad_norm=t.clip_grad_norm or None, accumulation_steps=steps,
                       batch_is_empty=lambda batch: len(batch) == 0)
-    provenance = task.provenance(cfg) if hasattr(task, "provenance") else None
+    provenance = (task.provenance(cfg) if hasattr(task, "provenance")
+                  else {"config": to_plain(cfg)})  # what a resume compares its settings with
     # what a resume compares: a checkpoint records its training set's size too
     recorded = (None if provenance is None
                 else {**provenance, "train_images": len(data.train)})

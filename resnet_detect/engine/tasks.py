@@ -17,11 +17,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from resnet_detect import CONFIGS
-from .config import (ConfigError, config_chain, flat_keys, load_config, load_defaults,
-                     to_plain)
+from .config import (ConfigError, apply_overrides, config_chain, flat_keys, load_config,
+                     load_defaults, to_plain)
 from .custom_imports import KEY as CUSTOM_IMPORTS, import_custom_modules
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ TASK_MODULES = {
     "classification": "resnet_detect.backbones.pretraining",
 }
 
+
+BUILT_IN_TASKS = frozenset(TASK_MODULES)
 
 # what reads each task's configs, for messages
 READERS = {
@@ -75,12 +78,12 @@ def task_module(name: str) -> ModuleType:
 def task_defaults(name: str) -> DictConfig:
     """Every valid key of task `name`'s configs with its default: its module's BASE_CONFIG
     with its `_base_` files, over configs/base_train.yaml where those do not inherit it, and
-    `task: NAME` where they do not say it."""
+    `task: NAME` and `data.num_workers: 0` (the runner's) where they do not say them."""
     base = task_module(name).BASE_CONFIG
     defaults = load_defaults(base)
     if TRAIN_DEFAULTS.resolve() not in {file for file, _ in config_chain(base)}:
         defaults = OmegaConf.merge(load_defaults(TRAIN_DEFAULTS), defaults)
-    return OmegaConf.merge({"task": name}, defaults)
+    return OmegaConf.merge({"task": name, "data": {"num_workers": 0}}, defaults)
 
 
 # keys of the model (and data) sections that only one task's configs have
@@ -88,23 +91,25 @@ TASK_OF_MODEL_KEY = {"roi_heads": "detection", "rpn": "detection", "aux_head": "
 TASK_OF_DATA_KEY = {"val_resize": "classification"}
 
 
+class NoTaskKeyError(ConfigError):
+    """A config that names no task, of which none can be told."""
+
+
 def config_task(path: str | os.PathLike, overrides: Sequence[str] = (),
                 expected: str | None = None) -> str:
     """The `task` a config file (with its `_base_` files, or a `task=` override) names; one
     without the key (a run's config.yaml from before it) is the task its model keys belong
     to, said once in a warning, else `expected` (the tool's own task)."""
-    task, custom_imports = None, None
-    parts = [part for _, part in config_chain(path)]
+    chain = config_chain(path)
+    # before the task's name is looked up, and before any tool checks a backbone's name
+    import_custom_modules(*_custom_imports(chain, overrides))
+    task = None
+    parts = [part for _, part in chain]
     for part in parts:
         task = part.get("task", task)
-        custom_imports = part.get(CUSTOM_IMPORTS, custom_imports)
     for item in overrides:
         if item.startswith("task="):
             task = item.split("=", 1)[1]
-        if item.startswith(f"{CUSTOM_IMPORTS}="):
-            custom_imports = OmegaConf.from_dotlist([item]).get(CUSTOM_IMPORTS)
-    # before the task's name is looked up, and before any tool checks a backbone's name
-    import_custom_modules(custom_imports, str(path))
     if task is not None:
         return str(task)
     def keys_of(section: str) -> set[str]:
@@ -121,12 +126,32 @@ def config_task(path: str | os.PathLike, overrides: Sequence[str] = (),
                            task)
         return task
     if expected is None:
-        raise ConfigError(f"config {path} has no `task` key; inherit a base config or set "
-                          f"task: {' | '.join(TASK_MODULES)}")
+        raise NoTaskKeyError(f"config {path} has no `task` key; inherit a base config or set "
+                             f"task: {' | '.join(TASK_MODULES)}")
     return expected
 
 
 _SAID_GUESSED: set[str] = set()
+
+
+def _custom_imports(chain: Sequence[tuple[Path, DictConfig]], overrides: Sequence[str]
+                    ) -> tuple[Any, str]:
+    """(the `custom_imports` of a config's files and overrides, where it was given)."""
+    def plain(value: Any) -> Any:
+        return OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) \
+            else value
+
+    names, source = None, ""
+    given = [(str(file), part) for file, part in chain if CUSTOM_IMPORTS in part] + [
+        ("the command line", apply_overrides(OmegaConf.create({CUSTOM_IMPORTS: None}), [item]))
+        for item in overrides if item.strip().startswith(f"{CUSTOM_IMPORTS}=")]
+    for source, part in given:
+        try:
+            names = plain(part[CUSTOM_IMPORTS])
+        except OmegaConfBaseException as e:  # ${oc.env:NAME} of an unset variable
+            raise ConfigError(f"{CUSTOM_IMPORTS} of {source}: {' '.join(str(e).split())}"
+                              ) from None
+    return names, source
 
 
 def refuse_other_task_config(path: str | os.PathLike, overrides: Sequence[str],
@@ -135,8 +160,8 @@ def refuse_other_task_config(path: str | os.PathLike, overrides: Sequence[str],
     package that reads it (its keys would otherwise be reported unknown one by one)."""
     try:
         name = config_task(path, overrides)
-    except ConfigError:
-        return  # no task key: checked key by key against `task`'s defaults
+    except NoTaskKeyError:
+        return  # checked key by key against `task`'s defaults
     _refuse_other_task(path, name, task)
 
 
