@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -18,13 +19,15 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from omegaconf import OmegaConf
 
 from resnet_detect import backbones
 from resnet_detect.backbones import registry
 from resnet_detect.detection import Predictor
 from resnet_detect.engine import tasks
 from resnet_detect.engine.config import ArgumentError, ConfigError
-from resnet_detect.engine.custom_imports import import_custom_modules
+from resnet_detect.engine.custom_imports import (REGISTERED_BY, import_custom_modules,
+                                                 record_registering_modules)
 from tests.torchrun import run_two_processes
 from tests.tools.test_train_eval_demo import data, data_overrides, load_tool
 
@@ -60,7 +63,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         sys.modules.pop(name, None)
 
 
-REGISTRIES = (registry._REGISTRY, tasks.TASK_MODULES, tasks.READERS)
+REGISTRIES = (registry._REGISTRY, tasks.TASK_MODULES, tasks.READERS, REGISTERED_BY)
 
 
 @contextlib.contextmanager
@@ -82,6 +85,7 @@ def _forget_the_modules() -> None:
         sys.modules.pop(name, None)
     registry._REGISTRY.pop("resnet26", None)
     tasks.TASK_MODULES.pop("line_fit", None)
+    REGISTERED_BY.clear()
 
 
 def test_the_pages_files_and_commands() -> None:
@@ -97,7 +101,8 @@ def test_the_pages_files_and_commands() -> None:
 
 @pytest.mark.slow
 def test_a_registered_backbone_trains_a_detector_and_its_weights_load_in_a_new_process(
-        project: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        project: Path, data: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
     args = ["faster_rcnn_R_26_FPN.yaml", "train.output_dir=output/r26", *data_overrides(data),
             "train.max_iter=2"]
     # the module beside the config is not on Python's path (a tool run as a file): said how
@@ -132,6 +137,19 @@ def test_a_registered_backbone_trains_a_detector_and_its_weights_load_in_a_new_p
     for key, value in predictor.model.state_dict().items():
         assert torch.equal(value, state[key]), key
     importlib.reload(sys.modules["my_backbones"])  # (a notebook's) registers it again
+    # and so does the file under another module name (a package's and its folder's)
+    spec = importlib.util.spec_from_file_location("myproject.my_backbones",
+                                                  project / "my_backbones.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    # a run that names the backbone without its module (imported by the caller) records it
+    load_tool("train").main([*args, "custom_imports=None", "train.output_dir=output/r26b"])
+    assert torch.load(project / "output/r26b/model_final.pth", weights_only=True)[
+        "provenance"]["config"]["custom_imports"] == ["my_backbones"]
+    # tools/model_info.py counts it, told the module
+    _forget_the_modules()
+    load_tool("model_info").main(["resnet26", "custom_imports=[my_backbones]"])
+    # timm's count and a 1000-class layer (2048 x 1000 + 1000)
+    assert re.search(r"\ntotal +15,995,176 ", capsys.readouterr().out)
     # where it cannot be imported, the weights' config is named, and a config given too
     _forget_the_modules()
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(project)])
@@ -243,3 +261,32 @@ def test_names_of_this_projects_backbones_and_tasks_are_not_taken() -> None:
     with pytest.raises(ConfigError, match=r"custom_imports of x.yaml must be a list of module "
                                           r"names"):
         import_custom_modules("my_tasks", "x.yaml")
+
+
+@registries_kept()
+def test_what_a_registration_needs_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    def not_a_resnet(**options: object) -> torch.nn.Module:
+        return torch.nn.Linear(1, 1)
+
+    backbones.register_backbone("linear")(not_a_resnet)
+    with pytest.raises(ArgumentError, match=r"backbone 'linear': .*not_a_resnet returned a "
+                                            r"Linear, not a backbones.ResNet \(or a subclass"):
+        backbones.build("linear")
+    with pytest.raises(ConfigError, match=r"no module 'my_backbones.py' .*custom_imports names "
+                                          r"modules as `import` does: my_backbones, not a file"):
+        import_custom_modules(["my_backbones.py"], "x.yaml")
+    # a backbone registered by an importable module is recorded in the run's config; one
+    # registered by the script run is warned of (no tool can import a script)
+    backbones.register_backbone("in_a_module")(not_a_resnet)
+    cfg = OmegaConf.create({"task": "detection", "custom_imports": None,
+                            "model": {"backbone": {"name": "in_a_module"}}})
+    record_registering_modules(cfg)
+    assert cfg.custom_imports == [__name__]
+    not_a_resnet.__module__ = "__main__"
+    backbones.register_backbone("in_a_script")(not_a_resnet)
+    cfg.model.backbone.name = "in_a_script"
+    with caplog.at_level(logging.WARNING):
+        record_registering_modules(cfg)
+    assert cfg.custom_imports == [__name__]
+    assert "model.backbone.name 'in_a_script': the backbone is registered by the script run, " \
+           "which the tools given this run's weights cannot import" in caplog.text

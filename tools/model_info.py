@@ -5,7 +5,8 @@ Usage:
   python tools/model_info.py CONFIG.yaml [--size H W] [--num-classes K] [key=value ...]
 
 A backbone name (resnet50, ...) counts its classifier per stage; options after it are
-backbone options, e.g. stride_in_1x1=true output_stride=16. A config of tools/train.py or
+backbone options, e.g. stride_in_1x1=true output_stride=16 (and custom_imports=[MODULE] for
+one registered by a module of your own, docs/extending.md). A config of tools/train.py or
 tools/pretrain.py counts that model (random weights: none is read); options after it are
 config overrides. The input defaults to 224x224 (32x32 for CIFAR nets), a detection config's
 largest test image (data.val.min_size x data.val.max_size), a segmentation config's training
@@ -35,6 +36,8 @@ from resnet_detect import backbones  # noqa: E402
 from resnet_detect.backbones.complexity import count_macs, count_parameters  # noqa: E402
 from resnet_detect.engine.cli import program_name, run_tool  # noqa: E402
 from resnet_detect.engine.config import ConfigError  # noqa: E402
+from resnet_detect.engine.custom_imports import KEY as CUSTOM_IMPORTS  # noqa: E402
+from resnet_detect.engine.custom_imports import import_custom_modules  # noqa: E402
 from resnet_detect.detection.complexity import padded  # noqa: E402
 
 # a config's model.num_classes left to the data: counted with the benchmark's
@@ -75,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def backbone_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     options = OmegaConf.to_container(OmegaConf.from_dotlist(args.options))
+    # a backbone of one's own: the module that registers it, as a config names it
+    import_custom_modules(options.pop(CUSTOM_IMPORTS, None), "the command line")
     cifar = "cifar" in args.name
     try:
         model = backbones.build_classifier(args.name, args.num_classes or (10 if cifar else 1000),

@@ -5,6 +5,7 @@ import inspect
 from typing import Any, Callable
 
 from resnet_detect.engine.config import ArgumentError, ConfigError
+from resnet_detect.engine.custom_imports import REGISTERED_BY
 from .resnet import IMAGENET_DEPTHS, ResNet
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
@@ -81,13 +82,18 @@ def register_backbone(name: str) -> Callable[[Callable[..., ResNet]], Callable[.
                                 + (" (one of this project's)" if name in _BUILT_IN else "")
                                 + ": give yours another name")
         _REGISTRY[name] = builder
+        # (the first module's name where its file is imported again under another)
+        REGISTERED_BY.setdefault(("backbone", name), getattr(builder, "__module__", ""))
         return builder
     return register
 
 
 def _same_function(builder: Callable[..., Any]) -> tuple[str, str]:
-    """What a function's module, imported again (importlib.reload, a notebook), keeps."""
-    return (getattr(builder, "__module__", ""), getattr(builder, "__qualname__", repr(builder)))
+    """What a function keeps when its file is imported again (importlib.reload, a notebook;
+    or under another module name: my_backbones and myproject.my_backbones)."""
+    code = getattr(builder, "__code__", None)
+    return (code.co_filename if code is not None else getattr(builder, "__module__", ""),
+            getattr(builder, "__qualname__", repr(builder)))
 
 
 def build_resnet(name: str, config_prefix: str = "", **options: Any) -> ResNet:
@@ -108,8 +114,13 @@ def build_resnet(name: str, config_prefix: str = "", **options: Any) -> ResNet:
         raise (ConfigError if config_prefix else ArgumentError)(", ".join(
             f"{config_prefix}{k} must be true or false, got {options[k]!r}" for k in not_bool))
     try:
-        return _REGISTRY[name](**options)
+        model = _REGISTRY[name](**options)
     except ValueError as e:  # "multi_grid [1, 1, 1] must ...": named as the config's key
         if config_prefix and str(e).split(" ", 1)[0] in _OPTIONS:
             raise ConfigError(f"{config_prefix}{e} (backbone {name})") from None
         raise
+    if not isinstance(model, ResNet):  # (its stages, freezing and weight loading are ResNet's)
+        raise ArgumentError(f"backbone {name!r}: {getattr(_REGISTRY[name], '__qualname__', '')} "
+                            f"returned a {type(model).__name__}, not a backbones.ResNet (or a "
+                            f"subclass of it)")
+    return model

@@ -556,6 +556,12 @@ class BestWeights:
                     self._move_aside(iteration, start_iter)
                 elif (recorded.get("metric"), recorded.get("mode", "max")) == (metric, mode):
                     self.best = float(recorded["value"])
+                else:
+                    logger.warning("%s holds the best %s (train.best_metric_mode %s) of the "
+                                   "run so far; this run keeps the best %s (%s): its next "
+                                   "evaluation replaces the file", self.path,
+                                   recorded.get("metric"), recorded.get("mode", "max"), metric,
+                                   mode)
 
     def _move_aside(self, iteration: int, start_iter: int) -> None:
         if is_main_process():

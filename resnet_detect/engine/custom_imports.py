@@ -11,9 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from .config import ConfigError
 
 KEY = "custom_imports"
+# (kind, name) -> the module that registered it: "backbone" (backbones.register_backbone),
+# "task" (engine.tasks.register_task)
+REGISTERED_BY: dict[tuple[str, str], str] = {}
+# where a config names what was registered
+NAMED_AT = (("task", "task"), ("backbone", "model.backbone.name"), ("backbone", "model.name"))
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +56,8 @@ def import_custom_modules(names: Any, source: str) -> None:
 
 
 def _how_to_make_importable(name: str) -> str:
+    if name.endswith(".py"):
+        return f"; {KEY} names modules as `import` does: {name[:-3]}, not a file"
     here = Path(*name.split("."))
     found = next((p for p in (here.with_suffix(".py"), here / "__init__.py") if p.is_file()),
                  None)
@@ -57,3 +66,25 @@ def _how_to_make_importable(name: str) -> str:
                 f"a tool run as a file: run with PYTHONPATH=. (or install your project)")
     return "; install the project that has it (pip install -e PATH), or add its folder to " \
            "PYTHONPATH"
+
+
+def record_registering_modules(cfg: DictConfig) -> None:
+    """Add to `cfg`'s custom_imports the modules that registered the task or backbone it
+    names (registered by a caller's own import, not by the config): the run's config.yaml and
+    its weights then name them for the tools that load the weights; one registered by the
+    script run (`__main__`), which no tool can import, is warned of."""
+    given = list(cfg.get(KEY) or [])
+    for kind, key in NAMED_AT:
+        name = OmegaConf.select(cfg, key, default=None)
+        module = REGISTERED_BY.get((kind, name)) if isinstance(name, str) else None
+        if module == "__main__":
+            logger.warning("%s %r: the %s is registered by the script run, which the tools "
+                           "given this run's weights cannot import: to use them there, "
+                           "register it in a module of its own, named in the config's %s",
+                           key, name, kind, KEY)
+        elif module is not None and module not in given:
+            given.append(module)
+            logger.info("%s: %s added, the module that registers %s %r, so that the tools "
+                        "given this run's weights import it", KEY, module, kind, name)
+    if given != list(cfg.get(KEY) or []):
+        OmegaConf.update(cfg, KEY, given, force_add=True)

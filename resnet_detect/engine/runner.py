@@ -35,6 +35,7 @@ from .amp import amp_for_device, float32_default, parse_amp
 from .checkpoint import (BEST_MODES, BestWeights, Checkpointer, CheckpointWriteError,
                          PeriodicCheckpointer, best_metric_parts, checkpoints_in)
 from .compilation import compile_model, parse_compile
+from .custom_imports import record_registering_modules
 from .config import (PERIODS, ConfigError, as_override, config_yaml, flat_keys, is_number,
                      is_positive_int, load_defaults, to_plain)
 from .data import (CountedLoader, build_test_loader, build_train_loader, collate,
@@ -930,6 +931,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
                   else usable_device(device))
     logger = logging.getLogger(f"{__name__}.{task.name}")
     check_same_config_everywhere(cfg, resume)
+    record_registering_modules(cfg)
     compile_backend, amp = check_training_config(task, cfg)
     amp_for_device(amp, device.type, warn=False)  # fp16 off a GPU: before the data is read
     t = cfg.train

@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from resnet_detect import CONFIGS
 from .config import (ConfigError, apply_overrides, config_chain, flat_keys, load_config,
                      load_defaults, to_plain)
-from .custom_imports import KEY as CUSTOM_IMPORTS, import_custom_modules
+from .custom_imports import KEY as CUSTOM_IMPORTS, REGISTERED_BY, import_custom_modules
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ def register_task(name: str, module: str) -> None:
         raise ConfigError(f"task {name!r} is registered already, by {TASK_MODULES[name]}: give "
                           f"yours another name")
     TASK_MODULES[name] = module
+    REGISTERED_BY["task", name] = module
     READERS.setdefault(name, "tools/train.py")
 
 

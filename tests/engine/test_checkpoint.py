@@ -927,7 +927,8 @@ def test_a_file_rewritten_between_its_reads_is_read_again_not_called_damaged(
 @pytest.mark.parametrize("mode,scores", [("max", [40.0, 50.0, 50.0, 45.0]),
                                          ("min", [40.0, 30.0, 30.0, 35.0])])
 def test_model_best_keeps_the_first_of_equal_scores(tmp_path: Path, mode: str,
-                                                    scores: list[float]) -> None:
+                                                    scores: list[float],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     """As detectron2's BestCheckpointer (a strictly better score replaces the best; its mode
     max or min): of two evaluations scoring the same, the earlier's weights stay."""
     from resnet_detect.engine.checkpoint import BestWeights
@@ -943,8 +944,13 @@ def test_model_best_keeps_the_first_of_equal_scores(tmp_path: Path, mode: str,
     assert bool((saved["model"]["weight"] == 2).all())
     # resumed in the other mode, the file's best is no bar: the next result replaces it,
     # though worse than the file's in the new mode
-    again = BestWeights(tmp_path, "bbox/AP", model, {}, resume=True, start_iter=4,
-                        mode="min" if mode == "max" else "max")
+    other = "min" if mode == "max" else "max"
+    with caplog.at_level(logging.WARNING):
+        again = BestWeights(tmp_path, "bbox/AP", model, {}, resume=True, start_iter=4,
+                            mode=other)
+    assert (f"model_best.pth holds the best bbox/AP (train.best_metric_mode {mode}) of the run "
+            f"so far; this run keeps the best bbox/AP ({other}): its next evaluation replaces "
+            f"the file") in caplog.text
     again.update({"bbox": {"AP": scores[1] + (10 if mode == "max" else -10)}}, 5)
     assert torch.load(tmp_path / "model_best.pth", weights_only=True)["iteration"] == 5
 
