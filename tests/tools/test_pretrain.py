@@ -453,7 +453,8 @@ def test_model_best_keeps_the_weights_of_the_best_evaluation(
         assert sorted(top1) == iterations and len(set(top1.values())) > 1
         first_best = max(top1, key=lambda i: (top1[i], -i))
         best = torch.load(out / "model_best.pth", map_location="cpu", weights_only=True)
-        assert best["best"] == {"metric": "classification/top1", "value": top1[first_best]}
+        assert best["best"] == {"metric": "classification/top1", "value": top1[first_best],
+                                "mode": "max"}
         assert best["iteration"] == first_best
         assert best["provenance"]["class_names"] == ["blue", "red"]
         at_that_step = torch.load(out / f"model_{first_best:07d}.pth", map_location="cpu",

@@ -1263,7 +1263,7 @@ def test_a_best_metric_of_lvis_frequency_groups_needs_an_lvis_val_file(
                      f"data.val.ann_file={tmp_path / 'lvis_val.json'}"))
     best = torch.load(tmp_path / "lvis/model_best.pth", map_location="cpu", weights_only=True)
     metrics = json.loads((tmp_path / "lvis/metrics.json").read_text())
-    assert best["best"] == {"metric": "bbox/APr", "value": metrics["bbox"]["APr"]}
+    assert best["best"] == {"metric": "bbox/APr", "value": metrics["bbox"]["APr"], "mode": "max"}
 
 
 def test_an_lvis_val_file_s_lists_and_frequencies_are_checked_before_training(
