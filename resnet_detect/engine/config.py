@@ -31,6 +31,7 @@ from .files import atomic_write_text, missing_path
 from .foreign_options import key_hint, other_key_hint
 
 BASE_KEY = "_base_"
+PACKAGE_PREFIX = "resnet_detect::"  # a _base_ of this package's configs/ folder
 # switches that also take a name (checked where they are used: amp.py, compilation.py)
 NAMED_SWITCHES = ("train.amp", "train.compile", "test.compile")
 # sizes that take one number or a list (detection: drawn per image in training, the largest
@@ -74,7 +75,9 @@ def packaged_config_hint(path: Path) -> str:
         return ""
     inner = parts[len(parts) - parts[::-1].index("configs"):]
     twin = CONFIGS.joinpath(*inner)
-    return f"; the installed package has it: {twin}" if inner and twin.is_file() else ""
+    return (f"; the installed package has it: {twin} (`{BASE_KEY}: "
+            f"{PACKAGE_PREFIX}{Path(*inner).as_posix()}` wherever it is installed)"
+            if inner and twin.is_file() else "")
 
 
 # files that hold weights, given where a config is wanted
@@ -112,8 +115,10 @@ def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
     """The files `path` inherits from, bases first, each without its `_base_` key, each once.
 
     `_base_` is a path (or a list of paths, the later ones winning) relative to the file that
-    names it. A file reached again (two bases that inherit one file) is merged at its first
-    place only: merged again, it would undo what the bases between set.
+    names it, or `resnet_detect::PATH`, a config of this package's configs/ folder wherever
+    it is installed (mmdetection's `mmdet::`). A file reached again (two bases that inherit
+    one file) is merged at its first place only: merged again, it would undo what the bases
+    between set.
     """
     chain: list[tuple[Path, DictConfig]] = []
 
@@ -138,7 +143,8 @@ def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
                     isinstance(b, str) for b in bases):
                 raise ConfigError(f"{BASE_KEY} in {file} must be a path or a list of paths")
             for base in bases:
-                visit(file.parent / base, (*stack, file))
+                visit(CONFIGS / base[len(PACKAGE_PREFIX):] if base.startswith(PACKAGE_PREFIX)
+                      else file.parent / base, (*stack, file))
         chain.append((file, cfg))
 
     visit(Path(path), ())

@@ -94,9 +94,18 @@ def test_a_file_two_bases_inherit_is_merged_once(tmp_path: Path, caplog) -> None
     write(tmp_path / "mine.yaml", "_base_: ../configs/synthetic/faster_rcnn_R_18_FPN.yaml\n")
     for path in (tmp_path / "configs/synthetic/faster_rcnn_R_18_FPN.yaml", tmp_path / "mine.yaml"):
         with pytest.raises(ConfigError, match=r"config file not found: .*faster_rcnn_R_18_FPN"
-                           r"\.yaml.*" + re.escape(f"; the installed package has it: {packaged}")
-                           + "$"):
+                           r"\.yaml.*" + re.escape(f"; the installed package has it: {packaged} "
+                                                    f"(`_base_: resnet_detect::synthetic/"
+                                                    f"faster_rcnn_R_18_FPN.yaml` wherever it "
+                                                    f"is installed)") + "$"):
             load_config(path, defaults=DEFAULTS)
+    # which a config inherits as `resnet_detect::PATH` from any folder
+    write(tmp_path / "mine.yaml", "_base_: resnet_detect::synthetic/faster_rcnn_R_18_FPN.yaml\n"
+                                  "train: {max_iter: 7}\n")
+    mine, packaged_cfg = (load_config(path) for path in (tmp_path / "mine.yaml", packaged))
+    assert mine.train.max_iter == 7 and packaged_cfg.train.max_iter != 7
+    mine.train.max_iter = packaged_cfg.train.max_iter
+    assert mine == packaged_cfg
     with pytest.raises(ConfigError, match=r"config file not found: \S*configs.nope\.yaml$"):
         load_config(tmp_path / "configs/nope.yaml", defaults=DEFAULTS)  # none of that name
 

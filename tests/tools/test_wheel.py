@@ -56,7 +56,15 @@ train = subprocess.run([sys.executable, "-m", "resnet_detect", "train",
                        text=True)
 packaged = site / "resnet_detect/configs/synthetic/faster_rcnn_R_18_FPN.yaml"
 assert train.returncode == 2 and train.stderr.strip().endswith(
-    f"the installed package has it: {packaged}"), train.stderr
+    f"the installed package has it: {packaged} (`_base_: "
+    f"resnet_detect::synthetic/faster_rcnn_R_18_FPN.yaml` wherever it is installed)"), train.stderr
+# which a config of one's own inherits
+(work / "mine.yaml").write_text("_base_: resnet_detect::synthetic/faster_rcnn_R_18_FPN.yaml\\n"
+                                "model:\\n  num_classes: 3\\n")
+printed = subprocess.run([sys.executable, "-m", "resnet_detect", "train", str(work / "mine.yaml"),
+                          "model.backbone.weights=null", "--print-config"], capture_output=True,
+                         text=True)
+assert printed.returncode == 0 and "  num_classes: 3\\n" in printed.stdout, printed.stderr
 """
 
 
