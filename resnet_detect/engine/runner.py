@@ -62,6 +62,8 @@ from .schedule import DECAYS, build_lr_scheduler
 from .tasks import BUILT_IN_TASKS, TRAIN_DEFAULTS, config_of_run, task_defaults
 from .trainer import Hook, PeriodicEval, Trainer, eval_mode
 
+# a checkpoint's extra: a stop signal ended the evaluation at its iteration
+EVALUATION_PENDING = "evaluation_pending"
 Metrics = dict[str, dict[str, Any]]  # {group ("bbox", "segm", "sem_seg", ...): {name: value}}
 
 
@@ -1173,10 +1175,18 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     # which copies each page of this heap shared with the forked workers (copy-on-write).
     gc.freeze()
     in_evaluation = False
+    # an evaluation a stop signal ended, runs again first (model_best.pth, the logs and the
+    # metrics are then the uninterrupted run's)
+    pending = state is not None and bool(state["extra"].get(EVALUATION_PENDING))
     # the stop's checkpoint is saved with the signals still caught: a SIGTERM repeated within
     # the grace period (a launcher forwarding it) is the same request, not a kill under the save
     with stop_on_signals(stop):
         try:
+            if pending and eval_hook is not None:
+                logger.info("the evaluation at iteration %d, which a stop signal ended, runs "
+                            "again", start_iter)
+                trainer.iter = trainer.start_iter = start_iter
+                eval_hook.evaluate_now(trainer)
             finished = trainer.train(_saved_on_error(iter(train_loader), trainer, checkpointer,
                                                      logger, resume_hint),
                                      start_iter=start_iter, stop=stop)
@@ -1185,7 +1195,11 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         finally:
             gc.unfreeze()  # (the training workers are gone with their iterator)
         writer.close()
-        if not finished:  # (a stop at a checkpoint's iteration: saved already)
+        if not finished and in_evaluation and trainer.iter < lengths["max_iter"]:
+            # (after the last step the final evaluation runs at a resume anyway)
+            path = checkpointer.save(trainer.iter, extra={
+                **checkpointer.extra_fn(trainer.iter), EVALUATION_PENDING: True})
+        elif not finished:  # (a stop at a checkpoint's iteration: saved already)
             path = (checkpointer.path_of(trainer.iter)
                     if checkpointer.saved_iteration == trainer.iter
                     else checkpointer.save(trainer.iter))
@@ -1194,9 +1208,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                  else f"training after iteration {trainer.iter}")
         after = ("" if not in_evaluation else "; the evaluation after the last step runs "
                  "again, then the final weights are written" if trainer.iter ==
-                 lengths["max_iter"] else f"; the evaluation at iteration {trainer.iter} is not "
-                 f"run again: the next is at iteration "
-                 f"{min(trainer.iter + lengths['eval_period'], lengths['max_iter'])}")
+                 lengths["max_iter"] else f"; the evaluation at iteration {trainer.iter} runs "
+                 f"again first")
         raise TrainingInterrupted(
             f"{stop.signal_name or 'a stop signal'} stopped {where} of {lengths['max_iter']}; "
             f"checkpoint {path}: {resume_hint}{after}",

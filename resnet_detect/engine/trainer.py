@@ -285,7 +285,8 @@ class PeriodicEval:
         self.last_result: dict[str, float] = {}
         self._last_iter = -1
 
-    def _evaluate(self, trainer: Trainer) -> None:
+    def evaluate_now(self, trainer: Trainer) -> None:
+        """Evaluate at `trainer.iter` (also a resumed run's evaluation that a stop ended)."""
         self.last_result = dict(self.eval_fn())
         self._last_iter = trainer.iter
         trainer.model.train()
@@ -294,8 +295,8 @@ class PeriodicEval:
 
     def after_step(self, trainer: Trainer) -> None:
         if self.period and trainer.iter % self.period == 0 and trainer.iter != trainer.max_iter:
-            self._evaluate(trainer)
+            self.evaluate_now(trainer)
 
     def after_train(self, trainer: Trainer) -> None:
         if self._last_iter != trainer.iter:
-            self._evaluate(trainer)
+            self.evaluate_now(trainer)

@@ -463,12 +463,14 @@ class _SignalInEvalTask(_RegressionTask):
             self.batches += 1
             if self.evaluations == self.at:
                 os.kill(os.getpid(), signal.SIGTERM)
-        return {"regression": {"batches": float(self.batches)}}
+        # a score of the weights alone (lowest, with best_metric_mode min, at the first)
+        first = float(next(iter(model.parameters())).detach().abs().sum())
+        return {"regression": {"batches": float(self.batches), "first": first}}
 
 
 @pytest.mark.parametrize("period,at,iteration,then,evaluated_after", [
-    (2, 1, 2, "the evaluation at iteration 2 is not run again: the next is at iteration 4", 32),
-    (4, 1, 4, "the evaluation at iteration 4 is not run again: the next is at iteration 6", 16),
+    (2, 1, 2, "the evaluation at iteration 2 runs again first", 48),
+    (4, 1, 4, "the evaluation at iteration 4 runs again first", 32),
     (2, 3, 6, "the evaluation after the last step runs again, then the final weights", 16)])
 def test_a_stop_signal_during_an_evaluation_ends_it_and_saves(
         tmp_path: Path, period: int, at: int, iteration: int, then: str,
@@ -476,30 +478,50 @@ def test_a_stop_signal_during_an_evaluation_ends_it_and_saves(
     """SIGTERM during the evaluation at step 2 (every 2 steps), or during the one after the
     last step: the evaluation stops after the batch in flight (it went on over the whole
     split, minutes at COCO scale, while the scheduler's grace period ran out), a checkpoint is
-    written, and --resume ends with the uninterrupted run's weights (and its final files)."""
+    written, and --resume runs that evaluation again first and ends with the uninterrupted
+    run's weights, final files, evaluations and model_best.pth."""
     cpu = torch.device("cpu")
 
-    def config(out: Path) -> Any:
+    def config(out: Path, mode: str) -> Any:
         cfg = _toy_config(out)
-        cfg.train.update(eval_period=period, checkpoint_period=0)
+        cfg.train.update(eval_period=period, checkpoint_period=period,
+                         best_metric="regression/first", best_metric_mode=mode)
         return cfg
-    full = run_training(_SignalInEvalTask(at=0), config(tmp_path / "full"), cpu)
+
+    def evaluations(run: str) -> list[tuple[int, float]]:
+        return [(line["iteration"], line["regression/first"]) for line in map(
+            json.loads, (tmp_path / run / "scalars.jsonl").read_text().splitlines())
+            if "regression/first" in line]
+    full = run_training(_SignalInEvalTask(at=0), config(tmp_path / "full", "min"), cpu)
     # 16 val images at steps 2, 4 and 6 (every 4 steps: 4 and the last)
-    assert full["metrics"] == {"batches": 48.0 if period == 2 else 32.0}
+    assert full["metrics"]["batches"] == (48.0 if period == 2 else 32.0)
+    # the mode in which the first evaluation is the best: the one a stop then ends
+    scores = [score for _, score in evaluations("full")]
+    mode = "min" if scores[0] < min(scores[1:]) else "max"
+    assert scores[0] < min(scores[1:]) or scores[0] > max(scores[1:])
+    if mode == "max":
+        full = run_training(_SignalInEvalTask(at=0), config(tmp_path / "full", mode), cpu)
     task = _SignalInEvalTask(at=at)
     with pytest.raises(TrainingInterrupted, match=f"SIGTERM stopped the evaluation at "
                                                   f"iteration {iteration} of 6.*--resume "
                                                   f"to continue \\(from Python: run_training"
                                                   f"\\(\\.\\.\\., resume=True\\)\\); {then}"):
-        run_training(task, config(tmp_path / "run"), cpu)
+        run_training(task, config(tmp_path / "run", mode), cpu)
     assert task.batches == 16 * (at - 1) + 1
     assert (tmp_path / "run/last_checkpoint").read_text() == f"model_{iteration:07d}.pth\n"
     assert not (tmp_path / "run/model_final.pth").exists()
-    resumed = run_training(_SignalInEvalTask(at=0), config(tmp_path / "run"), cpu, resume=True)
+    resumed = run_training(_SignalInEvalTask(at=0), config(tmp_path / "run", mode), cpu,
+                           resume=True)
     assert resumed["iteration"] == 6 and (tmp_path / "run/model_final.pth").is_file()
     assert resumed["metrics"]["batches"] == evaluated_after  # 16 per evaluation
     for key, value in full["model"].state_dict().items():
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
+    # every evaluation as in the uninterrupted run, and the best of them (the first)
+    assert evaluations("run") == evaluations("full") and len(evaluations("full")) == -(-6 // period)
+    bests = [torch.load(tmp_path / run / "model_best.pth", weights_only=True) for run in
+             ("full", "run")]
+    assert bests[0]["iteration"] == bests[1]["iteration"] == period
+    assert all(torch.equal(bests[0]["model"][k], bests[1]["model"][k]) for k in bests[0]["model"])
 
 
 def test_periods_in_epochs_evaluate_and_save_at_each_epochs_end(tmp_path: Path) -> None:
