@@ -4,17 +4,18 @@ custom_imports."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import json
 import logging
 import os
 import re
-import runpy
 import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from omegaconf import OmegaConf
 from resnet_detect import backbones
 from resnet_detect.backbones import registry
 from resnet_detect.detection import Predictor
-from resnet_detect.engine import tasks
+from resnet_detect.engine import cli, tasks
 from resnet_detect.engine.config import ArgumentError, ConfigError
 from resnet_detect.engine.custom_imports import (REGISTERED_BY, import_custom_modules,
                                                  record_registering_modules)
@@ -91,12 +92,13 @@ def _forget_the_modules() -> None:
 def test_the_pages_files_and_commands() -> None:
     files, commands = _doc_blocks()
     assert set(files) == {"my_backbones.py", "faster_rcnn_R_26_FPN.yaml", "my_tasks.py",
-                          "line_fit_base.yaml", "line_fit.yaml", "train_with_a_hook.py"}
+                          "line_fit_base.yaml", "line_fit.yaml", "my_hooks.py",
+                          "line_fit_hooked.yaml"}
     assert commands == [
         ["python", "-m", "resnet_detect", "train", "faster_rcnn_R_26_FPN.yaml",
          "train.output_dir=output/r26"],
         ["python", "-m", "resnet_detect", "train", "line_fit.yaml"],
-        ["python", "train_with_a_hook.py"]]
+        ["python", "-m", "resnet_detect", "train", "line_fit_hooked.yaml"]]
 
 
 @pytest.mark.slow
@@ -226,13 +228,29 @@ def test_a_registered_task_trains_through_the_tool_and_keeps_its_lowest_error(
                                           r"detection, sem_seg models; line_fit.yaml is a "
                                           r"'line_fit' config"):
         load_tool("model_info").main(["line_fit.yaml"])
-    # the hook of the page's script prints every 10 steps' loss
+    # the page's hook, named by its config, prints every 10 steps' loss
     capsys.readouterr()
-    runpy.run_path("train_with_a_hook.py", run_name="__main__")
+    losses: list[float] = []
+
+    class Recording:
+        def after_step(self, trainer: Any) -> None:
+            losses.append(float(sum(trainer.loss_dict.values())))
+    monkeypatch.setattr(cli, "run_training", functools.partial(cli.run_training,
+                                                                hooks=[Recording()]))
+    load_tool("train").main(["line_fit_hooked.yaml"])
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
-    assert [re.fullmatch(r"step (\d+): loss \d+\.\d{4}", line)[1] for line in printed] == [
-        "10", "20", "30", "40"]
-    assert (project / "output/hooked/model_final.pth").is_file()
+    assert printed == [f"step {i}: loss {losses[i - 1]:.4f}" for i in (10, 20, 30, 40)]
+    # what the config gives them is checked before training
+    for hooks, message in (
+            ("[{type: my_hooks.PrintLos}]", r"train.hooks\[0\]: module my_hooks has no class "
+                                            r"'PrintLos'"),
+            ("[{type: my_hook.PrintLoss}]", r"train.hooks\[0\] my_hook.PrintLoss: no module "
+                                            r"'my_hook'"),
+            ("[{type: my_hooks.PrintLoss, each: 3}]",
+             r"train.hooks\[0\]: my_hooks.PrintLoss\(each=3\): .*unexpected keyword"),
+            ("[PrintLoss]", r"train.hooks\[0\] must be a mapping with type: module.Class")):
+        with pytest.raises(ConfigError, match=message):
+            load_tool("train").main(["line_fit_hooked.yaml", f"train.hooks={hooks}"])
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +43,52 @@ def import_custom_modules(names: Any, source: str) -> None:
         raise ConfigError(f"{KEY} of {source} must be a list of module names, e.g. "
                           f"[my_project.backbones], got {names!r}")
     for name in names:
-        if name in sys.modules:
-            continue
+        if name not in sys.modules:
+            _import(name, f"{KEY} of {source}")
+            logger.info("imported %s (%s of %s)", name, KEY, source)
+
+
+def _import(name: str, named_by: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name is None or not (name == err.name or name.startswith(err.name + ".")):
+            raise  # the module is there; something it imports is not
+        raise ConfigError(f"{named_by}: no module {name!r} can be imported "
+                          f"({err}){_how_to_make_importable(name)}") from None
+
+
+def config_hooks(value: Any) -> list[Any]:
+    """`train.hooks: [{type: my_project.hooks.PrintLoss, every: 10}, ...]` (mmdetection's
+    custom_hooks): each class imported and built with the item's other keys.
+
+    Raises:
+        ConfigError: not such a list, a class that cannot be found, or arguments it refuses,
+            named by the item.
+    """
+    if value is None:
+        return []
+    if isinstance(value, (str, Mapping)) or not isinstance(value, Sequence):
+        raise ConfigError(f"train.hooks must be a list of {{type: module.Class, ...}}, got "
+                          f"{value!r}")
+    hooks = []
+    for i, item in enumerate(value):
+        where = f"train.hooks[{i}]"
+        path = item.get("type") if isinstance(item, Mapping) else None
+        if not isinstance(path, str) or "." not in path.strip("."):
+            raise ConfigError(f"{where} must be a mapping with type: module.Class (and the "
+                              f"class's keyword arguments), got {item!r}")
+        module_name, _, name = path.rpartition(".")
+        cls = getattr(_import(module_name, f"{where} {path}"), name, None)
+        if not callable(cls):
+            raise ConfigError(f"{where}: module {module_name} has no class {name!r}")
+        options = {k: v for k, v in item.items() if k != "type"}
         try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name is None or not (name == err.name or name.startswith(err.name + ".")):
-                raise  # the module is there; something it imports is not
-            raise ConfigError(f"{KEY} of {source}: no module {name!r} can be imported "
-                              f"({err}){_how_to_make_importable(name)}") from None
-        logger.info("imported %s (%s of %s)", name, KEY, source)
+            hooks.append(cls(**options))
+        except TypeError as e:  # an argument it does not take, or lacks
+            given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+            raise ConfigError(f"{where}: {path}({given}): {e}") from None
+    return hooks
 
 
 def _how_to_make_importable(name: str) -> str:

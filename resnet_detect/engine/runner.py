@@ -35,7 +35,7 @@ from .amp import amp_for_device, float32_default, parse_amp
 from .checkpoint import (BEST_MODES, BestWeights, Checkpointer, CheckpointWriteError,
                          PeriodicCheckpointer, best_metric_parts, checkpoints_in)
 from .compilation import compile_model, parse_compile
-from .custom_imports import record_registering_modules
+from .custom_imports import config_hooks, record_registering_modules
 from .config import (PERIODS, ConfigError, as_override, config_yaml, flat_keys, is_number,
                      is_positive_int, load_defaults, to_plain)
 from .data import (CountedLoader, build_test_loader, build_train_loader, collate,
@@ -916,9 +916,10 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
         resume: continue from OUTPUT_DIR/last_checkpoint when there is one (True), or from
             the checkpoint at this path (`Checkpointer.resume_from`).
         hooks: your own (`engine.trainer.Hook`: any of before_train, after_step,
-            after_train, given the `Trainer`), on every process, after the runner's: a
-            step's `after_step` follows its checkpoint and evaluation. What they keep is
-            not in the checkpoints: a resumed run's `before_train` sees `trainer.start_iter`.
+            after_train, given the `Trainer`), on every process, after the runner's and the
+            config's (`train.hooks`): a step's `after_step` follows its checkpoint and
+            evaluation. What they keep is not in the checkpoints: a resumed run's
+            `before_train` sees `trainer.start_iter`.
 
     Returns:
         {"model": the trained model (unwrapped), "metrics": the task's primary metric group
@@ -935,6 +936,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
     check_same_config_everywhere(cfg, resume)
     record_registering_modules(cfg)
     compile_backend, amp = check_training_config(task, cfg)
+    hooks = [*config_hooks(to_plain(cfg).get("train", {}).get("hooks")), *hooks]
     amp_for_device(amp, device.type, warn=False)  # fp16 off a GPU: before the data is read
     t = cfg.train
     if get_world_size() > 1 and device.type != "cuda":
