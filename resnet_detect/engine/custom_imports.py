@@ -1,7 +1,10 @@
-"""`custom_imports: [my_project.backbones]`: modules a config names, imported when the config
-is read, so that what they register (`backbones.register_backbone`,
-`engine.tasks.register_task`) is known to every tool that reads it (mmdetection's key of
-this name). A checkpoint's recorded config imports them again where the weights are used."""
+"""Code of one's own that a config names (docs/extending.md).
+
+`custom_imports: [my_project.backbones]`: modules imported when the config is read, so that
+what they register (`backbones.register_backbone`, `engine.tasks.register_task`) is known to
+every tool that reads it (mmdetection's key of this name); a checkpoint's recorded config
+imports them again where the weights are used, and a run records the modules that registered
+what it names. `train.hooks: [{type: module.Class, ...}]`: hooks built from the config."""
 from __future__ import annotations
 
 import importlib
