@@ -30,7 +30,9 @@ from resnet_detect.engine import cli, tasks
 from resnet_detect.engine.config import ArgumentError, ConfigError
 from resnet_detect.engine.custom_imports import (REGISTERED_BY, import_custom_modules,
                                                  record_registering_modules)
+from resnet_detect.engine.runner import run_training
 from tests.torchrun import run_two_processes
+from tests.tools.test_runner_tasks import _RegressionTask, _toy_config
 from tests.tools.test_train_eval_demo import data, data_overrides, load_tool
 
 __all__ = ["data"]
@@ -142,7 +144,14 @@ def test_a_registered_backbone_trains_a_detector_and_its_weights_load_in_a_new_p
     # and so does the file under another module name (a package's and its folder's)
     spec = importlib.util.spec_from_file_location("myproject.my_backbones",
                                                   project / "my_backbones.py")
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    again = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, again)
+    spec.loader.exec_module(again)
+    # a config naming it so is not given the other name too
+    named = OmegaConf.create({"custom_imports": [spec.name],
+                              "model": {"backbone": {"name": "resnet26"}}})
+    record_registering_modules(named)
+    assert named.custom_imports == [spec.name]
     # a run that names the backbone without its module (imported by the caller) records it
     load_tool("train").main([*args, "custom_imports=None", "train.output_dir=output/r26b"])
     assert torch.load(project / "output/r26b/model_final.pth", weights_only=True)[
@@ -286,6 +295,18 @@ def test_names_of_this_projects_backbones_and_tasks_are_not_taken() -> None:
         import_custom_modules("my_tasks", "x.yaml")
 
 
+def test_a_python_callers_custom_imports_and_a_study_config_are_told(tmp_path: Path) -> None:
+    cfg = _toy_config(tmp_path)
+    cfg.custom_imports = "other_module"  # (a string: not read as its letters)
+    with pytest.raises(ConfigError, match=r"custom_imports of the config must be a list of "
+                                          r"module names, e.g. \[my_project.backbones\], got "
+                                          r"'other_module'"):
+        run_training(_RegressionTask(), cfg, "cpu")
+    with pytest.raises(ConfigError, match=r"a study config \(task: analyze\) is run by "
+                                          r"tools/analyze.py"):
+        load_tool("model_info").main([str(ROOT / "configs/analyze/cifar10.yaml")])
+
+
 @registries_kept()
 def test_what_a_registration_needs_is_said(caplog: pytest.LogCaptureFixture) -> None:
     def not_a_resnet(**options: object) -> torch.nn.Module:
@@ -305,11 +326,21 @@ def test_what_a_registration_needs_is_said(caplog: pytest.LogCaptureFixture) -> 
                             "model": {"backbone": {"name": "in_a_module"}}})
     record_registering_modules(cfg)
     assert cfg.custom_imports == [__name__]
-    not_a_resnet.__module__ = "__main__"
-    backbones.register_backbone("in_a_script")(not_a_resnet)
+    # what registers it is the module calling register_backbone, not the one defining the
+    # builder (a factory's, functools.partial's)
+    script = {"__name__": "__main__", "register_backbone": backbones.register_backbone,
+              "partial": functools.partial, "ResNet": backbones.ResNet}
+    cell = ('register_backbone("in_a_script")(partial(ResNet, stage_blocks=(1, 1, 1, 1), '
+            'stage_planes=(8, 16, 32, 64), block="basic"))')
+    exec(cell, script)
+    exec(cell, script)  # (a notebook's cell run again: the name registered again)
     cfg.model.backbone.name = "in_a_script"
     with caplog.at_level(logging.WARNING):
         record_registering_modules(cfg)
     assert cfg.custom_imports == [__name__]
     assert "model.backbone.name 'in_a_script': the backbone is registered by the script run, " \
            "which the tools given this run's weights cannot import" in caplog.text
+    # another module may not take a name, though it registers the same function
+    with pytest.raises(ArgumentError, match=r"backbone 'in_a_script' is registered already "
+                                            r"\(by __main__\): give yours another name"):
+        backbones.register_backbone("in_a_script")(not_a_resnet)

@@ -93,9 +93,11 @@ def backbone_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 
 def config_info(args: argparse.Namespace) -> None:
-    from resnet_detect.engine.tasks import BUILT_IN_TASKS, config_task, load_task_config
+    from resnet_detect.engine.tasks import (BUILT_IN_TASKS, config_task, load_task_config,
+                                            task_module)
     overrides = list(args.options)
     task = config_task(args.name, overrides)
+    task_module(task)  # (a study's config, or no task: said there)
     if task not in BUILT_IN_TASKS:  # (a task of one's own: its model is its own)
         raise ConfigError(f"tools/model_info.py counts {', '.join(sorted(BUILT_IN_TASKS))} "
                           f"models; {args.name} is a {task!r} config")

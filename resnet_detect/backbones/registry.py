@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any, Callable
 
 from resnet_detect.engine.config import ArgumentError, ConfigError
-from resnet_detect.engine.custom_imports import REGISTERED_BY
+from resnet_detect.engine.custom_imports import REGISTERED_BY, module_file
 from .resnet import IMAGENET_DEPTHS, ResNet
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
@@ -70,30 +71,26 @@ def register_backbone(name: str) -> Callable[[Callable[..., ResNet]], Callable[.
     """`@register_backbone("resnet26")` on a function taking ResNet's options (`**options`:
     norm, freeze_at, out_features, output_stride, ...) and returning a `ResNet` (or a
     subclass): `name` is then a `model.backbone.name` of every task and tool, once the
-    module is imported (a config's `custom_imports` names it; docs/extending.md)."""
+    module is imported (a config's `custom_imports` names it; docs/extending.md). The module
+    that registered a name may register it again (run again: importlib.reload, a notebook
+    cell), as may its file imported under another module name; another module may not."""
     if not isinstance(name, str) or not name:
         raise ArgumentError(f"a backbone's name is a non-empty string, got {name!r}")
 
     def register(builder: Callable[..., ResNet]) -> Callable[..., ResNet]:
-        known = _REGISTRY.get(name)
-        if known is not None and known is not builder and (
-                name in _BUILT_IN or _same_function(known) != _same_function(builder)):
+        caller = sys._getframe(1).f_globals  # the registering module's
+        known, earlier = _REGISTRY.get(name), REGISTERED_BY.get(("backbone", name))
+        again = (caller.get("__name__") == earlier
+                 or (caller.get("__file__") or 0) == module_file(earlier))
+        if known is not None and known is not builder and (name in _BUILT_IN or not again):
             raise ArgumentError(f"backbone {name!r} is registered already"
-                                + (" (one of this project's)" if name in _BUILT_IN else "")
-                                + ": give yours another name")
+                                + (" (one of this project's)" if name in _BUILT_IN else
+                                   f" (by {earlier})") + ": give yours another name")
         _REGISTRY[name] = builder
-        # (the first module's name where its file is imported again under another)
-        REGISTERED_BY.setdefault(("backbone", name), getattr(builder, "__module__", ""))
+        if earlier in (None, "__main__"):  # (kept where its file is imported again as another)
+            REGISTERED_BY["backbone", name] = caller.get("__name__", "")
         return builder
     return register
-
-
-def _same_function(builder: Callable[..., Any]) -> tuple[str, str]:
-    """What a function keeps when its file is imported again (importlib.reload, a notebook;
-    or under another module name: my_backbones and myproject.my_backbones)."""
-    code = getattr(builder, "__code__", None)
-    return (code.co_filename if code is not None else getattr(builder, "__module__", ""),
-            getattr(builder, "__qualname__", repr(builder)))
 
 
 def build_resnet(name: str, config_prefix: str = "", **options: Any) -> ResNet:

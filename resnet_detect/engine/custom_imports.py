@@ -107,11 +107,17 @@ def _how_to_make_importable(name: str) -> str:
            "PYTHONPATH"
 
 
+def module_file(name: str | None) -> str | None:
+    """The file of an imported module (None: not imported, or none)."""
+    return getattr(sys.modules.get(name or ""), "__file__", None)
+
+
 def record_registering_modules(cfg: DictConfig) -> None:
-    """Add to `cfg`'s custom_imports the modules that registered the task or backbone it
-    names (registered by a caller's own import, not by the config): the run's config.yaml and
-    its weights then name them for the tools that load the weights; one registered by the
-    script run (`__main__`), which no tool can import, is warned of."""
+    """Add to `cfg`'s custom_imports (imported already: a list) the modules that registered
+    the task or backbone it names (registered by a caller's own import, not by the config):
+    the run's config.yaml and its weights then name them for the tools that load the
+    weights; one registered by the script run (`__main__`), which no tool can import, is
+    warned of."""
     given = list(cfg.get(KEY) or [])
     for kind, key in NAMED_AT:
         name = OmegaConf.select(cfg, key, default=None)
@@ -121,7 +127,8 @@ def record_registering_modules(cfg: DictConfig) -> None:
                            "given this run's weights cannot import: to use them there, "
                            "register it in a module of its own, named in the config's %s",
                            key, name, kind, KEY)
-        elif module is not None and module not in given:
+        elif module is not None and module not in given and module_file(module) not in {
+                module_file(m) for m in given} - {None}:  # (its file under another name)
             given.append(module)
             logger.info("%s: %s added, the module that registers %s %r, so that the tools "
                         "given this run's weights import it", KEY, module, kind, name)

@@ -35,7 +35,8 @@ from .amp import amp_for_device, float32_default, parse_amp
 from .checkpoint import (BEST_MODES, BestWeights, Checkpointer, CheckpointWriteError,
                          PeriodicCheckpointer, best_metric_parts, checkpoints_in)
 from .compilation import compile_model, parse_compile
-from .custom_imports import config_hooks, record_registering_modules
+from .custom_imports import KEY as CUSTOM_IMPORTS
+from .custom_imports import config_hooks, import_custom_modules, record_registering_modules
 from .config import (PERIODS, ConfigError, as_override, config_yaml, flat_keys, is_number,
                      is_positive_int, load_defaults, to_plain)
 from .data import (CountedLoader, build_test_loader, build_train_loader, collate,
@@ -934,7 +935,8 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
                   else usable_device(device))
     logger = logging.getLogger(f"{__name__}.{task.name}")
     check_same_config_everywhere(cfg, resume)
-    record_registering_modules(cfg)
+    # (a Python caller's config, not read by a tool: its modules before the model's checks)
+    import_custom_modules(cfg.get(CUSTOM_IMPORTS), "the config")
     compile_backend, amp = check_training_config(task, cfg)
     hooks = [*config_hooks(to_plain(cfg).get("train", {}).get("hooks")), *hooks]
     amp_for_device(amp, device.type, warn=False)  # fp16 off a GPU: before the data is read
@@ -978,6 +980,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
            logger: logging.Logger, output_dir: Path, compile_backend: str | None,
            amp: str | None, hooks: Sequence[Hook]) -> dict[str, Any]:
     """run_training after its checks, with the logging set up."""
+    record_registering_modules(cfg)  # (its words in log.txt) before config.yaml is written
     t = cfg.train
     resume_hint = getattr(task, "resume_hint", RESUME_HINT)
     steps = t.accumulation_steps
