@@ -257,9 +257,14 @@ def test_a_registered_task_trains_through_the_tool_and_keeps_its_lowest_error(
                                             r"'my_hook'"),
             ("[{type: my_hooks.PrintLoss, each: 3}]",
              r"train.hooks\[0\]: my_hooks.PrintLoss\(each=3\): .*unexpected keyword"),
-            ("[PrintLoss]", r"train.hooks\[0\] must be a mapping with type: module.Class")):
+            ("[PrintLoss]", r"train.hooks\[0\] must be a mapping with type: module.Class"),
+            ("[{type: os.getcwd}]", r"train.hooks\[0\]: os.getcwd has none of before_train, "
+                                    r"after_step, after_train")):
         with pytest.raises(ConfigError, match=message):
             load_tool("train").main(["line_fit_hooked.yaml", f"train.hooks={hooks}"])
+    with pytest.raises(ConfigError, match=r"module my_hooks has no class 'PrintLos'"):
+        load_tool("train").main(["line_fit_hooked.yaml", "train.hooks=[{type: "
+                                 "my_hooks.PrintLos}]", "--print-config"])
 
 
 @pytest.mark.slow
@@ -308,7 +313,8 @@ def test_a_python_callers_custom_imports_and_a_study_config_are_told(tmp_path: P
 
 
 @registries_kept()
-def test_what_a_registration_needs_is_said(caplog: pytest.LogCaptureFixture) -> None:
+def test_what_a_registration_needs_is_said(caplog: pytest.LogCaptureFixture, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     def not_a_resnet(**options: object) -> torch.nn.Module:
         return torch.nn.Linear(1, 1)
 
@@ -319,13 +325,10 @@ def test_what_a_registration_needs_is_said(caplog: pytest.LogCaptureFixture) -> 
     with pytest.raises(ConfigError, match=r"no module 'my_backbones.py' .*custom_imports names "
                                           r"modules as `import` does: my_backbones, not a file"):
         import_custom_modules(["my_backbones.py"], "x.yaml")
-    # a backbone registered by an importable module is recorded in the run's config; one
-    # registered by the script run is warned of (no tool can import a script)
-    backbones.register_backbone("in_a_module")(not_a_resnet)
+    # a backbone registered by an importable module's body is recorded in the run's config
+    # (below); one registered by the script run is warned of (no tool can import a script)
     cfg = OmegaConf.create({"task": "detection", "custom_imports": None,
-                            "model": {"backbone": {"name": "in_a_module"}}})
-    record_registering_modules(cfg)
-    assert cfg.custom_imports == [__name__]
+                            "model": {"backbone": {"name": "in_a_script"}}})
     # what registers it is the module calling register_backbone, not the one defining the
     # builder (a factory's, functools.partial's)
     script = {"__name__": "__main__", "register_backbone": backbones.register_backbone,
@@ -334,12 +337,33 @@ def test_what_a_registration_needs_is_said(caplog: pytest.LogCaptureFixture) -> 
             'stage_planes=(8, 16, 32, 64), block="basic"))')
     exec(cell, script)
     exec(cell, script)  # (a notebook's cell run again: the name registered again)
-    cfg.model.backbone.name = "in_a_script"
     with caplog.at_level(logging.WARNING):
         record_registering_modules(cfg)
-    assert cfg.custom_imports == [__name__]
+    assert cfg.custom_imports is None
     assert "model.backbone.name 'in_a_script': the backbone is registered by the script run, " \
            "which the tools given this run's weights cannot import" in caplog.text
+    # a factory that registers for its caller: the caller is what registered it
+    (tmp_path / "rfactory.py").write_text(
+        "from resnet_detect.backbones import ResNet, register_backbone\n\n\n"
+        "def make_and_register(name, blocks):\n"
+        "    @register_backbone(name)\n"
+        "    def build(**options):\n"
+        "        return ResNet(stage_blocks=blocks, stage_planes=(8, 16, 32, 64), "
+        "block='basic', **options)\n")
+    for user, blocks in (("ruser_a", (1, 1, 1, 1)), ("ruser_b", (2, 2, 2, 2))):
+        (tmp_path / f"{user}.py").write_text(
+            f"from rfactory import make_and_register\nmake_and_register('mine', {blocks})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("ruser_a")
+    assert REGISTERED_BY["backbone", "mine"] == "ruser_a"
+    cfg.model.backbone.name = "mine"
+    record_registering_modules(cfg)
+    assert cfg.custom_imports == ["ruser_a"]
+    with pytest.raises(ArgumentError, match=r"backbone 'mine' is registered already \(by "
+                                            r"ruser_a\)"):
+        importlib.import_module("ruser_b")
+    for name in ("rfactory", "ruser_a", "ruser_b"):
+        sys.modules.pop(name, None)
     # another module may not take a name, though it registers the same function
     with pytest.raises(ArgumentError, match=r"backbone 'in_a_script' is registered already "
                                             r"\(by __main__\): give yours another name"):

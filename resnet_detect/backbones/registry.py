@@ -71,14 +71,16 @@ def register_backbone(name: str) -> Callable[[Callable[..., ResNet]], Callable[.
     """`@register_backbone("resnet26")` on a function taking ResNet's options (`**options`:
     norm, freeze_at, out_features, output_stride, ...) and returning a `ResNet` (or a
     subclass): `name` is then a `model.backbone.name` of every task and tool, once the
-    module is imported (a config's `custom_imports` names it; docs/extending.md). The module
-    that registered a name may register it again (run again: importlib.reload, a notebook
-    cell), as may its file imported under another module name; another module may not."""
+    module is imported (a config's `custom_imports` names it; docs/extending.md). What
+    registers is the module whose body runs the registration (a factory's caller; a
+    function called by a script: the script). It may register the name again (run again:
+    importlib.reload, a notebook cell), as may its file imported under another module name;
+    another module may not."""
     if not isinstance(name, str) or not name:
         raise ArgumentError(f"a backbone's name is a non-empty string, got {name!r}")
 
     def register(builder: Callable[..., ResNet]) -> Callable[..., ResNet]:
-        caller = sys._getframe(1).f_globals  # the registering module's
+        caller = _registering_module()
         known, earlier = _REGISTRY.get(name), REGISTERED_BY.get(("backbone", name))
         again = (caller.get("__name__") == earlier
                  or (caller.get("__file__") or 0) == module_file(earlier))
@@ -91,6 +93,15 @@ def register_backbone(name: str) -> Callable[[Callable[..., ResNet]], Callable[.
             REGISTERED_BY["backbone", name] = caller.get("__name__", "")
         return builder
     return register
+
+
+def _registering_module() -> dict[str, Any]:
+    """The globals of the module whose body, run, registers (its caller's frames up to the
+    nearest module body: a decorator's, or a factory's that registers for its caller)."""
+    frame = sys._getframe(2)
+    while frame.f_code.co_name != "<module>" and frame.f_back is not None:
+        frame = frame.f_back
+    return frame.f_globals
 
 
 def build_resnet(name: str, config_prefix: str = "", **options: Any) -> ResNet:

@@ -143,12 +143,25 @@ def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
                     isinstance(b, str) for b in bases):
                 raise ConfigError(f"{BASE_KEY} in {file} must be a path or a list of paths")
             for base in bases:
-                visit(CONFIGS / base[len(PACKAGE_PREFIX):] if base.startswith(PACKAGE_PREFIX)
-                      else file.parent / base, (*stack, file))
+                visit(_base_path(base, file), (*stack, file))
         chain.append((file, cfg))
 
     visit(Path(path), ())
     return chain
+
+
+def _base_path(base: str, file: Path) -> Path:
+    """The file a `_base_` entry of `file` names."""
+    if not base.startswith(PACKAGE_PREFIX):
+        if "::" in base:
+            raise ConfigError(f"{BASE_KEY} {base!r} in {file}: {PACKAGE_PREFIX} is the one "
+                              f"package prefix (this project's configs/)")
+        return file.parent / base
+    path = (CONFIGS / base[len(PACKAGE_PREFIX):].strip()).resolve()
+    if not path.is_relative_to(CONFIGS.resolve()):
+        raise ConfigError(f"{BASE_KEY} {base!r} in {file} is outside the package's configs "
+                          f"folder {CONFIGS}")
+    return path
 
 
 _SKIPS_SAID: set[tuple[Path, Path]] = set()

@@ -8,6 +8,7 @@ what it names. `train.hooks: [{type: module.Class, ...}]`: hooks built from the 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,8 @@ KEY = "custom_imports"
 REGISTERED_BY: dict[tuple[str, str], str] = {}
 # where a config names what was registered
 NAMED_AT = (("task", "task"), ("backbone", "model.backbone.name"), ("backbone", "model.name"))
+
+HOOK_STAGES = ("before_train", "after_step", "after_train")
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +90,17 @@ def config_hooks(value: Any) -> list[Any]:
             raise ConfigError(f"{where}: module {module_name} has no class {name!r}")
         options = {k: v for k, v in item.items() if k != "type"}
         try:
-            hooks.append(cls(**options))
+            inspect.signature(cls).bind(**options)
         except TypeError as e:  # an argument it does not take, or lacks
             given = ", ".join(f"{k}={v!r}" for k, v in options.items())
             raise ConfigError(f"{where}: {path}({given}): {e}") from None
+        except ValueError:  # (no signature to read: a builtin)
+            pass
+        hook = cls(**options)
+        if not any(callable(getattr(hook, stage, None)) for stage in HOOK_STAGES):
+            raise ConfigError(f"{where}: {path} has none of {', '.join(HOOK_STAGES)} (the "
+                              f"stages the trainer calls)")
+        hooks.append(hook)
     return hooks
 
 

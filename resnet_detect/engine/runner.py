@@ -733,17 +733,22 @@ def _check_model_settings(path: Path, provenance: Mapping[str, Any], cfg: DictCo
 
 
 def _save_steps_done(trainer: Trainer, checkpointer: Checkpointer, logger: logging.Logger,
-                     failed: str, fix: str, resume_hint: str = RESUME_HINT) -> None:
+                     failed: str, fix: str, resume_hint: str = RESUME_HINT, *,
+                     evaluation: bool = False) -> None:
     """Before an error stops the run: save the steps done since the last checkpoint (one
-    process only: saving is collective, and under DDP the others wait inside a step)."""
+    process only: saving is collective, and under DDP the others wait inside a step);
+    `evaluation`: the error was the evaluation's, which the checkpoint says is to run again
+    at the resume (written again where that iteration's was there already)."""
     if get_world_size() > 1 or trainer.iter <= trainer.start_iter:
         return
-    if checkpointer.saved_iteration == trainer.iter:
+    if checkpointer.saved_iteration == trainer.iter and not evaluation:
         logger.error("%s (below); the %d steps done are in %s already: %s, then %s", failed,
                      trainer.iter, checkpointer.path_of(trainer.iter), fix, resume_hint)
         return
     try:
-        path = checkpointer.save(trainer.iter)
+        path = checkpointer.save(trainer.iter, {**checkpointer.extra_fn(trainer.iter),
+                                                EVALUATION_PENDING: True} if evaluation
+                                 else None)
     except Exception as e:  # the first error is the one to report
         logger.error("%s (below); saving the %d steps done failed too: %s", failed,
                      trainer.iter, e)
@@ -1138,7 +1143,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             except Exception:
                 _save_steps_done(trainer, checkpointer, logger,
                                  f"the evaluation at iteration {trainer.iter} failed",
-                                 "fix what stopped it", resume_hint)
+                                 "fix what stopped it", resume_hint, evaluation=True)
                 raise
             counted.raise_if_stopped()  # (a task that scored a part of the split)
             val_images.update(counted.report(logger, "val",

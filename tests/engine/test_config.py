@@ -104,6 +104,11 @@ def test_a_file_two_bases_inherit_is_merged_once(tmp_path: Path, caplog) -> None
                                   "train: {max_iter: 7}\n")
     mine, packaged_cfg = (load_config(path) for path in (tmp_path / "mine.yaml", packaged))
     assert mine.train.max_iter == 7 and packaged_cfg.train.max_iter != 7
+    for base, message in (("resnet_detect::../../x.yaml", "is outside the package's configs"),
+                          ("mmdet::x.yaml", "resnet_detect:: is the one package prefix")):
+        write(tmp_path / "other.yaml", f"_base_: {base}\n")
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(tmp_path / "other.yaml")
     mine.train.max_iter = packaged_cfg.train.max_iter
     assert mine == packaged_cfg
     with pytest.raises(ConfigError, match=r"config file not found: \S*configs.nope\.yaml$"):

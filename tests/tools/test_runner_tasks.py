@@ -600,13 +600,19 @@ def test_an_evaluation_that_fails_saves_the_steps_done_first(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """An error inside a periodic evaluation (a class name the console could not print, an
     out-of-memory) lost every step since the last checkpoint: they are saved, and --resume
-    continues from them to the uninterrupted run's weights."""
+    runs that evaluation first and continues to the uninterrupted run's weights and
+    evaluations (the evaluation was lost)."""
     cpu = torch.device("cpu")
 
     def config(out: Path) -> Any:
         cfg = _toy_config(out)
         cfg.train.update(eval_period=3, checkpoint_period=0)
         return cfg
+
+    def evaluations(run: str) -> list[tuple[int, float]]:
+        return [(line["iteration"], line["regression/first"]) for line in map(
+            json.loads, (tmp_path / run / "scalars.jsonl").read_text().splitlines())
+            if "regression/first" in line]
     full = run_training(_SignalInEvalTask(at=0), config(tmp_path / "full"), cpu)
     with pytest.raises(UnicodeEncodeError):
         run_training(_FailingEvalTask(at=1), config(tmp_path / "run"), cpu)
@@ -616,13 +622,18 @@ def test_an_evaluation_that_fails_saves_the_steps_done_first(
     assert resumed["iteration"] == 6
     for key, value in full["model"].state_dict().items():
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
-    # the periodic checkpoint of that iteration is there already: not written twice
+    assert evaluations("run") == evaluations("full") and len(evaluations("full")) == 2
+    # the periodic checkpoint of that iteration is there already: written again, saying so
     cfg = config(tmp_path / "both")
     cfg.train.checkpoint_period = 3
     with pytest.raises(UnicodeEncodeError):
         run_training(_FailingEvalTask(at=1), cfg, cpu)
-    assert "failed (below); the 3 steps done are in " in caplog.text
-    assert caplog.text.count("saved checkpoint " + str(tmp_path / "both")) == 1
+    assert "the evaluation at iteration 3 failed (below); saved the 3 steps done in " \
+           f"{tmp_path / 'both/model_0000003.pth'}" in caplog.text
+    cfg = config(tmp_path / "both")
+    cfg.train.checkpoint_period = 3
+    run_training(_SignalInEvalTask(at=0), cfg, cpu, resume=True)
+    assert evaluations("both") == evaluations("full")
 
 
 def test_segmentation_resumed_interrupted_or_killed_run_ends_bit_identical(
