@@ -23,7 +23,7 @@ from .distributed import (barrier, cleanup, init_distributed, is_main_process,
                           training_device_type)
 from .checkpoint import (CheckpointWriteError, UnreadableCheckpointError,
                          read_training_checkpoint)
-from .config import ConfigError, parse_bool, to_plain
+from .config import ConfigError, parse_bool
 from .custom_imports import config_hooks
 from .data import DatasetError, UnreadableImageError, worker_error_message
 from .export import ExportError
@@ -319,7 +319,7 @@ def _print_config(task: Any, cfg: Any) -> None:
                    OmegaConf.select(defaults, key, default=None, throw_on_missing=False))
         OmegaConf.update(probe, key, default, force_add=True)
     _, amp = check_training_config(task, probe)
-    config_hooks(to_plain(probe).get("train", {}).get("hooks"))  # (built as the run would)
+    config_hooks(probe)  # (built as the run would)
     amp_for_device(amp, training_device_type(probe.train.device), warn=False)
     for key, value in weights_keys(probe.get("model")).items():
         if isinstance(value, str) and value and not os.path.exists(value):

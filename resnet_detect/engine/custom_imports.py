@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .config import ConfigError
 
@@ -64,14 +64,18 @@ def _import(name: str, named_by: str) -> Any:
                           f"({err}){_how_to_make_importable(name)}") from None
 
 
-def config_hooks(value: Any) -> list[Any]:
-    """`train.hooks: [{type: my_project.hooks.PrintLoss, every: 10}, ...]` (mmdetection's
-    custom_hooks): each class imported and built with the item's other keys.
+def config_hooks(cfg: DictConfig) -> list[Any]:
+    """The hooks of `cfg`'s `train.hooks: [{type: my_project.hooks.PrintLoss, every: 10},
+    ...]` (mmdetection's custom_hooks): each class imported and built with the item's other
+    keys.
 
     Raises:
         ConfigError: not such a list, a class that cannot be found, or arguments it refuses,
             named by the item.
     """
+    value = OmegaConf.select(cfg, "train.hooks", default=None)
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
     if value is None:
         return []
     if isinstance(value, (str, Mapping)) or not isinstance(value, Sequence):

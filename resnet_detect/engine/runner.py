@@ -63,7 +63,8 @@ from .schedule import DECAYS, build_lr_scheduler
 from .tasks import BUILT_IN_TASKS, TRAIN_DEFAULTS, config_of_run, task_defaults
 from .trainer import Hook, PeriodicEval, Trainer, eval_mode
 
-# a checkpoint's extra: a stop signal ended the evaluation at its iteration
+# a checkpoint's extra: a stop signal or an error ended the evaluation at its iteration, which
+# a resume runs first
 EVALUATION_PENDING = "evaluation_pending"
 Metrics = dict[str, dict[str, Any]]  # {group ("bbox", "segm", "sem_seg", ...): {name: value}}
 
@@ -97,10 +98,9 @@ class Task(Protocol):
     """What a task supplies. One instance per run; it may keep what `prepare` found.
 
     The config `run_training` takes has every key of configs/base_train.yaml's `train`
-    section and a `data` section with `num_workers` (load them with
-    `engine.config.load_config(path, overrides, defaults=load_defaults(BASE))`, which refuses
-    a misspelt key); `TaskData.train` is indexed by (index, seed) pairs (the seed draws the
-    sample's augmentation)."""
+    section and a `data` section with `num_workers` (`engine.tasks.load_task_config` loads
+    a registered task's so, refusing a misspelt key; docs/extending.md); `TaskData.train` is
+    indexed by (index, seed) pairs (the seed draws the sample's augmentation)."""
 
     name: str            # the config's `task` value, also its logger's last name
     primary_metrics: str  # the metric group tools print and `metrics` returns
@@ -746,15 +746,20 @@ def _save_steps_done(trainer: Trainer, checkpointer: Checkpointer, logger: loggi
                      trainer.iter, checkpointer.path_of(trainer.iter), fix, resume_hint)
         return
     try:
-        path = checkpointer.save(trainer.iter, {**checkpointer.extra_fn(trainer.iter),
-                                                EVALUATION_PENDING: True} if evaluation
-                                 else None)
+        path = (_save_evaluation_pending(checkpointer, trainer.iter) if evaluation
+                else checkpointer.save(trainer.iter))
     except Exception as e:  # the first error is the one to report
         logger.error("%s (below); saving the %d steps done failed too: %s", failed,
                      trainer.iter, e)
         return
     logger.error("%s (below); saved the %d steps done in %s: %s, then %s", failed,
                  trainer.iter, path, fix, resume_hint)
+
+
+def _save_evaluation_pending(checkpointer: Checkpointer, iteration: int) -> Path:
+    """The checkpoint of `iteration`, saying that its evaluation is to run at the resume."""
+    return checkpointer.save(iteration, {**checkpointer.extra_fn(iteration),
+                                         EVALUATION_PENDING: True})
 
 
 def _saved_on_error(batches: Iterator[Any], trainer: Trainer, checkpointer: Checkpointer,
@@ -943,7 +948,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
     # (a Python caller's config, not read by a tool: its modules before the model's checks)
     import_custom_modules(cfg.get(CUSTOM_IMPORTS), "the config")
     compile_backend, amp = check_training_config(task, cfg)
-    hooks = [*config_hooks(to_plain(cfg).get("train", {}).get("hooks")), *hooks]
+    hooks = [*config_hooks(cfg), *hooks]
     amp_for_device(amp, device.type, warn=False)  # fp16 off a GPU: before the data is read
     t = cfg.train
     if get_world_size() > 1 and device.type != "cuda":
@@ -1067,8 +1072,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     provenance = (task.provenance(cfg) if hasattr(task, "provenance")
                   else {"config": to_plain(cfg)})  # what a resume compares its settings with
     # what a resume compares: a checkpoint records its training set's size too
-    recorded = (None if provenance is None
-                else {**provenance, "train_images": len(data.train)})
+    recorded = {**provenance, "train_images": len(data.train)}
     checkpointer = Checkpointer(output_dir, model=model, optimizer=optimizer,
                                 scheduler=scheduler, scaler=trainer.scaler,
                                 max_to_keep=t.max_to_keep, provenance=recorded,
@@ -1078,7 +1082,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                     if hasattr(task, "checkpoint_state") else {})},
                                 check=lambda path, saved, iteration: _check_resumable(
                                     path, saved, iteration, cfg, lengths["max_iter"],
-                                    logger, recorded or {}, _model_check(task, model)))
+                                    logger, recorded, _model_check(task, model)))
     if resume:
         # restores every process's RNG state
         state = (checkpointer.resume() if resume is True
@@ -1207,8 +1211,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         writer.close()
         if not finished and in_evaluation and trainer.iter < lengths["max_iter"]:
             # (after the last step the final evaluation runs at a resume anyway)
-            path = checkpointer.save(trainer.iter, extra={
-                **checkpointer.extra_fn(trainer.iter), EVALUATION_PENDING: True})
+            path = _save_evaluation_pending(checkpointer, trainer.iter)
         elif not finished:  # (a stop at a checkpoint's iteration: saved already)
             path = (checkpointer.path_of(trainer.iter)
                     if checkpointer.saved_iteration == trainer.iter
