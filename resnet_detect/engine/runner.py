@@ -1072,7 +1072,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     provenance = (task.provenance(cfg) if hasattr(task, "provenance")
                   else {"config": to_plain(cfg)})  # what a resume compares its settings with
     # what a resume compares: a checkpoint records its training set's size too
-    recorded = {**provenance, "train_images": len(data.train)}
+    recorded = (None if provenance is None  # (a study's task records none)
+                else {**provenance, "train_images": len(data.train)})
     checkpointer = Checkpointer(output_dir, model=model, optimizer=optimizer,
                                 scheduler=scheduler, scaler=trainer.scaler,
                                 max_to_keep=t.max_to_keep, provenance=recorded,
@@ -1082,7 +1083,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                     if hasattr(task, "checkpoint_state") else {})},
                                 check=lambda path, saved, iteration: _check_resumable(
                                     path, saved, iteration, cfg, lengths["max_iter"],
-                                    logger, recorded, _model_check(task, model)))
+                                    logger, recorded or {}, _model_check(task, model)))
     if resume:
         # restores every process's RNG state
         state = (checkpointer.resume() if resume is True
