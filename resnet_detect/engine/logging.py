@@ -221,6 +221,22 @@ class ScalarWriter:
             self._writer.close()
 
 
+def logs_evaluation(jsonl: Path, iteration: int) -> bool:
+    """Whether `jsonl` (a run's scalars.jsonl) holds an evaluation's line at `iteration`: one
+    with a scalar outside train/ (a progress line's). False for a file that is not there."""
+    if not jsonl.is_file():
+        return False
+    for line in jsonl.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+            if int(entry["iteration"]) == iteration and any(
+                    k != "iteration" and not k.startswith("train/") for k in entry):
+                return True
+        except (ValueError, KeyError, TypeError, AttributeError):  # a line a kill cut short
+            continue
+    return False
+
+
 def _iteration_of(line: str) -> int | None:
     """The iteration of a scalars.jsonl line; None for a line a kill cut short."""
     try:

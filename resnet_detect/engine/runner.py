@@ -37,19 +37,20 @@ from .checkpoint import (BEST_MODES, BestWeights, Checkpointer, CheckpointWriteE
 from .compilation import compile_model, parse_compile
 from .custom_imports import KEY as CUSTOM_IMPORTS
 from .custom_imports import config_hooks, import_custom_modules, record_registering_modules
+from .curves import SCALARS_FILE
 from .config import (PERIODS, ConfigError, as_override, config_yaml, flat_keys, is_number,
                      is_positive_int, load_defaults, to_plain)
 from .data import (CountedLoader, build_test_loader, build_train_loader, collate,
                    worker_error_message)
 from .data.overlap import warn_of_val_in_training
-from .distributed import (all_reduce_sum, broadcast_buffers, get_rank, get_world_size,
-                          init_distributed, is_main_process, per_process_batch_size,
-                          refuse_syncbn_on_cpus, unsynced_batch_norm_warning, usable_device,
-                          wrap_ddp)
+from .distributed import (all_gather_object, all_reduce_sum, broadcast_buffers, get_rank,
+                          get_world_size, init_distributed, is_main_process,
+                          per_process_batch_size, refuse_syncbn_on_cpus,
+                          unsynced_batch_norm_warning, usable_device, wrap_ddp)
 from .ema import WeightAverage, check_ema_decay
 from .files import atomic_write_json, is_disk_full, nan_to_none
-from .logging import (ProgressLogger, ScalarWriter, logging_kept, rank_log_name,
-                      setup_logging)
+from .logging import (ProgressLogger, ScalarWriter, logging_kept, logs_evaluation,
+                      rank_log_name, setup_logging)
 from .memory_format import place_model
 from .model_check import warn_of_random_backbone, weights_keys
 from .rng import rng_kept, seed_everything
@@ -834,9 +835,10 @@ def _refuse_to_restart_a_finished_run(output_dir: Path) -> None:
                           f"--resume: the new run replaces them at its end)")
 
 
-def _log_metrics(logger: logging.Logger, writer: ScalarWriter, metrics: Metrics,
-                 iteration: int) -> None:
-    for group, values in metrics.items():  # one line and one tensorboard group each
+def _log_metrics(logger: logging.Logger, metrics: Metrics, iteration: int) -> dict[str, float]:
+    """One log line per group of `metrics`; returns their scalars ("group/key") to write."""
+    written: dict[str, float] = {}
+    for group, values in metrics.items():
         scalars = {k: v for k, v in values.items() if isinstance(v, float)}
         logger.info("eval @ iter %d, %s: %s", iteration, group,
                     "  ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
@@ -846,7 +848,21 @@ def _log_metrics(logger: logging.Logger, writer: ScalarWriter, metrics: Metrics,
             if isinstance(per_class, Mapping):
                 scalars.update({f"{name}-{c}": v for c, v in per_class.items()
                                 if isinstance(v, float) and math.isfinite(v)})
-        writer.add_scalars({f"{group}/{k}": v for k, v in scalars.items()}, iteration)
+        written.update({f"{group}/{k}": v for k, v in scalars.items()})
+    return written
+
+
+def _evaluation_killed(output_dir: Path, start_iter: int, lengths: Mapping[str, int]) -> bool:
+    """Whether a run resumed in its folder at `start_iter` lost that iteration's periodic
+    evaluation to a kill (kill -9, the out-of-memory killer) that left no word of it: that
+    iteration's checkpoint was written before the evaluation started, and scalars.jsonl has
+    no line of it. (Where the line alone was lost, a disk that filled, it runs twice: harmless.)
+    The main process reads the file; every process gets its answer."""
+    period = lengths["eval_period"]
+    due = bool(period) and start_iter % period == 0 and 0 < start_iter < lengths["max_iter"]
+    killed = due and is_main_process() and not logs_evaluation(
+        output_dir / SCALARS_FILE, start_iter)
+    return bool(all_gather_object(killed)[0]) if due else False
 
 
 # the metrics' per-class tables and the scalar name each class's value is logged under
@@ -1112,7 +1128,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     if is_main_process():  # once resuming is known to work: a refused resume keeps the old one
         checkpointer.write_run_file("config.yaml", config_yaml(cfg))
 
-    writer = ScalarWriter(output_dir / "tensorboard", jsonl=output_dir / "scalars.jsonl",
+    writer = ScalarWriter(output_dir / "tensorboard", jsonl=output_dir / SCALARS_FILE,
                           start_iter=start_iter)
     task_hint = getattr(task, "slow_data_hint", None)
     slow_data_hint = "; ".join(filter(None, [
@@ -1160,10 +1176,12 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                 if t.best_metric is not None else None)
 
         def on_result(metrics: Metrics, iteration: int) -> None:
-            _log_metrics(logger, writer, metrics, iteration)
+            scalars = _log_metrics(logger, metrics, iteration)
             if best is not None:
                 with evaluated():
                     best.update(metrics, iteration)
+            # last: scalars.jsonl's line is the record that the evaluation is done
+            writer.add_scalars(scalars, iteration)
 
         eval_hook = PeriodicEval(lengths["eval_period"], evaluate, on_result=on_result)
         runner_hooks.append(eval_hook)
@@ -1190,16 +1208,18 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     # which copies each page of this heap shared with the forked workers (copy-on-write).
     gc.freeze()
     in_evaluation = False
-    # an evaluation a stop signal ended, runs again first (model_best.pth, the logs and the
-    # metrics are then the uninterrupted run's)
-    pending = state is not None and bool(state["extra"].get(EVALUATION_PENDING))
+    # an evaluation that a stop signal, an error or a kill ended, runs again first
+    # (model_best.pth, the logs and the metrics are then the uninterrupted run's)
+    pending = state is not None and (bool(state["extra"].get(EVALUATION_PENDING)) or (
+        resume is True and data.val is not None
+        and _evaluation_killed(output_dir, start_iter, lengths)))
     # the stop's checkpoint is saved with the signals still caught: a SIGTERM repeated within
     # the grace period (a launcher forwarding it) is the same request, not a kill under the save
     with stop_on_signals(stop):
         try:
             if pending and eval_hook is not None:
-                logger.info("the evaluation at iteration %d, which a stop signal ended, runs "
-                            "again", start_iter)
+                logger.info("the evaluation at iteration %d, which did not end (a stop "
+                            "signal, an error or a kill), runs again", start_iter)
                 trainer.iter = trainer.start_iter = start_iter
                 eval_hook.evaluate_now(trainer)
             finished = trainer.train(_saved_on_error(iter(train_loader), trainer, checkpointer,

@@ -82,9 +82,9 @@ def test_each_class_s_ap_and_iou_are_logged_as_scalars(tmp_path: Path) -> None:
     metrics = {"bbox": {"AP": 40.0, "per_category": {"person": 50.0, "hair drier": math.nan,
                                                      "dog": 30.0}},
                "sem_seg": {"mIoU": 60.0, "per_class_iou": {"road": 90.0, "sky": None}}}
-    _log_metrics(logging.getLogger("test_per_class"), writer, metrics, 100)
-    logged = {}
-    for line in (tmp_path / "scalars.jsonl").read_text().splitlines():
-        logged.update(json.loads(line))
+    writer.add_scalars(_log_metrics(logging.getLogger("test_per_class"), metrics, 100), 100)
+    lines = (tmp_path / "scalars.jsonl").read_text().splitlines()
+    assert len(lines) == 1  # one line per evaluation: its record
+    logged = json.loads(lines[0])
     assert logged == {"iteration": 100, "bbox/AP": 40.0, "bbox/AP-person": 50.0,
                       "bbox/AP-dog": 30.0, "sem_seg/mIoU": 60.0, "sem_seg/IoU-road": 90.0}

@@ -524,6 +524,79 @@ def test_a_stop_signal_during_an_evaluation_ends_it_and_saves(
     assert all(torch.equal(bests[0]["model"][k], bests[1]["model"][k]) for k in bests[0]["model"])
 
 
+class _Killed(BaseException):
+    """A kill -9 as the run sees it: nothing after the raise runs, nothing is saved."""
+
+
+class _KilledTask(_SignalInEvalTask):
+    """Killed during evaluation number `at` (after its first batch), or during the training
+    step after it (`in_step`: the evaluation is done and logged)."""
+
+    def __init__(self, at: int, in_step: bool = False) -> None:
+        super().__init__(at=0)
+        self.killed_at, self.in_step, self.killing = at, in_step, False
+
+    def evaluate(self, model: nn.Module, loader: Any, device: torch.device) -> dict:
+        if self.evaluations + 1 == self.killed_at and not self.in_step:
+            next(iter(loader))
+            raise _Killed
+        result = super().evaluate(model, loader, device)
+        self.killing = self.evaluations == self.killed_at
+        return result
+
+    def losses(self, model: nn.Module, batch: list[dict[str, Any]],
+               device: torch.device) -> Mapping[str, torch.Tensor]:
+        if self.killing:
+            raise _Killed
+        return super().losses(model, batch, device)
+
+
+@pytest.mark.parametrize("eval_period,checkpoint_period,at,in_step,resumed_at", [
+    (2, 2, 1, False, 2), (2, 4, 2, False, 4), (2, 2, 3, False, 6), (2, 2, 1, True, 2),
+    (2, 4, 1, False, None)])
+def test_a_kill_during_an_evaluation_runs_it_again_at_the_resume(
+        tmp_path: Path, eval_period: int, checkpoint_period: int, at: int, in_step: bool,
+        resumed_at: int | None) -> None:
+    """A kill -9 (the out-of-memory killer) during the evaluation at a checkpoint's iteration
+    leaves no word of it; --resume starts from that checkpoint and runs the evaluation first,
+    as scalars.jsonl has no line of it: the evaluations and model_best.pth are the
+    uninterrupted run's. A kill in the step after a logged evaluation does not run it twice;
+    one at an iteration without a checkpoint trains the steps again and evaluates there."""
+    cpu = torch.device("cpu")
+
+    def config(out: Path) -> Any:
+        cfg = _toy_config(out)
+        cfg.train.update(eval_period=eval_period, checkpoint_period=checkpoint_period,
+                         best_metric="regression/first", best_metric_mode="min")
+        return cfg
+
+    def evaluations(run: str) -> list[tuple[int, float]]:
+        logged = tmp_path / run / "scalars.jsonl"  # (none before the first line)
+        return [(line["iteration"], line["regression/first"]) for line in map(
+            json.loads, logged.read_text().splitlines() if logged.exists() else [])
+            if "regression/first" in line]
+    full = run_training(_SignalInEvalTask(at=0), config(tmp_path / "full"), cpu)
+    scores = [score for _, score in evaluations("full")]
+    assert len(scores) == 3 and scores[0] < min(scores[1:])  # the first is the best
+    with pytest.raises(_Killed):
+        run_training(_KilledTask(at, in_step), config(tmp_path / "run"), cpu)
+    assert not (tmp_path / "run/model_final.pth").exists()
+    assert evaluations("run") == evaluations("full")[:at - 1 + in_step]
+    resumed = run_training(_SignalInEvalTask(at=0), config(tmp_path / "run"), cpu,
+                           resume=True)
+    log = (tmp_path / "run/log.txt").read_text()
+    assert ("the evaluation at iteration 2, which did not end (a stop signal, an error or a "
+            "kill), runs again" in log) == (resumed_at == 2 and not in_step)
+    assert ("the evaluation at iteration 4, which did not end" in log) == (resumed_at == 4)
+    for key, value in full["model"].state_dict().items():
+        assert torch.equal(value, resumed["model"].state_dict()[key]), key
+    assert evaluations("run") == evaluations("full")  # each once
+    bests = [torch.load(tmp_path / run / "model_best.pth", weights_only=True) for run in
+             ("full", "run")]
+    assert bests[0]["iteration"] == bests[1]["iteration"] == 2
+    assert all(torch.equal(bests[0]["model"][k], bests[1]["model"][k]) for k in bests[0]["model"])
+
+
 def test_periods_in_epochs_evaluate_and_save_at_each_epochs_end(tmp_path: Path) -> None:
     """mmdetection's epoch-based val_interval=1 and checkpoint interval=1:
     train.eval_period_epochs and train.checkpoint_period_epochs count epochs (16 points at
