@@ -205,3 +205,29 @@ class ZeroPadShortcut(nn.Module):
         if self.extra_channels:
             x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
         return x
+
+
+class AvgDownShortcut(nn.Sequential):
+    """ResNet-D's projection shortcut (He et al. 2019, "Bag of Tricks"; timm's and
+    mmdetection's `avg_down`): a 2x2 average pool takes the stride, then a stride-1 1x1
+    convolution and its norm see every input pixel, where a strided 1x1 convolution drops
+    three in four. timm's layout (state-dict keys .1 and .2). In a stage whose stride became
+    dilation (`dilated`) the pool keeps the size, padded right and bottom with zeros, as
+    timm's (mmdetection's pools nothing there)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int, norm: str,
+                 dilated: bool) -> None:
+        pool: nn.Module = (_SamePool() if dilated else nn.Identity() if stride == 1 else
+                           nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False))
+        super().__init__(pool, conv1x1(in_channels, out_channels), build_norm(norm, out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_norm(self[1], self[2], self[0](x))
+
+
+class _SamePool(nn.Module):
+    """2x2 average pool of stride 1 that keeps the size (a zero row and column added
+    right and bottom, counted: timm's AvgPool2dSame)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(x, (0, 1, 0, 1)), 2, 1)

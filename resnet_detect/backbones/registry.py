@@ -41,6 +41,9 @@ def _preset(builder: Callable[..., ResNet], **preset: Any) -> Callable[..., ResN
 _REGISTRY: dict[str, Callable[..., ResNet]] = {}
 for _depth in IMAGENET_DEPTHS:
     _REGISTRY[f"resnet{_depth}"] = _preset(imagenet_resnet, depth=_depth)
+    # ResNet-D (timm's resnet50d, mmdetection's ResNetV1d)
+    _REGISTRY[f"resnet{_depth}d"] = _preset(imagenet_resnet, depth=_depth, deep_stem=True,
+                                            avg_down=True)
 for _depth in CIFAR_DEPTHS:
     _REGISTRY[f"cifar_resnet{_depth}"] = _preset(cifar_resnet, depth=_depth)
 _REGISTRY.update({

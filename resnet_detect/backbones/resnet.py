@@ -16,8 +16,8 @@ from resnet_detect.engine.config import ArgumentError, is_positive_int as _posit
 
 from .conv import Conv2d
 from .fused_conv import conv_norm_relu
-from .layers import (ConvNorm, FrozenBatchNorm2d, ShapeSpec, ZeroPadShortcut, build_norm,
-                     conv1x1, conv3x3, conv_norm)
+from .layers import (AvgDownShortcut, ConvNorm, FrozenBatchNorm2d, ShapeSpec, ZeroPadShortcut,
+                     build_norm, conv1x1, conv3x3, conv_norm)
 
 IMAGENET_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
                    152: (3, 8, 36, 3)}
@@ -32,12 +32,15 @@ class ResidualBlock(nn.Module):
     parameter-free module kept only so a lesion (`skip_branch=True`) still has a path.
     `skip_branch=True` deletes the residual branch at test time: out = relu(shortcut(x)).
     `drop_path_rate` > 0 drops the branch per sample while training (stochastic depth).
+    `avg_down`: a projection shortcut average-pools before its 1x1 conv (ResNet-D); `dilated`:
+    the block is in a stage whose stride became dilation.
     """
 
     expansion = 1
 
     def __init__(self, *, in_channels: int, out_channels: int, stride: int, shortcut: str,
-                 residual: bool, norm: str, drop_path_rate: float) -> None:
+                 residual: bool, norm: str, drop_path_rate: float, avg_down: bool = False,
+                 dilated: bool = False) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -47,8 +50,11 @@ class ResidualBlock(nn.Module):
         self.skip_branch = False
         changes_shape = stride != 1 or in_channels != out_channels
         if residual and (shortcut == "C" or (shortcut == "B" and changes_shape)):
-            self.shortcut: nn.Module = ConvNorm(
-                conv1x1(in_channels, out_channels, stride=stride), build_norm(norm, out_channels))
+            self.shortcut: nn.Module = (
+                AvgDownShortcut(in_channels, out_channels, stride=stride, norm=norm,
+                                dilated=dilated) if avg_down else
+                ConvNorm(conv1x1(in_channels, out_channels, stride=stride),
+                         build_norm(norm, out_channels)))
         elif changes_shape:
             self.shortcut = ZeroPadShortcut(in_channels, out_channels, stride)
         else:
@@ -90,13 +96,14 @@ class BasicBlock(ResidualBlock):
     def __init__(self, *, in_channels: int, planes: int, stride: int = 1, dilation: int = 1,
                  shortcut: str = "B", residual: bool = True, norm: str = "bn",
                  groups: int = 1, width_per_group: int = 64, width: float = 1.0,
-                 stride_in_1x1: bool = False, drop_path_rate: float = 0.0) -> None:
+                 stride_in_1x1: bool = False, drop_path_rate: float = 0.0,
+                 avg_down: bool = False, dilated: bool = False) -> None:
         if groups != 1 or width_per_group != 64:
             raise ArgumentError("BasicBlock supports only groups=1 and width_per_group=64")
         out_channels = int(planes * width)
         super().__init__(in_channels=in_channels, out_channels=out_channels, stride=stride,
                          shortcut=shortcut, residual=residual, norm=norm,
-                         drop_path_rate=drop_path_rate)
+                         drop_path_rate=drop_path_rate, avg_down=avg_down, dilated=dilated)
         self.conv1 = conv3x3(in_channels, out_channels, stride=stride, dilation=dilation)
         self.norm1 = build_norm(norm, out_channels)
         self.conv2 = conv3x3(out_channels, out_channels, dilation=dilation)
@@ -121,11 +128,12 @@ class Bottleneck(ResidualBlock):
     def __init__(self, *, in_channels: int, planes: int, stride: int = 1, dilation: int = 1,
                  shortcut: str = "B", residual: bool = True, norm: str = "bn",
                  groups: int = 1, width_per_group: int = 64, width: float = 1.0,
-                 stride_in_1x1: bool = False, drop_path_rate: float = 0.0) -> None:
+                 stride_in_1x1: bool = False, drop_path_rate: float = 0.0,
+                 avg_down: bool = False, dilated: bool = False) -> None:
         out_channels = planes * self.expansion
         super().__init__(in_channels=in_channels, out_channels=out_channels, stride=stride,
                          shortcut=shortcut, residual=residual, norm=norm,
-                         drop_path_rate=drop_path_rate)
+                         drop_path_rate=drop_path_rate, avg_down=avg_down, dilated=dilated)
         mid = int(planes * width * width_per_group / 64) * groups
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = conv1x1(in_channels, mid, stride=stride_1x1)
@@ -144,13 +152,25 @@ class Bottleneck(ResidualBlock):
 
 
 class Stem(nn.Module):
-    """ImageNet stem (7x7/2 conv + 3x3/2 max pool) or CIFAR stem (3x3/1 conv)."""
+    """ImageNet stem (7x7/2 conv + 3x3/2 max pool) or CIFAR stem (3x3/1 conv); `deep`: the
+    ImageNet stem's 7x7 conv as three 3x3 convs (ResNet-C/D, with half the channels but in the
+    last; timm's layout, `conv.0`, `conv.3`, `conv.6` and their norms)."""
 
-    def __init__(self, *, kind: str, out_channels: int, norm: str) -> None:
+    def __init__(self, *, kind: str, out_channels: int, norm: str, deep: bool = False) -> None:
         super().__init__()
-        if kind == "imagenet":
-            self.conv = Conv2d(3, out_channels, 7, stride=2, padding=3, bias=False)
+        if deep and kind != "imagenet":
+            raise ArgumentError(f"deep_stem is an ImageNet stem's; this net's stem is {kind}'s")
+        if deep:
+            half = out_channels // 2
+            self.conv: nn.Module = nn.Sequential(
+                conv3x3(3, half, stride=2), build_norm(norm, half), nn.ReLU(inplace=True),
+                conv3x3(half, half), build_norm(norm, half), nn.ReLU(inplace=True),
+                conv3x3(half, out_channels))
             self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
+            self.stride = 4
+        elif kind == "imagenet":
+            self.conv = Conv2d(3, out_channels, 7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
             self.stride = 4
         elif kind == "cifar":
             self.conv = conv3x3(3, out_channels)
@@ -162,7 +182,12 @@ class Stem(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = conv_norm_relu(self.conv, self.norm, x)
+        if isinstance(self.conv, nn.Sequential):  # (deep)
+            x = conv_norm_relu(self.conv[0], self.conv[1], x)
+            x = conv_norm_relu(self.conv[3], self.conv[4], x)
+            x = conv_norm_relu(self.conv[6], self.norm, x)
+        else:
+            x = conv_norm_relu(self.conv, self.norm, x)
         if (x.device.type == "cpu" and isinstance(self.maxpool, nn.MaxPool2d)
                 and not x.is_contiguous(memory_format=torch.channels_last)
                 and not torch.jit.is_tracing()):
@@ -181,6 +206,8 @@ class ResNet(nn.Module):
         block: "basic" or "bottleneck".
         stem: "imagenet" or "cifar".
         stem_channels: output channels of the stem conv.
+        deep_stem: the ImageNet stem's 7x7 conv as three 3x3 convs (ResNet-C, -D).
+        avg_down: projection shortcuts average-pool, then a stride-1 1x1 conv (ResNet-D).
         shortcut: "A" zero-pad identity, "B" projection when the shape changes, "C" always.
         residual: False builds the plain twin (no shortcuts).
         output_stride: overall stride of the last stage; larger strides become dilation.
@@ -203,7 +230,8 @@ class ResNet(nn.Module):
                  stride_in_1x1: bool = False, groups: int = 1, width_per_group: int = 64,
                  width: float = 1.0, drop_path_rate: float = 0.0,
                  out_features: Sequence[str] | None = None,
-                 zero_init_residual: bool = False) -> None:
+                 zero_init_residual: bool = False, deep_stem: bool = False,
+                 avg_down: bool = False) -> None:
         super().__init__()
         if block not in ("basic", "bottleneck"):
             raise ArgumentError(f"unknown block {block!r}; valid: basic, bottleneck")
@@ -219,7 +247,10 @@ class ResNet(nn.Module):
             raise ArgumentError(f"width must be a number > 0 (a factor of the channels), got "
                                 f"{width!r}")
         block_cls = BasicBlock if block == "basic" else Bottleneck
-        self.stem = Stem(kind=stem, out_channels=stem_channels, norm=norm)
+        if avg_down and shortcut == "A":
+            raise ArgumentError("avg_down pools in projection shortcuts; shortcut A has none: "
+                                "use B or C")
+        self.stem = Stem(kind=stem, out_channels=stem_channels, norm=norm, deep=deep_stem)
         natural_stride = self.stem.stride * 2 ** (len(stage_blocks) - 1)
         valid_strides = (natural_stride // 4, natural_stride // 2, natural_stride)
         output_stride = output_stride or natural_stride
@@ -256,7 +287,8 @@ class ResNet(nn.Module):
                     in_channels=in_channels, planes=planes, stride=stage_stride if j == 0 else 1,
                     dilation=dilations[j], shortcut=shortcut, residual=residual, norm=norm,
                     groups=groups, width_per_group=width_per_group, width=width,
-                    stride_in_1x1=stride_in_1x1, drop_path_rate=rate))
+                    stride_in_1x1=stride_in_1x1, drop_path_rate=rate, avg_down=avg_down,
+                    dilated=dilation > 1))
                 in_channels = blocks[-1].out_channels
                 block_index += 1
             stride_so_far *= stage_stride

@@ -179,7 +179,9 @@ def convert_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> StateD
 
 
 def is_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    return "conv1.weight" in state_dict and any(k.startswith("layer1.") for k in state_dict)
+    """torchvision's or timm's ResNet keys (timm's deep stem: conv1.0, conv1.3, conv1.6)."""
+    return (("conv1.weight" in state_dict or "conv1.0.weight" in state_dict)
+            and any(k.startswith("layer1.") for k in state_dict))
 
 
 _DEPTHS = {("basic", (2, 2, 2, 2)): 18, ("basic", (3, 4, 6, 3)): 34,
@@ -188,9 +190,10 @@ _DEPTHS = {("basic", (2, 2, 2, 2)): 18, ("basic", (3, 4, 6, 3)): 34,
 
 
 def torchvision_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    """The torchvision name of the ImageNet ResNet a torchvision / timm state dict holds
-    ("resnet50", "resnext101_32x8d", "wide_resnet50_2"), from its blocks and first 3x3 conv;
-    None for another layout."""
+    """The torchvision / timm name of the ImageNet ResNet a torchvision / timm state dict
+    holds ("resnet50", "resnext101_32x8d", "wide_resnet50_2"; timm's "resnet50d", deep stem
+    and average-pooled shortcuts, and "resnet50c", deep stem alone), from its blocks and
+    first 3x3 conv; None for another layout."""
     blocks = tuple(len({k.split(".")[1] for k in state_dict
                         if k.startswith(f"layer{i}.") and k.endswith(".conv1.weight")})
                    for i in range(1, 5))
@@ -200,7 +203,10 @@ def torchvision_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
         return None
     width, groups = conv.shape[0], conv.shape[0] // max(conv.shape[1], 1)
     if block == "basic" or (width, groups) == (64, 1):
-        return f"resnet{depth}" if width == 64 else None
+        # (torchvision's shortcut is downsample.0 conv, .1 norm; timm's pooled one .1, .2)
+        variant = ("d" if "layer2.0.downsample.2.weight" in state_dict else "c"
+                   if "conv1.0.weight" in state_dict else "")
+        return f"resnet{depth}{variant}" if width == 64 else None
     if groups == 1:
         return f"wide_resnet{depth}_{width // 64}" if width % 64 == 0 else None
     return f"resnext{depth}_{groups}x{width // groups}d"

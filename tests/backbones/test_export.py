@@ -198,3 +198,29 @@ def test_bad_model_or_resize_settings_are_config_errors_before_anything_is_writt
     with pytest.raises(ConfigError, match="data.pixel_std must be 3 numbers"):
         export_model(CONFIG, weights, tmp_path / "d", ["data.pixel_std=[1,0,1]"])
     assert not [p for p in tmp_path.iterdir() if p.name in "abcd"]
+
+
+def test_a_resnet_d_classifier_exports_with_its_pooled_shortcuts(tmp_path: Path) -> None:
+    """ResNet-D's shortcuts average-pool in ceil mode without the padding (ONNX AveragePool's
+    ceil_mode and count_include_pad): odd sizes give ONNX Runtime the PyTorch logits."""
+    torch.manual_seed(0)
+    model = build_classifier("resnet18d", len(NAMES)).eval()
+    for m in model.modules():  # (statistics of their own: each norm changes the result)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    save_checkpoint(tmp_path / "model_final.pth", model.state_dict(),
+                    make_provenance("resnet18d", class_names=NAMES, pixel_mean=MEAN,
+                                    pixel_std=STD))
+    export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "export",
+                 ["model.name=resnet18d"])
+    session = open_session(tmp_path / "export")
+    generator = torch.Generator().manual_seed(0)
+    for h, w in [(67, 93), (50, 41)]:
+        image = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=generator)
+        x = (image.permute(2, 0, 1).float() - torch.tensor(MEAN).view(3, 1, 1)) \
+            / torch.tensor(STD).view(3, 1, 1)
+        with torch.no_grad():
+            expected = model(x[None])[0].numpy()
+        (got,) = session.run(None, {"image": image.numpy()})
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)

@@ -27,6 +27,31 @@ def test_imagenet_parameter_counts_equal_torchvision(depth):
     assert count_parameters(model) == TORCHVISION_PARAMS[depth] == count_parameters(reference)
 
 
+# timm's resnetNNd parameter counts (1000 classes; its model cards' 11.7M ... 60.2M)
+TIMM_D_PARAMS = {18: 11_708_744, 34: 21_816_904, 50: 25_576_264, 101: 44_568_392,
+                 152: 60_212_040}
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
+def test_resnet_d_parameter_counts_equal_timm(depth):
+    """ResNet-D (deep stem, average-pooled shortcuts): timm's resnetNNd, 19,232 parameters
+    more than torchvision's resnetNN (the stem's three 3x3 convs over its 7x7)."""
+    model = backbones.build_classifier(f"resnet{depth}d", 1000)
+    assert count_parameters(model) == TIMM_D_PARAMS[depth] == TORCHVISION_PARAMS[depth] + 19_232
+    assert model.backbone.output_shape()["res5"] == ShapeSpec(512 * (4 if depth >= 50 else 1), 32)
+
+
+def test_resnet_d_options_are_refused_where_they_mean_nothing():
+    with pytest.raises(ValueError, match="avg_down pools in projection shortcuts; shortcut A has "
+                                         "none: use B or C"):
+        backbones.build("resnet18", avg_down=True, shortcut="A")
+    with pytest.raises(ValueError, match="deep_stem is an ImageNet stem's; this net's stem is "
+                                         "cifar's"):
+        backbones.build("cifar_resnet20", deep_stem=True)
+    with pytest.raises(ValueError, match="resnet50.deep_stem must be true or false, got 'yes'"):
+        backbones.build_resnet("resnet50", config_prefix="resnet50.", deep_stem="yes")
+
+
 @pytest.mark.parametrize("depth", sorted(CIFAR_PARAMS_M))
 def test_cifar_parameter_counts_match_paper_table6(depth):
     model = backbones.build_classifier(f"cifar_resnet{depth}", 10)

@@ -18,10 +18,15 @@ from resnet_detect.engine.config import ConfigError
 
 
 def _randomize_bn_stats(model):
+    """Statistics and affine parameters: timm zero-initialises each block's last norm, which
+    would hide its branch's last conv from the comparison."""
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 1.5)
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d"])
@@ -49,6 +54,49 @@ def test_timm_file_gives_same_logits(tmp_path, name):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet18d", "resnet50d"])
+def test_timm_resnet_d_gives_same_logits_and_dilated_features(tmp_path, name):
+    """timm's ResNet-D (resnet50d: deep stem, average-pooled shortcuts) read from its file:
+    timm's logits, and (bottlenecks) timm's res2-res5 at output stride 16 and 8, where the
+    shortcut's pool keeps the size as timm's does."""
+    import timm  # (1.5 s to import: only in the tests that compare with it)
+    torch.manual_seed(0)
+    reference = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    _randomize_bn_stats(reference)
+    from resnet_detect.backbones.weights import torchvision_arch
+    assert torchvision_arch(reference.state_dict()) == name
+    path = tmp_path / f"timm_{name}.pth"
+    torch.save(reference.state_dict(), path)
+    model = backbones.build_classifier(name, 10, weights=path).eval()
+    x = torch.randn(2, 3, 67, 93)  # odd sizes: the pools' ceil mode and padding
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-5)
+    if name != "resnet50d":  # (dilated basic blocks: see README, Backbones)
+        return
+    for stride in (16, 8):
+        features = timm.create_model(name, output_stride=stride, features_only=True,
+                                     out_indices=(1, 2, 3, 4)).eval()
+        features.load_state_dict({k: v for k, v in reference.state_dict().items()
+                                  if not k.startswith("fc.")})
+        ours = backbones.build(name, output_stride=stride,
+                               out_features=("res2", "res3", "res4", "res5"))
+        load_weights(ours, path)
+        with torch.no_grad():
+            got, expected = ours.eval()(x), features(x)
+        for (key, value), want in zip(got.items(), expected):
+            torch.testing.assert_close(value, want, rtol=0, atol=1e-5, msg=key)
+
+
+def test_resnet_weights_into_resnet_d_name_both_networks(tmp_path):
+    import timm
+    path = tmp_path / "resnet50.pth"
+    torch.save(timm.create_model("resnet50").state_dict(), path)
+    with pytest.raises(ValueError, match=rf"do not match Classifier \({path} holds a resnet50, "
+                                         rf"this model is a resnet50d\)(.|\n)*missing(.|\n)*"
+                                         rf"backbone.stem.conv.0.weight"):
+        backbones.build_classifier("resnet50d", 1000, weights=path)
 
 
 def _timm_model_and_logits():
@@ -260,7 +308,8 @@ def test_torchvision_weights_of_another_architecture_are_named(name):
 
 def test_an_unknown_backbone_option_is_named_with_its_config_key():
     with pytest.raises(ValueError, match=r"unknown backbone option model.options.stride_in1x1; "
-                                         r"valid: block, depth, drop_path_rate, .*stride_in_1x1"):
+                                         r"valid: avg_down, block, deep_stem, depth, "
+                                         r"drop_path_rate, .*stride_in_1x1"):
         backbones.build_classifier("resnet18", 3, config_prefix="model.options.",
                                    stride_in1x1=True)
 
