@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,21 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/pretrain/synthetic_resnet18.yaml"
 NAMES = ["circle", "cross", "star"]
 MEAN, STD = (120.0, 110.0, 100.0), (50.0, 60.0, 70.0)
+
+
+def _assert_pytorch_logits(model: torch.nn.Module, session: Any,
+                           sizes: list[tuple[int, int]]) -> None:
+    """ONNX Runtime's logits of random uint8 images of `sizes` are the model's (MEAN, STD)."""
+    generator = torch.Generator().manual_seed(0)
+    for h, w in sizes:
+        image = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=generator)
+        x = (image.permute(2, 0, 1).float() - torch.tensor(MEAN).view(3, 1, 1)) \
+            / torch.tensor(STD).view(3, 1, 1)
+        with torch.no_grad():
+            expected = model(x[None])[0].numpy()
+        (got,) = session.run(None, {"image": image.numpy()})
+        assert got.shape == (len(NAMES),)
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
 
 def test_onnx_runtime_gives_the_pytorch_logits_at_any_size(tmp_path: Path) -> None:
@@ -48,16 +64,7 @@ def test_onnx_runtime_gives_the_pytorch_logits_at_any_size(tmp_path: Path) -> No
     # the same JSON inside the graph, for a service that ships model.onnx alone
     inside = session.get_modelmeta().custom_metadata_map
     assert json.loads(inside["export_json"]) == metadata
-    generator = torch.Generator().manual_seed(0)
-    for h, w in [(64, 64), (50, 90), (120, 70)]:
-        image = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=generator)
-        x = (image.permute(2, 0, 1).float() - torch.tensor(MEAN).view(3, 1, 1)) \
-            / torch.tensor(STD).view(3, 1, 1)
-        with torch.no_grad():
-            expected = model(x[None])[0].numpy()
-        (got,) = session.run(None, {"image": image.numpy()})
-        assert got.shape == (len(NAMES),)
-        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    _assert_pytorch_logits(model, session, [(64, 64), (50, 90), (120, 70)])
     # a caller's float64 default dtype wrote float64 weights ONNX Runtime cannot run
     # ("Could not find an implementation for Conv(11)") under an export.json saying float32
     torch.set_default_dtype(torch.float64)
@@ -66,8 +73,7 @@ def test_onnx_runtime_gives_the_pytorch_logits_at_any_size(tmp_path: Path) -> No
         assert torch.get_default_dtype() == torch.float64  # the caller's, after
     finally:
         torch.set_default_dtype(torch.float32)
-    (got,) = open_session(tmp_path / "float64").run(None, {"image": image.numpy()})
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    _assert_pytorch_logits(model, open_session(tmp_path / "float64"), [(120, 70)])
     assert ((tmp_path / "float64/model.onnx").stat().st_size
             == (tmp_path / "export/model.onnx").stat().st_size)
 
@@ -214,13 +220,4 @@ def test_a_resnet_d_classifier_exports_with_its_pooled_shortcuts(tmp_path: Path)
                                     pixel_std=STD))
     export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "export",
                  ["model.name=resnet18d"])
-    session = open_session(tmp_path / "export")
-    generator = torch.Generator().manual_seed(0)
-    for h, w in [(67, 93), (50, 41)]:
-        image = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=generator)
-        x = (image.permute(2, 0, 1).float() - torch.tensor(MEAN).view(3, 1, 1)) \
-            / torch.tensor(STD).view(3, 1, 1)
-        with torch.no_grad():
-            expected = model(x[None])[0].numpy()
-        (got,) = session.run(None, {"image": image.numpy()})
-        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    _assert_pytorch_logits(model, open_session(tmp_path / "export"), [(67, 93), (50, 41)])
