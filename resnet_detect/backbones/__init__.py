@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 # Options that change how weights must be used; a checkpoint's provenance supplies them
 # when the caller did not say.
 _WEIGHT_DEFINING_OPTIONS = ("stride_in_1x1", "groups", "width_per_group", "width", "shortcut",
-                            "residual")
+                            "residual", "deep_stem", "avg_down")
 
 
 def build(name: str, *, weights: str | os.PathLike | Mapping[str, Any] | None = None,

@@ -201,12 +201,16 @@ def test_torchvision_weights_load_into_a_bare_frozen_backbone(tmp_path):
 
 
 def test_own_checkpoint_restores_architecture_options(tmp_path):
-    classifier = backbones.build_classifier("resnet50", 7, stride_in_1x1=True).eval()
-    provenance = make_provenance("resnet50", {"stride_in_1x1": True}, class_names=list("abcdefg"))
+    """tools/pretrain.py's model.options (a deep stem on a resnet50, say) are recorded: a
+    detector's backbone of that name built from its file has them."""
+    options = {"stride_in_1x1": True, "deep_stem": True, "avg_down": True}
+    classifier = backbones.build_classifier("resnet50", 7, **options).eval()
+    provenance = make_provenance("resnet50", options, class_names=list("abcdefg"))
     path = tmp_path / "backbone.pth"
     save_checkpoint(path, classifier.backbone.state_dict(), provenance)
     backbone = backbones.build("resnet50", weights=path).eval()
     assert backbone.res3[0].conv1.stride == (2, 2)
+    assert isinstance(backbone.stem.conv, torch.nn.Sequential)
     assert backbone.provenance["class_names"] == list("abcdefg")
     assert backbone.provenance["pixel_mean"] == [123.675, 116.28, 103.53]
     x = torch.randn(1, 3, 64, 64)
