@@ -168,17 +168,20 @@ class ScalarWriter:
 
     A run that starts at `start_iter` (0: afresh) drops what earlier runs logged after it
     (the steps a crash lost and that are trained again, a course abandoned with
-    --resume-from, a finished run's whole record), from both.
+    --resume-from, a finished run's whole record), from both; `evaluated_again`: the
+    evaluation at `start_iter` too (it runs again: one line per evaluation).
     """
 
     def __init__(self, log_dir: str | os.PathLike | None,
-                 jsonl: str | os.PathLike | None = None, start_iter: int = 0) -> None:
+                 jsonl: str | os.PathLike | None = None, start_iter: int = 0, *,
+                 evaluated_again: bool = False) -> None:
         self._writer = None
         self._jsonl = Path(jsonl) if jsonl is not None and is_main_process() else None
         if self._jsonl is not None and self._jsonl.is_file():
             kept = [line for line in self._jsonl.read_text(encoding="utf-8").splitlines()
-                    if (iteration := _iteration_of(line)) is not None
-                    and iteration <= start_iter]
+                    if (entry := _entry(line)) is not None
+                    and (entry["iteration"] < start_iter or entry["iteration"] == start_iter
+                         and not (evaluated_again and _is_evaluation(entry)))]
             atomic_write_text("".join(line + "\n" for line in kept), self._jsonl)
         if log_dir is not None and is_main_process():
             from torch.utils.tensorboard import SummaryWriter  # slow import, only when used
@@ -222,27 +225,26 @@ class ScalarWriter:
 
 
 def logs_evaluation(jsonl: Path, iteration: int) -> bool:
-    """Whether `jsonl` (a run's scalars.jsonl) holds an evaluation's line at `iteration`: one
-    with a scalar outside train/ (a progress line's). False for a file that is not there."""
-    if not jsonl.is_file():
-        return False
-    for line in jsonl.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-            if int(entry["iteration"]) == iteration and any(
-                    k != "iteration" and not k.startswith("train/") for k in entry):
-                return True
-        except (ValueError, KeyError, TypeError, AttributeError):  # a line a kill cut short
-            continue
-    return False
+    """Whether `jsonl` (a run's scalars.jsonl) holds an evaluation's line at `iteration`.
+    False for a file that is not there."""
+    return jsonl.is_file() and any(
+        entry is not None and entry["iteration"] == iteration and _is_evaluation(entry)
+        for entry in map(_entry, jsonl.read_text(encoding="utf-8").splitlines()))
 
 
-def _iteration_of(line: str) -> int | None:
-    """The iteration of a scalars.jsonl line; None for a line a kill cut short."""
+def _entry(line: str) -> dict[str, Any] | None:
+    """A scalars.jsonl line's object, its iteration an int; None for a line a kill cut short."""
     try:
-        return int(json.loads(line)["iteration"])
+        entry = json.loads(line)
+        entry["iteration"] = int(entry["iteration"])
+        return entry
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _is_evaluation(entry: Mapping[str, Any]) -> bool:
+    """An evaluation's line: a scalar outside train/ (a progress line's)."""
+    return any(k != "iteration" and not k.startswith("train/") for k in entry)
 
 
 def format_eta(seconds: float) -> str:

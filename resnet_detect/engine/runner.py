@@ -852,17 +852,28 @@ def _log_metrics(logger: logging.Logger, metrics: Metrics, iteration: int) -> di
     return written
 
 
-def _evaluation_killed(output_dir: Path, start_iter: int, lengths: Mapping[str, int]) -> bool:
-    """Whether a run resumed in its folder at `start_iter` lost that iteration's periodic
-    evaluation to a kill (kill -9, the out-of-memory killer) that left no word of it: that
-    iteration's checkpoint was written before the evaluation started, and scalars.jsonl has
-    no line of it. (Where the line alone was lost, a disk that filled, it runs twice: harmless.)
-    The main process reads the file; every process gets its answer."""
-    period = lengths["eval_period"]
-    due = bool(period) and start_iter % period == 0 and 0 < start_iter < lengths["max_iter"]
-    killed = due and is_main_process() and not logs_evaluation(
+def _evaluation_to_run_again(state: Mapping[str, Any] | None, resume: bool | str | os.PathLike,
+                             output_dir: Path, lengths: Mapping[str, int]) -> str | None:
+    """Why the evaluation at the iteration resumed from runs first, or None: a stop signal or
+    an error ended it (its checkpoint says so), or a kill (kill -9, the out-of-memory killer)
+    that left no word of it: that iteration's checkpoint, in this folder, was written before
+    the evaluation started, and scalars.jsonl has no line of it. (Where the line alone was
+    lost, a disk that filled, it runs twice: harmless.) The main process reads the file;
+    every process gets its answer. Call it on every process."""
+    if state is None:
+        return None
+    start_iter, period = state["iteration"], lengths["eval_period"]
+    if state["extra"].get(EVALUATION_PENDING):
+        return "which a stop signal or an error ended"
+    here = resume is True or Path(resume).resolve().parent == output_dir.resolve()
+    due = (here and bool(period) and start_iter % period == 0
+           and 0 < start_iter < lengths["max_iter"])
+    unlogged = due and is_main_process() and not logs_evaluation(
         output_dir / SCALARS_FILE, start_iter)
-    return bool(all_gather_object(killed)[0]) if due else False
+    if due and all_gather_object(unlogged)[0]:
+        return (f"which {SCALARS_FILE} has no line of (a kill during it, or a run that did "
+                f"not evaluate there)")
+    return None
 
 
 # the metrics' per-class tables and the scalar name each class's value is logged under
@@ -1128,8 +1139,13 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     if is_main_process():  # once resuming is known to work: a refused resume keeps the old one
         checkpointer.write_run_file("config.yaml", config_yaml(cfg))
 
+    # an evaluation that a stop signal, an error or a kill ended, runs again first
+    # (model_best.pth, the logs and the metrics are then the uninterrupted run's)
+    again = (_evaluation_to_run_again(state, resume, output_dir, lengths)
+             if data.val is not None else None)
     writer = ScalarWriter(output_dir / "tensorboard", jsonl=output_dir / SCALARS_FILE,
-                          start_iter=start_iter)
+                          start_iter=start_iter,  # (after the last step: the final evaluation)
+                          evaluated_again=again is not None or start_iter == lengths["max_iter"])
     task_hint = getattr(task, "slow_data_hint", None)
     slow_data_hint = "; ".join(filter(None, [
         f"more loader processes may help (data.num_workers, now {cfg.data.num_workers})",
@@ -1208,18 +1224,12 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     # which copies each page of this heap shared with the forked workers (copy-on-write).
     gc.freeze()
     in_evaluation = False
-    # an evaluation that a stop signal, an error or a kill ended, runs again first
-    # (model_best.pth, the logs and the metrics are then the uninterrupted run's)
-    pending = state is not None and (bool(state["extra"].get(EVALUATION_PENDING)) or (
-        resume is True and data.val is not None
-        and _evaluation_killed(output_dir, start_iter, lengths)))
     # the stop's checkpoint is saved with the signals still caught: a SIGTERM repeated within
     # the grace period (a launcher forwarding it) is the same request, not a kill under the save
     with stop_on_signals(stop):
         try:
-            if pending and eval_hook is not None:
-                logger.info("the evaluation at iteration %d, which did not end (a stop "
-                            "signal, an error or a kill), runs again", start_iter)
+            if again is not None and eval_hook is not None:
+                logger.info("the evaluation at iteration %d, %s, runs now", start_iter, again)
                 trainer.iter = trainer.start_iter = start_iter
                 eval_hook.evaluate_now(trainer)
             finished = trainer.train(_saved_on_error(iter(train_loader), trainer, checkpointer,

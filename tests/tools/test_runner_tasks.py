@@ -553,15 +553,17 @@ class _KilledTask(_SignalInEvalTask):
 
 @pytest.mark.parametrize("eval_period,checkpoint_period,at,in_step,resumed_at", [
     (2, 2, 1, False, 2), (2, 4, 2, False, 4), (2, 2, 3, False, 6), (2, 2, 1, True, 2),
-    (2, 4, 1, False, None)])
+    (2, 4, 1, False, None), (2, 2, 1, False, "model_0000002.pth")])
 def test_a_kill_during_an_evaluation_runs_it_again_at_the_resume(
         tmp_path: Path, eval_period: int, checkpoint_period: int, at: int, in_step: bool,
-        resumed_at: int | None) -> None:
+        resumed_at: int | str | None) -> None:
     """A kill -9 (the out-of-memory killer) during the evaluation at a checkpoint's iteration
-    leaves no word of it; --resume starts from that checkpoint and runs the evaluation first,
-    as scalars.jsonl has no line of it: the evaluations and model_best.pth are the
-    uninterrupted run's. A kill in the step after a logged evaluation does not run it twice;
-    one at an iteration without a checkpoint trains the steps again and evaluates there."""
+    leaves no word of it; --resume (or --resume-from that checkpoint) starts from it and runs
+    the evaluation first, as scalars.jsonl has no line of it: the evaluations and
+    model_best.pth are the uninterrupted run's. A kill in the step after a logged evaluation
+    does not run it twice; one at an iteration without a checkpoint trains the steps again and
+    evaluates there. A finished run resumed (its final weights lost) logs its final
+    evaluation once."""
     cpu = torch.device("cpu")
 
     def config(out: Path) -> Any:
@@ -582,15 +584,21 @@ def test_a_kill_during_an_evaluation_runs_it_again_at_the_resume(
         run_training(_KilledTask(at, in_step), config(tmp_path / "run"), cpu)
     assert not (tmp_path / "run/model_final.pth").exists()
     assert evaluations("run") == evaluations("full")[:at - 1 + in_step]
+    resume = str(tmp_path / "run" / resumed_at) if isinstance(resumed_at, str) else True
     resumed = run_training(_SignalInEvalTask(at=0), config(tmp_path / "run"), cpu,
-                           resume=True)
+                           resume=resume)
     log = (tmp_path / "run/log.txt").read_text()
-    assert ("the evaluation at iteration 2, which did not end (a stop signal, an error or a "
-            "kill), runs again" in log) == (resumed_at == 2 and not in_step)
-    assert ("the evaluation at iteration 4, which did not end" in log) == (resumed_at == 4)
+    again = ("which scalars.jsonl has no line of (a kill during it, or a run that did not "
+             "evaluate there), runs now")
+    assert (f"the evaluation at iteration 2, {again}" in log) == (
+        resumed_at in (2, "model_0000002.pth") and not in_step)
+    assert (f"the evaluation at iteration 4, {again}" in log) == (resumed_at == 4)
     for key, value in full["model"].state_dict().items():
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
     assert evaluations("run") == evaluations("full")  # each once
+    (tmp_path / "run/model_final.pth").unlink()
+    run_training(_SignalInEvalTask(at=0), config(tmp_path / "run"), cpu, resume=True)
+    assert evaluations("run") == evaluations("full")  # the final one evaluated again, once
     bests = [torch.load(tmp_path / run / "model_best.pth", weights_only=True) for run in
              ("full", "run")]
     assert bests[0]["iteration"] == bests[1]["iteration"] == 2
