@@ -13,8 +13,10 @@ from torch import nn
 
 from resnet_detect.engine.config import ConfigError
 
+from .resnet import ResNet
 from .weights import (StateDict, check_and_load, fit_optional_head, open_weights,
-                      refuse_mismatched_settings, refuse_other_task)
+                      other_resnet_hint, refuse_mismatched_settings, refuse_other_task,
+                      resnet_arch)
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
     state_dict = fit_optional_head(model, state_dict, fmt.optional_head, source,
                                    start_afresh=new_classes, unused=unused_head)
     try:
-        check_and_load(model, state_dict, source,
+        check_and_load(model, state_dict, source, _backbone_hint(model, state_dict, source),
                        class_layers=fmt.class_layers if new_classes else ())
     except ConfigError as e:
         if settings_error is None:
@@ -119,6 +121,16 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
     if not any(p.is_meta for p in model.parameters()):  # (not the check before the data)
         logger.info("loaded the weights of %s", source)
     return provenance
+
+
+def _backbone_hint(model: nn.Module, state_dict: Mapping[str, Any], source: str) -> str:
+    """Where the weights' ResNet backbone is another net than the model's: both named."""
+    prefix = next((f"{name}." for name, module in model.named_modules()
+                   if isinstance(module, ResNet)), None)
+    if prefix is None:
+        return ""
+    return other_resnet_hint(source, resnet_arch(state_dict, prefix),
+                             resnet_arch(model.state_dict(), prefix), whole=True)
 
 
 def warn_of_renamed_classes(source: str, recorded: Sequence[str] | None,

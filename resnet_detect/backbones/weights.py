@@ -191,9 +191,9 @@ _DEPTHS = {("basic", (2, 2, 2, 2)): 18, ("basic", (3, 4, 6, 3)): 34,
 
 def torchvision_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     """The torchvision / timm name of the ImageNet ResNet a torchvision / timm state dict
-    holds ("resnet50", "resnext101_32x8d", "wide_resnet50_2"; timm's "resnet50d", deep stem
-    and average-pooled shortcuts, and "resnet50c", deep stem alone), from its blocks and
-    first 3x3 conv; None for another layout."""
+    holds ("resnet50", "resnext101_32x8d", "wide_resnet50_2"; with timm's "d" after the
+    depth, "resnet50d", "resnext50d_32x4d", a deep stem and average-pooled shortcuts, or "c"
+    a deep stem alone), from its stem, blocks and first 3x3 conv; None for another layout."""
     blocks = tuple(len({k.split(".")[1] for k in state_dict
                         if k.startswith(f"layer{i}.") and k.endswith(".conv1.weight")})
                    for i in range(1, 5))
@@ -202,14 +202,43 @@ def torchvision_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     if depth is None or conv is None or conv.ndim != 4:
         return None
     width, groups = conv.shape[0], conv.shape[0] // max(conv.shape[1], 1)
+    # (torchvision's shortcut is downsample.0 conv, .1 norm; timm's pooled one .1, .2)
+    depth = f"{depth}{'d' if 'layer2.0.downsample.2.weight' in state_dict else 'c'}" if (
+        "conv1.0.weight" in state_dict) else str(depth)
     if block == "basic" or (width, groups) == (64, 1):
-        # (torchvision's shortcut is downsample.0 conv, .1 norm; timm's pooled one .1, .2)
-        variant = ("d" if "layer2.0.downsample.2.weight" in state_dict else "c"
-                   if "conv1.0.weight" in state_dict else "")
-        return f"resnet{depth}{variant}" if width == 64 else None
+        return f"resnet{depth}" if width == 64 else None
     if groups == 1:
         return f"wide_resnet{depth}_{width // 64}" if width % 64 == 0 else None
     return f"resnext{depth}_{groups}x{width // groups}d"
+
+
+def resnet_arch(state_dict: Mapping[str, Any], prefix: str = "") -> str | None:
+    """`torchvision_arch` of the ResNet whose keys, in this project's layout, follow `prefix`
+    in `state_dict` (what a network is, whatever name or options built it)."""
+    keys = {}
+    for key, value in state_dict.items():
+        key = key[len(prefix):] if key.startswith(prefix) else ""
+        if key.startswith("stem.conv."):
+            keys["conv1." + key[len("stem.conv."):]] = value
+        elif re.match(r"res\d+\.", key):
+            stage, rest = key[len("res"):].split(".", 1)
+            keys[f"layer{int(stage) - 1}.{rest.replace('shortcut.', 'downsample.')}"] = value
+    return torchvision_arch(keys)
+
+
+def other_resnet_hint(source: str, theirs: str | None, ours: str | None,
+                      whole: bool = False) -> str:
+    """" (SOURCE holds a resnet50d, this model is a resnet50: ...)" where both are known and
+    differ, else ""; `whole`: of a detector's or segmenter's backbone (model.backbone)."""
+    if not theirs or not ours or theirs == ours:
+        return ""
+    from .registry import list_models  # (the registry's builders import this module's users)
+    registered = theirs in list_models()
+    if whole:
+        return (f" ({source} holds a {theirs} backbone, this model's is a {ours}"
+                + (f": set model.backbone.name={theirs})" if registered else ")"))
+    return (f" ({source} holds a {theirs}, this model is a {ours}"
+            + (f": the backbone name {theirs} builds that net)" if registered else ")"))
 
 
 def _is_bn_counter(key: str) -> bool:
@@ -483,9 +512,10 @@ def load_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
     if convert is not None:
         state_dict = convert(state_dict)
-    ours = getattr(model, "arch", None)
-    hint = f" ({source} holds a {arch}, this model is a {ours})" if (
-        arch and ours and arch != ours) else ""
+    # what each network is, by its keys (a name's options may have changed it), else its name
+    prefix = "backbone." if any(k.startswith("backbone.") for k in expected) else ""
+    hint = other_resnet_hint(source, resnet_arch(state_dict, prefix) or arch,
+                             resnet_arch(expected, prefix) or getattr(model, "arch", None))
     check_and_load(model, state_dict, source, hint, file_keys=file_keys)
     model.provenance = provenance
     model.imagenet_weights = foreign and provenance is None

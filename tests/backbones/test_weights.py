@@ -90,13 +90,32 @@ def test_timm_resnet_d_gives_same_logits_and_dilated_features(tmp_path, name):
 
 
 def test_resnet_weights_into_resnet_d_name_both_networks(tmp_path):
+    """Each net named by what its keys hold (a name's options may have changed it), and the
+    registered name that builds the weights' net."""
     import timm
-    path = tmp_path / "resnet50.pth"
-    torch.save(timm.create_model("resnet50").state_dict(), path)
-    with pytest.raises(ValueError, match=rf"do not match Classifier \({path} holds a resnet50, "
-                                         rf"this model is a resnet50d\)(.|\n)*missing(.|\n)*"
+    files = {}
+    for name in ("resnet50", "resnet50d", "resnext50d_32x4d"):
+        files[name] = tmp_path / f"{name}.pth"
+        torch.save(timm.create_model(name).state_dict(), files[name])
+    with pytest.raises(ValueError, match=rf"do not match Classifier \({files['resnet50']} holds a "
+                                         rf"resnet50, this model is a resnet50d: the backbone "
+                                         rf"name resnet50 builds that net\)(.|\n)*missing(.|\n)*"
                                          rf"backbone.stem.conv.0.weight"):
-        backbones.build_classifier("resnet50d", 1000, weights=path)
+        backbones.build_classifier("resnet50d", 1000, weights=files["resnet50"])
+    with pytest.raises(ValueError, match=rf"\({files['resnet50d']} holds a resnet50d, this model "
+                                         rf"is a resnet50c: the backbone name resnet50d builds "
+                                         rf"that net\)"):
+        backbones.build("resnet50", deep_stem=True, weights=files["resnet50d"])
+    with pytest.raises(ValueError, match=rf"\({files['resnext50d_32x4d']} holds a "
+                                         rf"resnext50d_32x4d, this model is a resnet50d\)"):
+        backbones.build("resnet50d", weights=files["resnext50d_32x4d"])
+    # this project's file of a resnet18 pretrained with a deep stem: what it holds, not its name
+    path = tmp_path / "deep_stem_resnet18.pth"
+    save_checkpoint(path, backbones.build("resnet18", deep_stem=True).state_dict(),
+                    make_provenance("resnet18", {"deep_stem": True}))
+    with pytest.raises(ValueError, match=rf"\({path} holds a resnet18c, this model is a "
+                                         rf"resnet18d\)"):
+        backbones.build("resnet18d", weights=path)
 
 
 def _timm_model_and_logits():
@@ -288,7 +307,8 @@ def test_weights_of_another_architecture_name_both(tmp_path):
     backbones.save_checkpoint(path, backbones.build("resnet18").state_dict(),
                               backbones.make_provenance("resnet18"))
     with pytest.raises(ValueError, match=rf"do not match ResNet \({path} holds a resnet18, this "
-                                         r"model is a resnet50\):\n  missing"):
+                                         r"model is a resnet50: the backbone name resnet18 builds "
+                                         r"that net\):\n  missing"):
         backbones.build("resnet50", weights=str(path))
 
 
@@ -303,10 +323,11 @@ def test_torchvision_weights_of_another_architecture_are_named(name):
     assert torchvision_arch(state_dict) == name
     other = "resnet34" if name == "resnet18" else "resnet18"
     with pytest.raises(ValueError, match=rf"do not match .*\(the given state dict holds a "
-                                         rf"{name}, this model is a {other}\):\n"):
+                                         rf"{name}, this model is a {other}: the backbone "
+                                         rf"name {name} builds that net\):\n"):
         backbones.build(other, weights=state_dict)
     classifier = backbones.build_classifier(other, 10)
-    with pytest.raises(ValueError, match=rf"holds a {name}, this model is a {other}\)"):
+    with pytest.raises(ValueError, match=rf"holds a {name}, this model is a {other}: "):
         load_weights(classifier, state_dict)
 
 

@@ -158,7 +158,9 @@ def test_torchvision_weights_refused_by_detectron2_style_settings(tmp_path: Path
     small = load_config(CONFIGS.parent / "synthetic/faster_rcnn_R_18_FPN.yaml",
                         ["model.num_classes=90", f"model.weights={path}",
                          "model.backbone.weights=null"], defaults=detection_defaults())
-    with pytest.raises(ValueError, match=r"(?s)do not match GeneralizedRCNN:\n  unexpected .*"
+    with pytest.raises(ValueError, match=r"(?s)do not match GeneralizedRCNN \(\S+ holds a "
+                                         r"resnet50 backbone, this model's is a resnet18: set "
+                                         r"model.backbone.name=resnet50\):\n  unexpected .*"
                                          r"res2.0.conv3.weight.*\n  mis-shaped .*res2.0.conv1."
                                          r"weight: checkpoint \(64, 64, 1, 1\) vs model "
                                          r"\(64, 64, 3, 3\).*\n  and the settings: weights from "

@@ -226,7 +226,8 @@ def test_model_weights_start_the_backbone_from_torchvision_with_a_new_fc(
     backbones.save_checkpoint(cifar, backbones.build("cifar_resnet20").state_dict(),
                               backbones.make_provenance("cifar_resnet20"))
     with pytest.raises(ValueError, match=r"cifar.pth holds a cifar_resnet20, this model is a "
-                                         r"resnet18\)"):
+                                         r"resnet18: the backbone name cifar_resnet20 builds that "
+                                         r"net\)"):
         task.build_model(load_task_config(CONFIG, [*args, f"model.weights={cifar}"])[1])
     with pytest.raises(ValueError, match=r"own.pth do not fit this config: data.pixel_mean is "
                                          r"\[123.675,116.28,103.53\], the weights need "
