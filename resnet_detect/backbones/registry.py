@@ -41,7 +41,8 @@ def _preset(builder: Callable[..., ResNet], **preset: Any) -> Callable[..., ResN
 _REGISTRY: dict[str, Callable[..., ResNet]] = {}
 for _depth in IMAGENET_DEPTHS:
     _REGISTRY[f"resnet{_depth}"] = _preset(imagenet_resnet, depth=_depth)
-    # ResNet-D (timm's resnet50d, mmdetection's ResNetV1d)
+    # ResNet-C and -D (timm's resnet50c and resnet50d, mmdetection's ResNetV1c and ResNetV1d)
+    _REGISTRY[f"resnet{_depth}c"] = _preset(imagenet_resnet, depth=_depth, deep_stem=True)
     _REGISTRY[f"resnet{_depth}d"] = _preset(imagenet_resnet, depth=_depth, deep_stem=True,
                                             avg_down=True)
 for _depth in CIFAR_DEPTHS:

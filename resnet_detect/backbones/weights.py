@@ -299,6 +299,12 @@ def foreign_checkpoint_hint(keys: Iterable[str], whole: Iterable[str] | None = N
                 return (f"\n  (keys such as {key} are of torchvision's {name}: that model is "
                         f"not built here; torchvision's fasterrcnn_resnet50_fpn, "
                         f"maskrcnn_resnet50_fpn and deeplabv3/fcn_resnet50/101 weights are read)")
+    deep_stem = next((k for k in keys if "stem.0." in k), None)
+    if deep_stem is not None:  # (after a whole model's own parts, which name its project)
+        return (f"\n  (keys such as {deep_stem} are the deep stem of mmdetection's or "
+                f"mmsegmentation's ResNetV1c/V1d, in mmcv's layout: those checkpoints are not "
+                f"read here; start from timm's resnetNNc / resnetNNd ImageNet weights or a "
+                f"checkpoint written by this project)")
     if "fc.weight" in whole and any(k.startswith("layer1.") for k in whole):
         return ("\n  (these are an ImageNet classifier's weights, torchvision's or timm's "
                 "ResNet: give them as model.backbone.weights=PATH, the backbone's start)")

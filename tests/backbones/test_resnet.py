@@ -35,10 +35,13 @@ TIMM_D_PARAMS = {18: 11_708_744, 34: 21_816_904, 50: 25_576_264, 101: 44_568_392
 @pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
 def test_resnet_d_parameter_counts_equal_timm(depth):
     """ResNet-D (deep stem, average-pooled shortcuts): timm's resnetNNd, 19,232 parameters
-    more than torchvision's resnetNN (the stem's three 3x3 convs over its 7x7)."""
+    more than torchvision's resnetNN (the stem's three 3x3 convs over its 7x7); ResNet-C
+    (the deep stem alone) as many (timm's resnet50c, 101c, 152c: the pools have none)."""
     model = backbones.build_classifier(f"resnet{depth}d", 1000)
     assert count_parameters(model) == TIMM_D_PARAMS[depth] == TORCHVISION_PARAMS[depth] + 19_232
     assert model.backbone.output_shape()["res5"] == ShapeSpec(512 * (4 if depth >= 50 else 1), 32)
+    assert count_parameters(backbones.build_classifier(f"resnet{depth}c", 1000)) == \
+        TIMM_D_PARAMS[depth]
 
 
 def test_resnet_d_options_are_refused_where_they_mean_nothing():

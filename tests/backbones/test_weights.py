@@ -2,6 +2,7 @@
 import argparse
 from pathlib import Path
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -56,11 +57,11 @@ def test_timm_file_gives_same_logits(tmp_path, name):
         torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["resnet18d", "resnet50d"])
+@pytest.mark.parametrize("name", ["resnet18d", "resnet50d", "resnet50c"])
 def test_timm_resnet_d_gives_same_logits_and_dilated_features(tmp_path, name):
-    """timm's ResNet-D (resnet50d: deep stem, average-pooled shortcuts) read from its file:
-    timm's logits, and (bottlenecks) timm's res2-res5 at output stride 16 and 8, where the
-    shortcut's pool keeps the size as timm's does."""
+    """timm's ResNet-D (resnet50d: deep stem, average-pooled shortcuts) and ResNet-C (the deep
+    stem alone) read from their files: timm's logits, and (resnet50d) timm's res2-res5 at
+    output stride 16 and 8, where the shortcut's pool keeps the size as timm's does."""
     import timm  # (1.5 s to import: only in the tests that compare with it)
     torch.manual_seed(0)
     reference = timm.create_model(name, pretrained=False, num_classes=10).eval()
@@ -109,12 +110,20 @@ def test_resnet_weights_into_resnet_d_name_both_networks(tmp_path):
     with pytest.raises(ValueError, match=rf"\({files['resnext50d_32x4d']} holds a "
                                          rf"resnext50d_32x4d, this model is a resnet50d\)"):
         backbones.build("resnet50d", weights=files["resnext50d_32x4d"])
+    # mmcv's layout of the same net (mmdetection's ResNetV1d: stem.0 ... stem.7): not read
+    mmcv = {re.sub(r"^conv1\.", "stem.", k).replace("bn1.", "stem.7.") if not k.startswith(
+        "layer") else k: v for k, v in timm.create_model("resnet50d").state_dict().items()}
+    with pytest.raises(ValueError, match=r"keys such as stem.0.weight are the deep stem of "
+                                         r"mmdetection's or mmsegmentation's ResNetV1c/V1d, in "
+                                         r"mmcv's layout: those checkpoints are not read here"):
+        backbones.build("resnet50d", weights={"state_dict": mmcv})
     # this project's file of a resnet18 pretrained with a deep stem: what it holds, not its name
     path = tmp_path / "deep_stem_resnet18.pth"
     save_checkpoint(path, backbones.build("resnet18", deep_stem=True).state_dict(),
                     make_provenance("resnet18", {"deep_stem": True}))
     with pytest.raises(ValueError, match=rf"\({path} holds a resnet18c, this model is a "
-                                         rf"resnet18d\)"):
+                                         rf"resnet18d: the backbone name resnet18c builds that "
+                                         rf"net\)"):
         backbones.build("resnet18d", weights=path)
 
 
