@@ -123,14 +123,23 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
     return provenance
 
 
+# where a C4 detector's RoI head holds the backbone's res5
+C4_RES5 = "roi_heads.res5."
+
+
 def _backbone_hint(model: nn.Module, state_dict: Mapping[str, Any], source: str) -> str:
     """Where the weights' ResNet backbone is another net than the model's: both named."""
     prefix = next((f"{name}." for name, module in model.named_modules()
                    if isinstance(module, ResNet)), None)
     if prefix is None:
         return ""
-    return other_resnet_hint(source, resnet_arch(state_dict, prefix),
-                             resnet_arch(model.state_dict(), prefix), whole=True)
+
+    def backbone(weights: Mapping[str, Any]) -> dict[str, Any]:
+        return {**{k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)},
+                **{"res5." + k[len(C4_RES5):]: v for k, v in weights.items()
+                   if k.startswith(C4_RES5)}}
+    return other_resnet_hint(source, resnet_arch(backbone(state_dict)),
+                             resnet_arch(backbone(model.state_dict())), whole=True)
 
 
 def warn_of_renamed_classes(source: str, recorded: Sequence[str] | None,

@@ -154,40 +154,44 @@ class Bottleneck(ResidualBlock):
 class Stem(nn.Module):
     """ImageNet stem (7x7/2 conv + 3x3/2 max pool) or CIFAR stem (3x3/1 conv); `deep`: the
     ImageNet stem's 7x7 conv as three 3x3 convs (ResNet-C/D, with half the channels but in the
-    last; timm's layout, `conv.0`, `conv.3`, `conv.6` and their norms)."""
+    last; timm's layout, `conv.0`, `conv.3`, `conv.6` and their norms; the ReLU modules
+    `conv.2` and `conv.5` keep its numbering, forward applies them with the convs)."""
 
     def __init__(self, *, kind: str, out_channels: int, norm: str, deep: bool = False) -> None:
         super().__init__()
+        if kind not in ("imagenet", "cifar"):
+            raise ArgumentError(f"unknown stem {kind!r}; valid: imagenet, cifar")
         if deep and kind != "imagenet":
             raise ArgumentError(f"deep_stem is an ImageNet stem's; this net's stem is {kind}'s")
-        if deep:
-            half = out_channels // 2
-            self.conv: nn.Module = nn.Sequential(
-                conv3x3(3, half, stride=2), build_norm(norm, half), nn.ReLU(inplace=True),
-                conv3x3(half, half), build_norm(norm, half), nn.ReLU(inplace=True),
-                conv3x3(half, out_channels))
-            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
-            self.stride = 4
-        elif kind == "imagenet":
-            self.conv = Conv2d(3, out_channels, 7, stride=2, padding=3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-            self.stride = 4
-        elif kind == "cifar":
-            self.conv = conv3x3(3, out_channels)
-            self.maxpool = nn.Identity()
+        if deep and out_channels < 2:
+            raise ArgumentError(f"deep_stem halves stem_channels in its first convs: "
+                                f"stem_channels must be 2 or more, got {out_channels}")
+        if kind == "cifar":
+            self.conv: nn.Module = conv3x3(3, out_channels)
+            self.maxpool: nn.Module = nn.Identity()
             self.stride = 1
         else:
-            raise ArgumentError(f"unknown stem {kind!r}; valid: imagenet, cifar")
+            half = out_channels // 2
+            self.conv = nn.Sequential(
+                conv3x3(3, half, stride=2), build_norm(norm, half), nn.ReLU(inplace=True),
+                conv3x3(half, half), build_norm(norm, half), nn.ReLU(inplace=True),
+                conv3x3(half, out_channels)) if deep else Conv2d(
+                3, out_channels, 7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+            self.stride = 4
         self.norm = build_norm(norm, out_channels)
         self.out_channels = out_channels
 
+    def conv_norm_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """Each convolution and its norm, in order (each followed by a ReLU)."""
+        if isinstance(self.conv, nn.Sequential):
+            return [(self.conv[0], self.conv[1]), (self.conv[3], self.conv[4]),
+                    (self.conv[6], self.norm)]
+        return [(self.conv, self.norm)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.conv, nn.Sequential):  # (deep)
-            x = conv_norm_relu(self.conv[0], self.conv[1], x)
-            x = conv_norm_relu(self.conv[3], self.conv[4], x)
-            x = conv_norm_relu(self.conv[6], self.norm, x)
-        else:
-            x = conv_norm_relu(self.conv, self.norm, x)
+        for conv, norm in self.conv_norm_pairs():
+            x = conv_norm_relu(conv, norm, x)
         if (x.device.type == "cpu" and isinstance(self.maxpool, nn.MaxPool2d)
                 and not x.is_contiguous(memory_format=torch.channels_last)
                 and not torch.jit.is_tracing()):

@@ -203,8 +203,14 @@ def torchvision_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
         return None
     width, groups = conv.shape[0], conv.shape[0] // max(conv.shape[1], 1)
     # (torchvision's shortcut is downsample.0 conv, .1 norm; timm's pooled one .1, .2)
-    depth = f"{depth}{'d' if 'layer2.0.downsample.2.weight' in state_dict else 'c'}" if (
-        "conv1.0.weight" in state_dict) else str(depth)
+    pooled = "layer2.0.downsample.2.weight" in state_dict
+    if "conv1.0.weight" in state_dict:  # timm's deep stem: 32, 32, 64 channels (not its s, t)
+        if [tuple(getattr(state_dict.get(f"conv1.{i}.weight"), "shape", ()))[:2]
+                for i in (0, 3, 6)] != [(32, 3), (32, 32), (64, 32)]:
+            return None
+        depth = f"{depth}{'d' if pooled else 'c'}"
+    elif pooled:  # (pooled shortcuts alone: no timm name)
+        return None
     if block == "basic" or (width, groups) == (64, 1):
         return f"resnet{depth}" if width == 64 else None
     if groups == 1:
@@ -214,7 +220,8 @@ def torchvision_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
 
 def resnet_arch(state_dict: Mapping[str, Any], prefix: str = "") -> str | None:
     """`torchvision_arch` of the ResNet whose keys, in this project's layout, follow `prefix`
-    in `state_dict` (what a network is, whatever name or options built it)."""
+    in `state_dict` (what a network is, whatever name or options built it); "plain_" before
+    it for a net without shortcuts."""
     keys = {}
     for key, value in state_dict.items():
         key = key[len(prefix):] if key.startswith(prefix) else ""
@@ -223,7 +230,9 @@ def resnet_arch(state_dict: Mapping[str, Any], prefix: str = "") -> str | None:
         elif re.match(r"res\d+\.", key):
             stage, rest = key[len("res"):].split(".", 1)
             keys[f"layer{int(stage) - 1}.{rest.replace('shortcut.', 'downsample.')}"] = value
-    return torchvision_arch(keys)
+    name = torchvision_arch(keys)
+    plain = not any(k.startswith("layer2.0.downsample.") for k in keys)
+    return f"plain_{name}" if name and plain else name
 
 
 def other_resnet_hint(source: str, theirs: str | None, ours: str | None,
@@ -299,8 +308,11 @@ def foreign_checkpoint_hint(keys: Iterable[str], whole: Iterable[str] | None = N
                 return (f"\n  (keys such as {key} are of torchvision's {name}: that model is "
                         f"not built here; torchvision's fasterrcnn_resnet50_fpn, "
                         f"maskrcnn_resnet50_fpn and deeplabv3/fcn_resnet50/101 weights are read)")
+    # (after a whole model's own parts, which name its project; RegNet and ConvNeXt have a
+    # stem.0 too, but no stem.6 and no layer1)
     deep_stem = next((k for k in keys if "stem.0." in k), None)
-    if deep_stem is not None:  # (after a whole model's own parts, which name its project)
+    if deep_stem is not None and any("stem.6." in k for k in keys) and any(
+            "layer1." in k for k in keys):
         return (f"\n  (keys such as {deep_stem} are the deep stem of mmdetection's or "
                 f"mmsegmentation's ResNetV1c/V1d, in mmcv's layout: those checkpoints are not "
                 f"read here; start from timm's resnetNNc / resnetNNd ImageNet weights or a "

@@ -51,6 +51,9 @@ def test_resnet_d_options_are_refused_where_they_mean_nothing():
     with pytest.raises(ValueError, match="deep_stem is an ImageNet stem's; this net's stem is "
                                          "cifar's"):
         backbones.build("cifar_resnet20", deep_stem=True)
+    with pytest.raises(ValueError, match="deep_stem halves stem_channels in its first convs: "
+                                         "stem_channels must be 2 or more, got 1"):
+        backbones.build("resnet18", deep_stem=True, stem_channels=1)
     with pytest.raises(ValueError, match="resnet50.deep_stem must be true or false, got 'yes'"):
         backbones.build_resnet("resnet50", config_prefix="resnet50.", deep_stem="yes")
 

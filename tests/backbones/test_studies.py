@@ -320,6 +320,17 @@ def test_3x3_responses_are_every_3x3_layer_after_its_norm_before_the_relu():
     bottlenecks = backbones.build("resnet50")  # one 3x3 per block; a 7x7 stem is not one
     names = [layer.name for layer in response_layers(bottlenecks, "3x3")]
     assert len(names) == 16 and names[0] == "res2.0.norm2"
+    deep = backbones.build_classifier("resnet50d", 10).eval()  # a deep stem's 3 are 3x3
+    names = [layer.name for layer in response_layers(deep.backbone, "3x3")]
+    assert names[:4] == ["stem.0", "stem.1", "stem.2", "res2.0.norm2"] and len(names) == 19
+    with torch.no_grad():  # the norm after each 3x3 conv, as the forward computes it
+        x = images(n=2, size=32, seed=3)
+        stem = deep.backbone.stem.conv
+        first = stem[1](stem[0](x))
+        second = stem[4](stem[3](first.relu()))
+    got = layer_response_std(deep, response_layers(deep.backbone, "3x3")[:2], x)
+    np.testing.assert_allclose(got, [first.double().std().item(), second.double().std().item()],
+                               rtol=1e-5)
     with pytest.raises(ValueError, match="responses.layers must be one of 3x3, blocks"):
         response_layers(model.backbone, "all")
 

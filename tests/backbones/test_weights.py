@@ -110,6 +110,17 @@ def test_resnet_weights_into_resnet_d_name_both_networks(tmp_path):
     with pytest.raises(ValueError, match=rf"\({files['resnext50d_32x4d']} holds a "
                                          rf"resnext50d_32x4d, this model is a resnet50d\)"):
         backbones.build("resnet50d", weights=files["resnext50d_32x4d"])
+    # a plain twin and its residual net, named apart (both "resnet18" by their convs alone)
+    with pytest.raises(ValueError, match=r"\(the given state dict holds a plain_resnet18, this "
+                                         r"model is a resnet18: the backbone name plain_resnet18 "
+                                         r"builds that net\)"):
+        backbones.build("resnet18", weights=backbones.build("plain_resnet18").state_dict())
+    # other deep stems (timm's resnet50t) are not taken for a resnet50d; RegNet's stem.0 is
+    # not mmcv's
+    for other in (timm.create_model("resnet50t"), torchvision.models.regnet_y_400mf()):
+        with pytest.raises(ValueError) as refused:
+            backbones.build("resnet50", weights=other.state_dict())
+        assert "holds a" not in str(refused.value) and "ResNetV1" not in str(refused.value)
     # mmcv's layout of the same net (mmdetection's ResNetV1d: stem.0 ... stem.7): not read
     mmcv = {re.sub(r"^conv1\.", "stem.", k).replace("bn1.", "stem.7.") if not k.startswith(
         "layer") else k: v for k, v in timm.create_model("resnet50d").state_dict().items()}

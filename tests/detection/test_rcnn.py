@@ -218,18 +218,20 @@ def test_backbone_weights_pretrained_with_other_normalisation_are_refused(
                        resnet.res2[0].conv1.weight)
 
 
+@pytest.mark.parametrize("config", ["faster_rcnn_R_50_FPN_1x.yaml", "faster_rcnn_R_50_C4_1x.yaml"])
 def test_a_detector_of_another_backbone_names_both_nets_and_the_key_to_set(
-        tmp_path: Path) -> None:
+        tmp_path: Path, config: str) -> None:
     """A ResNet-18-D detector's weights into a ResNet-18 one (a checkpoint given with the
-    wrong config): the key listing alone did not say the backbone differs."""
-    from resnet_detect.detection.convert import load_detector_weights
+    wrong config): the key listing alone did not say the backbone differs. (C4: its res5 in
+    the RoI head.)"""
     path = tmp_path / "r18d.pth"
-    torch.save(build_model(_config("faster_rcnn_R_50_FPN_1x.yaml", [
-        *TINY, "model.backbone.name=resnet18d"])).state_dict(), path)
+    tiny = [o for o in TINY if "anchor_generator" not in o]  # (C4: one level)
+    torch.save(build_model(_config(config, [*tiny, "model.backbone.name=resnet18d"]))
+               .state_dict(), path)
     with pytest.raises(ValueError, match=rf"do not match GeneralizedRCNN \({path} holds a "
                                          rf"resnet18d backbone, this model's is a resnet18: set "
                                          rf"model.backbone.name=resnet18d\):\n  missing"):
-        load_detector_weights(build_model(_config("faster_rcnn_R_50_FPN_1x.yaml", TINY)), path)
+        load_detector_weights(build_model(_config(config, tiny)), path)
 
 
 def test_dc5_single_level_stride_16() -> None:

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from resnet_detect.engine import cli
-from resnet_detect.engine.checkpoint import Checkpointer
+from resnet_detect.engine.checkpoint import BestWeights, Checkpointer
 from resnet_detect.engine.preemption import TrainingInterrupted
 from resnet_detect.engine.trainer import NonFiniteLossError
 from resnet_detect.engine.runner import TaskData, run_training
@@ -551,15 +551,17 @@ class _KilledTask(_SignalInEvalTask):
         return super().losses(model, batch, device)
 
 
-@pytest.mark.parametrize("eval_period,checkpoint_period,at,in_step,resumed_at", [
-    (2, 2, 1, False, 2), (2, 4, 2, False, 4), (2, 2, 3, False, 6), (2, 2, 1, True, 2),
-    (2, 4, 1, False, None), (2, 2, 1, False, "model_0000002.pth")])
+@pytest.mark.parametrize("eval_period,checkpoint_period,at,when,resumed_at", [
+    (2, 2, 1, "evaluation", 2), (2, 4, 2, "evaluation", 4), (2, 2, 3, "evaluation", 6),
+    (2, 2, 1, "step", 2), (2, 2, 1, "best", 2), (2, 4, 1, "evaluation", None),
+    (2, 2, 1, "evaluation", "model_0000002.pth")])
 def test_a_kill_during_an_evaluation_runs_it_again_at_the_resume(
-        tmp_path: Path, eval_period: int, checkpoint_period: int, at: int, in_step: bool,
-        resumed_at: int | str | None) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, eval_period: int,
+        checkpoint_period: int, at: int, when: str, resumed_at: int | str | None) -> None:
     """A kill -9 (the out-of-memory killer) during the evaluation at a checkpoint's iteration
-    leaves no word of it; --resume (or --resume-from that checkpoint) starts from it and runs
-    the evaluation first, as scalars.jsonl has no line of it: the evaluations and
+    (or while its model_best.pth is written: the evaluation's one scalars.jsonl line comes
+    after) leaves no word of it; --resume (or --resume-from that checkpoint) starts from it and
+    runs the evaluation first, as scalars.jsonl has no line of it: the evaluations and
     model_best.pth are the uninterrupted run's. A kill in the step after a logged evaluation
     does not run it twice; one at an iteration without a checkpoint trains the steps again and
     evaluates there. A finished run resumed (its final weights lost) logs its final
@@ -580,8 +582,15 @@ def test_a_kill_during_an_evaluation_runs_it_again_at_the_resume(
     full = run_training(_SignalInEvalTask(at=0), config(tmp_path / "full"), cpu)
     scores = [score for _, score in evaluations("full")]
     assert len(scores) == 3 and scores[0] < min(scores[1:])  # the first is the best
+    in_step = when == "step"
+    if when == "best":
+        def killed(*args: Any) -> None:
+            raise _Killed
+        monkeypatch.setattr(BestWeights, "update", killed)
     with pytest.raises(_Killed):
-        run_training(_KilledTask(at, in_step), config(tmp_path / "run"), cpu)
+        run_training(_KilledTask(at if when != "best" else 0, in_step),
+                     config(tmp_path / "run"), cpu)
+    monkeypatch.undo()
     assert not (tmp_path / "run/model_final.pth").exists()
     assert evaluations("run") == evaluations("full")[:at - 1 + in_step]
     resume = str(tmp_path / "run" / resumed_at) if isinstance(resumed_at, str) else True
@@ -599,6 +608,10 @@ def test_a_kill_during_an_evaluation_runs_it_again_at_the_resume(
     (tmp_path / "run/model_final.pth").unlink()
     run_training(_SignalInEvalTask(at=0), config(tmp_path / "run"), cpu, resume=True)
     assert evaluations("run") == evaluations("full")  # the final one evaluated again, once
+    lines = [line for line in map(json.loads, (tmp_path / "run/scalars.jsonl").read_text()
+                                  .splitlines()) if "regression/first" in line]
+    assert all(sorted(line) == ["iteration", "regression/batches", "regression/first"]
+               for line in lines)  # one line per evaluation
     bests = [torch.load(tmp_path / run / "model_best.pth", weights_only=True) for run in
              ("full", "run")]
     assert bests[0]["iteration"] == bests[1]["iteration"] == 2

@@ -59,7 +59,9 @@ def response_layers(backbone: ResNet, layers: str = "3x3") -> list[Layer]:
     if layers == "blocks":
         return [Layer(name, branch_output_module(block), is_downsampling(block))
                 for name, block in blocks]
-    found = [Layer("stem", norm, False) for _, norm in _norms_after_3x3(backbone.stem)]
+    pairs = backbone.stem.conv_norm_pairs()  # (a deep stem's three: stem.0, stem.1, stem.2)
+    found = [Layer("stem" if len(pairs) == 1 else f"stem.{i}", norm, False)
+             for i, (conv, norm) in enumerate(pairs) if conv.kernel_size == (3, 3)]
     for name, block in blocks:
         found += [Layer(f"{name}.{norm_name}", norm, is_downsampling(block))
                   for norm_name, norm in _norms_after_3x3(block)]
