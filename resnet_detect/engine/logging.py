@@ -177,6 +177,7 @@ class ScalarWriter:
                  evaluated_again: bool = False) -> None:
         self._writer = None
         self._jsonl = Path(jsonl) if jsonl is not None and is_main_process() else None
+        kept: list[str] = []
         if self._jsonl is not None and self._jsonl.is_file():
             kept = [line for line in self._jsonl.read_text(encoding="utf-8").splitlines()
                     if (entry := _entry(line)) is not None
@@ -185,7 +186,15 @@ class ScalarWriter:
             atomic_write_text("".join(line + "\n" for line in kept), self._jsonl)
         if log_dir is not None and is_main_process():
             from torch.utils.tensorboard import SummaryWriter  # slow import, only when used
-            self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=start_iter + 1)
+            # tensorboard purges whole steps: the evaluation's step goes too, and the progress
+            # line kept there is written again
+            self._writer = SummaryWriter(log_dir=str(log_dir),
+                                         purge_step=start_iter + (not evaluated_again))
+            for entry in map(_entry, kept if evaluated_again else []):
+                if entry is not None and entry["iteration"] == start_iter:
+                    for key, value in entry.items():
+                        if key != "iteration" and isinstance(value, (int, float)):
+                            self._writer.add_scalar(key, value, start_iter)
 
     def add_scalars(self, values: Mapping[str, float], step: int) -> None:
         """Write them; a destination that fails (a full disk, a folder in the file's place)

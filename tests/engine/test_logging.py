@@ -72,6 +72,28 @@ def test_scalars_go_on_to_tensorboard_when_the_jsonl_cannot_be_written(
     assert [e.step for e in events.Scalars("loss")] == [1, 2]
 
 
+def test_an_evaluation_run_again_replaces_its_scalars(tmp_path: Path) -> None:
+    """A resumed run that evaluates again at its start iteration (a finished run resumed):
+    that evaluation once in scalars.jsonl and in tensorboard, the progress line there kept."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    writer = ScalarWriter(tmp_path / "tb", tmp_path / "scalars.jsonl")
+    writer.add_scalars({"train/loss": 2.0}, 5)
+    writer.add_scalars({"train/loss": 1.0}, 10)
+    writer.add_scalars({"bbox/AP": 5.0}, 10)
+    writer.close()
+    writer = ScalarWriter(tmp_path / "tb", tmp_path / "scalars.jsonl", start_iter=10,
+                          evaluated_again=True)
+    writer.add_scalars({"bbox/AP": 6.0}, 10)
+    writer.close()
+    assert [json.loads(line) for line in (tmp_path / "scalars.jsonl").read_text().splitlines()
+            ] == [{"iteration": 5, "train/loss": 2.0}, {"iteration": 10, "train/loss": 1.0},
+                  {"iteration": 10, "bbox/AP": 6.0}]
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("bbox/AP")] == [(10, 6.0)]
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(5, 2.0), (10, 1.0)]
+
+
 def test_each_class_s_ap_and_iou_are_logged_as_scalars(tmp_path: Path) -> None:
     """detectron2 logs "bbox/AP-person": per-class AP (and a segmenter's per-class IoU) went
     to log.txt's tables only; not to the progress line, and not where undefined."""
