@@ -25,6 +25,8 @@ from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.files import (atomic_save, check_weights_file, read_checked_bytes,
                                         why_unloadable)
 
+from .registry import list_models
+
 logger = logging.getLogger(__name__)
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -241,7 +243,6 @@ def other_resnet_hint(source: str, theirs: str | None, ours: str | None,
     differ, else ""; `whole`: of a detector's or segmenter's backbone (model.backbone)."""
     if not theirs or not ours or theirs == ours:
         return ""
-    from .registry import list_models  # (the registry's builders import this module's users)
     registered = theirs in list_models()
     if whole:
         return (f" ({source} holds a {theirs} backbone, this model's is a {ours}"
