@@ -34,6 +34,7 @@ from .logging import (escape_what_the_console_lacks, log_warning, logging_kept, 
                       setup_logging)
 from .model_check import weights_keys
 from .preemption import CATCHING, TrainingInterrupted
+from .restarts import resume_after_restart
 from .run_lock import FolderInUseError
 from .runner import UnreadableDataError, check_training_config, run_training
 from .same_everywhere import OtherProcessFailed, done_everywhere
@@ -376,9 +377,10 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
         # every node (a path on one node's disk only)
         done_everywhere(lambda: _check_resume_from(args.resume_from),
                         "find its --resume-from checkpoint")
+        resume = (args.resume_from or args.resume
+                  or resume_after_restart(cfg.train.output_dir, program_name()))
         try:
-            result = run_training(runner_task, cfg, device,
-                                  resume=args.resume_from or args.resume)
+            result = run_training(runner_task, cfg, device, resume=resume)
         except TrainingInterrupted as stopped:
             if is_main_process():
                 try:

@@ -77,6 +77,31 @@ def assert_killed_run_resumes_bit_identical(args: list[str], out: Path, full: nn
         assert torch.equal(value, resumed["model"].state_dict()[key]), key
 
 
+def restarted_by_torchrun(args: list[str], out: Path) -> str:
+    """tools/train.py ARGS under `torchrun --max-restarts=1` (one process), its process killed
+    once a checkpoint exists: torchrun runs the same command again, without --resume.
+    Returns torchrun's output."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--max-restarts=1",
+         str(ROOT / "tools/train.py"), *args, f"train.output_dir={out}"], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "last_checkpoint").exists():
+        if launcher.poll() is not None or time.monotonic() > deadline:
+            launcher.kill()
+            raise AssertionError(f"no checkpoint before the run ended: "
+                                 f"{launcher.communicate()[0][-2000:]}")
+        time.sleep(0.02)
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text(
+        encoding="ascii").split()
+    assert len(children) == 1, children  # the training process
+    os.kill(int(children[0]), signal.SIGKILL)
+    log, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, log[-3000:]
+    return log
+
+
 @pytest.mark.slow
 def test_killed_pretraining_resumes_to_the_uninterrupted_weights(data: Path,
                                                                  tmp_path: Path) -> None:
@@ -86,3 +111,13 @@ def test_killed_pretraining_resumes_to_the_uninterrupted_weights(data: Path,
     assert_killed_run_resumes_bit_identical(args, tmp_path / "b", full)
     # a scheduler preempting the job: SIGTERM to the main process and its loader worker at once
     assert_killed_run_resumes_bit_identical(args, tmp_path / "c", full, signal.SIGTERM)
+    if not Path("/proc/self/task").is_dir():  # (the children's list: Linux)
+        return
+    # torchrun --max-restarts: its restart continues from the checkpoints (it trained from
+    # scratch, replacing them)
+    log = restarted_by_torchrun(args, tmp_path / "d")
+    assert ("torchrun restarted the processes (restart 1 of 1): continuing from the newest "
+            f"checkpoint of {tmp_path / 'd'}, as --resume does") in log
+    restarted = torch.load(tmp_path / "d/model_final.pth", weights_only=True)["model"]
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, restarted[key]), key

@@ -1,0 +1,66 @@
+"""torchrun's restarts (`--max-restarts=N`): the command it runs again after a process failed
+continues from the checkpoints that launch wrote, as torchelastic asks of a training script,
+instead of training from the start and replacing them."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .checkpoint import checkpoints_in
+from .distributed import all_gather_object, is_main_process
+
+# a checkpoint this close before the launcher's start is taken as its own: /proc/stat's boot
+# time is in whole seconds, a shared file system's clock may lag a little
+CLOCK_SLACK_S = 2.0
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this process's command (0: its first start, or
+    no torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+
+
+def launcher_start_time() -> float | None:
+    """When this process's parent (torchrun's agent, which restarts it) started, in seconds
+    since the epoch; None where /proc does not say (not Linux)."""
+    try:
+        stat = Path(f"/proc/{os.getppid()}/stat").read_text(
+            encoding="utf-8", errors="replace")
+        # after the command name (in parentheses, which may hold spaces), field 22 is the
+        # start time in clock ticks after boot
+        started = int(stat.rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text(
+            encoding="utf-8").splitlines() if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + started
+
+
+def _written_since_launch(output_dir: Path) -> bool:
+    newest = max((p.stat().st_mtime for p in checkpoints_in(output_dir)), default=None)
+    if newest is None:
+        return False
+    started = launcher_start_time()
+    return started is None or newest >= started - CLOCK_SLACK_S
+
+
+def resume_after_restart(output_dir: str | os.PathLike, program: str) -> bool:
+    """Whether a run given neither --resume nor --resume-from resumes: on torchrun's restart
+    of its command, when `output_dir` holds a checkpoint written since torchrun started (an
+    earlier run's are not this launch's progress: the command starts afresh, as it says).
+    The main process decides (its folder holds the checkpoints) and says so; every process
+    gets its answer."""
+    count = restart_count()
+    if count == 0:
+        return False
+    decision = None
+    if is_main_process():
+        decision = _written_since_launch(Path(output_dir))
+        of = os.environ.get("TORCHELASTIC_MAX_RESTARTS")
+        what = (f"continuing from the newest checkpoint of {output_dir}, as --resume does"
+                if decision else f"{output_dir} holds no checkpoint of this launch: starting "
+                                 f"from scratch, as the command says")
+        print(f"{program}: torchrun restarted the processes (restart {count}"
+              f"{f' of {of}' if of else ''}): {what}", file=sys.stderr, flush=True)
+    return bool(all_gather_object(decision)[0])
