@@ -144,6 +144,9 @@ class OnnxDetector(OnnxModel):
         metadata: export.json.
         mask_on: whether the graph returns masks.
         mask_output: "pasted" or "box" (the graph gives each box's mask; pasted here).
+        score_thresh: None, or a score threshold above the graph's own: its detections
+            scoring at most this are left out (as the model would leave them out: NMS and
+            the top detections_per_image keep the same ones above it).
     """
 
     def __init__(self, weights: str | os.PathLike, device: str | torch.device = "cpu") -> None:
@@ -166,6 +169,7 @@ class OnnxDetector(OnnxModel):
                               f"an export of this project's; export again with "
                               f"tools/export.py")
         self.mask_threshold = self.metadata.get("mask_threshold", 0.5)
+        self.score_thresh: float | None = None
         # by search, not a table indexed by id: ids may be as large as 2**40
         self._id_order = np.argsort(np.asarray(ids, dtype=np.int64), kind="stable")
         self._sorted_ids = np.asarray(ids, dtype=np.int64)[self._id_order]
@@ -193,6 +197,9 @@ class OnnxDetector(OnnxModel):
                                   "original_size": np.asarray(size, dtype=np.int64)},
                                  PASTED_MASKS_MEMORY if self.mask_output == "pasted"
                                  and self.mask_on else "")
+            if self.score_thresh is not None:
+                keep = out[1] > self.score_thresh
+                out = [part[keep] for part in out]
             result = {"boxes": torch.from_numpy(out[0]).to(device),
                       "scores": torch.from_numpy(out[1]).to(device),
                       "labels": torch.from_numpy(self._labels_of(out[2])).to(device)}

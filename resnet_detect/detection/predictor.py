@@ -27,7 +27,7 @@ from resnet_detect.engine.config import (ConfigError, as_override, config_needed
 from resnet_detect.backbones.model_weights import use_recorded_normalisation
 from resnet_detect.backbones.weights import (foreign_checkpoint_hint, read_checkpoint,
                                             refuse_other_task, unwrap_state_dict)
-from resnet_detect.engine.data import check_rgb_image, check_rgb_images
+from resnet_detect.engine.data import check_input_format, predictor_image, predictor_images
 from resnet_detect.engine.data.coco import CategoryMapping, brief, read_coco_json
 from resnet_detect.engine.distributed import usable_device
 from resnet_detect.engine.host_memory import release_free_memory
@@ -221,12 +221,19 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
     meta = model.metadata
     cfg = _config({} if config is None else config, overrides)
     fixed = _graph_settings(meta)
+    asked = OmegaConf.select(cfg, "model.roi_heads.score_thresh")
+    raised = isinstance(asked, (int, float)) and asked > fixed.get(
+        "model.roi_heads.score_thresh", float("inf"))
+    if raised:  # (left out of the graph's output, as the model would)
+        model.score_thresh = float(asked)
     if config is not None or any(o.startswith("model.mask_on=") for o in overrides):
         # as for a .pth (a Mask R-CNN graph under a Faster R-CNN config scored masks)
         _refuse_another_mask_head(model.mask_on, cfg, weights)
-    warn_of_settings_the_graph_keeps(
-        weights, _differing(cfg, fixed, overrides, whole_config=config is not None), overrides,
-        list(fixed), meta.get("model_config"))
+    differing = _differing(cfg, fixed, overrides, whole_config=config is not None)
+    if raised:
+        differing = [d for d in differing if not d.startswith("model.roi_heads.score_thresh ")]
+    warn_of_settings_the_graph_keeps(weights, differing, overrides, list(fixed),
+                                     meta.get("model_config"))
     refuse_tta(cfg, f"the exported graph {weights}")
     _refuse_tiles_the_graph_cannot_take(cfg, model, weights)
     cfg.data.val.min_size = meta["resize"]["short_side"]
@@ -234,8 +241,8 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
     cfg.model.mask_on = model.mask_on
     if meta.get("detections_per_image") is not None:  # what the evaluation scores follows it
         cfg.model.roi_heads.detections_per_image = int(meta["detections_per_image"])
-    if meta.get("score_thresh") is not None:  # (tools/demo.py's hint when nothing is drawn)
-        cfg.model.roi_heads.score_thresh = float(meta["score_thresh"])
+    if meta.get("score_thresh") is not None and not raised:  # (tools/demo.py's hint when
+        cfg.model.roi_heads.score_thresh = float(meta["score_thresh"])  # nothing is drawn)
     return LoadedDetector(model=model, cfg=cfg, class_names=list(meta["class_names"]),
                           category_ids=[int(c) for c in meta["category_ids"]], provenance={})
 
@@ -296,13 +303,14 @@ def _differing(cfg: DictConfig, fixed: Mapping[str, Any], overrides: Sequence[st
 
 
 class Predictor:
-    """`Predictor(config, weights=..., overrides=[...])(rgb_uint8_hxwx3)` -> detections;
-    `.predict_batch([rgb, ...])` -> one per image, the images in one forward pass.
+    """`Predictor(config, weights=..., overrides=[...])(rgb_uint8_hxwx3 or a path)` ->
+    detections; `.predict_batch([rgb, ...])` -> one per image, the images in one forward pass.
 
     Test-time resizing follows `data.val.min_size` / `data.val.max_size`, test-time
     augmentation the `test` section (`detection.tta`), tiles of large images `test.tiles`
     (`detection.tiles`); score threshold, NMS threshold and
-    detections per image follow `model.roi_heads.*`.
+    detections per image follow `model.roi_heads.*`; `score_thresh` changes the threshold
+    afterwards.
 
     Args:
         config: YAML path, or a loaded config; None takes the config the weights record.
@@ -315,6 +323,9 @@ class Predictor:
             service fed images of many sizes keeps its size; False keeps that memory for the
             next call, which then page-faults less (BENCHMARKS.md, "A Predictor in a
             long-running process").
+        input_format: the channel order of the arrays given, "RGB" or "BGR" (OpenCV's
+            `cv2.imread`, detectron2's DefaultPredictor's and mmdetection's default); a
+            path given is read as it should be either way.
         mask_format: Mask R-CNN's masks: "bitmask", (D, H, W) bool arrays (detectron2's
             `pred_masks`), or "rle", D COCO RLEs ({"size": [H, W], "counts": str}, as
             pycocotools encodes them: `pycocotools.mask.decode` reads one back), each
@@ -332,7 +343,8 @@ class Predictor:
     def __init__(self, config: str | os.PathLike | Mapping[str, Any] | DictConfig | None = None,
                  *, weights: str | os.PathLike | None = None, overrides: Sequence[str] = (),
                  device: str | torch.device = "cpu", release_memory: bool = True,
-                 mask_format: str = "bitmask") -> None:
+                 mask_format: str = "bitmask", input_format: str = "RGB") -> None:
+        self.input_format = check_input_format(input_format)
         if mask_format not in MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}, got "
                              f"{mask_format!r}")
@@ -352,6 +364,32 @@ class Predictor:
         self.device = torch.device(device)
         compile_for_inference(self.model, self.cfg, self.device, weights)
 
+    @property
+    def score_thresh(self) -> float:
+        """The score a detection must exceed to be returned (`model.roi_heads.score_thresh`);
+        set it to change it. An exported graph's can only rise above its export's: its own
+        NMS ran at that one."""
+        if isinstance(self.model, OnnxDetector):
+            return float(self.cfg.model.roi_heads.score_thresh)
+        return float(self.model.roi_heads.box_predictor.score_thresh)
+
+    @score_thresh.setter
+    def score_thresh(self, value: float) -> None:
+        if not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"score_thresh must be a number in [0, 1), got {value!r}")
+        if isinstance(self.model, OnnxDetector):
+            graph = self.model.metadata.get("score_thresh")
+            if isinstance(graph, (int, float)) and value < graph:
+                raise ValueError(f"score_thresh {value}: {self.model.metadata_source} "
+                                 f"records the exported graph's score threshold {graph} (its "
+                                 f"export's model.roi_heads.score_thresh), below which it keeps "
+                                 f"no detection; export again with "
+                                 f"model.roi_heads.score_thresh={value}")
+            self.model.score_thresh = None if value == graph else float(value)
+        else:
+            self.model.roi_heads.box_predictor.score_thresh = float(value)
+        self.cfg.model.roi_heads.score_thresh = float(value)
+
     def name_of(self, category_id: int) -> str:
         """Class name of a dataset category id."""
         return self._id_to_name.get(int(category_id), str(category_id))
@@ -360,7 +398,8 @@ class Predictor:
         """Detect objects in one image.
 
         Args:
-            image: (H, W, 3) uint8 RGB.
+            image: (H, W, 3) uint8 in `input_format` (RGB by default), or an image file's
+                path.
 
         Returns:
             {"boxes": float32 (D, 4) xyxy in `image` pixels, "scores": float32 (D,),
@@ -368,9 +407,8 @@ class Predictor:
             Mask R-CNN "masks": bool (D, H, W) in `image` pixels (a list of D COCO RLEs
             with `mask_format="rle"`).
         """
-        return self.predict_batch([check_rgb_image(image)])[0]
+        return self._predict([predictor_image(image, self.input_format)])[0]
 
-    @torch.no_grad()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, Any]]:
         """Detect objects in several images at once: one batch through the PyTorch network,
         which a GPU runs faster than the images one by one (an exported ONNX model runs them
@@ -382,12 +420,15 @@ class Predictor:
         tiles (`test.tiles`) the images run one by one, each one's tiles in batches.
 
         Args:
-            images: (H_i, W_i, 3) uint8 RGB images (a sequence, or an (N, H, W, 3) array).
+            images: what `__call__` takes, several (a sequence, or an (N, H, W, 3) array).
 
         Returns:
             Per image what `__call__` returns.
         """
-        images = check_rgb_images(images)
+        return self._predict(predictor_images(images, self.input_format))
+
+    @torch.no_grad()
+    def _predict(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
         if not images:
             return []
         pasted = self.mask_format == "bitmask"

@@ -22,7 +22,7 @@ from resnet_detect.engine.config import ConfigError, as_override, config_needed
 from resnet_detect.backbones.model_weights import use_recorded_normalisation
 from resnet_detect.backbones.weights import (foreign_checkpoint_hint, read_checkpoint,
                                             refuse_other_task, unwrap_state_dict)
-from resnet_detect.engine.data import check_rgb_image, check_rgb_images
+from resnet_detect.engine.data import check_input_format, predictor_image, predictor_images
 from resnet_detect.engine.distributed import usable_device
 from resnet_detect.engine.host_memory import release_free_memory
 from resnet_detect.engine.memory_format import place_model
@@ -73,7 +73,8 @@ def _configured_names(cfg: DictConfig, num_classes: int, source: str | None
 
 
 class Predictor:
-    """`Predictor(config, weights=..., overrides=[...])(rgb_uint8_hxwx3) -> {"mask": (H, W)}`.
+    """`Predictor(config, weights=..., overrides=[...])(rgb_uint8_hxwx3 or a path)` ->
+    `{"mask": (H, W)}`.
 
     Args:
         config: YAML path, or a loaded config; None takes the config the weights record.
@@ -89,6 +90,9 @@ class Predictor:
             long-running process").
         compiled: compile the model as `test.compile` says; False keeps it eager (an
             export traces the eager model).
+        input_format: the channel order of the arrays given, "RGB" or "BGR" (OpenCV's
+            `cv2.imread`, mmsegmentation's default); a path given is read as it should be
+            either way.
 
     Attributes:
         class_names: name of every class id (checkpoint provenance, else class_0..).
@@ -103,7 +107,9 @@ class Predictor:
     def __init__(self, config: str | os.PathLike | DictConfig | Mapping[str, Any] | None = None,
                  *, weights: str | os.PathLike | None = None, overrides: Sequence[str] = (),
                  device: str | torch.device = "cpu", tta: TTAInference | None = None,
-                 release_memory: bool = True, compiled: bool = True) -> None:
+                 release_memory: bool = True, compiled: bool = True,
+                 input_format: str = "RGB") -> None:
+        self.input_format = check_input_format(input_format)
         device = usable_device(device)
         self._warned = False  # of a large image run whole
         self.release_memory = release_memory
@@ -220,14 +226,14 @@ class Predictor:
         """Segment one image.
 
         Args:
-            image: (H, W, 3) uint8 RGB.
+            image: (H, W, 3) uint8 in `input_format` (RGB by default), or an image file's
+                path.
 
         Returns:
             {"mask": (H, W) int64 class ids}.
         """
-        return self.predict_batch([check_rgb_image(image)])[0]
+        return self._predict([predictor_image(image, self.input_format)])[0]
 
-    @torch.no_grad()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Segment several images: one batch through the PyTorch network (each image padded
         to the largest; the padding can change the classes near an image's edges that a
@@ -236,12 +242,15 @@ class Predictor:
         run one by one.
 
         Args:
-            images: (H_i, W_i, 3) uint8 RGB images (a sequence, or an (N, H, W, 3) array).
+            images: what `__call__` takes, several (a sequence, or an (N, H, W, 3) array).
 
         Returns:
             Per image what `__call__` returns.
         """
-        images = check_rgb_images(images)
+        return self._predict(predictor_images(images, self.input_format))
+
+    @torch.no_grad()
+    def _predict(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
         for image in images:
             self._warn_of_a_large_image(image)
         # copies (not views, which a read-only array would make torch warn of)

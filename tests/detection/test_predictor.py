@@ -12,7 +12,7 @@ import torch
 from resnet_detect import backbones
 from resnet_detect.detection import Predictor, build_model
 from resnet_detect.detection.config import load_config
-from resnet_detect.engine.data import CategoryMapping
+from resnet_detect.engine.data import CategoryMapping, UnreadableImageError
 from resnet_detect.detection.training import make_provenance
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -270,7 +270,7 @@ def test_a_batch_gives_each_images_own_detections(checkpoint: Path,
                                          r"Predictor itself for one image"):
         predictor.predict_batch(same[0])
     with pytest.raises(ValueError, match=r"images\[1\]: Predictor expects a non-empty \(H, W, 3\) "
-                                         r"uint8 RGB array, got float32"):
+                                         r"uint8 RGB array or an image file's path, got float32"):
         predictor.predict_batch([same[0], same[1].astype(np.float32)])
 
 
@@ -418,3 +418,74 @@ def test_weights_that_record_no_category_ids_take_the_config_val_files(
     assert any(f"and data.val.ann_file {val} has 1 categories, not its 3 classes: its classes "
                f"are taken to be ids 1..3" in r.getMessage()
                for r in caplog.records if r.levelno >= logging.WARNING)
+
+
+def test_bgr_arrays_and_image_paths_give_the_rgb_arrays_detections(
+        checkpoint: Path, tmp_path: Path) -> None:
+    """detectron2's DefaultPredictor and mmdetection's inference_detector take OpenCV's BGR
+    (and mmdetection a path): `input_format="BGR"` and a path give the RGB array's
+    detections; a BGR array given as RGB does not."""
+    rgb = np.random.default_rng(3).integers(0, 256, (80, 120, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), rgb[..., ::-1])
+    bgr = cv2.imread(str(tmp_path / "a.png"))
+    rgb_predictor = Predictor(None, weights=checkpoint,
+                              overrides=["model.roi_heads.score_thresh=0.0"])
+    bgr_predictor = Predictor(None, weights=checkpoint, input_format="BGR",
+                              overrides=["model.roi_heads.score_thresh=0.0"])
+    expected = rgb_predictor(rgb)
+    assert len(expected["boxes"]) > 0
+    pairs = [(bgr_predictor(bgr), expected), (rgb_predictor(tmp_path / "a.png"), expected),
+             (bgr_predictor(str(tmp_path / "a.png")), expected),
+             *zip(bgr_predictor.predict_batch([bgr, tmp_path / "a.png"]),
+                  rgb_predictor.predict_batch([rgb, rgb]))]
+    for got, wanted in pairs:
+        for key in ("boxes", "scores", "labels"):
+            np.testing.assert_array_equal(got[key], wanted[key])
+    assert not np.array_equal(rgb_predictor(bgr)["scores"], expected["scores"])
+    with pytest.raises(ValueError, match="input_format must be one of RGB, BGR, got 'bgr8'"):
+        Predictor(None, weights=checkpoint, input_format="bgr8")
+    with pytest.raises(UnreadableImageError, match=r"^images\[1\]: .*b.png: file not found$"):
+        rgb_predictor.predict_batch([rgb, tmp_path / "b.png"])
+
+
+def test_score_thresh_set_afterwards_is_the_threshold_given_at_the_start(
+        checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Set after construction it is what `model.roi_heads.score_thresh` at construction
+    gives, for an exported graph too (which keeps its own NMS: only a higher one is taken)."""
+    from resnet_detect.detection.training import export_model
+    image = np.random.default_rng(4).integers(0, 256, (80, 120, 3), dtype=np.uint8)
+    low = Predictor(None, weights=checkpoint, overrides=["model.roi_heads.score_thresh=0.0"])
+    every = low(image)["scores"]
+    high = float(np.median(every))  # half the detections stay
+    expected = Predictor(None, weights=checkpoint,
+                         overrides=[f"model.roi_heads.score_thresh={high}"])(image)
+    assert 0 < len(expected["scores"]) < len(every)
+    assert low.score_thresh == 0.0
+    low.score_thresh = high
+    assert low.score_thresh == high
+    for key in ("boxes", "scores", "labels"):
+        np.testing.assert_array_equal(low(image)[key], expected[key])
+    with pytest.raises(ValueError, match=r"score_thresh must be a number in \[0, 1\), got 1.5"):
+        low.score_thresh = 1.5
+    export_model(str(CONFIG), str(checkpoint), tmp_path,
+                 [*TINY, "model.roi_heads.score_thresh=0.0"])
+    graph = Predictor(None, weights=tmp_path)
+    graph.score_thresh = high
+    with caplog.at_level(logging.WARNING):
+        given = Predictor(None, weights=tmp_path,
+                          overrides=[f"model.roi_heads.score_thresh={high}"])
+    assert "runs as it was exported" not in caplog.text
+    for got in (graph(image), given(image)):
+        assert len(got["scores"]) == len(expected["scores"])
+        np.testing.assert_allclose(got["boxes"], expected["boxes"], atol=1e-2)
+        np.testing.assert_array_equal(got["labels"], expected["labels"])
+    assert given.score_thresh == high
+    graph.score_thresh = 0.0
+    assert len(graph(image)["scores"]) == len(every)
+    exported = export_model(str(CONFIG), str(checkpoint), tmp_path / "high",
+                            [*TINY, f"model.roi_heads.score_thresh={high}"])
+    assert exported is not None
+    with pytest.raises(ValueError, match=rf"score_thresh 0.01: .* records the exported graph's "
+                                         rf"score threshold {high} .*; export again with "
+                                         rf"model.roi_heads.score_thresh=0.01"):
+        Predictor(None, weights=tmp_path / "high").score_thresh = 0.01

@@ -1,4 +1,4 @@
-"""engine.data.check_rgb_image: what a Predictor refuses, each with the conversion that fixes it
+"""engine.data.predictor_image: what a Predictor refuses, each with the conversion that fixes it
 (the advice is run here: what it gives is taken)."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from resnet_detect.engine.data import check_rgb_image
+from resnet_detect.engine.data import predictor_image
 
 ROOT = Path(__file__).resolve().parents[2]
 RGB = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
@@ -36,12 +36,12 @@ RGB = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
      lambda image: (image * 255).round().astype(np.uint8)),
 ])
 def test_a_refused_image_names_the_conversion_that_fixes_it(given, advice, fixed) -> None:
-    with pytest.raises(ValueError, match="expects a non-empty \\(H, W, 3\\) uint8 RGB array") \
-            as refused:
-        check_rgb_image(given)
+    with pytest.raises(ValueError, match="expects a non-empty \\(H, W, 3\\) uint8 RGB array or an "
+                                         "image file's path, got") as refused:
+        predictor_image(given)
     assert advice in str(refused.value)
     expected = np.dstack([RGB[..., 0]] * 3) if advice.startswith("cv2") else RGB  # gray
-    np.testing.assert_array_equal(check_rgb_image(fixed(given)), expected)
+    np.testing.assert_array_equal(predictor_image(fixed(given)), expected)
 
 
 def test_a_phone_photo_converted_as_advised_is_the_photo_as_shown(tmp_path: Path) -> None:
@@ -56,7 +56,7 @@ def test_a_phone_photo_converted_as_advised_is_the_photo_as_shown(tmp_path: Path
     with pytest.raises(ValueError, match=r"exif_transpose turns a phone photo as it is shown, "
                                          r"as read_image does\), or read the file with "
                                          r"read_image"):
-        check_rgb_image(photo)
+        predictor_image(photo)
     fixed = np.asarray(ImageOps.exif_transpose(photo).convert("RGB"))
     assert fixed.shape == read_image(tmp_path / "phone.jpg").shape == (8, 6, 3)
 
@@ -66,7 +66,7 @@ def test_several_images_at_once_are_refused_saying_one_per_call(given) -> None:
     """A list (as mmdetection's inference_detector takes) or an (N, H, W, 3) batch was told to
     read a file, or given no advice."""
     with pytest.raises(ValueError, match="takes one image per call: call it on each image"):
-        check_rgb_image(given)
+        predictor_image(given)
 
 
 def test_importing_the_library_leaves_the_processs_settings_to_the_user() -> None:

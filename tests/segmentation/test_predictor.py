@@ -115,7 +115,8 @@ def test_predictor_rejects_bad_images(tmp_path, small_config):
     path = _random_weights(small_config("fcn", num_classes=4), tmp_path / "w.pth")
     predictor = Predictor(small_config("fcn", num_classes=4), weights=path)
     assert predictor.model.num_classes == 4
-    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8 RGB array, got uint8 array of shape"):
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8 RGB array or an image file's path, "
+                                         r"got uint8 array of shape"):
         predictor(np.zeros((10, 10), dtype=np.uint8))
     with pytest.raises(ValueError, match="got float32 array"):
         predictor(np.zeros((10, 10, 3), dtype=np.float32))
@@ -273,6 +274,27 @@ def test_a_read_only_image_is_segmented_without_a_warning(tmp_path, small_config
     np.testing.assert_array_equal(mask, predictor(image.copy())["mask"])
 
 
+def test_bgr_arrays_and_image_paths_give_the_rgb_arrays_classes(tmp_path, small_config):
+    """mmsegmentation's inference_model takes OpenCV's BGR or a path: `input_format="BGR"`
+    and a path give the RGB array's class map; a BGR array given as RGB does not."""
+    import cv2
+
+    cfg = small_config("fcn", num_classes=4)
+    path = _random_weights(cfg, tmp_path / "w.pth")
+    rgb = np.random.default_rng(2).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), rgb[..., ::-1])
+    bgr = cv2.imread(str(tmp_path / "a.png"))
+    as_rgb = Predictor(cfg, weights=path)
+    as_bgr = Predictor(cfg, weights=path, input_format="BGR")
+    expected = as_rgb(rgb)["mask"]
+    for got in (as_bgr(bgr), as_rgb(tmp_path / "a.png"), as_bgr(str(tmp_path / "a.png")),
+                *as_bgr.predict_batch([bgr, tmp_path / "a.png"])):
+        np.testing.assert_array_equal(got["mask"] if isinstance(got, dict) else got, expected)
+    assert not np.array_equal(as_rgb(bgr)["mask"], expected)
+    with pytest.raises(ValueError, match="input_format must be one of RGB, BGR, got 'rgb'"):
+        Predictor(cfg, weights=path, input_format="rgb")
+
+
 def test_each_cpu_prediction_hands_its_freed_memory_back_unless_told_not_to(
         tmp_path, small_config, monkeypatch):
     calls = []
@@ -312,8 +334,8 @@ def test_a_batch_gives_each_images_own_classes(tmp_path, small_config, monkeypat
     with pytest.raises(ValueError, match=r"predict_batch takes a list of images .*call the "
                                          r"Predictor itself for one image"):
         predictor.predict_batch(same[0])
-    with pytest.raises(ValueError, match=r"images\[1\]: .*\(H, W, 3\) uint8 RGB array, got "
-                                         r"float32"):
+    with pytest.raises(ValueError, match=r"images\[1\]: .*\(H, W, 3\) uint8 RGB array or an "
+                                         r"image file's path, got float32"):
         predictor.predict_batch([same[0], same[1].astype(np.float32)])
     flipped = Predictor(cfg, weights=path, overrides=["test.flip=true"])
     for image, out in zip(same, flipped.predict_batch(same), strict=True):  # one by one

@@ -253,7 +253,7 @@ def _conversion_hint(image: object) -> str:
     if isinstance(image, (list, tuple)) or (isinstance(image, np.ndarray) and image.ndim == 4):
         return "; it takes one image per call: call it on each image of a list or batch"
     if not isinstance(image, np.ndarray) or image.size == 0:
-        return "; read a file with resnet_detect.engine.data.read_image(path)"
+        return ""
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
         return "; grayscale converts with cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)"
     if image.ndim == 3 and image.shape[2] == 4:
@@ -268,27 +268,48 @@ def _conversion_hint(image: object) -> str:
     return ""
 
 
-def check_rgb_images(images: Any) -> list[np.ndarray]:
-    """A Predictor's `predict_batch` input as a list of checked images (a sequence, an
-    iterable or an (N, H, W, 3) array); errors name the image's index."""
-    if isinstance(images, np.ndarray) and images.ndim == 3:
+# the channel order of a Predictor's arrays: "BGR" is OpenCV's (cv2.imread) and the
+# default of detectron2's DefaultPredictor (INPUT.FORMAT) and mmdetection's inference_detector
+INPUT_FORMATS = ("RGB", "BGR")
+
+
+def check_input_format(input_format: str) -> str:
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"input_format must be one of {', '.join(INPUT_FORMATS)}, got "
+                         f"{input_format!r}")
+    return input_format
+
+
+def predictor_images(images: Any, input_format: str = "RGB") -> list[np.ndarray]:
+    """A Predictor's `predict_batch` input (a sequence, an iterable or an (N, H, W, 3)
+    array) as a list of `predictor_image`s; errors name the image's index."""
+    if isinstance(images, (np.ndarray, str, os.PathLike)) and np.ndim(images) != 4:
         raise ValueError("predict_batch takes a list of images (or an (N, H, W, 3) array); "
                          "call the Predictor itself for one image")
     images = list(images)
     for i, image in enumerate(images):
         try:
-            check_rgb_image(image)
-        except ValueError as err:
-            raise ValueError(f"images[{i}]: {err}") from None
+            images[i] = predictor_image(image, input_format)
+        except (ValueError, UnreadableImageError) as err:
+            raise type(err)(f"images[{i}]: {err}") from None
     return images
 
 
-def check_rgb_image(image: object) -> np.ndarray:
-    """`image` if it is a non-empty (H, W, 3) uint8 RGB array, as the Predictors take."""
+def predictor_image(image: object, input_format: str = "RGB") -> np.ndarray:
+    """A Predictor's image as the (H, W, 3) uint8 RGB array it runs on: a non-empty (H, W, 3)
+    uint8 array whose channels are in `input_format` order, or an image file's path (read
+    by `read_image`: RGB, EXIF orientation applied).
+
+    Raises:
+        ValueError: another kind of array or object, saying how to convert it.
+        UnreadableImageError: a path that cannot be read as an image.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
             or image.dtype != np.uint8 or image.size == 0:
         desc = (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray)
                 else type(image).__name__)
-        raise ValueError(f"Predictor expects a non-empty (H, W, 3) uint8 RGB array, got {desc}"
-                         f"{_conversion_hint(image)}")
-    return image
+        raise ValueError(f"Predictor expects a non-empty (H, W, 3) uint8 {input_format} array "
+                         f"or an image file's path, got {desc}{_conversion_hint(image)}")
+    return np.ascontiguousarray(image[..., ::-1]) if input_format == "BGR" else image
