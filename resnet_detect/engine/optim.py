@@ -2,6 +2,7 @@
 optional learning-rate factors per module."""
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -10,6 +11,16 @@ from torch import nn
 from .config import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
+
+
+def check_learning_rate(value: float, key: str) -> None:
+    """A base learning rate `key` that can train: finite and above 0."""
+    if value > 0 and math.isfinite(value):
+        return
+    why = ("the weights would never change" if value == 0 else
+           "the steps would climb the loss" if value < 0 else
+           "the first step would make every weight infinite or NaN")
+    raise ConfigError(f"{key} is {value}: {why}; set a positive learning rate")
 
 
 def build_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: float,

@@ -57,7 +57,8 @@ from .rng import rng_kept, seed_everything
 from .run_lock import exclusive_output_dir
 from .same_everywhere import (check_same_config_everywhere, check_same_data_everywhere,
                               check_same_start_everywhere, done_everywhere)
-from .optim import OPTIMIZERS, build_optimizer, refuse_unknown_modules, unknown_modules
+from .optim import (OPTIMIZERS, build_optimizer, check_learning_rate, refuse_unknown_modules,
+                    unknown_modules)
 from .preemption import (EvaluationInterrupted, StopRequest, TrainingInterrupted,
                          stop_on_signals)
 from .schedule import DECAYS, build_lr_scheduler
@@ -905,9 +906,7 @@ def check_training_config(task: Task, cfg: DictConfig) -> tuple[str | None, str 
     """The train settings' checks that need no data, model or folder (run_training's first,
     and tools/train.py --print-config's); returns (compile backend, amp)."""
     t = cfg.train
-    if not t.base_lr > 0:
-        raise ConfigError(f"train.base_lr is {t.base_lr}: the weights would never change; set a "
-                          "positive learning rate")
+    check_learning_rate(t.base_lr, "train.base_lr")
     compile_backend = parse_compile(t.compile)
     amp = parse_amp(t.amp)
     check_train_choices(t)

@@ -203,6 +203,17 @@ class Trainer:
         self.scaler.update()
         if self.scheduler is not None:
             self.scheduler.step()
+        if self.iter + 1 == self.max_iter:  # (earlier steps': the next step's loss says it)
+            self._check_finite_weights()
+
+    def _check_finite_weights(self) -> None:
+        """Raise when the step made a weight infinite or NaN (the same on every process)."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            raise NonFiniteLossError(
+                f"the weights are not finite after the last step (iteration {self.iter}, "
+                f"0-based step index); training stopped on every process. Lower the learning "
+                f"rate or enable gradient clipping.")
 
     def _accumulated_step(self, data: Iterator[Any]) -> float:
         """One optimizer step over `accumulation_steps` batches; returns the seconds spent

@@ -294,7 +294,9 @@ def _warn_of_other_test_settings(tta: TTAInference, recorded: Mapping[str, Any],
                        "test.window=%s test.max_size=%s (its evaluations in training); this "
                        "asks for %s %s %s %s: the results will differ. To test as trained, "
                        "give the run's config.yaml as the config (Predictor: config=None, "
-                       "without test.* overrides)", source,
+                       "without test.* overrides); an ONNX export runs one scale without "
+                       "flip or windows, unlike those evaluations: tools/eval.py scores the "
+                       "export itself", source,
                        list(trained.scales), trained.flip, trained.window, trained.max_size,
                        list(tta.scales), tta.flip, tta.window, tta.max_size)
 

@@ -64,6 +64,27 @@ def test_nan_guard_names_the_iteration_and_keeps_weights_finite() -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_a_last_step_that_makes_the_weights_infinite_stops_the_run() -> None:
+    """Its loss was finite and no later step saw the weights: a one-step run with a huge
+    learning rate wrote model_final.pth of NaN weights and exited with 0."""
+    for steps in (1, 3):
+        model = nn.Linear(3, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def step_fn(net: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+            if trainer.iter == steps - 1:
+                opt.param_groups[0]["lr"] = 1e38  # x a gradient of more than 3.4: inf
+                return {"loss_big": 1000.0 * net(torch.ones(1, 3)).sum()}
+            return mse_step(net, batch)
+
+        trainer = Trainer(model=model, optimizer=opt, scheduler=None, step_fn=step_fn,
+                          max_iter=steps)
+        with pytest.raises(NonFiniteLossError,
+                           match=rf"the weights are not finite after the last step \(iteration "
+                                 rf"{steps - 1}, 0-based step index\)"):
+            trainer.train(regression_data())
+
+
 def test_gradient_clipping_bounds_the_update() -> None:
     model = nn.Linear(3, 1)
     before = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()

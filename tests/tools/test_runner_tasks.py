@@ -951,11 +951,16 @@ def test_steps_under_another_decay_and_a_best_metric_without_val_are_named(
 def test_training_that_cannot_succeed_stops_before_the_first_step_or_at_the_bad_one(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cpu = torch.device("cpu")
-    cfg = _toy_config(tmp_path / "lr0")
-    cfg.train.base_lr = 0.0
-    with pytest.raises(ValueError, match="train.base_lr is 0.0: the weights would never change"):
-        run_training(_RegressionTask(), cfg, cpu)
-    assert not (tmp_path / "lr0").exists()  # refused before anything was written
+    for lr, why in [(0.0, "the weights would never change"),
+                    (-0.1, "the steps would climb the loss"),
+                    (math.inf, "the first step would make every weight infinite or NaN"),
+                    (math.nan, "the first step would make every weight infinite or NaN")]:
+        cfg = _toy_config(tmp_path / "lr0")
+        cfg.train.base_lr = lr
+        with pytest.raises(ValueError, match=rf"train.base_lr is {lr}: {why}; set a positive "
+                                             rf"learning rate"):
+            run_training(_RegressionTask(), cfg, cpu)
+        assert not (tmp_path / "lr0").exists()  # refused before anything was written
     cfg = _toy_config(tmp_path / "steps")  # the 1x recipe's steps kept in a short run
     cfg.train.update(lr_decay="step", lr_steps=[60000, 80000])
     with pytest.raises(ValueError, match=r"lr steps must be increasing iterations in 1..6, got "

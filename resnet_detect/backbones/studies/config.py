@@ -18,6 +18,7 @@ from torch import nn
 from resnet_detect.engine.config import ConfigError, is_number, is_positive_int
 from resnet_detect import CONFIGS
 from resnet_detect.engine import init_distributed, to_plain
+from resnet_detect.engine.optim import check_learning_rate
 from resnet_detect.engine.runner import check_solver_values
 
 from .. import build_classifier
@@ -97,9 +98,7 @@ def recipe_from_config(cfg: DictConfig, study: str | None = None) -> Recipe:
     if iterations < 1 or t.evaluations < 1:
         raise ConfigError(f"solver.iterations ({iterations}) and train.evaluations "
                           f"({t.evaluations}) must be >= 1")
-    if not s.base_lr > 0:  # the runner would name its own key, train.base_lr
-        raise ConfigError(f"solver.base_lr is {s.base_lr}: the weights would never change; set "
-                          f"a positive learning rate")
+    check_learning_rate(s.base_lr, "solver.base_lr")  # (the runner would name train.base_lr)
     _check_solver(s)
     return Recipe(batch_size=s.batch_size, iterations=iterations, base_lr=s.base_lr,
                   momentum=s.momentum, weight_decay=s.weight_decay,
