@@ -356,9 +356,15 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str,
         _check_values(other, kinds, source)
     try:
         empty, mandatory = _marked_paths(other)
-        cleared = [path for path in empty
-                   if isinstance(node := OmegaConf.select(cfg, path, default=None), DictConfig)
-                   and not OmegaConf.is_struct(node)]
+        sections = {path: OmegaConf.select(cfg, path, default=None) for path in empty}
+        cleared = [path for path, node in sections.items()
+                   if isinstance(node, DictConfig) and not OmegaConf.is_struct(node)]
+        kept = [path for path, node in sections.items()
+                if isinstance(node, DictConfig) and OmegaConf.is_struct(node) and len(node)]
+        if kept:  # (mmdetection's _delete_ habit)
+            logger.warning("%s: %s: {} leaves a section of set keys as it was (only a section "
+                           "of free keys, such as train.lr_multipliers, is cleared by it); set "
+                           "each key to change it", source, ", ".join(kept))
         cfg.merge_with(other)
         for path in cleared:  # `{}` given for an open section (lr_multipliers): none left
             node = OmegaConf.select(cfg, path)
@@ -506,6 +512,24 @@ def _source_of(key: str | None, path: str | os.PathLike, overrides: Sequence[str
 PATH_KEY_ENDINGS = ("_dir", "_file", ".root", "weights", "class_names")
 
 
+def _refuse_a_list_element(cfg: DictConfig, key: str, item: str) -> None:
+    """`key.0=x` or `key[0]=x` for a list `key`: OmegaConf made the list a mapping {"0": x},
+    refused for its kind, not for the index."""
+    if "[" in key:
+        whole = key.split("[", 1)[0]
+    else:
+        parts = key.split(".")
+        index = next((i for i, part in enumerate(parts) if i and part.isdigit()), None)
+        if index is None:
+            return
+        whole = ".".join(parts[:index])
+    listed = OmegaConf.select(cfg, whole, default=None)
+    if isinstance(listed, ListConfig):
+        raise ConfigError(f"override '{item}': an element of a list is not set alone; give "
+                          f"the whole list: {whole}=[...] (now "
+                          f"{as_override(OmegaConf.to_container(listed))})")
+
+
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
                     renamed: Mapping[str, str] | None = None,
                     kinds: Mapping[str, str] | None = None) -> DictConfig:
@@ -529,6 +553,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
             raise ConfigError(f"override '{item}' has no key before its '=': write key=value")
         if key_hint(key):  # this project's keys are lower-case
             raise ConfigError(f"unknown config key '{key}' in override '{item}'{key_hint(key)}")
+        _refuse_a_list_element(cfg, key, item)
         try:
             dotlist = OmegaConf.from_dotlist([f"{key}=null" if value == "None" else item])
         except Exception as e:  # OmegaConf's, and yaml's for a malformed list

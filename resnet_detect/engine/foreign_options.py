@@ -94,12 +94,50 @@ OTHER_KEYS = {
                  "files' other categories left out)", "train"),
     "train.val_interval": ("mmdetection's val_interval is train.eval_period_epochs here "
                            "(train.eval_period in iterations)", "eval_period"),
+    # mmdetection's model parts and detectron2's lower-cased sections, where users look first
+    "model.rpn_head": ("mmdetection's rpn_head is model.rpn here (its anchor_generator "
+                       "model.anchor_generator)", "rpn"),
+    "model.roi_head": ("mmdetection's roi_head is model.roi_heads here (its bbox_head "
+                       "num_classes model.num_classes)", "roi_heads"),
+    "model.roi_heads.num_classes": ("the number of classes is model.num_classes here, without "
+                                    "the background", "score_thresh"),
+    "model.backbone.depth": ("mmdetection's depth=50 is model.backbone.name=resnet50 here",
+                             "name"),
+    "model.backbone.frozen_stages": ("mmdetection's frozen_stages=N is "
+                                     "model.backbone.freeze_at=N+1 here (frozen_stages=1, the "
+                                     "stem and res2: freeze_at=2; -1: freeze_at=0)", "freeze_at"),
+    "model.backbone.norm_eval": ("mmdetection's norm_eval=True (BN statistics and affine kept) "
+                                 "is model.backbone.norm=frozen_bn here", "norm"),
+    "model.backbone.norm_cfg": ("mmdetection's norm_cfg is model.backbone.norm=bn, syncbn, gn "
+                                "or frozen_bn here", "norm"),
+    "train.lr": ("the learning rate is train.base_lr here", "base_lr"),
+    "optimizer": ("mmdetection 2.x's optimizer lr, momentum and weight_decay are "
+                  "train.base_lr, train.momentum and train.weight_decay here", "train"),
+    "solver": ("detectron2's SOLVER is the train section here (SOLVER.BASE_LR: train.base_lr, "
+               "IMS_PER_BATCH: train.batch_size, MAX_ITER: train.max_iter)", "train"),
+    **{f"data.{key}": ("mmdetection 2.x's samples_per_gpu (per GPU) is train.batch_size (over "
+                       "all processes) here, its workers_per_gpu data.num_workers",
+                       "num_workers")
+       for key in ("samples_per_gpu", "workers_per_gpu")},
+    # a segmentation config's keys in a detector's
+    "data.train.crop_size": ("data.train.crop_size is a segmentation config's key (task "
+                             "sem_seg); a detector trains at data.train.min_size and max_size "
+                             "(large-scale jitter: data.train.jitter_size)", "min_size"),
+    "model.head": ("model.head is a segmentation config's key (task sem_seg: deeplabv3, "
+                   "deeplabv3plus, fcn); this config is a detector's", "roi_heads"),
+    "model.class_weight": ("model.class_weight is a segmentation config's key (task sem_seg); "
+                           "a detector's losses take no class weights", "roi_heads"),
 }
+DELETE = ("mmdetection's _delete_ is not read here: lists are replaced whole, each key of a "
+          "section is set on its own, and `{}` clears a section of free keys "
+          "(train.lr_multipliers)")
 
 
 def other_key_hint(key: str, siblings: Sequence[str]) -> str:
     """For another project's lower-case key, what it is here (else ""); `siblings`: the
     valid keys beside it."""
+    if key.rsplit(".", 1)[-1] == "_delete_":
+        return f"; {DELETE}"
     hint, needed = OTHER_KEYS.get(key, ("", ""))
     return f"; {hint}" if hint and needed in siblings else ""
 

@@ -723,6 +723,35 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
     ("train", [str(SEG_CONFIG), "model.backbone.weights=null", "train.best_metric=sem_seg/aAcc"],
      ["valid: sem_seg/mIoU, sem_seg/pixel_acc, sem_seg/mAcc (mmsegmentation's aAcc is "
       "pixel_acc here)"]),
+    # where their users look first (a trial: rpn_head was told "did you mean 'roi_heads'?",
+    # a segmentation key in a detector's config "'jitter_size'", and these nothing)
+    ("train", [str(CONFIG), "model.rpn_head.nms_pre=1000"],
+     ["; mmdetection's rpn_head is model.rpn here"]),
+    ("train", [str(CONFIG), "model.roi_heads.num_classes=3"],
+     ["; the number of classes is model.num_classes here, without the background"]),
+    ("train", [str(CONFIG), "model.backbone.depth=50"],
+     ["; mmdetection's depth=50 is model.backbone.name=resnet50 here"]),
+    ("train", [str(CONFIG), "model.backbone.frozen_stages=1"],
+     ["; mmdetection's frozen_stages=N is model.backbone.freeze_at=N+1 here"]),
+    ("train", [str(CONFIG), "train.lr=0.1"], ["; the learning rate is train.base_lr here"]),
+    ("train", [str(CONFIG), "optimizer.lr=0.1"],
+     ["; mmdetection 2.x's optimizer lr, momentum and weight_decay are train.base_lr"]),
+    ("train", [str(CONFIG), "solver.base_lr=0.1"],
+     ["; detectron2's SOLVER is the train section here (SOLVER.BASE_LR: train.base_lr"]),
+    ("train", [str(CONFIG), "data.samples_per_gpu=2"],
+     ["; mmdetection 2.x's samples_per_gpu (per GPU) is train.batch_size"]),
+    ("train", [str(CONFIG), "data.train.crop_size=[256,256]"],
+     ["; data.train.crop_size is a segmentation config's key (task sem_seg)"]),
+    ("train", [str(CONFIG), "model.head.name=deeplabv3"],
+     ["; model.head is a segmentation config's key (task sem_seg"]),
+    ("train", [str(CONFIG), "model.rpn._delete_=true"],
+     ["; mmdetection's _delete_ is not read here: lists are replaced whole"]),
+    ("train", [str(CONFIG), "model.rpn.in_features.0=p2"],
+     ["error: override 'model.rpn.in_features.0=p2': an element of a list is not set alone; "
+      "give the whole list: model.rpn.in_features=[...] (now [p3,p4,p5,p6])"]),
+    ("train", [str(CONFIG), "train.lr_steps[1]=5"],
+     ["error: override 'train.lr_steps[1]=5': an element of a list is not set alone; give the "
+      "whole list: train.lr_steps=[...] (now ["]),
     ("train", [str(CONFIG), "--resume", "output/checkpoint.pth"],
      ["error: --resume takes no checkpoint here: it continues the last one of "
       "train.output_dir; to continue from output/checkpoint.pth: --resume-from "

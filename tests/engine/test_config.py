@@ -131,6 +131,21 @@ def test_an_empty_mapping_clears_an_open_section(tmp_path: Path) -> None:
     assert load(base, "solver={}").solver == DEFAULTS["solver"]  # fixed keys: kept
 
 
+def test_an_empty_mapping_for_a_section_of_set_keys_is_warned_of(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """mmdetection's `_delete_` habit, `solver: {}` to start a section afresh, kept every key
+    without a word."""
+    child = write(tmp_path / "child.yaml", "solver: {}\ndata: {root: /r}\n")
+    with caplog.at_level(logging.WARNING):
+        assert load_config(child, defaults=DEFAULTS).solver == DEFAULTS["solver"]
+        load_config(child, ["model.options={}"], defaults=DEFAULTS,
+                    open_keys=("model.options",))
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2 and all(w.startswith(f"{child}: solver: {{}} leaves a section of "
+                                                 f"set keys as it was (only a section of free "
+                                                 f"keys") for w in warned), warned
+
+
 def test_each_load_reads_its_files_anew_and_returns_its_own_config(tmp_path: Path) -> None:
     """A file's parse is kept by its text: a later load of the same files gets its own copy
     (its _base_ still there, the first load's changes not), and a file rewritten between
