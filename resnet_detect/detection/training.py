@@ -40,7 +40,7 @@ from .build import build_model
 from .convert import DETECTOR_WEIGHTS
 from .config import BASE_CONFIG, test_resize  # noqa: F401 (BASE_CONFIG: engine.tasks)
 from .data import build_datasets, build_val_dataset
-from .data.splits import chosen_classes
+from .data.splits import chosen_classes, train_settings
 from .evaluation import (COCO_MAX_DETS, METRIC_NAMES, RESULTS_FILE, COCOEvaluator,
                          coco_backend, mask_rles)
 from .export import export_detector
@@ -323,9 +323,10 @@ class DetectionTask:
         coco_backend(cfg)
         chosen_classes(cfg)
         check_voc_metric(cfg.data.val.voc_metric)
-        # the val split's resize and test keys before the model and its weights are read and
-        # the training file (minutes at COCO's size), not at tools/eval.py after the
-        # training; the training split's are checked before it is read
+        # both splits' resize and augmentation keys and the test keys before the model and
+        # its weights are read and the training file (minutes at COCO's size), not at
+        # tools/eval.py after the training
+        train_settings(cfg)
         tta_from_config(cfg)
         tiles_from_config(cfg)
         inference_compile_settings(cfg)

@@ -444,6 +444,17 @@ def test_print_config_shows_the_merged_config_and_trains_nothing(
             "unknown train.lr_decay False (YAML reads on, off, yes and no as true and false); "
             "valid: cosine")):
         tool_main(tool)([str(config), "--print-config", *overrides, "train.lr_decay=off"])
+    if tool == "train":  # the training split's keys, checked after its file was read
+        for bad, said in [("data.train.repeat_threshold=abc", "data.train.repeat_threshold "
+                                                             "must be a fraction"),
+                          ("data.train.hflip_prob=2", "data.train.hflip_prob must be a "
+                                                      "probability in [0, 1], got 2"),
+                          ("data.train.mask_format=xyz", "data.train.mask_format must be one of "
+                                                         "bitmask, polygon, got 'xyz'"),
+                          ("data.train.jitter_size=abc", "data.train.jitter_size must be a "
+                                                         "positive integer")]:
+            with pytest.raises(ConfigError, match=re.escape(said)):
+                tool_main(tool)([str(config), "--print-config", *overrides, bad])
 
 
 def test_print_config_shows_mandatory_keys_not_given_yet(

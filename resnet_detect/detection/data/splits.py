@@ -157,6 +157,26 @@ def _warn_of_a_training_scale_far_from_the_tests(cfg: DictConfig) -> None:
                        "tested at", as_override(cfg.data.train.min_size), tested)
 
 
+def train_settings(cfg: DictConfig) -> tuple[bool, float, tuple[int, list[float]] | None,
+                                             float | None]:
+    """data.train's augmentation and sampling keys, checked before the file is read (and by
+    --print-config): (scale_per_batch, the flip probability, `large_scale_jitter`, the
+    repeat threshold)."""
+    d = cfg.data.train
+    scale_per_batch = parse_bool(d.scale_per_batch, "data.train.scale_per_batch")
+    flip_prob = check_probability(d.hflip_prob, "data.train.hflip_prob")
+    check_sizes(d.min_size, "data.train.min_size")
+    check_max_size(d.max_size, "data.train.max_size")
+    jitter = large_scale_jitter(d)
+    threshold = d.repeat_threshold
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(
+            threshold, (int, float)) or not 0 < threshold <= 1):
+        raise ConfigError(f"data.train.repeat_threshold must be a fraction of the images in "
+                          f"(0, 1] (0.001 for LVIS) or null, got {threshold!r}")
+    check_mask_format(d.mask_format)
+    return scale_per_batch, flip_prob, jitter, threshold
+
+
 def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapping, str]:
     """The training set with its augmentation, its category mapping and its JSON path (the
     images the training will see: those without objects dropped with data.train.filter_empty).
@@ -168,11 +188,7 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
     if paths is None:
         raise ConfigError("data.train.ann_file and data.train.img_dir must be set")
     d = cfg.data.train
-    scale_per_batch = parse_bool(d.scale_per_batch, "data.train.scale_per_batch")
-    flip_prob = check_probability(d.hflip_prob, "data.train.hflip_prob")
-    check_sizes(d.min_size, "data.train.min_size")
-    check_max_size(d.max_size, "data.train.max_size")
-    jitter = large_scale_jitter(d)
+    scale_per_batch, flip_prob, jitter, threshold = train_settings(cfg)
     if jitter and scale_per_batch:
         logger.warning("data.train.scale_per_batch (one min_size drawn per batch) is not used "
                        "with data.train.jitter_size: each image draws its own factor; set "
@@ -180,13 +196,7 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
         scale_per_batch = False
     if not jitter:
         _warn_of_a_training_scale_far_from_the_tests(cfg)
-    threshold = d.repeat_threshold
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(
-            threshold, (int, float)) or not 0 < threshold <= 1):
-        raise ConfigError(f"data.train.repeat_threshold must be a fraction of the images in "
-                          f"(0, 1] (0.001 for LVIS) or null, got {threshold!r}")
     mask_on = bool(cfg.model.mask_on)
-    check_mask_format(d.mask_format)  # before the file is read
     classes = chosen_classes(cfg)
     records, mapping, stats = _load(paths, "train", filter_empty=d.filter_empty,
                                     keep_segmentation=mask_on, training=True, classes=classes,
