@@ -56,7 +56,8 @@ from .model_check import warn_of_random_backbone, weights_keys
 from .rng import rng_kept, seed_everything
 from .run_lock import exclusive_output_dir
 from .same_everywhere import (check_same_config_everywhere, check_same_data_everywhere,
-                              check_same_start_everywhere, done_everywhere)
+                              check_same_start_everywhere, done_everywhere,
+                              warn_of_an_unshared_output_dir)
 from .optim import (OPTIMIZERS, build_optimizer, check_learning_rate, refuse_unknown_modules,
                     unknown_modules)
 from .preemption import (EvaluationInterrupted, StopRequest, TrainingInterrupted,
@@ -1000,6 +1001,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
     with (exclusive_output_dir(output_dir), rng_kept(), logging_kept(), cudnn_benchmark_kept(),
           torch.inference_mode(False), torch.enable_grad(), float32_default()):
         setup_logging(output_dir)
+        warn_of_an_unshared_output_dir(output_dir)
         try:
             return _train(task, cfg, device, resume, logger, output_dir, compile_backend, amp,
                           hooks)

@@ -4,7 +4,9 @@ differs would train other weights, or wait in a collective the others never ente
 minutes, then a lost connection that names nothing)."""
 from __future__ import annotations
 
+import logging
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,9 +15,11 @@ from omegaconf import DictConfig
 
 from .config import ConfigError, flat_keys, to_plain
 from .data import DatasetError
-from .distributed import all_gather_object, get_world_size
+from .distributed import all_gather_object, get_world_size, is_main_process
+from .run_lock import LOCK_FILE
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 # keys each node may set its own way: its devices and what tunes its host
 HOST_KEYS = frozenset({"train.device", "data.num_workers", "train.cudnn_benchmark",
                        "train.cache_host_memory"})
@@ -91,6 +95,29 @@ def check_same_data_everywhere(description: str, sizes: tuple[int, int | None],
                            "files:" + "".join(f"\n  rank {r}: {s[0]}" for r, s in enumerate(seen)))
 
 
+def warn_of_an_unshared_output_dir(output_dir: Path) -> None:
+    """The processes whose train.output_dir is not the folder the main process writes (each
+    node's own disk): the run trains, but a --resume there finds no checkpoint. Called on
+    every process once the main one has locked the folder (its lock file names it)."""
+    if get_world_size() == 1:
+        return
+    try:
+        lock = (output_dir / LOCK_FILE).read_text(encoding="utf-8")
+    except OSError:
+        lock = None
+    seen = all_gather_object((lock, socket.gethostname()))
+    if seen[0][0] is None or not is_main_process():  # (no lock: flock missing there)
+        return
+    apart = [f"{rank} ({host})" for rank, (text, host) in enumerate(seen) if text != seen[0][0]]
+    if apart:
+        logger.warning("processes %s do not see %s as process 0 writes it (train.output_dir "
+                       "on each node's own disk?): process 0 alone writes the checkpoints and "
+                       "logs, and a --resume needs every process to read them. Make "
+                       "train.output_dir a folder every node shares, or before a --resume copy "
+                       "last_checkpoint and the checkpoint it names (with its .sha256) into "
+                       "the other nodes' folders", ", ".join(apart), output_dir)
+
+
 def check_same_start_everywhere(start_iter: int, output_dir: Path) -> None:
     """Every process must resume at the same step: one that found another checkpoint, or
     none, in its train.output_dir (a node's own disk) would train other weights and end at
@@ -102,5 +129,6 @@ def check_same_start_everywhere(start_iter: int, output_dir: Path) -> None:
         where = "; ".join(f"process {rank} at iteration {iteration} from {folder}"
                           for rank, (iteration, folder) in enumerate(seen))
         raise ConfigError(f"the processes resume at different steps ({where}): "
-                         "train.output_dir must be one folder that every process (every node) "
-                         "reads and writes")
+                          "train.output_dir must be one folder that every process (every node) "
+                          "reads and writes (or copy last_checkpoint and the checkpoint it "
+                          "names, with its .sha256, into each node's folder)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -108,10 +109,16 @@ def test_a_resume_ahead_of_an_unreadable_batch_ends_as_the_run_that_never_stoppe
 @pytest.mark.slow
 def test_processes_that_find_different_checkpoints_refuse_to_resume(
         data: Path, tmp_path: Path) -> None:  # noqa: F811
-    """Each process with its own train.output_dir (a node's own disk): process 0 finds the
+    """Each process with its own train.output_dir (a node's own disk): the run trains, warned
+    of at its start (nothing said before: a --resume found it out); then process 0 finds the
     checkpoint of step 2, process 1 none. They used to train apart and then wait for each
     other forever; now both stop before training, naming each one's step and folder."""
-    load_tool("train").main(train_args(data, tmp_path / "out0", 2, "train.checkpoint_period=1"))
+    apart = train_args(data, tmp_path / "out{RANK}", 2, "train.checkpoint_period=1")
+    log = run_two_processes("train", apart, tmp_path, timeout=90)
+    assert (f"processes 1 ({socket.gethostname()}) do not see {tmp_path / 'out0'} as process 0 "
+            f"writes it (train.output_dir on each node's own disk?)") in log
+    assert (tmp_path / "out0/model_0000002.pth").is_file()
+    assert not (tmp_path / "out1/model_0000002.pth").exists()
     args = train_args(data, tmp_path / "out${oc.env:RANK}", 4, "--resume")
     log = run_two_processes("train", args, tmp_path, fails=True, timeout=90)
     assert (f"the processes resume at different steps (process 0 at iteration 2 from "
