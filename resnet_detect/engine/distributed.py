@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import gc
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -197,6 +198,22 @@ def all_gather_object(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+# gloo's words for a peer gone (its RuntimeError), NCCL's for a remote process lost
+_PEER_LOST = re.compile(r"Connection (reset|closed) by peer|Broken pipe|remote process exited|"
+                        r"network error")
+
+
+def lost_process_hint(error: BaseException) -> str:
+    """What to do after `error` of a multi-process run where a collective lost a process (a
+    node killed, or its network gone: gloo's and NCCL's errors name a socket); "" otherwise."""
+    if get_world_size() == 1 or not (isinstance(error, getattr(dist, "DistError", ()))
+                                     or _PEER_LOST.search(str(error))):
+        return ""
+    return ("; a process of the run was lost (killed, or its node or network gone), and the "
+            "steps since the last checkpoint with it: run the same command with --resume on "
+            "every node to continue from that checkpoint")
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:

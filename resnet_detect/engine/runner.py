@@ -44,7 +44,7 @@ from .data import (CountedLoader, build_test_loader, build_train_loader, collate
                    worker_error_message)
 from .data.overlap import warn_of_val_in_training
 from .distributed import (all_gather_object, all_reduce_sum, broadcast_buffers, get_rank,
-                          get_world_size, init_distributed, is_main_process,
+                          get_world_size, init_distributed, is_main_process, lost_process_hint,
                           per_process_batch_size, refuse_syncbn_on_cpus,
                           unsynced_batch_norm_warning, usable_device, wrap_ddp)
 from .ema import WeightAverage, check_ema_decay
@@ -1009,8 +1009,8 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
             others = (f" (the other processes' warnings and errors, where they had some: "
                       f"{output_dir / rank_log_name('<N>')})"
                       if get_world_size() > 1 and is_main_process() else "")
-            logger.error("training stopped: %s: %s%s", type(e).__name__,
-                         worker_error_message(e), others)
+            logger.error("training stopped: %s: %s%s%s", type(e).__name__,
+                         worker_error_message(e), lost_process_hint(e), others)
             raise
 
 

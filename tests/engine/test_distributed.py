@@ -269,3 +269,40 @@ def test_cpu_processes_do_not_print_ddps_grad_strides_warning(wrapped: str, amp:
     # the gradient that DDP compares strictly: channels_last strides, contiguous memory
     assert "strides (8, 1, 8, 8) " in done.stdout
     assert done.stdout.strip().endswith(" 0" if wrapped == "wrap" else " 1"), done.stdout
+
+
+def _losing_worker(rank: int, port: int, results: dict) -> None:
+    import datetime
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE="2")
+    torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    torch.distributed.all_reduce(torch.ones(1))
+    if rank == 1:
+        os._exit(3)  # a node killed: no goodbye to the others
+    try:
+        for _ in range(100):
+            torch.distributed.all_reduce(torch.ones(1))
+    except Exception as e:  # noqa: BLE001 (what gloo raises: a RuntimeError)
+        results["error"] = f"{type(e).__name__}: {e}"
+        results["hint"] = D.lost_process_hint(e)
+    finally:
+        D.cleanup()
+
+
+@pytest.mark.slow
+def test_a_process_lost_in_a_collective_is_named_with_how_to_continue() -> None:
+    """gloo's "Connection closed by peer" (or reset) alone ended log.txt: no word of the lost
+    process nor of --resume."""
+    with mp.Manager() as manager:
+        results = manager.dict()
+        context = mp.spawn(_losing_worker, args=(_free_port(), results), nprocs=2, join=False)
+        for process in context.processes:  # (spawn's join would end rank 0 at rank 1's exit)
+            process.join(120)
+        assert [p.exitcode for p in context.processes] == [0, 3]
+        results = dict(results)
+    assert "error" in results, "the collective did not fail"
+    assert results["hint"] == (
+        "; a process of the run was lost (killed, or its node or network gone), and the steps "
+        "since the last checkpoint with it: run the same command with --resume on every node "
+        "to continue from that checkpoint"), results["error"]
+    assert D.lost_process_hint(RuntimeError("Connection reset by peer")) == ""  # one process
