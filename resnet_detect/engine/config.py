@@ -101,11 +101,13 @@ def _read_yaml(path: Path) -> DictConfig:
                           f"detectron2's LazyConfig): the configs here are YAML files; start "
                           f"from one of configs/ (README, 'Coming from detectron2 or "
                           f"mmdetection': their keys and ours)")
+    text = ""
     try:
-        cfg = _parse_yaml(path.read_text(encoding="utf-8"), str(path),
-                          os.environ.get("OMEGACONF_MAX_YAML_EXPANDED_NODES"))
+        text = path.read_text(encoding="utf-8")
+        cfg = _parse_yaml(text, str(path), os.environ.get("OMEGACONF_MAX_YAML_EXPANDED_NODES"))
     except Exception as e:  # yaml.YAMLError and friends
-        raise ConfigError(f"cannot parse config file {path}: {e}") from e
+        tabs = "; the file holds tabs: YAML indents with spaces" if "\t" in text else ""
+        raise ConfigError(f"cannot parse config file {path}: {e}{tabs}") from e
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return copy.deepcopy(cfg)
@@ -551,6 +553,9 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
         key, value = item.split("=", 1)
         if not key.strip():
             raise ConfigError(f"override '{item}' has no key before its '=': write key=value")
+        if key != key.strip():
+            raise ConfigError(f"override '{item}' has a space in its key: write "
+                              f"{key.strip()}={value.strip()} (one word)")
         if key_hint(key):  # this project's keys are lower-case
             raise ConfigError(f"unknown config key '{key}' in override '{item}'{key_hint(key)}")
         _refuse_a_list_element(cfg, key, item)

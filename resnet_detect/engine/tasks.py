@@ -110,7 +110,12 @@ def config_task(path: str | os.PathLike, overrides: Sequence[str] = (),
         task = part.get("task", task)
     for item in overrides:
         if item.startswith("task="):
-            task = item.split("=", 1)[1]
+            given = item.split("=", 1)[1]
+            if task is not None and given != str(task):  # its keys are another task's
+                raise ConfigError(f"override '{item}': {path} is a {task} config (its `task`); "
+                                  f"the tasks' keys differ: start from a config of the task "
+                                  f"{given} (configs/)")
+            task = given
     if task is not None:
         return str(task)
     def keys_of(section: str) -> set[str]:

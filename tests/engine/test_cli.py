@@ -763,6 +763,11 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
     ("train", [str(CONFIG), "train.lr_steps[1]=5"],
      ["error: override 'train.lr_steps[1]=5': an element of a list is not set alone; give the "
       "whole list: train.lr_steps=[...] (now ["]),
+    ("train", [str(CONFIG), "train.base_lr =0.1"],
+     ["error: override 'train.base_lr =0.1' has a space in its key: write train.base_lr=0.1"]),
+    ("train", [str(CONFIG), "task=sem_seg"],
+     [f"error: override 'task=sem_seg': {CONFIG} is a detection config (its `task`); the "
+      f"tasks' keys differ: start from a config of the task sem_seg"]),
     ("train", [str(CONFIG), "--resume", "output/checkpoint.pth"],
      ["error: --resume takes no checkpoint here: it continues the last one of "
       "train.output_dir; to continue from output/checkpoint.pth: --resume-from "

@@ -542,3 +542,12 @@ def test_a_run_config_with_lr_multipliers_loads_for_inference(tmp_path: Path) ->
         "backbone": 0.1}
     assert detection_config.config_from_mapping(
         OmegaConf.to_container(cfg)).train.lr_multipliers == {"backbone": 0.1}
+
+
+def test_a_tab_in_a_config_is_named_as_the_cause(tmp_path: Path) -> None:
+    """PyYAML's "found character that cannot start any token" never said "tab"."""
+    tabbed = write(tmp_path / "tabbed.yaml", "solver:\n\tbase_lr: 0.2\ndata: {root: /r}\n")
+    with pytest.raises(ConfigError, match=r"(?s)cannot parse config file .*tabbed.yaml: .*line 2, "
+                                          r"column 1.*; the file holds tabs: YAML indents with "
+                                          r"spaces$"):
+        load_config(tabbed, defaults=DEFAULTS)
