@@ -193,7 +193,9 @@ class ToolArgumentParser(argparse.ArgumentParser):
             tool = Path(sys.argv[0]).name
             message += "".join(f"\n  {as_installed(hint.replace('TOOL.py', tool))}"
                                for hint in hints)
-        elif "required" in message and "--weights" in self._option_string_actions:
+        if message.endswith("required: config, overrides"):  # (overrides may be none)
+            message = message.replace("config, overrides", "config")
+        if "required" in message and "--weights" in self._option_string_actions:
             message += "".join(f"\n  {word}: a checkpoint is given as --weights {path}"
                                for word, path in self._checkpoints_given())
         super().error(message)
