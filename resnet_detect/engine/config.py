@@ -574,6 +574,9 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
                 # 0755 is not 493, 1e3 not 1000.0 (a path's default may be null)
                 or ((kind == "str" or key.endswith(PATH_KEY_ENDINGS)) and is_number(parsed))):
             OmegaConf.update(dotlist, key, value)  # the text as typed
+        if key.endswith(PATH_KEY_ENDINGS) and value.startswith("~"):
+            # the shell expands no ~ after "=": `train.output_dir=~/runs` made a folder "~"
+            OmegaConf.update(dotlist, key, os.path.expanduser(value))
         source = f"override '{item}'"
         cfg = _merge(cfg, _rename(dotlist, renamed or {}, source), source, kinds)
     _clear_twins_of_overrides(cfg, [item.split("=", 1)[0].strip() for item in overrides])

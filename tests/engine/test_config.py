@@ -551,3 +551,14 @@ def test_a_tab_in_a_config_is_named_as_the_cause(tmp_path: Path) -> None:
                                           r"column 1.*; the file holds tabs: YAML indents with "
                                           r"spaces$"):
         load_config(tabbed, defaults=DEFAULTS)
+
+
+def test_a_home_folder_in_a_path_override_is_expanded(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shell expands no ~ after "=": `train.output_dir=~/runs` made a folder named "~"
+    in the working folder (detectron2's and mmdetection's too)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    base = write(tmp_path / "base.yaml", "data: {root: /r}\n")
+    cfg = load_config(base, ["data.root=~/imagenet", "model.name=~x"], defaults=DEFAULTS)
+    assert cfg.data.root == str(tmp_path / "home/imagenet")
+    assert cfg.model.name == "~x"  # not a path's key
