@@ -42,6 +42,19 @@ def quickstart_args(task: str, data: Path) -> list[str]:
             "train.max_to_keep=2"]
 
 
+def wait_for_a_checkpoint(process: subprocess.Popen, out: Path) -> None:
+    """Until the run `process` writes into `out` has a checkpoint; fails with the end of
+    its output where it ended (or took 5 minutes) first."""
+    deadline = time.monotonic() + 300
+    while not (out / "last_checkpoint").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            said = next(o for o in process.communicate() if o is not None)
+            said = said.decode() if isinstance(said, bytes) else said
+            raise AssertionError(f"no checkpoint before the run ended: {said[-2000:]}")
+        time.sleep(0.02)
+
+
 def kill_after_first_checkpoint(args: list[str], out: Path,
                                 signum: int = signal.SIGKILL) -> str:
     """Run tools/train.py in its own process group and, once a checkpoint exists, send
@@ -52,13 +65,7 @@ def kill_after_first_checkpoint(args: list[str], out: Path,
                                 f"train.output_dir={out}"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not (out / "last_checkpoint").exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"no checkpoint before the run ended: "
-                                 f"{process.stderr.read().decode()[-2000:]}")
-        time.sleep(0.02)
+    wait_for_a_checkpoint(process, out)
     os.killpg(process.pid, signum)
     _, stderr = process.communicate(timeout=300)
     expected = -signum if signum == signal.SIGKILL else 128 + signum  # SIGKILL: no handler runs
@@ -86,13 +93,7 @@ def restarted_by_torchrun(args: list[str], out: Path) -> str:
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--max-restarts=1",
          str(ROOT / "tools/train.py"), *args, f"train.output_dir={out}"], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while not (out / "last_checkpoint").exists():
-        if launcher.poll() is not None or time.monotonic() > deadline:
-            launcher.kill()
-            raise AssertionError(f"no checkpoint before the run ended: "
-                                 f"{launcher.communicate()[0][-2000:]}")
-        time.sleep(0.02)
+    wait_for_a_checkpoint(launcher, out)
     children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text(
         encoding="ascii").split()
     assert len(children) == 1, children  # the training process
