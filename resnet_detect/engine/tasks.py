@@ -111,10 +111,10 @@ def config_task(path: str | os.PathLike, overrides: Sequence[str] = (),
     for item in overrides:
         if item.startswith("task="):
             given = item.split("=", 1)[1]
-            if task is not None and given != str(task):  # its keys are another task's
-                raise ConfigError(f"override '{item}': {path} is a {task} config (its `task`); "
-                                  f"the tasks' keys differ: start from a config of the task "
-                                  f"{given} (configs/)")
+            if task is not None and given != str(task) and given in TASK_MODULES:
+                raise ConfigError(f"override '{item}': {path} is a config of the task {task} "
+                                  f"(its `task` key); the tasks' keys differ: start from a "
+                                  f"config of the task {given} (configs/)")
             task = given
     if task is not None:
         return str(task)

@@ -767,8 +767,8 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
     ("train", [str(CONFIG), "train.base_lr =0.1"],
      ["error: override 'train.base_lr =0.1' has a space in its key: write train.base_lr=0.1"]),
     ("train", [str(CONFIG), "task=sem_seg"],
-     [f"error: override 'task=sem_seg': {CONFIG} is a detection config (its `task`); the "
-      f"tasks' keys differ: start from a config of the task sem_seg"]),
+     [f"error: override 'task=sem_seg': {CONFIG} is a config of the task detection (its "
+      f"`task` key); the tasks' keys differ: start from a config of the task sem_seg"]),
     ("train", [str(CONFIG), "--resume", "output/checkpoint.pth"],
      ["error: --resume takes no checkpoint here: it continues the last one of "
       "train.output_dir; to continue from output/checkpoint.pth: --resume-from "
