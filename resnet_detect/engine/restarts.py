@@ -52,10 +52,8 @@ def resume_after_restart(output_dir: str | os.PathLike, program: str) -> bool:
     The main process decides (its folder holds the checkpoints) and says so; every process
     gets its answer."""
     count = restart_count()
-    if count == 0:
-        return False
     decision = None
-    if is_main_process():
+    if is_main_process() and count:
         decision = _written_since_launch(Path(output_dir))
         of = os.environ.get("TORCHELASTIC_MAX_RESTARTS")
         what = (f"continuing from the newest checkpoint of {output_dir}, as --resume does"
@@ -63,4 +61,5 @@ def resume_after_restart(output_dir: str | os.PathLike, program: str) -> bool:
                                  f"from scratch, as the command says")
         print(f"{program}: torchrun restarted the processes (restart {count}"
               f"{f' of {of}' if of else ''}): {what}", file=sys.stderr, flush=True)
+    # (on every process, whatever its own count: the main process's decides)
     return bool(all_gather_object(decision)[0])
