@@ -11,6 +11,7 @@ torchvision's, i.e. COCO ids).
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -375,7 +376,7 @@ class Predictor:
 
     @score_thresh.setter
     def score_thresh(self, value: float) -> None:
-        if not isinstance(value, (int, float)) or not 0 <= value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
             raise ValueError(f"score_thresh must be a number in [0, 1), got {value!r}")
         if isinstance(self.model, OnnxDetector):
             graph = self.model.metadata.get("score_thresh")

@@ -46,6 +46,7 @@ from .memory_format import contiguous
 from .optim import fill_momentum_buffers, match_state_layouts
 from .rng import get_rng_state, set_rng_state
 from .schedule import restore_position
+from .trainer import check_finite_weights
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -187,6 +188,8 @@ class Checkpointer:
             CheckpointWriteError: on every process, when the file could not be written (a
                 full disk, say); the previous checkpoint and the pointer are left as they were.
         """
+        check_finite_weights(list(unwrap_model(self.model).parameters()),
+                             f"after iteration {iteration}: its checkpoint is not written")
         rng_states = all_gather_object(get_rng_state())
         if extra is None and self.extra_fn is not None:
             extra = self.extra_fn(iteration)

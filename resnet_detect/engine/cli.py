@@ -379,8 +379,9 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
         # every node (a path on one node's disk only)
         done_everywhere(lambda: _check_resume_from(args.resume_from),
                         "find its --resume-from checkpoint")
-        resume = (args.resume_from or args.resume
-                  or resume_after_restart(cfg.train.output_dir, program_name()))
+        # (a restart continues this launch's progress, not its --resume-from checkpoint's)
+        restarted = resume_after_restart(cfg.train.output_dir, program_name())
+        resume = True if restarted else args.resume_from or args.resume
         try:
             result = run_training(runner_task, cfg, device, resume=resume)
         except TrainingInterrupted as stopped:

@@ -277,8 +277,11 @@ def _check_values(part: DictConfig, kinds: Mapping[str, str],
             tuple_hint = (f" (a list is written [{v.strip()[1:-1].replace(' ', '')}] here)"
                           if isinstance(v, str) and v.strip().startswith("(")
                           and v.strip().endswith(")") and (listed or either) else "")
+            yaml_hint = (" (YAML writes infinity .inf and not-a-number .nan)"
+                         if isinstance(v, str) and v.strip().lstrip("+-").lower()
+                         in ("inf", "infinity", "nan") else "")
             raise ConfigError(f"{key} must be {_wanted(key, kind)}, got {v!r} in "
-                              f"{source}{tuple_hint}")
+                              f"{source}{tuple_hint}{yaml_hint}")
         if kind in ("int", "ints") and not key.endswith("epochs"):  # 2.5 epochs exist
             if not all(float(x).is_integer() for x in numbers):
                 raise ConfigError(f"{key} must be a whole number, got {v!r} in {source}")

@@ -7,12 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from .checkpoint import checkpoints_in
-from .distributed import all_gather_object, is_main_process
+from .checkpoint import POINTER, REPLACED
+from .distributed import all_gather_object, is_distributed, is_main_process
 
-# a checkpoint this close before the launcher's start is taken as its own: /proc/stat's boot
-# time is in whole seconds, a shared file system's clock may lag a little
-CLOCK_SLACK_S = 2.0
 
 
 def restart_count() -> int:
@@ -38,11 +35,19 @@ def launcher_start_time() -> float | None:
 
 
 def _written_since_launch(output_dir: Path) -> bool:
-    newest = max((p.stat().st_mtime for p in checkpoints_in(output_dir)), default=None)
-    if newest is None:
+    """Whether the checkpoint `last_checkpoint` names was written since torchrun started (the
+    start computed is at or before the true one: /proc/stat's boot time is in whole seconds).
+    Not while an earlier run's checkpoints are set aside (a kill during this launch's first
+    save: the resume puts them back). Where /proc does not say (not Linux), any."""
+    if (output_dir / REPLACED).exists():
+        return False
+    try:
+        name = (output_dir / POINTER).read_text(encoding="utf-8").strip()
+        written = (output_dir / name).stat().st_mtime if name else None
+    except OSError:
         return False
     started = launcher_start_time()
-    return started is None or newest >= started - CLOCK_SLACK_S
+    return written is not None and (started is None or written >= started)
 
 
 def resume_after_restart(output_dir: str | os.PathLike, program: str) -> bool:
@@ -61,5 +66,7 @@ def resume_after_restart(output_dir: str | os.PathLike, program: str) -> bool:
                                  f"from scratch, as the command says")
         print(f"{program}: torchrun restarted the processes (restart {count}"
               f"{f' of {of}' if of else ''}): {what}", file=sys.stderr, flush=True)
+    if not is_distributed():
+        return bool(decision)
     # (on every process, whatever its own count: the main process's decides)
     return bool(all_gather_object(decision)[0])

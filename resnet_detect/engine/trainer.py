@@ -59,6 +59,14 @@ class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite on at least one process."""
 
 
+def check_finite_weights(parameters: Sequence[torch.Tensor], when: str) -> None:
+    """Raise when a weight is infinite or NaN (the same on every process: their weights are
+    one); `when`, for the message."""
+    if parameters and not bool(torch.stack([torch.isfinite(p).all() for p in parameters]).all()):
+        raise NonFiniteLossError(f"the weights are not finite {when}; training stopped on every "
+                                 f"process. Lower the learning rate or enable gradient clipping.")
+
+
 class Trainer:
     """Runs `max_iter` optimizer steps.
 
@@ -207,13 +215,8 @@ class Trainer:
             self._check_finite_weights()
 
     def _check_finite_weights(self) -> None:
-        """Raise when the step made a weight infinite or NaN (the same on every process)."""
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
-            raise NonFiniteLossError(
-                f"the weights are not finite after the last step (iteration {self.iter}, "
-                f"0-based step index); training stopped on every process. Lower the learning "
-                f"rate or enable gradient clipping.")
+        check_finite_weights([p for g in self.optimizer.param_groups for p in g["params"]],
+                             f"after the last step (iteration {self.iter}, 0-based step index)")
 
     def _accumulated_step(self, data: Iterator[Any]) -> float:
         """One optimizer step over `accumulation_steps` batches; returns the seconds spent

@@ -467,6 +467,11 @@ def test_score_thresh_set_afterwards_is_the_threshold_given_at_the_start(
         np.testing.assert_array_equal(low(image)[key], expected[key])
     with pytest.raises(ValueError, match=r"score_thresh must be a number in \[0, 1\), got 1.5"):
         low.score_thresh = 1.5
+    with pytest.raises(ValueError, match=r"score_thresh must be a number in \[0, 1\), got True"):
+        low.score_thresh = True
+    low.score_thresh = np.float32(high)  # (a score of its results)
+    assert low.score_thresh == pytest.approx(high)
+    low.score_thresh = high
     export_model(str(CONFIG), str(checkpoint), tmp_path,
                  [*TINY, "model.roi_heads.score_thresh=0.0"])
     graph = Predictor(None, weights=tmp_path)

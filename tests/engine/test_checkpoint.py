@@ -1033,3 +1033,21 @@ def test_cuda_generators_of_a_machine_with_more_gpus_restore_those_there_are(
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((i, s)))
     set_rng_state(state)
     assert [(i, s.tolist()) for i, s in restored] == [(0, [0, 0, 0, 0])]
+
+
+def test_weights_made_non_finite_are_not_checkpointed(tmp_path: Path) -> None:
+    """A step whose loss was finite can leave inf or NaN weights: its checkpoint became
+    last_checkpoint, and every --resume (every torchrun restart) failed at its next loss."""
+    from resnet_detect.engine.trainer import NonFiniteLossError
+
+    model = nn.Linear(3, 2)
+    ckpt = Checkpointer(tmp_path, model=model)
+    ckpt.save(1)
+    with torch.no_grad():
+        model.bias[1] = math.inf
+    with pytest.raises(NonFiniteLossError, match=r"^the weights are not finite after iteration 2: "
+                                                 r"its checkpoint is not written; training "
+                                                 r"stopped on every process"):
+        ckpt.save(2)
+    assert not (tmp_path / "model_0000002.pth").exists()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth\n"

@@ -764,6 +764,9 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
      ["error: override 'train.lr_steps[1]=5': an element of a list is not set alone; give the "
       "whole list: train.lr_steps=[...] (now ["]),
     ("train", [], ["error: the following arguments are required: config\n"]),  # (not overrides)
+    ("train", [str(CONFIG), "train.base_lr=inf"],
+     ["error: train.base_lr must be a number, got 'inf' in override 'train.base_lr=inf' (YAML "
+      "writes infinity .inf and not-a-number .nan)"]),
     ("train", [str(CONFIG), "train.base_lr =0.1"],
      ["error: override 'train.base_lr =0.1' has a space in its key: write train.base_lr=0.1"]),
     ("train", [str(CONFIG), "task=sem_seg"],

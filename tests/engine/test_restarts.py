@@ -21,6 +21,7 @@ def _checkpoint(folder: Path, iteration: int, written: float) -> None:
     path = folder / f"model_{iteration:07d}.pth"
     path.write_bytes(b"")
     os.utime(path, (written, written))
+    (folder / "last_checkpoint").write_text(f"{path.name}\n")
 
 
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="no /proc (not Linux)")
@@ -43,17 +44,21 @@ def test_the_launcher_start_time_is_the_parent_process_start() -> None:
     ("1", -60, True),  # a checkpoint of this launch
     ("1", 3600, False),  # an earlier run's, written before torchrun started
     ("1", None, False),  # no checkpoint yet
+    ("1", 1, False),  # copied into the folder a second before torchrun started
+    ("1", "replacing", False),  # killed while its first one replaced an earlier run's
 ])
 def test_a_restart_resumes_only_from_this_launchs_checkpoints(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-        count: str, age_s: float | None, resumes: bool) -> None:
+        count: str, age_s: float | str | None, resumes: bool) -> None:
     launched = time.time() - 600
     monkeypatch.setattr(restarts, "launcher_start_time", lambda: launched)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", count)
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
     if age_s is not None:
         _checkpoint(tmp_path, 10, launched - 3600)  # the earlier run's, always there
-        _checkpoint(tmp_path, 20, launched - age_s)
+        _checkpoint(tmp_path, 20, launched + 60 if age_s == "replacing" else launched - age_s)
+    if age_s == "replacing":  # (the resume puts the earlier run back and finds it)
+        (tmp_path / ".replaced_run").mkdir()
     assert resume_after_restart(tmp_path, "train.py") is resumes
     said = capsys.readouterr().err
     if count == "0":

@@ -108,17 +108,22 @@ def test_killed_pretraining_resumes_to_the_uninterrupted_weights(data: Path,
                                                                  tmp_path: Path) -> None:
     # (detection and segmentation: tests/tools/test_runner_tasks.py, with their resume tests)
     args = quickstart_args("classification", data)
-    full = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'a'}"])["model"]
+    full = load_tool("train").main([*args, f"train.output_dir={tmp_path / 'a'}",
+                                    "train.max_to_keep=null"])["model"]  # (every checkpoint)
     assert_killed_run_resumes_bit_identical(args, tmp_path / "b", full)
     # a scheduler preempting the job: SIGTERM to the main process and its loader worker at once
     assert_killed_run_resumes_bit_identical(args, tmp_path / "c", full, signal.SIGTERM)
     if not Path("/proc/self/task").is_dir():  # (the children's list: Linux)
         return
     # torchrun --max-restarts: its restart continues from the checkpoints (it trained from
-    # scratch, replacing them)
-    log = restarted_by_torchrun(args, tmp_path / "d")
-    assert ("torchrun restarted the processes (restart 1 of 1): continuing from the newest "
-            f"checkpoint of {tmp_path / 'd'}, as --resume does") in log
-    restarted = torch.load(tmp_path / "d/model_final.pth", weights_only=True)["model"]
-    for key, value in full.state_dict().items():
-        assert torch.equal(value, restarted[key]), key
+    # scratch, replacing them), also those of a command given --resume-from (it went back to
+    # that one)
+    for out, more in ((tmp_path / "d", []),
+                      (tmp_path / "e", ["--resume-from", str(tmp_path / "a/model_0000004.pth")])):
+        log = restarted_by_torchrun([*args, *more], out)
+        assert ("torchrun restarted the processes (restart 1 of 1): continuing from the newest "
+                f"checkpoint of {out}, as --resume does") in log
+        assert "resumed from " + str(tmp_path / "a") not in log.split("restarted the")[1]
+        restarted = torch.load(out / "model_final.pth", weights_only=True)["model"]
+        for key, value in full.state_dict().items():
+            assert torch.equal(value, restarted[key]), key
