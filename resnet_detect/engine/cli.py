@@ -380,7 +380,8 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
         done_everywhere(lambda: _check_resume_from(args.resume_from),
                         "find its --resume-from checkpoint")
         # (a restart continues this launch's progress, not its --resume-from checkpoint's)
-        restarted = resume_after_restart(cfg.train.output_dir, program_name())
+        restarted = resume_after_restart(cfg.train.output_dir, program_name(),
+                                         bool(args.resume_from or args.resume))
         resume = True if restarted else args.resume_from or args.resume
         try:
             result = run_training(runner_task, cfg, device, resume=resume)

@@ -11,7 +11,6 @@ from .checkpoint import POINTER, REPLACED
 from .distributed import all_gather_object, is_distributed, is_main_process
 
 
-
 def restart_count() -> int:
     """How many times torchrun has restarted this process's command (0: its first start, or
     no torchrun)."""
@@ -50,20 +49,22 @@ def _written_since_launch(output_dir: Path) -> bool:
     return written is not None and (started is None or written >= started)
 
 
-def resume_after_restart(output_dir: str | os.PathLike, program: str) -> bool:
-    """Whether a run given neither --resume nor --resume-from resumes: on torchrun's restart
-    of its command, when `output_dir` holds a checkpoint written since torchrun started (an
-    earlier run's are not this launch's progress: the command starts afresh, as it says).
-    The main process decides (its folder holds the checkpoints) and says so; every process
-    gets its answer."""
+def resume_after_restart(output_dir: str | os.PathLike, program: str,
+                         resumes: bool = False) -> bool:
+    """Whether the run continues from `output_dir`'s last checkpoint whatever its command
+    says (`resumes`: it has --resume or --resume-from): on torchrun's restart of the command,
+    when that checkpoint was written since torchrun started (an earlier run's is not this
+    launch's progress: the command runs as it says). The main process decides (its folder
+    holds the checkpoints) and says so; every process gets its answer."""
     count = restart_count()
     decision = None
     if is_main_process() and count:
         decision = _written_since_launch(Path(output_dir))
         of = os.environ.get("TORCHELASTIC_MAX_RESTARTS")
         what = (f"continuing from the newest checkpoint of {output_dir}, as --resume does"
-                if decision else f"{output_dir} holds no checkpoint of this launch: starting "
-                                 f"from scratch, as the command says")
+                if decision else f"{output_dir} holds no checkpoint of this launch: "
+                                 f"{'resuming' if resumes else 'starting from scratch'}, as the "
+                                 f"command says")
         print(f"{program}: torchrun restarted the processes (restart {count}"
               f"{f' of {of}' if of else ''}): {what}", file=sys.stderr, flush=True)
     if not is_distributed():
