@@ -211,12 +211,10 @@ class Trainer:
         self.scaler.update()
         if self.scheduler is not None:
             self.scheduler.step()
-        if self.iter + 1 == self.max_iter:  # (earlier steps': the next step's loss says it)
-            self._check_finite_weights()
-
-    def _check_finite_weights(self) -> None:
-        check_finite_weights([p for g in self.optimizer.param_groups for p in g["params"]],
-                             f"after the last step (iteration {self.iter}, 0-based step index)")
+        if self.iter + 1 == self.max_iter:  # (earlier steps': a checkpoint or the next loss)
+            check_finite_weights([p for g in self.optimizer.param_groups for p in g["params"]],
+                                 f"after the last step (iteration {self.iter}, 0-based step "
+                                 f"index)")
 
     def _accumulated_step(self, data: Iterator[Any]) -> float:
         """One optimizer step over `accumulation_steps` batches; returns the seconds spent
