@@ -71,6 +71,22 @@ def checkpoints_in(folder: Path) -> list[Path]:
     return [p for p in Path(folder).glob("model_*.pth") if CHECKPOINT_NAME.fullmatch(p.name)]
 
 
+def pointer_target(folder: Path) -> Path | str | None:
+    """The checkpoint a run folder's `last_checkpoint` names (None without one); for a
+    pointer that names none (empty, garbled, unreadable), what it holds instead, so that
+    resuming falls back to the files."""
+    pointer = folder / POINTER
+    if not pointer.is_file():
+        return None
+    try:
+        name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError as e:  # (permissions)
+        return f"(unreadable: {e.strerror or e})"
+    if not CHECKPOINT_NAME.fullmatch(name):  # (garbage: a few of its characters)
+        return f"{name[:24]!r}{'...' if len(name) > 24 else ''} (not a checkpoint name)"
+    return folder / name
+
+
 def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The state of the training checkpoint `path` (a run's model_NNNNNNN.pth), read and
     checked to be one; `Checkpointer.load` restores it.
@@ -232,7 +248,7 @@ class Checkpointer:
         if error is None:
             self.saved_iteration = int(iteration)
         if any_process(error is not None):  # every process stops, none waits forever
-            previous = self._pointer_target()
+            previous = pointer_target(self.output_dir)
             kept = (f"the previous checkpoint {previous} and {self.output_dir / POINTER} are "
                     "intact" if isinstance(previous, Path) else "no earlier checkpoint exists")
             reason = f"{type(error).__name__}: {error}" if error is not None else "see rank 0"
@@ -259,20 +275,6 @@ class Checkpointer:
 
     def _checkpoints(self) -> list[Path]:
         return checkpoints_in(self.output_dir)
-
-    def _pointer_target(self) -> Path | str | None:
-        """The checkpoint `last_checkpoint` names; for a pointer that names none (empty,
-        garbled, unreadable), what it holds instead, so that resuming falls back to the files."""
-        pointer = self.output_dir / POINTER
-        if not pointer.is_file():
-            return None
-        try:
-            name = pointer.read_text(encoding="utf-8", errors="replace").strip()
-        except OSError as e:  # (permissions)
-            return f"(unreadable: {e.strerror or e})"
-        if not CHECKPOINT_NAME.fullmatch(name):  # (garbage: a few of its characters)
-            return f"{name[:24]!r}{'...' if len(name) > 24 else ''} (not a checkpoint name)"
-        return self.output_dir / name
 
     def _set_earlier_run_aside(self, first: Path) -> None:
         """Move the earlier run's pointer and checkpoints into OUTPUT_DIR/REPLACED (and a kept
@@ -466,7 +468,7 @@ class Checkpointer:
             UnreadableCheckpointError: no checkpoint of the folder could be read.
         """
         self.remove_partial_writes()
-        newest = self._pointer_target()
+        newest = pointer_target(self.output_dir)
         found = sorted(self._checkpoints(), key=_iteration_of, reverse=True)
         if not isinstance(newest, Path) and not found:
             # absolute: a relative train.output_dir is taken from the current folder

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .checkpoint import POINTER, REPLACED
+from .checkpoint import REPLACED, pointer_target
 from .distributed import all_gather_object, is_distributed, is_main_process
 
 
@@ -38,15 +38,15 @@ def _written_since_launch(output_dir: Path) -> bool:
     start computed is at or before the true one: /proc/stat's boot time is in whole seconds).
     Not while an earlier run's checkpoints are set aside (a kill during this launch's first
     save: the resume puts them back). Where /proc does not say (not Linux), any."""
-    if (output_dir / REPLACED).exists():
+    named = pointer_target(output_dir)
+    if (output_dir / REPLACED).exists() or not isinstance(named, Path):
         return False
     try:
-        name = (output_dir / POINTER).read_text(encoding="utf-8").strip()
-        written = (output_dir / name).stat().st_mtime if name else None
+        written = named.stat().st_mtime
     except OSError:
         return False
     started = launcher_start_time()
-    return written is not None and (started is None or written >= started)
+    return started is None or written >= started
 
 
 def resume_after_restart(output_dir: str | os.PathLike, program: str,
