@@ -144,9 +144,6 @@ class OnnxDetector(OnnxModel):
         metadata: export.json.
         mask_on: whether the graph returns masks.
         mask_output: "pasted" or "box" (the graph gives each box's mask; pasted here).
-        score_thresh: None, or a score threshold above the graph's own: its detections
-            scoring at most this are left out (as the model would leave them out: NMS and
-            the top detections_per_image keep the same ones above it).
     """
 
     def __init__(self, weights: str | os.PathLike, device: str | torch.device = "cpu") -> None:
@@ -169,10 +166,29 @@ class OnnxDetector(OnnxModel):
                               f"an export of this project's; export again with "
                               f"tools/export.py")
         self.mask_threshold = self.metadata.get("mask_threshold", 0.5)
-        self.score_thresh: float | None = None
+        self._raised_score_thresh: float | None = None
         # by search, not a table indexed by id: ids may be as large as 2**40
         self._id_order = np.argsort(np.asarray(ids, dtype=np.int64), kind="stable")
         self._sorted_ids = np.asarray(ids, dtype=np.int64)[self._id_order]
+
+    @property
+    def score_thresh(self) -> float | None:
+        """The score a detection must exceed: the graph's own (its export's; None where its
+        metadata does not record it) or a higher one set here, below which the graph's
+        detections are left out (as the model would leave them out: NMS and the top
+        detections_per_image keep the same ones above it)."""
+        return (self._raised_score_thresh if self._raised_score_thresh is not None
+                else self.metadata.get("score_thresh"))
+
+    @score_thresh.setter
+    def score_thresh(self, value: float) -> None:
+        graph = self.metadata.get("score_thresh")
+        if isinstance(graph, (int, float)) and value < graph:
+            raise ValueError(f"score_thresh {value}: {self.metadata_source} records the exported "
+                             f"graph's score threshold {graph} (its export's "
+                             f"model.roi_heads.score_thresh), below which it keeps no "
+                             f"detection; export again with model.roi_heads.score_thresh={value}")
+        self._raised_score_thresh = None if value == graph else float(value)
 
     def _labels_of(self, category_ids: np.ndarray) -> np.ndarray:
         """The model's class index (0..K-1) of each of the graph's category ids."""
@@ -197,8 +213,8 @@ class OnnxDetector(OnnxModel):
                                   "original_size": np.asarray(size, dtype=np.int64)},
                                  PASTED_MASKS_MEMORY if self.mask_output == "pasted"
                                  and self.mask_on else "")
-            if self.score_thresh is not None:
-                keep = out[1] > self.score_thresh
+            if self._raised_score_thresh is not None:
+                keep = out[1] > self._raised_score_thresh
                 out = [part[keep] for part in out]
             result = {"boxes": torch.from_numpy(out[0]).to(device),
                       "scores": torch.from_numpy(out[1]).to(device),

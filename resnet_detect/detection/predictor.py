@@ -378,15 +378,8 @@ class Predictor:
     def score_thresh(self, value: float) -> None:
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
             raise ValueError(f"score_thresh must be a number in [0, 1), got {value!r}")
-        if isinstance(self.model, OnnxDetector):
-            graph = self.model.metadata.get("score_thresh")
-            if isinstance(graph, (int, float)) and value < graph:
-                raise ValueError(f"score_thresh {value}: {self.model.metadata_source} "
-                                 f"records the exported graph's score threshold {graph} (its "
-                                 f"export's model.roi_heads.score_thresh), below which it keeps "
-                                 f"no detection; export again with "
-                                 f"model.roi_heads.score_thresh={value}")
-            self.model.score_thresh = None if value == graph else float(value)
+        if isinstance(self.model, OnnxDetector):  # (its own threshold is the least it takes)
+            self.model.score_thresh = float(value)
         else:
             self.model.roi_heads.box_predictor.score_thresh = float(value)
         self.cfg.model.roi_heads.score_thresh = float(value)
