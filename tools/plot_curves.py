@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> Path:
     unknown = [k for k in keys if k not in logged]
     if unknown or not keys:
         what = f"no run logged {', '.join(unknown)}" if unknown else "nothing to plot"
-        raise ConfigError(f"{what}; logged: {', '.join(logged) or 'nothing'}")
+        empty = [run for run, c in curves.items() if not c]
+        raise ConfigError(f"{what}; logged: {', '.join(logged) or 'nothing'}" + (
+            f" ({', '.join(empty)}: no step logged yet; a run logs its first after "
+            f"train.log_period iterations)" if empty else ""))
     first = Path(args.runs[0])
     output = Path(args.output) if args.output else (
         first if first.is_dir() else first.parent) / "curves.png"

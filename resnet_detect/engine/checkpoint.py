@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError
+from .curves import SCALARS_FILE, TENSORBOARD_DIR
 from .distributed import (all_gather_object, any_process, barrier, get_rank, get_world_size,
                           is_main_process)
 from .distributed import unwrap_model
@@ -62,6 +63,9 @@ REPLACED = ".replaced_run"
 # first checkpoint (`Checkpointer.write_run_file`), the earlier run's set aside with its
 # checkpoints
 RUN_FILES = ("config.yaml",)
+# the earlier run's curves: set aside when a fresh run starts (it logs from its first step),
+# back if it stops before its first checkpoint, removed with the earlier checkpoints at it
+RUN_LOGS = (SCALARS_FILE, TENSORBOARD_DIR)
 _SAVING = "saving"  # in REPLACED: names the new checkpoint once the earlier files are moved
 CHECKPOINT_NAME = re.compile(r"model_(\d{7,})\.pth")  # 8 digits from iteration 10^7
 
@@ -182,8 +186,21 @@ class Checkpointer:
         if self._earlier:
             logger.warning("%s holds the checkpoints of an earlier run (%s): starting from "
                            "scratch (without --resume), this run's first checkpoint replaces "
-                           "them", self.output_dir, ", ".join(p.name for p in sorted(
-                               self._earlier, key=_iteration_of)))
+                           "them and its curves", self.output_dir, ", ".join(
+                               p.name for p in sorted(self._earlier, key=_iteration_of)))
+            logs = [self.output_dir / name for name in RUN_LOGS
+                    if (self.output_dir / name).exists()]
+            if logs:
+                aside = self.output_dir / REPLACED
+                aside.mkdir(exist_ok=True)
+                for path in logs:
+                    os.replace(path, aside / path.name)
+
+    def keep_earlier_run(self) -> None:
+        """This run stops before its first checkpoint (an error): the earlier run's curves,
+        set aside, come back in place of this run's (its checkpoints never left)."""
+        if self._earlier and is_main_process():
+            self._finish_replacing()
 
     def write_run_file(self, name: str, text: str) -> None:
         """Write the run file `name` (one of RUN_FILES) now, or, in a folder whose earlier
@@ -315,12 +332,14 @@ class Checkpointer:
                 if not (aside / run_file).is_file():
                     (self.output_dir / run_file).unlink(missing_ok=True)
             saving.unlink()
-        back = [f for f in aside.iterdir() if f.name in (POINTER, *RUN_FILES)
+        back = [f for f in aside.iterdir() if f.name in (POINTER, *RUN_FILES, *RUN_LOGS)
                 or CHECKPOINT_NAME.fullmatch(f.name.removesuffix(".sha256"))]
         for f in back:
+            if f.name in RUN_LOGS:  # the stopped run's curves go
+                _remove(self.output_dir / f.name)
             os.replace(f, self.output_dir / f.name)
         _remove_aside(aside)  # (a temporary file of the name's write)
-        return bool(back)
+        return any(f.name not in RUN_LOGS for f in back)
 
     def remove_partial_writes(self) -> None:
         """Delete the temporary files of writes that a kill interrupted (checkpoints,
@@ -546,6 +565,7 @@ class BestWeights:
         self.model = model
         self.provenance = dict(provenance or {})
         self.best: float | None = None
+        self.best_iteration: int | None = None
         self._disabled = False
         self._warned_of_nan = False
         if resume and self.path.is_file():
@@ -560,7 +580,7 @@ class BestWeights:
                 if iteration > start_iter:
                     self._move_aside(iteration, start_iter)
                 elif (recorded.get("metric"), recorded.get("mode", "max")) == (metric, mode):
-                    self.best = float(recorded["value"])
+                    self.best, self.best_iteration = float(recorded["value"]), iteration
                 else:
                     logger.warning("%s holds the best %s (train.best_metric_mode %s) of the "
                                    "run so far; this run keeps the best %s (%s): its next "
@@ -601,6 +621,10 @@ class BestWeights:
             return
         if self.best is not None and (value <= self.best if self.mode == "max"
                                       else value >= self.best):
+            logger.info("%s %.4f at iteration %d is not %s the best, %.4f at iteration %d "
+                        "(%s)", self.metric, value, iteration,
+                        "above" if self.mode == "max" else "below", self.best,
+                        self.best_iteration, self.path.name)
             return
         written = True  # (the other processes write nothing: their best is not used)
         if is_main_process():
@@ -621,7 +645,16 @@ class BestWeights:
                 logger.info("best %s so far: %.4f at iteration %d, weights in %s", self.metric,
                             value, iteration, self.path)
         if written:
-            self.best = float(value)
+            self.best, self.best_iteration = float(value), int(iteration)
+
+    def report(self) -> None:
+        """At the end of the run: which evaluation's weights the file holds, or why none."""
+        if self.best is not None:
+            logger.info("%s holds the weights of the best %s, %.4f at iteration %d", self.path,
+                        self.metric, self.best, self.best_iteration)
+        elif self._warned_of_nan:
+            logger.warning("train.best_metric %s was undefined (NaN) at every evaluation: no "
+                           "%s is kept", self.metric, self.FILE)
 
 
 def _remove_aside(aside: Path) -> None:
@@ -632,12 +665,20 @@ def _remove_aside(aside: Path) -> None:
     try:
         for f in aside.iterdir():
             if f.name != _SAVING:
-                f.unlink(missing_ok=True)
+                _remove(f)
         (aside / _SAVING).unlink(missing_ok=True)
         aside.rmdir()
     except OSError as e:
         logger.warning("cannot remove %s (%s): the next start in the folder tries again",
                        aside, e)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a folder (tensorboard/), if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _free_name(path: Path) -> Path:

@@ -11,6 +11,7 @@ from .config import ConfigError
 logger = logging.getLogger(__name__)
 
 SCALARS_FILE = "scalars.jsonl"
+TENSORBOARD_DIR = "tensorboard"  # the same scalars as tensorboard event files
 # what a run's evaluations log first, by task: the default curve beside the loss
 METRICS = ("bbox/AP", "segm/AP", "sem_seg/mIoU", "classification/top1")
 LOSS = "train/total_loss"
@@ -22,7 +23,7 @@ def read_curves(run: str | Path) -> dict[str, tuple[list[int], list[float]]]:
     path = Path(run)
     path = path / SCALARS_FILE if path.is_dir() else path
     if not path.is_file():
-        older = (path.parent / "log.txt").is_file() or (path.parent / "tensorboard").is_dir()
+        older = (path.parent / "log.txt").is_file() or (path.parent / TENSORBOARD_DIR).is_dir()
         raise ConfigError(f"{path} not found: " + (
             f"{path.parent} is a run of a version from before {SCALARS_FILE} (2026-12-02): "
             f"its curves are in its tensorboard/ (tensorboard --logdir {path.parent}) and "

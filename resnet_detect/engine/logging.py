@@ -178,11 +178,14 @@ class ScalarWriter:
         self._writer = None
         self._jsonl = Path(jsonl) if jsonl is not None and is_main_process() else None
         kept: list[str] = []
-        if self._jsonl is not None and self._jsonl.is_file():
-            kept = [line for line in self._jsonl.read_text(encoding="utf-8").splitlines()
-                    if (entry := _entry(line)) is not None
-                    and (entry["iteration"] < start_iter or entry["iteration"] == start_iter
-                         and not (evaluated_again and _is_evaluation(entry)))]
+        # written at the start, empty where nothing is kept: a run that logged nothing yet
+        # (a folder in the file's place: warned of at the first write)
+        if self._jsonl is not None and (self._jsonl.is_file() or not self._jsonl.exists()):
+            if self._jsonl.is_file():
+                kept = [line for line in self._jsonl.read_text(encoding="utf-8").splitlines()
+                        if (entry := _entry(line)) is not None
+                        and (entry["iteration"] < start_iter or entry["iteration"] == start_iter
+                             and not (evaluated_again and _is_evaluation(entry)))]
             atomic_write_text("".join(line + "\n" for line in kept), self._jsonl)
         if log_dir is not None and is_main_process():
             from torch.utils.tensorboard import SummaryWriter  # slow import, only when used

@@ -37,7 +37,7 @@ from .checkpoint import (BEST_MODES, BestWeights, Checkpointer, CheckpointWriteE
 from .compilation import compile_model, parse_compile
 from .custom_imports import KEY as CUSTOM_IMPORTS
 from .custom_imports import config_hooks, import_custom_modules, record_registering_modules
-from .curves import SCALARS_FILE
+from .curves import SCALARS_FILE, TENSORBOARD_DIR
 from .config import (PERIODS, ConfigError, as_override, config_yaml, flat_keys, is_number,
                      is_positive_int, load_defaults, to_plain)
 from .data import (CountedLoader, build_test_loader, build_train_loader, collate,
@@ -1144,7 +1144,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     # (model_best.pth, the logs and the metrics are then the uninterrupted run's)
     again = (_evaluation_to_run_again(state, resume, output_dir, lengths)
              if data.val is not None else None)
-    writer = ScalarWriter(output_dir / "tensorboard", jsonl=output_dir / SCALARS_FILE,
+    writer = ScalarWriter(output_dir / TENSORBOARD_DIR, jsonl=output_dir / SCALARS_FILE,
                           start_iter=start_iter,  # (after the last step: the final evaluation)
                           evaluated_again=again is not None or start_iter == lengths["max_iter"])
     task_hint = getattr(task, "slow_data_hint", None)
@@ -1159,7 +1159,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         logger.info("keeping a moving average of the weights (train.ema_decay %g): "
                     "evaluations, checkpoints' weights and the final weights are the average",
                     average.decay)
-    eval_hook = None
+    eval_hook, best = None, None
     stop = StopRequest()  # set by a stop signal while training runs (stop_on_signals)
     if data.val is not None:
         val_loader = build_test_loader(data.val, batch_size=data.val_batch_size,
@@ -1238,6 +1238,10 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                      start_iter=start_iter, stop=stop)
         except EvaluationInterrupted:
             finished, in_evaluation = False, True
+        except BaseException:
+            writer.close()
+            checkpointer.keep_earlier_run()
+            raise
         finally:
             gc.unfreeze()  # (the training workers are gone with their iterator)
         writer.close()
@@ -1261,6 +1265,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             signal_name=stop.signal_name, iteration=trainer.iter,
             exit_code=128 + (stop.signum or 15))
     total_skipped = skipped.report(logger, "train")
+    if best is not None and is_main_process():
+        best.report()
     if average is not None:
         average.copy_to_model()
 

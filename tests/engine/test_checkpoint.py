@@ -614,8 +614,15 @@ class _Killed(BaseException):
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    assert not [p for p in folder.iterdir() if p.is_dir()]  # (REPLACED gone)
-    return {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert not (folder / ".replaced_run").exists()
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _write_curves(folder: Path, iteration: int) -> None:
+    """A run's scalars.jsonl and tensorboard event file, logged up to `iteration`."""
+    (folder / "scalars.jsonl").write_text(f'{{"iteration": {iteration}}}\n')
+    (folder / "tensorboard").mkdir()
+    (folder / "tensorboard/events.out").write_bytes(b"%d" % iteration)
 
 
 # the first checkpoint with a name of the earlier run's, a name of its own, the name of the
@@ -630,11 +637,14 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
     run has looked at it, holds the earlier run as it was, or the new run alone; with its
     config.yaml (the new run's was written at its start: `RUN/config.yaml --resume` after a
     kill, or an error, before its first checkpoint took the new run's settings to the
-    earlier run's checkpoints)."""
+    earlier run's checkpoints) and its curves (the new run's emptied scalars.jsonl and hid
+    tensorboard's steps at its start: a run stopped before its first checkpoint erased the
+    earlier run's record)."""
     model = nn.Linear(4, 4)
     earlier = tmp_path / "earlier"
     _save_filled(Checkpointer(earlier, model=model, max_to_keep=3), model, (1, 3, 6))
     (earlier / "config.yaml").write_text("train: {max_iter: 6}\n")
+    _write_curves(earlier, 6)
     earlier_files = _files(earlier)
 
     def killed_at(n: int, operation: Any) -> Any:
@@ -652,7 +662,10 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
         fresh = Checkpointer(folder, model=model, max_to_keep=2)
         fresh.replace_earlier_run(keep=[folder / f"model_{kept:07d}.pth"] if kept else [])
         fresh.write_run_file("config.yaml", "train: {max_iter: 2}\n")  # (the runner's)
-        if n == 0:  # killed, or an error, before the first save: nothing to put back
+        assert not (folder / "scalars.jsonl").exists() and not (folder / "tensorboard").exists()
+        _write_curves(folder, 1)  # (the new run's, from its first step)
+        if n == 0:  # killed, or an error, before the first save: the earlier curves come back
+            Checkpointer(folder, model=model).remove_partial_writes()
             assert _files(folder) == earlier_files
             continue
         with torch.no_grad():
@@ -684,7 +697,9 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
         else:
             name = f"model_{first:07d}.pth"
             assert sorted(_files(folder)) == ["config.yaml", "last_checkpoint", name,
-                                              f"{name}.sha256"], n
+                                              f"{name}.sha256", "scalars.jsonl",
+                                              "tensorboard/events.out"], n
+            assert (folder / "scalars.jsonl").read_text() == '{"iteration": 1}\n'
             assert (folder / "last_checkpoint").read_text() == f"{name}\n"
             assert (folder / "config.yaml").read_text() == "train: {max_iter: 2}\n"
             assert torch.equal(read_checkpoint(folder / name)["model"]["weight"],
@@ -953,6 +968,41 @@ def test_model_best_keeps_the_first_of_equal_scores(tmp_path: Path, mode: str,
             f"the file") in caplog.text
     again.update({"bbox": {"AP": scores[1] + (10 if mode == "max" else -10)}}, 5)
     assert torch.load(tmp_path / "model_best.pth", weights_only=True)["iteration"] == 5
+
+
+def test_model_best_is_named_at_each_evaluation_and_at_the_end(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Only a better score was logged: an evaluation below the best said nothing, and the end
+    of the run (also one resumed after the best) did not say which evaluation's weights the
+    file holds, nor that a metric undefined at every evaluation left no file (detectron2's
+    BestCheckpointer logs each comparison)."""
+    from resnet_detect.engine.checkpoint import BestWeights
+    model = nn.Linear(2, 1)
+    best = BestWeights(tmp_path, "bbox/AP", model, {}, resume=False)
+    with caplog.at_level(logging.INFO):
+        for iteration, ap in [(2, 30.0), (4, 45.5), (6, 41.25)]:
+            best.update({"bbox": {"AP": ap}}, iteration)
+        best.report()
+    assert ("bbox/AP 41.2500 at iteration 6 is not above the best, 45.5000 at iteration 4 "
+            "(model_best.pth)") in caplog.text
+    assert caplog.text.count("is not above") == 1
+    assert caplog.records[-1].getMessage() == (f"{tmp_path / 'model_best.pth'} holds the weights "
+                                               f"of the best bbox/AP, 45.5000 at iteration 4")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):  # resumed after the best: its iteration from the file
+        again = BestWeights(tmp_path, "bbox/AP", model, {}, resume=True, start_iter=6)
+        again.update({"bbox": {"AP": 40.0}}, 8)
+        again.report()
+    assert "40.0000 at iteration 8 is not above the best, 45.5000 at iteration 4" in caplog.text
+    assert caplog.records[-1].getMessage().endswith("bbox/AP, 45.5000 at iteration 4")
+    caplog.clear()
+    undefined = BestWeights(tmp_path / "b", "bbox/APl", model, {}, resume=False)
+    with caplog.at_level(logging.INFO):
+        for iteration in (2, 4):
+            undefined.update({"bbox": {"APl": math.nan}}, iteration)
+        undefined.report()
+    assert caplog.records[-1].getMessage() == ("train.best_metric bbox/APl was undefined (NaN) "
+                                               "at every evaluation: no model_best.pth is kept")
 
 
 def test_model_best_after_a_failed_write_takes_a_result_above_the_files(

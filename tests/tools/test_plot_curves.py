@@ -68,3 +68,19 @@ def test_the_tool_draws_each_key_of_each_run_and_names_unknown_keys(tmp_path: Pa
                                           r"version from before scalars.jsonl \(2026-12-02\): "
                                           r"its curves are in its tensorboard/"):
         plot_curves.main([str(tmp_path / "old")])
+
+
+def test_a_run_that_logged_no_step_yet_is_said_so_and_the_others_are_drawn(
+        tmp_path: Path) -> None:
+    """A run that had not reached its first progress line was called a run of an older
+    version (its scalars.jsonl not written yet), and failed the plot of the runs beside it:
+    the runner now writes the file empty at the start."""
+    from resnet_detect.engine.logging import ScalarWriter
+    a = _run(tmp_path / "a", [{"iteration": 10, "train/total_loss": 1.0}])
+    (tmp_path / "new").mkdir()
+    ScalarWriter(tmp_path / "new/tensorboard", tmp_path / "new/scalars.jsonl").close()
+    assert plot_curves.main([str(a), str(tmp_path / "new")]).is_file()
+    with pytest.raises(ConfigError, match=r"nothing to plot; logged: nothing \(.*new: no step "
+                                          r"logged yet; a run logs its first after "
+                                          r"train.log_period iterations\)"):
+        plot_curves.main([str(tmp_path / "new")])

@@ -193,6 +193,31 @@ def signal_at_step(task: Any, step: int, signum: int) -> Any:
     return task
 
 
+def test_a_fresh_run_stopped_before_its_first_checkpoint_leaves_the_earlier_curves(
+        tmp_path: Path) -> None:
+    """A run started afresh (no --resume) in a finished run's folder emptied its scalars.jsonl
+    and hid its tensorboard steps at once: an error at the first step (or a kill before the
+    first checkpoint) erased the record of the run whose checkpoints stayed."""
+    cpu, out = torch.device("cpu"), tmp_path / "run"
+    cfg = _toy_config(out)
+    cfg.train.log_period = 1
+    run_training(_RegressionTask(), cfg, cpu)
+
+    def curves() -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in
+                [out / "scalars.jsonl", *(out / "tensorboard").iterdir()]}
+    finished = curves()
+    assert finished["scalars.jsonl"].count(b"\n") == 6
+
+    class Failing(_RegressionTask):
+        def losses(self, *args: Any) -> Any:
+            assert not (out / "scalars.jsonl").read_text()  # (this run's, empty at its start)
+            raise RuntimeError("a bug in the task")
+    with pytest.raises(RuntimeError, match="a bug in the task"):
+        run_training(Failing(), cfg, cpu)
+    assert curves() == finished and not (out / ".replaced_run").exists()
+
+
 def test_a_new_task_needs_only_its_task_object_and_resumes_bit_identical(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cpu = torch.device("cpu")
