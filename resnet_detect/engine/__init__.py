@@ -9,7 +9,7 @@ from .distributed import (all_gather_object, all_reduce_mean, all_reduce_sum, an
                           barrier, broadcast_buffers, cleanup, get_local_rank, get_rank,
                           get_world_size, init_distributed, is_main_process, per_process_batch_size,
                           unwrap_model, wrap_ddp)
-from .logging import ProgressLogger, ScalarWriter, log_metrics, setup_logging
+from .logging import ProgressLogger, ScalarWriter, setup_logging
 from .optim import OPTIMIZERS, build_optimizer
 from .preemption import TrainingInterrupted
 from .rng import seed_everything
@@ -23,6 +23,6 @@ __all__ = ["AMP_DTYPES", "OPTIMIZERS", "Checkpointer", "ConfigError",
            "atomic_write", "atomic_write_json", "atomic_write_text",
            "barrier", "broadcast_buffers", "build_lr_scheduler", "build_optimizer", "cleanup",
            "cpu_supports_bf16", "get_local_rank", "get_rank", "get_world_size", "init_distributed",
-           "is_main_process", "load_config", "log_metrics", "parse_amp", "per_process_batch_size",
+           "is_main_process", "load_config", "parse_amp", "per_process_batch_size",
            "save_config", "seed_everything",
            "setup_logging", "to_plain", "unwrap_model", "wrap_ddp"]

@@ -5,7 +5,8 @@ A checkpoint `model_{iteration:07d}.pth` holds
     {"model", "optimizer", "scheduler", "scaler": state dicts,
      "iteration": steps done, "world_size": int,
      "rng": [per-rank {"python", "numpy", "torch", "cuda"} states, as tensors],
-     "extra": caller data (e.g. the data sampler position),
+     "extra": caller data (the runner's: images skipped, the task's state, an evaluation to
+              run again first),
      "provenance": what the weights are (classes, settings, config), as in model_final.pth,
      "training_weights": with a moving average of the weights (engine.ema), the model's own
          state, while "model" holds the average (what evaluation and export read)}
@@ -736,7 +737,8 @@ class PeriodicCheckpointer:
     Args:
         checkpointer: what saves.
         period: iterations between saves (0: only at the end).
-        extra_fn: iteration -> extra data stored with the checkpoint (e.g. sampler position).
+        extra_fn: iteration -> extra data stored with the checkpoint (the Checkpointer's
+            own extra_fn otherwise).
     """
 
     def __init__(self, checkpointer: Checkpointer, period: int,

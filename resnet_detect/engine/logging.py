@@ -359,15 +359,3 @@ class ProgressLogger:
         total = time.perf_counter() - self._start_time
         self.logger.info("trained %d iterations in %s", trainer.iter - trainer.start_iter,
                          format_eta(total))
-
-
-def log_metrics(metrics: Mapping[str, Any], step: int, writer: ScalarWriter | None = None,
-                prefix: str = "val", logger: logging.Logger | None = None) -> None:
-    """One INFO line and tensorboard scalars for evaluation results."""
-    logger = logger or logging.getLogger(__name__)
-    logger.info("eval @ iter %d: %s", step,
-                "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in metrics.items()))
-    if writer is not None:
-        writer.add_scalars({f"{prefix}/{k}": float(v) for k, v in metrics.items()
-                            if isinstance(v, (int, float))}, step)

@@ -252,7 +252,7 @@ def check_train_choices(t: DictConfig) -> None:
     if not is_positive_int(t.accumulation_steps):
         raise ConfigError(f"train.accumulation_steps must be a positive integer (batches per "
                           f"optimizer step), got {t.accumulation_steps!r}")
-    # keys whose default is null: the config's own check of a value's kind knows none
+    # null is valid for these (the other key gives the run's length)
     if t.max_iter is not None and not is_positive_int(t.max_iter):
         raise ConfigError(f"train.max_iter must be a positive integer (iterations), or null with "
                           f"train.epochs, got {t.max_iter!r}")
@@ -360,13 +360,7 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
                                   warmup_iters=lengths["warmup_iters"],
                                   warmup_factor=t.warmup_factor)
     except ValueError as e:
-        max_iter = lengths["max_iter"]
-        shorter = [round(max_iter * 2 / 3), round(max_iter * 8 / 9)]
-        hint = (f"; a shorter run needs shorter steps: train.lr_steps={as_override(shorter)} "
-                f"(the 1x recipe's proportions) or train.lr_steps=[]"
-                if any(s > max_iter for s in steps) and "per_epoch" not in lengths else "")
         if "per_epoch" in lengths:  # the keys the user gave: epochs
-            t = cfg.train
             raise ConfigError(f"invalid train config (train.epochs={t.epochs}, "
                               f"train.lr_step_epochs={as_override(t.lr_step_epochs)}, "
                               f"train.warmup_epochs={t.warmup_epochs}; {lengths['per_epoch']} "
@@ -375,6 +369,11 @@ def build_scheduler_from_config(cfg: DictConfig, optimizer: torch.optim.Optimize
                                  if t.lr_decay == "step"
                                  and any(e > t.epochs for e in t.lr_step_epochs) else "")
                               ) from None
+        max_iter = lengths["max_iter"]
+        shorter = [round(max_iter * 2 / 3), round(max_iter * 8 / 9)]
+        hint = (f"; a shorter run needs shorter steps: train.lr_steps={as_override(shorter)} "
+                f"(the 1x recipe's proportions) or train.lr_steps=[]"
+                if any(s > max_iter for s in steps) else "")
         raise ConfigError(f"invalid train config (max_iter={max_iter}, lr_steps={steps} in "
                           f"iterations): {e}{hint}") from None
 
@@ -726,9 +725,12 @@ def _check_model_settings(path: Path, provenance: Mapping[str, Any], cfg: DictCo
     if check_model is not None:
         check_model(f"checkpoint {path}", recorded, configured)
     was, now = flat_keys(before, "model."), flat_keys(configured["model"], "model.")
-    changed = {k: (v, now.get(k)) for k, v in was.items()
-               if v != now.get(k) and not k.endswith(".weights")
-               and not (k == "model.num_classes" and None in (v, now.get(k)))}
+    # a key the checkpoint predates (a registered task's: built-in ones' are at their
+    # defaults), empty here, is no change
+    changed = {k: (was.get(k), now.get(k)) for k in sorted(set(was) | set(now))
+               if was.get(k) != now.get(k) and not k.endswith(".weights")
+               and (k in was or now.get(k) not in ({}, [], None))
+               and not (k == "model.num_classes" and None in (was.get(k), now.get(k)))}
     if changed:
         logger.warning("resuming %s with model settings other than the run that wrote it "
                        "(they apply from here on): %s", path,

@@ -850,6 +850,15 @@ def test_resuming_with_other_data_train_settings_names_them(
                          logging.getLogger("t"), {})
     assert ("resuming model_0000004.pth with model settings other than the run that wrote it "
             "(they apply from here on): model.name: resnet18 -> resnet34\n") in caplog.text
+    # a model key the checkpoint predates (a registered task's config: no defaults to fill
+    # it), set here, was not compared; one empty here is no change
+    cfg.model = {"name": "resnet18", "weights": "/b/r18.pth", "depth": 3, "options": {}}
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
+                         logging.getLogger("t"), {})
+    assert ("resuming model_0000004.pth with model settings other than the run that wrote it "
+            "(they apply from here on): model.depth: None -> 3\n") in caplog.text
 
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"
