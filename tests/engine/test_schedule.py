@@ -105,14 +105,14 @@ def test_epochs_well_under_a_pass_and_a_warmup_rounded_to_none_are_warned_of(
     mmdetection runs 24 iterations) and warmup_epochs=0.5 rounded to no warmup, silently."""
     from omegaconf import OmegaConf
 
-    from resnet_detect.engine.runner import _lengths, warn_of_epoch_rounding
+    from resnet_detect.engine.run_length import lengths_of_run, warn_of_epoch_rounding
     logger = logging.getLogger("t")
 
     def warnings_for(images: int, **train: Any) -> list[str]:
         caplog.clear()
         cfg = OmegaConf.create({"train": {"max_iter": None, "lr_steps": [], "warmup_iters": 0,
                                           "lr_step_epochs": [], **train}})
-        warn_of_epoch_rounding(cfg.train, _lengths(cfg, images), images, logger)
+        warn_of_epoch_rounding(cfg.train, lengths_of_run(cfg, images), images, logger)
         return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings_for(15, epochs=12, batch_size=8, warmup_epochs=0.5) == [
         "an epoch is 15 // 8 = 1 iterations (train.batch_size 8): 8 of the 15 training images "
@@ -131,7 +131,7 @@ def test_periods_that_read_as_epochs_and_max_to_keep_1_are_warned_of(
     saved a 123 MB checkpoint every iteration; train.max_to_keep=1 kept 2 without a word."""
     from omegaconf import OmegaConf
 
-    from resnet_detect.engine.runner import warn_of_periods_read_as_epochs
+    from resnet_detect.engine.run_length import warn_of_periods_read_as_epochs
 
     def warnings_for(per_epoch: int | None, **train: Any) -> list[str]:
         caplog.clear()
@@ -158,14 +158,14 @@ def test_periods_that_read_as_epochs_and_max_to_keep_1_are_warned_of(
 def test_the_imagenet_recipe_evaluates_every_5_epochs_at_any_batch_size() -> None:
     """Its periods were 25020 and 5004 iterations, 5 epochs and 1 at batch 256 only: at 1024
     over 8 GPUs they evaluated every 20 epochs."""
-    from resnet_detect.engine.runner import _lengths, _periods
+    from resnet_detect.engine.run_length import lengths_of_run, periods_in_iterations
     from resnet_detect.engine.tasks import load_task_config
     config = str(Path(__file__).resolve().parents[2] / "configs/pretrain/resnet50_imagenet.yaml")
     for batch, per_epoch in ((256, 5004), (1024, 1251)):
         _, cfg = load_task_config(config, ["data.root=/imagenet", f"train.batch_size={batch}"])
-        lengths = _lengths(cfg, train_size=1281167)
+        lengths = lengths_of_run(cfg, train_size=1281167)
         assert (lengths["per_epoch"], lengths["max_iter"]) == (per_epoch, 90 * per_epoch)
-        assert _periods(cfg.train, train_size=1281167) == {
+        assert periods_in_iterations(cfg.train, train_size=1281167) == {
             "eval_period": 5 * per_epoch, "checkpoint_period": per_epoch}
 
 
@@ -174,7 +174,8 @@ def test_a_period_in_iterations_under_a_base_files_period_in_epochs_is_refused(
     """A config file on the ImageNet recipe (checkpoints every epoch) that set
     checkpoint_period: 400 had it ignored: both set in the files is refused, naming how to
     give one; the shared default (5000) or 0 under a period in epochs is not a conflict."""
-    from resnet_detect.engine.runner import _periods, check_train_choices
+    from resnet_detect.engine.run_length import periods_in_iterations
+    from resnet_detect.engine.runner import check_train_choices
     from resnet_detect.engine.tasks import load_task_config
     recipe = Path(__file__).resolve().parents[2] / "configs/pretrain/resnet50_imagenet.yaml"
     derived = tmp_path / "mine.yaml"
@@ -191,7 +192,7 @@ def test_a_period_in_iterations_under_a_base_files_period_in_epochs_is_refused(
                           ("train.checkpoint_period_epochs=1", 5004)):
         _, cfg = load_task_config(str(derived), ["data.root=/imagenet", given])
         check_train_choices(cfg.train)
-        assert _periods(cfg.train, train_size=1281167)["checkpoint_period"] == period
+        assert periods_in_iterations(cfg.train, train_size=1281167)["checkpoint_period"] == period
     _, cfg = load_task_config(str(recipe), ["data.root=/imagenet"])
     check_train_choices(cfg.train)
 
@@ -200,19 +201,21 @@ def test_an_override_of_a_period_in_one_unit_unsets_the_files_other(tmp_path: Pa
     """train.checkpoint_period_epochs=1 on a config of checkpoint_period: 100 was refused as
     both set; train.eval_period=0 (only at the end) on the ImageNet recipe's evaluation every 5
     epochs was ignored. The override's unit wins; both overridden are refused as above."""
-    from resnet_detect.engine.runner import _periods, check_train_choices
+    from resnet_detect.engine.run_length import periods_in_iterations
+    from resnet_detect.engine.runner import check_train_choices
     from resnet_detect.engine.tasks import load_task_config
     root = Path(__file__).resolve().parents[2]
     recipe = str(root / "configs/pretrain/resnet50_imagenet.yaml")
     _, cfg = load_task_config(recipe, ["data.root=/imagenet", "train.eval_period=0",
                                        "train.checkpoint_period=400"])
     check_train_choices(cfg.train)
-    assert _periods(cfg.train, train_size=1281167) == {"eval_period": 0,
+    assert periods_in_iterations(cfg.train, train_size=1281167) == {"eval_period": 0,
                                                        "checkpoint_period": 400}
     quickstart = str(root / "configs/synthetic/faster_rcnn_R_18_FPN.yaml")
     _, cfg = load_task_config(quickstart, ["train.checkpoint_period_epochs=1"])
     check_train_choices(cfg.train)
-    assert _periods(cfg.train, train_size=64) == {"eval_period": 0, "checkpoint_period": 16}
+    assert periods_in_iterations(cfg.train, train_size=64) == {"eval_period": 0,
+                                                               "checkpoint_period": 16}
     _, cfg = load_task_config(quickstart, ["train.checkpoint_period_epochs=1",
                                            "train.checkpoint_period=7"])
     with pytest.raises(ConfigError, match=r"train.checkpoint_period \(7 iterations\) and "):
@@ -221,7 +224,7 @@ def test_an_override_of_a_period_in_one_unit_unsets_the_files_other(tmp_path: Pa
     # checkpoint for a 90-epoch run until its end)
     _, cfg = load_task_config(recipe, ["data.root=/imagenet",
                                        "train.checkpoint_period_epochs=null"])
-    assert _periods(cfg.train, train_size=1281167)["checkpoint_period"] == 5000
+    assert periods_in_iterations(cfg.train, train_size=1281167)["checkpoint_period"] == 5000
 
 
 def test_an_evaluation_period_past_the_run_is_described_as_the_end_only() -> None:
@@ -229,7 +232,7 @@ def test_an_evaluation_period_past_the_run_is_described_as_the_end_only() -> Non
     iterations and at the end" of a 6-iteration run."""
     from omegaconf import OmegaConf
 
-    from resnet_detect.engine.runner import describe_schedule
+    from resnet_detect.engine.run_length import describe_schedule
     t = OmegaConf.create({"lr_decay": "cosine", "gamma": 0.1})
     for period, said in ((15, "evaluated at the end (every epoch: train.eval_period_epochs=1)"),
                          (3, "evaluated every 3 iterations and at the end")):

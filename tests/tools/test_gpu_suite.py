@@ -196,7 +196,8 @@ def test_the_torchrun_phase_gives_the_tools_valid_configs(tmp_path: Path) -> Non
     """The torchrun phase launches tools/train.py and tools/pretrain.py (tests/tools run both
     under torchrun already; a launch costs ~20 s here): what it passes them must load, and
     give a valid schedule, at the full suite's sizes too."""
-    from resnet_detect.engine.runner import _lengths, check_train_choices
+    from resnet_detect.engine.run_length import lengths_of_run
+    from resnet_detect.engine.runner import check_train_choices
     from resnet_detect.engine.tasks import load_task_config
     suite = load_suite()
     for sizes in (suite.FULL, suite.SMOKE):
@@ -205,7 +206,7 @@ def test_the_torchrun_phase_gives_the_tools_valid_configs(tmp_path: Path) -> Non
         for tool, args in runs.items():
             _, cfg = load_task_config(args[0], [*args[1:], f"train.output_dir={tmp_path}"])
             check_train_choices(cfg.train)
-            lengths = _lengths(cfg, train_size=4096)
+            lengths = lengths_of_run(cfg, train_size=4096)
             assert lengths["max_iter"] == 2 and lengths["steps"] == []
 
 
