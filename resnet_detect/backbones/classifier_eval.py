@@ -15,7 +15,7 @@ from resnet_detect.engine.config import ConfigError, config_section
 from resnet_detect.engine.data import CountedLoader, DatasetError, build_test_loader
 from resnet_detect.engine.export import ExportError, is_onnx
 from resnet_detect.engine.files import nan_to_none
-from resnet_detect.engine.runner import LEFT_OUT
+from resnet_detect.engine.task_api import LEFT_OUT
 from resnet_detect.engine.tasks import load_task_config
 
 from . import build_classifier

@@ -25,7 +25,7 @@ from resnet_detect.engine.config import (ConfigError, config_section, is_number,
                                          is_positive_int)
 from resnet_detect.engine.data import DatasetError
 from resnet_detect.engine.model_check import check_model_config
-from resnet_detect.engine.runner import TaskData
+from resnet_detect.engine.task_api import TaskData
 
 from . import build_classifier
 from .classifier import Classifier

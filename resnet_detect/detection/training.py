@@ -32,7 +32,7 @@ from resnet_detect.engine.data import (CategoryMapping, CountedLoader, DatasetEr
                                        build_test_loader, read_coco_json)
 from resnet_detect.engine.export import ExportError, is_onnx
 from resnet_detect.engine.files import nan_to_none
-from resnet_detect.engine.runner import TaskData, format_metric
+from resnet_detect.engine.task_api import TaskData, format_metric
 from resnet_detect.engine.model_check import check_model_config
 from resnet_detect.engine.trainer import eval_mode
 

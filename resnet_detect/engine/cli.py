@@ -36,7 +36,8 @@ from .model_check import weights_keys
 from .preemption import CATCHING, TrainingInterrupted
 from .restarts import resume_after_restart
 from .run_lock import FolderInUseError
-from .runner import UnreadableDataError, check_training_config, run_training
+from .runner import check_training_config, run_training
+from .skipped_images import UnreadableDataError
 from .same_everywhere import OtherProcessFailed, done_everywhere
 from .trainer import NonFiniteLossError
 from .tasks import (TASK_MODULES, config_task, load_task_config, task_defaults,

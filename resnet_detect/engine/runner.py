@@ -7,7 +7,7 @@ batch whose images were all unreadable, counting skipped images over every proce
 periodic evaluation, the final checkpoint, and a checkpoint before stopping on SIGTERM,
 SIGINT or SIGHUP (engine.preemption).
 
-A task supplies the rest through a small object (see `Task`): detection.training,
+A task supplies the rest through a small object (`engine.task_api.Task`): detection.training,
 segmentation.training and backbones.pretraining each define one.
 """
 from __future__ import annotations
@@ -20,16 +20,13 @@ import os
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from omegaconf import DictConfig, ListConfig
 from torch import nn
-from torch.utils.data import Dataset
 
 from .amp import amp_for_device, float32_default, parse_amp
 from .checkpoint import (BEST_MODES, BestWeights, Checkpointer, CheckpointWriteError,
@@ -40,10 +37,10 @@ from .custom_imports import config_hooks, import_custom_modules, record_register
 from .curves import SCALARS_FILE, TENSORBOARD_DIR
 from .config import (PERIODS, ConfigError, as_override, config_yaml, flat_keys, is_number,
                      is_positive_int, load_defaults, to_plain)
-from .data import (CountedLoader, build_test_loader, build_train_loader, collate,
+from .data import (CountedLoader, build_test_loader, build_train_loader,
                    worker_error_message)
 from .data.overlap import warn_of_val_in_training
-from .distributed import (all_gather_object, all_reduce_sum, broadcast_buffers, get_rank,
+from .distributed import (all_gather_object, broadcast_buffers, get_rank,
                           get_world_size, init_distributed, is_main_process, lost_process_hint,
                           per_process_batch_size, refuse_syncbn_on_cpus,
                           unsynced_batch_norm_warning, usable_device, wrap_ddp)
@@ -67,105 +64,15 @@ from .run_length import (build_scheduler_from_config, check_schedule, describe_s
                          lengths_of_run, periods_in_iterations, warn_of_epoch_rounding,
                          warn_of_long_warmup, warn_of_periods_read_as_epochs,
                          warn_of_unused_steps)
+from .skipped_images import SkipCounter, first_readable_batch
+from .task_api import LEFT_OUT, RESUME_HINT, Metrics, Task
+from .task_api import TaskData  # noqa: F401 (imported from here before task_api)
 from .tasks import BUILT_IN_TASKS, TRAIN_DEFAULTS, config_of_run, task_defaults
 from .trainer import Hook, PeriodicEval, Trainer, eval_mode
 
 # a checkpoint's extra: a stop signal or an error ended the evaluation at its iteration, which
 # a resume runs first
 EVALUATION_PENDING = "evaluation_pending"
-Metrics = dict[str, dict[str, Any]]  # {group ("bbox", "segm", "sem_seg", ...): {name: value}}
-
-
-@dataclass
-class TaskData:
-    """What a task's data gives the runner.
-
-    Attributes:
-        train: indexed by (index, augmentation seed); an unreadable image gives None.
-        val: the evaluation split (None: no evaluation).
-        description: one log line (sizes, classes).
-        group_ids: aspect-ratio group of every training index (None: no grouping).
-        val_batch_size: images per evaluation batch on each process.
-        collate: samples -> batch in the loader workers (default: a list of the readable ones).
-        batch_keys: a training batch's keys -> the keys asked of `train` (None: as drawn).
-        repeat_factors: times each training image is drawn per pass (None: once).
-    """
-
-    train: Dataset
-    val: Dataset | None
-    description: str
-    group_ids: np.ndarray | None = None
-    val_batch_size: int = 1
-    collate: Callable[[list[Any]], Any] = collate
-    batch_keys: Callable[[list[Any]], list[Any]] | None = None
-    repeat_factors: np.ndarray | None = None
-
-
-class Task(Protocol):
-    """What a task supplies. One instance per run; it may keep what `prepare` found.
-
-    The config `run_training` takes has every key of configs/base_train.yaml's `train`
-    section and a `data` section with `num_workers` (`engine.tasks.load_task_config` loads
-    a registered task's so, refusing a misspelt key; docs/extending.md); `TaskData.train` is
-    indexed by (index, seed) pairs (the seed draws the sample's augmentation)."""
-
-    name: str            # the config's `task` value, also its logger's last name
-    primary_metrics: str  # the metric group tools print and `metrics` returns
-    # optional `unreadable_val`: what an unreadable val image does to the metrics (LEFT_OUT)
-    # optional `resume_hint`: how a stopped run continues (RESUME_HINT)
-    # optional `metric_names(cfg)`: the "group/key" names evaluations give, so that a
-    #   train.best_metric of none is refused before training
-    # optional `check_output_dir(cfg, folder)`, `check_resumed_model(source, recorded config,
-    #   this config, model)`, `slow_data_hint(cfg)`: a task's own refusals and hint
-
-    def check_config(self, cfg: DictConfig) -> None:
-        """The task's checks that need no data: its keys' values, the model built on the meta
-        device, the weights' files (`prepare`'s first; tools/train.py --print-config's).
-        Optional."""
-
-    def prepare(self, cfg: DictConfig) -> TaskData:
-        """Load and check the data (errors name the file) and complete `cfg` (e.g.
-        model.num_classes from the data), before any model is built."""
-
-    def build_model(self, cfg: DictConfig) -> nn.Module:
-        """The model, on the CPU, with the weights the config names."""
-
-    def losses(self, model: nn.Module, batch: list[dict[str, Any]],
-               device: torch.device) -> Mapping[str, torch.Tensor]:
-        """{"loss_*": scalar} of a non-empty list of samples."""
-
-    def evaluate(self, model: nn.Module, loader: Any, device: torch.device) -> Metrics:
-        """Metrics over this process's share of the val loader (collective)."""
-
-    def checkpoint_state(self) -> Any:
-        """What the task keeps across a stop (tensors, numbers, lists, dicts: saved in every
-        checkpoint, given back to `resumed`). Optional."""
-
-    def resumed(self, iteration: int, state: Any) -> None:
-        """Told that the run continues from its checkpoint at `iteration`, with the
-        `checkpoint_state` saved there (None: none was), before the first step. Optional."""
-
-    def provenance(self, cfg: DictConfig) -> dict[str, Any]:
-        """What the weights record (architecture, classes, normalisation, the config): in
-        model_final.pth and in every training checkpoint, so each loads for eval and export.
-        Optional: a task without it records its config alone."""
-
-    def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
-        """Write model_final.pth (and any other final files) with provenance (main process)."""
-
-    def summary(self, metrics: Metrics) -> str:
-        """The line the training tool prints at the end (e.g. "box AP = 50.4")."""
-
-
-# a task's resume_hint may differ
-RESUME_HINT = ("run the same command with --resume to continue (from Python: run_training(..., "
-               "resume=True))")
-
-
-def format_metric(value: Any) -> str:
-    """A percentage with one decimal, or n/a (None or NaN)."""
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else f"{value:.1f}"
 
 
 def check_num_workers(cfg: DictConfig) -> None:
@@ -340,75 +247,10 @@ def cudnn_benchmark_warning(cfg: DictConfig, device: torch.device) -> str | None
             "train.cudnn_benchmark=false")
 
 
-LEFT_OUT = "the metrics are those of the others"
 # what a finished run leaves besides checkpoints (every task's final weights and metrics)
 EARLIER_RESULTS = ("model_final.pth", "backbone_final.pth", "model_best.pth", "metrics.json")
 # those the end of a run writes (model_best.pth: each best evaluation, BestWeights' own)
 FINAL_RESULTS = tuple(name for name in EARLIER_RESULTS if name != "model_best.pth")
-
-# steps between checks of the share of unreadable training images
-UNREADABLE_WINDOW = 20
-
-
-class UnreadableDataError(RuntimeError):
-    """Most training images of the last steps could not be read: the data, not a few files,
-    is wrong (a folder that is not the JSON's, sizes that are not the images', a lost mount)."""
-
-
-class _SkipCounter:
-    """Counts the images the loader dropped (unreadable) on this process, drawn
-    `batches_per_step` batches a step."""
-
-    def __init__(self, batches_per_step: int = 1, data_keys: str = "data.train and the "
-                 "images") -> None:
-        self.data_keys = data_keys  # where the training images are set, for the message
-        self.count = 0
-        self.before = 0  # over all processes, in the steps before the checkpoint resumed from
-        self.batches_per_step = batches_per_step
-        self._window = [0, 0, 0]  # unreadable images, images, batches since the last check
-
-    def add_batch(self, batch_size: int, kept: int, iteration: int) -> None:
-        """Count one drawn batch; every `UNREADABLE_WINDOW` steps (on every process: the
-        check is collective) stop if more than half of the window's images were unreadable,
-        rather than train on nothing until the end of the schedule."""
-        self.count += batch_size - kept
-        window = self._window
-        window[0] += batch_size - kept
-        window[1] += batch_size
-        window[2] += 1
-        if window[2] < UNREADABLE_WINDOW * self.batches_per_step:
-            return
-        totals = all_reduce_sum({"unreadable": window[0], "read": window[1]})
-        self._window = [0, 0, 0]
-        if totals["unreadable"] * 2 > totals["read"]:
-            raise UnreadableDataError(
-                f"{totals['unreadable']:.0f} of the {totals['read']:.0f} training images read "
-                f"in iterations {iteration + 2 - UNREADABLE_WINDOW}-{iteration + 1} could not "
-                f"be read (the warnings above name them and why): training stopped. Check "
-                f"{self.data_keys}; then --resume continues from the last checkpoint, where "
-                f"one was written")
-
-    def total(self) -> int:
-        """The count over all processes and the whole run (collective)."""
-        return self.before + int(all_reduce_sum({"n": self.count})["n"])
-
-    def report(self, logger: logging.Logger, split: str) -> int:
-        """Log `total()` (collective); returns it."""
-        total = self.total()
-        if total and is_main_process():  # (the sum over all processes: said once)
-            logger.warning("%s: skipped %d unreadable image reads", split, total)
-        return total
-
-
-def _first_readable_batch(data: TaskData) -> Any:
-    """A batch of the first training image that reads (for a process whose own batch had
-    none under DDP, before it read any)."""
-    for index in range(len(data.train)):
-        sample = data.train[(index, 0)]
-        if sample is not None:
-            return data.collate([sample])
-    raise UnreadableDataError("no training image could be read (the warnings above name them "
-                              "and why)")
 
 
 def _check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
@@ -891,7 +733,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     average = WeightAverage(model, t.ema_decay) if t.ema_decay is not None else None
     # the weights evaluated, kept as the best and written at the end
     evaluated = average.applied if average is not None else nullcontext
-    skipped = _SkipCounter(steps, "data.root and the images" if "root" in cfg.data else
+    skipped = SkipCounter(steps, "data.root and the images" if "root" in cfg.data else
                            "the data.train paths (and the images against the annotations)")
 
     # under DDP: the first readable training image, read when a batch had none; the same
@@ -909,7 +751,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             # do, on a readable image, with the same losses times zero (no gradient of its
             # own to average in)
             if not stand_in:
-                stand_in.append(_first_readable_batch(data))
+                stand_in.append(first_readable_batch(data))
             trainer.losses_count = False
             return {k: v * 0.0 for k, v in task.losses(net, stand_in[0], device).items()}
         if not trainer.scaler.is_enabled():  # no gradient: the optimizer skips every weight

@@ -1,6 +1,6 @@
 """The tasks the tools dispatch to, chosen by a config's `task` key.
 
-Each entry names the module that defines the task: its `TASK` (a `engine.runner.Task`
+Each entry names the module that defines the task: its `TASK` (a `engine.task_api.Task`
 class), `BASE_CONFIG` (configs/<task>/base_*.yaml: every valid key with its default) and,
 where old key names still load, `RENAMED_KEYS`; where a key given on the command line must
 replace conflicting keys of the file, `resolve_overrides(cfg, overrides)`. A new task of
@@ -48,7 +48,7 @@ READERS = {
 
 def register_task(name: str, module: str) -> None:
     """Make `task: NAME` a config's task: tools/train.py trains it with `module`'s `TASK`
-    (an `engine.runner.Task` class), its config checked against `module`'s `BASE_CONFIG` (a
+    (an `engine.task_api.Task` class), its config checked against `module`'s `BASE_CONFIG` (a
     YAML file of every key with its default; configs/base_train.yaml's `train` section is
     added where its `_base_` chain does not inherit it). tools/eval.py, demo.py and export.py
     take it where the module defines `evaluate_checkpoint`, `build_renderer`, `export_model`

@@ -29,7 +29,7 @@ from resnet_detect.engine.config import ConfigError, as_override
 from resnet_detect.engine.export import ExportError, check_class_names, is_onnx
 from resnet_detect.engine.files import nan_to_none, replace_folder
 from resnet_detect.engine.data import CountedLoader, DatasetError
-from resnet_detect.engine.runner import LEFT_OUT, TaskData, format_metric
+from resnet_detect.engine.task_api import LEFT_OUT, TaskData, format_metric
 from resnet_detect.engine.model_check import check_model_config
 
 from .browse import browse_split

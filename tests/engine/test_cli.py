@@ -19,7 +19,7 @@ import torch
 from resnet_detect.engine.checkpoint import CheckpointWriteError
 from resnet_detect.engine.cli import run_tool
 from resnet_detect.engine.data import DatasetError, UnreadableImageError
-from resnet_detect.engine.runner import UnreadableDataError
+from resnet_detect.engine.skipped_images import UnreadableDataError
 
 ROOT = Path(__file__).resolve().parents[2]
 SEG_CONFIG = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"

@@ -13,7 +13,8 @@ from torch import nn
 
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.ema import WeightAverage
-from resnet_detect.engine.runner import TaskData, run_training
+from resnet_detect.engine.runner import run_training
+from resnet_detect.engine.task_api import TaskData
 from tests.tools.test_runner_tasks import (_Points, _RegressionTask, _toy_config,
                                            assert_resume_from_step_2_is_bit_identical)
 

@@ -26,7 +26,7 @@ from resnet_detect.backbones.pretraining import ClassificationTask, build_datase
 from resnet_detect.engine.cli import run_tool
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data import DatasetError
-from resnet_detect.engine.runner import UnreadableDataError
+from resnet_detect.engine.skipped_images import UnreadableDataError
 from resnet_detect.engine.tasks import load_task_config
 from tests.torchrun import run_two_processes
 
@@ -685,8 +685,8 @@ def test_two_process_torchrun_ranks_end_identical(tmp_path: Path, steps: int) ->
 def test_the_unreadable_window_counts_steps_not_accumulated_batches() -> None:
     """accumulation_steps=4, one image a drawn batch, none readable: the window is 20 steps
     of 4 batches (it was 20 batches, named iterations -14-5)."""
-    from resnet_detect.engine.runner import UNREADABLE_WINDOW, _SkipCounter
-    counter = _SkipCounter(batches_per_step=4)
+    from resnet_detect.engine.skipped_images import UNREADABLE_WINDOW, SkipCounter
+    counter = SkipCounter(batches_per_step=4)
     for iteration in range(UNREADABLE_WINDOW - 1):
         for _ in range(4):
             counter.add_batch(1, 0, iteration)

@@ -26,7 +26,8 @@ from resnet_detect.engine import cli
 from resnet_detect.engine.checkpoint import BestWeights, Checkpointer
 from resnet_detect.engine.preemption import TrainingInterrupted
 from resnet_detect.engine.trainer import NonFiniteLossError
-from resnet_detect.engine.runner import TaskData, run_training
+from resnet_detect.engine.runner import run_training
+from resnet_detect.engine.task_api import TaskData
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.tasks import TASK_MODULES, config_task, load_task_config, task_module
 from tests.tools.test_kill_resume import assert_killed_run_resumes_bit_identical, quickstart_args

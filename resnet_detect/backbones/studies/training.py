@@ -23,7 +23,8 @@ from torch import nn
 from resnet_detect import CONFIGS
 from resnet_detect.engine import all_reduce_sum, to_plain
 from resnet_detect.engine.config import ConfigError, load_defaults
-from resnet_detect.engine.runner import TaskData, run_training
+from resnet_detect.engine.runner import run_training
+from resnet_detect.engine.task_api import TaskData
 from resnet_detect.backbones.weights import read_checkpoint
 from resnet_detect.engine.trainer import eval_mode
 
