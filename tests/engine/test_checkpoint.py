@@ -27,7 +27,7 @@ from resnet_detect.engine.checkpoint import (CheckpointWriteError, Checkpointer,
                                              PeriodicCheckpointer, UnreadableCheckpointError)
 from resnet_detect.backbones.weights import read_checkpoint, save_checkpoint
 from resnet_detect.engine.config import ConfigError
-from resnet_detect.engine.runner import _check_resumable
+from resnet_detect.engine.resume_checks import check_resumable
 from resnet_detect.engine.rng import get_rng_state, set_rng_state
 from resnet_detect.engine.files import atomic_save, atomic_write_json, read_checked_bytes
 from resnet_detect.engine.data.samplers import TrainingSampler
@@ -797,8 +797,8 @@ def test_weights_alone_or_another_tasks_checkpoint_are_refused_as_such(tmp_path:
     with pytest.raises(ConfigError, match="model_0000004.pth was written by a classification "
                                           "run, this one trains detection"):
         Checkpointer(tmp_path / "pre", model=model, check=lambda path, saved, it: (
-            _check_resumable(path, saved, it, cfg, 10, logging.getLogger("t"),
-                             {"class_names": ["a", "b", "c"]}))).resume()
+            check_resumable(path, saved, it, cfg, 10, logging.getLogger("t"),
+                            {"class_names": ["a", "b", "c"]}))).resume()
 
 
 def test_resuming_with_other_data_train_settings_names_them(
@@ -815,8 +815,8 @@ def test_resuming_with_other_data_train_settings_names_them(
                                                "repeat_threshold": 0.01, "hflip_prob": 0.5},
                                      "class_names": "/b/classes.json"}})
     with caplog.at_level("WARNING"):
-        _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
-                         logging.getLogger("t"), {})
+        check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
+                        logging.getLogger("t"), {})
     assert ("resuming model_0000004.pth with data settings other than the run that wrote "
             "it: the images are drawn, augmented or evaluated otherwise from iteration 4: "
             "data.train.repeat_threshold: None -> 0.01") in caplog.text
@@ -831,13 +831,13 @@ def test_resuming_with_other_data_train_settings_names_them(
     recorded["config"]["data"]["classes"] = ["car", "Traffic Light"]
     cfg.data.classes = ["Traffic Light", "car"]
     with caplog.at_level("WARNING"):
-        _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
-                         logging.getLogger("t"), {})
+        check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
+                        logging.getLogger("t"), {})
     assert caplog.text == ""
     cfg.data.classes = ["Traffic Light", "bus"]
     with caplog.at_level("WARNING"):
-        _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
-                         logging.getLogger("t"), {})
+        check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
+                        logging.getLogger("t"), {})
     assert "data.classes: ['car', 'Traffic Light'] -> ['Traffic Light', 'bus']" in caplog.text
     caplog.clear()
     cfg.data.classes = ["car", "Traffic Light"]
@@ -846,8 +846,8 @@ def test_resuming_with_other_data_train_settings_names_them(
     cfg.model = {"name": "resnet34", "weights": "/b/r18.pth"}
     caplog.clear()
     with caplog.at_level("WARNING"):
-        _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
-                         logging.getLogger("t"), {})
+        check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
+                        logging.getLogger("t"), {})
     assert ("resuming model_0000004.pth with model settings other than the run that wrote it "
             "(they apply from here on): model.name: resnet18 -> resnet34\n") in caplog.text
     # a model key the checkpoint predates (a registered task's config: no defaults to fill
@@ -855,8 +855,8 @@ def test_resuming_with_other_data_train_settings_names_them(
     cfg.model = {"name": "resnet18", "weights": "/b/r18.pth", "depth": 3, "options": {}}
     caplog.clear()
     with caplog.at_level("WARNING"):
-        _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
-                         logging.getLogger("t"), {})
+        check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
+                        logging.getLogger("t"), {})
     assert ("resuming model_0000004.pth with model settings other than the run that wrote it "
             "(they apply from here on): model.depth: None -> 3\n") in caplog.text
 
@@ -876,13 +876,13 @@ def test_a_key_the_checkpoint_predates_is_compared_at_its_default(
     recorded = to_plain(cfg)
     del recorded["train"]["accumulation_steps"], recorded["data"]["train"]["mask_format"]
     with caplog.at_level("WARNING"):
-        _check_resumable(Path("model_0000004.pth"), {"config": recorded}, 4, cfg, 300,
-                         logging.getLogger("t"), {})
+        check_resumable(Path("model_0000004.pth"), {"config": recorded}, 4, cfg, 300,
+                        logging.getLogger("t"), {})
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     cfg.train.accumulation_steps = 2
     with caplog.at_level("WARNING"):
-        _check_resumable(Path("model_0000004.pth"), {"config": recorded}, 4, cfg, 300,
-                         logging.getLogger("t"), {})
+        check_resumable(Path("model_0000004.pth"), {"config": recorded}, 4, cfg, 300,
+                        logging.getLogger("t"), {})
     assert "train.accumulation_steps: 1 -> 2" in caplog.text
 
 
@@ -899,7 +899,7 @@ def test_a_checkpoint_without_its_config_is_compared_with_its_folder_s_config_ya
     save_config(before, tmp_path / "config.yaml")
     path = tmp_path / "model_0000003.pth"
     with caplog.at_level("WARNING"):
-        _check_resumable(path, {}, 3, cfg, 300, logging.getLogger("t"), {})
+        check_resumable(path, {}, 3, cfg, 300, logging.getLogger("t"), {})
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warned[0] == (f"checkpoint {path} records no config (written before checkpoints "
                          f"recorded it): this run's settings are compared with "
@@ -912,7 +912,7 @@ def test_a_checkpoint_without_its_config_is_compared_with_its_folder_s_config_ya
     caplog.clear()
     _, sgd = load_task_config(QUICKSTART, ["model.backbone.weights=null", "train.optimizer=sgd"])
     with caplog.at_level("WARNING"):
-        _check_resumable(path, {}, 3, sgd, 300, logging.getLogger("t"), {})
+        check_resumable(path, {}, 3, sgd, 300, logging.getLogger("t"), {})
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warned[1].startswith(f"checkpoint {path} was trained with train.optimizer=adamw, "
                                 f"this run asks for sgd") and warned[1].endswith(
@@ -920,7 +920,7 @@ def test_a_checkpoint_without_its_config_is_compared_with_its_folder_s_config_ya
     caplog.clear()
     (tmp_path / "config.yaml").unlink()
     with caplog.at_level("WARNING"):
-        _check_resumable(path, {}, 3, cfg, 300, logging.getLogger("t"), {})
+        check_resumable(path, {}, 3, cfg, 300, logging.getLogger("t"), {})
     (warned,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warned.startswith(f"checkpoint {path} records no config (written before "
                              f"checkpoints recorded it) and {tmp_path / 'config.yaml'} cannot "
@@ -1048,8 +1048,8 @@ def test_resuming_a_classifier_with_other_data_settings_names_them(
                             "data": {"root": "/b", "num_workers": 0, "image_size": 24,
                                      "hflip": True, "val_interpolation": "bicubic"}})
     with caplog.at_level("WARNING"):
-        _check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
-                         logging.getLogger("t"), {})
+        check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
+                        logging.getLogger("t"), {})
     assert caplog.text.rstrip().endswith(
         "resuming model_0000004.pth with data settings other than the run that wrote it: the "
         "images are drawn, augmented or evaluated otherwise from iteration 4: "
@@ -1065,10 +1065,10 @@ def test_an_epoch_recipe_resumed_with_another_batch_size_is_refused() -> None:
                                           r"8, this run asks for 4: with train.epochs its "
                                           r"iteration 6 would be another epoch .*resume with "
                                           r"train.batch_size=8"):
-        _check_resumable(Path("model_0000006.pth"), recorded, 6, cfg, 40,
-                         logging.getLogger("t"), {})
+        check_resumable(Path("model_0000006.pth"), recorded, 6, cfg, 40,
+                        logging.getLogger("t"), {})
     cfg = OmegaConf.create({"task": "detection", "train": {"batch_size": 4, "epochs": None}})
-    _check_resumable(Path("model_0000006.pth"), recorded | {"config": {
+    check_resumable(Path("model_0000006.pth"), recorded | {"config": {
         "task": "detection", "train": {"batch_size": 8, "epochs": None}}}, 6, cfg, 40,
         logging.getLogger("t"), {})  # iterations: the schedule stays where it was
 
