@@ -38,7 +38,7 @@ from resnet_detect.engine.amp import AMP_DTYPES, amp_for_device, parse_amp  # no
 from resnet_detect.engine.data import build_train_loader  # noqa: E402
 from resnet_detect.engine.config import parse_bool  # noqa: E402
 from resnet_detect.engine.host_memory import cache_host_memory  # noqa: E402
-from resnet_detect.engine.runner import build_optimizer_from_config  # noqa: E402
+from resnet_detect.engine.train_settings import build_optimizer_from_config  # noqa: E402
 from resnet_detect.engine.tasks import load_task_config, task_module  # noqa: E402
 
 CONFIGS = {"detection": "configs/synthetic/faster_rcnn_R_18_FPN.yaml",

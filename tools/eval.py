@@ -58,7 +58,7 @@ from resnet_detect.engine import cleanup, init_distributed, is_main_process, set
 from resnet_detect.engine.files import writable_folder  # noqa: E402
 from resnet_detect.engine.checkpoint import POINTER  # noqa: E402
 from resnet_detect.engine.config import ConfigError  # noqa: E402
-from resnet_detect.engine.runner import check_num_workers  # noqa: E402
+from resnet_detect.engine.train_settings import check_num_workers  # noqa: E402
 from resnet_detect.engine.same_everywhere import done_everywhere  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
 from resnet_detect.engine.tasks import config_task, load_task_config, task_module  # noqa: E402

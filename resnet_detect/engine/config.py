@@ -591,7 +591,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
 # (a number) the files' in iterations (train.checkpoint_period_epochs=1 on a config of
 # checkpoint_period: 100; train.eval_period=0 on a recipe evaluating every 5 epochs); the
 # period in epochs overridden with null leaves the one in iterations; both set in the files,
-# or both overridden, are refused where they are read (runner.check_train_choices)
+# or both overridden, are refused where they are read (train_settings.check_train_choices)
 PERIODS = ("checkpoint_period", "eval_period")  # train.<period> and train.<period>_epochs
 UNIT_TWINS = tuple((f"train.{period}", f"train.{period}_epochs") for period in PERIODS)
 

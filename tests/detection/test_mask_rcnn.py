@@ -373,7 +373,7 @@ def test_mask_configs_only_add_the_mask_branch() -> None:
 
 def test_cudnn_benchmark_with_a_mask_head_on_a_gpu_is_warned_of() -> None:
     from resnet_detect.detection.config import load_config as load_detection_config
-    from resnet_detect.engine.runner import cudnn_benchmark_warning
+    from resnet_detect.engine.train_settings import cudnn_benchmark_warning
 
     path = CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml"
     on = ["train.cudnn_benchmark=true"]

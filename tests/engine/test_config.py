@@ -508,7 +508,7 @@ def test_a_training_from_scratch_normalised_on_a_0_to_1_scale_is_refused(tmp_pat
     """torchvision's Normalize values trained from scratch without a word (inputs of about
     +-1000); weights trained with them keep loading (their values are recorded)."""
     from resnet_detect import detection, segmentation
-    from resnet_detect.engine.runner import check_training_config
+    from resnet_detect.engine.train_settings import check_training_config
     from resnet_detect.engine.tasks import load_task_config, task_module
 
     root = Path(__file__).resolve().parents[2] / "configs/synthetic"

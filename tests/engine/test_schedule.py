@@ -175,7 +175,7 @@ def test_a_period_in_iterations_under_a_base_files_period_in_epochs_is_refused(
     checkpoint_period: 400 had it ignored: both set in the files is refused, naming how to
     give one; the shared default (5000) or 0 under a period in epochs is not a conflict."""
     from resnet_detect.engine.run_length import periods_in_iterations
-    from resnet_detect.engine.runner import check_train_choices
+    from resnet_detect.engine.train_settings import check_train_choices
     from resnet_detect.engine.tasks import load_task_config
     recipe = Path(__file__).resolve().parents[2] / "configs/pretrain/resnet50_imagenet.yaml"
     derived = tmp_path / "mine.yaml"
@@ -202,7 +202,7 @@ def test_an_override_of_a_period_in_one_unit_unsets_the_files_other(tmp_path: Pa
     both set; train.eval_period=0 (only at the end) on the ImageNet recipe's evaluation every 5
     epochs was ignored. The override's unit wins; both overridden are refused as above."""
     from resnet_detect.engine.run_length import periods_in_iterations
-    from resnet_detect.engine.runner import check_train_choices
+    from resnet_detect.engine.train_settings import check_train_choices
     from resnet_detect.engine.tasks import load_task_config
     root = Path(__file__).resolve().parents[2]
     recipe = str(root / "configs/pretrain/resnet50_imagenet.yaml")

@@ -197,7 +197,7 @@ def test_the_torchrun_phase_gives_the_tools_valid_configs(tmp_path: Path) -> Non
     under torchrun already; a launch costs ~20 s here): what it passes them must load, and
     give a valid schedule, at the full suite's sizes too."""
     from resnet_detect.engine.run_length import lengths_of_run
-    from resnet_detect.engine.runner import check_train_choices
+    from resnet_detect.engine.train_settings import check_train_choices
     from resnet_detect.engine.tasks import load_task_config
     suite = load_suite()
     for sizes in (suite.FULL, suite.SMOKE):

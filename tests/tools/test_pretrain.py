@@ -932,7 +932,7 @@ def test_own_classifier_weights_of_the_same_classes_keep_their_fc(
 
 def test_nesterov_without_momentum_is_named(tmp_path: Path) -> None:
     """torch's traceback, after the data scan and the model build."""
-    from resnet_detect.engine.runner import check_train_choices
+    from resnet_detect.engine.train_settings import check_train_choices
 
     cfg = load_task_config(CONFIG, overrides(tmp_path, tmp_path / "out", **{
         "train.optimizer": "sgd", "train.nesterov": True, "train.momentum": 0})[1:])[1]

@@ -19,7 +19,7 @@ from resnet_detect.engine.config import ConfigError, is_number, is_positive_int
 from resnet_detect import CONFIGS
 from resnet_detect.engine import init_distributed, to_plain
 from resnet_detect.engine.optim import check_learning_rate
-from resnet_detect.engine.runner import check_solver_values
+from resnet_detect.engine.train_settings import check_solver_values
 
 from .. import build_classifier
 from ..registry import list_models
