@@ -52,6 +52,30 @@ __all__ = ["SemSegDataset", "build_dataset", "build_test_loader", "build_train_l
            "read_mask", "resolve_class_names", "scan_folder"]
 
 
+class _RandomScale(A.RandomScale):
+    """albumentations' RandomScale, keeping each side a pixel or more: a 1-pixel-high image
+    (a thin strip among the training images) scaled by 0.7 became 0 pixels high, where
+    OpenCV's resize fails and the run stopped."""
+
+    def apply(self, img: np.ndarray, scale: float, **params: Any) -> np.ndarray:
+        if _scaled_size(img, scale) is None:
+            return super().apply(img, scale, **params)
+        return cv2.resize(img, _scaled_size(img, scale), interpolation=self.interpolation)
+
+    def apply_to_mask(self, mask: np.ndarray, scale: float, **params: Any) -> np.ndarray:
+        if _scaled_size(mask, scale) is None:
+            return super().apply_to_mask(mask, scale, **params)
+        return cv2.resize(mask, _scaled_size(mask, scale),
+                          interpolation=self.mask_interpolation)
+
+
+def _scaled_size(array: np.ndarray, scale: float) -> tuple[int, int] | None:
+    """(width, height) `array` scales to, each a pixel or more, where a side would be 0
+    pixels; None otherwise."""
+    height, width = (int(side * scale) for side in array.shape[:2])
+    return None if min(height, width) >= 1 else (max(width, 1), max(height, 1))
+
+
 def build_transform(*, crop_size: Sequence[int] | None = None,
                     scale_range: Sequence[float] = (1.0, 1.0), hflip_prob: float = 0.0,
                     image_fill: Sequence[float] = (124, 116, 104),
@@ -71,9 +95,9 @@ def build_transform(*, crop_size: Sequence[int] | None = None,
         raise ValueError(f"scale_range must be 0 < min <= max, got {list(scale_range)}")
     transforms: list[A.BasicTransform] = []
     if (low, high) != (1.0, 1.0):
-        transforms.append(A.RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0,
-                                        interpolation=cv2.INTER_LINEAR,
-                                        mask_interpolation=cv2.INTER_NEAREST))
+        transforms.append(_RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0,
+                                       interpolation=cv2.INTER_LINEAR,
+                                       mask_interpolation=cv2.INTER_NEAREST))
     if crop_size is not None:
         crop_h, crop_w = (int(s) for s in crop_size)
         transforms += [A.PadIfNeeded(min_height=crop_h, min_width=crop_w,
@@ -399,12 +423,9 @@ class SemSegDataset(Dataset):
         self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         try:
             out = self.transform(image=image, mask=mask)
-        except cv2.error as err:  # e.g. a 1-pixel image scaled below one pixel
-            why = (": an image this small scales to 0 pixels at the low end of "
-                   "data.train.scale_range" if err.func == "resize" and min(image.shape[:2]) < 8
-                   else "")
+        except cv2.error as err:
             raise DatasetError(f"{record['file_name']} ({image.shape[1]}x{image.shape[0]}) "
-                               f"cannot be augmented (OpenCV's {err.func}: {err.err}){why}"
+                               f"cannot be augmented (OpenCV's {err.func}: {err.err})"
                                ) from None
         return {"image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
                 "gt_sem_seg": torch.from_numpy(out["mask"].astype(np.int64)),

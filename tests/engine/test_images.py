@@ -189,3 +189,35 @@ def test_a_float_tiff_is_named_as_such_and_a_damaged_png_is_not(tmp_path) -> Non
     (tmp_path / "cut.png").write_bytes((tmp_path / "cut.png").read_bytes()[:60])
     with pytest.raises(UnreadableImageError, match=r"cut.png: cannot be decoded$"):
         read_image(tmp_path / "cut.png")
+
+
+def _png_chunks(data: bytes) -> list[bytes]:
+    """A PNG's chunks, each whole (length, type, data, CRC)."""
+    chunks, at = [], 8
+    while at < len(data):
+        end = at + 12 + int.from_bytes(data[at:at + 4], "big")
+        chunks.append(data[at:end])
+        at = end
+    return chunks
+
+
+@pytest.mark.parametrize("exif_after_pixels", [False, True])
+def test_a_pngs_orientation_is_read_before_or_after_its_pixels(
+        tmp_path: Path, exif_after_pixels: bool) -> None:
+    """An eXIf chunk after the pixels (valid PNG; OpenCV applies it) was missed by the header
+    read: the size checks passed, then the turned image was skipped as of another size, or a
+    segmentation run stopped at its mask."""
+    from resnet_detect.engine.data import images
+    path = tmp_path / "turned.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned by 90 degrees
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(path, exif=exif)
+    chunks = _png_chunks(path.read_bytes())
+    kinds = [c[4:8] for c in chunks]
+    assert kinds.index(b"eXIf") < kinds.index(b"IDAT")  # (where Pillow writes it)
+    if exif_after_pixels:
+        moved = chunks.pop(kinds.index(b"eXIf"))
+        chunks.insert(len(chunks) - 1, moved)  # just before IEND
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(chunks))
+    assert images.read_image(path).shape == (60, 40, 3)
+    assert images.image_size(path) == (60, 40)

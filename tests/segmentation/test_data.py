@@ -1,6 +1,7 @@
 """Data: folder (VOC / Cityscapes trees) and COCO sources, mask-aware augmentation, bad input."""
 import json
 import logging
+import random
 from pathlib import Path
 
 import cv2
@@ -724,16 +725,43 @@ def test_ignore_index_other_than_255_pads_and_checks_with_it(tmp_path):
         build_dataset(cfg, "val")
 
 
-def test_an_image_too_small_to_augment_is_named(tmp_path):
+def test_an_image_a_pixel_high_or_wide_is_scaled_to_a_pixel_or_more(tmp_path):
+    """A thin strip among the training images (1 pixel high) scaled by less than 1 became 0
+    pixels high, where OpenCV's resize failed and the run stopped; other images are scaled
+    exactly as albumentations' RandomScale scales them."""
+    import albumentations as A
+
+    from resnet_detect.segmentation.data import build_transform
     _image(tmp_path / "img/0.jpg", 1, 1)
     _mask(tmp_path / "ann/0.png", np.zeros((1, 1)))
+    _image(tmp_path / "img/1.jpg", 1, 128)
+    _mask(tmp_path / "ann/1.png", np.ones((1, 128)))
     cfg = _config(img_dir=str(tmp_path / "img"), mask_dir=str(tmp_path / "ann"))
     cfg["data"]["train"]["scale_range"] = [0.4, 0.6]
-    with pytest.raises(DatasetError, match=r"0.jpg \(1x1\) cannot be augmented \(OpenCV's "
-                                           r"resize: .+\): an image this small "
-                                           r"scales to 0 pixels at the low end of "
-                                           r"data.train.scale_range$"):
-        build_dataset(cfg, "train")[(0, 0)]
+    train = build_dataset(cfg, "train")  # (crops of 16 x 16: the image at its top left)
+    for seed in range(20):
+        assert int((train[(0, seed)]["gt_sem_seg"] == 0).sum()) == 1
+        assert int((train[(1, seed)]["gt_sem_seg"][0] == 1).sum()) == 16
+    scaled = build_transform(scale_range=(0.4, 0.6))
+    for seed in range(20):
+        scaled.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        strip = scaled(image=np.zeros((1, 128, 3), np.uint8), mask=np.ones((1, 128), np.uint8))
+        assert strip["image"].shape[:2] == strip["mask"].shape
+        assert strip["mask"].shape[0] == 1 and 51 <= strip["mask"].shape[1] <= 76
+    image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    mask = np.random.default_rng(1).integers(0, 4, (37, 53), dtype=np.uint8)
+    ours = build_transform(scale_range=(0.4, 1.7))
+    plain = A.Compose([A.RandomScale(scale_limit=(0.4 - 1.0, 1.7 - 1.0), p=1.0,
+                                     interpolation=cv2.INTER_LINEAR,
+                                     mask_interpolation=cv2.INTER_NEAREST)])
+    for seed in range(5):
+        out = []
+        for transform in (ours, plain):
+            transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+            out.append(transform(image=image, mask=mask))
+        assert out[0]["image"].shape != image.shape
+        assert np.array_equal(out[0]["image"], out[1]["image"])
+        assert np.array_equal(out[0]["mask"], out[1]["mask"])
 
 
 def test_folder_scan_follows_linked_folders_and_skips_hidden_files(tmp_path):

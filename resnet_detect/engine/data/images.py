@@ -211,26 +211,39 @@ def opened_header(path: str | os.PathLike) -> Iterator[Image.Image]:
 
 def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
     """(height, width) of an image as `read_image` returns it (after the EXIF orientation),
-    from its header alone; None when the header cannot be read.
-
-    A PNG's EXIF after the pixels is not read here (Pillow would decode the whole image for
-    it): where the size matters, confirm a difference with `decoded_size`.
-    """
+    from its header alone (and a PNG's chunk list); None when the header cannot be read."""
     try:
         with opened_header(path) as im:
             width, height = im.size
             stored_size = im.format in ("JPEG", "MPO", "PNG", "WEBP")  # others: displayed
-            # these formats' EXIF block alone (a PNG's eXIf chunk before the pixels): Pillow's
-            # getexif() also takes an orientation from XMP, which OpenCV does not apply
+            # these formats' EXIF block alone: Pillow's getexif() also takes an orientation
+            # from XMP, which OpenCV does not apply
             exif = Image.Exif() if stored_size else im.getexif()
             if stored_size and "exif" in im.info:
                 exif.load(im.info["exif"])
+            elif im.format == "PNG" and (after := _png_exif_after_pixels(path)) is not None:
+                exif.load(b"Exif\x00\x00" + after)
             rotated = exif.get(0x0112) in (5, 6, 7, 8)  # by 90 or 270 degrees
     except (OSError, ValueError, SyntaxError):
         return None
     if rotated and not stored_size:  # what OpenCV makes of it: ask it
         return decoded_size(path)
     return (width, height) if rotated else (height, width)
+
+
+def _png_exif_after_pixels(path: str | os.PathLike) -> bytes | None:
+    """A PNG's eXIf chunk where it follows the pixels (IDAT), which OpenCV applies and Pillow
+    reads only by decoding the image: found by stepping over the chunks' lengths."""
+    with open(path, "rb") as f:
+        f.seek(8)  # the signature
+        while len(head := f.read(8)) == 8:
+            length, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind == b"eXIf":
+                return f.read(length)
+            if kind == b"IEND":
+                return None
+            f.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+    return None
 
 
 def decoded_size(path: str | os.PathLike) -> tuple[int, int] | None:
