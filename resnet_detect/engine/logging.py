@@ -5,12 +5,14 @@ Only the main process writes tensorboard events and INFO lines; other ranks log 
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import json
 import logging
 import math
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -263,11 +265,16 @@ def format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(max(seconds, 0.0))))
 
 
+ETA_STEPS = 1000
+
+
 class ProgressLogger:
     """Hook: every `period` iterations, log mean losses (each over the steps of the period
     that gave it, and over all processes), the lr of the last step, it/s and the time spent
     waiting for batches (over the steps alone: evaluations and checkpoints between them do
-    not count), the ETA at that rate, and peak GPU memory; also as tensorboard scalars.
+    not count), the ETA at the median step time of the last ETA_STEPS steps (detectron2's:
+    a slow first step after a start does not stretch it), and peak GPU memory; also as
+    tensorboard scalars.
 
     Args:
         period: iterations between lines (the last iteration is always logged).
@@ -293,6 +300,7 @@ class ProgressLogger:
         self._grad: list[Any] = [0.0, 0.0]  # sum and count of the finite gradient norms
         self.slow_data_hint = slow_data_hint
         self._lines = 0
+        self._recent_steps: collections.deque[float] = collections.deque(maxlen=ETA_STEPS)
 
     def before_train(self, trainer: Trainer) -> None:
         self._start_time = time.perf_counter()
@@ -309,6 +317,7 @@ class ProgressLogger:
             self._grad[1] = self._grad[1] + finite.float()
         self._steps += 1
         self._seconds += trainer.step_seconds
+        self._recent_steps.append(trainer.step_seconds)
         self._data_seconds += trainer.data_seconds
         if trainer.iter % self.period and trainer.iter != trainer.max_iter:
             return
@@ -334,7 +343,7 @@ class ProgressLogger:
         self._sums, self._counts = {}, {}
         self._steps = self._seconds = self._data_seconds = 0.0
         lr = trainer.step_lr
-        eta = format_eta((trainer.max_iter - trainer.iter) / max(its, 1e-9))
+        eta = format_eta((trainer.max_iter - trainer.iter) * statistics.median(self._recent_steps))
         terms = "  ".join(f"{k}={v:.4f}" for k, v in sorted(losses.items()))
         memory = ""
         scalars = {"train/lr": lr, "train/it_per_s": its, "train/data_time": data_time}

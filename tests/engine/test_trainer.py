@@ -437,3 +437,22 @@ def test_an_empty_accumulated_batch_counts_for_nothing() -> None:
                       accumulation_steps=2, batch_is_empty=lambda batch: len(batch[0]) == 0)
     trainer.train(iter([(x[:0], y[:0])] * 2))
     assert not trainer.losses_count  # nothing read: out of the progress line's averages
+
+
+def test_the_eta_is_the_median_step_time_of_the_recent_steps(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The ETA was the last log window's mean rate: the slow first step after a start (or a
+    resume) made it several times the run's real length."""
+    from types import SimpleNamespace
+    log = logging.getLogger("test_eta")
+    progress = ProgressLogger(4, logger=log)
+    trainer = SimpleNamespace(losses_count=1, loss_dict={"loss": torch.tensor(1.0)},
+                              grad_norm=None, data_seconds=0.0, max_iter=104, step_lr=0.1,
+                              device_type="cpu")
+    with caplog.at_level(logging.INFO, logger="test_eta"):
+        for iteration, seconds in enumerate([30.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0], 1):
+            trainer.iter, trainer.step_seconds = iteration, seconds
+            progress.after_step(trainer)
+    first, second = [r.getMessage() for r in caplog.records]
+    assert "0.12 it/s" in first and first.endswith("eta 0:01:40")  # 100 steps of 1 s
+    assert second.endswith("eta 0:02:24")  # 96 steps at the median 1.5 s of the 8
