@@ -21,14 +21,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from pycocotools import mask as mask_utils
 
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data.coco import (box_polygon, check_segmentation, collector_paused,
                                             image_sizes, only_categories, read_coco_json,
                                             segmentation_to_rle)
+from resnet_detect.engine.distributed import all_gather_object
 from resnet_detect.engine.logging import print_and_log
+from resnet_detect.engine.same_everywhere import done_by_the_main_process
 
 from .roi_heads.mask_paste import pasted_regions
 from .federated import (IMAGE_LISTS, LVIS_MAX_DETS, Federation, frequency_group_aps,
@@ -606,14 +607,10 @@ class COCOEvaluator:
             {iou_type: metrics as from `evaluate_coco`, and "voc": `evaluate_voc`'s with
             `voc_metric`} on every rank ({} without `score`).
         """
-        results = self._results
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if distributed:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, results)
-            results = [r for part in gathered for r in part]
-        metrics: dict[str, dict[str, Any]] = {}
-        if not distributed or dist.get_rank() == 0:
+        results = [r for part in all_gather_object(self._results) for r in part]
+
+        def score() -> dict[str, dict[str, Any]]:
+            metrics: dict[str, dict[str, Any]] = {}
             if self.output_dir is not None:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
                 (self.output_dir / RESULTS_FILE).write_text(json.dumps(results), encoding="utf-8")
@@ -625,8 +622,5 @@ class COCOEvaluator:
             if self.score and self.voc_metric is not None:
                 metrics["voc"] = evaluate_voc(self.ann_file, results, mode=self.voc_metric,
                                               categories=self.scored_categories)
-        if distributed:
-            box = [metrics]
-            dist.broadcast_object_list(box, src=0)
-            metrics = box[0]
-        return metrics
+            return metrics
+        return done_by_the_main_process(score, "score the detections")

@@ -200,6 +200,15 @@ def all_gather_object(obj: Any) -> list[Any]:
     return gathered
 
 
+def broadcast_object(obj: Any) -> Any:
+    """The main process's `obj`, on every process."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 # gloo's words for a peer gone (its RuntimeError), NCCL's for a remote process lost
 _PEER_LOST = re.compile(r"Connection (reset|closed) by peer|Broken pipe|remote process exited|"
                         r"network error")

@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 
 from .config import ConfigError, flat_keys, to_plain
 from .data import DatasetError
-from .distributed import all_gather_object, get_world_size, is_main_process
+from .distributed import (all_gather_object, broadcast_object, get_world_size,
+                          is_main_process)
 from .run_lock import LOCK_FILE
 
 T = TypeVar("T")
@@ -81,6 +82,28 @@ def done_everywhere(step: Callable[[], T], what: str) -> T:
         raise OtherProcessFailed(f"another process could not {what}:" + "".join(
             f"\n  rank {rank}: {message}" for rank, message in failed))
     return result  # type: ignore[return-value]
+
+
+def done_by_the_main_process(step: Callable[[], T], what: str) -> T:
+    """`step()` on the main process alone (scoring the gathered detections, say), its result
+    given to every process; where it fails, every process stops naming why (the others
+    waited for its result, then reported a lost connection). `what`: the step, for the
+    message ("score the detections")."""
+    if get_world_size() == 1:
+        return step()
+    result, error = None, None
+    if is_main_process():
+        try:
+            result = step()
+        except Exception as e:  # told to the others first, then raised here
+            error = e
+    result, message = broadcast_object(
+        (result, None if error is None else f"{type(error).__name__}: {error}"))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise OtherProcessFailed(f"the main process could not {what}: {message}")
+    return result
 
 
 def check_same_data_everywhere(description: str, sizes: tuple[int, int | None],

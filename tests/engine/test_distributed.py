@@ -15,7 +15,9 @@ from resnet_detect.engine import distributed as D
 from resnet_detect.engine import runner
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.tasks import load_task_config, task_module
+from resnet_detect.detection.evaluation import COCOEvaluator
 from resnet_detect.engine.logging import ProgressLogger
+from resnet_detect.engine.same_everywhere import done_by_the_main_process
 from resnet_detect.engine.trainer import NonFiniteLossError, Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,6 +109,16 @@ def _worker(rank: int, port: int, results: dict) -> None:
                            hooks=[ProgressLogger(2, logger=log)])
         progress.train(iter(range(2)))
         out["progress"] = lines[0] if lines else ""
+        # a step of the main process alone (scoring the gathered detections) that fails: the
+        # other waited for its result until the connection timed out (30 minutes)
+        out["main"] = done_by_the_main_process(lambda: f"rank {rank}'s", "score")
+        evaluator = COCOEvaluator(Path("/nonexistent/instances_val.json"), category_ids=[1])
+        evaluator._results = [{"image_id": rank, "category_id": 1, "bbox": [0, 0, 1, 1],
+                               "score": 1.0}]
+        try:
+            evaluator.evaluate()
+        except Exception as e:
+            out["scoring"] = f"{type(e).__name__}: {e}"
         results[rank] = out
     finally:
         D.cleanup()
@@ -133,6 +145,10 @@ def test_two_process_collectives_and_nan_guard() -> None:
         assert results[rank]["mismatch"] == ("the processes reduce different values: rank 0: "
                                              "loss_a, loss_b; rank 1: loss_a, loss_aux")
     assert "loss_x=1.3333" in results[0]["progress"]  # (1 + 1 + 2) / 3, not (1 + 1) / 2
+    assert results[0]["main"] == results[1]["main"] == "rank 0's"
+    assert "/nonexistent/instances_val.json" in results[0]["scoring"]
+    assert results[1]["scoring"] == ("OtherProcessFailed: the main process could not score the "
+                                     "detections: " + results[0]["scoring"])
 
 
 def test_a_gpu_that_is_not_there_is_refused_naming_the_key_before_anything_starts(
