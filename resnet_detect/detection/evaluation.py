@@ -234,7 +234,8 @@ def cocoeval_ground_truth(data: dict[str, Any], iou_type: str) -> tuple[dict[str
                 ann["segmentation"] = segmentation
             else:
                 ignored += not ann["iscrowd"]
-                box = box_polygon(ann["bbox"], *sizes[ann["image_id"]][::-1])
+                height, width = sizes[ann["image_id"]]
+                box = box_polygon(ann["bbox"], width=width, height=height)
                 if box is None:  # no pixels to ignore (and an infinite box crashed pycocotools)
                     continue
                 ann["segmentation"], ann["iscrowd"] = [box], 1

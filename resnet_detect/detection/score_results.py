@@ -120,8 +120,8 @@ def warn_of_boxes_beyond_images(results: list[dict[str, Any]],
     they are."""
     boxed = [(r["bbox"], sizes[r["image_id"]]) for r in results
              if r.get("bbox") is not None and r["image_id"] in sizes]
-    warn_of_boxes(sum(reaches_past(bbox, *size) for bbox, size in boxed), len(boxed), path,
-                  "COCO results are [x, y, width, height]")
+    warn_of_boxes(sum(reaches_past(bbox, height=h, width=w) for bbox, (h, w) in boxed),
+                  len(boxed), path, "COCO results are [x, y, width, height]")
 
 
 def _first_without(results: list[dict[str, Any]], key: str) -> int:

@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .amp import amp_for_device, float32_default
-from .checkpoint import (BestWeights, Checkpointer, CheckpointWriteError,
+from .checkpoint import (POINTER, BestWeights, Checkpointer, CheckpointWriteError,
                          PeriodicCheckpointer, checkpoints_in)
 from .compilation import compile_model
 from .custom_imports import KEY as CUSTOM_IMPORTS
@@ -73,10 +73,11 @@ from .trainer import Hook, PeriodicEval, Trainer, eval_mode
 EVALUATION_PENDING = "evaluation_pending"
 
 
+METRICS_FILE = "metrics.json"  # the last evaluation's numbers
 # what a finished run leaves besides checkpoints (every task's final weights and metrics)
-EARLIER_RESULTS = ("model_final.pth", "backbone_final.pth", "model_best.pth", "metrics.json")
+EARLIER_RESULTS = ("model_final.pth", "backbone_final.pth", BestWeights.FILE, METRICS_FILE)
 # those the end of a run writes (model_best.pth: each best evaluation, BestWeights' own)
-FINAL_RESULTS = tuple(name for name in EARLIER_RESULTS if name != "model_best.pth")
+FINAL_RESULTS = tuple(name for name in EARLIER_RESULTS if name != BestWeights.FILE)
 
 
 def _save_steps_done(trainer: Trainer, checkpointer: Checkpointer, logger: logging.Logger,
@@ -150,7 +151,7 @@ def _refuse_another_tasks_results(output_dir: Path, cfg: DictConfig) -> None:
         return  # no earlier run's config (or none that can be read): nothing to tell
     earlier_task = recorded.get("task") if isinstance(recorded, dict) else None
     # (backbone_final.pth: pretraining's alone, which another task's run leaves in place)
-    results = [name for name in (*EARLIER_RESULTS, "last_checkpoint")
+    results = [name for name in (*EARLIER_RESULTS, POINTER)
                if (output_dir / name).is_file()
                and (name != "backbone_final.pth" or cfg.get("task") == "classification")]
     if earlier_task is None or earlier_task == cfg.get("task") or not results:
@@ -570,14 +571,14 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         if metrics:  # the last evaluation's, as tools/eval.py writes them
             try:
                 atomic_write_json({**nan_to_none(metrics), "images": val_images},
-                                  output_dir / "metrics.json")
+                                  output_dir / METRICS_FILE)
             except OSError as e:  # the weights are written: not a reason to fail the run
                 logger.warning("cannot write %s (%s: %s): the final weights are written, the "
                                "last evaluation's numbers are in log.txt",
-                               output_dir / "metrics.json", type(e).__name__, e.strerror or e)
-        elif (output_dir / "metrics.json").is_file():  # a resumed run without a val split
+                               output_dir / METRICS_FILE, type(e).__name__, e.strerror or e)
+        elif (output_dir / METRICS_FILE).is_file():  # a resumed run without a val split
             logger.warning("%s is an earlier evaluation's, of other weights: this run did not "
                            "evaluate its final weights (no val split); tools/eval.py scores "
-                           "them", output_dir / "metrics.json")
+                           "them", output_dir / METRICS_FILE)
     return {"model": model, "metrics": metrics.get(task.primary_metrics, {}),
             "all_metrics": metrics, "iteration": trainer.iter, "skipped": total_skipped}

@@ -221,7 +221,7 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
                     continue
                 short_polygons += dropped
             if not segmentation:  # an object whose pixels are unknown: its box not scored
-                box = box_polygon(ann.get("bbox"), im["width"], im["height"])
+                box = box_polygon(ann.get("bbox"), width=im["width"], height=im["height"])
                 if box is None:
                     no_segmentation += 1
                 else:

@@ -312,7 +312,7 @@ def image_sizes(data: dict[str, Any]) -> dict[Any, tuple[int, int]]:
     return {img["id"]: (img["height"], img["width"]) for img in data["images"]}
 
 
-def reaches_past(bbox: Sequence[float], height: int, width: int) -> bool:
+def reaches_past(bbox: Sequence[float], *, height: int, width: int) -> bool:
     """Whether an [x, y, width, height] box reaches over a pixel past the right or bottom
     edge of its height x width image, which no box of the image does."""
     x, y, w, h = bbox
@@ -649,7 +649,7 @@ def check_image_sizes(records: list[dict[str, Any]], ann_file: str | Path) -> No
 FAR_OUTSIDE = 10  # image sizes: a polygon's point further from the image is a data error
 
 
-def clipped_box(bbox: Sequence[float], width: int, height: int
+def clipped_box(bbox: Sequence[float], *, width: int, height: int
                 ) -> tuple[float, float, float, float] | None:
     """A COCO [x, y, w, h] as (x1, y1, x2, y2) clipped to the image; None where a number is
     NaN or infinite (a side of Infinity is no box, not one that reaches the edge)."""
@@ -660,13 +660,13 @@ def clipped_box(bbox: Sequence[float], width: int, height: int
             min(max(x + w, 0.0), width), min(max(y + h, 0.0), height))
 
 
-def box_polygon(bbox: Any, width: int, height: int) -> list[float] | None:
+def box_polygon(bbox: Any, *, width: int, height: int) -> list[float] | None:
     """A COCO [x, y, w, h] clipped to the image, as a polygon (for an object whose mask is
     unknown); None where it is no box (degenerate, NaN, infinite: pycocotools would rasterise
     an unclipped one point by point, or crash on a NaN)."""
     if not (isinstance(bbox, list) and len(bbox) == 4 and _all_numbers(bbox)):
         return None
-    box = clipped_box(bbox, width, height)
+    box = clipped_box(bbox, width=width, height=height)
     if box is None or not (box[2] > box[0] and box[3] > box[1]):
         return None
     x1, y1, x2, y2 = box
@@ -775,8 +775,8 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
             stats.ignored += 1    # reads iscrowd alone (pycocotools overwrites "ignore")
             if not keep_ignored:
                 continue
-        stats.beyond_image += reaches_past(ann["bbox"], height, width)
-        box = clipped_box(ann["bbox"], width, height)
+        stats.beyond_image += reaches_past(ann["bbox"], height=height, width=width)
+        box = clipped_box(ann["bbox"], width=width, height=height)
         if box is None or not (box[2] - box[0] >= 1.0 and box[3] - box[1] >= 1.0):
             stats.degenerate += 1
             if box is None:
