@@ -1,7 +1,8 @@
 """COCO evaluation of detections (boxes, and masks once a model predicts them).
 
 Per image (R detections): boxes float (R, 4) xyxy in original image pixels, scores (R,),
-labels int (R,) contiguous 0..K-1, optionally masks bool (R, H, W) at the original size.
+labels int (R,) contiguous 0..K-1, optionally masks at the original size (bool (R, H, W), or
+R RLEs: `instances_to_coco_results`).
 Results are written in COCO results format (xywh boxes, dataset category ids, RLE masks) and
 scored by pycocotools' COCOeval or by faster-coco-eval, which gives the same numbers faster.
 An LVIS file (images with `neg_category_ids` / `not_exhaustive_category_ids`) is scored with
@@ -558,6 +559,8 @@ class COCOEvaluator:
         max_dets: detections scored per image and category (see `evaluate_coco`).
         kept_per_image: the detections the model keeps of an image (see `evaluate_coco`).
         voc_metric: also VOC's AP at IoU 0.5 ("11point" or "area": `voc_eval`), as "voc".
+        scored_categories: score these category ids alone (data.classes; `evaluate_coco`'s
+            categories).
     """
 
     def __init__(self, ann_file: str | Path, *, category_ids: Sequence[int],
@@ -593,7 +596,8 @@ class COCOEvaluator:
         Args:
             inputs: samples with "image_id".
             outputs: per sample {"boxes", "scores", "labels"[, "masks"]} in original pixels,
-                as the model gives them (labels 0..K-1, not a `Predictor`'s category ids).
+                as the model gives them (labels 0..K-1, not a `Predictor`'s category ids;
+                masks as `instances_to_coco_results` takes them).
         """
         for sample, out in zip(inputs, outputs, strict=True):
             self._results += instances_to_coco_results(

@@ -399,7 +399,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                     path, saved, iteration, cfg, lengths["max_iter"],
                                     logger, recorded or {}, resume_model_check(task, model)))
     if resume:
-        # restores every process's RNG state
+        # restores every process's RNG state (not where the number of processes changed)
         state = (checkpointer.resume() if resume is True
                  else checkpointer.resume_from(resume, results=FINAL_RESULTS))
         if state is None:

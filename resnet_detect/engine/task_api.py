@@ -93,7 +93,8 @@ class Task(Protocol):
     def provenance(self, cfg: DictConfig) -> dict[str, Any]:
         """What the weights record (architecture, classes, normalisation, the config): in
         model_final.pth and in every training checkpoint, so each loads for eval and export.
-        Optional: a task without it records its config alone."""
+        Optional: a task without it records its config alone; one returning None records
+        nothing (a resume then compares no settings)."""
 
     def save_final(self, cfg: DictConfig, model: nn.Module, iteration: int) -> list[Path]:
         """Write model_final.pth (and any other final files) with provenance (main process)."""

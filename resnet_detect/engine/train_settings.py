@@ -38,8 +38,10 @@ def check_num_workers(cfg: DictConfig) -> None:
 
 
 def check_train_choices(t: DictConfig) -> None:
-    """train.optimizer, train.lr_decay and the periods, named by their keys (run_training
-    checks them before the data is read, the model built or config.yaml written)."""
+    """The shared train section's choices and values (the optimizer and lr_decay, the
+    best_metric mode, the seed, the batch, the run's length and periods, the rates, the
+    EMA...), each refused naming its key (run_training checks them before the data is read,
+    the model built or config.yaml written)."""
     for key, value, valid in (("optimizer", t.optimizer, OPTIMIZERS),
                               ("lr_decay", t.lr_decay, DECAYS),
                               ("best_metric_mode", t.best_metric_mode, BEST_MODES)):

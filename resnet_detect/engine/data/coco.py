@@ -96,7 +96,9 @@ class LoadStats:
     """What loading kept and left out."""
 
     images: int = 0
-    annotations: int = 0  # every object of the file's images, crowd and degenerate included
+    # every object of the file's images, crowd and degenerate included (with data.classes:
+    # of those categories; the others' are other_classes)
+    annotations: int = 0
     kept_images: int = 0
     empty_images: int = 0
     boxes: int = 0
