@@ -12,6 +12,7 @@ Writes FILE (.png, .pdf, .svg or .jpg; default: the first run's curves.png).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -20,7 +21,8 @@ if not __package__:  # run as a file: the repository's package (not an installed
 
 from resnet_detect.engine.cli import program_name, run_tool  # noqa: E402
 from resnet_detect.engine.config import ConfigError  # noqa: E402
-from resnet_detect.engine.curves import default_keys, read_curves  # noqa: E402
+from resnet_detect.engine.checkpoint import REPLACED  # noqa: E402
+from resnet_detect.engine.curves import SCALARS_FILE, default_keys, read_curves  # noqa: E402
 from resnet_detect.engine.files import atomic_write_figure  # noqa: E402
 
 FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
@@ -39,6 +41,13 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error(f"--output {args.output}: the picture's format is its suffix, one of "
                      f"{', '.join(FORMATS)}")
     curves = {run: read_curves(run) for run in args.runs}
+    for run in args.runs:
+        folder = Path(run) if Path(run).is_dir() else Path(run).parent
+        if (folder / REPLACED / SCALARS_FILE).is_file():
+            logging.getLogger(__name__).warning(
+                "%s holds the curves of the run this one started afresh over, until its first "
+                "checkpoint replaces that run: they come back in the folder's place at the next "
+                "training start there (--resume continues that run)", folder / REPLACED)
     keys = args.keys or list(dict.fromkeys(k for c in curves.values() for k in default_keys(c)))
     logged = sorted({k for c in curves.values() for k in c})
     unknown = [k for k in keys if k not in logged]

@@ -64,10 +64,13 @@ REPLACED = ".replaced_run"
 # first checkpoint (`Checkpointer.write_run_file`), the earlier run's set aside with its
 # checkpoints
 RUN_FILES = ("config.yaml",)
-# the earlier run's curves: set aside when a fresh run starts (it logs from its first step),
-# back if it stops before its first checkpoint, removed with the earlier checkpoints at it
-RUN_LOGS = (SCALARS_FILE, TENSORBOARD_DIR)
+BEST_FILE = "model_best.pth"
+# an earlier run's records beside its checkpoints: set aside when a fresh run starts (it logs
+# and keeps its best from its first step), back where it stops before its first checkpoint
+# (the fresh run's own removed), removed with the earlier checkpoints at that checkpoint
+RUN_RECORDS = (SCALARS_FILE, TENSORBOARD_DIR, BEST_FILE, checksum_file(BEST_FILE).name)
 _SAVING = "saving"  # in REPLACED: names the new checkpoint once the earlier files are moved
+_STARTED = "started"  # in REPLACED: a fresh run set the earlier run's records there
 CHECKPOINT_NAME = re.compile(r"model_(\d{7,})\.pth")  # 8 digits from iteration 10^7
 
 
@@ -187,21 +190,15 @@ class Checkpointer:
         if self._earlier:
             logger.warning("%s holds the checkpoints of an earlier run (%s): starting from "
                            "scratch (without --resume), this run's first checkpoint replaces "
-                           "them and its curves", self.output_dir, ", ".join(
-                               p.name for p in sorted(self._earlier, key=_iteration_of)))
-            logs = [self.output_dir / name for name in RUN_LOGS
-                    if (self.output_dir / name).exists()]
-            if logs:
-                aside = self.output_dir / REPLACED
-                aside.mkdir(exist_ok=True)
-                for path in logs:
-                    os.replace(path, aside / path.name)
-
-    def keep_earlier_run(self) -> None:
-        """This run stops before its first checkpoint (an error): the earlier run's curves,
-        set aside, come back in place of this run's (its checkpoints never left)."""
-        if self._earlier and is_main_process():
-            self._finish_replacing()
+                           "them, its curves and its %s", self.output_dir, ", ".join(
+                               p.name for p in sorted(self._earlier, key=_iteration_of)),
+                           BEST_FILE)
+            aside = self.output_dir / REPLACED
+            aside.mkdir(exist_ok=True)
+            for name in RUN_RECORDS:
+                if (self.output_dir / name).exists():
+                    os.replace(self.output_dir / name, aside / name)
+            (aside / _STARTED).touch()  # (after them: what the folder holds now is this run's)
 
     def write_run_file(self, name: str, text: str) -> None:
         """Write the run file `name` (one of RUN_FILES) now, or, in a folder whose earlier
@@ -252,7 +249,7 @@ class Checkpointer:
             except OSError as e:
                 error = e
                 try:
-                    self._finish_replacing()  # the earlier run's files back in place
+                    finish_replacing(self.output_dir)  # the earlier run's files back
                 except OSError as undo:
                     logger.error("cannot put the earlier run's checkpoints back from %s (%s): "
                                  "the next start in the folder tries again",
@@ -300,7 +297,7 @@ class Checkpointer:
         (the folder's stay the earlier run's until this run's replace them, just before its
         pointer), then name this run's `first` checkpoint there: `last_checkpoint` reappears
         in the folder only when it names `first`, which commits the replacement
-        (`_finish_replacing`)."""
+        (`finish_replacing`)."""
         aside = self.output_dir / REPLACED
         aside.mkdir(exist_ok=True)
         for p in [self.output_dir / POINTER, *self._earlier, first]:
@@ -313,35 +310,6 @@ class Checkpointer:
                                   aside / name)
         atomic_write_text(first.name + "\n", aside / _SAVING)
 
-    def _finish_replacing(self) -> bool:
-        """Complete or undo a replacement of an earlier run that a kill (or a failed write)
-        interrupted: with the new run's pointer in the folder, the earlier files go; without
-        it, the new run's first checkpoint goes and the earlier files come back (True)."""
-        aside = self.output_dir / REPLACED
-        if not aside.is_dir():
-            return False
-        saving = aside / _SAVING
-        if saving.is_file() and (self.output_dir / POINTER).is_file():
-            _remove_aside(aside)
-            return False
-        if saving.is_file():  # every earlier file is aside: the name in the folder is this run's
-            name = saving.read_text(encoding="utf-8", errors="replace").strip()
-            if CHECKPOINT_NAME.fullmatch(name):
-                (self.output_dir / name).unlink(missing_ok=True)
-                checksum_file(self.output_dir / name).unlink(missing_ok=True)
-            for run_file in RUN_FILES:  # this run's, where the earlier run had none
-                if not (aside / run_file).is_file():
-                    (self.output_dir / run_file).unlink(missing_ok=True)
-            saving.unlink()
-        back = [f for f in aside.iterdir() if f.name in (POINTER, *RUN_FILES, *RUN_LOGS)
-                or CHECKPOINT_NAME.fullmatch(f.name.removesuffix(".sha256"))]
-        for f in back:
-            if f.name in RUN_LOGS:  # the stopped run's curves go
-                _remove(self.output_dir / f.name)
-            os.replace(f, self.output_dir / f.name)
-        _remove_aside(aside)  # (a temporary file of the name's write)
-        return any(f.name not in RUN_LOGS for f in back)
-
     def remove_partial_writes(self) -> None:
         """Delete the temporary files of writes that a kill interrupted (checkpoints,
         config.yaml, metrics.json...), and complete or undo a replacement of an earlier run's
@@ -349,7 +317,7 @@ class Checkpointer:
         error = None
         if is_main_process():
             try:
-                if self._finish_replacing():
+                if finish_replacing(self.output_dir):
                     logger.warning("%s: a run was stopped while its first checkpoint replaced "
                                    "an earlier run's; the earlier run's checkpoints are back",
                                    self.output_dir)
@@ -552,7 +520,7 @@ class BestWeights:
         start_iter: the iteration the run resumed from.
     """
 
-    FILE = "model_best.pth"
+    FILE = BEST_FILE
 
     def __init__(self, output_dir: str | os.PathLike, metric: str, model: nn.Module,
                  provenance: Mapping[str, Any] | None, *, resume: bool,
@@ -656,6 +624,40 @@ class BestWeights:
         elif self._warned_of_nan:
             logger.warning("train.best_metric %s was undefined (NaN) at every evaluation: no "
                            "%s is kept", self.metric, self.FILE)
+
+
+def finish_replacing(output_dir: Path) -> bool:
+    """Complete or undo a fresh run's replacement of an earlier run in `output_dir` that a
+    kill, an error or a failed write interrupted: with the new run's pointer in the folder,
+    the earlier files go; without it, the new run's first checkpoint and records go and the
+    earlier files come back (True where checkpoints came back). For the main process alone,
+    holding the folder."""
+    aside = output_dir / REPLACED
+    if not aside.is_dir():
+        return False
+    saving, started = aside / _SAVING, aside / _STARTED
+    if saving.is_file() and (output_dir / POINTER).is_file():
+        _remove_aside(aside)
+        return False
+    if saving.is_file():  # every earlier file is aside: the name in the folder is this run's
+        name = saving.read_text(encoding="utf-8", errors="replace").strip()
+        if CHECKPOINT_NAME.fullmatch(name):
+            (output_dir / name).unlink(missing_ok=True)
+            checksum_file(output_dir / name).unlink(missing_ok=True)
+        for run_file in RUN_FILES:  # this run's, where the earlier run had none
+            if not (aside / run_file).is_file():
+                (output_dir / run_file).unlink(missing_ok=True)
+    if saving.is_file() or started.is_file():  # (an empty folder: a commit's last step)
+        for name in RUN_RECORDS:  # the stopped run's own
+            _remove(output_dir / name)
+        saving.unlink(missing_ok=True)
+        started.unlink()
+    back = [f for f in aside.iterdir() if f.name in (POINTER, *RUN_FILES, *RUN_RECORDS)
+            or CHECKPOINT_NAME.fullmatch(f.name.removesuffix(".sha256"))]
+    for f in back:
+        os.replace(f, output_dir / f.name)
+    _remove_aside(aside)  # (a temporary file of the name's write)
+    return any(f.name not in RUN_RECORDS for f in back)
 
 
 def _remove_aside(aside: Path) -> None:

@@ -28,8 +28,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .amp import amp_for_device, float32_default
-from .checkpoint import (POINTER, BestWeights, Checkpointer, CheckpointWriteError,
-                         PeriodicCheckpointer, checkpoints_in)
+from .checkpoint import (POINTER, REPLACED, BestWeights, Checkpointer, CheckpointWriteError,
+                         PeriodicCheckpointer, checkpoints_in, finish_replacing)
 from .compilation import compile_model
 from .custom_imports import KEY as CUSTOM_IMPORTS
 from .custom_imports import config_hooks, import_custom_modules, record_registering_modules
@@ -62,7 +62,9 @@ from .run_length import (build_scheduler_from_config, describe_schedule,
                          warn_of_unused_steps)
 from .skipped_images import SkipCounter, first_readable_batch
 from .task_api import LEFT_OUT, RESUME_HINT, Metrics, Task
-from .task_api import TaskData  # noqa: F401 (imported from here before task_api)
+# imported from here before the split of this module
+from .skipped_images import UnreadableDataError  # noqa: F401
+from .task_api import TaskData  # noqa: F401
 from .train_settings import (build_optimizer_from_config, check_training_config,
                              cudnn_benchmark_warning, drawn_batch_size,
                              warn_of_a_rate_far_above_the_recipes)
@@ -290,13 +292,26 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
         try:
             return _train(task, cfg, device, resume, logger, output_dir, compile_backend, amp,
                           hooks)
-        except Exception as e:  # why the run stopped, in log.txt too (traceback on stderr)
-            others = (f" (the other processes' warnings and errors, where they had some: "
-                      f"{output_dir / rank_log_name('<N>')})"
-                      if get_world_size() > 1 and is_main_process() else "")
-            logger.error("training stopped: %s: %s%s%s", type(e).__name__,
-                         worker_error_message(e), lost_process_hint(e), others)
+        except BaseException as e:
+            if is_main_process():  # an earlier run this one had not replaced yet: back whole
+                _put_back_an_earlier_run(output_dir, logger)
+            if isinstance(e, Exception):  # why it stopped, in log.txt too (traceback: stderr)
+                others = (f" (the other processes' warnings and errors, where they had "
+                          f"some: {output_dir / rank_log_name('<N>')})"
+                          if get_world_size() > 1 and is_main_process() else "")
+                logger.error("training stopped: %s: %s%s%s", type(e).__name__,
+                             worker_error_message(e), lost_process_hint(e), others)
             raise
+
+
+def _put_back_an_earlier_run(output_dir: Path, logger: logging.Logger) -> None:
+    """After this run stopped before its first checkpoint (an error, Ctrl-C while it started):
+    the earlier run of the folder, whose curves and best weights it set aside, back whole."""
+    try:
+        finish_replacing(output_dir)
+    except OSError as e:  # the first error is the one to report
+        logger.warning("cannot put the earlier run's files back from %s (%s): the next start "
+                       "in the folder tries again", output_dir / REPLACED, e)
 
 
 def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str | os.PathLike,
@@ -525,8 +540,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         except EvaluationInterrupted:
             finished, in_evaluation = False, True
         except BaseException:
-            writer.close()
-            checkpointer.keep_earlier_run()
+            writer.close()  # (before an earlier run's curves come back in its folder's place)
             raise
         finally:
             gc.unfreeze()  # (the training workers are gone with their iterator)

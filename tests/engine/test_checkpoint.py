@@ -618,11 +618,15 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def _write_curves(folder: Path, iteration: int) -> None:
-    """A run's scalars.jsonl and tensorboard event file, logged up to `iteration`."""
+def _write_records(folder: Path, iteration: int, best: bool = True) -> None:
+    """A run's scalars.jsonl and tensorboard event file, logged up to `iteration`, and its
+    model_best.pth (with its checksum) of that iteration."""
     (folder / "scalars.jsonl").write_text(f'{{"iteration": {iteration}}}\n')
     (folder / "tensorboard").mkdir()
     (folder / "tensorboard/events.out").write_bytes(b"%d" % iteration)
+    if best:
+        for name in ("model_best.pth", "model_best.pth.sha256"):
+            (folder / name).write_bytes(b"%d" % iteration)
 
 
 # the first checkpoint with a name of the earlier run's, a name of its own, the name of the
@@ -637,14 +641,16 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
     run has looked at it, holds the earlier run as it was, or the new run alone; with its
     config.yaml (the new run's was written at its start: `RUN/config.yaml --resume` after a
     kill, or an error, before its first checkpoint took the new run's settings to the
-    earlier run's checkpoints) and its curves (the new run's emptied scalars.jsonl and hid
+    earlier run's checkpoints), its curves (the new run's emptied scalars.jsonl and hid
     tensorboard's steps at its start: a run stopped before its first checkpoint erased the
-    earlier run's record)."""
+    earlier run's record) and its model_best.pth (the new run's replaced it at an evaluation
+    before its first checkpoint, or kept it: a --resume of the new run took the earlier
+    run's best as its own)."""
     model = nn.Linear(4, 4)
     earlier = tmp_path / "earlier"
     _save_filled(Checkpointer(earlier, model=model, max_to_keep=3), model, (1, 3, 6))
     (earlier / "config.yaml").write_text("train: {max_iter: 6}\n")
-    _write_curves(earlier, 6)
+    _write_records(earlier, 6)
     earlier_files = _files(earlier)
 
     def killed_at(n: int, operation: Any) -> Any:
@@ -662,8 +668,9 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
         fresh = Checkpointer(folder, model=model, max_to_keep=2)
         fresh.replace_earlier_run(keep=[folder / f"model_{kept:07d}.pth"] if kept else [])
         fresh.write_run_file("config.yaml", "train: {max_iter: 2}\n")  # (the runner's)
-        assert not (folder / "scalars.jsonl").exists() and not (folder / "tensorboard").exists()
-        _write_curves(folder, 1)  # (the new run's, from its first step)
+        assert not [name for name in ("scalars.jsonl", "tensorboard", "model_best.pth")
+                    if (folder / name).exists()]
+        _write_records(folder, 1)  # (the new run's, from its first step)
         if n == 0:  # killed, or an error, before the first save: the earlier curves come back
             Checkpointer(folder, model=model).remove_partial_writes()
             assert _files(folder) == earlier_files
@@ -697,8 +704,10 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
         else:
             name = f"model_{first:07d}.pth"
             assert sorted(_files(folder)) == ["config.yaml", "last_checkpoint", name,
-                                              f"{name}.sha256", "scalars.jsonl",
+                                              f"{name}.sha256", "model_best.pth",
+                                              "model_best.pth.sha256", "scalars.jsonl",
                                               "tensorboard/events.out"], n
+            assert (folder / "model_best.pth").read_bytes() == b"1"
             assert (folder / "scalars.jsonl").read_text() == '{"iteration": 1}\n'
             assert (folder / "last_checkpoint").read_text() == f"{name}\n"
             assert (folder / "config.yaml").read_text() == "train: {max_iter: 2}\n"
@@ -711,6 +720,53 @@ def test_a_kill_during_a_fresh_runs_first_save_leaves_one_run_in_the_folder(
     assert outcomes == ["earlier"] * outcomes.index("new") + ["new"] * (
         len(outcomes) - outcomes.index("new"))
     assert outcomes.count("earlier") >= 8 and outcomes.count("new") >= 4
+
+
+def test_a_fresh_run_stopped_before_its_first_checkpoint_leaves_no_record_of_its_own(
+        tmp_path: Path) -> None:
+    """Where the earlier run had no model_best.pth (or curves), the stopped fresh run's stayed
+    beside the earlier run's checkpoints: a --resume of the earlier run took it as its best."""
+    from resnet_detect.engine.checkpoint import finish_replacing
+    model = nn.Linear(4, 4)
+    _save_filled(Checkpointer(tmp_path, model=model, max_to_keep=3), model, (1, 3))
+    earlier = _files(tmp_path)
+    fresh = Checkpointer(tmp_path, model=model, max_to_keep=2)
+    fresh.replace_earlier_run()
+    _write_records(tmp_path, 1)
+    assert finish_replacing(tmp_path) is False  # (no checkpoint was put back)
+    assert _files(tmp_path) == earlier and not (tmp_path / "tensorboard").exists()
+
+
+def test_a_kill_while_a_fresh_run_sets_the_earlier_records_aside_leaves_them_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between the moves of the earlier run's records at a fresh start, the next start
+    puts back those moved and leaves those not moved yet (they are no new run's)."""
+    from resnet_detect.engine.checkpoint import finish_replacing
+    model = nn.Linear(4, 4)
+    earlier = tmp_path / "earlier"
+    _save_filled(Checkpointer(earlier, model=model, max_to_keep=3), model, (1, 3))
+    _write_records(earlier, 3)
+    earlier_files = _files(earlier)
+    real_replace = os.replace
+    for n in range(1, 5):
+        folder = tmp_path / f"killed_at_{n}"
+        shutil.copytree(earlier, folder)
+        calls: list[Any] = []
+
+        def replace(*args: Any) -> None:
+            calls.append(args)
+            if len(calls) == n:
+                raise _Killed
+            real_replace(*args)
+        try:
+            with monkeypatch.context() as patch:
+                patch.setattr(os, "replace", replace)
+                Checkpointer(folder, model=model).replace_earlier_run()
+        except _Killed:
+            pass
+        assert (folder / ".replaced_run").is_dir() and len(calls) == n
+        finish_replacing(folder)
+        assert _files(folder) == earlier_files, n
 
 
 def test_an_earlier_file_that_cannot_be_deleted_after_the_first_save_waits_for_the_next_start(

@@ -221,3 +221,30 @@ def test_a_pngs_orientation_is_read_before_or_after_its_pixels(
         path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(chunks))
     assert images.read_image(path).shape == (60, 40, 3)
     assert images.image_size(path) == (60, 40)
+
+
+def test_a_pngs_chunks_are_stepped_over_and_a_damaged_orientation_is_no_orientation(
+        tmp_path: Path) -> None:
+    """The walk over a PNG's chunks read half the file through the read buffer (the size
+    checks read every image's header at each start); an eXIf chunk cut short after the pixels
+    raised struct.error out of the size checks and read_image, where a damaged image is
+    skipped."""
+    from resnet_detect.engine.data import images
+    path = tmp_path / "large.png"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), np.uint8))
+    assert path.stat().st_size > 3_000_000
+
+    def bytes_read() -> int:
+        io = Path("/proc/self/io").read_text(encoding="ascii")
+        return int(next(line for line in io.splitlines() if line.startswith("rchar")).split()[1])
+    assert images.image_size(path) == (1024, 1024)  # (Pillow's modules imported first)
+    before = bytes_read()
+    assert images.image_size(path) == (1024, 1024)
+    assert bytes_read() - before < 100_000
+    chunks = _png_chunks(path.read_bytes())
+    cut = b"MM\x00*\x00\x00\x00"  # an EXIF block cut inside its header
+    damaged = (b"\x89PNG\r\n\x1a\n" + b"".join(chunks[:-1]) + len(cut).to_bytes(4, "big")
+               + b"eXIf" + cut + b"\x00" * 4 + chunks[-1])
+    path.write_bytes(damaged)
+    assert images.image_size(path) == (1024, 1024)
+    assert images.read_image(path).shape == (1024, 1024, 3)

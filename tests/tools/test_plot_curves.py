@@ -84,3 +84,16 @@ def test_a_run_that_logged_no_step_yet_is_said_so_and_the_others_are_drawn(
                                           r"logged yet; a run logs its first after "
                                           r"train.log_period iterations\)"):
         plot_curves.main([str(tmp_path / "new")])
+
+
+def test_the_curves_set_aside_by_a_fresh_run_are_pointed_to(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A fresh run killed in a finished run's folder: its few steps were drawn without a word
+    of the finished run's curves waiting in .replaced_run/."""
+    run = _run(tmp_path / "run", [{"iteration": 2, "train/total_loss": 1.0}])
+    (run / ".replaced_run").mkdir()
+    (run / ".replaced_run/scalars.jsonl").write_text('{"iteration": 90, "bbox/AP": 40.0}\n')
+    with caplog.at_level(logging.WARNING):
+        plot_curves.main([str(run)])
+    assert (f"{run / '.replaced_run'} holds the curves of the run this one started afresh "
+            f"over") in caplog.text

@@ -222,7 +222,9 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
             if stored_size and "exif" in im.info:
                 exif.load(im.info["exif"])
             elif im.format == "PNG" and (after := _png_exif_after_pixels(path)) is not None:
-                exif.load(b"Exif\x00\x00" + after)
+                with contextlib.suppress(Exception), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # a damaged block: no orientation
+                    exif.load(b"Exif\x00\x00" + after)
             rotated = exif.get(0x0112) in (5, 6, 7, 8)  # by 90 or 270 degrees
     except (OSError, ValueError, SyntaxError):
         return None
@@ -233,13 +235,14 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
 
 def _png_exif_after_pixels(path: str | os.PathLike) -> bytes | None:
     """A PNG's eXIf chunk where it follows the pixels (IDAT), which OpenCV applies and Pillow
-    reads only by decoding the image: found by stepping over the chunks' lengths."""
-    with open(path, "rb") as f:
+    reads only by decoding the image: found by stepping over the chunks' lengths (unbuffered:
+    a few bytes read per chunk, not the file)."""
+    with open(path, "rb", buffering=0) as f:
         f.seek(8)  # the signature
         while len(head := f.read(8)) == 8:
             length, kind = int.from_bytes(head[:4], "big"), head[4:]
-            if kind == b"eXIf":
-                return f.read(length)
+            if kind == b"eXIf":  # (a damaged length: not gigabytes in memory)
+                return f.read(min(length, 1 << 20))
             if kind == b"IEND":
                 return None
             f.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
