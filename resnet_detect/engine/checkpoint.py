@@ -194,7 +194,12 @@ class Checkpointer:
                                p.name for p in sorted(self._earlier, key=_iteration_of)),
                            BEST_FILE)
             aside = self.output_dir / REPLACED
-            aside.mkdir(exist_ok=True)
+            if aside.exists():  # what a committed replacement left, undeletable: not reused
+                logger.warning("%s is still there (a file there cannot be deleted): the "
+                               "earlier run's curves and %s are not set aside, this run's "
+                               "replace them", aside, BEST_FILE)
+                return
+            aside.mkdir()
             for name in RUN_RECORDS:
                 if (self.output_dir / name).exists():
                     os.replace(self.output_dir / name, aside / name)
@@ -626,6 +631,14 @@ class BestWeights:
                            "%s is kept", self.metric, self.FILE)
 
 
+def replacement_pending(output_dir: Path) -> bool:
+    """Whether a fresh run's replacement of an earlier run in `output_dir` is not committed
+    (the next start puts the earlier run back): a leftover of a committed one does not count."""
+    aside = output_dir / REPLACED
+    return aside.is_dir() and not ((aside / _SAVING).is_file()
+                                   and (output_dir / POINTER).is_file())
+
+
 def finish_replacing(output_dir: Path) -> bool:
     """Complete or undo a fresh run's replacement of an earlier run in `output_dir` that a
     kill, an error or a failed write interrupted: with the new run's pointer in the folder,
@@ -636,7 +649,7 @@ def finish_replacing(output_dir: Path) -> bool:
     if not aside.is_dir():
         return False
     saving, started = aside / _SAVING, aside / _STARTED
-    if saving.is_file() and (output_dir / POINTER).is_file():
+    if not replacement_pending(output_dir):
         _remove_aside(aside)
         return False
     if saving.is_file():  # every earlier file is aside: the name in the folder is this run's
@@ -647,11 +660,11 @@ def finish_replacing(output_dir: Path) -> bool:
         for run_file in RUN_FILES:  # this run's, where the earlier run had none
             if not (aside / run_file).is_file():
                 (output_dir / run_file).unlink(missing_ok=True)
-    if saving.is_file() or started.is_file():  # (an empty folder: a commit's last step)
-        for name in RUN_RECORDS:  # the stopped run's own
+    if started.is_file():  # the earlier run's records are aside: the folder's are this run's
+        for name in RUN_RECORDS:
             _remove(output_dir / name)
-        saving.unlink(missing_ok=True)
         started.unlink()
+    saving.unlink(missing_ok=True)
     back = [f for f in aside.iterdir() if f.name in (POINTER, *RUN_FILES, *RUN_RECORDS)
             or CHECKPOINT_NAME.fullmatch(f.name.removesuffix(".sha256"))]
     for f in back:

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .checkpoint import REPLACED, pointer_target
+from .checkpoint import pointer_target, replacement_pending
 from .distributed import all_gather_object, is_distributed, is_main_process
 
 
@@ -36,10 +36,11 @@ def launcher_start_time() -> float | None:
 def _written_since_launch(output_dir: Path) -> bool:
     """Whether the checkpoint `last_checkpoint` names was written since torchrun started (the
     start computed is at or before the true one: /proc/stat's boot time is in whole seconds).
-    Not while an earlier run's checkpoints are set aside (a kill during this launch's first
-    save: the resume puts them back). Where /proc does not say (not Linux), any."""
+    Not while a replacement of an earlier run is pending (a kill before or during this
+    launch's first save: the resume puts that run back). Where /proc does not say (not
+    Linux), any."""
     named = pointer_target(output_dir)
-    if (output_dir / REPLACED).exists() or not isinstance(named, Path):
+    if replacement_pending(output_dir) or not isinstance(named, Path):
         return False
     try:
         written = named.stat().st_mtime

@@ -769,6 +769,46 @@ def test_a_kill_while_a_fresh_run_sets_the_earlier_records_aside_leaves_them_who
         assert _files(folder) == earlier_files, n
 
 
+def test_a_leftover_of_a_committed_replacement_is_not_reused_by_the_next_fresh_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file of the replaced run that could not be deleted (busy on NFS) left .replaced_run
+    with its commit's marker; the next fresh start moved the committed run's records into it,
+    where that marker had them deleted with it."""
+    from resnet_detect.engine.checkpoint import finish_replacing
+    model = nn.Linear(4, 4)
+    _save_filled(Checkpointer(tmp_path, model=model, max_to_keep=3), model, (2, 4))
+    _write_records(tmp_path, 4)
+    committed = _files(tmp_path)
+    (tmp_path / ".replaced_run").mkdir()  # the leftover: its commit marker and a busy file
+    (tmp_path / ".replaced_run/saving").write_text("model_0000002.pth\n")
+    (tmp_path / ".replaced_run/model_0000003.pth").write_bytes(b"busy")
+    with caplog.at_level("WARNING"):
+        Checkpointer(tmp_path, model=model).replace_earlier_run()
+    assert "are not set aside, this run's replace them" in caplog.text
+    finish_replacing(tmp_path)  # (the next start: the leftover goes, the records stay)
+    assert _files(tmp_path) == committed
+
+
+def test_an_older_versions_interrupted_first_save_is_undone_keeping_the_earlier_records(
+        tmp_path: Path) -> None:
+    """Versions before the records were set aside left .replaced_run with its `saving` name
+    alone: the undo failed once (no `started` marker) and deleted the earlier run's
+    model_best.pth, which had stayed in the folder."""
+    from resnet_detect.engine.checkpoint import finish_replacing
+    model = nn.Linear(4, 4)
+    _save_filled(Checkpointer(tmp_path, model=model, max_to_keep=3), model, (3,))
+    _write_records(tmp_path, 3)
+    earlier = _files(tmp_path)
+    aside = tmp_path / ".replaced_run"
+    aside.mkdir()
+    for name in ("last_checkpoint", "model_0000003.pth", "model_0000003.pth.sha256"):
+        os.replace(tmp_path / name, aside / name)
+    (aside / "saving").write_text("model_0000001.pth\n")
+    (tmp_path / "model_0000001.pth").write_bytes(b"the new run's, not committed")
+    assert finish_replacing(tmp_path) is True
+    assert _files(tmp_path) == earlier
+
+
 def test_an_earlier_file_that_cannot_be_deleted_after_the_first_save_waits_for_the_next_start(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -46,6 +46,8 @@ def test_the_launcher_start_time_is_the_parent_process_start() -> None:
     ("1", None, False),  # no checkpoint yet
     ("1", 1, False),  # copied into the folder a second before torchrun started
     ("1", "replacing", False),  # killed while its first one replaced an earlier run's
+    # its first one committed, what it replaced left undeleted (a busy file on NFS)
+    ("1", "replaced", True),
 ])
 def test_a_restart_resumes_only_from_this_launchs_checkpoints(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -56,9 +58,11 @@ def test_a_restart_resumes_only_from_this_launchs_checkpoints(
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
     if age_s is not None:
         _checkpoint(tmp_path, 10, launched - 3600)  # the earlier run's, always there
-        _checkpoint(tmp_path, 20, launched + 60 if age_s == "replacing" else launched - age_s)
-    if age_s == "replacing":  # (the resume puts the earlier run back and finds it)
+        _checkpoint(tmp_path, 20, launched + 60 if isinstance(age_s, str) else launched - age_s)
+    if isinstance(age_s, str):  # replacing: the resume puts the earlier run back, finds it
         (tmp_path / ".replaced_run").mkdir()
+    if age_s == "replaced":
+        (tmp_path / ".replaced_run/saving").write_text("model_0000020.pth\n")
     assert resume_after_restart(tmp_path, "train.py") is resumes
     said = capsys.readouterr().err
     if count == "0":
