@@ -34,14 +34,13 @@ from .compilation import compile_model
 from .custom_imports import KEY as CUSTOM_IMPORTS
 from .custom_imports import config_hooks, import_custom_modules, record_registering_modules
 from .curves import SCALARS_FILE, TENSORBOARD_DIR
-from .config import (ConfigError, config_yaml, flat_keys, to_plain)
-from .data import (CountedLoader, build_test_loader, build_train_loader,
-                   worker_error_message)
+from .config import ConfigError, config_yaml, flat_keys, to_plain
+from .data import CountedLoader, build_test_loader, build_train_loader, worker_error_message
 from .data.overlap import warn_of_val_in_training
-from .distributed import (all_gather_object, broadcast_buffers, get_rank,
-                          get_world_size, init_distributed, is_main_process, lost_process_hint,
-                          refuse_syncbn_on_cpus,
-                          unsynced_batch_norm_warning, usable_device, wrap_ddp)
+from .distributed import (all_gather_object, broadcast_buffers, get_rank, get_world_size,
+                          init_distributed, is_main_process, lost_process_hint,
+                          refuse_syncbn_on_cpus, unsynced_batch_norm_warning, usable_device,
+                          wrap_ddp)
 from .ema import WeightAverage
 from .files import atomic_write_json, is_disk_full, nan_to_none
 from .logging import (ProgressLogger, ScalarWriter, logging_kept, logs_evaluation,
@@ -56,10 +55,9 @@ from .same_everywhere import (check_same_config_everywhere, check_same_data_ever
 from .preemption import (EvaluationInterrupted, StopRequest, TrainingInterrupted,
                          stop_on_signals)
 from .resume_checks import check_resumable, resume_model_check
-from .run_length import (build_scheduler_from_config, describe_schedule,
-                         lengths_of_run, periods_in_iterations, warn_of_epoch_rounding,
-                         warn_of_long_warmup, warn_of_periods_read_as_epochs,
-                         warn_of_unused_steps)
+from .run_length import (build_scheduler_from_config, describe_schedule, lengths_of_run,
+                         periods_in_iterations, warn_of_epoch_rounding, warn_of_long_warmup,
+                         warn_of_periods_read_as_epochs, warn_of_unused_steps)
 from .skipped_images import SkipCounter, first_readable_batch
 from .task_api import LEFT_OUT, RESUME_HINT, Metrics, Task
 # imported from here before the split of this module
@@ -73,8 +71,6 @@ from .trainer import Hook, PeriodicEval, Trainer, eval_mode
 # a checkpoint's extra: a stop signal or an error ended the evaluation at its iteration, which
 # a resume runs first
 EVALUATION_PENDING = "evaluation_pending"
-
-
 METRICS_FILE = "metrics.json"  # the last evaluation's numbers
 # what a finished run leaves besides checkpoints (every task's final weights and metrics)
 EARLIER_RESULTS = ("model_final.pth", "backbone_final.pth", BestWeights.FILE, METRICS_FILE)
