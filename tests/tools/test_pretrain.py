@@ -599,13 +599,7 @@ def test_processes_started_otherwise_or_without_their_data_stop_together(tmp_pat
     assert ("OtherProcessFailed: another process could not find its weights or read its "
             "data:\n  rank 1: FileNotFoundError: dataset folder not found: "
             f"{tmp_path}/data_1/train") in log
-    backbones.save_checkpoint(tmp_path / "w_0.pth", backbones.build("cifar_resnet20").state_dict(),
-                              backbones.make_provenance("cifar_resnet20"))
-    log = run_two_processes("pretrain", args + [f"model.weights={tmp_path}/w_${{oc.env:RANK}}.pth"],
-                            tmp_path, fails=True)
-    assert ("OtherProcessFailed: another process could not find its weights or read its "
-            f"data:\n  rank 1: FileNotFoundError: model.weights: weights file not found: "
-            f"{tmp_path}/w_1.pth") in log
+    # (model.weights missing on one node: the same step, task.prepare, as the data)
     # before the processes join: a config file or a --resume-from checkpoint on one node only
     (tmp_path / "config_0.yaml").write_text(f"_base_: {CONFIG}\n")
     # (what reads as a training checkpoint before the data: rank 0 goes on)
