@@ -6,7 +6,8 @@ Usage:
 Reads each RUN_DIR/scalars.jsonl (written by tools/train.py and tools/pretrain.py) and draws
 one panel per key, one line per run: by default the total loss and the run's first metric
 (bbox/AP, segm/AP, sem_seg/mIoU or classification/top1, in percent). Any logged key works:
-train/loss_cls, train/lr, bbox/AP50 ...; an unknown one is refused with the keys logged.
+train/loss_cls, train/lr, bbox/AP50 ...; an unknown one is refused with the keys logged,
+one logged undefined (null) at every evaluation is said so.
 Writes FILE (.png, .pdf, .svg or .jpg; default: the first run's curves.png).
 """
 from __future__ import annotations
@@ -51,6 +52,11 @@ def main(argv: list[str] | None = None) -> Path:
     keys = args.keys or list(dict.fromkeys(k for c in curves.values() for k in default_keys(c)))
     logged = sorted({k for c in curves.values() for k in c})
     unknown = [k for k in keys if k not in logged]
+    undefined = [k for k in keys if k in logged and not any(len(c.get(k, ((), ()))[1])
+                                                             for c in curves.values())]
+    if undefined and not unknown:
+        raise ConfigError(f"{', '.join(undefined)}: logged undefined (null: NaN, e.g. an AP of "
+                          f"a size no val object has) at every evaluation, nothing to draw")
     if unknown or not keys:
         what = f"no run logged {', '.join(unknown)}" if unknown else "nothing to plot"
         empty = [run for run, c in curves.items() if not c]

@@ -18,8 +18,9 @@ LOSS = "train/total_loss"
 
 
 def read_curves(run: str | Path) -> dict[str, tuple[list[int], list[float]]]:
-    """{key: (iterations, values)} of a run folder's scalars.jsonl (or that file); a line cut
-    short (a killed run) is skipped with a warning."""
+    """{key: (iterations, values)} of a run folder's scalars.jsonl (or that file), a key
+    logged undefined alone (null) with none; a line cut short (a killed run) is skipped with
+    a warning."""
     path = Path(run)
     path = path / SCALARS_FILE if path.is_dir() else path
     if not path.is_file():
@@ -40,7 +41,9 @@ def read_curves(run: str | Path) -> dict[str, tuple[list[int], list[float]]]:
             logger.warning("%s line %d is not a logged step: skipped", path, number)
             continue
         for key, value in entry.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value is None:  # undefined (NaN: an AP of a size without objects)
+                curves.setdefault(key, ([], []))
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 iterations, values = curves.setdefault(key, ([], []))
                 iterations.append(iteration)
                 values.append(float(value))

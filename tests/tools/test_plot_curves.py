@@ -97,3 +97,16 @@ def test_the_curves_set_aside_by_a_fresh_run_are_pointed_to(
         plot_curves.main([str(run)])
     assert (f"{run / '.replaced_run'} holds the curves of the run this one started afresh "
             f"over") in caplog.text
+
+
+def test_a_key_logged_undefined_at_every_evaluation_is_said_so(tmp_path: Path) -> None:
+    """bbox/APl is null (NaN) where no val object is large: `--keys bbox/APl` said "no run
+    logged bbox/APl" although every evaluation line has it."""
+    run = _run(tmp_path / "run", [{"iteration": 2, "train/total_loss": 0.0},
+                                  {"iteration": 2, "bbox/AP": 0.0, "bbox/APl": None},
+                                  {"iteration": 4, "bbox/AP": 1.5, "bbox/APl": None}])
+    assert read_curves(run)["bbox/APl"] == ([], [])
+    assert plot_curves.main([str(run), "--keys", "bbox/AP", "train/total_loss"]).is_file()
+    with pytest.raises(ConfigError, match=r"^bbox/APl: logged undefined \(null: NaN, e.g. an AP "
+                                          r"of a size no val object has\) at every evaluation"):
+        plot_curves.main([str(run), "--keys", "bbox/APl"])
