@@ -182,7 +182,7 @@ class ScalarWriter:
         kept: list[str] = []
         # written at the start, empty where nothing is kept: a run that logged nothing yet
         # (a folder in the file's place: warned of at the first write)
-        if self._jsonl is not None and (self._jsonl.is_file() or not self._jsonl.exists()):
+        if self._jsonl is not None and not self._jsonl.is_dir():
             if self._jsonl.is_file():
                 kept = [line for line in self._jsonl.read_text(encoding="utf-8").splitlines()
                         if (entry := _entry(line)) is not None

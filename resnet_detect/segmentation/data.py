@@ -58,15 +58,14 @@ class _RandomScale(A.RandomScale):
     OpenCV's resize fails and the run stopped."""
 
     def apply(self, img: np.ndarray, scale: float, **params: Any) -> np.ndarray:
-        if _scaled_size(img, scale) is None:
-            return super().apply(img, scale, **params)
-        return cv2.resize(img, _scaled_size(img, scale), interpolation=self.interpolation)
+        size = _scaled_size(img, scale)
+        return (super().apply(img, scale, **params) if size is None
+                else cv2.resize(img, size, interpolation=self.interpolation))
 
     def apply_to_mask(self, mask: np.ndarray, scale: float, **params: Any) -> np.ndarray:
-        if _scaled_size(mask, scale) is None:
-            return super().apply_to_mask(mask, scale, **params)
-        return cv2.resize(mask, _scaled_size(mask, scale),
-                          interpolation=self.mask_interpolation)
+        size = _scaled_size(mask, scale)
+        return (super().apply_to_mask(mask, scale, **params) if size is None
+                else cv2.resize(mask, size, interpolation=self.mask_interpolation))
 
 
 def _scaled_size(array: np.ndarray, scale: float) -> tuple[int, int] | None:

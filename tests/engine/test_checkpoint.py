@@ -910,9 +910,14 @@ def test_resuming_with_other_data_train_settings_names_them(
                             "data": {"train": {"ann_file": "/b/train.json", "img_dir": "/b/img",
                                                "repeat_threshold": 0.01, "hflip_prob": 0.5},
                                      "class_names": "/b/classes.json"}})
-    with caplog.at_level("WARNING"):
-        check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
-                        logging.getLogger("t"), {})
+
+    def resume() -> None:  # the checks of a resume from model_0000004.pth, logged afresh
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
+                            logging.getLogger("t"), {})
+
+    resume()
     assert ("resuming model_0000004.pth with data settings other than the run that wrote "
             "it: the images are drawn, augmented or evaluated otherwise from iteration 4: "
             "data.train.repeat_threshold: None -> 0.01") in caplog.text
@@ -920,39 +925,27 @@ def test_resuming_with_other_data_train_settings_names_them(
     assert "train settings other than" not in \
         caplog.text.replace("data settings other than", "")
     assert "model settings" not in caplog.text
-    caplog.clear()
     cfg.data.train.repeat_threshold = None
     cfg.data.palette = [[0, 0, 0], [255, 0, 0]]  # the overlays' colours: nothing drawn otherwise
     # data.classes in another order: the same labels (they follow the file's ids)
     recorded["config"]["data"]["classes"] = ["car", "Traffic Light"]
     cfg.data.classes = ["Traffic Light", "car"]
-    with caplog.at_level("WARNING"):
-        check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
-                        logging.getLogger("t"), {})
+    resume()
     assert caplog.text == ""
     cfg.data.classes = ["Traffic Light", "bus"]
-    with caplog.at_level("WARNING"):
-        check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
-                        logging.getLogger("t"), {})
+    resume()
     assert "data.classes: ['car', 'Traffic Light'] -> ['Traffic Light', 'bus']" in caplog.text
-    caplog.clear()
     cfg.data.classes = ["car", "Traffic Light"]
     # a model key changed: named (the weights' refusal, if they do not fit, lists tensors)
     recorded["config"]["model"] = {"name": "resnet18", "weights": "/a/r18.pth"}
     cfg.model = {"name": "resnet34", "weights": "/b/r18.pth"}
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
-                        logging.getLogger("t"), {})
+    resume()
     assert ("resuming model_0000004.pth with model settings other than the run that wrote it "
             "(they apply from here on): model.name: resnet18 -> resnet34\n") in caplog.text
     # a model key the checkpoint predates (a registered task's config: no defaults to fill
     # it), set here, was not compared; one empty here is no change
     cfg.model = {"name": "resnet18", "weights": "/b/r18.pth", "depth": 3, "options": {}}
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        check_resumable(Path("model_0000004.pth"), recorded, 4, cfg, 10,
-                        logging.getLogger("t"), {})
+    resume()
     assert ("resuming model_0000004.pth with model settings other than the run that wrote it "
             "(they apply from here on): model.depth: None -> 3\n") in caplog.text
 
