@@ -63,6 +63,8 @@ from resnet_detect.engine.same_everywhere import done_everywhere  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
 from resnet_detect.engine.tasks import config_task, load_task_config, task_module  # noqa: E402
 
+CONFUSION_SCORE_THR = 0.3  # mmdetection's confusion_matrix.py default
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = config_argument_parser(__doc__)
@@ -82,8 +84,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--error-analysis", action="store_true",
                         help="detection: also DIR/error_analysis/ (mmdetection's "
                              "coco_error_analysis.py: PR curves of the box and mask errors)")
-    parser.add_argument("--score-thr", type=float, default=0.3,
-                        help="--confusion-matrix: the detections counted (default 0.3)")
+    parser.add_argument("--score-thr", type=float, default=None,
+                        help="detection --confusion-matrix: the detections counted (default "
+                             f"{CONFUSION_SCORE_THR})")
     return parser.parse_intermixed_args(argv)
 
 
@@ -142,6 +145,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise ConfigError(f"{flag} is for {' and '.join(tasks)}; {args.config} is a "
                               f"{task!r} config" + (" (its per-class IoU is in metrics.json)"
                                                     if task == "sem_seg" else ""))
+    if args.score_thr is not None and not (args.confusion_matrix and task == "detection"):
+        # (a user may read it as the threshold of the AP, which scores every detection)
+        raise ConfigError("--score-thr sets which detections a detection --confusion-matrix "
+                          "counts, and this evaluation makes none: the AP and the other "
+                          "metrics score every detection the model returns (its own threshold "
+                          "is model.roi_heads.score_thresh)")
+    if args.score_thr is None:
+        args.score_thr = CONFUSION_SCORE_THR
     if not 0 <= args.score_thr <= 1:
         raise ConfigError(f"--score-thr is a score, 0..1, got {args.score_thr}")
     if args.results:

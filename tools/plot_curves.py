@@ -55,8 +55,12 @@ def main(argv: list[str] | None = None) -> Path:
     undefined = [k for k in keys if k in logged and not any(len(c.get(k, ((), ()))[1])
                                                              for c in curves.values())]
     if undefined and not unknown:
-        raise ConfigError(f"{', '.join(undefined)}: logged undefined (null: NaN, e.g. an AP of "
-                          f"a size no val object has) at every evaluation, nothing to draw")
+        why = (f"{', '.join(undefined)}: logged undefined (null: NaN, e.g. an AP of a size no "
+               f"val object has) at every evaluation")
+        if len(undefined) == len(keys):
+            raise ConfigError(f"{why}, nothing to draw")
+        logging.getLogger(__name__).warning("%s: not drawn", why)
+        keys = [k for k in keys if k not in undefined]
     if unknown or not keys:
         what = f"no run logged {', '.join(unknown)}" if unknown else "nothing to plot"
         empty = [run for run, c in curves.items() if not c]

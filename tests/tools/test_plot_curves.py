@@ -99,7 +99,9 @@ def test_the_curves_set_aside_by_a_fresh_run_are_pointed_to(
             f"over") in caplog.text
 
 
-def test_a_key_logged_undefined_at_every_evaluation_is_said_so(tmp_path: Path) -> None:
+def test_a_key_logged_undefined_at_every_evaluation_is_said_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture) -> None:
     """bbox/APl is null (NaN) where no val object is large: `--keys bbox/APl` said "no run
     logged bbox/APl" although every evaluation line has it."""
     run = _run(tmp_path / "run", [{"iteration": 2, "train/total_loss": 0.0},
@@ -110,3 +112,10 @@ def test_a_key_logged_undefined_at_every_evaluation_is_said_so(tmp_path: Path) -
     with pytest.raises(ConfigError, match=r"^bbox/APl: logged undefined \(null: NaN, e.g. an AP "
                                           r"of a size no val object has\) at every evaluation"):
         plot_curves.main([str(run), "--keys", "bbox/APl"])
+    # beside keys with points: those drawn, it named (the plot failed for all of them)
+    with caplog.at_level(logging.WARNING):
+        plot_curves.main([str(run), "--keys", "bbox/APl", "bbox/AP", "--output",
+                          str(tmp_path / "two.png")])
+    assert "bbox/APl: logged undefined (null: NaN, e.g. an AP of a size no val object has) at " \
+           "every evaluation: not drawn" in caplog.text
+    assert "wrote " + str(tmp_path / "two.png") + ": bbox/AP\n" in capsys.readouterr().out

@@ -493,6 +493,14 @@ def test_eval_writes_a_confusion_matrix_of_results_or_weights(
     with pytest.raises(ConfigError, match="--score-thr is a score, 0..1, got 30"):
         load_tool("eval").main([*run, "--output", str(tmp_path / "s"), "--results", str(path),
                                 "--confusion-matrix", "--score-thr", "30"])
+    # (without the matrix it was taken and ignored: read as the AP's threshold, say)
+    for flags in ([], ["--error-analysis"]):
+        with pytest.raises(ConfigError, match="^--score-thr sets which detections a detection "
+                                              "--confusion-matrix counts, and this evaluation "
+                                              "makes none: the AP and the other metrics score "
+                                              "every detection"):
+            load_tool("eval").main([*run, "--output", str(tmp_path / "s"), "--results",
+                                    str(path), *flags, "--score-thr", "0.2"])
 
 
 def test_the_error_analysis_counts_the_detections_the_scoring_counts(
