@@ -310,15 +310,11 @@ def _put_back_an_earlier_run(output_dir: Path, logger: logging.Logger) -> None:
                        "in the folder tries again", output_dir / REPLACED, e)
 
 
-def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str | os.PathLike,
-           logger: logging.Logger, output_dir: Path, compile_backend: str | None,
-           amp: str | None, hooks: Sequence[Hook]) -> dict[str, Any]:
-    """run_training after its checks, with the logging set up."""
-    record_registering_modules(cfg)  # (its words in log.txt) before config.yaml is written
+def _data_and_lengths(task: Task, cfg: DictConfig, resume: bool | str | os.PathLike,
+                      output_dir: Path, logger: logging.Logger) -> tuple[TaskData, dict[str, int]]:
+    """The task's data, read the same on every process, and the run's lengths in iterations,
+    with the warnings about both."""
     t = cfg.train
-    resume_hint = getattr(task, "resume_hint", RESUME_HINT)
-    steps = t.accumulation_steps
-    batch_size = drawn_batch_size(t)
     if not (resume and (resume is not True or checkpoints_in(output_dir))):
         warn_of_random_backbone(cfg)  # (a resumed run's weights are its checkpoint's)
     warn_of_val_in_training(cfg.get("data") or {})
@@ -340,10 +336,79 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     if is_main_process():
         warn_of_a_rate_far_above_the_recipes(task.name, t, logger)
     warn_of_unused_steps(t, logger)
-    processes = get_world_size()
+    steps, batch_size, processes = t.accumulation_steps, drawn_batch_size(t), get_world_size()
     logger.info("%s, %d process%s x %d images per step%s", data.description, processes,
                 "es" * (processes > 1), batch_size * steps,
                 f" in {steps} batches of {batch_size}" if steps > 1 else "")
+    return data, lengths
+
+
+def _log_schedule(t: DictConfig, lengths: dict[str, int], start_iter: int, evaluates: bool,
+                  logger: logging.Logger) -> None:
+    per_epoch = f" ({lengths['per_epoch']} per epoch)" if "per_epoch" in lengths else ""
+    schedule = describe_schedule(t, lengths, evaluates)
+    schedule = f": {schedule}" if schedule else ""
+    if start_iter:  # (resumed: "for 400 iterations from 120" read as 400 more)
+        left = lengths["max_iter"] - start_iter
+        logger.info("training to iteration %d%s from iteration %d (%d iteration%s)%s",
+                    lengths["max_iter"], per_epoch, start_iter, left, "s" * (left != 1),
+                    schedule)
+    else:
+        logger.info("training for %d iterations%s%s", lengths["max_iter"], per_epoch, schedule)
+
+
+def _interrupted(stop: StopRequest, iteration: int, in_evaluation: bool, max_iter: int,
+                 path: Path, resume_hint: str) -> TrainingInterrupted:
+    """The error a stop signal ends the run with, naming the checkpoint `path` to resume."""
+    where = (f"the evaluation at iteration {iteration}" if in_evaluation
+             else f"training after iteration {iteration}")
+    after = ("" if not in_evaluation else "; the evaluation after the last step runs "
+             "again, then the final weights are written" if iteration == max_iter
+             else f"; the evaluation at iteration {iteration} runs again first")
+    return TrainingInterrupted(
+        f"{stop.signal_name or 'a stop signal'} stopped {where} of {max_iter}; "
+        f"checkpoint {path}: {resume_hint}{after}",
+        signal_name=stop.signal_name, iteration=iteration, exit_code=128 + (stop.signum or 15))
+
+
+def _write_final(task: Task, cfg: DictConfig, model: nn.Module, max_iter: int,
+                 output_dir: Path, saved_iteration: int | None, metrics: Metrics,
+                 val_images: dict[str, int], logger: logging.Logger) -> None:
+    """The task's final weights and the last evaluation's metrics.json (main process)."""
+    try:
+        for path in task.save_final(cfg, model, max_iter):
+            logger.info("wrote %s", path)
+    except OSError as e:  # a full disk: the last checkpoint holds the trained weights
+        fix = "free space there" if is_disk_full(e) else "make it writable"
+        raise CheckpointWriteError(
+            f"cannot write the final weights in {output_dir} ({type(e).__name__}: {e}); "
+            f"the checkpoint of iteration {saved_iteration} is intact: {fix} "
+            f"and run the same command with --resume, which writes them without training "
+            f"again") from e
+    if metrics:  # the last evaluation's, as tools/eval.py writes them
+        try:
+            atomic_write_json({**nan_to_none(metrics), "images": val_images},
+                              output_dir / METRICS_FILE)
+        except OSError as e:  # the weights are written: not a reason to fail the run
+            logger.warning("cannot write %s (%s: %s): the final weights are written, the "
+                           "last evaluation's numbers are in log.txt",
+                           output_dir / METRICS_FILE, type(e).__name__, e.strerror or e)
+    elif (output_dir / METRICS_FILE).is_file():  # a resumed run without a val split
+        logger.warning("%s is an earlier evaluation's, of other weights: this run did not "
+                       "evaluate its final weights (no val split); tools/eval.py scores "
+                       "them", output_dir / METRICS_FILE)
+
+
+def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str | os.PathLike,
+           logger: logging.Logger, output_dir: Path, compile_backend: str | None,
+           amp: str | None, hooks: Sequence[Hook]) -> dict[str, Any]:
+    """run_training after its checks, with the logging set up."""
+    record_registering_modules(cfg)  # (its words in log.txt) before config.yaml is written
+    t = cfg.train
+    resume_hint = getattr(task, "resume_hint", RESUME_HINT)
+    steps = t.accumulation_steps
+    batch_size = drawn_batch_size(t)
+    data, lengths = _data_and_lengths(task, cfg, resume, output_dir, logger)
 
     torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
     benchmark_warning = cudnn_benchmark_warning(cfg, device)
@@ -457,14 +522,13 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                     "evaluations, checkpoints' weights and the final weights are the average",
                     average.decay)
     eval_hook, best = None, None
+    val_images: dict[str, int] = {}  # the last evaluation's count, for metrics.json
     stop = StopRequest()  # set by a stop signal while training runs (stop_on_signals)
     if data.val is not None:
         val_loader = build_test_loader(data.val, batch_size=data.val_batch_size,
                                        num_workers=cfg.data.num_workers,
                                        pin_memory=device.type == "cuda",
                                        collate_fn=data.collate)
-
-        val_images: dict[str, int] = {}  # the last evaluation's count, for metrics.json
 
         def evaluate() -> Metrics:
             counted = CountedLoader(val_loader, stop)
@@ -507,16 +571,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                                       pin_memory=device.type == "cuda",
                                       collate_fn=data.collate, batch_keys=data.batch_keys,
                                       repeat_factors=data.repeat_factors)
-    per_epoch = f" ({lengths['per_epoch']} per epoch)" if "per_epoch" in lengths else ""
-    schedule = describe_schedule(t, lengths, data.val is not None)
-    schedule = f": {schedule}" if schedule else ""
-    if start_iter:  # (resumed: "for 400 iterations from 120" read as 400 more)
-        left = lengths["max_iter"] - start_iter
-        logger.info("training to iteration %d%s from iteration %d (%d iteration%s)%s",
-                    lengths["max_iter"], per_epoch, start_iter, left, "s" * (left != 1),
-                    schedule)
-    else:
-        logger.info("training for %d iterations%s%s", lengths["max_iter"], per_epoch, schedule)
+    _log_schedule(t, lengths, start_iter, data.val is not None, logger)
     # The objects that exist now stay out of garbage collection while loader workers live:
     # a collector pass (in a worker, or in this process) writes to every object it visits,
     # which copies each page of this heap shared with the forked workers (copy-on-write).
@@ -549,17 +604,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                     if checkpointer.saved_iteration == trainer.iter
                     else checkpointer.save(trainer.iter))
     if not finished:
-        where = (f"the evaluation at iteration {trainer.iter}" if in_evaluation
-                 else f"training after iteration {trainer.iter}")
-        after = ("" if not in_evaluation else "; the evaluation after the last step runs "
-                 "again, then the final weights are written" if trainer.iter ==
-                 lengths["max_iter"] else f"; the evaluation at iteration {trainer.iter} runs "
-                 f"again first")
-        raise TrainingInterrupted(
-            f"{stop.signal_name or 'a stop signal'} stopped {where} of {lengths['max_iter']}; "
-            f"checkpoint {path}: {resume_hint}{after}",
-            signal_name=stop.signal_name, iteration=trainer.iter,
-            exit_code=128 + (stop.signum or 15))
+        raise _interrupted(stop, trainer.iter, in_evaluation, lengths["max_iter"], path,
+                           resume_hint)
     total_skipped = skipped.report(logger, "train")
     if best is not None and is_main_process():
         best.report()
@@ -568,27 +614,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
 
     metrics: Metrics = dict(eval_hook.last_result) if eval_hook is not None else {}
     if is_main_process():
-        try:
-            for path in task.save_final(cfg, model, lengths["max_iter"]):
-                logger.info("wrote %s", path)
-        except OSError as e:  # a full disk: the last checkpoint holds the trained weights
-            fix = "free space there" if is_disk_full(e) else "make it writable"
-            raise CheckpointWriteError(
-                f"cannot write the final weights in {output_dir} ({type(e).__name__}: {e}); "
-                f"the checkpoint of iteration {checkpointer.saved_iteration} is intact: {fix} "
-                f"and run the same command with --resume, which writes them without training "
-                f"again") from e
-        if metrics:  # the last evaluation's, as tools/eval.py writes them
-            try:
-                atomic_write_json({**nan_to_none(metrics), "images": val_images},
-                                  output_dir / METRICS_FILE)
-            except OSError as e:  # the weights are written: not a reason to fail the run
-                logger.warning("cannot write %s (%s: %s): the final weights are written, the "
-                               "last evaluation's numbers are in log.txt",
-                               output_dir / METRICS_FILE, type(e).__name__, e.strerror or e)
-        elif (output_dir / METRICS_FILE).is_file():  # a resumed run without a val split
-            logger.warning("%s is an earlier evaluation's, of other weights: this run did not "
-                           "evaluate its final weights (no val split); tools/eval.py scores "
-                           "them", output_dir / METRICS_FILE)
+        _write_final(task, cfg, model, lengths["max_iter"], output_dir,
+                     checkpointer.saved_iteration, metrics, val_images, logger)
     return {"model": model, "metrics": metrics.get(task.primary_metrics, {}),
             "all_metrics": metrics, "iteration": trainer.iter, "skipped": total_skipped}
