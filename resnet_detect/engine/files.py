@@ -185,6 +185,9 @@ def why_unloadable(data: bytes, error: Exception) -> str:
         return (f"it was saved with pickle protocol {protocol} (torch.save(..., "
                 f"pickle_protocol={protocol})), which torch's safe reader (weights_only) cannot "
                 f"read: save it again without pickle_protocol, from the program that wrote it")
+    if data[:1] == b"\x80" and _LEGACY_MAGIC not in data[:32]:
+        return ("a plain pickle (Python's pickle.dump), not a PyTorch file: save the state "
+                "dict with torch.save")
     if isinstance(error, pickle.UnpicklingError):
         reason = str(error).split("WeightsUnpickler error:")[-1].split("\n\nCheck the")[0].strip()
         return (f"it holds more than tensors, or is no PyTorch file ({reason}): a damaged or "
@@ -202,10 +205,14 @@ def why_unloadable(data: bytes, error: Exception) -> str:
                     f"{' ...' if len(names) > 3 else ''}: NumPy's .npz, Keras' .keras, ...)")
         return (f"a PyTorch file cut short or damaged (a partial download, or copied while a "
                 f"run wrote it): {said}")
-    if data[:1] == b"\x80":  # a pickle: torch.save's legacy format
+    if data[:1] == b"\x80" and _LEGACY_MAGIC in data[:32]:  # torch.save's legacy format
         return f"a damaged PyTorch file of the legacy format: {said}"
     return (f"no PyTorch file (it starts with {data[:16]!r}: text, or another format; "
             f"weights are a .pth/.pt of torch.save or a .safetensors file)")
+
+
+# the number torch.save's legacy format pickles first (after a protocol 4 frame's header)
+_LEGACY_MAGIC = b"\x8a\n" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 def _pickle_protocol(data: bytes) -> int | None:
@@ -217,6 +224,8 @@ def _pickle_protocol(data: bytes) -> int | None:
             data = archive.open(name).read(2) if name is not None else b""
         except (zipfile.BadZipFile, ValueError, OSError, EOFError):
             return None
+    elif _LEGACY_MAGIC not in data[:32]:  # a plain pickle: no PyTorch file at all
+        return None
     return data[1] if len(data) > 1 and data[0] == 0x80 else None
 
 
