@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,7 +56,9 @@ if not __package__:  # run as a file: the repository's package (not an installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resnet_detect.engine import cleanup, init_distributed, is_main_process, setup_logging  # noqa: E402
+from resnet_detect.engine.confusion_files import CSV_FILE, PNG_FILE  # noqa: E402
 from resnet_detect.engine.files import writable_folder  # noqa: E402
+from resnet_detect.engine.run_lock import exclusive_tool_folder  # noqa: E402
 from resnet_detect.engine.checkpoint import POINTER  # noqa: E402
 from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.train_settings import check_num_workers  # noqa: E402
@@ -63,6 +66,7 @@ from resnet_detect.engine.same_everywhere import done_everywhere  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
 from resnet_detect.engine.tasks import config_task, load_task_config, task_module  # noqa: E402
 
+TOOL = "tools/eval.py"
 CONFUSION_SCORE_THR = 0.3  # mmdetection's confusion_matrix.py default
 
 
@@ -156,8 +160,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not 0 <= args.score_thr <= 1:
         raise ConfigError(f"--score-thr is a score, 0..1, got {args.score_thr}")
     if args.results:
-        metrics = score_results(args, task)
-        write_analyses(args, Path(args.results))
+        setup_logging(None)
+        with exclusive_tool_folder(writable_folder(args.output, "--output"), TOOL):
+            metrics = score_results(args, task)
+            write_analyses(args, Path(args.results))
+            remove_what_this_evaluation_did_not_make(args, task)
         return metrics
     evaluate_checkpoint = getattr(task_module(task), "evaluate_checkpoint", None)
     if evaluate_checkpoint is None:
@@ -180,12 +187,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # the main process writes the results: checked before the inference, on every process
         done_everywhere(lambda: writable_folder(args.output, "--output")
                         if is_main_process() else None, "write to --output")
-        metrics = evaluate_checkpoint(args.config, args.weights, Path(args.output),
-                                      args.overrides, device, **options)
-        if (args.confusion_matrix or args.error_analysis) and task == "detection" \
-                and is_main_process():
-            from resnet_detect.detection.evaluation import RESULTS_FILE
-            write_analyses(args, Path(args.output) / RESULTS_FILE)
+        with exclusive_tool_folder(args.output, TOOL):
+            metrics = evaluate_checkpoint(args.config, args.weights, Path(args.output),
+                                          args.overrides, device, **options)
+            if is_main_process():
+                if (args.confusion_matrix or args.error_analysis) and task == "detection":
+                    from resnet_detect.detection.evaluation import RESULTS_FILE
+                    write_analyses(args, Path(args.output) / RESULTS_FILE)
+                remove_what_this_evaluation_did_not_make(args, task)
         return metrics
     finally:
         cleanup()
@@ -199,10 +208,28 @@ def score_results(args: argparse.Namespace, task: str) -> dict[str, Any]:
     if args.save_predictions:
         raise ConfigError("--save-predictions writes a model's predictions: give --weights")
     from resnet_detect.detection.score_results import score_results_file
-    setup_logging(None)
-    writable_folder(args.output, "--output")
     return score_results_file(args.config, args.results, Path(args.output), args.overrides,
                               backend=args.backend)
+
+
+def remove_what_this_evaluation_did_not_make(args: argparse.Namespace, task: str) -> None:
+    """An earlier evaluation's analyses in --output that this one was not asked for: left,
+    they lay beside this evaluation's metrics as if of its weights (the same weights file,
+    retrained or exported again, is evaluated into its folder again)."""
+    output = Path(args.output)
+    earlier = [] if args.confusion_matrix else [output / CSV_FILE, output / PNG_FILE]
+    if task == "detection" and not args.error_analysis:
+        from resnet_detect.detection.error_analysis import FOLDER
+        earlier.append(output / FOLDER)
+    if task == "sem_seg" and not args.save_predictions:
+        from resnet_detect.segmentation.training import PREDICTIONS
+        earlier.append(output / PREDICTIONS)
+    found = [p for p in earlier if p.exists()]
+    for p in found:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    if found:
+        print(f"removed the earlier evaluation's {', '.join(p.name for p in found)} from "
+              f"{output}: this evaluation did not make them", flush=True)
 
 
 def write_analyses(args: argparse.Namespace, results_file: Path) -> None:

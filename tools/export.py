@@ -40,11 +40,13 @@ if not __package__:  # run as a file: the repository's package (not an installed
 
 from resnet_detect.engine import setup_logging  # noqa: E402
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
-from resnet_detect.engine.export import (INSTALL_HINT, METADATA_FILE, ExportError,  # noqa: E402
-                                         is_onnx)
+from resnet_detect.engine.export import (FLOAT32_PREFIX, INSTALL_HINT,  # noqa: E402
+                                         METADATA_FILE, ExportError, is_onnx,
+                                         remove_interrupted_export)
 from resnet_detect.engine.files import writable_folder  # noqa: E402
 from resnet_detect.engine.quantize import (DEFAULT_CALIBRATION_IMAGES,  # noqa: E402
                                            QUANTIZE_CHOICES)
+from resnet_detect.engine.run_lock import exclusive_tool_folder  # noqa: E402
 from resnet_detect.engine.tasks import TASK_MODULES, config_task, task_module  # noqa: E402
 
 
@@ -96,18 +98,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             task, args.config, args.overrides, DEFAULT_CALIBRATION_IMAGES
             if args.calibration_images is None else args.calibration_images)
     output = writable_folder(args.output, "--output")
-    replaced = (output / METADATA_FILE).is_file()
-    if calibration is None:
-        metadata = export_model(args.config, args.weights, output, args.overrides, **options)
-    else:
-        from resnet_detect.engine.quantize import quantize_export
-        # the float32 export apart, so that the folder's earlier export stays whole until
-        # the int8 graph replaces it
-        output.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=output, prefix=".float32-") as fp32:
-            fp32_metadata = export_model(args.config, args.weights, Path(fp32),
-                                         args.overrides, **options)
-            metadata = quantize_export(Path(fp32), output, fp32_metadata, *calibration)
+    with exclusive_tool_folder(output, "tools/export.py"):
+        remove_interrupted_export(output)
+        replaced = (output / METADATA_FILE).is_file()
+        if calibration is None:
+            metadata = export_model(args.config, args.weights, output, args.overrides,
+                                    **options)
+        else:
+            from resnet_detect.engine.quantize import quantize_export
+            # the float32 export apart, so that the folder's earlier export stays whole until
+            # the int8 graph replaces it
+            with tempfile.TemporaryDirectory(dir=output, prefix=FLOAT32_PREFIX) as fp32:
+                fp32_metadata = export_model(args.config, args.weights, Path(fp32),
+                                             args.overrides, **options)
+                metadata = quantize_export(Path(fp32), output, fp32_metadata, *calibration)
     print(f"wrote {Path(args.output) / metadata['model']}"
           f"{' (int8)' if calibration is not None else ''} and export.json"
           f"{' in place of the export that was there' if replaced else ''}: "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,6 +32,8 @@ METADATA_FILE = "export.json"
 METADATA_KEY = "export_json"  # the same JSON in the graph's metadata_props
 COMMON_KEYS = ("pixel_mean", "pixel_std", "class_names")  # in every export.json
 INSTALL_HINT = "pip install 'resnet-detect[export]' (or: pip install onnx onnxruntime)"
+# work folders an export makes in its folder: an int8 export's float32 graph, the quantizer's
+FLOAT32_PREFIX, QUANTIZE_PREFIX = ".float32-", ".quantize-"
 
 
 class ExportError(ValueError):
@@ -120,6 +123,25 @@ def write_metadata(folder: Path, task: str, *, inputs: Mapping[str, Any],
 
 def _partial(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
+
+
+def remove_interrupted_export(folder: Path) -> None:
+    """Remove what a killed export left in `folder`: its graph's .partial and an int8
+    export's work folders (a float32 graph, the quantizer's copy: 120 MB for an R50-FPN),
+    which no later export removed and which went with every copy of the folder (the export
+    itself stays whole through a kill). Only under the folder's lock (exclusive_tool_folder):
+    another export's are not left over."""
+    left = [p for p in folder.iterdir()
+            if p.name == _partial(folder / MODEL_FILE).name
+            or (p.is_dir() and p.name.startswith((FLOAT32_PREFIX, QUANTIZE_PREFIX)))]
+    for p in left:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    if left:
+        logger.info("removed what an interrupted export left in %s: %s", folder,
+                    ", ".join(sorted(p.name for p in left)))
 
 
 @contextmanager

@@ -28,9 +28,11 @@ PARTIAL_WRITE = re.compile(r"\..+\.[0-9a-f]{16}\.tmp")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *,
-                 binary: bool = False, before_replace: Callable[[], None] | None = None) -> None:
+                 binary: bool = False, before_replace: Callable[[], None] | None = None,
+                 sync: bool = True) -> None:
     """Call `write(file)` on a temp file beside `path`, then rename it to `path`
-    (`before_replace()` between the two, once the temp file is complete).
+    (`before_replace()` between the two, once the temp file is complete). `sync=False`: not
+    flushed to the disk first (whole through a kill, not through a power loss; pictures).
 
     Creates the parent folder. If `write` raises, `path` is left as it was.
     """
@@ -44,7 +46,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *,
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)

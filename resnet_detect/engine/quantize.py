@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .config import ConfigError, is_positive_int
-from .export import MODEL_FILE, ExportError, _written, write_metadata
+from .export import MODEL_FILE, QUANTIZE_PREFIX, ExportError, _written, write_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def quantize_graph(source: Path, target: Path, task: str,
     quiet = _QuietOnnxRuntime()  # its quantizer logs each bias it copies on the root logger
     root.addFilter(quiet)
     try:
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quantize-") as work:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=QUANTIZE_PREFIX) as work:
             prepared = Path(work) / "prepared.onnx"
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             nodes = network_nodes(onnx.load(str(prepared)), task)

@@ -24,12 +24,16 @@ except ImportError:  # Windows
 logger = logging.getLogger(__name__)
 LOCK_FILE = ".run.lock"
 _HELD: list[IO[str]] = []  # this process's locks, closed in every forked child
+_HELD_FOLDERS: list[int] = []  # (exclusive_tool_folder's: descriptors of locked folders)
 
 
 def _close_in_child() -> None:
     for handle in _HELD:
         handle.close()  # the child's copy only: the parent keeps its lock
     _HELD.clear()
+    for fd in _HELD_FOLDERS:
+        os.close(fd)
+    _HELD_FOLDERS.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -37,7 +41,7 @@ if hasattr(os, "register_at_fork"):
 
 
 class FolderInUseError(RuntimeError):
-    """Another live training run writes to the output folder."""
+    """Another live training run (or tool) writes to the output folder."""
 
 
 def _lock(folder: Path) -> tuple[IO[str] | None, str | None]:
@@ -92,3 +96,67 @@ def exclusive_output_dir(folder: str | os.PathLike) -> Iterator[None]:
         if handle is not None:
             _HELD.remove(handle)
             handle.close()
+
+
+def _lock_folder_itself(folder: Path, tool: str) -> tuple[int | None, str | None]:
+    """(the descriptor of `folder`, locked, or None; why the folder is refused or None)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # (not a folder: the tool's own checks name it)
+        return None, None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None, (f"{folder} is in use: another export or evaluation writes there "
+                          f"now, and {tool} would mix its files with that one's; wait for it "
+                          f"to end, or give another --output")
+        # (a network file system's emulated flock of a read-only descriptor, say)
+        logger.info("cannot lock %s (%s): another tool writing there at the same time is not "
+                    "kept out", folder, e.strerror or e)
+        return None, None
+    return fd, None
+
+
+@contextlib.contextmanager
+def exclusive_tool_folder(folder: str | os.PathLike, tool: str) -> Iterator[None]:
+    """Within the context no other tool that asks writes into `folder` (the --output of
+    tools/export.py and tools/eval.py: two exports at once left one's graph under the other's
+    metadata). An advisory flock on the folder itself, so that nothing is written into it (an
+    export folder is shipped as it is); the kernel drops it with the process. The folder is
+    made where missing, and removed again where the context fails and leaves it empty.
+    Called on every process; the main one locks, and all stop together when it cannot.
+
+    Raises:
+        FolderInUseError: another tool holds the folder; nothing was written.
+    """
+    folder = Path(folder)
+    made = is_main_process() and not folder.exists()
+    fd, refused = None, None
+    if is_main_process():
+        folder.mkdir(parents=True, exist_ok=True)
+        if fcntl is not None:
+            fd, refused = _lock_folder_itself(folder, tool)
+    if any_process(refused is not None):
+        if made:
+            _remove_if_empty(folder)
+        raise FolderInUseError(refused or f"{folder} is in use by another tool (the main "
+                                          f"process found it locked)")
+    if fd is not None:
+        _HELD_FOLDERS.append(fd)
+    try:
+        yield
+    except BaseException:
+        if made:
+            _remove_if_empty(folder)
+        raise
+    finally:
+        if fd is not None:
+            _HELD_FOLDERS.remove(fd)
+            os.close(fd)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # (not empty: a file written there is kept)
+        folder.rmdir()

@@ -16,7 +16,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .data import IMAGE_SUFFIXES, UnreadableImageError, files_under, read_image
-from .files import UnwritableFolderError
+from .files import UnwritableFolderError, atomic_write
 
 logger = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -266,14 +266,15 @@ def output_paths(inputs: Sequence[tuple[Path, Path]], output: Path, *,
 
 
 def write_picture(picture: np.ndarray, out: Path) -> Path:
-    """Write an RGB picture into the image file `out` (its folders made); returns it."""
+    """Write an RGB picture into the image file `out` (its folders made), whole or not at
+    all (a kill left a cut picture beside its complete JSON); returns it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     # encoded here and written by Python: OpenCV's own file writing fails on Windows for
     # paths outside the system code page (non-ASCII folder names)
     ok, encoded = cv2.imencode(out.suffix, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"cannot encode a picture as {out.suffix} for {out}")
-    out.write_bytes(encoded.tobytes())
+    atomic_write(out, lambda f: f.write(encoded.tobytes()), binary=True, sync=False)
     return out
 
 

@@ -297,3 +297,32 @@ def test_a_video_that_cannot_be_replaced_keeps_the_new_one_beside_it(
     assert out.read_bytes() == b"the earlier video"
     assert sorted(p.name for p in out.parent.iterdir()) == ["clip.mp4", "clip.new.mp4"]
     assert (out.parent / "clip.new.mp4").stat().st_size > 0
+
+
+def test_a_picture_whose_write_fails_leaves_the_earlier_one_whole(tmp_path: Path) -> None:
+    """A kill or a full disk while tools/demo.py wrote a picture left it cut short (beside its
+    complete JSON). Here the write fails at 4 KB (a file size limit, in a forked process)."""
+    import errno
+    import resource
+    import signal
+
+    out = tmp_path / "picture.png"
+    visualize.write_picture(np.zeros((8, 8, 3), np.uint8), out)
+    before = out.read_bytes()
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    pid = os.fork()
+    if pid == 0:  # (exits without returning into pytest)
+        code = 5
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+            visualize.write_picture(noise, out)
+            code = 0
+        except OSError as e:
+            code = 3 if e.errno == errno.EFBIG else 4
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3  # the write failed at the limit
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["picture.png"]  # no partial file left

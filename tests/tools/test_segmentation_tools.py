@@ -464,6 +464,14 @@ def test_eval_saves_each_images_class_map_that_it_scored(
         load_tool("eval").main(again[:-1])
     assert len(calls) == 2 and not list(tmp_path.glob("predictions.*"))
     assert {p.name: p.read_bytes() for p in (tmp_path / "predictions").iterdir()} == written
+    # evaluated again without the flags: the earlier maps and matrix (of the weights the file
+    # held then) went on lying beside the new metrics
+    capsys.readouterr()
+    load_tool("eval").main([a for a in again if a != "--save-predictions"])
+    assert not any((tmp_path / name).exists() for name in (
+        "predictions", "confusion_matrix.csv", "confusion_matrix.png"))
+    assert (f"removed the earlier evaluation's predictions from {tmp_path}: this evaluation "
+            f"did not make them" in capsys.readouterr().out)
 
 
 def test_masks_whose_0_is_unlabelled_score_as_the_same_masks_without_it(

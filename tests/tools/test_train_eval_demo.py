@@ -475,6 +475,10 @@ def test_eval_writes_a_confusion_matrix_of_results_or_weights(
     assert counts[-1].sum() == 0 and counts[:, -1].sum() == 0  # nothing missed nor extra
     assert (np.diag(counts)[:-1] >= per_class).all()  # (touching objects add to a cell)
     assert "confusion matrix (detections scoring 0.3 or more, IoU 0.5)" in capsys.readouterr().out
+    load_tool("eval").main([*run, "--output", str(tmp_path / "out"), "--results", str(path)])
+    assert not (tmp_path / "out/confusion_matrix.csv").exists()  # (not of this evaluation)
+    assert "removed the earlier evaluation's confusion_matrix.csv, confusion_matrix.png from " \
+           f"{tmp_path / 'out'}: this evaluation did not make them" in capsys.readouterr().out
     load_tool("eval").main([*run, "--output", str(tmp_path / "w"), "--weights",
                             str(trained / "model_final.pth"), "--confusion-matrix",
                             "--score-thr", "0.5"])
@@ -1184,6 +1188,42 @@ def test_export_and_onnx_runs_refuse_what_they_cannot_do_naming_it(
     with pytest.raises(ValueError, match=r"onnx/model.onnx needs onnxruntime: pip install"):
         load_tool("eval").main([*args, "--weights", str(tmp_path / "onnx/model.onnx"),
                                 "--output", str(tmp_path / "eval")])
+
+
+def test_a_folder_another_export_or_evaluation_writes_is_refused_and_leftovers_go(
+        trained: Path, data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Two exports into one folder at once left one's graph under the other's metadata, both
+    exit 0; two evaluations each reported files of the other. What a killed int8 export left
+    (its float32 graph, the quantizer's copy) stayed in the folder through later exports."""
+    from resnet_detect.engine.run_lock import FolderInUseError, exclusive_tool_folder
+    export, evaluate = load_tool("export"), load_tool("eval")
+    args = [str(CONFIG), *data_overrides(data), "--weights", str(trained / "model_final.pth")]
+    out = tmp_path / "onnx"
+    export.main([*args, "--output", str(out)])
+    whole = {p.name: p.read_bytes() for p in out.iterdir()}
+    with exclusive_tool_folder(out, "tools/export.py"):  # the other export, still writing
+        for tool in (export, evaluate):
+            name = "export" if tool is export else "eval"
+            with pytest.raises(FolderInUseError, match=rf"^{out} is in use: another export or "
+                                                       rf"evaluation writes there now, and "
+                                                       rf"tools/{name}.py would mix its files "
+                                                       rf"with that one's; wait for it to end, "
+                                                       rf"or give another --output$"):
+                if tool is export:
+                    export.main([*args, "--output", str(out)])
+                else:  # (an evaluation of the graph into the export's own folder)
+                    evaluate.main([*args[:-2], "--weights", str(out / "model.onnx"), "--output",
+                                   str(out)])
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == whole
+    (out / ".float32-k593dnd9").mkdir()
+    (out / ".float32-k593dnd9/model.onnx").write_bytes(b"x" * 100)
+    (out / ".quantize-ms5341u7").mkdir()
+    (out / "model.onnx.partial").write_bytes(b"x" * 100)
+    with caplog.at_level(logging.INFO):
+        export.main([*args, "--output", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx"]
+    assert (f"removed what an interrupted export left in {out}: .float32-k593dnd9, "
+            f".quantize-ms5341u7, model.onnx.partial") in caplog.text
 
 
 def test_damaged_export_folders_are_refused_naming_the_file_and_key(
