@@ -230,3 +230,36 @@ def test_without_a_gpu_the_full_suite_says_what_to_run_instead(tmp_path: Path) -
         pytest.skip("this machine has a GPU: the full suite would run")
     with pytest.raises(SystemExit, match=r"needs a CUDA GPU .*--smoke runs it on the CPU"):
         load_suite().main(["--output", str(tmp_path)])
+
+
+def test_bf16_steps_run_float32_products_exact_and_fp32_steps_with_tf32() -> None:
+    """The suite allows TF32 for its fp32 rows; its bf16 training steps timed the float32
+    products (the upsampling's backward as matrix products) with TF32 too, faster than a
+    training runs them (PyTorch's default: exact float32)."""
+    suite = load_suite()
+    x = torch.ones(2, 2, requires_grad=True)
+    seen: list[tuple[str, bool]] = []
+
+    class Recorded(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):  # type: ignore[no-untyped-def]
+            seen.append(("forward", torch.backends.cuda.matmul.allow_tf32))
+            return t * 1.0
+
+        @staticmethod
+        def backward(ctx, grad):  # type: ignore[no-untyped-def]
+            seen.append(("backward", torch.backends.cuda.matmul.allow_tf32))
+            return grad
+
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True  # as the suite sets it on a GPU
+    try:
+        for precision, tf32 in (("bf16", False), ("fp32", True)):
+            seen.clear()
+            optimizer = torch.optim.SGD([x], lr=0.0)
+            suite._train_step(torch.nn.Module(), optimizer, torch.device("cpu"), precision,
+                              lambda: {"loss": Recorded.apply(x).sum()})()
+            assert seen == [("forward", tf32), ("backward", tf32)]
+            assert torch.backends.cuda.matmul.allow_tf32  # (the suite's setting back after)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
