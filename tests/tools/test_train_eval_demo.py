@@ -901,8 +901,8 @@ def assert_json_holds(record: dict, expected: dict, min_score: float = 0.0) -> N
     assert record["class_names"] == [n for n, k in zip(expected["class_names"], kept) if k]
 
 
-def test_demo_saves_the_detections_it_draws_as_json(trained: Path, data: Path,
-                                                    tmp_path: Path) -> None:
+def test_demo_saves_the_detections_it_draws_as_json(
+        trained: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--save-json: DIR/<name>.json per image, DIR/<name>.jsonl per video, holding what the
     Predictor returns for the image (the detections of --min-score or more)."""
     images = sorted((data / "images/val").iterdir())
@@ -927,6 +927,11 @@ def test_demo_saves_the_detections_it_draws_as_json(trained: Path, data: Path,
                                                          for i in range(3)]
     for record, frame in zip(lines, frames, strict=True):
         assert_json_holds(record, predictor(frame))
+    # another run into the folder, of one image: the others' files were left without a word
+    load_tool("demo").main([str(CONFIG), "--weights", weights, "--input", str(images[1]),
+                            "--output", str(out), "--save-json"])
+    assert f"{out} also holds 6 file(s) this run did not write: 000000.jpg, 000000.json, " \
+           f"000002.jpg, 000002.json, clip.jsonl ...\n" in capsys.readouterr().out
     # what is drawn, of --min-score or more; an image.png beside image.jpg gets image-2.json
     expected = predictor(read_rgb(images[0]))
     min_score = float(np.median(expected["scores"]))
