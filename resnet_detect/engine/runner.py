@@ -278,6 +278,8 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
             _refuse_another_tasks_results(output_dir, cfg)
 
     done_everywhere(check_the_folder, "start in its train.output_dir")
+    if device.type == "cuda":  # (rng_kept keeps a GPU's stream from its first use on only)
+        torch.cuda.init()
     # a Python caller's random streams, logging and cuDNN setting are as they were after the
     # run, and training works under its torch.no_grad() or torch.inference_mode() and its
     # default dtype
