@@ -46,7 +46,8 @@ from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E
 from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.data import UnreadableImageError, listing  # noqa: E402
 from resnet_detect.engine.export import is_onnx  # noqa: E402
-from resnet_detect.engine.files import atomic_write, atomic_write_json, writable_folder  # noqa: E402
+from resnet_detect.engine.files import (atomic_write, atomic_write_json,  # noqa: E402
+                                        file_versions, writable_folder)
 from resnet_detect.engine.distributed import init_distributed  # noqa: E402
 from resnet_detect.engine.tasks import config_task, load_task_config, task_module  # noqa: E402
 from resnet_detect.segmentation.records import write_label_map  # noqa: E402
@@ -105,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     device = init_distributed(load_task_config(args.config, args.overrides)[1].train.device)
     render = build_renderer(args.config, args.weights, args.overrides, args.min_score,
                             device=device)
-    earlier = files_and_versions(output)
+    # (not compared in a folder of more: the walk alone would cost seconds)
+    earlier = file_versions(output, limit=10_000) or {}
     output.mkdir(parents=True, exist_ok=True)
     if args.save_json and task == "sem_seg":
         atomic_write_json(list(render.class_names), output / "classes.json")
@@ -130,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
           + ("" if drawn is None else f": {drawn} detections of score {args.min_score} or more"
              + ("" if drawn else _none_drawn_hint(render, args))), flush=True)
     left = sorted(str(path.relative_to(output)) for path, version in earlier.items()
-                  if files_and_versions(path).get(path) == version)
+                  if file_versions(path).get(path) == version)
     if left:  # (another run's, perhaps of other weights: the folder does not tell them apart)
         print(f"{output} also holds {len(left)} file(s) this run did not write: "
               f"{', '.join(left[:5])}{' ...' if len(left) > 5 else ''}", flush=True)
@@ -141,20 +143,6 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             + (" (the others were drawn)" if written else "") + ":"
             + listing(unreadable + too_large))
     return written
-
-
-def files_and_versions(path: Path) -> dict[Path, tuple[int, int]]:
-    """The files under `path` (or `path` itself) by (inode, modification time): a file this
-    run writes (replaced whole, or written over) changes one of the two."""
-    found = {}
-    for file in ([path] if path.is_file() else path.rglob("*") if path.is_dir() else []):
-        try:
-            stat = file.stat()
-        except OSError:  # (gone meanwhile)
-            continue
-        if file.is_file():
-            found[file] = (stat.st_ino, stat.st_mtime_ns)
-    return found
 
 
 def run_saving(path: Path, render: Any, out: Path, output: Path, task: str,

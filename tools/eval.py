@@ -57,12 +57,13 @@ if not __package__:  # run as a file: the repository's package (not an installed
 
 from resnet_detect.engine import cleanup, init_distributed, is_main_process, setup_logging  # noqa: E402
 from resnet_detect.engine.confusion_files import CSV_FILE, PNG_FILE  # noqa: E402
-from resnet_detect.engine.files import writable_folder  # noqa: E402
+from resnet_detect.engine.files import file_versions, writable_folder  # noqa: E402
 from resnet_detect.engine.run_lock import exclusive_tool_folder  # noqa: E402
 from resnet_detect.engine.checkpoint import POINTER  # noqa: E402
 from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.train_settings import check_num_workers  # noqa: E402
-from resnet_detect.engine.same_everywhere import done_everywhere  # noqa: E402
+from resnet_detect.engine.same_everywhere import (done_by_the_main_process,  # noqa: E402
+                                                   done_everywhere)
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
 from resnet_detect.engine.tasks import config_task, load_task_config, task_module  # noqa: E402
 
@@ -141,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     refuse_a_training_runs_folder(Path(args.output))
     key = "results" if args.results else "weights"
     refuse_another_evaluations_folder(Path(args.output), getattr(args, key), key)
+    earlier = earlier_analyses(Path(args.output))
     task = config_task(args.config, args.overrides)
     for flag, asked, tasks in (("--confusion-matrix", args.confusion_matrix,
                                 ("detection", "sem_seg")),
@@ -160,12 +162,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not 0 <= args.score_thr <= 1:
         raise ConfigError(f"--score-thr is a score, 0..1, got {args.score_thr}")
     if args.results:
-        setup_logging(None)
-        with exclusive_tool_folder(writable_folder(args.output, "--output"), TOOL):
+        def scored() -> dict[str, Any]:
             metrics = score_results(args, task)
             write_analyses(args, Path(args.results))
-            remove_what_this_evaluation_did_not_make(args, task)
-        return metrics
+            remove_what_this_evaluation_did_not_make(Path(args.output), earlier)
+            return metrics
+
+        init_distributed("cpu")  # (under torchrun: one process scores, the others wait)
+        setup_logging(None)
+        try:
+            with exclusive_tool_folder(writable_folder(args.output, "--output"), TOOL):
+                return done_by_the_main_process(scored, "score the results")
+        finally:
+            cleanup()
     evaluate_checkpoint = getattr(task_module(task), "evaluate_checkpoint", None)
     if evaluate_checkpoint is None:
         raise ConfigError(f"tools/eval.py has no evaluation of {task!r} models ({args.config})")
@@ -194,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 if (args.confusion_matrix or args.error_analysis) and task == "detection":
                     from resnet_detect.detection.evaluation import RESULTS_FILE
                     write_analyses(args, Path(args.output) / RESULTS_FILE)
-                remove_what_this_evaluation_did_not_make(args, task)
+                remove_what_this_evaluation_did_not_make(Path(args.output), earlier)
         return metrics
     finally:
         cleanup()
@@ -212,24 +221,31 @@ def score_results(args: argparse.Namespace, task: str) -> dict[str, Any]:
                               backend=args.backend)
 
 
-def remove_what_this_evaluation_did_not_make(args: argparse.Namespace, task: str) -> None:
-    """An earlier evaluation's analyses in --output that this one was not asked for: left,
-    they lay beside this evaluation's metrics as if of its weights (the same weights file,
-    retrained or exported again, is evaluated into its folder again)."""
-    output = Path(args.output)
-    earlier = [] if args.confusion_matrix else [output / CSV_FILE, output / PNG_FILE]
-    if task == "detection" and not args.error_analysis:
-        from resnet_detect.detection.error_analysis import FOLDER
-        earlier.append(output / FOLDER)
-    if task == "sem_seg" and not args.save_predictions:
-        from resnet_detect.segmentation.training import PREDICTIONS
-        earlier.append(output / PREDICTIONS)
-    found = [p for p in earlier if p.exists()]
-    for p in found:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    if found:
-        print(f"removed the earlier evaluation's {', '.join(p.name for p in found)} from "
-              f"{output}: this evaluation did not make them", flush=True)
+def earlier_analyses(output: Path) -> dict[str, dict[Path, tuple[int, int]]]:
+    """The analyses of an earlier evaluation in `output` (one whose metrics.json is there), by
+    name, with their files' versions; links are the user's, not taken."""
+    if not (output / "metrics.json").is_file():  # (files of these names that are the user's)
+        return {}
+    from resnet_detect.detection.error_analysis import FOLDER
+    from resnet_detect.segmentation.training import PREDICTIONS
+    return {name: file_versions(output / name) for name in (CSV_FILE, PNG_FILE, FOLDER,
+                                                             PREDICTIONS)
+            if (output / name).exists() and not (output / name).is_symlink()}
+
+
+def remove_what_this_evaluation_did_not_make(
+        output: Path, earlier: dict[str, dict[Path, tuple[int, int]]]) -> None:
+    """The earlier evaluation's analyses that this one did not write again (not asked for,
+    or asked and not made: a val file without annotations, say): left, they lay beside this
+    evaluation's metrics as if of its weights (the same weights file, retrained or exported
+    again, is evaluated into its folder again)."""
+    stale = [name for name, versions in earlier.items()
+             if file_versions(output / name) == versions]
+    for name in stale:
+        shutil.rmtree(output / name) if (output / name).is_dir() else (output / name).unlink()
+    if stale:
+        print(f"removed the earlier evaluation's {', '.join(stale)} from {output}: this "
+              f"evaluation did not make them", flush=True)
 
 
 def write_analyses(args: argparse.Namespace, results_file: Path) -> None:

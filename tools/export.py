@@ -98,8 +98,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             task, args.config, args.overrides, DEFAULT_CALIBRATION_IMAGES
             if args.calibration_images is None else args.calibration_images)
     output = writable_folder(args.output, "--output")
-    with exclusive_tool_folder(output, "tools/export.py"):
-        remove_interrupted_export(output)
+    with exclusive_tool_folder(output, "tools/export.py") as locked:
+        if locked:  # (unlocked, they may be another export's, still writing)
+            remove_interrupted_export(output)
         replaced = (output / METADATA_FILE).is_file()
         if calibration is None:
             metadata = export_model(args.config, args.weights, output, args.overrides,

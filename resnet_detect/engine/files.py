@@ -97,6 +97,23 @@ def replace_folder(new: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def file_versions(path: Path, limit: int | None = None) -> dict[Path, tuple[int, int]] | None:
+    """The files under `path` (or `path` itself) by (inode, modification time), which a
+    write changes (a file replaced whole, or written over); None where there are more than
+    `limit`. Links to folders are not followed."""
+    found = {}
+    for file in ([path] if path.is_file() else path.rglob("*") if path.is_dir() else []):
+        try:
+            stat = file.stat()
+        except OSError:  # (gone meanwhile)
+            continue
+        if file.is_file():
+            found[file] = (stat.st_ino, stat.st_mtime_ns)
+            if limit is not None and len(found) > limit:
+                return None
+    return found
+
+
 def nan_to_none(value: Any) -> Any:
     """`value` with every NaN float (in dicts, at any depth) replaced by None (JSON null)."""
     if isinstance(value, float) and math.isnan(value):

@@ -12,7 +12,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .distributed import any_process, is_main_process
 
@@ -98,65 +98,84 @@ def exclusive_output_dir(folder: str | os.PathLike) -> Iterator[None]:
             handle.close()
 
 
-def _lock_folder_itself(folder: Path, tool: str) -> tuple[int | None, str | None]:
-    """(the descriptor of `folder`, locked, or None; why the folder is refused or None)."""
+def _lock_folder_itself(folder: Path, tool: str) -> tuple[Any, str | None]:
+    """(the held lock: the folder's descriptor, or where a file system cannot lock that, the
+    open LOCK_FILE; None where nothing could be locked) and why the folder is refused, or
+    None."""
+    refusal = (f"{folder} is in use: another export or evaluation writes there now, and {tool} "
+               f"would mix its files with that one's; wait for it to end, or give another "
+               f"--output")
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # (not a folder: the tool's own checks name it)
         return None, None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd, None
     except OSError as e:
         os.close(fd)
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None, (f"{folder} is in use: another export or evaluation writes there "
-                          f"now, and {tool} would mix its files with that one's; wait for it "
-                          f"to end, or give another --output")
-        # (a network file system's emulated flock of a read-only descriptor, say)
-        logger.info("cannot lock %s (%s): another tool writing there at the same time is not "
-                    "kept out", folder, e.strerror or e)
-        return None, None
-    return fd, None
+            return None, refusal
+    # NFS emulates flock with fcntl's locks, whose exclusive lock needs a descriptor open for
+    # writing (EBADF on a folder's): the training runs' lock file then, left in the folder
+    handle, refused = _lock(folder)
+    return handle, refusal if refused else None
 
 
 @contextlib.contextmanager
-def exclusive_tool_folder(folder: str | os.PathLike, tool: str) -> Iterator[None]:
+def exclusive_tool_folder(folder: str | os.PathLike, tool: str) -> Iterator[bool]:
     """Within the context no other tool that asks writes into `folder` (the --output of
     tools/export.py and tools/eval.py: two exports at once left one's graph under the other's
     metadata). An advisory flock on the folder itself, so that nothing is written into it (an
-    export folder is shipped as it is); the kernel drops it with the process. The folder is
-    made where missing, and removed again where the context fails and leaves it empty.
-    Called on every process; the main one locks, and all stop together when it cannot.
+    export folder is shipped as it is), or on LOCK_FILE in it where the file system cannot
+    lock a folder (NFS); the kernel drops it with the process. Yields whether the folder is
+    locked (False where flock is missing: nothing may then be taken for a killed tool's
+    leftovers). The folders made for it are removed again where the context fails and leaves
+    them empty. Called on every process; the main one locks, and all stop together when it
+    cannot.
 
     Raises:
         FolderInUseError: another tool holds the folder; nothing was written.
     """
     folder = Path(folder)
-    made = is_main_process() and not folder.exists()
-    fd, refused = None, None
+    made: list[Path] = []  # (those this process made: another may make them at once)
+    held, refused = None, None
     if is_main_process():
-        folder.mkdir(parents=True, exist_ok=True)
-        if fcntl is not None:
-            fd, refused = _lock_folder_itself(folder, tool)
+        for missing in reversed([folder, *folder.parents]):
+            if not missing.exists():
+                try:
+                    missing.mkdir()
+                    made.append(missing)
+                except FileExistsError:
+                    pass
+        if fcntl is None:
+            logger.warning("no flock on this platform: %s does not keep other tools out of %s",
+                           tool, folder)
+        else:
+            held, refused = _lock_folder_itself(folder, tool)
     if any_process(refused is not None):
-        if made:
-            _remove_if_empty(folder)
+        _remove_if_empty(made)
         raise FolderInUseError(refused or f"{folder} is in use by another tool (the main "
                                           f"process found it locked)")
-    if fd is not None:
-        _HELD_FOLDERS.append(fd)
+    if isinstance(held, int):
+        _HELD_FOLDERS.append(held)
+    elif held is not None:
+        _HELD.append(held)
     try:
-        yield
+        yield held is not None
     except BaseException:
-        if made:
-            _remove_if_empty(folder)
+        _remove_if_empty(made)
         raise
     finally:
-        if fd is not None:
-            _HELD_FOLDERS.remove(fd)
-            os.close(fd)
+        if isinstance(held, int):
+            _HELD_FOLDERS.remove(held)
+            os.close(held)
+        elif held is not None:
+            _HELD.remove(held)
+            held.close()
 
 
-def _remove_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # (not empty: a file written there is kept)
-        folder.rmdir()
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in reversed(folders):  # (the deepest first)
+        with contextlib.suppress(OSError):  # (not empty: a file written there is kept)
+            folder.rmdir()

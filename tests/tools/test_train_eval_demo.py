@@ -494,6 +494,24 @@ def test_eval_writes_a_confusion_matrix_of_results_or_weights(
                             str(masks_only), "--confusion-matrix"])
     assert "results have no bbox (it sets boxes against the objects'): no matrix" in \
         capsys.readouterr().out and not (tmp_path / "m/confusion_matrix.csv").exists()
+    # asked for and not made (the results file written again, masks alone): the earlier
+    # matrix stayed beside the new metrics
+    load_tool("eval").main([*run, "--output", str(tmp_path / "out"), "--results", str(path),
+                            "--confusion-matrix"])
+    shutil.copyfile(masks_only, path)
+    capsys.readouterr()
+    load_tool("eval").main([*run, "--output", str(tmp_path / "out"), "--results", str(path),
+                            "--confusion-matrix"])
+    assert "removed the earlier evaluation's confusion_matrix.csv, confusion_matrix.png" in \
+        capsys.readouterr().out and not (tmp_path / "out/confusion_matrix.csv").exists()
+    # files of those names in a folder without an earlier evaluation are the user's
+    mine = tmp_path / "mine"
+    (mine / "error_analysis").mkdir(parents=True)
+    (mine / "error_analysis/notes.txt").write_text("mine")
+    (mine / "confusion_matrix.csv").write_text("a,b")
+    load_tool("eval").main([*run, "--output", str(mine), "--results", str(masks_only)])
+    assert (mine / "error_analysis/notes.txt").read_text() == "mine"
+    assert (mine / "confusion_matrix.csv").read_text() == "a,b"
     with pytest.raises(ConfigError, match="--score-thr is a score, 0..1, got 30"):
         load_tool("eval").main([*run, "--output", str(tmp_path / "s"), "--results", str(path),
                                 "--confusion-matrix", "--score-thr", "30"])
@@ -505,6 +523,29 @@ def test_eval_writes_a_confusion_matrix_of_results_or_weights(
                                               "every detection"):
             load_tool("eval").main([*run, "--output", str(tmp_path / "s"), "--results",
                                     str(path), *flags, "--score-thr", "0.2"])
+
+
+@pytest.mark.slow
+def test_results_scored_under_torchrun_by_one_process(data: Path, tmp_path: Path) -> None:
+    """--results under torchrun: every process took itself for the main one (no process
+    group): the second was refused the --output the first had locked, and the run failed."""
+    import os
+    import subprocess
+
+    from resnet_detect.engine.data import read_coco_json
+    from tests.torchrun import _free_port
+    path = perfect_results(read_coco_json(data / "coco/val.json"), tmp_path / "p.json")
+    log = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+         str(ROOT / "tools/eval.py"), str(CONFIG), *data_overrides(data), "--results",
+         str(path), "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert log.returncode == 0, log.stdout[-3000:] + log.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out/metrics.json").read_text())
+    assert metrics["bbox"]["AP"] == 100.0 and metrics["results"] == str(path)
+    assert log.stdout.count("box AP = ") == 1  # (scored and printed once)
 
 
 def test_the_error_analysis_counts_the_detections_the_scoring_counts(
