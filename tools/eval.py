@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -239,12 +238,23 @@ def remove_what_this_evaluation_did_not_make(
     or asked and not made: a val file without annotations, say): left, they lay beside this
     evaluation's metrics as if of its weights (the same weights file, retrained or exported
     again, is evaluated into its folder again)."""
-    stale = [name for name, versions in earlier.items()
-             if file_versions(output / name) == versions]
-    for name in stale:
-        shutil.rmtree(output / name) if (output / name).is_dir() else (output / name).unlink()
-    if stale:
-        print(f"removed the earlier evaluation's {', '.join(stale)} from {output}: this "
+    stale = {}  # name: its files this evaluation did not write again (a folder's: some)
+    for name, versions in earlier.items():
+        now = file_versions(output / name)
+        stale[name] = [file for file, version in versions.items() if now.get(file) == version]
+    for name, files in stale.items():
+        for file in files:
+            file.unlink()
+        if (output / name).is_dir():  # (its folders left empty: error_analysis/segm, say)
+            for folder in sorted((output / name).rglob("*"), reverse=True):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            if not any((output / name).iterdir()):
+                (output / name).rmdir()
+    named = [name if not (output / name).exists() else f"{len(files)} files of {name}"
+             for name, files in stale.items() if files]
+    if named:
+        print(f"removed the earlier evaluation's {', '.join(named)} from {output}: this "
               f"evaluation did not make them", flush=True)
 
 

@@ -619,6 +619,15 @@ def test_eval_writes_an_error_analysis_of_results_or_weights(
     assert numbers["iou_type"] == "segm" and numbers["overall"]["all"] == pytest.approx(
         dict.fromkeys(["C75", "C50", "Loc", "Sim", "Oth", "BG", "FN"], 1.0))
     assert not (tmp_path / "m/error_analysis/bbox").exists()
+    # the results file written again with boxes alone: the masks' analysis went on lying
+    # beside the new one (a part of error_analysis/ was written again, so all was kept)
+    segm_files = len(list((tmp_path / "m/error_analysis/segm").rglob("*.*")))
+    shutil.copyfile(path, masks_only)
+    load_tool("eval").main([*run, "--output", str(tmp_path / "m"), "--results",
+                            str(masks_only), "--error-analysis"])
+    assert f"removed the earlier evaluation's {segm_files} files of error_analysis from " \
+           f"{tmp_path / 'm'}" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "m/error_analysis").iterdir()) == ["bbox"]
     unlabelled = tmp_path / "test-dev.json"  # a val file without annotations: said
     unlabelled.write_text(json.dumps({k: v for k, v in gt.items() if k != "annotations"}))
     load_tool("eval").main([*run, f"data.val.ann_file={unlabelled}", "--output",
