@@ -191,6 +191,10 @@ def unicode_twin_hint(path: str | os.PathLike) -> str:
     return ""
 
 
+# the number torch.save's legacy format pickles first (after a protocol 4 frame's header)
+_LEGACY_MAGIC = b"\x8a\n" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
 def why_unloadable(data: bytes, error: Exception) -> str:
     """Why torch.load(weights_only=True) failed on a file's `data`, by its first bytes, with
     the error's first line; never torch's advice to load with weights_only=False (for a file
@@ -229,10 +233,6 @@ def why_unloadable(data: bytes, error: Exception) -> str:
         return f"a damaged PyTorch file of the legacy format: {said}"
     return (f"no PyTorch file (it starts with {data[:16]!r}: text, or another format; "
             f"weights are a .pth/.pt of torch.save or a .safetensors file)")
-
-
-# the number torch.save's legacy format pickles first (after a protocol 4 frame's header)
-_LEGACY_MAGIC = b"\x8a\n" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 def _pickle_protocol(data: bytes) -> int | None:
