@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from resnet_detect.engine.config import ConfigError
+
 from .classifier import Classifier
 from .layers import FrozenBatchNorm2d, ShapeSpec, build_norm
 from .registry import build_resnet, list_models, register_backbone
@@ -73,15 +75,24 @@ def build_from_config(model_cfg: Mapping[str, Any], out_features: Sequence[str])
 
 def build_classifier(name: str, num_classes: int, *, weights: str | os.PathLike | None = None,
                      config_prefix: str = "", **options: Any) -> Classifier:
-    """Backbone `name` + average pool + fc; `weights` may be torchvision, timm or own.
-    `config_prefix`: as for `build`."""
+    """Backbone `name` + average pool + fc; `weights` may be torchvision, timm or own, of
+    `num_classes` outputs (others are refused, naming how to start a new fc from them: an
+    evaluation must not score a random one). `config_prefix`: as for `build`."""
     options.pop("out_features", None)
     backbone = build_resnet(name, config_prefix, **options)
     backbone.arch = name  # fine-tuning loads into it: messages name both networks
     model = Classifier(backbone=backbone, num_classes=num_classes)
     model.arch, model.options = name, dict(options)
     if weights is not None:
-        load_weights(model, weights, config_prefix=config_prefix)
+        checkpoint = read_checkpoint(weights)
+        fc = unwrap_state_dict(checkpoint)[0].get("fc.weight")
+        if fc is not None and fc.shape[0] != num_classes:
+            raise ConfigError(
+                f"{weights} is a classifier of {fc.shape[0]} outputs, and this one has "
+                f"{num_classes}: to fine-tune from its backbone with a new fc, build without "
+                f"weights and load them into the backbone, backbones.load_weights(model.backbone, "
+                f"{str(weights)!r}) (tools/pretrain.py's model.weights does so)")
+        load_weights(model, checkpoint, source=str(weights), config_prefix=config_prefix)
     return model
 
 

@@ -32,7 +32,8 @@ from .checkpoint import (POINTER, REPLACED, BestWeights, Checkpointer, Checkpoin
                          PeriodicCheckpointer, checkpoints_in, finish_replacing)
 from .compilation import compile_model
 from .custom_imports import KEY as CUSTOM_IMPORTS
-from .custom_imports import config_hooks, import_custom_modules, record_registering_modules
+from .custom_imports import (HOOK_STAGES, config_hooks, import_custom_modules,
+                             record_registering_modules)
 from .curves import SCALARS_FILE, TENSORBOARD_DIR
 from .config import ConfigError, config_yaml, flat_keys, to_plain
 from .data import CountedLoader, build_test_loader, build_train_loader, worker_error_message
@@ -59,7 +60,7 @@ from .run_length import (build_scheduler_from_config, describe_schedule, lengths
                          periods_in_iterations, warn_of_epoch_rounding, warn_of_long_warmup,
                          warn_of_periods_read_as_epochs, warn_of_unused_steps)
 from .skipped_images import SkipCounter, first_readable_batch
-from .task_api import LEFT_OUT, RESUME_HINT, Metrics, Task
+from .task_api import LEFT_OUT, RESUME_HINT, TASK_METHODS, Metrics, Task
 # imported from here before the split of this module
 from .skipped_images import UnreadableDataError  # noqa: F401
 from .task_api import TaskData  # noqa: F401
@@ -225,6 +226,25 @@ def cudnn_benchmark_kept() -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
+def check_task_and_hooks(task: Task, hooks: Sequence[Hook]) -> None:
+    """Before anything runs: a task lacking what the runner calls (a misspelt save_final
+    failed after the whole training), and `hooks=` that are no hooks (a class, not an
+    instance; mmdetection's after_train_iter alone: silently never called), are refused as
+    `train.hooks` are."""
+    missing = [name for name in TASK_METHODS if not callable(getattr(task, name, None))]
+    missing += [name for name in ("name", "primary_metrics") if not hasattr(task, name)]
+    if missing:
+        raise TypeError(f"the task {type(task).__name__} has no {', '.join(missing)}: a task "
+                        f"supplies what engine.task_api.Task lists (docs/extending.md)")
+    for i, hook in enumerate(hooks):
+        if isinstance(hook, type):
+            raise TypeError(f"hooks[{i}] is the class {hook.__name__}: give an instance, "
+                            f"{hook.__name__}(...)")
+        if not any(callable(getattr(hook, stage, None)) for stage in HOOK_STAGES):
+            raise TypeError(f"hooks[{i}]: {type(hook).__name__} has none of "
+                            f"{', '.join(HOOK_STAGES)} (the stages the trainer calls)")
+
+
 def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
                  resume: bool | str | os.PathLike = False,
                  hooks: Sequence[Hook] = ()) -> dict[str, Any]:
@@ -253,6 +273,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
     if isinstance(device, str):  # a Python caller's "auto" (a config's), "cpu", "cuda:0"
         device = (init_distributed(device) if device in ("auto", "cpu", "cuda")
                   else usable_device(device))
+    check_task_and_hooks(task, hooks)
     logger = logging.getLogger(f"{__name__}.{task.name}")
     check_same_config_everywhere(cfg, resume)
     # (a Python caller's config, not read by a tool: its modules before the model's checks)

@@ -46,6 +46,10 @@ class TaskData:
     repeat_factors: np.ndarray | None = None
 
 
+# what the runner calls on every task (the others are optional)
+TASK_METHODS = ("prepare", "build_model", "losses", "evaluate", "save_final", "summary")
+
+
 class Task(Protocol):
     """What a task supplies. One instance per run; it may keep what `prepare` found.
 

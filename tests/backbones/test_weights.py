@@ -43,6 +43,19 @@ def test_torchvision_file_gives_same_logits(tmp_path, name):
         torch.testing.assert_close(model(x), reference(x), rtol=0, atol=1e-5)
 
 
+def test_imagenet_weights_into_a_classifier_of_other_classes_say_how_to_fine_tune(tmp_path):
+    """build_classifier("resnet18", 10, weights=torchvision's 1000-class file) was refused
+    with "mis-shaped (2): fc.weight ..." alone; loading a new fc silently would let an
+    evaluation score a random one."""
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'r18.pth'} is a classifier of 1000 "
+                                          rf"outputs, and this one has 10: to fine-tune from "
+                                          rf"its backbone with a new fc, build without weights "
+                                          rf"and load them into the backbone, "
+                                          rf"backbones.load_weights\(model.backbone, "):
+        backbones.build_classifier("resnet18", 10, weights=tmp_path / "r18.pth")
+
+
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_timm_file_gives_same_logits(tmp_path, name):
     import timm  # (1.5 s to import: only in the tests that compare with it)

@@ -288,6 +288,33 @@ def test_a_callers_hooks_run_after_the_runners_and_see_a_resumed_start(tmp_path:
                                                        ("after", 6)]
 
 
+def test_a_task_or_hooks_lacking_what_the_runner_calls_are_refused_before_training(
+        tmp_path: Path) -> None:
+    """A task with a misspelt save_final trained to the end, then failed; hooks= given a
+    class, or a hook of mmdetection's after_train_iter alone (never called), ran unchecked
+    (train.hooks refuses them)."""
+    class Misspelt(_RegressionTask):
+        save_finalx = _RegressionTask.save_final
+
+    Misspelt.save_final = None  # type: ignore[assignment]
+
+    class MmdetHook:
+        def after_train_iter(self, runner: Any) -> None:
+            pass
+
+    cpu = torch.device("cpu")
+    for task, hooks, message in (
+            (Misspelt(), [], r"^the task Misspelt has no save_final: a task supplies what "
+                             r"engine.task_api.Task lists \(docs/extending.md\)$"),
+            (_RegressionTask(), [MmdetHook], r"^hooks\[0\] is the class MmdetHook: give an "
+                                             r"instance, MmdetHook\(...\)$"),
+            (_RegressionTask(), [MmdetHook()], r"^hooks\[0\]: MmdetHook has none of "
+                                               r"before_train, after_step, after_train")):
+        with pytest.raises(TypeError, match=message):
+            run_training(task, _toy_config(tmp_path / "toy"), cpu, hooks=hooks)
+        assert not (tmp_path / "toy").exists()  # (nothing started)
+
+
 def test_a_resumed_run_is_not_said_to_start_from_random_weights(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """--resume said "no weights are given: the backbone starts from random weights" and then
