@@ -101,11 +101,17 @@ def config_hooks(cfg: DictConfig) -> list[Any]:
         except ValueError:  # (no signature to read: a builtin)
             pass
         hook = cls(**options)
-        if not any(callable(getattr(hook, stage, None)) for stage in HOOK_STAGES):
-            raise ConfigError(f"{where}: {path} has none of {', '.join(HOOK_STAGES)} (the "
-                              f"stages the trainer calls)")
+        check_hook(hook, f"{where}: {path}")
         hooks.append(hook)
     return hooks
+
+
+def check_hook(hook: Any, name: str, error: type[Exception] = ConfigError) -> None:
+    """Refuse (`error`, naming the hook `name`) an object the trainer would never call: one
+    with none of HOOK_STAGES (mmdetection's after_train_iter alone, say)."""
+    if not any(callable(getattr(hook, stage, None)) for stage in HOOK_STAGES):
+        raise error(f"{name} has none of {', '.join(HOOK_STAGES)} (the stages the trainer "
+                    f"calls)")
 
 
 def _how_to_make_importable(name: str) -> str:

@@ -32,7 +32,7 @@ from .checkpoint import (POINTER, REPLACED, BestWeights, Checkpointer, Checkpoin
                          PeriodicCheckpointer, checkpoints_in, finish_replacing)
 from .compilation import compile_model
 from .custom_imports import KEY as CUSTOM_IMPORTS
-from .custom_imports import (HOOK_STAGES, config_hooks, import_custom_modules,
+from .custom_imports import (check_hook, config_hooks, import_custom_modules,
                              record_registering_modules)
 from .curves import SCALARS_FILE, TENSORBOARD_DIR
 from .config import ConfigError, config_yaml, flat_keys, to_plain
@@ -240,9 +240,7 @@ def check_task_and_hooks(task: Task, hooks: Sequence[Hook]) -> None:
         if isinstance(hook, type):
             raise TypeError(f"hooks[{i}] is the class {hook.__name__}: give an instance, "
                             f"{hook.__name__}(...)")
-        if not any(callable(getattr(hook, stage, None)) for stage in HOOK_STAGES):
-            raise TypeError(f"hooks[{i}]: {type(hook).__name__} has none of "
-                            f"{', '.join(HOOK_STAGES)} (the stages the trainer calls)")
+        check_hook(hook, f"hooks[{i}]: {type(hook).__name__}", TypeError)
 
 
 def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
