@@ -34,10 +34,10 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
     return engine_load_config(path, overrides, defaults=defaults())
 
 
-def config_from_mapping(config: Mapping[str, Any] | DictConfig,
-                        overrides: Sequence[str] = ()) -> DictConfig:
+def config_from_mapping(config: Mapping[str, Any] | DictConfig, overrides: Sequence[str] = (),
+                        source: str = "the checkpoint's config") -> DictConfig:
     """A detection config from a loaded mapping (e.g. the one a checkpoint records)."""
-    return engine_config_from_mapping(config, overrides, defaults=defaults())
+    return engine_config_from_mapping(config, overrides, defaults=defaults(), source=source)
 
 
 def test_resize(cfg: Mapping[str, Any] | DictConfig) -> tuple[int, int | None]:

@@ -84,7 +84,7 @@ def _config(config: str | os.PathLike | Mapping[str, Any] | DictConfig,
             overrides: Sequence[str]) -> DictConfig:
     if isinstance(config, (str, os.PathLike)):
         return load_config(config, overrides)
-    return config_from_mapping(config, overrides)
+    return config_from_mapping(config, overrides, source="the config given to Predictor")
 
 
 def _categories_of_the_config(cfg: DictConfig, num_classes: int, source: str,

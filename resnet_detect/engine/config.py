@@ -148,7 +148,8 @@ def config_chain(path: str | os.PathLike) -> list[tuple[Path, DictConfig]]:
                 visit(_base_path(base, file), (*stack, file))
         chain.append((file, cfg))
 
-    visit(Path(path), ())
+    top = os.fspath(path)
+    visit(_packaged(top, "the config") if top.startswith(PACKAGE_PREFIX) else Path(top), ())
     return chain
 
 
@@ -159,10 +160,15 @@ def _base_path(base: str, file: Path) -> Path:
             raise ConfigError(f"{BASE_KEY} {base!r} in {file}: {PACKAGE_PREFIX} is the one "
                               f"package prefix (this project's configs/)")
         return file.parent / base
-    path = (CONFIGS / base[len(PACKAGE_PREFIX):].strip()).resolve()
+    return _packaged(base, f"a {BASE_KEY} of {file}")
+
+
+def _packaged(name: str, named_by: str) -> Path:
+    """The file `resnet_detect::PATH` names: PATH under the package's configs/ folder."""
+    path = (CONFIGS / name[len(PACKAGE_PREFIX):].strip()).resolve()
     if not path.is_relative_to(CONFIGS.resolve()):
-        raise ConfigError(f"{BASE_KEY} {base!r} in {file} is outside the package's configs "
-                          f"folder {CONFIGS}")
+        raise ConfigError(f"{name!r} ({named_by}) is outside the package's configs folder "
+                          f"{CONFIGS}")
     return path
 
 
@@ -609,18 +615,18 @@ def _clear_twins_of_overrides(cfg: DictConfig, overridden: Sequence[str]) -> Non
 
 def config_from_mapping(config: Mapping[str, Any] | DictConfig, overrides: Sequence[str] = (),
                         *, defaults: Mapping[str, Any] | DictConfig,
-                        renamed: Mapping[str, str] | None = None) -> DictConfig:
+                        renamed: Mapping[str, str] | None = None,
+                        source: str = "the checkpoint's config") -> DictConfig:
     """A config from a loaded mapping (e.g. the one a checkpoint records), checked against
-    `defaults` like a file, then `overrides`."""
+    `defaults` like a file, then `overrides`; `source` names the mapping in errors."""
     cfg = make_schema(defaults)
     part = OmegaConf.create(OmegaConf.to_container(config) if isinstance(config, DictConfig)
                             else dict(config))
     # what a checkpoint recorded is not checked again: it trained, and must load for inference
-    cfg = _merge(cfg, _rename(part, renamed or {}, "the checkpoint's config"),
-                 "the checkpoint's config")
+    cfg = _merge(cfg, _rename(part, renamed or {}, source), source)
     cfg = apply_overrides(cfg, overrides, renamed=renamed, kinds=_kinds(defaults))
     from .custom_imports import KEY, import_custom_modules  # (it imports this module)
-    import_custom_modules(cfg.get(KEY), "the checkpoint's config")
+    import_custom_modules(cfg.get(KEY), source)
     return cfg
 
 

@@ -64,10 +64,10 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
     return cfg
 
 
-def config_from_mapping(config: Mapping[str, Any] | DictConfig,
-                        overrides: Sequence[str] = ()) -> DictConfig:
+def config_from_mapping(config: Mapping[str, Any] | DictConfig, overrides: Sequence[str] = (),
+                        source: str = "the checkpoint's config") -> DictConfig:
     """A segmentation config from a loaded mapping, checked like a file, then `overrides`."""
-    cfg = engine_config_from_mapping(config, overrides, defaults=defaults())
+    cfg = engine_config_from_mapping(config, overrides, defaults=defaults(), source=source)
     prefer_command_line_sources(cfg, overrides)
     return cfg
 

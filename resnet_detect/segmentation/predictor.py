@@ -51,7 +51,7 @@ def _config(config: str | os.PathLike | DictConfig | Mapping[str, Any],
             overrides: Sequence[str]) -> DictConfig:
     if isinstance(config, (str, os.PathLike)):
         return load_config(config, overrides)
-    return config_from_mapping(config, overrides)  # unknown keys raise
+    return config_from_mapping(config, overrides, source="the config given to Predictor")
 
 
 def placeholder_names(num_classes: int) -> list[str]:

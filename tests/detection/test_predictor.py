@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from resnet_detect import backbones
 from resnet_detect.detection import Predictor, build_model
@@ -97,6 +98,13 @@ def test_bad_input_is_rejected(checkpoint: Path) -> None:
                                          r"'detection': tools/train.py, tools/eval.py and "
                                          r"segmentation.Predictor read it"):
         Predictor(seg_config, weights=checkpoint)
+    # a misspelt key of a config given as a mapping is the caller's, not the checkpoint's
+    mine = OmegaConf.to_container(load_config(CONFIG, TINY + ["model.num_classes=3"]))
+    mine["model"]["roi_heads"]["scor_thresh"] = 0.1
+    with pytest.raises(ValueError, match=r"unknown config key 'model.roi_heads.scor_thresh' in "
+                                         r"the config given to Predictor \(did you mean "
+                                         r"'score_thresh'\?\)"):
+        Predictor(mine, weights=checkpoint)
 
 
 def test_a_config_that_changes_what_the_weights_compute_is_refused(checkpoint: Path) -> None:

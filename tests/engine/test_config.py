@@ -109,6 +109,11 @@ def test_a_file_two_bases_inherit_is_merged_once(tmp_path: Path, caplog) -> None
         write(tmp_path / "other.yaml", f"_base_: {base}\n")
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config(tmp_path / "other.yaml")
+    # or names it as the config itself (a tool's CONFIG, Predictor's config)
+    assert load_config("resnet_detect::synthetic/faster_rcnn_R_18_FPN.yaml") == packaged_cfg
+    with pytest.raises(ConfigError, match=re.escape("'resnet_detect::../x.yaml' (the config) is "
+                                                    "outside the package's configs folder")):
+        load_config("resnet_detect::../x.yaml")
     mine.train.max_iter = packaged_cfg.train.max_iter
     assert mine == packaged_cfg
     with pytest.raises(ConfigError, match=r"config file not found: \S*configs.nope\.yaml$"):
