@@ -293,8 +293,12 @@ def test_names_of_this_projects_backbones_and_tasks_are_not_taken() -> None:
     with pytest.raises(ConfigError, match=r"task 'detection' is registered already, by "
                                           r"resnet_detect.detection.training"):
         tasks.register_task("detection", "my_tasks")
-    tasks.register_task("mine", "my_tasks")
-    tasks.register_task("mine", "my_tasks")  # (a module imported again: the same)
+    tasks.register_task("mine", __name__)
+    tasks.register_task("mine", __name__)  # (a module imported again: the same)
+    # a module that cannot be imported is named at once, not when a config names the task
+    with pytest.raises(ConfigError, match=r"register_task\('mine2', 'my_taks'\): no module "
+                                          r"'my_taks' can be imported"):
+        tasks.register_task("mine2", "my_taks")
     with pytest.raises(ConfigError, match=r"custom_imports of x.yaml must be a list of module "
                                           r"names"):
         import_custom_modules("my_tasks", "x.yaml")
@@ -364,7 +368,8 @@ def test_what_a_registration_needs_is_said(caplog: pytest.LogCaptureFixture, tmp
         importlib.import_module("ruser_b")
     for name in ("rfactory", "ruser_a", "ruser_b"):
         sys.modules.pop(name, None)
-    # another module may not take a name, though it registers the same function
+    # another module may not take a name (a module's body of its own: called from here, the
+    # nearest module body is pytest's own __main__ where pytest runs without xdist)
     with pytest.raises(ArgumentError, match=r"backbone 'in_a_script' is registered already "
                                             r"\(by __main__\): give yours another name"):
-        backbones.register_backbone("in_a_script")(not_a_resnet)
+        exec(cell, {**script, "__name__": "another_module"})

@@ -10,8 +10,10 @@ configs name in `custom_imports`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -60,9 +62,22 @@ def register_task(name: str, module: str) -> None:
     if TASK_MODULES.get(name, module) != module:
         raise ConfigError(f"task {name!r} is registered already, by {TASK_MODULES[name]}: give "
                           f"yours another name")
+    if not _importable(module):  # (found at once, not when a config names the task)
+        raise ConfigError(f"register_task({name!r}, {module!r}): no module {module!r} can be "
+                          f"imported (its module's name, e.g. __name__ in the module that "
+                          f"defines TASK)")
     TASK_MODULES[name] = module
     REGISTERED_BY["task", name] = module
     READERS.setdefault(name, "tools/train.py")
+
+
+def _importable(module: str) -> bool:
+    if module in sys.modules:  # (a module registering itself while it is imported)
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, a bad name
+        return False
 
 
 def task_module(name: str) -> ModuleType:
