@@ -37,8 +37,8 @@ if not __package__:  # run as a file: the repository's package (not an installed
 from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E402
 from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.data import DatasetError, UnreadableImageError  # noqa: E402
-from resnet_detect.engine.data.coco import (brief, image_path, image_sizes, read_coco_json,  # noqa: E402
-                                             name_by_coco_url)
+from resnet_detect.engine.data.coco import (MAX_LISTED, brief, image_path, image_sizes,  # noqa: E402
+                                             name_by_coco_url, read_coco_json)
 from resnet_detect.engine.files import replace_folder, writable_folder  # noqa: E402
 from resnet_detect.engine.logging import setup_logging  # noqa: E402
 from resnet_detect.engine.tasks import config_task  # noqa: E402
@@ -96,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
                            f"--iou-type segm has nothing to score (--iou-type bbox has)")
     if maskless:
         logger.warning("%s: %d objects without a usable mask are ignored (scored as crowd "
-                       "regions over their boxes, drawn as such)", cfg.data.val.ann_file,
-                       maskless)
+                       "regions over their boxes, drawn as such; annotation ids %s)",
+                       cfg.data.val.ann_file, len(maskless), brief(maskless, MAX_LISTED))
     if cfg.data.val.img_dir:  # LVIS v0.5's COCO 2014 names: drawn from their coco_url's file
         for img in gt["images"]:
             name_by_coco_url(img, Path(cfg.data.val.img_dir))

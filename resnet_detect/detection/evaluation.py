@@ -25,9 +25,9 @@ import torch
 from pycocotools import mask as mask_utils
 
 from resnet_detect.engine.config import ConfigError
-from resnet_detect.engine.data.coco import (box_polygon, check_segmentation, collector_paused,
-                                            image_sizes, only_categories, read_coco_json,
-                                            segmentation_to_rle)
+from resnet_detect.engine.data.coco import (MAX_LISTED, box_polygon, brief, check_segmentation,
+                                            collector_paused, image_sizes, only_categories,
+                                            read_coco_json, segmentation_to_rle)
 from resnet_detect.engine.distributed import all_gather_object
 from resnet_detect.engine.logging import print_and_log
 from resnet_detect.engine.same_everywhere import done_by_the_main_process
@@ -190,7 +190,7 @@ def instances_to_coco_results(image_id: int, boxes: Any, scores: Any, labels: An
 
 
 def ground_truth(ann_file: Path, iou_type: str, categories: Iterable[int] | None = None, *,
-                 data: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
+                 data: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Any]]:
     """The file's content (checked as for training) as COCOeval reads it.
 
     Fields many converters leave out get COCO's meaning: `iscrowd` 0, and `area` (or a null one) the
@@ -198,8 +198,8 @@ def ground_truth(ann_file: Path, iou_type: str, categories: Iterable[int] | None
     mask (no polygon of 3 points, or a malformed or mis-sized segmentation) becomes a crowd
     region over its box: ignored, as training leaves it out. An LVIS file (federated.py) has
     no crowd regions besides those, and no objects of area 0, as lvis-api reads it. Returns
-    (dataset, number of objects so ignored). `categories`: those alone (data.classes);
-    `data`: the file's content where the caller has read it (read_coco_json's).
+    (dataset, the annotation ids of the objects so ignored). `categories`: those alone
+    (data.classes); `data`: the file's content where the caller has read it (read_coco_json's).
     """
     data = read_coco_json(ann_file) if data is None else data
     if categories is not None:
@@ -213,14 +213,16 @@ def ground_truth(ann_file: Path, iou_type: str, categories: Iterable[int] | None
     return cocoeval_ground_truth(data, iou_type)
 
 
-def cocoeval_ground_truth(data: dict[str, Any], iou_type: str) -> tuple[dict[str, Any], int]:
+def cocoeval_ground_truth(data: dict[str, Any],
+                          iou_type: str) -> tuple[dict[str, Any], list[Any]]:
     """`ground_truth` of a file's content (as `read_coco_json` returns it)."""
     federated = is_federated(data)
     sizes = image_sizes(data)
-    annotations, ignored = [], 0
+    annotations, ignored = [], []
     # numbered from 1: COCOeval takes a matched object's id 0 for no match, so a file numbered
     # from 0 (Label Studio's, CVAT's) scored the detection of its first object as a false one
     for number, ann in enumerate(data["annotations"], start=1):
+        given_id = ann.get("id")
         ann = {**ann, "id": number, "iscrowd": 0 if federated else ann.get("iscrowd", 0)}
         w, h = (float(v) for v in ann["bbox"][2:])
         segmentation = None
@@ -234,7 +236,8 @@ def cocoeval_ground_truth(data: dict[str, Any], iou_type: str) -> tuple[dict[str
             if segmentation:
                 ann["segmentation"] = segmentation
             else:
-                ignored += not ann["iscrowd"]
+                if not ann["iscrowd"]:
+                    ignored.append(given_id)
                 height, width = sizes[ann["image_id"]]
                 box = box_polygon(ann["bbox"], width=width, height=height)
                 if box is None:  # no pixels to ignore (and an infinite box crashed pycocotools)
@@ -425,8 +428,9 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
         raise ValueError("segm evaluation needs a 'segmentation' in every result")
     dataset, ignored = ground_truth(Path(ann_file), iou_type, categories)
     if ignored:
-        warnings.warn(f"{ann_file}: {ignored} objects without a usable mask are ignored in the "
-                      "segm evaluation (scored as crowd regions over their boxes)",
+        warnings.warn(f"{ann_file}: {len(ignored)} objects without a usable mask are ignored in "
+                      f"the segm evaluation (scored as crowd regions over their boxes; "
+                      f"annotation ids {brief(ignored, MAX_LISTED)})",
                       RuntimeWarning, stacklevel=2)
     if not results:
         warnings.warn(f"no detections to evaluate against {ann_file}: {iou_type} AP is 0",

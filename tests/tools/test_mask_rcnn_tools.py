@@ -170,7 +170,8 @@ def test_mask_on_without_segmentation_fails_naming_file(data: Path, tmp_path: Pa
     odd["annotations"][1]["segmentation"] = [[10, 10, 30, 10, 30]]
     (tmp_path / "odd_val.json").write_text(json.dumps(odd))
     with pytest.raises(ValueError, match=rf"odd_val.json: 1 problem.*\n.*annotation id="
-                                         rf"{odd['annotations'][1]['id']} .*x, y numbers"):
+                                         rf"{odd['annotations'][1]['id']} .*odd count of numbers "
+                                         rf"\(5\), not x, y pairs"):
         load_tool("train").main([str(CONFIG), *data_overrides(data), *SMALL_HEAD,
                                  "train.max_iter=1", f"train.output_dir={tmp_path / 'run'}",
                                  f"data.val.ann_file={tmp_path / 'odd_val.json'}"])

@@ -108,6 +108,7 @@ class LoadStats:
     degenerate: int = 0
     short_polygons: int = 0  # polygons of < 3 points dropped (keep_segmentation only)
     no_mask: int = 0  # objects left out for want of a usable polygon (keep_segmentation only)
+    no_mask_ids: list[Any] = field(default_factory=list)  # (their annotation ids, all of them)
     beyond_image: int = 0  # boxes, crowd aside, reaching past their image (`reaches_past`)
     # the first MAX_LISTED boxes (of the degenerate ones) with a NaN or infinite number
     non_finite: list[str] = field(default_factory=list)
@@ -467,8 +468,9 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
         training: the training split: a category without a usable object is named (the model
             would learn a class it never sees).
         evaluation: a file to evaluate on: it may leave out `annotations` (test-dev: images to
-            predict), and an object without a `segmentation` keeps its box with None there
-            (the segm evaluation ignores it); a malformed segmentation is still an error.
+            predict), and an object without a `segmentation` or a polygon of 3 points keeps its
+            box with None there (the segm evaluation ignores it, the bbox one scores it); a
+            malformed segmentation is still an error.
         check: called with the file's content and path once it is read (a task's own
             checks, e.g. an LVIS val file's lists and frequencies).
         classes: category names (data.classes): the file's other categories and their
@@ -556,17 +558,22 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
                        "\"iscrowd\": 1 to leave them out of the scoring)" if evaluation else
                        "are left out of training, as mmdetection leaves them out")
     if stats.short_polygons or stats.no_mask:
-        logger.warning("%s: dropped %d polygons with fewer than 3 points; left out %d objects "
-                       "without a usable polygon", ann_file, stats.short_polygons, stats.no_mask)
+        logger.warning("%s: dropped %d polygons with fewer than 3 points; %s %d objects "
+                       "without a usable polygon%s", ann_file, stats.short_polygons,
+                       "the segm evaluation ignores" if evaluation else "left out",
+                       stats.no_mask, f" (annotation ids {brief(stats.no_mask_ids, MAX_LISTED)})"
+                       if stats.no_mask else "")
     used = set(np.concatenate([r["classes"] for r in records] or [np.zeros(0, np.int64)]))
     unused = [f"{name!r} (id {cid})" for k, (cid, name) in
               enumerate(zip(mapping.dataset_ids, mapping.names)) if k not in used]
     if unused and training:  # e.g. Roboflow's unused category 0, named like the dataset
         shown = ", ".join(unused[:MAX_LISTED]) + (f", ... ({len(unused)} in all)"
                                                   if len(unused) > MAX_LISTED else "")
-        logger.warning("%s: no usable object of %s: a class all the same (the model predicts "
-                       "it, its AP is n/a); drop it from %s if it is none", ann_file, shown,
-                       "data.classes" if classes is not None else "'categories'")
+        logger.warning("%s: no usable object of %s: a class all the same, which the model "
+                       "never learns (its AP is n/a where the val data has none of it, else "
+                       "about 0, lowering the mean AP); where it is none, drop it from %s",
+                       ann_file, shown, "data.classes" if classes is not None else
+                       "'categories' of the training and the val files")
     if training:
         _warn_of_twin_names(mapping, ann_file)
         counts = np.bincount(np.concatenate([r["classes"] for r in records]
@@ -744,8 +751,11 @@ def check_segmentation(segmentation: Any, height: int, width: int
     # vertex at 1e12 fills the memory
     far = FAR_OUTSIDE * max(height, width)
     for polygon in segmentation:
-        if not isinstance(polygon, list) or len(polygon) % 2 or not _all_numbers(polygon):
+        if not isinstance(polygon, list) or not _all_numbers(polygon):
             raise TypeError(f"a polygon must be a flat list of x, y numbers, got {polygon!r:.80}")
+        if len(polygon) % 2:
+            raise ValueError(f"a polygon holds an odd count of numbers ({len(polygon)}), not x, "
+                             f"y pairs: {polygon!r:.80}")
         if len(polygon) < 6:
             continue
         if not math.isfinite(sum(polygon)):
@@ -799,8 +809,10 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
             stats.short_polygons += dropped
             if not segmentation:
                 stats.no_mask += 1
-                continue
-            segmentations.append(segmentation)
+                stats.no_mask_ids.append(ann["id"])
+                if not optional_masks:
+                    continue
+            segmentations.append(segmentation or None)
         boxes.append(box)
         classes.append(mapping.to_contiguous(ann["category_id"]))
         annotation_ids.append(ann["id"])
