@@ -113,6 +113,23 @@ def rle_masks(results: list[dict[str, Any]], sizes: dict[int, tuple[int, int]],
     return encoded
 
 
+def warn_of_detections_not_scored(results: list[dict[str, Any]], max_dets: int,
+                                  path: Path) -> None:
+    """COCOeval scores the `max_dets` best detections of each image and category: a file of
+    a model keeping more (detections_per_image=300 given to the evaluation that wrote it, not
+    to this one) scores lower than that evaluation did."""
+    counts = Counter((r["image_id"], r["category_id"]) for r in results)
+    if not counts:
+        return
+    (image_id, category_id), most = counts.most_common(1)[0]
+    if most > max_dets:
+        logger.warning("%s: %d results of image %s and category %s, and the COCO evaluation "
+                       "scores the %d best of each image and category (model.roi_heads."
+                       "detections_per_image=%d scores them all, as the evaluation of a model "
+                       "keeping that many does)", path, most, image_id, category_id, max_dets,
+                       most)
+
+
 def warn_of_boxes_beyond_images(results: list[dict[str, Any]],
                                 sizes: dict[Any, tuple[int, int]], path: Path) -> None:
     """`engine.data.coco.warn_of_boxes_beyond_images` of the results' boxes (`sizes`: image
@@ -197,6 +214,7 @@ def score_results_file(config: str, results_file: str, output: Path,
     if "segm" in types:
         results = rle_masks(results, sizes, path)
     max_dets = scored_detections(cfg)
+    warn_of_detections_not_scored(results, max_dets, path)
     metrics: dict[str, Any] = {}
     for iou_type in types:
         try:

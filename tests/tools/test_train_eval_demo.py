@@ -349,6 +349,27 @@ def test_eval_scores_a_results_file_as_it_scored_the_weights(trained: Path, data
                                 "--output", str(tmp_path / "weights")])
 
 
+def test_results_beyond_what_the_coco_evaluation_scores_are_said(
+        data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file written with detections_per_image=300 was scored at 100 per image and category
+    without a word (the evaluation of the weights that wrote it scored 300)."""
+    ann = json.loads((data / "coco/val.json").read_text())["annotations"][0]
+    path = tmp_path / "dense.json"
+    path.write_text(json.dumps([{"image_id": ann["image_id"], "category_id": ann["category_id"],
+                                 "bbox": ann["bbox"], "score": 0.5 - k / 1000}
+                                for k in range(101)]))
+    for keeps, said in ((100, True), (101, False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            load_tool("eval").main([str(CONFIG), *data_overrides(data),
+                                    f"model.roi_heads.detections_per_image={keeps}",
+                                    "--results", str(path), "--output", str(tmp_path / "out")])
+        assert (f"{path}: 101 results of image {ann['image_id']} and category "
+                f"{ann['category_id']}, and the COCO evaluation scores the 100 best of each "
+                f"image and category (model.roi_heads.detections_per_image=101 scores them all"
+                in caplog.text) is said
+
+
 def test_eval_scores_perfect_results_100_and_names_bad_results_files(
         data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The val file's own objects as results (boxes and RLE masks, as detectron2 writes
