@@ -245,8 +245,10 @@ class SemSegDataset(Dataset):
         """Every mask file's format and size (a COCO entry's height and width) against its
         image's, from their headers (seconds for tens of thousands of pairs), all wrong ones
         listed: for the training split, whose masks are otherwise checked as their batches are
-        drawn, one stopped run per mask. (Class ids are checked when a mask is read.)"""
-        problems = []
+        drawn, one stopped run per mask. (Class ids are checked when a mask is read.) Masks
+        without a readable header (empty, not an image) are named in a warning: their samples
+        are skipped as unreadable images are."""
+        problems, unreadable = [], []
         for record in self._records:
             if "mask_file" in record:
                 source = f"mask {record['mask_file']}"
@@ -254,6 +256,8 @@ class SemSegDataset(Dataset):
                 if problem:
                     problems.append(problem)
                     continue
+                if found is None:
+                    unreadable.append(record["mask_file"])
             elif "objects" in record:  # a COCO entry: its masks are drawn at its height/width
                 found, source = (record["height"], record["width"]), "the COCO height/width"
             else:
@@ -267,6 +271,10 @@ class SemSegDataset(Dataset):
         if problems:
             raise DatasetError(f"data.{split}: {len(problems)} of {len(self)} masks are wrong:"
                                + listing(problems))
+        if unreadable:
+            logger.warning("data.%s: %d of %d masks cannot be read (empty, or no image): their "
+                           "samples are skipped, as unreadable images are:%s", split,
+                           len(unreadable), len(self), listing(unreadable))
 
     def check_mask_sample(self, split: str) -> None:
         """The class ids of a sample of `MASK_SAMPLE` masks: where one is wrong, every mask
@@ -432,6 +440,9 @@ class SemSegDataset(Dataset):
                 "height": int(image.shape[0]), "width": int(image.shape[1])}
 
 
+_AUTOMATIC_SAID: set[str] = set()  # (the datasets named whose colours are not kept: said once)
+
+
 def resolve_palette(value: Any, num_classes: int | None) -> np.ndarray | None:
     """data.palette as (K, 3) uint8 RGB colours, index = class id (None: automatic colours).
 
@@ -450,6 +461,11 @@ def resolve_palette(value: Any, num_classes: int | None) -> np.ndarray | None:
     dataset = named_dataset(value)
     if dataset is not None:
         where, named = f"data.palette={value}", known_palette(dataset)
+        if named is None and dataset not in _AUTOMATIC_SAID:
+            _AUTOMATIC_SAID.add(dataset)
+            logger.warning("%s: no colour table of %s is kept here: its classes take the "
+                           "automatic colours (a list or JSON file of [r, g, b] colours gives "
+                           "mmsegmentation's)", where, dataset)
         value = (palette(len(CLASS_NAMES[dataset])) if named is None else named).tolist()
     if isinstance(value, str):
         path = Path(value)

@@ -76,6 +76,12 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
         lines = read_user_text(split_file, "split file").splitlines()
         names = [_without_suffix(line.strip(), img_dir, img_suffix) for line in lines
                  if line.strip()]
+        repeated = [(name, count) for name, count in Counter(names).items() if count > 1]
+        if repeated:  # (mmsegmentation's list reader keeps each line: an oversampling there)
+            logger.warning("%s%s lists %d images more than once (%s): each is used once",
+                           split_file, split, len(repeated), ", ".join(
+                               f"{name!r} {count} times" for name, count in repeated[:5])
+                           + (", ..." if len(repeated) > 5 else ""))
         files = _named_in_any_case(img_dir, names, img_suffix)
         missing = [str(f) for f in files.values() if not f.is_file()]
         if missing:

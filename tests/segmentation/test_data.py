@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.data import DatasetError
+from resnet_detect.engine.visualize import palette
 from omegaconf import OmegaConf
 
 from resnet_detect.segmentation.build import defaults
@@ -111,7 +112,7 @@ def test_random_scale_resizes_mask_with_nearest():
     assert set(np.unique(out["mask"]).tolist()) == {0, 1, 2, 255}  # no interpolated ids
 
 
-def test_voc_tree_with_split_file_and_palette_masks(tmp_path):
+def test_voc_tree_with_split_file_and_palette_masks(tmp_path, caplog):
     root = tmp_path / "VOC2012"
     for name in ("2007_000032", "2007_000039", "2007_000063"):
         _image(root / "JPEGImages" / f"{name}.jpg", 8, 8)
@@ -133,6 +134,13 @@ def test_voc_tree_with_split_file_and_palette_masks(tmp_path):
     split.write_text("2007_000032.jpg\n2007_000039\n")
     assert scan_folder(root / "JPEGImages", root / "SegmentationClass",
                        split_file=split) == records
+    # a name listed twice (an oversampling in mmsegmentation) was merged without a word
+    split.write_text("2007_000032\n2007_000039\n2007_000039.jpg\n")
+    with caplog.at_level(logging.WARNING):
+        assert scan_folder(root / "JPEGImages", root / "SegmentationClass",
+                           split_file=split, split="train") == records
+    assert (f"{split} (data.train) lists 1 images more than once ('2007_000039' 2 times): each "
+            f"is used once") in caplog.text
     # an image whose suffix is in another case (.JPG): found, as a folder scan finds it
     (root / "JPEGImages/2007_000039.jpg").rename(root / "JPEGImages/2007_000039.JPG")
     found = scan_folder(root / "JPEGImages", root / "SegmentationClass", split_file=split)
@@ -252,18 +260,26 @@ def test_unreadable_image_is_skipped_and_counted(tmp_path):
     assert dataset[0] is not None
 
 
-def test_a_mask_cut_short_is_skipped_in_training_and_named_in_val(tmp_path):
+def test_a_mask_cut_short_is_skipped_in_training_and_named_in_val(tmp_path, caplog):
     """A training image cut short was skipped and counted, its mask cut short stopped the run
-    (after hours, on a copy interrupted mid-file)."""
+    (after hours, on a copy interrupted mid-file). An empty one is named before training."""
     img_dir, mask_dir = _folder(tmp_path, n=3)
     mask = mask_dir / "001.png"
     mask.write_bytes(mask.read_bytes()[:60])
     train = build_dataset(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)), "train")
-    train.check_mask_headers("train")  # its header is whole
+    with caplog.at_level(logging.WARNING):
+        train.check_mask_headers("train")  # its header is whole
+    assert "cannot be read" not in caplog.text
     assert train[1] is None and train.num_skipped == 1
     assert train[0] is not None and train[2] is not None
+    (mask_dir / "002.png").write_bytes(b"")  # (no header: named before the first step)
+    with caplog.at_level(logging.WARNING):
+        train.check_mask_headers("train")
+    assert (f"data.train: 1 of 3 masks cannot be read (empty, or no image): their samples are "
+            f"skipped, as unreadable images are:\n  {mask_dir / '002.png'}") in caplog.text
+    assert train[2] is None and train.num_skipped == 2
     val = build_dataset(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)), "val")
-    with pytest.raises(DatasetError, match=rf"data.val: 1 of 3 masks are wrong:\n  cannot read "
+    with pytest.raises(DatasetError, match=rf"data.val: 2 of 3 masks are wrong:\n  cannot read "
                                            rf"mask {mask}: "):
         val.check_masks("val")
 
@@ -416,7 +432,8 @@ def test_unusable_coco_segmentations_are_named_by_annotation(tmp_path):
     data["annotations"][0]["segmentation"] = [[1, 2, 3]]
     ann_file.write_text(json.dumps(data))
     with pytest.raises(DatasetError, match=r"(?s)instances.json: 2 unusable segmentations:.*"
-                                           r"annotation id=1 \(image id=1, .*\): a polygon must.*"
+                                           r"annotation id=1 \(image id=1, .*\): a polygon "
+                                           r"holds an odd count of numbers \(3\).*"
                                            r"annotation id=3 \(image id=1, .*\): RLE segmentation "
                                            r"runs cover 200 pixels, not the image's 8x10 = 80"):
         load_coco_semantic(ann_file, tmp_path / "images")
@@ -1001,7 +1018,7 @@ def test_a_missing_folder_is_named_with_what_it_is_and_its_split(tmp_path):
                 build_dataset(cfg, split)
 
 
-def test_the_public_datasets_classes_and_colours_are_named(tmp_path, monkeypatch):
+def test_the_public_datasets_classes_and_colours_are_named(tmp_path, monkeypatch, caplog):
     """Cityscapes' 19 or ADE20K's 150 names were typed by hand, in order (a wrong order trains
     silently and mislabels every per-class IoU): data.class_names=cityscapes (ade20k, voc)
     and data.palette=cityscapes (voc) name them, as mmsegmentation's datasets carry them."""
@@ -1024,7 +1041,12 @@ def test_the_public_datasets_classes_and_colours_are_named(tmp_path, monkeypatch
     voc_colours = resolve_palette("voc", 21)  # the colours of VOC's SegmentationClass PNGs
     assert voc_colours[:3].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0]]
     assert voc_colours[15].tolist() == [192, 128, 128] and voc_colours[20].tolist() == [0, 64, 128]
-    assert resolve_palette("ade20k", 150).shape == (150, 3)  # the automatic colours
+    # the automatic colours, said (data.palette=ade20k was taken as mmsegmentation's without a
+    # word)
+    with caplog.at_level(logging.WARNING):
+        assert np.array_equal(resolve_palette("ade20k", 150), palette(150))
+    assert ("data.palette=ade20k: no colour table of ade20k is kept here: its classes take the "
+            "automatic colours") in caplog.text
     with pytest.raises(ConfigError, match=r"data.palette=cityscapes has 19 colours for the 21 "):
         resolve_palette("cityscapes", 21)
     with pytest.raises(FileNotFoundError, match=r"data.class_names file not found: citiscapes "
