@@ -183,12 +183,17 @@ def run_saving(path: Path, render: Any, out: Path, output: Path, task: str,
 
 
 def _none_drawn_hint(render: Any, args: argparse.Namespace) -> str:
-    """Why a run drew no detection: --min-score, or the threshold an export was made with."""
+    """Why a run drew no detection: --min-score, or an export's threshold: the one it was
+    made with, or a higher one given here."""
     floor = render.predictor.cfg.model.roi_heads.score_thresh
-    if is_onnx(args.weights) and floor >= args.min_score:
-        return (f" (an export keeps the score threshold it was exported with, {floor}: export "
-                f"again with a lower model.roi_heads.score_thresh)")
-    return " (a lower --min-score shows weaker ones)"
+    if not (is_onnx(args.weights) and floor >= args.min_score):
+        return " (a lower --min-score shows weaker ones)"
+    exported = render.predictor.model.metadata.get("score_thresh")
+    if exported is not None and floor > exported:
+        return (f" (model.roi_heads.score_thresh={floor} given here leaves out the graph's "
+                f"weaker detections; it was exported with {exported})")
+    return (f" (an export keeps the score threshold it was exported with, {floor}: export "
+            f"again with a lower model.roi_heads.score_thresh)")
 
 
 if __name__ == "__main__":
