@@ -32,6 +32,7 @@ from resnet_detect.engine.data import (IMAGE_SUFFIXES, NOT_DATA_FOLDERS, Dataset
                                        file_paths_under, read_image,
                                        warn_of_unreadable)
 from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.data.coco import MAX_LISTED
 from resnet_detect.engine.files import missing_path
 
 from .weights import PIXEL_MEAN, PIXEL_STD
@@ -88,6 +89,14 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
                                f"{_nfc(name)!r} ({spellings[_nfc(name)]!a} and {name!a}): "
                                f"merge them into one")
         spellings[_nfc(name)] = name
+    if sorted(found) != found:  # (torchvision sorts the names as stored)
+        decomposed = [name for name in found if name != _nfc(name)]
+        logger.warning("%s: class folders named decomposed (an accent stored apart from its "
+                       "letter, as macOS writes it: %s) are sorted here as composed, and by "
+                       "torchvision's ImageFolder on this disk as stored: the class numbers "
+                       "of weights trained with ImageFolder here are not this order's",
+                       split_dir, ascii(decomposed[:MAX_LISTED])[:-1]
+                       + (", ...]" if len(decomposed) > MAX_LISTED else "]"))
     training = class_names is None
     if class_names is None:
         class_names = [_nfc(name) for name in found]

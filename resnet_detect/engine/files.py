@@ -212,6 +212,10 @@ def why_unloadable(data: bytes, error: Exception) -> str:
     if data[:1] == b"\x80" and _LEGACY_MAGIC not in data[:32]:
         return ("a plain pickle (Python's pickle.dump), not a PyTorch file: save the state "
                 "dict with torch.save")
+    if _is_onnx_graph(data):
+        return ("an ONNX graph (tools/export.py's model.onnx), not weights: the tools and "
+                "Predictor take it as --weights / weights=; to train from it, give the .pth it "
+                "was exported from")
     if isinstance(error, pickle.UnpicklingError):
         reason = str(error).split("WeightsUnpickler error:")[-1].split("\n\nCheck the")[0].strip()
         return (f"it holds more than tensors, or is no PyTorch file ({reason}): a damaged or "
@@ -233,6 +237,13 @@ def why_unloadable(data: bytes, error: Exception) -> str:
         return f"a damaged PyTorch file of the legacy format: {said}"
     return (f"no PyTorch file (it starts with {data[:16]!r}: text, or another format; "
             f"weights are a .pth/.pt of torch.save or a .safetensors file)")
+
+
+def _is_onnx_graph(data: bytes) -> bool:
+    """An ONNX ModelProto's first fields: ir_version (field 1, a small varint), then a
+    producer name, a domain or the graph (fields 2, 3, 7)."""
+    return data[:1] == b"\x08" and len(data) > 2 and data[1] < 0x80 and data[2:3] in (
+        b"\x12", b"\x1a", b"\x3a")
 
 
 def _pickle_protocol(data: bytes) -> int | None:

@@ -454,6 +454,19 @@ def test_detectron2_pickles_are_named_as_such(tmp_path) -> None:
             read_checkpoint(tmp_path / "words.pkl")
     torch.save({"w": torch.ones(2)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
     assert torch.equal(read_checkpoint(tmp_path / "legacy.pth")["w"], torch.ones(2))
+    # an export given as weights (it was "no PyTorch file (Unsupported operand 8) ... a whole
+    # pickled model")
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    for producer in ("pytorch", ""):
+        onnx.save(helper.make_model(graph, producer_name=producer), tmp_path / "model.onnx")
+        with pytest.raises(UnreadableCheckpointError, match=r"model.onnx: an ONNX graph "
+                                                            r"\(tools/export.py's model.onnx\), "
+                                                            r"not weights"):
+            read_checkpoint(tmp_path / "model.onnx")
 
 
 def test_detectron2_and_mmdetection_checkpoints_are_named_as_such(tmp_path) -> None:
