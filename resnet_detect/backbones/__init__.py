@@ -15,7 +15,7 @@ from .registry import build_resnet, list_models, register_backbone
 from .resnet import BasicBlock, Bottleneck, ResidualBlock, ResNet
 from .weights import (PIXEL_MEAN, PIXEL_STD, convert_torchvision_resnet, load_weights,
                       make_provenance, read_checkpoint, refuse_other_normalisation,
-                      save_checkpoint, unwrap_state_dict)
+                      save_checkpoint, torchvision_resnet_state_dict, unwrap_state_dict)
 
 logger = logging.getLogger(__name__)
 # Options that change how weights must be used; a checkpoint's provenance supplies them
@@ -100,4 +100,4 @@ __all__ = ["BasicBlock", "Bottleneck", "Classifier", "FrozenBatchNorm2d", "PIXEL
            "PIXEL_STD", "ResNet", "ResidualBlock", "ShapeSpec", "build", "build_classifier",
            "build_from_config", "build_norm", "convert_torchvision_resnet", "list_models",
            "load_weights", "make_provenance", "read_checkpoint", "register_backbone",
-           "save_checkpoint"]
+           "save_checkpoint", "torchvision_resnet_state_dict"]

@@ -25,7 +25,10 @@ from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.files import (atomic_save, check_weights_file, read_checked_bytes,
                                         why_unloadable)
 
+from .classifier import Classifier
+from .layers import ZeroPadShortcut
 from .registry import list_models
+from .resnet import ResidualBlock, ResNet
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +181,65 @@ def convert_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> StateD
             key = f"res{int(stage) + 1}.{rest}"
         converted[key] = value
     return converted
+
+
+_OUR_NORM = re.compile(r"(^|\.)norm(\d)\.")
+
+
+def torchvision_resnet_state_dict(model: nn.Module) -> StateDict:
+    """The weights of this project's ResNet or Classifier under the key names of
+    torchvision's and timm's ResNets (convert_torchvision_resnet's inverse):
+    `torchvision.models.resnet50(num_classes=K).load_state_dict(...)` (timm's
+    `resnet50d` for a resnet50d: deep stem and average-pooling shortcuts) then computes the
+    same logits. A bare backbone's have no `fc.*` (load them with strict=False).
+
+    Raises:
+        ValueError: a net that no torchvision or timm ResNet computes (the layout of a CIFAR
+            stem, shortcut option A or C, no shortcuts, strides in the 1x1 convs, dilation,
+            GroupNorm); its keys would load there and compute something else, or not load.
+    """
+    backbone = model.backbone if isinstance(model, Classifier) else model
+    if not isinstance(backbone, ResNet):
+        raise ValueError(f"a ResNet or a Classifier of one is wanted, got "
+                         f"{type(model).__name__}")
+    why = _not_in_torchvision_layout(backbone)
+    if why:
+        raise ValueError(f"torchvision's and timm's ResNets compute no net of {why}: its "
+                         f"weights have no counterpart there")
+    converted = {}
+    for key, value in model.state_dict().items():
+        key = key.removeprefix("backbone.")
+        if key.startswith("stem.conv."):
+            key = "conv1." + key[len("stem.conv."):]
+        elif key.startswith("stem.norm."):
+            key = "bn1." + key[len("stem.norm."):]
+        elif key.startswith("res"):
+            stage, rest = key[len("res"):].split(".", 1)
+            rest = _OUR_NORM.sub(r"\1bn\2.", rest).replace("shortcut.", "downsample.")
+            key = f"layer{int(stage) - 1}.{rest}"
+        converted[key] = value
+    return converted
+
+
+def _not_in_torchvision_layout(backbone: ResNet) -> str | None:
+    """What of `backbone` no torchvision or timm ResNet has, else None."""
+    blocks = [m for m in backbone.modules() if isinstance(m, ResidualBlock)]
+    if backbone.stem.stride != 4:
+        return "a CIFAR stem (a 3x3 conv, no max pool)"
+    if any(not b.residual for b in blocks):
+        return "no shortcuts (a plain net)"
+    if any(isinstance(b.shortcut, ZeroPadShortcut) for b in blocks):
+        return "shortcut option A (zero padding)"
+    if any(b.stride == 1 and b.in_channels == b.out_channels
+           and not isinstance(b.shortcut, nn.Identity) for b in blocks):
+        return "shortcut option C (projections everywhere)"
+    if stride_in_1x1(backbone):
+        return "strides in the bottlenecks' 1x1 convs (stride_in_1x1: detectron2's MSRA layout)"
+    if any(isinstance(m, nn.Conv2d) and m.dilation != (1, 1) for m in backbone.modules()):
+        return "dilated convolutions (output_stride, multi_grid)"
+    if any(isinstance(m, nn.GroupNorm) for m in backbone.modules()):
+        return "GroupNorm"
+    return None
 
 
 def is_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> bool:

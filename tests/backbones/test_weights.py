@@ -577,3 +577,57 @@ def test_class_layers_of_another_width_are_refused_not_taken_for_new_classes(cap
     with pytest.raises(ValueError, match=r"mis-shaped \(1\): 1.weight: checkpoint \(3, 16\)"):
         check_and_load(model, other_width, "w.pth", class_layers=("1.",))
     assert "class count" not in caplog.text
+
+
+def _random_statistics(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_()
+            m.bias.data.normal_()
+
+
+@pytest.mark.parametrize(("name", "reference"), [
+    ("resnet18", lambda k: torchvision.models.resnet18(num_classes=k)),
+    ("resnet50", lambda k: torchvision.models.resnet50(num_classes=k)),
+    ("resnext50_32x4d", lambda k: torchvision.models.resnext50_32x4d(num_classes=k)),
+    ("resnet50d", lambda k: __import__("timm").create_model("resnet50d", num_classes=k)),
+])
+def test_weights_trained_here_load_into_torchvision_and_timm_with_their_logits(
+        name, reference) -> None:
+    """A classifier pretrained here, under torchvision's (timm's) key names: their model
+    loads it strictly and computes the same logits."""
+    torch.manual_seed(0)
+    ours = backbones.build_classifier(name, 7).eval()
+    _random_statistics(ours)
+    theirs = reference(7).eval()
+    theirs.load_state_dict(backbones.torchvision_resnet_state_dict(ours))  # (strict)
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
+    # a bare backbone's: all but the fc
+    bare = backbones.torchvision_resnet_state_dict(ours.backbone)
+    assert sorted(bare) == sorted(k for k in theirs.state_dict() if not k.startswith("fc."))
+    # and back: this project's import reads them as they were
+    again = backbones.build_classifier(name, 7)
+    load_weights(again, theirs.state_dict())
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in ours.state_dict().items())
+
+
+@pytest.mark.parametrize(("name", "options", "said"), [
+    ("cifar_resnet20", {}, "a CIFAR stem"),
+    ("plain_resnet18", {}, "no shortcuts"),
+    ("resnet18", {"shortcut": "C"}, "shortcut option C"),
+    ("resnet50", {"stride_in_1x1": True}, "strides in the bottlenecks' 1x1 convs"),
+    ("resnet18", {"norm": "gn"}, "GroupNorm"),
+])
+def test_nets_no_torchvision_resnet_computes_are_refused(name, options, said) -> None:
+    """Their keys would load into a torchvision ResNet (stride_in_1x1 does) and compute
+    something else."""
+    with pytest.raises(ValueError, match=rf"torchvision's and timm's ResNets compute no net of "
+                                         rf"{re.escape(said)}"):
+        backbones.torchvision_resnet_state_dict(backbones.build_classifier(name, 3, **options))
+    dilated = backbones.build("resnet18", output_stride=16)
+    with pytest.raises(ValueError, match="dilated convolutions"):
+        backbones.torchvision_resnet_state_dict(dilated)
