@@ -190,8 +190,8 @@ def _none_drawn_hint(render: Any, args: argparse.Namespace) -> str:
         return " (a lower --min-score shows weaker ones)"
     exported = render.predictor.model.metadata.get("score_thresh")
     if exported is not None and floor > exported:
-        return (f" (model.roi_heads.score_thresh={floor} given here leaves out the graph's "
-                f"weaker detections; it was exported with {exported})")
+        return (f" (model.roi_heads.score_thresh={floor}, this run's config, leaves out the "
+                f"graph's weaker detections; it was exported with {exported})")
     return (f" (an export keeps the score threshold it was exported with, {floor}: export "
             f"again with a lower model.roi_heads.score_thresh)")
 

@@ -23,7 +23,7 @@ from .distributed import (barrier, cleanup, init_distributed, is_main_process,
                           training_device_type)
 from .checkpoint import (CheckpointWriteError, UnreadableCheckpointError,
                          read_training_checkpoint)
-from .config import ConfigError, parse_bool
+from .config import PACKAGE_PREFIX, ConfigError, parse_bool
 from .custom_imports import config_hooks
 from .data import DatasetError, UnreadableImageError, worker_error_message
 from .export import ExportError
@@ -205,7 +205,8 @@ class ToolArgumentParser(argparse.ArgumentParser):
         """The task of the config among the words (the first YAML file), for the hints of
         the flags; "" where none is readable."""
         for word in getattr(self, "_words", []):
-            if Path(word).suffix.lower() in (".yaml", ".yml") and Path(word).is_file():
+            if Path(word).suffix.lower() in (".yaml", ".yml") and (
+                    Path(word).is_file() or word.startswith(PACKAGE_PREFIX)):
                 try:
                     return config_task(word)
                 except (ValueError, OSError):  # (ConfigError is a ValueError)

@@ -64,8 +64,8 @@ def register_task(name: str, module: str) -> None:
                           f"yours another name")
     if not _importable(module):  # (found at once, not when a config names the task)
         raise ConfigError(f"register_task({name!r}, {module!r}): no module {module!r} can be "
-                          f"imported (its module's name, e.g. __name__ in the module that "
-                          f"defines TASK)")
+                          f"imported (the name `import` takes, e.g. __name__ in the module that "
+                          f"defines TASK, its folder on sys.path / PYTHONPATH)")
     TASK_MODULES[name] = module
     REGISTERED_BY["task", name] = module
     READERS.setdefault(name, "tools/train.py")

@@ -127,8 +127,9 @@ class Predictor:
                                   "unless the weights record theirs)")
             if not isinstance(provenance.get("config"), Mapping):
                 raise config_needed(weights)
-            config = provenance["config"]
-        cfg = _config(config, overrides)
+            cfg = config_from_mapping(provenance["config"], overrides)
+        else:
+            cfg = _config(config, overrides)
         if checkpoint is None and cfg.model.weights:  # same handling as weights=...
             source = str(cfg.model.weights)
             checkpoint = read_checkpoint(source)

@@ -78,7 +78,8 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
                  if line.strip()]
         repeated = [(name, count) for name, count in Counter(names).items() if count > 1]
         if repeated:  # (mmsegmentation's list reader keeps each line: an oversampling there)
-            logger.warning("%s%s lists %d images more than once (%s): each is used once",
+            logger.warning("%s%s lists images more than once, %d of them (%s): each is used "
+                           "once",
                            split_file, split, len(repeated), ", ".join(
                                f"{name!r} {count} times" for name, count in repeated[:5])
                            + (", ..." if len(repeated) > 5 else ""))

@@ -771,7 +771,8 @@ def _rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def test_segmentations_checked_for_masks(tmp_path: Path) -> None:
+def test_segmentations_checked_for_masks(tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
     _write_png(tmp_path / "images" / "a.png", _pattern(20, 30))
     blob = np.zeros((20, 30), dtype=np.uint8)
     blob[3:9, 10:25] = 1
@@ -800,9 +801,13 @@ def test_segmentations_checked_for_masks(tmp_path: Path) -> None:
     assert len(records[0]["boxes"]) == 4 and stats.short_polygons == stats.no_mask == 0
     # a val file keeps the boxes of the objects without a usable mask, as the bbox evaluation
     # scores them (its summary counted 3 of 4 boxes)
-    records, _, stats = load_coco_json(ann_file, tmp_path / "images", keep_segmentation=True,
-                                       evaluation=True)
+    with caplog.at_level(logging.WARNING):
+        records, _, stats = load_coco_json(ann_file, tmp_path / "images",
+                                           keep_segmentation=True, evaluation=True)
     assert stats.boxes == 4 and stats.no_mask_ids == [2, 4]
+    assert (f"{ann_file}: dropped 2 polygons with fewer than 3 points; 2 objects without a "
+            f"usable polygon (annotation ids [2, 4]) kept without a mask (their boxes count)"
+            ) in caplog.text
     assert [s is None for s in records[0]["segmentations"]] == [False, True, False, True]
 
 

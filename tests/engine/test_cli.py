@@ -707,6 +707,11 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
       "  --out: --save-predictions (each image's class map as a PNG under --output DIR)",
       "  --eval: tools/eval.py scores mIoU, mAcc and aAcc (pixel_acc)",
       "  --format-only: --save-predictions"]),
+    # the same config named by the package prefix (told detection's keys)
+    ("eval", ["resnet_detect::synthetic/deeplabv3_R_18_os16.yaml", "--weights", "w.pth",
+              "--output", "o", "--aug-test"],
+     ["  --aug-test: test-time augmentation is test.scales=[0.5,0.75,1.0,1.25,1.5,1.75] "
+      "test.flip=true"]),
     ("demo", [str(SEG_CONFIG), "--weights", "w.pth", "--input", "a.jpg", "--output", "o",
               "--palette", "p.json", "--opacity", "0.3", "--out-file", "f.png"],
      ["  --palette: data.palette=[[r, g, b], ...]", "  --opacity: the overlay's opacity is 0.5",

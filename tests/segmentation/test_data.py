@@ -139,8 +139,8 @@ def test_voc_tree_with_split_file_and_palette_masks(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert scan_folder(root / "JPEGImages", root / "SegmentationClass",
                            split_file=split, split="train") == records
-    assert (f"{split} (data.train) lists 1 images more than once ('2007_000039' 2 times): each "
-            f"is used once") in caplog.text
+    assert (f"{split} (data.train) lists images more than once, 1 of them ('2007_000039' 2 "
+            f"times): each is used once") in caplog.text
     # an image whose suffix is in another case (.JPG): found, as a folder scan finds it
     (root / "JPEGImages/2007_000039.jpg").rename(root / "JPEGImages/2007_000039.JPG")
     found = scan_folder(root / "JPEGImages", root / "SegmentationClass", split_file=split)

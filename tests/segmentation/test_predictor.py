@@ -45,6 +45,15 @@ def test_predictor_uses_checkpoint_provenance(tmp_path, small_config, caplog):
     assert f"{path} records a config that tests with test.scales=[1.0] test.flip=False " \
            "test.window=None test.max_size=None (its evaluations in training); this asks for " \
            "[0.5] True None None" in caplog.text
+    # a misspelt key is named as the recorded config's, or as the caller's where one is given
+    recorded = {**provenance, "config": {**provenance["config"], "bogus": 1}}
+    save_checkpoint(tmp_path / "misspelt.pth", model.state_dict(), recorded)
+    with pytest.raises(ConfigError, match=r"unknown config key 'bogus' in the checkpoint's "
+                                          r"config"):
+        Predictor(weights=tmp_path / "misspelt.pth")
+    with pytest.raises(ConfigError, match=r"unknown config key 'bogus' in the config given to "
+                                          r"Predictor"):
+        Predictor(recorded["config"], weights=path)
     # data.class_names beside weights that name their classes: were ignored without a word,
     # whatever their number
     with pytest.raises(ConfigError, match=r"the weights .*model_final.pth have 3 classes, "

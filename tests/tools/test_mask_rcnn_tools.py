@@ -194,8 +194,8 @@ def _demo_on_an_export_says_why_nothing_was_drawn_and_goes_on_past_a_large_photo
     # a higher threshold given here is named as such (it said to export again)
     load_tool("demo").main([*args, "model.roi_heads.score_thresh=0.999999", *demo[len(args):],
                             "--output", str(tmp_path / "raised")])
-    assert ("0 detections of score 0.5 or more (model.roi_heads.score_thresh=0.999999 given "
-            "here leaves out the graph's weaker detections; it was exported with 0.0)"
+    assert ("0 detections of score 0.5 or more (model.roi_heads.score_thresh=0.999999, this "
+            "run's config, leaves out the graph's weaker detections; it was exported with 0.0)"
             ) in capsys.readouterr().out
     large = tmp_path / "large.jpg"
     cv2.imwrite(str(large), np.full((200, 300, 3), 128, np.uint8))

@@ -353,21 +353,32 @@ def test_results_beyond_what_the_coco_evaluation_scores_are_said(
         data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A file written with detections_per_image=300 was scored at 100 per image and category
     without a word (the evaluation of the weights that wrote it scored 300)."""
-    ann = json.loads((data / "coco/val.json").read_text())["annotations"][0]
+    val = json.loads((data / "coco/val.json").read_text())
+    ann = val["annotations"][0]
+    other = next(c for c in val["categories"] if c["id"] != ann["category_id"])
     path = tmp_path / "dense.json"
-    path.write_text(json.dumps([{"image_id": ann["image_id"], "category_id": ann["category_id"],
-                                 "bbox": ann["bbox"], "score": 0.5 - k / 1000}
-                                for k in range(101)]))
-    for keeps, said in ((100, True), (101, False)):
+
+    def scored(categories: list[int], *overrides: str) -> str:
+        path.write_text(json.dumps([{"image_id": ann["image_id"], "category_id": category,
+                                     "bbox": ann["bbox"], "score": 0.5 - k / 1000}
+                                    for k, category in enumerate(categories)]))
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            load_tool("eval").main([str(CONFIG), *data_overrides(data),
-                                    f"model.roi_heads.detections_per_image={keeps}",
+            load_tool("eval").main([str(CONFIG), *data_overrides(data), *overrides,
                                     "--results", str(path), "--output", str(tmp_path / "out")])
-        assert (f"{path}: 101 results of image {ann['image_id']} and category "
-                f"{ann['category_id']}, and the COCO evaluation scores the 100 best of each "
-                f"image and category (model.roi_heads.detections_per_image=101 scores them all"
-                in caplog.text) is said
+        return caplog.text
+
+    warning = (f"{path}: 101 results of image {ann['image_id']} and category "
+               f"{ann['category_id']}, and the COCO evaluation scores the 100 best of each "
+               f"image and category (model.roi_heads.detections_per_image=101 scores them all")
+    assert warning in scored([ann["category_id"]] * 101)
+    assert warning not in scored([ann["category_id"]] * 101,
+                                 "model.roi_heads.detections_per_image=101")
+    # 100 of each category of an image are scored; results of categories not scored are not
+    assert "the COCO evaluation scores the" not in scored(
+        [ann["category_id"]] * 100 + [other["id"]] * 100)
+    assert "the COCO evaluation scores the" not in scored(
+        [ann["category_id"]] * 101 + [other["id"]], f"data.classes=[{other['name']}]")
 
 
 def test_eval_scores_perfect_results_100_and_names_bad_results_files(

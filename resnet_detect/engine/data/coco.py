@@ -558,11 +558,11 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
                        "\"iscrowd\": 1 to leave them out of the scoring)" if evaluation else
                        "are left out of training, as mmdetection leaves them out")
     if stats.short_polygons or stats.no_mask:
-        logger.warning("%s: dropped %d polygons with fewer than 3 points; %s %d objects "
-                       "without a usable polygon%s", ann_file, stats.short_polygons,
-                       "the segm evaluation ignores" if evaluation else "left out",
-                       stats.no_mask, f" (annotation ids {brief(stats.no_mask_ids, MAX_LISTED)})"
-                       if stats.no_mask else "")
+        logger.warning("%s: dropped %d polygons with fewer than 3 points; %d objects without "
+                       "a usable polygon%s %s", ann_file, stats.short_polygons, stats.no_mask,
+                       f" (annotation ids {brief(stats.no_mask_ids, MAX_LISTED)})"
+                       if stats.no_mask else "", "kept without a mask (their boxes count)"
+                       if evaluation else "left out")
     used = set(np.concatenate([r["classes"] for r in records] or [np.zeros(0, np.int64)]))
     unused = [f"{name!r} (id {cid})" for k, (cid, name) in
               enumerate(zip(mapping.dataset_ids, mapping.names)) if k not in used]
