@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from .amp import amp_for_device
 from .distributed import (barrier, cleanup, init_distributed, is_main_process,
-                          training_device_type)
+                          other_process_gone, training_device_type)
 from .checkpoint import (CheckpointWriteError, UnreadableCheckpointError,
                          read_training_checkpoint)
 from .config import PACKAGE_PREFIX, ConfigError, parse_bool
@@ -129,6 +129,12 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     except BrokenPipeError:  # `| head` closed stdout: stop quietly, as coreutils do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         raise SystemExit(141) from None
+    except RuntimeError as e:  # a collective's, under torchrun: another process stopped
+        gone = other_process_gone(e)
+        if gone is None:
+            raise
+        _say(f"{program_name()}: error: {gone}")
+        raise SystemExit(1) from None
     finally:
         if catch:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

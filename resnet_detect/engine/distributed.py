@@ -214,6 +214,28 @@ _PEER_LOST = re.compile(r"Connection (reset|closed) by peer|Broken pipe|remote p
                         r"network error")
 
 
+# gloo's words where a process cannot reach the others (a torchrun restart on gloo, say)
+_UNREACHABLE = re.compile(r"connectFullMesh failed|Connection refused")
+
+
+def other_process_gone(error: BaseException) -> str | None:
+    """For a tool under torchrun (WORLD_SIZE > 1) whose collective failed because another
+    process stopped (its own error names why: a file only it lacked) or could not be
+    reached: a one-line message in place of the collective's traceback; else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or not isinstance(error, RuntimeError):
+        return None
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    first = first.split(". This is typically")[0]  # (gloo's advice to read the other's logs)
+    if _PEER_LOST.search(str(error)) or isinstance(error, getattr(dist, "DistError", ())):
+        return (f"another process of this run stopped (its own message says why) or was "
+                f"lost, and this one lost its connection to it: {first}")
+    if _UNREACHABLE.search(str(error)):
+        return (f"this process could not connect to the run's other processes (on gloo, a "
+                f"torchrun restart can fail so; run the command again, with --resume for a "
+                f"training): {first}")
+    return None
+
+
 def lost_process_hint(error: BaseException) -> str:
     """What to do after `error` of a multi-process run where a collective lost a process (a
     node killed, or its network gone: gloo's and NCCL's errors name a socket); "" otherwise."""

@@ -70,6 +70,50 @@ def test_an_error_is_written_in_one_piece(monkeypatch: pytest.MonkeyPatch) -> No
     assert writes == ["train.py: error: train.json: broken\n"]
 
 
+@pytest.mark.parametrize(("world", "error", "said"), [
+    # gloo's error where the other process of `torchrun tools/eval.py` stopped (a data folder
+    # only it lacked): a 40-line traceback after the other's one-line error
+    ("2", "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+          "[127.0.0.1]:36547. This is typically caused by a remote worker crashing. Check the "
+          "logs of the remote worker before reporting an error. GLHF!",
+     "eval.py: error: another process of this run stopped (its own message says why) or was "
+     "lost, and this one lost its connection to it: [../third_party/gloo/gloo/transport/tcp/"
+     "pair.cc:534] Connection closed by peer [127.0.0.1]:36547\n"),
+    # a torchrun restart on gloo that could not connect
+    ("2", "Gloo connectFullMesh failed with [../third_party/gloo/gloo/transport/tcp/pair.cc:"
+          "144] no error\nmore", "eval.py: error: this process could not connect to the "
+                                 "run's other processes (on gloo, a torchrun restart can fail "
+                                 "so; run the command again, with --resume for a training): "
+                                 "Gloo connectFullMesh failed with [../third_party/gloo/gloo/"
+                                 "transport/tcp/pair.cc:144] no error\n"),
+    ("1", "Connection closed by peer", None),  # (one process: not another's)
+    ("2", "boom", None),
+])
+def test_a_tool_whose_other_process_stopped_says_so_in_one_line(
+        monkeypatch: pytest.MonkeyPatch, world: str, error: str, said: str | None) -> None:
+    writes: list[str] = []
+
+    class Recorded:
+        def write(self, text: str) -> None:
+            writes.append(text)
+
+        def flush(self) -> None:
+            pass
+    monkeypatch.setattr(sys, "stderr", Recorded())
+    monkeypatch.setattr(sys, "argv", ["tools/eval.py"])
+    monkeypatch.setenv("WORLD_SIZE", world)
+
+    def main(_: Any) -> None:
+        raise RuntimeError(error)
+    if said is None:
+        with pytest.raises(RuntimeError, match=re.escape(error)):
+            run_tool(main)
+        return
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(main)
+    assert stopped.value.code == 1 and writes == [said]
+
+
 def test_a_batch_that_the_processes_cannot_share_is_refused_before_the_folder_is_written(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:
