@@ -6,8 +6,9 @@ Usage:
 One machine, N processes (GPUs, or CPU processes with gloo):
   torchrun --nproc_per_node=N tools/pretrain.py CONFIG [key=value ...]
 
-Several machines (run on each; node_rank 0..nnodes-1; HOST:PORT reachable from all of them):
-  torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \\
+Several machines (the same command on each; the c10d rendezvous numbers the nodes; HOST:PORT
+reachable from all of them):
+  torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d \\
       --rdzv_id=JOB --rdzv_endpoint=HOST:PORT tools/pretrain.py CONFIG [key=value ...]
   With --resume, train.output_dir should be on storage shared by all nodes.
 

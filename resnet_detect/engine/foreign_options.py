@@ -155,7 +155,7 @@ def key_hint(key: str) -> str:
 def _flag_advice(training: bool) -> dict[str, str]:
     output = "train.output_dir=DIR" if training else "--output DIR"
     several_gpus = "one process per GPU: torchrun --nproc_per_node=N tools/TOOL.py ..."
-    several_machines = ("several machines: torchrun --nnodes=M --node_rank=R "
+    several_machines = ("several machines: torchrun --nnodes=M --rdzv_backend=c10d "
                         "--rdzv_endpoint=HOST:PORT tools/TOOL.py ... (README)")
     overrides = "overrides are key=value words after the config, e.g. train.max_iter=100"
     return {
