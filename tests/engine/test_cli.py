@@ -90,16 +90,8 @@ def test_an_error_is_written_in_one_piece(monkeypatch: pytest.MonkeyPatch) -> No
     ("2", "boom", None),
 ])
 def test_a_tool_whose_other_process_stopped_says_so_in_one_line(
-        monkeypatch: pytest.MonkeyPatch, world: str, error: str, said: str | None) -> None:
-    writes: list[str] = []
-
-    class Recorded:
-        def write(self, text: str) -> None:
-            writes.append(text)
-
-        def flush(self) -> None:
-            pass
-    monkeypatch.setattr(sys, "stderr", Recorded())
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, world: str, error: str,
+        said: str | None) -> None:
     monkeypatch.setattr(sys, "argv", ["tools/eval.py"])
     monkeypatch.setenv("WORLD_SIZE", world)
 
@@ -111,7 +103,7 @@ def test_a_tool_whose_other_process_stopped_says_so_in_one_line(
         return
     with pytest.raises(SystemExit) as stopped:
         run_tool(main)
-    assert stopped.value.code == 1 and writes == [said]
+    assert stopped.value.code == 1 and capsys.readouterr().err == said
 
 
 def test_a_batch_that_the_processes_cannot_share_is_refused_before_the_folder_is_written(
