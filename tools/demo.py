@@ -10,7 +10,8 @@ a colour overlay with a legend. Images are written to DIR under their own names 
 unless PNG; from a folder, with their paths inside it), a video to DIR/<name>.mp4, frame by
 frame; a name that would repeat (with --save-json: also without its suffix) gets "-2",
 "-3", ... An unreadable image is skipped with a warning, the others drawn, and the run then
-fails naming the skipped ones.
+fails naming the skipped ones. Under `torchrun --nproc_per_node=N` (one process per GPU) each
+process draws its share of the inputs (every N-th), and the first says what all wrote.
 
 --save-json also writes the predictions, each file atomically:
   detection: beside each picture DIR/<name>.json, {"image": the input's path, "height",
@@ -48,7 +49,9 @@ from resnet_detect.engine.data import UnreadableImageError, listing  # noqa: E40
 from resnet_detect.engine.export import is_onnx  # noqa: E402
 from resnet_detect.engine.files import (atomic_write, atomic_write_json,  # noqa: E402
                                         file_versions, writable_folder)
-from resnet_detect.engine.distributed import init_distributed  # noqa: E402
+from resnet_detect.engine.distributed import (all_gather_object, barrier, get_rank,  # noqa: E402
+                                              get_world_size, init_distributed,
+                                              is_main_process)
 from resnet_detect.engine.tasks import config_task, load_task_config, task_module  # noqa: E402
 from resnet_detect.segmentation.records import write_label_map  # noqa: E402
 from resnet_detect.engine.visualize import (VIDEO_SUFFIXES, expand_inputs, output_paths, run_image,  # noqa: E402
@@ -107,12 +110,14 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     render = build_renderer(args.config, args.weights, args.overrides, args.min_score,
                             device=device)
     # (not compared in a folder of more: the walk alone would cost seconds)
-    earlier = file_versions(output, limit=10_000) or {}
+    earlier = (file_versions(output, limit=10_000) or {}) if is_main_process() else {}
     output.mkdir(parents=True, exist_ok=True)
-    if args.save_json and task == "sem_seg":
+    if args.save_json and task == "sem_seg" and is_main_process():
         atomic_write_json(list(render.class_names), output / "classes.json")
+    barrier()  # (the folder as it was, seen before any process writes)
+    jobs = list(zip(inputs, output_paths(inputs, output, unique_stems=args.save_json)))
     written, unreadable, too_large = [], [], []
-    for (path, _), out in zip(inputs, output_paths(inputs, output, unique_stems=args.save_json)):
+    for (path, _), out in jobs[get_rank()::get_world_size()]:
         is_video = path.suffix.lower() in VIDEO_SUFFIXES
         try:
             if args.save_json:
@@ -125,10 +130,18 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         except MemoryError as err:  # an exported graph on a large photo
             logger.warning("skipping %s: %s", path, err)
             too_large.append(f"{path}: {err}")
-    drawn = getattr(render, "drawn", None)  # detections drawn (detection models)
+    # every process's share, told to the first, which says what all did
+    shares = all_gather_object((len(written), getattr(render, "drawn", None), unreadable,
+                                too_large))
+    if not is_main_process():
+        return written
+    wrote = sum(share[0] for share in shares)
+    drawn = None if shares[0][1] is None else sum(share[1] for share in shares)
+    unreadable = [path for share in shares for path in share[2]]
+    too_large = [problem for share in shares for problem in share[3]]
     saved = {"detection": "picture(s) and their JSON",
              "sem_seg": "picture(s) and their class maps (predictions/, classes.json)"}
-    print(f"wrote {len(written)} {saved[task] if args.save_json else 'file(s)'} to {output}"
+    print(f"wrote {wrote} {saved[task] if args.save_json else 'file(s)'} to {output}"
           + ("" if drawn is None else f": {drawn} detections of score {args.min_score} or more"
              + ("" if drawn else _none_drawn_hint(render, args))), flush=True)
     left = sorted(str(path.relative_to(output)) for path, version in earlier.items()
@@ -140,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         raise UnreadableImageError(
             f"{len(unreadable) + len(too_large)} of {len(inputs)} inputs could not be "
             f"{'read' if not too_large else 'drawn'}"
-            + (" (the others were drawn)" if written else "") + ":"
+            + (" (the others were drawn)" if wrote else "") + ":"
             + listing(unreadable + too_large))
     return written
 

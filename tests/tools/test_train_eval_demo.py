@@ -580,6 +580,34 @@ def test_results_scored_under_torchrun_by_one_process(data: Path, tmp_path: Path
     assert log.stdout.count("box AP = ") == 1  # (scored and printed once)
 
 
+@pytest.mark.slow
+def test_demo_under_torchrun_draws_each_input_once(trained: Path, data: Path,
+                                                   tmp_path: Path) -> None:
+    """Each process drew every input: N times the work, each file written N times, and N
+    "wrote" lines. Now each draws its share, and the files are a single process's."""
+    import os
+    import subprocess
+
+    from tests.torchrun import _free_port
+    demo = [str(ROOT / "tools/demo.py"), str(CONFIG), *data_overrides(data), "--weights",
+            str(trained / "model_final.pth"), "--input", str(data / "images/val"),
+            "--save-json", "--min-score", "0.0"]
+    log = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *demo,
+         "--output", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert log.returncode == 0, log.stdout[-3000:] + log.stderr[-3000:]
+    assert log.stdout.count("wrote ") == 1 and "wrote 3 picture(s) and their JSON" in log.stdout
+    load_tool("demo").main([*demo[1:], "--output", str(tmp_path / "one")])
+    for one in sorted((tmp_path / "one").glob("*.json")):
+        assert json.loads((tmp_path / "two" / one.name).read_text()) == json.loads(
+            one.read_text())
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir())
+
+
 def test_the_error_analysis_counts_the_detections_the_scoring_counts(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A scene of 120 objects of one class, each found: with detections_per_image 150 the
