@@ -78,11 +78,10 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
                  if line.strip()]
         repeated = [(name, count) for name, count in Counter(names).items() if count > 1]
         if repeated:  # (mmsegmentation's list reader keeps each line: an oversampling there)
-            logger.warning("%s%s lists images more than once, %d of them (%s): each is used "
-                           "once",
-                           split_file, split, len(repeated), ", ".join(
-                               f"{name!r} {count} times" for name, count in repeated[:5])
-                           + (", ..." if len(repeated) > 5 else ""))
+            shown = ", ".join(f"{name!r} {count} times" for name, count in repeated[:5])
+            logger.warning("%s%s lists images more than once, %d of them (%s%s): each is used "
+                           "once", split_file, split, len(repeated), shown,
+                           ", ..." if len(repeated) > 5 else "")
         files = _named_in_any_case(img_dir, names, img_suffix)
         missing = [str(f) for f in files.values() if not f.is_file()]
         if missing:

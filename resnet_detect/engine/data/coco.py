@@ -107,8 +107,10 @@ class LoadStats:
     other_classes: int = 0  # objects of the categories data.classes leaves out
     degenerate: int = 0
     short_polygons: int = 0  # polygons of < 3 points dropped (keep_segmentation only)
-    no_mask: int = 0  # objects left out for want of a usable polygon (keep_segmentation only)
-    no_mask_ids: list[Any] = field(default_factory=list)  # (their annotation ids, all of them)
+    # objects without a usable polygon (keep_segmentation only: left out of training, kept
+    # without a mask in a file to evaluate on), and their annotation ids
+    no_mask: int = 0
+    no_mask_ids: list[Any] = field(default_factory=list)
     beyond_image: int = 0  # boxes, crowd aside, reaching past their image (`reaches_past`)
     # the first MAX_LISTED boxes (of the degenerate ones) with a NaN or infinite number
     non_finite: list[str] = field(default_factory=list)
