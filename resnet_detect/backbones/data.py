@@ -91,10 +91,12 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
         spellings[_nfc(name)] = name
     if sorted(found) != found:  # (torchvision sorts the names as stored)
         decomposed = [name for name in found if name != _nfc(name)]
-        logger.warning("%s: class folders named decomposed (an accent stored apart from its "
-                       "letter, as macOS writes it: %s) are sorted here as composed, and by "
-                       "torchvision's ImageFolder on this disk as stored: the class numbers "
-                       "of weights trained with ImageFolder here are not this order's",
+        logger.warning("%s: class folders whose names are stored in another Unicode form than "
+                       "the composed one (NFC; macOS writes an accent apart from its letter: "
+                       "%s) are sorted here as composed, and by torchvision's ImageFolder on "
+                       "this disk as stored: the class numbers of weights trained with "
+                       "ImageFolder here are not this order's (renamed to their composed form, "
+                       "e.g. by `convmv -r --nfc --notest -f utf8 -t utf8 DIR`, both agree)",
                        split_dir, ascii(decomposed[:MAX_LISTED])[:-1]
                        + (", ...]" if len(decomposed) > MAX_LISTED else "]"))
     training = class_names is None

@@ -28,7 +28,7 @@ from resnet_detect.engine.files import (atomic_save, check_weights_file, read_ch
 from .classifier import Classifier
 from .layers import ZeroPadShortcut
 from .registry import list_models
-from .resnet import ResidualBlock, ResNet
+from .resnet import Bottleneck, ResNet
 
 logger = logging.getLogger(__name__)
 
@@ -191,17 +191,23 @@ def torchvision_resnet_state_dict(model: nn.Module) -> StateDict:
     torchvision's and timm's ResNets (convert_torchvision_resnet's inverse):
     `torchvision.models.resnet50(num_classes=K).load_state_dict(...)` (timm's
     `resnet50d` for a resnet50d: deep stem and average-pooling shortcuts) then computes the
-    same logits. A bare backbone's have no `fc.*` (load them with strict=False).
+    same logits; a dilated bottleneck net's with torchvision's `replace_stride_with_dilation`
+    (timm's `output_stride`), a GroupNorm net's with `norm_layer=partial(nn.GroupNorm, 32)`.
+    A bare backbone's have no `fc.*` (load them with strict=False).
 
     Raises:
-        ValueError: a net that no torchvision or timm ResNet computes (the layout of a CIFAR
-            stem, shortcut option A or C, no shortcuts, strides in the 1x1 convs, dilation,
-            GroupNorm); its keys would load there and compute something else, or not load.
+        ValueError: a net that no torchvision or timm ResNet computes (a CIFAR stem, shortcut
+            option A or C, no shortcuts, strides in the 1x1 convs, multi_grid, dilated basic
+            blocks, a lesioned block), or one whose stages are not all there (a detector's
+            C4 backbone, whose res5 is its box head's); its keys would load there and compute
+            something else, or leave layers at their initial values.
     """
     backbone = model.backbone if isinstance(model, Classifier) else model
     if not isinstance(backbone, ResNet):
+        inner = (" (a detector's ResNet is its backbone's bottom_up)"
+                 if isinstance(getattr(model, "bottom_up", None), ResNet) else "")
         raise ValueError(f"a ResNet or a Classifier of one is wanted, got "
-                         f"{type(model).__name__}")
+                         f"{type(model).__name__}{inner}")
     why = _not_in_torchvision_layout(backbone)
     if why:
         raise ValueError(f"torchvision's and timm's ResNets compute no net of {why}: its "
@@ -223,11 +229,16 @@ def torchvision_resnet_state_dict(model: nn.Module) -> StateDict:
 
 def _not_in_torchvision_layout(backbone: ResNet) -> str | None:
     """What of `backbone` no torchvision or timm ResNet has, else None."""
-    blocks = [m for m in backbone.modules() if isinstance(m, ResidualBlock)]
     if backbone.stem.stride != 4:
         return "a CIFAR stem (a 3x3 conv, no max pool)"
+    if backbone.stages != ["res2", "res3", "res4", "res5"]:
+        return (f"the stages {', '.join(backbone.stages)} alone (a C4 detector's res5 is its "
+                f"box head's; a backbone's unused stages are dropped)")
+    blocks = backbone.blocks()
     if any(not b.residual for b in blocks):
         return "no shortcuts (a plain net)"
+    if any(b.skip_branch for b in blocks):
+        return "a lesioned block (skip_branch)"
     if any(isinstance(b.shortcut, ZeroPadShortcut) for b in blocks):
         return "shortcut option A (zero padding)"
     if any(b.stride == 1 and b.in_channels == b.out_channels
@@ -235,10 +246,25 @@ def _not_in_torchvision_layout(backbone: ResNet) -> str | None:
         return "shortcut option C (projections everywhere)"
     if stride_in_1x1(backbone):
         return "strides in the bottlenecks' 1x1 convs (stride_in_1x1: detectron2's MSRA layout)"
-    if any(isinstance(m, nn.Conv2d) and m.dilation != (1, 1) for m in backbone.modules()):
-        return "dilated convolutions (output_stride, multi_grid)"
-    if any(isinstance(m, nn.GroupNorm) for m in backbone.modules()):
-        return "GroupNorm"
+    return _not_torchvisions_dilation(backbone)
+
+
+def _not_torchvisions_dilation(backbone: ResNet) -> str | None:
+    """torchvision's dilation (replace_stride_with_dilation; timm's output_stride alike): in a
+    stage whose stride became dilation, the first block keeps the dilation before it and the
+    others double it; only bottlenecks."""
+    before = 1
+    for index, name in enumerate(backbone.stages):
+        stage = list(getattr(backbone, name))
+        dilated = index > 0 and stage[0].stride == 1  # (its stride became dilation)
+        if dilated and not isinstance(stage[0], Bottleneck):
+            return "dilated basic blocks (torchvision has none; timm dilates them otherwise)"
+        rates = [max(max(m.dilation) for m in b.modules() if isinstance(m, nn.Conv2d))
+                 for b in stage]
+        expected = [before] + [2 * before if dilated else before] * (len(stage) - 1)
+        if rates != expected:
+            return f"the dilations {rates} in {name} (multi_grid; torchvision's: {expected})"
+        before *= 2 if dilated else 1
     return None
 
 

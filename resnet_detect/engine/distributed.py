@@ -214,22 +214,25 @@ _PEER_LOST = re.compile(r"Connection (reset|closed) by peer|Broken pipe|remote p
                         r"network error")
 
 
-# gloo's words where a process cannot reach the others (a torchrun restart on gloo, say)
-_UNREACHABLE = re.compile(r"connectFullMesh failed|Connection refused")
+# gloo's own errors (its transport's file named) where a peer is gone, and where the processes
+# cannot reach each other (a torchrun restart on gloo, say); other errors that name a socket
+# (a hook's, NCCL's, the rendezvous') keep their tracebacks
+_GLOO_PEER_LOST = re.compile(r"gloo/transport/\S*\] Connection (reset|closed) by peer")
+_GLOO_UNREACHABLE = re.compile(r"Gloo connectFullMesh failed")
 
 
 def other_process_gone(error: BaseException) -> str | None:
-    """For a tool under torchrun (WORLD_SIZE > 1) whose collective failed because another
-    process stopped (its own error names why: a file only it lacked) or could not be
+    """For a tool under torchrun (WORLD_SIZE > 1) whose gloo collective failed because
+    another process stopped (its own error names why: a file only it lacked) or could not be
     reached: a one-line message in place of the collective's traceback; else None."""
     if int(os.environ.get("WORLD_SIZE", "1")) < 2 or not isinstance(error, RuntimeError):
         return None
     first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
     first = first.split(". This is typically")[0]  # (gloo's advice to read the other's logs)
-    if _PEER_LOST.search(str(error)) or isinstance(error, getattr(dist, "DistError", ())):
+    if _GLOO_PEER_LOST.search(first):
         return (f"another process of this run stopped (its own message says why) or was "
                 f"lost, and this one lost its connection to it: {first}")
-    if _UNREACHABLE.search(str(error)):
+    if _GLOO_UNREACHABLE.search(first):
         return (f"this process could not connect to the run's other processes (on gloo, a "
                 f"torchrun restart can fail so; run the command again, with --resume for a "
                 f"training): {first}")

@@ -239,11 +239,16 @@ def why_unloadable(data: bytes, error: Exception) -> str:
             f"weights are a .pth/.pt of torch.save or a .safetensors file)")
 
 
+# the tags of an ONNX ModelProto's fields after ir_version: producer_name, producer_version,
+# domain, model_version, doc_string, graph, opset_import, metadata_props
+_ONNX_NEXT_FIELDS = (b"\x12", b"\x1a", b"\x22", b"\x28", b"\x32", b"\x3a", b"\x42", b"\x72")
+
+
 def _is_onnx_graph(data: bytes) -> bool:
-    """An ONNX ModelProto's first fields: ir_version (field 1, a small varint), then a
-    producer name, a domain or the graph (fields 2, 3, 7)."""
-    return data[:1] == b"\x08" and len(data) > 2 and data[1] < 0x80 and data[2:3] in (
-        b"\x12", b"\x1a", b"\x3a")
+    """An ONNX ModelProto's first fields: ir_version (field 1, 3 or more since 2017: a
+    TensorFlow saved_model.pb starts alike with its version 1), then another of its fields."""
+    return (data[:1] == b"\x08" and len(data) > 2 and 3 <= data[1] < 0x80
+            and data[2:3] in _ONNX_NEXT_FIELDS)
 
 
 def _pickle_protocol(data: bytes) -> int | None:

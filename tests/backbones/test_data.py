@@ -110,8 +110,9 @@ def test_scan_skips_hidden_folders_follows_links_and_refuses_empty_classes(
             assert scan_image_folder(tmp_path / tree)[1] == ["cafz", composed]
         assert ("by torchvision's ImageFolder on this disk as stored" in caplog.text) == (
             tree == "nfd")
-    assert f"{tmp_path / 'nfd'}: class folders named decomposed (an accent stored apart from " \
-           f"its letter, as macOS writes it: ['cafe\\u0301']) are sorted here" in caplog.text
+    assert f"{tmp_path / 'nfd'}: class folders whose names are stored in another Unicode form " \
+           f"than the composed one (NFC; macOS writes an accent apart from its letter: " \
+           f"['cafe\\u0301']) are sorted here as composed" in caplog.text
 
 
 def test_scan_refuses_images_outside_class_folders_and_classes_that_share_images(

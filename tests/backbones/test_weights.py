@@ -461,12 +461,17 @@ def test_detectron2_pickles_are_named_as_such(tmp_path) -> None:
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    for producer in ("pytorch", ""):
-        onnx.save(helper.make_model(graph, producer_name=producer), tmp_path / "model.onnx")
+    for fields in ({"producer_name": "pytorch"}, {}, {"domain": "ai.x"},
+                   {"doc_string": "mine"}, {"model_version": 3}):
+        onnx.save(helper.make_model(graph, **fields), tmp_path / "model.onnx")
         with pytest.raises(UnreadableCheckpointError, match=r"model.onnx: an ONNX graph "
                                                             r"\(tools/export.py's model.onnx\), "
                                                             r"not weights"):
             read_checkpoint(tmp_path / "model.onnx")
+    # a TensorFlow saved_model.pb begins alike (its schema version 1, then its graphs)
+    (tmp_path / "saved_model.pb").write_bytes(b"\x08\x01\x12\x05hello")
+    with pytest.raises(UnreadableCheckpointError, match=r"no PyTorch file"):
+        read_checkpoint(tmp_path / "saved_model.pb")
 
 
 def test_detectron2_and_mmdetection_checkpoints_are_named_as_such(tmp_path) -> None:
@@ -588,18 +593,25 @@ def _random_statistics(model: torch.nn.Module) -> None:
             m.bias.data.normal_()
 
 
-@pytest.mark.parametrize(("name", "reference"), [
-    ("resnet18", lambda k: torchvision.models.resnet18(num_classes=k)),
-    ("resnet50", lambda k: torchvision.models.resnet50(num_classes=k)),
-    ("resnext50_32x4d", lambda k: torchvision.models.resnext50_32x4d(num_classes=k)),
-    ("resnet50d", lambda k: __import__("timm").create_model("resnet50d", num_classes=k)),
+@pytest.mark.parametrize(("name", "options", "reference"), [
+    ("resnet18", {}, lambda k: torchvision.models.resnet18(num_classes=k)),
+    ("resnet50", {}, lambda k: torchvision.models.resnet50(num_classes=k)),
+    ("resnext50_32x4d", {}, lambda k: torchvision.models.resnext50_32x4d(num_classes=k)),
+    ("resnet50d", {}, lambda k: __import__("timm").create_model("resnet50d", num_classes=k)),
+    # (refused as no net of theirs, though they compute these)
+    ("resnet50", {"output_stride": 8}, lambda k: torchvision.models.resnet50(
+        num_classes=k, replace_stride_with_dilation=[False, True, True])),
+    ("resnet50d", {"output_stride": 16}, lambda k: __import__("timm").create_model(
+        "resnet50d", num_classes=k, output_stride=16)),
+    ("resnet18", {"norm": "gn"}, lambda k: torchvision.models.resnet18(
+        num_classes=k, norm_layer=lambda c: torch.nn.GroupNorm(32, c))),
 ])
 def test_weights_trained_here_load_into_torchvision_and_timm_with_their_logits(
-        name, reference) -> None:
+        name, options, reference) -> None:
     """A classifier pretrained here, under torchvision's (timm's) key names: their model
     loads it strictly and computes the same logits."""
     torch.manual_seed(0)
-    ours = backbones.build_classifier(name, 7).eval()
+    ours = backbones.build_classifier(name, 7, **options).eval()
     _random_statistics(ours)
     theirs = reference(7).eval()
     theirs.load_state_dict(backbones.torchvision_resnet_state_dict(ours))  # (strict)
@@ -610,7 +622,7 @@ def test_weights_trained_here_load_into_torchvision_and_timm_with_their_logits(
     bare = backbones.torchvision_resnet_state_dict(ours.backbone)
     assert sorted(bare) == sorted(k for k in theirs.state_dict() if not k.startswith("fc."))
     # and back: this project's import reads them as they were
-    again = backbones.build_classifier(name, 7)
+    again = backbones.build_classifier(name, 7, **options)
     load_weights(again, theirs.state_dict())
     assert all(torch.equal(again.state_dict()[k], v) for k, v in ours.state_dict().items())
 
@@ -620,14 +632,25 @@ def test_weights_trained_here_load_into_torchvision_and_timm_with_their_logits(
     ("plain_resnet18", {}, "no shortcuts"),
     ("resnet18", {"shortcut": "C"}, "shortcut option C"),
     ("resnet50", {"stride_in_1x1": True}, "strides in the bottlenecks' 1x1 convs"),
-    ("resnet18", {"norm": "gn"}, "GroupNorm"),
+    ("resnet50", {"output_stride": 16, "multi_grid": [1, 1, 1]},
+     "the dilations [2, 2, 2] in res5 (multi_grid; torchvision's: [1, 2, 2])"),
+    ("resnet18", {"output_stride": 16}, "dilated basic blocks"),
 ])
 def test_nets_no_torchvision_resnet_computes_are_refused(name, options, said) -> None:
-    """Their keys would load into a torchvision ResNet (stride_in_1x1 does) and compute
-    something else."""
+    """Their keys would load into a torchvision ResNet (stride_in_1x1's, multi_grid's do) and
+    compute something else."""
     with pytest.raises(ValueError, match=rf"torchvision's and timm's ResNets compute no net of "
                                          rf"{re.escape(said)}"):
         backbones.torchvision_resnet_state_dict(backbones.build_classifier(name, 3, **options))
-    dilated = backbones.build("resnet18", output_stride=16)
-    with pytest.raises(ValueError, match="dilated convolutions"):
-        backbones.torchvision_resnet_state_dict(dilated)
+
+
+def test_a_backbone_without_all_its_stages_is_refused() -> None:
+    """A C4 detector's backbone (its res5 is the box head's): 52 keys of layer4 missing, which
+    the strict=False load of a bare backbone left at their initial values without a word."""
+    c4 = backbones.build("resnet50", out_features=("res4",)).drop_unused_stages()
+    with pytest.raises(ValueError, match=r"compute no net of the stages res2, res3, res4 alone"):
+        backbones.torchvision_resnet_state_dict(c4)
+    lesioned = backbones.build("resnet18")
+    lesioned.res3[1].skip_branch = True
+    with pytest.raises(ValueError, match=r"a lesioned block \(skip_branch\)"):
+        backbones.torchvision_resnet_state_dict(lesioned)

@@ -86,8 +86,17 @@ def test_an_error_is_written_in_one_piece(monkeypatch: pytest.MonkeyPatch) -> No
                                  "so; run the command again, with --resume for a training): "
                                  "Gloo connectFullMesh failed with [../third_party/gloo/gloo/"
                                  "transport/tcp/pair.cc:144] no error\n"),
-    ("1", "Connection closed by peer", None),  # (one process: not another's)
+    ("1", "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer",
+     None),  # (one process: not another's)
     ("2", "boom", None),
+    # errors that name a socket and are no lost gloo peer keep their tracebacks: a hook's, the
+    # rendezvous', NCCL's
+    ("2", "metrics upload failed: <urlopen error [Errno 111] Connection refused>", None),
+    ("2", "The server socket has failed to listen on any local network address. port: 29517, "
+          "useIpv6: false, code: -98, name: EADDRINUSE", None),
+    ("2", "NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error\nLast error:\n"
+          "Error while creating shared memory segment /dev/shm/nccl-1", None),
+    ("2", "ffmpeg writer: [Errno 32] Broken pipe", None),
 ])
 def test_a_tool_whose_other_process_stopped_says_so_in_one_line(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, world: str, error: str,
