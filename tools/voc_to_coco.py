@@ -40,6 +40,7 @@ from resnet_detect.detection.data.conversion import (add_class_options,  # noqa:
                                                      refuse_output_among, write_coco)
 from resnet_detect.detection.data.voc import annotation_files, voc_to_coco  # noqa: E402
 from resnet_detect.engine.cli import program_name, run_tool  # noqa: E402
+from resnet_detect.engine.data import listing  # noqa: E402
 from resnet_detect.engine.files import writable_file  # noqa: E402
 
 
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         img_dir = images
     entries = [e for root in roots for e in annotation_files(root, args.split, images)]
     refuse_output_among(args.output, [e.xml for e in entries], "one of the XML files read")
-    coco, fractional, at_zero, beyond = voc_to_coco(
+    coco, fractional, at_zero, beyond, other_filename = voc_to_coco(
         entries, img_dir, class_names, keep_difficult=args.keep_difficult,
         category_ids=category_ids, zero_based=args.zero_based)
     crowd = sum(a["iscrowd"] for a in coco["annotations"])
@@ -99,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"1 (each was clipped there): a 0-based export is read with --zero-based")
     if beyond:
         print(f"note: {beyond} boxes reach past their image: clipped to it")
+    if other_filename:
+        print(f"note: {len(other_filename)} XML files name another image in <filename> than "
+              f"the one named as they are (copied from another?): each was read with the image "
+              f"of its own name, as detectron2's and mmdetection's readers do:"
+              + listing(other_filename))
     return coco
 
 

@@ -137,10 +137,17 @@ def test_every_problem_is_named_and_nothing_is_written(labelled: Path, tmp_path:
     listed = _shape("cat", [[1, 1], [5, 1], [5, 5]])
     listed["group_id"] = [1]  # was a TypeError (unhashable) traceback
     _labelme(labelled / "a.json", "a.jpg", 80, 100, [listed])
-    with pytest.raises(DatasetError, match=r"a.json shape 0 \(cat\): group_id must be a number or "
-                                           r"a string, got \[1\]"):
+    with pytest.raises(DatasetError, match=r"a.json shape 0 \(cat\): group_id must be a whole "
+                                           r"number or a string, got \[1\]"):
         labelme_to_coco.main([str(labelled), "--output", str(out)])
     assert not out.exists()
+    # 1.0 (a script's JSON) is group 1: it was refused as no number
+    parts = [_shape("cat", [[1, 1], [5, 1], [5, 5]]), _shape("cat", [[20, 20], [30, 20], [30, 30]])]
+    for part, group in zip(parts, (1, 1.0)):
+        part["group_id"] = group
+    _labelme(labelled / "a.json", "a.jpg", 80, 100, parts)
+    coco = labelme_to_coco.main([str(labelled), "--output", str(out)])
+    assert len(coco["annotations"]) == 1 and coco["annotations"][0]["bbox"] == [1, 1, 29, 29]
 
 
 def test_x_anylabeling_shapes_embedded_images_and_files_of_other_kinds(tmp_path: Path) -> None:

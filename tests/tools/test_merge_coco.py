@@ -160,6 +160,20 @@ def test_symlinked_folders_and_files_keep_the_paths_given(tmp_path: Path) -> Non
         merge_coco.main([*args, "--input", str(first), str(datasets / "coco/")])
 
 
+def test_windows_file_names_are_read_as_training_reads_them(tmp_path: Path) -> None:
+    """A file_name written on Windows (sub\\z.png), which training and browse_dataset read,
+    was "not found" by the merge."""
+    (tmp_path / "B/sub").mkdir(parents=True)
+    Image.new("RGB", (40, 30)).save(tmp_path / "B/sub/z.png")
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    first = _coco(tmp_path / "a.json", {1: "cat"}, [(1, "a.png", 40, 30)], [(1, 1, [0, 0, 4, 4])])
+    second = _coco(tmp_path / "b.json", {1: "cat"}, [(1, "sub\\z.png", 40, 30)],
+                   [(1, 1, [1, 1, 4, 4])])
+    coco = merge_coco.main(["--input", str(first), str(tmp_path), "--input", str(second),
+                            str(tmp_path / "B"), "--output", str(tmp_path / "m.json")])
+    assert [i["file_name"] for i in coco["images"]] == ["a.png", "B/sub/z.png"]
+
+
 def test_an_output_that_is_an_input_is_refused(three_files: list[str], tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
     """It replaced the input file with the merge (its licenses gone), exit 0."""

@@ -180,6 +180,28 @@ def test_a_folder_of_labelimg_files_beside_their_images(tmp_path: Path) -> None:
     assert coco["annotations"][0]["bbox"] == [4.0, 5.0, 60.0, 43.0]
 
 
+def test_an_xml_takes_the_image_of_its_own_name(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """An XML copied as a template kept the other image's <filename>: its boxes went onto that
+    image and its own was left out, without a word (detectron2 and mmdetection read the image
+    named as the XML). An upper-case .XML was looked for as .xml."""
+    for name in ("x", "y"):
+        Image.new("RGB", (64, 48)).save(tmp_path / f"{name}.png")
+    (tmp_path / "x.xml").write_text(_xml("y.png", 64, 48, [("cat", (5, 6, 20, 30), 0)]),
+                                    encoding="utf-8")
+    (tmp_path / "y.XML").write_text(_xml("y.png", 64, 48, [("dog", (1, 1, 10, 10), 0)]),
+                                    encoding="utf-8")
+    coco = voc_to_coco.main([str(tmp_path), "--output", str(tmp_path / "out.json")])
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    files = {i["id"]: i["file_name"] for i in coco["images"]}
+    assert sorted((files[a["image_id"]], names[a["category_id"]])
+                  for a in coco["annotations"]) == [("x.png", "cat"), ("y.png", "dog")]
+    assert (f"note: 1 XML files name another image in <filename> than the one named as they "
+            f"are (copied from another?): each was read with the image of its own name, as "
+            f"detectron2's and mmdetection's readers do:\n  {tmp_path / 'x.xml'}: <filename> "
+            f"{tmp_path / 'y.png'}") in capsys.readouterr().out
+
+
 def test_every_problem_is_named_and_nothing_is_written(voc07: Path, tmp_path: Path) -> None:
     annotations = voc07 / "Annotations"
     (annotations / "000005.xml").write_text(
@@ -235,7 +257,9 @@ def test_names_outside_the_classes_and_sizes_other_than_the_images_are_refused(
     (voc07 / "Annotations" / "000007.xml").write_text(
         _xml("000007.jpg", 60, 30, [("car", (2, 3, 12, 13), 0)]), encoding="utf-8")
     with pytest.raises(DatasetError, match=r"<size> says 60x30, its image .*000007.jpg reads as "
-                                           r"30x60 \(turned by its EXIF orientation\?\)"):
+                                           r"30x60 \(turned by its EXIF orientation\?: where "
+                                           r"the boxes were drawn on the image as stored, as "
+                                           r"LabelImg shows it, remove its orientation tag"):
         voc_to_coco.main([str(voc07), "--split", "trainval", "--output", str(out)])
     assert not out.exists()
 

@@ -294,6 +294,7 @@ def test_images_without_labels_and_labels_of_no_image_are_counted_and_named(
         _image(tmp_path / "images/train" / name, 200, 100)
     for stem in ("a", "b", "ghost"):
         _labels(tmp_path / f"labels/train/{stem}.txt", ["0 0.5 0.5 0.2 0.4"])
+    _labels(tmp_path / "labels/train/c.TXT", ["0 0.5 0.5 0.2 0.4"])  # (was not even named)
     _labels(tmp_path / "labels/train/a.txt", ["0 0.5 0.5 0.2 0.4",
                                               "0 0.1 0.1 0.5 0.5 0.9 0.9"])  # on a line
     (tmp_path / "data.yaml").write_text('path: .\ntrain: images/train\nnames: {"0": cat}\n')
@@ -307,9 +308,11 @@ def test_images_without_labels_and_labels_of_no_image_are_counted_and_named(
             f"Ultralytics counts them), 1 objects (0 with polygons; 1 polygons of no area "
             f"left out)") in out
     labels = tmp_path / "labels/train"
-    assert (f"{tmp_path / 'data.yaml'}: 2 label files are no image's, left out: "
+    assert (f"{tmp_path / 'data.yaml'}: 3 label files are no image's, left out: "
             f"{labels / 'b.txt'} (the label file of {tmp_path / 'images/train/B.JPG'} is B.txt: "
-            f"the case differs); {labels / 'ghost.txt'}\n") in out
+            f"the case differs); {labels / 'c.TXT'} (the label file of "
+            f"{tmp_path / 'images/train/c.jpg'} is c.txt: the case differs); "
+            f"{labels / 'ghost.txt'}\n") in out
 
 
 def test_splits_listing_one_folder_in_two_spellings_have_no_labels_left_over(

@@ -185,8 +185,10 @@ def read_labelme(json_file: Path, images: Path | None, written: list[Path] | Non
                           f"{', '.join(REGION_SHAPES + MARK_SHAPES)}")
         part = _part(shape, f"{where} ({label})", *size)
         group = shape.get("group_id")
+        if isinstance(group, float) and group.is_integer():  # (1.0: a script's JSON)
+            group = int(group)
         if group is not None and (isinstance(group, bool) or not isinstance(group, (int, str))):
-            raise Problem(f"{where} ({label}): group_id must be a number or a string, "
+            raise Problem(f"{where} ({label}): group_id must be a whole number or a string, "
                           f"got {group!r}")
         key = (label, group) if group is not None else ("", i)
         obj = groups.setdefault(key, LabelmeObject(label, [], bool(shape.get("difficult"))))

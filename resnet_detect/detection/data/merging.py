@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from resnet_detect.detection.federated import IMAGE_LISTS, listed_category_ids
 from resnet_detect.engine.data import DatasetError, listing, read_coco_json
-from resnet_detect.engine.data.coco import name_by_coco_url
+from resnet_detect.engine.data.coco import image_path, name_by_coco_url
 
 from .conversion import absolute, ids_of_classes, raise_problems
 
@@ -89,8 +89,9 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
         for img in data["images"]:
             name_by_coco_url(img, folder)  # (LVIS v0.5's COCO 2014 names)
             # as given, symlinks kept (a datasets/coco link, DVC's linked files): the file
-            # names stay under the folders the user named
-            path = absolute(folder / img["file_name"])
+            # names stay under the folders the user named; Windows' backslashes as training
+            # reads them
+            path = absolute(image_path(folder, img["file_name"]))
             if path in images:
                 kept = images[path]
                 if (kept["width"], kept["height"]) != (img["width"], img["height"]):

@@ -92,21 +92,22 @@ class VocEntry(NamedTuple):
     image_folders: tuple[Path, ...]
 
 
-def _find_image(entry: VocEntry, root: ET.Element) -> Path | None:
-    """The image of an entry: its <filename> (as written, else its base name) in one of the
-    folders, else a file named as the item with an image suffix there."""
-    file_name = (root.findtext("filename") or "").strip().replace("\\", "/")
-    for folder in entry.image_folders:
-        for candidate in (file_name, Path(file_name).name) if file_name else ():
-            if (folder / candidate).is_file():
-                return folder / candidate
+def _find_image(entry: VocEntry, root: ET.Element) -> tuple[Path | None, Path | None]:
+    """The image of an entry: a file named as the item with an image suffix in one of the
+    folders (detectron2's and mmdetection's readers take the item's), else its <filename>
+    (as written, else its base name) there; and the other image its <filename> names, where
+    both are there (a copied XML's stale <filename>), else None."""
     stem = Path(entry.item).name
-    for folder in entry.image_folders:
-        found = sorted(p for p in folder.glob(f"{glob.escape(stem)}.*")
-                       if p.suffix.lower() in IMAGE_SUFFIXES)
-        if found:
-            return found[0]
-    return None
+    own = next((found[0] for folder in entry.image_folders
+                if (found := sorted(p for p in folder.glob(f"{glob.escape(stem)}.*")
+                                    if p.suffix.lower() in IMAGE_SUFFIXES))), None)
+    file_name = (root.findtext("filename") or "").strip().replace("\\", "/")
+    named = next((folder / candidate for folder in entry.image_folders
+                  for candidate in ((file_name, Path(file_name).name) if file_name else ())
+                  if (folder / candidate).is_file()), None)
+    if own is None:
+        return named, None
+    return own, named if named is not None and named.resolve() != own.resolve() else None
 
 
 def annotation_files(root: Path, split: str | None, images: Path | None = None
@@ -122,9 +123,10 @@ def annotation_files(root: Path, split: str | None, images: Path | None = None
         raise DatasetError(f"{root}: --split needs a VOC devkit folder (with Annotations/ and "
                            "ImageSets/Main/); this one has no Annotations/")
     xml_root = root / "Annotations" if devkit else root
-    if split is None:
-        items = [x.relative_to(xml_root).with_suffix("").as_posix()
-                 for x in files_under(xml_root) if x.suffix.lower() == ".xml"]
+    if split is None:  # (the files as named: LabelImg on Windows may write X.XML)
+        xmls = {x.relative_to(xml_root).with_suffix("").as_posix(): x
+                for x in files_under(xml_root) if x.suffix.lower() == ".xml"}
+        items = list(xmls)
     else:
         split_file = root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
@@ -133,15 +135,16 @@ def annotation_files(root: Path, split: str | None, images: Path | None = None
                                f"{split_file.parent} has {there or 'none'})")
         items = [line.strip() for line in read_user_text(split_file, "split file").splitlines()
                  if line.strip()]
-        missing = [str(xml_root / f"{item}.xml") for item in items
-                   if not (xml_root / f"{item}.xml").is_file()]
+        xmls = {item: next((x for x in (xml_root / f"{item}.xml", xml_root / f"{item}.XML")
+                            if x.is_file()), xml_root / f"{item}.xml") for item in items}
+        missing = [str(xmls[item]) for item in items if not xmls[item].is_file()]
         if missing:
             raise DatasetError(f"{len(missing)} annotation files of {split_file} are "
                                f"missing:{listing(missing)}")
     image_root = images if images is not None else root / "JPEGImages" if devkit else None
     entries = []
     for item in items:
-        xml = xml_root / f"{item}.xml"
+        xml = xmls[item]
         parent = Path(item).parent
         folders = ((image_root / parent, image_root) if image_root is not None
                    else (xml.parent,))
@@ -174,6 +177,9 @@ class VocConversion(NamedTuple):
     fractional: int  # boxes with a coordinate that is not a whole number (pixel edges?)
     at_zero: int  # boxes with xmin or ymin 0, which no 1-based index is (a 0-based export?)
     beyond: int  # boxes reaching past their image, clipped to it
+    # "XML: <filename> IMAGE" of the files whose <filename> names another image than the one
+    # named as they are (which they were read with)
+    other_filename: list[str]
 
 
 def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
@@ -197,12 +203,15 @@ def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
     parsed = []
     named_by: dict[str, Path] = {}
     first_in: dict[str, str] = {}  # a class name -> the file of its first object
+    other_filename: list[str] = []
     shift = 0.0 if zero_based else 1.0
     for entry in entries:
         try:
             root = _read(entry.xml)
             objects = _objects(root, str(entry.xml))
-            image = _find_image(entry, root)
+            image, other = _find_image(entry, root)
+            if other is not None:
+                other_filename.append(f"{entry.xml}: <filename> {other}")
             if image is None:
                 folders = " or ".join(str(f) for f in entry.image_folders)
                 raise Problem(f"{entry.xml}: its image is not in {folders} (<filename> "
@@ -212,7 +221,10 @@ def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
                 raise Problem(f"{image}: cannot be read as an image")
             declared = _xml_size(root)
             if declared is not None and declared != size:
-                turned = " (turned by its EXIF orientation?)" if declared == size[::-1] else ""
+                turned = (" (turned by its EXIF orientation?: where the boxes were drawn on "
+                          "the image as stored, as LabelImg shows it, remove its orientation "
+                          "tag, e.g. exiftool -Orientation= IMAGE, and it reads as they were "
+                          "drawn)" if declared == size[::-1] else "")
                 raise Problem(f"{entry.xml}: <size> says {declared[1]}x{declared[0]}, its "
                               f"image {image} reads as {size[1]}x{size[0]}{turned}")
             for i, (name, box, _) in enumerate(objects):
@@ -237,7 +249,7 @@ def voc_to_coco(entries: Sequence[VocEntry], img_dir: Path,
     beyond = sum(min(box[0], box[1]) < 0 or box[2] > width or box[3] > height
                  for _, (height, width), objects in parsed for _, box, _ in objects)
     return VocConversion(_coco_dict(parsed, ids, keep_difficult, shift), fractional, at_zero,
-                         beyond)
+                         beyond, other_filename)
 
 
 def _clipped(box: list[float], size: tuple[int, int], shift: float

@@ -277,5 +277,6 @@ def unmatched_labels(images: Sequence[Path]) -> list[Path]:
     suffix that is no image's."""
     theirs = {absolute(label_file(image)) for image in images}
     folders = {path.parent for path in theirs if path.parent.is_dir()}
-    return sorted(path for folder in folders for path in folder.glob("*.txt")
-                  if path not in theirs and path.name != "classes.txt")
+    return sorted(path for folder in folders for path in folder.iterdir()
+                  if path.suffix.lower() == ".txt" and path not in theirs  # (a.TXT: a.jpg's?)
+                  and path.name != "classes.txt")
