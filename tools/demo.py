@@ -106,7 +106,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
                        "not scored detections", args.min_score, task)
     output = writable_folder(args.output, "--output")
     # the config's train.device, as tools/eval.py (auto: a GPU when there is one)
-    device = init_distributed(load_task_config(args.config, args.overrides)[1].train.device)
+    # (a day's collective timeout: the processes meet once all drew their share, a long video
+    # among it)
+    device = init_distributed(load_task_config(args.config, args.overrides)[1].train.device,
+                              timeout_s=24 * 3600.0)
     render = build_renderer(args.config, args.weights, args.overrides, args.min_score,
                             device=device)
     # (not compared in a folder of more: the walk alone would cost seconds)
@@ -115,9 +118,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if args.save_json and task == "sem_seg" and is_main_process():
         atomic_write_json(list(render.class_names), output / "classes.json")
     barrier()  # (the folder as it was, seen before any process writes)
-    jobs = list(zip(inputs, output_paths(inputs, output, unique_stems=args.save_json)))
-    written, unreadable, too_large = [], [], []
-    for (path, _), out in jobs[get_rank()::get_world_size()]:
+    jobs = list(enumerate(zip(inputs, output_paths(inputs, output,
+                                                   unique_stems=args.save_json))))
+    written, unreadable, too_large = [], [], []  # (the last two: (input index, message))
+    for index, ((path, _), out) in jobs[get_rank()::get_world_size()]:
         is_video = path.suffix.lower() in VIDEO_SUFFIXES
         try:
             if args.save_json:
@@ -126,10 +130,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
                 written.append((run_video if is_video else run_image)(path, render, out))
         except UnreadableImageError as err:  # the others are still drawn
             logger.warning("skipping unreadable input: %s", err)
-            unreadable.append(str(path))
+            unreadable.append((index, str(path)))
         except MemoryError as err:  # an exported graph on a large photo
             logger.warning("skipping %s: %s", path, err)
-            too_large.append(f"{path}: {err}")
+            too_large.append((index, f"{path}: {err}"))
     # every process's share, told to the first, which says what all did
     shares = all_gather_object((len(written), getattr(render, "drawn", None), unreadable,
                                 too_large))
@@ -137,8 +141,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         return written
     wrote = sum(share[0] for share in shares)
     drawn = None if shares[0][1] is None else sum(share[1] for share in shares)
-    unreadable = [path for share in shares for path in share[2]]
-    too_large = [problem for share in shares for problem in share[3]]
+    unreadable = [path for _, path in sorted(p for share in shares for p in share[2])]
+    too_large = [problem for _, problem in sorted(p for share in shares for p in share[3])]
     saved = {"detection": "picture(s) and their JSON",
              "sem_seg": "picture(s) and their class maps (predictions/, classes.json)"}
     print(f"wrote {wrote} {saved[task] if args.save_json else 'file(s)'} to {output}"

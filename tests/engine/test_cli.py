@@ -79,6 +79,16 @@ def test_an_error_is_written_in_one_piece(monkeypatch: pytest.MonkeyPatch) -> No
      "eval.py: error: another process of this run stopped (its own message says why) or was "
      "lost, and this one lost its connection to it: [../third_party/gloo/gloo/transport/tcp/"
      "pair.cc:534] Connection closed by peer [127.0.0.1]:36547\n"),
+    # its read and write errors' words for the same
+    ("2", "[/x/gloo/transport/tcp/pair.cc:598] Read error [127.0.0.1]:5531: Connection reset "
+          "by peer", "eval.py: error: another process of this run stopped (its own message "
+                     "says why) or was lost, and this one lost its connection to it: [/x/gloo/"
+                     "transport/tcp/pair.cc:598] Read error [127.0.0.1]:5531: Connection reset "
+                     "by peer\n"),
+    ("2", "[/x/gloo/transport/tcp/pair.cc:598] Write error [127.0.0.1]:5531: Broken pipe",
+     "eval.py: error: another process of this run stopped (its own message says why) or was "
+     "lost, and this one lost its connection to it: [/x/gloo/transport/tcp/pair.cc:598] Write "
+     "error [127.0.0.1]:5531: Broken pipe\n"),
     # a torchrun restart on gloo that could not connect
     ("2", "Gloo connectFullMesh failed with [../third_party/gloo/gloo/transport/tcp/pair.cc:"
           "144] no error\nmore", "eval.py: error: this process could not connect to the "

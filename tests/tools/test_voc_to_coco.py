@@ -200,6 +200,19 @@ def test_an_xml_takes_the_image_of_its_own_name(tmp_path: Path,
             f"are (copied from another?): each was read with the image of its own name, as "
             f"detectron2's and mmdetection's readers do:\n  {tmp_path / 'x.xml'}: <filename> "
             f"{tmp_path / 'y.png'}") in capsys.readouterr().out
+    # its own name exactly (IMG_1.aug.jpg is another item's, and sorts first), and of two
+    # images of that name the one <filename> names
+    other = tmp_path / "other"
+    other.mkdir()
+    for name, size in (("IMG_1.jpg", (64, 48)), ("IMG_1.aug.jpg", (80, 60)),
+                       ("x.jpg", (30, 30)), ("x.png", (64, 48))):
+        Image.new("RGB", size).save(other / name)
+    for name, image in (("IMG_1", "IMG_1.jpg"), ("x", "x.png")):
+        (other / f"{name}.xml").write_text(_xml(image, 64, 48, [("cat", (5, 6, 20, 30), 0)]),
+                                           encoding="utf-8")
+    coco = voc_to_coco.main([str(other), "--output", str(tmp_path / "other.json")])
+    assert sorted(i["file_name"] for i in coco["images"]) == ["IMG_1.jpg", "x.png"]
+    assert "note: " not in capsys.readouterr().out
 
 
 def test_every_problem_is_named_and_nothing_is_written(voc07: Path, tmp_path: Path) -> None:

@@ -98,16 +98,20 @@ def _find_image(entry: VocEntry, root: ET.Element) -> tuple[Path | None, Path | 
     (as written, else its base name) there; and the other image its <filename> names, where
     both are there (a copied XML's stale <filename>), else None."""
     stem = Path(entry.item).name
-    own = next((found[0] for folder in entry.image_folders
-                if (found := sorted(p for p in folder.glob(f"{glob.escape(stem)}.*")
-                                    if p.suffix.lower() in IMAGE_SUFFIXES))), None)
     file_name = (root.findtext("filename") or "").strip().replace("\\", "/")
     named = next((folder / candidate for folder in entry.image_folders
                   for candidate in ((file_name, Path(file_name).name) if file_name else ())
                   if (folder / candidate).is_file()), None)
-    if own is None:
-        return named, None
-    return own, named if named is not None and named.resolve() != own.resolve() else None
+    for folder in entry.image_folders:
+        # STEM + an image suffix (not STEM.aug.jpg, another item's); of several (x.jpg and
+        # x.png), the one <filename> names, else the first
+        own = sorted(p for p in folder.glob(f"{glob.escape(stem)}.*")
+                     if p.stem == stem and p.suffix.lower() in IMAGE_SUFFIXES)
+        if own:
+            chosen = named if named in own else own[0]
+            return chosen, (named if named is not None and named.resolve() != chosen.resolve()
+                            else None)
+    return named, None
 
 
 def annotation_files(root: Path, split: str | None, images: Path | None = None
