@@ -217,7 +217,7 @@ _PEER_LOST = re.compile(r"Connection (reset|closed) by peer|Broken pipe|remote p
 # gloo's own errors (its transport's file named) where a peer is gone, and where the processes
 # cannot reach each other (a torchrun restart on gloo, say); other errors that name a socket
 # (a hook's, NCCL's, the rendezvous') keep their tracebacks
-_GLOO_PEER_LOST = re.compile(r"gloo/transport/\S*\] ((Read|Write) error \S*: )?"
+_GLOO_PEER_LOST = re.compile(r"gloo/transport/\S*\] ((Read error|writev) \S*: )?"
                              r"(Connection (reset|closed) by peer|Broken pipe)")
 _GLOO_UNREACHABLE = re.compile(r"Gloo connectFullMesh failed")
 

@@ -85,10 +85,10 @@ def test_an_error_is_written_in_one_piece(monkeypatch: pytest.MonkeyPatch) -> No
                      "says why) or was lost, and this one lost its connection to it: [/x/gloo/"
                      "transport/tcp/pair.cc:598] Read error [127.0.0.1]:5531: Connection reset "
                      "by peer\n"),
-    ("2", "[/x/gloo/transport/tcp/pair.cc:598] Write error [127.0.0.1]:5531: Broken pipe",
+    ("2", "[/x/gloo/transport/tcp/pair.cc:446] writev [127.0.0.1]:5531: Broken pipe",
      "eval.py: error: another process of this run stopped (its own message says why) or was "
-     "lost, and this one lost its connection to it: [/x/gloo/transport/tcp/pair.cc:598] Write "
-     "error [127.0.0.1]:5531: Broken pipe\n"),
+     "lost, and this one lost its connection to it: [/x/gloo/transport/tcp/pair.cc:446] writev "
+     "[127.0.0.1]:5531: Broken pipe\n"),
     # a torchrun restart on gloo that could not connect
     ("2", "Gloo connectFullMesh failed with [../third_party/gloo/gloo/transport/tcp/pair.cc:"
           "144] no error\nmore", "eval.py: error: this process could not connect to the "

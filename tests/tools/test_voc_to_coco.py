@@ -213,6 +213,13 @@ def test_an_xml_takes_the_image_of_its_own_name(tmp_path: Path,
     coco = voc_to_coco.main([str(other), "--output", str(tmp_path / "other.json")])
     assert sorted(i["file_name"] for i in coco["images"]) == ["IMG_1.jpg", "x.png"]
     assert "note: " not in capsys.readouterr().out
+    # <filename> reaching the same file by another path (absolute, ../)
+    for written in (str(other / "x.png"), "../other/x.png"):
+        (other / "x.xml").write_text(_xml(written, 64, 48, [("cat", (5, 6, 20, 30), 0)]),
+                                     encoding="utf-8")
+        coco = voc_to_coco.main([str(other), "--output", str(tmp_path / "other.json")])
+        assert sorted(i["file_name"] for i in coco["images"]) == ["IMG_1.jpg", "x.png"]
+        assert "note: " not in capsys.readouterr().out
 
 
 def test_every_problem_is_named_and_nothing_is_written(voc07: Path, tmp_path: Path) -> None:

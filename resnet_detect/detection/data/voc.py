@@ -108,9 +108,8 @@ def _find_image(entry: VocEntry, root: ET.Element) -> tuple[Path | None, Path | 
         own = sorted(p for p in folder.glob(f"{glob.escape(stem)}.*")
                      if p.stem == stem and p.suffix.lower() in IMAGE_SUFFIXES)
         if own:
-            chosen = named if named in own else own[0]
-            return chosen, (named if named is not None and named.resolve() != chosen.resolve()
-                            else None)
+            chosen = next((p for p in own if named is not None and p.samefile(named)), own[0])
+            return chosen, named if named is not None and not named.samefile(chosen) else None
     return named, None
 
 
