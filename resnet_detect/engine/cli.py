@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import logging
 import os
 import re
 import signal
@@ -101,6 +102,9 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     it keeps its default."""
     escape_what_the_console_lacks(sys.stdout, sys.stderr)
     warnings.showwarning = log_warning
+    record_factory = logging.getLogRecordFactory()
+    if as_installed("tools/train.py") != "tools/train.py":  # (pip's: log lines name them so)
+        logging.setLogRecordFactory(_as_installed_records(record_factory))
     catch = (int(os.environ.get("WORLD_SIZE", "1")) == 1
              and threading.current_thread() is threading.main_thread())
     previous, catching = signal.getsignal(signal.SIGTERM), CATCHING.value
@@ -136,9 +140,27 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
         _say(f"{program_name()}: error: {gone}")
         raise SystemExit(1) from None
     finally:
+        logging.setLogRecordFactory(record_factory)
         if catch:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
             CATCHING.value = catching
+
+
+def _as_installed_records(factory: Callable[..., logging.LogRecord]
+                          ) -> Callable[..., logging.LogRecord]:
+    """`factory` whose records of this package name the tools as `as_installed` does (a log
+    line's advice of `tools/eval.py` under `python -m resnet_detect`)."""
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        if record.name.startswith("resnet_detect"):
+            try:
+                message = record.getMessage()
+            except Exception:  # (arguments that do not fit: logging's handler says so)
+                return record
+            if "tools/" in message:
+                record.msg, record.args = as_installed(message), None
+        return record
+    return make
 
 
 CHECKPOINT_SUFFIXES = {".pth", ".pt", ".pkl", ".onnx", ".safetensors", ".ckpt", ".bin"}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import re
 import os
 import signal
@@ -1061,3 +1062,24 @@ def test_a_pip_installed_tool_names_the_tools_as_it_runs_them(
         "one process per GPU: torchrun --nproc_per_node=N -m resnet_detect train ...; evaluate "
         "with python -m resnet_detect eval CONFIG (`python -m resnet_detect make_synthetic` "
         "makes it); datasets/tools/x.py")
+    # and so do the log lines of a tool run so (log.txt's "training stopped: ... tools/eval.py"
+    # named the file; the error line below it the command)
+    from resnet_detect.engine.cli import run_tool
+
+    def main(_: object) -> None:
+        logging.getLogger("resnet_detect.engine.runner").warning("then %s CONFIG",
+                                                                 "tools/eval.py")
+        logging.getLogger("someone_else").warning("then tools/eval.py")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    try:
+        run_tool(main)
+        monkeypatch.setattr(sys, "argv", [str(ROOT / "tools/train.py")])
+        run_tool(main)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert [r.getMessage() for r in records] == [
+        "then python -m resnet_detect eval CONFIG", "then tools/eval.py",  # (not ours)
+        "then tools/eval.py CONFIG", "then tools/eval.py"]
