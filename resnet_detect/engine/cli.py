@@ -74,12 +74,17 @@ def program_name() -> str:
     return PROGRAM or Path(sys.argv[0]).name
 
 
+def runs_as_installed() -> bool:
+    """Whether the tool runs through resnet_detect's __main__ or is the installed package's
+    (resnet_detect/tools/X.py), not the repository's `python tools/X.py`."""
+    return PROGRAM is not None or Path(sys.argv[0]).resolve().parent.parent.name == "resnet_detect"
+
+
 def as_installed(text: str) -> str:
     """A message's `tools/X.py` commands as a pip install runs them (`python -m resnet_detect
     X`, or `resnet-detect X` where the tool runs so; `torchrun ... -m resnet_detect X`) where
-    the tool runs through resnet_detect's __main__ or is the installed package's
-    (resnet_detect/tools/X.py); unchanged for `python tools/X.py`."""
-    if PROGRAM is None and Path(sys.argv[0]).resolve().parent.parent.name != "resnet_detect":
+    the tool `runs_as_installed`; unchanged for `python tools/X.py`."""
+    if not runs_as_installed():
         return text
     launcher = PROGRAM.rsplit(" ", 1)[0] if PROGRAM else "python -m resnet_detect"
     text = re.sub(r"(torchrun [^;()]*?)tools/(\w+)\.py", r"\1-m resnet_detect \2", text)
@@ -103,7 +108,7 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     escape_what_the_console_lacks(sys.stdout, sys.stderr)
     warnings.showwarning = log_warning
     record_factory = logging.getLogRecordFactory()
-    if as_installed("tools/train.py") != "tools/train.py":  # (pip's: log lines name them so)
+    if runs_as_installed():  # (its log lines name the tools so too)
         logging.setLogRecordFactory(_as_installed_records(record_factory))
     catch = (int(os.environ.get("WORLD_SIZE", "1")) == 1
              and threading.current_thread() is threading.main_thread())
