@@ -8,7 +8,8 @@ Usage:
   python tools/labelme_to_coco.py annotations/ --images photos/ --output train.json
 
 Every .json under ROOT (but --output) is a labelme file; its image is the file its imagePath
-names, beside it or in --images, else at that path (without an imagePath, the image of the
+names, beside it or in --images (in the sub folder the file has under ROOT, or at its
+top), else at that path (without an imagePath, the image of the
 file's name: pic.jpg for pic.json). Categories are 1..K, the labels found,
 sorted (`__ignore__` marks crowd regions, no category); --classes or --classes-from fix them,
 so that a training and a validation file agree (training refuses files whose categories
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     class_names, category_ids = chosen_classes(args)
     coco, left_out, no_area, other, beyond = labelme_to_coco(
         labelme_files(Path(args.root), Path(args.output)), img_dir, class_names, images=images,
-        category_ids=category_ids, write_embedded=args.write_embedded)
+        category_ids=category_ids, write_embedded=args.write_embedded, root=Path(args.root))
     crowd = sum(a["iscrowd"] for a in coco["annotations"])
     aside = [f"{n} {what}" for n, what in [(left_out, "points and lines"),
                                            (no_area, "shapes of no area"),

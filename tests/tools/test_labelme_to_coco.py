@@ -107,6 +107,23 @@ def test_json_files_apart_from_their_images(tmp_path: Path) -> None:
     assert coco["images"][0]["file_name"] == "p.jpg"
 
 
+def test_images_in_the_sub_folders_the_json_files_have(tmp_path: Path) -> None:
+    """--images photos/ for annotations/a/p.json is photos/a/p.jpg (of two p.jpg), as
+    voc_to_coco looks; an image at the top of photos/ is found too."""
+    for sub, size in [("a", (30, 20)), ("b", (40, 10))]:
+        Image.new("RGB", size).save((tmp_path / "photos" / sub).mkdir(parents=True)
+                                    or tmp_path / "photos" / sub / "p.jpg")
+        _labelme(tmp_path / "annotations" / sub / "p.json", "p.jpg", size[1], size[0],
+                 [_shape("bolt", [[1, 1], [5, 1], [5, 5]])])
+    Image.new("RGB", (8, 6)).save(tmp_path / "photos" / "top.png")
+    _labelme(tmp_path / "annotations" / "c" / "top.json", "top.png", 6, 8,
+             [_shape("bolt", [[1, 1], [5, 1], [5, 5]])])
+    coco = labelme_to_coco.main([str(tmp_path / "annotations"), "--images",
+                                 str(tmp_path / "photos"), "--output", str(tmp_path / "o")])
+    assert sorted((i["file_name"], i["width"], i["height"]) for i in coco["images"]) == [
+        ("a/p.jpg", 30, 20), ("b/p.jpg", 40, 10), ("top.png", 8, 6)]
+
+
 def test_every_problem_is_named_and_nothing_is_written(labelled: Path, tmp_path: Path) -> None:
     _labelme(labelled / "a.json", "a.jpg", 80, 100, [
         _shape("cat", [[10, 10], [30, 10]]), _shape("", [[1, 1], [2, 2], [3, 1]])])

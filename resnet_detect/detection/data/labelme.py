@@ -102,14 +102,17 @@ def _part(shape: dict[str, Any], where: str, height: int, width: int) -> _Part:
 
 
 def _image_of(json_file: Path, data: dict[str, Any], images: Path | None,
-              written: list[Path] | None) -> Path:
-    """The image a labelme file names: by its name beside the file or in `images`, else at its
-    `imagePath` as written (without one, the image of the file's stem, as the VOC converter
-    finds an XML's); an image only embedded (`imageData`) is written into `images` (else
-    beside the file) when `written` is a list, which gets its path."""
+              written: list[Path] | None, sub_folder: Path) -> Path:
+    """The image a labelme file names: by its name beside the file or in `images` (in its
+    `sub_folder` there, the file's folder under the converted root, else at its top, as the
+    VOC converter looks), else at its `imagePath` as written (without one, the image of the
+    file's stem, as the VOC converter finds an XML's); an image only embedded (`imageData`) is
+    written into `images` (else beside the file) when `written` is a list, which gets its
+    path."""
     image_path = str(data.get("imagePath") or "").replace("\\", "/")
     name = Path(image_path).name
-    folders = [json_file.parent] + ([images] if images is not None else [])
+    folders = list(dict.fromkeys([json_file.parent] + (
+        [images / sub_folder, images] if images is not None else [])))
     candidates = [f / name for f in folders if name]
     if image_path:
         candidates += [json_file.parent / image_path]
@@ -145,10 +148,12 @@ def _image_of(json_file: Path, data: dict[str, Any], images: Path | None,
     return target
 
 
-def read_labelme(json_file: Path, images: Path | None, written: list[Path] | None = None
+def read_labelme(json_file: Path, images: Path | None, written: list[Path] | None = None,
+                 sub_folder: Path = Path()
                  ) -> tuple[Path, tuple[int, int], list[LabelmeObject], int]:
     """(image, (height, width), objects, shapes left out) of one labelme file (`_image_of`:
-    `written` a list, an embedded image is written and listed there).
+    `written` a list, an embedded image is written and listed there; `sub_folder`: the
+    file's folder under the converted root, its images' under `images` too).
 
     Raises:
         Problem: naming what cannot be converted. NotLabelme: a COCO file.
@@ -161,7 +166,7 @@ def read_labelme(json_file: Path, images: Path | None, written: list[Path] | Non
         raise NotLabelme(str(json_file))
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
         raise Problem(f"{json_file}: no 'shapes' list (not a labelme file)")
-    image = _image_of(json_file, data, images, written)
+    image = _image_of(json_file, data, images, written, sub_folder)
     size = image_size(image)
     if size is None:
         raise Problem(f"{image}: cannot be read as an image")
@@ -234,10 +239,11 @@ class Conversion(NamedTuple):
 def labelme_to_coco(json_files: Sequence[Path], img_dir: Path,
                     class_names: Sequence[str] | None = None, *, images: Path | None = None,
                     category_ids: Sequence[int] | None = None,
-                    write_embedded: bool = False) -> Conversion:
+                    write_embedded: bool = False, root: Path | None = None) -> Conversion:
     """The COCO dict of `json_files`, `file_name`s relative to `img_dir`, categories
     `class_names` (default: the labels found, sorted; `__ignore__` is never one) with ids
-    `category_ids` (default 1..K); `images`: a folder the images may be in;
+    `category_ids` (default 1..K); `images`: a folder the images may be in (a file's in the
+    sub folder it has under `root`, or at the top);
     `write_embedded`: images only embedded in their file are written into `images` (else
     beside it), and removed again if the conversion fails.
 
@@ -248,7 +254,7 @@ def labelme_to_coco(json_files: Sequence[Path], img_dir: Path,
     written: list[Path] = []
     try:
         return _converted(json_files, img_dir, class_names, images, category_ids,
-                          written if write_embedded else None)
+                          written if write_embedded else None, root)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -257,12 +263,14 @@ def labelme_to_coco(json_files: Sequence[Path], img_dir: Path,
 
 def _converted(json_files: Sequence[Path], img_dir: Path, class_names: Sequence[str] | None,
                images: Path | None, category_ids: Sequence[int] | None,
-               written: list[Path] | None) -> Conversion:
+               written: list[Path] | None, root: Path | None) -> Conversion:
     problems, parsed, named_by, left_out, other = [], [], {}, 0, 0
     first_in: dict[str, str] = {}  # a label -> the file of its first object
     for json_file in json_files:
         try:
-            image, size, objects, skipped = read_labelme(json_file, images, written)
+            sub_folder = (json_file.parent.relative_to(root) if root is not None
+                          and json_file.parent.is_relative_to(root) else Path())
+            image, size, objects, skipped = read_labelme(json_file, images, written, sub_folder)
             relative = relative_image(image, img_dir, json_file, named_by)
             parsed.append((relative, size, objects))
             for o in objects:
