@@ -258,6 +258,10 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def contents_digest(self) -> str:
+        """Its files and labels, hashed (the processes of a run compare it)."""
+        return self.samples.digest()
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
         """The sample of `key`, or None when its image cannot be decoded (logged)."""
         index, seed = key if isinstance(key, tuple) else (key, None)

@@ -340,9 +340,7 @@ def _data_and_lengths(task: Task, cfg: DictConfig, resume: bool | str | os.PathL
         warn_of_random_backbone(cfg)  # (a resumed run's weights are its checkpoint's)
     warn_of_val_in_training(cfg.get("data") or {})
     data = done_everywhere(lambda: task.prepare(cfg), "find its weights or read its data")
-    check_same_data_everywhere(data.description, (len(data.train), None if data.val is None
-                                                  else len(data.val)),
-                               getattr(data.train, "class_names", None))
+    check_same_data_everywhere(data.description, data.train, data.val)
     if len(data.train) == 0:
         raise ValueError(f"the training set is empty ({data.description}): nothing to train on")
     if data.val is None and t.best_metric is not None:

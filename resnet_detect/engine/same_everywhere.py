@@ -106,16 +106,32 @@ def done_by_the_main_process(step: Callable[[], T], what: str) -> T:
     return result
 
 
-def check_same_data_everywhere(description: str, sizes: tuple[int, int | None],
-                               class_names: Any) -> None:
+def check_same_data_everywhere(description: str, train: Any, val: Any) -> None:
     """Every process must have read the same data (each node may hold its own copy): other
-    sizes give other schedules, whose collectives then wait for each other forever."""
+    sizes give other schedules, whose collectives then wait for each other forever; other
+    files or labels (a node's stale copy) train on a mixture, unseen. Compared: the sizes and
+    classes, then the datasets' `contents_digest()` where they have one."""
     if get_world_size() == 1:
         return
-    seen = all_gather_object((description, sizes, class_names))
+    seen = all_gather_object((description, len(train), None if val is None else len(val),
+                              getattr(train, "class_names", None)))
     if any(s != seen[0] for s in seen):
         raise DatasetError("the processes read different data; every one needs the same "
                            "files:" + "".join(f"\n  rank {r}: {s[0]}" for r, s in enumerate(seen)))
+    digests = all_gather_object([_contents_digest(d) for d in (train, val)])
+    for split, name in enumerate(("training", "val")):
+        other = [str(r) for r, d in enumerate(digests) if d[split] != digests[0][split]]
+        if other:
+            raise DatasetError(
+                f"processes {', '.join(other)} read other {name} data than process 0: the "
+                f"same counts and classes ({description}), but other file names or labels "
+                f"(a node's copy of the data differs: every node needs the same files, in "
+                f"folders of the same layout, and the same annotations)")
+
+
+def _contents_digest(dataset: Any) -> str | None:
+    digest = getattr(dataset, "contents_digest", None)
+    return digest() if callable(digest) else None
 
 
 def warn_of_an_unshared_output_dir(output_dir: Path) -> None:

@@ -176,6 +176,10 @@ class SemSegDataset(Dataset):
     def __len__(self) -> int:
         return len(self._records)
 
+    def contents_digest(self) -> str:
+        """Its files and labels, hashed (the processes of a run compare it)."""
+        return self._records.digest()
+
     def record(self, index: int) -> dict[str, Any]:
         """The raw record of an image (file_name, and its mask's source)."""
         return self._records[index]

@@ -442,6 +442,28 @@ def test_packed_records_index_like_a_list() -> None:
     assert len(PackedRecords([])) == 0
 
 
+def test_the_records_digest_is_of_names_and_labels_under_any_folder() -> None:
+    """The processes of a run compare it: each node's copy under its own folder is the same
+    data; a file named otherwise, another label or box is not."""
+    def records(root: str, label: int = 1, box: float = 4.0, name: str = "b.jpg") -> list:
+        return [{"file_name": f"{root}/train/a.jpg", "classes": np.array([0, label]),
+                 "boxes": np.array([[0, 0, box, 5]], np.float32), "image_id": np.int64(7)},
+                {"file_name": f"{root}/train/sub/{name}", "classes": np.array([], np.int64),
+                 "boxes": np.zeros((0, 4), np.float32), "image_id": 8}]
+
+    digest = PackedRecords(records("/data/coco")).digest()
+    assert PackedRecords(records("/mnt/local_ssd/copy")).digest() == digest
+    assert PackedRecords(records("/data/coco", label=2)).digest() != digest
+    assert PackedRecords(records("/data/coco", box=4.5)).digest() != digest
+    assert PackedRecords(records("/data/coco", name="c.jpg")).digest() != digest
+    moved = [("/d/train/cat/1.jpg", 0), ("/d/train/dog/2.jpg", 1)]
+    assert PackedRecords(moved).digest() == PackedRecords(
+        [("/e/f/train/cat/1.jpg", 0), ("/e/f/train/dog/2.jpg", 1)]).digest()
+    assert PackedRecords(moved).digest() != PackedRecords(
+        [("/d/train/cat/1.jpg", 0), ("/d/train/cat/2.jpg", 0)]).digest()
+    assert PackedRecords([{"a": "x"}]).digest() != PackedRecords([{"a": "y"}]).digest()
+
+
 def test_the_folder_scan_keeps_the_order_of_sorted_paths(tmp_path: Path) -> None:
     """The scan lists strings (a million Path objects and their comparisons took seconds at
     every start of an ImageNet training); their order must stay Path's, part by part (as

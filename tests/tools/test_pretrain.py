@@ -578,6 +578,17 @@ def test_processes_that_read_different_data_stop_before_training(tmp_path: Path)
     assert "  rank 0: 8 train / 2 val images, 2 classes" in log
     assert "  rank 1: 6 train / 2 val images, 2 classes" in log
     assert not list((tmp_path / "out").glob("*.pth"))
+    # the same counts, one image moved to the other class in rank 1's copy: trained on both
+    # labellings unseen
+    shutil.rmtree(tmp_path / "data_1")
+    shutil.copytree(tmp_path / "data_0", tmp_path / "data_1")
+    (tmp_path / "data_1/train/red/0.png").rename(tmp_path / "data_1/train/blue/9.png")
+    (tmp_path / "data_1/train/blue/0.png").rename(tmp_path / "data_1/train/red/9.png")
+    log = run_two_processes("pretrain", args, tmp_path, fails=True)
+    assert ("DatasetError: processes 1 read other training data than process 0: the same "
+            "counts and classes (8 train / 2 val images, 2 classes), but other file names or "
+            "labels") in log
+    assert not list((tmp_path / "out").glob("*.pth"))
 
 
 @pytest.mark.slow

@@ -205,6 +205,10 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self._records)
 
+    def contents_digest(self) -> str:
+        """Its files and labels, hashed (the processes of a run compare it)."""
+        return self._records.digest()
+
     def batch_keys(self, keys: list[tuple[int, int]]) -> list[SampleKey]:
         """The keys of one training batch, each with the batch's short edge when
         scale_per_batch is on (drawn from the first key's seed, so a resumed run draws the

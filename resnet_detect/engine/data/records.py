@@ -1,6 +1,8 @@
 """Per-image records packed into one buffer, so forked loader workers share them."""
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
 from collections.abc import Sequence
 from typing import Any
@@ -33,3 +35,46 @@ class PackedRecords:
         index = range(len(self))[index]  # negative indices count from the end; IndexError
         start = int(self._ends[index - 1]) if index > 0 else 0
         return pickle.loads(self._buffer[start:int(self._ends[index])].tobytes())
+
+    def digest(self) -> str:
+        """A digest of the records' contents, their absolute file paths taken relative to the
+        folder all of them share: equal for copies of one dataset under other folders (each
+        node's own disk), other for another file name or label."""
+        hasher, paths = hashlib.sha256(), []
+        for i in range(len(self)):
+            _feed(hasher, self[i], paths)
+        if paths:  # the first and last path in sort order share the folder all paths do
+            cut = os.path.commonprefix([min(paths), max(paths)]).rfind("/") + 1
+            for path in paths:
+                hasher.update(path[cut:].encode() + b"\0")
+        return hasher.hexdigest()
+
+
+def _feed(hasher: Any, value: Any, paths: list[str]) -> None:
+    """Hash `value` by its contents (not its pickle, which differs between numpy versions),
+    its absolute paths put in `paths` (in their place: a mark)."""
+    if isinstance(value, str):
+        if os.path.isabs(value):
+            paths.append(value)
+            hasher.update(b"p")
+        else:
+            hasher.update(b"s" + value.encode() + b"\0")
+    elif isinstance(value, dict):
+        hasher.update(b"d%d" % len(value))
+        for key in sorted(value, key=str):
+            _feed(hasher, key, paths)
+            _feed(hasher, value[key], paths)
+    elif isinstance(value, (list, tuple)):
+        if value and type(value[0]) in (int, float):  # (a polygon's numbers: hashed at once)
+            numbers = np.array(value)
+            if numbers.dtype.kind in "if" and numbers.ndim == 1:
+                _feed(hasher, numbers, paths)
+                return
+        hasher.update(b"l%d" % len(value))
+        for item in value:
+            _feed(hasher, item, paths)
+    elif isinstance(value, np.ndarray):
+        hasher.update(f"a{value.dtype.str}{value.shape}".encode())
+        hasher.update(np.ascontiguousarray(value).tobytes())
+    else:  # (a numpy scalar as the number it holds: its repr differs between numpy versions)
+        hasher.update(f"v{value.item() if isinstance(value, np.generic) else value!r}".encode())
