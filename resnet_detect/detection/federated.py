@@ -23,17 +23,11 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from resnet_detect.engine.data.coco import DatasetError
+from resnet_detect.engine.data.coco import (  # noqa: F401 (LVIS's, read where COCO's are)
+    IMAGE_LISTS, DatasetError, is_federated)
 
 LVIS_MAX_DETS = 300  # detections scored per image, all categories together
-IMAGE_LISTS = ("neg_category_ids", "not_exhaustive_category_ids")
 FREQUENCY_GROUPS = (("APr", "r"), ("APc", "c"), ("APf", "f"))
-
-
-def is_federated(dataset: Mapping[str, Any]) -> bool:
-    """Whether every image of a ground-truth file lists the categories it was checked for."""
-    images = dataset["images"]
-    return bool(images) and all(key in img for img in images for key in IMAGE_LISTS)
 
 
 def partly_listed(dataset: Mapping[str, Any]) -> tuple[int, str]:

@@ -157,6 +157,20 @@ def test_objects_marked_ignore_are_left_out_of_training_and_said_to_be_scored(
     assert [len(r["boxes"]) for r in records] == [2, 1, 0] and stats.ignored == 2
     assert any("2 objects marked \"ignore\": 1 are scored as objects (pycocotools reads "
                "iscrowd alone" in r.getMessage() for r in caplog.records)
+    # an LVIS val file: its AP reads neither flag (lvis-api leaves "ignore": 1 out); marking
+    # them iscrowd, as the COCO wording says, changed nothing there
+    for img in data["images"]:
+        img.update(neg_category_ids=[], not_exhaustive_category_ids=[])
+    ann_file.write_text(json.dumps(data))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        load_coco_json(ann_file, img_dir, evaluation=True)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("2 objects marked \"ignore\": 1 are scored as objects (LVIS's AP here reads "
+               "neither \"ignore\" nor \"iscrowd\"; lvis-api leaves \"ignore\": 1 objects out: "
+               "its AP differs" in m for m in said)
+    assert any("crowd regions: 2 (scored as objects: LVIS's AP reads no iscrowd, as lvis-api)"
+               in m for m in said)
 
 
 def test_boxes_written_as_corners_are_warned_of(tmp_path: Path,

@@ -242,6 +242,17 @@ def _file_name_from_url(url: Any) -> str:
     return "/".join([p for p in path.split("/") if p][-2:])
 
 
+# an LVIS val file's lists on every image: the categories checked absent, and those whose objects
+# are not all annotated (scored with LVIS's federated AP: detection/federated.py)
+IMAGE_LISTS = ("neg_category_ids", "not_exhaustive_category_ids")
+
+
+def is_federated(dataset: dict[str, Any]) -> bool:
+    """Whether every image of a ground-truth file lists the categories it was checked for."""
+    images = dataset["images"]
+    return bool(images) and all(key in img for img in images for key in IMAGE_LISTS)
+
+
 # LVIS v0.5's names of COCO's images: COCO 2014's (COCO_train2014_000000001000.jpg)
 _COCO_2014_NAME = re.compile(r"(.*/)?COCO_(train|val)2014_\d+\.jpg")
 
@@ -541,8 +552,12 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     stats.kept_images = len(records)
     # the scoring reads the file itself, as pycocotools does: a degenerate box there is an
     # object that no detection matches
-    aside = ("; crowd regions: %d (ignored by the scoring), degenerate boxes: %d (objects that "
-             "no detection matches, as pycocotools scores them)" if evaluation else
+    federated = evaluation and is_federated(data)
+    scorer = "lvis-api" if federated else "pycocotools"
+    crowd = ("scored as objects: LVIS's AP reads no iscrowd, as lvis-api" if federated
+             else "ignored by the scoring")
+    aside = (f"; crowd regions: %d ({crowd}), degenerate boxes: %d (objects that no detection "
+             f"matches, as {scorer} scores them)" if evaluation else
              "; left out %d crowd and %d degenerate boxes")
     logger.info("%s: %d of %d images (%d without objects%s), %d boxes" + aside, ann_file,
                 stats.kept_images, stats.images, stats.empty_images,
@@ -556,7 +571,10 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
                        "; ..." if stats.non_finite_count > len(stats.non_finite) else "")
     if stats.ignored:
         logger.warning("%s: %d objects marked \"ignore\": 1 %s", ann_file, stats.ignored,
-                       "are scored as objects (pycocotools reads iscrowd alone; mark them "
+                       "are scored as objects (LVIS's AP here reads neither \"ignore\" nor "
+                       "\"iscrowd\"; lvis-api leaves \"ignore\": 1 objects out: its AP differs. "
+                       "Take them out of the file to score it as lvis-api does)" if federated
+                       else "are scored as objects (pycocotools reads iscrowd alone; mark them "
                        "\"iscrowd\": 1 to leave them out of the scoring)" if evaluation else
                        "are left out of training, as mmdetection leaves them out")
     if stats.short_polygons or stats.no_mask:
