@@ -224,6 +224,8 @@ def score_results_file(config: str, results_file: str, output: Path,
         try:
             scores = evaluate_coco(ann_file, results, iou_type=iou_type, backend=backend,
                                    max_dets=max_dets, categories=scored)
+        except DatasetError:  # the val file's own problem, named by it
+            raise
         except ValueError as err:  # results of images the file lacks
             raise DatasetError(f"{path}: {err}") from None
         metrics[iou_type] = nan_to_none(scores)

@@ -458,6 +458,18 @@ def test_eval_scores_perfect_results_100_and_names_bad_results_files(
         assert not (tmp_path / "bad/metrics.json").exists()
     with pytest.raises(FileNotFoundError, match="results file not found"):
         load_tool("eval").main([*run, str(tmp_path / "bad"), "--results", str(tmp_path / "no")])
+    # a problem of the val file is its own, not the results file's (that was named first)
+    lvis = {**gt.dataset, "images": [{**img, "neg_category_ids": [],
+                                      "not_exhaustive_category_ids": []}
+                                     for img in gt.dataset["images"]],
+            "categories": [{**c, "frequency": "x"} for c in gt.dataset["categories"]]}
+    (tmp_path / "lvis_val.json").write_text(json.dumps(lvis))
+    path.write_text(json.dumps(perfect))
+    with pytest.raises(DatasetError) as refused:
+        load_tool("eval").main([*run, str(tmp_path / "bad"), "--results", str(path),
+                                f"data.val.ann_file={tmp_path / 'lvis_val.json'}"])
+    assert str(refused.value).startswith(f"{tmp_path / 'lvis_val.json'}: category id ")
+    assert "frequency must be 'r', 'c' or 'f'" in str(refused.value)
     seg = ROOT / "configs/synthetic/deeplabv3_R_18_os16.yaml"
     with pytest.raises(ConfigError, match="--results scores COCO detection results; .* is a "
                                           "'sem_seg' config: give --weights"):
