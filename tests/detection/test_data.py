@@ -1172,11 +1172,14 @@ def test_lvis_v05_names_of_coco_2014_are_read_from_their_coco_url(tmp_path: Path
     images[0]["file_name"] = "COCO_train2014_000000000001.jpg"
     ann_file.write_text(json.dumps(_coco(images, annotations,
                                          [{"id": 7, "name": "seven", "frequency": "f"}])))
-    # where neither is there, the file_name is what is named
+    # where neither is there, both are named (the 2014 name alone sent users to fetch COCO
+    # 2014's images)
     (img_dir / "train2017" / "000000000001.jpg").unlink()
-    with pytest.raises(DatasetError, match=r"image file not found for images\[0\] \(id=1\): "
-                                           r".*COCO_train2014_000000000001.jpg"):
+    with pytest.raises(DatasetError) as refused:
         load_coco_json(ann_file, img_dir, training=True)
+    assert (f"image file not found for images[0] (id=1): "
+            f"{img_dir / 'COCO_train2014_000000000001.jpg'}, nor "
+            f"{img_dir / 'train2017/000000000001.jpg'} (its coco_url's)") in str(refused.value)
 
 
 def test_whole_number_floats_are_ids_and_sizes_as_pycocotools_takes_them(

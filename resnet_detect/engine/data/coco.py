@@ -272,6 +272,14 @@ def name_by_coco_url(img: dict[str, Any], img_dir: Path) -> bool:
     return False
 
 
+def _coco_url_tried(img: dict[str, Any], img_dir: Path) -> str:
+    """Where `name_by_coco_url` looked too, for an LVIS v0.5 image found nowhere."""
+    if not _COCO_2014_NAME.fullmatch(str(img.get("file_name"))):
+        return ""
+    name = _file_name_from_url(img.get("coco_url"))
+    return f", nor {image_path(img_dir, name)} (its coco_url's)" if name else ""
+
+
 def _where(section: str, i: int, entry: dict[str, Any]) -> str:
     """An entry named in a problem ("annotations[7] (id=12)"); made only when there is one
     (an f-string per entry was a second of a COCO-scale file's loading)."""
@@ -509,7 +517,8 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
             if name_by_coco_url(img, img_dir):
                 renamed += 1
                 continue
-            missing.append(f"images[{i}] (id={img['id']}): {path}{unicode_twin_hint(path)}")
+            missing.append(f"images[{i}] (id={img['id']}): {path}{unicode_twin_hint(path)}"
+                           + _coco_url_tried(img, img_dir))
         if renamed:
             logger.info("%s: %d images not found by their file_name are read from the files "
                         "their coco_url names (LVIS v0.5's COCO 2014 names of COCO 2017's "
