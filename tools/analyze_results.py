@@ -38,7 +38,8 @@ from resnet_detect.engine.cli import config_argument_parser, run_tool  # noqa: E
 from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.data import DatasetError, UnreadableImageError  # noqa: E402
 from resnet_detect.engine.data.coco import (MAX_LISTED, brief, image_path, image_sizes,  # noqa: E402
-                                             name_by_coco_url, read_coco_json)
+                                             is_federated, name_by_coco_url,
+                                             read_coco_json)
 from resnet_detect.engine.files import replace_folder, writable_folder  # noqa: E402
 from resnet_detect.engine.logging import setup_logging  # noqa: E402
 from resnet_detect.engine.tasks import config_task  # noqa: E402
@@ -114,8 +115,9 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
                           max_dets=scored_detections(cfg))
     write_csv(scores, output / CSV_FILE)
     best = ranked(scores, best=True)
-    print(f"{len(best)} images ranked by {args.iou_type} AP, {len(scores) - len(best)} without "
-          f"objects not ranked: {output / CSV_FILE}", flush=True)
+    rules = " (by COCO's rules: not LVIS's federated AP)" if is_federated(content) else ""
+    print(f"{len(best)} images ranked by {args.iou_type} AP{rules}, {len(scores) - len(best)} "
+          f"without objects not ranked: {output / CSV_FILE}", flush=True)
     for title, chosen in (("worst", ranked(scores, best=False)[:5]), ("best", best[:5])):
         print(f"  {title}: " + ", ".join(f"{s.file_name} {100 * s.ap:.1f}" for s in chosen),
               flush=True)

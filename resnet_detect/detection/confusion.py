@@ -7,7 +7,10 @@ every object it overlaps by an IoU of at least `iou_thr`: one count in (object's
 detection's class) per such pair, the diagonal being right; a detection overlapping no object
 counts in (background, its class), unless it lies on a crowd region (by intersection over its
 own area, as COCOeval ignores it there); an object that no detection of its class overlaps
-counts in (its class, background).
+counts in (its class, background). An LVIS file (images listing the categories checked for)
+is read as its federated AP reads it: a detection of a category the image was not checked for
+counts nowhere, nor one overlapping no object of a category not annotated in full there; no
+object is a crowd region.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from resnet_detect.engine.confusion_files import write_confusion_files
+from resnet_detect.engine.data.coco import IMAGE_LISTS, is_federated
 
 from .overlaps import box_overlaps
 
@@ -51,11 +55,17 @@ def confusion_matrix(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
     for r in results:
         if r["score"] >= score_thr and r["category_id"] in index:
             found[r["image_id"]].append(r)
+    federated = is_federated(gt)
     for image in gt["images"]:
         anns = objects.get(image["id"], [])
         dets = found.get(image["id"], [])
-        regular = [a for a in anns if not a.get("iscrowd", 0)]
-        crowd = [a for a in anns if a.get("iscrowd", 0)]
+        crowd = [] if federated else [a for a in anns if a.get("iscrowd", 0)]
+        regular = [a for a in anns if federated or not a.get("iscrowd", 0)]
+        not_exhaustive: set[Any] = set()
+        if federated:
+            negative, not_exhaustive = (set(image[key]) for key in IMAGE_LISTS)
+            checked = negative | {a["category_id"] for a in anns}
+            dets = [d for d in dets if d["category_id"] in checked]
         gt_classes = np.asarray([index[a["category_id"]] for a in regular], dtype=np.int64)
         det_classes = np.asarray([index[d["category_id"]] for d in dets], dtype=np.int64)
         det_boxes = _xyxy([d["bbox"] for d in dets])
@@ -64,7 +74,8 @@ def confusion_matrix(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
                     >= iou_thr).any(axis=1)
         for d, j in zip(*np.nonzero(hits)):
             matrix[gt_classes[j], det_classes[d]] += 1
-        background = ~hits.any(axis=1) & ~on_crowd
+        background = ~hits.any(axis=1) & ~on_crowd & ~np.isin(
+            [d["category_id"] for d in dets], list(not_exhaustive))
         np.add.at(matrix[k], det_classes[background], 1)
         found_right = (hits & (det_classes[:, None] == gt_classes[None, :])).any(axis=0)
         np.add.at(matrix[:, k], gt_classes[~found_right], 1)

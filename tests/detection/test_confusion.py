@@ -92,3 +92,25 @@ def test_the_picture_leaves_out_classes_without_objects_or_detections(
     assert labels == ["c5", "c17", "c42", "c250", "background"]
     assert shown.tolist() == [[3, 1, 0, 0, 0], [0] * 5, [0] * 5, [0, 0, 0, 0, 2],
                               [0, 0, 4, 0, 0]]
+
+
+def test_an_lvis_file_counts_as_its_federated_ap_scores() -> None:
+    """A detection of a category the image was not checked for was "background detected as
+    X" (LVIS's AP leaves it out), as was one of a category not annotated in full there; its
+    files' iscrowd is no crowd region there."""
+    gt = {"images": [{"id": 1, "neg_category_ids": [7], "not_exhaustive_category_ids": [3]},
+                     {"id": 2, "neg_category_ids": [], "not_exhaustive_category_ids": []}],
+          "categories": GT["categories"],
+          "annotations": [_ann(1, 3, [0, 0, 10, 10]), _ann(1, 3, [30, 30, 10, 10], crowd=1)]}
+    results = [_det(1, 3, [0, 0, 10, 10], 0.9),    # right
+               _det(1, 3, [50, 50, 10, 10], 0.9),  # cat not exhaustive here: nowhere
+               _det(1, 7, [80, 80, 10, 10], 0.9),  # dog checked absent: background
+               _det(2, 7, [0, 0, 10, 10], 0.9),    # image 2 not checked for dogs: nowhere
+               _det(2, 3, [0, 0, 10, 10], 0.9)]    # nor for cats
+    matrix, names = confusion_matrix(gt, results)
+    assert names == ["cat", "dog", "background"]
+    assert matrix.tolist() == [[1, 0, 1],   # the cat marked iscrowd is an object, missed
+                               [0, 0, 0],
+                               [0, 1, 0]]
+    coco = {**gt, "images": [{"id": 1}, {"id": 2}]}  # the same file without LVIS's lists
+    assert confusion_matrix(coco, results)[0].tolist() == [[1, 0, 0], [0, 0, 0], [2, 2, 0]]

@@ -181,8 +181,8 @@ def test_an_unreadable_image_is_named_and_the_others_drawn(data: Path, tmp_path:
     assert not list((tmp_path / "out").glob(".*"))  # no partial folder left
 
 
-def test_lvis_v05_names_of_coco_2014_are_drawn_from_their_coco_url(data: Path,
-                                                                   tmp_path: Path) -> None:
+def test_lvis_v05_names_of_coco_2014_are_drawn_from_their_coco_url(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """LVIS v0.5's file_names are COCO 2014's beside COCO 2017 coco_urls: training and the
     evaluation read them by the URL, the drawing failed on every image."""
     val = json.loads((data / "coco/val.json").read_text(encoding="utf-8"))
@@ -193,12 +193,16 @@ def test_lvis_v05_names_of_coco_2014_are_drawn_from_their_coco_url(data: Path,
                     cv2.imread(str(data / "images/val" / img["file_name"])))
         img["file_name"] = f"COCO_val2014_{name}"
         img["coco_url"] = f"http://images.cocodataset.org/val2017/{name}"
+        img["neg_category_ids"], img["not_exhaustive_category_ids"] = [], []
     (tmp_path / "lvis05.json").write_text(json.dumps(val), encoding="utf-8")
     results_file(data, tmp_path / "r.json", found=len(val["images"]))
     analyze_results.main([*args(data, tmp_path / "r.json", tmp_path / "out", "--topk", "10"),
                           f"data.val.ann_file={tmp_path / 'lvis05.json'}",
                           f"data.val.img_dir={tmp_path / 'coco'}"])
     assert len(list((tmp_path / "out/best").iterdir())) == len(val["images"])
+    # the per-image APs are COCO's (as said), not LVIS's federated ones
+    assert (f"{len(val['images'])} images ranked by bbox AP (by COCO's rules: not LVIS's "
+            f"federated AP)") in capsys.readouterr().out
 
 
 def test_with_data_classes_the_maskless_count_is_of_the_chosen_categories(
