@@ -205,10 +205,12 @@ def ground_truth(ann_file: Path, iou_type: str, categories: Iterable[int] | None
     if categories is not None:
         data = only_categories(data, categories)
     if iou_type == "bbox" and any(ann.get("id") == 0 for ann in data["annotations"]):
+        others = ("lvis-api, detectron2 and mmdetection" if is_federated(data)
+                  else "detectron2 and mmdetection (through pycocotools)")
         warnings.warn(f"{ann_file}: an object has annotation id 0, which pycocotools takes "
-                      f"for no match: detectron2 and mmdetection (through pycocotools) count "
-                      f"its detection as a false one, here it is scored as any other (their AP "
-                      f"on this file is lower; number the ids from 1 to compare)",
+                      f"for no match: {others} count its detection as a false one, here it "
+                      f"is scored as any other (their AP on this file is lower; number the ids "
+                      f"from 1 to compare)",
                       RuntimeWarning, stacklevel=3)
     return cocoeval_ground_truth(data, iou_type)
 
@@ -590,9 +592,21 @@ class COCOEvaluator:
         self.voc_metric = voc_metric
         self.scored_categories = scored_categories
         self._results: list[dict[str, Any]] = []
+        self._said_of_the_file: set[str] = set()
 
     def reset(self) -> None:
         self._results = []
+
+    def _warn_once_of_the_file(self, caught: Sequence[warnings.WarningMessage]) -> None:
+        """Warn of `caught`, those about the val file itself (its lists, its dense images) at
+        the first evaluation of a training alone: they were the same lines at every one."""
+        for w in caught:
+            text = str(w.message)
+            if text.startswith(str(self.ann_file)):
+                if text in self._said_of_the_file:
+                    continue
+                self._said_of_the_file.add(text)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     def process(self, inputs: Sequence[dict[str, Any]], outputs: Sequence[dict[str, Any]]) -> None:
         """Add a batch.
@@ -624,10 +638,13 @@ class COCOEvaluator:
                 self.output_dir.mkdir(parents=True, exist_ok=True)
                 (self.output_dir / RESULTS_FILE).write_text(json.dumps(results), encoding="utf-8")
             for iou_type in self.iou_types if self.score else ():
-                metrics[iou_type] = evaluate_coco(self.ann_file, results, iou_type=iou_type,
-                                                  backend=self.backend, max_dets=self.max_dets,
-                                                  kept_per_image=self.kept_per_image,
-                                                  categories=self.scored_categories)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    metrics[iou_type] = evaluate_coco(
+                        self.ann_file, results, iou_type=iou_type, backend=self.backend,
+                        max_dets=self.max_dets, kept_per_image=self.kept_per_image,
+                        categories=self.scored_categories)
+                self._warn_once_of_the_file(caught)
             if self.score and self.voc_metric is not None:
                 metrics["voc"] = evaluate_voc(self.ann_file, results, mode=self.voc_metric,
                                               categories=self.scored_categories)

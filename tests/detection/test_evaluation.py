@@ -259,10 +259,22 @@ def test_images_of_more_objects_than_the_model_keeps_are_warned_of(tmp_path: Pat
         evaluate_coco(gt_file, results, verbose=False, kept_per_image=60)
         evaluate_coco(gt_file, results, verbose=False)  # the model's count not known
     evaluator = COCOEvaluator(gt_file, category_ids=[1, 2, 3], kept_per_image=59)
+    detections = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]),
+                   "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}]
     with pytest.warns(RuntimeWarning, match=r"than the 59 detections the model keeps"):
-        evaluator.process([{"image_id": 7}], [{
-            "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "scores": torch.tensor([0.9]),
-            "labels": torch.tensor([0])}])
+        evaluator.process([{"image_id": 7}], detections)
+        evaluator.evaluate()
+    # a training's later evaluations: what it says of the file is not said again (it was,
+    # at each); what it says of the detections is
+    evaluator.reset()
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        evaluator.evaluate()
+    assert [str(w.message).split(": ", 1)[0] for w in again] == [
+        f"no detections to evaluate against {gt_file}"]
+    evaluator.process([{"image_id": 7}], detections)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         evaluator.evaluate()
 
 
@@ -450,6 +462,14 @@ def test_files_numbered_otherwise_score_as_the_plain_file(gt_file: Path, tmp_pat
                          f"its detection as a false one, here it is scored as any other (their "
                          f"AP on this file is lower; number the ids from 1 to compare)"]
                         if iou_type == "bbox" else [])
+    # an LVIS file's: lvis-api has pycocotools' rule
+    lvis = {**odd, "images": [{**img, "neg_category_ids": [], "not_exhaustive_category_ids": []}
+                              for img in odd["images"]],
+            "categories": [{**c, "frequency": "f"} for c in odd["categories"]]}
+    odd_file.write_text(json.dumps(lvis))
+    with pytest.warns(RuntimeWarning, match="annotation id 0, which pycocotools takes for no "
+                                            "match: lvis-api, detectron2 and mmdetection count"):
+        evaluate_coco(odd_file, [], backend=backend, verbose=False)
 
 
 def _noisy_masks(gt_file: Path) -> tuple[list[dict], list[dict]]:
