@@ -158,6 +158,9 @@ def _mask(segmentation: Any, size: tuple[int, int]) -> dict[str, Any]:
     """The object's RLE; an empty one where it has no usable mask of the image's size (its
     box is drawn alone)."""
     height, width = size
+    if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), bytes):
+        # (the ground truth after a segm COCOeval: pycocotools writes its RLEs there)
+        segmentation = {**segmentation, "counts": segmentation["counts"].decode("ascii")}
     try:  # (runs past or short of the image: pycocotools would read memory around the mask)
         segmentation = check_segmentation(segmentation, height, width)[0]
         return segmentation_to_rle(segmentation, height, width)

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
@@ -87,6 +88,13 @@ def test_mask_ap_and_bad_input(data: Path, tmp_path: Path,
     scores = analyze_results.main(args(data, tmp_path / "m.json", tmp_path / "m", "--iou-type",
                                    "segm", "--topk", "1"))
     assert [s.ap for s in scores if s.image_id in ids] == [1.0] + [0.0] * (len(ids) - 1)
+    # the ground truth is drawn with its masks as in bbox mode (the segm scoring had turned
+    # them into RLEs of bytes, drawn as no mask at all)
+    analyze_results.main(args(data, tmp_path / "m.json", tmp_path / "b", "--topk", "1"))
+    (segm_best,), (bbox_best,) = ((tmp_path / run / "best").iterdir() for run in "mb")
+    assert segm_best.name.split("-", 2)[2] == bbox_best.name.split("-", 2)[2]
+    segm_picture, bbox_picture = (cv2.imread(str(p)) for p in (segm_best, bbox_best))
+    assert np.array_equal(segm_picture, bbox_picture)
     # a mask of another size than its image's: named (it was scored, then drawing crashed)
     missized = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     missized[1]["segmentation"]["size"] = [HEIGHT + 1, WIDTH]
