@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> Path:
         keys = [k for k in keys if k not in undefined]
     if unknown or not keys:
         what = f"no run logged {', '.join(unknown)}" if unknown else "nothing to plot"
+        if any("/AP-" in k or "/IoU-" in k for k in unknown):
+            what += (" (a class's AP or IoU is logged where it is defined: a class without val "
+                     "objects or pixels has none)")
         empty = [run for run, c in curves.items() if not c]
         raise ConfigError(f"{what}; logged: {', '.join(logged) or 'nothing'}" + (
             f" ({', '.join(empty)}: no step logged yet; a run logs its first after "

@@ -31,7 +31,9 @@ def read_curves(run: str | Path) -> dict[str, tuple[list[int], list[float]]]:
             f"log.txt" if older else f"a run folder of tools/train.py or tools/pretrain.py "
                                      f"holds its {SCALARS_FILE}"))
     curves: dict[str, tuple[list[int], list[float]]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # (undecodable bytes, a damaged disk's: their lines are skipped as any other garbage)
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

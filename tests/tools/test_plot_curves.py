@@ -36,6 +36,14 @@ def test_curves_are_read_as_logged_and_a_cut_line_is_skipped(
         "train/total_loss", "train/lr", "segm/AP", "bbox/AP"}
     assert "scalars.jsonl line 5 is not a logged step: skipped" in caplog.text
     assert default_keys(curves) == ["train/total_loss", "bbox/AP"]  # box AP before mask AP
+    # a line of undecodable bytes (a damaged disk) is skipped too, not a traceback
+    with (run / "scalars.jsonl").open("ab") as f:
+        f.write(b"\n\xff\xfe\x80garbage\n" + json.dumps({"iteration": 90, "train/lr": 0.5}
+                                                         ).encode() + b"\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert read_curves(run)["train/lr"] == ([20, 40, 60, 90], [0.01, 0.02, 0.02, 0.5])
+    assert "scalars.jsonl line 6 is not a logged step: skipped" in caplog.text
 
 
 def test_the_tool_draws_each_key_of_each_run_and_names_unknown_keys(tmp_path: Path) -> None:
@@ -57,6 +65,10 @@ def test_the_tool_draws_each_key_of_each_run_and_names_unknown_keys(tmp_path: Pa
     with pytest.raises(ConfigError, match=r"no run logged bbox/AP; logged: sem_seg/mIoU, "
                                           r"train/total_loss"):
         plot_curves.main([str(a), str(b), "--keys", "bbox/AP"])
+    with pytest.raises(ConfigError, match=r"no run logged sem_seg/IoU-sky \(a class's AP or IoU "
+                                          r"is logged where it is defined: a class without val "
+                                          r"objects or pixels has none\); logged: "):
+        plot_curves.main([str(a), "--keys", "sem_seg/IoU-sky"])
     with pytest.raises(ConfigError, match=r"none not found: a run folder of tools/train.py or "
                                           r"tools/pretrain.py holds its scalars.jsonl"):
         plot_curves.main([str(tmp_path / "none")])
