@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
         raise ConfigError("data.val.ann_file must be set: the results are set against it")
     path = Path(args.results)
     results, types = read_results(path)
+    if not results:
+        logger.warning("%s holds no detections: every image with objects scores AP 0", path)
     if args.iou_type not in types:
         raise DatasetError(f"{path}: --iou-type {args.iou_type} needs " + (
             "a segmentation in every result" if args.iou_type == "segm"

@@ -82,6 +82,19 @@ def test_images_ranked_by_their_own_ap_and_the_best_and_worst_drawn(
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["per_image_ap.csv"]
 
 
+
+def test_a_results_file_without_detections_is_said(data: Path, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """[] ranked every image at AP 0 without a word."""
+    (tmp_path / "none.json").write_text("[]")
+    with caplog.at_level(logging.WARNING):
+        scores = analyze_results.main(args(data, tmp_path / "none.json", tmp_path / "o",
+                                           "--topk", "0"))
+    assert {s.ap for s in scores} <= {0.0, None}
+    assert f"{tmp_path / 'none.json'} holds no detections: every image with objects scores " \
+           f"AP 0" in caplog.text
+
+
 def test_mask_ap_and_bad_input(data: Path, tmp_path: Path,
                                caplog: pytest.LogCaptureFixture) -> None:
     ids = results_file(data, tmp_path / "m.json", found=1, masks=True)
