@@ -44,8 +44,8 @@ from .data import build_transforms
 from .evaluation import mask_rles, mask_to_rle
 from .export import OnnxDetector
 from .rcnn import GeneralizedRCNN
-from .tiles import tiles_from_config
-from .tta import refuse_tta, tta_from_config
+from .tiles import describe as describe_tiles, tiles_from_config
+from .tta import describe as describe_tta, refuse_tta, tta_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -485,6 +485,10 @@ def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
     predictor = Predictor(config, weights=weights, overrides=overrides, device=device,
                           mask_format="rle")
     warn_of_classes_not_chosen(predictor.cfg, predictor.class_names, "draws")
+    if predictor.tiles is not None:  # (a pass per tile: said, as tools/eval.py says it)
+        logger.info("sliced inference: %s", describe_tiles(predictor.tiles, predictor.model))
+    elif predictor.tta is not None:
+        logger.info("test-time augmentation: %s", describe_tta(predictor.tta))
     rgb = palette(len(predictor.category_ids))
     colours = {cid: tuple(int(v) for v in rgb[i]) for i, cid in enumerate(predictor.category_ids)}
     return DetectionRenderer(predictor, colours, min_score)

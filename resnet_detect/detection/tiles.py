@@ -218,7 +218,7 @@ def describe(tiles: Tiles, model: GeneralizedRCNN | OnnxDetector) -> str:
     return (f"tiles of {tiles.size[0]}x{tiles.size[1]} px, overlap {tiles.overlap}, each "
             f"resized to a short edge of {tiles.min_size} (max {tiles.max_size})"
             f"{', and the whole image' if tiles.full_image else ''}; merged by per-class NMS "
-            f"at {metric} {threshold}")
+            f"at {metric} {threshold} (an image that fits in a tile runs once, as without)")
 
 
 def refuse_tiles(cfg: Mapping[str, Any], what: str) -> None:

@@ -711,7 +711,8 @@ def test_eval_writes_an_error_analysis_of_results_or_weights(
 
 @pytest.mark.parametrize("what", ["views", "tiles"])
 def test_eval_with_views_or_tiles_scores_what_the_predictor_gives(
-        what: str, trained: Path, data: Path, tmp_path: Path) -> None:
+        what: str, trained: Path, data: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     """The views (test-time augmentation) are made, and the tiles cut, from each image at its
     own size, not from the test-size image."""
     aug = ["model.roi_heads.score_thresh=0.0", *{
@@ -736,6 +737,13 @@ def test_eval_with_views_or_tiles_scores_what_the_predictor_gives(
         assert [r["category_id"] for r in written] == expected["labels"].tolist()
     plain = Predictor(CONFIG, weights=weights, overrides=[*data_overrides(data), aug[0]])
     assert not np.allclose(plain(image)["scores"], expected["scores"])  # they did something
+    # demo says so too, as eval does (a pass per tile or view: it said nothing)
+    with caplog.at_level(logging.INFO):
+        load_tool("demo").main([str(CONFIG), "--weights", str(weights), "--input",
+                                str(data / "images/val" / info["file_name"]), "--output",
+                                str(tmp_path / "demo"), *data_overrides(data), *aug])
+    said = {"views": "test-time augmentation: ", "tiles": "sliced inference: tiles of 64x80 px"}
+    assert sum(said[what] in r.getMessage() for r in caplog.records) == 2  # eval's, demo's
     if what == "tiles":  # an exported graph takes them: the same detections
         load_tool("export").main([str(CONFIG), "--weights", str(weights), "--output",
                                   str(tmp_path / "onnx"), *data_overrides(data), aug[0]])
