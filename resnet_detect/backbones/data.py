@@ -260,7 +260,7 @@ class ImageFolderDataset(Dataset):
 
     def contents_digest(self) -> str:
         """Its files and labels, hashed (the processes of a run compare it)."""
-        return self.samples.digest()
+        return self.samples.digest((0,))
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
         """The sample of `key`, or None when its image cannot be decoded (logged)."""

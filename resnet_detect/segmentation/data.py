@@ -178,7 +178,7 @@ class SemSegDataset(Dataset):
 
     def contents_digest(self) -> str:
         """Its files and labels, hashed (the processes of a run compare it)."""
-        return self._records.digest()
+        return self._records.digest(("file_name", "mask_file"))
 
     def record(self, index: int) -> dict[str, Any]:
         """The raw record of an image (file_name, and its mask's source)."""

@@ -442,26 +442,39 @@ def test_packed_records_index_like_a_list() -> None:
     assert len(PackedRecords([])) == 0
 
 
-def test_the_records_digest_is_of_names_and_labels_under_any_folder() -> None:
-    """The processes of a run compare it: each node's copy under its own folder is the same
-    data; a file named otherwise, another label or box is not."""
+def test_the_records_digest_is_of_names_and_labels_under_any_folder(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The processes of a run compare it: each node's copy under its own folder (or a relative
+    one given from another working folder) is the same data; a file named otherwise, another
+    label or box is not."""
     def records(root: str, label: int = 1, box: float = 4.0, name: str = "b.jpg") -> list:
         return [{"file_name": f"{root}/train/a.jpg", "classes": np.array([0, label]),
                  "boxes": np.array([[0, 0, box, 5]], np.float32), "image_id": np.int64(7)},
                 {"file_name": f"{root}/train/sub/{name}", "classes": np.array([], np.int64),
                  "boxes": np.zeros((0, 4), np.float32), "image_id": 8}]
 
-    digest = PackedRecords(records("/data/coco")).digest()
-    assert PackedRecords(records("/mnt/local_ssd/copy")).digest() == digest
-    assert PackedRecords(records("/data/coco", label=2)).digest() != digest
-    assert PackedRecords(records("/data/coco", box=4.5)).digest() != digest
-    assert PackedRecords(records("/data/coco", name="c.jpg")).digest() != digest
+    def digest(records: list, keys: tuple = ("file_name",)) -> str:
+        return PackedRecords(records).digest(keys)
+
+    expected = digest(records("/data/coco"))
+    assert digest(records("/mnt/local_ssd/copy")) == expected
+    monkeypatch.chdir(tmp_path)
+    assert digest(records("data/coco")) == digest(records("../x")) == expected
+    assert digest(records("/data/coco", label=2)) != expected
+    assert digest(records("/data/coco", box=4.5)) != expected
+    assert digest(records("/data/coco", name="c.jpg")) != expected
+    assert digest(records("/data/coco"), keys=()) != expected  # (the paths as they are)
     moved = [("/d/train/cat/1.jpg", 0), ("/d/train/dog/2.jpg", 1)]
-    assert PackedRecords(moved).digest() == PackedRecords(
-        [("/e/f/train/cat/1.jpg", 0), ("/e/f/train/dog/2.jpg", 1)]).digest()
-    assert PackedRecords(moved).digest() != PackedRecords(
-        [("/d/train/cat/1.jpg", 0), ("/d/train/cat/2.jpg", 0)]).digest()
-    assert PackedRecords([{"a": "x"}]).digest() != PackedRecords([{"a": "y"}]).digest()
+    assert digest(moved, (0,)) == digest([("/e/f/train/cat/1.jpg", 0),
+                                         ("/e/f/train/dog/2.jpg", 1)], (0,))
+    assert digest(moved, (0,)) != digest([("/d/train/cat/1.jpg", 0),
+                                         ("/d/train/cat/2.jpg", 0)], (0,))
+    assert digest([{"a": "x"}]) != digest([{"a": "y"}])
+    # a mask file on one record only: which record has it counts
+    pairs = [{"file_name": "/d/i/1.png", "mask_file": "/d/m/1.png"}, {"file_name": "/d/i/2.png"}]
+    swapped = [{"file_name": "/d/i/1.png"}, {"file_name": "/d/m/1.png", "mask_file": "/d/i/2.png"}]
+    assert digest(pairs, ("file_name", "mask_file")) != digest(swapped,
+                                                              ("file_name", "mask_file"))
 
 
 def test_the_folder_scan_keeps_the_order_of_sorted_paths(tmp_path: Path) -> None:

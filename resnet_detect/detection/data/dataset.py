@@ -207,7 +207,7 @@ class DetectionDataset(Dataset):
 
     def contents_digest(self) -> str:
         """Its files and labels, hashed (the processes of a run compare it)."""
-        return self._records.digest()
+        return self._records.digest(("file_name",))
 
     def batch_keys(self, keys: list[tuple[int, int]]) -> list[SampleKey]:
         """The keys of one training batch, each with the batch's short edge when

@@ -36,43 +36,48 @@ class PackedRecords:
         start = int(self._ends[index - 1]) if index > 0 else 0
         return pickle.loads(self._buffer[start:int(self._ends[index])].tobytes())
 
-    def digest(self) -> str:
-        """A digest of the records' contents, their absolute file paths taken relative to the
-        folder all of them share: equal for copies of one dataset under other folders (each
-        node's own disk), other for another file name or label."""
+    def digest(self, path_keys: Sequence[str | int]) -> str:
+        """A digest of the records' contents, their file paths (the values of `path_keys`:
+        dict keys, or tuple positions) made absolute and taken relative to the folder all of
+        them share: equal for copies of one dataset in other folders (each node's own disk,
+        a relative folder given from elsewhere), other for another file name or label."""
         hasher, paths = hashlib.sha256(), []
         for i in range(len(self)):
-            _feed(hasher, self[i], paths)
+            record = self[i]
+            keys = ([k for k in path_keys if k in record] if isinstance(record, dict)
+                    else [k for k in path_keys if isinstance(k, int) and k < len(record)])
+            for key in keys:
+                paths.append(os.path.abspath(record[key]))
+                hasher.update(f"p{key}".encode())
+            _feed(hasher, {k: v for k, v in record.items() if k not in keys}
+                  if isinstance(record, dict)
+                  else [v for k, v in enumerate(record) if k not in keys])
         if paths:  # the first and last path in sort order share the folder all paths do
-            cut = os.path.commonprefix([min(paths), max(paths)]).rfind("/") + 1
+            common = os.path.commonprefix([min(paths), max(paths)])
+            cut = max(common.rfind("/"), common.rfind(os.sep)) + 1
             for path in paths:
-                hasher.update(path[cut:].encode() + b"\0")
+                hasher.update(path[cut:].replace(os.sep, "/").encode() + b"\0")
         return hasher.hexdigest()
 
 
-def _feed(hasher: Any, value: Any, paths: list[str]) -> None:
-    """Hash `value` by its contents (not its pickle, which differs between numpy versions),
-    its absolute paths put in `paths` (in their place: a mark)."""
+def _feed(hasher: Any, value: Any) -> None:
+    """Hash `value` by its contents (not its pickle, which differs between numpy versions)."""
     if isinstance(value, str):
-        if os.path.isabs(value):
-            paths.append(value)
-            hasher.update(b"p")
-        else:
-            hasher.update(b"s" + value.encode() + b"\0")
+        hasher.update(b"s" + value.encode() + b"\0")
     elif isinstance(value, dict):
         hasher.update(b"d%d" % len(value))
         for key in sorted(value, key=str):
-            _feed(hasher, key, paths)
-            _feed(hasher, value[key], paths)
+            _feed(hasher, key)
+            _feed(hasher, value[key])
     elif isinstance(value, (list, tuple)):
         if value and type(value[0]) in (int, float):  # (a polygon's numbers: hashed at once)
             numbers = np.array(value)
             if numbers.dtype.kind in "if" and numbers.ndim == 1:
-                _feed(hasher, numbers, paths)
+                _feed(hasher, numbers)
                 return
         hasher.update(b"l%d" % len(value))
         for item in value:
-            _feed(hasher, item, paths)
+            _feed(hasher, item)
     elif isinstance(value, np.ndarray):
         hasher.update(f"a{value.dtype.str}{value.shape}".encode())
         hasher.update(np.ascontiguousarray(value).tobytes())
