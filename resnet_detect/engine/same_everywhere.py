@@ -118,7 +118,8 @@ def check_same_data_everywhere(description: str, train: Any, val: Any) -> None:
     if any(s != seen[0] for s in seen):
         raise DatasetError("the processes read different data; every one needs the same "
                            "files:" + "".join(f"\n  rank {r}: {s[0]}" for r, s in enumerate(seen)))
-    digests = all_gather_object([_contents_digest(d) for d in (train, val)])
+    digests = all_gather_object(done_everywhere(
+        lambda: [_contents_digest(d) for d in (train, val)], "hash its data"))
     for split, name in enumerate(("training", "val")):
         other = [str(r) for r, d in enumerate(digests) if d[split] != digests[0][split]]
         if other:

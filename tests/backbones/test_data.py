@@ -470,6 +470,12 @@ def test_the_records_digest_is_of_names_and_labels_under_any_folder(
     assert digest(moved, (0,)) != digest([("/d/train/cat/1.jpg", 0),
                                          ("/d/train/cat/2.jpg", 0)], (0,))
     assert digest([{"a": "x"}]) != digest([{"a": "y"}])
+    # a custom dataset's ragged arrays and lists: by their contents, not pointers; no error
+    ragged = [{"parts": np.array([[1, 2], [3]], dtype=object), "mixed": [1, [2, 3]]}]
+    assert digest(ragged) == digest([{"parts": np.array([[1, 2], [3]], dtype=object),
+                                      "mixed": [1, [2, 3]]}])
+    assert digest(ragged) != digest([{"parts": np.array([[1, 2], [4]], dtype=object),
+                                      "mixed": [1, [2, 3]]}])
     # a mask file on one record only: which record has it counts
     pairs = [{"file_name": "/d/i/1.png", "mask_file": "/d/m/1.png"}, {"file_name": "/d/i/2.png"}]
     swapped = [{"file_name": "/d/i/1.png"}, {"file_name": "/d/m/1.png", "mask_file": "/d/i/2.png"}]

@@ -40,7 +40,8 @@ class PackedRecords:
         """A digest of the records' contents, their file paths (the values of `path_keys`:
         dict keys, or tuple positions) made absolute and taken relative to the folder all of
         them share: equal for copies of one dataset in other folders (each node's own disk,
-        a relative folder given from elsewhere), other for another file name or label."""
+        a relative folder given from elsewhere), other for another file name or label (the
+        files' contents are not read)."""
         hasher, paths = hashlib.sha256(), []
         for i in range(len(self)):
             record = self[i]
@@ -71,13 +72,19 @@ def _feed(hasher: Any, value: Any) -> None:
             _feed(hasher, value[key])
     elif isinstance(value, (list, tuple)):
         if value and type(value[0]) in (int, float):  # (a polygon's numbers: hashed at once)
-            numbers = np.array(value)
-            if numbers.dtype.kind in "if" and numbers.ndim == 1:
+            try:
+                numbers = np.array(value)
+            except ValueError:  # (ragged: [1, [2, 3]])
+                numbers = None
+            if numbers is not None and numbers.dtype.kind in "if" and numbers.ndim == 1:
                 _feed(hasher, numbers)
                 return
         hasher.update(b"l%d" % len(value))
         for item in value:
             _feed(hasher, item)
+    elif isinstance(value, np.ndarray) and value.dtype.hasobject:  # (bytes: its pointers)
+        hasher.update(f"o{value.shape}".encode())
+        _feed(hasher, value.ravel().tolist())
     elif isinstance(value, np.ndarray):
         hasher.update(f"a{value.dtype.str}{value.shape}".encode())
         hasher.update(np.ascontiguousarray(value).tobytes())
