@@ -167,8 +167,9 @@ def test_objects_marked_ignore_are_left_out_of_training_and_said_to_be_scored(
         load_coco_json(ann_file, img_dir, evaluation=True)
     said = [r.getMessage() for r in caplog.records]
     assert any("2 objects marked \"ignore\": 1 are scored as objects (LVIS's AP here reads "
-               "neither \"ignore\" nor \"iscrowd\"; lvis-api leaves \"ignore\": 1 objects out: "
-               "its AP differs" in m for m in said)
+               "neither \"ignore\" nor \"iscrowd\"; lvis-api makes \"ignore\": 1 objects regions "
+               "where a detection counts neither way: its AP on this file differs" in m
+               for m in said)
     assert any("crowd regions: 2 (scored as objects: LVIS's AP reads no iscrowd, as lvis-api)"
                in m for m in said)
 

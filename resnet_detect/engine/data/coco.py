@@ -581,8 +581,9 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     if stats.ignored:
         logger.warning("%s: %d objects marked \"ignore\": 1 %s", ann_file, stats.ignored,
                        "are scored as objects (LVIS's AP here reads neither \"ignore\" nor "
-                       "\"iscrowd\"; lvis-api leaves \"ignore\": 1 objects out: its AP differs. "
-                       "Take them out of the file to score it as lvis-api does)" if federated
+                       "\"iscrowd\"; lvis-api makes \"ignore\": 1 objects regions where a "
+                       "detection counts neither way: its AP on this file differs, and no "
+                       "setting here gives it)" if federated
                        else "are scored as objects (pycocotools reads iscrowd alone; mark them "
                        "\"iscrowd\": 1 to leave them out of the scoring)" if evaluation else
                        "are left out of training, as mmdetection leaves them out")
