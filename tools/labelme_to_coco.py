@@ -16,7 +16,8 @@ so that a training and a validation file agree (training refuses files whose cat
 differ). Polygons, rectangles, circles, labelme's masks and X-AnyLabeling's rotated boxes are
 objects (shapes of one group_id and label: one object); points, lines, shapes of no area and
 COCO files among them are left out and counted; images kept only inside their JSON file
-(imageData) are written into --images (else beside it) with --write-embedded, and removed
+(imageData) are written into --images (in the file's sub folder there; else beside it) with
+--write-embedded, and removed
 again if the conversion fails. File names are relative to
 --img-dir (default: --images, else ROOT); the tool ends by printing the config keys to use.
 Nothing is written when a file, a shape or an image has a problem: each is named.

@@ -234,6 +234,26 @@ def test_embedded_images_go_to_the_images_folder_and_a_failed_run_leaves_none(
     coco = labelme_to_coco.main(args)
     assert [i["file_name"] for i in coco["images"]] == ["a.png", "b.png"]
     assert (photos / "b.png").read_bytes() == buffer.getvalue()
+    # in sub folders: each embedded image into the sub folder its JSON file has (both at the
+    # top of photos/ were taken for one image named twice); a failed run removes the folders
+    # it made too
+    for sub, colour in (("x", (1, 2, 3)), ("y", (4, 5, 6))):
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 6), colour).save(buffer, format="PNG")
+        (annotations / sub).mkdir()
+        (annotations / sub / "p.json").write_text(json.dumps({
+            "shapes": [_shape("box", [[1, 1], [6, 1], [6, 5]])], "imagePath": "p.png",
+            "imageData": base64.b64encode(buffer.getvalue()).decode()}), encoding="utf-8")
+    _labelme(annotations / "z" / "c.json", "c.png", 6, 8, [])  # its image nowhere
+    with pytest.raises(DatasetError, match="c.json: its image 'c.png' is not in "):
+        labelme_to_coco.main(args)
+    assert sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*")) == [
+        "a.png", "b.png"]
+    (annotations / "z" / "c.json").unlink()
+    coco = labelme_to_coco.main(args)
+    assert sorted(i["file_name"] for i in coco["images"]) == [
+        "a.png", "b.png", "x/p.png", "y/p.png"]
+    assert Image.open(photos / "y/p.png").getpixel((0, 0)) == (4, 5, 6)
 
 
 def test_labelmes_folders_side_by_side_and_files_of_no_class_are_said(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ orientation, as the tools here read images.
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import io
 import json
@@ -107,8 +108,8 @@ def _image_of(json_file: Path, data: dict[str, Any], images: Path | None,
     `sub_folder` there, the file's folder under the converted root, else at its top, as the
     VOC converter looks), else at its `imagePath` as written (without one, the image of the
     file's stem, as the VOC converter finds an XML's); an image only embedded (`imageData`) is
-    written into `images` (else beside the file) when `written` is a list, which gets its
-    path."""
+    written into `images`' `sub_folder` (else beside the file) when `written` is a list, which
+    gets its path (and the folders made for it)."""
     image_path = str(data.get("imagePath") or "").replace("\\", "/")
     name = Path(image_path).name
     folders = list(dict.fromkeys([json_file.parent] + (
@@ -131,18 +132,21 @@ def _image_of(json_file: Path, data: dict[str, Any], images: Path | None,
     if written is None:
         raise Problem(f"{json_file}: its image {image_path!r} is not in {where}; the file "
                       f"embeds it (imageData): --write-embedded writes it into "
-                      f"{images or json_file.parent}")
+                      f"{images / sub_folder if images is not None else json_file.parent}")
     try:
         data_bytes = base64.b64decode(embedded)
         suffix = "." + (Image.open(io.BytesIO(data_bytes)).format or "png").lower()
     except Exception as err:  # not base64, not an image
         raise Problem(f"{json_file}: its imageData cannot be read ({type(err).__name__})") \
             from None
-    target = (images or json_file.parent) / (name or json_file.stem
-                                             + suffix.replace(".jpeg", ".jpg"))
+    folder = images / sub_folder if images is not None else json_file.parent
+    target = folder / (name or json_file.stem + suffix.replace(".jpeg", ".jpg"))
     if target.exists():
         raise Problem(f"{json_file}: its embedded image would replace {target}, which is not "
                       f"its image {image_path!r}")
+    made = [p for p in reversed([folder, *folder.parents]) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    written += made
     target.write_bytes(data_bytes)
     written.append(target)
     return target
@@ -256,8 +260,9 @@ def labelme_to_coco(json_files: Sequence[Path], img_dir: Path,
         return _converted(json_files, img_dir, class_names, images, category_ids,
                           written if write_embedded else None, root)
     except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
+        for path in reversed(written):  # (the images, then the folders made for them)
+            with contextlib.suppress(OSError):
+                path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
         raise
 
 
