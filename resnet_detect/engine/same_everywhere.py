@@ -26,7 +26,7 @@ HOST_KEYS = frozenset({"train.device", "data.num_workers", "train.cudnn_benchmar
                        "train.cache_host_memory"})
 # and where it finds its files (the last part of a key: data.train.img_dir, model.weights...)
 PATH_KEYS = frozenset({"root", "ann_file", "img_dir", "mask_dir", "split_file", "weights",
-                       "output_dir"})
+                       "output_dir", "class_names"})  # (the names themselves: compared as data)
 
 
 def _shared_settings(cfg: DictConfig) -> dict[str, Any]:

@@ -322,3 +322,17 @@ def test_a_process_lost_in_a_collective_is_named_with_how_to_continue() -> None:
         "since the last checkpoint with it: run the same command with --resume on every node "
         "to continue from that checkpoint"), results["error"]
     assert D.lost_process_hint(RuntimeError("Connection reset by peer")) == ""  # one process
+
+
+def test_each_node_may_name_its_own_files_but_not_other_settings() -> None:
+    """A node's own folder for data.class_names' JSON file (a path, as data.root) was refused
+    as another setting; the names it holds are compared with the data."""
+    from omegaconf import OmegaConf
+
+    from resnet_detect.engine.same_everywhere import _shared_settings
+    node = {"data": {"root": "/a", "class_names": "/a/classes.json", "palette": "voc",
+                     "num_workers": 4}, "train": {"seed": 1, "device": "cuda"}}
+    other = {"data": {"root": "/b", "class_names": "/b/classes.json", "palette": "voc",
+                      "num_workers": 8}, "train": {"seed": 1, "device": "cpu"}}
+    assert _shared_settings(OmegaConf.create(node)) == _shared_settings(OmegaConf.create(other))
+    assert _shared_settings(OmegaConf.create(node)) == {"data.palette": "voc", "train.seed": 1}
