@@ -192,5 +192,6 @@ def describe_schedule(t: DictConfig, lengths: Mapping[str, Any], evaluated: bool
         parts.append(f"evaluated every {lengths['eval_period']} iterations and at the end")
     elif evaluated:
         parts.append("evaluated at the end" + (
-            " (every epoch: train.eval_period_epochs=1)" if "per_epoch" in lengths else ""))
+            " (to evaluate every epoch: train.eval_period_epochs=1)"
+            if "per_epoch" in lengths else ""))
     return "; ".join(parts)

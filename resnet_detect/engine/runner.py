@@ -478,6 +478,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                       max_iter=lengths["max_iter"], amp=amp,
                       clip_grad_norm=t.clip_grad_norm or None, accumulation_steps=steps,
                       batch_is_empty=lambda batch: len(batch) == 0)
+    if trainer.amp_dtype is not None:  # (config.yaml alone said so)
+        logger.info("training under %s autocast (train.amp)", amp)
     provenance = (task.provenance(cfg) if hasattr(task, "provenance")
                   else {"config": to_plain(cfg)})  # what a resume compares its settings with
     # what a resume compares: a checkpoint records its training set's size too

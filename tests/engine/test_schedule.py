@@ -234,7 +234,8 @@ def test_an_evaluation_period_past_the_run_is_described_as_the_end_only() -> Non
 
     from resnet_detect.engine.run_length import describe_schedule
     t = OmegaConf.create({"lr_decay": "cosine", "gamma": 0.1})
-    for period, said in ((15, "evaluated at the end (every epoch: train.eval_period_epochs=1)"),
+    for period, said in ((15, "evaluated at the end (to evaluate every epoch: "
+                              "train.eval_period_epochs=1)"),
                          (3, "evaluated every 3 iterations and at the end")):
         lengths = {"max_iter": 6, "warmup_iters": 0, "steps": [], "per_epoch": 3,
                    "eval_period": period}

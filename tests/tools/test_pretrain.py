@@ -281,6 +281,25 @@ def test_an_evaluation_under_bf16_without_kernels_says_nothing(
         "AMP bf16 is not supported on this cpu: training in float32"]
 
 
+def test_the_log_says_a_training_runs_under_autocast(
+        tool: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """train.amp=bf16 on a CPU with bf16 kernels trained under bf16 without a word in the log
+    (config.yaml alone said it); without the kernels the warning says float32."""
+    from resnet_detect.engine import amp
+    colour_tree(tmp_path / "data", train_per_class=2, val_per_class=1)
+    for kernels in (True, False):
+        monkeypatch.setattr(amp, "cpu_supports_bf16", lambda: kernels)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            tool.main(overrides(tmp_path / "data", tmp_path / f"out_{kernels}", **{
+                "train.amp": "bf16", "train.epochs": 1, "train.batch_size": 4}))
+        said = [r.getMessage() for r in caplog.records]
+        assert ("training under bf16 autocast (train.amp)" in said) is kernels
+        assert ("AMP bf16 is not supported on this cpu: training in float32" in said) \
+            is not kernels
+
+
 def test_training_stops_when_most_images_of_a_window_are_unreadable(
         tool: ModuleType, tmp_path: Path) -> None:
     """All or most images unreadable (a wrong folder, a lost mount): stopped after one
@@ -672,7 +691,7 @@ def test_two_process_torchrun_ranks_end_identical(tmp_path: Path, steps: int) ->
     assert ("12 train / 6 val images, 2 classes, 2 processes x 2 images per step"
             + (" in 2 batches of 1" if steps == 2 else "\n")) in log
     assert ("training for 6 iterations (3 per epoch): cosine decay; evaluated at the end "
-            "(every epoch: train.eval_period_epochs=1)\n") in log
+            "(to evaluate every epoch: train.eval_period_epochs=1)\n") in log
     images = 2 // steps
     assert (f"BatchNorm layers train on {images} images per process, each of the 2 processes "
             "with its own statistics: norm: gn needs no batch statistics") in log

@@ -280,8 +280,8 @@ def test_a_small_dataset_fine_tuning_is_told_its_rate_schedule_and_class_count(
     assert ("data.train.min_size=[192] enlarges the training images (a median short side of "
             "96 pixels) 2.0x or more") in caplog.text
     assert ("training for 6 iterations (3 per epoch): warmup 2 iterations; lr x0.1 at "
-            "iteration 3; evaluated at the end (every epoch: train.eval_period_epochs=1)"
-            ) in caplog.text
+            "iteration 3; evaluated at the end (to evaluate every epoch: "
+            "train.eval_period_epochs=1)") in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO):
         load_tool("train").main(train_args(data, tmp_path / "scaled", 1, *sgd,
