@@ -34,6 +34,7 @@ import itertools
 import json
 import logging
 import re
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +49,7 @@ from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.data import UnreadableImageError, listing  # noqa: E402
 from resnet_detect.engine.export import is_onnx  # noqa: E402
 from resnet_detect.engine.files import (atomic_write, atomic_write_json,  # noqa: E402
-                                        file_versions, writable_folder)
+                                        file_versions, replace_folder, writable_folder)
 from resnet_detect.engine.distributed import (all_gather_object, barrier, get_rank,  # noqa: E402
                                               get_world_size, init_distributed,
                                               is_main_process)
@@ -58,6 +59,7 @@ from resnet_detect.engine.visualize import (VIDEO_SUFFIXES, expand_inputs, outpu
                               run_video)
 
 DEFAULT_VIS_THRESH = 0.5
+PREDICTIONS = "predictions"  # a segmentation's class maps (--save-json)
 OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=.*")  # a config key=value
 logger = logging.getLogger("demo")
 
@@ -118,8 +120,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if args.save_json and task == "sem_seg" and is_main_process():
         atomic_write_json(list(render.class_names), output / "classes.json")
     barrier()  # (the folder as it was, seen before any process writes)
-    jobs = list(enumerate(zip(inputs, output_paths(inputs, output,
-                                                   unique_stems=args.save_json))))
+    # (a segmentation's class maps go to predictions/: no picture there)
+    reserved = [PREDICTIONS] if args.save_json and task == "sem_seg" else []
+    jobs = list(enumerate(zip(inputs, output_paths(inputs, output, unique_stems=args.save_json,
+                                                   reserved=reserved))))
     written, unreadable, too_large = [], [], []  # (the last two: (input index, message))
     for index, ((path, _), out) in jobs[get_rank()::get_world_size()]:
         is_video = path.suffix.lower() in VIDEO_SUFFIXES
@@ -174,13 +178,22 @@ def run_saving(path: Path, render: Any, out: Path, output: Path, task: str,
         return render_and_keep
 
     if task == "sem_seg":  # class-map PNGs
-        png = output / "predictions" / out.relative_to(output).with_suffix(".png")
+        png = output / PREDICTIONS / out.relative_to(output).with_suffix(".png")
         if not is_video:
             return run_image(path, rendering(lambda _, mask: write_label_map(
                 mask, png, atomic=True)), out)
-        frames = itertools.count()
-        return run_video(path, rendering(lambda _, mask: write_label_map(
-            mask, png.with_suffix("") / f"{next(frames):06d}.png", atomic=True)), out)
+        # the frames' maps drawn into a folder beside theirs, which they replace once the video
+        # is complete: a run stopped partway (or a shorter video) left a mixture of two runs
+        frames, folder = itertools.count(), png.with_suffix("")
+        partial = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            run_video(path, rendering(lambda _, mask: write_label_map(
+                mask, partial / f"{next(frames):06d}.png")), out)
+            replace_folder(partial, folder)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return out
 
     def record(image: Any, detections: dict[str, Any]) -> dict[str, Any]:
         return {"height": image.shape[0], "width": image.shape[1],

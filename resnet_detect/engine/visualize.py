@@ -240,20 +240,28 @@ def expand_inputs(paths: Sequence[str], output: Path | None = None
 
 
 def output_paths(inputs: Sequence[tuple[Path, Path]], output: Path, *,
-                 unique_stems: bool = False) -> list[Path]:
+                 unique_stems: bool = False, reserved: Sequence[str] = ()) -> list[Path]:
     """Where each input's picture goes: its name under `output` as .mp4 (videos), .png (PNG
     images) or .jpg, and "-2", "-3", ... added to names that would repeat (img.jpg and
     img.jpeg, or files of the same name named from different folders) or be an input (an
     output folder that holds the inputs). Names are compared without case: on macOS's and
     Windows' file systems IMG_1.jpg is the input IMG_1.JPG. `unique_stems`: also without
     their suffixes (img.jpg, img-2.png), so that files named after the pictures with another
-    suffix (tools/demo.py's img.json) do not meet either."""
+    suffix (tools/demo.py's img.json) do not meet either, nor a folder of pictures (a video's
+    frame files, clip/000000.png, named after clip.mp4). `reserved`: names at the top of
+    `output` that no picture takes (tools/demo.py's predictions/ folder: an input folder of
+    that name goes to predictions-2/)."""
     def key(path: Path) -> str:
         return str(path.resolve().with_suffix("") if unique_stems else path.resolve()).casefold()
 
     taken = {key(path) for path, _ in inputs}
+    if unique_stems:  # (key() of a folder: its path, whose "suffix" a dot in it would cut)
+        taken |= {str((output / folder).resolve()).casefold() for _, name in inputs
+                  for folder in name.parents if folder != Path(".")}
     outs = []
     for path, name in inputs:
+        if name.parts[0].casefold() in {r.casefold() for r in reserved} and len(name.parts) > 1:
+            name = Path(f"{name.parts[0]}-2", *name.parts[1:])
         suffix = path.suffix.lower()
         ext = ".mp4" if suffix in VIDEO_SUFFIXES else ".png" if suffix == ".png" else ".jpg"
         out, n = output / name.with_suffix(ext), 1

@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -212,6 +213,47 @@ def test_demo_saves_each_class_map_as_a_png(trained: tuple[Path, dict], data: Pa
         written = np.asarray(Image.open(path))
         assert written.dtype == np.uint8
         np.testing.assert_array_equal(written, predict(image)["mask"])
+    # a shorter video into the same folder: its maps replace the earlier ones (frame 1 of the
+    # longer video stayed beside them, as one stopped partway left a mixture of two runs)
+    (tmp_path / "short").mkdir()
+    write_video(images[:1], tmp_path / "short" / "clip.avi")
+    load_tool("demo").main([str(CONFIG), "--weights", weights, "--input",
+                            str(tmp_path / "short/clip.avi"), "--output", str(out), "--save-json",
+                            *overrides(data)])
+    assert sorted(p.name for p in (out / "predictions/clip").iterdir()) == ["000000.png"]
+    assert not list((out / "predictions").glob(".*"))
+
+
+def test_demo_class_maps_of_awkward_names_meet_no_other_file(
+        trained: tuple[Path, dict], data: Path, tmp_path: Path) -> None:
+    """An input folder holding predictions/a.png drew its picture over a.jpg's class map;
+    clip.mp4 beside clip/000000.png (ffmpeg's frames) wrote the video's frame 0 map over the
+    image's."""
+    images = sorted((data / "images/val").iterdir())[:2]
+    inputs = tmp_path / "S"
+    (inputs / "predictions").mkdir(parents=True)
+    (inputs / "clip").mkdir()
+    shutil.copy(images[0], inputs / "a.jpg")
+    shutil.copy(images[1], inputs / "predictions/a.png")
+    shutil.copy(images[1], inputs / "clip/000000.png")
+    frames = write_video(images, inputs / "clip.avi")
+    weights = str(trained[0] / "model_final.pth")
+    out = tmp_path / "demo"
+    load_tool("demo").main([str(CONFIG), "--weights", weights, "--input", str(inputs),
+                            "--output", str(out), "--save-json", *overrides(data)])
+    predict = segmentation.Predictor(str(CONFIG), weights=weights, overrides=overrides(data))
+    expected = {"predictions/a.png": read_rgb(inputs / "a.jpg"),
+                "predictions/predictions-2/a.png": read_rgb(inputs / "predictions/a.png"),
+                "predictions/clip/000000.png": read_rgb(inputs / "clip/000000.png"),
+                **{f"predictions/clip-2/{i:06d}.png": f for i, f in enumerate(frames)}}
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "predictions").rglob("*.png")) \
+        == sorted(expected)
+    for name, image in expected.items():
+        np.testing.assert_array_equal(np.asarray(Image.open(out / name)),
+                                      predict(image)["mask"])
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*")
+                  if p.parts[len(out.parts)] != "predictions") == [
+        "a.jpg", "classes.json", "clip-2.mp4", "clip/000000.png", "predictions-2/a.png"]
 
 
 def test_training_evaluates_with_the_configs_test_scales(data: Path, tmp_path: Path,
