@@ -19,7 +19,9 @@ from .data import IMAGE_SUFFIXES, UnreadableImageError, files_under, read_image
 from .files import UnwritableFolderError, atomic_write
 
 logger = logging.getLogger(__name__)
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts",
+                  ".m2ts", ".wmv", ".flv", ".3gp", ".ogv"}
+VIDEO_FPS = 25.0  # written where a video's own rate is unknown, or one mp4v cannot take
 Renderer = Callable[[np.ndarray], np.ndarray]  # RGB image -> RGB picture of the predictions
 
 
@@ -296,7 +298,8 @@ def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path)
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise UnreadableImageError(f"cannot open video {path}")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    fps = capture.get(cv2.CAP_PROP_FPS) or VIDEO_FPS
+    counted = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # (the header's: may be off)
     out.parent.mkdir(parents=True, exist_ok=True)
     # drawn into a file beside `out`, which it replaces once complete: a run stopped partway
     # (Ctrl-C, an error) leaves an earlier run's complete video as it was
@@ -309,13 +312,11 @@ def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path)
             if not ok:
                 break
             picture = render(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            # mp4v takes even sizes alone (it cut an odd last row or column): padded black
+            h, w = picture.shape[:2]
+            picture = np.pad(picture, ((0, h % 2), (0, w % 2), (0, 0)))
             if writer is None:
-                h, w = picture.shape[:2]
-                writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                         (w, h))
-                if not writer.isOpened():
-                    raise UnwritableFolderError(f"OpenCV cannot write the .mp4 video {out} "
-                                                f"(no mp4v encoder in this OpenCV?)")
+                writer = _video_writer(partial, fps, picture.shape[1], picture.shape[0], out)
             writer.write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
             frames += 1
         if writer is not None:
@@ -335,5 +336,24 @@ def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path)
         partial.unlink(missing_ok=True)
     if frames == 0:
         raise UnreadableImageError(f"no frames could be read from {path}")
-    logger.info("%s: %d frames", path, frames)
+    if frames < counted - 1:  # (a header's count may be one off; a cut file's is far)
+        logger.warning("%s: read %d of the %d frames its header counts (a cut or damaged "
+                       "file?): drew those", path, frames, counted)
+    else:
+        logger.info("%s: %d frames", path, frames)
     return out
+
+
+def _video_writer(path: Path, fps: float, width: int, height: int, out: Path) -> Any:
+    """An mp4v writer of `path` (drawn there for `out`), at the video's rate or, where mp4v
+    cannot take that (a damaged header's 0.001 or 1e6 frames per second), at VIDEO_FPS."""
+    for rate in dict.fromkeys((fps, VIDEO_FPS)):
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), rate,
+                                 (width, height))
+        if writer.isOpened():
+            if rate != fps:
+                logger.warning("%s: the video's frame rate %g cannot be written: drawn at %g",
+                               out, fps, rate)
+            return writer
+    raise UnwritableFolderError(f"OpenCV cannot write the .mp4 video {out} (no mp4v encoder "
+                                f"in this OpenCV?)")

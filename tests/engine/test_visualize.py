@@ -61,7 +61,7 @@ def test_a_folder_without_images_beside_other_inputs_is_said(
         inputs = list(expand_inputs([str(tmp_path / "scans"), str(tmp_path / "a.jpg")]))
     assert [p.name for p, _ in inputs] == ["a.jpg"]
     assert caplog.records[0].getMessage().startswith(
-        f"{tmp_path / 'scans'} holds no images or videos (.avi .bmp")
+        f"{tmp_path / 'scans'} holds no images or videos (.3gp .avi .bmp")
     # files left out of a folder are counted (they were left out silently)
     for name in ("b.jpg", "anim.gif", "notes.txt", "LICENSE", "c.GIF"):
         (tmp_path / "mixed" / name).parent.mkdir(exist_ok=True)
@@ -241,7 +241,7 @@ def _clip(path: Path, frames: int) -> Path:
     """A small MJPG video of `frames` grey frames, each lighter than the last."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
     for i in range(frames):
-        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+        writer.write(np.full((48, 64, 3), min(40 * i, 255), np.uint8))
     writer.release()
     return path
 
@@ -272,6 +272,51 @@ def test_a_video_stopped_partway_leaves_the_earlier_video_whole(tmp_path: Path) 
         frames += 1
     capture.release()
     assert frames == 6 and out.read_bytes() != complete
+
+
+def _read_video(path: Path) -> list[np.ndarray]:
+    capture, frames = cv2.VideoCapture(str(path)), []
+    while (frame := capture.read())[0]:
+        frames.append(frame[1])
+    capture.release()
+    return frames
+
+
+def test_awkward_videos_are_drawn_whole_or_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A picture of odd size lost its last row and column (mp4v takes even sizes); a cut file
+    drew its first frames without a word; a rate mp4v cannot take (a damaged header's) stopped
+    the demo, blaming a missing encoder."""
+    clip = _clip(tmp_path / "clip.avi", 20)
+    out = tmp_path / "drawn" / "clip.mp4"
+    run_video(clip, lambda frame: np.full((47, 63, 3), 200, np.uint8), out)
+    drawn = _read_video(out)
+    assert len(drawn) == 20 and drawn[0].shape == (48, 64, 3)  # padded: 46 x 62 before
+    assert drawn[0][:46, :62].mean() > 190 and drawn[0][47:, :].mean() < 20
+    noisy = tmp_path / "noisy.avi"  # (frames of some size: half the file holds its header)
+    writer = cv2.VideoWriter(str(noisy), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    for i in range(20):
+        writer.write(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(noisy.read_bytes()[:noisy.stat().st_size // 2])
+    with caplog.at_level(logging.INFO):
+        run_video(cut, lambda frame: frame, tmp_path / "drawn" / "cut.mp4")
+    read = len(_read_video(tmp_path / "drawn" / "cut.mp4"))
+    assert 0 < read < 19
+    assert (f"{cut}: read {read} of the 20 frames its header counts (a cut or damaged file?): "
+            f"drew those") in caplog.text
+    real = cv2.VideoWriter
+
+    def no_odd_rates(path: str, fourcc: int, fps: float, size: tuple[int, int]) -> object:
+        return real(path, fourcc, fps if fps == 25.0 else -1.0, size)
+
+    monkeypatch.setattr(visualize.cv2, "VideoWriter", no_odd_rates)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        run_video(clip, lambda frame: frame, out)
+    assert len(_read_video(out)) == 20
+    assert f"{out}: the video's frame rate 5 cannot be written: drawn at 25" in caplog.text
 
 
 def test_a_video_that_cannot_be_replaced_keeps_the_new_one_beside_it(
