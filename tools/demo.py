@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
              "sem_seg": "picture(s) and their class maps (predictions/, classes.json)"}
     print(f"wrote {wrote} {saved[task] if args.save_json else 'file(s)'} to {output}"
           + ("" if drawn is None else f": {drawn} detections of score {args.min_score} or more"
-             + ("" if drawn else _none_drawn_hint(render, args))), flush=True)
+             + ("" if drawn or not wrote else _none_drawn_hint(render, args))), flush=True)
     left = sorted(str(path.relative_to(output)) for path, version in earlier.items()
                   if file_versions(path).get(path) == version)
     if left:  # (another run's, perhaps of other weights: the folder does not tell them apart)

@@ -217,9 +217,18 @@ def expand_inputs(paths: Sequence[str], output: Path | None = None
                   ) -> Iterator[tuple[Path, Path]]:
     """(file, name under the output folder) for the files named, and for the images and
     videos inside the folders named (sorted, with their paths inside the folder). An `output`
-    folder inside a folder named is left out of it (a rerun would draw its pictures again)."""
+    folder inside a folder named is left out of it (a rerun would draw its pictures again);
+    the folder named itself is refused (its pictures would be inputs of a rerun).
+
+    Raises:
+        FileNotFoundError: an input that is not there. ValueError: `output` is a folder named.
+    """
     out = output.resolve() if output is not None else None
     for p in map(Path, paths):
+        if p.is_dir() and out == p.resolve():
+            raise ValueError(f"--output {output} is the input folder {p}: a rerun would draw "
+                             f"the pictures written there again; give another folder (one "
+                             f"inside it is left out of the inputs)")
         if p.is_dir():
             inner = out is not None and out != p.resolve() and out.is_relative_to(p.resolve())
             files = [f for f in files_under(p)

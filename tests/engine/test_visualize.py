@@ -49,6 +49,11 @@ def test_every_input_gets_its_own_picture(tmp_path: Path) -> None:
                                          out)] == ["X.jpg", "x-2.jpg"]
     with pytest.raises(FileNotFoundError, match="input not found: .*missing.jpg"):
         list(expand_inputs([str(tmp_path / "missing.jpg")]))
+    # the output folder one of the input folders: a rerun drew the drawn pictures again
+    with pytest.raises(ValueError, match=r"--output .*cam2 is the input folder .*cam2: a rerun "
+                                         r"would draw the pictures written there again"):
+        list(expand_inputs([str(tmp_path / "cam1"), str(tmp_path / "cam2")], tmp_path / "cam2"))
+    assert len(list(expand_inputs([str(tmp_path / "cam2/img.jpg")], tmp_path / "cam2"))) == 1
 
 
 def test_a_folder_without_images_beside_other_inputs_is_said(

@@ -26,7 +26,7 @@ from tests.export_metadata import rewrite_export_metadata
 from resnet_detect.detection import Predictor, evaluation
 from resnet_detect.engine.checkpoint import CheckpointWriteError
 from resnet_detect.engine.config import ConfigError
-from resnet_detect.engine.data import DatasetError
+from resnet_detect.engine.data import DatasetError, UnreadableImageError
 from resnet_detect.engine.data.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -999,6 +999,14 @@ def test_demo_writes_pictures_for_images_and_video(trained: Path, data: Path,
                             str(tmp_path / "none"), "--min-score", "1.0"])
     assert (f"wrote 3 file(s) to {tmp_path / 'none'}: 0 detections of score 1.0 or more (a "
             "lower --min-score shows weaker ones)") in capsys.readouterr().out
+    # nothing read at all: no hint about the score (the inputs are listed as unreadable)
+    (tmp_path / "broken.jpg").write_bytes(b"not a picture")
+    with pytest.raises(UnreadableImageError):
+        load_tool("demo").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
+                                "--input", str(tmp_path / "broken.jpg"), "--output",
+                                str(tmp_path / "nothing"), "--min-score", "1.0"])
+    assert (f"wrote 0 file(s) to {tmp_path / 'nothing'}: 0 detections of score 1.0 or more\n"
+            in capsys.readouterr().out)
 
 
 def write_video(frames: list[Path], video: Path) -> list[np.ndarray]:
@@ -1111,7 +1119,6 @@ def test_demo_draws_the_readable_images_then_names_the_others(trained: Path, dat
                                                               tmp_path: Path) -> None:
     import shutil
 
-    from resnet_detect.engine.data import UnreadableImageError
     folder = tmp_path / "inputs"
     folder.mkdir()
     for name in ("a.jpg", "c.jpg"):
