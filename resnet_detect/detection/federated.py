@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from resnet_detect.engine.data.coco import (  # noqa: F401 (LVIS's, read where COCO's are)
-    IMAGE_LISTS, DatasetError, is_federated)
+from resnet_detect.engine.data.coco import IMAGE_LISTS, DatasetError, is_federated
 
 LVIS_MAX_DETS = 300  # detections scored per image, all categories together
 FREQUENCY_GROUPS = (("APr", "r"), ("APc", "c"), ("APf", "f"))
