@@ -120,10 +120,12 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if args.save_json and task == "sem_seg" and is_main_process():
         atomic_write_json(list(render.class_names), output / "classes.json")
     barrier()  # (the folder as it was, seen before any process writes)
-    # (a segmentation's class maps go to predictions/: no picture there)
-    reserved = [PREDICTIONS] if args.save_json and task == "sem_seg" else []
-    jobs = list(enumerate(zip(inputs, output_paths(inputs, output, unique_stems=args.save_json,
-                                                   reserved=reserved))))
+    # (a segmentation's class maps go to predictions/: no picture there, and a video's maps
+    # into a folder of its name)
+    maps = args.save_json and task == "sem_seg"
+    jobs = list(enumerate(zip(inputs, output_paths(
+        inputs, output, unique_stems=args.save_json, reserved=[PREDICTIONS] if maps else [],
+        video_folders=maps))))
     written, unreadable, too_large = [], [], []  # (the last two: (input index, message))
     for index, ((path, _), out) in jobs[get_rank()::get_world_size()]:
         is_video = path.suffix.lower() in VIDEO_SUFFIXES

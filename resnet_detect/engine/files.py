@@ -2,6 +2,7 @@
 truncated one (temp file in the target folder, fsync, then rename over the target)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -87,14 +88,23 @@ def atomic_write_figure(figure: Any, path: str | os.PathLike, dpi: int = 100) ->
 
 
 def replace_folder(new: Path, folder: Path) -> None:
-    """Puts the complete folder `new` in the place of `folder` (which may not exist): the
-    earlier one is only deleted once the new one is in place."""
-    old = folder.with_name(f"{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
+    """Puts the complete folder `new` in the place of `folder` (which may not exist, or be a
+    file): the earlier one is only deleted once the new one is in place. (Its scratch name is
+    hidden: a visible `<name>.old` was another output's, demo's maps of cam.old.mp4.)"""
+    old = folder.with_name(f".{folder.name}.old")
+    _remove(old)
     if folder.exists():
         os.replace(folder, old)
     os.replace(new, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 def file_versions(path: Path, limit: int | None = None) -> dict[Path, tuple[int, int]] | None:

@@ -221,14 +221,16 @@ def expand_inputs(paths: Sequence[str], output: Path | None = None
     the folder named itself is refused (its pictures would be inputs of a rerun).
 
     Raises:
-        FileNotFoundError: an input that is not there. ValueError: `output` is a folder named.
+        FileNotFoundError: an input that is not there. UnwritableFolderError: `output` is a
+            folder named.
     """
     out = output.resolve() if output is not None else None
     for p in map(Path, paths):
         if p.is_dir() and out == p.resolve():
-            raise ValueError(f"--output {output} is the input folder {p}: a rerun would draw "
-                             f"the pictures written there again; give another folder (one "
-                             f"inside it is left out of the inputs)")
+            raise UnwritableFolderError(
+                f"--output {output} is the input folder {p}: a rerun would draw the pictures "
+                f"written there again; give another folder (one inside it is left out of the "
+                f"inputs)")
         if p.is_dir():
             inner = out is not None and out != p.resolve() and out.is_relative_to(p.resolve())
             files = [f for f in files_under(p)
@@ -251,32 +253,36 @@ def expand_inputs(paths: Sequence[str], output: Path | None = None
 
 
 def output_paths(inputs: Sequence[tuple[Path, Path]], output: Path, *,
-                 unique_stems: bool = False, reserved: Sequence[str] = ()) -> list[Path]:
+                 unique_stems: bool = False, reserved: Sequence[str] = (),
+                 video_folders: bool = False) -> list[Path]:
     """Where each input's picture goes: its name under `output` as .mp4 (videos), .png (PNG
     images) or .jpg, and "-2", "-3", ... added to names that would repeat (img.jpg and
     img.jpeg, or files of the same name named from different folders) or be an input (an
     output folder that holds the inputs). Names are compared without case: on macOS's and
     Windows' file systems IMG_1.jpg is the input IMG_1.JPG. `unique_stems`: also without
     their suffixes (img.jpg, img-2.png), so that files named after the pictures with another
-    suffix (tools/demo.py's img.json) do not meet either, nor a folder of pictures (a video's
-    frame files, clip/000000.png, named after clip.mp4). `reserved`: names at the top of
+    suffix (tools/demo.py's img.json) do not meet either. `reserved`: names at the top of
     `output` that no picture takes (tools/demo.py's predictions/ folder: an input folder of
-    that name goes to predictions-2/)."""
+    that name goes to predictions-2/). `video_folders`: a video's outputs include a folder of
+    its name (a segmentation's frame maps, predictions/clip/): a video named as a folder of
+    the inputs (clip.mp4 beside ffmpeg's clip/000000.png) goes to clip-2.mp4."""
     def key(path: Path) -> str:
         return str(path.resolve().with_suffix("") if unique_stems else path.resolve()).casefold()
 
+    folded = {r.casefold() for r in reserved}
+    names = [Path(f"{name.parts[0]}-2", *name.parts[1:])
+             if len(name.parts) > 1 and name.parts[0].casefold() in folded else name
+             for _, name in inputs]
     taken = {key(path) for path, _ in inputs}
-    if unique_stems:  # (key() of a folder: its path, whose "suffix" a dot in it would cut)
-        taken |= {str((output / folder).resolve()).casefold() for _, name in inputs
-                  for folder in name.parents if folder != Path(".")}
+    # (a folder's own path: key() would cut a dotted name's "suffix")
+    folders = {str((output / folder).resolve()).casefold() for name in names
+               for folder in name.parents if folder != Path(".")} if video_folders else set()
     outs = []
-    for path, name in inputs:
-        if name.parts[0].casefold() in {r.casefold() for r in reserved} and len(name.parts) > 1:
-            name = Path(f"{name.parts[0]}-2", *name.parts[1:])
+    for (path, _), name in zip(inputs, names):
         suffix = path.suffix.lower()
         ext = ".mp4" if suffix in VIDEO_SUFFIXES else ".png" if suffix == ".png" else ".jpg"
         out, n = output / name.with_suffix(ext), 1
-        while key(out) in taken:
+        while key(out) in taken or ext == ".mp4" and key(out) in folders:
             n += 1
             out = output / name.with_name(f"{name.stem}-{n}{ext}")
         taken.add(key(out))

@@ -50,10 +50,32 @@ def test_every_input_gets_its_own_picture(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="input not found: .*missing.jpg"):
         list(expand_inputs([str(tmp_path / "missing.jpg")]))
     # the output folder one of the input folders: a rerun drew the drawn pictures again
-    with pytest.raises(ValueError, match=r"--output .*cam2 is the input folder .*cam2: a rerun "
-                                         r"would draw the pictures written there again"):
+    with pytest.raises(UnwritableFolderError, match=r"--output .*cam2 is the input folder "
+                                                    r".*cam2: a rerun would draw the pictures "
+                                                    r"written there again"):
         list(expand_inputs([str(tmp_path / "cam1"), str(tmp_path / "cam2")], tmp_path / "cam2"))
     assert len(list(expand_inputs([str(tmp_path / "cam2/img.jpg")], tmp_path / "cam2"))) == 1
+
+
+def test_only_a_segmentations_video_maps_move_a_video_off_a_folders_name(tmp_path: Path) -> None:
+    """clip.mp4 beside ffmpeg's clip/000000.png: a segmentation's frame maps of the video
+    (predictions/clip/) met the image's (predictions/clip/000000.png); a detection's outputs
+    (clip.jsonl, clip/000000.json) meet nothing and keep their names, as a.jpg beside a/."""
+    for name in ["a.jpg", "a/b.jpg", "clip.mp4", "clip/000000.png", "predictions/p.jpg",
+                 "predictions-2.mp4"]:
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(b"")
+    inputs = list(expand_inputs([str(tmp_path / "in")]))
+    out = tmp_path / "out"
+
+    def names(**options: object) -> list[str]:
+        return [p.relative_to(out).as_posix() for p in output_paths(inputs, out, **options)]
+
+    assert names(unique_stems=True) == ["a/b.jpg", "a.jpg", "clip/000000.png", "clip.mp4",
+                                        "predictions/p.jpg", "predictions-2.mp4"]
+    assert names(unique_stems=True, reserved=["predictions"], video_folders=True) == [
+        "a/b.jpg", "a.jpg", "clip/000000.png", "clip-2.mp4", "predictions-2/p.jpg",
+        "predictions-2-2.mp4"]
 
 
 def test_a_folder_without_images_beside_other_inputs_is_said(
@@ -376,3 +398,22 @@ def test_a_picture_whose_write_fails_leaves_the_earlier_one_whole(tmp_path: Path
     assert os.waitstatus_to_exitcode(status) == 3  # the write failed at the limit
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["picture.png"]  # no partial file left
+
+
+def test_a_folder_replaced_leaves_its_neighbours_alone(tmp_path: Path) -> None:
+    """The scratch name of a replaced folder was <name>.old beside it: demo's class maps of a
+    video cam.old.mp4 (predictions/cam.old/) were deleted when cam.mp4's replaced theirs; a
+    file in the folder's place was moved to <name>.old and left there."""
+    from resnet_detect.engine.files import replace_folder
+    maps = tmp_path / "predictions"
+    for name in ("cam", "cam.old", "new"):
+        (maps / name).mkdir(parents=True)
+        (maps / name / "000000.png").write_text(name)
+    replace_folder(maps / "new", maps / "cam")
+    assert sorted(p.relative_to(maps).as_posix() for p in maps.rglob("*")) == [
+        "cam", "cam.old", "cam.old/000000.png", "cam/000000.png"]
+    assert (maps / "cam/000000.png").read_text() == "new"
+    (maps / "file").write_text("in the folder's place")
+    (maps / "new").mkdir()
+    replace_folder(maps / "new", maps / "file")
+    assert (maps / "file").is_dir() and not list(maps.glob(".*"))
