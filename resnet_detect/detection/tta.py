@@ -145,7 +145,8 @@ def describe(tta: DetectionTTA | None) -> str:
     """One line for logs: the views of `tta`, or that there is one."""
     if tta is None:
         return "one view"
-    return (f"{len(tta.views)} views: short edges {list(tta.min_sizes)}, max size "
+    views = len(tta.views)
+    return (f"{views} view{'s' * (views != 1)}: short edges {list(tta.min_sizes)}, max size "
             f"{tta.max_size}{', flipped too' if tta.flip else ''}")
 
 

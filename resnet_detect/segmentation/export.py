@@ -28,10 +28,10 @@ TASK = "sem_seg"
 
 
 def _scaled(length: int | Tensor, scale: float) -> int | Tensor:
-    """`TTAInference`'s rescaled side, max(round(length * scale), 1) (half to even)."""
+    """`TTAInference`'s rescaled side, max(int(length * scale + 0.5), 1) (half up)."""
     if isinstance(length, Tensor):
-        return torch.clamp(torch.round(length.double() * scale), min=1).to(torch.int64)
-    return max(round(length * scale), 1)
+        return torch.clamp(torch.floor(length.double() * scale + 0.5), min=1).to(torch.int64)
+    return max(int(length * scale + 0.5), 1)
 
 
 def _capped(height: int | Tensor, width: int | Tensor, max_size: int | None

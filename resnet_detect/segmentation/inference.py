@@ -8,6 +8,8 @@ forward pass.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -64,8 +66,13 @@ class TTAInference:
     def __init__(self, *, scales: Sequence[float] = (1.0,), flip: bool = False,
                  window: Sequence[int] | None = None, stride: Sequence[int] | None = None,
                  windows_per_batch: int = 4, max_size: int | None = None) -> None:
-        if not scales or min(scales) <= 0:
+        if not scales or not all(math.isfinite(s) and s > 0 for s in scales):  # (NaN > 0: False)
             raise ValueError(f"scales must be positive, got {list(scales)}")
+        for what, sizes in (("window", window), ("stride", stride)):
+            if sizes and (isinstance(sizes, str) or any(
+                    isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in sizes)):
+                raise ValueError(f"{what} must be two whole numbers of pixels, [height, "
+                                 f"width], got {sizes!r}")
         if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int)
                                      or max_size < 1):
             raise ValueError(f"max_size must be a positive number of pixels or null, got "
@@ -77,13 +84,14 @@ class TTAInference:
         if stride and self.window is None:  # it would be ignored: one pass over the whole image
             raise ValueError(f"a stride {stride} needs a window (test.window: [height, width] "
                              f"of the sliding windows)")
+        given = stride
         if self.window is not None:
             stride = stride or tuple(max(2 * v // 3, 1) for v in self.window)
         self.stride = tuple(int(v) for v in stride) if stride else None
         if self.window is not None and (len(self.window) != 2 or len(self.stride) != 2
                                         or min(*self.window, *self.stride) < 1):
-            raise ValueError(f"window and stride must be two positive sizes, got {window} and "
-                             f"{stride}")
+            raise ValueError(f"window and stride must be two positive sizes, got {window}"
+                             + (f" and {given}" if given else ""))
         if self.window is not None and any(s > w for s, w in zip(self.stride, self.window)):
             # the pixels between two windows would be predicted by none
             raise ValueError(f"a stride longer than the window leaves pixels out: window "
@@ -129,7 +137,8 @@ class TTAInference:
         capped = capped_size(height, width, self.max_size)
         for scale in self.scales:
             scaled = image.float()
-            size = (max(round(capped[0] * scale), 1), max(round(capped[1] * scale), 1))
+            # rounded half up, as mmseg's rescale (Python's round: half to even)
+            size = (max(int(capped[0] * scale + 0.5), 1), max(int(capped[1] * scale + 0.5), 1))
             if size != (height, width):  # one resize: the cap's and the scale's together
                 scaled = F.interpolate(scaled[None], size=size, mode="bilinear",
                                        align_corners=False)[0]

@@ -307,8 +307,15 @@ def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
                    device: str | torch.device = "cpu") -> Renderer:
     """RGB image -> RGB colour overlay of its class-id map with a legend (tools/demo.py);
     `min_score` is not used (every pixel gets a class)."""
-    return SegmentationRenderer(Predictor(config, weights=weights, overrides=overrides,
-                                          device=device))
+    predictor = Predictor(config, weights=weights, overrides=overrides, device=device)
+    tta = predictor.tta
+    if not tta.is_plain:  # (a pass per view or window: said, as detection's demo says it)
+        logger.info("inference: scales %s%s%s%s", list(tta.scales),
+                    ", flipped too" if tta.flip else "",
+                    f", windows {list(tta.window)} at stride {list(tta.stride)}"
+                    if tta.window else "",
+                    f", the longer side capped at {tta.max_size}" if tta.max_size else "")
+    return SegmentationRenderer(predictor)
 
 
 class SegmentationRenderer:

@@ -93,6 +93,18 @@ def test_a_bad_test_section_is_named_before_the_data_is_read(tmp_path):
                                  r"window \(test.window: \[height, width\]"),
                                 (["test.scales=[0]"], "scales must be positive"),
                                 (["test.scales=[]"], "scales must be positive"),
+                                # (NaN and infinity crashed at the first evaluation; a bool or
+                                # a fraction became 1-pixel windows or a cut size silently)
+                                (["test.scales=[1.0,.nan]"], "scales must be positive"),
+                                (["test.scales=[.inf]"], "scales must be positive"),
+                                (["test.window=[true,64]"], r"window must be two whole numbers "
+                                                            r"of pixels, \[height, width\], got "
+                                                            r"\[True, 64\]"),
+                                (["test.window=[64.5,64]"], "window must be two whole numbers"),
+                                (["test.window=[48,48]", "test.stride=[16.9,16]"],
+                                 "stride must be two whole numbers"),
+                                (["test.window=[0,0]"], r"window and stride must be two positive "
+                                                        r"sizes, got \[0, 0\]$"),
                                 (["model.head.name=deeplabv3plsu"], "unknown model.head.name "
                                  "'deeplabv3plsu'; valid: "),
                                 (["test.compile=inductr"], r"test.compile must be false, true "

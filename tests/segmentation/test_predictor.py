@@ -218,6 +218,11 @@ def test_max_size_scales_long_images_down_first_and_answers_at_their_size():
     torch.testing.assert_close(probs, whole, rtol=0, atol=1e-6)
     # each side rounded half up in integers: 72.5 -> 73 (float rounding in a graph differed)
     assert capped_size(136, 272, 145) == (73, 145) and capped_size(145, 60, 145) == (145, 60)
+    # a scale's sides too, as mmseg rescales (int(side * scale + 0.5)): 38.5 was 38 (Python's
+    # round, half to even), 80 of 7777 pixels another class than mmseg's in a trial
+    seen.clear()
+    TTAInference(scales=(0.5, 0.625))(model, torch.zeros((3, 77, 93), dtype=torch.uint8))
+    assert [tuple(s) for s in seen] == [(39, 47), (48, 58)]
     for bad in (0, 12.5, True, "800"):
         with pytest.raises(ValueError, match="max_size must be a positive number"):
             TTAInference(max_size=bad)

@@ -179,11 +179,14 @@ def test_demo_draws_the_overlay_at_image_size(trained: tuple[Path, dict], data: 
     height, width = drawn.shape[:2]
     assert f"a {width}x{height} image runs whole (test.max_size is null)" in caplog.text
     caplog.clear()  # sliding windows do not run it whole
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         load_tool("demo").main([str(CONFIG), "--weights", str(trained[0] / "model_final.pth"),
                                 "--input", str(image), "--output", str(tmp_path / "windows"),
                                 *overrides(data), "test.window=[48,48]", "--min-score", "0.9"])
     assert "runs whole" not in caplog.text
+    # a pass per window: said, as detection's demo says its views (it said nothing)
+    assert "inference: scales [" in caplog.text and ", windows [48, 48] at stride [32, 32]" \
+        in caplog.text
     # (was ignored without a word)
     assert ("--min-score 0.9 has no effect: a sem_seg model draws every pixel's class"
             in caplog.text)
