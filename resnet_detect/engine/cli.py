@@ -123,6 +123,11 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     except USER_ERRORS as e:
         _say(f"{program_name()}: error: {as_installed(worker_error_message(e))}")
         raise SystemExit(2) from None
+    except RuntimeError as e:  # pathlib's for a path given that links to itself
+        if not str(e).startswith("Symlink loop from"):
+            raise
+        _say(f"{program_name()}: error: {e}: a path given links back to itself")
+        raise SystemExit(2) from None
     except MemoryError as e:
         if not str(e):  # Python's own, which says nothing more than its traceback
             raise

@@ -226,7 +226,8 @@ def why_unloadable(data: bytes, error: Exception) -> str:
         return ("an ONNX graph (tools/export.py's model.onnx), not weights: the tools and "
                 "Predictor take it as --weights / weights=; to train from it, give the .pth it "
                 "was exported from")
-    if isinstance(error, pickle.UnpicklingError):
+    # (a pickle or torch.save's zip: a text file's first byte may read as an opcode too)
+    if isinstance(error, pickle.UnpicklingError) and data.startswith((b"\x80", b"PK\x03\x04")):
         reason = str(error).split("WeightsUnpickler error:")[-1].split("\n\nCheck the")[0].strip()
         return (f"it holds more than tensors, or is no PyTorch file ({reason}): a damaged or "
                 f"partial download, another format, or a whole pickled model (save its "

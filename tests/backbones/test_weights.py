@@ -411,6 +411,9 @@ def test_a_file_that_is_no_checkpoint_says_what_it_is(tmp_path) -> None:
     (tmp_path / "cut.pth").write_bytes(whole[:len(whole) // 2])
     (tmp_path / "empty.pth").write_bytes(b"")
     (tmp_path / "notes.pth").write_text("epoch 12: loss 0.3\n", encoding="utf-8")
+    # a config given as weights: its first byte ("#") reads as a pickle opcode, and it was
+    # "more than tensors, or no PyTorch file (Unsupported operand 35)"
+    (tmp_path / "config.yaml").write_text("# a config\n_base_: x.yaml\n", encoding="utf-8")
     with open(tmp_path / "arrays.pth", "wb") as f:  # NumPy's .npz: a zip too
         np.savez(f, weight=np.zeros(3))
     for name, said in (
@@ -418,6 +421,8 @@ def test_a_file_that_is_no_checkpoint_says_what_it_is(tmp_path) -> None:
             ("empty.pth", r"the file is empty \(0 bytes\): a failed download or copy$"),
             ("notes.pth", r"no PyTorch file \(it starts with b'epoch 12: loss 0': text, or "
                           r"another format;"),
+            ("config.yaml", r"no PyTorch file \(it starts with b'# a config\\n_base': text, or "
+                            r"another format;"),
             # then torch's error, whose wording depends on where the file ends
             ("cut.pth", r"a PyTorch file cut short or damaged \(a partial download, or copied "
                         r"while a run wrote it\): \w+Error: ")):

@@ -71,6 +71,27 @@ def test_an_error_is_written_in_one_piece(monkeypatch: pytest.MonkeyPatch) -> No
     assert writes == ["train.py: error: train.json: broken\n"]
 
 
+def test_a_path_that_links_to_itself_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """pathlib's RuntimeError for a symlink loop given as an ann_file, a config or --output
+    was a traceback; other RuntimeErrors keep theirs."""
+    monkeypatch.setattr(sys, "argv", ["tools/train.py"])
+
+    def looping(_: Any) -> None:  # (Path.resolve's on Python 3.11 and 3.12)
+        raise RuntimeError(f"Symlink loop from '{tmp_path / 'loop1'}'")
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(looping)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (f"train.py: error: Symlink loop from "
+                                       f"'{tmp_path / 'loop1'}': a path given links back to "
+                                       f"itself\n")
+
+    def other(_: Any) -> None:
+        raise RuntimeError("CUDA error: device-side assert triggered")
+    with pytest.raises(RuntimeError, match="CUDA error"):
+        run_tool(other)
+
+
 @pytest.mark.parametrize(("world", "error", "said"), [
     # gloo's error where the other process of `torchrun tools/eval.py` stopped (a data folder
     # only it lacked): a 40-line traceback after the other's one-line error
