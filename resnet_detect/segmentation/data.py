@@ -25,6 +25,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+import yaml
 from omegaconf import DictConfig, ListConfig
 from torch.utils.data import DataLoader, Dataset
 
@@ -529,16 +530,23 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
         if not path.is_file():
             raise FileNotFoundError(f"data.class_names file not found: {path} (or a "
                                     f"dataset's name: {', '.join(CLASS_NAMES)})")
+        suffix = path.suffix.lower()
+        if suffix not in (".json", ".yaml", ".yml", ".txt", ".names", ""):
+            # (a CSV's one line was one class; a YAML list's lines were names "- cat")
+            raise DatasetError(f"data.class_names file {path}: a .json or .yaml list of names, "
+                               f"or a .txt file of one name per line (line k: class id k - 1), "
+                               f"not a {suffix} file")
         text = engine_data.read_user_text(path, "data.class_names file")
-        if path.suffix == ".json":
+        if suffix in (".json", ".yaml", ".yml"):
+            kind = "JSON" if suffix == ".json" else "YAML"
             try:
-                names = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise DatasetError(f"data.class_names file {path}: not valid JSON ({err})"
+                names = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+            except (json.JSONDecodeError, yaml.YAMLError) as err:
+                raise DatasetError(f"data.class_names file {path}: not valid {kind} ({err})"
                                    ) from None
             if not (isinstance(names, list) and names
                     and all(isinstance(n, str) and n for n in names)):
-                raise DatasetError(f"data.class_names file {path} must hold a JSON list of "
+                raise DatasetError(f"data.class_names file {path} must hold a {kind} list of "
                                    f"names, index = class id (e.g. [\"background\", \"cat\"]), "
                                    f"got {text.strip()[:80]!r}")
         else:

@@ -489,6 +489,22 @@ def test_class_names_file_must_be_a_list_of_names(tmp_path):
     with pytest.raises(DatasetError, match=f"data.class_names file {text}: not UTF-8 text "
                                            r"\(byte 12: b'\\xfc'\); save it as UTF-8"):
         build_dataset(cfg, "val")
+    # a YAML list is read as one (its lines were the names "- background", "- a"); a CSV, one
+    # line of names, was one class: refused
+    listed = tmp_path / "classes.yaml"
+    cfg["data"]["class_names"] = str(listed)
+    listed.write_text("- background\n- a\n- b\n")
+    assert build_dataset(cfg, "val").class_names == ["background", "a", "b"]
+    listed.write_text("0: background\n1: a\n")
+    with pytest.raises(DatasetError, match=f"data.class_names file {listed} must hold a YAML "
+                                           f"list of names"):
+        build_dataset(cfg, "val")
+    csv = tmp_path / "classes.csv"
+    csv.write_text("background,a,b\n")
+    cfg["data"]["class_names"] = str(csv)
+    with pytest.raises(DatasetError, match=r"a .json or .yaml list of names, or a .txt file of "
+                                           r"one name per line .*, not a .csv file"):
+        build_dataset(cfg, "val")
 
 
 def test_val_masks_are_checked_before_training(tmp_path):
