@@ -115,6 +115,10 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
     mask_dir = Path(mask_dir)
     masks = _named_in_any_case(mask_dir, files, mask_suffix)
     records = [{"file_name": str(files[n]), "mask_file": str(masks[n])} for n in sorted(files)]
+    if any(r["file_name"] == r["mask_file"] for r in records):  # (each its own mask: trained)
+        raise DatasetError(f"the images of {img_dir} are their own masks (img_suffix "
+                           f"{img_suffix!r} = mask_suffix {mask_suffix!r} in one folder): "
+                           f"img_dir names the photos' folder, mask_dir the class-id PNGs'")
     without = [f"{r['file_name']} (expected {r['mask_file']})" for r in records
                if not Path(r["mask_file"]).is_file()]
     if without:

@@ -182,6 +182,11 @@ def test_images_and_masks_in_one_folder(tmp_path, caplog):
     assert [(Path(r["file_name"]).name, Path(r["mask_file"]).name) for r in records] == [
         ("gas_mask.png", "gas_mask_mask.png"), ("v00.png", "v00_mask.png"),
         ("v01.png", "v01_mask.png")]
+    # the mask folder given as img_dir too (one suffix): each mask its own image, trained
+    # and scored without a word
+    with pytest.raises(DatasetError, match=r"are their own masks \(img_suffix '.png' = "
+                                           r"mask_suffix '.png' in one folder\)"):
+        scan_folder(tmp_path, tmp_path, img_suffix=".png", mask_suffix=".png")
     # images named x_image.png beside their masks x.png; x.jpg beside x.png: no mask is
     # taken for an image, nor named as an image left out
     other = tmp_path / "other"
