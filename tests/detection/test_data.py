@@ -363,6 +363,14 @@ def test_file_name_with_inner_dotdot_that_stays_inside_is_fine(tmp_path: Path) -
 @pytest.mark.parametrize("content, expected", [
     ("{not json", ["not valid JSON"]),
     ("[1, 2]", ["expected a JSON object"]),
+    # a results file, a panoptic file: named as such (were "expected a JSON object", and 24
+    # problems of missing ids and boxes)
+    (json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.9}]),
+     ["is a results file (a list of detections, as tools/eval.py writes), not a COCO "
+      "annotation file"]),
+    (json.dumps({"images": [], "categories": [], "annotations": [
+        {"image_id": 1, "file_name": "1.png", "segments_info": []}]}),
+     ["is a COCO panoptic file (segments_info)"]),
     (json.dumps({"images": [], "categories": []}), ["annotations"]),
     (json.dumps({"annotations": [], "categories": [{"id": 1, "name": "x"}]}), ["images"]),
     (json.dumps(_coco([{"id": 1, "file_name": "a.png", "height": 30, "width": 40}],
@@ -1348,3 +1356,12 @@ def test_loading_a_coco_file_pauses_the_garbage_collector(small: tuple[Path, Pat
     seen = []
     load_coco_json(*small, check=lambda data, path: seen.append(gc.isenabled()))
     assert seen == [False] and gc.isenabled()
+
+
+def test_a_gzipped_annotation_file_is_named_as_such(tmp_path: Path) -> None:
+    import gzip
+    ann_file = tmp_path / "train.json.gz"
+    ann_file.write_bytes(gzip.compress(json.dumps(_coco([], [])).encode()))
+    with pytest.raises(DatasetError, match=r"train.json.gz: not valid JSON \(a gzip file: "
+                                           r"decompress it first\)"):
+        load_coco_json(ann_file, tmp_path)

@@ -158,12 +158,23 @@ def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
     ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise FileNotFoundError(f"annotation file not found: {missing_path(ann_file)}")
+    raw = ann_file.read_bytes()
     try:
-        data = json.loads(ann_file.read_bytes())
+        data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{ann_file}: not valid JSON ({err})") from None
+        gzipped = " (a gzip file: decompress it first)" if raw[:2] == b"\x1f\x8b" else ""
+        raise DatasetError(f"{ann_file}: not valid JSON{gzipped} ({err})") from None
+    del raw  # (a COCO file's bytes: hundreds of MB held through the checks below)
+    if isinstance(data, list) and data and isinstance(data[0], dict) and "score" in data[0]:
+        raise DatasetError(f"{ann_file} is a results file (a list of detections, as "
+                           f"tools/eval.py writes), not a COCO annotation file: score it with "
+                           f"tools/eval.py --results against the annotation file")
     if not isinstance(data, dict):
         raise DatasetError(f"{ann_file}: expected a JSON object at the top level")
+    if isinstance(data.get("annotations"), list) and data["annotations"] and isinstance(
+            data["annotations"][0], dict) and "segments_info" in data["annotations"][0]:
+        raise DatasetError(f"{ann_file} is a COCO panoptic file (segments_info): training and "
+                           f"evaluation read COCO instances files (instances_*.json)")
     if annotations_optional and "annotations" not in data:
         data["annotations"] = []
     missing = [k for k in ("images", "annotations", "categories")
