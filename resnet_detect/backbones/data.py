@@ -68,7 +68,12 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
     """
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {missing_path(split_dir)}")
+        root = split_dir.parent
+        hint = (f" ({root} is a file: data.root is the folder holding {split_dir.name}/ and "
+                f"the other split's folder)" if root.is_file() else
+                f" (data.root {root} is a split's own folder? It is the folder that holds "
+                f"{split_dir.name}/)" if root.name == split_dir.name else "")
+        raise FileNotFoundError(f"dataset folder not found: {missing_path(split_dir)}{hint}")
     entries = [e for e in split_dir.iterdir() if not e.name.startswith(".")]
     loose = sorted(f.name for f in entries if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
     if loose:  # ImageNet's val archive unpacks flat; a half-sorted folder looks the same

@@ -59,6 +59,14 @@ def test_scan_sorts_classes_and_files_and_ignores_other_files(tmp_path: Path) ->
 def test_scan_errors_name_the_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=f"dataset folder not found: {tmp_path}/nope"):
         scan_image_folder(tmp_path / "nope")
+    # data.root a file (an annotation file) or a split's own folder: said which
+    (tmp_path / "train.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"train.json is a file: data.root is the folder "
+                                                r"holding train/"):
+        scan_image_folder(tmp_path / "train.json" / "train")
+    with pytest.raises(FileNotFoundError, match=r"\(data.root .*/train is a split's own folder\? "
+                                                r"It is the folder that holds train/\)"):
+        scan_image_folder(tmp_path / "train" / "train")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no class folders in .*empty"):
         scan_image_folder(tmp_path / "empty")
