@@ -32,7 +32,7 @@ from resnet_detect.engine.data import (IMAGE_SUFFIXES, CategoryMapping, DatasetE
                                        UnreadableImageError, check_segmentation, files_under,
                                        listing, read_coco_json, box_polygon, read_user_text,
                                        refuse_normalised_polygons, segmentation_to_mask)
-from resnet_detect.engine.data.coco import MAX_LISTED, image_path
+from resnet_detect.engine.data.coco import MAX_LISTED, image_path, is_federated
 from resnet_detect.engine.files import atomic_write, missing_path, unicode_twin_hint
 
 logger = logging.getLogger(__name__)
@@ -204,6 +204,10 @@ def load_coco_semantic(ann_file: str | os.PathLike, img_dir: str | os.PathLike
     """
     ann_file, img_dir = Path(ann_file), Path(img_dir)
     data = read_coco_json(ann_file, annotations_optional=True)
+    if is_federated(data) or any("frequency" in c for c in data["categories"]):
+        logger.warning("%s is an LVIS file: a category is annotated only on the images checked "
+                       "for it (LVIS's federated design), so its objects elsewhere are "
+                       "background pixels here, in training and in the mIoU", ann_file)
     if not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {missing_path(img_dir)} (for {ann_file})")
     paths = [image_path(img_dir, im["file_name"]) for im in data["images"]]

@@ -340,6 +340,18 @@ def test_coco_instances_become_semantic_masks(tmp_path, caplog):
     assert mask[2, 2] == 2 and mask[4, 5] == 1 and mask[0, 8] == 255 and mask[5, 7] == 1
     assert mask[7, 0] == 0
     assert (coco_semantic_mask(records[1]) == 0).all()  # image without annotations
+    assert "LVIS" not in caplog.text
+    # an LVIS file: its objects unannotated where an image was not checked for them become
+    # background pixels, said (it trained and scored as a full labelling without a word)
+    data = json.loads(ann_file.read_text())
+    for img in data["images"]:
+        img.update(neg_category_ids=[], not_exhaustive_category_ids=[])
+    ann_file.write_text(json.dumps(data))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_coco_semantic(ann_file, tmp_path / "images")
+    assert (f"{ann_file} is an LVIS file: a category is annotated only on the images checked "
+            f"for it") in caplog.text
 
 
 def test_coco_instances_of_normalised_polygons_are_refused(tmp_path):
