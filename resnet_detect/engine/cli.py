@@ -123,11 +123,6 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     except USER_ERRORS as e:
         _say(f"{program_name()}: error: {as_installed(worker_error_message(e))}")
         raise SystemExit(2) from None
-    except RuntimeError as e:  # pathlib's for a path given that links to itself
-        if not str(e).startswith("Symlink loop from"):
-            raise
-        _say(f"{program_name()}: error: {e}: a path given links back to itself")
-        raise SystemExit(2) from None
     except MemoryError as e:
         if not str(e):  # Python's own, which says nothing more than its traceback
             raise
@@ -144,6 +139,9 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         raise SystemExit(141) from None
     except RuntimeError as e:  # a collective's, under torchrun: another process stopped
+        if str(e).startswith("Symlink loop from"):  # pathlib's, for a path that links to itself
+            _say(f"{program_name()}: error: {e}: a path given links back to itself")
+            raise SystemExit(2) from None
         gone = other_process_gone(e)
         if gone is None:
             raise
