@@ -115,7 +115,9 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
     mask_dir = Path(mask_dir)
     masks = _named_in_any_case(mask_dir, files, mask_suffix)
     records = [{"file_name": str(files[n]), "mask_file": str(masks[n])} for n in sorted(files)]
-    if any(r["file_name"] == r["mask_file"] for r in records):  # (each its own mask: trained)
+    # (each image its own mask: trained and scored; one folder and suffix for all: the first
+    # tells, however the folders were written, ./a or a)
+    if Path(records[0]["file_name"]).resolve() == Path(records[0]["mask_file"]).resolve():
         raise DatasetError(f"the images of {img_dir} are their own masks (img_suffix "
                            f"{img_suffix!r} = mask_suffix {mask_suffix!r} in one folder): "
                            f"img_dir names the photos' folder, mask_dir the class-id PNGs'")

@@ -187,6 +187,9 @@ def test_images_and_masks_in_one_folder(tmp_path, caplog):
     with pytest.raises(DatasetError, match=r"are their own masks \(img_suffix '.png' = "
                                            r"mask_suffix '.png' in one folder\)"):
         scan_folder(tmp_path, tmp_path, img_suffix=".png", mask_suffix=".png")
+    with pytest.raises(DatasetError, match="are their own masks"):  # the folder written twice
+        scan_folder(tmp_path, tmp_path / "." / ".." / tmp_path.name, img_suffix=".png",
+                    mask_suffix=".png")
     # images named x_image.png beside their masks x.png; x.jpg beside x.png: no mask is
     # taken for an image, nor named as an image left out
     other = tmp_path / "other"
