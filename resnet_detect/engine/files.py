@@ -234,6 +234,12 @@ def why_unloadable(data: bytes, error: Exception) -> str:
                 f"state_dict() instead)")
     if not data:
         return "the file is empty (0 bytes): a failed download or copy"
+    if "TorchScript" in str(error):
+        return ("a TorchScript archive (torch.jit.save), not weights: save the model's "
+                "state_dict() with torch.save")
+    if data[8:10] in (b'{"', b"{ ") and len(data) > 8 + int.from_bytes(data[:8], "little") > 8:
+        return ("a safetensors file under another name: weights of that format are read by "
+                "their .safetensors suffix; rename it")
     if data.startswith(b"PK\x03\x04"):  # the zip archive torch.save writes, or another's
         try:
             names = zipfile.ZipFile(io.BytesIO(data)).namelist()

@@ -509,8 +509,8 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
                         ) -> list[str]:
     """The K class names (index = class id, background included) of a config's data.
 
-    `data.class_names` (a list, a JSON list / text file with one name per line, or a
-    dataset's name: cityscapes, ade20k, voc) wins;
+    `data.class_names` (a list, a .json / .yaml list, a text file with one name per line,
+    or a dataset's name: cityscapes, ade20k, voc) wins;
     otherwise COCO data gives "background" + its category names, and folder data
     `class_0..` from `model.num_classes`.
 
@@ -531,10 +531,9 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
             raise FileNotFoundError(f"data.class_names file not found: {path} (or a "
                                     f"dataset's name: {', '.join(CLASS_NAMES)})")
         suffix = path.suffix.lower()
-        if suffix not in (".json", ".yaml", ".yml", ".txt", ".names", ""):
-            # (a CSV's one line was one class; a YAML list's lines were names "- cat")
+        if suffix in (".csv", ".tsv"):  # (its one line of names was one class)
             raise DatasetError(f"data.class_names file {path}: a .json or .yaml list of names, "
-                               f"or a .txt file of one name per line (line k: class id k - 1), "
+                               f"or a text file of one name per line (line k: class id k - 1), "
                                f"not a {suffix} file")
         text = engine_data.read_user_text(path, "data.class_names file")
         if suffix in (".json", ".yaml", ".yml"):
@@ -544,11 +543,14 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
             except (json.JSONDecodeError, yaml.YAMLError) as err:
                 raise DatasetError(f"data.class_names file {path}: not valid {kind} ({err})"
                                    ) from None
-            if not (isinstance(names, list) and names
-                    and all(isinstance(n, str) and n for n in names)):
+            odd = [n for n in names if not (isinstance(n, str) and n)] \
+                if isinstance(names, list) else []
+            if not (isinstance(names, list) and names) or odd:
+                quote = (f" ({odd[0]!r} is no name: YAML reads no, yes, on, off, null and "
+                         f"numbers so; quote it)" if odd and kind == "YAML" else "")
                 raise DatasetError(f"data.class_names file {path} must hold a {kind} list of "
                                    f"names, index = class id (e.g. [\"background\", \"cat\"]), "
-                                   f"got {text.strip()[:80]!r}")
+                                   f"got {text.strip()[:80]!r}{quote}")
         else:
             names = [line.strip() for line in text.splitlines()]
             while names and not names[-1]:

@@ -3,6 +3,7 @@ import argparse
 from pathlib import Path
 import logging
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -414,6 +415,13 @@ def test_a_file_that_is_no_checkpoint_says_what_it_is(tmp_path) -> None:
     # a config given as weights: its first byte ("#") reads as a pickle opcode, and it was
     # "more than tensors, or no PyTorch file (Unsupported operand 35)"
     (tmp_path / "config.yaml").write_text("# a config\n_base_: x.yaml\n", encoding="utf-8")
+    # a safetensors file renamed .bin (read by its suffix), and a TorchScript archive: were
+    # "no PyTorch file (it starts with ...)" and "a PyTorch file cut short or damaged"
+    header = b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    (tmp_path / "model.bin").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch.jit's deprecation)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "scripted.pt"))
     with open(tmp_path / "arrays.pth", "wb") as f:  # NumPy's .npz: a zip too
         np.savez(f, weight=np.zeros(3))
     for name, said in (
@@ -423,6 +431,10 @@ def test_a_file_that_is_no_checkpoint_says_what_it_is(tmp_path) -> None:
                           r"another format;"),
             ("config.yaml", r"no PyTorch file \(it starts with b'# a config\\n_base': text, or "
                             r"another format;"),
+            ("model.bin", r"a safetensors file under another name: weights of that format are "
+                          r"read by their .safetensors suffix; rename it$"),
+            ("scripted.pt", r"a TorchScript archive \(torch.jit.save\), not weights: save the "
+                            r"model's state_dict\(\) with torch.save$"),
             # then torch's error, whose wording depends on where the file ends
             ("cut.pth", r"a PyTorch file cut short or damaged \(a partial download, or copied "
                         r"while a run wrote it\): \w+Error: ")):

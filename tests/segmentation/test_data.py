@@ -519,10 +519,18 @@ def test_class_names_file_must_be_a_list_of_names(tmp_path):
     with pytest.raises(DatasetError, match=f"data.class_names file {listed} must hold a YAML "
                                            f"list of names"):
         build_dataset(cfg, "val")
+    listed.write_text("- background\n- no\n- b\n")  # YAML's "no" is False
+    with pytest.raises(DatasetError, match=r"\(False is no name: YAML reads no, yes, on, off, "
+                                           r"null and numbers so; quote it\)"):
+        build_dataset(cfg, "val")
+    lines = tmp_path / "labels.lst"  # any other suffix: one name a line, as before
+    lines.write_text("background\na\nb\n")
+    cfg["data"]["class_names"] = str(lines)
+    assert build_dataset(cfg, "val").class_names == ["background", "a", "b"]
     csv = tmp_path / "classes.csv"
     csv.write_text("background,a,b\n")
     cfg["data"]["class_names"] = str(csv)
-    with pytest.raises(DatasetError, match=r"a .json or .yaml list of names, or a .txt file of "
+    with pytest.raises(DatasetError, match=r"a .json or .yaml list of names, or a text file of "
                                            r"one name per line .*, not a .csv file"):
         build_dataset(cfg, "val")
 
