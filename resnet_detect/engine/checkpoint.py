@@ -43,7 +43,7 @@ from .distributed import (all_gather_object, any_process, barrier, get_rank, get
 from .distributed import unwrap_model
 from .ema import WeightAverage
 from .files import (PARTIAL_WRITE, atomic_save, atomic_write_text, checksum_file,
-                    read_checked_bytes, sha256_of, why_unloadable)
+                    read_checked_bytes, remove_path, sha256_of, why_unloadable)
 from .memory_format import contiguous
 from .optim import fill_momentum_buffers, match_state_layouts
 from .rng import get_rng_state, set_rng_state
@@ -662,7 +662,7 @@ def finish_replacing(output_dir: Path) -> bool:
                 (output_dir / run_file).unlink(missing_ok=True)
     if started.is_file():  # the earlier run's records are aside: the folder's are this run's
         for name in RUN_RECORDS:
-            _remove(output_dir / name)
+            remove_path(output_dir / name)  # (tensorboard/ a folder)
         started.unlink()
     saving.unlink(missing_ok=True)
     back = [f for f in aside.iterdir() if f.name in (POINTER, *RUN_FILES, *RUN_RECORDS)
@@ -681,20 +681,12 @@ def _remove_aside(aside: Path) -> None:
     try:
         for f in aside.iterdir():
             if f.name != _SAVING:
-                _remove(f)
+                remove_path(f)
         (aside / _SAVING).unlink(missing_ok=True)
         aside.rmdir()
     except OSError as e:
         logger.warning("cannot remove %s (%s): the next start in the folder tries again",
                        aside, e)
-
-
-def _remove(path: Path) -> None:
-    """Delete a file or a folder (tensorboard/), if there."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def _free_name(path: Path) -> Path:

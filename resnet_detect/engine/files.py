@@ -2,7 +2,6 @@
 truncated one (temp file in the target folder, fsync, then rename over the target)."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -92,19 +91,24 @@ def replace_folder(new: Path, folder: Path) -> None:
     file): the earlier one is only deleted once the new one is in place. (Its scratch name is
     hidden: a visible `<name>.old` was another output's, demo's maps of cam.old.mp4.)"""
     old = folder.with_name(f".{folder.name}.old")
-    _remove(old)
+    remove_path(old, ignore_errors=True)
     if folder.exists():
         os.replace(folder, old)
     os.replace(new, folder)
-    _remove(old)
+    remove_path(old, ignore_errors=True)
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path, *, ignore_errors: bool = False) -> None:
+    """Delete a file or a folder (a link itself, not what it links to), if there;
+    `ignore_errors`: as much as can be (else an OSError stops it)."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        if not ignore_errors:
+            raise
 
 
 def file_versions(path: Path, limit: int | None = None) -> dict[Path, tuple[int, int]] | None:
