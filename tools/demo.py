@@ -127,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         inputs, output, unique_stems=args.save_json, reserved=[PREDICTIONS] if maps else [],
         video_folders=maps))))
     written, unreadable, too_large = [], [], []  # (the last two: (input index, message))
+    videos = 0
     for index, ((path, _), out) in jobs[get_rank()::get_world_size()]:
         is_video = path.suffix.lower() in VIDEO_SUFFIXES
         try:
@@ -134,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
                 written.append(run_saving(path, render, out, output, task, is_video))
             else:
                 written.append((run_video if is_video else run_image)(path, render, out))
+            videos += is_video
         except UnreadableImageError as err:  # the others are still drawn
             logger.warning("skipping unreadable input: %s", err)
             unreadable.append((index, str(path)))
@@ -142,16 +144,19 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             too_large.append((index, f"{path}: {err}"))
     # every process's share, told to the first, which says what all did
     shares = all_gather_object((len(written), getattr(render, "drawn", None), unreadable,
-                                too_large))
+                                too_large, videos))
     if not is_main_process():
         return written
     wrote = sum(share[0] for share in shares)
     drawn = None if shares[0][1] is None else sum(share[1] for share in shares)
     unreadable = [path for _, path in sorted(p for share in shares for p in share[2])]
     too_large = [problem for _, problem in sorted(p for share in shares for p in share[3])]
-    saved = {"detection": "picture(s) and their JSON",
-             "sem_seg": "picture(s) and their class maps (predictions/, classes.json)"}
-    print(f"wrote {wrote} {saved[task] if args.save_json else 'file(s)'} to {output}"
+    videos = sum(share[4] for share in shares)
+    drawings = (f"{wrote - videos} picture(s) and {videos} video(s)" if videos
+                else f"{wrote} picture(s)")
+    saved = {"detection": "and their JSON",
+             "sem_seg": "and their class maps (predictions/, classes.json)"}
+    print(f"wrote {drawings} {saved[task] if args.save_json else ''}".rstrip() + f" to {output}"
           + ("" if drawn is None else f": {drawn} detections of score {args.min_score} or more"
              + ("" if drawn or not wrote else _none_drawn_hint(render, args))), flush=True)
     left = sorted(str(path.relative_to(output)) for path, version in earlier.items()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import errno
 import logging
 import os
 import re
@@ -138,6 +139,11 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     except BrokenPipeError:  # `| head` closed stdout: stop quietly, as coreutils do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         raise SystemExit(141) from None
+    except OSError as e:  # Python 3.13's pathlib for a path that links to itself
+        if e.errno != errno.ELOOP:
+            raise
+        _say(f"{program_name()}: error: {e}: a path given links back to itself")
+        raise SystemExit(2) from None
     except RuntimeError as e:  # a collective's, under torchrun: another process stopped
         if str(e).startswith("Symlink loop from"):  # pathlib's, for a path that links to itself
             _say(f"{program_name()}: error: {e}: a path given links back to itself")

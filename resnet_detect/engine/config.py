@@ -82,6 +82,10 @@ def packaged_config_hint(path: Path) -> str:
 
 # files that hold weights, given where a config is wanted
 WEIGHTS_SUFFIXES = (".pth", ".pt", ".pkl", ".onnx", ".safetensors", ".bin", ".ckpt")
+# a config is a few KB; a larger file given as one (a dataset, an archive) is not read whole
+MAX_CONFIG_BYTES = 4 << 20
+# the top-level keys of a COCO annotation file, given where a config is wanted
+COCO_FILE_KEYS = {"images", "annotations", "categories"}
 
 
 def _read_yaml(path: Path) -> DictConfig:
@@ -101,15 +105,30 @@ def _read_yaml(path: Path) -> DictConfig:
                           f"detectron2's LazyConfig): the configs here are YAML files; start "
                           f"from one of configs/ (README, 'Coming from detectron2 or "
                           f"mmdetection': their keys and ours)")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is {size / 2**20:.0f} MiB: not a config (a YAML file of a few "
+                          f"KB; configs/ has them), not read")
     text = ""
     try:
         text = path.read_text(encoding="utf-8")
+        if "\0" in text:
+            raise ConfigError(f"{path} is not a text file (it holds NUL bytes): a config is a "
+                              f"YAML file (configs/ has them)")
         cfg = _parse_yaml(text, str(path), os.environ.get("OMEGACONF_MAX_YAML_EXPANDED_NODES"))
+    except ConfigError:
+        raise
     except Exception as e:  # yaml.YAMLError and friends
         tabs = "; the file holds tabs: YAML indents with spaces" if "\t" in text else ""
         raise ConfigError(f"cannot parse config file {path}: {e}{tabs}") from e
     if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        results = (" (a list: a detections/results file? those are read by tools/eval.py "
+                   "--results)" if isinstance(cfg, ListConfig) else "")
+        raise ConfigError(f"config file {path} must hold a mapping at the top level{results}")
+    if COCO_FILE_KEYS <= set(cfg.keys()) or {"images", "annotations"} <= set(cfg.keys()):
+        raise ConfigError(f"{path} is a COCO-format annotation file (images, annotations), not a "
+                          f"config: give it to a detection config as data.train.ann_file= or "
+                          f"data.val.ann_file= (configs/detection, README 'Detection')")
     return copy.deepcopy(cfg)
 
 

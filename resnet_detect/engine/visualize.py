@@ -312,7 +312,10 @@ def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path)
     """Draw a video frame by frame into the .mp4 file `out`; returns it."""
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        raise UnreadableImageError(f"cannot open video {path}")
+        why = ("an empty file" if path.stat().st_size == 0 else
+               "OpenCV's FFmpeg reads neither its container nor its codec (`ffmpeg -i FILE` "
+               "names them; `ffmpeg -i FILE -c:v libx264 OUT.mp4` re-encodes it)")
+        raise UnreadableImageError(f"cannot open video {path}: {why}")
     fps = capture.get(cv2.CAP_PROP_FPS) or VIDEO_FPS
     counted = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # (the header's: may be off)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -86,10 +86,27 @@ def test_a_path_that_links_to_itself_is_one_line(tmp_path: Path, monkeypatch: py
                                        f"'{tmp_path / 'loop1'}': a path given links back to "
                                        f"itself\n")
 
+    loop = tmp_path / "loop2"
+    loop.symlink_to(loop)
+
+    def stat_looping(_: Any) -> None:  # os.stat's, as Path.resolve's on Python 3.13
+        os.stat(loop)
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(stat_looping)
+    assert stopped.value.code == 2
+    said = capsys.readouterr().err
+    assert said.startswith("train.py: error: [Errno 40] Too many levels of symbolic links")
+    assert said.endswith(f"'{loop}': a path given links back to itself\n")
+
     def other(_: Any) -> None:
         raise RuntimeError("CUDA error: device-side assert triggered")
     with pytest.raises(RuntimeError, match="CUDA error"):
         run_tool(other)
+
+    def denied(_: Any) -> None:
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+    with pytest.raises(PermissionError):
+        run_tool(denied)
 
 
 @pytest.mark.parametrize(("world", "error", "said"), [

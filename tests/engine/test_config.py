@@ -499,6 +499,25 @@ def test_a_python_config_is_said_to_be_one(tmp_path: Path) -> None:
             load_config(config)
 
 
+def test_a_data_file_given_as_the_config_is_named_as_such(tmp_path: Path) -> None:
+    coco = write(tmp_path / "instances_val.json",
+                 '{"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}')
+    with pytest.raises(ConfigError, match="instances_val.json is a COCO-format annotation file"
+                                          ".*data.train.ann_file="):
+        load_config(coco)
+    results = write(tmp_path / "detections.json", '[{"image_id": 1, "score": 0.5}]')
+    with pytest.raises(ConfigError, match="top level .a list: a detections/results file"):
+        load_config(results)
+    huge = tmp_path / "big.yaml"
+    with open(huge, "wb") as f:  # sparse: a large file of zeros is not written out
+        f.truncate(64 << 20)
+    with pytest.raises(ConfigError, match="big.yaml is 64 MiB: not a config"):
+        load_config(huge)
+    binary = write(tmp_path / "odd.yaml", "task: detection\n\0\0")
+    with pytest.raises(ConfigError, match="odd.yaml is not a text file .it holds NUL bytes"):
+        load_config(binary)
+
+
 def test_an_override_in_a_message_is_one_shell_word_that_loads_back(tmp_path: Path) -> None:
     assert as_override([100, 100]) == "[100,100]"
     assert as_override((0.5, [1, 2])) == "[0.5,[1,2]]"

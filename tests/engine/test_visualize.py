@@ -346,6 +346,20 @@ def test_awkward_videos_are_drawn_whole_or_said(tmp_path: Path, monkeypatch: pyt
     assert f"{out}: the video's frame rate 5 cannot be written: drawn at 25" in caplog.text
 
 
+def test_a_video_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
+    """It said "cannot open video PATH" alone."""
+    empty, junk = tmp_path / "empty.mp4", tmp_path / "junk.mp4"
+    empty.write_bytes(b"")
+    junk.write_bytes(b"RIFF\0\0\0\0AVI LIST" * 40)
+    with pytest.raises(visualize.UnreadableImageError, match=r"empty.mp4: an empty file$"):
+        run_video(empty, lambda frame: frame, tmp_path / "drawn" / "empty.mp4")
+    with pytest.raises(visualize.UnreadableImageError,
+                       match=r"junk.mp4: OpenCV's FFmpeg reads neither its container nor its "
+                             r"codec \(`ffmpeg -i FILE` names them"):
+        run_video(junk, lambda frame: frame, tmp_path / "drawn" / "junk.mp4")
+    assert not (tmp_path / "drawn").exists()
+
+
 def test_a_video_that_cannot_be_replaced_keeps_the_new_one_beside_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Windows: the earlier video open in a player. The new one was deleted with the partial

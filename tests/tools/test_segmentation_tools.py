@@ -205,7 +205,8 @@ def test_demo_saves_each_class_map_as_a_png(trained: tuple[Path, dict], data: Pa
                             str(tmp_path / "clip.avi"), "--output", str(out), "--save-json",
                             *overrides(data)])
     assert json.loads((out / "classes.json").read_text()) == CLASSES
-    assert (f"wrote 2 picture(s) and their class maps (predictions/, classes.json) to {out}\n"
+    assert (f"wrote 1 picture(s) and 1 video(s) and their class maps (predictions/, "
+            f"classes.json) to {out}\n"
             in capsys.readouterr().out)
     predict = segmentation.Predictor(str(CONFIG), weights=weights, overrides=overrides(data))
     saved = [(out / "predictions/000000.png", read_rgb(images[0]))] + [

@@ -991,13 +991,14 @@ def test_demo_writes_pictures_for_images_and_video(trained: Path, data: Path,
     assert np.abs(picture.astype(int) - original.astype(int)).max() > 100  # boxes drawn
     capture = cv2.VideoCapture(str(out / "clip.mp4"))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
-    drawn = int(capsys.readouterr().out.split(f"wrote 4 file(s) to {out}: ")[1].split()[0])
+    said = capsys.readouterr().out  # (it said "wrote 4 file(s)")
+    drawn = int(said.split(f"wrote 3 picture(s) and 1 video(s) to {out}: ")[1].split()[0])
     assert drawn > 0
     # none scoring that high (the 2-step model's scores are low): said, with the way out
     load_tool("demo").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
                             "--input", str(data / "images/val"), "--output",
                             str(tmp_path / "none"), "--min-score", "1.0"])
-    assert (f"wrote 3 file(s) to {tmp_path / 'none'}: 0 detections of score 1.0 or more (a "
+    assert (f"wrote 3 picture(s) to {tmp_path / 'none'}: 0 detections of score 1.0 or more (a "
             "lower --min-score shows weaker ones)") in capsys.readouterr().out
     # nothing read at all: no hint about the score (the inputs are listed as unreadable)
     (tmp_path / "broken.jpg").write_bytes(b"not a picture")
@@ -1005,7 +1006,7 @@ def test_demo_writes_pictures_for_images_and_video(trained: Path, data: Path,
         load_tool("demo").main([str(CONFIG), "--weights", str(trained / "model_final.pth"),
                                 "--input", str(tmp_path / "broken.jpg"), "--output",
                                 str(tmp_path / "nothing"), "--min-score", "1.0"])
-    assert (f"wrote 0 file(s) to {tmp_path / 'nothing'}: 0 detections of score 1.0 or more\n"
+    assert (f"wrote 0 picture(s) to {tmp_path / 'nothing'}: 0 detections of score 1.0 or more\n"
             in capsys.readouterr().out)
 
 
@@ -1050,6 +1051,8 @@ def test_demo_saves_the_detections_it_draws_as_json(
     load_tool("demo").main([str(CONFIG), "--weights", weights, "--input", str(data / "images/val"),
                             str(tmp_path / "clip.avi"), "--output", str(out), "--min-score", "0",
                             "--save-json", "model.roi_heads.score_thresh=0.0"])
+    # (it said "wrote 4 picture(s)" of the video too)
+    assert f"wrote 3 picture(s) and 1 video(s) and their JSON to {out}: " in capsys.readouterr().out
     predictor = Predictor(str(CONFIG), weights=weights,
                           overrides=["model.roi_heads.score_thresh=0.0"])
     assert sorted(p.name for p in out.iterdir()) == [
