@@ -8,11 +8,12 @@ Usage:
 Detection configs: each object's box and class name (and Mask R-CNN's masks) on the image,
 "train" with the training augmentation (scale, flip) and the images the training keeps,
 "val" at the test size. Segmentation configs (`task: sem_seg`): the class-id map with a
-legend, ignored pixels grey ("train": the augmented crops, padding included; "val": whole
-images). Pictures go to DIR under the images' names inside data.<split>.img_dir (.jpg unless
-PNG). The first N images of the split (default 20; 0 = all) are drawn; --seed picks the
-augmentation. An image that cannot be read or whose annotation cannot be used is named and
-skipped, the others drawn, and the run then fails listing them.
+legend beside the image, ignored pixels grey ("train": the augmented crops, padding
+included; "val": whole images). Pictures go to DIR under the images' names inside
+data.<split>.img_dir (.jpg unless PNG). The first N images of the split (default 20; 0 =
+all) are drawn; --seed picks the augmentation. An image that cannot be read or whose
+annotation cannot be used is named and skipped, the others drawn, and the run then fails
+listing them.
 """
 from __future__ import annotations
 

@@ -114,10 +114,16 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
                            f"training split's, or the evaluated weights'): {', '.join(unknown)}")
     samples, empty = [], []
     class_of_folder: dict[str, str] = {}  # real folder -> the class that holds it
+    others: dict[str, int] = {}  # suffix -> files of it left out
     for name in found:
         walked: dict[str, Path] = {}
-        files = [f for f in file_paths_under(split_dir / name, walked)
-                 if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
+        files = []
+        for f in file_paths_under(split_dir / name, walked):
+            suffix = os.path.splitext(f)[1].lower()
+            if suffix in IMAGE_SUFFIXES:
+                files.append(f)
+            else:
+                others[suffix or "(none)"] = others.get(suffix or "(none)", 0) + 1
         if not files:
             empty.append(name)
         for real, folder in sorted(walked.items()):
@@ -130,6 +136,10 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
         samples.extend((p, label) for p in files)
     if not samples:
         raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {split_dir}")
+    if others:  # (.jfif or .gif photos are not read, as torchvision's ImageFolder reads none)
+        logger.warning("%s: left out %d files of other suffixes than an image's (%s): %s",
+                       split_dir, sum(others.values()), " ".join(sorted(IMAGE_SUFFIXES)),
+                       ", ".join(f"{n} {s}" for s, n in sorted(others.items())))
     if training and empty:
         raise DatasetError(f"{split_dir}: class folders without images "
                            f"({', '.join(sorted(IMAGE_SUFFIXES))}): {', '.join(empty)}")

@@ -184,14 +184,19 @@ IGNORE_COLOUR = np.asarray([128, 128, 128], dtype=np.uint8)
 # class 0 so named is left uncoloured; also the placeholder of unnamed classes, whose 0 is
 # background in the torchvision / VOC weights it mostly comes with
 BACKGROUND_NAMES = {"background", "_background_", "bg", "__background__", "class_0"}
+LEGEND_PANEL = 32  # the grey of a legend drawn beside a picture
 
 
 def draw_segmentation(image: np.ndarray, mask: np.ndarray, class_names: Sequence[str],
                       colours: np.ndarray, alpha: float = 0.5,
-                      ignore_index: int | None = None) -> np.ndarray:
+                      ignore_index: int | None = None, legend_beside: bool = False
+                      ) -> np.ndarray:
     """Colour overlay of a class-id map and a legend of the classes present (class 0 left
     uncoloured when named background, as VOC's and COCO's; ADE20K's "wall" or Cityscapes'
-    "road" are coloured); pixels of `ignore_index` (annotations) in grey, named "ignore"."""
+    "road" are coloured); pixels of `ignore_index` (annotations) in grey, named "ignore".
+    The legend is drawn in the top-left corner (a picture of the image's size, as a video's
+    frames need), or with `legend_beside` on a dark panel right of the image, which it then
+    hides nothing of (a small image's crop, which a corner legend covered)."""
     overlay = image.copy()
     values = [int(c) for c in np.unique(mask)]
     first = 1 if class_names and class_names[0].strip().lower() in BACKGROUND_NAMES else 0
@@ -202,14 +207,23 @@ def draw_segmentation(image: np.ndarray, mask: np.ndarray, class_names: Sequence
     for c, _, _, colour in present:
         region = mask == c
         overlay[region] = (alpha * colour + (1 - alpha) * image[region]).astype(np.uint8)
-    if present:  # on a dark backing, so that white names read on any image
-        width = max(text_size(name, font)[0] for _, name, font, _ in present)
+    if not present:
+        return overlay
+    width = max(text_size(name, font)[0] for _, name, font, _ in present)
+    left = 0
+    if legend_beside:
+        height, left = max(overlay.shape[0], 10 + 16 * len(present)), overlay.shape[1]
+        picture = np.full((height, left + width + 26, 3), LEGEND_PANEL, dtype=np.uint8)
+        picture[:overlay.shape[0], :left] = overlay
+        overlay = picture
+    else:  # on a dark backing, so that white names read on any image
         corner = overlay[2:8 + 16 * len(present), 2:24 + width]
         corner[...] = corner // 3
     for row, (_, name, font, colour) in enumerate(present):
         y = 6 + 16 * row
-        cv2.rectangle(overlay, (4, y), (16, y + 12), tuple(int(v) for v in colour), -1)
-        put_text(overlay, name, (20, y + 11), (255, 255, 255), font)
+        cv2.rectangle(overlay, (left + 4, y), (left + 16, y + 12), tuple(int(v) for v in colour),
+                      -1)
+        put_text(overlay, name, (left + 20, y + 11), (255, 255, 255), font)
     return overlay
 
 

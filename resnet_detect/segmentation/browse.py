@@ -1,6 +1,6 @@
 """A segmentation split's samples as the model receives them (tools/browse_dataset.py): the
 training split's augmented crops (padding shown as ignored), the validation split's whole
-images, with the class-id map drawn over each."""
+images, with the class-id map drawn over each and its legend beside it."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -29,5 +29,5 @@ def browse_split(cfg: DictConfig, split: str
     def draw(sample: dict[str, Any]) -> np.ndarray:
         return draw_segmentation(sample["image"].permute(1, 2, 0).numpy(),
                                  sample["gt_sem_seg"].numpy(), dataset.class_names, colours,
-                                 ignore_index=dataset.ignore_index)
+                                 ignore_index=dataset.ignore_index, legend_beside=True)
     return dataset, draw

@@ -95,6 +95,15 @@ def test_scan_skips_hidden_folders_follows_links_and_refuses_empty_classes(
     assert classes == ["cat", "dog"]
     assert sorted(Path(p).relative_to(tmp_path / "train").as_posix() for p, _ in samples) == [
         "cat/0.png", "cat/1.png", "dog/0.png", "dog/linked/0.png", "dog/linked/1.png"]
+    assert "left out" not in caplog.text
+    # photos of suffixes torchvision's ImageFolder reads neither (a browser's .jfif): said
+    for name in ("a.jfif", "b.jfif", "c.gif", "README"):
+        (tmp_path / "train/cat" / name).write_bytes(b"x")
+    with caplog.at_level(logging.WARNING):
+        assert len(scan_image_folder(tmp_path / "train")[0]) == 5
+    assert (f"{tmp_path / 'train'}: left out 4 files of other suffixes than an image's (.bmp "
+            f".jpeg .jpg .pgm .png .ppm .tif .tiff .webp): 1 (none), 1 .gif, 2 .jfif"
+            in caplog.text)
     (tmp_path / "train/zebra").mkdir()
     (tmp_path / "train/zebra/notes.txt").write_text("no image")
     with pytest.raises(ValueError, match="train: class folders without images .*: zebra"):

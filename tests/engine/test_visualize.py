@@ -127,6 +127,21 @@ def test_tags_stay_inside_the_picture_and_legends_have_a_dark_backing() -> None:
     unnamed = draw_segmentation(image, mask, ["class_0", "class_1"],  # placeholders: as before
                                 np.array([[0, 0, 255], [0, 255, 0]], dtype=np.uint8))
     assert (unnamed[55, 10] == 200).all() and (unnamed[30, 3] == 200).all()
+    # beside (browse_dataset's small crops, which the corner legend covered): nothing hidden
+    small = np.full((20, 30, 3), 200, dtype=np.uint8)
+    classes = np.zeros((20, 30), dtype=np.uint8)
+    classes[10:, 15:], classes[0, 0] = 1, 255
+    beside = draw_segmentation(small, classes, ["wall", "thing"],
+                               np.array([[0, 0, 255], [0, 255, 0]], dtype=np.uint8),
+                               ignore_index=255, legend_beside=True)
+    expected = np.zeros((20, 30, 3), dtype=np.uint8)
+    expected[...] = [100, 100, 227]  # wall, half blue over 200
+    expected[10:, 15:] = [100, 227, 100]
+    expected[0, 0] = 164  # ignore, half 128 over 200
+    assert beside.shape[0] == 10 + 16 * 3 and beside.shape[1] > 30 + 26  # three rows, taller
+    assert (beside[:20, :30] == expected).all()  # no backing, no swatch over the image
+    assert (beside[20:, :30] == 32).all()  # below the image: the panel's grey
+    assert (beside[6 + 16 * 2 + 6, 30 + 10] == 128).all()  # the third swatch: "ignore" grey
 
 
 def test_masks_are_filled_one_at_a_time_as_shown() -> None:

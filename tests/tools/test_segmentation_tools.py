@@ -679,9 +679,9 @@ def test_the_configs_palette_colours_demo_and_browse(trained: tuple[Path, dict],
     image, classes = sample["image"].permute(1, 2, 0).numpy(), sample["gt_sem_seg"].numpy()
     # (the overlay itself: draw_segmentation's tests; here, that it gets these colours)
     assert (draw(sample) == draw_segmentation(image, classes, CLASSES, np.uint8(PALETTE),
-                                              ignore_index=255)).all()
+                                              ignore_index=255, legend_beside=True)).all()
     assert (draw(sample) != draw_segmentation(image, classes, CLASSES, auto_colours(7),
-                                              ignore_index=255)).any()
+                                              ignore_index=255, legend_beside=True)).any()
     task = training.SemSegTask()
     task.prepare(cfg)
     assert cfg.data.palette == PALETTE  # the colours, not the path
