@@ -9,11 +9,13 @@ Detection configs: each object's box and class name (and Mask R-CNN's masks) on 
 "train" with the training augmentation (scale, flip) and the images the training keeps,
 "val" at the test size. Segmentation configs (`task: sem_seg`): the class-id map with a
 legend beside the image, ignored pixels grey ("train": the augmented crops, padding
-included; "val": whole images). Pictures go to DIR under the images' names inside
-data.<split>.img_dir (.jpg unless PNG). The first N images of the split (default 20; 0 =
-all) are drawn; --seed picks the augmentation. An image that cannot be read or whose
-annotation cannot be used is named and skipped, the others drawn, and the run then fails
-listing them.
+included; "val": whole images). Pretraining configs (`task: classification`): each crop
+(enlarged by a whole factor under 192 px) above its class name ("train": random resized
+crops, "val": centre crops). Pictures go to DIR under the images' names inside
+data.<split>.img_dir or root/<split> (.jpg unless PNG). The first N images of the split
+(default 20; 0 = all) are drawn; --seed picks the augmentation. An image that cannot be read
+or whose annotation cannot be used is named and skipped, the others drawn, and the run then
+fails listing them.
 """
 from __future__ import annotations
 
@@ -56,14 +58,24 @@ def sample_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0] >> 1)
 
 
-def refuse_output_in_the_data(output: str, split_cfg: Any, split: str) -> None:
+def split_folders(cfg: Any, split: str) -> dict[str, str]:
+    """{the key that names it: folder} of the split's images (first) and masks: data.<split>'s
+    img_dir and mask_dir, or a classification config's data.root/<data.<split>_split>."""
+    data = cfg.data
+    if f"{split}_split" in data:  # an ImageFolder tree
+        return {f"data.root/data.{split}_split": f"{data.root}/{data[f'{split}_split']}"}
+    split_cfg = data.get(split) or {}
+    return {f"data.{split}.{key}": split_cfg[key] for key in ("img_dir", "mask_dir")
+            if split_cfg.get(key)}
+
+
+def refuse_output_in_the_data(output: str, folders: dict[str, str]) -> None:
     """Pictures written into the split's image or mask folder become part of the dataset (a
-    segmentation eval then found images without masks)."""
+    segmentation eval then found images without masks, a classification split a class)."""
     out = Path(output).resolve()
-    for key in ("img_dir", "mask_dir"):
-        folder = split_cfg.get(key)
-        if folder and out.is_relative_to(Path(folder).resolve()):
-            raise ConfigError(f"--output {output} is inside data.{split}.{key} {folder}: the "
+    for key, folder in folders.items():
+        if out.is_relative_to(Path(folder).resolve()):
+            raise ConfigError(f"--output {output} is inside {key} {folder}: the "
                               f"pictures would join the dataset; give a folder outside it")
 
 
@@ -78,13 +90,14 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     task, cfg = load_task_config(args.config, args.overrides)
     browse_split = getattr(task_module(task), "browse_split", None)
     if browse_split is None:
-        raise ConfigError(f"tools/browse_dataset.py draws detection and sem_seg data; "
-                          f"{args.config} is a {task!r} config")
-    refuse_output_in_the_data(args.output, cfg.data.get(args.split) or {}, args.split)
+        raise ConfigError(f"tools/browse_dataset.py draws detection, sem_seg and "
+                          f"classification data; {args.config} is a {task!r} config")
+    folders = split_folders(cfg, args.split)
+    refuse_output_in_the_data(args.output, folders)
     output = writable_folder(args.output, "--output")  # before the data is read
     dataset, draw = browse_split(cfg, args.split)
     count = len(dataset) if args.num == 0 else min(args.num, len(dataset))
-    img_dir = Path(cfg.data[args.split].img_dir)
+    img_dir = Path(next(iter(folders.values())))
     files = [Path(dataset.record(i)["file_name"]) for i in range(count)]
     names = [f.relative_to(img_dir) if f.is_relative_to(img_dir) else Path(f.name)
              for f in files]

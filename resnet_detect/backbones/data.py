@@ -277,6 +277,11 @@ class ImageFolderDataset(Dataset):
         """Its files and labels, hashed (the processes of a run compare it)."""
         return self.samples.digest((0,))
 
+    def record(self, index: int) -> dict[str, Any]:
+        """An image's file_name and label."""
+        path, label = self.samples[index]
+        return {"file_name": path, "label": label}
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | None:
         """The sample of `key`, or None when its image cannot be decoded (logged)."""
         index, seed = key if isinstance(key, tuple) else (key, None)

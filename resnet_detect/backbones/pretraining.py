@@ -28,6 +28,7 @@ from resnet_detect.engine.model_check import check_model_config
 from resnet_detect.engine.task_api import TaskData
 
 from . import build_classifier
+from .browse import browse_split
 from .classifier import Classifier
 from .classifier_eval import evaluate_checkpoint
 from .export import export_model
@@ -276,5 +277,5 @@ class ClassificationTask:
 
 
 TASK = ClassificationTask
-__all__ = ["BASE_CONFIG", "OPEN_KEYS", "RENAMED_KEYS", "TASK", "evaluate_checkpoint",
-           "export_model"]
+__all__ = ["BASE_CONFIG", "OPEN_KEYS", "RENAMED_KEYS", "TASK", "browse_split",
+           "evaluate_checkpoint", "export_model"]

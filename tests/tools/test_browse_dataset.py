@@ -107,14 +107,51 @@ def test_segmentation_classes_and_ignored_pixels_are_drawn(tmp_path: Path) -> No
     assert (picture[background] == GREY).all()
 
 
+def test_classification_crops_are_drawn_whole_with_their_class_name(tmp_path: Path) -> None:
+    """A pretraining config's crops (refused before): val the centre crop of the resized
+    image, each pixel a 4x4 square (48 px crops, enlarged to 192), its class name below."""
+    rng = np.random.default_rng(0)
+    images = {}
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            image = rng.integers(0, 256, (54, 54, 3), dtype=np.uint8)  # val_resize 54: as is
+            path = tmp_path / "data" / split / name / "a.png"
+            path.parent.mkdir(parents=True)
+            cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            images[split, name] = image
+    config = str(ROOT / "configs/pretrain/synthetic_resnet18.yaml")
+    tool = load_tool("browse_dataset")
+    written = tool.main([config, "--output", str(tmp_path / "val"), "--split", "val",
+                         f"data.root={tmp_path / 'data'}"])
+    assert [p.relative_to(tmp_path / "val").as_posix() for p in written] == [
+        "cat/a.png", "dog/a.png"]
+    captions = []
+    for path, name in zip(written, ("cat", "dog")):
+        picture = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        crop = images["val", name][3:51, 3:51]  # the centre 48 of 54
+        assert picture.shape == (192 + 20, 192, 3)
+        assert (picture[:192] == crop.repeat(4, axis=0).repeat(4, axis=1)).all()
+        captions.append(picture[192:])
+        assert captions[-1].max() > 200 and captions[-1].min() == 0  # white text on black
+    assert (captions[0] != captions[1]).any()  # "cat", "dog"
+    # train: augmented crops of the training images, the same for the same --seed
+    first = tool.main([config, "--output", str(tmp_path / "t1"), "data.root=" + str(
+        tmp_path / "data"), "--seed", "3"])
+    again = tool.main([config, "--output", str(tmp_path / "t2"), "data.root=" + str(
+        tmp_path / "data"), "--seed", "3"])
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
+    assert cv2.imread(str(first[0])).shape == (192 + 20, 192, 3)
+    with pytest.raises(ValueError, match=r"--output .* is inside data.root/data.val_split "
+                                         r".*/data/val: the pictures would join the dataset"):
+        tool.main([config, "--output", str(tmp_path / "data/val/drawn"), "--split", "val",
+                   f"data.root={tmp_path / 'data'}"])
+
+
 def test_bad_requests_are_refused_naming_what_is_wrong(tmp_path: Path) -> None:
     tool = load_tool("browse_dataset")
     with pytest.raises(ValueError, match="--num must be >= 0"):
         tool.main([str(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"), "--output",
                    str(tmp_path), "--num", "-1"])
-    with pytest.raises(ValueError, match="'classification' config"):
-        tool.main([str(ROOT / "configs/pretrain/synthetic_resnet18.yaml"), "--output",
-                   str(tmp_path)])
     images = tmp_path / "images"  # (pictures of the val split were written among its images)
     for output in (images, images / "drawn"):
         with pytest.raises(ValueError, match=rf"--output {re.escape(str(output))} is inside "
