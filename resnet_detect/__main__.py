@@ -4,6 +4,7 @@ them as resnet_detect.tools). `python -m resnet_detect train CONFIG ...` is
 `python tools/train.py CONFIG ...`; torchrun takes it as `torchrun ... -m resnet_detect train`."""
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import sys
@@ -16,24 +17,31 @@ from resnet_detect import CONFIGS
 TOOLS = ("train", "pretrain", "eval", "demo", "export", "make_synthetic", "model_info",
          "analyze", "analyze_results", "browse_dataset", "plot_curves", "merge_coco",
          "labelme_to_coco", "voc_to_coco", "yolo_to_coco")
-USAGE = (f"usage: python -m resnet_detect TOOL [args ...]  (TOOL --help: its options; "
-         f"--version)\n"
-         f"tools: {', '.join(TOOLS)}\n"
-         f"configs (the repository's configs/ folder): {CONFIGS}")
+
+
+def usage(launcher: str) -> str:
+    return (f"usage: {launcher} TOOL [args ...]  (TOOL --help: its options; --version)\n"
+            f"tools: {', '.join(TOOLS)}\n"
+            f"configs (the repository's configs/ folder): {CONFIGS}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    launcher = ("resnet-detect" if Path(sys.argv[0]).stem == "resnet-detect"
+                else "python -m resnet_detect")
     if argv[:1] == ["--version"]:
         from resnet_detect import __version__
         print(f"resnet-detect {__version__}")
         return
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE, file=sys.stdout if argv else sys.stderr)
+        print(usage(launcher), file=sys.stdout if argv else sys.stderr)
         raise SystemExit(0 if argv else 2)
     name = argv[0].removesuffix(".py").replace("-", "_")
     if name not in TOOLS:
-        print(f"resnet_detect: error: no tool {argv[0]!r}\n{USAGE}", file=sys.stderr)
+        close = difflib.get_close_matches(name, TOOLS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"{launcher}: error: no tool {argv[0]!r}{hint}\n{usage(launcher)}",
+              file=sys.stderr)
         raise SystemExit(2)
     try:
         tool = importlib.import_module(f"resnet_detect.tools.{name}")
@@ -42,8 +50,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         tool = _repository_tool(name)
     from resnet_detect.engine import cli
-    launcher = ("resnet-detect" if Path(sys.argv[0]).stem == "resnet-detect"
-                else "python -m resnet_detect")
     sys.argv = [tool.__file__, *argv[1:]]
     # its usage line and messages, as typed (browse-dataset too): not "train.py"
     cli.PROGRAM = f"{launcher} {argv[0].removesuffix('.py')}"

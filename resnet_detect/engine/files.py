@@ -157,8 +157,33 @@ def checksum_file(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def damaged_zip_record(data: bytes) -> str | None:
+    """The first record of a zip archive's `data` (torch.save's format) whose bytes differ
+    from the CRC-32 the archive keeps of them, which torch.load does not check; None where
+    all match, where `data` is no zip archive (torch.load then says what it is), or where
+    it keeps no CRCs (torch.serialization.set_crc32_options(False) writes 0)."""
+    if not data.startswith(b"PK\x03\x04"):
+        return None
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        records = archive.infolist()
+    except (zipfile.BadZipFile, ValueError):  # cut: torch.load's error names it
+        return None
+    for record in records:
+        if record.CRC == 0 and record.file_size:
+            continue
+        try:
+            with archive.open(record) as f:
+                while f.read(1 << 24):
+                    pass
+        except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError):
+            return record.filename
+    return None
+
+
 def read_checked_bytes(path: str | os.PathLike) -> bytes:
-    """The bytes of `path`, checked against its `checksum_file` where it has one.
+    """The bytes of `path`, checked against its `checksum_file` where it has one, else
+    against the CRC-32s of its zip records (`damaged_zip_record`).
 
     Raises:
         ValueError: they differ (the file was damaged after it was written), or the checksum
@@ -170,6 +195,11 @@ def read_checked_bytes(path: str | os.PathLike) -> bytes:
             written = checksum_file(path).read_text(encoding="utf-8", errors="replace")
             recorded = (written.split() or [""])[0].lower()
         except FileNotFoundError:  # none written (files of other tools, or older versions)
+            damaged = damaged_zip_record(data)
+            if damaged is not None:
+                raise ValueError(f"its bytes are damaged: its record {damaged} does not match "
+                                 f"the CRC-32 checksum the file keeps of it (a bad copy or "
+                                 f"download: copy it again)") from None
             return data
         except OSError as e:  # (not read as "none written": the file would go unchecked)
             raise ValueError(f"its checksum file {checksum_file(path).name} cannot be read "

@@ -236,11 +236,11 @@ class Predictor:
         return self._predict([predictor_image(image, self.input_format)])[0]
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Segment several images: one batch through the PyTorch network (each image padded
-        to the largest; the padding can change the classes near an image's edges that a
-        call of its own gives), which a GPU runs faster than one by one. With test-time
-        augmentation (several scales, flip, windows) or an exported ONNX model the images
-        run one by one.
+        """Segment several images: a batch through the PyTorch network per image size (which
+        a GPU runs faster than one by one), so that each image gets its own call's classes
+        (padded to a larger image, a third of a small one's pixels changed: ASPP's dilations
+        and image pooling reach across the padding). With test-time augmentation (several
+        scales, flip, windows) or an exported ONNX model the images run one by one.
 
         Args:
             images: what `__call__` takes, several (a sequence, or an (N, H, W, 3) array).
@@ -259,8 +259,14 @@ class Predictor:
             self.device) for image in images]
         if not self.tta.is_plain:
             masks = [self.tta.class_map(self.model, tensor) for tensor in tensors]
-        else:  # an ONNX model runs the list one by one
-            masks = [out["mask"] for out in self.model(tensors)] if tensors else []
+        else:  # an ONNX model runs each list one by one
+            of_size: dict[tuple[int, ...], list[int]] = {}
+            for i, tensor in enumerate(tensors):
+                of_size.setdefault(tuple(tensor.shape), []).append(i)
+            masks = [None] * len(tensors)
+            for indices in of_size.values():
+                for i, out in zip(indices, self.model([tensors[i] for i in indices])):
+                    masks[i] = out["mask"]
         results = [{"mask": mask.cpu().numpy().astype(np.int64, copy=False)} for mask in masks]
         del tensors, masks
         if self.release_memory and self.device.type == "cpu":

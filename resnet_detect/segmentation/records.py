@@ -65,6 +65,7 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
     """
     img_dir = Path(img_dir)
     suffix_key = f"data.{split or '<split>'}.img_suffix"
+    mask_key = f"data.{split or '<split>'}.mask_suffix"
     split = f" (data.{split})" if split else ""
     for folder, what in ((img_dir, "image"), (mask_dir, "mask")):
         if folder is not None and not Path(folder).is_dir():
@@ -121,13 +122,30 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
         raise DatasetError(f"the images of {img_dir} are their own masks (img_suffix "
                            f"{img_suffix!r} = mask_suffix {mask_suffix!r} in one folder): "
                            f"img_dir names the photos' folder, mask_dir the class-id PNGs'")
-    without = [f"{r['file_name']} (expected {r['mask_file']})" for r in records
-               if not Path(r["mask_file"]).is_file()]
-    if without:
-        raise DatasetError(f"{len(without)} of {len(records)} images in {img_dir} have no mask "
-                           f"in {mask_dir} (mask name = image name with {img_suffix!r} "
-                           f"replaced by {mask_suffix!r}):" + listing(without))
+    missing = [r for r in records if not Path(r["mask_file"]).is_file()]
+    if missing:
+        naming = (f"image name with {img_suffix!r} replaced by {mask_suffix!r}"
+                  if img_suffix != mask_suffix else "image name")
+        hint = _other_suffix(missing[0], mask_suffix, mask_key)
+        raise DatasetError(f"{len(missing)} of {len(records)} images in {img_dir} have no mask "
+                           f"in {mask_dir} (mask name = {naming}){hint}:" + listing(
+                               [f"{r['file_name']} (expected {r['mask_file']})"
+                                for r in missing]))
     return records
+
+
+def _other_suffix(record: dict[str, str], mask_suffix: str, mask_key: str) -> str:
+    """Where a missing mask's folder holds a file of its name with another suffix (JPEG
+    masks, or masks named _mask.png): a hint naming it; else ""."""
+    expected = Path(record["mask_file"])
+    stem = expected.name[:len(expected.name) - len(mask_suffix)]
+    try:
+        found = sorted(f.name for f in expected.parent.iterdir()
+                       if f.name.startswith(stem) and f.name != expected.name and f.is_file())
+    except OSError:
+        return ""
+    return (f"; {expected.parent} holds {found[0]}: the masks' suffix is {mask_key} "
+            f"({mask_suffix!r} now)" if found else "")
 
 
 def _named_in_any_case(folder: Path, names: Iterable[str], suffix: str) -> dict[str, Path]:
@@ -305,7 +323,8 @@ def _format_problem(path: str | os.PathLike, mode: str, kind: str | None) -> str
     if Image.getmodebands(mode) > 1:
         what = {"LA": "grey with transparency", "La": "grey with transparency",
                 "PA": "palette with transparency"}.get(mode, "colour")
-        return (f"mask {path} is a {mode} image ({what}, {Image.getmodebands(mode)} "
+        article = "an" if mode[0] in "AEFHILMNORSX" else "a"  # (by the letter's sound)
+        return (f"mask {path} is {article} {mode} image ({what}, {Image.getmodebands(mode)} "
                 f"channels); masks must hold one class id per pixel (palette or grayscale "
                 f"PNG): save one channel where every channel holds the ids (e.g. "
                 f"Image.open(f).getchannel(0).save(f)); colour-coded masks need each colour "

@@ -421,6 +421,30 @@ def test_final_weights_damaged_after_writing_are_unreadable(tmp_path: Path) -> N
         read_checkpoint(path)
 
 
+def test_damaged_weights_without_a_checksum_file_are_unreadable(tmp_path: Path) -> None:
+    """A .pth copied without its .sha256 (another tool's, a download) loaded damaged bytes
+    into wrong weights: the CRC-32s of torch.save's zip records are checked then."""
+    path = tmp_path / "copy.pth"
+    weights = {"w": torch.arange(4096, dtype=torch.float32), "b": torch.ones(3)}
+    torch.save(weights, path)
+    data = bytearray(path.read_bytes())
+    start = data.index(weights["w"][1000:1002].numpy().tobytes())
+    data[start:start + 8] = bytes(8)  # two weights zeroed inside the archive
+    path.write_bytes(bytes(data))
+    assert torch.load(path, weights_only=True)["w"][1000] == 0  # torch.load takes it
+    with pytest.raises(ValueError, match=r"cannot read weights file .*copy.pth: its bytes are "
+                                         r"damaged: its record copy/data/0 does not match the "
+                                         r"CRC-32 checksum the file keeps of it"):
+        read_checkpoint(path)
+    # one written without CRCs (torch.serialization.set_crc32_options(False)): read as before
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(weights, path)
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert torch.equal(read_checkpoint(path)["w"], weights["w"])
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="Linux's /dev/full")
 def test_a_full_disk_keeps_the_previous_checkpoint_and_pointer(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1031,11 +1031,19 @@ def test_python_m_resnet_detect_runs_the_tools(monkeypatch: pytest.MonkeyPatch,
     main(["--version"])
     assert capsys.readouterr().out == "resnet-detect 0.1.0\n"
     for argv, said in (([], "usage: python -m resnet_detect TOOL"),
-                       (["trian"], "resnet_detect: error: no tool 'trian'")):
+                       (["trian"], "python -m resnet_detect: error: no tool 'trian' (did you "
+                                   "mean 'train'?)\nusage: python -m resnet_detect TOOL"),
+                       (["zzz"], "python -m resnet_detect: error: no tool 'zzz'\nusage:")):
         with pytest.raises(SystemExit) as stop:
             main(argv)
         assert stop.value.code == 2 and said in capsys.readouterr().err
     monkeypatch.setattr(sys, "argv", ["resnet-detect"])
+    for argv, said in (([], "usage: resnet-detect TOOL"),  # (it said python -m resnet_detect)
+                       (["evl"], "resnet-detect: error: no tool 'evl' (did you mean 'eval'?)\n"
+                                 "usage: resnet-detect TOOL")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2 and said in capsys.readouterr().err
     path = list(sys.path)
     main(["model-info", "resnet18"])
     assert "total       11,689,512" in capsys.readouterr().out  # torchvision's resnet18

@@ -88,6 +88,12 @@ def test_a_mask_suffix_in_another_case_pairs_as_an_images_does(tmp_path, caplog)
                                            rf"{mask_dir} .*\n  {img_dir}/002.jpg \(expected "
                                            rf"{mask_dir}/002.png\)"):
         build_dataset(cfg, "val")
+    # JPEG masks beside the default .png suffix: said where they are (was "have no mask" alone)
+    (mask_dir / "002.jpg").write_bytes(b"")
+    with pytest.raises(DatasetError, match=rf"\(mask name = image name with '.jpg' replaced by "
+                                           rf"'.png'\); {mask_dir} holds 002.jpg: the masks' "
+                                           rf"suffix is data.val.mask_suffix \('.png' now\):"):
+        build_dataset(cfg, "val")
 
 
 def test_pad_fills_mask_with_ignore_and_crop_keeps_alignment():
@@ -243,7 +249,7 @@ def test_class_ids_outside_declared_classes_name_the_file(tmp_path):
 def test_colour_mask_is_rejected(tmp_path):
     path = tmp_path / "rgb.png"
     Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(path)
-    with pytest.raises(DatasetError, match="rgb.png is a RGB image"):
+    with pytest.raises(DatasetError, match="rgb.png is an RGB image"):
         read_mask(path)
 
 
@@ -924,18 +930,18 @@ def test_training_masks_in_colour_or_jpeg_are_all_named_before_training(tmp_path
         train.check_mask_headers("train")
     assert str(raised.value).splitlines() == [
         "data.train: 3 of 5 masks are wrong:",
-        f"  mask {tmp_path}/ann/1.png is a RGB image (colour, 3 channels); masks must hold "
+        f"  mask {tmp_path}/ann/1.png is an RGB image (colour, 3 channels); masks must hold "
         "one class id per pixel (palette or grayscale PNG): save one channel where every "
         "channel holds the ids (e.g. Image.open(f).getchannel(0).save(f)); colour-coded masks "
         "need each colour mapped to its class id",
-        f"  mask {tmp_path}/ann/2.png is a LA image (grey with transparency, 2 channels); masks "
+        f"  mask {tmp_path}/ann/2.png is an LA image (grey with transparency, 2 channels); masks "
         "must hold one class id per pixel (palette or grayscale PNG): save one channel where "
         "every channel holds the ids (e.g. Image.open(f).getchannel(0).save(f)); colour-coded "
         "masks need each colour mapped to its class id",
         f"  mask {tmp_path}/ann/3.png is a JPEG: its lossy compression changes class ids along "
         "every edge; masks must be PNGs (palette or grayscale)"]
     for i in (1, 2, 3):  # the same words when the mask is read
-        with pytest.raises(DatasetError, match=f"mask {tmp_path}/ann/{i}.png is a "):
+        with pytest.raises(DatasetError, match=f"mask {tmp_path}/ann/{i}.png is an? "):
             train[i]
     assert train.load(4)[1].tolist() == [[1] * 12] * 10  # a palette mask: its indices
 

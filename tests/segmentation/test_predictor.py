@@ -338,16 +338,25 @@ def test_a_batch_gives_each_images_own_classes(tmp_path, small_config, monkeypat
         alone = predictor(image)["mask"]
         assert out["mask"].shape == (40, 56) and (out["mask"] != alone).mean() < 1e-3
         assert len(np.unique(alone)) > 1
-    sizes = [(40, 56), (33, 70), (64, 20)]
-    mixed = predictor.predict_batch([rng.integers(0, 256, (*s, 3), dtype=np.uint8)
-                                     for s in sizes])
+    # mixed sizes: a batch per size, each image's own classes (padded to the largest, many
+    # of a small image's pixels changed)
+    sizes = [(40, 56), (33, 70), (64, 20), (33, 70), (96, 128)]
+    images = [rng.integers(0, 256, (*s, 3), dtype=np.uint8) for s in sizes]
+    mixed = predictor.predict_batch(images)
     assert [out["mask"].shape for out in mixed] == sizes
+    for image, out in zip(images, mixed, strict=True):
+        assert (out["mask"] != predictor(image)["mask"]).mean() < 1e-3
     assert len(predictor.predict_batch(np.stack(same[:2]))) == 2  # (N, H, W, 3): N images
     assert len(predictor.predict_batch(image for image in same[:2])) == 2
     assert predictor.predict_batch([]) == []
     with pytest.raises(ValueError, match=r"predict_batch takes a list of images .*call the "
                                          r"Predictor itself for one image"):
         predictor.predict_batch(same[0])
+    for wrong in (None, 5):  # (a bare TypeError: "'NoneType' object is not iterable")
+        with pytest.raises(ValueError, match=rf"predict_batch takes a list of images \(or an "
+                                             rf"\(N, H, W, 3\) array\), got "
+                                             rf"{type(wrong).__name__}$"):
+            predictor.predict_batch(wrong)
     with pytest.raises(ValueError, match=r"images\[1\]: .*\(H, W, 3\) uint8 RGB array or an "
                                          r"image file's path, got float32"):
         predictor.predict_batch([same[0], same[1].astype(np.float32)])

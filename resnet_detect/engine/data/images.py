@@ -302,7 +302,11 @@ def predictor_images(images: Any, input_format: str = "RGB") -> list[np.ndarray]
     if isinstance(images, (np.ndarray, str, os.PathLike)) and np.ndim(images) != 4:
         raise ValueError("predict_batch takes a list of images (or an (N, H, W, 3) array); "
                          "call the Predictor itself for one image")
-    images = list(images)
+    try:
+        images = list(images)
+    except TypeError:  # None, a number: "'NoneType' object is not iterable"
+        raise ValueError(f"predict_batch takes a list of images (or an (N, H, W, 3) array), "
+                         f"got {type(images).__name__}") from None
     for i, image in enumerate(images):
         try:
             images[i] = predictor_image(image, input_format)
