@@ -590,9 +590,12 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
         try:
             dotlist = OmegaConf.from_dotlist([f"{key}=null" if value == "None" else item])
         except Exception as e:  # OmegaConf's, and yaml's for a malformed list
-            raise ConfigError(f"cannot parse override '{item}' (a list or mapping with spaces "
-                              f"needs quotes: '{key}=[1, 2]'): {' '.join(str(e).split())}"
-                              ) from None
+            # "[1," of [1, 2] unquoted: the shell cut it at its space
+            cut = value[:1] in "[{" and value[-1:] != {"[": "]", "{": "}"}[value[:1] or "["]
+            quotes = (f" (a list or mapping with spaces needs quotes: '{key}=[1, 2]')" if cut
+                      else "")
+            raise ConfigError(f"cannot parse override '{item}'{quotes}: "
+                              f"{' '.join(str(e).split())}") from None
         parsed = OmegaConf.select(dotlist, key, throw_on_resolution_failure=False)
         kind = kinds.get(key) if kinds else None
         if value[:1] not in ("'", '"', "[", "{") and (

@@ -221,6 +221,7 @@ def test_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> N
         ("solver.steps=[1, 2", r"cannot parse override 'solver.steps=\[1, 2' \(a list or "
                                r"mapping with spaces needs quotes: 'solver.steps=\[1, 2\]'\): "
                                r"while parsing"),
+        ("solver.steps=[1,,2]", r"cannot parse override 'solver.steps=\[1,,2\]': "),  # no space
         ("data.root=/x/${nothing}", r"override 'data.root=/x/\$\{nothing\}': Interpolation "
                                     r"key 'nothing' not found full_key: data.root"),
         ("solver.epoch=3", r"unknown config key 'solver.epoch' in override 'solver.epoch=3' "
