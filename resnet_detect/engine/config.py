@@ -591,7 +591,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
             dotlist = OmegaConf.from_dotlist([f"{key}=null" if value == "None" else item])
         except Exception as e:  # OmegaConf's, and yaml's for a malformed list
             # "[1," of [1, 2] unquoted: the shell cut it at its space
-            cut = value[:1] in "[{" and value[-1:] != {"[": "]", "{": "}"}[value[:1] or "["]
+            cut = value[:1] in ("[", "{") and not value.endswith("]" if value[0] == "[" else "}")
             quotes = (f" (a list or mapping with spaces needs quotes: '{key}=[1, 2]')" if cut
                       else "")
             raise ConfigError(f"cannot parse override '{item}'{quotes}: "
