@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     name = argv[0].removesuffix(".py").replace("-", "_")
     if name not in TOOLS:
         close = difflib.get_close_matches(name, TOOLS, n=1)
+        if close and "-" in argv[0]:  # (browse-datset: as typed, browse-dataset)
+            close = [close[0].replace("_", "-")]
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         print(f"{launcher}: error: no tool {argv[0]!r}{hint}\n{usage(launcher)}",
               file=sys.stderr)

@@ -69,11 +69,12 @@ def split_folders(cfg: Any, split: str) -> dict[str, str]:
             if split_cfg.get(key)}
 
 
-def refuse_output_in_the_data(output: str, folders: dict[str, str]) -> None:
-    """Pictures written into the split's image or mask folder become part of the dataset (a
-    segmentation eval then found images without masks, a classification split a class)."""
+def refuse_output_in_the_data(output: str, cfg: Any) -> None:
+    """Pictures written into a split's image or mask folder become part of the dataset (a
+    segmentation eval then found images without masks, a classification split a class):
+    both splits', whichever is drawn."""
     out = Path(output).resolve()
-    for key, folder in folders.items():
+    for key, folder in {**split_folders(cfg, "train"), **split_folders(cfg, "val")}.items():
         if out.is_relative_to(Path(folder).resolve()):
             raise ConfigError(f"--output {output} is inside {key} {folder}: the "
                               f"pictures would join the dataset; give a folder outside it")
@@ -92,12 +93,11 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if browse_split is None:
         raise ConfigError(f"tools/browse_dataset.py draws detection, sem_seg and "
                           f"classification data; {args.config} is a {task!r} config")
-    folders = split_folders(cfg, args.split)
-    refuse_output_in_the_data(args.output, folders)
+    refuse_output_in_the_data(args.output, cfg)
     output = writable_folder(args.output, "--output")  # before the data is read
     dataset, draw = browse_split(cfg, args.split)
     count = len(dataset) if args.num == 0 else min(args.num, len(dataset))
-    img_dir = Path(next(iter(folders.values())))
+    img_dir = Path(next(iter(split_folders(cfg, args.split).values())))
     files = [Path(dataset.record(i)["file_name"]) for i in range(count)]
     names = [f.relative_to(img_dir) if f.is_relative_to(img_dir) else Path(f.name)
              for f in files]

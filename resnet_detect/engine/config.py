@@ -84,8 +84,6 @@ def packaged_config_hint(path: Path) -> str:
 WEIGHTS_SUFFIXES = (".pth", ".pt", ".pkl", ".onnx", ".safetensors", ".bin", ".ckpt")
 # a config is a few KB; a larger file given as one (a dataset, an archive) is not read whole
 MAX_CONFIG_BYTES = 4 << 20
-# the top-level keys of a COCO annotation file, given where a config is wanted
-COCO_FILE_KEYS = {"images", "annotations", "categories"}
 
 
 def _read_yaml(path: Path) -> DictConfig:
@@ -125,7 +123,7 @@ def _read_yaml(path: Path) -> DictConfig:
         results = (" (a list: a detections/results file? those are read by tools/eval.py "
                    "--results)" if isinstance(cfg, ListConfig) else "")
         raise ConfigError(f"config file {path} must hold a mapping at the top level{results}")
-    if COCO_FILE_KEYS <= set(cfg.keys()) or {"images", "annotations"} <= set(cfg.keys()):
+    if {"images", "annotations"} <= set(cfg.keys()):  # (a COCO file's)
         raise ConfigError(f"{path} is a COCO-format annotation file (images, annotations), not a "
                           f"config: give it to a detection config as data.train.ann_file= or "
                           f"data.val.ann_file= (configs/detection, README 'Detection')")

@@ -326,7 +326,8 @@ def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path)
     """Draw a video frame by frame into the .mp4 file `out`; returns it."""
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        why = ("an empty file" if path.stat().st_size == 0 else
+        why = ("no permission to read it" if not os.access(path, os.R_OK) else
+               "an empty file" if path.stat().st_size == 0 else
                "OpenCV's FFmpeg reads neither its container nor its codec (`ffmpeg -i FILE` "
                "names them; `ffmpeg -i FILE -c:v libx264 OUT.mp4` re-encodes it)")
         raise UnreadableImageError(f"cannot open video {path}: {why}")

@@ -136,12 +136,14 @@ def scan_folder(img_dir: str | os.PathLike, mask_dir: str | os.PathLike | None, 
 
 def _other_suffix(record: dict[str, str], mask_suffix: str, mask_key: str) -> str:
     """Where a missing mask's folder holds a file of its name with another suffix (JPEG
-    masks, or masks named _mask.png): a hint naming it; else ""."""
+    masks, or masks named _mask.png): a hint naming it; else "". (1.jpg's mask 1.png is
+    missing beside 10.png: no hint.)"""
     expected = Path(record["mask_file"])
     stem = expected.name[:len(expected.name) - len(mask_suffix)]
     try:
         found = sorted(f.name for f in expected.parent.iterdir()
-                       if f.name.startswith(stem) and f.name != expected.name and f.is_file())
+                       if f.name.startswith(stem) and f.name[len(stem):][:1] in ("_", "-", ".")
+                       and f.name != expected.name and f.is_file())
     except OSError:
         return ""
     return (f"; {expected.parent} holds {found[0]}: the masks' suffix is {mask_key} "

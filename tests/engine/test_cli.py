@@ -1033,6 +1033,8 @@ def test_python_m_resnet_detect_runs_the_tools(monkeypatch: pytest.MonkeyPatch,
     for argv, said in (([], "usage: python -m resnet_detect TOOL"),
                        (["trian"], "python -m resnet_detect: error: no tool 'trian' (did you "
                                    "mean 'train'?)\nusage: python -m resnet_detect TOOL"),
+                       (["browse-datset"], "no tool 'browse-datset' (did you mean "
+                                           "'browse-dataset'?)"),
                        (["zzz"], "python -m resnet_detect: error: no tool 'zzz'\nusage:")):
         with pytest.raises(SystemExit) as stop:
             main(argv)

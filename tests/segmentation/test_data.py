@@ -88,6 +88,10 @@ def test_a_mask_suffix_in_another_case_pairs_as_an_images_does(tmp_path, caplog)
                                            rf"{mask_dir} .*\n  {img_dir}/002.jpg \(expected "
                                            rf"{mask_dir}/002.png\)"):
         build_dataset(cfg, "val")
+    (mask_dir / "0020.png").write_bytes(b"")  # another image's mask: no hint
+    with pytest.raises(DatasetError, match=r"\(mask name = image name with '.jpg' replaced by "
+                                           r"'.png'\):\n"):
+        build_dataset(cfg, "val")
     # JPEG masks beside the default .png suffix: said where they are (was "have no mask" alone)
     (mask_dir / "002.jpg").write_bytes(b"")
     with pytest.raises(DatasetError, match=rf"\(mask name = image name with '.jpg' replaced by "

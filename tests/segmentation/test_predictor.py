@@ -357,6 +357,12 @@ def test_a_batch_gives_each_images_own_classes(tmp_path, small_config, monkeypat
                                              rf"\(N, H, W, 3\) array\), got "
                                              rf"{type(wrong).__name__}$"):
             predictor.predict_batch(wrong)
+
+    def loading():  # a TypeError of the caller's own generator is its own, not ours
+        yield same[0]
+        raise TypeError("the caller's own")
+    with pytest.raises(TypeError, match="the caller's own"):
+        predictor.predict_batch(loading())
     with pytest.raises(ValueError, match=r"images\[1\]: .*\(H, W, 3\) uint8 RGB array or an "
                                          r"image file's path, got float32"):
         predictor.predict_batch([same[0], same[1].astype(np.float32)])

@@ -141,10 +141,17 @@ def test_classification_crops_are_drawn_whole_with_their_class_name(tmp_path: Pa
         tmp_path / "data"), "--seed", "3"])
     assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
     assert cv2.imread(str(first[0])).shape == (192 + 20, 192, 3)
-    with pytest.raises(ValueError, match=r"--output .* is inside data.root/data.val_split "
-                                         r".*/data/val: the pictures would join the dataset"):
-        tool.main([config, "--output", str(tmp_path / "data/val/drawn"), "--split", "val",
+    # inside either split (pictures of val in train/drawn: a class "drawn" in training)
+    with pytest.raises(ValueError, match=r"--output .* is inside data.root/data.train_split "
+                                         r".*/data/train: the pictures would join the dataset"):
+        tool.main([config, "--output", str(tmp_path / "data/train/drawn"), "--split", "val",
                    f"data.root={tmp_path / 'data'}"])
+    # the classes in turn: the first two pictures are of two classes (were the first class's)
+    (tmp_path / "data/val/cat/b.png").write_bytes((tmp_path / "data/val/cat/a.png").read_bytes())
+    two = tool.main([config, "--output", str(tmp_path / "two"), "--split", "val", "--num", "2",
+                     f"data.root={tmp_path / 'data'}"])
+    assert [p.relative_to(tmp_path / "two").as_posix() for p in two] == ["cat/a.png",
+                                                                          "dog/a.png"]
 
 
 def test_bad_requests_are_refused_naming_what_is_wrong(tmp_path: Path) -> None:
@@ -159,6 +166,10 @@ def test_bad_requests_are_refused_naming_what_is_wrong(tmp_path: Path) -> None:
                                              r"pictures would join the dataset"):
             tool.main([str(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"), "--output",
                        str(output), "--split", "val", f"data.val.img_dir={images}"])
+    with pytest.raises(ValueError, match=rf"is inside data.train.img_dir "
+                                         rf"{re.escape(str(images))}: the pictures would join"):
+        tool.main([str(ROOT / "configs/synthetic/faster_rcnn_R_18_FPN.yaml"), "--output",
+                   str(images / "drawn"), "--split", "val", f"data.train.img_dir={images}"])
     assert not (images / "drawn").exists()
     with pytest.raises(ValueError, match="data.val.ann_file and data.val.img_dir are not set"):
         tool.main([str(ROOT / "configs/detection/faster_rcnn_R_50_FPN_1x.yaml"), "--output",

@@ -302,11 +302,12 @@ def predictor_images(images: Any, input_format: str = "RGB") -> list[np.ndarray]
     if isinstance(images, (np.ndarray, str, os.PathLike)) and np.ndim(images) != 4:
         raise ValueError("predict_batch takes a list of images (or an (N, H, W, 3) array); "
                          "call the Predictor itself for one image")
-    try:
-        images = list(images)
+    try:  # (iter alone: a TypeError of the caller's own generator keeps its traceback)
+        images = iter(images)
     except TypeError:  # None, a number: "'NoneType' object is not iterable"
         raise ValueError(f"predict_batch takes a list of images (or an (N, H, W, 3) array), "
                          f"got {type(images).__name__}") from None
+    images = list(images)
     for i, image in enumerate(images):
         try:
             images[i] = predictor_image(image, input_format)
