@@ -11,11 +11,11 @@ Detection configs: each object's box and class name (and Mask R-CNN's masks) on 
 legend beside the image, ignored pixels grey ("train": the augmented crops, padding
 included; "val": whole images). Pretraining configs (`task: classification`): each crop
 (enlarged by a whole factor under 192 px) above its class name ("train": random resized
-crops, "val": centre crops). Pictures go to DIR under the images' names inside
-data.<split>.img_dir or root/<split> (.jpg unless PNG). The first N images of the split
-(default 20; 0 = all) are drawn; --seed picks the augmentation. An image that cannot be read
-or whose annotation cannot be used is named and skipped, the others drawn, and the run then
-fails listing them.
+crops, "val": centre crops; the classes in turn). Pictures go to DIR under the images' names
+inside data.<split>.img_dir or root/<split> (.jpg unless PNG). The first N images of the
+split (default 20; 0 = all) are drawn; --seed picks the augmentation. An image that cannot
+be read or whose annotation cannot be used is named and skipped, the others drawn, and the
+run then fails listing them.
 """
 from __future__ import annotations
 
