@@ -191,6 +191,42 @@ def test_a_float_tiff_is_named_as_such_and_a_damaged_png_is_not(tmp_path) -> Non
         read_image(tmp_path / "cut.png")
 
 
+def test_a_damaged_files_decoders_say_nothing_before_the_warning_naming_it(
+        tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """A cut TIFF: Pillow's header read warned "Corrupt EXIF data" (Python warnings), and in
+    a loader worker OpenCV printed its own "TIFFReadDirectory" lines, naming no file, before
+    the warning that names it and why."""
+    import warnings
+
+    from resnet_detect.engine.data import build_test_loader
+    from resnet_detect.engine.data.images import UnreadableImageError, read_image
+
+    ok, encoded = cv2.imencode(".tif", np.random.default_rng(0).integers(
+        0, 255, (64, 64, 3), dtype=np.uint8))
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(encoded.tobytes()[:len(encoded) // 2])
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with pytest.raises(UnreadableImageError, match=r"cut.tif: cannot be decoded$"):
+            read_image(cut)
+    assert [str(w.message) for w in said] == []
+
+    class Reads(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, index: int) -> str:
+            try:
+                read_image(cut)
+            except UnreadableImageError as err:
+                return str(err)
+            return "read"
+    capfd.readouterr()
+    assert [batch for batch in build_test_loader(Reads(), num_workers=1)] == [
+        [f"{cut}: cannot be decoded"]]
+    assert "TIFF" not in capfd.readouterr().err
+
+
 def _png_chunks(data: bytes) -> list[bytes]:
     """A PNG's chunks, each whole (length, type, data, CRC)."""
     chunks, at = [], 8

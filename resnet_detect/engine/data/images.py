@@ -195,8 +195,10 @@ def opened_header(path: str | os.PathLike) -> Iterator[Image.Image]:
     Raises:
         OSError, ValueError, SyntaxError: what Pillow raises for a file it cannot read.
     """
+    # (and its warnings of a damaged file's header, "Corrupt EXIF data": the callers say what
+    # they make of it, as read_image's "cannot be decoded")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore")
         try:
             image = Image.open(path)
         except Image.DecompressionBombError:
@@ -205,8 +207,8 @@ def opened_header(path: str | os.PathLike) -> Iterator[Image.Image]:
                 image = Image.open(path)
             finally:
                 Image.MAX_IMAGE_PIXELS = limit
-    with image:
-        yield image
+        with image:
+            yield image
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int] | None:

@@ -55,6 +55,9 @@ def _init_worker(catching: Any, spawned_logging: Any, worker_id: int) -> None:
     # first: a spawned worker runs with them blocked until then
     preemption.leave_stop_signals_to_the_parent(catching)
     torch.set_num_threads(1)
+    # OpenCV's decoders print their own lines of a damaged file (a cut TIFF's "TIFFReadDirectory")
+    # before read_image's warning, which names the file and why
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     if spawned_logging is not None:
         cv2.setNumThreads(1)
         set_up_handlers(spawned_logging)
