@@ -29,11 +29,6 @@ if TYPE_CHECKING:
     from .trainer import Trainer
 
 
-# a record's `extra` key that keeps it off the console (what the tool's error line says
-# there itself, as why a training stopped)
-FILE_ONLY = "file_only"
-
-
 def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -> None:
     """INFO to stdout on the main process (WARNING elsewhere), and to output_dir/log.txt;
     another process's warnings and errors (an unreadable image it read, why it stopped: on
@@ -52,7 +47,6 @@ def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -
     # the date too: log.txt of a resumed run holds several days
     fmt = logging.Formatter(f"%(asctime)s {prefix}%(message)s", datefmt="%m/%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    handlers[0].addFilter(lambda record: not getattr(record, FILE_ONLY, False))
     if output_dir is not None and is_main_process():
         folder = writable_folder(output_dir)
         try:

@@ -44,7 +44,7 @@ from .distributed import (all_gather_object, broadcast_buffers, get_rank, get_wo
                           wrap_ddp)
 from .ema import WeightAverage
 from .files import atomic_write_json, is_disk_full, nan_to_none
-from .logging import (FILE_ONLY, ProgressLogger, ScalarWriter, logging_kept, logs_evaluation,
+from .logging import (ProgressLogger, ScalarWriter, logging_kept, logs_evaluation,
                       rank_log_name, setup_logging)
 from .memory_format import place_model
 from .model_check import warn_of_random_backbone, weights_keys
@@ -317,8 +317,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
                           f"some: {output_dir / rank_log_name('<N>')})"
                           if get_world_size() > 1 and is_main_process() else "")
                 logger.error("training stopped: %s: %s%s%s", type(e).__name__,
-                             worker_error_message(e), lost_process_hint(e), others,
-                             extra={FILE_ONLY: True})  # (the console has the error itself)
+                             worker_error_message(e), lost_process_hint(e), others)
             raise
 
 
