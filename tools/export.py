@@ -21,9 +21,9 @@ quantization, QDQ, per-channel weights; the network only, post-processing float3
 calibrated on N images of the config's validation split (default 32); export.json's
 "quantization" says how (resnet_detect/engine/quantize.py). Faster R-CNN, classifiers and
 segmenters; not Mask R-CNN.
-For detectors and segmenters, tools/eval.py and tools/demo.py take DIR (or DIR/model.onnx) as
---weights and run it with ONNX Runtime (a classifier's is scored from its .pth). Needs
-`pip install 'resnet-detect[export]'`.
+tools/eval.py (and tools/demo.py for detectors and segmenters) take DIR (or DIR/model.onnx)
+as --weights and run it with ONNX Runtime. export.json records the checkpoint exported
+(`exported_from`: its path and SHA-256). Needs `pip install 'resnet-detect[export]'`.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from resnet_detect.engine import atomic_write_json, get_world_size, is_main_proc
 from resnet_detect.engine.amp import amp_for_device, float32_default
 from resnet_detect.engine.config import ConfigError, config_section
 from resnet_detect.engine.data import CountedLoader, DatasetError, build_test_loader
-from resnet_detect.engine.export import ExportError, is_onnx
+from resnet_detect.engine.export import is_onnx
 from resnet_detect.engine.files import nan_to_none
 from resnet_detect.engine.task_api import LEFT_OUT
 from resnet_detect.engine.tasks import load_task_config
@@ -21,6 +21,7 @@ from resnet_detect.engine.tasks import load_task_config
 from . import build_classifier
 from .data import (ImageFolderDataset, build_val_transform, collate_images, scan_image_folder,
                    warn_of_another_val_transform)
+from .export import OnnxClassifier, crop_as_exported
 from .weights import classifier_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -37,17 +38,25 @@ def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, o
     `weights`: a checkpoint of tools/pretrain.py (model_final.pth, model_best.pth, a mid-run
     one), whose labels are its recorded class names, or torchvision / timm classifier weights,
     whose labels are the val folder's classes in sorted order (ImageFolder's, as they were
-    trained on ImageNet). `backend` is for COCO evaluation, not used.
+    trained on ImageNet), or an export of either (tools/export.py's folder or model.onnx,
+    float32 or int8: run by ONNX Runtime on crops made as it was exported). `backend` is for
+    COCO evaluation, not used.
     """
     from .pretraining import ClassificationTask, check_data_settings  # (it imports this file)
 
-    if is_onnx(weights):
-        raise ExportError(f"{weights}: tools/eval.py scores a classifier's .pth weights; its "
-                          f"export's logits are those of the weights it was made from")
     _, cfg = load_task_config(config, overrides, TASK)
     check_data_settings(cfg)
-    num_classes, provenance = classifier_checkpoint(weights, "evaluate")
-    warn_of_another_val_transform(weights, provenance, cfg.data, "this evaluation resizes")
+    exported = OnnxClassifier(weights, device) if is_onnx(weights) else None
+    if exported is not None:
+        crop_as_exported(exported, cfg, weights, overrides)
+        num_classes = int(exported.metadata["num_classes"])
+        names = exported.metadata["class_names"]  # (class_i: foreign weights', no names)
+        # the graph normalises itself: the crops reach it as they were read (0..255)
+        provenance = {"class_names": None if names == [f"class_{i}" for i in range(num_classes)]
+                      else names, "pixel_mean": [0.0] * 3, "pixel_std": [1.0] * 3}
+    else:
+        num_classes, provenance = classifier_checkpoint(weights, "evaluate")
+        warn_of_another_val_transform(weights, provenance, cfg.data, "this evaluation resizes")
     recorded = [str(n) for n in provenance.get("class_names") or []] or None
     val_dir = Path(str(cfg.data.root)) / str(cfg.data.val_split)
     samples, class_names = scan_image_folder(val_dir, recorded)
@@ -59,15 +68,21 @@ def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, o
     if recorded is not None and len(recorded) != num_classes:
         raise ConfigError(f"{weights} records {len(recorded)} class names for {num_classes} "
                           f"outputs")
-    with config_section("model"):
-        model = build_classifier(cfg.model.name, num_classes, weights=weights,
-                                 config_prefix="model.options.", **to_plain(cfg.model.options))
+    if exported is not None:
+        model = exported
+    else:
+        with config_section("model"):
+            model = build_classifier(cfg.model.name, num_classes, weights=weights,
+                                     config_prefix="model.options.",
+                                     **to_plain(cfg.model.options))
     task = ClassificationTask()
     # the normalisation the weights learnt with; foreign weights: the config's
     task.configure(cfg, class_names, provenance.get("pixel_mean") or cfg.data.pixel_mean,
                    provenance.get("pixel_std") or cfg.data.pixel_std)
     model.to(device).eval()
-    if task.channels_last:
+    if exported is not None:  # (ONNX Runtime's graph: its own precision and layout)
+        task.amp, task.channels_last = None, False
+    elif task.channels_last:
         model.to(memory_format=torch.channels_last)
     dataset = ImageFolderDataset(
         samples=samples, class_names=class_names,
@@ -83,6 +98,8 @@ def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, o
     result = nan_to_none(metrics)
     result["images"] = loader.report(logger, "val", LEFT_OUT, scoring=True)
     result["weights"] = str(weights)
+    if exported is not None and "exported_from" in exported.metadata:
+        result["exported_from"] = exported.metadata["exported_from"]
     if is_main_process():
         atomic_write_json(result, output / "metrics.json")
         print(task.summary(metrics), flush=True)

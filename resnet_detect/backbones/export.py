@@ -12,12 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from resnet_detect.engine.amp import float32_default
 from resnet_detect.engine.config import config_section, to_plain
-from resnet_detect.engine.export import ExportError, MODEL_FILE, export_graph, write_metadata
+from resnet_detect.engine.export import (ExportError, MODEL_FILE, OnnxModel, export_graph,
+                                         exported_from, warn_of_settings_the_graph_keeps,
+                                         write_metadata)
 from resnet_detect.engine.tasks import load_task_config
 
 from . import build_classifier
@@ -82,4 +86,42 @@ def export_model(config: str | os.PathLike, weights: str | os.PathLike, folder: 
         outputs={"logits": "float32 (K,) class scores before softmax"},
         pixel_mean=mean, pixel_std=std, class_names=names, num_classes=num_classes,
         resize={"short_side": int(cfg.data.val_resize), "center_crop": size,
-                "interpolation": INTERPOLATION_NOTES[cfg.data.val_interpolation]})
+                "interpolation": INTERPOLATION_NOTES[cfg.data.val_interpolation]},
+        exported_from=exported_from(weights))
+
+
+class OnnxClassifier(OnnxModel):
+    """An exported classifier (float32 or int8) run by ONNX Runtime where tools/eval.py runs
+    the model: (N, 3, H, W) crops of 0..255 values, not normalised (the graph normalises
+    them itself) -> (N, K) logits."""
+
+    def __init__(self, weights: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+        super().__init__(weights, TASK, device, required=("resize", "num_classes"))
+
+    def forward(self, images: Tensor) -> Tensor:
+        logits = [self.run_graph({"image": self.hwc_uint8(image.round().to(torch.uint8))})[0]
+                  for image in images]
+        return torch.from_numpy(np.stack(logits)).to(self.device)
+
+
+def crop_as_exported(model: OnnxClassifier, cfg: DictConfig, weights: str | os.PathLike,
+                     overrides: Sequence[str]) -> None:
+    """Set `cfg`'s val crop keys to the export's resize rule (the graph takes crops made as
+    it was exported), naming those the config set otherwise."""
+    resize = model.metadata["resize"]
+    if not isinstance(resize, dict) or not all(
+            isinstance(resize.get(k), int) for k in ("short_side", "center_crop")):
+        raise ExportError(f"{model.metadata_source}: its resize {resize!r:.120} lacks the "
+                          f"short_side and center_crop of the crops it takes; export again "
+                          f"with tools/export.py")
+    # (an interpolation of another version's wording: the config's, unnamed)
+    interpolation = next((name for name, note in INTERPOLATION_NOTES.items()
+                          if note == resize.get("interpolation")), cfg.data.val_interpolation)
+    differing = []
+    for key, value in (("val_resize", resize["short_side"]),
+                       ("image_size", resize["center_crop"]),
+                       ("val_interpolation", interpolation)):
+        if value != cfg.data[key]:
+            differing.append(f"data.{key} {value} (config: {cfg.data[key]})")
+            cfg.data[key] = value
+    warn_of_settings_the_graph_keeps(weights, differing, overrides)

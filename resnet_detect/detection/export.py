@@ -72,7 +72,8 @@ def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequen
                     category_ids: Sequence[int], resize: tuple[int, int | None],
                     example_size: tuple[int, int] = (96, 128),
                     mask_output: str | None = None,
-                    model_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    model_config: Mapping[str, Any] | None = None,
+                    source: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Write `folder/model.onnx` and `folder/export.json`; returns the metadata.
 
     Args:
@@ -123,6 +124,7 @@ def export_detector(model: GeneralizedRCNN, folder: Path, *, class_names: Sequen
                 "max_size": int(resize[1]) if resize[1] else None,
                 "interpolation": "bilinear (OpenCV, as detection.data.build_transforms)"},
         model_config=dict(model_config or {}),
+        **({"exported_from": dict(source)} if source is not None else {}),
         mask_on=model.mask_on, **({"mask_threshold": model.mask_threshold,
                                    "mask_output": mask_output} if model.mask_on else {}),
         score_thresh=box_predictor.score_thresh,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .files import atomic_write_json, is_disk_full
+from .files import atomic_write_json, is_disk_full, sha256_of
 
 logger = logging.getLogger(__name__)
 OPSET = 17
@@ -46,7 +46,14 @@ def is_onnx(weights: str | os.PathLike | None) -> bool:
         return False
     path = Path(weights)
     return path.suffix.lower() == ".onnx" or (path.is_dir() and any(
-        (path / name).exists() for name in (MODEL_FILE, METADATA_FILE)))
+        (path / name).exists() for name in (MODEL_FILE, METADATA_FILE,
+                                            _partial(Path(MODEL_FILE)).name)))
+
+
+def exported_from(weights: str | os.PathLike) -> dict[str, str]:
+    """export.json's record of the checkpoint a graph was made from (the folder's graph is
+    the earlier export's after a stopped one: this tells which weights an evaluation scored)."""
+    return {"weights": str(Path(weights).resolve()), "sha256": sha256_of(weights)}
 
 
 def export_graph(graph: nn.Module, example: Sequence[torch.Tensor], path: Path, *,
@@ -220,7 +227,10 @@ def open_session(weights: str | os.PathLike, device: str | torch.device = "cpu")
     """ONNX Runtime session on the `.onnx` that `weights` names: the CUDA execution provider
     for a CUDA device when present, the CPU one otherwise."""
     if not model_path(weights).is_file():
-        raise ExportError(f"{model_path(weights)}: no such ONNX file")
+        stopped = (f" (an export into {model_path(weights).parent} stopped before it ended: "
+                   f"export again with tools/export.py)"
+                   if _partial(model_path(weights)).is_file() else "")
+        raise ExportError(f"{model_path(weights)}: no such ONNX file{stopped}")
     try:
         import onnxruntime
     except ImportError as e:
@@ -254,6 +264,13 @@ class OnnxModel(nn.Module):
         self.session = open_session(weights, device)
         self.metadata, self.metadata_source = read_metadata(weights, task, required,
                                                             self.session)
+        if _partial(model_path(weights)).is_file():
+            recorded = self.metadata.get("exported_from")
+            source = recorded.get("weights") if isinstance(recorded, dict) else None
+            logger.warning("an export into %s stopped before it ended (%s is left): %s is the "
+                           "earlier export's%s", model_path(weights).parent,
+                           _partial(model_path(weights)).name, model_path(weights),
+                           f", of {source}" if source else "")
         # where the tensors handed back live (evaluation reads the model's device from here)
         self.register_buffer("pixel_mean", torch.tensor(self.metadata["pixel_mean"])
                              .view(3, 1, 1), False)

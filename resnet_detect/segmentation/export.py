@@ -78,7 +78,8 @@ def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Seq
                      example_size: tuple[int, int] = (96, 128),
                      reduce_zero_label: bool | None = None,
                      model_config: Mapping[str, Any] | None = None,
-                     palette: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
+                     palette: Sequence[Sequence[int]] | None = None,
+                     source: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Write `folder/model.onnx` and `folder/export.json`; returns the metadata.
 
     Args:
@@ -105,7 +106,8 @@ def export_segmentor(model: SemanticSegmentor, folder: Path, *, class_names: Seq
         num_classes=model.num_classes, ignore_index=model.ignore_index, resize=None,
         test_scale=float(scale), test_max_size=max_size, reduce_zero_label=reduce_zero_label,
         model_config=dict(model_config or {}),
-        **({"palette": [list(c) for c in palette]} if palette is not None else {}))
+        **({"palette": [list(c) for c in palette]} if palette is not None else {}),
+        **({"exported_from": dict(source)} if source is not None else {}))
 
 
 class OnnxSegmentor(OnnxModel):

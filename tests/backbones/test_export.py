@@ -221,3 +221,97 @@ def test_a_resnet_d_classifier_exports_with_its_pooled_shortcuts(tmp_path: Path)
     export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "export",
                  ["model.name=resnet18d"])
     _assert_pytorch_logits(model, open_session(tmp_path / "export"), [(67, 93), (50, 41)])
+
+
+def test_tools_eval_scores_an_export_float32_or_int8_on_the_crops_it_was_exported_for(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An export (an int8 one above all, whose logits are not the .pth's) could not be scored
+    ("tools/eval.py scores a classifier's .pth weights"), though the README asks to score an
+    int8 export before deploying it. Expected: ONNX Runtime run here on centre crops cut by
+    hand (54 px short sides: no resizing), top-1 / top-5 counted here."""
+    import logging
+    import shutil
+
+    import cv2
+
+    from resnet_detect.backbones.classifier_eval import evaluate_checkpoint
+    from resnet_detect.engine.quantize import quantize_graph
+
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", len(NAMES)).eval()
+    save_checkpoint(tmp_path / "model_final.pth", model.state_dict(),
+                    make_provenance("resnet18", class_names=NAMES, pixel_mean=MEAN,
+                                    pixel_std=STD))
+    rng = np.random.default_rng(0)
+    crops, labels = [], []
+    for label, name in enumerate(NAMES):
+        for i, (h, w) in enumerate([(54, 70), (70, 54), (54, 54)]):
+            image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            path = tmp_path / "data/val" / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            top, left = (h - 48) // 2, (w - 48) // 2
+            crops.append(np.ascontiguousarray(image[top:top + 48, left:left + 48]))
+            labels.append(label)
+    (tmp_path / "data/train").mkdir()
+    export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "fp32")
+    shutil.copytree(tmp_path / "fp32", tmp_path / "int8")
+    quantize_graph(tmp_path / "fp32/model.onnx", tmp_path / "int8/model.onnx", "classification",
+                   [{"image": crop} for crop in crops[:4]])
+    overrides = [f"data.root={tmp_path / 'data'}", "data.num_workers=0"]
+    cpu = torch.device("cpu")
+
+    def expected(graph: Path) -> dict[str, float]:
+        session = open_session(graph)
+        logits = np.stack([session.run(None, {"image": crop})[0] for crop in crops])
+        top5 = np.argsort(-logits, axis=1)[:, :3]  # (3 classes: top-5 is every one)
+        hits = top5 == np.array(labels)[:, None]
+        return {"top1": 100 * hits[:, 0].mean(), "top5": 100 * hits.any(axis=1).mean()}
+
+    pth = evaluate_checkpoint(CONFIG, tmp_path / "model_final.pth", tmp_path, overrides, cpu)
+    for graph in ("fp32", "int8"):
+        result = evaluate_checkpoint(CONFIG, tmp_path / graph, tmp_path, overrides, cpu)
+        want = expected(tmp_path / graph)
+        assert result["classification"] == pytest.approx(want, abs=1e-9), graph
+        assert result["exported_from"]["weights"] == str(tmp_path / "model_final.pth")
+        assert result["images"]["images"] == 9
+    assert pth["classification"] == pytest.approx(expected(tmp_path / "fp32"), abs=1e-9)
+    # crop keys other than the export's: the export's, named
+    with caplog.at_level(logging.WARNING):
+        other = evaluate_checkpoint(CONFIG, tmp_path / "int8/model.onnx", tmp_path,
+                                    [*overrides, "data.val_resize=64"], cpu)
+    assert other["classification"] == pytest.approx(expected(tmp_path / "int8"), abs=1e-9)
+    assert "runs as it was exported, not as the config says: data.val_resize 54 (config: 64)" \
+        in caplog.text
+
+
+def test_an_export_names_its_checkpoint_and_a_stopped_one_is_said(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A re-export killed partway left the earlier graph, which eval scored without a word,
+    and nothing told which checkpoint a graph was made from."""
+    import hashlib
+    import logging
+
+    from resnet_detect.backbones.export import OnnxClassifier
+    from resnet_detect.engine.export import is_onnx
+
+    model = build_classifier("resnet18", len(NAMES)).eval()
+    weights = tmp_path / "run/model_final.pth"
+    weights.parent.mkdir()
+    save_checkpoint(weights, model.state_dict(), make_provenance("resnet18", class_names=NAMES))
+    metadata = export_model(CONFIG, weights, tmp_path / "export")
+    assert metadata["exported_from"] == {
+        "weights": str(weights), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    partial = tmp_path / "export/model.onnx.partial"
+    partial.write_bytes(b"the next export's first bytes")
+    with caplog.at_level(logging.WARNING):
+        OnnxClassifier(tmp_path / "export")
+    assert (f"an export into {tmp_path / 'export'} stopped before it ended (model.onnx.partial "
+            f"is left): {tmp_path / 'export/model.onnx'} is the earlier export's, of "
+            f"{weights}") in caplog.text
+    (tmp_path / "export/model.onnx").unlink()
+    (tmp_path / "export/export.json").unlink()
+    assert is_onnx(tmp_path / "export")  # (was "a folder, not a weights file")
+    with pytest.raises(ExportError, match=r"model.onnx: no such ONNX file \(an export into "
+                                          r".*export stopped before it ended: export again"):
+        OnnxClassifier(tmp_path / "export")

@@ -323,6 +323,8 @@ def test_exported_onnx_scores_the_same_miou_and_refuses_what_it_cannot_run(
                                      ("onnx", export / "model.onnx"))}
     assert metrics["onnx"]["mIoU"] == pytest.approx(metrics["pth"]["mIoU"], abs=0.1)
     assert metrics["onnx"]["pixel_acc"] == pytest.approx(metrics["pth"]["pixel_acc"], abs=0.1)
+    assert json.loads((tmp_path / "onnx/metrics.json").read_text())["exported_from"][
+        "weights"] == str(trained[0] / "model_final.pth")  # which checkpoint was scored
     image = data / "images/val/000001.jpg"
     load_tool("demo").main([str(CONFIG), "--weights", str(export), "--input", str(image),
                             "--output", str(tmp_path / "demo"), *overrides(data)])

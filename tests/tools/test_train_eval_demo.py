@@ -5,6 +5,7 @@ Runs in-process on CPU; tiny scenes (96x128), a ResNet-18 FPN with random weight
 from __future__ import annotations
 
 import errno
+import hashlib
 import importlib.util
 import json
 import logging
@@ -1681,6 +1682,8 @@ def test_an_int8_export_runs_in_eval_demo_and_predictor_as_a_float32_one(
                                              str(tmp_path / f"eval_{name}")])
                for name, folder in (("int8", export), ("fp32", float32))}
     assert metrics["int8"]["images"] == metrics["fp32"]["images"]
+    assert metrics["int8"]["exported_from"] == metrics["fp32"]["exported_from"] == {
+        "weights": weights, "sha256": hashlib.sha256(Path(weights).read_bytes()).hexdigest()}
     results = json.loads((tmp_path / "eval_int8/coco_instances_results.json").read_text())
     assert len(results) > 0
     out = Predictor(str(CONFIG), weights=export, overrides=[
