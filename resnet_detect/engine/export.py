@@ -212,7 +212,11 @@ def read_metadata(weights: str | os.PathLike, task: str, required: Sequence[str]
                        onnx_file)
     if not isinstance(metadata, dict) or metadata.get("task") != task:
         found = metadata.get("task") if isinstance(metadata, dict) else None
-        raise ExportError(f"{source} is for task {found!r}; this config's task is {task!r}")
+        runs = {"detection": "resnet_detect.detection.Predictor and a detection config",
+                "sem_seg": "resnet_detect.segmentation.Predictor and a sem_seg config",
+                "classification": "tools/eval.py with a pretraining config"}.get(found)
+        raise ExportError(f"{source} is for task {found!r}; this config's task is {task!r}"
+                          + (f" (it runs with {runs})" if runs else ""))
     missing = [key for key in (*COMMON_KEYS, *required) if key not in metadata]
     if missing:
         raise ExportError(f"{source} lacks {missing}; export again with tools/export.py")

@@ -91,7 +91,8 @@ def prepare_calibration(task: str, config: str | os.PathLike, overrides: Sequenc
             raise ExportError(f"--quantize int8 calibrates on the config's validation images, "
                               f"data.root/data.val_split: {e}") from e
     inputs, source = calibration_inputs(task, cfg, images)
-    logger.info("int8 calibration on %d image(s) of %s", len(inputs), source)
+    logger.info("int8 calibration on %d image(s) of %s%s", len(inputs), source,
+                f" (of the {images} asked: all it has)" if len(inputs) < images else "")
     return inputs, source
 
 

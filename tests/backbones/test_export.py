@@ -309,6 +309,11 @@ def test_an_export_names_its_checkpoint_and_a_stopped_one_is_said(
     assert (f"an export into {tmp_path / 'export'} stopped before it ended (model.onnx.partial "
             f"is left): {tmp_path / 'export/model.onnx'} is the earlier export's, of "
             f"{weights}") in caplog.text
+    from resnet_detect.engine.export import OnnxModel
+    with pytest.raises(ExportError, match=r"is for task 'classification'; this config's task is "
+                                          r"'detection' \(it runs with tools/eval.py with a "
+                                          r"pretraining config\)$"):
+        OnnxModel(tmp_path / "export", "detection")  # (detection.Predictor given a classifier)
     (tmp_path / "export/model.onnx").unlink()
     (tmp_path / "export/export.json").unlink()
     assert is_onnx(tmp_path / "export")  # (was "a folder, not a weights file")

@@ -223,10 +223,22 @@ def test_a_segmenter_in_int8_gives_nearly_the_float32_class_maps(tmp_path: Path)
         assert (got == expected).mean() >= 0.9
 
 
-def test_calibration_images_are_spread_over_the_split() -> None:
+def test_calibration_images_are_spread_over_the_split(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert spread(10, 3) == [0, 3, 6]
     assert spread(4, 4) == [0, 1, 2, 3] and spread(3, 32) == [0, 1, 2]
     assert spread(150, 32)[-1] == 145 and len(set(spread(150, 32))) == 32
+    # more asked than the split has: said (the log said "on 2 image(s)" alone)
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "val" / name / "0.png"), image(rng, 60, 60))
+    with caplog.at_level(logging.INFO):
+        inputs, _ = prepare_calibration("classification", CLASSIFIER_CONFIG,
+                                        [f"data.root={tmp_path}"], 10)
+    assert len(inputs) == 2
+    assert "int8 calibration on 2 image(s) of " in caplog.text
+    assert caplog.text.rstrip().endswith("(of the 10 asked: all it has)")
 
 
 def test_what_cannot_be_quantized_is_refused_naming_the_option(
