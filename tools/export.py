@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with exclusive_tool_folder(output, "tools/export.py") as locked:
         if locked:  # (unlocked, they may be another export's, still writing)
             remove_interrupted_export(output)
-        replaced = (output / METADATA_FILE).is_file()
+        replaced = earlier_export(output)
         if calibration is None:
             metadata = export_model(args.config, args.weights, output, args.overrides,
                                     **options)
@@ -115,9 +115,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 metadata = quantize_export(Path(fp32), output, fp32_metadata, *calibration)
     print(f"wrote {Path(args.output) / metadata['model']}"
           f"{' (int8)' if calibration is not None else ''} and export.json"
-          f"{' in place of the export that was there' if replaced else ''}: "
+          f"{f' in place of the export that was there{replaced}' if replaced is not None else ''}: "
           f"{json.dumps(metadata['outputs'])}", flush=True)
     return metadata
+
+
+def earlier_export(folder: Path) -> str | None:
+    """What the export a new one replaces in `folder` was (" (a sem_seg export, of WEIGHTS)",
+    "" where its export.json says nothing of it); None where there is none."""
+    try:
+        earlier = json.loads((folder / METADATA_FILE).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(earlier, dict):
+        return ""
+    source = earlier.get("exported_from")
+    weights = source.get("weights") if isinstance(source, dict) else None
+    task = earlier.get("task")
+    return (f" (a {task} export{f', of {weights}' if weights else ''})"
+            if isinstance(task, str) else "")
 
 
 if __name__ == "__main__":

@@ -375,7 +375,8 @@ def test_weights_without_class_names_export_with_the_configs_and_score_the_same(
     load_tool("export").main([str(CONFIG), "--weights", str(bare), "--output", str(export),
                               *overrides(data)])  # the export there is replaced, and said so
     assert f"wrote {export / 'model.onnx'} and export.json in place of the export that was " \
-        f"there: " in capsys.readouterr().out
+        f"there (a sem_seg export, of {trained[0] / 'model_final.pth'}): " \
+        in capsys.readouterr().out  # (what it was: said since export.json records it)
     metadata = json.loads((export / "export.json").read_text())
     assert metadata["class_names"] == CLASSES
     unnamed = [o for o in overrides(data) if not o.startswith("data.class_names=")]
