@@ -40,7 +40,10 @@ Classifiers (`task: classification`, tools/pretrain.py's configs): top-1 and top
 on data.root/data.val_split, written to DIR/metrics.json as {"classification": {"top1",
 "top5"}, "images": {...}, "weights": CKPT}; weights are tools/pretrain.py's checkpoints (labels:
 their recorded class names) or torchvision / timm classifier weights (labels: the val folder's
-classes, sorted, as ImageNet's 1000 synsets are).
+classes, sorted, as ImageNet's 1000 synsets are), or an export of either (tools/export.py's
+folder or model.onnx, float32 or int8), run by ONNX Runtime on the crops its export.json's
+resize makes. An export's metrics.json also holds "exported_from": the checkpoint it was made
+from (path and SHA-256), as its export.json records it.
 """
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ from resnet_detect.engine.task_api import LEFT_OUT
 from resnet_detect.engine.tasks import load_task_config
 
 from . import build_classifier
-from .data import (ImageFolderDataset, build_val_transform, collate_images, scan_image_folder,
-                   warn_of_another_val_transform)
+from .data import (ImageFolderDataset, build_val_transform, class_folders, collate_images,
+                   scan_image_folder, warn_of_another_val_transform)
 from .export import OnnxClassifier, crop_as_exported
 from .weights import classifier_checkpoint
 
@@ -50,10 +50,16 @@ def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, o
     if exported is not None:
         crop_as_exported(exported, cfg, weights, overrides)
         num_classes = int(exported.metadata["num_classes"])
-        names = exported.metadata["class_names"]  # (class_i: foreign weights', no names)
+        names = exported.metadata["class_names"]
+        # class_i: the export of foreign weights, which named none (the val folders' sorted
+        # names label them, as the .pth's), unless the folders are so named
+        placeholders = names == [f"class_{i}" for i in range(num_classes)]
+        val_dir = Path(str(cfg.data.root)) / str(cfg.data.val_split)
+        unnamed = placeholders and val_dir.is_dir() and not set(class_folders(val_dir)) <= set(
+            names)
         # the graph normalises itself: the crops reach it as they were read (0..255)
-        provenance = {"class_names": None if names == [f"class_{i}" for i in range(num_classes)]
-                      else names, "pixel_mean": [0.0] * 3, "pixel_std": [1.0] * 3}
+        provenance = {"class_names": None if unnamed else names,
+                      "pixel_mean": [0.0] * 3, "pixel_std": [1.0] * 3}
     else:
         num_classes, provenance = classifier_checkpoint(weights, "evaluate")
         warn_of_another_val_transform(weights, provenance, cfg.data, "this evaluation resizes")

@@ -114,9 +114,12 @@ def crop_as_exported(model: OnnxClassifier, cfg: DictConfig, weights: str | os.P
         raise ExportError(f"{model.metadata_source}: its resize {resize!r:.120} lacks the "
                           f"short_side and center_crop of the crops it takes; export again "
                           f"with tools/export.py")
-    # (an interpolation of another version's wording: the config's, unnamed)
-    interpolation = next((name for name, note in INTERPOLATION_NOTES.items()
-                          if note == resize.get("interpolation")), cfg.data.val_interpolation)
+    # by the note's first word, its name (the notes' wording changed since the first exports)
+    interpolation = str(resize.get("interpolation") or "").split(" ", 1)[0]
+    if interpolation not in VAL_INTERPOLATIONS:
+        raise ExportError(f"{model.metadata_source}: its resize interpolation "
+                          f"{resize.get('interpolation')!r:.80} names none of "
+                          f"{', '.join(VAL_INTERPOLATIONS)}; export again with tools/export.py")
     differing = []
     for key, value in (("val_resize", resize["short_side"]),
                        ("image_size", resize["center_crop"]),

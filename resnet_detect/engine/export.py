@@ -132,15 +132,21 @@ def _partial(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+def interrupted_export_files(folder: Path) -> list[Path]:
+    """What an export stopped partway (or writing now) leaves in `folder`: its graph's
+    .partial, an int8 export's work folders."""
+    return [p for p in folder.iterdir()
+            if p.name == _partial(folder / MODEL_FILE).name
+            or (p.is_dir() and p.name.startswith((FLOAT32_PREFIX, QUANTIZE_PREFIX)))]
+
+
 def remove_interrupted_export(folder: Path) -> None:
     """Remove what a killed export left in `folder`: its graph's .partial and an int8
     export's work folders (a float32 graph, the quantizer's copy: 120 MB for an R50-FPN),
     which no later export removed and which went with every copy of the folder (the export
     itself stays whole through a kill). Only under the folder's lock (exclusive_tool_folder):
     another export's are not left over."""
-    left = [p for p in folder.iterdir()
-            if p.name == _partial(folder / MODEL_FILE).name
-            or (p.is_dir() and p.name.startswith((FLOAT32_PREFIX, QUANTIZE_PREFIX)))]
+    left = interrupted_export_files(folder)
     for p in left:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
@@ -212,9 +218,11 @@ def read_metadata(weights: str | os.PathLike, task: str, required: Sequence[str]
                        onnx_file)
     if not isinstance(metadata, dict) or metadata.get("task") != task:
         found = metadata.get("task") if isinstance(metadata, dict) else None
-        runs = {"detection": "resnet_detect.detection.Predictor and a detection config",
-                "sem_seg": "resnet_detect.segmentation.Predictor and a sem_seg config",
-                "classification": "tools/eval.py with a pretraining config"}.get(found)
+        runs = {"detection": "a detection config: tools/eval.py, tools/demo.py, "
+                             "resnet_detect.detection.Predictor",
+                "sem_seg": "a sem_seg config: tools/eval.py, tools/demo.py, "
+                           "resnet_detect.segmentation.Predictor",
+                "classification": "a pretraining config: tools/eval.py"}.get(found)
         raise ExportError(f"{source} is for task {found!r}; this config's task is {task!r}"
                           + (f" (it runs with {runs})" if runs else ""))
     missing = [key for key in (*COMMON_KEYS, *required) if key not in metadata]
@@ -268,12 +276,13 @@ class OnnxModel(nn.Module):
         self.session = open_session(weights, device)
         self.metadata, self.metadata_source = read_metadata(weights, task, required,
                                                             self.session)
-        if _partial(model_path(weights)).is_file():
+        left = interrupted_export_files(model_path(weights).parent)
+        if left:
             recorded = self.metadata.get("exported_from")
             source = recorded.get("weights") if isinstance(recorded, dict) else None
-            logger.warning("an export into %s stopped before it ended (%s is left): %s is the "
-                           "earlier export's%s", model_path(weights).parent,
-                           _partial(model_path(weights)).name, model_path(weights),
+            logger.warning("an export into %s stopped before it ended, or is writing now (%s "
+                           "there): %s is the earlier export's%s", model_path(weights).parent,
+                           ", ".join(sorted(p.name for p in left)), model_path(weights),
                            f", of {source}" if source else "")
         # where the tensors handed back live (evaluation reads the model's device from here)
         self.register_buffer("pixel_mean", torch.tensor(self.metadata["pixel_mean"])

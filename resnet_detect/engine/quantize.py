@@ -92,7 +92,8 @@ def prepare_calibration(task: str, config: str | os.PathLike, overrides: Sequenc
                               f"data.root/data.val_split: {e}") from e
     inputs, source = calibration_inputs(task, cfg, images)
     logger.info("int8 calibration on %d image(s) of %s%s", len(inputs), source,
-                f" (of the {images} asked: all it has)" if len(inputs) < images else "")
+                f" (of the {images} asked: the split has no more, or some could not be read)"
+                if len(inputs) < images else "")
     return inputs, source
 
 

@@ -224,7 +224,8 @@ def test_a_resnet_d_classifier_exports_with_its_pooled_shortcuts(tmp_path: Path)
 
 
 def test_tools_eval_scores_an_export_float32_or_int8_on_the_crops_it_was_exported_for(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """An export (an int8 one above all, whose logits are not the .pth's) could not be scored
     ("tools/eval.py scores a classifier's .pth weights"), though the README asks to score an
     int8 export before deploying it. Expected: ONNX Runtime run here on centre crops cut by
@@ -283,6 +284,30 @@ def test_tools_eval_scores_an_export_float32_or_int8_on_the_crops_it_was_exporte
     assert other["classification"] == pytest.approx(expected(tmp_path / "int8"), abs=1e-9)
     assert "runs as it was exported, not as the config says: data.val_resize 54 (config: 64)" \
         in caplog.text
+    # a bilinear export on images that are resized: torchvision's Resize + CenterCrop crops
+    from PIL import Image
+    from torchvision.transforms import functional as tvf
+    export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "bilinear",
+                 ["data.val_interpolation=bilinear", "data.val_resize=60", "data.image_size=56"])
+    crops, labels = [], []
+    for label, name in enumerate(NAMES):
+        for i, (h, w) in enumerate([(81, 105), (120, 64), (37, 90)]):
+            image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            path = tmp_path / "data2/val" / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            pil = tvf.center_crop(tvf.resize(Image.fromarray(image), 60), 56)
+            crops.append(np.ascontiguousarray(np.asarray(pil)))
+            labels.append(label)
+    (tmp_path / "data2/train").mkdir()
+    from resnet_detect.backbones.export import OnnxClassifier
+    fed, run = [], OnnxClassifier.run_graph
+    monkeypatch.setattr(OnnxClassifier, "run_graph",
+                        lambda self, inputs: fed.append(inputs["image"]) or run(self, inputs))
+    result = evaluate_checkpoint(CONFIG, tmp_path / "bilinear", tmp_path,
+                                 [f"data.root={tmp_path / 'data2'}", "data.num_workers=0"], cpu)
+    assert result["classification"] == pytest.approx(expected(tmp_path / "bilinear"), abs=1e-9)
+    assert len(fed) == 9 and all((a == b).all() for a, b in zip(fed, crops, strict=True))
 
 
 def test_an_export_names_its_checkpoint_and_a_stopped_one_is_said(
@@ -306,13 +331,20 @@ def test_an_export_names_its_checkpoint_and_a_stopped_one_is_said(
     partial.write_bytes(b"the next export's first bytes")
     with caplog.at_level(logging.WARNING):
         OnnxClassifier(tmp_path / "export")
-    assert (f"an export into {tmp_path / 'export'} stopped before it ended (model.onnx.partial "
-            f"is left): {tmp_path / 'export/model.onnx'} is the earlier export's, of "
-            f"{weights}") in caplog.text
+    assert (f"an export into {tmp_path / 'export'} stopped before it ended, or is writing now "
+            f"(model.onnx.partial there): {tmp_path / 'export/model.onnx'} is the earlier "
+            f"export's, of {weights}") in caplog.text
+    partial.unlink()  # an int8 export stopped before its graph: its float32 work folder
+    (tmp_path / "export/.float32-x").mkdir()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        OnnxClassifier(tmp_path / "export")
+    assert "stopped before it ended, or is writing now (.float32-x there)" in caplog.text
+    partial.write_bytes(b"the next export's first bytes")
     from resnet_detect.engine.export import OnnxModel
     with pytest.raises(ExportError, match=r"is for task 'classification'; this config's task is "
-                                          r"'detection' \(it runs with tools/eval.py with a "
-                                          r"pretraining config\)$"):
+                                          r"'detection' \(it runs with a pretraining config: "
+                                          r"tools/eval.py\)$"):
         OnnxModel(tmp_path / "export", "detection")  # (detection.Predictor given a classifier)
     (tmp_path / "export/model.onnx").unlink()
     (tmp_path / "export/export.json").unlink()
