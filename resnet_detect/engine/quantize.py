@@ -212,8 +212,12 @@ def quantize_graph(source: Path, target: Path, task: str,
     root = logging.getLogger()
     quiet = _QuietOnnxRuntime()  # its quantizer logs each bias it copies on the root logger
     root.addFilter(quiet)
+    system_temp = tempfile.tempdir
     try:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=QUANTIZE_PREFIX) as work:
+            # ONNX Runtime's own scratch copies of the graph (pre.quant.*, ort.quant.*) in
+            # ours: a killed export left them in /tmp for good, the next export removes ours
+            tempfile.tempdir = work
             prepared = Path(work) / "prepared.onnx"
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             nodes = network_nodes(onnx.load(str(prepared)), task)
@@ -225,6 +229,7 @@ def quantize_graph(source: Path, target: Path, task: str,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
     finally:
+        tempfile.tempdir = system_temp
         root.removeFilter(quiet)
     # (the calibrator holds the quantized tensors of all the images at once: its option to
     # merge ranges in chunks, CalibMaxIntermediateOutputs, drops the chunks' data unused in

@@ -127,9 +127,21 @@ def assert_quantized_network(path: Path, quantized_ops: set[str],
 
 
 def test_a_classifier_in_int8_gives_the_float32_logits_within_quantization_noise(
-        classifier: Path, tmp_path: Path) -> None:
+        classifier: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from onnxruntime.quantization import shape_inference
+    scratch = []  # where ONNX Runtime's own temporary copies go: in the export's work folder
+    real = shape_inference.quant_pre_process
+    monkeypatch.setattr(shape_inference, "quant_pre_process", lambda *args, **kwargs: (
+        scratch.append(tempfile.gettempdir()), real(*args, **kwargs))[1])
+    system_temp = tempfile.gettempdir()
     quantize_graph(classifier, tmp_path / "int8.onnx", "classification",
                    classifier_inputs(0, 8))
+    # (a killed export left them in /tmp for good: 60 MB for a ResNet-18 detector)
+    assert len(scratch) == 1 and Path(scratch[0]).parent == tmp_path
+    assert Path(scratch[0]).name.startswith(".quantize-") and not Path(scratch[0]).exists()
+    assert tempfile.gettempdir() == system_temp
     assert_quantized_network(tmp_path / "int8.onnx", {"Conv", "Gemm"})
     # int8 weights: the file is about a quarter of the float32 one
     assert (tmp_path / "int8.onnx").stat().st_size < 0.3 * classifier.stat().st_size
