@@ -203,10 +203,10 @@ def _warn_of_a_skipped_repeat(file: Path, parent: Path, merged: tuple[Path, Dict
     if kept and (file, parent) not in _SKIPS_SAID:  # (a tool reads its config several times)
         _SKIPS_SAID.add((file, parent))
         logger.warning("%s is a %s of %s and was merged before it (its first place): not "
-                       "merged again, so %s keep the values %s set since (list it first, or set "
-                       "them in %s, to have its values)", file, BASE_KEY, parent,
-                       ", ".join(kept[:5]) + (" ..." if len(kept) > 5 else ""),
-                       ", ".join(sorted({later[k].name for k in kept})), parent.name)
+                       "merged again, so these keep the values %s set since: %s (list it "
+                       "first, or set them in %s, to have its values)", file, BASE_KEY, parent,
+                       ", ".join(sorted({later[k].name for k in kept})),
+                       ", ".join(kept[:5]) + (" ..." if len(kept) > 5 else ""), parent.name)
 
 
 def as_override(value: Any) -> str:

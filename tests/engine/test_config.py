@@ -67,9 +67,9 @@ def test_a_file_two_bases_inherit_is_merged_once(tmp_path: Path, caplog) -> None
         assert load_config(again, defaults=DEFAULTS).solver.base_lr == 0.01
     assert [r.getMessage() for r in caplog.records] == [
         f"{tmp_path.resolve() / 'common.yaml'} is a _base_ of {tmp_path.resolve() / 'again.yaml'} "
-        f"and was merged before it (its first place): not merged again, so solver.base_lr keep "
-        f"the values sched.yaml set since (list it first, or set them in again.yaml, to have "
-        f"its values)"]
+        f"and was merged before it (its first place): not merged again, so these keep the "
+        f"values sched.yaml set since: solver.base_lr (list it first, or set them in "
+        f"again.yaml, to have its values)"]
     # ??? in a file or an override makes a key mandatory again (a merge kept the base's)
     template = write(tmp_path / "template.yaml", "_base_: common.yaml\ndata:\n  root: ???\n")
     for path, extra in ((template, []), (exp, ["data.root=???"])):
