@@ -4,6 +4,7 @@ mmdetection's converter writes them, and every problem named with nothing writte
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -178,6 +179,44 @@ def test_a_folder_of_labelimg_files_beside_their_images(tmp_path: Path) -> None:
                                "width": 64}]
     assert coco["categories"] == [{"id": 1, "name": "Cat", "supercategory": "none"}]
     assert coco["annotations"][0]["bbox"] == [4.0, 5.0, 60.0, 43.0]
+
+
+@pytest.mark.parametrize("prefix", ["", "voc:"])
+def test_xml_in_a_namespace_keeps_its_objects(tmp_path: Path, prefix: str) -> None:
+    """findall("object") found none of a namespaced file's objects (a default xmlns, or every
+    tag prefixed): the image was written without them (a background image), its size
+    unchecked, without a word."""
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    Image.new("RGB", (64, 48)).save(folder / "a.png")
+    text = re.sub(r"<(/?)", rf"<\1{prefix}",  # every tag in the namespace
+                  _xml("a.png", 64, 48, [("cat", (5, 6, 64, 48), 0)]))
+    declared = f'xmlns{":" + prefix[:-1] if prefix else ""}="http://www.example.org/voc"'
+    text = text.replace(f"<{prefix}annotation>", f"<{prefix}annotation {declared}>", 1)
+    (folder / "a.xml").write_text(text, encoding="utf-8")
+    coco = voc_to_coco.main([str(folder), "--output", str(tmp_path / "out.json")])
+    assert [(a["category_id"], a["bbox"]) for a in coco["annotations"]] == [
+        (1, [4.0, 5.0, 60.0, 43.0])]
+
+
+def test_classes_spelt_in_two_cases_are_said(tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Dog in one file and dog in another became two categories without a word (one object
+    then trained as two classes)."""
+    import logging
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    for name, label in (("a", "Dog"), ("b", "dog"), ("c", "dog")):
+        Image.new("RGB", (64, 48)).save(folder / f"{name}.png")
+        (folder / f"{name}.xml").write_text(_xml(f"{name}.png", 64, 48, [(label, (5, 6, 60, 40),
+                                                                            0)]),
+                                            encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        coco = voc_to_coco.main([str(folder), "--output", str(tmp_path / "out.json")])
+    assert [c["name"] for c in coco["categories"]] == ["Dog", "dog"]
+    assert ("classes whose names differ only in case or spaces: 'Dog' (1 objects, first in "
+            f"{folder / 'a.xml'}), 'dog' (2 objects, first in {folder / 'b.xml'}): they are 2 "
+            "classes") in caplog.text
 
 
 def test_an_xml_takes_the_image_of_its_own_name(tmp_path: Path,

@@ -157,9 +157,10 @@ def test_exports_as_they_are_written(tmp_path: Path,
     (export / "classes.txt").write_bytes("\ufeffbolt\nnut\n".encode())
     coco = yolo_to_coco.main([str(export), "--output-dir", str(tmp_path / "o1")])["train"]
     assert [c["name"] for c in coco["categories"]] == ["bolt", "nut"]
-    # clipped to the image; the repeated object once
+    # clipped to the image at the corners (the centre -0.004 clipped to 0 made the box 10 px
+    # wide, its right edge moved by 0.4 px); the repeated object once
     assert [(a["category_id"], a["bbox"]) for a in coco["annotations"]] == [
-        (1, [0.0, 40.0, 100.0, 20.0]), (2, [0.0, 0.0, 10.0, 20.0])]
+        (1, [0.0, 40.0, 100.0, 20.0]), (2, [0.0, 0.0, pytest.approx(9.6), 20.0])]
     assert "(0 with polygons; 1 repeated label lines left out)" in capsys.readouterr().out
     (export / "classes.txt").write_text("bolt\nbolt\n", encoding="utf-8")
     with pytest.raises(DatasetError, match=r"classes.txt: classes of the same name: 'bolt' "
@@ -182,6 +183,16 @@ def test_exports_as_they_are_written(tmp_path: Path,
     val = yolo_to_coco.main([str(pose), "--output-dir", str(tmp_path / "o2")])["val"]
     assert len(val["images"]) == 1  # listed twice, converted once
     assert [a["bbox"] for a in val["annotations"]] == [[40.0, 15.0, 20.0, 20.0]]
+    # a keypoint short (3 numbers for kpt_shape's 2 x 3): was converted without a word
+    _labels(pose / "labels/val/p.txt", ["0 0.5 0.5 0.2 0.4 0.45 0.45 2"])
+    with pytest.raises(DatasetError, match=r"p.txt line 1: 7 numbers after the class: 4 \(the "
+                                           r"box\) \+ 6 \(the keypoints of kpt_shape\)"):
+        yolo_to_coco.main([str(pose), "--output-dir", str(tmp_path / "o3")])
+    (pose / "data.yaml").write_text("val: lists/val.txt\nkpt_shape: [2, 4]\nnames: [person]\n",
+                                    encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"data.yaml: kpt_shape must be \[keypoints, 2 or "
+                                           r"3\], got \[2, 4\]"):
+        yolo_to_coco.main([str(pose), "--output-dir", str(tmp_path / "o3")])
 
 
 def test_a_split_without_any_label_file_and_a_class_that_is_no_number(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ entry, images named once under the image folder, the categories, writing the fil
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -12,6 +13,7 @@ from typing import Any
 from resnet_detect.engine.data import DatasetError, listing, read_coco_json
 from resnet_detect.engine.files import atomic_write_json
 
+logger = logging.getLogger(__name__)
 
 class Problem(Exception):
     """An entry (a file, a line, an object) that cannot be converted; the message names it."""
@@ -63,6 +65,16 @@ def ids_of_classes(found: Counter[str], class_names: Sequence[str],
     repeated = sorted(n for n, c in Counter(class_names).items() if c > 1)
     if repeated:
         raise DatasetError(f"class names given twice: {repeated}")
+    spellings: dict[str, list[str]] = {}
+    for name in class_names:
+        spellings.setdefault(name.strip().casefold(), []).append(name)
+    for names in spellings.values():  # (Dog in one tool's files, dog in another's)
+        if len(names) > 1:
+            logger.warning("classes whose names differ only in case or spaces: %s: they are %d "
+                           "classes (rename the labels, or give the classes, to have one)",
+                           ", ".join(f"{n!r} ({found.get(n, 0)} objects"
+                                     + (f", first in {first_in[n]}" if first_in and n in first_in
+                                        else "") + ")" for n in names), len(names))
     unknown = sorted(set(found) - set(class_names))
     if unknown:
         problems.append("names not among the classes: " + ", ".join(

@@ -156,8 +156,14 @@ def annotation_files(root: Path, split: str | None, images: Path | None = None
 
 
 def _read(xml_file: Path) -> ET.Element:
+    """The XML's root, its tags without a namespace (<annotation xmlns="..."> or xmlns:voc:
+    findall("object") found none of its objects, and the image read as background)."""
     try:
-        return ET.parse(xml_file).getroot()
+        root = ET.parse(xml_file).getroot()
+        for element in root.iter():
+            if isinstance(element.tag, str) and element.tag.startswith("{"):
+                element.tag = element.tag.split("}", 1)[1]
+        return root
     except ET.ParseError as err:
         raise Problem(f"{xml_file}: not valid XML ({err})") from None
     except ValueError as err:  # an encoding expat does not know (gbk, ...)

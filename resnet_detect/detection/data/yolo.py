@@ -51,6 +51,10 @@ def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
             raise DatasetError(f"{path}: 'nc' must be the number of classes, got {data['nc']!r}")
         print(f"{path}: no 'names': classes named class_0..class_{data['nc'] - 1}")
         data = {**data, "names": [f"class_{k}" for k in range(data["nc"])]}
+    shape = data.get("kpt_shape", [1, 2])  # a pose dataset's: [keypoints, 2 (x y) or 3 (x y v)]
+    if not (isinstance(shape, list) and len(shape) == 2 and all(
+            is_positive_int(v) for v in shape) and shape[1] in (2, 3)):
+        raise DatasetError(f"{path}: kpt_shape must be [keypoints, 2 or 3], got {shape!r:.40}")
     names = data["names"]
     if isinstance(names, dict):  # {"0": cat}: Ultralytics reads its keys as numbers
         names = {int(k) if isinstance(k, str) and k.strip().isdigit() else k: v
@@ -144,15 +148,15 @@ def label_file(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-# how far outside 0..1 a coordinate may be and be clipped (Ultralytics' tolerance; exports
-# write 1.0004 and -0.0011)
+# how far outside 0..1 a coordinate may be and be clipped (exports write 1.0004 and -0.0011;
+# Ultralytics drops such an image's labels as corrupt)
 TOLERANCE = 0.01
 
 
 def _object(line: str, where: str, num_classes: int, height: int, width: int,
-            keypoints: bool) -> tuple[int, list[float], list[float] | None]:
+            keypoints: int | None) -> tuple[int, list[float], list[float] | None]:
     """(class, COCO bbox in pixels, polygon in pixels or None) of one label line; `keypoints`:
-    a pose dataset's line, whose first four numbers are the box."""
+    a pose dataset's numbers of its keypoints (kpt_shape's K x D), after the box's four."""
     values = line.split()
     try:
         cls, numbers = float(values[0]), [float(v) for v in values[1:]]
@@ -160,7 +164,11 @@ def _object(line: str, where: str, num_classes: int, height: int, width: int,
         raise Problem(f"{where}: not numbers: {line!r:.60}") from None
     if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < num_classes:
         raise Problem(f"{where}: class {values[0]} is not one of 0..{num_classes - 1}")
-    if keypoints:
+    if keypoints is not None:
+        if len(numbers) != 4 + keypoints:  # (as Ultralytics refuses its "labels require N
+            # columns")
+            raise Problem(f"{where}: {len(numbers)} numbers after the class: 4 (the box) + "
+                          f"{keypoints} (the keypoints of kpt_shape) expected")
         numbers = numbers[:4]
     if not (len(numbers) == 4 or (len(numbers) >= 6 and len(numbers) % 2 == 0)):
         raise Problem(f"{where}: {len(numbers)} numbers after the class: 4 (a box) or an even "
@@ -168,14 +176,17 @@ def _object(line: str, where: str, num_classes: int, height: int, width: int,
     if not all(math.isfinite(v) and -TOLERANCE <= v <= 1.0 + TOLERANCE for v in numbers):
         raise Problem(f"{where}: coordinates must be fractions of the image (0..1): "
                       f"{line!r:.60}")
-    numbers = [min(max(v, 0.0), 1.0) for v in numbers]
-    if len(numbers) == 4:
+    def clipped(v: float) -> float:
+        return min(max(v, 0.0), 1.0)
+
+    if len(numbers) == 4:  # its corners clipped (a clipped centre moved the edge inside too)
         cx, cy, w, h = numbers
-        x1, y1 = max(cx - w / 2, 0.0) * width, max(cy - h / 2, 0.0) * height
-        x2, y2 = min(cx + w / 2, 1.0) * width, min(cy + h / 2, 1.0) * height
+        x1, y1 = clipped(cx - w / 2) * width, clipped(cy - h / 2) * height
+        x2, y2 = clipped(cx + w / 2) * width, clipped(cy + h / 2) * height
         box, polygon = [x1, y1, x2 - x1, y2 - y1], None
     else:
-        polygon = [v * (width if i % 2 == 0 else height) for i, v in enumerate(numbers)]
+        polygon = [clipped(v) * (width if i % 2 == 0 else height)
+                   for i, v in enumerate(numbers)]
         xs, ys = polygon[0::2], polygon[1::2]
         box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
     if box[2] <= 0 or box[3] <= 0:  # an object no detection can match (as VOC's are refused)
@@ -205,10 +216,10 @@ class Conversion(NamedTuple):
 
 
 def yolo_to_coco(images: Sequence[Path], img_dir: Path, class_names: Sequence[str], *,
-                 keypoints: bool = False) -> Conversion:
+                 keypoints: int | None = None) -> Conversion:
     """The COCO dict of `images` and their label files, `file_name`s relative to `img_dir`;
     a line repeating an earlier one's numbers counts once (as Ultralytics reads it).
-    `keypoints`: a pose dataset (its box only).
+    `keypoints`: a pose dataset's numbers of keypoint values per line (its box only kept).
 
     Raises:
         DatasetError: naming each image or label line that cannot be converted, or the label
