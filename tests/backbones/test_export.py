@@ -244,17 +244,27 @@ def test_tools_eval_scores_an_export_float32_or_int8_on_the_crops_it_was_exporte
                     make_provenance("resnet18", class_names=NAMES, pixel_mean=MEAN,
                                     pixel_std=STD))
     rng = np.random.default_rng(0)
-    crops, labels = [], []
-    for label, name in enumerate(NAMES):
-        for i, (h, w) in enumerate([(54, 70), (70, 54), (54, 54)]):
-            image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            path = tmp_path / "data/val" / name / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            top, left = (h - 48) // 2, (w - 48) // 2
-            crops.append(np.ascontiguousarray(image[top:top + 48, left:left + 48]))
-            labels.append(label)
-    (tmp_path / "data/train").mkdir()
+
+    def val_split(root: Path, sizes: list[tuple[int, int]], crop: Any
+                  ) -> tuple[list[np.ndarray], list[int]]:
+        """Random images of `sizes` per class under root/val (root/train empty); their
+        crops as `crop` cuts them, and their labels."""
+        crops, labels = [], []
+        for label, name in enumerate(NAMES):
+            for i, (h, w) in enumerate(sizes):
+                image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                path = root / "val" / name / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                crops.append(np.ascontiguousarray(crop(image)))
+                labels.append(label)
+        (root / "train").mkdir()
+        return crops, labels
+
+    def centre_48(image: np.ndarray) -> np.ndarray:
+        top, left = (image.shape[0] - 48) // 2, (image.shape[1] - 48) // 2
+        return image[top:top + 48, left:left + 48]
+    crops, labels = val_split(tmp_path / "data", [(54, 70), (70, 54), (54, 54)], centre_48)
     export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "fp32")
     shutil.copytree(tmp_path / "fp32", tmp_path / "int8")
     quantize_graph(tmp_path / "fp32/model.onnx", tmp_path / "int8/model.onnx", "classification",
@@ -289,17 +299,8 @@ def test_tools_eval_scores_an_export_float32_or_int8_on_the_crops_it_was_exporte
     from torchvision.transforms import functional as tvf
     export_model(CONFIG, tmp_path / "model_final.pth", tmp_path / "bilinear",
                  ["data.val_interpolation=bilinear", "data.val_resize=60", "data.image_size=56"])
-    crops, labels = [], []
-    for label, name in enumerate(NAMES):
-        for i, (h, w) in enumerate([(81, 105), (120, 64), (37, 90)]):
-            image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            path = tmp_path / "data2/val" / name / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            pil = tvf.center_crop(tvf.resize(Image.fromarray(image), 60), 56)
-            crops.append(np.ascontiguousarray(np.asarray(pil)))
-            labels.append(label)
-    (tmp_path / "data2/train").mkdir()
+    crops, labels = val_split(tmp_path / "data2", [(81, 105), (120, 64), (37, 90)], lambda image: (
+        np.asarray(tvf.center_crop(tvf.resize(Image.fromarray(image), 60), 56))))
     from resnet_detect.backbones.export import OnnxClassifier
     fed, run = [], OnnxClassifier.run_graph
     monkeypatch.setattr(OnnxClassifier, "run_graph",
