@@ -521,11 +521,14 @@ class BestWeights:
         resume: a resumed run competes with the best its folder already holds, unless that
             was scored after `start_iter`, the iteration resumed from: then it belongs to
             steps trained again or abandoned (--resume-from), and moves to
-            OUTPUT_DIR/abandoned/.
+            OUTPUT_DIR/abandoned/, and the best as of the last training checkpoint (kept
+            as SNAPSHOT, a hard link while it is the same file) takes its place where it was
+            scored by `start_iter`.
         start_iter: the iteration the run resumed from.
     """
 
     FILE = BEST_FILE
+    SNAPSHOT = ".model_best.checkpointed.pth"  # the file as of the last training checkpoint
 
     def __init__(self, output_dir: str | os.PathLike, metric: str, model: nn.Module,
                  provenance: Mapping[str, Any] | None, *, resume: bool,
@@ -542,6 +545,11 @@ class BestWeights:
         self.best_iteration: int | None = None
         self._disabled = False
         self._warned_of_nan = False
+        self.snapshot = self.path.with_name(self.SNAPSHOT)
+        self._checkpointed_at: int | None = None
+        if not resume and is_main_process():  # (another run's, which this one replaces)
+            for path in (self.snapshot, checksum_file(self.snapshot)):
+                path.unlink(missing_ok=True)
         if resume and self.path.is_file():
             try:
                 saved = torch.load(io.BytesIO(self.path.read_bytes()), map_location="cpu",
@@ -553,6 +561,7 @@ class BestWeights:
             else:
                 if iteration > start_iter:
                     self._move_aside(iteration, start_iter)
+                    self._take_snapshot(start_iter)
                 elif (recorded.get("metric"), recorded.get("mode", "max")) == (metric, mode):
                     self.best, self.best_iteration = float(recorded["value"]), iteration
                 else:
@@ -561,6 +570,50 @@ class BestWeights:
                                    "evaluation replaces the file", self.path,
                                    recorded.get("metric"), recorded.get("mode", "max"), metric,
                                    mode)
+
+    def _take_snapshot(self, start_iter: int) -> None:
+        """After the file scored past `start_iter` moved aside: the best as of the last
+        checkpoint in its place, where it was scored by `start_iter` (the best of the
+        evaluations up to it then, whichever checkpoint the run resumed from)."""
+        try:
+            saved = torch.load(io.BytesIO(read_checked_bytes(self.snapshot)),
+                               map_location="cpu", weights_only=True)
+            recorded, iteration = saved["best"], int(saved["iteration"])
+        except FileNotFoundError:
+            return
+        except Exception as e:  # (damaged: as if there were none)
+            logger.warning("cannot read %s (%s): the best before iteration %d is not known",
+                           self.snapshot, e, start_iter)
+            return
+        if iteration > start_iter or (recorded.get("metric"), recorded.get("mode", "max")) != (
+                self.metric, self.mode):
+            return
+        if is_main_process():
+            for source, target in ((checksum_file(self.snapshot), checksum_file(self.path)),
+                                   (self.snapshot, self.path)):
+                if source.is_file():
+                    os.replace(source, target)
+        self.best, self.best_iteration = float(recorded["value"]), iteration
+        logger.info("%s: the best %s before it, %.4f at iteration %d, back in its place",
+                    self.path, self.metric, self.best, iteration)
+
+    def checkpointed(self, iteration: int) -> None:
+        """A training checkpoint of `iteration` was written: the file as it is now is the
+        best as of it (a hard link: no copy while the file stays; an evaluation at the
+        checkpoint's iteration, which follows it, links its best again)."""
+        self._checkpointed_at = iteration
+        if is_main_process():
+            self._link_snapshot()
+
+    def _link_snapshot(self) -> None:
+        for source, target in ((self.path, self.snapshot),
+                               (checksum_file(self.path), checksum_file(self.snapshot))):
+            try:
+                target.unlink(missing_ok=True)
+                if source.is_file():
+                    os.link(source, target)
+            except OSError:  # (a file system without hard links: no snapshot, as before)
+                target.unlink(missing_ok=True)
 
     def _move_aside(self, iteration: int, start_iter: int) -> None:
         if is_main_process():
@@ -620,6 +673,8 @@ class BestWeights:
                             value, iteration, self.path)
         if written:
             self.best, self.best_iteration = float(value), int(iteration)
+            if iteration == self._checkpointed_at and is_main_process():
+                self._link_snapshot()
 
     def report(self) -> None:
         """At the end of the run: which evaluation's weights the file holds, or why none."""
@@ -746,17 +801,22 @@ class PeriodicCheckpointer:
         period: iterations between saves (0: only at the end).
         extra_fn: iteration -> extra data stored with the checkpoint (the Checkpointer's
             own extra_fn otherwise).
+        on_save: called with the iteration after each save (BestWeights.checkpointed).
     """
 
     def __init__(self, checkpointer: Checkpointer, period: int,
-                 extra_fn: Callable[[int], Mapping[str, Any]] | None = None) -> None:
+                 extra_fn: Callable[[int], Mapping[str, Any]] | None = None,
+                 on_save: Callable[[int], None] | None = None) -> None:
         if period < 0:
             raise ValueError(f"checkpoint period must be >= 0, got {period}")
         self.checkpointer = checkpointer
         self.period = period
         self.extra_fn = extra_fn
+        self.on_save = on_save
 
     def after_step(self, trainer: Trainer) -> None:
         it = trainer.iter
         if it == trainer.max_iter or (self.period and it % self.period == 0):
             self.checkpointer.save(it, self.extra_fn(it) if self.extra_fn else None)
+            if self.on_save is not None:
+                self.on_save(it)

@@ -534,15 +534,19 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     slow_data_hint = "; ".join(filter(None, [
         f"more loader processes may help (data.num_workers, now {cfg.data.num_workers})",
         task_hint(cfg) if task_hint is not None else None]))
+    best = (BestWeights(output_dir, t.best_metric, model, provenance, resume=bool(resume),
+                        start_iter=start_iter, mode=t.best_metric_mode)
+            if data.val is not None and t.best_metric is not None else None)
     runner_hooks: list[Any] = [ProgressLogger(t.log_period, writer, logger,
                                               lengths.get("per_epoch"), slow_data_hint),
-                               PeriodicCheckpointer(checkpointer, lengths["checkpoint_period"])]
+                               PeriodicCheckpointer(checkpointer, lengths["checkpoint_period"],
+                                                    on_save=best.checkpointed if best else None)]
     if average is not None:  # first: a checkpoint holds the average of the step it follows
         runner_hooks.insert(0, average)
         logger.info("keeping a moving average of the weights (train.ema_decay %g): "
                     "evaluations, checkpoints' weights and the final weights are the average",
                     average.decay)
-    eval_hook, best = None, None
+    eval_hook = None
     val_images: dict[str, int] = {}  # the last evaluation's count, for metrics.json
     stop = StopRequest()  # set by a stop signal while training runs (stop_on_signals)
     if data.val is not None:
@@ -569,10 +573,6 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
             val_images.update(counted.report(logger, "val",
                                              getattr(task, "unreadable_val", LEFT_OUT)))
             return metrics
-
-        best = (BestWeights(output_dir, t.best_metric, model, provenance, resume=bool(resume),
-                            start_iter=start_iter, mode=t.best_metric_mode)
-                if t.best_metric is not None else None)
 
         def on_result(metrics: Metrics, iteration: int) -> None:
             scalars = _log_metrics(logger, metrics, iteration)

@@ -1223,3 +1223,51 @@ def test_weights_made_non_finite_are_not_checkpointed(tmp_path: Path) -> None:
         ckpt.save(2)
     assert not (tmp_path / "model_0000002.pth").exists()
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth\n"
+
+
+def test_a_resume_keeps_the_best_scored_up_to_its_checkpoint(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """model_best.pth scored after the checkpoint a run resumes from moves aside (its steps
+    are trained again); the best before it was forgotten: the resumed run kept a worse later
+    evaluation's weights (mIoU 8.60 at 12 for 8.92 at 4). The best as of the last checkpoint
+    is kept (a hard link while the same file) and takes its place."""
+    from resnet_detect.engine.checkpoint import BestWeights
+
+    model = nn.Linear(2, 1)
+
+    def evaluate(best: BestWeights, iteration: int, score: float) -> None:
+        with torch.no_grad():
+            model.weight.fill_(iteration)
+        best.update({"sem_seg": {"mIoU": score}}, iteration)
+
+    def saved() -> tuple[int, float, float]:
+        state = torch.load(tmp_path / "model_best.pth", weights_only=True)
+        assert read_checkpoint(tmp_path / "model_best.pth")["iteration"] == state["iteration"]
+        return state["iteration"], state["best"]["value"], float(state["model"]["weight"][0, 0])
+
+    best = BestWeights(tmp_path, "sem_seg/mIoU", model, {}, resume=False)
+    evaluate(best, 2, 1.78)
+    best.checkpointed(4)  # checkpoint 4, then the evaluation at 4: the best so far
+    evaluate(best, 4, 8.92)
+    evaluate(best, 6, 9.50)  # after the checkpoint; then a crash at 7
+    snapshot = tmp_path / BestWeights.SNAPSHOT
+    assert torch.load(snapshot, weights_only=True)["iteration"] == 4
+    with caplog.at_level(logging.INFO):
+        resumed = BestWeights(tmp_path, "sem_seg/mIoU", model, {}, resume=True, start_iter=4)
+    assert saved() == (4, pytest.approx(8.92), 4.0)  # (was no best: 8.60 at 12 then kept)
+    assert torch.load(tmp_path / "abandoned/model_best.pth", weights_only=True)["iteration"] == 6
+    assert "model_best.pth: the best sem_seg/mIoU before it, 8.9200 at iteration 4, back in " \
+           "its place" in caplog.text
+    evaluate(resumed, 8, 8.60)
+    assert saved()[0] == 4
+    # while the file stays the best, the snapshot is the same file (no copy)
+    resumed.checkpointed(8)
+    assert os.path.samefile(snapshot, tmp_path / "model_best.pth")
+    # --resume-from an earlier checkpoint than the best's: no best before it is known
+    evaluate(resumed, 10, 9.9)
+    resumed.checkpointed(12)
+    BestWeights(tmp_path, "sem_seg/mIoU", model, {}, resume=True, start_iter=2)
+    assert not (tmp_path / "model_best.pth").exists()
+    # a fresh run in the folder drops another run's snapshot
+    BestWeights(tmp_path, "sem_seg/mIoU", model, {}, resume=False)
+    assert not snapshot.exists()
