@@ -104,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     img_dir = Path(os.path.commonpath([os.path.abspath(root)] + [os.path.dirname(p)
                                                                  for p in every]))
     # (read_dataset checked it: [keypoints, 2 or 3])
-    keypoints = data["kpt_shape"][0] * data["kpt_shape"][1] if "kpt_shape" in data else None
+    keypoints = (data["kpt_shape"][0] * data["kpt_shape"][1]
+                 if data.get("kpt_shape") is not None else None)
     converted = {split: yolo_to_coco(images[split], img_dir, class_names, keypoints=keypoints)
                  for split in splits}
     out.mkdir(parents=True, exist_ok=True)

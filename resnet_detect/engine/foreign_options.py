@@ -197,8 +197,9 @@ def _flag_advice(training: bool) -> dict[str, str]:
         "--weights": "model.weights=CKPT" if training else "--weights CKPT",
         "--weights-backbone": "model.backbone.weights=PATH (a torchvision, timm or own ResNet)",
         "--lr-steps": "train.lr_step_epochs=[16,22] with train.epochs (and train.lr_steps=[] "
-                      "train.warmup_iters=0 where the config counts iterations; or "
-                      "train.lr_steps in iterations)",
+                      "train.warmup_iters=0 train.warmup_epochs=W where the config counts "
+                      "iterations, W: torchvision's warmup of min(1000, steps per epoch - 1) "
+                      "steps in epochs; or train.lr_steps in iterations)",
         "--lr-gamma": "train.gamma=X", "--momentum": "train.momentum=X",
         "--wd": "train.weight_decay=X", "--weight-decay": "train.weight_decay=X",
         "--lr-scheduler": "train.lr_decay=step, cosine or poly",

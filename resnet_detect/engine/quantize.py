@@ -16,9 +16,12 @@ inside the graph) gains a "quantization" entry that says how it was made.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -212,12 +215,9 @@ def quantize_graph(source: Path, target: Path, task: str,
     root = logging.getLogger()
     quiet = _QuietOnnxRuntime()  # its quantizer logs each bias it copies on the root logger
     root.addFilter(quiet)
-    system_temp = tempfile.tempdir
     try:
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=QUANTIZE_PREFIX) as work:
-            # ONNX Runtime's own scratch copies of the graph (pre.quant.*, ort.quant.*) in
-            # ours: a killed export left them in /tmp for good, the next export removes ours
-            tempfile.tempdir = work
+        with (tempfile.TemporaryDirectory(dir=target.parent, prefix=QUANTIZE_PREFIX) as work,
+              _onnx_runtime_scratch_in(work)):
             prepared = Path(work) / "prepared.onnx"
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             nodes = network_nodes(onnx.load(str(prepared)), task)
@@ -229,7 +229,6 @@ def quantize_graph(source: Path, target: Path, task: str,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
     finally:
-        tempfile.tempdir = system_temp
         root.removeFilter(quiet)
     # (the calibrator holds the quantized tensors of all the images at once: its option to
     # merge ranges in chunks, CalibMaxIntermediateOutputs, drops the chunks' data unused in
@@ -245,6 +244,44 @@ def quantize_graph(source: Path, target: Path, task: str,
     return {"dtype": "int8", "format": "QDQ", "weights": "int8, per output channel, symmetric",
             "activations": "uint8, per tensor, asymmetric", "calibration_method": "MinMax",
             "quantized_nodes": len(nodes), "onnxruntime": onnxruntime.__version__}
+
+
+class _TemporaryFoldersIn:
+    """`tempfile` as ONNX Runtime's quantization modules use it, their temporary folders
+    made in `folder`."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def TemporaryDirectory(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 (tempfile's)
+        kwargs.setdefault("dir", self.folder)
+        return tempfile.TemporaryDirectory(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(tempfile, name)
+
+
+_SCRATCH_MODULES = ("onnxruntime.quantization.shape_inference",
+                    "onnxruntime.quantization.quantize")
+_QUANTIZING = threading.Lock()  # (one int8 export at a time per process: one redirection)
+
+
+@contextlib.contextmanager
+def _onnx_runtime_scratch_in(folder: str) -> Iterator[None]:
+    """ONNX Runtime's scratch copies of the graph (pre.quant.*, ort.quant.*: 60 MB for an R18
+    detector) in `folder`, the export's work folder, which the next export removes after a
+    kill (in the system's temporary folder they stayed for good); its modules' `tempfile`
+    alone, not the process's (a thread's own temporary files stay where they were)."""
+    modules = [sys.modules[name] for name in _SCRATCH_MODULES if name in sys.modules
+               and hasattr(sys.modules[name], "tempfile")]
+    with _QUANTIZING:
+        for module in modules:
+            module.tempfile = _TemporaryFoldersIn(folder)
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.tempfile = tempfile
 
 
 def quantize_export(fp32_folder: Path, folder: Path, metadata: Mapping[str, Any],

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -131,17 +132,23 @@ def test_a_classifier_in_int8_gives_the_float32_logits_within_quantization_noise
     import tempfile
 
     from onnxruntime.quantization import shape_inference
-    scratch = []  # where ONNX Runtime's own temporary copies go: in the export's work folder
+    scratch = []  # where ONNX Runtime's own temporary folders go: in the export's work folder
     real = shape_inference.quant_pre_process
-    monkeypatch.setattr(shape_inference, "quant_pre_process", lambda *args, **kwargs: (
-        scratch.append(tempfile.gettempdir()), real(*args, **kwargs))[1])
+
+    def probing(*args: Any, **kwargs: Any) -> Any:
+        with shape_inference.tempfile.TemporaryDirectory(prefix="pre.quant.") as made:
+            scratch.append((Path(made).parent, tempfile.gettempdir()))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(shape_inference, "quant_pre_process", probing)
     system_temp = tempfile.gettempdir()
     quantize_graph(classifier, tmp_path / "int8.onnx", "classification",
                    classifier_inputs(0, 8))
-    # (a killed export left them in /tmp for good: 60 MB for a ResNet-18 detector)
-    assert len(scratch) == 1 and Path(scratch[0]).parent == tmp_path
-    assert Path(scratch[0]).name.startswith(".quantize-") and not Path(scratch[0]).exists()
-    assert tempfile.gettempdir() == system_temp
+    # (a killed export left them in /tmp for good: 60 MB for a ResNet-18 detector); the
+    # process's own temporary folder is not changed (another thread's files stay there)
+    ((folder, process_temp),) = scratch
+    assert folder.parent == tmp_path and folder.name.startswith(".quantize-")
+    assert not folder.exists() and process_temp == system_temp
+    assert shape_inference.tempfile is tempfile
     assert_quantized_network(tmp_path / "int8.onnx", {"Conv", "Gemm"})
     # int8 weights: the file is about a quarter of the float32 one
     assert (tmp_path / "int8.onnx").stat().st_size < 0.3 * classifier.stat().st_size

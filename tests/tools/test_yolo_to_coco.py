@@ -193,6 +193,11 @@ def test_exports_as_they_are_written(tmp_path: Path,
     with pytest.raises(DatasetError, match=r"data.yaml: kpt_shape must be \[keypoints, 2 or "
                                            r"3\], got \[2, 4\]"):
         yolo_to_coco.main([str(pose), "--output-dir", str(tmp_path / "o3")])
+    (pose / "data.yaml").write_text("val: lists/val.txt\nkpt_shape: [1, 3.0]\nnames: [person]\n",
+                                    encoding="utf-8")  # (Ultralytics reads 3.0 as 3)
+    _labels(pose / "labels/val/p.txt", ["0 0.5 0.5 0.2 0.4 0.45 0.45 2"])
+    val = yolo_to_coco.main([str(pose), "--output-dir", str(tmp_path / "o4")])["val"]
+    assert [a["bbox"] for a in val["annotations"]] == [[40.0, 15.0, 20.0, 20.0]]
 
 
 def test_a_split_without_any_label_file_and_a_class_that_is_no_number(tmp_path: Path) -> None:

@@ -70,8 +70,8 @@ def ids_of_classes(found: Counter[str], class_names: Sequence[str],
         spellings.setdefault(name.strip().casefold(), []).append(name)
     for names in spellings.values():  # (Dog in one tool's files, dog in another's)
         if len(names) > 1:
-            logger.warning("classes whose names differ only in case or spaces: %s: they are %d "
-                           "classes (rename the labels, or give the classes, to have one)",
+            logger.warning("classes whose names differ only in case or surrounding spaces: %s: "
+                           "they are %d classes (rename the labels to have one)",
                            ", ".join(f"{n!r} ({found.get(n, 0)} objects"
                                      + (f", first in {first_in[n]}" if first_in and n in first_in
                                         else "") + ")" for n in names), len(names))

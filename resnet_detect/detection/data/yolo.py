@@ -51,10 +51,14 @@ def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
             raise DatasetError(f"{path}: 'nc' must be the number of classes, got {data['nc']!r}")
         print(f"{path}: no 'names': classes named class_0..class_{data['nc'] - 1}")
         data = {**data, "names": [f"class_{k}" for k in range(data["nc"])]}
-    shape = data.get("kpt_shape", [1, 2])  # a pose dataset's: [keypoints, 2 (x y) or 3 (x y v)]
-    if not (isinstance(shape, list) and len(shape) == 2 and all(
-            is_positive_int(v) for v in shape) and shape[1] in (2, 3)):
-        raise DatasetError(f"{path}: kpt_shape must be [keypoints, 2 or 3], got {shape!r:.40}")
+    shape = data.get("kpt_shape")  # a pose dataset's: [keypoints, 2 (x y) or 3 (x y v)]
+    if shape is not None:  # ([17, 3.0] too, as Ultralytics reads it)
+        if not (isinstance(shape, list) and len(shape) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v == int(v) > 0
+                for v in shape) and shape[1] in (2, 3)):
+            raise DatasetError(f"{path}: kpt_shape must be [keypoints, 2 or 3], got "
+                               f"{shape!r:.40}")
+        data = {**data, "kpt_shape": [int(v) for v in shape]}
     names = data["names"]
     if isinstance(names, dict):  # {"0": cat}: Ultralytics reads its keys as numbers
         names = {int(k) if isinstance(k, str) and k.strip().isdigit() else k: v
@@ -149,7 +153,7 @@ def label_file(image: Path) -> Path:
 
 
 # how far outside 0..1 a coordinate may be and be clipped (exports write 1.0004 and -0.0011;
-# Ultralytics drops such an image's labels as corrupt)
+# Ultralytics leaves such an image out as corrupt)
 TOLERANCE = 0.01
 
 
