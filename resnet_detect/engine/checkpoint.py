@@ -546,7 +546,8 @@ class BestWeights:
         self._disabled = False
         self._warned_of_nan = False
         self.snapshot = self.path.with_name(self.SNAPSHOT)
-        self._checkpointed_at: int | None = None
+        # (an evaluation at the checkpoint resumed from, run again, is part of its best)
+        self._checkpointed_at: int | None = start_iter if resume else None
         if not resume and is_main_process():  # (another run's, which this one replaces)
             for path in (self.snapshot, checksum_file(self.snapshot)):
                 path.unlink(missing_ok=True)
