@@ -15,6 +15,7 @@ from resnet_detect.engine.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
+
 class Problem(Exception):
     """An entry (a file, a line, an object) that cannot be converted; the message names it."""
 

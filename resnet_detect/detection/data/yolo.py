@@ -169,8 +169,7 @@ def _object(line: str, where: str, num_classes: int, height: int, width: int,
     if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < num_classes:
         raise Problem(f"{where}: class {values[0]} is not one of 0..{num_classes - 1}")
     if keypoints is not None:
-        if len(numbers) != 4 + keypoints:  # (as Ultralytics refuses its "labels require N
-            # columns")
+        if len(numbers) != 4 + keypoints:  # (Ultralytics: "labels require N columns")
             raise Problem(f"{where}: {len(numbers)} numbers after the class: 4 (the box) + "
                           f"{keypoints} (the keypoints of kpt_shape) expected")
         numbers = numbers[:4]
