@@ -34,7 +34,6 @@ import itertools
 import json
 import logging
 import re
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,7 +48,8 @@ from resnet_detect.engine.config import ConfigError  # noqa: E402
 from resnet_detect.engine.data import UnreadableImageError, listing  # noqa: E402
 from resnet_detect.engine.export import is_onnx  # noqa: E402
 from resnet_detect.engine.files import (atomic_write, atomic_write_json,  # noqa: E402
-                                        file_versions, replace_folder, writable_folder)
+                                        file_versions, remove_path, replace_folder,
+                                        writable_folder)
 from resnet_detect.engine.distributed import (all_gather_object, barrier, get_rank,  # noqa: E402
                                               get_world_size, init_distributed,
                                               is_main_process)
@@ -193,13 +193,13 @@ def run_saving(path: Path, render: Any, out: Path, output: Path, task: str,
         # is complete: a run stopped partway (or a shorter video) left a mixture of two runs
         frames, folder = itertools.count(), png.with_suffix("")
         partial = folder.with_name(f".{folder.name}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        remove_path(partial, ignore_errors=True)
         try:
             run_video(path, rendering(lambda _, mask: write_label_map(
                 mask, partial / f"{next(frames):06d}.png")), out)
             replace_folder(partial, folder)
         finally:
-            shutil.rmtree(partial, ignore_errors=True)
+            remove_path(partial, ignore_errors=True)
         return out
 
     def record(image: Any, detections: dict[str, Any]) -> dict[str, Any]:

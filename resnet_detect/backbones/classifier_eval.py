@@ -13,7 +13,7 @@ from resnet_detect.engine import atomic_write_json, get_world_size, is_main_proc
 from resnet_detect.engine.amp import amp_for_device, float32_default
 from resnet_detect.engine.config import ConfigError, config_section
 from resnet_detect.engine.data import CountedLoader, DatasetError, build_test_loader
-from resnet_detect.engine.export import is_onnx
+from resnet_detect.engine.export import export_source, is_onnx
 from resnet_detect.engine.files import nan_to_none
 from resnet_detect.engine.task_api import LEFT_OUT
 from resnet_detect.engine.tasks import load_task_config
@@ -46,6 +46,7 @@ def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, o
 
     _, cfg = load_task_config(config, overrides, TASK)
     check_data_settings(cfg)
+    val_dir = Path(str(cfg.data.root)) / str(cfg.data.val_split)
     exported = OnnxClassifier(weights, device) if is_onnx(weights) else None
     if exported is not None:
         crop_as_exported(exported, cfg, weights, overrides)
@@ -54,7 +55,6 @@ def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, o
         # class_i: the export of foreign weights, which named none (the val folders' sorted
         # names label them, as the .pth's), unless the folders are so named
         placeholders = names == [f"class_{i}" for i in range(num_classes)]
-        val_dir = Path(str(cfg.data.root)) / str(cfg.data.val_split)
         unnamed = placeholders and val_dir.is_dir() and not set(class_folders(val_dir)) <= set(
             names)
         # the graph normalises itself: the crops reach it as they were read (0..255)
@@ -64,7 +64,6 @@ def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, o
         num_classes, provenance = classifier_checkpoint(weights, "evaluate")
         warn_of_another_val_transform(weights, provenance, cfg.data, "this evaluation resizes")
     recorded = [str(n) for n in provenance.get("class_names") or []] or None
-    val_dir = Path(str(cfg.data.root)) / str(cfg.data.val_split)
     samples, class_names = scan_image_folder(val_dir, recorded)
     if recorded is None and len(class_names) != num_classes:
         raise DatasetError(f"{weights} predicts {num_classes} classes and names none; {val_dir} "
@@ -104,8 +103,7 @@ def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, o
     result = nan_to_none(metrics)
     result["images"] = loader.report(logger, "val", LEFT_OUT, scoring=True)
     result["weights"] = str(weights)
-    if exported is not None and "exported_from" in exported.metadata:
-        result["exported_from"] = exported.metadata["exported_from"]
+    result.update(export_source(model))
     if is_main_process():
         atomic_write_json(result, output / "metrics.json")
         print(task.summary(metrics), flush=True)

@@ -30,7 +30,7 @@ from resnet_detect.engine import atomic_write_json, is_main_process, to_plain
 from resnet_detect.engine.compilation import compile_for_inference, inference_compile_settings
 from resnet_detect.engine.data import (CategoryMapping, CountedLoader, DatasetError, brief,
                                        build_test_loader, read_coco_json)
-from resnet_detect.engine.export import ExportError, exported_from, is_onnx
+from resnet_detect.engine.export import ExportError, export_source, exported_from, is_onnx
 from resnet_detect.engine.files import nan_to_none
 from resnet_detect.engine.task_api import TaskData, format_metric
 from resnet_detect.engine.model_check import check_model_config
@@ -240,8 +240,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
         result["voc"] = nan_to_none(metrics["voc"])
     result["images"] = images
     result["weights"] = str(weights)
-    if "exported_from" in getattr(loaded.model, "metadata", {}):  # an export: of which weights
-        result["exported_from"] = loaded.model.metadata["exported_from"]
+    result.update(export_source(loaded.model))
     if is_main_process():
         atomic_write_json(result, output / "metrics.json")
         files = f"results: {output / RESULTS_FILE}, metrics: {output / 'metrics.json'}"

@@ -139,15 +139,12 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     except BrokenPipeError:  # `| head` closed stdout: stop quietly, as coreutils do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         raise SystemExit(141) from None
-    except OSError as e:  # Python 3.13's pathlib for a path that links to itself
-        if e.errno != errno.ELOOP:
-            raise
-        _say(f"{program_name()}: error: {e}: a path given links back to itself")
-        raise SystemExit(2) from None
-    except RuntimeError as e:  # a collective's, under torchrun: another process stopped
-        if str(e).startswith("Symlink loop from"):  # pathlib's, for a path that links to itself
+    except (OSError, RuntimeError) as e:
+        # a path that links to itself: pathlib's RuntimeError (Python 3.11, 3.12) or ELOOP
+        if getattr(e, "errno", None) == errno.ELOOP or str(e).startswith("Symlink loop from"):
             _say(f"{program_name()}: error: {e}: a path given links back to itself")
             raise SystemExit(2) from None
+        # a collective's, under torchrun: another process stopped
         gone = other_process_gone(e)
         if gone is None:
             raise

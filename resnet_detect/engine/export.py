@@ -45,15 +45,24 @@ def is_onnx(weights: str | os.PathLike | None) -> bool:
     if weights is None:
         return False
     path = Path(weights)
-    return path.suffix.lower() == ".onnx" or (path.is_dir() and any(
-        (path / name).exists() for name in (MODEL_FILE, METADATA_FILE,
-                                            _partial(Path(MODEL_FILE)).name)))
+    return path.suffix.lower() == ".onnx" or (path.is_dir() and (any(
+        (path / name).exists() for name in (MODEL_FILE, METADATA_FILE))
+        or bool(interrupted_export_files(path))))
 
 
 def exported_from(weights: str | os.PathLike) -> dict[str, str]:
     """export.json's record of the checkpoint a graph was made from (the folder's graph is
     the earlier export's after a stopped one: this tells which weights an evaluation scored)."""
     return {"weights": str(Path(weights).resolve()), "sha256": sha256_of(weights)}
+
+
+def export_source(model: Any) -> dict[str, Any]:
+    """What an evaluation's metrics.json records of an exported `model`'s checkpoint:
+    {"exported_from": ...} as its export.json has it; {} for a PyTorch model (or an export
+    made before it was recorded)."""
+    metadata = getattr(model, "metadata", None)
+    return ({"exported_from": metadata["exported_from"]}
+            if isinstance(metadata, dict) and "exported_from" in metadata else {})
 
 
 def export_graph(graph: nn.Module, example: Sequence[torch.Tensor], path: Path, *,
@@ -239,9 +248,10 @@ def open_session(weights: str | os.PathLike, device: str | torch.device = "cpu")
     """ONNX Runtime session on the `.onnx` that `weights` names: the CUDA execution provider
     for a CUDA device when present, the CPU one otherwise."""
     if not model_path(weights).is_file():
-        stopped = (f" (an export into {model_path(weights).parent} stopped before it ended: "
-                   f"export again with tools/export.py)"
-                   if _partial(model_path(weights)).is_file() else "")
+        folder = model_path(weights).parent
+        stopped = (f" (an export into {folder} stopped before it ended: export again with "
+                   f"tools/export.py)"
+                   if folder.is_dir() and interrupted_export_files(folder) else "")
         raise ExportError(f"{model_path(weights)}: no such ONNX file{stopped}")
     try:
         import onnxruntime

@@ -26,8 +26,8 @@ from resnet_detect.engine import atomic_write_json, barrier, is_main_process
 from resnet_detect.engine.amp import float32_default
 from resnet_detect.engine.compilation import inference_compile_settings
 from resnet_detect.engine.config import ConfigError, as_override
-from resnet_detect.engine.export import (ExportError, check_class_names, exported_from,
-                                         is_onnx)
+from resnet_detect.engine.export import (ExportError, check_class_names, export_source,
+                                         exported_from, is_onnx)
 from resnet_detect.engine.files import nan_to_none, replace_folder
 from resnet_detect.engine.data import CountedLoader, DatasetError
 from resnet_detect.engine.task_api import LEFT_OUT, TaskData, format_metric
@@ -129,8 +129,7 @@ def evaluate_checkpoint(config: str, weights: str, output: Path, overrides: Sequ
     result = nan_to_none(result) if labelled else {"sem_seg": None}
     result["images"] = images
     result["weights"] = str(weights)
-    if "exported_from" in getattr(predictor.model, "metadata", {}):  # an export: of which weights
-        result["exported_from"] = predictor.model.metadata["exported_from"]
+    result.update(export_source(predictor.model))
     if is_main_process():
         atomic_write_json(result, output / "metrics.json")
         m = result["sem_seg"]

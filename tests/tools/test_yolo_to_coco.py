@@ -188,11 +188,12 @@ def test_exports_as_they_are_written(tmp_path: Path,
     with pytest.raises(DatasetError, match=r"p.txt line 1: 7 numbers after the class: 4 \(the "
                                            r"box\) \+ 6 \(the keypoints of kpt_shape\)"):
         yolo_to_coco.main([str(pose), "--output-dir", str(tmp_path / "o3")])
-    (pose / "data.yaml").write_text("val: lists/val.txt\nkpt_shape: [2, 4]\nnames: [person]\n",
-                                    encoding="utf-8")
-    with pytest.raises(DatasetError, match=r"data.yaml: kpt_shape must be \[keypoints, 2 or "
-                                           r"3\], got \[2, 4\]"):
-        yolo_to_coco.main([str(pose), "--output-dir", str(tmp_path / "o3")])
+    for shape, said in (("[2, 4]", r"\[2, 4\]"), ("[.inf, 3]", r"\[inf, 3\]")):
+        (pose / "data.yaml").write_text(f"val: lists/val.txt\nkpt_shape: {shape}\n"
+                                        f"names: [person]\n", encoding="utf-8")
+        with pytest.raises(DatasetError, match=r"data.yaml: kpt_shape must be \[keypoints, 2 "
+                                               rf"or 3\], got {said}"):
+            yolo_to_coco.main([str(pose), "--output-dir", str(tmp_path / "o3")])
     (pose / "data.yaml").write_text("val: lists/val.txt\nkpt_shape: [1, 3.0]\nnames: [person]\n",
                                     encoding="utf-8")  # (Ultralytics reads 3.0 as 3)
     _labels(pose / "labels/val/p.txt", ["0 0.5 0.5 0.2 0.4 0.45 0.45 2"])

@@ -54,8 +54,8 @@ def read_dataset(path: Path) -> tuple[Path, dict[str, Any], list[str]]:
     shape = data.get("kpt_shape")  # a pose dataset's: [keypoints, 2 (x y) or 3 (x y v)]
     if shape is not None:  # ([17, 3.0] too, as Ultralytics reads it)
         if not (isinstance(shape, list) and len(shape) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v == int(v) > 0
-                for v in shape) and shape[1] in (2, 3)):
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and v == int(v) > 0 for v in shape) and shape[1] in (2, 3)):
             raise DatasetError(f"{path}: kpt_shape must be [keypoints, 2 or 3], got "
                                f"{shape!r:.40}")
         data = {**data, "kpt_shape": [int(v) for v in shape]}
