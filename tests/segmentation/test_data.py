@@ -944,8 +944,8 @@ def test_training_masks_in_colour_or_jpeg_are_all_named_before_training(tmp_path
         "masks need each colour mapped to its class id",
         f"  mask {tmp_path}/ann/3.png is a JPEG: its lossy compression changes class ids along "
         "every edge; masks must be PNGs (palette or grayscale)"]
-    for i in (1, 2, 3):  # the same words when the mask is read
-        with pytest.raises(DatasetError, match=f"mask {tmp_path}/ann/{i}.png is an? "):
+    for i, what in ((1, "an RGB image"), (2, "an LA image"), (3, "a JPEG")):  # the same words
+        with pytest.raises(DatasetError, match=f"mask {tmp_path}/ann/{i}.png is {what}"):
             train[i]
     assert train.load(4)[1].tolist() == [[1] * 12] * 10  # a palette mask: its indices
 
