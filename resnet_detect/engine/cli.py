@@ -32,8 +32,8 @@ from .export import ExportError
 from .files import UnwritableFolderError, missing_path
 from .foreign_options import flag_hints
 from .host_memory import cache_host_memory
-from .logging import (escape_what_the_console_lacks, log_warning, logging_kept, print_and_log,
-                      setup_logging)
+from .logging import (SAYS_ITS_ERROR, escape_what_the_console_lacks, log_warning, logging_kept,
+                      print_and_log, setup_logging)
 from .model_check import weights_keys
 from .preemption import CATCHING, TrainingInterrupted
 from .restarts import resume_after_restart
@@ -119,18 +119,9 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
         # loader workers leave it to this process (`kill -- -PGID`, Slurm's scancel), which
         # ends them as it stops; they died of it, with a traceback at exit
         CATCHING.value = 1
+    says_its_error = SAYS_ITS_ERROR.set(_repeats_the_message)
     try:
         main(sys.argv[1:])
-    except USER_ERRORS as e:
-        _say(f"{program_name()}: error: {as_installed(worker_error_message(e))}")
-        raise SystemExit(2) from None
-    except MemoryError as e:
-        if not str(e):  # Python's own, which says nothing more than its traceback
-            raise
-        # ours ("ONNX Runtime ran out of memory on a WxH image ..." and test.max_size) or
-        # NumPy's ("Unable to allocate 1.2 GiB for an array with shape ...")
-        _say(f"{program_name()}: error: {e}")
-        raise SystemExit(2) from None
     except KeyboardInterrupt as e:  # Ctrl-C: what was done is written already; no traceback
         terminated = isinstance(e, Terminated)
         print(f"\n{program_name()}: {'terminated' if terminated else 'interrupted'}",
@@ -139,22 +130,43 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     except BrokenPipeError:  # `| head` closed stdout: stop quietly, as coreutils do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         raise SystemExit(141) from None
-    except (OSError, RuntimeError) as e:
-        # a path that links to itself: pathlib's RuntimeError (Python 3.11, 3.12) or ELOOP
-        if getattr(e, "errno", None) == errno.ELOOP or str(e).startswith("Symlink loop from"):
-            _say(f"{program_name()}: error: {e}: a path given links back to itself")
-            raise SystemExit(2) from None
-        # a collective's, under torchrun: another process stopped
-        gone = other_process_gone(e)
-        if gone is None:
+    except Exception as e:
+        said = _error_line(e)
+        if said is None:
             raise
-        _say(f"{program_name()}: error: {gone}")
-        raise SystemExit(1) from None
+        _say(f"{program_name()}: error: {said[0]}")
+        raise SystemExit(said[1]) from None
     finally:
+        SAYS_ITS_ERROR.reset(says_its_error)
         logging.setLogRecordFactory(record_factory)
         if catch:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
             CATCHING.value = catching
+
+
+def _error_line(e: Exception) -> tuple[str, int] | None:
+    """What `run_tool` says of an error instead of its traceback, and its exit status; None
+    where the traceback is what to show."""
+    if isinstance(e, USER_ERRORS):
+        return as_installed(worker_error_message(e)), 2
+    # ours ("ONNX Runtime ran out of memory on a WxH image ..." and test.max_size) or NumPy's
+    # ("Unable to allocate 1.2 GiB for an array with shape ..."); Python's own says nothing
+    if isinstance(e, MemoryError) and str(e):
+        return str(e), 2
+    if not isinstance(e, (OSError, RuntimeError)):
+        return None
+    # a path that links to itself: pathlib's RuntimeError (Python 3.11, 3.12) or ELOOP
+    if getattr(e, "errno", None) == errno.ELOOP or str(e).startswith("Symlink loop from"):
+        return f"{e}: a path given links back to itself", 2
+    gone = other_process_gone(e)  # a collective's, under torchrun: another process stopped
+    return None if gone is None else (gone, 1)
+
+
+def _repeats_the_message(e: BaseException) -> bool:
+    """Whether `run_tool`'s error line says what `e` says (not so where another process
+    stopped: the line names it, and the log line where its warnings are)."""
+    return (isinstance(e, Exception) and _error_line(e) is not None
+            and other_process_gone(e) is None)
 
 
 def _as_installed_records(factory: Callable[..., logging.LogRecord]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import datetime
 import json
 import logging
@@ -16,7 +17,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,14 @@ from .files import UnwritableFolderError, atomic_write_text, writable_folder
 
 if TYPE_CHECKING:
     from .trainer import Trainer
+
+
+# set while a tool's command line runs (cli.run_tool): whether it prints an error as its own
+# "error:" line, which the line saying why a training stopped would repeat on the console
+SAYS_ITS_ERROR: contextvars.ContextVar[Callable[[BaseException], bool] | None] = (
+    contextvars.ContextVar("says_its_error", default=None))
+# a record's `extra` key that keeps it off the console (log.txt has it)
+FILE_ONLY = "file_only"
 
 
 def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -> None:
@@ -47,6 +56,7 @@ def setup_logging(output_dir: str | os.PathLike | None = None, name: str = "") -
     # the date too: log.txt of a resumed run holds several days
     fmt = logging.Formatter(f"%(asctime)s {prefix}%(message)s", datefmt="%m/%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    handlers[0].addFilter(lambda record: not getattr(record, FILE_ONLY, False))
     if output_dir is not None and is_main_process():
         folder = writable_folder(output_dir)
         try:

@@ -44,8 +44,8 @@ from .distributed import (all_gather_object, broadcast_buffers, get_rank, get_wo
                           wrap_ddp)
 from .ema import WeightAverage
 from .files import atomic_write_json, is_disk_full, nan_to_none
-from .logging import (ProgressLogger, ScalarWriter, logging_kept, logs_evaluation,
-                      rank_log_name, setup_logging)
+from .logging import (FILE_ONLY, SAYS_ITS_ERROR, ProgressLogger, ScalarWriter, logging_kept,
+                      logs_evaluation, rank_log_name, setup_logging)
 from .memory_format import place_model
 from .model_check import warn_of_random_backbone, weights_keys
 from .rng import rng_kept, seed_everything
@@ -316,8 +316,10 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
                 others = (f" (the other processes' warnings and errors, where they had "
                           f"some: {output_dir / rank_log_name('<N>')})"
                           if get_world_size() > 1 and is_main_process() else "")
+                says_it = SAYS_ITS_ERROR.get()
                 logger.error("training stopped: %s: %s%s%s", type(e).__name__,
-                             worker_error_message(e), lost_process_hint(e), others)
+                             worker_error_message(e), lost_process_hint(e), others,
+                             extra={FILE_ONLY: says_it is not None and says_it(e)})
             raise
 
 

@@ -222,8 +222,18 @@ def _train_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(SystemExit) as stopped:
         run_tool(tool_main("train"))
     assert stopped.value.code == 2
-    err = capsys.readouterr().err
+    said = capsys.readouterr()
+    err = said.err
     assert err.startswith("train.py: error: ") and "Traceback" not in err
+    # said once on the console (the log line why the training stopped repeated it), and in
+    # log.txt where the run wrote one
+    assert "training stopped" not in said.out
+    log = tmp_path / "out/log.txt"
+    if log.exists():
+        first_line = err.removeprefix("train.py: error: ").splitlines()[0]
+        stopped_lines = [line for line in log.read_text().splitlines()
+                         if "training stopped: " in line]
+        assert len(stopped_lines) == 1 and stopped_lines[0].endswith(first_line), stopped_lines
     return err
 
 
