@@ -553,8 +553,8 @@ class BestWeights:
                 path.unlink(missing_ok=True)
         if resume and self.path.is_file():
             try:
-                saved = torch.load(io.BytesIO(self.path.read_bytes()), map_location="cpu",
-                                   weights_only=True)
+                saved = torch.load(io.BytesIO(read_checked_bytes(self.path)),
+                                   map_location="cpu", weights_only=True)
                 recorded, iteration = saved.get("best", {}), int(saved.get("iteration", 0))
             except Exception as e:  # a damaged file: the next evaluation replaces it
                 logger.warning("cannot read %s (%s): the next evaluation replaces it",
@@ -586,8 +586,12 @@ class BestWeights:
             logger.warning("cannot read %s (%s): the best before iteration %d is not known",
                            self.snapshot, e, start_iter)
             return
-        if iteration > start_iter or (recorded.get("metric"), recorded.get("mode", "max")) != (
-                self.metric, self.mode):
+        if iteration > start_iter:  # (--resume-from a checkpoint before the last one)
+            logger.warning("the best %s before iteration %d is not known (%s was scored at "
+                           "iteration %d): the evaluations from here on choose the best anew",
+                           self.metric, start_iter, self.snapshot.name, iteration)
+            return
+        if (recorded.get("metric"), recorded.get("mode", "max")) != (self.metric, self.mode):
             return
         if is_main_process():
             for source, target in ((checksum_file(self.snapshot), checksum_file(self.path)),
@@ -624,9 +628,11 @@ class BestWeights:
                            "resumed from (iteration %d): those steps are trained again or "
                            "abandoned, so it moves to %s", self.path, iteration, start_iter,
                            aside)
-            for path in (self.path, checksum_file(self.path)):
-                if path.is_file():
-                    os.replace(path, aside / path.name)
+            target = _free_name(aside / self.path.name)  # (an earlier abandoned best kept)
+            for source, to in ((self.path, target),
+                               (checksum_file(self.path), checksum_file(target))):
+                if source.is_file():
+                    os.replace(source, to)
 
     def update(self, metrics: Mapping[str, Mapping[str, Any]], iteration: int) -> None:
         """After an evaluation (on every process; the main one writes)."""

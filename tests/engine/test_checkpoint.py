@@ -1266,8 +1266,40 @@ def test_a_resume_keeps_the_best_scored_up_to_its_checkpoint(
     # --resume-from an earlier checkpoint than the best's: no best before it is known
     evaluate(resumed, 10, 9.9)
     resumed.checkpointed(12)
+    caplog.clear()
     BestWeights(tmp_path, "sem_seg/mIoU", model, {}, resume=True, start_iter=2)
     assert not (tmp_path / "model_best.pth").exists()
+    assert ("the best sem_seg/mIoU before iteration 2 is not known (.model_best.checkpointed.pth "
+            "was scored at iteration 10): the evaluations from here on choose the best anew"
+            in caplog.text)
+    # the first abandoned best is kept beside the second (it was overwritten)
+    assert torch.load(tmp_path / "abandoned/model_best.pth", weights_only=True)["iteration"] == 6
+    assert torch.load(tmp_path / "abandoned/model_best.1.pth",
+                      weights_only=True)["iteration"] == 10
+    assert read_checkpoint(tmp_path / "abandoned/model_best.1.pth")["iteration"] == 10
     # a fresh run in the folder drops another run's snapshot
     BestWeights(tmp_path, "sem_seg/mIoU", model, {}, resume=False)
     assert not snapshot.exists()
+
+
+def test_a_resume_does_not_keep_a_damaged_best(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """model_best.pth damaged after it was written (a bad copy) still loads: the resumed run
+    kept its score, and a worse later evaluation never replaced the damaged weights. Its
+    .sha256 is checked, as every other checkpoint's is."""
+    from resnet_detect.engine.checkpoint import BestWeights
+
+    model = nn.Linear(2, 1)
+    BestWeights(tmp_path, "sem_seg/mIoU", model, {}, resume=False).update(
+        {"sem_seg": {"mIoU": 5.0}}, 4)
+    path = tmp_path / "model_best.pth"
+    data = bytearray(path.read_bytes())
+    weight = data.find(model.weight.detach().numpy().tobytes())
+    data[weight] ^= 0x40  # a flipped bit in the weights: torch.load does not notice
+    path.write_bytes(bytes(data))
+    resumed = BestWeights(tmp_path, "sem_seg/mIoU", model, {}, resume=True, start_iter=4)
+    assert resumed.best is None
+    assert (f"cannot read {path} (its bytes do not match model_best.pth.sha256: the file was "
+            f"damaged after it was written): the next evaluation replaces it") in caplog.text
+    resumed.update({"sem_seg": {"mIoU": 1.0}}, 6)
+    assert read_checkpoint(path)["iteration"] == 6
