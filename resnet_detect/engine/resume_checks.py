@@ -51,6 +51,12 @@ def check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
         logger.warning("resuming %s on another training set%s: the images are drawn in "
                        "another order (and train.epochs counts passes over this one)",
                        path, other_data)
+    val_before, val_now = provenance.get("val_images"), now.get("val_images")
+    if None not in (val_before, val_now) and val_before != val_now:
+        logger.warning("resuming %s on another val split: the run that wrote it evaluated "
+                       "%d images, this one has %d; the scores before and after this point "
+                       "are not comparable, and the best weights (train.best_metric) are "
+                       "chosen among both", path, val_before, val_now)
     def classes(config: Any) -> list[str] | None:  # data.classes (detection's)
         value = ((config or {}).get("data") or {}).get("classes")
         return None if value is None else list(value)

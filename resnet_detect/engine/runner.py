@@ -484,9 +484,10 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         logger.info("training under %s autocast (train.amp)", amp)
     provenance = (task.provenance(cfg) if hasattr(task, "provenance")
                   else {"config": to_plain(cfg)})  # what a resume compares its settings with
-    # what a resume compares: a checkpoint records its training set's size too
+    # what a resume compares: a checkpoint records its data sets' sizes too
     recorded = (None if provenance is None  # (a study's task records none)
-                else {**provenance, "train_images": len(data.train)})
+                else {**provenance, "train_images": len(data.train),
+                      **({"val_images": len(data.val)} if data.val is not None else {})})
     checkpointer = Checkpointer(output_dir, model=model, optimizer=optimizer,
                                 scheduler=scheduler, scaler=trainer.scaler,
                                 max_to_keep=t.max_to_keep, provenance=recorded,

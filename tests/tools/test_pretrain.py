@@ -447,10 +447,14 @@ def test_resume_with_other_train_settings(tool: ModuleType, tmp_path: Path,
                                          "training images, this one has 4: nothing to resume"):
         tool.main(overrides(fewer, out, **{**extra, "train.epochs": 3}) + ["--resume"])
     caplog.clear()
+    # and a val image more: the scores before and after are of other images (it was silent)
+    shutil.copyfile(fewer / "val/blue/0.png", fewer / "val/blue/1.png")
     with caplog.at_level(logging.WARNING):
         tool.main(overrides(fewer, out, **{**extra, "train.epochs": 7}) + ["--resume"])
     assert "on another training set; the run that wrote it had 8 training images, this one " \
            "has 4: the images are drawn in another order" in caplog.text
+    assert "on another val split: the run that wrote it evaluated 2 images, this one has 3; " \
+           "the scores before and after this point are not comparable" in caplog.text
 
 
 def test_model_best_keeps_the_weights_of_the_best_evaluation(

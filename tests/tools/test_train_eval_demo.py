@@ -87,9 +87,9 @@ def test_train_writes_final_checkpoint_with_provenance(trained: Path, data: Path
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all" in log
     assert "box AP = " in log.splitlines()[-1]
     # a training checkpoint records the same: eval, demo and export read the dataset's ids;
-    # and the training set's size, which a --resume compares
+    # and the data sets' sizes, which a --resume compares
     mid = torch.load(trained / "model_0000001.pth", map_location="cpu", weights_only=True)
-    assert mid["provenance"] == {**prov, "train_images": 6}
+    assert mid["provenance"] == {**prov, "train_images": 6, "val_images": 3}
     image = np.asarray(cv2.imread(str(data / "images/val/000000.jpg"))[..., ::-1])
     labels = Predictor(None, weights=trained / "model_0000001.pth",
                        overrides=["model.roi_heads.score_thresh=0.0"])(image)["labels"]
