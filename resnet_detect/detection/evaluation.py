@@ -25,9 +25,10 @@ import torch
 from pycocotools import mask as mask_utils
 
 from resnet_detect.engine.config import ConfigError
-from resnet_detect.engine.data.coco import (MAX_LISTED, box_polygon, brief, check_segmentation,
-                                            collector_paused, image_sizes, only_categories,
-                                            read_coco_json, segmentation_to_rle)
+from resnet_detect.engine.data.coco import (MAX_LISTED, DatasetError, box_polygon, brief,
+                                            check_segmentation, collector_paused, image_sizes,
+                                            listing, only_categories, read_coco_json,
+                                            segmentation_to_rle)
 from resnet_detect.engine.distributed import all_gather_object
 from resnet_detect.engine.logging import print_and_log
 from resnet_detect.engine.same_everywhere import done_by_the_main_process
@@ -195,8 +196,10 @@ def ground_truth(ann_file: Path, iou_type: str, categories: Iterable[int] | None
 
     Fields many converters leave out get COCO's meaning: `iscrowd` 0, and `area` (or a null one) the
     mask's area (the box's where there is no usable mask). For segm, an object without a usable
-    mask (no polygon of 3 points, or a malformed or mis-sized segmentation) becomes a crowd
-    region over its box: ignored, as training leaves it out. An LVIS file (federated.py) has
+    mask (no segmentation, or no polygon of 3 points) becomes a crowd region over its box:
+    ignored, as training leaves it out; a malformed or mis-sized segmentation is refused, as
+    training and the evaluation of weights refuse it (pycocotools scored some of them its way,
+    this a box in their place: two APs for one file). An LVIS file (federated.py) has
     no crowd regions besides those, and no objects of area 0, as lvis-api reads it. Returns
     (dataset, the annotation ids of the objects so ignored). `categories`: those alone
     (data.classes); `data`: the file's content where the caller has read it (read_coco_json's).
@@ -212,15 +215,27 @@ def ground_truth(ann_file: Path, iou_type: str, categories: Iterable[int] | None
                       f"is scored as any other (their AP on this file is lower; number the ids "
                       f"from 1 to compare)",
                       RuntimeWarning, stacklevel=3)
-    return cocoeval_ground_truth(data, iou_type)
+    try:
+        return cocoeval_ground_truth(data, iou_type)
+    except MalformedMasks as err:
+        raise DatasetError(f"{ann_file}: {len(err.args[0])} problem(s):"
+                           f"{listing(err.args[0])}") from None
+
+
+class MalformedMasks(ValueError):
+    """Segmentations the segm evaluation cannot score: args[0] lists them, one per object."""
 
 
 def cocoeval_ground_truth(data: dict[str, Any],
                           iou_type: str) -> tuple[dict[str, Any], list[Any]]:
-    """`ground_truth` of a file's content (as `read_coco_json` returns it)."""
+    """`ground_truth` of a file's content (as `read_coco_json` returns it).
+
+    Raises:
+        MalformedMasks: for segm, objects whose segmentation is malformed or mis-sized.
+    """
     federated = is_federated(data)
     sizes = image_sizes(data)
-    annotations, ignored = [], []
+    annotations, ignored, malformed = [], [], []
     # numbered from 1: COCOeval takes a matched object's id 0 for no match, so a file numbered
     # from 0 (Label Studio's, CVAT's) scored the detection of its first object as a false one
     for number, ann in enumerate(data["annotations"], start=1):
@@ -228,12 +243,15 @@ def cocoeval_ground_truth(data: dict[str, Any],
         ann = {**ann, "id": number, "iscrowd": 0 if federated else ann.get("iscrowd", 0)}
         w, h = (float(v) for v in ann["bbox"][2:])
         segmentation = None
-        if iou_type == "segm" or ann.get("area") is None:  # bbox needs no mask but for the area
-            try:
-                segmentation, _ = check_segmentation(ann.get("segmentation"),
+        if ann.get("segmentation") is not None and (iou_type == "segm"
+                                                    or ann.get("area") is None):
+            try:  # (bbox needs no mask but for the area)
+                segmentation, _ = check_segmentation(ann["segmentation"],
                                                      *sizes[ann["image_id"]])
-            except (TypeError, ValueError):
-                pass
+            except (TypeError, ValueError) as err:
+                if iou_type == "segm":
+                    malformed.append(f"annotation id={given_id} (image id={ann['image_id']})"
+                                     f"{', a crowd region' if ann['iscrowd'] else ''}: {err}")
         if iou_type == "segm":
             if segmentation:
                 ann["segmentation"] = segmentation
@@ -251,6 +269,8 @@ def cocoeval_ground_truth(data: dict[str, Any],
         if federated and not ann["area"] > 0:
             continue
         annotations.append(ann)
+    if malformed:
+        raise MalformedMasks(malformed)
     return {**data, "annotations": annotations}, ignored
 
 

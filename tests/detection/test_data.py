@@ -909,6 +909,15 @@ def test_bad_segmentations_fail_naming_file_and_annotation(tmp_path: Path, segme
     with pytest.raises(DatasetError, match=rf"{ann_file}: 1 problem.*\n.*{message}"):
         load_coco_json(ann_file, tmp_path / "images", keep_segmentation=True)
     load_coco_json(ann_file, tmp_path / "images")  # fine for boxes only
+    if segmentation is None:  # (a crowd region without a mask is its box)
+        return
+    # a val file's crowd region is scored: its mask was replaced by its box without a word
+    ann_file.write_text(json.dumps(_coco(
+        [{"id": 1, "file_name": "a.png", "height": 20, "width": 30}], [{**ann, "iscrowd": 1}])))
+    with pytest.raises(DatasetError, match=rf"{ann_file}: 1 problem.*\n  annotation id=1 "
+                                           rf"\(image id=1, a.png\), a crowd region: .*{message}"):
+        load_coco_json(ann_file, tmp_path / "images", keep_segmentation=True, evaluation=True)
+    load_coco_json(ann_file, tmp_path / "images", keep_segmentation=True)  # training skips it
 
 
 def test_a_file_of_normalised_polygons_is_refused_a_tiny_polygon_is_not(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from resnet_detect.detection.evaluation import (RESULTS_FILE, COCOEvaluator, eva
                                                 ground_truth, instances_to_coco_results,
                                                 mask_to_rle)
 from resnet_detect.detection.voc_eval import evaluate_voc
+from resnet_detect.engine.data import DatasetError
 
 CATEGORY_IDS = (1, 3, 5)  # contiguous label i <-> CATEGORY_IDS[i]
 NAMES = ("ring", "box", "blob")
@@ -527,6 +528,40 @@ def test_objects_without_a_usable_mask_are_ignored_in_segm(tmp_path: Path,
                          verbose=False)["AP"] < 100  # elsewhere it is one
     box = evaluate_coco(gt_file, results[:1] + results[2:], backend=backend, verbose=False)
     assert box["AP"] < 100  # in bbox, object 2 is a real object that was missed
+
+
+def test_a_malformed_mask_is_refused_in_segm_and_scored_in_bbox(tmp_path: Path) -> None:
+    """A polygon of an odd count of numbers or an RLE of another size than its image, on a
+    crowd region as on an object, became a crowd region over its box without a word (a crowd
+    polygon's: no warning at all): a mask AP of 36.4 where pycocotools, which reads such a
+    polygon without its last number, gives 31.7; training and the evaluation of weights
+    refuse the same file. The segm evaluation refuses it too, naming each; bbox scores it."""
+    square = _square(20, 20, 40, 40)
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "height": 100, "width": 120}],
+          "annotations": [
+              {"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 20, 40, 40],
+               "segmentation": square},
+              {"id": 7, "image_id": 1, "category_id": 1, "bbox": [70, 10, 30, 30],
+               "iscrowd": 1, "segmentation": [[70, 10, 100, 10, 100, 40, 70]]},
+              {"id": 8, "image_id": 1, "category_id": 1, "bbox": [70, 50, 40, 40],
+               "segmentation": mask_to_rle(np.ones((50, 60), bool))}],
+          "categories": [{"id": 1, "name": "ring"}]}
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps(gt))
+    mask = np.zeros((100, 120), bool)
+    mask[20:60, 20:60] = True
+    results = [{"image_id": 1, "category_id": 1, "bbox": [20, 20, 40, 40], "score": 0.9,
+                "segmentation": mask_to_rle(mask)}]
+    with pytest.raises(DatasetError) as refused:
+        evaluate_coco(gt_file, results, iou_type="segm", verbose=False)
+    assert str(refused.value) == (
+        f"{gt_file}: 2 problem(s):\n"
+        f"  annotation id=7 (image id=1), a crowd region: a polygon holds an odd count of "
+        f"numbers (7), not x, y pairs: [70, 10, 100, 10, 100, 40, 70]\n"
+        f"  annotation id=8 (image id=1): RLE segmentation size [50, 60] is not the image's "
+        f"[height, width] = [100, 120]")
+    box = evaluate_coco(gt_file, results, verbose=False)
+    assert box["stats"][8] == pytest.approx(0.5)  # AR@100: one of the two objects found
 
 
 @pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])

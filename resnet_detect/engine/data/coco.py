@@ -820,9 +820,18 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
     height, width = img["height"], img["width"]
     boxes, classes, segmentations, annotation_ids = [], [], [], []
     stats.annotations += len(anns)
+    def where(ann: dict[str, Any]) -> str:
+        return f"annotation id={ann['id']} (image id={img['id']}, {img['file_name']})"
+
     for ann in anns:
         if ann.get("iscrowd", 0):
             stats.crowd += 1
+            # a val file's crowd region is scored: a malformed mask was replaced by its box
+            if keep_segmentation and optional_masks and ann.get("segmentation") is not None:
+                try:
+                    check_segmentation(ann["segmentation"], height, width)
+                except (TypeError, ValueError) as err:
+                    problems.append(f"{where(ann)}, a crowd region: {err}")
             continue
         if ann.get("ignore", 0):  # left out of training, as mmdetection does; the scoring
             stats.ignored += 1    # reads iscrowd alone (pycocotools overwrites "ignore")
@@ -835,8 +844,7 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
             if box is None:
                 stats.non_finite_count += 1
                 if len(stats.non_finite) < MAX_LISTED:
-                    stats.non_finite.append(f"annotation id={ann['id']} (image id={img['id']}, "
-                                            f"{img['file_name']}): bbox {ann['bbox']}")
+                    stats.non_finite.append(f"{where(ann)}: bbox {ann['bbox']}")
             continue
         if keep_segmentation and optional_masks and ann.get("segmentation") is None:
             segmentations.append(None)
@@ -844,8 +852,7 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
             try:
                 segmentation, dropped = check_segmentation(ann.get("segmentation"), height, width)
             except (TypeError, ValueError) as err:
-                problems.append(f"annotation id={ann['id']} (image id={img['id']}, "
-                                f"{img['file_name']}): {err}")
+                problems.append(f"{where(ann)}: {err}")
                 continue
             stats.short_polygons += dropped
             if not segmentation:
