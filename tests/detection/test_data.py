@@ -278,7 +278,22 @@ def test_a_category_without_usable_objects_is_named(tmp_path: Path, small: tuple
     assert (f"{ann_file}: no usable object of 'balloons' (id 0): a class all the same, which "
             f"the model never learns (its AP is n/a where the val data has none of it, else "
             f"about 0, lowering the mean AP); where it is none, drop it from 'categories' of "
-            f"the training and the val files") in caplog.text
+            f"the training and the val files, or name the classes to train in data.classes"
+            ) in caplog.text
+    # a class whose objects are all crowd regions (CVAT's masks): the hint said to drop it
+    category = data["categories"][0]
+    for ann in data["annotations"]:
+        if ann["category_id"] == category["id"]:
+            ann["iscrowd"] = 1
+    crowded = [a for a in data["annotations"] if a["category_id"] == category["id"]]
+    ann_file.write_text(json.dumps(data))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_coco_json(ann_file, small[1], training=True)
+    assert (f"{ann_file}: no usable object of 'balloons' (id 0), {category['name']!r} (id "
+            f"{category['id']}: its {len(crowded)} objects are all crowd regions, \"iscrowd\": "
+            f"1, which training leaves out as detectron2 does; CVAT exports masks so: where "
+            f"they are objects, set iscrowd 0): a class all the same") in caplog.text
 
 
 def test_many_categories_without_objects_are_named_in_a_line_of_reasonable_length(

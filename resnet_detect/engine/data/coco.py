@@ -15,6 +15,7 @@ left without any polygon are left out and counted.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import io
@@ -605,16 +606,16 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
                        if stats.no_mask else "", "kept without a mask (their boxes count)"
                        if evaluation else "left out")
     used = set(np.concatenate([r["classes"] for r in records] or [np.zeros(0, np.int64)]))
-    unused = [f"{name!r} (id {cid})" for k, (cid, name) in
+    unused = [(cid, name) for k, (cid, name) in
               enumerate(zip(mapping.dataset_ids, mapping.names)) if k not in used]
     if unused and training:  # e.g. Roboflow's unused category 0, named like the dataset
-        shown = ", ".join(unused[:MAX_LISTED]) + (f", ... ({len(unused)} in all)"
-                                                  if len(unused) > MAX_LISTED else "")
         logger.warning("%s: no usable object of %s: a class all the same, which the model "
                        "never learns (its AP is n/a where the val data has none of it, else "
                        "about 0, lowering the mean AP); where it is none, drop it from %s",
-                       ann_file, shown, "data.classes" if classes is not None else
-                       "'categories' of the training and the val files")
+                       ann_file, _unused_categories(unused, data["annotations"]),
+                       "data.classes" if classes is not None else
+                       "'categories' of the training and the val files, or name the classes "
+                       "to train in data.classes")
     if training:
         _warn_of_twin_names(mapping, ann_file)
         counts = np.bincount(np.concatenate([r["classes"] for r in records]
@@ -807,6 +808,21 @@ def check_segmentation(segmentation: Any, height: int, width: int
                              f"outside the {width}x{height} image: {polygon!r:.80}")
         kept.append(polygon)
     return kept, len(segmentation) - len(kept)
+
+
+def _unused_categories(unused: list[tuple[int, str]], annotations: list[dict[str, Any]]
+                       ) -> str:
+    """The categories without a trained object, for a warning: each one's name and id, and
+    where all its objects are crowd regions, so (CVAT exports its masks so)."""
+    objects = collections.Counter(a["category_id"] for a in annotations)
+    crowd = collections.Counter(a["category_id"] for a in annotations if a.get("iscrowd", 0))
+    named = [f"{name!r} (id {cid}" + (
+        f": its {objects[cid]} objects are all crowd regions, \"iscrowd\": 1, which training "
+        f"leaves out as detectron2 does; CVAT exports masks so: where they are objects, set "
+        f"iscrowd 0)" if objects[cid] and crowd[cid] == objects[cid] else ")")
+        for cid, name in unused[:MAX_LISTED]]
+    return ", ".join(named) + (f", ... ({len(unused)} in all)" if len(unused) > MAX_LISTED
+                               else "")
 
 
 def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
