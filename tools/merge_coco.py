@@ -10,7 +10,8 @@ Usage:
 Categories are matched by name (the first file's ids, then new names with the next ids;
 --classes or --classes-from fix them); images and annotations are numbered anew; an image
 that several files name is one image with all their objects (an object an earlier file gives
-already, the same class, box and mask, once). File names become relative to
+already, the same class, box and mask to a thousandth of a pixel, once; one boxed almost as an
+earlier file's is kept and warned of). File names become relative to
 --img-dir (default: the folder holding every image folder); the tool ends by printing the
 config keys to use. Nothing is written when a file has a problem: each is named
 (resnet_detect/detection/data/merging.py).
@@ -58,13 +59,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     writable_file(args.output, "--output")  # before the inputs are read
     class_names, category_ids = chosen_classes(args)
-    coco, img_dir, repeated = merge_coco(args.input, args.img_dir, class_names, category_ids)
+    merged = merge_coco(args.input, args.img_dir, class_names, category_ids)
+    coco = merged.coco
     crowd = sum(bool(a.get("iscrowd", 0)) for a in coco["annotations"])
-    write_coco(coco, args.output, img_dir,
+    joined = [f"{merged.shared} image(s) named by several files, their objects joined"] * bool(
+        merged.shared) + [f"{merged.repeated} objects an earlier file gives too left out"] * bool(
+        merged.repeated)
+    write_coco(coco, args.output, merged.img_dir,
                f"{len(coco['images'])} images, {len(coco['annotations']) - crowd} objects, "
                f"{crowd} crowd regions from {len(args.input)} files"
-               + (f" ({repeated} objects an earlier file gives too left out)" if repeated
-                  else ""))
+               + (f" ({'; '.join(joined)})" if joined else ""))
     return coco
 
 

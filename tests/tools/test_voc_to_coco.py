@@ -214,7 +214,7 @@ def test_classes_spelt_in_two_cases_are_said(tmp_path: Path,
     with caplog.at_level(logging.WARNING):
         coco = voc_to_coco.main([str(folder), "--output", str(tmp_path / "out.json")])
     assert [c["name"] for c in coco["categories"]] == ["Dog", "dog"]
-    assert ("classes whose names differ only in case or surrounding spaces: 'Dog' (1 objects, "
+    assert ("classes whose names differ only in case or spaces: 'Dog' (1 objects, "
             "first in "
             f"{folder / 'a.xml'}), 'dog' (2 objects, first in {folder / 'b.xml'}): they are 2 "
             "classes") in caplog.text

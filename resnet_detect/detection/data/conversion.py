@@ -57,6 +57,22 @@ def relative_image(image: Path, img_dir: Path, source: Path, named_by: dict[str,
     return relative
 
 
+def warn_of_twin_spellings(class_names: Sequence[str], found: Mapping[str, int],
+                           first_in: Mapping[str, str] | None = None) -> None:
+    """Classes whose names differ only in case or spaces ('Dog' in one tool's files, 'dog '
+    in another's), named with their object counts (`found`) and the file each is first in."""
+    spellings: dict[str, list[str]] = {}
+    for name in class_names:
+        spellings.setdefault(" ".join(name.split()).casefold(), []).append(name)
+    for names in spellings.values():
+        if len(names) > 1:
+            logger.warning("classes whose names differ only in case or spaces: %s: they are "
+                           "%d classes (rename the labels to have one)",
+                           ", ".join(f"{n!r} ({found.get(n, 0)} objects"
+                                     + (f", first in {first_in[n]}" if first_in and n in first_in
+                                        else "") + ")" for n in names), len(names))
+
+
 def ids_of_classes(found: Counter[str], class_names: Sequence[str],
                  ids: Sequence[int] | None, problems: list[str],
                  first_in: Mapping[str, str] | None = None) -> dict[str, int]:
@@ -66,16 +82,7 @@ def ids_of_classes(found: Counter[str], class_names: Sequence[str],
     repeated = sorted(n for n, c in Counter(class_names).items() if c > 1)
     if repeated:
         raise DatasetError(f"class names given twice: {repeated}")
-    spellings: dict[str, list[str]] = {}
-    for name in class_names:
-        spellings.setdefault(name.strip().casefold(), []).append(name)
-    for names in spellings.values():  # (Dog in one tool's files, dog in another's)
-        if len(names) > 1:
-            logger.warning("classes whose names differ only in case or surrounding spaces: %s: "
-                           "they are %d classes (rename the labels to have one)",
-                           ", ".join(f"{n!r} ({found.get(n, 0)} objects"
-                                     + (f", first in {first_in[n]}" if first_in and n in first_in
-                                        else "") + ")" for n in names), len(names))
+    warn_of_twin_spellings(class_names, found, first_in)
     unknown = sorted(set(found) - set(class_names))
     if unknown:
         problems.append("names not among the classes: " + ", ".join(

@@ -7,13 +7,15 @@ later files have, with the next ids; `class_names` (and `category_ids`) fix them
 the converters' --classes and --classes-from. Images and annotations get new ids (1..N in the
 files' order); an image file that several files name is one image with all their objects
 (annotations of the same photos split between files; an object an earlier file gives already,
-the same box, mask and class, once). File names become relative to `img_dir`, by default the
-folder holding every image folder, through the paths as given (symlinked folders and files are
-not followed). LVIS's per-image category lists follow the names too.
+the same box, mask and class to a thousandth of a pixel, once). File names become relative to
+`img_dir`, by default the folder holding every image folder, through the paths as given
+(symlinked folders and files are not followed). LVIS's per-image category lists follow the
+names too, and the images' licenses the files' `licenses` (one entry of each name and url).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -24,7 +26,9 @@ from resnet_detect.detection.federated import IMAGE_LISTS, listed_category_ids
 from resnet_detect.engine.data import DatasetError, listing, read_coco_json
 from resnet_detect.engine.data.coco import image_path, name_by_coco_url
 
-from .conversion import absolute, ids_of_classes, raise_problems
+from .conversion import absolute, ids_of_classes, raise_problems, warn_of_twin_spellings
+
+logger = logging.getLogger(__name__)
 
 
 def _category_lists(img: dict[str, Any], ann_file: Path, problems: list[str],
@@ -44,6 +48,7 @@ class Merged(NamedTuple):
     coco: dict[str, Any]
     img_dir: Path
     repeated: int  # objects an earlier file gave already, left out
+    shared: int  # images several files name
 
 
 def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
@@ -73,17 +78,20 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
     names = [_names_of_ids(a, data, problems) for (a, _), data in zip(pairs, files)]
     found: Counter[str] = Counter(names[i][o["category_id"]] for i, data in enumerate(files)
                                   for o in data["annotations"])
+    first_in = {}  # a class name -> the first file with an object of it
+    for (ann_file, _), data, name_of in zip(pairs, files, names):
+        for o in data["annotations"]:
+            first_in.setdefault(name_of[o["category_id"]], str(ann_file))
     if class_names is None:
         category_id = _first_files_ids(names)
+        warn_of_twin_spellings(list(category_id), found, first_in)
     else:
-        first_in = {}  # a class name -> the first file with an object of it
-        for (ann_file, _), data, name_of in zip(pairs, files, names):
-            for o in data["annotations"]:
-                first_in.setdefault(name_of[o["category_id"]], str(ann_file))
         category_id = ids_of_classes(found, class_names, category_ids, problems, first_in)
+    licenses, license_id = _licenses(files)
     images: dict[Path, dict[str, Any]] = {}
+    shared: set[Path] = set()
     image_id: list[dict[Any, int]] = []
-    for (ann_file, folder), data, name_of in zip(pairs, files, names):
+    for (ann_file, folder), data, name_of, licensed in zip(pairs, files, names, license_id):
         ids: dict[Any, int] = {}
         missing = []
         for img in data["images"]:
@@ -99,12 +107,17 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
                                     f"{img['width']}x{img['height']}, another file gives "
                                     f"{kept['width']}x{kept['height']}")
                 ids[img["id"]] = kept["id"]
+                shared.add(path)
                 continue
             if not path.is_file():
                 missing.append(img["file_name"])
             relative = os.path.relpath(path, root)
             if not path.is_relative_to(root):
                 problems.append(f"{ann_file}: image {path} is outside the img_dir {root}")
+            given = img.get("license")  # an id of its file's licenses: the merged list's
+            img = {k: v for k, v in img.items() if k != "license"}
+            if isinstance(given, (int, str)) and given in licensed:
+                img["license"] = licensed[given]
             images[path] = {**img, "id": len(images) + 1,
                             "file_name": Path(relative).as_posix(),
                             **{k: [category_id[name_of[c]] for c in listed
@@ -117,40 +130,89 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
                             + listing(missing))
         image_id.append(ids)
     raise_problems(problems, "the COCO files")
-    annotations, repeated = _once_across_files([
+    annotations, repeated, near_repeats = _once_across_files([
         [{**o, "id": 0, "image_id": image_id[i][o["image_id"]],
           "category_id": category_id[names[i][o["category_id"]]]} for o in data["annotations"]]
         for i, data in enumerate(files)])
     for number, annotation in enumerate(annotations, 1):
         annotation["id"] = number
+    if near_repeats:
+        logger.warning("%d objects of a later file have a box of the same class overlapping an "
+                       "earlier file's by IoU %g or more on the same image, and another box or "
+                       "mask: both are kept (two exports of the same photos, one corrected? "
+                       "Give one export of each photo, or a val set counts its objects twice)",
+                       near_repeats, NEAR_REPEAT)
     categories = _categories(category_id, files)
     sources = ", ".join(str(a) for a, _ in pairs)
     return Merged({"info": {"description": f"merged from {sources}"},
+                   **({"licenses": licenses} if licenses else {}),
                    "images": sorted(images.values(), key=lambda img: img["id"]),
-                   "annotations": annotations, "categories": categories}, root, repeated)
+                   "annotations": annotations, "categories": categories}, root, repeated,
+                  len(shared))
 
 
-def _once_across_files(per_file: list[list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], int]:
+def _licenses(files: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[Any, int]]]:
+    """The files' `licenses` as one list (one entry of each name and url, ids 1..N), and for
+    each file its license ids' new ones."""
+    merged: dict[str, dict[str, Any]] = {}
+    new_ids: list[dict[Any, int]] = []
+    for data in files:
+        ids = {}
+        for entry in data.get("licenses") or []:
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), (int, str)):
+                continue  # (nothing an image could name)
+            key = json.dumps([entry.get("name"), entry.get("url")])
+            kept = merged.setdefault(key, {**entry, "id": len(merged) + 1})
+            ids[entry["id"]] = kept["id"]
+        new_ids.append(ids)
+    return list(merged.values()), new_ids
+
+
+def _once_across_files(per_file: list[list[dict[str, Any]]]
+                       ) -> tuple[list[dict[str, Any]], int, int]:
     """The files' annotations, leaving out each that an earlier file gives already (the same
-    image, category, box, mask and crowd flag: two exports of the same photos), and how many
-    were left out; one file's own repeats are its own and kept."""
+    image, category, box, mask and crowd flag to a thousandth of a pixel: two exports of the
+    same photos), how many were left out, and how many others of a later file have a box of
+    the same class that overlaps an earlier file's by NEAR_REPEAT IoU or more (kept: a
+    corrected box, or a near neighbour); one file's own repeats are its own and kept."""
     files_of_image: dict[int, set[int]] = {}
     for i, objects in enumerate(per_file):
         for o in objects:
             files_of_image.setdefault(o["image_id"], set()).add(i)
     first_file: dict[str, int] = {}
-    kept, repeated = [], 0
+    kept, repeated, near = [], 0, 0
+    earlier_boxes: dict[tuple[int, int], list[tuple[int, Any]]] = {}
     for i, objects in enumerate(per_file):
         for o in objects:
             if len(files_of_image[o["image_id"]]) > 1:
-                key = json.dumps(_as_floats([o["image_id"], o["category_id"], o.get("bbox"),
-                                             o.get("segmentation"), o.get("iscrowd", 0)]),
+                key = json.dumps(_rounded([o["image_id"], o["category_id"], o.get("bbox"),
+                                           o.get("segmentation"), o.get("iscrowd", 0)]),
                                  sort_keys=True)
                 if first_file.setdefault(key, i) != i:
                     repeated += 1
                     continue
+                same_class = earlier_boxes.setdefault((o["image_id"], o["category_id"]), [])
+                near += any(j != i and _box_iou(box, o.get("bbox")) >= NEAR_REPEAT
+                            for j, box in same_class)
+                same_class.append((i, o.get("bbox")))
             kept.append(o)
-    return kept, repeated
+    return kept, repeated, near
+
+
+NEAR_REPEAT = 0.9  # box IoU of an object of a later file with an earlier file's of its class
+
+
+def _box_iou(a: Any, b: Any) -> float:
+    """IoU of two COCO [x, y, w, h] boxes; 0 for anything else."""
+    try:
+        (ax, ay, aw, ah), (bx, by, bw, bh) = (map(float, a), map(float, b))
+    except (TypeError, ValueError):
+        return 0.0
+    w = min(ax + aw, bx + bw) - max(ax, bx)
+    h = min(ay + ah, by + bh) - max(ay, by)
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
 
 
 def _common_folder(folders: Sequence[Path]) -> Path:
@@ -192,11 +254,12 @@ def _categories(category_id: dict[str, int], files: Sequence[dict[str, Any]]
                    for n, i in category_id.items()), key=lambda c: c["id"])
 
 
-def _as_floats(value: Any) -> Any:
-    """`value` with every number a float: 10 and 10.0 are one coordinate."""
+def _rounded(value: Any) -> Any:
+    """`value` with every number a float to a thousandth: 10, 10.0 and 10.000000000000002 (a
+    percent-to-pixel round trip of another export) are one coordinate."""
     if isinstance(value, (list, tuple)):
-        return [_as_floats(v) for v in value]
+        return [_rounded(v) for v in value]
     if isinstance(value, dict):
-        return {k: _as_floats(v) for k, v in value.items()}
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-        else value
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(float(value), 3) + 0.0 if isinstance(value, (int, float)) \
+        and not isinstance(value, bool) else value
