@@ -91,6 +91,13 @@ def check_train_choices(t: DictConfig) -> None:
         raise ConfigError(f"train.final_lr_factor must be in 0..1 (the lr at the end of a cosine "
                           f"or poly decay, as a fraction of train.base_lr), got "
                           f"{t.final_lr_factor!r}")
+    if not (is_number(t.lr_power) and 0 < t.lr_power < math.inf):  # (inf: an lr of 0 at once)
+        raise ConfigError(f"train.lr_power must be a number > 0 (the exponent of the poly "
+                          f"decay; 0.9 in DeepLab's and torchvision's recipes), got "
+                          f"{t.lr_power!r}")
+    if not (is_number(t.warmup_factor) and 0 <= t.warmup_factor <= 1):
+        raise ConfigError(f"train.warmup_factor must be in 0..1 (the lr at the warmup's start, "
+                          f"as a fraction of train.base_lr), got {t.warmup_factor!r}")
     if t.max_to_keep is not None and not is_positive_int(t.max_to_keep):
         raise ConfigError(f"train.max_to_keep must be a positive integer (at least 2 are kept) "
                           f"or null to keep every checkpoint, got {t.max_to_keep!r}")

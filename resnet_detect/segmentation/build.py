@@ -132,7 +132,13 @@ def build_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
         return FCNHead(in_feature=hcfg["in_feature"], in_channels=deep.channels,
                        channels=hcfg["channels"], norm=hcfg["norm"], dropout=hcfg["dropout"],
                        **common)
-    rates = hcfg["aspp_rates"] or aspp_rates(deep.stride)
+    given = hcfg["aspp_rates"]
+    if given is not None and not (isinstance(given, Sequence) and not isinstance(given, str)
+                                  and len(given) and all(is_positive_int(r) for r in given)):
+        raise ConfigError(f"model.head.aspp_rates must be a list of positive integers (the "
+                          f"dilations of the ASPP's 3x3 branches, e.g. [6,12,18]), or null for "
+                          f"those of the output stride, got {given!r}")
+    rates = given or aspp_rates(deep.stride)
     channels = hcfg["channels"] or 256
     if name == "deeplabv3":
         return DeepLabV3Head(in_feature=hcfg["in_feature"], in_channels=deep.channels,

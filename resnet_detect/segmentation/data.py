@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -635,7 +636,7 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
         hflip_prob = check_probability(s["hflip_prob"], "data.train.hflip_prob")
         scale = list(s["scale_range"])
         if (len(scale) != 2 or not all(isinstance(v, (int, float)) for v in scale)
-                or not 0 < scale[0] <= scale[1]):
+                or not 0 < scale[0] <= scale[1] < math.inf):
             raise ConfigError(f"data.train.scale_range must be two numbers 0 < min <= max, got "
                               f"{scale}")
     coco_names = None
@@ -689,6 +690,19 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
                        "set data.reduce_zero_label: true (0 is then neither trained on nor "
                        "scored) and name the classes of the values 1..K alone", first)
     return dataset
+
+
+def warn_of_an_ignored_class(class_names: Sequence[str], ignore_index: int) -> None:
+    """model.ignore_index set to a class's id (a wrong key, 3 for 255): the class is neither
+    trained nor scored, and the mIoU is the other classes' (ADE20K's "other" as 0 is so on
+    purpose)."""
+    if ignore_index < len(class_names):
+        logger.warning("model.ignore_index=%d is the id of the class %r (data.class_names): its "
+                       "pixels are neither trained on nor scored, its IoU is n/a, and the mIoU "
+                       "is the other %d classes'; where %d is not the masks' unlabelled value, "
+                       "set model.ignore_index to that (255 in VOC's and Cityscapes' trainId "
+                       "masks)", ignore_index, class_names[ignore_index], len(class_names) - 1,
+                       ignore_index)
 
 
 def check_same_classes(train: SemSegDataset, val: SemSegDataset, cfg: Mapping[str, Any]

@@ -36,7 +36,8 @@ from resnet_detect.engine.model_check import check_model_config
 from .browse import browse_split
 from .convert import SEGMENTER_WEIGHTS
 from .build import BASE_CONFIG, build_model, load_config, provenance_from_config
-from .data import build_dataset, build_test_loader, check_same_classes, resolve_palette
+from .data import (build_dataset, build_test_loader, check_same_classes, resolve_palette,
+                   warn_of_an_ignored_class)
 from .data import prefer_command_line_sources as resolve_overrides
 from .evaluation import SemSegEvaluator, write_confusion_matrix
 from .export import export_segmentor
@@ -269,6 +270,7 @@ class SemSegTask:
         train.check_mask_sample("train")
         train.warn_of_padded_crops(cfg.data.train.crop_size, cfg.data.train.scale_range)
         train.warn_of_objects_as_ignore("train")
+        warn_of_an_ignored_class(train.class_names, train.ignore_index)
         self.class_names = train.class_names
         cfg.model.num_classes = len(self.class_names)
         resolve_palette(cfg.data.palette, len(self.class_names))  # one colour per class

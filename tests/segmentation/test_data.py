@@ -1,6 +1,7 @@
 """Data: folder (VOC / Cityscapes trees) and COCO sources, mask-aware augmentation, bad input."""
 import json
 import logging
+import math
 import random
 from pathlib import Path
 
@@ -602,6 +603,24 @@ def test_a_class_no_val_mask_holds_is_named(tmp_path, caplog):
             ) in _prepare_warnings(cfg, caplog)
 
 
+def test_an_ignore_index_that_is_a_class_is_warned_of(tmp_path, caplog):
+    """model.ignore_index=2 (a class's id, for 255) trained without a word: that class was
+    never trained on nor scored, and the mIoU was the other classes'."""
+    img_dir, mask_dir = _folder(tmp_path)
+    for i in range(3):  # (255 is a class id now: the masks' border a 1 instead)
+        mask = np.zeros((20, 30), dtype=np.uint8)
+        mask[5:15, 5:20] = 1 + i % 2
+        _mask(mask_dir / f"{i:03d}.png", mask)
+    cfg = OmegaConf.create(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)))
+    said = ("model.ignore_index=2 is the id of the class 'b' (data.class_names): its pixels are "
+            "neither trained on nor scored, its IoU is n/a, and the mIoU is the other 2 "
+            "classes'; where 2 is not the masks' unlabelled value, set model.ignore_index to "
+            "that (255 in VOC's and Cityscapes' trainId masks)")
+    assert "model.ignore_index=" not in _prepare_warnings(cfg, caplog)  # 255
+    cfg.model.ignore_index = 2
+    assert said in _prepare_warnings(cfg, caplog)
+
+
 def test_training_masks_of_0_and_255_are_warned_of(tmp_path, caplog):
     """Without a val split nothing said it: the run trained on the background alone."""
     img_dir, mask_dir = _folder(tmp_path, n=40)
@@ -861,7 +880,10 @@ def test_folder_scan_follows_linked_folders_and_skips_hidden_files(tmp_path):
                           r"\[0, 0\]"),
     ("crop_size", [512], r"data.train.crop_size must be 2 positive integers"),
     ("scale_range", [2.0, 0.5], r"data.train.scale_range must be two numbers 0 < min <= max, "
-                                r"got \[2.0, 0.5\]")])
+                                r"got \[2.0, 0.5\]"),
+    # (albumentations' OverflowError at the first step)
+    ("scale_range", [0.5, math.inf], r"data.train.scale_range must be two numbers 0 < min <= "
+                                     r"max, got \[0.5, inf\]")])
 def test_augmentation_values_are_refused_naming_the_key_before_the_data_is_read(
         tmp_path, key, value, message):
     """They reached albumentations' validation, whose message names none of our keys, after

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from resnet_detect.engine.config import ConfigError
 from resnet_detect.segmentation import ASPP, aspp_rates, build_model
 from resnet_detect.segmentation.heads import FCNHead, ImagePooling, SeparableConvNormReLU
 
@@ -27,6 +28,14 @@ def test_aspp_rates_explicit_and_invalid(small_config):
     assert [b.conv.dilation[0] for b in model.head.aspp.branches[1:]] == [2, 4, 6, 8]
     with pytest.raises(ValueError, match="output_stride 4"):
         aspp_rates(4)
+    # a single number failed in the head ("'int' object is not iterable"); a 0 was refused
+    # without the key
+    for wrong in (6, [0, 6, 12], [], "6,12"):
+        cfg["model"]["head"]["aspp_rates"] = wrong
+        with pytest.raises(ConfigError, match=r"^model.head.aspp_rates must be a list of "
+                                              r"positive integers .*, got "
+                                              + re.escape(repr(wrong)) + "$"):
+            build_model(cfg)
 
 
 def test_aspp_parameter_count():

@@ -546,6 +546,9 @@ def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
             # the lr turned negative (SGD climbs the loss) or rose
             ("train.final_lr_factor", -0.5, r"train.final_lr_factor must be in 0..1"),
             ("train.final_lr_factor", 2.0, r"train.final_lr_factor must be in 0..1"),
+            # these two were named without their train. prefix after an unrelated lr_steps=[]
+            ("train.lr_power", 0, r"train.lr_power must be a number > 0"),
+            ("train.warmup_factor", 2, r"train.warmup_factor must be in 0..1"),
             # torch checks its optimizers' defaults, not each group's: these trained on
             ("train.gamma", -0.5, r"train.gamma must be in \(0, 1\]"),
             ("train.gamma", 10, r"train.gamma must be in \(0, 1\]"),
@@ -558,6 +561,9 @@ def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=f"{message}.* got {value}$"):
             tool.main(overrides(tmp_path / "data", tmp_path / key, **step, **{key: value}))
         assert not (tmp_path / key).exists()
+    # an infinite power trained at an lr of 0 without a word
+    with pytest.raises(ConfigError, match=r"train.lr_power must be a number > 0 .*, got inf$"):
+        tool.main(overrides(tmp_path / "data", tmp_path / "power", **{"train.lr_power": ".inf"}))
     # what the recipe does not use is not refused: an AdamW config's momentum: null (the
     # helper's mmdetection-style config), a cosine decay's gamma
     tool.main(overrides(tmp_path / "data", tmp_path / "unused", **{
