@@ -277,17 +277,22 @@ SMALL_NORM_BATCH = 8
 def unsynced_batch_norm_warning(model: nn.Module, images: int, world_size: int,
                                 device_type: str) -> str | None:
     """The warning for BatchNorm layers that train on `images` images per forward in each of
-    `world_size` processes, each with its own statistics; None where that is not so small."""
+    `world_size` processes, each with its own statistics (or on one image in one process);
+    None where that is not so small."""
     own = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
            and not isinstance(m, nn.SyncBatchNorm) and m.track_running_stats]
-    if world_size == 1 or images >= SMALL_NORM_BATCH or not own:
+    if not own or images >= (SMALL_NORM_BATCH if world_size > 1 else 2):
         return None
+    keys = "model.backbone.norm, model.head.norm; model.options.norm for pretraining"
+    if world_size == 1:
+        return (f"{len(own)} BatchNorm layers train on 1 image per step: their statistics are "
+                f"one image's (the recipes train on 2 or more per GPU): a train.batch_size of "
+                f"2 or more, or norm: gn, which needs no batch statistics ({keys})")
     fix = ("norm: syncbn synchronises them over the GPUs, as torchvision's segmentation "
            "reference and mmsegmentation do" if device_type == "cuda" else
            "norm: gn needs no batch statistics (syncbn is for GPUs)")
     return (f"{len(own)} BatchNorm layers train on {images} images per process, each of the "
-            f"{world_size} processes with its own statistics: {fix} (model.backbone.norm, "
-            f"model.head.norm; model.options.norm for pretraining)")
+            f"{world_size} processes with its own statistics: {fix} ({keys})")
 
 
 def refuse_syncbn_on_cpus(where: str) -> None:
