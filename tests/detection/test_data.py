@@ -124,15 +124,17 @@ def test_crowd_excluded_boxes_clipped_degenerate_counted(small: tuple[Path, Path
 def test_a_val_files_degenerate_boxes_are_not_said_to_be_left_out(
         small: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
     """The scoring reads the file as pycocotools does: its degenerate boxes are objects that
-    no detection matches, not "left out" as training leaves them."""
+    no detection matches, not "left out" as training leaves them. Which they are is named
+    (a good polygon on a zero-width box was lost without its id)."""
     with caplog.at_level(logging.INFO):
         load_coco_json(*small, evaluation=True)
         load_coco_json(*small)
+    # (the fixture's 0.5 pixel wide box, its box outside the image, its zero width)
     assert [r.getMessage().split("; ", 1)[1] for r in caplog.records
             if r.levelno == logging.INFO] == [
-        "crowd regions: 2 (ignored by the scoring), degenerate boxes: 3 (objects that no "
-        "detection matches, as pycocotools scores them)",
-        "left out 2 crowd and 3 degenerate boxes"]
+        "crowd regions: 2 (ignored by the scoring), degenerate boxes: 3 (annotation ids "
+        "[3, 4, 5]: objects that no detection matches, as pycocotools scores them)",
+        "left out 2 crowd and 3 degenerate boxes (annotation ids [3, 4, 5])"]
 
 
 def test_objects_marked_ignore_are_left_out_of_training_and_said_to_be_scored(
@@ -1389,3 +1391,28 @@ def test_a_gzipped_annotation_file_is_named_as_such(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"train.json.gz: not valid JSON \(a gzip file: "
                                            r"decompress it first\)"):
         load_coco_json(ann_file, tmp_path)
+
+
+def test_polygons_reaching_well_past_their_boxes_are_named(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Polygons drawn at twice the images' size (annotated at full resolution, images shipped
+    resized) trained masks that are not their boxes' without a word; COCO's boxes are their
+    polygons' extent, a pixel's rounding aside."""
+    _write_png(tmp_path / "images" / "a.png", _pattern(40, 60))
+    tight = [[10.4, 10.0, 30.0, 10.0, 30.0, 25.6, 10.0, 25.0]]  # the box [10, 10, 20, 15]
+    doubled = [[2 * v for v in tight[0]]]
+    anns = [_ann(1, 1, [10, 10, 20, 15], segmentation=tight),
+            _ann(2, 1, [10, 10, 20, 15], segmentation=doubled),
+            _ann(3, 1, [9, 9, 22, 17], segmentation=tight)]  # a looser box: fine
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(_coco(
+        [{"id": 1, "file_name": "a.png", "height": 40, "width": 60}], anns)))
+    with caplog.at_level(logging.WARNING):
+        load_coco_json(ann_file, tmp_path / "images", keep_segmentation=True)
+    assert (f"{ann_file}: 1 objects have a polygon reaching past their box by more than a tenth "
+            f"of it (annotation ids [2]): polygons of another image size than the boxes "
+            f"(resized images?), or of other objects?") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_coco_json(ann_file, tmp_path / "images")  # boxes alone: the polygons not read
+    assert "reaching past their box" not in caplog.text

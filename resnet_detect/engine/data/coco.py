@@ -107,12 +107,15 @@ class LoadStats:
     ignored: int = 0  # objects marked "ignore": 1 (mmdetection's; crowd ones counted as crowd)
     other_classes: int = 0  # objects of the categories data.classes leaves out
     degenerate: int = 0
+    degenerate_ids: list[Any] = field(default_factory=list)
     short_polygons: int = 0  # polygons of < 3 points dropped (keep_segmentation only)
     # objects without a usable polygon (keep_segmentation only: left out of training, kept
     # without a mask in a file to evaluate on), and their annotation ids
     no_mask: int = 0
     no_mask_ids: list[Any] = field(default_factory=list)
     beyond_image: int = 0  # boxes, crowd aside, reaching past their image (`reaches_past`)
+    # objects whose polygons reach well past their box (`polygon_past_box`), and their ids
+    off_box_ids: list[Any] = field(default_factory=list)
     # the first MAX_LISTED boxes (of the degenerate ones) with a NaN or infinite number
     non_finite: list[str] = field(default_factory=list)
     non_finite_count: int = 0
@@ -355,6 +358,18 @@ def reaches_past(bbox: Sequence[float], *, height: int, width: int) -> bool:
     return x + w > width + 1 or y + h > height + 1
 
 
+def polygon_past_box(polygons: list[list[float]], bbox: Sequence[float]) -> bool:
+    """Whether a point of `polygons` lies past the [x, y, width, height] box by more than a
+    pixel and a tenth of the box's side (COCO's boxes are their polygons' extent)."""
+    x, y, w, h = (float(v) for v in bbox)
+    xs = [v for polygon in polygons for v in polygon[0::2]]
+    ys = [v for polygon in polygons for v in polygon[1::2]]
+    if not xs:
+        return False
+    dx, dy = 1 + 0.1 * w, 1 + 0.1 * h
+    return min(xs) < x - dx or max(xs) > x + w + dx or min(ys) < y - dy or max(ys) > y + h + dy
+
+
 def warn_of_boxes_beyond_images(beyond: int, boxes: int, source: Path,
                                 consequence: str) -> None:
     """A warning where `beyond` of `boxes` boxes, a tenth or more, reach past their images
@@ -577,9 +592,11 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     scorer = "lvis-api" if federated else "pycocotools"
     crowd = ("scored as objects: LVIS's AP reads no iscrowd, as lvis-api" if federated
              else "ignored by the scoring")
-    aside = (f"; crowd regions: %d ({crowd}), degenerate boxes: %d (objects that no detection "
-             f"matches, as {scorer} scores them)" if evaluation else
-             "; left out %d crowd and %d degenerate boxes")
+    ids = (f"annotation ids {brief(stats.degenerate_ids, MAX_LISTED)}"
+           if stats.degenerate else "")
+    aside = (f"; crowd regions: %d ({crowd}), degenerate boxes: %d ({ids}{': ' * bool(ids)}"
+             f"objects that no detection matches, as {scorer} scores them)" if evaluation else
+             "; left out %d crowd and %d degenerate boxes" + (f" ({ids})" if ids else ""))
     logger.info("%s: %d of %d images (%d without objects%s), %d boxes" + aside, ann_file,
                 stats.kept_images, stats.images, stats.empty_images,
                 ", dropped" if filter_empty else ", kept", stats.boxes, stats.crowd,
@@ -599,6 +616,12 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
                        else "are scored as objects (pycocotools reads iscrowd alone; mark them "
                        "\"iscrowd\": 1 to leave them out of the scoring)" if evaluation else
                        "are left out of training, as mmdetection leaves them out")
+    if stats.off_box_ids:
+        logger.warning("%s: %d objects have a polygon reaching past their box by more than a "
+                       "tenth of it (annotation ids %s): polygons of another image size than "
+                       "the boxes (resized images?), or of other objects? The mask head learns "
+                       "each mask within its box", ann_file, len(stats.off_box_ids),
+                       brief(stats.off_box_ids, MAX_LISTED))
     if stats.short_polygons or stats.no_mask:
         logger.warning("%s: dropped %d polygons with fewer than 3 points; %d objects without "
                        "a usable polygon%s %s", ann_file, stats.short_polygons, stats.no_mask,
@@ -857,6 +880,7 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
         box = clipped_box(ann["bbox"], width=width, height=height)
         if box is None or not (box[2] - box[0] >= 1.0 and box[3] - box[1] >= 1.0):
             stats.degenerate += 1
+            stats.degenerate_ids.append(ann["id"])
             if box is None:
                 stats.non_finite_count += 1
                 if len(stats.non_finite) < MAX_LISTED:
@@ -871,6 +895,8 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
                 problems.append(f"{where(ann)}: {err}")
                 continue
             stats.short_polygons += dropped
+            if isinstance(segmentation, list) and polygon_past_box(segmentation, ann["bbox"]):
+                stats.off_box_ids.append(ann["id"])
             if not segmentation:
                 stats.no_mask += 1
                 stats.no_mask_ids.append(ann["id"])
