@@ -198,7 +198,9 @@ def test_rle_objects_and_unknown_formats_are_refused_before_training(data: Path,
     first["segmentation"] = {"size": [image["height"], image["width"]],
                              "counts": [10, 5, image["height"] * image["width"] - 15]}
     (tmp_path / "rle.json").write_text(json.dumps(content))
-    with pytest.raises(DatasetError, match=r"data.train.mask_format=polygon: 1 objects have an "
+    # (the file named first: the message named the annotation ids alone)
+    with pytest.raises(DatasetError, match=rf"^{tmp_path / 'rle.json'}: "
+                                           r"data.train.mask_format=polygon: 1 objects have an "
                                            rf"RLE segmentation, not polygons \(annotation "
                                            rf"id={first['id']} \(image id={image['id']}\)\)"
                                            r".*mask_format=bitmask"):

@@ -213,11 +213,15 @@ def build_train_dataset(cfg: DictConfig) -> tuple[DetectionDataset, CategoryMapp
     warn_of_mis_sized_images(records, paths[0])
     warn_of_upscaled_images(records, d)
     min_size = d.min_size if isinstance(d.min_size, int) else list(d.min_size)
-    train = DetectionDataset(records, with_masks=mask_on, scale_per_batch=scale_per_batch,
-                             mask_format=d.mask_format,
-                             aligned_masks=bool(cfg.model.roi_heads.pooler_aligned),
-                             transform=build_transforms(min_size=min_size, max_size=d.max_size,
-                                                        flip_prob=flip_prob, jitter=jitter))
+    try:
+        train = DetectionDataset(records, with_masks=mask_on, scale_per_batch=scale_per_batch,
+                                 mask_format=d.mask_format,
+                                 aligned_masks=bool(cfg.model.roi_heads.pooler_aligned),
+                                 transform=build_transforms(min_size=min_size,
+                                                            max_size=d.max_size,
+                                                            flip_prob=flip_prob, jitter=jitter))
+    except DatasetError as err:  # (its records' objects: named by their file first)
+        raise DatasetError(f"{paths[0]}: {err}") from None
     if threshold is not None:
         train.repeat_factors = repeat_factors([r["classes"] for r in records], threshold)
     del records  # packed in `train`; its Python objects (GBs for COCO's polygons) go now
