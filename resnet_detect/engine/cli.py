@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import cv2
 from omegaconf import OmegaConf
 
 from .amp import amp_for_device
@@ -28,6 +29,7 @@ from .checkpoint import (CheckpointWriteError, UnreadableCheckpointError,
 from .config import PACKAGE_PREFIX, ConfigError, parse_bool
 from .custom_imports import config_hooks
 from .data import DatasetError, UnreadableImageError, worker_error_message
+from .data.images import silence_opencv_log
 from .export import ExportError
 from .files import UnwritableFolderError, missing_path
 from .foreign_options import flag_hints
@@ -120,6 +122,7 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
         # ends them as it stops; they died of it, with a traceback at exit
         CATCHING.value = 1
     says_its_error = SAYS_ITS_ERROR.set(_repeats_the_message)
+    opencv_log = silence_opencv_log()
     try:
         main(sys.argv[1:])
     except KeyboardInterrupt as e:  # Ctrl-C: what was done is written already; no traceback
@@ -138,6 +141,7 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
         raise SystemExit(said[1]) from None
     finally:
         SAYS_ITS_ERROR.reset(says_its_error)
+        cv2.utils.logging.setLogLevel(opencv_log)
         logging.setLogRecordFactory(record_factory)
         if catch:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

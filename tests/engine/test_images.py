@@ -225,6 +225,18 @@ def test_a_damaged_files_decoders_say_nothing_before_the_warning_naming_it(
     assert [batch for batch in build_test_loader(Reads(), num_workers=1)] == [
         [f"{cut}: cannot be decoded"]]
     assert "TIFF" not in capfd.readouterr().err
+    # nor in a tool's own process (data.num_workers=0, the demo, an int8 calibration);
+    # a library caller's OpenCV log is left as it was
+    from resnet_detect.engine.cli import run_tool
+    before = cv2.utils.logging.getLogLevel()
+    assert before != cv2.utils.logging.LOG_LEVEL_SILENT
+    said = []
+    run_tool(lambda argv: said.append(Reads()[0]))
+    assert said == [f"{cut}: cannot be decoded"]
+    assert "TIFF" not in capfd.readouterr().err
+    assert cv2.utils.logging.getLogLevel() == before
+    Reads()[0]
+    assert "TIFFReadDirectory" in capfd.readouterr().err  # (what the tools keep quiet)
 
 
 def _png_chunks(data: bytes) -> list[bytes]:

@@ -108,6 +108,16 @@ def is_truncated_jpeg(data: bytes) -> bool:
             i = end.start()
 
 
+def silence_opencv_log() -> int:
+    """OpenCV's log off, returning its level before: its decoders print their own lines of a
+    damaged file (a cut TIFF's "TIFFReadDirectory"), naming no file, before `read_image`'s
+    error or the loaders' warning names it and why. For a loader worker and a tool's process
+    (a library user's own OpenCV work keeps its log)."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    return level
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file into an (H, W, 3) uint8 RGB array, honouring EXIF orientation.
 

@@ -23,6 +23,7 @@ from ..logging import format_eta, handler_settings, set_up_handlers
 from .. import preemption
 from ..preemption import EvaluationInterrupted, StopRequest
 from .coco import DatasetError
+from .images import silence_opencv_log
 from .samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 
 logger = logging.getLogger(__name__)
@@ -55,9 +56,7 @@ def _init_worker(catching: Any, spawned_logging: Any, worker_id: int) -> None:
     # first: a spawned worker runs with them blocked until then
     preemption.leave_stop_signals_to_the_parent(catching)
     torch.set_num_threads(1)
-    # OpenCV's decoders print their own lines of a damaged file (a cut TIFF's "TIFFReadDirectory")
-    # before read_image's warning, which names the file and why
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    silence_opencv_log()
     if spawned_logging is not None:
         cv2.setNumThreads(1)
         set_up_handlers(spawned_logging)
