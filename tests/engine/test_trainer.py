@@ -242,6 +242,22 @@ def test_a_training_that_waits_for_its_batches_is_told_what_may_help(
             assert warned[0].startswith("the steps before iteration 4 waited for their batches ")
             assert warned[0].endswith("of their time: the data loading is the bottleneck; "
                                       "try this")
+    # steps whose batch was unreadable (zeros stand in for its losses) wait for the failed
+    # reads: more loader workers were advised before the run stopped naming the files
+    log = logging.getLogger("test_slow_unreadable_data")
+    model = nn.Linear(3, 1)
+
+    def unreadable_step(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        trainer.losses_count = False
+        return {"loss_mse": mse_step(model, batch)["loss_mse"] * 0.0}
+
+    trainer = Trainer(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+                      scheduler=None, step_fn=unreadable_step, max_iter=6, hooks=[
+                          ProgressLogger(2, logger=log, slow_data_hint="try this")])
+    with caplog.at_level(logging.INFO, logger=log.name):
+        trainer.train(slow_data())
+    assert [r.getMessage() for r in caplog.records
+            if r.name == log.name and r.levelno >= logging.WARNING] == []
 
 
 def test_progress_line_is_true_to_the_steps(caplog: pytest.LogCaptureFixture) -> None:
