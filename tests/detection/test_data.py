@@ -1416,3 +1416,27 @@ def test_polygons_reaching_well_past_their_boxes_are_named(
     with caplog.at_level(logging.WARNING):
         load_coco_json(ann_file, tmp_path / "images")  # boxes alone: the polygons not read
     assert "reaching past their box" not in caplog.text
+
+
+def test_images_found_one_folder_up_or_without_their_folders_are_pointed_to(
+        tmp_path: Path) -> None:
+    """Label Studio's "images/x.png" under an image folder that is itself .../images, and
+    CVAT's "job1/x.png" in a flat folder, were refused with the paths alone."""
+    _write_png(tmp_path / "export/images/x.png", _pattern(20, 30))
+    ann_file = tmp_path / "ann.json"
+    anns = [_ann(1, 1, [2, 2, 5, 5])]
+    for file_name, img_dir, hint in (
+            ("images/x.png", tmp_path / "export/images",
+             f"{tmp_path / 'export/images/x.png'} is there: is the image folder "
+             f"{tmp_path / 'export'}? (the file names start with 'images/')"),
+            ("job1/x.png", tmp_path / "export/images",
+             f"{tmp_path / 'export/images/x.png'} is there: the images lie in the image folder "
+             f"without the file names' folders ('job1/'): rewrite the names, or put the images "
+             f"in those folders")):
+        ann_file.write_text(json.dumps(_coco(
+            [{"id": 1, "file_name": file_name, "height": 20, "width": 30}], anns)))
+        with pytest.raises(DatasetError) as refused:
+            load_coco_json(ann_file, img_dir)
+        assert str(refused.value) == (
+            f"{ann_file}: 1 problem(s):\n  image file not found for images[0] (id=1): "
+            f"{img_dir / file_name}\n{hint}")

@@ -295,6 +295,22 @@ def _coco_url_tried(img: dict[str, Any], img_dir: Path) -> str:
     return f", nor {image_path(img_dir, name)} (its coco_url's)" if name else ""
 
 
+def _image_folder_hint(img_dir: Path, file_name: str) -> str:
+    """Where a missing image lies after all: one folder up (an image folder one level too
+    deep: Label Studio's "images/x.jpg" under .../images), or in the image folder without the
+    file name's folders (CVAT's "job1/x.jpg" of a flat folder)."""
+    name = Path(os.path.normpath(file_name.replace("\\", "/")))
+    if (img_dir.parent / name).is_file():
+        return (f"\n{img_dir.parent / name} is there: is the image folder {img_dir.parent}?"
+                + (f" (the file names start with {name.parts[0] + '/'!r})"
+                   if len(name.parts) > 1 else ""))
+    if len(name.parts) > 1 and (img_dir / name.name).is_file():
+        return (f"\n{img_dir / name.name} is there: the images lie in the image folder "
+                f"without the file names' folders ({name.parent.as_posix() + '/'!r}): rewrite "
+                f"the names, or put the images in those folders")
+    return ""
+
+
 def _where(section: str, i: int, entry: dict[str, Any]) -> str:
     """An entry named in a problem ("annotations[7] (id=12)"); made only when there is one
     (an f-string per entry was a second of a COCO-scale file's loading)."""
@@ -537,13 +553,14 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
     if not img_dir.is_dir():
         raise DatasetError(f"image folder not found: {missing_path(img_dir)} (for {ann_file})")
     if check_files:
-        missing, renamed = [], 0
+        missing, renamed, first_missing = [], 0, None
         for i, img in enumerate(data["images"]):
             if (path := image_path(img_dir, img["file_name"])).is_file():
                 continue
             if name_by_coco_url(img, img_dir):
                 renamed += 1
                 continue
+            first_missing = first_missing or img["file_name"]
             missing.append(f"images[{i}] (id={img['id']}): {path}{unicode_twin_hint(path)}"
                            + _coco_url_tried(img, img_dir))
         if renamed:
@@ -552,7 +569,8 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
                         "images)", ann_file, renamed)
         if missing:
             raise DatasetError(_format_problems(
-                ann_file, [f"image file not found for {m}" for m in missing]))
+                ann_file, [f"image file not found for {m}" for m in missing])
+                + _image_folder_hint(img_dir, first_missing))
     _warn_of_repeated_files(data, ann_file)
     other_classes = 0
     if classes is not None:
