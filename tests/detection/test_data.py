@@ -1403,7 +1403,10 @@ def test_polygons_reaching_well_past_their_boxes_are_named(
     doubled = [[2 * v for v in tight[0]]]
     anns = [_ann(1, 1, [10, 10, 20, 15], segmentation=tight),
             _ann(2, 1, [10, 10, 20, 15], segmentation=doubled),
-            _ann(3, 1, [9, 9, 22, 17], segmentation=tight)]  # a looser box: fine
+            _ann(3, 1, [9, 9, 22, 17], segmentation=tight),  # a looser box: fine
+            # a shape past the image's edge, its box clipped to the image (labelme_to_coco's
+            # circles): fine within the image
+            _ann(4, 1, [0, 5, 20, 10], segmentation=[[-30, 5, 20, 5, 20, 15, -30, 15]])]
     ann_file = tmp_path / "ann.json"
     ann_file.write_text(json.dumps(_coco(
         [{"id": 1, "file_name": "a.png", "height": 40, "width": 60}], anns)))

@@ -285,22 +285,25 @@ def test_lvis_v05_names_of_coco_2014_are_merged_by_their_coco_url(tmp_path: Path
 
 
 def test_licenses_are_kept_and_names_alike_but_for_case_are_warned_of(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys) -> None:
     """The files' `licenses` (Roboflow's CC BY 4.0) were dropped, the images' license ids left
     naming nothing; 'cross' and 'cross ' of two tools' exports merged as two classes without a
     word (training warned of it later)."""
     (tmp_path / "img").mkdir()
-    for name in ("a.jpg", "b.jpg", "c.jpg"):
+    for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg"):
         Image.new("RGB", (40, 30)).save(tmp_path / "img" / name)
     cc_by = {"id": 1, "name": "CC BY 4.0", "url": "https://creativecommons.org/licenses/by/4.0/"}
     first = _coco(tmp_path / "1.json", {1: "cross"}, [(1, "a.jpg", 40, 30)],
                   [(1, 1, [1, 1, 8, 8])], license=1)
+    # (d.jpg twice in one file: one image, not one that several files name)
     second = _coco(tmp_path / "2.json", {1: "Cross "}, [(1, "b.jpg", 40, 30),
-                                                       (2, "c.jpg", 40, 30)],
+                                                       (2, "c.jpg", 40, 30),
+                                                       (3, "d.jpg", 40, 30),
+                                                       (4, "d.jpg", 40, 30)],
                    [(1, 1, [1, 1, 8, 8])])
     for path, licenses, ids in ((first, [cc_by], None),
                                 (second, [{"id": 3, "name": "private", "url": ""},
-                                          {**cc_by, "id": 4}], [4, 3])):
+                                          {**cc_by, "id": 4}], [4, 3, 99])):
         data = json.loads(path.read_text())
         data["licenses"] = licenses
         for img, given in zip(data["images"], ids or []):
@@ -311,8 +314,12 @@ def test_licenses_are_kept_and_names_alike_but_for_case_are_warned_of(
                                 str(second), str(tmp_path / "img"), "--output",
                                 str(tmp_path / "out.json")])
     assert coco["licenses"] == [cc_by, {"id": 2, "name": "private", "url": ""}]
-    assert [(img["file_name"], img["license"]) for img in coco["images"]] == [
+    assert [(img["file_name"], img["license"]) for img in coco["images"][:3]] == [
         ("a.jpg", 1), ("b.jpg", 1), ("c.jpg", 2)]
+    assert "license" not in coco["images"][3]  # 99: none of its file's
+    assert "1 images name a license id their file's `licenses` lacks: written without one" \
+        in caplog.text
+    assert "images named by several files" not in capsys.readouterr().out
     assert ("classes whose names differ only in case or spaces: 'cross' (1 objects, first in "
             f"{first}), 'Cross ' (1 objects, first in {second}): they are 2 classes"
             ) in caplog.text

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from resnet_detect.detection.federated import IMAGE_LISTS, listed_category_ids
 from resnet_detect.engine.data import DatasetError, listing, read_coco_json
 from resnet_detect.engine.data.coco import image_path, name_by_coco_url
@@ -89,9 +91,12 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
         category_id = ids_of_classes(found, class_names, category_ids, problems, first_in)
     licenses, license_id = _licenses(files)
     images: dict[Path, dict[str, Any]] = {}
+    first_named_by: dict[Path, int] = {}  # an image -> the first file naming it
     shared: set[Path] = set()
+    unknown_license = 0
     image_id: list[dict[Any, int]] = []
-    for (ann_file, folder), data, name_of, licensed in zip(pairs, files, names, license_id):
+    for number, ((ann_file, folder), data, name_of, licensed) in enumerate(
+            zip(pairs, files, names, license_id)):
         ids: dict[Any, int] = {}
         missing = []
         for img in data["images"]:
@@ -107,7 +112,8 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
                                     f"{img['width']}x{img['height']}, another file gives "
                                     f"{kept['width']}x{kept['height']}")
                 ids[img["id"]] = kept["id"]
-                shared.add(path)
+                if first_named_by[path] != number:  # (not a file's own repeated entry)
+                    shared.add(path)
                 continue
             if not path.is_file():
                 missing.append(img["file_name"])
@@ -118,6 +124,9 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
             img = {k: v for k, v in img.items() if k != "license"}
             if isinstance(given, (int, str)) and given in licensed:
                 img["license"] = licensed[given]
+            elif given is not None:
+                unknown_license += 1
+            first_named_by[path] = number
             images[path] = {**img, "id": len(images) + 1,
                             "file_name": Path(relative).as_posix(),
                             **{k: [category_id[name_of[c]] for c in listed
@@ -136,6 +145,9 @@ def merge_coco(inputs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
         for i, data in enumerate(files)])
     for number, annotation in enumerate(annotations, 1):
         annotation["id"] = number
+    if unknown_license:
+        logger.warning("%d images name a license id their file's `licenses` lacks: written "
+                       "without one", unknown_license)
     if near_repeats:
         logger.warning("%d objects of a later file have a box of the same class overlapping an "
                        "earlier file's by IoU %g or more on the same image, and another box or "
@@ -180,8 +192,9 @@ def _once_across_files(per_file: list[list[dict[str, Any]]]
         for o in objects:
             files_of_image.setdefault(o["image_id"], set()).add(i)
     first_file: dict[str, int] = {}
-    kept, repeated, near = [], 0, 0
-    earlier_boxes: dict[tuple[int, int], list[tuple[int, Any]]] = {}
+    kept, repeated = [], 0
+    # per image and class, each file's boxes (of the images several files name)
+    boxes: dict[tuple[int, int], dict[int, list[Any]]] = {}
     for i, objects in enumerate(per_file):
         for o in objects:
             if len(files_of_image[o["image_id"]]) > 1:
@@ -191,28 +204,38 @@ def _once_across_files(per_file: list[list[dict[str, Any]]]
                 if first_file.setdefault(key, i) != i:
                     repeated += 1
                     continue
-                same_class = earlier_boxes.setdefault((o["image_id"], o["category_id"]), [])
-                near += any(j != i and _box_iou(box, o.get("bbox")) >= NEAR_REPEAT
-                            for j, box in same_class)
-                same_class.append((i, o.get("bbox")))
+                boxes.setdefault((o["image_id"], o["category_id"]), {}).setdefault(
+                    i, []).append(o.get("bbox"))
             kept.append(o)
+    near = sum(_near_earlier_boxes(of_files) for of_files in boxes.values()
+               if len(of_files) > 1)
     return kept, repeated, near
 
 
 NEAR_REPEAT = 0.9  # box IoU of an object of a later file with an earlier file's of its class
 
 
-def _box_iou(a: Any, b: Any) -> float:
-    """IoU of two COCO [x, y, w, h] boxes; 0 for anything else."""
-    try:
-        (ax, ay, aw, ah), (bx, by, bw, bh) = (map(float, a), map(float, b))
-    except (TypeError, ValueError):
-        return 0.0
-    w = min(ax + aw, bx + bw) - max(ax, bx)
-    h = min(ay + ah, by + bh) - max(ay, by)
-    inter = max(w, 0.0) * max(h, 0.0)
-    union = aw * ah + bw * bh - inter
-    return inter / union if union > 0 else 0.0
+def _near_earlier_boxes(of_files: dict[int, list[Any]]) -> int:
+    """How many boxes of each file (of one image and class) overlap an earlier file's by
+    NEAR_REPEAT IoU or more; boxes that are no 4 numbers overlap nothing."""
+    def xyxy(given: list[Any]) -> np.ndarray:
+        rows = [b if isinstance(b, list) and len(b) == 4 else [0, 0, 0, 0] for b in given]
+        x, y, w, h = np.asarray(rows, dtype=np.float64).reshape(-1, 4).T
+        return np.stack([x, y, x + w, y + h], axis=1)
+
+    files = sorted(of_files)
+    near = 0
+    for k, i in enumerate(files[1:], 1):
+        later = xyxy(of_files[i])
+        earlier = xyxy([b for j in files[:k] for b in of_files[j]])
+        low = np.maximum(later[:, None, :2], earlier[None, :, :2])
+        high = np.minimum(later[:, None, 2:], earlier[None, :, 2:])
+        inter = np.prod(np.clip(high - low, 0, None), axis=2)
+        union = (np.prod(later[:, 2:] - later[:, :2], axis=1)[:, None]
+                 + np.prod(earlier[:, 2:] - earlier[:, :2], axis=1)[None, :] - inter)
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        near += int((iou >= NEAR_REPEAT).any(axis=1).sum())
+    return near
 
 
 def _common_folder(folders: Sequence[Path]) -> Path:

@@ -374,16 +374,23 @@ def reaches_past(bbox: Sequence[float], *, height: int, width: int) -> bool:
     return x + w > width + 1 or y + h > height + 1
 
 
-def polygon_past_box(polygons: list[list[float]], bbox: Sequence[float]) -> bool:
-    """Whether a point of `polygons` lies past the [x, y, width, height] box by more than a
-    pixel and a tenth of the box's side (COCO's boxes are their polygons' extent)."""
-    x, y, w, h = (float(v) for v in bbox)
+def polygon_past_box(polygons: list[list[float]], bbox: Sequence[float], *, height: int,
+                     width: int) -> bool:
+    """Whether `polygons`, within their height x width image, reach past the [x, y, width,
+    height] box (within it too) by more than a pixel and a tenth of the box's side (COCO's
+    boxes are their polygons' extent; a converter's box of a shape past the image is
+    clipped, its polygon not: labelme's circles)."""
     xs = [v for polygon in polygons for v in polygon[0::2]]
     ys = [v for polygon in polygons for v in polygon[1::2]]
     if not xs:
         return False
-    dx, dy = 1 + 0.1 * w, 1 + 0.1 * h
-    return min(xs) < x - dx or max(xs) > x + w + dx or min(ys) < y - dy or max(ys) > y + h + dy
+    x0, x1 = max(min(xs), 0.0), min(max(xs), width)
+    y0, y1 = max(min(ys), 0.0), min(max(ys), height)
+    bx0, by0 = max(float(bbox[0]), 0.0), max(float(bbox[1]), 0.0)
+    bx1 = min(float(bbox[0]) + float(bbox[2]), width)
+    by1 = min(float(bbox[1]) + float(bbox[3]), height)
+    dx, dy = 1 + 0.1 * (bx1 - bx0), 1 + 0.1 * (by1 - by0)
+    return x0 < bx0 - dx or x1 > bx1 + dx or y0 < by0 - dy or y1 > by1 + dy
 
 
 def warn_of_boxes_beyond_images(beyond: int, boxes: int, source: Path,
@@ -913,7 +920,8 @@ def _make_record(anns: list[dict[str, Any]], img: dict[str, Any], img_dir: Path,
                 problems.append(f"{where(ann)}: {err}")
                 continue
             stats.short_polygons += dropped
-            if isinstance(segmentation, list) and polygon_past_box(segmentation, ann["bbox"]):
+            if isinstance(segmentation, list) and polygon_past_box(
+                    segmentation, ann["bbox"], height=height, width=width):
                 stats.off_box_ids.append(ann["id"])
             if not segmentation:
                 stats.no_mask += 1
