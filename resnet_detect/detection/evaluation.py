@@ -218,12 +218,14 @@ def ground_truth(ann_file: Path, iou_type: str, categories: Iterable[int] | None
     try:
         return cocoeval_ground_truth(data, iou_type)
     except MalformedMasks as err:
-        raise DatasetError(f"{ann_file}: {len(err.args[0])} problem(s):"
-                           f"{listing(err.args[0])}") from None
+        raise DatasetError(f"{ann_file}: {err}") from None
 
 
 class MalformedMasks(ValueError):
-    """Segmentations the segm evaluation cannot score: args[0] lists them, one per object."""
+    """Segmentations the segm evaluation cannot score, one line per object."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(f"{len(problems)} problem(s):{listing(problems)}")
 
 
 def cocoeval_ground_truth(data: dict[str, Any],

@@ -275,7 +275,7 @@ SMALL_NORM_BATCH = 8
 
 
 def unsynced_batch_norm_warning(model: nn.Module, images: int, world_size: int,
-                                device_type: str) -> str | None:
+                                device_type: str, accumulation_steps: int = 1) -> str | None:
     """The warning for BatchNorm layers that train on `images` images per forward in each of
     `world_size` processes, each with its own statistics (or on one image in one process);
     None where that is not so small."""
@@ -285,9 +285,12 @@ def unsynced_batch_norm_warning(model: nn.Module, images: int, world_size: int,
         return None
     keys = "model.backbone.norm, model.head.norm; model.options.norm for pretraining"
     if world_size == 1:
-        return (f"{len(own)} BatchNorm layers train on 1 image per step: their statistics are "
-                f"one image's (the recipes train on 2 or more per GPU): a train.batch_size of "
-                f"2 or more, or norm: gn, which needs no batch statistics ({keys})")
+        more = ("fewer train.accumulation_steps (now "
+                f"{accumulation_steps}: batches of 2 or more images)" if accumulation_steps > 1
+                else "a train.batch_size of 2 or more")
+        return (f"{len(own)} BatchNorm layers train on 1 image per forward pass: their "
+                f"statistics are one image's (the recipes train on 2 or more per GPU): {more}, "
+                f"or norm: gn, which needs no batch statistics ({keys})")
     fix = ("norm: syncbn synchronises them over the GPUs, as torchvision's segmentation "
            "reference and mmsegmentation do" if device_type == "cuda" else
            "norm: gn needs no batch statistics (syncbn is for GPUs)")

@@ -316,10 +316,11 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
                 others = (f" (the other processes' warnings and errors, where they had "
                           f"some: {output_dir / rank_log_name('<N>')})"
                           if get_world_size() > 1 and is_main_process() else "")
-                says_it = SAYS_ITS_ERROR.get()
+                says_it = SAYS_ITS_ERROR.get()  # (not where the line names the other logs)
                 logger.error("training stopped: %s: %s%s%s", type(e).__name__,
                              worker_error_message(e), lost_process_hint(e), others,
-                             extra={FILE_ONLY: says_it is not None and says_it(e)})
+                             extra={FILE_ONLY: not others and says_it is not None
+                                    and says_it(e)})
             raise
 
 
@@ -441,7 +442,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     model = compile_model(model, compile_backend, device)
     seed_everything(t.seed + get_rank())  # distinct dropout / sampling per process
     ddp_model = wrap_ddp(model, device)
-    norm_warning = unsynced_batch_norm_warning(model, batch_size, get_world_size(), device.type)
+    norm_warning = unsynced_batch_norm_warning(model, batch_size, get_world_size(), device.type,
+                                               t.accumulation_steps)
     if norm_warning and is_main_process():
         logger.warning(norm_warning)
     optimizer = build_optimizer_from_config(cfg, model)

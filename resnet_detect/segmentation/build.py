@@ -134,10 +134,10 @@ def build_head(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec],
                        **common)
     given = hcfg["aspp_rates"]
     if given is not None and not (isinstance(given, Sequence) and not isinstance(given, str)
-                                  and len(given) and all(is_positive_int(r) for r in given)):
+                                  and all(is_positive_int(r) for r in given)):
         raise ConfigError(f"model.head.aspp_rates must be a list of positive integers (the "
-                          f"dilations of the ASPP's 3x3 branches, e.g. [6,12,18]), or null for "
-                          f"those of the output stride, got {given!r}")
+                          f"dilations of the ASPP's 3x3 branches, e.g. [6,12,18]), or null (or "
+                          f"[]) for those of the output stride, got {given!r}")
     rates = given or aspp_rates(deep.stride)
     channels = hcfg["channels"] or 256
     if name == "deeplabv3":

@@ -637,8 +637,8 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
         scale = list(s["scale_range"])
         if (len(scale) != 2 or not all(isinstance(v, (int, float)) for v in scale)
                 or not 0 < scale[0] <= scale[1] < math.inf):
-            raise ConfigError(f"data.train.scale_range must be two numbers 0 < min <= max, got "
-                              f"{scale}")
+            raise ConfigError(f"data.train.scale_range must be two finite numbers 0 < min <= "
+                              f"max, got {scale}")
     coco_names = None
     if s["ann_file"]:
         records, coco_names = load_coco_semantic(s["ann_file"], s["img_dir"])

@@ -103,6 +103,14 @@ def test_box_analysis_of_masks_is_cocoeval_s_segm_ap() -> None:
     stats = cocoeval_stats(cocoeval_ground_truth(gt, "segm")[0], results, "segm")
     assert overall["C50"] == pytest.approx(stats[1], abs=1e-12) and stats[1] > 0.05
     assert overall["C75"] == pytest.approx(stats[2], abs=1e-12)
+    # a malformed mask is named, one line per object (it was a list's repr)
+    gt["annotations"][0]["segmentation"] = [[1, 2, 3, 4, 5, 6, 7]]
+    with pytest.raises(ValueError) as refused:
+        analyze(gt, results, iou_type="segm")
+    assert str(refused.value) == (
+        f"1 problem(s):\n  annotation id={gt['annotations'][0]['id']} (image id="
+        f"{gt['annotations'][0]['image_id']}): a polygon holds an odd count of numbers (7), "
+        f"not x, y pairs: [1, 2, 3, 4, 5, 6, 7]")
 
 
 def test_perfect_detections_score_one_on_every_curve() -> None:

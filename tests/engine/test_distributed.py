@@ -236,10 +236,14 @@ def test_batch_norm_on_few_images_per_process_is_warned_of() -> None:
     assert unsynced_batch_norm_warning(model, 2, 1, "cuda") is None      # one process
     # one image in one process: its statistics are that image's (it trained without a word)
     assert unsynced_batch_norm_warning(model, 1, 1, "cpu") == (
-        "20 BatchNorm layers train on 1 image per step: their statistics are one image's (the "
-        "recipes train on 2 or more per GPU): a train.batch_size of 2 or more, or norm: gn, "
-        "which needs no batch statistics (model.backbone.norm, model.head.norm; "
+        "20 BatchNorm layers train on 1 image per forward pass: their statistics are one "
+        "image's (the recipes train on 2 or more per GPU): a train.batch_size of 2 or more, or "
+        "norm: gn, which needs no batch statistics (model.backbone.norm, model.head.norm; "
         "model.options.norm for pretraining)")
+    # a batch of 8 drawn in 8 accumulation steps: the steps are what to change
+    assert "1 image per forward pass: their statistics are one image's (the recipes train on " \
+           "2 or more per GPU): fewer train.accumulation_steps (now 8: batches of 2 or more " \
+           "images), or norm: gn" in unsynced_batch_norm_warning(model, 1, 1, "cpu", 8)
     assert unsynced_batch_norm_warning(model, 8, 8, "cuda") is None      # enough images
     assert unsynced_batch_norm_warning(backbones.build("resnet18", norm="frozen_bn"), 2, 8,
                                        "cuda") is None

@@ -879,11 +879,11 @@ def test_folder_scan_follows_linked_folders_and_skips_hidden_files(tmp_path):
     ("crop_size", [0, 0], r"data.train.crop_size must be 2 positive integers \(pixels\), got "
                           r"\[0, 0\]"),
     ("crop_size", [512], r"data.train.crop_size must be 2 positive integers"),
-    ("scale_range", [2.0, 0.5], r"data.train.scale_range must be two numbers 0 < min <= max, "
-                                r"got \[2.0, 0.5\]"),
+    ("scale_range", [2.0, 0.5], r"data.train.scale_range must be two finite numbers 0 < min "
+                                r"<= max, got \[2.0, 0.5\]"),
     # (albumentations' OverflowError at the first step)
-    ("scale_range", [0.5, math.inf], r"data.train.scale_range must be two numbers 0 < min <= "
-                                     r"max, got \[0.5, inf\]")])
+    ("scale_range", [0.5, math.inf], r"data.train.scale_range must be two finite numbers 0 < "
+                                     r"min <= max, got \[0.5, inf\]")])
 def test_augmentation_values_are_refused_naming_the_key_before_the_data_is_read(
         tmp_path, key, value, message):
     """They reached albumentations' validation, whose message names none of our keys, after

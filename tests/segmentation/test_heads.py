@@ -30,12 +30,15 @@ def test_aspp_rates_explicit_and_invalid(small_config):
         aspp_rates(4)
     # a single number failed in the head ("'int' object is not iterable"); a 0 was refused
     # without the key
-    for wrong in (6, [0, 6, 12], [], "6,12"):
+    for wrong in (6, [0, 6, 12], "6,12"):
         cfg["model"]["head"]["aspp_rates"] = wrong
         with pytest.raises(ConfigError, match=r"^model.head.aspp_rates must be a list of "
                                               r"positive integers .*, got "
                                               + re.escape(repr(wrong)) + "$"):
             build_model(cfg)
+    cfg["model"]["head"]["aspp_rates"] = []  # as null: the output stride's
+    assert cfg["model"]["backbone"]["output_stride"] == 16
+    assert [b.conv.dilation[0] for b in build_model(cfg).head.aspp.branches[1:]] == [6, 12, 18]
 
 
 def test_aspp_parameter_count():

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_detect.engine.data import DatasetError, listing, read_coco_json
+from resnet_detect.engine.data.coco import alike_names
 from resnet_detect.engine.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -61,16 +62,13 @@ def warn_of_twin_spellings(class_names: Sequence[str], found: Mapping[str, int],
                            first_in: Mapping[str, str] | None = None) -> None:
     """Classes whose names differ only in case or spaces ('Dog' in one tool's files, 'dog '
     in another's), named with their object counts (`found`) and the file each is first in."""
-    spellings: dict[str, list[str]] = {}
-    for name in class_names:
-        spellings.setdefault(" ".join(name.split()).casefold(), []).append(name)
-    for names in spellings.values():
-        if len(names) > 1:
-            logger.warning("classes whose names differ only in case or spaces: %s: they are "
-                           "%d classes (rename the labels to have one)",
-                           ", ".join(f"{n!r} ({found.get(n, 0)} objects"
-                                     + (f", first in {first_in[n]}" if first_in and n in first_in
-                                        else "") + ")" for n in names), len(names))
+    for group in alike_names(class_names):
+        names = [class_names[k] for k in group]
+        logger.warning("classes whose names differ only in case or spaces: %s: they are %d "
+                       "classes (rename the labels to have one)",
+                       ", ".join(f"{n!r} ({found.get(n, 0)} objects"
+                                 + (f", first in {first_in[n]}" if first_in and n in first_in
+                                    else "") + ")" for n in names), len(names))
 
 
 def ids_of_classes(found: Counter[str], class_names: Sequence[str],

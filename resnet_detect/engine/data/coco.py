@@ -702,13 +702,20 @@ def category_table(names: Sequence[str], counts: Sequence[int], columns: int = 3
     return "\n".join("  " + line for line in lines)
 
 
+def alike_names(names: Sequence[str]) -> list[list[int]]:
+    """The indices of `names` that are one name but for case and spaces ('Dog', 'dog '), in
+    groups of two or more: two labelling tools' exports merged, or a typo."""
+    groups: dict[str, list[int]] = {}
+    for k, name in enumerate(names):
+        groups.setdefault(" ".join(name.split()).casefold(), []).append(k)
+    return [g for g in groups.values() if len(g) > 1]
+
+
 def _warn_of_twin_names(mapping: CategoryMapping, ann_file: Path) -> None:
-    """Categories whose names differ only in case or spaces ('Dog', 'dog '): two labelling
-    tools' exports merged, or a typo, trained as two classes, each the other's background."""
-    twins: dict[str, list[str]] = {}
-    for cid, name in zip(mapping.dataset_ids, mapping.names):
-        twins.setdefault(" ".join(name.split()).casefold(), []).append(f"{name!r} (id {cid})")
-    groups = [", ".join(g) for g in twins.values() if len(g) > 1]
+    """Categories whose names differ only in case or spaces, trained as two classes, each
+    the other's background (`alike_names`)."""
+    groups = [", ".join(f"{mapping.names[k]!r} (id {mapping.dataset_ids[k]})" for k in g)
+              for g in alike_names(mapping.names)]
     if groups:
         logger.warning("%s: categories of the same name, or of names differing only in case "
                        "or spaces: %s: each is a class, trained as the other's background; "
