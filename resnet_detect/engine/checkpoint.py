@@ -273,7 +273,8 @@ class Checkpointer:
                     "intact" if isinstance(previous, Path) else "no earlier checkpoint exists")
             reason = f"{type(error).__name__}: {error}" if error is not None else "see rank 0"
             fix = ("Make it writable" if isinstance(error, PermissionError)
-                   else "Free space there")
+                   else "Free space there" if error is not None  # (another rank: either)
+                   else "Free space there, or make it writable (rank 0's message says which)")
             raise CheckpointWriteError(
                 f"cannot write checkpoint {path.name} in {self.output_dir} ({reason}); {kept}. "
                 f"{fix} (or set train.output_dir) and resume with --resume")

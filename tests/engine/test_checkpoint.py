@@ -480,6 +480,15 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_pointer(
     with pytest.raises(CheckpointWriteError, match="Permission denied.*Make it writable"):
         ckpt.save(10)
     monkeypatch.undo()
+    # another process, told that rank 0 failed: it does not know why (it said "Free space
+    # there" of a read-only folder)
+    from resnet_detect.engine import checkpoint
+    monkeypatch.setattr(checkpoint, "is_main_process", lambda: False)
+    monkeypatch.setattr(checkpoint, "any_process", lambda failed: True)
+    with pytest.raises(CheckpointWriteError, match=r"\(see rank 0\); .*Free space there, or make "
+                                                   r"it writable \(rank 0's message says which\)"):
+        ckpt.save(10)
+    monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "last_checkpoint", "model_0000005.pth", "model_0000005.pth.sha256"]
     assert ckpt.resume()["iteration"] == 5
