@@ -246,9 +246,21 @@ def lost_process_hint(error: BaseException) -> str:
     if get_world_size() == 1 or not (isinstance(error, getattr(dist, "DistError", ()))
                                      or _PEER_LOST.search(str(error))):
         return ""
-    return ("; a process of the run was lost (killed, or its node or network gone), and the "
-            "steps since the last checkpoint with it: run the same command with --resume on "
-            "every node to continue from that checkpoint")
+    lost = ("; a process of the run was lost (killed, or its node or network gone), and the "
+            "steps since the last checkpoint with it: ")
+    if torchrun_restarts_left():
+        return lost + ("torchrun restarts the processes (--max-restarts), which continue from "
+                       "that checkpoint; where it cannot, run the same command with --resume "
+                       "on every node")
+    return lost + "run the same command with --resume on every node to continue from that " \
+                  "checkpoint"
+
+
+def torchrun_restarts_left() -> int:
+    """How many more times torchrun restarts this process's command (--max-restarts less the
+    restarts so far; 0 without torchrun)."""
+    return max(int(os.environ.get("TORCHELASTIC_MAX_RESTARTS") or 0)
+               - int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0), 0)
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:

@@ -55,6 +55,7 @@ from .same_everywhere import (check_same_config_everywhere, check_same_data_ever
                               warn_of_an_unshared_output_dir)
 from .preemption import (EvaluationInterrupted, StopRequest, TrainingInterrupted,
                          stop_on_signals)
+from .restarts import restart_count
 from .resume_checks import check_resumable, resume_model_check
 from .run_length import (build_scheduler_from_config, describe_schedule, lengths_of_run,
                          periods_in_iterations, warn_of_epoch_rounding, warn_of_long_warmup,
@@ -305,6 +306,10 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
     with (exclusive_output_dir(output_dir), rng_kept(), logging_kept(), cudnn_benchmark_kept(),
           torch.inference_mode(False), torch.enable_grad(), float32_default()):
         setup_logging(output_dir)
+        if restart_count() and is_main_process():  # (the console said so as it began)
+            logger.warning("torchrun restarted the processes (restart %d): %s", restart_count(),
+                           "resuming" if resume else "starting as the command says",
+                           extra={FILE_ONLY: True})
         warn_of_an_unshared_output_dir(output_dir)
         try:
             return _train(task, cfg, device, resume, logger, output_dir, compile_backend, amp,

@@ -334,6 +334,24 @@ def test_a_process_lost_in_a_collective_is_named_with_how_to_continue() -> None:
     assert D.lost_process_hint(RuntimeError("Connection reset by peer")) == ""  # one process
 
 
+def test_a_lost_process_under_torchruns_restarts_says_torchrun_restarts_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --max-restarts left the hint said to run the command again by hand, moments
+    before torchrun restarted the processes itself (a second job would meet the folder's
+    lock)."""
+    monkeypatch.setattr(D, "get_world_size", lambda: 2)
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "1")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert D.lost_process_hint(RuntimeError("Connection reset by peer")) == (
+        "; a process of the run was lost (killed, or its node or network gone), and the steps "
+        "since the last checkpoint with it: torchrun restarts the processes (--max-restarts), "
+        "which continue from that checkpoint; where it cannot, run the same command with "
+        "--resume on every node")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # the last one used
+    assert D.lost_process_hint(RuntimeError("Connection reset by peer")).endswith(
+        "run the same command with --resume on every node to continue from that checkpoint")
+
+
 def test_each_node_may_name_its_own_files_but_not_other_settings() -> None:
     """A node's own folder for data.class_names' JSON file (a path, as data.root) was refused
     as another setting; the names it holds are compared with the data."""

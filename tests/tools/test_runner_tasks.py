@@ -1184,3 +1184,16 @@ def test_a_detector_config_value_is_refused_before_the_weights_are_read(
                                             f"model.backbone.weights={tmp_path}/no.pth"])
     with pytest.raises(ConfigError, match="test.compile must be false, true"):
         DetectionTask().prepare(cfg)
+
+
+def test_a_torchrun_restart_is_recorded_in_log_txt(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """torchrun's restart (--max-restarts) was said on the console alone: log.txt of a
+    finished job showed the stop and then a resume, not that torchrun restarted it."""
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    run_training(_RegressionTask(), _toy_config(tmp_path / "toy"), torch.device("cpu"),
+                 resume=True)
+    log = (tmp_path / "toy/log.txt").read_text()
+    assert "torchrun restarted the processes (restart 1): resuming" in log
+    assert "torchrun restarted" not in capsys.readouterr().out  # (the console said it first)
