@@ -402,9 +402,10 @@ class Checkpointer:
         if state["world_size"] == get_world_size():
             set_rng_state(state["rng"][get_rank()])
         else:
-            logger.warning("checkpoint %s was written by %d processes, this run has %d: RNG "
+            logger.warning("checkpoint %s was written by %d process%s, this run has %d: RNG "
                            "states are not restored, so the run will not repeat exactly",
-                           path, state["world_size"], get_world_size())
+                           path, state["world_size"], "es" * (state["world_size"] != 1),
+                           get_world_size())
         logger.info("resumed from %s at iteration %d", path, state["iteration"])
         return {"iteration": int(state["iteration"]), "extra": dict(state.get("extra", {}))}
 

@@ -76,8 +76,9 @@ class StopRequest:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:  # the second signal: stop now, saving nothing
             if signum != signal.SIGINT and time.monotonic() - self._since < REPEAT_GRACE_S:
-                logger.warning("received %s again (a launcher forwarding it): still "
-                               "finishing the step and saving", signal.Signals(signum).name)
+                logger.warning("received %s %s (a launcher forwarding it): still finishing "
+                               "the step and saving", signal.Signals(signum).name,
+                               "again" if signum == self.signum else f"after {self.signal_name}")
                 return
             signal.signal(signum, signal.SIG_DFL)
             if signum == signal.SIGINT:

@@ -409,3 +409,18 @@ def test_a_sigterm_among_several_processes_says_the_save_needs_them_all(
         assert "then saving a checkpoint" in caplog.text
     assert said == {("2", signal.SIGTERM): True, ("1", signal.SIGTERM): False,
                     ("2", signal.SIGINT): False}
+
+
+def test_a_launchers_sigterm_after_another_signal_is_named_as_such(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """SIGHUP to the job, then torchrun's forwarded SIGTERM: "received SIGTERM again", though
+    no SIGTERM came first."""
+    stop = preemption.StopRequest()
+    with caplog.at_level(logging.WARNING):
+        stop._handle(signal.SIGHUP, None)
+        stop._handle(signal.SIGTERM, None)
+        stop._handle(signal.SIGTERM, None)
+    assert stop.signum == signal.SIGHUP
+    said = [r.getMessage() for r in caplog.records if "a launcher forwarding it" in r.getMessage()]
+    assert said == ["received SIGTERM after SIGHUP (a launcher forwarding it): still finishing "
+                    "the step and saving"] * 2
