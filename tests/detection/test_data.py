@@ -356,6 +356,26 @@ def test_unsafe_file_names_rejected(tmp_path: Path, file_name: str, reason: str)
     assert repr(file_name) in message and reason in message
 
 
+def test_absolute_file_names_are_refused_with_the_folder_to_strip(tmp_path: Path) -> None:
+    """Label Studio's "/data/upload/1/x.jpg" (its server's paths) was refused without a word
+    of what to do."""
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps(_coco(
+        [{"id": 1, "file_name": "/data/upload/1/a1b2-x.jpg", "height": 10, "width": 10},
+         {"id": 2, "file_name": "/data/upload/1/sub/c3d4-y.jpg", "height": 10, "width": 10}],
+        [])))
+    with pytest.raises(DatasetError) as refused:
+        load_coco_json(ann_file, tmp_path)
+    assert str(refused.value) == (
+        f"{ann_file}: 2 problem(s):\n"
+        f"  images[0] (id=1): file_name '/data/upload/1/a1b2-x.jpg' is absolute; file names "
+        f"must be relative to the image folder\n"
+        f"  images[1] (id=2): file_name '/data/upload/1/sub/c3d4-y.jpg' is absolute; file "
+        f"names must be relative to the image folder\n"
+        f"the 2 absolute file names lie under /data/upload/1/: write them without it "
+        f"(relative to the image folder, which holds what /data/upload/1/ held)")
+
+
 def test_file_names_escaping_the_folder_are_refused_on_windows_too(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Windows' os.path.normpath writes "..\\": the "../" test never matched there."""

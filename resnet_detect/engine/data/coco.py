@@ -200,12 +200,15 @@ def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
                                problems)
     if not data["categories"]:
         problems.append("'categories' is empty")
+    absolute = []  # (their common folder: what to strip)
     for i, img in enumerate(data["images"]):
         name = img.get("file_name") if isinstance(img, dict) else None
         if isinstance(name, str):
             reason = _unsafe_path_reason(name)
             if reason:
                 problems.append(f"images[{i}] (id={img.get('id')}): file_name {name!r} {reason}")
+            if reason == ABSOLUTE:
+                absolute.append(name)
         for key in ("height", "width"):
             if isinstance(img, dict) and isinstance(img.get(key), int) and img[key] <= 0:
                 problems.append(f"images[{i}] (id={img.get('id')}): {key} must be positive")
@@ -233,8 +236,22 @@ def read_coco_json(ann_file: str | Path, *, annotations_optional: bool = False
             problems.append(f"{_where('annotations', i, ann)}: iscrowd must be 0 or 1, got "
                             f"{ann['iscrowd']!r}")
     if problems:
-        raise DatasetError(_format_problems(ann_file, problems))
+        raise DatasetError(_format_problems(ann_file, problems) + _absolute_names_hint(absolute))
     return data
+
+
+def _absolute_names_hint(names: list[str]) -> str:
+    """What to strip of absolute file names (Label Studio's "/data/upload/1/x.jpg", a script's
+    full paths): the folder they share."""
+    folders = [posixpath.dirname(n.replace("\\", "/")) for n in names]
+    try:
+        common = posixpath.commonpath(folders) if folders else ""
+    except ValueError:  # (Windows drives and POSIX paths mixed)
+        return ""
+    if common in ("", "/"):
+        return ""
+    return (f"\nthe {len(names)} absolute file names lie under {common}/: write them without "
+            f"it (relative to the image folder, which holds what {common}/ held)")
 
 
 def read_user_text(path: Path, what: str) -> str:
@@ -345,11 +362,14 @@ def _check_entries(entries: list[Any], section: str, fields: dict[str, type],
     return ids
 
 
+ABSOLUTE = "is absolute; file names must be relative to the image folder"
+
+
 def _unsafe_path_reason(file_name: str) -> str | None:
     if not file_name:
         return "is empty"
     if os.path.isabs(file_name) or file_name.startswith(("/", "\\")) or ":" in file_name[:3]:
-        return "is absolute; file names must be relative to the image folder"
+        return ABSOLUTE
     # '/'-separated on every system: Windows' normpath turns "../" into "..\\"
     normal = posixpath.normpath(file_name.replace("\\", "/"))
     if normal == ".." or normal.startswith("../"):
