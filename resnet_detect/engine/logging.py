@@ -306,7 +306,7 @@ class ProgressLogger:
         self.logger = logger or logging.getLogger(__name__)
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
-        self._stand_ins = 0  # steps of the window whose batch was unreadable
+        self._empty_batches = 0  # of the window's steps: every image unreadable
         self._steps = self._seconds = self._data_seconds = 0.0
         self._grad: list[Any] = [0.0, 0.0]  # sum and count of the finite gradient norms
         self.slow_data_hint = slow_data_hint
@@ -318,7 +318,7 @@ class ProgressLogger:
 
     def after_step(self, trainer: Trainer) -> None:
         counted = 1 if trainer.losses_count else 0  # 0: zeros standing in for a batch
-        self._stand_ins += 1 - counted
+        self._empty_batches += trainer.empty_batches
         for key, value in trainer.loss_dict.items():  # a skipped batch gives other keys
             self._sums[key] = self._sums.get(key, 0.0) + value.detach().float() * counted
             self._counts[key] = self._counts.get(key, 0) + counted
@@ -349,12 +349,13 @@ class ProgressLogger:
         self._lines += 1
         # (steps of unreadable batches wait for the loader's failed reads: the warnings name
         # the files, and more workers would not help)
-        if self.slow_data_hint and self._lines >= 2 and waiting > 0.5 and not self._stand_ins:
+        if (self.slow_data_hint and self._lines >= 2 and waiting > 0.5
+                and not self._empty_batches):
             self.logger.warning("the steps before iteration %d waited for their batches %d%% "
                                 "of their time: the data loading is the bottleneck; %s",
                                 trainer.iter, round(100 * waiting), self.slow_data_hint)
             self.slow_data_hint = None  # once
-        self._sums, self._counts, self._stand_ins = {}, {}, 0
+        self._sums, self._counts, self._empty_batches = {}, {}, 0
         self._steps = self._seconds = self._data_seconds = 0.0
         lr = trainer.step_lr
         eta = format_eta((trainer.max_iter - trainer.iter) * statistics.median(self._recent_steps))

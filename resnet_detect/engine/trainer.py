@@ -77,7 +77,8 @@ class Trainer:
     the hooks' time, evaluations and checkpoints, is in neither), `losses_count` (True
     unless step_fn set it False: the step's losses are zeros standing in for a batch that
     could not be read, which the progress line leaves out of its averages; an accumulated
-    step with a readable batch counts: its average leaves the empty ones out).
+    step with a readable batch counts: its average leaves the empty ones out),
+    `empty_batches` (the step's batches that `batch_is_empty` found empty).
 
     Args:
         model: the model in training mode (DDP-wrapped when distributed).
@@ -125,6 +126,7 @@ class Trainer:
         self.grad_norm: torch.Tensor | None = None  # the last step's, where clipped
         self.step_seconds = self.data_seconds = 0.0
         self.losses_count = True
+        self.empty_batches = 0
 
     def register_hooks(self, *hooks: Any) -> None:
         """Append hooks (for those that need the trainer's scaler, e.g. a Checkpointer)."""
@@ -193,7 +195,8 @@ class Trainer:
         return int(self.batch_is_empty is None or not self.batch_is_empty(batch))
 
     def run_step(self, batch: Any) -> None:
-        loss_dict, total, with_images = self._losses(batch, self._has_images(batch))
+        self.empty_batches = 1 - self._has_images(batch)
+        loss_dict, total, with_images = self._losses(batch, 1 - self.empty_batches)
         self.optimizer.zero_grad(set_to_none=True)
         share = _share(with_images)
         self.scaler.scale(total if share == 1.0 else total / share).backward()
@@ -229,6 +232,7 @@ class Trainer:
         batches: list[Any] = [next(data) for _ in range(steps)]
         waited = time.perf_counter() - before
         with_images = sum(self._has_images(batch) for batch in batches)
+        self.empty_batches = steps - with_images
         share = 1.0  # (set by the first batch's losses, before any backward)
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}

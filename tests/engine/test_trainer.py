@@ -242,22 +242,24 @@ def test_a_training_that_waits_for_its_batches_is_told_what_may_help(
             assert warned[0].startswith("the steps before iteration 4 waited for their batches ")
             assert warned[0].endswith("of their time: the data loading is the bottleneck; "
                                       "try this")
-    # steps whose batch was unreadable (zeros stand in for its losses) wait for the failed
-    # reads: more loader workers were advised before the run stopped naming the files
-    log = logging.getLogger("test_slow_unreadable_data")
-    model = nn.Linear(3, 1)
+    # steps whose batch was unreadable wait for the failed reads: more loader workers were
+    # advised before the run stopped naming the files (one process, or accumulated steps)
+    for accumulation_steps in (1, 2):
+        log = logging.getLogger(f"test_slow_unreadable_data_{accumulation_steps}")
+        model = nn.Linear(3, 1)
 
-    def unreadable_step(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
-        trainer.losses_count = False
-        return {"loss_mse": mse_step(model, batch)["loss_mse"] * 0.0}
+        def unreadable_step(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+            return {"loss_skipped_batch": torch.zeros((), requires_grad=True)}
 
-    trainer = Trainer(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
-                      scheduler=None, step_fn=unreadable_step, max_iter=6, hooks=[
-                          ProgressLogger(2, logger=log, slow_data_hint="try this")])
-    with caplog.at_level(logging.INFO, logger=log.name):
-        trainer.train(slow_data())
-    assert [r.getMessage() for r in caplog.records
-            if r.name == log.name and r.levelno >= logging.WARNING] == []
+        trainer = Trainer(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+                          scheduler=None, step_fn=unreadable_step, max_iter=6,
+                          accumulation_steps=accumulation_steps,
+                          batch_is_empty=lambda batch: True, hooks=[
+                              ProgressLogger(2, logger=log, slow_data_hint="try this")])
+        with caplog.at_level(logging.INFO, logger=log.name):
+            trainer.train(slow_data())
+        assert [r.getMessage() for r in caplog.records
+                if r.name == log.name and r.levelno >= logging.WARNING] == []
 
 
 def test_progress_line_is_true_to_the_steps(caplog: pytest.LogCaptureFixture) -> None:
@@ -462,9 +464,9 @@ def test_the_eta_is_the_median_step_time_of_the_recent_steps(
     from types import SimpleNamespace
     log = logging.getLogger("test_eta")
     progress = ProgressLogger(4, logger=log)
-    trainer = SimpleNamespace(losses_count=1, loss_dict={"loss": torch.tensor(1.0)},
-                              grad_norm=None, data_seconds=0.0, max_iter=104, step_lr=0.1,
-                              device_type="cpu")
+    trainer = SimpleNamespace(losses_count=1, empty_batches=0,
+                              loss_dict={"loss": torch.tensor(1.0)}, grad_norm=None,
+                              data_seconds=0.0, max_iter=104, step_lr=0.1, device_type="cpu")
     with caplog.at_level(logging.INFO, logger="test_eta"):
         for iteration, seconds in enumerate([30.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0], 1):
             trainer.iter, trainer.step_seconds = iteration, seconds
