@@ -224,9 +224,6 @@ def ground_truth(ann_file: Path, iou_type: str, categories: Iterable[int] | None
 class MalformedMasks(ValueError):
     """Segmentations the segm evaluation cannot score, one line per object."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__(f"{len(problems)} problem(s):{listing(problems)}")
-
 
 def cocoeval_ground_truth(data: dict[str, Any],
                           iou_type: str) -> tuple[dict[str, Any], list[Any]]:
@@ -272,7 +269,7 @@ def cocoeval_ground_truth(data: dict[str, Any],
             continue
         annotations.append(ann)
     if malformed:
-        raise MalformedMasks(malformed)
+        raise MalformedMasks(f"{len(malformed)} problem(s):{listing(malformed)}")
     return {**data, "annotations": annotations}, ignored
 
 

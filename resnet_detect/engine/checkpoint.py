@@ -24,6 +24,7 @@ learning rate), only the schedule's position comes from the checkpoint.
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import logging
 import os
@@ -272,8 +273,11 @@ class Checkpointer:
             kept = (f"the previous checkpoint {previous} and {self.output_dir / POINTER} are "
                     "intact" if isinstance(previous, Path) else "no earlier checkpoint exists")
             reason = f"{type(error).__name__}: {error}" if error is not None else "see rank 0"
+            # (torch's own error of a full disk is a RuntimeError naming neither; another
+            # rank knows none)
             fix = ("Make it writable" if isinstance(error, PermissionError)
-                   else "Free space there" if error is not None  # (another rank: either)
+                   or getattr(error, "errno", None) == errno.EROFS
+                   else "Free space there" if error is not None
                    else "Free space there, or make it writable (rank 0's message says which)")
             raise CheckpointWriteError(
                 f"cannot write checkpoint {path.name} in {self.output_dir} ({reason}); {kept}. "

@@ -256,11 +256,23 @@ def lost_process_hint(error: BaseException) -> str:
                   "checkpoint"
 
 
+def torchrun_restart_count() -> int:
+    """How many times torchrun has restarted this process's command (0: its first start, or
+    no torchrun)."""
+    return _torchrun_number("TORCHELASTIC_RESTART_COUNT")
+
+
 def torchrun_restarts_left() -> int:
     """How many more times torchrun restarts this process's command (--max-restarts less the
     restarts so far; 0 without torchrun)."""
-    return max(int(os.environ.get("TORCHELASTIC_MAX_RESTARTS") or 0)
-               - int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0), 0)
+    return max(_torchrun_number("TORCHELASTIC_MAX_RESTARTS") - torchrun_restart_count(), 0)
+
+
+def _torchrun_number(name: str) -> int:
+    try:
+        return int(os.environ.get(name) or 0)
+    except ValueError:  # (torchrun sets integers; another launcher's value is none of ours)
+        return 0
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
@@ -297,8 +309,8 @@ def unsynced_batch_norm_warning(model: nn.Module, images: int, world_size: int,
         return None
     keys = "model.backbone.norm, model.head.norm; model.options.norm for pretraining"
     if world_size == 1:
-        more = ("fewer train.accumulation_steps (now "
-                f"{accumulation_steps}: batches of 2 or more images)" if accumulation_steps > 1
+        more = (f"fewer train.accumulation_steps (now {accumulation_steps}), so that each pass "
+                f"draws 2 or more images" if accumulation_steps > 1
                 else "a train.batch_size of 2 or more")
         return (f"{len(own)} BatchNorm layers train on 1 image per forward pass: their "
                 f"statistics are one image's (the recipes train on 2 or more per GPU): {more}, "

@@ -9,12 +9,7 @@ from pathlib import Path
 
 from .checkpoint import pointer_target, replacement_pending
 from .distributed import all_gather_object, is_distributed, is_main_process
-
-
-def restart_count() -> int:
-    """How many times torchrun has restarted this process's command (0: its first start, or
-    no torchrun)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+from .distributed import torchrun_restart_count as restart_count
 
 
 def launcher_start_time() -> float | None:

@@ -40,8 +40,8 @@ from .data import CountedLoader, build_test_loader, build_train_loader, worker_e
 from .data.overlap import warn_of_val_in_training
 from .distributed import (all_gather_object, broadcast_buffers, get_rank, get_world_size,
                           init_distributed, is_main_process, lost_process_hint,
-                          refuse_syncbn_on_cpus, unsynced_batch_norm_warning, usable_device,
-                          wrap_ddp)
+                          refuse_syncbn_on_cpus, torchrun_restarts_left,
+                          unsynced_batch_norm_warning, usable_device, wrap_ddp)
 from .ema import WeightAverage
 from .files import atomic_write_json, is_disk_full, nan_to_none
 from .logging import (FILE_ONLY, SAYS_ITS_ERROR, ProgressLogger, ScalarWriter, logging_kept,
@@ -306,8 +306,10 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
     with (exclusive_output_dir(output_dir), rng_kept(), logging_kept(), cudnn_benchmark_kept(),
           torch.inference_mode(False), torch.enable_grad(), float32_default()):
         setup_logging(output_dir)
-        if restart_count() and is_main_process():  # (the console said so as it began)
-            logger.warning("torchrun restarted the processes (restart %d): %s", restart_count(),
+        restarts = restart_count()
+        if restarts and is_main_process():  # (a tool's console said so as it began)
+            logger.warning("torchrun restarted the processes (restart %d of %d): %s", restarts,
+                           restarts + torchrun_restarts_left(),
                            "resuming" if resume else "starting as the command says",
                            extra={FILE_ONLY: True})
         warn_of_an_unshared_output_dir(output_dir)

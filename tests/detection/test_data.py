@@ -1426,14 +1426,16 @@ def test_polygons_reaching_well_past_their_boxes_are_named(
             _ann(3, 1, [9, 9, 22, 17], segmentation=tight),  # a looser box: fine
             # a shape past the image's edge, its box clipped to the image (labelme_to_coco's
             # circles): fine within the image
-            _ann(4, 1, [0, 5, 20, 10], segmentation=[[-30, 5, 20, 5, 20, 15, -30, 15]])]
+            _ann(4, 1, [0, 5, 20, 10], segmentation=[[-30, 5, 20, 5, 20, 15, -30, 15]]),
+            # a corner object's polygon at twice the size: wholly past the image
+            _ann(5, 1, [50, 30, 10, 10], segmentation=[[100, 60, 120, 60, 120, 80, 100, 80]])]
     ann_file = tmp_path / "ann.json"
     ann_file.write_text(json.dumps(_coco(
         [{"id": 1, "file_name": "a.png", "height": 40, "width": 60}], anns)))
     with caplog.at_level(logging.WARNING):
         load_coco_json(ann_file, tmp_path / "images", keep_segmentation=True)
-    assert (f"{ann_file}: 1 objects have a polygon reaching past their box by more than a tenth "
-            f"of it (annotation ids [2]): polygons of another image size than the boxes "
+    assert (f"{ann_file}: 2 objects have a polygon reaching past their box by more than a tenth "
+            f"of it (annotation ids [2, 5]): polygons of another image size than the boxes "
             f"(resized images?), or of other objects?") in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
@@ -1463,3 +1465,13 @@ def test_images_found_one_folder_up_or_without_their_folders_are_pointed_to(
         assert str(refused.value) == (
             f"{ann_file}: 1 problem(s):\n  image file not found for images[0] (id=1): "
             f"{img_dir / file_name}\n{hint}")
+    # where another image is found, the folder is right: no hint (a file of the name one
+    # folder up is another image)
+    _write_png(tmp_path / "export/images/found.png", _pattern(20, 30))
+    _write_png(tmp_path / "export/y.png", _pattern(20, 30))
+    ann_file.write_text(json.dumps(_coco(
+        [{"id": 1, "file_name": "found.png", "height": 20, "width": 30},
+         {"id": 2, "file_name": "y.png", "height": 20, "width": 30}], anns)))
+    with pytest.raises(DatasetError) as refused:
+        load_coco_json(ann_file, tmp_path / "export/images")
+    assert str(refused.value).endswith(f"(id=2): {tmp_path / 'export/images/y.png'}")

@@ -111,6 +111,8 @@ def test_box_analysis_of_masks_is_cocoeval_s_segm_ap() -> None:
         f"1 problem(s):\n  annotation id={gt['annotations'][0]['id']} (image id="
         f"{gt['annotations'][0]['image_id']}): a polygon holds an odd count of numbers (7), "
         f"not x, y pairs: [1, 2, 3, 4, 5, 6, 7]")
+    import pickle  # (passed between processes whole: it garbled its lines)
+    assert str(pickle.loads(pickle.dumps(refused.value))) == str(refused.value)
 
 
 def test_perfect_detections_score_one_on_every_curve() -> None:

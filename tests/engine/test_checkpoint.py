@@ -479,6 +479,13 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_pointer(
     monkeypatch.setattr(torch, "save", read_only)  # a folder made read-only during the run
     with pytest.raises(CheckpointWriteError, match="Permission denied.*Make it writable"):
         ckpt.save(10)
+
+    def read_only_mount(obj: object, f: object) -> None:  # (an OSError, no PermissionError)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(torch, "save", read_only_mount)
+    with pytest.raises(CheckpointWriteError, match="Read-only file system.*Make it writable"):
+        ckpt.save(10)
     monkeypatch.undo()
     # another process, told that rank 0 failed: it does not know why (it said "Free space
     # there" of a read-only folder)

@@ -242,8 +242,9 @@ def test_batch_norm_on_few_images_per_process_is_warned_of() -> None:
         "model.options.norm for pretraining)")
     # a batch of 8 drawn in 8 accumulation steps: the steps are what to change
     assert "1 image per forward pass: their statistics are one image's (the recipes train on " \
-           "2 or more per GPU): fewer train.accumulation_steps (now 8: batches of 2 or more " \
-           "images), or norm: gn" in unsynced_batch_norm_warning(model, 1, 1, "cpu", 8)
+           "2 or more per GPU): fewer train.accumulation_steps (now 8), so that each pass " \
+           "draws 2 or more images, or norm: gn" in unsynced_batch_norm_warning(model, 1, 1,
+                                                                             "cpu", 8)
     assert unsynced_batch_norm_warning(model, 8, 8, "cuda") is None      # enough images
     assert unsynced_batch_norm_warning(backbones.build("resnet18", norm="frozen_bn"), 2, 8,
                                        "cuda") is None
@@ -348,6 +349,11 @@ def test_a_lost_process_under_torchruns_restarts_says_torchrun_restarts_it(
         "which continue from that checkpoint; where it cannot, run the same command with "
         "--resume on every node")
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # the last one used
+    assert D.lost_process_hint(RuntimeError("Connection reset by peer")).endswith(
+        "run the same command with --resume on every node to continue from that checkpoint")
+    # another launcher's value, no number: as without torchrun (a ValueError replaced the
+    # error being reported)
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2.0")
     assert D.lost_process_hint(RuntimeError("Connection reset by peer")).endswith(
         "run the same command with --resume on every node to continue from that checkpoint")
 

@@ -1192,8 +1192,9 @@ def test_a_torchrun_restart_is_recorded_in_log_txt(tmp_path: Path,
     """torchrun's restart (--max-restarts) was said on the console alone: log.txt of a
     finished job showed the stop and then a resume, not that torchrun restarted it."""
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
     run_training(_RegressionTask(), _toy_config(tmp_path / "toy"), torch.device("cpu"),
                  resume=True)
     log = (tmp_path / "toy/log.txt").read_text()
-    assert "torchrun restarted the processes (restart 1): resuming" in log
+    assert "torchrun restarted the processes (restart 1 of 3): resuming" in log
     assert "torchrun restarted" not in capsys.readouterr().out  # (the console said it first)

@@ -226,15 +226,18 @@ def _near_earlier_boxes(of_files: dict[int, list[Any]]) -> int:
     files = sorted(of_files)
     near = 0
     for k, i in enumerate(files[1:], 1):
-        later = xyxy(of_files[i])
         earlier = xyxy([b for j in files[:k] for b in of_files[j]])
-        low = np.maximum(later[:, None, :2], earlier[None, :, :2])
-        high = np.minimum(later[:, None, 2:], earlier[None, :, 2:])
-        inter = np.prod(np.clip(high - low, 0, None), axis=2)
-        union = (np.prod(later[:, 2:] - later[:, :2], axis=1)[:, None]
-                 + np.prod(earlier[:, 2:] - earlier[:, :2], axis=1)[None, :] - inter)
-        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        near += int((iou >= NEAR_REPEAT).any(axis=1).sum())
+        every_later = xyxy(of_files[i])
+        # in blocks: an IoU matrix of DOTA's thousands of boxes a class would take gigabytes
+        for start in range(0, len(every_later), 512):
+            later = every_later[start:start + 512]
+            low = np.maximum(later[:, None, :2], earlier[None, :, :2])
+            high = np.minimum(later[:, None, 2:], earlier[None, :, 2:])
+            inter = np.prod(np.clip(high - low, 0, None), axis=2)
+            union = (np.prod(later[:, 2:] - later[:, :2], axis=1)[:, None]
+                     + np.prod(earlier[:, 2:] - earlier[:, :2], axis=1)[None, :] - inter)
+            iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+            near += int((iou >= NEAR_REPEAT).any(axis=1).sum())
     return near
 
 

@@ -316,7 +316,7 @@ def _image_folder_hint(img_dir: Path, file_name: str) -> str:
     """Where a missing image lies after all: one folder up (an image folder one level too
     deep: Label Studio's "images/x.jpg" under .../images), or in the image folder without the
     file name's folders (CVAT's "job1/x.jpg" of a flat folder)."""
-    name = Path(os.path.normpath(file_name.replace("\\", "/")))
+    name = image_path(Path(), file_name)
     if (img_dir.parent / name).is_file():
         return (f"\n{img_dir.parent / name} is there: is the image folder {img_dir.parent}?"
                 + (f" (the file names start with {name.parts[0] + '/'!r})"
@@ -404,6 +404,8 @@ def polygon_past_box(polygons: list[list[float]], bbox: Sequence[float], *, heig
     ys = [v for polygon in polygons for v in polygon[1::2]]
     if not xs:
         return False
+    if min(xs) >= width or max(xs) <= 0 or min(ys) >= height or max(ys) <= 0:
+        return True  # (wholly past the image: nothing of it within)
     x0, x1 = max(min(xs), 0.0), min(max(xs), width)
     y0, y1 = max(min(ys), 0.0), min(max(ys), height)
     bx0, by0 = max(float(bbox[0]), 0.0), max(float(bbox[1]), 0.0)
@@ -594,10 +596,11 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
             logger.info("%s: %d images not found by their file_name are read from the files "
                         "their coco_url names (LVIS v0.5's COCO 2014 names of COCO 2017's "
                         "images)", ann_file, renamed)
-        if missing:
+        if missing:  # (where some are found, the folder is right)
             raise DatasetError(_format_problems(
                 ann_file, [f"image file not found for {m}" for m in missing])
-                + _image_folder_hint(img_dir, first_missing))
+                + (_image_folder_hint(img_dir, first_missing)
+                   if len(missing) == len(data["images"]) else ""))
     _warn_of_repeated_files(data, ann_file)
     other_classes = 0
     if classes is not None:
