@@ -13,14 +13,16 @@ logger = logging.getLogger(__name__)
 SCALARS_FILE = "scalars.jsonl"
 TENSORBOARD_DIR = "tensorboard"  # the same scalars as tensorboard event files
 # what a run's evaluations log first, by task: the default curve beside the loss
-METRICS = ("bbox/AP", "segm/AP", "sem_seg/mIoU", "classification/top1")
+METRICS = ("bbox/AP", "segm/AP", "sem_seg/mIoU", "classification/top1",
+           "errors/val_error")  # (the last: tools/analyze.py's studies)
 LOSS = "train/total_loss"
 
 
 def read_curves(run: str | Path) -> dict[str, tuple[list[int], list[float]]]:
     """{key: (iterations, values)} of a run folder's scalars.jsonl (or that file), a key
     logged undefined alone (null) with none; a line cut short (a killed run) is skipped with
-    a warning."""
+    a warning; in iteration order, the last line of an iteration logged twice kept (files
+    joined by hand, another tool's), with a warning."""
     path = Path(run)
     path = path / SCALARS_FILE if path.is_dir() else path
     if not path.is_file():
@@ -49,6 +51,16 @@ def read_curves(run: str | Path) -> dict[str, tuple[list[int], list[float]]]:
                 iterations, values = curves.setdefault(key, ([], []))
                 iterations.append(iteration)
                 values.append(float(value))
+    unordered = False
+    for key, (iterations, values) in curves.items():
+        if any(b <= a for a, b in zip(iterations, iterations[1:])):
+            last = dict(zip(iterations, values))  # (a later line's value wins)
+            curves[key] = (sorted(last), [last[i] for i in sorted(last)])
+            unordered = True
+    if unordered:
+        logger.warning("%s: logged steps out of iteration order or logged twice (files joined "
+                       "by hand, or another tool's): drawn in iteration order, the last line "
+                       "of an iteration logged twice kept", path)
     return curves
 
 

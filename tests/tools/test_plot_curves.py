@@ -46,6 +46,29 @@ def test_curves_are_read_as_logged_and_a_cut_line_is_skipped(
     assert "scalars.jsonl line 6 is not a logged step: skipped" in caplog.text
 
 
+def test_steps_out_of_order_or_logged_twice_are_drawn_in_order_the_last_kept(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Files joined by hand (or another tool's) drew their curve backwards, zig-zagging like
+    a loss spike that never happened, without a word; a study's run drew its loss alone."""
+    run = _run(tmp_path / "a", [
+        {"iteration": 1, "train/total_loss": 4.0}, {"iteration": 2, "train/total_loss": 3.0},
+        {"iteration": 3, "train/total_loss": 2.0}, {"iteration": 2, "train/total_loss": 3.5},
+        {"iteration": 5, "bbox/AP": 0.4}, {"iteration": 2, "bbox/AP": 0.1},
+        {"iteration": 4, "errors/val_error": 30.0}])
+    with caplog.at_level(logging.WARNING):
+        curves = read_curves(run)
+    assert curves["train/total_loss"] == ([1, 2, 3], [4.0, 3.5, 2.0])  # the later line's
+    assert curves["bbox/AP"] == ([2, 5], [0.1, 0.4])
+    assert "scalars.jsonl: logged steps out of iteration order or logged twice" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        curves = read_curves(_run(tmp_path / "study", [
+            {"iteration": 10, "train/total_loss": 2.0, "errors/train_error": 50.0},
+            {"iteration": 10, "errors/val_error": 60.0}]))
+    assert caplog.text == ""  # (the same iteration in two lines, keys apart: in order)
+    assert default_keys(curves) == ["train/total_loss", "errors/val_error"]
+
+
 def test_the_tool_draws_each_key_of_each_run_and_names_unknown_keys(tmp_path: Path) -> None:
     a = _run(tmp_path / "a", [{"iteration": 10, "train/total_loss": 1.0},
                               {"iteration": 10, "sem_seg/mIoU": 0.3}])
