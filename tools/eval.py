@@ -304,6 +304,13 @@ def write_confusion(args: argparse.Namespace, cfg: Any, gt: dict[str, Any],
                                                     most_confused(matrix, names)), flush=True)
 
 
+def analysed_types(results: list[dict]) -> list[str]:
+    """What --error-analysis analyses of `results`: "bbox" where every result has a box,
+    "segm" where every one has a mask (no result: no mask, as the scoring reads it)."""
+    return [iou_type for iou_type, key in (("bbox", "bbox"), ("segm", "segmentation"))
+            if all(key in r for r in results) and (iou_type == "bbox" or results)]
+
+
 def write_errors(args: argparse.Namespace, cfg: Any, gt: dict[str, Any], results: list[dict],
                  results_file: Path) -> None:
     """--error-analysis: the error analysis of `results`' boxes and, where every result has
@@ -316,10 +323,8 @@ def write_errors(args: argparse.Namespace, cfg: Any, gt: dict[str, Any], results
     from resnet_detect.engine.data import image_sizes
     # the detections per image and category the scoring counts: C50 and C75 are its AP50, AP75
     max_dets = scored_detections(cfg)
-    for iou_type, what in (("bbox", "box"), ("segm", "mask")):
-        key = "bbox" if iou_type == "bbox" else "segmentation"
-        if not all(key in r for r in results):
-            continue
+    for iou_type in analysed_types(results):
+        what = "box" if iou_type == "bbox" else "mask"
         scored = results if iou_type == "bbox" else rle_masks(
             results, image_sizes(gt), results_file)
         analysis = analyze(gt, scored, iou_type=iou_type, max_dets=max_dets)

@@ -653,6 +653,16 @@ def test_the_error_analysis_counts_the_detections_the_scoring_counts(
         "--output", str(tmp_path / "lvis"), "--error-analysis"])
     assert ("box error analysis (AP of each curve, overall by COCO's rules, not LVIS's: C75 and "
             "C50 are not the LVIS AP75 and AP50; ") in capsys.readouterr().out
+    # no result: the boxes' analysis alone (a mask analysis of dashes was written too: every
+    # result of none "has a mask")
+    (tmp_path / "none.json").write_text("[]", encoding="utf-8")
+    load_tool("eval").main([
+        str(CONFIG), f"data.val.ann_file={tmp_path / 'val.json'}", f"data.val.img_dir={tmp_path}",
+        "--results", str(tmp_path / "none.json"), "--output", str(tmp_path / "none"),
+        "--error-analysis"])
+    said = capsys.readouterr().out
+    assert "box error analysis" in said and "mask error analysis" not in said
+    assert sorted(p.name for p in (tmp_path / "none/error_analysis").iterdir()) == ["bbox"]
 
 
 def test_eval_writes_an_error_analysis_of_results_or_weights(
