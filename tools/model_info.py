@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help=f"a config file, or one of: "
                                      f"{', '.join(backbones.list_models())}")
-    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="input size (default: see above)")
+    parser.add_argument("--size", "--shape", type=int, nargs=2, default=None,
+                        metavar=("H", "W"), help="input size (default: see above; --shape: "
+                                                 "mmdetection's get_flops.py spelling)")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="classes (default: the config's model.num_classes, else its "
                              "data's classes, else 80, 21 or 1000; 10 for CIFAR nets)")

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     figure, axes = plt.subplots(len(keys), 1, figsize=(8, 3 * len(keys)), squeeze=False)
     for axis, key in zip(axes[:, 0], keys):
         for run, run_curves in curves.items():
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> Path:
                           label=run)
         axis.set_title(key)
         axis.set_xlabel("iteration")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # (no iteration 2.5)
         axis.grid(alpha=0.3)
         if len(curves) > 1:
             axis.legend(fontsize=8)

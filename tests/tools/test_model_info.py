@@ -17,6 +17,8 @@ def test_prints_torchvisions_parameter_count_and_refuses_a_bare_option(capsys) -
     model_info.main(["resnet18", "--size", "64", "64"])
     out = capsys.readouterr().out
     assert "\ntotal       11,689,512 " in out  # torchvision resnet18
+    model_info.main(["resnet18", "--shape", "64", "64"])  # (mmdetection's get_flops.py's)
+    assert capsys.readouterr().out == out
     with pytest.raises(SystemExit):  # was read as output_stride=None: the default, silently
         model_info.main(["resnet18", "output_stride"])
     assert "options must be key=value, got output_stride" in capsys.readouterr().err
