@@ -119,10 +119,17 @@ def config_task(path: str | os.PathLike, overrides: Sequence[str] = (),
     chain = config_chain(path)
     # before the task's name is looked up, and before any tool checks a backbone's name
     import_custom_modules(*_custom_imports(chain, overrides))
-    task = None
+    task, named_in = None, None
     parts = [part for _, part in chain]
-    for part in parts:
-        task = part.get("task", task)
+    for file, part in chain:  # (bases first)
+        named = part.get("task")
+        if named is not None and task is not None and str(named) != str(task) and {
+                str(named), str(task)} <= set(TASK_MODULES):
+            raise ConfigError(f"{path} is made of configs of two tasks: {named_in} (task: "
+                              f"{task}) and {file} (task: {named}); the tasks' keys differ: "
+                              f"inherit configs of one task (configs/)")
+        if named is not None:
+            task, named_in = named, file
     for item in overrides:
         if item.startswith("task="):
             given = item.split("=", 1)[1]

@@ -902,6 +902,22 @@ def test_detectron2_and_mmdetection_spellings_are_named_with_ours(
     assert stopped.value.code == 2 and all(line in err for line in said), err
 
 
+def test_a_config_made_of_two_tasks_configs_is_refused_naming_both(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A detection config on a segmentation base was told that a key of the shipped base file
+    is unknown (the override task=sem_seg was explained, the file not)."""
+    base = ROOT / "configs/segmentation/base_deeplab.yaml"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"_base_: {base}\ntask: detection\n")
+    monkeypatch.setattr(sys, "argv", ["tools/train.py", str(mine), "--print-config"])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool_main("train"))
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        f"train.py: error: {mine} is made of configs of two tasks: {base} (task: sem_seg) and "
+        f"{mine} (task: detection); the tasks' keys differ: inherit configs of one task "
+        f"(configs/)\n")
+
+
 def test_a_tool_main_given_one_string_says_it_takes_a_list() -> None:
     """train.main("configs/x.yaml") from Python: "config file not found: .../c" (its
     letters read as the words)."""
