@@ -128,8 +128,11 @@ def build_rpn(cfg: Mapping[str, Any], shapes: Mapping[str, ShapeSpec]) -> RPN:
             f"model.rpn.in_features must have equal channels, got {[s.channels for s in in_shapes]}"
         )
     acfg = cfg["anchor_generator"]
+    sizes = _plain(acfg["sizes"])
+    if isinstance(sizes, list) and len(sizes) == 1 and isinstance(sizes[0], list):
+        sizes = sizes * len(in_features)  # one list for every level, as detectron2 reads it
     anchor_generator = AnchorGenerator(
-        sizes=_plain(acfg["sizes"]),
+        sizes=sizes,
         aspect_ratios=_plain(acfg["aspect_ratios"]),
         offset=acfg["offset"],
     )

@@ -58,6 +58,17 @@ def tiny_scene(seed: int) -> tuple[list[torch.Tensor], list[dict[str, torch.Tens
     return images, targets
 
 
+def test_one_list_of_anchor_sizes_is_every_levels_as_detectron2_reads_it() -> None:
+    """SIZES: [[20, 40, 80, 160]] (detectron2 broadcasts it to every FPN level) was refused
+    after the message offered "one for all"."""
+    model = build_model(_config("faster_rcnn_R_50_FPN_1x.yaml", [
+        *TINY, "model.anchor_generator.sizes=[[20,40,80,160]]"]))
+    generator = model.rpn.anchor_generator
+    assert generator.sizes == [[20, 40, 80, 160]] * 5  # p2..p6
+    assert generator.num_anchors_per_location == [12] * 5
+    assert model.rpn.head.objectness_logits.out_channels == 12
+
+
 def test_preprocess_normalizes_and_pads() -> None:
     torch.manual_seed(0)
     model = build_model(_config("faster_rcnn_R_50_FPN_1x.yaml", TINY))
