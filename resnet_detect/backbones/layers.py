@@ -174,7 +174,9 @@ def build_norm(norm: str, channels: int) -> nn.Module:
         return nn.GroupNorm(max(g for g in range(1, 33) if channels % g == 0), channels)
     if norm == "syncbn":
         return nn.SyncBatchNorm(channels)
-    raise ArgumentError(f"norm {norm!r} is not valid; valid: {', '.join(NORMS)}")
+    theirs = {n.replace("_", ""): n for n in NORMS}.get(str(norm).lower().replace("_", ""))
+    raise ArgumentError(f"norm {norm!r} is not valid; valid: {', '.join(NORMS)}" + (
+        f" (detectron2's and mmdetection's {norm!r} is {theirs!r} here)" if theirs else ""))
 
 
 def conv3x3(in_channels: int, out_channels: int, *, stride: int = 1, dilation: int = 1,

@@ -112,9 +112,12 @@ def build_resnet(name: str, config_prefix: str = "", **options: Any) -> ResNet:
     """Build a registered backbone by name; options override the preset. `config_prefix`:
     where the options sit in the caller's config, for messages."""
     if name not in _REGISTRY:
-        raise ArgumentError(f"unknown backbone {name!r}; valid: {', '.join(list_models())} (one "
-                            f"of your own: its module, which calls register_backbone, in the "
-                            f"config's custom_imports)")
+        lower = str(name).lower().replace("-", "").replace("_", "")
+        spelt = [m for m in list_models() if m.replace("_", "") == lower]
+        raise ArgumentError(f"unknown backbone {name!r}" + (
+            f" (did you mean {spelt[0]!r}?)" if spelt else "") + f"; valid: "
+            f"{', '.join(list_models())} (one of your own: its module, which calls "
+            f"register_backbone, in the config's custom_imports)")
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:  # a ConfigError when the keys are the config's
         raise (ConfigError if config_prefix else ArgumentError)(

@@ -353,8 +353,10 @@ def _wanted(key: str, kind: str) -> str:
 
 
 def _suggestion(key: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    lowered = {v.lower(): v for v in valid}  # (Base_LR for base_lr: case aside)
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1].lower(), list(lowered), n=1,
+                                      cutoff=0.6)
+    return f" (did you mean '{lowered[close[0]]}'?)" if close else ""
 
 
 def _marked_paths(node: DictConfig, prefix: str = "") -> tuple[list[str], list[str]]:
@@ -582,6 +584,10 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
         if key != key.strip():
             raise ConfigError(f"override '{item}' has a space in its key: write "
                               f"{key.strip()}={value.strip()} (one word)")
+        if key.startswith(("+", "~")):  # (Hydra's add, force-add and delete)
+            raise ConfigError(f"override '{item}': Hydra's {key[:2] if key[1:2] == '+' else key[0]}"
+                              f" prefix is not read here: every key exists in the defaults, "
+                              f"set it as {key.lstrip('+~')}=VALUE (null unsets it)")
         if key_hint(key):  # this project's keys are lower-case
             raise ConfigError(f"unknown config key '{key}' in override '{item}'{key_hint(key)}")
         _refuse_a_list_element(cfg, key, item)

@@ -878,6 +878,17 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
       "writes infinity .inf and not-a-number .nan)"]),
     ("train", [str(CONFIG), "train.base_lr =0.1"],
      ["error: override 'train.base_lr =0.1' has a space in its key: write train.base_lr=0.1"]),
+    # case apart: no suggestion (difflib's match is case-sensitive), every valid value listed
+    ("train", [str(CONFIG), "train.Base_LR=0.1"], ["(did you mean 'base_lr'?)"]),
+    ("train", [str(CONFIG), "model.backbone.name=ResNet50", "model.backbone.weights=null"],
+     ["unknown backbone 'ResNet50' (did you mean 'resnet50'?); valid: "]),
+    ("train", [str(CONFIG), "model.backbone.norm=FrozenBN", "model.backbone.weights=null"],
+     ["(detectron2's and mmdetection's 'FrozenBN' is 'frozen_bn' here)"]),
+    # Hydra's prefixes were "unknown config key '+train' ... (did you mean 'train'?)"
+    ("train", [str(CONFIG), "++train.max_iter=3"],
+     ["error: override '++train.max_iter=3': Hydra's ++ prefix is not read here: every key "
+      "exists in the defaults, set it as train.max_iter=VALUE (null unsets it)\n"]),
+    ("train", [str(CONFIG), "+train.foo=1"], ["error: override '+train.foo=1': Hydra's + prefix"]),
     ("train", [str(CONFIG), "task=sem_seg"],
      [f"error: override 'task=sem_seg': {CONFIG} is a config of the task detection (its "
       f"`task` key); the tasks' keys differ: start from a config of the task sem_seg"]),
