@@ -117,6 +117,9 @@ def _read_yaml(path: Path) -> DictConfig:
     except ConfigError:
         raise
     except Exception as e:  # yaml.YAMLError and friends
+        if str(e).startswith("Invalid loaded object type"):  # (OmegaConf's, of a scalar file)
+            raise ConfigError(f"config file {path} must hold a mapping at the top level (it "
+                              f"holds a single value)") from None
         tabs = "; the file holds tabs: YAML indents with spaces" if "\t" in text else ""
         raise ConfigError(f"cannot parse config file {path}: {e}{tabs}") from e
     if not isinstance(cfg, DictConfig):

@@ -517,6 +517,10 @@ def test_a_data_file_given_as_the_config_is_named_as_such(tmp_path: Path) -> Non
     binary = write(tmp_path / "odd.yaml", "task: detection\n\0\0")
     with pytest.raises(ConfigError, match="odd.yaml is not a text file .it holds NUL bytes"):
         load_config(binary)
+    scalar = write(tmp_path / "scalar.yaml", "42\n")  # (OmegaConf's "Invalid loaded object")
+    with pytest.raises(ConfigError, match=r"^config file .*scalar.yaml must hold a mapping at "
+                                          r"the top level \(it holds a single value\)$"):
+        load_config(scalar)
 
 
 def test_an_override_in_a_message_is_one_shell_word_that_loads_back(tmp_path: Path) -> None:
