@@ -28,7 +28,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from resnet_detect import CONFIGS
 
 from .files import atomic_write_text, missing_path
-from .foreign_options import key_hint, other_key_hint
+from .foreign_options import key_hint, other_key_hint, section_hint
 
 BASE_KEY = "_base_"
 PACKAGE_PREFIX = "resnet_detect::"  # a _base_ of this package's configs/ folder
@@ -413,7 +413,10 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str,
         keys = sorted(node.keys()) if isinstance(node, DictConfig) else []
         valid = ", ".join(keys) if keys else "?"
         where = f"under '{parent}'" if parent else "at the top level"
-        hint = other_key_hint(key, keys)
+        given = OmegaConf.select(other, key, default=None)
+        hint = other_key_hint(key, keys) or section_hint(
+            list(flat_keys(to_plain(given), f"{key}.")) if isinstance(given, DictConfig)
+            else [key])
         raise ConfigError(f"unknown config key '{key}' in {source}"
                           f"{'' if hint else _suggestion(key, keys)}; valid keys {where}: "
                           f"{valid}{hint}") from None

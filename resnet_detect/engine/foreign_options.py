@@ -152,6 +152,16 @@ def key_hint(key: str) -> str:
             ) + f", one word key=value ({README})"
 
 
+def section_hint(keys: Sequence[str]) -> str:
+    """For a config file's section in detectron2's upper case (SOLVER: {BASE_LR: ...}, given
+    as its flattened `keys`), what each key it holds is here (else "")."""
+    if not keys or not all(k == k.upper() and any(c.isalpha() for c in k) for k in keys):
+        return ""
+    known = [f"{k} is {DETECTRON2_KEYS[k]}" for k in keys if k in DETECTRON2_KEYS]
+    return ("; detectron2's upper-case keys are not read here, the keys are lower-case"
+            + (f": {', '.join(known)}" if known else "") + f" ({README})")
+
+
 def _flag_advice(training: bool) -> dict[str, str]:
     output = "train.output_dir=DIR" if training else "--output DIR"
     several_gpus = "one process per GPU: torchrun --nproc_per_node=N tools/TOOL.py ..."

@@ -591,3 +591,17 @@ def test_a_home_folder_in_a_path_override_is_expanded(tmp_path: Path,
     cfg = load_config(base, ["data.root=~/imagenet", "model.name=~x"], defaults=DEFAULTS)
     assert cfg.data.root == str(tmp_path / "home/imagenet")
     assert cfg.model.name == "~x"  # not a path's key
+
+
+def test_detectron2_sections_in_a_config_file_are_translated(tmp_path: Path) -> None:
+    """SOLVER: {BASE_LR: ...} in a file was "unknown config key 'SOLVER'" alone (an override
+    SOLVER.BASE_LR=... was translated)."""
+    base = CONFIGS / "synthetic/faster_rcnn_R_18_FPN.yaml"
+    config = write(tmp_path / "d2.yaml",
+                   f"_base_: {base}\nSOLVER:\n  BASE_LR: 0.01\n  MAX_ITER: 100\n  FOO: 1\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(config, defaults=detection_config.defaults())
+    assert str(refused.value).endswith(
+        "; detectron2's upper-case keys are not read here, the keys are lower-case: "
+        "SOLVER.BASE_LR is train.base_lr, SOLVER.MAX_ITER is train.max_iter (README, 'Coming "
+        "from detectron2 or mmdetection')")
