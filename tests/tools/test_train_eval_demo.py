@@ -71,6 +71,17 @@ def trained(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def exported(trained: Path, data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The float32 export of `trained` at score_thresh 0 (the tiles test's and the int8
+    test's: one export, seconds, for both)."""
+    folder = tmp_path_factory.mktemp("export") / "fp32"
+    load_tool("export").main([str(CONFIG), *data_overrides(data),
+                              "model.roi_heads.score_thresh=0.0", "--weights",
+                              str(trained / "model_final.pth"), "--output", str(folder)])
+    return folder
+
+
 def test_train_writes_final_checkpoint_with_provenance(trained: Path, data: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     ckpt = torch.load(trained / "model_final.pth", map_location="cpu", weights_only=True)
@@ -723,7 +734,7 @@ def test_eval_writes_an_error_analysis_of_results_or_weights(
 @pytest.mark.parametrize("what", ["views", "tiles"])
 def test_eval_with_views_or_tiles_scores_what_the_predictor_gives(
         what: str, trained: Path, data: Path, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest) -> None:
     """The views (test-time augmentation) are made, and the tiles cut, from each image at its
     own size, not from the test-size image."""
     aug = ["model.roi_heads.score_thresh=0.0", *{
@@ -756,9 +767,8 @@ def test_eval_with_views_or_tiles_scores_what_the_predictor_gives(
     said = {"views": "test-time augmentation: ", "tiles": "sliced inference: tiles of 64x80 px"}
     assert sum(said[what] in r.getMessage() for r in caplog.records) == 2  # eval's, demo's
     if what == "tiles":  # an exported graph takes them: the same detections
-        load_tool("export").main([str(CONFIG), "--weights", str(weights), "--output",
-                                  str(tmp_path / "onnx"), *data_overrides(data), aug[0]])
-        load_tool("eval").main([str(CONFIG), "--weights", str(tmp_path / "onnx/model.onnx"),
+        onnx = request.getfixturevalue("exported")  # (the weights' export, aug[0]'s threshold)
+        load_tool("eval").main([str(CONFIG), "--weights", str(onnx / "model.onnx"),
                                 "--output", str(tmp_path / "graph"), *data_overrides(data),
                                 *aug])
         graph = json.loads((tmp_path / "graph/coco_instances_results.json").read_text())
@@ -1665,7 +1675,8 @@ def test_a_negative_max_size_and_loader_workers_are_named_before_the_data_is_rea
 
 
 def test_an_int8_export_runs_in_eval_demo_and_predictor_as_a_float32_one(
-        trained: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        trained: Path, data: Path, exported: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
     """tools/export.py --quantize int8: DIR/model.onnx is the int8 graph (QDQ), calibrated on
     the validation images; the tools and Predictor run it as any export."""
     import onnx
@@ -1685,8 +1696,7 @@ def test_an_int8_export_runs_in_eval_demo_and_predictor_as_a_float32_one(
     graph = onnx.load(str(export / "model.onnx"))
     assert json.loads({p.key: p.value for p in graph.metadata_props}["export_json"]) == metadata
     assert sum(node.op_type == "QuantizeLinear" for node in graph.graph.node) > 20
-    float32 = tmp_path / "fp32"
-    load_tool("export").main([*args, "--weights", weights, "--output", str(float32)])
+    float32 = exported  # ([*args, "--weights", weights]'s export)
     assert "quantization" not in json.loads((float32 / "export.json").read_text())
     metrics = {name: load_tool("eval").main([*args, "--weights", str(folder), "--output",
                                              str(tmp_path / f"eval_{name}")])
