@@ -56,8 +56,11 @@ OTHER_KEYS = {
                  "their model.test_cfg is the test section (segmentation's sliding window: "
                  "test.window, test.stride) and detection's model.roi_heads.score_thresh, "
                  "nms_thresh", "test"),
-    "model.test_cfg": ("mmsegmentation's test_cfg mode='slide' crop_size stride is "
-                       "test.window=[h, w] test.stride=[h, w] here", "head"),
+    "model.test_cfg": [("mmsegmentation's test_cfg mode='slide' crop_size stride is "
+                        "test.window=[h, w] test.stride=[h, w] here", "head"),
+                       ("mmdetection's test_cfg rcnn score_thr, nms iou_threshold and "
+                        "max_per_img are model.roi_heads.score_thresh, nms_thresh and "
+                        "detections_per_image here", "roi_heads")],
     "model.decode_head": ("mmsegmentation's decode_head is model.head here (name: deeplabv3, "
                           "deeplabv3plus or fcn), its num_classes model.num_classes, its "
                           "loss_decode class_weight model.class_weight", "head"),
@@ -72,6 +75,22 @@ OTHER_KEYS = {
     "val_dataloader": ("mmdetection's val_dataloader dataset is data.val.ann_file and img_dir "
                        "here", "train"),
     "randomness": ("mmdetection's randomness seed is train.seed here", "train"),
+    "custom_hooks": ("mmdetection's custom_hooks are train.hooks=[{type: module.Class}] here",
+                     "train"),
+    "data_preprocessor": ("mmdetection's data_preprocessor mean and std are model.pixel_mean "
+                          "and model.pixel_std here (RGB)", "train"),
+    "model.data_preprocessor": ("mmdetection's data_preprocessor mean and std are "
+                                "model.pixel_mean and model.pixel_std here (RGB)", "pixel_mean"),
+    "model.backbone.init_cfg": ("mmdetection's init_cfg checkpoint is "
+                                "model.backbone.weights=PATH here", "weights"),
+    "auto_scale_lr": ("mmdetection's auto_scale_lr is no key here: set train.base_lr for your "
+                      "train.batch_size (the linear rule: twice the batch, twice the rate)",
+                      "train"),
+    **{key: (f"mmdetection 2.x's {key} is the train section here (lr_config: train.lr_steps "
+             f"or lr_step_epochs, train.warmup_iters; evaluation interval: train.eval_period; "
+             f"checkpoint_config interval: train.checkpoint_period; runner max_epochs and "
+             f"total_epochs: train.epochs)", "train")
+       for key in ("lr_config", "evaluation", "checkpoint_config", "runner", "total_epochs")},
     "default_hooks": ("mmdetection's default_hooks checkpoint interval is "
                       "train.checkpoint_period_epochs here (train.checkpoint_period in "
                       "iterations), logger interval train.log_period", "train"),
@@ -99,6 +118,8 @@ OTHER_KEYS = {
                        "model.anchor_generator)", "rpn"),
     "model.roi_head": ("mmdetection's roi_head is model.roi_heads here (its bbox_head "
                        "num_classes model.num_classes)", "roi_heads"),
+    "model.train_cfg": ("mmdetection's train_cfg samplers are model.rpn.batch_size_per_image "
+                        "and model.roi_heads.batch_size_per_image here", "roi_heads"),
     "model.roi_heads.num_classes": ("the number of classes is model.num_classes here, without "
                                     "the background", "score_thresh"),
     "model.backbone.depth": ("mmdetection's depth=50 is model.backbone.name=resnet50 here",
@@ -138,8 +159,25 @@ def other_key_hint(key: str, siblings: Sequence[str]) -> str:
     valid keys beside it."""
     if key.rsplit(".", 1)[-1] == "_delete_":
         return f"; {DELETE}"
-    hint, needed = OTHER_KEYS.get(key, ("", ""))
-    return f"; {hint}" if hint and needed in siblings else ""
+    entries = OTHER_KEYS.get(key, [])  # (one, or one per task: the sibling tells them)
+    for hint, needed in entries if isinstance(entries, list) else [entries]:
+        if needed in siblings:
+            return f"; {hint}"
+    return ""
+
+
+# where detectron2's value does not carry over as it is
+DETECTRON2_VALUES = {
+    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": (
+        "its CLIP_TYPE full_model's, the total norm; detectron2's default CLIP_TYPE value "
+        "clamps each gradient element, and norm each parameter's gradient alone, which have "
+        "no key here: a total-norm limit of the same number clips far harder"),
+    "SOLVER.CLIP_GRADIENTS.ENABLED": "with its CLIP_VALUE, of CLIP_TYPE full_model alone",
+    "MODEL.PIXEL_MEAN": "in RGB order: detectron2's is BGR, reverse it",
+    "MODEL.PIXEL_STD": "in RGB order: detectron2's is BGR, reverse it",
+    "MODEL.RESNETS.DEPTH": "resnet50 for DEPTH 50",
+    "SOLVER.AMP.ENABLED": "fp16 on a GPU, as detectron2's AMP (true is bf16 here)",
+}
 
 
 def key_hint(key: str) -> str:
@@ -147,7 +185,8 @@ def key_hint(key: str) -> str:
     if not key or key != key.upper() or not any(c.isalpha() for c in key):
         return ""
     ours = DETECTRON2_KEYS.get(key)
-    return (f"; detectron2's {key} is {ours}=VALUE here" if ours else
+    value = f" ({DETECTRON2_VALUES[key]})" if key in DETECTRON2_VALUES else ""
+    return (f"; detectron2's {key} is {ours}=VALUE here{value}" if ours else
             "; the keys here are lower-case (detectron2's SOLVER.BASE_LR is train.base_lr=VALUE)"
             ) + f", one word key=value ({README})"
 
@@ -178,7 +217,19 @@ def _flag_advice(training: bool) -> dict[str, str]:
         "--opts": overrides, "--cfg-options": overrides,
         "--work-dir": output, "--output-dir": output,
         "--amp": "train.amp=bf16 (or fp16 on a GPU)",
-        "--batch-size": "train.batch_size=N (images per step over all processes)",
+        # (torchvision's --batch-size, -b: per GPU)
+        "--batch-size": "train.batch_size=N (images per step over all processes: torchvision's "
+                        "--batch-size is per GPU, times the GPUs)",
+        "-b": "train.batch_size=N (images per step over all processes: torchvision's -b is per "
+              "GPU, times the GPUs)",
+        "-j": "data.num_workers=N", "--lr-warmup-decay": "train.warmup_factor=X",
+        "--clip-grad-norm": "train.clip_grad_norm=X", "--start-epoch": "--resume continues "
+        "from the last checkpoint's iteration", "--no-validate": "train.eval_period=0 and "
+        "data.val.ann_file=null (no evaluation)", "--gpu-ids": several_gpus,
+        "--gpu-id": "train.device=cuda:N", "--deterministic": "train.seed=N (the same seed "
+        "gives the same weights on a CPU; on a GPU cuDNN may differ)",
+        "--eval-options": "tools/eval.py prints the per-class table always (mmdetection's "
+                          "classwise=True)",
         "--epochs": "train.epochs=N", "--lr": "train.base_lr=X", "--seed": "train.seed=N",
         "--device": "train.device=cpu or cuda", "--workers": "data.num_workers=N",
         "--auto-scale-lr": "train.base_lr=X for your train.batch_size (the linear rule: "

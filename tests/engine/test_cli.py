@@ -878,6 +878,24 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
       "writes infinity .inf and not-a-number .nan)"]),
     ("train", [str(CONFIG), "train.base_lr =0.1"],
      ["error: override 'train.base_lr =0.1' has a space in its key: write train.base_lr=0.1"]),
+    # detectron2's default CLIP_TYPE is value (each element clamped): the total-norm limit of
+    # the same number cut the steps 10-300x, the hint said nothing of it
+    ("train", [str(CONFIG), "SOLVER.CLIP_GRADIENTS.CLIP_VALUE=1"],
+     ["is train.clip_grad_norm=VALUE here (its CLIP_TYPE full_model's, the total norm; "
+      "detectron2's default CLIP_TYPE value clamps each gradient element, and norm each "
+      "parameter's gradient alone, which have no key here"]),
+    ("train", [str(CONFIG), "MODEL.PIXEL_MEAN=[1,2,3]"],
+     ["(in RGB order: detectron2's is BGR, reverse it)"]),
+    ("train", [str(CONFIG), "custom_hooks=1"],  # (was "did you mean 'custom_imports'?")
+     ["; mmdetection's custom_hooks are train.hooks=[{type: module.Class}] here\n"]),
+    ("train", [str(CONFIG), "model.test_cfg.rcnn.score_thr=0.5"],
+     ["; mmdetection's test_cfg rcnn score_thr, nms iou_threshold and max_per_img are "
+      "model.roi_heads.score_thresh"]),
+    ("train", [str(SEG_CONFIG), "model.test_cfg.mode=slide"],
+     ["; mmsegmentation's test_cfg mode='slide' crop_size stride is test.window"]),
+    ("train", [str(CONFIG), "-b", "2", "-j", "4"],
+     ["-b: train.batch_size=N (images per step over all processes: torchvision's -b is per "
+      "GPU, times the GPUs)", "-j: data.num_workers=N"]),
     # case apart: no suggestion (difflib's match is case-sensitive), every valid value listed
     ("train", [str(CONFIG), "train.Base_LR=0.1"], ["(did you mean 'base_lr'?)"]),
     ("train", [str(CONFIG), "model.backbone.name=ResNet50", "model.backbone.weights=null"],
