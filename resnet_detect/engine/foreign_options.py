@@ -21,6 +21,8 @@ DETECTRON2_KEYS = {
     "INPUT.MIN_SIZE_TRAIN": "data.train.min_size", "INPUT.MAX_SIZE_TRAIN": "data.train.max_size",
     "INPUT.MIN_SIZE_TEST": "data.val.min_size", "INPUT.MAX_SIZE_TEST": "data.val.max_size",
     "SOLVER.WARMUP_FACTOR": "train.warmup_factor",
+    "SOLVER.WEIGHT_DECAY": "train.weight_decay", "SOLVER.MOMENTUM": "train.momentum",
+    "SOLVER.NESTEROV": "train.nesterov", "TEST.AUG.ENABLED": "test.min_sizes",
     "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": "train.clip_grad_norm",
     "SOLVER.CLIP_GRADIENTS.ENABLED": "train.clip_grad_norm",
     "MODEL.ROI_HEADS.NMS_THRESH_TEST": "model.roi_heads.nms_thresh",
@@ -177,6 +179,7 @@ DETECTRON2_VALUES = {
     "MODEL.PIXEL_STD": "in RGB order: detectron2's is BGR, reverse it",
     "MODEL.RESNETS.DEPTH": "resnet50 for DEPTH 50",
     "SOLVER.AMP.ENABLED": "fp16 on a GPU, as detectron2's AMP (true is bf16 here)",
+    "TEST.AUG.ENABLED": "the test scales as a list turn it on; test.flip=true, test.max_size",
 }
 
 
