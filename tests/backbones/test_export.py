@@ -194,7 +194,8 @@ def test_bad_model_or_resize_settings_are_config_errors_before_anything_is_writt
     save_checkpoint(tmp_path / "model_final.pth", model.state_dict(),
                     make_provenance("resnet18", class_names=NAMES))
     weights = tmp_path / "model_final.pth"
-    with pytest.raises(ConfigError, match="^model: unknown backbone 'resnet-18'; valid: "):
+    with pytest.raises(ConfigError, match=r"^model: unknown backbone 'resnet-18' \(did you mean "
+                                          r"'resnet18'\?\); valid: "):
         export_model(CONFIG, weights, tmp_path / "a", ["model.name=resnet-18"])
     with pytest.raises(ConfigError, match=r"data.val_resize \(54, .*\) must be >= "
                                           r"data.image_size \(64, "):

@@ -890,7 +890,8 @@ def test_eval_scores_a_classifier_as_its_training_did_and_torchvision_weights(
                                           r".* is a 'classification' config$"):
         evaluate([*args, "--weights", str(out / "model_final.pth"), "--save-predictions",
                   "--output", str(tmp_path / "eval2")])
-    with pytest.raises(ConfigError, match="^model: unknown backbone 'resnet-18'; valid: "):
+    with pytest.raises(ConfigError, match=r"^model: unknown backbone 'resnet-18' \(did you mean "
+                                          r"'resnet18'\?\); valid: "):
         evaluate([*args, "model.name=resnet-18", "--weights", str(out / "model_final.pth"),
                   "--output", str(tmp_path / "eval3")])  # was ArgumentError's traceback
 
