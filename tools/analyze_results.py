@@ -92,8 +92,9 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
     ids = chosen_category_ids(cfg, content, ann_file)  # data.classes' (None without it)
     gt, maskless = ground_truth(ann_file, args.iou_type, ids, data=content)
     check_result_categories(results, content, ids, path, ann_file)
-    if ids is not None:
-        results = [r for r in results if r["category_id"] in ids]
+    # the scored ones (those of categories the file lacks, warned of, were counted and drawn)
+    scored = set(ids) if ids is not None else {c["id"] for c in content["categories"]}
+    results = [r for r in results if r["category_id"] in scored]
     if maskless and not any(not a["iscrowd"] for a in gt["annotations"]):
         raise DatasetError(f"{cfg.data.val.ann_file} has no object with a usable mask: "
                            f"--iou-type segm has nothing to score (--iou-type bbox has)")

@@ -80,6 +80,13 @@ def test_images_ranked_by_their_own_ap_and_the_best_and_worst_drawn(
     assert len(list((tmp_path / "out/best").iterdir())) == 1  # the earlier pictures replaced
     analyze_results.main(args(data, tmp_path / "r.json", tmp_path / "out", "--topk", "0"))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["per_image_ap.csv"]
+    # a result of a category the val file lacks is warned of and not scored: not counted
+    # among the image's detections either (it was)
+    results = json.loads((tmp_path / "r.json").read_text())
+    (tmp_path / "r2.json").write_text(json.dumps(results + [{**results[0], "category_id": 4242}]))
+    analyze_results.main(args(data, tmp_path / "r2.json", tmp_path / "out2", "--topk", "0"))
+    assert list(csv.DictReader((tmp_path / "out2/per_image_ap.csv").open())) == list(
+        csv.DictReader((tmp_path / "out/per_image_ap.csv").open()))
 
 
 
