@@ -79,8 +79,11 @@ OTHER_KEYS = {
     "randomness": ("mmdetection's randomness seed is train.seed here", "train"),
     "custom_hooks": ("mmdetection's custom_hooks are train.hooks=[{type: module.Class}] here",
                      "train"),
-    "data_preprocessor": ("mmdetection's data_preprocessor mean and std are model.pixel_mean "
-                          "and model.pixel_std here (RGB)", "train"),
+    # (a classifier's: data.pixel_mean; the detectors' and segmenters' have a test section)
+    "data_preprocessor": [("mmdetection's data_preprocessor mean and std are model.pixel_mean "
+                           "and model.pixel_std here (RGB)", "test"),
+                          ("mmpretrain's data_preprocessor mean and std are data.pixel_mean "
+                           "and data.pixel_std here (RGB)", "train")],
     "model.data_preprocessor": ("mmdetection's data_preprocessor mean and std are "
                                 "model.pixel_mean and model.pixel_std here (RGB)", "pixel_mean"),
     "model.backbone.init_cfg": ("mmdetection's init_cfg checkpoint is "
@@ -171,14 +174,15 @@ def other_key_hint(key: str, siblings: Sequence[str]) -> str:
 # where detectron2's value does not carry over as it is
 DETECTRON2_VALUES = {
     "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": (
-        "its CLIP_TYPE full_model's, the total norm; detectron2's default CLIP_TYPE value "
-        "clamps each gradient element, and norm each parameter's gradient alone, which have "
-        "no key here: a total-norm limit of the same number clips far harder"),
-    "SOLVER.CLIP_GRADIENTS.ENABLED": "with its CLIP_VALUE, of CLIP_TYPE full_model alone",
+        "a limit of the total norm, DETR's and Mask2Former's CLIP_TYPE full_model; "
+        "detectron2's default CLIP_TYPE value clamps each gradient element, and norm each "
+        "parameter's gradient alone, which have no key here: a total-norm limit of the same "
+        "number clips far harder"),
+    "SOLVER.CLIP_GRADIENTS.ENABLED": "with its CLIP_VALUE, a limit of the total norm alone",
     "MODEL.PIXEL_MEAN": "in RGB order: detectron2's is BGR, reverse it",
     "MODEL.PIXEL_STD": "in RGB order: detectron2's is BGR, reverse it",
     "MODEL.RESNETS.DEPTH": "resnet50 for DEPTH 50",
-    "SOLVER.AMP.ENABLED": "fp16 on a GPU, as detectron2's AMP (true is bf16 here)",
+    "SOLVER.AMP.ENABLED": "fp16 on a GPU, as detectron2's AMP; true is bf16 here",
     "TEST.AUG.ENABLED": "the test scales as a list turn it on; test.flip=true, test.max_size",
 }
 
@@ -199,7 +203,9 @@ def section_hint(keys: Sequence[str]) -> str:
     as its flattened `keys`), what each key it holds is here (else "")."""
     if not keys or not all(k == k.upper() and any(c.isalpha() for c in k) for k in keys):
         return ""
-    known = [f"{k} is {DETECTRON2_KEYS[k]}" for k in keys if k in DETECTRON2_KEYS]
+    known = [f"{k} is {DETECTRON2_KEYS[k]}"
+             + (f" ({DETECTRON2_VALUES[k]})" if k in DETECTRON2_VALUES else "")
+             for k in keys if k in DETECTRON2_KEYS]
     return ("; detectron2's upper-case keys are not read here, the keys are lower-case"
             + (f": {', '.join(known)}" if known else "") + f" ({README})")
 

@@ -123,8 +123,9 @@ def config_task(path: str | os.PathLike, overrides: Sequence[str] = (),
     parts = [part for _, part in chain]
     for file, part in chain:  # (bases first)
         named = part.get("task")
-        if named is not None and task is not None and str(named) != str(task) and {
-                str(named), str(task)} <= set(TASK_MODULES):
+        # (a task of one's own on a built-in task's module shares its keys)
+        if named is not None and task is not None and {str(named), str(task)} <= set(
+                TASK_MODULES) and TASK_MODULES[str(named)] != TASK_MODULES[str(task)]:
             raise ConfigError(f"{path} is made of configs of two tasks: {named_in} (task: "
                               f"{task}) and {file} (task: {named}); the tasks' keys differ: "
                               f"inherit configs of one task (configs/)")

@@ -881,11 +881,16 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
     # detectron2's default CLIP_TYPE is value (each element clamped): the total-norm limit of
     # the same number cut the steps 10-300x, the hint said nothing of it
     ("train", [str(CONFIG), "SOLVER.CLIP_GRADIENTS.CLIP_VALUE=1"],
-     ["is train.clip_grad_norm=VALUE here (its CLIP_TYPE full_model's, the total norm; "
-      "detectron2's default CLIP_TYPE value clamps each gradient element, and norm each "
-      "parameter's gradient alone, which have no key here"]),
+     ["is train.clip_grad_norm=VALUE here (a limit of the total norm, DETR's and "
+      "Mask2Former's CLIP_TYPE full_model; detectron2's default CLIP_TYPE value clamps each "
+      "gradient element, and norm each parameter's gradient alone, which have no key here"]),
     ("train", [str(CONFIG), "MODEL.PIXEL_MEAN=[1,2,3]"],
      ["(in RGB order: detectron2's is BGR, reverse it)"]),
+    ("train", [str(CONFIG), "data_preprocessor.mean=[1,2,3]"],
+     ["mmdetection's data_preprocessor mean and std are model.pixel_mean"]),
+    ("pretrain", [str(ROOT / "configs/pretrain/synthetic_resnet18.yaml"),
+                  "data_preprocessor.mean=[1,2,3]"],  # (a classifier's are data.*)
+     ["mmpretrain's data_preprocessor mean and std are data.pixel_mean"]),
     ("train", [str(CONFIG), "custom_hooks=1"],  # (was "did you mean 'custom_imports'?")
      ["; mmdetection's custom_hooks are train.hooks=[{type: module.Class}] here\n"]),
     ("train", [str(CONFIG), "model.test_cfg.rcnn.score_thr=0.5"],
@@ -896,7 +901,7 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
     ("train", [str(CONFIG), "-b", "2", "-j", "4"],
      ["-b: train.batch_size=N (images per step over all processes: torchvision's -b is per "
       "GPU, times the GPUs)", "-j: data.num_workers=N"]),
-    # case apart: no suggestion (difflib's match is case-sensitive), every valid value listed
+    # case apart, no suggestion was made (difflib's match is case-sensitive)
     ("train", [str(CONFIG), "train.Base_LR=0.1"], ["(did you mean 'base_lr'?)"]),
     ("train", [str(CONFIG), "model.backbone.name=ResNet50", "model.backbone.weights=null"],
      ["unknown backbone 'ResNet50' (did you mean 'resnet50'?); valid: "]),
@@ -945,6 +950,12 @@ def test_a_config_made_of_two_tasks_configs_is_refused_naming_both(
         f"train.py: error: {mine} is made of configs of two tasks: {base} (task: sem_seg) and "
         f"{mine} (task: detection); the tasks' keys differ: inherit configs of one task "
         f"(configs/)\n")
+    # a task of one's own on the detection task's module (docs/extending.md's register_task)
+    # inherits the shipped detection configs: the same keys
+    from resnet_detect.engine import tasks
+    monkeypatch.setitem(tasks.TASK_MODULES, "my_det", tasks.TASK_MODULES["detection"])
+    mine.write_text(f"_base_: {CONFIG}\ntask: my_det\n")
+    assert tasks.config_task(mine) == "my_det"
 
 
 def test_a_tool_main_given_one_string_says_it_takes_a_list() -> None:

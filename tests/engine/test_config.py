@@ -605,3 +605,8 @@ def test_detectron2_sections_in_a_config_file_are_translated(tmp_path: Path) -> 
         "; detectron2's upper-case keys are not read here, the keys are lower-case: "
         "SOLVER.BASE_LR is train.base_lr, SOLVER.MAX_ITER is train.max_iter (README, 'Coming "
         "from detectron2 or mmdetection')")
+    # (with what its value means here: the override's caveats)
+    write(config, f"_base_: {base}\nMODEL:\n  PIXEL_MEAN: [103.53, 116.28, 123.675]\n")
+    with pytest.raises(ConfigError, match=r"MODEL.PIXEL_MEAN is model.pixel_mean \(in RGB order: "
+                                          r"detectron2's is BGR, reverse it\)"):
+        load_config(config, defaults=detection_config.defaults())
