@@ -404,15 +404,14 @@ def polygon_past_box(polygons: list[list[float]], bbox: Sequence[float], *, heig
     ys = [v for polygon in polygons for v in polygon[1::2]]
     if not xs:
         return False
-    if min(xs) >= width or max(xs) <= 0 or min(ys) >= height or max(ys) <= 0:
+    left, right, top, bottom = min(xs), max(xs), min(ys), max(ys)  # (once: a loading's hot path)
+    if left >= width or right <= 0 or top >= height or bottom <= 0:
         return True  # (wholly past the image: nothing of it within)
-    x0, x1 = max(min(xs), 0.0), min(max(xs), width)
-    y0, y1 = max(min(ys), 0.0), min(max(ys), height)
-    bx0, by0 = max(float(bbox[0]), 0.0), max(float(bbox[1]), 0.0)
-    bx1 = min(float(bbox[0]) + float(bbox[2]), width)
-    by1 = min(float(bbox[1]) + float(bbox[3]), height)
+    x, y, w, h = (float(v) for v in bbox)
+    bx0, by0, bx1, by1 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
     dx, dy = 1 + 0.1 * (bx1 - bx0), 1 + 0.1 * (by1 - by0)
-    return x0 < bx0 - dx or x1 > bx1 + dx or y0 < by0 - dy or y1 > by1 + dy
+    return (max(left, 0.0) < bx0 - dx or min(right, width) > bx1 + dx
+            or max(top, 0.0) < by0 - dy or min(bottom, height) > by1 + dy)
 
 
 def warn_of_boxes_beyond_images(beyond: int, boxes: int, source: Path,
