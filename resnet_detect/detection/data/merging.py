@@ -205,7 +205,7 @@ def _once_across_files(per_file: list[list[dict[str, Any]]]
                     repeated += 1
                     continue
                 boxes.setdefault((o["image_id"], o["category_id"]), {}).setdefault(
-                    i, []).append(o.get("bbox"))
+                    i, []).append(o["bbox"])
             kept.append(o)
     near = sum(_near_earlier_boxes(of_files) for of_files in boxes.values()
                if len(of_files) > 1)
@@ -217,10 +217,9 @@ NEAR_REPEAT = 0.9  # box IoU of an object of a later file with an earlier file's
 
 def _near_earlier_boxes(of_files: dict[int, list[Any]]) -> int:
     """How many boxes of each file (of one image and class) overlap an earlier file's by
-    NEAR_REPEAT IoU or more; boxes that are no 4 numbers overlap nothing."""
+    NEAR_REPEAT IoU or more (each box 4 numbers: read_coco_json refuses others)."""
     def xyxy(given: list[Any]) -> np.ndarray:
-        rows = [b if isinstance(b, list) and len(b) == 4 else [0, 0, 0, 0] for b in given]
-        x, y, w, h = np.asarray(rows, dtype=np.float64).reshape(-1, 4).T
+        x, y, w, h = np.asarray(given, dtype=np.float64).reshape(-1, 4).T
         return np.stack([x, y, x + w, y + h], axis=1)
 
     files = sorted(of_files)
