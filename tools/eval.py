@@ -284,8 +284,7 @@ def write_analyses(args: argparse.Namespace, results_file: Path) -> None:
             continue
         if not gt["annotations"]:
             print(f"{flag}: {ann_file} has no annotations: {nothing}", flush=True)
-        elif boxless and not (write is write_errors and all("segmentation" in r
-                                                             for r in results)):
+        elif boxless and not (write is write_errors and analysed_types(results)):
             print(f"{flag}: {boxless} of {len(results)} results have no bbox ({why}): "
                   f"{nothing}", flush=True)
         else:
