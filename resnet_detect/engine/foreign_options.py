@@ -42,6 +42,8 @@ DETECTRON2_KEYS = {
 LOSS_OPTIONS = ("the loss is the cross-entropy summed over the scored pixels over their count "
                 "(mmsegmentation's avg_non_ignore=True); model.class_weight=[w_0, ...] weighs "
                 "the classes in both heads; no other loss (focal, dice, OHEM) here")
+PREPROCESSOR = ("mmdetection's data_preprocessor mean and std are model.pixel_mean and "
+                "model.pixel_std here (RGB)")
 # lower-case keys of other projects' configs that users carry over: (what they are here, a
 # key beside them that this task's configs have where the hint applies)
 OTHER_KEYS = {
@@ -80,12 +82,10 @@ OTHER_KEYS = {
     "custom_hooks": ("mmdetection's custom_hooks are train.hooks=[{type: module.Class}] here",
                      "train"),
     # (a classifier's: data.pixel_mean; the detectors' and segmenters' have a test section)
-    "data_preprocessor": [("mmdetection's data_preprocessor mean and std are model.pixel_mean "
-                           "and model.pixel_std here (RGB)", "test"),
+    "data_preprocessor": [(PREPROCESSOR, "test"),
                           ("mmpretrain's data_preprocessor mean and std are data.pixel_mean "
                            "and data.pixel_std here (RGB)", "train")],
-    "model.data_preprocessor": ("mmdetection's data_preprocessor mean and std are "
-                                "model.pixel_mean and model.pixel_std here (RGB)", "pixel_mean"),
+    "model.data_preprocessor": (PREPROCESSOR, "pixel_mean"),
     "model.backbone.init_cfg": ("mmdetection's init_cfg checkpoint is "
                                 "model.backbone.weights=PATH here", "weights"),
     "auto_scale_lr": ("mmdetection's auto_scale_lr is no key here: set train.base_lr for your "
@@ -187,13 +187,21 @@ DETECTRON2_VALUES = {
 }
 
 
+def _upper_case(key: str) -> bool:
+    return key == key.upper() and any(c.isalpha() for c in key)
+
+
+def _value_note(key: str) -> str:
+    """What a detectron2 key's value means here where it differs (DETECTRON2_VALUES)."""
+    return f" ({DETECTRON2_VALUES[key]})" if key in DETECTRON2_VALUES else ""
+
+
 def key_hint(key: str) -> str:
     """For a key in detectron2's upper case, what it is here (else "")."""
-    if not key or key != key.upper() or not any(c.isalpha() for c in key):
+    if not key or not _upper_case(key):
         return ""
     ours = DETECTRON2_KEYS.get(key)
-    value = f" ({DETECTRON2_VALUES[key]})" if key in DETECTRON2_VALUES else ""
-    return (f"; detectron2's {key} is {ours}=VALUE here{value}" if ours else
+    return (f"; detectron2's {key} is {ours}=VALUE here{_value_note(key)}" if ours else
             "; the keys here are lower-case (detectron2's SOLVER.BASE_LR is train.base_lr=VALUE)"
             ) + f", one word key=value ({README})"
 
@@ -201,11 +209,9 @@ def key_hint(key: str) -> str:
 def section_hint(keys: Sequence[str]) -> str:
     """For a config file's section in detectron2's upper case (SOLVER: {BASE_LR: ...}, given
     as its flattened `keys`), what each key it holds is here (else "")."""
-    if not keys or not all(k == k.upper() and any(c.isalpha() for c in k) for k in keys):
+    if not keys or not all(_upper_case(k) for k in keys):
         return ""
-    known = [f"{k} is {DETECTRON2_KEYS[k]}"
-             + (f" ({DETECTRON2_VALUES[k]})" if k in DETECTRON2_VALUES else "")
-             for k in keys if k in DETECTRON2_KEYS]
+    known = [f"{k} is {DETECTRON2_KEYS[k]}{_value_note(k)}" for k in keys if k in DETECTRON2_KEYS]
     return ("; detectron2's upper-case keys are not read here, the keys are lower-case"
             + (f": {', '.join(known)}" if known else "") + f" ({README})")
 
@@ -216,6 +222,8 @@ def _flag_advice(training: bool) -> dict[str, str]:
     several_machines = ("several machines: torchrun --nnodes=M --rdzv_backend=c10d "
                         "--rdzv_endpoint=HOST:PORT tools/TOOL.py ... (README)")
     overrides = "overrides are key=value words after the config, e.g. train.max_iter=100"
+    batch = ("train.batch_size=N (images per step over all processes: torchvision's {} is per "
+             "GPU, times the GPUs)")
     return {
         "--config-file": "the config is the first argument: tools/TOOL.py CONFIG ...",
         "--config": "the config is the first argument: tools/TOOL.py CONFIG ...",
@@ -226,17 +234,14 @@ def _flag_advice(training: bool) -> dict[str, str]:
         "--opts": overrides, "--cfg-options": overrides,
         "--work-dir": output, "--output-dir": output,
         "--amp": "train.amp=bf16 (or fp16 on a GPU)",
-        # (torchvision's --batch-size, -b: per GPU)
-        "--batch-size": "train.batch_size=N (images per step over all processes: torchvision's "
-                        "--batch-size is per GPU, times the GPUs)",
-        "-b": "train.batch_size=N (images per step over all processes: torchvision's -b is per "
-              "GPU, times the GPUs)",
+        "--batch-size": batch.format("--batch-size"), "-b": batch.format("-b"),
         "-j": "data.num_workers=N", "--lr-warmup-decay": "train.warmup_factor=X",
-        "--clip-grad-norm": "train.clip_grad_norm=X", "--start-epoch": "--resume continues "
-        "from the last checkpoint's iteration", "--no-validate": "train.eval_period=0 and "
-        "data.val.ann_file=null (no evaluation)", "--gpu-ids": several_gpus,
-        "--gpu-id": "train.device=cuda:N", "--deterministic": "train.seed=N (the same seed "
-        "gives the same weights on a CPU; on a GPU cuDNN may differ)",
+        "--clip-grad-norm": "train.clip_grad_norm=X",
+        "--start-epoch": "--resume continues from the last checkpoint's iteration",
+        "--no-validate": "train.eval_period=0 and data.val.ann_file=null (no evaluation)",
+        "--gpu-ids": several_gpus, "--gpu-id": "train.device=cuda:N",
+        "--deterministic": "train.seed=N (the same seed gives the same weights on a CPU; on a "
+                           "GPU cuDNN may differ)",
         "--eval-options": "tools/eval.py prints the per-class table always (mmdetection's "
                           "classwise=True)",
         "--epochs": "train.epochs=N", "--lr": "train.base_lr=X", "--seed": "train.seed=N",
