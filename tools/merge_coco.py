@@ -62,9 +62,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     merged = merge_coco(args.input, args.img_dir, class_names, category_ids)
     coco = merged.coco
     crowd = sum(bool(a.get("iscrowd", 0)) for a in coco["annotations"])
-    joined = [f"{merged.shared} image(s) named by several files, their objects joined"] * bool(
-        merged.shared) + [f"{merged.repeated} objects an earlier file gives too left out"] * bool(
-        merged.repeated)
+    joined = []
+    if merged.shared:
+        joined.append(f"{merged.shared} image(s) named by several files, their objects joined")
+    if merged.repeated:
+        joined.append(f"{merged.repeated} objects an earlier file gives too left out")
     write_coco(coco, args.output, merged.img_dir,
                f"{len(coco['images'])} images, {len(coco['annotations']) - crowd} objects, "
                f"{crowd} crowd regions from {len(args.input)} files"

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from .checkpoint import pointer_target, replacement_pending
-from .distributed import all_gather_object, is_distributed, is_main_process
-from .distributed import torchrun_restart_count as restart_count
+from .distributed import (all_gather_object, is_distributed, is_main_process,
+                          torchrun_restart_count)
 
 
 def launcher_start_time() -> float | None:
@@ -52,7 +52,7 @@ def resume_after_restart(output_dir: str | os.PathLike, program: str,
     when that checkpoint was written since torchrun started (an earlier run's is not this
     launch's progress: the command runs as it says). The main process decides (its folder
     holds the checkpoints) and says so; every process gets its answer."""
-    count = restart_count()
+    count = torchrun_restart_count()
     decision = None
     if is_main_process() and count:
         decision = _written_since_launch(Path(output_dir))

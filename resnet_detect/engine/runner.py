@@ -40,7 +40,7 @@ from .data import CountedLoader, build_test_loader, build_train_loader, worker_e
 from .data.overlap import warn_of_val_in_training
 from .distributed import (all_gather_object, broadcast_buffers, get_rank, get_world_size,
                           init_distributed, is_main_process, lost_process_hint,
-                          refuse_syncbn_on_cpus, torchrun_restarts_left,
+                          refuse_syncbn_on_cpus, torchrun_restart_count, torchrun_restarts_left,
                           unsynced_batch_norm_warning, usable_device, wrap_ddp)
 from .ema import WeightAverage
 from .files import atomic_write_json, is_disk_full, nan_to_none
@@ -55,7 +55,6 @@ from .same_everywhere import (check_same_config_everywhere, check_same_data_ever
                               warn_of_an_unshared_output_dir)
 from .preemption import (EvaluationInterrupted, StopRequest, TrainingInterrupted,
                          stop_on_signals)
-from .restarts import restart_count
 from .resume_checks import check_resumable, resume_model_check
 from .run_length import (build_scheduler_from_config, describe_schedule, lengths_of_run,
                          periods_in_iterations, warn_of_epoch_rounding, warn_of_long_warmup,
@@ -306,7 +305,7 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
     with (exclusive_output_dir(output_dir), rng_kept(), logging_kept(), cudnn_benchmark_kept(),
           torch.inference_mode(False), torch.enable_grad(), float32_default()):
         setup_logging(output_dir)
-        restarts = restart_count()
+        restarts = torchrun_restart_count()
         if restarts and is_main_process():  # (a tool's console said so as it began)
             logger.warning("torchrun restarted the processes (restart %d of %d): %s", restarts,
                            restarts + torchrun_restarts_left(),
