@@ -1,8 +1,8 @@
 """Print the parameters and GMACs (multiply-adds) of a model, per part.
 
 Usage:
-  python tools/model_info.py BACKBONE [--size H W] [--num-classes K] [key=value ...]
-  python tools/model_info.py CONFIG.yaml [--size H W] [--num-classes K] [key=value ...]
+  python tools/model_info.py BACKBONE [--size H [W]] [--num-classes K] [key=value ...]
+  python tools/model_info.py CONFIG.yaml [--size H [W]] [--num-classes K] [key=value ...]
 
 A backbone name (resnet50, ...) counts its classifier per stage; options after it are
 backbone options, e.g. stride_in_1x1=true output_stride=16 (and custom_imports=[MODULE] for
@@ -52,14 +52,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("name", help=f"a config file, or one of: "
                                      f"{', '.join(backbones.list_models())}")
     parser.add_argument("--size", "--shape", type=int, nargs=2, default=None,
-                        metavar=("H", "W"), help="input size (default: see above; --shape: "
-                                                 "mmdetection's get_flops.py spelling)")
+                        metavar=("H", "W"), help="input size, one number for a square "
+                                                 "(default: see above; --shape: mmdetection's "
+                                                 "get_flops.py spelling)")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="classes (default: the config's model.num_classes, else its "
                              "data's classes, else 80, 21 or 1000; 10 for CIFAR nets)")
     parser.add_argument("options", nargs="*",
                         help="backbone options, or a config's overrides, as key=value")
-    args = parser.parse_intermixed_args(argv)
+    args = parser.parse_intermixed_args(squares_given_as_one_number(
+        sys.argv[1:] if argv is None else argv))
     bare = [o for o in args.options if "=" not in o]
     if bare:  # from_dotlist makes `output_stride` a None, which means the default
         parser.error(f"options must be key=value, got {', '.join(bare)}")
@@ -75,6 +77,17 @@ def main(argv: list[str] | None = None) -> None:
         config_info(args)
     else:
         backbone_info(args, parser)
+
+
+def squares_given_as_one_number(argv: list[str]) -> list[str]:
+    """`--size 224` (mmdetection's get_flops.py `--shape 224`: a square) as `--size 224 224`
+    (two numbers are taken: a greedy one-or-two would eat the key=value after it)."""
+    words = list(argv)
+    for i in range(len(words) - 1):
+        after = words[i + 2] if i + 2 < len(words) else ""
+        if words[i] in ("--size", "--shape") and words[i + 1].isdigit() and not after.isdigit():
+            return [*words[:i + 2], words[i + 1], *words[i + 2:]]
+    return words
 
 
 def backbone_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

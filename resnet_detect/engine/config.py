@@ -580,6 +580,11 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
         raise ConfigError(f"overrides are a list of key=value strings, got the string "
                           f"{overrides!r}: write [{overrides!r}]")
     for item in overrides:
+        key = item.split("=", 1)[0]
+        if key.startswith(("+", "~")):  # (Hydra's add, force-add and delete: `~key` has no =)
+            raise ConfigError(f"override '{item}': Hydra's {key[:2] if key[1:2] == '+' else key[0]}"
+                              f" prefix is not read here: every key exists in the defaults, "
+                              f"set it as {key.lstrip('+~')}=VALUE (null unsets it)")
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value{key_hint(item)}" + (
                 "; it is a file, and each option takes one (a shell pattern that matched "
@@ -590,10 +595,6 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
         if key != key.strip():
             raise ConfigError(f"override '{item}' has a space in its key: write "
                               f"{key.strip()}={value.strip()} (one word)")
-        if key.startswith(("+", "~")):  # (Hydra's add, force-add and delete)
-            raise ConfigError(f"override '{item}': Hydra's {key[:2] if key[1:2] == '+' else key[0]}"
-                              f" prefix is not read here: every key exists in the defaults, "
-                              f"set it as {key.lstrip('+~')}=VALUE (null unsets it)")
         if key_hint(key):  # this project's keys are lower-case
             raise ConfigError(f"unknown config key '{key}' in override '{item}'{key_hint(key)}")
         _refuse_a_list_element(cfg, key, item)

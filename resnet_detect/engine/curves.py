@@ -45,18 +45,20 @@ def read_curves(run: str | Path) -> dict[str, tuple[list[int], list[float]]]:
             logger.warning("%s line %d is not a logged step: skipped", path, number)
             continue
         for key, value in entry.items():
-            if value is None:  # undefined (NaN: an AP of a size without objects)
-                curves.setdefault(key, ([], []))
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            # None: undefined (NaN: an AP of a size without objects), dropped once a later
+            # line of the same iteration has had its say
+            if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
                 iterations, values = curves.setdefault(key, ([], []))
                 iterations.append(iteration)
-                values.append(float(value))
+                values.append(value)
     unordered = False
     for key, (iterations, values) in curves.items():
         if any(b <= a for a, b in zip(iterations, iterations[1:])):
             last = dict(zip(iterations, values))  # (a later line's value wins)
-            curves[key] = (sorted(last), [last[i] for i in sorted(last)])
+            iterations, values = sorted(last), [last[i] for i in sorted(last)]
             unordered = True
+        kept = [(i, float(v)) for i, v in zip(iterations, values) if v is not None]
+        curves[key] = ([i for i, _ in kept], [v for _, v in kept])
     if unordered:
         logger.warning("%s: logged steps out of iteration order or logged twice (files joined "
                        "by hand, or another tool's): drawn in iteration order, the last line "

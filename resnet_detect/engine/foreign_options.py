@@ -353,6 +353,8 @@ def flag_hints(words: Sequence[str], training: bool, tool: str = "",
     hints = []
     for word in words:
         flag = word.split("=", 1)[0]
+        if flag not in advice and flag[:1] == "-" and flag[1:2].isalpha():
+            flag = flag[:2]  # (-j8: a short flag's value joined to it)
         if flag in advice and not any(h.startswith(f"{flag}:") for h in hints):
             hints.append(f"{flag}: {advice[flag]}")
     return hints

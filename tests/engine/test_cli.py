@@ -901,6 +901,7 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
     ("train", [str(CONFIG), "-b", "2", "-j", "4"],
      ["-b: train.batch_size=N (images per step over all processes: torchvision's -b is per "
       "GPU, times the GPUs)", "-j: data.num_workers=N"]),
+    ("train", [str(CONFIG), "-j8"], ["-j: data.num_workers=N"]),  # (joined: no hint was given)
     # case apart, no suggestion was made (difflib's match is case-sensitive)
     ("train", [str(CONFIG), "train.Base_LR=0.1"], ["(did you mean 'base_lr'?)"]),
     ("train", [str(CONFIG), "model.backbone.name=ResNet50", "model.backbone.weights=null"],
@@ -912,6 +913,10 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
      ["error: override '++train.max_iter=3': Hydra's ++ prefix is not read here: every key "
       "exists in the defaults, set it as train.max_iter=VALUE (null unsets it)\n"]),
     ("train", [str(CONFIG), "+train.foo=1"], ["error: override '+train.foo=1': Hydra's + prefix"]),
+    # Hydra's delete has no "=": it was "must look like key=value"
+    ("train", [str(CONFIG), "~train.hooks"],
+     ["error: override '~train.hooks': Hydra's ~ prefix is not read here: every key exists in "
+      "the defaults, set it as train.hooks=VALUE (null unsets it)\n"]),
     ("train", [str(CONFIG), "task=sem_seg"],
      [f"error: override 'task=sem_seg': {CONFIG} is a config of the task detection (its "
       f"`task` key); the tasks' keys differ: start from a config of the task sem_seg"]),

@@ -19,6 +19,11 @@ def test_prints_torchvisions_parameter_count_and_refuses_a_bare_option(capsys) -
     assert "\ntotal       11,689,512 " in out  # torchvision resnet18
     model_info.main(["resnet18", "--shape", "64", "64"])  # (mmdetection's get_flops.py's)
     assert capsys.readouterr().out == out
+    # one number is a square there: it was argparse's "expected 2 arguments"
+    model_info.main(["resnet18", "--shape", "64"])
+    assert capsys.readouterr().out == out
+    model_info.main(["resnet18", "--size", "64", "zero_init_residual=false"])
+    assert capsys.readouterr().out.replace("{'zero_init_residual': False}", "") == out
     with pytest.raises(SystemExit):  # was read as output_stride=None: the default, silently
         model_info.main(["resnet18", "output_stride"])
     assert "options must be key=value, got output_stride" in capsys.readouterr().err

@@ -54,11 +54,15 @@ def test_steps_out_of_order_or_logged_twice_are_drawn_in_order_the_last_kept(
         {"iteration": 1, "train/total_loss": 4.0}, {"iteration": 2, "train/total_loss": 3.0},
         {"iteration": 3, "train/total_loss": 2.0}, {"iteration": 2, "train/total_loss": 3.5},
         {"iteration": 5, "bbox/AP": 0.4}, {"iteration": 2, "bbox/AP": 0.1},
-        {"iteration": 4, "errors/val_error": 30.0}])
+        {"iteration": 4, "errors/val_error": 30.0},
+        # a later undefined value of an iteration: the earlier one was kept
+        {"iteration": 2, "bbox/APl": 0.3}, {"iteration": 4, "bbox/APl": 0.5},
+        {"iteration": 2, "bbox/APl": None}])
     with caplog.at_level(logging.WARNING):
         curves = read_curves(run)
     assert curves["train/total_loss"] == ([1, 2, 3], [4.0, 3.5, 2.0])  # the later line's
     assert curves["bbox/AP"] == ([2, 5], [0.1, 0.4])
+    assert curves["bbox/APl"] == ([4], [0.5])
     assert "scalars.jsonl: logged steps out of iteration order or logged twice" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
