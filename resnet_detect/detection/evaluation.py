@@ -215,6 +215,16 @@ def ground_truth(ann_file: Path, iou_type: str, categories: Iterable[int] | None
                       f"is scored as any other (their AP on this file is lower; number the ids "
                       f"from 1 to compare)",
                       RuntimeWarning, stacklevel=3)
+    marked = sum(bool(ann.get("ignore", 0) and not ann.get("iscrowd", 0))
+                 for ann in data["annotations"])
+    if iou_type == "bbox" and marked:  # (mmdetection's flag; training leaves them out)
+        warnings.warn(f"{ann_file}: {marked} objects marked \"ignore\": 1 are scored as "
+                      f"objects " + (
+            "(LVIS's AP here reads neither \"ignore\" nor \"iscrowd\"; lvis-api makes "
+            "\"ignore\": 1 objects regions where a detection counts neither way: its AP on "
+            "this file differs, and no setting here gives it)" if is_federated(data) else
+            "(pycocotools reads iscrowd alone; mark them \"iscrowd\": 1 to leave them out of "
+            "the scoring)"), RuntimeWarning, stacklevel=3)
     try:
         return cocoeval_ground_truth(data, iou_type)
     except MalformedMasks as err:
@@ -469,6 +479,12 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
                       f"{' and '.join(IMAGE_LISTS)} ({lacking}); LVIS's federated AP needs "
                       f"both on every image, so the file is scored with COCO's AP",
                       RuntimeWarning, stacklevel=2)
+    elif federation is None and any("frequency" in c for c in dataset["categories"]):
+        warnings.warn(f"{ann_file}: its categories have LVIS's frequency, but no image has "
+                      f"{' or '.join(IMAGE_LISTS)}: scored with COCO's AP, which counts every "
+                      f"detection of a category not annotated on an image as a false one "
+                      f"(LVIS's federated AP needs both lists on every image: a converter or "
+                      f"subset that dropped them?)", RuntimeWarning, stacklevel=2)
     frequencies = {c["id"]: c.get("frequency") for c in dataset["categories"]}
     if federation is not None:
         _warn_of_capped_results(results, max_dets, ann_file)
@@ -537,6 +553,8 @@ def format_summary(stats: Sequence[float], per_category: dict[str, float], iou_t
     lines = [f"Evaluation results for {iou_type}"
              f"{' (LVIS federated AP, 300 detections per image)' if frequency_aps else ''}:"]
     for (is_precision, iou, area, dets), value in zip(_STAT_ROWS, stats):
+        if frequency_aps and dets is not None:  # (COCO's recalls at 1 and 10: lvis-api has none)
+            continue
         kind, short = ("Average Precision", "(AP)") if is_precision else ("Average Recall", "(AR)")
         iou_text = "0.50:0.95" if iou is None else f"{iou:0.2f}"
         lines.append(f" {kind:<18} {short} @[ IoU={iou_text:<9} | area={area:>6s} | "

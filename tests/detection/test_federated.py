@@ -76,6 +76,8 @@ def test_each_federated_rule_scores_as_lvis_api_does(tmp_path: Path, backend: st
     out = capsys.readouterr().out
     assert "Evaluation results for bbox (LVIS federated AP, 300 detections per image):" in out
     assert "APr = 100.0  APc = 75.0  APf = 100.0" in out
+    # lvis-api's recalls are at 300 alone: COCO's at 1 and 10 were printed under LVIS's title
+    assert "maxDets=300 ] = " in out and "maxDets=  1" not in out and "maxDets= 10" not in out
 
     capped = evaluate_coco(gt_file, _rules_results(300), backend=backend, verbose=False)
     assert capped["per_category"]["cat5"] == pytest.approx(0.0)
@@ -257,6 +259,15 @@ def test_a_file_with_the_lists_on_some_images_only_is_scored_as_coco(tmp_path: P
         metrics = evaluate_coco(gt_file, _rules_results(0), verbose=False)
     assert metrics["per_category"]["cat3"] == pytest.approx(50.0)
     assert "APr" not in metrics
+    # no image with a list (a converter that dropped them), the categories still LVIS's:
+    # COCO's AP without a word
+    for img in data["images"]:
+        img.pop("neg_category_ids", None), img.pop("not_exhaustive_category_ids", None)
+    gt_file.write_text(json.dumps(data))
+    with pytest.warns(RuntimeWarning, match=r"partial.json: its categories have LVIS's "
+                                            r"frequency, but no image has neg_category_ids or "
+                                            r"not_exhaustive_category_ids: scored with COCO's AP"):
+        assert evaluate_coco(gt_file, _rules_results(0), verbose=False) == metrics
 
 
 def test_results_capped_below_lvis_300_are_named(tmp_path: Path) -> None:

@@ -654,15 +654,9 @@ def load_coco_json(ann_file: str | Path, img_dir: str | Path, *, filter_empty: b
                        "objects that no detection matches" if evaluation else "left out",
                        "; ".join(stats.non_finite),
                        "; ..." if stats.non_finite_count > len(stats.non_finite) else "")
-    if stats.ignored:
-        logger.warning("%s: %d objects marked \"ignore\": 1 %s", ann_file, stats.ignored,
-                       "are scored as objects (LVIS's AP here reads neither \"ignore\" nor "
-                       "\"iscrowd\"; lvis-api makes \"ignore\": 1 objects regions where a "
-                       "detection counts neither way: its AP on this file differs, and no "
-                       "setting here gives it)" if federated
-                       else "are scored as objects (pycocotools reads iscrowd alone; mark them "
-                       "\"iscrowd\": 1 to leave them out of the scoring)" if evaluation else
-                       "are left out of training, as mmdetection leaves them out")
+    if stats.ignored and not evaluation:  # (the scoring says how it reads them: evaluation.py)
+        logger.warning("%s: %d objects marked \"ignore\": 1 are left out of training, as "
+                       "mmdetection leaves them out", ann_file, stats.ignored)
     if stats.off_box_ids:
         logger.warning("%s: %d objects have a polygon reaching past their box by more than a "
                        "tenth of it (annotation ids %s): polygons of another image size than "
