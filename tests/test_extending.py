@@ -329,6 +329,15 @@ def test_what_a_registration_needs_is_said(caplog: pytest.LogCaptureFixture, tmp
     with pytest.raises(ConfigError, match=r"no module 'my_backbones.py' .*custom_imports names "
                                           r"modules as `import` does: my_backbones, not a file"):
         import_custom_modules(["my_backbones.py"], "x.yaml")
+    # the resnet-detect command (a console script) does not search the working folder either:
+    # it was "a tool run as a file" alone, where `python -m` found the module
+    (tmp_path / "my_own_backbones.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"./my_own_backbones.py is in this folder, which "
+                                          r"Python searches for `python -m resnet_detect` "
+                                          r"alone, not for a tool run as a file nor the "
+                                          r"resnet-detect command: run with PYTHONPATH=."):
+        import_custom_modules(["my_own_backbones"], "x.yaml")
     # a backbone registered by an importable module's body is recorded in the run's config
     # (below); one registered by the script run is warned of (no tool can import a script)
     cfg = OmegaConf.create({"task": "detection", "custom_imports": None,

@@ -55,8 +55,8 @@ from resnet_detect.engine.distributed import (all_gather_object, barrier, get_ra
                                               is_main_process)
 from resnet_detect.engine.tasks import config_task, load_task_config, task_module  # noqa: E402
 from resnet_detect.segmentation.records import write_label_map  # noqa: E402
-from resnet_detect.engine.visualize import (VIDEO_SUFFIXES, expand_inputs, output_paths, run_image,  # noqa: E402
-                              run_video)
+from resnet_detect.engine.visualize import (expand_inputs, is_video, output_paths,  # noqa: E402
+                                            run_image, run_video)
 
 DEFAULT_VIS_THRESH = 0.5
 PREDICTIONS = "predictions"  # a segmentation's class maps (--save-json)
@@ -129,13 +129,13 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     written, unreadable, too_large = [], [], []  # (the last two: (input index, message))
     videos = 0
     for index, ((path, _), out) in jobs[get_rank()::get_world_size()]:
-        is_video = path.suffix.lower() in VIDEO_SUFFIXES
+        video = is_video(path)
         try:
             if args.save_json:
-                written.append(run_saving(path, render, out, output, task, is_video))
+                written.append(run_saving(path, render, out, output, task, video))
             else:
-                written.append((run_video if is_video else run_image)(path, render, out))
-            videos += is_video
+                written.append((run_video if video else run_image)(path, render, out))
+            videos += video
         except UnreadableImageError as err:  # the others are still drawn
             logger.warning("skipping unreadable input: %s", err)
             unreadable.append((index, str(path)))

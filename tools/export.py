@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         import onnx  # noqa: F401
     except ImportError:
-        raise SystemExit(f"tools/export.py needs onnx: {INSTALL_HINT}") from None
+        raise ExportError(f"tools/export.py needs onnx: {INSTALL_HINT}") from None
     if is_onnx(args.weights):
         raise ExportError(f"--weights {args.weights} is an export already; tools/export.py "
                           "exports the .pth checkpoint it came from")

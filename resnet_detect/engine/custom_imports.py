@@ -121,8 +121,9 @@ def _how_to_make_importable(name: str) -> str:
     found = next((p for p in (here.with_suffix(".py"), here / "__init__.py") if p.is_file()),
                  None)
     if found is not None:  # `python tools/x.py` puts tools/ on the path, not this folder
-        return (f"; ./{found.as_posix()} is in this folder, which Python does not search for "
-                f"a tool run as a file: run with PYTHONPATH=. (or install your project)")
+        return (f"; ./{found.as_posix()} is in this folder, which Python searches for "
+                f"`python -m resnet_detect` alone, not for a tool run as a file nor the "
+                f"resnet-detect command: run with PYTHONPATH=. (or install your project)")
     return "; install the project that has it (pip install -e PATH), or add its folder to " \
            "PYTHONPATH"
 

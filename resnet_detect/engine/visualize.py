@@ -13,6 +13,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from .data import IMAGE_SUFFIXES, UnreadableImageError, files_under, read_image
@@ -20,7 +21,10 @@ from .files import UnwritableFolderError, atomic_write
 
 logger = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts",
-                  ".m2ts", ".wmv", ".flv", ".3gp", ".ogv"}
+                  ".m2ts", ".wmv", ".flv", ".3gp", ".ogv", ".divx", ".vob", ".asf", ".f4v",
+                  ".3g2", ".mxf"}
+# the brands of an `ftyp` box that are images (HEIF, AVIF), not videos
+IMAGE_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
 VIDEO_FPS = 25.0  # written where a video's own rate is unknown, or one mp4v cannot take
 Renderer = Callable[[np.ndarray], np.ndarray]  # RGB image -> RGB picture of the predictions
 
@@ -293,8 +297,8 @@ def output_paths(inputs: Sequence[tuple[Path, Path]], output: Path, *,
                for folder in name.parents if folder != Path(".")} if video_folders else set()
     outs = []
     for (path, _), name in zip(inputs, names):
-        suffix = path.suffix.lower()
-        ext = ".mp4" if suffix in VIDEO_SUFFIXES else ".png" if suffix == ".png" else ".jpg"
+        ext = (".mp4" if is_video(path) else ".png" if path.suffix.lower() == ".png"
+               else ".jpg")
         out, n = output / name.with_suffix(ext), 1
         while key(out) in taken or ext == ".mp4" and key(out) in folders:
             n += 1
@@ -302,6 +306,34 @@ def output_paths(inputs: Sequence[tuple[Path, Path]], output: Path, *,
         taken.add(key(out))
         outs.append(out)
     return outs
+
+
+def is_video(path: Path) -> bool:
+    """Whether `path` is drawn as a video: by its suffix, or, where that is neither an
+    image's nor a video's (a file named on the command line: clip.xvid, anim.gif), by its first
+    bytes: a video container's, or an animated GIF's (OpenCV reads its frames as a video's)."""
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES or suffix in IMAGE_SUFFIXES:
+        return suffix in VIDEO_SUFFIXES
+    try:
+        with open(path, "rb") as f:
+            head = f.read(189)
+    except OSError:  # (said where it is read)
+        return False
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        try:
+            with Image.open(path) as gif:
+                return getattr(gif, "n_frames", 1) > 1
+        except (OSError, ValueError):
+            return False
+    return (head[4:8] == b"ftyp" and head[8:12] not in IMAGE_BRANDS  # MP4, MOV, 3GP
+            or head[:4] == b"RIFF" and head[8:12] == b"AVI "
+            or head[:4] in (b"\x1aE\xdf\xa3",  # Matroska, WebM
+                            b"\x30\x26\xb2\x75",  # ASF, WMV
+                            b"\x00\x00\x01\xba",  # MPEG program stream, VOB
+                            b"OggS")
+            or head[:3] == b"FLV"
+            or len(head) == 189 and head[0] == head[188] == 0x47)  # MPEG transport stream
 
 
 def write_picture(picture: np.ndarray, out: Path) -> Path:
@@ -328,8 +360,13 @@ def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path)
     if not capture.isOpened():
         why = ("no permission to read it" if not os.access(path, os.R_OK) else
                "an empty file" if path.stat().st_size == 0 else
-               "OpenCV's FFmpeg reads neither its container nor its codec (`ffmpeg -i FILE` "
-               "names them; `ffmpeg -i FILE -c:v libx264 OUT.mp4` re-encodes it)")
+               "an MP4/MOV file without its index (no 'moov' box, which a camera writes "
+               "last): a recording cut or never finished, which no player reads (a repair "
+               "tool such as untrunc rebuilds the index from a whole file of the same camera)"
+               if lacks_mp4_index(path) else
+               "OpenCV's FFmpeg reads neither its container nor its codec, or it is no video "
+               "(`ffmpeg -i FILE` names them; `ffmpeg -i FILE -c:v libx264 OUT.mp4` "
+               "re-encodes one)")
         raise UnreadableImageError(f"cannot open video {path}: {why}")
     fps = capture.get(cv2.CAP_PROP_FPS) or VIDEO_FPS
     counted = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # (the header's: may be off)
@@ -375,6 +412,28 @@ def run_video(path: Path, render: Callable[[np.ndarray], np.ndarray], out: Path)
     else:
         logger.info("%s: %d frames", path, frames)
     return out
+
+
+def lacks_mp4_index(path: Path) -> bool:
+    """Whether `path` is an ISO media file (MP4, MOV: an `ftyp` box first) none of whose
+    top-level boxes is its index (`moov`). The boxes' headers alone are read."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(8)[4:8] != b"ftyp":
+            return False
+        position = 0
+        while position + 8 <= size:
+            f.seek(position)
+            header = f.read(16)
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if kind == b"moov":
+                return False
+            if length == 1:  # (a 64-bit length follows the type)
+                length = int.from_bytes(header[8:16], "big")
+            if length < 8:  # (0: the box runs to the end of the file)
+                break
+            position += length
+    return True
 
 
 def _video_writer(path: Path, fps: float, width: int, height: int, out: Path) -> Any:

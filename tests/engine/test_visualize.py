@@ -88,7 +88,7 @@ def test_a_folder_without_images_beside_other_inputs_is_said(
         inputs = list(expand_inputs([str(tmp_path / "scans"), str(tmp_path / "a.jpg")]))
     assert [p.name for p, _ in inputs] == ["a.jpg"]
     assert caplog.records[0].getMessage().startswith(
-        f"{tmp_path / 'scans'} holds no images or videos (.3gp .avi .bmp")
+        f"{tmp_path / 'scans'} holds no images or videos (.3g2 .3gp .asf .avi .bmp")
     # files left out of a folder are counted (they were left out silently)
     for name in ("b.jpg", "anim.gif", "notes.txt", "LICENSE", "c.GIF"):
         (tmp_path / "mixed" / name).parent.mkdir(exist_ok=True)
@@ -370,8 +370,21 @@ def test_a_video_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
         run_video(empty, lambda frame: frame, tmp_path / "drawn" / "empty.mp4")
     with pytest.raises(visualize.UnreadableImageError,
                        match=r"junk.mp4: OpenCV's FFmpeg reads neither its container nor its "
-                             r"codec \(`ffmpeg -i FILE` names them"):
+                             r"codec, or it is no video \(`ffmpeg -i FILE` names them"):
         run_video(junk, lambda frame: frame, tmp_path / "drawn" / "junk.mp4")
+    # a recording cut before the index a camera (and OpenCV's mp4v writer) writes last: it
+    # was "reads neither its container nor its codec", and re-encoding it fails as well
+    whole = tmp_path / "whole.mp4"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 48))
+    for i in range(20):
+        writer.write(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    assert not visualize.lacks_mp4_index(whole) and visualize.lacks_mp4_index(cut)
+    with pytest.raises(visualize.UnreadableImageError,
+                       match=r"cut.mp4: an MP4/MOV file without its index \(no 'moov' box"):
+        run_video(cut, lambda frame: frame, tmp_path / "drawn" / "cut.mp4")
     assert not (tmp_path / "drawn").exists()
 
 
@@ -446,3 +459,29 @@ def test_a_folder_replaced_leaves_its_neighbours_alone(tmp_path: Path) -> None:
     (maps / "new").mkdir()
     replace_folder(maps / "new", maps / "file")
     assert (maps / "file").is_dir() and not list(maps.glob(".*"))
+
+
+def test_a_video_of_another_suffix_or_an_animated_gif_is_drawn_as_a_video(tmp_path: Path) -> None:
+    """An MJPG AVI named clip.xvid was "cannot be decoded" (read as an image), and an animated
+    GIF became a .jpg of its first frame without a word."""
+    from PIL import Image
+
+    xvid = _clip(tmp_path / "clip.avi", 6).rename(tmp_path / "clip.xvid")
+    frames = [Image.fromarray(np.full((40, 60, 3), 60 * i, np.uint8)) for i in range(4)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(tmp_path / "still.gif")
+    (tmp_path / "photo.xyz").write_bytes(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1])
+    # an image in ISO media's box (HEIF): the brand, not the box, tells it from a video's
+    (tmp_path / "photo.heic").write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64)
+    (tmp_path / "clip.mp4").write_bytes(b"not read: the suffix says it")
+    found = {p.name: visualize.is_video(p) for p in sorted(tmp_path.iterdir())}
+    assert found == {"anim.gif": True, "clip.mp4": True, "clip.xvid": True, "photo.heic": False,
+                     "photo.xyz": False, "still.gif": False}
+    inputs = [(tmp_path / name, Path(name)) for name in ("clip.xvid", "anim.gif", "still.gif")]
+    outs = visualize.output_paths(inputs, tmp_path / "drawn")
+    assert [o.name for o in outs] == ["clip.mp4", "anim.mp4", "still.jpg"]
+    run_video(xvid, lambda frame: frame, outs[0])
+    assert len(_read_video(outs[0])) == 6
+    run_video(tmp_path / "anim.gif", lambda frame: frame, outs[1])
+    means = [f.mean() for f in _read_video(outs[1])]  # (mp4v is lossy)
+    assert len(means) == 4 and np.allclose(means, [0, 60, 120, 180], atol=5)
