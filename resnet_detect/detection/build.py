@@ -205,10 +205,14 @@ def build_mask_branch(
         canonical_box_size=hcfg["canonical_box_size"],
         canonical_level=hcfg["canonical_level"],
     )
+    conv_dims = hcfg["mask_conv_dims"]
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in conv_dims):
+        raise ConfigError(f"model.roi_heads.mask_conv_dims must be a list of positive widths "
+                          f"(one per convolution; [] for none), got {list(conv_dims)}")
     head = MaskRCNNHead(
         in_channels=in_shapes[0].channels,
         num_classes=num_classes,
-        conv_dims=list(hcfg["mask_conv_dims"]),
+        conv_dims=list(conv_dims),
         loss_weight=hcfg["mask_loss_weight"],
         aligned=hcfg["pooler_aligned"],
     )
@@ -238,6 +242,12 @@ def build_roi_heads(
             f"model.roi_heads.in_features {missing} are not backbone outputs {list(shapes)}"
         )
     in_shapes = [shapes[f] for f in in_features]
+    for key in ("pooler_resolution", "pooler_sampling_ratio"):  # (0: as many as the RoI needs)
+        value, least = hcfg[key], 1 if key == "pooler_resolution" else 0
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigError(f"model.roi_heads.{key} must be an integer of {least} or more"
+                              f"{' (0: adaptive, as many points as each RoI spans)' * (not least)}"
+                              f", got {value!r}")
     pooler = MultiLevelRoIAlign(
         output_size=hcfg["pooler_resolution"],
         strides=[s.stride for s in in_shapes],

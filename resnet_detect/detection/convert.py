@@ -172,6 +172,8 @@ TORCHVISION_SETTINGS: dict[str, Any] = {
 }
 
 
+MASK_POOLER = "model.roi_heads.mask_pooler_resolution"  # (Mask R-CNN's alone)
+
 # the layers whose shapes follow model.num_classes
 CLASS_LAYERS = ("roi_heads.box_predictor.cls_score.", "roi_heads.box_predictor.bbox_pred.",
                 "roi_heads.mask_head.predictor.")
@@ -190,14 +192,25 @@ def weight_bound_settings(mcfg: Mapping[str, Any]) -> dict[str, Any]:
         settings[key] = node
     if not mcfg["fpn"]["enabled"]:
         del settings["model.fpn.top_block"]
+    if mcfg["mask_on"]:  # (the same convolutions on a finer or coarser grid of each RoI)
+        settings[MASK_POOLER] = mcfg["roi_heads"]["mask_pooler_resolution"]
+        # (shapes say it, but not which key: named beside the mis-shaped tensors)
+        settings["model.roi_heads.mask_conv_dims"] = mcfg["roi_heads"]["mask_conv_dims"]
     return settings
+
+
+def torchvision_settings(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """What torchvision's builders fixed, for its Faster R-CNN or (a mask head's weights
+    among them) Mask R-CNN state dict."""
+    masks = any(key.startswith("roi_heads.mask_head.") for key in state_dict)
+    return {**TORCHVISION_SETTINGS, **({MASK_POOLER: 14} if masks else {})}
 
 
 # Mask R-CNN weights load into a Faster R-CNN, or (fine-tuning) the reverse
 DETECTOR_WEIGHTS = WholeModelFormat(
     task="detection", is_torchvision=is_torchvision_faster_rcnn,
     convert_torchvision=convert_torchvision_faster_rcnn,
-    torchvision_settings=lambda state_dict: TORCHVISION_SETTINGS,
+    torchvision_settings=torchvision_settings,
     own_settings=weight_bound_settings, optional_head="roi_heads.mask_head.",
     class_layers=CLASS_LAYERS)
 

@@ -36,7 +36,25 @@ DETECTRON2_KEYS = {
     "DATALOADER.REPEAT_THRESHOLD": "data.train.repeat_threshold",
     "TEST.AUG.MIN_SIZES": "test.min_sizes", "TEST.AUG.MAX_SIZE": "test.max_size",
     "TEST.AUG.FLIP": "test.flip", "INPUT.MASK_FORMAT": "data.train.mask_format",
+    "MODEL.ROI_MASK_HEAD.NUM_CONV": "model.roi_heads.mask_conv_dims",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM": "model.roi_heads.mask_conv_dims",
+    "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": "model.roi_heads.mask_pooler_resolution",
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": "model.roi_heads.pooler_resolution",
+    **{f"MODEL.{head}.POOLER_SAMPLING_RATIO": "model.roi_heads.pooler_sampling_ratio"
+       for head in ("ROI_BOX_HEAD", "ROI_MASK_HEAD")},
+    **{f"MODEL.{head}.POOLER_TYPE": "model.roi_heads.pooler_aligned"
+       for head in ("ROI_BOX_HEAD", "ROI_MASK_HEAD")},
 }
+# detectron2's keys of what is not offered here
+DETECTRON2_ABSENT = {
+    "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": "class-agnostic masks are not offered here (one "
+                                             "mask per class, detectron2's default)",
+}
+# mmdetection's mask head, under its roi_head, and as a user following the hint writes it
+MASK_HEAD = ("its mask_head num_convs and conv_out_channels are model.roi_heads.mask_conv_dims="
+             "[256, 256, 256, 256] (a width per convolution), its loss_mask loss_weight "
+             "model.roi_heads.mask_loss_weight, its mask_roi_extractor output_size "
+             "model.roi_heads.mask_pooler_resolution; class-agnostic masks are not offered")
 
 
 LOSS_OPTIONS = ("the loss is the cross-entropy summed over the scored pixels over their count "
@@ -62,9 +80,10 @@ OTHER_KEYS = {
                  "nms_thresh", "test"),
     "model.test_cfg": [("mmsegmentation's test_cfg mode='slide' crop_size stride is "
                         "test.window=[h, w] test.stride=[h, w] here", "head"),
-                       ("mmdetection's test_cfg rcnn score_thr, nms iou_threshold and "
-                        "max_per_img are model.roi_heads.score_thresh, nms_thresh and "
-                        "detections_per_image here", "roi_heads")],
+                       ("mmdetection's test_cfg rcnn score_thr, nms iou_threshold, "
+                        "max_per_img and mask_thr_binary are model.roi_heads.score_thresh, "
+                        "nms_thresh, detections_per_image and mask_threshold here",
+                        "roi_heads")],
     "model.decode_head": ("mmsegmentation's decode_head is model.head here (name: deeplabv3, "
                           "deeplabv3plus or fcn), its num_classes model.num_classes, its "
                           "loss_decode class_weight model.class_weight", "head"),
@@ -122,7 +141,12 @@ OTHER_KEYS = {
     "model.rpn_head": ("mmdetection's rpn_head is model.rpn here (its anchor_generator "
                        "model.anchor_generator)", "rpn"),
     "model.roi_head": ("mmdetection's roi_head is model.roi_heads here (its bbox_head "
-                       "num_classes model.num_classes)", "roi_heads"),
+                       f"num_classes model.num_classes; {MASK_HEAD})", "roi_heads"),
+    "model.roi_heads.mask_head": (f"mmdetection's mask_head has no section here: {MASK_HEAD}",
+                                  "score_thresh"),
+    "model.roi_heads.cls_agnostic_mask": ("class-agnostic masks are not offered here (one mask "
+                                          "per class; cls_agnostic_bbox_reg is the box "
+                                          "regression's)", "score_thresh"),
     "model.train_cfg": ("mmdetection's train_cfg samplers are model.rpn.batch_size_per_image "
                         "and model.roi_heads.batch_size_per_image here", "roi_heads"),
     "model.roi_heads.num_classes": ("the number of classes is model.num_classes here, without "
@@ -184,6 +208,13 @@ DETECTRON2_VALUES = {
     "MODEL.RESNETS.DEPTH": "resnet50 for DEPTH 50",
     "SOLVER.AMP.ENABLED": "fp16 on a GPU, as detectron2's AMP; true is bf16 here",
     "TEST.AUG.ENABLED": "the test scales as a list turn it on; test.flip=true, test.max_size",
+    **{f"MODEL.ROI_MASK_HEAD.{key}": "a width per convolution: NUM_CONV 4 of CONV_DIM 256 is "
+                                     "[256, 256, 256, 256]" for key in ("NUM_CONV", "CONV_DIM")},
+    **{f"MODEL.{head}.POOLER_TYPE": "true for ROIAlignV2, false for ROIAlign; one setting for "
+                                    "the box and mask poolers"
+       for head in ("ROI_BOX_HEAD", "ROI_MASK_HEAD")},
+    **{f"MODEL.{head}.POOLER_SAMPLING_RATIO": "one setting for the box and mask poolers"
+       for head in ("ROI_BOX_HEAD", "ROI_MASK_HEAD")},
 }
 
 
@@ -201,6 +232,8 @@ def key_hint(key: str) -> str:
     if not key or not _upper_case(key):
         return ""
     ours = DETECTRON2_KEYS.get(key)
+    if key in DETECTRON2_ABSENT:
+        return f"; detectron2's {key}: {DETECTRON2_ABSENT[key]} ({README})"
     return (f"; detectron2's {key} is {ours}=VALUE here{_value_note(key)}" if ours else
             "; the keys here are lower-case (detectron2's SOLVER.BASE_LR is train.base_lr=VALUE)"
             ) + f", one word key=value ({README})"

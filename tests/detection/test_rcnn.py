@@ -356,7 +356,8 @@ def test_float_images_within_0_1_are_warned_of(monkeypatch: pytest.MonkeyPatch,
     ("model.roi_heads.batch_size_per_image=0", "model.roi_heads: batch_size_per_image must be"),
     ("model.rpn.batch_size_per_image=0", "model.rpn / model.anchor_generator: batch_size_per"),
     ("model.anchor_generator.sizes=[[32],[64]]", "model.rpn / model.anchor_generator: "),
-    ("model.roi_heads.pooler_resolution=0", "model.roi_heads: "),
+    ("model.roi_heads.pooler_resolution=0", "model.roi_heads.pooler_resolution must be an "
+                                            "integer of 1 or more, got 0"),
     ("model.roi_heads.fc_dims=[]", "model.roi_heads: "),
     ("model.rpn.post_nms_topk_train=0", "model.rpn.post_nms_topk_train must be a positive "
                                         "integer, got 0"),

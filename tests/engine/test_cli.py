@@ -849,6 +849,26 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
      ["; mmdetection's rpn_head is model.rpn here"]),
     ("train", [str(CONFIG), "model.roi_heads.num_classes=3"],
      ["; the number of classes is model.num_classes here, without the background"]),
+    # the mask head's (a trial: the generic lower-case line, "did you mean 'mask_threshold'?"
+    # for mask_head, 'cls_agnostic_bbox_reg' for class-agnostic masks)
+    ("train", [str(CONFIG), "MODEL.ROI_MASK_HEAD.NUM_CONV=2"],
+     ["detectron2's MODEL.ROI_MASK_HEAD.NUM_CONV is model.roi_heads.mask_conv_dims=VALUE here "
+      "(a width per convolution: NUM_CONV 4 of CONV_DIM 256 is [256, 256, 256, 256])"]),
+    ("train", [str(CONFIG), "MODEL.ROI_BOX_HEAD.POOLER_TYPE=ROIAlignV2"],
+     ["is model.roi_heads.pooler_aligned=VALUE here (true for ROIAlignV2, false for ROIAlign"]),
+    ("train", [str(CONFIG), "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK=True"],
+     ["; detectron2's MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK: class-agnostic masks are not "
+      "offered here"]),
+    ("train", [str(CONFIG), "model.roi_head.mask_head.num_convs=2"],
+     ["its mask_head num_convs and conv_out_channels are model.roi_heads.mask_conv_dims="]),
+    ("train", [str(CONFIG), "model.roi_heads.mask_head.num_conv=2"],
+     ["; mmdetection's mask_head has no section here: its mask_head num_convs"]),
+    ("train", [str(CONFIG), "model.roi_heads.cls_agnostic_mask=true"],
+     ["; class-agnostic masks are not offered here (one mask per class; cls_agnostic_bbox_reg "
+      "is the box regression's)"]),
+    ("train", [str(CONFIG), "model.test_cfg.rcnn.mask_thr_binary=0.3"],
+     ["mask_thr_binary are model.roi_heads.score_thresh, nms_thresh, detections_per_image and "
+      "mask_threshold here"]),
     ("train", [str(CONFIG), "model.backbone.depth=50"],
      ["; mmdetection's depth=50 is model.backbone.name=resnet50 here"]),
     ("train", [str(CONFIG), "model.backbone.frozen_stages=1"],
@@ -894,8 +914,8 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
     ("train", [str(CONFIG), "custom_hooks=1"],  # (was "did you mean 'custom_imports'?")
      ["; mmdetection's custom_hooks are train.hooks=[{type: module.Class}] here\n"]),
     ("train", [str(CONFIG), "model.test_cfg.rcnn.score_thr=0.5"],
-     ["; mmdetection's test_cfg rcnn score_thr, nms iou_threshold and max_per_img are "
-      "model.roi_heads.score_thresh"]),
+     ["; mmdetection's test_cfg rcnn score_thr, nms iou_threshold, max_per_img and "
+      "mask_thr_binary are model.roi_heads.score_thresh"]),
     ("train", [str(SEG_CONFIG), "model.test_cfg.mode=slide"],
      ["; mmsegmentation's test_cfg mode='slide' crop_size stride is test.window"]),
     ("train", [str(CONFIG), "-b", "2", "-j", "4"],
