@@ -26,6 +26,7 @@ from .evaluation import SemSegEvaluator
 from .model import SemanticSegmentor
 
 logger = logging.getLogger(__name__)
+MAX_TEST_SCALE = 8  # a test scale beyond: a size in pixels taken for a ratio
 
 
 def capped_size(height: int, width: int, max_size: int | None) -> tuple[int, int]:
@@ -200,6 +201,13 @@ def tta_from_config(cfg: Mapping[str, Any]) -> TTAInference:
         if is_number(t[key]):  # (TTAInference's "'int' object is not iterable")
             raise ConfigError(f"test.{key} is [h, w], got {t[key]!r}" + (
                 f": write test.{key}=[{t[key]},{t[key]}]" if isinstance(t[key], int) else ""))
+    large = [s for s in t["scales"] or []
+             if is_number(s) and math.isfinite(s) and s > MAX_TEST_SCALE]
+    if large:  # (test.scales=[512, 1024] read as sizes: images grown 512 times, out of memory)
+        raise ConfigError(f"test.scales are ratios of each image's size (mmsegmentation's "
+                          f"img_ratios, e.g. [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]), up to "
+                          f"{MAX_TEST_SCALE}; got {large[0]}: a size in pixels? test.max_size "
+                          f"caps the longer side")
     try:
         return TTAInference(scales=list(t["scales"]), flip=t["flip"], window=t["window"],
                             stride=t["stride"], max_size=t["max_size"])

@@ -97,6 +97,10 @@ def test_a_bad_test_section_is_named_before_the_data_is_read(tmp_path):
                                 # a fraction became 1-pixel windows or a cut size silently)
                                 (["test.scales=[1.0,.nan]"], "scales must be positive"),
                                 (["test.scales=[.inf]"], "scales must be positive"),
+                                # sizes for ratios: images grown 512 times (no word before)
+                                (["test.scales=[512,1024]"], r"test.scales are ratios of each "
+                                                             r"image's size .*got 512: a size "
+                                                             r"in pixels\?"),
                                 (["test.window=[true,64]"], r"window must be two whole numbers "
                                                             r"of pixels, \[height, width\], got "
                                                             r"\[True, 64\]"),
