@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
 
 
 def run_saving(path: Path, render: Any, out: Path, output: Path, task: str,
-               is_video: bool) -> Path:
+               video: bool) -> Path:
     """Draw `path` into `out` as `run_image` / `run_video` do, and write its predictions
     (--save-json); returns `out`."""
     def rendering(keep: Any) -> Any:  # render, handing keep() each image and prediction
@@ -186,7 +186,7 @@ def run_saving(path: Path, render: Any, out: Path, output: Path, task: str,
 
     if task == "sem_seg":  # class-map PNGs
         png = output / PREDICTIONS / out.relative_to(output).with_suffix(".png")
-        if not is_video:
+        if not video:
             return run_image(path, rendering(lambda _, mask: write_label_map(
                 mask, png, atomic=True)), out)
         # the frames' maps drawn into a folder beside theirs, which they replace once the video
@@ -206,7 +206,7 @@ def run_saving(path: Path, render: Any, out: Path, output: Path, task: str,
         return {"height": image.shape[0], "width": image.shape[1],
                 **render.as_json(detections)}
 
-    if not is_video:
+    if not video:
         return run_image(path, rendering(lambda image, detections: atomic_write_json(
             {"image": str(path), **record(image, detections)}, out.with_suffix(".json"))), out)
     frames = itertools.count()

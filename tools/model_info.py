@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
 def squares_given_as_one_number(argv: list[str]) -> list[str]:
     """`--size 224` (mmdetection's get_flops.py `--shape 224`: a square) as `--size 224 224`
     (two numbers are taken: a greedy one-or-two would eat the key=value after it)."""
-    words = list(argv)
+    words = [part for word in argv for part in (
+        word.split("=", 1) if word.startswith(("--size=", "--shape=")) else [word])]
     for i in range(len(words) - 1):
         after = words[i + 2] if i + 2 < len(words) else ""
         if words[i] in ("--size", "--shape") and words[i + 1].isdigit() and not after.isdigit():

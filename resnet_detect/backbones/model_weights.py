@@ -44,6 +44,8 @@ class WholeModelFormat(NamedTuple):
         optional_head: key prefix of the head a model or its weights may lack (a Mask R-CNN's
             mask head, a segmenter's aux head): see `fit_optional_head`.
         class_layers: prefixes of the layers whose shapes follow model.num_classes.
+        shape_hint: (model, converted state dict) -> what a config key to set would make of
+            the mis-shaped tensors ("" where nothing: said beside them).
     """
 
     task: str
@@ -53,6 +55,7 @@ class WholeModelFormat(NamedTuple):
     own_settings: Callable[[Mapping[str, Any]], Mapping[str, Any]]
     optional_head: str
     class_layers: tuple[str, ...]
+    shape_hint: Callable[[nn.Module, Mapping[str, Any]], str] = lambda model, state_dict: ""
 
 
 def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any],
@@ -108,7 +111,8 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
     state_dict = fit_optional_head(model, state_dict, fmt.optional_head, source,
                                    start_afresh=new_classes, unused=unused_head)
     try:
-        check_and_load(model, state_dict, source, _backbone_hint(model, state_dict, source),
+        check_and_load(model, state_dict, source, _backbone_hint(model, state_dict, source)
+                       + fmt.shape_hint(model, state_dict),
                        class_layers=fmt.class_layers if new_classes else ())
     except ConfigError as e:
         if settings_error is None:

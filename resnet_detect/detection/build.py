@@ -242,12 +242,13 @@ def build_roi_heads(
             f"model.roi_heads.in_features {missing} are not backbone outputs {list(shapes)}"
         )
     in_shapes = [shapes[f] for f in in_features]
-    for key in ("pooler_resolution", "pooler_sampling_ratio"):  # (0: as many as the RoI needs)
-        value, least = hcfg[key], 1 if key == "pooler_resolution" else 0
+    for key, least, note in (("pooler_resolution", 1, ""),
+                             ("pooler_sampling_ratio", 0,
+                              " (0: adaptive, as many points as each RoI spans)")):
+        value = hcfg[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ConfigError(f"model.roi_heads.{key} must be an integer of {least} or more"
-                              f"{' (0: adaptive, as many points as each RoI spans)' * (not least)}"
-                              f", got {value!r}")
+                              f"{note}, got {value!r}")
     pooler = MultiLevelRoIAlign(
         output_size=hcfg["pooler_resolution"],
         strides=[s.stride for s in in_shapes],

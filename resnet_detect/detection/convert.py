@@ -173,6 +173,7 @@ TORCHVISION_SETTINGS: dict[str, Any] = {
 
 
 MASK_POOLER = "model.roi_heads.mask_pooler_resolution"  # (Mask R-CNN's alone)
+MASK_HEAD = "roi_heads.mask_head."  # the keys of a Mask R-CNN's mask head
 
 # the layers whose shapes follow model.num_classes
 CLASS_LAYERS = ("roi_heads.box_predictor.cls_score.", "roi_heads.box_predictor.bbox_pred.",
@@ -194,9 +195,24 @@ def weight_bound_settings(mcfg: Mapping[str, Any]) -> dict[str, Any]:
         del settings["model.fpn.top_block"]
     if mcfg["mask_on"]:  # (the same convolutions on a finer or coarser grid of each RoI)
         settings[MASK_POOLER] = mcfg["roi_heads"]["mask_pooler_resolution"]
-        # (shapes say it, but not which key: named beside the mis-shaped tensors)
-        settings["model.roi_heads.mask_conv_dims"] = mcfg["roi_heads"]["mask_conv_dims"]
     return settings
+
+
+def mask_head_hint(model: nn.Module, state_dict: Mapping[str, Any]) -> str:
+    """Where the weights' mask head has other convolutions than the model's (torchvision's
+    four of 256, a config's mask_conv_dims): the key to set, for the mis-shaped tensors."""
+    def widths(weights: Mapping[str, Any]) -> list[int] | None:
+        if f"{MASK_HEAD}deconv.weight" not in weights:
+            return None
+        found: list[int] = []
+        while f"{MASK_HEAD}mask_fcn{len(found) + 1}.weight" in weights:
+            found.append(int(weights[f"{MASK_HEAD}mask_fcn{len(found) + 1}.weight"].shape[0]))
+        return found
+    theirs, ours = widths(state_dict), widths(model.state_dict())
+    if theirs is None or ours is None or theirs == ours:
+        return ""
+    return (f" (its mask head's convolutions are {theirs}: set "
+            f"model.roi_heads.mask_conv_dims=[{','.join(map(str, theirs))}])")
 
 
 def torchvision_settings(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -211,7 +227,7 @@ DETECTOR_WEIGHTS = WholeModelFormat(
     task="detection", is_torchvision=is_torchvision_faster_rcnn,
     convert_torchvision=convert_torchvision_faster_rcnn,
     torchvision_settings=torchvision_settings,
-    own_settings=weight_bound_settings, optional_head="roi_heads.mask_head.",
+    own_settings=weight_bound_settings, optional_head=MASK_HEAD, shape_hint=mask_head_hint,
     class_layers=CLASS_LAYERS)
 
 

@@ -217,7 +217,7 @@ def ground_truth(ann_file: Path, iou_type: str, categories: Iterable[int] | None
                       RuntimeWarning, stacklevel=3)
     marked = sum(bool(ann.get("ignore", 0) and not ann.get("iscrowd", 0))
                  for ann in data["annotations"])
-    if iou_type == "bbox" and marked:  # (mmdetection's flag; training leaves them out)
+    if marked:  # (mmdetection's flag; training leaves them out. Said once: the same text)
         warnings.warn(f"{ann_file}: {marked} objects marked \"ignore\": 1 are scored as "
                       f"objects " + (
             "(LVIS's AP here reads neither \"ignore\" nor \"iscrowd\"; lvis-api makes "
@@ -546,9 +546,10 @@ def format_summary(stats: Sequence[float], per_category: dict[str, float], iou_t
                    max_dets: int = COCO_MAX_DETS,
                    frequency_aps: dict[str, float] | None = None,
                    more_columns: dict[str, dict[str, float]] | None = None) -> str:
-    """pycocotools' 12-line summary (with LVIS's APr, APc, APf where given: an LVIS file's
-    federated AP) followed by a per-category AP table, with `more_columns` ({"AP50":
-    {category: AP50}, ...}) beside the AP."""
+    """pycocotools' 12-line summary (where LVIS's APr, APc, APf are given, an LVIS file's
+    federated AP: those, and its 10 lines without COCO's recalls at 1 and 10) followed by a
+    per-category AP table, with `more_columns` ({"AP50": {category: AP50}, ...}) beside the
+    AP."""
     more_columns = more_columns or {}
     lines = [f"Evaluation results for {iou_type}"
              f"{' (LVIS federated AP, 300 detections per image)' if frequency_aps else ''}:"]

@@ -581,7 +581,8 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], *,
                           f"{overrides!r}: write [{overrides!r}]")
     for item in overrides:
         key = item.split("=", 1)[0]
-        if key.startswith(("+", "~")):  # (Hydra's add, force-add and delete: `~key` has no =)
+        # Hydra's add, force-add and delete (`~key` has no =); not a path's "~/"
+        if re.fullmatch(r"(\+\+?|~)[A-Za-z_][\w.]*", key):
             raise ConfigError(f"override '{item}': Hydra's {key[:2] if key[1:2] == '+' else key[0]}"
                               f" prefix is not read here: every key exists in the defaults, "
                               f"set it as {key.lstrip('+~')}=VALUE (null unsets it)")

@@ -244,7 +244,9 @@ def section_hint(keys: Sequence[str]) -> str:
     as its flattened `keys`), what each key it holds is here (else "")."""
     if not keys or not all(_upper_case(k) for k in keys):
         return ""
-    known = [f"{k} is {DETECTRON2_KEYS[k]}{_value_note(k)}" for k in keys if k in DETECTRON2_KEYS]
+    known = [f"{k} is {DETECTRON2_KEYS[k]}{_value_note(k)}" if k in DETECTRON2_KEYS else
+             f"{k}: {DETECTRON2_ABSENT[k]}" for k in keys
+             if k in DETECTRON2_KEYS or k in DETECTRON2_ABSENT]
     return ("; detectron2's upper-case keys are not read here, the keys are lower-case"
             + (f": {', '.join(known)}" if known else "") + f" ({README})")
 
@@ -386,7 +388,7 @@ def flag_hints(words: Sequence[str], training: bool, tool: str = "",
     hints = []
     for word in words:
         flag = word.split("=", 1)[0]
-        if flag not in advice and flag[:1] == "-" and flag[1:2].isalpha():
+        if flag not in advice and flag[:1] == "-" and flag[1:2].isalpha() and flag[2:].isdigit():
             flag = flag[:2]  # (-j8: a short flag's value joined to it)
         if flag in advice and not any(h.startswith(f"{flag}:") for h in hints):
             hints.append(f"{flag}: {advice[flag]}")

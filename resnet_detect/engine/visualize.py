@@ -13,10 +13,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 
 from .data import IMAGE_SUFFIXES, UnreadableImageError, files_under, read_image
+from .data.images import opened_header
 from .files import UnwritableFolderError, atomic_write
 
 logger = logging.getLogger(__name__)
@@ -321,10 +321,10 @@ def is_video(path: Path) -> bool:
     except OSError:  # (said where it is read)
         return False
     if head[:6] in (b"GIF87a", b"GIF89a"):
-        try:
-            with Image.open(path) as gif:
+        try:  # (at any size: a 180-megapixel GIF was Pillow's DecompressionBombError here)
+            with opened_header(path) as gif:
                 return getattr(gif, "n_frames", 1) > 1
-        except (OSError, ValueError):
+        except (OSError, ValueError, SyntaxError):  # (said where it is read)
             return False
     return (head[4:8] == b"ftyp" and head[8:12] not in IMAGE_BRANDS  # MP4, MOV, 3GP
             or head[:4] == b"RIFF" and head[8:12] == b"AVI "

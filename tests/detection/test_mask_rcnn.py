@@ -174,10 +174,10 @@ def test_weights_of_another_mask_head_name_the_keys_to_set() -> None:
                                          r"weights need 7.*set model.roi_heads."
                                          r"mask_pooler_resolution=7$"):
         load_detector_weights(build_model(coarse), checkpoint, weight_bound_settings(coarse.model))
-    with pytest.raises(ValueError, match=r"(?s)mis-shaped .*roi_heads.mask_head.*\n  and the "
-                                         r"settings: .*set model.roi_heads."
-                                         r"mask_pooler_resolution=7 model.roi_heads."
-                                         r"mask_conv_dims=\[8\]$"):
+    with pytest.raises(ValueError, match=r"(?s)\(its mask head's convolutions are \[8\]: set "
+                                         r"model.roi_heads.mask_conv_dims=\[8\]\):.*mis-shaped "
+                                         r".*roi_heads.mask_head.*\n  and the settings: .*set "
+                                         r"model.roi_heads.mask_pooler_resolution=7$"):
         load_detector_weights(build_model(_config(MASK_TINY)), checkpoint,
                               weight_bound_settings(_config(MASK_TINY).model))
 
@@ -528,6 +528,13 @@ def test_coco_weights_fine_tune_to_other_classes(models: tuple, tmp_path, caplog
                                 [*coarse, f"model.weights={path}"], defaults=BASE))
     build_model(load_config(CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml",
                             [*coarse, f"model.weights={box_only}"], defaults=BASE))
+    # torchvision's four convolutions of 256 under two: the unexpected tensors alone were said
+    with pytest.raises(ValueError, match=r"\(its mask head's convolutions are \[256, 256, 256, "
+                                         r"256\]: set model.roi_heads.mask_conv_dims="
+                                         r"\[256,256,256,256\]\)"):
+        build_model(load_config(CONFIGS / "mask_rcnn_R_50_FPN_1x.yaml",
+                                ["model.num_classes=3", f"model.weights={path}",
+                                 "model.roi_heads.mask_conv_dims=[256,256]"], defaults=BASE))
 
 
 @pytest.mark.parametrize("rois,convolved", [(37, 48), (32, 32), (0, 0)])

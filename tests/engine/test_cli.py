@@ -937,6 +937,8 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
     ("train", [str(CONFIG), "~train.hooks"],
      ["error: override '~train.hooks': Hydra's ~ prefix is not read here: every key exists in "
       "the defaults, set it as train.hooks=VALUE (null unsets it)\n"]),
+    ("train", [str(CONFIG), "~/extra.yaml"],  # (a path the shell left unexpanded: no Hydra's)
+     ["error: override '~/extra.yaml' must look like key=value\n"]),
     ("train", [str(CONFIG), "task=sem_seg"],
      [f"error: override 'task=sem_seg': {CONFIG} is a config of the task detection (its "
       f"`task` key); the tasks' keys differ: start from a config of the task sem_seg"]),

@@ -610,3 +610,11 @@ def test_detectron2_sections_in_a_config_file_are_translated(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match=r"MODEL.PIXEL_MEAN is model.pixel_mean \(in RGB order: "
                                           r"detectron2's is BGR, reverse it\)"):
         load_config(config, defaults=detection_config.defaults())
+    # what is not offered is said too (it was left out of the list without a word)
+    write(config, f"_base_: {base}\nMODEL:\n  ROI_MASK_HEAD:\n    CLS_AGNOSTIC_MASK: true\n"
+                  f"    POOLER_RESOLUTION: 7\n")
+    with pytest.raises(ConfigError, match=r"lower-case: MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK: "
+                                          r"class-agnostic masks are not offered here .*, "
+                                          r"MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION is "
+                                          r"model.roi_heads.mask_pooler_resolution \("):
+        load_config(config, defaults=detection_config.defaults())

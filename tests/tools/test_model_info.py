@@ -22,6 +22,8 @@ def test_prints_torchvisions_parameter_count_and_refuses_a_bare_option(capsys) -
     # one number is a square there: it was argparse's "expected 2 arguments"
     model_info.main(["resnet18", "--shape", "64"])
     assert capsys.readouterr().out == out
+    model_info.main(["resnet18", "--size=64"])
+    assert capsys.readouterr().out == out
     model_info.main(["resnet18", "--size", "64", "zero_init_residual=false"])
     assert capsys.readouterr().out.replace("{'zero_init_residual': False}", "") == out
     with pytest.raises(SystemExit):  # was read as output_stride=None: the default, silently
