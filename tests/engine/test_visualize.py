@@ -288,6 +288,21 @@ def _clip(path: Path, frames: int) -> Path:
     return path
 
 
+def _noisy_clip(path: Path, codec: str) -> Path:
+    """A video of 20 frames of noise (64 x 48, 5 per second) in `codec`."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), 5, (64, 48))
+    for i in range(20):
+        writer.write(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def _first_half(path: Path, cut: Path) -> Path:
+    """The file `cut` holding the first half of `path`'s bytes (a recording cut short)."""
+    cut.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    return cut
+
+
 def test_a_video_stopped_partway_leaves_the_earlier_video_whole(tmp_path: Path) -> None:
     """Ctrl-C during a demo's video replaced the complete video of an earlier run with the
     frames drawn so far."""
@@ -335,13 +350,8 @@ def test_awkward_videos_are_drawn_whole_or_said(tmp_path: Path, monkeypatch: pyt
     drawn = _read_video(out)
     assert len(drawn) == 20 and drawn[0].shape == (48, 64, 3)  # padded: 46 x 62 before
     assert drawn[0][:46, :62].mean() > 190 and drawn[0][47:, :].mean() < 20
-    noisy = tmp_path / "noisy.avi"  # (frames of some size: half the file holds its header)
-    writer = cv2.VideoWriter(str(noisy), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
-    for i in range(20):
-        writer.write(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    writer.release()
-    cut = tmp_path / "cut.avi"
-    cut.write_bytes(noisy.read_bytes()[:noisy.stat().st_size // 2])
+    # (frames of some size: half the file holds its header)
+    cut = _first_half(_noisy_clip(tmp_path / "noisy.avi", "MJPG"), tmp_path / "cut.avi")
     with caplog.at_level(logging.INFO):
         run_video(cut, lambda frame: frame, tmp_path / "drawn" / "cut.mp4")
     read = len(_read_video(tmp_path / "drawn" / "cut.mp4"))
@@ -374,13 +384,8 @@ def test_a_video_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
         run_video(junk, lambda frame: frame, tmp_path / "drawn" / "junk.mp4")
     # a recording cut before the index a camera (and OpenCV's mp4v writer) writes last: it
     # was "reads neither its container nor its codec", and re-encoding it fails as well
-    whole = tmp_path / "whole.mp4"
-    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 48))
-    for i in range(20):
-        writer.write(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    writer.release()
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    whole = _noisy_clip(tmp_path / "whole.mp4", "mp4v")
+    cut = _first_half(whole, tmp_path / "cut.mp4")
     assert not visualize.lacks_mp4_index(whole) and visualize.lacks_mp4_index(cut)
     with pytest.raises(visualize.UnreadableImageError,
                        match=r"cut.mp4: an MP4/MOV file without its index \(no 'moov' box"):
