@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ from .roi_heads import (
 )
 from .rpn import RPN, RPNHead
 from .sampler import BalancedSampler
+
+logger = logging.getLogger(__name__)
 
 ROI_HEADS = ("standard", "res5")
 TOP_BLOCKS = ("maxpool",)
@@ -181,6 +184,7 @@ def build_mask_branch(
         num_classes: number K of foreground classes.
     """
     if not cfg["mask_on"]:
+        _warn_of_unused_mask_keys(cfg["roi_heads"])
         return None, None
     hcfg = cfg["roi_heads"]
     if hcfg["name"] != "standard":
@@ -305,6 +309,24 @@ def build_roi_heads(
         mask_rois_per_image=hcfg["mask_rois_per_image"],
         **common,
     )
+
+
+_SAID: set[str] = set()
+MASK_KEYS = ("mask_pooler_resolution", "mask_conv_dims", "mask_loss_weight",
+             "mask_rois_per_image", "mask_threshold")
+
+
+def _warn_of_unused_mask_keys(hcfg: Mapping[str, Any]) -> None:
+    """Mask keys set away from their defaults in a detector without masks (a Mask R-CNN
+    meant, model.mask_on forgotten): said, as nothing reads them."""
+    from .config import defaults
+    default, given = _plain(defaults().model.roi_heads), _plain(hcfg)
+    changed = [f"model.roi_heads.{key}" for key in MASK_KEYS if given[key] != default[key]]
+    said = (f"{', '.join(changed)} set, but model.mask_on is false: no mask head reads "
+            f"{'it' if len(changed) == 1 else 'them'} (Mask R-CNN: model.mask_on=true)")
+    if changed and said not in _SAID:  # (once: a training builds its model twice)
+        _SAID.add(said)
+        logger.warning(said)
 
 
 def _check_top_block(top_block: str | None) -> None:

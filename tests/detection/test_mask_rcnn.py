@@ -211,6 +211,21 @@ def test_mask_branch_is_built_only_with_mask_on() -> None:
     assert head(torch.zeros(5, 32, 14, 14), torch.tensor([0, 1, 2, 2, 0])).shape == (5, 28, 28)
 
 
+def test_mask_keys_of_a_detector_without_masks_are_said_once(caplog) -> None:
+    """A trial: a Faster R-CNN given mask keys (model.mask_on forgotten) trained without a
+    word; the shipped Faster R-CNN config says nothing."""
+    config = CONFIGS / "faster_rcnn_R_50_FPN_1x.yaml"
+    with caplog.at_level("WARNING", logger="resnet_detect.detection.build"):
+        build_model(load_config(config, TINY, defaults=BASE))
+        assert caplog.text == ""
+        for _ in range(2):  # (a training builds its model twice: said once)
+            build_model(load_config(config, [*TINY, "model.roi_heads.mask_loss_weight=0.5",
+                                             "model.roi_heads.mask_conv_dims=[8]"], defaults=BASE))
+    assert caplog.text.count("model.roi_heads.mask_conv_dims, model.roi_heads.mask_loss_weight "
+                             "set, but model.mask_on is false: no mask head reads them "
+                             "(Mask R-CNN: model.mask_on=true)") == 1
+
+
 def test_training_lowers_the_mask_loss() -> None:
     torch.manual_seed(0)
     model = build_model(_config([*MASK_TINY, "model.backbone.norm=bn"]))
