@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import errno
 import os
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 # the temporary files atomic_write makes beside their targets: ".NAME.<16 hex digits>.tmp"
@@ -162,23 +165,31 @@ def damaged_zip_record(data: bytes) -> str | None:
     from the CRC-32 the archive keeps of them, which torch.load does not check; None where
     all match, where `data` is no zip archive (torch.load then says what it is), or where
     it keeps no CRCs (torch.serialization.set_crc32_options(False) writes 0)."""
+    return _zip_check(data)[1]
+
+
+def _zip_check(data: bytes) -> tuple[bool, str | None]:
+    """(whether `data` is a zip archive whose every record was checked against a CRC-32 and
+    matched it, the first record that did not match or None)."""
     if not data.startswith(b"PK\x03\x04"):
-        return None
+        return False, None
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         records = archive.infolist()
     except Exception:  # its directory cut or damaged (zipfile's errors are of many kinds)
-        return None
+        return False, None
+    checked_all = bool(records)
     for record in records:
         if record.CRC == 0 and record.file_size:
+            checked_all = False
             continue
         try:
             with archive.open(record) as f:
                 while f.read(1 << 24):
                     pass
         except Exception:  # (BadZipFile for a CRC, or another for damaged headers)
-            return record.filename
-    return None
+            return False, record.filename
+    return checked_all, None
 
 
 def read_checked_bytes(path: str | os.PathLike) -> bytes:
@@ -208,8 +219,17 @@ def read_checked_bytes(path: str | os.PathLike) -> bytes:
             return data
         if attempt == 0:  # a run that rewrote the file (model_best.pth) between the reads
             time.sleep(0.5)
+    if _zip_check(data)[0]:  # whole by its own checksums: saved again since (torch.save)
+        logger.warning("%s does not match %s, written with it, yet every part of it matches "
+                       "the CRC-32 checksums the file keeps: saved again since (torch.save of "
+                       "a loaded checkpoint?), read as it is; delete %s to silence this", path,
+                       checksum_file(path).name, checksum_file(path))
+        return data
+    legacy = not data.startswith(b"PK\x03\x04")  # (no checksums of its own to tell)
     raise ValueError(f"its bytes do not match {checksum_file(path).name}: the file was "
-                     "damaged after it was written")
+                     f"damaged after it was written" + (
+                         f" (or saved again in torch.save's legacy format: then delete "
+                         f"{checksum_file(path).name})" if legacy else ""))
 
 
 def missing_path(path: str | os.PathLike) -> str:

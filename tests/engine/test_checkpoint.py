@@ -398,6 +398,17 @@ def test_a_checkpoint_damaged_after_writing_is_unreadable_not_loaded(
                                          r"model_0000015.pth.sha256: the file was damaged"):
         read_checkpoint(newest)
     assert read_checkpoint(tmp_path / "model_0000010.pth")["iteration"] == 10
+    # saved again whole (torch.save of the loaded checkpoint, another torch version's): it was
+    # "damaged" too, with nothing wrong in it but its stale .sha256
+    older = tmp_path / "model_0000010.pth"
+    resaved = torch.load(older, weights_only=True)
+    resaved["note"] = "mine"
+    torch.save(resaved, older)
+    caplog.clear()
+    assert read_checkpoint(older).keys() == resaved.keys()
+    assert ("model_0000010.pth does not match model_0000010.pth.sha256, written with it, yet "
+            "every part of it matches the CRC-32 checksums the file keeps: saved again since "
+            "(torch.save of a loaded checkpoint?), read as it is") in caplog.text
     # a sidecar as `sha256sum FILE > FILE.sha256` writes it, in capitals: the same check
     older = tmp_path / "model_0000010.pth"
     checksum = (tmp_path / "model_0000010.pth.sha256").read_text().strip()
