@@ -479,9 +479,9 @@ def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
 
     The model's own score threshold becomes `min_score` (detectron2's demo does the same): a
     lower `min_score` shows detections the config's threshold would drop, a higher one spares
-    pasting masks that are not drawn. An exported graph keeps its threshold."""
-    if not is_onnx(weights):
-        overrides = [f"model.roi_heads.score_thresh={min_score}", *overrides]
+    pasting masks that are not drawn. An exported graph keeps its own threshold below it (the
+    config's, above, was applied to its output: a lower `min_score` drew nothing more)."""
+    overrides = [f"model.roi_heads.score_thresh={min_score}", *overrides]
     predictor = Predictor(config, weights=weights, overrides=overrides, device=device,
                           mask_format="rle")
     warn_of_classes_not_chosen(predictor.cfg, predictor.class_names, "draws")

@@ -197,6 +197,18 @@ def _demo_on_an_export_says_why_nothing_was_drawn_and_goes_on_past_a_large_photo
     assert ("0 detections of score 0.5 or more (model.roi_heads.score_thresh=0.999999, this "
             "run's config, leaves out the graph's weaker detections; it was exported with 0.0)"
             ) in capsys.readouterr().out
+    # a config file's threshold above --min-score: it was applied to the graph's output (a
+    # trial: 126 drawn at --min-score 0.01 where the .pth drew 400); --min-score is the
+    # threshold, as for the .pth
+    high = tmp_path / "high.yaml"
+    high.write_text(f"_base_: {args[0]}\nmodel: {{roi_heads: {{score_thresh: 0.999999}}}}\n")
+    drawn = []
+    assert args[-1] == "model.roi_heads.score_thresh=0.0"  # (the export's: not given here)
+    for config in (args[0], str(high)):
+        load_tool("demo").main([config, *args[1:-1], *demo[len(args):], "--output",
+                                str(tmp_path / "low"), "--min-score", "0.0"])
+        drawn.append(re.search(r"(\d+) detections of score 0.0", capsys.readouterr().out)[1])
+    assert drawn[0] == drawn[1] != "0"
     large = tmp_path / "large.jpg"
     cv2.imwrite(str(large), np.full((200, 300, 3), 128, np.uint8))
     real_run = onnxruntime.InferenceSession.run
