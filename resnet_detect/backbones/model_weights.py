@@ -9,9 +9,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
-from resnet_detect.engine.config import ConfigError
+from resnet_detect.engine.config import ConfigError, as_override, flat_keys, to_plain
 
 from .resnet import ResNet
 from .weights import (StateDict, check_and_load, fit_optional_head, open_weights,
@@ -62,7 +63,9 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
                              fmt: WholeModelFormat, settings: Mapping[str, Any] | None = None,
                              *, source: str | None = None, new_classes: bool = False,
                              unused_head: bool = False,
-                             class_names: Sequence[str] | None = None) -> dict[str, Any] | None:
+                             class_names: Sequence[str] | None = None,
+                             model_config: Mapping[str, Any] | None = None
+                             ) -> dict[str, Any] | None:
     """Load a whole model's weights strictly.
 
     Args:
@@ -79,6 +82,8 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
             head, for inference): the weights' copy is dropped without a warning.
         class_names: the classes the model is trained on (fine-tuning): weights trained on as
             many others, or the same in another order, are loaded with a warning naming both.
+        model_config: the config's `model` section the model was built from: where the
+            weights do not fit it, the keys in which the config they record differs are named.
 
     Returns:
         The checkpoint's provenance (None for torchvision's weights).
@@ -115,9 +120,11 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
                        + fmt.shape_hint(model, state_dict),
                        class_layers=fmt.class_layers if new_classes else ())
     except ConfigError as e:
-        if settings_error is None:
+        recorded = _recorded_differences(provenance, model_config, new_classes)
+        if settings_error is None and not recorded:
             raise
-        raise ConfigError(f"{e}\n  and the settings: {settings_error}") from None
+        raise ConfigError(f"{e}{recorded}" + (f"\n  and the settings: {settings_error}"
+                                             if settings_error is not None else "")) from None
     if settings_error is not None:
         raise settings_error
     if class_names is not None and provenance:
@@ -129,6 +136,33 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
 
 # where a C4 detector's RoI head holds the backbone's res5
 C4_RES5 = "roi_heads.res5."
+
+
+def _recorded_differences(provenance: Mapping[str, Any] | None,
+                          model_config: Mapping[str, Any] | None, new_classes: bool) -> str:
+    """Where the weights record their config: its `model` keys that differ from
+    `model_config`'s (the tensors' shapes follow some of them), as a line; else ""."""
+    recorded = (provenance or {}).get("config")
+    if model_config is None or not isinstance(recorded, Mapping) or not isinstance(
+            recorded.get("model"), Mapping):
+        return ""
+    if isinstance(model_config, DictConfig):
+        model_config = to_plain(model_config)
+    theirs, ours = flat_keys(recorded["model"], "model."), flat_keys(model_config, "model.")
+    differing = [key for key in sorted(theirs.keys() & ours.keys())
+                 if theirs[key] != ours[key] and not key.endswith("weights")
+                 and not (new_classes and key == "model.num_classes")]
+    if not differing:
+        return ""
+    shown = ", ".join(f"{key} {as_override(theirs[key])} (here {as_override(ours[key])})"
+                      for key in differing[:MAX_DIFFERENCES])
+    more = f" and {len(differing) - MAX_DIFFERENCES} more" if len(differing) > MAX_DIFFERENCES \
+        else ""
+    return (f"\n  the config the weights record differs from this one in {shown}{more}: give "
+            f"their run's config.yaml, or set those keys")
+
+
+MAX_DIFFERENCES = 8
 
 
 def _backbone_hint(model: nn.Module, state_dict: Mapping[str, Any], source: str) -> str:

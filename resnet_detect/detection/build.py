@@ -402,5 +402,6 @@ def build_model(cfg: Mapping[str, Any] | DictConfig,
         if category_ids is not None and class_names is not None:
             weights = coco_rows_of_torchvision_weights(weights, category_ids, class_names)
         load_detector_weights(model, weights, weight_bound_settings(mcfg), new_classes=True,
-                              class_names=class_names, source=str(mcfg["weights"]))
+                              class_names=class_names, source=str(mcfg["weights"]),
+                              model_config=mcfg)
     return model

@@ -235,6 +235,7 @@ def load_detector_weights(
     model: nn.Module, weights: str | os.PathLike | Mapping[str, Any],
     settings: Mapping[str, Any] | None = None, *, source: str | None = None,
     new_classes: bool = False, class_names: Sequence[str] | None = None,
+    model_config: Mapping[str, Any] | None = None,
 ) -> dict | None:
     """Strictly loads detector weights: an own checkpoint or a torchvision state dict
     (`load_whole_model_weights` with `DETECTOR_WEIGHTS`).
@@ -249,9 +250,12 @@ def load_detector_weights(
         new_classes: the predictors of weights trained on another class count start from
             scratch (with a warning) instead of being refused: fine-tuning, e.g. from COCO.
         class_names: the classes trained on; see `load_whole_model_weights`.
+        model_config: the `model` section `model` was built from; see
+            `load_whole_model_weights`.
 
     Returns:
         The checkpoint's provenance (None for foreign weights).
     """
     return load_whole_model_weights(model, weights, DETECTOR_WEIGHTS, settings, source=source,
-                                    new_classes=new_classes, class_names=class_names)
+                                    new_classes=new_classes, class_names=class_names,
+                                    model_config=model_config)

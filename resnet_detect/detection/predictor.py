@@ -170,7 +170,8 @@ def load_detector(config: str | os.PathLike | Mapping[str, Any] | DictConfig | N
     with torch.random.fork_rng(devices=[]), float32_default():
         model = build_model(cfg)
     load_detector_weights(model, {"model": state_dict, "provenance": provenance},
-                          weight_bound_settings(cfg.model), source=str(source))
+                          weight_bound_settings(cfg.model), source=str(source),
+                          model_config=cfg.model)
     place_model(model, device, cfg.model.channels_last).eval()
     names = [str(n) for n in provenance.get("class_names") or []]
     if foreign:

@@ -256,5 +256,5 @@ def build_model(cfg: Mapping[str, Any] | DictConfig,
         )
     if mcfg.get("weights"):
         load_segmentation_weights(model, mcfg["weights"], weight_bound_settings(mcfg),
-                                  new_classes=True, class_names=class_names)
+                                  new_classes=True, class_names=class_names, model_config=mcfg)
     return model

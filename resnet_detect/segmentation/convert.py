@@ -139,7 +139,8 @@ SEGMENTER_WEIGHTS = WholeModelFormat(
 def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Mapping[str, Any],
                               settings: Mapping[str, Any] | None = None, *,
                               source: str | None = None, new_classes: bool = False,
-                              inference: bool = False, class_names: Sequence[str] | None = None
+                              inference: bool = False, class_names: Sequence[str] | None = None,
+                              model_config: Mapping[str, Any] | None = None
                               ) -> dict[str, Any] | None:
     """Load whole-segmenter weights (own checkpoint or torchvision state dict), strictly.
 
@@ -159,10 +160,12 @@ def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike | Map
         inference: `model` was built without its aux head, which only training uses: the
             weights' copy, if any, is dropped without a word.
         class_names: the classes trained on; see `load_whole_model_weights`.
+        model_config: the `model` section `model` was built from; see
+            `load_whole_model_weights`.
 
     Returns:
         The checkpoint's provenance (None for torchvision weights).
     """
     return load_whole_model_weights(model, weights, SEGMENTER_WEIGHTS, settings, source=source,
                                     new_classes=new_classes, unused_head=inference,
-                                    class_names=class_names)
+                                    class_names=class_names, model_config=model_config)

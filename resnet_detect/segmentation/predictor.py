@@ -155,7 +155,7 @@ class Predictor:
         with torch.random.fork_rng(devices=[]), float32_default():
             self.model = build_model(cfg)
         load_segmentation_weights(self.model, checkpoint, weight_bound_settings(cfg.model),
-                                  source=source, inference=True)
+                                  source=source, inference=True, model_config=cfg.model)
         place_model(self.model, device, cfg.model.channels_last).eval()
         if compiled:
             compile_for_inference(self.model, cfg, device)

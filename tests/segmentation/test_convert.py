@@ -178,6 +178,16 @@ def test_own_checkpoint_refused_by_a_config_with_another_output_stride(tmp_path,
         build_model(other)
     same = small_config("deeplabv3plus", output_stride=16, weights=str(path))
     assert torch.equal(build_model(same).head.predictor.weight, trained.head.predictor.weight)
+    # weights of other head widths: the mis-shaped tensors alone were listed (a trial's 41,
+    # trained with model.head.channels=16); the keys the weights' config differs in are named
+    narrow = small_config("deeplabv3plus", output_stride=16, weights=str(path))
+    narrow["model"]["head"]["channels"] = 2 * cfg["model"]["head"]["channels"]
+    with pytest.raises(ValueError, match=rf"(?s)mis-shaped .*\n  the config the weights record "
+                                         rf"differs from this one in model.head.channels "
+                                         rf"{cfg['model']['head']['channels']} \(here "
+                                         rf"{2 * cfg['model']['head']['channels']}\): give their "
+                                         rf"run's config.yaml, or set those keys$"):
+        build_model(narrow)
 
 
 def test_own_checkpoint_of_all_ones_multi_grid_refused_by_a_null_config(tmp_path,
