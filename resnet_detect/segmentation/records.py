@@ -190,7 +190,8 @@ def _images_named(img_dir: Path, img_suffix: str, *, warn: bool = True,
                 masks and relative.lower().endswith(masks.lower())):
             others.append(relative)
     if twins:
-        raise DatasetError(f"{img_dir}: {len(twins)} names are given twice, their endings "
+        raise DatasetError(f"{img_dir}: {len(twins)} name{'s are' if len(twins) > 1 else ' is'} "
+                           f"given twice, their endings "
                            f"{img_suffix!r} differing in case alone (one image, mask or "
                            f"prediction name each): rename or remove one of each:"
                            + listing(twins))

@@ -784,12 +784,12 @@ def test_image_suffix_in_any_case_and_other_images_named(tmp_path, caplog):
         (tmp_path / "img" / name).unlink()
     # 001.jpg beside 001.JPG: one was dropped without a word (both would take 001.png)
     _image(tmp_path / "img" / "001.jpg", 8, 8)
-    with pytest.raises(DatasetError, match=r"img: 1 names are given twice, their endings "
+    with pytest.raises(DatasetError, match=r"img: 1 name is given twice, their endings "
                                            r"'\.jpg' differing in case alone .*rename or "
                                            r"remove one of each:\n  001\.(JPG and 001\.jpg|jpg "
                                            r"and 001\.JPG) in .*img$"):
         scan_folder(tmp_path / "img", tmp_path / "ann")
-    with pytest.raises(DatasetError, match=r"names are given twice"):
+    with pytest.raises(DatasetError, match=r"name is given twice"):
         scan_folder(tmp_path / "img", None)  # a test set's predictions would meet too
 
 
