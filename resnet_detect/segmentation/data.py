@@ -446,7 +446,9 @@ class SemSegDataset(Dataset):
                 "height": int(image.shape[0]), "width": int(image.shape[1])}
 
 
-_AUTOMATIC_SAID: set[str] = set()  # (the datasets named whose colours are not kept: said once)
+# what is said once per process: the datasets named whose colours are not kept, the names
+# that replace a COCO file's
+_AUTOMATIC_SAID: set[str] = set()
 
 
 def resolve_palette(value: Any, num_classes: int | None) -> np.ndarray | None:
@@ -571,9 +573,12 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
                                   f"{brief(list(coco_names))}); leave data.class_names null "
                                   f"where every split is COCO, else write the file with the "
                                   f"classes' order (the converters' --classes)")
-            logger.warning("data.class_names %s replaces the COCO file's names %s (class k: "
-                           "background, then the categories by id)", brief(list(names)),
-                           brief(list(coco_names)))
+            said = (f"data.class_names {brief(list(names))} replaces the COCO file's names "
+                    f"{brief(list(coco_names))} (class k: background, then the categories by "
+                    f"id)")
+            if said not in _AUTOMATIC_SAID:  # (the names are read for each split's dataset)
+                _AUTOMATIC_SAID.add(said)
+                logger.warning(said)
         names = list(names) if names is not None else list(coco_names)
     num_classes = cfg["model"]["num_classes"]
     if names is None:
