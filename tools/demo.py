@@ -223,7 +223,7 @@ def _none_drawn_hint(render: Any, args: argparse.Namespace) -> str:
     """Why a run drew no detection: --min-score, or an export's threshold: the one it was
     made with, or a higher one given here."""
     floor = render.predictor.cfg.model.roi_heads.score_thresh
-    if not (is_onnx(args.weights) and floor >= args.min_score):
+    if not (is_onnx(args.weights) and floor > args.min_score):
         return " (a lower --min-score shows weaker ones)"
     exported = render.predictor.model.metadata.get("score_thresh")
     if exported is not None and floor > exported:

@@ -480,11 +480,19 @@ def build_renderer(config: str | os.PathLike | None, weights: str | os.PathLike,
 
     The model's own score threshold becomes `min_score` (detectron2's demo does the same): a
     lower `min_score` shows detections the config's threshold would drop, a higher one spares
-    pasting masks that are not drawn. An exported graph keeps its own threshold below it (the
-    config's, above, was applied to its output: a lower `min_score` drew nothing more)."""
-    overrides = [f"model.roi_heads.score_thresh={min_score}", *overrides]
+    pasting masks that are not drawn. An exported graph keeps its own threshold where that is
+    higher (the config file's, above `min_score`, was applied to its output: a lower one drew
+    nothing more); a threshold given among `overrides` is the threshold."""
+    if not is_onnx(weights):
+        overrides = [f"model.roi_heads.score_thresh={min_score}", *overrides]
     predictor = Predictor(config, weights=weights, overrides=overrides, device=device,
                           mask_format="rle")
+    given = any(o.split("=", 1)[0] == "model.roi_heads.score_thresh" for o in overrides)
+    if is_onnx(weights) and not given:
+        graph = predictor.model.metadata.get("score_thresh")
+        floor = max(min_score, float(graph) if graph is not None else 0.0)
+        predictor.model.score_thresh = floor
+        predictor.cfg.model.roi_heads.score_thresh = floor
     warn_of_classes_not_chosen(predictor.cfg, predictor.class_names, "draws")
     if predictor.tiles is not None:  # (a pass per tile: said, as tools/eval.py says it)
         logger.info("sliced inference: %s", describe_tiles(predictor.tiles, predictor.model))

@@ -209,6 +209,12 @@ def _demo_on_an_export_says_why_nothing_was_drawn_and_goes_on_past_a_large_photo
                                 str(tmp_path / "low"), "--min-score", "0.0"])
         drawn.append(re.search(r"(\d+) detections of score 0.0", capsys.readouterr().out)[1])
     assert drawn[0] == drawn[1] != "0"
+    # no threshold given: --min-score's own hint (a review: "model.roi_heads.score_thresh=1.0,
+    # this run's config, leaves out ..." for the --min-score the demo made the threshold)
+    load_tool("demo").main([args[0], *args[1:-1], *demo[len(args):], "--output",
+                            str(tmp_path / "none2"), "--min-score", "1.0"])
+    assert "0 detections of score 1.0 or more (a lower --min-score shows weaker ones)" in \
+        capsys.readouterr().out
     large = tmp_path / "large.jpg"
     cv2.imwrite(str(large), np.full((200, 300, 3), 128, np.uint8))
     real_run = onnxruntime.InferenceSession.run
