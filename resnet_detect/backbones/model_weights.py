@@ -150,7 +150,7 @@ def _recorded_differences(provenance: Mapping[str, Any] | None,
         model_config = to_plain(model_config)
     theirs, ours = flat_keys(recorded["model"], "model."), flat_keys(model_config, "model.")
     differing = [key for key in sorted(theirs.keys() & ours.keys())
-                 if theirs[key] != ours[key] and not key.endswith("weights")
+                 if theirs[key] != ours[key] and not key.endswith(SHAPE_FREE)
                  and not (new_classes and key == "model.num_classes")]
     if not differing:
         return ""
@@ -163,6 +163,13 @@ def _recorded_differences(provenance: Mapping[str, Any] | None,
 
 
 MAX_DIFFERENCES = 8
+# model keys that shape no tensor (test-time and sampling numbers, losses, normalisation,
+# the weights' own paths): left out of what the weights' recorded config is said to differ in
+SHAPE_FREE = (".weights", "score_thresh", "nms_thresh", "detections_per_image",
+              "batch_size_per_image", "positive_fraction", "_topk_train", "_topk_test",
+              "min_box_size", "mask_threshold", "loss_weight", "pixel_mean", "pixel_std",
+              "channels_last", "ignore_index", "class_weight", "smooth_l1_beta",
+              "mask_rois_per_image")
 
 
 def _backbone_hint(model: nn.Module, state_dict: Mapping[str, Any], source: str) -> str:

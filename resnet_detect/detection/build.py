@@ -323,7 +323,8 @@ def _warn_of_unused_mask_keys(hcfg: Mapping[str, Any]) -> None:
     default, given = _plain(defaults().model.roi_heads), _plain(hcfg)
     changed = [f"model.roi_heads.{key}" for key in MASK_KEYS if given[key] != default[key]]
     said = (f"{', '.join(changed)} set, but model.mask_on is false: no mask head reads "
-            f"{'it' if len(changed) == 1 else 'them'} (Mask R-CNN: model.mask_on=true)")
+            f"{'it' if len(changed) == 1 else 'them'} (a Mask R-CNN meant: model.mask_on=true; "
+            f"boxes alone from a Mask R-CNN config: nothing to do)")
     if changed and said not in _SAID:  # (once: a training builds its model twice)
         _SAID.add(said)
         logger.warning(said)

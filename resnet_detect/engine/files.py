@@ -219,17 +219,25 @@ def read_checked_bytes(path: str | os.PathLike) -> bytes:
             return data
         if attempt == 0:  # a run that rewrote the file (model_best.pth) between the reads
             time.sleep(0.5)
-    if _zip_check(data)[0]:  # whole by its own checksums: saved again since (torch.save)
+    if _zip_check(data)[0] and _loads(data):  # whole by its own checksums: written again
         logger.warning("%s does not match %s, written with it, yet every part of it matches "
-                       "the CRC-32 checksums the file keeps: saved again since (torch.save of "
-                       "a loaded checkpoint?), read as it is; delete %s to silence this", path,
-                       checksum_file(path).name, checksum_file(path))
+                       "the CRC-32 checksums the file keeps, and it loads: written again since "
+                       "(saved again with torch.save, or another file copied over it), read as "
+                       "it is; delete %s to silence this", path, checksum_file(path).name,
+                       checksum_file(path))
         return data
-    legacy = not data.startswith(b"PK\x03\x04")  # (no checksums of its own to tell)
     raise ValueError(f"its bytes do not match {checksum_file(path).name}: the file was "
-                     f"damaged after it was written" + (
-                         f" (or saved again in torch.save's legacy format: then delete "
-                         f"{checksum_file(path).name})" if legacy else ""))
+                     "damaged after it was written")
+
+
+def _loads(data: bytes) -> bool:
+    """Whether torch.load reads `data` (fields of a zip's directory that Python's zipfile
+    passes over, torch's reader checks)."""
+    try:
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:  # (any reason: the caller says the file is damaged)
+        return False
+    return True
 
 
 def missing_path(path: str | os.PathLike) -> str:

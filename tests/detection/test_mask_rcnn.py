@@ -174,12 +174,19 @@ def test_weights_of_another_mask_head_name_the_keys_to_set() -> None:
                                          r"weights need 7.*set model.roi_heads."
                                          r"mask_pooler_resolution=7$"):
         load_detector_weights(build_model(coarse), checkpoint, weight_bound_settings(coarse.model))
+    # (a test-time number that shapes nothing is left out of the recorded config's line)
+    wide = _config([*MASK_TINY, "model.roi_heads.score_thresh=0.3"])
     with pytest.raises(ValueError, match=r"(?s)\(its mask head's convolutions are \[8\]: set "
                                          r"model.roi_heads.mask_conv_dims=\[8\]\):.*mis-shaped "
-                                         r".*roi_heads.mask_head.*\n  and the settings: .*set "
-                                         r"model.roi_heads.mask_pooler_resolution=7$"):
-        load_detector_weights(build_model(_config(MASK_TINY)), checkpoint,
-                              weight_bound_settings(_config(MASK_TINY).model))
+                                         r".*roi_heads.mask_head.*\n  the config the weights "
+                                         r"record differs from this one in model.roi_heads."
+                                         r"mask_conv_dims \[8\] \(here \[16,16\]\), model."
+                                         r"roi_heads.mask_pooler_resolution 7 \(here 14\): give "
+                                         r"their run's config.yaml, or set those keys\n  and the "
+                                         r"settings: .*set model.roi_heads."
+                                         r"mask_pooler_resolution=7$"):
+        load_detector_weights(build_model(wide), checkpoint, weight_bound_settings(wide.model),
+                              model_config=wide.model)
 
 
 def _scene_with_masks(seed: int) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -223,7 +230,8 @@ def test_mask_keys_of_a_detector_without_masks_are_said_once(caplog) -> None:
                                              "model.roi_heads.mask_conv_dims=[8]"], defaults=BASE))
     assert caplog.text.count("model.roi_heads.mask_conv_dims, model.roi_heads.mask_loss_weight "
                              "set, but model.mask_on is false: no mask head reads them "
-                             "(Mask R-CNN: model.mask_on=true)") == 1
+                             "(a Mask R-CNN meant: model.mask_on=true; boxes alone from a "
+                             "Mask R-CNN config: nothing to do)") == 1
 
 
 def test_training_lowers_the_mask_loss() -> None:

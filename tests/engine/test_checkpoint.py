@@ -398,22 +398,32 @@ def test_a_checkpoint_damaged_after_writing_is_unreadable_not_loaded(
                                          r"model_0000015.pth.sha256: the file was damaged"):
         read_checkpoint(newest)
     assert read_checkpoint(tmp_path / "model_0000010.pth")["iteration"] == 10
+    # a sidecar as `sha256sum FILE > FILE.sha256` writes it, in capitals: the same check
+    older = tmp_path / "model_0000010.pth"
+    checksum = (tmp_path / "model_0000010.pth.sha256").read_text().strip()
+    (tmp_path / "model_0000010.pth.sha256").write_text(f"{checksum.upper()}  {older.name}\n")
+    assert read_checkpoint(older)["iteration"] == 10
     # saved again whole (torch.save of the loaded checkpoint, another torch version's): it was
     # "damaged" too, with nothing wrong in it but its stale .sha256
-    older = tmp_path / "model_0000010.pth"
     resaved = torch.load(older, weights_only=True)
     resaved["note"] = "mine"
     torch.save(resaved, older)
     caplog.clear()
     assert read_checkpoint(older).keys() == resaved.keys()
     assert ("model_0000010.pth does not match model_0000010.pth.sha256, written with it, yet "
-            "every part of it matches the CRC-32 checksums the file keeps: saved again since "
-            "(torch.save of a loaded checkpoint?), read as it is") in caplog.text
-    # a sidecar as `sha256sum FILE > FILE.sha256` writes it, in capitals: the same check
-    older = tmp_path / "model_0000010.pth"
-    checksum = (tmp_path / "model_0000010.pth.sha256").read_text().strip()
-    (tmp_path / "model_0000010.pth.sha256").write_text(f"{checksum.upper()}  {older.name}\n")
-    assert read_checkpoint(older)["iteration"] == 10
+            "every part of it matches the CRC-32 checksums the file keeps, and it loads: "
+            "written again since (saved again with torch.save, or another file copied over "
+            "it), read as it is") in caplog.text
+    # whole by its records' CRC-32s, yet torch's reader refuses it (the zip64 end record's disk
+    # number, which Python's zipfile passes over): damaged, as before, not "written again"
+    data = bytearray(older.read_bytes())
+    data[data.rfind(b"PK\x06\x06") + 16] ^= 1
+    older.write_bytes(bytes(data))
+    caplog.clear()
+    with pytest.raises(ValueError, match=r"its bytes do not match model_0000010.pth.sha256: "
+                                         r"the file was damaged after it was written$"):
+        read_checkpoint(older)
+    assert "written again since" not in caplog.text
 
 
 def test_final_weights_damaged_after_writing_are_unreadable(tmp_path: Path) -> None:
