@@ -138,6 +138,16 @@ def load_whole_model_weights(model: nn.Module, weights: str | os.PathLike | Mapp
 C4_RES5 = "roi_heads.res5."
 
 
+MAX_DIFFERENCES = 8
+# model keys that shape no tensor (test-time and sampling numbers, losses, normalisation,
+# the weights' own paths): left out of what the weights' recorded config is said to differ in
+SHAPE_FREE = (".weights", "score_thresh", "nms_thresh", "detections_per_image",
+              "batch_size_per_image", "positive_fraction", "_topk_train", "_topk_test",
+              "min_box_size", "mask_threshold", "loss_weight", "pixel_mean", "pixel_std",
+              "channels_last", "ignore_index", "class_weight", "smooth_l1_beta",
+              "mask_rois_per_image")
+
+
 def _recorded_differences(provenance: Mapping[str, Any] | None,
                           model_config: Mapping[str, Any] | None, new_classes: bool) -> str:
     """Where the weights record their config: its `model` keys that differ from
@@ -160,16 +170,6 @@ def _recorded_differences(provenance: Mapping[str, Any] | None,
         else ""
     return (f"\n  the config the weights record differs from this one in {shown}{more}: give "
             f"their run's config.yaml, or set those keys")
-
-
-MAX_DIFFERENCES = 8
-# model keys that shape no tensor (test-time and sampling numbers, losses, normalisation,
-# the weights' own paths): left out of what the weights' recorded config is said to differ in
-SHAPE_FREE = (".weights", "score_thresh", "nms_thresh", "detections_per_image",
-              "batch_size_per_image", "positive_fraction", "_topk_train", "_topk_test",
-              "min_box_size", "mask_threshold", "loss_weight", "pixel_mean", "pixel_std",
-              "channels_last", "ignore_index", "class_weight", "smooth_l1_beta",
-              "mask_rois_per_image")
 
 
 def _backbone_hint(model: nn.Module, state_dict: Mapping[str, Any], source: str) -> str:

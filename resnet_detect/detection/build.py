@@ -311,7 +311,7 @@ def build_roi_heads(
     )
 
 
-_SAID: set[str] = set()
+_MASK_KEYS_SAID: set[str] = set()
 MASK_KEYS = ("mask_pooler_resolution", "mask_conv_dims", "mask_loss_weight",
              "mask_rois_per_image", "mask_threshold")
 
@@ -322,11 +322,13 @@ def _warn_of_unused_mask_keys(hcfg: Mapping[str, Any]) -> None:
     from .config import defaults
     default, given = _plain(defaults().model.roi_heads), _plain(hcfg)
     changed = [f"model.roi_heads.{key}" for key in MASK_KEYS if given[key] != default[key]]
+    if not changed:
+        return
     said = (f"{', '.join(changed)} set, but model.mask_on is false: no mask head reads "
             f"{'it' if len(changed) == 1 else 'them'} (a Mask R-CNN meant: model.mask_on=true; "
             f"boxes alone from a Mask R-CNN config: nothing to do)")
-    if changed and said not in _SAID:  # (once: a training builds its model twice)
-        _SAID.add(said)
+    if said not in _MASK_KEYS_SAID:  # (once: a training builds its model twice)
+        _MASK_KEYS_SAID.add(said)
         logger.warning(said)
 
 

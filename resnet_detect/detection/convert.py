@@ -218,7 +218,7 @@ def mask_head_hint(model: nn.Module, state_dict: Mapping[str, Any]) -> str:
 def torchvision_settings(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """What torchvision's builders fixed, for its Faster R-CNN or (a mask head's weights
     among them) Mask R-CNN state dict."""
-    masks = any(key.startswith("roi_heads.mask_head.") for key in state_dict)
+    masks = any(key.startswith(MASK_HEAD) for key in state_dict)  # (torchvision's prefix too)
     return {**TORCHVISION_SETTINGS, **({MASK_POOLER: 14} if masks else {})}
 
 
