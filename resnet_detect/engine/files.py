@@ -194,7 +194,9 @@ def _zip_check(data: bytes) -> tuple[bool, str | None]:
 
 def read_checked_bytes(path: str | os.PathLike) -> bytes:
     """The bytes of `path`, checked against its `checksum_file` where it has one, else
-    against the CRC-32s of its zip records (`damaged_zip_record`).
+    against the CRC-32s of its zip records (`damaged_zip_record`). A file that differs from its
+    checksum file, yet whose records all match their CRC-32s and which torch loads, was written
+    again since (saved again, another copied over it): taken, with a warning.
 
     Raises:
         ValueError: they differ (the file was damaged after it was written), or the checksum
