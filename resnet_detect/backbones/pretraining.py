@@ -39,6 +39,7 @@ from .weights import (load_weights, make_provenance, read_checkpoint,
                       unwrap_state_dict)
 
 logger = logging.getLogger(__name__)
+_CROP_SAID: set[str] = set()
 BASE_CONFIG = CONFIGS / "pretrain" / "base_classifier.yaml"
 OPEN_KEYS = ("model.options",)
 # the `solver` section of older pretraining configs
@@ -108,6 +109,14 @@ def check_data_settings(cfg: DictConfig) -> None:
         raise ConfigError(f"data.val_resize ({d.val_resize}, the shorter side the val images are "
                           f"resized to) must be >= data.image_size ({d.image_size}, the centre "
                           f"crop taken from it)")
+    said = (f"data.val_resize {d.val_resize} for crops of data.image_size {d.image_size}: the "
+            f"evaluation scores the centre {100 * d.image_size / d.val_resize:.0f}% of each "
+            f"image's shorter side (torchvision and timm resize to about the crop / 0.875: "
+            f"data.val_resize={round(d.image_size / 0.875)})")
+    # (data.image_size=32 under the default 256; once: the data keys are checked twice)
+    if d.val_resize > 2 * d.image_size and said not in _CROP_SAID:
+        _CROP_SAID.add(said)
+        logger.warning(said)
     scale = list(d.scale) if isinstance(d.scale, (list, tuple, ListConfig)) else None
     if (scale is None or len(scale) != 2 or not all(is_number(v) for v in scale)
             or not 0 < scale[0] <= scale[1] <= 1):

@@ -368,6 +368,19 @@ CLASSIFICATION_FLAGS = {
     "--tta": "a classifier is evaluated on one center crop here (no test-time augmentation)",
     "--aug-test": "a classifier is evaluated on one center crop here (no test-time "
                   "augmentation)",
+    **dict.fromkeys(("--label-smoothing", "--smoothing"), "model.label_smoothing=X"),
+    "--warmup-epochs": "train.warmup_epochs=N",
+    "--sched": "train.lr_decay=cosine (or step, poly)",
+    "--opt": "train.optimizer=sgd or adamw",
+    "--train-crop-size": "data.image_size=N",
+    "--val-resize-size": "data.val_resize=N (the center crop: data.image_size)",
+    "--interpolation": "data.val_interpolation=bilinear or bicubic (or area)",
+    "--drop-path": "model.options={drop_path_rate: X} (a space after the colon)",
+    **dict.fromkeys(("--mixup-alpha", "--cutmix-alpha", "--mixup", "--cutmix", "--auto-augment",
+                     "--aa", "--random-erase", "--reprob", "--ra-sampler"),
+                    "not offered here (the augmentation is a random resized crop and a flip: "
+                    "data.scale, data.hflip)"),
+    "--norm-weight-decay": "not offered here: norm weights and biases are never decayed",
 }
 
 

@@ -557,6 +557,14 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         logger.info("keeping a moving average of the weights (train.ema_decay %g): "
                     "evaluations, checkpoints' weights and the final weights are the average",
                     average.decay)
+        span = 1 / (1 - average.decay)  # the steps the average mostly spans
+        fitting = round(1 - 10 / lengths["max_iter"], 6)
+        if span > lengths["max_iter"] / 2:  # (it starts from the random weights, no warmup)
+            logger.warning(f"train.ema_decay {average.decay:g} averages over about {span:.0f} "
+                           f"steps, against this run's {lengths['max_iter']}: the final weights "
+                           f"(the average) stay near the start; a decay of 1 - 10 / steps or "
+                           f"less follows the training"
+                           + (f" ({fitting:g} here)" if fitting > 0 else ""))
     eval_hook = None
     val_images: dict[str, int] = {}  # the last evaluation's count, for metrics.json
     stop = StopRequest()  # set by a stop signal while training runs (stop_on_signals)

@@ -827,6 +827,14 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
                   "--aug-test"],
      ["  --data-path: data.root=DIR (its train/ and val/ class folders)",
       "  --aug-test: a classifier is evaluated on one center crop here"]),
+    # torchvision's and timm's classification flags (a trial: none hinted, --sched "did you
+    # mean --help?")
+    ("pretrain", [str(ROOT / "configs/pretrain/synthetic_resnet18.yaml"), "--sched", "cosine",
+                  "--label-smoothing", "0.1", "--mixup-alpha", "0.2", "--norm-weight-decay", "0"],
+     ["  --sched: train.lr_decay=cosine (or step, poly)\n",
+      "  --label-smoothing: model.label_smoothing=X",
+      "  --mixup-alpha: not offered here (the augmentation is a random resized crop and a flip",
+      "  --norm-weight-decay: not offered here: norm weights and biases are never decayed"]),
     ("train", [str(SEG_CONFIG), "model.head.class_weight=[1,2]"],
      ["; the loss is the cross-entropy summed over the scored pixels over their count "
       "(mmsegmentation's avg_non_ignore=True); model.class_weight=[w_0, ...] weighs the classes "

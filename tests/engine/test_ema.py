@@ -88,6 +88,20 @@ def test_the_average_moves_by_one_minus_the_decay_after_each_step(tmp_path: Path
     assert "training_weights" not in _checkpoint(tmp_path / "plain", 6)
 
 
+def test_a_decay_that_averages_over_more_steps_than_the_run_is_warned_of(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A trial: --model-ema's hint's 0.9998 on a 60-step pretraining kept a backbone that
+    moved 1% as far as the trained one (top-1 of an untrained model), without a word."""
+    with caplog.at_level(logging.WARNING):
+        run_training(_RecordingTask(), _config(tmp_path / "short", 0.3), CPU)
+    assert "averages over about" not in caplog.text  # (about 1.4 steps of 6)
+    with caplog.at_level(logging.WARNING):
+        run_training(_RecordingTask(), _config(tmp_path / "long", 0.9), CPU)
+    assert ("train.ema_decay 0.9 averages over about 10 steps, against this run's 6: the final "
+            "weights (the average) stay near the start; a decay of 1 - 10 / steps or less") in \
+        caplog.text
+
+
 def test_evaluations_and_the_best_weights_are_the_averages(tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = _config(out, 0.5, eval_period=2, best_metric="regression/weight_sum")

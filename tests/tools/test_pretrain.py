@@ -519,6 +519,25 @@ def test_model_best_keeps_the_weights_of_the_best_evaluation(
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_val_resize_far_above_the_crop_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A trial: data.image_size=32 under the default data.val_resize=256 scored the centre
+    eighth of each image without a word."""
+    from resnet_detect.backbones.pretraining import check_data_settings
+    from resnet_detect.engine.tasks import load_task_config
+
+    config = ROOT / "configs/pretrain/synthetic_resnet18.yaml"
+    with caplog.at_level(logging.WARNING):
+        check_data_settings(load_task_config(config, ["data.root=d"])[1])  # (48 in 54)
+        assert caplog.text == ""
+        for _ in range(2):  # (checked twice in a run: said once)
+            check_data_settings(load_task_config(config, ["data.root=d", "data.image_size=32",
+                                                          "data.val_resize=256"])[1])
+    assert caplog.text.count("data.val_resize 256 for crops of data.image_size 32: the "
+                             "evaluation scores the centre 12% of each image's shorter side "
+                             "(torchvision and timm resize to about the crop / 0.875: "
+                             "data.val_resize=37)") == 1
+
+
 def test_bad_config_values_are_named(tool: ModuleType, tmp_path: Path) -> None:
     colour_tree(tmp_path / "data", train_per_class=2, val_per_class=1)
     with pytest.raises(ValueError, match="train.batch_size 64 exceeds the 4 training images"):
