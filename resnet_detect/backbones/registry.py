@@ -122,7 +122,10 @@ def build_resnet(name: str, config_prefix: str = "", **options: Any) -> ResNet:
     if unknown:  # a ConfigError when the keys are the config's
         raise (ConfigError if config_prefix else ArgumentError)(
             f"unknown backbone option {', '.join(config_prefix + k for k in unknown)}; valid: "
-            f"{', '.join(sorted(_OPTIONS))}")
+            f"{', '.join(sorted(_OPTIONS))}" + next((
+                # {drop_path_rate:0.1}: YAML reads one key, "drop_path_rate:0.1", of no value
+                f" (YAML needs a space after a colon: {{{k.split(':', 1)[0]}: "
+                f"{k.split(':', 1)[1]}}})" for k in unknown if ":" in k), ""))
     not_bool = [k for k in sorted(set(options) & _TRUE_OR_FALSE)
                 if options[k] is not None and not isinstance(options[k], bool)]
     if not_bool:  # a string "flase" (model_info's key=value) would be true

@@ -66,6 +66,11 @@ def _prepare(config: Path, overrides: list[str]) -> None:
                                               r"model.head.low_level_feature=res2: features "
                                               r"\['res6'\] are not stages of this net"),
     (CLASSIFIER, "model.options.bogus=1", "unknown backbone option model.options.bogus"),
+    # (a trial: the valid list alone, drop_path_rate among it)
+    (CLASSIFIER, "model.options={drop_path_rate:0.1}", r"unknown backbone option "
+                                                       r"model.options.drop_path_rate:0.1; .* "
+                                                       r"\(YAML needs a space after a colon: "
+                                                       r"\{drop_path_rate: 0.1\}\)$"),
     (CLASSIFIER, "model.name=resnet37", "model: unknown backbone 'resnet37'"),
     (CLASSIFIER, "model.options.norm=ln", "model.options.norm 'ln' is not valid"),
 ])
