@@ -161,6 +161,11 @@ OTHER_KEYS = {
     "model.backbone.norm_cfg": ("mmdetection's norm_cfg is model.backbone.norm=bn, syncbn, gn "
                                 "or frozen_bn here", "norm"),
     "train.lr": ("the learning rate is train.base_lr here", "base_lr"),
+    # a classifier's model keys elsewhere (timm's and torchvision's args are flat; the train
+    # section, every task's, has no key telling a classifier's apart)
+    "data.label_smoothing": ("the label smoothing is model.label_smoothing here", "image_size"),
+    "model.drop_path_rate": ("a classifier's drop path rate is model.options={drop_path_rate: "
+                             "X} here", "label_smoothing"),
     "optimizer": ("mmdetection 2.x's optimizer lr, momentum and weight_decay are "
                   "train.base_lr, train.momentum and train.weight_decay here", "train"),
     "solver": ("detectron2's SOLVER is the train section here (SOLVER.BASE_LR: train.base_lr, "

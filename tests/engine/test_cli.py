@@ -827,6 +827,13 @@ def test_a_segmentation_hint_is_not_given_for_a_detector(monkeypatch: pytest.Mon
                   "--aug-test"],
      ["  --data-path: data.root=DIR (its train/ and val/ class folders)",
       "  --aug-test: a classifier is evaluated on one center crop here"]),
+    # a classifier's keys in another section (a trial: the section's valid keys alone)
+    ("pretrain", [str(ROOT / "configs/pretrain/synthetic_resnet18.yaml"),
+                  "model.drop_path_rate=0.1"],
+     ["; a classifier's drop path rate is model.options={drop_path_rate: X} here"]),
+    ("pretrain", [str(ROOT / "configs/pretrain/synthetic_resnet18.yaml"),
+                  "data.label_smoothing=0.1"],
+     ["; the label smoothing is model.label_smoothing here"]),
     # torchvision's and timm's classification flags (a trial: none hinted, --sched "did you
     # mean --help?")
     ("pretrain", [str(ROOT / "configs/pretrain/synthetic_resnet18.yaml"), "--sched", "cosine",
