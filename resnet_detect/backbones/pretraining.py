@@ -23,6 +23,7 @@ from resnet_detect.engine import (AMP_DTYPES, all_reduce_sum, amp_for_device, pa
                                   per_process_batch_size, to_plain)
 from resnet_detect.engine.config import (ConfigError, config_section, is_number,
                                          is_positive_int)
+from resnet_detect.engine.logging import warn_once
 from resnet_detect.engine.data import DatasetError
 from resnet_detect.engine.model_check import check_model_config
 from resnet_detect.engine.task_api import TaskData
@@ -39,7 +40,6 @@ from .weights import (load_weights, make_provenance, read_checkpoint,
                       unwrap_state_dict)
 
 logger = logging.getLogger(__name__)
-_CROP_SAID: set[str] = set()
 BASE_CONFIG = CONFIGS / "pretrain" / "base_classifier.yaml"
 OPEN_KEYS = ("model.options",)
 # the `solver` section of older pretraining configs
@@ -109,14 +109,12 @@ def check_data_settings(cfg: DictConfig) -> None:
         raise ConfigError(f"data.val_resize ({d.val_resize}, the shorter side the val images are "
                           f"resized to) must be >= data.image_size ({d.image_size}, the centre "
                           f"crop taken from it)")
-    said = (f"data.val_resize {d.val_resize} for crops of data.image_size {d.image_size}: the "
-            f"evaluation scores the centre {100 * d.image_size / d.val_resize:.0f}% of each "
-            f"image's shorter side (torchvision and timm resize to about the crop / 0.875: "
-            f"data.val_resize={round(d.image_size / 0.875)})")
-    # (data.image_size=32 under the default 256; once: the data keys are checked twice)
-    if d.val_resize > 2 * d.image_size and said not in _CROP_SAID:
-        _CROP_SAID.add(said)
-        logger.warning(said)
+    if d.val_resize > 2 * d.image_size:  # (data.image_size=32 under the default 256)
+        warn_once(logger, f"data.val_resize {d.val_resize} for crops of data.image_size "
+                          f"{d.image_size}: the evaluation scores the centre "
+                          f"{100 * d.image_size / d.val_resize:.0f}% of each image's shorter "
+                          f"side (torchvision and timm resize to about the crop / 0.875: "
+                          f"data.val_resize={round(d.image_size / 0.875)})")
     scale = list(d.scale) if isinstance(d.scale, (list, tuple, ListConfig)) else None
     if (scale is None or len(scale) != 2 or not all(is_number(v) for v in scale)
             or not 0 < scale[0] <= scale[1] <= 1):

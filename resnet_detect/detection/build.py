@@ -17,6 +17,7 @@ from torch import nn
 
 from resnet_detect.engine.config import (ConfigError, check_counts, check_non_negative,
                                          check_probability, config_section)
+from resnet_detect.engine.logging import warn_once
 from resnet_detect import backbones
 from resnet_detect.backbones.layers import ShapeSpec
 
@@ -311,7 +312,6 @@ def build_roi_heads(
     )
 
 
-_MASK_KEYS_SAID: set[str] = set()
 MASK_KEYS = ("mask_pooler_resolution", "mask_conv_dims", "mask_loss_weight",
              "mask_rois_per_image", "mask_threshold")
 
@@ -324,12 +324,10 @@ def _warn_of_unused_mask_keys(hcfg: Mapping[str, Any]) -> None:
     changed = [f"model.roi_heads.{key}" for key in MASK_KEYS if given[key] != default[key]]
     if not changed:
         return
-    said = (f"{', '.join(changed)} set, but model.mask_on is false: no mask head reads "
-            f"{'it' if len(changed) == 1 else 'them'} (a Mask R-CNN meant: model.mask_on=true; "
-            f"boxes alone from a Mask R-CNN config: nothing to do)")
-    if said not in _MASK_KEYS_SAID:  # (once: a training builds its model twice)
-        _MASK_KEYS_SAID.add(said)
-        logger.warning(said)
+    warn_once(logger, f"{', '.join(changed)} set, but model.mask_on is false: no mask head "
+                      f"reads {'it' if len(changed) == 1 else 'them'} (a Mask R-CNN meant: "
+                      f"model.mask_on=true; boxes alone from a Mask R-CNN config: nothing to "
+                      f"do)")
 
 
 def _check_top_block(top_block: str | None) -> None:

@@ -158,6 +158,17 @@ def set_up_handlers(settings: tuple[int, list[tuple[str | None, str | None, str 
     warnings.showwarning = log_warning
 
 
+_SAID_ONCE: set[str] = set()
+
+
+def warn_once(log: logging.Logger, message: str) -> None:
+    """`message` as a warning of `log`, once per process (a tool reads its config, or
+    builds its model, more than once)."""
+    if message not in _SAID_ONCE:
+        _SAID_ONCE.add(message)
+        log.warning(message)
+
+
 def print_and_log(text: str) -> None:
     """Print `text` (a results table, a summary line) as it is, and write it into the log.txt
     that setup_logging opened, so that the file holds the whole run. A console that is gone

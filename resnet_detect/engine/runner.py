@@ -558,8 +558,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
                     "evaluations, checkpoints' weights and the final weights are the average",
                     average.decay)
         span = 1 / (1 - average.decay)  # the steps the average mostly spans
-        fitting = round(1 - 10 / lengths["max_iter"], 6)
         if span > lengths["max_iter"] / 2:  # (it starts from the random weights, no warmup)
+            fitting = round(1 - 10 / lengths["max_iter"], 6)
             logger.warning(f"train.ema_decay {average.decay:g} averages over about {span:.0f} "
                            f"steps, against this run's {lengths['max_iter']}: the final weights "
                            f"(the average) stay near the start; a decay of 1 - 10 / steps or "

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from resnet_detect.engine.config import (ConfigError, check_probability, check_sizes, is_number,
                                          to_plain)
+from resnet_detect.engine.logging import warn_once
 from resnet_detect.engine import data as engine_data
 from resnet_detect.engine.data import (DatasetError, PackedRecords, UnreadableImageError, brief,
                                        decoded_size, image_size, listing, read_image,
@@ -446,9 +447,7 @@ class SemSegDataset(Dataset):
                 "height": int(image.shape[0]), "width": int(image.shape[1])}
 
 
-# what is said once per process: the datasets named whose colours are not kept, the names
-# that replace a COCO file's
-_AUTOMATIC_SAID: set[str] = set()
+_AUTOMATIC_SAID: set[str] = set()  # (the datasets named whose colours are not kept: said once)
 
 
 def resolve_palette(value: Any, num_classes: int | None) -> np.ndarray | None:
@@ -573,12 +572,9 @@ def resolve_class_names(cfg: Mapping[str, Any], coco_names: Sequence[str] | None
                                   f"{brief(list(coco_names))}); leave data.class_names null "
                                   f"where every split is COCO, else write the file with the "
                                   f"classes' order (the converters' --classes)")
-            said = (f"data.class_names {brief(list(names))} replaces the COCO file's names "
-                    f"{brief(list(coco_names))} (class k: background, then the categories by "
-                    f"id)")
-            if said not in _AUTOMATIC_SAID:  # (the names are read for each split's dataset)
-                _AUTOMATIC_SAID.add(said)
-                logger.warning(said)
+            warn_once(logger, f"data.class_names {brief(list(names))} replaces the COCO "
+                              f"file's names {brief(list(coco_names))} (class k: background, "
+                              f"then the categories by id)")
         names = list(names) if names is not None else list(coco_names)
     num_classes = cfg["model"]["num_classes"]
     if names is None:
