@@ -23,8 +23,9 @@ DIR/models/*.pth of an earlier run, or pretraining's model_final.pth). Each stud
 DIR/STUDY.png, DIR/STUDY.csv and DIR/STUDY.json and prints where the picture is.
 
 Data (data.root): the synthetic shapes by default (`python tools/make_synthetic.py`), the
-CIFAR-10 python batches (data.root=.../cifar-10-batches-py), or any ImageFolder tree
-(root/train/<class>/*, root/val/<class>/*), all resized to data.image_size.
+CIFAR-10 or CIFAR-100 python batches (data.root=.../cifar-10-batches-py, or the folder above
+it), or any ImageFolder tree (root/train/<class>/*, root/val/<class>/*), all resized to
+data.image_size.
 """
 from __future__ import annotations
 

@@ -166,15 +166,16 @@ def warn_of_periods_read_as_epochs(t: DictConfig, lengths: Mapping[str, Any],
                        "stays, for a newest that a kill or a full disk damaged")
 
 
-def warn_of_long_warmup(lengths: Mapping[str, Any], logger: logging.Logger) -> None:
+def warn_of_long_warmup(lengths: Mapping[str, Any], logger: logging.Logger,
+                        section: str = "train") -> None:
     """A warmup as long as the run (a 1x recipe's 1000 steps kept in a 300-step fine-tuning)
-    never reaches train.base_lr."""
+    never reaches the base lr. `section`: the config section the user sets them in."""
     warmup, max_iter = lengths["warmup_iters"], lengths["max_iter"]
     if warmup >= max_iter:
-        key = "train.warmup_epochs" if "per_epoch" in lengths else "train.warmup_iters"
+        key = f"{section}.warmup_epochs" if "per_epoch" in lengths else f"{section}.warmup_iters"
         logger.warning("%s is %d iterations, the whole run is %d: the lr climbs for the "
-                       "whole run and never reaches train.base_lr; shorten it (e.g. %s of a "
-                       "tenth of the run)", key, warmup, max_iter, key)
+                       "whole run and never reaches %s.base_lr; shorten it (e.g. %s of a "
+                       "tenth of the run)", key, warmup, max_iter, section, key)
 
 
 def describe_schedule(t: DictConfig, lengths: Mapping[str, Any], evaluated: bool) -> str:

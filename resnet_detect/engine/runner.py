@@ -360,7 +360,7 @@ def _data_and_lengths(task: Task, cfg: DictConfig, resume: bool | str | os.PathL
                **periods_in_iterations(t, len(data.train))}
     warn_of_epoch_rounding(t, lengths, len(data.train), logger)
     warn_of_periods_read_as_epochs(t, lengths, logger)
-    warn_of_long_warmup(lengths, logger)
+    warn_of_long_warmup(lengths, logger, getattr(task, "schedule_section", "train"))
     if is_main_process():
         warn_of_a_rate_far_above_the_recipes(task.name, t, logger)
     warn_of_unused_steps(t, logger)

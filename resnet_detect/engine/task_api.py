@@ -62,6 +62,8 @@ class Task(Protocol):
     primary_metrics: str  # the metric group tools print and `metrics` returns
     # optional `unreadable_val`: what an unreadable val image does to the metrics (LEFT_OUT)
     # optional `resume_hint`: how a stopped run continues (RESUME_HINT)
+    # optional `schedule_section`: the config section its user sets base_lr and warmup in
+    #   ("train")
     # optional `metric_names(cfg)`: the "group/key" names evaluations give, so that a
     #   train.best_metric of none is refused before training
     # optional `check_output_dir(cfg, folder)`, `check_resumed_model(source, recorded config,

@@ -17,6 +17,7 @@ from resnet_detect.backbones.studies import (KOfNPathSampler, PathGradients, app
 from resnet_detect.backbones.studies.data import (ClassificationSplit, load_cifar_batches,
                                                   load_splits, SplitDataset, random_crop_flip)
 from resnet_detect.backbones.studies.training import Recipe, accuracy, train_classifier
+from resnet_detect.backbones.data import scan_image_folder
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -368,11 +369,15 @@ def test_path_gradients_refuse_plain_nets():
 
 # ---------------------------------------------------------------- data
 
-def write_cifar(root, per_batch=2, test=3):
+def write_cifar(root, per_batch=2, test=3, text=False):
+    """CIFAR-10's batches, keys as bytes, or (`text`) as str: CIFAR's Python 2 strings read
+    with torchvision's latin-1 decoding."""
     root.mkdir()
     rng = np.random.default_rng(0)
+    b = (lambda s: s.decode()) if text else (lambda s: s)
     with open(root / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [b"cat", b"dog", b"ship"], b"num_vis": 3072}, f)
+        pickle.dump({b(b"label_names"): [b(b"cat"), b(b"dog"), b(b"ship")],
+                     b(b"num_vis"): 3072}, f, protocol=2)
     arrays = {}
     for name, count in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [
             ("test_batch", test)]:
@@ -380,8 +385,9 @@ def write_cifar(root, per_batch=2, test=3):
         labels = [int(v) for v in rng.integers(0, 3, size=count)]
         arrays[name] = (data, labels)
         with open(root / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels,
-                         b"filenames": [b"x.png"] * count}, f)
+            pickle.dump({b(b"batch_label"): b(name.encode()), b(b"data"): data,
+                         b(b"labels"): labels, b(b"filenames"): [b(b"x.png")] * count}, f,
+                        protocol=2)
     return arrays
 
 
@@ -401,6 +407,60 @@ def test_cifar_batches_load_in_channel_major_order(tmp_path):
     assert val.labels.tolist() == arrays["test_batch"][1]
     small = load_cifar_batches(tmp_path / "cifar-10-batches-py", "val", image_size=16)
     assert small.images.shape == (3, 3, 16, 16)
+
+
+def write_cifar100(root, train=7, test=4):
+    """CIFAR-100's python files: train, test and meta, fine and coarse labels."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    names = [f"class{i}" for i in range(100)]
+    with open(root / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": names, "coarse_label_names": names[:20]}, f,
+                    protocol=2)
+    for name, count in (("train", train), ("test", test)):
+        with open(root / name, "wb") as f:
+            pickle.dump({"filenames": ["x.png"] * count, "batch_label": name,
+                         "fine_labels": [int(v) for v in rng.integers(0, 100, count)],
+                         "coarse_labels": [int(v) for v in rng.integers(0, 20, count)],
+                         "data": rng.integers(0, 256, (count, 3072), dtype=np.uint8)}, f,
+                        protocol=2)
+
+
+def test_cifar100_and_torchvisions_root_read_as_torchvision_reads_them(tmp_path, monkeypatch):
+    """The folder above cifar-10-batches-py (torchvision's root) was "dataset folder not
+    found: root/train", and CIFAR-100's files "that is a file"."""
+    torchvision = pytest.importorskip("torchvision")
+    (tmp_path / "c10").mkdir()
+    write_cifar(tmp_path / "c10" / "cifar-10-batches-py", text=True)
+    write_cifar100(tmp_path / "c100" / "cifar-100-python")
+    # (the fake batches are not the published files its checksums name)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    for root, dataset in (("c10", torchvision.datasets.CIFAR10),
+                          ("c100", torchvision.datasets.CIFAR100)):
+        train, val = load_splits(tmp_path / root, train_split="train", val_split="val",
+                                 image_size=32)
+        for split, train_flag in ((train, True), (val, False)):
+            reference = dataset(str(tmp_path / root), train=train_flag)
+            assert split.class_names == reference.classes
+            assert split.labels.tolist() == list(reference.targets)
+            assert torch.equal(split.images, torch.from_numpy(reference.data).permute(0, 3, 1, 2))
+    assert len(train.class_names) == 100 and len(train) == 7 and len(val) == 4
+
+
+def test_an_archive_or_cifar_batches_given_to_an_image_folder_tool_say_what_to_do(tmp_path):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(b"\x1f\x8b")
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-python.tar.gz is an archive: "
+                                                r"extract it \(`tar xzf "):
+        load_splits(archive, train_split="train", val_split="val", image_size=8)
+    with pytest.raises(FileNotFoundError, match=r"data.root folder not found: .*missing"):
+        load_splits(tmp_path / "missing", train_split="train", val_split="val", image_size=8)
+    write_cifar100(tmp_path / "cifar-100-python")
+    # tools/pretrain.py reads ImageFolder trees alone
+    with pytest.raises(FileNotFoundError, match=r"cifar-100-python holds CIFAR's python "
+                                                r"batches, which tools/analyze.py reads; this "
+                                                r"tool reads ImageFolder trees"):
+        scan_image_folder(tmp_path / "cifar-100-python" / "train")
 
 
 def test_cifar_batches_errors_name_the_file(tmp_path):

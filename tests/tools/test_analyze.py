@@ -464,7 +464,8 @@ def test_a_stopped_training_continues_from_its_checkpoint(image_folder, tmp_path
         assert exit_info.value.code == 130
         err = capsys.readouterr().err
         assert "continues the stopped one from its checkpoint" in err and "--resume" not in err
-        (stopped_at,) = (output / "runs").glob("cifar_resnet20-*/model_*.pth")
+        # (the evaluation's checkpoint at iteration 2, and the stop's)
+        stopped_at = max((output / "runs").glob("cifar_resnet20-*/model_*.pth"))
         # its checkpoint as --weights keeps the study's record: its image size is checked
         with pytest.raises(ConfigError, match=r"was trained on 8x8 px images, this run's are "
                                               r"12x12"):
@@ -493,13 +494,31 @@ def test_a_stopped_training_continues_from_its_checkpoint(image_folder, tmp_path
         patch.setattr(training.StudyTask, "losses", stops["step 3"][1])
         with pytest.raises(SystemExit):
             run("lesion", tmp_path / "old", image_folder, *longer)
-    (stopped_at,) = (tmp_path / "old/runs").glob("cifar_resnet20-*/model_*.pth")
+    stopped_at = max((tmp_path / "old/runs").glob("cifar_resnet20-*/model_*.pth"))
     checkpoint = torch.load(stopped_at, weights_only=True)
     checkpoint["provenance"]["config"] = checkpoint["provenance"].pop("study_config")
     del checkpoint["extra"]["task"]
     atomic_save(checkpoint, stopped_at, checksum=True)
     again = run("lesion", tmp_path / "old", image_folder, *longer)
     assert read_csv(again["csv"]) == read_csv(whole["csv"])
+    # a run that ends without saving (killed, out of memory) continues from the checkpoint of
+    # its last evaluation: none was written, and the rerun trained the net from its start
+    def crash(self, *args):
+        if self.steps == 3:
+            raise RuntimeError("killed")
+        return losses(self, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training.StudyTask, "losses", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            run("lesion", tmp_path / "killed", image_folder, *longer)
+    (written,) = (tmp_path / "killed/runs").glob("cifar_resnet20-*/model_*.pth")
+    assert written.name == "model_0000002.pth"
+    again = run("lesion", tmp_path / "killed", image_folder, *longer)
+    assert read_csv(again["csv"]) == read_csv(whole["csv"])
+    b = torch.load(saved(tmp_path / "killed", "cifar_resnet20"), weights_only=True)
+    a = torch.load(saved(tmp_path / "whole", "cifar_resnet20"), weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 def test_weights_trained_at_another_image_size_are_refused(image_folder, tmp_path, caplog):
@@ -510,6 +529,16 @@ def test_weights_trained_at_another_image_size_are_refused(image_folder, tmp_pat
                                           r"images, this run's are 12x12 \(data.image_size\): "
                                           r"set data.image_size=8"):
         run("lesion", tmp_path / "l", image_folder, "data.image_size=12", weights=[plain])
+    # pretraining's classifier at another crop size: a 32 px one scored chance at 16, warned
+    pretrained = torch.load(plain, weights_only=True)
+    assert pretrained["provenance"]["config"]["task"] == "analyze"
+    pretrained["provenance"]["config"]["task"] = "classification"
+    torch.save(pretrained, tmp_path / "pretrained.pth")
+    with pytest.raises(ConfigError, match=r"pretrained.pth was trained on 8x8 px crops "
+                                          r"\(pretraining's\), this run's are 12x12 "
+                                          r"\(data.image_size\): set data.image_size=8"):
+        run("lesion", tmp_path / "p", image_folder, "data.image_size=12",
+            weights=[tmp_path / "pretrained.pth"])
     # a bare state dict (no record) of a plain net: the warning says how to analyse it as one
     torch.save(torch.load(plain, weights_only=True)["model"], tmp_path / "bare.pth")
     run("lesion", tmp_path / "b", image_folder, weights=[tmp_path / "bare.pth"])
@@ -547,10 +576,14 @@ def test_solver_iterations_under_a_study_length_is_warned_of(image_folder, tmp_p
     tiny = [o for o in TINY if not o.startswith("degradation.iterations=")]
     analyze.main(["degradation", "--config", str(config), "--output", str(tmp_path / "d"),
                   f"data.root={image_folder}", *tiny, "degradation.depths=[20]",
-                  "solver.iterations=3"])
+                  "solver.iterations=3", "solver.warmup_iters=5"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= 30]
     assert ("solver.iterations=3 is not used: degradation.iterations=2 (the config's) sets the "
-            "length of this study's nets; set degradation.iterations=3") in [
-        r.getMessage() for r in caplog.records if r.levelno >= 30]
+            "length of this study's nets; set degradation.iterations=3") in warnings
+    # named as the study's keys (train.warmup_iters is no key of tools/analyze.py)
+    assert ("solver.warmup_iters is 5 iterations, the whole run is 2: the lr climbs for the "
+            "whole run and never reaches solver.base_lr; shorten it (e.g. solver.warmup_iters "
+            "of a tenth of the run)") in warnings
 
 
 def test_cifar_batches_of_floats_or_unknown_labels_are_named(tmp_path):

@@ -3,8 +3,9 @@
 Shapes: N images of S x S pixels. A split is `images` (N, 3, S, S) uint8 RGB and `labels`
 (N,) int64; `normalize` turns images into float (N, 3, S, S) with the 0..255 mean/std.
 
-Sources: the CIFAR-10 python batches (`root` holding data_batch_1..5 and test_batch; the
-training split is the data batches, every other split the test batch), or any ImageFolder
+Sources: the CIFAR-10 or CIFAR-100 python batches (`root` holding data_batch_1..5 and
+test_batch, or CIFAR-100's train and test; or the folder above them, torchvision's root; the
+training split is the training batches, every other split the test batch), or any ImageFolder
 tree `root/<split>/<class>/<image>` read by `backbones.data` and resized (shorter side to S,
 centre crop S x S).
 """
@@ -25,13 +26,32 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from resnet_detect.engine.data import DatasetError
+from resnet_detect.engine.files import missing_path
 
 from ..data import SMOOTH_RESIZE, ImageFolderDataset, scan_image_folder
 
 logger = logging.getLogger(__name__)
-CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-CIFAR_TEST_FILE = "test_batch"
-CIFAR_META_FILE = "batches.meta"
+
+
+@dataclass(frozen=True)
+class CifarLayout:
+    """The files and keys of one CIFAR python distribution."""
+
+    folder: str  # what its archive unpacks to
+    train_files: tuple[str, ...]
+    test_file: str
+    meta_file: str
+    names_key: str
+    labels_key: str
+
+
+CIFAR_LAYOUTS = (
+    CifarLayout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                "test_batch", "batches.meta", "label_names", "labels"),
+    CifarLayout("cifar-100-python", ("train",), "test", "meta", "fine_label_names",
+                "fine_labels"),
+)
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".gz")
 
 
 @dataclass
@@ -56,10 +76,24 @@ class ClassificationSplit:
                                    self.source)
 
 
-def is_cifar_root(root: str | os.PathLike) -> bool:
-    """True when `root` holds the CIFAR-10 python batches (cifar-10-batches-py)."""
+def cifar_layout(root: str | os.PathLike) -> CifarLayout | None:
+    """The CIFAR distribution whose batches `root` holds (a test or first training batch file
+    beside the meta file), or None."""
     root = Path(root)
-    return (root / CIFAR_TEST_FILE).is_file() or (root / CIFAR_TRAIN_FILES[0]).is_file()
+    for layout in CIFAR_LAYOUTS:
+        if (root / layout.meta_file).is_file() and (
+                (root / layout.test_file).is_file() or (root / layout.train_files[0]).is_file()):
+            return layout
+    return None
+
+
+def cifar_folder(root: str | os.PathLike) -> Path | None:
+    """`root` where it holds CIFAR batches, or its cifar-10-batches-py / cifar-100-python
+    (torchvision's datasets take the folder above), else None."""
+    for folder in [Path(root), *(Path(root) / layout.folder for layout in CIFAR_LAYOUTS)]:
+        if cifar_layout(folder) is not None:
+            return folder
+    return None
 
 
 def _unpickle(path: Path) -> dict[Any, Any]:
@@ -78,10 +112,11 @@ def _unpickle(path: Path) -> dict[Any, Any]:
 
 def load_cifar_batches(root: str | os.PathLike, split: str, image_size: int = 32
                        ) -> ClassificationSplit:
-    """Read the CIFAR-10 python batches of `split` ("train": data_batch_1..5, else test_batch).
+    """Read the CIFAR python batches of `split` ("train": CIFAR-10's data_batch_1..5 or
+    CIFAR-100's train, else the test batch; CIFAR-100's labels are its 100 fine classes).
 
     Args:
-        root: the cifar-10-batches-py folder.
+        root: the cifar-10-batches-py or cifar-100-python folder.
         split: "train" or the evaluation split's name.
         image_size: S; other than 32 resizes with antialiasing.
 
@@ -90,17 +125,21 @@ def load_cifar_batches(root: str | os.PathLike, split: str, image_size: int = 32
         DatasetError: a batch file is not a CIFAR batch (missing data/labels, wrong sizes).
     """
     root = Path(root)
-    meta = _unpickle(root / CIFAR_META_FILE)
-    if "label_names" not in meta:
-        raise DatasetError(f"{root / CIFAR_META_FILE} has no label_names")
-    class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
-    files = CIFAR_TRAIN_FILES if split == "train" else (CIFAR_TEST_FILE,)
+    layout = cifar_layout(root) or CIFAR_LAYOUTS[0]
+    meta_path = root / layout.meta_file
+    meta = _unpickle(meta_path)
+    if layout.names_key not in meta:
+        raise DatasetError(f"{meta_path} has no {layout.names_key}")
+    class_names = [n.decode() if isinstance(n, bytes) else str(n)
+                   for n in meta[layout.names_key]]
+    files = layout.train_files if split == "train" else (layout.test_file,)
     images, labels = [], []
     for name in files:
         batch = _unpickle(root / name)
-        data, batch_labels = batch.get("data"), batch.get("labels")
+        data, batch_labels = batch.get("data"), batch.get(layout.labels_key)
         if data is None or batch_labels is None:
-            raise DatasetError(f"{root / name} is not a CIFAR batch (needs 'data' and 'labels')")
+            raise DatasetError(f"{root / name} is not a CIFAR batch (needs 'data' and "
+                               f"{layout.labels_key!r})")
         data = np.asarray(data)
         # (a cast made 300.7 44 and 0..1 floats black; lists of ints are read)
         if not np.issubdtype(data.dtype, np.integer) or (
@@ -117,16 +156,17 @@ def load_cifar_batches(root: str | os.PathLike, split: str, image_size: int = 32
         outside = batch_tensor[(batch_tensor < 0) | (batch_tensor >= len(class_names))]
         if outside.numel():
             raise DatasetError(f"{root / name}: label {int(outside[0])} is not a class of "
-                               f"{root / CIFAR_META_FILE} (labels lie in "
-                               f"0..{len(class_names) - 1}: {len(class_names)} label_names)")
+                               f"{meta_path} (labels lie in 0..{len(class_names) - 1}: "
+                               f"{len(class_names)} {layout.names_key})")
         # each row is RRR..GGG..BBB
         images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
         labels.append(batch_tensor)
     image_tensor, label_tensor = torch.cat(images), torch.cat(labels)
-    if image_size != 32:
-        resized = F.interpolate(image_tensor.float(), size=(image_size, image_size),
-                                mode="bilinear", antialias=True, align_corners=False)
-        image_tensor = resized.round().clamp(0, 255).to(torch.uint8)
+    if image_size != 32:  # in chunks: a float copy of the whole of CIFAR is 700 MB
+        image_tensor = torch.cat([
+            F.interpolate(chunk.float(), size=(image_size, image_size), mode="bilinear",
+                          antialias=True, align_corners=False).round().clamp(0, 255)
+            .to(torch.uint8) for chunk in image_tensor.split(4096)])
     return ClassificationSplit(image_tensor, label_tensor, class_names, str(root))
 
 
@@ -169,13 +209,18 @@ def load_splits(root: str | os.PathLike, *, train_split: str, val_split: str, im
                 max_train: int = 0, max_val: int = 0, seed: int = 0
                 ) -> tuple[ClassificationSplit, ClassificationSplit]:
     """(train, val) from CIFAR batches or an ImageFolder tree, each cut to a seeded subset."""
+    if Path(root).is_file() and root_is_archive(root):
+        raise FileNotFoundError(
+            f"data.root {root} is an archive: extract it (`tar xzf {root}`) and set data.root "
+            f"to the folder it makes (CIFAR-10's cifar-10-batches-py)")
     if not Path(root).is_dir():
         raise FileNotFoundError(
-            f"data.root {root} does not exist (the synthetic set is made by "
+            f"data.root folder not found: {missing_path(root)} (the synthetic set is made by "
             f"`python tools/make_synthetic.py`; CIFAR-10 is the cifar-10-batches-py folder)")
-    if is_cifar_root(root):
-        train = load_cifar_batches(root, "train", image_size).subset(max_train, seed)
-        val = load_cifar_batches(root, val_split, image_size).subset(max_val, seed + 1)
+    cifar = cifar_folder(root)
+    if cifar is not None:
+        train = load_cifar_batches(cifar, "train", image_size).subset(max_train, seed)
+        val = load_cifar_batches(cifar, val_split, image_size).subset(max_val, seed + 1)
     else:
         train = load_image_folder(Path(root) / train_split, image_size, max_items=max_train,
                                   seed=seed)
@@ -184,6 +229,11 @@ def load_splits(root: str | os.PathLike, *, train_split: str, val_split: str, im
     logger.info("data %s: %d train / %d val images, %d classes, %dx%d", root, len(train),
                 len(val), len(train.class_names), image_size, image_size)
     return train, val
+
+
+def root_is_archive(root: str | os.PathLike) -> bool:
+    """Whether `root` is named as a downloaded archive is (cifar-10-python.tar.gz)."""
+    return str(root).lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def normalize(images: torch.Tensor, pixel_mean: Sequence[float],

@@ -182,20 +182,18 @@ def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> Study
 
 
 def _check_image_size(path: str | os.PathLike, config: Any, size: int) -> None:
-    """A study's net analysed at another image size than it was trained at gives numbers of
-    another network (a net trained at 16 px scored near chance at 48): refused. Pretraining's
-    size is its training crop; other sizes are warned of."""
+    """A net analysed at another image size than it was trained at gives numbers of another
+    network (a study's net trained at 16 px scored near chance at 48, pretraining's at 32
+    scored chance at 16): refused. Pretraining's size is its training crop."""
     if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
         return
     trained = config["data"].get("image_size")
     if not isinstance(trained, int) or trained == size:
         return
-    if config.get("task") == "analyze":
-        raise ConfigError(f"weights file {path} was trained on {trained}x{trained} px images, "
-                          f"this run's are {size}x{size} (data.image_size): set "
-                          f"data.image_size={trained}")
-    logger.warning("weights file %s was trained on %d px crops; analysed at %d px "
-                   "(data.image_size)", path, trained, size)
+    images = "images" if config.get("task") == "analyze" else "crops (pretraining's)"
+    raise ConfigError(f"weights file {path} was trained on {trained}x{trained} px {images}, "
+                      f"this run's are {size}x{size} (data.image_size): set "
+                      f"data.image_size={trained}")
 
 
 def load_study_model(path: str | os.PathLike, ctx: StudyContext) -> StudyModel:

@@ -104,6 +104,7 @@ class StudyTask:
     name = "analyze"
     primary_metrics = "errors"
     resume_hint = "the same command continues from it"  # (tools/analyze.py has no --resume)
+    schedule_section = "solver"
 
     def __init__(self, model: nn.Module, train: ClassificationSplit, val: ClassificationSplit, *,
                  recipe: Recipe, pixel_mean: Sequence[float], pixel_std: Sequence[float],
@@ -191,7 +192,8 @@ def recipe_config(recipe: Recipe, output_dir: str | os.PathLike, device: torch.d
              "optimizer": "sgd", "base_lr": recipe.base_lr, "momentum": recipe.momentum,
              "weight_decay": recipe.weight_decay, "lr_decay": "step", "lr_steps": steps,
              "gamma": recipe.gamma, "warmup_iters": recipe.warmup_iters, "warmup_factor": 0.1,
-             "checkpoint_period": 0, "eval_period": recipe.eval_period,
+             # a checkpoint with each evaluation: a kill loses one period, not the net
+             "checkpoint_period": recipe.eval_period, "eval_period": recipe.eval_period,
              "log_period": recipe.log_period, "seed": recipe.seed}
     return OmegaConf.merge(load_defaults(TRAIN_DEFAULTS),
                            {"task": "analyze", "train": train, "data": {"num_workers": 0}})
