@@ -22,8 +22,8 @@ import cv2
 from omegaconf import OmegaConf
 
 from .amp import amp_for_device
-from .distributed import (barrier, cleanup, init_distributed, is_main_process,
-                          other_process_gone, training_device_type)
+from .distributed import (barrier, cleanup, environment_world_size, init_distributed,
+                          is_main_process, other_process_gone, training_device_type)
 from .checkpoint import (CheckpointWriteError, UnreadableCheckpointError,
                          read_training_checkpoint)
 from .config import PACKAGE_PREFIX, ConfigError, parse_bool
@@ -113,7 +113,7 @@ def run_tool(main: Callable[[Sequence[str]], Any]) -> None:
     record_factory = logging.getLogRecordFactory()
     if runs_as_installed():  # (its log lines name the tools so too)
         logging.setLogRecordFactory(_as_installed_records(record_factory))
-    catch = (int(os.environ.get("WORLD_SIZE", "1")) == 1
+    catch = (environment_world_size() == 1
              and threading.current_thread() is threading.main_thread())
     previous, catching = signal.getsignal(signal.SIGTERM), CATCHING.value
     if catch:
@@ -314,7 +314,7 @@ def _stop_the_others(error: Exception, overrides: Sequence[str]) -> None:
     override typed on one node only) joins the others before it stops, so that they stop too,
     naming it, instead of waiting 30 minutes for it to join. Its device is the override's,
     else auto (the others' backend, unless their config says cpu on a GPU machine)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if environment_world_size() == 1:
         return
     device = next((o.split("=", 1)[1] for o in reversed(overrides)
                    if o.startswith("train.device=")), "auto")

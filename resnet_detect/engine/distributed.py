@@ -86,11 +86,48 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> torch.d
     if use_cuda:
         torch.cuda.set_device(local_rank)
     target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     if world_size > 1 and not is_distributed():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))
     return target
+
+
+TORCHRUN_VARIABLES = ("RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def environment_world_size() -> int:
+    """WORLD_SIZE as torchrun sets it: 1 where unset, or no number (which `init_distributed`
+    refuses)."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE") or 1), 1)
+    except ValueError:
+        return 1
+
+
+def launched_world_size() -> int:
+    """The WORLD_SIZE torchrun set (1 where none is set).
+
+    Raises:
+        ConfigError: a WORLD_SIZE that is no count, or one without the other variables torchrun
+            sets (a shell's stray export, another launcher's half): torch's env:// rendezvous
+            failed with a traceback, or waited half an hour for a master that never came.
+    """
+    given = os.environ.get("WORLD_SIZE", "1")
+    try:
+        world_size = int(given)
+    except ValueError:
+        world_size = 0
+    if world_size < 1:
+        raise ConfigError(f"the environment's WORLD_SIZE={given!r} is no number of processes: "
+                          f"torchrun sets it; unset it to run one process")
+    missing = [name for name in TORCHRUN_VARIABLES if not os.environ.get(name)]
+    if world_size > 1 and missing:
+        raise ConfigError(f"the environment sets WORLD_SIZE={world_size} but not "
+                          f"{', '.join(missing)}: start the processes with torchrun "
+                          f"(`torchrun --nproc_per_node={world_size} tools/...`), which sets "
+                          f"them all, or unset WORLD_SIZE to run one process")
+    return world_size
 
 
 def cleanup() -> None:
@@ -226,7 +263,7 @@ def other_process_gone(error: BaseException) -> str | None:
     """For a tool under torchrun (WORLD_SIZE > 1) whose gloo collective failed because
     another process stopped (its own error names why: a file only it lacked) or could not be
     reached: a one-line message in place of the collective's traceback; else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or not isinstance(error, RuntimeError):
+    if environment_world_size() < 2 or not isinstance(error, RuntimeError):
         return None
     first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
     first = first.split(". This is typically")[0]  # (gloo's advice to read the other's logs)
@@ -246,8 +283,11 @@ def lost_process_hint(error: BaseException) -> str:
     if get_world_size() == 1 or not (isinstance(error, getattr(dist, "DistError", ()))
                                      or _PEER_LOST.search(str(error))):
         return ""
-    lost = ("; a process of the run was lost (killed, or its node or network gone), and the "
-            "steps since the last checkpoint with it: ")
+    # (gloo's error is the same where the other process ended on an error of its own, which a
+    # resume meets again)
+    lost = ("; another process of the run stopped (an error of its own, which its console and "
+            "log.txt.rank<N> name: mend that first) or was lost (killed, or its node or "
+            "network gone), and the steps since the last checkpoint with it: ")
     if torchrun_restarts_left():
         return lost + ("torchrun restarts the processes (--max-restarts), which continue from "
                        "that checkpoint; where it cannot, run the same command with --resume "

@@ -44,9 +44,15 @@ def check_resumable(path: Path, provenance: Mapping[str, Any], iteration: int,
                   f"{images_now}" if None not in (images_before, images_now)
                   and images_before != images_now else "")
     if iteration > max_iter:
+        batch = ((recorded_config or {}).get("train") or {}).get("batch_size")
+        other_batch = (f"; it was trained with train.batch_size {batch}, this run asks for "
+                       f"{cfg.train.batch_size}, and train.epochs counts steps of the batch: "
+                       f"resume with train.batch_size={batch}"
+                       if cfg.train.get("epochs") is not None
+                       and batch not in (None, cfg.train.batch_size) else "")
         raise ConfigError(f"checkpoint {path} is at iteration {iteration}, past this run's "
-                          f"{max_iter} (train.max_iter or train.epochs){other_data}: nothing "
-                          f"to resume")
+                          f"{max_iter} (train.max_iter or train.epochs){other_data}"
+                          f"{other_batch or ': nothing to resume'}")
     if other_data:  # images removed after the warnings named them unreadable, or added
         logger.warning("resuming %s on another training set%s: the images are drawn in "
                        "another order (and train.epochs counts passes over this one)",

@@ -1217,6 +1217,15 @@ def test_an_epoch_recipe_resumed_with_another_batch_size_is_refused() -> None:
                                           r"train.batch_size=8"):
         check_resumable(Path("model_0000006.pth"), recorded, 6, cfg, 40,
                         logging.getLogger("t"), {})
+    # twice the batch halves the steps of the epochs: the iteration past the end was all it
+    # said ("nothing to resume"), where the batch size is what to change
+    with pytest.raises(ConfigError, match=r"model_0000006.pth is at iteration 6, past this "
+                                          r"run's 5 \(train.max_iter or train.epochs\); it was "
+                                          r"trained with train.batch_size 8, this run asks for "
+                                          r"4, and train.epochs counts steps of the batch: "
+                                          r"resume with train.batch_size=8$"):
+        check_resumable(Path("model_0000006.pth"), recorded, 6, cfg, 5,
+                        logging.getLogger("t"), {})
     cfg = OmegaConf.create({"task": "detection", "train": {"batch_size": 4, "epochs": None}})
     check_resumable(Path("model_0000006.pth"), recorded | {"config": {
         "task": "detection", "train": {"batch_size": 8, "epochs": None}}}, 6, cfg, 40,

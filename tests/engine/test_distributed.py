@@ -172,6 +172,30 @@ def test_a_gpu_that_is_not_there_is_refused_naming_the_key_before_anything_start
     assert not D.is_distributed()
 
 
+def test_a_stray_world_size_without_torchruns_other_variables_is_one_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`WORLD_SIZE=2 python tools/train.py ...` (a shell's stray export) ended in torch's
+    env:// traceback ("environment variable RANK expected, but not set"); with RANK and no
+    master it waited half an hour."""
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(D.dist, "init_process_group", lambda *a, **k: pytest.fail("joined"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"^the environment sets WORLD_SIZE=2 but not RANK, "
+                                          r"MASTER_ADDR, MASTER_PORT: start the processes with "
+                                          r"torchrun \(`torchrun --nproc_per_node=2 tools/"):
+        D.init_distributed("cpu")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    with pytest.raises(ConfigError, match=r"WORLD_SIZE=2 but not MASTER_PORT:"):
+        D.init_distributed("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match=r"WORLD_SIZE='two' is no number of processes"):
+        D.init_distributed("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: nothing to join
+    assert D.init_distributed("cpu") == torch.device("cpu")
+
+
 def test_syncbn_on_cpu_processes_is_refused_naming_the_keys(monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
     monkeypatch.setattr(D, "get_world_size", lambda: 2)
@@ -329,9 +353,10 @@ def test_a_process_lost_in_a_collective_is_named_with_how_to_continue() -> None:
         results = dict(results)
     assert "error" in results, "the collective did not fail"
     assert results["hint"] == (
-        "; a process of the run was lost (killed, or its node or network gone), and the steps "
-        "since the last checkpoint with it: run the same command with --resume on every node "
-        "to continue from that checkpoint"), results["error"]
+        "; another process of the run stopped (an error of its own, which its console and "
+        "log.txt.rank<N> name: mend that first) or was lost (killed, or its node or network "
+        "gone), and the steps since the last checkpoint with it: run the same command with "
+        "--resume on every node to continue from that checkpoint"), results["error"]
     assert D.lost_process_hint(RuntimeError("Connection reset by peer")) == ""  # one process
 
 
@@ -344,10 +369,11 @@ def test_a_lost_process_under_torchruns_restarts_says_torchrun_restarts_it(
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "1")
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     assert D.lost_process_hint(RuntimeError("Connection reset by peer")) == (
-        "; a process of the run was lost (killed, or its node or network gone), and the steps "
-        "since the last checkpoint with it: torchrun restarts the processes (--max-restarts), "
-        "which continue from that checkpoint; where it cannot, run the same command with "
-        "--resume on every node")
+        "; another process of the run stopped (an error of its own, which its console and "
+        "log.txt.rank<N> name: mend that first) or was lost (killed, or its node or network "
+        "gone), and the steps since the last checkpoint with it: torchrun restarts the "
+        "processes (--max-restarts), which continue from that checkpoint; where it cannot, "
+        "run the same command with --resume on every node")
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # the last one used
     assert D.lost_process_hint(RuntimeError("Connection reset by peer")).endswith(
         "run the same command with --resume on every node to continue from that checkpoint")
