@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import io
 import json
+import logging
 import math
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +40,8 @@ from .roi_heads.mask_paste import pasted_regions
 from .federated import (IMAGE_LISTS, LVIS_MAX_DETS, Federation, frequency_group_aps,
                         check_lvis_file, is_federated, partly_listed)
 from .voc_eval import check_voc_metric, evaluate_voc
+
+logger = logging.getLogger(__name__)
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 IOU_TYPES = ("bbox", "segm")
@@ -512,8 +517,13 @@ def evaluate_coco(ann_file: str | Path, results: list[dict[str, Any]], *, iou_ty
                       f"{count} {name!r}): their AP is capped; raise "
                       f"model.roi_heads.detections_per_image (the detections scored follow it)",
                       RuntimeWarning, stacklevel=2)
+    # (minutes at COCO train's scale, where nothing else is said)
+    logger.info("scoring %d %s results on %d images (%s)", len(results), iou_type,
+                len(dataset["images"]), backend)
+    started = time.perf_counter()
     evaluator = _run_cocoeval(coco_gt, _load_results(coco_gt, results, backend), iou_type,
                               backend, max_dets, federation)
+    logger.info("scored in %s", datetime.timedelta(seconds=round(time.perf_counter() - started)))
     stats = _stats(evaluator)
     metrics: dict[str, Any] = {name: _percent(stats[i]) for i, name in enumerate(METRIC_NAMES)}
     metrics["stats"] = stats
