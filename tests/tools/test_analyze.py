@@ -208,6 +208,18 @@ def test_lesion_rows_and_reuse_of_saved_weights(image_folder, tmp_path, caplog):
 
     assert [r["accuracy"] for r in read_csv(past["csv"])] == [
         r["accuracy"] for r in reused_rows[:len(reused_rows) // 2]]
+    # given weights, lesion reads no training image (ImageNet's 1.28M were all read first, for
+    # the class names alone): the same accuracies with every training image unreadable
+    unread = tmp_path / "unread"
+    shutil.copytree(image_folder, unread)
+    for image in (unread / "train").rglob("*.png"):
+        image.write_bytes(b"not read")
+    caplog.clear()
+    blind = run("lesion", tmp_path / "blind", unread, "lesion.draws=2", weights=nets)
+    assert [r["accuracy"] for r in read_csv(blind["csv"])] == [r["accuracy"] for r in rows]
+    assert not [r for r in caplog.records if r.levelno >= 30]
+    described = json.loads(blind["json"].read_text())["data"]
+    assert described.endswith("(3 classes, 8x8 px, 9 val images)")
 
 
 def test_paths_writes_binomial_and_gradients(image_folder, tmp_path):

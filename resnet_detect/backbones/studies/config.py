@@ -75,8 +75,9 @@ class StudyContext:
 
     def describe_data(self) -> str:
         size = self.train.images.shape[-1]
+        train = f"{len(self.train)} train / " if len(self.train) else ""
         return (f"{self.data_name} ({len(self.train.class_names)} classes, {size}x{size} px, "
-                f"{len(self.train)} train / {len(self.val)} val images)")
+                f"{train}{len(self.val)} val images)")
 
 
 def arch_name(family: str, depth: int, residual: bool) -> str:
@@ -205,9 +206,15 @@ def build_context_from_config(cfg: DictConfig, output_dir: str | Path,
                           f"{cfg.responses.layers!r}")
     recipe = recipe_from_config(cfg, study)  # its errors before the data is read
     device = init_distributed(cfg.train.device)
+    # given weights: lesion and responses read no training image, paths a few batches (ImageNet's
+    # 1.28M training images were all read, to hundreds of GB, for the class names alone)
+    needed = (None if trains else cfg.paths.batches * cfg.paths.batch_size
+              if study == "paths" else 0)
+    max_train = d.max_train if needed is None or 0 < d.max_train < needed else needed
     train, val = load_splits(d.root, train_split=d.train_split, val_split=d.val_split,
-                             image_size=d.image_size, max_train=d.max_train,
-                             max_val=d.max_val, seed=cfg.train.seed)
+                             image_size=d.image_size, max_train=max_train,
+                             max_val=d.max_val, seed=cfg.train.seed,
+                             train_images=needed != 0)
     if study is not None and cfg[study].max_train > 0:
         train = train.subset(cfg[study].max_train, seed=cfg.train.seed)
     return StudyContext(

@@ -66,6 +66,13 @@ class ClassificationSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @classmethod
+    def classes_only(cls, class_names: list[str], image_size: int,
+                     source: str) -> ClassificationSplit:
+        """A split of no image: its class names alone."""
+        return cls(torch.empty(0, 3, image_size, image_size, dtype=torch.uint8),
+                   torch.empty(0, dtype=torch.int64), class_names, source)
+
     def subset(self, max_items: int, seed: int) -> ClassificationSplit:
         """A seeded random subset of at most `max_items` samples (0: all), in original order."""
         if max_items <= 0 or max_items >= len(self):
@@ -110,6 +117,16 @@ def _unpickle(path: Path) -> dict[Any, Any]:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
+def cifar_class_names(root: Path) -> list[str]:
+    """The class names of the CIFAR batches in `root` (its meta file's)."""
+    layout = cifar_layout(root) or CIFAR_LAYOUTS[0]
+    meta_path = root / layout.meta_file
+    meta = _unpickle(meta_path)
+    if layout.names_key not in meta:
+        raise DatasetError(f"{meta_path} has no {layout.names_key}")
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[layout.names_key]]
+
+
 def load_cifar_batches(root: str | os.PathLike, split: str, image_size: int = 32
                        ) -> ClassificationSplit:
     """Read the CIFAR python batches of `split` ("train": CIFAR-10's data_batch_1..5 or
@@ -127,11 +144,7 @@ def load_cifar_batches(root: str | os.PathLike, split: str, image_size: int = 32
     root = Path(root)
     layout = cifar_layout(root) or CIFAR_LAYOUTS[0]
     meta_path = root / layout.meta_file
-    meta = _unpickle(meta_path)
-    if layout.names_key not in meta:
-        raise DatasetError(f"{meta_path} has no {layout.names_key}")
-    class_names = [n.decode() if isinstance(n, bytes) else str(n)
-                   for n in meta[layout.names_key]]
+    class_names = cifar_class_names(root)
     files = layout.train_files if split == "train" else (layout.test_file,)
     images, labels = [], []
     for name in files:
@@ -206,9 +219,10 @@ def load_image_folder(split_dir: str | os.PathLike, image_size: int, *,
 
 
 def load_splits(root: str | os.PathLike, *, train_split: str, val_split: str, image_size: int,
-                max_train: int = 0, max_val: int = 0, seed: int = 0
+                max_train: int = 0, max_val: int = 0, seed: int = 0, train_images: bool = True
                 ) -> tuple[ClassificationSplit, ClassificationSplit]:
-    """(train, val) from CIFAR batches or an ImageFolder tree, each cut to a seeded subset."""
+    """(train, val) from CIFAR batches or an ImageFolder tree, each cut to a seeded subset;
+    without `train_images`, the training split's class names alone (no image read)."""
     if Path(root).is_file() and root_is_archive(root):
         raise FileNotFoundError(
             f"data.root {root} is an archive: extract it (`tar xzf {root}`) and set data.root "
@@ -219,11 +233,14 @@ def load_splits(root: str | os.PathLike, *, train_split: str, val_split: str, im
             f"`python tools/make_synthetic.py`; CIFAR-10 is the cifar-10-batches-py folder)")
     cifar = cifar_folder(root)
     if cifar is not None:
-        train = load_cifar_batches(cifar, "train", image_size).subset(max_train, seed)
+        train = (load_cifar_batches(cifar, "train", image_size).subset(max_train, seed)
+                 if train_images else ClassificationSplit.classes_only(
+                     cifar_class_names(cifar), image_size, str(cifar)))
         val = load_cifar_batches(cifar, val_split, image_size).subset(max_val, seed + 1)
     else:
-        train = load_image_folder(Path(root) / train_split, image_size, max_items=max_train,
-                                  seed=seed)
+        train = (load_image_folder(Path(root) / train_split, image_size, max_items=max_train,
+                                   seed=seed) if train_images else ClassificationSplit.classes_only(
+            scan_image_folder(Path(root) / train_split)[1], image_size, str(root)))
         val = load_image_folder(Path(root) / val_split, image_size,
                                 class_names=train.class_names, max_items=max_val, seed=seed + 1)
     logger.info("data %s: %d train / %d val images, %d classes, %dx%d", root, len(train),
