@@ -63,6 +63,13 @@ def evaluate_checkpoint(config: str | os.PathLike, weights: str | os.PathLike, o
     else:
         num_classes, provenance = classifier_checkpoint(weights, "evaluate")
         warn_of_another_val_transform(weights, provenance, cfg.data, "this evaluation resizes")
+        if not provenance.get("config") and (cfg.data.val_interpolation == "area"
+                                             or cfg.train.amp):
+            logger.info("%s records no evaluation of its own (torchvision's or timm's): scored "
+                        "with data.val_interpolation=%s and train.amp=%s; their published "
+                        "top-1 is of bilinear (torchvision's) or bicubic (timm's) crops in "
+                        "float32 (data.val_interpolation=bilinear train.amp=false)", weights,
+                        cfg.data.val_interpolation, cfg.train.amp)
     recorded = [str(n) for n in provenance.get("class_names") or []] or None
     samples, class_names = scan_image_folder(val_dir, recorded)
     if recorded is None and len(class_names) != num_classes:

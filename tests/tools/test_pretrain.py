@@ -926,7 +926,13 @@ def test_eval_scores_a_classifier_as_its_training_did_and_torchvision_weights(
     labels = torch.tensor([val[i]["label"] for i in range(len(val))])  # blue 0, red 1
     with torch.no_grad():
         expected = 100.0 * (reference(images).argmax(1) == labels).float().mean().item()
-    result = evaluate([*tv_args, "--weights", str(weights), "--output", str(tmp_path / "tv")])
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        result = evaluate([*tv_args, "--weights", str(weights), "--output",
+                           str(tmp_path / "tv")])
+    # their published top-1's crops and precision were not this config's, without a word
+    assert (f"{weights} records no evaluation of its own (torchvision's or timm's): scored with "
+            f"data.val_interpolation=area and train.amp=") in caplog.text
     assert expected in (25.0, 75.0)  # one class for all: a mapping turned around would differ
     assert result["classification"]["top1"] == pytest.approx(expected)
     assert result["classification"]["top5"] == 100.0
