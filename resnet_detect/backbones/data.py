@@ -87,6 +87,16 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
             f"(ImageNet's val images: move each into its class's folder as "
             f"LOC_val_solution.csv lists them, or with the common valprep.sh)")
     found = class_folders(split_dir)
+    # ImageNet's train archive holds an archive per class: unpacked once, they are left whole
+    archives = sorted(f.name for f in entries if f.is_file() and f.name.endswith(".tar")
+                      and f.name[:-len(".tar")] not in found)
+    if archives:
+        raise DatasetError(
+            f"{split_dir} holds {len(archives)} .tar archives without their class folder "
+            f"(e.g. {archives[0]}), beside {len(found)} class folders: ImageNet's training "
+            f"archive holds one per class; "
+            f"extract each into the folder of its name (e.g. `for f in *.tar; do mkdir "
+            f"\"${{f%.tar}}\" && tar xf \"$f\" -C \"${{f%.tar}}\" && rm \"$f\"; done`)")
     if not found:
         raise DatasetError(f"no class folders in {split_dir} (expected "
                            f"{split_dir}/<class>/<image>)")

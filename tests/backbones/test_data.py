@@ -143,6 +143,18 @@ def test_scan_refuses_images_outside_class_folders_and_classes_that_share_images
     with pytest.raises(DatasetError, match=r"val: 1 images outside class folders \(e.g. "
                                            r"ILSVRC2012_val_00000001.JPEG\).*LOC_val_solution"):
         scan_image_folder(tmp_path / "val", ["cat", "dog"])
+    # ImageNet's training archive half unpacked: a .tar per class left beside the folders (its
+    # classes were blamed on the val split, or "no class folders")
+    make_tree(tmp_path / "half", {"n01440764": 1})
+    (tmp_path / "half/n01443537.tar").write_bytes(b"")
+    (tmp_path / "half/n01440764.tar").write_bytes(b"")  # (extracted, kept: no matter)
+    with pytest.raises(DatasetError, match=r"half holds 1 .tar archives without their class "
+                                           r"folder \(e.g. n01443537.tar\), beside 1 class "
+                                           r"folders: ImageNet's training archive holds one per "
+                                           r"class; extract each"):
+        scan_image_folder(tmp_path / "half")
+    (tmp_path / "half/n01443537.tar").unlink()
+    assert scan_image_folder(tmp_path / "half")[1] == ["n01440764"]
     make_tree(tmp_path / "nfc", {"caf\u00e9": 1, "cafe\u0301": 1, "zz": 1})
     with pytest.raises(DatasetError, match="two folders spell one class name 'caf\u00e9'"):
         scan_image_folder(tmp_path / "nfc")
