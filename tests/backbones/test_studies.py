@@ -473,6 +473,9 @@ def test_cifar_batches_errors_name_the_file(tmp_path):
         pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
     with pytest.raises(ValueError, match="test_batch"):
         load_cifar_batches(root, "val")
+    (root / "batches.meta").unlink()  # (still CIFAR's folder, not an ImageFolder tree)
+    with pytest.raises(FileNotFoundError, match=r"CIFAR batch file not found: .*batches.meta"):
+        load_splits(root, train_split="train", val_split="val", image_size=8)
 
 
 def write_image_folder(root, colors=None, per_class=3, size=12):

@@ -84,12 +84,11 @@ class ClassificationSplit:
 
 
 def cifar_layout(root: str | os.PathLike) -> CifarLayout | None:
-    """The CIFAR distribution whose batches `root` holds (a test or first training batch file
-    beside the meta file), or None."""
+    """The CIFAR distribution whose batches `root` holds (its test or first training batch
+    file; files, where an ImageFolder tree's splits are folders), or None."""
     root = Path(root)
     for layout in CIFAR_LAYOUTS:
-        if (root / layout.meta_file).is_file() and (
-                (root / layout.test_file).is_file() or (root / layout.train_files[0]).is_file()):
+        if (root / layout.test_file).is_file() or (root / layout.train_files[0]).is_file():
             return layout
     return None
 
