@@ -189,13 +189,16 @@ def _log_metrics(logger: logging.Logger, metrics: Metrics, iteration: int) -> di
 
 
 def _evaluation_to_run_again(state: Mapping[str, Any] | None, resume: bool | str | os.PathLike,
-                             output_dir: Path, lengths: Mapping[str, int]) -> str | None:
+                             output_dir: Path, lengths: Mapping[str, int],
+                             task: Task | None = None) -> str | None:
     """Why the evaluation at the iteration resumed from runs first, or None: a stop signal or
     an error ended it (its checkpoint says so), or a kill (kill -9, the out-of-memory killer)
     that left no word of it: that iteration's checkpoint, in this folder, was written before
     the evaluation started, and scalars.jsonl has no line of it. (Where the line alone was
-    lost, a disk that filled, it runs twice: harmless.) The main process reads the file;
-    every process gets its answer. Call it on every process."""
+    lost, a disk that filled, it runs twice: harmless.) A task whose `evaluate` keeps what it
+    scores in its own state (`state_records_evaluations`) runs it again whenever it is due: the
+    checkpoint holds the state from before it. The main process reads the file; every process
+    gets its answer. Call it on every process."""
     if state is None:
         return None
     start_iter, period = state["iteration"], lengths["eval_period"]
@@ -209,6 +212,8 @@ def _evaluation_to_run_again(state: Mapping[str, Any] | None, resume: bool | str
     if due and all_gather_object(unlogged)[0]:
         return (f"which {SCALARS_FILE} has no line of (a kill during it, or a run that did "
                 f"not evaluate there)")
+    if due and getattr(task, "state_records_evaluations", False):
+        return "whose scores the task's state, saved before it, lacks"
     return None
 
 
@@ -536,7 +541,7 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
 
     # an evaluation that a stop signal, an error or a kill ended, runs again first
     # (model_best.pth, the logs and the metrics are then the uninterrupted run's)
-    again = (_evaluation_to_run_again(state, resume, output_dir, lengths)
+    again = (_evaluation_to_run_again(state, resume, output_dir, lengths, task)
              if data.val is not None else None)
     writer = ScalarWriter(output_dir / TENSORBOARD_DIR, jsonl=output_dir / SCALARS_FILE,
                           start_iter=start_iter,  # (after the last step: the final evaluation)

@@ -64,6 +64,8 @@ class Task(Protocol):
     # optional `resume_hint`: how a stopped run continues (RESUME_HINT)
     # optional `schedule_section`: the config section its user sets base_lr and warmup in
     #   ("train")
+    # optional `state_records_evaluations`: True where `evaluate` changes the task's own state
+    #   (curves kept in its checkpoints): a resume runs the evaluation of its iteration again
     # optional `metric_names(cfg)`: the "group/key" names evaluations give, so that a
     #   train.best_metric of none is refused before training
     # optional `check_output_dir(cfg, folder)`, `check_resumed_model(source, recorded config,

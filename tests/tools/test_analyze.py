@@ -464,6 +464,9 @@ def test_a_stopped_training_continues_from_its_checkpoint(image_folder, tmp_path
 
     stops = {"step 3": ("losses", lambda self, *a: (self.steps == 2 and signal_once(self))
                         or losses(self, *a)),
+             # (a step an evaluation follows: its checkpoint, and that of the stop)
+             "step 2": ("losses", lambda self, *a: (self.steps == 1 and signal_once(self))
+                        or losses(self, *a)),
              "final evaluation": ("evaluate", lambda self, *a: (self.steps == 6 and
                                                                 signal_once(self))
                                   or evaluate(self, *a))}
@@ -531,6 +534,9 @@ def test_a_stopped_training_continues_from_its_checkpoint(image_folder, tmp_path
     b = torch.load(saved(tmp_path / "killed", "cifar_resnet20"), weights_only=True)
     a = torch.load(saved(tmp_path / "whole", "cifar_resnet20"), weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # the curves too: the checkpoint precedes its iteration's evaluation, which the log had
+    # (so it was not run again: its point was lost, the next one's training error wrong)
+    assert b["history"] == a["history"]
 
 
 def test_weights_trained_at_another_image_size_are_refused(image_folder, tmp_path, caplog):

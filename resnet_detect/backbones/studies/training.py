@@ -105,6 +105,7 @@ class StudyTask:
     primary_metrics = "errors"
     resume_hint = "the same command continues from it"  # (tools/analyze.py has no --resume)
     schedule_section = "solver"
+    state_records_evaluations = True  # (its curves)
 
     def __init__(self, model: nn.Module, train: ClassificationSplit, val: ClassificationSplit, *,
                  recipe: Recipe, pixel_mean: Sequence[float], pixel_std: Sequence[float],
