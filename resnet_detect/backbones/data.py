@@ -68,13 +68,13 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
     """
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
-        from .studies.data import cifar_folder  # (the studies' data reads this module)
+        from .studies.data import holds_cifar_alone  # (the studies' data reads this module)
         root = split_dir.parent
         hint = (f" ({root} is a file: data.root is the folder holding {split_dir.name}/ and "
                 f"the other split's folder)" if root.is_file() else
                 f" ({root} holds CIFAR's python batches, which tools/analyze.py reads; this "
                 f"tool reads ImageFolder trees, root/{split_dir.name}/<class>/<image>)"
-                if cifar_folder(root) is not None else
+                if holds_cifar_alone(root) else
                 f" (data.root {root} is a split's own folder? It is the folder that holds "
                 f"{split_dir.name}/)" if root.name == split_dir.name else "")
         raise FileNotFoundError(f"dataset folder not found: {missing_path(split_dir)}{hint}")

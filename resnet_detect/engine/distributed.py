@@ -125,8 +125,9 @@ def launched_world_size() -> int:
     if world_size > 1 and missing:
         raise ConfigError(f"the environment sets WORLD_SIZE={world_size} but not "
                           f"{', '.join(missing)}: start the processes with torchrun "
-                          f"(`torchrun --nproc_per_node={world_size} tools/...`), which sets "
-                          f"them all, or unset WORLD_SIZE to run one process")
+                          f"(`torchrun --nproc_per_node=N tools/...` on each node), which sets "
+                          f"them all, or have the launcher set them too; unset WORLD_SIZE to "
+                          f"run one process")
     return world_size
 
 
@@ -286,8 +287,9 @@ def lost_process_hint(error: BaseException) -> str:
     # (gloo's error is the same where the other process ended on an error of its own, which a
     # resume meets again)
     lost = ("; another process of the run stopped (an error of its own, which its console and "
-            "log.txt.rank<N> name: mend that first) or was lost (killed, or its node or "
-            "network gone), and the steps since the last checkpoint with it: ")
+            "log name, log.txt.rank<N> or rank 0's log.txt: mend that first) or was lost "
+            "(killed, or its node or network gone), and the steps since the last checkpoint "
+            "with it: ")
     if torchrun_restarts_left():
         return lost + ("torchrun restarts the processes (--max-restarts), which continue from "
                        "that checkpoint; where it cannot, run the same command with --resume "

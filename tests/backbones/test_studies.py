@@ -448,11 +448,16 @@ def test_cifar100_and_torchvisions_root_read_as_torchvision_reads_them(tmp_path,
 
 
 def test_an_archive_or_cifar_batches_given_to_an_image_folder_tool_say_what_to_do(tmp_path):
-    archive = tmp_path / "cifar-10-python.tar.gz"
-    archive.write_bytes(b"\x1f\x8b")
-    with pytest.raises(FileNotFoundError, match=r"cifar-10-python.tar.gz is an archive: "
-                                                r"extract it \(`tar xzf "):
-        load_splits(archive, train_split="train", val_split="val", image_size=8)
+    for name, extract, folder in (
+            ("cifar-10-python.tar.gz", "tar xzf", " \\(cifar-10-batches-py\\)$"),
+            ("cifar-100-python.tar.gz", "tar xzf", " \\(cifar-100-python\\)$"),
+            ("data.tar", "tar xf", "$"), ("imagenette2.zip", "unzip", "$")):
+        archive = tmp_path / name
+        archive.write_bytes(b"\x1f\x8b")
+        with pytest.raises(FileNotFoundError, match=rf"{name} is an archive: extract it "
+                                                    rf"\(`{extract} .*{name}`\) and set "
+                                                    rf"data.root to the folder it makes{folder}"):
+            load_splits(archive, train_split="train", val_split="val", image_size=8)
     with pytest.raises(FileNotFoundError, match=r"data.root folder not found: .*missing"):
         load_splits(tmp_path / "missing", train_split="train", val_split="val", image_size=8)
     write_cifar100(tmp_path / "cifar-100-python")
@@ -461,6 +466,21 @@ def test_an_archive_or_cifar_batches_given_to_an_image_folder_tool_say_what_to_d
                                                 r"batches, which tools/analyze.py reads; this "
                                                 r"tool reads ImageFolder trees"):
         scan_image_folder(tmp_path / "cifar-100-python" / "train")
+    # torchvision's root of both: which is meant? (CIFAR-10 was read without a word)
+    both = tmp_path / "both"
+    write_cifar100(both / "cifar-100-python")
+    write_cifar(both / "cifar-10-batches-py")
+    with pytest.raises(ValueError, match=r"both holds both cifar-10-batches-py and "
+                                         r"cifar-100-python: set data.root to the one to read"):
+        load_splits(both, train_split="train", val_split="val", image_size=8)
+    # an ImageFolder tree beside the batches (CIFAR converted to PNGs) is read, as it was
+    write_image_folder(both)
+    train, _ = load_splits(both, train_split="train", val_split="val", image_size=8)
+    assert train.class_names == ["blue", "green", "red"]
+    # a split misnamed there is not blamed on the batches
+    with pytest.raises(FileNotFoundError) as missing:
+        scan_image_folder(both / "test")
+    assert "CIFAR" not in str(missing.value)
 
 
 def test_cifar_batches_errors_name_the_file(tmp_path):

@@ -183,7 +183,7 @@ def test_a_stray_world_size_without_torchruns_other_variables_is_one_line(
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match=r"^the environment sets WORLD_SIZE=2 but not RANK, "
                                           r"MASTER_ADDR, MASTER_PORT: start the processes with "
-                                          r"torchrun \(`torchrun --nproc_per_node=2 tools/"):
+                                          r"torchrun \(`torchrun --nproc_per_node=N tools/"):
         D.init_distributed("cpu")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
@@ -354,8 +354,9 @@ def test_a_process_lost_in_a_collective_is_named_with_how_to_continue() -> None:
     assert "error" in results, "the collective did not fail"
     assert results["hint"] == (
         "; another process of the run stopped (an error of its own, which its console and "
-        "log.txt.rank<N> name: mend that first) or was lost (killed, or its node or network "
-        "gone), and the steps since the last checkpoint with it: run the same command with "
+        "log name, log.txt.rank<N> or rank 0's log.txt: mend that first) or was lost "
+        "(killed, or its node or network gone), and the steps since the last checkpoint "
+        "with it: run the same command with "
         "--resume on every node to continue from that checkpoint"), results["error"]
     assert D.lost_process_hint(RuntimeError("Connection reset by peer")) == ""  # one process
 
@@ -370,8 +371,9 @@ def test_a_lost_process_under_torchruns_restarts_says_torchrun_restarts_it(
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     assert D.lost_process_hint(RuntimeError("Connection reset by peer")) == (
         "; another process of the run stopped (an error of its own, which its console and "
-        "log.txt.rank<N> name: mend that first) or was lost (killed, or its node or network "
-        "gone), and the steps since the last checkpoint with it: torchrun restarts the "
+        "log name, log.txt.rank<N> or rank 0's log.txt: mend that first) or was lost "
+        "(killed, or its node or network gone), and the steps since the last checkpoint "
+        "with it: torchrun restarts the "
         "processes (--max-restarts), which continue from that checkpoint; where it cannot, "
         "run the same command with --resume on every node")
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # the last one used

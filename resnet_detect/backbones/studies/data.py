@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 class CifarLayout:
     """The files and keys of one CIFAR python distribution."""
 
+    archive: str  # as downloaded
     folder: str  # what its archive unpacks to
     train_files: tuple[str, ...]
     test_file: str
@@ -46,12 +47,13 @@ class CifarLayout:
 
 
 CIFAR_LAYOUTS = (
-    CifarLayout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
-                "test_batch", "batches.meta", "label_names", "labels"),
-    CifarLayout("cifar-100-python", ("train",), "test", "meta", "fine_label_names",
-                "fine_labels"),
+    CifarLayout("cifar-10-python.tar.gz", "cifar-10-batches-py",
+                tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta",
+                "label_names", "labels"),
+    CifarLayout("cifar-100-python.tar.gz", "cifar-100-python", ("train",), "test", "meta",
+                "fine_label_names", "fine_labels"),
 )
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".gz")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
 @dataclass
@@ -93,13 +95,33 @@ def cifar_layout(root: str | os.PathLike) -> CifarLayout | None:
     return None
 
 
-def cifar_folder(root: str | os.PathLike) -> Path | None:
+def cifar_folder(root: str | os.PathLike, train_split: str = "train") -> Path | None:
     """`root` where it holds CIFAR batches, or its cifar-10-batches-py / cifar-100-python
-    (torchvision's datasets take the folder above), else None."""
-    for folder in [Path(root), *(Path(root) / layout.folder for layout in CIFAR_LAYOUTS)]:
-        if cifar_layout(folder) is not None:
-            return folder
-    return None
+    (torchvision's datasets take the folder above) where it has no ImageFolder split
+    `train_split`, else None.
+
+    Raises:
+        DatasetError: `root` holds both CIFAR-10's and CIFAR-100's folders.
+    """
+    root = Path(root)
+    if cifar_layout(root) is not None:
+        return root
+    if (root / train_split).is_dir():
+        return None
+    found = [root / layout.folder for layout in CIFAR_LAYOUTS
+             if cifar_layout(root / layout.folder) is not None]
+    if len(found) > 1:
+        raise DatasetError(f"data.root {root} holds both {' and '.join(f.name for f in found)}: "
+                           f"set data.root to the one to read")
+    return found[0] if found else None
+
+
+def holds_cifar_alone(root: Path) -> bool:
+    """Whether `root` holds CIFAR batches, or folders of them alone (no ImageFolder split)."""
+    folders = ([d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+               if root.is_dir() else [])
+    return cifar_layout(root) is not None or (bool(folders) and all(
+        cifar_layout(d) is not None for d in folders))
 
 
 def _unpickle(path: Path) -> dict[Any, Any]:
@@ -223,14 +245,12 @@ def load_splits(root: str | os.PathLike, *, train_split: str, val_split: str, im
     """(train, val) from CIFAR batches or an ImageFolder tree, each cut to a seeded subset;
     without `train_images`, the training split's class names alone (no image read)."""
     if Path(root).is_file() and root_is_archive(root):
-        raise FileNotFoundError(
-            f"data.root {root} is an archive: extract it (`tar xzf {root}`) and set data.root "
-            f"to the folder it makes (CIFAR-10's cifar-10-batches-py)")
+        raise FileNotFoundError(f"data.root {root} is an archive: {extract_hint(root)}")
     if not Path(root).is_dir():
         raise FileNotFoundError(
             f"data.root folder not found: {missing_path(root)} (the synthetic set is made by "
             f"`python tools/make_synthetic.py`; CIFAR-10 is the cifar-10-batches-py folder)")
-    cifar = cifar_folder(root)
+    cifar = cifar_folder(root, train_split)
     if cifar is not None:
         train = (load_cifar_batches(cifar, "train", image_size).subset(max_train, seed)
                  if train_images else ClassificationSplit.classes_only(
@@ -250,6 +270,16 @@ def load_splits(root: str | os.PathLike, *, train_split: str, val_split: str, im
 def root_is_archive(root: str | os.PathLike) -> bool:
     """Whether `root` is named as a downloaded archive is (cifar-10-python.tar.gz)."""
     return str(root).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def extract_hint(archive: str | os.PathLike) -> str:
+    """How to extract `archive` (one of ARCHIVE_SUFFIXES) and what data.root becomes."""
+    name = Path(archive).name.lower()
+    command = (f"unzip {archive}" if name.endswith(".zip") else f"tar xf {archive}"
+               if name.endswith(".tar") else f"tar xzf {archive}")
+    folder = next((layout.folder for layout in CIFAR_LAYOUTS if name == layout.archive), None)
+    return (f"extract it (`{command}`) and set data.root to the folder it makes"
+            + (f" ({folder})" if folder else ""))
 
 
 def normalize(images: torch.Tensor, pixel_mean: Sequence[float],
