@@ -88,17 +88,21 @@ def per_image_ap(gt: dict[str, Any], results: list[dict[str, Any]], *, iou_type:
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
     ious = np.asarray(p.iouThrs)
-    at_50, at_75 = np.isclose(ious, 0.5), np.isclose(ious, 0.75)
     images = len(p.imgIds)
-    # each (image, category)'s curve reduced at once to its AP, AP50, AP75 (held whole, the
-    # curves of COCO train's 120k images took 7 GB), its entry freed as it is read
-    aps: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
-    for k in range(len(p.catIds)):
-        for i, image_id in enumerate(p.imgIds):  # evalImgs: by category, then image
+    # image by image, its categories' curves reduced to its three APs at once, and their
+    # entries freed (every image's curves held to the end took 7 GB for COCO train's 120k)
+    aps: dict[int, list[float | None]] = {}
+    for i, image_id in enumerate(p.imgIds):
+        curves = []
+        for k in range(len(p.catIds)):  # evalImgs: by category, then image
             entry, evaluator.evalImgs[k * images + i] = evaluator.evalImgs[k * images + i], None
             curve = None if entry is None else _precision_at_recalls(entry, np.asarray(p.recThrs))
             if curve is not None:
-                aps[image_id].append((curve.mean(), curve[at_50].mean(), curve[at_75].mean()))
+                curves.append(curve)
+        found = np.stack(curves) if curves else None
+        aps[image_id] = [None if found is None else float(
+            (found if at is None else found[:, np.isclose(ious, at)]).mean())
+            for at in (None, 0.5, 0.75)]
     objects: dict[int, int] = defaultdict(int)
     for ann in gt["annotations"]:
         objects[ann["image_id"]] += not ann.get("iscrowd", 0)
@@ -107,11 +111,8 @@ def per_image_ap(gt: dict[str, Any], results: list[dict[str, Any]], *, iou_type:
         detections[r["image_id"]] += 1
     scores = []
     for img in gt["images"]:
-        # (the mean over categories: each curve has as many values)
-        means = (np.mean(aps[img["id"]], axis=0).tolist() if aps.get(img["id"])
-                 else [None] * 3)
         scores.append(ImageScore(img["id"], img["file_name"], objects[img["id"]],
-                                 detections[img["id"]], *means))
+                                 detections[img["id"]], *aps.get(img["id"], [None] * 3)))
     return scores
 
 
