@@ -87,7 +87,9 @@ def per_image_ap(gt: dict[str, Any], results: list[dict[str, Any]], *, iou_type:
     p.areaRng, p.areaRngLbl = p.areaRng[:1], p.areaRngLbl[:1]  # "all" alone: a quarter the time
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
-    ious = np.asarray(p.iouThrs)
+    ious, recalls = np.asarray(p.iouThrs), np.asarray(p.recThrs)
+    # the IoU thresholds of AP, AP50 and AP75
+    columns = [slice(None), np.isclose(ious, 0.5), np.isclose(ious, 0.75)]
     images = len(p.imgIds)
     # image by image, its categories' curves reduced to its three APs at once, and their
     # entries freed (every image's curves held to the end took 7 GB for COCO train's 120k)
@@ -96,13 +98,12 @@ def per_image_ap(gt: dict[str, Any], results: list[dict[str, Any]], *, iou_type:
         curves = []
         for k in range(len(p.catIds)):  # evalImgs: by category, then image
             entry, evaluator.evalImgs[k * images + i] = evaluator.evalImgs[k * images + i], None
-            curve = None if entry is None else _precision_at_recalls(entry, np.asarray(p.recThrs))
+            curve = None if entry is None else _precision_at_recalls(entry, recalls)
             if curve is not None:
                 curves.append(curve)
         found = np.stack(curves) if curves else None
-        aps[image_id] = [None if found is None else float(
-            (found if at is None else found[:, np.isclose(ious, at)]).mean())
-            for at in (None, 0.5, 0.75)]
+        aps[image_id] = [None if found is None else float(found[:, column].mean())
+                         for column in columns]
     objects: dict[int, int] = defaultdict(int)
     for ann in gt["annotations"]:
         objects[ann["image_id"]] += not ann.get("iscrowd", 0)

@@ -96,13 +96,18 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> torch.d
 TORCHRUN_VARIABLES = ("RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-def environment_world_size() -> int:
-    """WORLD_SIZE as torchrun sets it: 1 where unset, or no number (which `init_distributed`
-    refuses)."""
+def _given_world_size() -> int | None:
+    """WORLD_SIZE as the environment gives it (1 where unset; None where it is no number)."""
     try:
-        return max(int(os.environ.get("WORLD_SIZE") or 1), 1)
+        return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
-        return 1
+        return None
+
+
+def environment_world_size() -> int:
+    """WORLD_SIZE as torchrun sets it: 1 where unset, or no count (which `init_distributed`
+    refuses)."""
+    return max(_given_world_size() or 1, 1)
 
 
 def launched_world_size() -> int:
@@ -113,14 +118,10 @@ def launched_world_size() -> int:
             sets (a shell's stray export, another launcher's half): torch's env:// rendezvous
             failed with a traceback, or waited half an hour for a master that never came.
     """
-    given = os.environ.get("WORLD_SIZE", "1")
-    try:
-        world_size = int(given)
-    except ValueError:
-        world_size = 0
-    if world_size < 1:
-        raise ConfigError(f"the environment's WORLD_SIZE={given!r} is no number of processes: "
-                          f"torchrun sets it; unset it to run one process")
+    world_size = _given_world_size()
+    if world_size is None or world_size < 1:
+        raise ConfigError(f"the environment's WORLD_SIZE={os.environ['WORLD_SIZE']!r} is no "
+                          f"number of processes: torchrun sets it; unset it to run one process")
     missing = [name for name in TORCHRUN_VARIABLES if not os.environ.get(name)]
     if world_size > 1 and missing:
         raise ConfigError(f"the environment sets WORLD_SIZE={world_size} but not "

@@ -190,7 +190,7 @@ def _log_metrics(logger: logging.Logger, metrics: Metrics, iteration: int) -> di
 
 def _evaluation_to_run_again(state: Mapping[str, Any] | None, resume: bool | str | os.PathLike,
                              output_dir: Path, lengths: Mapping[str, int],
-                             task: Task | None = None) -> str | None:
+                             task: Task) -> str | None:
     """Why the evaluation at the iteration resumed from runs first, or None: a stop signal or
     an error ended it (its checkpoint says so), or a kill (kill -9, the out-of-memory killer)
     that left no word of it: that iteration's checkpoint, in this folder, was written before
