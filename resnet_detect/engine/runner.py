@@ -268,7 +268,9 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
     Returns:
         {"model": the trained model (unwrapped), "metrics": the task's primary metric group
         of the last evaluation ({} without a val split), "all_metrics": every group,
-        "iteration": steps done, "skipped": unreadable images skipped in training}.
+        "iteration": steps done, "skipped": unreadable images skipped in training,
+        "late_stop": the name of a stop signal that came after the last step's check (the
+        run finished; a caller that runs more, a study's next net, stops there), or ""}.
     """
     if not isinstance(cfg, DictConfig):
         raise TypeError(f"cfg must be the DictConfig of engine.tasks.load_task_config (or "
@@ -651,6 +653,8 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
     if not finished:
         raise _interrupted(stop, trainer.iter, in_evaluation, lengths["max_iter"], path,
                            resume_hint)
+    if stop.requested:
+        logger.info("%s came after the last step: the run finishes", stop.signal_name)
     total_skipped = skipped.report(logger, "train")
     if best is not None and is_main_process():
         best.report()
@@ -662,4 +666,5 @@ def _train(task: Task, cfg: DictConfig, device: torch.device, resume: bool | str
         _write_final(task, cfg, model, lengths["max_iter"], output_dir,
                      checkpointer.saved_iteration, metrics, val_images, logger)
     return {"model": model, "metrics": metrics.get(task.primary_metrics, {}),
-            "all_metrics": metrics, "iteration": trainer.iter, "skipped": total_skipped}
+            "all_metrics": metrics, "iteration": trainer.iter, "skipped": total_skipped,
+            "late_stop": stop.signal_name}

@@ -556,11 +556,11 @@ def test_train_classifier_records_errors_and_learns_colours(tmp_path):
     model = backbones.build_classifier("cifar_resnet20", 3, depth=8)
     mean, std = [127.5] * 3, [127.5] * 3
     before = accuracy(model, (train.images.float() - 127.5) / 127.5, train.labels)
-    history = train_classifier(model, train, val, recipe=Recipe(
+    history, late_stop = train_classifier(model, train, val, recipe=Recipe(
         batch_size=6, iterations=30, base_lr=0.05, eval_period=10, log_period=10,
         augment=False), pixel_mean=mean, pixel_std=std, device=torch.device("cpu"),
         output_dir=tmp_path / "run")
-    assert history.iterations == [10, 20, 30]
+    assert history.iterations == [10, 20, 30] and late_stop == ""
     assert len(history.train_error) == len(history.val_error) == 3
     assert history.val_error[-1] == 0.0
     assert before < 100.0

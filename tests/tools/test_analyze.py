@@ -469,7 +469,10 @@ def test_a_stopped_training_continues_from_its_checkpoint(image_folder, tmp_path
                         or losses(self, *a)),
              "final evaluation": ("evaluate", lambda self, *a: (self.steps == 6 and
                                                                 signal_once(self))
-                                  or evaluate(self, *a))}
+                                  or evaluate(self, *a)),
+             # (after its last batch: the net finished, the study went on to the next)
+             "after the final evaluation": ("evaluate", lambda self, *a: (
+                 evaluate(self, *a), self.steps == 6 and signal_once(self))[0])}
     for name, (method, stopping) in stops.items():
         output = tmp_path / name.replace(" ", "_")
         with monkeypatch.context() as patch:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 from resnet_detect.engine.config import ConfigError
 from resnet_detect.engine.files import checksum_file
+from resnet_detect.engine.preemption import TrainingInterrupted
 
 from .. import build_classifier
 from ..classifier import Classifier
@@ -167,7 +169,7 @@ def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> Study
                                  config=ctx.config, pixel_mean=tuple(ctx.pixel_mean),
                                  pixel_std=tuple(ctx.pixel_std))
     logger.info("training %s for %d iterations", arch, ctx.recipe.iterations)
-    history = train_classifier(model, ctx.train, ctx.val, recipe=ctx.recipe,
+    history, late_stop = train_classifier(model, ctx.train, ctx.val, recipe=ctx.recipe,
                                pixel_mean=ctx.pixel_mean, pixel_std=ctx.pixel_std,
                                device=ctx.device, output_dir=ctx.output_dir / "runs" / name,
                                name=arch, eval_batch_size=ctx.eval_batch_size,
@@ -176,6 +178,10 @@ def train_study_model(ctx: StudyContext, depth: int, *, residual: bool) -> Study
         sampler.remove()
     save_checkpoint(path, model.state_dict(), provenance, iteration=ctx.recipe.iterations,
                     history=history.as_dict(), study_training=record)
+    if late_stop:  # (the stop came after the net's last step: saved whole, the study stops)
+        raise TrainingInterrupted(f"{late_stop} came as {arch} finished; saved to {path}",
+                                  signal_name=late_stop, iteration=ctx.recipe.iterations,
+                                  exit_code=128 + signal.Signals[late_stop].value)
     return StudyModel(label=arch, arch=arch, model=model.eval(), pixel_mean=ctx.pixel_mean,
                       pixel_std=ctx.pixel_std, source=f"trained here, saved to {path}",
                       history=history)

@@ -226,7 +226,7 @@ def train_classifier(model: nn.Module, train: ClassificationSplit, val: Classifi
                      recipe: Recipe, pixel_mean: Sequence[float], pixel_std: Sequence[float],
                      device: torch.device, output_dir: str | os.PathLike, name: str = "model",
                      eval_batch_size: int = 256,
-                     provenance: dict[str, Any] | None = None) -> TrainHistory:
+                     provenance: dict[str, Any] | None = None) -> tuple[TrainHistory, str]:
     """Train `model` in place on `train`, evaluating on `val` every `recipe.eval_period` steps.
 
     Args:
@@ -242,7 +242,8 @@ def train_classifier(model: nn.Module, train: ClassificationSplit, val: Classifi
         provenance: recorded in the run's checkpoints (architecture, options, normalization).
 
     Returns:
-        The error curves.
+        The error curves, and the name of a stop signal that came as the training ended
+        (it finished: the caller saves the net and stops) or "".
     """
     if not 0 < recipe.batch_size <= len(train):
         raise ConfigError(f"solver.batch_size {recipe.batch_size} must be in 1..{len(train)} "
@@ -250,7 +251,7 @@ def train_classifier(model: nn.Module, train: ClassificationSplit, val: Classifi
     task = StudyTask(model, train, val, recipe=recipe, pixel_mean=pixel_mean,
                      pixel_std=pixel_std, label=name, eval_batch_size=eval_batch_size,
                      provenance=provenance)
-    run_training(task, recipe_config(recipe, output_dir, device), device,
-                 resume=_stopped_run_in(Path(output_dir)))
+    result = run_training(task, recipe_config(recipe, output_dir, device), device,
+                          resume=_stopped_run_in(Path(output_dir)))
     model.eval()
-    return task.history
+    return task.history, result["late_stop"]
