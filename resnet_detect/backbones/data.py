@@ -157,6 +157,9 @@ def scan_image_folder(split_dir: str | os.PathLike, class_names: Sequence[str] |
     if training and empty:
         raise DatasetError(f"{split_dir}: class folders without images "
                            f"({', '.join(sorted(IMAGE_SUFFIXES))}): {', '.join(empty)}")
+    if empty:  # (torchvision's ImageFolder refuses them; an evaluation can go on)
+        logger.warning("%s: class folders without images: %s (the accuracy is over the other "
+                       "classes)", split_dir, ", ".join(empty))
     return samples, list(class_names)
 
 

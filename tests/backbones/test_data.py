@@ -110,7 +110,11 @@ def test_scan_skips_hidden_folders_follows_links_and_refuses_empty_classes(
         scan_image_folder(tmp_path / "train")
     (tmp_path / "val/zebra").mkdir(parents=True)
     make_tree(tmp_path / "val", {"cat": 1})
-    assert len(scan_image_folder(tmp_path / "val", ["cat", "dog", "zebra"])[0]) == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(scan_image_folder(tmp_path / "val", ["cat", "dog", "zebra"])[0]) == 1
+    assert (f"{tmp_path / 'val'}: class folders without images: zebra (the accuracy is over "
+            f"the other classes)") in caplog.text
     # the same name spelt decomposed (as macOS stores it) is the same class
     composed, decomposed = "caf\u00e9", "cafe\u0301"
     make_tree(tmp_path / "u/train", {composed: 1})
