@@ -42,8 +42,8 @@ from resnet_detect.engine.visualize import palette
 from resnet_detect.engine.files import missing_path
 
 from .known_datasets import CLASS_NAMES, known_palette, named_dataset
-from .records import (IGNORE_INDEX, MAX_LISTED, coco_semantic_mask, load_coco_semantic,
-                      mask_header, read_mask, scan_folder)
+from .records import (IGNORE_INDEX, MAX_LISTED, cityscapes_hint, coco_semantic_mask,
+                      load_coco_semantic, mask_header, read_mask, scan_folder)
 
 logger = logging.getLogger(__name__)
 # a first class name that says "0 is unlabelled", not the files' 1 ("background" can be
@@ -237,10 +237,8 @@ class SemSegDataset(Dataset):
         if self.num_classes == 1:
             return ("; binary masks (0 = background, 1 = the object) are 2 classes: name "
                     "both, e.g. data.class_names=[background,object]")
-        if mask_file is not None and "labelIds" in Path(mask_file).name:
-            return ("; Cityscapes' *_gtFine_labelIds.png hold its 34 label ids: train on "
-                    "*_gtFine_labelTrainIds.png (data.<split>.mask_suffix; "
-                    "cityscapesscripts' createTrainIdLabelImgs writes them)")
+        if mask_file is not None and cityscapes_hint(mask_file):
+            return cityscapes_hint(mask_file)
         if mask_file is not None and outside == set(range(self.num_classes, highest + 1)):
             return (f"; masks of the values 0..{highest} are either {highest + 1} classes "
                     f"(VOC's: 0 is background: name it first, then the {highest} others) or "
@@ -384,7 +382,8 @@ class SemSegDataset(Dataset):
                            f". No mask holds the value {last + 1} (class {last} under "
                            f"data.reduce_zero_label): if the masks' classes are 0..{last} "
                            f"(Cityscapes' labelTrainIds, VOC's), set data.reduce_zero_label: "
-                           f"false" if shifted else "")
+                           f"false (a split of a few images may just lack that class)"
+                           if shifted else "")
         if share > 50:  # VOC's masks under reduce_zero_label: its background left out
             logger.warning("data.%s: %d%% of the pixels are %d (model.ignore_index%s): the "
                            "model is neither trained on nor scored there%s", split, share,

@@ -37,6 +37,10 @@ from resnet_detect.engine.files import atomic_write, missing_path, unicode_twin_
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = 255
+TRAIN_IDS = "_gtFine_labelTrainIds.png"
+# Cityscapes' other gtFine files, none a map of its 19 training classes
+CITYSCAPES_OTHER_MASKS = {"_gtFine_color": "colours", "_gtFine_instanceIds": "instance ids",
+                          "_gtFine_labelIds": "its 34 label ids"}
 __all__ = ["IGNORE_INDEX", "MAX_LISTED", "coco_semantic_mask", "load_coco_semantic",
            "read_mask", "scan_folder", "write_label_map"]
 
@@ -146,8 +150,26 @@ def _other_suffix(record: dict[str, str], mask_suffix: str, mask_key: str) -> st
                        and f.name != expected.name and f.is_file())
     except OSError:
         return ""
-    return (f"; {expected.parent} holds {found[0]}: the masks' suffix is {mask_key} "
-            f"({mask_suffix!r} now)" if found else "")
+    if not found:
+        return ""
+    train_ids = [name for name in found if name.endswith(TRAIN_IDS)]
+    if train_ids:  # (Cityscapes' color.png sorts first)
+        return (f"; {expected.parent} holds {train_ids[0]}: set {mask_key}={TRAIN_IDS} "
+                f"(Cityscapes' 19 training classes)")
+    return (f"; {expected.parent} holds {', '.join(found[:4])}: the masks' suffix is "
+            f"{mask_key} ({mask_suffix!r} now){cityscapes_hint(found[0])}")
+
+
+def cityscapes_hint(mask_file: str | os.PathLike) -> str:
+    """Where `mask_file` is one of Cityscapes' gtFine files that are no class map of its
+    training classes: which one to train on; else ""."""
+    name = Path(mask_file).name
+    for part, holds in CITYSCAPES_OTHER_MASKS.items():
+        if part in name:
+            return (f"; Cityscapes' *{part}.png hold {holds}: train on *{TRAIN_IDS} "
+                    f"(data.<split>.mask_suffix; cityscapesscripts' csCreateTrainIdLabelImgs "
+                    f"writes them)")
+    return ""
 
 
 def _named_in_any_case(folder: Path, names: Iterable[str], suffix: str) -> dict[str, Path]:
@@ -331,7 +353,7 @@ def _format_problem(path: str | os.PathLike, mode: str, kind: str | None) -> str
                 f"channels); masks must hold one class id per pixel (palette or grayscale "
                 f"PNG): save one channel where every channel holds the ids (e.g. "
                 f"Image.open(f).getchannel(0).save(f)); colour-coded masks need each colour "
-                f"mapped to its class id")
+                f"mapped to its class id{cityscapes_hint(path)}")
     return None
 
 
@@ -358,7 +380,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
                                "must be integers 0..255")
         if mask.size and (mask.min() < 0 or mask.max() > 255):
             raise DatasetError(f"mask {path} ({mode}) has values {mask.min()}..{mask.max()}; "
-                               "class ids must be 0..255")
+                               f"class ids must be 0..255{cityscapes_hint(path)}")
         mask = mask.astype(np.uint8)
     return mask
 

@@ -3,6 +3,7 @@ import json
 import logging
 import math
 import random
+import re
 from pathlib import Path
 
 import cv2
@@ -744,6 +745,33 @@ def test_cityscapes_label_ids_are_named(tmp_path):
                                            r"\*_gtFine_labelIds.png hold its 34 label ids: "
                                            r"train on \*_gtFine_labelTrainIds.png"):
         build_dataset(cfg, "val").load(0)
+
+
+def test_cityscapes_other_masks_point_to_the_train_ids(tmp_path):
+    """gtFine's color.png sorts first: a missing suffix named it, and its refusal advised
+    saving a channel of the colours as class ids."""
+    _image(tmp_path / "img/a_leftImg8bit.png", 4, 4)
+    ann = tmp_path / "ann"
+    _mask(ann / "a_gtFine_labelIds.png", np.full((4, 4), 26))
+    Image.fromarray(np.zeros((4, 4, 4), np.uint8), mode="RGBA").save(ann / "a_gtFine_color.png")
+    assert cv2.imwrite(str(ann / "a_gtFine_instanceIds.png"), np.full((4, 4), 26001, np.uint16))
+    cfg = _config(img_dir=str(tmp_path / "img"), mask_dir=str(ann),
+                  img_suffix="_leftImg8bit.png")
+    with pytest.raises(DatasetError, match=re.escape(
+            f"; {ann} holds a_gtFine_color.png, a_gtFine_instanceIds.png, a_gtFine_labelIds.png: "
+            f"the masks' suffix is data.train.mask_suffix ('.png' now); Cityscapes' "
+            f"*_gtFine_color.png hold colours: train on *_gtFine_labelTrainIds.png")):
+        build_dataset(cfg, "train")
+    _mask(ann / "a_gtFine_labelTrainIds.png", np.full((4, 4), 1))
+    with pytest.raises(DatasetError, match=re.escape(
+            f"; {ann} holds a_gtFine_labelTrainIds.png: set "
+            f"data.train.mask_suffix=_gtFine_labelTrainIds.png (Cityscapes' 19 training "
+            f"classes)")):
+        build_dataset(cfg, "train")
+    for name, holds in (("color", "colours"), ("instanceIds", "instance ids")):
+        with pytest.raises(DatasetError, match=rf"\*_gtFine_{name}.png hold {holds}: train on "
+                                               r"\*_gtFine_labelTrainIds.png"):
+            read_mask(ann / f"a_gtFine_{name}.png")
 
 
 def test_jpeg_masks_are_refused(tmp_path):
