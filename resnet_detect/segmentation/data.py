@@ -58,7 +58,18 @@ __all__ = ["SemSegDataset", "build_dataset", "build_test_loader", "build_train_l
 class _RandomScale(A.RandomScale):
     """albumentations' RandomScale, keeping each side a pixel or more: a 1-pixel-high image
     (a thin strip among the training images) scaled by 0.7 became 0 pixels high, where
-    OpenCV's resize fails and the run stopped."""
+    OpenCV's resize fails and the run stopped. With `fit_size` (long, short), the factor is
+    drawn for the image first scaled to fit it (`fit_factor`)."""
+
+    def __init__(self, *args: Any, fit_size: Sequence[int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fit_size = fit_size
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]
+                                     ) -> dict[str, Any]:
+        if self.fit_size is None:
+            return {}
+        return {"scale": params["scale"] * fit_factor(params["shape"][:2], self.fit_size)}
 
     def apply(self, img: np.ndarray, scale: float, **params: Any) -> np.ndarray:
         size = _scaled_size(img, scale)
@@ -78,8 +89,17 @@ def _scaled_size(array: np.ndarray, scale: float) -> tuple[int, int] | None:
     return None if min(height, width) >= 1 else (max(width, 1), max(height, 1))
 
 
+def fit_factor(size: Sequence[int], fit_size: Sequence[int] | None) -> float:
+    """The factor that scales an image of `size` (H, W) to fit (long side, short side)
+    `fit_size`, keeping its aspect (mmsegmentation's Resize with keep_ratio); 1 without it."""
+    if fit_size is None:
+        return 1.0
+    return min(fit_size[0] / max(size), fit_size[1] / min(size))
+
+
 def build_transform(*, crop_size: Sequence[int] | None = None,
-                    scale_range: Sequence[float] = (1.0, 1.0), hflip_prob: float = 0.0,
+                    scale_range: Sequence[float] = (1.0, 1.0),
+                    fit_size: Sequence[int] | None = None, hflip_prob: float = 0.0,
                     image_fill: Sequence[float] = (124, 116, 104),
                     ignore_index: int = IGNORE_INDEX) -> A.Compose:
     """Mask-aware augmentation: random scale, pad to the crop (mask filled with
@@ -88,6 +108,8 @@ def build_transform(*, crop_size: Sequence[int] | None = None,
     Args:
         crop_size: (H, W) of the training crop; None keeps the whole image (evaluation).
         scale_range: (min, max) random rescale factor, e.g. (0.5, 2.0).
+        fit_size: (long side, short side) each image is scaled to fit, keeping its aspect,
+            before the factor (mmsegmentation's RandomResize scale: (2048, 512) for ADE20K).
         hflip_prob: probability of a horizontal flip.
         image_fill: RGB value of padded image pixels (the mean colour: 0 after normalising).
         ignore_index: mask value of padded pixels (not scored).
@@ -96,10 +118,11 @@ def build_transform(*, crop_size: Sequence[int] | None = None,
     if not 0 < low <= high:
         raise ValueError(f"scale_range must be 0 < min <= max, got {list(scale_range)}")
     transforms: list[A.BasicTransform] = []
-    if (low, high) != (1.0, 1.0):
+    if (low, high) != (1.0, 1.0) or fit_size is not None:
         transforms.append(_RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0,
                                        interpolation=cv2.INTER_LINEAR,
-                                       mask_interpolation=cv2.INTER_NEAREST))
+                                       mask_interpolation=cv2.INTER_NEAREST,
+                                       fit_size=fit_size))
     if crop_size is not None:
         crop_h, crop_w = (int(s) for s in crop_size)
         transforms += [A.PadIfNeeded(min_height=crop_h, min_width=crop_w,
@@ -124,10 +147,13 @@ PADDED_SHARE = 0.5
 
 
 def padded_share(size: Sequence[int], crop_size: Sequence[int],
-                 scale_range: Sequence[float], steps: int = 33) -> float:
+                 scale_range: Sequence[float], fit_size: Sequence[int] | None = None,
+                 steps: int = 33) -> float:
     """The expected share of padded pixels in a `crop_size` (H, W) crop of an image of `size`
-    (H, W) rescaled by a factor drawn uniformly from `scale_range` (`build_transform`)."""
-    scales = np.linspace(float(scale_range[0]), float(scale_range[1]), steps)
+    (H, W) rescaled by a factor drawn uniformly from `scale_range` (`build_transform`; after
+    the scaling to `fit_size`)."""
+    scales = (np.linspace(float(scale_range[0]), float(scale_range[1]), steps)
+              * fit_factor(size, fit_size))
     covered = (np.minimum(1.0, np.round(size[0] * scales) / crop_size[0])
                * np.minimum(1.0, np.round(size[1] * scales) / crop_size[1]))
     return float(1.0 - covered.mean())
@@ -295,7 +321,8 @@ class SemSegDataset(Dataset):
                 return
 
     def warn_of_padded_crops(self, crop_size: Sequence[int] | None,
-                             scale_range: Sequence[float]) -> None:
+                             scale_range: Sequence[float],
+                             fit_size: Sequence[int] | None = None) -> None:
         """One warning where most of the training crops would be padding: images smaller
         than `crop_size` once scaled by `scale_range` (the base config's 512 crops of
         256-pixel images are more than half padding, ignored pixels that cost as much as
@@ -306,17 +333,18 @@ class SemSegDataset(Dataset):
                  if (size := image_size(self._records[i]["file_name"])) is not None]
         if not sizes:
             return
-        shares = [padded_share(size, crop_size, scale_range) for size, _ in sizes]
+        shares = [padded_share(size, crop_size, scale_range, fit_size) for size, _ in sizes]
         share = float(np.mean(shares))
         if share > PADDED_SHARE:
             (h, w), name = sizes[int(np.argmax(shares))]  # the most padded one
             logger.warning(
                 "data.train: on average %.0f%% of each %dx%d crop (data.train.crop_size, HxW) "
                 "is padding: the training images are smaller than it once scaled by "
-                "data.train.scale_range %s (e.g. %s: %dx%d, WxH); padded pixels cost as much "
-                "as the image's and teach nothing: a crop_size near the images' scaled size, "
-                "or a larger scale_range", 100 * share, *crop_size, list(scale_range), name,
-                w, h)
+                "data.train.scale_range %s%s (e.g. %s: %dx%d, WxH); padded pixels cost as "
+                "much as the image's and teach nothing: a crop_size near the images' scaled "
+                "size, a larger scale_range or data.train.fit_size", 100 * share, *crop_size,
+                list(scale_range), "" if fit_size is None else
+                f" after data.train.fit_size {list(fit_size)}", name, w, h)
 
     def _sample(self) -> np.ndarray:
         """The indices of the `MASK_SAMPLE` samples read before the first step (the same
@@ -639,6 +667,11 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
                 or not 0 < scale[0] <= scale[1] < math.inf):
             raise ConfigError(f"data.train.scale_range must be two finite numbers 0 < min <= "
                               f"max, got {scale}")
+        fit_size = (None if s["fit_size"] is None
+                    else check_sizes(s["fit_size"], "data.train.fit_size", 2))
+        if fit_size is not None and fit_size[0] < fit_size[1]:
+            raise ConfigError(f"data.train.fit_size is [long side, short side], got "
+                              f"{list(fit_size)}: [{fit_size[1]}, {fit_size[0]}]?")
     coco_names = None
     if s["ann_file"]:
         records, coco_names = load_coco_semantic(s["ann_file"], s["img_dir"])
@@ -669,7 +702,8 @@ def build_dataset(cfg: Mapping[str, Any], split: str, *, unlabelled: bool = Fals
                           f"model.ignore_index must be {IGNORE_INDEX}, got {ignore_index!r}")
     if split == "train":
         transform = build_transform(crop_size=crop_size, scale_range=s["scale_range"],
-                                    hflip_prob=hflip_prob, ignore_index=ignore_index)
+                                    fit_size=fit_size, hflip_prob=hflip_prob,
+                                    ignore_index=ignore_index)
     else:
         transform = build_transform()
     dataset = SemSegDataset(records, transform=transform, ignore_index=ignore_index,

@@ -268,7 +268,8 @@ class SemSegTask:
             # from all of them (val masks holding a class the sample lacks: two tries)
             val.check_masks("val")
         train.check_mask_sample("train")
-        train.warn_of_padded_crops(cfg.data.train.crop_size, cfg.data.train.scale_range)
+        train.warn_of_padded_crops(cfg.data.train.crop_size, cfg.data.train.scale_range,
+                                   cfg.data.train.fit_size)
         train.warn_of_objects_as_ignore("train")
         warn_of_an_ignored_class(train.class_names, train.ignore_index)
         self.class_names = train.class_names

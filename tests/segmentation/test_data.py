@@ -124,6 +124,19 @@ def test_random_scale_resizes_mask_with_nearest():
     assert set(np.unique(out["mask"]).tolist()) == {0, 1, 2, 255}  # no interpolated ids
 
 
+def test_fit_size_scales_each_image_to_fit_before_the_random_factor():
+    """mmsegmentation's ADE20K and VOC recipe (RandomResize scale (2048, 512), ratio_range
+    (0.5, 2.0)) first scales each image to fit 2048 x 512: a 100 x 400 and a 1000 x 500
+    (H x W) image are 512 x 2048 and 1024 x 512 at factor 1, half that at 0.5."""
+    mask = np.tile(np.array([0, 1, 2, 255], dtype=np.uint8), (1000, 125))
+    for scale, sizes in ((1.0, [(512, 2048), (1024, 512)]), (0.5, [(256, 1024), (512, 256)])):
+        transform = build_transform(scale_range=(scale, scale), fit_size=(2048, 512))
+        for (h, w), size in zip(((100, 400), (1000, 500)), sizes):
+            out = transform(image=np.zeros((h, w, 3), np.uint8), mask=mask[:h, :w])
+            assert out["image"].shape[:2] == out["mask"].shape == size
+            assert set(np.unique(out["mask"]).tolist()) == {0, 1, 2, 255}
+
+
 def test_voc_tree_with_split_file_and_palette_masks(tmp_path, caplog):
     root = tmp_path / "VOC2012"
     for name in ("2007_000032", "2007_000039", "2007_000063"):
@@ -912,7 +925,10 @@ def test_folder_scan_follows_linked_folders_and_skips_hidden_files(tmp_path):
                                 r"<= max, got \[2.0, 0.5\]"),
     # (albumentations' OverflowError at the first step)
     ("scale_range", [0.5, math.inf], r"data.train.scale_range must be two finite numbers 0 < "
-                                     r"min <= max, got \[0.5, inf\]")])
+                                     r"min <= max, got \[0.5, inf\]"),
+    ("fit_size", [512], r"data.train.fit_size must be 2 positive integers"),
+    ("fit_size", [512, 2048], r"data.train.fit_size is \[long side, short side\], got "
+                              r"\[512, 2048\]: \[2048, 512\]\?")])
 def test_augmentation_values_are_refused_naming_the_key_before_the_data_is_read(
         tmp_path, key, value, message):
     """They reached albumentations' validation, whose message names none of our keys, after
@@ -1098,6 +1114,8 @@ def test_crops_that_would_be_mostly_padding_are_warned_of(tmp_path, caplog):
     # heights cover s/2 of the crop, widths all of it, for s uniform in [1, 2]: 1 - 0.75
     assert padded_share((100, 200), (200, 200), (1.0, 2.0)) == pytest.approx(0.25, abs=1e-3)
     assert padded_share((300, 300), (200, 200), (1.0, 2.0)) == 0.0
+    # fitted to 400 x 200 (long, short) first: 200 x 200, then covering the crop
+    assert padded_share((100, 100), (200, 200), (1.0, 1.0), (400, 200)) == 0.0
     img_dir, mask_dir = _folder(tmp_path, h=20, w=30)
     train = build_dataset(_config(img_dir=str(img_dir), mask_dir=str(mask_dir)), "train")
     for crop, scale, warned in (([16, 16], [1.0, 1.0], False), ([40, 40], [1.0, 1.0], True),
