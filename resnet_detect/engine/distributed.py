@@ -86,8 +86,8 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> torch.d
     if use_cuda:
         torch.cuda.set_device(local_rank)
     target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    world_size = launched_world_size()
-    if world_size > 1 and not is_distributed():
+    # (a group the program made itself: its variables are its own)
+    if not is_distributed() and launched_world_size() > 1:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))
     return target

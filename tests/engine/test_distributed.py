@@ -194,6 +194,10 @@ def test_a_stray_world_size_without_torchruns_other_variables_is_one_line(
         D.init_distributed("cpu")
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process: nothing to join
     assert D.init_distributed("cpu") == torch.device("cpu")
+    # a program that joined a group of its own (tcp://) keeps it, whatever is exported
+    monkeypatch.setattr(D, "is_distributed", lambda: True)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    assert D.init_distributed("cpu") == torch.device("cpu")
 
 
 def test_syncbn_on_cpu_processes_is_refused_naming_the_keys(monkeypatch: pytest.MonkeyPatch
