@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from .distributed import environment_world_size
+
 logger = logging.getLogger(__name__)
 # (SIGHUP: the terminal's process group gets it when the terminal goes; not on Windows)
 HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
@@ -93,7 +95,7 @@ class StopRequest:
         # torchrun signals every process when one of them died: the step's collectives
         # then fail and nothing is saved
         peers = (", if every process is still there" if signum == signal.SIGTERM
-                 and int(os.environ.get("WORLD_SIZE", "1")) > 1 else "")
+                 and environment_world_size() > 1 else "")
         logger.warning("received %s: finishing the current step (or ending the evaluation), "
                        "then saving a checkpoint%s (%s)", name, peers, again)
 
