@@ -59,6 +59,7 @@ if not __package__:  # run as a file: the repository's package (not an installed
 
 from resnet_detect.engine import cleanup, init_distributed, is_main_process, setup_logging  # noqa: E402
 from resnet_detect.engine.confusion_files import CSV_FILE, PNG_FILE  # noqa: E402
+from resnet_detect.engine.distributed import collective_timeout_s  # noqa: E402
 from resnet_detect.engine.files import file_versions, writable_folder  # noqa: E402
 from resnet_detect.engine.run_lock import exclusive_tool_folder  # noqa: E402
 from resnet_detect.engine.checkpoint import POINTER  # noqa: E402
@@ -192,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # the config's train.device (auto: a GPU when there is one; train.device=cpu forces the CPU)
     cfg = load_task_config(args.config, args.overrides)[1]
     check_num_workers(cfg)
-    device = init_distributed(cfg.train.device)
+    device = init_distributed(cfg.train.device, collective_timeout_s(cfg))
     setup_logging(None)
     try:
         # the main process writes the results: checked before the inference, on every process

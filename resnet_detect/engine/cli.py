@@ -22,8 +22,9 @@ import cv2
 from omegaconf import OmegaConf
 
 from .amp import amp_for_device
-from .distributed import (barrier, cleanup, environment_world_size, init_distributed,
-                          is_main_process, other_process_gone, training_device_type)
+from .distributed import (barrier, cleanup, collective_timeout_s, environment_world_size,
+                          init_distributed, is_main_process, other_process_gone,
+                          training_device_type)
 from .checkpoint import (CheckpointWriteError, UnreadableCheckpointError,
                          read_training_checkpoint)
 from .config import PACKAGE_PREFIX, ConfigError, parse_bool
@@ -426,7 +427,7 @@ def train_main(description: str | None, argv: Sequence[str] | None, *,
     if args.resume and not any(o.strip().startswith("train.output_dir=")
                                for o in args.overrides):  # (a new folder given: a new run)
         _refuse_a_run_config_resumed_elsewhere(Path(args.config), cfg.train.output_dir)
-    device = init_distributed(cfg.train.device)
+    device = init_distributed(cfg.train.device, collective_timeout_s(cfg))
     if cache_memory and device.type == "cpu" and not cache_host_memory():
         warnings.warn("train.cache_host_memory needs glibc's malloc (Linux); ignored here",
                       stacklevel=2)

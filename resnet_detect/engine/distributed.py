@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, is_number
 
 
 def is_distributed() -> bool:
@@ -63,7 +63,22 @@ def training_device_type(device: str) -> str:
     return "cuda" if use_cuda else "cpu"
 
 
-def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> torch.device:
+# minutes a process waits at a collective for the others (torch's default, detectron2's)
+COLLECTIVE_TIMEOUT_MIN = 30
+
+
+def collective_timeout_s(cfg: Any) -> float:
+    """`train.collective_timeout_min` of a config, in seconds (COLLECTIVE_TIMEOUT_MIN where the
+    config has no such key: a Python caller's)."""
+    minutes = (cfg.get("train") or {}).get("collective_timeout_min", COLLECTIVE_TIMEOUT_MIN)
+    if not is_number(minutes) or not 0 < minutes < float("inf"):
+        raise ConfigError(f"train.collective_timeout_min must be a positive number of minutes, "
+                          f"got {minutes!r}")
+    return 60.0 * minutes
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 60.0 * COLLECTIVE_TIMEOUT_MIN
+                     ) -> torch.device:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*).
 
     Uses NCCL when the device is a GPU (one GPU per process, `cuda:LOCAL_RANK`) and gloo on

@@ -38,8 +38,9 @@ from .curves import SCALARS_FILE, TENSORBOARD_DIR
 from .config import ConfigError, config_yaml, flat_keys, to_plain
 from .data import CountedLoader, build_test_loader, build_train_loader, worker_error_message
 from .data.overlap import warn_of_val_in_training
-from .distributed import (all_gather_object, broadcast_buffers, get_rank, get_world_size,
-                          init_distributed, is_main_process, lost_process_hint,
+from .distributed import (all_gather_object, broadcast_buffers, collective_timeout_s,
+                          get_rank, get_world_size, init_distributed, is_main_process,
+                          lost_process_hint,
                           refuse_syncbn_on_cpus, torchrun_restart_count, torchrun_restarts_left,
                           unsynced_batch_norm_warning, usable_device, wrap_ddp)
 from .ema import WeightAverage
@@ -276,7 +277,8 @@ def run_training(task: Task, cfg: DictConfig, device: torch.device | str, *,
         raise TypeError(f"cfg must be the DictConfig of engine.tasks.load_task_config (or "
                         f"OmegaConf.create of a mapping), got a {type(cfg).__name__}")
     if isinstance(device, str):  # a Python caller's "auto" (a config's), "cpu", "cuda:0"
-        device = (init_distributed(device) if device in ("auto", "cpu", "cuda")
+        device = (init_distributed(device, collective_timeout_s(cfg))
+                  if device in ("auto", "cpu", "cuda")
                   else usable_device(device))
     check_task_and_hooks(task, hooks)
     logger = logging.getLogger(f"{__name__}.{task.name}")

@@ -180,6 +180,35 @@ def test_a_batch_that_the_processes_cannot_share_is_refused_before_the_folder_is
     assert not (tmp_path / "run").exists()
 
 
+def test_the_collective_timeout_reaches_the_process_group(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from resnet_detect.engine import distributed
+    joined = {}
+
+    def join(backend: str, timeout: object) -> None:
+        joined["timeout"] = timeout
+        raise RuntimeError("joined")
+
+    monkeypatch.setattr(distributed.dist, "init_process_group", join)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    argv = ["tools/train.py", str(CONFIG), "model.backbone.weights=null", "train.device=cpu",
+            f"train.output_dir={tmp_path / 'run'}"]
+    for minutes, expected in (([], 1800), (["train.collective_timeout_min=90"], 5400)):
+        monkeypatch.setattr(sys, "argv", argv + minutes)
+        with pytest.raises(RuntimeError, match="joined"):
+            tool_main("train")()
+        assert joined.pop("timeout").total_seconds() == expected
+    monkeypatch.setattr(sys, "argv", argv + ["train.collective_timeout_min=0"])
+    with pytest.raises(SystemExit) as stopped:
+        run_tool(tool_main("train"))
+    assert stopped.value.code == 2 and "train.collective_timeout_min must be a positive number " \
+        "of minutes, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_schedule_in_epochs_under_iteration_keys_names_them_before_the_data(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """train.epochs=1 on the quickstart config, whose file sets warmup_iters: 50, was refused

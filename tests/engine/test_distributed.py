@@ -200,6 +200,19 @@ def test_a_stray_world_size_without_torchruns_other_variables_is_one_line(
     assert D.init_distributed("cpu") == torch.device("cpu")
 
 
+def test_the_collective_timeout_is_a_key_in_minutes() -> None:
+    """A frozen node left the others waiting torch's 30 minutes, a value no key changed."""
+    from omegaconf import OmegaConf
+    assert D.collective_timeout_s(OmegaConf.create({"train": {}})) == 1800.0
+    assert D.collective_timeout_s(OmegaConf.create({"train": {"collective_timeout_min": 90}})
+                                  ) == 5400.0
+    assert D.collective_timeout_s({"train": {"collective_timeout_min": 0.5}}) == 30.0
+    for bad in (0, -1, float("inf"), "1h", True, None):
+        with pytest.raises(ConfigError, match=r"^train.collective_timeout_min must be a "
+                                              r"positive number of minutes, got "):
+            D.collective_timeout_s({"train": {"collective_timeout_min": bad}})
+
+
 def test_syncbn_on_cpu_processes_is_refused_naming_the_keys(monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
     monkeypatch.setattr(D, "get_world_size", lambda: 2)
