@@ -223,7 +223,9 @@ def _load_onnx_detector(config: str | os.PathLike | Mapping[str, Any] | DictConf
     meta = model.metadata
     cfg = _config({} if config is None else config, overrides)
     fixed = _graph_settings(meta)
-    asked = OmegaConf.select(cfg, "model.roi_heads.score_thresh")
+    # (without a config, the overrides alone are the user's: not the default 0.05)
+    asked = (OmegaConf.select(cfg, "model.roi_heads.score_thresh") if config is not None
+             or any(o.startswith("model.roi_heads.score_thresh=") for o in overrides) else None)
     raised = isinstance(asked, (int, float)) and asked > fixed.get(
         "model.roi_heads.score_thresh", float("inf"))
     if raised:  # (left out of the graph's output, as the model would)

@@ -334,3 +334,14 @@ def test_a_test_size_of_no_pixels_is_refused_naming_the_key(min_size: object) ->
     with pytest.raises(ConfigError, match="data.val.min_size must be positive integers"):
         test_resize({"data": {"val": {"min_size": min_size, "max_size": 1333}}})
     assert test_resize({"data": {"val": {"min_size": [640, 800], "max_size": 0}}}) == (800, None)
+
+
+def test_an_export_below_the_default_threshold_keeps_it_without_a_config(tmp_path: Path) -> None:
+    """Loaded without a config, an export made at score_thresh 0.0 was filtered at the
+    default 0.05 without a word (the default counted as asked for)."""
+    from resnet_detect.detection import Predictor
+    export(build("configs/detection/faster_rcnn_R_50_FPN_1x.yaml",
+                 "model.roi_heads.score_thresh=0.0"), tmp_path)
+    assert Predictor(None, weights=tmp_path).score_thresh == 0.0
+    raised = Predictor(None, weights=tmp_path, overrides=["model.roi_heads.score_thresh=0.3"])
+    assert raised.score_thresh == 0.3
