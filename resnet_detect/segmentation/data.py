@@ -263,8 +263,8 @@ class SemSegDataset(Dataset):
         if self.num_classes == 1:
             return ("; binary masks (0 = background, 1 = the object) are 2 classes: name "
                     "both, e.g. data.class_names=[background,object]")
-        if mask_file is not None and cityscapes_hint(mask_file):
-            return cityscapes_hint(mask_file)
+        if mask_file is not None and (hint := cityscapes_hint(mask_file)):
+            return hint
         if mask_file is not None and outside == set(range(self.num_classes, highest + 1)):
             return (f"; masks of the values 0..{highest} are either {highest + 1} classes "
                     f"(VOC's: 0 is background: name it first, then the {highest} others) or "
